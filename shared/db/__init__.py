@@ -1,0 +1,2 @@
+# intent_ref: platform.database
+"""Postgres access: pool, tenant-scoped transactions, migrations."""

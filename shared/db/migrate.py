@@ -1,0 +1,124 @@
+# intent_ref: platform.database
+"""Apply plain `NNNN_name.sql` migrations in order, once, under an advisory lock, refusing edited files."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+logger = logging.getLogger(__name__)
+
+APP_MIGRATIONS = Path(__file__).with_name("migrations")
+_FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+class MigrationError(RuntimeError):
+    """A migration set cannot be applied safely (edited, missing or malformed file)."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One migration file on disk."""
+
+    version: int
+    name: str
+    path: Path
+    checksum: str
+
+    @property
+    def sql_text(self) -> str:
+        return self.path.read_text(encoding="utf-8")
+
+
+def discover(directory: Path) -> list[Migration]:
+    """The migrations in `directory`, ordered by version; malformed names or duplicate versions fail."""
+    found: dict[int, Migration] = {}
+    for path in sorted(directory.glob("*.sql")):
+        match = _FILE_NAME.match(path.name)
+        if not match:
+            raise MigrationError(f"{path.name}: migration files are named NNNN_snake_name.sql")
+        version = int(match.group(1))
+        if version in found:
+            raise MigrationError(f"{path.name}: version {version} is used twice")
+        checksum = hashlib.sha256(path.read_bytes()).hexdigest()
+        found[version] = Migration(version, match.group(2), path, checksum)
+    return [found[v] for v in sorted(found)]
+
+
+def _lock_key(schema: str) -> int:
+    # A stable 32-bit key per migration set, so app and devhost sets do not block each other.
+    return zlib.crc32(f"quantum-migrations:{schema}".encode())
+
+
+def apply_migrations(conninfo: str, directory: Path = APP_MIGRATIONS, *, schema: str = "app") -> list[str]:
+    """Apply pending migrations of `directory`, tracked in `<schema>.schema_migrations`; return applied names.
+
+    A session advisory lock serialises concurrent runners: the second waits, then finds nothing to do.
+    Each file runs in its own transaction together with its tracking row.
+    """
+    migrations = discover(directory)
+    table = sql.Identifier(schema, "schema_migrations")
+    applied_now: list[str] = []
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_lock_key(schema),))
+        try:
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+            conn.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {} (version integer PRIMARY KEY, name text NOT NULL,"
+                    " checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+                ).format(table)
+            )
+            rows = conn.execute(sql.SQL("SELECT version, name, checksum FROM {}").format(table)).fetchall()
+            applied = {int(r[0]): (str(r[1]), str(r[2])) for r in rows}
+            on_disk = {m.version for m in migrations}
+            missing = sorted(set(applied) - on_disk)
+            if missing:
+                raise MigrationError(f"applied migrations missing on disk: {missing}")
+            for migration in migrations:
+                if migration.version in applied:
+                    _, checksum = applied[migration.version]
+                    if checksum != migration.checksum:
+                        raise MigrationError(
+                            f"{migration.path.name} was edited after it was applied (checksum differs); "
+                            "add a new migration instead"
+                        )
+                    continue
+                with conn.transaction():
+                    conn.execute(migration.sql_text)  # type: ignore[arg-type]  # trusted file from the repo
+                    conn.execute(
+                        sql.SQL("INSERT INTO {} (version, name, checksum) VALUES (%s, %s, %s)").format(table),
+                        (migration.version, migration.name, migration.checksum),
+                    )
+                applied_now.append(migration.path.name)
+                logger.info("applied migration %s", migration.path.name)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_lock_key(schema),))
+    return applied_now
+
+
+def main() -> None:
+    """`python -m shared.db.migrate`: apply the app's migrations with the owner connection."""
+    from shared.config import get_settings
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--database-url", help="owner connection; default QP_DATABASE_OWNER_URL")
+    args = parser.parse_args()
+    conninfo = args.database_url or get_settings().QP_DATABASE_OWNER_URL
+    if not conninfo:
+        raise SystemExit("QP_DATABASE_OWNER_URL is not set and --database-url was not given")
+    logging.basicConfig(level=logging.INFO)
+    applied = apply_migrations(conninfo)
+    logger.info("%d migration(s) applied", len(applied))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,13 @@
+# intent_ref: platform.database
+"""Names of the database roles; the migrations and the bootstrap use the same ones."""
+
+OWNER_ROLE = "qp_owner"
+"""Owns the schema and every table; runs migrations; never used by the running app."""
+
+RUNTIME_ROLE = "qp_runtime"
+"""NOLOGIN, not owner, not superuser, no BYPASSRLS: every app transaction runs as this role."""
+
+APP_LOGIN_ROLE = "qp_app"
+"""The local login the app connects with (in Azure, the app's Entra principal); a member of qp_runtime."""
+
+DATABASE_NAME = "quantum"

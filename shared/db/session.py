@@ -1,0 +1,42 @@
+# intent_ref: platform.tenant-isolation
+"""Transactions in which row-level security sees exactly one tenant, or none."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import DictRow
+from psycopg_pool import ConnectionPool
+
+from shared.db.pool import get_pool
+from shared.db.roles import RUNTIME_ROLE
+
+_SET_RUNTIME_ROLE = sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(RUNTIME_ROLE))
+
+
+@contextmanager
+def tenant_transaction(
+    tenant_id: UUID, *, pool: ConnectionPool[Any] | None = None
+) -> Iterator[psycopg.Connection[DictRow]]:
+    """Open one transaction, as the runtime role, in which RLS sees only `tenant_id`'s rows."""
+    if not isinstance(tenant_id, UUID):
+        raise TypeError("tenant_id must be a UUID")
+    with (pool or get_pool()).connection() as conn, conn.transaction():
+        # SET LOCAL ROLE: whatever the login, the statements run as the non-owner runtime role.
+        conn.execute(_SET_RUNTIME_ROLE)
+        # is_local=true: the setting dies with the transaction and never leaks to the next borrower.
+        conn.execute("SELECT set_config('app.tenant_id', %s, true)", (str(tenant_id),))
+        yield conn
+
+
+@contextmanager
+def runtime_transaction(*, pool: ConnectionPool[Any] | None = None) -> Iterator[psycopg.Connection[DictRow]]:
+    """Open one transaction as the runtime role with no tenant: tenant tables show zero rows."""
+    with (pool or get_pool()).connection() as conn, conn.transaction():
+        conn.execute(_SET_RUNTIME_ROLE)
+        yield conn
