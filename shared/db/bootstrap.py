@@ -68,3 +68,18 @@ def bootstrap(admin_url: str, database: str = DATABASE_NAME) -> DatabaseUrls:
         owner=make_conninfo(**{**params, "user": OWNER_ROLE}),
         app=make_conninfo(**{**params, "user": APP_LOGIN_ROLE}),
     )
+
+
+def ensure_runtime_role(url: str) -> None:
+    """For an external server whose login owns the tables: make sure qp_runtime exists and the login may use it.
+
+    The app then runs every transaction as qp_runtime (SET LOCAL ROLE), so RLS binds it all the same.
+    """
+    with psycopg.connect(url, autocommit=True) as conn:
+        if not _role_exists(conn, RUNTIME_ROLE):
+            conn.execute(
+                sql.SQL("CREATE ROLE {} NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE").format(
+                    sql.Identifier(RUNTIME_ROLE)
+                )
+            )
+        conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(RUNTIME_ROLE)))

@@ -1,0 +1,56 @@
+# The two commands: `make run` (the platform, locally) and `make test` (every check CI runs).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.installed-stamp
+NODE_STAMP := node_modules/.installed-stamp
+
+.PHONY: help setup run test lint typecheck format unit integration e2e clean
+
+help:
+	@echo "make run    - install what is missing, start Postgres, Azurite and the devhost on :7071"
+	@echo "make test   - lint, type-check, intent_ref check and the whole test suite"
+	@echo "make lint   - intent_ref check, ruff and mypy only"
+
+setup: $(VENV_STAMP) $(NODE_STAMP)
+
+# Reinstall only when a requirements file changed, so a second `make run` starts at once.
+$(VENV_STAMP): requirements.txt requirements-dev.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+local.settings.json:
+	cp local.settings.sample.json local.settings.json
+
+run: setup local.settings.json
+	$(PY) -m devhost run --seed-demo
+
+lint: setup
+	$(PY) tools/check_intent_refs.py
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: lint
+	$(VENV)/bin/pytest
+
+unit: setup
+	$(VENV)/bin/pytest tests/unit
+
+integration: setup
+	$(VENV)/bin/pytest tests/integration
+
+e2e: setup
+	$(VENV)/bin/pytest tests/e2e
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf .data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,76 @@
+# intent_ref: platform.devhost
+"""Command line: `python -m devhost run` serves the app; `python -m devhost token` mints a dev token."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from devhost.host import HostOptions, apply_local_settings, serve
+
+DEFAULT_PORT = 7071
+
+
+def _run(args: argparse.Namespace) -> int:
+    app_dir = Path(args.app).resolve()
+    if not (app_dir / "function_app.py").exists():
+        print(f"devhost: no function_app.py in {app_dir}", file=sys.stderr)
+        return 2
+    apply_local_settings(app_dir)
+    options = HostOptions(app_dir=app_dir, host=args.host, port=args.port, data_dir=Path(args.data_dir),
+                          seed_demo=args.seed_demo)
+    ready = ["", "Quantum Platform is running at {base_url}", "  liveness:  curl -s {base_url}/api/health",
+             "  readiness: curl -s {base_url}/api/ready"]
+    if args.seed_demo:
+        from devhost.identity import mint_token_cli
+
+        token = mint_token_cli(options.data_dir.resolve(), f"http://{args.host}:{args.port}", "contoso",
+                               ["Tenant.Admin", "Intent.Author", "Intent.Executor"], [], None, 8 * 3600, False)
+        ready.append(f'  as contoso: curl -s -H "Authorization: Bearer {token}" {{base_url}}/api/ready')
+        ready.append("  other tokens: .venv/bin/python -m devhost token --tenant fabrikam --roles Intent.Reader")
+    ready.append("Press Ctrl-C to stop.")
+    asyncio.run(serve(options, ready))
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from devhost.identity import mint_token_cli
+
+    roles = [r for r in (args.roles or "").split(",") if r]
+    scopes = [s for s in (args.scopes or "").split(",") if s]
+    base_url = f"http://127.0.0.1:{args.port}"
+    print(mint_token_cli(Path(args.data_dir).resolve(), base_url, args.tenant, roles, scopes, args.oid,
+                         args.expires_in, args.app_only))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run the chosen command."""
+    parser = argparse.ArgumentParser(prog="python -m devhost", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="serve function_app.py locally")
+    run.add_argument("--app", default=".", help="folder holding function_app.py and host.json")
+    run.add_argument("--host", default="127.0.0.1")
+    run.add_argument("--port", type=int, default=int(os.environ.get("QP_DEVHOST_PORT", DEFAULT_PORT)))
+    run.add_argument("--data-dir", default=".data", help="where the host keeps its state")
+    run.add_argument("--seed-demo", action="store_true", help="seed the demo tenants contoso and fabrikam")
+    run.set_defaults(handler=_run)
+    token = sub.add_parser("token", help="print a dev access token shaped like an Entra ID v2 token")
+    token.add_argument("--tenant", required=True, help="demo tenant name (contoso, fabrikam) or a tenant GUID")
+    token.add_argument("--roles", default="", help="comma-separated app roles, e.g. Intent.Reader,Intent.Author")
+    token.add_argument("--scopes", default="", help="comma-separated delegated scopes")
+    token.add_argument("--oid", default=None, help="object id of the user (default: a stable demo user)")
+    token.add_argument("--expires-in", type=int, default=3600, help="lifetime in seconds")
+    token.add_argument("--app-only", action="store_true", help="an application token (idtyp=app)")
+    token.add_argument("--port", type=int, default=DEFAULT_PORT, help="port of the devhost that serves the JWKS")
+    token.add_argument("--data-dir", default=".data")
+    token.set_defaults(handler=_token)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("azure", "aiohttp.access", "psycopg.pool"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return int(args.handler(args))

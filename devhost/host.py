@@ -1,0 +1,165 @@
+# intent_ref: platform.devhost
+"""Compose the local host: provision services, load the app, mount every component, serve until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from devhost.component import Component, HostContext
+from devhost.hostjson import load_host_json, load_local_settings
+from devhost.http_functions import add_http_routes
+from devhost.invoker import Invoker
+from devhost.loader import FunctionIndex, load_function_app
+from devhost.provision import Provisioned, provision_database, provision_storage
+from shared.config import SettingsError, load_settings
+
+logger = logging.getLogger("devhost")
+
+
+@dataclass(frozen=True)
+class HostOptions:
+    """How `python -m devhost run` was asked to run."""
+
+    app_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 7071
+    data_dir: Path = Path(".data")
+    seed_demo: bool = False
+
+
+def apply_local_settings(app_dir: Path) -> None:
+    """Export local.settings.json Values like `func start` does; the real environment wins."""
+    for key, value in load_local_settings(app_dir).items():
+        os.environ.setdefault(key, value)
+
+
+def provision(options: HostOptions) -> Provisioned:
+    """Start or reach Postgres and blob storage and point the app's settings at them."""
+    data_dir = options.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "logs").mkdir(exist_ok=True)
+    owner_url, app_url, started_pg, pg_note = provision_database(data_dir, os.environ.get("QP_DATABASE_URL") or None)
+    blob, azurite = provision_storage(data_dir, os.environ.get("QP_BLOB_CONNECTION_STRING") or None, data_dir / "logs")
+    os.environ["QP_DATABASE_URL"] = app_url
+    os.environ["QP_DATABASE_OWNER_URL"] = owner_url
+    if blob is not None:
+        os.environ["QP_BLOB_CONNECTION_STRING"] = blob
+        os.environ["AzureWebJobsStorage"] = blob
+    notes = [pg_note, "Azurite (started here)" if azurite else f"blob storage: {'configured' if blob else 'none'}"]
+    return Provisioned(owner_url, app_url, blob, azurite=azurite, postgres_dir=started_pg, notes=notes)
+
+
+def build_components(ctx: HostContext) -> list[Component]:
+    """Every part of the host, in start order."""
+    from devhost.durable import DurableHost
+    from devhost.eventhubs import EventHubHost
+    from devhost.identity import DevIdentity
+    from devhost.timers import TimerHost
+
+    return [DevIdentity(ctx), DurableHost(ctx), EventHubHost(ctx), TimerHost(ctx)]
+
+
+class DevHost:
+    """The running host: its aiohttp server and components."""
+
+    def __init__(self, options: HostOptions, index: FunctionIndex, owner_url: str) -> None:
+        self.options = options
+        self.index = index
+        self.invoker = Invoker(str(options.app_dir.resolve()))
+        self.base_url = f"http://{options.host}:{options.port}"
+        task_hub = os.environ.get("QP_TASK_HUB", "QuantumLocal")
+        self.ctx = HostContext(index, self.invoker, owner_url, options.data_dir.resolve(), self.base_url, task_hub)
+        self.components = build_components(self.ctx)
+        self.runner: web.AppRunner | None = None
+
+    def durable_binding(self, origin: str) -> str:
+        """The durableClient binding JSON (from the durable component)."""
+        from devhost.durable import DurableHost
+
+        durable = next(c for c in self.components if isinstance(c, DurableHost))
+        return durable.client_binding_json(origin)
+
+    def web_app(self) -> web.Application:
+        """Component routes first, then the app's HTTP functions (catch-alls last)."""
+        app = web.Application(client_max_size=100 * 1024 * 1024)  # the Functions host's own request cap
+        for component in self.components:
+            component.add_routes(app)
+        route_prefix = load_host_json(self.options.app_dir).route_prefix
+        add_http_routes(app, self.index.http, self.invoker, route_prefix, self.durable_binding)
+        return app
+
+    async def start(self) -> None:
+        """Start every component, then listen."""
+        app = self.web_app()
+        for component in self.components:
+            await component.start()
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, self.options.host, self.options.port).start()
+
+    async def stop(self) -> None:
+        """Stop listening, then stop components in reverse order."""
+        if self.runner is not None:
+            await self.runner.cleanup()
+        for component in reversed(self.components):
+            try:
+                await component.stop()
+            except Exception:
+                logger.exception("stopping %s failed", type(component).__name__)
+        from azure.durable_functions.models.utils import http_utils
+
+        await http_utils._close_session()
+        self.invoker.shutdown()
+
+
+def load_app(options: HostOptions) -> FunctionIndex:
+    """Validate settings (fail fast, naming the setting) and import function_app.py."""
+    try:
+        load_settings()
+    except SettingsError as exc:
+        raise SystemExit(f"devhost: {exc}") from None
+    try:
+        return load_function_app(options.app_dir / "function_app.py")
+    except SettingsError as exc:
+        raise SystemExit(f"devhost: {exc}") from None
+
+
+async def serve(options: HostOptions, on_ready: list[str]) -> None:
+    """Run until SIGINT or SIGTERM."""
+    provisioned = provision(options)
+    try:
+        if options.seed_demo:
+            _seed(provisioned.owner_url, options)
+        index = load_app(options)
+        host = DevHost(options, index, provisioned.owner_url)
+        await host.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        functions = ", ".join(sorted(index.functions))
+        logger.info("loaded %d function(s): %s", len(index.functions), functions)
+        logger.info("services: %s", "; ".join(provisioned.notes))
+        for line in on_ready:
+            print(line.format(base_url=host.base_url), flush=True)  # noqa: T201  # the host's console
+        await stop.wait()
+        logger.info("stopping")
+        await host.stop()
+    finally:
+        provisioned.stop()
+
+
+def _seed(owner_url: str, options: HostOptions) -> None:
+    from devhost.identity import dev_tenant_id
+    from devhost.provision import DEMO_TENANTS, seed_demo_tenants
+
+    inserted = seed_demo_tenants(owner_url, {name: dev_tenant_id(name) for name in DEMO_TENANTS})
+    if inserted:
+        logger.info("seeded demo tenants: %s", ", ".join(inserted))

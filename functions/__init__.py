@@ -1,0 +1,6 @@
+# intent_ref: platform.skeleton
+"""Trigger glue: parse, authenticate, call shared/, shape the response. No logic lives here."""
+
+from functions.http_api import bp as http_api_bp
+
+blueprints = (http_api_bp,)

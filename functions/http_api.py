@@ -1,0 +1,27 @@
+# intent_ref: platform.gateway
+"""The HTTP gateway function: every request goes to the FastAPI app, with the durable client in reach."""
+
+import azure.durable_functions as df
+import azure.functions as func
+
+from shared.api.app import create_app
+from shared.api.durable import durable_client_var
+
+bp = df.Blueprint()
+
+# Built at import so that a missing or malformed setting stops the host from starting.
+_gateway = func.AsgiMiddleware(create_app())
+
+
+@bp.function_name("http_api")
+@bp.route(route="{*path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+          auth_level=func.AuthLevel.ANONYMOUS)
+@bp.durable_client_input(client_name="client")
+async def http_api(req: func.HttpRequest, client: df.DurableOrchestrationClient,
+                   context: func.Context) -> func.HttpResponse:
+    """Serve one API request through the FastAPI gateway."""
+    token = durable_client_var.set(client)
+    try:
+        return await _gateway.handle_async(req, context)
+    finally:
+        durable_client_var.reset(token)

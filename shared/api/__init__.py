@@ -1,0 +1,2 @@
+# intent_ref: platform.gateway
+"""The HTTP API: one FastAPI app served by a single HTTP-triggered function."""

@@ -1,0 +1,27 @@
+# intent_ref: platform.gateway
+"""Build the FastAPI application: routers, problem+json errors, request ids, body limits."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from shared.api import health
+from shared.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from shared.api.problems import install_problem_handlers
+from shared.config import get_settings
+
+API_TITLE = "Quantum Platform API"
+API_VERSION = "1.0.0"
+
+
+def create_app() -> FastAPI:
+    """The gateway app; settings are read (and validated) here, so a bad setting stops start-up."""
+    settings = get_settings()
+    app = FastAPI(title=API_TITLE, version=API_VERSION, openapi_url="/api/openapi.json",
+                  docs_url="/api/docs", redoc_url=None)
+    install_problem_handlers(app)
+    app.include_router(health.router)
+    # Order: the request id wraps everything, so even a 413 carries one.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.QP_MAX_BODY_BYTES)
+    app.add_middleware(RequestIdMiddleware)
+    return app

@@ -1,0 +1,21 @@
+# intent_ref: platform.gateway
+"""The Durable client of the current request, handed over by the HTTP function that carries the binding."""
+
+from __future__ import annotations
+
+import contextvars
+from typing import Any
+
+from shared.api.problems import ProblemError
+
+# The HTTP function sets this around each request; FastAPI handlers run in a copy of that context.
+durable_client_var: contextvars.ContextVar[Any | None] = contextvars.ContextVar("durable_client", default=None)
+
+
+def get_durable_client() -> Any:
+    """FastAPI dependency: the request's DurableOrchestrationClient, or 503 when none is bound."""
+    client = durable_client_var.get()
+    if client is None:
+        raise ProblemError(503, "orchestration-unavailable", "Service unavailable",
+                           "No orchestration client is bound to this request.")
+    return client

@@ -1,0 +1,2 @@
+# intent_ref: platform.skeleton
+"""Blob artifacts and the audit store."""

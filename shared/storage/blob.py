@@ -1,0 +1,20 @@
+# intent_ref: platform.skeleton
+"""The blob service client: Azurite by connection string locally, managed identity in Azure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from azure.storage.blob import BlobServiceClient
+
+from shared.config import Settings
+
+
+def blob_service_client(settings: Settings, **client_options: Any) -> BlobServiceClient:
+    """A client for the artifacts account; `client_options` tune retries and timeouts."""
+    if settings.QP_BLOB_CONNECTION_STRING:
+        return BlobServiceClient.from_connection_string(settings.QP_BLOB_CONNECTION_STRING, **client_options)
+    from azure.identity import DefaultAzureCredential
+
+    assert settings.QP_BLOB_ACCOUNT_URL  # noqa: S101  # guaranteed by the settings validator
+    return BlobServiceClient(settings.QP_BLOB_ACCOUNT_URL, credential=DefaultAzureCredential(), **client_options)

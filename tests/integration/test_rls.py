@@ -1,0 +1,157 @@
+# intent_ref: platform.tenant-isolation
+"""Row-level security at SQL level, through the app's own login and tenant_transaction."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg_pool import ConnectionPool
+
+from shared.config import Settings
+from shared.db.pool import build_pool
+from shared.db.roles import RUNTIME_ROLE
+from shared.db.session import runtime_transaction, tenant_transaction
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def app_pool(pg) -> Iterator[ConnectionPool[Any]]:  # type: ignore[no-untyped-def]
+    settings = Settings(QP_DATABASE_URL=pg.app_url, QP_BLOB_CONNECTION_STRING="UseDevelopmentStorage=true")
+    pool = build_pool(pg.app_url, settings, min_size=1)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="module")
+def tenants(pg) -> dict[str, uuid.UUID]:  # type: ignore[no-untyped-def]
+    """Two tenants, each with one intent and one version, inserted by the owner inside each tenant's context."""
+    ids = {"a": uuid.uuid4(), "b": uuid.uuid4()}
+    with psycopg.connect(pg.owner_url, autocommit=True) as conn:
+        for key, tenant_id in ids.items():
+            with conn.transaction():
+                conn.execute("SELECT set_config('app.tenant_id', %s, true)", (str(tenant_id),))
+                conn.execute("INSERT INTO app.tenants (id, name, entra_tenant_id) VALUES (%s, %s, %s)",
+                             (tenant_id, f"rls-{key}-{tenant_id.hex[:6]}", uuid.uuid4()))
+                intent_id = conn.execute(
+                    "INSERT INTO app.intents (tenant_id, name, created_by) VALUES (%s, %s, 'test') RETURNING id",
+                    (tenant_id, f"intent-{key}"),
+                ).fetchone()[0]
+                conn.execute(
+                    "INSERT INTO app.intent_versions (tenant_id, intent_id, version, definition, definition_sha256,"
+                    " created_by) VALUES (%s, %s, 1, '{}', 'x', 'test')", (tenant_id, intent_id))
+    return ids
+
+
+def _intent_names(conn: psycopg.Connection[Any]) -> list[str]:
+    return [row["name"] for row in conn.execute("SELECT name FROM app.intents ORDER BY name").fetchall()]
+
+
+def test_each_tenant_sees_only_its_rows(app_pool: ConnectionPool[Any], tenants: dict[str, uuid.UUID]) -> None:
+    with tenant_transaction(tenants["a"], pool=app_pool) as conn:
+        assert _intent_names(conn) == ["intent-a"]
+        assert [r["id"] for r in conn.execute("SELECT id FROM app.tenants").fetchall()] == [tenants["a"]]
+        assert conn.execute("SELECT count(*) AS n FROM app.intent_versions").fetchone()["n"] == 1
+    with tenant_transaction(tenants["b"], pool=app_pool) as conn:
+        assert _intent_names(conn) == ["intent-b"]
+
+
+def test_no_tenant_means_zero_rows(app_pool: ConnectionPool[Any], tenants: dict[str, uuid.UUID]) -> None:
+    with runtime_transaction(pool=app_pool) as conn:
+        for table in ("app.tenants", "app.intents", "app.intent_versions"):
+            assert conn.execute(f"SELECT count(*) AS n FROM {table}").fetchone()["n"] == 0  # noqa: S608
+    assert tenants  # both tenants have rows; they are invisible without a tenant context
+
+
+def test_tenant_setting_does_not_leak_to_the_next_borrower(app_pool: ConnectionPool[Any],
+                                                           tenants: dict[str, uuid.UUID]) -> None:
+    with tenant_transaction(tenants["a"], pool=app_pool) as conn:
+        assert _intent_names(conn) == ["intent-a"]
+    with app_pool.connection() as conn:
+        row = conn.execute("SELECT current_setting('app.tenant_id', true) AS t, current_user AS u").fetchone()
+        assert row["t"] in (None, "")
+        assert row["u"] != RUNTIME_ROLE  # SET LOCAL ROLE ended with the transaction
+
+
+def test_cross_tenant_insert_is_refused(app_pool: ConnectionPool[Any], tenants: dict[str, uuid.UUID]) -> None:
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+        with tenant_transaction(tenants["a"], pool=app_pool) as conn:
+            conn.execute("INSERT INTO app.intents (tenant_id, name, created_by) VALUES (%s, 'sneaky', 'x')",
+                         (tenants["b"],))
+
+
+def test_cross_tenant_update_and_move_are_refused(app_pool: ConnectionPool[Any],
+                                                  tenants: dict[str, uuid.UUID]) -> None:
+    with tenant_transaction(tenants["a"], pool=app_pool) as conn:
+        # B's rows are invisible, so the update matches nothing.
+        cur = conn.execute("UPDATE app.intents SET description = 'hacked' WHERE tenant_id = %s", (tenants["b"],))
+        assert cur.rowcount == 0
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+        with tenant_transaction(tenants["a"], pool=app_pool) as conn:
+            conn.execute("UPDATE app.intents SET tenant_id = %s", (tenants["b"],))
+    with tenant_transaction(tenants["b"], pool=app_pool) as conn:
+        assert conn.execute("SELECT description FROM app.intents").fetchone()["description"] == ""
+
+
+def test_reference_to_another_tenants_row_is_refused(app_pool: ConnectionPool[Any],
+                                                      tenants: dict[str, uuid.UUID]) -> None:
+    with tenant_transaction(tenants["b"], pool=app_pool) as conn:
+        b_intent = conn.execute("SELECT id FROM app.intents").fetchone()["id"]
+    # The composite key means a version of tenant A can never point at B's intent.
+    with pytest.raises(psycopg.errors.ForeignKeyViolation):
+        with tenant_transaction(tenants["a"], pool=app_pool) as conn:
+            conn.execute(
+                "INSERT INTO app.intent_versions (tenant_id, intent_id, version, definition, definition_sha256,"
+                " created_by) VALUES (%s, %s, 2, '{}', 'x', 'x')", (tenants["a"], b_intent))
+
+
+def test_versions_are_immutable_for_the_runtime(app_pool: ConnectionPool[Any],
+                                                tenants: dict[str, uuid.UUID]) -> None:
+    for statement in ("UPDATE app.intent_versions SET definition = '{}'", "DELETE FROM app.intent_versions"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            with tenant_transaction(tenants["a"], pool=app_pool) as conn:
+                conn.execute(statement)  # type: ignore[arg-type]
+
+
+def test_runtime_role_is_not_owner_superuser_or_bypassrls(pg) -> None:  # type: ignore[no-untyped-def]
+    with psycopg.connect(pg.admin_url, dbname="quantum") as conn:
+        role = conn.execute("SELECT rolsuper, rolbypassrls, rolcanlogin FROM pg_roles WHERE rolname = %s",
+                            (RUNTIME_ROLE,)).fetchone()
+        assert role == (False, False, False)
+        owned = conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner WHERE r.rolname = %s",
+            (RUNTIME_ROLE,)).fetchall()
+        assert owned == []
+        app_login = conn.execute("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = 'qp_app'").fetchone()
+        assert app_login == (False, False)
+
+
+def test_runtime_role_has_no_truncate_or_references(pg) -> None:  # type: ignore[no-untyped-def]
+    with psycopg.connect(pg.admin_url, dbname="quantum") as conn:
+        grants = conn.execute(
+            "SELECT table_name, privilege_type FROM information_schema.role_table_grants"
+            " WHERE grantee = %s AND privilege_type IN ('TRUNCATE', 'REFERENCES', 'TRIGGER')",
+            (RUNTIME_ROLE,)).fetchall()
+    assert grants == []
+
+
+def test_every_app_table_has_forced_rls_with_tenant_policies(pg) -> None:  # type: ignore[no-untyped-def]
+    with psycopg.connect(pg.admin_url, dbname="quantum") as conn:
+        tables = conn.execute(
+            "SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'app' AND c.relkind IN ('r', 'p') AND c.relname <> 'schema_migrations'").fetchall()
+        assert len(tables) >= 3
+        for name, enabled, forced in tables:
+            assert (name, enabled, forced) == (name, True, True)
+            policies = conn.execute(
+                "SELECT permissive, qual, with_check FROM pg_policies WHERE schemaname = 'app' AND tablename = %s",
+                (name,)).fetchall()
+            kinds = {p[0] for p in policies}
+            assert kinds == {"PERMISSIVE", "RESTRICTIVE"}, name
+            for _, qual, with_check in policies:
+                assert "current_tenant_id()" in qual and "current_tenant_id()" in with_check, name

@@ -1,0 +1,59 @@
+# intent_ref: platform.settings
+"""Settings fail fast and name the offending setting."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.config import SettingsError, load_settings
+
+_BASE = {"QP_DATABASE_URL": "host=/tmp dbname=quantum", "QP_BLOB_CONNECTION_STRING": "UseDevelopmentStorage=true"}
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("QP_DATABASE_URL", "QP_BLOB_CONNECTION_STRING", "QP_BLOB_ACCOUNT_URL", "QP_TASK_HUB",
+                 "QP_DATABASE_POOL_MAX", "QP_EVENTHUB_BACKEND", "EventHubConnection__fullyQualifiedNamespace"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _set(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+
+
+def test_valid_settings_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    _set(monkeypatch, **_BASE)
+    settings = load_settings()
+    assert settings.QP_DATABASE_URL == _BASE["QP_DATABASE_URL"]
+    assert settings.QP_MAX_BODY_BYTES == 1024 * 1024
+
+
+def test_missing_database_url_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    _set(monkeypatch, QP_BLOB_CONNECTION_STRING="UseDevelopmentStorage=true")
+    with pytest.raises(SettingsError, match="QP_DATABASE_URL"):
+        load_settings()
+
+
+def test_malformed_number_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    _set(monkeypatch, **_BASE, QP_DATABASE_POOL_MAX="many")
+    with pytest.raises(SettingsError, match="QP_DATABASE_POOL_MAX"):
+        load_settings()
+
+
+def test_malformed_task_hub_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    _set(monkeypatch, **_BASE, QP_TASK_HUB="no spaces allowed")
+    with pytest.raises(SettingsError, match="QP_TASK_HUB"):
+        load_settings()
+
+
+def test_blob_endpoint_must_be_exactly_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    _set(monkeypatch, **_BASE, QP_BLOB_ACCOUNT_URL="https://acct.blob.core.windows.net")
+    with pytest.raises(SettingsError, match="QP_BLOB_CONNECTION_STRING or QP_BLOB_ACCOUNT_URL"):
+        load_settings()
+
+
+def test_azure_event_hubs_need_a_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
+    _set(monkeypatch, **_BASE, QP_EVENTHUB_BACKEND="azure")
+    with pytest.raises(SettingsError, match="EventHubConnection__fullyQualifiedNamespace"):
+        load_settings()
