@@ -20,6 +20,8 @@ from shared.db.migrate import apply_migrations
 class PostgresInstance:
     """The session's embedded server: bootstrapped (roles, database) and migrated."""
 
+    root: Path
+    """A devhost started with `--data-dir root` attaches to this same server (root/postgres)."""
     data_dir: Path
     admin_url: str
     owner_url: str
@@ -30,12 +32,12 @@ class PostgresInstance:
 def pg() -> Iterator[PostgresInstance]:
     """An embedded Postgres with the platform's roles, database and migrations."""
     root = Path(tempfile.mkdtemp(prefix="qp-pg-"))
-    data_dir = root / "pg"
+    data_dir = root / "postgres"
     admin_url = start_postgres(data_dir)
     try:
         urls = bootstrap(admin_url)
         apply_migrations(urls.owner)
-        yield PostgresInstance(data_dir, admin_url, urls.owner, urls.app)
+        yield PostgresInstance(root, data_dir, admin_url, urls.owner, urls.app)
     finally:
         stop_postgres(data_dir)
         shutil.rmtree(root, ignore_errors=True)
