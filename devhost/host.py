@@ -84,7 +84,7 @@ class DevHost:
         from devhost.durable import DurableHost
 
         durable = next(c for c in self.components if isinstance(c, DurableHost))
-        return durable.client_binding_json(origin)
+        return str(durable.client_binding_json(origin))
 
     def web_app(self) -> web.Application:
         """Component routes first, then the app's HTTP functions (catch-alls last)."""
@@ -136,7 +136,7 @@ async def serve(options: HostOptions, on_ready: list[str]) -> None:
     provisioned = provision(options)
     try:
         if options.seed_demo:
-            _seed(provisioned.owner_url, options)
+            _seed(provisioned.owner_url)
         index = load_app(options)
         host = DevHost(options, index, provisioned.owner_url)
         await host.start()
@@ -156,7 +156,7 @@ async def serve(options: HostOptions, on_ready: list[str]) -> None:
         provisioned.stop()
 
 
-def _seed(owner_url: str, options: HostOptions) -> None:
+def _seed(owner_url: str) -> None:
     from devhost.identity import dev_tenant_id
     from devhost.provision import DEMO_TENANTS, seed_demo_tenants
 

@@ -13,6 +13,7 @@ from aiohttp import web
 from azure.functions import meta
 
 from devhost.invoker import FunctionInvocationError, Invoker
+from devhost.loader import function_name, trigger_of
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def _to_response(out: meta.Datum | None) -> web.Response:
 def make_handler(function: func.Function, invoker: Invoker,
                  durable_binding: BindingJson | None) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """An aiohttp handler that invokes `function` as the Functions host would."""
-    trigger = function.get_trigger()
+    trigger = trigger_of(function)
     client_bindings = [b.name for b in function.get_bindings() if b.type == "durableClient"]
 
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -89,11 +90,11 @@ def make_handler(function: func.Function, invoker: Invoker,
 def add_http_routes(app: web.Application, functions: list[func.Function], invoker: Invoker, route_prefix: str,
                     durable_binding: BindingJson | None) -> list[str]:
     """Register every HTTP function; catch-all routes go last so specific ones win. Returns the paths."""
-    ordered = sorted(functions, key=lambda f: "{*" in (f.get_trigger().route or ""))
+    ordered = sorted(functions, key=lambda f: "{*" in (trigger_of(f).route or ""))
     paths = []
     for function in ordered:
-        trigger = function.get_trigger()
-        path = aiohttp_path(route_prefix, trigger.route or function.get_function_name())
+        trigger = trigger_of(function)
+        path = aiohttp_path(route_prefix, str(trigger.route or function_name(function)))
         methods = [str(getattr(m, "value", m)).upper() for m in (trigger.methods or ALL_METHODS)]
         handler = make_handler(function, invoker, durable_binding)
         for method in methods:

@@ -18,9 +18,11 @@ import azure.functions as func
 from azure.functions import meta
 from azure.functions._abc import RetryContext, RpcException, TraceContext
 
+from devhost.loader import function_name, trigger_of
+
 logger = logging.getLogger(__name__)
 
-_REGISTRY = meta.get_binding_registry()
+_REGISTRY: Any = meta.get_binding_registry()  # type: ignore[no-untyped-call]
 
 
 class FunctionInvocationError(Exception):
@@ -166,17 +168,18 @@ class Invoker:
         parameters = inspect.signature(user_function).parameters
         kwargs: dict[str, Any] = {}
         outs: dict[str, tuple[str, _Out]] = {}
+        name = function_name(function)
         return_type: str | None = None
         for binding in function.get_bindings():
             if binding.name == "$return":
-                return_type = binding.type
+                return_type = str(binding.type)
                 continue
             if binding.direction == 1:  # OUT: a func.Out the function sets
                 out = _Out()
-                outs[binding.name] = (binding.type, out)
+                outs[binding.name] = (str(binding.type), out)
                 kwargs[binding.name] = out
                 continue
-            binding_type = binding.type
+            binding_type = str(binding.type)
             if hints.get(binding.name) in (str, bytes) and not has_implicit_output(binding_type):
                 binding_type = "generic"
             conv = _converter(binding_type)
@@ -185,7 +188,7 @@ class Invoker:
                 inputs.get(binding.name), trigger_metadata=(trigger_metadata or {}) if is_trigger else {}
             )
         if "context" in parameters and "context" not in kwargs:
-            kwargs["context"] = InvocationContext(function.get_function_name(), self._directory, trace_parent)
+            kwargs["context"] = InvocationContext(name, self._directory, trace_parent)
         try:
             if inspect.iscoroutinefunction(user_function):
                 result = await user_function(**kwargs)
@@ -194,12 +197,13 @@ class Invoker:
                 call = functools.partial(contextvars.copy_context().run, user_function, **kwargs)
                 result = await loop.run_in_executor(self._pool, call)
         except Exception as exc:
-            raise FunctionInvocationError(function.get_function_name(), exc) from exc
+            raise FunctionInvocationError(name, exc) from exc
         for out_type, out in outs.values():
             if out.get() is not None:
                 _converter(out_type).encode(out.get(), expected_type=None)
-        if return_type is None and has_implicit_output(function.get_trigger().type):
-            return_type = function.get_trigger().type
+        trigger_type = str(trigger_of(function).type)
+        if return_type is None and has_implicit_output(trigger_type):
+            return_type = trigger_type
         if return_type is None:
             return None
         encoded: meta.Datum = _converter(return_type).encode(result, expected_type=hints.get("return"))

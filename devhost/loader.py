@@ -33,14 +33,27 @@ class FunctionIndex:
     other: list[func.Function] = field(default_factory=list)
 
 
+def trigger_of(function: func.Function) -> Any:
+    """The function's trigger binding (every indexed function has exactly one; its attributes vary by type)."""
+    trigger = function.get_trigger()
+    if trigger is None:
+        raise FunctionAppLoadError(f"function {function.get_function_name()} has no trigger")
+    return trigger
+
+
+def function_name(function: func.Function) -> str:
+    """The function's name as the host knows it."""
+    return str(function.get_function_name())
+
+
 def durable_name(function: func.Function) -> str:
-    """The name the Durable extension registers: the trigger's orchestration/activity/entity name, else the function's."""
-    trigger: Any = function.get_trigger()
+    """The name the Durable extension registers: the trigger's orchestration/activity/entity name, else its own."""
+    trigger = trigger_of(function)
     for attribute in ("orchestration", "activity", "entity_name"):
         value = getattr(trigger, attribute, None)
         if value:
             return str(value)
-    return str(function.get_function_name())
+    return function_name(function)
 
 
 def import_script(script: Path) -> ModuleType:
@@ -75,9 +88,8 @@ def build_index(app: func.FunctionRegister) -> FunctionIndex:
     """Call get_functions() (it is not idempotent: call once per app object) and group the result."""
     index = FunctionIndex(app=app)
     for function in app.get_functions():
-        name = function.get_function_name()
-        index.functions[name] = function
-        trigger_type = function.get_trigger().type
+        index.functions[function_name(function)] = function
+        trigger_type = trigger_of(function).type
         if trigger_type == "httpTrigger":
             index.http.append(function)
         elif trigger_type == "orchestrationTrigger":

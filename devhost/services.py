@@ -24,17 +24,19 @@ def start_postgres(data_dir: Path) -> str:
     """Start (or re-attach to) the embedded Postgres on `data_dir`; return its superuser URL."""
     # pgserver reads XDG_RUNTIME_DIR when imported; a private one keeps it quiet and its files ours.
     os.environ.setdefault("XDG_RUNTIME_DIR", str(_runtime_dir()))
-    import pgserver
+    from pgserver.postgres_server import get_server
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(str(data_dir), cleanup_mode=None)
+    server = get_server(str(data_dir), cleanup_mode=None)
     return str(server.get_uri())
 
 
 def stop_postgres(data_dir: Path) -> None:
     """Stop the embedded Postgres on `data_dir` if it runs (fast shutdown: sessions are closed)."""
     os.environ.setdefault("XDG_RUNTIME_DIR", str(_runtime_dir()))
-    from pgserver._commands import pg_ctl  # pgserver's own wrapper knows the binary and the system user
+    from pgserver import _commands  # pgserver's own wrapper knows the binary and the system user
+
+    pg_ctl = getattr(_commands, "pg_ctl")  # noqa: B009  # generated at import, invisible to type checkers
 
     if not (data_dir / "postmaster.pid").exists():
         return

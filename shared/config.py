@@ -54,7 +54,7 @@ class Settings(BaseSettings):
 def load_settings() -> Settings:
     """Read and validate the settings now, turning pydantic's report into one clear message."""
     try:
-        return Settings()  # type: ignore[call-arg]  # values come from the environment
+        return Settings()  # values come from the environment
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

@@ -95,7 +95,7 @@ def install_problem_handlers(app: FastAPI) -> None:
                                 f"{len(errors)} invalid field(s)", instance=request.url.path, errors=errors)
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # noqa: ARG001  # logged below
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem_response(500, "internal-error", "Internal server error",
                                 "The request failed unexpectedly; quote the X-Request-Id when reporting it.",

@@ -55,18 +55,17 @@ def bootstrap(admin_url: str, database: str = DATABASE_NAME) -> DatabaseUrls:
                 sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), sql.Identifier(OWNER_ROLE))
             )
     with psycopg.connect(admin_url, dbname=database, autocommit=True) as conn:
-        # pgcrypto's gen_random_uuid is built in since PG 13; schema public stays closed to the app.
+        # gen_random_uuid is built in since PG 13, so no extension is needed; public stays closed to the app.
         conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA public FROM PUBLIC"))
-        conn.execute(
-            sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(database), sql.Identifier(APP_LOGIN_ROLE))
-        )
+        grant = sql.SQL("GRANT CONNECT ON DATABASE {} TO {}")
+        conn.execute(grant.format(sql.Identifier(database), sql.Identifier(APP_LOGIN_ROLE)))
     params = conninfo_to_dict(admin_url)
     params["dbname"] = database
     params.pop("password", None)
     return DatabaseUrls(
         admin=admin_url,
-        owner=make_conninfo(**{**params, "user": OWNER_ROLE}),
-        app=make_conninfo(**{**params, "user": APP_LOGIN_ROLE}),
+        owner=make_conninfo("", **{**params, "user": OWNER_ROLE}),
+        app=make_conninfo("", **{**params, "user": APP_LOGIN_ROLE}),
     )
 
 

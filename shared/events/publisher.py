@@ -1,0 +1,152 @@
+# intent_ref: platform.events
+"""The app's Event Hubs publisher port, with a local (Postgres, devhost) and an Azure backend."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Protocol
+
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from shared.config import get_settings
+from shared.db.session import runtime_transaction
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+    from azure.eventhub import EventDataBatch, EventHubProducerClient
+
+PropertyValue = str | int | float | bool | None
+"""What both backends carry as an application property (AMQP and JSON both represent these)."""
+
+_LOCAL_PUBLISH = "SELECT partition_id, sequence_number FROM devhost_eventhubs.publish(%s, %s, %s, %s)"
+
+
+@dataclass(frozen=True)
+class OutboundEvent:
+    """One event to send. Events with the same partition key keep their order (same partition)."""
+
+    body: bytes | str | Any
+    """bytes as they are, a str as UTF-8 text, anything else as compact JSON."""
+    partition_key: str | None = None
+    properties: Mapping[str, PropertyValue] = field(default_factory=dict)
+
+    def body_bytes(self) -> bytes:
+        """The bytes that go on the wire."""
+        if isinstance(self.body, bytes):
+            return self.body
+        if isinstance(self.body, str):
+            return self.body.encode("utf-8")
+        return json.dumps(self.body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+class EventPublisher(Protocol):
+    """Sends events to an event hub; returns once the service (or local log) has accepted all of them."""
+
+    def publish(self, hub: str, events: Sequence[OutboundEvent]) -> None:
+        """Send `events` to `hub`, raising if any could not be sent."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+class LocalEventHubPublisher:
+    """Appends to the devhost's Postgres log through `devhost_eventhubs.publish()`, as the runtime role."""
+
+    def __init__(self, pool: ConnectionPool[Any] | None = None) -> None:
+        self._pool = pool
+
+    def publish(self, hub: str, events: Sequence[OutboundEvent]) -> None:
+        """Append all events in one transaction: every event lands, or none does."""
+        if not events:
+            return
+        with runtime_transaction(pool=self._pool) as conn:
+            for event in events:
+                params = (hub, event.partition_key, event.body_bytes(), Jsonb(dict(event.properties)))
+                conn.execute(_LOCAL_PUBLISH, params)
+
+    def close(self) -> None:
+        """Nothing to release: the pool belongs to its creator."""
+
+
+class AzureEventHubPublisher:
+    """Sends with one `EventHubProducerClient` per hub, authenticated by Entra ID (no keys)."""
+
+    def __init__(self, fully_qualified_namespace: str, credential: TokenCredential | None = None) -> None:
+        self._namespace = fully_qualified_namespace
+        self._credential = credential
+        self._producers: dict[str, tuple[EventHubProducerClient, threading.Lock]] = {}
+        self._lock = threading.Lock()
+
+    def publish(self, hub: str, events: Sequence[OutboundEvent]) -> None:
+        """Send grouped by partition key, in as few batches as fit; order is kept within a key."""
+        if not events:
+            return
+        producer, lock = self._producer(hub)
+        # A producer is not safe to share between threads: the functions' thread pool takes turns.
+        with lock:
+            for partition_key, group in _by_partition_key(events).items():
+                for batch in _batches(producer, partition_key, group):
+                    producer.send_batch(batch)
+
+    def close(self) -> None:
+        """Close every producer."""
+        with self._lock:
+            producers, self._producers = self._producers, {}
+        for producer, _ in producers.values():
+            producer.close()
+
+    def _producer(self, hub: str) -> tuple[EventHubProducerClient, threading.Lock]:
+        with self._lock:
+            if hub not in self._producers:
+                from azure.eventhub import EventHubProducerClient
+
+                if self._credential is None:
+                    from azure.identity import DefaultAzureCredential
+
+                    self._credential = DefaultAzureCredential()
+                client = EventHubProducerClient(self._namespace, hub, self._credential)
+                self._producers[hub] = (client, threading.Lock())
+            return self._producers[hub]
+
+
+def _by_partition_key(events: Sequence[OutboundEvent]) -> dict[str | None, list[OutboundEvent]]:
+    groups: dict[str | None, list[OutboundEvent]] = {}
+    for event in events:
+        groups.setdefault(event.partition_key, []).append(event)
+    return groups
+
+
+def _batches(
+    producer: EventHubProducerClient, partition_key: str | None, events: list[OutboundEvent]
+) -> Iterator[EventDataBatch]:
+    from azure.eventhub import EventData
+
+    batch = producer.create_batch(partition_key=partition_key)
+    for event in events:
+        data = EventData(event.body_bytes())
+        data.properties = {key: value for key, value in event.properties.items()}
+        try:
+            batch.add(data)
+        except ValueError:  # the batch is full
+            if len(batch) == 0:
+                raise  # a single event larger than the batch limit can never be sent
+            yield batch
+            batch = producer.create_batch(partition_key=partition_key)
+            batch.add(data)
+    if len(batch):
+        yield batch
+
+
+@lru_cache(maxsize=1)
+def get_publisher() -> EventPublisher:
+    """The process-wide publisher for `QP_EVENTHUB_BACKEND` (local: the devhost's Postgres log)."""
+    settings = get_settings()
+    if settings.QP_EVENTHUB_BACKEND == "azure":
+        assert settings.EventHubConnection__fullyQualifiedNamespace is not None  # checked by Settings
+        return AzureEventHubPublisher(settings.EventHubConnection__fullyQualifiedNamespace)
+    return LocalEventHubPublisher()
