@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed-stamp
 NODE_STAMP := node_modules/.installed-stamp
 
-.PHONY: help setup run test lint typecheck format unit integration e2e clean
+.PHONY: help setup run test lint typecheck format unit integration e2e openapi clean
 
 help:
 	@echo "make run    - install what is missing, start Postgres, Azurite and the devhost on :7071"
@@ -47,6 +47,9 @@ integration: setup
 
 e2e: setup
 	$(VENV)/bin/pytest tests/e2e
+
+openapi: setup
+	$(PY) tools/export_openapi.py
 
 format: setup
 	$(VENV)/bin/ruff check --fix .
