@@ -1,0 +1,152 @@
+# intent_ref: platform.devhost-eventhubs
+"""The Event Hubs component of the devhost: a consumer per trigger and partition, woken by NOTIFY."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+from psycopg_pool import AsyncConnectionPool
+
+from devhost.component import HostContext
+from devhost.eventhubs.admin import add_publish_route
+from devhost.eventhubs.binding import EventHubTriggerSpec
+from devhost.eventhubs.consumer import PartitionConsumer
+from devhost.eventhubs.listener import listen
+from devhost.eventhubs.store import NOTIFY_CHANNEL, EventLogStore, NewEvent, Pool, Receipt, migrate
+from devhost.hostjson import load_host_json
+from devhost.loader import FunctionIndex
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PARTITION_COUNT = 4
+DEFAULT_MAX_BATCH_SIZE = 100
+_STOP_GRACE_SECONDS = 5.0
+
+
+class EventHubHost:
+    """Runs every eventHubTrigger function of the app against the Postgres-backed log."""
+
+    def __init__(
+        self,
+        ctx: HostContext,
+        *,
+        partition_count: int = DEFAULT_PARTITION_COUNT,
+        max_batch_size: int | None = None,
+        poll_interval: float = 5.0,
+    ) -> None:
+        self._ctx = ctx
+        self._partition_count = partition_count
+        self._max_batch_size = max_batch_size or host_json_batch_size(ctx.index)
+        self._poll_interval = poll_interval
+        self._pool: Pool | None = None
+        self._store: EventLogStore | None = None
+        self._consumers: dict[str, list[PartitionConsumer]] = defaultdict(list)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._listener: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    def add_routes(self, app: web.Application) -> None:
+        """`POST /devhost/eventhubs/{hub}/events`, local callers only."""
+        add_publish_route(app, self.publish)
+
+    async def start(self) -> None:
+        """Migrate, create the triggers' hubs, then start the listener and one consumer per partition."""
+        await migrate(self._ctx.database_url)
+        pool: Pool = AsyncConnectionPool(
+            self._ctx.database_url, min_size=1, max_size=8, kwargs={"autocommit": True},
+            open=False, name="devhost-eventhubs",
+        )
+        await pool.open(wait=True)
+        self._pool, self._store = pool, EventLogStore(pool)
+        self._stopping = asyncio.Event()
+        self._consumers = defaultdict(list)
+        specs = [EventHubTriggerSpec.from_function(f) for f in self._ctx.index.eventhub]
+        for consumer in await self._plan(specs):
+            self._consumers[consumer.spec.hub].append(consumer)
+        self._listener = asyncio.create_task(
+            listen(self._ctx.database_url, NOTIFY_CHANNEL, self._wake, self._stopping), name="eventhubs-listener"
+        )
+        self._tasks = [
+            asyncio.create_task(c.run(self._stopping), name=f"eventhubs-{c.spec.function_name}-{c.partition_id}")
+            for consumers in self._consumers.values()
+            for c in consumers
+        ]
+        logger.info("event hubs: %d consumer(s) on %d hub(s)", len(self._tasks), len(self._consumers))
+
+    async def stop(self) -> None:
+        """Let running invocations finish (briefly), then cancel; unfinished batches are redelivered."""
+        self._stopping.set()
+        if self._listener is not None:
+            # Nothing to finish there: cancel rather than wait for its bounded read to time out.
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=_STOP_GRACE_SECONDS)
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._tasks = []
+        if self._pool is not None:
+            await self._pool.close()
+        self._pool = self._store = None
+
+    async def publish(self, hub: str, events: Sequence[NewEvent]) -> list[Receipt]:
+        """Append events to `hub` (created with the host's partition count on first use)."""
+        if self._store is None:
+            raise RuntimeError("the event hub host is not started")
+        await self._store.ensure_hub(hub, self._partition_count)
+        return await self._store.publish(hub, events)
+
+    async def _plan(self, specs: Sequence[EventHubTriggerSpec]) -> list[PartitionConsumer]:
+        assert self._store is not None
+        groups: dict[tuple[str, str], list[EventHubTriggerSpec]] = defaultdict(list)
+        for spec in specs:
+            groups[(spec.hub, spec.consumer_group)].append(spec)
+        consumers: list[PartitionConsumer] = []
+        for (hub, group), members in groups.items():
+            partitions = await self._store.ensure_hub(hub, self._partition_count)
+            if len(members) > 1:
+                # In Azure such functions compete for the partitions' leases; share them out the same way.
+                logger.warning(
+                    "functions %s share hub %r and consumer group %r: each gets a share of the partitions",
+                    [m.function_name for m in members], hub, group,
+                )
+            for partition_id in range(partitions):
+                spec = members[partition_id % len(members)]
+                consumers.append(
+                    PartitionConsumer(
+                        spec, partition_id, self._store, self._ctx.invoker,
+                        max_batch_size=self._max_batch_size, poll_interval=self._poll_interval,
+                    )
+                )
+        return consumers
+
+    def _wake(self, hub: str | None) -> None:
+        targets = self._consumers.values() if hub is None else [self._consumers.get(hub, [])]
+        for consumers in targets:
+            for consumer in consumers:
+                consumer.wake.set()
+
+
+def host_json_batch_size(index: FunctionIndex) -> int:
+    """`extensions.eventHubs.maxEventBatchSize` of the host.json beside the app's function_app.py."""
+    # The index does not record where the app came from; the module defining the app object does.
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if path and any(value is index.app for value in vars(module).values()):
+            try:
+                return load_host_json(Path(path).parent).eventhub_max_batch_size
+            except (OSError, ValueError) as exc:
+                logger.warning("cannot read host.json beside %s (%s); using the default batch size", path, exc)
+    return DEFAULT_MAX_BATCH_SIZE
