@@ -71,6 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     token.set_defaults(handler=_token)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("azure", "aiohttp.access", "psycopg.pool"):
+    for noisy in ("azure", "aiohttp.access", "psycopg.pool", "pgserver"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return int(args.handler(args))

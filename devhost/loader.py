@@ -107,6 +107,13 @@ def build_index(app: func.FunctionRegister) -> FunctionIndex:
     return index
 
 
+_indexes: dict[int, FunctionIndex] = {}
+
+
 def load_function_app(script: Path) -> FunctionIndex:
-    """Import the script, find its app and index its functions."""
-    return build_index(find_app(import_script(script)))
+    """Import the script, find its app and index its functions (once per app object, as the worker does)."""
+    app = find_app(import_script(script))
+    index = _indexes.get(id(app))
+    if index is None or index.app is not app:
+        index = _indexes[id(app)] = build_index(app)
+    return index
