@@ -13,7 +13,10 @@ ROOT = Path(__file__).resolve().parent.parent
 OPENAPI_PATH = ROOT / "docs" / "openapi.json"
 
 # Building the app validates settings; the schema does not depend on their values, and nothing connects.
-_PLACEHOLDER_SETTINGS = {"QP_DATABASE_URL": "host=/nonexistent", "QP_BLOB_CONNECTION_STRING": "UseDevelopmentStorage=true"}
+_PLACEHOLDER_SETTINGS = {
+    "QP_DATABASE_URL": "host=/nonexistent",
+    "QP_BLOB_CONNECTION_STRING": "UseDevelopmentStorage=true",
+}
 
 
 def render_openapi() -> str:
