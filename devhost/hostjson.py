@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,3 +39,21 @@ def load_local_settings(app_dir: Path) -> dict[str, str]:
         return {}
     values = json.loads(path.read_text(encoding="utf-8")).get("Values", {})
     return {str(k): str(v) for k, v in values.items()}
+
+
+_SETTING_REFERENCE = re.compile(r"^%([^%]+)%$")
+
+
+class MissingAppSettingError(ValueError):
+    """A binding names an app setting (`%NAME%`) that is not set."""
+
+
+def resolve_app_setting(value: str) -> str:
+    """Resolve a `%NAME%` binding expression from the app settings (the environment), like the host does."""
+    match = _SETTING_REFERENCE.match(value)
+    if not match:
+        return value
+    resolved = os.environ.get(match.group(1))
+    if not resolved:
+        raise MissingAppSettingError(f"app setting {match.group(1)!r} (used as {value}) is not set")
+    return resolved

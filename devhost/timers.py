@@ -20,14 +20,15 @@ from azure.functions import meta
 from croniter import croniter
 
 from devhost.component import HostContext
+from devhost.hostjson import resolve_app_setting
 from devhost.invoker import FunctionInvocationError
+from devhost.tasks import stop_tasks
 
 logger = logging.getLogger(__name__)
 
 NEVER = datetime.min.replace(tzinfo=UTC)
 """`ScheduleStatus.Last` before the first scheduled run (.NET `default(DateTime)`)."""
 _STOP_GRACE_SECONDS = 5.0
-_SETTING_REFERENCE = re.compile(r"^%([^%]+)%$")
 _UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -44,7 +45,7 @@ class NcrontabSchedule:
     @classmethod
     def parse(cls, expression: str) -> NcrontabSchedule:
         """Validate `expression` (after resolving a `%APP_SETTING%` reference, as the host does)."""
-        expression = _resolve_setting(expression.strip())
+        expression = resolve_app_setting(expression.strip())
         fields = len(expression.split())
         if fields not in (5, 6) or not croniter.is_valid(expression, second_at_beginning=fields == 6):
             raise TimerScheduleError(
@@ -243,24 +244,8 @@ class TimerHost:
     async def stop(self) -> None:
         """Stop scheduling; a run still going after a grace period is cancelled and not recorded."""
         self._stopping.set()
-        if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=_STOP_GRACE_SECONDS)
-            for task in pending:
-                task.cancel()
-            for task in pending:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await stop_tasks(self._tasks, _STOP_GRACE_SECONDS)
         self._tasks = []
-
-
-def _resolve_setting(value: str) -> str:
-    match = _SETTING_REFERENCE.match(value)
-    if not match:
-        return value
-    resolved = os.environ.get(match.group(1))
-    if not resolved:
-        raise TimerScheduleError(f"app setting {match.group(1)!r} (used as {value}) is not set")
-    return resolved
 
 
 def _utcnow() -> datetime:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,14 +16,10 @@ from azure.functions import meta
 from azure.functions.decorators.core import Cardinality, DataType
 
 from devhost.eventhubs.store import StoredEvent
+from devhost.hostjson import resolve_app_setting
 
 DEFAULT_CONSUMER_GROUP = "$Default"
 LOCAL_NAMESPACE = "localhost"
-_SETTING_REFERENCE = re.compile(r"^%([^%]+)%$")
-
-
-class TriggerConfigurationError(ValueError):
-    """An eventHubTrigger names an app setting that is not set."""
 
 
 @dataclass(frozen=True)
@@ -47,8 +42,8 @@ class EventHubTriggerSpec:
         return cls(
             function=function,
             function_name=str(function.get_function_name()),
-            hub=resolve_setting(str(trigger.event_hub_name)),
-            consumer_group=resolve_setting(str(trigger.consumer_group or DEFAULT_CONSUMER_GROUP)),
+            hub=resolve_app_setting(str(trigger.event_hub_name)),
+            consumer_group=resolve_app_setting(str(trigger.consumer_group or DEFAULT_CONSUMER_GROUP)),
             many=trigger.cardinality == Cardinality.MANY,
             binary=trigger.data_type == DataType.BINARY,
             namespace=os.environ.get(f"{connection}__fullyQualifiedNamespace") or LOCAL_NAMESPACE,
@@ -59,17 +54,6 @@ class EventHubTriggerSpec:
         """The trigger's parameter name (the binding's `name`)."""
         trigger: Any = self.function.get_trigger()
         return str(trigger.name)
-
-
-def resolve_setting(value: str) -> str:
-    """Resolve a `%NAME%` binding expression from the app settings (the environment), like the host."""
-    match = _SETTING_REFERENCE.match(value)
-    if not match:
-        return value
-    resolved = os.environ.get(match.group(1))
-    if not resolved:
-        raise TriggerConfigurationError(f"app setting {match.group(1)!r} (used as {value}) is not set")
-    return resolved
 
 
 def dotnet_utc(moment: datetime) -> str:

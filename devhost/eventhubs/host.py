@@ -22,6 +22,7 @@ from devhost.eventhubs.listener import listen
 from devhost.eventhubs.store import NOTIFY_CHANNEL, EventLogStore, NewEvent, Pool, Receipt, migrate
 from devhost.hostjson import load_host_json
 from devhost.loader import FunctionIndex
+from devhost.tasks import stop_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -89,13 +90,7 @@ class EventHubHost:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
             self._listener = None
-        if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=_STOP_GRACE_SECONDS)
-            for task in pending:
-                task.cancel()
-            for task in pending:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await stop_tasks(self._tasks, _STOP_GRACE_SECONDS)
         self._tasks = []
         if self._pool is not None:
             await self._pool.close()

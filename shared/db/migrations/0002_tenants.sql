@@ -17,15 +17,7 @@ CREATE TABLE app.tenants (
     updated_at       timestamptz NOT NULL DEFAULT now()
 );
 
-ALTER TABLE app.tenants ENABLE ROW LEVEL SECURITY;
-ALTER TABLE app.tenants FORCE ROW LEVEL SECURITY;
-
 -- A tenant sees its own row only; the platform's control plane gets its own path later.
-CREATE POLICY tenant_isolation ON app.tenants FOR ALL TO qp_runtime
-    USING (id = (SELECT app.current_tenant_id()))
-    WITH CHECK (id = (SELECT app.current_tenant_id()));
-CREATE POLICY tenant_isolation_restrictive ON app.tenants AS RESTRICTIVE FOR ALL TO qp_runtime
-    USING (id = (SELECT app.current_tenant_id()))
-    WITH CHECK (id = (SELECT app.current_tenant_id()));
+SELECT app.enable_tenant_isolation('app.tenants', 'id');
 
 GRANT SELECT, UPDATE ON app.tenants TO qp_runtime;

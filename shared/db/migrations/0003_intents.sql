@@ -40,24 +40,8 @@ CREATE TABLE app.intent_versions (
 CREATE INDEX intents_tenant_kind_status_name ON app.intents (tenant_id, kind, status, name);
 CREATE INDEX intents_labels ON app.intents USING gin (labels jsonb_path_ops);
 
-ALTER TABLE app.intents ENABLE ROW LEVEL SECURITY;
-ALTER TABLE app.intents FORCE ROW LEVEL SECURITY;
-ALTER TABLE app.intent_versions ENABLE ROW LEVEL SECURITY;
-ALTER TABLE app.intent_versions FORCE ROW LEVEL SECURITY;
-
-CREATE POLICY tenant_isolation ON app.intents FOR ALL TO qp_runtime
-    USING (tenant_id = (SELECT app.current_tenant_id()))
-    WITH CHECK (tenant_id = (SELECT app.current_tenant_id()));
-CREATE POLICY tenant_isolation_restrictive ON app.intents AS RESTRICTIVE FOR ALL TO qp_runtime
-    USING (tenant_id = (SELECT app.current_tenant_id()))
-    WITH CHECK (tenant_id = (SELECT app.current_tenant_id()));
-
-CREATE POLICY tenant_isolation ON app.intent_versions FOR ALL TO qp_runtime
-    USING (tenant_id = (SELECT app.current_tenant_id()))
-    WITH CHECK (tenant_id = (SELECT app.current_tenant_id()));
-CREATE POLICY tenant_isolation_restrictive ON app.intent_versions AS RESTRICTIVE FOR ALL TO qp_runtime
-    USING (tenant_id = (SELECT app.current_tenant_id()))
-    WITH CHECK (tenant_id = (SELECT app.current_tenant_id()));
+SELECT app.enable_tenant_isolation('app.intents');
+SELECT app.enable_tenant_isolation('app.intent_versions');
 
 -- Versions are immutable: the runtime role may add them, never change or remove them.
 GRANT SELECT, INSERT, UPDATE ON app.intents TO qp_runtime;
