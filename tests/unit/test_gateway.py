@@ -9,7 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from shared.api.app import create_app
+from shared.api import readiness
 from shared.config import get_settings
+from shared.db.pool import close_pool
 
 
 @pytest.fixture()
@@ -30,6 +32,8 @@ def client(monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
 
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
+    close_pool()
+    readiness._probe_client.cache_clear()
     get_settings.cache_clear()
 
 
