@@ -1,0 +1,284 @@
+# intent_ref: platform.devhost-durable
+"""The dispatcher: runs orchestrator episodes (one per instance at a time) and activities, each one transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import traceback
+from collections.abc import Coroutine
+from datetime import datetime
+from typing import Any, TypeVar
+
+import azure.functions as func
+from azure.functions import meta
+
+from devhost.component import HostContext
+from devhost.durable.episode import Bookkeeping, Catalog, Episode, EpisodeResult, InstanceFacts
+from devhost.durable.lifecycle import (
+    ParentLink,
+    new_execution_id,
+    notify_parent,
+    queue_execution_started,
+    start_instance,
+    utcnow,
+)
+from devhost.durable.protocol import EventType, JsonDict, RuntimeStatus, event, extract_out_of_proc_state, iso
+from devhost.durable.store import Conn, Database, Instance, Store, WorkItem
+from devhost.invoker import FunctionInvocationError
+
+logger = logging.getLogger(__name__)
+
+K = TypeVar("K")
+_RUNNABLE = frozenset({RuntimeStatus.Pending, RuntimeStatus.Running, RuntimeStatus.ContinuedAsNew})
+
+
+def _trigger_name(function: func.Function) -> str:
+    trigger = function.get_trigger()
+    if trigger is None:  # the loader indexes functions by their trigger, so this cannot happen
+        raise RuntimeError(f"function {function.get_function_name()} has no trigger")
+    return str(trigger.name)
+
+
+class Engine:
+    """Background work of the durable host, driven by the store: whatever is persisted is eventually done."""
+
+    def __init__(
+        self, ctx: HostContext, db: Database, store: Store, *, max_episodes: int = 4, max_activities: int = 8,
+        poll_interval: float = 0.1, retry_delay: float = 1.0,
+    ) -> None:
+        self._ctx, self._db, self._store = ctx, db, store
+        self._max_episodes, self._max_activities = max_episodes, max_activities
+        self._poll_interval, self._retry_delay = poll_interval, retry_delay
+        self._wake = asyncio.Event()
+        self._episodes: dict[str, asyncio.Task[None]] = {}
+        self._activities: dict[int, asyncio.Task[None]] = {}
+        self._cooldown: dict[str, float] = {}  # instance id -> monotonic time before which it is not retried
+        self._loop_task: asyncio.Task[None] | None = None
+
+    @property
+    def catalog(self) -> Catalog:
+        return Catalog(orchestrators=self._ctx.index.orchestrators, activities=self._ctx.index.activities)
+
+    def wake(self) -> None:
+        """Something was persisted that may be runnable now; dispatch without waiting for the poll."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._dispatch_loop(), name="durable-dispatcher")
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop dispatching; let running episodes commit, abandon activities (they run again on the next start)."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+            self._loop_task = None
+        for task in self._activities.values():
+            task.cancel()
+        pending = [*self._episodes.values(), *self._activities.values()]
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def wait_idle(self, timeout: float = 10.0) -> None:
+        """Wait until nothing is runnable or running (future timers excepted); for tests and tooling."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self._episodes and not self._activities:
+                async with self._db.connection() as conn:
+                    runnable = await self._store.runnable(conn, utcnow(), [], 1)
+                    work = await self._store.pending_work(conn, [], 1)
+                if not runnable and not work and not self._episodes and not self._activities:
+                    return
+                self.wake()
+            if time.monotonic() > deadline:
+                raise TimeoutError("the durable host did not become idle")
+            await asyncio.sleep(0.02)
+
+    # ------------------------------------------------------------------ dispatching
+    async def _dispatch_loop(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self._dispatch()
+            except Exception:  # e.g. the database restarts: keep the loop alive and try again
+                logger.exception("durable dispatcher pass failed")
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+            except TimeoutError:
+                pass
+
+    async def _dispatch(self) -> None:
+        now = utcnow()
+        clock = time.monotonic()
+        self._cooldown = {k: v for k, v in self._cooldown.items() if v > clock}
+        free_episodes = self._max_episodes - len(self._episodes)
+        free_activities = self._max_activities - len(self._activities)
+        async with self._db.connection() as conn:
+            ids = await self._store.runnable(conn, now, [*self._episodes, *self._cooldown], free_episodes) \
+                if free_episodes > 0 else []
+            items = await self._store.pending_work(conn, list(self._activities), free_activities) \
+                if free_activities > 0 else []
+        for instance_id in ids:
+            self._spawn(self._episodes, instance_id, self._guarded_episode(instance_id), f"episode {instance_id}")
+        for item in items:
+            self._spawn(self._activities, item.id, self._run_activity(item), f"activity {item.name}")
+
+    def _spawn(self, tasks: dict[K, asyncio.Task[None]], key: K, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run `work` in the background, tracked under `key` until it ends (then dispatch again)."""
+        task = asyncio.create_task(work, name=name)
+        tasks[key] = task
+
+        def done(_: asyncio.Task[None]) -> None:
+            tasks.pop(key, None)
+            self.wake()
+
+        task.add_done_callback(done)
+
+    # ------------------------------------------------------------------ episodes
+    async def _guarded_episode(self, instance_id: str) -> None:
+        try:
+            await self._run_episode(instance_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A host bug or a database error: the transaction rolled back, so the messages are still there.
+            logger.exception("durable episode of %s failed; retrying in %.1fs", instance_id, self._retry_delay)
+            self._cooldown[instance_id] = time.monotonic() + self._retry_delay
+
+    async def _run_episode(self, instance_id: str) -> None:
+        async with self._db.connection() as conn, conn.transaction():
+            instance = await self._store.get(conn, instance_id, lock=True)
+            if instance is None or instance.runtime_status not in _RUNNABLE:
+                return
+            now = utcnow()
+            messages = await self._store.visible_messages(conn, instance_id, now)
+            if not messages:
+                return
+            episode = Episode(
+                facts=InstanceFacts(instance.instance_id, instance.execution_id, instance.name, instance.input_json,
+                                    instance.parent_instance_id),
+                past=await self._store.history(conn, instance_id), messages=messages, book=instance.book,
+                now=now, catalog=self.catalog,
+            )
+            if episode.has_events:
+                state, failure = await self._invoke_orchestrator(instance.name, episode.context())
+                result = episode.finish(state, failure, utcnow())
+                await self._commit(conn, instance, result, now)
+            await self._store.delete_messages(conn, [m.id for m in messages])
+
+    async def _invoke_orchestrator(self, name: str, context: str) -> tuple[JsonDict | None, str | None]:
+        """Run the orchestrator once; return its OrchestratorState, or the failure it could not describe."""
+        function = self._ctx.index.orchestrators.get(name)
+        if function is None:
+            return None, f"The function '{name}' doesn't exist, is disabled, or is not an orchestrator function."
+        try:
+            inputs = {_trigger_name(function): meta.Datum(context, "string")}
+            datum = await self._ctx.invoker.invoke(function, inputs)
+        except FunctionInvocationError as exc:
+            # Orchestrator code raised: the SDK embeds its state (actions, customStatus, error) in the message.
+            state = extract_out_of_proc_state(str(exc.exc))
+            return (state, None) if state is not None else (None, exc.friendly)
+        except Exception as exc:  # the worker side of the call failed: fail the instance rather than retry forever
+            return None, f"{type(exc).__name__}: {exc}"
+        try:
+            state = json.loads(datum.value) if datum is not None and isinstance(datum.value, str) else None
+        except json.JSONDecodeError:
+            state = None
+        return (state, None) if isinstance(state, dict) else (None, "the orchestrator returned no OrchestratorState")
+
+    async def _commit(self, conn: Conn, instance: Instance, result: EpisodeResult, now: datetime) -> None:
+        store, instance_id, execution_id = self._store, instance.instance_id, instance.execution_id
+        instance.updated_at = utcnow()
+        if result.custom_status_set:
+            instance.custom_status_json = result.custom_status_json
+        if result.status == RuntimeStatus.ContinuedAsNew:
+            await self._continue_as_new(conn, instance, result.continue_as_new_input, now)
+            return
+        await store.append_history(conn, instance_id, result.history)
+        await store.add_work(conn, instance_id, execution_id, result.activities, now)
+        for timer in result.timers:
+            fired = event(EventType.TimerFired, timer.fire_at, TimerId=timer.task_id, FireAt=iso(timer.fire_at))
+            await store.send(conn, instance_id, execution_id, fired, timer.fire_at, task_id=timer.task_id)
+        await store.cancel_timers(conn, instance_id, execution_id, result.canceled_timers)
+        for child in result.children:
+            parent = ParentLink(instance.name, instance_id, execution_id, child.task_id)
+            created = await start_instance(
+                store, conn, instance_id=child.instance_id, name=child.name, version=child.version,
+                input_json=child.input_json, now=now, parent=parent,
+            )
+            if not created:
+                refused = event(
+                    EventType.SubOrchestrationInstanceFailed, now, TaskScheduledId=child.task_id,
+                    Reason=f"An orchestration with instance ID '{child.instance_id}' already exists and is not in "
+                           "a terminal state.", Details=None)
+                await store.send(conn, instance_id, execution_id, refused, now, task_id=child.task_id)
+        instance.runtime_status = result.status
+        if result.status == RuntimeStatus.Failed:
+            logger.warning("orchestration %s (%s) failed: %s", instance_id, instance.name, result.failure_reason)
+        if result.status.is_terminal:
+            instance.output_json = result.output_json
+            await store.drop_inbox(conn, instance_id)
+            await notify_parent(store, conn, instance, now, reason=result.failure_reason,
+                                details=result.failure_details)
+        await store.save(conn, instance)
+
+    async def _continue_as_new(self, conn: Conn, instance: Instance, input_json: str | None, now: datetime) -> None:
+        """Start a fresh execution: new ExecutionId, empty history, counters reset; undelivered results dropped."""
+        await self._store.clear_history(conn, instance.instance_id)
+        # Results and timers of the old execution are dropped when delivered (execution id mismatch); external
+        # events raised from now on reach the new execution.
+        instance.execution_id = new_execution_id()
+        instance.input_json = input_json
+        instance.output_json = None
+        instance.book = Bookkeeping()
+        instance.runtime_status = RuntimeStatus.ContinuedAsNew
+        await queue_execution_started(self._store, conn, instance, now)
+        await self._store.save(conn, instance)
+
+    # ------------------------------------------------------------------ activities
+    async def _run_activity(self, item: WorkItem) -> None:
+        result = await self._execute_activity(item)
+        try:
+            await self._record_activity(item, result)
+        except Exception:  # the work item stays, so the activity runs again: at least once, as in Azure
+            logger.exception("recording the result of activity %s (%s) failed", item.name, item.instance_id)
+
+    async def _record_activity(self, item: WorkItem, result: JsonDict) -> None:
+        async with self._db.connection() as conn, conn.transaction():
+            # Recording the result and removing the work item commit together: a recorded activity never runs
+            # again, and one whose result was not recorded (crash) runs again on the next start.
+            if not await self._store.take_work(conn, item.id):
+                return
+            if await self._store.accepts_results(conn, item.instance_id, item.execution_id):
+                await self._store.send(conn, item.instance_id, item.execution_id, result, utcnow(),
+                                       task_id=item.task_id)
+
+    async def _execute_activity(self, item: WorkItem) -> JsonDict:
+        """Run the activity; TaskCompleted with its JSON result, or TaskFailed worded like the real host."""
+        function = self._ctx.index.activities.get(item.name)
+        if function is None:
+            message = f"The function '{item.name}' doesn't exist, is disabled, or is not an activity function."
+            return self._failed(item, message, None)
+        try:
+            inputs = {_trigger_name(function): meta.Datum(item.input, "string")}
+            datum = await self._ctx.invoker.invoke(function, inputs)
+        except FunctionInvocationError as exc:
+            return self._failed(item, exc.friendly, exc.exc)
+        except Exception as exc:  # e.g. an output the converter cannot encode: the worker fails the call too
+            return self._failed(item, f"{type(exc).__name__}: {exc}", exc)
+        result = None if datum is None else datum.value
+        return event(EventType.TaskCompleted, utcnow(), TaskScheduledId=item.task_id,
+                     Result=None if result is None else str(result))
+
+    @staticmethod
+    def _failed(item: WorkItem, friendly: str, exc: BaseException | None) -> JsonDict:
+        # Details: the serialized exception, as the host's ErrorDataConverter produces it.
+        stack = "".join(traceback.format_exception(exc)) if exc is not None else None
+        details = json.dumps({"Message": friendly, "StackTrace": stack})
+        return event(EventType.TaskFailed, utcnow(), TaskScheduledId=item.task_id,
+                     Reason=f"Activity function '{item.name}' failed: {friendly}", Details=details)
