@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from shared.api.app import create_app
 from shared.api import readiness
+from shared.api.app import create_app
 from shared.config import get_settings
 from shared.db.pool import close_pool
 
