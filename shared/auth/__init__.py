@@ -1,0 +1,2 @@
+# intent_ref: platform.identity
+"""Who is calling: Entra ID access-token validation and the request's Principal."""
