@@ -136,7 +136,7 @@ async def serve(options: HostOptions, on_ready: list[str]) -> None:
     provisioned = provision(options)
     try:
         if options.seed_demo:
-            _seed(provisioned.owner_url)
+            _seed(provisioned.app_url)
         index = load_app(options)
         host = DevHost(options, index, provisioned.owner_url)
         await host.start()
@@ -156,10 +156,10 @@ async def serve(options: HostOptions, on_ready: list[str]) -> None:
         provisioned.stop()
 
 
-def _seed(owner_url: str) -> None:
+def _seed(app_url: str) -> None:
     from devhost.identity import dev_tenant_id
     from devhost.provision import DEMO_TENANTS, seed_demo_tenants
 
-    inserted = seed_demo_tenants(owner_url, {name: dev_tenant_id(name) for name in DEMO_TENANTS})
+    inserted = seed_demo_tenants(app_url, {name: dev_tenant_id(name) for name in DEMO_TENANTS})
     if inserted:
         logger.info("seeded demo tenants: %s", ", ".join(inserted))

@@ -16,6 +16,7 @@ from psycopg import sql
 from devhost.services import Azurite, start_azurite, start_postgres, stop_postgres
 from shared.db.bootstrap import bootstrap, ensure_runtime_role
 from shared.db.migrate import apply_migrations
+from shared.db.roles import PLATFORM_ROLE
 
 logger = logging.getLogger(__name__)
 
@@ -91,21 +92,17 @@ def demo_tenant_id(name: str) -> uuid.UUID:
     return uuid.uuid5(DEV_NAMESPACE, f"tenant:{name}")
 
 
-def seed_demo_tenants(owner_url: str, entra_tenant_ids: dict[str, uuid.UUID]) -> list[str]:
-    """Insert the demo tenants if absent; returns the names inserted."""
+def seed_demo_tenants(app_url: str, entra_tenant_ids: dict[str, uuid.UUID]) -> list[str]:
+    """Insert the demo tenants if absent, as the control plane does; returns the names inserted."""
     inserted = []
-    with psycopg.connect(owner_url, autocommit=True) as conn:
+    with psycopg.connect(app_url, autocommit=True) as conn:
         for name, entra_id in entra_tenant_ids.items():
-            tenant_id = demo_tenant_id(name)
             with conn.transaction():
-                # FORCE RLS binds the owner too: seed inside that tenant's own context.
-                conn.execute("SELECT set_config('app.tenant_id', %s, true)", (str(tenant_id),))
+                conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(PLATFORM_ROLE)))
                 cur = conn.execute(
-                    sql.SQL(
-                        "INSERT INTO app.tenants (id, name, display_name, entra_tenant_id) VALUES (%s, %s, %s, %s)"
-                        " ON CONFLICT DO NOTHING"
-                    ),
-                    (tenant_id, name, name.capitalize(), entra_id),
+                    "INSERT INTO app.tenants (id, name, display_name, entra_tenant_id) VALUES (%s, %s, %s, %s)"
+                    " ON CONFLICT DO NOTHING",
+                    (demo_tenant_id(name), name, name.capitalize(), entra_id),
                 )
                 if cur.rowcount:
                     inserted.append(name)

@@ -9,7 +9,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from shared.db.roles import APP_LOGIN_ROLE, DATABASE_NAME, OWNER_ROLE, RUNTIME_ROLE
+from shared.db.roles import APP_LOGIN_ROLE, DATABASE_NAME, OWNER_ROLE, PLATFORM_ROLE, RUNTIME_ROLE
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,13 @@ def _role_exists(conn: psycopg.Connection[tuple[object, ...]], role: str) -> boo
     return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is not None
 
 
+def _create_nologin_role(conn: psycopg.Connection[tuple[object, ...]], role: str) -> None:
+    if not _role_exists(conn, role):
+        conn.execute(
+            sql.SQL("CREATE ROLE {} NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE").format(sql.Identifier(role))
+        )
+
+
 def bootstrap(admin_url: str, database: str = DATABASE_NAME) -> DatabaseUrls:
     """Idempotently create qp_owner, qp_runtime, qp_app and `database` owned by qp_owner.
 
@@ -34,21 +41,18 @@ def bootstrap(admin_url: str, database: str = DATABASE_NAME) -> DatabaseUrls:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         if not _role_exists(conn, OWNER_ROLE):
             conn.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS").format(sql.Identifier(OWNER_ROLE)))
-        if not _role_exists(conn, RUNTIME_ROLE):
-            conn.execute(
-                sql.SQL("CREATE ROLE {} NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE").format(
-                    sql.Identifier(RUNTIME_ROLE)
-                )
-            )
+        for role in (RUNTIME_ROLE, PLATFORM_ROLE):
+            _create_nologin_role(conn, role)
         if not _role_exists(conn, APP_LOGIN_ROLE):
             conn.execute(
                 sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE").format(
                     sql.Identifier(APP_LOGIN_ROLE)
                 )
             )
-        conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(RUNTIME_ROLE), sql.Identifier(APP_LOGIN_ROLE)))
-        # The owner grants privileges on its tables to the runtime role in the migrations.
-        conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(RUNTIME_ROLE), sql.Identifier(OWNER_ROLE)))
+        for role in (RUNTIME_ROLE, PLATFORM_ROLE):
+            conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), sql.Identifier(APP_LOGIN_ROLE)))
+        # The owner must not be a member of the roles the policies name: it would be bound (or widened) by them.
+        conn.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(RUNTIME_ROLE), sql.Identifier(OWNER_ROLE)))
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
         if not exists:
             conn.execute(
@@ -70,15 +74,11 @@ def bootstrap(admin_url: str, database: str = DATABASE_NAME) -> DatabaseUrls:
 
 
 def ensure_runtime_role(url: str) -> None:
-    """For an external server whose login owns the tables: make sure qp_runtime exists and the login may use it.
+    """For an external server whose login owns the tables: make sure the NOLOGIN roles exist and the login may use them.
 
-    The app then runs every transaction as qp_runtime (SET LOCAL ROLE), so RLS binds it all the same.
+    The app then runs every transaction as qp_runtime or qp_platform (SET LOCAL ROLE), so RLS binds it all the same.
     """
     with psycopg.connect(url, autocommit=True) as conn:
-        if not _role_exists(conn, RUNTIME_ROLE):
-            conn.execute(
-                sql.SQL("CREATE ROLE {} NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE").format(
-                    sql.Identifier(RUNTIME_ROLE)
-                )
-            )
-        conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(RUNTIME_ROLE)))
+        for role in (RUNTIME_ROLE, PLATFORM_ROLE):
+            _create_nologin_role(conn, role)
+            conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(sql.Identifier(role)))

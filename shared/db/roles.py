@@ -7,7 +7,10 @@ OWNER_ROLE = "qp_owner"
 RUNTIME_ROLE = "qp_runtime"
 """NOLOGIN, not owner, not superuser, no BYPASSRLS: every app transaction runs as this role."""
 
+PLATFORM_ROLE = "qp_platform"
+"""NOLOGIN control-plane role: manages tenant rows and sees no tenant's data (Platform.Admin requests)."""
+
 APP_LOGIN_ROLE = "qp_app"
-"""The local login the app connects with (in Azure, the app's Entra principal); a member of qp_runtime."""
+"""The local login the app connects with (in Azure, the app's Entra principal); member of qp_runtime and qp_platform."""
 
 DATABASE_NAME = "quantum"

@@ -14,9 +14,10 @@ from psycopg.rows import DictRow
 from psycopg_pool import ConnectionPool
 
 from shared.db.pool import get_pool
-from shared.db.roles import RUNTIME_ROLE
+from shared.db.roles import PLATFORM_ROLE, RUNTIME_ROLE
 
 _SET_RUNTIME_ROLE = sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(RUNTIME_ROLE))
+_SET_PLATFORM_ROLE = sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(PLATFORM_ROLE))
 
 
 @contextmanager
@@ -39,4 +40,12 @@ def runtime_transaction(*, pool: ConnectionPool[Any] | None = None) -> Iterator[
     """Open one transaction as the runtime role with no tenant: tenant tables show zero rows."""
     with (pool or get_pool()).connection() as conn, conn.transaction():
         conn.execute(_SET_RUNTIME_ROLE)
+        yield conn
+
+
+@contextmanager
+def platform_transaction(*, pool: ConnectionPool[Any] | None = None) -> Iterator[psycopg.Connection[DictRow]]:
+    """Open one transaction as the control-plane role: every tenant row, and no tenant's data."""
+    with (pool or get_pool()).connection() as conn, conn.transaction():
+        conn.execute(_SET_PLATFORM_ROLE)
         yield conn

@@ -14,7 +14,7 @@ from psycopg_pool import ConnectionPool
 from shared.config import Settings
 from shared.db.pool import build_pool
 from shared.db.roles import RUNTIME_ROLE
-from shared.db.session import runtime_transaction, tenant_transaction
+from shared.db.session import platform_transaction, runtime_transaction, tenant_transaction
 
 pytestmark = pytest.mark.integration
 
@@ -31,12 +31,15 @@ def app_pool(pg) -> Iterator[ConnectionPool[Any]]:  # type: ignore[no-untyped-de
 def tenants(pg) -> dict[str, uuid.UUID]:  # type: ignore[no-untyped-def]
     """Two tenants, each with one intent and one version, inserted by the owner inside each tenant's context."""
     ids = {"a": uuid.uuid4(), "b": uuid.uuid4()}
-    with psycopg.connect(pg.owner_url, autocommit=True) as conn:
+    with psycopg.connect(pg.app_url, autocommit=True) as conn:
         for key, tenant_id in ids.items():
             with conn.transaction():
-                conn.execute("SELECT set_config('app.tenant_id', %s, true)", (str(tenant_id),))
+                conn.execute("SET LOCAL ROLE qp_platform")
                 conn.execute("INSERT INTO app.tenants (id, name, entra_tenant_id) VALUES (%s, %s, %s)",
                              (tenant_id, f"rls-{key}-{tenant_id.hex[:6]}", uuid.uuid4()))
+            with conn.transaction():
+                conn.execute("SET LOCAL ROLE qp_runtime")
+                conn.execute("SELECT set_config('app.tenant_id', %s, true)", (str(tenant_id),))
                 intent_id = conn.execute(
                     "INSERT INTO app.intents (tenant_id, name, created_by) VALUES (%s, %s, 'test') RETURNING id",
                     (tenant_id, f"intent-{key}"),
@@ -145,13 +148,34 @@ def test_every_app_table_has_forced_rls_with_tenant_policies(pg) -> None:  # typ
             "SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity FROM pg_class c"
             " JOIN pg_namespace n ON n.oid = c.relnamespace"
             " WHERE n.nspname = 'app' AND c.relkind IN ('r', 'p') AND c.relname <> 'schema_migrations'").fetchall()
-        assert len(tables) >= 3
+        assert len(tables) >= 4
         for name, enabled, forced in tables:
             assert (name, enabled, forced) == (name, True, True)
             policies = conn.execute(
-                "SELECT permissive, qual, with_check FROM pg_policies WHERE schemaname = 'app' AND tablename = %s",
-                (name,)).fetchall()
-            kinds = {p[0] for p in policies}
-            assert kinds == {"PERMISSIVE", "RESTRICTIVE"}, name
-            for _, qual, with_check in policies:
+                "SELECT policyname, permissive, roles::text[], qual, with_check FROM pg_policies"
+                " WHERE schemaname = 'app' AND tablename = %s", (name,)).fetchall()
+            runtime = [p for p in policies if p[2] == [RUNTIME_ROLE]]
+            assert {p[1] for p in runtime} == {"PERMISSIVE", "RESTRICTIVE"}, name
+            for _, _, _, qual, with_check in runtime:
                 assert "current_tenant_id()" in qual and "current_tenant_id()" in with_check, name
+            # The only policy for anyone else is the control plane's, on the tenants table alone.
+            others = {(p[0], tuple(p[2])) for p in policies if p[2] != [RUNTIME_ROLE]}
+            assert others == ({("platform_control_plane", ("qp_platform",))} if name == "tenants" else set()), name
+
+
+def test_control_plane_sees_tenants_and_no_tenant_data(app_pool: ConnectionPool[Any],
+                                                        tenants: dict[str, uuid.UUID]) -> None:
+    with platform_transaction(pool=app_pool) as conn:
+        seen = {r["id"] for r in conn.execute("SELECT id FROM app.tenants").fetchall()}
+        assert set(tenants.values()) <= seen
+    for statement in ("SELECT count(*) FROM app.intents", "SELECT count(*) FROM app.intent_versions"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            with platform_transaction(pool=app_pool) as conn:
+                conn.execute(statement)  # type: ignore[arg-type]
+
+
+def test_runtime_role_cannot_become_the_owner(app_pool: ConnectionPool[Any], tenants: dict[str, uuid.UUID]) -> None:
+    for role in ("qp_owner", "postgres"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            with tenant_transaction(tenants["a"], pool=app_pool) as conn:
+                conn.execute(f"SET ROLE {role}")  # type: ignore[arg-type]  # noqa: S608
