@@ -47,6 +47,11 @@ def provision(options: HostOptions) -> Provisioned:
     (data_dir / "logs").mkdir(exist_ok=True)
     owner_url, app_url, started_pg, pg_note = provision_database(data_dir, os.environ.get("QP_DATABASE_URL") or None)
     blob, azurite = provision_storage(data_dir, os.environ.get("QP_BLOB_CONNECTION_STRING") or None, data_dir / "logs")
+    if not os.environ.get("QP_AUTH_METADATA_URL"):
+        # Locally the app trusts the devhost's own issuer; in Azure this points at Entra ID.
+        from devhost.identity import openid_metadata_url
+
+        os.environ["QP_AUTH_METADATA_URL"] = openid_metadata_url(f"http://{options.host}:{options.port}")
     os.environ["QP_DATABASE_URL"] = app_url
     os.environ["QP_DATABASE_OWNER_URL"] = owner_url
     if blob is not None:

@@ -108,6 +108,11 @@ def jwks_uri(base_url: str) -> str:
     return f"{_origin(base_url)}/devhost/identity/discovery/v2.0/keys"
 
 
+def openid_metadata_url(base_url: str, tenant_segment: str = "organizations") -> str:
+    """The metadata URL the app is pointed at (`organizations`: any provisioned tenant, issuer template)."""
+    return f"{_origin(base_url)}/devhost/identity/{tenant_segment}/v2.0/.well-known/openid-configuration"
+
+
 def openid_configuration(base_url: str, tenant_segment: str) -> dict[str, Any]:
     """The OpenID metadata for a tenant segment: `common`/`organizations` give the issuer template, a GUID
     or demo tenant name the concrete issuer of that tenant (as Entra does for a tenant id or domain).

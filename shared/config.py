@@ -36,9 +36,40 @@ class Settings(BaseSettings):
     QP_EVENTHUB_BACKEND: Literal["local", "azure"] = "local"
     EventHubConnection__fullyQualifiedNamespace: str | None = None
 
+    QP_AUDIT_BACKEND: Literal["postgres", "cosmos"] = Field(
+        default="postgres", description="Where audit records go: Postgres locally, Cosmos DB in Azure."
+    )
+    QP_COSMOS_ENDPOINT: str | None = Field(
+        default=None, description="Cosmos DB account endpoint (https://...); reached with the app's identity."
+    )
+    QP_COSMOS_DATABASE: str = Field(default="quantum", min_length=1, max_length=255)
+    QP_COSMOS_AUDIT_CONTAINER: str = Field(default="audit", min_length=1, max_length=255)
+
+    QP_RATE_LIMIT_PER_MINUTE: int = Field(
+        default=600, ge=1, description="Platform default request rate per tenant; a tenant's quotas override it."
+    )
+    QP_RATE_LIMIT_BURST: int = Field(
+        default=100, ge=1, description="Platform default bucket size (burst) per tenant; quotas override it."
+    )
+
     QP_MAX_BODY_BYTES: int = Field(default=1024 * 1024, ge=1024)
     QP_ENVIRONMENT: Literal["local", "dev", "prod"] = "local"
     APPLICATIONINSIGHTS_CONNECTION_STRING: str | None = None
+
+    QP_AUTH_METADATA_URL: str = Field(
+        default="",
+        description="OpenID metadata URL of the token issuer, e.g. Entra's "
+        "https://login.microsoftonline.com/organizations/v2.0/.well-known/openid-configuration; "
+        "empty means the devhost fills it with its own issuer's.",
+    )
+    QP_AUTH_AUDIENCE: str = Field(
+        default="api://quantum-platform", min_length=1,
+        description="Accepted token audiences (the API's client id and/or app id URI), comma-separated.",
+    )
+    QP_AUTH_LEEWAY_S: int = Field(30, ge=0, le=300, description="Clock skew allowed on exp/nbf/iat, seconds.")
+    QP_AUTH_JWKS_COOLDOWN_S: float = Field(
+        60, ge=1, description="Minimum seconds between JWKS refetches triggered by an unknown signing key id."
+    )
 
     @model_validator(mode="after")
     def _one_blob_endpoint(self) -> Settings:
@@ -48,6 +79,10 @@ class Settings(BaseSettings):
             raise ValueError(
                 "EventHubConnection__fullyQualifiedNamespace is required when QP_EVENTHUB_BACKEND=azure"
             )
+        if self.QP_AUDIT_BACKEND == "cosmos" and not self.QP_COSMOS_ENDPOINT:
+            raise ValueError("QP_COSMOS_ENDPOINT is required when QP_AUDIT_BACKEND=cosmos")
+        if self.QP_COSMOS_ENDPOINT and not self.QP_COSMOS_ENDPOINT.startswith("https://"):
+            raise ValueError("QP_COSMOS_ENDPOINT must be an https:// URL")
         return self
 
 

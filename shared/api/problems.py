@@ -12,6 +12,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from shared.pagination import InvalidCursorError
+
 logger = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
@@ -40,10 +42,11 @@ class ProblemError(Exception):
     """Raise anywhere in request handling to answer with a problem+json response."""
 
     def __init__(self, status: int, slug: str, title: str, detail: str | None = None, *,
-                 errors: list[FieldError] | None = None, headers: dict[str, str] | None = None) -> None:
+                 errors: list[FieldError] | None = None, headers: dict[str, str] | None = None,
+                 extensions: dict[str, Any] | None = None) -> None:
         super().__init__(detail or title)
         self.status, self.slug, self.title, self.detail = status, slug, title, detail
-        self.errors, self.headers = errors, headers or {}
+        self.errors, self.headers, self.extensions = errors, headers or {}, extensions or {}
 
 
 _TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
@@ -57,13 +60,13 @@ def _slug(status: int) -> str:
 
 
 def problem_response(status: int, slug: str, title: str, detail: str | None = None, *, instance: str | None = None,
-                     errors: list[FieldError] | None = None,
-                     headers: dict[str, str] | None = None) -> JSONResponse:
-    """A problem+json response; `slug` names the problem type under the platform's problem namespace."""
+                     errors: list[FieldError] | None = None, headers: dict[str, str] | None = None,
+                     extensions: dict[str, Any] | None = None) -> JSONResponse:
+    """A problem+json response; `slug` names the problem type, `extensions` adds RFC 9457 extension members."""
     body = Problem(type=PROBLEM_BASE + slug, title=title, status=status, detail=detail, instance=instance,
                    errors=errors)
-    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, media_type=PROBLEM_JSON,
-                        headers=headers)
+    content = {**(extensions or {}), **body.model_dump(exclude_none=True)}
+    return JSONResponse(content, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
 def json_pointer(location: tuple[Any, ...] | list[Any]) -> str:
@@ -78,7 +81,11 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
         return problem_response(exc.status, exc.slug, exc.title, exc.detail, instance=request.url.path,
-                                errors=exc.errors, headers=exc.headers)
+                                errors=exc.errors, headers=exc.headers, extensions=exc.extensions)
+
+    @app.exception_handler(InvalidCursorError)
+    async def _cursor(request: Request, exc: InvalidCursorError) -> JSONResponse:
+        return problem_response(400, "invalid-cursor", "Bad request", str(exc), instance=request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

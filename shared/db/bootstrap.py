@@ -27,9 +27,8 @@ def _role_exists(conn: psycopg.Connection[tuple[object, ...]], role: str) -> boo
 
 def _create_nologin_role(conn: psycopg.Connection[tuple[object, ...]], role: str) -> None:
     if not _role_exists(conn, role):
-        conn.execute(
-            sql.SQL("CREATE ROLE {} NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE").format(sql.Identifier(role))
-        )
+        create = sql.SQL("CREATE ROLE {} NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE")
+        conn.execute(create.format(sql.Identifier(role)))
 
 
 def bootstrap(admin_url: str, database: str = DATABASE_NAME) -> DatabaseUrls:

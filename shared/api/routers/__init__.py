@@ -1,0 +1,2 @@
+# intent_ref: platform.gateway
+"""The API's routers, one per resource."""

@@ -1,0 +1,66 @@
+# intent_ref: platform.access-control
+"""A tenant's own Cedar policies: Tenant.Admin lists, adds and removes them."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Response
+
+from shared.api.problems import FieldError, ProblemError
+from shared.api.security import RequestContext, authenticated, authorize, record_mutation, tenant_resource
+from shared.db.session import tenant_transaction
+from shared.policy.actions import Action
+from shared.policy.authorizer import get_authorizer
+from shared.policy.tenant_policies import (
+    TenantPolicy,
+    TenantPolicyConflictError,
+    TenantPolicyCreate,
+    TenantPolicyList,
+    add_policy,
+    delete_policy,
+    list_policies,
+)
+
+router = APIRouter(prefix="/api/v1/policies", tags=["policies"])
+Context = Annotated[RequestContext, Depends(authenticated)]
+
+
+@router.get("", response_model=TenantPolicyList, summary="List the tenant's own policies")
+def list_all(context: Context) -> TenantPolicyList:
+    """The tenant's extra Cedar policies (Tenant.Admin)."""
+    authorize(context, Action.POLICY_READ, tenant_resource("Policy", "*", context.tenant.id))
+    with tenant_transaction(context.tenant.id) as conn:
+        return TenantPolicyList(items=list_policies(conn))
+
+
+@router.post("", status_code=201, response_model=TenantPolicy, summary="Add a policy")
+def create(spec: TenantPolicyCreate, response: Response, context: Context) -> TenantPolicy:
+    """Add a Cedar policy, validated against the schema first (Tenant.Admin)."""
+    authorize(context, Action.POLICY_CREATE, tenant_resource("Policy", spec.name, context.tenant.id))
+    problems = get_authorizer().validate_tenant_policy(spec.policy)
+    if problems:
+        raise ProblemError(422, "invalid-policy", "Unprocessable content", "The policy does not validate.",
+                           errors=[FieldError(pointer="/policy", detail=p) for p in problems])
+    with tenant_transaction(context.tenant.id) as conn:
+        try:
+            policy = add_policy(conn, context.tenant.id, spec, context.principal.id)
+        except TenantPolicyConflictError:
+            raise ProblemError(409, "conflict", "Conflict", f"A policy named {spec.name!r} exists.") from None
+        record_mutation(context, Action.POLICY_CREATE, tenant_resource("Policy", policy.id, context.tenant.id),
+                        {"name": policy.name}, conn=conn)
+    response.headers["Location"] = f"/api/v1/policies/{policy.id}"
+    return policy
+
+
+@router.delete("/{policy_id}", status_code=204, summary="Remove a policy")
+def delete(policy_id: UUID, context: Context) -> Response:
+    """Remove one of the tenant's policies (Tenant.Admin); another tenant's id is 404."""
+    authorize(context, Action.POLICY_DELETE, tenant_resource("Policy", policy_id, context.tenant.id))
+    with tenant_transaction(context.tenant.id) as conn:
+        if not delete_policy(conn, context.tenant.id, policy_id):
+            raise ProblemError(404, "not-found", "Not found", f"No policy {policy_id}.")
+        record_mutation(context, Action.POLICY_DELETE, tenant_resource("Policy", policy_id, context.tenant.id),
+                        {}, conn=conn)
+    return Response(status_code=204)

@@ -1,0 +1,67 @@
+# intent_ref: platform.tenants
+"""The caller's own tenant: Tenant.Admin reads it and changes its settings."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from psycopg.types.json import Jsonb
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.api.security import RequestContext, authenticated, authorize, record_mutation, tenant_resource
+from shared.db.session import tenant_transaction
+from shared.policy.actions import Action
+from shared.tenants.models import TenantQuotas, TenantStatus
+
+router = APIRouter(prefix="/api/v1/tenant", tags=["tenants"])
+Context = Annotated[RequestContext, Depends(authenticated)]
+
+
+class TenantSettings(BaseModel):
+    """The tenant as its own admin sees it: limits set by the platform, settings set by the tenant."""
+
+    name: str
+    display_name: str
+    status: TenantStatus
+    quotas: TenantQuotas
+    allowed_modules: list[str]
+    allowed_targets: list[str]
+    settings: dict[str, Any]
+
+
+class TenantSettingsUpdate(BaseModel):
+    """Settings the tenant manages itself (feature flags and the like); merged into the current ones."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    settings: dict[str, Any] = Field(max_length=100)
+
+
+_SELECT = ("SELECT name, display_name, status, quotas, allowed_modules, allowed_targets, settings"
+           " FROM app.tenants")
+
+
+@router.get("", response_model=TenantSettings, summary="Read the caller's tenant")
+def read(context: Context) -> TenantSettings:
+    """The caller's tenant and its settings (Tenant.Admin)."""
+    authorize(context, Action.TENANT_SETTINGS_READ, tenant_resource("Tenant", context.tenant.id, context.tenant.id))
+    with tenant_transaction(context.tenant.id) as conn:
+        row = conn.execute(_SELECT).fetchone()  # RLS: exactly the caller's own row
+    assert row is not None  # noqa: S101  # the tenant was resolved for this request
+    return TenantSettings(**row)
+
+
+@router.patch("", response_model=TenantSettings, summary="Change the caller's tenant settings")
+def update(change: TenantSettingsUpdate, context: Context) -> TenantSettings:
+    """Merge settings into the tenant's own (Tenant.Admin); limits and allow-lists stay the platform's."""
+    resource = tenant_resource("Tenant", context.tenant.id, context.tenant.id)
+    authorize(context, Action.TENANT_SETTINGS_UPDATE, resource)
+    with tenant_transaction(context.tenant.id) as conn:
+        conn.execute("UPDATE app.tenants SET settings = settings || %s, updated_at = clock_timestamp()",
+                     (Jsonb(change.settings),))
+        row = conn.execute(_SELECT).fetchone()
+        record_mutation(context, Action.TENANT_SETTINGS_UPDATE, resource, {"settings": sorted(change.settings)},
+                        conn=conn)
+    assert row is not None  # noqa: S101
+    return TenantSettings(**row)

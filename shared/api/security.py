@@ -1,0 +1,128 @@
+# intent_ref: platform.identity
+"""The request pipeline's guard: bearer token -> provisioned tenant -> rate limit -> ABAC decision -> audit."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from fastapi import Depends, Request
+
+from shared.api.middleware import request_id_var
+from shared.api.problems import ProblemError
+from shared.audit import AuditRecord, get_audit_store
+from shared.auth.principal import Principal
+from shared.auth.tokens import InvalidTokenError, SigningKeysUnavailableError, TokenValidator, bearer_token
+from shared.auth.validator import get_token_validator
+from shared.db.session import platform_transaction, tenant_transaction
+from shared.policy.authorizer import Decision, Resource, TenantFacts, get_authorizer
+from shared.policy.tenant_policies import tenant_policy_texts
+from shared.ratelimit import limit_for, take_request_token
+from shared.tenants.models import Tenant
+from shared.tenants.repository import tenant_directory
+
+logger = logging.getLogger(__name__)
+
+_INVALID_TOKEN = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """Who is calling, for which tenant, in which request."""
+
+    principal: Principal
+    tenant: Tenant
+    request_id: str
+
+    @property
+    def tenant_facts(self) -> TenantFacts:
+        """The tenant attributes policies and gates decide on."""
+        return TenantFacts(id=self.tenant.id, status=self.tenant.status,
+                           allowed_targets=frozenset(self.tenant.allowed_targets),
+                           allowed_modules=frozenset(self.tenant.allowed_modules))
+
+
+def token_validator() -> TokenValidator:
+    """FastAPI dependency: the process-wide validator (tests override it)."""
+    return get_token_validator()
+
+
+def _unauthorized(reason: str) -> ProblemError:
+    return ProblemError(401, "invalid-token", "Unauthorized", reason, headers=dict(_INVALID_TOKEN))
+
+
+def authenticated(request: Request, validator: TokenValidator = Depends(token_validator)) -> RequestContext:  # noqa: B008
+    """Authenticate the caller and admit the request: 401 bad token, 403 suspended tenant, 429 over its rate.
+
+    A plain `def`: FastAPI runs it on a worker thread, so fetching signing keys never blocks the event loop.
+    """
+    try:
+        verified = validator.validate(bearer_token(request.headers.get("authorization")))
+    except SigningKeysUnavailableError as exc:
+        # Not the caller's fault: the issuer's keys cannot be fetched and none are cached.
+        logger.error("token validation unavailable: %s", exc.reason)
+        raise ProblemError(503, "identity-unavailable", "Service unavailable",
+                           "Signing keys cannot be fetched right now; retry shortly.",
+                           headers={"Retry-After": "5"}) from None
+    except InvalidTokenError as exc:
+        logger.info("rejected token: %s", exc.reason)
+        raise _unauthorized(exc.reason) from None
+    tenant = tenant_directory.resolve(platform_transaction, verified.entra_tenant_id)
+    if tenant is None:
+        raise _unauthorized("the token's tenant is not provisioned on this platform")
+    context = RequestContext(verified.principal(tenant.id), tenant, request_id_var.get())
+    if tenant.status != "active":
+        _record(context, "request", Resource("Tenant", str(tenant.id), tenant.id, {}),
+                Decision(False, "tenant_suspended", ()))
+        raise ProblemError(403, "tenant-suspended", "Forbidden", "This tenant is suspended.",
+                           extensions={"reason": "tenant_suspended"})
+    with tenant_transaction(tenant.id) as conn:
+        verdict = take_request_token(conn, limit_for(tenant.quotas.model_dump(exclude_none=True)))
+    if not verdict.allowed:
+        retry_after = max(1, math.ceil(verdict.retry_after_s))
+        raise ProblemError(429, "rate-limited", "Too many requests",
+                           f"This tenant is over its request rate; retry in {retry_after} s.",
+                           headers={"Retry-After": str(retry_after)})
+    request.state.context = context
+    return context
+
+
+def authorize(context: RequestContext, action: str, resource: Resource, *, conn: Any | None = None,
+              detail: dict[str, Any] | None = None) -> Decision:
+    """Decide `action` on `resource` for the caller, audit the decision (allow and deny), refuse with 403.
+
+    With `conn` (an open tenant transaction) the allow record commits together with the caller's mutation.
+    """
+    decision = get_authorizer().decide(context.principal, action, resource, tenant=context.tenant_facts,
+                                       tenant_policies=tenant_policy_texts(context.tenant.id))
+    _record(context, action, resource, decision, conn=conn, detail=detail)
+    if not decision.allowed:
+        raise ProblemError(403, "forbidden", "Forbidden", f"Not allowed to {action}.",
+                           extensions={"reason": decision.reason})
+    return decision
+
+
+def _record(context: RequestContext, action: str, resource: Resource, decision: Decision, *,
+            conn: Any | None = None, detail: dict[str, Any] | None = None) -> None:
+    record = AuditRecord.new(
+        tenant_id=context.tenant.id, principal_id=context.principal.id, action=action,
+        resource_type=resource.type, resource_id=resource.id, decision="allow" if decision.allowed else "deny",
+        reason=decision.reason, request_id=context.request_id, detail=detail or {},
+        occurred_at=datetime.now(UTC),
+    )
+    get_audit_store().record(record, conn=conn)
+
+
+def tenant_resource(kind: str, resource_id: UUID | str, tenant_id: UUID, **attributes: Any) -> Resource:
+    """A tenant-owned resource for a decision."""
+    return Resource(kind, str(resource_id), tenant_id, attributes)
+
+
+def record_mutation(context: RequestContext, action: str, resource: Resource, detail: dict[str, Any], *,
+                    conn: Any | None = None) -> None:
+    """Audit a change that happened (after its allow decision), with what changed."""
+    _record(context, action, resource, Decision(True, "applied", ()), conn=conn, detail=detail)

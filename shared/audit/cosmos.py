@@ -1,0 +1,151 @@
+# intent_ref: platform.audit
+"""The Cosmos DB audit store: one container partitioned by /tenantId, every query scoped to one partition."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from azure.cosmos import ContainerProxy, DatabaseProxy, PartitionKey
+
+from shared.audit.model import AuditPage, AuditQuery, AuditRecord, decode_cursor, encode_cursor
+
+_CURSOR_KIND = "cosmos"
+PARTITION_KEY_PATH = "/tenantId"
+
+# The container's indexing policy; the IaC that creates the container in Azure must carry the same one.
+# The composite index serves the page order (ORDER BY on two properties needs one); detail is free-form
+# and never filtered on, so it is not indexed.
+AUDIT_INDEXING_POLICY: dict[str, Any] = {
+    "indexingMode": "consistent",
+    "automatic": True,
+    "includedPaths": [{"path": "/*"}],
+    "excludedPaths": [{"path": "/detail/*"}, {"path": '/"_etag"/?'}],
+    "compositeIndexes": [[
+        {"path": "/occurredAt", "order": "descending"},
+        {"path": "/id", "order": "descending"},
+    ]],
+}
+
+# The query is assembled only from these constants; every value travels as a parameter. The tenant
+# predicate is always present, in addition to the partition key, so the query is scoped even where the
+# partition key header is not honoured.
+_SELECT = (
+    "SELECT c.id, c.tenantId, c.occurredAt, c.principalId, c.action, c.resourceType, c.resourceId,"
+    " c.decision, c.reason, c.requestId, c.detail FROM c WHERE c.tenantId = @tenantId"
+)
+_EQUALS_FILTERS = {
+    "action": (" AND c.action = @action", "@action"),
+    "decision": (" AND c.decision = @decision", "@decision"),
+    "principal_id": (" AND c.principalId = @principalId", "@principalId"),
+    "resource_type": (" AND c.resourceType = @resourceType", "@resourceType"),
+    "resource_id": (" AND c.resourceId = @resourceId", "@resourceId"),
+}
+_ORDER = " ORDER BY c.occurredAt DESC, c.id DESC"
+# Bounds the round trips one page may take when the service returns short pages.
+_MAX_ROUND_TRIPS = 10
+
+RetentionLookup = Callable[[uuid.UUID], int | None]
+"""Days of audit retention for a tenant; None keeps its records until they are erased."""
+
+
+def format_time(moment: datetime) -> str:
+    """UTC with fixed-width microseconds, so string order is time order (Cosmos compares strings)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def create_audit_container(database: DatabaseProxy, name: str) -> ContainerProxy:
+    """Create (if missing) the audit container: tests and local use; in Azure the IaC creates it."""
+    return database.create_container_if_not_exists(
+        id=name,
+        partition_key=PartitionKey(path=PARTITION_KEY_PATH),
+        indexing_policy=AUDIT_INDEXING_POLICY,
+        # -1: TTL is on but items without their own `ttl` never expire; each record carries its tenant's.
+        default_ttl=-1,
+    )
+
+
+class CosmosAuditStore:
+    """Audit records as documents of one container partitioned by tenant."""
+
+    def __init__(self, container: ContainerProxy, *, retention_days: RetentionLookup | None = None) -> None:
+        self._container = container
+        self._retention_days = retention_days
+
+    def record(self, record: AuditRecord, *, conn: psycopg.Connection[Any] | None = None) -> None:
+        """Append `record` at once; create (not upsert) so an existing record is never overwritten.
+
+        `conn` is accepted for the interface and ignored: Cosmos cannot join a Postgres transaction, so the
+        record is written even if the caller's transaction later rolls back.
+        """
+        del conn
+        document: dict[str, Any] = {
+            "id": str(record.id),
+            "tenantId": str(record.tenant_id),
+            "occurredAt": format_time(record.occurred_at),
+            "principalId": record.principal_id,
+            "action": record.action,
+            "resourceType": record.resource_type,
+            "resourceId": record.resource_id,
+            "decision": record.decision,
+            "reason": record.reason,
+            "requestId": record.request_id,
+            "detail": dict(record.detail),
+        }
+        days = self._retention_days(record.tenant_id) if self._retention_days else None
+        if days is not None:
+            if days < 1:
+                raise ValueError("audit retention must be at least one day")
+            document["ttl"] = days * 86400
+        self._container.create_item(document)
+
+    def query(self, q: AuditQuery) -> AuditPage:
+        """One page of `q.tenant_id`'s records, newest first, continuing from the cursor's position."""
+        tenant = str(q.tenant_id)
+        text = _SELECT
+        parameters: list[dict[str, object]] = [{"name": "@tenantId", "value": tenant}]
+        for attribute, (clause, name) in _EQUALS_FILTERS.items():
+            value = getattr(q, attribute)
+            if value is not None:
+                text += clause
+                parameters.append({"name": name, "value": value})
+        if q.since is not None:
+            text += " AND c.occurredAt >= @since"
+            parameters.append({"name": "@since", "value": format_time(q.since)})
+        if q.until is not None:
+            text += " AND c.occurredAt < @until"
+            parameters.append({"name": "@until", "value": format_time(q.until)})
+        text += _ORDER
+
+        position = decode_cursor(_CURSOR_KIND, q)
+        token = position.get("c") if position else None
+        items: list[AuditRecord] = []
+        for _ in range(_MAX_ROUND_TRIPS):
+            pages = self._container.query_items(
+                text, parameters=parameters, partition_key=tenant, max_item_count=q.limit - len(items),
+            ).by_page(token)
+            items.extend(_to_record(doc) for doc in next(pages, []))
+            token = getattr(pages, "continuation_token", None)
+            if token is None or len(items) >= q.limit:
+                break
+        next_cursor = encode_cursor(_CURSOR_KIND, q, {"c": token}) if token else None
+        return AuditPage(items=items, next_cursor=next_cursor)
+
+
+def _to_record(doc: dict[str, Any]) -> AuditRecord:
+    return AuditRecord(
+        tenant_id=uuid.UUID(doc["tenantId"]),
+        id=uuid.UUID(doc["id"]),
+        occurred_at=datetime.strptime(doc["occurredAt"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC),
+        principal_id=doc["principalId"],
+        action=doc["action"],
+        resource_type=doc["resourceType"],
+        resource_id=doc.get("resourceId"),
+        decision=doc["decision"],
+        reason=doc.get("reason") or "",
+        request_id=doc.get("requestId"),
+        detail=doc.get("detail") or {},
+    )

@@ -1,0 +1,76 @@
+# intent_ref: platform.audit
+"""Choose the process's audit store from settings: Postgres (default) or Cosmos DB."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from functools import lru_cache
+
+from shared.audit.model import AuditStore
+from shared.config import Settings, get_settings
+
+# A tenant's retention changes rarely; re-reading it for every audit record would double the writes' cost.
+_RETENTION_CACHE_S = 300.0
+_RETENTION_SETTING = "audit_retention_days"
+
+
+class _TenantRetention:
+    """Per-tenant audit retention in days, read from the tenant's settings and cached briefly."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cache: dict[uuid.UUID, tuple[float, int | None]] = {}
+
+    def __call__(self, tenant_id: uuid.UUID) -> int | None:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(tenant_id)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        days = _read_retention_days(tenant_id)
+        with self._lock:
+            self._cache[tenant_id] = (now + _RETENTION_CACHE_S, days)
+        return days
+
+
+def _read_retention_days(tenant_id: uuid.UUID) -> int | None:
+    from shared.db.session import tenant_transaction
+
+    with tenant_transaction(tenant_id) as conn:
+        row = conn.execute("SELECT settings -> %s AS days FROM app.tenants WHERE id = %s",
+                           (_RETENTION_SETTING, tenant_id)).fetchone()
+    days = row["days"] if row else None
+    # Anything but a positive whole number means "no retention set": keep the records.
+    return days if isinstance(days, int) and not isinstance(days, bool) and days > 0 else None
+
+
+def build_audit_store(settings: Settings) -> AuditStore:
+    """A new store for `settings` (imports only the chosen backend's SDK)."""
+    if settings.QP_AUDIT_BACKEND == "cosmos":
+        from azure.cosmos import CosmosClient
+        from azure.identity import DefaultAzureCredential
+
+        from shared.audit.cosmos import CosmosAuditStore
+
+        if not settings.QP_COSMOS_ENDPOINT:
+            raise ValueError("QP_COSMOS_ENDPOINT is required when QP_AUDIT_BACKEND=cosmos")
+        # Entra identity only: the account's keys stay disabled. The container is created by the IaC,
+        # because data-plane RBAC cannot create containers.
+        client = CosmosClient(settings.QP_COSMOS_ENDPOINT, credential=DefaultAzureCredential())
+        container = client.get_database_client(settings.QP_COSMOS_DATABASE).get_container_client(
+            settings.QP_COSMOS_AUDIT_CONTAINER
+        )
+        return CosmosAuditStore(container, retention_days=_TenantRetention())
+
+    from shared.audit.postgres import PostgresAuditStore
+    from shared.db.pool import get_pool
+
+    return PostgresAuditStore(get_pool())
+
+
+@lru_cache(maxsize=1)
+def get_audit_store() -> AuditStore:
+    """The process-wide audit store, built once from the settings."""
+    return build_audit_store(get_settings())

@@ -1,0 +1,168 @@
+# intent_ref: platform.audit
+"""The audit record, its query and page, the store interface, and the opaque page cursor."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol, get_args
+
+import psycopg
+
+from shared import pagination
+
+Decision = Literal["allow", "deny"]
+_DECISIONS = frozenset(get_args(Decision))
+
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 50
+
+
+class InvalidCursorError(pagination.InvalidCursorError):
+    """A cursor that this store did not issue for this tenant and these filters (the gateway answers 400)."""
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One audited event: a mutation or an authorization decision, by one principal, in one tenant."""
+
+    tenant_id: uuid.UUID
+    principal_id: str
+    """`<tid>/<oid>` of the Entra principal, or a named platform actor."""
+    action: str
+    resource_type: str
+    resource_id: str | None
+    decision: Decision
+    reason: str = ""
+    request_id: str | None = None
+    occurred_at: datetime = field(default_factory=_utc_now)
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tenant_id, uuid.UUID):
+            raise TypeError("tenant_id must be a UUID")
+        if self.decision not in _DECISIONS:
+            raise ValueError(f"decision must be one of {sorted(_DECISIONS)}")
+        if self.occurred_at.tzinfo is None:
+            # A naive time would be read back shifted by the server's zone; refuse it here.
+            raise ValueError("occurred_at must be timezone-aware")
+        for name in ("principal_id", "action", "resource_type"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} must not be empty")
+
+    @classmethod
+    def new(cls, **fields: Any) -> AuditRecord:
+        """A new record with a fresh id (and the current time unless `occurred_at` is given)."""
+        return cls(**fields)
+
+    def to_public(self) -> dict[str, Any]:
+        """The record as the API returns it: JSON-ready, snake_case."""
+        return {
+            "id": str(self.id),
+            "tenant_id": str(self.tenant_id),
+            "occurred_at": self.occurred_at.isoformat(),
+            "principal_id": self.principal_id,
+            "action": self.action,
+            "resource_type": self.resource_type,
+            "resource_id": self.resource_id,
+            "decision": self.decision,
+            "reason": self.reason,
+            "request_id": self.request_id,
+            "detail": dict(self.detail),
+        }
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    """One tenant's audit records, newest first; every filter is optional (since inclusive, until exclusive)."""
+
+    tenant_id: uuid.UUID
+    action: str | None = None
+    decision: Decision | None = None
+    principal_id: str | None = None
+    resource_type: str | None = None
+    resource_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = DEFAULT_PAGE_SIZE
+    cursor: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tenant_id, uuid.UUID):
+            raise TypeError("tenant_id must be a UUID")
+        if not 1 <= self.limit <= MAX_PAGE_SIZE:
+            raise ValueError(f"limit must be between 1 and {MAX_PAGE_SIZE}")
+        if self.decision is not None and self.decision not in _DECISIONS:
+            raise ValueError(f"decision must be one of {sorted(_DECISIONS)}")
+        for name in ("since", "until"):
+            value = getattr(self, name)
+            if value is not None and value.tzinfo is None:
+                raise ValueError(f"{name} must be timezone-aware")
+
+    def fingerprint(self) -> str:
+        """A short digest of the tenant and filters, so a cursor cannot be replayed against another query."""
+        parts = [self.tenant_id, self.action, self.decision, self.principal_id, self.resource_type,
+                 self.resource_id, self.since, self.until]
+        text = json.dumps([None if p is None else str(p) for p in parts])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    """One page of records; `next_cursor` is None on the last page."""
+
+    items: Sequence[AuditRecord]
+    next_cursor: str | None
+
+
+class AuditStore(Protocol):
+    """Where audit records are appended and read back; one tenant per call."""
+
+    def record(self, record: AuditRecord, *, conn: psycopg.Connection[Any] | None = None) -> None:
+        """Append one record (never updates an existing one).
+
+        With `conn` (the caller's open tenant transaction) a store that lives in that database writes inside
+        it, so the record commits or rolls back with the caller's mutation; other stores write at once.
+        """
+        ...
+
+    def query(self, q: AuditQuery) -> AuditPage:
+        """One page of the tenant's records matching `q`, newest first."""
+        ...
+
+
+def encode_cursor(kind: str, q: AuditQuery, position: Mapping[str, str]) -> str:
+    """An opaque base64url cursor carrying a backend position, bound to the query that produced it."""
+    payload = {"v": 1, "k": kind, "f": q.fingerprint(), "p": dict(position)}
+    raw = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def decode_cursor(kind: str, q: AuditQuery) -> dict[str, str] | None:
+    """The position in `q.cursor` (None without a cursor); InvalidCursorError when it is not ours."""
+    if q.cursor is None:
+        return None
+    try:
+        padded = q.cursor + "=" * (-len(q.cursor) % 4)
+        payload = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+    except (ValueError, UnicodeError, binascii.Error):
+        raise InvalidCursorError("malformed cursor") from None
+    if not isinstance(payload, dict) or payload.get("v") != 1 or payload.get("k") != kind:
+        raise InvalidCursorError("malformed cursor")
+    if payload.get("f") != q.fingerprint():
+        raise InvalidCursorError("cursor belongs to a different query")
+    position = payload.get("p")
+    if not isinstance(position, dict) or not all(isinstance(v, str) for v in position.values()):
+        raise InvalidCursorError("malformed cursor")
+    return {str(k): v for k, v in position.items()}

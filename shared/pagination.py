@@ -1,0 +1,35 @@
+# intent_ref: platform.gateway
+"""Opaque cursors for keyset pagination: `?limit=&cursor=` in, `{"items", "next_cursor"}` out."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+
+
+class InvalidCursorError(ValueError):
+    """A cursor this API did not issue (the gateway answers 400)."""
+
+
+def encode_cursor(position: dict[str, Any]) -> str:
+    """An opaque, URL-safe cursor for the position after the last item returned."""
+    raw = json.dumps(position, separators=(",", ":"), sort_keys=True, default=str).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> dict[str, Any] | None:
+    """The position a cursor stands for; a malformed one raises InvalidCursorError."""
+    if not cursor:
+        return None
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        value = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (ValueError, UnicodeDecodeError):
+        value = None
+    if not isinstance(value, dict):
+        raise InvalidCursorError("the cursor is not one this API issued")
+    return value

@@ -1,0 +1,339 @@
+# intent_ref: platform.access-control
+"""The one function every API action is decided through: Cedar over the platform and the tenant's policies."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import cedarpy
+from cedarpy import pst
+
+from shared.auth.principal import Principal
+from shared.policy.actions import PLATFORM_ACTIONS, POLICY_ADMIN_ACTIONS, TENANT_POLICY_ACTIONS, Action
+from shared.policy.facts import TenantFacts
+
+__all__ = ["Authorizer", "Decision", "PolicyLoadError", "Reason", "Resource", "TenantFacts", "get_authorizer"]
+
+logger = logging.getLogger(__name__)
+
+POLICY_DIR = Path(__file__).parent / "policies"
+SCHEMA_PATH = Path(__file__).parent / "schema.cedarschema"
+NAMESPACE = "QP"
+PLATFORM_ENTITY_ID = "platform"
+MAX_TENANT_POLICY_CHARS = 10_000
+"""Bounds the parse and validation cost of one stored tenant policy."""
+TENANT_POLICY_CACHE_SIZE = 256
+"""Distinct tenant policy sets kept parsed; a set changes only when a Tenant.Admin edits it."""
+
+RESOURCE_TYPES = frozenset({"Platform", "Tenant", "Intent", "Blueprint", "Execution", "Policy", "AuditLog", "Module"})
+
+
+class Reason(StrEnum):
+    """The machine code a decision carries; a denied caller sees this, never the policy text."""
+
+    ALLOWED = "allowed"
+    ROLE_REQUIRED = "role_required"
+    TENANT_SUSPENDED = "tenant_suspended"
+    CROSS_TENANT = "cross_tenant"
+    SELF_APPROVAL = "self_approval"
+    PRODUCTION_REQUIRES_DEPLOYER = "production_requires_deployer"
+    DENIED_BY_TENANT_POLICY = "denied_by_tenant_policy"
+    POLICY_ERROR = "policy_error"
+
+
+# When several forbids hold, the first of these names the denial: the broadest cause first, so a suspended tenant
+# hears "suspended" rather than a detail of the request it could not make anyway.
+_FORBID_REASON_PRIORITY = (
+    Reason.TENANT_SUSPENDED,
+    Reason.CROSS_TENANT,
+    Reason.SELF_APPROVAL,
+    Reason.PRODUCTION_REQUIRES_DEPLOYER,
+)
+_PERMIT_PREFIX = "permit."
+_FORBID_PREFIX = "forbid."
+_TENANT_POLICY_PREFIX = "tenant:"
+_SCHEMA_ACTION = re.compile(r'^\s*action\s+"([^"]+)"', re.MULTILINE)
+
+
+class PolicyLoadError(RuntimeError):
+    """The schema or the platform policies are invalid; the app must not start with them."""
+
+
+@dataclass(frozen=True)
+class Resource:
+    """What an action is applied to. `tenant_id` is None only for the Platform.
+
+    `attributes` by type: Intent `target` (str, required), `labels`; Blueprint `labels`; Execution `target`,
+    `requested_by` (the requester's `<tid>/<oid>`), `labels`; Module `name` (defaults to `id`). `labels` is a
+    mapping (sent to Cedar as "key=value" strings) or an iterable of such strings. Other keys are ignored.
+    """
+
+    type: str
+    id: str
+    tenant_id: UUID | None
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def platform(cls) -> Resource:
+        """The control plane, the resource of the tenant-management actions."""
+        return cls("Platform", PLATFORM_ENTITY_ID, None)
+
+    @classmethod
+    def tenant(cls, tenant_id: UUID) -> Resource:
+        """A tenant: its settings, and the collections that `*.list` actions read."""
+        return cls("Tenant", str(tenant_id), tenant_id)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one authorization; `policies` are the @ids of the determining policies."""
+
+    allowed: bool
+    reason: str
+    policies: tuple[str, ...]
+
+
+def _read_platform_files() -> tuple[str, dict[str, str]]:
+    schema = SCHEMA_PATH.read_text(encoding="utf-8")
+    policies = {path.name: path.read_text(encoding="utf-8") for path in sorted(POLICY_DIR.glob("*.cedar"))}
+    return schema, policies
+
+
+def _uid(entity_type: str, entity_id: str) -> dict[str, str]:
+    return {"type": f"{NAMESPACE}::{entity_type}", "id": entity_id}
+
+
+def _ref(entity_type: str, entity_id: str) -> dict[str, dict[str, str]]:
+    return {"__entity": _uid(entity_type, entity_id)}
+
+
+def _text(attributes: Mapping[str, Any], key: str) -> str:
+    value = attributes[key]
+    if not isinstance(value, str):
+        raise TypeError(f"resource attribute {key!r} must be a string")
+    return value
+
+
+def _labels(attributes: Mapping[str, Any]) -> list[str]:
+    labels = attributes.get("labels", ())
+    if isinstance(labels, Mapping):
+        return sorted(f"{key}={value}" for key, value in labels.items())
+    if isinstance(labels, str) or not isinstance(labels, Iterable):
+        raise TypeError("resource attribute 'labels' must be a mapping or an iterable of 'key=value' strings")
+    items = list(labels)
+    if not all(isinstance(item, str) for item in items):
+        raise TypeError("resource attribute 'labels' must hold strings")
+    return sorted(items)
+
+
+def _resource_attrs(resource: Resource) -> dict[str, Any]:
+    if resource.tenant_id is None:
+        raise ValueError(f"a {resource.type} resource needs a tenant_id")
+    attrs = resource.attributes
+    tenant = _ref("Tenant", str(resource.tenant_id))
+    match resource.type:
+        case "Intent":
+            return {"tenant": tenant, "target": _text(attrs, "target"), "labels": _labels(attrs)}
+        case "Blueprint":
+            return {"tenant": tenant, "labels": _labels(attrs)}
+        case "Execution":
+            return {"tenant": tenant, "target": _text(attrs, "target"),
+                    "requested_by": _text(attrs, "requested_by"), "labels": _labels(attrs)}
+        case "Module":
+            return {"tenant": tenant, "name": _text(attrs, "name") if "name" in attrs else resource.id}
+        case "Policy" | "AuditLog":
+            return {"tenant": tenant}
+        case _:
+            raise ValueError(f"unknown resource type {resource.type!r}")
+
+
+class Authorizer:
+    """Cedar decisions over the platform policies plus a tenant's own forbids; deny by default, fail closed."""
+
+    def __init__(self, schema: str | None = None, policies: Mapping[str, str] | None = None) -> None:
+        """Load and validate the schema and platform policies (the checked-in files unless given); raise if invalid."""
+        if schema is None or policies is None:
+            file_schema, file_policies = _read_platform_files()
+            schema = file_schema if schema is None else schema
+            policies = file_policies if policies is None else policies
+        try:
+            self._schema = cedarpy.Schema.from_str(schema)
+        except ValueError as exc:
+            raise PolicyLoadError(f"invalid Cedar schema: {exc}") from exc
+        self._check_actions_match_schema()
+        text = "\n".join(policies.values())
+        result = cedarpy.validate_policies(text, self._schema)
+        if not result.validation_passed:
+            raise PolicyLoadError("invalid platform policies: " + "; ".join(str(e) for e in result.errors))
+        self._platform_ids = self._platform_policy_ids(cedarpy.policies_to_pst(text))
+        self._policies = cedarpy.PolicySet.from_str(text)
+        self._policy_set_for = functools.lru_cache(maxsize=TENANT_POLICY_CACHE_SIZE)(self._build_policy_set)
+
+    def _check_actions_match_schema(self) -> None:
+        # The enum is what callers type against; a drift from the schema would turn into policy_error at runtime.
+        in_schema = set(_SCHEMA_ACTION.findall(str(self._schema)))
+        in_enum = {action.value for action in Action}
+        if in_schema != in_enum:
+            raise PolicyLoadError(f"Action enum and schema differ: only in schema {sorted(in_schema - in_enum)}, "
+                                  f"only in enum {sorted(in_enum - in_schema)}")
+
+    @staticmethod
+    def _platform_policy_ids(tree: pst.PolicySet) -> dict[str, str]:
+        if tree.templates:
+            raise PolicyLoadError("platform policies must not be templates")
+        known_reasons = {reason.value for reason in _FORBID_REASON_PRIORITY}
+        ids: dict[str, str] = {}
+        for positional, policy in tree.static_policies.items():
+            policy_id = policy.annotations.get("id")
+            if not policy_id:
+                raise PolicyLoadError(f"platform policy {positional} has no @id")
+            if policy_id in ids.values():
+                raise PolicyLoadError(f"duplicate platform policy @id {policy_id!r}")
+            prefix = _FORBID_PREFIX if policy.effect == "forbid" else _PERMIT_PREFIX
+            if not policy_id.startswith(prefix):
+                raise PolicyLoadError(f"platform {policy.effect} @id {policy_id!r} must start with {prefix!r}")
+            if policy.effect == "forbid" and policy_id.removeprefix(_FORBID_PREFIX) not in known_reasons:
+                raise PolicyLoadError(f"forbid @id {policy_id!r} names no known reason")
+            ids[positional] = policy_id
+        return ids
+
+    def validate_tenant_policy(self, text: str) -> list[str]:
+        """Why a tenant policy cannot be saved (empty = valid): one `forbid` naming tenant actions, schema-valid."""
+        if len(text) > MAX_TENANT_POLICY_CHARS:
+            return [f"a tenant policy is at most {MAX_TENANT_POLICY_CHARS} characters"]
+        try:
+            tree = cedarpy.policies_to_pst(text)
+        except ValueError as exc:
+            return [f"syntax error: {exc}"]
+        errors: list[str] = []
+        if tree.templates or tree.template_links:
+            errors.append("templates (?principal / ?resource slots) are not accepted")
+        if len(tree.static_policies) != 1:
+            errors.append(f"exactly one policy is expected, found {len(tree.static_policies)}")
+        for policy in tree.static_policies.values():
+            if policy.effect != "forbid":
+                errors.append("only `forbid` policies are accepted: a tenant policy narrows the platform's "
+                              "permits, it never widens them")
+            errors.extend(_action_scope_errors(policy.action))
+        result = cedarpy.validate_policies(text, self._schema)
+        errors.extend(error.error for error in result.errors)
+        return errors
+
+    def _build_policy_set(self, tenant_policies: tuple[str, ...]) -> cedarpy.PolicySet:
+        policy_set = self._policies
+        for text in tenant_policies:
+            # Stored policies were validated on save; checking again (once per distinct set, cached) keeps a row
+            # edited behind the API from widening anything.
+            errors = self.validate_tenant_policy(text)
+            if errors:
+                raise ValueError("invalid tenant policy: " + "; ".join(errors))
+            policy_set = policy_set.with_added_str(text)
+        return policy_set
+
+    def decide(self, principal: Principal, action: Action | str, resource: Resource, *, tenant: TenantFacts,
+               tenant_policies: Sequence[str] = ()) -> Decision:
+        """Decide one request; `tenant` is the principal's tenant, `tenant_policies` its stored extra policies."""
+        try:
+            action = Action(action)
+            if principal.tenant_id != tenant.id:
+                raise ValueError("the tenant facts are not the principal's tenant")
+            # Tenant policies cannot name these actions, and skipping them means a broken stored policy can never
+            # stop a Tenant.Admin from deleting it.
+            untouchable = action in PLATFORM_ACTIONS or action in POLICY_ADMIN_ACTIONS
+            policy_set = self._policies if untouchable else self._policy_set_for(tuple(tenant_policies))
+            request = {
+                "principal": _uid("Principal", principal.id),
+                "action": {"type": f"{NAMESPACE}::Action", "id": action.value},
+                "resource": _uid(resource.type, resource.id),
+                "context": {},
+            }
+            result = cedarpy.is_authorized(request, policy_set, self._entities(principal, resource, tenant),
+                                           self._schema)
+        except Exception:  # any engine or input error denies: failing open is never an option
+            logger.warning("authorization failed closed for action %s on %s", action, resource.type, exc_info=True)
+            return Decision(False, Reason.POLICY_ERROR, ())
+        return self._decision(result)
+
+    def _entities(self, principal: Principal, resource: Resource, tenant: TenantFacts) -> list[dict[str, Any]]:
+        tenant_id = str(tenant.id)
+        entities: list[dict[str, Any]] = [
+            {"uid": _uid("Tenant", tenant_id), "parents": [],
+             "attrs": {"status": tenant.status, "allowed_targets": sorted(tenant.allowed_targets),
+                       "allowed_modules": sorted(tenant.allowed_modules)}},
+            {"uid": _uid("Principal", principal.id), "parents": [],
+             "attrs": {"id": principal.id, "roles": sorted(principal.roles), "tenant": _ref("Tenant", tenant_id),
+                       "app_only": principal.app_only}},
+        ]
+        if resource.type not in RESOURCE_TYPES:
+            raise ValueError(f"unknown resource type {resource.type!r}")
+        # The Platform has no attributes, and another tenant's row is not ours to describe: both are left out
+        # of the entity set, which Cedar treats as entities without attributes.
+        if resource.type not in ("Platform", "Tenant"):
+            entities.append({"uid": _uid(resource.type, resource.id), "parents": [],
+                             "attrs": _resource_attrs(resource)})
+        return entities
+
+    def _decision(self, result: cedarpy.AuthzResult) -> Decision:
+        diagnostics = result.diagnostics
+        names = tuple(self._policy_name(pid, diagnostics.id_annotations_by_reason) for pid in diagnostics.reasons)
+        if result.decision == cedarpy.Decision.Allow:
+            # A policy that failed to evaluate is skipped by Cedar; if it was a forbid, allowing would fail open.
+            if diagnostics.errors:
+                logger.warning("authorization failed closed: %s", json.dumps(diagnostics.errors))
+                return Decision(False, Reason.POLICY_ERROR, names)
+            return Decision(True, Reason.ALLOWED, names)
+        if result.decision != cedarpy.Decision.Deny:
+            logger.warning("authorization failed closed: %s", json.dumps(diagnostics.errors))
+            return Decision(False, Reason.POLICY_ERROR, ())
+        if names:
+            return Decision(False, self._deny_reason(names), names)
+        if diagnostics.errors:
+            logger.warning("authorization failed closed: %s", json.dumps(diagnostics.errors))
+            return Decision(False, Reason.POLICY_ERROR, ())
+        return Decision(False, Reason.ROLE_REQUIRED, ())
+
+    def _policy_name(self, positional: str, annotations: Mapping[str, str]) -> str:
+        # Classified by position, not by @id: a tenant cannot pass its policy off as a platform one by its @id.
+        if positional in self._platform_ids:
+            return self._platform_ids[positional]
+        return _TENANT_POLICY_PREFIX + (annotations.get(positional) or positional)
+
+    @staticmethod
+    def _deny_reason(names: tuple[str, ...]) -> Reason:
+        platform_reasons = {name.removeprefix(_FORBID_PREFIX) for name in names if name.startswith(_FORBID_PREFIX)}
+        for reason in _FORBID_REASON_PRIORITY:
+            if reason.value in platform_reasons:
+                return reason
+        return Reason.DENIED_BY_TENANT_POLICY
+
+
+def _action_scope_errors(scope: pst.ActionConstraint) -> list[str]:
+    # A tenant policy names its actions, so it can never reach the control plane or lock its admins out of
+    # the policy endpoints that would undo it.
+    if isinstance(scope, pst.ActionEq):
+        uids: tuple[pst.EntityUid, ...] = (scope.entity,)
+    elif isinstance(scope, pst.ActionIn):
+        uids = scope.entities
+    else:
+        return ["name the actions the policy forbids (`action == QP::Action::\"...\"` or `action in [...]`)"]
+    allowed = {action.value for action in TENANT_POLICY_ACTIONS}
+    errors = []
+    for uid in uids:
+        if uid.type.namespace != (NAMESPACE,) or uid.type.basename != "Action" or uid.id not in allowed:
+            errors.append(f"action {uid.id!r} cannot be restricted by a tenant policy")
+    return errors
+
+
+@functools.cache
+def get_authorizer() -> Authorizer:
+    """The process-wide Authorizer over the checked-in schema and platform policies (loaded once)."""
+    return Authorizer()

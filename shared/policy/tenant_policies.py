@@ -1,0 +1,112 @@
+# intent_ref: platform.access-control
+"""A tenant's own Cedar policies: stored per tenant under RLS, validated on save, cached for decisions."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime
+from uuid import UUID
+
+import psycopg
+from psycopg.rows import DictRow
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.db.session import tenant_transaction
+
+_CACHE_TTL_S = 5.0
+
+
+class TenantPolicyCreate(BaseModel):
+    """A policy a Tenant.Admin adds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    description: str = Field(default="", max_length=500)
+    policy: str = Field(min_length=1, max_length=10_000, description="Cedar policy text (one forbid)")
+
+
+class TenantPolicy(BaseModel):
+    """A stored tenant policy."""
+
+    id: UUID
+    name: str
+    description: str
+    policy: str
+    created_by: str
+    created_at: datetime
+
+
+class TenantPolicyList(BaseModel):
+    """All of a tenant's policies (a tenant has few; no pagination needed)."""
+
+    items: list[TenantPolicy]
+
+
+class TenantPolicyConflictError(Exception):
+    """A policy with that name exists."""
+
+
+def list_policies(conn: psycopg.Connection[DictRow]) -> list[TenantPolicy]:
+    """The current tenant's policies, by name."""
+    rows = conn.execute("SELECT id, name, description, policy, created_by, created_at FROM app.tenant_policies"
+                        " ORDER BY name").fetchall()
+    return [TenantPolicy(**row) for row in rows]
+
+
+def add_policy(conn: psycopg.Connection[DictRow], tenant_id: UUID, spec: TenantPolicyCreate,
+               created_by: str) -> TenantPolicy:
+    """Store a validated policy for the current tenant."""
+    try:
+        with conn.transaction():
+            row = conn.execute(
+                "INSERT INTO app.tenant_policies (tenant_id, name, description, policy, created_by)"
+                " VALUES (%s, %s, %s, %s, %s) RETURNING id, name, description, policy, created_by, created_at",
+                (tenant_id, spec.name, spec.description, spec.policy, created_by),
+            ).fetchone()
+    except psycopg.errors.UniqueViolation as exc:
+        raise TenantPolicyConflictError(spec.name) from exc
+    assert row is not None  # noqa: S101  # INSERT ... RETURNING
+    policy_cache.forget(tenant_id)
+    return TenantPolicy(**row)
+
+
+def delete_policy(conn: psycopg.Connection[DictRow], tenant_id: UUID, policy_id: UUID) -> bool:
+    """Remove one of the current tenant's policies; False when it does not exist (or is another tenant's)."""
+    deleted = conn.execute("DELETE FROM app.tenant_policies WHERE id = %s", (policy_id,)).rowcount == 1
+    policy_cache.forget(tenant_id)
+    return deleted
+
+
+class _PolicyCache:
+    """Per-tenant policy texts, kept briefly so a decision costs no query on the hot path."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[UUID, tuple[float, tuple[str, ...]]] = {}
+
+    def get(self, tenant_id: UUID) -> tuple[str, ...]:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._entries.get(tenant_id)
+        if hit is not None and now - hit[0] < _CACHE_TTL_S:
+            return hit[1]
+        with tenant_transaction(tenant_id) as conn:
+            texts = tuple(row["policy"] for row in conn.execute(
+                "SELECT policy FROM app.tenant_policies ORDER BY name").fetchall())
+        with self._lock:
+            self._entries[tenant_id] = (now, texts)
+        return texts
+
+    def forget(self, tenant_id: UUID) -> None:
+        with self._lock:
+            self._entries.pop(tenant_id, None)
+
+
+policy_cache = _PolicyCache()
+
+
+def tenant_policy_texts(tenant_id: UUID) -> tuple[str, ...]:
+    """The Cedar texts of the tenant's own policies, for a decision."""
+    return policy_cache.get(tenant_id)

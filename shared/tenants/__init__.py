@@ -1,0 +1,2 @@
+# intent_ref: platform.tenants
+"""Tenants: the control plane's records of customer organisations."""

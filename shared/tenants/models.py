@@ -1,0 +1,74 @@
+# intent_ref: platform.tenants
+"""Tenant records and the request and response models of the tenants API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+TenantStatus = Literal["active", "suspended"]
+_NAME = r"^[a-z0-9][a-z0-9-]{1,62}$"
+AllowedItem = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
+"""A module (action) name or a target name a tenant is allowed to use."""
+
+
+class TenantQuotas(BaseModel):
+    """Per-tenant limits; absent values fall back to the platform's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_minute: int | None = Field(default=None, ge=1, le=1_000_000)
+    burst: int | None = Field(default=None, ge=1, le=100_000)
+    max_concurrent_executions: int | None = Field(default=None, ge=0, le=100_000)
+
+
+class TenantCreate(BaseModel):
+    """What Platform.Admin sends to provision a tenant."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=_NAME, description="Unique slug of the tenant")
+    display_name: str = Field(default="", max_length=200)
+    entra_tenant_id: UUID = Field(description="The Entra ID tenant (`tid`) whose tokens act for this tenant")
+    status: TenantStatus = "active"
+    quotas: TenantQuotas = Field(default_factory=TenantQuotas)
+    allowed_modules: list[AllowedItem] = Field(default_factory=list, max_length=500)
+    allowed_targets: list[AllowedItem] = Field(default_factory=list, max_length=100)
+
+
+class TenantUpdate(BaseModel):
+    """A partial update (JSON merge semantics: absent fields stay as they are)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    display_name: str | None = Field(default=None, max_length=200)
+    status: TenantStatus | None = None
+    quotas: TenantQuotas | None = None
+    allowed_modules: list[AllowedItem] | None = Field(default=None, max_length=500)
+    allowed_targets: list[AllowedItem] | None = Field(default=None, max_length=100)
+
+
+class Tenant(BaseModel):
+    """A tenant as stored and as returned by the API."""
+
+    id: UUID
+    name: str
+    display_name: str
+    entra_tenant_id: UUID
+    status: TenantStatus
+    quotas: TenantQuotas
+    allowed_modules: list[str]
+    allowed_targets: list[str]
+    created_at: datetime
+    updated_at: datetime
+
+
+class TenantPage(BaseModel):
+    """One page of tenants."""
+
+    items: list[Tenant]
+    next_cursor: str | None
+

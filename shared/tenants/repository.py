@@ -1,0 +1,134 @@
+# intent_ref: platform.tenants
+"""Tenant rows, read and written by the control plane (role qp_platform: tenants only, no tenant data)."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import DictRow
+from psycopg.types.json import Jsonb
+
+from shared.pagination import encode_cursor
+from shared.tenants.models import Tenant, TenantCreate, TenantPage, TenantQuotas, TenantUpdate
+
+_COLUMNS = sql.SQL(", ").join(map(sql.Identifier, (
+    "id", "name", "display_name", "entra_tenant_id", "status", "quotas", "allowed_modules", "allowed_targets",
+    "created_at", "updated_at")))
+_INSERT = sql.SQL(
+    "INSERT INTO app.tenants (name, display_name, entra_tenant_id, status, quotas, allowed_modules, allowed_targets)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING {}").format(_COLUMNS)
+_BY_ID = sql.SQL("SELECT {} FROM app.tenants WHERE id = %s").format(_COLUMNS)
+_BY_ID_FOR_UPDATE = sql.SQL("SELECT {} FROM app.tenants WHERE id = %s FOR UPDATE").format(_COLUMNS)
+_BY_ENTRA_ID = sql.SQL("SELECT {} FROM app.tenants WHERE entra_tenant_id = %s").format(_COLUMNS)
+_PAGE = sql.SQL(
+    "SELECT {} FROM app.tenants WHERE (%(after)s::text IS NULL OR name > %(after)s)"
+    " AND (%(status)s::text IS NULL OR status = %(status)s) ORDER BY name LIMIT %(limit)s").format(_COLUMNS)
+_UPDATE = sql.SQL(
+    "UPDATE app.tenants SET display_name = %s, status = %s, quotas = %s, allowed_modules = %s,"
+    " allowed_targets = %s, updated_at = clock_timestamp() WHERE id = %s RETURNING {}").format(_COLUMNS)
+
+
+class TenantConflictError(Exception):
+    """The name or the Entra tenant id is already provisioned."""
+
+
+def _to_tenant(row: dict[str, Any]) -> Tenant:
+    return Tenant(**{**row, "quotas": TenantQuotas(**row["quotas"])})
+
+
+def etag(tenant: Tenant) -> str:
+    """A strong validator that changes with every update of the row."""
+    digest = hashlib.sha256(f"{tenant.id}:{tenant.updated_at.isoformat()}".encode()).hexdigest()[:20]
+    return f'"{digest}"'
+
+
+def create_tenant(conn: psycopg.Connection[DictRow], spec: TenantCreate) -> Tenant:
+    """Insert a tenant; a taken name or Entra tenant id is a TenantConflictError."""
+    try:
+        with conn.transaction():  # a savepoint, so a conflict leaves the caller's transaction usable
+            row = conn.execute(
+                _INSERT,
+                (spec.name, spec.display_name, spec.entra_tenant_id, spec.status,
+                 Jsonb(spec.quotas.model_dump(exclude_none=True)), list(dict.fromkeys(spec.allowed_modules)),
+                 list(dict.fromkeys(spec.allowed_targets))),
+            ).fetchone()
+    except psycopg.errors.UniqueViolation as exc:
+        raise TenantConflictError("a tenant with this name or Entra tenant id exists") from exc
+    assert row is not None  # noqa: S101  # INSERT ... RETURNING returns the row
+    return _to_tenant(row)
+
+
+def get_tenant(conn: psycopg.Connection[DictRow], tenant_id: UUID) -> Tenant | None:
+    """One tenant by its platform id."""
+    row = conn.execute(_BY_ID, (tenant_id,)).fetchone()
+    return _to_tenant(row) if row else None
+
+
+def list_tenants(conn: psycopg.Connection[DictRow], *, limit: int, after_name: str | None,
+                 status: str | None) -> TenantPage:
+    """Tenants ordered by name, after `after_name` (keyset pagination)."""
+    rows = conn.execute(
+        _PAGE,
+        {"after": after_name, "status": status, "limit": limit + 1},
+    ).fetchall()
+    items = [_to_tenant(r) for r in rows[:limit]]
+    next_cursor = encode_cursor({"name": items[-1].name}) if len(rows) > limit else None
+    return TenantPage(items=items, next_cursor=next_cursor)
+
+
+def update_tenant(conn: psycopg.Connection[DictRow], tenant_id: UUID, change: TenantUpdate) -> Tenant | None:
+    """Apply a partial update; returns the new row, or None when the tenant does not exist."""
+    fields = change.model_dump(exclude_unset=True)
+    current = conn.execute(_BY_ID_FOR_UPDATE, (tenant_id,)).fetchone()
+    if current is None:
+        return None
+    merged = {**current, **{k: v for k, v in fields.items() if v is not None}}
+    if "quotas" in fields and fields["quotas"] is not None:
+        merged["quotas"] = {**current["quotas"], **change.quotas.model_dump(exclude_none=True)}  # type: ignore[union-attr]
+    row = conn.execute(
+        _UPDATE,
+        (merged["display_name"], merged["status"], Jsonb(merged["quotas"]),
+         list(dict.fromkeys(merged["allowed_modules"])), list(dict.fromkeys(merged["allowed_targets"])), tenant_id),
+    ).fetchone()
+    assert row is not None  # noqa: S101  # the row is locked above
+    return _to_tenant(row)
+
+
+class TenantDirectory:
+    """Resolve an Entra tenant id to its provisioned tenant, cached briefly to keep every request cheap.
+
+    A short TTL bounds how long a suspension takes to bite; the control plane clears the cache on change.
+    """
+
+    def __init__(self, ttl_s: float = 5.0) -> None:
+        self._ttl = ttl_s
+        self._lock = threading.Lock()
+        self._cache: dict[UUID, tuple[float, Tenant | None]] = {}
+
+    def resolve(self, conn_factory: Any, entra_tenant_id: UUID) -> Tenant | None:
+        """The tenant whose Entra tenant id this is, or None when it is not provisioned."""
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(entra_tenant_id)
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        with conn_factory() as conn:
+            row = conn.execute(_BY_ENTRA_ID, (entra_tenant_id,)).fetchone()
+        tenant = _to_tenant(row) if row else None
+        with self._lock:
+            self._cache[entra_tenant_id] = (now, tenant)
+        return tenant
+
+    def forget(self) -> None:
+        """Drop every cached entry (after a tenant changes)."""
+        with self._lock:
+            self._cache.clear()
+
+
+tenant_directory = TenantDirectory()
