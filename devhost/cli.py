@@ -30,7 +30,7 @@ def _run(args: argparse.Namespace) -> int:
 
         token = mint_token_cli(options.data_dir.resolve(), f"http://{args.host}:{args.port}", "contoso",
                                ["Tenant.Admin", "Intent.Author", "Intent.Executor"], [], None, 8 * 3600, False)
-        ready.append(f'  as contoso: curl -s -H "Authorization: Bearer {token}" {{base_url}}/api/ready')
+        ready.append(f'  as contoso: curl -s -H "Authorization: Bearer {token}" {{base_url}}/api/v1/me')
         ready.append("  other tokens: .venv/bin/python -m devhost token --tenant fabrikam --roles Intent.Reader")
     ready.append("Press Ctrl-C to stop.")
     asyncio.run(serve(options, ready))

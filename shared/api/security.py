@@ -126,3 +126,13 @@ def record_mutation(context: RequestContext, action: str, resource: Resource, de
                     conn: Any | None = None) -> None:
     """Audit a change that happened (after its allow decision), with what changed."""
     _record(context, action, resource, Decision(True, "applied", ()), conn=conn, detail=detail)
+
+
+def record_tenant_event(tenant_id: UUID, context: RequestContext, action: str, detail: dict[str, Any]) -> None:
+    """Audit an action by the caller into another tenant's trail (the control plane acting on a tenant)."""
+    record = AuditRecord.new(
+        tenant_id=tenant_id, principal_id=context.principal.id, action=action, resource_type="Tenant",
+        resource_id=str(tenant_id), decision="allow", reason="applied", request_id=context.request_id,
+        detail=detail, occurred_at=datetime.now(UTC),
+    )
+    get_audit_store().record(record)

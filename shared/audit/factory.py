@@ -65,9 +65,8 @@ def build_audit_store(settings: Settings) -> AuditStore:
         return CosmosAuditStore(container, retention_days=_TenantRetention())
 
     from shared.audit.postgres import PostgresAuditStore
-    from shared.db.pool import get_pool
 
-    return PostgresAuditStore(get_pool())
+    return PostgresAuditStore()
 
 
 @lru_cache(maxsize=1)

@@ -40,7 +40,8 @@ _EQUALS_FILTERS = ("action", "decision", "principal_id", "resource_type", "resou
 class PostgresAuditStore:
     """Audit records in `app.audit_events`; every read and write runs inside the record's tenant context."""
 
-    def __init__(self, pool: ConnectionPool[Any]) -> None:
+    def __init__(self, pool: ConnectionPool[Any] | None = None) -> None:
+        # None: the process-wide pool, looked up at each use (it may be replaced, e.g. after a reconfiguration).
         self._pool = pool
 
     def record(self, record: AuditRecord, *, conn: psycopg.Connection[Any] | None = None) -> None:

@@ -14,6 +14,8 @@ class Action(StrEnum):
     TENANT_READ = "tenant.read"
     TENANT_UPDATE = "tenant.update"
     TENANT_LIST = "tenant.list"
+    TENANT_EXPORT = "tenant.export"
+    TENANT_ERASE = "tenant.erase"
 
     # Tenant.Admin, on its own tenant's resources.
     TENANT_SETTINGS_READ = "tenant.settings.read"
@@ -50,7 +52,8 @@ class Action(StrEnum):
     EXECUTION_APPROVE = "execution.approve"
 
 
-PLATFORM_ACTIONS = frozenset({Action.TENANT_CREATE, Action.TENANT_READ, Action.TENANT_UPDATE, Action.TENANT_LIST})
+PLATFORM_ACTIONS = frozenset({Action.TENANT_CREATE, Action.TENANT_READ, Action.TENANT_UPDATE, Action.TENANT_LIST,
+                              Action.TENANT_EXPORT, Action.TENANT_ERASE})
 """Control-plane actions: tenant policies may not name them (they are not the tenant's to restrict)."""
 
 POLICY_ADMIN_ACTIONS = frozenset({Action.POLICY_READ, Action.POLICY_CREATE, Action.POLICY_DELETE})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from azure.storage.blob import BlobServiceClient
+from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from shared.config import Settings
 
@@ -18,3 +18,16 @@ def blob_service_client(settings: Settings, **client_options: Any) -> BlobServic
 
     assert settings.QP_BLOB_ACCOUNT_URL  # noqa: S101  # guaranteed by the settings validator
     return BlobServiceClient(settings.QP_BLOB_ACCOUNT_URL, credential=DefaultAzureCredential(), **client_options)
+
+
+def artifacts_container(settings: Settings) -> ContainerClient:
+    """The artifacts container, created on first use (locally; in Azure the IaC creates it)."""
+    container = blob_service_client(settings).get_container_client(settings.QP_ARTIFACTS_CONTAINER)
+    if not container.exists():
+        from azure.core.exceptions import ResourceExistsError
+
+        try:
+            container.create_container()
+        except ResourceExistsError:
+            pass  # created concurrently
+    return container

@@ -31,6 +31,7 @@ class DevhostProcess:
     port: int
     env: dict[str, str]
     log_path: Path
+    extra_args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -42,7 +43,7 @@ class DevhostProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115  # handed to the child
         self.process = subprocess.Popen(
             [sys.executable, "-m", "devhost", "run", "--app", str(self.app_dir), "--port", str(self.port),
-             "--data-dir", str(self.data_dir)],
+             "--data-dir", str(self.data_dir), *self.extra_args],
             cwd=PROJECT_ROOT, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout

@@ -158,9 +158,16 @@ def test_every_app_table_has_forced_rls_with_tenant_policies(pg) -> None:  # typ
             assert {p[1] for p in runtime} == {"PERMISSIVE", "RESTRICTIVE"}, name
             for _, _, _, qual, with_check in runtime:
                 assert "current_tenant_id()" in qual and "current_tenant_id()" in with_check, name
-            # The only policy for anyone else is the control plane's, on the tenants table alone.
+            # Anyone else is the control plane: all of the tenants table, and on tenant tables only an
+            # erasure's DELETE bound to the tenant context (so it never reads tenant data).
             others = {(p[0], tuple(p[2])) for p in policies if p[2] != [RUNTIME_ROLE]}
-            assert others == ({("platform_control_plane", ("qp_platform",))} if name == "tenants" else set()), name
+            if name == "tenants":
+                assert others == {("platform_control_plane", ("qp_platform",))}
+            else:
+                assert others == {("platform_erase", ("qp_platform",))}, name
+                erase = conn.execute("SELECT cmd, qual FROM pg_policies WHERE schemaname = 'app' AND tablename = %s"
+                                     " AND policyname = 'platform_erase'", (name,)).fetchone()
+                assert erase[0] == "DELETE" and "current_tenant_id()" in erase[1], name
 
 
 def test_control_plane_sees_tenants_and_no_tenant_data(app_pool: ConnectionPool[Any],

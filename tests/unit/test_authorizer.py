@@ -40,7 +40,8 @@ READER_AND_ABOVE = frozenset({INTENT_READER, INTENT_AUTHOR, INTENT_EXECUTOR, INT
 
 # Actions whose outcome depends on the role only.
 ROLES_ALLOWED: dict[Action, frozenset[str]] = {
-    **dict.fromkeys([Action.TENANT_CREATE, Action.TENANT_READ, Action.TENANT_UPDATE, Action.TENANT_LIST],
+    **dict.fromkeys([Action.TENANT_CREATE, Action.TENANT_READ, Action.TENANT_UPDATE, Action.TENANT_LIST,
+                     Action.TENANT_EXPORT, Action.TENANT_ERASE],
                     frozenset({PLATFORM_ADMIN})),
     **dict.fromkeys([Action.TENANT_SETTINGS_READ, Action.TENANT_SETTINGS_UPDATE, Action.POLICY_READ,
                      Action.POLICY_CREATE, Action.POLICY_DELETE, Action.AUDIT_READ, Action.MODULE_REGISTER],

@@ -7,14 +7,18 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Header, Query, Response
+from pydantic import BaseModel
 
 from shared.api.problems import ProblemError
-from shared.api.security import RequestContext, authenticated, authorize, record_mutation
+from shared.api.security import RequestContext, authenticated, authorize, record_mutation, record_tenant_event
+from shared.config import get_settings
 from shared.db.session import platform_transaction
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor
 from shared.policy.actions import Action
 from shared.policy.authorizer import Resource
+from shared.storage.blob import artifacts_container
 from shared.tenants.models import Tenant, TenantCreate, TenantPage, TenantStatus, TenantUpdate
+from shared.tenants.offboarding import erase_tenant, export_tenant
 from shared.tenants.repository import (
     TenantConflictError,
     create_tenant,
@@ -98,3 +102,61 @@ def patch(tenant_id: UUID, change: TenantUpdate, response: Response, context: Co
                     change.model_dump(mode="json", exclude_unset=True))
     response.headers["ETag"] = etag(tenant)
     return tenant
+
+
+class TenantExport(BaseModel):
+    """Where a tenant's export archive was written."""
+
+    container: str
+    blob_name: str
+    counts: dict[str, int]
+
+
+class TenantErasure(BaseModel):
+    """The confirmation an erasure needs: the tenant's name, typed out."""
+
+    confirm_name: str
+
+
+class TenantErased(BaseModel):
+    """What an erasure removed."""
+
+    tenant_id: UUID
+    removed: dict[str, int]
+
+
+@router.post("/{tenant_id}/export", status_code=201, response_model=TenantExport,
+             summary="Export a tenant's data to blob storage")
+def export(tenant_id: UUID, context: Context) -> TenantExport:
+    """Write a JSON archive of the tenant's intents, versions, policies and audit (Platform.Admin)."""
+    authorize(context, Action.TENANT_EXPORT, _PLATFORM, detail={"tenant_id": str(tenant_id)})
+    with platform_transaction() as conn:
+        tenant = get_tenant(conn, tenant_id)
+    if tenant is None:
+        raise _not_found(tenant_id)
+    container = artifacts_container(get_settings())
+    result = export_tenant(tenant, container)
+    record_mutation(context, Action.TENANT_EXPORT, Resource("Tenant", str(tenant_id), None, {}),
+                    {"blob_name": result.blob_name, "counts": result.counts})
+    return TenantExport(container=container.container_name, blob_name=result.blob_name, counts=result.counts)
+
+
+@router.post("/{tenant_id}/erase", response_model=TenantErased, summary="Erase a tenant (GDPR offboarding)",
+             responses={409: {"description": "The tenant is still active, or the name does not match"}})
+def erase(tenant_id: UUID, body: TenantErasure, context: Context) -> TenantErased:
+    """Remove every row, blob and record of a suspended tenant; only the erasure's own audit record remains."""
+    authorize(context, Action.TENANT_ERASE, _PLATFORM, detail={"tenant_id": str(tenant_id)})
+    with platform_transaction() as conn:
+        tenant = get_tenant(conn, tenant_id)
+    if tenant is None:
+        raise _not_found(tenant_id)
+    if tenant.status != "suspended" or body.confirm_name != tenant.name:
+        raise ProblemError(409, "erasure-refused", "Conflict",
+                           "Suspend the tenant first and confirm with its exact name.")
+    removed = erase_tenant(tenant_id, artifacts_container(get_settings()))
+    tenant_directory.forget()
+    detail = {"tenant_name": tenant.name, "removed": removed}
+    record_mutation(context, Action.TENANT_ERASE, Resource("Tenant", str(tenant_id), None, {}), detail)
+    # The erased tenant keeps exactly one record: this erasure, by whom and when.
+    record_tenant_event(tenant_id, context, Action.TENANT_ERASE, detail)
+    return TenantErased(tenant_id=tenant_id, removed=removed)

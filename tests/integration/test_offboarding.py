@@ -1,0 +1,100 @@
+# intent_ref: platform.tenants
+"""Tenant offboarding: export to blob storage, then erase every row and blob; only the erasure's record stays."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import psycopg
+import pytest
+from azure.storage.blob import BlobServiceClient
+
+from shared.tenants.offboarding import TENANT_TABLES
+from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
+
+pytestmark = pytest.mark.integration
+
+ADMIN = ["Platform.Admin"]
+
+
+def _tenant_row_counts(api: ApiHarness, tenant_id: uuid.UUID) -> dict[str, int]:  # noqa: F811
+    with psycopg.connect(api.admin_url, dbname="quantum") as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT table_name FROM information_schema.columns WHERE table_schema = 'app'"
+            " AND column_name = 'tenant_id' AND table_name IN (SELECT tablename FROM pg_tables"
+            " WHERE schemaname = 'app')").fetchall()]
+        counts = {t: conn.execute(psycopg.sql.SQL("SELECT count(*) FROM {} WHERE tenant_id = %s").format(
+            psycopg.sql.Identifier("app", t)), (tenant_id,)).fetchone()[0] for t in tables}
+        counts["tenants"] = conn.execute("SELECT count(*) FROM app.tenants WHERE id = %s", (tenant_id,)).fetchone()[0]
+    return counts
+
+
+def _seed_data(api: ApiHarness, tenant_id: uuid.UUID) -> None:  # noqa: F811
+    with psycopg.connect(api.app_url, autocommit=True) as conn, conn.transaction():
+        conn.execute("SET LOCAL ROLE qp_runtime")
+        conn.execute("SELECT set_config('app.tenant_id', %s, true)", (str(tenant_id),))
+        intent_id = conn.execute("INSERT INTO app.intents (tenant_id, name, created_by) VALUES (%s, 'doomed', 'x')"
+                                 " RETURNING id", (tenant_id,)).fetchone()[0]
+        conn.execute("INSERT INTO app.intent_versions (tenant_id, intent_id, version, definition, definition_sha256,"
+                     " created_by) VALUES (%s, %s, 1, '{\"steps\": []}', 'x', 'x')", (tenant_id, intent_id))
+
+
+def test_tenant_tables_list_matches_the_schema(api: ApiHarness) -> None:  # noqa: F811
+    with psycopg.connect(api.admin_url, dbname="quantum") as conn:
+        with_tenant = {r[0] for r in conn.execute(
+            "SELECT c.table_name FROM information_schema.columns c JOIN pg_tables t"
+            " ON t.schemaname = c.table_schema AND t.tablename = c.table_name"
+            " WHERE c.table_schema = 'app' AND c.column_name = 'tenant_id'").fetchall()}
+    assert with_tenant == set(TENANT_TABLES)
+
+
+def test_export_then_erase_leaves_only_the_erasure_record(api: ApiHarness, azurite) -> None:  # noqa: F811
+    api.provision("operator")
+    admin = api.headers("operator", ADMIN)
+    leaving, staying = api.provision("leaving"), api.provision("staying")
+    for name, handle in (("leaving", leaving), ("staying", staying)):
+        _seed_data(api, handle.id)
+        # A request leaves an audit record and a rate bucket behind.
+        assert api.client.get("/api/v1/tenant", headers=api.headers(name, ["Tenant.Admin"])).status_code == 200
+    blobs = BlobServiceClient.from_connection_string(azurite.connection_string).get_container_client("artifacts")
+    if not blobs.exists():
+        blobs.create_container()
+    blobs.upload_blob(f"{leaving.id}/artifacts/build.log", b"log", overwrite=True)
+    blobs.upload_blob(f"{staying.id}/artifacts/build.log", b"log", overwrite=True)
+    staying_before = _tenant_row_counts(api, staying.id)
+
+    export = api.client.post(f"/api/v1/tenants/{leaving.id}/export", headers=admin)
+    assert export.status_code == 201, export.text
+    archive = json.loads(blobs.download_blob(export.json()["blob_name"]).readall())
+    assert export.json()["blob_name"].startswith(f"{leaving.id}/exports/")
+    assert [i["name"] for i in archive["intents"]] == ["doomed"]
+    assert len(archive["intent_versions"]) == 1 and archive["audit_events"]
+    assert export.json()["counts"]["intents"] == 1
+
+    refused = api.client.post(f"/api/v1/tenants/{leaving.id}/erase", json={"confirm_name": leaving.name},
+                              headers=admin)
+    assert refused.status_code == 409  # still active
+    etag = api.client.get(f"/api/v1/tenants/{leaving.id}", headers=admin).headers["etag"]
+    api.client.patch(f"/api/v1/tenants/{leaving.id}", json={"status": "suspended"},
+                     headers={**admin, "If-Match": etag})
+    wrong_name = api.client.post(f"/api/v1/tenants/{leaving.id}/erase", json={"confirm_name": "nope"},
+                                 headers=admin)
+    assert wrong_name.status_code == 409
+    assert _tenant_row_counts(api, leaving.id)["intents"] == 1  # nothing changed yet
+
+    erased = api.client.post(f"/api/v1/tenants/{leaving.id}/erase", json={"confirm_name": leaving.name},
+                             headers=admin)
+    assert erased.status_code == 200, erased.text
+    assert erased.json()["removed"]["blobs"] == 2  # the artifact and the export archive
+
+    counts = _tenant_row_counts(api, leaving.id)
+    assert counts.pop("audit_events") == 1
+    assert set(counts.values()) == {0}, counts
+    remaining = api.audit_rows("leaving")
+    assert [(r["action"], r["decision"]) for r in remaining] == [("tenant.erase", "allow")]
+    assert list(blobs.list_blobs(name_starts_with=f"{leaving.id}/")) == []
+    # The other tenant is untouched.
+    assert _tenant_row_counts(api, staying.id) == staying_before
+    assert len(list(blobs.list_blobs(name_starts_with=f"{staying.id}/"))) == 1
+    assert api.client.get(f"/api/v1/tenants/{leaving.id}", headers=admin).status_code == 404
