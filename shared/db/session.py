@@ -30,8 +30,8 @@ def tenant_transaction(
     with (pool or get_pool()).connection() as conn, conn.transaction():
         # SET LOCAL ROLE: whatever the login, the statements run as the non-owner runtime role.
         conn.execute(_SET_RUNTIME_ROLE)
-        # is_local=true: the setting dies with the transaction and never leaks to the next borrower.
-        conn.execute("SELECT set_config('app.tenant_id', %s, true)", (str(tenant_id),))
+        # The pin lives for this transaction only and cannot be changed within it (migration 0008).
+        conn.execute("SELECT app.pin_tenant(%s)", (tenant_id,))
         yield conn
 
 

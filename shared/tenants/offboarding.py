@@ -60,7 +60,7 @@ def erase_tenant(tenant_id: UUID, container: ContainerClient) -> dict[str, int]:
         container.delete_blob(blob.name)
         removed["blobs"] += 1
     with platform_transaction() as conn:
-        conn.execute("SELECT set_config('app.tenant_id', %s, true)", (str(tenant_id),))
+        conn.execute("SELECT app.pin_tenant(%s)", (tenant_id,))
         for table in TENANT_TABLES:
             cursor = conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier("app", table)))
             removed[table] = cursor.rowcount

@@ -33,7 +33,7 @@ def _tenant_row_counts(api: ApiHarness, tenant_id: uuid.UUID) -> dict[str, int]:
 def _seed_data(api: ApiHarness, tenant_id: uuid.UUID) -> None:  # noqa: F811
     with psycopg.connect(api.app_url, autocommit=True) as conn, conn.transaction():
         conn.execute("SET LOCAL ROLE qp_runtime")
-        conn.execute("SELECT set_config('app.tenant_id', %s, true)", (str(tenant_id),))
+        conn.execute("SELECT app.pin_tenant(%s)", (tenant_id,))
         intent_id = conn.execute("INSERT INTO app.intents (tenant_id, name, created_by) VALUES (%s, 'doomed', 'x')"
                                  " RETURNING id", (tenant_id,)).fetchone()[0]
         conn.execute("INSERT INTO app.intent_versions (tenant_id, intent_id, version, definition, definition_sha256,"

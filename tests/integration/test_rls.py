@@ -39,7 +39,7 @@ def tenants(pg) -> dict[str, uuid.UUID]:  # type: ignore[no-untyped-def]
                              (tenant_id, f"rls-{key}-{tenant_id.hex[:6]}", uuid.uuid4()))
             with conn.transaction():
                 conn.execute("SET LOCAL ROLE qp_runtime")
-                conn.execute("SELECT set_config('app.tenant_id', %s, true)", (str(tenant_id),))
+                conn.execute("SELECT app.pin_tenant(%s)", (tenant_id,))
                 intent_id = conn.execute(
                     "INSERT INTO app.intents (tenant_id, name, created_by) VALUES (%s, %s, 'test') RETURNING id",
                     (tenant_id, f"intent-{key}"),
@@ -186,3 +186,22 @@ def test_runtime_role_cannot_become_the_owner(app_pool: ConnectionPool[Any], ten
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             with tenant_transaction(tenants["a"], pool=app_pool) as conn:
                 conn.execute(f"SET ROLE {role}")  # type: ignore[arg-type]  # noqa: S608
+
+
+def test_a_transaction_cannot_switch_tenants(app_pool: ConnectionPool[Any], tenants: dict[str, uuid.UUID]) -> None:
+    # Setting the GUC is harmless: the policies read the transaction's pin, not the setting.
+    with tenant_transaction(tenants["a"], pool=app_pool) as conn:
+        conn.execute("SELECT set_config('app.tenant_id', %s, true)", (str(tenants["b"]),))
+        assert _intent_names(conn) == ["intent-a"]
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="pinned to another tenant"):
+        with tenant_transaction(tenants["a"], pool=app_pool) as conn:
+            conn.execute("SELECT app.pin_tenant(%s)", (tenants["b"],))
+    for statement in ("INSERT INTO pg_temp.tenant_pin VALUES (gen_random_uuid())",
+                      "DELETE FROM pg_temp.tenant_pin", "UPDATE pg_temp.tenant_pin SET tenant_id = tenant_id",
+                      "CREATE TEMPORARY TABLE mine (x int)"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            with tenant_transaction(tenants["a"], pool=app_pool) as conn:
+                conn.execute(statement)  # type: ignore[arg-type]
+    # The pin ends with its transaction: the next one on the same pooled connection starts with none.
+    with runtime_transaction(pool=app_pool) as conn:
+        assert _intent_names(conn) == []
