@@ -22,6 +22,11 @@ logger = logging.getLogger(__name__)
 
 DEMO_TENANTS = ("contoso", "fabrikam")
 DEV_STORAGE = "UseDevelopmentStorage=true"
+# What the demo tenants may use (an empty allow-list allows nothing, ADR 0011): the built-in module families and
+# the seed tutorial's remote actions, on both demo targets.
+DEMO_ALLOWED_MODULES = ("http", "artifact", "event", "approval", "wait", "intent", "verify-deployment",
+                        "build-container", "build-docker-image", "push-to-registry", "deploy-to-kubernetes")
+DEMO_ALLOWED_TARGETS = ("staging", "production")
 # Fixed namespace so a demo tenant's ids are the same on every machine and in every token.
 DEV_NAMESPACE = uuid.UUID("6f1c1f4e-3c55-4d0b-9a59-2f0a6a8c7e11")
 
@@ -100,9 +105,10 @@ def seed_demo_tenants(app_url: str, entra_tenant_ids: dict[str, uuid.UUID]) -> l
             with conn.transaction():
                 conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(PLATFORM_ROLE)))
                 cur = conn.execute(
-                    "INSERT INTO app.tenants (id, name, display_name, entra_tenant_id) VALUES (%s, %s, %s, %s)"
-                    " ON CONFLICT DO NOTHING",
-                    (demo_tenant_id(name), name, name.capitalize(), entra_id),
+                    "INSERT INTO app.tenants (id, name, display_name, entra_tenant_id, allowed_modules,"
+                    " allowed_targets) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    (demo_tenant_id(name), name, name.capitalize(), entra_id, list(DEMO_ALLOWED_MODULES),
+                     list(DEMO_ALLOWED_TARGETS)),
                 )
                 if cur.rowcount:
                     inserted.append(name)

@@ -1,0 +1,201 @@
+# intent_ref: platform.registry
+"""The module catalog: every action a tenant may use, with its parameter JSON Schema, defaults and timeout."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from jsonschema import Draft202012Validator
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.registry.model import ACTION_PATTERN, SLUG_PATTERN
+
+
+@dataclass(frozen=True)
+class ModuleSpec:
+    """One action: what it does, the JSON Schema of its parameters, their defaults, and where it runs."""
+
+    action: str
+    description: str
+    params_schema: dict[str, Any]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    timeout_s: int = 300
+    remote: bool = False
+    alias_of: str | None = None
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(ACTION_PATTERN, self.action):
+            raise ValueError(f"{self.action!r} is not a valid action name")
+        # A broken schema is refused when the module is registered, not when some intent is validated.
+        Draft202012Validator.check_schema(self.params_schema)
+
+    @classmethod
+    def from_model(cls, action: str, model: type[BaseModel], *, description: str, timeout_s: int,
+                   remote: bool = False, alias_of: str | None = None) -> ModuleSpec:
+        """A spec whose schema and defaults come from a pydantic model of the parameters."""
+        defaults = {
+            name: info.default for name, info in model.model_fields.items()
+            if not info.is_required() and info.default is not None and info.default_factory is None
+        }
+        schema = {**model.model_json_schema(), "title": action}
+        return cls(action, description, schema, defaults, timeout_s, remote, alias_of)
+
+    def validator(self) -> Draft202012Validator:
+        return Draft202012Validator(self.params_schema)
+
+
+class ModuleCatalog(Mapping[str, ModuleSpec]):
+    """The actions a validation may use, by name; immutable."""
+
+    def __init__(self, specs: Iterable[ModuleSpec] = ()) -> None:
+        self._specs: dict[str, ModuleSpec] = {}
+        for spec in specs:
+            if spec.action in self._specs:
+                raise ValueError(f"module {spec.action!r} is in the catalog twice")
+            self._specs[spec.action] = spec
+
+    def __getitem__(self, action: str) -> ModuleSpec:
+        return self._specs[action]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def with_modules(self, specs: Iterable[ModuleSpec]) -> ModuleCatalog:
+        """This catalog plus `specs`; a name already present is refused (a tenant cannot shadow a built-in)."""
+        return ModuleCatalog([*self._specs.values(), *specs])
+
+
+HttpUrl = Annotated[str, Field(pattern=r"^https?://\S+$", max_length=2048)]
+Seconds = Annotated[float, Field(gt=0, le=30 * 24 * 3600)]
+StatusCode = Annotated[int, Field(ge=100, le=599)]
+_ONE_OF_URL = {"anyOf": [{"required": ["url"]}, {"required": ["health_check"]}]}
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HttpRequestParams(_Params):
+    method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] = "GET"
+    url: HttpUrl
+    headers: dict[str, str] = Field(default_factory=dict)
+    query: dict[str, str] = Field(default_factory=dict)
+    body: Any = Field(None, description="Sent as JSON.")
+    expect_status: list[StatusCode] | None = Field(None, description="Default: any 2xx.")
+
+
+class HttpWaitHealthyParams(_Params):
+    url: HttpUrl
+    timeout: Seconds = Field(300, description="Give up after this many seconds.")
+    interval: Seconds = Field(5, description="Seconds between probes.")
+    expect_status: list[StatusCode] = Field(default_factory=lambda: [200])
+
+
+class VerifyDeploymentParams(_Params):
+    model_config = ConfigDict(json_schema_extra=_ONE_OF_URL)
+
+    url: HttpUrl | None = None
+    health_check: str | None = Field(None, min_length=1, description="A health path on the deployed app.")
+    timeout: Seconds = 300
+    interval: Seconds = 5
+
+
+class ArtifactWriteParams(_Params):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,255}$")
+    content: Any
+    content_type: str = "application/json"
+
+
+class EventEmitParams(_Params):
+    type: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class ApprovalParams(_Params):
+    message: str | None = Field(None, max_length=2000)
+    approvers: list[str] = Field(default_factory=list, description="Object ids; empty: any Intent.Approver.")
+
+
+class WaitParams(_Params):
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["seconds"]}, {"required": ["until"]}]})
+
+    seconds: Seconds | None = None
+    until: str | None = Field(None, description="An RFC 3339 date-time.")
+
+
+class IntentRunParams(_Params):
+    intent: str = Field(pattern=SLUG_PATTERN)
+    version: int | None = Field(None, ge=1, description="Default: the current version.")
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    wait: bool = True
+
+
+class _RemoteParams(BaseModel):
+    # Remote workers belong to tenants and may take more than the catalog knows: typed, but open.
+    model_config = ConfigDict(extra="allow")
+
+
+class BuildContainerParams(_RemoteParams):
+    image: str = Field(min_length=1)
+
+
+class BuildDockerImageParams(_RemoteParams):
+    image: str = Field(min_length=1)
+    context: str = "."
+
+
+class PushToRegistryParams(_RemoteParams):
+    registry: str = Field(min_length=1)
+    image: str = Field(min_length=1)
+
+
+class DeployToKubernetesParams(_RemoteParams):
+    namespace: str = Field(pattern=r"^[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?$")
+    replicas: int | None = Field(None, ge=0)
+    image: str | None = None
+
+
+_DAY = 24 * 3600
+
+
+def builtin_catalog() -> ModuleCatalog:
+    """The platform's own modules."""
+    return ModuleCatalog([
+        ModuleSpec.from_model("http.request", HttpRequestParams, timeout_s=60,
+                              description="Send an HTTP request; the output is the status, headers and JSON body."),
+        ModuleSpec.from_model("http.wait_healthy", HttpWaitHealthyParams, timeout_s=900,
+                              description="Poll a URL until it answers with an expected status."),
+        ModuleSpec.from_model("verify-deployment", VerifyDeploymentParams, timeout_s=900, alias_of="http.wait_healthy",
+                              description="Wait until a deployment's health check (or URL) answers healthy."),
+        ModuleSpec.from_model("artifact.write", ArtifactWriteParams, timeout_s=60,
+                              description="Store an artifact of the execution in blob storage."),
+        ModuleSpec.from_model("event.emit", EventEmitParams, timeout_s=30,
+                              description="Publish a custom event on platform-events."),
+        ModuleSpec.from_model("approval", ApprovalParams, timeout_s=7 * _DAY,
+                              description="Wait for an approver's decision (POST .../approvals/{step})."),
+        ModuleSpec.from_model("wait", WaitParams, timeout_s=30 * _DAY,
+                              description="Wait a number of seconds or until a point in time (a durable timer)."),
+        ModuleSpec.from_model("intent.run", IntentRunParams, timeout_s=_DAY,
+                              description="Run another intent of the tenant as a sub-orchestration."),
+    ])
+
+
+def seed_remote_modules() -> tuple[ModuleSpec, ...]:
+    """The seed tutorial's actions, handled by remote workers over `module-work`."""
+    return (
+        ModuleSpec.from_model("build-container", BuildContainerParams, timeout_s=1800, remote=True,
+                              description="Build a container image."),
+        ModuleSpec.from_model("build-docker-image", BuildDockerImageParams, timeout_s=1800, remote=True,
+                              description="Build a Docker image from a build context."),
+        ModuleSpec.from_model("push-to-registry", PushToRegistryParams, timeout_s=900, remote=True,
+                              description="Push an image to a container registry."),
+        ModuleSpec.from_model("deploy-to-kubernetes", DeployToKubernetesParams, timeout_s=1800, remote=True,
+                              description="Deploy to a Kubernetes namespace."),
+    )
+
