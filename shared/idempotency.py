@@ -1,0 +1,70 @@
+# intent_ref: platform.idempotency
+"""Idempotency-Key handling: the first request with a key does the work, every retry replays its response."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.rows import DictRow
+from psycopg.types.json import Jsonb
+
+_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+class IdempotencyKeyError(ValueError):
+    """The key is malformed, or was used before for a different request (the draft standard's 422)."""
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """The response a key's first request produced, replayed to its retries."""
+
+    status: int
+    body: Any
+    headers: dict[str, str]
+
+
+def fingerprint(method: str, route: str, body: Any) -> str:
+    """What a key is bound to: the method, the route and the canonical JSON of the body."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(f"{method} {route}\n{canonical}".encode()).hexdigest()
+
+
+def claim(conn: psycopg.Connection[DictRow], key: str, request_fingerprint: str) -> StoredResponse | None:
+    """Claim `key` inside the caller's tenant transaction; None means "do the work", else replay this response.
+
+    The insert holds the key's row until the transaction ends, so a concurrent duplicate waits here and then
+    sees the completed response: the work runs once.
+    """
+    if not _KEY.match(key):
+        raise IdempotencyKeyError("Idempotency-Key must be 1 to 255 visible ASCII characters")
+    # An expired key is forgotten first, so it may be used again.
+    conn.execute("DELETE FROM app.idempotency_keys WHERE key = %s AND expires_at < now()", (key,))
+    inserted = conn.execute(
+        "INSERT INTO app.idempotency_keys (tenant_id, key, fingerprint) VALUES (app.current_tenant_id(), %s, %s)"
+        " ON CONFLICT DO NOTHING RETURNING key", (key, request_fingerprint),
+    ).fetchone()
+    if inserted is not None:
+        return None
+    row = conn.execute("SELECT fingerprint, response_status, response_body, response_headers"
+                       " FROM app.idempotency_keys WHERE key = %s", (key,)).fetchone()
+    assert row is not None  # noqa: S101  # the conflicting row is committed and visible to this tenant
+    if row["fingerprint"] != request_fingerprint:
+        raise IdempotencyKeyError("this Idempotency-Key was used for a different request")
+    if row["response_status"] is None:
+        # Only possible if the first request's transaction committed without completing the key: a bug.
+        raise RuntimeError("idempotency key claimed but never completed")
+    return StoredResponse(int(row["response_status"]), row["response_body"], dict(row["response_headers"]))
+
+
+def complete(conn: psycopg.Connection[DictRow], key: str, response: StoredResponse) -> None:
+    """Store the response of the work `key` guarded, in the same transaction as that work."""
+    conn.execute(
+        "UPDATE app.idempotency_keys SET response_status = %s, response_body = %s, response_headers = %s"
+        " WHERE key = %s", (response.status, Jsonb(response.body), Jsonb(response.headers), key),
+    )
