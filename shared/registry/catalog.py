@@ -74,7 +74,7 @@ class ModuleCatalog(Mapping[str, ModuleSpec]):
 HttpUrl = Annotated[str, Field(pattern=r"^https?://\S+$", max_length=2048)]
 Seconds = Annotated[float, Field(gt=0, le=30 * 24 * 3600)]
 StatusCode = Annotated[int, Field(ge=100, le=599)]
-_ONE_OF_URL = {"anyOf": [{"required": ["url"]}, {"required": ["health_check"]}]}
+_ONE_OF_URL: dict[str, Any] = {"anyOf": [{"required": ["url"]}, {"required": ["health_check"]}]}
 
 
 class _Params(BaseModel):

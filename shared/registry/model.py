@@ -170,15 +170,20 @@ def assign_step_ids(steps: Sequence[tuple[str | None, str | None]]) -> list[str]
     return ids
 
 
+def raw_step_ids(raw_steps: Sequence[Any]) -> list[str]:
+    """The id of each raw step as sent: its own when it is a string, else the generated one."""
+    def pair(step: Any) -> tuple[str | None, str | None]:
+        if not isinstance(step, dict):
+            return None, None
+        step_id, action = step.get("id"), step.get("action")
+        return (step_id if isinstance(step_id, str) else None), (action if isinstance(action, str) else None)
+
+    return assign_step_ids([pair(step) for step in raw_steps])
+
+
 def normalize_raw_steps(raw_steps: Sequence[Any]) -> list[Any]:
     """Raw steps with `id` and `depends_on` filled in: generated ids, and "after the previous step" made explicit."""
-    pairs = [
-        (step.get("id") if isinstance(step.get("id"), str) else None,
-         step.get("action") if isinstance(step.get("action"), str) else None) if isinstance(step, dict)
-        else (None, None)
-        for step in raw_steps
-    ]
-    ids = assign_step_ids(pairs)
+    ids = raw_step_ids(raw_steps)
     normalized: list[Any] = []
     for index, step in enumerate(raw_steps):
         if isinstance(step, dict):

@@ -62,7 +62,8 @@ def parse_reference(text: str) -> Reference:
     """The reference that `text` is exactly (`${...}` and nothing else)."""
     parts = parse_template(text)
     if len(parts) != 1 or not isinstance(parts[0], Reference):
-        raise ReferenceSyntaxError(f"{text!r} is not a single reference")
+        raise ReferenceSyntaxError(
+            f"{text!r} is not a reference: expected ${{inputs.<name>[.<path>]}} or ${{steps.<id>.output[.<path>]}}")
     return parts[0]
 
 

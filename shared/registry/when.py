@@ -1,16 +1,5 @@
 # intent_ref: platform.registry
-"""The `when` condition grammar: parsed when a definition is saved, evaluated by a pure function at run time.
-
-    expr    := or
-    or      := and ("or" and)*
-    and     := unary ("and" unary)*
-    unary   := "not" unary | "(" expr ")" | "exists" REF | REF ("==" | "!=") LITERAL | REF "in" "[" LITERAL, ... "]"
-    REF     := ${inputs.<name>[.<path>]} | ${steps.<id>.output[.<path>]}
-    LITERAL := "json string" | 'single-quoted string' | number | true | false | null
-
-An absent reference equals nothing: `==` and `in` are false, `!=` is true; `exists` tests presence (a present
-null exists). Equality is JSON equality: 1 == 1.0, but true is not 1.
-"""
+"""The `when` condition grammar: parsed when a definition is saved, evaluated by a pure function at run time."""
 
 from __future__ import annotations
 
@@ -45,6 +34,8 @@ _TOKEN = re.compile(
     )""",
     re.VERBOSE,
 )
+_NAMES = {"ref": "a reference", "dstring": "a literal", "sstring": "a literal", "number": "a literal",
+          "true": "a literal", "false": "a literal", "null": "a literal"}
 _KEYWORDS = frozenset({"and", "or", "not", "in", "exists", "true", "false", "null"})
 
 
@@ -129,10 +120,11 @@ class _Parser:
 
     def _take(self, *kinds: str) -> _Token:
         token = self._peek()
+        expected = " or ".join(dict.fromkeys(_NAMES.get(kind, f"'{kind}'") for kind in kinds))
         if token is None:
-            raise WhenSyntaxError(f"expected {' or '.join(kinds)} at the end of the condition")
+            raise WhenSyntaxError(f"expected {expected} at the end of the condition")
         if token.kind not in kinds:
-            raise WhenSyntaxError(f"expected {' or '.join(kinds)} at {token.position}, found {token.text!r}")
+            raise WhenSyntaxError(f"expected {expected} at {token.position}, found {token.text!r}")
         self.index += 1
         return token
 
@@ -211,7 +203,19 @@ class _Parser:
 
 
 def parse_when(text: str) -> WhenExpr:
-    """The parsed condition; raises WhenSyntaxError naming what is wrong and where."""
+    """The parsed condition; raises WhenSyntaxError naming what is wrong and where.
+
+        expr    := or
+        or      := and ("or" and)*
+        and     := unary ("and" unary)*
+        unary   := "not" unary | "(" expr ")" | "exists" REF
+                 | REF ("==" | "!=") LITERAL | REF "in" "[" [LITERAL ("," LITERAL)*] "]"
+        REF     := ${inputs.<name>[.<path>]} | ${steps.<id>.output[.<path>]}
+        LITERAL := "json string" | 'single-quoted string' | number | true | false | null
+
+    At run time (evaluate_when) an absent reference equals nothing: `==` and `in` are false, `!=` is true, and
+    `exists` tests presence (a present null exists). Equality is JSON equality: 1 == 1.0, but true is not 1.
+    """
     if len(text) > MAX_LENGTH:
         raise WhenSyntaxError(f"the condition is longer than {MAX_LENGTH} characters")
     if not text.strip():

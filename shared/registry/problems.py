@@ -1,0 +1,158 @@
+# intent_ref: platform.registry
+"""Validation problems located by RFC 6901 JSON pointers, from pydantic and JSON Schema errors alike."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic
+from jsonschema import Draft202012Validator
+from jsonschema import ValidationError as SchemaViolation
+from jsonschema.exceptions import SchemaError
+from referencing import Registry
+from referencing.exceptions import Unresolvable
+from referencing.jsonschema import DRAFT202012
+
+from shared.registry.references import JsonPath, contains_reference
+
+
+@dataclass(frozen=True)
+class ValidationError:
+    """One problem: where (a JSON pointer into the request body), what, and a stable machine-readable code."""
+
+    pointer: str
+    message: str
+    code: str
+
+
+def pointer(*path: str | int) -> str:
+    """An RFC 6901 pointer for a path of keys and indexes (`~` and `/` escaped)."""
+    return "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in path)
+
+
+def document_order(document: Any) -> Callable[[str], tuple[int, int]]:
+    """A sort key for pointers into `document`: where they appear in it, depth first. A pointer to something
+    absent (a missing field) sorts with the nearest thing present that contains it."""
+    position: dict[str, int] = {}
+    stack: list[tuple[str, Any]] = [("", document)]
+    while stack:  # iterative: the document may be arbitrarily deep
+        at, node = stack.pop()
+        position[at] = len(position)
+        children = list(node.items()) if isinstance(node, dict) else list(enumerate(node)) \
+            if isinstance(node, list) else []
+        stack.extend((at + pointer(key), child) for key, child in reversed(children))
+
+    def key(value: str) -> tuple[int, int]:
+        missing = 0
+        while value not in position and value:
+            value, missing = value.rsplit("/", 1)[0], missing + 1
+        return position.get(value, 0), missing
+
+    return key
+
+
+def from_pydantic(exc: pydantic.ValidationError, *, prefix: JsonPath = ()) -> list[ValidationError]:
+    """Pydantic's errors as problems; a custom error may name the offending key in its context (`at`)."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        # "[key]" marks an invalid dict key; the pointer is the key's own location all the same.
+        loc = [part for part in error["loc"] if part != "[key]"]
+        at = (error.get("ctx") or {}).get("at")
+        if isinstance(at, str):
+            loc.append(at)
+        problems.append(ValidationError(pointer(*prefix, *loc), error["msg"], error["type"]))
+    return problems
+
+
+def _unexpected_keys(error: SchemaViolation, instance: dict[str, Any]) -> list[str]:
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    known = schema.get("properties", {})
+    patterns = list(schema.get("patternProperties", {}))
+    return [key for key in instance
+            if key not in known and not any(re.search(pattern, key) for pattern in patterns)]
+
+
+def _describe(violation: SchemaViolation) -> str:
+    """A violation's message, made specific for alternatives (pydantic writes optional fields as anyOf)."""
+    alternatives = violation.validator_value if violation.validator in ("anyOf", "oneOf") else None
+    if isinstance(alternatives, list) and alternatives and all(
+            isinstance(option, dict) and option.keys() == {"required"} for option in alternatives):
+        names = ", ".join(f"'{name}'" for option in alternatives for name in option["required"])
+        return f"{'exactly ' if violation.validator == 'oneOf' else ''}one of {names} is required"
+    # The branch whose type fits tells what is wrong ("-1 is less than 0", not "-1 is not of type 'null'").
+    fitting = [error for error in violation.context or () if error.validator != "type"]
+    message = (fitting or violation.context or [violation])[0].message
+    return message if len(message) <= 300 else message[:297] + "..."
+
+
+def from_schema(schema: dict[str, Any], instance: Any, locate: Callable[[JsonPath], str], *, code: str,
+                subject: str) -> list[ValidationError]:
+    """Every JSON Schema violation of `instance`, located by `locate(path inside instance)`.
+
+    A string holding a reference is only known at run time, so violations about one are not reported. An
+    unexpected property is reported at the property itself; a missing one at the object that lacks it.
+    """
+    problems: list[ValidationError] = []
+    try:
+        violations: Iterable[SchemaViolation] = sorted(
+            Draft202012Validator(schema).iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path])
+        for violation in violations:
+            path: JsonPath = tuple(violation.absolute_path)
+            if isinstance(violation.instance, str) and contains_reference(violation.instance):
+                continue
+            if violation.validator == "additionalProperties" and isinstance(violation.instance, dict):
+                problems.extend(
+                    ValidationError(locate((*path, key)), f"{subject}: unexpected property '{key}'", code)
+                    for key in _unexpected_keys(violation, violation.instance))
+                continue
+            problems.append(ValidationError(locate(path), f"{subject}: {_describe(violation)}", code))
+    except (SchemaError, Unresolvable) as exc:
+        problems.append(ValidationError(locate(()), f"{subject}: the schema cannot be evaluated ({exc})", code))
+    return problems
+
+
+def _walk_objects(value: Any, path: JsonPath = ()) -> list[tuple[JsonPath, dict[str, Any]]]:
+    found: list[tuple[JsonPath, dict[str, Any]]] = []
+    stack: list[tuple[JsonPath, Any]] = [(path, value)]
+    while stack:
+        at, node = stack.pop()
+        if isinstance(node, dict):
+            found.append((at, node))
+            stack.extend(((*at, key), child) for key, child in node.items())
+        elif isinstance(node, list):
+            stack.extend(((*at, index), child) for index, child in enumerate(node))
+    return sorted(found, key=lambda item: [str(part) for part in item[0]])
+
+
+def _dangling_refs(schema: dict[str, Any], at: str, code: str) -> list[ValidationError]:
+    """`$ref`s that lead nowhere: nothing is fetched, so only references inside the schema itself resolve."""
+    objects = _walk_objects(schema)
+    if any(path and "$id" in node for path, node in objects):
+        return []  # embedded resources change the base URI; their references are left to evaluation time
+    resolver = Registry().with_resource("urn:qp:schema", DRAFT202012.create_resource(schema)).resolver(
+        "urn:qp:schema")
+    problems = []
+    for path, node in objects:
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            try:
+                resolver.lookup(ref)
+            except Unresolvable:
+                problems.append(ValidationError(
+                    at + pointer(*path, "$ref"), f"$ref '{ref}' does not resolve within the schema", code))
+    return problems
+
+
+def schema_document_problems(schema: Any, at: str, *, code: str) -> list[ValidationError]:
+    """Every way `schema` fails to be a usable JSON Schema (2020-12) document, located under `at`."""
+    validator = Draft202012Validator(Draft202012Validator.META_SCHEMA)
+    problems = [
+        ValidationError(at + pointer(*error.absolute_path), f"not a valid JSON Schema: {error.message}", code)
+        for error in validator.iter_errors(schema)
+    ]
+    if not problems and isinstance(schema, dict):
+        problems.extend(_dangling_refs(schema, at, code))
+    return problems

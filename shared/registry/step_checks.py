@@ -1,0 +1,272 @@
+# intent_ref: platform.registry
+"""The checks on a definition's steps: ids, dependencies and cycles, modules and parameters, references, gates."""
+
+# They read the raw request rather than the parsed model, so that one malformed step does not hide the problems
+# of the others, and every pointer lands where the client wrote the offending value.
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections import deque
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from shared.policy.facts import TenantFacts
+from shared.policy.gates import TARGET_STEP, check_gates
+from shared.registry.catalog import ModuleCatalog
+from shared.registry.model import ACTION_PATTERN, COMPENSATION_FIELDS, STEP_FIELDS, merged_params, raw_step_ids
+from shared.registry.problems import ValidationError, from_schema, pointer
+from shared.registry.references import JsonPath, Reference, scan_references
+from shared.registry.when import WhenSyntaxError, parse_when, when_references
+
+STEPS: JsonPath = ("definition", "steps")
+
+
+@dataclass(frozen=True)
+class _StepView:
+    index: int
+    raw: Any
+    id: str
+    explicit_id: bool
+    deps: list[tuple[int | None, str]]  # (position in depends_on, or None when implied; the dependency's id)
+
+    @property
+    def at(self) -> JsonPath:
+        return (*STEPS, self.index)
+
+
+def _views(raw_steps: Sequence[Any]) -> list[_StepView]:
+    ids = raw_step_ids(raw_steps)
+    views = []
+    for index, raw in enumerate(raw_steps):
+        raw_deps = raw.get("depends_on") if isinstance(raw, dict) else None
+        deps: list[tuple[int | None, str]]
+        if raw_deps is None:
+            deps = [(None, ids[index - 1])] if index else []
+        elif isinstance(raw_deps, list):
+            deps = [(k, dep) for k, dep in enumerate(raw_deps) if isinstance(dep, str)]
+        else:
+            deps = []  # the schema check reports the type
+        explicit = isinstance(raw, dict) and isinstance(raw.get("id"), str)
+        views.append(_StepView(index, raw, ids[index], explicit, deps))
+    return views
+
+
+def _suggest(name: str, known: Collection[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _graph(views: Sequence[_StepView]) -> tuple[dict[str, int], dict[int, list[tuple[int | None, int]]],
+                                                 list[ValidationError]]:
+    """Step indexes by id, each step's edges to the steps it depends on, and the id and dependency problems."""
+    problems: list[ValidationError] = []
+    index_of: dict[str, int] = {}
+    for view in views:
+        if view.id not in index_of:
+            index_of[view.id] = view.index
+        elif view.explicit_id:
+            problems.append(ValidationError(
+                pointer(*view.at, "id"),
+                f"step id '{view.id}' is already used by {pointer(*STEPS, index_of[view.id])}", "duplicate_id"))
+    edges: dict[int, list[tuple[int | None, int]]] = {}
+    for view in views:
+        edges[view.index] = []
+        seen: set[str] = set()
+        for k, dep in view.deps:
+            at = pointer(*view.at, "depends_on", k) if k is not None else pointer(*view.at)
+            if dep not in index_of:
+                problems.append(ValidationError(
+                    at, f"depends on unknown step '{dep}'{_suggest(dep, index_of)}", "unknown_dependency"))
+            elif dep in seen:
+                problems.append(ValidationError(at, f"step '{dep}' is listed twice", "duplicate_dependency"))
+            else:
+                edges[view.index].append((k, index_of[dep]))
+            seen.add(dep)
+    return index_of, edges, problems
+
+
+def _ancestors(edges: Mapping[int, list[tuple[int | None, int]]]) -> dict[int, set[int]]:
+    """Every step each step waits for, directly or transitively (a step on a cycle is its own ancestor)."""
+    closure: dict[int, set[int]] = {}
+    for start in edges:
+        reached: set[int] = set()
+        queue = deque(target for _, target in edges[start])
+        while queue:
+            node = queue.popleft()
+            if node not in reached:
+                reached.add(node)
+                queue.extend(target for _, target in edges[node])
+        closure[start] = reached
+    return closure
+
+
+def _cycle_through(start: int, edges: Mapping[int, list[tuple[int | None, int]]],
+                   members: set[int]) -> list[tuple[int, int | None, int]]:
+    """The shortest cycle from `start` back to it inside one strongly connected component, as edges."""
+    parent: dict[int, tuple[int, int | None]] = {}
+    queue = deque([start])
+    while queue:
+        node = queue.popleft()
+        for k, target in edges[node]:
+            if target == start:
+                path = [(node, k, start)]
+                while node != start:
+                    previous, via = parent[node]
+                    path.append((previous, via, node))
+                    node = previous
+                return path[::-1]
+            if target in members and target not in parent:
+                parent[target] = (node, k)
+                queue.append(target)
+    raise AssertionError("a member of a strongly connected component lies on a cycle")
+
+
+def _cycles(views: Sequence[_StepView], edges: Mapping[int, list[tuple[int | None, int]]],
+            ancestors: Mapping[int, set[int]]) -> list[ValidationError]:
+    """One problem per cycle of steps, named in dependency order, at an explicit `depends_on` entry that closes it."""
+    problems = []
+    placed: set[int] = set()
+    for start in edges:
+        if start in placed or start not in ancestors[start]:
+            continue
+        members = {node for node in edges if node in ancestors[start] and start in ancestors[node]}
+        placed |= members
+        cycle = _cycle_through(start, edges, members)
+        # An implied dependency points back at the previous step, so some explicit one points forward (or at itself).
+        source, k, _ = next(((u, k, v) for u, k, v in cycle if k is not None and v >= u), cycle[0])
+        at = pointer(*views[source].at, "depends_on", k) if k is not None else pointer(*views[source].at)
+        names = " → ".join([views[cycle[0][0]].id, *(views[v].id for _, _, v in cycle)])
+        problems.append(ValidationError(at, f"dependency cycle: {names} (each step depends on the next)",
+                                        "cyclic_dependency"))
+    return problems
+
+
+def _param_pointer(base: JsonPath, raw: Mapping[str, Any], known: Collection[str], path: JsonPath) -> str:
+    """Where a parameter was written: inside `params`, or beside `action` as in the seed."""
+    params = raw.get("params")
+    if path:
+        inside = isinstance(params, dict) and path[0] in params
+        return pointer(*base, "params", *path) if inside else pointer(*base, *path)
+    beside = any(key not in known for key in raw)
+    return pointer(*base, "params") if isinstance(params, dict) and not beside else pointer(*base)
+
+
+def _module_problems(base: JsonPath, raw: Any, known: Collection[str], catalog: ModuleCatalog) -> list[ValidationError]:
+    if not isinstance(raw, dict) or not isinstance(raw.get("action"), str):
+        return []
+    action: str = raw["action"]
+    if not re.fullmatch(ACTION_PATTERN, action):
+        return []  # the schema check reports the malformed name
+    spec = catalog.get(action)
+    if spec is None:
+        return [ValidationError(pointer(*base, "action"), f"unknown action '{action}'{_suggest(action, catalog)}",
+                                "unknown_action")]
+    params = merged_params(raw, known)
+    if params is None:
+        return []
+    return from_schema(spec.params_schema, {**spec.defaults, **params},
+                       lambda path: _param_pointer(base, raw, known, path), code="invalid_params", subject=action)
+
+
+def _reference_problems(view: _StepView, index_of: Mapping[str, int],
+                        ancestors: Mapping[int, set[int]], declared: Collection[str] | None) -> list[ValidationError]:
+    if not isinstance(view.raw, dict):
+        return []
+    problems: list[ValidationError] = []
+    upstream = ancestors[view.index]
+    located: list[tuple[str, Reference, set[int]]] = []
+    # A compensation runs after its own step completed, so it may read that step's output too.
+    sources: list[tuple[JsonPath, dict[str, Any], Collection[str], set[int]]] = [
+        (view.at, view.raw, STEP_FIELDS, upstream)]
+    compensate = view.raw.get("compensate")
+    if isinstance(compensate, dict):
+        sources.append(((*view.at, "compensate"), compensate, COMPENSATION_FIELDS, upstream | {view.index}))
+    for base, raw, known, allowed in sources:
+        params = merged_params(raw, known)
+        if params is None:
+            continue
+        scan = scan_references(params)
+        located.extend((_param_pointer(base, raw, known, path), ref, allowed) for path, ref in scan.found)
+        problems.extend(ValidationError(_param_pointer(base, raw, known, path), message, "invalid_reference")
+                        for path, message in scan.errors)
+    when = view.raw.get("when")
+    if isinstance(when, str):
+        try:
+            located.extend((pointer(*view.at, "when"), ref, upstream) for ref in when_references(parse_when(when)))
+        except WhenSyntaxError:
+            pass  # the schema check reports it
+    for at, ref, allowed in located:
+        if ref.source == "inputs":
+            if declared is not None and ref.name not in declared:
+                problems.append(ValidationError(
+                    at, f"{ref} reads input '{ref.name}', which /definition/inputs does not declare"
+                        f"{_suggest(ref.name, declared)}", "reference_undeclared_input"))
+        elif ref.name not in index_of:
+            problems.append(ValidationError(
+                at, f"{ref} reads step '{ref.name}', which does not exist{_suggest(ref.name, index_of)}",
+                "reference_unknown_step"))
+        elif index_of[ref.name] not in allowed:
+            problems.append(ValidationError(
+                at, f"{ref} reads step '{ref.name}', which is not upstream of step '{view.id}': add it to "
+                    "depends_on (directly or through another step)", "reference_not_upstream"))
+    return problems
+
+
+def gate_problems(tenant: TenantFacts | None, target: Any,
+                  actions: Mapping[str, tuple[str, str]]) -> list[ValidationError]:
+    """The tenant gates (ADR 0011) as problems; `actions` maps a key to (action, pointer of where it is named)."""
+    if tenant is None:
+        return []
+    violations = check_gates(tenant, target if isinstance(target, str) else None,
+                             {key: action for key, (action, _) in actions.items()})
+    return [
+        ValidationError("/definition/target", f"target '{violation.value}' is not allowed for this tenant",
+                        violation.reason)
+        if violation.step == TARGET_STEP else
+        ValidationError(actions[violation.step][1], f"module '{violation.value}' is not allowed for this tenant",
+                        violation.reason)
+        for violation in violations
+    ]
+
+
+def _step_actions(views: Sequence[_StepView], catalog: ModuleCatalog) -> dict[str, tuple[str, str]]:
+    """The catalogued actions of steps and compensations, keyed by position (ids may be duplicated here)."""
+    actions: dict[str, tuple[str, str]] = {}
+    for view in views:
+        if not isinstance(view.raw, dict):
+            continue
+        compensate = view.raw.get("compensate")
+        for key, holder, at in ((str(view.index), view.raw, view.at),
+                                (f"{view.index}/compensate", compensate, (*view.at, "compensate"))):
+            if isinstance(holder, dict) and isinstance(holder.get("action"), str) and holder["action"] in catalog:
+                actions[key] = (holder["action"], pointer(*at, "action"))
+    return actions
+
+
+def declared_inputs(inputs: Any) -> set[str] | None:
+    """The input names a definition's `inputs` schema declares; None when it gives no schema (anything goes)."""
+    if not isinstance(inputs, dict):
+        return None
+    properties = inputs.get("properties")
+    return set(properties) if isinstance(properties, dict) else set()
+
+
+def check_steps(raw_definition: Mapping[str, Any], catalog: ModuleCatalog,
+                tenant: TenantFacts | None) -> list[ValidationError]:
+    """Every problem of a definition's steps (the caller has checked that `steps` is a list)."""
+    views = _views(raw_definition["steps"])
+    index_of, edges, problems = _graph(views)
+    ancestors = _ancestors(edges)
+    problems.extend(_cycles(views, edges, ancestors))
+    declared = declared_inputs(raw_definition.get("inputs"))
+    for view in views:
+        problems.extend(_module_problems(view.at, view.raw, STEP_FIELDS, catalog))
+        if isinstance(view.raw, dict):
+            problems.extend(_module_problems((*view.at, "compensate"), view.raw.get("compensate"),
+                                             COMPENSATION_FIELDS, catalog))
+        problems.extend(_reference_problems(view, index_of, ancestors, declared))
+    problems.extend(gate_problems(tenant, raw_definition.get("target"), _step_actions(views, catalog)))
+    return problems

@@ -1,0 +1,238 @@
+# intent_ref: platform.registry
+"""Save-time validation of an intent (or blueprint) request: every problem at once, each at a JSON pointer."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic
+
+from shared.policy.facts import TenantFacts
+from shared.registry.catalog import ModuleCatalog
+from shared.registry.model import DEFINITION_FIELDS, IntentDefinitionIn, ResolvedBlueprint, Step
+from shared.registry.plan import execution_levels, expand_declaration
+from shared.registry.problems import (
+    ValidationError,
+    document_order,
+    from_pydantic,
+    from_schema,
+    pointer,
+    schema_document_problems,
+)
+from shared.registry.references import scan_references
+from shared.registry.step_checks import check_steps, gate_problems
+from shared.registry.when import when_references
+
+__all__ = [
+    "DEFAULT_LIMITS", "Limits", "ValidationError", "ValidationResult", "required_blueprint", "validate_definition",
+]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on one definition; exceeding one stops the deeper checks, since they exist to bound that work."""
+
+    max_definition_bytes: int = 256 * 1024
+    max_steps: int = 200
+    max_depth: int = 32
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """The problems, or on success the parsed request, the normalized definition, its steps and their plan."""
+
+    errors: tuple[ValidationError, ...]
+    intent: IntentDefinitionIn | None = None
+    normalized: dict[str, Any] | None = None
+    steps: tuple[Step, ...] = ()
+    plan: list[list[str]] | None = None
+    blueprint_ref: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def required_blueprint(doc: Any) -> str | None:
+    """The blueprint a request needs to be validated against: None unless its definition is a declaration."""
+    if not isinstance(doc, dict) or not isinstance(definition := doc.get("definition"), dict):
+        return None
+    if definition.get("steps") is not None:
+        return None
+    named = definition.get("blueprint", doc.get("name"))
+    return named if isinstance(named, str) else None
+
+
+def _depth_problem(definition: dict[str, Any], max_depth: int) -> ValidationError | None:
+    # Iterative, so that a hostile document cannot exhaust the stack before it is refused.
+    stack: list[tuple[Any, int, tuple[str | int, ...]]] = [(definition, 1, ("definition",))]
+    while stack:
+        node, depth, path = stack.pop()
+        if depth > max_depth:
+            return ValidationError(pointer(*path), f"nested deeper than {max_depth} levels", "too_deep")
+        children = node.items() if isinstance(node, dict) else enumerate(node)
+        stack.extend((child, depth + 1, (*path, key)) for key, child in children if isinstance(child, dict | list))
+    return None
+
+
+def _limit_problems(definition: dict[str, Any], limits: Limits) -> list[ValidationError]:
+    too_deep = _depth_problem(definition, limits.max_depth)
+    if too_deep is not None:
+        return [too_deep]
+    problems = []
+    size = len(json.dumps(definition, separators=(",", ":"), ensure_ascii=False, default=str).encode())
+    if size > limits.max_definition_bytes:
+        problems.append(ValidationError(
+            "/definition", f"the definition is {size} bytes; at most {limits.max_definition_bytes} are allowed",
+            "too_large"))
+    steps = definition.get("steps")
+    if isinstance(steps, list) and len(steps) > limits.max_steps:
+        problems.append(ValidationError(
+            "/definition/steps", f"{len(steps)} steps; at most {limits.max_steps} are allowed", "too_many_steps"))
+    return problems
+
+
+def _definition_problems(definition: dict[str, Any]) -> list[ValidationError]:
+    """The fields of a definition with steps: nothing beyond its own, no blueprint, a usable input schema."""
+    problems = [
+        ValidationError(pointer("definition", key), f"'{key}' is not a definition field; only a declaration "
+                        "(a definition without steps) carries other fields", "unknown_field")
+        for key in definition if key not in DEFINITION_FIELDS
+    ]
+    if definition.get("blueprint") is not None:
+        problems.append(ValidationError("/definition/blueprint", "a definition with steps does not use a blueprint",
+                                        "blueprint_with_steps"))
+    inputs = definition.get("inputs")
+    if isinstance(inputs, dict):
+        problems.extend(schema_document_problems(inputs, "/definition/inputs", code="invalid_inputs_schema"))
+        if inputs.get("type", "object") != "object":
+            problems.append(ValidationError("/definition/inputs/type", "execution inputs are a JSON object",
+                                            "invalid_inputs_schema"))
+    return problems
+
+
+@dataclass
+class _Declaration:
+    problems: list[ValidationError]
+    plan: list[list[str]] | None = None
+
+
+def _input_readers(steps: list[Step]) -> dict[str, str]:
+    """Each input the steps read, with the first step that reads it."""
+    readers: dict[str, str] = {}
+    for step in steps:
+        refs = [ref for _, ref in scan_references(step.params).found]
+        if step.compensate is not None:
+            refs += [ref for _, ref in scan_references(step.compensate.params).found]
+        condition = step.condition()
+        refs += when_references(condition) if condition is not None else []
+        for ref in refs:
+            if ref.source == "inputs":
+                readers.setdefault(ref.name, step.step_id)
+    return readers
+
+
+def _check_declaration(doc: dict[str, Any], definition: dict[str, Any], catalog: ModuleCatalog,
+                       tenant: TenantFacts | None, blueprint: ResolvedBlueprint | None) -> _Declaration:
+    """A declaration: its fields against the blueprint's input schema, and the blueprint's steps for this tenant."""
+    at = "/definition/blueprint" if "blueprint" in definition else "/definition"
+    problems = []
+    if "inputs" in definition:
+        problems.append(ValidationError(
+            "/definition/inputs", "a declaration's fields are its inputs (checked against the blueprint's input "
+            "schema); an input schema belongs in the blueprint", "unexpected_field"))
+    wanted = required_blueprint(doc)
+    if blueprint is None:
+        problems.append(ValidationError(
+            at, f"a definition without steps is a declaration: blueprint '{wanted}' is needed to validate and plan it",
+            "blueprint_required"))
+        return _Declaration(problems)
+    if wanted is not None and blueprint.name != wanted:
+        problems.append(ValidationError(
+            at, f"the declaration names blueprint '{wanted}', not '{blueprint.name}'", "blueprint_mismatch"))
+        return _Declaration(problems)
+    steps = blueprint.definition.steps
+    if steps is None:
+        problems.append(ValidationError(at, f"blueprint {blueprint.ref} has no steps", "blueprint_invalid"))
+        return _Declaration(problems)
+    state = {key: value for key, value in definition.items() if key not in DEFINITION_FIELDS - {"target"}}
+    schema = blueprint.definition.inputs
+    if schema is not None:
+        problems.extend(from_schema(schema, state, lambda path: pointer("definition", *path),
+                                    code="invalid_declaration", subject=f"blueprint {blueprint.ref}"))
+    properties = schema.get("properties") if schema is not None else None
+    defaults = {name for name, spec in properties.items() if isinstance(spec, dict) and "default" in spec} \
+        if isinstance(properties, dict) else set()
+    for name, step_id in _input_readers(steps).items():
+        if name not in state and name not in defaults:
+            problems.append(ValidationError(
+                "/definition", f"blueprint step '{step_id}' reads input '{name}', which the declaration does not set",
+                "missing_input"))
+    actions: dict[str, tuple[str, str]] = {}
+    for step in steps:
+        for key, action in ((step.step_id, step.action),
+                            (f"{step.step_id}/compensate", step.compensate.action if step.compensate else None)):
+            if action is None:
+                continue
+            if action in catalog:
+                actions[key] = (action, at)
+            else:
+                problems.append(ValidationError(
+                    at, f"blueprint step '{step.step_id}' uses unknown action '{action}'", "unknown_action"))
+    problems.extend(gate_problems(tenant, definition.get("target"), actions))
+    try:
+        return _Declaration(problems, execution_levels(steps))
+    except ValueError as exc:
+        problems.append(ValidationError(at, f"blueprint {blueprint.ref}: {exc}", "blueprint_invalid"))
+        return _Declaration(problems)
+
+
+def _ordered(doc: dict[str, Any], problems: list[ValidationError]) -> tuple[ValidationError, ...]:
+    """Problems once each, in document order (stable, so each location keeps the order its checks found)."""
+    key = document_order(doc)
+    return tuple(sorted(dict.fromkeys(problems), key=lambda problem: key(problem.pointer)))
+
+
+def validate_definition(
+    doc: dict[str, Any], *, catalog: ModuleCatalog, tenant: TenantFacts | None = None,
+    blueprint: ResolvedBlueprint | None = None, limits: Limits = DEFAULT_LIMITS,
+) -> ValidationResult:
+    """Validate a create/update request body (`{"name", "description", "labels", "definition"}`).
+
+    `catalog` holds the actions the tenant may use; `tenant` adds its gates; `blueprint` is the version a
+    declaration (a definition without steps) expands through — `required_blueprint(doc)` names it.
+    """
+    if not isinstance(doc, dict):
+        return ValidationResult((ValidationError("", "the request body must be a JSON object", "model_type"),))
+    raw = doc.get("definition")
+    if isinstance(raw, dict) and (limited := _limit_problems(raw, limits)):
+        return ValidationResult(tuple(limited))
+    problems: list[ValidationError] = []
+    intent: IntentDefinitionIn | None = None
+    try:
+        intent = IntentDefinitionIn.model_validate(doc)
+    except pydantic.ValidationError as exc:
+        problems.extend(from_pydantic(exc))
+    declaration: _Declaration | None = None
+    if isinstance(raw, dict) and raw.get("steps") is not None:
+        problems.extend(_definition_problems(raw))
+        if isinstance(raw["steps"], list):
+            problems.extend(check_steps(raw, catalog, tenant))
+    elif isinstance(raw, dict):
+        declaration = _check_declaration(doc, raw, catalog, tenant, blueprint)
+        problems.extend(declaration.problems)
+    errors = _ordered(doc, problems)
+    if errors or intent is None:
+        return ValidationResult(errors)
+    definition = intent.definition
+    normalized = definition.to_document()
+    if declaration is not None and blueprint is not None:
+        steps = tuple(expand_declaration(definition, blueprint))
+        return ValidationResult((), intent, normalized, steps, declaration.plan, blueprint.ref)
+    steps = tuple(definition.steps or ())
+    return ValidationResult((), intent, normalized, steps, execution_levels(steps))
