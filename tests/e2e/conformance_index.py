@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from devhost.child import PROJECT_ROOT
 from devhost.loader import FunctionIndex, load_function_app
-from tests.e2e.devhost_process import PROJECT_ROOT
 
 CONFORMANCE_APP = PROJECT_ROOT / "tests" / "conformance_app"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.devhost_process import PROJECT_ROOT, DevhostProcess, free_port
+from devhost.child import PROJECT_ROOT, DevhostProcess, free_port
 
 CONFORMANCE_APP = PROJECT_ROOT / "tests" / "conformance_app"
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from devhost.child import PROJECT_ROOT, free_port
 from tests.e2e.conftest import DevhostFactory
-from tests.e2e.devhost_process import PROJECT_ROOT, free_port
 
 pytestmark = pytest.mark.e2e
 

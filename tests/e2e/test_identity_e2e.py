@@ -8,10 +8,10 @@ from typing import Any
 import httpx
 import pytest
 
+from devhost.child import PROJECT_ROOT
 from devhost.identity import mint_token_cli
 from devhost.provision import demo_tenant_id
 from tests.e2e.conftest import DevhostFactory
-from tests.e2e.devhost_process import PROJECT_ROOT
 
 pytestmark = pytest.mark.e2e
 

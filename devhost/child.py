@@ -1,5 +1,5 @@
 # intent_ref: platform.devhost
-"""Run `python -m devhost run` as a child process for end-to-end tests (so it can be killed for real)."""
+"""Run `python -m devhost run` as a child process (end-to-end tests kill it for real; benchmarks drive it)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+from devhost.services import free_port
 
-
-def free_port() -> int:
-    """An unused TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+__all__ = ["PROJECT_ROOT", "DevhostProcess", "free_port"]
 
 
 @dataclass
@@ -41,7 +37,7 @@ class DevhostProcess:
     def start(self, timeout: float = 60.0) -> DevhostProcess:
         """Start the host and wait until it listens."""
         log = open(self.log_path, "ab")  # noqa: SIM115  # handed to the child
-        self.process = subprocess.Popen(
+        self.process = subprocess.Popen(  # noqa: S603  # our own interpreter and arguments
             [sys.executable, "-m", "devhost", "run", "--app", str(self.app_dir), "--port", str(self.port),
              "--data-dir", str(self.data_dir), *self.extra_args],
             cwd=PROJECT_ROOT, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,

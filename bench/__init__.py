@@ -1,0 +1,2 @@
+# intent_ref: platform.quality
+"""Benchmarks: each prints its figures; none asserts a time."""
