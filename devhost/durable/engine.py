@@ -12,7 +12,6 @@ from collections.abc import Coroutine
 from datetime import datetime
 from typing import Any, TypeVar
 
-import azure.functions as func
 from azure.functions import meta
 
 from devhost.component import HostContext
@@ -28,18 +27,12 @@ from devhost.durable.lifecycle import (
 from devhost.durable.protocol import EventType, JsonDict, RuntimeStatus, event, extract_out_of_proc_state, iso
 from devhost.durable.store import Conn, Database, Instance, Store, WorkItem
 from devhost.invoker import FunctionInvocationError
+from devhost.loader import trigger_of
 
 logger = logging.getLogger(__name__)
 
 K = TypeVar("K")
 _RUNNABLE = frozenset({RuntimeStatus.Pending, RuntimeStatus.Running, RuntimeStatus.ContinuedAsNew})
-
-
-def _trigger_name(function: func.Function) -> str:
-    trigger = function.get_trigger()
-    if trigger is None:  # the loader indexes functions by their trigger, so this cannot happen
-        raise RuntimeError(f"function {function.get_function_name()} has no trigger")
-    return str(trigger.name)
 
 
 class Engine:
@@ -177,7 +170,7 @@ class Engine:
         if function is None:
             return None, f"The function '{name}' doesn't exist, is disabled, or is not an orchestrator function."
         try:
-            inputs = {_trigger_name(function): meta.Datum(context, "string")}
+            inputs = {str(trigger_of(function).name): meta.Datum(context, "string")}
             datum = await self._ctx.invoker.invoke(function, inputs)
         except FunctionInvocationError as exc:
             # Orchestrator code raised: the SDK embeds its state (actions, customStatus, error) in the message.
@@ -265,7 +258,7 @@ class Engine:
             message = f"The function '{item.name}' doesn't exist, is disabled, or is not an activity function."
             return self._failed(item, message, None)
         try:
-            inputs = {_trigger_name(function): meta.Datum(item.input, "string")}
+            inputs = {str(trigger_of(function).name): meta.Datum(item.input, "string")}
             datum = await self._ctx.invoker.invoke(function, inputs)
         except FunctionInvocationError as exc:
             return self._failed(item, exc.friendly, exc.exc)
