@@ -60,24 +60,63 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+@dataclass
+class NodeService:
+    """A child process started from an npm package's binary, listening on a local port."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        """Stop the process (and wait for it)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def node_binary(command: str, package: str) -> str:
+    """Path of a project-pinned npm binary (installed by `npm ci`)."""
+    local = PROJECT_ROOT / "node_modules" / ".bin" / command
+    if local.exists():
+        return str(local)
+    found = shutil.which(command)
+    if not found:
+        raise RuntimeError(f"{package} is not installed: run `npm ci` (make does this)")
+    return found
+
+
+def start_node_service(name: str, args: list[str], port: int, *, log_file: Path | None = None,
+                       timeout: float = 30.0) -> NodeService:
+    """Start `args` in its own session and wait until it listens on 127.0.0.1:`port`."""
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115  # owned by the child
+    process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # noqa: S603
+    service = NodeService(name, process)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"azurite exited with code {process.returncode} before listening")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"azurite did not listen on port {port} within {timeout:.0f}s")
+    try:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {process.returncode} before listening")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    return service
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{name} did not listen on port {port} within {timeout:.0f}s") from None
+                time.sleep(0.1)
+    except BaseException:
+        service.stop()
+        raise
 
 
 @dataclass
 class Azurite:
-    """A running Azurite process and the connection string that reaches it."""
+    """A running Azurite and the connection string that reaches it."""
 
-    process: subprocess.Popen[bytes]
+    service: NodeService
     blob_port: int
     queue_port: int
     table_port: int
@@ -94,24 +133,7 @@ class Azurite:
 
     def stop(self) -> None:
         """Stop the process (and wait for it)."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def azurite_binary() -> str:
-    """Path of the project's pinned Azurite (installed by `npm ci`)."""
-    local = PROJECT_ROOT / "node_modules" / ".bin" / "azurite"
-    if local.exists():
-        return str(local)
-    found = shutil.which("azurite")
-    if not found:
-        raise RuntimeError("azurite is not installed: run `npm ci` (make does this)")
-    return found
+        self.service.stop()
 
 
 def start_azurite(data_dir: Path, *, blob_port: int = 10000, queue_port: int = 10001, table_port: int = 10002,
@@ -119,18 +141,11 @@ def start_azurite(data_dir: Path, *, blob_port: int = 10000, queue_port: int = 1
     """Start Azurite with its data under `data_dir` and wait until the blob endpoint listens."""
     data_dir.mkdir(parents=True, exist_ok=True)
     args = [
-        azurite_binary(), "--silent", "--disableTelemetry", "--skipApiVersionCheck",
+        node_binary("azurite", "azurite"), "--silent", "--disableTelemetry", "--skipApiVersionCheck",
         "--location", str(data_dir),
         "--blobHost", "127.0.0.1", "--blobPort", str(blob_port),
         "--queueHost", "127.0.0.1", "--queuePort", str(queue_port),
         "--tableHost", "127.0.0.1", "--tablePort", str(table_port),
     ]
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115  # owned by the child
-    process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # noqa: S603
-    azurite = Azurite(process, blob_port, queue_port, table_port)
-    try:
-        _wait_for_port(blob_port, process)
-    except Exception:
-        azurite.stop()
-        raise
-    return azurite
+    service = start_node_service("azurite", args, blob_port, log_file=log_file)
+    return Azurite(service, blob_port, queue_port, table_port)
