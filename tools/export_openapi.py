@@ -21,12 +21,20 @@ _PLACEHOLDER_SETTINGS = {
 
 def render_openapi() -> str:
     """The OpenAPI document of the gateway as stable, pretty JSON."""
-    for key, value in _PLACEHOLDER_SETTINGS.items():
-        os.environ.setdefault(key, value)
-    sys.path.insert(0, str(ROOT))
-    from shared.api.app import create_app
+    added = [key for key in _PLACEHOLDER_SETTINGS if key not in os.environ]
+    for key in added:
+        os.environ[key] = _PLACEHOLDER_SETTINGS[key]
+    try:
+        sys.path.insert(0, str(ROOT))
+        from shared.api.app import create_app
+        from shared.config import get_settings
 
-    schema: dict[str, Any] = create_app().openapi()
+        schema: dict[str, Any] = create_app().openapi()
+    finally:
+        # Leave the process as it was: placeholders must not leak into what runs next (tests start hosts).
+        for key in added:
+            del os.environ[key]
+        get_settings.cache_clear()
     return json.dumps(schema, indent=2, sort_keys=True) + "\n"
 
 

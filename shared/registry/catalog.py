@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -164,8 +165,9 @@ class DeployToKubernetesParams(_RemoteParams):
 _DAY = 24 * 3600
 
 
+@functools.cache
 def builtin_catalog() -> ModuleCatalog:
-    """The platform's own modules."""
+    """The platform's own modules (built once: each spec checks its schema, a few milliseconds apiece)."""
     return ModuleCatalog([
         ModuleSpec.from_model("http.request", HttpRequestParams, timeout_s=60,
                               description="Send an HTTP request; the output is the status, headers and JSON body."),
@@ -186,6 +188,7 @@ def builtin_catalog() -> ModuleCatalog:
     ])
 
 
+@functools.cache
 def seed_remote_modules() -> tuple[ModuleSpec, ...]:
     """The seed tutorial's actions, handled by remote workers over `module-work`."""
     return (

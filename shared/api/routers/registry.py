@@ -1,0 +1,709 @@
+# intent_ref: platform.registry
+"""The intent and blueprint registry API: one router factory, mounted at /api/v1/intents and /api/v1/blueprints."""
+
+# No `from __future__ import annotations`: the routes annotate with per-kind aliases local to definition_router,
+# which FastAPI can only resolve when annotations are evaluated where they are written.
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from fastapi import APIRouter, Body, Depends, Header, Path, Query
+from fastapi.openapi.models import Example
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.api.problems import PROBLEM_BASE, PROBLEM_JSON, Problem, ProblemError
+from shared.api.security import RequestContext, authenticated, authorize, record_mutation
+from shared.db.session import tenant_transaction
+from shared.idempotency import IdempotencyKeyError, StoredResponse, claim, complete, fingerprint
+from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from shared.policy.actions import Action
+from shared.policy.authorizer import Decision, Resource, get_authorizer
+from shared.policy.tenant_policies import tenant_policy_texts
+from shared.registry import service
+from shared.registry.model import Step
+from shared.registry.repository import HeadRow, Kind, Status, VersionRow
+
+Context = Annotated[RequestContext, Depends(authenticated)]
+
+
+@dataclass(frozen=True)
+class _KindSpec:
+    """What differs between the intents and the blueprints routes: names, actions and the resource type."""
+
+    kind: Kind
+    resource_type: str
+    read: Action
+    list: Action
+    create: Action
+    update: Action
+    archive: Action
+    rollback: Action
+
+    @property
+    def path(self) -> str:
+        return f"/api/v1/{self.kind}s"
+
+
+_SPECS: dict[Kind, _KindSpec] = {
+    "intent": _KindSpec("intent", "Intent", Action.INTENT_READ, Action.INTENT_LIST, Action.INTENT_CREATE,
+                        Action.INTENT_UPDATE, Action.INTENT_ARCHIVE, Action.INTENT_ROLLBACK),
+    "blueprint": _KindSpec("blueprint", "Blueprint", Action.BLUEPRINT_READ, Action.BLUEPRINT_LIST,
+                           Action.BLUEPRINT_CREATE, Action.BLUEPRINT_UPDATE, Action.BLUEPRINT_ARCHIVE,
+                           Action.BLUEPRINT_ROLLBACK),
+}
+
+# --- examples ---------------------------------------------------------------------------------------------------
+
+_EXAMPLE_ID = "0b6f3c1e-5d2a-4c1f-9e7b-2a8d4f6c9e10"
+_EXAMPLE_PRINCIPAL = "72f988bf-86f1-41af-91ab-2d7cd011db47/1b2c3d4e-0000-4000-8000-000000000001"
+_EXAMPLE_TIME = "2025-01-04T10:00:00Z"
+_INTENT_WITH_STEPS: dict[str, Any] = {
+    "name": "deploy-web-app", "description": "Build, push and deploy the web app.", "labels": {"team": "web"},
+    "definition": {"target": "production", "steps": [
+        {"action": "build-docker-image", "image": "myapp:latest", "context": "./app"},
+        {"action": "push-to-registry", "registry": "azurecr.io", "image": "myapp:latest"},
+        {"action": "deploy-to-kubernetes", "namespace": "production", "replicas": 3}]}}
+_INTENT_DECLARATION: dict[str, Any] = {
+    "name": "deploy-application",
+    "definition": {"target": "production", "version": "1.2.3", "environment": "azure-westus"}}
+_BLUEPRINT: dict[str, Any] = {
+    "name": "deploy-application", "description": "Build, deploy and verify an application version.",
+    "labels": {"team": "platform"},
+    "definition": {
+        "inputs": {"type": "object", "required": ["version", "environment"], "properties": {
+            "target": {"type": "string"}, "version": {"type": "string"}, "environment": {"type": "string"}}},
+        "steps": [
+            {"id": "build", "action": "build-container", "image": "myapp:${inputs.version}"},
+            {"id": "deploy", "action": "deploy-to-kubernetes", "namespace": "${inputs.target}"},
+            {"id": "verify", "action": "verify-deployment", "health_check": "/health"}]}}
+_NORMALIZED_STEPS: dict[str, Any] = {"target": "production", "steps": [
+    {"id": "build-docker-image", "action": "build-docker-image",
+     "params": {"image": "myapp:latest", "context": "./app"}, "depends_on": []},
+    {"id": "push-to-registry", "action": "push-to-registry",
+     "params": {"registry": "azurecr.io", "image": "myapp:latest"}, "depends_on": ["build-docker-image"]},
+    {"id": "deploy-to-kubernetes", "action": "deploy-to-kubernetes",
+     "params": {"namespace": "production", "replicas": 3}, "depends_on": ["push-to-registry"]}]}
+_ITEM_EXAMPLE: dict[str, Any] = {
+    "id": _EXAMPLE_ID, "name": "deploy-web-app", "description": "Build, push and deploy the web app.",
+    "labels": {"team": "web"}, "status": "active", "version": 2, "definition": _NORMALIZED_STEPS,
+    "blueprint_ref": None, "origin": {"kind": "update", "from_version": 1}, "created_by": _EXAMPLE_PRINCIPAL,
+    "created_at": _EXAMPLE_TIME, "updated_at": "2025-01-05T09:30:00Z", "archived_at": None,
+    "version_created_by": _EXAMPLE_PRINCIPAL, "version_created_at": "2025-01-05T09:30:00Z"}
+_SUMMARY_EXAMPLE = {key: _ITEM_EXAMPLE[key] for key in (
+    "id", "name", "description", "labels", "status", "version", "created_at", "updated_at", "archived_at")}
+_VERSION_EXAMPLE: dict[str, Any] = {
+    "version": 2, "description": "Build, push and deploy the web app.", "labels": {"team": "web"},
+    "definition": _NORMALIZED_STEPS, "definition_sha256": "9f2c" + "0" * 60,
+    "origin": {"kind": "update", "from_version": 1}, "blueprint_ref": None, "created_by": _EXAMPLE_PRINCIPAL,
+    "created_at": "2025-01-05T09:30:00Z"}
+_DIFF_EXAMPLE: dict[str, Any] = {
+    "from_version": 1, "to_version": 2, "steps_added": ["verify"], "steps_removed": [],
+    "steps_changed": [{"id": "deploy-to-kubernetes", "changes": [
+        {"path": "/params/replicas", "kind": "changed", "old": 2, "new": 3}]}],
+    "steps_reordered": False, "fields_changed": [], "metadata_changed": [],
+    "summary": "The new version adds 1 step (verify) and changes 1 step (deploy-to-kubernetes: params/replicas 2 → 3)."}
+_PLAN_EXAMPLE: dict[str, Any] = {
+    "id": _EXAMPLE_ID, "name": "deploy-web-app", "version": 2, "status": "active", "target": "production",
+    "blueprint_ref": None, "levels": [["build-docker-image"], ["push-to-registry"], ["deploy-to-kubernetes"]],
+    "steps": [{"id": "build-docker-image", "action": "build-docker-image", "module": "build-docker-image",
+               "remote": True, "timeout_s": 1800, "depends_on": [], "level": 0, "when": None, "compensate": None,
+               "authorization": {"action": "intent.execute", "allowed": False,
+                                 "reason": "production_requires_deployer"}}],
+    "quota": {"max_concurrent_executions": 10, "running_executions": 0, "headroom": 10},
+    "caller_may_execute": False, "plan_hash": "3b1f" + "0" * 60}
+_VALIDATION_EXAMPLE: dict[str, Any] = {
+    "valid": True, "name": "deploy-web-app", "description": "", "labels": {}, "definition": _NORMALIZED_STEPS,
+    "levels": _PLAN_EXAMPLE["levels"], "blueprint_ref": None, "plan_hash": "3b1f" + "0" * 60}
+
+# --- models -----------------------------------------------------------------------------------------------------
+
+
+class BlueprintRef(BaseModel):
+    """The blueprint version a declaration was validated against (its steps come from exactly this version)."""
+
+    id: UUID
+    name: str
+    version: int
+
+
+class RegistryItem(BaseModel):
+    """An intent or blueprint with its current version."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_ITEM_EXAMPLE]})
+
+    id: UUID
+    name: str
+    description: str
+    labels: dict[str, str]
+    status: Status
+    version: int = Field(description="The current version; the ETag identifies it.")
+    definition: dict[str, Any] = Field(description="The normalized definition (step ids and dependencies filled in).")
+    blueprint_ref: BlueprintRef | None = Field(description="A declaration's pinned blueprint version; else null.")
+    origin: dict[str, Any] = Field(description='How the current version came to be: {"kind": "create"|"update"|'
+                                               '"rollback", "from_version": n}.')
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+    archived_at: datetime | None
+    version_created_by: str
+    version_created_at: datetime
+
+
+class RegistryItemSummary(BaseModel):
+    """An item in a listing (GET the item for its definition)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_SUMMARY_EXAMPLE]})
+
+    id: UUID
+    name: str
+    description: str
+    labels: dict[str, str]
+    status: Status
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    archived_at: datetime | None
+
+
+class RegistryItemPage(BaseModel):
+    """One page of items by name."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [_SUMMARY_EXAMPLE], "next_cursor": None}]})
+
+    items: list[RegistryItemSummary]
+    next_cursor: str | None
+
+
+class RegistryVersion(BaseModel):
+    """One immutable version."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_VERSION_EXAMPLE]})
+
+    version: int
+    description: str
+    labels: dict[str, str]
+    definition: dict[str, Any]
+    definition_sha256: str
+    origin: dict[str, Any]
+    blueprint_ref: BlueprintRef | None
+    created_by: str
+    created_at: datetime
+
+
+class RegistryVersionPage(BaseModel):
+    """One page of versions, oldest first."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [_VERSION_EXAMPLE], "next_cursor": None}]})
+
+    items: list[RegistryVersion]
+    next_cursor: str | None
+
+
+class RollbackRequest(BaseModel):
+    """Which version the new version copies."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"to_version": 1}]})
+
+    to_version: int = Field(ge=1)
+
+
+class FieldChangeOut(BaseModel):
+    """One changed value, at a JSON pointer."""
+
+    path: str
+    kind: Literal["added", "removed", "changed"]
+    old: Any = None
+    new: Any = None
+
+
+class StepChangeOut(BaseModel):
+    """The changes of one step present in both versions (matched by id)."""
+
+    id: str
+    changes: list[FieldChangeOut]
+
+
+class RegistryDiff(BaseModel):
+    """What changed from one version to another."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_DIFF_EXAMPLE]})
+
+    from_version: int
+    to_version: int
+    steps_added: list[str]
+    steps_removed: list[str]
+    steps_changed: list[StepChangeOut]
+    steps_reordered: bool
+    fields_changed: list[FieldChangeOut] = Field(description="Changes of the definition outside its steps.")
+    metadata_changed: list[FieldChangeOut] = Field(description="Changes of description, labels and blueprint pin.")
+    summary: str
+
+
+class StepAuthorization(BaseModel):
+    """The caller's authorization decision for executing this step (not audited per step; the plan request is)."""
+
+    action: str
+    allowed: bool
+    reason: str
+
+
+class PlannedStepOut(BaseModel):
+    """One step of a plan."""
+
+    id: str
+    action: str
+    module: str = Field(description="What the tenant's allow-list names to permit the action.")
+    remote: bool = Field(description="Handled by a tenant worker over module-work.")
+    timeout_s: int
+    depends_on: list[str]
+    level: int
+    when: str | None
+    compensate: str | None = Field(description="The compensating action, if any.")
+    authorization: StepAuthorization | None = Field(
+        description="Null for a blueprint: blueprints run only through the intents that declare them.")
+
+
+class QuotaHeadroomOut(BaseModel):
+    """The tenant's room for one more execution."""
+
+    max_concurrent_executions: int | None = Field(description="The tenant's quota; null: no limit.")
+    running_executions: int = Field(description="Executions do not exist yet (execution engine issue): always 0 "
+                                                "for now, so the headroom is the whole quota.")
+    headroom: int | None = Field(description="Quota minus running executions; null: no limit.")
+
+
+class RegistryPlan(BaseModel):
+    """A dry run of executing the current version: nothing is saved or started."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_PLAN_EXAMPLE]})
+
+    id: UUID
+    name: str
+    version: int
+    status: Status
+    target: str | None
+    blueprint_ref: str | None = Field(description="name@version of the blueprint a declaration expands through.")
+    levels: list[list[str]] = Field(description="Step ids by level; each level runs after the previous one.")
+    steps: list[PlannedStepOut]
+    quota: QuotaHeadroomOut
+    caller_may_execute: bool | None = Field(
+        description="Active, every step allowed and quota left; null for a blueprint.")
+    plan_hash: str = Field(description="An execute request may carry it to insist on exactly this plan.")
+
+
+class RegistryValidation(BaseModel):
+    """A definition that validates, as it would be saved, with its plan."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_VALIDATION_EXAMPLE]})
+
+    valid: Literal[True] = True
+    name: str
+    description: str
+    labels: dict[str, str]
+    definition: dict[str, Any]
+    levels: list[list[str]]
+    blueprint_ref: str | None = Field(description="name@version a declaration would be pinned to.")
+    plan_hash: str
+
+
+# --- mapping ----------------------------------------------------------------------------------------------------
+
+
+def _pin(ref: dict[str, Any] | None) -> BlueprintRef | None:
+    return None if ref is None else BlueprintRef.model_validate(ref)
+
+
+def _item_out(item: service.Item) -> RegistryItem:
+    head, current = item.head, item.version
+    return RegistryItem(
+        id=head.id, name=head.name, description=current.description, labels=current.labels, status=head.status,
+        version=current.version, definition=current.definition, blueprint_ref=_pin(current.blueprint_ref),
+        origin=current.origin, created_by=head.created_by, created_at=head.created_at, updated_at=head.updated_at,
+        archived_at=head.archived_at, version_created_by=current.created_by, version_created_at=current.created_at)
+
+
+def _summary_out(head: HeadRow) -> RegistryItemSummary:
+    return RegistryItemSummary(id=head.id, name=head.name, description=head.description, labels=head.labels,
+                               status=head.status, version=head.current_version, created_at=head.created_at,
+                               updated_at=head.updated_at, archived_at=head.archived_at)
+
+
+def _version_out(row: VersionRow) -> RegistryVersion:
+    return RegistryVersion(**{**asdict(row), "blueprint_ref": _pin(row.blueprint_ref)})
+
+
+def _plan_out(plan: service.Plan, kind: Kind) -> RegistryPlan:
+    steps = [PlannedStepOut(
+        id=step.id, action=step.action, module=step.module, remote=step.remote, timeout_s=step.timeout_s,
+        depends_on=step.depends_on, level=step.level, when=step.when, compensate=step.compensate,
+        authorization=None if step.decision is None else StepAuthorization(
+            action=Action.INTENT_EXECUTE.value, allowed=step.decision.allowed, reason=step.decision.reason))
+        for step in plan.steps]
+    may_execute = None if kind == "blueprint" else (
+        plan.item.head.status == "active" and plan.quota.headroom != 0
+        and all(step.authorization is not None and step.authorization.allowed for step in steps))
+    return RegistryPlan(
+        id=plan.item.head.id, name=plan.item.head.name, version=plan.item.version.version,
+        status=plan.item.head.status, target=plan.item.target, blueprint_ref=plan.blueprint_ref, levels=plan.levels,
+        steps=steps, quota=QuotaHeadroomOut(**asdict(plan.quota)), caller_may_execute=may_execute,
+        plan_hash=plan.plan_hash)
+
+
+def _problem(exc: service.RegistryError) -> ProblemError:
+    match exc:
+        case service.NotFoundError() | service.UnknownVersionError():
+            return ProblemError(404, "not-found", "Not found", str(exc))
+        case service.ArchivedError():
+            return ProblemError(409, "archived", "Conflict", str(exc))
+        case service.NameConflictError():
+            return ProblemError(409, "conflict", "Conflict", str(exc))
+        case service.PreconditionFailedError():
+            return ProblemError(412, "precondition-failed", "Precondition failed",
+                                "The item changed since that ETag was issued; GET it again.")
+        case service.DefinitionInvalidError():
+            # The errors go in as an extension member: each carries its `code` beside pointer and detail, which
+            # the shared FieldError model would drop.
+            errors = [{"pointer": error.pointer, "detail": error.message, "code": error.code} for error in exc.errors]
+            return ProblemError(422, "invalid-definition", "Unprocessable content", exc.detail,
+                                extensions={"errors": errors})
+    return ProblemError(500, "internal-error", "Internal server error")
+
+
+def _if_match(header: str | None) -> frozenset[str] | None:
+    """The ETags an If-Match lists; None for `*` (any current version). Weak tags never match (RFC 9110)."""
+    if header is None:
+        return None
+    if header.strip() == "*":
+        return None
+    return frozenset(tag.strip() for tag in header.split(",") if tag.strip())
+
+
+def _labels(value: Any) -> dict[str, str]:
+    # Only well-formed labels reach the Authorizer: a malformed body must answer 422 from validation, not fail
+    # the decision closed (403).
+    if not isinstance(value, Mapping):
+        return {}
+    return {key: item for key, item in value.items() if isinstance(key, str) and isinstance(item, str)}
+
+
+def _body_resource(spec: _KindSpec, resource_id: str, tenant_id: UUID, body: Mapping[str, Any]) -> Resource:
+    """The resource as a request body would save it."""
+    definition = body.get("definition")
+    target = definition.get("target") if isinstance(definition, Mapping) else None
+    return _resource(spec, resource_id, tenant_id, target if isinstance(target, str) else None,
+                     _labels(body.get("labels")))
+
+
+def _resource(spec: _KindSpec, resource_id: str, tenant_id: UUID, target: str | None,
+              labels: dict[str, str]) -> Resource:
+    if spec.resource_type == "Intent":
+        # Cedar needs a string; an intent without a target deploys nowhere, which no policy calls production.
+        return Resource("Intent", resource_id, tenant_id, {"target": target or "", "labels": labels})
+    return Resource("Blueprint", resource_id, tenant_id, {"labels": labels})
+
+
+def _label_filter(values: list[str] | None) -> dict[str, str] | None:
+    """`key:value` filters as one object; None when two values of one key make the filter match nothing."""
+    wanted: dict[str, str] = {}
+    for value in values or []:
+        key, colon, label = value.partition(":")
+        if not colon or not key:
+            raise ProblemError(422, "validation-error", "Request validation failed", "1 invalid field(s)",
+                               extensions={"errors": [{"pointer": "/query/label",
+                                                       "detail": f"{value!r} is not key:value"}]})
+        if wanted.setdefault(key, label) != label:
+            return None
+    return wanted
+
+
+# --- OpenAPI responses ------------------------------------------------------------------------------------------
+
+
+def _err(status: int, slug: str, title: str, detail: str, description: str, **extensions: Any) -> dict[str, Any]:
+    example = {**extensions, "type": PROBLEM_BASE + slug, "title": title, "status": status, "detail": detail}
+    return {"model": Problem, "description": description, "content": {PROBLEM_JSON: {"example": example}}}
+
+
+_E401 = _err(401, "invalid-token", "Unauthorized", "the token has expired", "No valid bearer token")
+_E403 = _err(403, "forbidden", "Forbidden", "Not allowed to intent.update.",
+             "The caller's roles or the tenant's policies do not allow it, or the tenant is suspended",
+             reason="role_required")
+_E404 = _err(404, "not-found", "Not found", f"No intent {_EXAMPLE_ID}.",
+             "No such item in the caller's tenant (another tenant's item is not found either)")
+_E409_ARCHIVED = _err(409, "archived", "Conflict", "The intent is archived; it takes no new versions.",
+                      "The item is archived")
+_E409_NAME = _err(409, "conflict", "Conflict", "An intent named 'deploy-web-app' exists (archived ones keep their "
+                  "name).", "The name is taken in the tenant")
+_E412 = _err(412, "precondition-failed", "Precondition failed",
+             "The item changed since that ETag was issued; GET it again.", "If-Match holds a stale ETag")
+_E422 = _err(422, "invalid-definition", "Unprocessable content", "The intent has 2 problems.",
+             "The definition does not validate (every problem listed), or the request is malformed",
+             errors=[{"pointer": "/definition/steps/1/action", "code": "unknown_action",
+                      "detail": "unknown action 'deploy-to-kubernets' (did you mean 'deploy-to-kubernetes'?)"},
+                     {"pointer": "/definition/steps/2/action", "code": "module_not_allowed",
+                      "detail": "module 'http' is not on the tenant's allow-list"}])
+_E428 = _err(428, "precondition-required", "Precondition required", "Send If-Match with the item's ETag.",
+             "If-Match is required")
+_E429 = _err(429, "rate-limited", "Too many requests", "This tenant is over its request rate; retry in 3 s.",
+             "Over the tenant's request rate (see Retry-After)")
+_E400 = _err(400, "invalid-cursor", "Bad request", "the cursor is not one this API issued", "A malformed cursor")
+_COMMON: dict[int | str, dict[str, Any]] = {401: _E401, 403: _E403, 429: _E429}
+_ITEM_ERRORS: dict[int | str, dict[str, Any]] = {**_COMMON, 404: _E404, 422: _E422}
+
+
+def _examples(kind: Kind) -> dict[str, Example]:
+    if kind == "blueprint":
+        return {"blueprint": Example(summary="The seed's deploy-application blueprint", value=_BLUEPRINT)}
+    return {"steps": Example(summary="Steps, parameters beside the action (the seed's deploy-web-app)",
+                             value=_INTENT_WITH_STEPS),
+            "declaration": Example(summary="A declaration expanded by the deploy-application blueprint",
+                                   value=_INTENT_DECLARATION)}
+
+
+def _with_etag(content: BaseModel, etag: str) -> JSONResponse:
+    return JSONResponse(content.model_dump(mode="json"), headers={"ETag": etag})
+
+
+# --- routes -----------------------------------------------------------------------------------------------------
+
+
+def definition_router(kind: Kind) -> APIRouter:
+    """The registry routes of one kind; intents and blueprints share every rule and line of code."""
+    spec = _SPECS[kind]
+    router = APIRouter(prefix=spec.path, tags=[f"{kind}s"])
+    noun = kind
+    examples = _examples(kind)
+    Json = Annotated[dict[str, Any], Body(openapi_examples=examples,
+                                          description="See GET /api/v1/schemas/intent for the definition schema.")]
+    ItemId = Annotated[UUID, Path(description=f"The {noun}'s id.")]
+    IfMatch = Annotated[str | None, Header(description="The ETag of the current version.")]
+
+    def load(context: RequestContext, item_id: UUID) -> service.Item:
+        with tenant_transaction(context.tenant.id) as conn:
+            try:
+                return service.get(conn, kind, item_id)
+            except service.RegistryError as exc:
+                raise _problem(exc) from None
+
+    def resource_of(context: RequestContext, item: service.Item) -> Resource:
+        return _resource(spec, str(item.head.id), context.tenant.id, item.target, item.version.labels)
+
+    @router.post("", status_code=201, response_model=RegistryItem, summary=f"Create {_a(noun)} {noun} (version 1)",
+                 responses={**_COMMON, 409: _E409_NAME,
+                            422: {**_E422, "description": "The definition does not validate, or the Idempotency-Key "
+                                                          "was used for a different request"}})
+    def create(body: Json, context: Context,
+               idempotency_key: Annotated[str | None, Header(description="Retries with the same key and body "
+                                                                         "replay the first response.")] = None,
+               ) -> JSONResponse:
+        """Validate and store version 1; 201 with Location and ETag. With `Idempotency-Key` a retry replays the
+        first response, and the key with another body is 422."""
+        item_id = uuid.uuid4()
+        resource = _body_resource(spec, str(item_id), context.tenant.id, body)
+        authorize(context, spec.create, resource, detail={"name": body.get("name")})
+        with tenant_transaction(context.tenant.id) as conn:
+            if idempotency_key is not None:
+                try:
+                    stored = claim(conn, idempotency_key, fingerprint("POST", spec.path, body))
+                except IdempotencyKeyError as exc:
+                    raise ProblemError(422, "idempotency-key", "Unprocessable content", str(exc)) from None
+                if stored is not None:
+                    return JSONResponse(stored.body, status_code=stored.status, headers=stored.headers)
+            try:
+                item = service.create(conn, kind, body, item_id=item_id, tenant=context.tenant_facts,
+                                      created_by=context.principal.id)
+            except service.RegistryError as exc:
+                raise _problem(exc) from None
+            record_mutation(context, spec.create, resource, {"name": item.head.name, "version": 1}, conn=conn)
+            content = _item_out(item).model_dump(mode="json")
+            headers = {"Location": f"{spec.path}/{item_id}", "ETag": item.etag}
+            if idempotency_key is not None:
+                complete(conn, idempotency_key, StoredResponse(201, content, headers))
+        return JSONResponse(content, status_code=201, headers=headers)
+
+    @router.get("", response_model=RegistryItemPage, summary=f"List {noun}s",
+                responses={**_COMMON, 400: _E400, 422: _E422})
+    def list_all(
+        context: Context,
+        name_prefix: Annotated[str | None, Query(max_length=63, description="Names starting with this.")] = None,
+        label: Annotated[list[str] | None, Query(description="key:value; repeat to require several.",
+                                                 examples=["team:web"])] = None,
+        status: Status | None = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+        cursor: str | None = None,
+    ) -> RegistryItemPage:
+        """The tenant's items by name, filtered by name prefix, labels and status; cursor-paginated (Reader)."""
+        authorize(context, spec.list, Resource.tenant(context.tenant.id))
+        labels = _label_filter(label)
+        if labels is None:
+            return RegistryItemPage(items=[], next_cursor=None)
+        with tenant_transaction(context.tenant.id) as conn:
+            rows, next_cursor = service.list_items(conn, kind, name_prefix=name_prefix, labels=labels,
+                                                   status=status, cursor=cursor, limit=limit)
+        return RegistryItemPage(items=[_summary_out(row) for row in rows], next_cursor=next_cursor)
+
+    @router.post("/validate", response_model=RegistryValidation, summary=f"Validate {_a(noun)} {noun} without "
+                 "saving it", responses={**_COMMON, 422: _E422})
+    def validate(body: Json, context: Context) -> RegistryValidation:
+        """Every problem at once (422), or the normalized definition and its plan (200); nothing is saved."""
+        authorize(context, spec.create, _body_resource(spec, "unsaved", context.tenant.id, body),
+                  detail={"operation": "validate", "name": body.get("name")})
+        with tenant_transaction(context.tenant.id) as conn:
+            try:
+                checked = service.check(conn, kind, body, tenant=context.tenant_facts)
+            except service.RegistryError as exc:
+                raise _problem(exc) from None
+        request = checked.request
+        return RegistryValidation(name=request.name, description=request.description, labels=dict(request.labels),
+                                  definition=checked.normalized, levels=checked.levels,
+                                  blueprint_ref=checked.result.blueprint_ref, plan_hash=checked.plan_hash)
+
+    @router.get("/{item_id}", response_model=RegistryItem, summary=f"Read {_a(noun)} {noun}",
+                responses={**_COMMON, 404: _E404})
+    def read(item_id: ItemId, context: Context) -> JSONResponse:
+        """The current version, with its ETag (Reader)."""
+        item = load(context, item_id)
+        authorize(context, spec.read, resource_of(context, item))
+        return _with_etag(_item_out(item), item.etag)
+
+    @router.put("/{item_id}", response_model=RegistryItem, summary=f"Update {_a(noun)} {noun} (a new version)",
+                responses={**_ITEM_ERRORS, 409: _E409_ARCHIVED, 412: _E412, 428: _E428})
+    def update(item_id: ItemId, body: Json, context: Context, if_match: IfMatch = None) -> JSONResponse:
+        """Store the next version; `If-Match` with the current ETag is required (stale: 412). Of two updates
+        with one ETag exactly one wins (Author)."""
+        item = load(context, item_id)
+        authorize(context, spec.update, resource_of(context, item), detail={"from_version": item.version.version})
+        if not if_match:
+            raise ProblemError(428, "precondition-required", "Precondition required",
+                               f"Send If-Match with the {noun}'s ETag.")
+        with tenant_transaction(context.tenant.id) as conn:
+            try:
+                updated = service.update(conn, kind, item_id, body, if_match=_if_match(if_match),
+                                         tenant=context.tenant_facts, created_by=context.principal.id)
+            except service.RegistryError as exc:
+                raise _problem(exc) from None
+            record_mutation(context, spec.update, resource_of(context, updated),
+                            {"version": updated.version.version}, conn=conn)
+        return _with_etag(_item_out(updated), updated.etag)
+
+    @router.delete("/{item_id}", response_model=RegistryItem, summary=f"Archive {_a(noun)} {noun}",
+                   responses={**_COMMON, 404: _E404, 412: _E412})
+    def archive(item_id: ItemId, context: Context, if_match: IfMatch = None) -> JSONResponse:
+        """Archive: no new versions or executions; versions kept and reads still work. Archiving an archived
+        item changes nothing (Author)."""
+        item = load(context, item_id)
+        authorize(context, spec.archive, resource_of(context, item))
+        with tenant_transaction(context.tenant.id) as conn:
+            try:
+                archived, changed = service.archive(conn, kind, item_id, if_match=_if_match(if_match))
+            except service.RegistryError as exc:
+                raise _problem(exc) from None
+            if changed:
+                record_mutation(context, spec.archive, resource_of(context, archived),
+                                {"version": archived.version.version}, conn=conn)
+        return _with_etag(_item_out(archived), archived.etag)
+
+    @router.post("/{item_id}/rollback", response_model=RegistryItem,
+                 summary=f"Roll {_a(noun)} {noun} back (a new version equal to an old one)",
+                 responses={**_ITEM_ERRORS, 409: _E409_ARCHIVED, 412: _E412})
+    def rollback(item_id: ItemId, body: RollbackRequest, context: Context, if_match: IfMatch = None) -> JSONResponse:
+        """A new version equal to `to_version`, its origin `{"kind": "rollback", "from_version": n}`; the old
+        version must still validate. `If-Match` is optional here (Author)."""
+        item = load(context, item_id)
+        authorize(context, spec.rollback, resource_of(context, item), detail={"to_version": body.to_version})
+        with tenant_transaction(context.tenant.id) as conn:
+            try:
+                rolled = service.rollback(conn, kind, item_id, body.to_version, if_match=_if_match(if_match),
+                                          tenant=context.tenant_facts, created_by=context.principal.id)
+            except service.UnknownVersionError as exc:
+                raise ProblemError(422, "validation-error", "Request validation failed", str(exc),
+                                   extensions={"errors": [{"pointer": "/to_version", "detail": str(exc),
+                                                           "code": "unknown_version"}]}) from None
+            except service.RegistryError as exc:
+                raise _problem(exc) from None
+            record_mutation(context, spec.rollback, resource_of(context, rolled),
+                            {"version": rolled.version.version, "from_version": body.to_version}, conn=conn)
+        return _with_etag(_item_out(rolled), rolled.etag)
+
+    @router.get("/{item_id}/versions", response_model=RegistryVersionPage, summary=f"List {_a(noun)} {noun}'s "
+                "versions", responses={**_COMMON, 400: _E400, 404: _E404})
+    def list_versions(item_id: ItemId, context: Context, cursor: str | None = None,
+                      limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT) -> RegistryVersionPage:
+        """Every version, oldest first, cursor-paginated (Reader)."""
+        item = load(context, item_id)
+        authorize(context, spec.read, resource_of(context, item))
+        with tenant_transaction(context.tenant.id) as conn:
+            try:
+                rows, next_cursor = service.versions(conn, kind, item_id, cursor=cursor, limit=limit)
+            except service.RegistryError as exc:
+                raise _problem(exc) from None
+        return RegistryVersionPage(items=[_version_out(row) for row in rows], next_cursor=next_cursor)
+
+    @router.get("/{item_id}/versions/{number}", response_model=RegistryVersion, summary=f"Read one version of "
+                f"{_a(noun)} {noun}", responses={**_COMMON, 404: _E404})
+    def read_version(item_id: ItemId, number: Annotated[int, Path(ge=1)], context: Context) -> RegistryVersion:
+        """One immutable version (Reader)."""
+        item = load(context, item_id)
+        authorize(context, spec.read, resource_of(context, item), detail={"version": number})
+        with tenant_transaction(context.tenant.id) as conn:
+            try:
+                return _version_out(service.version(conn, kind, item_id, number))
+            except service.RegistryError as exc:
+                raise _problem(exc) from None
+
+    @router.get("/{item_id}/diff", response_model=RegistryDiff, summary=f"Compare two versions of {_a(noun)} {noun}",
+                responses={**_COMMON, 404: _E404})
+    def diff(item_id: ItemId, context: Context, from_version: Annotated[int, Query(alias="from", ge=1)],
+             to_version: Annotated[int, Query(alias="to", ge=1)]) -> RegistryDiff:
+        """Steps added, removed and changed (with paths, old and new values), and a short summary (Reader)."""
+        item = load(context, item_id)
+        authorize(context, spec.read, resource_of(context, item),
+                  detail={"operation": "diff", "from": from_version, "to": to_version})
+        with tenant_transaction(context.tenant.id) as conn:
+            try:
+                result = service.diff(conn, kind, item_id, from_version, to_version)
+            except service.RegistryError as exc:
+                raise _problem(exc) from None
+        return RegistryDiff(from_version=result.from_version, to_version=result.to_version,
+                            **{key: value for key, value in result.definition.items() if key != "summary"},
+                            metadata_changed=[FieldChangeOut(**asdict(change)) for change in result.metadata_changed],
+                            summary=result.summary)
+
+    @router.post("/{item_id}/plan", response_model=RegistryPlan, summary=f"Plan {_a(noun)} {noun} (dry run)",
+                 responses={**_ITEM_ERRORS})
+    def plan(item_id: ItemId, context: Context) -> RegistryPlan:
+        """The current version's steps in execution levels, each with its module and the caller's decision for
+        executing it, the tenant's quota headroom and the plan hash; nothing is saved or started (Reader)."""
+        item = load(context, item_id)
+        resource = resource_of(context, item)
+        authorize(context, spec.read, resource, detail={"operation": "plan", "version": item.version.version})
+        decide = None
+        if kind == "intent":
+            policies = tenant_policy_texts(context.tenant.id)
+
+            def decide(planned: service.Item, _step: Step) -> Decision:
+                # Per step, so a step-level resource can refine it later; not audited: the plan request was.
+                # The resource is the version being planned, which may be newer than the one authorized above.
+                return get_authorizer().decide(context.principal, Action.INTENT_EXECUTE,
+                                               resource_of(context, planned), tenant=context.tenant_facts,
+                                               tenant_policies=policies)
+
+        with tenant_transaction(context.tenant.id) as conn:
+            try:
+                result = service.plan(conn, kind, item_id, tenant=context.tenant_facts, decide=decide,
+                                      max_concurrent_executions=context.tenant.quotas.max_concurrent_executions)
+            except service.RegistryError as exc:
+                raise _problem(exc) from None
+        return _plan_out(result, kind)
+
+    return router
+
+
+def _a(noun: str) -> str:
+    return "an" if noun[0] in "aeiou" else "a"
+

@@ -1,0 +1,515 @@
+# intent_ref: platform.registry
+"""Registry operations on intents and blueprints, each inside the caller's tenant transaction."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import psycopg
+import pydantic
+from psycopg.rows import DictRow
+from psycopg.types.json import Jsonb
+
+from shared.events.outbox import enqueue
+from shared.pagination import InvalidCursorError, decode_cursor, encode_cursor
+from shared.policy.authorizer import Decision
+from shared.policy.facts import TenantFacts
+from shared.policy.gates import module_of_action
+from shared.registry.catalog import ModuleCatalog
+from shared.registry.diff import FieldChange, diff_definitions
+from shared.registry.model import Definition, IntentDefinitionIn, ResolvedBlueprint, Step
+from shared.registry.modules import tenant_catalog
+from shared.registry.plan import canonical_json, plan_hash
+from shared.registry.problems import ValidationError, pointer
+from shared.registry.repository import (
+    BlueprintVersion,
+    HeadRow,
+    Kind,
+    NameTakenError,
+    NewVersion,
+    Status,
+    VersionRow,
+    advance_head,
+    archive_head,
+    blueprint_version,
+    current_blueprint,
+    get_head,
+    get_version,
+    insert_head,
+    insert_version,
+    list_heads,
+    list_versions,
+)
+from shared.registry.validation import DEFAULT_LIMITS, Limits, ValidationResult, required_blueprint, validate_definition
+
+__all__ = [
+    "ArchivedError", "Checked", "DefinitionInvalidError", "DiffResult", "Item", "NameConflictError",
+    "NotFoundError", "Plan", "PlannedStep", "PreconditionFailedError", "QuotaHeadroom", "RESPONSE_ONLY_FIELDS",
+    "RegistryError", "UnknownVersionError", "archive", "check", "create", "diff", "etag", "get", "list_items",
+    "plan", "rollback", "update", "version", "versions",
+]
+
+RESPONSE_ONLY_FIELDS = frozenset({"blueprint_ref", "origin", "archived_at", "created_by", "version_created_at",
+                                  "version_created_by"})
+"""Fields a GET answers with beyond the model's own read-only ones; a PUT of a GET's body ignores them too."""
+
+Conn = psycopg.Connection[DictRow]
+
+
+class RegistryError(Exception):
+    """A registry operation that cannot be done; each subclass is one API answer."""
+
+
+class NotFoundError(RegistryError):
+    """No such item of this kind in the tenant (another tenant's item is not found either)."""
+
+
+class UnknownVersionError(RegistryError):
+    """The item exists but has no such version."""
+
+
+class ArchivedError(RegistryError):
+    """The item is archived: it takes no new versions."""
+
+
+class NameConflictError(RegistryError):
+    """The name is taken in the tenant (archived items keep theirs)."""
+
+
+class PreconditionFailedError(RegistryError):
+    """The If-Match ETag is not the current version's."""
+
+    def __init__(self, current_etag: str) -> None:
+        super().__init__("the item changed since that ETag was issued")
+        self.current_etag = current_etag
+
+
+class DefinitionInvalidError(RegistryError):
+    """The definition does not validate; every problem is listed."""
+
+    def __init__(self, errors: Collection[ValidationError], detail: str) -> None:
+        super().__init__(detail)
+        self.errors = tuple(errors)
+        self.detail = detail
+
+
+def etag(item_id: UUID, version: int) -> str:
+    """The strong ETag of an item: the identity of its current version."""
+    return f'"{item_id}.v{version}"'
+
+
+def definition_sha256(definition: dict[str, Any]) -> str:
+    """The digest a version stores of its definition (canonical JSON, so key order does not matter)."""
+    return hashlib.sha256(canonical_json(definition)).hexdigest()
+
+
+@dataclass(frozen=True)
+class Item:
+    """An intent or blueprint with its current version."""
+
+    head: HeadRow
+    version: VersionRow
+
+    @property
+    def etag(self) -> str:
+        return etag(self.head.id, self.version.version)
+
+    @property
+    def target(self) -> str | None:
+        target = self.version.definition.get("target")
+        return target if isinstance(target, str) else None
+
+    def document(self) -> dict[str, Any]:
+        """The current version as a create/update request body (what validation reads)."""
+        return _document(self.head.name, self.version)
+
+
+def _document(name: str, version: VersionRow) -> dict[str, Any]:
+    return {"name": name, "description": version.description, "labels": version.labels,
+            "definition": version.definition}
+
+
+def _subject(kind: Kind, item_id: UUID) -> str:
+    return f"{kind}s/{item_id}"
+
+
+# --- validation -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A definition that validated: the request, its normalized definition, steps and plan, and the blueprint."""
+
+    result: ValidationResult
+    catalog: ModuleCatalog
+    blueprint: BlueprintVersion | None
+    normalized: dict[str, Any]
+    """The normalized definition exactly as jsonb stores and returns it (see `_as_stored`)."""
+
+    @property
+    def request(self) -> IntentDefinitionIn:
+        assert self.result.intent is not None  # noqa: S101  # only a valid result is Checked
+        return self.result.intent
+
+    @property
+    def levels(self) -> list[list[str]]:
+        return self.result.plan or []
+
+    @property
+    def pin(self) -> dict[str, Any] | None:
+        """What a version stores of the blueprint it was validated against."""
+        if self.blueprint is None:
+            return None
+        return {"id": str(self.blueprint.id), "name": self.blueprint.name, "version": self.blueprint.version}
+
+    @property
+    def plan_hash(self) -> str:
+        return plan_hash(self.normalized, self.result.blueprint_ref)
+
+
+def _storage_problems(doc: Any) -> list[ValidationError]:
+    """Strings Postgres cannot store (NUL, unpaired surrogates): refused as problems rather than failing the save."""
+    problems: list[ValidationError] = []
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), doc)]
+    while stack:  # iterative: the document may be deep (the validator bounds depth, but runs after this)
+        path, node = stack.pop()
+        if isinstance(node, dict):
+            for key, child in node.items():
+                if isinstance(key, str) and _unstorable(key):
+                    problems.append(ValidationError(pointer(*path, key), "a key holds a NUL character or an "
+                                                    "unpaired surrogate, which cannot be stored", "unstorable_text"))
+                stack.append(((*path, key), child))
+        elif isinstance(node, list):
+            stack.extend(((*path, index), child) for index, child in enumerate(node))
+        elif isinstance(node, str) and _unstorable(node):
+            problems.append(ValidationError(pointer(*path), "the text holds a NUL character or an unpaired "
+                                            "surrogate, which cannot be stored", "unstorable_text"))
+    return sorted(problems, key=lambda problem: problem.pointer)
+
+
+def _unstorable(text: str) -> bool:
+    if "\x00" in text:
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _resolved(blueprint: BlueprintVersion) -> ResolvedBlueprint | ValidationError:
+    try:
+        return ResolvedBlueprint(blueprint.name, blueprint.version, Definition.model_validate(blueprint.definition))
+    except pydantic.ValidationError:
+        return ValidationError("/definition", f"blueprint {blueprint.name}@{blueprint.version} no longer parses",
+                               "blueprint_invalid")
+
+
+def check(conn: Conn, kind: Kind, doc: Any, *, tenant: TenantFacts, pin: dict[str, Any] | None = None,
+          limits: Limits = DEFAULT_LIMITS) -> Checked:
+    """Validate a request body against the tenant's catalog and gates; a declaration against its blueprint (the
+    pinned version if `pin`, else the blueprint's current one). Raises DefinitionInvalidError with every problem."""
+    if isinstance(doc, dict):
+        doc = {key: value for key, value in doc.items() if key not in RESPONSE_ONLY_FIELDS}
+    problems = _storage_problems(doc)
+    catalog = tenant_catalog(conn)
+    wanted = required_blueprint(doc)
+    found: BlueprintVersion | None = None
+    resolved: ResolvedBlueprint | None = None
+    if wanted is not None and kind == "blueprint":
+        problems.append(ValidationError("/definition/steps", "a blueprint defines steps; only an intent can be a "
+                                        "declaration", "steps_required"))
+    elif wanted is not None:
+        found = (blueprint_version(conn, UUID(str(pin["id"])), int(pin["version"])) if pin is not None
+                 else current_blueprint(conn, wanted))
+        if found is not None:
+            outcome = _resolved(found)
+            if isinstance(outcome, ValidationError):
+                problems.append(outcome)
+            else:
+                resolved = outcome
+    result = validate_definition(doc, catalog=catalog, tenant=tenant, blueprint=resolved, limits=limits)
+    errors = [*problems, *(error for error in result.errors
+                           if not (kind == "blueprint" and error.code == "blueprint_required"))]
+    if errors or not result.ok:
+        count = len(errors)
+        raise DefinitionInvalidError(list(dict.fromkeys(errors)),
+                                     f"The {kind} has {count} problem{'' if count == 1 else 's'}.")
+    assert result.normalized is not None  # noqa: S101  # a result without errors is normalized
+    return Checked(result, catalog, found, _as_stored(conn, result.normalized))
+
+
+def _as_stored(conn: Conn, value: dict[str, Any]) -> dict[str, Any]:
+    """`value` after a trip through jsonb, which keeps every JSON number's decimal value but not Python's types:
+    1e16 comes back as the int 10000000000000000, -0.0 as 0.0. Saving, answering and hashing this form makes a
+    create's response, every later read and the plan hash agree (a hash of the request's floats would not)."""
+    row = conn.execute("SELECT %s::jsonb AS value", (Jsonb(value),)).fetchone()
+    assert row is not None  # noqa: S101  # SELECT of one value
+    stored: dict[str, Any] = row["value"]
+    return stored
+
+
+# --- reads ------------------------------------------------------------------------------------------------------
+
+
+def _head_or_404(conn: Conn, kind: Kind, item_id: UUID, *, lock: bool = False) -> HeadRow:
+    head = get_head(conn, kind, item_id, lock=lock)
+    if head is None:
+        raise NotFoundError(f"No {kind} {item_id}.")
+    return head
+
+
+def _item(conn: Conn, head: HeadRow) -> Item:
+    current = get_version(conn, head.kind, head.id, head.current_version)
+    assert current is not None  # noqa: S101  # the head's version is inserted in the head's transaction
+    return Item(head, current)
+
+
+def get(conn: Conn, kind: Kind, item_id: UUID) -> Item:
+    """An item with its current version."""
+    return _item(conn, _head_or_404(conn, kind, item_id))
+
+
+def list_items(conn: Conn, kind: Kind, *, name_prefix: str | None, labels: dict[str, str], status: Status | None,
+               cursor: str | None, limit: int) -> tuple[list[HeadRow], str | None]:
+    """One page of items by name, and the cursor of the next page (None on the last)."""
+    after = (decode_cursor(cursor) or {}).get("name")
+    if after is not None and not isinstance(after, str):
+        raise InvalidCursorError("the cursor is not one this API issued")
+    rows = list_heads(conn, kind, name_prefix=name_prefix, labels=labels, status=status, after_name=after,
+                      limit=limit + 1)
+    page = rows[:limit]
+    return page, encode_cursor({"name": page[-1].name}) if len(rows) > limit else None
+
+
+def versions(conn: Conn, kind: Kind, item_id: UUID, *, cursor: str | None,
+             limit: int) -> tuple[list[VersionRow], str | None]:
+    """One page of an item's versions, oldest first."""
+    _head_or_404(conn, kind, item_id)
+    after = (decode_cursor(cursor) or {}).get("version", 0)
+    if not isinstance(after, int) or isinstance(after, bool):
+        raise InvalidCursorError("the cursor is not one this API issued")
+    rows = list_versions(conn, kind, item_id, after=after, limit=limit + 1)
+    page = rows[:limit]
+    return page, encode_cursor({"version": page[-1].version}) if len(rows) > limit else None
+
+
+def version(conn: Conn, kind: Kind, item_id: UUID, number: int) -> VersionRow:
+    """One version of an item."""
+    _head_or_404(conn, kind, item_id)
+    found = get_version(conn, kind, item_id, number)
+    if found is None:
+        raise UnknownVersionError(f"The {kind} has no version {number}.")
+    return found
+
+
+@dataclass(frozen=True)
+class DiffResult:
+    """What changed between two versions: the definition (steps and fields) and the metadata, with a summary."""
+
+    from_version: int
+    to_version: int
+    definition: dict[str, Any]
+    metadata_changed: tuple[FieldChange, ...]
+    summary: str
+
+
+def _metadata(row: VersionRow) -> dict[str, Any]:
+    pin = row.blueprint_ref
+    return {"description": row.description, "labels": row.labels,
+            "blueprint": None if pin is None else f"{pin.get('name')}@{pin.get('version')}"}
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 40 else text[:37] + "…"
+
+
+def diff(conn: Conn, kind: Kind, item_id: UUID, from_version: int, to_version: int) -> DiffResult:
+    """The structured difference from one version to another (either order)."""
+    old, new = version(conn, kind, item_id, from_version), version(conn, kind, item_id, to_version)
+    changes = diff_definitions(old.definition, new.definition)
+    # The metadata is compared with the same machinery: a definition without steps differs only in its fields.
+    metadata = diff_definitions(_metadata(old), _metadata(new)).fields_changed
+    summary = changes.summary
+    if metadata:
+        described = "; ".join(
+            f"{change.path.lstrip('/')} {change.kind}" + (
+                f" ({_short(change.old)} → {_short(change.new)})" if change.kind == "changed" else "")
+            for change in metadata)
+        summary = (f"{summary} " if not changes.is_empty else "") + f"Metadata: {described}."
+    return DiffResult(from_version, to_version, changes.to_dict(), metadata, summary)
+
+
+# --- changes ----------------------------------------------------------------------------------------------------
+
+
+def _new_version(checked: Checked, origin: dict[str, Any]) -> NewVersion:
+    request = checked.request
+    return NewVersion(request.description, dict(request.labels), checked.normalized,
+                      definition_sha256(checked.normalized), origin, checked.pin)
+
+
+def _event(item: Item, **extra: Any) -> dict[str, Any]:
+    return {"id": str(item.head.id), "name": item.head.name, "version": item.version.version,
+            "definition_sha256": item.version.definition_sha256, **extra}
+
+
+def create(conn: Conn, kind: Kind, doc: Any, *, item_id: UUID, tenant: TenantFacts, created_by: str) -> Item:
+    """Validate and store version 1, with its `<kind>.created` event."""
+    checked = check(conn, kind, doc, tenant=tenant)
+    request = checked.request
+    try:
+        head = insert_head(conn, kind, item_id, request.name, request.description, dict(request.labels), created_by)
+    except NameTakenError:
+        raise NameConflictError(f"A {kind} named {request.name!r} exists (archived ones keep their name).") from None
+    first = insert_version(conn, item_id, 1, _new_version(checked, {"kind": "create"}), created_by)
+    item = Item(head, first)
+    enqueue(conn, f"{kind}.created", _subject(kind, item_id), _event(item))
+    return item
+
+
+def _locked_active(conn: Conn, kind: Kind, item_id: UUID, if_match: frozenset[str] | None) -> Item:
+    """The item under its row lock, refused if archived or if `if_match` (None: any) misses its ETag."""
+    head = _head_or_404(conn, kind, item_id, lock=True)
+    if head.status != "active":
+        raise ArchivedError(f"The {kind} is archived; it takes no new versions.")
+    current = etag(head.id, head.current_version)
+    if if_match is not None and current not in if_match:
+        raise PreconditionFailedError(current)
+    return _item(conn, head)
+
+
+def _append(conn: Conn, item: Item, new: NewVersion, created_by: str) -> Item:
+    head, number = item.head, item.head.current_version + 1
+    row = insert_version(conn, head.id, number, new, created_by)
+    advanced = advance_head(conn, head.kind, head.id, from_version=head.current_version, to_version=number,
+                            description=new.description, labels=new.labels)
+    if advanced is None:  # unreachable under the row lock; refusing keeps a lost update impossible regardless
+        raise PreconditionFailedError(etag(head.id, head.current_version))
+    return Item(advanced, row)
+
+
+def update(conn: Conn, kind: Kind, item_id: UUID, doc: Any, *, if_match: frozenset[str] | None,
+           tenant: TenantFacts, created_by: str) -> Item:
+    """Validate and store the next version if `if_match` holds the current ETag, with `<kind>.version_created`."""
+    item = _locked_active(conn, kind, item_id, if_match)
+    checked = check(conn, kind, doc, tenant=tenant)
+    if checked.request.name != item.head.name:
+        # Declarations find blueprints by name, and clients by name: a rename would silently repoint both.
+        raise DefinitionInvalidError(
+            [ValidationError("/name", f"the name cannot change (it is '{item.head.name}')", "name_immutable")],
+            f"The {kind} has 1 problem.")
+    origin = {"kind": "update", "from_version": item.version.version}
+    updated = _append(conn, item, _new_version(checked, origin), created_by)
+    enqueue(conn, f"{kind}.version_created", _subject(kind, item_id),
+            _event(updated, previous_version=item.version.version))
+    return updated
+
+
+def rollback(conn: Conn, kind: Kind, item_id: UUID, to_version: int, *, if_match: frozenset[str] | None,
+             tenant: TenantFacts, created_by: str) -> Item:
+    """A new version equal to `to_version` (its definition, metadata and blueprint pin), with `<kind>.rolled_back`.
+
+    The old version is validated again first: the catalog or the tenant's gates may have changed since, and a
+    rollback must not bring back what the tenant may no longer run.
+    """
+    item = _locked_active(conn, kind, item_id, if_match)
+    target = get_version(conn, kind, item_id, to_version)
+    if target is None:
+        raise UnknownVersionError(f"The {kind} has no version {to_version}.")
+    try:
+        check(conn, kind, _document(item.head.name, target), tenant=tenant, pin=target.blueprint_ref)
+    except DefinitionInvalidError as exc:
+        raise DefinitionInvalidError(exc.errors, f"Version {to_version} no longer validates: {exc.detail}") from None
+    new = NewVersion(target.description, target.labels, target.definition, target.definition_sha256,
+                     {"kind": "rollback", "from_version": to_version}, target.blueprint_ref)
+    rolled = _append(conn, item, new, created_by)
+    enqueue(conn, f"{kind}.rolled_back", _subject(kind, item_id),
+            _event(rolled, from_version=to_version, previous_version=item.version.version))
+    return rolled
+
+
+def archive(conn: Conn, kind: Kind, item_id: UUID, *, if_match: frozenset[str] | None) -> tuple[Item, bool]:
+    """Archive the item (versions kept, reads still work), with `<kind>.archived`; whether it changed anything
+    (archiving an archived item is a no-op, so DELETE stays idempotent)."""
+    head = _head_or_404(conn, kind, item_id, lock=True)
+    if head.status == "archived":
+        return _item(conn, head), False
+    current = etag(head.id, head.current_version)
+    if if_match is not None and current not in if_match:
+        raise PreconditionFailedError(current)
+    archived = archive_head(conn, kind, item_id)
+    assert archived is not None  # noqa: S101  # active and locked by this transaction
+    item = _item(conn, archived)
+    enqueue(conn, f"{kind}.archived", _subject(kind, item_id), _event(item))
+    return item, True
+
+
+# --- plan -------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    """One step of a plan: what runs, where in the graph, and whether the caller may execute it."""
+
+    id: str
+    action: str
+    module: str
+    remote: bool
+    timeout_s: int
+    depends_on: list[str]
+    level: int
+    when: str | None
+    compensate: str | None
+    decision: Decision | None
+
+
+@dataclass(frozen=True)
+class QuotaHeadroom:
+    """The tenant's concurrent-execution quota; executions are not tracked yet, so none count as running."""
+
+    max_concurrent_executions: int | None
+    running_executions: int
+    headroom: int | None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A dry run of executing the current version."""
+
+    item: Item
+    levels: list[list[str]]
+    steps: list[PlannedStep]
+    blueprint_ref: str | None
+    quota: QuotaHeadroom
+    plan_hash: str
+
+
+StepDecider = Callable[[Item, Step], Decision]
+
+
+def plan(conn: Conn, kind: Kind, item_id: UUID, *, tenant: TenantFacts, decide: StepDecider | None,
+         max_concurrent_executions: int | None) -> Plan:
+    """The current version validated again (catalog and gates may have changed) and laid out in levels, each
+    step with its module and `decide(item, step)` (None: no decisions, as for a blueprint, which is never executed)."""
+    item = get(conn, kind, item_id)
+    checked = check(conn, kind, item.document(), tenant=tenant, pin=item.version.blueprint_ref)
+    level_of = {step_id: index for index, level in enumerate(checked.levels) for step_id in level}
+    planned = []
+    for step in checked.result.steps:
+        spec = checked.catalog[step.action]
+        planned.append(PlannedStep(
+            id=step.step_id, action=step.action, module=module_of_action(step.action), remote=spec.remote,
+            timeout_s=step.timeout_s or spec.timeout_s, depends_on=list(step.depends_on or []),
+            level=level_of[step.step_id], when=step.when,
+            compensate=step.compensate.action if step.compensate else None,
+            decision=decide(item, step) if decide is not None else None))
+    quota = max_concurrent_executions
+    headroom = QuotaHeadroom(quota, 0, quota)
+    return Plan(item, checked.levels, planned, checked.result.blueprint_ref, headroom, checked.plan_hash)

@@ -1,0 +1,37 @@
+# intent_ref: platform.devhost
+"""`--seed-demo` through the devhost: the demo tenants get the seed tutorial's remote modules, once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from devhost.child import PROJECT_ROOT
+from devhost.identity import mint_token_cli
+from devhost.seed import seed_demo_modules
+from shared.registry.catalog import seed_remote_modules
+from tests.e2e.conftest import DevhostFactory
+
+pytestmark = pytest.mark.e2e
+
+
+def test_seeded_demo_tenants_list_the_seed_modules(devhost_factory: DevhostFactory, pg: Any) -> None:
+    host = devhost_factory(app_dir=PROJECT_ROOT, extra_args=("--seed-demo",))
+    seed_actions = {spec.action for spec in seed_remote_modules()}
+
+    for tenant in ("contoso", "fabrikam"):
+        token = mint_token_cli(pg.root, host.base_url, tenant, ["Intent.Reader"], [], None, 600, False)
+        response = httpx.get(f"{host.base_url}/api/v1/modules", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 200, response.text
+        items = {item["action"]: item for item in response.json()["items"]}
+        assert seed_actions <= set(items), tenant
+        for action in seed_actions:
+            assert items[action]["remote"] and items[action]["allowed"], (tenant, action)
+            assert items[action]["created_by"] == "devhost:seed-demo"
+        assert items["build-docker-image"]["defaults"] == {"context": "."}
+        assert "http.request" in items and not items["http.request"]["remote"]
+
+    # Seeding again (every `make run` does) adds nothing and fails on nothing.
+    assert seed_demo_modules(pg.app_url) == []
