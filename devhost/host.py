@@ -164,9 +164,10 @@ async def serve(options: HostOptions, on_ready: list[str]) -> None:
 def _seed(app_url: str) -> None:
     from devhost.identity import dev_tenant_id
     from devhost.provision import DEMO_TENANTS, seed_demo_tenants
-    from devhost.seed import seed_demo_modules
+    from devhost.seed import seed_demo_blueprints, seed_demo_modules
 
     inserted = seed_demo_tenants(app_url, {name: dev_tenant_id(name) for name in DEMO_TENANTS})
     if inserted:
         logger.info("seeded demo tenants: %s", ", ".join(inserted))
     seed_demo_modules(app_url)
+    seed_demo_blueprints(app_url)

@@ -1,9 +1,12 @@
 # intent_ref: platform.devhost
-"""Demo content for the demo tenants: the seed tutorial's remote modules, registered as a Tenant.Admin would."""
+"""Demo content for the demo tenants: the seed tutorial's remote modules and its `deploy-application` blueprint."""
 
 from __future__ import annotations
 
+import json
 import logging
+import uuid
+from pathlib import Path
 
 import psycopg
 from psycopg import sql
@@ -12,11 +15,14 @@ from psycopg.rows import dict_row
 from devhost.provision import DEMO_TENANTS, demo_tenant_id
 from shared.db.roles import RUNTIME_ROLE
 from shared.registry.catalog import seed_remote_modules
+from shared.policy.facts import TenantFacts
+from shared.registry import service
 from shared.registry.modules import ModuleConflictError, ModuleRegistration, register_module
 
 logger = logging.getLogger(__name__)
 
 SEED_ACTOR = "devhost:seed-demo"
+DEMO_BLUEPRINT = Path(__file__).resolve().parent.parent / "examples" / "blueprints" / "deploy-application.json"
 """The `created_by` of what the seed registers (a named platform actor, not an Entra principal)."""
 
 
@@ -45,4 +51,33 @@ def seed_demo_modules(app_url: str) -> list[str]:
                     added.append(f"{name}:{registration.action}")
     if added:
         logger.info("seeded demo modules: %s", ", ".join(added))
+    return added
+
+
+def seed_demo_blueprints(app_url: str) -> list[str]:
+    """Create the `deploy-application` blueprint (examples/blueprints) for each demo tenant that lacks it.
+
+    With it, the seed tutorial's declaration (`{"target", "version", "environment"}`) validates and plans.
+    """
+    document = json.loads(DEMO_BLUEPRINT.read_text(encoding="utf-8"))
+    added: list[str] = []
+    with psycopg.connect(app_url, autocommit=True, row_factory=dict_row) as conn:
+        for name in DEMO_TENANTS:
+            tenant_id = demo_tenant_id(name)
+            with conn.transaction():
+                conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(RUNTIME_ROLE)))
+                conn.execute("SELECT app.pin_tenant(%s)", (tenant_id,))
+                row = conn.execute("SELECT status, allowed_targets, allowed_modules FROM app.tenants").fetchone()
+                if row is None:
+                    continue
+                exists = conn.execute("SELECT 1 FROM app.intents WHERE kind = 'blueprint' AND name = %s",
+                                      (document["name"],)).fetchone()
+                if exists:
+                    continue
+                facts = TenantFacts(tenant_id, row["status"], frozenset(row["allowed_targets"]),
+                                    frozenset(row["allowed_modules"]))
+                service.create(conn, "blueprint", document, item_id=uuid.uuid4(), tenant=facts, created_by=SEED_ACTOR)
+                added.append(f"{name}:{document['name']}")
+    if added:
+        logger.info("seeded demo blueprints: %s", ", ".join(added))
     return added
