@@ -14,9 +14,9 @@ from psycopg.rows import dict_row
 
 from devhost.provision import DEMO_TENANTS, demo_tenant_id
 from shared.db.roles import RUNTIME_ROLE
-from shared.registry.catalog import seed_remote_modules
 from shared.policy.facts import TenantFacts
 from shared.registry import service
+from shared.registry.catalog import seed_remote_modules
 from shared.registry.modules import ModuleConflictError, ModuleRegistration, register_module
 
 logger = logging.getLogger(__name__)
