@@ -40,6 +40,10 @@ def _definition(name: str) -> dict[str, Any]:
          "depends_on": ["test-a", "test-b"]}]}}
 
 
+def _unique_name(run: str) -> str:
+    return f"b{run}-{uuid.uuid4().hex[:12]}"
+
+
 def _percentile(ordered: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
@@ -78,7 +82,7 @@ def _provision(base_url: str, data_dir: Path) -> tuple[str, dict[str, str]]:
     entra_id = str(uuid.uuid4())
     created = httpx.post(f"{base_url}/api/v1/tenants", headers={"Authorization": f"Bearer {admin}"}, json={
         "name": f"bench-{entra_id[:8]}", "entra_tenant_id": entra_id, "allowed_targets": ["staging"],
-        "allowed_modules": ["http"], "quotas": {"requests_per_minute": 10_000_000, "burst": 1_000_000}})
+        "allowed_modules": ["http"], "quotas": {"requests_per_minute": 1_000_000, "burst": 100_000}})
     created.raise_for_status()
     token = mint_token_cli(data_dir, base_url, entra_id, ["Intent.Reader", "Intent.Author", "Intent.Executor"], [],
                            None, 3600, False)
@@ -97,7 +101,7 @@ async def _run(base_url: str, bare_url: str, headers: dict[str, str], clients: l
     run = uuid.uuid4().hex[:6]
     operations: dict[str, tuple[str, Operation]] = {
         "bare": (bare_url, lambda c, _: c.get("/api/bare")),
-        "create": (base_url, lambda c, i: c.post("/api/v1/intents", json=_definition(f"b{run}-{i}"))),
+        "create": (base_url, lambda c, _: c.post("/api/v1/intents", json=_definition(_unique_name(run)))),
         "get": (base_url, lambda c, _: c.get(f"/api/v1/intents/{intent_id}")),
         "list": (base_url, lambda c, _: c.get("/api/v1/intents", params={"limit": 20})),
         "plan": (base_url, lambda c, _: c.post(f"/api/v1/intents/{intent_id}/plan", json={})),
@@ -134,7 +138,8 @@ def main() -> None:
         data_dir = Path(tmp)
         platform = DevhostProcess(PROJECT_ROOT, data_dir, free_port(), {}, data_dir / "platform.log",
                                   extra_args=("--seed-demo",))
-        bare = DevhostProcess(PROJECT_ROOT / "bench" / "bare_app", data_dir, free_port(), {},
+        # Its own task hub: one devhost leases a hub per database.
+        bare = DevhostProcess(PROJECT_ROOT / "bench" / "bare_app", data_dir, free_port(), {"QP_TASK_HUB": "BenchBare"},
                               data_dir / "bare.log")
         platform.start(timeout=120)
         try:
