@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     )
 
     QP_MAX_BODY_BYTES: int = Field(default=1024 * 1024, ge=1024)
+    QP_REGISTRY_MAX_DEFINITION_BYTES: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
+    QP_REGISTRY_MAX_STEPS: int = Field(default=200, ge=1, le=10_000)
+    QP_REGISTRY_MAX_DEPTH: int = Field(default=32, ge=4, le=256)
     QP_ENVIRONMENT: Literal["local", "dev", "prod"] = "local"
     APPLICATIONINSIGHTS_CONNECTION_STRING: str | None = None
 

@@ -20,7 +20,10 @@ _CACHE_TTL_S = 5.0
 class TenantPolicyCreate(BaseModel):
     """A policy a Tenant.Admin adds."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "name": "no-friday-production", "description": "Nobody executes intents labelled freeze=true.",
+        "policy": 'forbid (principal, action == QP::Action::"intent.execute", resource) '
+                  'when { resource.labels.contains("freeze=true") };'}]})
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     description: str = Field(default="", max_length=500)

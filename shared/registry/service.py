@@ -15,6 +15,7 @@ import pydantic
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
+from shared.config import get_settings
 from shared.events.outbox import enqueue
 from shared.pagination import InvalidCursorError, decode_cursor, encode_cursor
 from shared.policy.authorizer import Decision
@@ -45,7 +46,7 @@ from shared.registry.repository import (
     list_heads,
     list_versions,
 )
-from shared.registry.validation import DEFAULT_LIMITS, Limits, ValidationResult, required_blueprint, validate_definition
+from shared.registry.validation import Limits, ValidationResult, required_blueprint, validate_definition
 
 __all__ = [
     "ArchivedError", "Checked", "DefinitionInvalidError", "DiffResult", "Item", "NameConflictError",
@@ -210,8 +211,15 @@ def _resolved(blueprint: BlueprintVersion) -> ResolvedBlueprint | ValidationErro
                                "blueprint_invalid")
 
 
+def registry_limits() -> Limits:
+    """The definition limits from the app settings (QP_REGISTRY_MAX_*)."""
+    settings = get_settings()
+    return Limits(max_definition_bytes=settings.QP_REGISTRY_MAX_DEFINITION_BYTES,
+                  max_steps=settings.QP_REGISTRY_MAX_STEPS, max_depth=settings.QP_REGISTRY_MAX_DEPTH)
+
+
 def check(conn: Conn, kind: Kind, doc: Any, *, tenant: TenantFacts, pin: dict[str, Any] | None = None,
-          limits: Limits = DEFAULT_LIMITS) -> Checked:
+          limits: Limits | None = None) -> Checked:
     """Validate a request body against the tenant's catalog and gates; a declaration against its blueprint (the
     pinned version if `pin`, else the blueprint's current one). Raises DefinitionInvalidError with every problem."""
     if isinstance(doc, dict):
@@ -233,7 +241,8 @@ def check(conn: Conn, kind: Kind, doc: Any, *, tenant: TenantFacts, pin: dict[st
                 problems.append(outcome)
             else:
                 resolved = outcome
-    result = validate_definition(doc, catalog=catalog, tenant=tenant, blueprint=resolved, limits=limits)
+    result = validate_definition(doc, catalog=catalog, tenant=tenant, blueprint=resolved,
+                                 limits=limits or registry_limits())
     errors = [*problems, *(error for error in result.errors
                            if not (kind == "blueprint" and error.code == "blueprint_required"))]
     if errors or not result.ok:

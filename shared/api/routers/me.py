@@ -8,6 +8,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
+from shared.api.responses import AUTH_ERRORS
 from shared.api.security import RequestContext, authenticated
 
 router = APIRouter(prefix="/api/v1", tags=["identity"])
@@ -26,7 +27,7 @@ class Me(BaseModel):
     app_only: bool
 
 
-@router.get("/me", response_model=Me, summary="The authenticated caller and its tenant")
+@router.get("/me", response_model=Me, summary="The authenticated caller and its tenant", responses=AUTH_ERRORS)
 def me(context: RequestContext = Depends(authenticated)) -> Me:  # noqa: B008
     """The caller's identity, roles and tenant (no tenant data)."""
     p = context.principal

@@ -9,7 +9,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 
-from shared.api.problems import PROBLEM_BASE, PROBLEM_JSON, Problem, ProblemError
+from shared.api.problems import ProblemError
+from shared.api.responses import problem_doc
 from shared.api.security import RequestContext, authenticated, authorize, record_mutation, tenant_resource
 from shared.db.session import tenant_transaction
 from shared.policy.actions import Action
@@ -31,25 +32,16 @@ router = APIRouter(tags=["modules"])
 Context = Annotated[RequestContext, Depends(authenticated)]
 
 
-def _problem(status: int, slug: str, title: str, detail: str, description: str,
-             **extensions: Any) -> dict[str, Any]:
-    example = {**extensions, "type": PROBLEM_BASE + slug, "title": title, "status": status, "detail": detail}
-    # `model` registers the Problem component (FastAPI files its schema under application/json); the
-    # problem+json entry, what is actually sent, gets the same schema beside its example.
-    content = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}, "example": example}}
-    return {"model": Problem, "description": description, "content": content}
-
-
 _COMMON: dict[int | str, dict[str, Any]] = {
-    401: _problem(401, "invalid-token", "Unauthorized", "the token has expired", "No valid bearer token"),
-    403: _problem(403, "forbidden", "Forbidden", "Not allowed to module.list.",
+    401: problem_doc(401, "invalid-token", "Unauthorized", "the token has expired", "No valid bearer token"),
+    403: problem_doc(403, "forbidden", "Forbidden", "Not allowed to module.list.",
                   "The caller's roles or the tenant's policies do not allow it, or the tenant is suspended",
                   reason="role_required"),
-    429: _problem(429, "rate-limited", "Too many requests", "This tenant is over its request rate; retry in 3 s.",
+    429: problem_doc(429, "rate-limited", "Too many requests", "This tenant is over its request rate; retry in 3 s.",
                   "Over the tenant's request rate (see Retry-After)"),
 }
 
-_BAD_QUERY = _problem(422, "validation-error", "Request validation failed", "1 invalid field(s)",
+_BAD_QUERY = problem_doc(422, "validation-error", "Request validation failed", "1 invalid field(s)",
                       "A malformed action name or query parameter",
                       errors=[{"pointer": "/query/include_disallowed", "detail": "Input should be a valid boolean"}])
 
@@ -75,7 +67,7 @@ def list_all(context: Context, include_disallowed: bool = Query(
 
 @router.get("/api/v1/modules/{action}", response_model=ModuleInfo, summary="Read one action of the catalog",
             responses={**_ok(MODULE_EXAMPLE), **_COMMON, 422: _BAD_QUERY,
-                       404: _problem(404, "not-found", "Not found", "No module 'helm-upgrade'.",
+                       404: problem_doc(404, "not-found", "Not found", "No module 'helm-upgrade'.",
                                      "Neither a built-in nor registered by this tenant")})
 def read(context: Context, action: str = Path(pattern=ACTION_PATTERN, max_length=128)) -> ModuleInfo:
     """One built-in or registered module, also when the allow-list refuses it (`allowed` says so) (Reader).
@@ -92,11 +84,11 @@ def read(context: Context, action: str = Path(pattern=ACTION_PATTERN, max_length
 
 @router.post("/api/v1/modules", status_code=201, response_model=ModuleInfo, summary="Register a remote module",
              responses={201: {"content": {"application/json": {"example": MODULE_EXAMPLE}}}, **_COMMON,
-                        409: _problem(409, "conflict", "Conflict",
+                        409: problem_doc(409, "conflict", "Conflict",
                                       "'helm-upgrade' is already registered for this tenant",
                                       "The action is registered already, or is (in the family of) a built-in",
                                       conflict="registered"),
-                        422: _problem(422, "validation-error", "Request validation failed", "1 invalid field(s)",
+                        422: problem_doc(422, "validation-error", "Request validation failed", "1 invalid field(s)",
                                       "The body, the parameter schema or the defaults are invalid",
                                       errors=[{"pointer": "/params_schema/properties/chart/type",
                                                "detail": "'strin' is not valid under any of the given schemas"}])})
@@ -135,7 +127,7 @@ def _intent_schema() -> dict[str, Any]:
             responses={**_ok({"$schema": JSON_SCHEMA_2020_12, "title": "IntentDefinitionIn", "type": "object",
                               "required": ["name", "definition"], "properties": {"name": {"type": "string"}}}),
                        401: _COMMON[401], 429: _COMMON[429],
-                       403: _problem(403, "tenant-suspended", "Forbidden", "This tenant is suspended.",
+                       403: problem_doc(403, "tenant-suspended", "Forbidden", "This tenant is suspended.",
                                      "The caller's tenant is suspended", reason="tenant_suspended")})
 def intent_schema(context: Context) -> dict[str, Any]:  # noqa: ARG001  # the dependency authenticates
     """The JSON Schema 2020-12 of a POST/PUT body of /api/v1/intents and /api/v1/blueprints (any authenticated caller).

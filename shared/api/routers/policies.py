@@ -9,6 +9,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Response
 
 from shared.api.problems import FieldError, ProblemError
+from shared.api.responses import AUTH_ERRORS, CONFLICT, INVALID, NOT_FOUND
 from shared.api.security import RequestContext, authenticated, authorize, record_mutation, tenant_resource
 from shared.db.session import tenant_transaction
 from shared.policy.actions import Action
@@ -27,7 +28,7 @@ router = APIRouter(prefix="/api/v1/policies", tags=["policies"])
 Context = Annotated[RequestContext, Depends(authenticated)]
 
 
-@router.get("", response_model=TenantPolicyList, summary="List the tenant's own policies")
+@router.get("", response_model=TenantPolicyList, summary="List the tenant's own policies", responses=AUTH_ERRORS)
 def list_all(context: Context) -> TenantPolicyList:
     """The tenant's extra Cedar policies (Tenant.Admin)."""
     authorize(context, Action.POLICY_READ, tenant_resource("Policy", "*", context.tenant.id))
@@ -35,7 +36,8 @@ def list_all(context: Context) -> TenantPolicyList:
         return TenantPolicyList(items=list_policies(conn))
 
 
-@router.post("", status_code=201, response_model=TenantPolicy, summary="Add a policy")
+@router.post("", status_code=201, response_model=TenantPolicy, summary="Add a policy",
+             responses={**AUTH_ERRORS, 409: CONFLICT, 422: INVALID})
 def create(spec: TenantPolicyCreate, response: Response, context: Context) -> TenantPolicy:
     """Add a Cedar policy, validated against the schema first (Tenant.Admin)."""
     authorize(context, Action.POLICY_CREATE, tenant_resource("Policy", spec.name, context.tenant.id))
@@ -54,7 +56,8 @@ def create(spec: TenantPolicyCreate, response: Response, context: Context) -> Te
     return policy
 
 
-@router.delete("/{policy_id}", status_code=204, summary="Remove a policy")
+@router.delete("/{policy_id}", status_code=204, summary="Remove a policy",
+               responses={**AUTH_ERRORS, 404: NOT_FOUND, 422: INVALID})
 def delete(policy_id: UUID, context: Context) -> Response:
     """Remove one of the tenant's policies (Tenant.Admin); another tenant's id is 404."""
     authorize(context, Action.POLICY_DELETE, tenant_resource("Policy", policy_id, context.tenant.id))

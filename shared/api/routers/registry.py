@@ -16,7 +16,8 @@ from fastapi.openapi.models import Example
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.api.problems import PROBLEM_BASE, PROBLEM_JSON, Problem, ProblemError
+from shared.api.problems import ProblemError
+from shared.api.responses import UNAUTHORIZED, problem_doc
 from shared.api.security import RequestContext, authenticated, authorize, record_mutation
 from shared.db.session import tenant_transaction
 from shared.idempotency import IdempotencyKeyError, StoredResponse, claim, complete, fingerprint
@@ -424,34 +425,30 @@ def _label_filter(values: list[str] | None) -> dict[str, str] | None:
 # --- OpenAPI responses ------------------------------------------------------------------------------------------
 
 
-def _err(status: int, slug: str, title: str, detail: str, description: str, **extensions: Any) -> dict[str, Any]:
-    example = {**extensions, "type": PROBLEM_BASE + slug, "title": title, "status": status, "detail": detail}
-    return {"model": Problem, "description": description, "content": {PROBLEM_JSON: {"example": example}}}
-
-
-_E401 = _err(401, "invalid-token", "Unauthorized", "the token has expired", "No valid bearer token")
-_E403 = _err(403, "forbidden", "Forbidden", "Not allowed to intent.update.",
+_E401 = UNAUTHORIZED
+_E403 = problem_doc(403, "forbidden", "Forbidden", "Not allowed to intent.update.",
              "The caller's roles or the tenant's policies do not allow it, or the tenant is suspended",
              reason="role_required")
-_E404 = _err(404, "not-found", "Not found", f"No intent {_EXAMPLE_ID}.",
+_E404 = problem_doc(404, "not-found", "Not found", f"No intent {_EXAMPLE_ID}.",
              "No such item in the caller's tenant (another tenant's item is not found either)")
-_E409_ARCHIVED = _err(409, "archived", "Conflict", "The intent is archived; it takes no new versions.",
+_E409_ARCHIVED = problem_doc(409, "archived", "Conflict", "The intent is archived; it takes no new versions.",
                       "The item is archived")
-_E409_NAME = _err(409, "conflict", "Conflict", "An intent named 'deploy-web-app' exists (archived ones keep their "
-                  "name).", "The name is taken in the tenant")
-_E412 = _err(412, "precondition-failed", "Precondition failed",
+_E409_NAME = problem_doc(409, "conflict", "Conflict",
+                         "An intent named 'deploy-web-app' exists (archived ones keep their name).",
+                         "The name is taken in the tenant")
+_E412 = problem_doc(412, "precondition-failed", "Precondition failed",
              "The item changed since that ETag was issued; GET it again.", "If-Match holds a stale ETag")
-_E422 = _err(422, "invalid-definition", "Unprocessable content", "The intent has 2 problems.",
+_E422 = problem_doc(422, "invalid-definition", "Unprocessable content", "The intent has 2 problems.",
              "The definition does not validate (every problem listed), or the request is malformed",
              errors=[{"pointer": "/definition/steps/1/action", "code": "unknown_action",
                       "detail": "unknown action 'deploy-to-kubernets' (did you mean 'deploy-to-kubernetes'?)"},
                      {"pointer": "/definition/steps/2/action", "code": "module_not_allowed",
                       "detail": "module 'http' is not on the tenant's allow-list"}])
-_E428 = _err(428, "precondition-required", "Precondition required", "Send If-Match with the item's ETag.",
+_E428 = problem_doc(428, "precondition-required", "Precondition required", "Send If-Match with the item's ETag.",
              "If-Match is required")
-_E429 = _err(429, "rate-limited", "Too many requests", "This tenant is over its request rate; retry in 3 s.",
+_E429 = problem_doc(429, "rate-limited", "Too many requests", "This tenant is over its request rate; retry in 3 s.",
              "Over the tenant's request rate (see Retry-After)")
-_E400 = _err(400, "invalid-cursor", "Bad request", "the cursor is not one this API issued", "A malformed cursor")
+_E400 = problem_doc(400, "invalid-cursor", "Bad request", "the cursor is not one this API issued", "A malformed cursor")
 _COMMON: dict[int | str, dict[str, Any]] = {401: _E401, 403: _E403, 429: _E429}
 _ITEM_ERRORS: dict[int | str, dict[str, Any]] = {**_COMMON, 404: _E404, 422: _E422}
 

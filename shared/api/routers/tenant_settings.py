@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.api.responses import AUTH_ERRORS, INVALID
 from shared.api.security import RequestContext, authenticated, authorize, record_mutation, tenant_resource
 from shared.db.session import tenant_transaction
 from shared.policy.actions import Action
@@ -33,7 +34,8 @@ class TenantSettings(BaseModel):
 class TenantSettingsUpdate(BaseModel):
     """Settings the tenant manages itself (feature flags and the like); merged into the current ones."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"settings": {"audit_retention_days": 365, "feature.canary_deployments": True}}]})
 
     settings: dict[str, Any] = Field(max_length=100)
 
@@ -42,7 +44,7 @@ _SELECT = ("SELECT name, display_name, status, quotas, allowed_modules, allowed_
            " FROM app.tenants")
 
 
-@router.get("", response_model=TenantSettings, summary="Read the caller's tenant")
+@router.get("", response_model=TenantSettings, summary="Read the caller's tenant", responses=AUTH_ERRORS)
 def read(context: Context) -> TenantSettings:
     """The caller's tenant and its settings (Tenant.Admin)."""
     authorize(context, Action.TENANT_SETTINGS_READ, tenant_resource("Tenant", context.tenant.id, context.tenant.id))
@@ -52,7 +54,8 @@ def read(context: Context) -> TenantSettings:
     return TenantSettings(**row)
 
 
-@router.patch("", response_model=TenantSettings, summary="Change the caller's tenant settings")
+@router.patch("", response_model=TenantSettings, summary="Change the caller's tenant settings",
+              responses={**AUTH_ERRORS, 422: INVALID})
 def update(change: TenantSettingsUpdate, context: Context) -> TenantSettings:
     """Merge settings into the tenant's own (Tenant.Admin); limits and allow-lists stay the platform's."""
     resource = tenant_resource("Tenant", context.tenant.id, context.tenant.id)

@@ -10,6 +10,15 @@ from fastapi import APIRouter, Depends, Header, Query, Response
 from pydantic import BaseModel
 
 from shared.api.problems import ProblemError
+from shared.api.responses import (
+    AUTH_ERRORS,
+    BAD_CURSOR,
+    CONFLICT,
+    INVALID,
+    NOT_FOUND,
+    PRECONDITION_FAILED,
+    PRECONDITION_REQUIRED,
+)
 from shared.api.security import RequestContext, authenticated, authorize, record_mutation, record_tenant_event
 from shared.config import get_settings
 from shared.db.session import platform_transaction
@@ -38,7 +47,8 @@ def _not_found(tenant_id: UUID) -> ProblemError:
     return ProblemError(404, "not-found", "Not found", f"No tenant {tenant_id}.")
 
 
-@router.post("", status_code=201, response_model=Tenant, summary="Provision a tenant")
+@router.post("", status_code=201, response_model=Tenant, summary="Provision a tenant",
+             responses={**AUTH_ERRORS, 409: CONFLICT, 422: INVALID})
 def create(spec: TenantCreate, response: Response, context: Context) -> Tenant:
     """Provision a tenant (Platform.Admin)."""
     authorize(context, Action.TENANT_CREATE, _PLATFORM, detail={"name": spec.name})
@@ -56,7 +66,8 @@ def create(spec: TenantCreate, response: Response, context: Context) -> Tenant:
     return tenant
 
 
-@router.get("", response_model=TenantPage, summary="List tenants")
+@router.get("", response_model=TenantPage, summary="List tenants",
+            responses={**AUTH_ERRORS, 400: BAD_CURSOR, 422: INVALID})
 def list_all(context: Context, limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT), cursor: str | None = None,
              status: TenantStatus | None = None) -> TenantPage:
     """Tenants by name, cursor-paginated (Platform.Admin)."""
@@ -66,7 +77,8 @@ def list_all(context: Context, limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LI
         return list_tenants(conn, limit=limit, after_name=position.get("name"), status=status)
 
 
-@router.get("/{tenant_id}", response_model=Tenant, summary="Read a tenant")
+@router.get("/{tenant_id}", response_model=Tenant, summary="Read a tenant",
+            responses={**AUTH_ERRORS, 404: NOT_FOUND, 422: INVALID})
 def read(tenant_id: UUID, response: Response, context: Context) -> Tenant:
     """One tenant with its ETag (Platform.Admin)."""
     authorize(context, Action.TENANT_READ, _PLATFORM, detail={"tenant_id": str(tenant_id)})
@@ -79,8 +91,8 @@ def read(tenant_id: UUID, response: Response, context: Context) -> Tenant:
 
 
 @router.patch("/{tenant_id}", response_model=Tenant, summary="Change a tenant",
-              responses={412: {"description": "The ETag in If-Match is stale"},
-                         428: {"description": "If-Match is required"}})
+              responses={**AUTH_ERRORS, 404: NOT_FOUND, 412: PRECONDITION_FAILED, 422: INVALID,
+                         428: PRECONDITION_REQUIRED})
 def patch(tenant_id: UUID, change: TenantUpdate, response: Response, context: Context,
           if_match: Annotated[str | None, Header()] = None) -> Tenant:
     """Change status, quotas or allow-lists; `If-Match` with the tenant's ETag is required (Platform.Admin)."""
@@ -115,6 +127,8 @@ class TenantExport(BaseModel):
 class TenantErasure(BaseModel):
     """The confirmation an erasure needs: the tenant's name, typed out."""
 
+    model_config = {"json_schema_extra": {"examples": [{"confirm_name": "northwind"}]}}
+
     confirm_name: str
 
 
@@ -126,7 +140,7 @@ class TenantErased(BaseModel):
 
 
 @router.post("/{tenant_id}/export", status_code=201, response_model=TenantExport,
-             summary="Export a tenant's data to blob storage")
+             summary="Export a tenant's data to blob storage", responses={**AUTH_ERRORS, 404: NOT_FOUND})
 def export(tenant_id: UUID, context: Context) -> TenantExport:
     """Write a JSON archive of the tenant's intents, versions, policies and audit (Platform.Admin)."""
     authorize(context, Action.TENANT_EXPORT, _PLATFORM, detail={"tenant_id": str(tenant_id)})
@@ -142,7 +156,8 @@ def export(tenant_id: UUID, context: Context) -> TenantExport:
 
 
 @router.post("/{tenant_id}/erase", response_model=TenantErased, summary="Erase a tenant (GDPR offboarding)",
-             responses={409: {"description": "The tenant is still active, or the name does not match"}})
+             responses={**AUTH_ERRORS, 404: NOT_FOUND, 422: INVALID,
+                        409: {**CONFLICT, "description": "The tenant is still active, or the name does not match"}})
 def erase(tenant_id: UUID, body: TenantErasure, context: Context) -> TenantErased:
     """Remove every row, blob and record of a suspended tenant; only the erasure's own audit record remains."""
     authorize(context, Action.TENANT_ERASE, _PLATFORM, detail={"tenant_id": str(tenant_id)})
