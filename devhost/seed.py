@@ -9,11 +9,10 @@ import uuid
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
 from psycopg.rows import dict_row
 
 from devhost.provision import DEMO_TENANTS, demo_tenant_id
-from shared.db.roles import RUNTIME_ROLE
+from shared.db.session import enter_tenant
 from shared.policy.facts import TenantFacts
 from shared.registry import service
 from shared.registry.catalog import seed_remote_modules
@@ -29,8 +28,8 @@ DEMO_BLUEPRINT = Path(__file__).resolve().parent.parent / "examples" / "blueprin
 def seed_demo_modules(app_url: str) -> list[str]:
     """Register the seed's remote modules for each demo tenant if absent; returns `tenant:action` of each added.
 
-    A plain connection rather than the app's pool: this runs before the app (and its settings) is loaded. Each
-    tenant's registrations run in one transaction set up exactly as `tenant_transaction` sets one up.
+    A plain connection rather than the app's pool: this runs before the app is loaded. Each tenant's
+    registrations run in one transaction, entered as the runtime role with the tenant pinned.
     """
     registrations = [ModuleRegistration.from_spec(spec) for spec in seed_remote_modules()]
     added: list[str] = []
@@ -38,8 +37,7 @@ def seed_demo_modules(app_url: str) -> list[str]:
         for name in DEMO_TENANTS:
             tenant_id = demo_tenant_id(name)
             with conn.transaction():
-                conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(RUNTIME_ROLE)))
-                conn.execute("SELECT app.pin_tenant(%s)", (tenant_id,))
+                enter_tenant(conn, tenant_id)
                 if conn.execute("SELECT 1 FROM app.tenants").fetchone() is None:  # RLS: the pinned tenant's row
                     logger.warning("demo tenant %s is not provisioned; its modules are not seeded", name)
                     continue
@@ -65,8 +63,7 @@ def seed_demo_blueprints(app_url: str) -> list[str]:
         for name in DEMO_TENANTS:
             tenant_id = demo_tenant_id(name)
             with conn.transaction():
-                conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(RUNTIME_ROLE)))
-                conn.execute("SELECT app.pin_tenant(%s)", (tenant_id,))
+                enter_tenant(conn, tenant_id)
                 row = conn.execute("SELECT status, allowed_targets, allowed_modules FROM app.tenants").fetchone()
                 if row is None:
                     continue

@@ -20,18 +20,23 @@ _SET_RUNTIME_ROLE = sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(RUNTIME_R
 _SET_PLATFORM_ROLE = sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(PLATFORM_ROLE))
 
 
+def enter_tenant(conn: psycopg.Connection[Any], tenant_id: UUID) -> None:
+    """Inside an open transaction: run as the runtime role with `tenant_id` pinned (what tenant_transaction does)."""
+    if not isinstance(tenant_id, UUID):
+        raise TypeError("tenant_id must be a UUID")
+    # SET LOCAL ROLE: whatever the login, the statements run as the non-owner runtime role.
+    conn.execute(_SET_RUNTIME_ROLE)
+    # The pin lives for this transaction only and cannot be changed within it (migration 0008).
+    conn.execute("SELECT app.pin_tenant(%s)", (tenant_id,))
+
+
 @contextmanager
 def tenant_transaction(
     tenant_id: UUID, *, pool: ConnectionPool[Any] | None = None
 ) -> Iterator[psycopg.Connection[DictRow]]:
     """Open one transaction, as the runtime role, in which RLS sees only `tenant_id`'s rows."""
-    if not isinstance(tenant_id, UUID):
-        raise TypeError("tenant_id must be a UUID")
     with (pool or get_pool()).connection() as conn, conn.transaction():
-        # SET LOCAL ROLE: whatever the login, the statements run as the non-owner runtime role.
-        conn.execute(_SET_RUNTIME_ROLE)
-        # The pin lives for this transaction only and cannot be changed within it (migration 0008).
-        conn.execute("SELECT app.pin_tenant(%s)", (tenant_id,))
+        enter_tenant(conn, tenant_id)
         yield conn
 
 

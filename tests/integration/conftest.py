@@ -1,5 +1,5 @@
 # intent_ref: platform.audit
-"""Integration fixtures beyond the session's Postgres and Azurite: the Cosmos DB fake."""
+"""Integration fixtures beyond the session's Postgres and Azurite: the app's own pool and the Cosmos DB fake."""
 
 from __future__ import annotations
 
@@ -8,12 +8,16 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from azure.cosmos import CosmosClient, DatabaseProxy
+from psycopg_pool import ConnectionPool
 from urllib3.exceptions import InsecureRequestWarning
 
 from devhost.services import free_port
+from shared.config import Settings
+from shared.db.pool import build_pool
 from tests.cosmos_emulator import COSMOS_EMULATOR_KEY, CosmosEmulator, start_cosmos_emulator
 
 
@@ -38,3 +42,13 @@ def cosmos_database(cosmos: CosmosEmulator) -> DatabaseProxy:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", InsecureRequestWarning)
         return client.create_database_if_not_exists("quantum")
+
+
+@pytest.fixture(scope="module")
+def app_pool(pg) -> Iterator[ConnectionPool[Any]]:  # type: ignore[no-untyped-def]
+    """A pool of the app's own login (qp_app), as the running app has; big enough for the concurrency tests."""
+    settings = Settings(QP_DATABASE_URL=pg.app_url, QP_BLOB_CONNECTION_STRING="UseDevelopmentStorage=true",
+                        QP_DATABASE_POOL_MAX=16)
+    pool = build_pool(pg.app_url, settings, min_size=2)
+    yield pool
+    pool.close()

@@ -22,7 +22,6 @@ from shared.audit import AuditQuery, AuditRecord, AuditStore, InvalidCursorError
 from shared.audit.cosmos import CosmosAuditStore, create_audit_container
 from shared.audit.postgres import PostgresAuditStore
 from shared.config import Settings
-from shared.db.pool import build_pool
 from shared.db.session import runtime_transaction, tenant_transaction
 
 pytestmark = [
@@ -35,11 +34,6 @@ T0 = datetime(2030, 1, 1, tzinfo=UTC)
 _SETTINGS = {"QP_BLOB_CONNECTION_STRING": "UseDevelopmentStorage=true"}
 
 
-@pytest.fixture(scope="module")
-def app_pool(pg) -> Iterator[ConnectionPool[Any]]:  # type: ignore[no-untyped-def]
-    pool = build_pool(pg.app_url, Settings(QP_DATABASE_URL=pg.app_url, **_SETTINGS), min_size=1)
-    yield pool
-    pool.close()
 
 
 @pytest.fixture(scope="module")

@@ -6,15 +6,12 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
-from shared.config import Settings
-from shared.db.pool import build_pool
 from shared.db.session import tenant_transaction
 from shared.events.outbox import enqueue
 from shared.idempotency import IdempotencyKeyError, StoredResponse, claim, complete, fingerprint
@@ -22,12 +19,6 @@ from shared.idempotency import IdempotencyKeyError, StoredResponse, claim, compl
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def pool(pg) -> Iterator[ConnectionPool[Any]]:  # type: ignore[no-untyped-def]
-    settings = Settings(QP_DATABASE_URL=pg.app_url, QP_BLOB_CONNECTION_STRING="UseDevelopmentStorage=true")
-    pool = build_pool(pg.app_url, settings, min_size=2)
-    yield pool
-    pool.close()
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +33,10 @@ def tenant_ids(pg) -> tuple[uuid.UUID, uuid.UUID]:  # type: ignore[no-untyped-de
     return ids
 
 
-def _create_once(pool: ConnectionPool[Any], tenant_id: uuid.UUID, key: str, body: dict[str, Any],
+def _create_once(app_pool: ConnectionPool[Any], tenant_id: uuid.UUID, key: str, body: dict[str, Any],
                  delay: float = 0.0) -> tuple[StoredResponse, bool]:
     """The pattern a route uses: claim, do the work, complete; returns (response, whether it was a replay)."""
-    with tenant_transaction(tenant_id, pool=pool) as conn:
+    with tenant_transaction(tenant_id, pool=app_pool) as conn:
         replay = claim(conn, key, fingerprint("POST", "/things", body))
         if replay is not None:
             return replay, True
@@ -56,49 +47,49 @@ def _create_once(pool: ConnectionPool[Any], tenant_id: uuid.UUID, key: str, body
         return response, False
 
 
-def _outbox_count(pool: ConnectionPool[Any], tenant_id: uuid.UUID) -> int:
-    with tenant_transaction(tenant_id, pool=pool) as conn:
+def _outbox_count(app_pool: ConnectionPool[Any], tenant_id: uuid.UUID) -> int:
+    with tenant_transaction(tenant_id, pool=app_pool) as conn:
         return int(conn.execute("SELECT count(*) AS n FROM app.outbox").fetchone()["n"])
 
 
-def test_same_key_same_body_replays(pool: ConnectionPool[Any], tenant_ids: tuple[uuid.UUID, uuid.UUID]) -> None:
-    before = _outbox_count(pool, tenant_ids[0])
-    first, replayed_first = _create_once(pool, tenant_ids[0], "k-replay", {"a": 1})
-    second, replayed_second = _create_once(pool, tenant_ids[0], "k-replay", {"a": 1})
+def test_same_key_same_body_replays(app_pool: ConnectionPool[Any], tenant_ids: tuple[uuid.UUID, uuid.UUID]) -> None:
+    before = _outbox_count(app_pool, tenant_ids[0])
+    first, replayed_first = _create_once(app_pool, tenant_ids[0], "k-replay", {"a": 1})
+    second, replayed_second = _create_once(app_pool, tenant_ids[0], "k-replay", {"a": 1})
     assert (replayed_first, replayed_second) == (False, True)
     assert second == first
-    assert _outbox_count(pool, tenant_ids[0]) == before + 1
+    assert _outbox_count(app_pool, tenant_ids[0]) == before + 1
 
 
-def test_same_key_other_body_is_refused(pool: ConnectionPool[Any], tenant_ids: tuple[uuid.UUID, uuid.UUID]) -> None:
-    _create_once(pool, tenant_ids[0], "k-other", {"a": 1})
-    before = _outbox_count(pool, tenant_ids[0])
+def test_same_key_other_body_is_refused(app_pool: ConnectionPool[Any], tenant_ids: tuple[uuid.UUID, uuid.UUID]) -> None:
+    _create_once(app_pool, tenant_ids[0], "k-other", {"a": 1})
+    before = _outbox_count(app_pool, tenant_ids[0])
     with pytest.raises(IdempotencyKeyError, match="different request"):
-        _create_once(pool, tenant_ids[0], "k-other", {"a": 2})
-    assert _outbox_count(pool, tenant_ids[0]) == before
+        _create_once(app_pool, tenant_ids[0], "k-other", {"a": 2})
+    assert _outbox_count(app_pool, tenant_ids[0]) == before
 
 
-def test_malformed_key_is_refused(pool: ConnectionPool[Any], tenant_ids: tuple[uuid.UUID, uuid.UUID]) -> None:
+def test_malformed_key_is_refused(app_pool: ConnectionPool[Any], tenant_ids: tuple[uuid.UUID, uuid.UUID]) -> None:
     for key in ("", "has space", "x" * 256):
         with pytest.raises(IdempotencyKeyError):
-            _create_once(pool, tenant_ids[0], key, {})
+            _create_once(app_pool, tenant_ids[0], key, {})
 
 
-def test_keys_belong_to_their_tenant(pool: ConnectionPool[Any], tenant_ids: tuple[uuid.UUID, uuid.UUID]) -> None:
-    _, replayed_a = _create_once(pool, tenant_ids[0], "k-shared", {"a": 1})
-    _, replayed_b = _create_once(pool, tenant_ids[1], "k-shared", {"b": 1})
+def test_keys_belong_to_their_tenant(app_pool: ConnectionPool[Any], tenant_ids: tuple[uuid.UUID, uuid.UUID]) -> None:
+    _, replayed_a = _create_once(app_pool, tenant_ids[0], "k-shared", {"a": 1})
+    _, replayed_b = _create_once(app_pool, tenant_ids[1], "k-shared", {"b": 1})
     assert (replayed_a, replayed_b) == (False, False)
 
 
-def test_concurrent_duplicates_do_the_work_once(pool: ConnectionPool[Any],
+def test_concurrent_duplicates_do_the_work_once(app_pool: ConnectionPool[Any],
                                                 tenant_ids: tuple[uuid.UUID, uuid.UUID]) -> None:
-    before = _outbox_count(pool, tenant_ids[1])
+    before = _outbox_count(app_pool, tenant_ids[1])
     results: list[tuple[StoredResponse, bool]] = []
     errors: list[BaseException] = []
 
     def attempt(delay: float) -> None:
         try:
-            results.append(_create_once(pool, tenant_ids[1], "k-race", {"race": True}, delay=delay))
+            results.append(_create_once(app_pool, tenant_ids[1], "k-race", {"race": True}, delay=delay))
         except BaseException as exc:  # noqa: BLE001  # surfaced below
             errors.append(exc)
 
@@ -112,14 +103,14 @@ def test_concurrent_duplicates_do_the_work_once(pool: ConnectionPool[Any],
     assert errors == []
     assert sorted(replayed for _, replayed in results) == [False, True, True, True]
     assert len({response.body["event_id"] for response, _ in results}) == 1
-    assert _outbox_count(pool, tenant_ids[1]) == before + 1
+    assert _outbox_count(app_pool, tenant_ids[1]) == before + 1
 
 
-def test_outbox_rows_are_tenant_scoped(pool: ConnectionPool[Any], tenant_ids: tuple[uuid.UUID, uuid.UUID]) -> None:
-    with tenant_transaction(tenant_ids[0], pool=pool) as conn:
+def test_outbox_rows_are_tenant_scoped(app_pool: ConnectionPool[Any], tenant_ids: tuple[uuid.UUID, uuid.UUID]) -> None:
+    with tenant_transaction(tenant_ids[0], pool=app_pool) as conn:
         event_id = enqueue(conn, "intent.created", "intents/x", {"name": "x"})
-    with tenant_transaction(tenant_ids[1], pool=pool) as conn:
+    with tenant_transaction(tenant_ids[1], pool=app_pool) as conn:
         assert conn.execute("SELECT count(*) AS n FROM app.outbox WHERE id = %s", (event_id,)).fetchone()["n"] == 0
-    with tenant_transaction(tenant_ids[0], pool=pool) as conn:
+    with tenant_transaction(tenant_ids[0], pool=app_pool) as conn:
         row = conn.execute("SELECT event_type, data FROM app.outbox WHERE id = %s", (event_id,)).fetchone()
     assert row == {"event_type": "intent.created", "data": {"name": "x"}}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -14,7 +13,6 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from shared.config import Settings
-from shared.db.pool import build_pool
 from shared.db.session import runtime_transaction, tenant_transaction
 from shared.ratelimit import RateDecision, RateLimit, limit_for, take_request_token
 
@@ -25,12 +23,6 @@ _SETTINGS = {"QP_BLOB_CONNECTION_STRING": "UseDevelopmentStorage=true"}
 NO_REFILL = 1e-9
 
 
-@pytest.fixture(scope="module")
-def app_pool(pg) -> Iterator[ConnectionPool[Any]]:  # type: ignore[no-untyped-def]
-    settings = Settings(QP_DATABASE_URL=pg.app_url, QP_DATABASE_POOL_MAX=16, **_SETTINGS)
-    pool = build_pool(pg.app_url, settings, min_size=16)
-    yield pool
-    pool.close()
 
 
 @pytest.fixture

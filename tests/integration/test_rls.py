@@ -4,27 +4,18 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
-from shared.config import Settings
-from shared.db.pool import build_pool
 from shared.db.roles import RUNTIME_ROLE
 from shared.db.session import platform_transaction, runtime_transaction, tenant_transaction
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def app_pool(pg) -> Iterator[ConnectionPool[Any]]:  # type: ignore[no-untyped-def]
-    settings = Settings(QP_DATABASE_URL=pg.app_url, QP_BLOB_CONNECTION_STRING="UseDevelopmentStorage=true")
-    pool = build_pool(pg.app_url, settings, min_size=1)
-    yield pool
-    pool.close()
 
 
 @pytest.fixture(scope="module")
