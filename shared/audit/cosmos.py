@@ -134,6 +134,16 @@ class CosmosAuditStore:
         next_cursor = encode_cursor(_CURSOR_KIND, q, {"c": token}) if token else None
         return AuditPage(items=items, next_cursor=next_cursor)
 
+    def erase(self, tenant_id: uuid.UUID) -> int:
+        """Delete every record in the tenant's partition (the query is scoped by partition key and tenant)."""
+        tenant = str(tenant_id)
+        ids = [doc["id"] for doc in self._container.query_items(
+            "SELECT c.id FROM c WHERE c.tenantId = @tenantId", parameters=[{"name": "@tenantId", "value": tenant}],
+            partition_key=tenant)]
+        for item_id in ids:
+            self._container.delete_item(item_id, partition_key=tenant)
+        return len(ids)
+
 
 def _to_record(doc: dict[str, Any]) -> AuditRecord:
     return AuditRecord(

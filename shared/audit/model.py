@@ -141,6 +141,10 @@ class AuditStore(Protocol):
         """One page of the tenant's records matching `q`, newest first."""
         ...
 
+    def erase(self, tenant_id: uuid.UUID) -> int:
+        """Remove every record of the tenant (offboarding); returns how many were removed."""
+        ...
+
 
 def encode_cursor(kind: str, q: AuditQuery, position: Mapping[str, str]) -> str:
     """An opaque base64url cursor carrying a backend position, bound to the query that produced it."""

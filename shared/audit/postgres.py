@@ -21,7 +21,7 @@ from shared.audit.model import (
     decode_cursor,
     encode_cursor,
 )
-from shared.db.session import tenant_transaction
+from shared.db.session import platform_transaction, tenant_transaction
 
 _CURSOR_KIND = "pg"
 
@@ -59,6 +59,12 @@ class PostgresAuditStore:
             record.resource_type, record.resource_id, record.decision, record.reason, record.request_id,
             Jsonb(dict(record.detail)),
         ))
+
+    def erase(self, tenant_id: uuid.UUID) -> int:
+        """Delete the tenant's records, as the control plane through its tenant-bound DELETE policy."""
+        with platform_transaction(pool=self._pool) as conn:
+            conn.execute("SELECT app.pin_tenant(%s)", (tenant_id,))
+            return int(conn.execute("DELETE FROM app.audit_events").rowcount)
 
     def query(self, q: AuditQuery) -> AuditPage:
         """One page of `q.tenant_id`'s records, newest first, after the cursor's position."""

@@ -12,6 +12,7 @@ from uuid import UUID
 from azure.storage.blob import ContainerClient
 from psycopg import sql
 
+from shared.audit import AuditStore
 from shared.db.session import platform_transaction, tenant_transaction
 from shared.tenants.models import Tenant
 
@@ -50,8 +51,8 @@ def export_tenant(tenant: Tenant, container: ContainerClient) -> ExportResult:
     return ExportResult(blob_name, {table: len(archive[table]) for table in EXPORTED_TABLES})
 
 
-def erase_tenant(tenant_id: UUID, container: ContainerClient) -> dict[str, int]:
-    """Delete the tenant's blobs, every row of it and its tenant row; returns what was removed per kind.
+def erase_tenant(tenant_id: UUID, container: ContainerClient, audit_store: AuditStore) -> dict[str, int]:
+    """Delete the tenant's blobs, every row of it, its audit trail and its tenant row; returns counts per kind.
 
     Runs as the control plane inside the erased tenant's context: its DELETE policies reach that tenant only.
     Safe to run again after a partial failure.
@@ -66,4 +67,6 @@ def erase_tenant(tenant_id: UUID, container: ContainerClient) -> dict[str, int]:
             cursor = conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier("app", table)))
             removed[table] = cursor.rowcount
         removed["tenants"] = conn.execute("DELETE FROM app.tenants WHERE id = %s", (tenant_id,)).rowcount
+    # The configured audit backend may live outside Postgres (Cosmos DB): erase it there too.
+    removed["audit_records"] = audit_store.erase(tenant_id)
     return removed

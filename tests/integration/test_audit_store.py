@@ -315,3 +315,19 @@ def test_public_form_is_json_ready() -> None:
     assert public["id"] == str(record.id) and public["occurred_at"] == record.occurred_at.isoformat()
     assert AuditRecord.new(tenant_id=record.tenant_id, principal_id="t/o", action="a", resource_type="r",
                            resource_id=None, decision="deny").id != record.id
+
+
+def test_erase_removes_exactly_one_tenants_records(backend: Backend) -> None:
+    tenant_a, tenant_b = uuid.uuid4(), uuid.uuid4()
+    _seed(backend.store, tenant_a, 4)
+    records_b = _seed(backend.store, tenant_b, 3)
+    backend.cosmos_queries.clear()
+    assert backend.store.erase(tenant_a) == 4
+    if backend.kind == "cosmos":
+        for text, params, partition_key in backend.cosmos_queries:
+            assert partition_key == str(tenant_a) and params["@tenantId"] == str(tenant_a)
+            assert "c.tenantId = @tenantId" in text
+    assert _all_pages(backend.store, AuditQuery(tenant_id=tenant_a, limit=1000))[0] == []
+    got_b, _ = _all_pages(backend.store, AuditQuery(tenant_id=tenant_b, limit=1000))
+    assert {r.id for r in got_b} == {r.id for r in records_b}
+    assert backend.store.erase(tenant_a) == 0

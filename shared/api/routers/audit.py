@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 
+from shared.api.problems import FieldError, ProblemError
 from shared.api.responses import AUTH_ERRORS, BAD_CURSOR, INVALID
 from shared.api.security import RequestContext, authenticated, authorize, tenant_resource
 from shared.audit import AuditQuery, get_audit_store
@@ -28,6 +29,11 @@ def list_records(context: Context, action: str | None = Query(None, max_length=1
                  limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT), cursor: str | None = None) -> dict[str, Any]:
     """Audit records of the caller's tenant, newest first (Tenant.Admin)."""
     authorize(context, Action.AUDIT_READ, tenant_resource("AuditLog", "*", context.tenant.id))
+    naive = [name for name, value in (("since", since), ("until", until)) if value is not None and value.tzinfo is None]
+    if naive:
+        raise ProblemError(422, "validation-error", "Request validation failed", "Times need a UTC offset.",
+                           errors=[FieldError(pointer=f"/query/{name}", detail="add an offset, e.g. Z")
+                                   for name in naive])
     page = get_audit_store().query(AuditQuery(
         tenant_id=context.tenant.id, action=action, decision=decision, principal_id=principal_id,
         resource_type=resource_type, resource_id=resource_id, since=since, until=until, limit=limit, cursor=cursor))

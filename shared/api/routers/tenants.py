@@ -20,6 +20,7 @@ from shared.api.responses import (
     PRECONDITION_REQUIRED,
 )
 from shared.api.security import RequestContext, authenticated, authorize, record_mutation, record_tenant_event
+from shared.audit import get_audit_store
 from shared.config import get_settings
 from shared.db.session import platform_transaction
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor
@@ -168,7 +169,7 @@ def erase(tenant_id: UUID, body: TenantErasure, context: Context) -> TenantErase
     if tenant.status != "suspended" or body.confirm_name != tenant.name:
         raise ProblemError(409, "erasure-refused", "Conflict",
                            "Suspend the tenant first and confirm with its exact name.")
-    removed = erase_tenant(tenant_id, artifacts_container(get_settings()))
+    removed = erase_tenant(tenant_id, artifacts_container(get_settings()), get_audit_store())
     tenant_directory.forget()
     detail = {"tenant_name": tenant.name, "removed": removed}
     record_mutation(context, Action.TENANT_ERASE, Resource("Tenant", str(tenant_id), None, {}), detail)
