@@ -2,8 +2,6 @@
 """The generic intent orchestrator: runs a pinned definition's step graph with references, when, retries,
 timeouts and compensation; deterministic, so it only yields durable tasks and reads the replay-safe clock."""
 
-from __future__ import annotations
-
 import json
 from collections.abc import Generator
 from dataclasses import dataclass
