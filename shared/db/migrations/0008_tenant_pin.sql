@@ -10,7 +10,8 @@
 DO $$
 BEGIN
     EXECUTE pg_catalog.format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', pg_catalog.current_database());
-    EXECUTE pg_catalog.format('GRANT TEMPORARY ON DATABASE %I TO qp_owner', pg_catalog.current_database());
+    -- The migrating role owns pin_tenant (qp_owner, or an external server's login) and creates the pin table.
+    EXECUTE pg_catalog.format('GRANT TEMPORARY ON DATABASE %I TO %I', pg_catalog.current_database(), current_user);
 END
 $$;
 
