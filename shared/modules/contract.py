@@ -1,0 +1,105 @@
+# intent_ref: platform.modules
+"""The module contract: a context, a typed parameter model, a handler returning JSON, an optional compensation."""
+
+from __future__ import annotations
+
+import json
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
+from uuid import UUID
+
+from pydantic import BaseModel, ValidationError
+
+P = TypeVar("P", bound=BaseModel)
+
+MAX_REPORTED_ERRORS = 10
+_LOGGER = logging.getLogger("shared.modules")
+
+
+class StepFailed(Exception):
+    """The step's work failed; the message is shown to the user as the step's error."""
+
+    def __init__(self, message: str, *, retryable: bool = True, details: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+        """False when another attempt cannot succeed (bad parameters, a refused URL); retry policy still decides."""
+        self.details: dict[str, Any] = dict(details or {})
+
+
+@dataclass(frozen=True)
+class ModuleContext:
+    """What a handler knows about the step attempt it runs."""
+
+    tenant_id: UUID
+    execution_id: str
+    step_id: str
+    attempt: int
+    logger: logging.Logger = _LOGGER
+    tenant_settings: Mapping[str, Any] = field(default_factory=dict)
+    """The tenant's module settings, e.g. `allowed_hosts` (SSRF allow-list) and `base_url`."""
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across redeliveries of one attempt, so side effects can be deduplicated on it."""
+        return f"{self.execution_id}:{self.step_id}:{self.attempt}"
+
+
+class Module(ABC, Generic[P]):
+    """A built-in action. Subclasses set `action`, `params_model`, `timeout_s` and implement `run`."""
+
+    action: ClassVar[str]
+    params_model: ClassVar[type[BaseModel]]
+    timeout_s: ClassVar[int] = 300
+
+    @abstractmethod
+    def run(self, ctx: ModuleContext, params: P) -> Any:
+        """Do the work; return a JSON-serialisable output or raise `StepFailed`."""
+
+    def compensate(self, ctx: ModuleContext, params: P, output: Any) -> None:
+        """Undo a completed `run` (only called when `has_compensation`)."""
+        raise NotImplementedError(f"{self.action} has no compensation")
+
+    @property
+    def has_compensation(self) -> bool:
+        return type(self).compensate is not Module.compensate
+
+    def parse(self, raw_params: Any) -> P:
+        """Validate raw parameters; a bad value is a non-retryable step failure naming each field."""
+        try:
+            return self.params_model.model_validate(raw_params)  # type: ignore[return-value]
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+            lines = [f"{'.'.join(str(p) for p in e['loc']) or '(params)'}: {e['msg']}"
+                     for e in errors[:MAX_REPORTED_ERRORS]]
+            raise StepFailed(f"invalid parameters for {self.action}: " + "; ".join(lines), retryable=False,
+                             details={"errors": [{"loc": list(e["loc"]), "msg": e["msg"]} for e in errors]}) from None
+
+
+def invoke(module: Module[Any], ctx: ModuleContext, raw_params: Any) -> Any:
+    """Validate, run and check the output of one module; every failure comes out as `StepFailed`."""
+    params = module.parse(raw_params)
+    try:
+        output = module.run(ctx, params)
+    except StepFailed:
+        raise
+    except Exception as exc:
+        # An unexpected error is still a step outcome: the orchestrator records and retries it, never loses it.
+        ctx.logger.exception("module %s failed unexpectedly (%s)", module.action, ctx.idempotency_key)
+        raise StepFailed(f"{module.action} failed: {type(exc).__name__}: {exc}") from exc
+    try:
+        json.dumps(output, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise StepFailed(f"{module.action} returned an output that is not JSON: {exc}", retryable=False) from exc
+    return output
+
+
+def run_registered(modules: Mapping[str, Module[Any]], action: str, ctx: ModuleContext, raw_params: Any) -> Any:
+    """Run `action` from `modules`; an unknown action is a non-retryable step failure."""
+    module = modules.get(action)
+    if module is None:
+        raise StepFailed(f"unknown action {action!r}", retryable=False)
+    return invoke(module, ctx, raw_params)

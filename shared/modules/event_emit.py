@@ -1,0 +1,45 @@
+# intent_ref: platform.modules
+"""`event.emit`: a custom event on `platform-events`, keyed by tenant, with an id derived from the attempt."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from shared.events.publisher import EventPublisher, OutboundEvent, get_publisher
+from shared.modules.contract import Module, ModuleContext
+from shared.registry.catalog import EventEmitParams
+
+PLATFORM_EVENTS_HUB = "platform-events"
+CUSTOM_EVENT_PREFIX = "custom."
+"""Custom types are namespaced so a step can never impersonate a platform event (e.g. execution_completed)."""
+_EVENT_ID_NAMESPACE = uuid.UUID("6f1d3c5e-2b8a-5e4f-9a7c-0d2e4b6a8c1f")
+
+
+def event_id(ctx: ModuleContext) -> uuid.UUID:
+    """The same for every delivery of one attempt, so consumers deduplicate a re-published event by id."""
+    return uuid.uuid5(_EVENT_ID_NAMESPACE, ctx.idempotency_key)
+
+
+class EventEmitModule(Module[EventEmitParams]):
+    action: ClassVar[str] = "event.emit"
+    params_model = EventEmitParams
+    timeout_s = 30
+
+    def __init__(self, publisher: Callable[[], EventPublisher] = get_publisher) -> None:
+        self._publisher = publisher
+
+    def run(self, ctx: ModuleContext, params: EventEmitParams) -> Any:
+        eid = str(event_id(ctx))
+        event_type = CUSTOM_EVENT_PREFIX + params.type
+        body = {
+            "id": eid, "type": event_type, "time": datetime.now(UTC).isoformat(),
+            "tenant_id": str(ctx.tenant_id), "execution_id": ctx.execution_id, "step_id": ctx.step_id,
+            "data": params.data,
+        }
+        properties = {"event_id": eid, "event_type": event_type, "tenant_id": str(ctx.tenant_id),
+                      "execution_id": ctx.execution_id, "step_id": ctx.step_id}
+        self._publisher().publish(PLATFORM_EVENTS_HUB, [OutboundEvent(body, str(ctx.tenant_id), properties)])
+        return {"event_id": eid}

@@ -1,0 +1,79 @@
+# intent_ref: platform.modules
+"""`http.wait_healthy` and its alias `verify-deployment`: poll a URL until it answers healthy or time runs out."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import httpx
+
+from shared.modules.contract import Module, ModuleContext, StepFailed
+from shared.modules.http_request import allowed_hosts
+from shared.modules.ssrf import GuardedClient, Resolver, UrlRefused, system_resolver
+from shared.registry.catalog import HttpWaitHealthyParams, VerifyDeploymentParams
+
+PROBE_TIMEOUT_S = 10.0
+
+
+class HttpWaitHealthyModule(Module[HttpWaitHealthyParams]):
+    action: ClassVar[str] = "http.wait_healthy"
+    params_model = HttpWaitHealthyParams
+    timeout_s = 900
+
+    def __init__(self, *, sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
+                 resolver: Resolver = system_resolver) -> None:
+        self._sleep = sleep
+        self._clock = clock
+        self._resolver = resolver
+
+    def run(self, ctx: ModuleContext, params: HttpWaitHealthyParams) -> Any:
+        return self.poll(ctx, params)
+
+    def poll(self, ctx: ModuleContext, params: HttpWaitHealthyParams) -> dict[str, Any]:
+        """Probe every `interval` s; healthy on an expected status, a failure once `timeout` s have passed."""
+        started = self._clock()
+        deadline = started + params.timeout
+        probes = 0
+        last = "no probe"
+        with GuardedClient(allowed_hosts(ctx), resolver=self._resolver) as client:
+            while True:
+                probes += 1
+                remaining = max(deadline - self._clock(), 0.1)
+                try:
+                    response = client.request("GET", params.url, timeout=min(PROBE_TIMEOUT_S, remaining))
+                    response.close()
+                    status = response.status_code
+                    if status in params.expect_status:
+                        return {"url": params.url, "status": status, "probes": probes,
+                                "elapsed_s": round(self._clock() - started, 3)}
+                    last = f"status {status}"
+                except UrlRefused:
+                    raise  # waiting cannot make a refused URL allowed
+                except (httpx.HTTPError, StepFailed) as exc:
+                    # An app that is still starting refuses connections: that is "not healthy yet", not a failure.
+                    last = f"{type(exc).__name__}: {exc}"
+                if self._clock() + params.interval > deadline:
+                    raise StepFailed(f"{params.url} not healthy after {params.timeout:g} s ({probes} probes; "
+                                     f"last: {last})", details={"probes": probes, "last": last})
+                self._sleep(params.interval)
+
+
+class VerifyDeploymentModule(Module[VerifyDeploymentParams]):
+    action: ClassVar[str] = "verify-deployment"
+    params_model = VerifyDeploymentParams
+    timeout_s = 900
+
+    def __init__(self, waiter: HttpWaitHealthyModule | None = None) -> None:
+        self._waiter = waiter or HttpWaitHealthyModule()
+
+    def run(self, ctx: ModuleContext, params: VerifyDeploymentParams) -> Any:
+        base = params.url or ctx.tenant_settings.get("base_url")
+        if not isinstance(base, str) or not base:
+            raise StepFailed("verify-deployment needs a url, or a base_url in the tenant's settings", retryable=False)
+        url = base
+        if params.health_check:
+            url = f"{base.rstrip('/')}/{params.health_check.lstrip('/')}"
+        wait = self._waiter.parse({"url": url, "timeout": params.timeout, "interval": params.interval})
+        return self._waiter.poll(ctx, wait)

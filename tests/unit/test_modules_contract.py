@@ -1,0 +1,152 @@
+# intent_ref: platform.modules
+"""The module contract and the SSRF guard's address rules, without a network."""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+from typing import Any, ClassVar
+
+import pytest
+
+from shared.modules import BUILTIN_MODULES, Module, ModuleContext, StepFailed, run_module
+from shared.modules.artifact_write import artifact_bytes, blob_name
+from shared.modules.event_emit import event_id
+from shared.modules.ssrf import UrlRefused, check_url, refusal_reason
+from shared.registry.catalog import ArtifactWriteParams, EventEmitParams, builtin_catalog
+
+TENANT = uuid.UUID("11111111-2222-3333-4444-555555555555")
+
+
+def ctx(**settings: Any) -> ModuleContext:
+    return ModuleContext(TENANT, "exec-1", "step-a", 2, tenant_settings=settings)
+
+
+class Echo(Module[EventEmitParams]):
+    action: ClassVar[str] = "test.echo"
+    params_model = EventEmitParams
+
+    def run(self, ctx: ModuleContext, params: EventEmitParams) -> Any:
+        if params.type == "boom":
+            raise RuntimeError("kaput")
+        if params.type == "set":
+            return {1, 2}
+        return {"type": params.type, "key": ctx.idempotency_key}
+
+
+def test_idempotency_key_names_execution_step_and_attempt() -> None:
+    assert ctx().idempotency_key == "exec-1:step-a:2"
+
+
+def test_builtins_match_the_catalog() -> None:
+    catalog = builtin_catalog()
+    assert set(BUILTIN_MODULES) == {"http.request", "http.wait_healthy", "verify-deployment", "artifact.write",
+                                    "event.emit"}
+    for action, module in BUILTIN_MODULES.items():
+        spec = catalog[action]
+        assert module.action == action
+        assert {**module.params_model.model_json_schema(), "title": action} == spec.params_schema
+        assert module.timeout_s == spec.timeout_s
+    assert BUILTIN_MODULES["artifact.write"].has_compensation
+    assert not BUILTIN_MODULES["http.request"].has_compensation
+
+
+def test_run_module_validates_and_runs() -> None:
+    modules = {"test.echo": Echo()}
+    assert run_module("test.echo", ctx(), {"type": "x"}, modules) == {"type": "x", "key": "exec-1:step-a:2"}
+
+
+@pytest.mark.parametrize("raw, fragment", [
+    ({"type": "x", "extra": 1}, "extra: Extra inputs are not permitted"),
+    ({}, "type: Field required"),
+    ({"type": "not valid!"}, "type: String should match pattern"),
+    ("a string", "(params): Input should be a valid dictionary"),
+])
+def test_invalid_params_are_a_clear_non_retryable_failure(raw: Any, fragment: str) -> None:
+    with pytest.raises(StepFailed) as failure:
+        run_module("test.echo", ctx(), raw, {"test.echo": Echo()})
+    assert failure.value.retryable is False
+    assert failure.value.message.startswith("invalid parameters for test.echo: ")
+    assert fragment in failure.value.message
+
+
+def test_invalid_params_of_a_builtin() -> None:
+    with pytest.raises(StepFailed, match=r"invalid parameters for http.request: url: String should match"):
+        run_module("http.request", ctx(), {"url": "ftp://example.com/"})
+
+
+def test_unknown_action_and_handler_errors_are_step_failures() -> None:
+    with pytest.raises(StepFailed, match="unknown action 'nope'"):
+        run_module("nope", ctx(), {})
+    with pytest.raises(StepFailed, match="test.echo failed: RuntimeError: kaput") as failure:
+        run_module("test.echo", ctx(), {"type": "boom"}, {"test.echo": Echo()})
+    assert failure.value.retryable
+    with pytest.raises(StepFailed, match="not JSON"):
+        run_module("test.echo", ctx(), {"type": "set"}, {"test.echo": Echo()})
+
+
+@pytest.mark.parametrize("address, reason", [
+    ("127.0.0.1", "loopback"), ("::1", "loopback"), ("10.1.2.3", "private"), ("192.168.0.1", "private"),
+    ("172.16.5.5", "private"), ("169.254.1.1", "link-local"), ("fe80::1", "link-local"),
+    ("169.254.169.254", "cloud metadata"), ("fd00:ec2::254", "cloud metadata"), ("100.100.100.200", "cloud metadata"),
+    ("100.64.0.1", "non-public"), ("0.0.0.0", "unspecified"), ("::", "unspecified"), ("224.0.0.1", "multicast"),
+    ("ff02::1", "multicast"), ("240.0.0.1", "reserved"), ("fc00::1", "private"), ("::ffff:127.0.0.1", "loopback"),
+    ("::ffff:10.0.0.1", "private"), ("2002:7f00:1::", "loopback"),
+    ("93.184.215.14", None), ("2606:4700::1111", None),
+])
+def test_refusal_reasons(address: str, reason: str | None) -> None:
+    assert refusal_reason(ipaddress.ip_address(address)) == reason
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1/", "http://localhost:8080/x", "http://[::1]/", "http://10.0.0.5/", "http://169.254.169.254/latest",
+    "http://[fd00:ec2::254]/", "http://100.100.100.200/", "http://[::ffff:169.254.169.254]/", "http://0x7f000001/",
+    "http://2130706433/",
+])
+def test_internal_urls_are_refused(url: str) -> None:
+    with pytest.raises(UrlRefused) as refused:
+        check_url(url)
+    assert refused.value.retryable is False
+
+
+def test_a_name_resolving_to_any_private_address_is_refused() -> None:
+    def resolver(host: str, port: int) -> list[str]:
+        return ["93.184.215.14", "10.0.0.7"]  # one bad record among good ones is enough
+
+    with pytest.raises(UrlRefused, match="api.example.com resolves to 10.0.0.7, a private address"):
+        check_url("https://api.example.com/", resolver=resolver)
+    target = check_url("https://api.example.com/", ["API.example.com"], resolver=resolver)
+    assert target.addresses == ("93.184.215.14", "10.0.0.7")
+
+
+def test_allow_list_opens_a_host_but_never_metadata() -> None:
+    assert check_url("http://127.0.0.1:9/", ["127.0.0.1"]).addresses == ("127.0.0.1",)
+    with pytest.raises(UrlRefused, match="cloud metadata"):
+        check_url("http://169.254.169.254/", ["169.254.169.254"])
+    with pytest.raises(UrlRefused, match="loopback"):
+        check_url("http://127.0.0.1:9/", ["localhost"])  # exact host names only
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "gopher://example.com/", "ftp://example.com/", "/relative"])
+def test_only_http_and_https(url: str) -> None:
+    with pytest.raises(UrlRefused, match="only http and https"):
+        check_url(url, ["example.com"])
+
+
+def test_artifact_names_stay_under_the_step_folder() -> None:
+    assert blob_name(ctx(), "reports/out.json") == f"{TENANT}/executions/exec-1/step-a/reports/out.json"
+    for name in ("a/../../../other-tenant/x", "a//b", "./x"):
+        with pytest.raises(StepFailed, match="segment"):
+            blob_name(ctx(), name)
+
+
+def test_artifact_bytes() -> None:
+    assert artifact_bytes(ArtifactWriteParams(name="a", content={"k": "é"})) == '{"k":"é"}'.encode()
+    assert artifact_bytes(ArtifactWriteParams(name="a", content="hi", content_type="text/plain")) == b"hi"
+    with pytest.raises(StepFailed, match="must be a string"):
+        artifact_bytes(ArtifactWriteParams(name="a", content={"k": 1}, content_type="text/plain"))
+
+
+def test_event_id_is_stable_per_attempt() -> None:
+    assert event_id(ctx()) == event_id(ctx())
+    assert event_id(ctx()) != event_id(ModuleContext(TENANT, "exec-1", "step-a", 3))
