@@ -18,10 +18,11 @@ from shared.tenants.models import Tenant
 
 # Every app table that holds tenant rows, children before parents (erasure order). A test fails when a new
 # tenant table is missing here, so erasure cannot silently leave one behind.
-TENANT_TABLES = ("idempotency_keys", "outbox", "intent_versions", "intents", "tenant_policies", "rate_buckets",
-                 "modules", "audit_events")
+TENANT_TABLES = ("idempotency_keys", "outbox", "execution_events", "executions", "intent_versions", "intents",
+                 "tenant_policies", "rate_buckets", "modules", "audit_events")
 # What the export archive carries (the rate bucket is a counter, not the tenant's data).
-EXPORTED_TABLES = ("intents", "intent_versions", "tenant_policies", "modules", "audit_events")
+EXPORTED_TABLES = ("intents", "intent_versions", "executions", "execution_events", "tenant_policies", "modules",
+                   "audit_events")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,212 @@
+# intent_ref: platform.execution
+"""The execution read API: list, get, and the resumable long-polled event stream of one execution."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Path, Query
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from shared.api.problems import ProblemError
+from shared.api.responses import AUTH_ERRORS, BAD_CURSOR, INVALID, problem_doc
+from shared.api.security import RequestContext, authenticated, authorize
+from shared.db.session import tenant_transaction
+from shared.engine import executions as repo
+from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from shared.policy.actions import Action
+from shared.policy.authorizer import Resource
+
+router = APIRouter(prefix="/api/v1/executions", tags=["executions"])
+Context = Annotated[RequestContext, Depends(authenticated)]
+ExecutionId = Annotated[UUID, Path(description="The execution's id.")]
+
+MAX_WAIT_S = 30.0
+# The long poll re-reads at this interval (a short tenant transaction each time) rather than holding a LISTEN
+# connection per waiting client: no pooled connection or transaction is held while waiting, and nothing is
+# missed if a notification is lost. The events' NOTIFY (migration 0012) is there for a shared listener later.
+POLL_INTERVAL_S = 0.2
+MAX_EVENTS = 500
+
+_EXAMPLE_ID = "5d7e1f0a-3b2c-4d5e-8f90-1a2b3c4d5e6f"
+_INTENT_ID = "0b6f3c1e-5d2a-4c1f-9e7b-2a8d4f6c9e10"
+_PRINCIPAL = "72f988bf-86f1-41af-91ab-2d7cd011db47/1b2c3d4e-0000-4000-8000-000000000001"
+_SUMMARY_EXAMPLE: dict[str, Any] = {
+    "id": _EXAMPLE_ID, "intent_id": _INTENT_ID, "intent_version": 2, "target": "production", "status": "running",
+    "requested_by": _PRINCIPAL, "created_at": "2025-01-05T09:30:00Z", "updated_at": "2025-01-05T09:30:01Z",
+    "finished_at": None}
+_EXECUTION_EXAMPLE: dict[str, Any] = {
+    **_SUMMARY_EXAMPLE, "input": {"version": "1.2.3"}, "output": None, "error": None, "plan_hash": "3b1f" + "0" * 60,
+    "last_event_seq": 3, "links": {"self": f"/api/v1/executions/{_EXAMPLE_ID}",
+                                   "events": f"/api/v1/executions/{_EXAMPLE_ID}/events?after=0"}}
+_EVENTS_EXAMPLE: dict[str, Any] = {
+    "execution_id": _EXAMPLE_ID, "status": "running", "next_after": 3, "items": [
+        {"seq": 2, "type": "step.started", "step_id": "build", "data": {"attempt": 1},
+         "occurred_at": "2025-01-05T09:30:01Z"},
+        {"seq": 3, "type": "step.succeeded", "step_id": "build", "data": {"attempt": 1},
+         "occurred_at": "2025-01-05T09:31:12Z"}]}
+_NOT_FOUND = problem_doc(404, "not-found", "Not found", f"No execution {_EXAMPLE_ID}.",
+                         "No such execution in the caller's tenant (another tenant's is not found either)")
+
+
+class ExecutionSummary(BaseModel):
+    """An execution in a listing (GET it for input, output and error)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_SUMMARY_EXAMPLE]})
+
+    id: UUID
+    intent_id: UUID
+    intent_version: int = Field(description="The intent version the execution is pinned to.")
+    target: str
+    status: repo.Status
+    requested_by: str
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+class ExecutionLinks(BaseModel):
+    """Where to read the execution and follow its events."""
+
+    self: str
+    events: str
+
+
+class ExecutionOut(ExecutionSummary):
+    """One execution."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_EXECUTION_EXAMPLE]})
+
+    input: dict[str, Any]
+    output: Any = Field(description="The execution's output once it succeeded; else null.")
+    error: str | None = Field(description="Why it failed; else null.")
+    plan_hash: str | None
+    last_event_seq: int = Field(description="The seq of the newest event (0: none yet).")
+    links: ExecutionLinks
+
+
+class ExecutionPage(BaseModel):
+    """One page of executions, newest first."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [_SUMMARY_EXAMPLE], "next_cursor": None}]})
+
+    items: list[ExecutionSummary]
+    next_cursor: str | None
+
+
+class ExecutionEventOut(BaseModel):
+    """One event, numbered from 1 per execution."""
+
+    seq: int
+    type: str = Field(description="execution.started, step.started, step.succeeded, step.failed, step.retrying, "
+                                  "execution.succeeded, execution.failed, ...")
+    step_id: str | None
+    data: dict[str, Any]
+    occurred_at: datetime
+
+
+class ExecutionEventPage(BaseModel):
+    """Events after a number; resume with `after=next_after`."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_EVENTS_EXAMPLE]})
+
+    execution_id: UUID
+    status: repo.Status = Field(description="The execution's status when the page was read.")
+    items: list[ExecutionEventOut]
+    next_after: int = Field(description="Pass as `after` for the next call (unchanged when no event came).")
+
+
+def _summary(execution: repo.Execution) -> ExecutionSummary:
+    return ExecutionSummary(
+        id=execution.id, intent_id=execution.intent_id, intent_version=execution.intent_version,
+        target=execution.target, status=execution.status, requested_by=execution.requested_by,
+        created_at=execution.created_at, updated_at=execution.updated_at, finished_at=execution.finished_at)
+
+
+def _out(execution: repo.Execution) -> ExecutionOut:
+    path = f"/api/v1/executions/{execution.id}"
+    return ExecutionOut(
+        **_summary(execution).model_dump(), input=execution.input, output=execution.output, error=execution.error,
+        plan_hash=execution.plan_hash, last_event_seq=execution.last_event_seq,
+        links=ExecutionLinks(self=path, events=f"{path}/events?after=0"))
+
+
+def _resource(execution: repo.Execution, tenant_id: UUID) -> Resource:
+    return Resource("Execution", str(execution.id), tenant_id,
+                    {"target": execution.target, "requested_by": execution.requested_by})
+
+
+def _load(context: RequestContext, execution_id: UUID) -> repo.Execution:
+    """The execution, 404 when the tenant has none by that id, then the read decision (403 when refused)."""
+    with tenant_transaction(context.tenant.id) as conn:
+        try:
+            execution = repo.get_execution(conn, execution_id)
+        except repo.ExecutionNotFoundError as exc:
+            raise ProblemError(404, "not-found", "Not found", str(exc)) from None
+    authorize(context, Action.EXECUTION_READ, _resource(execution, context.tenant.id))
+    return execution
+
+
+def _read_events(tenant_id: UUID, execution_id: UUID, after: int,
+                 limit: int) -> tuple[repo.Execution, list[repo.ExecutionEvent]]:
+    with tenant_transaction(tenant_id) as conn:
+        try:
+            execution = repo.get_execution(conn, execution_id)
+        except repo.ExecutionNotFoundError as exc:  # erased while a client was waiting
+            raise ProblemError(404, "not-found", "Not found", str(exc)) from None
+        return execution, repo.events_after(conn, execution_id, after, limit)
+
+
+@router.get("", response_model=ExecutionPage, summary="List executions",
+            responses={**AUTH_ERRORS, 400: BAD_CURSOR, 422: INVALID})
+def list_all(
+    context: Context,
+    status: Annotated[repo.Status | None, Query(description="Only executions in this status.")] = None,
+    intent_id: Annotated[UUID | None, Query(description="Only executions of this intent.")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    cursor: str | None = None,
+) -> ExecutionPage:
+    """The tenant's executions, newest first, filtered by status and intent; cursor-paginated (Reader)."""
+    authorize(context, Action.EXECUTION_LIST, Resource.tenant(context.tenant.id))
+    with tenant_transaction(context.tenant.id) as conn:
+        rows, next_cursor = repo.list_executions(conn, status=status, intent_id=intent_id, cursor=cursor, limit=limit)
+    return ExecutionPage(items=[_summary(row) for row in rows], next_cursor=next_cursor)
+
+
+@router.get("/{execution_id}", response_model=ExecutionOut, summary="Get an execution",
+            responses={**AUTH_ERRORS, 404: _NOT_FOUND, 422: INVALID})
+def get_one(execution_id: ExecutionId, context: Context) -> ExecutionOut:
+    """Status, pinned version, input, output and error of one execution (Reader)."""
+    return _out(_load(context, execution_id))
+
+
+@router.get("/{execution_id}/events", response_model=ExecutionEventPage, summary="Follow an execution's events",
+            responses={**AUTH_ERRORS, 404: _NOT_FOUND, 422: INVALID})
+async def events(
+    execution_id: ExecutionId,
+    context: Context,
+    after: Annotated[int, Query(ge=0, description="Return events with a seq above this (0: from the start).")] = 0,
+    wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="Seconds to wait for an event when none is "
+                                                                  "there yet (long poll); 0 answers at once.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_EVENTS)] = 100,
+) -> ExecutionEventPage:
+    """Events with seq > `after`, oldest first. With `wait`, an empty answer is held until an event arrives, the
+    execution has finished, or `wait` seconds pass; then what arrived (possibly nothing) with `next_after` (Reader).
+    """
+    # Async so a waiting client holds no worker thread; every database step runs on one, briefly.
+    await run_in_threadpool(_load, context, execution_id)
+    deadline = time.monotonic() + wait
+    while True:
+        execution, items = await run_in_threadpool(_read_events, context.tenant.id, execution_id, after, limit)
+        if items or execution.terminal or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(min(POLL_INTERVAL_S, max(0.0, deadline - time.monotonic())))
+    return ExecutionEventPage(
+        execution_id=execution.id, status=execution.status, next_after=items[-1].seq if items else after,
+        items=[ExecutionEventOut(seq=e.seq, type=e.type, step_id=e.step_id, data=e.data, occurred_at=e.occurred_at)
+               for e in items])

@@ -1,0 +1,218 @@
+# intent_ref: platform.execution
+"""Executions and their numbered events: repository and state machine, inside the caller's tenant transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, Literal, get_args
+from uuid import UUID
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import DictRow
+from psycopg.types.json import Jsonb
+
+from shared.pagination import InvalidCursorError, decode_cursor, encode_cursor
+
+Conn = psycopg.Connection[DictRow]
+Status = Literal["pending", "running", "waiting", "succeeded", "failed", "compensating", "cancelled"]
+STATUSES: tuple[Status, ...] = get_args(Status)
+TERMINAL: frozenset[Status] = frozenset({"succeeded", "failed", "cancelled"})
+
+# Every legal move and the event it writes. Terminal statuses have none: a retry or re-run is a new attempt the
+# orchestrator records, never a resurrected execution. Cancelling a running execution with completed steps goes
+# through compensating first; failing does the same.
+TRANSITIONS: dict[tuple[Status, Status], str] = {
+    ("pending", "running"): "execution.started",
+    ("pending", "failed"): "execution.failed",
+    ("pending", "cancelled"): "execution.cancelled",
+    ("running", "waiting"): "execution.waiting",
+    ("running", "succeeded"): "execution.succeeded",
+    ("running", "failed"): "execution.failed",
+    ("running", "compensating"): "execution.compensating",
+    ("running", "cancelled"): "execution.cancelled",
+    ("waiting", "running"): "execution.resumed",
+    ("waiting", "failed"): "execution.failed",
+    ("waiting", "compensating"): "execution.compensating",
+    ("waiting", "cancelled"): "execution.cancelled",
+    ("compensating", "failed"): "execution.failed",
+    ("compensating", "cancelled"): "execution.cancelled",
+}
+
+_COLUMNS = sql.SQL(
+    "id, intent_id, intent_version, target, status, input, output, error, requested_by, idempotency_key,"
+    " plan_hash, last_event_seq, created_at, updated_at, finished_at")
+_INSERT = sql.SQL(
+    "INSERT INTO app.executions (tenant_id, id, intent_id, intent_version, target, input, requested_by,"
+    " idempotency_key, plan_hash) VALUES (app.current_tenant_id(), %s, %s, %s, %s, %s, %s, %s, %s)"
+    " ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING {}").format(_COLUMNS)
+_BY_KEY = sql.SQL("SELECT {} FROM app.executions WHERE idempotency_key = %s").format(_COLUMNS)
+_GET = sql.SQL("SELECT {} FROM app.executions WHERE id = %s").format(_COLUMNS)
+_LOCK = sql.SQL("SELECT {} FROM app.executions WHERE id = %s FOR UPDATE").format(_COLUMNS)
+# Conditional on the status read under the lock, so even a caller that skipped the lock cannot move twice.
+_MOVE = sql.SQL(
+    "UPDATE app.executions SET status = %s, output = COALESCE(%s, output), error = COALESCE(%s, error),"
+    " updated_at = clock_timestamp(), finished_at = CASE WHEN %s THEN clock_timestamp() END"
+    " WHERE id = %s AND status = %s RETURNING {}").format(_COLUMNS)
+_PAGE = sql.SQL("SELECT {} FROM app.executions WHERE {} ORDER BY created_at DESC, id DESC LIMIT %s")
+# One statement: the counter's row lock serializes concurrent appenders of one execution, so seq is 1, 2, 3...
+# with no gap and no duplicate, and a rolled-back append gives its number back.
+_APPEND = ("WITH next AS (UPDATE app.executions SET last_event_seq = last_event_seq + 1 WHERE id = %s"
+           " RETURNING tenant_id, id, last_event_seq)"
+           " INSERT INTO app.execution_events (tenant_id, execution_id, seq, type, step_id, data)"
+           " SELECT tenant_id, id, last_event_seq, %s, %s, %s FROM next RETURNING seq")
+_EVENTS = ("SELECT seq, type, step_id, data, occurred_at FROM app.execution_events"
+           " WHERE execution_id = %s AND seq > %s ORDER BY seq LIMIT %s")
+
+
+class ExecutionError(Exception):
+    """Base of the execution repository's refusals."""
+
+
+class ExecutionNotFoundError(ExecutionError):
+    """No such execution in the current tenant (another tenant's is not found either)."""
+
+
+class IllegalTransitionError(ExecutionError):
+    """The state machine does not allow this move from the execution's current status."""
+
+    def __init__(self, execution_id: UUID, current: Status, requested: Status) -> None:
+        super().__init__(f"execution {execution_id} cannot go from {current} to {requested}")
+        self.current = current
+        self.requested = requested
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One execution row."""
+
+    id: UUID
+    intent_id: UUID
+    intent_version: int
+    target: str
+    status: Status
+    input: dict[str, Any]
+    output: Any
+    error: str | None
+    requested_by: str
+    idempotency_key: str | None
+    plan_hash: str | None
+    last_event_seq: int
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+    @property
+    def terminal(self) -> bool:
+        """No transition leaves this status; no event will follow."""
+        return self.status in TERMINAL
+
+
+@dataclass(frozen=True)
+class ExecutionEvent:
+    """One event of an execution, numbered from 1 per execution."""
+
+    seq: int
+    type: str
+    step_id: str | None
+    data: dict[str, Any]
+    occurred_at: datetime
+
+
+def _execution(row: DictRow) -> Execution:
+    return Execution(**row)
+
+
+def _one(conn: Conn, query: sql.Composed, params: tuple[Any, ...]) -> Execution | None:
+    row = conn.execute(query, params).fetchone()
+    return None if row is None else _execution(row)
+
+
+def create_execution(conn: Conn, *, execution_id: UUID, intent_id: UUID, intent_version: int, target: str,
+                     input: dict[str, Any], requested_by: str, idempotency_key: str | None = None,
+                     plan_hash: str | None = None) -> tuple[Execution, bool]:
+    """Insert a pending execution; returns it and whether it is new.
+
+    With an idempotency key already used in the tenant, the existing execution is returned (False) and nothing
+    is inserted; a concurrent duplicate waits for the first insert to commit and then finds it.
+    """
+    created = _one(conn, _INSERT, (execution_id, intent_id, intent_version, target, Jsonb(input), requested_by,
+                                   idempotency_key, plan_hash))
+    if created is not None:
+        return created, True
+    existing = _one(conn, _BY_KEY, (idempotency_key,))
+    assert existing is not None  # noqa: S101  # the conflict can only be on the key, whose row now exists
+    return existing, False
+
+
+def get_execution(conn: Conn, execution_id: UUID) -> Execution:
+    """The execution, or ExecutionNotFoundError."""
+    found = _one(conn, _GET, (execution_id,))
+    if found is None:
+        raise ExecutionNotFoundError(f"No execution {execution_id}.")
+    return found
+
+
+def append_event(conn: Conn, execution_id: UUID, type: str, step_id: str | None = None,
+                 data: dict[str, Any] | None = None) -> int:
+    """Append an event and return its seq (gap-free per execution, also under concurrent appenders)."""
+    row = conn.execute(_APPEND, (execution_id, type, step_id, Jsonb(data or {}))).fetchone()
+    if row is None:
+        raise ExecutionNotFoundError(f"No execution {execution_id}.")
+    return int(row["seq"])
+
+
+def transition(conn: Conn, execution_id: UUID, new_status: Status, *, output: Any = None,
+               error: str | None = None) -> tuple[Execution, int]:
+    """Move the execution to `new_status` and write the matching event in the same transaction.
+
+    Returns the updated execution and the event's seq; IllegalTransitionError when TRANSITIONS has no such move.
+    `output` and `error` are kept when not given (None), so a later move never erases them.
+    """
+    current = _one(conn, _LOCK, (execution_id,))
+    if current is None:
+        raise ExecutionNotFoundError(f"No execution {execution_id}.")
+    event_type = TRANSITIONS.get((current.status, new_status))
+    if event_type is None:
+        raise IllegalTransitionError(execution_id, current.status, new_status)
+    moved = _one(conn, _MOVE, (new_status, None if output is None else Jsonb(output), error,
+                               new_status in TERMINAL, execution_id, current.status))
+    assert moved is not None  # noqa: S101  # the row is locked and its status was just read
+    data: dict[str, Any] = {"from": current.status, "to": new_status}
+    if error is not None:
+        data["error"] = error
+    seq = append_event(conn, execution_id, event_type, data=data)
+    return replace(moved, last_event_seq=seq), seq
+
+
+def list_executions(conn: Conn, *, status: Status | None = None, intent_id: UUID | None = None,
+                    cursor: str | None = None, limit: int = 50) -> tuple[list[Execution], str | None]:
+    """One page of the tenant's executions, newest first, and the next page's cursor (None on the last)."""
+    position = decode_cursor(cursor)
+    clauses: list[sql.Composable] = [sql.SQL("TRUE")]
+    params: list[Any] = []
+    if status is not None:
+        clauses.append(sql.SQL("status = %s"))
+        params.append(status)
+    if intent_id is not None:
+        clauses.append(sql.SQL("intent_id = %s"))
+        params.append(intent_id)
+    if position is not None:
+        try:
+            after = (datetime.fromisoformat(position["t"]), UUID(position["id"]))
+        except (KeyError, TypeError, ValueError):
+            raise InvalidCursorError("the cursor is not one this API issued") from None
+        clauses.append(sql.SQL("(created_at, id) < (%s, %s)"))
+        params.extend(after)
+    query = _PAGE.format(_COLUMNS, sql.SQL(" AND ").join(clauses))
+    rows = conn.execute(query, (*params, limit + 1)).fetchall()
+    page = [_execution(row) for row in rows[:limit]]
+    more = len(rows) > limit
+    return page, encode_cursor({"t": page[-1].created_at.isoformat(), "id": str(page[-1].id)}) if more else None
+
+
+def events_after(conn: Conn, execution_id: UUID, after: int, limit: int = 100) -> list[ExecutionEvent]:
+    """Events with seq > `after`, oldest first (the execution must be checked to exist by the caller)."""
+    rows = conn.execute(_EVENTS, (execution_id, after, limit)).fetchall()
+    return [ExecutionEvent(**row) for row in rows]
