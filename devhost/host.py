@@ -82,6 +82,7 @@ class DevHost:
         task_hub = os.environ.get("QP_TASK_HUB", "QuantumLocal")
         self.ctx = HostContext(index, self.invoker, owner_url, options.data_dir.resolve(), self.base_url, task_hub)
         self.components = build_components(self.ctx)
+        self.invoker.durable_binding = lambda: self.durable_binding(self.base_url)
         self.runner: web.AppRunner | None = None
 
     def durable_binding(self, origin: str) -> str:

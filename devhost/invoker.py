@@ -11,6 +11,7 @@ import logging
 import threading
 import typing
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -146,6 +147,8 @@ class Invoker:
     def __init__(self, function_directory: str, max_threads: int = 16) -> None:
         self._directory = function_directory
         self._pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="devhost-fn")
+        self.durable_binding: Callable[[], str] | None = None
+        """The durableClient binding JSON for functions whose caller does not supply one (any trigger type)."""
 
     def shutdown(self) -> None:
         """Stop the thread pool (running calls finish)."""
@@ -180,6 +183,9 @@ class Invoker:
                 kwargs[binding.name] = out
                 continue
             binding_type = str(binding.type)
+            if binding_type == "durableClient" and binding.name not in inputs and self.durable_binding is not None:
+                # The real host fills this input binding for every trigger, not only HTTP.
+                inputs = {**inputs, binding.name: meta.Datum(self.durable_binding(), "string")}
             if hints.get(binding.name) in (str, bytes) and not has_implicit_output(binding_type):
                 binding_type = "generic"
             conv = _converter(binding_type)

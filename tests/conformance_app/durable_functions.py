@@ -42,6 +42,14 @@ def _wait_for_gate(gate: str | None, timeout: float = 30.0) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- activities
+@bp.event_hub_message_trigger(arg_name="event", event_hub_name="durable-starts", connection="EventHubConnection")
+@bp.durable_client_input(client_name="client")
+async def durable_start_from_event(event: func.EventHubEvent, client: df.DurableOrchestrationClient) -> None:
+    """Start a sequence orchestration per event: an Event Hub trigger that carries the durable client binding."""
+    body = json.loads(event.get_body())
+    await client.start_new("durable_sequence_orchestrator", body["instance_id"], {"name": body["name"]})
+
+
 @bp.activity_trigger(input_name="name")
 def durable_hello(name: str) -> str:
     """Greet."""
