@@ -3,18 +3,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from typing import Any
 
 import azure.durable_functions as df
 import httpx
 import pytest
-from azure.durable_functions.models.utils import http_utils
 
-from devhost.durable.binding import client_binding_json
 from tests.e2e.conftest import DevhostFactory
+from tests.e2e.durable_support import wait_for_status, with_client
 
 pytestmark = pytest.mark.e2e
 
@@ -26,18 +23,9 @@ def test_event_hub_trigger_starts_an_orchestration(devhost_factory: DevhostFacto
                            json={"events": [{"body": {"instance_id": instance_id, "name": "hub"}}]})
     assert published.status_code == 200, published.text
 
-    async def finished() -> Any:
-        client = df.DurableOrchestrationClient(client_binding_json(host.base_url, "ConformanceHub"))
-        try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                status = await client.get_status(instance_id)
-                if status and status.runtime_status and status.runtime_status.value == "Completed":
-                    return status
-                await asyncio.sleep(0.1)
-            raise AssertionError(f"{instance_id} did not complete:\n{host.log()[-3000:]}")
-        finally:
-            await http_utils._close_session()
+    async def completed(client: df.DurableOrchestrationClient) -> Any:
+        return await wait_for_status(client, instance_id, timeout=30)
 
-    status = asyncio.run(finished())
+    status = with_client(host.base_url, "ConformanceHub", completed)
+    assert status.runtime_status == df.OrchestrationRuntimeStatus.Completed, host.log()[-3000:]
     assert status.output == ["Hello hub", "Hello Hello hub"]

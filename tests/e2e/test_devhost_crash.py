@@ -12,32 +12,21 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import azure.durable_functions as df
 import psycopg
 import pytest
-from azure.durable_functions.models.utils import http_utils
 
-from devhost.durable.binding import client_binding_json
 from tests.e2e.conftest import DevhostFactory
+from tests.e2e.durable_support import with_client
 
 pytestmark = pytest.mark.e2e
 
 TASK_HUB = "ConformanceHub"  # what devhost_factory configures (QP_TASK_HUB)
 T = TypeVar("T")
-
-
-def _with_client(base_url: str, call: Callable[[df.DurableOrchestrationClient], Awaitable[T]]) -> T:
-    async def main() -> T:
-        try:
-            return await call(df.DurableOrchestrationClient(client_binding_json(base_url, TASK_HUB)))
-        finally:
-            await http_utils._close_session()  # module-global session: never reuse it across event loops
-
-    return asyncio.run(main())
 
 
 def _poll(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -77,7 +66,7 @@ def test_orchestration_survives_sigkill_mid_activity_and_mid_timer(
     run = uuid.uuid4().hex[:8]
     steps, log = 8, tmp_path / f"steps-{run}.log"
     host = devhost_factory()
-    instance_id = _with_client(host.base_url, lambda c: c.start_new(
+    instance_id = with_client(host.base_url, TASK_HUB, lambda c: c.start_new(
         "durable_long_chain_orchestrator", None, {"run": run, "steps": steps, "sleep": 0.25, "timer_s": 1.5}))
 
     # Crash 1: while the activity chain runs (an activity is typically mid-sleep).
@@ -110,7 +99,7 @@ def test_orchestration_survives_sigkill_mid_activity_and_mid_timer(
             assert time.monotonic() < deadline, "the orchestration did not finish after the restart"
             await asyncio.sleep(0.05)
 
-    status = _with_client(host.base_url, finished)
+    status = with_client(host.base_url, TASK_HUB, finished)
     assert status.runtime_status == df.OrchestrationRuntimeStatus.Completed, status.output
     assert status.output == {"steps": [step * 10 for step in range(steps)], "squares": [0, 100, 400]}
 

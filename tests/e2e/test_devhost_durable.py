@@ -22,22 +22,18 @@ import azure.durable_functions as df
 import azure.functions as func
 import psycopg
 import pytest
-from aiohttp import web
 from azure.durable_functions.models.DurableOrchestrationStatus import DurableOrchestrationStatus
-from azure.durable_functions.models.utils import http_utils
 from azure.functions import meta
 
-from devhost.component import HostContext
 from devhost.durable import DurableHost
 from devhost.durable.episode import Bookkeeping, Catalog, Episode, InstanceFacts, Message
 from devhost.durable.protocol import EventType, ProtocolError, check_state, event
 from devhost.invoker import Invoker
-from devhost.services import free_port
 from tests.e2e.conformance_index import CONFORMANCE_APP, conformance_index
+from tests.e2e.durable_support import serve_durable_host, wait_for_status
 
 pytestmark = pytest.mark.e2e
 
-TERMINAL = {"Completed", "Failed", "Terminated", "Canceled"}
 Status = DurableOrchestrationStatus
 
 
@@ -56,15 +52,7 @@ class Harness:
     async def wait(self, instance_id: str, until: Callable[[Status], bool] | None = None,
                    timeout: float = 20.0) -> Status:
         """Poll get_status until `until` holds (default: a terminal status); fail at the deadline."""
-        until = until or (lambda s: s.runtime_status is not None and s.runtime_status.value in TERMINAL)
-        deadline = time.monotonic() + timeout
-        while True:
-            status = await self.client.get_status(instance_id)
-            if status and until(status):
-                return status
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{instance_id} did not get there in time: {status.to_json() if status else None}")
-            await asyncio.sleep(0.03)
+        return await wait_for_status(self.client, instance_id, until, timeout)
 
     async def run(self, name: str, value: Any = None, instance_id: str | None = None) -> Status:
         """Start an orchestration and wait for its end."""
@@ -98,27 +86,10 @@ def durable(pg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cal
 
     def run(scenario: Scenario) -> None:
         async def main() -> None:
-            port = free_port()
-            base_url = f"http://127.0.0.1:{port}"
             hub = f"t{uuid.uuid4().hex[:12]}"
-            invoker = Invoker(str(CONFORMANCE_APP))
-            host = DurableHost(HostContext(conformance_index(), invoker, pg.owner_url, tmp_path, base_url, hub))
-            app = web.Application()
-            host.add_routes(app)
-            await host.start()
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", port).start()
-            try:
-                async with aiohttp.ClientSession() as http:
-                    client = df.DurableOrchestrationClient(host.client_binding_json())
-                    await scenario(Harness(host, client, base_url, hub, pg.owner_url, tmp_path, http))
-            finally:
-                # The SDK's aiohttp session is module-global: it must not outlive this event loop.
-                await http_utils._close_session()
-                await runner.cleanup()
-                await host.stop()
-                invoker.shutdown()
+            served_host = serve_durable_host(conformance_index(), CONFORMANCE_APP, pg.owner_url, tmp_path, hub)
+            async with served_host as served, aiohttp.ClientSession() as http:
+                await scenario(Harness(served.host, served.client, served.base_url, hub, pg.owner_url, tmp_path, http))
 
         asyncio.run(main())
 

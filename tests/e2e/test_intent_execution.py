@@ -19,22 +19,16 @@ from typing import Any
 
 import azure.durable_functions as df
 import pytest
-from aiohttp import web
 from azure.durable_functions.models.DurableOrchestrationStatus import DurableOrchestrationStatus
-from azure.durable_functions.models.utils import http_utils
 
 from devhost.child import PROJECT_ROOT
-from devhost.component import HostContext
-from devhost.durable import DurableHost
-from devhost.invoker import Invoker
 from devhost.loader import FunctionIndex, load_function_app
-from devhost.services import free_port
+from tests.e2e.durable_support import serve_durable_host, wait_for_status
 
 pytestmark = pytest.mark.e2e
 
 EXECUTION_APP = PROJECT_ROOT / "tests" / "execution_app"
 ORCHESTRATOR = "intent_execution_orchestrator"
-TERMINAL = {"Completed", "Failed", "Terminated", "Canceled"}
 
 
 @lru_cache(maxsize=1)
@@ -59,15 +53,7 @@ class Harness:
     async def wait(self, instance_id: str, until: Callable[[DurableOrchestrationStatus], bool] | None = None,
                    timeout: float = 15.0) -> DurableOrchestrationStatus:
         """Poll get_status until `until` holds (default: a terminal status); fail at the deadline."""
-        until = until or (lambda s: s.runtime_status is not None and s.runtime_status.value in TERMINAL)
-        deadline = time.monotonic() + timeout
-        while True:
-            status = await self.client.get_status(instance_id)
-            if status and until(status):
-                return status
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{instance_id} did not get there in time: {status.to_json() if status else None}")
-            await asyncio.sleep(0.03)
+        return await wait_for_status(self.client, instance_id, until, timeout)
 
     async def wait_for_steps(self, instance_id: str, **states: str) -> dict[str, Any]:
         """Wait until the custom status shows each named step in the given state; return that status."""
@@ -109,27 +95,10 @@ def execution(pg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[C
 
     def run(scenario: Scenario) -> None:
         async def main() -> None:
-            port = free_port()
-            base_url = f"http://127.0.0.1:{port}"
-            invoker = Invoker(str(EXECUTION_APP))
             hub = f"x{uuid.uuid4().hex[:12]}"
-            host = DurableHost(HostContext(execution_index(), invoker, pg.owner_url, tmp_path, base_url, hub),
-                               poll_interval=0.05)
-            app = web.Application()
-            host.add_routes(app)
-            await host.start()
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", port).start()
-            try:
-                client = df.DurableOrchestrationClient(host.client_binding_json())
-                await scenario(Harness(client, tmp_path))
-            finally:
-                # The SDK's aiohttp session is module-global: it must not outlive this event loop.
-                await http_utils._close_session()
-                await runner.cleanup()
-                await host.stop()
-                invoker.shutdown()
+            async with serve_durable_host(execution_index(), EXECUTION_APP, pg.owner_url, tmp_path, hub,
+                                          poll_interval=0.05) as served:
+                await scenario(Harness(served.client, tmp_path))
 
         asyncio.run(main())
 
