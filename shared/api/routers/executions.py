@@ -29,7 +29,7 @@ ExecutionId = Annotated[UUID, Path(description="The execution's id.")]
 MAX_WAIT_S = 30.0
 # The long poll re-reads at this interval (a short tenant transaction each time) rather than holding a LISTEN
 # connection per waiting client: no pooled connection or transaction is held while waiting, and nothing is
-# missed if a notification is lost. The events' NOTIFY (migration 0012) is there for a shared listener later.
+# missed if a notification is lost. The events' NOTIFY (migration 0011) is there for a shared listener later.
 POLL_INTERVAL_S = 0.2
 MAX_EVENTS = 500
 

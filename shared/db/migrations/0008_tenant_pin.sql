@@ -25,7 +25,10 @@ BEGIN
     IF tenant IS NULL THEN
         RAISE EXCEPTION 'tenant must not be null' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    CREATE TEMPORARY TABLE IF NOT EXISTS tenant_pin (tenant_id uuid NOT NULL) ON COMMIT DELETE ROWS;
+    -- Created once per session (IF NOT EXISTS would send a notice on every call).
+    IF pg_catalog.to_regclass('pg_temp.tenant_pin') IS NULL THEN
+        CREATE TEMPORARY TABLE tenant_pin (tenant_id uuid NOT NULL) ON COMMIT DELETE ROWS;
+    END IF;
     -- Whoever created pg_temp.tenant_pin owns it; only a table created here (by qp_owner) is trusted.
     IF (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = 'pg_temp.tenant_pin'::regclass)
        IS DISTINCT FROM (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
