@@ -132,29 +132,6 @@ class BlueprintRef(BaseModel):
     version: int
 
 
-class RegistryItem(BaseModel):
-    """An intent or blueprint with its current version."""
-
-    model_config = ConfigDict(json_schema_extra={"examples": [_ITEM_EXAMPLE]})
-
-    id: UUID
-    name: str
-    description: str
-    labels: dict[str, str]
-    status: Status
-    version: int = Field(description="The current version; the ETag identifies it.")
-    definition: dict[str, Any] = Field(description="The normalized definition (step ids and dependencies filled in).")
-    blueprint_ref: BlueprintRef | None = Field(description="A declaration's pinned blueprint version; else null.")
-    origin: dict[str, Any] = Field(description='How the current version came to be: {"kind": "create"|"update"|'
-                                               '"rollback", "from_version": n}.')
-    created_by: str
-    created_at: datetime
-    updated_at: datetime
-    archived_at: datetime | None
-    version_created_by: str
-    version_created_at: datetime
-
-
 class RegistryItemSummary(BaseModel):
     """An item in a listing (GET the item for its definition)."""
 
@@ -169,6 +146,21 @@ class RegistryItemSummary(BaseModel):
     created_at: datetime
     updated_at: datetime
     archived_at: datetime | None
+
+
+class RegistryItem(RegistryItemSummary):
+    """An intent or blueprint with its current version."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_ITEM_EXAMPLE]})
+
+    version: int = Field(description="The current version; the ETag identifies it.")
+    definition: dict[str, Any] = Field(description="The normalized definition (step ids and dependencies filled in).")
+    blueprint_ref: BlueprintRef | None = Field(description="A declaration's pinned blueprint version; else null.")
+    origin: dict[str, Any] = Field(description='How the current version came to be: {"kind": "create"|"update"|'
+                                               '"rollback", "from_version": n}.')
+    created_by: str
+    version_created_by: str
+    version_created_at: datetime
 
 
 class RegistryItemPage(BaseModel):
