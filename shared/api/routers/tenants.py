@@ -48,6 +48,16 @@ def _not_found(tenant_id: UUID) -> ProblemError:
     return ProblemError(404, "not-found", "Not found", f"No tenant {tenant_id}.")
 
 
+def _authorized_tenant(context: RequestContext, action: Action, tenant_id: UUID) -> Tenant:
+    """Decide `action` on the control plane for this tenant, then load it (404 when it does not exist)."""
+    authorize(context, action, _PLATFORM, detail={"tenant_id": str(tenant_id)})
+    with platform_transaction() as conn:
+        tenant = get_tenant(conn, tenant_id)
+    if tenant is None:
+        raise _not_found(tenant_id)
+    return tenant
+
+
 @router.post("", status_code=201, response_model=Tenant, summary="Provision a tenant",
              responses={**AUTH_ERRORS, 409: CONFLICT, 422: INVALID})
 def create(spec: TenantCreate, response: Response, context: Context) -> Tenant:
@@ -82,11 +92,7 @@ def list_all(context: Context, limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LI
             responses={**AUTH_ERRORS, 404: NOT_FOUND, 422: INVALID})
 def read(tenant_id: UUID, response: Response, context: Context) -> Tenant:
     """One tenant with its ETag (Platform.Admin)."""
-    authorize(context, Action.TENANT_READ, _PLATFORM, detail={"tenant_id": str(tenant_id)})
-    with platform_transaction() as conn:
-        tenant = get_tenant(conn, tenant_id)
-    if tenant is None:
-        raise _not_found(tenant_id)
+    tenant = _authorized_tenant(context, Action.TENANT_READ, tenant_id)
     response.headers["ETag"] = etag(tenant)
     return tenant
 
@@ -144,11 +150,7 @@ class TenantErased(BaseModel):
              summary="Export a tenant's data to blob storage", responses={**AUTH_ERRORS, 404: NOT_FOUND})
 def export(tenant_id: UUID, context: Context) -> TenantExport:
     """Write a JSON archive of the tenant's intents, versions, policies and audit (Platform.Admin)."""
-    authorize(context, Action.TENANT_EXPORT, _PLATFORM, detail={"tenant_id": str(tenant_id)})
-    with platform_transaction() as conn:
-        tenant = get_tenant(conn, tenant_id)
-    if tenant is None:
-        raise _not_found(tenant_id)
+    tenant = _authorized_tenant(context, Action.TENANT_EXPORT, tenant_id)
     container = artifacts_container(get_settings())
     result = export_tenant(tenant, container)
     record_mutation(context, Action.TENANT_EXPORT, Resource("Tenant", str(tenant_id), None, {}),
@@ -161,11 +163,7 @@ def export(tenant_id: UUID, context: Context) -> TenantExport:
                         409: {**CONFLICT, "description": "The tenant is still active, or the name does not match"}})
 def erase(tenant_id: UUID, body: TenantErasure, context: Context) -> TenantErased:
     """Remove every row, blob and record of a suspended tenant; only the erasure's own audit record remains."""
-    authorize(context, Action.TENANT_ERASE, _PLATFORM, detail={"tenant_id": str(tenant_id)})
-    with platform_transaction() as conn:
-        tenant = get_tenant(conn, tenant_id)
-    if tenant is None:
-        raise _not_found(tenant_id)
+    tenant = _authorized_tenant(context, Action.TENANT_ERASE, tenant_id)
     if tenant.status != "suspended" or body.confirm_name != tenant.name:
         raise ProblemError(409, "erasure-refused", "Conflict",
                            "Suspend the tenant first and confirm with its exact name.")
