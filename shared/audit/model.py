@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import uuid
@@ -147,22 +145,19 @@ class AuditStore(Protocol):
 
 
 def encode_cursor(kind: str, q: AuditQuery, position: Mapping[str, str]) -> str:
-    """An opaque base64url cursor carrying a backend position, bound to the query that produced it."""
-    payload = {"v": 1, "k": kind, "f": q.fingerprint(), "p": dict(position)}
-    raw = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    """An opaque cursor carrying a backend position, bound to the query that produced it."""
+    return pagination.encode_cursor({"v": 1, "k": kind, "f": q.fingerprint(), "p": dict(position)})
 
 
 def decode_cursor(kind: str, q: AuditQuery) -> dict[str, str] | None:
     """The position in `q.cursor` (None without a cursor); InvalidCursorError when it is not ours."""
-    if q.cursor is None:
-        return None
     try:
-        padded = q.cursor + "=" * (-len(q.cursor) % 4)
-        payload = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-    except (ValueError, UnicodeError, binascii.Error):
+        payload = pagination.decode_cursor(q.cursor)
+    except pagination.InvalidCursorError:
         raise InvalidCursorError("malformed cursor") from None
-    if not isinstance(payload, dict) or payload.get("v") != 1 or payload.get("k") != kind:
+    if payload is None:
+        return None
+    if payload.get("v") != 1 or payload.get("k") != kind:
         raise InvalidCursorError("malformed cursor")
     if payload.get("f") != q.fingerprint():
         raise InvalidCursorError("cursor belongs to a different query")
