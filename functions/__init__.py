@@ -2,5 +2,6 @@
 """Trigger glue: parse, authenticate, call shared/, shape the response. No logic lives here."""
 
 from functions.http_api import bp as http_api_bp
+from functions.module_worker import bp as module_worker_bp
 
-blueprints = (http_api_bp,)
+blueprints = (http_api_bp, module_worker_bp)

@@ -1,4 +1,7 @@
 # intent_ref: platform.skeleton
 """Durable orchestrators and activities; orchestrator code is deterministic and does no I/O."""
 
-blueprints: tuple[object, ...] = ()
+from orchestrations.execution_activities import bp as execution_activities_bp
+from orchestrations.intent_execution import bp as intent_execution_bp
+
+blueprints = (intent_execution_bp, execution_activities_bp)

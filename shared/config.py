@@ -56,6 +56,13 @@ class Settings(BaseSettings):
     QP_REGISTRY_MAX_DEFINITION_BYTES: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
     QP_REGISTRY_MAX_STEPS: int = Field(default=200, ge=1, le=10_000)
     QP_REGISTRY_MAX_DEPTH: int = Field(default=32, ge=4, le=256)
+    QP_PAYLOAD_INLINE_MAX_BYTES: int = Field(
+        default=64 * 1024, ge=1024, le=1024 * 1024,
+        description="A step output larger than this (as JSON) is stored as a blob and referenced.")
+    QP_TASK_TOKEN_TTL_S: int = Field(
+        default=24 * 3600, ge=60, le=30 * 24 * 3600, description="How long a remote step's task token is valid.")
+    QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS: int = Field(
+        default=100, ge=1, le=100_000, description="A tenant's concurrent executions when its quota sets none.")
     QP_ENVIRONMENT: Literal["local", "dev", "prod"] = "local"
     APPLICATIONINSIGHTS_CONNECTION_STRING: str | None = None
 

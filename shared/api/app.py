@@ -8,7 +8,19 @@ from fastapi import FastAPI
 from shared.api import health
 from shared.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from shared.api.problems import install_problem_handlers
-from shared.api.routers import audit, executions, me, modules, policies, registry, tenant_settings, tenants
+from shared.api.routers import (
+    audit,
+    execute,
+    execution_control,
+    executions,
+    me,
+    modules,
+    policies,
+    registry,
+    task_completion,
+    tenant_settings,
+    tenants,
+)
 from shared.config import get_settings
 
 API_TITLE = "Quantum Platform API"
@@ -24,7 +36,7 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     for router in (me.router, tenants.router, tenant_settings.router, policies.router, audit.router,
                    modules.router, registry.definition_router("intent"), registry.definition_router("blueprint"),
-                   executions.router):
+                   execute.router, executions.router, execution_control.router, task_completion.router):
         app.include_router(router)
     # Order: the request id wraps everything, so even a 413 carries one.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.QP_MAX_BODY_BYTES)

@@ -24,28 +24,31 @@ TERMINAL: frozenset[Status] = frozenset({"succeeded", "failed", "cancelled"})
 # orchestrator records, never a resurrected execution. Cancelling a running execution with completed steps goes
 # through compensating first; failing does the same.
 TRANSITIONS: dict[tuple[Status, Status], str] = {
-    ("pending", "running"): "execution.started",
-    ("pending", "failed"): "execution.failed",
-    ("pending", "cancelled"): "execution.cancelled",
-    ("running", "waiting"): "execution.waiting",
-    ("running", "succeeded"): "execution.succeeded",
-    ("running", "failed"): "execution.failed",
-    ("running", "compensating"): "execution.compensating",
-    ("running", "cancelled"): "execution.cancelled",
-    ("waiting", "running"): "execution.resumed",
-    ("waiting", "failed"): "execution.failed",
-    ("waiting", "compensating"): "execution.compensating",
-    ("waiting", "cancelled"): "execution.cancelled",
-    ("compensating", "failed"): "execution.failed",
-    ("compensating", "cancelled"): "execution.cancelled",
+    ("pending", "running"): "execution_started",
+    ("pending", "failed"): "execution_failed",
+    ("pending", "cancelled"): "execution_cancelled",
+    ("running", "waiting"): "execution_waiting",
+    ("running", "succeeded"): "execution_completed",
+    ("running", "failed"): "execution_failed",
+    ("running", "compensating"): "execution_compensating",
+    ("running", "cancelled"): "execution_cancelled",
+    ("waiting", "running"): "execution_resumed",
+    ("waiting", "failed"): "execution_failed",
+    ("waiting", "compensating"): "execution_compensating",
+    ("waiting", "cancelled"): "execution_cancelled",
+    ("compensating", "failed"): "execution_failed",
+    ("compensating", "cancelled"): "execution_cancelled",
 }
 
 _COLUMNS = sql.SQL(
     "id, intent_id, intent_version, target, status, input, output, error, requested_by, idempotency_key,"
-    " plan_hash, last_event_seq, created_at, updated_at, finished_at")
+    " plan_hash, last_event_seq, created_at, updated_at, finished_at, parent_execution_id, parent_step_id, retry_of,"
+    " start_claimed_at, cancel_requested_at, request_sha256")
+# The creating request claims the orchestration's start in the same statement (start_claimed_at).
 _INSERT = sql.SQL(
     "INSERT INTO app.executions (tenant_id, id, intent_id, intent_version, target, input, requested_by,"
-    " idempotency_key, plan_hash) VALUES (app.current_tenant_id(), %s, %s, %s, %s, %s, %s, %s, %s)"
+    " idempotency_key, plan_hash, parent_execution_id, parent_step_id, retry_of, request_sha256, start_claimed_at)"
+    " VALUES (app.current_tenant_id(), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, clock_timestamp())"
     " ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING {}").format(_COLUMNS)
 _BY_KEY = sql.SQL("SELECT {} FROM app.executions WHERE idempotency_key = %s").format(_COLUMNS)
 _GET = sql.SQL("SELECT {} FROM app.executions WHERE id = %s").format(_COLUMNS)
@@ -102,6 +105,12 @@ class Execution:
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    parent_execution_id: UUID | None = None
+    parent_step_id: str | None = None
+    retry_of: UUID | None = None
+    start_claimed_at: datetime | None = None
+    cancel_requested_at: datetime | None = None
+    request_sha256: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -131,19 +140,27 @@ def _one(conn: Conn, query: sql.Composed, params: tuple[Any, ...]) -> Execution 
 
 def create_execution(conn: Conn, *, execution_id: UUID, intent_id: UUID, intent_version: int, target: str,
                      input: dict[str, Any], requested_by: str, idempotency_key: str | None = None,
-                     plan_hash: str | None = None) -> tuple[Execution, bool]:
+                     plan_hash: str | None = None, parent_execution_id: UUID | None = None,
+                     parent_step_id: str | None = None, retry_of: UUID | None = None,
+                     request_sha256: str | None = None) -> tuple[Execution, bool]:
     """Insert a pending execution; returns it and whether it is new.
 
     With an idempotency key already used in the tenant, the existing execution is returned (False) and nothing
     is inserted; a concurrent duplicate waits for the first insert to commit and then finds it.
     """
     created = _one(conn, _INSERT, (execution_id, intent_id, intent_version, target, Jsonb(input), requested_by,
-                                   idempotency_key, plan_hash))
+                                   idempotency_key, plan_hash, parent_execution_id, parent_step_id, retry_of,
+                                   request_sha256))
     if created is not None:
         return created, True
     existing = _one(conn, _BY_KEY, (idempotency_key,))
     assert existing is not None  # noqa: S101  # the conflict can only be on the key, whose row now exists
     return existing, False
+
+
+def find_by_key(conn: Conn, idempotency_key: str) -> Execution | None:
+    """The execution an idempotency key created in the current tenant, if any."""
+    return _one(conn, _BY_KEY, (idempotency_key,))
 
 
 def get_execution(conn: Conn, execution_id: UUID) -> Execution:

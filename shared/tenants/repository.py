@@ -64,6 +64,12 @@ def create_tenant(conn: psycopg.Connection[DictRow], spec: TenantCreate) -> Tena
     return _to_tenant(row)
 
 
+def tenant_settings(conn: psycopg.Connection[DictRow]) -> dict[str, Any]:
+    """The current tenant's own settings document, read in its tenant transaction (RLS: its row only)."""
+    row = conn.execute("SELECT settings FROM app.tenants").fetchone()
+    return dict(row["settings"]) if row else {}
+
+
 def get_tenant(conn: psycopg.Connection[DictRow], tenant_id: UUID) -> Tenant | None:
     """One tenant by its platform id."""
     row = conn.execute(_BY_ID, (tenant_id,)).fetchone()

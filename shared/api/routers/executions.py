@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -18,6 +18,8 @@ from shared.api.responses import AUTH_ERRORS, BAD_CURSOR, INVALID, problem_doc
 from shared.api.security import RequestContext, authenticated, authorize
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
+from shared.engine.steps import Attempt, list_attempts, list_steps
+from shared.engine.views import step_views, wait_reason
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from shared.policy.actions import Action
 from shared.policy.authorizer import Resource
@@ -40,16 +42,25 @@ _SUMMARY_EXAMPLE: dict[str, Any] = {
     "id": _EXAMPLE_ID, "intent_id": _INTENT_ID, "intent_version": 2, "target": "production", "status": "running",
     "requested_by": _PRINCIPAL, "created_at": "2025-01-05T09:30:00Z", "updated_at": "2025-01-05T09:30:01Z",
     "finished_at": None}
+_STEP_EXAMPLE: dict[str, Any] = {
+    "step_id": "build", "action": "build-container", "state": "retrying", "attempt": 1, "max_attempts": 3,
+    "output": None, "error": "registry unavailable", "retry_at": "2025-01-05T09:30:09Z", "reused": False,
+    "child_execution_id": None, "started_at": "2025-01-05T09:30:01Z", "finished_at": None, "attempts": [
+        {"phase": "run", "attempt": 1, "action": "build-container", "remote": True, "state": "failed", "output": None,
+         "error": "registry unavailable", "started_at": "2025-01-05T09:30:01Z",
+         "finished_at": "2025-01-05T09:30:05Z"}]}
 _EXECUTION_EXAMPLE: dict[str, Any] = {
     **_SUMMARY_EXAMPLE, "input": {"version": "1.2.3"}, "output": None, "error": None, "plan_hash": "3b1f" + "0" * 60,
-    "last_event_seq": 3, "links": {"self": f"/api/v1/executions/{_EXAMPLE_ID}",
-                                   "events": f"/api/v1/executions/{_EXAMPLE_ID}/events?after=0"}}
+    "last_event_seq": 3, "parent_execution_id": None, "retry_of": None,
+    "wait_reason": "retrying step build in 8 s (attempt 2 of 3)", "steps": [_STEP_EXAMPLE],
+    "links": {"self": f"/api/v1/executions/{_EXAMPLE_ID}", "events": f"/api/v1/executions/{_EXAMPLE_ID}/events?after=0"}}
 _EVENTS_EXAMPLE: dict[str, Any] = {
     "execution_id": _EXAMPLE_ID, "status": "running", "next_after": 3, "items": [
-        {"seq": 2, "type": "step.started", "step_id": "build", "data": {"attempt": 1},
-         "occurred_at": "2025-01-05T09:30:01Z"},
-        {"seq": 3, "type": "step.succeeded", "step_id": "build", "data": {"attempt": 1},
-         "occurred_at": "2025-01-05T09:31:12Z"}]}
+        {"seq": 2, "type": "step_started", "step": "build", "step_id": "build", "data": {"attempt": 1},
+         "result": None, "error": None, "occurred_at": "2025-01-05T09:30:01Z"},
+        {"seq": 3, "type": "step_completed", "step": "build", "step_id": "build",
+         "data": {"attempt": 1, "output": {"image": "myapp:1.2.3"}}, "result": {"image": "myapp:1.2.3"},
+         "error": None, "occurred_at": "2025-01-05T09:31:12Z"}]}
 _NOT_FOUND = problem_doc(404, "not-found", "Not found", f"No execution {_EXAMPLE_ID}.",
                          "No such execution in the caller's tenant (another tenant's is not found either)")
 
@@ -77,16 +88,53 @@ class ExecutionLinks(BaseModel):
     events: str
 
 
+class AttemptOut(BaseModel):
+    """One attempt of a step's work (phase run) or of its compensation."""
+
+    phase: str
+    attempt: int
+    action: str
+    remote: bool
+    state: str = Field(description="dispatched, succeeded, failed, timed_out or abandoned.")
+    output: Any = Field(description="The output, or a blob reference {\"$blob\": {...}} when it was large.")
+    error: str | None
+    started_at: datetime
+    finished_at: datetime | None
+
+
+class StepOut(BaseModel):
+    """One step: where it stands, its latest output or error, and every attempt."""
+
+    step_id: str
+    action: str
+    state: str = Field(description="pending, running, waiting, retrying, succeeded, failed, skipped, compensating, "
+                                   "compensated, compensation_failed or cancelled.")
+    attempt: int
+    max_attempts: int
+    output: Any
+    error: str | None
+    retry_at: datetime | None
+    reused: bool = Field(description="True when a retry reused the output of the execution it retries.")
+    child_execution_id: UUID | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempts: list[AttemptOut]
+
+
 class ExecutionOut(ExecutionSummary):
     """One execution."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [_EXECUTION_EXAMPLE]})
 
     input: dict[str, Any]
-    output: Any = Field(description="The execution's output once it succeeded; else null.")
+    output: Any = Field(description="The step outputs once it succeeded; what was compensated once it failed.")
     error: str | None = Field(description="Why it failed; else null.")
     plan_hash: str | None
     last_event_seq: int = Field(description="The seq of the newest event (0: none yet).")
+    parent_execution_id: UUID | None = Field(description="The execution whose intent.run step started this one.")
+    retry_of: UUID | None = Field(description="The failed execution this one retries.")
+    wait_reason: str | None = Field(description="Why it is not moving right now, in plain language; else null.")
+    steps: list[StepOut]
     links: ExecutionLinks
 
 
@@ -103,10 +151,15 @@ class ExecutionEventOut(BaseModel):
     """One event, numbered from 1 per execution."""
 
     seq: int
-    type: str = Field(description="execution.started, step.started, step.succeeded, step.failed, step.retrying, "
-                                  "execution.succeeded, execution.failed, ...")
-    step_id: str | None
+    type: str = Field(description="execution_started, step_started, step_completed, step_failed, step_retrying, "
+                                  "step_skipped, approval_requested, approval_granted, approval_rejected, "
+                                  "compensation_started, compensation_completed, execution_compensating, "
+                                  "cancel_requested, execution_completed, execution_failed, execution_cancelled, ...")
+    step: str | None = Field(description="The step the event is about (null for the execution's own events).")
+    step_id: str | None = Field(description="The same as `step`.")
     data: dict[str, Any]
+    result: Any = Field(None, description="step_completed: the step's output.")
+    error: str | None = Field(None, description="Failures: what went wrong.")
     occurred_at: datetime
 
 
@@ -128,27 +181,39 @@ def _summary(execution: repo.Execution) -> ExecutionSummary:
         created_at=execution.created_at, updated_at=execution.updated_at, finished_at=execution.finished_at)
 
 
-def _out(execution: repo.Execution) -> ExecutionOut:
+def _out(execution: repo.Execution, steps: list[dict[str, Any]], attempts: list[Attempt]) -> ExecutionOut:
     path = f"/api/v1/executions/{execution.id}"
     return ExecutionOut(
         **_summary(execution).model_dump(), input=execution.input, output=execution.output, error=execution.error,
         plan_hash=execution.plan_hash, last_event_seq=execution.last_event_seq,
+        parent_execution_id=execution.parent_execution_id, retry_of=execution.retry_of,
+        wait_reason=wait_reason(execution, steps, datetime.now(UTC)),
+        steps=[StepOut.model_validate(view) for view in step_views(steps, attempts)],
         links=ExecutionLinks(self=path, events=f"{path}/events?after=0"))
 
 
-def _resource(execution: repo.Execution, tenant_id: UUID) -> Resource:
+def event_out(event: repo.ExecutionEvent) -> ExecutionEventOut:
+    """An event as the API shows it: `result` and `error` lifted out of its data for stream readers."""
+    error = event.data.get("error")
+    return ExecutionEventOut(seq=event.seq, type=event.type, step=event.step_id, step_id=event.step_id,
+                             data=event.data, result=event.data.get("output") if event.type == "step_completed"
+                             else None, error=str(error) if error is not None else None,
+                             occurred_at=event.occurred_at)
+
+
+def execution_resource(execution: repo.Execution, tenant_id: UUID) -> Resource:
     return Resource("Execution", str(execution.id), tenant_id,
                     {"target": execution.target, "requested_by": execution.requested_by})
 
 
-def _load(context: RequestContext, execution_id: UUID) -> repo.Execution:
+def load_execution(context: RequestContext, execution_id: UUID) -> repo.Execution:
     """The execution, 404 when the tenant has none by that id, then the read decision (403 when refused)."""
     with tenant_transaction(context.tenant.id) as conn:
         try:
             execution = repo.get_execution(conn, execution_id)
         except repo.ExecutionNotFoundError as exc:
             raise ProblemError(404, "not-found", "Not found", str(exc)) from None
-    authorize(context, Action.EXECUTION_READ, _resource(execution, context.tenant.id))
+    authorize(context, Action.EXECUTION_READ, execution_resource(execution, context.tenant.id))
     return execution
 
 
@@ -181,8 +246,12 @@ def list_all(
 @router.get("/{execution_id}", response_model=ExecutionOut, summary="Get an execution",
             responses={**AUTH_ERRORS, 404: _NOT_FOUND, 422: INVALID})
 def get_one(execution_id: ExecutionId, context: Context) -> ExecutionOut:
-    """Status, pinned version, input, output and error of one execution (Reader)."""
-    return _out(_load(context, execution_id))
+    """Status, pinned version, steps with attempts, timings, outputs (or blob references) and errors, and why it
+    is waiting, of one execution (Reader)."""
+    execution = load_execution(context, execution_id)
+    with tenant_transaction(context.tenant.id) as conn:
+        steps, attempts = list_steps(conn, execution.id), list_attempts(conn, execution.id)
+    return _out(execution, steps, attempts)
 
 
 @router.get("/{execution_id}/events", response_model=ExecutionEventPage, summary="Follow an execution's events",
@@ -199,7 +268,7 @@ async def events(
     execution has finished, or `wait` seconds pass; then what arrived (possibly nothing) with `next_after` (Reader).
     """
     # Async so a waiting client holds no worker thread; every database step runs on one, briefly.
-    await run_in_threadpool(_load, context, execution_id)
+    await run_in_threadpool(load_execution, context, execution_id)
     deadline = time.monotonic() + wait
     while True:
         execution, items = await run_in_threadpool(_read_events, context.tenant.id, execution_id, after, limit)
@@ -208,5 +277,4 @@ async def events(
         await asyncio.sleep(min(POLL_INTERVAL_S, max(0.0, deadline - time.monotonic())))
     return ExecutionEventPage(
         execution_id=execution.id, status=execution.status, next_after=items[-1].seq if items else after,
-        items=[ExecutionEventOut(seq=e.seq, type=e.type, step_id=e.step_id, data=e.data, occurred_at=e.occurred_at)
-               for e in items])
+        items=[event_out(e) for e in items])

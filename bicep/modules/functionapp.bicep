@@ -1,0 +1,278 @@
+// intent_ref: platform.estate
+// The function app on an Elastic Premium plan with a `staging` slot for blue-green swaps. Every binding and
+// client reaches its service with the user-assigned identity: the settings hold names and endpoints, never keys.
+
+@description('Name of the Elastic Premium plan.')
+param planName string
+
+@description('Name of the function app.')
+param name string
+
+@description('Azure region.')
+param location string
+
+@description('Tags applied to every resource.')
+param tags object
+
+@minValue(1)
+@maxValue(100)
+@description('Maximum instances of the plan.')
+param maxElasticWorkers int
+
+@description('Spread the plan over availability zones (production; needs at least 3 instances).')
+param zoneRedundant bool
+
+@description('Resource id of the user-assigned identity.')
+param identityId string
+
+@description('Client id of the user-assigned identity.')
+param identityClientId string
+
+@description('Name of the identity, which is also its Postgres login name.')
+param identityName string
+
+@description('Storage account holding Durable Functions state and artifacts.')
+param storageAccountName string
+
+@description('Blob endpoint of that account (QP_BLOB_ACCOUNT_URL).')
+param blobEndpoint string
+
+@description('Event Hubs namespace name.')
+param eventHubNamespaceName string
+
+@description('Postgres server FQDN.')
+param postgresFqdn string
+
+@description('Postgres database name.')
+param postgresDatabase string
+
+@description('Cosmos DB account endpoint (QP_COSMOS_ENDPOINT).')
+param cosmosEndpoint string
+
+@description('Application Insights connection string (not a secret: ingestion requires an Entra token).')
+param appInsightsConnectionString string
+
+@allowed(['dev', 'prod'])
+@description('QP_ENVIRONMENT.')
+param environmentType string
+
+@description('Durable Functions task hub (QP_TASK_HUB).')
+param taskHubName string
+
+@description('Accepted token audiences (QP_AUTH_AUDIENCE).')
+param apiAudience string
+
+@description('QP_DATABASE_POOL_MAX.')
+param databasePoolMax int
+
+@description('Subnet for the outbound VNet integration.')
+param functionSubnetId string
+
+@description('API Management integration subnet: the only source admitted to the production site.')
+param apimSubnetId string
+
+@description('Log Analytics workspace receiving diagnostics.')
+param logAnalyticsWorkspaceId string
+
+// Every setting shared/config.py reads (tests/infra checks this against Settings.model_fields), plus the
+// runtime's identity-based connections. Local-only settings (QP_BLOB_CONNECTION_STRING, QP_DATABASE_OWNER_URL)
+// are intentionally absent.
+var appSettings = [
+  { name: 'FUNCTIONS_EXTENSION_VERSION', value: '~4' }
+  { name: 'FUNCTIONS_WORKER_RUNTIME', value: 'python' }
+  { name: 'AzureWebJobsFeatureFlags', value: 'EnableWorkerIndexing' }
+  // No Azure Files content share (it needs an account key): the package runs from the deployment zip.
+  { name: 'WEBSITE_RUN_FROM_PACKAGE', value: '1' }
+  { name: 'AzureWebJobsStorage__accountName', value: storageAccountName }
+  { name: 'AzureWebJobsStorage__credential', value: 'managedidentity' }
+  { name: 'AzureWebJobsStorage__clientId', value: identityClientId }
+  { name: 'EventHubConnection__fullyQualifiedNamespace', value: '${eventHubNamespaceName}.servicebus.windows.net' }
+  { name: 'EventHubConnection__credential', value: 'managedidentity' }
+  { name: 'EventHubConnection__clientId', value: identityClientId }
+  // DefaultAzureCredential in the app (Postgres token, blob, Cosmos) picks the user-assigned identity from this.
+  { name: 'AZURE_CLIENT_ID', value: identityClientId }
+  { name: 'APPLICATIONINSIGHTS_CONNECTION_STRING', value: appInsightsConnectionString }
+  { name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING', value: 'Authorization=AAD;ClientId=${identityClientId}' }
+  { name: 'QP_ENVIRONMENT', value: environmentType }
+  { name: 'QP_DATABASE_URL', value: 'host=${postgresFqdn} port=5432 dbname=${postgresDatabase} user=${identityName} sslmode=require' }
+  { name: 'QP_DATABASE_ENTRA_AUTH', value: 'true' }
+  { name: 'QP_DATABASE_POOL_MAX', value: string(databasePoolMax) }
+  { name: 'QP_BLOB_ACCOUNT_URL', value: blobEndpoint }
+  { name: 'QP_ARTIFACTS_CONTAINER', value: 'artifacts' }
+  { name: 'QP_TASK_HUB', value: taskHubName }
+  { name: 'QP_EVENTHUB_BACKEND', value: 'azure' }
+  { name: 'QP_AUDIT_BACKEND', value: 'cosmos' }
+  { name: 'QP_COSMOS_ENDPOINT', value: cosmosEndpoint }
+  { name: 'QP_COSMOS_DATABASE', value: 'quantum' }
+  { name: 'QP_COSMOS_AUDIT_CONTAINER', value: 'audit' }
+  { name: 'QP_RATE_LIMIT_PER_MINUTE', value: '600' }
+  { name: 'QP_RATE_LIMIT_BURST', value: '100' }
+  { name: 'QP_MAX_BODY_BYTES', value: '1048576' }
+  { name: 'QP_REGISTRY_MAX_DEFINITION_BYTES', value: '262144' }
+  { name: 'QP_REGISTRY_MAX_STEPS', value: '200' }
+  { name: 'QP_REGISTRY_MAX_DEPTH', value: '32' }
+  { name: 'QP_PAYLOAD_INLINE_MAX_BYTES', value: '65536' }
+  { name: 'QP_TASK_TOKEN_TTL_S', value: '3600' }
+  // Multi-tenant Entra metadata: the issuer is a {tenantid} template checked against each token's tid.
+  { name: 'QP_AUTH_METADATA_URL', value: '${environment().authentication.loginEndpoint}organizations/v2.0/.well-known/openid-configuration' }
+  { name: 'QP_AUTH_AUDIENCE', value: apiAudience }
+  { name: 'QP_AUTH_LEEWAY_S', value: '30' }
+  { name: 'QP_AUTH_JWKS_COOLDOWN_S', value: '60' }
+]
+
+resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
+  name: planName
+  location: location
+  tags: tags
+  kind: 'elastic'
+  sku: { name: 'EP1', tier: 'ElasticPremium' }
+  properties: {
+    // checkov:skip=CKV_AZURE_225: zone redundancy is on for prod (zoneRedundant); dev runs in one zone to keep its minimum at one instance
+    reserved: true // Linux
+    maximumElasticWorkerCount: maxElasticWorkers
+    zoneRedundant: zoneRedundant
+  }
+}
+
+resource site 'Microsoft.Web/sites@2024-04-01' = {
+  name: name
+  location: location
+  tags: union(tags, { 'azd-service-name': 'api' })
+  kind: 'functionapp,linux'
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: { '${identityId}': {} }
+  }
+  properties: {
+    serverFarmId: plan.id
+    httpsOnly: true
+    clientCertEnabled: false
+    keyVaultReferenceIdentity: identityId
+    virtualNetworkSubnetId: functionSubnetId
+    // checkov:skip=CKV_AZURE_222: inbound is denied by default and admitted only from the API Management subnet (siteConfig.ipSecurityRestrictions); a private endpoint would need an internal gateway tier (ADR 0013)
+    // checkov:skip=CKV_AZURE_17: callers authenticate with Entra access tokens; client certificates would break API Management and health probes
+    // checkov:skip=CKV_AZURE_212: Elastic Premium scales with minimumElasticInstanceCount (3 when zone redundant); numberOfWorkers does not apply
+    publicNetworkAccess: 'Enabled'
+    siteConfig: {
+      linuxFxVersion: 'PYTHON|3.11'
+      minTlsVersion: '1.2'
+      scmMinTlsVersion: '1.2'
+      ftpsState: 'Disabled'
+      http20Enabled: true
+      healthCheckPath: '/api/health'
+      // Zone-redundant plans keep one warm instance per zone.
+      minimumElasticInstanceCount: zoneRedundant ? 3 : 1
+      functionAppScaleLimit: maxElasticWorkers
+      vnetRouteAllEnabled: true
+      appSettings: appSettings
+      // Inbound: API Management's subnet only. The deployment endpoint (scm) keeps its own
+      // rules and accepts Entra-authenticated deployments only: basic publishing credentials are off below.
+      ipSecurityRestrictionsDefaultAction: 'Deny'
+      ipSecurityRestrictions: [
+        { name: 'apim', action: 'Allow', priority: 100, vnetSubnetResourceId: apimSubnetId }
+      ]
+      scmIpSecurityRestrictionsUseMain: false
+    }
+  }
+}
+
+resource staging 'Microsoft.Web/sites/slots@2024-04-01' = {
+  parent: site
+  name: 'staging'
+  location: location
+  tags: tags
+  kind: 'functionapp,linux'
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: { '${identityId}': {} }
+  }
+  properties: {
+    serverFarmId: plan.id
+    httpsOnly: true
+    clientCertEnabled: false
+    keyVaultReferenceIdentity: identityId
+    virtualNetworkSubnetId: functionSubnetId
+    // checkov:skip=CKV_AZURE_222: inbound is denied by default and admitted only from the API Management subnet (siteConfig.ipSecurityRestrictions); a private endpoint would need an internal gateway tier (ADR 0013)
+    // checkov:skip=CKV_AZURE_17: callers authenticate with Entra access tokens; client certificates would break API Management and health probes
+    // checkov:skip=CKV_AZURE_212: Elastic Premium scales with minimumElasticInstanceCount (3 when zone redundant); numberOfWorkers does not apply
+    publicNetworkAccess: 'Enabled'
+    siteConfig: {
+      linuxFxVersion: 'PYTHON|3.11'
+      minTlsVersion: '1.2'
+      scmMinTlsVersion: '1.2'
+      ftpsState: 'Disabled'
+      http20Enabled: true
+      healthCheckPath: '/api/health'
+      // Zone-redundant plans keep one warm instance per zone.
+      minimumElasticInstanceCount: zoneRedundant ? 3 : 1
+      functionAppScaleLimit: maxElasticWorkers
+      vnetRouteAllEnabled: true
+      appSettings: appSettings
+      // Inbound: API Management's subnet only (the deploy workflow admits its runner for the smoke test). The deployment endpoint (scm) keeps its own
+      // rules and accepts Entra-authenticated deployments only: basic publishing credentials are off below.
+      ipSecurityRestrictionsDefaultAction: 'Deny'
+      ipSecurityRestrictions: [
+        { name: 'apim', action: 'Allow', priority: 100, vnetSubnetResourceId: apimSubnetId }
+      ]
+      scmIpSecurityRestrictionsUseMain: false
+    }
+  }
+}
+
+resource siteFtp 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: site
+  name: 'ftp'
+  properties: { allow: false }
+}
+
+resource siteScm 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: site
+  name: 'scm'
+  properties: { allow: false }
+}
+
+resource stagingFtp 'Microsoft.Web/sites/slots/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: staging
+  name: 'ftp'
+  properties: { allow: false }
+}
+
+resource stagingScm 'Microsoft.Web/sites/slots/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: staging
+  name: 'scm'
+  properties: { allow: false }
+}
+
+resource planDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'diag-log'
+  scope: plan
+  properties: {
+    workspaceId: logAnalyticsWorkspaceId
+    metrics: [{ category: 'AllMetrics', enabled: true }]
+  }
+}
+
+resource siteDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'diag-log'
+  scope: site
+  properties: {
+    workspaceId: logAnalyticsWorkspaceId
+    logs: [{ categoryGroup: 'allLogs', enabled: true }]
+    metrics: [{ category: 'AllMetrics', enabled: true }]
+  }
+}
+
+resource stagingDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'diag-log'
+  scope: staging
+  properties: {
+    workspaceId: logAnalyticsWorkspaceId
+    logs: [{ categoryGroup: 'allLogs', enabled: true }]
+    metrics: [{ category: 'AllMetrics', enabled: true }]
+  }
+}
+
+output id string = site.id
+output name string = site.name
+output defaultHostName string = site.properties.defaultHostName
+output stagingHostName string = staging.properties.defaultHostName

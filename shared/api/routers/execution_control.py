@@ -1,0 +1,205 @@
+# intent_ref: platform.execution
+"""Acting on an execution: cancel it, approve or reject a step, retry it from the failed step."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Header, Path
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from shared.api.durable import get_durable_client
+from shared.api.problems import ProblemError
+from shared.api.responses import AUTH_ERRORS, INVALID, problem_doc
+from shared.api.routers.execute import (
+    EXECUTE_ERRORS,
+    ExecutionAccepted,
+    accepted,
+    launch,
+    max_concurrent,
+    start_problem,
+)
+from shared.api.routers.executions import execution_resource, load_execution
+from shared.api.security import RequestContext, authenticated, authorize, record_mutation, tenant_resource
+from shared.db.session import tenant_transaction
+from shared.engine import control
+from shared.engine import executions as repo
+from shared.engine import start as engine
+from shared.engine.protocol import CANCEL_EVENT, approval_event
+from shared.policy.actions import Action
+from shared.registry import service as registry
+
+logger = logging.getLogger(__name__)
+router = APIRouter(prefix="/api/v1/executions", tags=["executions"])
+Context = Annotated[RequestContext, Depends(authenticated)]
+ExecutionId = Annotated[UUID, Path(description="The execution's id.")]
+StepId = Annotated[str, Path(min_length=1, max_length=128, description="The step's id.")]
+
+_EXAMPLE_ID = "5d7e1f0a-3b2c-4d5e-8f90-1a2b3c4d5e6f"
+_NOT_FOUND = problem_doc(404, "not-found", "Not found", f"No execution {_EXAMPLE_ID}.",
+                         "No such execution in the caller's tenant (another tenant's is not found either)")
+_FINISHED = problem_doc(409, "already-finished", "Conflict", f"execution {_EXAMPLE_ID} is already succeeded",
+                        "The execution has ended")
+
+
+class CancelAccepted(BaseModel):
+    """The cancel was recorded; the execution compensates what completed and ends cancelled."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"execution_id": _EXAMPLE_ID, "status": "running", "cancel_requested": True}]})
+
+    execution_id: UUID
+    status: str
+    cancel_requested: bool
+
+
+class ApprovalDecision(BaseModel):
+    """An approver's decision on a waiting approval step."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"decision": "approve", "comment": "change ticket CHG-1042 approved"},
+        {"decision": "reject", "comment": "not during the freeze"}]})
+
+    decision: Literal["approve", "reject"]
+    comment: str = Field("", max_length=2000)
+
+
+class ApprovalRecorded(BaseModel):
+    """The decision as recorded (a repeated identical decision answers the same)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"execution_id": _EXAMPLE_ID, "step_id": "approve", "decision": "approve", "applied": True}]})
+
+    execution_id: UUID
+    step_id: str
+    decision: str
+    applied: bool = Field(description="False when this same decision had been recorded already.")
+
+
+class RetryRequest(BaseModel):
+    """Retry from the failed step, optionally on a newer version whose reused steps are unchanged."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{}, {"version": 3}]})
+
+    version: int | None = Field(None, ge=1, description="Default: the version the failed execution ran.")
+
+
+def _problem(exc: control.ControlError) -> ProblemError:
+    match exc:
+        case control.AlreadyFinishedError():
+            return ProblemError(409, "already-finished", "Conflict", str(exc))
+        case control.NotAnApproverError():
+            return ProblemError(403, "forbidden", "Forbidden", str(exc), extensions={"reason": "not_an_approver"})
+        case control.NotWaitingError():
+            return ProblemError(409, "not-waiting", "Conflict", str(exc))
+        case control.NotRetryableError():
+            return ProblemError(409, "not-retryable", "Conflict", str(exc))
+    return ProblemError(500, "internal-error", "Internal server error")
+
+
+async def raise_to_orchestration(client: Any, execution_id: UUID, name: str, data: Any) -> bool:
+    """Tell the orchestration; False when it is not there (it learns what was recorded when it starts)."""
+    try:
+        await client.raise_event(str(execution_id), name, data)
+    except Exception as exc:
+        logger.warning("could not raise %s to %s: %s", name, execution_id, exc)
+        return False
+    return True
+
+
+@router.post("/{execution_id}/cancel", status_code=202, response_model=CancelAccepted, summary="Cancel an execution",
+             responses={**AUTH_ERRORS, 404: _NOT_FOUND, 409: _FINISHED, 422: INVALID})
+async def cancel(execution_id: ExecutionId, context: Context,
+                 client: Any = Depends(get_durable_client)) -> CancelAccepted:  # noqa: B008
+    """Stop scheduling new steps, let work already out end, compensate what completed, end cancelled (the
+    requester, an Executor or a Deployer)."""
+    def record() -> repo.Execution:
+        execution = load_execution(context, execution_id)
+        authorize(context, Action.EXECUTION_CANCEL, execution_resource(execution, context.tenant.id))
+        with tenant_transaction(context.tenant.id) as conn:
+            try:
+                return control.request_cancel(conn, execution_id, context.principal.id)
+            except control.ControlError as exc:
+                raise _problem(exc) from None
+
+    execution = await run_in_threadpool(record)
+    if not await raise_to_orchestration(client, execution_id, CANCEL_EVENT, {"by": context.principal.id}) \
+            and execution.status == "pending":
+        await run_in_threadpool(_cancel_unstarted, context.tenant.id, execution_id)
+        execution = await run_in_threadpool(load_execution, context, execution_id)
+    return CancelAccepted(execution_id=execution.id, status=execution.status, cancel_requested=True)
+
+
+def _cancel_unstarted(tenant_id: UUID, execution_id: UUID) -> None:
+    """No orchestration to tell: end it here (the orchestration, if it starts later, sees it ended)."""
+    with tenant_transaction(tenant_id) as conn:
+        if repo.get_execution(conn, execution_id).status == "pending":
+            repo.transition(conn, execution_id, "cancelled", error="cancelled before it started")
+
+
+@router.post("/{execution_id}/approvals/{step_id}", response_model=ApprovalRecorded, summary="Decide an approval",
+             responses={**AUTH_ERRORS, 404: _NOT_FOUND, 409: problem_doc(
+                 409, "not-waiting", "Conflict", "step deploy was already decided (failed)",
+                 "The step is not an approval waiting for a decision"), 422: INVALID})
+async def approve(execution_id: ExecutionId, step_id: StepId, body: ApprovalDecision, context: Context,
+                  client: Any = Depends(get_durable_client)) -> ApprovalRecorded:  # noqa: B008
+    """Approve or reject a waiting approval step (Approver; never the execution's requester, and only a listed
+    approver when the step names some). A rejection fails the step and compensates."""
+    def record() -> control.ApprovalOutcome:
+        execution = load_execution(context, execution_id)
+        resource = execution_resource(execution, context.tenant.id)
+        authorize(context, Action.EXECUTION_APPROVE, resource, detail={"step": step_id, "decision": body.decision})
+        with tenant_transaction(context.tenant.id) as conn:
+            try:
+                outcome = control.decide_approval(
+                    conn, execution_id, step_id, body.decision, principal_id=context.principal.id,
+                    object_id=str(context.principal.object_id), comment=body.comment)
+            except control.ControlError as exc:
+                raise _problem(exc) from None
+            if outcome.applied:
+                record_mutation(context, Action.EXECUTION_APPROVE, resource,
+                                {"step": step_id, "decision": body.decision}, conn=conn)
+            return outcome
+
+    outcome = await run_in_threadpool(record)
+    await raise_to_orchestration(client, execution_id, approval_event(step_id, outcome.key.attempt), outcome.verdict)
+    return ApprovalRecorded(execution_id=execution_id, step_id=step_id, decision=body.decision,
+                            applied=outcome.applied)
+
+
+@router.post("/{execution_id}/retry", status_code=202, response_model=ExecutionAccepted,
+             summary="Retry an execution from the failed step",
+             responses={**EXECUTE_ERRORS, 404: _NOT_FOUND})
+async def retry(execution_id: ExecutionId, context: Context, body: RetryRequest | None = None,
+                idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+                client: Any = Depends(get_durable_client)) -> JSONResponse:  # noqa: B008
+    """Start a new execution of the same intent and input that reuses the outputs of the steps that succeeded (and
+    were not compensated) and runs the rest; 202 with its id (`retry_of` links the two)."""
+    request = body or RetryRequest()
+
+    def begin() -> engine.Started:
+        execution = load_execution(context, execution_id)
+        with tenant_transaction(context.tenant.id) as conn:
+            try:
+                start = control.retry_request(conn, execution, version=request.version,
+                                              requested_by=context.principal.id, idempotency_key=idempotency_key)
+
+                def decide(item: registry.Item) -> None:
+                    authorize(context, Action.INTENT_EXECUTE, tenant_resource(
+                        "Intent", item.head.id, context.tenant.id, target=item.target or "",
+                        labels=item.version.labels), detail={"retry_of": str(execution_id)})
+
+                return engine.start_execution(conn, context.tenant_facts, start,
+                                              max_concurrent=max_concurrent(context), authorize=decide)
+            except control.ControlError as exc:
+                raise _problem(exc) from None
+            except (engine.StartError, registry.RegistryError) as exc:
+                raise start_problem(exc) from None
+
+    started = await run_in_threadpool(begin)
+    await launch(client, started)
+    return accepted(started)

@@ -1,0 +1,121 @@
+# intent_ref: platform.execution
+"""What people do to a running execution: cancel it, decide an approval, retry it from the failed step."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+from uuid import UUID
+
+import psycopg
+from psycopg.rows import DictRow
+
+from shared.engine import executions as repo
+from shared.engine import steps as store
+from shared.engine.start import StartRequest
+from shared.engine.steps import AttemptKey
+from shared.registry import service as registry
+from shared.registry.model import Definition
+
+Conn = psycopg.Connection[DictRow]
+Decision = Literal["approve", "reject"]
+_CANCEL = ("UPDATE app.executions SET cancel_requested_at = clock_timestamp(), cancel_requested_by = %s"
+           " WHERE id = %s AND cancel_requested_at IS NULL")
+_LATEST_REQUEST = ("SELECT data FROM app.execution_events WHERE execution_id = %s AND step_id = %s"
+                   " AND type = 'approval_requested' ORDER BY seq DESC LIMIT 1")
+
+
+class ControlError(Exception):
+    """A refused control action; each subclass is one API answer."""
+
+
+class AlreadyFinishedError(ControlError):
+    """The execution has ended; nothing can change it any more."""
+
+
+class NotWaitingError(ControlError):
+    """The step is not an approval waiting for a decision (or was decided differently already)."""
+
+
+class NotAnApproverError(ControlError):
+    """The approval names its approvers and the caller is not one of them."""
+
+
+class NotRetryableError(ControlError):
+    """Only a failed or cancelled execution can be retried; a newer version must keep the reused steps."""
+
+
+def request_cancel(conn: Conn, execution_id: UUID, requested_by: str) -> repo.Execution:
+    """Record a cancel request (once) with its event; a pending execution that no orchestration runs yet is
+    cancelled at once. The caller then tells the orchestration."""
+    execution = repo.get_execution(conn, execution_id)
+    if execution.terminal:
+        raise AlreadyFinishedError(f"execution {execution_id} is already {execution.status}")
+    if conn.execute(_CANCEL, (requested_by, execution_id)).rowcount == 1:
+        repo.append_event(conn, execution_id, "cancel_requested", data={"by": requested_by})
+    return repo.get_execution(conn, execution_id)
+
+
+@dataclass(frozen=True)
+class ApprovalOutcome:
+    """A decision as recorded, to raise to the orchestration (again, when the same decision is repeated)."""
+
+    key: AttemptKey
+    verdict: dict[str, Any]
+    applied: bool
+
+
+def decide_approval(conn: Conn, execution_id: UUID, step_id: str, decision: Decision, *, principal_id: str,
+                    object_id: str, comment: str) -> ApprovalOutcome:
+    """Apply a decision to the approval step's open attempt; the same decision again is answered, not re-applied."""
+    execution = repo.get_execution(conn, execution_id)
+    step = next((row for row in store.list_steps(conn, execution_id) if row["step_id"] == step_id), None)
+    if step is None or step["action"] != "approval" or step["attempt"] < 1:
+        raise NotWaitingError(f"step {step_id} is not an approval waiting for a decision")
+    key = AttemptKey(execution_id, step_id, "run", step["attempt"])
+    attempt = store.get_attempt(conn, key)
+    if attempt is None:
+        raise NotWaitingError(f"step {step_id} is not an approval waiting for a decision")
+    if attempt.finished:
+        decided = (attempt.output or {}).get("decision") if attempt.state == "succeeded" else "reject"
+        if decided == decision and attempt.state in ("succeeded", "failed") and not execution.terminal:
+            return ApprovalOutcome(key, attempt.verdict(), False)
+        raise NotWaitingError(f"step {step_id} was already decided ({attempt.state})")
+    requested = conn.execute(_LATEST_REQUEST, (execution_id, step_id)).fetchone()
+    approvers: Sequence[str] = (requested["data"].get("approvers") or []) if requested else []
+    if approvers and object_id not in approvers and principal_id not in approvers:
+        raise NotAnApproverError(f"step {step_id} names its approvers, and the caller is not one of them")
+    detail = {"decision": decision, "by": principal_id, "comment": comment}
+    repo.append_event(conn, execution_id, "approval_granted" if decision == "approve" else "approval_rejected",
+                      step_id, detail)
+    recorded, applied = store.finish_attempt(
+        conn, key, ok=decision == "approve", output=detail,
+        error=f"rejected by {principal_id}" + (f": {comment}" if comment else ""), retryable=False)
+    return ApprovalOutcome(key, recorded.verdict(), applied)
+
+
+def retry_request(conn: Conn, execution: repo.Execution, *, version: int | None, requested_by: str,
+                  idempotency_key: str | None) -> StartRequest:
+    """A new execution of the same intent and input that reuses the outputs of the steps that succeeded (and were
+    not compensated). On a newer version, every reused step must be unchanged there."""
+    if execution.status not in ("failed", "cancelled"):
+        raise NotRetryableError(f"execution {execution.id} is {execution.status}; only a failed or cancelled "
+                                "execution is retried")
+    reused = {row["step_id"]: row["output"] for row in store.list_steps(conn, execution.id)
+              if row["state"] == "succeeded"}
+    if version is not None and version != execution.intent_version and reused:
+        before = _steps_of(registry.version(conn, "intent", execution.intent_id, execution.intent_version))
+        after = _steps_of(registry.version(conn, "intent", execution.intent_id, version))
+        changed = sorted(step_id for step_id in reused if before.get(step_id) != after.get(step_id))
+        if changed:
+            raise NotRetryableError(f"version {version} changes steps whose outputs would be reused: "
+                                    + ", ".join(changed))
+    return StartRequest(intent_id=execution.intent_id, input=execution.input,
+                        version=version or execution.intent_version, idempotency_key=idempotency_key,
+                        requested_by=requested_by, retry_of=execution.id, reused=reused)
+
+
+def _steps_of(version: Any) -> dict[str, Any]:
+    definition = Definition.model_validate(version.definition)
+    return {step.step_id: step.model_dump(mode="json") for step in definition.steps or []}

@@ -1,0 +1,231 @@
+# intent_ref: platform.execution
+"""What the orchestrator's activities do: record progress in Postgres (idempotently) and dispatch module work."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict
+
+from shared.config import get_settings
+from shared.db.session import tenant_transaction
+from shared.engine import executions as repo
+from shared.engine import steps as store
+from shared.engine import task_tokens
+from shared.engine.payloads import claim_check
+from shared.engine.protocol import MODULE_WORK_HUB, WorkItem
+from shared.engine.start import StartError, StartRequest, rebuild_input, start_execution
+from shared.engine.steps import AttemptKey
+from shared.events.publisher import OutboundEvent, get_publisher
+from shared.policy.facts import TenantFacts
+from shared.registry.catalog import IntentRunParams
+from shared.registry.repository import list_heads
+from shared.tenants.repository import get_tenant
+
+logger = logging.getLogger(__name__)
+
+
+class DispatchRequest(BaseModel):
+    """The dispatch_step activity's input: one attempt of a step's work or of its compensation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    execution_id: UUID
+    tenant_id: UUID
+    step_id: str
+    phase: Literal["run", "compensate"]
+    attempt: int
+    action: str
+    params: dict[str, Any]
+    remote: bool
+    timeout_s: int | None = None
+
+    @property
+    def key(self) -> AttemptKey:
+        return AttemptKey(self.execution_id, self.step_id, self.phase, self.attempt)
+
+
+def dispatch_step(raw: dict[str, Any]) -> None:
+    """Record the attempt (with a task token for a remote action), then put its work on `module-work`.
+
+    Run again after a crash, it records nothing new and publishes the same work again (the same token too: it is
+    derived from what the attempt row holds), which the worker recognises as a duplicate.
+    """
+    request = DispatchRequest.model_validate(raw)
+    key = request.key
+    with tenant_transaction(request.tenant_id) as conn:
+        token = None
+        if request.remote:
+            existing = store.get_attempt(conn, key)
+            if existing is not None and existing.token_nonce and existing.token_expires_at:
+                token = task_tokens.issue(conn, request.tenant_id, key, 0, nonce=existing.token_nonce,
+                                          expires_at=existing.token_expires_at)
+            else:
+                token = task_tokens.issue(conn, request.tenant_id, key, get_settings().QP_TASK_TOKEN_TTL_S)
+        store.begin_attempt(conn, key, action=request.action, remote=request.remote,
+                            token_nonce=token.nonce if token else None,
+                            token_expires_at=token.expires_at if token else None,
+                            step_state="waiting" if request.remote and request.phase == "run" else None)
+    path = f"/api/v1/executions/{request.execution_id}/steps/{request.step_id}"
+    suffix = "" if request.phase == "run" else "/compensation"
+    item = WorkItem(tenant_id=request.tenant_id, execution_id=request.execution_id, step_id=request.step_id,
+                    phase=request.phase, attempt=request.attempt, action=request.action, params=request.params,
+                    remote=request.remote, timeout_s=request.timeout_s,
+                    task_token=token.token if token else None,
+                    complete_url=f"{path}{suffix}/complete" if token else None,
+                    fail_url=f"{path}{suffix}/fail" if token else None)
+    get_publisher().publish(MODULE_WORK_HUB, [OutboundEvent(
+        body=item.model_dump(mode="json"), partition_key=str(request.tenant_id),
+        properties={"type": "step.work", "action": request.action})])
+
+
+class ProgressRequest(BaseModel):
+    """The record_progress activity's input: what happened, to which execution, step and attempt."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: Literal["execution", "skipped", "retrying", "abandon", "approval_requested", "begin", "settle",
+                  "start_child", "step_failed"]
+    execution_id: UUID
+    tenant_id: UUID
+    step_id: str | None = None
+    phase: Literal["run", "compensate"] = "run"
+    attempt: int = 1
+
+    def field(self, name: str, default: Any = None) -> Any:
+        return (self.model_extra or {}).get(name, default)
+
+    @property
+    def key(self) -> AttemptKey:
+        assert self.step_id is not None  # noqa: S101  # every step kind names its step
+        return AttemptKey(self.execution_id, self.step_id, self.phase, self.attempt)
+
+
+def record_progress(raw: dict[str, Any]) -> Any:
+    """Apply one progress record; each kind is idempotent, so a re-executed activity records once."""
+    request = ProgressRequest.model_validate(raw)
+    if request.kind == "start_child":
+        return _start_child(request)
+    if request.kind == "settle":
+        return _settle(request)
+    with tenant_transaction(request.tenant_id) as conn:
+        if request.kind == "execution":
+            return _move(conn, request.execution_id, request.field("status"), output=request.field("output"),
+                         error=request.field("error"))
+        step_id = request.step_id
+        assert step_id is not None  # noqa: S101  # every other kind names its step
+        if request.kind == "skipped":
+            if store.move_step(conn, request.execution_id, step_id, "skipped", ("pending",), finished=True):
+                repo.append_event(conn, request.execution_id, "step_skipped", step_id, {"reason": "when is false"})
+        elif request.kind == "step_failed":
+            if store.move_step(conn, request.execution_id, step_id, "failed", ("pending",), finished=True,
+                               error=request.field("error")):
+                repo.append_event(conn, request.execution_id, "step_failed", step_id,
+                                  {"attempt": request.attempt, "error": request.field("error")})
+        elif request.kind == "retrying":
+            retry_at = datetime.fromisoformat(request.field("retry_at"))
+            if store.move_step(conn, request.execution_id, step_id, "retrying", ("failed",), retry_at=retry_at,
+                               error=request.field("error")):
+                repo.append_event(conn, request.execution_id, "step_retrying", step_id, {
+                    "attempt": request.attempt, "next_attempt": request.field("next_attempt"),
+                    "max_attempts": request.field("max_attempts"), "retry_at": request.field("retry_at"),
+                    "error": request.field("error")})
+        elif request.kind == "abandon":
+            reason = str(request.field("reason", "cancelled"))
+            if store.get_attempt(conn, request.key) is not None:
+                store.finish_attempt(conn, request.key, ok=False, error=reason, retryable=False, state="abandoned")
+            if store.move_step(conn, request.execution_id, step_id, "cancelled",
+                               ("pending", "running", "waiting", "retrying", "failed"), finished=True, error=reason):
+                repo.append_event(conn, request.execution_id, "step_cancelled", step_id, {"reason": reason})
+        elif request.kind == "approval_requested":
+            params = request.field("params") or {}
+            _, new = store.begin_attempt(conn, request.key, action="approval", remote=False, step_state="waiting")
+            if new:
+                repo.append_event(conn, request.execution_id, "approval_requested", step_id, {
+                    "attempt": request.attempt, "message": params.get("message"),
+                    "approvers": params.get("approvers") or []})
+        elif request.kind == "begin":
+            store.begin_attempt(conn, request.key, action=str(request.field("action")), remote=False)
+    return None
+
+
+def _move(conn: store.Conn, execution_id: UUID, status: repo.Status, *, output: Any, error: str | None
+          ) -> dict[str, Any]:
+    """Move the execution to `status` unless it is there already (a re-executed activity) or has ended.
+
+    Returns the status it is in afterwards and whether a cancel was requested, so the orchestrator's first
+    record learns of a cancel that came before it started.
+    """
+    current = repo.get_execution(conn, execution_id)
+    if current.status != status and not current.terminal:
+        if (current.status, status) not in repo.TRANSITIONS and (current.status, "running") in repo.TRANSITIONS:
+            # An execution that ends while recorded as waiting resumes first: the stream shows both moves.
+            current, _ = repo.transition(conn, execution_id, "running")
+        current, _ = repo.transition(conn, execution_id, status, output=output, error=error)
+    return {"status": current.status, "cancel_requested": current.cancel_requested_at is not None}
+
+
+def _settle(request: ProgressRequest) -> dict[str, Any]:
+    """Record an outcome the orchestrator observed (a timeout, a timer, a child's end); answer the verdict applied."""
+    ok = bool(request.field("ok"))
+    output = request.field("output")
+    if ok:
+        output = claim_check(request.tenant_id, request.key, output)
+    with tenant_transaction(request.tenant_id) as conn:
+        attempt, _ = store.finish_attempt(conn, request.key, ok=ok, output=output, error=request.field("error"),
+                                          retryable=bool(request.field("retryable", True)),
+                                          state=request.field("state"))
+    return attempt.verdict()
+
+
+def _start_child(request: ProgressRequest) -> dict[str, Any]:
+    """Start an intent.run step's child execution (same tenant); answers its id and orchestration input, or the
+    step's verdict when the child cannot start (which no retry would change)."""
+    key = request.key
+    try:
+        params = IntentRunParams.model_validate(request.field("params") or {})
+    except ValueError as exc:
+        return {"verdict": _fail_child(request, f"invalid parameters for intent.run: {exc}")}
+    with tenant_transaction(request.tenant_id) as conn:
+        tenant = get_tenant(conn, request.tenant_id)
+        assert tenant is not None  # noqa: S101  # the execution's own tenant row
+        facts = TenantFacts(id=tenant.id, status=tenant.status, allowed_targets=frozenset(tenant.allowed_targets),
+                            allowed_modules=frozenset(tenant.allowed_modules))
+        store.begin_attempt(conn, key, action="intent.run", remote=False)
+        parent = repo.get_execution(conn, request.execution_id)
+        heads = list_heads(conn, "intent", name_prefix=params.intent, labels={}, status="active", after_name=None,
+                           limit=10)
+        match = next((head for head in heads if head.name == params.intent), None)
+        if match is None:
+            verdict = None
+        else:
+            try:
+                started = start_execution(
+                    conn, facts, StartRequest(
+                        intent_id=match.id, input=params.inputs, version=params.version,
+                        idempotency_key=f"child:{request.execution_id}:{key.step_id}:{key.attempt}",
+                        requested_by=parent.requested_by, parent_execution_id=parent.id,
+                        parent_step_id=key.step_id),
+                    max_concurrent=10**9, authorize=lambda _item: None)
+            except StartError as exc:
+                verdict = {"error": f"child intent {params.intent} cannot start: {exc}"}
+            else:
+                store.set_child(conn, request.execution_id, key.step_id, started.execution.id)
+                child_input = started.orchestration_input
+                if child_input is None:  # the activity ran before: rebuild the same input
+                    child_input = rebuild_input(conn, facts, started.execution)
+                return {"execution_id": str(started.execution.id), "input": child_input}
+    if verdict is None:
+        verdict = {"error": f"no active intent named {params.intent!r} in this tenant"}
+    return {"verdict": _fail_child(request, verdict["error"])}
+
+
+def _fail_child(request: ProgressRequest, error: str) -> dict[str, Any]:
+    with tenant_transaction(request.tenant_id) as conn:
+        if store.get_attempt(conn, request.key) is None:
+            store.begin_attempt(conn, request.key, action="intent.run", remote=False)
+        attempt, _ = store.finish_attempt(conn, request.key, ok=False, error=error, retryable=False)
+    return attempt.verdict()

@@ -1,0 +1,71 @@
+# intent_ref: platform.execution
+"""What the orchestrator, its activities, the module worker and remote workers agree on: names and messages."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ORCHESTRATOR = "intent_execution_orchestrator"
+DISPATCH_STEP = "dispatch_step"
+RECORD_PROGRESS = "record_progress"
+CANCEL_EVENT = "cancel"
+MODULE_WORK_HUB = "module-work"
+
+StepKind = Literal["module", "approval", "wait", "intent"]
+"""How the orchestrator runs a step: module work over Event Hubs, or one of the actions it runs itself."""
+ORCHESTRATOR_ACTIONS: dict[str, StepKind] = {"approval": "approval", "wait": "wait", "intent.run": "intent"}
+
+
+def attempt_event(phase: str, step_id: str, attempt: int) -> str:
+    """The external event that carries one attempt's result to the orchestration."""
+    return f"{phase}:{step_id}:{attempt}"
+
+
+def approval_event(step_id: str, attempt: int) -> str:
+    """The external event that carries an approval decision (the verdict of the approval step's attempt)."""
+    return attempt_event("run", step_id, attempt)
+
+
+class StepPlan(BaseModel):
+    """What the start of an execution decides once per step: its kind, timeout and where its work runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: StepKind = "module"
+    timeout_s: int | None = None
+    remote: bool = False
+    compensate_remote: bool = False
+    compensate_timeout_s: int | None = None
+
+
+class WorkItem(BaseModel):
+    """One step attempt's work on `module-work` (partition key: the tenant id).
+
+    Built-in actions are run by the platform's module worker; a remote action is taken by the tenant's worker,
+    which completes it with `task_token` at `complete_url` or `fail_url`.
+    """
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "type": "step.work", "tenant_id": "0b6f3c1e-5d2a-4c1f-9e7b-2a8d4f6c9e10",
+        "execution_id": "5d7e1f0a-3b2c-4d5e-8f90-1a2b3c4d5e6f", "step_id": "build", "phase": "run", "attempt": 1,
+        "action": "build-container", "params": {"image": "myapp:1.2.3"}, "remote": True, "timeout_s": 1800,
+        "task_token": "qpt1.<claims>.<signature>",
+        "complete_url": "/api/v1/executions/5d7e1f0a-3b2c-4d5e-8f90-1a2b3c4d5e6f/steps/build/complete",
+        "fail_url": "/api/v1/executions/5d7e1f0a-3b2c-4d5e-8f90-1a2b3c4d5e6f/steps/build/fail"}]})
+
+    type: Literal["step.work"] = "step.work"
+    tenant_id: UUID
+    execution_id: UUID
+    step_id: str = Field(min_length=1, max_length=128)
+    phase: Literal["run", "compensate"]
+    attempt: int = Field(ge=1)
+    action: str = Field(min_length=1, max_length=128)
+    params: dict[str, Any]
+    remote: bool
+    timeout_s: int | None = None
+    task_token: str | None = None
+    complete_url: str | None = None
+    fail_url: str | None = None

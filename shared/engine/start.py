@@ -1,0 +1,275 @@
+# intent_ref: platform.execution
+"""Starting an execution: the pinned version checked again, inputs validated, the quota held, the row created,
+and the orchestration's input built from what was recorded (so a stalled start can be rebuilt exactly)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID, uuid4
+
+import psycopg
+from jsonschema import Draft202012Validator
+from psycopg.rows import DictRow
+
+from shared.engine import executions as repo
+from shared.engine.protocol import ORCHESTRATOR_ACTIONS, StepPlan
+from shared.engine.steps import StepSeed, list_steps, seed_steps
+from shared.policy.facts import TenantFacts
+from shared.policy.gates import GateViolation, check_gates
+from shared.registry import service as registry
+from shared.registry.catalog import ModuleCatalog
+from shared.registry.model import Definition, ResolvedBlueprint, Step
+from shared.registry.plan import canonical_json, declaration_inputs, expand_declaration
+from shared.registry.repository import VersionRow, blueprint_version
+
+Conn = psycopg.Connection[DictRow]
+MAX_REPORTED_INPUT_ERRORS = 20
+_ACTIVE = ("SELECT count(*) AS n FROM app.executions"
+           " WHERE status IN ('pending', 'running', 'waiting', 'compensating')")
+# Serializes the quota check and the insert per tenant: two concurrent starts cannot both see headroom.
+_QUOTA_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('executions:' || app.current_tenant_id()::text, 0))"
+_CLAIM_STALE_START = ("UPDATE app.executions SET start_claimed_at = clock_timestamp() WHERE id = %s"
+                      " AND status = 'pending' AND (start_claimed_at IS NULL"
+                      " OR start_claimed_at < clock_timestamp() - make_interval(secs => %s)) RETURNING id")
+
+
+class StartError(Exception):
+    """An execution that may not start; each subclass is one API answer."""
+
+
+class IntentArchivedError(StartError):
+    """Archived intents are kept for history and never run."""
+
+
+class GateRefusedError(StartError):
+    """The tenant may not use a module or the target the intent names (its allow-lists changed since saving)."""
+
+    def __init__(self, violations: list[GateViolation]) -> None:
+        super().__init__("; ".join(f"{v.step}: {v.reason} ({v.value})" for v in violations))
+        self.violations = violations
+
+
+class NoLongerValidError(StartError):
+    """The pinned version no longer validates (a module it uses was removed, its blueprint broke)."""
+
+
+class PlanChangedError(StartError):
+    """The request insisted on a plan hash that is not the plan this version would run now."""
+
+    def __init__(self, expected: str, actual: str) -> None:
+        super().__init__(f"the plan hash is {actual}, not {expected}")
+        self.actual = actual
+
+
+class InvalidInputError(StartError):
+    """The input does not match the intent's input schema."""
+
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        super().__init__(f"the input has {len(errors)} problem{'' if len(errors) == 1 else 's'}")
+        self.errors = errors
+
+
+class QuotaExceededError(StartError):
+    """The tenant already runs as many executions as its quota allows."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the tenant already runs {limit} executions, its limit")
+        self.limit = limit
+
+
+class IdempotencyConflictError(StartError):
+    """The idempotency key was used for a different request."""
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    """What an execute call asks for."""
+
+    intent_id: UUID
+    input: dict[str, Any] = field(default_factory=dict)
+    version: int | None = None
+    plan_hash: str | None = None
+    idempotency_key: str | None = None
+    requested_by: str = ""
+    parent_execution_id: UUID | None = None
+    parent_step_id: str | None = None
+    retry_of: UUID | None = None
+    reused: Mapping[str, Any] = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        """What makes two requests with one idempotency key the same request."""
+        return hashlib.sha256(canonical_json({"intent": str(self.intent_id), "input": self.input,
+                                              "version": self.version, "plan_hash": self.plan_hash,
+                                              "retry_of": str(self.retry_of) if self.retry_of else None})).hexdigest()
+
+
+@dataclass(frozen=True)
+class Runnable:
+    """A pinned version ready to run: its expanded steps, inputs, target and per-step plan."""
+
+    item: registry.Item
+    version: VersionRow
+    definition: Definition
+    steps: list[Step]
+    inputs: dict[str, Any]
+    target: str
+    plan: dict[str, StepPlan]
+    plan_hash: str
+
+
+@dataclass(frozen=True)
+class Started:
+    """The execution a start produced or found, and the orchestration input when the caller must start it."""
+
+    execution: repo.Execution
+    created: bool
+    orchestration_input: dict[str, Any] | None
+
+
+def _violations(tenant: TenantFacts, target: str | None, steps: list[Step]) -> list[GateViolation]:
+    actions: dict[str, str] = {}
+    for step in steps:
+        actions[step.step_id] = step.action
+        if step.compensate is not None:
+            actions[f"{step.step_id}/compensate"] = step.compensate.action
+    return check_gates(tenant, target, actions)
+
+
+def step_plans(steps: list[Step], catalog: ModuleCatalog) -> dict[str, StepPlan]:
+    """Each step's kind, effective timeout (its own, else its module's) and whether a remote worker runs it."""
+    plans: dict[str, StepPlan] = {}
+    for step in steps:
+        spec = catalog[step.action]
+        compensation = catalog.get(step.compensate.action) if step.compensate else None
+        plans[step.step_id] = StepPlan(
+            kind=ORCHESTRATOR_ACTIONS.get(step.action, "module"), timeout_s=step.timeout_s or spec.timeout_s,
+            remote=spec.remote, compensate_remote=bool(compensation and compensation.remote),
+            compensate_timeout_s=step.timeout_s or (compensation.timeout_s if compensation else None))
+    return plans
+
+
+def _with_defaults(schema: dict[str, Any] | None, values: dict[str, Any]) -> dict[str, Any]:
+    properties = (schema or {}).get("properties")
+    if not isinstance(properties, dict):
+        return dict(values)
+    defaults = {name: spec["default"] for name, spec in properties.items()
+                if isinstance(spec, dict) and "default" in spec}
+    return {**defaults, **values}
+
+
+def _input_problems(schema: dict[str, Any] | None, values: dict[str, Any]) -> list[dict[str, str]]:
+    if schema is None:
+        return []
+    problems = []
+    for error in sorted(Draft202012Validator(schema).iter_errors(values), key=lambda e: list(map(str, e.path))):
+        location = "/input" + "".join(f"/{part}" for part in error.absolute_path)
+        problems.append({"pointer": location, "detail": error.message})
+    return problems[:MAX_REPORTED_INPUT_ERRORS]
+
+
+def runnable(conn: Conn, tenant: TenantFacts, intent_id: UUID, version: int | None,
+             given_input: dict[str, Any]) -> Runnable:
+    """The version to run with its steps, checked against the tenant's gates and catalog as they are now."""
+    item = registry.get(conn, "intent", intent_id)
+    if item.head.status == "archived":
+        raise IntentArchivedError(f"intent {intent_id} is archived")
+    pinned = item.version if version is None else registry.version(conn, "intent", intent_id, version)
+    definition = Definition.model_validate(pinned.definition)
+    schema = definition.inputs
+    if definition.is_declaration:
+        ref = pinned.blueprint_ref or {}
+        found = blueprint_version(conn, UUID(str(ref["id"])), int(ref["version"])) if ref else None
+        if found is None:
+            raise NoLongerValidError("the blueprint this version was saved against is gone")
+        blueprint = ResolvedBlueprint(found.name, found.version, Definition.model_validate(found.definition))
+        steps = expand_declaration(definition, blueprint)
+        schema = blueprint.definition.inputs
+        inputs = {**declaration_inputs(definition, blueprint), **given_input}
+    else:
+        assert definition.steps is not None  # noqa: S101  # not a declaration
+        steps = list(definition.steps)
+        inputs = _with_defaults(schema, given_input)
+    target = definition.target or ""
+    violations = _violations(tenant, definition.target, steps)
+    if violations:
+        raise GateRefusedError(violations)
+    problems = _input_problems(schema, inputs)
+    if problems:
+        raise InvalidInputError(problems)
+    try:
+        checked = registry.check(conn, "intent", registry.Item(item.head, pinned).document(), tenant=tenant,
+                                 pin=pinned.blueprint_ref)
+    except registry.DefinitionInvalidError as exc:
+        raise NoLongerValidError(str(exc) + " " + "; ".join(f"{e.pointer}: {e.message}" for e in exc.errors)) \
+            from None
+    plans = step_plans(steps, checked.catalog)
+    return Runnable(item, pinned, definition, steps, inputs, target, plans, checked.plan_hash)
+
+
+def orchestration_input(tenant_id: UUID, execution_id: UUID, run: Runnable,
+                        reused: Mapping[str, Any]) -> dict[str, Any]:
+    """The orchestrator's input: the expanded definition, resolved inputs, per-step plan and reused outputs."""
+    definition = {"target": run.definition.target,
+                  "steps": [step.model_dump(mode="json", exclude_none=True) for step in run.steps]}
+    return {"execution_id": str(execution_id), "tenant_id": str(tenant_id), "definition": definition,
+            "inputs": run.inputs, "plan": {key: plan.model_dump() for key, plan in run.plan.items()},
+            "reused": dict(reused)}
+
+
+def start_execution(conn: Conn, tenant: TenantFacts, request: StartRequest, *, max_concurrent: int,
+                    authorize: Callable[[registry.Item], None]) -> Started:
+    """In the caller's tenant transaction: check, hold the quota, and create the execution with its steps.
+
+    With an idempotency key already used, the execution it created is returned (and its start only handed
+    back if that start stalled). `authorize` decides on the intent (its target) before anything is revealed.
+    """
+    item = registry.get(conn, "intent", request.intent_id)
+    authorize(item)
+    fingerprint = request.fingerprint()
+    if request.idempotency_key is not None:
+        found = repo.find_by_key(conn, request.idempotency_key)
+        if found is not None:
+            return _replayed(conn, tenant, found, fingerprint)
+    run = runnable(conn, tenant, request.intent_id, request.version, request.input)
+    if request.plan_hash is not None and request.plan_hash != run.plan_hash:
+        raise PlanChangedError(request.plan_hash, run.plan_hash)
+    conn.execute(_QUOTA_LOCK)
+    row = conn.execute(_ACTIVE).fetchone()
+    if row is not None and int(row["n"]) >= max_concurrent:
+        raise QuotaExceededError(max_concurrent)
+    execution, created = repo.create_execution(
+        conn, execution_id=uuid4(), intent_id=request.intent_id, intent_version=run.version.version,
+        target=run.target, input=run.inputs, requested_by=request.requested_by,
+        idempotency_key=request.idempotency_key, plan_hash=run.plan_hash,
+        parent_execution_id=request.parent_execution_id, parent_step_id=request.parent_step_id,
+        retry_of=request.retry_of, request_sha256=fingerprint)
+    if not created:  # a concurrent request with the same key won the insert
+        return _replayed(conn, tenant, execution, fingerprint)
+    seed_steps(conn, execution.id, [
+        StepSeed(step.step_id, step.action, (step.retry.max_attempts if step.retry else 1),
+                 reused_output=request.reused.get(step.step_id), reused=step.step_id in request.reused)
+        for step in run.steps])
+    return Started(execution, True, orchestration_input(tenant.id, execution.id, run, request.reused))
+
+
+STALE_START_S = 30.0
+"""A start claimed longer ago than this and still pending is taken over (its starter died in between)."""
+
+
+def _replayed(conn: Conn, tenant: TenantFacts, execution: repo.Execution, fingerprint: str) -> Started:
+    if execution.request_sha256 is not None and execution.request_sha256 != fingerprint:
+        raise IdempotencyConflictError("the idempotency key was already used for a different request")
+    claimed = conn.execute(_CLAIM_STALE_START, (execution.id, STALE_START_S)).fetchone()
+    if claimed is None:
+        return Started(execution, False, None)
+    return Started(execution, False, rebuild_input(conn, tenant, execution))
+
+
+def rebuild_input(conn: Conn, tenant: TenantFacts, execution: repo.Execution) -> dict[str, Any]:
+    """The orchestration input of a recorded execution, from its pinned version and reused steps."""
+    run = runnable(conn, tenant, execution.intent_id, execution.intent_version, execution.input)
+    reused = {row["step_id"]: row["output"] for row in list_steps(conn, execution.id) if row["reused"]}
+    return orchestration_input(tenant.id, execution.id, run, reused)

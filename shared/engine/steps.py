@@ -1,0 +1,240 @@
+# intent_ref: platform.execution
+"""Steps and step attempts of an execution: each write is conditional, so running it twice records once."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import DictRow
+from psycopg.types.json import Jsonb
+
+from shared.engine.executions import append_event
+
+Conn = psycopg.Connection[DictRow]
+Phase = Literal["run", "compensate"]
+AttemptState = Literal["dispatched", "succeeded", "failed", "timed_out", "abandoned"]
+
+
+@dataclass(frozen=True)
+class StepSeed:
+    """A step as the execution starts it: pending, or succeeded already with an output reused from a retry."""
+
+    step_id: str
+    action: str
+    max_attempts: int
+    reused_output: Any = None
+    reused: bool = False
+
+
+@dataclass(frozen=True)
+class AttemptKey:
+    """Names one attempt of a step's work or of its compensation."""
+
+    execution_id: UUID
+    step_id: str
+    phase: Phase
+    attempt: int
+
+    @property
+    def event_name(self) -> str:
+        """The external event that carries this attempt's result to the orchestration."""
+        return f"{self.phase}:{self.step_id}:{self.attempt}"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt as recorded."""
+
+    key: AttemptKey
+    action: str
+    remote: bool
+    state: AttemptState
+    output: Any
+    error: str | None
+    retryable: bool | None
+    token_nonce: str | None
+    token_expires_at: datetime | None
+    token_used_at: datetime | None
+    dispatched_at: datetime
+    finished_at: datetime | None
+
+    @property
+    def finished(self) -> bool:
+        return self.state != "dispatched"
+
+    def verdict(self) -> dict[str, Any]:
+        """The result as the orchestration receives it."""
+        if self.state == "succeeded":
+            return {"ok": True, "output": self.output}
+        return {"ok": False, "error": self.error or self.state, "retryable": bool(self.retryable),
+                "state": self.state}
+
+
+_SEED = ("INSERT INTO app.execution_steps (tenant_id, execution_id, step_id, position, action, max_attempts, state,"
+         " output, reused, finished_at) SELECT app.current_tenant_id(), %s, %s, %s, %s, %s, %s, %s, %s,"
+         " CASE WHEN %s THEN clock_timestamp() END ON CONFLICT DO NOTHING")
+_ATTEMPT_COLUMNS = sql.SQL(
+    "execution_id, step_id, phase, attempt, action, remote, state, output, error, retryable, token_nonce,"
+    " token_expires_at, token_used_at, dispatched_at, finished_at")
+_BEGIN = sql.SQL(
+    "INSERT INTO app.step_attempts (tenant_id, execution_id, step_id, phase, attempt, action, remote, token_nonce,"
+    " token_expires_at) VALUES (app.current_tenant_id(), %s, %s, %s, %s, %s, %s, %s, %s)"
+    " ON CONFLICT DO NOTHING RETURNING {}").format(_ATTEMPT_COLUMNS)
+_GET_ATTEMPT = sql.SQL(
+    "SELECT {} FROM app.step_attempts WHERE execution_id = %s AND step_id = %s AND phase = %s AND attempt = %s"
+).format(_ATTEMPT_COLUMNS)
+_FINISH = sql.SQL(
+    "UPDATE app.step_attempts SET state = %s, output = %s, error = %s, retryable = %s,"
+    " finished_at = clock_timestamp() WHERE execution_id = %s AND step_id = %s AND phase = %s AND attempt = %s"
+    " AND state = 'dispatched' RETURNING {}").format(_ATTEMPT_COLUMNS)
+_STEP_STATE = ("UPDATE app.execution_steps SET state = %s, attempt = GREATEST(attempt, %s), error = %s,"
+               " retry_at = %s, updated_at = clock_timestamp(),"
+               " started_at = COALESCE(started_at, CASE WHEN %s THEN clock_timestamp() END),"
+               " finished_at = CASE WHEN %s THEN clock_timestamp() END"
+               " WHERE execution_id = %s AND step_id = %s")
+_STEP_OUTPUT = ("UPDATE app.execution_steps SET output = %s WHERE execution_id = %s AND step_id = %s")
+_STEPS = ("SELECT step_id, action, state, attempt, max_attempts, output, error, retry_at, reused, child_execution_id,"
+          " started_at, finished_at FROM app.execution_steps WHERE execution_id = %s ORDER BY position")
+_ATTEMPTS = sql.SQL("SELECT {} FROM app.step_attempts WHERE execution_id = %s"
+                    " ORDER BY dispatched_at, step_id, phase, attempt").format(_ATTEMPT_COLUMNS)
+_USE_TOKEN = sql.SQL(
+    "UPDATE app.step_attempts SET token_used_at = clock_timestamp() WHERE token_nonce = %s"
+    " AND token_used_at IS NULL AND token_expires_at > clock_timestamp() RETURNING {}").format(_ATTEMPT_COLUMNS)
+_ATTEMPT_BY_NONCE = sql.SQL("SELECT {} FROM app.step_attempts WHERE token_nonce = %s").format(_ATTEMPT_COLUMNS)
+_SET_CHILD = "UPDATE app.execution_steps SET child_execution_id = %s WHERE execution_id = %s AND step_id = %s"
+
+_RESULT_EVENTS = {("run", True): "step_completed", ("run", False): "step_failed",
+                  ("compensate", True): "compensation_completed", ("compensate", False): "compensation_failed"}
+
+
+def _attempt(row: DictRow) -> Attempt:
+    key = AttemptKey(row["execution_id"], row["step_id"], row["phase"], row["attempt"])
+    fields = {name: row[name] for name in ("action", "remote", "state", "output", "error", "retryable", "token_nonce",
+                                           "token_expires_at", "token_used_at", "dispatched_at", "finished_at")}
+    return Attempt(key=key, **fields)
+
+
+def _key_params(key: AttemptKey) -> tuple[Any, ...]:
+    return (key.execution_id, key.step_id, key.phase, key.attempt)
+
+
+def seed_steps(conn: Conn, execution_id: UUID, steps: Sequence[StepSeed]) -> None:
+    """Record every step of a new execution (pending, or succeeded when reused from the retried execution)."""
+    with conn.cursor() as cursor:
+        cursor.executemany(_SEED, [
+            (execution_id, step.step_id, position, step.action, step.max_attempts,
+             "succeeded" if step.reused else "pending", Jsonb(step.reused_output) if step.reused else None,
+             step.reused, step.reused)
+            for position, step in enumerate(steps)])
+
+
+def set_step_state(conn: Conn, execution_id: UUID, step_id: str, state: str, *, attempt: int = 0,
+                   error: str | None = None, retry_at: datetime | None = None, started: bool = False,
+                   finished: bool = False) -> None:
+    """Move a step's summary row (no event: the caller writes the one that says why)."""
+    conn.execute(_STEP_STATE, (state, attempt, error, retry_at, started, finished, execution_id, step_id))
+
+
+_MOVE_STEP = ("UPDATE app.execution_steps SET state = %s, error = COALESCE(%s, error), retry_at = %s,"
+              " updated_at = clock_timestamp(), finished_at = CASE WHEN %s THEN clock_timestamp() END"
+              " WHERE execution_id = %s AND step_id = %s AND state = ANY(%s)")
+
+
+def move_step(conn: Conn, execution_id: UUID, step_id: str, state: str, from_states: Sequence[str], *,
+              error: str | None = None, retry_at: datetime | None = None, finished: bool = False) -> bool:
+    """Move a step only from one of `from_states`; False when it was elsewhere (already moved: record nothing)."""
+    cursor = conn.execute(_MOVE_STEP, (state, error, retry_at, finished, execution_id, step_id, list(from_states)))
+    return cursor.rowcount == 1
+
+
+def begin_attempt(conn: Conn, key: AttemptKey, *, action: str, remote: bool, token_nonce: str | None = None,
+                  token_expires_at: datetime | None = None, event_data: dict[str, Any] | None = None,
+                  step_state: str | None = None) -> tuple[Attempt, bool]:
+    """Record an attempt as dispatched and write its start event; returns it and whether this call created it.
+
+    Run again (a re-executed activity), it changes nothing and returns the recorded attempt.
+    """
+    row = conn.execute(_BEGIN, (*_key_params(key), action, remote, token_nonce, token_expires_at)).fetchone()
+    if row is None:
+        existing = conn.execute(_GET_ATTEMPT, _key_params(key)).fetchone()
+        assert existing is not None  # noqa: S101  # the conflict is on this very key
+        return _attempt(existing), False
+    state = step_state or ("running" if key.phase == "run" else "compensating")
+    set_step_state(conn, key.execution_id, key.step_id, state, attempt=key.attempt if key.phase == "run" else 0,
+                   started=True)
+    event = "step_started" if key.phase == "run" else "compensation_started"
+    append_event(conn, key.execution_id, event, key.step_id,
+                 {"attempt": key.attempt, "action": action, **(event_data or {})})
+    return _attempt(row), True
+
+
+def get_attempt(conn: Conn, key: AttemptKey) -> Attempt | None:
+    """The recorded attempt, or None."""
+    row = conn.execute(_GET_ATTEMPT, _key_params(key)).fetchone()
+    return None if row is None else _attempt(row)
+
+
+def finish_attempt(conn: Conn, key: AttemptKey, *, ok: bool, output: Any = None, error: str | None = None,
+                   retryable: bool = True, state: AttemptState | None = None) -> tuple[Attempt, bool]:
+    """Apply an attempt's result once: returns the attempt as recorded and whether this call applied it.
+
+    A result that arrives after another (a duplicate delivery, a late worker after a timeout) changes nothing;
+    the caller gets the result that was applied first.
+    """
+    final_state: AttemptState = state or ("succeeded" if ok else "failed")
+    row = conn.execute(_FINISH, (final_state, Jsonb(output) if ok else None, None if ok else error,
+                                 None if ok else retryable, *_key_params(key))).fetchone()
+    if row is None:
+        existing = conn.execute(_GET_ATTEMPT, _key_params(key)).fetchone()
+        if existing is None:
+            raise LookupError(f"no attempt {key}")
+        return _attempt(existing), False
+    attempt = _attempt(row)
+    if key.phase == "run":
+        set_step_state(conn, key.execution_id, key.step_id, "succeeded" if ok else "failed", attempt=key.attempt,
+                       error=None if ok else error, finished=True)
+        if ok:
+            conn.execute(_STEP_OUTPUT, (Jsonb(output), key.execution_id, key.step_id))
+    else:
+        set_step_state(conn, key.execution_id, key.step_id, "compensated" if ok else "compensation_failed",
+                       error=None if ok else error, finished=True)
+    data: dict[str, Any] = {"attempt": key.attempt}
+    if ok:
+        data["output"] = output
+    else:
+        data.update(error=error, reason=final_state)
+    append_event(conn, key.execution_id, _RESULT_EVENTS[(key.phase, ok)], key.step_id, data)
+    return attempt, True
+
+
+def use_task_token(conn: Conn, nonce: str) -> Attempt | None:
+    """Spend a task token: the attempt it was issued for, or None when it is used, expired or unknown."""
+    row = conn.execute(_USE_TOKEN, (nonce,)).fetchone()
+    return None if row is None else _attempt(row)
+
+
+def attempt_by_token(conn: Conn, nonce: str) -> Attempt | None:
+    """The attempt a token nonce belongs to (used or not)."""
+    row = conn.execute(_ATTEMPT_BY_NONCE, (nonce,)).fetchone()
+    return None if row is None else _attempt(row)
+
+
+def set_child(conn: Conn, execution_id: UUID, step_id: str, child_execution_id: UUID) -> None:
+    """Link an intent.run step to the child execution it started."""
+    conn.execute(_SET_CHILD, (child_execution_id, execution_id, step_id))
+
+
+def list_steps(conn: Conn, execution_id: UUID) -> list[dict[str, Any]]:
+    """The execution's steps in definition order."""
+    return list(conn.execute(_STEPS, (execution_id,)).fetchall())
+
+
+def list_attempts(conn: Conn, execution_id: UUID) -> list[Attempt]:
+    """Every attempt of the execution, oldest first."""
+    return [_attempt(row) for row in conn.execute(_ATTEMPTS, (execution_id,)).fetchall()]

@@ -1,0 +1,126 @@
+# intent_ref: platform.execution
+"""Task tokens for remote module work: signed per tenant, bound to one step attempt, single use, expiring."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import secrets
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+import psycopg
+from psycopg.rows import DictRow
+
+from shared.engine.steps import AttemptKey
+
+Conn = psycopg.Connection[DictRow]
+PREFIX = "qpt1"
+_KEY_BYTES = 32
+_CREATE_KEY = "INSERT INTO app.task_token_keys (tenant_id, secret) VALUES (app.current_tenant_id(), %s)" \
+              " ON CONFLICT DO NOTHING"
+_READ_KEY = "SELECT secret FROM app.task_token_keys"  # RLS: the current tenant's row only
+
+
+class InvalidTaskTokenError(Exception):
+    """The token is malformed, forged, expired, or not for this tenant, execution or step."""
+
+
+@dataclass(frozen=True)
+class TaskClaims:
+    """What a token says: the tenant, the attempt it completes, its nonce and expiry."""
+
+    tenant_id: UUID
+    key: AttemptKey
+    nonce: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """A new token and what the attempt row stores of it."""
+
+    token: str
+    nonce: str
+    expires_at: datetime
+
+
+_keys: dict[UUID, bytes] = {}
+_keys_lock = threading.Lock()
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def tenant_key(conn: Conn, tenant_id: UUID) -> bytes:
+    """The tenant's signing key, created on first use (inside the caller's tenant transaction)."""
+    with _keys_lock:
+        cached = _keys.get(tenant_id)
+    if cached is not None:
+        return cached
+    conn.execute(_CREATE_KEY, (secrets.token_bytes(_KEY_BYTES),))
+    row = conn.execute(_READ_KEY).fetchone()
+    assert row is not None  # noqa: S101  # inserted or already there, and visible to this tenant
+    key = bytes(row["secret"])
+    with _keys_lock:
+        _keys[tenant_id] = key
+    return key
+
+
+def _signature(key: bytes, payload: str) -> str:
+    return _b64(hmac.new(key, f"{PREFIX}.{payload}".encode("ascii"), hashlib.sha256).digest())
+
+
+def issue(conn: Conn, tenant_id: UUID, key: AttemptKey, ttl_s: int, *, now: datetime | None = None,
+          nonce: str | None = None, expires_at: datetime | None = None) -> IssuedToken:
+    """A token for one attempt, valid `ttl_s` seconds; its nonce goes on the attempt row (single use).
+
+    Given the `nonce` and `expires_at` of a token issued before, it is that same token again (the signature is
+    deterministic), so work published twice carries one token.
+    """
+    nonce = nonce or secrets.token_urlsafe(18)
+    expires_at = expires_at or (now or datetime.now(UTC)) + timedelta(seconds=ttl_s)
+    claims = {"t": str(tenant_id), "e": str(key.execution_id), "s": key.step_id, "p": key.phase,
+              "a": key.attempt, "n": nonce, "x": int(expires_at.timestamp())}
+    payload = _b64(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
+    return IssuedToken(f"{PREFIX}.{payload}.{_signature(tenant_key(conn, tenant_id), payload)}", nonce, expires_at)
+
+
+def read_claims(token: str) -> TaskClaims:
+    """The token's claims, NOT yet verified: only to find the tenant whose key verifies it."""
+    parts = token.split(".")
+    if len(parts) != 3 or parts[0] != PREFIX or len(token) > 2048:
+        raise InvalidTaskTokenError("not a task token")
+    try:
+        raw = json.loads(_unb64(parts[1]))
+        phase = raw["p"]
+        if phase not in ("run", "compensate"):
+            raise ValueError(phase)
+        key = AttemptKey(UUID(raw["e"]), str(raw["s"]), phase, int(raw["a"]))
+        return TaskClaims(UUID(raw["t"]), key, str(raw["n"]), datetime.fromtimestamp(int(raw["x"]), UTC))
+    except (ValueError, KeyError, TypeError, binascii.Error, json.JSONDecodeError):
+        raise InvalidTaskTokenError("not a task token") from None
+
+
+def verify(conn: Conn, token: str, *, now: datetime | None = None) -> TaskClaims:
+    """Claims of a token signed with the current tenant's key and not expired; InvalidTaskTokenError otherwise.
+
+    Single use is the caller's part: it spends the nonce in the same transaction as the result it records.
+    """
+    claims = read_claims(token)
+    payload, signature = token.split(".")[1:]
+    if not hmac.compare_digest(signature, _signature(tenant_key(conn, claims.tenant_id), payload)):
+        raise InvalidTaskTokenError("the task token's signature does not verify")
+    if claims.expires_at <= (now or datetime.now(UTC)):
+        raise InvalidTaskTokenError("the task token has expired")
+    return claims

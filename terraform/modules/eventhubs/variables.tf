@@ -1,0 +1,60 @@
+# intent_ref: platform.estate
+variable "resource_group_name" {
+  type        = string
+  description = "Resource group of the estate."
+}
+
+variable "location" {
+  type        = string
+  description = "Azure region."
+}
+
+variable "tags" {
+  type        = map(string)
+  description = "Tags applied to every resource."
+}
+
+variable "log_analytics_workspace_id" {
+  type        = string
+  description = "Log Analytics workspace receiving diagnostics."
+}
+
+variable "private_endpoint_prefix" {
+  type        = string
+  description = "Name prefix of private endpoints (from abbreviations.json)."
+}
+
+variable "private_endpoint_subnet_id" {
+  type        = string
+  description = "Subnet holding the private endpoints."
+}
+
+variable "private_dns_zone_ids" {
+  type        = map(string)
+  description = "Private DNS zone ids by service (blob, queue, table, eventhub, cosmos, postgres)."
+}
+
+variable "name" {
+  type        = string
+  description = "Name of the Event Hubs namespace."
+}
+
+variable "event_hub_names" {
+  type        = list(string)
+  description = "Names of the hubs to create."
+}
+
+variable "consumer_groups" {
+  type        = list(object({ hub = string, group = string }))
+  description = "Consumer groups, one per consuming function."
+}
+
+variable "partition_count" {
+  type        = number
+  description = "Partitions per hub."
+}
+
+variable "retention_days" {
+  type        = number
+  description = "Retention per hub, in days."
+}

@@ -1,0 +1,199 @@
+# intent_ref: platform.estate
+# The function app on an Elastic Premium plan with a `staging` slot for blue-green swaps. Every binding and
+# client reaches its service with the user-assigned identity: the settings hold names and endpoints, never keys.
+
+locals {
+  # Every setting shared/config.py reads (tests/infra checks this against Settings.model_fields), plus the
+  # runtime's identity-based connections. FUNCTIONS_EXTENSION_VERSION, FUNCTIONS_WORKER_RUNTIME and
+  # APPLICATIONINSIGHTS_CONNECTION_STRING are set through their own arguments below. Local-only settings
+  # (QP_BLOB_CONNECTION_STRING, QP_DATABASE_OWNER_URL) are intentionally absent.
+  app_settings = {
+    "AzureWebJobsFeatureFlags" = "EnableWorkerIndexing"
+    # No Azure Files content share (it needs an account key): the package runs from the deployment zip.
+    "WEBSITE_RUN_FROM_PACKAGE"                    = "1"
+    "AzureWebJobsStorage__accountName"            = var.storage_account_name
+    "AzureWebJobsStorage__credential"             = "managedidentity"
+    "AzureWebJobsStorage__clientId"               = var.identity_client_id
+    "EventHubConnection__fullyQualifiedNamespace" = "${var.event_hub_namespace_name}.servicebus.windows.net"
+    "EventHubConnection__credential"              = "managedidentity"
+    "EventHubConnection__clientId"                = var.identity_client_id
+    # DefaultAzureCredential in the app (Postgres token, blob, Cosmos) picks the user-assigned identity from this.
+    "AZURE_CLIENT_ID"                           = var.identity_client_id
+    "APPLICATIONINSIGHTS_AUTHENTICATION_STRING" = "Authorization=AAD;ClientId=${var.identity_client_id}"
+    "QP_ENVIRONMENT"                            = var.environment_type
+    "QP_DATABASE_URL"                           = "host=${var.postgres_fqdn} port=5432 dbname=${var.postgres_database} user=${var.identity_name} sslmode=require"
+    "QP_DATABASE_ENTRA_AUTH"                    = "true"
+    "QP_DATABASE_POOL_MAX"                      = tostring(var.database_pool_max)
+    "QP_BLOB_ACCOUNT_URL"                       = var.blob_endpoint
+    "QP_ARTIFACTS_CONTAINER"                    = "artifacts"
+    "QP_TASK_HUB"                               = var.task_hub_name
+    "QP_EVENTHUB_BACKEND"                       = "azure"
+    "QP_AUDIT_BACKEND"                          = "cosmos"
+    "QP_COSMOS_ENDPOINT"                        = var.cosmos_endpoint
+    "QP_COSMOS_DATABASE"                        = "quantum"
+    "QP_COSMOS_AUDIT_CONTAINER"                 = "audit"
+    "QP_RATE_LIMIT_PER_MINUTE"                  = "600"
+    "QP_RATE_LIMIT_BURST"                       = "100"
+    "QP_MAX_BODY_BYTES"                         = "1048576"
+    "QP_REGISTRY_MAX_DEFINITION_BYTES"          = "262144"
+    "QP_REGISTRY_MAX_STEPS"                     = "200"
+    "QP_REGISTRY_MAX_DEPTH"                     = "32"
+    "QP_PAYLOAD_INLINE_MAX_BYTES"               = "65536"
+    "QP_TASK_TOKEN_TTL_S"                       = "3600"
+    # Multi-tenant Entra metadata: the issuer is a {tenantid} template checked against each token's tid.
+    "QP_AUTH_METADATA_URL"    = "https://login.microsoftonline.com/organizations/v2.0/.well-known/openid-configuration"
+    "QP_AUTH_AUDIENCE"        = var.api_audience
+    "QP_AUTH_LEEWAY_S"        = "30"
+    "QP_AUTH_JWKS_COOLDOWN_S" = "60"
+  }
+}
+
+resource "azurerm_service_plan" "main" {
+  #checkov:skip=CKV_AZURE_225:zone redundancy is on for prod (zone_redundant); dev runs in one zone to keep its minimum at one instance
+  name                         = var.plan_name
+  resource_group_name          = var.resource_group_name
+  location                     = var.location
+  tags                         = var.tags
+  os_type                      = "Linux"
+  sku_name                     = "EP1"
+  maximum_elastic_worker_count = var.max_elastic_workers
+  zone_balancing_enabled       = var.zone_redundant
+}
+
+resource "azurerm_linux_function_app" "main" {
+  #checkov:skip=CKV_AZURE_221:inbound is denied by default and admitted only from the API Management subnet (ip_restriction); a private endpoint would need an internal gateway tier (ADR 0013)
+  #checkov:skip=CKV_AZURE_56:callers authenticate with Entra access tokens validated at API Management and again in the app
+  name                                           = var.name
+  resource_group_name                            = var.resource_group_name
+  location                                       = var.location
+  tags                                           = merge(var.tags, { "azd-service-name" = "api" })
+  service_plan_id                                = azurerm_service_plan.main.id
+  functions_extension_version                    = "~4"
+  https_only                                     = true
+  client_certificate_enabled                     = false
+  public_network_access_enabled                  = true
+  key_vault_reference_identity_id                = var.identity_id
+  virtual_network_subnet_id                      = var.function_subnet_id
+  ftp_publish_basic_authentication_enabled       = false
+  webdeploy_publish_basic_authentication_enabled = false
+  app_settings                                   = local.app_settings
+
+  identity {
+    type         = "UserAssigned"
+    identity_ids = [var.identity_id]
+  }
+
+  site_config {
+    minimum_tls_version                    = "1.2"
+    scm_minimum_tls_version                = "1.2"
+    ftps_state                             = "Disabled"
+    http2_enabled                          = true
+    health_check_path                      = "/api/health"
+    health_check_eviction_time_in_min      = 10
+    elastic_instance_minimum               = var.zone_redundant ? 3 : 1
+    app_scale_limit                        = var.max_elastic_workers
+    vnet_route_all_enabled                 = true
+    application_insights_connection_string = var.app_insights_connection_string
+    # Inbound: API Management's subnet only. The deployment endpoint (scm) keeps its own rules and accepts
+    # Entra-authenticated deployments only: basic publishing credentials are off above.
+    ip_restriction_default_action = "Deny"
+    scm_use_main_ip_restriction   = false
+
+    ip_restriction {
+      name                      = "apim"
+      action                    = "Allow"
+      priority                  = 100
+      virtual_network_subnet_id = var.apim_subnet_id
+    }
+
+    application_stack {
+      python_version = "3.11"
+    }
+  }
+}
+
+resource "azurerm_linux_function_app_slot" "staging" {
+  #checkov:skip=CKV_AZURE_221:inbound is denied by default and admitted only from the API Management subnet; the deploy workflow admits its runner for the smoke test
+  #checkov:skip=CKV_AZURE_56:callers authenticate with Entra access tokens validated at API Management and again in the app
+  name                                           = "staging"
+  function_app_id                                = azurerm_linux_function_app.main.id
+  tags                                           = var.tags
+  functions_extension_version                    = "~4"
+  https_only                                     = true
+  client_certificate_enabled                     = false
+  public_network_access_enabled                  = true
+  key_vault_reference_identity_id                = var.identity_id
+  virtual_network_subnet_id                      = var.function_subnet_id
+  ftp_publish_basic_authentication_enabled       = false
+  webdeploy_publish_basic_authentication_enabled = false
+  app_settings                                   = local.app_settings
+
+  identity {
+    type         = "UserAssigned"
+    identity_ids = [var.identity_id]
+  }
+
+  site_config {
+    minimum_tls_version                    = "1.2"
+    scm_minimum_tls_version                = "1.2"
+    ftps_state                             = "Disabled"
+    http2_enabled                          = true
+    health_check_path                      = "/api/health"
+    health_check_eviction_time_in_min      = 10
+    elastic_instance_minimum               = var.zone_redundant ? 3 : 1
+    app_scale_limit                        = var.max_elastic_workers
+    vnet_route_all_enabled                 = true
+    application_insights_connection_string = var.app_insights_connection_string
+    ip_restriction_default_action          = "Deny"
+    scm_use_main_ip_restriction            = false
+
+    ip_restriction {
+      name                      = "apim"
+      action                    = "Allow"
+      priority                  = 100
+      virtual_network_subnet_id = var.apim_subnet_id
+    }
+
+    application_stack {
+      python_version = "3.11"
+    }
+  }
+}
+
+resource "azurerm_monitor_diagnostic_setting" "plan" {
+  name                       = "diag-log"
+  target_resource_id         = azurerm_service_plan.main.id
+  log_analytics_workspace_id = var.log_analytics_workspace_id
+
+  metric {
+    category = "AllMetrics"
+  }
+}
+
+resource "azurerm_monitor_diagnostic_setting" "site" {
+  name                       = "diag-log"
+  target_resource_id         = azurerm_linux_function_app.main.id
+  log_analytics_workspace_id = var.log_analytics_workspace_id
+
+  enabled_log {
+    category_group = "allLogs"
+  }
+
+  metric {
+    category = "AllMetrics"
+  }
+}
+
+resource "azurerm_monitor_diagnostic_setting" "staging" {
+  name                       = "diag-log"
+  target_resource_id         = azurerm_linux_function_app_slot.staging.id
+  log_analytics_workspace_id = var.log_analytics_workspace_id
+
+  enabled_log {
+    category_group = "allLogs"
+  }
+
+  metric {
+    category = "AllMetrics"
+  }
+}
