@@ -5,8 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed-stamp
 NODE_STAMP := node_modules/.installed-stamp
+IAC_VENV := .venv-iac
+IAC_STAMP := $(IAC_VENV)/.installed-stamp
 
-.PHONY: help setup run test lint typecheck format unit integration e2e openapi clean
+.PHONY: help setup run test lint typecheck format unit integration e2e openapi clean iac
 
 help:
 	@echo "make run    - install what is missing, start Postgres, Azurite and the devhost on :7071"
@@ -19,6 +21,12 @@ setup: $(VENV_STAMP) $(NODE_STAMP)
 $(VENV_STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+# checkov lives in its own venv: its ~100 dependencies must not meet the app's.
+$(IAC_STAMP): requirements-iac.txt
+	@test -x $(IAC_VENV)/bin/python || $(PYTHON) -m venv $(IAC_VENV)
+	$(IAC_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-iac.txt
 	@touch $@
 
 $(NODE_STAMP): package.json package-lock.json
@@ -36,8 +44,11 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-test: lint
+test: lint iac
 	$(VENV)/bin/pytest
+
+iac: $(IAC_STAMP)
+	tools/iac_check.sh
 
 unit: setup
 	$(VENV)/bin/pytest tests/unit

@@ -53,7 +53,8 @@ _EXECUTION_EXAMPLE: dict[str, Any] = {
     **_SUMMARY_EXAMPLE, "input": {"version": "1.2.3"}, "output": None, "error": None, "plan_hash": "3b1f" + "0" * 60,
     "last_event_seq": 3, "parent_execution_id": None, "retry_of": None,
     "wait_reason": "retrying step build in 8 s (attempt 2 of 3)", "steps": [_STEP_EXAMPLE],
-    "links": {"self": f"/api/v1/executions/{_EXAMPLE_ID}", "events": f"/api/v1/executions/{_EXAMPLE_ID}/events?after=0"}}
+    "links": {"self": f"/api/v1/executions/{_EXAMPLE_ID}",
+              "events": f"/api/v1/executions/{_EXAMPLE_ID}/events?after=0"}}
 _EVENTS_EXAMPLE: dict[str, Any] = {
     "execution_id": _EXAMPLE_ID, "status": "running", "next_after": 3, "items": [
         {"seq": 2, "type": "step_started", "step": "build", "step_id": "build", "data": {"attempt": 1},

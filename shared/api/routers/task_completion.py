@@ -36,7 +36,8 @@ class StepCompletion(BaseModel):
     """A successful result: the step's JSON output."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"task_token": _EXAMPLE_TOKEN, "output": {"image": "myregistry.azurecr.io/myapp:1.2.3", "digest": "sha256:..."}}]})
+        {"task_token": _EXAMPLE_TOKEN,
+         "output": {"image": "myregistry.azurecr.io/myapp:1.2.3", "digest": "sha256:..."}}]})
 
     task_token: str = Field(min_length=1, max_length=2048, description="From the work item on `module-work`.")
     output: Any = None

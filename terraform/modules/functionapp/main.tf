@@ -49,6 +49,7 @@ locals {
 }
 
 resource "azurerm_service_plan" "main" {
+  #checkov:skip=CKV_AZURE_212:Elastic Premium keeps warm instances through elastic_instance_minimum on the site (3 when zone redundant); worker_count does not apply
   #checkov:skip=CKV_AZURE_225:zone redundancy is on for prod (zone_redundant); dev runs in one zone to keep its minimum at one instance
   name                         = var.plan_name
   resource_group_name          = var.resource_group_name

@@ -41,6 +41,7 @@ resource "azurerm_virtual_network" "main" {
 }
 
 resource "azurerm_subnet" "main" {
+  #checkov:skip=CKV2_AZURE_31:every subnet is associated with the shared NSG by azurerm_subnet_network_security_group_association.main below
   for_each             = local.subnets
   name                 = each.key
   resource_group_name  = var.resource_group_name

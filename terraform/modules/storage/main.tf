@@ -42,6 +42,7 @@ resource "azurerm_storage_account" "main" {
 }
 
 resource "azurerm_storage_container" "artifacts" {
+  #checkov:skip=CKV2_AZURE_21:blob read/write/delete logs go to Log Analytics through the blobServices diagnostic setting in this module
   name                  = var.artifacts_container_name
   storage_account_id    = azurerm_storage_account.main.id
   container_access_type = "private"

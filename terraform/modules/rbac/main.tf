@@ -1,0 +1,34 @@
+# intent_ref: platform.estate
+# Every role assignment of the estate, in one place. The function app's identity gets data-plane roles only,
+# each scoped to the one resource it needs; nobody gets keys because no resource has any enabled.
+
+locals {
+  assignments = {
+    # Durable Functions manages its lease blobs, control and work-item queues, history and instances tables.
+    storage_blob_data_owner        = { scope = var.storage_account_id, role = "Storage Blob Data Owner" }
+    storage_queue_data_contributor = { scope = var.storage_account_id, role = "Storage Queue Data Contributor" }
+    storage_table_data_contributor = { scope = var.storage_account_id, role = "Storage Table Data Contributor" }
+    event_hubs_data_sender         = { scope = var.event_hub_namespace_id, role = "Azure Event Hubs Data Sender" }
+    event_hubs_data_receiver       = { scope = var.event_hub_namespace_id, role = "Azure Event Hubs Data Receiver" }
+    # Entra-authenticated telemetry ingestion.
+    monitoring_metrics_publisher = { scope = var.app_insights_id, role = "Monitoring Metrics Publisher" }
+  }
+  # Cosmos DB Built-in Data Contributor: a data-plane (SQL) role, assigned in the account, not in ARM RBAC.
+  cosmos_data_contributor = "00000000-0000-0000-0000-000000000002"
+}
+
+resource "azurerm_role_assignment" "function" {
+  for_each             = local.assignments
+  scope                = each.value.scope
+  role_definition_name = each.value.role
+  principal_id         = var.function_principal_id
+  principal_type       = "ServicePrincipal"
+}
+
+resource "azurerm_cosmosdb_sql_role_assignment" "function" {
+  resource_group_name = var.resource_group_name
+  account_name        = var.cosmos_account_name
+  role_definition_id  = "${var.cosmos_account_id}/sqlRoleDefinitions/${local.cosmos_data_contributor}"
+  principal_id        = var.function_principal_id
+  scope               = var.cosmos_account_id
+}
