@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import azure.durable_functions as df
-from azure.durable_functions.models.Task import TaskBase, TaskState
+from azure.durable_functions.models.Task import TaskBase, TaskState, TimerTask
 
 from shared.engine.graph import RunState, StepGraph, compensation_order, next_steps
 from shared.engine.protocol import (
@@ -48,6 +48,7 @@ class _Flight:
     kind: str
     task: TaskBase
     side: TaskBase | None = None
+    side_is_record: bool = False
     timeout: TaskBase | None = None
     stage: str = "waiting"  # waiting | starting_child | settling | retry_pause
     error: str | None = None
@@ -150,7 +151,8 @@ class _Run:
         else:
             side = self.dispatch(step_id, "run", attempt, step.action, params, plan.remote, plan.timeout_s)
             task = self.context.wait_for_external_event(attempt_event("run", step_id, attempt))
-        flight = _Flight(step_id, attempt, plan.kind, task, side=side, timeout=self.timer_after(plan.timeout_s),
+        flight = _Flight(step_id, attempt, plan.kind, task, side=side, side_is_record=plan.kind in ("approval", "wait"),
+                         timeout=self.timer_after(plan.timeout_s),
                          stage="starting_child" if plan.kind == "intent" else "waiting", params=params)
         self.running[step_id] = flight
         self.states[step_id] = {"state": "waiting" if plan.kind == "approval" else "running", "attempt": attempt,
@@ -160,11 +162,11 @@ class _Run:
         """Record the attempt's outcome; the activity answers with the verdict applied first (it may differ)."""
         flight.task = self.record("settle", step_id=flight.step_id, phase="run", attempt=flight.attempt, **outcome)
         flight.stage = "settling"
-        if flight.timeout is not None and not flight.timeout.is_completed:
-            flight.timeout.cancel()
+        _drop_timer(flight.timeout)
         flight.timeout = None
 
     def succeed(self, flight: _Flight, output: Any) -> None:
+        _drop_timer(flight.timeout)
         del self.running[flight.step_id]
         self.completed[flight.step_id] = output
         self.completion_order.append(flight.step_id)
@@ -184,14 +186,16 @@ class _Run:
         step = self.steps[flight.step_id]
         policy = self.policy(step)
         if not retryable or flight.attempt >= policy.max_attempts or self.stopping:
+            _drop_timer(flight.timeout)
+            self.keep_side(flight)
             del self.running[flight.step_id]
             self.fail(flight.step_id, error, flight.attempt)
             return
         retry_at = self.context.current_utc_datetime + timedelta(seconds=policy.delay_before(flight.attempt + 1))
-        if flight.timeout is not None and not flight.timeout.is_completed:
-            flight.timeout.cancel()
+        _drop_timer(flight.timeout)
         flight.task, flight.timeout, flight.stage, flight.error = (
             self.context.create_timer(retry_at), None, "retry_pause", error)
+        flight.side_is_record = True
         flight.side = self.record("retrying", step_id=flight.step_id, attempt=flight.attempt,
                                   next_attempt=flight.attempt + 1, max_attempts=policy.max_attempts,
                                   retry_at=retry_at.isoformat(), error=error)
@@ -211,11 +215,17 @@ class _Run:
             self.first_failure = step_id
             self.abandon_waits()
 
+    def keep_side(self, flight: _Flight) -> None:
+        """A flight that ends or moves on hands its pending bookkeeping write to the run, which awaits it (a
+        pending dispatch is not awaited: the attempt it starts is over, and its late result belongs to no task)."""
+        if flight.side is not None and flight.side_is_record and not flight.side.is_completed:
+            self.bookkeeping.append(flight.side)
+        flight.side = None
+
     def cancel(self) -> None:
         """Stop scheduling; steps that only wait end now, work already out is let finish (and compensated)."""
         if self.stopping:
-            self.cancelled = True
-            return
+            return  # already failing: the failure stays the cause; compensation happens anyway
         self.cancelled = True
         self.abandon_waits()
 
@@ -225,8 +235,8 @@ class _Run:
                        if flight.stage == "retry_pause" or (flight.stage == "waiting" and
                                                             flight.kind in ("approval", "wait"))]:
             for task in (flight.task, flight.timeout):
-                if task is not None and not task.is_completed:
-                    task.cancel()
+                _drop_timer(task)
+            self.keep_side(flight)
             del self.running[flight.step_id]
             self.failed[flight.step_id] = flight.error or "abandoned"
             self.states[flight.step_id] = {"state": "cancelled", "attempt": flight.attempt, "error": flight.error}
@@ -262,13 +272,13 @@ class _Run:
         raise RuntimeError("a completed task matched no running step")  # a bug, never a data condition
 
     def attempt_failed_or_abandon(self, flight: _Flight, error: str) -> None:
-        if flight.timeout is not None and not flight.timeout.is_completed:
-            flight.timeout.cancel()
+        _drop_timer(flight.timeout)
         self.attempt_failed(flight, error)
 
     def advance(self, flight: _Flight, winner: TaskBase) -> None:
         """The flight's own task completed: move it to its next stage, or apply its verdict."""
         if flight.stage == "retry_pause":
+            self.keep_side(flight)
             self.start_attempt(flight.step_id, flight.attempt + 1)
         elif winner.state is TaskState.FAILED:
             self.attempt_failed_or_abandon(flight, str(winner.result))
@@ -322,6 +332,12 @@ class _Run:
         return tasks
 
 
+def _drop_timer(task: TaskBase | None) -> None:
+    """Cancel a pending durable timer so it does not keep the run alive; other tasks are simply left unawaited."""
+    if isinstance(task, TimerTask) and not task.is_completed:
+        task.cancel()
+
+
 def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
@@ -368,8 +384,7 @@ def _compensate(run: _Run, step_id: str) -> Generator[TaskBase, Any, str | None]
                                        state="timed_out", error=f"compensation of {step_id} timed out after "
                                                                 f"{timeout_s} s")
         else:
-            if timer is not None and not timer.is_completed:
-                timer.cancel()
+            _drop_timer(timer)
             verdict = winner.result
         if verdict is not None:
             verdict = _json(verdict)

@@ -112,7 +112,8 @@ var appSettings = [
   { name: 'QP_REGISTRY_MAX_STEPS', value: '200' }
   { name: 'QP_REGISTRY_MAX_DEPTH', value: '32' }
   { name: 'QP_PAYLOAD_INLINE_MAX_BYTES', value: '65536' }
-  { name: 'QP_TASK_TOKEN_TTL_S', value: '3600' }
+  { name: 'QP_TASK_TOKEN_TTL_S', value: '86400' }
+  { name: 'QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS', value: '100' }
   // Multi-tenant Entra metadata: the issuer is a {tenantid} template checked against each token's tid.
   { name: 'QP_AUTH_METADATA_URL', value: '${environment().authentication.loginEndpoint}organizations/v2.0/.well-known/openid-configuration' }
   { name: 'QP_AUTH_AUDIENCE', value: apiAudience }

@@ -1,5 +1,5 @@
 # intent_ref: platform.devhost-eventhubs
-"""A local-only admin route to publish events: `POST /devhost/eventhubs/{hub}/events` (curl, tests)."""
+"""Local-only admin routes: publish events, and read them as an external consumer group (curl, tests, workers)."""
 
 from __future__ import annotations
 
@@ -7,21 +7,37 @@ import base64
 import binascii
 import ipaddress
 import json
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import psycopg
 from aiohttp import web
 
-from devhost.eventhubs.store import NewEvent, Receipt
+from devhost.eventhubs.store import NewEvent, Receipt, StoredEvent
 
 Publish = Callable[[str, Sequence[NewEvent]], Awaitable[list[Receipt]]]
+Deliver = Callable[[list[StoredEvent]], Awaitable[None]]
+ReadGroup = Callable[[str, str, int, float, Deliver], Awaitable[None]]
+"""`(hub, group, limit, wait, deliver)`: hand the next events to `deliver`, then checkpoint them."""
 
 ROUTE = "/devhost/eventhubs/{hub}/events"
+READ_ROUTE = "/devhost/eventhubs/{hub}/consumergroups/{group}/events"
+DEFAULT_READ_LIMIT, MAX_READ_LIMIT = 10, 100
+MAX_READ_WAIT_S = 30.0
+_GROUP_NAME = re.compile(r"[A-Za-z0-9$][A-Za-z0-9._$-]{0,255}")
 
 
 class _BadRequest(ValueError):
     pass
+
+
+class NoSuchHubError(LookupError):
+    """The hub does not exist (nothing created or published it yet)."""
+
+
+class GroupInUseError(ValueError):
+    """The consumer group belongs to the app's own trigger functions."""
 
 
 def add_publish_route(app: web.Application, publish: Publish) -> None:
@@ -42,6 +58,80 @@ def add_publish_route(app: web.Application, publish: Publish) -> None:
         return web.json_response({"events": landed})
 
     app.router.add_post(ROUTE, handle)
+
+
+def add_read_route(app: web.Application, read_group: ReadGroup) -> None:
+    """Register `GET {READ_ROUTE}?limit=N&wait=S`: the group's next events, across partitions.
+
+    The group's checkpoints advance once the response is written, so each event goes to one reader of the group.
+    A response that cannot be written is not checkpointed (read again); a reader that stops mid-batch does not
+    get that batch again. `wait` holds an empty answer until an event arrives (a long poll).
+    """
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if not _is_loopback(request.remote):
+            return _error(403, "the devhost admin API answers local callers only")
+        hub, group = request.match_info["hub"], request.match_info["group"]
+        try:
+            if not _GROUP_NAME.fullmatch(group):
+                raise _BadRequest(f"invalid consumer group name {group!r}")
+            limit = int(_number(request, "limit", DEFAULT_READ_LIMIT, 1, MAX_READ_LIMIT, integer=True))
+            wait = _number(request, "wait", 0.0, 0.0, MAX_READ_WAIT_S)
+        except _BadRequest as exc:
+            return _error(400, str(exc))
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+
+        async def deliver(events: list[StoredEvent]) -> None:
+            body = json.dumps({"events": [event_out(e) for e in events]}).encode()
+            response.content_length = len(body)
+            await response.prepare(request)
+            await response.write(body)
+            await response.write_eof()
+
+        try:
+            await read_group(hub, group, limit, wait, deliver)
+        except NoSuchHubError:
+            return _error(404, f"no event hub {hub!r}")
+        except GroupInUseError as exc:
+            return _error(409, str(exc))
+        except ConnectionResetError:  # the reader left (a long poll given up): nothing was checkpointed
+            pass  # aiohttp finds the connection closed too and only logs the access
+        return response
+
+    app.router.add_get(READ_ROUTE, handle)
+
+
+def event_out(event: StoredEvent) -> dict[str, Any]:
+    """An event as the read route shows it: `body` is its JSON value, else its text, else `body_base64`."""
+    out: dict[str, Any] = {
+        "partition_id": str(event.partition_id), "sequence_number": event.sequence_number,
+        "offset": event.offset, "partition_key": event.partition_key,
+        "enqueued_time": event.enqueued_time.isoformat(), "properties": event.properties,
+    }
+    try:
+        text = event.body.decode()
+    except UnicodeDecodeError:
+        out["body_base64"] = base64.b64encode(event.body).decode()
+        return out
+    try:
+        out["body"] = json.loads(text)
+    except ValueError:
+        out["body"] = text
+    return out
+
+
+def _number(request: web.Request, name: str, default: float, low: float, high: float, *,
+            integer: bool = False) -> float:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        raise _BadRequest(f"{name} must be a number") from None
+    if not low <= value <= high:
+        raise _BadRequest(f"{name} must be between {low:g} and {high:g}")
+    return value
 
 
 def parse_events(raw: bytes) -> list[NewEvent]:

@@ -15,11 +15,11 @@ from aiohttp import web
 from psycopg_pool import AsyncConnectionPool
 
 from devhost.component import HostContext
-from devhost.eventhubs.admin import add_publish_route
+from devhost.eventhubs.admin import Deliver, GroupInUseError, NoSuchHubError, add_publish_route, add_read_route
 from devhost.eventhubs.binding import EventHubTriggerSpec
 from devhost.eventhubs.consumer import PartitionConsumer
 from devhost.eventhubs.listener import listen
-from devhost.eventhubs.store import NOTIFY_CHANNEL, EventLogStore, NewEvent, Pool, Receipt, migrate
+from devhost.eventhubs.store import NOTIFY_CHANNEL, EventLogStore, NewEvent, Pool, Receipt, StoredEvent, migrate
 from devhost.hostjson import load_host_json
 from devhost.loader import FunctionIndex
 from devhost.tasks import stop_tasks
@@ -52,10 +52,13 @@ class EventHubHost:
         self._tasks: list[asyncio.Task[None]] = []
         self._listener: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._readers: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._group_locks: dict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
 
     def add_routes(self, app: web.Application) -> None:
-        """`POST /devhost/eventhubs/{hub}/events`, local callers only."""
+        """`POST /devhost/eventhubs/{hub}/events` and `GET .../{hub}/consumergroups/{group}/events`, local only."""
         add_publish_route(app, self.publish)
+        add_read_route(app, self.read_group)
 
     async def start(self) -> None:
         """Migrate, create the triggers' hubs, then start the listener and one consumer per partition."""
@@ -103,6 +106,47 @@ class EventHubHost:
         await self._store.ensure_hub(hub, self._partition_count)
         return await self._store.publish(hub, events)
 
+    async def read_group(self, hub: str, group: str, limit: int, wait: float, deliver: Deliver) -> None:
+        """Hand up to `limit` events after `group`'s checkpoints to `deliver` (waiting up to `wait` s for one).
+
+        The checkpoints advance only once `deliver` returned; readers of one group take turns, so none gets
+        what another was handed. The groups of the app's own triggers are refused: they would steal its events.
+        """
+        if self._store is None:
+            raise RuntimeError("the event hub host is not started")
+        if any(c.spec.consumer_group == group for c in self._consumers.get(hub, [])):
+            raise GroupInUseError(f"consumer group {group!r} of {hub!r} is the app's own; use another")
+        partitions = await self._store.partition_count(hub)
+        if partitions is None:
+            raise NoSuchHubError(hub)
+        deadline = asyncio.get_running_loop().time() + wait
+        async with self._group_locks[(hub, group)]:
+            while True:
+                woken = asyncio.Event()
+                self._readers[hub].add(woken)  # before reading: a publish after the read wakes it
+                try:
+                    events = await self._read_after_checkpoints(hub, group, partitions, limit)
+                    remaining = deadline - asyncio.get_running_loop().time()
+                    if events or remaining <= 0 or self._stopping.is_set():
+                        break
+                    await _wait_any(woken, self._stopping, remaining)
+                finally:
+                    self._readers[hub].discard(woken)
+            await deliver(events)
+            last: dict[int, StoredEvent] = {e.partition_id: e for e in events}
+            for event in last.values():
+                await self._store.save_checkpoint(hub, group, event)
+
+    async def _read_after_checkpoints(self, hub: str, group: str, partitions: int, limit: int) -> list[StoredEvent]:
+        assert self._store is not None
+        events: list[StoredEvent] = []
+        for partition_id in range(partitions):
+            if len(events) >= limit:
+                break
+            position = await self._store.checkpoint(hub, group, partition_id)
+            events += await self._store.read(hub, partition_id, position, limit - len(events))
+        return events
+
     async def _plan(self, specs: Sequence[EventHubTriggerSpec]) -> list[PartitionConsumer]:
         assert self._store is not None
         groups: dict[tuple[str, str], list[EventHubTriggerSpec]] = defaultdict(list)
@@ -132,6 +176,18 @@ class EventHubHost:
         for consumers in targets:
             for consumer in consumers:
                 consumer.wake.set()
+        for readers in self._readers.values() if hub is None else [self._readers.get(hub, set())]:
+            for reader in readers:
+                reader.set()
+
+
+async def _wait_any(first: asyncio.Event, second: asyncio.Event, timeout: float) -> None:
+    waiters = {asyncio.ensure_future(first.wait()), asyncio.ensure_future(second.wait())}
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 def host_json_batch_size(index: FunctionIndex) -> int:

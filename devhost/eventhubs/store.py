@@ -23,6 +23,7 @@ NOTIFY_CHANNEL = "devhost_eventhubs"
 """The channel devhost_eventhubs.publish() notifies on, with the hub name as payload."""
 
 _ENSURE_HUB = "SELECT devhost_eventhubs.ensure_hub(%s, %s)"
+_PARTITION_COUNT = "SELECT partition_count FROM devhost_eventhubs.hubs WHERE name = %s"
 _PUBLISH = "SELECT partition_id, sequence_number FROM devhost_eventhubs.publish(%s, %s, %s, %s)"
 _READ = (
     "SELECT partition_id, sequence_number, byte_offset, partition_key, body, properties, enqueued_at"
@@ -91,6 +92,12 @@ class EventLogStore:
             row = await (await conn.execute(_ENSURE_HUB, (hub, partition_count))).fetchone()
         assert row is not None
         return int(row[0])
+
+    async def partition_count(self, hub: str) -> int | None:
+        """The partition count of `hub`, or None when no such hub exists (yet)."""
+        async with self._pool.connection() as conn:
+            row = await (await conn.execute(_PARTITION_COUNT, (hub,))).fetchone()
+        return None if row is None else int(row[0])
 
     async def publish(self, hub: str, events: Sequence[NewEvent]) -> list[Receipt]:
         """Append `events` to `hub` in one transaction: all of them or none."""

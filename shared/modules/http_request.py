@@ -50,7 +50,9 @@ class HttpRequestModule(Module[HttpRequestParams]):
     def run(self, ctx: ModuleContext, params: HttpRequestParams) -> Any:
         with GuardedClient(allowed_hosts(ctx), timeout=self._timeout, resolver=self._resolver) as client:
             try:
-                response = client.request(params.method, params.url, headers=params.headers, query=params.query,
+                # The attempt's key lets the receiving service drop a redelivered request (at-least-once work).
+                headers = {"Idempotency-Key": ctx.idempotency_key, **params.headers}
+                response = client.request(params.method, params.url, headers=headers, query=params.query,
                                           json_body=params.body)
                 content, truncated = read_limited(response, MAX_BODY_BYTES)
             except httpx.HTTPError as exc:

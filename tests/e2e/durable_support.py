@@ -60,6 +60,7 @@ async def serve_durable_host(index: FunctionIndex, app_dir: Path, owner_url: str
     base_url = f"http://127.0.0.1:{port}"
     invoker = Invoker(str(app_dir))
     host = DurableHost(HostContext(index, invoker, owner_url, data_dir, base_url, hub), **host_options)
+    invoker.durable_binding = host.client_binding_json  # as DevHost does: client bindings on every trigger
     app = web.Application()
     host.add_routes(app)
     await host.start()

@@ -1,9 +1,9 @@
 # intent_ref: platform.execution
-"""The intent orchestrator on the devhost's DurableHost, in-process on the session Postgres, with a test run_step.
+"""The intent orchestrator on the devhost's DurableHost, in-process on the session Postgres, with test activities."""
 
-Each test runs one host (its own task hub) on a fresh event loop; run_step's behaviour comes from step parameters
-and its calls are recorded to a file, so overlap and order are proved from recorded timestamps.
-"""
+# Each test runs one host (its own task hub) on a fresh event loop. The test dispatch_step runs a step attempt as its
+# parameters say and raises the verdict event, as a module worker would; its calls are recorded to a file, so overlap
+# and order are proved from recorded timestamps. The test record_progress records every bookkeeping write.
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def execution_index() -> FunctionIndex:
 
 @dataclass
 class Harness:
-    """A running DurableHost, the SDK client and the folder where run_step records its calls."""
+    """A running DurableHost, the SDK client and the folder where the test activities record calls and progress."""
 
     client: df.DurableOrchestrationClient
     state_dir: Path
@@ -63,7 +63,15 @@ class Harness:
         return custom(await self.wait(instance_id, holds))
 
     def calls(self) -> list[dict[str, Any]]:
-        path = self.state_dir / "calls.jsonl"
+        """dispatch_step's records: a start and an end line per step attempt (run or compensation)."""
+        return self._lines("calls.jsonl")
+
+    def progress(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """record_progress's records, in the order written; only those of `kind` if given."""
+        return [entry for entry in self._lines("progress.jsonl") if kind is None or entry["kind"] == kind]
+
+    def _lines(self, name: str) -> list[dict[str, Any]]:
+        path = self.state_dir / name
         if not path.exists():
             return []
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
@@ -98,7 +106,14 @@ def execution(pg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[C
             hub = f"x{uuid.uuid4().hex[:12]}"
             async with serve_durable_host(execution_index(), EXECUTION_APP, pg.owner_url, tmp_path, hub,
                                           poll_interval=0.05) as served:
+                invoker = served.host._ctx.invoker
+                if invoker.durable_binding is None:
+                    # dispatch_step's durable_client_input: DevHost fills it for every trigger; do the same here.
+                    invoker.durable_binding = served.host.client_binding_json
                 await scenario(Harness(served.client, tmp_path))
+                # Let attempts still out (e.g. one that timed out) end and raise their events on this loop, before
+                # the SDK's module-global session is closed.
+                await served.host.wait_idle()
 
         asyncio.run(main())
 
@@ -106,7 +121,7 @@ def execution(pg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[C
 
 
 def span(calls: list[dict[str, Any]], step: str, attempt: int = 1) -> tuple[float, float]:
-    """When a step's (non-compensation) attempt started and ended, from run_step's records."""
+    """When a step's (non-compensation) attempt started and ended, from dispatch_step's records."""
     mine = [c for c in calls if c["step_id"] == step and c["attempt"] == attempt and not c["compensation"]]
     return (next(c["at"] for c in mine if c["event"] == "start"), next(c["at"] for c in mine if c["event"] == "end"))
 
@@ -162,6 +177,8 @@ def test_retry_after_failures_then_success_with_visible_attempts(execution: Call
         assert [c["attempt"] for c in starts] == [1, 2, 3]
         # The pause before each retry is a durable timer of initial_interval_s.
         assert starts[1]["at"] - starts[0]["at"] >= 0.35 and starts[2]["at"] - starts[1]["at"] >= 0.35
+        retries = [(r["attempt"], r["next_attempt"], r["max_attempts"]) for r in h.progress("retrying")]
+        assert retries == [(1, 2, 3), (2, 3, 3)]
         final = custom(await h.wait(instance))
         assert final["steps"]["flaky"] == {"state": "succeeded", "attempt": 3}
 
@@ -178,11 +195,17 @@ def test_timeout_is_a_durable_timer_racing_the_step(execution: Callable[[Scenari
         try:
             status = await h.wait(instance)
         finally:
-            h.open_gate("slow")  # release the abandoned activity's thread
+            h.open_gate("slow")  # release the abandoned attempt
         result = output(status)
         assert time.monotonic() - started >= 1.0
         assert result["status"] == "failed" and result["failed_step"] == "slow"
         assert "timed out after 1 s" in result["error"] and result["compensated"] == []
+        # The timer won: the attempt was settled as timed out, before the step's own verdict could arrive.
+        settled = h.progress("settle")
+        assert [(s["step_id"], s["phase"], s["attempt"], s["ok"], s["state"]) for s in settled] == [
+            ("slow", "run", 1, False, "timed_out")]
+        slow_end = [c["at"] for c in h.calls() if c["step_id"] == "slow" and c["event"] == "end"]
+        assert not slow_end or slow_end[0] > settled[0]["at"]
         assert "next" not in {c["step_id"] for c in h.calls()}
         final = custom(status)
         assert final["status"] == "failed" and final["steps"]["next"] == {"state": "pending"}
@@ -190,6 +213,26 @@ def test_timeout_is_a_durable_timer_racing_the_step(execution: Callable[[Scenari
 
     execution(scenario)
 
+
+def test_a_timed_out_attempt_is_retried_and_its_late_verdict_ignored(execution: Callable[[Scenario], None]) -> None:
+    steps = [{"id": "nap", "action": "x", "sleep": 2.8, "timeout_s": 2,
+              "retry": {"max_attempts": 2, "initial_interval_s": 0.1}}]
+
+    async def scenario(h: Harness) -> None:
+        instance = await h.start(steps)
+        result = output(await h.wait(instance))
+        assert result["status"] == "failed" and result["failed_step"] == "nap"
+        assert result["error"] == "step nap timed out after 2 s"
+        settles = h.progress("settle")
+        assert [(s["attempt"], s["ok"], s["state"]) for s in settles] == [(1, False, "timed_out"),
+                                                                         (2, False, "timed_out")]
+        # Attempt 1's own (successful) verdict came while attempt 2 ran: it did not count for attempt 2.
+        starts = {c["attempt"]: c["at"] for c in h.calls() if c["event"] == "start"}
+        first_end = next(c["at"] for c in h.calls() if c["attempt"] == 1 and c["event"] == "end")
+        assert starts[1] < starts[2] < first_end < settles[1]["at"]
+        assert custom(await h.wait(instance))["steps"]["nap"]["state"] == "failed"
+
+    execution(scenario)
 
 def test_final_failure_waits_for_running_steps_then_compensates_in_reverse_order(
         execution: Callable[[Scenario], None]) -> None:
@@ -226,5 +269,40 @@ def test_final_failure_waits_for_running_steps_then_compensates_in_reverse_order
         assert states == {"a": "compensated", "b": "compensated", "c": "succeeded", "boom": "failed",
                           "after": "pending"}
         assert custom(status)["status"] == "failed"
+
+    execution(scenario)
+
+
+def test_cancel_lets_running_work_end_starts_nothing_new_and_compensates_in_reverse_order(
+        execution: Callable[[Scenario], None]) -> None:
+    steps = [
+        {"id": "a", "action": "create", "compensate": {"action": "undo-a", "what": "${steps.a.output.echo.name}"},
+         "name": "thing-a"},
+        {"id": "b", "action": "create", "depends_on": ["a"], "gate": "hold", "compensate": {"action": "undo-b"}},
+        {"id": "c", "action": "create", "depends_on": ["a"]},
+        {"id": "d", "action": "create", "depends_on": ["b", "c"], "compensate": {"action": "undo-d"}},
+    ]
+
+    async def scenario(h: Harness) -> None:
+        instance = await h.start(steps)
+        await h.wait_for_steps(instance, a="succeeded", b="running", c="succeeded", d="pending")
+        await h.client.raise_event(instance, "cancel", {})
+        cancelled_at = time.time()
+        h.open_gate("hold")
+        status = await h.wait(instance)
+        result = output(status)
+        assert result == {"status": "cancelled", "failed_step": None, "error": "cancelled", "compensated": ["b", "a"],
+                          "compensation_failed": {}}
+        calls = h.calls()
+        # b was out when the cancel came: it was let finish (and so is undone), and d never started.
+        assert span(calls, "b")[1] > cancelled_at
+        assert "d" not in {c["step_id"] for c in calls}
+        undo = [(c["step_id"], c["action"], c["params"]) for c in calls if c["compensation"] and c["event"] == "start"]
+        assert undo == [("b", "undo-b", {}), ("a", "undo-a", {"what": "thing-a"})]
+        final = custom(status)
+        assert final["status"] == "cancelled"
+        assert {step: s["state"] for step, s in final["steps"].items()} == {
+            "a": "compensated", "b": "compensated", "c": "succeeded", "d": "pending"}
+        assert [r["status"] for r in h.progress("execution")][-2:] == ["compensating", "cancelled"]
 
     execution(scenario)

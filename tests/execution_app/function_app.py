@@ -1,5 +1,5 @@
 # intent_ref: platform.execution
-"""The execution test app: the intent orchestrator beside a test run_step activity driven by step parameters."""
+"""The execution test app: the intent orchestrator beside test dispatch_step and record_progress activities."""
 
 import azure.durable_functions as df
 import azure.functions as func

@@ -73,8 +73,8 @@ def test_every_legal_transition_writes_exactly_one_event(api: ApiHarness, app_po
     execution = _execution(app_pool, tenant)
     assert (execution.status, execution.last_event_seq, _events(app_pool, tenant, execution.id)) == ("pending", 0, [])
     moves: list[tuple[repo.Status, str]] = [
-        ("running", "execution.started"), ("waiting", "execution.waiting"), ("running", "execution.resumed"),
-        ("compensating", "execution.compensating"), ("failed", "execution.failed")]
+        ("running", "execution_started"), ("waiting", "execution_waiting"), ("running", "execution_resumed"),
+        ("compensating", "execution_compensating"), ("failed", "execution_failed")]
     for number, (status, event_type) in enumerate(moves, start=1):
         with tenant_transaction(tenant, pool=app_pool) as conn:
             moved, seq = repo.transition(conn, execution.id, status, error="deploy failed" if status == "failed"
@@ -94,7 +94,7 @@ def test_success_keeps_the_output(api: ApiHarness, app_pool: ConnectionPool[Any]
         done, seq = repo.transition(conn, execution.id, "succeeded", output={"url": "https://app.example"})
     assert (done.status, done.output, seq, done.finished_at is not None) == (
         "succeeded", {"url": "https://app.example"}, 2, True)
-    assert [e.type for e in _events(app_pool, tenant, execution.id)] == ["execution.started", "execution.succeeded"]
+    assert [e.type for e in _events(app_pool, tenant, execution.id)] == ["execution_started", "execution_completed"]
 
 
 def test_illegal_transitions_are_refused_and_change_nothing(api: ApiHarness,  # noqa: F811
@@ -127,7 +127,7 @@ def test_seq_is_gap_free_under_concurrent_appenders(api: ApiHarness, app_pool: C
             for n in range(per_thread):
                 # One transaction per event, so the appenders interleave as much as they can.
                 with tenant_transaction(tenant, pool=app_pool) as conn:
-                    seqs.append(repo.append_event(conn, execution.id, "step.started", f"s{worker}", {"n": n}))
+                    seqs.append(repo.append_event(conn, execution.id, "step_started", f"s{worker}", {"n": n}))
         except BaseException as exc:  # noqa: BLE001  # reported by the main thread
             errors.append(exc)
 
@@ -148,10 +148,10 @@ def test_a_rolled_back_append_leaves_no_gap(api: ApiHarness, app_pool: Connectio
     tenant = api.tenants["alpha"].id
     execution = _execution(app_pool, tenant, path=["running"])
     with pytest.raises(RuntimeError), tenant_transaction(tenant, pool=app_pool) as conn:
-        repo.append_event(conn, execution.id, "step.started", "build")
+        repo.append_event(conn, execution.id, "step_started", "build")
         raise RuntimeError("the activity crashed before commit")
     with tenant_transaction(tenant, pool=app_pool) as conn:
-        assert repo.append_event(conn, execution.id, "step.started", "build") == 2
+        assert repo.append_event(conn, execution.id, "step_started", "build") == 2
 
 
 def test_the_same_idempotency_key_returns_the_same_execution(api: ApiHarness,  # noqa: F811
@@ -180,7 +180,7 @@ def test_another_tenants_execution_is_invisible_and_untouchable(api: ApiHarness,
         assert repo.events_after(conn, execution.id, 0) == []
         assert all(row.id != execution.id for row in repo.list_executions(conn, limit=200)[0])
         with pytest.raises(repo.ExecutionNotFoundError):
-            repo.append_event(conn, execution.id, "step.started")
+            repo.append_event(conn, execution.id, "step_started")
         with pytest.raises(repo.ExecutionNotFoundError):
             repo.transition(conn, execution.id, "cancelled")
     assert [e.seq for e in _events(app_pool, alpha, execution.id)] == [1]
@@ -231,12 +231,12 @@ def test_events_resume_from_any_number(api: ApiHarness, app_pool: ConnectionPool
     tenant = api.tenants["alpha"].id
     execution = _execution(app_pool, tenant, path=["running"])
     with tenant_transaction(tenant, pool=app_pool) as conn:
-        repo.append_event(conn, execution.id, "step.started", "build", {"attempt": 1})
-        repo.append_event(conn, execution.id, "step.succeeded", "build", {"attempt": 1})
+        repo.append_event(conn, execution.id, "step_started", "build", {"attempt": 1})
+        repo.append_event(conn, execution.id, "step_completed", "build", {"attempt": 1})
     url = f"/api/v1/executions/{execution.id}/events"
     body = api.client.get(url, params={"after": 1}, headers=api.headers("alpha", READER)).json()
     assert [(e["seq"], e["type"], e["step_id"]) for e in body["items"]] == [
-        (2, "step.started", "build"), (3, "step.succeeded", "build")]
+        (2, "step_started", "build"), (3, "step_completed", "build")]
     assert (body["next_after"], body["status"]) == (3, "running")
 
 
@@ -247,11 +247,11 @@ def test_long_poll_returns_when_an_event_arrives(api: ApiHarness, app_pool: Conn
 
     def producer() -> None:
         with tenant_transaction(tenant, pool=app_pool) as conn:
-            repo.append_event(conn, execution.id, "step.started", "build")
+            repo.append_event(conn, execution.id, "step_started", "build")
         # Only a poll that ignored the first event and waited out its whole window would also see this one.
         if not responded.wait(20):
             with tenant_transaction(tenant, pool=app_pool) as conn:
-                repo.append_event(conn, execution.id, "step.succeeded", "build")
+                repo.append_event(conn, execution.id, "step_completed", "build")
 
     thread = threading.Thread(target=producer)
     thread.start()
@@ -262,7 +262,7 @@ def test_long_poll_returns_when_an_event_arrives(api: ApiHarness, app_pool: Conn
         responded.set()
         thread.join()
     assert response.status_code == 200, response.text
-    assert [(e["seq"], e["type"]) for e in response.json()["items"]] == [(2, "step.started")]
+    assert [(e["seq"], e["type"]) for e in response.json()["items"]] == [(2, "step_started")]
     assert response.json()["next_after"] == 2
 
 
@@ -303,6 +303,6 @@ def test_an_appended_event_notifies_listeners_on_commit(api: ApiHarness, app_poo
     with psycopg.connect(api.app_url, autocommit=True) as listener:
         listener.execute("LISTEN execution_events")
         with tenant_transaction(tenant, pool=app_pool) as conn:
-            repo.append_event(conn, execution.id, "step.started", "build")
+            repo.append_event(conn, execution.id, "step_started", "build")
         payloads = [n.payload for n in listener.notifies(timeout=10, stop_after=1)]
     assert payloads == [f"{tenant}:{execution.id}"]

@@ -163,7 +163,7 @@ def _fail_start(started: engine.Started, reason: str) -> None:
 async def execute(
     intent_id: Annotated[UUID, Path(description="The intent's id.")],
     context: Context,
-    body: Annotated[ExecuteRequest | None, Body()] = None,
+    body: Annotated[ExecuteRequest | None, Body(examples=[{"input": {"version": "1.2.3"}}])] = None,
     idempotency_key: Annotated[str | None, Header(max_length=255, description="The same key returns the same "
                                                                              "execution and never starts another.")]
     = None,

@@ -7,7 +7,7 @@ import logging
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Header, Path
+from fastapi import APIRouter, Body, Depends, Header, Path
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -174,7 +174,8 @@ async def approve(execution_id: ExecutionId, step_id: StepId, body: ApprovalDeci
 @router.post("/{execution_id}/retry", status_code=202, response_model=ExecutionAccepted,
              summary="Retry an execution from the failed step",
              responses={**EXECUTE_ERRORS, 404: _NOT_FOUND})
-async def retry(execution_id: ExecutionId, context: Context, body: RetryRequest | None = None,
+async def retry(execution_id: ExecutionId, context: Context,
+                body: Annotated[RetryRequest | None, Body(examples=[{}, {"version": 3}])] = None,
                 idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
                 client: Any = Depends(get_durable_client)) -> JSONResponse:  # noqa: B008
     """Start a new execution of the same intent and input that reuses the outputs of the steps that succeeded (and

@@ -39,7 +39,8 @@ locals {
     "QP_REGISTRY_MAX_STEPS"                     = "200"
     "QP_REGISTRY_MAX_DEPTH"                     = "32"
     "QP_PAYLOAD_INLINE_MAX_BYTES"               = "65536"
-    "QP_TASK_TOKEN_TTL_S"                       = "3600"
+    "QP_TASK_TOKEN_TTL_S"                       = "86400"
+    "QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS"      = "100"
     # Multi-tenant Entra metadata: the issuer is a {tenantid} template checked against each token's tid.
     "QP_AUTH_METADATA_URL"    = "https://login.microsoftonline.com/organizations/v2.0/.well-known/openid-configuration"
     "QP_AUTH_AUDIENCE"        = var.api_audience

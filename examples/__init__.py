@@ -1,0 +1,2 @@
+# intent_ref: platform.execution
+"""Examples that run beside the platform (not part of it)."""

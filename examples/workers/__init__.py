@@ -1,0 +1,2 @@
+# intent_ref: platform.execution
+"""Example remote workers for `module-work` (not part of the platform)."""

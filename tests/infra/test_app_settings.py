@@ -1,0 +1,99 @@
+# intent_ref: platform.estate
+"""Every app setting the code reads is set in both stacks, with Azure values and without keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.config import Settings
+from tests.infra.conftest import BicepFile, TerraformModule
+
+# Settings the code reads that Azure deliberately leaves unset, and why.
+INTENTIONALLY_ABSENT = {
+    "QP_BLOB_CONNECTION_STRING": "local only (Azurite); in Azure the identity-based QP_BLOB_ACCOUNT_URL is used",
+    "QP_DATABASE_OWNER_URL": "migrations run from the operators' runner, never from the function app",
+}
+# Azure values the code's Azure code paths depend on.
+EXPECTED_VALUES = {
+    "QP_EVENTHUB_BACKEND": "azure",
+    "QP_AUDIT_BACKEND": "cosmos",
+    "QP_DATABASE_ENTRA_AUTH": "true",
+    "QP_ARTIFACTS_CONTAINER": "artifacts",
+    "AzureWebJobsStorage__credential": "managedidentity",
+    "EventHubConnection__credential": "managedidentity",
+}
+IDENTITY_CONNECTIONS = {
+    "AzureWebJobsStorage__accountName", "AzureWebJobsStorage__credential", "AzureWebJobsStorage__clientId",
+    "EventHubConnection__fullyQualifiedNamespace", "EventHubConnection__credential", "EventHubConnection__clientId",
+}
+
+
+def _bicep_settings(bicep_modules: dict[str, BicepFile]) -> dict[str, Any]:
+    return {item["name"]: item["value"] for item in bicep_modules["functionapp"].variables["appSettings"]}
+
+
+def _tf_settings(tf_modules: dict[str, TerraformModule]) -> dict[str, Any]:
+    module = tf_modules["functionapp"]
+    settings = dict(module.locals["app_settings"])
+    # azurerm sets these three through dedicated arguments instead of app_settings.
+    site = module.of_type("azurerm_linux_function_app")["main"]
+    settings["FUNCTIONS_EXTENSION_VERSION"] = site["functions_extension_version"]
+    settings["FUNCTIONS_WORKER_RUNTIME"] = "python" if site["site_config"][0]["application_stack"] else None
+    settings["APPLICATIONINSIGHTS_CONNECTION_STRING"] = site["site_config"][0]["application_insights_connection_string"]
+    for kind in ("azurerm_linux_function_app", "azurerm_linux_function_app_slot"):
+        for body in module.of_type(kind).values():
+            assert body["app_settings"] == "${local.app_settings}", f"{kind} does not use local.app_settings"
+    return settings
+
+
+def _code_settings() -> set[str]:
+    return set(Settings.model_fields) - INTENTIONALLY_ABSENT.keys()
+
+
+def test_the_allow_list_names_real_settings():
+    assert set(INTENTIONALLY_ABSENT) <= set(Settings.model_fields)
+
+
+def test_every_setting_the_code_reads_is_set_in_bicep(bicep_modules: dict[str, BicepFile]):
+    missing = _code_settings() - _bicep_settings(bicep_modules).keys()
+    assert not missing, f"add to bicep/modules/functionapp.bicep appSettings: {sorted(missing)}"
+
+
+def test_every_setting_the_code_reads_is_set_in_terraform(tf_modules: dict[str, TerraformModule]):
+    missing = _code_settings() - _tf_settings(tf_modules).keys()
+    assert not missing, f"add to terraform/modules/functionapp app_settings: {sorted(missing)}"
+
+
+def test_both_stacks_set_the_same_settings(bicep_modules: dict[str, BicepFile], tf_modules: dict[str, TerraformModule]):
+    assert set(_bicep_settings(bicep_modules)) == set(_tf_settings(tf_modules))
+
+
+def test_azure_values_and_identity_based_connections(
+    bicep_modules: dict[str, BicepFile], tf_modules: dict[str, TerraformModule]
+):
+    for settings in (_bicep_settings(bicep_modules), _tf_settings(tf_modules)):
+        for name, value in EXPECTED_VALUES.items():
+            assert settings[name] == value, name
+        assert IDENTITY_CONNECTIONS <= settings.keys()
+        assert "AzureWebJobsStorage" not in settings and "EventHubConnection" not in settings
+        assert not INTENTIONALLY_ABSENT.keys() & settings.keys()
+        assert "organizations/v2.0/.well-known/openid-configuration" in settings["QP_AUTH_METADATA_URL"]
+        for name, value in settings.items():
+            text = str(value)
+            assert "AccountKey=" not in text and "SharedAccessKey" not in text, name
+            assert "password" not in text.lower(), name
+            if name.endswith("CONNECTION_STRING"):
+                assert name == "APPLICATIONINSIGHTS_CONNECTION_STRING", name
+        assert settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"].startswith("Authorization=AAD")
+
+
+def test_literal_defaults_match_the_code(bicep_modules: dict[str, BicepFile], tf_modules: dict[str, TerraformModule]):
+    """Where a stack writes a literal, it is a value the code accepts (validated by the Settings model itself)."""
+    for settings in (_bicep_settings(bicep_modules), _tf_settings(tf_modules)):
+        literal = {name: value for name, value in settings.items()
+                   if name in Settings.model_fields and isinstance(value, str) and "${" not in value}
+        azure = {**literal, "QP_DATABASE_URL": "host=x dbname=quantum", "QP_BLOB_ACCOUNT_URL": "https://x",
+                 "EventHubConnection__fullyQualifiedNamespace": "x.servicebus.windows.net",
+                 "QP_COSMOS_ENDPOINT": "https://x.documents.azure.com:443/", "QP_TASK_HUB": "Quantumdev",
+                 "QP_ENVIRONMENT": "dev", "QP_AUTH_AUDIENCE": "api://quantum-platform"}
+        Settings.model_validate(azure)
