@@ -305,9 +305,10 @@ class _Run:
                                                     f"{result.get('error')}")
 
     def desired_status(self) -> str:
-        """waiting while every running step waits on a person or a remote worker; else running."""
+        """waiting while every running step waits on a person or on a remote worker (once its work is out)."""
         if self.running and all(flight.stage == "waiting" and (
-                flight.kind == "approval" or (flight.kind == "module" and self.plan(flight.step_id).remote))
+                flight.kind == "approval"
+                or (flight.kind == "module" and flight.side is None and self.plan(flight.step_id).remote))
                 for flight in self.running.values()):
             return "waiting"
         return "running"

@@ -15,6 +15,7 @@ from typing import Any
 from tests.e2e.test_executions_e2e import (
     Platform,
     SideEffects,
+    allow_local_side_effects,
     create_intent,
     detail,
     follow,
@@ -33,6 +34,7 @@ def test_a_killed_host_resumes_and_every_side_effect_happens_once(pg: Any, azuri
                                                                    side_effects: SideEffects) -> None:
     host = start_platform_host(pg, azurite, tmp_path / "devhost.log")
     crashed = Platform(host, pg.root, pg.owner_url)
+    allow_local_side_effects(crashed)
     tag = uuid.uuid4().hex[:6]
     try:
         intent = create_intent(crashed, [

@@ -124,15 +124,19 @@ def start_platform_host(pg: Any, azurite: Any, log: Path, port: int | None = Non
         log_path=log, extra_args=("--seed-demo",)).start()
 
 
+def allow_local_side_effects(platform: Platform) -> None:
+    """contoso's Tenant.Admin lets its steps call 127.0.0.1 (the SSRF guard refuses loopback otherwise)."""
+    allowed = httpx.patch(f"{platform.base}/api/v1/tenant", json={"settings": {"allowed_hosts": ["127.0.0.1"]}},
+                          headers=platform.headers(["Tenant.Admin"]))
+    assert allowed.status_code == 200, allowed.text
+
+
 @pytest.fixture(scope="module")
 def platform(pg: Any, azurite: Any, tmp_path_factory: pytest.TempPathFactory,
              side_effects: SideEffects) -> Iterator[Platform]:
     host = start_platform_host(pg, azurite, tmp_path_factory.mktemp("engine") / "devhost.log")
     running = Platform(host, pg.root, pg.owner_url)
-    admin = running.headers(["Tenant.Admin"])
-    allowed = httpx.patch(f"{running.base}/api/v1/tenant", json={"settings": {"allowed_hosts": ["127.0.0.1"]}},
-                          headers=admin)
-    assert allowed.status_code == 200, allowed.text
+    allow_local_side_effects(running)
     yield running
     host.stop()
 
