@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +37,11 @@ class ExportResult:
 
     blob_name: str
     counts: dict[str, int]
+
+
+logger = logging.getLogger(__name__)
+ORCHESTRATION_SETTLE_S = 30.0
+"""How long an erasure waits for a terminated orchestration to reach a terminal state before purging it."""
 
 
 def tenant_blob_prefix(tenant_id: UUID) -> str:
@@ -73,3 +82,35 @@ def erase_tenant(tenant_id: UUID, container: ContainerClient, audit_store: Audit
     # The configured audit backend may live outside Postgres (Cosmos DB): erase it there too.
     removed["audit_records"] = audit_store.erase(tenant_id)
     return removed
+
+
+def execution_ids(tenant_id: UUID) -> list[str]:
+    """The ids of the tenant's executions, which are its orchestrations' instance ids (read under its own RLS)."""
+    with tenant_transaction(tenant_id) as conn:
+        return [str(row["id"]) for row in conn.execute("SELECT id FROM app.executions").fetchall()]
+
+
+async def purge_orchestrations(instance_ids: Sequence[str], client: Any, *,
+                               settle_s: float = ORCHESTRATION_SETTLE_S) -> int:
+    """Terminate what still runs, then purge each orchestration's history; returns how many were purged.
+
+    Runs before the rows go, so a failure leaves the tenant erasable again (every step is idempotent).
+    """
+    purged = 0
+    for instance_id in instance_ids:
+        status = await client.get_status(instance_id)
+        if status is not None and status.runtime_status is not None and \
+                status.runtime_status.name in ("Running", "Pending", "Suspended", "ContinuedAsNew"):
+            await client.terminate(instance_id, "tenant erased")
+            deadline = time.monotonic() + settle_s
+            # Termination is a message the backend applies asynchronously; purge accepts terminal instances only.
+            while time.monotonic() < deadline:
+                status = await client.get_status(instance_id)
+                if status is None or status.runtime_status is None or \
+                        status.runtime_status.name in ("Completed", "Failed", "Terminated", "Canceled"):
+                    break
+                await asyncio.sleep(0.2)
+        result = await client.purge_instance_history(instance_id)
+        purged += int(result.instances_deleted)
+    logger.info("purged %s of %s orchestrations", purged, len(instance_ids))
+    return purged

@@ -10,6 +10,7 @@ import psycopg
 import pytest
 from azure.storage.blob import BlobServiceClient
 
+from shared.api.durable import get_durable_client
 from shared.tenants.offboarding import TENANT_TABLES
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 
@@ -49,7 +50,8 @@ def test_tenant_tables_list_matches_the_schema(api: ApiHarness) -> None:  # noqa
     assert with_tenant == set(TENANT_TABLES)
 
 
-def test_export_then_erase_leaves_only_the_erasure_record(api: ApiHarness, azurite) -> None:  # noqa: F811
+def test_export_then_erase_leaves_only_the_erasure_record(api: ApiHarness, azurite,  # noqa: F811
+                                                          request: pytest.FixtureRequest) -> None:
     api.provision("operator")
     admin = api.headers("operator", ADMIN)
     leaving, staying = api.provision("leaving"), api.provision("staying")
@@ -72,6 +74,10 @@ def test_export_then_erase_leaves_only_the_erasure_record(api: ApiHarness, azuri
     assert len(archive["intent_versions"]) == 1 and archive["audit_events"]
     assert export.json()["counts"]["intents"] == 1
 
+    # This tenant has no executions, so the erasure touches no orchestration and the client is never called;
+    # tests/e2e/test_offboarding_e2e.py erases executions and their histories on the devhost's Durable host.
+    api.client.app.dependency_overrides[get_durable_client] = object  # type: ignore[attr-defined]
+    request.addfinalizer(lambda: api.client.app.dependency_overrides.pop(get_durable_client))  # type: ignore
     refused = api.client.post(f"/api/v1/tenants/{leaving.id}/erase", json={"confirm_name": leaving.name},
                               headers=admin)
     assert refused.status_code == 409  # still active
@@ -87,6 +93,7 @@ def test_export_then_erase_leaves_only_the_erasure_record(api: ApiHarness, azuri
                              headers=admin)
     assert erased.status_code == 200, erased.text
     assert erased.json()["removed"]["blobs"] == 2  # the artifact and the export archive
+    assert erased.json()["removed"]["orchestrations"] == 0
 
     counts = _tenant_row_counts(api, leaving.id)
     assert counts.pop("audit_events") == 1

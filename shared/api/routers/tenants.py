@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Header, Query, Response
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
+from shared.api.durable import get_durable_client
 from shared.api.problems import ProblemError
 from shared.api.responses import (
     AUTH_ERRORS,
@@ -28,7 +30,7 @@ from shared.policy.actions import Action
 from shared.policy.authorizer import Resource
 from shared.storage.blob import artifacts_container
 from shared.tenants.models import Tenant, TenantCreate, TenantPage, TenantStatus, TenantUpdate
-from shared.tenants.offboarding import erase_tenant, export_tenant
+from shared.tenants.offboarding import erase_tenant, execution_ids, export_tenant, purge_orchestrations
 from shared.tenants.repository import (
     TenantConflictError,
     create_tenant,
@@ -161,16 +163,23 @@ def export(tenant_id: UUID, context: Context) -> TenantExport:
 @router.post("/{tenant_id}/erase", response_model=TenantErased, summary="Erase a tenant (GDPR offboarding)",
              responses={**AUTH_ERRORS, 404: NOT_FOUND, 422: INVALID,
                         409: {**CONFLICT, "description": "The tenant is still active, or the name does not match"}})
-def erase(tenant_id: UUID, body: TenantErasure, context: Context) -> TenantErased:
-    """Remove every row, blob and record of a suspended tenant; only the erasure's own audit record remains."""
-    tenant = _authorized_tenant(context, Action.TENANT_ERASE, tenant_id)
+async def erase(tenant_id: UUID, body: TenantErasure, context: Context,
+                client: Any = Depends(get_durable_client)) -> TenantErased:  # noqa: B008
+    """Remove every orchestration, row, blob and record of a suspended tenant; only the erasure's own audit record
+    remains."""
+    tenant = await run_in_threadpool(_authorized_tenant, context, Action.TENANT_ERASE, tenant_id)
     if tenant.status != "suspended" or body.confirm_name != tenant.name:
         raise ProblemError(409, "erasure-refused", "Conflict",
                            "Suspend the tenant first and confirm with its exact name.")
-    removed = erase_tenant(tenant_id, artifacts_container(get_settings()), get_audit_store())
+    # The orchestrations' histories first: their instance ids are the execution rows the erasure then removes.
+    orchestrations = await purge_orchestrations(await run_in_threadpool(execution_ids, tenant_id), client)
+    removed = await run_in_threadpool(erase_tenant, tenant_id, artifacts_container(get_settings()),
+                                      get_audit_store())
+    removed["orchestrations"] = orchestrations
     tenant_directory.forget()
     detail = {"tenant_name": tenant.name, "removed": removed}
-    record_mutation(context, Action.TENANT_ERASE, Resource("Tenant", str(tenant_id), None, {}), detail)
+    await run_in_threadpool(record_mutation, context, Action.TENANT_ERASE,
+                            Resource("Tenant", str(tenant_id), None, {}), detail)
     # The erased tenant keeps exactly one record: this erasure, by whom and when.
-    record_tenant_event(tenant_id, context, Action.TENANT_ERASE, detail)
+    await run_in_threadpool(record_tenant_event, tenant_id, context, Action.TENANT_ERASE, detail)
     return TenantErased(tenant_id=tenant_id, removed=removed)
