@@ -204,6 +204,7 @@ def transition(conn: Conn, execution_id: UUID, new_status: Status, *, output: An
 
 
 def list_executions(conn: Conn, *, status: Status | None = None, intent_id: UUID | None = None,
+                    created_after: datetime | None = None, created_before: datetime | None = None,
                     cursor: str | None = None, limit: int = 50) -> tuple[list[Execution], str | None]:
     """One page of the tenant's executions, newest first, and the next page's cursor (None on the last)."""
     position = decode_cursor(cursor)
@@ -215,6 +216,12 @@ def list_executions(conn: Conn, *, status: Status | None = None, intent_id: UUID
     if intent_id is not None:
         clauses.append(sql.SQL("intent_id = %s"))
         params.append(intent_id)
+    if created_after is not None:
+        clauses.append(sql.SQL("created_at >= %s"))
+        params.append(created_after)
+    if created_before is not None:
+        clauses.append(sql.SQL("created_at < %s"))
+        params.append(created_before)
     if position is not None:
         try:
             after = (datetime.fromisoformat(position["t"]), UUID(position["id"]))

@@ -526,3 +526,45 @@ def test_the_concurrent_execution_quota_answers_429(platform: Platform) -> None:
         httpx.post(f"{platform.base}/api/v1/executions/{first.json()['execution_id']}/cancel", headers=headers)
     finally:
         _set_quota(platform, "fabrikam", None)
+
+
+def test_production_needs_a_deployer_and_the_body_key_is_an_idempotency_key(platform: Platform) -> None:
+    intent = create_intent(platform, [{"id": "pause", "action": "wait", "seconds": 0.1}], target="production")
+    refused = execute(platform, intent, {})
+    assert refused.status_code == 403 and refused.json()["reason"] == "production_requires_deployer"
+    deployer = platform.headers(["Intent.Deployer", "Intent.Reader"])
+    body = {"input": {}, "idempotency_key": f"producer-{uuid.uuid4().hex[:8]}"}
+    first, second = (execute(platform, intent, body, deployer) for _ in range(2))
+    assert (first.status_code, second.status_code) == (202, 202)
+    assert first.json()["execution_id"] == second.json()["execution_id"] and second.json()["created"] is False
+    assert follow(platform, first.json()["execution_id"])[0] == "succeeded"
+
+
+def test_retry_on_a_newer_version_requires_the_reused_steps_unchanged(platform: Platform,
+                                                                        side_effects: SideEffects) -> None:
+    tag = uuid.uuid4().hex[:6]
+    name = f"evolving-{tag}"
+    steps = [{"id": "build", **http(side_effects, f"build-{tag}")},
+             {"id": "deploy", **http(side_effects, f"dep-{tag}")}]
+    intent = create_intent(platform, steps, name=name)
+    side_effects.failing.add(f"dep-{tag}")
+    failed = started(platform, intent)
+    assert follow(platform, failed)[0] == "failed"
+    side_effects.failing.discard(f"dep-{tag}")
+    headers = platform.headers(AUTHOR)
+
+    def new_version(version_steps: list[dict[str, Any]], etag: str) -> str:
+        updated = httpx.put(f"{platform.base}/api/v1/intents/{intent}", headers={**headers, "If-Match": etag},
+                            json={"name": name, "definition": {"target": "staging", "steps": version_steps}})
+        assert updated.status_code == 200, updated.text
+        return str(updated.headers["etag"])
+
+    etag = new_version([{**steps[0], "url": side_effects.url(f"build2-{tag}")}, steps[1]], f'"{intent}.v1"')
+    changed = httpx.post(f"{platform.base}/api/v1/executions/{failed}/retry", json={"version": 2}, headers=headers)
+    assert changed.status_code == 409 and "build" in changed.json()["detail"]
+    new_version([steps[0], {**steps[1], "url": side_effects.url(f"dep3-{tag}")}], etag)
+    retried = httpx.post(f"{platform.base}/api/v1/executions/{failed}/retry", json={"version": 3}, headers=headers)
+    assert retried.status_code == 202, retried.text
+    assert follow(platform, retried.json()["execution_id"])[0] == "succeeded"
+    assert len(side_effects.named(f"build-{tag}")) == 1 and len(side_effects.named(f"dep3-{tag}")) == 1
+    assert detail(platform, retried.json()["execution_id"])["intent_version"] == 3

@@ -220,6 +220,10 @@ def test_listing_pages_newest_first_with_filters(api: ApiHarness, app_pool: Conn
     running = api.client.get("/api/v1/executions", params={"intent_id": str(intent_id), "status": "running"},
                              headers=headers).json()["items"]
     assert [item["id"] for item in running] == [str(made[3].id), str(made[1].id)]
+    window = {"intent_id": str(intent_id), "created_after": made[1].created_at.isoformat(),
+              "created_before": made[4].created_at.isoformat()}
+    in_window = api.client.get("/api/v1/executions", params=window, headers=headers).json()["items"]
+    assert [item["id"] for item in in_window] == [str(e.id) for e in reversed(made[1:4])]
     bad = api.client.get("/api/v1/executions", params={"cursor": "bm90LW91cnM"}, headers=headers)
     assert bad.status_code == 400, bad.text
 

@@ -234,13 +234,19 @@ def list_all(
     context: Context,
     status: Annotated[repo.Status | None, Query(description="Only executions in this status.")] = None,
     intent_id: Annotated[UUID | None, Query(description="Only executions of this intent.")] = None,
+    created_after: Annotated[datetime | None, Query(description="Only executions created at or after this time "
+                                                                "(RFC 3339).")] = None,
+    created_before: Annotated[datetime | None, Query(description="Only executions created before this time.")]
+    = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: str | None = None,
 ) -> ExecutionPage:
-    """The tenant's executions, newest first, filtered by status and intent; cursor-paginated (Reader)."""
+    """The tenant's executions, newest first, filtered by status, intent and creation time; cursor-paginated
+    (Reader)."""
     authorize(context, Action.EXECUTION_LIST, Resource.tenant(context.tenant.id))
     with tenant_transaction(context.tenant.id) as conn:
-        rows, next_cursor = repo.list_executions(conn, status=status, intent_id=intent_id, cursor=cursor, limit=limit)
+        rows, next_cursor = repo.list_executions(conn, status=status, intent_id=intent_id, created_after=created_after,
+                                                 created_before=created_before, cursor=cursor, limit=limit)
     return ExecutionPage(items=[_summary(row) for row in rows], next_cursor=next_cursor)
 
 
