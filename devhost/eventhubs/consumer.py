@@ -56,7 +56,7 @@ class PartitionConsumer:
                 logger.exception(
                     "event hub consumer %s/%s failed; retrying", self.spec.function_name, self.partition_id
                 )
-            await _wait_any(self.wake, stopping, self._poll_interval)
+            await wait_any(self.wake, stopping, self._poll_interval)
 
     async def _deliver(self, events: Sequence[StoredEvent]) -> None:
         # Like the real trigger, a failed invocation is logged and the checkpoint still advances:
@@ -75,7 +75,8 @@ class PartitionConsumer:
             logger.exception("Executed '%s' (Failed while binding its input)", self.spec.function_name)
 
 
-async def _wait_any(event: asyncio.Event, stopping: asyncio.Event, timeout: float) -> None:
+async def wait_any(event: asyncio.Event, stopping: asyncio.Event, timeout: float) -> None:
+    """Return when either event is set or `timeout` seconds pass."""
     waiters = {asyncio.ensure_future(event.wait()), asyncio.ensure_future(stopping.wait())}
     try:
         await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)

@@ -17,7 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 from devhost.component import HostContext
 from devhost.eventhubs.admin import Deliver, GroupInUseError, NoSuchHubError, add_publish_route, add_read_route
 from devhost.eventhubs.binding import EventHubTriggerSpec
-from devhost.eventhubs.consumer import PartitionConsumer
+from devhost.eventhubs.consumer import PartitionConsumer, wait_any
 from devhost.eventhubs.listener import listen
 from devhost.eventhubs.store import NOTIFY_CHANNEL, EventLogStore, NewEvent, Pool, Receipt, StoredEvent, migrate
 from devhost.hostjson import load_host_json
@@ -129,7 +129,7 @@ class EventHubHost:
                     remaining = deadline - asyncio.get_running_loop().time()
                     if events or remaining <= 0 or self._stopping.is_set():
                         break
-                    await _wait_any(woken, self._stopping, remaining)
+                    await wait_any(woken, self._stopping, remaining)
                 finally:
                     self._readers[hub].discard(woken)
             await deliver(events)
@@ -180,14 +180,6 @@ class EventHubHost:
             for reader in readers:
                 reader.set()
 
-
-async def _wait_any(first: asyncio.Event, second: asyncio.Event, timeout: float) -> None:
-    waiters = {asyncio.ensure_future(first.wait()), asyncio.ensure_future(second.wait())}
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
 
 
 def host_json_batch_size(index: FunctionIndex) -> int:

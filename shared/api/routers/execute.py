@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from shared.api.durable import get_durable_client
 from shared.api.problems import ProblemError
 from shared.api.responses import AUTH_ERRORS, INVALID, problem_doc
+from shared.api.routers.executions import ExecutionLinks
 from shared.api.security import RequestContext, authenticated, authorize, tenant_resource
 from shared.config import get_settings
 from shared.db.session import tenant_transaction
@@ -59,13 +60,6 @@ class ExecuteRequest(BaseModel):
                                   description="From POST .../plan: refuse to run if the plan has changed since.")
     idempotency_key: str | None = Field(None, min_length=1, max_length=255,
                                         description="For producers that cannot set the Idempotency-Key header.")
-
-
-class ExecutionLinks(BaseModel):
-    """Where to read the execution and follow its events."""
-
-    self: str
-    events: str
 
 
 class ExecutionAccepted(BaseModel):
