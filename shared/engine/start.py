@@ -40,6 +40,10 @@ class StartError(Exception):
     """An execution that may not start; each subclass is one API answer."""
 
 
+class TenantSuspendedError(StartError):
+    """A suspended tenant's executions are not started (its child intents included)."""
+
+
 class IntentArchivedError(StartError):
     """Archived intents are kept for history and never run."""
 
@@ -226,6 +230,8 @@ def start_execution(conn: Conn, tenant: TenantFacts, request: StartRequest, *, m
     With an idempotency key already used, the execution it created is returned (and its start only handed
     back if that start stalled). `authorize` decides on the intent (its target) before anything is revealed.
     """
+    if tenant.status != "active":
+        raise TenantSuspendedError(f"tenant {tenant.id} is {tenant.status}")
     item = registry.get(conn, "intent", request.intent_id)
     authorize(item)
     fingerprint = request.fingerprint()

@@ -15,7 +15,9 @@ from psycopg_pool import ConnectionPool
 from shared.db.session import tenant_transaction
 from shared.engine import steps as store
 from shared.engine import task_tokens
+from shared.engine.start import StartRequest, TenantSuspendedError, start_execution
 from shared.engine.steps import AttemptKey, StepSeed
+from shared.policy.facts import TenantFacts
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_executions import _execution
 
@@ -98,3 +100,12 @@ def test_the_same_attempt_reissues_the_same_token(app_pool: ConnectionPool[Any],
     with tenant_transaction(tenants["delta"], pool=app_pool) as conn:
         again = task_tokens.issue(conn, tenants["delta"], key, 0, nonce=token.nonce, expires_at=token.expires_at)
     assert again.token == token.token
+
+
+def test_a_suspended_tenant_starts_no_execution(app_pool: ConnectionPool[Any], tenants: dict[str, uuid.UUID]) -> None:
+    facts = TenantFacts(id=tenants["gamma"], status="suspended", allowed_targets=frozenset({"staging"}),
+                        allowed_modules=frozenset({"wait"}))
+    with tenant_transaction(tenants["gamma"], pool=app_pool) as conn:
+        with pytest.raises(TenantSuspendedError):
+            start_execution(conn, facts, StartRequest(intent_id=uuid.uuid4()), max_concurrent=10,
+                            authorize=lambda _item: None)

@@ -98,6 +98,8 @@ def start_problem(exc: engine.StartError | registry.RegistryError) -> ProblemErr
                                 headers={"Retry-After": "30"}, extensions={"limit": exc.limit})
         case engine.PlanChangedError():
             return ProblemError(409, "plan-changed", "Conflict", str(exc), extensions={"plan_hash": exc.actual})
+        case engine.TenantSuspendedError():
+            return ProblemError(403, "forbidden", "Forbidden", str(exc), extensions={"reason": "tenant_suspended"})
         case engine.IntentArchivedError():
             return ProblemError(409, "archived", "Conflict", str(exc))
         case engine.NoLongerValidError():
