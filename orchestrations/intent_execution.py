@@ -258,7 +258,7 @@ class _Run:
             if winner is flight.side:
                 flight.side = None
                 if winner.state is TaskState.FAILED:
-                    self.attempt_failed_or_abandon(flight, f"could not start: {winner.result}")
+                    self.attempt_failed(flight, f"could not start: {winner.result}")
                 return
             if winner is flight.timeout:
                 # The verdict decides: a result recorded just before the timer fired still counts.
@@ -271,17 +271,13 @@ class _Run:
                 return
         raise RuntimeError("a completed task matched no running step")  # a bug, never a data condition
 
-    def attempt_failed_or_abandon(self, flight: _Flight, error: str) -> None:
-        _drop_timer(flight.timeout)
-        self.attempt_failed(flight, error)
-
     def advance(self, flight: _Flight, winner: TaskBase) -> None:
         """The flight's own task completed: move it to its next stage, or apply its verdict."""
         if flight.stage == "retry_pause":
             self.keep_side(flight)
             self.start_attempt(flight.step_id, flight.attempt + 1)
         elif winner.state is TaskState.FAILED:
-            self.attempt_failed_or_abandon(flight, str(winner.result))
+            self.attempt_failed(flight, str(winner.result))
         elif flight.stage == "starting_child":
             child = _json(winner.result)
             if "verdict" in child:  # the child could not start; recorded as the step's failure
@@ -395,8 +391,8 @@ def _compensate(run: _Run, step_id: str) -> Generator[TaskBase, Any, str | None]
     return error
 
 
-def _finish(run: _Run, status: str, **data: Any) -> Generator[TaskBase, Any, None]:
-    """Wait for every pending write, then record the execution's end (the last event of its stream)."""
+def _record_status(run: _Run, status: str, **data: Any) -> Generator[TaskBase, Any, None]:
+    """Wait for every pending write, then record the execution's new status, so its event follows theirs."""
     pending = [task for task in (*run.bookkeeping, run.status_task) if task is not None]
     if pending:
         yield run.context.task_all(pending)
@@ -448,7 +444,7 @@ def intent_execution_orchestrator(context: df.DurableOrchestrationContext) -> Or
     if not run.stopping:
         run.phase = "succeeded"
         run.publish()
-        yield from _finish(run, "succeeded", output=dict(run.completed))
+        yield from _record_status(run, "succeeded", output=dict(run.completed))
         return {"status": "succeeded", "outputs": dict(run.completed), "skipped": list(run.skipped)}
 
     ending = "cancelled" if run.cancelled else "failed"
@@ -459,12 +455,7 @@ def intent_execution_orchestrator(context: df.DurableOrchestrationContext) -> Or
     if to_compensate:
         run.phase = "compensating"
         run.publish()
-        pending = [task for task in (*run.bookkeeping, run.status_task) if task is not None]
-        if pending:
-            yield context.task_all(pending)
-        run.bookkeeping.clear()
-        run.status_task = None
-        yield run.record("execution", status="compensating", error=cause)
+        yield from _record_status(run, "compensating", error=cause)
     for step_id in to_compensate:
         error = yield from _compensate(run, step_id)
         if error is None:
@@ -478,6 +469,6 @@ def intent_execution_orchestrator(context: df.DurableOrchestrationContext) -> Or
     run.publish()
     result = {"status": ending, "failed_step": run.first_failure, "error": cause, "compensated": compensated,
               "compensation_failed": compensation_failed}
-    yield from _finish(run, ending, error=cause, output={key: value for key, value in result.items()
+    yield from _record_status(run, ending, error=cause, output={key: value for key, value in result.items()
                                                           if key != "status"})
     return result

@@ -41,9 +41,7 @@ class RequestContext:
     @property
     def tenant_facts(self) -> TenantFacts:
         """The tenant attributes policies and gates decide on."""
-        return TenantFacts(id=self.tenant.id, status=self.tenant.status,
-                           allowed_targets=frozenset(self.tenant.allowed_targets),
-                           allowed_modules=frozenset(self.tenant.allowed_modules))
+        return self.tenant.facts()
 
 
 def token_validator() -> TokenValidator:

@@ -20,9 +20,8 @@ from shared.engine.protocol import MODULE_WORK_HUB, WorkItem
 from shared.engine.start import StartError, StartRequest, rebuild_input, start_execution
 from shared.engine.steps import AttemptKey
 from shared.events.publisher import OutboundEvent, get_publisher
-from shared.policy.facts import TenantFacts
 from shared.registry.catalog import IntentRunParams
-from shared.registry.repository import list_heads
+from shared.registry.repository import find_head
 from shared.tenants.repository import get_tenant
 
 logger = logging.getLogger(__name__)
@@ -192,35 +191,28 @@ def _start_child(request: ProgressRequest) -> dict[str, Any]:
     with tenant_transaction(request.tenant_id) as conn:
         tenant = get_tenant(conn, request.tenant_id)
         assert tenant is not None  # noqa: S101  # the execution's own tenant row
-        facts = TenantFacts(id=tenant.id, status=tenant.status, allowed_targets=frozenset(tenant.allowed_targets),
-                            allowed_modules=frozenset(tenant.allowed_modules))
         store.begin_attempt(conn, key, action="intent.run", remote=False)
         parent = repo.get_execution(conn, request.execution_id)
-        heads = list_heads(conn, "intent", name_prefix=params.intent, labels={}, status="active", after_name=None,
-                           limit=10)
-        match = next((head for head in heads if head.name == params.intent), None)
-        if match is None:
-            verdict = None
+        child = find_head(conn, "intent", params.intent)
+        if child is None:
+            error = f"no active intent named {params.intent!r} in this tenant"
         else:
             try:
                 started = start_execution(
-                    conn, facts, StartRequest(
-                        intent_id=match.id, input=params.inputs, version=params.version,
+                    conn, tenant.facts(), StartRequest(
+                        intent_id=child.id, input=params.inputs, version=params.version,
                         idempotency_key=f"child:{request.execution_id}:{key.step_id}:{key.attempt}",
                         requested_by=parent.requested_by, parent_execution_id=parent.id,
                         parent_step_id=key.step_id),
                     max_concurrent=10**9, authorize=lambda _item: None)
             except StartError as exc:
-                verdict = {"error": f"child intent {params.intent} cannot start: {exc}"}
+                error = f"child intent {params.intent} cannot start: {exc}"
             else:
                 store.set_child(conn, request.execution_id, key.step_id, started.execution.id)
-                child_input = started.orchestration_input
-                if child_input is None:  # the activity ran before: rebuild the same input
-                    child_input = rebuild_input(conn, facts, started.execution)
+                # Run before (a re-executed activity): the same child, whose input is rebuilt the same way.
+                child_input = started.orchestration_input or rebuild_input(conn, tenant.facts(), started.execution)
                 return {"execution_id": str(started.execution.id), "input": child_input}
-    if verdict is None:
-        verdict = {"error": f"no active intent named {params.intent!r} in this tenant"}
-    return {"verdict": _fail_child(request, verdict["error"])}
+    return {"verdict": _fail_child(request, error)}
 
 
 def _fail_child(request: ProgressRequest, error: str) -> dict[str, Any]:

@@ -174,13 +174,12 @@ def _input_problems(schema: dict[str, Any] | None, values: dict[str, Any]) -> li
     return problems[:MAX_REPORTED_INPUT_ERRORS]
 
 
-def runnable(conn: Conn, tenant: TenantFacts, intent_id: UUID, version: int | None,
+def runnable(conn: Conn, tenant: TenantFacts, item: registry.Item, version: int | None,
              given_input: dict[str, Any]) -> Runnable:
-    """The version to run with its steps, checked against the tenant's gates and catalog as they are now."""
-    item = registry.get(conn, "intent", intent_id)
+    """The version of `item` to run with its steps, checked against the tenant's gates and catalog as they are now."""
     if item.head.status == "archived":
-        raise IntentArchivedError(f"intent {intent_id} is archived")
-    pinned = item.version if version is None else registry.version(conn, "intent", intent_id, version)
+        raise IntentArchivedError(f"intent {item.head.id} is archived")
+    pinned = item.version if version is None else registry.version(conn, "intent", item.head.id, version)
     definition = Definition.model_validate(pinned.definition)
     schema = definition.inputs
     if definition.is_declaration:
@@ -239,7 +238,7 @@ def start_execution(conn: Conn, tenant: TenantFacts, request: StartRequest, *, m
         found = repo.find_by_key(conn, request.idempotency_key)
         if found is not None:
             return _replayed(conn, tenant, found, fingerprint)
-    run = runnable(conn, tenant, request.intent_id, request.version, request.input)
+    run = runnable(conn, tenant, item, request.version, request.input)
     if request.plan_hash is not None and request.plan_hash != run.plan_hash:
         raise PlanChangedError(request.plan_hash, run.plan_hash)
     conn.execute(_QUOTA_LOCK)
@@ -276,6 +275,7 @@ def _replayed(conn: Conn, tenant: TenantFacts, execution: repo.Execution, finger
 
 def rebuild_input(conn: Conn, tenant: TenantFacts, execution: repo.Execution) -> dict[str, Any]:
     """The orchestration input of a recorded execution, from its pinned version and reused steps."""
-    run = runnable(conn, tenant, execution.intent_id, execution.intent_version, execution.input)
+    item = registry.get(conn, "intent", execution.intent_id)
+    run = runnable(conn, tenant, item, execution.intent_version, execution.input)
     reused = {row["step_id"]: row["output"] for row in list_steps(conn, execution.id) if row["reused"]}
     return orchestration_input(tenant.id, execution.id, run, reused)

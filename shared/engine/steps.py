@@ -93,12 +93,15 @@ _FINISH = sql.SQL(
     "UPDATE app.step_attempts SET state = %s, output = %s, error = %s, retryable = %s,"
     " finished_at = clock_timestamp() WHERE execution_id = %s AND step_id = %s AND phase = %s AND attempt = %s"
     " AND state = 'dispatched' RETURNING {}").format(_ATTEMPT_COLUMNS)
+# A NULL output parameter keeps the stored output (a JSON null output arrives as the jsonb value null).
 _STEP_STATE = ("UPDATE app.execution_steps SET state = %s, attempt = GREATEST(attempt, %s), error = %s,"
-               " retry_at = %s, updated_at = clock_timestamp(),"
+               " retry_at = NULL, output = COALESCE(%s, output), updated_at = clock_timestamp(),"
                " started_at = COALESCE(started_at, CASE WHEN %s THEN clock_timestamp() END),"
                " finished_at = CASE WHEN %s THEN clock_timestamp() END"
                " WHERE execution_id = %s AND step_id = %s")
-_STEP_OUTPUT = ("UPDATE app.execution_steps SET output = %s WHERE execution_id = %s AND step_id = %s")
+_MOVE_STEP = ("UPDATE app.execution_steps SET state = %s, error = COALESCE(%s, error), retry_at = %s,"
+              " updated_at = clock_timestamp(), finished_at = CASE WHEN %s THEN clock_timestamp() END"
+              " WHERE execution_id = %s AND step_id = %s AND state = ANY(%s)")
 _STEPS = ("SELECT step_id, action, state, attempt, max_attempts, output, error, retry_at, reused, child_execution_id,"
           " started_at, finished_at FROM app.execution_steps WHERE execution_id = %s ORDER BY position")
 _ATTEMPTS = sql.SQL("SELECT {} FROM app.step_attempts WHERE execution_id = %s"
@@ -134,16 +137,11 @@ def seed_steps(conn: Conn, execution_id: UUID, steps: Sequence[StepSeed]) -> Non
             for position, step in enumerate(steps)])
 
 
-def set_step_state(conn: Conn, execution_id: UUID, step_id: str, state: str, *, attempt: int = 0,
-                   error: str | None = None, retry_at: datetime | None = None, started: bool = False,
-                   finished: bool = False) -> None:
-    """Move a step's summary row (no event: the caller writes the one that says why)."""
-    conn.execute(_STEP_STATE, (state, attempt, error, retry_at, started, finished, execution_id, step_id))
-
-
-_MOVE_STEP = ("UPDATE app.execution_steps SET state = %s, error = COALESCE(%s, error), retry_at = %s,"
-              " updated_at = clock_timestamp(), finished_at = CASE WHEN %s THEN clock_timestamp() END"
-              " WHERE execution_id = %s AND step_id = %s AND state = ANY(%s)")
+def _set_step_state(conn: Conn, execution_id: UUID, step_id: str, state: str, *, attempt: int = 0,
+                    error: str | None = None, output: Jsonb | None = None, started: bool = False,
+                    finished: bool = False) -> None:
+    """Move a step's summary row along with its attempt (no event: the caller writes the one that says why)."""
+    conn.execute(_STEP_STATE, (state, attempt, error, output, started, finished, execution_id, step_id))
 
 
 def move_step(conn: Conn, execution_id: UUID, step_id: str, state: str, from_states: Sequence[str], *,
@@ -166,8 +164,8 @@ def begin_attempt(conn: Conn, key: AttemptKey, *, action: str, remote: bool, tok
         assert existing is not None  # noqa: S101  # the conflict is on this very key
         return _attempt(existing), False
     state = step_state or ("running" if key.phase == "run" else "compensating")
-    set_step_state(conn, key.execution_id, key.step_id, state, attempt=key.attempt if key.phase == "run" else 0,
-                   started=True)
+    _set_step_state(conn, key.execution_id, key.step_id, state, attempt=key.attempt if key.phase == "run" else 0,
+                    started=True)
     event = "step_started" if key.phase == "run" else "compensation_started"
     append_event(conn, key.execution_id, event, key.step_id,
                  {"attempt": key.attempt, "action": action, **(event_data or {})})
@@ -197,13 +195,11 @@ def finish_attempt(conn: Conn, key: AttemptKey, *, ok: bool, output: Any = None,
         return _attempt(existing), False
     attempt = _attempt(row)
     if key.phase == "run":
-        set_step_state(conn, key.execution_id, key.step_id, "succeeded" if ok else "failed", attempt=key.attempt,
-                       error=None if ok else error, finished=True)
-        if ok:
-            conn.execute(_STEP_OUTPUT, (Jsonb(output), key.execution_id, key.step_id))
+        _set_step_state(conn, key.execution_id, key.step_id, "succeeded" if ok else "failed", attempt=key.attempt,
+                        error=None if ok else error, output=Jsonb(output) if ok else None, finished=True)
     else:
-        set_step_state(conn, key.execution_id, key.step_id, "compensated" if ok else "compensation_failed",
-                       error=None if ok else error, finished=True)
+        _set_step_state(conn, key.execution_id, key.step_id, "compensated" if ok else "compensation_failed",
+                        error=None if ok else error, finished=True)
     data: dict[str, Any] = {"attempt": key.attempt}
     if ok:
         data["output"] = output

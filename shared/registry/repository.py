@@ -212,3 +212,10 @@ def current_blueprint(conn: psycopg.Connection[DictRow], name: str) -> Blueprint
 def blueprint_version(conn: psycopg.Connection[DictRow], blueprint_id: UUID, version: int) -> BlueprintVersion | None:
     """A pinned blueprint version, archived or not: a pin keeps working after its blueprint is archived."""
     return _blueprint(conn.execute(_BLUEPRINT_VERSION, (blueprint_id, version)).fetchone())
+
+
+def find_head(conn: psycopg.Connection[DictRow], kind: Kind, name: str) -> HeadRow | None:
+    """The active item named `name`, if any (names are unique per tenant and kind)."""
+    # By keyset order the exact name sorts first among the names it prefixes.
+    heads = list_heads(conn, kind, name_prefix=name, labels={}, status="active", after_name=None, limit=1)
+    return heads[0] if heads and heads[0].name == name else None

@@ -9,6 +9,8 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from shared.policy.facts import TenantFacts
+
 TenantStatus = Literal["active", "suspended"]
 _NAME = r"^[a-z0-9][a-z0-9-]{1,62}$"
 AllowedItem = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
@@ -69,6 +71,11 @@ class Tenant(BaseModel):
     allowed_targets: list[str]
     created_at: datetime
     updated_at: datetime
+
+    def facts(self) -> TenantFacts:
+        """The attributes policies and gates decide on."""
+        return TenantFacts(id=self.id, status=self.status, allowed_targets=frozenset(self.allowed_targets),
+                           allowed_modules=frozenset(self.allowed_modules))
 
 
 class TenantPage(BaseModel):

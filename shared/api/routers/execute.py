@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -22,6 +23,7 @@ from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
 from shared.engine import start as engine
 from shared.engine.protocol import ORCHESTRATOR
+from shared.engine.start import Conn
 from shared.policy.actions import Action
 from shared.registry import service as registry
 
@@ -115,21 +117,24 @@ def max_concurrent(context: RequestContext) -> int:
     return quota if quota is not None else get_settings().QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS
 
 
-def begin(context: RequestContext, request: engine.StartRequest) -> engine.Started:
-    """Run the start's checks and writes in one tenant transaction (on a worker thread)."""
+def begin(context: RequestContext, make_request: Callable[[Conn], engine.StartRequest], *,
+          detail: dict[str, Any] | None = None) -> engine.Started:
+    """Run a start's checks and writes in one tenant transaction (on a worker thread); `make_request` builds the
+    request inside it, and the intent's execute decision is audited with `detail`."""
     def decide(item: registry.Item) -> None:
         authorize(context, Action.INTENT_EXECUTE, tenant_resource(
-            "Intent", item.head.id, context.tenant.id, target=item.target or "", labels=item.version.labels))
+            "Intent", item.head.id, context.tenant.id, target=item.target or "", labels=item.version.labels),
+            detail=detail)
 
     with tenant_transaction(context.tenant.id) as conn:
         try:
-            return engine.start_execution(conn, context.tenant_facts, request, max_concurrent=max_concurrent(context),
-                                          authorize=decide)
+            return engine.start_execution(conn, context.tenant_facts, make_request(conn),
+                                          max_concurrent=max_concurrent(context), authorize=decide)
         except (engine.StartError, registry.RegistryError) as exc:
             raise start_problem(exc) from None
 
 
-async def launch(client: Any, started: engine.Started) -> None:
+async def launch(client: Any, started: engine.Started, tenant_id: UUID) -> None:
     """Start the orchestration (instance id = execution id) when this request holds the start claim."""
     if started.orchestration_input is None:
         return
@@ -138,20 +143,16 @@ async def launch(client: Any, started: engine.Started) -> None:
     except Exception as exc:
         # Nothing runs it, so it must not look pending forever: record why, then tell the caller to retry.
         logger.exception("could not start the orchestration of execution %s", started.execution.id)
-        await run_in_threadpool(_fail_start, started, str(exc))
+        await run_in_threadpool(_fail_start, tenant_id, started.execution.id, str(exc))
         raise ProblemError(503, "orchestration-unavailable", "Service unavailable",
                            "The execution could not be started; it is recorded as failed. Retry shortly.",
                            headers={"Retry-After": "5"}) from None
 
 
-def _fail_start(started: engine.Started, reason: str) -> None:
-    tenant_id = UUID(str(started.orchestration_input["tenant_id"])) if started.orchestration_input else None
-    if tenant_id is None:
-        return
+def _fail_start(tenant_id: UUID, execution_id: UUID, reason: str) -> None:
     with tenant_transaction(tenant_id) as conn:
-        execution = repo.get_execution(conn, started.execution.id)
-        if execution.status == "pending":
-            repo.transition(conn, execution.id, "failed", error=f"the orchestration could not be started: {reason}")
+        if repo.get_execution(conn, execution_id).status == "pending":
+            repo.transition(conn, execution_id, "failed", error=f"the orchestration could not be started: {reason}")
 
 
 @router.post("/{intent_id}/execute", status_code=202, response_model=ExecutionAccepted, summary="Execute an intent",
@@ -168,8 +169,9 @@ async def execute(
     """Validate the input, decide (Executor; Deployer for production), hold the concurrent-execution quota, record
     the execution and start its orchestration; 202 with its id and links. Without a body the input is empty."""
     request = body or ExecuteRequest()
-    started = await run_in_threadpool(begin, context, engine.StartRequest(
+    start = engine.StartRequest(
         intent_id=intent_id, input=request.input, version=request.version, plan_hash=request.plan_hash,
-        idempotency_key=idempotency_key or request.idempotency_key, requested_by=context.principal.id))
-    await launch(client, started)
+        idempotency_key=idempotency_key or request.idempotency_key, requested_by=context.principal.id)
+    started = await run_in_threadpool(begin, context, lambda _conn: start)
+    await launch(client, started, context.tenant.id)
     return accepted(started)

@@ -7,42 +7,35 @@ import logging
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Body, Depends, Header, Path
+from fastapi import APIRouter, Body, Depends, Header
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from shared.api.durable import get_durable_client
+from shared.api.durable import get_durable_client, raise_to_orchestration
 from shared.api.problems import ProblemError
 from shared.api.responses import AUTH_ERRORS, INVALID, problem_doc
-from shared.api.routers.execute import (
-    EXECUTE_ERRORS,
-    ExecutionAccepted,
-    accepted,
-    launch,
-    max_concurrent,
-    start_problem,
+from shared.api.routers.execute import EXECUTE_ERRORS, ExecutionAccepted, accepted, begin, launch
+from shared.api.routers.executions import (
+    EXAMPLE_EXECUTION_ID,
+    EXECUTION_NOT_FOUND,
+    ExecutionId,
+    StepId,
+    execution_resource,
+    load_execution,
 )
-from shared.api.routers.executions import execution_resource, load_execution
-from shared.api.security import RequestContext, authenticated, authorize, record_mutation, tenant_resource
+from shared.api.security import RequestContext, authenticated, authorize, record_mutation
 from shared.db.session import tenant_transaction
 from shared.engine import control
 from shared.engine import executions as repo
 from shared.engine import start as engine
 from shared.engine.protocol import CANCEL_EVENT, approval_event
 from shared.policy.actions import Action
-from shared.registry import service as registry
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/executions", tags=["executions"])
 Context = Annotated[RequestContext, Depends(authenticated)]
-ExecutionId = Annotated[UUID, Path(description="The execution's id.")]
-StepId = Annotated[str, Path(min_length=1, max_length=128, description="The step's id.")]
-
-_EXAMPLE_ID = "5d7e1f0a-3b2c-4d5e-8f90-1a2b3c4d5e6f"
-_NOT_FOUND = problem_doc(404, "not-found", "Not found", f"No execution {_EXAMPLE_ID}.",
-                         "No such execution in the caller's tenant (another tenant's is not found either)")
-_FINISHED = problem_doc(409, "already-finished", "Conflict", f"execution {_EXAMPLE_ID} is already succeeded",
+_FINISHED = problem_doc(409, "already-finished", "Conflict", f"execution {EXAMPLE_EXECUTION_ID} is already succeeded",
                         "The execution has ended")
 
 
@@ -50,7 +43,7 @@ class CancelAccepted(BaseModel):
     """The cancel was recorded; the execution compensates what completed and ends cancelled."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [
-        {"execution_id": _EXAMPLE_ID, "status": "running", "cancel_requested": True}]})
+        {"execution_id": EXAMPLE_EXECUTION_ID, "status": "running", "cancel_requested": True}]})
 
     execution_id: UUID
     status: str
@@ -72,7 +65,7 @@ class ApprovalRecorded(BaseModel):
     """The decision as recorded (a repeated identical decision answers the same)."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [
-        {"execution_id": _EXAMPLE_ID, "step_id": "approve", "decision": "approve", "applied": True}]})
+        {"execution_id": EXAMPLE_EXECUTION_ID, "step_id": "approve", "decision": "approve", "applied": True}]})
 
     execution_id: UUID
     step_id: str
@@ -101,18 +94,8 @@ def _problem(exc: control.ControlError) -> ProblemError:
     return ProblemError(500, "internal-error", "Internal server error")
 
 
-async def raise_to_orchestration(client: Any, execution_id: UUID, name: str, data: Any) -> bool:
-    """Tell the orchestration; False when it is not there (it learns what was recorded when it starts)."""
-    try:
-        await client.raise_event(str(execution_id), name, data)
-    except Exception as exc:
-        logger.warning("could not raise %s to %s: %s", name, execution_id, exc)
-        return False
-    return True
-
-
 @router.post("/{execution_id}/cancel", status_code=202, response_model=CancelAccepted, summary="Cancel an execution",
-             responses={**AUTH_ERRORS, 404: _NOT_FOUND, 409: _FINISHED, 422: INVALID})
+             responses={**AUTH_ERRORS, 404: EXECUTION_NOT_FOUND, 409: _FINISHED, 422: INVALID})
 async def cancel(execution_id: ExecutionId, context: Context,
                  client: Any = Depends(get_durable_client)) -> CancelAccepted:  # noqa: B008
     """Stop scheduling new steps, let work already out end, compensate what completed, end cancelled (the
@@ -142,7 +125,7 @@ def _cancel_unstarted(tenant_id: UUID, execution_id: UUID) -> None:
 
 
 @router.post("/{execution_id}/approvals/{step_id}", response_model=ApprovalRecorded, summary="Decide an approval",
-             responses={**AUTH_ERRORS, 404: _NOT_FOUND, 409: problem_doc(
+             responses={**AUTH_ERRORS, 404: EXECUTION_NOT_FOUND, 409: problem_doc(
                  409, "not-waiting", "Conflict", "step deploy was already decided (failed)",
                  "The step is not an approval waiting for a decision"), 422: INVALID})
 async def approve(execution_id: ExecutionId, step_id: StepId, body: ApprovalDecision, context: Context,
@@ -173,7 +156,7 @@ async def approve(execution_id: ExecutionId, step_id: StepId, body: ApprovalDeci
 
 @router.post("/{execution_id}/retry", status_code=202, response_model=ExecutionAccepted,
              summary="Retry an execution from the failed step",
-             responses={**EXECUTE_ERRORS, 404: _NOT_FOUND})
+             responses={**EXECUTE_ERRORS, 404: EXECUTION_NOT_FOUND})
 async def retry(execution_id: ExecutionId, context: Context,
                 body: Annotated[RetryRequest | None, Body(examples=[{}, {"version": 3}])] = None,
                 idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
@@ -182,25 +165,15 @@ async def retry(execution_id: ExecutionId, context: Context,
     were not compensated) and runs the rest; 202 with its id (`retry_of` links the two)."""
     request = body or RetryRequest()
 
-    def begin() -> engine.Started:
+    def start_retry() -> engine.Started:
         execution = load_execution(context, execution_id)
-        with tenant_transaction(context.tenant.id) as conn:
-            try:
-                start = control.retry_request(conn, execution, version=request.version,
-                                              requested_by=context.principal.id, idempotency_key=idempotency_key)
+        try:
+            return begin(context, lambda conn: control.retry_request(
+                conn, execution, version=request.version, requested_by=context.principal.id,
+                idempotency_key=idempotency_key), detail={"retry_of": str(execution_id)})
+        except control.ControlError as exc:
+            raise _problem(exc) from None
 
-                def decide(item: registry.Item) -> None:
-                    authorize(context, Action.INTENT_EXECUTE, tenant_resource(
-                        "Intent", item.head.id, context.tenant.id, target=item.target or "",
-                        labels=item.version.labels), detail={"retry_of": str(execution_id)})
-
-                return engine.start_execution(conn, context.tenant_facts, start,
-                                              max_concurrent=max_concurrent(context), authorize=decide)
-            except control.ControlError as exc:
-                raise _problem(exc) from None
-            except (engine.StartError, registry.RegistryError) as exc:
-                raise start_problem(exc) from None
-
-    started = await run_in_threadpool(begin)
-    await launch(client, started)
+    started = await run_in_threadpool(start_retry)
+    await launch(client, started, context.tenant.id)
     return accepted(started)

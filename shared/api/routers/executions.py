@@ -27,6 +27,7 @@ from shared.policy.authorizer import Resource
 router = APIRouter(prefix="/api/v1/executions", tags=["executions"])
 Context = Annotated[RequestContext, Depends(authenticated)]
 ExecutionId = Annotated[UUID, Path(description="The execution's id.")]
+StepId = Annotated[str, Path(min_length=1, max_length=128, description="The step's id.")]
 
 MAX_WAIT_S = 30.0
 # The long poll re-reads at this interval (a short tenant transaction each time) rather than holding a LISTEN
@@ -35,13 +36,13 @@ MAX_WAIT_S = 30.0
 POLL_INTERVAL_S = 0.2
 MAX_EVENTS = 500
 
-_EXAMPLE_ID = "5d7e1f0a-3b2c-4d5e-8f90-1a2b3c4d5e6f"
+EXAMPLE_EXECUTION_ID = "5d7e1f0a-3b2c-4d5e-8f90-1a2b3c4d5e6f"
 _INTENT_ID = "0b6f3c1e-5d2a-4c1f-9e7b-2a8d4f6c9e10"
 _PRINCIPAL = "72f988bf-86f1-41af-91ab-2d7cd011db47/1b2c3d4e-0000-4000-8000-000000000001"
 _SUMMARY_EXAMPLE: dict[str, Any] = {
-    "id": _EXAMPLE_ID, "intent_id": _INTENT_ID, "intent_version": 2, "target": "production", "status": "running",
-    "requested_by": _PRINCIPAL, "created_at": "2025-01-05T09:30:00Z", "updated_at": "2025-01-05T09:30:01Z",
-    "finished_at": None}
+    "id": EXAMPLE_EXECUTION_ID, "intent_id": _INTENT_ID, "intent_version": 2, "target": "production",
+    "status": "running", "requested_by": _PRINCIPAL, "created_at": "2025-01-05T09:30:00Z",
+    "updated_at": "2025-01-05T09:30:01Z", "finished_at": None}
 _STEP_EXAMPLE: dict[str, Any] = {
     "step_id": "build", "action": "build-container", "state": "retrying", "attempt": 1, "max_attempts": 3,
     "output": None, "error": "registry unavailable", "retry_at": "2025-01-05T09:30:09Z", "reused": False,
@@ -53,16 +54,16 @@ _EXECUTION_EXAMPLE: dict[str, Any] = {
     **_SUMMARY_EXAMPLE, "input": {"version": "1.2.3"}, "output": None, "error": None, "plan_hash": "3b1f" + "0" * 60,
     "last_event_seq": 3, "parent_execution_id": None, "retry_of": None,
     "wait_reason": "retrying step build in 8 s (attempt 2 of 3)", "steps": [_STEP_EXAMPLE],
-    "links": {"self": f"/api/v1/executions/{_EXAMPLE_ID}",
-              "events": f"/api/v1/executions/{_EXAMPLE_ID}/events?after=0"}}
+    "links": {"self": f"/api/v1/executions/{EXAMPLE_EXECUTION_ID}",
+              "events": f"/api/v1/executions/{EXAMPLE_EXECUTION_ID}/events?after=0"}}
 _EVENTS_EXAMPLE: dict[str, Any] = {
-    "execution_id": _EXAMPLE_ID, "status": "running", "next_after": 3, "items": [
+    "execution_id": EXAMPLE_EXECUTION_ID, "status": "running", "next_after": 3, "items": [
         {"seq": 2, "type": "step_started", "step": "build", "step_id": "build", "data": {"attempt": 1},
          "result": None, "error": None, "occurred_at": "2025-01-05T09:30:01Z"},
         {"seq": 3, "type": "step_completed", "step": "build", "step_id": "build",
          "data": {"attempt": 1, "output": {"image": "myapp:1.2.3"}}, "result": {"image": "myapp:1.2.3"},
          "error": None, "occurred_at": "2025-01-05T09:31:12Z"}]}
-_NOT_FOUND = problem_doc(404, "not-found", "Not found", f"No execution {_EXAMPLE_ID}.",
+EXECUTION_NOT_FOUND = problem_doc(404, "not-found", "Not found", f"No execution {EXAMPLE_EXECUTION_ID}.",
                          "No such execution in the caller's tenant (another tenant's is not found either)")
 
 
@@ -251,7 +252,7 @@ def list_all(
 
 
 @router.get("/{execution_id}", response_model=ExecutionOut, summary="Get an execution",
-            responses={**AUTH_ERRORS, 404: _NOT_FOUND, 422: INVALID})
+            responses={**AUTH_ERRORS, 404: EXECUTION_NOT_FOUND, 422: INVALID})
 def get_one(execution_id: ExecutionId, context: Context) -> ExecutionOut:
     """Status, pinned version, steps with attempts, timings, outputs (or blob references) and errors, and why it
     is waiting, of one execution (Reader)."""
@@ -262,7 +263,7 @@ def get_one(execution_id: ExecutionId, context: Context) -> ExecutionOut:
 
 
 @router.get("/{execution_id}/events", response_model=ExecutionEventPage, summary="Follow an execution's events",
-            responses={**AUTH_ERRORS, 404: _NOT_FOUND, 422: INVALID})
+            responses={**AUTH_ERRORS, 404: EXECUTION_NOT_FOUND, 422: INVALID})
 async def events(
     execution_id: ExecutionId,
     context: Context,

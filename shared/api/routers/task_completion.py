@@ -3,22 +3,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from shared.api.durable import get_durable_client
+from shared.api.durable import get_durable_client, raise_to_orchestration
 from shared.api.problems import ProblemError
 from shared.api.responses import INVALID, RATE_LIMITED, problem_doc
-from shared.api.routers.execution_control import raise_to_orchestration
+from shared.api.routers.executions import ExecutionId, StepId
 from shared.engine import remote
 
 router = APIRouter(prefix="/api/v1/executions", tags=["remote workers"])
-ExecutionId = Annotated[UUID, Path(description="The execution's id.")]
-StepId = Annotated[str, Path(min_length=1, max_length=128, description="The step's id.")]
 _EXAMPLE_TOKEN = "qpt1.eyJ0IjoiLi4uIn0.c2lnbmF0dXJl"  # noqa: S105  # a documentation example
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: problem_doc(401, "invalid-task-token", "Unauthorized", "the task token has expired",
