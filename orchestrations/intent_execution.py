@@ -301,10 +301,12 @@ class _Run:
                                                     f"{result.get('error')}")
 
     def desired_status(self) -> str:
-        """waiting while every running step waits on a person or on a remote worker (once its work is out)."""
-        if self.running and all(flight.stage == "waiting" and (
-                flight.kind == "approval"
-                or (flight.kind == "module" and flight.side is None and self.plan(flight.step_id).remote))
+        """waiting while every running step waits on a person or on a remote worker, once the request is out.
+
+        "Once out" matters for the stream: waiting is recorded only after approval_requested (or the dispatch), so a
+        reader that sees the status change can already read what it waits for."""
+        if self.running and all(flight.stage == "waiting" and flight.side is None and (
+                flight.kind == "approval" or (flight.kind == "module" and self.plan(flight.step_id).remote))
                 for flight in self.running.values()):
             return "waiting"
         return "running"

@@ -310,6 +310,9 @@ def test_approval_approved_by_another_principal_and_self_approval_refused(platfo
     status, events = follow(platform, execution_id, until=("waiting",))
     requested = [e for e in events if e["type"] == "approval_requested"]
     assert requested and requested[0]["data"]["message"] == "ship it?"
+    # What the run waits for is on the stream before the status says it waits.
+    waiting = [e for e in events if e["type"] == "execution_waiting"]
+    assert waiting and requested[0]["seq"] < waiting[0]["seq"]
     assert detail(platform, execution_id)["wait_reason"] == "waiting for approval of step gate"
     url = f"{platform.base}/api/v1/executions/{execution_id}/approvals/gate"
     # The requester holds the Approver role too, and is still refused.
