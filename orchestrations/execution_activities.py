@@ -1,11 +1,12 @@
 # intent_ref: platform.execution
-"""The intent orchestrator's activities: dispatch a step's work, and record the execution's progress."""
+"""The intent orchestrator's activities: dispatch a step's work, record the execution's progress, cancel a child."""
 
 from typing import Any
+from uuid import UUID
 
 import azure.durable_functions as df
 
-from shared.engine import progress
+from shared.engine import control, progress
 
 bp = df.Blueprint()
 
@@ -20,3 +21,11 @@ def dispatch_step(request: dict[str, Any]) -> None:
 def record_progress(request: dict[str, Any]) -> Any:
     """Record a transition of the execution or one of its steps; answers what was recorded."""
     return progress.record_progress(request)
+
+
+@bp.activity_trigger(input_name="request")
+@bp.durable_client_input(client_name="client")
+async def cancel_child(request: dict[str, Any], client: df.DurableOrchestrationClient) -> bool:
+    """Cancel a child execution of a stopping parent; answers whether the child was still running."""
+    return await control.cancel_child(UUID(request["tenant_id"]), UUID(request["child_execution_id"]),
+                                      UUID(request["execution_id"]), client)

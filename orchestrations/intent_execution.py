@@ -14,6 +14,7 @@ from azure.durable_functions.models.Task import TaskBase, TaskState, TimerTask
 
 from shared.engine.graph import RunState, StepGraph, compensation_order, next_steps
 from shared.engine.protocol import (
+    CANCEL_CHILD,
     CANCEL_EVENT,
     DISPATCH_STEP,
     ORCHESTRATOR,
@@ -230,7 +231,13 @@ class _Run:
         self.abandon_waits()
 
     def abandon_waits(self) -> None:
-        """Steps that only wait (a retry pause, an approval, a timer) end now: a stopping run starts no work."""
+        """Steps that only wait (a retry pause, an approval, a timer) end now: a stopping run starts no work.
+
+        A running child execution is told to cancel (it compensates its own steps); its step ends when it does.
+        """
+        for flight in self.running.values():
+            if flight.kind == "intent" and flight.stage == "waiting":
+                self.cancel_child(flight)
         for flight in [flight for flight in self.running.values()
                        if flight.stage == "retry_pause" or (flight.stage == "waiting" and
                                                             flight.kind in ("approval", "wait"))]:
@@ -242,6 +249,12 @@ class _Run:
             self.states[flight.step_id] = {"state": "cancelled", "attempt": flight.attempt, "error": flight.error}
             self.note("abandon", step_id=flight.step_id, attempt=flight.attempt,
                       reason="cancelled" if self.cancelled else "an earlier step failed")
+
+    def cancel_child(self, flight: _Flight) -> None:
+        """Ask the flight's child execution to cancel (a bookkeeping write: its answer changes nothing here)."""
+        body = {"tenant_id": self.tenant_id, "execution_id": self.execution_id,
+                "child_execution_id": self.states[flight.step_id]["child_execution_id"]}
+        self.bookkeeping.append(self.context.call_activity_with_retry(CANCEL_CHILD, _BOOKKEEPING_RETRY, body))
 
     def handle(self, winner: TaskBase) -> None:
         """Apply the task that completed first."""
@@ -287,6 +300,8 @@ class _Run:
             flight.task = self.context.call_sub_orchestrator(ORCHESTRATOR, child["input"],
                                                              child["execution_id"])
             self.states[flight.step_id]["child_execution_id"] = child["execution_id"]
+            if self.stopping:  # the run stopped while the child was being recorded: it starts only to end
+                self.cancel_child(flight)
         elif flight.stage == "settling" or flight.kind in ("module", "approval"):
             self.apply(flight, winner.result)
         elif flight.kind == "wait":

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -11,13 +13,16 @@ from uuid import UUID
 import psycopg
 from psycopg.rows import DictRow
 
+from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
 from shared.engine import steps as store
+from shared.engine.protocol import CANCEL_EVENT, EventRaiser
 from shared.engine.start import StartRequest
 from shared.engine.steps import AttemptKey
 from shared.registry import service as registry
 from shared.registry.model import Definition
 
+logger = logging.getLogger(__name__)
 Conn = psycopg.Connection[DictRow]
 Decision = Literal["approve", "reject"]
 _CANCEL = ("UPDATE app.executions SET cancel_requested_at = clock_timestamp(), cancel_requested_by = %s"
@@ -55,6 +60,33 @@ def request_cancel(conn: Conn, execution_id: UUID, requested_by: str) -> repo.Ex
     if conn.execute(_CANCEL, (requested_by, execution_id)).rowcount == 1:
         repo.append_event(conn, execution_id, "cancel_requested", data={"by": requested_by})
     return repo.get_execution(conn, execution_id)
+
+
+def parent_principal(parent_id: UUID | str) -> str:
+    """Who a cancel passed down from a parent execution is recorded as requested by."""
+    return f"execution:{parent_id}"
+
+
+def _record_child_cancel(tenant_id: UUID, child_id: UUID, parent_id: UUID) -> bool:
+    with tenant_transaction(tenant_id) as conn:
+        try:
+            request_cancel(conn, child_id, parent_principal(parent_id))
+        except AlreadyFinishedError:
+            return False
+    return True
+
+
+async def cancel_child(tenant_id: UUID, child_id: UUID, parent_id: UUID, client: EventRaiser) -> bool:
+    """Pass a stopping parent's cancel down to its child execution: recorded first (a child that starts later
+    reads it), then told to the child's orchestration. False when the child had ended already."""
+    if not await asyncio.to_thread(_record_child_cancel, tenant_id, child_id, parent_id):
+        return False
+    try:
+        await client.raise_event(str(child_id), CANCEL_EVENT, {"by": parent_principal(parent_id)})
+    except Exception as exc:
+        # Not there (yet) or already ended: the recorded request is what a starting orchestration reads.
+        logger.warning("could not raise cancel to child execution %s: %s", child_id, exc)
+    return True
 
 
 @dataclass(frozen=True)

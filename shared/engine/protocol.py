@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -11,12 +11,20 @@ from pydantic import BaseModel, ConfigDict, Field
 ORCHESTRATOR = "intent_execution_orchestrator"
 DISPATCH_STEP = "dispatch_step"
 RECORD_PROGRESS = "record_progress"
+CANCEL_CHILD = "cancel_child"
 CANCEL_EVENT = "cancel"
 MODULE_WORK_HUB = "module-work"
 
 StepKind = Literal["module", "approval", "wait", "intent"]
 """How the orchestrator runs a step: module work over Event Hubs, or one of the actions it runs itself."""
 ORCHESTRATOR_ACTIONS: dict[str, StepKind] = {"approval": "approval", "wait": "wait", "intent.run": "intent"}
+
+
+class EventRaiser(Protocol):
+    """The part of the Durable client that delivers results and cancels to orchestrations."""
+
+    async def raise_event(self, instance_id: str, event_name: str, event_data: Any = None) -> None:
+        """Deliver an external event to an orchestration instance."""
 
 
 def attempt_event(phase: str, step_id: str, attempt: int) -> str:

@@ -13,26 +13,19 @@ import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import ValidationError
 
 from shared.db.session import tenant_transaction
 from shared.engine import steps as store
 from shared.engine.payloads import claim_check
-from shared.engine.protocol import WorkItem
+from shared.engine.protocol import EventRaiser, WorkItem
 from shared.engine.steps import AttemptKey
 from shared.modules import BUILTIN_MODULES, Module, ModuleContext, StepFailed, run_module
 from shared.tenants.repository import tenant_settings
 
 logger = logging.getLogger(__name__)
-
-
-class EventRaiser(Protocol):
-    """The part of the Durable client the worker uses."""
-
-    async def raise_event(self, instance_id: str, event_name: str, event_data: Any = None) -> None:
-        """Deliver an external event to an orchestration instance."""
 
 
 @dataclass(frozen=True)

@@ -415,6 +415,55 @@ def test_child_intent_runs_as_a_sub_orchestration(platform: Platform, side_effec
     assert step["output"]["outputs"]["touch"]["status"] == 200
 
 
+def _child_waiting_for_approval(platform: Platform, side_effects: SideEffects, tag: str) -> str:
+    """A child intent that prepares something (compensated on the way out), then waits for an approval."""
+    name = f"child-{tag}"
+    create_intent(platform, [
+        {"id": "prepare", **http(side_effects, f"child-prepare-{tag}"),
+         "compensate": http(side_effects, f"child-unprepare-{tag}")},
+        {"id": "gate", "action": "approval", "depends_on": ["prepare"]}], name=name)
+    return name
+
+
+def _child_of(platform: Platform, execution_id: str, step_id: str) -> str:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        child = steps_of(detail(platform, execution_id))[step_id].get("child_execution_id")
+        if child:
+            return str(child)
+        time.sleep(0.2)
+    raise AssertionError(f"step {step_id} of {execution_id} started no child")
+
+
+def test_cancelling_a_parent_cancels_its_running_child(platform: Platform, side_effects: SideEffects) -> None:
+    tag = uuid.uuid4().hex[:6]
+    child_name = _child_waiting_for_approval(platform, side_effects, tag)
+    parent = started(platform, create_intent(platform, [
+        {"id": "run-child", "action": "intent.run", "intent": child_name}]))
+    child = _child_of(platform, parent, "run-child")
+    follow(platform, child, until=("waiting",))
+    cancelled = httpx.post(f"{platform.base}/api/v1/executions/{parent}/cancel", headers=platform.headers(AUTHOR))
+    assert cancelled.status_code == 202, cancelled.text
+    assert follow(platform, parent)[0] == "cancelled"
+    status, events = follow(platform, child)
+    assert status == "cancelled"
+    assert [e["data"]["by"] for e in events if e["type"] == "cancel_requested"] == [f"execution:{parent}"]
+    assert len(side_effects.named(f"child-unprepare-{tag}")) == 1
+    assert steps_of(detail(platform, parent))["run-child"]["state"] in ("failed", "cancelled")
+
+
+def test_a_failing_parent_cancels_its_child_instead_of_waiting_for_it(platform: Platform,
+                                                                       side_effects: SideEffects) -> None:
+    tag = uuid.uuid4().hex[:6]
+    child_name = _child_waiting_for_approval(platform, side_effects, tag)
+    parent = started(platform, create_intent(platform, [
+        {"id": "run-child", "action": "intent.run", "intent": child_name, "depends_on": []},
+        {"id": "boom", **http(side_effects, f"boom-{tag}", fail_times=99), "depends_on": []}]))
+    status, _ = follow(platform, parent)
+    assert status == "failed" and detail(platform, parent)["output"]["failed_step"] == "boom"
+    assert follow(platform, _child_of(platform, parent, "run-child"))[0] == "cancelled"
+
+
 def test_the_same_idempotency_key_under_concurrency_starts_one_execution(platform: Platform,
                                                                           side_effects: SideEffects) -> None:
     name = f"once-{uuid.uuid4().hex[:6]}"
