@@ -1,12 +1,13 @@
 # intent_ref: platform.execution
-"""The intent orchestrator's activities: dispatch a step's work, record the execution's progress, cancel a child."""
+"""The intent orchestrator's activities: dispatch a step's work, record progress, read a stored output, cancel a
+child."""
 
 from typing import Any
 from uuid import UUID
 
 import azure.durable_functions as df
 
-from shared.engine import control, progress
+from shared.engine import control, payloads, progress
 
 bp = df.Blueprint()
 
@@ -21,6 +22,13 @@ def dispatch_step(request: dict[str, Any]) -> None:
 def record_progress(request: dict[str, Any]) -> Any:
     """Record a transition of the execution or one of its steps; answers what was recorded."""
     return progress.record_progress(request)
+
+
+@bp.activity_trigger(input_name="request")
+def load_output(request: dict[str, Any]) -> Any:
+    """The parts of a step output stored as a blob that later steps reference."""
+    return payloads.load_parts(UUID(request["tenant_id"]), request["output"],
+                               [tuple(path) for path in request["paths"]])
 
 
 @bp.activity_trigger(input_name="request")

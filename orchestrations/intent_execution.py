@@ -12,11 +12,13 @@ from typing import Any
 import azure.durable_functions as df
 from azure.durable_functions.models.Task import TaskBase, TaskState, TimerTask
 
-from shared.engine.graph import RunState, StepGraph, compensation_order, next_steps
+from shared.engine.graph import RunState, StepGraph, compensation_order, next_steps, referenced_output_paths
+from shared.engine.payloads import is_blob_ref
 from shared.engine.protocol import (
     CANCEL_CHILD,
     CANCEL_EVENT,
     DISPATCH_STEP,
+    LOAD_OUTPUT,
     ORCHESTRATOR,
     RECORD_PROGRESS,
     StepPlan,
@@ -89,15 +91,44 @@ class _Run:
             step_id: {"state": "succeeded", "reused": True} if step_id in self.completed else {"state": "pending"}
             for step_id in self.steps}
         self.cancel_task = context.wait_for_external_event(CANCEL_EVENT)
+        self.output_paths = referenced_output_paths(definition.steps)
+        self.loaded: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------------------ bookkeeping
     def publish(self) -> None:
         """Custom status at every transition: the orchestration's own view, beside what Postgres records."""
         self.context.set_custom_status({"status": self.phase, "steps": self.states})
 
+    def state(self) -> RunState:
+        """What the scheduler and references see: a stored output reads as the parts of it that were loaded."""
+        readable = {step_id: self.loaded.get(step_id, output) for step_id, output in self.completed.items()}
+        return RunState(readable, frozenset(self.skipped), frozenset(self.failed), frozenset(self.running))
+
     def outputs(self) -> dict[str, Any]:
-        state = RunState(self.completed, frozenset(self.skipped), frozenset(self.failed), frozenset(self.running))
-        return state.outputs()
+        return self.state().outputs()
+
+    def load_outputs(self) -> Generator[TaskBase, Any, None]:
+        """Read the referenced parts of outputs stored as blobs (new, or reused by a retry) before anything
+        resolves a reference or a condition against them."""
+        pending = [step_id for step_id, output in self.completed.items()
+                   if step_id in self.output_paths and step_id not in self.loaded and is_blob_ref(output)]
+        if not pending:
+            return
+        tasks = [self.context.call_activity_with_retry(LOAD_OUTPUT, _BOOKKEEPING_RETRY, {
+            "tenant_id": self.tenant_id, "output": self.completed[step_id],
+            "paths": [list(path) for path in sorted(self.output_paths[step_id])]}) for step_id in pending]
+        try:
+            parts = yield self.context.task_all(tasks)
+        except Exception as exc:
+            # No dependent could resolve against it: the run stops (and compensates), naming what it could not read.
+            self.loaded.update({step_id: self.completed[step_id] for step_id in pending})
+            if not self.stopping:
+                self.first_failure = pending[0]
+                self.failed[pending[0]] = f"the stored output of step {pending[0]} could not be read: {exc}"
+                self.abandon_waits()
+            return
+        for step_id, loaded in zip(pending, parts, strict=True):
+            self.loaded[step_id] = _json(loaded)
 
     def policy(self, step: Step) -> RetryPolicy:
         return step.retry or _ONE_ATTEMPT
@@ -438,9 +469,9 @@ def intent_execution_orchestrator(context: df.DurableOrchestrationContext) -> Or
         run.cancel()  # the cancel came before the orchestration started; its event may have been lost
     run.publish()
     while True:
+        yield from run.load_outputs()
         if not run.stopping:
-            schedule = next_steps(run.graph, RunState(run.completed, frozenset(run.skipped), frozenset(run.failed),
-                                                      frozenset(run.running)), run.inputs)
+            schedule = next_steps(run.graph, run.state(), run.inputs)
             for step_id in schedule.skipped:
                 run.skipped.append(step_id)
                 run.states[step_id] = {"state": "skipped"}

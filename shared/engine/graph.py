@@ -9,7 +9,8 @@ from typing import Any
 
 from shared.registry.model import Step
 from shared.registry.plan import dependencies, execution_levels
-from shared.registry.when import evaluate_when
+from shared.registry.references import scan_references
+from shared.registry.when import evaluate_when, parse_when, when_references
 
 
 @dataclass(frozen=True)
@@ -101,3 +102,19 @@ def compensation_order(completed_in_order: Sequence[str], steps: Sequence[Step] 
     graph = steps if isinstance(steps, StepGraph) else StepGraph.from_steps(steps)
     compensable = {node.id for node in graph.nodes if node.compensable}
     return [step_id for step_id in reversed(completed_in_order) if step_id in compensable]
+
+
+def referenced_output_paths(steps: Sequence[Step]) -> dict[str, frozenset[tuple[str, ...]]]:
+    """For each step whose output is referenced, the paths into it that parameters, compensations and `when`
+    conditions read (an empty path: the whole output)."""
+    paths: dict[str, set[tuple[str, ...]]] = {}
+    for step in steps:
+        references = [reference for _, reference in scan_references(step.params).found]
+        if step.compensate is not None:
+            references += [reference for _, reference in scan_references(step.compensate.params).found]
+        if step.when is not None:
+            references += when_references(parse_when(step.when))
+        for reference in references:
+            if reference.source == "steps":
+                paths.setdefault(reference.name, set()).add(reference.path)
+    return {step_id: frozenset(found) for step_id, found in paths.items()}

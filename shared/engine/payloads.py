@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
 
@@ -52,3 +53,41 @@ def load(value: Any, *, container: ContainerClient | None = None) -> Any:
         return value
     target = container or artifacts_container(get_settings())
     return json.loads(target.download_blob(value[BLOB_REF]["name"]).readall())
+
+
+def project(output: Any, paths: Iterable[tuple[str, ...]]) -> Any:
+    """The parts of `output` that `paths` point at, in their places (what references read of a stored output).
+
+    An empty path, or an output that is not an object, gives the whole output. A list on the way is taken whole,
+    since an index into a thinned-out list would point at another element.
+    """
+    ordered = sorted(set(paths), key=len)
+    if not isinstance(output, dict) or not ordered or ordered[0] == ():
+        return output
+    parts: dict[str, Any] = {}
+    for path in ordered:
+        _copy_path(output, parts, path)
+    return parts
+
+
+def _copy_path(source: dict[str, Any], target: dict[str, Any], path: tuple[str, ...]) -> None:
+    head, rest = path[0], path[1:]
+    if head not in source:
+        return  # absent stays absent: the reference resolves (or `when` reads it) as it would on the whole
+    value = source[head]
+    if not rest or not isinstance(value, dict):
+        target[head] = value
+        return
+    child = target.setdefault(head, {})
+    if child is not value:  # a shorter path took the whole object already
+        _copy_path(value, child, rest)
+
+
+def load_parts(tenant_id: UUID, reference: Any, paths: Iterable[tuple[str, ...]], *,
+               container: ContainerClient | None = None) -> Any:
+    """The referenced parts of a stored output, read from the tenant's own prefix only."""
+    if not is_blob_ref(reference):
+        return project(reference, paths)
+    if not str(reference[BLOB_REF].get("name", "")).startswith(tenant_blob_prefix(tenant_id)):
+        raise ValueError("the stored output is not under the tenant's prefix")
+    return project(load(reference, container=container), paths)

@@ -12,6 +12,7 @@ ORCHESTRATOR = "intent_execution_orchestrator"
 DISPATCH_STEP = "dispatch_step"
 RECORD_PROGRESS = "record_progress"
 CANCEL_CHILD = "cancel_child"
+LOAD_OUTPUT = "load_output"
 CANCEL_EVENT = "cancel"
 MODULE_WORK_HUB = "module-work"
 

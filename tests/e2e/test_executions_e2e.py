@@ -393,13 +393,21 @@ def test_retry_from_the_failed_step_reuses_completed_outputs(platform: Platform,
 
 
 def test_large_outputs_are_stored_as_blobs_and_referenced(platform: Platform, side_effects: SideEffects) -> None:
-    intent = create_intent(platform, [{"id": "big", **http(side_effects, f"big-{uuid.uuid4().hex[:6]}",
-                                                           big=100_000)}])
+    tag = uuid.uuid4().hex[:6]
+    intent = create_intent(platform, [
+        {"id": "big", **http(side_effects, f"big-{tag}", big=100_000)},
+        # A later step reads parts of the stored output, in its parameters and in its condition.
+        {"id": "use", **http(side_effects, f"after-{tag}-" + "${steps.big.output.status}"),
+         "when": "${steps.big.output.status} == 200"},
+        {"id": "never", **http(side_effects, f"never-{tag}"), "when": "${steps.big.output.status} == 500"}])
     execution_id = started(platform, intent)
     assert follow(platform, execution_id)[0] == "succeeded"
-    output = steps_of(detail(platform, execution_id))["big"]["output"]
+    steps = steps_of(detail(platform, execution_id))
+    output = steps["big"]["output"]
     assert set(output) == {"$blob"} and output["$blob"]["size"] > 64 * 1024
     assert output["$blob"]["name"].split("/")[0] != ""
+    assert len(side_effects.named(f"after-{tag}-200")) == 1
+    assert steps["never"]["state"] == "skipped" and side_effects.named(f"never-{tag}") == []
 
 
 def test_child_intent_runs_as_a_sub_orchestration(platform: Platform, side_effects: SideEffects) -> None:
