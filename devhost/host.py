@@ -54,6 +54,8 @@ def provision(options: HostOptions) -> Provisioned:
         os.environ["QP_AUTH_METADATA_URL"] = openid_metadata_url(f"http://{options.host}:{options.port}")
     os.environ["QP_DATABASE_URL"] = app_url
     os.environ["QP_DATABASE_OWNER_URL"] = owner_url
+    # Local demos and tests call services on this machine; an explicit "false" still closes private networks.
+    os.environ.setdefault("QP_ALLOW_PRIVATE_NETWORK_HOSTS", "true")
     if blob is not None:
         os.environ["QP_BLOB_CONNECTION_STRING"] = blob
         os.environ["AzureWebJobsStorage"] = blob

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
         default=24 * 3600, ge=60, le=30 * 24 * 3600, description="How long a remote step's task token is valid.")
     QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS: int = Field(
         default=100, ge=1, le=100_000, description="A tenant's concurrent executions when its quota sets none.")
+    QP_ALLOW_PRIVATE_NETWORK_HOSTS: bool = Field(
+        default=False,
+        description="Local development only: a tenant's allowed_hosts may name loopback or private hosts, and "
+        "outbound steps may reach them. Off in Azure, where those are the platform's own services.")
     QP_ENVIRONMENT: Literal["local", "dev", "prod"] = "local"
     APPLICATIONINSIGHTS_CONNECTION_STRING: str | None = None
 

@@ -114,6 +114,8 @@ var appSettings = [
   { name: 'QP_PAYLOAD_INLINE_MAX_BYTES', value: '65536' }
   { name: 'QP_TASK_TOKEN_TTL_S', value: '86400' }
   { name: 'QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS', value: '100' }
+  // Loopback and private addresses are the platform's own services here: no tenant step may reach them.
+  { name: 'QP_ALLOW_PRIVATE_NETWORK_HOSTS', value: 'false' }
   // Multi-tenant Entra metadata: the issuer is a {tenantid} template checked against each token's tid.
   { name: 'QP_AUTH_METADATA_URL', value: '${environment().authentication.loginEndpoint}organizations/v2.0/.well-known/openid-configuration' }
   { name: 'QP_AUTH_AUDIENCE', value: apiAudience }

@@ -13,6 +13,8 @@ from psycopg import sql
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
+from shared import telemetry
+from shared.events.outbox import enqueue_event
 from shared.pagination import InvalidCursorError, decode_cursor, encode_cursor
 
 Conn = psycopg.Connection[DictRow]
@@ -200,7 +202,30 @@ def transition(conn: Conn, execution_id: UUID, new_status: Status, *, output: An
     if error is not None:
         data["error"] = error
     seq = append_event(conn, execution_id, event_type, data=data)
+    _publish_move(conn, moved, current.status, error)
     return replace(moved, last_event_seq=seq), seq
+
+
+def _publish_move(conn: Conn, moved: Execution, previous: Status, error: str | None) -> None:
+    """The move's domain event `execution.<status>` (outbox, this transaction); an end also logs telemetry."""
+    data: dict[str, Any] = {"execution_id": str(moved.id), "intent_id": str(moved.intent_id),
+                            "intent_version": moved.intent_version, "target": moved.target,
+                            "from": previous, "status": moved.status}
+    if error is not None:
+        data["error"] = error
+    if moved.parent_execution_id is not None:
+        data["parent_execution_id"] = str(moved.parent_execution_id)
+    if moved.retry_of is not None:
+        data["retry_of"] = str(moved.retry_of)
+    event_type = f"execution.{moved.status}"
+    enqueued = enqueue_event(conn, event_type, f"executions/{moved.id}", data)
+    if moved.terminal:
+        duration_ms = None
+        if moved.finished_at is not None:
+            duration_ms = round((moved.finished_at - moved.created_at).total_seconds() * 1000)
+        telemetry.emit(event_type, tenant_id=enqueued.tenant_id, execution_id=moved.id, intent_id=moved.intent_id,
+                       status=moved.status, target=moved.target, duration_ms=duration_ms,
+                       error=None if moved.status == "succeeded" else moved.error)
 
 
 def list_executions(conn: Conn, *, status: Status | None = None, intent_id: UUID | None = None,

@@ -11,7 +11,6 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import psycopg
-from jsonschema import Draft202012Validator
 from psycopg.rows import DictRow
 
 from shared.engine import executions as repo
@@ -24,6 +23,7 @@ from shared.registry.catalog import ModuleCatalog
 from shared.registry.model import Definition, ResolvedBlueprint, Step
 from shared.registry.plan import canonical_json, declaration_inputs, expand_declaration
 from shared.registry.repository import VersionRow, blueprint_version
+from shared.registry.schemas import tenant_validator
 
 Conn = psycopg.Connection[DictRow]
 MAX_REPORTED_INPUT_ERRORS = 20
@@ -168,7 +168,7 @@ def _input_problems(schema: dict[str, Any] | None, values: dict[str, Any]) -> li
     if schema is None:
         return []
     problems = []
-    for error in sorted(Draft202012Validator(schema).iter_errors(values), key=lambda e: list(map(str, e.path))):
+    for error in sorted(tenant_validator(schema).iter_errors(values), key=lambda e: list(map(str, e.path))):
         location = "/input" + "".join(f"/{part}" for part in error.absolute_path)
         problems.append({"pointer": location, "detail": error.message})
     return problems[:MAX_REPORTED_INPUT_ERRORS]

@@ -14,7 +14,9 @@ from psycopg import sql
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
+from shared import telemetry
 from shared.engine.executions import append_event
+from shared.events.outbox import enqueue_event
 
 Conn = psycopg.Connection[DictRow]
 Phase = Literal["run", "compensate"]
@@ -101,7 +103,7 @@ _STEP_STATE = ("UPDATE app.execution_steps SET state = %s, attempt = GREATEST(at
                " WHERE execution_id = %s AND step_id = %s")
 _MOVE_STEP = ("UPDATE app.execution_steps SET state = %s, error = COALESCE(%s, error), retry_at = %s,"
               " updated_at = clock_timestamp(), finished_at = CASE WHEN %s THEN clock_timestamp() END"
-              " WHERE execution_id = %s AND step_id = %s AND state = ANY(%s)")
+              " WHERE execution_id = %s AND step_id = %s AND state = ANY(%s) RETURNING action, attempt")
 _STEPS = ("SELECT step_id, action, state, attempt, max_attempts, output, error, retry_at, reused, child_execution_id,"
           " started_at, finished_at FROM app.execution_steps WHERE execution_id = %s ORDER BY position")
 _ATTEMPTS = sql.SQL("SELECT {} FROM app.step_attempts WHERE execution_id = %s"
@@ -114,6 +116,14 @@ _SET_CHILD = "UPDATE app.execution_steps SET child_execution_id = %s WHERE execu
 
 _RESULT_EVENTS = {("run", True): "step_completed", ("run", False): "step_failed",
                   ("compensate", True): "compensation_completed", ("compensate", False): "compensation_failed"}
+# Domain events (platform-events) of an applied attempt result. An abandoned attempt has none: the step's own move
+# to cancelled says what happened.
+_OUTCOME_EVENTS: dict[tuple[Phase, AttemptState], str] = {
+    ("run", "succeeded"): "step.completed", ("run", "failed"): "step.failed", ("run", "timed_out"): "step.failed",
+    ("compensate", "succeeded"): "step.compensated", ("compensate", "failed"): "step.compensation_failed",
+    ("compensate", "timed_out"): "step.compensation_failed"}
+# Domain events of a step moved without an attempt result (failed before it ran, skipped by `when`, cancelled).
+_MOVE_EVENTS = {"failed": "step.failed", "skipped": "step.skipped", "cancelled": "step.cancelled"}
 
 
 def _attempt(row: DictRow) -> Attempt:
@@ -147,8 +157,15 @@ def _set_step_state(conn: Conn, execution_id: UUID, step_id: str, state: str, *,
 def move_step(conn: Conn, execution_id: UUID, step_id: str, state: str, from_states: Sequence[str], *,
               error: str | None = None, retry_at: datetime | None = None, finished: bool = False) -> bool:
     """Move a step only from one of `from_states`; False when it was elsewhere (already moved: record nothing)."""
-    cursor = conn.execute(_MOVE_STEP, (state, error, retry_at, finished, execution_id, step_id, list(from_states)))
-    return cursor.rowcount == 1
+    row = conn.execute(_MOVE_STEP, (state, error, retry_at, finished, execution_id, step_id,
+                                    list(from_states))).fetchone()
+    if row is None:
+        return False
+    event_type = _MOVE_EVENTS.get(state)
+    if event_type is not None:
+        _publish_step(conn, event_type, execution_id, step_id, action=row["action"], attempt=row["attempt"],
+                      error=error)
+    return True
 
 
 def begin_attempt(conn: Conn, key: AttemptKey, *, action: str, remote: bool, token_nonce: str | None = None,
@@ -206,7 +223,28 @@ def finish_attempt(conn: Conn, key: AttemptKey, *, ok: bool, output: Any = None,
     else:
         data.update(error=error, reason=final_state)
     append_event(conn, key.execution_id, _RESULT_EVENTS[(key.phase, ok)], key.step_id, data)
+    event_type = _OUTCOME_EVENTS.get((key.phase, final_state))
+    if event_type is not None:
+        duration_ms = None
+        if attempt.finished_at is not None:
+            duration_ms = round((attempt.finished_at - attempt.dispatched_at).total_seconds() * 1000)
+        _publish_step(conn, event_type, key.execution_id, key.step_id, action=attempt.action, attempt=key.attempt,
+                      error=attempt.error, reason=None if ok else final_state, duration_ms=duration_ms)
     return attempt, True
+
+
+def _publish_step(conn: Conn, event_type: str, execution_id: UUID, step_id: str, *, action: str, attempt: int,
+                  error: str | None = None, reason: str | None = None, duration_ms: int | None = None) -> None:
+    """A step's domain event (outbox, the caller's transaction) and, for step.completed/failed, its telemetry."""
+    data: dict[str, Any] = {"execution_id": str(execution_id), "step_id": step_id, "action": action,
+                            "attempt": attempt}
+    for name, value in (("error", error), ("reason", reason), ("duration_ms", duration_ms)):
+        if value is not None:
+            data[name] = value
+    enqueued = enqueue_event(conn, event_type, f"executions/{execution_id}/steps/{step_id}", data)
+    if event_type in telemetry.EVENTS:
+        telemetry.emit(event_type, tenant_id=enqueued.tenant_id, execution_id=execution_id, step_id=step_id,
+                       action=action, attempt=attempt, duration_ms=duration_ms, reason=reason, error=error)
 
 
 def use_task_token(conn: Conn, nonce: str) -> Attempt | None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -10,12 +11,26 @@ import psycopg
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
+_INSERT = ("INSERT INTO app.outbox (tenant_id, event_type, subject, data) VALUES (app.current_tenant_id(), %s, %s, %s)"
+           " RETURNING id, tenant_id")
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """Where an event went: its id (the event id consumers dedupe by) and its tenant."""
+
+    id: UUID
+    tenant_id: UUID
+
+
+def enqueue_event(conn: psycopg.Connection[DictRow], event_type: str, subject: str,
+                  data: dict[str, Any]) -> Enqueued:
+    """Add an event for the current tenant to the outbox (published later, at least once)."""
+    row = conn.execute(_INSERT, (event_type, subject, Jsonb(data))).fetchone()
+    assert row is not None  # noqa: S101  # INSERT ... RETURNING
+    return Enqueued(UUID(str(row["id"])), UUID(str(row["tenant_id"])))
+
 
 def enqueue(conn: psycopg.Connection[DictRow], event_type: str, subject: str, data: dict[str, Any]) -> UUID:
     """Add an event for the current tenant to the outbox (published later, at least once); returns its id."""
-    row = conn.execute(
-        "INSERT INTO app.outbox (tenant_id, event_type, subject, data) VALUES (app.current_tenant_id(), %s, %s, %s)"
-        " RETURNING id", (event_type, subject, Jsonb(data)),
-    ).fetchone()
-    assert row is not None  # noqa: S101  # INSERT ... RETURNING
-    return UUID(str(row["id"]))
+    return enqueue_event(conn, event_type, subject, data).id

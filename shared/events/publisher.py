@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
     from azure.eventhub import EventDataBatch, EventHubProducerClient
 
+PLATFORM_EVENTS_HUB = "platform-events"
+"""Domain events out (intent.*, execution.*, step.*, and tenants' custom.* events), keyed by tenant."""
+
 PropertyValue = str | int | float | bool | None
 """What both backends carry as an application property (AMQP and JSON both represent these)."""
 

@@ -8,11 +8,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from shared.events.publisher import EventPublisher, OutboundEvent, get_publisher
+from shared.events.publisher import PLATFORM_EVENTS_HUB, EventPublisher, OutboundEvent, get_publisher
 from shared.modules.contract import Module, ModuleContext
 from shared.registry.catalog import EventEmitParams
 
-PLATFORM_EVENTS_HUB = "platform-events"
 CUSTOM_EVENT_PREFIX = "custom."
 """Custom types are namespaced so a step can never impersonate a platform event (e.g. execution_completed)."""
 _EVENT_ID_NAMESPACE = uuid.UUID("6f1d3c5e-2b8a-5e4f-9a7c-0d2e4b6a8c1f")

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import httpx
 
 from shared.modules.contract import Module, ModuleContext, StepFailed
-from shared.modules.ssrf import GuardedClient, Resolver, read_limited, system_resolver
+from shared.modules.ssrf import GuardedClient, Resolver, private_network_allowed, read_limited, system_resolver
 from shared.registry.catalog import HttpRequestParams
 
 MAX_BODY_BYTES = 64 * 1024
@@ -43,12 +43,15 @@ class HttpRequestModule(Module[HttpRequestParams]):
     params_model = HttpRequestParams
     timeout_s = 60
 
-    def __init__(self, *, resolver: Resolver = system_resolver, timeout: float = REQUEST_TIMEOUT_S) -> None:
+    def __init__(self, *, resolver: Resolver = system_resolver, timeout: float = REQUEST_TIMEOUT_S,
+                 allow_private: bool | None = None) -> None:
         self._resolver = resolver
         self._timeout = timeout
+        self._allow_private = allow_private
 
     def run(self, ctx: ModuleContext, params: HttpRequestParams) -> Any:
-        with GuardedClient(allowed_hosts(ctx), timeout=self._timeout, resolver=self._resolver) as client:
+        with GuardedClient(allowed_hosts(ctx), timeout=self._timeout, resolver=self._resolver,
+                           allow_private=private_network_allowed(self._allow_private)) as client:
             try:
                 # The attempt's key lets the receiving service drop a redelivered request (at-least-once work).
                 headers = {"Idempotency-Key": ctx.idempotency_key, **params.headers}

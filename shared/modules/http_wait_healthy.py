@@ -11,7 +11,7 @@ import httpx
 
 from shared.modules.contract import Module, ModuleContext, StepFailed
 from shared.modules.http_request import allowed_hosts
-from shared.modules.ssrf import GuardedClient, Resolver, UrlRefused, system_resolver
+from shared.modules.ssrf import GuardedClient, Resolver, UrlRefused, private_network_allowed, system_resolver
 from shared.registry.catalog import HttpWaitHealthyParams, VerifyDeploymentParams
 
 PROBE_TIMEOUT_S = 10.0
@@ -23,10 +23,11 @@ class HttpWaitHealthyModule(Module[HttpWaitHealthyParams]):
     timeout_s = 900
 
     def __init__(self, *, sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
-                 resolver: Resolver = system_resolver) -> None:
+                 resolver: Resolver = system_resolver, allow_private: bool | None = None) -> None:
         self._sleep = sleep
         self._clock = clock
         self._resolver = resolver
+        self._allow_private = allow_private
 
     def run(self, ctx: ModuleContext, params: HttpWaitHealthyParams) -> Any:
         return self.poll(ctx, params)
@@ -37,7 +38,8 @@ class HttpWaitHealthyModule(Module[HttpWaitHealthyParams]):
         deadline = started + params.timeout
         probes = 0
         last = "no probe"
-        with GuardedClient(allowed_hosts(ctx), resolver=self._resolver) as client:
+        with GuardedClient(allowed_hosts(ctx), resolver=self._resolver,
+                           allow_private=private_network_allowed(self._allow_private)) as client:
             while True:
                 probes += 1
                 remaining = max(deadline - self._clock(), 0.1)

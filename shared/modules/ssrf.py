@@ -1,5 +1,5 @@
 # intent_ref: platform.modules
-"""SSRF guard (OWASP API7): outbound HTTP only to public addresses or allow-listed hosts, pinned and re-checked."""
+"""SSRF guard (OWASP API7): outbound HTTP only to public addresses (or, in local development, allow-listed hosts)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from shared.config import get_settings
 from shared.modules.contract import StepFailed
 
 MAX_REDIRECTS = 5
@@ -19,6 +20,9 @@ METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in ("169.254.169.25
 """Cloud instance-metadata endpoints: they hand out the platform's credentials, so no allow-list opens them."""
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+PRIVATE_NAME_SUFFIXES = ("localhost", ".localhost", ".internal", ".local", ".home.arpa")
+"""Names that by convention resolve only inside a host or a private network (RFC 6761, RFC 6762, RFC 8375)."""
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Sequence[str]]
@@ -55,6 +59,48 @@ def refusal_reason(address: IPAddress) -> str | None:
     return None if address.is_global else "non-public"
 
 
+def private_network_allowed(override: bool | None = None) -> bool:
+    """Whether tenants may reach loopback and private hosts: `override` when given (tests inject it), otherwise
+    this deployment's setting (on for local development only), read at each call."""
+    return get_settings().QP_ALLOW_PRIVATE_NETWORK_HOSTS if override is None else override
+
+
+def _ip_literal(host: str) -> IPAddress | None:
+    """The address a host written as an IP literal denotes, legacy IPv4 forms (`2130706433`, `127.1`) included."""
+    text = host.strip("[]").split("%", 1)[0]
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        pass
+    if ":" in text or not text:
+        return None
+    try:
+        # The resolver accepts these shorthand forms too, so they denote the same address.
+        return ipaddress.IPv4Address(socket.inet_aton(text))
+    except OSError:
+        return None
+
+
+def allow_list_refusal(entry: str, *, allow_private: bool) -> str | None:
+    """Why `entry` may not be on a tenant's allowed_hosts, or None.
+
+    Metadata addresses are never allowed; other non-public literals and private-only names only when this
+    deployment allows private networks. A public name that resolves privately is left to `check_url`.
+    """
+    host = entry.strip().lower().rstrip(".")
+    if not host:
+        return "an empty host name"
+    address = _ip_literal(host)
+    if address is not None:
+        reason = refusal_reason(address)
+        if reason == "cloud metadata" or (reason is not None and not allow_private):
+            return f"{entry!r} is not a public address ({reason})"
+        return None
+    if not allow_private and (host == "localhost" or host.endswith(PRIVATE_NAME_SUFFIXES)):
+        return f"{entry!r} names a host of a private network"
+    return None
+
+
 @dataclass(frozen=True)
 class Target:
     """A checked URL and the addresses it may be connected to."""
@@ -65,11 +111,14 @@ class Target:
 
 
 def check_url(url: str | httpx.URL, allowed_hosts: Collection[str] = (),
-              resolver: Resolver = system_resolver) -> Target:
-    """Resolve the URL's host and refuse it unless every address is public or the host is allow-listed.
+              resolver: Resolver = system_resolver, *, allow_private: bool = False) -> Target:
+    """Resolve the URL's host and refuse it unless every address is public, or (only with `allow_private`) the
+    host is allow-listed.
 
-    Metadata addresses are refused even for an allow-listed host. The addresses are returned so the caller
-    connects to exactly these (a second lookup could be answered differently: DNS rebinding).
+    Metadata addresses are refused even for an allow-listed host. Without `allow_private` the allow-list opens
+    nothing: an entry written before that rule, or a public name that resolves privately, reaches no private
+    address. The addresses are returned so the caller connects to exactly these (a second lookup could be
+    answered differently: DNS rebinding).
     """
     try:
         parsed = httpx.URL(url)
@@ -91,9 +140,15 @@ def check_url(url: str | httpx.URL, allowed_hosts: Collection[str] = (),
     for text in addresses:
         address = ipaddress.ip_address(text.split("%", 1)[0])
         reason = refusal_reason(address)
-        if reason is not None and (reason == "cloud metadata" or not allowed):
-            hint = "" if reason == "cloud metadata" else " (a tenant may allow the host in its allowed_hosts)"
-            raise UrlRefused(f"{host} resolves to {address}, a {reason} address{hint}")
+        if reason is None or (allow_private and allowed and reason != "cloud metadata"):
+            continue
+        if reason == "cloud metadata":
+            hint = ""
+        elif not allow_private:
+            hint = " (this platform does not let steps reach private networks)"
+        else:
+            hint = " (a tenant may allow the host in its allowed_hosts)"
+        raise UrlRefused(f"{host} resolves to {address}, a {reason} address{hint}")
     return Target(parsed, host, addresses)
 
 
@@ -101,9 +156,11 @@ class GuardedClient:
     """An httpx client that checks every URL it visits, redirects included, and connects only to checked addresses."""
 
     def __init__(self, allowed_hosts: Collection[str] = (), *, timeout: float = 30.0,
-                 resolver: Resolver = system_resolver, transport: httpx.BaseTransport | None = None) -> None:
+                 resolver: Resolver = system_resolver, transport: httpx.BaseTransport | None = None,
+                 allow_private: bool = False) -> None:
         self._allowed = tuple(allowed_hosts)
         self._resolver = resolver
+        self._allow_private = allow_private
         # No environment proxies (they would bypass the pinning) and no automatic redirects (each is checked).
         self._client = httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False, transport=transport)
 
@@ -129,7 +186,7 @@ class GuardedClient:
             content = json.dumps(json_body, separators=(",", ":")).encode("utf-8")
             sent_headers.setdefault("Content-Type", "application/json")
         for hop in range(MAX_REDIRECTS + 1):
-            target = check_url(current, self._allowed, self._resolver)
+            target = check_url(current, self._allowed, self._resolver, allow_private=self._allow_private)
             response = self._send(method, target, sent_headers, content, timeout)
             location = response.headers.get("location")
             if response.status_code not in _REDIRECTS or location is None:

@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from jsonschema import Draft202012Validator
+from jsonschema.protocols import Validator
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.registry.model import ACTION_PATTERN, SLUG_PATTERN
+from shared.registry.schemas import tenant_validator
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,8 @@ class ModuleSpec:
         schema = {**model.model_json_schema(), "title": action}
         return cls(action, description, schema, defaults, timeout_s, remote, alias_of)
 
-    def validator(self) -> Draft202012Validator:
-        return Draft202012Validator(self.params_schema)
+    def validator(self) -> Validator:
+        return tenant_validator(self.params_schema)
 
 
 class ModuleCatalog(Mapping[str, ModuleSpec]):

@@ -23,6 +23,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from shared.policy.facts import TenantFacts
 from shared.policy.gates import check_gates, module_of_action
 from shared.registry.catalog import ModuleCatalog, ModuleSpec, builtin_catalog
+from shared.registry.schemas import pattern_problems, tenant_validator
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +117,8 @@ def schema_problems(schema: dict[str, Any]) -> list[tuple[tuple[str | int, ...],
     # Only local references: resolving a remote one would make the platform fetch a URL a tenant chose.
     problems.extend((where, f"only local references (starting with '#') are allowed, not {ref!r}")
                     for where, ref in _references(schema) if not ref.startswith("#"))
+    # Only what can be enforced in linear time is accepted (see shared/registry/schemas.py).
+    problems.extend(pattern_problems(schema))
     return sorted(problems, key=lambda problem: [str(part) for part in problem[0]])[:MAX_REPORTED_ERRORS]
 
 
@@ -124,7 +127,7 @@ def defaults_problems(schema: dict[str, Any], defaults: dict[str, Any]) -> list[
     if len(json.dumps(defaults, separators=(",", ":"))) > MAX_DEFAULTS_BYTES:
         return [((), f"defaults exceed {MAX_DEFAULTS_BYTES} bytes")]
     partial = {key: value for key, value in schema.items() if key not in _WHOLE_OBJECT_KEYWORDS}
-    errors = Draft202012Validator(partial).iter_errors(defaults)
+    errors = tenant_validator(partial).iter_errors(defaults)
     return [(tuple(error.absolute_path), error.message) for error in errors][:MAX_REPORTED_ERRORS]
 
 

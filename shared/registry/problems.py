@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 
 from shared.registry.references import JsonPath, contains_reference
+from shared.registry.schemas import matches, pattern_problems, tenant_validator
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def _unexpected_keys(error: SchemaViolation, instance: dict[str, Any]) -> list[s
     known = schema.get("properties", {})
     patterns = list(schema.get("patternProperties", {}))
     return [key for key in instance
-            if key not in known and not any(re.search(pattern, key) for pattern in patterns)]
+            if key not in known and not any(matches(pattern, key) for pattern in patterns)]
 
 
 def _describe(violation: SchemaViolation) -> str:
@@ -98,7 +98,7 @@ def from_schema(schema: dict[str, Any], instance: Any, locate: Callable[[JsonPat
     problems: list[ValidationError] = []
     try:
         violations: Iterable[SchemaViolation] = sorted(
-            Draft202012Validator(schema).iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path])
+            tenant_validator(schema).iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path])
         for violation in violations:
             path: JsonPath = tuple(violation.absolute_path)
             if isinstance(violation.instance, str) and contains_reference(violation.instance):
@@ -155,4 +155,7 @@ def schema_document_problems(schema: Any, at: str, *, code: str) -> list[Validat
     ]
     if not problems and isinstance(schema, dict):
         problems.extend(_dangling_refs(schema, at, code))
+        # Only what can be enforced in linear time is accepted (see shared/registry/schemas.py).
+        problems.extend(ValidationError(at + pointer(*path), message, code)
+                        for path, message in pattern_problems(schema))
     return problems

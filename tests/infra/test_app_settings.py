@@ -18,6 +18,7 @@ EXPECTED_VALUES = {
     "QP_EVENTHUB_BACKEND": "azure",
     "QP_AUDIT_BACKEND": "cosmos",
     "QP_DATABASE_ENTRA_AUTH": "true",
+    "QP_ALLOW_PRIVATE_NETWORK_HOSTS": "false",
     "QP_ARTIFACTS_CONTAINER": "artifacts",
     "AzureWebJobsStorage__credential": "managedidentity",
     "EventHubConnection__credential": "managedidentity",

@@ -16,6 +16,7 @@ import pytest
 from azure.storage.blob import BlobServiceClient, ContainerClient
 from psycopg_pool import ConnectionPool
 
+from shared.config import get_settings
 from shared.db.migrate import apply_migrations
 from shared.events import LocalEventHubPublisher
 from shared.modules import ModuleContext, StepFailed, run_module
@@ -84,6 +85,18 @@ class Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Handler)
         self.hits: dict[str, int] = {}
         self.lock = threading.Lock()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _local_settings(pg: Any, azurite: Any) -> Iterator[None]:
+    """Settings as the devhost has them: the local server is on loopback, so private networks are open."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("QP_DATABASE_URL", pg.app_url)
+        mp.setenv("QP_BLOB_CONNECTION_STRING", azurite.connection_string)
+        mp.setenv("QP_ALLOW_PRIVATE_NETWORK_HOSTS", "true")
+        get_settings.cache_clear()
+        yield
+    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +169,21 @@ def test_loopback_refused_without_the_allow_list(server: Server) -> None:
     with pytest.raises(StepFailed, match="127.0.0.1 resolves to 127.0.0.1, a loopback address") as failure:
         run_module("http.request", ctx(), {"url": f"{base(server)}/echo"})
     assert failure.value.retryable is False
+    assert server.hits == before  # refused before connecting
+
+
+def test_allow_listed_loopback_refused_when_private_networks_are_closed(server: Server,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QP_ALLOW_PRIVATE_NETWORK_HOSTS", "false")
+    get_settings.cache_clear()
+    before = dict(server.hits)
+    try:
+        with pytest.raises(UrlRefused, match="loopback address .*private networks"):
+            run_module("http.request", ctx(allowed_hosts=LOCAL), {"url": f"{base(server)}/echo"})
+        with pytest.raises(UrlRefused, match="private networks"):
+            run_module("http.wait_healthy", ctx(allowed_hosts=LOCAL), {"url": f"{base(server)}/healthy-after/1"})
+    finally:
+        get_settings.cache_clear()
     assert server.hits == before  # refused before connecting
 
 

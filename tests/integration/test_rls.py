@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
-from shared.db.roles import RUNTIME_ROLE
+from shared.db.roles import OWNER_ROLE, RUNTIME_ROLE
 from shared.db.session import platform_transaction, runtime_transaction, tenant_transaction
 
 pytestmark = pytest.mark.integration
@@ -154,6 +154,12 @@ def test_every_app_table_has_forced_rls_with_tenant_policies(pg) -> None:  # typ
             others = {(p[0], tuple(p[2])) for p in policies if p[2] != [RUNTIME_ROLE]}
             if name == "tenants":
                 assert others == {("platform_control_plane", ("qp_platform",))}
+            elif name == "outbox":
+                # The owner (never the app) reads which tenants have events waiting, for the relay (migration 0013).
+                assert others == {("platform_erase", ("qp_platform",)), ("relay_pending_tenants", (OWNER_ROLE,))}
+                relay = conn.execute("SELECT cmd, qual FROM pg_policies WHERE schemaname = 'app'"
+                                     " AND tablename = 'outbox' AND policyname = 'relay_pending_tenants'").fetchone()
+                assert relay == ("SELECT", "(published_at IS NULL)")
             else:
                 assert others == {("platform_erase", ("qp_platform",))}, name
                 erase = conn.execute("SELECT cmd, qual FROM pg_policies WHERE schemaname = 'app' AND tablename = %s"

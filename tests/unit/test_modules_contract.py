@@ -115,16 +115,16 @@ def test_a_name_resolving_to_any_private_address_is_refused() -> None:
 
     with pytest.raises(UrlRefused, match="api.example.com resolves to 10.0.0.7, a private address"):
         check_url("https://api.example.com/", resolver=resolver)
-    target = check_url("https://api.example.com/", ["API.example.com"], resolver=resolver)
+    target = check_url("https://api.example.com/", ["API.example.com"], resolver=resolver, allow_private=True)
     assert target.addresses == ("93.184.215.14", "10.0.0.7")
 
 
 def test_allow_list_opens_a_host_but_never_metadata() -> None:
-    assert check_url("http://127.0.0.1:9/", ["127.0.0.1"]).addresses == ("127.0.0.1",)
+    assert check_url("http://127.0.0.1:9/", ["127.0.0.1"], allow_private=True).addresses == ("127.0.0.1",)
     with pytest.raises(UrlRefused, match="cloud metadata"):
-        check_url("http://169.254.169.254/", ["169.254.169.254"])
+        check_url("http://169.254.169.254/", ["169.254.169.254"], allow_private=True)
     with pytest.raises(UrlRefused, match="loopback"):
-        check_url("http://127.0.0.1:9/", ["localhost"])  # exact host names only
+        check_url("http://127.0.0.1:9/", ["localhost"], allow_private=True)  # exact host names only
 
 
 @pytest.mark.parametrize("url", ["file:///etc/passwd", "gopher://example.com/", "ftp://example.com/", "/relative"])

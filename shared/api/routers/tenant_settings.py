@@ -9,11 +9,14 @@ from fastapi import APIRouter, Depends
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.api.problems import FieldError, ProblemError
 from shared.api.responses import AUTH_ERRORS, INVALID
 from shared.api.security import RequestContext, authenticated, authorize, record_mutation, tenant_resource
 from shared.db.session import tenant_transaction
+from shared.modules.ssrf import private_network_allowed
 from shared.policy.actions import Action
 from shared.tenants.models import TenantQuotas, TenantStatus
+from shared.tenants.settings import settings_problems
 
 router = APIRouter(prefix="/api/v1/tenant", tags=["tenants"])
 Context = Annotated[RequestContext, Depends(authenticated)]
@@ -60,6 +63,10 @@ def update(change: TenantSettingsUpdate, context: Context) -> TenantSettings:
     """Merge settings into the tenant's own (Tenant.Admin); limits and allow-lists stay the platform's."""
     resource = tenant_resource("Tenant", context.tenant.id, context.tenant.id)
     authorize(context, Action.TENANT_SETTINGS_UPDATE, resource)
+    problems = settings_problems(change.settings, allow_private=private_network_allowed())
+    if problems:
+        raise ProblemError(422, "validation-error", "Request validation failed", f"{len(problems)} invalid field(s)",
+                           errors=[FieldError(pointer=at, detail=detail) for at, detail in problems])
     with tenant_transaction(context.tenant.id) as conn:
         conn.execute("UPDATE app.tenants SET settings = settings || %s, updated_at = clock_timestamp()",
                      (Jsonb(change.settings),))

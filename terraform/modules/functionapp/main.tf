@@ -41,6 +41,8 @@ locals {
     "QP_PAYLOAD_INLINE_MAX_BYTES"               = "65536"
     "QP_TASK_TOKEN_TTL_S"                       = "86400"
     "QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS"      = "100"
+    # Loopback and private addresses are the platform's own services here: no tenant step may reach them.
+    "QP_ALLOW_PRIVATE_NETWORK_HOSTS" = "false"
     # Multi-tenant Entra metadata: the issuer is a {tenantid} template checked against each token's tid.
     "QP_AUTH_METADATA_URL"    = "https://login.microsoftonline.com/organizations/v2.0/.well-known/openid-configuration"
     "QP_AUTH_AUDIENCE"        = var.api_audience

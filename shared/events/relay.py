@@ -1,0 +1,102 @@
+# intent_ref: platform.events
+"""The outbox relay: publish each tenant's unpublished domain events to `platform-events`, then mark them.
+
+Publish, then mark, in the tenant's own transaction: a crash or a failed send between the two leaves the events
+unpublished, so they go again with the same id (at least once; consumers dedupe by `id`). The rows are locked
+(`FOR UPDATE SKIP LOCKED`) and each tenant is relayed by one relay at a time (a transaction advisory lock), so two
+relays never send the same events concurrently and a tenant's events leave in the order they were recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from psycopg.rows import DictRow
+from psycopg_pool import ConnectionPool
+
+from shared.db.session import platform_transaction, tenant_transaction
+from shared.events.publisher import PLATFORM_EVENTS_HUB, EventPublisher, OutboundEvent, PropertyValue, get_publisher
+
+_PENDING_TENANTS = "SELECT tenant_id FROM app.outbox_pending_tenants(%s) AS pending (tenant_id)"
+# A relay that finds another one on this tenant moves on; the other one is sending these events already.
+_TENANT_LOCK = ("SELECT pg_try_advisory_xact_lock(hashtextextended('outbox-relay:' || app.current_tenant_id()::text,"
+                " 0)) AS locked")
+_UNPUBLISHED = ("SELECT id, event_type, subject, data, occurred_at FROM app.outbox WHERE published_at IS NULL"
+                " ORDER BY position LIMIT %s FOR UPDATE SKIP LOCKED")
+_MARK = "UPDATE app.outbox SET published_at = clock_timestamp() WHERE id = ANY(%s) AND published_at IS NULL"
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RelayResult:
+    """What one relay run did."""
+
+    published: int
+    tenants: int
+    failed_tenants: int
+
+
+def envelope(tenant_id: UUID, row: DictRow) -> OutboundEvent:
+    """The event as it goes on the hub: the outbox row id is the event id, in the body and in the properties."""
+    event_id = str(row["id"])
+    occurred_at: datetime = row["occurred_at"]
+    body: dict[str, Any] = {
+        "id": event_id, "type": row["event_type"], "time": occurred_at.isoformat(), "tenant_id": str(tenant_id),
+        "subject": row["subject"], "data": row["data"],
+    }
+    properties: dict[str, PropertyValue] = {"event_id": event_id, "event_type": row["event_type"],
+                                            "tenant_id": str(tenant_id), "subject": row["subject"]}
+    return OutboundEvent(body, str(tenant_id), properties)
+
+
+def pending_tenants(max_tenants: int, *, pool: ConnectionPool[Any] | None = None) -> list[UUID]:
+    """Ids of the tenants with unpublished events, oldest waiting first (no row of theirs is read here)."""
+    with platform_transaction(pool=pool) as conn:
+        return [UUID(str(row["tenant_id"])) for row in conn.execute(_PENDING_TENANTS, (max_tenants,)).fetchall()]
+
+
+def relay_tenant(tenant_id: UUID, publisher: EventPublisher, *, batch_size: int = 100,
+                 pool: ConnectionPool[Any] | None = None) -> int:
+    """Publish up to `batch_size` of the tenant's unpublished events and mark them; returns how many went."""
+    with tenant_transaction(tenant_id, pool=pool) as conn:
+        locked = conn.execute(_TENANT_LOCK).fetchone()
+        if locked is None or not locked["locked"]:
+            return 0
+        rows = conn.execute(_UNPUBLISHED, (batch_size,)).fetchall()
+        if not rows:
+            return 0
+        publisher.publish(PLATFORM_EVENTS_HUB, [envelope(tenant_id, row) for row in rows])
+        conn.execute(_MARK, ([row["id"] for row in rows],))
+        return len(rows)
+
+
+def relay_pending(publisher: Callable[[], EventPublisher] = get_publisher, *, batch_size: int = 100,
+                  max_tenants: int = 100, max_rounds: int = 10,
+                  pool: ConnectionPool[Any] | None = None) -> RelayResult:
+    """Relay every tenant's waiting events, one batch per tenant per round, until none wait or `max_rounds`.
+
+    A tenant whose events cannot be sent is logged and left for the next run; the other tenants still go.
+    """
+    published = 0
+    seen: set[UUID] = set()
+    failed: set[UUID] = set()
+    for _ in range(max_rounds):
+        tenants = pending_tenants(max_tenants, pool=pool)
+        sent_this_round = 0
+        for tenant_id in tenants:
+            seen.add(tenant_id)
+            try:
+                sent_this_round += relay_tenant(tenant_id, publisher(), batch_size=batch_size, pool=pool)
+            except Exception:  # one tenant's trouble (or a hub outage) must not keep the others' events back
+                logger.exception("outbox relay: the events of tenant %s could not be published", tenant_id)
+                failed.add(tenant_id)
+        published += sent_this_round
+        if sent_this_round == 0:
+            break
+    return RelayResult(published=published, tenants=len(seen), failed_tenants=len(failed))

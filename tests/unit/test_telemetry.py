@@ -1,0 +1,46 @@
+# intent_ref: platform.telemetry
+"""Telemetry lines: declared names only, one parseable line each, long text cut."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+
+import pytest
+
+from shared import telemetry
+
+
+def _parsed(line: str) -> dict[str, object]:
+    assert line.startswith(telemetry.PREFIX)
+    parsed: dict[str, object] = json.loads(line[len(telemetry.PREFIX):])
+    return parsed
+
+
+def test_an_undeclared_event_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown telemetry event"):
+        telemetry.telemetry_line("execution.exploded", tenant_id="t")
+
+
+def test_a_line_is_one_line_of_json_without_empty_fields() -> None:
+    tenant, execution = uuid.uuid4(), uuid.uuid4()
+    line = telemetry.telemetry_line("step.failed", tenant_id=tenant, execution_id=execution, step_id="build",
+                                    attempt=2, duration_ms=None, error="first line\nsecond line")
+    assert "\n" not in line
+    assert _parsed(line) == {"event": "step.failed", "tenant_id": str(tenant), "execution_id": str(execution),
+                             "step_id": "build", "attempt": 2, "error": "first line\nsecond line"}
+
+
+def test_long_text_is_cut() -> None:
+    error = _parsed(telemetry.telemetry_line("execution.failed", tenant_id="t", error="x" * 5000))["error"]
+    assert isinstance(error, str) and 300 <= len(error) < 400 and error.endswith("...")
+
+
+def test_emit_logs_the_line_at_info(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="qp.telemetry"):
+        telemetry.emit("step.completed", tenant_id="t", action="wait", duration_ms=5)
+    [record] = caplog.records
+    assert (record.name, record.levelno) == ("qp.telemetry", logging.INFO)
+    assert _parsed(record.getMessage()) == {"event": "step.completed", "tenant_id": "t", "action": "wait",
+                                            "duration_ms": 5}
