@@ -18,6 +18,7 @@ from shared.api.responses import AUTH_ERRORS, BAD_CURSOR, INVALID, problem_doc
 from shared.api.security import RequestContext, authenticated, authorize
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
+from shared.engine.executions import Conn
 from shared.engine.steps import Attempt, list_attempts, list_steps
 from shared.engine.views import step_views, wait_reason
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
@@ -208,13 +209,20 @@ def execution_resource(execution: repo.Execution, tenant_id: UUID) -> Resource:
                     {"target": execution.target, "requested_by": execution.requested_by})
 
 
-def load_execution(context: RequestContext, execution_id: UUID) -> repo.Execution:
-    """The execution, 404 when the tenant has none by that id, then the read decision (403 when refused)."""
-    with tenant_transaction(context.tenant.id) as conn:
-        try:
-            execution = repo.get_execution(conn, execution_id)
-        except repo.ExecutionNotFoundError as exc:
-            raise ProblemError(404, "not-found", "Not found", str(exc)) from None
+def _find(conn: Conn, execution_id: UUID) -> repo.Execution:
+    try:
+        return repo.get_execution(conn, execution_id)
+    except repo.ExecutionNotFoundError as exc:  # another tenant's, or erased while a client was waiting
+        raise ProblemError(404, "not-found", "Not found", str(exc)) from None
+
+
+def load_execution(context: RequestContext, execution_id: UUID, conn: Conn | None = None) -> repo.Execution:
+    """The execution, 404 when the tenant has none by that id, then the read decision (403 when refused); in
+    `conn` when the caller reads more in the same transaction."""
+    if conn is None:
+        with tenant_transaction(context.tenant.id) as own:
+            return load_execution(context, execution_id, own)
+    execution = _find(conn, execution_id)
     authorize(context, Action.EXECUTION_READ, execution_resource(execution, context.tenant.id))
     return execution
 
@@ -222,11 +230,7 @@ def load_execution(context: RequestContext, execution_id: UUID) -> repo.Executio
 def _read_events(tenant_id: UUID, execution_id: UUID, after: int,
                  limit: int) -> tuple[repo.Execution, list[repo.ExecutionEvent]]:
     with tenant_transaction(tenant_id) as conn:
-        try:
-            execution = repo.get_execution(conn, execution_id)
-        except repo.ExecutionNotFoundError as exc:  # erased while a client was waiting
-            raise ProblemError(404, "not-found", "Not found", str(exc)) from None
-        return execution, repo.events_after(conn, execution_id, after, limit)
+        return _find(conn, execution_id), repo.events_after(conn, execution_id, after, limit)
 
 
 @router.get("", response_model=ExecutionPage, summary="List executions",
@@ -256,8 +260,8 @@ def list_all(
 def get_one(execution_id: ExecutionId, context: Context) -> ExecutionOut:
     """Status, pinned version, steps with attempts, timings, outputs (or blob references) and errors, and why it
     is waiting, of one execution (Reader)."""
-    execution = load_execution(context, execution_id)
-    with tenant_transaction(context.tenant.id) as conn:
+    with tenant_transaction(context.tenant.id) as conn:  # one transaction: the steps match the status read
+        execution = load_execution(context, execution_id, conn)
         steps, attempts = list_steps(conn, execution.id), list_attempts(conn, execution.id)
     return _out(execution, steps, attempts)
 
