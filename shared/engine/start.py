@@ -13,6 +13,7 @@ from uuid import UUID, uuid4
 import psycopg
 from psycopg.rows import DictRow
 
+from shared.config import get_settings
 from shared.engine import executions as repo
 from shared.engine.protocol import ORCHESTRATOR_ACTIONS, StepPlan
 from shared.engine.steps import StepSeed, list_steps, seed_steps
@@ -24,6 +25,7 @@ from shared.registry.model import Definition, ResolvedBlueprint, Step
 from shared.registry.plan import canonical_json, declaration_inputs, expand_declaration
 from shared.registry.repository import VersionRow, blueprint_version
 from shared.registry.schemas import tenant_validator
+from shared.tenants.models import TenantQuotas
 
 Conn = psycopg.Connection[DictRow]
 MAX_REPORTED_INPUT_ERRORS = 20
@@ -222,6 +224,18 @@ def orchestration_input(tenant_id: UUID, execution_id: UUID, run: Runnable,
             "reused": dict(reused)}
 
 
+def concurrent_limit(quotas: TenantQuotas) -> int:
+    """The tenant's concurrent-execution quota (the platform default when it sets none)."""
+    quota = quotas.max_concurrent_executions
+    return quota if quota is not None else get_settings().QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS
+
+
+def active_executions(conn: Conn) -> int:
+    """The tenant's executions that have not ended (what the concurrent-execution quota counts)."""
+    row = conn.execute(_ACTIVE).fetchone()
+    return 0 if row is None else int(row["n"])
+
+
 def start_execution(conn: Conn, tenant: TenantFacts, request: StartRequest, *, max_concurrent: int,
                     authorize: Callable[[registry.Item], None]) -> Started:
     """In the caller's tenant transaction: check, hold the quota, and create the execution with its steps.
@@ -242,8 +256,7 @@ def start_execution(conn: Conn, tenant: TenantFacts, request: StartRequest, *, m
     if request.plan_hash is not None and request.plan_hash != run.plan_hash:
         raise PlanChangedError(request.plan_hash, run.plan_hash)
     conn.execute(_QUOTA_LOCK)
-    row = conn.execute(_ACTIVE).fetchone()
-    if row is not None and int(row["n"]) >= max_concurrent:
+    if active_executions(conn) >= max_concurrent:
         raise QuotaExceededError(max_concurrent)
     execution, created = repo.create_execution(
         conn, execution_id=uuid4(), intent_id=request.intent_id, intent_version=run.version.version,

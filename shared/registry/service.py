@@ -481,11 +481,15 @@ class PlannedStep:
 
 @dataclass(frozen=True)
 class QuotaHeadroom:
-    """The tenant's concurrent-execution quota; executions are not tracked yet, so none count as running."""
+    """The tenant's concurrent-execution quota, the executions that count against it, and the room left."""
 
-    max_concurrent_executions: int | None
+    max_concurrent_executions: int
     running_executions: int
-    headroom: int | None
+    headroom: int
+
+    @classmethod
+    def of(cls, limit: int, running: int) -> QuotaHeadroom:
+        return cls(limit, running, max(limit - running, 0))
 
 
 @dataclass(frozen=True)
@@ -504,7 +508,7 @@ StepDecider = Callable[[Item, Step], Decision]
 
 
 def plan(conn: Conn, kind: Kind, item_id: UUID, *, tenant: TenantFacts, decide: StepDecider | None,
-         max_concurrent_executions: int | None) -> Plan:
+         quota: QuotaHeadroom) -> Plan:
     """The current version validated again (catalog and gates may have changed) and laid out in levels, each
     step with its module and `decide(item, step)` (None: no decisions, as for a blueprint, which is never executed)."""
     item = get(conn, kind, item_id)
@@ -519,6 +523,4 @@ def plan(conn: Conn, kind: Kind, item_id: UUID, *, tenant: TenantFacts, decide: 
             level=level_of[step.step_id], when=step.when,
             compensate=step.compensate.action if step.compensate else None,
             decision=decide(item, step) if decide is not None else None))
-    quota = max_concurrent_executions
-    headroom = QuotaHeadroom(quota, 0, quota)
-    return Plan(item, checked.levels, planned, checked.result.blueprint_ref, headroom, checked.plan_hash)
+    return Plan(item, checked.levels, planned, checked.result.blueprint_ref, quota, checked.plan_hash)

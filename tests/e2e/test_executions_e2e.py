@@ -583,6 +583,9 @@ def test_the_concurrent_execution_quota_answers_429(platform: Platform) -> None:
         listing = httpx.get(f"{platform.base}/api/v1/executions", params={"intent_id": intent},
                             headers=platform.headers(["Intent.Reader"], tenant="fabrikam")).json()
         assert len(listing["items"]) == 1  # the refused start recorded nothing
+        plan = httpx.post(f"{platform.base}/api/v1/intents/{intent}/plan", headers=headers).json()
+        assert plan["quota"] == {"max_concurrent_executions": 1, "running_executions": 1, "headroom": 0}
+        assert plan["caller_may_execute"] is False
         httpx.post(f"{platform.base}/api/v1/executions/{first.json()['execution_id']}/cancel", headers=headers)
     finally:
         _set_quota(platform, "fabrikam", None)

@@ -18,7 +18,6 @@ from shared.api.problems import ProblemError
 from shared.api.responses import AUTH_ERRORS, INVALID, problem_doc
 from shared.api.routers.executions import ExecutionLinks
 from shared.api.security import RequestContext, authenticated, authorize, tenant_resource
-from shared.config import get_settings
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
 from shared.engine import start as engine
@@ -111,12 +110,6 @@ def start_problem(exc: engine.StartError | registry.RegistryError) -> ProblemErr
     return ProblemError(500, "internal-error", "Internal server error")
 
 
-def max_concurrent(context: RequestContext) -> int:
-    """The tenant's concurrent-execution quota (the platform default when it sets none)."""
-    quota = context.tenant.quotas.max_concurrent_executions
-    return quota if quota is not None else get_settings().QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS
-
-
 def begin(context: RequestContext, make_request: Callable[[Conn], engine.StartRequest], *,
           detail: dict[str, Any] | None = None) -> engine.Started:
     """Run a start's checks and writes in one tenant transaction (on a worker thread); `make_request` builds the
@@ -128,8 +121,8 @@ def begin(context: RequestContext, make_request: Callable[[Conn], engine.StartRe
 
     with tenant_transaction(context.tenant.id) as conn:
         try:
-            return engine.start_execution(conn, context.tenant_facts, make_request(conn),
-                                          max_concurrent=max_concurrent(context), authorize=decide)
+            return engine.start_execution(conn, context.tenant_facts, make_request(conn), authorize=decide,
+                                          max_concurrent=engine.concurrent_limit(context.tenant.quotas))
         except (engine.StartError, registry.RegistryError) as exc:
             raise start_problem(exc) from None
 

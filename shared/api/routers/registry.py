@@ -7,19 +7,43 @@
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query
-from fastapi.openapi.models import Example
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from shared.api.problems import ProblemError
-from shared.api.responses import UNAUTHORIZED, problem_doc
+from shared.api.routers.registry_models import (
+    COMMON_ERRORS,
+    E400,
+    E404,
+    E409_ARCHIVED,
+    E409_NAME,
+    E412,
+    E422,
+    E428,
+    ITEM_ERRORS,
+    BlueprintRef,
+    FieldChangeOut,
+    PlannedStepOut,
+    QuotaHeadroomOut,
+    RegistryDiff,
+    RegistryItem,
+    RegistryItemPage,
+    RegistryItemSummary,
+    RegistryPlan,
+    RegistryValidation,
+    RegistryVersion,
+    RegistryVersionPage,
+    RollbackRequest,
+    StepAuthorization,
+    request_examples,
+)
 from shared.api.security import RequestContext, authenticated, authorize, record_mutation
 from shared.db.session import tenant_transaction
+from shared.engine.start import active_executions, concurrent_limit
 from shared.idempotency import IdempotencyKeyError, StoredResponse, claim, complete, fingerprint
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from shared.policy.actions import Action
@@ -57,252 +81,6 @@ _SPECS: dict[Kind, _KindSpec] = {
                            Action.BLUEPRINT_CREATE, Action.BLUEPRINT_UPDATE, Action.BLUEPRINT_ARCHIVE,
                            Action.BLUEPRINT_ROLLBACK),
 }
-
-# --- examples ---------------------------------------------------------------------------------------------------
-
-_EXAMPLE_ID = "0b6f3c1e-5d2a-4c1f-9e7b-2a8d4f6c9e10"
-_EXAMPLE_PRINCIPAL = "72f988bf-86f1-41af-91ab-2d7cd011db47/1b2c3d4e-0000-4000-8000-000000000001"
-_EXAMPLE_TIME = "2025-01-04T10:00:00Z"
-_INTENT_WITH_STEPS: dict[str, Any] = {
-    "name": "deploy-web-app", "description": "Build, push and deploy the web app.", "labels": {"team": "web"},
-    "definition": {"target": "production", "steps": [
-        {"action": "build-docker-image", "image": "myapp:latest", "context": "./app"},
-        {"action": "push-to-registry", "registry": "azurecr.io", "image": "myapp:latest"},
-        {"action": "deploy-to-kubernetes", "namespace": "production", "replicas": 3}]}}
-_INTENT_DECLARATION: dict[str, Any] = {
-    "name": "deploy-application",
-    "definition": {"target": "production", "version": "1.2.3", "environment": "azure-westus"}}
-_BLUEPRINT: dict[str, Any] = {
-    "name": "deploy-application", "description": "Build, deploy and verify an application version.",
-    "labels": {"team": "platform"},
-    "definition": {
-        "inputs": {"type": "object", "required": ["version", "environment"], "properties": {
-            "target": {"type": "string"}, "version": {"type": "string"}, "environment": {"type": "string"}}},
-        "steps": [
-            {"id": "build", "action": "build-container", "image": "myapp:${inputs.version}"},
-            {"id": "deploy", "action": "deploy-to-kubernetes", "namespace": "${inputs.target}"},
-            {"id": "verify", "action": "verify-deployment", "health_check": "/health"}]}}
-_NORMALIZED_STEPS: dict[str, Any] = {"target": "production", "steps": [
-    {"id": "build-docker-image", "action": "build-docker-image",
-     "params": {"image": "myapp:latest", "context": "./app"}, "depends_on": []},
-    {"id": "push-to-registry", "action": "push-to-registry",
-     "params": {"registry": "azurecr.io", "image": "myapp:latest"}, "depends_on": ["build-docker-image"]},
-    {"id": "deploy-to-kubernetes", "action": "deploy-to-kubernetes",
-     "params": {"namespace": "production", "replicas": 3}, "depends_on": ["push-to-registry"]}]}
-_ITEM_EXAMPLE: dict[str, Any] = {
-    "id": _EXAMPLE_ID, "name": "deploy-web-app", "description": "Build, push and deploy the web app.",
-    "labels": {"team": "web"}, "status": "active", "version": 2, "definition": _NORMALIZED_STEPS,
-    "blueprint_ref": None, "origin": {"kind": "update", "from_version": 1}, "created_by": _EXAMPLE_PRINCIPAL,
-    "created_at": _EXAMPLE_TIME, "updated_at": "2025-01-05T09:30:00Z", "archived_at": None,
-    "version_created_by": _EXAMPLE_PRINCIPAL, "version_created_at": "2025-01-05T09:30:00Z"}
-_SUMMARY_EXAMPLE = {key: _ITEM_EXAMPLE[key] for key in (
-    "id", "name", "description", "labels", "status", "version", "created_at", "updated_at", "archived_at")}
-_VERSION_EXAMPLE: dict[str, Any] = {
-    "version": 2, "description": "Build, push and deploy the web app.", "labels": {"team": "web"},
-    "definition": _NORMALIZED_STEPS, "definition_sha256": "9f2c" + "0" * 60,
-    "origin": {"kind": "update", "from_version": 1}, "blueprint_ref": None, "created_by": _EXAMPLE_PRINCIPAL,
-    "created_at": "2025-01-05T09:30:00Z"}
-_DIFF_EXAMPLE: dict[str, Any] = {
-    "from_version": 1, "to_version": 2, "steps_added": ["verify"], "steps_removed": [],
-    "steps_changed": [{"id": "deploy-to-kubernetes", "changes": [
-        {"path": "/params/replicas", "kind": "changed", "old": 2, "new": 3}]}],
-    "steps_reordered": False, "fields_changed": [], "metadata_changed": [],
-    "summary": "The new version adds 1 step (verify) and changes 1 step (deploy-to-kubernetes: params/replicas 2 → 3)."}
-_PLAN_EXAMPLE: dict[str, Any] = {
-    "id": _EXAMPLE_ID, "name": "deploy-web-app", "version": 2, "status": "active", "target": "production",
-    "blueprint_ref": None, "levels": [["build-docker-image"], ["push-to-registry"], ["deploy-to-kubernetes"]],
-    "steps": [{"id": "build-docker-image", "action": "build-docker-image", "module": "build-docker-image",
-               "remote": True, "timeout_s": 1800, "depends_on": [], "level": 0, "when": None, "compensate": None,
-               "authorization": {"action": "intent.execute", "allowed": False,
-                                 "reason": "production_requires_deployer"}}],
-    "quota": {"max_concurrent_executions": 10, "running_executions": 0, "headroom": 10},
-    "caller_may_execute": False, "plan_hash": "3b1f" + "0" * 60}
-_VALIDATION_EXAMPLE: dict[str, Any] = {
-    "valid": True, "name": "deploy-web-app", "description": "", "labels": {}, "definition": _NORMALIZED_STEPS,
-    "levels": _PLAN_EXAMPLE["levels"], "blueprint_ref": None, "plan_hash": "3b1f" + "0" * 60}
-
-# --- models -----------------------------------------------------------------------------------------------------
-
-
-class BlueprintRef(BaseModel):
-    """The blueprint version a declaration was validated against (its steps come from exactly this version)."""
-
-    id: UUID
-    name: str
-    version: int
-
-
-class RegistryItemSummary(BaseModel):
-    """An item in a listing (GET the item for its definition)."""
-
-    model_config = ConfigDict(json_schema_extra={"examples": [_SUMMARY_EXAMPLE]})
-
-    id: UUID
-    name: str
-    description: str
-    labels: dict[str, str]
-    status: Status
-    version: int
-    created_at: datetime
-    updated_at: datetime
-    archived_at: datetime | None
-
-
-class RegistryItem(RegistryItemSummary):
-    """An intent or blueprint with its current version."""
-
-    model_config = ConfigDict(json_schema_extra={"examples": [_ITEM_EXAMPLE]})
-
-    version: int = Field(description="The current version; the ETag identifies it.")
-    definition: dict[str, Any] = Field(description="The normalized definition (step ids and dependencies filled in).")
-    blueprint_ref: BlueprintRef | None = Field(description="A declaration's pinned blueprint version; else null.")
-    origin: dict[str, Any] = Field(description='How the current version came to be: {"kind": "create"|"update"|'
-                                               '"rollback", "from_version": n}.')
-    created_by: str
-    version_created_by: str
-    version_created_at: datetime
-
-
-class RegistryItemPage(BaseModel):
-    """One page of items by name."""
-
-    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [_SUMMARY_EXAMPLE], "next_cursor": None}]})
-
-    items: list[RegistryItemSummary]
-    next_cursor: str | None
-
-
-class RegistryVersion(BaseModel):
-    """One immutable version."""
-
-    model_config = ConfigDict(json_schema_extra={"examples": [_VERSION_EXAMPLE]})
-
-    version: int
-    description: str
-    labels: dict[str, str]
-    definition: dict[str, Any]
-    definition_sha256: str
-    origin: dict[str, Any]
-    blueprint_ref: BlueprintRef | None
-    created_by: str
-    created_at: datetime
-
-
-class RegistryVersionPage(BaseModel):
-    """One page of versions, oldest first."""
-
-    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [_VERSION_EXAMPLE], "next_cursor": None}]})
-
-    items: list[RegistryVersion]
-    next_cursor: str | None
-
-
-class RollbackRequest(BaseModel):
-    """Which version the new version copies."""
-
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"to_version": 1}]})
-
-    to_version: int = Field(ge=1)
-
-
-class FieldChangeOut(BaseModel):
-    """One changed value, at a JSON pointer."""
-
-    path: str
-    kind: Literal["added", "removed", "changed"]
-    old: Any = None
-    new: Any = None
-
-
-class StepChangeOut(BaseModel):
-    """The changes of one step present in both versions (matched by id)."""
-
-    id: str
-    changes: list[FieldChangeOut]
-
-
-class RegistryDiff(BaseModel):
-    """What changed from one version to another."""
-
-    model_config = ConfigDict(json_schema_extra={"examples": [_DIFF_EXAMPLE]})
-
-    from_version: int
-    to_version: int
-    steps_added: list[str]
-    steps_removed: list[str]
-    steps_changed: list[StepChangeOut]
-    steps_reordered: bool
-    fields_changed: list[FieldChangeOut] = Field(description="Changes of the definition outside its steps.")
-    metadata_changed: list[FieldChangeOut] = Field(description="Changes of description, labels and blueprint pin.")
-    summary: str
-
-
-class StepAuthorization(BaseModel):
-    """The caller's authorization decision for executing this step (not audited per step; the plan request is)."""
-
-    action: str
-    allowed: bool
-    reason: str
-
-
-class PlannedStepOut(BaseModel):
-    """One step of a plan."""
-
-    id: str
-    action: str
-    module: str = Field(description="What the tenant's allow-list names to permit the action.")
-    remote: bool = Field(description="Handled by a tenant worker over module-work.")
-    timeout_s: int
-    depends_on: list[str]
-    level: int
-    when: str | None
-    compensate: str | None = Field(description="The compensating action, if any.")
-    authorization: StepAuthorization | None = Field(
-        description="Null for a blueprint: blueprints run only through the intents that declare them.")
-
-
-class QuotaHeadroomOut(BaseModel):
-    """The tenant's room for one more execution."""
-
-    max_concurrent_executions: int | None = Field(description="The tenant's quota; null: no limit.")
-    running_executions: int = Field(description="Executions do not exist yet (execution engine issue): always 0 "
-                                                "for now, so the headroom is the whole quota.")
-    headroom: int | None = Field(description="Quota minus running executions; null: no limit.")
-
-
-class RegistryPlan(BaseModel):
-    """A dry run of executing the current version: nothing is saved or started."""
-
-    model_config = ConfigDict(json_schema_extra={"examples": [_PLAN_EXAMPLE]})
-
-    id: UUID
-    name: str
-    version: int
-    status: Status
-    target: str | None
-    blueprint_ref: str | None = Field(description="name@version of the blueprint a declaration expands through.")
-    levels: list[list[str]] = Field(description="Step ids by level; each level runs after the previous one.")
-    steps: list[PlannedStepOut]
-    quota: QuotaHeadroomOut
-    caller_may_execute: bool | None = Field(
-        description="Active, every step allowed and quota left; null for a blueprint.")
-    plan_hash: str = Field(description="An execute request may carry it to insist on exactly this plan.")
-
-
-class RegistryValidation(BaseModel):
-    """A definition that validates, as it would be saved, with its plan."""
-
-    model_config = ConfigDict(json_schema_extra={"examples": [_VALIDATION_EXAMPLE]})
-
-    valid: Literal[True] = True
-    name: str
-    description: str
-    labels: dict[str, str]
-    definition: dict[str, Any]
-    levels: list[list[str]]
-    blueprint_ref: str | None = Field(description="name@version a declaration would be pinned to.")
-    plan_hash: str
-
 
 # --- mapping ----------------------------------------------------------------------------------------------------
 
@@ -414,46 +192,6 @@ def _label_filter(values: list[str] | None) -> dict[str, str] | None:
     return wanted
 
 
-# --- OpenAPI responses ------------------------------------------------------------------------------------------
-
-
-_E401 = UNAUTHORIZED
-_E403 = problem_doc(403, "forbidden", "Forbidden", "Not allowed to intent.update.",
-             "The caller's roles or the tenant's policies do not allow it, or the tenant is suspended",
-             reason="role_required")
-_E404 = problem_doc(404, "not-found", "Not found", f"No intent {_EXAMPLE_ID}.",
-             "No such item in the caller's tenant (another tenant's item is not found either)")
-_E409_ARCHIVED = problem_doc(409, "archived", "Conflict", "The intent is archived; it takes no new versions.",
-                      "The item is archived")
-_E409_NAME = problem_doc(409, "conflict", "Conflict",
-                         "An intent named 'deploy-web-app' exists (archived ones keep their name).",
-                         "The name is taken in the tenant")
-_E412 = problem_doc(412, "precondition-failed", "Precondition failed",
-             "The item changed since that ETag was issued; GET it again.", "If-Match holds a stale ETag")
-_E422 = problem_doc(422, "invalid-definition", "Unprocessable content", "The intent has 2 problems.",
-             "The definition does not validate (every problem listed), or the request is malformed",
-             errors=[{"pointer": "/definition/steps/1/action", "code": "unknown_action",
-                      "detail": "unknown action 'deploy-to-kubernets' (did you mean 'deploy-to-kubernetes'?)"},
-                     {"pointer": "/definition/steps/2/action", "code": "module_not_allowed",
-                      "detail": "module 'http' is not on the tenant's allow-list"}])
-_E428 = problem_doc(428, "precondition-required", "Precondition required", "Send If-Match with the item's ETag.",
-             "If-Match is required")
-_E429 = problem_doc(429, "rate-limited", "Too many requests", "This tenant is over its request rate; retry in 3 s.",
-             "Over the tenant's request rate (see Retry-After)")
-_E400 = problem_doc(400, "invalid-cursor", "Bad request", "the cursor is not one this API issued", "A malformed cursor")
-_COMMON: dict[int | str, dict[str, Any]] = {401: _E401, 403: _E403, 429: _E429}
-_ITEM_ERRORS: dict[int | str, dict[str, Any]] = {**_COMMON, 404: _E404, 422: _E422}
-
-
-def _examples(kind: Kind) -> dict[str, Example]:
-    if kind == "blueprint":
-        return {"blueprint": Example(summary="The seed's deploy-application blueprint", value=_BLUEPRINT)}
-    return {"steps": Example(summary="Steps, parameters beside the action (the seed's deploy-web-app)",
-                             value=_INTENT_WITH_STEPS),
-            "declaration": Example(summary="A declaration expanded by the deploy-application blueprint",
-                                   value=_INTENT_DECLARATION)}
-
-
 def _with_etag(content: BaseModel, etag: str) -> JSONResponse:
     return JSONResponse(content.model_dump(mode="json"), headers={"ETag": etag})
 
@@ -466,7 +204,7 @@ def definition_router(kind: Kind) -> APIRouter:
     spec = _SPECS[kind]
     router = APIRouter(prefix=spec.path, tags=[f"{kind}s"])
     noun = kind
-    examples = _examples(kind)
+    examples = request_examples(kind)
     Json = Annotated[dict[str, Any], Body(openapi_examples=examples,
                                           description="See GET /api/v1/schemas/intent for the definition schema.")]
     ItemId = Annotated[UUID, Path(description=f"The {noun}'s id.")]
@@ -483,8 +221,8 @@ def definition_router(kind: Kind) -> APIRouter:
         return _resource(spec, str(item.head.id), context.tenant.id, item.target, item.version.labels)
 
     @router.post("", status_code=201, response_model=RegistryItem, summary=f"Create {_a(noun)} {noun} (version 1)",
-                 responses={**_COMMON, 409: _E409_NAME,
-                            422: {**_E422, "description": "The definition does not validate, or the Idempotency-Key "
+                 responses={**COMMON_ERRORS, 409: E409_NAME,
+                            422: {**E422, "description": "The definition does not validate, or the Idempotency-Key "
                                                           "was used for a different request"}})
     def create(body: Json, context: Context,
                idempotency_key: Annotated[str | None, Header(description="Retries with the same key and body "
@@ -516,7 +254,7 @@ def definition_router(kind: Kind) -> APIRouter:
         return JSONResponse(content, status_code=201, headers=headers)
 
     @router.get("", response_model=RegistryItemPage, summary=f"List {noun}s",
-                responses={**_COMMON, 400: _E400, 422: _E422})
+                responses={**COMMON_ERRORS, 400: E400, 422: E422})
     def list_all(
         context: Context,
         name_prefix: Annotated[str | None, Query(max_length=63, description="Names starting with this.")] = None,
@@ -537,7 +275,7 @@ def definition_router(kind: Kind) -> APIRouter:
         return RegistryItemPage(items=[_summary_out(row) for row in rows], next_cursor=next_cursor)
 
     @router.post("/validate", response_model=RegistryValidation, summary=f"Validate {_a(noun)} {noun} without "
-                 "saving it", responses={**_COMMON, 422: _E422})
+                 "saving it", responses={**COMMON_ERRORS, 422: E422})
     def validate(body: Json, context: Context) -> RegistryValidation:
         """Every problem at once (422), or the normalized definition and its plan (200); nothing is saved."""
         authorize(context, spec.create, _body_resource(spec, "unsaved", context.tenant.id, body),
@@ -553,7 +291,7 @@ def definition_router(kind: Kind) -> APIRouter:
                                   blueprint_ref=checked.result.blueprint_ref, plan_hash=checked.plan_hash)
 
     @router.get("/{item_id}", response_model=RegistryItem, summary=f"Read {_a(noun)} {noun}",
-                responses={**_COMMON, 404: _E404})
+                responses={**COMMON_ERRORS, 404: E404})
     def read(item_id: ItemId, context: Context) -> JSONResponse:
         """The current version, with its ETag (Reader)."""
         item = load(context, item_id)
@@ -561,7 +299,7 @@ def definition_router(kind: Kind) -> APIRouter:
         return _with_etag(_item_out(item), item.etag)
 
     @router.put("/{item_id}", response_model=RegistryItem, summary=f"Update {_a(noun)} {noun} (a new version)",
-                responses={**_ITEM_ERRORS, 409: _E409_ARCHIVED, 412: _E412, 428: _E428})
+                responses={**ITEM_ERRORS, 409: E409_ARCHIVED, 412: E412, 428: E428})
     def update(item_id: ItemId, body: Json, context: Context, if_match: IfMatch = None) -> JSONResponse:
         """Store the next version; `If-Match` with the current ETag is required (stale: 412). Of two updates
         with one ETag exactly one wins (Author)."""
@@ -581,7 +319,7 @@ def definition_router(kind: Kind) -> APIRouter:
         return _with_etag(_item_out(updated), updated.etag)
 
     @router.delete("/{item_id}", response_model=RegistryItem, summary=f"Archive {_a(noun)} {noun}",
-                   responses={**_COMMON, 404: _E404, 412: _E412})
+                   responses={**COMMON_ERRORS, 404: E404, 412: E412})
     def archive(item_id: ItemId, context: Context, if_match: IfMatch = None) -> JSONResponse:
         """Archive: no new versions or executions; versions kept and reads still work. Archiving an archived
         item changes nothing (Author)."""
@@ -599,7 +337,7 @@ def definition_router(kind: Kind) -> APIRouter:
 
     @router.post("/{item_id}/rollback", response_model=RegistryItem,
                  summary=f"Roll {_a(noun)} {noun} back (a new version equal to an old one)",
-                 responses={**_ITEM_ERRORS, 409: _E409_ARCHIVED, 412: _E412})
+                 responses={**ITEM_ERRORS, 409: E409_ARCHIVED, 412: E412})
     def rollback(item_id: ItemId, body: RollbackRequest, context: Context, if_match: IfMatch = None) -> JSONResponse:
         """A new version equal to `to_version`, its origin `{"kind": "rollback", "from_version": n}`; the old
         version must still validate. `If-Match` is optional here (Author)."""
@@ -620,7 +358,7 @@ def definition_router(kind: Kind) -> APIRouter:
         return _with_etag(_item_out(rolled), rolled.etag)
 
     @router.get("/{item_id}/versions", response_model=RegistryVersionPage, summary=f"List {_a(noun)} {noun}'s "
-                "versions", responses={**_COMMON, 400: _E400, 404: _E404})
+                "versions", responses={**COMMON_ERRORS, 400: E400, 404: E404})
     def list_versions(item_id: ItemId, context: Context, cursor: str | None = None,
                       limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT) -> RegistryVersionPage:
         """Every version, oldest first, cursor-paginated (Reader)."""
@@ -634,7 +372,7 @@ def definition_router(kind: Kind) -> APIRouter:
         return RegistryVersionPage(items=[_version_out(row) for row in rows], next_cursor=next_cursor)
 
     @router.get("/{item_id}/versions/{number}", response_model=RegistryVersion, summary=f"Read one version of "
-                f"{_a(noun)} {noun}", responses={**_COMMON, 404: _E404})
+                f"{_a(noun)} {noun}", responses={**COMMON_ERRORS, 404: E404})
     def read_version(item_id: ItemId, number: Annotated[int, Path(ge=1)], context: Context) -> RegistryVersion:
         """One immutable version (Reader)."""
         item = load(context, item_id)
@@ -646,7 +384,7 @@ def definition_router(kind: Kind) -> APIRouter:
                 raise _problem(exc) from None
 
     @router.get("/{item_id}/diff", response_model=RegistryDiff, summary=f"Compare two versions of {_a(noun)} {noun}",
-                responses={**_COMMON, 404: _E404})
+                responses={**COMMON_ERRORS, 404: E404})
     def diff(item_id: ItemId, context: Context, from_version: Annotated[int, Query(alias="from", ge=1)],
              to_version: Annotated[int, Query(alias="to", ge=1)]) -> RegistryDiff:
         """Steps added, removed and changed (with paths, old and new values), and a short summary (Reader)."""
@@ -664,7 +402,7 @@ def definition_router(kind: Kind) -> APIRouter:
                             summary=result.summary)
 
     @router.post("/{item_id}/plan", response_model=RegistryPlan, summary=f"Plan {_a(noun)} {noun} (dry run)",
-                 responses={**_ITEM_ERRORS})
+                 responses={**ITEM_ERRORS})
     def plan(item_id: ItemId, context: Context) -> RegistryPlan:
         """The current version's steps in execution levels, each with its module and the caller's decision for
         executing it, the tenant's quota headroom and the plan hash; nothing is saved or started (Reader)."""
@@ -684,8 +422,8 @@ def definition_router(kind: Kind) -> APIRouter:
 
         with tenant_transaction(context.tenant.id) as conn:
             try:
-                result = service.plan(conn, kind, item_id, tenant=context.tenant_facts, decide=decide,
-                                      max_concurrent_executions=context.tenant.quotas.max_concurrent_executions)
+                quota = service.QuotaHeadroom.of(concurrent_limit(context.tenant.quotas), active_executions(conn))
+                result = service.plan(conn, kind, item_id, tenant=context.tenant_facts, decide=decide, quota=quota)
             except service.RegistryError as exc:
                 raise _problem(exc) from None
         return _plan_out(result, kind)
