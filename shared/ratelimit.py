@@ -1,5 +1,5 @@
 # intent_ref: platform.rate-limits
-"""Per-tenant request rate limits: a token bucket in Postgres, taken in the request's tenant transaction."""
+"""Per-tenant request rate limits: a token bucket in Postgres, taken in a short tenant transaction of its own."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 import psycopg
 from psycopg.rows import tuple_row
+from psycopg_pool import ConnectionPool
 
 from shared.config import Settings, get_settings
+from shared.db.session import tenant_write
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +55,22 @@ def take_request_token(conn: psycopg.Connection[Any], limit: RateLimit) -> RateD
     Without a tenant context the database refuses (row-level security raises InsufficientPrivilege):
     there is no shared bucket.
     """
-    row = conn.cursor(row_factory=tuple_row).execute(_TAKE, (limit.capacity, limit.refill_per_second)).fetchone()
+    return _decision(conn.cursor(row_factory=tuple_row).execute(_TAKE, (limit.capacity, limit.refill_per_second)))
+
+
+def take_tenant_token(tenant_id: UUID, limit: RateLimit, *, pool: ConnectionPool[Any] | None = None) -> RateDecision:
+    """Take one token from `tenant_id`'s bucket in a transaction of its own: one round trip to the server."""
+    with tenant_write(tenant_id, pool=pool) as conn:
+        # The commit needs no WAL flush: the bucket is UNLOGGED, so a crash empties it anyway, and losing a few
+        # consumed tokens only lets a few extra requests through once. Waiting for the flush cost an fsync per
+        # request (docs/adr/0017-request-path-performance.md).
+        conn.execute("SET LOCAL synchronous_commit = off")
+        cursor = conn.cursor(row_factory=tuple_row).execute(_TAKE, (limit.capacity, limit.refill_per_second))
+    return _decision(cursor)
+
+
+def _decision(cursor: psycopg.Cursor[tuple[Any, ...]]) -> RateDecision:
+    row = cursor.fetchone()
     if row is None:  # the function always returns one row; None would mean the schema is not what we expect
         raise RuntimeError("app.take_request_token returned no row")
     allowed, retry_after_s = row

@@ -18,10 +18,10 @@ from shared.audit import AuditRecord, get_audit_store
 from shared.auth.principal import Principal
 from shared.auth.tokens import InvalidTokenError, SigningKeysUnavailableError, TokenValidator, bearer_token
 from shared.auth.validator import get_token_validator
-from shared.db.session import platform_transaction, tenant_transaction
+from shared.db.session import platform_transaction
 from shared.policy.authorizer import Decision, Resource, TenantFacts, get_authorizer
 from shared.policy.tenant_policies import tenant_policy_texts
-from shared.ratelimit import limit_for, take_request_token
+from shared.ratelimit import limit_for, take_tenant_token
 from shared.tenants.models import Tenant
 from shared.tenants.repository import tenant_directory
 
@@ -78,8 +78,8 @@ def authenticated(request: Request, validator: TokenValidator = Depends(token_va
                 Decision(False, "tenant_suspended", ()))
         raise ProblemError(403, "tenant-suspended", "Forbidden", "This tenant is suspended.",
                            extensions={"reason": "tenant_suspended"})
-    with tenant_transaction(tenant.id) as conn:
-        verdict = take_request_token(conn, limit_for(tenant.quotas.model_dump(exclude_none=True)))
+    # A transaction of its own, committed before any work: a refused request (429) changes nothing else.
+    verdict = take_tenant_token(tenant.id, limit_for(tenant.quotas.model_dump(exclude_none=True)))
     if not verdict.allowed:
         retry_after = max(1, math.ceil(verdict.retry_after_s))
         raise ProblemError(429, "rate-limited", "Too many requests",
@@ -93,11 +93,12 @@ def authorize(context: RequestContext, action: str, resource: Resource, *, conn:
               detail: dict[str, Any] | None = None) -> Decision:
     """Decide `action` on `resource` for the caller, audit the decision (allow and deny), refuse with 403.
 
-    With `conn` (an open tenant transaction) the allow record commits together with the caller's mutation.
+    With `conn` (an open tenant transaction) the allow record commits together with the caller's mutation; a deny
+    record is always committed on its own, because the 403 rolls the caller's transaction back.
     """
     decision = get_authorizer().decide(context.principal, action, resource, tenant=context.tenant_facts,
                                        tenant_policies=tenant_policy_texts(context.tenant.id))
-    _record(context, action, resource, decision, conn=conn, detail=detail)
+    _record(context, action, resource, decision, conn=conn if decision.allowed else None, detail=detail)
     if not decision.allowed:
         raise ProblemError(403, "forbidden", "Forbidden", f"Not allowed to {action}.",
                            extensions={"reason": decision.reason})

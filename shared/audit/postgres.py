@@ -21,7 +21,7 @@ from shared.audit.model import (
     decode_cursor,
     encode_cursor,
 )
-from shared.db.session import platform_transaction, tenant_transaction
+from shared.db.session import platform_transaction, tenant_transaction, tenant_write
 
 _CURSOR_KIND = "pg"
 
@@ -49,7 +49,9 @@ class PostgresAuditStore:
         if conn is not None:
             self.record_in(conn, record)
             return
-        with tenant_transaction(record.tenant_id, pool=self._pool) as own:
+        # One round trip: the INSERT and its COMMIT travel with BEGIN, and the COMMIT is acknowledged (durable)
+        # before this returns.
+        with tenant_write(record.tenant_id, pool=self._pool) as own:
             self.record_in(own, record)
 
     def record_in(self, conn: psycopg.Connection[Any], record: AuditRecord) -> None:

@@ -17,14 +17,6 @@ _lock = threading.Lock()
 _pool: ConnectionPool[psycopg.Connection[DictRow]] | None = None
 
 
-def _reset(conn: psycopg.Connection[Any]) -> None:
-    # A connection must come back with no open transaction and no session state; RESET ALL is
-    # cheap insurance against a plain SET (or SET ROLE) leaking to the next borrower.
-    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-        raise psycopg.InterfaceError("connection returned to the pool inside a transaction")
-    conn.execute("RESET ALL; RESET ROLE")  # one round trip: this runs on every return to the pool
-
-
 def _connection_kwargs(settings: Settings) -> dict[str, Any] | Any:
     base: dict[str, Any] = {"autocommit": True, "row_factory": dict_row}
     if not settings.QP_DATABASE_ENTRA_AUTH:
@@ -47,7 +39,9 @@ def build_pool(conninfo: str, settings: Settings, *, min_size: int = 1) -> Conne
         kwargs=_connection_kwargs(settings),
         min_size=min_size,
         max_size=settings.QP_DATABASE_POOL_MAX,
-        reset=_reset,
+        # No reset callback: with one, every return goes through the pool's worker thread and costs a round
+        # trip. The session reset travels with each transaction's BEGIN instead (shared/db/session.py), and the
+        # pool itself rolls back a connection returned inside a transaction.
         name="quantum",
         open=True,
     )

@@ -1,0 +1,125 @@
+# intent_ref: platform.tenant-isolation
+"""The request path's transactions: batched writes commit or leave nothing, session state never carries over."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.pq import TransactionStatus
+from psycopg_pool import ConnectionPool
+
+from shared.audit import AuditRecord
+from shared.audit.postgres import PostgresAuditStore
+from shared.config import Settings
+from shared.db.pool import build_pool
+from shared.db.session import platform_transaction, tenant_transaction, tenant_write
+from shared.ratelimit import RateLimit, take_tenant_token
+
+pytestmark = pytest.mark.integration
+
+NO_REFILL = 1e-9
+
+
+@pytest.fixture
+def one_connection(pg) -> Iterator[ConnectionPool[Any]]:  # type: ignore[no-untyped-def]
+    """A pool of the app's login holding a single connection, so every borrower gets the same session."""
+    settings = Settings(QP_DATABASE_URL=pg.app_url, QP_BLOB_CONNECTION_STRING="UseDevelopmentStorage=true",
+                        QP_DATABASE_POOL_MAX=1)
+    pool = build_pool(pg.app_url, settings)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def new_tenant(pg):  # type: ignore[no-untyped-def]
+    """A factory of provisioned tenants."""
+    def make() -> uuid.UUID:
+        tenant_id = uuid.uuid4()
+        with psycopg.connect(pg.app_url, autocommit=True) as conn, conn.transaction():
+            conn.execute("SET LOCAL ROLE qp_platform")
+            conn.execute("INSERT INTO app.tenants (id, name, entra_tenant_id) VALUES (%s, %s, %s)",
+                         (tenant_id, f"rp-{tenant_id.hex[:12]}", uuid.uuid4()))
+        return tenant_id
+    return make
+
+
+def _record(tenant: uuid.UUID, action: str = "intent.read") -> AuditRecord:
+    return AuditRecord.new(tenant_id=tenant, principal_id="test/test", action=action, resource_type="Intent",
+                           resource_id="x", decision="allow", reason="allowed")
+
+
+def _audit_ids(pg: Any, tenant: uuid.UUID) -> set[uuid.UUID]:
+    with psycopg.connect(pg.admin_url, dbname="quantum") as conn:
+        return {row[0] for row in conn.execute("SELECT id FROM app.audit_events WHERE tenant_id = %s", (tenant,))}
+
+
+def test_a_batched_write_commits_and_its_results_are_read_after_the_block(
+        pg: Any, app_pool: ConnectionPool[Any], new_tenant: Any) -> None:
+    tenant = new_tenant()
+    record = _record(tenant)
+    with tenant_write(tenant, pool=app_pool) as conn:
+        PostgresAuditStore().record_in(conn, record)
+        pinned = conn.execute("SELECT app.current_tenant_id() AS tenant")
+    assert pinned.fetchone() == {"tenant": tenant}
+    assert record.id in _audit_ids(pg, tenant)  # committed: another session sees it
+
+
+def test_a_failed_batched_write_leaves_nothing_and_a_clean_connection(
+        pg: Any, one_connection: ConnectionPool[Any], new_tenant: Any) -> None:
+    tenant, other = new_tenant(), new_tenant()
+    kept, foreign = _record(tenant), _record(other)
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):  # noqa: PT012
+        with tenant_write(tenant, pool=one_connection) as conn:
+            PostgresAuditStore().record_in(conn, kept)
+            PostgresAuditStore().record_in(conn, foreign)  # another tenant's row: refused by row-level security
+    assert kept.id not in _audit_ids(pg, tenant)
+    assert foreign.id not in _audit_ids(pg, other)
+    # The statement before the refused one is gone too: BEGIN, both INSERTs and COMMIT were one transaction.
+    with one_connection.connection() as conn:
+        assert conn.info.transaction_status == TransactionStatus.IDLE
+        assert conn.execute("SELECT 1 AS one").fetchone() == {"one": 1}
+
+
+def test_statements_inside_a_tenant_transaction_run_one_by_one(
+        app_pool: ConnectionPool[Any], new_tenant: Any) -> None:
+    tenant = new_tenant()
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        # Results (and errors) are there at once, not at the end of the block.
+        assert conn.execute("UPDATE app.tenants SET settings = settings").rowcount == 1
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+            conn.execute("INSERT INTO app.audit_events (tenant_id, id, occurred_at, principal_id, action,"
+                         " resource_type, decision) VALUES (%s, %s, now(), 'x', 'x', 'x', 'allow')",
+                         (uuid.uuid4(), uuid.uuid4()))
+        assert conn.execute("SELECT app.current_tenant_id() AS tenant").fetchone() == {"tenant": tenant}
+
+
+def test_session_state_left_by_a_borrower_is_gone_in_the_next_transaction(
+        one_connection: ConnectionPool[Any], new_tenant: Any) -> None:
+    tenant = new_tenant()
+    with tenant_transaction(tenant, pool=one_connection) as conn:
+        # Plain SETs outlive the transaction that ran them: the session keeps them.
+        conn.execute("SET statement_timeout = '123s'")
+        conn.execute("SET ROLE qp_platform")
+    with one_connection.connection() as conn:
+        assert conn.execute("SHOW statement_timeout").fetchone() == {"statement_timeout": "123s"}
+    for transaction, role in ((tenant_transaction(tenant, pool=one_connection), "qp_runtime"),
+                              (platform_transaction(pool=one_connection), "qp_platform")):
+        with transaction as conn:
+            assert conn.execute("SHOW statement_timeout").fetchone() == {"statement_timeout": "0"}
+            assert conn.execute("SELECT current_user AS role").fetchone() == {"role": role}
+
+
+def test_the_token_take_keeps_its_commit_setting_to_itself(
+        one_connection: ConnectionPool[Any], new_tenant: Any) -> None:
+    tenant = new_tenant()
+    limit = RateLimit(capacity=2, refill_per_second=NO_REFILL)
+    assert [take_tenant_token(tenant, limit, pool=one_connection).allowed for _ in range(3)] == [True, True, False]
+    refused = take_tenant_token(tenant, limit, pool=one_connection)
+    assert refused.retry_after_s > 0
+    # Asynchronous commit is for the bucket only: the next borrower (even one that resets nothing) commits durably.
+    with one_connection.connection() as conn:
+        assert conn.execute("SHOW synchronous_commit").fetchone() == {"synchronous_commit": "on"}
