@@ -140,11 +140,12 @@ def main() -> None:
         try:
             apply_migrations(urls.owner)
             tenant = uuid.uuid4()
-            with psycopg.connect(urls.app, autocommit=True) as conn, conn.transaction():
+            with psycopg.connect(urls.control, autocommit=True) as conn, conn.transaction():
                 conn.execute("SET LOCAL ROLE qp_platform")
                 conn.execute("INSERT INTO app.tenants (id, name, entra_tenant_id) VALUES (%s, %s, %s)",
                              (tenant, f"bench-{tenant.hex[:8]}", uuid.uuid4()))
-            settings = Settings(QP_DATABASE_URL=urls.app, QP_BLOB_CONNECTION_STRING="UseDevelopmentStorage=true")
+            settings = Settings(QP_DATABASE_URL=urls.app, QP_DATABASE_CONTROL_URL=urls.control,
+                                QP_BLOB_CONNECTION_STRING="UseDevelopmentStorage=true")
             pool = build_pool(urls.app, settings)
             former = ConnectionPool(urls.app, kwargs={"autocommit": True}, min_size=1, reset=_former_reset,
                                     open=True)

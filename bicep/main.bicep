@@ -116,6 +116,7 @@ var tags = { 'azd-env-name': environmentName, application: 'quantum-platform', e
 var names = {
   resourceGroup: '${abbrs.resourcesResourceGroups}${environmentName}'
   identity: '${abbrs.managedIdentityUserAssignedIdentities}${environmentName}-${resourceToken}'
+  controlIdentity: '${abbrs.managedIdentityUserAssignedIdentities}${environmentName}-${resourceToken}-control'
   logAnalytics: '${abbrs.operationalInsightsWorkspaces}${environmentName}-${resourceToken}'
   appInsights: '${abbrs.insightsComponents}${environmentName}-${resourceToken}'
   storage: '${abbrs.storageStorageAccounts}${resourceToken}'
@@ -175,6 +176,18 @@ module identity 'modules/identity.bicep' = {
   name: 'identity'
   params: {
     name: names.identity
+    location: location
+    tags: tags
+  }
+}
+
+// The control plane's own identity: a second Postgres login, member of qp_platform only (ADR 0018). It holds no
+// Azure role: the app reaches every other service with the runtime identity above.
+module controlIdentity 'modules/identity.bicep' = {
+  scope: rg
+  name: 'control-identity'
+  params: {
+    name: names.controlIdentity
     location: location
     tags: tags
   }
@@ -260,6 +273,9 @@ module functionApp 'modules/functionapp.bicep' = {
     identityId: identity.outputs.id
     identityClientId: identity.outputs.clientId
     identityName: identity.outputs.name
+    controlIdentityId: controlIdentity.outputs.id
+    controlIdentityClientId: controlIdentity.outputs.clientId
+    controlIdentityName: controlIdentity.outputs.name
     storageAccountName: storage.outputs.name
     blobEndpoint: storage.outputs.blobEndpoint
     eventHubNamespaceName: eventHubsModule.outputs.name
@@ -340,6 +356,8 @@ output FUNCTION_APP_STAGING_HOSTNAME string = functionApp.outputs.stagingHostNam
 output API_GATEWAY_URL string = apim.outputs.gatewayUrl
 output MANAGED_IDENTITY_NAME string = identity.outputs.name
 output MANAGED_IDENTITY_CLIENT_ID string = identity.outputs.clientId
+output CONTROL_IDENTITY_NAME string = controlIdentity.outputs.name
+output CONTROL_IDENTITY_CLIENT_ID string = controlIdentity.outputs.clientId
 output POSTGRES_FQDN string = postgres.outputs.fqdn
 output POSTGRES_DATABASE string = postgres.outputs.databaseName
 output COSMOS_ENDPOINT string = cosmos.outputs.endpoint

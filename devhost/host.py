@@ -45,22 +45,26 @@ def provision(options: HostOptions) -> Provisioned:
     data_dir = options.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "logs").mkdir(exist_ok=True)
-    owner_url, app_url, started_pg, pg_note = provision_database(data_dir, os.environ.get("QP_DATABASE_URL") or None)
+    database = provision_database(data_dir, os.environ.get("QP_DATABASE_URL") or None,
+                                  os.environ.get("QP_DATABASE_CONTROL_URL") or None)
     blob, azurite = provision_storage(data_dir, os.environ.get("QP_BLOB_CONNECTION_STRING") or None, data_dir / "logs")
     if not os.environ.get("QP_AUTH_METADATA_URL"):
         # Locally the app trusts the devhost's own issuer; in Azure this points at Entra ID.
         from devhost.identity import openid_metadata_url
 
         os.environ["QP_AUTH_METADATA_URL"] = openid_metadata_url(f"http://{options.host}:{options.port}")
-    os.environ["QP_DATABASE_URL"] = app_url
-    os.environ["QP_DATABASE_OWNER_URL"] = owner_url
+    os.environ["QP_DATABASE_URL"] = database.app_url
+    os.environ["QP_DATABASE_CONTROL_URL"] = database.control_url
+    os.environ["QP_DATABASE_OWNER_URL"] = database.owner_url
     # Local demos and tests call services on this machine; an explicit "false" still closes private networks.
     os.environ.setdefault("QP_ALLOW_PRIVATE_NETWORK_HOSTS", "true")
     if blob is not None:
         os.environ["QP_BLOB_CONNECTION_STRING"] = blob
         os.environ["AzureWebJobsStorage"] = blob
-    notes = [pg_note, "Azurite (started here)" if azurite else f"blob storage: {'configured' if blob else 'none'}"]
-    return Provisioned(owner_url, app_url, blob, azurite=azurite, postgres_dir=started_pg, notes=notes)
+    storage_note = "Azurite (started here)" if azurite else f"blob storage: {'configured' if blob else 'none'}"
+    notes = [database.description, storage_note]
+    return Provisioned(database.owner_url, database.app_url, database.control_url, blob, azurite=azurite,
+                       postgres_dir=database.started_dir, notes=notes)
 
 
 def build_components(ctx: HostContext) -> list[Component]:
@@ -144,7 +148,7 @@ async def serve(options: HostOptions, on_ready: list[str]) -> None:
     provisioned = provision(options)
     try:
         if options.seed_demo:
-            _seed(provisioned.app_url)
+            _seed(provisioned.app_url, provisioned.control_url)
         index = load_app(options)
         host = DevHost(options, index, provisioned.owner_url)
         await host.start()
@@ -164,12 +168,12 @@ async def serve(options: HostOptions, on_ready: list[str]) -> None:
         provisioned.stop()
 
 
-def _seed(app_url: str) -> None:
+def _seed(app_url: str, control_url: str) -> None:
     from devhost.identity import dev_tenant_id
     from devhost.provision import DEMO_TENANTS, seed_demo_tenants
     from devhost.seed import seed_demo_blueprints, seed_demo_modules
 
-    inserted = seed_demo_tenants(app_url, {name: dev_tenant_id(name) for name in DEMO_TENANTS})
+    inserted = seed_demo_tenants(control_url, {name: dev_tenant_id(name) for name in DEMO_TENANTS})
     if inserted:
         logger.info("seeded demo tenants: %s", ", ".join(inserted))
     seed_demo_modules(app_url)

@@ -37,6 +37,7 @@ class Provisioned:
 
     owner_url: str
     app_url: str
+    control_url: str
     blob_connection_string: str | None
     azurite: Azurite | None = None
     postgres_dir: Path | None = None
@@ -67,18 +68,34 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def provision_database(data_dir: Path, external_url: str | None) -> tuple[str, str, Path | None, str]:
-    """Return (owner_url, app_url, started_postgres_dir, description) with migrations applied."""
+@dataclass(frozen=True)
+class ProvisionedDatabase:
+    """The database's connection strings, with migrations applied, and the server this process started."""
+
+    owner_url: str
+    app_url: str
+    control_url: str
+    started_dir: Path | None
+    description: str
+
+
+def provision_database(data_dir: Path, external_url: str | None,
+                       external_control_url: str | None = None) -> ProvisionedDatabase:
+    """Bootstrap and migrate the embedded server, or an external one (`external_url`)."""
     if external_url:
         ensure_runtime_role(external_url)
         apply_migrations(external_url)
-        return external_url, external_url, None, "external Postgres (QP_DATABASE_URL)"
+        # The external login owns the tables and is a member of both roles: unless a control login is given,
+        # it serves the control plane too (ADR 0018: that mode already trusts its login).
+        return ProvisionedDatabase(external_url, external_url, external_control_url or external_url, None,
+                                   "external Postgres (QP_DATABASE_URL)")
     pg_dir = data_dir / "postgres"
     attached = _postgres_running(pg_dir)
     admin_url = start_postgres(pg_dir)
     urls = bootstrap(admin_url)
     apply_migrations(urls.owner)
-    return urls.owner, urls.app, None if attached else pg_dir, f"embedded Postgres ({pg_dir})"
+    return ProvisionedDatabase(urls.owner, urls.app, urls.control, None if attached else pg_dir,
+                               f"embedded Postgres ({pg_dir})")
 
 
 def provision_storage(data_dir: Path, configured: str | None, log_dir: Path) -> tuple[str | None, Azurite | None]:
@@ -97,10 +114,10 @@ def demo_tenant_id(name: str) -> uuid.UUID:
     return uuid.uuid5(DEV_NAMESPACE, f"tenant:{name}")
 
 
-def seed_demo_tenants(app_url: str, entra_tenant_ids: dict[str, uuid.UUID]) -> list[str]:
-    """Insert the demo tenants if absent, as the control plane does; returns the names inserted."""
+def seed_demo_tenants(control_url: str, entra_tenant_ids: dict[str, uuid.UUID]) -> list[str]:
+    """Insert the demo tenants if absent, as the control plane does (its login); returns the names inserted."""
     inserted = []
-    with psycopg.connect(app_url, autocommit=True) as conn:
+    with psycopg.connect(control_url, autocommit=True) as conn:
         for name, entra_id in entra_tenant_ids.items():
             with conn.transaction():
                 conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(PLATFORM_ROLE)))

@@ -6,6 +6,8 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -19,12 +21,20 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(extra="ignore", case_sensitive=True, frozen=True)
 
-    QP_DATABASE_URL: str = Field(min_length=1, description="Runtime Postgres connection (non-owner login).")
+    QP_DATABASE_URL: str = Field(
+        min_length=1, description="Postgres connection of tenant requests (non-owner login, member of qp_runtime)."
+    )
+    QP_DATABASE_CONTROL_URL: str = Field(
+        min_length=1, description="Postgres connection of the control plane (its own login, member of qp_platform)."
+    )
     QP_DATABASE_OWNER_URL: str | None = Field(
         default=None, description="Owner connection used only by the migration runner."
     )
     QP_DATABASE_ENTRA_AUTH: bool = Field(
         default=False, description="Use a managed-identity token as the Postgres password (Azure)."
+    )
+    QP_DATABASE_CONTROL_CLIENT_ID: str | None = Field(
+        default=None, description="Azure: client id of the control plane's identity (its token is the password)."
     )
     QP_DATABASE_POOL_MAX: int = Field(default=10, ge=1, le=200)
 
@@ -97,7 +107,25 @@ class Settings(BaseSettings):
             raise ValueError("QP_COSMOS_ENDPOINT is required when QP_AUDIT_BACKEND=cosmos")
         if self.QP_COSMOS_ENDPOINT and not self.QP_COSMOS_ENDPOINT.startswith("https://"):
             raise ValueError("QP_COSMOS_ENDPOINT must be an https:// URL")
+        self._check_control_login()
         return self
+
+    def _check_control_login(self) -> None:
+        if self.QP_DATABASE_ENTRA_AUTH and not self.QP_DATABASE_CONTROL_CLIENT_ID:
+            raise ValueError("QP_DATABASE_CONTROL_CLIENT_ID is required when QP_DATABASE_ENTRA_AUTH=true")
+        # Outside local development the two pools must be two logins: one login would be able to reach both roles.
+        app, control = _login_of(self.QP_DATABASE_URL), _login_of(self.QP_DATABASE_CONTROL_URL)
+        if self.QP_ENVIRONMENT != "local" and (app is None or control is None or app == control):
+            raise ValueError("QP_DATABASE_CONTROL_URL must name a different user than QP_DATABASE_URL")
+
+
+def _login_of(conninfo: str) -> str | None:
+    """The user a connection string names (None when it names none or cannot be parsed)."""
+    try:
+        user = conninfo_to_dict(conninfo).get("user")
+    except psycopg.ProgrammingError:
+        return None
+    return str(user) if user else None
 
 
 def load_settings() -> Settings:

@@ -8,6 +8,7 @@ locals {
   names = {
     resourceGroup     = "${local.abbrs.resourcesResourceGroups}${var.environment_name}"
     identity          = "${local.abbrs.managedIdentityUserAssignedIdentities}${var.environment_name}-${var.resource_token}"
+    controlIdentity   = "${local.abbrs.managedIdentityUserAssignedIdentities}${var.environment_name}-${var.resource_token}-control"
     logAnalytics      = "${local.abbrs.operationalInsightsWorkspaces}${var.environment_name}-${var.resource_token}"
     appInsights       = "${local.abbrs.insightsComponents}${var.environment_name}-${var.resource_token}"
     storage           = "${local.abbrs.storageStorageAccounts}${var.resource_token}"

@@ -36,6 +36,16 @@ module "identity" {
   name                = local.names.identity
 }
 
+# The control plane's own identity: a second Postgres login, member of qp_platform only (ADR 0018). It holds no
+# Azure role: the app reaches every other service with the runtime identity above.
+module "control_identity" {
+  source              = "./modules/identity"
+  resource_group_name = azurerm_resource_group.main.name
+  location            = var.location
+  tags                = local.tags
+  name                = local.names.controlIdentity
+}
+
 module "storage" {
   source                     = "./modules/storage"
   resource_group_name        = azurerm_resource_group.main.name
@@ -107,6 +117,9 @@ module "functionapp" {
   identity_id                    = module.identity.id
   identity_client_id             = module.identity.client_id
   identity_name                  = module.identity.name
+  control_identity_id            = module.control_identity.id
+  control_identity_client_id     = module.control_identity.client_id
+  control_identity_name          = module.control_identity.name
   storage_account_name           = module.storage.name
   blob_endpoint                  = module.storage.blob_endpoint
   event_hub_namespace_name       = module.eventhubs.name

@@ -46,6 +46,16 @@ output "MANAGED_IDENTITY_CLIENT_ID" {
   value       = module.identity.client_id
 }
 
+output "CONTROL_IDENTITY_NAME" {
+  description = "Name of the control plane's identity (also its Postgres login, member of qp_platform)."
+  value       = module.control_identity.name
+}
+
+output "CONTROL_IDENTITY_CLIENT_ID" {
+  description = "Client id of the control plane's identity."
+  value       = module.control_identity.client_id
+}
+
 output "POSTGRES_FQDN" {
   description = "Private FQDN of the Postgres server."
   value       = module.postgres.fqdn

@@ -26,6 +26,9 @@ class PostgresInstance:
     admin_url: str
     owner_url: str
     app_url: str
+    """The login of tenant requests (qp_app, member of qp_runtime only)."""
+    control_url: str
+    """The login of the control plane (qp_control, member of qp_platform only)."""
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +40,7 @@ def pg() -> Iterator[PostgresInstance]:
     try:
         urls = bootstrap(admin_url)
         apply_migrations(urls.owner)
-        yield PostgresInstance(root, data_dir, admin_url, urls.owner, urls.app)
+        yield PostgresInstance(root, data_dir, admin_url, urls.owner, urls.app, urls.control)
     finally:
         stop_postgres(data_dir)
         shutil.rmtree(root, ignore_errors=True)

@@ -15,6 +15,7 @@ OPENAPI_PATH = ROOT / "docs" / "openapi.json"
 # Building the app validates settings; the schema does not depend on their values, and nothing connects.
 _PLACEHOLDER_SETTINGS = {
     "QP_DATABASE_URL": "host=/nonexistent",
+    "QP_DATABASE_CONTROL_URL": "host=/nonexistent",
     "QP_BLOB_CONNECTION_STRING": "UseDevelopmentStorage=true",
 }
 

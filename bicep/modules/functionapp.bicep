@@ -1,6 +1,7 @@
 // intent_ref: platform.estate
 // The function app on an Elastic Premium plan with a `staging` slot for blue-green swaps. Every binding and
-// client reaches its service with the user-assigned identity: the settings hold names and endpoints, never keys.
+// client reaches its service with the runtime identity (the control identity is only the control plane's Postgres
+// login, ADR 0018): the settings hold names and endpoints, never keys.
 
 @description('Name of the Elastic Premium plan.')
 param planName string
@@ -22,14 +23,23 @@ param maxElasticWorkers int
 @description('Spread the plan over availability zones (production; needs at least 3 instances).')
 param zoneRedundant bool
 
-@description('Resource id of the user-assigned identity.')
+@description('Resource id of the runtime user-assigned identity.')
 param identityId string
 
-@description('Client id of the user-assigned identity.')
+@description('Client id of the runtime user-assigned identity.')
 param identityClientId string
 
 @description('Name of the identity, which is also its Postgres login name.')
 param identityName string
+
+@description('Resource id of the control plane\'s user-assigned identity (its own Postgres login, ADR 0018).')
+param controlIdentityId string
+
+@description('Client id of the control plane\'s identity: the app asks for its token as that login\'s password.')
+param controlIdentityClientId string
+
+@description('Name of the control plane\'s identity, which is also its Postgres login name.')
+param controlIdentityName string
 
 @description('Storage account holding Durable Functions state and artifacts.')
 param storageAccountName string
@@ -89,12 +99,16 @@ var appSettings = [
   { name: 'EventHubConnection__fullyQualifiedNamespace', value: '${eventHubNamespaceName}.servicebus.windows.net' }
   { name: 'EventHubConnection__credential', value: 'managedidentity' }
   { name: 'EventHubConnection__clientId', value: identityClientId }
-  // DefaultAzureCredential in the app (Postgres token, blob, Cosmos) picks the user-assigned identity from this.
+  // DefaultAzureCredential in the app (runtime Postgres token, blob, Cosmos) picks the runtime identity from this;
+  // with two identities attached, none is a default.
   { name: 'AZURE_CLIENT_ID', value: identityClientId }
   { name: 'APPLICATIONINSIGHTS_CONNECTION_STRING', value: appInsightsConnectionString }
   { name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING', value: 'Authorization=AAD;ClientId=${identityClientId}' }
   { name: 'QP_ENVIRONMENT', value: environmentType }
   { name: 'QP_DATABASE_URL', value: 'host=${postgresFqdn} port=5432 dbname=${postgresDatabase} user=${identityName} sslmode=require' }
+  // The control plane connects as its own identity: the runtime login cannot become qp_platform (ADR 0018).
+  { name: 'QP_DATABASE_CONTROL_URL', value: 'host=${postgresFqdn} port=5432 dbname=${postgresDatabase} user=${controlIdentityName} sslmode=require' }
+  { name: 'QP_DATABASE_CONTROL_CLIENT_ID', value: controlIdentityClientId }
   { name: 'QP_DATABASE_ENTRA_AUTH', value: 'true' }
   { name: 'QP_DATABASE_POOL_MAX', value: string(databasePoolMax) }
   { name: 'QP_BLOB_ACCOUNT_URL', value: blobEndpoint }
@@ -144,7 +158,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
   kind: 'functionapp,linux'
   identity: {
     type: 'UserAssigned'
-    userAssignedIdentities: { '${identityId}': {} }
+    userAssignedIdentities: { '${identityId}': {}, '${controlIdentityId}': {} }
   }
   properties: {
     serverFarmId: plan.id
@@ -187,7 +201,7 @@ resource staging 'Microsoft.Web/sites/slots@2024-04-01' = {
   kind: 'functionapp,linux'
   identity: {
     type: 'UserAssigned'
-    userAssignedIdentities: { '${identityId}': {} }
+    userAssignedIdentities: { '${identityId}': {}, '${controlIdentityId}': {} }
   }
   properties: {
     serverFarmId: plan.id

@@ -1,7 +1,8 @@
 // intent_ref: platform.estate
 // PostgreSQL Flexible Server: Entra-only authentication, VNet-injected (no public endpoint), the `quantum`
-// database. The roles the migrations expect (qp_owner, qp_runtime, qp_platform) and the app identity's login are
-// created afterwards by the bootstrap in docs/runbooks/deploy.md, run by the Entra administrator set here.
+// database. The roles the migrations expect (qp_owner, qp_runtime, qp_platform) and the logins of the app's two
+// identities (runtime: qp_runtime; control: qp_platform, ADR 0018) are created afterwards by the bootstrap in
+// docs/runbooks/deploy.md, run by the Entra administrator set here. Neither identity is an administrator.
 
 @description('Name of the server.')
 param name string

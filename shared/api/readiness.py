@@ -11,7 +11,7 @@ from functools import lru_cache
 from azure.storage.blob import BlobServiceClient
 
 from shared.config import get_settings
-from shared.db.pool import get_pool
+from shared.db.pool import get_control_pool, get_pool
 from shared.storage.blob import blob_service_client
 
 logger = logging.getLogger(__name__)
@@ -29,14 +29,16 @@ class CheckResult:
 
 
 def check_postgres() -> CheckResult:
-    """Borrow a pooled connection and run one statement."""
-    try:
-        with get_pool().connection(timeout=_PROBE_TIMEOUT_S) as conn:
-            conn.execute("SELECT 1")
-        return CheckResult("postgres", True)
-    except Exception as exc:
-        logger.warning("readiness: postgres is down: %s", exc)
-        return CheckResult("postgres", False, type(exc).__name__)
+    """Borrow a connection of each login (tenant requests, control plane) and run one statement on it."""
+    for login, pool in (("app", get_pool), ("control", get_control_pool)):
+        try:
+            with pool().connection(timeout=_PROBE_TIMEOUT_S) as conn:
+                conn.execute("SELECT 1")
+        except Exception as exc:
+            # Either login down stops the API: tenant lookups need the control plane, every request the app login.
+            logger.warning("readiness: postgres (%s login) is down: %s", login, exc)
+            return CheckResult("postgres", False, f"{login} login: {type(exc).__name__}")
+    return CheckResult("postgres", True)
 
 
 @lru_cache(maxsize=1)

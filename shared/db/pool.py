@@ -1,5 +1,5 @@
 # intent_ref: platform.database
-"""The process-wide psycopg connection pool, configured from settings."""
+"""The process-wide psycopg connection pools, configured from settings: tenant requests and the control plane."""
 
 from __future__ import annotations
 
@@ -13,17 +13,31 @@ from psycopg_pool import ConnectionPool
 from shared.config import Settings, get_settings
 
 _ENTRA_POSTGRES_SCOPE = "https://ossrdbms-aad.database.windows.net/.default"
+CONTROL_POOL_MAX = 4
+"""The control plane runs few transactions (cached tenant lookups, admin requests, timers): a small pool suffices."""
+
 _lock = threading.Lock()
 _pool: ConnectionPool[psycopg.Connection[DictRow]] | None = None
+_control_pool: ConnectionPool[psycopg.Connection[DictRow]] | None = None
 
 
-def _connection_kwargs(settings: Settings) -> dict[str, Any] | Any:
+def _token_credential(client_id: str | None) -> Any:
+    """The credential whose token is the password: the control identity's, or DefaultAzureCredential's."""
+    if client_id is None:
+        from azure.identity import DefaultAzureCredential
+
+        return DefaultAzureCredential()  # the runtime identity, named by AZURE_CLIENT_ID
+    from azure.identity import ManagedIdentityCredential
+
+    # The control login exists only as this managed identity: no other credential could answer for it.
+    return ManagedIdentityCredential(client_id=client_id)
+
+
+def _connection_kwargs(settings: Settings, client_id: str | None = None) -> dict[str, Any] | Any:
     base: dict[str, Any] = {"autocommit": True, "row_factory": dict_row}
     if not settings.QP_DATABASE_ENTRA_AUTH:
         return base
-    from azure.identity import DefaultAzureCredential
-
-    credential = DefaultAzureCredential()
+    credential = _token_credential(client_id)
 
     def with_token() -> dict[str, Any]:
         # Entra tokens expire; each new physical connection asks for a fresh one (the SDK caches it).
@@ -32,24 +46,33 @@ def _connection_kwargs(settings: Settings) -> dict[str, Any] | Any:
     return with_token
 
 
-def build_pool(conninfo: str, settings: Settings, *, min_size: int = 1) -> ConnectionPool[Any]:
-    """A new, opened pool whose connections are autocommit with dict rows."""
+def build_pool(
+    conninfo: str, settings: Settings, *, min_size: int = 1, max_size: int | None = None,
+    client_id: str | None = None, name: str = "quantum",
+) -> ConnectionPool[Any]:
+    """A new, opened pool whose connections are autocommit with dict rows (`client_id`: whose token, in Azure)."""
     pool: ConnectionPool[Any] = ConnectionPool(
         conninfo,
-        kwargs=_connection_kwargs(settings),
+        kwargs=_connection_kwargs(settings, client_id),
         min_size=min_size,
-        max_size=settings.QP_DATABASE_POOL_MAX,
+        max_size=max_size or settings.QP_DATABASE_POOL_MAX,
         # No reset callback: with one, every return goes through the pool's worker thread and costs a round
         # trip. The session reset travels with each transaction's BEGIN instead (shared/db/session.py), and the
         # pool itself rolls back a connection returned inside a transaction.
-        name="quantum",
+        name=name,
         open=True,
     )
     return pool
 
 
+def build_control_pool(conninfo: str, settings: Settings, *, min_size: int = 1) -> ConnectionPool[Any]:
+    """A new, opened pool of the control plane's login (small; in Azure with the control identity's token)."""
+    return build_pool(conninfo, settings, min_size=min_size, max_size=CONTROL_POOL_MAX,
+                      client_id=settings.QP_DATABASE_CONTROL_CLIENT_ID, name="quantum-control")
+
+
 def get_pool() -> ConnectionPool[psycopg.Connection[DictRow]]:
-    """The shared pool, opened on first use."""
+    """The shared pool of tenant requests (the runtime login), opened on first use."""
     global _pool
     if _pool is None:
         with _lock:
@@ -59,10 +82,22 @@ def get_pool() -> ConnectionPool[psycopg.Connection[DictRow]]:
     return _pool
 
 
+def get_control_pool() -> ConnectionPool[psycopg.Connection[DictRow]]:
+    """The shared pool of the control plane (its own login), opened on first use."""
+    global _control_pool
+    if _control_pool is None:
+        with _lock:
+            if _control_pool is None:
+                settings = get_settings()
+                _control_pool = build_control_pool(settings.QP_DATABASE_CONTROL_URL, settings)
+    return _control_pool
+
+
 def close_pool() -> None:
-    """Close the shared pool (tests and host shutdown)."""
-    global _pool
+    """Close both shared pools (tests and host shutdown)."""
+    global _pool, _control_pool
     with _lock:
-        if _pool is not None:
-            _pool.close()
-            _pool = None
+        for pool in (_pool, _control_pool):
+            if pool is not None:
+                pool.close()
+        _pool = _control_pool = None

@@ -11,6 +11,9 @@ PLATFORM_ROLE = "qp_platform"
 """NOLOGIN control-plane role: manages tenant rows and sees no tenant's data (Platform.Admin requests)."""
 
 APP_LOGIN_ROLE = "qp_app"
-"""The local login the app connects with (in Azure, the app's Entra principal); member of qp_runtime and qp_platform."""
+"""The local login of tenant requests (in Azure, the runtime identity's Entra principal); member of qp_runtime only."""
+
+CONTROL_LOGIN_ROLE = "qp_control"
+"""The local login of the control plane (in Azure, the control identity's principal); member of qp_platform only."""
 
 DATABASE_NAME = "quantum"

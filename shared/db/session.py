@@ -13,7 +13,7 @@ from psycopg import sql
 from psycopg.rows import DictRow
 from psycopg_pool import ConnectionPool
 
-from shared.db.pool import get_pool
+from shared.db.pool import get_control_pool, get_pool
 from shared.db.roles import PLATFORM_ROLE, RUNTIME_ROLE
 
 _SET_RUNTIME_ROLE = sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(RUNTIME_ROLE))
@@ -55,9 +55,9 @@ def _set_role(statement: sql.Composed) -> Prologue:
 
 
 @contextmanager
-def _transaction(pool: ConnectionPool[Any] | None, prologue: Prologue) -> Iterator[psycopg.Connection[DictRow]]:
+def _transaction(pool: ConnectionPool[Any], prologue: Prologue) -> Iterator[psycopg.Connection[DictRow]]:
     """Borrow a connection, open a transaction and run its prologue, all in one round trip to the server."""
-    with (pool or get_pool()).connection() as conn, ExitStack() as stack:
+    with pool.connection() as conn, ExitStack() as stack:
         # The pipeline ends before the caller's statements: they run (and fail) one by one as usual. An error in
         # the prologue surfaces when the pipeline syncs, inside the transaction, which then rolls back.
         with conn.pipeline():
@@ -89,19 +89,21 @@ def tenant_transaction(
     tenant_id: UUID, *, pool: ConnectionPool[Any] | None = None
 ) -> Iterator[psycopg.Connection[DictRow]]:
     """Open one transaction, as the runtime role, in which RLS sees only `tenant_id`'s rows."""
-    with _transaction(pool, _tenant_prologue(tenant_id)) as conn:
+    prologue = _tenant_prologue(tenant_id)
+    with _transaction(pool or get_pool(), prologue) as conn:
         yield conn
 
 
 @contextmanager
 def runtime_transaction(*, pool: ConnectionPool[Any] | None = None) -> Iterator[psycopg.Connection[DictRow]]:
     """Open one transaction as the runtime role with no tenant: tenant tables show zero rows."""
-    with _transaction(pool, _set_role(_SET_RUNTIME_ROLE)) as conn:
+    with _transaction(pool or get_pool(), _set_role(_SET_RUNTIME_ROLE)) as conn:
         yield conn
 
 
 @contextmanager
 def platform_transaction(*, pool: ConnectionPool[Any] | None = None) -> Iterator[psycopg.Connection[DictRow]]:
     """Open one transaction as the control-plane role: every tenant row, and no tenant's data."""
-    with _transaction(pool, _set_role(_SET_PLATFORM_ROLE)) as conn:
+    # The control plane's own pool: its login is the only one that may become qp_platform (ADR 0018).
+    with _transaction(pool or get_control_pool(), _set_role(_SET_PLATFORM_ROLE)) as conn:
         yield conn

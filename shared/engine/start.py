@@ -277,11 +277,19 @@ STALE_START_S = 30.0
 """A start claimed longer ago than this and still pending is taken over (its starter died in between)."""
 
 
+def claim_stale_start(conn: Conn, execution_id: UUID, stale_after_s: float = STALE_START_S) -> bool:
+    """Take over the start of a pending execution whose claim is older than `stale_after_s`; True when taken.
+
+    The conditional update is the one arbiter: of concurrent takers (a repeated request, the sweeper) the row lock
+    lets one through, and the others then see a fresh claim.
+    """
+    return conn.execute(_CLAIM_STALE_START, (execution_id, stale_after_s)).fetchone() is not None
+
+
 def _replayed(conn: Conn, tenant: TenantFacts, execution: repo.Execution, fingerprint: str) -> Started:
     if execution.request_sha256 is not None and execution.request_sha256 != fingerprint:
         raise IdempotencyConflictError("the idempotency key was already used for a different request")
-    claimed = conn.execute(_CLAIM_STALE_START, (execution.id, STALE_START_S)).fetchone()
-    if claimed is None:
+    if not claim_stale_start(conn, execution.id):
         return Started(execution, False, None)
     return Started(execution, False, rebuild_input(conn, tenant, execution))
 

@@ -93,8 +93,26 @@ def test_literal_defaults_match_the_code(bicep_modules: dict[str, BicepFile], tf
     for settings in (_bicep_settings(bicep_modules), _tf_settings(tf_modules)):
         literal = {name: value for name, value in settings.items()
                    if name in Settings.model_fields and isinstance(value, str) and "${" not in value}
-        azure = {**literal, "QP_DATABASE_URL": "host=x dbname=quantum", "QP_BLOB_ACCOUNT_URL": "https://x",
+        azure = {**literal, "QP_DATABASE_URL": "host=x dbname=quantum user=id-dev-x",
+                 "QP_DATABASE_CONTROL_URL": "host=x dbname=quantum user=id-dev-x-control",
+                 "QP_DATABASE_CONTROL_CLIENT_ID": "00000000-0000-0000-0000-000000000001",
+                 "QP_BLOB_ACCOUNT_URL": "https://x",
                  "EventHubConnection__fullyQualifiedNamespace": "x.servicebus.windows.net",
                  "QP_COSMOS_ENDPOINT": "https://x.documents.azure.com:443/", "QP_TASK_HUB": "Quantumdev",
                  "QP_ENVIRONMENT": "dev", "QP_AUTH_AUDIENCE": "api://quantum-platform"}
         Settings.model_validate(azure)
+
+
+def test_each_pool_connects_as_its_own_identity(
+    bicep_modules: dict[str, BicepFile], tf_modules: dict[str, TerraformModule]
+):
+    """The runtime and the control plane are two Postgres logins, each an identity's principal (ADR 0018)."""
+    bicep, terraform = _bicep_settings(bicep_modules), _tf_settings(tf_modules)
+    assert "user=${identityName} " in bicep["QP_DATABASE_URL"]
+    assert "user=${controlIdentityName} " in bicep["QP_DATABASE_CONTROL_URL"]
+    assert bicep["QP_DATABASE_CONTROL_CLIENT_ID"] == "controlIdentityClientId"
+    assert bicep["AZURE_CLIENT_ID"] == "identityClientId"
+    assert "user=${var.identity_name} " in terraform["QP_DATABASE_URL"]
+    assert "user=${var.control_identity_name} " in terraform["QP_DATABASE_CONTROL_URL"]
+    assert terraform["QP_DATABASE_CONTROL_CLIENT_ID"] == "${var.control_identity_client_id}"
+    assert terraform["AZURE_CLIENT_ID"] == "${var.identity_client_id}"

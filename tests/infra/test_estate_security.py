@@ -252,6 +252,20 @@ def test_function_app_runs_python_3_11_on_elastic_premium_with_a_staging_slot(
     assert slot["name"] == "staging"
 
 
+def test_the_function_app_carries_the_runtime_and_the_control_identity(
+    bicep_modules: dict[str, BicepFile], tf_modules: dict[str, TerraformModule]
+):
+    """Two user-assigned identities on site and slot: two Postgres logins, one per role (ADR 0018)."""
+    for kind in ("Microsoft.Web/sites", "Microsoft.Web/sites/slots"):
+        (site,) = _bicep_of_type(bicep_modules, kind)
+        assert set(_config(site)["identity"]["userAssignedIdentities"]) == {"'${identityId}'", "'${controlIdentityId}'"}
+        assert _props(site)["keyVaultReferenceIdentity"] == "identityId"
+    for kind in ("azurerm_linux_function_app", "azurerm_linux_function_app_slot"):
+        (site,) = _tf_of_type(tf_modules, kind)
+        assert site["identity"][0]["identity_ids"] == ["${var.identity_id}", "${var.control_identity_id}"]
+        assert site["key_vault_reference_identity_id"] == "${var.identity_id}"
+
+
 def _iac_files() -> list[Path]:
     return sorted([*BICEP.rglob("*.bicep"), *TERRAFORM.rglob("*.tf")])
 

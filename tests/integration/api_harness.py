@@ -38,6 +38,7 @@ class ApiHarness:
     key: SigningKey
     admin_url: str
     app_url: str
+    control_url: str
     tenants: dict[str, TenantHandle] = field(default_factory=dict)
     fetches: list[str] = field(default_factory=list)
 
@@ -58,7 +59,7 @@ class ApiHarness:
                   allowed_targets: Sequence[str] = ("staging", "production")) -> TenantHandle:
         """Insert a tenant through the control-plane role (as the tenants API does)."""
         handle = TenantHandle(uuid.uuid4(), f"{name}-{uuid.uuid4().hex[:6]}", uuid.uuid4())
-        with psycopg.connect(self.app_url, autocommit=True) as conn, conn.transaction():
+        with psycopg.connect(self.control_url, autocommit=True) as conn, conn.transaction():
             conn.execute("SET LOCAL ROLE qp_platform")
             conn.execute(
                 "INSERT INTO app.tenants (id, name, entra_tenant_id, status, quotas, allowed_modules, allowed_targets)"
@@ -103,6 +104,7 @@ def api(pg, azurite, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiHa
     validator = TokenValidator(metadata_url, [AUDIENCE], fetch=fetch)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("QP_DATABASE_URL", pg.app_url)
+        mp.setenv("QP_DATABASE_CONTROL_URL", pg.control_url)
         mp.setenv("QP_BLOB_CONNECTION_STRING", azurite.connection_string)
         mp.setenv("QP_AUTH_METADATA_URL", metadata_url)
         mp.setenv("QP_AUTH_AUDIENCE", AUDIENCE)
@@ -112,7 +114,7 @@ def api(pg, azurite, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiHa
         app = create_app()
         app.dependency_overrides[token_validator] = lambda: validator
         with TestClient(app, raise_server_exceptions=False) as client:
-            yield ApiHarness(client, key, pg.admin_url, pg.app_url, fetches=fetches)
+            yield ApiHarness(client, key, pg.admin_url, pg.app_url, pg.control_url, fetches=fetches)
         close_pool()
         _probe_client.cache_clear()
         get_settings.cache_clear()

@@ -17,7 +17,7 @@ from urllib3.exceptions import InsecureRequestWarning
 
 from devhost.services import free_port
 from shared.config import Settings
-from shared.db.pool import build_pool
+from shared.db.pool import build_control_pool, build_pool, close_pool
 from tests.cosmos_emulator import COSMOS_EMULATOR_KEY, CosmosEmulator, start_cosmos_emulator
 
 
@@ -44,11 +44,38 @@ def cosmos_database(cosmos: CosmosEmulator) -> DatabaseProxy:
         return client.create_database_if_not_exists("quantum")
 
 
+def _settings(pg: Any) -> Settings:
+    return Settings(QP_DATABASE_URL=pg.app_url, QP_DATABASE_CONTROL_URL=pg.control_url,
+                    QP_BLOB_CONNECTION_STRING="UseDevelopmentStorage=true", QP_DATABASE_POOL_MAX=16)
+
+
 @pytest.fixture(scope="module")
 def app_pool(pg) -> Iterator[ConnectionPool[Any]]:  # type: ignore[no-untyped-def]
     """A pool of the app's own login (qp_app), as the running app has; big enough for the concurrency tests."""
-    settings = Settings(QP_DATABASE_URL=pg.app_url, QP_BLOB_CONNECTION_STRING="UseDevelopmentStorage=true",
-                        QP_DATABASE_POOL_MAX=16)
-    pool = build_pool(pg.app_url, settings, min_size=2)
+    pool = build_pool(pg.app_url, _settings(pg), min_size=2)
     yield pool
     pool.close()
+
+
+@pytest.fixture(scope="module")
+def control_pool(pg) -> Iterator[ConnectionPool[Any]]:  # type: ignore[no-untyped-def]
+    """A pool of the control plane's login (qp_control), as the running app's platform_transaction uses."""
+    pool = build_control_pool(pg.control_url, _settings(pg))
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="module")
+def process_pools(pg) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    """Point the process-wide pools (pool=None) at the session's Postgres: each transaction picks its own login."""
+    from shared.config import get_settings
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("QP_DATABASE_URL", pg.app_url)
+        mp.setenv("QP_DATABASE_CONTROL_URL", pg.control_url)
+        mp.setenv("QP_BLOB_CONNECTION_STRING", "UseDevelopmentStorage=true")
+        get_settings.cache_clear()
+        close_pool()
+        yield
+        close_pool()
+        get_settings.cache_clear()

@@ -31,7 +31,7 @@ pytestmark = [
 ]
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
-_SETTINGS = {"QP_BLOB_CONNECTION_STRING": "UseDevelopmentStorage=true"}
+_SETTINGS = {"QP_BLOB_CONNECTION_STRING": "UseDevelopmentStorage=true", "QP_DATABASE_CONTROL_URL": "x"}
 
 
 
@@ -52,7 +52,9 @@ class Backend:
 @pytest.fixture(params=["postgres", "cosmos"])
 def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Backend]:
     if request.param == "postgres":
-        yield Backend("postgres", PostgresAuditStore(request.getfixturevalue("app_pool")))
+        # The process-wide pools: records go through the app's login, the erasure through the control plane's.
+        request.getfixturevalue("process_pools")
+        yield Backend("postgres", PostgresAuditStore())
         return
     container: ContainerProxy = request.getfixturevalue("audit_container")
     calls: list[tuple[str, dict[str, object], object]] = []

@@ -92,6 +92,7 @@ def _local_settings(pg: Any, azurite: Any) -> Iterator[None]:
     """Settings as the devhost has them: the local server is on loopback, so private networks are open."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("QP_DATABASE_URL", pg.app_url)
+        mp.setenv("QP_DATABASE_CONTROL_URL", pg.control_url)
         mp.setenv("QP_BLOB_CONNECTION_STRING", azurite.connection_string)
         mp.setenv("QP_ALLOW_PRIVATE_NETWORK_HOSTS", "true")
         get_settings.cache_clear()

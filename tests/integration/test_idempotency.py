@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def tenant_ids(pg) -> tuple[uuid.UUID, uuid.UUID]:  # type: ignore[no-untyped-def]
     ids = (uuid.uuid4(), uuid.uuid4())
-    with psycopg.connect(pg.app_url, autocommit=True) as conn:
+    with psycopg.connect(pg.control_url, autocommit=True) as conn:
         for tenant_id in ids:
             with conn.transaction():
                 conn.execute("SET LOCAL ROLE qp_platform")

@@ -19,7 +19,8 @@ from shared.events.outbox import enqueue
 from shared.events.publisher import OutboundEvent
 from shared.events.relay import PLATFORM_EVENTS_HUB, pending_tenants, relay_pending, relay_tenant
 
-pytestmark = pytest.mark.integration
+# relay_pending takes one pool for both of its transactions; the process-wide pools give each its own login.
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("process_pools")]
 
 
 class Recorder:
@@ -49,7 +50,7 @@ class Recorder:
 @pytest.fixture
 def tenants(pg: Any) -> tuple[uuid.UUID, uuid.UUID]:
     ids = (uuid.uuid4(), uuid.uuid4())
-    with psycopg.connect(pg.app_url, autocommit=True) as conn:
+    with psycopg.connect(pg.control_url, autocommit=True) as conn:
         for tenant_id in ids:
             with conn.transaction():
                 conn.execute("SET LOCAL ROLE qp_platform")
@@ -61,7 +62,7 @@ def tenants(pg: Any) -> tuple[uuid.UUID, uuid.UUID]:
 @pytest.fixture(autouse=True)
 def drained(app_pool: ConnectionPool[Any]) -> None:
     """Start each test with nothing waiting (other modules of the session leave events behind)."""
-    relay_pending(lambda: Recorder(), pool=app_pool, max_rounds=100)
+    relay_pending(lambda: Recorder(), max_rounds=100)
 
 
 def _enqueue(pool: ConnectionPool[Any], tenant_id: uuid.UUID, count: int, kind: str = "thing.created") -> list[str]:
@@ -81,7 +82,7 @@ def test_events_are_relayed_once_in_order_and_a_second_run_sends_nothing(
     tenant = tenants[0]
     ids = _enqueue(app_pool, tenant, 5)
     recorder = Recorder()
-    first = relay_pending(lambda: recorder, pool=app_pool, batch_size=2)
+    first = relay_pending(lambda: recorder, batch_size=2)
     assert (first.published, first.failed_tenants) == (5, 0)
     assert recorder.ids(tenant) == ids  # in the order they were recorded, over several batches
     hub, event = recorder.sent[0]
@@ -93,7 +94,7 @@ def test_events_are_relayed_once_in_order_and_a_second_run_sends_nothing(
     assert _unpublished(app_pool, tenant) == 0
 
     again = Recorder()
-    second = relay_pending(lambda: again, pool=app_pool)
+    second = relay_pending(lambda: again)
     assert (second.published, again.sent) == (0, [])
 
 
@@ -102,13 +103,13 @@ def test_a_send_whose_acknowledgement_is_lost_goes_again_with_the_same_ids(
     tenant = tenants[0]
     ids = _enqueue(app_pool, tenant, 3)
     lost = Recorder(fail_after_send=True)
-    result = relay_pending(lambda: lost, pool=app_pool)
+    result = relay_pending(lambda: lost)
     assert (result.published, result.failed_tenants) == (0, 1)
     assert lost.ids(tenant) == ids  # they did reach the hub...
     assert _unpublished(app_pool, tenant) == 3  # ...but were not marked, so they go again
 
     retry = Recorder()
-    assert relay_pending(lambda: retry, pool=app_pool).published == 3
+    assert relay_pending(lambda: retry).published == 3
     assert retry.ids(tenant) == ids  # same event ids: a consumer drops the duplicates
     assert _unpublished(app_pool, tenant) == 0
 
@@ -118,7 +119,7 @@ def test_each_tenant_is_its_own_partition_key_and_one_tenants_failure_spares_the
     a, b = tenants
     ids_a, ids_b = _enqueue(app_pool, a, 2), _enqueue(app_pool, b, 3)
     recorder = Recorder()
-    assert relay_pending(lambda: recorder, pool=app_pool).published == 5
+    assert relay_pending(lambda: recorder).published == 5
     keys = {event.body["id"]: (event.partition_key, event.properties["tenant_id"], event.body["tenant_id"])
             for _, event in recorder.sent}
     assert {keys[i] for i in ids_a} == {(str(a), str(a), str(a))}
@@ -133,7 +134,7 @@ def test_each_tenant_is_its_own_partition_key_and_one_tenants_failure_spares_the
     _enqueue(app_pool, a, 1)
     later_b = _enqueue(app_pool, b, 1)
     partial = FailsForA()
-    result = relay_pending(lambda: partial, pool=app_pool)
+    result = relay_pending(lambda: partial)
     assert (result.published, result.failed_tenants, partial.ids()) == (1, 1, later_b)
     assert (_unpublished(app_pool, a), _unpublished(app_pool, b)) == (1, 0)
 
@@ -143,7 +144,7 @@ def test_two_relays_at_once_never_send_the_same_events(app_pool: ConnectionPool[
     ids = _enqueue(app_pool, tenants[0], 6) + _enqueue(app_pool, tenants[1], 6)
     recorder = Recorder(delay=0.3)  # long enough for the runs to overlap on both tenants
     runs = [threading.Thread(target=relay_pending, args=(lambda: recorder,),
-                             kwargs={"pool": app_pool, "batch_size": 3}) for _ in range(3)]
+                             kwargs={"batch_size": 3}) for _ in range(3)]
     for run in runs:
         run.start()
     for run in runs:
@@ -178,19 +179,23 @@ def test_a_tenant_transaction_neither_sees_nor_marks_another_tenants_events(
 
 
 def test_the_pending_tenants_function_answers_tenant_ids_and_nothing_else(
-        app_pool: ConnectionPool[Any], pg: Any, tenants: tuple[uuid.UUID, uuid.UUID]) -> None:
+        app_pool: ConnectionPool[Any], control_pool: ConnectionPool[Any], pg: Any,
+        tenants: tuple[uuid.UUID, uuid.UUID]) -> None:
     a, b = tenants
     _enqueue(app_pool, a, 2)
-    assert pending_tenants(100, pool=app_pool) == [a]  # b has nothing waiting
+    assert pending_tenants(100, pool=control_pool) == [a]  # b has nothing waiting
     with psycopg.connect(pg.admin_url, dbname="quantum") as conn:
         result, definer, config = conn.execute(
             "SELECT pg_get_function_result(p.oid), p.prosecdef, p.proconfig FROM pg_proc p"
             " WHERE p.oid = 'app.outbox_pending_tenants(integer)'::regprocedure").fetchone()  # type: ignore[misc]
     assert (result, definer, config) == ("SETOF uuid", True, ["search_path=\"\""])
     # The control plane reaches the ids through the function only, never the rows; the runtime role not at all.
-    with pytest.raises(psycopg.errors.InsufficientPrivilege), platform_transaction(pool=app_pool) as conn:
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), platform_transaction(pool=control_pool) as conn:
         conn.execute("SELECT tenant_id FROM app.outbox")
     with pytest.raises(psycopg.errors.InsufficientPrivilege), tenant_transaction(a, pool=app_pool) as conn:
         conn.execute("SELECT * FROM app.outbox_pending_tenants(10)")
-    relay_pending(lambda: Recorder(), pool=app_pool)
-    assert pending_tenants(100, pool=app_pool) == []
+    # Nor can the runtime login become the control plane to call it (ADR 0018).
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), platform_transaction(pool=app_pool) as conn:
+        conn.execute("SELECT * FROM app.outbox_pending_tenants(10)")
+    relay_pending(lambda: Recorder())
+    assert pending_tenants(100, pool=control_pool) == []

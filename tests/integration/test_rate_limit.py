@@ -18,7 +18,7 @@ from shared.ratelimit import RateDecision, RateLimit, limit_for, take_request_to
 
 pytestmark = pytest.mark.integration
 
-_SETTINGS = {"QP_BLOB_CONNECTION_STRING": "UseDevelopmentStorage=true"}
+_SETTINGS = {"QP_BLOB_CONNECTION_STRING": "UseDevelopmentStorage=true", "QP_DATABASE_CONTROL_URL": "x"}
 # Refill so slow that nothing accrues during a test: the bucket holds exactly its capacity.
 NO_REFILL = 1e-9
 
@@ -31,7 +31,7 @@ def new_tenant(pg):  # type: ignore[no-untyped-def]
     def make() -> uuid.UUID:
         tenant_id = uuid.uuid4()
         # Through the control-plane role, as the tenants API provisions them.
-        with psycopg.connect(pg.app_url, autocommit=True) as conn, conn.transaction():
+        with psycopg.connect(pg.control_url, autocommit=True) as conn, conn.transaction():
             conn.execute("SET LOCAL ROLE qp_platform")
             conn.execute("INSERT INTO app.tenants (id, name, entra_tenant_id) VALUES (%s, %s, %s)",
                          (tenant_id, f"rl-{tenant_id.hex[:12]}", uuid.uuid4()))

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, LiteralString
 
 import psycopg
 import pytest
@@ -27,11 +27,22 @@ NO_REFILL = 1e-9
 @pytest.fixture
 def one_connection(pg) -> Iterator[ConnectionPool[Any]]:  # type: ignore[no-untyped-def]
     """A pool of the app's login holding a single connection, so every borrower gets the same session."""
-    settings = Settings(QP_DATABASE_URL=pg.app_url, QP_BLOB_CONNECTION_STRING="UseDevelopmentStorage=true",
-                        QP_DATABASE_POOL_MAX=1)
-    pool = build_pool(pg.app_url, settings)
+    pool = build_pool(pg.app_url, _settings(pg))
     yield pool
     pool.close()
+
+
+@pytest.fixture
+def one_control_connection(pg) -> Iterator[ConnectionPool[Any]]:  # type: ignore[no-untyped-def]
+    """A pool of the control plane's login holding a single connection."""
+    pool = build_pool(pg.control_url, _settings(pg))
+    yield pool
+    pool.close()
+
+
+def _settings(pg: Any) -> Settings:
+    return Settings(QP_DATABASE_URL=pg.app_url, QP_DATABASE_CONTROL_URL=pg.control_url,
+                    QP_BLOB_CONNECTION_STRING="UseDevelopmentStorage=true", QP_DATABASE_POOL_MAX=1)
 
 
 @pytest.fixture
@@ -39,7 +50,7 @@ def new_tenant(pg):  # type: ignore[no-untyped-def]
     """A factory of provisioned tenants."""
     def make() -> uuid.UUID:
         tenant_id = uuid.uuid4()
-        with psycopg.connect(pg.app_url, autocommit=True) as conn, conn.transaction():
+        with psycopg.connect(pg.control_url, autocommit=True) as conn, conn.transaction():
             conn.execute("SET LOCAL ROLE qp_platform")
             conn.execute("INSERT INTO app.tenants (id, name, entra_tenant_id) VALUES (%s, %s, %s)",
                          (tenant_id, f"rp-{tenant_id.hex[:12]}", uuid.uuid4()))
@@ -98,19 +109,28 @@ def test_statements_inside_a_tenant_transaction_run_one_by_one(
 
 
 def test_session_state_left_by_a_borrower_is_gone_in_the_next_transaction(
-        one_connection: ConnectionPool[Any], new_tenant: Any) -> None:
+        one_connection: ConnectionPool[Any], one_control_connection: ConnectionPool[Any], new_tenant: Any) -> None:
     tenant = new_tenant()
-    with tenant_transaction(tenant, pool=one_connection) as conn:
-        # Plain SETs outlive the transaction that ran them: the session keeps them.
-        conn.execute("SET statement_timeout = '123s'")
-        conn.execute("SET ROLE qp_platform")
-    with one_connection.connection() as conn:
-        assert conn.execute("SHOW statement_timeout").fetchone() == {"statement_timeout": "123s"}
-    for transaction, role in ((tenant_transaction(tenant, pool=one_connection), "qp_runtime"),
-                              (platform_transaction(pool=one_connection), "qp_platform")):
-        with transaction as conn:
+    cases: list[tuple[ConnectionPool[Any], Callable[[], Any], LiteralString, str, str]] = [
+        (one_connection, lambda: tenant_transaction(tenant, pool=one_connection), "SET ROLE qp_runtime",
+         "qp_runtime", "qp_app"),
+        (one_control_connection, lambda: platform_transaction(pool=one_control_connection), "SET ROLE qp_platform",
+         "qp_platform", "qp_control"),
+    ]
+    for pool, transaction, set_role, role, login in cases:
+        with transaction() as conn:
+            # Plain SETs outlive the transaction that ran them: the session keeps them.
+            conn.execute("SET statement_timeout = '123s'")
+            conn.execute(set_role)
+        with pool.connection() as conn:
+            assert conn.execute("SHOW statement_timeout").fetchone() == {"statement_timeout": "123s"}
+            assert conn.execute("SELECT current_user AS role").fetchone() == {"role": role}
+        with transaction() as conn:
             assert conn.execute("SHOW statement_timeout").fetchone() == {"statement_timeout": "0"}
             assert conn.execute("SELECT current_user AS role").fetchone() == {"role": role}
+        # The reset committed with that transaction and its SET LOCAL ROLE ended with it: the session is the login.
+        with pool.connection() as conn:
+            assert conn.execute("SELECT current_user AS role").fetchone() == {"role": login}
 
 
 def test_the_token_take_keeps_its_commit_setting_to_itself(

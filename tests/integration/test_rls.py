@@ -22,12 +22,14 @@ pytestmark = pytest.mark.integration
 def tenants(pg) -> dict[str, uuid.UUID]:  # type: ignore[no-untyped-def]
     """Two tenants, each with one intent and one version, inserted by the owner inside each tenant's context."""
     ids = {"a": uuid.uuid4(), "b": uuid.uuid4()}
-    with psycopg.connect(pg.app_url, autocommit=True) as conn:
+    # Each through its own login: the control plane's provisions the tenant, the app's writes its data.
+    with (psycopg.connect(pg.control_url, autocommit=True) as control,
+          psycopg.connect(pg.app_url, autocommit=True) as conn):
         for key, tenant_id in ids.items():
-            with conn.transaction():
-                conn.execute("SET LOCAL ROLE qp_platform")
-                conn.execute("INSERT INTO app.tenants (id, name, entra_tenant_id) VALUES (%s, %s, %s)",
-                             (tenant_id, f"rls-{key}-{tenant_id.hex[:6]}", uuid.uuid4()))
+            with control.transaction():
+                control.execute("SET LOCAL ROLE qp_platform")
+                control.execute("INSERT INTO app.tenants (id, name, entra_tenant_id) VALUES (%s, %s, %s)",
+                                (tenant_id, f"rls-{key}-{tenant_id.hex[:6]}", uuid.uuid4()))
             with conn.transaction():
                 conn.execute("SET LOCAL ROLE qp_runtime")
                 conn.execute("SELECT app.pin_tenant(%s)", (tenant_id,))
@@ -120,8 +122,9 @@ def test_runtime_role_is_not_owner_superuser_or_bypassrls(pg) -> None:  # type: 
             "SELECT c.relname FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner WHERE r.rolname = %s",
             (RUNTIME_ROLE,)).fetchall()
         assert owned == []
-        app_login = conn.execute("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = 'qp_app'").fetchone()
-        assert app_login == (False, False)
+        for login in ("qp_app", "qp_control"):
+            flags = conn.execute("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = %s", (login,)).fetchone()
+            assert flags == (False, False), login
 
 
 def test_runtime_role_has_no_truncate_or_references(pg) -> None:  # type: ignore[no-untyped-def]
@@ -160,6 +163,14 @@ def test_every_app_table_has_forced_rls_with_tenant_policies(pg) -> None:  # typ
                 relay = conn.execute("SELECT cmd, qual FROM pg_policies WHERE schemaname = 'app'"
                                      " AND tablename = 'outbox' AND policyname = 'relay_pending_tenants'").fetchone()
                 assert relay == ("SELECT", "(published_at IS NULL)")
+            elif name == "executions":
+                # The owner (never the app) reads which tenants have unfinished executions, for the stuck-execution
+                # sweeper (migration 0014).
+                assert others == {("platform_erase", ("qp_platform",)), ("sweeper_stuck_tenants", (OWNER_ROLE,))}
+                sweeper = conn.execute("SELECT cmd, qual FROM pg_policies WHERE schemaname = 'app' AND tablename ="
+                                       " 'executions' AND policyname = 'sweeper_stuck_tenants'").fetchone()
+                assert sweeper == ("SELECT", "(status = ANY (ARRAY['pending'::text, 'running'::text, "
+                                             "'waiting'::text, 'compensating'::text]))")
             else:
                 assert others == {("platform_erase", ("qp_platform",))}, name
                 erase = conn.execute("SELECT cmd, qual FROM pg_policies WHERE schemaname = 'app' AND tablename = %s"
@@ -167,14 +178,14 @@ def test_every_app_table_has_forced_rls_with_tenant_policies(pg) -> None:  # typ
                 assert erase[0] == "DELETE" and "current_tenant_id()" in erase[1], name
 
 
-def test_control_plane_sees_tenants_and_no_tenant_data(app_pool: ConnectionPool[Any],
+def test_control_plane_sees_tenants_and_no_tenant_data(control_pool: ConnectionPool[Any],
                                                         tenants: dict[str, uuid.UUID]) -> None:
-    with platform_transaction(pool=app_pool) as conn:
+    with platform_transaction(pool=control_pool) as conn:
         seen = {r["id"] for r in conn.execute("SELECT id FROM app.tenants").fetchall()}
         assert set(tenants.values()) <= seen
     for statement in ("SELECT count(*) FROM app.intents", "SELECT count(*) FROM app.intent_versions"):
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            with platform_transaction(pool=app_pool) as conn:
+            with platform_transaction(pool=control_pool) as conn:
                 conn.execute(statement)  # type: ignore[arg-type]
 
 

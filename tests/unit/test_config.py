@@ -7,13 +7,17 @@ import pytest
 
 from shared.config import SettingsError, load_settings
 
-_BASE = {"QP_DATABASE_URL": "host=/tmp dbname=quantum", "QP_BLOB_CONNECTION_STRING": "UseDevelopmentStorage=true"}
+_BASE = {"QP_DATABASE_URL": "host=/tmp dbname=quantum user=qp_app",
+         "QP_DATABASE_CONTROL_URL": "host=/tmp dbname=quantum user=qp_control",
+         "QP_BLOB_CONNECTION_STRING": "UseDevelopmentStorage=true"}
 
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("QP_DATABASE_URL", "QP_BLOB_CONNECTION_STRING", "QP_BLOB_ACCOUNT_URL", "QP_TASK_HUB",
-                 "QP_DATABASE_POOL_MAX", "QP_EVENTHUB_BACKEND", "EventHubConnection__fullyQualifiedNamespace"):
+    for name in ("QP_DATABASE_URL", "QP_DATABASE_CONTROL_URL", "QP_DATABASE_CONTROL_CLIENT_ID",
+                 "QP_DATABASE_ENTRA_AUTH", "QP_ENVIRONMENT", "QP_BLOB_CONNECTION_STRING", "QP_BLOB_ACCOUNT_URL",
+                 "QP_TASK_HUB", "QP_DATABASE_POOL_MAX", "QP_EVENTHUB_BACKEND",
+                 "EventHubConnection__fullyQualifiedNamespace"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -33,6 +37,35 @@ def test_missing_database_url_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     _set(monkeypatch, QP_BLOB_CONNECTION_STRING="UseDevelopmentStorage=true")
     with pytest.raises(SettingsError, match="QP_DATABASE_URL"):
         load_settings()
+
+
+def test_missing_control_url_is_named_and_never_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    _set(monkeypatch, **{k: v for k, v in _BASE.items() if k != "QP_DATABASE_CONTROL_URL"})
+    with pytest.raises(SettingsError, match="QP_DATABASE_CONTROL_URL"):
+        load_settings()
+
+
+def test_entra_auth_needs_the_control_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    _set(monkeypatch, **_BASE, QP_DATABASE_ENTRA_AUTH="true")
+    with pytest.raises(SettingsError, match="QP_DATABASE_CONTROL_CLIENT_ID"):
+        load_settings()
+    _set(monkeypatch, QP_DATABASE_CONTROL_CLIENT_ID="00000000-0000-0000-0000-000000000001")
+    assert load_settings().QP_DATABASE_CONTROL_CLIENT_ID == "00000000-0000-0000-0000-000000000001"
+
+
+def test_outside_local_development_the_two_pools_are_two_logins(monkeypatch: pytest.MonkeyPatch) -> None:
+    same = "host=db dbname=quantum user=id-dev-x"
+    _set(monkeypatch, **{**_BASE, "QP_DATABASE_URL": same, "QP_DATABASE_CONTROL_URL": same}, QP_ENVIRONMENT="dev")
+    with pytest.raises(SettingsError, match="different user"):
+        load_settings()
+    _set(monkeypatch, QP_DATABASE_CONTROL_URL="host=db dbname=quantum")  # names no user at all
+    with pytest.raises(SettingsError, match="different user"):
+        load_settings()
+    _set(monkeypatch, QP_DATABASE_CONTROL_URL="host=db dbname=quantum user=id-control-dev-x")
+    assert load_settings().QP_DATABASE_CONTROL_URL.endswith("id-control-dev-x")
+    # Locally (the devhost's external-server mode) one login may serve both.
+    _set(monkeypatch, QP_ENVIRONMENT="local", QP_DATABASE_CONTROL_URL=same)
+    assert load_settings().QP_DATABASE_CONTROL_URL == same
 
 
 def test_malformed_number_is_named(monkeypatch: pytest.MonkeyPatch) -> None:

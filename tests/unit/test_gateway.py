@@ -17,6 +17,7 @@ from shared.db.pool import close_pool
 @pytest.fixture()
 def client(monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
     monkeypatch.setenv("QP_DATABASE_URL", "host=/nonexistent dbname=none")
+    monkeypatch.setenv("QP_DATABASE_CONTROL_URL", "host=/nonexistent dbname=none")
     monkeypatch.setenv("QP_BLOB_CONNECTION_STRING", "UseDevelopmentStorage=true")
     monkeypatch.setenv("QP_MAX_BODY_BYTES", "2048")
     get_settings.cache_clear()

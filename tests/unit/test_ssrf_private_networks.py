@@ -146,6 +146,7 @@ def test_modules_refuse_allow_listed_loopback_when_closed(module_action: str, mo
 @pytest.fixture()
 def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     monkeypatch.setenv("QP_DATABASE_URL", "host=/nonexistent dbname=none")
+    monkeypatch.setenv("QP_DATABASE_CONTROL_URL", "host=/nonexistent dbname=none")
     monkeypatch.setenv("QP_BLOB_CONNECTION_STRING", "UseDevelopmentStorage=true")
     monkeypatch.delenv("QP_ALLOW_PRIVATE_NETWORK_HOSTS", raising=False)
     get_settings.cache_clear()

@@ -711,6 +711,7 @@ def auth_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
                  "QP_AUTH_LEEWAY_S", "QP_AUTH_JWKS_COOLDOWN_S"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("QP_DATABASE_URL", "host=/tmp dbname=quantum")
+    monkeypatch.setenv("QP_DATABASE_CONTROL_URL", "host=/tmp dbname=quantum")
     monkeypatch.setenv("QP_BLOB_CONNECTION_STRING", "UseDevelopmentStorage=true")
     get_settings.cache_clear()
     validator_module.get_token_validator.cache_clear()

@@ -1,6 +1,7 @@
 # intent_ref: platform.estate
 # The function app on an Elastic Premium plan with a `staging` slot for blue-green swaps. Every binding and
-# client reaches its service with the user-assigned identity: the settings hold names and endpoints, never keys.
+# client reaches its service with the runtime identity (the control identity is only the control plane's Postgres
+# login, ADR 0018): the settings hold names and endpoints, never keys.
 
 locals {
   # Every setting shared/config.py reads (tests/infra checks this against Settings.model_fields), plus the
@@ -17,30 +18,34 @@ locals {
     "EventHubConnection__fullyQualifiedNamespace" = "${var.event_hub_namespace_name}.servicebus.windows.net"
     "EventHubConnection__credential"              = "managedidentity"
     "EventHubConnection__clientId"                = var.identity_client_id
-    # DefaultAzureCredential in the app (Postgres token, blob, Cosmos) picks the user-assigned identity from this.
+    # DefaultAzureCredential in the app (runtime Postgres token, blob, Cosmos) picks the runtime identity from this;
+    # with two identities attached, none is a default.
     "AZURE_CLIENT_ID"                           = var.identity_client_id
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING" = "Authorization=AAD;ClientId=${var.identity_client_id}"
     "QP_ENVIRONMENT"                            = var.environment_type
     "QP_DATABASE_URL"                           = "host=${var.postgres_fqdn} port=5432 dbname=${var.postgres_database} user=${var.identity_name} sslmode=require"
-    "QP_DATABASE_ENTRA_AUTH"                    = "true"
-    "QP_DATABASE_POOL_MAX"                      = tostring(var.database_pool_max)
-    "QP_BLOB_ACCOUNT_URL"                       = var.blob_endpoint
-    "QP_ARTIFACTS_CONTAINER"                    = "artifacts"
-    "QP_TASK_HUB"                               = var.task_hub_name
-    "QP_EVENTHUB_BACKEND"                       = "azure"
-    "QP_AUDIT_BACKEND"                          = "cosmos"
-    "QP_COSMOS_ENDPOINT"                        = var.cosmos_endpoint
-    "QP_COSMOS_DATABASE"                        = "quantum"
-    "QP_COSMOS_AUDIT_CONTAINER"                 = "audit"
-    "QP_RATE_LIMIT_PER_MINUTE"                  = "600"
-    "QP_RATE_LIMIT_BURST"                       = "100"
-    "QP_MAX_BODY_BYTES"                         = "1048576"
-    "QP_REGISTRY_MAX_DEFINITION_BYTES"          = "262144"
-    "QP_REGISTRY_MAX_STEPS"                     = "200"
-    "QP_REGISTRY_MAX_DEPTH"                     = "32"
-    "QP_PAYLOAD_INLINE_MAX_BYTES"               = "65536"
-    "QP_TASK_TOKEN_TTL_S"                       = "86400"
-    "QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS"      = "100"
+    # The control plane connects as its own identity: the runtime login cannot become qp_platform (ADR 0018).
+    "QP_DATABASE_CONTROL_URL"              = "host=${var.postgres_fqdn} port=5432 dbname=${var.postgres_database} user=${var.control_identity_name} sslmode=require"
+    "QP_DATABASE_CONTROL_CLIENT_ID"        = var.control_identity_client_id
+    "QP_DATABASE_ENTRA_AUTH"               = "true"
+    "QP_DATABASE_POOL_MAX"                 = tostring(var.database_pool_max)
+    "QP_BLOB_ACCOUNT_URL"                  = var.blob_endpoint
+    "QP_ARTIFACTS_CONTAINER"               = "artifacts"
+    "QP_TASK_HUB"                          = var.task_hub_name
+    "QP_EVENTHUB_BACKEND"                  = "azure"
+    "QP_AUDIT_BACKEND"                     = "cosmos"
+    "QP_COSMOS_ENDPOINT"                   = var.cosmos_endpoint
+    "QP_COSMOS_DATABASE"                   = "quantum"
+    "QP_COSMOS_AUDIT_CONTAINER"            = "audit"
+    "QP_RATE_LIMIT_PER_MINUTE"             = "600"
+    "QP_RATE_LIMIT_BURST"                  = "100"
+    "QP_MAX_BODY_BYTES"                    = "1048576"
+    "QP_REGISTRY_MAX_DEFINITION_BYTES"     = "262144"
+    "QP_REGISTRY_MAX_STEPS"                = "200"
+    "QP_REGISTRY_MAX_DEPTH"                = "32"
+    "QP_PAYLOAD_INLINE_MAX_BYTES"          = "65536"
+    "QP_TASK_TOKEN_TTL_S"                  = "86400"
+    "QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS" = "100"
     # Loopback and private addresses are the platform's own services here: no tenant step may reach them.
     "QP_ALLOW_PRIVATE_NETWORK_HOSTS" = "false"
     # Multi-tenant Entra metadata: the issuer is a {tenantid} template checked against each token's tid.
@@ -84,7 +89,7 @@ resource "azurerm_linux_function_app" "main" {
 
   identity {
     type         = "UserAssigned"
-    identity_ids = [var.identity_id]
+    identity_ids = [var.identity_id, var.control_identity_id]
   }
 
   site_config {
@@ -134,7 +139,7 @@ resource "azurerm_linux_function_app_slot" "staging" {
 
   identity {
     type         = "UserAssigned"
-    identity_ids = [var.identity_id]
+    identity_ids = [var.identity_id, var.control_identity_id]
   }
 
   site_config {

@@ -41,17 +41,32 @@ variable "zone_redundant" {
 
 variable "identity_id" {
   type        = string
-  description = "Resource id of the user-assigned identity."
+  description = "Resource id of the runtime user-assigned identity."
 }
 
 variable "identity_client_id" {
   type        = string
-  description = "Client id of the user-assigned identity."
+  description = "Client id of the runtime user-assigned identity."
 }
 
 variable "identity_name" {
   type        = string
   description = "Name of the identity, which is also its Postgres login name."
+}
+
+variable "control_identity_id" {
+  type        = string
+  description = "Resource id of the control plane's user-assigned identity (its own Postgres login, ADR 0018)."
+}
+
+variable "control_identity_client_id" {
+  type        = string
+  description = "Client id of the control plane's identity: the app asks for its token as that login's password."
+}
+
+variable "control_identity_name" {
+  type        = string
+  description = "Name of the control plane's identity, which is also its Postgres login name."
 }
 
 variable "storage_account_name" {

@@ -1,5 +1,6 @@
 # intent_ref: platform.estate
-# The function app's user-assigned identity: the one principal every data-plane grant names.
+# A user-assigned identity of the function app. The runtime identity is the principal every data-plane grant
+# names; the control identity (a second instance) is only the control plane's Postgres login (ADR 0018).
 
 resource "azurerm_user_assigned_identity" "main" {
   name                = var.name

@@ -1,0 +1,30 @@
+# intent_ref: platform.execution
+"""The stuck-execution sweeper timer: starts stalled executions, ends those whose orchestration ended unrecorded."""
+
+import logging
+
+import azure.durable_functions as df
+import azure.functions as func
+
+from shared.engine.sweeper import sweep
+
+bp = df.Blueprint()
+
+logger = logging.getLogger(__name__)
+
+# Every 30 seconds (NCRONTAB with seconds, UTC): a stalled start waits out its 60 s grace and at most one more run.
+# Azure runs a timer function on one instance at a time; the claim and the conditional transitions make an
+# overlapping run (a slot swap, the devhost next to a deployed app) harmless anyway.
+SCHEDULE = "*/30 * * * * *"
+
+
+@bp.function_name("execution_sweeper")
+@bp.timer_trigger(arg_name="timer", schedule=SCHEDULE, use_monitor=False)
+@bp.durable_client_input(client_name="client")
+async def execution_sweeper(timer: func.TimerRequest,  # noqa: ARG001  # the binding requires it
+                            client: df.DurableOrchestrationClient) -> None:
+    """Start executions whose start stalled and end those whose orchestration ended without recording it."""
+    result = await sweep(client)
+    if result.started or result.ended or result.failed_tenants:
+        logger.info("execution sweeper: %d started, %d ended, %d status calls, %d of %d tenants failed",
+                    result.started, result.ended, result.checked, result.failed_tenants, result.tenants)

@@ -1,0 +1,250 @@
+# intent_ref: platform.execution
+"""The stuck-execution sweeper: start executions whose starter died, end executions whose orchestration ended.
+
+A stalled start (the execute request committed the row, then died before starting the orchestration) is taken
+over with the start path's own conditional claim, so of the sweeper and a repeated idempotent request only one
+starts it; its input is rebuilt the way the start path rebuilds it. An execution that has not ended and has been
+quiet for a while is compared with its orchestration: a failed, terminated or vanished instance means nothing
+will ever record its end, so the sweeper ends it `failed` through the normal transition (event, domain event,
+telemetry), which also frees its quota slot.
+
+Only tenant ids cross tenants (a SECURITY DEFINER function, migration 0014); each tenant's executions are read and
+moved in that tenant's own transaction. Orchestration calls happen outside any transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+from uuid import UUID
+
+from psycopg_pool import ConnectionPool
+
+from shared.db.session import platform_transaction, tenant_transaction
+from shared.engine import executions as repo
+from shared.engine import start as engine
+from shared.engine.protocol import ORCHESTRATOR
+from shared.registry.service import RegistryError
+from shared.tenants.repository import get_tenant
+
+logger = logging.getLogger(__name__)
+
+# Fixed, not settings: they bound recovery time and load, not behaviour anyone tunes per deployment.
+# A live starter needs well under a second between commit and start, and a repeated request takes over after
+# engine.STALE_START_S (30 s); twice that leaves a client's own retry the first chance.
+START_GRACE_S = 60.0
+# A healthy execution changes status when it starts, waits, resumes or ends; five quiet minutes are worth one
+# status call, and an orchestration that ended unrecorded is found within minutes, not hours.
+QUIET_S = 300.0
+# Per run (every 30 s): a tenant with thousands of long waits costs at most MAX_CHECKS_PER_TENANT status calls, and
+# the whole run at most MAX_STATUS_CHECKS; the tenants' order is random past stalled starts, so none is starved.
+MAX_TENANTS = 100
+MAX_STARTS_PER_TENANT = 20
+MAX_CHECKS_PER_TENANT = 20
+MAX_STATUS_CHECKS = 200
+_CAUSE_MAX_CHARS = 1000
+
+_STUCK_TENANTS = "SELECT tenant_id FROM app.execution_sweep_tenants(%s, %s, %s) AS stuck (tenant_id)"
+# Oldest claim first; whether a claim is stale is decided by the start path's claim statement, not here.
+_PENDING_STARTS = ("SELECT id FROM app.executions WHERE status = 'pending' AND parent_execution_id IS NULL"
+                   " ORDER BY start_claimed_at NULLS FIRST, id LIMIT %s")
+# Random among the quiet: a tenant whose oldest executions wait for days legitimately still gets the rest checked.
+_QUIET = ("SELECT id FROM app.executions WHERE status IN ('running', 'waiting', 'compensating')"
+          " AND updated_at < clock_timestamp() - make_interval(secs => %s) ORDER BY random() LIMIT %s")
+_STILL_RUNS = frozenset({"Running", "Pending", "Suspended", "ContinuedAsNew"})
+
+
+class DurableClient(Protocol):
+    """The part of the Durable client the sweeper uses."""
+
+    async def get_status(self, instance_id: str) -> Any:
+        """The instance's status; falsy (or None) when no such instance exists."""
+
+    async def start_new(self, orchestration_function_name: str, instance_id: str | None = None,
+                        client_input: Any | None = None) -> str:
+        """Start an orchestration with the given instance id and input."""
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What one sweep did."""
+
+    tenants: int
+    started: int
+    ended: int
+    checked: int
+    failed_tenants: int
+
+
+@dataclass(frozen=True)
+class TenantSweep:
+    """What sweeping one tenant did: orchestrations started, executions ended, status calls made."""
+
+    started: int = 0
+    ended: int = 0
+    checked: int = 0
+
+
+def stuck_tenants(max_tenants: int = MAX_TENANTS, *, start_grace_s: float = START_GRACE_S, quiet_s: float = QUIET_S,
+                  control_pool: ConnectionPool[Any] | None = None) -> list[UUID]:
+    """Ids of the tenants with a stalled start or a quiet unfinished execution (no row of theirs is read here)."""
+    with platform_transaction(pool=control_pool) as conn:
+        rows = conn.execute(_STUCK_TENANTS, (start_grace_s, quiet_s, max_tenants)).fetchall()
+    return [UUID(str(row["tenant_id"])) for row in rows]
+
+
+def claim_stalled_starts(tenant_id: UUID, *, limit: int = MAX_STARTS_PER_TENANT,
+                         start_grace_s: float = START_GRACE_S, pool: ConnectionPool[Any] | None = None) -> list[UUID]:
+    """Take over the tenant's stalled top-level starts (at most `limit`); each claim commits before anything starts."""
+    with tenant_transaction(tenant_id, pool=pool) as conn:
+        candidates = [row["id"] for row in conn.execute(_PENDING_STARTS, (limit,)).fetchall()]
+    claimed: list[UUID] = []
+    for execution_id in candidates:
+        with tenant_transaction(tenant_id, pool=pool) as conn:
+            # False: started meanwhile, claimed by someone else, or its claim is still fresh.
+            if engine.claim_stale_start(conn, execution_id, start_grace_s):
+                claimed.append(execution_id)
+    return claimed
+
+
+def start_input(tenant_id: UUID, execution_id: UUID, *, pool: ConnectionPool[Any] | None = None
+                ) -> dict[str, Any] | str | None:
+    """The orchestration input of a claimed start, rebuilt as the start path does; None when it is no longer
+    pending, or the cause when it can no longer start (the tenant is not active, the pinned version no longer
+    validates), with which it has then ended `failed`."""
+    with tenant_transaction(tenant_id, pool=pool) as conn:
+        execution = repo.get_execution(conn, execution_id)
+        if execution.status != "pending":
+            return None  # a late starter got there after all
+        tenant = get_tenant(conn, tenant_id)
+        try:
+            if tenant is None or tenant.status != "active":
+                raise engine.TenantSuspendedError(f"tenant {tenant_id} is not active")
+            return engine.rebuild_input(conn, tenant.facts(), execution)
+        except (engine.StartError, RegistryError) as exc:
+            # No later run would rebuild it either: it must not hold a quota slot as pending forever.
+            cause = f"the orchestration could not be started: {exc}"
+            repo.transition(conn, execution_id, "failed", error=cause)
+            return cause
+
+
+def quiet_executions(tenant_id: UUID, *, limit: int = MAX_CHECKS_PER_TENANT, quiet_s: float = QUIET_S,
+                     pool: ConnectionPool[Any] | None = None) -> list[UUID]:
+    """Up to `limit` of the tenant's unfinished executions whose status has not changed for `quiet_s` seconds."""
+    with tenant_transaction(tenant_id, pool=pool) as conn:
+        return [row["id"] for row in conn.execute(_QUIET, (quiet_s, limit)).fetchall()]
+
+
+def ended_cause(status: Any) -> str | None:
+    """Why the execution must end, from its orchestration's status; None while the orchestration still runs."""
+    runtime = getattr(status, "runtime_status", None) if status else None
+    if runtime is None:
+        return "orchestration was terminated: its instance no longer exists"
+    name = str(getattr(runtime, "name", runtime))
+    if name in _STILL_RUNS:
+        return None
+    output = getattr(status, "output", None)
+    detail = "" if output in (None, "") else str(output)
+    if name == "Failed":
+        cause = f"orchestration failed: {detail or 'no details'}"
+    elif name == "Terminated":
+        cause = "orchestration was terminated" + (f": {detail}" if detail else "")
+    elif name == "Canceled":
+        cause = "orchestration was canceled"
+    else:  # Completed: the orchestration records the end before it returns, so this one ended unrecorded
+        cause = "orchestration completed without recording the execution's end"
+    return cause[:_CAUSE_MAX_CHARS]
+
+
+def end_execution(tenant_id: UUID, execution_id: UUID, cause: str, *,
+                  pool: ConnectionPool[Any] | None = None) -> bool:
+    """End the execution `failed` with `cause` unless it has ended meanwhile; True when this call ended it."""
+    with tenant_transaction(tenant_id, pool=pool) as conn:
+        if repo.get_execution(conn, execution_id).terminal:
+            return False  # its orchestration recorded the end after all, or another sweeper was first
+        try:
+            repo.transition(conn, execution_id, "failed", error=cause)
+        except repo.IllegalTransitionError:
+            return False  # it ended between the read and the row lock
+    return True
+
+
+async def _settle_stalled_start(tenant_id: UUID, execution_id: UUID, client: DurableClient,
+                                pool: ConnectionPool[Any] | None) -> TenantSweep:
+    instance_id = str(execution_id)
+    status = await client.get_status(instance_id)
+    if status and getattr(status, "runtime_status", None) is not None:
+        # The starter got as far as starting it: running, it records its own start; ended, it never will.
+        cause = ended_cause(status)
+        if cause is None:
+            return TenantSweep(checked=1)
+        ended = await asyncio.to_thread(end_execution, tenant_id, execution_id, cause, pool=pool)
+        return TenantSweep(ended=int(ended), checked=1)
+    orchestration_input = await asyncio.to_thread(start_input, tenant_id, execution_id, pool=pool)
+    if not isinstance(orchestration_input, dict):
+        if orchestration_input is not None:
+            logger.warning("sweeper: execution %s ended failed: %s", execution_id, orchestration_input)
+        return TenantSweep(ended=int(orchestration_input is not None), checked=1)
+    try:
+        await client.start_new(ORCHESTRATOR, instance_id, orchestration_input)
+    except Exception:
+        # Left pending: the claim goes stale again and a later run (or a repeated request) starts it.
+        logger.exception("sweeper: could not start the orchestration of execution %s", instance_id)
+        return TenantSweep(checked=1)
+    logger.info("sweeper: started the stalled execution %s", instance_id)
+    return TenantSweep(started=1, checked=1)
+
+
+async def _settle_quiet(tenant_id: UUID, execution_id: UUID, client: DurableClient,
+                        pool: ConnectionPool[Any] | None) -> TenantSweep:
+    cause = ended_cause(await client.get_status(str(execution_id)))
+    if cause is None:
+        return TenantSweep(checked=1)
+    ended = await asyncio.to_thread(end_execution, tenant_id, execution_id, cause, pool=pool)
+    if ended:
+        logger.warning("sweeper: execution %s ended failed: %s", execution_id, cause)
+    return TenantSweep(ended=int(ended), checked=1)
+
+
+async def sweep_tenant(tenant_id: UUID, client: DurableClient, *, budget: int = MAX_CHECKS_PER_TENANT,
+                       start_grace_s: float = START_GRACE_S, quiet_s: float = QUIET_S,
+                       pool: ConnectionPool[Any] | None = None) -> TenantSweep:
+    """Start the tenant's stalled starts, then end its quiet executions whose orchestration ended; at most
+    `budget` status calls (stalled starts first: they are certainly stuck)."""
+    claimed = await asyncio.to_thread(claim_stalled_starts, tenant_id, limit=min(budget, MAX_STARTS_PER_TENANT),
+                                      start_grace_s=start_grace_s, pool=pool)
+    results = [await _settle_stalled_start(tenant_id, execution_id, client, pool) for execution_id in claimed]
+    left = budget - sum(result.checked for result in results)
+    if left > 0:
+        quiet = await asyncio.to_thread(quiet_executions, tenant_id, limit=min(left, MAX_CHECKS_PER_TENANT),
+                                        quiet_s=quiet_s, pool=pool)
+        results += [await _settle_quiet(tenant_id, execution_id, client, pool) for execution_id in quiet]
+    return TenantSweep(started=sum(r.started for r in results), ended=sum(r.ended for r in results),
+                       checked=sum(r.checked for r in results))
+
+
+async def sweep(client: DurableClient, *, pool: ConnectionPool[Any] | None = None,
+                control_pool: ConnectionPool[Any] | None = None) -> SweepResult:
+    """One sweeper run over every tenant with a candidate, within MAX_STATUS_CHECKS status calls; `pool` serves
+    the tenant transactions, `control_pool` the control plane's (the process-wide pools when None).
+
+    A tenant whose sweep fails is logged and left for the next run; the other tenants still go.
+    """
+    tenants = await asyncio.to_thread(stuck_tenants, control_pool=control_pool)
+    started = ended = checked = 0
+    failed: set[UUID] = set()
+    for tenant_id in tenants:
+        budget = min(MAX_CHECKS_PER_TENANT, MAX_STATUS_CHECKS - checked)
+        if budget <= 0:
+            break
+        try:
+            result = await sweep_tenant(tenant_id, client, budget=budget, pool=pool)
+        except Exception:  # one tenant's trouble (or a backend outage) must not keep the others stuck
+            logger.exception("sweeper: the executions of tenant %s could not be swept", tenant_id)
+            failed.add(tenant_id)
+            continue
+        started, ended, checked = started + result.started, ended + result.ended, checked + result.checked
+    return SweepResult(tenants=len(tenants), started=started, ended=ended, checked=checked,
+                       failed_tenants=len(failed))
