@@ -17,7 +17,7 @@ PREFIX: Final = "qp.telemetry "
 """Every telemetry line starts with this; nothing else the platform logs does."""
 
 EVENTS: Final = frozenset({
-    "execution.succeeded", "execution.failed", "execution.cancelled",
+    "execution.completed", "execution.failed", "execution.cancelled",
     "step.completed", "step.failed",
 })
 """The telemetry event names: the monitoring queries may use these and no others (tests/infra checks)."""

@@ -202,12 +202,18 @@ def transition(conn: Conn, execution_id: UUID, new_status: Status, *, output: An
     if error is not None:
         data["error"] = error
     seq = append_event(conn, execution_id, event_type, data=data)
-    _publish_move(conn, moved, current.status, error)
+    _publish_move(conn, moved, current.status, error, domain_event_type(event_type))
     return replace(moved, last_event_seq=seq), seq
 
 
-def _publish_move(conn: Conn, moved: Execution, previous: Status, error: str | None) -> None:
-    """The move's domain event `execution.<status>` (outbox, this transaction); an end also logs telemetry."""
+def domain_event_type(stream_event: str) -> str:
+    """The platform-events name of an execution stream event: one vocabulary, dotted (execution_completed ->
+    execution.completed), as the registry's intent.* and the steps' step.* events are."""
+    return "execution." + stream_event.removeprefix("execution_")
+
+
+def _publish_move(conn: Conn, moved: Execution, previous: Status, error: str | None, event_type: str) -> None:
+    """The move's domain event (outbox, this transaction); an end also logs telemetry."""
     data: dict[str, Any] = {"execution_id": str(moved.id), "intent_id": str(moved.intent_id),
                             "intent_version": moved.intent_version, "target": moved.target,
                             "from": previous, "status": moved.status}
@@ -217,7 +223,6 @@ def _publish_move(conn: Conn, moved: Execution, previous: Status, error: str | N
         data["parent_execution_id"] = str(moved.parent_execution_id)
     if moved.retry_of is not None:
         data["retry_of"] = str(moved.retry_of)
-    event_type = f"execution.{moved.status}"
     enqueued = enqueue_event(conn, event_type, f"executions/{moved.id}", data)
     if moved.terminal:
         duration_ms = None

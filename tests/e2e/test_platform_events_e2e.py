@@ -57,10 +57,11 @@ def test_an_executions_domain_events_reach_platform_events_once_keyed_by_tenant(
     assert status == "succeeded"
 
     def ours(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [e for e in events if e["body"]["data"].get("execution_id") == execution_id]
+        return [e for e in events if e["body"]["data"].get("execution_id") == execution_id
+                or e["body"]["subject"] == f"intents/{intent}"]
 
     def complete(events: list[dict[str, Any]]) -> bool:
-        return any(e["body"]["type"] == "execution.succeeded" for e in ours(events))
+        return any(e["body"]["type"] == "execution.completed" for e in ours(events))
 
     group = f"e2e-{uuid.uuid4().hex[:8]}"
     mine = ours(_read_until(platform, group, complete))
@@ -68,7 +69,7 @@ def test_an_executions_domain_events_reach_platform_events_once_keyed_by_tenant(
     mine += ours(_read_until(platform, group, lambda _events: True, timeout=3))
 
     types = Counter(e["body"]["type"] for e in mine)
-    assert types["execution.running"] == 1 and types["execution.succeeded"] == 1, types
+    assert types["execution.started"] == 1 and types["execution.completed"] == 1, types
     assert types["step.completed"] == 1 and types["step.failed"] == 0, types
     ids = [e["body"]["id"] for e in mine]
     assert len(ids) == len(set(ids))
@@ -80,5 +81,6 @@ def test_an_executions_domain_events_reach_platform_events_once_keyed_by_tenant(
     assert step["subject"] == f"executions/{execution_id}/steps/ping"
     assert step["data"]["action"] == "http.request" and step["data"]["duration_ms"] >= 0
     # Recorded in order, published in order: one partition per tenant keeps it.
-    order = [e["body"]["type"] for e in mine if e["body"]["type"].startswith("execution.")]
-    assert order[0] == "execution.running" and order[-1] == "execution.succeeded"
+    # The seed's flows: intent_created, then execution_started, step_completed, execution_completed.
+    order = [e["body"]["type"] for e in mine]
+    assert order == ["intent.created", "execution.started", "step.completed", "execution.completed"], order

@@ -59,7 +59,7 @@ def test_every_transition_records_its_execution_event_and_an_end_its_telemetry(
         repo.transition(conn, execution.id, "failed", error="deploy failed")
     events = _outbox(app_pool, tenant, execution.id)
     assert [event_type for event_type, _, _ in events] == [
-        "execution.running", "execution.waiting", "execution.running", "execution.failed"]
+        "execution.started", "execution.waiting", "execution.resumed", "execution.failed"]
     assert {subject for _, subject, _ in events} == {f"executions/{execution.id}"}
     assert events[-1][2] == {"execution_id": str(execution.id), "intent_id": str(execution.intent_id),
                              "intent_version": 1, "target": "staging", "from": "running", "status": "failed",
