@@ -12,6 +12,7 @@ from uuid import UUID
 
 import psycopg
 from psycopg.rows import DictRow
+from psycopg_pool import ConnectionPool
 
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
@@ -67,8 +68,9 @@ def parent_principal(parent_id: UUID | str) -> str:
     return f"execution:{parent_id}"
 
 
-def _record_child_cancel(tenant_id: UUID, child_id: UUID, parent_id: UUID) -> bool:
-    with tenant_transaction(tenant_id) as conn:
+def _record_child_cancel(tenant_id: UUID, child_id: UUID, parent_id: UUID,
+                         pool: ConnectionPool[Any] | None) -> bool:
+    with tenant_transaction(tenant_id, pool=pool) as conn:
         try:
             request_cancel(conn, child_id, parent_principal(parent_id))
         except AlreadyFinishedError:
@@ -76,10 +78,11 @@ def _record_child_cancel(tenant_id: UUID, child_id: UUID, parent_id: UUID) -> bo
     return True
 
 
-async def cancel_child(tenant_id: UUID, child_id: UUID, parent_id: UUID, client: EventRaiser) -> bool:
+async def cancel_child(tenant_id: UUID, child_id: UUID, parent_id: UUID, client: EventRaiser, *,
+                       pool: ConnectionPool[Any] | None = None) -> bool:
     """Pass a stopping parent's cancel down to its child execution: recorded first (a child that starts later
     reads it), then told to the child's orchestration. False when the child had ended already."""
-    if not await asyncio.to_thread(_record_child_cancel, tenant_id, child_id, parent_id):
+    if not await asyncio.to_thread(_record_child_cancel, tenant_id, child_id, parent_id, pool):
         return False
     try:
         await client.raise_event(str(child_id), CANCEL_EVENT, {"by": parent_principal(parent_id)})

@@ -103,6 +103,15 @@ class ProgressRequest(BaseModel):
         return AttemptKey(self.execution_id, self.step_id, self.phase, self.attempt)
 
 
+def abandon_step(conn: store.Conn, key: AttemptKey, reason: str) -> None:
+    """End a step that will not finish: its attempt abandoned, the step cancelled with `reason` (each once)."""
+    if store.get_attempt(conn, key) is not None:
+        store.finish_attempt(conn, key, ok=False, error=reason, retryable=False, state="abandoned")
+    if store.move_step(conn, key.execution_id, key.step_id, "cancelled",
+                       ("pending", "running", "waiting", "retrying", "failed"), finished=True, error=reason):
+        repo.append_event(conn, key.execution_id, "step_cancelled", key.step_id, {"reason": reason})
+
+
 def record_progress(raw: dict[str, Any]) -> Any:
     """Apply one progress record; each kind is idempotent, so a re-executed activity records once."""
     request = ProgressRequest.model_validate(raw)
@@ -133,12 +142,7 @@ def record_progress(raw: dict[str, Any]) -> Any:
                     "max_attempts": request.field("max_attempts"), "retry_at": request.field("retry_at"),
                     "error": request.field("error")})
         elif request.kind == "abandon":
-            reason = str(request.field("reason", "cancelled"))
-            if store.get_attempt(conn, request.key) is not None:
-                store.finish_attempt(conn, request.key, ok=False, error=reason, retryable=False, state="abandoned")
-            if store.move_step(conn, request.execution_id, step_id, "cancelled",
-                               ("pending", "running", "waiting", "retrying", "failed"), finished=True, error=reason):
-                repo.append_event(conn, request.execution_id, "step_cancelled", step_id, {"reason": reason})
+            abandon_step(conn, request.key, str(request.field("reason", "cancelled")))
         elif request.kind == "approval_requested":
             params = request.field("params") or {}
             _, new = store.begin_attempt(conn, request.key, action="approval", remote=False, step_state="waiting")

@@ -23,9 +23,13 @@ from uuid import UUID
 from psycopg_pool import ConnectionPool
 
 from shared.db.session import platform_transaction, tenant_transaction
+from shared.engine import control
 from shared.engine import executions as repo
 from shared.engine import start as engine
-from shared.engine.protocol import ORCHESTRATOR
+from shared.engine import steps as store
+from shared.engine.progress import abandon_step
+from shared.engine.protocol import ORCHESTRATOR, EventRaiser
+from shared.engine.steps import AttemptKey
 from shared.registry.service import RegistryError
 from shared.tenants.repository import get_tenant
 
@@ -56,7 +60,7 @@ _QUIET = ("SELECT id FROM app.executions WHERE status IN ('running', 'waiting', 
 _STILL_RUNS = frozenset({"Running", "Pending", "Suspended", "ContinuedAsNew"})
 
 
-class DurableClient(Protocol):
+class DurableClient(EventRaiser, Protocol):
     """The part of the Durable client the sweeper uses."""
 
     async def get_status(self, instance_id: str) -> Any:
@@ -158,16 +162,43 @@ def ended_cause(status: Any) -> str | None:
     return cause[:_CAUSE_MAX_CHARS]
 
 
+@dataclass(frozen=True)
+class Ended:
+    """An execution this sweeper ended, and the child executions still running under it (to cancel)."""
+
+    children: tuple[UUID, ...] = ()
+
+
+_OPEN_STEPS = ("running", "waiting", "retrying")
+
+
 def end_execution(tenant_id: UUID, execution_id: UUID, cause: str, *,
-                  pool: ConnectionPool[Any] | None = None) -> bool:
-    """End the execution `failed` with `cause` unless it has ended meanwhile; True when this call ended it."""
-    with tenant_transaction(tenant_id, pool=pool) as conn:
-        if repo.get_execution(conn, execution_id).terminal:
-            return False  # its orchestration recorded the end after all, or another sweeper was first
-        try:
+                  pool: ConnectionPool[Any] | None = None) -> Ended | None:
+    """End the execution `failed` with `cause` unless it has ended meanwhile, and with it the steps its
+    orchestration left open (abandoned, cancelled); None when it had ended already."""
+    try:
+        with tenant_transaction(tenant_id, pool=pool) as conn:
+            if repo.get_execution(conn, execution_id).terminal:
+                return None  # its orchestration recorded the end after all, or another sweeper was first
+            # No orchestration will end these: left as they were, they would read as still running. They end
+            # before the execution does, so its end stays the last event of the stream, as in any run.
+            open_steps = [step for step in store.list_steps(conn, execution_id) if step["state"] in _OPEN_STEPS]
+            for step in open_steps:
+                abandon_step(conn, AttemptKey(execution_id, step["step_id"], "run", max(step["attempt"], 1)), cause)
             repo.transition(conn, execution_id, "failed", error=cause)
-        except repo.IllegalTransitionError:
-            return False  # it ended between the read and the row lock
+    except repo.IllegalTransitionError:
+        return None  # it ended between the read and the row lock (its steps' moves roll back with it)
+    return Ended(tuple(step["child_execution_id"] for step in open_steps if step["child_execution_id"]))
+
+
+async def _end(tenant_id: UUID, execution_id: UUID, cause: str, client: DurableClient,
+               pool: ConnectionPool[Any] | None) -> bool:
+    """End the execution, then pass the end down to its running children as a cancel (as a stopping run does)."""
+    ended = await asyncio.to_thread(end_execution, tenant_id, execution_id, cause, pool=pool)
+    if ended is None:
+        return False
+    for child in ended.children:
+        await control.cancel_child(tenant_id, child, execution_id, client, pool=pool)
     return True
 
 
@@ -180,8 +211,7 @@ async def _settle_stalled_start(tenant_id: UUID, execution_id: UUID, client: Dur
         cause = ended_cause(status)
         if cause is None:
             return TenantSweep(checked=1)
-        ended = await asyncio.to_thread(end_execution, tenant_id, execution_id, cause, pool=pool)
-        return TenantSweep(ended=int(ended), checked=1)
+        return TenantSweep(ended=int(await _end(tenant_id, execution_id, cause, client, pool)), checked=1)
     orchestration_input = await asyncio.to_thread(start_input, tenant_id, execution_id, pool=pool)
     if not isinstance(orchestration_input, dict):
         if orchestration_input is not None:
@@ -202,7 +232,7 @@ async def _settle_quiet(tenant_id: UUID, execution_id: UUID, client: DurableClie
     cause = ended_cause(await client.get_status(str(execution_id)))
     if cause is None:
         return TenantSweep(checked=1)
-    ended = await asyncio.to_thread(end_execution, tenant_id, execution_id, cause, pool=pool)
+    ended = await _end(tenant_id, execution_id, cause, client, pool)
     if ended:
         logger.warning("sweeper: execution %s ended failed: %s", execution_id, cause)
     return TenantSweep(ended=int(ended), checked=1)

@@ -17,9 +17,11 @@ from psycopg_pool import ConnectionPool
 
 from shared.db.session import platform_transaction, tenant_transaction
 from shared.engine import executions as repo
+from shared.engine import steps as store
 from shared.engine import sweeper
 from shared.engine.protocol import ORCHESTRATOR
 from shared.engine.start import StartRequest, active_executions, start_execution
+from shared.engine.steps import AttemptKey
 from shared.tenants.repository import get_tenant
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 
@@ -43,6 +45,7 @@ class FakeDurable:
         self.statuses = {str(key): value for key, value in (statuses or {}).items()}
         self.asked: list[str] = []
         self.started: list[tuple[str, str, Any]] = []
+        self.raised: list[tuple[str, str, Any]] = []
         self._lock = threading.Lock()
 
     async def get_status(self, instance_id: str) -> DurableOrchestrationStatus:
@@ -58,6 +61,10 @@ class FakeDurable:
             self.started.append((orchestration_function_name, instance_id, client_input))
             self.statuses[instance_id] = _status("Pending")
         return instance_id
+
+    async def raise_event(self, instance_id: str, event_name: str, event_data: Any = None) -> None:
+        with self._lock:
+            self.raised.append((instance_id, event_name, event_data))
 
     def started_ids(self) -> list[str]:
         with self._lock:
@@ -249,6 +256,34 @@ def test_a_quiet_execution_whose_orchestration_ended_ends_failed_through_the_tra
     # Ended once: a second sweeper that saw the same statuses changes nothing.
     assert not sweeper.end_execution(c.id, failed, "orchestration failed: again", pool=app_pool)
     assert _get(app_pool, c.id, failed).error == expected[failed]
+
+
+def test_an_ended_executions_open_steps_end_with_it_and_its_running_child_is_cancelled(
+        api: ApiHarness, app_pool: ConnectionPool[Any]) -> None:  # noqa: F811
+    e = Tenant(api)
+    parent = _moved(app_pool, e.id, e.intent, ["running"], quiet=False)
+    child, _ = _recorded(app_pool, e.id, e.intent, stale=False, parent=parent)
+    with tenant_transaction(e.id, pool=app_pool) as conn:
+        repo.transition(conn, child, "running")
+        store.begin_attempt(conn, AttemptKey(parent, "pause", "run", 1), action="wait", remote=False)
+        store.set_child(conn, parent, "pause", child)
+        conn.execute(_BACKDATE_UPDATE, (parent,))
+    client = FakeDurable({parent: _status("Terminated", "operator stop"), child: _status("Running")})
+
+    result = asyncio.run(sweeper.sweep_tenant(e.id, client, pool=app_pool))
+    assert result.ended == 1
+    with tenant_transaction(e.id, pool=app_pool) as conn:
+        step = store.list_steps(conn, parent)[0]
+        attempt = store.get_attempt(conn, AttemptKey(parent, "pause", "run", 1))
+        cancelled_child = repo.get_execution(conn, child)
+        stream = [event.type for event in repo.events_after(conn, parent, 0, 100)]
+    cause = "orchestration was terminated: operator stop"
+    assert (step["state"], step["error"]) == ("cancelled", cause)
+    assert stream[-2:] == ["step_cancelled", "execution_failed"]  # the execution's end stays the last word
+    assert attempt is not None and attempt.state == "abandoned"
+    # The child runs on under a parent that has ended: it is told to cancel, as a stopping run would tell it.
+    assert cancelled_child.status == "running" and cancelled_child.cancel_requested_at is not None
+    assert client.raised == [(str(child), "cancel", {"by": f"execution:{parent}"})]
 
 
 def test_status_calls_per_tenant_are_capped(api: ApiHarness, app_pool: ConnectionPool[Any]) -> None:  # noqa: F811
