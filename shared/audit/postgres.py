@@ -40,9 +40,12 @@ _EQUALS_FILTERS = ("action", "decision", "principal_id", "resource_type", "resou
 class PostgresAuditStore:
     """Audit records in `app.audit_events`; every read and write runs inside the record's tenant context."""
 
-    def __init__(self, pool: ConnectionPool[Any] | None = None) -> None:
-        # None: the process-wide pool, looked up at each use (it may be replaced, e.g. after a reconfiguration).
+    def __init__(self, pool: ConnectionPool[Any] | None = None,
+                 control_pool: ConnectionPool[Any] | None = None) -> None:
+        # None: the process-wide pools, looked up at each use (they may be replaced, e.g. after a reconfiguration).
+        # Two pools, as in the app: tenant transactions on the runtime login, erasure on the control plane's.
         self._pool = pool
+        self._control_pool = control_pool
 
     def record(self, record: AuditRecord, *, conn: psycopg.Connection[Any] | None = None) -> None:
         """Append `record` inside `conn`'s open transaction if given, else in its own tenant transaction."""
@@ -64,7 +67,7 @@ class PostgresAuditStore:
 
     def erase(self, tenant_id: uuid.UUID) -> int:
         """Delete the tenant's records, as the control plane through its tenant-bound DELETE policy."""
-        with platform_transaction(pool=self._pool) as conn:
+        with platform_transaction(pool=self._control_pool) as conn:
             conn.execute("SELECT app.pin_tenant(%s)", (tenant_id,))
             return int(conn.execute("DELETE FROM app.audit_events").rowcount)
 

@@ -77,9 +77,10 @@ def relay_tenant(tenant_id: UUID, publisher: EventPublisher, *, batch_size: int 
 
 
 def relay_pending(publisher: Callable[[], EventPublisher] = get_publisher, *, batch_size: int = 100,
-                  max_tenants: int = 100, max_rounds: int = 10,
-                  pool: ConnectionPool[Any] | None = None) -> RelayResult:
-    """Relay every tenant's waiting events, one batch per tenant per round, until none wait or `max_rounds`.
+                  max_tenants: int = 100, max_rounds: int = 10, pool: ConnectionPool[Any] | None = None,
+                  control_pool: ConnectionPool[Any] | None = None) -> RelayResult:
+    """Relay every tenant's waiting events, one batch per tenant per round, until none wait or `max_rounds`;
+    `pool` serves the tenant transactions, `control_pool` the control plane's (the process-wide pools when None).
 
     A tenant whose events cannot be sent is logged and left for the next run; the other tenants still go.
     """
@@ -87,7 +88,7 @@ def relay_pending(publisher: Callable[[], EventPublisher] = get_publisher, *, ba
     seen: set[UUID] = set()
     failed: set[UUID] = set()
     for _ in range(max_rounds):
-        tenants = pending_tenants(max_tenants, pool=pool)
+        tenants = pending_tenants(max_tenants, pool=control_pool)
         sent_this_round = 0
         for tenant_id in tenants:
             seen.add(tenant_id)
