@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from azure.cosmos import CosmosClient, DatabaseProxy
 from psycopg_pool import ConnectionPool
@@ -63,6 +65,19 @@ def control_pool(pg) -> Iterator[ConnectionPool[Any]]:  # type: ignore[no-untype
     pool = build_control_pool(pg.control_url, _settings(pg))
     yield pool
     pool.close()
+
+
+@pytest.fixture
+def new_tenant(pg) -> Callable[[], uuid.UUID]:  # type: ignore[no-untyped-def]
+    """A factory of bare tenant rows (no settings, no seed), provisioned as the tenants API does: control plane."""
+    def make() -> uuid.UUID:
+        tenant_id = uuid.uuid4()
+        with psycopg.connect(pg.control_url, autocommit=True) as conn, conn.transaction():
+            conn.execute("SET LOCAL ROLE qp_platform")
+            conn.execute("INSERT INTO app.tenants (id, name, entra_tenant_id) VALUES (%s, %s, %s)",
+                         (tenant_id, f"t-{tenant_id.hex[:12]}", uuid.uuid4()))
+        return tenant_id
+    return make
 
 
 @pytest.fixture(scope="module")

@@ -23,22 +23,6 @@ _SETTINGS = {"QP_BLOB_CONNECTION_STRING": "UseDevelopmentStorage=true", "QP_DATA
 NO_REFILL = 1e-9
 
 
-
-
-@pytest.fixture
-def new_tenant(pg):  # type: ignore[no-untyped-def]
-    """A factory of provisioned tenants (buckets reference app.tenants)."""
-    def make() -> uuid.UUID:
-        tenant_id = uuid.uuid4()
-        # Through the control-plane role, as the tenants API provisions them.
-        with psycopg.connect(pg.control_url, autocommit=True) as conn, conn.transaction():
-            conn.execute("SET LOCAL ROLE qp_platform")
-            conn.execute("INSERT INTO app.tenants (id, name, entra_tenant_id) VALUES (%s, %s, %s)",
-                         (tenant_id, f"rl-{tenant_id.hex[:12]}", uuid.uuid4()))
-        return tenant_id
-    return make
-
-
 def _take(pool: ConnectionPool[Any], tenant: uuid.UUID, limit: RateLimit) -> RateDecision:
     with tenant_transaction(tenant, pool=pool) as conn:
         return take_request_token(conn, limit)

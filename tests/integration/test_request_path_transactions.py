@@ -45,19 +45,6 @@ def _settings(pg: Any) -> Settings:
                     QP_BLOB_CONNECTION_STRING="UseDevelopmentStorage=true", QP_DATABASE_POOL_MAX=1)
 
 
-@pytest.fixture
-def new_tenant(pg):  # type: ignore[no-untyped-def]
-    """A factory of provisioned tenants."""
-    def make() -> uuid.UUID:
-        tenant_id = uuid.uuid4()
-        with psycopg.connect(pg.control_url, autocommit=True) as conn, conn.transaction():
-            conn.execute("SET LOCAL ROLE qp_platform")
-            conn.execute("INSERT INTO app.tenants (id, name, entra_tenant_id) VALUES (%s, %s, %s)",
-                         (tenant_id, f"rp-{tenant_id.hex[:12]}", uuid.uuid4()))
-        return tenant_id
-    return make
-
-
 def _record(tenant: uuid.UUID, action: str = "intent.read") -> AuditRecord:
     return AuditRecord.new(tenant_id=tenant, principal_id="test/test", action=action, resource_type="Intent",
                            resource_id="x", decision="allow", reason="allowed")
