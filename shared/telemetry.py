@@ -19,6 +19,7 @@ PREFIX: Final = "qp.telemetry "
 EVENTS: Final = frozenset({
     "execution.completed", "execution.failed", "execution.cancelled",
     "step.completed", "step.failed",
+    "ingress.rejected",
 })
 """The telemetry event names: the monitoring queries may use these and no others (tests/infra checks)."""
 

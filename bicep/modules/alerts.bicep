@@ -1,6 +1,7 @@
 // intent_ref: platform.estate
-// The action group and the three alerts of the platform (bicep/monitoring/alerts.json, shared with terraform/):
-// 5xx rate, p95 latency over 200 ms, failed executions (telemetry lines of shared/telemetry.py).
+// The action group and the alerts of the platform (bicep/monitoring/alerts.json, shared with terraform/):
+// 5xx rate, p95 latency over 200 ms, failed executions, rejected intent requests (telemetry lines of
+// shared/telemetry.py).
 
 @description('Name of the action group.')
 param actionGroupName string

@@ -13,6 +13,7 @@ from shared.api.routers import (
     execute,
     execution_control,
     executions,
+    ingress,
     me,
     modules,
     policies,
@@ -36,7 +37,8 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     for router in (me.router, tenants.router, tenant_settings.router, policies.router, audit.router,
                    modules.router, registry.definition_router("intent"), registry.definition_router("blueprint"),
-                   execute.router, executions.router, execution_control.router, task_completion.router):
+                   execute.router, executions.router, execution_control.router, task_completion.router,
+                   ingress.router):
         app.include_router(router)
     # Order: the request id wraps everything, so even a 413 carries one.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.QP_MAX_BODY_BYTES)

@@ -63,10 +63,17 @@ def problem_response(status: int, slug: str, title: str, detail: str | None = No
                      errors: list[FieldError] | None = None, headers: dict[str, str] | None = None,
                      extensions: dict[str, Any] | None = None) -> JSONResponse:
     """A problem+json response; `slug` names the problem type, `extensions` adds RFC 9457 extension members."""
+    content = problem_document(status, slug, title, detail, instance=instance, errors=errors, extensions=extensions)
+    return JSONResponse(content, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def problem_document(status: int, slug: str, title: str, detail: str | None = None, *, instance: str | None = None,
+                     errors: list[FieldError] | None = None,
+                     extensions: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The problem+json object itself (extension members first, the standard members win)."""
     body = Problem(type=PROBLEM_BASE + slug, title=title, status=status, detail=detail, instance=instance,
                    errors=errors)
-    content = {**(extensions or {}), **body.model_dump(exclude_none=True)}
-    return JSONResponse(content, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    return {**(extensions or {}), **body.model_dump(exclude_none=True)}
 
 
 def json_pointer(location: tuple[Any, ...] | list[Any]) -> str:

@@ -16,7 +16,13 @@ from shared.api.middleware import request_id_var
 from shared.api.problems import ProblemError
 from shared.audit import AuditRecord, get_audit_store
 from shared.auth.principal import Principal
-from shared.auth.tokens import InvalidTokenError, SigningKeysUnavailableError, TokenValidator, bearer_token
+from shared.auth.tokens import (
+    InvalidTokenError,
+    SigningKeysUnavailableError,
+    TokenValidator,
+    VerifiedToken,
+    bearer_token,
+)
 from shared.auth.validator import get_token_validator
 from shared.db.session import platform_transaction
 from shared.policy.authorizer import Decision, Resource, TenantFacts, get_authorizer
@@ -69,10 +75,10 @@ def authenticated(request: Request, validator: TokenValidator = Depends(token_va
     except InvalidTokenError as exc:
         logger.info("rejected token: %s", exc.reason)
         raise _unauthorized(exc.reason) from None
-    tenant = tenant_directory.resolve(platform_transaction, verified.entra_tenant_id)
-    if tenant is None:
+    context = caller_context(verified, request_id_var.get())
+    if context is None:
         raise _unauthorized("the token's tenant is not provisioned on this platform")
-    context = RequestContext(verified.principal(tenant.id), tenant, request_id_var.get())
+    tenant = context.tenant
     if tenant.status != "active":
         _record(context, "request", Resource("Tenant", str(tenant.id), tenant.id, {}),
                 Decision(False, "tenant_suspended", ()))
@@ -87,6 +93,13 @@ def authenticated(request: Request, validator: TokenValidator = Depends(token_va
                            headers={"Retry-After": str(retry_after)})
     request.state.context = context
     return context
+
+
+def caller_context(verified: VerifiedToken, request_id: str) -> RequestContext | None:
+    """The caller of a validated token as a platform tenant's principal; None when its Entra tenant is not
+    provisioned (the tenant comes from the directory, never from anything the caller sent besides the token)."""
+    tenant = tenant_directory.resolve(platform_transaction, verified.entra_tenant_id)
+    return None if tenant is None else RequestContext(verified.principal(tenant.id), tenant, request_id)
 
 
 def authorize(context: RequestContext, action: str, resource: Resource, *, conn: Any | None = None,

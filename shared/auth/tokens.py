@@ -166,8 +166,12 @@ class TokenValidator:
         """The accepted `aud` values."""
         return self._audiences
 
-    def validate(self, token: str) -> VerifiedToken:
-        """Verify signature and claims; raise InvalidTokenError (with a safe `reason`) on any failure."""
+    def validate(self, token: str, *, at: float | None = None) -> VerifiedToken:
+        """Verify signature and claims; raise InvalidTokenError (with a safe `reason`) on any failure.
+
+        `at` (a POSIX time) judges `exp` and `nbf` at that moment instead of now: a request that a trusted service
+        stamped when it accepted it (an event's enqueued time) is judged when it was made, not when it is read.
+        """
         if not isinstance(token, str) or not token or len(token) > _MAX_TOKEN_CHARS:
             raise InvalidTokenError("malformed token")
         try:
@@ -186,16 +190,20 @@ class TokenValidator:
             raise InvalidTokenError("missing key id")
 
         key, metadata_issuer = self._signing_key(kid)
-        claims = self._decode(token, key.public_key)
+        claims = self._decode(token, key.public_key, at)
         return self._check_claims(claims, key, metadata_issuer)
 
     # -- claims ---------------------------------------------------------------------------------------------------
 
-    def _decode(self, token: str, public_key: rsa.RSAPublicKey) -> dict[str, Any]:
+    def _decode(self, token: str, public_key: rsa.RSAPublicKey, at: float | None = None) -> dict[str, Any]:
+        # PyJWT only judges time against its own clock, so a given moment turns its checks off and _check_time
+        # applies the same rules (and reasons) at that moment.
+        on_clock = at is None
         try:
             claims: dict[str, Any] = jwt.decode(
                 token, public_key, algorithms=[ALGORITHM], audience=sorted(self._audiences), leeway=self._leeway_s,
-                options={"require": list(_REQUIRED_CLAIMS), "verify_iss": False},
+                options={"require": list(_REQUIRED_CLAIMS), "verify_iss": False, "verify_exp": on_clock,
+                         "verify_nbf": on_clock},
             )
         except jwt.InvalidSignatureError:
             raise InvalidTokenError("invalid signature") from None
@@ -210,7 +218,19 @@ class TokenValidator:
             raise InvalidTokenError(f"missing claim: {exc.claim}") from None
         except jwt.PyJWTError:
             raise InvalidTokenError("invalid token") from None
+        if at is not None:
+            self._check_time(claims, at)
         return claims
+
+    def _check_time(self, claims: dict[str, Any], at: float) -> None:
+        exp, nbf = claims["exp"], claims["nbf"]
+        for name, value in (("exp", exp), ("nbf", nbf)):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidTokenError(f"malformed claim: {name}")
+        if exp <= at - self._leeway_s:
+            raise InvalidTokenError("token expired")
+        if nbf > at + self._leeway_s:
+            raise InvalidTokenError("token not yet valid")
 
     def _check_claims(self, claims: dict[str, Any], key: _Key, metadata_issuer: str) -> VerifiedToken:
         for time_claim in ("exp", "nbf", "iat"):

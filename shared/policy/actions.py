@@ -35,6 +35,7 @@ class Action(StrEnum):
     EXECUTION_LIST = "execution.list"
     MODULE_READ = "module.read"
     MODULE_LIST = "module.list"
+    INGRESS_REJECTION_LIST = "ingress.rejection.list"
 
     # Author.
     INTENT_CREATE = "intent.create"

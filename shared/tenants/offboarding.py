@@ -22,12 +22,12 @@ from shared.tenants.models import Tenant
 
 # Every app table that holds tenant rows, children before parents (erasure order). A test fails when a new
 # tenant table is missing here, so erasure cannot silently leave one behind.
-TENANT_TABLES = ("idempotency_keys", "outbox", "execution_events", "step_attempts", "execution_steps",
-                 "task_token_keys", "executions", "intent_versions", "intents",
+TENANT_TABLES = ("idempotency_keys", "outbox", "ingress_rejections", "execution_events", "step_attempts",
+                 "execution_steps", "task_token_keys", "executions", "intent_versions", "intents",
                  "tenant_policies", "rate_buckets", "modules", "audit_events")
 # What the export archive carries (the rate bucket is a counter, not the tenant's data).
 EXPORTED_TABLES = ("intents", "intent_versions", "executions", "execution_steps", "step_attempts",
-                   "execution_events", "tenant_policies", "modules",
+                   "execution_events", "tenant_policies", "modules", "ingress_rejections",
                    "audit_events")
 
 

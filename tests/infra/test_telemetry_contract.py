@@ -65,8 +65,14 @@ def test_nothing_queries_dimensions_or_events_the_app_never_writes() -> None:
     for name, text in texts.items():
         # The Functions Python worker does not turn a log record's extra fields into customDimensions.
         assert "customDimensions.event" not in text, name
-        # intent-requests has no ingress function yet, so nothing could ever be rejected there.
-        assert "ingress.rejected" not in text, name
+
+
+def test_rejected_intent_requests_are_alerted_and_shown() -> None:
+    queries = _telemetry_queries()
+    alerting = {name for name, query in queries.items() if "ingress.rejected" in _named_events(query)}
+    assert any(name.startswith("alert ") for name in alerting), alerting
+    assert any(name.startswith("workbook ") for name in alerting), alerting
+    assert any(name.startswith("runbook ") for name in alerting), alerting
 
 
 def test_a_telemetry_line_is_what_the_queries_parse() -> None:

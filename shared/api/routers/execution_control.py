@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from shared.api.durable import get_durable_client, raise_to_orchestration
 from shared.api.problems import ProblemError
 from shared.api.responses import AUTH_ERRORS, INVALID, problem_doc
-from shared.api.routers.execute import EXECUTE_ERRORS, ExecutionAccepted, accepted, begin, launch
+from shared.api.routers.execute import EXECUTE_ERRORS, ExecutionAccepted, accepted
 from shared.api.routers.executions import (
     EXAMPLE_EXECUTION_ID,
     EXECUTION_NOT_FOUND,
@@ -25,6 +25,7 @@ from shared.api.routers.executions import (
     load_execution,
 )
 from shared.api.security import RequestContext, authenticated, authorize, record_mutation
+from shared.api.starting import begin, launch
 from shared.db.session import tenant_transaction
 from shared.engine import control
 from shared.engine import executions as repo

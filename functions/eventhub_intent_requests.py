@@ -1,0 +1,23 @@
+# intent_ref: platform.ingress
+"""The intent-requests ingress function: producers' events start executions, or are recorded as rejected."""
+
+import azure.durable_functions as df
+import azure.functions as func
+
+from shared.ingress.process import process_batch
+from shared.ingress.request import INTENT_REQUESTS_HUB, from_trigger
+
+bp = df.Blueprint()
+
+
+@bp.function_name("intent_requests")
+@bp.event_hub_message_trigger(arg_name="events", event_hub_name=INTENT_REQUESTS_HUB, connection="EventHubConnection",
+                              cardinality="many", consumer_group="intake")
+# The trigger checkpoints a failed batch too: a transient failure is retried in place instead (processing again
+# is idempotent), over about as long as an outage the platform means to ride out.
+@bp.retry(strategy="exponential_backoff", max_retry_count="8", minimum_interval="00:00:05",
+          maximum_interval="00:05:00")
+@bp.durable_client_input(client_name="client")
+async def intent_requests(events: list[func.EventHubEvent], client: df.DurableOrchestrationClient) -> None:
+    """Start the execution each event requests (idempotently), recording the events that cannot start anything."""
+    await process_batch(from_trigger(events), client)

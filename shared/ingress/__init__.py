@@ -1,0 +1,2 @@
+# intent_ref: platform.ingress
+"""The intent-requests ingress: producers start executions by sending events that carry their API token."""

@@ -1,0 +1,160 @@
+# intent_ref: platform.ingress
+"""Processing intent-requests events: verify the sender, start through the execute route's own path, and record
+every event that cannot start anything.
+
+Delivery is at least once. The required idempotency key makes a redelivered event find the execution it started
+(the start path's idempotency) and a rejection is recorded once per event, so processing an event again is
+harmless. That is why a transient failure (database, identity keys, orchestration client) is raised instead of
+recorded: the batch fails and is retried, and nothing a retry repeats is done twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from pydantic import ValidationError
+
+from shared import telemetry
+from shared.api.problems import FieldError, ProblemError, json_pointer, problem_document
+from shared.api.security import RequestContext, caller_context
+from shared.api.starting import begin, launch
+from shared.auth.tokens import InvalidTokenError, SigningKeysUnavailableError, TokenValidator
+from shared.auth.validator import get_token_validator
+from shared.db.session import tenant_transaction
+from shared.ingress.rejections import NewRejection, record_rejection
+from shared.ingress.request import IngressEvent, IntentRequest
+from shared.ingress.verify import StaleEventError, check_fresh, verify_token
+
+logger = logging.getLogger(__name__)
+
+UNATTRIBUTED = "unknown"
+"""The telemetry tenant of an event whose sender could not be established (nothing is written to any tenant)."""
+
+_REASONS = {400: "invalid", 403: "forbidden", 404: "not_found", 409: "conflict", 422: "invalid",
+            429: "quota_exceeded"}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one event: the execution it started or found, or why it was rejected."""
+
+    event_id: str
+    execution_id: UUID | None = None
+    created: bool = False
+    reason: str | None = None
+
+
+class Rejected(Exception):
+    """An event that can never start anything as sent: its reason code and problem document."""
+
+    def __init__(self, reason: str, problem: ProblemError) -> None:
+        super().__init__(problem.detail or problem.title)
+        self.reason, self.problem = reason, problem
+
+
+def _invalid_body(exc: ValueError) -> Rejected:
+    if isinstance(exc, ValidationError):
+        errors = [FieldError(pointer=json_pointer(error["loc"]), detail=error["msg"]) for error in exc.errors()]
+        return Rejected("invalid", ProblemError(422, "validation-error", "Request validation failed",
+                                                f"{len(errors)} invalid field(s)", errors=errors))
+    return Rejected("invalid", ProblemError(422, "validation-error", "Request validation failed",
+                                            "the body is not a JSON object"))
+
+
+def _refused(exc: ProblemError) -> Rejected | None:
+    """A start's refusal as a rejection; None for a server-side failure (retried, never recorded)."""
+    reason = _REASONS.get(exc.status)
+    return None if reason is None else Rejected(reason, exc)
+
+
+def _problem(rejected: Rejected, event: IngressEvent) -> dict[str, Any]:
+    p = rejected.problem
+    return problem_document(p.status, p.slug, p.title, p.detail, instance=f"{event.hub}/{event.event_id}",
+                            errors=p.errors, extensions=p.extensions)
+
+
+def _record(context: RequestContext, event: IngressEvent, rejected: Rejected, key: str | None) -> bool:
+    rejection = NewRejection(hub=event.hub, partition_id=event.partition_id, sequence_number=event.sequence_number,
+                             enqueued_time=event.enqueued_time, reason=rejected.reason,
+                             detail=_problem(rejected, event), requested_by=context.principal.id, idempotency_key=key)
+    with tenant_transaction(context.tenant.id) as conn:
+        return record_rejection(conn, rejection)
+
+
+async def _reject(context: RequestContext, event: IngressEvent, rejected: Rejected, key: str | None) -> Outcome:
+    if await asyncio.to_thread(_record, context, event, rejected, key):
+        telemetry.emit("ingress.rejected", tenant_id=context.tenant.id, reason=rejected.reason,
+                       event_id=event.event_id, principal=context.principal.id, detail=str(rejected))
+    return Outcome(event.event_id, reason=rejected.reason)
+
+
+def _unattributed(event: IngressEvent, why: str) -> Outcome:
+    # No tenant is established, so no tenant's table may be written: the log and telemetry are the record.
+    logger.warning("intent-requests: event %s rejected, sender not established: %s", event.event_id, why)
+    telemetry.emit("ingress.rejected", tenant_id=UNATTRIBUTED, reason="unauthenticated", event_id=event.event_id,
+                   detail=why)
+    return Outcome(event.event_id, reason="unauthenticated")
+
+
+async def process_event(event: IngressEvent, client: Any, validator: TokenValidator, *,
+                        now: datetime | None = None) -> Outcome:
+    """Verify the sender, then start the requested execution (or find the one this key started) and launch it.
+
+    Rejections are recorded and returned; transient failures are raised.
+    """
+    moment = now or datetime.now(UTC)
+    try:
+        verified = verify_token(event, validator, now=moment)
+    except SigningKeysUnavailableError:
+        raise
+    except InvalidTokenError as exc:
+        return _unattributed(event, exc.reason)
+    context = await asyncio.to_thread(caller_context, verified, f"{event.hub}/{event.event_id}")
+    if context is None:
+        return _unattributed(event, "the token's tenant is not provisioned on this platform")
+    key: str | None = None
+    try:
+        check_fresh(event, moment)
+        try:
+            request = IntentRequest.parse(event.body)
+        except ValueError as exc:
+            key = IntentRequest.key_of(event.body)
+            raise _invalid_body(exc) from None
+        key = request.idempotency_key
+        try:
+            started = await asyncio.to_thread(
+                begin, context, lambda conn: request.start_request(conn, context.principal.id),
+                detail={"via": event.hub, "event_id": event.event_id})
+        except ProblemError as exc:
+            raise _refused(exc) or exc from None
+    except StaleEventError as exc:
+        return await _reject(context, event, Rejected("stale", ProblemError(
+            422, "stale-request", "Unprocessable content", str(exc))), key)
+    except Rejected as rejected:
+        return await _reject(context, event, rejected, key)
+    await launch(client, started, context.tenant.id, record_failure=False)
+    return Outcome(event.event_id, started.execution.id, started.created)
+
+
+async def process_batch(events: Sequence[IngressEvent], client: Any,
+                        validator: TokenValidator | None = None) -> list[Outcome]:
+    """Process a batch in order; if any event failed transiently, raise after the others were processed, so the
+    batch is retried (the ones that were done are found again, not repeated)."""
+    checker = validator or get_token_validator()
+    outcomes: list[Outcome] = []
+    failures: list[BaseException] = []
+    for event in events:
+        try:
+            outcomes.append(await process_event(event, client, checker))
+        except Exception as exc:  # one event's outage must not keep the batch's other requests back
+            logger.error("intent-requests: event %s failed and will be retried: %s", event.event_id, exc)
+            failures.append(exc)
+    if failures:
+        raise RuntimeError(f"{len(failures)} of {len(events)} intent requests did not complete") from failures[0]
+    return outcomes

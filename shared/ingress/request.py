@@ -1,0 +1,125 @@
+# intent_ref: platform.ingress
+"""What an intent-requests event is: its hub metadata, and the body a producer sends (validated, extra forbidden)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from shared.engine.start import Conn, StartRequest
+from shared.registry import service as registry
+
+INTENT_REQUESTS_HUB = "intent-requests"
+AUTHORIZATION_PROPERTY = "authorization"
+_MAX_KEY = 255
+_INTENT_BY_NAME = "SELECT id FROM app.intents WHERE kind = 'intent' AND name = %s"
+
+
+class IntentRequest(BaseModel):
+    """An event's body: which intent (by id or by name), its input, and the key that makes redelivery harmless."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"intent": "deploy-web-app", "input": {"version": "1.2.3"}, "idempotency_key": "release-1.2.3"}]})
+
+    intent_id: UUID | None = None
+    intent: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="The intent's name.")
+    input: dict[str, Any] = Field(default_factory=dict)
+    version: int | None = Field(None, ge=1)
+    plan_hash: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    idempotency_key: str = Field(min_length=1, max_length=_MAX_KEY,
+                                 description="Required: delivery is at least once, and this key makes a redelivered "
+                                             "event return the execution it started instead of starting another.")
+
+    @model_validator(mode="after")
+    def _one_intent(self) -> IntentRequest:
+        if (self.intent_id is None) == (self.intent is None):
+            raise ValueError("name the intent by exactly one of intent_id and intent")
+        return self
+
+    def start_request(self, conn: Conn, requested_by: str) -> StartRequest:
+        """The start this asks for, its intent found by name in the caller's tenant when not given by id."""
+        intent_id = self.intent_id
+        if intent_id is None:
+            row = conn.execute(_INTENT_BY_NAME, (self.intent,)).fetchone()
+            if row is None:
+                raise registry.NotFoundError(f"No intent named {self.intent}.")
+            intent_id = row["id"]
+        return StartRequest(intent_id=intent_id, input=self.input, version=self.version, plan_hash=self.plan_hash,
+                            idempotency_key=self.idempotency_key, requested_by=requested_by)
+
+    @staticmethod
+    def key_of(body: bytes) -> str | None:
+        """The idempotency key of a body that did not validate, when it has a usable one (so the producer can match
+        the rejection to what it sent)."""
+        try:
+            document = json.loads(body)
+        except ValueError:
+            return None
+        key = document.get("idempotency_key") if isinstance(document, dict) else None
+        return key if isinstance(key, str) and 1 <= len(key) <= _MAX_KEY else None
+
+    @classmethod
+    def parse(cls, body: bytes) -> IntentRequest:
+        """The request in a body; ValueError (a pydantic ValidationError for a JSON object) when it is not one."""
+        return cls.model_validate(json.loads(body))
+
+
+@dataclass(frozen=True)
+class IngressEvent:
+    """One event as the hub delivered it; `enqueued_time` is stamped by the hub when it accepted the event."""
+
+    body: bytes
+    partition_id: str
+    sequence_number: int
+    enqueued_time: datetime | None
+    properties: Mapping[str, Any] = field(default_factory=dict)
+    hub: str = INTENT_REQUESTS_HUB
+
+    @property
+    def event_id(self) -> str:
+        """Unique within the hub: partition and sequence number."""
+        return f"{self.partition_id}/{self.sequence_number}"
+
+    @property
+    def authorization(self) -> str | None:
+        """The `authorization` application property (its name matched case-insensitively)."""
+        for name, value in self.properties.items():
+            if name.lower() == AUTHORIZATION_PROPERTY:
+                return value if isinstance(value, str) else None
+        return None
+
+
+class TriggerEvent(Protocol):
+    """What the Functions trigger hands over per event (azure.functions.EventHubEvent)."""
+
+    def get_body(self) -> bytes: ...
+
+    @property
+    def sequence_number(self) -> int | None: ...
+
+    @property
+    def enqueued_time(self) -> datetime | None: ...
+
+    @property
+    def metadata(self) -> Mapping[str, Any] | None: ...
+
+
+def from_trigger(events: Sequence[TriggerEvent]) -> list[IngressEvent]:
+    """The events of a `cardinality many` batch with their application properties and partition."""
+    metadata = (events[0].metadata or {}) if events else {}
+    properties = metadata.get("PropertiesArray") or []
+    context = metadata.get("PartitionContext") or {}
+    partition = str(context.get("PartitionId", "")) if isinstance(context, Mapping) else ""
+    out = []
+    for index, event in enumerate(events):
+        props = properties[index] if index < len(properties) and isinstance(properties[index], Mapping) else {}
+        out.append(IngressEvent(body=event.get_body(), partition_id=partition or "unknown",
+                                sequence_number=event.sequence_number or 0, enqueued_time=event.enqueued_time,
+                                properties=props))
+    return out

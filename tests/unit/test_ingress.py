@@ -1,0 +1,180 @@
+# intent_ref: platform.ingress
+"""The intent-requests ingress without I/O: the body model, and the token judged at the event's enqueued time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from devhost.identity import DEFAULT_AUDIENCE, SigningKey, sign_access_token
+from shared import telemetry
+from shared.auth.principal import INTENT_EXECUTOR
+from shared.auth.tokens import InvalidTokenError, TokenValidator
+from shared.ingress.process import UNATTRIBUTED, process_event
+from shared.ingress.request import IngressEvent, IntentRequest, from_trigger
+from shared.ingress.verify import MAX_EVENT_AGE, StaleEventError, check_fresh, verify_token
+from tests.unit.test_token_validation import BASE_URL, CONTOSO, FakeIdentityProvider
+
+KEY = "order-4711"
+
+
+# -- the body --------------------------------------------------------------------------------------------------------
+
+
+def test_a_request_names_its_intent_by_id_or_by_name_and_carries_a_key() -> None:
+    intent_id = uuid.uuid4()
+    by_id = IntentRequest.parse(json.dumps({"intent_id": str(intent_id), "input": {"v": "1"}, "version": 2,
+                                            "idempotency_key": KEY}).encode())
+    assert (by_id.intent_id, by_id.input, by_id.version, by_id.idempotency_key) == (intent_id, {"v": "1"}, 2, KEY)
+    by_name = IntentRequest.parse(b'{"intent": "deploy-web-app", "idempotency_key": "k"}')
+    assert by_name.intent == "deploy-web-app" and by_name.intent_id is None and by_name.input == {}
+
+
+@pytest.mark.parametrize("body", [
+    {"intent": "deploy-web-app"},  # no idempotency key: a redelivery would start a second execution
+    {"intent": "deploy-web-app", "idempotency_key": ""},
+    {"idempotency_key": KEY},  # no intent
+    {"intent": "deploy-web-app", "intent_id": str(uuid.uuid4()), "idempotency_key": KEY},  # both
+    {"intent": "deploy-web-app", "idempotency_key": KEY, "tenant_id": str(uuid.uuid4())},  # extra: never trusted
+    {"intent": "Deploy Web App", "idempotency_key": KEY},
+    {"intent": "deploy-web-app", "idempotency_key": KEY, "version": 0},
+    {"intent": "deploy-web-app", "idempotency_key": KEY, "plan_hash": "abc"},
+    {"intent": "deploy-web-app", "idempotency_key": KEY, "input": [1]},
+    {"intent_id": "not-a-uuid", "idempotency_key": KEY},
+])
+def test_a_malformed_body_is_refused(body: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        IntentRequest.parse(json.dumps(body).encode())
+
+
+@pytest.mark.parametrize("raw", [b"", b"not json", b"[1, 2]", b"\xff\xfe"])
+def test_a_body_that_is_not_a_json_object_is_refused(raw: bytes) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - ValidationError and JSONDecodeError are both ValueErrors
+        IntentRequest.parse(raw)
+
+
+# -- the token, judged when the hub accepted the event -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def key(tmp_path_factory: pytest.TempPathFactory) -> SigningKey:
+    return SigningKey.load_or_create(tmp_path_factory.mktemp("ingress-key"))
+
+
+@pytest.fixture
+def validator(key: SigningKey) -> TokenValidator:
+    idp = FakeIdentityProvider([key])
+    return TokenValidator(idp.metadata_url, DEFAULT_AUDIENCE, fetch=idp.fetch)
+
+
+def _token(key: SigningKey, issued: datetime, lifetime: timedelta = timedelta(hours=1)) -> str:
+    start = int(issued.timestamp())
+    return sign_access_token(key, tenant="contoso", base_url=BASE_URL, roles=[INTENT_EXECUTOR], extra_claims={
+        "iat": start, "nbf": start, "exp": start + int(lifetime.total_seconds())})
+
+
+def _event(token: str | None, enqueued: datetime | None, body: bytes = b"{}") -> IngressEvent:
+    properties = {} if token is None else {"authorization": f"Bearer {token}"}
+    return IngressEvent(body=body, partition_id="0", sequence_number=7, enqueued_time=enqueued,
+                        properties=properties)
+
+
+def test_a_token_expired_now_but_valid_when_enqueued_is_accepted(key: SigningKey, validator: TokenValidator) -> None:
+    now = datetime.now(UTC)
+    issued = now - timedelta(hours=3)
+    token = _token(key, issued)  # expired two hours ago
+    with pytest.raises(InvalidTokenError, match="token expired"):
+        validator.validate(token)  # judged now, as the API judges it
+    verified = verify_token(_event(token, issued + timedelta(minutes=30)), validator, now=now)
+    assert verified.entra_tenant_id == CONTOSO
+    check_fresh(_event(token, issued + timedelta(minutes=30)), now)  # three hours old: not stale
+
+
+def test_a_token_already_expired_when_enqueued_is_refused(key: SigningKey, validator: TokenValidator) -> None:
+    now = datetime.now(UTC)
+    issued = now - timedelta(hours=3)
+    with pytest.raises(InvalidTokenError, match="token expired"):
+        verify_token(_event(_token(key, issued), issued + timedelta(hours=2)), validator, now=now)
+
+
+def test_a_token_not_yet_valid_when_enqueued_is_refused(key: SigningKey, validator: TokenValidator) -> None:
+    now = datetime.now(UTC)
+    token = _token(key, now - timedelta(minutes=10))
+    with pytest.raises(InvalidTokenError, match="not yet valid"):
+        verify_token(_event(token, now - timedelta(minutes=20)), validator, now=now)
+
+
+def test_an_enqueued_time_ahead_of_the_clock_gains_nothing(key: SigningKey, validator: TokenValidator) -> None:
+    now = datetime.now(UTC)
+    token = _token(key, now - timedelta(hours=2))  # expired an hour ago
+    with pytest.raises(InvalidTokenError, match="token expired"):
+        verify_token(_event(token, now + timedelta(days=1)), validator, now=now)
+
+
+def test_an_event_enqueued_more_than_a_day_ago_is_stale(key: SigningKey, validator: TokenValidator) -> None:
+    now = datetime.now(UTC)
+    enqueued = now - MAX_EVENT_AGE - timedelta(minutes=1)
+    token = _token(key, enqueued - timedelta(minutes=5))
+    verify_token(_event(token, enqueued), validator, now=now)  # the token itself was fine then
+    with pytest.raises(StaleEventError):
+        check_fresh(_event(token, enqueued), now)
+    check_fresh(_event(token, now - MAX_EVENT_AGE + timedelta(minutes=1)), now)
+
+
+def test_a_forged_signature_is_refused(key: SigningKey, validator: TokenValidator,
+                                       tmp_path_factory: pytest.TempPathFactory) -> None:
+    now = datetime.now(UTC)
+    attacker = SigningKey.load_or_create(tmp_path_factory.mktemp("attacker"))
+    forged = _token(attacker, now - timedelta(minutes=1))
+    header, payload, _ = forged.split(".")
+    genuine_signature = _token(key, now - timedelta(minutes=1)).split(".")[2]
+    for token in (forged, f"{header}.{payload}.{genuine_signature}"):
+        with pytest.raises(InvalidTokenError):
+            verify_token(_event(token, now), validator, now=now)
+
+
+@pytest.mark.parametrize("authorization", [None, "", "Basic abc", "Bearer", "Bearer a b"])
+def test_an_event_without_a_bearer_token_is_refused(validator: TokenValidator, authorization: str | None) -> None:
+    event = IngressEvent(body=b"{}", partition_id="0", sequence_number=1, enqueued_time=datetime.now(UTC),
+                         properties={} if authorization is None else {"Authorization": authorization})
+    with pytest.raises(InvalidTokenError, match="missing bearer token"):
+        verify_token(event, validator, now=datetime.now(UTC))
+
+
+def test_an_unattributed_rejection_is_telemetry_only(validator: TokenValidator,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    # No client, no database: an event whose sender is unknown touches neither.
+    event = _event(None, datetime.now(UTC), b'{"intent": "x", "idempotency_key": "k"}')
+    with caplog.at_level(logging.INFO, logger="qp.telemetry"):
+        outcome = asyncio.run(process_event(event, client=None, validator=validator))
+    assert outcome.reason == "unauthenticated" and outcome.execution_id is None
+    lines = [json.loads(r.getMessage()[len(telemetry.PREFIX):]) for r in caplog.records
+             if r.getMessage().startswith(telemetry.PREFIX)]
+    assert lines == [{"event": "ingress.rejected", "tenant_id": UNATTRIBUTED, "reason": "unauthenticated",
+                      "event_id": "0/7", "detail": "missing bearer token"}]
+
+
+class _TriggerEvent:
+    """The shape azure.functions.EventHubEvent has for a `cardinality many` batch."""
+
+    def __init__(self, body: bytes, sequence: int, metadata: dict[str, Any]) -> None:
+        self._body, self.sequence_number, self.metadata = body, sequence, metadata
+        self.enqueued_time = datetime(2025, 1, 5, 9, 30, tzinfo=UTC)
+
+    def get_body(self) -> bytes:
+        return self._body
+
+
+def test_trigger_events_keep_their_own_properties_and_partition() -> None:
+    metadata = {"PartitionContext": {"PartitionId": "3"},
+                "PropertiesArray": [{"authorization": "Bearer a"}, {"authorization": "Bearer b"}]}
+    events = from_trigger([_TriggerEvent(b"1", 10, metadata), _TriggerEvent(b"2", 11, metadata)])
+    assert [(e.event_id, e.authorization, e.body) for e in events] == [("3/10", "Bearer a", b"1"),
+                                                                       ("3/11", "Bearer b", b"2")]
