@@ -3,6 +3,7 @@
 timeouts, approvals, waits, child intents, cancellation and compensation; deterministic, so it only yields
 durable tasks and reads the replay-safe clock."""
 
+import functools
 import json
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -91,7 +92,6 @@ class _Run:
             step_id: {"state": "succeeded", "reused": True} if step_id in self.completed else {"state": "pending"}
             for step_id in self.steps}
         self.cancel_task = context.wait_for_external_event(CANCEL_EVENT)
-        self.output_paths = referenced_output_paths(definition.steps)
         self.loaded: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------------------ bookkeeping
@@ -107,11 +107,20 @@ class _Run:
     def outputs(self) -> dict[str, Any]:
         return self.state().outputs()
 
+    @functools.cached_property
+    def output_paths(self) -> dict[str, frozenset[tuple[str, ...]]]:
+        """Which paths into each step's output later steps read (scanned only once an output is stored)."""
+        return referenced_output_paths(list(self.steps.values()))
+
     def load_outputs(self) -> Generator[TaskBase, Any, None]:
         """Read the referenced parts of outputs stored as blobs (new, or reused by a retry) before anything
         resolves a reference or a condition against them."""
-        pending = [step_id for step_id, output in self.completed.items()
-                   if step_id in self.output_paths and step_id not in self.loaded and is_blob_ref(output)]
+        stored = [step_id for step_id, output in self.completed.items()
+                  if step_id not in self.loaded and is_blob_ref(output)]
+        if not stored:
+            return  # the common case: every episode replays from the start, so nothing is scanned for it
+        pending = [step_id for step_id in stored if step_id in self.output_paths]
+        self.loaded.update({step_id: self.completed[step_id] for step_id in stored if step_id not in pending})
         if not pending:
             return
         tasks = [self.context.call_activity_with_retry(LOAD_OUTPUT, _BOOKKEEPING_RETRY, {

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -17,8 +18,8 @@ CONTROL_POOL_MAX = 4
 """The control plane runs few transactions (cached tenant lookups, admin requests, timers): a small pool suffices."""
 
 _lock = threading.Lock()
-_pool: ConnectionPool[psycopg.Connection[DictRow]] | None = None
-_control_pool: ConnectionPool[psycopg.Connection[DictRow]] | None = None
+_pools: dict[str, ConnectionPool[Any]] = {}
+"""The process-wide pools by login ("app", "control"), each opened on first use."""
 
 
 def _token_credential(client_id: str | None) -> Any:
@@ -71,33 +72,32 @@ def build_control_pool(conninfo: str, settings: Settings, *, min_size: int = 1) 
                       client_id=settings.QP_DATABASE_CONTROL_CLIENT_ID, name="quantum-control")
 
 
+Pool = ConnectionPool[psycopg.Connection[DictRow]]
+
+
+def _shared(login: str, build: Callable[[Settings], Pool]) -> Pool:
+    pool = _pools.get(login)
+    if pool is None:
+        with _lock:
+            pool = _pools.get(login)
+            if pool is None:
+                pool = _pools[login] = build(get_settings())
+    return pool
+
+
 def get_pool() -> ConnectionPool[psycopg.Connection[DictRow]]:
     """The shared pool of tenant requests (the runtime login), opened on first use."""
-    global _pool
-    if _pool is None:
-        with _lock:
-            if _pool is None:
-                settings = get_settings()
-                _pool = build_pool(settings.QP_DATABASE_URL, settings)
-    return _pool
+    return _shared("app", lambda settings: build_pool(settings.QP_DATABASE_URL, settings))
 
 
 def get_control_pool() -> ConnectionPool[psycopg.Connection[DictRow]]:
     """The shared pool of the control plane (its own login), opened on first use."""
-    global _control_pool
-    if _control_pool is None:
-        with _lock:
-            if _control_pool is None:
-                settings = get_settings()
-                _control_pool = build_control_pool(settings.QP_DATABASE_CONTROL_URL, settings)
-    return _control_pool
+    return _shared("control", lambda settings: build_control_pool(settings.QP_DATABASE_CONTROL_URL, settings))
 
 
 def close_pool() -> None:
     """Close both shared pools (tests and host shutdown)."""
-    global _pool, _control_pool
     with _lock:
-        for pool in (_pool, _control_pool):
-            if pool is not None:
-                pool.close()
-        _pool = _control_pool = None
+        for pool in _pools.values():
+            pool.close()
+        _pools.clear()

@@ -67,7 +67,7 @@ def control_pool(pg) -> Iterator[ConnectionPool[Any]]:  # type: ignore[no-untype
     pool.close()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def new_tenant(pg) -> Callable[[], uuid.UUID]:  # type: ignore[no-untyped-def]
     """A factory of bare tenant rows (no settings, no seed), provisioned as the tenants API does: control plane."""
     def make() -> uuid.UUID:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
-import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
@@ -22,15 +22,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def tenant_ids(pg) -> tuple[uuid.UUID, uuid.UUID]:  # type: ignore[no-untyped-def]
-    ids = (uuid.uuid4(), uuid.uuid4())
-    with psycopg.connect(pg.control_url, autocommit=True) as conn:
-        for tenant_id in ids:
-            with conn.transaction():
-                conn.execute("SET LOCAL ROLE qp_platform")
-                conn.execute("INSERT INTO app.tenants (id, name, entra_tenant_id) VALUES (%s, %s, %s)",
-                             (tenant_id, f"idem-{tenant_id.hex[:8]}", uuid.uuid4()))
-    return ids
+def tenant_ids(new_tenant: Callable[[], uuid.UUID]) -> tuple[uuid.UUID, uuid.UUID]:
+    return new_tenant(), new_tenant()
 
 
 def _create_once(app_pool: ConnectionPool[Any], tenant_id: uuid.UUID, key: str, body: dict[str, Any],

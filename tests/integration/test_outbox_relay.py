@@ -7,7 +7,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -48,15 +48,8 @@ class Recorder:
 
 
 @pytest.fixture
-def tenants(pg: Any) -> tuple[uuid.UUID, uuid.UUID]:
-    ids = (uuid.uuid4(), uuid.uuid4())
-    with psycopg.connect(pg.control_url, autocommit=True) as conn:
-        for tenant_id in ids:
-            with conn.transaction():
-                conn.execute("SET LOCAL ROLE qp_platform")
-                conn.execute("INSERT INTO app.tenants (id, name, entra_tenant_id) VALUES (%s, %s, %s)",
-                             (tenant_id, f"relay-{tenant_id.hex[:8]}", uuid.uuid4()))
-    return ids
+def tenants(new_tenant: Callable[[], uuid.UUID]) -> tuple[uuid.UUID, uuid.UUID]:
+    return new_tenant(), new_tenant()
 
 
 @pytest.fixture(autouse=True)
