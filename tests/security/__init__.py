@@ -1,0 +1,1 @@
+# intent_ref: platform.hardening
