@@ -37,6 +37,16 @@ class Settings(BaseSettings):
         default=None, description="Azure: client id of the control plane's identity (its token is the password)."
     )
     QP_DATABASE_POOL_MAX: int = Field(default=10, ge=1, le=200)
+    QP_DATABASE_POOL_TIMEOUT_S: float = Field(
+        default=3.0, gt=0, le=60,
+        description="How long a request waits for a pooled connection before it is answered 503 with Retry-After.")
+    QP_DATABASE_CONNECT_TIMEOUT_S: int = Field(
+        default=2, ge=1, le=60, description="How long opening a new database connection may take (an outage fails "
+        "fast instead of holding requests).")
+    QP_TENANT_MAX_CONCURRENT_REQUESTS: int | None = Field(
+        default=None, ge=1, le=1000,
+        description="Requests of one tenant in flight at once per instance; unset means half the tenant pool, so "
+        "one tenant's burst always leaves connections for the others.")
 
     QP_BLOB_CONNECTION_STRING: str | None = Field(default=None, description="Local only (Azurite).")
     QP_BLOB_ACCOUNT_URL: str | None = Field(default=None, description="Azure: identity-based blob endpoint.")
@@ -90,6 +100,9 @@ class Settings(BaseSettings):
         default="api://quantum-platform", min_length=1,
         description="Accepted token audiences (the API's client id and/or app id URI), comma-separated.",
     )
+    QP_AUTH_MAX_TOKEN_LIFETIME_S: int = Field(
+        default=2 * 3600, ge=300, le=48 * 3600,
+        description="Longest accepted access-token lifetime (exp - iat, or exp - nbf); Entra issues 60-90 minutes.")
     QP_AUTH_LEEWAY_S: int = Field(30, ge=0, le=300, description="Clock skew allowed on exp/nbf/iat, seconds.")
     QP_AUTH_JWKS_COOLDOWN_S: float = Field(
         60, ge=1, description="Minimum seconds between JWKS refetches triggered by an unknown signing key id."

@@ -35,7 +35,8 @@ def _token_credential(client_id: str | None) -> Any:
 
 
 def _connection_kwargs(settings: Settings, client_id: str | None = None) -> dict[str, Any] | Any:
-    base: dict[str, Any] = {"autocommit": True, "row_factory": dict_row}
+    base: dict[str, Any] = {"autocommit": True, "row_factory": dict_row,
+                            "connect_timeout": settings.QP_DATABASE_CONNECT_TIMEOUT_S}
     if not settings.QP_DATABASE_ENTRA_AUTH:
         return base
     credential = _token_credential(client_id)
@@ -57,6 +58,8 @@ def build_pool(
         kwargs=_connection_kwargs(settings, client_id),
         min_size=min_size,
         max_size=max_size or settings.QP_DATABASE_POOL_MAX,
+        # A request that cannot get a connection soon is answered 503 with Retry-After, not held for 30 s.
+        timeout=settings.QP_DATABASE_POOL_TIMEOUT_S,
         # No reset callback: with one, every return goes through the pool's worker thread and costs a round
         # trip. The session reset travels with each transaction's BEGIN instead (shared/db/session.py), and the
         # pool itself rolls back a connection returned inside a transaction.
