@@ -111,6 +111,10 @@ var appSettings = [
   { name: 'QP_DATABASE_CONTROL_CLIENT_ID', value: controlIdentityClientId }
   { name: 'QP_DATABASE_ENTRA_AUTH', value: 'true' }
   { name: 'QP_DATABASE_POOL_MAX', value: string(databasePoolMax) }
+  { name: 'QP_DATABASE_POOL_TIMEOUT_S', value: '3' }
+  { name: 'QP_DATABASE_CONNECT_TIMEOUT_S', value: '2' }
+  // Half the pool per tenant: one tenant's burst always leaves connections for the others.
+  { name: 'QP_TENANT_MAX_CONCURRENT_REQUESTS', value: string(max(1, databasePoolMax / 2)) }
   { name: 'QP_BLOB_ACCOUNT_URL', value: blobEndpoint }
   { name: 'QP_ARTIFACTS_CONTAINER', value: 'artifacts' }
   { name: 'QP_TASK_HUB', value: taskHubName }
@@ -134,6 +138,7 @@ var appSettings = [
   { name: 'QP_AUTH_METADATA_URL', value: '${environment().authentication.loginEndpoint}organizations/v2.0/.well-known/openid-configuration' }
   { name: 'QP_AUTH_AUDIENCE', value: apiAudience }
   { name: 'QP_AUTH_LEEWAY_S', value: '30' }
+  { name: 'QP_AUTH_MAX_TOKEN_LIFETIME_S', value: '7200' }
   { name: 'QP_AUTH_JWKS_COOLDOWN_S', value: '60' }
 ]
 
