@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
 
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import ContainerClient, ContentSettings
 
 from shared.config import get_settings
@@ -19,40 +21,89 @@ from shared.tenants.offboarding import tenant_blob_prefix
 BLOB_REF = "$blob"
 """The one key of an output that was stored as a blob: {"$blob": {"container", "name", "size", "sha256"}}."""
 
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class StoredOutputError(ValueError):
+    """A stored output cannot be trusted: its reference points outside the tenant's prefix, or its blob is missing
+    or no longer holds the bytes the reference was made from."""
+
 
 def is_blob_ref(value: Any) -> bool:
     """Whether `value` is a stored output's reference rather than the output itself."""
     return isinstance(value, dict) and set(value) == {BLOB_REF}
 
 
-def blob_name(tenant_id: UUID, key: AttemptKey) -> str:
-    """Where an attempt's output is stored: under the tenant's prefix, so erasure finds it."""
-    return (f"{tenant_blob_prefix(tenant_id)}executions/{key.execution_id}/outputs/"
-            f"{key.step_id}.{key.phase}.{key.attempt}.json")
+def blob_name(tenant_id: UUID, execution_id: UUID, sha256: str) -> str:
+    """Where an output is stored: under the tenant's prefix (so erasure finds it), named by its content's digest."""
+    return f"{tenant_blob_prefix(tenant_id)}executions/{execution_id}/outputs/sha256-{sha256}.json"
 
 
-def claim_check(tenant_id: UUID, key: AttemptKey, output: Any, *, limit: int | None = None,
-                container: ContainerClient | None = None) -> Any:
+def claim_check(
+    tenant_id: UUID, key: AttemptKey, output: Any, *, limit: int | None = None, container: ContainerClient | None = None
+) -> Any:
     """`output` itself when its JSON fits in `limit` bytes (QP_PAYLOAD_INLINE_MAX_BYTES), else its blob reference.
 
-    The blob name is fixed per attempt, so a redelivered result overwrites the same blob with the same bytes.
+    The name is the content's digest and nothing is overwritten, so a stored output never changes under a
+    reference that points at it: a second writer of the same name writes the same bytes.
     """
     body = json.dumps(output, separators=(",", ":"), ensure_ascii=False).encode()
     if len(body) <= (limit if limit is not None else get_settings().QP_PAYLOAD_INLINE_MAX_BYTES):
         return output
     target = container or artifacts_container(get_settings())
-    name = blob_name(tenant_id, key)
-    target.upload_blob(name, body, overwrite=True, content_settings=ContentSettings(content_type="application/json"))
-    return {BLOB_REF: {"container": target.container_name, "name": name, "size": len(body),
-                       "sha256": hashlib.sha256(body).hexdigest()}}
+    digest = hashlib.sha256(body).hexdigest()
+    name = blob_name(tenant_id, key.execution_id, digest)
+    try:
+        target.upload_blob(
+            name, body, overwrite=False, content_settings=ContentSettings(content_type="application/json")
+        )
+    except ResourceExistsError:
+        pass  # stored before (a redelivery, or another step with the same output): same name, same bytes
+    return {BLOB_REF: {"container": target.container_name, "name": name, "size": len(body), "sha256": digest}}
 
 
-def load(value: Any, *, container: ContainerClient | None = None) -> Any:
-    """The output a reference stands for (or `value` itself when it is not a reference)."""
+def _checked_reference(tenant_id: UUID, value: dict[str, Any]) -> tuple[str, int, str]:
+    """The name, size and digest of a reference that may be read for `tenant_id`; StoredOutputError otherwise."""
+    ref = value[BLOB_REF]
+    if not isinstance(ref, dict):
+        raise StoredOutputError("the stored output's reference is malformed")
+    name, size, digest = ref.get("name"), ref.get("size"), ref.get("sha256")
+    # Dot segments or backslashes could be resolved into another tenant's prefix on the way to the store.
+    if (
+        not isinstance(name, str)
+        or not name.startswith(tenant_blob_prefix(tenant_id))
+        or "\\" in name
+        or any(segment in ("", ".", "..") for segment in name.split("/"))
+    ):
+        raise StoredOutputError("the stored output is not under the tenant's prefix")
+    if (
+        not isinstance(size, int)
+        or isinstance(size, bool)
+        or size < 0
+        or not isinstance(digest, str)
+        or not _SHA256.match(digest)
+    ):
+        raise StoredOutputError(f"the stored output {name} has no usable size and sha256 in its reference")
+    return name, size, digest
+
+
+def load(value: Any, tenant_id: UUID, *, container: ContainerClient | None = None) -> Any:
+    """The output a reference stands for (or `value` itself when it is not a reference), read from `tenant_id`'s
+    prefix only and only when its bytes are the ones the reference was made from."""
     if not is_blob_ref(value):
         return value
+    name, size, digest = _checked_reference(tenant_id, value)
     target = container or artifacts_container(get_settings())
-    return json.loads(target.download_blob(value[BLOB_REF]["name"]).readall())
+    try:
+        # One byte more than the reference says is enough to tell a grown blob, without reading all of it.
+        body = target.download_blob(name, offset=0, length=size + 1).readall()
+    except ResourceNotFoundError:
+        raise StoredOutputError(f"the stored output {name} is missing") from None
+    if len(body) != size or hashlib.sha256(body).hexdigest() != digest:
+        raise StoredOutputError(
+            f"the stored output {name} does not match its sha256: it was altered after it was stored, and is not used"
+        )
+    return json.loads(body)
 
 
 def project(output: Any, paths: Iterable[tuple[str, ...]]) -> Any:
@@ -83,11 +134,8 @@ def _copy_path(source: dict[str, Any], target: dict[str, Any], path: tuple[str, 
         _copy_path(value, child, rest)
 
 
-def load_parts(tenant_id: UUID, reference: Any, paths: Iterable[tuple[str, ...]], *,
-               container: ContainerClient | None = None) -> Any:
+def load_parts(
+    tenant_id: UUID, reference: Any, paths: Iterable[tuple[str, ...]], *, container: ContainerClient | None = None
+) -> Any:
     """The referenced parts of a stored output, read from the tenant's own prefix only."""
-    if not is_blob_ref(reference):
-        return project(reference, paths)
-    if not str(reference[BLOB_REF].get("name", "")).startswith(tenant_blob_prefix(tenant_id)):
-        raise ValueError("the stored output is not under the tenant's prefix")
-    return project(load(reference, container=container), paths)
+    return project(load(reference, tenant_id, container=container), paths)

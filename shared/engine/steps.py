@@ -110,7 +110,8 @@ _ATTEMPTS = sql.SQL("SELECT {} FROM app.step_attempts WHERE execution_id = %s"
                     " ORDER BY dispatched_at, step_id, phase, attempt").format(_ATTEMPT_COLUMNS)
 _USE_TOKEN = sql.SQL(
     "UPDATE app.step_attempts SET token_used_at = clock_timestamp() WHERE token_nonce = %s"
-    " AND token_used_at IS NULL AND token_expires_at > clock_timestamp() RETURNING {}").format(_ATTEMPT_COLUMNS)
+    " AND token_used_at IS NULL AND token_expires_at > clock_timestamp() AND state = 'dispatched'"
+    " RETURNING {}").format(_ATTEMPT_COLUMNS)
 _ATTEMPT_BY_NONCE = sql.SQL("SELECT {} FROM app.step_attempts WHERE token_nonce = %s").format(_ATTEMPT_COLUMNS)
 _SET_CHILD = "UPDATE app.execution_steps SET child_execution_id = %s WHERE execution_id = %s AND step_id = %s"
 
@@ -248,7 +249,9 @@ def _publish_step(conn: Conn, event_type: str, execution_id: UUID, step_id: str,
 
 
 def use_task_token(conn: Conn, nonce: str) -> Attempt | None:
-    """Spend a task token: the attempt it was issued for, or None when it is used, expired or unknown."""
+    """Spend a task token: the attempt it was issued for, or None when it is used, expired, unknown, or its attempt
+    has ended (timed out, abandoned). The row stays locked until the caller's transaction ends, so the result
+    recorded with the spend is the attempt's only one."""
     row = conn.execute(_USE_TOKEN, (nonce,)).fetchone()
     return None if row is None else _attempt(row)
 

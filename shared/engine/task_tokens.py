@@ -77,6 +77,21 @@ def tenant_key(conn: Conn, tenant_id: UUID) -> bytes:
     return key
 
 
+def _existing_key(conn: Conn, tenant_id: UUID) -> bytes | None:
+    """The tenant's signing key if it has one: verifying writes nothing, and a tenant without one issued no token."""
+    with _keys_lock:
+        cached = _keys.get(tenant_id)
+    if cached is not None:
+        return cached
+    # Named as well as filtered by RLS: a transaction of another tenant finds no key, so nothing verifies there.
+    row = conn.execute(_READ_KEY + " WHERE tenant_id = %s", (tenant_id,)).fetchone()
+    if row is None:
+        return None
+    with _keys_lock:
+        _keys[tenant_id] = bytes(row["secret"])
+    return bytes(row["secret"])
+
+
 def _signature(key: bytes, payload: str) -> str:
     return _b64(hmac.new(key, f"{PREFIX}.{payload}".encode("ascii"), hashlib.sha256).digest())
 
@@ -119,7 +134,8 @@ def verify(conn: Conn, token: str, *, now: datetime | None = None) -> TaskClaims
     """
     claims = read_claims(token)
     payload, signature = token.split(".")[1:]
-    if not hmac.compare_digest(signature, _signature(tenant_key(conn, claims.tenant_id), payload)):
+    key = _existing_key(conn, claims.tenant_id)
+    if key is None or not hmac.compare_digest(signature, _signature(key, payload)):
         raise InvalidTaskTokenError("the task token's signature does not verify")
     if claims.expires_at <= (now or datetime.now(UTC)):
         raise InvalidTaskTokenError("the task token has expired")
