@@ -16,13 +16,16 @@ from typing import Any
 import pytest
 from azure.storage.blob import BlobServiceClient, ContainerClient
 from psycopg_pool import ConnectionPool
+from pydantic import BaseModel
 
 from shared.api.durable import get_durable_client
 from shared.config import get_settings
 from shared.db.session import tenant_transaction
-from shared.engine import payloads, remote, task_tokens
+from shared.engine import payloads, remote, task_tokens, worker
 from shared.engine import steps as store
+from shared.engine.protocol import WorkItem
 from shared.engine.steps import AttemptKey, StepSeed
+from shared.modules import Module, ModuleContext
 from shared.tenants.offboarding import tenant_blob_prefix
 from tests.integration.api_harness import ApiHarness
 from tests.integration.test_executions import _execution
@@ -387,3 +390,49 @@ def test_an_output_stored_under_an_old_fixed_name_still_loads_and_is_checked(
     artifacts.upload_blob(name, body.replace(b'"old"', b'"new"'), overwrite=True)  # what overwrite=True allowed
     with pytest.raises(payloads.StoredOutputError, match="sha256"):
         payloads.load(reference, tenants["victim"])
+
+
+class _NoParams(BaseModel):
+    pass
+
+
+class _BigOutput(Module[_NoParams]):
+    """A built-in action whose output is over the inline limit."""
+
+    action = "test.big-output"
+    params_model = _NoParams
+
+    def run(self, ctx: ModuleContext, params: _NoParams) -> Any:
+        return big_output(f"built-in {ctx.attempt}")
+
+
+def test_the_module_worker_stores_outputs_the_same_way(
+    api: ApiHarness, app_pool: ConnectionPool[Any], tenants: dict[str, uuid.UUID], artifacts: ContainerClient
+) -> None:
+    execution = _execution(app_pool, tenants["victim"], path=["running"])
+    key = AttemptKey(execution.id, "build", "run", 1)
+    with tenant_transaction(tenants["victim"], pool=app_pool) as conn:
+        store.seed_steps(conn, execution.id, [StepSeed("build", _BigOutput.action, 1)])
+        store.begin_attempt(conn, key, action=_BigOutput.action, remote=False)
+    item = WorkItem(
+        tenant_id=tenants["victim"],
+        execution_id=execution.id,
+        step_id="build",
+        phase="run",
+        attempt=1,
+        action=_BigOutput.action,
+        params={},
+        remote=False,
+    )
+    outcome = worker.run_item(item, {_BigOutput.action: _BigOutput()})
+    assert outcome is not None
+    reference = outcome.verdict["output"]
+    assert reference[payloads.BLOB_REF]["name"].endswith(
+        f"/outputs/sha256-{reference[payloads.BLOB_REF]['sha256']}.json"
+    )
+    assert payloads.load(reference, tenants["victim"])["marker"] == "built-in 1"
+    # A redelivered item finds the attempt finished and stores nothing more.
+    before = trace(api, artifacts)
+    again = worker.run_item(item, {_BigOutput.action: _BigOutput()})
+    assert again is not None and again.verdict == outcome.verdict
+    assert trace(api, artifacts) == before
