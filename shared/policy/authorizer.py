@@ -20,6 +20,7 @@ from cedarpy import pst
 from shared.auth.principal import Principal
 from shared.policy.actions import PLATFORM_ACTIONS, POLICY_ADMIN_ACTIONS, TENANT_POLICY_ACTIONS, Action
 from shared.policy.facts import TenantFacts
+from shared.policy.policy_text import MAX_POLICY_CHARS, policy_text_problems
 
 __all__ = ["Authorizer", "Decision", "PolicyLoadError", "Reason", "Resource", "TenantFacts", "get_authorizer"]
 
@@ -29,8 +30,7 @@ POLICY_DIR = Path(__file__).parent / "policies"
 SCHEMA_PATH = Path(__file__).parent / "schema.cedarschema"
 NAMESPACE = "QP"
 PLATFORM_ENTITY_ID = "platform"
-MAX_TENANT_POLICY_CHARS = 10_000
-"""Bounds the parse and validation cost of one stored tenant policy."""
+MAX_TENANT_POLICY_CHARS = MAX_POLICY_CHARS
 TENANT_POLICY_CACHE_SIZE = 256
 """Distinct tenant policy sets kept parsed; a set changes only when a Tenant.Admin edits it."""
 
@@ -208,8 +208,11 @@ class Authorizer:
 
     def validate_tenant_policy(self, text: str) -> list[str]:
         """Why a tenant policy cannot be saved (empty = valid): one `forbid` naming tenant actions, schema-valid."""
-        if len(text) > MAX_TENANT_POLICY_CHARS:
-            return [f"a tenant policy is at most {MAX_TENANT_POLICY_CHARS} characters"]
+        # First, and for stored rows too (through _build_policy_set): text too deep for the parser would overflow
+        # the thread's stack inside cedarpy and kill the process rather than raise.
+        bounds = policy_text_problems(text)
+        if bounds:
+            return bounds
         try:
             tree = cedarpy.policies_to_pst(text)
         except ValueError as exc:
