@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -14,6 +15,8 @@ from azure.functions import meta
 
 from devhost.invoker import FunctionInvocationError, Invoker
 from devhost.loader import function_name, trigger_of
+from shared.api.problems import PROBLEM_JSON, internal_error_document
+from shared.api.request_ids import REQUEST_ID_HEADER, choose_request_id
 
 logger = logging.getLogger(__name__)
 
@@ -69,22 +72,36 @@ def make_handler(function: func.Function, invoker: Invoker,
     client_bindings = [b.name for b in function.get_bindings() if b.type == "durableClient"]
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        inputs = {trigger.name: await _http_datum(request)}
-        if client_bindings:
-            if durable_binding is None:
-                raise web.HTTPServiceUnavailable(text="durable functions are not enabled in this host")
-            origin = f"{request.scheme}://{request.host}"
-            for name in client_bindings:
-                inputs[name] = meta.Datum(durable_binding(origin), "string")
+        if client_bindings and durable_binding is None:
+            raise web.HTTPServiceUnavailable(text="durable functions are not enabled in this host")
         try:
+            inputs = {trigger.name: await _http_datum(request)}
+            if durable_binding is not None:
+                origin = f"{request.scheme}://{request.host}"
+                for name in client_bindings:
+                    inputs[name] = meta.Datum(durable_binding(origin), "string")
             out = await invoker.invoke(function, inputs, trace_parent=request.headers.get("traceparent", ""))
+            return _to_response(out)
+        except web.HTTPException:
+            raise  # aiohttp's own answers, e.g. 413 for a body over the host's cap
         except FunctionInvocationError as exc:
-            # The real host answers 500 with no body and logs the failure.
-            logger.error("Executed '%s' (Failed): %s", exc.function_name, exc.friendly, exc_info=exc.exc)
-            return web.Response(status=500)
-        return _to_response(out)
+            return failure_response(request, f"Executed '{exc.function_name}' (Failed): {exc.friendly}", exc.exc)
+        except Exception as exc:  # the host's own translation failed: still an answer, never aiohttp's text page
+            return failure_response(request, f"Executing '{function_name(function)}' failed in the host", exc)
 
     return handle
+
+
+def failure_response(request: web.Request, what: str, exc: BaseException) -> web.Response:
+    """A problem+json 500 carrying the request id, with the cause logged under that id.
+
+    The real host answers an empty 500 here; the gateway never lets an exception out (functions/http_api.py), so
+    locally a failure is made as legible as every other error of the API instead of mirroring that emptiness.
+    """
+    request_id = choose_request_id(request.headers.get(REQUEST_ID_HEADER))
+    logger.error("request %s: %s", request_id, what, exc_info=exc)
+    body = json.dumps(internal_error_document(request_id, request.path)).encode()
+    return web.Response(status=500, body=body, headers={"Content-Type": PROBLEM_JSON, "X-Request-Id": request_id})
 
 
 def add_http_routes(app: web.Application, functions: list[func.Function], invoker: Invoker, route_prefix: str,

@@ -4,13 +4,14 @@
 import azure.durable_functions as df
 import azure.functions as func
 
+from shared.api.adapter import asgi_gateway, serve
 from shared.api.app import create_app
 from shared.api.durable import durable_client_var
 
 bp = df.Blueprint()
 
 # Built at import so that a missing or malformed setting stops the host from starting.
-_gateway = func.AsgiMiddleware(create_app())
+_gateway = asgi_gateway(create_app())
 
 
 @bp.function_name("http_api")
@@ -19,9 +20,9 @@ _gateway = func.AsgiMiddleware(create_app())
 @bp.durable_client_input(client_name="client")
 async def http_api(req: func.HttpRequest, client: df.DurableOrchestrationClient,
                    context: func.Context) -> func.HttpResponse:
-    """Serve one API request through the FastAPI gateway."""
+    """Serve one API request through the FastAPI gateway; no error escapes as a failed invocation."""
     token = durable_client_var.set(client)
     try:
-        return await _gateway.handle_async(req, context)
+        return await serve(_gateway, req, context)
     finally:
         durable_client_var.reset(token)

@@ -1,27 +1,29 @@
 # intent_ref: platform.gateway
-"""ASGI middleware: X-Request-Id correlation and the request body size limit."""
+"""ASGI middleware: X-Request-Id correlation, the error boundaries and the request body size limit."""
 
 from __future__ import annotations
 
 import contextvars
 import logging
-import re
-import uuid
 from typing import Any
 
+from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.api.problems import problem_response
+from shared.api.problems import PROBLEM_JSON, error_response, internal_error_document, problem_response
+from shared.api.request_ids import REQUEST_ID_HEADER, choose_request_id, scope_request_id
 
 logger = logging.getLogger(__name__)
 
-REQUEST_ID_HEADER = "x-request-id"
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-:]{1,128}$")
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 
 class RequestIdMiddleware:
-    """Take the caller's X-Request-Id when it is well-formed (else mint one), echo it and expose it to logs."""
+    """Take the caller's X-Request-Id when it is well-formed (else mint one), echo it and expose it to logs.
+
+    Also the app's error boundary: whatever the layers inside raise (routes, dependencies, other middleware) is
+    answered here as problem+json with the request id, and logged with it, instead of escaping to the server.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -30,15 +32,18 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = _header(scope, REQUEST_ID_HEADER)
-        request_id = incoming if incoming and _VALID_REQUEST_ID.match(incoming) else str(uuid.uuid4())
+        request_id = choose_request_id(_header(scope, REQUEST_ID_HEADER))
         token = request_id_var.set(request_id)
         scope.setdefault("state", {})
         if isinstance(scope["state"], dict):
             scope["state"]["request_id"] = request_id
 
+        started = False
+
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
                 headers.append((b"x-request-id", request_id.encode()))
                 message["headers"] = headers
@@ -46,8 +51,52 @@ class RequestIdMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            response = error_response(exc, instance=str(scope.get("path", "")), request_id=request_id)
+            if started:
+                # Too late for another status line; the truncated answer stands, the cause is in the log.
+                logger.error("request %s failed after its response started", request_id, exc_info=exc)
+                return
+            await response(scope, receive, send_with_id)
         finally:
             request_id_var.reset(token)
+
+
+class ErrorBoundary:
+    """Wraps the whole ASGI app for the Functions adapter: nothing escapes to the host, every request is answered.
+
+    Starlette answers an error that reaches its outermost layer and then raises it again for the server to log;
+    the Functions adapter would turn that raise into a failed invocation, which the host answers with an empty
+    500. Here an error after the answer is dropped (it is logged already), and one before any answer (or an app
+    that returns without answering) gets problem+json.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, path = False, str(scope.get("path", ""))
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if not started:
+                await error_response(exc, instance=path, request_id=_known_request_id(scope))(scope, receive, send)
+            return
+        if not started:
+            request_id = _known_request_id(scope)
+            logger.error("request %s: the app returned without answering %s", request_id, path)
+            await JSONResponse(internal_error_document(request_id, path), status_code=500, media_type=PROBLEM_JSON,
+                               headers={"X-Request-Id": request_id})(scope, receive, send)
 
 
 class BodySizeLimitMiddleware:
@@ -90,6 +139,11 @@ class BodySizeLimitMiddleware:
 
 class _BodyTooLarge(Exception):
     pass
+
+
+def _known_request_id(scope: Scope) -> str:
+    # The request-id middleware's choice when it ran, else the same rule applied here.
+    return scope_request_id(scope) or choose_request_id(_header(scope, REQUEST_ID_HEADER))
 
 
 def _header(scope: Scope, name: str) -> str | None:

@@ -6,18 +6,23 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import psycopg
+from azure.core.exceptions import ServiceRequestError, ServiceResponseError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from shared.api.request_ids import REQUEST_ID_HEADER, choose_request_id, scope_request_id
 from shared.pagination import InvalidCursorError
 
 logger = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 PROBLEM_BASE = "https://quantum-platform.dev/problems/"
+DEPENDENCY_RETRY_AFTER_S = 2
+"""Retry-After of a 503 for a dependency outage: about the database breaker's cooldown (shared/db/availability)."""
 
 
 class FieldError(BaseModel):
@@ -82,35 +87,87 @@ def json_pointer(location: tuple[Any, ...] | list[Any]) -> str:
     return "/" + "/".join(p.replace("~", "~0").replace("/", "~1") for p in parts) if parts else ""
 
 
-def install_problem_handlers(app: FastAPI) -> None:
-    """Turn every error (HTTP, validation, domain, unexpected) into problem+json; never leak a stack trace."""
+def internal_error_document(request_id: str, instance: str | None = None) -> dict[str, Any]:
+    """The body of a 500: what happened and the id to quote, nothing of the internals."""
+    return problem_document(500, "internal-error", "Internal server error",
+                            "The request failed unexpectedly; quote the X-Request-Id when reporting it.",
+                            instance=instance, extensions={"request_id": request_id})
 
-    @app.exception_handler(ProblemError)
-    async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
-        return problem_response(exc.status, exc.slug, exc.title, exc.detail, instance=request.url.path,
-                                errors=exc.errors, headers=exc.headers, extensions=exc.extensions)
 
-    @app.exception_handler(InvalidCursorError)
-    async def _cursor(request: Request, exc: InvalidCursorError) -> JSONResponse:
-        return problem_response(400, "invalid-cursor", "Bad request", str(exc), instance=request.url.path)
+# The one mapping of dependency failures to 503. psycopg.OperationalError covers refused and dropped connections,
+# server shutdown, PoolTimeout and the breaker's DatabaseUnavailable; the blob SDK raises ServiceRequestError when
+# it cannot reach the service and ServiceResponseError when the connection breaks before the answer.
+DEPENDENCY_ERRORS: tuple[tuple[type[Exception], str], ...] = (
+    (psycopg.OperationalError, "database"),
+    (ServiceRequestError, "blob storage"),
+    (ServiceResponseError, "blob storage"),
+)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+
+def unavailable_dependency(exc: BaseException) -> str | None:
+    """Which dependency `exc` says is unreachable ("database", "blob storage"), or None."""
+    exc = _unwrap(exc)
+    return next((name for kind, name in DEPENDENCY_ERRORS if isinstance(exc, kind)), None)
+
+
+def error_response(exc: BaseException, *, instance: str, request_id: str | None) -> JSONResponse:
+    """The problem+json answer to any exception, wherever it was caught; server-side failures are logged."""
+    exc = _unwrap(exc)
+    if isinstance(exc, ProblemError):
+        return problem_response(exc.status, exc.slug, exc.title, exc.detail, instance=instance,
+                                errors=exc.errors, headers=exc.headers,
+                                extensions=_with_request_id(exc.status, exc.extensions, request_id))
+    if isinstance(exc, InvalidCursorError):
+        return problem_response(400, "invalid-cursor", "Bad request", str(exc), instance=instance)
+    if isinstance(exc, StarletteHTTPException):
         title = _TITLES.get(exc.status_code, "Error")
         detail = exc.detail if isinstance(exc.detail, str) and exc.detail != title else None
-        return problem_response(exc.status_code, _slug(exc.status_code), title, detail,
-                                instance=request.url.path, headers=dict(exc.headers or {}))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return problem_response(exc.status_code, _slug(exc.status_code), title, detail, instance=instance,
+                                headers=dict(exc.headers or {}),
+                                extensions=_with_request_id(exc.status_code, None, request_id))
+    if isinstance(exc, RequestValidationError):
         errors = [FieldError(pointer=json_pointer(tuple(e.get("loc", ()))), detail=str(e.get("msg", "invalid")))
                   for e in exc.errors()]
         return problem_response(422, "validation-error", "Request validation failed",
-                                f"{len(errors)} invalid field(s)", instance=request.url.path, errors=errors)
+                                f"{len(errors)} invalid field(s)", instance=instance, errors=errors)
+    request_id = request_id or choose_request_id(None)
+    headers = {"X-Request-Id": request_id}
+    dependency = unavailable_dependency(exc)
+    if dependency is not None:
+        # An outage is not a bug: one line with the cause, no traceback per refused request.
+        logger.warning("request %s: %s unavailable (%s: %s)", request_id, dependency, type(exc).__name__, exc)
+        return problem_response(503, "dependency-unavailable", "Service unavailable",
+                                f"The {dependency} is unavailable at the moment; retry after "
+                                f"{DEPENDENCY_RETRY_AFTER_S} seconds.", instance=instance,
+                                headers={**headers, "Retry-After": str(DEPENDENCY_RETRY_AFTER_S)},
+                                extensions={"request_id": request_id})
+    logger.error("request %s: unhandled error on %s", request_id, instance, exc_info=exc)
+    return JSONResponse(internal_error_document(request_id, instance), status_code=500, media_type=PROBLEM_JSON,
+                        headers=headers)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # noqa: ARG001  # logged below
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response(500, "internal-error", "Internal server error",
-                                "The request failed unexpectedly; quote the X-Request-Id when reporting it.",
-                                instance=request.url.path)
+
+def _with_request_id(status: int, extensions: dict[str, Any] | None, request_id: str | None) -> dict[str, Any]:
+    # A server-side failure is reported by quoting its request id, so every 5xx body names it.
+    if status < 500 or request_id is None:
+        return extensions or {}
+    return {**(extensions or {}), "request_id": request_id}
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    # Task groups wrap a lone failure in an ExceptionGroup; the failure inside decides the answer.
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Turn every error (HTTP, validation, domain, outage, unexpected) into problem+json; never a stack trace."""
+
+    async def _handle(request: Request, exc: Exception) -> JSONResponse:
+        # Inside the app the request-id middleware has run; the catch-all (outermost) may run before it did.
+        request_id = scope_request_id(request.scope) or choose_request_id(request.headers.get(REQUEST_ID_HEADER))
+        return error_response(exc, instance=request.url.path, request_id=request_id)
+
+    for kind in (ProblemError, InvalidCursorError, StarletteHTTPException, RequestValidationError,
+                 *(kind for kind, _ in DEPENDENCY_ERRORS), Exception):
+        app.add_exception_handler(kind, _handle)

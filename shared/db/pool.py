@@ -12,6 +12,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
 from shared.config import Settings, get_settings
+from shared.db.availability import Breaker, GuardedPool
 
 _ENTRA_POSTGRES_SCOPE = "https://ossrdbms-aad.database.windows.net/.default"
 CONTROL_POOL_MAX = 4
@@ -53,8 +54,10 @@ def build_pool(
     client_id: str | None = None, name: str = "quantum",
 ) -> ConnectionPool[Any]:
     """A new, opened pool whose connections are autocommit with dict rows (`client_id`: whose token, in Azure)."""
-    pool: ConnectionPool[Any] = ConnectionPool(
+    # Guarded: once a connection attempt has failed, requests are refused at once instead of each waiting.
+    pool: ConnectionPool[Any] = GuardedPool(
         conninfo,
+        breaker=Breaker(name, probe_s=settings.QP_DATABASE_POOL_TIMEOUT_S + 1.0),
         kwargs=_connection_kwargs(settings, client_id),
         min_size=min_size,
         max_size=max_size or settings.QP_DATABASE_POOL_MAX,
