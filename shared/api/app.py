@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from shared.api import health
+from shared.api.accepted_input import AcceptedInputMiddleware
 from shared.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from shared.api.problems import install_problem_handlers
 from shared.api.routers import (
@@ -41,6 +42,7 @@ def create_app() -> FastAPI:
                    ingress.router):
         app.include_router(router)
     # Order: the request id wraps everything, so even a 413 carries one.
+    app.add_middleware(AcceptedInputMiddleware)  # innermost: a body over the limit is 413 before parsing
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.QP_MAX_BODY_BYTES)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -17,6 +17,7 @@ from uuid import UUID
 import psycopg
 from psycopg.rows import DictRow
 
+from shared import accepted_json
 from shared.engine.steps import AttemptKey
 
 Conn = psycopg.Connection[DictRow]
@@ -111,19 +112,28 @@ def issue(conn: Conn, tenant_id: UUID, key: AttemptKey, ttl_s: int, *, now: date
     return IssuedToken(f"{PREFIX}.{payload}.{_signature(tenant_key(conn, tenant_id), payload)}", nonce, expires_at)
 
 
+_LAST_EXPIRY = int(datetime(9999, 1, 1, tzinfo=UTC).timestamp())
+_LAST_ATTEMPT = 2**31 - 1  # the attempt columns are Postgres integers
+
+
+def _whole(value: object, low: int, high: int) -> bool:
+    return type(value) is int and low <= value <= high  # bool, float and NaN are not claims issue() writes
+
+
 def read_claims(token: str) -> TaskClaims:
     """The token's claims, NOT yet verified: only to find the tenant whose key verifies it."""
     parts = token.split(".")
     if len(parts) != 3 or parts[0] != PREFIX or len(token) > 2048:
         raise InvalidTaskTokenError("not a task token")
     try:
-        raw = json.loads(_unb64(parts[1]))
-        phase = raw["p"]
-        if phase not in ("run", "compensate"):
-            raise ValueError(phase)
-        key = AttemptKey(UUID(raw["e"]), str(raw["s"]), phase, int(raw["a"]))
-        return TaskClaims(UUID(raw["t"]), key, str(raw["n"]), datetime.fromtimestamp(int(raw["x"]), UTC))
-    except (ValueError, KeyError, TypeError, binascii.Error, json.JSONDecodeError):
+        raw = accepted_json.loads(_unb64(parts[1]))
+        phase, attempt, expiry = raw["p"], raw["a"], raw["x"]
+        if phase not in ("run", "compensate") or not _whole(attempt, 1, _LAST_ATTEMPT) \
+                or not _whole(expiry, 0, _LAST_EXPIRY):
+            raise ValueError("claims out of range")
+        key = AttemptKey(UUID(raw["e"]), str(raw["s"]), phase, attempt)
+        return TaskClaims(UUID(raw["t"]), key, str(raw["n"]), datetime.fromtimestamp(expiry, UTC))
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, binascii.Error):
         raise InvalidTaskTokenError("not a task token") from None
 
 

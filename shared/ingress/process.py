@@ -21,6 +21,8 @@ from uuid import UUID
 from pydantic import ValidationError
 
 from shared import telemetry
+from shared.accepted_json import NotAcceptedJSONError, accepted
+from shared.api.accepted_input import refused_problem
 from shared.api.problems import FieldError, ProblemError, json_pointer, problem_document
 from shared.api.security import RequestContext, caller_context
 from shared.api.starting import begin, launch
@@ -122,7 +124,9 @@ async def process_event(event: IngressEvent, client: Any, validator: TokenValida
     try:
         check_fresh(event, moment)
         try:
-            request = IntentRequest.parse(event.body)
+            request = IntentRequest.parse(accepted(event.body))
+        except NotAcceptedJSONError as exc:  # before its key is read: such a body may not even parse safely
+            raise Rejected("invalid", refused_problem(exc)) from None
         except ValueError as exc:
             key = IntentRequest.key_of(event.body)
             raise _invalid_body(exc) from None

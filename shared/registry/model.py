@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from shared import accepted_json
 from shared.registry.references import STEP_ID_PATTERN
 from shared.registry.when import WhenExpr, WhenSyntaxError, parse_when
 
@@ -65,6 +66,17 @@ def merged_params(raw: Mapping[str, Any], known: Collection[str]) -> dict[str, A
     return {**{key: value for key, value in raw.items() if key not in known}, **params}
 
 
+def _accepted_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Parameters hold only finite numbers and storable text, whatever built them (stored ones always do)."""
+    found = accepted_json.refusals(params, bound_integers=False)
+    if found:
+        first = found[0]
+        at = first.pointer.split("/")[1].replace("~1", "/").replace("~0", "~")
+        raise PydanticCustomError("not_accepted", "{detail} (at {pointer})",
+                                  {"detail": first.detail, "pointer": first.pointer, "at": at})
+    return params
+
+
 class RetryPolicy(BaseModel):
     """Attempts with exponential backoff: the wait before attempt n+1 is initial × backoff^(n-1), capped."""
 
@@ -101,6 +113,8 @@ class Compensation(BaseModel):
     def _normalise_params(cls, data: Any) -> Any:
         return _params_beside_action(data, COMPENSATION_FIELDS)
 
+    _accepted = field_validator("params")(_accepted_params)
+
 
 class Step(BaseModel):
     """One step: an action handled by a module, its parameters and how it is scheduled."""
@@ -121,6 +135,8 @@ class Step(BaseModel):
     @classmethod
     def _normalise_params(cls, data: Any) -> Any:
         return _params_beside_action(data, STEP_FIELDS)
+
+    _accepted = field_validator("params")(_accepted_params)
 
     @field_validator("when")
     @classmethod

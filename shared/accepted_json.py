@@ -1,0 +1,228 @@
+# intent_ref: platform.hardening
+"""The JSON the platform accepts from outside (HTTP bodies, intent-requests events), and the text it can store."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+MAX_DEPTH = 128
+"""Nested arrays and objects, the document itself being level 1. Routes bound their own documents more tightly
+(definitions and parameter schemas at 32 levels by default) and name the place; this bound only has to keep every
+parser and walker far from the recursion limit while letting those precise checks answer first."""
+MIN_INT = -(2**63)
+MAX_INT = 2**63 - 1
+"""Integers are those of a Postgres bigint: anything wider is refused rather than rounded or stored as text."""
+MAX_REFUSALS = 20
+"""A hostile body can hold a million bad strings; the answer names the first few."""
+
+_BOM = b"\xef\xbb\xbf"
+# NUL cannot be stored in Postgres text or jsonb; a lone surrogate cannot be encoded as UTF-8 at all.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_NESTING = {"[": 1, "{": 1, "]": -1, "}": -1}
+_MAX_INT_DIGITS = len(str(MAX_INT))
+_JSON_MEDIA_TYPE = re.compile(r"^application/(?:json|[!#$%&'*.^_`|~0-9a-z-]+\+json)$")
+
+
+UNSTORABLE_TEXT = "unstorable_text"
+NON_FINITE_NUMBER = "non_finite_number"
+INTEGER_OUT_OF_RANGE = "integer_out_of_range"
+DUPLICATE_MEMBER = "duplicate_member"
+TOO_DEEP = "too_deep"
+NOT_UTF8 = "not_utf8"
+BYTE_ORDER_MARK = "byte_order_mark"
+INVALID_JSON = "invalid_json"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """One place in the input that is not accepted: an RFC 6901 pointer (from the document's root), why, and a
+    machine-readable code (one of the constants above)."""
+
+    pointer: str
+    detail: str
+    code: str
+
+
+class NotAcceptedJSONError(ValueError):
+    """The bytes are not JSON the platform accepts; `refusals` name where and why (at most MAX_REFUSALS)."""
+
+    def __init__(self, refusals: list[Refusal]) -> None:
+        super().__init__("; ".join(f"{r.pointer or '(document)'}: {r.detail}" for r in refusals))
+        self.refusals = tuple(refusals)
+
+
+class _Refused:
+    """A value the parser met that is refused; kept in place so the walk can say where it was."""
+
+    __slots__ = ("code", "detail")
+
+    def __init__(self, detail: str, code: str) -> None:
+        self.detail, self.code = detail, code
+
+
+class _DuplicateKeys(dict[str, Any]):
+    """An object that named some member more than once (the last value kept, as json.loads would)."""
+
+    def __init__(self, pairs: list[tuple[str, Any]], duplicates: list[str]) -> None:
+        super().__init__(pairs)
+        self.duplicates = duplicates
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) == len(pairs):
+        return document
+    seen: set[str] = set()
+    duplicates: dict[str, None] = {}
+    for key, _ in pairs:
+        if key in seen:
+            duplicates[key] = None
+        seen.add(key)
+    return _DuplicateKeys(pairs, list(duplicates))
+
+
+def _constant(name: str) -> _Refused:
+    return _Refused(f"{name} is not a JSON number; only finite numbers are accepted", NON_FINITE_NUMBER)
+
+
+def _float(text: str) -> float | _Refused:
+    value = float(text)
+    if math.isfinite(value):
+        return value
+    return _Refused("the number overflows; only finite numbers are accepted", NON_FINITE_NUMBER)
+
+
+def _int(text: str) -> int | _Refused:
+    # Checking the digit count first keeps a 100,000-digit integer from being converted at all.
+    if len(text) - text.startswith("-") <= _MAX_INT_DIGITS:
+        value = int(text)
+        if MIN_INT <= value <= MAX_INT:
+            return value
+    return _Refused(f"the integer is outside [{MIN_INT}, {MAX_INT}]", INTEGER_OUT_OF_RANGE)
+
+
+def pointer_token(name: str) -> str:
+    """One reference token of a pointer (RFC 6901 escaping); unstorable characters are written as \\uXXXX so that
+    the pointer itself can be sent back in a response."""
+    escaped = name.replace("~", "~0").replace("/", "~1")
+    return _UNSTORABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", escaped)
+
+
+def text_refusal(text: str) -> str | None:
+    """Why a string cannot be accepted (a NUL or a lone surrogate in it), or None."""
+    found = _UNSTORABLE.search(text)
+    if found is None:
+        return None
+    char = found.group()
+    return (
+        "NUL (U+0000) is not accepted in text"
+        if char == "\x00"
+        else f"a lone surrogate (U+{ord(char):04X}) is not accepted in text"
+    )
+
+
+def _value_refusal(value: Any, bound_integers: bool) -> _Refused | None:
+    if isinstance(value, _Refused):
+        return value
+    if isinstance(value, str):
+        detail = text_refusal(value)
+        return None if detail is None else _Refused(detail, UNSTORABLE_TEXT)
+    if isinstance(value, float) and not math.isfinite(value):
+        return _Refused("only finite numbers are accepted", NON_FINITE_NUMBER)
+    if bound_integers and isinstance(value, int) and not isinstance(value, bool) and not MIN_INT <= value <= MAX_INT:
+        return _Refused(f"the integer is outside [{MIN_INT}, {MAX_INT}]", INTEGER_OUT_OF_RANGE)
+    return None
+
+
+def _walk(document: Any, bound_integers: bool) -> Iterator[Refusal]:
+    # Iterative, so that a Python value deeper than the recursion limit is walked as safely as a parsed one.
+    stack: list[tuple[str, Any]] = [("", document)]
+    while stack:
+        at, value = stack.pop()
+        if isinstance(value, dict):
+            if isinstance(value, _DuplicateKeys):
+                for key in value.duplicates:
+                    yield Refusal(f"{at}/{pointer_token(key)}", "the member is given more than once", DUPLICATE_MEMBER)
+            children: list[tuple[str, Any]] = []
+            for key, child in value.items():
+                token = pointer_token(key) if isinstance(key, str) else pointer_token(str(key))
+                detail = text_refusal(key) if isinstance(key, str) else "a member name must be a string"
+                if detail is not None:
+                    yield Refusal(f"{at}/{token}", f"member name: {detail}", UNSTORABLE_TEXT)
+                children.append((f"{at}/{token}", child))
+            stack.extend(reversed(children))
+        elif isinstance(value, list | tuple):
+            stack.extend(reversed([(f"{at}/{index}", child) for index, child in enumerate(value)]))
+        else:
+            refused = _value_refusal(value, bound_integers)
+            if refused is not None:
+                yield Refusal(at, refused.detail, refused.code)
+
+
+def refusals(value: Any, *, bound_integers: bool = True) -> list[Refusal]:
+    """What the accepted JSON refuses in an already-parsed value (NUL, lone surrogates, non-finite numbers and,
+    with `bound_integers`, integers beyond a bigint), at most MAX_REFUSALS, in document order.
+
+    Without `bound_integers` it refuses only what Postgres can never have stored, so values read back from the
+    database (written before the bound) still pass."""
+    return list(itertools.islice(_walk(value, bound_integers), MAX_REFUSALS))
+
+
+def nesting_depth(text: str) -> int:
+    """How deeply arrays and objects nest in JSON text, counted without parsing it (brackets in strings ignored)."""
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    return max(itertools.accumulate(_NESTING[c] for c in brackets), default=0)
+
+
+def loads(body: bytes) -> Any:
+    """The document in `body` when it is accepted JSON; NotAcceptedJSONError naming every refused place otherwise.
+
+    Accepted: UTF-8 without a byte order mark; one JSON text (RFC 8259); no NUL and no lone surrogate in any string
+    or member name, escaped or not; only finite numbers; integers within a bigint; no member name twice in an
+    object; at most MAX_DEPTH levels of nesting.
+    """
+    if body.startswith(_BOM):
+        raise NotAcceptedJSONError(
+            [Refusal("", "a byte order mark is not accepted; send UTF-8 without one", BYTE_ORDER_MARK)]
+        )
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise NotAcceptedJSONError([Refusal("", f"the body is not UTF-8 (byte {exc.start})", NOT_UTF8)]) from None
+    depth = nesting_depth(text)
+    if depth > MAX_DEPTH:
+        raise NotAcceptedJSONError([Refusal("", f"nesting is deeper than {MAX_DEPTH} levels", TOO_DEEP)])
+    try:
+        document = json.loads(
+            text, object_pairs_hook=_object, parse_constant=_constant, parse_float=_float, parse_int=_int
+        )
+    except json.JSONDecodeError as exc:
+        raise NotAcceptedJSONError(
+            [Refusal("", f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", INVALID_JSON)]
+        ) from None
+    found = refusals(document)
+    if found:
+        raise NotAcceptedJSONError(found)
+    return document
+
+
+def accepted(body: bytes) -> bytes:
+    """`body` itself when it is accepted JSON (NotAcceptedJSONError otherwise), for callers that parse it again."""
+    loads(body)
+    return body
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    """Whether a Content-Type is application/json or an application/*+json type (parameters such as charset
+    ignored: the body is UTF-8 whatever they say)."""
+    if not content_type:
+        return False
+    return _JSON_MEDIA_TYPE.match(content_type.split(";", 1)[0].strip().lower()) is not None
