@@ -343,6 +343,14 @@ def mint_token(
     )
 
 
+def longest_token_lifetime_s() -> int:
+    """The longest token lifetime the app accepts here: QP_AUTH_MAX_TOKEN_LIFETIME_S, or the app's default."""
+    from shared.auth.tokens import DEFAULT_MAX_LIFETIME_S
+
+    value = os.environ.get("QP_AUTH_MAX_TOKEN_LIFETIME_S", "").strip()
+    return int(value) if value.isdigit() else DEFAULT_MAX_LIFETIME_S
+
+
 def mint_token_cli(
     data_dir: Path,
     base_url: str,
@@ -356,6 +364,11 @@ def mint_token_cli(
     audience: str = DEFAULT_AUDIENCE,
 ) -> str:
     """What `python -m devhost token` calls: mint without a running server (same key, same issuer)."""
+    longest = longest_token_lifetime_s()
+    if expires_in > longest:
+        # Still minted: the app may run with a larger setting than this shell sees.
+        logger.warning("a token that lives %d s is refused by an app whose QP_AUTH_MAX_TOKEN_LIFETIME_S is %d s; "
+                       "raise that setting (local.settings.json) to use it", expires_in, longest)
     return mint_token(
         data_dir=data_dir, base_url=base_url, tenant=tenant, roles=roles, scopes=scopes, oid=oid,
         app_only=app_only, expires_in=expires_in, audience=audience, name=name,

@@ -37,6 +37,14 @@ _FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c", "crit"})
 
 _REQUIRED_CLAIMS = ("exp", "nbf", "iat", "iss", "aud", "tid", "oid", "ver")
 
+_ACCESS_TOKEN_TYPES = frozenset({"jwt", "at+jwt", "application/at+jwt"})
+"""Accepted JOSE `typ` values, compared case-insensitively (RFC 7515 4.1.9, RFC 9068 2.1); the header may be
+absent. Anything else (an encrypted `JWE`, a JSON-serialized `JOSE+JSON`, a logout or ID-token-like type) is a
+token minted for another purpose."""
+
+DEFAULT_MAX_LIFETIME_S = 2 * 3600
+"""Longest accepted lifetime when none is configured (QP_AUTH_MAX_TOKEN_LIFETIME_S); Entra issues 60-90 minutes."""
+
 _MAX_TOKEN_CHARS = 32 * 1024
 """Entra tokens with many roles stay far below this; anything larger is refused before any parsing work."""
 
@@ -135,6 +143,7 @@ class TokenValidator:
         audience: str | Sequence[str],
         *,
         leeway_s: int = 30,
+        max_lifetime_s: int = DEFAULT_MAX_LIFETIME_S,
         jwks_cooldown_s: float = 60.0,
         http_timeout_s: float = 5.0,
         fetch: Fetch | None = None,
@@ -148,9 +157,12 @@ class TokenValidator:
             raise ValueError("leeway_s must be >= 0")
         if jwks_cooldown_s <= 0:
             raise ValueError("jwks_cooldown_s must be > 0")
+        if max_lifetime_s <= 0:
+            raise ValueError("max_lifetime_s must be > 0")
         self._metadata_url = metadata_url
         self._audiences = frozenset(audiences)
         self._leeway_s = leeway_s
+        self._max_lifetime_s = max_lifetime_s
         self._cooldown_s = jwks_cooldown_s
         self._fetch: Fetch = fetch or (lambda url: _fetch_json(url, http_timeout_s))
         self._clock = clock
@@ -165,6 +177,11 @@ class TokenValidator:
     def audiences(self) -> frozenset[str]:
         """The accepted `aud` values."""
         return self._audiences
+
+    @property
+    def max_lifetime_s(self) -> int:
+        """The longest accepted token lifetime, in seconds."""
+        return self._max_lifetime_s
 
     def validate(self, token: str, *, at: float | None = None) -> VerifiedToken:
         """Verify signature and claims; raise InvalidTokenError (with a safe `reason`) on any failure.
@@ -185,13 +202,18 @@ class TokenValidator:
             raise InvalidTokenError("unsupported algorithm")
         if _FORBIDDEN_HEADERS & header.keys():
             raise InvalidTokenError("forbidden token header")
+        typ = header.get("typ")
+        if typ is not None and (not isinstance(typ, str) or typ.lower() not in _ACCESS_TOKEN_TYPES):
+            raise InvalidTokenError("not an access token type")
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid or len(kid) > _MAX_KID_CHARS:
             raise InvalidTokenError("missing key id")
 
         key, metadata_issuer = self._signing_key(kid)
         claims = self._decode(token, key.public_key, at)
-        return self._check_claims(claims, key, metadata_issuer)
+        verified = self._check_claims(claims, key, metadata_issuer)
+        self._check_lifetime(claims, time.time() if at is None else at)
+        return verified
 
     # -- claims ---------------------------------------------------------------------------------------------------
 
@@ -231,6 +253,16 @@ class TokenValidator:
             raise InvalidTokenError("token expired")
         if nbf > at + self._leeway_s:
             raise InvalidTokenError("token not yet valid")
+
+    def _check_lifetime(self, claims: Mapping[str, Any], now: float) -> None:
+        # A stolen token is usable until it expires: one minted to live for days (a leaked signing key, a
+        # misconfigured lifetime policy) is refused rather than honoured for that long. Measured from the issuer's
+        # own start (iat, else nbf), so no clock skew is involved; without either, from now.
+        lifetime = _lifetime(claims, now)
+        if lifetime is None:
+            raise InvalidTokenError("malformed claim: exp")
+        if lifetime > self._max_lifetime_s:
+            raise InvalidTokenError("token lifetime too long")
 
     def _check_claims(self, claims: dict[str, Any], key: _Key, metadata_issuer: str) -> VerifiedToken:
         for time_claim in ("exp", "nbf", "iat"):
@@ -352,6 +384,22 @@ class TokenValidator:
             return None
         self._key_set = key_set
         return key_set
+
+
+def _numeric_date(value: object) -> float | None:
+    return None if isinstance(value, bool) or not isinstance(value, int | float) else float(value)
+
+
+def _lifetime(claims: Mapping[str, Any], now: float) -> float | None:
+    """How long a token is valid for, in seconds: exp - iat, else exp - nbf, else exp - now; None without an exp
+    that is a number. A start that is not a number counts as absent (the claim checks refuse it anyway)."""
+    expires = _numeric_date(claims.get("exp"))
+    if expires is None:
+        return None
+    start = _numeric_date(claims.get("iat"))
+    if start is None:
+        start = _numeric_date(claims.get("nbf"))
+    return expires - (now if start is None else start)
 
 
 def _fresh(fetched_at: float, now: float) -> bool:

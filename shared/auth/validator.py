@@ -24,7 +24,7 @@ def get_token_validator() -> TokenValidator:
     try:
         return TokenValidator(
             settings.QP_AUTH_METADATA_URL, audiences, leeway_s=settings.QP_AUTH_LEEWAY_S,
-            jwks_cooldown_s=settings.QP_AUTH_JWKS_COOLDOWN_S,
+            max_lifetime_s=settings.QP_AUTH_MAX_TOKEN_LIFETIME_S, jwks_cooldown_s=settings.QP_AUTH_JWKS_COOLDOWN_S,
         )
     except ValueError as exc:
         # A plain-http metadata URL to a remote host is a setting mistake; report it as one.
