@@ -26,10 +26,11 @@ def _run(args: argparse.Namespace) -> int:
     ready = ["", "Quantum Platform is running at {base_url}", "  liveness:  curl -s {base_url}/api/health",
              "  readiness: curl -s {base_url}/api/ready"]
     if args.seed_demo:
-        from devhost.identity import mint_token_cli
+        from devhost.identity import longest_token_lifetime_s, mint_token_cli
 
         token = mint_token_cli(options.data_dir.resolve(), f"http://{args.host}:{args.port}", "contoso",
-                               ["Tenant.Admin", "Intent.Author", "Intent.Executor"], [], None, 8 * 3600, False)
+                               ["Tenant.Admin", "Intent.Author", "Intent.Executor"], [], None,
+                               longest_token_lifetime_s(), False)
         ready.append(f'  as contoso: curl -s -H "Authorization: Bearer {token}" {{base_url}}/api/v1/me')
         ready.append("  other tokens: .venv/bin/python -m devhost token --tenant fabrikam --roles Intent.Reader")
     ready.append("Press Ctrl-C to stop.")
