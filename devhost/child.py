@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devhost.keys import load_or_create_master_key
 from devhost.services import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +34,16 @@ class DevhostProcess:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def host_key(self) -> str:
+        """The master key of the host's data folder (what `python -m devhost key` prints)."""
+        return load_or_create_master_key(self.data_dir.resolve())
+
+    @property
+    def key_header(self) -> dict[str, str]:
+        """The header that opens the host's guarded routes (Durable API, /devhost/eventhubs)."""
+        return {"x-functions-key": self.host_key}
 
     def start(self, timeout: float = 60.0) -> DevhostProcess:
         """Start the host and wait until it listens."""

@@ -1,5 +1,5 @@
 # intent_ref: platform.devhost
-"""Command line: `python -m devhost run` serves the app; `python -m devhost token` mints a dev token."""
+"""Command line: `python -m devhost run` serves the app; `token` mints a dev token; `key` prints the master key."""
 
 from __future__ import annotations
 
@@ -33,6 +33,8 @@ def _run(args: argparse.Namespace) -> int:
                                longest_token_lifetime_s(), False)
         ready.append(f'  as contoso: curl -s -H "Authorization: Bearer {token}" {{base_url}}/api/v1/me')
         ready.append("  other tokens: .venv/bin/python -m devhost token --tenant fabrikam --roles Intent.Reader")
+    ready.append("  the Durable API and /devhost/eventhubs need the master key: -H \"x-functions-key: "
+                 "$(.venv/bin/python -m devhost key)\"")
     ready.append("Press Ctrl-C to stop.")
     asyncio.run(serve(options, ready))
     return 0
@@ -46,6 +48,13 @@ def _token(args: argparse.Namespace) -> int:
     base_url = f"http://127.0.0.1:{args.port}"
     print(mint_token_cli(Path(args.data_dir).resolve(), base_url, args.tenant, roles, scopes, args.oid,
                          args.expires_in, args.app_only))
+    return 0
+
+
+def _key(args: argparse.Namespace) -> int:
+    from devhost.keys import load_or_create_master_key
+
+    print(load_or_create_master_key(Path(args.data_dir).resolve()))
     return 0
 
 
@@ -70,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--port", type=int, default=DEFAULT_PORT, help="port of the devhost that serves the JWKS")
     token.add_argument("--data-dir", default=".data")
     token.set_defaults(handler=_token)
+    key = sub.add_parser("key", help="print the host's master key (created on first use; stable per data folder)")
+    key.add_argument("--data-dir", default=".data")
+    key.set_defaults(handler=_key)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("azure", "aiohttp.access", "psycopg.pool", "pgserver"):

@@ -26,6 +26,8 @@ class HostContext:
     base_url: str
     """The origin the host serves on, e.g. http://127.0.0.1:7071 (known before start())."""
     task_hub: str
+    host_key: str | None = None
+    """The master key the host asks for on its guarded routes (None: a bare component, nothing guards it)."""
 
 
 class Component(Protocol):

@@ -16,6 +16,7 @@ from devhost.component import Component, HostContext
 from devhost.hostjson import load_host_json, load_local_settings
 from devhost.http_functions import add_http_routes
 from devhost.invoker import Invoker
+from devhost.keys import HostKeyGuard, load_or_create_master_key
 from devhost.loader import FunctionIndex, load_function_app
 from devhost.provision import Provisioned, provision_database, provision_storage
 from shared.config import SettingsError, load_settings
@@ -86,7 +87,10 @@ class DevHost:
         self.invoker = Invoker(str(options.app_dir.resolve()))
         self.base_url = f"http://{options.host}:{options.port}"
         task_hub = os.environ.get("QP_TASK_HUB", "QuantumLocal")
-        self.ctx = HostContext(index, self.invoker, owner_url, options.data_dir.resolve(), self.base_url, task_hub)
+        data_dir = options.data_dir.resolve()
+        self.host_key = load_or_create_master_key(data_dir)
+        self.guard = HostKeyGuard(self.host_key)
+        self.ctx = HostContext(index, self.invoker, owner_url, data_dir, self.base_url, task_hub, self.host_key)
         self.components = build_components(self.ctx)
         self.invoker.durable_binding = lambda: self.durable_binding(self.base_url)
         self.runner: web.AppRunner | None = None
@@ -99,10 +103,16 @@ class DevHost:
         return str(durable.client_binding_json(origin))
 
     def web_app(self) -> web.Application:
-        """Component routes first, then the app's HTTP functions (catch-alls last)."""
-        app = web.Application(client_max_size=100 * 1024 * 1024)  # the Functions host's own request cap
+        """Component routes first, then the app's HTTP functions (catch-alls last).
+
+        Every component route needs the master key unless it is public in Azure too (devhost/keys.py).
+        """
+        app = web.Application(client_max_size=100 * 1024 * 1024,  # the Functions host's own request cap
+                              middlewares=[self.guard.middleware])
         for component in self.components:
             component.add_routes(app)
+        guarded = self.guard.guard(app.router.resources())
+        logger.debug("routes that need the master key: %s", ", ".join(guarded))
         route_prefix = load_host_json(self.options.app_dir).route_prefix
         add_http_routes(app, self.index.http, self.invoker, route_prefix, self.durable_binding)
         return app

@@ -80,9 +80,10 @@ def _time(request: web.Request, name: str) -> Any:
 class DurableApi:
     """HTTP handlers over Management; identical behaviour on both route prefixes."""
 
-    def __init__(self, management: Management, task_hub: str) -> None:
+    def __init__(self, management: Management, task_hub: str, system_key: str | None = None) -> None:
         self._management = management
         self._hub = task_hub
+        self._system_key = system_key
 
     def add_routes(self, app: web.Application) -> None:
         for prefix in PREFIXES:
@@ -135,7 +136,7 @@ class DurableApi:
             await asyncio.sleep(min(max(interval, 0.05), remaining))
 
     def _check_status(self, request: web.Request, instance_id: str) -> web.Response:
-        payload = management_urls(_origin(request), self._hub, instance_id)
+        payload = management_urls(_origin(request), self._hub, instance_id, system_key=self._system_key)
         headers = {"Location": payload["statusQueryGetUri"], "Retry-After": "10"}
         return web.json_response(payload, status=202, headers=headers)
 

@@ -31,7 +31,7 @@ class DurableHost:
         self._store = Store(ctx.task_hub)
         self._engine = Engine(ctx, self._db, self._store, max_activities=max_activities, poll_interval=poll_interval)
         self.management = Management(self._db, self._store, ctx.index.orchestrators, self._engine.wake)
-        self._api = DurableApi(self.management, ctx.task_hub)
+        self._api = DurableApi(self.management, ctx.task_hub, ctx.host_key)
 
     def add_routes(self, app: web.Application) -> None:
         """The management API on the RPC prefix (/durabletask/) and the public webhook prefix."""
@@ -59,4 +59,4 @@ class DurableHost:
 
     def client_binding_json(self, origin: str | None = None) -> str:
         """The JSON a durable_client_input binding receives; management URLs use `origin` (default base_url)."""
-        return client_binding_json(self._ctx.base_url, self._ctx.task_hub, origin)
+        return client_binding_json(self._ctx.base_url, self._ctx.task_hub, origin, self._ctx.host_key)

@@ -1,5 +1,5 @@
 # intent_ref: platform.devhost-eventhubs
-"""Local-only admin routes: publish events, and read them as an external consumer group (curl, tests, workers)."""
+"""Local-only admin routes (the host asks for its key, ADR 0020): publish events, read them as a consumer group."""
 
 from __future__ import annotations
 

@@ -56,7 +56,7 @@ class EventHubHost:
         self._group_locks: dict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
 
     def add_routes(self, app: web.Application) -> None:
-        """`POST /devhost/eventhubs/{hub}/events` and `GET .../{hub}/consumergroups/{group}/events`, local only."""
+        """`POST /devhost/eventhubs/{hub}/events`, `GET .../{hub}/consumergroups/{group}/events`: local, keyed."""
         add_publish_route(app, self.publish)
         add_read_route(app, self.read_group)
 

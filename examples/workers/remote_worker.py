@@ -7,9 +7,11 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,6 +24,7 @@ HUB = "module-work"
 DEFAULT_GROUP = "example-worker"
 DEFAULT_REGISTRY = "example.azurecr.io"
 LONG_POLL_S = 20.0
+DEVHOST_KEY_FILE = Path(".data/host-keys/master")  # where `make run` keeps the devhost's master key
 _POST_ATTEMPTS = 4
 
 DESCRIPTION = """An EXAMPLE remote worker for the seed tutorial's remote actions; not part of the platform.
@@ -35,7 +38,8 @@ knows, makes up a plausible output (nothing is built, pushed or deployed) and re
 The task token is the only credential. Two transports:
 
 * `--devhost http://127.0.0.1:7071`: the local devhost's read route
-  `GET /devhost/eventhubs/module-work/consumergroups/{group}/events` (loopback callers only);
+  `GET /devhost/eventhubs/module-work/consumergroups/{group}/events` (loopback callers with the devhost's master
+  key: `--devhost-key`, else $QP_DEVHOST_KEY, else .data/host-keys/master under the current folder);
 * `--eventhubs-namespace <ns>.servicebus.windows.net`: azure-eventhub's EventHubConsumerClient with
   DefaultAzureCredential (needs "Azure Event Hubs Data Receiver"; not exercised by the tests).
 
@@ -140,11 +144,21 @@ def _report(api: httpx.Client, url: str, body: dict[str, Any], done: str) -> str
 
 
 # ------------------------------------------------------------------------------------------ transports
-def devhost_batches(base: str, group: str, *, once: bool) -> Iterator[list[Any]]:
+def devhost_key(given: str | None) -> str | None:
+    """The devhost's master key: given, from the environment, or read from the default data folder."""
+    if given:
+        return given
+    if os.environ.get("QP_DEVHOST_KEY"):
+        return os.environ["QP_DEVHOST_KEY"]
+    return DEVHOST_KEY_FILE.read_text().strip() if DEVHOST_KEY_FILE.is_file() else None
+
+
+def devhost_batches(base: str, group: str, *, once: bool, key: str | None = None) -> Iterator[list[Any]]:
     """Event bodies from the devhost's read route; with `once`, stop at the first empty read."""
     url = f"{base.rstrip('/')}/devhost/eventhubs/{HUB}/consumergroups/{group}/events"
     wait = 0.0 if once else LONG_POLL_S
-    with httpx.Client(timeout=wait + 10.0) as client:
+    headers = {"x-functions-key": key} if key else {}
+    with httpx.Client(timeout=wait + 10.0, headers=headers) as client:
         while True:
             try:
                 response = client.get(url, params={"limit": 50, "wait": wait})
@@ -230,6 +244,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "http://127.0.0.1:7071)")
     source.add_argument("--eventhubs-namespace", metavar="FQDN", help="read module-work from Azure Event Hubs "
                         "(<ns>.servicebus.windows.net, DefaultAzureCredential)")
+    parser.add_argument("--devhost-key", metavar="KEY", help="the devhost's master key (default: $QP_DEVHOST_KEY, "
+                        f"else {DEVHOST_KEY_FILE})")
     parser.add_argument("--api-base", metavar="URL", help="the platform's base URL (default: the --devhost URL)")
     parser.add_argument("--consumer-group", default=DEFAULT_GROUP, help=f"default: {DEFAULT_GROUP}")
     parser.add_argument("--once", action="store_true", help="process what is there now, then exit")
@@ -249,7 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the worker until interrupted (or, with --once, until nothing is left)."""
     options = parse_args(argv)
     if options.devhost:
-        batches = devhost_batches(options.devhost, options.consumer_group, once=options.once)
+        batches = devhost_batches(options.devhost, options.consumer_group, once=options.once,
+                                  key=devhost_key(options.devhost_key))
     else:
         batches = eventhubs_batches(options.eventhubs_namespace, options.consumer_group, once=options.once)
     with httpx.Client(base_url=options.api_base, timeout=30.0) as api:

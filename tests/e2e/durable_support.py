@@ -77,11 +77,13 @@ async def serve_durable_host(index: FunctionIndex, app_dir: Path, owner_url: str
         invoker.shutdown()
 
 
-def with_client(base_url: str, task_hub: str, call: Callable[[df.DurableOrchestrationClient], Awaitable[T]]) -> T:
-    """Run `call` with an SDK client for a devhost child process, on a fresh event loop."""
+def with_client(base_url: str, task_hub: str, call: Callable[[df.DurableOrchestrationClient], Awaitable[T]],
+                key: str) -> T:
+    """Run `call` with an SDK client for a devhost child process (`key`: its master key), on a fresh event loop."""
     async def main() -> T:
         try:
-            return await call(df.DurableOrchestrationClient(client_binding_json(base_url, task_hub)))
+            binding = client_binding_json(base_url, task_hub, system_key=key)
+            return await call(df.DurableOrchestrationClient(binding))
         finally:
             await http_utils._close_session()  # module-global session: never reuse it across event loops
 

@@ -20,12 +20,13 @@ def test_event_hub_trigger_starts_an_orchestration(devhost_factory: DevhostFacto
     host = devhost_factory()
     instance_id = f"from-event-{uuid.uuid4().hex[:8]}"
     published = httpx.post(f"{host.base_url}/devhost/eventhubs/durable-starts/events",
-                           json={"events": [{"body": {"instance_id": instance_id, "name": "hub"}}]})
+                           json={"events": [{"body": {"instance_id": instance_id, "name": "hub"}}]},
+                           headers=host.key_header)
     assert published.status_code == 200, published.text
 
     async def completed(client: df.DurableOrchestrationClient) -> Any:
         return await wait_for_status(client, instance_id, timeout=30)
 
-    status = with_client(host.base_url, "ConformanceHub", completed)
+    status = with_client(host.base_url, "ConformanceHub", completed, host.host_key)
     assert status.runtime_status == df.OrchestrationRuntimeStatus.Completed, host.log()[-3000:]
     assert status.output == ["Hello hub", "Hello Hello hub"]

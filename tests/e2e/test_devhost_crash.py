@@ -67,7 +67,8 @@ def test_orchestration_survives_sigkill_mid_activity_and_mid_timer(
     steps, log = 8, tmp_path / f"steps-{run}.log"
     host = devhost_factory()
     instance_id = with_client(host.base_url, TASK_HUB, lambda c: c.start_new(
-        "durable_long_chain_orchestrator", None, {"run": run, "steps": steps, "sleep": 0.25, "timer_s": 1.5}))
+        "durable_long_chain_orchestrator", None, {"run": run, "steps": steps, "sleep": 0.25, "timer_s": 1.5}),
+        host.host_key)
 
     # Crash 1: while the activity chain runs (an activity is typically mid-sleep).
     _poll("three steps to start", lambda: sum(_executions(log).values()) >= 3)
@@ -99,7 +100,7 @@ def test_orchestration_survives_sigkill_mid_activity_and_mid_timer(
             assert time.monotonic() < deadline, "the orchestration did not finish after the restart"
             await asyncio.sleep(0.05)
 
-    status = with_client(host.base_url, TASK_HUB, finished)
+    status = with_client(host.base_url, TASK_HUB, finished, host.host_key)
     assert status.runtime_status == df.OrchestrationRuntimeStatus.Completed, status.output
     assert status.output == {"steps": [step * 10 for step in range(steps)], "squares": [0, 100, 400]}
 

@@ -125,9 +125,11 @@ def test_an_execution_whose_orchestration_was_terminated_ends_failed_and_frees_i
         assert execute(platform, intent, {}, headers).status_code == 429  # the one slot is held
 
         instance = f"{platform.base}/runtime/webhooks/durabletask/instances/{execution_id}"
-        terminated = httpx.post(f"{instance}/terminate", params={"reason": "operator stop"})
+        key = platform.host.key_header
+        terminated = httpx.post(f"{instance}/terminate", params={"reason": "operator stop"}, headers=key)
         assert terminated.status_code == 202, terminated.text
-        _until(lambda: httpx.get(instance).json().get("runtimeStatus") == "Terminated", "see the termination")
+        _until(lambda: httpx.get(instance, headers=key).json().get("runtimeStatus") == "Terminated",
+               "see the termination")
         assert view()["status"] == "running"  # nothing recorded the end
         with psycopg.connect(pg.admin_url, dbname="quantum") as conn:
             conn.execute(_BACKDATE_UPDATE, (execution_id,))  # quiet for ten minutes, instead of waiting them out

@@ -506,7 +506,8 @@ def test_module_work_delivered_twice_is_applied_once(platform: Platform, side_ef
     assert row is not None
     item = json.loads(bytes(row[0]))
     published = httpx.post(f"{platform.base}/devhost/eventhubs/module-work/events",
-                           json={"events": [{"body": item, "partition_key": item["tenant_id"]}]})
+                           json={"events": [{"body": item, "partition_key": item["tenant_id"]}]},
+                           headers=platform.host.key_header)
     assert published.status_code == 200, published.text
     time.sleep(3)  # the worker takes the duplicate within a poll interval
     assert len(side_effects.named(name)) == 1

@@ -42,7 +42,8 @@ def publish(platform: Platform, body: Any, *, token: str | None, partition_key: 
         event["body"] = body.decode()
     else:
         event["body"] = body
-    sent = httpx.post(f"{platform.base}/devhost/eventhubs/{HUB}/events", json={"events": [event]}, timeout=30)
+    sent = httpx.post(f"{platform.base}/devhost/eventhubs/{HUB}/events", json={"events": [event]},
+                      headers=platform.host.key_header, timeout=30)
     assert sent.status_code == 200, sent.text
 
 

@@ -35,7 +35,7 @@ def _read_until(platform: Platform, group: str, done: Any,  # noqa: F811
     events: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        response = httpx.get(url, params={"limit": 100, "wait": 2}, timeout=15)
+        response = httpx.get(url, params={"limit": 100, "wait": 2}, headers=platform.host.key_header, timeout=15)
         if response.status_code == 404:  # nothing was ever published to the hub yet
             time.sleep(1)
             continue

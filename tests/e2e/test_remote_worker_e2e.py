@@ -33,19 +33,19 @@ READ = "/devhost/eventhubs/module-work/consumergroups/{group}/events"
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def read_group(base_url: str, group: str, wait: float = 0.0, limit: int = 100) -> list[dict[str, Any]]:
-    """The group's next events through the devhost's read route."""
+def read_group(base_url: str, group: str, wait: float = 0.0, limit: int = 100, *, key: str) -> list[dict[str, Any]]:
+    """The group's next events through the devhost's read route (it needs the host's master key)."""
     response = httpx.get(base_url + READ.format(group=group), params={"limit": limit, "wait": wait},
-                         timeout=wait + 10)
+                         headers={"x-functions-key": key}, timeout=wait + 10)
     assert response.status_code == 200, response.text
     events: list[dict[str, Any]] = response.json()["events"]
     return events
 
 
-def skip_history(base_url: str, *groups: str) -> None:
+def skip_history(base_url: str, *groups: str, key: str) -> None:
     """Move the groups past what earlier tests left on the session's `module-work`."""
     for group in groups:
-        while read_group(base_url, group):
+        while read_group(base_url, group, key=key):
             pass
 
 
@@ -62,7 +62,7 @@ def start_execution(base_url: str, headers: dict[str, str]) -> str:
 
 
 @contextmanager
-def worker_running(base_url: str, group: str) -> Iterator[None]:
+def worker_running(base_url: str, group: str, key: str) -> Iterator[None]:
     """The example worker, `--once` in a loop on a thread, until the block ends."""
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -70,7 +70,7 @@ def worker_running(base_url: str, group: str) -> Iterator[None]:
     def loop() -> None:
         while not stop.is_set():
             try:
-                remote_worker.main(["--devhost", base_url, "--consumer-group", group, "--once"])
+                remote_worker.main(["--devhost", base_url, "--devhost-key", key, "--consumer-group", group, "--once"])
             except Exception as exc:  # surfaced after the block
                 errors.append(exc)
                 return
@@ -102,11 +102,12 @@ def follow(base_url: str, headers: dict[str, str], execution_id: str, timeout: f
     raise AssertionError(f"execution {execution_id} did not finish: {[e['type'] for e in events]}")
 
 
-def work_item(base_url: str, group: str, execution_id: str, step_id: str, timeout: float = 60.0) -> dict[str, Any]:
+def work_item(base_url: str, group: str, execution_id: str, step_id: str, timeout: float = 60.0, *,
+              key: str) -> dict[str, Any]:
     """The work item of the execution's step, read with `group`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for event in read_group(base_url, group, wait=5):
+        for event in read_group(base_url, group, wait=5, key=key):
             body = event["body"]
             if body.get("execution_id") == execution_id and body.get("step_id") == step_id:
                 assert event["properties"] == {"type": "step.work", "action": body["action"]}
@@ -120,10 +121,10 @@ def test_example_worker_runs_the_seed_tutorial_to_success(devhost_factory: Devho
     token = mint_token_cli(pg.root, host.base_url, "fabrikam", ROLES, [], None, 600, False)
     headers = {"Authorization": f"Bearer {token}"}
     group = f"example-worker-{uuid.uuid4().hex[:8]}"
-    skip_history(host.base_url, group)
+    skip_history(host.base_url, group, key=host.host_key)
 
     execution_id = start_execution(host.base_url, headers)
-    with worker_running(host.base_url, group):
+    with worker_running(host.base_url, group, host.host_key):
         events = follow(host.base_url, headers, execution_id)
 
     types = [e["type"] for e in events]
@@ -158,10 +159,10 @@ def test_task_tokens_are_single_use_unforgeable_and_bound_to_their_step(
     token = mint_token_cli(pg.root, host.base_url, "fabrikam", ROLES, [], None, 600, False)
     headers = {"Authorization": f"Bearer {token}"}
     spy = f"spy-{uuid.uuid4().hex[:8]}"
-    skip_history(host.base_url, spy)
+    skip_history(host.base_url, spy, key=host.host_key)
 
     execution_id = start_execution(host.base_url, headers)
-    item = work_item(host.base_url, spy, execution_id, "build-docker-image")
+    item = work_item(host.base_url, spy, execution_id, "build-docker-image", key=host.host_key)
     assert item["remote"] is True and item["phase"] == "run" and item["attempt"] == 1
     assert item["complete_url"] == f"/api/v1/executions/{execution_id}/steps/build-docker-image/complete"
     task_token, output = item["task_token"], {"image": "myapp:latest"}
