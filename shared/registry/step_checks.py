@@ -13,6 +13,9 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
+
+from shared.modules.ssrf import allow_list_refusal, private_network_allowed
 from shared.policy.facts import TenantFacts
 from shared.policy.gates import TARGET_STEP, check_gates
 from shared.registry.catalog import ModuleCatalog
@@ -22,6 +25,13 @@ from shared.registry.references import JsonPath, Reference, scan_references
 from shared.registry.when import WhenSyntaxError, parse_when, when_references
 
 STEPS: JsonPath = ("definition", "steps")
+
+OUTBOUND_URL_PARAMS: Mapping[str, tuple[str, ...]] = {
+    "http.request": ("url",),
+    "http.wait_healthy": ("url",),
+    "verify-deployment": ("url",),
+}
+"""The parameters of built-in actions that name a URL the platform itself connects to."""
 
 
 @dataclass(frozen=True)
@@ -215,6 +225,45 @@ def _reference_problems(view: _StepView, index_of: Mapping[str, int],
     return problems
 
 
+def literal_host(url: str) -> str | None:
+    """The host `url` connects to when that can be read before run time; None when a reference (`${...}`, or
+    the `$${` escape) comes before the authority ends, or the URL does not parse (the schema check reports that)."""
+    cut = url.find("$")
+    fixed = url if cut < 0 else url[:cut]
+    _, separator, rest = fixed.partition("://")
+    # A reference inside the authority could extend the host (`http://10.0.0.1${inputs.suffix}`), so only a
+    # prefix whose authority is closed by a path, query or fragment is judged.
+    if not separator or (cut >= 0 and not any(mark in rest for mark in "/?#")):
+        return None
+    try:
+        host = httpx.URL(fixed).host
+    except (httpx.InvalidURL, UnicodeError):
+        return None
+    return host or None
+
+
+def _network_problems(base: JsonPath, raw: Any, known: Collection[str],
+                      allow_private: bool | None) -> list[ValidationError]:
+    """URLs in outbound steps that can never run here: a literal private, loopback or metadata host (ADR 0016).
+    With private networks open (local development) every literal URL may run, as before."""
+    if not isinstance(raw, dict) or raw.get("action") not in OUTBOUND_URL_PARAMS:
+        return []
+    params = merged_params(raw, known)
+    if params is None:
+        return []
+    problems = []
+    for name in OUTBOUND_URL_PARAMS[raw["action"]]:
+        url = params.get(name)
+        host = literal_host(url) if isinstance(url, str) else None
+        refusal = allow_list_refusal(host, allow_private=False) if host is not None else None
+        # The setting is read only when there is something to refuse: most definitions name public hosts.
+        if refusal is not None and not private_network_allowed(allow_private):
+            problems.append(ValidationError(
+                _param_pointer(base, raw, known, (name,)),
+                f"{refusal}: steps on this platform reach public addresses only", "url_not_public"))
+    return problems
+
+
 def gate_problems(tenant: TenantFacts | None, target: Any,
                   actions: Mapping[str, tuple[str, str]]) -> list[ValidationError]:
     """The tenant gates (ADR 0011) as problems; `actions` maps a key to (action, pointer of where it is named)."""
@@ -254,9 +303,10 @@ def declared_inputs(inputs: Any) -> set[str] | None:
     return set(properties) if isinstance(properties, dict) else set()
 
 
-def check_steps(raw_definition: Mapping[str, Any], catalog: ModuleCatalog,
-                tenant: TenantFacts | None) -> list[ValidationError]:
-    """Every problem of a definition's steps (the caller has checked that `steps` is a list)."""
+def check_steps(raw_definition: Mapping[str, Any], catalog: ModuleCatalog, tenant: TenantFacts | None, *,
+                allow_private: bool | None = None) -> list[ValidationError]:
+    """Every problem of a definition's steps (the caller has checked that `steps` is a list); `allow_private`
+    overrides QP_ALLOW_PRIVATE_NETWORK_HOSTS for the URL checks (None reads the setting)."""
     views = _views(raw_definition["steps"])
     index_of, edges, problems = _graph(views)
     ancestors = _ancestors(edges)
@@ -267,6 +317,10 @@ def check_steps(raw_definition: Mapping[str, Any], catalog: ModuleCatalog,
         if isinstance(view.raw, dict):
             problems.extend(_module_problems((*view.at, "compensate"), view.raw.get("compensate"),
                                              COMPENSATION_FIELDS, catalog))
+        if isinstance(view.raw, dict):
+            problems.extend(_network_problems(view.at, view.raw, STEP_FIELDS, allow_private))
+            problems.extend(_network_problems((*view.at, "compensate"), view.raw.get("compensate"),
+                                              COMPENSATION_FIELDS, allow_private))
         problems.extend(_reference_problems(view, index_of, ancestors, declared))
     problems.extend(gate_problems(tenant, raw_definition.get("target"), _step_actions(views, catalog)))
     return problems

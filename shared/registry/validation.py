@@ -200,12 +200,14 @@ def _ordered(doc: dict[str, Any], problems: list[ValidationError]) -> tuple[Vali
 
 def validate_definition(
     doc: dict[str, Any], *, catalog: ModuleCatalog, tenant: TenantFacts | None = None,
-    blueprint: ResolvedBlueprint | None = None, limits: Limits = DEFAULT_LIMITS,
+    blueprint: ResolvedBlueprint | None = None, limits: Limits = DEFAULT_LIMITS, allow_private: bool | None = None,
 ) -> ValidationResult:
     """Validate a create/update request body (`{"name", "description", "labels", "definition"}`).
 
     `catalog` holds the actions the tenant may use; `tenant` adds its gates; `blueprint` is the version a
     declaration (a definition without steps) expands through — `required_blueprint(doc)` names it.
+    `allow_private` stands for QP_ALLOW_PRIVATE_NETWORK_HOSTS (None reads it): without it a step URL whose
+    host is a literal private, loopback or metadata address, or a private-only name, is refused.
     """
     if not isinstance(doc, dict):
         return ValidationResult((ValidationError("", "the request body must be a JSON object", "model_type"),))
@@ -222,7 +224,7 @@ def validate_definition(
     if isinstance(raw, dict) and raw.get("steps") is not None:
         problems.extend(_definition_problems(raw))
         if isinstance(raw["steps"], list):
-            problems.extend(check_steps(raw, catalog, tenant))
+            problems.extend(check_steps(raw, catalog, tenant, allow_private=allow_private))
     elif isinstance(raw, dict):
         declaration = _check_declaration(doc, raw, catalog, tenant, blueprint)
         problems.extend(declaration.problems)
