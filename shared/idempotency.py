@@ -7,17 +7,56 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import psycopg
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
+from pydantic import AfterValidator, Field
 
-_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+KEY_MAX_LENGTH = 255
+KEY_PATTERN = r"^[\x21-\x2b\x2d-\x7e]{1,255}$"
+"""Visible ASCII without the comma: a proxy may join repeated header fields with commas, so a comma in a key could
+not be told apart from two keys."""
+RESERVED_PREFIX = "child:"
+"""The platform's own keys (an `intent.run` step's child execution) start with this; a caller's never do, so no
+caller can claim a child execution's key before the platform does."""
+KEY_FORMAT = (f"1 to {KEY_MAX_LENGTH} visible ASCII characters (0x21-0x7E) other than the comma, not starting with "
+              f"'{RESERVED_PREFIX}'; a UUID is a good key")
+_KEY = re.compile(KEY_PATTERN)
+
+
+def key_problem(key: str) -> str | None:
+    """Why `key` is not a valid Idempotency-Key (None when it is one); the one format every way in accepts."""
+    if not _KEY.fullmatch(key):
+        return f"an Idempotency-Key is {KEY_FORMAT}"
+    if key.startswith(RESERVED_PREFIX):
+        return f"the prefix '{RESERVED_PREFIX}' is reserved for the platform's own keys"
+    return None
+
+
+def _valid_key(key: str) -> str:
+    problem = key_problem(key)
+    if problem is not None:
+        raise ValueError(problem)
+    return key
+
+
+IdempotencyKey = Annotated[str, Field(min_length=1, max_length=KEY_MAX_LENGTH, pattern=KEY_PATTERN,
+                                      description=f"An idempotency key: {KEY_FORMAT}."), AfterValidator(_valid_key)]
+"""A body field holding an idempotency key, validated like the header."""
 
 
 class IdempotencyKeyError(ValueError):
-    """The key is malformed, or was used before for a different request (the draft standard's 422)."""
+    """The key is malformed, or was used before for a different request."""
+
+
+class InvalidIdempotencyKeyError(IdempotencyKeyError):
+    """The key is not in the one accepted format (see `KEY_FORMAT`)."""
+
+
+class IdempotencyKeyReusedError(IdempotencyKeyError):
+    """The key was used before for a different request (method, route or body): the draft standard's 422."""
 
 
 @dataclass(frozen=True)
@@ -41,8 +80,9 @@ def claim(conn: psycopg.Connection[DictRow], key: str, request_fingerprint: str)
     The insert holds the key's row until the transaction ends, so a concurrent duplicate waits here and then
     sees the completed response: the work runs once.
     """
-    if not _KEY.match(key):
-        raise IdempotencyKeyError("Idempotency-Key must be 1 to 255 visible ASCII characters")
+    problem = key_problem(key)
+    if problem is not None:
+        raise InvalidIdempotencyKeyError(problem)
     # An expired key is forgotten first, so it may be used again.
     conn.execute("DELETE FROM app.idempotency_keys WHERE key = %s AND expires_at < now()", (key,))
     inserted = conn.execute(
@@ -55,7 +95,7 @@ def claim(conn: psycopg.Connection[DictRow], key: str, request_fingerprint: str)
                        " FROM app.idempotency_keys WHERE key = %s", (key,)).fetchone()
     assert row is not None  # noqa: S101  # the conflicting row is committed and visible to this tenant
     if row["fingerprint"] != request_fingerprint:
-        raise IdempotencyKeyError("this Idempotency-Key was used for a different request")
+        raise IdempotencyKeyReusedError("this Idempotency-Key was used for a different request")
     if row["response_status"] is None:
         # Only possible if the first request's transaction committed without completing the key: a bug.
         raise RuntimeError("idempotency key claimed but never completed")

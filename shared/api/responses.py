@@ -37,6 +37,15 @@ INVALID = problem_doc(422, "validation-error", "Request validation failed", "1 i
 CONFLICT = problem_doc(409, "conflict", "Conflict", "A resource with this name exists.", "The name is taken")
 PRECONDITION_FAILED = problem_doc(412, "precondition-failed", "Precondition failed",
                                   "The resource changed since that ETag was issued.", "If-Match holds a stale ETag")
+BAD_IDEMPOTENCY_KEY = problem_doc(400, "invalid-idempotency-key", "Bad request",
+                                  "send one Idempotency-Key header, not 2",
+                                  "The Idempotency-Key header is malformed or sent more than once (see its format)",
+                                  header="Idempotency-Key",
+                                  errors=[{"pointer": "/header/idempotency-key",
+                                           "detail": "send one Idempotency-Key header, not 2"}])
+IDEMPOTENCY_KEY_REUSED = problem_doc(422, "idempotency-key", "Unprocessable content",
+                                     "the idempotency key was already used for a different request",
+                                     "The Idempotency-Key was used before for a different request")
 PRECONDITION_REQUIRED = problem_doc(428, "precondition-required", "Precondition required",
                                     "Send If-Match with the resource's ETag.", "If-Match is required")
 

@@ -87,7 +87,8 @@ class QuotaExceededError(StartError):
 
 
 class IdempotencyConflictError(StartError):
-    """The idempotency key was used for a different request."""
+    """The idempotency key was used for a different request (another intent, input, version, plan hash or retried
+    execution); the API answers 422, as for every reuse of a key."""
 
 
 @dataclass(frozen=True)

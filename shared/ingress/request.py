@@ -13,11 +13,11 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.engine.start import Conn, StartRequest
+from shared.idempotency import IdempotencyKey, key_problem
 from shared.registry import service as registry
 
 INTENT_REQUESTS_HUB = "intent-requests"
 AUTHORIZATION_PROPERTY = "authorization"
-_MAX_KEY = 255
 _INTENT_BY_NAME = "SELECT id FROM app.intents WHERE kind = 'intent' AND name = %s"
 
 
@@ -32,9 +32,9 @@ class IntentRequest(BaseModel):
     input: dict[str, Any] = Field(default_factory=dict)
     version: int | None = Field(None, ge=1)
     plan_hash: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
-    idempotency_key: str = Field(min_length=1, max_length=_MAX_KEY,
-                                 description="Required: delivery is at least once, and this key makes a redelivered "
-                                             "event return the execution it started instead of starting another.")
+    idempotency_key: IdempotencyKey = Field(description="Required: delivery is at least once, and this key makes a "
+                                                        "redelivered event return the execution it started instead of "
+                                                        "starting another (the Idempotency-Key format).")
 
     @model_validator(mode="after")
     def _one_intent(self) -> IntentRequest:
@@ -62,7 +62,7 @@ class IntentRequest(BaseModel):
         except ValueError:
             return None
         key = document.get("idempotency_key") if isinstance(document, dict) else None
-        return key if isinstance(key, str) and 1 <= len(key) <= _MAX_KEY else None
+        return key if isinstance(key, str) and key_problem(key) is None else None
 
     @classmethod
     def parse(cls, body: bytes) -> IntentRequest:

@@ -8,19 +8,20 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 
+from shared.api.permissions import GuardedRoute, permission
 from shared.api.problems import FieldError, ProblemError
 from shared.api.responses import AUTH_ERRORS, BAD_CURSOR, INVALID
-from shared.api.security import RequestContext, authenticated, authorize, tenant_resource
+from shared.api.security import RequestContext, authorize, tenant_resource
 from shared.audit import AuditQuery, get_audit_store
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from shared.policy.actions import Action
 
-router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
-Context = Annotated[RequestContext, Depends(authenticated)]
+router = APIRouter(prefix="/api/v1/audit", tags=["audit"], route_class=GuardedRoute)
 
 
 @router.get("", summary="Read the tenant's audit trail", responses={**AUTH_ERRORS, 400: BAD_CURSOR, 422: INVALID})
-def list_records(context: Context, action: str | None = Query(None, max_length=100),
+def list_records(context: Annotated[RequestContext, Depends(permission(Action.AUDIT_READ))],
+                 action: str | None = Query(None, max_length=100),
                  decision: Literal["allow", "deny"] | None = None,
                  principal_id: str | None = Query(None, max_length=200),
                  resource_type: str | None = Query(None, max_length=50),

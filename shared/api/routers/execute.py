@@ -6,32 +6,36 @@ from __future__ import annotations
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Body, Depends, Header, Path
+from fastapi import APIRouter, Body, Depends, Path
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from shared.api.durable import get_durable_client
-from shared.api.responses import AUTH_ERRORS, INVALID, problem_doc
+from shared.api.idempotency import idempotency_key as idempotency_key_header
+from shared.api.permissions import GuardedRoute, permission
+from shared.api.responses import AUTH_ERRORS, BAD_IDEMPOTENCY_KEY, INVALID, problem_doc
 from shared.api.routers.executions import ExecutionLinks
-from shared.api.security import RequestContext, authenticated
+from shared.api.security import RequestContext
 from shared.api.starting import begin, launch
 from shared.engine import start as engine
+from shared.idempotency import IdempotencyKey
+from shared.policy.actions import Action
 
-router = APIRouter(prefix="/api/v1/intents", tags=["executions"])
-Context = Annotated[RequestContext, Depends(authenticated)]
+router = APIRouter(prefix="/api/v1/intents", tags=["executions"], route_class=GuardedRoute)
 
 _EXAMPLE_ID = "5d7e1f0a-3b2c-4d5e-8f90-1a2b3c4d5e6f"
 _ACCEPTED_EXAMPLE: dict[str, Any] = {"execution_id": _EXAMPLE_ID, "status": "pending", "created": True, "links": {
     "self": f"/api/v1/executions/{_EXAMPLE_ID}", "events": f"/api/v1/executions/{_EXAMPLE_ID}/events?after=0"}}
 EXECUTE_ERRORS: dict[int | str, dict[str, Any]] = {
     **AUTH_ERRORS,
+    400: BAD_IDEMPOTENCY_KEY,
     404: problem_doc(404, "not-found", "Not found", "No intent 0b6f3c1e-5d2a-4c1f-9e7b-2a8d4f6c9e10.",
                      "No such intent (or version) in the caller's tenant"),
     409: problem_doc(409, "plan-changed", "Conflict", "the plan hash is 3b1f..., not 9c2e...",
-                     "The intent is archived, its pinned version no longer validates, the plan changed, or the "
-                     "Idempotency-Key was used for a different request"),
-    422: {**INVALID, "description": "The input does not match the intent's input schema, or the body is malformed"},
+                     "The intent is archived, its pinned version no longer validates, or the plan changed"),
+    422: {**INVALID, "description": "The input does not match the intent's input schema, the body is malformed, or "
+                                    "the Idempotency-Key was used for a different request"},
 }
 EXECUTE_ERRORS[403] = {**AUTH_ERRORS[403], "description": "Not allowed: Executor (Deployer for production), or "
                                                             "a module or target outside the tenant's allow-lists "
@@ -50,8 +54,9 @@ class ExecuteRequest(BaseModel):
     version: int | None = Field(None, ge=1, description="Default: the intent's current version.")
     plan_hash: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
                                   description="From POST .../plan: refuse to run if the plan has changed since.")
-    idempotency_key: str | None = Field(None, min_length=1, max_length=255,
-                                        description="For producers that cannot set the Idempotency-Key header.")
+    idempotency_key: IdempotencyKey | None = Field(
+        None, description="For producers that cannot set the Idempotency-Key header; the same format. The header "
+                          "wins when both are sent.")
 
 
 class ExecutionAccepted(BaseModel):
@@ -77,11 +82,9 @@ def accepted(started: engine.Started) -> JSONResponse:
              responses=EXECUTE_ERRORS)
 async def execute(
     intent_id: Annotated[UUID, Path(description="The intent's id.")],
-    context: Context,
+    context: Annotated[RequestContext, Depends(permission(Action.INTENT_EXECUTE, resource_param="intent_id"))],
+    idempotency_key: Annotated[str | None, Depends(idempotency_key_header)],
     body: Annotated[ExecuteRequest | None, Body(examples=[{"input": {"version": "1.2.3"}}])] = None,
-    idempotency_key: Annotated[str | None, Header(max_length=255, description="The same key returns the same "
-                                                                             "execution and never starts another.")]
-    = None,
     client: Any = Depends(get_durable_client),  # noqa: B008
 ) -> JSONResponse:
     """Validate the input, decide (Executor; Deployer for production), hold the concurrent-execution quota, record

@@ -7,12 +7,14 @@ import logging
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Body, Depends, Header
+from fastapi import APIRouter, Body, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from shared.api.durable import get_durable_client, raise_to_orchestration
+from shared.api.idempotency import idempotency_key as idempotency_key_header
+from shared.api.permissions import GuardedRoute, permission
 from shared.api.problems import ProblemError
 from shared.api.responses import AUTH_ERRORS, INVALID, problem_doc
 from shared.api.routers.execute import EXECUTE_ERRORS, ExecutionAccepted, accepted
@@ -24,7 +26,7 @@ from shared.api.routers.executions import (
     execution_resource,
     load_execution,
 )
-from shared.api.security import RequestContext, authenticated, authorize, record_mutation
+from shared.api.security import RequestContext, authorize, record_mutation
 from shared.api.starting import begin, launch
 from shared.db.session import tenant_transaction
 from shared.engine import control
@@ -34,8 +36,7 @@ from shared.engine.protocol import CANCEL_EVENT, approval_event
 from shared.policy.actions import Action
 
 logger = logging.getLogger(__name__)
-router = APIRouter(prefix="/api/v1/executions", tags=["executions"])
-Context = Annotated[RequestContext, Depends(authenticated)]
+router = APIRouter(prefix="/api/v1/executions", tags=["executions"], route_class=GuardedRoute)
 _FINISHED = problem_doc(409, "already-finished", "Conflict", f"execution {EXAMPLE_EXECUTION_ID} is already succeeded",
                         "The execution has ended")
 
@@ -97,7 +98,9 @@ def _problem(exc: control.ControlError) -> ProblemError:
 
 @router.post("/{execution_id}/cancel", status_code=202, response_model=CancelAccepted, summary="Cancel an execution",
              responses={**AUTH_ERRORS, 404: EXECUTION_NOT_FOUND, 409: _FINISHED, 422: INVALID})
-async def cancel(execution_id: ExecutionId, context: Context,
+async def cancel(execution_id: ExecutionId,
+                 context: Annotated[RequestContext, Depends(permission(Action.EXECUTION_CANCEL,
+                                                                       resource_param="execution_id"))],
                  client: Any = Depends(get_durable_client)) -> CancelAccepted:  # noqa: B008
     """Stop scheduling new steps, let work already out end, compensate what completed, end cancelled (the
     requester, an Executor or a Deployer)."""
@@ -129,8 +132,10 @@ def _cancel_unstarted(tenant_id: UUID, execution_id: UUID) -> None:
              responses={**AUTH_ERRORS, 404: EXECUTION_NOT_FOUND, 409: problem_doc(
                  409, "not-waiting", "Conflict", "step deploy was already decided (failed)",
                  "The step is not an approval waiting for a decision"), 422: INVALID})
-async def approve(execution_id: ExecutionId, step_id: StepId, body: ApprovalDecision, context: Context,
-                  client: Any = Depends(get_durable_client)) -> ApprovalRecorded:  # noqa: B008
+async def approve(execution_id: ExecutionId, step_id: StepId,
+                  context: Annotated[RequestContext, Depends(permission(Action.EXECUTION_APPROVE,
+                                                                        resource_param="execution_id"))],
+                  body: ApprovalDecision, client: Any = Depends(get_durable_client)) -> ApprovalRecorded:  # noqa: B008
     """Approve or reject a waiting approval step (Approver; never the execution's requester, and only a listed
     approver when the step names some). A rejection fails the step and compensates."""
     def record() -> control.ApprovalOutcome:
@@ -158,9 +163,11 @@ async def approve(execution_id: ExecutionId, step_id: StepId, body: ApprovalDeci
 @router.post("/{execution_id}/retry", status_code=202, response_model=ExecutionAccepted,
              summary="Retry an execution from the failed step",
              responses={**EXECUTE_ERRORS, 404: EXECUTION_NOT_FOUND})
-async def retry(execution_id: ExecutionId, context: Context,
+async def retry(execution_id: ExecutionId,
+                # Retrying starts an execution of the intent: decided on the intent once the execution is loaded.
+                context: Annotated[RequestContext, Depends(permission(Action.INTENT_EXECUTE))],
+                idempotency_key: Annotated[str | None, Depends(idempotency_key_header)],
                 body: Annotated[RetryRequest | None, Body(examples=[{}, {"version": 3}])] = None,
-                idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
                 client: Any = Depends(get_durable_client)) -> JSONResponse:  # noqa: B008
     """Start a new execution of the same intent and input that reuses the outputs of the steps that succeeded (and
     were not compensated) and runs the rest; 202 with its id (`retry_of` links the two)."""

@@ -13,9 +13,10 @@ from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from shared.api.permissions import GuardedRoute, permission
 from shared.api.problems import ProblemError
 from shared.api.responses import AUTH_ERRORS, BAD_CURSOR, INVALID, problem_doc
-from shared.api.security import RequestContext, authenticated, authorize
+from shared.api.security import RequestContext, authorize
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
 from shared.engine.executions import Conn
@@ -25,8 +26,8 @@ from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from shared.policy.actions import Action
 from shared.policy.authorizer import Resource
 
-router = APIRouter(prefix="/api/v1/executions", tags=["executions"])
-Context = Annotated[RequestContext, Depends(authenticated)]
+router = APIRouter(prefix="/api/v1/executions", tags=["executions"], route_class=GuardedRoute)
+MayRead = Annotated[RequestContext, Depends(permission(Action.EXECUTION_READ, resource_param="execution_id"))]
 ExecutionId = Annotated[UUID, Path(description="The execution's id.")]
 StepId = Annotated[str, Path(min_length=1, max_length=128, description="The step's id.")]
 
@@ -236,7 +237,7 @@ def _read_events(tenant_id: UUID, execution_id: UUID, after: int,
 @router.get("", response_model=ExecutionPage, summary="List executions",
             responses={**AUTH_ERRORS, 400: BAD_CURSOR, 422: INVALID})
 def list_all(
-    context: Context,
+    context: Annotated[RequestContext, Depends(permission(Action.EXECUTION_LIST))],
     status: Annotated[repo.Status | None, Query(description="Only executions in this status.")] = None,
     intent_id: Annotated[UUID | None, Query(description="Only executions of this intent.")] = None,
     created_after: Annotated[datetime | None, Query(description="Only executions created at or after this time "
@@ -257,7 +258,7 @@ def list_all(
 
 @router.get("/{execution_id}", response_model=ExecutionOut, summary="Get an execution",
             responses={**AUTH_ERRORS, 404: EXECUTION_NOT_FOUND, 422: INVALID})
-def get_one(execution_id: ExecutionId, context: Context) -> ExecutionOut:
+def get_one(execution_id: ExecutionId, context: MayRead) -> ExecutionOut:
     """Status, pinned version, steps with attempts, timings, outputs (or blob references) and errors, and why it
     is waiting, of one execution (Reader)."""
     with tenant_transaction(context.tenant.id) as conn:  # one transaction: the steps match the status read
@@ -270,7 +271,7 @@ def get_one(execution_id: ExecutionId, context: Context) -> ExecutionOut:
             responses={**AUTH_ERRORS, 404: EXECUTION_NOT_FOUND, 422: INVALID})
 async def events(
     execution_id: ExecutionId,
-    context: Context,
+    context: MayRead,
     after: Annotated[int, Query(ge=0, description="Return events with a seq above this (0: from the start).")] = 0,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="Seconds to wait for an event when none is "
                                                                   "there yet (long poll); 0 answers at once.")] = 0,

@@ -10,16 +10,16 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.api.permissions import GuardedRoute, permission
 from shared.api.responses import AUTH_ERRORS, BAD_CURSOR, INVALID
-from shared.api.security import RequestContext, authenticated, authorize
+from shared.api.security import RequestContext, authorize
 from shared.db.session import tenant_transaction
 from shared.ingress.rejections import Rejection, list_rejections
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from shared.policy.actions import Action
 from shared.policy.authorizer import Resource
 
-router = APIRouter(prefix="/api/v1/ingress", tags=["ingress"])
-Context = Annotated[RequestContext, Depends(authenticated)]
+router = APIRouter(prefix="/api/v1/ingress", tags=["ingress"], route_class=GuardedRoute)
 
 _REJECTION_EXAMPLE: dict[str, Any] = {
     "id": "8a1c2e3f-4b5d-4e6f-8a9b-0c1d2e3f4a5b", "reason": "not_found",
@@ -74,7 +74,7 @@ def _out(row: Rejection) -> RejectionOut:
 @router.get("/rejections", response_model=RejectionPage, summary="List rejected intent requests",
             responses={**AUTH_ERRORS, 400: BAD_CURSOR, 422: INVALID})
 def rejections(
-    context: Context,
+    context: Annotated[RequestContext, Depends(permission(Action.INGRESS_REJECTION_LIST))],
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: str | None = None,
 ) -> RejectionPage:

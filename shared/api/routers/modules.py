@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 
+from shared.api.permissions import GuardedRoute, permission
 from shared.api.problems import ProblemError
 from shared.api.responses import problem_doc
 from shared.api.security import RequestContext, authenticated, authorize, record_mutation, tenant_resource
@@ -28,7 +29,7 @@ from shared.registry.modules import (
     register_module,
 )
 
-router = APIRouter(tags=["modules"])
+router = APIRouter(tags=["modules"], route_class=GuardedRoute)
 Context = Annotated[RequestContext, Depends(authenticated)]
 
 
@@ -52,7 +53,8 @@ def _ok(example: Any) -> dict[int | str, dict[str, Any]]:
 
 @router.get("/api/v1/modules", response_model=ModuleList, summary="List the actions the tenant may use",
             responses={**_ok({"items": [MODULE_EXAMPLE]}), **_COMMON, 422: _BAD_QUERY})
-def list_all(context: Context, include_disallowed: bool = Query(
+def list_all(context: Annotated[RequestContext, Depends(permission(Action.MODULE_LIST))],
+             include_disallowed: bool = Query(
         False, description="Also list actions that the tenant's allow-list refuses (flagged allowed=false).")
              ) -> ModuleList:
     """Built-in and registered remote modules with their parameter JSON Schema, defaults and timeout (Reader).
@@ -69,7 +71,8 @@ def list_all(context: Context, include_disallowed: bool = Query(
             responses={**_ok(MODULE_EXAMPLE), **_COMMON, 422: _BAD_QUERY,
                        404: problem_doc(404, "not-found", "Not found", "No module 'helm-upgrade'.",
                                      "Neither a built-in nor registered by this tenant")})
-def read(context: Context, action: str = Path(pattern=ACTION_PATTERN, max_length=128)) -> ModuleInfo:
+def read(context: Annotated[RequestContext, Depends(permission(Action.MODULE_READ, resource_param="action"))],
+         action: str = Path(pattern=ACTION_PATTERN, max_length=128)) -> ModuleInfo:
     """One built-in or registered module, also when the allow-list refuses it (`allowed` says so) (Reader).
 
     Another tenant's module is 404: registrations are read under the caller's tenant only.
@@ -92,7 +95,8 @@ def read(context: Context, action: str = Path(pattern=ACTION_PATTERN, max_length
                                       "The body, the parameter schema or the defaults are invalid",
                                       errors=[{"pointer": "/params_schema/properties/chart/type",
                                                "detail": "'strin' is not valid under any of the given schemas"}])})
-def register(registration: ModuleRegistration, response: Response, context: Context) -> ModuleInfo:
+def register(context: Annotated[RequestContext, Depends(permission(Action.MODULE_REGISTER))],
+             registration: ModuleRegistration, response: Response) -> ModuleInfo:
     """Register an action that the tenant's own worker handles over module-work (Tenant.Admin).
 
     The parameter schema must be a JSON Schema 2020-12 of type object; every problem is reported with a pointer.

@@ -8,9 +8,10 @@ from uuid import UUID
 
 from fastapi import APIRouter, Depends, Response
 
+from shared.api.permissions import GuardedRoute, permission
 from shared.api.problems import FieldError, ProblemError
 from shared.api.responses import AUTH_ERRORS, CONFLICT, INVALID, NOT_FOUND
-from shared.api.security import RequestContext, authenticated, authorize, record_mutation, tenant_resource
+from shared.api.security import RequestContext, authorize, record_mutation, tenant_resource
 from shared.db.session import tenant_transaction
 from shared.policy.actions import Action
 from shared.policy.authorizer import get_authorizer
@@ -24,12 +25,11 @@ from shared.policy.tenant_policies import (
     list_policies,
 )
 
-router = APIRouter(prefix="/api/v1/policies", tags=["policies"])
-Context = Annotated[RequestContext, Depends(authenticated)]
+router = APIRouter(prefix="/api/v1/policies", tags=["policies"], route_class=GuardedRoute)
 
 
 @router.get("", response_model=TenantPolicyList, summary="List the tenant's own policies", responses=AUTH_ERRORS)
-def list_all(context: Context) -> TenantPolicyList:
+def list_all(context: Annotated[RequestContext, Depends(permission(Action.POLICY_READ))]) -> TenantPolicyList:
     """The tenant's extra Cedar policies (Tenant.Admin)."""
     authorize(context, Action.POLICY_READ, tenant_resource("Policy", "*", context.tenant.id))
     with tenant_transaction(context.tenant.id) as conn:
@@ -38,7 +38,8 @@ def list_all(context: Context) -> TenantPolicyList:
 
 @router.post("", status_code=201, response_model=TenantPolicy, summary="Add a policy",
              responses={**AUTH_ERRORS, 409: CONFLICT, 422: INVALID})
-def create(spec: TenantPolicyCreate, response: Response, context: Context) -> TenantPolicy:
+def create(context: Annotated[RequestContext, Depends(permission(Action.POLICY_CREATE))], spec: TenantPolicyCreate,
+           response: Response) -> TenantPolicy:
     """Add a Cedar policy, validated against the schema first (Tenant.Admin)."""
     authorize(context, Action.POLICY_CREATE, tenant_resource("Policy", spec.name, context.tenant.id))
     problems = get_authorizer().validate_tenant_policy(spec.policy)
@@ -58,7 +59,9 @@ def create(spec: TenantPolicyCreate, response: Response, context: Context) -> Te
 
 @router.delete("/{policy_id}", status_code=204, summary="Remove a policy",
                responses={**AUTH_ERRORS, 404: NOT_FOUND, 422: INVALID})
-def delete(policy_id: UUID, context: Context) -> Response:
+def delete(policy_id: UUID,
+           context: Annotated[RequestContext, Depends(permission(Action.POLICY_DELETE, resource_param="policy_id"))],
+           ) -> Response:
     """Remove one of the tenant's policies (Tenant.Admin); another tenant's id is 404."""
     authorize(context, Action.POLICY_DELETE, tenant_resource("Policy", policy_id, context.tenant.id))
     with tenant_transaction(context.tenant.id) as conn:

@@ -14,7 +14,10 @@ from fastapi import APIRouter, Body, Depends, Header, Path, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from shared.api.idempotency import idempotency_key as idempotency_key_header
+from shared.api.permissions import GuardedRoute, permission
 from shared.api.problems import ProblemError
+from shared.api.responses import BAD_IDEMPOTENCY_KEY
 from shared.api.routers.registry_models import (
     COMMON_ERRORS,
     E400,
@@ -41,10 +44,10 @@ from shared.api.routers.registry_models import (
     StepAuthorization,
     request_examples,
 )
-from shared.api.security import RequestContext, authenticated, authorize, record_mutation
+from shared.api.security import RequestContext, authorize, record_mutation
 from shared.db.session import tenant_transaction
 from shared.engine.start import active_executions, concurrent_limit
-from shared.idempotency import IdempotencyKeyError, StoredResponse, claim, complete, fingerprint
+from shared.idempotency import IdempotencyKeyReusedError, StoredResponse, claim, complete, fingerprint
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from shared.policy.actions import Action
 from shared.policy.authorizer import Decision, Resource, get_authorizer
@@ -52,8 +55,6 @@ from shared.policy.tenant_policies import tenant_policy_texts
 from shared.registry import service
 from shared.registry.model import Step
 from shared.registry.repository import HeadRow, Kind, Status, VersionRow
-
-Context = Annotated[RequestContext, Depends(authenticated)]
 
 
 @dataclass(frozen=True)
@@ -202,13 +203,21 @@ def _with_etag(content: BaseModel, etag: str) -> JSONResponse:
 def definition_router(kind: Kind) -> APIRouter:
     """The registry routes of one kind; intents and blueprints share every rule and line of code."""
     spec = _SPECS[kind]
-    router = APIRouter(prefix=spec.path, tags=[f"{kind}s"])
+    router = APIRouter(prefix=spec.path, tags=[f"{kind}s"], route_class=GuardedRoute)
     noun = kind
     examples = request_examples(kind)
     Json = Annotated[dict[str, Any], Body(openapi_examples=examples,
                                           description="See GET /api/v1/schemas/intent for the definition schema.")]
     ItemId = Annotated[UUID, Path(description=f"The {noun}'s id.")]
     IfMatch = Annotated[str | None, Header(description="The ETag of the current version.")]
+    IdempotencyKey = Annotated[str | None, Depends(idempotency_key_header)]
+    # Each route's context comes from its permission check: the caller's role is decided before the body is read.
+    MayCreate = Annotated[RequestContext, Depends(permission(spec.create))]
+    MayList = Annotated[RequestContext, Depends(permission(spec.list))]
+    MayRead = Annotated[RequestContext, Depends(permission(spec.read, resource_param="item_id"))]
+    MayUpdate = Annotated[RequestContext, Depends(permission(spec.update, resource_param="item_id"))]
+    MayArchive = Annotated[RequestContext, Depends(permission(spec.archive, resource_param="item_id"))]
+    MayRollback = Annotated[RequestContext, Depends(permission(spec.rollback, resource_param="item_id"))]
 
     def load(context: RequestContext, item_id: UUID) -> service.Item:
         with tenant_transaction(context.tenant.id) as conn:
@@ -221,13 +230,10 @@ def definition_router(kind: Kind) -> APIRouter:
         return _resource(spec, str(item.head.id), context.tenant.id, item.target, item.version.labels)
 
     @router.post("", status_code=201, response_model=RegistryItem, summary=f"Create {_a(noun)} {noun} (version 1)",
-                 responses={**COMMON_ERRORS, 409: E409_NAME,
+                 responses={**COMMON_ERRORS, 400: BAD_IDEMPOTENCY_KEY, 409: E409_NAME,
                             422: {**E422, "description": "The definition does not validate, or the Idempotency-Key "
                                                           "was used for a different request"}})
-    def create(body: Json, context: Context,
-               idempotency_key: Annotated[str | None, Header(description="Retries with the same key and body "
-                                                                         "replay the first response.")] = None,
-               ) -> JSONResponse:
+    def create(context: MayCreate, body: Json, idempotency_key: IdempotencyKey) -> JSONResponse:
         """Validate and store version 1; 201 with Location and ETag. With `Idempotency-Key` a retry replays the
         first response, and the key with another body is 422."""
         item_id = uuid.uuid4()
@@ -237,7 +243,7 @@ def definition_router(kind: Kind) -> APIRouter:
             if idempotency_key is not None:
                 try:
                     stored = claim(conn, idempotency_key, fingerprint("POST", spec.path, body))
-                except IdempotencyKeyError as exc:
+                except IdempotencyKeyReusedError as exc:
                     raise ProblemError(422, "idempotency-key", "Unprocessable content", str(exc)) from None
                 if stored is not None:
                     return JSONResponse(stored.body, status_code=stored.status, headers=stored.headers)
@@ -256,7 +262,7 @@ def definition_router(kind: Kind) -> APIRouter:
     @router.get("", response_model=RegistryItemPage, summary=f"List {noun}s",
                 responses={**COMMON_ERRORS, 400: E400, 422: E422})
     def list_all(
-        context: Context,
+        context: MayList,
         name_prefix: Annotated[str | None, Query(max_length=63, description="Names starting with this.")] = None,
         label: Annotated[list[str] | None, Query(description="key:value; repeat to require several.",
                                                  examples=["team:web"])] = None,
@@ -276,7 +282,7 @@ def definition_router(kind: Kind) -> APIRouter:
 
     @router.post("/validate", response_model=RegistryValidation, summary=f"Validate {_a(noun)} {noun} without "
                  "saving it", responses={**COMMON_ERRORS, 422: E422})
-    def validate(body: Json, context: Context) -> RegistryValidation:
+    def validate(context: MayCreate, body: Json) -> RegistryValidation:
         """Every problem at once (422), or the normalized definition and its plan (200); nothing is saved."""
         authorize(context, spec.create, _body_resource(spec, "unsaved", context.tenant.id, body),
                   detail={"operation": "validate", "name": body.get("name")})
@@ -292,7 +298,7 @@ def definition_router(kind: Kind) -> APIRouter:
 
     @router.get("/{item_id}", response_model=RegistryItem, summary=f"Read {_a(noun)} {noun}",
                 responses={**COMMON_ERRORS, 404: E404})
-    def read(item_id: ItemId, context: Context) -> JSONResponse:
+    def read(item_id: ItemId, context: MayRead) -> JSONResponse:
         """The current version, with its ETag (Reader)."""
         item = load(context, item_id)
         authorize(context, spec.read, resource_of(context, item))
@@ -300,7 +306,7 @@ def definition_router(kind: Kind) -> APIRouter:
 
     @router.put("/{item_id}", response_model=RegistryItem, summary=f"Update {_a(noun)} {noun} (a new version)",
                 responses={**ITEM_ERRORS, 409: E409_ARCHIVED, 412: E412, 428: E428})
-    def update(item_id: ItemId, body: Json, context: Context, if_match: IfMatch = None) -> JSONResponse:
+    def update(item_id: ItemId, context: MayUpdate, body: Json, if_match: IfMatch = None) -> JSONResponse:
         """Store the next version; `If-Match` with the current ETag is required (stale: 412). Of two updates
         with one ETag exactly one wins (Author)."""
         item = load(context, item_id)
@@ -320,7 +326,7 @@ def definition_router(kind: Kind) -> APIRouter:
 
     @router.delete("/{item_id}", response_model=RegistryItem, summary=f"Archive {_a(noun)} {noun}",
                    responses={**COMMON_ERRORS, 404: E404, 412: E412})
-    def archive(item_id: ItemId, context: Context, if_match: IfMatch = None) -> JSONResponse:
+    def archive(item_id: ItemId, context: MayArchive, if_match: IfMatch = None) -> JSONResponse:
         """Archive: no new versions or executions; versions kept and reads still work. Archiving an archived
         item changes nothing (Author)."""
         item = load(context, item_id)
@@ -338,7 +344,8 @@ def definition_router(kind: Kind) -> APIRouter:
     @router.post("/{item_id}/rollback", response_model=RegistryItem,
                  summary=f"Roll {_a(noun)} {noun} back (a new version equal to an old one)",
                  responses={**ITEM_ERRORS, 409: E409_ARCHIVED, 412: E412})
-    def rollback(item_id: ItemId, body: RollbackRequest, context: Context, if_match: IfMatch = None) -> JSONResponse:
+    def rollback(item_id: ItemId, context: MayRollback, body: RollbackRequest, if_match: IfMatch = None,
+                 ) -> JSONResponse:
         """A new version equal to `to_version`, its origin `{"kind": "rollback", "from_version": n}`; the old
         version must still validate. `If-Match` is optional here (Author)."""
         item = load(context, item_id)
@@ -359,7 +366,7 @@ def definition_router(kind: Kind) -> APIRouter:
 
     @router.get("/{item_id}/versions", response_model=RegistryVersionPage, summary=f"List {_a(noun)} {noun}'s "
                 "versions", responses={**COMMON_ERRORS, 400: E400, 404: E404})
-    def list_versions(item_id: ItemId, context: Context, cursor: str | None = None,
+    def list_versions(item_id: ItemId, context: MayRead, cursor: str | None = None,
                       limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT) -> RegistryVersionPage:
         """Every version, oldest first, cursor-paginated (Reader)."""
         item = load(context, item_id)
@@ -373,7 +380,7 @@ def definition_router(kind: Kind) -> APIRouter:
 
     @router.get("/{item_id}/versions/{number}", response_model=RegistryVersion, summary=f"Read one version of "
                 f"{_a(noun)} {noun}", responses={**COMMON_ERRORS, 404: E404})
-    def read_version(item_id: ItemId, number: Annotated[int, Path(ge=1)], context: Context) -> RegistryVersion:
+    def read_version(item_id: ItemId, number: Annotated[int, Path(ge=1)], context: MayRead) -> RegistryVersion:
         """One immutable version (Reader)."""
         item = load(context, item_id)
         authorize(context, spec.read, resource_of(context, item), detail={"version": number})
@@ -385,7 +392,7 @@ def definition_router(kind: Kind) -> APIRouter:
 
     @router.get("/{item_id}/diff", response_model=RegistryDiff, summary=f"Compare two versions of {_a(noun)} {noun}",
                 responses={**COMMON_ERRORS, 404: E404})
-    def diff(item_id: ItemId, context: Context, from_version: Annotated[int, Query(alias="from", ge=1)],
+    def diff(item_id: ItemId, context: MayRead, from_version: Annotated[int, Query(alias="from", ge=1)],
              to_version: Annotated[int, Query(alias="to", ge=1)]) -> RegistryDiff:
         """Steps added, removed and changed (with paths, old and new values), and a short summary (Reader)."""
         item = load(context, item_id)
@@ -403,7 +410,7 @@ def definition_router(kind: Kind) -> APIRouter:
 
     @router.post("/{item_id}/plan", response_model=RegistryPlan, summary=f"Plan {_a(noun)} {noun} (dry run)",
                  responses={**ITEM_ERRORS})
-    def plan(item_id: ItemId, context: Context) -> RegistryPlan:
+    def plan(item_id: ItemId, context: MayRead) -> RegistryPlan:
         """The current version's steps in execution levels, each with its module and the caller's decision for
         executing it, the tenant's quota headroom and the plan hash; nothing is saved or started (Reader)."""
         item = load(context, item_id)

@@ -9,17 +9,17 @@ from fastapi import APIRouter, Depends
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.api.permissions import GuardedRoute, permission
 from shared.api.problems import FieldError, ProblemError
 from shared.api.responses import AUTH_ERRORS, INVALID
-from shared.api.security import RequestContext, authenticated, authorize, record_mutation, tenant_resource
+from shared.api.security import RequestContext, authorize, record_mutation, tenant_resource
 from shared.db.session import tenant_transaction
 from shared.modules.ssrf import private_network_allowed
 from shared.policy.actions import Action
 from shared.tenants.models import TenantQuotas, TenantStatus
 from shared.tenants.settings import settings_problems
 
-router = APIRouter(prefix="/api/v1/tenant", tags=["tenants"])
-Context = Annotated[RequestContext, Depends(authenticated)]
+router = APIRouter(prefix="/api/v1/tenant", tags=["tenants"], route_class=GuardedRoute)
 
 
 class TenantSettings(BaseModel):
@@ -48,7 +48,7 @@ _SELECT = ("SELECT name, display_name, status, quotas, allowed_modules, allowed_
 
 
 @router.get("", response_model=TenantSettings, summary="Read the caller's tenant", responses=AUTH_ERRORS)
-def read(context: Context) -> TenantSettings:
+def read(context: Annotated[RequestContext, Depends(permission(Action.TENANT_SETTINGS_READ))]) -> TenantSettings:
     """The caller's tenant and its settings (Tenant.Admin)."""
     authorize(context, Action.TENANT_SETTINGS_READ, tenant_resource("Tenant", context.tenant.id, context.tenant.id))
     with tenant_transaction(context.tenant.id) as conn:
@@ -59,7 +59,8 @@ def read(context: Context) -> TenantSettings:
 
 @router.patch("", response_model=TenantSettings, summary="Change the caller's tenant settings",
               responses={**AUTH_ERRORS, 422: INVALID})
-def update(change: TenantSettingsUpdate, context: Context) -> TenantSettings:
+def update(context: Annotated[RequestContext, Depends(permission(Action.TENANT_SETTINGS_UPDATE))],
+           change: TenantSettingsUpdate) -> TenantSettings:
     """Merge settings into the tenant's own (Tenant.Admin); limits and allow-lists stay the platform's."""
     resource = tenant_resource("Tenant", context.tenant.id, context.tenant.id)
     authorize(context, Action.TENANT_SETTINGS_UPDATE, resource)

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from shared.api.durable import get_durable_client
+from shared.api.permissions import GuardedRoute, permission
 from shared.api.problems import ProblemError
 from shared.api.responses import (
     AUTH_ERRORS,
@@ -21,7 +22,7 @@ from shared.api.responses import (
     PRECONDITION_FAILED,
     PRECONDITION_REQUIRED,
 )
-from shared.api.security import RequestContext, authenticated, authorize, record_mutation, record_tenant_event
+from shared.api.security import RequestContext, authorize, record_mutation, record_tenant_event
 from shared.audit import get_audit_store
 from shared.config import get_settings
 from shared.db.session import platform_transaction
@@ -41,9 +42,8 @@ from shared.tenants.repository import (
     update_tenant,
 )
 
-router = APIRouter(prefix="/api/v1/tenants", tags=["tenants"])
+router = APIRouter(prefix="/api/v1/tenants", tags=["tenants"], route_class=GuardedRoute)
 _PLATFORM = Resource("Platform", "platform", None, {})
-Context = Annotated[RequestContext, Depends(authenticated)]
 
 
 def _not_found(tenant_id: UUID) -> ProblemError:
@@ -62,7 +62,8 @@ def _authorized_tenant(context: RequestContext, action: Action, tenant_id: UUID)
 
 @router.post("", status_code=201, response_model=Tenant, summary="Provision a tenant",
              responses={**AUTH_ERRORS, 409: CONFLICT, 422: INVALID})
-def create(spec: TenantCreate, response: Response, context: Context) -> Tenant:
+def create(context: Annotated[RequestContext, Depends(permission(Action.TENANT_CREATE))], spec: TenantCreate,
+           response: Response) -> Tenant:
     """Provision a tenant (Platform.Admin)."""
     authorize(context, Action.TENANT_CREATE, _PLATFORM, detail={"name": spec.name})
     with platform_transaction() as conn:
@@ -81,7 +82,8 @@ def create(spec: TenantCreate, response: Response, context: Context) -> Tenant:
 
 @router.get("", response_model=TenantPage, summary="List tenants",
             responses={**AUTH_ERRORS, 400: BAD_CURSOR, 422: INVALID})
-def list_all(context: Context, limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT), cursor: str | None = None,
+def list_all(context: Annotated[RequestContext, Depends(permission(Action.TENANT_LIST))],
+             limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT), cursor: str | None = None,
              status: TenantStatus | None = None) -> TenantPage:
     """Tenants by name, cursor-paginated (Platform.Admin)."""
     authorize(context, Action.TENANT_LIST, _PLATFORM)
@@ -92,7 +94,8 @@ def list_all(context: Context, limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LI
 
 @router.get("/{tenant_id}", response_model=Tenant, summary="Read a tenant",
             responses={**AUTH_ERRORS, 404: NOT_FOUND, 422: INVALID})
-def read(tenant_id: UUID, response: Response, context: Context) -> Tenant:
+def read(tenant_id: UUID, response: Response,
+         context: Annotated[RequestContext, Depends(permission(Action.TENANT_READ))]) -> Tenant:
     """One tenant with its ETag (Platform.Admin)."""
     tenant = _authorized_tenant(context, Action.TENANT_READ, tenant_id)
     response.headers["ETag"] = etag(tenant)
@@ -102,8 +105,8 @@ def read(tenant_id: UUID, response: Response, context: Context) -> Tenant:
 @router.patch("/{tenant_id}", response_model=Tenant, summary="Change a tenant",
               responses={**AUTH_ERRORS, 404: NOT_FOUND, 412: PRECONDITION_FAILED, 422: INVALID,
                          428: PRECONDITION_REQUIRED})
-def patch(tenant_id: UUID, change: TenantUpdate, response: Response, context: Context,
-          if_match: Annotated[str | None, Header()] = None) -> Tenant:
+def patch(tenant_id: UUID, context: Annotated[RequestContext, Depends(permission(Action.TENANT_UPDATE))],
+          change: TenantUpdate, response: Response, if_match: Annotated[str | None, Header()] = None) -> Tenant:
     """Change status, quotas or allow-lists; `If-Match` with the tenant's ETag is required (Platform.Admin)."""
     authorize(context, Action.TENANT_UPDATE, _PLATFORM, detail={"tenant_id": str(tenant_id)})
     if not if_match:
@@ -150,7 +153,8 @@ class TenantErased(BaseModel):
 
 @router.post("/{tenant_id}/export", status_code=201, response_model=TenantExport,
              summary="Export a tenant's data to blob storage", responses={**AUTH_ERRORS, 404: NOT_FOUND})
-def export(tenant_id: UUID, context: Context) -> TenantExport:
+def export(tenant_id: UUID, context: Annotated[RequestContext, Depends(permission(Action.TENANT_EXPORT))],
+           ) -> TenantExport:
     """Write a JSON archive of the tenant's intents, versions, policies and audit (Platform.Admin)."""
     tenant = _authorized_tenant(context, Action.TENANT_EXPORT, tenant_id)
     container = artifacts_container(get_settings())
@@ -163,8 +167,8 @@ def export(tenant_id: UUID, context: Context) -> TenantExport:
 @router.post("/{tenant_id}/erase", response_model=TenantErased, summary="Erase a tenant (GDPR offboarding)",
              responses={**AUTH_ERRORS, 404: NOT_FOUND, 422: INVALID,
                         409: {**CONFLICT, "description": "The tenant is still active, or the name does not match"}})
-async def erase(tenant_id: UUID, body: TenantErasure, context: Context,
-                client: Any = Depends(get_durable_client)) -> TenantErased:  # noqa: B008
+async def erase(tenant_id: UUID, context: Annotated[RequestContext, Depends(permission(Action.TENANT_ERASE))],
+                body: TenantErasure, client: Any = Depends(get_durable_client)) -> TenantErased:  # noqa: B008
     """Remove every orchestration, row, blob and record of a suspended tenant; only the erasure's own audit record
     remains."""
     tenant = await run_in_threadpool(_authorized_tenant, context, Action.TENANT_ERASE, tenant_id)

@@ -1,0 +1,54 @@
+# intent_ref: platform.idempotency
+"""The Idempotency-Key request header: one dependency and one format for every route that accepts it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Header, Request
+
+from shared.api.problems import FieldError, ProblemError
+from shared.idempotency import KEY_FORMAT, KEY_MAX_LENGTH, KEY_PATTERN, key_problem
+
+HEADER = "Idempotency-Key"
+POINTER = "/header/idempotency-key"
+DESCRIPTION = (
+    "Makes the request safe to retry. A later request with the same key and the same request (method, route and "
+    "body) replays the first answer and does the work only once; the same key with a different request is 422. "
+    f"Format: {KEY_FORMAT}. A malformed key, or more than one Idempotency-Key header, is 400."
+)
+
+
+def _refused(detail: str) -> ProblemError:
+    return ProblemError(
+        400,
+        "invalid-idempotency-key",
+        "Bad request",
+        detail,
+        errors=[FieldError(pointer=POINTER, detail=detail)],
+        extensions={"header": HEADER},
+    )
+
+
+def idempotency_key(
+    request: Request,
+    # Declared for the OpenAPI document only: the value is read from the raw headers below, because a declared
+    # header parameter would silently take one of several values and answer 422 for a malformed one.
+    idempotency_key: Annotated[  # noqa: ARG001
+        str | None,
+        Header(
+            description=DESCRIPTION,
+            json_schema_extra={"pattern": KEY_PATTERN, "minLength": 1, "maxLength": KEY_MAX_LENGTH},
+        ),
+    ] = None,
+) -> str | None:
+    """FastAPI dependency: the request's Idempotency-Key (None without one); 400 when repeated or malformed."""
+    values = request.headers.getlist(HEADER)
+    if len(values) > 1:
+        raise _refused(f"send one {HEADER} header, not {len(values)}")
+    if not values:
+        return None
+    problem = key_problem(values[0])
+    if problem is not None:
+        raise _refused(problem)
+    return values[0]

@@ -1,0 +1,286 @@
+# intent_ref: platform.access-control
+"""Route permissions: whether the caller could do a route's action at all is decided before its body is read.
+
+FastAPI reads a route's JSON body before it solves the dependencies and validates the body after them, so a caller
+without the role would hear a 422 describing the schema (and a malformed body would leave no audit record). Every
+/api/v1 route therefore takes its request context from `permission(action)`, its first dependency, and its router
+uses `GuardedRoute`, which holds a body that does not parse until that decision has been made:
+
+- The decision is Cedar's, on the route's action and on what is known before the body: the caller's tenant, the
+  control plane, or the resource type of the action with the id from the path. Attributes that only the stored row
+  or the body can give (an intent's target, an execution's requester, labels) take every value that a platform
+  policy tells apart (`_candidates`), and the caller passes when any of them is allowed. Tenant policies are left
+  out here: they only forbid, usually on those attributes, so they would refuse what the full decision might allow.
+  The pre-check is thus never stricter than the full decision on the loaded resource, which each route still makes
+  (and audits) as before; a test checks this for every action and role.
+- A refusal is audited here (a deny with its reason, detail `{"stage": "role"}`) and answered 403 problem+json;
+  nothing else runs. A pass is not audited: the route's own decision on the resource, which follows, is the one
+  record of the request's authorization, so no request is recorded twice.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import Depends, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute, iter_route_contexts
+from starlette.routing import Match
+from starlette.types import Scope
+
+from shared.api.problems import ProblemError
+from shared.api.security import RequestContext, authenticated
+from shared.audit import AuditRecord, get_audit_store
+from shared.auth.principal import Principal
+from shared.policy.actions import Action
+from shared.policy.authorizer import Decision, Resource, TenantFacts, get_authorizer
+
+__all__ = [
+    "RESOURCE_TYPES",
+    "GuardedRoute",
+    "RoutePermission",
+    "defer_input_problem",
+    "permission",
+    "role_decision",
+    "route_permission",
+]
+
+RESOURCE_TYPES: dict[Action, str] = {
+    **dict.fromkeys(
+        (
+            Action.TENANT_CREATE,
+            Action.TENANT_READ,
+            Action.TENANT_UPDATE,
+            Action.TENANT_LIST,
+            Action.TENANT_EXPORT,
+            Action.TENANT_ERASE,
+        ),
+        "Platform",
+    ),
+    **dict.fromkeys(
+        (
+            Action.TENANT_SETTINGS_READ,
+            Action.TENANT_SETTINGS_UPDATE,
+            Action.INTENT_LIST,
+            Action.BLUEPRINT_LIST,
+            Action.EXECUTION_LIST,
+            Action.MODULE_LIST,
+            Action.INGRESS_REJECTION_LIST,
+        ),
+        "Tenant",
+    ),
+    **dict.fromkeys((Action.POLICY_READ, Action.POLICY_CREATE, Action.POLICY_DELETE), "Policy"),
+    Action.AUDIT_READ: "AuditLog",
+    **dict.fromkeys((Action.MODULE_REGISTER, Action.MODULE_READ), "Module"),
+    **dict.fromkeys(
+        (
+            Action.INTENT_READ,
+            Action.INTENT_CREATE,
+            Action.INTENT_UPDATE,
+            Action.INTENT_ARCHIVE,
+            Action.INTENT_ROLLBACK,
+            Action.INTENT_EXECUTE,
+        ),
+        "Intent",
+    ),
+    **dict.fromkeys(
+        (
+            Action.BLUEPRINT_READ,
+            Action.BLUEPRINT_CREATE,
+            Action.BLUEPRINT_UPDATE,
+            Action.BLUEPRINT_ARCHIVE,
+            Action.BLUEPRINT_ROLLBACK,
+        ),
+        "Blueprint",
+    ),
+    **dict.fromkeys((Action.EXECUTION_READ, Action.EXECUTION_CANCEL, Action.EXECUTION_APPROVE), "Execution"),
+}
+"""The resource type each action applies to in the Cedar schema (a test checks every action is listed)."""
+
+ANY_ID = "*"
+"""The resource id when the path names none (a collection, or an item the body describes)."""
+_UNUSABLE_ID = "invalid"
+_PLAIN_ID = re.compile(r"[\x21-\x7e]{1,200}")
+_BODY_ERROR = "qp.deferred_body_error"
+_INPUT_PROBLEM = "qp.deferred_input_problem"
+_UNREAD_BODY = object()
+
+
+@dataclass(frozen=True)
+class RoutePermission:
+    """What a route's pre-check decides: the action, and the path parameter that names the resource (if any)."""
+
+    action: Action
+    resource_param: str | None
+
+
+_PERMISSIONS: dict[Callable[..., RequestContext], RoutePermission] = {}
+
+
+def _candidates(action: Action, resource_id: str, tenant_id: UUID, principal_id: str) -> list[Resource]:
+    kind = RESOURCE_TYPES[action]
+    match kind:
+        case "Platform":
+            return [Resource.platform()]
+        case "Tenant":
+            return [Resource.tenant(tenant_id)]
+        case "Intent":
+            # No platform policy permits more for production than for any other target.
+            return [Resource("Intent", resource_id, tenant_id, {"target": "", "labels": {}})]
+        case "Execution":
+            # Someone else's first, so a refusal names the missing role rather than self-approval; the caller's
+            # own, because a requester may cancel its own execution without an operator role.
+            return [
+                Resource("Execution", resource_id, tenant_id, {"target": "", "requested_by": by, "labels": {}})
+                for by in ("", principal_id)
+            ]
+        case "Module":
+            return [Resource("Module", resource_id, tenant_id, {"name": resource_id})]
+        case _:
+            return [Resource(kind, resource_id, tenant_id, {})]
+
+
+def role_decision(
+    principal: Principal, tenant: TenantFacts, action: Action, resource_id: str = ANY_ID
+) -> tuple[Decision, Resource]:
+    """Whether `principal` could do `action` on some resource of its tenant with this id, whatever the attributes
+    the body or the stored row will give it; the decision and the resource it names (not audited)."""
+    candidates = _candidates(action, resource_id, tenant.id, principal.id)
+    decisions = [get_authorizer().decide(principal, action, resource, tenant=tenant) for resource in candidates]
+    for decision, resource in zip(decisions, candidates, strict=True):
+        if decision.allowed:
+            return decision, resource
+    return decisions[0], candidates[0]
+
+
+def _path_id(request: Request, param: str | None) -> str:
+    raw = request.path_params.get(param) if param is not None else None
+    if not isinstance(raw, str):
+        return ANY_ID
+    try:
+        return str(UUID(raw))
+    except ValueError:
+        # The route answers 422 for it later; the audit record keeps only an id that can be stored and read.
+        return raw if _PLAIN_ID.fullmatch(raw) else _UNUSABLE_ID
+
+
+def _record_deny(context: RequestContext, action: Action, resource: Resource, decision: Decision) -> None:
+    # Written at once, on its own: no transaction is open yet, and the 403 that follows changes nothing else.
+    get_audit_store().record(
+        AuditRecord.new(
+            tenant_id=context.tenant.id,
+            principal_id=context.principal.id,
+            action=action.value,
+            resource_type=resource.type,
+            resource_id=resource.id,
+            decision="deny",
+            reason=decision.reason,
+            request_id=context.request_id,
+            detail={"stage": "role"},
+            occurred_at=datetime.now(UTC),
+        )
+    )
+
+
+def defer_input_problem(scope: Scope, problem: ProblemError) -> bool:
+    """Hand an edge layer's refusal of the request body to the matched route's permission check, which raises it
+    once the caller could do the route's action (so a caller without the role hears 403, and is audited); False
+    when no permission-checked route matches, and the caller must answer with `problem` itself."""
+    for context in iter_route_contexts(getattr(scope.get("app"), "routes", None) or []):
+        route = context.original_route
+        if (
+            isinstance(route, GuardedRoute)
+            and route_permission(route) is not None
+            and route.matches(scope)[0] == Match.FULL
+        ):
+            scope[_INPUT_PROBLEM] = problem
+            return True
+    return False
+
+
+def _raise_deferred_body_error(request: Request) -> None:
+    """Answer for a body the edge refused, or that did not parse, as it would have been answered before."""
+    problem = request.scope.pop(_INPUT_PROBLEM, None)
+    if isinstance(problem, ProblemError):
+        raise problem
+    error = request.scope.pop(_BODY_ERROR, None)
+    if isinstance(error, json.JSONDecodeError):
+        raise RequestValidationError(
+            [
+                {
+                    "type": "json_invalid",
+                    "loc": ("body", error.pos),
+                    "msg": "JSON decode error",
+                    "input": {},
+                    "ctx": {"error": error.msg},
+                }
+            ],
+            body=error.doc,
+        )
+    if error is not None:
+        raise HTTPException(status_code=400, detail="There was an error parsing the body")
+
+
+def permission(action: Action, *, resource_param: str | None = None) -> Callable[..., RequestContext]:
+    """A dependency giving the route its request context once the caller could do `action` at all (else 403).
+
+    `resource_param` names the path parameter holding the resource's id; without it the resource is the tenant,
+    the control plane or the collection, by the action's resource type. Make it the route's first dependency.
+    """
+
+    def check(request: Request, context: Annotated[RequestContext, Depends(authenticated)]) -> RequestContext:
+        # A plain `def`: the decision and a deny record run on a worker thread, off the event loop.
+        decision, resource = role_decision(
+            context.principal, context.tenant_facts, action, _path_id(request, resource_param)
+        )
+        if not decision.allowed:
+            _record_deny(context, action, resource, decision)
+            raise ProblemError(
+                403, "forbidden", "Forbidden", f"Not allowed to {action.value}.", extensions={"reason": decision.reason}
+            )
+        _raise_deferred_body_error(request)
+        return context
+
+    check.__name__ = check.__qualname__ = f"permission_{action.value.replace('.', '_')}"
+    _PERMISSIONS[check] = RoutePermission(action, resource_param)
+    return check
+
+
+def route_permission(route: APIRoute) -> RoutePermission | None:
+    """The permission a route's first dependency checks; None when its first dependency is not a permission."""
+    dependencies = route.dependant.dependencies
+    first = dependencies[0].call if dependencies else None
+    return _PERMISSIONS.get(first) if first is not None else None
+
+
+class _DeferringRequest(Request):
+    """A request whose unparseable JSON body is set aside for the pre-check to answer after deciding."""
+
+    async def json(self) -> Any:
+        if _INPUT_PROBLEM in self.scope:
+            return _UNREAD_BODY  # refused at the edge already: not parsed again
+        try:
+            return await super().json()
+        except (ValueError, RecursionError) as exc:  # what json.loads raises on bytes that are not JSON
+            self.scope[_BODY_ERROR] = exc
+            return _UNREAD_BODY
+
+
+class GuardedRoute(APIRoute):
+    """The route class of every router with permission-checked routes: a body that does not parse is answered
+    only after the route's permission dependency has decided (403 first for a caller without the role)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """FastAPI's handler, given a request that defers body parse errors."""
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request) -> Response:
+            return await handler(_DeferringRequest(request.scope, request.receive))
+
+        return guarded
