@@ -19,6 +19,7 @@ from shared.accepted_json import (
     pointer_token,
     text_refusal,
 )
+from shared.api.permissions import defer_input_problem
 from shared.api.problems import FieldError, ProblemError, problem_response
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -168,8 +169,10 @@ class AcceptedInputMiddleware:
             try:
                 loads(body)
             except NotAcceptedJSONError as exc:
-                await self._refuse(scope, receive, send, list(exc.refusals))
-                return
+                # A permission-checked route first answers 403 to a caller without the role, then this refusal.
+                if not defer_input_problem(scope, refused_problem(exc)):
+                    await self._refuse(scope, receive, send, list(exc.refusals))
+                    return
         delivered = False
 
         async def replay() -> Message:
