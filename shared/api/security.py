@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 from fastapi import Depends, Request
 
+from shared.api.admission import Permit, get_admission, size_worker_threads
 from shared.api.middleware import request_id_var
 from shared.api.problems import ProblemError
 from shared.audit import AuditRecord, get_audit_store
@@ -24,7 +26,7 @@ from shared.auth.tokens import (
     bearer_token,
 )
 from shared.auth.validator import get_token_validator
-from shared.db.session import platform_transaction
+from shared.db.session import held_transaction, holding, platform_transaction, when_released
 from shared.policy.authorizer import Decision, Resource, TenantFacts, get_authorizer
 from shared.policy.tenant_policies import tenant_policy_texts
 from shared.ratelimit import limit_for, take_tenant_token
@@ -43,6 +45,8 @@ class RequestContext:
     principal: Principal
     tenant: Tenant
     request_id: str
+    permit: Permit | None = field(default=None, compare=False, repr=False)
+    """The request's slot in its tenant's in-flight bound (None outside the HTTP gateway)."""
 
     @property
     def tenant_facts(self) -> TenantFacts:
@@ -59,19 +63,29 @@ def _unauthorized(reason: str) -> ProblemError:
     return ProblemError(401, "invalid-token", "Unauthorized", reason, headers=dict(_INVALID_TOKEN))
 
 
-def authenticated(request: Request, validator: TokenValidator = Depends(token_validator)) -> RequestContext:  # noqa: B008
-    """Authenticate the caller and admit the request: 401 bad token, 403 suspended tenant, 429 over its rate.
+def authenticated(
+    request: Request,
+    validator: TokenValidator = Depends(token_validator),  # noqa: B008
+    _threads: None = Depends(size_worker_threads),  # noqa: B008
+) -> Iterator[RequestContext]:
+    """Authenticate the caller and admit the request: 401 bad token, 403 suspended tenant, 503 over the tenant's
+    in-flight bound, 429 over its rate.
 
-    A plain `def`: FastAPI runs it on a worker thread, so fetching signing keys never blocks the event loop.
+    A plain `def`: FastAPI runs it on a worker thread, so fetching signing keys never blocks the event loop. It
+    yields, so the tenant's permit is given back once the response has been sent (or the request has failed).
     """
     try:
         verified = validator.validate(bearer_token(request.headers.get("authorization")))
     except SigningKeysUnavailableError as exc:
         # Not the caller's fault: the issuer's keys cannot be fetched and none are cached.
         logger.error("token validation unavailable: %s", exc.reason)
-        raise ProblemError(503, "identity-unavailable", "Service unavailable",
-                           "Signing keys cannot be fetched right now; retry shortly.",
-                           headers={"Retry-After": "5"}) from None
+        raise ProblemError(
+            503,
+            "identity-unavailable",
+            "Service unavailable",
+            "Signing keys cannot be fetched right now; retry shortly.",
+            headers={"Retry-After": "5"},
+        ) from None
     except InvalidTokenError as exc:
         logger.info("rejected token: %s", exc.reason)
         raise _unauthorized(exc.reason) from None
@@ -80,19 +94,35 @@ def authenticated(request: Request, validator: TokenValidator = Depends(token_va
         raise _unauthorized("the token's tenant is not provisioned on this platform")
     tenant = context.tenant
     if tenant.status != "active":
-        _record(context, "request", Resource("Tenant", str(tenant.id), tenant.id, {}),
-                Decision(False, "tenant_suspended", ()))
-        raise ProblemError(403, "tenant-suspended", "Forbidden", "This tenant is suspended.",
-                           extensions={"reason": "tenant_suspended"})
-    # A transaction of its own, committed before any work: a refused request (429) changes nothing else.
-    verdict = take_tenant_token(tenant.id, limit_for(tenant.quotas.model_dump(exclude_none=True)))
-    if not verdict.allowed:
-        retry_after = max(1, math.ceil(verdict.retry_after_s))
-        raise ProblemError(429, "rate-limited", "Too many requests",
-                           f"This tenant is over its request rate; retry in {retry_after} s.",
-                           headers={"Retry-After": str(retry_after)})
-    request.state.context = context
-    return context
+        _record(
+            context,
+            "request",
+            Resource("Tenant", str(tenant.id), tenant.id, {}),
+            Decision(False, "tenant_suspended", ()),
+        )
+        raise ProblemError(
+            403, "tenant-suspended", "Forbidden", "This tenant is suspended.", extensions={"reason": "tenant_suspended"}
+        )
+    # Before the rate take, which is the request's first borrow: the bound covers every connection the tenant's
+    # requests hold, and a request refused here has used none.
+    permit = get_admission().admit(tenant.id)
+    try:
+        # A transaction of its own, committed before any work: a refused request (429) changes nothing else.
+        verdict = take_tenant_token(tenant.id, limit_for(tenant.quotas.model_dump(exclude_none=True)))
+        if not verdict.allowed:
+            retry_after = max(1, math.ceil(verdict.retry_after_s))
+            raise ProblemError(
+                429,
+                "rate-limited",
+                "Too many requests",
+                f"This tenant is over its request rate; retry in {retry_after} s.",
+                headers={"Retry-After": str(retry_after)},
+            )
+        context = replace(context, permit=permit)
+        request.state.context = context
+        yield context
+    finally:
+        permit.release()
 
 
 def caller_context(verified: VerifiedToken, request_id: str) -> RequestContext | None:
@@ -102,31 +132,73 @@ def caller_context(verified: VerifiedToken, request_id: str) -> RequestContext |
     return None if tenant is None else RequestContext(verified.principal(tenant.id), tenant, request_id)
 
 
-def authorize(context: RequestContext, action: str, resource: Resource, *, conn: Any | None = None,
-              detail: dict[str, Any] | None = None) -> Decision:
+def authorize(
+    context: RequestContext,
+    action: str,
+    resource: Resource,
+    *,
+    conn: Any | None = None,
+    detail: dict[str, Any] | None = None,
+) -> Decision:
     """Decide `action` on `resource` for the caller, audit the decision (allow and deny), refuse with 403.
 
-    With `conn` (an open tenant transaction) the allow record commits together with the caller's mutation; a deny
-    record is always committed on its own, because the 403 rolls the caller's transaction back.
+    Called inside the caller's open tenant transaction (`conn`, or found by itself) it borrows no second connection:
+    the allow record commits with the caller's transaction (and is written on its own if that rolls back), and a
+    deny record is written on its own once the caller's transaction has ended, because the 403 rolls it back.
     """
-    decision = get_authorizer().decide(context.principal, action, resource, tenant=context.tenant_facts,
-                                       tenant_policies=tenant_policy_texts(context.tenant.id))
-    _record(context, action, resource, decision, conn=conn if decision.allowed else None, detail=detail)
+    decision = get_authorizer().decide(
+        context.principal,
+        action,
+        resource,
+        tenant=context.tenant_facts,
+        tenant_policies=tenant_policy_texts(context.tenant.id),
+    )
+    _record(context, action, resource, decision, conn=conn, detail=detail, decided=True)
     if not decision.allowed:
-        raise ProblemError(403, "forbidden", "Forbidden", f"Not allowed to {action}.",
-                           extensions={"reason": decision.reason})
+        raise ProblemError(
+            403, "forbidden", "Forbidden", f"Not allowed to {action}.", extensions={"reason": decision.reason}
+        )
     return decision
 
 
-def _record(context: RequestContext, action: str, resource: Resource, decision: Decision, *,
-            conn: Any | None = None, detail: dict[str, Any] | None = None) -> None:
+def _record(
+    context: RequestContext,
+    action: str,
+    resource: Resource,
+    decision: Decision,
+    *,
+    conn: Any | None = None,
+    detail: dict[str, Any] | None = None,
+    decided: bool = False,
+) -> None:
+    """Write the record without ever borrowing a second connection while this request holds one.
+
+    `decided`: an authorization decision, which is recorded whatever becomes of the caller's transaction; else a
+    mutation, which commits or rolls back with it.
+    """
     record = AuditRecord.new(
-        tenant_id=context.tenant.id, principal_id=context.principal.id, action=action,
-        resource_type=resource.type, resource_id=resource.id, decision="allow" if decision.allowed else "deny",
-        reason=decision.reason, request_id=context.request_id, detail=detail or {},
+        tenant_id=context.tenant.id,
+        principal_id=context.principal.id,
+        action=action,
+        resource_type=resource.type,
+        resource_id=resource.id,
+        decision="allow" if decision.allowed else "deny",
+        reason=decision.reason,
+        request_id=context.request_id,
+        detail=detail or {},
         occurred_at=datetime.now(UTC),
     )
-    get_audit_store().record(record, conn=conn)
+    store = get_audit_store()
+    if decision.allowed:
+        joined = conn if conn is not None else held_transaction(context.tenant.id)
+        if joined is not None:
+            store.record(record, conn=joined)
+            if decided:
+                when_released(joined, lambda: store.record(record), only_on_rollback=True)
+            return
+    held = holding()
+    if held is None or not when_released(held, lambda: store.record(record)):
+        store.record(record)
 
 
 def tenant_resource(kind: str, resource_id: UUID | str, tenant_id: UUID, **attributes: Any) -> Resource:
@@ -134,8 +206,9 @@ def tenant_resource(kind: str, resource_id: UUID | str, tenant_id: UUID, **attri
     return Resource(kind, str(resource_id), tenant_id, attributes)
 
 
-def record_mutation(context: RequestContext, action: str, resource: Resource, detail: dict[str, Any], *,
-                    conn: Any | None = None) -> None:
+def record_mutation(
+    context: RequestContext, action: str, resource: Resource, detail: dict[str, Any], *, conn: Any | None = None
+) -> None:
     """Audit a change that happened (after its allow decision), with what changed."""
     _record(context, action, resource, Decision(True, "applied", ()), conn=conn, detail=detail)
 
@@ -143,8 +216,15 @@ def record_mutation(context: RequestContext, action: str, resource: Resource, de
 def record_tenant_event(tenant_id: UUID, context: RequestContext, action: str, detail: dict[str, Any]) -> None:
     """Audit an action by the caller into another tenant's trail (the control plane acting on a tenant)."""
     record = AuditRecord.new(
-        tenant_id=tenant_id, principal_id=context.principal.id, action=action, resource_type="Tenant",
-        resource_id=str(tenant_id), decision="allow", reason="applied", request_id=context.request_id,
-        detail=detail, occurred_at=datetime.now(UTC),
+        tenant_id=tenant_id,
+        principal_id=context.principal.id,
+        action=action,
+        resource_type="Tenant",
+        resource_id=str(tenant_id),
+        decision="allow",
+        reason="applied",
+        request_id=context.request_id,
+        detail=detail,
+        occurred_at=datetime.now(UTC),
     )
     get_audit_store().record(record)

@@ -14,6 +14,7 @@ from shared.config import Settings, get_settings
 # A tenant's retention changes rarely; re-reading it for every audit record would double the writes' cost.
 _RETENTION_CACHE_S = 300.0
 _RETENTION_SETTING = "audit_retention_days"
+_SELECT_RETENTION = "SELECT settings -> %s AS days FROM app.tenants WHERE id = %s"
 
 
 class _TenantRetention:
@@ -36,11 +37,16 @@ class _TenantRetention:
 
 
 def _read_retention_days(tenant_id: uuid.UUID) -> int | None:
-    from shared.db.session import tenant_transaction
+    from shared.db.session import held_transaction, tenant_transaction
 
-    with tenant_transaction(tenant_id) as conn:
-        row = conn.execute("SELECT settings -> %s AS days FROM app.tenants WHERE id = %s",
-                           (_RETENTION_SETTING, tenant_id)).fetchone()
+    # A record written inside the caller's open transaction of this tenant reads there: a second borrow while one
+    # is held is how concurrent requests stall each other.
+    joined = held_transaction(tenant_id)
+    if joined is not None:
+        row = joined.execute(_SELECT_RETENTION, (_RETENTION_SETTING, tenant_id)).fetchone()
+    else:
+        with tenant_transaction(tenant_id) as conn:
+            row = conn.execute(_SELECT_RETENTION, (_RETENTION_SETTING, tenant_id)).fetchone()
     days = row["days"] if row else None
     # Anything but a positive whole number means "no retention set": keep the records.
     return days if isinstance(days, int) and not isinstance(days, bool) and days > 0 else None

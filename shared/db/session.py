@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
@@ -13,14 +16,153 @@ from psycopg import sql
 from psycopg.rows import DictRow
 from psycopg_pool import ConnectionPool
 
+from shared.config import SettingsError, get_settings
 from shared.db.pool import get_control_pool, get_pool
 from shared.db.roles import PLATFORM_ROLE, RUNTIME_ROLE
+
+logger = logging.getLogger(__name__)
 
 _SET_RUNTIME_ROLE = sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(RUNTIME_ROLE))
 _SET_PLATFORM_ROLE = sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(PLATFORM_ROLE))
 _PIN_TENANT = "SELECT app.pin_tenant(%s)"
 
 Prologue = Callable[[psycopg.Connection[Any]], None]
+
+
+class NestedBorrowError(RuntimeError):
+    """A context that holds a pooled connection asked the same pool for another.
+
+    Every request doing that at once waits on the others until the pool's timeout: one tenant's burst stalls all.
+    """
+
+
+@dataclass(eq=False)
+class _Hold:
+    """A connection this context has borrowed and not returned yet, and what to do once it is back."""
+
+    pool: ConnectionPool[Any]
+    conn: psycopg.Connection[Any] | None = None
+    tenant_id: UUID | None = None
+    """The tenant pinned in its transaction; None for runtime and control-plane transactions."""
+    joinable: bool = False
+    """Whether others may run statements in its transaction (not while it is pipelined, as tenant_write is)."""
+    after_release: list[Callable[[], None]] = field(default_factory=list)
+    on_rollback: list[Callable[[], None]] = field(default_factory=list)
+
+
+# A context variable, not a thread-local: FastAPI and anyio run each worker-thread call in a copy of the caller's
+# context, so a hold is seen exactly by the code that runs inside its `with` block, on whichever thread.
+_holds: ContextVar[tuple[_Hold, ...]] = ContextVar("qp_db_holds", default=())
+_nesting_allowed: ContextVar[bool] = ContextVar("qp_db_nesting_allowed", default=False)
+
+
+def _nested_borrow_is_fatal() -> bool:
+    try:
+        return get_settings().QP_ENVIRONMENT == "local"
+    except SettingsError:  # a piece tested without settings: loud is right there too
+        return True
+
+
+def _refuse_nested_borrow(pool: ConnectionPool[Any]) -> None:
+    message = (
+        f"this request already holds a connection of pool {pool.name!r} and asked it for another; "
+        "reuse the open transaction (shared.db.session.held_transaction) or defer the work until it ends "
+        "(when_released)"
+    )
+    if _nested_borrow_is_fatal():
+        raise NestedBorrowError(message)
+    # Deployed, the borrow goes ahead (it waits at most the pool's timeout, then 503): a crash would be worse.
+    logger.error("nested borrow: %s", message, stack_info=True)
+
+
+@contextmanager
+def allow_nested_borrow() -> Iterator[None]:
+    """Let the block borrow from a pool whose connection this context already holds.
+
+    Only for work of which one runs at a time per process (a timer), never on the request path: a lone borrower
+    cannot wait on itself, but many concurrent ones wait on each other.
+    """
+    token = _nesting_allowed.set(True)
+    try:
+        yield
+    finally:
+        _nesting_allowed.reset(token)
+
+
+@contextmanager
+def _borrow(pool: ConnectionPool[Any]) -> Iterator[tuple[psycopg.Connection[Any], _Hold]]:
+    """Borrow from `pool` as this context's hold; what was deferred to its release runs once it is back."""
+    if not _nesting_allowed.get() and any(hold.pool is pool for hold in _holds.get()):
+        _refuse_nested_borrow(pool)
+    hold = _Hold(pool)
+    _holds.set((*_holds.get(), hold))
+    try:
+        with pool.connection() as conn:
+            hold.conn = conn
+            try:
+                yield conn, hold
+            except BaseException:
+                # Also a failed COMMIT: the ExitStack/Transaction inside exits before this block sees the error.
+                hold.after_release.extend(hold.on_rollback)
+                raise
+    finally:
+        # Removed by identity rather than reset by token: robust however the caller's blocks interleave.
+        _holds.set(tuple(other for other in _holds.get() if other is not hold))
+        _run_deferred(hold.after_release)
+
+
+def _run_deferred(callbacks: list[Callable[[], None]]) -> None:
+    first: Exception | None = None
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception as exc:  # the others still run; the first failure is the caller's to see
+            logger.warning("work deferred until a connection was released failed: %s", exc)
+            first = first or exc
+    if first is not None:
+        raise first
+
+
+def _app_pool(pool: ConnectionPool[Any] | None) -> ConnectionPool[Any]:
+    return pool if pool is not None else get_pool()
+
+
+def holding(pool: ConnectionPool[Any] | None = None) -> psycopg.Connection[Any] | None:
+    """The connection of `pool` (default: the tenant pool) this context holds, innermost first; None if none."""
+    holds = _holds.get()
+    if not holds:  # the common case outside a transaction, without touching (or opening) the pool
+        return None
+    target = _app_pool(pool)
+    return next((hold.conn for hold in reversed(holds) if hold.pool is target), None)
+
+
+def held_transaction(tenant_id: UUID, *, pool: ConnectionPool[Any] | None = None) -> psycopg.Connection[Any] | None:
+    """This context's open transaction of `tenant_id` on `pool` (default: the tenant pool), for statements that
+    would otherwise borrow a second connection; None when there is none (or it is pipelined)."""
+    holds = _holds.get()
+    if not holds:
+        return None
+    target = _app_pool(pool)
+    for hold in reversed(holds):
+        if hold.pool is target:
+            return hold.conn if hold.joinable and hold.tenant_id == tenant_id else None
+    return None
+
+
+def when_released(
+    conn: psycopg.Connection[Any], callback: Callable[[], None], *, only_on_rollback: bool = False
+) -> bool:
+    """Run `callback` once this context's transaction on `conn` has ended and `conn` is back in its pool (with
+    `only_on_rollback`, only if that transaction rolled back); False when `conn` is not held here.
+
+    For work that must not join the transaction (a record that outlives its rollback) and must not borrow while
+    it is open. A callback's error is raised after the others have run, in place of the transaction's own.
+    """
+    for hold in reversed(_holds.get()):
+        if hold.conn is conn:
+            (hold.on_rollback if only_on_rollback else hold.after_release).append(callback)
+            return True
+    return False
 
 
 def enter_tenant(conn: psycopg.Connection[Any], tenant_id: UUID) -> None:
@@ -55,15 +197,18 @@ def _set_role(statement: sql.Composed) -> Prologue:
 
 
 @contextmanager
-def _transaction(pool: ConnectionPool[Any], prologue: Prologue) -> Iterator[psycopg.Connection[DictRow]]:
+def _transaction(
+    pool: ConnectionPool[Any], prologue: Prologue, tenant_id: UUID | None = None
+) -> Iterator[psycopg.Connection[DictRow]]:
     """Borrow a connection, open a transaction and run its prologue, all in one round trip to the server."""
-    with pool.connection() as conn, ExitStack() as stack:
+    with _borrow(pool) as (conn, hold), ExitStack() as stack:
         # The pipeline ends before the caller's statements: they run (and fail) one by one as usual. An error in
         # the prologue surfaces when the pipeline syncs, inside the transaction, which then rolls back.
         with conn.pipeline():
             stack.enter_context(psycopg.Transaction(conn))  # conn.transaction() would keep the pipeline open
             _clean_session(conn)
             prologue(conn)
+        hold.tenant_id, hold.joinable = tenant_id, True
         yield conn
 
 
@@ -77,8 +222,9 @@ def tenant_write(tenant_id: UUID, *, pool: ConnectionPool[Any] | None = None) ->
     """
     prologue = _tenant_prologue(tenant_id)
     # psycopg.Transaction, not conn.transaction(): in a pipeline the latter syncs around the block (two more round
-    # trips); here the pipeline's one sync at its end covers BEGIN, the statements and COMMIT.
-    with (pool or get_pool()).connection() as conn, conn.pipeline(), psycopg.Transaction(conn):
+    # trips); here the pipeline's one sync at its end covers BEGIN, the statements and COMMIT. Not joinable: a
+    # statement whose result is needed at once would sync the pipeline in the middle.
+    with _borrow(pool or get_pool()) as (conn, _hold), conn.pipeline(), psycopg.Transaction(conn):
         _clean_session(conn)
         prologue(conn)
         yield conn
@@ -90,7 +236,7 @@ def tenant_transaction(
 ) -> Iterator[psycopg.Connection[DictRow]]:
     """Open one transaction, as the runtime role, in which RLS sees only `tenant_id`'s rows."""
     prologue = _tenant_prologue(tenant_id)
-    with _transaction(pool or get_pool(), prologue) as conn:
+    with _transaction(pool or get_pool(), prologue, tenant_id) as conn:
         yield conn
 
 

@@ -14,7 +14,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from shared.config import get_settings
-from shared.db.session import runtime_transaction
+from shared.db.session import allow_nested_borrow, runtime_transaction
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -67,7 +67,9 @@ class LocalEventHubPublisher:
         """Append all events in one transaction: every event lands, or none does."""
         if not events:
             return
-        with runtime_transaction(pool=self._pool) as conn:
+        # The devhost's stand-in for Event Hubs, which the outbox relay calls inside its tenant transaction: one
+        # relay runs at a time, so its second connection cannot wait on itself. Requests never publish here.
+        with allow_nested_borrow(), runtime_transaction(pool=self._pool) as conn:
             for event in events:
                 params = (hub, event.partition_key, event.body_bytes(), Jsonb(dict(event.properties)))
                 conn.execute(_LOCAL_PUBLISH, params)

@@ -6,13 +6,14 @@ from __future__ import annotations
 import threading
 import time
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 import psycopg
 from psycopg.rows import DictRow
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.db.session import tenant_transaction
+from shared.db.session import held_transaction, tenant_transaction, when_released
 
 _CACHE_TTL_S = 5.0
 
@@ -20,10 +21,19 @@ _CACHE_TTL_S = 5.0
 class TenantPolicyCreate(BaseModel):
     """A policy a Tenant.Admin adds."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "name": "no-friday-production", "description": "Nobody executes intents labelled freeze=true.",
-        "policy": 'forbid (principal, action == QP::Action::"intent.execute", resource) '
-                  'when { resource.labels.contains("freeze=true") };'}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "no-friday-production",
+                    "description": "Nobody executes intents labelled freeze=true.",
+                    "policy": 'forbid (principal, action == QP::Action::"intent.execute", resource) '
+                    'when { resource.labels.contains("freeze=true") };',
+                }
+            ]
+        },
+    )
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     description: str = Field(default="", max_length=500)
@@ -53,13 +63,15 @@ class TenantPolicyConflictError(Exception):
 
 def list_policies(conn: psycopg.Connection[DictRow]) -> list[TenantPolicy]:
     """The current tenant's policies, by name."""
-    rows = conn.execute("SELECT id, name, description, policy, created_by, created_at FROM app.tenant_policies"
-                        " ORDER BY name").fetchall()
+    rows = conn.execute(
+        "SELECT id, name, description, policy, created_by, created_at FROM app.tenant_policies ORDER BY name"
+    ).fetchall()
     return [TenantPolicy(**row) for row in rows]
 
 
-def add_policy(conn: psycopg.Connection[DictRow], tenant_id: UUID, spec: TenantPolicyCreate,
-               created_by: str) -> TenantPolicy:
+def add_policy(
+    conn: psycopg.Connection[DictRow], tenant_id: UUID, spec: TenantPolicyCreate, created_by: str
+) -> TenantPolicy:
     """Store a validated policy for the current tenant."""
     try:
         with conn.transaction():
@@ -71,14 +83,14 @@ def add_policy(conn: psycopg.Connection[DictRow], tenant_id: UUID, spec: TenantP
     except psycopg.errors.UniqueViolation as exc:
         raise TenantPolicyConflictError(spec.name) from exc
     assert row is not None  # noqa: S101  # INSERT ... RETURNING
-    policy_cache.forget(tenant_id)
+    policy_cache.forget_now_and_after(conn, tenant_id)
     return TenantPolicy(**row)
 
 
 def delete_policy(conn: psycopg.Connection[DictRow], tenant_id: UUID, policy_id: UUID) -> bool:
     """Remove one of the current tenant's policies; False when it does not exist (or is another tenant's)."""
     deleted = conn.execute("DELETE FROM app.tenant_policies WHERE id = %s", (policy_id,)).rowcount == 1
-    policy_cache.forget(tenant_id)
+    policy_cache.forget_now_and_after(conn, tenant_id)
     return deleted
 
 
@@ -95,9 +107,16 @@ class _PolicyCache:
             hit = self._entries.get(tenant_id)
         if hit is not None and now - hit[0] < _CACHE_TTL_S:
             return hit[1]
-        with tenant_transaction(tenant_id) as conn:
-            texts = tuple(row["policy"] for row in conn.execute(
-                "SELECT policy FROM app.tenant_policies ORDER BY name").fetchall())
+        # Inside the caller's open transaction of this tenant the read joins it: borrowing a second connection
+        # there is how concurrent requests end up waiting on each other for the whole pool.
+        joined = held_transaction(tenant_id)
+        if joined is not None:
+            texts = _read_texts(joined)
+            # What that transaction saw may include its own uncommitted changes: not worth keeping if they vanish.
+            when_released(joined, lambda: self.forget(tenant_id), only_on_rollback=True)
+        else:
+            with tenant_transaction(tenant_id) as conn:
+                texts = _read_texts(conn)
         with self._lock:
             self._entries[tenant_id] = (now, texts)
         return texts
@@ -105,6 +124,16 @@ class _PolicyCache:
     def forget(self, tenant_id: UUID) -> None:
         with self._lock:
             self._entries.pop(tenant_id, None)
+
+    def forget_now_and_after(self, conn: psycopg.Connection[DictRow], tenant_id: UUID) -> None:
+        """Forget the tenant's texts now and again once the change in `conn` has committed: a decision in between
+        would otherwise cache the texts from before the change for the whole TTL."""
+        self.forget(tenant_id)
+        when_released(conn, lambda: self.forget(tenant_id))
+
+
+def _read_texts(conn: psycopg.Connection[Any]) -> tuple[str, ...]:
+    return tuple(row["policy"] for row in conn.execute("SELECT policy FROM app.tenant_policies ORDER BY name"))
 
 
 policy_cache = _PolicyCache()

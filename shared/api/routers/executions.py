@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -13,6 +12,7 @@ from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from shared.api.admission import idle
 from shared.api.permissions import GuardedRoute, permission
 from shared.api.problems import ProblemError
 from shared.api.responses import AUTH_ERRORS, BAD_CURSOR, INVALID, problem_doc
@@ -287,7 +287,9 @@ async def events(
         execution, items = await run_in_threadpool(_read_events, context.tenant.id, execution_id, after, limit)
         if items or execution.terminal or time.monotonic() >= deadline:
             break
-        await asyncio.sleep(min(POLL_INTERVAL_S, max(0.0, deadline - time.monotonic())))
+        # The permit is given back while waiting: a tenant's long polls count against its bound only while they read.
+        if not await idle(context, min(POLL_INTERVAL_S, max(0.0, deadline - time.monotonic()))):
+            break  # its bound is taken by other requests: answer with what there is, the client polls again
     return ExecutionEventPage(
         execution_id=execution.id, status=execution.status, next_after=items[-1].seq if items else after,
         items=[event_out(e) for e in items])

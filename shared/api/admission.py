@@ -1,0 +1,206 @@
+# intent_ref: platform.rate-limits
+"""Per-tenant admission: at most N requests of one tenant in flight per process, so a burst leaves room for others."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from functools import lru_cache
+from typing import Protocol
+from uuid import UUID
+
+import anyio.to_thread
+
+from shared.api.problems import ProblemError
+from shared.config import Settings, get_settings
+
+QUEUE_WAIT_S = 0.5
+"""How long a request over its tenant's bound waits for a permit before it is answered 503: long enough to ride out
+a short burst, far below the pool's wait (3 s by default), so an overloaded tenant hears "busy" at once."""
+RETRY_AFTER_S = 1
+_ASYNC_POLL_S = 0.02
+MIN_WORKER_THREADS = 40
+"""anyio's default: the limit of threads that run sync dependencies and routes (see `worker_threads`)."""
+
+
+class TenantGate:
+    """One tenant's requests in flight (at most `limit`) and those queued for a slot (at most `queue`)."""
+
+    def __init__(self, limit: int, queue: int) -> None:
+        if limit < 1 or queue < 0:
+            raise ValueError("limit must be >= 1 and queue >= 0")
+        self.limit, self.queue = limit, queue
+        self._changed = threading.Condition()
+        self._in_flight = 0
+        self._waiting = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Permits held right now."""
+        with self._changed:
+            return self._in_flight
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued for a permit right now."""
+        with self._changed:
+            return self._waiting
+
+    def enter(self, wait_s: float) -> bool:
+        """Take a slot, waiting up to `wait_s` in the queue when it has room; False when none was had."""
+        with self._changed:
+            if self._in_flight < self.limit:
+                self._in_flight += 1
+                return True
+            if wait_s <= 0 or self._waiting >= self.queue:
+                return False
+            # A bounded queue keeps a burst from parking every worker thread here while it waits.
+            self._waiting += 1
+            try:
+                deadline = time.monotonic() + wait_s
+                while self._in_flight >= self.limit:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._changed.wait(remaining)
+                self._in_flight += 1
+                return True
+            finally:
+                self._waiting -= 1
+
+    def leave(self) -> None:
+        """Give a slot back and wake one queued request."""
+        with self._changed:
+            if self._in_flight <= 0:
+                raise RuntimeError("a tenant gate was left more often than entered")
+            self._in_flight -= 1
+            self._changed.notify()
+
+
+class Permit:
+    """One request's slot in its tenant's gate; released once, whichever of the request's threads gets there first."""
+
+    def __init__(self, gate: TenantGate, wait_s: float) -> None:
+        self._gate = gate
+        self.wait_s = wait_s
+        """How long taking it again may wait (the admission's queue wait)."""
+        self._lock = threading.Lock()
+        self._held = True
+
+    @property
+    def held(self) -> bool:
+        """Whether the slot is taken by this request right now."""
+        return self._held
+
+    def release(self) -> None:
+        """Give the slot back (again: nothing happens)."""
+        with self._lock:
+            if not self._held:
+                return
+            self._held = False
+        self._gate.leave()
+
+    def resume(self, wait_s: float = 0.0) -> bool:
+        """Take the slot again after `release` (waiting up to `wait_s` on this thread); True when held."""
+        with self._lock:
+            if self._held:
+                return True
+        if not self._gate.enter(wait_s):
+            return False
+        with self._lock:
+            self._held = True
+        return True
+
+
+class Admission:
+    """The gates of every tenant this process has served, each bounded alike."""
+
+    def __init__(self, limit: int, *, queue: int | None = None, wait_s: float = QUEUE_WAIT_S) -> None:
+        self.limit = limit
+        self.queue = limit if queue is None else queue
+        self.wait_s = wait_s
+        self._lock = threading.Lock()
+        self._gates: dict[UUID, TenantGate] = {}
+
+    def gate(self, tenant_id: UUID) -> TenantGate:
+        """The tenant's gate (made on its first request)."""
+        gate = self._gates.get(tenant_id)
+        if gate is None:
+            with self._lock:
+                gate = self._gates.setdefault(tenant_id, TenantGate(self.limit, self.queue))
+        return gate
+
+    def admit(self, tenant_id: UUID) -> Permit:
+        """A permit for one request of the tenant, or 503 tenant-busy with Retry-After once the queue wait is over.
+
+        Blocks the calling thread for at most `wait_s`: call it from a worker thread (a sync dependency).
+        """
+        gate = self.gate(tenant_id)
+        if not gate.enter(self.wait_s):
+            raise tenant_busy(self.limit)
+        return Permit(gate, self.wait_s)
+
+
+def tenant_busy(limit: int) -> ProblemError:
+    """The answer to a request over its tenant's in-flight bound."""
+    return ProblemError(
+        503,
+        "tenant-busy",
+        "Service unavailable",
+        f"This tenant already has {limit} requests in progress here; retry in {RETRY_AFTER_S} s.",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+        extensions={"limit": limit},
+    )
+
+
+def tenant_limit(settings: Settings) -> int:
+    """Requests of one tenant in flight per process: the setting, else half the tenant pool (at least one)."""
+    if settings.QP_TENANT_MAX_CONCURRENT_REQUESTS is not None:
+        return settings.QP_TENANT_MAX_CONCURRENT_REQUESTS
+    return max(1, settings.QP_DATABASE_POOL_MAX // 2)
+
+
+def worker_threads(settings: Settings) -> int:
+    """Threads for sync dependencies and routes: every pooled connection in use plus as many requests waiting
+    for one (or for a permit), and a few more for requests that need no connection (refusals, token checks)."""
+    return max(MIN_WORKER_THREADS, 2 * settings.QP_DATABASE_POOL_MAX + 8)
+
+
+@lru_cache(maxsize=1)
+def get_admission() -> Admission:
+    """The process-wide admission, sized from the settings."""
+    settings = get_settings()
+    # Capped well below the pool's wait, so a request refused here is answered before one waiting on the pool.
+    return Admission(tenant_limit(settings), wait_s=min(QUEUE_WAIT_S, settings.QP_DATABASE_POOL_TIMEOUT_S / 4))
+
+
+async def size_worker_threads() -> None:
+    """FastAPI dependency (async: it runs on the event loop, whose thread limiter it sizes once)."""
+    limiter = anyio.to_thread.current_default_thread_limiter()
+    wanted = worker_threads(get_settings())
+    if limiter.total_tokens < wanted:
+        limiter.total_tokens = wanted
+
+
+class _Admitted(Protocol):
+    @property
+    def permit(self) -> Permit | None: ...
+
+
+async def idle(context: _Admitted, seconds: float) -> bool:
+    """Sleep without the request's permit (a long poll between its reads); False when the permit could not be had
+    again within the queue wait, so the caller answers with what it has instead of waiting on."""
+    permit = context.permit
+    if permit is None:
+        await asyncio.sleep(seconds)
+        return True
+    permit.release()
+    await asyncio.sleep(seconds)
+    # Polled without blocking rather than waited for on a worker thread: a long poll holds no thread while idle.
+    deadline = time.monotonic() + permit.wait_s
+    while not permit.resume():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(_ASYNC_POLL_S)
+    return True
