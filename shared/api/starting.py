@@ -48,7 +48,7 @@ def start_problem(exc: engine.StartError | registry.RegistryError) -> ProblemErr
         case engine.NoLongerValidError():
             return ProblemError(409, "definition-invalid", "Conflict", f"The pinned version no longer validates: {exc}")
         case engine.IdempotencyConflictError():
-            # As for every route that takes the key (ADR 0020): the key names one request, and this is another.
+            # As for every route that takes the key (ADR 0022): the key names one request, and this is another.
             return ProblemError(422, "idempotency-key", "Unprocessable content", str(exc))
     return ProblemError(500, "internal-error", "Internal server error")
 
