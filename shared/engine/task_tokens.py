@@ -123,7 +123,8 @@ def _whole(value: object, low: int, high: int) -> bool:
 def read_claims(token: str) -> TaskClaims:
     """The token's claims, NOT yet verified: only to find the tenant whose key verifies it."""
     parts = token.split(".")
-    if len(parts) != 3 or parts[0] != PREFIX or len(token) > 2048:
+    # Tokens are ASCII by construction; anything else would reach the signature comparison, which refuses non-ASCII.
+    if not token.isascii() or len(parts) != 3 or parts[0] != PREFIX or len(token) > 2048:
         raise InvalidTaskTokenError("not a task token")
     try:
         raw = accepted_json.loads(_unb64(parts[1]))
