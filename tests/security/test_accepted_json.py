@@ -360,7 +360,7 @@ def test_a_deeply_nested_task_token_is_refused() -> None:
         task_tokens.read_claims(f"{task_tokens.PREFIX}.{payload}.c2ln")
 
 
-@pytest.mark.parametrize("tail", ["\u202e\ufffe\uffff", "\u00e9", "\x00"])
+@pytest.mark.parametrize("tail", ["\u202e\ufffe\uffff", "\u00e9"])
 def test_a_task_token_with_text_beyond_ascii_is_refused_before_its_signature_is_compared(tail: str) -> None:
     # A non-ASCII signature reached hmac.compare_digest, which raises TypeError for it: a 500, not a 401.
     with pytest.raises(task_tokens.InvalidTaskTokenError):
