@@ -16,6 +16,12 @@ logger = logging.getLogger(__name__)
 
 COOLDOWN_S = 1.5
 """After a failed connection attempt, requests are refused at once for this long (then one request probes)."""
+RECONNECT_TIMEOUT_S = 5.0
+"""How long the pool retries one lost connection, backing off, before it gives up and lets demand open a new one.
+
+The pool's backoff doubles without bound (up to its default five minutes in all): after a long outage a
+connection would come back only at its next distant attempt, long after the database itself.
+"""
 
 
 class DatabaseUnavailable(PoolTimeout):
@@ -107,6 +113,7 @@ class GuardedPool(ConnectionPool[Any]):
 
     def __init__(self, conninfo: str, *, breaker: Breaker, **kwargs: Any) -> None:
         self.breaker = breaker
+        kwargs.setdefault("reconnect_timeout", RECONNECT_TIMEOUT_S)
         super().__init__(conninfo, connection_class=watched_connection_class(breaker), **kwargs)
 
     def getconn(self, timeout: float | None = None) -> Any:

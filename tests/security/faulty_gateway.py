@@ -80,8 +80,10 @@ def faulty_app() -> FastAPI:
 
         app.add_api_route(f"/outage/{name}", raise_outage, methods=["GET"])
 
-    inner: dict[str, Callable[[], Exception] | None] = {"/middleware/inner": _boom, "/middleware/inner-outage":
-                                                        OUTAGES["database-refused"]}
+    inner: dict[str, Callable[[], Exception] | None] = {
+        "/middleware/inner": _boom,
+        "/middleware/inner-outage": OUTAGES["database-refused"],
+    }
     outer: dict[str, Callable[[], Exception] | None] = {"/middleware/outer": _boom, "/middleware/silent": None}
     app.add_middleware(_FailOn, failures=inner)  # inside the request id, like the JSON guard and the body limit
     app.add_middleware(RequestIdMiddleware)
