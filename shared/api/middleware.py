@@ -52,11 +52,11 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception as exc:
-            response = error_response(exc, instance=str(scope.get("path", "")), request_id=request_id)
             if started:
                 # Too late for another status line; the truncated answer stands, the cause is in the log.
                 logger.error("request %s failed after its response started", request_id, exc_info=exc)
                 return
+            response = error_response(exc, instance=str(scope.get("path", "")), request_id=request_id)
             await response(scope, receive, send_with_id)
         finally:
             request_id_var.reset(token)
