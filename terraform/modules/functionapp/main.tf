@@ -25,14 +25,14 @@ locals {
     "QP_ENVIRONMENT"                            = var.environment_type
     "QP_DATABASE_URL"                           = "host=${var.postgres_fqdn} port=5432 dbname=${var.postgres_database} user=${var.identity_name} sslmode=require"
     # The control plane connects as its own identity: the runtime login cannot become qp_platform (ADR 0018).
-    "QP_DATABASE_CONTROL_URL"              = "host=${var.postgres_fqdn} port=5432 dbname=${var.postgres_database} user=${var.control_identity_name} sslmode=require"
-    "QP_DATABASE_CONTROL_CLIENT_ID"        = var.control_identity_client_id
-    "QP_DATABASE_ENTRA_AUTH"               = "true"
-    "QP_DATABASE_POOL_MAX"                 = tostring(var.database_pool_max)
-    "QP_DATABASE_POOL_TIMEOUT_S"           = "3"
-    "QP_DATABASE_CONNECT_TIMEOUT_S"        = "2"
+    "QP_DATABASE_CONTROL_URL"       = "host=${var.postgres_fqdn} port=5432 dbname=${var.postgres_database} user=${var.control_identity_name} sslmode=require"
+    "QP_DATABASE_CONTROL_CLIENT_ID" = var.control_identity_client_id
+    "QP_DATABASE_ENTRA_AUTH"        = "true"
+    "QP_DATABASE_POOL_MAX"          = tostring(var.database_pool_max)
+    "QP_DATABASE_POOL_TIMEOUT_S"    = "3"
+    "QP_DATABASE_CONNECT_TIMEOUT_S" = "2"
     # Half the pool per tenant: one tenant's burst always leaves connections for the others.
-    "QP_TENANT_MAX_CONCURRENT_REQUESTS" = tostring(max(1, floor(var.database_pool_max / 2)))
+    "QP_TENANT_MAX_CONCURRENT_REQUESTS"    = tostring(max(1, floor(var.database_pool_max / 2)))
     "QP_BLOB_ACCOUNT_URL"                  = var.blob_endpoint
     "QP_ARTIFACTS_CONTAINER"               = "artifacts"
     "QP_TASK_HUB"                          = var.task_hub_name
@@ -53,11 +53,11 @@ locals {
     # Loopback and private addresses are the platform's own services here: no tenant step may reach them.
     "QP_ALLOW_PRIVATE_NETWORK_HOSTS" = "false"
     # Multi-tenant Entra metadata: the issuer is a {tenantid} template checked against each token's tid.
-    "QP_AUTH_METADATA_URL"    = "https://login.microsoftonline.com/organizations/v2.0/.well-known/openid-configuration"
-    "QP_AUTH_AUDIENCE"        = var.api_audience
-    "QP_AUTH_LEEWAY_S"        = "30"
+    "QP_AUTH_METADATA_URL"         = "https://login.microsoftonline.com/organizations/v2.0/.well-known/openid-configuration"
+    "QP_AUTH_AUDIENCE"             = var.api_audience
+    "QP_AUTH_LEEWAY_S"             = "30"
     "QP_AUTH_MAX_TOKEN_LIFETIME_S" = "7200"
-    "QP_AUTH_JWKS_COOLDOWN_S" = "60"
+    "QP_AUTH_JWKS_COOLDOWN_S"      = "60"
   }
 }
 
