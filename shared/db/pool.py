@@ -12,7 +12,10 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
 from shared.config import Settings, get_settings
+from shared.db import json_values
 from shared.db.availability import Breaker, GuardedPool
+
+json_values.install()
 
 _ENTRA_POSTGRES_SCOPE = "https://ossrdbms-aad.database.windows.net/.default"
 CONTROL_POOL_MAX = 4
