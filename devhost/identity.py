@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import json
 import logging
@@ -25,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from devhost.component import HostContext
+from devhost.secret_files import read_or_create
 
 logger = logging.getLogger(__name__)
 
@@ -175,14 +175,7 @@ class SigningKey:
     def load_or_create(cls, directory: Path) -> SigningKey:
         """Load `<directory>/signing-key.pem`, creating it (mode 0600) on first use."""
         path = directory / KEY_FILE_NAME
-        if not path.exists():
-            _create_key_file(path)
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            # A private key readable by others is a leak waiting to happen, even a dev one: tighten it.
-            logger.warning("dev identity key %s had mode %o; setting 0600", path, mode)
-            path.chmod(0o600)
-        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        loaded = serialization.load_pem_private_key(read_or_create(path, _new_pem, "dev identity key"), password=None)
         if not isinstance(loaded, rsa.RSAPrivateKey):
             raise ValueError(f"{path} is not an RSA private key")
         return cls.from_private_key(loaded)
@@ -205,25 +198,11 @@ class SigningKey:
         return {"keys": [self.public_jwk(base_url)]}
 
 
-def _create_key_file(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+def _new_pem() -> bytes:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
+    return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    # Created 0600 from the start (never world-readable, not even briefly), then hard-linked into place:
-    # link fails if the file exists, so when the CLI and the host race, one key wins and both use it.
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(pem)
-            handle.flush()
-            os.fsync(handle.fileno())
-        with contextlib.suppress(FileExistsError):
-            os.link(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def key_directory(data_dir: Path) -> Path:

@@ -8,12 +8,13 @@ import binascii
 import contextlib
 import hmac
 import logging
-import os
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 from aiohttp import web
+
+from devhost.secret_files import read_or_create
 
 logger = logging.getLogger(__name__)
 
@@ -43,35 +44,13 @@ def master_key_path(data_dir: Path) -> Path:
 def load_or_create_master_key(data_dir: Path) -> str:
     """The data folder's master key, created (mode 0600) on first use and the same on every later start."""
     path = master_key_path(data_dir)
-    if not path.exists():
-        _create_key_file(path)
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        # Anyone who can read the key can read every instance's input: keep it the owner's.
-        logger.warning("devhost master key %s had mode %o; setting 0600", path, mode)
-        path.chmod(0o600)
-    key = path.read_text().strip()
-    if not key:
-        raise ValueError(f"{path} is empty; delete it and the host creates a new key")
-    return key
-
-
-def _create_key_file(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     # URL-safe characters only: the key travels in query strings and URL credentials without encoding.
-    key = secrets.token_urlsafe(40)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    # 0600 from the first byte, then hard-linked into place: when the CLI and the host race, one key wins.
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(key + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        with contextlib.suppress(FileExistsError):
-            os.link(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    # Anyone who can read the key can read every instance's input: it stays the owner's.
+    key = read_or_create(path, lambda: (secrets.token_urlsafe(40) + "\n").encode(), "devhost master key")
+    text = key.decode().strip()
+    if not text:
+        raise ValueError(f"{path} is empty; delete it and the host creates a new key")
+    return text
 
 
 def presented_keys(request: web.Request) -> list[str]:
