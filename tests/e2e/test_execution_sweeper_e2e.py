@@ -55,6 +55,8 @@ def app_pool(pg: Any, azurite: Any) -> Iterator[ConnectionPool[Any]]:
         mp.setenv("QP_DATABASE_URL", pg.app_url)
         mp.setenv("QP_DATABASE_CONTROL_URL", pg.control_url)
         mp.setenv("QP_BLOB_CONNECTION_STRING", azurite.connection_string)
+        # The devhost opens private networks for local development; the start re-validates the definition with it.
+        mp.setenv("QP_ALLOW_PRIVATE_NETWORK_HOSTS", "true")
         get_settings.cache_clear()
         pool = build_pool(pg.app_url, get_settings(), min_size=1)
         yield pool

@@ -491,7 +491,8 @@ def test_the_same_idempotency_key_under_concurrency_starts_one_execution(platfor
                         headers=platform.headers(["Intent.Reader"])).json()
     assert len(listing["items"]) == 1
     other = execute(platform, intent, {"input": {"x": 1}}, headers)
-    assert other.status_code == 409
+    # The key was used for another request: 422 on every route (ADR 0022).
+    assert other.status_code == 422 and other.json()["type"].endswith("/idempotency-key")
 
 
 def test_module_work_delivered_twice_is_applied_once(platform: Platform, side_effects: SideEffects,
