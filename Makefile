@@ -51,6 +51,7 @@ run: setup local.settings.json
 lint: setup
 	$(PY) tools/check_intent_refs.py
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
 test: lint iac audit

@@ -42,13 +42,17 @@ def main() -> None:
     deployer = Principal(tenant_id, uuid.uuid4(), uuid.uuid4(), frozenset({INTENT_DEPLOYER}), frozenset(), False)
     intent = Resource("Intent", "i-1", tenant_id, {"target": "production", "labels": {"data": "secret"}})
 
-    _run("intent.read (allow)", iterations,
-         lambda: authz.decide(reader, Action.INTENT_READ, intent, tenant=facts))
-    _run("intent.execute (deny, role)", iterations,
-         lambda: authz.decide(reader, Action.INTENT_EXECUTE, intent, tenant=facts))
-    _run("intent.execute + tenant forbid (deny)", iterations,
-         lambda: authz.decide(deployer, Action.INTENT_EXECUTE, intent, tenant=facts,
-                              tenant_policies=TENANT_POLICIES))
+    _run("intent.read (allow)", iterations, lambda: authz.decide(reader, Action.INTENT_READ, intent, tenant=facts))
+    _run(
+        "intent.execute (deny, role)",
+        iterations,
+        lambda: authz.decide(reader, Action.INTENT_EXECUTE, intent, tenant=facts),
+    )
+    _run(
+        "intent.execute + tenant forbid (deny)",
+        iterations,
+        lambda: authz.decide(deployer, Action.INTENT_EXECUTE, intent, tenant=facts, tenant_policies=TENANT_POLICIES),
+    )
 
 
 if __name__ == "__main__":

@@ -57,8 +57,12 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 
 def _stats(values: list[float]) -> dict[str, float]:
-    return {"n": len(values), "p50_ms": round(statistics.median(values), 2),
-            "p95_ms": round(_percentile(values, 0.95), 2), "max_ms": round(max(values), 2)}
+    return {
+        "n": len(values),
+        "p50_ms": round(statistics.median(values), 2),
+        "p95_ms": round(_percentile(values, 0.95), 2),
+        "max_ms": round(max(values), 2),
+    }
 
 
 def _ts(value: str) -> datetime:
@@ -73,13 +77,21 @@ def _provision(base_url: str, data_dir: Path) -> dict[str, str]:
     """A bench tenant whose quotas never throttle; returns Author+Executor+Reader headers."""
     admin = mint_token_cli(data_dir, base_url, "contoso", ["Platform.Admin"], [], None, 3600, False)
     entra_id = str(uuid.uuid4())
-    httpx.post(f"{base_url}/api/v1/tenants", headers={"Authorization": f"Bearer {admin}"}, json={
-        "name": f"bench-{entra_id[:8]}", "entra_tenant_id": entra_id, "allowed_targets": ["staging"],
-        "allowed_modules": ["event", "artifact"], "quotas": {
-            "requests_per_minute": 1_000_000, "burst": 100_000, "max_concurrent_executions": 10_000}},
-        timeout=30).raise_for_status()
-    token = mint_token_cli(data_dir, base_url, entra_id, ["Intent.Reader", "Intent.Author", "Intent.Executor"], [],
-                           None, 3600, False)
+    httpx.post(
+        f"{base_url}/api/v1/tenants",
+        headers={"Authorization": f"Bearer {admin}"},
+        json={
+            "name": f"bench-{entra_id[:8]}",
+            "entra_tenant_id": entra_id,
+            "allowed_targets": ["staging"],
+            "allowed_modules": ["event", "artifact"],
+            "quotas": {"requests_per_minute": 1_000_000, "burst": 100_000, "max_concurrent_executions": 10_000},
+        },
+        timeout=30,
+    ).raise_for_status()
+    token = mint_token_cli(
+        data_dir, base_url, entra_id, ["Intent.Reader", "Intent.Author", "Intent.Executor"], [], None, 3600, False
+    )
     return {"Authorization": f"Bearer {token}"}
 
 
@@ -87,13 +99,17 @@ def _commit_floor(pg_dir: Path, commits: int) -> tuple[list[dict[str, Any]], dic
     """INSERT one row + COMMIT, `commits` times, into a logged and a temporary scratch table."""
     rows = []
     with psycopg.connect(start_postgres(pg_dir), dbname=DATABASE_NAME, autocommit=True) as conn:
-        settings = {name: str(conn.execute(f"SHOW {name}").fetchone()[0])  # type: ignore[index]
-                    for name in ("fsync", "synchronous_commit", "wal_sync_method")}
+        settings = {
+            name: str(conn.execute(f"SHOW {name}").fetchone()[0])  # type: ignore[index]
+            for name in ("fsync", "synchronous_commit", "wal_sync_method")
+        }
         conn.execute("DROP TABLE IF EXISTS public.bench_scratch")
         conn.execute("CREATE TABLE public.bench_scratch (id bigserial PRIMARY KEY, body jsonb)")
         conn.execute("CREATE TEMP TABLE bench_scratch_tmp (id bigserial PRIMARY KEY, body jsonb)")
-        for label, table in (("commit, logged table", "public.bench_scratch"), ("commit, temp table",
-                                                                                 "bench_scratch_tmp")):
+        for label, table in (
+            ("commit, logged table", "public.bench_scratch"),
+            ("commit, temp table", "bench_scratch_tmp"),
+        ):
             times = []
             for i in range(commits):
                 started = time.perf_counter()
@@ -109,8 +125,9 @@ def _engine_trace(pg_dir: Path, spans: Spans, executions: int) -> tuple[list[dic
     """Split each step's module span at its work item's enqueued_at; count Durable history events per execution."""
     split: dict[str, list[float]] = {"dispatched -> on module-work log": [], "on log -> finished (hop+module)": []}
     with psycopg.connect(start_postgres(pg_dir), dbname=DATABASE_NAME) as conn:
-        for body, enqueued in conn.execute("SELECT body, enqueued_at FROM devhost_eventhubs.events"
-                                           " WHERE hub = 'module-work'"):
+        for body, enqueued in conn.execute(
+            "SELECT body, enqueued_at FROM devhost_eventhubs.events WHERE hub = 'module-work'"
+        ):
             item = json.loads(body)
             span = spans.get((item["execution_id"], item["step_id"]))
             if span is not None:
@@ -118,9 +135,15 @@ def _engine_trace(pg_dir: Path, spans: Spans, executions: int) -> tuple[list[dic
                 split["on log -> finished (hop+module)"].append(_ms(enqueued, span[1]))
         history = "SELECT (event->>'EventType')::int, count(*) FROM devhost_durable.history GROUP BY 1"
         counts: dict[int, int] = dict(conn.execute(history).fetchall())
-    per = {name: round(counts.get(int(kind), 0) / executions, 1) for name, kind in (
-        ("episodes", EventType.OrchestratorStarted), ("activities", EventType.TaskScheduled),
-        ("timers", EventType.TimerCreated), ("raised_events", EventType.EventRaised))}
+    per = {
+        name: round(counts.get(int(kind), 0) / executions, 1)
+        for name, kind in (
+            ("episodes", EventType.OrchestratorStarted),
+            ("activities", EventType.TaskScheduled),
+            ("timers", EventType.TimerCreated),
+            ("raised_events", EventType.EventRaised),
+        )
+    }
     return [{"measure": f"  module: {name}", **_stats(values)} for name, values in split.items() if values], per
 
 
@@ -166,8 +189,10 @@ def _analyse(execution: dict[str, Any], all_spans: Spans) -> tuple[float, list[f
 async def _run(base_url: str, headers: dict[str, str], executions: int, concurrency: int) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
     async with httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits, timeout=60) as client:
-        created = await client.post("/api/v1/intents", json={"name": f"bench-exec-{uuid.uuid4().hex[:8]}",
-                                                             "definition": {"target": "staging", "steps": STEPS}})
+        created = await client.post(
+            "/api/v1/intents",
+            json={"name": f"bench-exec-{uuid.uuid4().hex[:8]}", "definition": {"target": "staging", "steps": STEPS}},
+        )
         created.raise_for_status()
         intent_id = created.json()["id"]
         await _one(client, intent_id)  # warm-up: imports, pools, first orchestration
@@ -185,10 +210,14 @@ async def _run(base_url: str, headers: dict[str, str], executions: int, concurre
 
 
 def _table(summary: dict[str, Any], floor: list[dict[str, Any]]) -> str:
-    lines = [f"executions {summary['executions']} (concurrency {summary['concurrency']}, "
-             f"{summary['succeeded']} succeeded) in {summary['wall_s']} s: {summary['executions_per_s']} executions/s,"
-             f" {summary['steps_per_s']} steps/s", "",
-             "| measure | n | p50 ms | p95 ms | max ms |", "|---|---|---|---|---|"]
+    lines = [
+        f"executions {summary['executions']} (concurrency {summary['concurrency']}, "
+        f"{summary['succeeded']} succeeded) in {summary['wall_s']} s: {summary['executions_per_s']} executions/s,"
+        f" {summary['steps_per_s']} steps/s",
+        "",
+        "| measure | n | p50 ms | p95 ms | max ms |",
+        "|---|---|---|---|---|",
+    ]
     for row in [*summary["latency"], *floor]:
         lines.append(f"| {row['measure']} | {row['n']} | {row['p50_ms']} | {row['p95_ms']} | {row['max_ms']} |")
     return "\n".join(lines)
@@ -196,8 +225,9 @@ def _table(summary: dict[str, Any], floor: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     """Start the host, time the floor, run the executions, print the table and write the JSON."""
-    parser = argparse.ArgumentParser(description=f"{__doc__}\n\n{USAGE}", epilog=DEFINITIONS,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=f"{__doc__}\n\n{USAGE}", epilog=DEFINITIONS, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--executions", type=int, default=20, help="executions to run (after one warm-up)")
     parser.add_argument("--concurrency", type=int, default=4, help="executions in flight at once")
     parser.add_argument("--commits", type=int, default=200, help="bare commits timed per scratch table")
@@ -205,17 +235,26 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="qp-bench-") as tmp:
         data_dir = Path(tmp)
-        azurite = start_azurite(data_dir / "azurite", blob_port=free_port(), queue_port=free_port(),
-                                table_port=free_port())
-        platform = DevhostProcess(PROJECT_ROOT, data_dir, free_port(),
-                                  {"QP_BLOB_CONNECTION_STRING": azurite.connection_string},
-                                  data_dir / "platform.log", extra_args=("--seed-demo",))
+        azurite = start_azurite(
+            data_dir / "azurite", blob_port=free_port(), queue_port=free_port(), table_port=free_port()
+        )
+        platform = DevhostProcess(
+            PROJECT_ROOT,
+            data_dir,
+            free_port(),
+            {"QP_BLOB_CONNECTION_STRING": azurite.connection_string},
+            data_dir / "platform.log",
+            extra_args=("--seed-demo",),
+        )
         try:
             platform.start(timeout=120)
             headers = _provision(platform.base_url, data_dir)
             floor, pg_settings = _commit_floor(data_dir / "postgres", args.commits)
-            print(f"executions benchmark: {args.executions} executions of {len(STEPS)} steps, "
-                  f"concurrency {args.concurrency}", flush=True)
+            print(
+                f"executions benchmark: {args.executions} executions of {len(STEPS)} steps, "
+                f"concurrency {args.concurrency}",
+                flush=True,
+            )
             run = asyncio.run(_run(platform.base_url, headers, args.executions, args.concurrency))
             spans: Spans = {}
             analysed = [_analyse(e, spans) for e in run["executions"] if e["status"] == "succeeded"]
@@ -229,8 +268,11 @@ def main() -> None:
             azurite.stop()
     done = run["executions"]
     summary = {
-        "executions": len(done), "concurrency": args.concurrency, "steps_per_execution": len(STEPS),
-        "succeeded": len(analysed), "wall_s": round(run["wall_s"], 2),
+        "executions": len(done),
+        "concurrency": args.concurrency,
+        "steps_per_execution": len(STEPS),
+        "succeeded": len(analysed),
+        "wall_s": round(run["wall_s"], 2),
         "executions_per_s": round(len(done) / run["wall_s"], 2),
         "steps_per_s": round(len(done) * len(STEPS) / run["wall_s"], 2),
         "latency": [
@@ -239,7 +281,9 @@ def main() -> None:
             {"measure": "step overhead (deps done -> step started)", **_stats([o for a in analysed for o in a[1]])},
             {"measure": "step module (started -> finished)", **_stats([m for a in analysed for m in a[2]])},
             *split,
-        ], "durable_history_per_execution": per_execution}
+        ],
+        "durable_history_per_execution": per_execution,
+    }
     print()
     print(_table(summary, floor))
     print(f"\n{DEFINITIONS}", end="")
@@ -247,8 +291,18 @@ def main() -> None:
     print(f"postgres: {pg_settings}")
     out = args.json_out or RESULTS / f"executions-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({**summary, "commit_floor": floor, "postgres": pg_settings,
-                               "definitions": DEFINITIONS, "statuses": [e["status"] for e in done]}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                **summary,
+                "commit_floor": floor,
+                "postgres": pg_settings,
+                "definitions": DEFINITIONS,
+                "statuses": [e["status"] for e in done],
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out}")
 
 

@@ -8,8 +8,15 @@ from collections import Counter
 from pathlib import Path
 
 # Frames where a thread waits (on the network, the database, a lock or the thread pool's queue), not computes.
-WAITING = ("EpollSelector.select", "Connection.wait", "_communicate_gen", "Condition.wait", "Queue.get",
-           "Event.wait", "wait_c")
+WAITING = (
+    "EpollSelector.select",
+    "Connection.wait",
+    "_communicate_gen",
+    "Condition.wait",
+    "Queue.get",
+    "Event.wait",
+    "wait_c",
+)
 _FRAME = re.compile(r"^(?P<name>\S+) \((?P<file>[^:]+):\d+\)$")
 
 
@@ -38,7 +45,10 @@ def summarize(path: Path, top: int = 25) -> dict[str, object]:
         own[frames[-1]] += samples
         for label in set(frames):
             inclusive[label] += samples
-    share = {"busy_samples": busy, "waiting_samples": waiting,
-             "inclusive": [(name, round(100 * n / max(busy, 1), 1)) for name, n in inclusive.most_common(top * 3)],
-             "self": [(name, round(100 * n / max(busy, 1), 1)) for name, n in own.most_common(top)]}
+    share = {
+        "busy_samples": busy,
+        "waiting_samples": waiting,
+        "inclusive": [(name, round(100 * n / max(busy, 1), 1)) for name, n in inclusive.most_common(top * 3)],
+        "self": [(name, round(100 * n / max(busy, 1), 1)) for name, n in own.most_common(top)],
+    }
     return share

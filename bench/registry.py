@@ -32,12 +32,25 @@ Operation = Callable[[httpx.AsyncClient, int], Awaitable[httpx.Response]]
 
 
 def _definition(name: str) -> dict[str, Any]:
-    return {"name": name, "labels": {"team": "bench"}, "definition": {"target": "staging", "steps": [
-        {"id": "build", "action": "http.request", "method": "POST", "url": "https://build.example/run"},
-        {"id": "test-a", "action": "http.request", "url": "https://ci.example/a", "depends_on": ["build"]},
-        {"id": "test-b", "action": "http.request", "url": "https://ci.example/b", "depends_on": ["build"]},
-        {"id": "ship", "action": "http.request", "method": "POST", "url": "https://deploy.example/go",
-         "depends_on": ["test-a", "test-b"]}]}}
+    return {
+        "name": name,
+        "labels": {"team": "bench"},
+        "definition": {
+            "target": "staging",
+            "steps": [
+                {"id": "build", "action": "http.request", "method": "POST", "url": "https://build.example/run"},
+                {"id": "test-a", "action": "http.request", "url": "https://ci.example/a", "depends_on": ["build"]},
+                {"id": "test-b", "action": "http.request", "url": "https://ci.example/b", "depends_on": ["build"]},
+                {
+                    "id": "ship",
+                    "action": "http.request",
+                    "method": "POST",
+                    "url": "https://deploy.example/go",
+                    "depends_on": ["test-a", "test-b"],
+                },
+            ],
+        },
+    }
 
 
 def _unique_name(run: str) -> str:
@@ -48,8 +61,9 @@ def _percentile(ordered: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
-async def _drive(operation: Operation, clients: int, seconds: float, base_url: str,
-                 headers: dict[str, str]) -> dict[str, Any]:
+async def _drive(
+    operation: Operation, clients: int, seconds: float, base_url: str, headers: dict[str, str]
+) -> dict[str, Any]:
     latencies: list[float] = []
     errors = 0
     counter = iter(range(10**9))
@@ -70,27 +84,42 @@ async def _drive(operation: Operation, clients: int, seconds: float, base_url: s
         await asyncio.gather(*(worker() for _ in range(clients)))
         elapsed = time.perf_counter() - started
     ordered = sorted(latencies)
-    return {"clients": clients, "requests": len(ordered), "errors": errors,
-            "throughput_rps": round(len(ordered) / elapsed, 1),
-            "p50_ms": round(statistics.median(ordered), 2), "p95_ms": round(_percentile(ordered, 0.95), 2),
-            "p99_ms": round(_percentile(ordered, 0.99), 2)}
+    return {
+        "clients": clients,
+        "requests": len(ordered),
+        "errors": errors,
+        "throughput_rps": round(len(ordered) / elapsed, 1),
+        "p50_ms": round(statistics.median(ordered), 2),
+        "p95_ms": round(_percentile(ordered, 0.95), 2),
+        "p99_ms": round(_percentile(ordered, 0.99), 2),
+    }
 
 
 def _provision(base_url: str, data_dir: Path) -> tuple[str, dict[str, str]]:
     """A bench tenant with quotas that never throttle; returns (its Entra tenant id, Author+Executor headers)."""
     admin = mint_token_cli(data_dir, base_url, "contoso", ["Platform.Admin"], [], None, 3600, False)
     entra_id = str(uuid.uuid4())
-    created = httpx.post(f"{base_url}/api/v1/tenants", headers={"Authorization": f"Bearer {admin}"}, json={
-        "name": f"bench-{entra_id[:8]}", "entra_tenant_id": entra_id, "allowed_targets": ["staging"],
-        "allowed_modules": ["http"], "quotas": {"requests_per_minute": 1_000_000, "burst": 100_000}})
+    created = httpx.post(
+        f"{base_url}/api/v1/tenants",
+        headers={"Authorization": f"Bearer {admin}"},
+        json={
+            "name": f"bench-{entra_id[:8]}",
+            "entra_tenant_id": entra_id,
+            "allowed_targets": ["staging"],
+            "allowed_modules": ["http"],
+            "quotas": {"requests_per_minute": 1_000_000, "burst": 100_000},
+        },
+    )
     created.raise_for_status()
-    token = mint_token_cli(data_dir, base_url, entra_id, ["Intent.Reader", "Intent.Author", "Intent.Executor"], [],
-                           None, 3600, False)
+    token = mint_token_cli(
+        data_dir, base_url, entra_id, ["Intent.Reader", "Intent.Author", "Intent.Executor"], [], None, 3600, False
+    )
     return entra_id, {"Authorization": f"Bearer {token}"}
 
 
-async def _run(base_url: str, bare_url: str, headers: dict[str, str], clients: list[int],
-               seconds: float) -> list[dict[str, Any]]:
+async def _run(
+    base_url: str, bare_url: str, headers: dict[str, str], clients: list[int], seconds: float
+) -> list[dict[str, Any]]:
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30) as client:
         seeded = await client.post("/api/v1/intents", json=_definition(f"seed-{uuid.uuid4().hex[:8]}"))
         seeded.raise_for_status()
@@ -111,19 +140,26 @@ async def _run(base_url: str, bare_url: str, headers: dict[str, str], clients: l
         for count in clients:
             row = {"operation": name, **await _drive(operation, count, seconds, url, headers)}
             rows.append(row)
-            print(f"  {name:7s} clients={count:3d} {row['throughput_rps']:8.1f} rps  p50 {row['p50_ms']:7.2f} ms"
-                  f"  p95 {row['p95_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  errors {row['errors']}", flush=True)
+            print(
+                f"  {name:7s} clients={count:3d} {row['throughput_rps']:8.1f} rps  p50 {row['p50_ms']:7.2f} ms"
+                f"  p95 {row['p95_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  errors {row['errors']}",
+                flush=True,
+            )
     return rows
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
     bare = {r["clients"]: r for r in rows if r["operation"] == "bare"}
-    lines = ["| operation | clients | requests | rps | p50 ms | p95 ms | p99 ms | p50 / bare | errors |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| operation | clients | requests | rps | p50 ms | p95 ms | p99 ms | p50 / bare | errors |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         ratio = r["p50_ms"] / bare[r["clients"]]["p50_ms"] if bare.get(r["clients"]) else float("nan")
-        lines.append(f"| {r['operation']} | {r['clients']} | {r['requests']} | {r['throughput_rps']} | {r['p50_ms']} |"
-                     f" {r['p95_ms']} | {r['p99_ms']} | {ratio:.1f}x | {r['errors']} |")
+        lines.append(
+            f"| {r['operation']} | {r['clients']} | {r['requests']} | {r['throughput_rps']} | {r['p50_ms']} |"
+            f" {r['p95_ms']} | {r['p99_ms']} | {ratio:.1f}x | {r['errors']} |"
+        )
     return "\n".join(lines)
 
 
@@ -136,11 +172,17 @@ def main() -> None:
     clients = [int(c) for c in args.clients.split(",")]
     with tempfile.TemporaryDirectory(prefix="qp-bench-") as tmp:
         data_dir = Path(tmp)
-        platform = DevhostProcess(PROJECT_ROOT, data_dir, free_port(), {}, data_dir / "platform.log",
-                                  extra_args=("--seed-demo",))
+        platform = DevhostProcess(
+            PROJECT_ROOT, data_dir, free_port(), {}, data_dir / "platform.log", extra_args=("--seed-demo",)
+        )
         # Its own task hub: one devhost leases a hub per database.
-        bare = DevhostProcess(PROJECT_ROOT / "bench" / "bare_app", data_dir, free_port(), {"QP_TASK_HUB": "BenchBare"},
-                              data_dir / "bare.log")
+        bare = DevhostProcess(
+            PROJECT_ROOT / "bench" / "bare_app",
+            data_dir,
+            free_port(),
+            {"QP_TASK_HUB": "BenchBare"},
+            data_dir / "bare.log",
+        )
         platform.start(timeout=120)
         try:
             bare.start(timeout=120)

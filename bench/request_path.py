@@ -53,12 +53,32 @@ def _serve(stats: Path, devhost_args: list[str], with_probes: bool) -> int:
 
 
 def _start(data_dir: Path, port: int, stats: Path, with_probes: bool) -> subprocess.Popen[bytes]:
-    log = open(data_dir / "platform.log", "ab")  # noqa: SIM115  # handed to the child
+    log = open(data_dir / "platform.log", "ab")  # handed to the child
     flags = [] if with_probes else ["--no-probes"]
-    process = subprocess.Popen(  # noqa: S603  # our own interpreter and arguments
-        [sys.executable, "-m", "bench.request_path", "serve", "--stats", str(stats), *flags, "--", "run", "--app",
-         str(PROJECT_ROOT), "--port", str(port), "--data-dir", str(data_dir), "--seed-demo"],
-        cwd=PROJECT_ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(  # our own interpreter and arguments
+        [
+            sys.executable,
+            "-m",
+            "bench.request_path",
+            "serve",
+            "--stats",
+            str(stats),
+            *flags,
+            "--",
+            "run",
+            "--app",
+            str(PROJECT_ROOT),
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            "--seed-demo",
+        ],
+        cwd=PROJECT_ROOT,
+        env=dict(os.environ),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -111,12 +131,34 @@ def _sample(sampler: str | None, pid: int, out: Path) -> subprocess.Popen[bytes]
     """Start the sampling profiler on the host process (folded stacks, 250 Hz), if one was given."""
     if sampler is None:
         return None
-    return subprocess.Popen([sampler, "record", "-p", str(pid), "-r", "250", "-f", "raw", "-o", str(out),  # noqa: S603
-                             "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [
+            sampler,
+            "record",
+            "-p",
+            str(pid),
+            "-r",
+            "250",
+            "-f",
+            "raw",
+            "-o",
+            str(out),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
-def _drive(base_url: str, headers: dict[str, str], requests: int, host_pid: int, data_dir: Path,
-           sampler: str | None, stamp: str) -> tuple[dict[str, list[float]], dict[str, tuple[float, float]]]:
+def _drive(
+    base_url: str,
+    headers: dict[str, str],
+    requests: int,
+    host_pid: int,
+    data_dir: Path,
+    sampler: str | None,
+    stamp: str,
+) -> tuple[dict[str, list[float]], dict[str, tuple[float, float]]]:
     """Warm up, then time GET and create one at a time; each request carries an id the probes key on.
 
     Also returns, per operation, the CPU time per request of the host process and of the database, and with a
@@ -130,8 +172,9 @@ def _drive(base_url: str, headers: dict[str, str], requests: int, host_pid: int,
         item = f"/api/v1/intents/{seeded.json()['id']}"
         calls: dict[str, Callable[[str], httpx.Response]] = {
             "get": lambda rid: client.get(item, headers={"X-Request-Id": rid}),
-            "create": lambda rid: client.post("/api/v1/intents", headers={"X-Request-Id": rid},
-                                              json=_definition(f"p-{uuid.uuid4().hex[:12]}")),
+            "create": lambda rid: client.post(
+                "/api/v1/intents", headers={"X-Request-Id": rid}, json=_definition(f"p-{uuid.uuid4().hex[:12]}")
+            ),
         }
         for name, call in calls.items():
             for i in range(30):  # warm-up: not keyed, so the probes ignore it
@@ -168,23 +211,32 @@ def _breakdown(records: dict[str, list[list[Any]]], operation: str) -> list[dict
     for path in sorted(totals):
         depth = path.count("/")
         children = sum(v for p, v in totals.items() if p.startswith(path + "/") and p.count("/") == depth + 1)
-        rows.append({"span": path, "ms_per_request": round(totals[path] / len(keys), 3),
-                     "self_ms_per_request": round((totals[path] - children) / len(keys), 3),
-                     "cpu_ms_per_request": round(cpu[path] / len(keys), 3),
-                     "calls_per_request": round(counts[path] / len(keys), 2)})
+        rows.append(
+            {
+                "span": path,
+                "ms_per_request": round(totals[path] / len(keys), 3),
+                "self_ms_per_request": round((totals[path] - children) / len(keys), 3),
+                "cpu_ms_per_request": round(cpu[path] / len(keys), 3),
+                "calls_per_request": round(counts[path] / len(keys), 2),
+            }
+        )
     return rows
 
 
 def _print(operation: str, latencies: list[float], cpu: tuple[float, float], rows: list[dict[str, Any]]) -> None:
     ordered = sorted(latencies)
-    print(f"\n{operation}: {len(ordered)} requests, client p50 {statistics.median(ordered):.2f} ms, "
-          f"mean {statistics.fmean(ordered):.2f} ms; CPU per request: host {cpu[0]:.2f} ms, Postgres {cpu[1]:.2f} ms")
+    print(
+        f"\n{operation}: {len(ordered)} requests, client p50 {statistics.median(ordered):.2f} ms, "
+        f"mean {statistics.fmean(ordered):.2f} ms; CPU per request: host {cpu[0]:.2f} ms, Postgres {cpu[1]:.2f} ms"
+    )
     print(f"  {'span':50s} {'ms/req':>8s} {'self':>8s} {'cpu':>8s} {'calls':>6s}")
     for row in rows:
         depth = row["span"].count("/")
         label = "  " * depth + row["span"].rsplit("/", 1)[-1]
-        print(f"  {label:50s} {row['ms_per_request']:8.3f} {row['self_ms_per_request']:8.3f}"
-              f" {row['cpu_ms_per_request']:8.3f} {row['calls_per_request']:6.2f}")
+        print(
+            f"  {label:50s} {row['ms_per_request']:8.3f} {row['self_ms_per_request']:8.3f}"
+            f" {row['cpu_ms_per_request']:8.3f} {row['calls_per_request']:6.2f}"
+        )
 
 
 def main() -> None:
@@ -192,11 +244,14 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "serve":
         # Child: serve --stats <file> -- <devhost arguments>
         separator = sys.argv.index("--")
-        sys.exit(_serve(Path(sys.argv[3]), sys.argv[separator + 1:], "--no-probes" not in sys.argv[:separator]))
+        sys.exit(_serve(Path(sys.argv[3]), sys.argv[separator + 1 :], "--no-probes" not in sys.argv[:separator]))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=300, help="timed requests per operation")
-    parser.add_argument("--no-probes", action="store_true",
-                        help="leave the stage timers out (CPU per request and samples without their overhead)")
+    parser.add_argument(
+        "--no-probes",
+        action="store_true",
+        help="leave the stage timers out (CPU per request and samples without their overhead)",
+    )
     parser.add_argument("--sampler", help="path of a sampling profiler executable to record the host with")
     options = parser.parse_args()
     stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
@@ -208,8 +263,9 @@ def main() -> None:
         process = _start(data_dir, port, stats, not options.no_probes)
         try:
             _, headers = _provision(f"http://127.0.0.1:{port}", data_dir)
-            latencies, cpu = _drive(f"http://127.0.0.1:{port}", headers, options.requests, process.pid, data_dir,
-                                    options.sampler, stamp)
+            latencies, cpu = _drive(
+                f"http://127.0.0.1:{port}", headers, options.requests, process.pid, data_dir, options.sampler, stamp
+            )
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=30)
@@ -218,9 +274,12 @@ def main() -> None:
     for operation, values in latencies.items():
         rows = _breakdown(records, operation)
         _print(operation, values, cpu[operation], rows)
-        result[operation] = {"client_p50_ms": round(statistics.median(values), 2),
-                             "host_cpu_ms_per_request": round(cpu[operation][0], 2),
-                             "postgres_cpu_ms_per_request": round(cpu[operation][1], 2), "spans": rows}
+        result[operation] = {
+            "client_p50_ms": round(statistics.median(values), 2),
+            "host_cpu_ms_per_request": round(cpu[operation][0], 2),
+            "postgres_cpu_ms_per_request": round(cpu[operation][1], 2),
+            "spans": rows,
+        }
         folded = RESULTS / f"request-path-{stamp}-{operation}.folded"
         if folded.exists():
             result[operation]["samples"] = summary = summarize(folded)

@@ -80,8 +80,15 @@ def _take_current(pool: ConnectionPool[Any], tenant: uuid.UUID) -> None:
 
 
 def _record(tenant: uuid.UUID) -> AuditRecord:
-    return AuditRecord.new(tenant_id=tenant, principal_id="bench/bench", action="intent.read",
-                           resource_type="Intent", resource_id="x", decision="allow", reason="allowed")
+    return AuditRecord.new(
+        tenant_id=tenant,
+        principal_id="bench/bench",
+        action="intent.read",
+        resource_type="Intent",
+        resource_id="x",
+        decision="allow",
+        reason="allowed",
+    )
 
 
 def _time(name: str, calls: int, run: Callable[[], None], data_dir: Path) -> dict[str, Any]:
@@ -97,11 +104,19 @@ def _time(name: str, calls: int, run: Callable[[], None], data_dir: Path) -> dic
     client_cpu = (time.process_time() - cpu_before) * 1000 / calls
     server_cpu = (_server_cpu(data_dir) - server_before) / calls
     ordered = sorted(latencies)
-    row = {"shape": name, "calls": calls, "p50_ms": round(statistics.median(ordered), 3),
-           "p95_ms": round(ordered[int(0.95 * (len(ordered) - 1))], 3), "client_cpu_ms": round(client_cpu, 3),
-           "server_cpu_ms": round(server_cpu, 3)}
-    print(f"  {name:44s} p50 {row['p50_ms']:6.3f} ms  p95 {row['p95_ms']:6.3f} ms  client CPU {client_cpu:6.3f} ms"
-          f"  server CPU {server_cpu:6.3f} ms", flush=True)
+    row = {
+        "shape": name,
+        "calls": calls,
+        "p50_ms": round(statistics.median(ordered), 3),
+        "p95_ms": round(ordered[int(0.95 * (len(ordered) - 1))], 3),
+        "client_cpu_ms": round(client_cpu, 3),
+        "server_cpu_ms": round(server_cpu, 3),
+    }
+    print(
+        f"  {name:44s} p50 {row['p50_ms']:6.3f} ms  p95 {row['p95_ms']:6.3f} ms  client CPU {client_cpu:6.3f} ms"
+        f"  server CPU {server_cpu:6.3f} ms",
+        flush=True,
+    )
     return row
 
 
@@ -114,7 +129,7 @@ def _wal_syncs(admin_url: str, calls: int, run: Callable[[], None]) -> float:
             run()
         time.sleep(11)
         after = admin.execute("SELECT wal_sync FROM pg_stat_wal").fetchone()
-    assert before is not None and after is not None  # noqa: S101  # one row, always
+    assert before is not None and after is not None  # one row, always
     return (int(after[0]) - int(before[0])) / calls
 
 
@@ -142,13 +157,17 @@ def main() -> None:
             tenant = uuid.uuid4()
             with psycopg.connect(urls.control, autocommit=True) as conn, conn.transaction():
                 conn.execute("SET LOCAL ROLE qp_platform")
-                conn.execute("INSERT INTO app.tenants (id, name, entra_tenant_id) VALUES (%s, %s, %s)",
-                             (tenant, f"bench-{tenant.hex[:8]}", uuid.uuid4()))
-            settings = Settings(QP_DATABASE_URL=urls.app, QP_DATABASE_CONTROL_URL=urls.control,
-                                QP_BLOB_CONNECTION_STRING="UseDevelopmentStorage=true")
+                conn.execute(
+                    "INSERT INTO app.tenants (id, name, entra_tenant_id) VALUES (%s, %s, %s)",
+                    (tenant, f"bench-{tenant.hex[:8]}", uuid.uuid4()),
+                )
+            settings = Settings(
+                QP_DATABASE_URL=urls.app,
+                QP_DATABASE_CONTROL_URL=urls.control,
+                QP_BLOB_CONNECTION_STRING="UseDevelopmentStorage=true",
+            )
             pool = build_pool(urls.app, settings)
-            former = ConnectionPool(urls.app, kwargs={"autocommit": True}, min_size=1, reset=_former_reset,
-                                    open=True)
+            former = ConnectionPool(urls.app, kwargs={"autocommit": True}, min_size=1, reset=_former_reset, open=True)
             store = PostgresAuditStore(pool)
             print(f"transactions: {calls} calls per shape, one client, load {os.getloadavg()[0]:.2f}")
             shapes: list[tuple[str, Callable[[], None]]] = [

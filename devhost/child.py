@@ -47,11 +47,25 @@ class DevhostProcess:
 
     def start(self, timeout: float = 60.0) -> DevhostProcess:
         """Start the host and wait until it listens."""
-        log = open(self.log_path, "ab")  # noqa: SIM115  # handed to the child
+        log = open(self.log_path, "ab")  # handed to the child
         self.process = subprocess.Popen(  # noqa: S603  # our own interpreter and arguments
-            [sys.executable, "-m", "devhost", "run", "--app", str(self.app_dir), "--port", str(self.port),
-             "--data-dir", str(self.data_dir), *self.extra_args],
-            cwd=PROJECT_ROOT, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "devhost",
+                "run",
+                "--app",
+                str(self.app_dir),
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(self.data_dir),
+                *self.extra_args,
+            ],
+            cwd=PROJECT_ROOT,
+            env={**os.environ, **self.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -21,20 +21,34 @@ def _run(args: argparse.Namespace) -> int:
         print(f"devhost: no function_app.py in {app_dir}", file=sys.stderr)
         return 2
     apply_local_settings(app_dir)
-    options = HostOptions(app_dir=app_dir, host=args.host, port=args.port, data_dir=Path(args.data_dir),
-                          seed_demo=args.seed_demo)
-    ready = ["", "Quantum Platform is running at {base_url}", "  liveness:  curl -s {base_url}/api/health",
-             "  readiness: curl -s {base_url}/api/ready"]
+    options = HostOptions(
+        app_dir=app_dir, host=args.host, port=args.port, data_dir=Path(args.data_dir), seed_demo=args.seed_demo
+    )
+    ready = [
+        "",
+        "Quantum Platform is running at {base_url}",
+        "  liveness:  curl -s {base_url}/api/health",
+        "  readiness: curl -s {base_url}/api/ready",
+    ]
     if args.seed_demo:
         from devhost.identity import longest_token_lifetime_s, mint_token_cli
 
-        token = mint_token_cli(options.data_dir.resolve(), f"http://{args.host}:{args.port}", "contoso",
-                               ["Tenant.Admin", "Intent.Author", "Intent.Executor"], [], None,
-                               longest_token_lifetime_s(), False)
+        token = mint_token_cli(
+            options.data_dir.resolve(),
+            f"http://{args.host}:{args.port}",
+            "contoso",
+            ["Tenant.Admin", "Intent.Author", "Intent.Executor"],
+            [],
+            None,
+            longest_token_lifetime_s(),
+            False,
+        )
         ready.append(f'  as contoso: curl -s -H "Authorization: Bearer {token}" {{base_url}}/api/v1/me')
         ready.append("  other tokens: .venv/bin/python -m devhost token --tenant fabrikam --roles Intent.Reader")
-    ready.append("  the Durable API and /devhost/eventhubs need the master key: -H \"x-functions-key: "
-                 "$(.venv/bin/python -m devhost key)\"")
+    ready.append(
+        '  the Durable API and /devhost/eventhubs need the master key: -H "x-functions-key: '
+        '$(.venv/bin/python -m devhost key)"'
+    )
     ready.append("Press Ctrl-C to stop.")
     asyncio.run(serve(options, ready))
     return 0
@@ -46,8 +60,18 @@ def _token(args: argparse.Namespace) -> int:
     roles = [r for r in (args.roles or "").split(",") if r]
     scopes = [s for s in (args.scopes or "").split(",") if s]
     base_url = f"http://127.0.0.1:{args.port}"
-    print(mint_token_cli(Path(args.data_dir).resolve(), base_url, args.tenant, roles, scopes, args.oid,
-                         args.expires_in, args.app_only))
+    print(
+        mint_token_cli(
+            Path(args.data_dir).resolve(),
+            base_url,
+            args.tenant,
+            roles,
+            scopes,
+            args.oid,
+            args.expires_in,
+            args.app_only,
+        )
+    )
     return 0
 
 

@@ -46,8 +46,9 @@ def provision(options: HostOptions) -> Provisioned:
     data_dir = options.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "logs").mkdir(exist_ok=True)
-    database = provision_database(data_dir, os.environ.get("QP_DATABASE_URL") or None,
-                                  os.environ.get("QP_DATABASE_CONTROL_URL") or None)
+    database = provision_database(
+        data_dir, os.environ.get("QP_DATABASE_URL") or None, os.environ.get("QP_DATABASE_CONTROL_URL") or None
+    )
     blob, azurite = provision_storage(data_dir, os.environ.get("QP_BLOB_CONNECTION_STRING") or None, data_dir / "logs")
     if not os.environ.get("QP_AUTH_METADATA_URL"):
         # Locally the app trusts the devhost's own issuer; in Azure this points at Entra ID.
@@ -64,8 +65,15 @@ def provision(options: HostOptions) -> Provisioned:
         os.environ["AzureWebJobsStorage"] = blob
     storage_note = "Azurite (started here)" if azurite else f"blob storage: {'configured' if blob else 'none'}"
     notes = [database.description, storage_note]
-    return Provisioned(database.owner_url, database.app_url, database.control_url, blob, azurite=azurite,
-                       postgres_dir=database.started_dir, notes=notes)
+    return Provisioned(
+        database.owner_url,
+        database.app_url,
+        database.control_url,
+        blob,
+        azurite=azurite,
+        postgres_dir=database.started_dir,
+        notes=notes,
+    )
 
 
 def build_components(ctx: HostContext) -> list[Component]:
@@ -107,8 +115,10 @@ class DevHost:
 
         Every component route needs the master key unless it is public in Azure too (devhost/keys.py).
         """
-        app = web.Application(client_max_size=100 * 1024 * 1024,  # the Functions host's own request cap
-                              middlewares=[self.guard.middleware])
+        app = web.Application(
+            client_max_size=100 * 1024 * 1024,  # the Functions host's own request cap
+            middlewares=[self.guard.middleware],
+        )
         for component in self.components:
             component.add_routes(app)
         guarded = self.guard.guard(app.router.resources())

@@ -39,14 +39,17 @@ def aiohttp_path(route_prefix: str, route: str) -> str:
 
 async def _http_datum(request: web.Request) -> meta.Datum:
     body = await request.read()
-    return meta.Datum(type="http", value={
-        "method": meta.Datum(request.method, "string"),
-        "url": meta.Datum(str(request.url), "string"),
-        "headers": {k.lower(): meta.Datum(v, "string") for k, v in request.headers.items()},
-        "params": {k: meta.Datum(v, "string") for k, v in request.match_info.items()},
-        "query": {k: meta.Datum(v, "string") for k, v in request.query.items()},
-        "body": meta.Datum(body, "bytes"),
-    })
+    return meta.Datum(
+        type="http",
+        value={
+            "method": meta.Datum(request.method, "string"),
+            "url": meta.Datum(str(request.url), "string"),
+            "headers": {k.lower(): meta.Datum(v, "string") for k, v in request.headers.items()},
+            "params": {k: meta.Datum(v, "string") for k, v in request.match_info.items()},
+            "query": {k: meta.Datum(v, "string") for k, v in request.query.items()},
+            "body": meta.Datum(body, "bytes"),
+        },
+    )
 
 
 def _to_response(out: meta.Datum | None) -> web.Response:
@@ -65,8 +68,9 @@ def _to_response(out: meta.Datum | None) -> web.Response:
     return web.Response(status=int(value["status_code"].value), body=payload, headers=headers)
 
 
-def make_handler(function: func.Function, invoker: Invoker,
-                 durable_binding: BindingJson | None) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def make_handler(
+    function: func.Function, invoker: Invoker, durable_binding: BindingJson | None
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """An aiohttp handler that invokes `function` as the Functions host would."""
     trigger = trigger_of(function)
     client_bindings = [b.name for b in function.get_bindings() if b.type == "durableClient"]
@@ -104,8 +108,13 @@ def failure_response(request: web.Request, what: str, exc: BaseException) -> web
     return web.Response(status=500, body=body, headers={"Content-Type": PROBLEM_JSON, "X-Request-Id": request_id})
 
 
-def add_http_routes(app: web.Application, functions: list[func.Function], invoker: Invoker, route_prefix: str,
-                    durable_binding: BindingJson | None) -> list[str]:
+def add_http_routes(
+    app: web.Application,
+    functions: list[func.Function],
+    invoker: Invoker,
+    route_prefix: str,
+    durable_binding: BindingJson | None,
+) -> list[str]:
     """Register every HTTP function; catch-all routes go last so specific ones win. Returns the paths."""
     ordered = sorted(functions, key=lambda f: "{*" in (trigger_of(f).route or ""))
     paths = []

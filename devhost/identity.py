@@ -138,11 +138,28 @@ def openid_configuration(base_url: str, tenant_segment: str) -> dict[str, Any]:
         "subject_types_supported": ["pairwise"],
         "scopes_supported": ["openid", "profile", "email", "offline_access"],
         "token_endpoint_auth_methods_supported": [
-            "client_secret_post", "private_key_jwt", "client_secret_basic",
+            "client_secret_post",
+            "private_key_jwt",
+            "client_secret_basic",
         ],
         "claims_supported": [
-            "sub", "iss", "aud", "exp", "iat", "nbf", "tid", "oid", "roles", "scp", "azp", "azpacr", "idtyp",
-            "ver", "uti", "name", "preferred_username",
+            "sub",
+            "iss",
+            "aud",
+            "exp",
+            "iat",
+            "nbf",
+            "tid",
+            "oid",
+            "roles",
+            "scp",
+            "azp",
+            "azpacr",
+            "idtyp",
+            "ver",
+            "uti",
+            "name",
+            "preferred_username",
         ],
         "tenant_region_scope": None,
     }
@@ -154,7 +171,8 @@ def jwk_thumbprint(public_key: rsa.RSAPublicKey) -> str:
     # RFC 7638: required members only, lexicographic order, no whitespace.
     canonical = json.dumps(
         {"e": _int_b64url(numbers.e), "kty": "RSA", "n": _int_b64url(numbers.n)},
-        separators=(",", ":"), sort_keys=True,
+        separators=(",", ":"),
+        sort_keys=True,
     )
     return _b64url(hashlib.sha256(canonical.encode("ascii")).digest())
 
@@ -317,8 +335,16 @@ def mint_token(
     """
     return sign_access_token(
         SigningKey.load_or_create(key_directory(data_dir)),
-        tenant=tenant, base_url=base_url, roles=roles, scopes=scopes, oid=oid, app_only=app_only,
-        expires_in=expires_in, audience=audience, name=name, extra_claims=extra_claims,
+        tenant=tenant,
+        base_url=base_url,
+        roles=roles,
+        scopes=scopes,
+        oid=oid,
+        app_only=app_only,
+        expires_in=expires_in,
+        audience=audience,
+        name=name,
+        extra_claims=extra_claims,
     )
 
 
@@ -346,11 +372,23 @@ def mint_token_cli(
     longest = longest_token_lifetime_s()
     if expires_in > longest:
         # Still minted: the app may run with a larger setting than this shell sees.
-        logger.warning("a token that lives %d s is refused by an app whose QP_AUTH_MAX_TOKEN_LIFETIME_S is %d s; "
-                       "raise that setting (local.settings.json) to use it", expires_in, longest)
+        logger.warning(
+            "a token that lives %d s is refused by an app whose QP_AUTH_MAX_TOKEN_LIFETIME_S is %d s; "
+            "raise that setting (local.settings.json) to use it",
+            expires_in,
+            longest,
+        )
     return mint_token(
-        data_dir=data_dir, base_url=base_url, tenant=tenant, roles=roles, scopes=scopes, oid=oid,
-        app_only=app_only, expires_in=expires_in, audience=audience, name=name,
+        data_dir=data_dir,
+        base_url=base_url,
+        tenant=tenant,
+        roles=roles,
+        scopes=scopes,
+        oid=oid,
+        app_only=app_only,
+        expires_in=expires_in,
+        audience=audience,
+        name=name,
     )
 
 
@@ -373,9 +411,7 @@ class DevIdentity:
         """Register the metadata and JWKS routes."""
         # The literal JWKS route first, so "discovery" is never taken for a tenant segment.
         app.router.add_get("/devhost/identity/discovery/v2.0/keys", self._handle_jwks)
-        app.router.add_get(
-            "/devhost/identity/{tenant}/v2.0/.well-known/openid-configuration", self._handle_metadata
-        )
+        app.router.add_get("/devhost/identity/{tenant}/v2.0/.well-known/openid-configuration", self._handle_metadata)
 
     async def start(self) -> None:
         """Load or create the key (off the loop: generating an RSA key takes a moment)."""
@@ -399,8 +435,16 @@ class DevIdentity:
     ) -> str:
         """Mint a token for this host's issuer; parameters as the module's `mint_token`."""
         return sign_access_token(
-            self.key, tenant=tenant, base_url=self._ctx.base_url, roles=roles, scopes=scopes, oid=oid,
-            app_only=app_only, expires_in=expires_in, audience=audience or self._audience, name=name,
+            self.key,
+            tenant=tenant,
+            base_url=self._ctx.base_url,
+            roles=roles,
+            scopes=scopes,
+            oid=oid,
+            app_only=app_only,
+            expires_in=expires_in,
+            audience=audience or self._audience,
+            name=name,
             extra_claims=extra_claims,
         )
 
@@ -416,7 +460,5 @@ class DevIdentity:
         try:
             document = openid_configuration(self._ctx.base_url, segment)
         except ValueError as exc:
-            return web.json_response(
-                {"error": "invalid_tenant", "error_description": str(exc)}, status=400
-            )
+            return web.json_response({"error": "invalid_tenant", "error_description": str(exc)}, status=400)
         return web.json_response(document, headers={"Cache-Control": "public, max-age=300"})

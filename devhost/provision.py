@@ -24,8 +24,19 @@ DEMO_TENANTS = ("contoso", "fabrikam")
 DEV_STORAGE = "UseDevelopmentStorage=true"
 # What the demo tenants may use (an empty allow-list allows nothing, ADR 0011): the built-in module families and
 # the seed tutorial's remote actions, on both demo targets.
-DEMO_ALLOWED_MODULES = ("http", "artifact", "event", "approval", "wait", "intent", "verify-deployment",
-                        "build-container", "build-docker-image", "push-to-registry", "deploy-to-kubernetes")
+DEMO_ALLOWED_MODULES = (
+    "http",
+    "artifact",
+    "event",
+    "approval",
+    "wait",
+    "intent",
+    "verify-deployment",
+    "build-container",
+    "build-docker-image",
+    "push-to-registry",
+    "deploy-to-kubernetes",
+)
 DEMO_ALLOWED_TARGETS = ("staging", "production")
 # Fixed namespace so a demo tenant's ids are the same on every machine and in every token.
 DEV_NAMESPACE = uuid.UUID("6f1c1f4e-3c55-4d0b-9a59-2f0a6a8c7e11")
@@ -79,23 +90,30 @@ class ProvisionedDatabase:
     description: str
 
 
-def provision_database(data_dir: Path, external_url: str | None,
-                       external_control_url: str | None = None) -> ProvisionedDatabase:
+def provision_database(
+    data_dir: Path, external_url: str | None, external_control_url: str | None = None
+) -> ProvisionedDatabase:
     """Bootstrap and migrate the embedded server, or an external one (`external_url`)."""
     if external_url:
         ensure_runtime_role(external_url)
         apply_migrations(external_url)
         # The external login owns the tables and is a member of both roles: unless a control login is given,
         # it serves the control plane too (ADR 0018: that mode already trusts its login).
-        return ProvisionedDatabase(external_url, external_url, external_control_url or external_url, None,
-                                   "external Postgres (QP_DATABASE_URL)")
+        return ProvisionedDatabase(
+            external_url,
+            external_url,
+            external_control_url or external_url,
+            None,
+            "external Postgres (QP_DATABASE_URL)",
+        )
     pg_dir = data_dir / "postgres"
     attached = _postgres_running(pg_dir)
     admin_url = start_postgres(pg_dir)
     urls = bootstrap(admin_url)
     apply_migrations(urls.owner)
-    return ProvisionedDatabase(urls.owner, urls.app, urls.control, None if attached else pg_dir,
-                               f"embedded Postgres ({pg_dir})")
+    return ProvisionedDatabase(
+        urls.owner, urls.app, urls.control, None if attached else pg_dir, f"embedded Postgres ({pg_dir})"
+    )
 
 
 def provision_storage(data_dir: Path, configured: str | None, log_dir: Path) -> tuple[str | None, Azurite | None]:
@@ -124,8 +142,14 @@ def seed_demo_tenants(control_url: str, entra_tenant_ids: dict[str, uuid.UUID]) 
                 cur = conn.execute(
                     "INSERT INTO app.tenants (id, name, display_name, entra_tenant_id, allowed_modules,"
                     " allowed_targets) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                    (demo_tenant_id(name), name, name.capitalize(), entra_id, list(DEMO_ALLOWED_MODULES),
-                     list(DEMO_ALLOWED_TARGETS)),
+                    (
+                        demo_tenant_id(name),
+                        name,
+                        name.capitalize(),
+                        entra_id,
+                        list(DEMO_ALLOWED_MODULES),
+                        list(DEMO_ALLOWED_TARGETS),
+                    ),
                 )
                 if cur.rowcount:
                     inserted.append(name)

@@ -67,12 +67,14 @@ def seed_demo_blueprints(app_url: str) -> list[str]:
                 row = conn.execute("SELECT status, allowed_targets, allowed_modules FROM app.tenants").fetchone()
                 if row is None:
                     continue
-                exists = conn.execute("SELECT 1 FROM app.intents WHERE kind = 'blueprint' AND name = %s",
-                                      (document["name"],)).fetchone()
+                exists = conn.execute(
+                    "SELECT 1 FROM app.intents WHERE kind = 'blueprint' AND name = %s", (document["name"],)
+                ).fetchone()
                 if exists:
                     continue
-                facts = TenantFacts(tenant_id, row["status"], frozenset(row["allowed_targets"]),
-                                    frozenset(row["allowed_modules"]))
+                facts = TenantFacts(
+                    tenant_id, row["status"], frozenset(row["allowed_targets"]), frozenset(row["allowed_modules"])
+                )
                 service.create(conn, "blueprint", document, item_id=uuid.uuid4(), tenant=facts, created_by=SEED_ACTOR)
                 added.append(f"{name}:{document['name']}")
     if added:

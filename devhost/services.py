@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Azurite's well-known development account; a public constant of the emulator, not a secret.
 AZURITE_ACCOUNT = "devstoreaccount1"
-AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="  # noqa: S105
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
 def start_postgres(data_dir: Path) -> str:
@@ -89,10 +89,11 @@ def node_binary(command: str, package: str) -> str:
     return found
 
 
-def start_node_service(name: str, args: list[str], port: int, *, log_file: Path | None = None,
-                       timeout: float = 30.0) -> NodeService:
+def start_node_service(
+    name: str, args: list[str], port: int, *, log_file: Path | None = None, timeout: float = 30.0
+) -> NodeService:
     """Start `args` in its own session and wait until it listens on 127.0.0.1:`port`."""
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115  # owned by the child
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # owned by the child
     process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # noqa: S603
     service = NodeService(name, process)
     deadline = time.monotonic() + timeout
@@ -136,16 +137,35 @@ class Azurite:
         self.service.stop()
 
 
-def start_azurite(data_dir: Path, *, blob_port: int = 10000, queue_port: int = 10001, table_port: int = 10002,
-                  log_file: Path | None = None) -> Azurite:
+def start_azurite(
+    data_dir: Path,
+    *,
+    blob_port: int = 10000,
+    queue_port: int = 10001,
+    table_port: int = 10002,
+    log_file: Path | None = None,
+) -> Azurite:
     """Start Azurite with its data under `data_dir` and wait until the blob endpoint listens."""
     data_dir.mkdir(parents=True, exist_ok=True)
     args = [
-        node_binary("azurite", "azurite"), "--silent", "--disableTelemetry", "--skipApiVersionCheck",
-        "--location", str(data_dir),
-        "--blobHost", "127.0.0.1", "--blobPort", str(blob_port),
-        "--queueHost", "127.0.0.1", "--queuePort", str(queue_port),
-        "--tableHost", "127.0.0.1", "--tablePort", str(table_port),
+        node_binary("azurite", "azurite"),
+        "--silent",
+        "--disableTelemetry",
+        "--skipApiVersionCheck",
+        "--location",
+        str(data_dir),
+        "--blobHost",
+        "127.0.0.1",
+        "--blobPort",
+        str(blob_port),
+        "--queueHost",
+        "127.0.0.1",
+        "--queuePort",
+        str(queue_port),
+        "--tableHost",
+        "127.0.0.1",
+        "--tablePort",
+        str(table_port),
     ]
     service = start_node_service("azurite", args, blob_port, log_file=log_file)
     return Azurite(service, blob_port, queue_port, table_port)

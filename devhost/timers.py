@@ -150,8 +150,12 @@ class TimerSpec:
         if monitored is None:
             monitored = schedule.interval_at(datetime.now(UTC)) >= timedelta(minutes=1)
         return cls(
-            function=function, name=str(function.get_function_name()), parameter=str(trigger.name),
-            schedule=schedule, run_on_startup=bool(trigger.run_on_startup), monitored=bool(monitored),
+            function=function,
+            name=str(function.get_function_name()),
+            parameter=str(trigger.name),
+            schedule=schedule,
+            run_on_startup=bool(trigger.run_on_startup),
+            monitored=bool(monitored),
         )
 
 
@@ -233,13 +237,13 @@ class TimerHost:
         specs = [TimerSpec.from_function(function) for function in self._ctx.index.timers]
         self._stopping = asyncio.Event()
         self._tasks = [
-            asyncio.create_task(_TimerRunner(spec, self._ctx, self._monitor).run(self._stopping),
-                                name=f"timer-{spec.name}")
+            asyncio.create_task(
+                _TimerRunner(spec, self._ctx, self._monitor).run(self._stopping), name=f"timer-{spec.name}"
+            )
             for spec in specs
         ]
         for spec in specs:
-            logger.info("timer %s: %s%s", spec.name, spec.schedule.expression,
-                        " (monitored)" if spec.monitored else "")
+            logger.info("timer %s: %s%s", spec.name, spec.schedule.expression, " (monitored)" if spec.monitored else "")
 
     async def stop(self) -> None:
         """Stop scheduling; a run still going after a grace period is cancelled and not recorded."""

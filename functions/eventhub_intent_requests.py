@@ -11,12 +11,16 @@ bp = df.Blueprint()
 
 
 @bp.function_name("intent_requests")
-@bp.event_hub_message_trigger(arg_name="events", event_hub_name=INTENT_REQUESTS_HUB, connection="EventHubConnection",
-                              cardinality="many", consumer_group="intake")
+@bp.event_hub_message_trigger(
+    arg_name="events",
+    event_hub_name=INTENT_REQUESTS_HUB,
+    connection="EventHubConnection",
+    cardinality="many",
+    consumer_group="intake",
+)
 # The trigger checkpoints a failed batch too: a transient failure is retried in place instead (processing again
 # is idempotent), over about as long as an outage the platform means to ride out.
-@bp.retry(strategy="exponential_backoff", max_retry_count="8", minimum_interval="00:00:05",
-          maximum_interval="00:05:00")
+@bp.retry(strategy="exponential_backoff", max_retry_count="8", minimum_interval="00:00:05", maximum_interval="00:05:00")
 @bp.durable_client_input(client_name="client")
 async def intent_requests(events: list[func.EventHubEvent], client: df.DurableOrchestrationClient) -> None:
     """Start the execution each event requests (idempotently), recording the events that cannot start anything."""

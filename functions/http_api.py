@@ -15,11 +15,15 @@ _gateway = asgi_gateway(create_app())
 
 
 @bp.function_name("http_api")
-@bp.route(route="{*path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
-          auth_level=func.AuthLevel.ANONYMOUS)
+@bp.route(
+    route="{*path}",
+    methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+    auth_level=func.AuthLevel.ANONYMOUS,
+)
 @bp.durable_client_input(client_name="client")
-async def http_api(req: func.HttpRequest, client: df.DurableOrchestrationClient,
-                   context: func.Context) -> func.HttpResponse:
+async def http_api(
+    req: func.HttpRequest, client: df.DurableOrchestrationClient, context: func.Context
+) -> func.HttpResponse:
     """Serve one API request through the FastAPI gateway; no error escapes as a failed invocation."""
     token = durable_client_var.set(client)
     try:

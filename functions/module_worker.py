@@ -10,8 +10,13 @@ bp = df.Blueprint()
 
 
 @bp.function_name("module_worker")
-@bp.event_hub_message_trigger(arg_name="events", event_hub_name="module-work", connection="EventHubConnection",
-                              cardinality="many", consumer_group="module-worker")
+@bp.event_hub_message_trigger(
+    arg_name="events",
+    event_hub_name="module-work",
+    connection="EventHubConnection",
+    cardinality="many",
+    consumer_group="module-worker",
+)
 @bp.durable_client_input(client_name="client")
 async def module_worker(events: list[func.EventHubEvent], client: df.DurableOrchestrationClient) -> None:
     """Run the built-in actions of a batch of work items and raise each result to its orchestration."""

@@ -21,10 +21,18 @@ SCHEDULE = "*/30 * * * * *"
 @bp.function_name("execution_sweeper")
 @bp.timer_trigger(arg_name="timer", schedule=SCHEDULE, use_monitor=False)
 @bp.durable_client_input(client_name="client")
-async def execution_sweeper(timer: func.TimerRequest,  # noqa: ARG001  # the binding requires it
-                            client: df.DurableOrchestrationClient) -> None:
+async def execution_sweeper(
+    timer: func.TimerRequest,  # noqa: ARG001  # the binding requires it
+    client: df.DurableOrchestrationClient,
+) -> None:
     """Start executions whose start stalled and end those whose orchestration ended without recording it."""
     result = await sweep(client)
     if result.started or result.ended or result.failed_tenants:
-        logger.info("execution sweeper: %d started, %d ended, %d status calls, %d of %d tenants failed",
-                    result.started, result.ended, result.checked, result.failed_tenants, result.tenants)
+        logger.info(
+            "execution sweeper: %d started, %d ended, %d status calls, %d of %d tenants failed",
+            result.started,
+            result.ended,
+            result.checked,
+            result.failed_tenants,
+            result.tenants,
+        )

@@ -22,5 +22,9 @@ def outbox_relay(timer: func.TimerRequest) -> None:  # noqa: ARG001  # the bindi
     """Publish the outbox's unpublished domain events to platform-events, then mark them published."""
     result = relay_pending()
     if result.published or result.failed_tenants:
-        logger.info("outbox relay: %d events of %d tenants published, %d tenants failed", result.published,
-                    result.tenants, result.failed_tenants)
+        logger.info(
+            "outbox relay: %d events of %d tenants published, %d tenants failed",
+            result.published,
+            result.tenants,
+            result.failed_tenants,
+        )

@@ -27,13 +27,15 @@ def record_progress(request: dict[str, Any]) -> Any:
 @bp.activity_trigger(input_name="request")
 def load_output(request: dict[str, Any]) -> Any:
     """The parts of a step output stored as a blob that later steps reference."""
-    return payloads.load_parts(UUID(request["tenant_id"]), request["output"],
-                               [tuple(path) for path in request["paths"]])
+    return payloads.load_parts(
+        UUID(request["tenant_id"]), request["output"], [tuple(path) for path in request["paths"]]
+    )
 
 
 @bp.activity_trigger(input_name="request")
 @bp.durable_client_input(client_name="client")
 async def cancel_child(request: dict[str, Any], client: df.DurableOrchestrationClient) -> bool:
     """Cancel a child execution of a stopping parent; answers whether the child was still running."""
-    return await control.cancel_child(UUID(request["tenant_id"]), UUID(request["child_execution_id"]),
-                                      UUID(request["execution_id"]), client)
+    return await control.cancel_child(
+        UUID(request["tenant_id"]), UUID(request["child_execution_id"]), UUID(request["execution_id"]), client
+    )

@@ -71,8 +71,7 @@ class _Run:
         if definition.steps is None:
             raise ValueError("a declaration must be expanded into its blueprint's steps before it runs")
         self.steps: dict[str, Step] = {step.step_id: step for step in definition.steps}
-        self.plans = {step_id: StepPlan.model_validate(value)
-                      for step_id, value in (request.get("plan") or {}).items()}
+        self.plans = {step_id: StepPlan.model_validate(value) for step_id, value in (request.get("plan") or {}).items()}
         self.graph = StepGraph.from_steps(definition.steps)
         self.completed: dict[str, Any] = {}
         self.completion_order: list[str] = []
@@ -90,7 +89,8 @@ class _Run:
         self.bookkeeping: list[TaskBase] = []
         self.states: dict[str, dict[str, Any]] = {
             step_id: {"state": "succeeded", "reused": True} if step_id in self.completed else {"state": "pending"}
-            for step_id in self.steps}
+            for step_id in self.steps
+        }
         self.cancel_task = context.wait_for_external_event(CANCEL_EVENT)
         self.loaded: dict[str, Any] = {}
 
@@ -115,17 +115,27 @@ class _Run:
     def load_outputs(self) -> Generator[TaskBase, Any, None]:
         """Read the referenced parts of outputs stored as blobs (new, or reused by a retry) before anything
         resolves a reference or a condition against them."""
-        stored = [step_id for step_id, output in self.completed.items()
-                  if step_id not in self.loaded and is_blob_ref(output)]
+        stored = [
+            step_id for step_id, output in self.completed.items() if step_id not in self.loaded and is_blob_ref(output)
+        ]
         if not stored:
             return  # the common case: every episode replays from the start, so nothing is scanned for it
         pending = [step_id for step_id in stored if step_id in self.output_paths]
         self.loaded.update({step_id: self.completed[step_id] for step_id in stored if step_id not in pending})
         if not pending:
             return
-        tasks = [self.context.call_activity_with_retry(LOAD_OUTPUT, _BOOKKEEPING_RETRY, {
-            "tenant_id": self.tenant_id, "output": self.completed[step_id],
-            "paths": [list(path) for path in sorted(self.output_paths[step_id])]}) for step_id in pending]
+        tasks = [
+            self.context.call_activity_with_retry(
+                LOAD_OUTPUT,
+                _BOOKKEEPING_RETRY,
+                {
+                    "tenant_id": self.tenant_id,
+                    "output": self.completed[step_id],
+                    "paths": [list(path) for path in sorted(self.output_paths[step_id])],
+                },
+            )
+            for step_id in pending
+        ]
         try:
             parts = yield self.context.task_all(tasks)
         except Exception as exc:
@@ -154,11 +164,28 @@ class _Run:
         """A write nobody waits for now; the run awaits every such write before it records its end."""
         self.bookkeeping.append(self.record(kind, **data))
 
-    def dispatch(self, step_id: str, phase: str, attempt: int, action: str, params: dict[str, Any],
-                 remote: bool, timeout_s: int | None) -> TaskBase:
+    def dispatch(
+        self,
+        step_id: str,
+        phase: str,
+        attempt: int,
+        action: str,
+        params: dict[str, Any],
+        remote: bool,
+        timeout_s: int | None,
+    ) -> TaskBase:
         """Schedule the activity that records the attempt and puts its work on `module-work`."""
-        body = {"execution_id": self.execution_id, "tenant_id": self.tenant_id, "step_id": step_id, "phase": phase,
-                "attempt": attempt, "action": action, "params": params, "remote": remote, "timeout_s": timeout_s}
+        body = {
+            "execution_id": self.execution_id,
+            "tenant_id": self.tenant_id,
+            "step_id": step_id,
+            "phase": phase,
+            "attempt": attempt,
+            "action": action,
+            "params": params,
+            "remote": remote,
+            "timeout_s": timeout_s,
+        }
         return self.context.call_activity_with_retry(DISPATCH_STEP, _BOOKKEEPING_RETRY, body)
 
     def timer_after(self, seconds: float | None) -> TaskBase | None:
@@ -192,12 +219,23 @@ class _Run:
         else:
             side = self.dispatch(step_id, "run", attempt, step.action, params, plan.remote, plan.timeout_s)
             task = self.context.wait_for_external_event(attempt_event("run", step_id, attempt))
-        flight = _Flight(step_id, attempt, plan.kind, task, side=side, side_is_record=plan.kind in ("approval", "wait"),
-                         timeout=self.timer_after(plan.timeout_s),
-                         stage="starting_child" if plan.kind == "intent" else "waiting", params=params)
+        flight = _Flight(
+            step_id,
+            attempt,
+            plan.kind,
+            task,
+            side=side,
+            side_is_record=plan.kind in ("approval", "wait"),
+            timeout=self.timer_after(plan.timeout_s),
+            stage="starting_child" if plan.kind == "intent" else "waiting",
+            params=params,
+        )
         self.running[step_id] = flight
-        self.states[step_id] = {"state": "waiting" if plan.kind == "approval" else "running", "attempt": attempt,
-                                "max_attempts": self.policy(step).max_attempts}
+        self.states[step_id] = {
+            "state": "waiting" if plan.kind == "approval" else "running",
+            "attempt": attempt,
+            "max_attempts": self.policy(step).max_attempts,
+        }
 
     def settle(self, flight: _Flight, **outcome: Any) -> None:
         """Record the attempt's outcome; the activity answers with the verdict applied first (it may differ)."""
@@ -235,14 +273,29 @@ class _Run:
         retry_at = self.context.current_utc_datetime + timedelta(seconds=policy.delay_before(flight.attempt + 1))
         _drop_timer(flight.timeout)
         flight.task, flight.timeout, flight.stage, flight.error = (
-            self.context.create_timer(retry_at), None, "retry_pause", error)
+            self.context.create_timer(retry_at),
+            None,
+            "retry_pause",
+            error,
+        )
         flight.side_is_record = True
-        flight.side = self.record("retrying", step_id=flight.step_id, attempt=flight.attempt,
-                                  next_attempt=flight.attempt + 1, max_attempts=policy.max_attempts,
-                                  retry_at=retry_at.isoformat(), error=error)
+        flight.side = self.record(
+            "retrying",
+            step_id=flight.step_id,
+            attempt=flight.attempt,
+            next_attempt=flight.attempt + 1,
+            max_attempts=policy.max_attempts,
+            retry_at=retry_at.isoformat(),
+            error=error,
+        )
         self.states[flight.step_id] = {
-            "state": "retrying", "attempt": flight.attempt, "max_attempts": policy.max_attempts,
-            "next_attempt": flight.attempt + 1, "retry_at": retry_at.isoformat(), "error": error}
+            "state": "retrying",
+            "attempt": flight.attempt,
+            "max_attempts": policy.max_attempts,
+            "next_attempt": flight.attempt + 1,
+            "retry_at": retry_at.isoformat(),
+            "error": error,
+        }
 
     @property
     def stopping(self) -> bool:
@@ -278,22 +331,31 @@ class _Run:
         for flight in self.running.values():
             if flight.kind == "intent" and flight.stage == "waiting":
                 self.cancel_child(flight)
-        for flight in [flight for flight in self.running.values()
-                       if flight.stage == "retry_pause" or (flight.stage == "waiting" and
-                                                            flight.kind in ("approval", "wait"))]:
+        for flight in [
+            flight
+            for flight in self.running.values()
+            if flight.stage == "retry_pause" or (flight.stage == "waiting" and flight.kind in ("approval", "wait"))
+        ]:
             for task in (flight.task, flight.timeout):
                 _drop_timer(task)
             self.keep_side(flight)
             del self.running[flight.step_id]
             self.failed[flight.step_id] = flight.error or "abandoned"
             self.states[flight.step_id] = {"state": "cancelled", "attempt": flight.attempt, "error": flight.error}
-            self.note("abandon", step_id=flight.step_id, attempt=flight.attempt,
-                      reason="cancelled" if self.cancelled else "an earlier step failed")
+            self.note(
+                "abandon",
+                step_id=flight.step_id,
+                attempt=flight.attempt,
+                reason="cancelled" if self.cancelled else "an earlier step failed",
+            )
 
     def cancel_child(self, flight: _Flight) -> None:
         """Ask the flight's child execution to cancel (a bookkeeping write: its answer changes nothing here)."""
-        body = {"tenant_id": self.tenant_id, "execution_id": self.execution_id,
-                "child_execution_id": self.states[flight.step_id]["child_execution_id"]}
+        body = {
+            "tenant_id": self.tenant_id,
+            "execution_id": self.execution_id,
+            "child_execution_id": self.states[flight.step_id]["child_execution_id"],
+        }
         self.bookkeeping.append(self.context.call_activity_with_retry(CANCEL_CHILD, _BOOKKEEPING_RETRY, body))
 
     def handle(self, winner: TaskBase) -> None:
@@ -316,8 +378,9 @@ class _Run:
             if winner is flight.timeout:
                 # The verdict decides: a result recorded just before the timer fired still counts.
                 timeout_s = self.plan(flight.step_id).timeout_s
-                self.settle(flight, ok=False, state="timed_out",
-                            error=f"step {flight.step_id} timed out after {timeout_s} s")
+                self.settle(
+                    flight, ok=False, state="timed_out", error=f"step {flight.step_id} timed out after {timeout_s} s"
+                )
                 return
             if winner is flight.task:
                 self.advance(flight, winner)
@@ -337,8 +400,7 @@ class _Run:
                 self.apply(flight, child["verdict"])
                 return
             flight.stage = "waiting"
-            flight.task = self.context.call_sub_orchestrator(ORCHESTRATOR, child["input"],
-                                                             child["execution_id"])
+            flight.task = self.context.call_sub_orchestrator(ORCHESTRATOR, child["input"], child["execution_id"])
             self.states[flight.step_id]["child_execution_id"] = child["execution_id"]
             if self.stopping:  # the run stopped while the child was being recorded: it starts only to end
                 self.cancel_child(flight)
@@ -352,17 +414,21 @@ class _Run:
             if result.get("status") == "succeeded":
                 self.settle(flight, ok=True, output={"execution_id": child_id, "outputs": result.get("outputs")})
             else:
-                self.settle(flight, ok=False, error=f"child execution {child_id} {result.get('status')}: "
-                                                    f"{result.get('error')}")
+                self.settle(
+                    flight, ok=False, error=f"child execution {child_id} {result.get('status')}: {result.get('error')}"
+                )
 
     def desired_status(self) -> str:
         """waiting while every running step waits on a person or on a remote worker, once the request is out.
 
         "Once out" matters for the stream: waiting is recorded only after approval_requested (or the dispatch), so a
         reader that sees the status change can already read what it waits for."""
-        if self.running and all(flight.stage == "waiting" and flight.side is None and (
-                flight.kind == "approval" or (flight.kind == "module" and self.plan(flight.step_id).remote))
-                for flight in self.running.values()):
+        if self.running and all(
+            flight.stage == "waiting"
+            and flight.side is None
+            and (flight.kind == "approval" or (flight.kind == "module" and self.plan(flight.step_id).remote))
+            for flight in self.running.values()
+        ):
             return "waiting"
         return "running"
 
@@ -419,12 +485,14 @@ def _compensate(run: _Run, step_id: str) -> Generator[TaskBase, Any, str | None]
     for attempt in range(1, policy.max_attempts + 1):
         if attempt > 1:
             yield run.context.create_timer(
-                run.context.current_utc_datetime + timedelta(seconds=policy.delay_before(attempt)))
+                run.context.current_utc_datetime + timedelta(seconds=policy.delay_before(attempt))
+            )
         run.states[step_id] = {**run.states[step_id], "state": "compensating", "attempt": attempt}
         run.publish()
         timeout_s = plan.compensate_timeout_s or plan.timeout_s
-        dispatched = run.dispatch(step_id, "compensate", attempt, compensation.action, params,
-                                  plan.compensate_remote, timeout_s)
+        dispatched = run.dispatch(
+            step_id, "compensate", attempt, compensation.action, params, plan.compensate_remote, timeout_s
+        )
         result = run.context.wait_for_external_event(attempt_event("compensate", step_id, attempt))
         timer = run.timer_after(timeout_s)
         winner = yield run.context.task_any([task for task in (dispatched, result, timer) if task is not None])
@@ -434,9 +502,15 @@ def _compensate(run: _Run, step_id: str) -> Generator[TaskBase, Any, str | None]
             error = f"compensation of {step_id} could not start: {winner.result}"
             verdict: Any = None
         elif winner is timer:
-            verdict = yield run.record("settle", step_id=step_id, phase="compensate", attempt=attempt, ok=False,
-                                       state="timed_out", error=f"compensation of {step_id} timed out after "
-                                                                f"{timeout_s} s")
+            verdict = yield run.record(
+                "settle",
+                step_id=step_id,
+                phase="compensate",
+                attempt=attempt,
+                ok=False,
+                state="timed_out",
+                error=f"compensation of {step_id} timed out after {timeout_s} s",
+            )
         else:
             _drop_timer(timer)
             verdict = winner.result
@@ -471,8 +545,13 @@ def intent_execution_orchestrator(context: df.DurableOrchestrationContext) -> Or
     run = _Run(context, request)
     started = _json((yield run.record("execution", status="running")))
     if started["status"] in ("cancelled", "failed", "succeeded"):
-        return {"status": started["status"], "failed_step": None, "error": "ended before it started",
-                "compensated": [], "compensation_failed": {}}
+        return {
+            "status": started["status"],
+            "failed_step": None,
+            "error": "ended before it started",
+            "compensated": [],
+            "compensation_failed": {},
+        }
     run.recorded_status = "running"
     if started.get("cancel_requested"):
         run.cancel()  # the cancel came before the orchestration started; its event may have been lost
@@ -524,8 +603,14 @@ def intent_execution_orchestrator(context: df.DurableOrchestrationContext) -> Or
             run.states[step_id] = {**run.states[step_id], "state": "compensation_failed", "error": error}
     run.phase = ending
     run.publish()
-    result = {"status": ending, "failed_step": run.first_failure, "error": cause, "compensated": compensated,
-              "compensation_failed": compensation_failed}
-    yield from _record_status(run, ending, error=cause, output={key: value for key, value in result.items()
-                                                          if key != "status"})
+    result = {
+        "status": ending,
+        "failed_step": run.first_failure,
+        "error": cause,
+        "compensated": compensated,
+        "compensation_failed": compensation_failed,
+    }
+    yield from _record_status(
+        run, ending, error=cause, output={key: value for key, value in result.items() if key != "status"}
+    )
     return result

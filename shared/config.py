@@ -38,15 +38,25 @@ class Settings(BaseSettings):
     )
     QP_DATABASE_POOL_MAX: int = Field(default=10, ge=1, le=200)
     QP_DATABASE_POOL_TIMEOUT_S: float = Field(
-        default=3.0, gt=0, le=60,
-        description="How long a request waits for a pooled connection before it is answered 503 with Retry-After.")
+        default=3.0,
+        gt=0,
+        le=60,
+        description="How long a request waits for a pooled connection before it is answered 503 with Retry-After.",
+    )
     QP_DATABASE_CONNECT_TIMEOUT_S: int = Field(
-        default=2, ge=1, le=60, description="How long opening a new database connection may take (an outage fails "
-        "fast instead of holding requests).")
+        default=2,
+        ge=1,
+        le=60,
+        description="How long opening a new database connection may take (an outage fails "
+        "fast instead of holding requests).",
+    )
     QP_TENANT_MAX_CONCURRENT_REQUESTS: int | None = Field(
-        default=None, ge=1, le=1000,
+        default=None,
+        ge=1,
+        le=1000,
         description="Requests of one tenant in flight at once per instance; unset means half the tenant pool, so "
-        "one tenant's burst always leaves connections for the others.")
+        "one tenant's burst always leaves connections for the others.",
+    )
 
     QP_BLOB_CONNECTION_STRING: str | None = Field(default=None, description="Local only (Azurite).")
     QP_BLOB_ACCOUNT_URL: str | None = Field(default=None, description="Azure: identity-based blob endpoint.")
@@ -77,16 +87,22 @@ class Settings(BaseSettings):
     QP_REGISTRY_MAX_STEPS: int = Field(default=200, ge=1, le=10_000)
     QP_REGISTRY_MAX_DEPTH: int = Field(default=32, ge=4, le=256)
     QP_PAYLOAD_INLINE_MAX_BYTES: int = Field(
-        default=64 * 1024, ge=1024, le=1024 * 1024,
-        description="A step output larger than this (as JSON) is stored as a blob and referenced.")
+        default=64 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="A step output larger than this (as JSON) is stored as a blob and referenced.",
+    )
     QP_TASK_TOKEN_TTL_S: int = Field(
-        default=24 * 3600, ge=60, le=30 * 24 * 3600, description="How long a remote step's task token is valid.")
+        default=24 * 3600, ge=60, le=30 * 24 * 3600, description="How long a remote step's task token is valid."
+    )
     QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS: int = Field(
-        default=100, ge=1, le=100_000, description="A tenant's concurrent executions when its quota sets none.")
+        default=100, ge=1, le=100_000, description="A tenant's concurrent executions when its quota sets none."
+    )
     QP_ALLOW_PRIVATE_NETWORK_HOSTS: bool = Field(
         default=False,
         description="Local development only: a tenant's allowed_hosts may name loopback or private hosts, and "
-        "outbound steps may reach them. Off in Azure, where those are the platform's own services.")
+        "outbound steps may reach them. Off in Azure, where those are the platform's own services.",
+    )
     QP_ENVIRONMENT: Literal["local", "dev", "prod"] = "local"
     APPLICATIONINSIGHTS_CONNECTION_STRING: str | None = None
 
@@ -97,12 +113,16 @@ class Settings(BaseSettings):
         "empty means the devhost fills it with its own issuer's.",
     )
     QP_AUTH_AUDIENCE: str = Field(
-        default="api://quantum-platform", min_length=1,
+        default="api://quantum-platform",
+        min_length=1,
         description="Accepted token audiences (the API's client id and/or app id URI), comma-separated.",
     )
     QP_AUTH_MAX_TOKEN_LIFETIME_S: int = Field(
-        default=2 * 3600, ge=300, le=48 * 3600,
-        description="Longest accepted access-token lifetime (exp - iat, or exp - nbf); Entra issues 60-90 minutes.")
+        default=2 * 3600,
+        ge=300,
+        le=48 * 3600,
+        description="Longest accepted access-token lifetime (exp - iat, or exp - nbf); Entra issues 60-90 minutes.",
+    )
     QP_AUTH_LEEWAY_S: int = Field(30, ge=0, le=300, description="Clock skew allowed on exp/nbf/iat, seconds.")
     QP_AUTH_JWKS_COOLDOWN_S: float = Field(
         60, ge=1, description="Minimum seconds between JWKS refetches triggered by an unknown signing key id."
@@ -113,9 +133,7 @@ class Settings(BaseSettings):
         if bool(self.QP_BLOB_CONNECTION_STRING) == bool(self.QP_BLOB_ACCOUNT_URL):
             raise ValueError("set exactly one of QP_BLOB_CONNECTION_STRING or QP_BLOB_ACCOUNT_URL")
         if self.QP_EVENTHUB_BACKEND == "azure" and not self.EventHubConnection__fullyQualifiedNamespace:
-            raise ValueError(
-                "EventHubConnection__fullyQualifiedNamespace is required when QP_EVENTHUB_BACKEND=azure"
-            )
+            raise ValueError("EventHubConnection__fullyQualifiedNamespace is required when QP_EVENTHUB_BACKEND=azure")
         if self.QP_AUDIT_BACKEND == "cosmos" and not self.QP_COSMOS_ENDPOINT:
             raise ValueError("QP_COSMOS_ENDPOINT is required when QP_AUDIT_BACKEND=cosmos")
         if self.QP_COSMOS_ENDPOINT and not self.QP_COSMOS_ENDPOINT.startswith("https://"):

@@ -21,8 +21,10 @@ not be told apart from two keys."""
 RESERVED_PREFIX = "child:"
 """The platform's own keys (an `intent.run` step's child execution) start with this; a caller's never do, so no
 caller can claim a child execution's key before the platform does."""
-KEY_FORMAT = (f"1 to {KEY_MAX_LENGTH} visible ASCII characters (0x21-0x7E) other than the comma, not starting with "
-              f"'{RESERVED_PREFIX}'; a UUID is a good key")
+KEY_FORMAT = (
+    f"1 to {KEY_MAX_LENGTH} visible ASCII characters (0x21-0x7E) other than the comma, not starting with "
+    f"'{RESERVED_PREFIX}'; a UUID is a good key"
+)
 _KEY = re.compile(KEY_PATTERN)
 
 
@@ -42,8 +44,13 @@ def _valid_key(key: str) -> str:
     return key
 
 
-IdempotencyKey = Annotated[str, Field(min_length=1, max_length=KEY_MAX_LENGTH, pattern=KEY_PATTERN,
-                                      description=f"An idempotency key: {KEY_FORMAT}."), AfterValidator(_valid_key)]
+IdempotencyKey = Annotated[
+    str,
+    Field(
+        min_length=1, max_length=KEY_MAX_LENGTH, pattern=KEY_PATTERN, description=f"An idempotency key: {KEY_FORMAT}."
+    ),
+    AfterValidator(_valid_key),
+]
 """A body field holding an idempotency key, validated like the header."""
 
 
@@ -87,13 +94,16 @@ def claim(conn: psycopg.Connection[DictRow], key: str, request_fingerprint: str)
     conn.execute("DELETE FROM app.idempotency_keys WHERE key = %s AND expires_at < now()", (key,))
     inserted = conn.execute(
         "INSERT INTO app.idempotency_keys (tenant_id, key, fingerprint) VALUES (app.current_tenant_id(), %s, %s)"
-        " ON CONFLICT DO NOTHING RETURNING key", (key, request_fingerprint),
+        " ON CONFLICT DO NOTHING RETURNING key",
+        (key, request_fingerprint),
     ).fetchone()
     if inserted is not None:
         return None
-    row = conn.execute("SELECT fingerprint, response_status, response_body, response_headers"
-                       " FROM app.idempotency_keys WHERE key = %s", (key,)).fetchone()
-    assert row is not None  # noqa: S101  # the conflicting row is committed and visible to this tenant
+    row = conn.execute(
+        "SELECT fingerprint, response_status, response_body, response_headers FROM app.idempotency_keys WHERE key = %s",
+        (key,),
+    ).fetchone()
+    assert row is not None  # the conflicting row is committed and visible to this tenant
     if row["fingerprint"] != request_fingerprint:
         raise IdempotencyKeyReusedError("this Idempotency-Key was used for a different request")
     if row["response_status"] is None:
@@ -106,5 +116,6 @@ def complete(conn: psycopg.Connection[DictRow], key: str, response: StoredRespon
     """Store the response of the work `key` guarded, in the same transaction as that work."""
     conn.execute(
         "UPDATE app.idempotency_keys SET response_status = %s, response_body = %s, response_headers = %s"
-        " WHERE key = %s", (response.status, Jsonb(response.body), Jsonb(response.headers), key),
+        " WHERE key = %s",
+        (response.status, Jsonb(response.body), Jsonb(response.headers), key),
     )

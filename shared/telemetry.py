@@ -16,11 +16,16 @@ from uuid import UUID
 PREFIX: Final = "qp.telemetry "
 """Every telemetry line starts with this; nothing else the platform logs does."""
 
-EVENTS: Final = frozenset({
-    "execution.completed", "execution.failed", "execution.cancelled",
-    "step.completed", "step.failed",
-    "ingress.rejected",
-})
+EVENTS: Final = frozenset(
+    {
+        "execution.completed",
+        "execution.failed",
+        "execution.cancelled",
+        "step.completed",
+        "step.failed",
+        "ingress.rejected",
+    }
+)
 """The telemetry event names: the monitoring queries may use these and no others (tests/infra checks)."""
 
 _MAX_TEXT = 300

@@ -51,7 +51,10 @@ def azurite() -> Iterator[Azurite]:
     """An Azurite on free ports with its data in a temporary folder."""
     root = Path(tempfile.mkdtemp(prefix="qp-azurite-"))
     instance = start_azurite(
-        root / "data", blob_port=free_port(), queue_port=free_port(), table_port=free_port(),
+        root / "data",
+        blob_port=free_port(),
+        queue_port=free_port(),
+        table_port=free_port(),
         log_file=root / "azurite.log",
     )
     try:

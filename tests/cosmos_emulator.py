@@ -10,9 +10,7 @@ from devhost.services import NodeService, node_binary, start_node_service
 
 # The Cosmos emulator's well-known account key: a public constant, not a secret. The fake accepts any
 # key; the SDK only needs a well-formed one to sign requests. Tests only, never a real account.
-COSMOS_EMULATOR_KEY = (
-    "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw=="  # noqa: S105
-)
+COSMOS_EMULATOR_KEY = "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw=="
 
 
 @dataclass

@@ -36,7 +36,9 @@ def _candidate_files(root: Path) -> list[str]:
             # Fixed arguments, git from PATH: nothing untrusted reaches the command line.
             output = subprocess.run(  # noqa: S603
                 ["git", "ls-files", "-z", *extra],  # noqa: S607
-                cwd=root, check=True, capture_output=True,
+                cwd=root,
+                check=True,
+                capture_output=True,
             ).stdout
         except subprocess.CalledProcessError as exc:
             detail = exc.stderr.decode(errors="replace").strip()

@@ -23,8 +23,9 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PREFIXES = (RPC_PATH.rstrip("/"), WEBHOOK_PATH)
-_RUNNING = frozenset({RuntimeStatus.Pending, RuntimeStatus.Running, RuntimeStatus.ContinuedAsNew,
-                      RuntimeStatus.Suspended})
+_RUNNING = frozenset(
+    {RuntimeStatus.Pending, RuntimeStatus.Running, RuntimeStatus.ContinuedAsNew, RuntimeStatus.Suspended}
+)
 
 
 def _error(status: int, message: str, exc: BaseException | None = None) -> web.Response:
@@ -110,10 +111,12 @@ class DurableApi:
                 return _error(400, "Invalid JSON content", exc)
             input_json = body  # ExecutionStarted.Input is the request body as sent
         started = await self._management.start(
-            name, request.match_info.get("instanceId") or None, input_json, request.query.get("version", ""))
+            name, request.match_info.get("instanceId") or None, input_json, request.query.get("version", "")
+        )
         if started.outcome == Outcome.CONFLICT:
-            return _error(409, f"An Orchestration instance with the instance ID '{started.instance_id}' "
-                               "already exists.")
+            return _error(
+                409, f"An Orchestration instance with the instance ID '{started.instance_id}' already exists."
+            )
         return await self._respond_started(request, started.instance_id)
 
     async def _respond_started(self, request: web.Request, instance_id: str) -> web.StreamResponse:
@@ -149,15 +152,17 @@ class DurableApi:
         if _flag(request, "showHistory", False) and instance.runtime_status != RuntimeStatus.Pending:
             history = await self._management.history(instance.instance_id)
             payload["historyEvents"] = history_view(history, show_output=_flag(request, "showHistoryOutput", False))
-        return web.json_response(payload, status=self._status_code(request, instance),
-                                 headers=self._status_headers(request, instance))
+        return web.json_response(
+            payload, status=self._status_code(request, instance), headers=self._status_headers(request, instance)
+        )
 
     @staticmethod
     def _status_code(request: web.Request, instance: Instance) -> int:
         if instance.runtime_status in _RUNNING:
             return 202
-        if instance.runtime_status == RuntimeStatus.Failed and _flag(request, "returnInternalServerErrorOnFailure",
-                                                                    False):
+        if instance.runtime_status == RuntimeStatus.Failed and _flag(
+            request, "returnInternalServerErrorOnFailure", False
+        ):
             return 500
         return 200
 
@@ -177,9 +182,12 @@ class DurableApi:
         except ValueError:
             offset = 0
         query = InstanceQuery(
-            created_from=_time(request, "createdTimeFrom"), created_to=_time(request, "createdTimeTo"),
-            statuses=_statuses(request) or None, prefix=request.query.get("instanceIdPrefix") or None,
-            limit=top, offset=offset,
+            created_from=_time(request, "createdTimeFrom"),
+            created_to=_time(request, "createdTimeTo"),
+            statuses=_statuses(request) or None,
+            prefix=request.query.get("instanceIdPrefix") or None,
+            limit=top,
+            offset=offset,
         )
         instances = await self._management.query(query)
         show_input = _flag(request, "showInput", True)
@@ -221,7 +229,8 @@ class DurableApi:
         if operation == "restart":
             try:
                 started = await self._management.restart(
-                    instance_id, new_instance_id=_flag(request, "restartWithNewInstanceId", True))
+                    instance_id, new_instance_id=_flag(request, "restartWithNewInstanceId", True)
+                )
             except InvalidRequest as exc:
                 return _error(400, "InstanceId does not match a valid orchestration instance.", exc)
             if started.outcome == Outcome.CONFLICT:
@@ -238,7 +247,9 @@ class DurableApi:
         if instance.runtime_status != RuntimeStatus.Failed:
             return web.json_response(
                 f"This orchestration has status {instance.runtime_status}, but only orchestrations in the "
-                '"Failed" state can be rewound.', status=412)
+                '"Failed" state can be rewound.',
+                status=412,
+            )
         # What the real host answers for storage providers without rewind; the SDK raises this message.
         return web.json_response("Rewind is not supported by the local durable host's storage provider.", status=501)
 
@@ -257,15 +268,18 @@ class DurableApi:
             status = instance.runtime_status if instance else "unknown"
             return web.json_response(
                 "Only orchestrations in a terminal state can be purged, but the orchestration with instance ID "
-                f"{instance_id} has status {status}", status=412)
+                f"{instance_id} has status {status}",
+                status=412,
+            )
         return web.json_response({"instancesDeleted": 1})
 
     async def purge_by(self, request: web.Request) -> web.StreamResponse:
         created_from = _time(request, "createdTimeFrom")
         if created_from is None:
             return web.json_response("Please provide value for 'createdTimeFrom' parameter.", status=400)
-        query = InstanceQuery(created_from=created_from, created_to=_time(request, "createdTimeTo"),
-                              statuses=_statuses(request) or None)
+        query = InstanceQuery(
+            created_from=created_from, created_to=_time(request, "createdTimeTo"), statuses=_statuses(request) or None
+        )
         deleted = await self._management.purge_by(query)
         if deleted == 0:
             return web.Response(status=404)

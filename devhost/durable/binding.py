@@ -13,8 +13,9 @@ INSTANCE_PLACEHOLDER = "INSTANCEID"
 RPC_USER = "devhost"  # any name does; the key is the Basic password
 
 
-def management_urls(origin: str, task_hub: str, instance_id: str, *, encode: bool = True,
-                    system_key: str | None = None) -> dict[str, str]:
+def management_urls(
+    origin: str, task_hub: str, instance_id: str, *, encode: bool = True, system_key: str | None = None
+) -> dict[str, str]:
     """The check-status payload of one instance (also the binding's managementUrls, for INSTANCEID)."""
     base = origin.rstrip("/") + WEBHOOK_PATH
     instance = f"{base}/instances/{quote(instance_id, safe='') if encode else instance_id}"
@@ -52,8 +53,9 @@ def rpc_base_url(base_url: str, system_key: str | None) -> str:
     return urlunsplit(parts._replace(netloc=f"{RPC_USER}:{quote(system_key, safe='')}@{parts.netloc}"))
 
 
-def client_binding(base_url: str, task_hub: str, origin: str | None = None,
-                   system_key: str | None = None) -> dict[str, object]:
+def client_binding(
+    base_url: str, task_hub: str, origin: str | None = None, system_key: str | None = None
+) -> dict[str, object]:
     """What BindingHelper.DurableOrchestrationClientToString gives a durable_client_input parameter."""
     public = (origin or base_url).rstrip("/")
     webhook = public + WEBHOOK_PATH
@@ -65,10 +67,9 @@ def client_binding(base_url: str, task_hub: str, origin: str | None = None,
         "creationUrls": {
             "createNewInstancePostUri": create + "?" + required,
             "createAndWaitOnNewInstancePostUri": create + "?timeout={timeoutInSeconds}"
-                                                          "&pollingInterval={intervalInSeconds}&" + required,
+            "&pollingInterval={intervalInSeconds}&" + required,
         },
-        "managementUrls": management_urls(public, task_hub, INSTANCE_PLACEHOLDER, encode=False,
-                                          system_key=system_key),
+        "managementUrls": management_urls(public, task_hub, INSTANCE_PLACEHOLDER, encode=False, system_key=system_key),
         "baseUrl": webhook,
         "requiredQueryStringParameters": required,
         "rpcBaseUrl": rpc_base_url(base_url, system_key),
@@ -76,6 +77,5 @@ def client_binding(base_url: str, task_hub: str, origin: str | None = None,
     }
 
 
-def client_binding_json(base_url: str, task_hub: str, origin: str | None = None,
-                        system_key: str | None = None) -> str:
+def client_binding_json(base_url: str, task_hub: str, origin: str | None = None, system_key: str | None = None) -> str:
     return json.dumps(client_binding(base_url, task_hub, origin, system_key))

@@ -39,8 +39,15 @@ class Engine:
     """Background work of the durable host, driven by the store: whatever is persisted is eventually done."""
 
     def __init__(
-        self, ctx: HostContext, db: Database, store: Store, *, max_episodes: int = 4, max_activities: int = 8,
-        poll_interval: float = 0.1, retry_delay: float = 1.0,
+        self,
+        ctx: HostContext,
+        db: Database,
+        store: Store,
+        *,
+        max_episodes: int = 4,
+        max_activities: int = 8,
+        poll_interval: float = 0.1,
+        retry_delay: float = 1.0,
     ) -> None:
         self._ctx, self._db, self._store = ctx, db, store
         self._max_episodes, self._max_activities = max_episodes, max_activities
@@ -112,10 +119,16 @@ class Engine:
         free_episodes = self._max_episodes - len(self._episodes)
         free_activities = self._max_activities - len(self._activities)
         async with self._db.connection() as conn:
-            ids = await self._store.runnable(conn, now, [*self._episodes, *self._cooldown], free_episodes) \
-                if free_episodes > 0 else []
-            items = await self._store.pending_work(conn, list(self._activities), free_activities) \
-                if free_activities > 0 else []
+            ids = (
+                await self._store.runnable(conn, now, [*self._episodes, *self._cooldown], free_episodes)
+                if free_episodes > 0
+                else []
+            )
+            items = (
+                await self._store.pending_work(conn, list(self._activities), free_activities)
+                if free_activities > 0
+                else []
+            )
         for instance_id in ids:
             self._spawn(self._episodes, instance_id, self._guarded_episode(instance_id), f"episode {instance_id}")
         for item in items:
@@ -153,10 +166,18 @@ class Engine:
             if not messages:
                 return
             episode = Episode(
-                facts=InstanceFacts(instance.instance_id, instance.execution_id, instance.name, instance.input_json,
-                                    instance.parent_instance_id),
-                past=await self._store.history(conn, instance_id), messages=messages, book=instance.book,
-                now=now, catalog=self.catalog,
+                facts=InstanceFacts(
+                    instance.instance_id,
+                    instance.execution_id,
+                    instance.name,
+                    instance.input_json,
+                    instance.parent_instance_id,
+                ),
+                past=await self._store.history(conn, instance_id),
+                messages=messages,
+                book=instance.book,
+                now=now,
+                catalog=self.catalog,
             )
             if episode.has_events:
                 state, failure = await self._invoke_orchestrator(instance.name, episode.context())
@@ -201,14 +222,24 @@ class Engine:
         for child in result.children:
             parent = ParentLink(instance.name, instance_id, execution_id, child.task_id)
             created = await start_instance(
-                store, conn, instance_id=child.instance_id, name=child.name, version=child.version,
-                input_json=child.input_json, now=now, parent=parent,
+                store,
+                conn,
+                instance_id=child.instance_id,
+                name=child.name,
+                version=child.version,
+                input_json=child.input_json,
+                now=now,
+                parent=parent,
             )
             if not created:
                 refused = event(
-                    EventType.SubOrchestrationInstanceFailed, now, TaskScheduledId=child.task_id,
+                    EventType.SubOrchestrationInstanceFailed,
+                    now,
+                    TaskScheduledId=child.task_id,
                     Reason=f"An orchestration with instance ID '{child.instance_id}' already exists and is not in "
-                           "a terminal state.", Details=None)
+                    "a terminal state.",
+                    Details=None,
+                )
                 await store.send(conn, instance_id, execution_id, refused, now, task_id=child.task_id)
         instance.runtime_status = result.status
         if result.status == RuntimeStatus.Failed:
@@ -216,8 +247,9 @@ class Engine:
         if result.status.is_terminal:
             instance.output_json = result.output_json
             await store.drop_inbox(conn, instance_id)
-            await notify_parent(store, conn, instance, now, reason=result.failure_reason,
-                                details=result.failure_details)
+            await notify_parent(
+                store, conn, instance, now, reason=result.failure_reason, details=result.failure_details
+            )
         await store.save(conn, instance)
 
     async def _continue_as_new(self, conn: Conn, instance: Instance, input_json: str | None, now: datetime) -> None:
@@ -248,8 +280,9 @@ class Engine:
             if not await self._store.take_work(conn, item.id):
                 return
             if await self._store.accepts_results(conn, item.instance_id, item.execution_id):
-                await self._store.send(conn, item.instance_id, item.execution_id, result, utcnow(),
-                                       task_id=item.task_id)
+                await self._store.send(
+                    conn, item.instance_id, item.execution_id, result, utcnow(), task_id=item.task_id
+                )
 
     async def _execute_activity(self, item: WorkItem) -> JsonDict:
         """Run the activity; TaskCompleted with its JSON result, or TaskFailed worded like the real host."""
@@ -265,13 +298,22 @@ class Engine:
         except Exception as exc:  # e.g. an output the converter cannot encode: the worker fails the call too
             return self._failed(item, f"{type(exc).__name__}: {exc}", exc)
         result = None if datum is None else datum.value
-        return event(EventType.TaskCompleted, utcnow(), TaskScheduledId=item.task_id,
-                     Result=None if result is None else str(result))
+        return event(
+            EventType.TaskCompleted,
+            utcnow(),
+            TaskScheduledId=item.task_id,
+            Result=None if result is None else str(result),
+        )
 
     @staticmethod
     def _failed(item: WorkItem, friendly: str, exc: BaseException | None) -> JsonDict:
         # Details: the serialized exception, as the host's ErrorDataConverter produces it.
         stack = "".join(traceback.format_exception(exc)) if exc is not None else None
         details = json.dumps({"Message": friendly, "StackTrace": stack})
-        return event(EventType.TaskFailed, utcnow(), TaskScheduledId=item.task_id,
-                     Reason=f"Activity function '{item.name}' failed: {friendly}", Details=details)
+        return event(
+            EventType.TaskFailed,
+            utcnow(),
+            TaskScheduledId=item.task_id,
+            Reason=f"Activity function '{item.name}' failed: {friendly}",
+            Details=details,
+        )

@@ -149,8 +149,14 @@ class Episode:
     """Prepare the context JSON from history plus new messages, then interpret the orchestrator's state."""
 
     def __init__(
-        self, *, facts: InstanceFacts, past: list[JsonDict], messages: list[Message], book: Bookkeeping,
-        now: datetime, catalog: Catalog,
+        self,
+        *,
+        facts: InstanceFacts,
+        past: list[JsonDict],
+        messages: list[Message],
+        book: Bookkeeping,
+        now: datetime,
+        catalog: Catalog,
     ) -> None:
         self.facts, self.past, self.book, self.now, self.catalog = facts, past, book, now, catalog
         self._scheduled: list[JsonDict] = []
@@ -224,8 +230,9 @@ class Episode:
                 attempt_id = self.book.allocate()
                 retried = state.next_attempt()
                 try:
-                    self._schedule_call(attempt_id, retried.kind, retried.name, retried.input, retried.instance_id,
-                                        retried.version)
+                    self._schedule_call(
+                        attempt_id, retried.kind, retried.name, retried.input, retried.instance_id, retried.version
+                    )
                 except _OrchestrationFailed as exc:  # the function vanished from the app since the first attempt
                     self._host_failure = str(exc)
                 self.book.retries[attempt_id] = retried
@@ -239,8 +246,10 @@ class Episode:
         played = [{**e, "IsPlayed": True} for e in self.past]
         history = played + [self._started] + [{**e, "IsPlayed": False} for e in self.new_events]
         return context_json(
-            history=history, instance_id=self.facts.instance_id,
-            parent_instance_id=self.facts.parent_instance_id, input_json=self.facts.input_json,
+            history=history,
+            instance_id=self.facts.instance_id,
+            parent_instance_id=self.facts.parent_instance_id,
+            input_json=self.facts.input_json,
         )
 
     # ------------------------------------------------------------------ after the orchestrator ran
@@ -261,10 +270,13 @@ class Episode:
                 self._apply_actions(state, check_deterministic=not error, result=result)
             except (_OrchestrationFailed, ProtocolError, KeyError, TypeError, ValueError) as exc:
                 # Nothing of a rejected response is scheduled; the instance fails instead.
-                error = str(exc) if isinstance(exc, _OrchestrationFailed | ProtocolError) \
+                error = (
+                    str(exc)
+                    if isinstance(exc, _OrchestrationFailed | ProtocolError)
                     else f"malformed action in the orchestrator's response: {type(exc).__name__}: {exc}"
-                del self._scheduled[marks[0]:], self._activities[marks[1]:], self._timers[marks[2]:]
-                del self._children[marks[3]:]
+                )
+                del self._scheduled[marks[0] :], self._activities[marks[1] :], self._timers[marks[2] :]
+                del self._children[marks[3] :]
         if error is not None:
             reason = orchestrator_failure_message(self.facts.name, error)
             result.status = RuntimeStatus.Failed
@@ -277,13 +289,22 @@ class Episode:
                 result.status = RuntimeStatus.Completed
                 result.output_json = json.dumps(state.get("output"))
         result.activities, result.timers, result.children = self._activities, self._timers, self._children
-        result.history = [self._started, *self.new_events, *self._scheduled,
-                          event(EventType.OrchestratorCompleted, completed_at)]
+        result.history = [
+            self._started,
+            *self.new_events,
+            *self._scheduled,
+            event(EventType.OrchestratorCompleted, completed_at),
+        ]
         if result.status.is_terminal:
-            result.history.append(event(
-                EventType.ExecutionCompleted, completed_at, OrchestrationStatus=result.status.dtfx_code,
-                Result=result.output_json, FailureDetails=None,
-            ))
+            result.history.append(
+                event(
+                    EventType.ExecutionCompleted,
+                    completed_at,
+                    OrchestrationStatus=result.status.dtfx_code,
+                    Result=result.output_json,
+                    FailureDetails=None,
+                )
+            )
         return result
 
     def _apply_actions(self, state: JsonDict, *, check_deterministic: bool, result: EpisodeResult) -> None:
@@ -305,7 +326,7 @@ class Episode:
                 "current replay execution hasn't (yet?) scheduled it. Was a change made to the orchestrator code "
                 "after this instance had already started running?"
             )
-        for action in flat[len(seen):]:
+        for action in flat[len(seen) :]:
             self._apply_new_action(action, result)
 
     def _nondeterminism(self, before: SeenAction, action: JsonDict) -> str:
@@ -322,8 +343,12 @@ class Episode:
         task_id = self.book.allocate() if kind in ID_CONSUMING_ACTIONS else None
         name = action_name(action)
         self.book.actions.append(SeenAction(int(kind), name, task_id, bool(action.get("isCanceled"))))
-        if kind in (ActionType.CallActivity, ActionType.CallActivityWithRetry,
-                    ActionType.CallSubOrchestrator, ActionType.CallSubOrchestratorWithRetry):
+        if kind in (
+            ActionType.CallActivity,
+            ActionType.CallActivityWithRetry,
+            ActionType.CallSubOrchestrator,
+            ActionType.CallSubOrchestratorWithRetry,
+        ):
             assert task_id is not None and name is not None
             is_activity = kind in (ActionType.CallActivity, ActionType.CallActivityWithRetry)
             call_kind: Kind = "activity" if is_activity else "orchestration"
@@ -332,9 +357,12 @@ class Episode:
             self._schedule_call(task_id, call_kind, name, action.get("input"), explicit_id, version)
             if kind in (ActionType.CallActivityWithRetry, ActionType.CallSubOrchestratorWithRetry):
                 self.book.retries[task_id] = RetryState(
-                    kind=call_kind, name=name, input=action.get("input"),
+                    kind=call_kind,
+                    name=name,
+                    input=action.get("input"),
                     policy=RetryPolicy.from_options(action["retryOptions"]),
-                    instance_id=explicit_id, version=version,
+                    instance_id=explicit_id,
+                    version=version,
                 )
         elif kind == ActionType.CreateTimer:
             assert task_id is not None
@@ -354,21 +382,37 @@ class Episode:
             )
 
     def _schedule_call(
-        self, task_id: int, kind: Kind, name: str, input_text: str | None, explicit_id: str | None, version: str,
+        self,
+        task_id: int,
+        kind: Kind,
+        name: str,
+        input_text: str | None,
+        explicit_id: str | None,
+        version: str,
     ) -> None:
         if kind == "activity":
             if name not in self.catalog.activities:
                 raise _OrchestrationFailed(_missing_function(name, "activity"))
-            self._scheduled.append(event(EventType.TaskScheduled, self.now, task_id, Name=name, Version="",
-                                         Input=input_text))
+            self._scheduled.append(
+                event(EventType.TaskScheduled, self.now, task_id, Name=name, Version="", Input=input_text)
+            )
             self._activities.append(ActivityCall(task_id, name, input_text))
             return
         if name not in self.catalog.orchestrators:
             raise _OrchestrationFailed(_missing_function(name, "orchestrator"))
         # DTFx's default child id: "<parent ExecutionId>:<sequence id>".
         child_id = explicit_id or f"{self.facts.execution_id}:{task_id}"
-        self._scheduled.append(event(EventType.SubOrchestrationInstanceCreated, self.now, task_id, Name=name,
-                                     InstanceId=child_id, Input=input_text, Version=version))
+        self._scheduled.append(
+            event(
+                EventType.SubOrchestrationInstanceCreated,
+                self.now,
+                task_id,
+                Name=name,
+                InstanceId=child_id,
+                Input=input_text,
+                Version=version,
+            )
+        )
         self._children.append(ChildStart(task_id, child_id, name, version, _stored_input(input_text)))
 
     def _schedule_timer(self, task_id: int, fire_at: datetime) -> None:

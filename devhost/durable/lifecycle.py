@@ -31,8 +31,15 @@ class ParentLink:
 
 
 async def start_instance(
-    store: Store, conn: Conn, *, instance_id: str, name: str, version: str, input_json: str | None,
-    now: datetime, parent: ParentLink | None = None,
+    store: Store,
+    conn: Conn,
+    *,
+    instance_id: str,
+    name: str,
+    version: str,
+    input_json: str | None,
+    now: datetime,
+    parent: ParentLink | None = None,
 ) -> bool:
     """Create the instance, or replace a finished one with that id, and queue its ExecutionStarted.
 
@@ -42,8 +49,14 @@ async def start_instance(
     if existing is not None and not existing.is_terminal:
         return False
     instance = Instance(
-        instance_id=instance_id, execution_id=new_execution_id(), name=name, version=version,
-        runtime_status=RuntimeStatus.Pending, input_json=input_json, created_at=now, updated_at=now,
+        instance_id=instance_id,
+        execution_id=new_execution_id(),
+        name=name,
+        version=version,
+        runtime_status=RuntimeStatus.Pending,
+        input_json=input_json,
+        created_at=now,
+        updated_at=now,
     )
     if parent is not None:
         instance.parent_name, instance.parent_instance_id = parent.name, parent.instance_id
@@ -64,18 +77,30 @@ async def queue_execution_started(store: Store, conn: Conn, instance: Instance, 
     parent = None
     if instance.parent_instance_id is not None:
         parent = parent_instance(
-            instance.parent_name or "", instance.parent_instance_id, instance.parent_execution_id or "",
+            instance.parent_name or "",
+            instance.parent_instance_id,
+            instance.parent_execution_id or "",
             instance.parent_task_id if instance.parent_task_id is not None else -1,
         )
     started = execution_started(
-        now, name=instance.name, version=instance.version, input_json=instance.input_json,
-        instance_id=instance.instance_id, execution_id=instance.execution_id, parent=parent,
+        now,
+        name=instance.name,
+        version=instance.version,
+        input_json=instance.input_json,
+        instance_id=instance.instance_id,
+        execution_id=instance.execution_id,
+        parent=parent,
     )
     await store.send(conn, instance.instance_id, instance.execution_id, started, now)
 
 
 async def notify_parent(
-    store: Store, conn: Conn, instance: Instance, now: datetime, *, reason: str | None = None,
+    store: Store,
+    conn: Conn,
+    instance: Instance,
+    now: datetime,
+    *,
+    reason: str | None = None,
     details: str | None = None,
 ) -> None:
     """Deliver a finished sub-orchestration's result to the task waiting for it in its parent."""
@@ -83,9 +108,11 @@ async def notify_parent(
         return
     task_id = instance.parent_task_id
     if instance.runtime_status == RuntimeStatus.Completed:
-        result = event(EventType.SubOrchestrationInstanceCompleted, now, TaskScheduledId=task_id,
-                       Result=instance.output_json)
+        result = event(
+            EventType.SubOrchestrationInstanceCompleted, now, TaskScheduledId=task_id, Result=instance.output_json
+        )
     else:
-        result = event(EventType.SubOrchestrationInstanceFailed, now, TaskScheduledId=task_id, Reason=reason,
-                       Details=details)
+        result = event(
+            EventType.SubOrchestrationInstanceFailed, now, TaskScheduledId=task_id, Reason=reason, Details=details
+        )
     await store.send(conn, instance.parent_instance_id, instance.parent_execution_id, result, now, task_id=task_id)

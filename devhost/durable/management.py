@@ -56,12 +56,20 @@ class Management:
         """Start `name`; a finished instance with the id is replaced, a running one never is."""
         if name not in self._orchestrators:
             raise InvalidRequest(
-                f"The function '{name}' doesn't exist, is disabled, or is not an orchestrator function.")
+                f"The function '{name}' doesn't exist, is disabled, or is not an orchestrator function."
+            )
         instance_id = instance_id or uuid.uuid4().hex
         validate_instance_id(instance_id)
         async with self._db.connection() as conn, conn.transaction():
-            created = await start_instance(self._store, conn, instance_id=instance_id, name=name, version=version,
-                                           input_json=input_json, now=utcnow())
+            created = await start_instance(
+                self._store,
+                conn,
+                instance_id=instance_id,
+                name=name,
+                version=version,
+                input_json=input_json,
+                now=utcnow(),
+            )
         if created:
             self._wake()
         return Started(Outcome.OK if created else Outcome.CONFLICT, instance_id)
@@ -88,8 +96,9 @@ class Management:
                 return Outcome.GONE
             now = utcnow()
             # Not bound to an execution: after continue-as-new the event reaches the new one.
-            await self._store.send(conn, instance_id, None, event(EventType.EventRaised, now, Name=name,
-                                                                  Input=input_json), now)
+            await self._store.send(
+                conn, instance_id, None, event(EventType.EventRaised, now, Name=name, Input=input_json), now
+            )
         self._wake()
         return Outcome.OK
 
@@ -104,11 +113,20 @@ class Management:
             instance.runtime_status = RuntimeStatus.Terminated
             instance.output_json = None if reason is None else json.dumps(reason)
             instance.updated_at = now
-            await self._store.append_history(conn, instance_id, [
-                event(EventType.ExecutionTerminated, now, Input=reason),
-                event(EventType.ExecutionCompleted, now, OrchestrationStatus=RuntimeStatus.Terminated.dtfx_code,
-                      Result=instance.output_json, FailureDetails=None),
-            ])
+            await self._store.append_history(
+                conn,
+                instance_id,
+                [
+                    event(EventType.ExecutionTerminated, now, Input=reason),
+                    event(
+                        EventType.ExecutionCompleted,
+                        now,
+                        OrchestrationStatus=RuntimeStatus.Terminated.dtfx_code,
+                        Result=instance.output_json,
+                        FailureDetails=None,
+                    ),
+                ],
+            )
             await self._store.drop_inbox(conn, instance_id)
             await notify_parent(self._store, conn, instance, now, reason=reason, details=None)
             await self._store.save(conn, instance)

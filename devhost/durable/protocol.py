@@ -91,16 +91,31 @@ TERMINAL_STATUSES = frozenset(
     {RuntimeStatus.Completed, RuntimeStatus.Failed, RuntimeStatus.Terminated, RuntimeStatus.Canceled}
 )
 _DTFX_CODES = {
-    RuntimeStatus.Running: 0, RuntimeStatus.Completed: 1, RuntimeStatus.ContinuedAsNew: 2, RuntimeStatus.Failed: 3,
-    RuntimeStatus.Canceled: 4, RuntimeStatus.Terminated: 5, RuntimeStatus.Pending: 6, RuntimeStatus.Suspended: 7,
+    RuntimeStatus.Running: 0,
+    RuntimeStatus.Completed: 1,
+    RuntimeStatus.ContinuedAsNew: 2,
+    RuntimeStatus.Failed: 3,
+    RuntimeStatus.Canceled: 4,
+    RuntimeStatus.Terminated: 5,
+    RuntimeStatus.Pending: 6,
+    RuntimeStatus.Suspended: 7,
 }
 
 # Actions that take a sequence id, in both the SDK (_sequence_number) and DTFx (idCounter).
-ID_CONSUMING_ACTIONS = frozenset({
-    ActionType.CallActivity, ActionType.CallActivityWithRetry, ActionType.CallSubOrchestrator,
-    ActionType.CallSubOrchestratorWithRetry, ActionType.ContinueAsNew, ActionType.CreateTimer,
-    ActionType.CallEntity, ActionType.CallHttp, ActionType.SignalEntity, ActionType.ScheduledSignalEntity,
-})
+ID_CONSUMING_ACTIONS = frozenset(
+    {
+        ActionType.CallActivity,
+        ActionType.CallActivityWithRetry,
+        ActionType.CallSubOrchestrator,
+        ActionType.CallSubOrchestratorWithRetry,
+        ActionType.ContinueAsNew,
+        ActionType.CreateTimer,
+        ActionType.CallEntity,
+        ActionType.CallHttp,
+        ActionType.SignalEntity,
+        ActionType.ScheduledSignalEntity,
+    }
+)
 # Events that resolve a task, with the field naming the task's sequence id.
 COMPLETION_ID_FIELDS = {
     EventType.TaskCompleted: "TaskScheduledId",
@@ -132,13 +147,25 @@ def event(kind: EventType, at: datetime, event_id: int = -1, **fields: Any) -> J
 
 
 def execution_started(
-    at: datetime, *, name: str, version: str, input_json: str | None, instance_id: str, execution_id: str,
+    at: datetime,
+    *,
+    name: str,
+    version: str,
+    input_json: str | None,
+    instance_id: str,
+    execution_id: str,
     parent: JsonDict | None,
 ) -> JsonDict:
     """ExecutionStarted; the SDK 1.7.0 reads `Version` unconditionally, so it is always present."""
     return event(
-        EventType.ExecutionStarted, at, Name=name, Version=version, Input=input_json, ParentInstance=parent,
-        OrchestrationInstance={"InstanceId": instance_id, "ExecutionId": execution_id}, Tags=None,
+        EventType.ExecutionStarted,
+        at,
+        Name=name,
+        Version=version,
+        Input=input_json,
+        ParentInstance=parent,
+        OrchestrationInstance={"InstanceId": instance_id, "ExecutionId": execution_id},
+        Tags=None,
         ScheduledStartTime=None,
     )
 
@@ -146,7 +173,9 @@ def execution_started(
 def parent_instance(name: str, instance_id: str, execution_id: str, task_id: int) -> JsonDict:
     """ExecutionStarted.ParentInstance of a sub-orchestration."""
     return {
-        "Name": name, "Version": "", "TaskScheduleId": task_id,
+        "Name": name,
+        "Version": "",
+        "TaskScheduleId": task_id,
         "OrchestrationInstance": {"InstanceId": instance_id, "ExecutionId": execution_id},
     }
 
@@ -195,20 +224,26 @@ def action_name(action: JsonDict) -> str | None:
 
 
 def context_json(
-    *, history: list[JsonDict], instance_id: str, parent_instance_id: str | None, input_json: str | None,
+    *,
+    history: list[JsonDict],
+    instance_id: str,
+    parent_instance_id: str | None,
+    input_json: str | None,
 ) -> str:
     """The orchestrationTrigger payload (OrchestrationContextToString): history plus instance facts."""
     # The host hands over the input as a JSON value, i.e. the parsed ExecutionStarted.Input text.
     input_value = None if input_json is None else json.loads(input_json)
-    return json.dumps({
-        "history": history,
-        "input": input_value,
-        "instanceId": instance_id,
-        "isReplaying": bool(len(history) > 1 and history[1].get("IsPlayed")),
-        "parentInstanceId": parent_instance_id,
-        "upperSchemaVersion": UPPER_SCHEMA_VERSION,
-        "upperSchemaVersionNew": UPPER_SCHEMA_VERSION_NEW,
-    })
+    return json.dumps(
+        {
+            "history": history,
+            "input": input_value,
+            "instanceId": instance_id,
+            "isReplaying": bool(len(history) > 1 and history[1].get("IsPlayed")),
+            "parentInstanceId": parent_instance_id,
+            "upperSchemaVersion": UPPER_SCHEMA_VERSION,
+            "upperSchemaVersionNew": UPPER_SCHEMA_VERSION_NEW,
+        }
+    )
 
 
 def extract_out_of_proc_state(message: str) -> JsonDict | None:

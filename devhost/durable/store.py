@@ -93,12 +93,21 @@ def _row_to_instance(row: dict[str, Any]) -> Instance:
         retries={int(k): RetryState.from_json(v) for k, v in row["retries"].items()},
     )
     return Instance(
-        instance_id=row["instance_id"], execution_id=row["execution_id"], name=row["name"], version=row["version"],
-        runtime_status=RuntimeStatus(row["runtime_status"]), input_json=row["input_json"],
-        output_json=row["output_json"], custom_status_json=row["custom_status_json"],
-        created_at=row["created_at"], updated_at=row["updated_at"],
-        parent_instance_id=row["parent_instance_id"], parent_execution_id=row["parent_execution_id"],
-        parent_name=row["parent_name"], parent_task_id=row["parent_task_id"], book=book,
+        instance_id=row["instance_id"],
+        execution_id=row["execution_id"],
+        name=row["name"],
+        version=row["version"],
+        runtime_status=RuntimeStatus(row["runtime_status"]),
+        input_json=row["input_json"],
+        output_json=row["output_json"],
+        custom_status_json=row["custom_status_json"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        parent_instance_id=row["parent_instance_id"],
+        parent_execution_id=row["parent_execution_id"],
+        parent_name=row["parent_name"],
+        parent_task_id=row["parent_task_id"],
+        book=book,
     )
 
 
@@ -133,10 +142,24 @@ class Store:
                 "INSERT INTO {} (task_hub, {}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
                 " %s, %s, %s) ON CONFLICT (task_hub, instance_id) DO NOTHING"
             ).format(_INSTANCES, _COLUMNS),
-            (self.hub, instance.instance_id, instance.execution_id, instance.name, instance.version,
-             str(instance.runtime_status), instance.input_json, instance.output_json, instance.custom_status_json,
-             instance.created_at, instance.updated_at, instance.parent_instance_id, instance.parent_execution_id,
-             instance.parent_name, instance.parent_task_id, *_book_params(instance.book)),
+            (
+                self.hub,
+                instance.instance_id,
+                instance.execution_id,
+                instance.name,
+                instance.version,
+                str(instance.runtime_status),
+                instance.input_json,
+                instance.output_json,
+                instance.custom_status_json,
+                instance.created_at,
+                instance.updated_at,
+                instance.parent_instance_id,
+                instance.parent_execution_id,
+                instance.parent_name,
+                instance.parent_task_id,
+                *_book_params(instance.book),
+            ),
         )
         return cur.rowcount == 1
 
@@ -149,17 +172,32 @@ class Store:
                 " parent_instance_id = %s, parent_execution_id = %s, parent_name = %s, parent_task_id = %s,"
                 " next_event_id = %s, seen_actions = %s, retries = %s WHERE task_hub = %s AND instance_id = %s"
             ).format(_INSTANCES),
-            (instance.execution_id, instance.name, instance.version, str(instance.runtime_status),
-             instance.input_json, instance.output_json, instance.custom_status_json, instance.created_at,
-             instance.updated_at, instance.parent_instance_id, instance.parent_execution_id, instance.parent_name,
-             instance.parent_task_id, *_book_params(instance.book), self.hub, instance.instance_id),
+            (
+                instance.execution_id,
+                instance.name,
+                instance.version,
+                str(instance.runtime_status),
+                instance.input_json,
+                instance.output_json,
+                instance.custom_status_json,
+                instance.created_at,
+                instance.updated_at,
+                instance.parent_instance_id,
+                instance.parent_execution_id,
+                instance.parent_name,
+                instance.parent_task_id,
+                *_book_params(instance.book),
+                self.hub,
+                instance.instance_id,
+            ),
         )
 
     async def query(self, conn: Conn, query: InstanceQuery) -> list[Instance]:
         """Instances matching the filters, oldest first."""
         where, params = self._filters(query)
         statement = sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY created_at, instance_id").format(
-            _COLUMNS, _INSTANCES, where)
+            _COLUMNS, _INSTANCES, where
+        )
         if query.limit is not None:
             statement += sql.SQL(" LIMIT %s")
             params.append(query.limit)
@@ -193,17 +231,19 @@ class Store:
             return 0
         for table in (_HISTORY, _INBOX):
             await conn.execute(
-                sql.SQL("DELETE FROM {} WHERE task_hub = %s AND instance_id = ANY(%s)").format(table), (self.hub, ids))
+                sql.SQL("DELETE FROM {} WHERE task_hub = %s AND instance_id = ANY(%s)").format(table), (self.hub, ids)
+            )
         cur = await conn.execute(
-            sql.SQL("DELETE FROM {} WHERE task_hub = %s AND instance_id = ANY(%s)").format(_INSTANCES),
-            (self.hub, ids))
+            sql.SQL("DELETE FROM {} WHERE task_hub = %s AND instance_id = ANY(%s)").format(_INSTANCES), (self.hub, ids)
+        )
         return cur.rowcount
 
     # ------------------------------------------------------------------ history
     async def history(self, conn: Conn, instance_id: str) -> list[JsonDict]:
         cur = await conn.execute(
-            sql.SQL("SELECT event FROM {} WHERE task_hub = %s AND instance_id = %s ORDER BY position").format(
-                _HISTORY), (self.hub, instance_id))
+            sql.SQL("SELECT event FROM {} WHERE task_hub = %s AND instance_id = %s ORDER BY position").format(_HISTORY),
+            (self.hub, instance_id),
+        )
         return [row["event"] for row in await cur.fetchall()]
 
     async def append_history(self, conn: Conn, instance_id: str, events: Sequence[JsonDict]) -> None:
@@ -211,37 +251,53 @@ class Store:
         if not events:
             return
         cur = await conn.execute(
-            sql.SQL("SELECT coalesce(max(position) + 1, 0) AS next FROM {} WHERE task_hub = %s AND instance_id = %s")
-            .format(_HISTORY), (self.hub, instance_id))
+            sql.SQL(
+                "SELECT coalesce(max(position) + 1, 0) AS next FROM {} WHERE task_hub = %s AND instance_id = %s"
+            ).format(_HISTORY),
+            (self.hub, instance_id),
+        )
         row = await cur.fetchone()
         start = int(row["next"]) if row else 0
         async with conn.cursor() as cursor:
             await cursor.executemany(
                 sql.SQL("INSERT INTO {} (task_hub, instance_id, position, event) VALUES (%s, %s, %s, %s)").format(
-                    _HISTORY),
+                    _HISTORY
+                ),
                 [(self.hub, instance_id, start + i, Jsonb(e)) for i, e in enumerate(events)],
             )
 
     async def clear_history(self, conn: Conn, instance_id: str) -> None:
         await conn.execute(
-            sql.SQL("DELETE FROM {} WHERE task_hub = %s AND instance_id = %s").format(_HISTORY),
-            (self.hub, instance_id))
+            sql.SQL("DELETE FROM {} WHERE task_hub = %s AND instance_id = %s").format(_HISTORY), (self.hub, instance_id)
+        )
 
     # ------------------------------------------------------------------ inbox
     async def send(
-        self, conn: Conn, instance_id: str, execution_id: str | None, history_event: JsonDict,
-        visible_at: datetime, task_id: int | None = None,
+        self,
+        conn: Conn,
+        instance_id: str,
+        execution_id: str | None,
+        history_event: JsonDict,
+        visible_at: datetime,
+        task_id: int | None = None,
     ) -> None:
         """Queue an event for the instance's next episode (not before `visible_at`)."""
         await conn.execute(
-            sql.SQL("INSERT INTO {} (task_hub, instance_id, execution_id, task_id, event, visible_at)"
-                    " VALUES (%s, %s, %s, %s, %s, %s)").format(_INBOX),
-            (self.hub, instance_id, execution_id, task_id, Jsonb(history_event), visible_at))
+            sql.SQL(
+                "INSERT INTO {} (task_hub, instance_id, execution_id, task_id, event, visible_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s)"
+            ).format(_INBOX),
+            (self.hub, instance_id, execution_id, task_id, Jsonb(history_event), visible_at),
+        )
 
     async def visible_messages(self, conn: Conn, instance_id: str, now: datetime) -> list[Message]:
         cur = await conn.execute(
-            sql.SQL("SELECT id, execution_id, event FROM {} WHERE task_hub = %s AND instance_id = %s"
-                    " AND visible_at <= %s ORDER BY id").format(_INBOX), (self.hub, instance_id, now))
+            sql.SQL(
+                "SELECT id, execution_id, event FROM {} WHERE task_hub = %s AND instance_id = %s"
+                " AND visible_at <= %s ORDER BY id"
+            ).format(_INBOX),
+            (self.hub, instance_id, now),
+        )
         return [Message(int(r["id"]), r["execution_id"], r["event"]) for r in await cur.fetchall()]
 
     async def delete_messages(self, conn: Conn, ids: Sequence[int]) -> None:
@@ -251,14 +307,18 @@ class Store:
     async def drop_inbox(self, conn: Conn, instance_id: str) -> None:
         """Forget every pending message of the instance (it ended or starts afresh)."""
         await conn.execute(
-            sql.SQL("DELETE FROM {} WHERE task_hub = %s AND instance_id = %s").format(_INBOX), (self.hub, instance_id))
+            sql.SQL("DELETE FROM {} WHERE task_hub = %s AND instance_id = %s").format(_INBOX), (self.hub, instance_id)
+        )
 
     async def cancel_timers(self, conn: Conn, instance_id: str, execution_id: str, timer_ids: Sequence[int]) -> None:
         if timer_ids:
             await conn.execute(
-                sql.SQL("DELETE FROM {} WHERE task_hub = %s AND instance_id = %s AND execution_id = %s"
-                        " AND task_id = ANY(%s)").format(_INBOX),
-                (self.hub, instance_id, execution_id, list(timer_ids)))
+                sql.SQL(
+                    "DELETE FROM {} WHERE task_hub = %s AND instance_id = %s AND execution_id = %s"
+                    " AND task_id = ANY(%s)"
+                ).format(_INBOX),
+                (self.hub, instance_id, execution_id, list(timer_ids)),
+            )
 
     async def runnable(self, conn: Conn, now: datetime, exclude: Sequence[str], limit: int) -> list[str]:
         """Instances that can run an episode: a message is due and they are neither suspended nor finished."""
@@ -268,29 +328,42 @@ class Store:
                 " AND NOT (i.instance_id = ANY(%s)) AND EXISTS (SELECT 1 FROM {} m WHERE m.task_hub = i.task_hub"
                 " AND m.instance_id = i.instance_id AND m.visible_at <= %s) LIMIT %s"
             ).format(_INSTANCES, _INBOX),
-            (self.hub, _RUNNABLE, list(exclude), now, limit))
+            (self.hub, _RUNNABLE, list(exclude), now, limit),
+        )
         return [row["instance_id"] for row in await cur.fetchall()]
 
     # ------------------------------------------------------------------ activity work items
     async def add_work(
-        self, conn: Conn, instance_id: str, execution_id: str, calls: Sequence[ActivityCall], now: datetime,
+        self,
+        conn: Conn,
+        instance_id: str,
+        execution_id: str,
+        calls: Sequence[ActivityCall],
+        now: datetime,
     ) -> None:
         if not calls:
             return
         async with conn.cursor() as cursor:
             await cursor.executemany(
-                sql.SQL("INSERT INTO {} (task_hub, instance_id, execution_id, task_id, name, input, created_at)"
-                        " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING").format(_WORK),
+                sql.SQL(
+                    "INSERT INTO {} (task_hub, instance_id, execution_id, task_id, name, input, created_at)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+                ).format(_WORK),
                 [(self.hub, instance_id, execution_id, c.task_id, c.name, c.input, now) for c in calls],
             )
 
     async def pending_work(self, conn: Conn, exclude: Sequence[int], limit: int) -> list[WorkItem]:
         cur = await conn.execute(
-            sql.SQL("SELECT id, instance_id, execution_id, task_id, name, input FROM {} WHERE task_hub = %s"
-                    " AND NOT (id = ANY(%s)) ORDER BY id LIMIT %s").format(_WORK),
-            (self.hub, list(exclude), limit))
-        return [WorkItem(int(r["id"]), r["instance_id"], r["execution_id"], int(r["task_id"]), r["name"], r["input"])
-                for r in await cur.fetchall()]
+            sql.SQL(
+                "SELECT id, instance_id, execution_id, task_id, name, input FROM {} WHERE task_hub = %s"
+                " AND NOT (id = ANY(%s)) ORDER BY id LIMIT %s"
+            ).format(_WORK),
+            (self.hub, list(exclude), limit),
+        )
+        return [
+            WorkItem(int(r["id"]), r["instance_id"], r["execution_id"], int(r["task_id"]), r["name"], r["input"])
+            for r in await cur.fetchall()
+        ]
 
     async def take_work(self, conn: Conn, work_id: int) -> bool:
         """Remove a work item as its result is recorded; False if it was already gone."""
@@ -300,9 +373,12 @@ class Store:
     async def accepts_results(self, conn: Conn, instance_id: str, execution_id: str) -> bool:
         """Whether the execution still waits for results (it exists, is current and has not finished)."""
         cur = await conn.execute(
-            sql.SQL("SELECT 1 FROM {} WHERE task_hub = %s AND instance_id = %s AND execution_id = %s"
-                    " AND NOT (runtime_status = ANY(%s))").format(_INSTANCES),
-            (self.hub, instance_id, execution_id, _TERMINAL))
+            sql.SQL(
+                "SELECT 1 FROM {} WHERE task_hub = %s AND instance_id = %s AND execution_id = %s"
+                " AND NOT (runtime_status = ANY(%s))"
+            ).format(_INSTANCES),
+            (self.hub, instance_id, execution_id, _TERMINAL),
+        )
         return await cur.fetchone() is not None
 
 
@@ -318,7 +394,11 @@ class Database:
     async def open(self) -> None:
         # Autocommit: reads need no transaction; writes say `async with conn.transaction()` explicitly.
         pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
-            self._conninfo, min_size=1, max_size=self._max_size, open=False, name="devhost-durable",
+            self._conninfo,
+            min_size=1,
+            max_size=self._max_size,
+            open=False,
+            name="devhost-durable",
             kwargs={"autocommit": True, "row_factory": dict_row},
         )
         await pool.open(wait=True)

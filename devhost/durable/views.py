@@ -43,18 +43,26 @@ def history_view(history: list[JsonDict], *, show_output: bool) -> list[JsonDict
             scheduled[(kind.name, item.get("EventId"))] = index
             item.pop("Version", None)
             item.pop("Input", None)
-        elif kind in (EventType.TaskCompleted, EventType.TaskFailed, EventType.SubOrchestrationInstanceCompleted,
-                      EventType.SubOrchestrationInstanceFailed):
-            source = "TaskScheduled" if kind in (EventType.TaskCompleted, EventType.TaskFailed) \
+        elif kind in (
+            EventType.TaskCompleted,
+            EventType.TaskFailed,
+            EventType.SubOrchestrationInstanceCompleted,
+            EventType.SubOrchestrationInstanceFailed,
+        ):
+            source = (
+                "TaskScheduled"
+                if kind in (EventType.TaskCompleted, EventType.TaskFailed)
                 else "SubOrchestrationInstanceCreated"
+            )
             origin = scheduled.get((source, item.get("TaskScheduledId")))
             if origin is not None:
                 item["ScheduledTime"] = items[origin]["Timestamp"]
                 item["FunctionName"] = items[origin].get("Name")
                 dropped.add(origin)
             item.pop("TaskScheduledId", None)
-            _result(item, show_output and kind in (EventType.TaskCompleted,
-                                                   EventType.SubOrchestrationInstanceCompleted))
+            _result(
+                item, show_output and kind in (EventType.TaskCompleted, EventType.SubOrchestrationInstanceCompleted)
+            )
         elif kind == EventType.ExecutionStarted:
             item["FunctionName"] = item.pop("Name", None)
             for key in ("OrchestrationInstance", "ParentInstance", "Version", "Tags", "Input"):

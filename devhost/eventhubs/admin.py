@@ -53,8 +53,7 @@ def add_publish_route(app: web.Application, publish: Publish) -> None:
             return _error(400, str(exc))
         except psycopg.errors.CheckViolation:
             return _error(400, "invalid hub name, or an event body larger than 1 MiB")
-        landed = [{"partition_id": str(r.partition_id), "sequence_number": r.sequence_number}
-                  for r in receipts]
+        landed = [{"partition_id": str(r.partition_id), "sequence_number": r.sequence_number} for r in receipts]
         return web.json_response({"events": landed})
 
     app.router.add_post(ROUTE, handle)
@@ -104,9 +103,12 @@ def add_read_route(app: web.Application, read_group: ReadGroup) -> None:
 def event_out(event: StoredEvent) -> dict[str, Any]:
     """An event as the read route shows it: `body` is its JSON value, else its text, else `body_base64`."""
     out: dict[str, Any] = {
-        "partition_id": str(event.partition_id), "sequence_number": event.sequence_number,
-        "offset": event.offset, "partition_key": event.partition_key,
-        "enqueued_time": event.enqueued_time.isoformat(), "properties": event.properties,
+        "partition_id": str(event.partition_id),
+        "sequence_number": event.sequence_number,
+        "offset": event.offset,
+        "partition_key": event.partition_key,
+        "enqueued_time": event.enqueued_time.isoformat(),
+        "properties": event.properties,
     }
     try:
         text = event.body.decode()
@@ -120,8 +122,9 @@ def event_out(event: StoredEvent) -> dict[str, Any]:
     return out
 
 
-def _number(request: web.Request, name: str, default: float, low: float, high: float, *,
-            integer: bool = False) -> float:
+def _number(
+    request: web.Request, name: str, default: float, low: float, high: float, *, integer: bool = False
+) -> float:
     raw = request.query.get(name)
     if raw is None:
         return default

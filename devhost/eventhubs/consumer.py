@@ -67,8 +67,12 @@ class PartitionConsumer:
         except FunctionInvocationError as exc:
             logger.error(
                 "Executed '%s' (Failed, partition %s, sequence numbers %s-%s): %s",
-                self.spec.function_name, self.partition_id, events[0].sequence_number,
-                events[-1].sequence_number, exc.friendly, exc_info=exc.exc,
+                self.spec.function_name,
+                self.partition_id,
+                events[0].sequence_number,
+                events[-1].sequence_number,
+                exc.friendly,
+                exc_info=exc.exc,
             )
         except Exception:
             # Binding errors (the worker's converters) fail the invocation the same way.

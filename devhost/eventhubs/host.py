@@ -64,8 +64,12 @@ class EventHubHost:
         """Migrate, create the triggers' hubs, then start the listener and one consumer per partition."""
         await migrate(self._ctx.database_url)
         pool: Pool = AsyncConnectionPool(
-            self._ctx.database_url, min_size=1, max_size=8, kwargs={"autocommit": True},
-            open=False, name="devhost-eventhubs",
+            self._ctx.database_url,
+            min_size=1,
+            max_size=8,
+            kwargs={"autocommit": True},
+            open=False,
+            name="devhost-eventhubs",
         )
         await pool.open(wait=True)
         self._pool, self._store = pool, EventLogStore(pool)
@@ -159,14 +163,20 @@ class EventHubHost:
                 # In Azure such functions compete for the partitions' leases; share them out the same way.
                 logger.warning(
                     "functions %s share hub %r and consumer group %r: each gets a share of the partitions",
-                    [m.function_name for m in members], hub, group,
+                    [m.function_name for m in members],
+                    hub,
+                    group,
                 )
             for partition_id in range(partitions):
                 spec = members[partition_id % len(members)]
                 consumers.append(
                     PartitionConsumer(
-                        spec, partition_id, self._store, self._ctx.invoker,
-                        max_batch_size=self._max_batch_size, poll_interval=self._poll_interval,
+                        spec,
+                        partition_id,
+                        self._store,
+                        self._ctx.invoker,
+                        max_batch_size=self._max_batch_size,
+                        poll_interval=self._poll_interval,
                     )
                 )
         return consumers
@@ -179,7 +189,6 @@ class EventHubHost:
         for readers in self._readers.values() if hub is None else [self._readers.get(hub, set())]:
             for reader in readers:
                 reader.set()
-
 
 
 def host_json_batch_size(index: FunctionIndex) -> int:

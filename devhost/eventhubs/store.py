@@ -118,8 +118,13 @@ class EventLogStore:
             rows = await cursor.fetchall()
         return [
             StoredEvent(
-                partition_id=int(r[0]), sequence_number=int(r[1]), offset=int(r[2]), partition_key=r[3],
-                body=bytes(r[4]), properties=dict(r[5]), enqueued_time=r[6],
+                partition_id=int(r[0]),
+                sequence_number=int(r[1]),
+                offset=int(r[2]),
+                partition_key=r[3],
+                body=bytes(r[4]),
+                properties=dict(r[5]),
+                enqueued_time=r[6],
             )
             for r in rows
         ]

@@ -64,23 +64,31 @@ def _image_ref(params: dict[str, Any], options: argparse.Namespace) -> str:
 
 def build_image(params: dict[str, Any], options: argparse.Namespace) -> dict[str, Any]:
     """build-container / build-docker-image: the image reference and a digest derived from the parameters."""
-    return {"image": _image_ref(params, options), "digest": _sha256(params.get("image"), params.get("context", ".")),
-            "context": params.get("context", ".")}
+    return {
+        "image": _image_ref(params, options),
+        "digest": _sha256(params.get("image"), params.get("context", ".")),
+        "context": params.get("context", "."),
+    }
 
 
 def push_image(params: dict[str, Any], options: argparse.Namespace) -> dict[str, Any]:
     """push-to-registry: where the image went."""
     reference = _image_ref(params, options)
-    return {"pushed": reference, "registry": str(params.get("registry") or options.registry),
-            "digest": _sha256(params.get("image"), "pushed")}
+    return {
+        "pushed": reference,
+        "registry": str(params.get("registry") or options.registry),
+        "digest": _sha256(params.get("image"), "pushed"),
+    }
 
 
 def deploy(params: dict[str, Any], options: argparse.Namespace) -> dict[str, Any]:
     """deploy-to-kubernetes: the namespace, replica count and a revision number derived from the parameters."""
     revision = int(_sha256(params)[7:15], 16) % 1000 + 1
-    output: dict[str, Any] = {"namespace": params.get("namespace", "default"),
-                              "replicas": params.get("replicas") if params.get("replicas") is not None else 1,
-                              "revision": revision}
+    output: dict[str, Any] = {
+        "namespace": params.get("namespace", "default"),
+        "replicas": params.get("replicas") if params.get("replicas") is not None else 1,
+        "revision": revision,
+    }
     if params.get("image"):
         output["image"] = _image_ref(params, options)
     return output
@@ -110,8 +118,11 @@ def handle_item(item: Any, api: httpx.Client, options: argparse.Namespace) -> st
         return "skipped: no task token or completion URLs"
     where = f"{item.get('execution_id')}/{item.get('step_id')} {phase} attempt {item.get('attempt')} ({action})"
     if action in options.fail_action and int(item.get("attempt", 1)) <= options.fail_times:
-        body: dict[str, Any] = {"task_token": token, "retryable": True,
-                                "error": f"example worker: injected failure of {action} (--fail-action)"}
+        body: dict[str, Any] = {
+            "task_token": token,
+            "retryable": True,
+            "error": f"example worker: injected failure of {action} (--fail-action)",
+        }
         return _report(api, str(fail_url), body, f"failed {where}")
     params = item["params"] if isinstance(item.get("params"), dict) else {}
     output = handler(params, options) if phase == "run" else {"compensated": action, "undone": True}
@@ -135,10 +146,9 @@ def _report(api: httpx.Client, url: str, body: dict[str, Any], done: str) -> str
             if response.status_code in (401, 403, 404, 422):  # expired/forged token, wrong step: never retried
                 logger.warning("%s refused (%d): %s", done, response.status_code, response.text[:300])
                 return f"refused: {response.status_code}"
-            logger.warning("POST %s answered %d; attempt %d of %d", url, response.status_code, attempt,
-                           _POST_ATTEMPTS)
+            logger.warning("POST %s answered %d; attempt %d of %d", url, response.status_code, attempt, _POST_ATTEMPTS)
         if attempt < _POST_ATTEMPTS:
-            time.sleep(min(2.0 ** attempt, 10.0))
+            time.sleep(min(2.0**attempt, 10.0))
     logger.error("%s: gave up reporting; the attempt will time out and the step's retry policy decides", done)
     return "gave up"
 
@@ -188,8 +198,12 @@ def eventhubs_batches(namespace: str, group: str, *, once: bool) -> Iterator[lis
     from azure.eventhub import EventHubConsumerClient  # lazily: only this transport needs them
     from azure.identity import DefaultAzureCredential
 
-    client = EventHubConsumerClient(fully_qualified_namespace=namespace, eventhub_name=HUB, consumer_group=group,
-                                    credential=DefaultAzureCredential())
+    client = EventHubConsumerClient(
+        fully_qualified_namespace=namespace,
+        eventhub_name=HUB,
+        consumer_group=group,
+        credential=DefaultAzureCredential(),
+    )
     batches: queue.Queue[list[Any] | None] = queue.Queue(maxsize=4)
     failures: list[BaseException] = []
     idle_s, last_event = 5.0, [time.monotonic()]
@@ -210,8 +224,9 @@ def eventhubs_batches(namespace: str, group: str, *, once: bool) -> Iterator[lis
 
     def receive() -> None:
         try:
-            client.receive_batch(on_event_batch=on_batch, starting_position="-1", max_batch_size=50,
-                                 max_wait_time=idle_s)
+            client.receive_batch(
+                on_event_batch=on_batch, starting_position="-1", max_batch_size=50, max_wait_time=idle_s
+            )
         except BaseException as exc:  # re-raised by the generator, on the caller's thread
             failures.append(exc)
         finally:
@@ -237,22 +252,42 @@ def eventhubs_batches(namespace: str, group: str, *, once: bool) -> Iterator[lis
 # ------------------------------------------------------------------------------------------ entry point
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line."""
-    parser = argparse.ArgumentParser(prog="python -m examples.workers.remote_worker", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.workers.remote_worker",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--devhost", metavar="URL", help="read module-work from a local devhost (e.g. "
-                        "http://127.0.0.1:7071)")
-    source.add_argument("--eventhubs-namespace", metavar="FQDN", help="read module-work from Azure Event Hubs "
-                        "(<ns>.servicebus.windows.net, DefaultAzureCredential)")
-    parser.add_argument("--devhost-key", metavar="KEY", help="the devhost's master key (default: $QP_DEVHOST_KEY, "
-                        f"else {DEVHOST_KEY_FILE})")
+    source.add_argument(
+        "--devhost", metavar="URL", help="read module-work from a local devhost (e.g. http://127.0.0.1:7071)"
+    )
+    source.add_argument(
+        "--eventhubs-namespace",
+        metavar="FQDN",
+        help="read module-work from Azure Event Hubs (<ns>.servicebus.windows.net, DefaultAzureCredential)",
+    )
+    parser.add_argument(
+        "--devhost-key",
+        metavar="KEY",
+        help=f"the devhost's master key (default: $QP_DEVHOST_KEY, else {DEVHOST_KEY_FILE})",
+    )
     parser.add_argument("--api-base", metavar="URL", help="the platform's base URL (default: the --devhost URL)")
     parser.add_argument("--consumer-group", default=DEFAULT_GROUP, help=f"default: {DEFAULT_GROUP}")
     parser.add_argument("--once", action="store_true", help="process what is there now, then exit")
-    parser.add_argument("--fail-action", action="append", default=[], metavar="ACTION",
-                        help="report failure (retryable) for this action, to see retries; repeatable")
-    parser.add_argument("--fail-times", type=int, default=1, metavar="N",
-                        help="fail only attempts 1..N of --fail-action (default 1: the retry succeeds)")
+    parser.add_argument(
+        "--fail-action",
+        action="append",
+        default=[],
+        metavar="ACTION",
+        help="report failure (retryable) for this action, to see retries; repeatable",
+    )
+    parser.add_argument(
+        "--fail-times",
+        type=int,
+        default=1,
+        metavar="N",
+        help="fail only attempts 1..N of --fail-action (default 1: the retry succeeds)",
+    )
     parser.add_argument("--registry", default=DEFAULT_REGISTRY, help="registry for images that name none")
     options = parser.parse_args(argv)
     options.api_base = options.api_base or options.devhost
@@ -265,8 +300,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the worker until interrupted (or, with --once, until nothing is left)."""
     options = parse_args(argv)
     if options.devhost:
-        batches = devhost_batches(options.devhost, options.consumer_group, once=options.once,
-                                  key=devhost_key(options.devhost_key))
+        batches = devhost_batches(
+            options.devhost, options.consumer_group, once=options.once, key=devhost_key(options.devhost_key)
+        )
     else:
         batches = eventhubs_batches(options.eventhubs_namespace, options.consumer_group, once=options.once)
     with httpx.Client(base_url=options.api_base, timeout=30.0) as api:

@@ -32,14 +32,26 @@ API_VERSION = "1.0.0"
 def create_app() -> FastAPI:
     """The gateway app; settings are read (and validated) here, so a bad setting stops start-up."""
     settings = get_settings()
-    app = FastAPI(title=API_TITLE, version=API_VERSION, openapi_url="/api/openapi.json",
-                  docs_url="/api/docs", redoc_url=None)
+    app = FastAPI(
+        title=API_TITLE, version=API_VERSION, openapi_url="/api/openapi.json", docs_url="/api/docs", redoc_url=None
+    )
     install_problem_handlers(app)
     app.include_router(health.router)
-    for router in (me.router, tenants.router, tenant_settings.router, policies.router, audit.router,
-                   modules.router, registry.definition_router("intent"), registry.definition_router("blueprint"),
-                   execute.router, executions.router, execution_control.router, task_completion.router,
-                   ingress.router):
+    for router in (
+        me.router,
+        tenants.router,
+        tenant_settings.router,
+        policies.router,
+        audit.router,
+        modules.router,
+        registry.definition_router("intent"),
+        registry.definition_router("blueprint"),
+        execute.router,
+        executions.router,
+        execution_control.router,
+        task_completion.router,
+        ingress.router,
+    ):
         app.include_router(router)
     # Order: the request id wraps everything, so even a 413 carries one.
     app.add_middleware(AcceptedInputMiddleware)  # innermost: a body over the limit is 413 before parsing

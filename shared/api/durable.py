@@ -19,8 +19,9 @@ def get_durable_client() -> Any:
     """FastAPI dependency: the request's DurableOrchestrationClient, or 503 when none is bound."""
     client = durable_client_var.get()
     if client is None:
-        raise ProblemError(503, "orchestration-unavailable", "Service unavailable",
-                           "No orchestration client is bound to this request.")
+        raise ProblemError(
+            503, "orchestration-unavailable", "Service unavailable", "No orchestration client is bound to this request."
+        )
     return client
 
 

@@ -28,8 +28,12 @@ def health() -> Health:
     return Health(status="ok")
 
 
-@router.get("/api/ready", response_model=Health, summary="Readiness: Postgres and blob storage answer",
-            responses={503: {"description": "A dependency is down", "content": {PROBLEM_JSON: {}}}})
+@router.get(
+    "/api/ready",
+    response_model=Health,
+    summary="Readiness: Postgres and blob storage answer",
+    responses={503: {"description": "A dependency is down", "content": {PROBLEM_JSON: {}}}},
+)
 def ready() -> Any:
     """Readiness: 200 when every dependency answers, else 503 problem+json naming what is down."""
     results = run_checks()

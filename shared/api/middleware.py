@@ -95,8 +95,12 @@ class ErrorBoundary:
         if not started:
             request_id = _known_request_id(scope)
             logger.error("request %s: the app returned without answering %s", request_id, path)
-            await JSONResponse(internal_error_document(request_id, path), status_code=500, media_type=PROBLEM_JSON,
-                               headers={"X-Request-Id": request_id})(scope, receive, send)
+            await JSONResponse(
+                internal_error_document(request_id, path),
+                status_code=500,
+                media_type=PROBLEM_JSON,
+                headers={"X-Request-Id": request_id},
+            )(scope, receive, send)
 
 
 class BodySizeLimitMiddleware:
@@ -131,9 +135,13 @@ class BodySizeLimitMiddleware:
             await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problem_response(413, "payload-too-large", "Payload too large",
-                                    f"The request body exceeds the limit of {self.max_bytes} bytes.",
-                                    instance=str(scope.get("path", "")))
+        response = problem_response(
+            413,
+            "payload-too-large",
+            "Payload too large",
+            f"The request body exceeds the limit of {self.max_bytes} bytes.",
+            instance=str(scope.get("path", "")),
+        )
         await response(scope, receive, send)
 
 

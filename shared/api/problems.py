@@ -46,38 +46,73 @@ class Problem(BaseModel):
 class ProblemError(Exception):
     """Raise anywhere in request handling to answer with a problem+json response."""
 
-    def __init__(self, status: int, slug: str, title: str, detail: str | None = None, *,
-                 errors: list[FieldError] | None = None, headers: dict[str, str] | None = None,
-                 extensions: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        slug: str,
+        title: str,
+        detail: str | None = None,
+        *,
+        errors: list[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+        extensions: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(detail or title)
         self.status, self.slug, self.title, self.detail = status, slug, title, detail
         self.errors, self.headers, self.extensions = errors, headers or {}, extensions or {}
 
 
-_TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
-           405: "Method not allowed", 406: "Not acceptable", 409: "Conflict", 413: "Payload too large",
-           415: "Unsupported media type", 422: "Unprocessable content", 429: "Too many requests",
-           500: "Internal server error", 503: "Service unavailable"}
+_TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    406: "Not acceptable",
+    409: "Conflict",
+    413: "Payload too large",
+    415: "Unsupported media type",
+    422: "Unprocessable content",
+    429: "Too many requests",
+    500: "Internal server error",
+    503: "Service unavailable",
+}
 
 
 def _slug(status: int) -> str:
     return _TITLES.get(status, "error").lower().replace(" ", "-")
 
 
-def problem_response(status: int, slug: str, title: str, detail: str | None = None, *, instance: str | None = None,
-                     errors: list[FieldError] | None = None, headers: dict[str, str] | None = None,
-                     extensions: dict[str, Any] | None = None) -> JSONResponse:
+def problem_response(
+    status: int,
+    slug: str,
+    title: str,
+    detail: str | None = None,
+    *,
+    instance: str | None = None,
+    errors: list[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
+    extensions: dict[str, Any] | None = None,
+) -> JSONResponse:
     """A problem+json response; `slug` names the problem type, `extensions` adds RFC 9457 extension members."""
     content = problem_document(status, slug, title, detail, instance=instance, errors=errors, extensions=extensions)
     return JSONResponse(content, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
-def problem_document(status: int, slug: str, title: str, detail: str | None = None, *, instance: str | None = None,
-                     errors: list[FieldError] | None = None,
-                     extensions: dict[str, Any] | None = None) -> dict[str, Any]:
+def problem_document(
+    status: int,
+    slug: str,
+    title: str,
+    detail: str | None = None,
+    *,
+    instance: str | None = None,
+    errors: list[FieldError] | None = None,
+    extensions: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The problem+json object itself (extension members first, the standard members win)."""
-    body = Problem(type=PROBLEM_BASE + slug, title=title, status=status, detail=detail, instance=instance,
-                   errors=errors)
+    body = Problem(
+        type=PROBLEM_BASE + slug, title=title, status=status, detail=detail, instance=instance, errors=errors
+    )
     return {**(extensions or {}), **body.model_dump(exclude_none=True)}
 
 
@@ -89,9 +124,14 @@ def json_pointer(location: tuple[Any, ...] | list[Any]) -> str:
 
 def internal_error_document(request_id: str, instance: str | None = None) -> dict[str, Any]:
     """The body of a 500: what happened and the id to quote, nothing of the internals."""
-    return problem_document(500, "internal-error", "Internal server error",
-                            "The request failed unexpectedly; quote the X-Request-Id when reporting it.",
-                            instance=instance, extensions={"request_id": request_id})
+    return problem_document(
+        500,
+        "internal-error",
+        "Internal server error",
+        "The request failed unexpectedly; quote the X-Request-Id when reporting it.",
+        instance=instance,
+        extensions={"request_id": request_id},
+    )
 
 
 # The one mapping of dependency failures to 503. psycopg.OperationalError covers refused and dropped connections,
@@ -114,36 +154,62 @@ def error_response(exc: BaseException, *, instance: str, request_id: str | None)
     """The problem+json answer to any exception, wherever it was caught; server-side failures are logged."""
     exc = _unwrap(exc)
     if isinstance(exc, ProblemError):
-        return problem_response(exc.status, exc.slug, exc.title, exc.detail, instance=instance,
-                                errors=exc.errors, headers=exc.headers,
-                                extensions=_with_request_id(exc.status, exc.extensions, request_id))
+        return problem_response(
+            exc.status,
+            exc.slug,
+            exc.title,
+            exc.detail,
+            instance=instance,
+            errors=exc.errors,
+            headers=exc.headers,
+            extensions=_with_request_id(exc.status, exc.extensions, request_id),
+        )
     if isinstance(exc, InvalidCursorError):
         return problem_response(400, "invalid-cursor", "Bad request", str(exc), instance=instance)
     if isinstance(exc, StarletteHTTPException):
         title = _TITLES.get(exc.status_code, "Error")
         detail = exc.detail if isinstance(exc.detail, str) and exc.detail != title else None
-        return problem_response(exc.status_code, _slug(exc.status_code), title, detail, instance=instance,
-                                headers=dict(exc.headers or {}),
-                                extensions=_with_request_id(exc.status_code, None, request_id))
+        return problem_response(
+            exc.status_code,
+            _slug(exc.status_code),
+            title,
+            detail,
+            instance=instance,
+            headers=dict(exc.headers or {}),
+            extensions=_with_request_id(exc.status_code, None, request_id),
+        )
     if isinstance(exc, RequestValidationError):
-        errors = [FieldError(pointer=json_pointer(tuple(e.get("loc", ()))), detail=str(e.get("msg", "invalid")))
-                  for e in exc.errors()]
-        return problem_response(422, "validation-error", "Request validation failed",
-                                f"{len(errors)} invalid field(s)", instance=instance, errors=errors)
+        errors = [
+            FieldError(pointer=json_pointer(tuple(e.get("loc", ()))), detail=str(e.get("msg", "invalid")))
+            for e in exc.errors()
+        ]
+        return problem_response(
+            422,
+            "validation-error",
+            "Request validation failed",
+            f"{len(errors)} invalid field(s)",
+            instance=instance,
+            errors=errors,
+        )
     request_id = request_id or choose_request_id(None)
     headers = {"X-Request-Id": request_id}
     dependency = unavailable_dependency(exc)
     if dependency is not None:
         # An outage is not a bug: one line with the cause, no traceback per refused request.
         logger.warning("request %s: %s unavailable (%s: %s)", request_id, dependency, type(exc).__name__, exc)
-        return problem_response(503, "dependency-unavailable", "Service unavailable",
-                                f"The {dependency} is unavailable at the moment; retry after "
-                                f"{DEPENDENCY_RETRY_AFTER_S} seconds.", instance=instance,
-                                headers={**headers, "Retry-After": str(DEPENDENCY_RETRY_AFTER_S)},
-                                extensions={"request_id": request_id})
+        return problem_response(
+            503,
+            "dependency-unavailable",
+            "Service unavailable",
+            f"The {dependency} is unavailable at the moment; retry after {DEPENDENCY_RETRY_AFTER_S} seconds.",
+            instance=instance,
+            headers={**headers, "Retry-After": str(DEPENDENCY_RETRY_AFTER_S)},
+            extensions={"request_id": request_id},
+        )
     logger.error("request %s: unhandled error on %s", request_id, instance, exc_info=exc)
-    return JSONResponse(internal_error_document(request_id, instance), status_code=500, media_type=PROBLEM_JSON,
-                        headers=headers)
+    return JSONResponse(
+        internal_error_document(request_id, instance), status_code=500, media_type=PROBLEM_JSON, headers=headers
+    )
 
 
 def _with_request_id(status: int, extensions: dict[str, Any] | None, request_id: str | None) -> dict[str, Any]:
@@ -168,6 +234,12 @@ def install_problem_handlers(app: FastAPI) -> None:
         request_id = scope_request_id(request.scope) or choose_request_id(request.headers.get(REQUEST_ID_HEADER))
         return error_response(exc, instance=request.url.path, request_id=request_id)
 
-    for kind in (ProblemError, InvalidCursorError, StarletteHTTPException, RequestValidationError,
-                 *(kind for kind, _ in DEPENDENCY_ERRORS), Exception):
+    for kind in (
+        ProblemError,
+        InvalidCursorError,
+        StarletteHTTPException,
+        RequestValidationError,
+        *(kind for kind, _ in DEPENDENCY_ERRORS),
+        Exception,
+    ):
         app.add_exception_handler(kind, _handle)

@@ -44,8 +44,9 @@ def check_postgres() -> CheckResult:
 @lru_cache(maxsize=1)
 def _probe_client() -> BlobServiceClient:
     # No retries and short timeouts: a readiness probe must answer fast, not wait out a backoff.
-    return blob_service_client(get_settings(), retry_total=0, connection_timeout=_PROBE_TIMEOUT_S,
-                               read_timeout=_PROBE_TIMEOUT_S)
+    return blob_service_client(
+        get_settings(), retry_total=0, connection_timeout=_PROBE_TIMEOUT_S, read_timeout=_PROBE_TIMEOUT_S
+    )
 
 
 def check_blob_storage() -> CheckResult:

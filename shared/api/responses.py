@@ -10,8 +10,7 @@ from shared.api.problems import PROBLEM_BASE, PROBLEM_JSON, Problem
 Responses = dict[int | str, dict[str, Any]]
 
 
-def problem_doc(status: int, slug: str, title: str, detail: str, description: str,
-                **extensions: Any) -> dict[str, Any]:
+def problem_doc(status: int, slug: str, title: str, detail: str, description: str, **extensions: Any) -> dict[str, Any]:
     """One documented error response: its description and a problem+json example."""
     example = {**extensions, "type": PROBLEM_BASE + slug, "title": title, "status": status, "detail": detail}
     # `model` registers the Problem component (FastAPI files its schema under application/json); the
@@ -21,33 +20,70 @@ def problem_doc(status: int, slug: str, title: str, detail: str, description: st
 
 
 UNAUTHORIZED = problem_doc(401, "invalid-token", "Unauthorized", "the token has expired", "No valid bearer token")
-FORBIDDEN = problem_doc(403, "forbidden", "Forbidden", "Not allowed to intent.update.",
-                        "The caller's roles or the tenant's policies do not allow it, or the tenant is suspended",
-                        reason="role_required")
-NOT_FOUND = problem_doc(404, "not-found", "Not found", "No such item.",
-                        "Not in the caller's tenant (another tenant's item is not found either)")
-RATE_LIMITED = problem_doc(429, "rate-limited", "Too many requests",
-                           "This tenant is over its request rate; retry in 3 s.",
-                           "Over the tenant's request rate (see Retry-After)")
-BAD_CURSOR = problem_doc(400, "invalid-cursor", "Bad request", "the cursor is not one this API issued",
-                         "A malformed cursor")
-INVALID = problem_doc(422, "validation-error", "Request validation failed", "1 invalid field(s)",
-                      "The request does not validate (every problem listed with a JSON pointer)",
-                      errors=[{"pointer": "/name", "detail": "String should match pattern"}])
+FORBIDDEN = problem_doc(
+    403,
+    "forbidden",
+    "Forbidden",
+    "Not allowed to intent.update.",
+    "The caller's roles or the tenant's policies do not allow it, or the tenant is suspended",
+    reason="role_required",
+)
+NOT_FOUND = problem_doc(
+    404,
+    "not-found",
+    "Not found",
+    "No such item.",
+    "Not in the caller's tenant (another tenant's item is not found either)",
+)
+RATE_LIMITED = problem_doc(
+    429,
+    "rate-limited",
+    "Too many requests",
+    "This tenant is over its request rate; retry in 3 s.",
+    "Over the tenant's request rate (see Retry-After)",
+)
+BAD_CURSOR = problem_doc(
+    400, "invalid-cursor", "Bad request", "the cursor is not one this API issued", "A malformed cursor"
+)
+INVALID = problem_doc(
+    422,
+    "validation-error",
+    "Request validation failed",
+    "1 invalid field(s)",
+    "The request does not validate (every problem listed with a JSON pointer)",
+    errors=[{"pointer": "/name", "detail": "String should match pattern"}],
+)
 CONFLICT = problem_doc(409, "conflict", "Conflict", "A resource with this name exists.", "The name is taken")
-PRECONDITION_FAILED = problem_doc(412, "precondition-failed", "Precondition failed",
-                                  "The resource changed since that ETag was issued.", "If-Match holds a stale ETag")
-BAD_IDEMPOTENCY_KEY = problem_doc(400, "invalid-idempotency-key", "Bad request",
-                                  "send one Idempotency-Key header, not 2",
-                                  "The Idempotency-Key header is malformed or sent more than once (see its format)",
-                                  header="Idempotency-Key",
-                                  errors=[{"pointer": "/header/idempotency-key",
-                                           "detail": "send one Idempotency-Key header, not 2"}])
-IDEMPOTENCY_KEY_REUSED = problem_doc(422, "idempotency-key", "Unprocessable content",
-                                     "the idempotency key was already used for a different request",
-                                     "The Idempotency-Key was used before for a different request")
-PRECONDITION_REQUIRED = problem_doc(428, "precondition-required", "Precondition required",
-                                    "Send If-Match with the resource's ETag.", "If-Match is required")
+PRECONDITION_FAILED = problem_doc(
+    412,
+    "precondition-failed",
+    "Precondition failed",
+    "The resource changed since that ETag was issued.",
+    "If-Match holds a stale ETag",
+)
+BAD_IDEMPOTENCY_KEY = problem_doc(
+    400,
+    "invalid-idempotency-key",
+    "Bad request",
+    "send one Idempotency-Key header, not 2",
+    "The Idempotency-Key header is malformed or sent more than once (see its format)",
+    header="Idempotency-Key",
+    errors=[{"pointer": "/header/idempotency-key", "detail": "send one Idempotency-Key header, not 2"}],
+)
+IDEMPOTENCY_KEY_REUSED = problem_doc(
+    422,
+    "idempotency-key",
+    "Unprocessable content",
+    "the idempotency key was already used for a different request",
+    "The Idempotency-Key was used before for a different request",
+)
+PRECONDITION_REQUIRED = problem_doc(
+    428,
+    "precondition-required",
+    "Precondition required",
+    "Send If-Match with the resource's ETag.",
+    "If-Match is required",
+)
 
 AUTH_ERRORS: Responses = {401: UNAUTHORIZED, 403: FORBIDDEN, 429: RATE_LIMITED}
 """What any authenticated route may answer before it runs."""

@@ -66,7 +66,7 @@ def _unauthorized(reason: str) -> ProblemError:
 def authenticated(
     request: Request,
     validator: TokenValidator = Depends(token_validator),  # noqa: B008
-    _threads: None = Depends(size_worker_threads),  # noqa: B008
+    _threads: None = Depends(size_worker_threads),
 ) -> Iterator[RequestContext]:
     """Authenticate the caller and admit the request: 401 bad token, 403 suspended tenant, 503 over the tenant's
     in-flight bound, 429 over its rate.

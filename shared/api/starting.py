@@ -30,15 +30,29 @@ def start_problem(exc: engine.StartError | registry.RegistryError) -> ProblemErr
         case registry.NotFoundError() | registry.UnknownVersionError():
             return ProblemError(404, "not-found", "Not found", str(exc))
         case engine.GateRefusedError():
-            return ProblemError(403, "gate-refused", "Forbidden", f"The tenant may not run this intent: {exc}.",
-                                extensions={"reason": "gate_refused", "violations": [
-                                    {"step": v.step, "reason": v.reason, "value": v.value} for v in exc.violations]})
+            return ProblemError(
+                403,
+                "gate-refused",
+                "Forbidden",
+                f"The tenant may not run this intent: {exc}.",
+                extensions={
+                    "reason": "gate_refused",
+                    "violations": [{"step": v.step, "reason": v.reason, "value": v.value} for v in exc.violations],
+                },
+            )
         case engine.InvalidInputError():
-            return ProblemError(422, "invalid-input", "Unprocessable content", str(exc),
-                                extensions={"errors": exc.errors})
+            return ProblemError(
+                422, "invalid-input", "Unprocessable content", str(exc), extensions={"errors": exc.errors}
+            )
         case engine.QuotaExceededError():
-            return ProblemError(429, "execution-quota", "Too many requests", str(exc),
-                                headers={"Retry-After": "30"}, extensions={"limit": exc.limit})
+            return ProblemError(
+                429,
+                "execution-quota",
+                "Too many requests",
+                str(exc),
+                headers={"Retry-After": "30"},
+                extensions={"limit": exc.limit},
+            )
         case engine.PlanChangedError():
             return ProblemError(409, "plan-changed", "Conflict", str(exc), extensions={"plan_hash": exc.actual})
         case engine.TenantSuspendedError():
@@ -53,20 +67,35 @@ def start_problem(exc: engine.StartError | registry.RegistryError) -> ProblemErr
     return ProblemError(500, "internal-error", "Internal server error")
 
 
-def begin(context: RequestContext, make_request: Callable[[Conn], engine.StartRequest], *,
-          detail: dict[str, Any] | None = None) -> engine.Started:
+def begin(
+    context: RequestContext,
+    make_request: Callable[[Conn], engine.StartRequest],
+    *,
+    detail: dict[str, Any] | None = None,
+) -> engine.Started:
     """Run a start's checks and writes in one tenant transaction (call it on a worker thread); `make_request` builds
     the request inside it, and the intent's execute decision is audited with `detail`. A refused start raises the
     ProblemError the API answers."""
+
     def decide(item: registry.Item) -> None:
-        authorize(context, Action.INTENT_EXECUTE, tenant_resource(
-            "Intent", item.head.id, context.tenant.id, target=item.target or "", labels=item.version.labels),
-            detail=detail)
+        authorize(
+            context,
+            Action.INTENT_EXECUTE,
+            tenant_resource(
+                "Intent", item.head.id, context.tenant.id, target=item.target or "", labels=item.version.labels
+            ),
+            detail=detail,
+        )
 
     with tenant_transaction(context.tenant.id) as conn:
         try:
-            return engine.start_execution(conn, context.tenant_facts, make_request(conn), authorize=decide,
-                                          max_concurrent=engine.concurrent_limit(context.tenant.quotas))
+            return engine.start_execution(
+                conn,
+                context.tenant_facts,
+                make_request(conn),
+                authorize=decide,
+                max_concurrent=engine.concurrent_limit(context.tenant.quotas),
+            )
         except (engine.StartError, registry.RegistryError) as exc:
             raise start_problem(exc) from None
 
@@ -88,9 +117,13 @@ async def launch(client: Any, started: engine.Started, tenant_id: UUID, *, recor
         # Nothing runs it, so it must not look pending forever: record why, then tell the caller to retry.
         logger.exception("could not start the orchestration of execution %s", started.execution.id)
         await run_in_threadpool(_fail_start, tenant_id, started.execution.id, str(exc))
-        raise ProblemError(503, "orchestration-unavailable", "Service unavailable",
-                           "The execution could not be started; it is recorded as failed. Retry shortly.",
-                           headers={"Retry-After": "5"}) from None
+        raise ProblemError(
+            503,
+            "orchestration-unavailable",
+            "Service unavailable",
+            "The execution could not be started; it is recorded as failed. Retry shortly.",
+            headers={"Retry-After": "5"},
+        ) from None
 
 
 def _fail_start(tenant_id: UUID, execution_id: UUID, reason: str) -> None:

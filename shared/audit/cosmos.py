@@ -24,10 +24,12 @@ AUDIT_INDEXING_POLICY: dict[str, Any] = {
     "automatic": True,
     "includedPaths": [{"path": "/*"}],
     "excludedPaths": [{"path": "/detail/*"}, {"path": '/"_etag"/?'}],
-    "compositeIndexes": [[
-        {"path": "/occurredAt", "order": "descending"},
-        {"path": "/id", "order": "descending"},
-    ]],
+    "compositeIndexes": [
+        [
+            {"path": "/occurredAt", "order": "descending"},
+            {"path": "/id", "order": "descending"},
+        ]
+    ],
 }
 
 # The query is assembled only from these constants; every value travels as a parameter. The tenant
@@ -125,7 +127,10 @@ class CosmosAuditStore:
         items: list[AuditRecord] = []
         for _ in range(_MAX_ROUND_TRIPS):
             pages = self._container.query_items(
-                text, parameters=parameters, partition_key=tenant, max_item_count=q.limit - len(items),
+                text,
+                parameters=parameters,
+                partition_key=tenant,
+                max_item_count=q.limit - len(items),
             ).by_page(token)
             items.extend(_to_record(doc) for doc in next(pages, []))
             token = getattr(pages, "continuation_token", None)
@@ -137,9 +142,14 @@ class CosmosAuditStore:
     def erase(self, tenant_id: uuid.UUID) -> int:
         """Delete every record in the tenant's partition (the query is scoped by partition key and tenant)."""
         tenant = str(tenant_id)
-        ids = [doc["id"] for doc in self._container.query_items(
-            "SELECT c.id FROM c WHERE c.tenantId = @tenantId", parameters=[{"name": "@tenantId", "value": tenant}],
-            partition_key=tenant)]
+        ids = [
+            doc["id"]
+            for doc in self._container.query_items(
+                "SELECT c.id FROM c WHERE c.tenantId = @tenantId",
+                parameters=[{"name": "@tenantId", "value": tenant}],
+                partition_key=tenant,
+            )
+        ]
         for item_id in ids:
             self._container.delete_item(item_id, partition_key=tenant)
         return len(ids)

@@ -110,8 +110,16 @@ class AuditQuery:
 
     def fingerprint(self) -> str:
         """A short digest of the tenant and filters, so a cursor cannot be replayed against another query."""
-        parts = [self.tenant_id, self.action, self.decision, self.principal_id, self.resource_type,
-                 self.resource_id, self.since, self.until]
+        parts = [
+            self.tenant_id,
+            self.action,
+            self.decision,
+            self.principal_id,
+            self.resource_type,
+            self.resource_id,
+            self.since,
+            self.until,
+        ]
         text = json.dumps([None if p is None else str(p) for p in parts])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

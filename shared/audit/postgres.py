@@ -40,8 +40,9 @@ _EQUALS_FILTERS = ("action", "decision", "principal_id", "resource_type", "resou
 class PostgresAuditStore:
     """Audit records in `app.audit_events`; every read and write runs inside the record's tenant context."""
 
-    def __init__(self, pool: ConnectionPool[Any] | None = None,
-                 control_pool: ConnectionPool[Any] | None = None) -> None:
+    def __init__(
+        self, pool: ConnectionPool[Any] | None = None, control_pool: ConnectionPool[Any] | None = None
+    ) -> None:
         # None: the process-wide pools, looked up at each use (they may be replaced, e.g. after a reconfiguration).
         # Two pools, as in the app: tenant transactions on the runtime login, erasure on the control plane's.
         self._pool = pool
@@ -59,11 +60,22 @@ class PostgresAuditStore:
 
     def record_in(self, conn: psycopg.Connection[Any], record: AuditRecord) -> None:
         """Append `record` inside the caller's open tenant transaction, so it commits or rolls back with it."""
-        conn.execute(_INSERT, (
-            record.tenant_id, record.id, record.occurred_at, record.principal_id, record.action,
-            record.resource_type, record.resource_id, record.decision, record.reason, record.request_id,
-            Jsonb(dict(record.detail)),
-        ))
+        conn.execute(
+            _INSERT,
+            (
+                record.tenant_id,
+                record.id,
+                record.occurred_at,
+                record.principal_id,
+                record.action,
+                record.resource_type,
+                record.resource_id,
+                record.decision,
+                record.reason,
+                record.request_id,
+                Jsonb(dict(record.detail)),
+            ),
+        )
 
     def erase(self, tenant_id: uuid.UUID) -> int:
         """Delete the tenant's records, as the control plane through its tenant-bound DELETE policy."""
@@ -116,8 +128,15 @@ def _parse_position(position: dict[str, str]) -> tuple[datetime, uuid.UUID]:
 
 def _to_record(row: dict[str, Any]) -> AuditRecord:
     return AuditRecord(
-        tenant_id=row["tenant_id"], id=row["id"], occurred_at=row["occurred_at"],
-        principal_id=row["principal_id"], action=row["action"], resource_type=row["resource_type"],
-        resource_id=row["resource_id"], decision=row["decision"], reason=row["reason"],
-        request_id=row["request_id"], detail=row["detail"],
+        tenant_id=row["tenant_id"],
+        id=row["id"],
+        occurred_at=row["occurred_at"],
+        principal_id=row["principal_id"],
+        action=row["action"],
+        resource_type=row["resource_type"],
+        resource_id=row["resource_id"],
+        decision=row["decision"],
+        reason=row["reason"],
+        request_id=row["request_id"],
+        detail=row["detail"],
     )

@@ -94,8 +94,13 @@ class VerifiedToken:
     def principal(self, tenant_id: UUID) -> Principal:
         """The Principal once the caller's Entra tenant is known to be provisioned as platform tenant `tenant_id`."""
         return Principal(
-            tenant_id=tenant_id, entra_tenant_id=self.entra_tenant_id, object_id=self.object_id, roles=self.roles,
-            scopes=self.scopes, app_only=self.app_only, display_name=self.display_name,
+            tenant_id=tenant_id,
+            entra_tenant_id=self.entra_tenant_id,
+            object_id=self.object_id,
+            roles=self.roles,
+            scopes=self.scopes,
+            app_only=self.app_only,
+            display_name=self.display_name,
         )
 
 
@@ -223,9 +228,17 @@ class TokenValidator:
         on_clock = at is None
         try:
             claims: dict[str, Any] = jwt.decode(
-                token, public_key, algorithms=[ALGORITHM], audience=sorted(self._audiences), leeway=self._leeway_s,
-                options={"require": list(_REQUIRED_CLAIMS), "verify_iss": False, "verify_exp": on_clock,
-                         "verify_nbf": on_clock},
+                token,
+                public_key,
+                algorithms=[ALGORITHM],
+                audience=sorted(self._audiences),
+                leeway=self._leeway_s,
+                options={
+                    "require": list(_REQUIRED_CLAIMS),
+                    "verify_iss": False,
+                    "verify_exp": on_clock,
+                    "verify_nbf": on_clock,
+                },
             )
         except jwt.InvalidSignatureError:
             raise InvalidTokenError("invalid signature") from None
@@ -310,7 +323,11 @@ class TokenValidator:
 
         name = claims.get("name")
         return VerifiedToken(
-            entra_tenant_id=UUID(tid), object_id=UUID(oid), roles=roles, scopes=scopes, app_only=app_only,
+            entra_tenant_id=UUID(tid),
+            object_id=UUID(oid),
+            roles=roles,
+            scopes=scopes,
+            app_only=app_only,
             display_name=name if isinstance(name, str) and not app_only else None,
             claims=MappingProxyType(claims),
         )
@@ -320,8 +337,13 @@ class TokenValidator:
     def _signing_key(self, kid: str) -> tuple[_Key, str]:
         metadata, key_set = self._metadata, self._key_set
         now = self._clock()
-        if metadata is not None and key_set is not None and _fresh(metadata.fetched_at, now) \
-                and _fresh(key_set.fetched_at, now) and kid in key_set.keys:
+        if (
+            metadata is not None
+            and key_set is not None
+            and _fresh(metadata.fetched_at, now)
+            and _fresh(key_set.fetched_at, now)
+            and kid in key_set.keys
+        ):
             return key_set.keys[kid], metadata.issuer
         with self._lock:
             # Another thread may have refreshed while this one waited; everything is re-read under the lock.
@@ -351,7 +373,7 @@ class TokenValidator:
             self._last_metadata_attempt = now
             try:
                 fetched = _parse_metadata(self._fetch(self._metadata_url), now)
-            except Exception as exc:  # noqa: BLE001 - any fetch/parse failure falls back to the cached copy
+            except Exception as exc:
                 logger.warning("OpenID metadata refresh failed: %s: %s", type(exc).__name__, exc)
             else:
                 if cached is not None and cached.jwks_uri != fetched.jwks_uri:
@@ -379,7 +401,7 @@ class TokenValidator:
         self._last_jwks_attempt = now
         try:
             key_set = _parse_jwks(self._fetch(metadata.jwks_uri), now)
-        except Exception as exc:  # noqa: BLE001 - any fetch/parse failure keeps the previous keys
+        except Exception as exc:
             logger.warning("JWKS refresh failed: %s: %s", type(exc).__name__, exc)
             return None
         self._key_set = key_set
@@ -475,7 +497,13 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
     # The base class's signature; no argument matters when the answer is always "no".
     def redirect_request(
-        self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str, headers: Message, newurl: str,  # noqa: ARG002
+        self,
+        req: urllib.request.Request,  # noqa: ARG002
+        fp: IO[bytes],  # noqa: ARG002
+        code: int,  # noqa: ARG002
+        msg: str,  # noqa: ARG002
+        headers: Message,  # noqa: ARG002
+        newurl: str,  # noqa: ARG002
     ) -> urllib.request.Request | None:
         return None
 

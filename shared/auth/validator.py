@@ -23,8 +23,11 @@ def get_token_validator() -> TokenValidator:
         raise SettingsError("QP_AUTH_AUDIENCE names no audience")
     try:
         return TokenValidator(
-            settings.QP_AUTH_METADATA_URL, audiences, leeway_s=settings.QP_AUTH_LEEWAY_S,
-            max_lifetime_s=settings.QP_AUTH_MAX_TOKEN_LIFETIME_S, jwks_cooldown_s=settings.QP_AUTH_JWKS_COOLDOWN_S,
+            settings.QP_AUTH_METADATA_URL,
+            audiences,
+            leeway_s=settings.QP_AUTH_LEEWAY_S,
+            max_lifetime_s=settings.QP_AUTH_MAX_TOKEN_LIFETIME_S,
+            jwks_cooldown_s=settings.QP_AUTH_JWKS_COOLDOWN_S,
         )
     except ValueError as exc:
         # A plain-http metadata URL to a remote host is a setting mistake; report it as one.

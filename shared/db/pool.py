@@ -39,8 +39,11 @@ def _token_credential(client_id: str | None) -> Any:
 
 
 def _connection_kwargs(settings: Settings, client_id: str | None = None) -> dict[str, Any] | Any:
-    base: dict[str, Any] = {"autocommit": True, "row_factory": dict_row,
-                            "connect_timeout": settings.QP_DATABASE_CONNECT_TIMEOUT_S}
+    base: dict[str, Any] = {
+        "autocommit": True,
+        "row_factory": dict_row,
+        "connect_timeout": settings.QP_DATABASE_CONNECT_TIMEOUT_S,
+    }
     if not settings.QP_DATABASE_ENTRA_AUTH:
         return base
     credential = _token_credential(client_id)
@@ -53,8 +56,13 @@ def _connection_kwargs(settings: Settings, client_id: str | None = None) -> dict
 
 
 def build_pool(
-    conninfo: str, settings: Settings, *, min_size: int = 1, max_size: int | None = None,
-    client_id: str | None = None, name: str = "quantum",
+    conninfo: str,
+    settings: Settings,
+    *,
+    min_size: int = 1,
+    max_size: int | None = None,
+    client_id: str | None = None,
+    name: str = "quantum",
 ) -> ConnectionPool[Any]:
     """A new, opened pool whose connections are autocommit with dict rows (`client_id`: whose token, in Azure)."""
     # Guarded: once a connection attempt has failed, requests are refused at once instead of each waiting.
@@ -77,8 +85,14 @@ def build_pool(
 
 def build_control_pool(conninfo: str, settings: Settings, *, min_size: int = 1) -> ConnectionPool[Any]:
     """A new, opened pool of the control plane's login (small; in Azure with the control identity's token)."""
-    return build_pool(conninfo, settings, min_size=min_size, max_size=CONTROL_POOL_MAX,
-                      client_id=settings.QP_DATABASE_CONTROL_CLIENT_ID, name="quantum-control")
+    return build_pool(
+        conninfo,
+        settings,
+        min_size=min_size,
+        max_size=CONTROL_POOL_MAX,
+        client_id=settings.QP_DATABASE_CONTROL_CLIENT_ID,
+        name="quantum-control",
+    )
 
 
 Pool = ConnectionPool[psycopg.Connection[DictRow]]

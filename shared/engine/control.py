@@ -26,10 +26,14 @@ from shared.registry.model import Definition
 logger = logging.getLogger(__name__)
 Conn = psycopg.Connection[DictRow]
 Decision = Literal["approve", "reject"]
-_CANCEL = ("UPDATE app.executions SET cancel_requested_at = clock_timestamp(), cancel_requested_by = %s"
-           " WHERE id = %s AND cancel_requested_at IS NULL")
-_LATEST_REQUEST = ("SELECT data FROM app.execution_events WHERE execution_id = %s AND step_id = %s"
-                   " AND type = 'approval_requested' ORDER BY seq DESC LIMIT 1")
+_CANCEL = (
+    "UPDATE app.executions SET cancel_requested_at = clock_timestamp(), cancel_requested_by = %s"
+    " WHERE id = %s AND cancel_requested_at IS NULL"
+)
+_LATEST_REQUEST = (
+    "SELECT data FROM app.execution_events WHERE execution_id = %s AND step_id = %s"
+    " AND type = 'approval_requested' ORDER BY seq DESC LIMIT 1"
+)
 
 
 class ControlError(Exception):
@@ -68,8 +72,7 @@ def parent_principal(parent_id: UUID | str) -> str:
     return f"execution:{parent_id}"
 
 
-def _record_child_cancel(tenant_id: UUID, child_id: UUID, parent_id: UUID,
-                         pool: ConnectionPool[Any] | None) -> bool:
+def _record_child_cancel(tenant_id: UUID, child_id: UUID, parent_id: UUID, pool: ConnectionPool[Any] | None) -> bool:
     with tenant_transaction(tenant_id, pool=pool) as conn:
         try:
             request_cancel(conn, child_id, parent_principal(parent_id))
@@ -78,8 +81,9 @@ def _record_child_cancel(tenant_id: UUID, child_id: UUID, parent_id: UUID,
     return True
 
 
-async def cancel_child(tenant_id: UUID, child_id: UUID, parent_id: UUID, client: EventRaiser, *,
-                       pool: ConnectionPool[Any] | None = None) -> bool:
+async def cancel_child(
+    tenant_id: UUID, child_id: UUID, parent_id: UUID, client: EventRaiser, *, pool: ConnectionPool[Any] | None = None
+) -> bool:
     """Pass a stopping parent's cancel down to its child execution: recorded first (a child that starts later
     reads it), then told to the child's orchestration. False when the child had ended already."""
     if not await asyncio.to_thread(_record_child_cancel, tenant_id, child_id, parent_id, pool):
@@ -101,8 +105,9 @@ class ApprovalOutcome:
     applied: bool
 
 
-def decide_approval(conn: Conn, execution_id: UUID, step_id: str, decision: Decision, *, principal_id: str,
-                    object_id: str, comment: str) -> ApprovalOutcome:
+def decide_approval(
+    conn: Conn, execution_id: UUID, step_id: str, decision: Decision, *, principal_id: str, object_id: str, comment: str
+) -> ApprovalOutcome:
     """Apply a decision to the approval step's open attempt; the same decision again is answered, not re-applied."""
     execution = repo.get_execution(conn, execution_id)
     step = next((row for row in store.list_steps(conn, execution_id) if row["step_id"] == step_id), None)
@@ -122,33 +127,49 @@ def decide_approval(conn: Conn, execution_id: UUID, step_id: str, decision: Deci
     if approvers and object_id not in approvers and principal_id not in approvers:
         raise NotAnApproverError(f"step {step_id} names its approvers, and the caller is not one of them")
     detail = {"decision": decision, "by": principal_id, "comment": comment}
-    repo.append_event(conn, execution_id, "approval_granted" if decision == "approve" else "approval_rejected",
-                      step_id, detail)
+    repo.append_event(
+        conn, execution_id, "approval_granted" if decision == "approve" else "approval_rejected", step_id, detail
+    )
     recorded, applied = store.finish_attempt(
-        conn, key, ok=decision == "approve", output=detail,
-        error=f"rejected by {principal_id}" + (f": {comment}" if comment else ""), retryable=False)
+        conn,
+        key,
+        ok=decision == "approve",
+        output=detail,
+        error=f"rejected by {principal_id}" + (f": {comment}" if comment else ""),
+        retryable=False,
+    )
     return ApprovalOutcome(key, recorded.verdict(), applied)
 
 
-def retry_request(conn: Conn, execution: repo.Execution, *, version: int | None, requested_by: str,
-                  idempotency_key: str | None) -> StartRequest:
+def retry_request(
+    conn: Conn, execution: repo.Execution, *, version: int | None, requested_by: str, idempotency_key: str | None
+) -> StartRequest:
     """A new execution of the same intent and input that reuses the outputs of the steps that succeeded (and were
     not compensated). On a newer version, every reused step must be unchanged there."""
     if execution.status not in ("failed", "cancelled"):
-        raise NotRetryableError(f"execution {execution.id} is {execution.status}; only a failed or cancelled "
-                                "execution is retried")
-    reused = {row["step_id"]: row["output"] for row in store.list_steps(conn, execution.id)
-              if row["state"] == "succeeded"}
+        raise NotRetryableError(
+            f"execution {execution.id} is {execution.status}; only a failed or cancelled execution is retried"
+        )
+    reused = {
+        row["step_id"]: row["output"] for row in store.list_steps(conn, execution.id) if row["state"] == "succeeded"
+    }
     if version is not None and version != execution.intent_version and reused:
         before = _steps_of(registry.version(conn, "intent", execution.intent_id, execution.intent_version))
         after = _steps_of(registry.version(conn, "intent", execution.intent_id, version))
         changed = sorted(step_id for step_id in reused if before.get(step_id) != after.get(step_id))
         if changed:
-            raise NotRetryableError(f"version {version} changes steps whose outputs would be reused: "
-                                    + ", ".join(changed))
-    return StartRequest(intent_id=execution.intent_id, input=execution.input,
-                        version=version or execution.intent_version, idempotency_key=idempotency_key,
-                        requested_by=requested_by, retry_of=execution.id, reused=reused)
+            raise NotRetryableError(
+                f"version {version} changes steps whose outputs would be reused: " + ", ".join(changed)
+            )
+    return StartRequest(
+        intent_id=execution.intent_id,
+        input=execution.input,
+        version=version or execution.intent_version,
+        idempotency_key=idempotency_key,
+        requested_by=requested_by,
+        retry_of=execution.id,
+        reused=reused,
+    )
 
 
 def _steps_of(version: Any) -> dict[str, Any]:

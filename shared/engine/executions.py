@@ -45,13 +45,15 @@ TRANSITIONS: dict[tuple[Status, Status], str] = {
 _COLUMNS = sql.SQL(
     "id, intent_id, intent_version, target, status, input, output, error, requested_by, idempotency_key,"
     " plan_hash, last_event_seq, created_at, updated_at, finished_at, parent_execution_id, parent_step_id, retry_of,"
-    " start_claimed_at, cancel_requested_at, request_sha256")
+    " start_claimed_at, cancel_requested_at, request_sha256"
+)
 # The creating request claims the orchestration's start in the same statement (start_claimed_at).
 _INSERT = sql.SQL(
     "INSERT INTO app.executions (tenant_id, id, intent_id, intent_version, target, input, requested_by,"
     " idempotency_key, plan_hash, parent_execution_id, parent_step_id, retry_of, request_sha256, start_claimed_at)"
     " VALUES (app.current_tenant_id(), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, clock_timestamp())"
-    " ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING {}").format(_COLUMNS)
+    " ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING {}"
+).format(_COLUMNS)
 _BY_KEY = sql.SQL("SELECT {} FROM app.executions WHERE idempotency_key = %s").format(_COLUMNS)
 _GET = sql.SQL("SELECT {} FROM app.executions WHERE id = %s").format(_COLUMNS)
 _LOCK = sql.SQL("SELECT {} FROM app.executions WHERE id = %s FOR UPDATE").format(_COLUMNS)
@@ -59,16 +61,21 @@ _LOCK = sql.SQL("SELECT {} FROM app.executions WHERE id = %s FOR UPDATE").format
 _MOVE = sql.SQL(
     "UPDATE app.executions SET status = %s, output = COALESCE(%s, output), error = COALESCE(%s, error),"
     " updated_at = clock_timestamp(), finished_at = CASE WHEN %s THEN clock_timestamp() END"
-    " WHERE id = %s AND status = %s RETURNING {}").format(_COLUMNS)
+    " WHERE id = %s AND status = %s RETURNING {}"
+).format(_COLUMNS)
 _PAGE = sql.SQL("SELECT {} FROM app.executions WHERE {} ORDER BY created_at DESC, id DESC LIMIT %s")
 # One statement: the counter's row lock serializes concurrent appenders of one execution, so seq is 1, 2, 3...
 # with no gap and no duplicate, and a rolled-back append gives its number back.
-_APPEND = ("WITH next AS (UPDATE app.executions SET last_event_seq = last_event_seq + 1 WHERE id = %s"
-           " RETURNING tenant_id, id, last_event_seq)"
-           " INSERT INTO app.execution_events (tenant_id, execution_id, seq, type, step_id, data)"
-           " SELECT tenant_id, id, last_event_seq, %s, %s, %s FROM next RETURNING seq")
-_EVENTS = ("SELECT seq, type, step_id, data, occurred_at FROM app.execution_events"
-           " WHERE execution_id = %s AND seq > %s ORDER BY seq LIMIT %s")
+_APPEND = (
+    "WITH next AS (UPDATE app.executions SET last_event_seq = last_event_seq + 1 WHERE id = %s"
+    " RETURNING tenant_id, id, last_event_seq)"
+    " INSERT INTO app.execution_events (tenant_id, execution_id, seq, type, step_id, data)"
+    " SELECT tenant_id, id, last_event_seq, %s, %s, %s FROM next RETURNING seq"
+)
+_EVENTS = (
+    "SELECT seq, type, step_id, data, occurred_at FROM app.execution_events"
+    " WHERE execution_id = %s AND seq > %s ORDER BY seq LIMIT %s"
+)
 
 
 class ExecutionError(Exception):
@@ -140,23 +147,49 @@ def _one(conn: Conn, query: sql.Composed, params: tuple[Any, ...]) -> Execution 
     return None if row is None else _execution(row)
 
 
-def create_execution(conn: Conn, *, execution_id: UUID, intent_id: UUID, intent_version: int, target: str,
-                     input: dict[str, Any], requested_by: str, idempotency_key: str | None = None,
-                     plan_hash: str | None = None, parent_execution_id: UUID | None = None,
-                     parent_step_id: str | None = None, retry_of: UUID | None = None,
-                     request_sha256: str | None = None) -> tuple[Execution, bool]:
+def create_execution(
+    conn: Conn,
+    *,
+    execution_id: UUID,
+    intent_id: UUID,
+    intent_version: int,
+    target: str,
+    input: dict[str, Any],
+    requested_by: str,
+    idempotency_key: str | None = None,
+    plan_hash: str | None = None,
+    parent_execution_id: UUID | None = None,
+    parent_step_id: str | None = None,
+    retry_of: UUID | None = None,
+    request_sha256: str | None = None,
+) -> tuple[Execution, bool]:
     """Insert a pending execution; returns it and whether it is new.
 
     With an idempotency key already used in the tenant, the existing execution is returned (False) and nothing
     is inserted; a concurrent duplicate waits for the first insert to commit and then finds it.
     """
-    created = _one(conn, _INSERT, (execution_id, intent_id, intent_version, target, Jsonb(input), requested_by,
-                                   idempotency_key, plan_hash, parent_execution_id, parent_step_id, retry_of,
-                                   request_sha256))
+    created = _one(
+        conn,
+        _INSERT,
+        (
+            execution_id,
+            intent_id,
+            intent_version,
+            target,
+            Jsonb(input),
+            requested_by,
+            idempotency_key,
+            plan_hash,
+            parent_execution_id,
+            parent_step_id,
+            retry_of,
+            request_sha256,
+        ),
+    )
     if created is not None:
         return created, True
     existing = _one(conn, _BY_KEY, (idempotency_key,))
-    assert existing is not None  # noqa: S101  # the conflict can only be on the key, whose row now exists
+    assert existing is not None  # the conflict can only be on the key, whose row now exists
     return existing, False
 
 
@@ -173,8 +206,9 @@ def get_execution(conn: Conn, execution_id: UUID) -> Execution:
     return found
 
 
-def append_event(conn: Conn, execution_id: UUID, type: str, step_id: str | None = None,
-                 data: dict[str, Any] | None = None) -> int:
+def append_event(
+    conn: Conn, execution_id: UUID, type: str, step_id: str | None = None, data: dict[str, Any] | None = None
+) -> int:
     """Append an event and return its seq (gap-free per execution, also under concurrent appenders)."""
     row = conn.execute(_APPEND, (execution_id, type, step_id, Jsonb(data or {}))).fetchone()
     if row is None:
@@ -182,8 +216,9 @@ def append_event(conn: Conn, execution_id: UUID, type: str, step_id: str | None 
     return int(row["seq"])
 
 
-def transition(conn: Conn, execution_id: UUID, new_status: Status, *, output: Any = None,
-               error: str | None = None) -> tuple[Execution, int]:
+def transition(
+    conn: Conn, execution_id: UUID, new_status: Status, *, output: Any = None, error: str | None = None
+) -> tuple[Execution, int]:
     """Move the execution to `new_status` and write the matching event in the same transaction.
 
     Returns the updated execution and the event's seq; IllegalTransitionError when TRANSITIONS has no such move.
@@ -195,9 +230,19 @@ def transition(conn: Conn, execution_id: UUID, new_status: Status, *, output: An
     event_type = TRANSITIONS.get((current.status, new_status))
     if event_type is None:
         raise IllegalTransitionError(execution_id, current.status, new_status)
-    moved = _one(conn, _MOVE, (new_status, None if output is None else Jsonb(output), error,
-                               new_status in TERMINAL, execution_id, current.status))
-    assert moved is not None  # noqa: S101  # the row is locked and its status was just read
+    moved = _one(
+        conn,
+        _MOVE,
+        (
+            new_status,
+            None if output is None else Jsonb(output),
+            error,
+            new_status in TERMINAL,
+            execution_id,
+            current.status,
+        ),
+    )
+    assert moved is not None  # the row is locked and its status was just read
     data: dict[str, Any] = {"from": current.status, "to": new_status}
     if error is not None:
         data["error"] = error
@@ -214,9 +259,14 @@ def domain_event_type(stream_event: str) -> str:
 
 def _publish_move(conn: Conn, moved: Execution, previous: Status, error: str | None, event_type: str) -> None:
     """The move's domain event (outbox, this transaction); an end also logs telemetry."""
-    data: dict[str, Any] = {"execution_id": str(moved.id), "intent_id": str(moved.intent_id),
-                            "intent_version": moved.intent_version, "target": moved.target,
-                            "from": previous, "status": moved.status}
+    data: dict[str, Any] = {
+        "execution_id": str(moved.id),
+        "intent_id": str(moved.intent_id),
+        "intent_version": moved.intent_version,
+        "target": moved.target,
+        "from": previous,
+        "status": moved.status,
+    }
     if error is not None:
         data["error"] = error
     if moved.parent_execution_id is not None:
@@ -228,14 +278,28 @@ def _publish_move(conn: Conn, moved: Execution, previous: Status, error: str | N
         duration_ms = None
         if moved.finished_at is not None:
             duration_ms = round((moved.finished_at - moved.created_at).total_seconds() * 1000)
-        telemetry.emit(event_type, tenant_id=enqueued.tenant_id, execution_id=moved.id, intent_id=moved.intent_id,
-                       status=moved.status, target=moved.target, duration_ms=duration_ms,
-                       error=None if moved.status == "succeeded" else moved.error)
+        telemetry.emit(
+            event_type,
+            tenant_id=enqueued.tenant_id,
+            execution_id=moved.id,
+            intent_id=moved.intent_id,
+            status=moved.status,
+            target=moved.target,
+            duration_ms=duration_ms,
+            error=None if moved.status == "succeeded" else moved.error,
+        )
 
 
-def list_executions(conn: Conn, *, status: Status | None = None, intent_id: UUID | None = None,
-                    created_after: datetime | None = None, created_before: datetime | None = None,
-                    cursor: str | None = None, limit: int = 50) -> tuple[list[Execution], str | None]:
+def list_executions(
+    conn: Conn,
+    *,
+    status: Status | None = None,
+    intent_id: UUID | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> tuple[list[Execution], str | None]:
     """One page of the tenant's executions, newest first, and the next page's cursor (None on the last)."""
     position = decode_cursor(cursor)
     clauses: list[sql.Composable] = [sql.SQL("TRUE")]

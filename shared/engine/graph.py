@@ -34,9 +34,12 @@ class StepGraph:
         """The graph of a definition's steps; raises ValueError on unknown, duplicate or cyclic dependencies."""
         execution_levels(steps)  # validates the graph: a cycle would otherwise leave the run waiting forever
         graph = dependencies(steps)
-        return cls(tuple(
-            StepNode(step.step_id, tuple(graph[step.step_id]), step.when, step.compensate is not None)
-            for step in steps))
+        return cls(
+            tuple(
+                StepNode(step.step_id, tuple(graph[step.step_id]), step.when, step.compensate is not None)
+                for step in steps
+            )
+        )
 
     @property
     def ids(self) -> tuple[str, ...]:

@@ -60,25 +60,46 @@ def dispatch_step(raw: dict[str, Any]) -> None:
         if request.remote:
             existing = store.get_attempt(conn, key)
             if existing is not None and existing.token_nonce and existing.token_expires_at:
-                token = task_tokens.issue(conn, request.tenant_id, key, 0, nonce=existing.token_nonce,
-                                          expires_at=existing.token_expires_at)
+                token = task_tokens.issue(
+                    conn, request.tenant_id, key, 0, nonce=existing.token_nonce, expires_at=existing.token_expires_at
+                )
             else:
                 token = task_tokens.issue(conn, request.tenant_id, key, get_settings().QP_TASK_TOKEN_TTL_S)
-        store.begin_attempt(conn, key, action=request.action, remote=request.remote,
-                            token_nonce=token.nonce if token else None,
-                            token_expires_at=token.expires_at if token else None,
-                            step_state="waiting" if request.remote and request.phase == "run" else None)
+        store.begin_attempt(
+            conn,
+            key,
+            action=request.action,
+            remote=request.remote,
+            token_nonce=token.nonce if token else None,
+            token_expires_at=token.expires_at if token else None,
+            step_state="waiting" if request.remote and request.phase == "run" else None,
+        )
     path = f"/api/v1/executions/{request.execution_id}/steps/{request.step_id}"
     suffix = "" if request.phase == "run" else "/compensation"
-    item = WorkItem(tenant_id=request.tenant_id, execution_id=request.execution_id, step_id=request.step_id,
-                    phase=request.phase, attempt=request.attempt, action=request.action, params=request.params,
-                    remote=request.remote, timeout_s=request.timeout_s,
-                    task_token=token.token if token else None,
-                    complete_url=f"{path}{suffix}/complete" if token else None,
-                    fail_url=f"{path}{suffix}/fail" if token else None)
-    get_publisher().publish(MODULE_WORK_HUB, [OutboundEvent(
-        body=item.model_dump(mode="json"), partition_key=str(request.tenant_id),
-        properties={"type": "step.work", "action": request.action})])
+    item = WorkItem(
+        tenant_id=request.tenant_id,
+        execution_id=request.execution_id,
+        step_id=request.step_id,
+        phase=request.phase,
+        attempt=request.attempt,
+        action=request.action,
+        params=request.params,
+        remote=request.remote,
+        timeout_s=request.timeout_s,
+        task_token=token.token if token else None,
+        complete_url=f"{path}{suffix}/complete" if token else None,
+        fail_url=f"{path}{suffix}/fail" if token else None,
+    )
+    get_publisher().publish(
+        MODULE_WORK_HUB,
+        [
+            OutboundEvent(
+                body=item.model_dump(mode="json"),
+                partition_key=str(request.tenant_id),
+                properties={"type": "step.work", "action": request.action},
+            )
+        ],
+    )
 
 
 class ProgressRequest(BaseModel):
@@ -86,8 +107,17 @@ class ProgressRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    kind: Literal["execution", "skipped", "retrying", "abandon", "approval_requested", "begin", "settle",
-                  "start_child", "step_failed"]
+    kind: Literal[
+        "execution",
+        "skipped",
+        "retrying",
+        "abandon",
+        "approval_requested",
+        "begin",
+        "settle",
+        "start_child",
+        "step_failed",
+    ]
     execution_id: UUID
     tenant_id: UUID
     step_id: str | None = None
@@ -99,7 +129,7 @@ class ProgressRequest(BaseModel):
 
     @property
     def key(self) -> AttemptKey:
-        assert self.step_id is not None  # noqa: S101  # every step kind names its step
+        assert self.step_id is not None  # every step kind names its step
         return AttemptKey(self.execution_id, self.step_id, self.phase, self.attempt)
 
 
@@ -107,8 +137,15 @@ def abandon_step(conn: store.Conn, key: AttemptKey, reason: str) -> None:
     """End a step that will not finish: its attempt abandoned, the step cancelled with `reason` (each once)."""
     if store.get_attempt(conn, key) is not None:
         store.finish_attempt(conn, key, ok=False, error=reason, retryable=False, state="abandoned")
-    if store.move_step(conn, key.execution_id, key.step_id, "cancelled",
-                       ("pending", "running", "waiting", "retrying", "failed"), finished=True, error=reason):
+    if store.move_step(
+        conn,
+        key.execution_id,
+        key.step_id,
+        "cancelled",
+        ("pending", "running", "waiting", "retrying", "failed"),
+        finished=True,
+        error=reason,
+    ):
         repo.append_event(conn, key.execution_id, "step_cancelled", key.step_id, {"reason": reason})
 
 
@@ -121,42 +158,78 @@ def record_progress(raw: dict[str, Any]) -> Any:
         return _settle(request)
     with tenant_transaction(request.tenant_id) as conn:
         if request.kind == "execution":
-            return _move(conn, request.execution_id, request.field("status"), output=request.field("output"),
-                         error=request.field("error"))
+            return _move(
+                conn,
+                request.execution_id,
+                request.field("status"),
+                output=request.field("output"),
+                error=request.field("error"),
+            )
         step_id = request.step_id
-        assert step_id is not None  # noqa: S101  # every other kind names its step
+        assert step_id is not None  # every other kind names its step
         if request.kind == "skipped":
             if store.move_step(conn, request.execution_id, step_id, "skipped", ("pending",), finished=True):
                 repo.append_event(conn, request.execution_id, "step_skipped", step_id, {"reason": "when is false"})
         elif request.kind == "step_failed":
-            if store.move_step(conn, request.execution_id, step_id, "failed", ("pending",), finished=True,
-                               error=request.field("error")):
-                repo.append_event(conn, request.execution_id, "step_failed", step_id,
-                                  {"attempt": request.attempt, "error": request.field("error")})
+            if store.move_step(
+                conn, request.execution_id, step_id, "failed", ("pending",), finished=True, error=request.field("error")
+            ):
+                repo.append_event(
+                    conn,
+                    request.execution_id,
+                    "step_failed",
+                    step_id,
+                    {"attempt": request.attempt, "error": request.field("error")},
+                )
         elif request.kind == "retrying":
             retry_at = datetime.fromisoformat(request.field("retry_at"))
-            if store.move_step(conn, request.execution_id, step_id, "retrying", ("failed",), retry_at=retry_at,
-                               error=request.field("error")):
-                repo.append_event(conn, request.execution_id, "step_retrying", step_id, {
-                    "attempt": request.attempt, "next_attempt": request.field("next_attempt"),
-                    "max_attempts": request.field("max_attempts"), "retry_at": request.field("retry_at"),
-                    "error": request.field("error")})
+            if store.move_step(
+                conn,
+                request.execution_id,
+                step_id,
+                "retrying",
+                ("failed",),
+                retry_at=retry_at,
+                error=request.field("error"),
+            ):
+                repo.append_event(
+                    conn,
+                    request.execution_id,
+                    "step_retrying",
+                    step_id,
+                    {
+                        "attempt": request.attempt,
+                        "next_attempt": request.field("next_attempt"),
+                        "max_attempts": request.field("max_attempts"),
+                        "retry_at": request.field("retry_at"),
+                        "error": request.field("error"),
+                    },
+                )
         elif request.kind == "abandon":
             abandon_step(conn, request.key, str(request.field("reason", "cancelled")))
         elif request.kind == "approval_requested":
             params = request.field("params") or {}
             _, new = store.begin_attempt(conn, request.key, action="approval", remote=False, step_state="waiting")
             if new:
-                repo.append_event(conn, request.execution_id, "approval_requested", step_id, {
-                    "attempt": request.attempt, "message": params.get("message"),
-                    "approvers": params.get("approvers") or []})
+                repo.append_event(
+                    conn,
+                    request.execution_id,
+                    "approval_requested",
+                    step_id,
+                    {
+                        "attempt": request.attempt,
+                        "message": params.get("message"),
+                        "approvers": params.get("approvers") or [],
+                    },
+                )
         elif request.kind == "begin":
             store.begin_attempt(conn, request.key, action=str(request.field("action")), remote=False)
     return None
 
 
-def _move(conn: store.Conn, execution_id: UUID, status: repo.Status, *, output: Any, error: str | None
-          ) -> dict[str, Any]:
+def _move(
+    conn: store.Conn, execution_id: UUID, status: repo.Status, *, output: Any, error: str | None
+) -> dict[str, Any]:
     """Move the execution to `status` unless it is there already (a re-executed activity) or has ended.
 
     Returns the status it is in afterwards and whether a cancel was requested, so the orchestrator's first
@@ -178,9 +251,15 @@ def _settle(request: ProgressRequest) -> dict[str, Any]:
     if ok:
         output = claim_check(request.tenant_id, request.key, output)
     with tenant_transaction(request.tenant_id) as conn:
-        attempt, _ = store.finish_attempt(conn, request.key, ok=ok, output=output, error=request.field("error"),
-                                          retryable=bool(request.field("retryable", True)),
-                                          state=request.field("state"))
+        attempt, _ = store.finish_attempt(
+            conn,
+            request.key,
+            ok=ok,
+            output=output,
+            error=request.field("error"),
+            retryable=bool(request.field("retryable", True)),
+            state=request.field("state"),
+        )
     return attempt.verdict()
 
 
@@ -194,7 +273,7 @@ def _start_child(request: ProgressRequest) -> dict[str, Any]:
         return {"verdict": _fail_child(request, f"invalid parameters for intent.run: {exc}")}
     with tenant_transaction(request.tenant_id) as conn:
         tenant = get_tenant(conn, request.tenant_id)
-        assert tenant is not None  # noqa: S101  # the execution's own tenant row
+        assert tenant is not None  # the execution's own tenant row
         store.begin_attempt(conn, key, action="intent.run", remote=False)
         parent = repo.get_execution(conn, request.execution_id)
         child = find_head(conn, "intent", params.intent)
@@ -203,12 +282,20 @@ def _start_child(request: ProgressRequest) -> dict[str, Any]:
         else:
             try:
                 started = start_execution(
-                    conn, tenant.facts(), StartRequest(
-                        intent_id=child.id, input=params.inputs, version=params.version,
+                    conn,
+                    tenant.facts(),
+                    StartRequest(
+                        intent_id=child.id,
+                        input=params.inputs,
+                        version=params.version,
                         idempotency_key=f"child:{request.execution_id}:{key.step_id}:{key.attempt}",
-                        requested_by=parent.requested_by, parent_execution_id=parent.id,
-                        parent_step_id=key.step_id),
-                    max_concurrent=10**9, authorize=lambda _item: None)
+                        requested_by=parent.requested_by,
+                        parent_execution_id=parent.id,
+                        parent_step_id=key.step_id,
+                    ),
+                    max_concurrent=10**9,
+                    authorize=lambda _item: None,
+                )
             except StartError as exc:
                 error = f"child intent {params.intent} cannot start: {exc}"
             else:

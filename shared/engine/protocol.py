@@ -57,13 +57,28 @@ class WorkItem(BaseModel):
     which completes it with `task_token` at `complete_url` or `fail_url`.
     """
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "type": "step.work", "tenant_id": "0b6f3c1e-5d2a-4c1f-9e7b-2a8d4f6c9e10",
-        "execution_id": "5d7e1f0a-3b2c-4d5e-8f90-1a2b3c4d5e6f", "step_id": "build", "phase": "run", "attempt": 1,
-        "action": "build-container", "params": {"image": "myapp:1.2.3"}, "remote": True, "timeout_s": 1800,
-        "task_token": "qpt1.<claims>.<signature>",
-        "complete_url": "/api/v1/executions/5d7e1f0a-3b2c-4d5e-8f90-1a2b3c4d5e6f/steps/build/complete",
-        "fail_url": "/api/v1/executions/5d7e1f0a-3b2c-4d5e-8f90-1a2b3c4d5e6f/steps/build/fail"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "step.work",
+                    "tenant_id": "0b6f3c1e-5d2a-4c1f-9e7b-2a8d4f6c9e10",
+                    "execution_id": "5d7e1f0a-3b2c-4d5e-8f90-1a2b3c4d5e6f",
+                    "step_id": "build",
+                    "phase": "run",
+                    "attempt": 1,
+                    "action": "build-container",
+                    "params": {"image": "myapp:1.2.3"},
+                    "remote": True,
+                    "timeout_s": 1800,
+                    "task_token": "qpt1.<claims>.<signature>",
+                    "complete_url": "/api/v1/executions/5d7e1f0a-3b2c-4d5e-8f90-1a2b3c4d5e6f/steps/build/complete",
+                    "fail_url": "/api/v1/executions/5d7e1f0a-3b2c-4d5e-8f90-1a2b3c4d5e6f/steps/build/fail",
+                }
+            ]
+        },
+    )
 
     type: Literal["step.work"] = "step.work"
     tenant_id: UUID

@@ -29,13 +29,14 @@ from shared.tenants.models import TenantQuotas
 
 Conn = psycopg.Connection[DictRow]
 MAX_REPORTED_INPUT_ERRORS = 20
-_ACTIVE = ("SELECT count(*) AS n FROM app.executions"
-           " WHERE status IN ('pending', 'running', 'waiting', 'compensating')")
+_ACTIVE = "SELECT count(*) AS n FROM app.executions WHERE status IN ('pending', 'running', 'waiting', 'compensating')"
 # Serializes the quota check and the insert per tenant: two concurrent starts cannot both see headroom.
 _QUOTA_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('executions:' || app.current_tenant_id()::text, 0))"
-_CLAIM_STALE_START = ("UPDATE app.executions SET start_claimed_at = clock_timestamp() WHERE id = %s"
-                      " AND status = 'pending' AND (start_claimed_at IS NULL"
-                      " OR start_claimed_at < clock_timestamp() - make_interval(secs => %s)) RETURNING id")
+_CLAIM_STALE_START = (
+    "UPDATE app.executions SET start_claimed_at = clock_timestamp() WHERE id = %s"
+    " AND status = 'pending' AND (start_claimed_at IS NULL"
+    " OR start_claimed_at < clock_timestamp() - make_interval(secs => %s)) RETURNING id"
+)
 
 
 class StartError(Exception):
@@ -108,9 +109,17 @@ class StartRequest:
 
     def fingerprint(self) -> str:
         """What makes two requests with one idempotency key the same request."""
-        return hashlib.sha256(canonical_json({"intent": str(self.intent_id), "input": self.input,
-                                              "version": self.version, "plan_hash": self.plan_hash,
-                                              "retry_of": str(self.retry_of) if self.retry_of else None})).hexdigest()
+        return hashlib.sha256(
+            canonical_json(
+                {
+                    "intent": str(self.intent_id),
+                    "input": self.input,
+                    "version": self.version,
+                    "plan_hash": self.plan_hash,
+                    "retry_of": str(self.retry_of) if self.retry_of else None,
+                }
+            )
+        ).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -152,9 +161,12 @@ def step_plans(steps: list[Step], catalog: ModuleCatalog) -> dict[str, StepPlan]
         spec = catalog[step.action]
         compensation = catalog.get(step.compensate.action) if step.compensate else None
         plans[step.step_id] = StepPlan(
-            kind=ORCHESTRATOR_ACTIONS.get(step.action, "module"), timeout_s=step.timeout_s or spec.timeout_s,
-            remote=spec.remote, compensate_remote=bool(compensation and compensation.remote),
-            compensate_timeout_s=step.timeout_s or (compensation.timeout_s if compensation else None))
+            kind=ORCHESTRATOR_ACTIONS.get(step.action, "module"),
+            timeout_s=step.timeout_s or spec.timeout_s,
+            remote=spec.remote,
+            compensate_remote=bool(compensation and compensation.remote),
+            compensate_timeout_s=step.timeout_s or (compensation.timeout_s if compensation else None),
+        )
     return plans
 
 
@@ -162,8 +174,9 @@ def _with_defaults(schema: dict[str, Any] | None, values: dict[str, Any]) -> dic
     properties = (schema or {}).get("properties")
     if not isinstance(properties, dict):
         return dict(values)
-    defaults = {name: spec["default"] for name, spec in properties.items()
-                if isinstance(spec, dict) and "default" in spec}
+    defaults = {
+        name: spec["default"] for name, spec in properties.items() if isinstance(spec, dict) and "default" in spec
+    }
     return {**defaults, **values}
 
 
@@ -177,8 +190,9 @@ def _input_problems(schema: dict[str, Any] | None, values: dict[str, Any]) -> li
     return problems[:MAX_REPORTED_INPUT_ERRORS]
 
 
-def runnable(conn: Conn, tenant: TenantFacts, item: registry.Item, version: int | None,
-             given_input: dict[str, Any]) -> Runnable:
+def runnable(
+    conn: Conn, tenant: TenantFacts, item: registry.Item, version: int | None, given_input: dict[str, Any]
+) -> Runnable:
     """The version of `item` to run with its steps, checked against the tenant's gates and catalog as they are now."""
     if item.head.status == "archived":
         raise IntentArchivedError(f"intent {item.head.id} is archived")
@@ -195,7 +209,7 @@ def runnable(conn: Conn, tenant: TenantFacts, item: registry.Item, version: int 
         schema = blueprint.definition.inputs
         inputs = {**declaration_inputs(definition, blueprint), **given_input}
     else:
-        assert definition.steps is not None  # noqa: S101  # not a declaration
+        assert definition.steps is not None  # not a declaration
         steps = list(definition.steps)
         inputs = _with_defaults(schema, given_input)
     target = definition.target or ""
@@ -206,23 +220,31 @@ def runnable(conn: Conn, tenant: TenantFacts, item: registry.Item, version: int 
     if problems:
         raise InvalidInputError(problems)
     try:
-        checked = registry.check(conn, "intent", registry.Item(item.head, pinned).document(), tenant=tenant,
-                                 pin=pinned.blueprint_ref)
+        checked = registry.check(
+            conn, "intent", registry.Item(item.head, pinned).document(), tenant=tenant, pin=pinned.blueprint_ref
+        )
     except registry.DefinitionInvalidError as exc:
-        raise NoLongerValidError(str(exc) + " " + "; ".join(f"{e.pointer}: {e.message}" for e in exc.errors)) \
-            from None
+        raise NoLongerValidError(str(exc) + " " + "; ".join(f"{e.pointer}: {e.message}" for e in exc.errors)) from None
     plans = step_plans(steps, checked.catalog)
     return Runnable(item, pinned, definition, steps, inputs, target, plans, checked.plan_hash)
 
 
-def orchestration_input(tenant_id: UUID, execution_id: UUID, run: Runnable,
-                        reused: Mapping[str, Any]) -> dict[str, Any]:
+def orchestration_input(
+    tenant_id: UUID, execution_id: UUID, run: Runnable, reused: Mapping[str, Any]
+) -> dict[str, Any]:
     """The orchestrator's input: the expanded definition, resolved inputs, per-step plan and reused outputs."""
-    definition = {"target": run.definition.target,
-                  "steps": [step.model_dump(mode="json", exclude_none=True) for step in run.steps]}
-    return {"execution_id": str(execution_id), "tenant_id": str(tenant_id), "definition": definition,
-            "inputs": run.inputs, "plan": {key: plan.model_dump() for key, plan in run.plan.items()},
-            "reused": dict(reused)}
+    definition = {
+        "target": run.definition.target,
+        "steps": [step.model_dump(mode="json", exclude_none=True) for step in run.steps],
+    }
+    return {
+        "execution_id": str(execution_id),
+        "tenant_id": str(tenant_id),
+        "definition": definition,
+        "inputs": run.inputs,
+        "plan": {key: plan.model_dump() for key, plan in run.plan.items()},
+        "reused": dict(reused),
+    }
 
 
 def concurrent_limit(quotas: TenantQuotas) -> int:
@@ -237,8 +259,14 @@ def active_executions(conn: Conn) -> int:
     return 0 if row is None else int(row["n"])
 
 
-def start_execution(conn: Conn, tenant: TenantFacts, request: StartRequest, *, max_concurrent: int,
-                    authorize: Callable[[registry.Item], None]) -> Started:
+def start_execution(
+    conn: Conn,
+    tenant: TenantFacts,
+    request: StartRequest,
+    *,
+    max_concurrent: int,
+    authorize: Callable[[registry.Item], None],
+) -> Started:
     """In the caller's tenant transaction: check, hold the quota, and create the execution with its steps.
 
     With an idempotency key already used, the execution it created is returned (and its start only handed
@@ -260,17 +288,36 @@ def start_execution(conn: Conn, tenant: TenantFacts, request: StartRequest, *, m
     if active_executions(conn) >= max_concurrent:
         raise QuotaExceededError(max_concurrent)
     execution, created = repo.create_execution(
-        conn, execution_id=uuid4(), intent_id=request.intent_id, intent_version=run.version.version,
-        target=run.target, input=run.inputs, requested_by=request.requested_by,
-        idempotency_key=request.idempotency_key, plan_hash=run.plan_hash,
-        parent_execution_id=request.parent_execution_id, parent_step_id=request.parent_step_id,
-        retry_of=request.retry_of, request_sha256=fingerprint)
+        conn,
+        execution_id=uuid4(),
+        intent_id=request.intent_id,
+        intent_version=run.version.version,
+        target=run.target,
+        input=run.inputs,
+        requested_by=request.requested_by,
+        idempotency_key=request.idempotency_key,
+        plan_hash=run.plan_hash,
+        parent_execution_id=request.parent_execution_id,
+        parent_step_id=request.parent_step_id,
+        retry_of=request.retry_of,
+        request_sha256=fingerprint,
+    )
     if not created:  # a concurrent request with the same key won the insert
         return _replayed(conn, tenant, execution, fingerprint)
-    seed_steps(conn, execution.id, [
-        StepSeed(step.step_id, step.action, (step.retry.max_attempts if step.retry else 1),
-                 reused_output=request.reused.get(step.step_id), reused=step.step_id in request.reused)
-        for step in run.steps])
+    seed_steps(
+        conn,
+        execution.id,
+        [
+            StepSeed(
+                step.step_id,
+                step.action,
+                (step.retry.max_attempts if step.retry else 1),
+                reused_output=request.reused.get(step.step_id),
+                reused=step.step_id in request.reused,
+            )
+            for step in run.steps
+        ],
+    )
     return Started(execution, True, orchestration_input(tenant.id, execution.id, run, request.reused))
 
 

@@ -74,63 +74,97 @@ class Attempt:
         """The result as the orchestration receives it."""
         if self.state == "succeeded":
             return {"ok": True, "output": self.output}
-        return {"ok": False, "error": self.error or self.state, "retryable": bool(self.retryable),
-                "state": self.state}
+        return {"ok": False, "error": self.error or self.state, "retryable": bool(self.retryable), "state": self.state}
 
 
-_SEED = ("INSERT INTO app.execution_steps (tenant_id, execution_id, step_id, position, action, max_attempts, state,"
-         " output, reused, finished_at) SELECT app.current_tenant_id(), %s, %s, %s, %s, %s, %s, %s, %s,"
-         " CASE WHEN %s THEN clock_timestamp() END ON CONFLICT DO NOTHING")
+_SEED = (
+    "INSERT INTO app.execution_steps (tenant_id, execution_id, step_id, position, action, max_attempts, state,"
+    " output, reused, finished_at) SELECT app.current_tenant_id(), %s, %s, %s, %s, %s, %s, %s, %s,"
+    " CASE WHEN %s THEN clock_timestamp() END ON CONFLICT DO NOTHING"
+)
 _ATTEMPT_COLUMNS = sql.SQL(
     "execution_id, step_id, phase, attempt, action, remote, state, output, error, retryable, token_nonce,"
-    " token_expires_at, token_used_at, dispatched_at, finished_at")
+    " token_expires_at, token_used_at, dispatched_at, finished_at"
+)
 _BEGIN = sql.SQL(
     "INSERT INTO app.step_attempts (tenant_id, execution_id, step_id, phase, attempt, action, remote, token_nonce,"
     " token_expires_at) VALUES (app.current_tenant_id(), %s, %s, %s, %s, %s, %s, %s, %s)"
-    " ON CONFLICT DO NOTHING RETURNING {}").format(_ATTEMPT_COLUMNS)
+    " ON CONFLICT DO NOTHING RETURNING {}"
+).format(_ATTEMPT_COLUMNS)
 _GET_ATTEMPT = sql.SQL(
     "SELECT {} FROM app.step_attempts WHERE execution_id = %s AND step_id = %s AND phase = %s AND attempt = %s"
 ).format(_ATTEMPT_COLUMNS)
 _FINISH = sql.SQL(
     "UPDATE app.step_attempts SET state = %s, output = %s, error = %s, retryable = %s,"
     " finished_at = clock_timestamp() WHERE execution_id = %s AND step_id = %s AND phase = %s AND attempt = %s"
-    " AND state = 'dispatched' RETURNING {}").format(_ATTEMPT_COLUMNS)
+    " AND state = 'dispatched' RETURNING {}"
+).format(_ATTEMPT_COLUMNS)
 # A NULL output parameter keeps the stored output (a JSON null output arrives as the jsonb value null).
-_STEP_STATE = ("UPDATE app.execution_steps SET state = %s, attempt = GREATEST(attempt, %s), error = %s,"
-               " retry_at = NULL, output = COALESCE(%s, output), updated_at = clock_timestamp(),"
-               " started_at = COALESCE(started_at, CASE WHEN %s THEN clock_timestamp() END),"
-               " finished_at = CASE WHEN %s THEN clock_timestamp() END"
-               " WHERE execution_id = %s AND step_id = %s")
-_MOVE_STEP = ("UPDATE app.execution_steps SET state = %s, error = COALESCE(%s, error), retry_at = %s,"
-              " updated_at = clock_timestamp(), finished_at = CASE WHEN %s THEN clock_timestamp() END"
-              " WHERE execution_id = %s AND step_id = %s AND state = ANY(%s) RETURNING action, attempt")
-_STEPS = ("SELECT step_id, action, state, attempt, max_attempts, output, error, retry_at, reused, child_execution_id,"
-          " started_at, finished_at FROM app.execution_steps WHERE execution_id = %s ORDER BY position")
-_ATTEMPTS = sql.SQL("SELECT {} FROM app.step_attempts WHERE execution_id = %s"
-                    " ORDER BY dispatched_at, step_id, phase, attempt").format(_ATTEMPT_COLUMNS)
+_STEP_STATE = (
+    "UPDATE app.execution_steps SET state = %s, attempt = GREATEST(attempt, %s), error = %s,"
+    " retry_at = NULL, output = COALESCE(%s, output), updated_at = clock_timestamp(),"
+    " started_at = COALESCE(started_at, CASE WHEN %s THEN clock_timestamp() END),"
+    " finished_at = CASE WHEN %s THEN clock_timestamp() END"
+    " WHERE execution_id = %s AND step_id = %s"
+)
+_MOVE_STEP = (
+    "UPDATE app.execution_steps SET state = %s, error = COALESCE(%s, error), retry_at = %s,"
+    " updated_at = clock_timestamp(), finished_at = CASE WHEN %s THEN clock_timestamp() END"
+    " WHERE execution_id = %s AND step_id = %s AND state = ANY(%s) RETURNING action, attempt"
+)
+_STEPS = (
+    "SELECT step_id, action, state, attempt, max_attempts, output, error, retry_at, reused, child_execution_id,"
+    " started_at, finished_at FROM app.execution_steps WHERE execution_id = %s ORDER BY position"
+)
+_ATTEMPTS = sql.SQL(
+    "SELECT {} FROM app.step_attempts WHERE execution_id = %s ORDER BY dispatched_at, step_id, phase, attempt"
+).format(_ATTEMPT_COLUMNS)
 _USE_TOKEN = sql.SQL(
     "UPDATE app.step_attempts SET token_used_at = clock_timestamp() WHERE token_nonce = %s"
     " AND token_used_at IS NULL AND token_expires_at > clock_timestamp() AND state = 'dispatched'"
-    " RETURNING {}").format(_ATTEMPT_COLUMNS)
+    " RETURNING {}"
+).format(_ATTEMPT_COLUMNS)
 _ATTEMPT_BY_NONCE = sql.SQL("SELECT {} FROM app.step_attempts WHERE token_nonce = %s").format(_ATTEMPT_COLUMNS)
 _SET_CHILD = "UPDATE app.execution_steps SET child_execution_id = %s WHERE execution_id = %s AND step_id = %s"
 
-_RESULT_EVENTS = {("run", True): "step_completed", ("run", False): "step_failed",
-                  ("compensate", True): "compensation_completed", ("compensate", False): "compensation_failed"}
+_RESULT_EVENTS = {
+    ("run", True): "step_completed",
+    ("run", False): "step_failed",
+    ("compensate", True): "compensation_completed",
+    ("compensate", False): "compensation_failed",
+}
 # Domain events (platform-events) of an applied attempt result. An abandoned attempt has none: the step's own move
 # to cancelled says what happened.
 _OUTCOME_EVENTS: dict[tuple[Phase, AttemptState], str] = {
-    ("run", "succeeded"): "step.completed", ("run", "failed"): "step.failed", ("run", "timed_out"): "step.failed",
-    ("compensate", "succeeded"): "step.compensated", ("compensate", "failed"): "step.compensation_failed",
-    ("compensate", "timed_out"): "step.compensation_failed"}
+    ("run", "succeeded"): "step.completed",
+    ("run", "failed"): "step.failed",
+    ("run", "timed_out"): "step.failed",
+    ("compensate", "succeeded"): "step.compensated",
+    ("compensate", "failed"): "step.compensation_failed",
+    ("compensate", "timed_out"): "step.compensation_failed",
+}
 # Domain events of a step moved without an attempt result (failed before it ran, skipped by `when`, cancelled).
 _MOVE_EVENTS = {"failed": "step.failed", "skipped": "step.skipped", "cancelled": "step.cancelled"}
 
 
 def _attempt(row: DictRow) -> Attempt:
     key = AttemptKey(row["execution_id"], row["step_id"], row["phase"], row["attempt"])
-    fields = {name: row[name] for name in ("action", "remote", "state", "output", "error", "retryable", "token_nonce",
-                                           "token_expires_at", "token_used_at", "dispatched_at", "finished_at")}
+    fields = {
+        name: row[name]
+        for name in (
+            "action",
+            "remote",
+            "state",
+            "output",
+            "error",
+            "retryable",
+            "token_nonce",
+            "token_expires_at",
+            "token_used_at",
+            "dispatched_at",
+            "finished_at",
+        )
+    }
     return Attempt(key=key, **fields)
 
 
@@ -141,37 +175,77 @@ def _key_params(key: AttemptKey) -> tuple[Any, ...]:
 def seed_steps(conn: Conn, execution_id: UUID, steps: Sequence[StepSeed]) -> None:
     """Record every step of a new execution (pending, or succeeded when reused from the retried execution)."""
     with conn.cursor() as cursor:
-        cursor.executemany(_SEED, [
-            (execution_id, step.step_id, position, step.action, step.max_attempts,
-             "succeeded" if step.reused else "pending", Jsonb(step.reused_output) if step.reused else None,
-             step.reused, step.reused)
-            for position, step in enumerate(steps)])
+        cursor.executemany(
+            _SEED,
+            [
+                (
+                    execution_id,
+                    step.step_id,
+                    position,
+                    step.action,
+                    step.max_attempts,
+                    "succeeded" if step.reused else "pending",
+                    Jsonb(step.reused_output) if step.reused else None,
+                    step.reused,
+                    step.reused,
+                )
+                for position, step in enumerate(steps)
+            ],
+        )
 
 
-def _set_step_state(conn: Conn, execution_id: UUID, step_id: str, state: str, *, attempt: int = 0,
-                    error: str | None = None, output: Jsonb | None = None, started: bool = False,
-                    finished: bool = False) -> None:
+def _set_step_state(
+    conn: Conn,
+    execution_id: UUID,
+    step_id: str,
+    state: str,
+    *,
+    attempt: int = 0,
+    error: str | None = None,
+    output: Jsonb | None = None,
+    started: bool = False,
+    finished: bool = False,
+) -> None:
     """Move a step's summary row along with its attempt (no event: the caller writes the one that says why)."""
     conn.execute(_STEP_STATE, (state, attempt, error, output, started, finished, execution_id, step_id))
 
 
-def move_step(conn: Conn, execution_id: UUID, step_id: str, state: str, from_states: Sequence[str], *,
-              error: str | None = None, retry_at: datetime | None = None, finished: bool = False) -> bool:
+def move_step(
+    conn: Conn,
+    execution_id: UUID,
+    step_id: str,
+    state: str,
+    from_states: Sequence[str],
+    *,
+    error: str | None = None,
+    retry_at: datetime | None = None,
+    finished: bool = False,
+) -> bool:
     """Move a step only from one of `from_states`; False when it was elsewhere (already moved: record nothing)."""
-    row = conn.execute(_MOVE_STEP, (state, error, retry_at, finished, execution_id, step_id,
-                                    list(from_states))).fetchone()
+    row = conn.execute(
+        _MOVE_STEP, (state, error, retry_at, finished, execution_id, step_id, list(from_states))
+    ).fetchone()
     if row is None:
         return False
     event_type = _MOVE_EVENTS.get(state)
     if event_type is not None:
-        _publish_step(conn, event_type, execution_id, step_id, action=row["action"], attempt=row["attempt"],
-                      error=error)
+        _publish_step(
+            conn, event_type, execution_id, step_id, action=row["action"], attempt=row["attempt"], error=error
+        )
     return True
 
 
-def begin_attempt(conn: Conn, key: AttemptKey, *, action: str, remote: bool, token_nonce: str | None = None,
-                  token_expires_at: datetime | None = None, event_data: dict[str, Any] | None = None,
-                  step_state: str | None = None) -> tuple[Attempt, bool]:
+def begin_attempt(
+    conn: Conn,
+    key: AttemptKey,
+    *,
+    action: str,
+    remote: bool,
+    token_nonce: str | None = None,
+    token_expires_at: datetime | None = None,
+    event_data: dict[str, Any] | None = None,
+    step_state: str | None = None,
+) -> tuple[Attempt, bool]:
     """Record an attempt as dispatched and write its start event; returns it and whether this call created it.
 
     Run again (a re-executed activity), it changes nothing and returns the recorded attempt.
@@ -179,14 +253,16 @@ def begin_attempt(conn: Conn, key: AttemptKey, *, action: str, remote: bool, tok
     row = conn.execute(_BEGIN, (*_key_params(key), action, remote, token_nonce, token_expires_at)).fetchone()
     if row is None:
         existing = conn.execute(_GET_ATTEMPT, _key_params(key)).fetchone()
-        assert existing is not None  # noqa: S101  # the conflict is on this very key
+        assert existing is not None  # the conflict is on this very key
         return _attempt(existing), False
     state = step_state or ("running" if key.phase == "run" else "compensating")
-    _set_step_state(conn, key.execution_id, key.step_id, state, attempt=key.attempt if key.phase == "run" else 0,
-                    started=True)
+    _set_step_state(
+        conn, key.execution_id, key.step_id, state, attempt=key.attempt if key.phase == "run" else 0, started=True
+    )
     event = "step_started" if key.phase == "run" else "compensation_started"
-    append_event(conn, key.execution_id, event, key.step_id,
-                 {"attempt": key.attempt, "action": action, **(event_data or {})})
+    append_event(
+        conn, key.execution_id, event, key.step_id, {"attempt": key.attempt, "action": action, **(event_data or {})}
+    )
     return _attempt(row), True
 
 
@@ -196,16 +272,32 @@ def get_attempt(conn: Conn, key: AttemptKey) -> Attempt | None:
     return None if row is None else _attempt(row)
 
 
-def finish_attempt(conn: Conn, key: AttemptKey, *, ok: bool, output: Any = None, error: str | None = None,
-                   retryable: bool = True, state: AttemptState | None = None) -> tuple[Attempt, bool]:
+def finish_attempt(
+    conn: Conn,
+    key: AttemptKey,
+    *,
+    ok: bool,
+    output: Any = None,
+    error: str | None = None,
+    retryable: bool = True,
+    state: AttemptState | None = None,
+) -> tuple[Attempt, bool]:
     """Apply an attempt's result once: returns the attempt as recorded and whether this call applied it.
 
     A result that arrives after another (a duplicate delivery, a late worker after a timeout) changes nothing;
     the caller gets the result that was applied first.
     """
     final_state: AttemptState = state or ("succeeded" if ok else "failed")
-    row = conn.execute(_FINISH, (final_state, Jsonb(output) if ok else None, None if ok else error,
-                                 None if ok else retryable, *_key_params(key))).fetchone()
+    row = conn.execute(
+        _FINISH,
+        (
+            final_state,
+            Jsonb(output) if ok else None,
+            None if ok else error,
+            None if ok else retryable,
+            *_key_params(key),
+        ),
+    ).fetchone()
     if row is None:
         existing = conn.execute(_GET_ATTEMPT, _key_params(key)).fetchone()
         if existing is None:
@@ -213,11 +305,25 @@ def finish_attempt(conn: Conn, key: AttemptKey, *, ok: bool, output: Any = None,
         return _attempt(existing), False
     attempt = _attempt(row)
     if key.phase == "run":
-        _set_step_state(conn, key.execution_id, key.step_id, "succeeded" if ok else "failed", attempt=key.attempt,
-                        error=None if ok else error, output=Jsonb(output) if ok else None, finished=True)
+        _set_step_state(
+            conn,
+            key.execution_id,
+            key.step_id,
+            "succeeded" if ok else "failed",
+            attempt=key.attempt,
+            error=None if ok else error,
+            output=Jsonb(output) if ok else None,
+            finished=True,
+        )
     else:
-        _set_step_state(conn, key.execution_id, key.step_id, "compensated" if ok else "compensation_failed",
-                        error=None if ok else error, finished=True)
+        _set_step_state(
+            conn,
+            key.execution_id,
+            key.step_id,
+            "compensated" if ok else "compensation_failed",
+            error=None if ok else error,
+            finished=True,
+        )
     data: dict[str, Any] = {"attempt": key.attempt}
     if ok:
         data["output"] = output
@@ -229,23 +335,50 @@ def finish_attempt(conn: Conn, key: AttemptKey, *, ok: bool, output: Any = None,
         duration_ms = None
         if attempt.finished_at is not None:
             duration_ms = round((attempt.finished_at - attempt.dispatched_at).total_seconds() * 1000)
-        _publish_step(conn, event_type, key.execution_id, key.step_id, action=attempt.action, attempt=key.attempt,
-                      error=attempt.error, reason=None if ok else final_state, duration_ms=duration_ms)
+        _publish_step(
+            conn,
+            event_type,
+            key.execution_id,
+            key.step_id,
+            action=attempt.action,
+            attempt=key.attempt,
+            error=attempt.error,
+            reason=None if ok else final_state,
+            duration_ms=duration_ms,
+        )
     return attempt, True
 
 
-def _publish_step(conn: Conn, event_type: str, execution_id: UUID, step_id: str, *, action: str, attempt: int,
-                  error: str | None = None, reason: str | None = None, duration_ms: int | None = None) -> None:
+def _publish_step(
+    conn: Conn,
+    event_type: str,
+    execution_id: UUID,
+    step_id: str,
+    *,
+    action: str,
+    attempt: int,
+    error: str | None = None,
+    reason: str | None = None,
+    duration_ms: int | None = None,
+) -> None:
     """A step's domain event (outbox, the caller's transaction) and, for step.completed/failed, its telemetry."""
-    data: dict[str, Any] = {"execution_id": str(execution_id), "step_id": step_id, "action": action,
-                            "attempt": attempt}
+    data: dict[str, Any] = {"execution_id": str(execution_id), "step_id": step_id, "action": action, "attempt": attempt}
     for name, value in (("error", error), ("reason", reason), ("duration_ms", duration_ms)):
         if value is not None:
             data[name] = value
     enqueued = enqueue_event(conn, event_type, f"executions/{execution_id}/steps/{step_id}", data)
     if event_type in telemetry.EVENTS:
-        telemetry.emit(event_type, tenant_id=enqueued.tenant_id, execution_id=execution_id, step_id=step_id,
-                       action=action, attempt=attempt, duration_ms=duration_ms, reason=reason, error=error)
+        telemetry.emit(
+            event_type,
+            tenant_id=enqueued.tenant_id,
+            execution_id=execution_id,
+            step_id=step_id,
+            action=action,
+            attempt=attempt,
+            duration_ms=duration_ms,
+            reason=reason,
+            error=error,
+        )
 
 
 def use_task_token(conn: Conn, nonce: str) -> Attempt | None:

@@ -52,11 +52,15 @@ _CAUSE_MAX_CHARS = 1000
 
 _STUCK_TENANTS = "SELECT tenant_id FROM app.execution_sweep_tenants(%s, %s, %s) AS stuck (tenant_id)"
 # Oldest claim first; whether a claim is stale is decided by the start path's claim statement, not here.
-_PENDING_STARTS = ("SELECT id FROM app.executions WHERE status = 'pending' AND parent_execution_id IS NULL"
-                   " ORDER BY start_claimed_at NULLS FIRST, id LIMIT %s")
+_PENDING_STARTS = (
+    "SELECT id FROM app.executions WHERE status = 'pending' AND parent_execution_id IS NULL"
+    " ORDER BY start_claimed_at NULLS FIRST, id LIMIT %s"
+)
 # Random among the quiet: a tenant whose oldest executions wait for days legitimately still gets the rest checked.
-_QUIET = ("SELECT id FROM app.executions WHERE status IN ('running', 'waiting', 'compensating')"
-          " AND updated_at < clock_timestamp() - make_interval(secs => %s) ORDER BY random() LIMIT %s")
+_QUIET = (
+    "SELECT id FROM app.executions WHERE status IN ('running', 'waiting', 'compensating')"
+    " AND updated_at < clock_timestamp() - make_interval(secs => %s) ORDER BY random() LIMIT %s"
+)
 _STILL_RUNS = frozenset({"Running", "Pending", "Suspended", "ContinuedAsNew"})
 
 
@@ -66,8 +70,9 @@ class DurableClient(EventRaiser, Protocol):
     async def get_status(self, instance_id: str) -> Any:
         """The instance's status; falsy (or None) when no such instance exists."""
 
-    async def start_new(self, orchestration_function_name: str, instance_id: str | None = None,
-                        client_input: Any | None = None) -> str:
+    async def start_new(
+        self, orchestration_function_name: str, instance_id: str | None = None, client_input: Any | None = None
+    ) -> str:
         """Start an orchestration with the given instance id and input."""
 
 
@@ -91,16 +96,26 @@ class TenantSweep:
     checked: int = 0
 
 
-def stuck_tenants(max_tenants: int = MAX_TENANTS, *, start_grace_s: float = START_GRACE_S, quiet_s: float = QUIET_S,
-                  control_pool: ConnectionPool[Any] | None = None) -> list[UUID]:
+def stuck_tenants(
+    max_tenants: int = MAX_TENANTS,
+    *,
+    start_grace_s: float = START_GRACE_S,
+    quiet_s: float = QUIET_S,
+    control_pool: ConnectionPool[Any] | None = None,
+) -> list[UUID]:
     """Ids of the tenants with a stalled start or a quiet unfinished execution (no row of theirs is read here)."""
     with platform_transaction(pool=control_pool) as conn:
         rows = conn.execute(_STUCK_TENANTS, (start_grace_s, quiet_s, max_tenants)).fetchall()
     return [UUID(str(row["tenant_id"])) for row in rows]
 
 
-def claim_stalled_starts(tenant_id: UUID, *, limit: int = MAX_STARTS_PER_TENANT,
-                         start_grace_s: float = START_GRACE_S, pool: ConnectionPool[Any] | None = None) -> list[UUID]:
+def claim_stalled_starts(
+    tenant_id: UUID,
+    *,
+    limit: int = MAX_STARTS_PER_TENANT,
+    start_grace_s: float = START_GRACE_S,
+    pool: ConnectionPool[Any] | None = None,
+) -> list[UUID]:
     """Take over the tenant's stalled top-level starts (at most `limit`); each claim commits before anything starts."""
     with tenant_transaction(tenant_id, pool=pool) as conn:
         candidates = [row["id"] for row in conn.execute(_PENDING_STARTS, (limit,)).fetchall()]
@@ -113,8 +128,9 @@ def claim_stalled_starts(tenant_id: UUID, *, limit: int = MAX_STARTS_PER_TENANT,
     return claimed
 
 
-def start_input(tenant_id: UUID, execution_id: UUID, *, pool: ConnectionPool[Any] | None = None
-                ) -> dict[str, Any] | str | None:
+def start_input(
+    tenant_id: UUID, execution_id: UUID, *, pool: ConnectionPool[Any] | None = None
+) -> dict[str, Any] | str | None:
     """The orchestration input of a claimed start, rebuilt as the start path does; None when it is no longer
     pending, or the cause when it can no longer start (the tenant is not active, the pinned version no longer
     validates), with which it has then ended `failed`."""
@@ -134,8 +150,13 @@ def start_input(tenant_id: UUID, execution_id: UUID, *, pool: ConnectionPool[Any
             return cause
 
 
-def quiet_executions(tenant_id: UUID, *, limit: int = MAX_CHECKS_PER_TENANT, quiet_s: float = QUIET_S,
-                     pool: ConnectionPool[Any] | None = None) -> list[UUID]:
+def quiet_executions(
+    tenant_id: UUID,
+    *,
+    limit: int = MAX_CHECKS_PER_TENANT,
+    quiet_s: float = QUIET_S,
+    pool: ConnectionPool[Any] | None = None,
+) -> list[UUID]:
     """Up to `limit` of the tenant's unfinished executions whose status has not changed for `quiet_s` seconds."""
     with tenant_transaction(tenant_id, pool=pool) as conn:
         return [row["id"] for row in conn.execute(_QUIET, (quiet_s, limit)).fetchall()]
@@ -172,8 +193,9 @@ class Ended:
 _OPEN_STEPS = ("running", "waiting", "retrying")
 
 
-def end_execution(tenant_id: UUID, execution_id: UUID, cause: str, *,
-                  pool: ConnectionPool[Any] | None = None) -> Ended | None:
+def end_execution(
+    tenant_id: UUID, execution_id: UUID, cause: str, *, pool: ConnectionPool[Any] | None = None
+) -> Ended | None:
     """End the execution `failed` with `cause` unless it has ended meanwhile, and with it the steps its
     orchestration left open (abandoned, cancelled); None when it had ended already."""
     try:
@@ -191,8 +213,9 @@ def end_execution(tenant_id: UUID, execution_id: UUID, cause: str, *,
     return Ended(tuple(step["child_execution_id"] for step in open_steps if step["child_execution_id"]))
 
 
-async def _end(tenant_id: UUID, execution_id: UUID, cause: str, client: DurableClient,
-               pool: ConnectionPool[Any] | None) -> bool:
+async def _end(
+    tenant_id: UUID, execution_id: UUID, cause: str, client: DurableClient, pool: ConnectionPool[Any] | None
+) -> bool:
     """End the execution, then pass the end down to its running children as a cancel (as a stopping run does)."""
     ended = await asyncio.to_thread(end_execution, tenant_id, execution_id, cause, pool=pool)
     if ended is None:
@@ -202,8 +225,9 @@ async def _end(tenant_id: UUID, execution_id: UUID, cause: str, client: DurableC
     return True
 
 
-async def _settle_stalled_start(tenant_id: UUID, execution_id: UUID, client: DurableClient,
-                                pool: ConnectionPool[Any] | None) -> TenantSweep:
+async def _settle_stalled_start(
+    tenant_id: UUID, execution_id: UUID, client: DurableClient, pool: ConnectionPool[Any] | None
+) -> TenantSweep:
     instance_id = str(execution_id)
     status = await client.get_status(instance_id)
     if status and getattr(status, "runtime_status", None) is not None:
@@ -227,8 +251,9 @@ async def _settle_stalled_start(tenant_id: UUID, execution_id: UUID, client: Dur
     return TenantSweep(started=1, checked=1)
 
 
-async def _settle_quiet(tenant_id: UUID, execution_id: UUID, client: DurableClient,
-                        pool: ConnectionPool[Any] | None) -> TenantSweep:
+async def _settle_quiet(
+    tenant_id: UUID, execution_id: UUID, client: DurableClient, pool: ConnectionPool[Any] | None
+) -> TenantSweep:
     cause = ended_cause(await client.get_status(str(execution_id)))
     if cause is None:
         return TenantSweep(checked=1)
@@ -238,25 +263,41 @@ async def _settle_quiet(tenant_id: UUID, execution_id: UUID, client: DurableClie
     return TenantSweep(ended=int(ended), checked=1)
 
 
-async def sweep_tenant(tenant_id: UUID, client: DurableClient, *, budget: int = MAX_CHECKS_PER_TENANT,
-                       start_grace_s: float = START_GRACE_S, quiet_s: float = QUIET_S,
-                       pool: ConnectionPool[Any] | None = None) -> TenantSweep:
+async def sweep_tenant(
+    tenant_id: UUID,
+    client: DurableClient,
+    *,
+    budget: int = MAX_CHECKS_PER_TENANT,
+    start_grace_s: float = START_GRACE_S,
+    quiet_s: float = QUIET_S,
+    pool: ConnectionPool[Any] | None = None,
+) -> TenantSweep:
     """Start the tenant's stalled starts, then end its quiet executions whose orchestration ended; at most
     `budget` status calls (stalled starts first: they are certainly stuck)."""
-    claimed = await asyncio.to_thread(claim_stalled_starts, tenant_id, limit=min(budget, MAX_STARTS_PER_TENANT),
-                                      start_grace_s=start_grace_s, pool=pool)
+    claimed = await asyncio.to_thread(
+        claim_stalled_starts,
+        tenant_id,
+        limit=min(budget, MAX_STARTS_PER_TENANT),
+        start_grace_s=start_grace_s,
+        pool=pool,
+    )
     results = [await _settle_stalled_start(tenant_id, execution_id, client, pool) for execution_id in claimed]
     left = budget - sum(result.checked for result in results)
     if left > 0:
-        quiet = await asyncio.to_thread(quiet_executions, tenant_id, limit=min(left, MAX_CHECKS_PER_TENANT),
-                                        quiet_s=quiet_s, pool=pool)
+        quiet = await asyncio.to_thread(
+            quiet_executions, tenant_id, limit=min(left, MAX_CHECKS_PER_TENANT), quiet_s=quiet_s, pool=pool
+        )
         results += [await _settle_quiet(tenant_id, execution_id, client, pool) for execution_id in quiet]
-    return TenantSweep(started=sum(r.started for r in results), ended=sum(r.ended for r in results),
-                       checked=sum(r.checked for r in results))
+    return TenantSweep(
+        started=sum(r.started for r in results),
+        ended=sum(r.ended for r in results),
+        checked=sum(r.checked for r in results),
+    )
 
 
-async def sweep(client: DurableClient, *, pool: ConnectionPool[Any] | None = None,
-                control_pool: ConnectionPool[Any] | None = None) -> SweepResult:
+async def sweep(
+    client: DurableClient, *, pool: ConnectionPool[Any] | None = None, control_pool: ConnectionPool[Any] | None = None
+) -> SweepResult:
     """One sweeper run over every tenant with a candidate, within MAX_STATUS_CHECKS status calls; `pool` serves
     the tenant transactions, `control_pool` the control plane's (the process-wide pools when None).
 
@@ -276,5 +317,4 @@ async def sweep(client: DurableClient, *, pool: ConnectionPool[Any] | None = Non
             failed.add(tenant_id)
             continue
         started, ended, checked = started + result.started, ended + result.ended, checked + result.checked
-    return SweepResult(tenants=len(tenants), started=started, ended=ended, checked=checked,
-                       failed_tenants=len(failed))
+    return SweepResult(tenants=len(tenants), started=started, ended=ended, checked=checked, failed_tenants=len(failed))

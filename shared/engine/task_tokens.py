@@ -23,8 +23,9 @@ from shared.engine.steps import AttemptKey
 Conn = psycopg.Connection[DictRow]
 PREFIX = "qpt1"
 _KEY_BYTES = 32
-_CREATE_KEY = "INSERT INTO app.task_token_keys (tenant_id, secret) VALUES (app.current_tenant_id(), %s)" \
-              " ON CONFLICT DO NOTHING"
+_CREATE_KEY = (
+    "INSERT INTO app.task_token_keys (tenant_id, secret) VALUES (app.current_tenant_id(), %s) ON CONFLICT DO NOTHING"
+)
 _READ_KEY = "SELECT secret FROM app.task_token_keys"  # RLS: the current tenant's row only
 
 
@@ -71,7 +72,7 @@ def tenant_key(conn: Conn, tenant_id: UUID) -> bytes:
         return cached
     conn.execute(_CREATE_KEY, (secrets.token_bytes(_KEY_BYTES),))
     row = conn.execute(_READ_KEY).fetchone()
-    assert row is not None  # noqa: S101  # inserted or already there, and visible to this tenant
+    assert row is not None  # inserted or already there, and visible to this tenant
     key = bytes(row["secret"])
     with _keys_lock:
         _keys[tenant_id] = key
@@ -97,8 +98,16 @@ def _signature(key: bytes, payload: str) -> str:
     return _b64(hmac.new(key, f"{PREFIX}.{payload}".encode("ascii"), hashlib.sha256).digest())
 
 
-def issue(conn: Conn, tenant_id: UUID, key: AttemptKey, ttl_s: int, *, now: datetime | None = None,
-          nonce: str | None = None, expires_at: datetime | None = None) -> IssuedToken:
+def issue(
+    conn: Conn,
+    tenant_id: UUID,
+    key: AttemptKey,
+    ttl_s: int,
+    *,
+    now: datetime | None = None,
+    nonce: str | None = None,
+    expires_at: datetime | None = None,
+) -> IssuedToken:
     """A token for one attempt, valid `ttl_s` seconds; its nonce goes on the attempt row (single use).
 
     Given the `nonce` and `expires_at` of a token issued before, it is that same token again (the signature is
@@ -106,8 +115,15 @@ def issue(conn: Conn, tenant_id: UUID, key: AttemptKey, ttl_s: int, *, now: date
     """
     nonce = nonce or secrets.token_urlsafe(18)
     expires_at = expires_at or (now or datetime.now(UTC)) + timedelta(seconds=ttl_s)
-    claims = {"t": str(tenant_id), "e": str(key.execution_id), "s": key.step_id, "p": key.phase,
-              "a": key.attempt, "n": nonce, "x": int(expires_at.timestamp())}
+    claims = {
+        "t": str(tenant_id),
+        "e": str(key.execution_id),
+        "s": key.step_id,
+        "p": key.phase,
+        "a": key.attempt,
+        "n": nonce,
+        "x": int(expires_at.timestamp()),
+    }
     payload = _b64(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
     return IssuedToken(f"{PREFIX}.{payload}.{_signature(tenant_key(conn, tenant_id), payload)}", nonce, expires_at)
 
@@ -129,8 +145,11 @@ def read_claims(token: str) -> TaskClaims:
     try:
         raw = accepted_json.loads(_unb64(parts[1]))
         phase, attempt, expiry = raw["p"], raw["a"], raw["x"]
-        if phase not in ("run", "compensate") or not _whole(attempt, 1, _LAST_ATTEMPT) \
-                or not _whole(expiry, 0, _LAST_EXPIRY):
+        if (
+            phase not in ("run", "compensate")
+            or not _whole(attempt, 1, _LAST_ATTEMPT)
+            or not _whole(expiry, 0, _LAST_EXPIRY)
+        ):
             raise ValueError("claims out of range")
         key = AttemptKey(UUID(raw["e"]), str(raw["s"]), phase, attempt)
         return TaskClaims(UUID(raw["t"]), key, str(raw["n"]), datetime.fromtimestamp(expiry, UTC))

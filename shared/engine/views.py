@@ -16,10 +16,19 @@ def step_views(steps: Sequence[dict[str, Any]], attempts: Sequence[Attempt]) -> 
     """The steps in definition order, each with its attempts (work and compensation) oldest first."""
     by_step: dict[str, list[dict[str, Any]]] = {}
     for attempt in attempts:
-        by_step.setdefault(attempt.key.step_id, []).append({
-            "phase": attempt.key.phase, "attempt": attempt.key.attempt, "action": attempt.action,
-            "remote": attempt.remote, "state": attempt.state, "output": attempt.output, "error": attempt.error,
-            "started_at": attempt.dispatched_at, "finished_at": attempt.finished_at})
+        by_step.setdefault(attempt.key.step_id, []).append(
+            {
+                "phase": attempt.key.phase,
+                "attempt": attempt.key.attempt,
+                "action": attempt.action,
+                "remote": attempt.remote,
+                "state": attempt.state,
+                "output": attempt.output,
+                "error": attempt.error,
+                "started_at": attempt.dispatched_at,
+                "finished_at": attempt.finished_at,
+            }
+        )
     return [{**step, "attempts": by_step.get(step["step_id"], [])} for step in steps]
 
 
@@ -38,8 +47,9 @@ def wait_reason(execution: Execution, steps: Sequence[dict[str, Any]], now: date
             reasons.append(f"waiting for a worker to complete step {step_id}")
         elif state == "retrying" and step["retry_at"] is not None:
             seconds = max(0, math.ceil((step["retry_at"] - now).total_seconds()))
-            reasons.append(f"retrying step {step_id} in {seconds} s (attempt {step['attempt'] + 1} of "
-                           f"{step['max_attempts']})")
+            reasons.append(
+                f"retrying step {step_id} in {seconds} s (attempt {step['attempt'] + 1} of {step['max_attempts']})"
+            )
         elif state == "running" and step["action"] == "wait":
             reasons.append(f"waiting on a timer (step {step_id})")
     if execution.cancel_requested_at is not None:

@@ -59,34 +59,52 @@ def run_item(item: WorkItem, modules: Mapping[str, Module[Any]] = BUILTIN_MODULE
         logger.warning("module-work: no attempt %s; skipped", key)
         return None
     if not attempt.finished:
-        ctx = ModuleContext(tenant_id=item.tenant_id, execution_id=str(item.execution_id), step_id=item.step_id,
-                            attempt=item.attempt, tenant_settings=settings)
+        ctx = ModuleContext(
+            tenant_id=item.tenant_id,
+            execution_id=str(item.execution_id),
+            step_id=item.step_id,
+            attempt=item.attempt,
+            tenant_settings=settings,
+        )
         try:
             output = claim_check(item.tenant_id, key, run_module(item.action, ctx, item.params, modules))
             result: dict[str, Any] = {"ok": True, "output": output}
         except StepFailed as exc:
             result = {"ok": False, "error": exc.message, "retryable": exc.retryable}
         with tenant_transaction(item.tenant_id) as conn:
-            attempt, _ = store.finish_attempt(conn, key, ok=result["ok"], output=result.get("output"),
-                                              error=result.get("error"), retryable=result.get("retryable", True))
+            attempt, _ = store.finish_attempt(
+                conn,
+                key,
+                ok=result["ok"],
+                output=result.get("output"),
+                error=result.get("error"),
+                retryable=result.get("retryable", True),
+            )
     return Outcome(str(item.execution_id), key.event_name, attempt.verdict())
 
 
-async def process_batch(bodies: Iterable[bytes | str], client: EventRaiser,
-                        modules: Mapping[str, Module[Any]] = BUILTIN_MODULES) -> int:
+async def process_batch(
+    bodies: Iterable[bytes | str], client: EventRaiser, modules: Mapping[str, Module[Any]] = BUILTIN_MODULES
+) -> int:
     """Run a batch's built-in items concurrently and raise each verdict; returns how many were raised.
 
     Remote items are left to their tenant's workers. If any verdict could not be raised, the batch fails after
     the others were raised, so a redelivery (or the step's timeout) brings the recorded verdict through.
     """
     items = [item for item in parse_items(bodies) if not item.remote]
-    outcomes = await asyncio.gather(*(asyncio.to_thread(run_item, item, modules) for item in items),
-                                    return_exceptions=True)
+    outcomes = await asyncio.gather(
+        *(asyncio.to_thread(run_item, item, modules) for item in items), return_exceptions=True
+    )
     raised, failures = 0, []
     for item, outcome in zip(items, outcomes, strict=True):
         if isinstance(outcome, BaseException):
-            logger.error("module-work: %s %s attempt %s could not be recorded: %s", item.execution_id, item.step_id,
-                         item.attempt, outcome)
+            logger.error(
+                "module-work: %s %s attempt %s could not be recorded: %s",
+                item.execution_id,
+                item.step_id,
+                item.attempt,
+                outcome,
+            )
             failures.append(outcome)
             continue
         if outcome is None:

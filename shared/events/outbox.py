@@ -11,8 +11,10 @@ import psycopg
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
-_INSERT = ("INSERT INTO app.outbox (tenant_id, event_type, subject, data) VALUES (app.current_tenant_id(), %s, %s, %s)"
-           " RETURNING id, tenant_id")
+_INSERT = (
+    "INSERT INTO app.outbox (tenant_id, event_type, subject, data) VALUES (app.current_tenant_id(), %s, %s, %s)"
+    " RETURNING id, tenant_id"
+)
 
 
 @dataclass(frozen=True)
@@ -23,11 +25,10 @@ class Enqueued:
     tenant_id: UUID
 
 
-def enqueue_event(conn: psycopg.Connection[DictRow], event_type: str, subject: str,
-                  data: dict[str, Any]) -> Enqueued:
+def enqueue_event(conn: psycopg.Connection[DictRow], event_type: str, subject: str, data: dict[str, Any]) -> Enqueued:
     """Add an event for the current tenant to the outbox (published later, at least once)."""
     row = conn.execute(_INSERT, (event_type, subject, Jsonb(data))).fetchone()
-    assert row is not None  # noqa: S101  # INSERT ... RETURNING
+    assert row is not None  # INSERT ... RETURNING
     return Enqueued(UUID(str(row["id"])), UUID(str(row["tenant_id"])))
 
 

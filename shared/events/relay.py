@@ -24,10 +24,13 @@ from shared.events.publisher import PLATFORM_EVENTS_HUB, EventPublisher, Outboun
 
 _PENDING_TENANTS = "SELECT tenant_id FROM app.outbox_pending_tenants(%s) AS pending (tenant_id)"
 # A relay that finds another one on this tenant moves on; the other one is sending these events already.
-_TENANT_LOCK = ("SELECT pg_try_advisory_xact_lock(hashtextextended('outbox-relay:' || app.current_tenant_id()::text,"
-                " 0)) AS locked")
-_UNPUBLISHED = ("SELECT id, event_type, subject, data, occurred_at FROM app.outbox WHERE published_at IS NULL"
-                " ORDER BY position LIMIT %s FOR UPDATE SKIP LOCKED")
+_TENANT_LOCK = (
+    "SELECT pg_try_advisory_xact_lock(hashtextextended('outbox-relay:' || app.current_tenant_id()::text, 0)) AS locked"
+)
+_UNPUBLISHED = (
+    "SELECT id, event_type, subject, data, occurred_at FROM app.outbox WHERE published_at IS NULL"
+    " ORDER BY position LIMIT %s FOR UPDATE SKIP LOCKED"
+)
 _MARK = "UPDATE app.outbox SET published_at = clock_timestamp() WHERE id = ANY(%s) AND published_at IS NULL"
 
 logger = logging.getLogger(__name__)
@@ -47,11 +50,19 @@ def envelope(tenant_id: UUID, row: DictRow) -> OutboundEvent:
     event_id = str(row["id"])
     occurred_at: datetime = row["occurred_at"]
     body: dict[str, Any] = {
-        "id": event_id, "type": row["event_type"], "time": occurred_at.isoformat(), "tenant_id": str(tenant_id),
-        "subject": row["subject"], "data": row["data"],
+        "id": event_id,
+        "type": row["event_type"],
+        "time": occurred_at.isoformat(),
+        "tenant_id": str(tenant_id),
+        "subject": row["subject"],
+        "data": row["data"],
     }
-    properties: dict[str, PropertyValue] = {"event_id": event_id, "event_type": row["event_type"],
-                                            "tenant_id": str(tenant_id), "subject": row["subject"]}
+    properties: dict[str, PropertyValue] = {
+        "event_id": event_id,
+        "event_type": row["event_type"],
+        "tenant_id": str(tenant_id),
+        "subject": row["subject"],
+    }
     return OutboundEvent(body, str(tenant_id), properties)
 
 
@@ -61,8 +72,9 @@ def pending_tenants(max_tenants: int, *, pool: ConnectionPool[Any] | None = None
         return [UUID(str(row["tenant_id"])) for row in conn.execute(_PENDING_TENANTS, (max_tenants,)).fetchall()]
 
 
-def relay_tenant(tenant_id: UUID, publisher: EventPublisher, *, batch_size: int = 100,
-                 pool: ConnectionPool[Any] | None = None) -> int:
+def relay_tenant(
+    tenant_id: UUID, publisher: EventPublisher, *, batch_size: int = 100, pool: ConnectionPool[Any] | None = None
+) -> int:
     """Publish up to `batch_size` of the tenant's unpublished events and mark them; returns how many went."""
     with tenant_transaction(tenant_id, pool=pool) as conn:
         locked = conn.execute(_TENANT_LOCK).fetchone()
@@ -76,9 +88,15 @@ def relay_tenant(tenant_id: UUID, publisher: EventPublisher, *, batch_size: int 
         return len(rows)
 
 
-def relay_pending(publisher: Callable[[], EventPublisher] = get_publisher, *, batch_size: int = 100,
-                  max_tenants: int = 100, max_rounds: int = 10, pool: ConnectionPool[Any] | None = None,
-                  control_pool: ConnectionPool[Any] | None = None) -> RelayResult:
+def relay_pending(
+    publisher: Callable[[], EventPublisher] = get_publisher,
+    *,
+    batch_size: int = 100,
+    max_tenants: int = 100,
+    max_rounds: int = 10,
+    pool: ConnectionPool[Any] | None = None,
+    control_pool: ConnectionPool[Any] | None = None,
+) -> RelayResult:
     """Relay every tenant's waiting events, one batch per tenant per round, until none wait or `max_rounds`;
     `pool` serves the tenant transactions, `control_pool` the control plane's (the process-wide pools when None).
 

@@ -38,8 +38,7 @@ logger = logging.getLogger(__name__)
 UNATTRIBUTED = "unknown"
 """The telemetry tenant of an event whose sender could not be established (nothing is written to any tenant)."""
 
-_REASONS = {400: "invalid", 403: "forbidden", 404: "not_found", 409: "conflict", 422: "invalid",
-            429: "quota_exceeded"}
+_REASONS = {400: "invalid", 403: "forbidden", 404: "not_found", 409: "conflict", 422: "invalid", 429: "quota_exceeded"}
 
 
 @dataclass(frozen=True)
@@ -63,10 +62,15 @@ class Rejected(Exception):
 def _invalid_body(exc: ValueError) -> Rejected:
     if isinstance(exc, ValidationError):
         errors = [FieldError(pointer=json_pointer(error["loc"]), detail=error["msg"]) for error in exc.errors()]
-        return Rejected("invalid", ProblemError(422, "validation-error", "Request validation failed",
-                                                f"{len(errors)} invalid field(s)", errors=errors))
-    return Rejected("invalid", ProblemError(422, "validation-error", "Request validation failed",
-                                            "the body is not a JSON object"))
+        return Rejected(
+            "invalid",
+            ProblemError(
+                422, "validation-error", "Request validation failed", f"{len(errors)} invalid field(s)", errors=errors
+            ),
+        )
+    return Rejected(
+        "invalid", ProblemError(422, "validation-error", "Request validation failed", "the body is not a JSON object")
+    )
 
 
 def _refused(exc: ProblemError) -> Rejected | None:
@@ -77,35 +81,57 @@ def _refused(exc: ProblemError) -> Rejected | None:
 
 def _problem(rejected: Rejected, event: IngressEvent) -> dict[str, Any]:
     p = rejected.problem
-    return problem_document(p.status, p.slug, p.title, p.detail, instance=f"{event.hub}/{event.event_id}",
-                            errors=p.errors, extensions=p.extensions)
+    return problem_document(
+        p.status,
+        p.slug,
+        p.title,
+        p.detail,
+        instance=f"{event.hub}/{event.event_id}",
+        errors=p.errors,
+        extensions=p.extensions,
+    )
 
 
 def _record(context: RequestContext, event: IngressEvent, rejected: Rejected, key: str | None) -> bool:
-    rejection = NewRejection(hub=event.hub, partition_id=event.partition_id, sequence_number=event.sequence_number,
-                             enqueued_time=event.enqueued_time, reason=rejected.reason,
-                             detail=_problem(rejected, event), requested_by=context.principal.id, idempotency_key=key)
+    rejection = NewRejection(
+        hub=event.hub,
+        partition_id=event.partition_id,
+        sequence_number=event.sequence_number,
+        enqueued_time=event.enqueued_time,
+        reason=rejected.reason,
+        detail=_problem(rejected, event),
+        requested_by=context.principal.id,
+        idempotency_key=key,
+    )
     with tenant_transaction(context.tenant.id) as conn:
         return record_rejection(conn, rejection)
 
 
 async def _reject(context: RequestContext, event: IngressEvent, rejected: Rejected, key: str | None) -> Outcome:
     if await asyncio.to_thread(_record, context, event, rejected, key):
-        telemetry.emit("ingress.rejected", tenant_id=context.tenant.id, reason=rejected.reason,
-                       event_id=event.event_id, principal=context.principal.id, detail=str(rejected))
+        telemetry.emit(
+            "ingress.rejected",
+            tenant_id=context.tenant.id,
+            reason=rejected.reason,
+            event_id=event.event_id,
+            principal=context.principal.id,
+            detail=str(rejected),
+        )
     return Outcome(event.event_id, reason=rejected.reason)
 
 
 def _unattributed(event: IngressEvent, why: str) -> Outcome:
     # No tenant is established, so no tenant's table may be written: the log and telemetry are the record.
     logger.warning("intent-requests: event %s rejected, sender not established: %s", event.event_id, why)
-    telemetry.emit("ingress.rejected", tenant_id=UNATTRIBUTED, reason="unauthenticated", event_id=event.event_id,
-                   detail=why)
+    telemetry.emit(
+        "ingress.rejected", tenant_id=UNATTRIBUTED, reason="unauthenticated", event_id=event.event_id, detail=why
+    )
     return Outcome(event.event_id, reason="unauthenticated")
 
 
-async def process_event(event: IngressEvent, client: Any, validator: TokenValidator, *,
-                        now: datetime | None = None) -> Outcome:
+async def process_event(
+    event: IngressEvent, client: Any, validator: TokenValidator, *, now: datetime | None = None
+) -> Outcome:
     """Verify the sender, then start the requested execution (or find the one this key started) and launch it.
 
     Rejections are recorded and returned; transient failures are raised.
@@ -133,21 +159,29 @@ async def process_event(event: IngressEvent, client: Any, validator: TokenValida
         key = request.idempotency_key
         try:
             started = await asyncio.to_thread(
-                begin, context, lambda conn: request.start_request(conn, context.principal.id),
-                detail={"via": event.hub, "event_id": event.event_id})
+                begin,
+                context,
+                lambda conn: request.start_request(conn, context.principal.id),
+                detail={"via": event.hub, "event_id": event.event_id},
+            )
         except ProblemError as exc:
             raise _refused(exc) or exc from None
     except StaleEventError as exc:
-        return await _reject(context, event, Rejected("stale", ProblemError(
-            422, "stale-request", "Unprocessable content", str(exc))), key)
+        return await _reject(
+            context,
+            event,
+            Rejected("stale", ProblemError(422, "stale-request", "Unprocessable content", str(exc))),
+            key,
+        )
     except Rejected as rejected:
         return await _reject(context, event, rejected, key)
     await launch(client, started, context.tenant.id, record_failure=False)
     return Outcome(event.event_id, started.execution.id, started.created)
 
 
-async def process_batch(events: Sequence[IngressEvent], client: Any,
-                        validator: TokenValidator | None = None) -> list[Outcome]:
+async def process_batch(
+    events: Sequence[IngressEvent], client: Any, validator: TokenValidator | None = None
+) -> list[Outcome]:
     """Process a batch in order; if any event failed transiently, raise after the others were processed, so the
     batch is retried (the ones that were done are found again, not repeated)."""
     checker = validator or get_token_validator()

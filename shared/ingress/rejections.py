@@ -14,14 +14,18 @@ from shared.engine.start import Conn
 from shared.pagination import InvalidCursorError, decode_cursor, encode_cursor
 
 # A redelivered event finds its row and records nothing new (the caller then emits no second telemetry line).
-_INSERT = ("INSERT INTO app.ingress_rejections (tenant_id, hub, partition_id, sequence_number, enqueued_time, reason,"
-           " detail, requested_by, idempotency_key)"
-           " VALUES (app.current_tenant_id(), %s, %s, %s, %s, %s, %s, %s, %s)"
-           " ON CONFLICT (tenant_id, hub, partition_id, sequence_number) DO NOTHING RETURNING id")
-_PAGE = ("SELECT id, hub, partition_id, sequence_number, enqueued_time, reason, detail, requested_by,"
-         " idempotency_key, created_at FROM app.ingress_rejections"
-         " WHERE (%(t)s::timestamptz IS NULL OR (created_at, id) < (%(t)s::timestamptz, %(id)s::uuid))"
-         " ORDER BY created_at DESC, id DESC LIMIT %(limit)s")
+_INSERT = (
+    "INSERT INTO app.ingress_rejections (tenant_id, hub, partition_id, sequence_number, enqueued_time, reason,"
+    " detail, requested_by, idempotency_key)"
+    " VALUES (app.current_tenant_id(), %s, %s, %s, %s, %s, %s, %s, %s)"
+    " ON CONFLICT (tenant_id, hub, partition_id, sequence_number) DO NOTHING RETURNING id"
+)
+_PAGE = (
+    "SELECT id, hub, partition_id, sequence_number, enqueued_time, reason, detail, requested_by,"
+    " idempotency_key, created_at FROM app.ingress_rejections"
+    " WHERE (%(t)s::timestamptz IS NULL OR (created_at, id) < (%(t)s::timestamptz, %(id)s::uuid))"
+    " ORDER BY created_at DESC, id DESC LIMIT %(limit)s"
+)
 
 
 @dataclass(frozen=True)
@@ -56,9 +60,19 @@ class NewRejection:
 
 def record_rejection(conn: Conn, rejection: NewRejection) -> bool:
     """Record it in the caller's tenant transaction; False when this event was already recorded."""
-    row = conn.execute(_INSERT, (rejection.hub, rejection.partition_id, rejection.sequence_number,
-                                 rejection.enqueued_time, rejection.reason, Jsonb(rejection.detail),
-                                 rejection.requested_by, rejection.idempotency_key)).fetchone()
+    row = conn.execute(
+        _INSERT,
+        (
+            rejection.hub,
+            rejection.partition_id,
+            rejection.sequence_number,
+            rejection.enqueued_time,
+            rejection.reason,
+            Jsonb(rejection.detail),
+            rejection.requested_by,
+            rejection.idempotency_key,
+        ),
+    ).fetchone()
     return row is not None
 
 

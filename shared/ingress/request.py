@@ -24,17 +24,25 @@ _INTENT_BY_NAME = "SELECT id FROM app.intents WHERE kind = 'intent' AND name = %
 class IntentRequest(BaseModel):
     """An event's body: which intent (by id or by name), its input, and the key that makes redelivery harmless."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"intent": "deploy-web-app", "input": {"version": "1.2.3"}, "idempotency_key": "release-1.2.3"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"intent": "deploy-web-app", "input": {"version": "1.2.3"}, "idempotency_key": "release-1.2.3"}
+            ]
+        },
+    )
 
     intent_id: UUID | None = None
     intent: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="The intent's name.")
     input: dict[str, Any] = Field(default_factory=dict)
     version: int | None = Field(None, ge=1)
     plan_hash: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
-    idempotency_key: IdempotencyKey = Field(description="Required: delivery is at least once, and this key makes a "
-                                                        "redelivered event return the execution it started instead of "
-                                                        "starting another (the Idempotency-Key format).")
+    idempotency_key: IdempotencyKey = Field(
+        description="Required: delivery is at least once, and this key makes a "
+        "redelivered event return the execution it started instead of "
+        "starting another (the Idempotency-Key format)."
+    )
 
     @model_validator(mode="after")
     def _one_intent(self) -> IntentRequest:
@@ -50,8 +58,14 @@ class IntentRequest(BaseModel):
             if row is None:
                 raise registry.NotFoundError(f"No intent named {self.intent}.")
             intent_id = row["id"]
-        return StartRequest(intent_id=intent_id, input=self.input, version=self.version, plan_hash=self.plan_hash,
-                            idempotency_key=self.idempotency_key, requested_by=requested_by)
+        return StartRequest(
+            intent_id=intent_id,
+            input=self.input,
+            version=self.version,
+            plan_hash=self.plan_hash,
+            idempotency_key=self.idempotency_key,
+            requested_by=requested_by,
+        )
 
     @staticmethod
     def key_of(body: bytes) -> str | None:
@@ -119,7 +133,13 @@ def from_trigger(events: Sequence[TriggerEvent]) -> list[IngressEvent]:
     out = []
     for index, event in enumerate(events):
         props = properties[index] if index < len(properties) and isinstance(properties[index], Mapping) else {}
-        out.append(IngressEvent(body=event.get_body(), partition_id=partition or "unknown",
-                                sequence_number=event.sequence_number or 0, enqueued_time=event.enqueued_time,
-                                properties=props))
+        out.append(
+            IngressEvent(
+                body=event.get_body(),
+                partition_id=partition or "unknown",
+                sequence_number=event.sequence_number or 0,
+                enqueued_time=event.enqueued_time,
+                properties=props,
+            )
+        )
     return out

@@ -39,5 +39,7 @@ def check_fresh(event: IngressEvent, now: datetime) -> None:
     """StaleEventError when the hub accepted the event more than MAX_EVENT_AGE before `now`."""
     age = now - judged_at(event, now)
     if age > MAX_EVENT_AGE:
-        raise StaleEventError(f"the event was enqueued {age.total_seconds() / 3600:.1f} h ago, more than "
-                              f"{MAX_EVENT_AGE.total_seconds() / 3600:.0f} h")
+        raise StaleEventError(
+            f"the event was enqueued {age.total_seconds() / 3600:.1f} h ago, more than "
+            f"{MAX_EVENT_AGE.total_seconds() / 3600:.0f} h"
+        )

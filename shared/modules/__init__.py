@@ -33,8 +33,9 @@ BUILTIN_MODULES: Mapping[str, Module[Any]] = _registry(
 """Adding a module: one file with a `Module` subclass, one line here (and its spec in the registry catalog)."""
 
 
-def run_module(action: str, ctx: ModuleContext, raw_params: Any,
-               modules: Mapping[str, Module[Any]] = BUILTIN_MODULES) -> Any:
+def run_module(
+    action: str, ctx: ModuleContext, raw_params: Any, modules: Mapping[str, Module[Any]] = BUILTIN_MODULES
+) -> Any:
     """Validate `raw_params` and run `action`; every failure, invalid parameters included, is `StepFailed`."""
     return run_registered(modules, action, ctx, raw_params)
 

@@ -33,8 +33,9 @@ def artifact_bytes(params: ArtifactWriteParams) -> bytes:
         return json.dumps(params.content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     if isinstance(params.content, str):
         return params.content.encode("utf-8")
-    raise StepFailed(f"content for {params.content_type!r} must be a string (or use a JSON content type)",
-                     retryable=False)
+    raise StepFailed(
+        f"content for {params.content_type!r} must be a string (or use a JSON content type)", retryable=False
+    )
 
 
 def blob_name(ctx: ModuleContext, name: str) -> str:
@@ -62,7 +63,10 @@ class ArtifactWriteModule(Module[ArtifactWriteParams]):
         # Overwrite: a redelivered attempt writes the same bytes again, and a later attempt's result replaces
         # an earlier one's; the metadata says which attempt wrote it.
         container.upload_blob(
-            name, data, overwrite=True, content_settings=ContentSettings(content_type=params.content_type),
+            name,
+            data,
+            overwrite=True,
+            content_settings=ContentSettings(content_type=params.content_type),
             metadata={"idempotency_key": ctx.idempotency_key, "sha256": digest},
         )
         return {"container": container.container_name, "blob_name": name, "size": len(data), "sha256": digest}

@@ -73,10 +73,14 @@ class Module(ABC, Generic[P]):
             return self.params_model.model_validate(raw_params)  # type: ignore[return-value]
         except ValidationError as exc:
             errors = exc.errors(include_url=False)
-            lines = [f"{'.'.join(str(p) for p in e['loc']) or '(params)'}: {e['msg']}"
-                     for e in errors[:MAX_REPORTED_ERRORS]]
-            raise StepFailed(f"invalid parameters for {self.action}: " + "; ".join(lines), retryable=False,
-                             details={"errors": [{"loc": list(e["loc"]), "msg": e["msg"]} for e in errors]}) from None
+            lines = [
+                f"{'.'.join(str(p) for p in e['loc']) or '(params)'}: {e['msg']}" for e in errors[:MAX_REPORTED_ERRORS]
+            ]
+            raise StepFailed(
+                f"invalid parameters for {self.action}: " + "; ".join(lines),
+                retryable=False,
+                details={"errors": [{"loc": list(e["loc"]), "msg": e["msg"]} for e in errors]},
+            ) from None
 
 
 def invoke(module: Module[Any], ctx: ModuleContext, raw_params: Any) -> Any:

@@ -34,11 +34,20 @@ class EventEmitModule(Module[EventEmitParams]):
         eid = str(event_id(ctx))
         event_type = CUSTOM_EVENT_PREFIX + params.type
         body = {
-            "id": eid, "type": event_type, "time": datetime.now(UTC).isoformat(),
-            "tenant_id": str(ctx.tenant_id), "execution_id": ctx.execution_id, "step_id": ctx.step_id,
+            "id": eid,
+            "type": event_type,
+            "time": datetime.now(UTC).isoformat(),
+            "tenant_id": str(ctx.tenant_id),
+            "execution_id": ctx.execution_id,
+            "step_id": ctx.step_id,
             "data": params.data,
         }
-        properties = {"event_id": eid, "event_type": event_type, "tenant_id": str(ctx.tenant_id),
-                      "execution_id": ctx.execution_id, "step_id": ctx.step_id}
+        properties = {
+            "event_id": eid,
+            "event_type": event_type,
+            "tenant_id": str(ctx.tenant_id),
+            "execution_id": ctx.execution_id,
+            "step_id": ctx.step_id,
+        }
         self._publisher().publish(PLATFORM_EVENTS_HUB, [OutboundEvent(body, str(ctx.tenant_id), properties)])
         return {"event_id": eid}

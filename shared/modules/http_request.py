@@ -14,10 +14,22 @@ from shared.registry.catalog import HttpRequestParams
 
 MAX_BODY_BYTES = 64 * 1024
 REQUEST_TIMEOUT_S = 30.0
-SAFE_RESPONSE_HEADERS = frozenset({
-    "content-type", "content-length", "content-encoding", "content-language", "location", "etag",
-    "last-modified", "cache-control", "retry-after", "date", "x-request-id", "x-correlation-id",
-})
+SAFE_RESPONSE_HEADERS = frozenset(
+    {
+        "content-type",
+        "content-length",
+        "content-encoding",
+        "content-language",
+        "location",
+        "etag",
+        "last-modified",
+        "cache-control",
+        "retry-after",
+        "date",
+        "x-request-id",
+        "x-correlation-id",
+    }
+)
 """Copied into the output (and so into history): never cookies or authentication challenges."""
 
 
@@ -43,20 +55,30 @@ class HttpRequestModule(Module[HttpRequestParams]):
     params_model = HttpRequestParams
     timeout_s = 60
 
-    def __init__(self, *, resolver: Resolver = system_resolver, timeout: float = REQUEST_TIMEOUT_S,
-                 allow_private: bool | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        resolver: Resolver = system_resolver,
+        timeout: float = REQUEST_TIMEOUT_S,
+        allow_private: bool | None = None,
+    ) -> None:
         self._resolver = resolver
         self._timeout = timeout
         self._allow_private = allow_private
 
     def run(self, ctx: ModuleContext, params: HttpRequestParams) -> Any:
-        with GuardedClient(allowed_hosts(ctx), timeout=self._timeout, resolver=self._resolver,
-                           allow_private=private_network_allowed(self._allow_private)) as client:
+        with GuardedClient(
+            allowed_hosts(ctx),
+            timeout=self._timeout,
+            resolver=self._resolver,
+            allow_private=private_network_allowed(self._allow_private),
+        ) as client:
             try:
                 # The attempt's key lets the receiving service drop a redelivered request (at-least-once work).
                 headers = {"Idempotency-Key": ctx.idempotency_key, **params.headers}
-                response = client.request(params.method, params.url, headers=headers, query=params.query,
-                                          json_body=params.body)
+                response = client.request(
+                    params.method, params.url, headers=headers, query=params.query, json_body=params.body
+                )
                 content, truncated = read_limited(response, MAX_BODY_BYTES)
             except httpx.HTTPError as exc:
                 raise StepFailed(f"{params.method} {params.url} failed: {type(exc).__name__}: {exc}") from None
@@ -71,6 +93,9 @@ class HttpRequestModule(Module[HttpRequestParams]):
         if (status not in expected) if expected else not 200 <= status < 300:
             wanted = ", ".join(map(str, expected)) if expected else "2xx"
             # 5xx and 429 are often transient; a 4xx usually repeats.
-            raise StepFailed(f"{params.method} {params.url} answered {status}, expected {wanted}",
-                             retryable=status >= 500 or status == 429, details={"status": status, "output": output})
+            raise StepFailed(
+                f"{params.method} {params.url} answered {status}, expected {wanted}",
+                retryable=status >= 500 or status == 429,
+                details={"status": status, "output": output},
+            )
         return output

@@ -22,8 +22,14 @@ class HttpWaitHealthyModule(Module[HttpWaitHealthyParams]):
     params_model = HttpWaitHealthyParams
     timeout_s = 900
 
-    def __init__(self, *, sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
-                 resolver: Resolver = system_resolver, allow_private: bool | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        resolver: Resolver = system_resolver,
+        allow_private: bool | None = None,
+    ) -> None:
         self._sleep = sleep
         self._clock = clock
         self._resolver = resolver
@@ -38,8 +44,9 @@ class HttpWaitHealthyModule(Module[HttpWaitHealthyParams]):
         deadline = started + params.timeout
         probes = 0
         last = "no probe"
-        with GuardedClient(allowed_hosts(ctx), resolver=self._resolver,
-                           allow_private=private_network_allowed(self._allow_private)) as client:
+        with GuardedClient(
+            allowed_hosts(ctx), resolver=self._resolver, allow_private=private_network_allowed(self._allow_private)
+        ) as client:
             while True:
                 probes += 1
                 remaining = max(deadline - self._clock(), 0.1)
@@ -48,8 +55,12 @@ class HttpWaitHealthyModule(Module[HttpWaitHealthyParams]):
                     response.close()
                     status = response.status_code
                     if status in params.expect_status:
-                        return {"url": params.url, "status": status, "probes": probes,
-                                "elapsed_s": round(self._clock() - started, 3)}
+                        return {
+                            "url": params.url,
+                            "status": status,
+                            "probes": probes,
+                            "elapsed_s": round(self._clock() - started, 3),
+                        }
                     last = f"status {status}"
                 except UrlRefused:
                     raise  # waiting cannot make a refused URL allowed
@@ -57,8 +68,10 @@ class HttpWaitHealthyModule(Module[HttpWaitHealthyParams]):
                     # An app that is still starting refuses connections: that is "not healthy yet", not a failure.
                     last = f"{type(exc).__name__}: {exc}"
                 if self._clock() + params.interval > deadline:
-                    raise StepFailed(f"{params.url} not healthy after {params.timeout:g} s ({probes} probes; "
-                                     f"last: {last})", details={"probes": probes, "last": last})
+                    raise StepFailed(
+                        f"{params.url} not healthy after {params.timeout:g} s ({probes} probes; last: {last})",
+                        details={"probes": probes, "last": last},
+                    )
                 self._sleep(params.interval)
 
 

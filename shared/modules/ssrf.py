@@ -50,9 +50,14 @@ def refusal_reason(address: IPAddress) -> str | None:
         embedded = address.ipv4_mapped or address.sixtofour
         if embedded is not None:
             return refusal_reason(embedded)
-    for attribute, label in (("is_loopback", "loopback"), ("is_unspecified", "unspecified"),
-                             ("is_link_local", "link-local"), ("is_multicast", "multicast"),
-                             ("is_reserved", "reserved"), ("is_private", "private")):
+    for attribute, label in (
+        ("is_loopback", "loopback"),
+        ("is_unspecified", "unspecified"),
+        ("is_link_local", "link-local"),
+        ("is_multicast", "multicast"),
+        ("is_reserved", "reserved"),
+        ("is_private", "private"),
+    ):
         if getattr(address, attribute):
             return label
     # Shared address space (100.64.0.0/10) and other special-purpose blocks are neither private nor global.
@@ -110,8 +115,13 @@ class Target:
     addresses: tuple[str, ...]
 
 
-def check_url(url: str | httpx.URL, allowed_hosts: Collection[str] = (),
-              resolver: Resolver = system_resolver, *, allow_private: bool = False) -> Target:
+def check_url(
+    url: str | httpx.URL,
+    allowed_hosts: Collection[str] = (),
+    resolver: Resolver = system_resolver,
+    *,
+    allow_private: bool = False,
+) -> Target:
     """Resolve the URL's host and refuse it unless every address is public, or (only with `allow_private`) the
     host is allow-listed.
 
@@ -155,9 +165,15 @@ def check_url(url: str | httpx.URL, allowed_hosts: Collection[str] = (),
 class GuardedClient:
     """An httpx client that checks every URL it visits, redirects included, and connects only to checked addresses."""
 
-    def __init__(self, allowed_hosts: Collection[str] = (), *, timeout: float = 30.0,
-                 resolver: Resolver = system_resolver, transport: httpx.BaseTransport | None = None,
-                 allow_private: bool = False) -> None:
+    def __init__(
+        self,
+        allowed_hosts: Collection[str] = (),
+        *,
+        timeout: float = 30.0,
+        resolver: Resolver = system_resolver,
+        transport: httpx.BaseTransport | None = None,
+        allow_private: bool = False,
+    ) -> None:
         self._allowed = tuple(allowed_hosts)
         self._resolver = resolver
         self._allow_private = allow_private
@@ -173,9 +189,16 @@ class GuardedClient:
     def close(self) -> None:
         self._client.close()
 
-    def request(self, method: str, url: str, *, headers: Mapping[str, str] | None = None,
-                query: Mapping[str, str] | None = None, json_body: Any = None,
-                timeout: float | None = None) -> httpx.Response:
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        query: Mapping[str, str] | None = None,
+        json_body: Any = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
         """Send and follow up to `MAX_REDIRECTS` redirects; the response is streamed: the caller closes it."""
         current = httpx.URL(url)
         if query:
@@ -204,16 +227,20 @@ class GuardedClient:
             current = following
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _send(self, method: str, target: Target, headers: Mapping[str, str], content: bytes | None,
-              timeout: float | None) -> httpx.Response:
+    def _send(
+        self, method: str, target: Target, headers: Mapping[str, str], content: bytes | None, timeout: float | None
+    ) -> httpx.Response:
         # Connect to the checked address; Host and TLS SNI (hence certificate checks) keep the real name.
         host_header = target.url.netloc.decode("ascii")
         extensions = {"sni_hostname": target.host} if target.url.scheme == "https" else {}
         last_error: httpx.ConnectError | None = None
         for address in target.addresses:
             request = self._client.build_request(
-                method, target.url.copy_with(host=address), headers={**headers, "Host": host_header},
-                content=content, extensions=extensions,
+                method,
+                target.url.copy_with(host=address),
+                headers={**headers, "Host": host_header},
+                content=content,
+                extensions=extensions,
                 timeout=timeout if timeout is not None else self._client.timeout,
             )
             try:

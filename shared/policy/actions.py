@@ -53,8 +53,16 @@ class Action(StrEnum):
     EXECUTION_APPROVE = "execution.approve"
 
 
-PLATFORM_ACTIONS = frozenset({Action.TENANT_CREATE, Action.TENANT_READ, Action.TENANT_UPDATE, Action.TENANT_LIST,
-                              Action.TENANT_EXPORT, Action.TENANT_ERASE})
+PLATFORM_ACTIONS = frozenset(
+    {
+        Action.TENANT_CREATE,
+        Action.TENANT_READ,
+        Action.TENANT_UPDATE,
+        Action.TENANT_LIST,
+        Action.TENANT_EXPORT,
+        Action.TENANT_ERASE,
+    }
+)
 """Control-plane actions: tenant policies may not name them (they are not the tenant's to restrict)."""
 
 POLICY_ADMIN_ACTIONS = frozenset({Action.POLICY_READ, Action.POLICY_CREATE, Action.POLICY_DELETE})

@@ -146,8 +146,12 @@ def _resource_attrs(resource: Resource) -> dict[str, Any]:
         case "Blueprint":
             return {"tenant": tenant, "labels": _labels(attrs)}
         case "Execution":
-            return {"tenant": tenant, "target": _text(attrs, "target"),
-                    "requested_by": _text(attrs, "requested_by"), "labels": _labels(attrs)}
+            return {
+                "tenant": tenant,
+                "target": _text(attrs, "target"),
+                "requested_by": _text(attrs, "requested_by"),
+                "labels": _labels(attrs),
+            }
         case "Module":
             return {"tenant": tenant, "name": _text(attrs, "name") if "name" in attrs else resource.id}
         case "Policy" | "AuditLog":
@@ -183,8 +187,10 @@ class Authorizer:
         in_schema = set(_SCHEMA_ACTION.findall(str(self._schema)))
         in_enum = {action.value for action in Action}
         if in_schema != in_enum:
-            raise PolicyLoadError(f"Action enum and schema differ: only in schema {sorted(in_schema - in_enum)}, "
-                                  f"only in enum {sorted(in_enum - in_schema)}")
+            raise PolicyLoadError(
+                f"Action enum and schema differ: only in schema {sorted(in_schema - in_enum)}, "
+                f"only in enum {sorted(in_enum - in_schema)}"
+            )
 
     @staticmethod
     def _platform_policy_ids(tree: pst.PolicySet) -> dict[str, str]:
@@ -224,8 +230,10 @@ class Authorizer:
             errors.append(f"exactly one policy is expected, found {len(tree.static_policies)}")
         for policy in tree.static_policies.values():
             if policy.effect != "forbid":
-                errors.append("only `forbid` policies are accepted: a tenant policy narrows the platform's "
-                              "permits, it never widens them")
+                errors.append(
+                    "only `forbid` policies are accepted: a tenant policy narrows the platform's "
+                    "permits, it never widens them"
+                )
             errors.extend(_action_scope_errors(policy.action))
         result = cedarpy.validate_policies(text, self._schema)
         errors.extend(error.error for error in result.errors)
@@ -242,8 +250,15 @@ class Authorizer:
             policy_set = policy_set.with_added_str(text)
         return policy_set
 
-    def decide(self, principal: Principal, action: Action | str, resource: Resource, *, tenant: TenantFacts,
-               tenant_policies: Sequence[str] = ()) -> Decision:
+    def decide(
+        self,
+        principal: Principal,
+        action: Action | str,
+        resource: Resource,
+        *,
+        tenant: TenantFacts,
+        tenant_policies: Sequence[str] = (),
+    ) -> Decision:
         """Decide one request; `tenant` is the principal's tenant, `tenant_policies` its stored extra policies."""
         try:
             action = Action(action)
@@ -259,8 +274,9 @@ class Authorizer:
                 "resource": _uid(resource.type, resource.id),
                 "context": {},
             }
-            result = cedarpy.is_authorized(request, policy_set, self._entities(principal, resource, tenant),
-                                           self._schema)
+            result = cedarpy.is_authorized(
+                request, policy_set, self._entities(principal, resource, tenant), self._schema
+            )
         except Exception:  # any engine or input error denies: failing open is never an option
             logger.warning("authorization failed closed for action %s on %s", action, resource.type, exc_info=True)
             return Decision(False, Reason.POLICY_ERROR, ())
@@ -269,20 +285,34 @@ class Authorizer:
     def _entities(self, principal: Principal, resource: Resource, tenant: TenantFacts) -> list[dict[str, Any]]:
         tenant_id = str(tenant.id)
         entities: list[dict[str, Any]] = [
-            {"uid": _uid("Tenant", tenant_id), "parents": [],
-             "attrs": {"status": tenant.status, "allowed_targets": sorted(tenant.allowed_targets),
-                       "allowed_modules": sorted(tenant.allowed_modules)}},
-            {"uid": _uid("Principal", principal.id), "parents": [],
-             "attrs": {"id": principal.id, "roles": sorted(principal.roles), "tenant": _ref("Tenant", tenant_id),
-                       "app_only": principal.app_only}},
+            {
+                "uid": _uid("Tenant", tenant_id),
+                "parents": [],
+                "attrs": {
+                    "status": tenant.status,
+                    "allowed_targets": sorted(tenant.allowed_targets),
+                    "allowed_modules": sorted(tenant.allowed_modules),
+                },
+            },
+            {
+                "uid": _uid("Principal", principal.id),
+                "parents": [],
+                "attrs": {
+                    "id": principal.id,
+                    "roles": sorted(principal.roles),
+                    "tenant": _ref("Tenant", tenant_id),
+                    "app_only": principal.app_only,
+                },
+            },
         ]
         if resource.type not in RESOURCE_TYPES:
             raise ValueError(f"unknown resource type {resource.type!r}")
         # The Platform has no attributes, and another tenant's row is not ours to describe: both are left out
         # of the entity set, which Cedar treats as entities without attributes.
         if resource.type not in ("Platform", "Tenant"):
-            entities.append({"uid": _uid(resource.type, resource.id), "parents": [],
-                             "attrs": _resource_attrs(resource)})
+            entities.append(
+                {"uid": _uid(resource.type, resource.id), "parents": [], "attrs": _resource_attrs(resource)}
+            )
         return entities
 
     def _decision(self, result: cedarpy.AuthzResult) -> Decision:
@@ -327,7 +357,7 @@ def _action_scope_errors(scope: pst.ActionConstraint) -> list[str]:
     elif isinstance(scope, pst.ActionIn):
         uids = scope.entities
     else:
-        return ["name the actions the policy forbids (`action == QP::Action::\"...\"` or `action in [...]`)"]
+        return ['name the actions the policy forbids (`action == QP::Action::"..."` or `action in [...]`)']
     allowed = {action.value for action in TENANT_POLICY_ACTIONS}
     errors = []
     for uid in uids:

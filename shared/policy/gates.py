@@ -28,8 +28,13 @@ def module_of_action(action: str) -> str:
     return action.split(".", 1)[0]
 
 
-def check_gates(tenant: TenantFacts, target: str | None, actions_by_step: Mapping[str, str], *,
-                module_of: Callable[[str], str] = module_of_action) -> list[GateViolation]:
+def check_gates(
+    tenant: TenantFacts,
+    target: str | None,
+    actions_by_step: Mapping[str, str],
+    *,
+    module_of: Callable[[str], str] = module_of_action,
+) -> list[GateViolation]:
     """Every gate the intent fails, target first, then steps in order; empty means it may be saved and executed.
 
     An allow-list is explicit: an empty one allows nothing (the platform fills defaults when it provisions a

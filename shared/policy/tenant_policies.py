@@ -82,7 +82,7 @@ def add_policy(
             ).fetchone()
     except psycopg.errors.UniqueViolation as exc:
         raise TenantPolicyConflictError(spec.name) from exc
-    assert row is not None  # noqa: S101  # INSERT ... RETURNING
+    assert row is not None  # INSERT ... RETURNING
     policy_cache.forget_now_and_after(conn, tenant_id)
     return TenantPolicy(**row)
 

@@ -36,11 +36,20 @@ class ModuleSpec:
         Draft202012Validator.check_schema(self.params_schema)
 
     @classmethod
-    def from_model(cls, action: str, model: type[BaseModel], *, description: str, timeout_s: int,
-                   remote: bool = False, alias_of: str | None = None) -> ModuleSpec:
+    def from_model(
+        cls,
+        action: str,
+        model: type[BaseModel],
+        *,
+        description: str,
+        timeout_s: int,
+        remote: bool = False,
+        alias_of: str | None = None,
+    ) -> ModuleSpec:
         """A spec whose schema and defaults come from a pydantic model of the parameters."""
         defaults = {
-            name: info.default for name, info in model.model_fields.items()
+            name: info.default
+            for name, info in model.model_fields.items()
             if not info.is_required() and info.default is not None and info.default_factory is None
         }
         schema = {**model.model_json_schema(), "title": action}
@@ -170,37 +179,84 @@ _DAY = 24 * 3600
 @functools.cache
 def builtin_catalog() -> ModuleCatalog:
     """The platform's own modules (built once: each spec checks its schema, a few milliseconds apiece)."""
-    return ModuleCatalog([
-        ModuleSpec.from_model("http.request", HttpRequestParams, timeout_s=60,
-                              description="Send an HTTP request; the output is the status, headers and JSON body."),
-        ModuleSpec.from_model("http.wait_healthy", HttpWaitHealthyParams, timeout_s=900,
-                              description="Poll a URL until it answers with an expected status."),
-        ModuleSpec.from_model("verify-deployment", VerifyDeploymentParams, timeout_s=900, alias_of="http.wait_healthy",
-                              description="Wait until a deployment's health check (or URL) answers healthy."),
-        ModuleSpec.from_model("artifact.write", ArtifactWriteParams, timeout_s=60,
-                              description="Store an artifact of the execution in blob storage."),
-        ModuleSpec.from_model("event.emit", EventEmitParams, timeout_s=30,
-                              description="Publish a custom event on platform-events."),
-        ModuleSpec.from_model("approval", ApprovalParams, timeout_s=7 * _DAY,
-                              description="Wait for an approver's decision (POST .../approvals/{step})."),
-        ModuleSpec.from_model("wait", WaitParams, timeout_s=30 * _DAY,
-                              description="Wait a number of seconds or until a point in time (a durable timer)."),
-        ModuleSpec.from_model("intent.run", IntentRunParams, timeout_s=_DAY,
-                              description="Run another intent of the tenant as a sub-orchestration."),
-    ])
+    return ModuleCatalog(
+        [
+            ModuleSpec.from_model(
+                "http.request",
+                HttpRequestParams,
+                timeout_s=60,
+                description="Send an HTTP request; the output is the status, headers and JSON body.",
+            ),
+            ModuleSpec.from_model(
+                "http.wait_healthy",
+                HttpWaitHealthyParams,
+                timeout_s=900,
+                description="Poll a URL until it answers with an expected status.",
+            ),
+            ModuleSpec.from_model(
+                "verify-deployment",
+                VerifyDeploymentParams,
+                timeout_s=900,
+                alias_of="http.wait_healthy",
+                description="Wait until a deployment's health check (or URL) answers healthy.",
+            ),
+            ModuleSpec.from_model(
+                "artifact.write",
+                ArtifactWriteParams,
+                timeout_s=60,
+                description="Store an artifact of the execution in blob storage.",
+            ),
+            ModuleSpec.from_model(
+                "event.emit", EventEmitParams, timeout_s=30, description="Publish a custom event on platform-events."
+            ),
+            ModuleSpec.from_model(
+                "approval",
+                ApprovalParams,
+                timeout_s=7 * _DAY,
+                description="Wait for an approver's decision (POST .../approvals/{step}).",
+            ),
+            ModuleSpec.from_model(
+                "wait",
+                WaitParams,
+                timeout_s=30 * _DAY,
+                description="Wait a number of seconds or until a point in time (a durable timer).",
+            ),
+            ModuleSpec.from_model(
+                "intent.run",
+                IntentRunParams,
+                timeout_s=_DAY,
+                description="Run another intent of the tenant as a sub-orchestration.",
+            ),
+        ]
+    )
 
 
 @functools.cache
 def seed_remote_modules() -> tuple[ModuleSpec, ...]:
     """The seed tutorial's actions, handled by remote workers over `module-work`."""
     return (
-        ModuleSpec.from_model("build-container", BuildContainerParams, timeout_s=1800, remote=True,
-                              description="Build a container image."),
-        ModuleSpec.from_model("build-docker-image", BuildDockerImageParams, timeout_s=1800, remote=True,
-                              description="Build a Docker image from a build context."),
-        ModuleSpec.from_model("push-to-registry", PushToRegistryParams, timeout_s=900, remote=True,
-                              description="Push an image to a container registry."),
-        ModuleSpec.from_model("deploy-to-kubernetes", DeployToKubernetesParams, timeout_s=1800, remote=True,
-                              description="Deploy to a Kubernetes namespace."),
+        ModuleSpec.from_model(
+            "build-container", BuildContainerParams, timeout_s=1800, remote=True, description="Build a container image."
+        ),
+        ModuleSpec.from_model(
+            "build-docker-image",
+            BuildDockerImageParams,
+            timeout_s=1800,
+            remote=True,
+            description="Build a Docker image from a build context.",
+        ),
+        ModuleSpec.from_model(
+            "push-to-registry",
+            PushToRegistryParams,
+            timeout_s=900,
+            remote=True,
+            description="Push an image to a container registry.",
+        ),
+        ModuleSpec.from_model(
+            "deploy-to-kubernetes",
+            DeployToKubernetesParams,
+            timeout_s=1800,
+            remote=True,
+            description="Deploy to a Kubernetes namespace.",
+        ),
     )
-

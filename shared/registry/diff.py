@@ -39,8 +39,9 @@ class DefinitionDiff:
 
     @property
     def is_empty(self) -> bool:
-        return not (self.steps_added or self.steps_removed or self.steps_changed or self.steps_reordered
-                    or self.fields_changed)
+        return not (
+            self.steps_added or self.steps_removed or self.steps_changed or self.steps_reordered or self.fields_changed
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,12 +120,15 @@ def diff_definitions(old: dict[str, Any], new: dict[str, Any]) -> DefinitionDiff
     added = tuple(step_id for step_id in new_steps if step_id not in old_steps)
     removed = tuple(step_id for step_id in old_steps if step_id not in new_steps)
     changed = tuple(
-        StepChange(step_id, tuple(changes)) for step_id in new_steps if step_id in old_steps
+        StepChange(step_id, tuple(changes))
+        for step_id in new_steps
+        if step_id in old_steps
         if (changes := _changes(old_steps[step_id], new_steps[step_id]))
     )
     common_old = [step_id for step_id in old_steps if step_id in new_steps]
     common_new = [step_id for step_id in new_steps if step_id in old_steps]
-    fields = tuple(_changes({k: v for k, v in old.items() if k != "steps"},
-                            {k: v for k, v in new.items() if k != "steps"}))
+    fields = tuple(
+        _changes({k: v for k, v in old.items() if k != "steps"}, {k: v for k, v in new.items() if k != "steps"})
+    )
     draft = DefinitionDiff(added, removed, changed, common_old != common_new, fields, summary="")
     return replace(draft, summary=_summary(draft))

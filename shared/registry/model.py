@@ -51,8 +51,10 @@ def _params_beside_action(data: Any, known: Collection[str]) -> Any:
     clash = sorted(beside.keys() & params.keys())
     if clash:
         raise PydanticCustomError(
-            "param_conflict", "parameter '{name}' is given both beside action and in params",
-            {"name": clash[0], "at": clash[0]})
+            "param_conflict",
+            "parameter '{name}' is given both beside action and in params",
+            {"name": clash[0], "at": clash[0]},
+        )
     return {**kept, "params": {**params, **beside}}
 
 
@@ -72,8 +74,9 @@ def _accepted_params(params: dict[str, Any]) -> dict[str, Any]:
     if found:
         first = found[0]
         at = first.pointer.split("/")[1].replace("~1", "/").replace("~0", "~")
-        raise PydanticCustomError("not_accepted", "{detail} (at {pointer})",
-                                  {"detail": first.detail, "pointer": first.pointer, "at": at})
+        raise PydanticCustomError(
+            "not_accepted", "{detail} (at {pointer})", {"detail": first.detail, "pointer": first.pointer, "at": at}
+        )
     return params
 
 
@@ -91,7 +94,8 @@ class RetryPolicy(BaseModel):
     def _cap_not_below_initial(self) -> RetryPolicy:
         if self.max_interval_s is not None and self.max_interval_s < self.initial_interval_s:
             raise PydanticCustomError(
-                "retry_interval", "max_interval_s must not be below initial_interval_s", {"at": "max_interval_s"})
+                "retry_interval", "max_interval_s must not be below initial_interval_s", {"at": "max_interval_s"}
+            )
         return self
 
     def delay_before(self, attempt: int) -> float:
@@ -124,8 +128,7 @@ class Step(BaseModel):
     id: StepId | None = None
     action: ActionName
     params: dict[str, Any] = Field(default_factory=dict)
-    depends_on: list[str] | None = Field(
-        None, description="Absent: after the previous step. An empty list: a root.")
+    depends_on: list[str] | None = Field(None, description="Absent: after the previous step. An empty list: a root.")
     retry: RetryPolicy | None = None
     timeout_s: int | None = Field(None, ge=1, le=MAX_TIMEOUT_S)
     compensate: Compensation | None = None
@@ -188,6 +191,7 @@ def assign_step_ids(steps: Sequence[tuple[str | None, str | None]]) -> list[str]
 
 def raw_step_ids(raw_steps: Sequence[Any]) -> list[str]:
     """The id of each raw step as sent: its own when it is a string, else the generated one."""
+
     def pair(step: Any) -> tuple[str | None, str | None]:
         if not isinstance(step, dict):
             return None, None

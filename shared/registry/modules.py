@@ -40,26 +40,51 @@ MAX_REPORTED_ERRORS = 50
 JSON_SCHEMA_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 
 _META_VALIDATOR = validator_for(Draft202012Validator.META_SCHEMA, default=Draft202012Validator)(
-    Draft202012Validator.META_SCHEMA)
+    Draft202012Validator.META_SCHEMA
+)
 # Keywords whose values are data, not subschemas: a `$ref` key inside them is not a reference.
 _DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
 # What a partial parameter object (the defaults) need not satisfy: presence and cross-field rules.
-_WHOLE_OBJECT_KEYWORDS = frozenset({"required", "anyOf", "oneOf", "allOf", "not", "if", "then", "else",
-                                    "dependentRequired", "dependentSchemas", "minProperties",
-                                    "unevaluatedProperties"})
+_WHOLE_OBJECT_KEYWORDS = frozenset(
+    {
+        "required",
+        "anyOf",
+        "oneOf",
+        "allOf",
+        "not",
+        "if",
+        "then",
+        "else",
+        "dependentRequired",
+        "dependentSchemas",
+        "minProperties",
+        "unevaluatedProperties",
+    }
+)
 _EXAMPLE_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "properties": {"chart": {"type": "string", "minLength": 1}, "namespace": {"type": "string"},
-                   "wait": {"type": "boolean"}},
+    "properties": {
+        "chart": {"type": "string", "minLength": 1},
+        "namespace": {"type": "string"},
+        "wait": {"type": "boolean"},
+    },
     "required": ["chart", "namespace"],
     "additionalProperties": False,
 }
 
 MODULE_EXAMPLE: dict[str, Any] = {
-    "action": "helm-upgrade", "module": "helm-upgrade", "description": "Upgrade a Helm release.",
-    "params_schema": _EXAMPLE_SCHEMA, "defaults": {"wait": True}, "timeout_s": 1800, "remote": True,
-    "alias_of": None, "allowed": True, "created_by": "72f988bf-86f1-41af-91ab-2d7cd011db47/1b2c3d4e",
-    "created_at": "2025-01-04T10:00:00Z"}
+    "action": "helm-upgrade",
+    "module": "helm-upgrade",
+    "description": "Upgrade a Helm release.",
+    "params_schema": _EXAMPLE_SCHEMA,
+    "defaults": {"wait": True},
+    "timeout_s": 1800,
+    "remote": True,
+    "alias_of": None,
+    "allowed": True,
+    "created_by": "72f988bf-86f1-41af-91ab-2d7cd011db47/1b2c3d4e",
+    "created_at": "2025-01-04T10:00:00Z",
+}
 
 
 class ModuleConflictError(Exception):
@@ -72,8 +97,9 @@ class ModuleConflictError(Exception):
 
 def _error(loc: tuple[str | int, ...], message: str) -> InitErrorDetails:
     # The message goes in as context: jsonschema messages may hold braces, which a template would interpret.
-    return InitErrorDetails(type=PydanticCustomError("invalid_module", "{reason}", {"reason": message[:500]}),
-                            loc=loc, input=None)
+    return InitErrorDetails(
+        type=PydanticCustomError("invalid_module", "{reason}", {"reason": message[:500]}), loc=loc, input=None
+    )
 
 
 def _depth(document: Any) -> int:
@@ -109,14 +135,18 @@ def schema_problems(schema: dict[str, Any]) -> list[tuple[tuple[str | int, ...],
     if _depth(schema) > MAX_SCHEMA_DEPTH:
         return [((), f"the parameter schema nests deeper than {MAX_SCHEMA_DEPTH} levels")]
     problems: list[tuple[tuple[str | int, ...], str]] = [
-        (tuple(error.absolute_path), error.message) for error in _META_VALIDATOR.iter_errors(schema)]
+        (tuple(error.absolute_path), error.message) for error in _META_VALIDATOR.iter_errors(schema)
+    ]
     if "$schema" in schema and schema["$schema"] != JSON_SCHEMA_2020_12:
         problems.append((("$schema",), f"parameter schemas are JSON Schema 2020-12 ({JSON_SCHEMA_2020_12})"))
     if schema.get("type") != "object" and not any(where[:1] == ("type",) for where, _ in problems):
         problems.append((("type",), "a parameter schema must have type 'object' (parameters are an object)"))
     # Only local references: resolving a remote one would make the platform fetch a URL a tenant chose.
-    problems.extend((where, f"only local references (starting with '#') are allowed, not {ref!r}")
-                    for where, ref in _references(schema) if not ref.startswith("#"))
+    problems.extend(
+        (where, f"only local references (starting with '#') are allowed, not {ref!r}")
+        for where, ref in _references(schema)
+        if not ref.startswith("#")
+    )
     # Only what can be enforced in linear time is accepted (see shared/registry/schemas.py).
     problems.extend(pattern_problems(schema))
     return sorted(problems, key=lambda problem: [str(part) for part in problem[0]])[:MAX_REPORTED_ERRORS]
@@ -134,26 +164,44 @@ def defaults_problems(schema: dict[str, Any], defaults: dict[str, Any]) -> list[
 class ModuleRegistration(BaseModel):
     """A remote module: an action the tenant's own workers handle, and the JSON Schema of its parameters."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "action": "helm-upgrade", "description": "Upgrade a Helm release (handled by our own worker).",
-        "params_schema": _EXAMPLE_SCHEMA, "defaults": {"wait": True}, "timeout_s": 1800}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "action": "helm-upgrade",
+                    "description": "Upgrade a Helm release (handled by our own worker).",
+                    "params_schema": _EXAMPLE_SCHEMA,
+                    "defaults": {"wait": True},
+                    "timeout_s": 1800,
+                }
+            ]
+        },
+    )
 
-    action: str = Field(pattern=REMOTE_ACTION_PATTERN, max_length=MAX_ACTION_LENGTH,
-                        description="The action steps name; lowercase, dot-separated segments.")
+    action: str = Field(
+        pattern=REMOTE_ACTION_PATTERN,
+        max_length=MAX_ACTION_LENGTH,
+        description="The action steps name; lowercase, dot-separated segments.",
+    )
     description: str = Field("", max_length=MAX_DESCRIPTION_LENGTH)
     params_schema: dict[str, Any] = Field(
-        description=f"A JSON Schema 2020-12 of type object, at most {MAX_SCHEMA_BYTES} bytes, local $refs only.")
+        description=f"A JSON Schema 2020-12 of type object, at most {MAX_SCHEMA_BYTES} bytes, local $refs only."
+    )
     defaults: dict[str, Any] = Field(default_factory=dict, description="Parameter values used when a step omits them.")
     timeout_s: int = Field(DEFAULT_TIMEOUT_S, ge=1, le=MAX_TIMEOUT_S, description="A step's default timeout.")
 
     @model_validator(mode="after")
     def _schema_is_usable(self) -> ModuleRegistration:
         # Raised as a ValidationError so every problem keeps its own location (a JSON pointer in the 422).
-        problems = [_error(("params_schema", *where), message)
-                    for where, message in schema_problems(self.params_schema)]
+        problems = [
+            _error(("params_schema", *where), message) for where, message in schema_problems(self.params_schema)
+        ]
         if not problems:
-            problems = [_error(("defaults", *where), message)
-                        for where, message in defaults_problems(self.params_schema, self.defaults)]
+            problems = [
+                _error(("defaults", *where), message)
+                for where, message in defaults_problems(self.params_schema, self.defaults)
+            ]
         if problems:
             raise ValidationError.from_exception_data(type(self).__name__, problems)
         return self
@@ -161,12 +209,16 @@ class ModuleRegistration(BaseModel):
     @classmethod
     def from_spec(cls, spec: ModuleSpec) -> ModuleRegistration:
         """The registration of a spec (the seed's remote modules are specs)."""
-        return cls(action=spec.action, description=spec.description, params_schema=spec.params_schema,
-                   defaults=spec.defaults, timeout_s=spec.timeout_s)
+        return cls(
+            action=spec.action,
+            description=spec.description,
+            params_schema=spec.params_schema,
+            defaults=spec.defaults,
+            timeout_s=spec.timeout_s,
+        )
 
     def to_spec(self) -> ModuleSpec:
-        return ModuleSpec(self.action, self.description, self.params_schema, self.defaults, self.timeout_s,
-                          remote=True)
+        return ModuleSpec(self.action, self.description, self.params_schema, self.defaults, self.timeout_s, remote=True)
 
 
 class ModuleInfo(BaseModel):
@@ -219,8 +271,9 @@ def _spec_of(row: Mapping[str, Any]) -> ModuleSpec:
         if spec is not None:
             _spec_cache.move_to_end(row["id"])
             return spec
-    spec = ModuleSpec(row["action"], row["description"], row["params_schema"], row["defaults"], row["timeout_s"],
-                      remote=True)
+    spec = ModuleSpec(
+        row["action"], row["description"], row["params_schema"], row["defaults"], row["timeout_s"], remote=True
+    )
     with _spec_cache_lock:
         _spec_cache[row["id"]] = spec
         while len(_spec_cache) > _SPEC_CACHE_SIZE:
@@ -228,8 +281,7 @@ def _spec_of(row: Mapping[str, Any]) -> ModuleSpec:
     return spec
 
 
-_SELECT = ("SELECT id, action, description, params_schema, defaults, timeout_s, created_by, created_at"
-           " FROM app.modules")
+_SELECT = "SELECT id, action, description, params_schema, defaults, timeout_s, created_by, created_at FROM app.modules"
 
 
 def _registered(conn: psycopg.Connection[DictRow], action: str | None = None) -> list[DictRow]:
@@ -259,8 +311,9 @@ def tenant_catalog(conn: psycopg.Connection[DictRow]) -> ModuleCatalog:
     return _catalog(_registered(conn))
 
 
-def register_module(conn: psycopg.Connection[DictRow], tenant_id: UUID, registration: ModuleRegistration,
-                    created_by: str) -> ModuleSpec:
+def register_module(
+    conn: psycopg.Connection[DictRow], tenant_id: UUID, registration: ModuleRegistration, created_by: str
+) -> ModuleSpec:
     """Register a remote module for `tenant_id` in the caller's tenant transaction; conflicts raise."""
     reserved = reserved_by_builtin(registration.action)
     if reserved is not None:
@@ -269,27 +322,43 @@ def register_module(conn: psycopg.Connection[DictRow], tenant_id: UUID, registra
     row = conn.execute(
         "INSERT INTO app.modules (tenant_id, action, description, params_schema, defaults, timeout_s, created_by)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (tenant_id, action) DO NOTHING RETURNING id",
-        (tenant_id, registration.action, registration.description, Jsonb(registration.params_schema),
-         Jsonb(registration.defaults), registration.timeout_s, created_by),
+        (
+            tenant_id,
+            registration.action,
+            registration.description,
+            Jsonb(registration.params_schema),
+            Jsonb(registration.defaults),
+            registration.timeout_s,
+            created_by,
+        ),
     ).fetchone()
     if row is None:
-        raise ModuleConflictError(registration.action, "registered",
-                                  f"{registration.action!r} is already registered for this tenant")
+        raise ModuleConflictError(
+            registration.action, "registered", f"{registration.action!r} is already registered for this tenant"
+        )
     return registration.to_spec()
 
 
 def _info(spec: ModuleSpec, tenant: TenantFacts, row: Mapping[str, Any] | None = None) -> ModuleInfo:
     return ModuleInfo(
-        action=spec.action, module=module_of_action(spec.action), description=spec.description,
-        params_schema=spec.params_schema, defaults=spec.defaults, timeout_s=spec.timeout_s, remote=spec.remote,
+        action=spec.action,
+        module=module_of_action(spec.action),
+        description=spec.description,
+        params_schema=spec.params_schema,
+        defaults=spec.defaults,
+        timeout_s=spec.timeout_s,
+        remote=spec.remote,
         alias_of=spec.alias_of,
         # The gates' own check, so the list shows exactly what validation would let a step use.
         allowed=not check_gates(tenant, None, {spec.action: spec.action}),
-        created_by=row["created_by"] if row else None, created_at=row["created_at"] if row else None)
+        created_by=row["created_by"] if row else None,
+        created_at=row["created_at"] if row else None,
+    )
 
 
-def list_modules(conn: psycopg.Connection[DictRow], tenant: TenantFacts, *,
-                 include_disallowed: bool = False) -> list[ModuleInfo]:
+def list_modules(
+    conn: psycopg.Connection[DictRow], tenant: TenantFacts, *, include_disallowed: bool = False
+) -> list[ModuleInfo]:
     """The tenant's catalog, built-ins first; only allowed actions unless `include_disallowed`."""
     registered = _registered(conn)
     rows = {row["action"]: row for row in registered}

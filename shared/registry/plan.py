@@ -60,10 +60,15 @@ def expand_declaration(declaration: Definition, blueprint: ResolvedBlueprint) ->
 def declaration_inputs(declaration: Definition, blueprint: ResolvedBlueprint) -> dict[str, Any]:
     """The inputs a declaration's steps run with: its declared state over the blueprint's input defaults."""
     properties = (blueprint.definition.inputs or {}).get("properties", {})
-    defaults = {
-        name: schema["default"] for name, schema in properties.items()
-        if isinstance(schema, dict) and "default" in schema
-    } if isinstance(properties, dict) else {}
+    defaults = (
+        {
+            name: schema["default"]
+            for name, schema in properties.items()
+            if isinstance(schema, dict) and "default" in schema
+        }
+        if isinstance(properties, dict)
+        else {}
+    )
     return {**defaults, **declaration.declared_state()}
 
 

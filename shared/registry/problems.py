@@ -41,8 +41,9 @@ def document_order(document: Any) -> Callable[[str], tuple[int, int]]:
     while stack:  # iterative: the document may be arbitrarily deep
         at, node = stack.pop()
         position[at] = len(position)
-        children = list(node.items()) if isinstance(node, dict) else list(enumerate(node)) \
-            if isinstance(node, list) else []
+        children = (
+            list(node.items()) if isinstance(node, dict) else list(enumerate(node)) if isinstance(node, list) else []
+        )
         stack.extend((at + pointer(key), child) for key, child in reversed(children))
 
     def key(value: str) -> tuple[int, int]:
@@ -71,15 +72,17 @@ def _unexpected_keys(error: SchemaViolation, instance: dict[str, Any]) -> list[s
     schema = error.schema if isinstance(error.schema, dict) else {}
     known = schema.get("properties", {})
     patterns = list(schema.get("patternProperties", {}))
-    return [key for key in instance
-            if key not in known and not any(matches(pattern, key) for pattern in patterns)]
+    return [key for key in instance if key not in known and not any(matches(pattern, key) for pattern in patterns)]
 
 
 def _describe(violation: SchemaViolation) -> str:
     """A violation's message, made specific for alternatives (pydantic writes optional fields as anyOf)."""
     alternatives = violation.validator_value if violation.validator in ("anyOf", "oneOf") else None
-    if isinstance(alternatives, list) and alternatives and all(
-            isinstance(option, dict) and option.keys() == {"required"} for option in alternatives):
+    if (
+        isinstance(alternatives, list)
+        and alternatives
+        and all(isinstance(option, dict) and option.keys() == {"required"} for option in alternatives)
+    ):
         names = ", ".join(f"'{name}'" for option in alternatives for name in option["required"])
         return f"{'exactly ' if violation.validator == 'oneOf' else ''}one of {names} is required"
     # The branch whose type fits tells what is wrong ("-1 is less than 0", not "-1 is not of type 'null'").
@@ -88,8 +91,9 @@ def _describe(violation: SchemaViolation) -> str:
     return message if len(message) <= 300 else message[:297] + "..."
 
 
-def from_schema(schema: dict[str, Any], instance: Any, locate: Callable[[JsonPath], str], *, code: str,
-                subject: str) -> list[ValidationError]:
+def from_schema(
+    schema: dict[str, Any], instance: Any, locate: Callable[[JsonPath], str], *, code: str, subject: str
+) -> list[ValidationError]:
     """Every JSON Schema violation of `instance`, located by `locate(path inside instance)`.
 
     A string holding a reference is only known at run time, so violations about one are not reported. An
@@ -98,7 +102,8 @@ def from_schema(schema: dict[str, Any], instance: Any, locate: Callable[[JsonPat
     problems: list[ValidationError] = []
     try:
         violations: Iterable[SchemaViolation] = sorted(
-            tenant_validator(schema).iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path])
+            tenant_validator(schema).iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path]
+        )
         for violation in violations:
             path: JsonPath = tuple(violation.absolute_path)
             if isinstance(violation.instance, str) and contains_reference(violation.instance):
@@ -106,7 +111,8 @@ def from_schema(schema: dict[str, Any], instance: Any, locate: Callable[[JsonPat
             if violation.validator == "additionalProperties" and isinstance(violation.instance, dict):
                 problems.extend(
                     ValidationError(locate((*path, key)), f"{subject}: unexpected property '{key}'", code)
-                    for key in _unexpected_keys(violation, violation.instance))
+                    for key in _unexpected_keys(violation, violation.instance)
+                )
                 continue
             problems.append(ValidationError(locate(path), f"{subject}: {_describe(violation)}", code))
     except (SchemaError, Unresolvable) as exc:
@@ -132,8 +138,7 @@ def _dangling_refs(schema: dict[str, Any], at: str, code: str) -> list[Validatio
     objects = _walk_objects(schema)
     if any(path and "$id" in node for path, node in objects):
         return []  # embedded resources change the base URI; their references are left to evaluation time
-    resolver = Registry().with_resource("urn:qp:schema", DRAFT202012.create_resource(schema)).resolver(
-        "urn:qp:schema")
+    resolver = Registry().with_resource("urn:qp:schema", DRAFT202012.create_resource(schema)).resolver("urn:qp:schema")
     problems = []
     for path, node in objects:
         ref = node.get("$ref")
@@ -141,8 +146,11 @@ def _dangling_refs(schema: dict[str, Any], at: str, code: str) -> list[Validatio
             try:
                 resolver.lookup(ref)
             except Unresolvable:
-                problems.append(ValidationError(
-                    at + pointer(*path, "$ref"), f"$ref '{ref}' does not resolve within the schema", code))
+                problems.append(
+                    ValidationError(
+                        at + pointer(*path, "$ref"), f"$ref '{ref}' does not resolve within the schema", code
+                    )
+                )
     return problems
 
 
@@ -156,6 +164,7 @@ def schema_document_problems(schema: Any, at: str, *, code: str) -> list[Validat
     if not problems and isinstance(schema, dict):
         problems.extend(_dangling_refs(schema, at, code))
         # Only what can be enforced in linear time is accepted (see shared/registry/schemas.py).
-        problems.extend(ValidationError(at + pointer(*path), message, code)
-                        for path, message in pattern_problems(schema))
+        problems.extend(
+            ValidationError(at + pointer(*path), message, code) for path, message in pattern_problems(schema)
+        )
     return problems

@@ -63,7 +63,8 @@ def parse_reference(text: str) -> Reference:
     parts = parse_template(text)
     if len(parts) != 1 or not isinstance(parts[0], Reference):
         raise ReferenceSyntaxError(
-            f"{text!r} is not a reference: expected ${{inputs.<name>[.<path>]}} or ${{steps.<id>.output[.<path>]}}")
+            f"{text!r} is not a reference: expected ${{inputs.<name>[.<path>]}} or ${{steps.<id>.output[.<path>]}}"
+        )
     return parts[0]
 
 
@@ -73,7 +74,7 @@ def parse_template(text: str) -> list[str | Reference]:
     literal: list[str] = []
     position = 0
     for match in _TOKEN.finditer(text):
-        literal.append(text[position:match.start()])
+        literal.append(text[position : match.start()])
         position = match.end()
         body = match.group("body")
         if body is None:

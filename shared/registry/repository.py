@@ -16,10 +16,30 @@ from psycopg.types.json import Jsonb
 Kind = Literal["intent", "blueprint"]
 Status = Literal["active", "archived"]
 
-_HEAD_COLUMNS = ("id", "kind", "name", "description", "labels", "status", "current_version", "created_by",
-                 "created_at", "updated_at", "archived_at")
-_VERSION_COLUMNS = ("version", "description", "labels", "definition", "definition_sha256", "origin",
-                    "blueprint_ref", "created_by", "created_at")
+_HEAD_COLUMNS = (
+    "id",
+    "kind",
+    "name",
+    "description",
+    "labels",
+    "status",
+    "current_version",
+    "created_by",
+    "created_at",
+    "updated_at",
+    "archived_at",
+)
+_VERSION_COLUMNS = (
+    "version",
+    "description",
+    "labels",
+    "definition",
+    "definition_sha256",
+    "origin",
+    "blueprint_ref",
+    "created_by",
+    "created_at",
+)
 
 
 def _columns(names: tuple[str, ...], table: str | None = None) -> sql.Composable:
@@ -29,8 +49,7 @@ def _columns(names: tuple[str, ...], table: str | None = None) -> sql.Composable
 _HEAD = _columns(_HEAD_COLUMNS)
 _HEAD_I = _columns(_HEAD_COLUMNS, "i")
 _VERSION_V = _columns(_VERSION_COLUMNS, "v")
-_JOIN = sql.SQL(
-    "FROM app.intent_versions v JOIN app.intents i ON i.tenant_id = v.tenant_id AND i.id = v.intent_id")
+_JOIN = sql.SQL("FROM app.intent_versions v JOIN app.intents i ON i.tenant_id = v.tenant_id AND i.id = v.intent_id")
 
 # Every statement filters on kind as well as id: an intent's id on the blueprints routes (or the reverse) finds
 # nothing, exactly like another tenant's id (which row-level security hides).
@@ -38,7 +57,8 @@ _GET_HEAD = sql.SQL("SELECT {} FROM app.intents WHERE kind = %s AND id = %s").fo
 _LOCK_HEAD = sql.SQL("SELECT {} FROM app.intents WHERE kind = %s AND id = %s FOR UPDATE").format(_HEAD)
 _INSERT_HEAD = sql.SQL(
     "INSERT INTO app.intents (tenant_id, id, kind, name, description, labels, created_by)"
-    " VALUES (app.current_tenant_id(), %s, %s, %s, %s, %s, %s) RETURNING {}").format(_HEAD)
+    " VALUES (app.current_tenant_id(), %s, %s, %s, %s, %s, %s) RETURNING {}"
+).format(_HEAD)
 _INSERT_VERSION = sql.SQL(
     "INSERT INTO app.intent_versions (tenant_id, intent_id, version, description, labels, definition,"
     " definition_sha256, origin, blueprint_ref, created_by)"
@@ -48,28 +68,33 @@ _INSERT_VERSION = sql.SQL(
 # from the same version, even if a caller forgot the lock.
 _ADVANCE_HEAD = sql.SQL(
     "UPDATE app.intents SET current_version = %s, description = %s, labels = %s, updated_at = clock_timestamp()"
-    " WHERE kind = %s AND id = %s AND current_version = %s AND status = 'active' RETURNING {}").format(_HEAD)
+    " WHERE kind = %s AND id = %s AND current_version = %s AND status = 'active' RETURNING {}"
+).format(_HEAD)
 _ARCHIVE_HEAD = sql.SQL(
     "UPDATE app.intents SET status = 'archived', archived_at = clock_timestamp(), updated_at = clock_timestamp()"
-    " WHERE kind = %s AND id = %s AND status = 'active' RETURNING {}").format(_HEAD)
+    " WHERE kind = %s AND id = %s AND status = 'active' RETURNING {}"
+).format(_HEAD)
 _GET_VERSION = sql.SQL("SELECT {} {} WHERE i.kind = %s AND v.intent_id = %s AND v.version = %s").format(
-    _VERSION_V, _JOIN)
+    _VERSION_V, _JOIN
+)
 _PAGE_VERSIONS = sql.SQL(
-    "SELECT {} {} WHERE i.kind = %s AND v.intent_id = %s AND v.version > %s ORDER BY v.version LIMIT %s").format(
-    _VERSION_V, _JOIN)
+    "SELECT {} {} WHERE i.kind = %s AND v.intent_id = %s AND v.version > %s ORDER BY v.version LIMIT %s"
+).format(_VERSION_V, _JOIN)
 _PAGE_HEADS = sql.SQL(
     "SELECT {} FROM app.intents WHERE kind = %(kind)s"
     " AND (%(prefix)s::text IS NULL OR starts_with(name, %(prefix)s::text))"
     " AND (%(status)s::text IS NULL OR status = %(status)s::text)"
     " AND labels @> %(labels)s"
     " AND (%(after)s::text IS NULL OR name > %(after)s::text)"
-    " ORDER BY name LIMIT %(limit)s").format(_HEAD)
+    " ORDER BY name LIMIT %(limit)s"
+).format(_HEAD)
 _CURRENT_BLUEPRINT = sql.SQL(
     "SELECT i.id, i.name, v.version, v.definition {} WHERE i.kind = 'blueprint' AND i.name = %s"
-    " AND i.status = 'active' AND v.version = i.current_version").format(_JOIN)
+    " AND i.status = 'active' AND v.version = i.current_version"
+).format(_JOIN)
 _BLUEPRINT_VERSION = sql.SQL(
-    "SELECT i.id, i.name, v.version, v.definition {} WHERE i.kind = 'blueprint' AND i.id = %s"
-    " AND v.version = %s").format(_JOIN)
+    "SELECT i.id, i.name, v.version, v.definition {} WHERE i.kind = 'blueprint' AND i.id = %s AND v.version = %s"
+).format(_JOIN)
 
 
 class NameTakenError(Exception):
@@ -144,31 +169,57 @@ def get_head(conn: psycopg.Connection[DictRow], kind: Kind, item_id: UUID, *, lo
     return _head(row) if row else None
 
 
-def insert_head(conn: psycopg.Connection[DictRow], kind: Kind, item_id: UUID, name: str, description: str,
-                labels: dict[str, str], created_by: str) -> HeadRow:
+def insert_head(
+    conn: psycopg.Connection[DictRow],
+    kind: Kind,
+    item_id: UUID,
+    name: str,
+    description: str,
+    labels: dict[str, str],
+    created_by: str,
+) -> HeadRow:
     """A new head at version 1 (its version row is inserted next); a taken name raises NameTakenError."""
     try:
         with conn.transaction():  # a savepoint: the conflict leaves the caller's transaction usable
             row = conn.execute(_INSERT_HEAD, (item_id, kind, name, description, Jsonb(labels), created_by)).fetchone()
     except psycopg.errors.UniqueViolation as exc:
         raise NameTakenError(f"a {kind} named {name!r} exists") from exc
-    assert row is not None  # noqa: S101  # INSERT ... RETURNING
+    assert row is not None  # INSERT ... RETURNING
     return _head(row)
 
 
-def insert_version(conn: psycopg.Connection[DictRow], item_id: UUID, version: int, new: NewVersion,
-                   created_by: str) -> VersionRow:
+def insert_version(
+    conn: psycopg.Connection[DictRow], item_id: UUID, version: int, new: NewVersion, created_by: str
+) -> VersionRow:
     """Append version `version`; the primary key refuses a duplicate, whatever the caller checked."""
-    row = conn.execute(_INSERT_VERSION, (
-        item_id, version, new.description, Jsonb(new.labels), Jsonb(new.definition), new.definition_sha256,
-        Jsonb(new.origin), None if new.blueprint_ref is None else Jsonb(new.blueprint_ref), created_by,
-    )).fetchone()
-    assert row is not None  # noqa: S101  # INSERT ... RETURNING
+    row = conn.execute(
+        _INSERT_VERSION,
+        (
+            item_id,
+            version,
+            new.description,
+            Jsonb(new.labels),
+            Jsonb(new.definition),
+            new.definition_sha256,
+            Jsonb(new.origin),
+            None if new.blueprint_ref is None else Jsonb(new.blueprint_ref),
+            created_by,
+        ),
+    ).fetchone()
+    assert row is not None  # INSERT ... RETURNING
     return _version(row)
 
 
-def advance_head(conn: psycopg.Connection[DictRow], kind: Kind, item_id: UUID, *, from_version: int,
-                 to_version: int, description: str, labels: dict[str, str]) -> HeadRow | None:
+def advance_head(
+    conn: psycopg.Connection[DictRow],
+    kind: Kind,
+    item_id: UUID,
+    *,
+    from_version: int,
+    to_version: int,
+    description: str,
+    labels: dict[str, str],
+) -> HeadRow | None:
     """Make `to_version` current if `from_version` still is and the item is active; None otherwise."""
     row = conn.execute(_ADVANCE_HEAD, (to_version, description, Jsonb(labels), kind, item_id, from_version)).fetchone()
     return _head(row) if row else None
@@ -186,17 +237,35 @@ def get_version(conn: psycopg.Connection[DictRow], kind: Kind, item_id: UUID, ve
     return _version(row) if row else None
 
 
-def list_versions(conn: psycopg.Connection[DictRow], kind: Kind, item_id: UUID, *, after: int,
-                  limit: int) -> list[VersionRow]:
+def list_versions(
+    conn: psycopg.Connection[DictRow], kind: Kind, item_id: UUID, *, after: int, limit: int
+) -> list[VersionRow]:
     """Versions after `after`, oldest first."""
     return [_version(row) for row in conn.execute(_PAGE_VERSIONS, (kind, item_id, after, limit)).fetchall()]
 
 
-def list_heads(conn: psycopg.Connection[DictRow], kind: Kind, *, name_prefix: str | None, labels: dict[str, str],
-               status: Status | None, after_name: str | None, limit: int) -> list[HeadRow]:
+def list_heads(
+    conn: psycopg.Connection[DictRow],
+    kind: Kind,
+    *,
+    name_prefix: str | None,
+    labels: dict[str, str],
+    status: Status | None,
+    after_name: str | None,
+    limit: int,
+) -> list[HeadRow]:
     """Heads by name after `after_name` (keyset), filtered; every label given must match."""
-    rows = conn.execute(_PAGE_HEADS, {"kind": kind, "prefix": name_prefix, "status": status, "labels": Jsonb(labels),
-                                      "after": after_name, "limit": limit}).fetchall()
+    rows = conn.execute(
+        _PAGE_HEADS,
+        {
+            "kind": kind,
+            "prefix": name_prefix,
+            "status": status,
+            "labels": Jsonb(labels),
+            "after": after_name,
+            "limit": limit,
+        },
+    ).fetchall()
     return [_head(row) for row in rows]
 
 

@@ -108,12 +108,12 @@ def _pattern_properties(validator: Any, patterns: Any, instance: Any, _schema: A
 def _additional(instance: dict[str, Any], schema: dict[str, Any]) -> list[str]:
     properties = schema.get("properties", {})
     patterns = list(schema.get("patternProperties", {}))
-    return [key for key in instance
-            if key not in properties and not any(matches(pattern, key) for pattern in patterns)]
+    return [key for key in instance if key not in properties and not any(matches(pattern, key) for pattern in patterns)]
 
 
-def _additional_properties(validator: Any, additional: Any, instance: Any,
-                           schema: dict[str, Any]) -> Iterator[ValidationError]:
+def _additional_properties(
+    validator: Any, additional: Any, instance: Any, schema: dict[str, Any]
+) -> Iterator[ValidationError]:
     if not validator.is_type(instance, "object"):
         return
     extras = _additional(instance, schema)
@@ -144,8 +144,9 @@ def _evaluated_keys(validator: Any, instance: dict[str, Any], schema: Any) -> se
         ref = schema.get(keyword)
         if ref is not None:
             resolved = validator._resolver.lookup(ref)
-            keys |= _evaluated_keys(validator.evolve(schema=resolved.contents, _resolver=resolved.resolver),
-                                    instance, resolved.contents)
+            keys |= _evaluated_keys(
+                validator.evolve(schema=resolved.contents, _resolver=resolved.resolver), instance, resolved.contents
+            )
     properties = schema.get("properties")
     if validator.is_type(properties, "object"):
         keys |= properties.keys() & instance.keys()
@@ -171,29 +172,37 @@ def _evaluated_keys(validator: Any, instance: dict[str, Any], schema: Any) -> se
     return keys
 
 
-def _unevaluated_properties(validator: Any, unevaluated: Any, instance: Any,
-                            schema: dict[str, Any]) -> Iterator[ValidationError]:
+def _unevaluated_properties(
+    validator: Any, unevaluated: Any, instance: Any, schema: dict[str, Any]
+) -> Iterator[ValidationError]:
     if not validator.is_type(instance, "object"):
         return
     evaluated = _evaluated_keys(validator, instance, schema)
-    failing = [key for key in instance if key not in evaluated
-               and not _valid(validator.descend(instance[key], unevaluated, path=key, schema_path=key))]
+    failing = [
+        key
+        for key in instance
+        if key not in evaluated and not _valid(validator.descend(instance[key], unevaluated, path=key, schema_path=key))
+    ]
     if failing:
         joined = ", ".join(repr(key) for key in sorted(failing))
         verb = "was" if len(failing) == 1 else "were"
         if unevaluated is False:
             yield ValidationError(f"Unevaluated properties are not allowed ({joined} {verb} unexpected)")
         else:
-            yield ValidationError(f"Unevaluated properties are not valid under the given schema ({joined} {verb} "
-                                  "unevaluated and invalid)")
+            yield ValidationError(
+                f"Unevaluated properties are not valid under the given schema ({joined} {verb} unevaluated and invalid)"
+            )
 
 
-TenantSchemaValidator: type[Validator] = extend(Draft202012Validator, {  # type: ignore[no-untyped-call]
-    "pattern": _pattern,
-    "patternProperties": _pattern_properties,
-    "additionalProperties": _additional_properties,
-    "unevaluatedProperties": _unevaluated_properties,
-})
+TenantSchemaValidator: type[Validator] = extend(
+    Draft202012Validator,
+    {  # type: ignore[no-untyped-call]
+        "pattern": _pattern,
+        "patternProperties": _pattern_properties,
+        "additionalProperties": _additional_properties,
+        "unevaluatedProperties": _unevaluated_properties,
+    },
+)
 """JSON Schema 2020-12 with RE2 regexes: the one validator class for every schema a tenant supplies."""
 
 

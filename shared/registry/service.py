@@ -49,14 +49,37 @@ from shared.registry.repository import (
 from shared.registry.validation import Limits, ValidationResult, required_blueprint, validate_definition
 
 __all__ = [
-    "ArchivedError", "Checked", "DefinitionInvalidError", "DiffResult", "Item", "NameConflictError",
-    "NotFoundError", "Plan", "PlannedStep", "PreconditionFailedError", "QuotaHeadroom", "RESPONSE_ONLY_FIELDS",
-    "RegistryError", "UnknownVersionError", "archive", "check", "create", "diff", "etag", "get", "list_items",
-    "plan", "rollback", "update", "version", "versions",
+    "ArchivedError",
+    "Checked",
+    "DefinitionInvalidError",
+    "DiffResult",
+    "Item",
+    "NameConflictError",
+    "NotFoundError",
+    "Plan",
+    "PlannedStep",
+    "PreconditionFailedError",
+    "QuotaHeadroom",
+    "RESPONSE_ONLY_FIELDS",
+    "RegistryError",
+    "UnknownVersionError",
+    "archive",
+    "check",
+    "create",
+    "diff",
+    "etag",
+    "get",
+    "list_items",
+    "plan",
+    "rollback",
+    "update",
+    "version",
+    "versions",
 ]
 
-RESPONSE_ONLY_FIELDS = frozenset({"blueprint_ref", "origin", "archived_at", "created_by", "version_created_at",
-                                  "version_created_by"})
+RESPONSE_ONLY_FIELDS = frozenset(
+    {"blueprint_ref", "origin", "archived_at", "created_by", "version_created_at", "version_created_by"}
+)
 """Fields a GET answers with beyond the model's own read-only ones; a PUT of a GET's body ignores them too."""
 
 Conn = psycopg.Connection[DictRow]
@@ -131,8 +154,12 @@ class Item:
 
 
 def _document(name: str, version: VersionRow) -> dict[str, Any]:
-    return {"name": name, "description": version.description, "labels": version.labels,
-            "definition": version.definition}
+    return {
+        "name": name,
+        "description": version.description,
+        "labels": version.labels,
+        "definition": version.definition,
+    }
 
 
 def _subject(kind: Kind, item_id: UUID) -> str:
@@ -154,7 +181,7 @@ class Checked:
 
     @property
     def request(self) -> IntentDefinitionIn:
-        assert self.result.intent is not None  # noqa: S101  # only a valid result is Checked
+        assert self.result.intent is not None  # only a valid result is Checked
         return self.result.intent
 
     @property
@@ -182,14 +209,24 @@ def _storage_problems(doc: Any) -> list[ValidationError]:
         if isinstance(node, dict):
             for key, child in node.items():
                 if isinstance(key, str) and _unstorable(key):
-                    problems.append(ValidationError(pointer(*path, key), "a key holds a NUL character or an "
-                                                    "unpaired surrogate, which cannot be stored", "unstorable_text"))
+                    problems.append(
+                        ValidationError(
+                            pointer(*path, key),
+                            "a key holds a NUL character or an unpaired surrogate, which cannot be stored",
+                            "unstorable_text",
+                        )
+                    )
                 stack.append(((*path, key), child))
         elif isinstance(node, list):
             stack.extend(((*path, index), child) for index, child in enumerate(node))
         elif isinstance(node, str) and _unstorable(node):
-            problems.append(ValidationError(pointer(*path), "the text holds a NUL character or an unpaired "
-                                            "surrogate, which cannot be stored", "unstorable_text"))
+            problems.append(
+                ValidationError(
+                    pointer(*path),
+                    "the text holds a NUL character or an unpaired surrogate, which cannot be stored",
+                    "unstorable_text",
+                )
+            )
     return sorted(problems, key=lambda problem: problem.pointer)
 
 
@@ -207,19 +244,30 @@ def _resolved(blueprint: BlueprintVersion) -> ResolvedBlueprint | ValidationErro
     try:
         return ResolvedBlueprint(blueprint.name, blueprint.version, Definition.model_validate(blueprint.definition))
     except pydantic.ValidationError:
-        return ValidationError("/definition", f"blueprint {blueprint.name}@{blueprint.version} no longer parses",
-                               "blueprint_invalid")
+        return ValidationError(
+            "/definition", f"blueprint {blueprint.name}@{blueprint.version} no longer parses", "blueprint_invalid"
+        )
 
 
 def registry_limits() -> Limits:
     """The definition limits from the app settings (QP_REGISTRY_MAX_*)."""
     settings = get_settings()
-    return Limits(max_definition_bytes=settings.QP_REGISTRY_MAX_DEFINITION_BYTES,
-                  max_steps=settings.QP_REGISTRY_MAX_STEPS, max_depth=settings.QP_REGISTRY_MAX_DEPTH)
+    return Limits(
+        max_definition_bytes=settings.QP_REGISTRY_MAX_DEFINITION_BYTES,
+        max_steps=settings.QP_REGISTRY_MAX_STEPS,
+        max_depth=settings.QP_REGISTRY_MAX_DEPTH,
+    )
 
 
-def check(conn: Conn, kind: Kind, doc: Any, *, tenant: TenantFacts, pin: dict[str, Any] | None = None,
-          limits: Limits | None = None) -> Checked:
+def check(
+    conn: Conn,
+    kind: Kind,
+    doc: Any,
+    *,
+    tenant: TenantFacts,
+    pin: dict[str, Any] | None = None,
+    limits: Limits | None = None,
+) -> Checked:
     """Validate a request body against the tenant's catalog and gates; a declaration against its blueprint (the
     pinned version if `pin`, else the blueprint's current one). Raises DefinitionInvalidError with every problem."""
     if isinstance(doc, dict):
@@ -230,26 +278,36 @@ def check(conn: Conn, kind: Kind, doc: Any, *, tenant: TenantFacts, pin: dict[st
     found: BlueprintVersion | None = None
     resolved: ResolvedBlueprint | None = None
     if wanted is not None and kind == "blueprint":
-        problems.append(ValidationError("/definition/steps", "a blueprint defines steps; only an intent can be a "
-                                        "declaration", "steps_required"))
+        problems.append(
+            ValidationError(
+                "/definition/steps", "a blueprint defines steps; only an intent can be a declaration", "steps_required"
+            )
+        )
     elif wanted is not None:
-        found = (blueprint_version(conn, UUID(str(pin["id"])), int(pin["version"])) if pin is not None
-                 else current_blueprint(conn, wanted))
+        found = (
+            blueprint_version(conn, UUID(str(pin["id"])), int(pin["version"]))
+            if pin is not None
+            else current_blueprint(conn, wanted)
+        )
         if found is not None:
             outcome = _resolved(found)
             if isinstance(outcome, ValidationError):
                 problems.append(outcome)
             else:
                 resolved = outcome
-    result = validate_definition(doc, catalog=catalog, tenant=tenant, blueprint=resolved,
-                                 limits=limits or registry_limits())
-    errors = [*problems, *(error for error in result.errors
-                           if not (kind == "blueprint" and error.code == "blueprint_required"))]
+    result = validate_definition(
+        doc, catalog=catalog, tenant=tenant, blueprint=resolved, limits=limits or registry_limits()
+    )
+    errors = [
+        *problems,
+        *(error for error in result.errors if not (kind == "blueprint" and error.code == "blueprint_required")),
+    ]
     if errors or not result.ok:
         count = len(errors)
-        raise DefinitionInvalidError(list(dict.fromkeys(errors)),
-                                     f"The {kind} has {count} problem{'' if count == 1 else 's'}.")
-    assert result.normalized is not None  # noqa: S101  # a result without errors is normalized
+        raise DefinitionInvalidError(
+            list(dict.fromkeys(errors)), f"The {kind} has {count} problem{'' if count == 1 else 's'}."
+        )
+    assert result.normalized is not None  # a result without errors is normalized
     return Checked(result, catalog, found, _as_stored(conn, result.normalized))
 
 
@@ -258,7 +316,7 @@ def _as_stored(conn: Conn, value: dict[str, Any]) -> dict[str, Any]:
     1e16 comes back as the int 10000000000000000, -0.0 as 0.0. Saving, answering and hashing this form makes a
     create's response, every later read and the plan hash agree (a hash of the request's floats would not)."""
     row = conn.execute("SELECT %s::jsonb AS value", (Jsonb(value),)).fetchone()
-    assert row is not None  # noqa: S101  # SELECT of one value
+    assert row is not None  # SELECT of one value
     stored: dict[str, Any] = row["value"]
     return stored
 
@@ -275,7 +333,7 @@ def _head_or_404(conn: Conn, kind: Kind, item_id: UUID, *, lock: bool = False) -
 
 def _item(conn: Conn, head: HeadRow) -> Item:
     current = get_version(conn, head.kind, head.id, head.current_version)
-    assert current is not None  # noqa: S101  # the head's version is inserted in the head's transaction
+    assert current is not None  # the head's version is inserted in the head's transaction
     return Item(head, current)
 
 
@@ -284,20 +342,30 @@ def get(conn: Conn, kind: Kind, item_id: UUID) -> Item:
     return _item(conn, _head_or_404(conn, kind, item_id))
 
 
-def list_items(conn: Conn, kind: Kind, *, name_prefix: str | None, labels: dict[str, str], status: Status | None,
-               cursor: str | None, limit: int) -> tuple[list[HeadRow], str | None]:
+def list_items(
+    conn: Conn,
+    kind: Kind,
+    *,
+    name_prefix: str | None,
+    labels: dict[str, str],
+    status: Status | None,
+    cursor: str | None,
+    limit: int,
+) -> tuple[list[HeadRow], str | None]:
     """One page of items by name, and the cursor of the next page (None on the last)."""
     after = (decode_cursor(cursor) or {}).get("name")
     if after is not None and not isinstance(after, str):
         raise InvalidCursorError("the cursor is not one this API issued")
-    rows = list_heads(conn, kind, name_prefix=name_prefix, labels=labels, status=status, after_name=after,
-                      limit=limit + 1)
+    rows = list_heads(
+        conn, kind, name_prefix=name_prefix, labels=labels, status=status, after_name=after, limit=limit + 1
+    )
     page = rows[:limit]
     return page, encode_cursor({"name": page[-1].name}) if len(rows) > limit else None
 
 
-def versions(conn: Conn, kind: Kind, item_id: UUID, *, cursor: str | None,
-             limit: int) -> tuple[list[VersionRow], str | None]:
+def versions(
+    conn: Conn, kind: Kind, item_id: UUID, *, cursor: str | None, limit: int
+) -> tuple[list[VersionRow], str | None]:
     """One page of an item's versions, oldest first."""
     _head_or_404(conn, kind, item_id)
     after = (decode_cursor(cursor) or {}).get("version", 0)
@@ -330,8 +398,11 @@ class DiffResult:
 
 def _metadata(row: VersionRow) -> dict[str, Any]:
     pin = row.blueprint_ref
-    return {"description": row.description, "labels": row.labels,
-            "blueprint": None if pin is None else f"{pin.get('name')}@{pin.get('version')}"}
+    return {
+        "description": row.description,
+        "labels": row.labels,
+        "blueprint": None if pin is None else f"{pin.get('name')}@{pin.get('version')}",
+    }
 
 
 def _short(value: Any) -> str:
@@ -348,9 +419,10 @@ def diff(conn: Conn, kind: Kind, item_id: UUID, from_version: int, to_version: i
     summary = changes.summary
     if metadata:
         described = "; ".join(
-            f"{change.path.lstrip('/')} {change.kind}" + (
-                f" ({_short(change.old)} → {_short(change.new)})" if change.kind == "changed" else "")
-            for change in metadata)
+            f"{change.path.lstrip('/')} {change.kind}"
+            + (f" ({_short(change.old)} → {_short(change.new)})" if change.kind == "changed" else "")
+            for change in metadata
+        )
         summary = (f"{summary} " if not changes.is_empty else "") + f"Metadata: {described}."
     return DiffResult(from_version, to_version, changes.to_dict(), metadata, summary)
 
@@ -360,13 +432,24 @@ def diff(conn: Conn, kind: Kind, item_id: UUID, from_version: int, to_version: i
 
 def _new_version(checked: Checked, origin: dict[str, Any]) -> NewVersion:
     request = checked.request
-    return NewVersion(request.description, dict(request.labels), checked.normalized,
-                      definition_sha256(checked.normalized), origin, checked.pin)
+    return NewVersion(
+        request.description,
+        dict(request.labels),
+        checked.normalized,
+        definition_sha256(checked.normalized),
+        origin,
+        checked.pin,
+    )
 
 
 def _event(item: Item, **extra: Any) -> dict[str, Any]:
-    return {"id": str(item.head.id), "name": item.head.name, "version": item.version.version,
-            "definition_sha256": item.version.definition_sha256, **extra}
+    return {
+        "id": str(item.head.id),
+        "name": item.head.name,
+        "version": item.version.version,
+        "definition_sha256": item.version.definition_sha256,
+        **extra,
+    }
 
 
 def create(conn: Conn, kind: Kind, doc: Any, *, item_id: UUID, tenant: TenantFacts, created_by: str) -> Item:
@@ -397,15 +480,30 @@ def _locked_active(conn: Conn, kind: Kind, item_id: UUID, if_match: frozenset[st
 def _append(conn: Conn, item: Item, new: NewVersion, created_by: str) -> Item:
     head, number = item.head, item.head.current_version + 1
     row = insert_version(conn, head.id, number, new, created_by)
-    advanced = advance_head(conn, head.kind, head.id, from_version=head.current_version, to_version=number,
-                            description=new.description, labels=new.labels)
+    advanced = advance_head(
+        conn,
+        head.kind,
+        head.id,
+        from_version=head.current_version,
+        to_version=number,
+        description=new.description,
+        labels=new.labels,
+    )
     if advanced is None:  # unreachable under the row lock; refusing keeps a lost update impossible regardless
         raise PreconditionFailedError(etag(head.id, head.current_version))
     return Item(advanced, row)
 
 
-def update(conn: Conn, kind: Kind, item_id: UUID, doc: Any, *, if_match: frozenset[str] | None,
-           tenant: TenantFacts, created_by: str) -> Item:
+def update(
+    conn: Conn,
+    kind: Kind,
+    item_id: UUID,
+    doc: Any,
+    *,
+    if_match: frozenset[str] | None,
+    tenant: TenantFacts,
+    created_by: str,
+) -> Item:
     """Validate and store the next version if `if_match` holds the current ETag, with `<kind>.version_created`."""
     item = _locked_active(conn, kind, item_id, if_match)
     checked = check(conn, kind, doc, tenant=tenant)
@@ -413,16 +511,26 @@ def update(conn: Conn, kind: Kind, item_id: UUID, doc: Any, *, if_match: frozens
         # Declarations find blueprints by name, and clients by name: a rename would silently repoint both.
         raise DefinitionInvalidError(
             [ValidationError("/name", f"the name cannot change (it is '{item.head.name}')", "name_immutable")],
-            f"The {kind} has 1 problem.")
+            f"The {kind} has 1 problem.",
+        )
     origin = {"kind": "update", "from_version": item.version.version}
     updated = _append(conn, item, _new_version(checked, origin), created_by)
-    enqueue(conn, f"{kind}.version_created", _subject(kind, item_id),
-            _event(updated, previous_version=item.version.version))
+    enqueue(
+        conn, f"{kind}.version_created", _subject(kind, item_id), _event(updated, previous_version=item.version.version)
+    )
     return updated
 
 
-def rollback(conn: Conn, kind: Kind, item_id: UUID, to_version: int, *, if_match: frozenset[str] | None,
-             tenant: TenantFacts, created_by: str) -> Item:
+def rollback(
+    conn: Conn,
+    kind: Kind,
+    item_id: UUID,
+    to_version: int,
+    *,
+    if_match: frozenset[str] | None,
+    tenant: TenantFacts,
+    created_by: str,
+) -> Item:
     """A new version equal to `to_version` (its definition, metadata and blueprint pin), with `<kind>.rolled_back`.
 
     The old version is validated again first: the catalog or the tenant's gates may have changed since, and a
@@ -436,11 +544,21 @@ def rollback(conn: Conn, kind: Kind, item_id: UUID, to_version: int, *, if_match
         check(conn, kind, _document(item.head.name, target), tenant=tenant, pin=target.blueprint_ref)
     except DefinitionInvalidError as exc:
         raise DefinitionInvalidError(exc.errors, f"Version {to_version} no longer validates: {exc.detail}") from None
-    new = NewVersion(target.description, target.labels, target.definition, target.definition_sha256,
-                     {"kind": "rollback", "from_version": to_version}, target.blueprint_ref)
+    new = NewVersion(
+        target.description,
+        target.labels,
+        target.definition,
+        target.definition_sha256,
+        {"kind": "rollback", "from_version": to_version},
+        target.blueprint_ref,
+    )
     rolled = _append(conn, item, new, created_by)
-    enqueue(conn, f"{kind}.rolled_back", _subject(kind, item_id),
-            _event(rolled, from_version=to_version, previous_version=item.version.version))
+    enqueue(
+        conn,
+        f"{kind}.rolled_back",
+        _subject(kind, item_id),
+        _event(rolled, from_version=to_version, previous_version=item.version.version),
+    )
     return rolled
 
 
@@ -454,7 +572,7 @@ def archive(conn: Conn, kind: Kind, item_id: UUID, *, if_match: frozenset[str] |
     if if_match is not None and current not in if_match:
         raise PreconditionFailedError(current)
     archived = archive_head(conn, kind, item_id)
-    assert archived is not None  # noqa: S101  # active and locked by this transaction
+    assert archived is not None  # active and locked by this transaction
     item = _item(conn, archived)
     enqueue(conn, f"{kind}.archived", _subject(kind, item_id), _event(item))
     return item, True
@@ -507,8 +625,9 @@ class Plan:
 StepDecider = Callable[[Item, Step], Decision]
 
 
-def plan(conn: Conn, kind: Kind, item_id: UUID, *, tenant: TenantFacts, decide: StepDecider | None,
-         quota: QuotaHeadroom) -> Plan:
+def plan(
+    conn: Conn, kind: Kind, item_id: UUID, *, tenant: TenantFacts, decide: StepDecider | None, quota: QuotaHeadroom
+) -> Plan:
     """The current version validated again (catalog and gates may have changed) and laid out in levels, each
     step with its module and `decide(item, step)` (None: no decisions, as for a blueprint, which is never executed)."""
     item = get(conn, kind, item_id)
@@ -517,10 +636,18 @@ def plan(conn: Conn, kind: Kind, item_id: UUID, *, tenant: TenantFacts, decide: 
     planned = []
     for step in checked.result.steps:
         spec = checked.catalog[step.action]
-        planned.append(PlannedStep(
-            id=step.step_id, action=step.action, module=module_of_action(step.action), remote=spec.remote,
-            timeout_s=step.timeout_s or spec.timeout_s, depends_on=list(step.depends_on or []),
-            level=level_of[step.step_id], when=step.when,
-            compensate=step.compensate.action if step.compensate else None,
-            decision=decide(item, step) if decide is not None else None))
+        planned.append(
+            PlannedStep(
+                id=step.step_id,
+                action=step.action,
+                module=module_of_action(step.action),
+                remote=spec.remote,
+                timeout_s=step.timeout_s or spec.timeout_s,
+                depends_on=list(step.depends_on or []),
+                level=level_of[step.step_id],
+                when=step.when,
+                compensate=step.compensate.action if step.compensate else None,
+                decision=decide(item, step) if decide is not None else None,
+            )
+        )
     return Plan(item, checked.levels, planned, checked.result.blueprint_ref, quota, checked.plan_hash)

@@ -69,8 +69,9 @@ def _suggest(name: str, known: Collection[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _graph(views: Sequence[_StepView]) -> tuple[dict[str, int], dict[int, list[tuple[int | None, int]]],
-                                                 list[ValidationError]]:
+def _graph(
+    views: Sequence[_StepView],
+) -> tuple[dict[str, int], dict[int, list[tuple[int | None, int]]], list[ValidationError]]:
     """Step indexes by id, each step's edges to the steps it depends on, and the id and dependency problems."""
     problems: list[ValidationError] = []
     index_of: dict[str, int] = {}
@@ -78,9 +79,13 @@ def _graph(views: Sequence[_StepView]) -> tuple[dict[str, int], dict[int, list[t
         if view.id not in index_of:
             index_of[view.id] = view.index
         elif view.explicit_id:
-            problems.append(ValidationError(
-                pointer(*view.at, "id"),
-                f"step id '{view.id}' is already used by {pointer(*STEPS, index_of[view.id])}", "duplicate_id"))
+            problems.append(
+                ValidationError(
+                    pointer(*view.at, "id"),
+                    f"step id '{view.id}' is already used by {pointer(*STEPS, index_of[view.id])}",
+                    "duplicate_id",
+                )
+            )
     edges: dict[int, list[tuple[int | None, int]]] = {}
     for view in views:
         edges[view.index] = []
@@ -88,8 +93,11 @@ def _graph(views: Sequence[_StepView]) -> tuple[dict[str, int], dict[int, list[t
         for k, dep in view.deps:
             at = pointer(*view.at, "depends_on", k) if k is not None else pointer(*view.at)
             if dep not in index_of:
-                problems.append(ValidationError(
-                    at, f"depends on unknown step '{dep}'{_suggest(dep, index_of)}", "unknown_dependency"))
+                problems.append(
+                    ValidationError(
+                        at, f"depends on unknown step '{dep}'{_suggest(dep, index_of)}", "unknown_dependency"
+                    )
+                )
             elif dep in seen:
                 problems.append(ValidationError(at, f"step '{dep}' is listed twice", "duplicate_dependency"))
             else:
@@ -113,8 +121,9 @@ def _ancestors(edges: Mapping[int, list[tuple[int | None, int]]]) -> dict[int, s
     return closure
 
 
-def _cycle_through(start: int, edges: Mapping[int, list[tuple[int | None, int]]],
-                   members: set[int]) -> list[tuple[int, int | None, int]]:
+def _cycle_through(
+    start: int, edges: Mapping[int, list[tuple[int | None, int]]], members: set[int]
+) -> list[tuple[int, int | None, int]]:
     """The shortest cycle from `start` back to it inside one strongly connected component, as edges."""
     parent: dict[int, tuple[int, int | None]] = {}
     queue = deque([start])
@@ -134,8 +143,9 @@ def _cycle_through(start: int, edges: Mapping[int, list[tuple[int | None, int]]]
     raise AssertionError("a member of a strongly connected component lies on a cycle")
 
 
-def _cycles(views: Sequence[_StepView], edges: Mapping[int, list[tuple[int | None, int]]],
-            ancestors: Mapping[int, set[int]]) -> list[ValidationError]:
+def _cycles(
+    views: Sequence[_StepView], edges: Mapping[int, list[tuple[int | None, int]]], ancestors: Mapping[int, set[int]]
+) -> list[ValidationError]:
     """One problem per cycle of steps, named in dependency order, at an explicit `depends_on` entry that closes it."""
     problems = []
     placed: set[int] = set()
@@ -149,8 +159,9 @@ def _cycles(views: Sequence[_StepView], edges: Mapping[int, list[tuple[int | Non
         source, k, _ = next(((u, k, v) for u, k, v in cycle if k is not None and v >= u), cycle[0])
         at = pointer(*views[source].at, "depends_on", k) if k is not None else pointer(*views[source].at)
         names = " → ".join([views[cycle[0][0]].id, *(views[v].id for _, _, v in cycle)])
-        problems.append(ValidationError(at, f"dependency cycle: {names} (each step depends on the next)",
-                                        "cyclic_dependency"))
+        problems.append(
+            ValidationError(at, f"dependency cycle: {names} (each step depends on the next)", "cyclic_dependency")
+        )
     return problems
 
 
@@ -172,17 +183,26 @@ def _module_problems(base: JsonPath, raw: Any, known: Collection[str], catalog: 
         return []  # the schema check reports the malformed name
     spec = catalog.get(action)
     if spec is None:
-        return [ValidationError(pointer(*base, "action"), f"unknown action '{action}'{_suggest(action, catalog)}",
-                                "unknown_action")]
+        return [
+            ValidationError(
+                pointer(*base, "action"), f"unknown action '{action}'{_suggest(action, catalog)}", "unknown_action"
+            )
+        ]
     params = merged_params(raw, known)
     if params is None:
         return []
-    return from_schema(spec.params_schema, {**spec.defaults, **params},
-                       lambda path: _param_pointer(base, raw, known, path), code="invalid_params", subject=action)
+    return from_schema(
+        spec.params_schema,
+        {**spec.defaults, **params},
+        lambda path: _param_pointer(base, raw, known, path),
+        code="invalid_params",
+        subject=action,
+    )
 
 
-def _reference_problems(view: _StepView, index_of: Mapping[str, int],
-                        ancestors: Mapping[int, set[int]], declared: Collection[str] | None) -> list[ValidationError]:
+def _reference_problems(
+    view: _StepView, index_of: Mapping[str, int], ancestors: Mapping[int, set[int]], declared: Collection[str] | None
+) -> list[ValidationError]:
     if not isinstance(view.raw, dict):
         return []
     problems: list[ValidationError] = []
@@ -190,7 +210,8 @@ def _reference_problems(view: _StepView, index_of: Mapping[str, int],
     located: list[tuple[str, Reference, set[int]]] = []
     # A compensation runs after its own step completed, so it may read that step's output too.
     sources: list[tuple[JsonPath, dict[str, Any], Collection[str], set[int]]] = [
-        (view.at, view.raw, STEP_FIELDS, upstream)]
+        (view.at, view.raw, STEP_FIELDS, upstream)
+    ]
     compensate = view.raw.get("compensate")
     if isinstance(compensate, dict):
         sources.append(((*view.at, "compensate"), compensate, COMPENSATION_FIELDS, upstream | {view.index}))
@@ -200,8 +221,10 @@ def _reference_problems(view: _StepView, index_of: Mapping[str, int],
             continue
         scan = scan_references(params)
         located.extend((_param_pointer(base, raw, known, path), ref, allowed) for path, ref in scan.found)
-        problems.extend(ValidationError(_param_pointer(base, raw, known, path), message, "invalid_reference")
-                        for path, message in scan.errors)
+        problems.extend(
+            ValidationError(_param_pointer(base, raw, known, path), message, "invalid_reference")
+            for path, message in scan.errors
+        )
     when = view.raw.get("when")
     if isinstance(when, str):
         try:
@@ -211,17 +234,31 @@ def _reference_problems(view: _StepView, index_of: Mapping[str, int],
     for at, ref, allowed in located:
         if ref.source == "inputs":
             if declared is not None and ref.name not in declared:
-                problems.append(ValidationError(
-                    at, f"{ref} reads input '{ref.name}', which /definition/inputs does not declare"
-                        f"{_suggest(ref.name, declared)}", "reference_undeclared_input"))
+                problems.append(
+                    ValidationError(
+                        at,
+                        f"{ref} reads input '{ref.name}', which /definition/inputs does not declare"
+                        f"{_suggest(ref.name, declared)}",
+                        "reference_undeclared_input",
+                    )
+                )
         elif ref.name not in index_of:
-            problems.append(ValidationError(
-                at, f"{ref} reads step '{ref.name}', which does not exist{_suggest(ref.name, index_of)}",
-                "reference_unknown_step"))
+            problems.append(
+                ValidationError(
+                    at,
+                    f"{ref} reads step '{ref.name}', which does not exist{_suggest(ref.name, index_of)}",
+                    "reference_unknown_step",
+                )
+            )
         elif index_of[ref.name] not in allowed:
-            problems.append(ValidationError(
-                at, f"{ref} reads step '{ref.name}', which is not upstream of step '{view.id}': add it to "
-                    "depends_on (directly or through another step)", "reference_not_upstream"))
+            problems.append(
+                ValidationError(
+                    at,
+                    f"{ref} reads step '{ref.name}', which is not upstream of step '{view.id}': add it to "
+                    "depends_on (directly or through another step)",
+                    "reference_not_upstream",
+                )
+            )
     return problems
 
 
@@ -242,8 +279,9 @@ def literal_host(url: str) -> str | None:
     return host or None
 
 
-def _network_problems(base: JsonPath, raw: Any, known: Collection[str],
-                      allow_private: bool | None) -> list[ValidationError]:
+def _network_problems(
+    base: JsonPath, raw: Any, known: Collection[str], allow_private: bool | None
+) -> list[ValidationError]:
     """URLs in outbound steps that can never run here: a literal private, loopback or metadata host (ADR 0016).
     With private networks open (local development) every literal URL may run, as before."""
     if not isinstance(raw, dict) or raw.get("action") not in OUTBOUND_URL_PARAMS:
@@ -258,25 +296,33 @@ def _network_problems(base: JsonPath, raw: Any, known: Collection[str],
         refusal = allow_list_refusal(host, allow_private=False) if host is not None else None
         # The setting is read only when there is something to refuse: most definitions name public hosts.
         if refusal is not None and not private_network_allowed(allow_private):
-            problems.append(ValidationError(
-                _param_pointer(base, raw, known, (name,)),
-                f"{refusal}: steps on this platform reach public addresses only", "url_not_public"))
+            problems.append(
+                ValidationError(
+                    _param_pointer(base, raw, known, (name,)),
+                    f"{refusal}: steps on this platform reach public addresses only",
+                    "url_not_public",
+                )
+            )
     return problems
 
 
-def gate_problems(tenant: TenantFacts | None, target: Any,
-                  actions: Mapping[str, tuple[str, str]]) -> list[ValidationError]:
+def gate_problems(
+    tenant: TenantFacts | None, target: Any, actions: Mapping[str, tuple[str, str]]
+) -> list[ValidationError]:
     """The tenant gates (ADR 0011) as problems; `actions` maps a key to (action, pointer of where it is named)."""
     if tenant is None:
         return []
-    violations = check_gates(tenant, target if isinstance(target, str) else None,
-                             {key: action for key, (action, _) in actions.items()})
+    violations = check_gates(
+        tenant, target if isinstance(target, str) else None, {key: action for key, (action, _) in actions.items()}
+    )
     return [
-        ValidationError("/definition/target", f"target '{violation.value}' is not allowed for this tenant",
-                        violation.reason)
-        if violation.step == TARGET_STEP else
-        ValidationError(actions[violation.step][1], f"module '{violation.value}' is not allowed for this tenant",
-                        violation.reason)
+        ValidationError(
+            "/definition/target", f"target '{violation.value}' is not allowed for this tenant", violation.reason
+        )
+        if violation.step == TARGET_STEP
+        else ValidationError(
+            actions[violation.step][1], f"module '{violation.value}' is not allowed for this tenant", violation.reason
+        )
         for violation in violations
     ]
 
@@ -288,8 +334,10 @@ def _step_actions(views: Sequence[_StepView], catalog: ModuleCatalog) -> dict[st
         if not isinstance(view.raw, dict):
             continue
         compensate = view.raw.get("compensate")
-        for key, holder, at in ((str(view.index), view.raw, view.at),
-                                (f"{view.index}/compensate", compensate, (*view.at, "compensate"))):
+        for key, holder, at in (
+            (str(view.index), view.raw, view.at),
+            (f"{view.index}/compensate", compensate, (*view.at, "compensate")),
+        ):
             if isinstance(holder, dict) and isinstance(holder.get("action"), str) and holder["action"] in catalog:
                 actions[key] = (holder["action"], pointer(*at, "action"))
     return actions
@@ -303,8 +351,13 @@ def declared_inputs(inputs: Any) -> set[str] | None:
     return set(properties) if isinstance(properties, dict) else set()
 
 
-def check_steps(raw_definition: Mapping[str, Any], catalog: ModuleCatalog, tenant: TenantFacts | None, *,
-                allow_private: bool | None = None) -> list[ValidationError]:
+def check_steps(
+    raw_definition: Mapping[str, Any],
+    catalog: ModuleCatalog,
+    tenant: TenantFacts | None,
+    *,
+    allow_private: bool | None = None,
+) -> list[ValidationError]:
     """Every problem of a definition's steps (the caller has checked that `steps` is a list); `allow_private`
     overrides QP_ALLOW_PRIVATE_NETWORK_HOSTS for the URL checks (None reads the setting)."""
     views = _views(raw_definition["steps"])
@@ -315,12 +368,16 @@ def check_steps(raw_definition: Mapping[str, Any], catalog: ModuleCatalog, tenan
     for view in views:
         problems.extend(_module_problems(view.at, view.raw, STEP_FIELDS, catalog))
         if isinstance(view.raw, dict):
-            problems.extend(_module_problems((*view.at, "compensate"), view.raw.get("compensate"),
-                                             COMPENSATION_FIELDS, catalog))
+            problems.extend(
+                _module_problems((*view.at, "compensate"), view.raw.get("compensate"), COMPENSATION_FIELDS, catalog)
+            )
         if isinstance(view.raw, dict):
             problems.extend(_network_problems(view.at, view.raw, STEP_FIELDS, allow_private))
-            problems.extend(_network_problems((*view.at, "compensate"), view.raw.get("compensate"),
-                                              COMPENSATION_FIELDS, allow_private))
+            problems.extend(
+                _network_problems(
+                    (*view.at, "compensate"), view.raw.get("compensate"), COMPENSATION_FIELDS, allow_private
+                )
+            )
         problems.extend(_reference_problems(view, index_of, ancestors, declared))
     problems.extend(gate_problems(tenant, raw_definition.get("target"), _step_actions(views, catalog)))
     return problems

@@ -26,7 +26,12 @@ from shared.registry.step_checks import check_steps, gate_problems
 from shared.registry.when import when_references
 
 __all__ = [
-    "DEFAULT_LIMITS", "Limits", "ValidationError", "ValidationResult", "required_blueprint", "validate_definition",
+    "DEFAULT_LIMITS",
+    "Limits",
+    "ValidationError",
+    "ValidationResult",
+    "required_blueprint",
+    "validate_definition",
 ]
 
 
@@ -87,32 +92,49 @@ def _limit_problems(definition: dict[str, Any], limits: Limits) -> list[Validati
     problems = []
     size = len(json.dumps(definition, separators=(",", ":"), ensure_ascii=False, default=str).encode())
     if size > limits.max_definition_bytes:
-        problems.append(ValidationError(
-            "/definition", f"the definition is {size} bytes; at most {limits.max_definition_bytes} are allowed",
-            "too_large"))
+        problems.append(
+            ValidationError(
+                "/definition",
+                f"the definition is {size} bytes; at most {limits.max_definition_bytes} are allowed",
+                "too_large",
+            )
+        )
     steps = definition.get("steps")
     if isinstance(steps, list) and len(steps) > limits.max_steps:
-        problems.append(ValidationError(
-            "/definition/steps", f"{len(steps)} steps; at most {limits.max_steps} are allowed", "too_many_steps"))
+        problems.append(
+            ValidationError(
+                "/definition/steps", f"{len(steps)} steps; at most {limits.max_steps} are allowed", "too_many_steps"
+            )
+        )
     return problems
 
 
 def _definition_problems(definition: dict[str, Any]) -> list[ValidationError]:
     """The fields of a definition with steps: nothing beyond its own, no blueprint, a usable input schema."""
     problems = [
-        ValidationError(pointer("definition", key), f"'{key}' is not a definition field; only a declaration "
-                        "(a definition without steps) carries other fields", "unknown_field")
-        for key in definition if key not in DEFINITION_FIELDS
+        ValidationError(
+            pointer("definition", key),
+            f"'{key}' is not a definition field; only a declaration (a definition without steps) carries other fields",
+            "unknown_field",
+        )
+        for key in definition
+        if key not in DEFINITION_FIELDS
     ]
     if definition.get("blueprint") is not None:
-        problems.append(ValidationError("/definition/blueprint", "a definition with steps does not use a blueprint",
-                                        "blueprint_with_steps"))
+        problems.append(
+            ValidationError(
+                "/definition/blueprint", "a definition with steps does not use a blueprint", "blueprint_with_steps"
+            )
+        )
     inputs = definition.get("inputs")
     if isinstance(inputs, dict):
         problems.extend(schema_document_problems(inputs, "/definition/inputs", code="invalid_inputs_schema"))
         if inputs.get("type", "object") != "object":
-            problems.append(ValidationError("/definition/inputs/type", "execution inputs are a JSON object",
-                                            "invalid_inputs_schema"))
+            problems.append(
+                ValidationError(
+                    "/definition/inputs/type", "execution inputs are a JSON object", "invalid_inputs_schema"
+                )
+            )
     return problems
 
 
@@ -137,24 +159,41 @@ def _input_readers(steps: list[Step]) -> dict[str, str]:
     return readers
 
 
-def _check_declaration(doc: dict[str, Any], definition: dict[str, Any], catalog: ModuleCatalog,
-                       tenant: TenantFacts | None, blueprint: ResolvedBlueprint | None) -> _Declaration:
+def _check_declaration(
+    doc: dict[str, Any],
+    definition: dict[str, Any],
+    catalog: ModuleCatalog,
+    tenant: TenantFacts | None,
+    blueprint: ResolvedBlueprint | None,
+) -> _Declaration:
     """A declaration: its fields against the blueprint's input schema, and the blueprint's steps for this tenant."""
     at = "/definition/blueprint" if "blueprint" in definition else "/definition"
     problems = []
     if "inputs" in definition:
-        problems.append(ValidationError(
-            "/definition/inputs", "a declaration's fields are its inputs (checked against the blueprint's input "
-            "schema); an input schema belongs in the blueprint", "unexpected_field"))
+        problems.append(
+            ValidationError(
+                "/definition/inputs",
+                "a declaration's fields are its inputs (checked against the blueprint's input "
+                "schema); an input schema belongs in the blueprint",
+                "unexpected_field",
+            )
+        )
     wanted = required_blueprint(doc)
     if blueprint is None:
-        problems.append(ValidationError(
-            at, f"a definition without steps is a declaration: blueprint '{wanted}' is needed to validate and plan it",
-            "blueprint_required"))
+        problems.append(
+            ValidationError(
+                at,
+                f"a definition without steps is a declaration: blueprint '{wanted}' is needed to validate and plan it",
+                "blueprint_required",
+            )
+        )
         return _Declaration(problems)
     if wanted is not None and blueprint.name != wanted:
-        problems.append(ValidationError(
-            at, f"the declaration names blueprint '{wanted}', not '{blueprint.name}'", "blueprint_mismatch"))
+        problems.append(
+            ValidationError(
+                at, f"the declaration names blueprint '{wanted}', not '{blueprint.name}'", "blueprint_mismatch"
+            )
+        )
         return _Declaration(problems)
     steps = blueprint.definition.steps
     if steps is None:
@@ -163,27 +202,46 @@ def _check_declaration(doc: dict[str, Any], definition: dict[str, Any], catalog:
     state = {key: value for key, value in definition.items() if key not in DEFINITION_FIELDS - {"target"}}
     schema = blueprint.definition.inputs
     if schema is not None:
-        problems.extend(from_schema(schema, state, lambda path: pointer("definition", *path),
-                                    code="invalid_declaration", subject=f"blueprint {blueprint.ref}"))
+        problems.extend(
+            from_schema(
+                schema,
+                state,
+                lambda path: pointer("definition", *path),
+                code="invalid_declaration",
+                subject=f"blueprint {blueprint.ref}",
+            )
+        )
     properties = schema.get("properties") if schema is not None else None
-    defaults = {name for name, spec in properties.items() if isinstance(spec, dict) and "default" in spec} \
-        if isinstance(properties, dict) else set()
+    defaults = (
+        {name for name, spec in properties.items() if isinstance(spec, dict) and "default" in spec}
+        if isinstance(properties, dict)
+        else set()
+    )
     for name, step_id in _input_readers(steps).items():
         if name not in state and name not in defaults:
-            problems.append(ValidationError(
-                "/definition", f"blueprint step '{step_id}' reads input '{name}', which the declaration does not set",
-                "missing_input"))
+            problems.append(
+                ValidationError(
+                    "/definition",
+                    f"blueprint step '{step_id}' reads input '{name}', which the declaration does not set",
+                    "missing_input",
+                )
+            )
     actions: dict[str, tuple[str, str]] = {}
     for step in steps:
-        for key, action in ((step.step_id, step.action),
-                            (f"{step.step_id}/compensate", step.compensate.action if step.compensate else None)):
+        for key, action in (
+            (step.step_id, step.action),
+            (f"{step.step_id}/compensate", step.compensate.action if step.compensate else None),
+        ):
             if action is None:
                 continue
             if action in catalog:
                 actions[key] = (action, at)
             else:
-                problems.append(ValidationError(
-                    at, f"blueprint step '{step.step_id}' uses unknown action '{action}'", "unknown_action"))
+                problems.append(
+                    ValidationError(
+                        at, f"blueprint step '{step.step_id}' uses unknown action '{action}'", "unknown_action"
+                    )
+                )
     problems.extend(gate_problems(tenant, definition.get("target"), actions))
     try:
         return _Declaration(problems, execution_levels(steps))
@@ -199,8 +257,13 @@ def _ordered(doc: dict[str, Any], problems: list[ValidationError]) -> tuple[Vali
 
 
 def validate_definition(
-    doc: dict[str, Any], *, catalog: ModuleCatalog, tenant: TenantFacts | None = None,
-    blueprint: ResolvedBlueprint | None = None, limits: Limits = DEFAULT_LIMITS, allow_private: bool | None = None,
+    doc: dict[str, Any],
+    *,
+    catalog: ModuleCatalog,
+    tenant: TenantFacts | None = None,
+    blueprint: ResolvedBlueprint | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    allow_private: bool | None = None,
 ) -> ValidationResult:
     """Validate a create/update request body (`{"name", "description", "labels", "definition"}`).
 

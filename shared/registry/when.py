@@ -34,8 +34,15 @@ _TOKEN = re.compile(
     )""",
     re.VERBOSE,
 )
-_NAMES = {"ref": "a reference", "dstring": "a literal", "sstring": "a literal", "number": "a literal",
-          "true": "a literal", "false": "a literal", "null": "a literal"}
+_NAMES = {
+    "ref": "a reference",
+    "dstring": "a literal",
+    "sstring": "a literal",
+    "number": "a literal",
+    "true": "a literal",
+    "false": "a literal",
+    "null": "a literal",
+}
 _KEYWORDS = frozenset({"and", "or", "not", "in", "exists", "true", "false", "null"})
 
 

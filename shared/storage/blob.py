@@ -16,7 +16,7 @@ def blob_service_client(settings: Settings, **client_options: Any) -> BlobServic
         return BlobServiceClient.from_connection_string(settings.QP_BLOB_CONNECTION_STRING, **client_options)
     from azure.identity import DefaultAzureCredential
 
-    assert settings.QP_BLOB_ACCOUNT_URL  # noqa: S101  # guaranteed by the settings validator
+    assert settings.QP_BLOB_ACCOUNT_URL  # guaranteed by the settings validator
     return BlobServiceClient(settings.QP_BLOB_ACCOUNT_URL, credential=DefaultAzureCredential(), **client_options)
 
 

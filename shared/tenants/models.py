@@ -30,11 +30,21 @@ class TenantQuotas(BaseModel):
 class TenantCreate(BaseModel):
     """What Platform.Admin sends to provision a tenant."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
-        "name": "northwind", "display_name": "Northwind Traders",
-        "entra_tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47", "allowed_targets": ["staging", "production"],
-        "allowed_modules": ["http", "artifact", "build-container", "deploy-to-kubernetes"],
-        "quotas": {"requests_per_minute": 600, "burst": 100, "max_concurrent_executions": 20}}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "northwind",
+                    "display_name": "Northwind Traders",
+                    "entra_tenant_id": "72f988bf-86f1-41af-91ab-2d7cd011db47",
+                    "allowed_targets": ["staging", "production"],
+                    "allowed_modules": ["http", "artifact", "build-container", "deploy-to-kubernetes"],
+                    "quotas": {"requests_per_minute": 600, "burst": 100, "max_concurrent_executions": 20},
+                }
+            ]
+        },
+    )
 
     name: str = Field(pattern=_NAME, description="Unique slug of the tenant")
     display_name: str = Field(default="", max_length=200)
@@ -48,8 +58,15 @@ class TenantCreate(BaseModel):
 class TenantUpdate(BaseModel):
     """A partial update (JSON merge semantics: absent fields stay as they are)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"status": "suspended"}, {"quotas": {"requests_per_minute": 1200}, "allowed_targets": ["staging"]}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"status": "suspended"},
+                {"quotas": {"requests_per_minute": 1200}, "allowed_targets": ["staging"]},
+            ]
+        },
+    )
 
     display_name: str | None = Field(default=None, max_length=200)
     status: TenantStatus | None = None
@@ -74,8 +91,12 @@ class Tenant(BaseModel):
 
     def facts(self) -> TenantFacts:
         """The attributes policies and gates decide on."""
-        return TenantFacts(id=self.id, status=self.status, allowed_targets=frozenset(self.allowed_targets),
-                           allowed_modules=frozenset(self.allowed_modules))
+        return TenantFacts(
+            id=self.id,
+            status=self.status,
+            allowed_targets=frozenset(self.allowed_targets),
+            allowed_modules=frozenset(self.allowed_modules),
+        )
 
 
 class TenantPage(BaseModel):
@@ -83,4 +104,3 @@ class TenantPage(BaseModel):
 
     items: list[Tenant]
     next_cursor: str | None
-

@@ -22,13 +22,35 @@ from shared.tenants.models import Tenant
 
 # Every app table that holds tenant rows, children before parents (erasure order). A test fails when a new
 # tenant table is missing here, so erasure cannot silently leave one behind.
-TENANT_TABLES = ("idempotency_keys", "outbox", "ingress_rejections", "execution_events", "step_attempts",
-                 "execution_steps", "task_token_keys", "executions", "intent_versions", "intents",
-                 "tenant_policies", "rate_buckets", "modules", "audit_events")
+TENANT_TABLES = (
+    "idempotency_keys",
+    "outbox",
+    "ingress_rejections",
+    "execution_events",
+    "step_attempts",
+    "execution_steps",
+    "task_token_keys",
+    "executions",
+    "intent_versions",
+    "intents",
+    "tenant_policies",
+    "rate_buckets",
+    "modules",
+    "audit_events",
+)
 # What the export archive carries (the rate bucket is a counter, not the tenant's data).
-EXPORTED_TABLES = ("intents", "intent_versions", "executions", "execution_steps", "step_attempts",
-                   "execution_events", "tenant_policies", "modules", "ingress_rejections",
-                   "audit_events")
+EXPORTED_TABLES = (
+    "intents",
+    "intent_versions",
+    "executions",
+    "execution_steps",
+    "step_attempts",
+    "execution_events",
+    "tenant_policies",
+    "modules",
+    "ingress_rejections",
+    "audit_events",
+)
 
 
 @dataclass(frozen=True)
@@ -51,8 +73,7 @@ def tenant_blob_prefix(tenant_id: UUID) -> str:
 
 def export_tenant(tenant: Tenant, container: ContainerClient) -> ExportResult:
     """Write the tenant's rows (read under its own RLS context) to `<tenant>/exports/<time>.json`."""
-    archive: dict[str, Any] = {"tenant": tenant.model_dump(mode="json"),
-                               "exported_at": datetime.now(UTC).isoformat()}
+    archive: dict[str, Any] = {"tenant": tenant.model_dump(mode="json"), "exported_at": datetime.now(UTC).isoformat()}
     with tenant_transaction(tenant.id) as conn:
         for table in EXPORTED_TABLES:
             rows = conn.execute(sql.SQL("SELECT * FROM {}").format(sql.Identifier("app", table))).fetchall()
@@ -90,8 +111,9 @@ def execution_ids(tenant_id: UUID) -> list[str]:
         return [str(row["id"]) for row in conn.execute("SELECT id FROM app.executions").fetchall()]
 
 
-async def purge_orchestrations(instance_ids: Sequence[str], client: Any, *,
-                               settle_s: float = ORCHESTRATION_SETTLE_S) -> int:
+async def purge_orchestrations(
+    instance_ids: Sequence[str], client: Any, *, settle_s: float = ORCHESTRATION_SETTLE_S
+) -> int:
     """Terminate what still runs, then purge each orchestration's history; returns how many were purged.
 
     Runs before the rows go, so a failure leaves the tenant erasable again (every step is idempotent).
@@ -99,15 +121,21 @@ async def purge_orchestrations(instance_ids: Sequence[str], client: Any, *,
     purged = 0
     for instance_id in instance_ids:
         status = await client.get_status(instance_id)
-        if status is not None and status.runtime_status is not None and \
-                status.runtime_status.name in ("Running", "Pending", "Suspended", "ContinuedAsNew"):
+        if (
+            status is not None
+            and status.runtime_status is not None
+            and status.runtime_status.name in ("Running", "Pending", "Suspended", "ContinuedAsNew")
+        ):
             await client.terminate(instance_id, "tenant erased")
             deadline = time.monotonic() + settle_s
             # Termination is a message the backend applies asynchronously; purge accepts terminal instances only.
             while time.monotonic() < deadline:
                 status = await client.get_status(instance_id)
-                if status is None or status.runtime_status is None or \
-                        status.runtime_status.name in ("Completed", "Failed", "Terminated", "Canceled"):
+                if (
+                    status is None
+                    or status.runtime_status is None
+                    or status.runtime_status.name in ("Completed", "Failed", "Terminated", "Canceled")
+                ):
                     break
                 await asyncio.sleep(0.2)
         result = await client.purge_instance_history(instance_id)

@@ -17,21 +17,38 @@ from psycopg.types.json import Jsonb
 from shared.pagination import encode_cursor
 from shared.tenants.models import Tenant, TenantCreate, TenantPage, TenantQuotas, TenantUpdate
 
-_COLUMNS = sql.SQL(", ").join(map(sql.Identifier, (
-    "id", "name", "display_name", "entra_tenant_id", "status", "quotas", "allowed_modules", "allowed_targets",
-    "created_at", "updated_at")))
+_COLUMNS = sql.SQL(", ").join(
+    map(
+        sql.Identifier,
+        (
+            "id",
+            "name",
+            "display_name",
+            "entra_tenant_id",
+            "status",
+            "quotas",
+            "allowed_modules",
+            "allowed_targets",
+            "created_at",
+            "updated_at",
+        ),
+    )
+)
 _INSERT = sql.SQL(
     "INSERT INTO app.tenants (name, display_name, entra_tenant_id, status, quotas, allowed_modules, allowed_targets)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING {}").format(_COLUMNS)
+    " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING {}"
+).format(_COLUMNS)
 _BY_ID = sql.SQL("SELECT {} FROM app.tenants WHERE id = %s").format(_COLUMNS)
 _BY_ID_FOR_UPDATE = sql.SQL("SELECT {} FROM app.tenants WHERE id = %s FOR UPDATE").format(_COLUMNS)
 _BY_ENTRA_ID = sql.SQL("SELECT {} FROM app.tenants WHERE entra_tenant_id = %s").format(_COLUMNS)
 _PAGE = sql.SQL(
     "SELECT {} FROM app.tenants WHERE (%(after)s::text IS NULL OR name > %(after)s)"
-    " AND (%(status)s::text IS NULL OR status = %(status)s) ORDER BY name LIMIT %(limit)s").format(_COLUMNS)
+    " AND (%(status)s::text IS NULL OR status = %(status)s) ORDER BY name LIMIT %(limit)s"
+).format(_COLUMNS)
 _UPDATE = sql.SQL(
     "UPDATE app.tenants SET display_name = %s, status = %s, quotas = %s, allowed_modules = %s,"
-    " allowed_targets = %s, updated_at = clock_timestamp() WHERE id = %s RETURNING {}").format(_COLUMNS)
+    " allowed_targets = %s, updated_at = clock_timestamp() WHERE id = %s RETURNING {}"
+).format(_COLUMNS)
 
 
 class TenantConflictError(Exception):
@@ -54,13 +71,19 @@ def create_tenant(conn: psycopg.Connection[DictRow], spec: TenantCreate) -> Tena
         with conn.transaction():  # a savepoint, so a conflict leaves the caller's transaction usable
             row = conn.execute(
                 _INSERT,
-                (spec.name, spec.display_name, spec.entra_tenant_id, spec.status,
-                 Jsonb(spec.quotas.model_dump(exclude_none=True)), list(dict.fromkeys(spec.allowed_modules)),
-                 list(dict.fromkeys(spec.allowed_targets))),
+                (
+                    spec.name,
+                    spec.display_name,
+                    spec.entra_tenant_id,
+                    spec.status,
+                    Jsonb(spec.quotas.model_dump(exclude_none=True)),
+                    list(dict.fromkeys(spec.allowed_modules)),
+                    list(dict.fromkeys(spec.allowed_targets)),
+                ),
             ).fetchone()
     except psycopg.errors.UniqueViolation as exc:
         raise TenantConflictError("a tenant with this name or Entra tenant id exists") from exc
-    assert row is not None  # noqa: S101  # INSERT ... RETURNING returns the row
+    assert row is not None  # INSERT ... RETURNING returns the row
     return _to_tenant(row)
 
 
@@ -76,8 +99,9 @@ def get_tenant(conn: psycopg.Connection[DictRow], tenant_id: UUID) -> Tenant | N
     return _to_tenant(row) if row else None
 
 
-def list_tenants(conn: psycopg.Connection[DictRow], *, limit: int, after_name: str | None,
-                 status: str | None) -> TenantPage:
+def list_tenants(
+    conn: psycopg.Connection[DictRow], *, limit: int, after_name: str | None, status: str | None
+) -> TenantPage:
     """Tenants ordered by name, after `after_name` (keyset pagination)."""
     rows = conn.execute(
         _PAGE,
@@ -99,10 +123,16 @@ def update_tenant(conn: psycopg.Connection[DictRow], tenant_id: UUID, change: Te
         merged["quotas"] = {**current["quotas"], **change.quotas.model_dump(exclude_none=True)}  # type: ignore[union-attr]
     row = conn.execute(
         _UPDATE,
-        (merged["display_name"], merged["status"], Jsonb(merged["quotas"]),
-         list(dict.fromkeys(merged["allowed_modules"])), list(dict.fromkeys(merged["allowed_targets"])), tenant_id),
+        (
+            merged["display_name"],
+            merged["status"],
+            Jsonb(merged["quotas"]),
+            list(dict.fromkeys(merged["allowed_modules"])),
+            list(dict.fromkeys(merged["allowed_targets"])),
+            tenant_id,
+        ),
     ).fetchone()
-    assert row is not None  # noqa: S101  # the row is locked above
+    assert row is not None  # the row is locked above
     return _to_tenant(row)
 
 

@@ -19,24 +19,25 @@ def echo(req: func.HttpRequest) -> func.HttpResponse:
         "body": req.get_body().decode(),
         "json": req.get_json() if req.get_body() else None,
     }
-    return func.HttpResponse(json.dumps(body), status_code=201, mimetype="application/json",
-                             headers={"X-Echo": "yes"})
+    return func.HttpResponse(json.dumps(body), status_code=201, mimetype="application/json", headers={"X-Echo": "yes"})
 
 
 @bp.route(route="plain", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
-def plain(req: func.HttpRequest) -> str:  # noqa: ARG001
+def plain(req: func.HttpRequest) -> str:
     """A function that returns a plain string."""
     return "plain text"
 
 
 @bp.route(route="broken", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
-def broken(req: func.HttpRequest) -> func.HttpResponse:  # noqa: ARG001
+def broken(req: func.HttpRequest) -> func.HttpResponse:
     """A function that raises."""
     raise ValueError("deliberate failure")
 
 
 @bp.route(route="with-context", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
-async def with_context(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:  # noqa: ARG001
+async def with_context(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
     """An async function that asks for the invocation context."""
-    return func.HttpResponse(json.dumps({"function_name": context.function_name,
-                                         "invocation_id": context.invocation_id}), mimetype="application/json")
+    return func.HttpResponse(
+        json.dumps({"function_name": context.function_name, "invocation_id": context.invocation_id}),
+        mimetype="application/json",
+    )

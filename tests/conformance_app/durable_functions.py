@@ -131,8 +131,10 @@ def durable_retry_interleave_orchestrator(context: df.DurableOrchestrationContex
     """A retried call and a plain call whose results can land in one episode (the sequence-id ordering case)."""
     job = context.get_input()
     retried = context.call_activity_with_retry(
-        "durable_flaky", df.RetryOptions(int(job["interval_ms"]), 3),
-        {"key": job["key"], "fail_times": 1, "gate": job["gate"]})
+        "durable_flaky",
+        df.RetryOptions(int(job["interval_ms"]), 3),
+        {"key": job["key"], "fail_times": 1, "gate": job["gate"]},
+    )
     plain = context.call_activity("durable_gated_echo", {"gate": job["gate"], "value": "x"})
     context.set_custom_status("scheduled")
     first = yield context.task_any([retried, plain])
@@ -216,7 +218,8 @@ def durable_parent_orchestrator(context: df.DurableOrchestrationContext) -> Orch
     except Exception as exc:
         error = str(exc)
     retried = yield context.call_sub_orchestrator_with_retry(
-        "durable_flaky_child_orchestrator", df.RetryOptions(200, 3), {"key": job["key"], "fail_times": 1})
+        "durable_flaky_child_orchestrator", df.RetryOptions(200, 3), {"key": job["key"], "fail_times": 1}
+    )
     return {"ok": ok, "error": error, "retried": retried}
 
 
@@ -225,7 +228,8 @@ def durable_supervisor_orchestrator(context: df.DurableOrchestrationContext) -> 
     """Waits on a child with an explicit instance id; a terminated child surfaces as a failure."""
     try:
         result = yield context.call_sub_orchestrator(
-            "durable_approval_orchestrator", None, instance_id=f"{context.instance_id}-child")
+            "durable_approval_orchestrator", None, instance_id=f"{context.instance_id}-child"
+        )
     except Exception as exc:
         return {"child_failed": str(exc)}
     return {"child": result}
@@ -267,8 +271,13 @@ def durable_long_chain_orchestrator(context: df.DurableOrchestrationContext) -> 
     for step in range(int(job["steps"])):
         if step == int(job["steps"]) // 2:
             yield context.create_timer(context.current_utc_datetime + timedelta(seconds=float(job["timer_s"])))
-        results.append((yield context.call_activity(
-            "durable_record_step", {"run": job["run"], "step": step, "sleep": job["sleep"]})))
+        results.append(
+            (
+                yield context.call_activity(
+                    "durable_record_step", {"run": job["run"], "step": step, "sleep": job["sleep"]}
+                )
+            )
+        )
     fan_in = yield context.task_all([context.call_activity("durable_square", r) for r in results[:3]])
     return {"steps": results, "squares": fan_in}
 

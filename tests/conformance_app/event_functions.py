@@ -42,36 +42,48 @@ def _event(event: func.EventHubEvent) -> dict[str, Any]:
     }
 
 
-@bp.event_hub_message_trigger(arg_name="events", event_hub_name=BATCH_HUB, connection="EventHubConnection",
-                              cardinality="many")
+@bp.event_hub_message_trigger(
+    arg_name="events", event_hub_name=BATCH_HUB, connection="EventHubConnection", cardinality="many"
+)
 def on_conformance_batch(events: list[func.EventHubEvent]) -> None:
     """Cardinality many: records the batch with each event's metadata."""
     metadata = dict(events[0].metadata or {})
-    _record("on_conformance_batch", {
-        "events": [_event(e) for e in events],
-        "partition_context": metadata.get("PartitionContext"),
-        "properties": metadata.get("PropertiesArray"),
-        "metadata_keys": sorted(metadata),
-    })
+    _record(
+        "on_conformance_batch",
+        {
+            "events": [_event(e) for e in events],
+            "partition_context": metadata.get("PartitionContext"),
+            "properties": metadata.get("PropertiesArray"),
+            "metadata_keys": sorted(metadata),
+        },
+    )
 
 
 @bp.event_hub_message_trigger(arg_name="event", event_hub_name=SINGLE_HUB, connection="EventHubConnection")
 def on_conformance_single(event: func.EventHubEvent) -> None:
     """Cardinality one (omitted): records the event, then raises when the body asks it to."""
     metadata = dict(event.metadata or {})
-    _record("on_conformance_single", {
-        **_event(event),
-        "partition_context": metadata.get("PartitionContext"),
-        "properties": metadata.get("Properties"),
-        "system_properties": metadata.get("SystemProperties"),
-        "metadata_keys": sorted(metadata),
-    })
+    _record(
+        "on_conformance_single",
+        {
+            **_event(event),
+            "partition_context": metadata.get("PartitionContext"),
+            "properties": metadata.get("Properties"),
+            "system_properties": metadata.get("SystemProperties"),
+            "metadata_keys": sorted(metadata),
+        },
+    )
     if json.loads(event.get_body()).get("fail"):
         raise RuntimeError("asked to fail")
 
 
-@bp.event_hub_message_trigger(arg_name="event", event_hub_name=TEXT_HUB, connection="EventHubConnection",
-                              cardinality="one", consumer_group=TEXT_CONSUMER_GROUP)
+@bp.event_hub_message_trigger(
+    arg_name="event",
+    event_hub_name=TEXT_HUB,
+    connection="EventHubConnection",
+    cardinality="one",
+    consumer_group=TEXT_CONSUMER_GROUP,
+)
 def on_conformance_text(event: str) -> None:
     """A str annotation: the worker passes the raw body, not an EventHubEvent."""
     _record("on_conformance_text", {"body": event, "type": type(event).__name__})
@@ -80,9 +92,12 @@ def on_conformance_text(event: str) -> None:
 @bp.timer_trigger(arg_name="timer", schedule="* * * * * *", use_monitor=True)
 def on_conformance_timer(timer: func.TimerRequest) -> None:
     """Every second, monitored, so a restart after a gap runs once past due."""
-    _record("on_conformance_timer", {
-        "past_due": timer.past_due,
-        "schedule_status": timer.schedule_status,
-        "schedule": timer.schedule,
-        "at": datetime.now(UTC).isoformat(),
-    })
+    _record(
+        "on_conformance_timer",
+        {
+            "past_due": timer.past_due,
+            "schedule_status": timer.schedule_status,
+            "schedule": timer.schedule,
+            "at": datetime.now(UTC).isoformat(),
+        },
+    )

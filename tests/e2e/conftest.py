@@ -20,13 +20,24 @@ def devhost_factory(pg, azurite, tmp_path: Path) -> Iterator[DevhostFactory]:  #
     """Start devhosts attached to the session's Postgres and Azurite; all are stopped at the end."""
     started: list[DevhostProcess] = []
 
-    def start(app_dir: Path = CONFORMANCE_APP, env: dict[str, str] | None = None,
-              port: int | None = None, extra_args: tuple[str, ...] = ()) -> DevhostProcess:
+    def start(
+        app_dir: Path = CONFORMANCE_APP,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> DevhostProcess:
         process = DevhostProcess(
-            app_dir=app_dir, data_dir=pg.root, port=port or free_port(),
-            env={"QP_BLOB_CONNECTION_STRING": azurite.connection_string, "QP_TASK_HUB": "ConformanceHub",
-                 "CONFORMANCE_STATE_DIR": str(tmp_path), **(env or {})},
-            log_path=tmp_path / f"devhost-{len(started)}.log", extra_args=extra_args,
+            app_dir=app_dir,
+            data_dir=pg.root,
+            port=port or free_port(),
+            env={
+                "QP_BLOB_CONNECTION_STRING": azurite.connection_string,
+                "QP_TASK_HUB": "ConformanceHub",
+                "CONFORMANCE_STATE_DIR": str(tmp_path),
+                **(env or {}),
+            },
+            log_path=tmp_path / f"devhost-{len(started)}.log",
+            extra_args=extra_args,
         )
         started.append(process)
         return process.start()

@@ -27,9 +27,12 @@ TERMINAL = {"Completed", "Failed", "Terminated", "Canceled"}
 T = TypeVar("T")
 
 
-async def wait_for_status(client: df.DurableOrchestrationClient, instance_id: str,
-                          until: Callable[[DurableOrchestrationStatus], bool] | None = None,
-                          timeout: float = 20.0) -> DurableOrchestrationStatus:
+async def wait_for_status(
+    client: df.DurableOrchestrationClient,
+    instance_id: str,
+    until: Callable[[DurableOrchestrationStatus], bool] | None = None,
+    timeout: float = 20.0,
+) -> DurableOrchestrationStatus:
     """Poll get_status until `until` holds (default: a terminal status); fail at the deadline."""
     until = until or (lambda s: s.runtime_status is not None and s.runtime_status.value in TERMINAL)
     deadline = time.monotonic() + timeout
@@ -53,8 +56,9 @@ class ServedHost:
 
 
 @asynccontextmanager
-async def serve_durable_host(index: FunctionIndex, app_dir: Path, owner_url: str, data_dir: Path, hub: str,
-                             **host_options: Any) -> AsyncIterator[ServedHost]:
+async def serve_durable_host(
+    index: FunctionIndex, app_dir: Path, owner_url: str, data_dir: Path, hub: str, **host_options: Any
+) -> AsyncIterator[ServedHost]:
     """Run a DurableHost for `index` (both API prefixes mounted) on this event loop; stop it all afterwards."""
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
@@ -77,9 +81,11 @@ async def serve_durable_host(index: FunctionIndex, app_dir: Path, owner_url: str
         invoker.shutdown()
 
 
-def with_client(base_url: str, task_hub: str, call: Callable[[df.DurableOrchestrationClient], Awaitable[T]],
-                key: str) -> T:
+def with_client(
+    base_url: str, task_hub: str, call: Callable[[df.DurableOrchestrationClient], Awaitable[T]], key: str
+) -> T:
     """Run `call` with an SDK client for a devhost child process (`key`: its master key), on a fresh event loop."""
+
     async def main() -> T:
         try:
             binding = client_binding_json(base_url, task_hub, system_key=key)

@@ -37,21 +37,33 @@ def test_seeded_demo_tenants_list_the_seed_modules(devhost_factory: DevhostFacto
     assert seed_demo_modules(pg.app_url) == []
 
 
-SEED_DECLARATION = {"name": "deploy-application", "definition": {
-    "target": "production", "version": "1.2.3", "environment": "azure-westus"}}
-SEED_WEB_APP = {"name": "deploy-web-app", "definition": {"target": "production", "steps": [
-    {"action": "build-docker-image", "image": "myapp:latest", "context": "./app"},
-    {"action": "push-to-registry", "registry": "azurecr.io", "image": "myapp:latest"},
-    {"action": "deploy-to-kubernetes", "namespace": "production", "replicas": 3}]}}
+SEED_DECLARATION = {
+    "name": "deploy-application",
+    "definition": {"target": "production", "version": "1.2.3", "environment": "azure-westus"},
+}
+SEED_WEB_APP = {
+    "name": "deploy-web-app",
+    "definition": {
+        "target": "production",
+        "steps": [
+            {"action": "build-docker-image", "image": "myapp:latest", "context": "./app"},
+            {"action": "push-to-registry", "registry": "azurecr.io", "image": "myapp:latest"},
+            {"action": "deploy-to-kubernetes", "namespace": "production", "replicas": 3},
+        ],
+    },
+}
 
 
 def test_seed_tutorial_payloads_validate_and_plan_as_written(devhost_factory: DevhostFactory, pg: Any) -> None:
     host = devhost_factory(app_dir=PROJECT_ROOT, extra_args=("--seed-demo",))
-    token = mint_token_cli(pg.root, host.base_url, "fabrikam", ["Intent.Author", "Intent.Deployer"], [], None, 600,
-                           False)
+    token = mint_token_cli(
+        pg.root, host.base_url, "fabrikam", ["Intent.Author", "Intent.Deployer"], [], None, 600, False
+    )
     headers = {"Authorization": f"Bearer {token}"}
-    for body, levels in ((SEED_DECLARATION, [["build"], ["deploy"], ["verify"]]),
-                         (SEED_WEB_APP, [["build-docker-image"], ["push-to-registry"], ["deploy-to-kubernetes"]])):
+    for body, levels in (
+        (SEED_DECLARATION, [["build"], ["deploy"], ["verify"]]),
+        (SEED_WEB_APP, [["build-docker-image"], ["push-to-registry"], ["deploy-to-kubernetes"]]),
+    ):
         created = httpx.post(f"{host.base_url}/api/v1/intents", json=body, headers=headers)
         assert created.status_code == 201, created.text
         intent_id = created.json()["id"]

@@ -19,9 +19,11 @@ pytestmark = pytest.mark.e2e
 def test_event_hub_trigger_starts_an_orchestration(devhost_factory: DevhostFactory) -> None:
     host = devhost_factory()
     instance_id = f"from-event-{uuid.uuid4().hex[:8]}"
-    published = httpx.post(f"{host.base_url}/devhost/eventhubs/durable-starts/events",
-                           json={"events": [{"body": {"instance_id": instance_id, "name": "hub"}}]},
-                           headers=host.key_header)
+    published = httpx.post(
+        f"{host.base_url}/devhost/eventhubs/durable-starts/events",
+        json={"events": [{"body": {"instance_id": instance_id, "name": "hub"}}]},
+        headers=host.key_header,
+    )
     assert published.status_code == 200, published.text
 
     async def completed(client: df.DurableOrchestrationClient) -> Any:

@@ -39,18 +39,24 @@ def _poll(what: str, check: Callable[[], bool], timeout: float = 30.0) -> None:
 
 def _history(owner_url: str, instance_id: str) -> list[dict[str, Any]]:
     with psycopg.connect(owner_url) as conn:
-        rows = conn.execute("SELECT event FROM devhost_durable.history WHERE task_hub = %s AND instance_id = %s"
-                            " ORDER BY position", (TASK_HUB, instance_id)).fetchall()
+        rows = conn.execute(
+            "SELECT event FROM devhost_durable.history WHERE task_hub = %s AND instance_id = %s ORDER BY position",
+            (TASK_HUB, instance_id),
+        ).fetchall()
     return [row[0] for row in rows]
 
 
 def _committed_steps(owner_url: str, instance_id: str) -> set[int]:
     """Steps whose completion is durably recorded: in the history, or in the inbox awaiting delivery."""
     with psycopg.connect(owner_url) as conn:
-        events = [row[0] for row in conn.execute(
-            "SELECT event FROM devhost_durable.history WHERE task_hub = %s AND instance_id = %s"
-            " UNION ALL SELECT event FROM devhost_durable.inbox WHERE task_hub = %s AND instance_id = %s",
-            (TASK_HUB, instance_id, TASK_HUB, instance_id)).fetchall()]
+        events = [
+            row[0]
+            for row in conn.execute(
+                "SELECT event FROM devhost_durable.history WHERE task_hub = %s AND instance_id = %s"
+                " UNION ALL SELECT event FROM devhost_durable.inbox WHERE task_hub = %s AND instance_id = %s",
+                (TASK_HUB, instance_id, TASK_HUB, instance_id),
+            ).fetchall()
+        ]
     scheduled = {e["EventId"]: e for e in events if e["EventType"] == 4 and e["Name"] == "durable_record_step"}
     completed = {e["TaskScheduledId"] for e in events if e["EventType"] == 5}
     return {json.loads(scheduled[i]["Input"])["step"] for i in completed if i in scheduled}
@@ -61,14 +67,21 @@ def _executions(log: Path) -> Counter[int]:
 
 
 def test_orchestration_survives_sigkill_mid_activity_and_mid_timer(
-    devhost_factory: DevhostFactory, pg: Any, tmp_path: Path,
+    devhost_factory: DevhostFactory,
+    pg: Any,
+    tmp_path: Path,
 ) -> None:
     run = uuid.uuid4().hex[:8]
     steps, log = 8, tmp_path / f"steps-{run}.log"
     host = devhost_factory()
-    instance_id = with_client(host.base_url, TASK_HUB, lambda c: c.start_new(
-        "durable_long_chain_orchestrator", None, {"run": run, "steps": steps, "sleep": 0.25, "timer_s": 1.5}),
-        host.host_key)
+    instance_id = with_client(
+        host.base_url,
+        TASK_HUB,
+        lambda c: c.start_new(
+            "durable_long_chain_orchestrator", None, {"run": run, "steps": steps, "sleep": 0.25, "timer_s": 1.5}
+        ),
+        host.host_key,
+    )
 
     # Crash 1: while the activity chain runs (an activity is typically mid-sleep).
     _poll("three steps to start", lambda: sum(_executions(log).values()) >= 3)

@@ -49,8 +49,9 @@ class Harness:
     state_dir: Path
     http: aiohttp.ClientSession
 
-    async def wait(self, instance_id: str, until: Callable[[Status], bool] | None = None,
-                   timeout: float = 20.0) -> Status:
+    async def wait(
+        self, instance_id: str, until: Callable[[Status], bool] | None = None, timeout: float = 20.0
+    ) -> Status:
         """Poll get_status until `until` holds (default: a terminal status); fail at the deadline."""
         return await wait_for_status(self.client, instance_id, until, timeout)
 
@@ -62,14 +63,16 @@ class Harness:
         async with await psycopg.AsyncConnection.connect(self.owner_url) as conn:
             cur = await conn.execute(
                 "SELECT event FROM devhost_durable.history WHERE task_hub = %s AND instance_id = %s ORDER BY position",
-                (self.hub, instance_id))
+                (self.hub, instance_id),
+            )
             return [row[0] for row in await cur.fetchall()]
 
     async def inbox(self, instance_id: str) -> list[dict[str, Any]]:
         async with await psycopg.AsyncConnection.connect(self.owner_url) as conn:
             cur = await conn.execute(
                 "SELECT event FROM devhost_durable.inbox WHERE task_hub = %s AND instance_id = %s ORDER BY id",
-                (self.hub, instance_id))
+                (self.hub, instance_id),
+            )
             return [row[0] for row in await cur.fetchall()]
 
     def open_gate(self, gate: str) -> None:
@@ -139,7 +142,11 @@ def test_status_api_codes_history_and_both_prefixes(durable: Callable[[Scenario]
         status = await h.client.get_status(done.instance_id, show_history=True, show_history_output=True)
         events = status.historyEvents
         assert [e["EventType"] for e in events] == [
-            "ExecutionStarted", "TaskCompleted", "TaskCompleted", "ExecutionCompleted"]
+            "ExecutionStarted",
+            "TaskCompleted",
+            "TaskCompleted",
+            "ExecutionCompleted",
+        ]
         assert events[0]["FunctionName"] == "durable_sequence_orchestrator"
         assert events[1]["FunctionName"] == "durable_hello" and events[1]["Result"] == "Hello x"
         assert events[3]["OrchestrationStatus"] == "Completed"
@@ -167,10 +174,17 @@ def test_retry_succeeds_after_failures_and_reports_exhaustion(durable: Callable[
 
         # DTFx RetryInterceptor layout: attempt, timer, attempt, timer (even after the last attempt), then the error.
         history = await h.history(exhausted.instance_id)
-        ids = [(e["EventType"], e["EventId"]) for e in history
-               if e["EventType"] in (EventType.TaskScheduled, EventType.TimerCreated)]
-        assert ids == [(EventType.TaskScheduled, 0), (EventType.TimerCreated, 1),
-                       (EventType.TaskScheduled, 2), (EventType.TimerCreated, 3)]
+        ids = [
+            (e["EventType"], e["EventId"])
+            for e in history
+            if e["EventType"] in (EventType.TaskScheduled, EventType.TimerCreated)
+        ]
+        assert ids == [
+            (EventType.TaskScheduled, 0),
+            (EventType.TimerCreated, 1),
+            (EventType.TaskScheduled, 2),
+            (EventType.TimerCreated, 3),
+        ]
         first_timer = _events(history, EventType.TimerCreated)[0]
         first_failure = _events(history, EventType.TaskFailed)[0]
         waited = datetime.fromisoformat(first_timer["FireAt"]) - datetime.fromisoformat(first_failure["Timestamp"])
@@ -186,7 +200,8 @@ def test_retry_failure_and_completion_in_one_episode_keep_sequence_ids_aligned(
 
     async def scenario(h: Harness) -> None:
         instance_id = await h.client.start_new(
-            "durable_retry_interleave_orchestrator", None, {"key": "mix", "gate": "mix", "interval_ms": 200})
+            "durable_retry_interleave_orchestrator", None, {"key": "mix", "gate": "mix", "interval_ms": 200}
+        )
         await h.wait(instance_id, lambda s: s.custom_status == "scheduled")
         # Suspend so both results queue up, then resume: they are delivered in one episode.
         await h.client.suspend(instance_id, "batch the results")
@@ -217,8 +232,9 @@ def test_failing_orchestrator_is_failed_with_reason_and_custom_status(durable: C
         assert status.runtime_status == df.OrchestrationRuntimeStatus.Failed
         assert status.output == "Orchestrator function 'durable_failing_orchestrator' failed: user bug"
         assert status.custom_status == "about to fail"
-        async with h.http.get(f"{h.base_url}/durabletask/instances/{status.instance_id}"
-                              "?returnInternalServerErrorOnFailure=true") as resp:
+        async with h.http.get(
+            f"{h.base_url}/durabletask/instances/{status.instance_id}?returnInternalServerErrorOnFailure=true"
+        ) as resp:
             assert resp.status == 500
         history = await h.history(status.instance_id)
         assert _events(history, EventType.ExecutionCompleted)[0]["OrchestrationStatus"] == 3
@@ -229,8 +245,9 @@ def test_failing_orchestrator_is_failed_with_reason_and_custom_status(durable: C
 def test_nondeterminism_and_unsupported_actions_fail_the_instance(durable: Callable[[Scenario], None]) -> None:
     async def scenario(h: Harness) -> None:
         (h.state_dir / "choice-nd").write_text("durable_gated_echo")
-        instance_id = await h.client.start_new("durable_nondeterministic_orchestrator", None,
-                                               {"key": "nd", "gate": "nd"})
+        instance_id = await h.client.start_new(
+            "durable_nondeterministic_orchestrator", None, {"key": "nd", "gate": "nd"}
+        )
         deadline = time.monotonic() + 20
         while not _events(await h.history(instance_id), EventType.TaskScheduled):
             assert time.monotonic() < deadline
@@ -255,12 +272,29 @@ def test_orchestrator_state_with_unknown_schema_or_action_is_rejected() -> None:
     with pytest.raises(ProtocolError, match="schemaVersion"):
         check_state({"isDone": False, "schemaVersion": 7, "actions": [[]]})
     facts = InstanceFacts("i", "e", "orch", None, None)
-    started = Message(1, "e", event(EventType.ExecutionStarted, datetime.now(UTC), Name="orch", Version="",
-                                    Input=None, OrchestrationInstance={"InstanceId": "i", "ExecutionId": "e"}))
-    episode = Episode(facts=facts, past=[], messages=[started], book=Bookkeeping(), now=datetime.now(UTC),
-                      catalog=Catalog(orchestrators={"orch"}, activities=set()))
-    result = episode.finish({"isDone": False, "schemaVersion": 2, "actions": [[{"actionType": 42}]]}, None,
-                            datetime.now(UTC))
+    started = Message(
+        1,
+        "e",
+        event(
+            EventType.ExecutionStarted,
+            datetime.now(UTC),
+            Name="orch",
+            Version="",
+            Input=None,
+            OrchestrationInstance={"InstanceId": "i", "ExecutionId": "e"},
+        ),
+    )
+    episode = Episode(
+        facts=facts,
+        past=[],
+        messages=[started],
+        book=Bookkeeping(),
+        now=datetime.now(UTC),
+        catalog=Catalog(orchestrators={"orch"}, activities=set()),
+    )
+    result = episode.finish(
+        {"isDone": False, "schemaVersion": 2, "actions": [[{"actionType": 42}]]}, None, datetime.now(UTC)
+    )
     assert result.status.value == "Failed"
     assert "unknown actionType 42" in (result.output_json or "")
 
@@ -336,7 +370,8 @@ def test_sub_orchestrations_succeed_fail_and_retry(durable: Callable[[Scenario],
         assert parent.output["ok"] == {"input": 7, "squared": 49, "parent": parent.instance_id}
         assert parent.output["error"].startswith(
             "Orchestrator function 'durable_failing_child_orchestrator' failed: "
-            "Activity function 'durable_fail' failed: ValueError: child boom")
+            "Activity function 'durable_fail' failed: ValueError: child boom"
+        )
         assert parent.output["retried"] == "child ok on attempt 2"
 
         children = {s.instance_id: s for s in await h.client.get_status_all() if s.instance_id != parent.instance_id}
@@ -345,8 +380,10 @@ def test_sub_orchestrations_succeed_fail_and_retry(durable: Callable[[Scenario],
         execution_id, sequence = first_child.rsplit(":", 1)
         assert sequence == "0" and len(execution_id) == 32  # DTFx default: "<parent ExecutionId>:<id>"
         assert by_name["durable_failing_child_orchestrator"].runtime_status == df.OrchestrationRuntimeStatus.Failed
-        flaky = sorted((s for s in children.values() if s.name == "durable_flaky_child_orchestrator"),
-                       key=lambda s: int(s.instance_id.rsplit(":", 1)[1]))
+        flaky = sorted(
+            (s for s in children.values() if s.name == "durable_flaky_child_orchestrator"),
+            key=lambda s: int(s.instance_id.rsplit(":", 1)[1]),
+        )
         assert [s.runtime_status.value for s in flaky] == ["Failed", "Completed"]  # one child per attempt
 
     durable(scenario)
@@ -447,7 +484,8 @@ def test_restart_and_purge(durable: Callable[[Scenario], None]) -> None:
         assert (await h.client.purge_instance_history(copy.instance_id)).instances_deleted == 0
 
         by_filter = await h.client.purge_instance_history_by(
-            created_time_from=started_at, runtime_status=[df.OrchestrationRuntimeStatus.Completed])
+            created_time_from=started_at, runtime_status=[df.OrchestrationRuntimeStatus.Completed]
+        )
         assert by_filter.instances_deleted == 1  # the original; the waiting one is not Completed
         remaining = {s.instance_id for s in await h.client.get_status_all()}
         assert remaining == {waiting}
@@ -484,16 +522,25 @@ def test_start_rules_and_instance_queries(durable: Callable[[Scenario], None]) -
         assert second.created_time >= first.created_time
         async with h.http.post(f"{h.base_url}/durabletask/orchestrators/durable_sequence_orchestrator/a%23b") as resp:
             assert resp.status == 400
-        async with h.http.post(f"{h.base_url}/durabletask/orchestrators/durable_sequence_orchestrator",
-                               data="{not json") as resp:
+        async with h.http.post(
+            f"{h.base_url}/durabletask/orchestrators/durable_sequence_orchestrator", data="{not json"
+        ) as resp:
             assert resp.status == 400
         start_uri = f"{h.base_url}/runtime/webhooks/durabletask/orchestrators/durable_sequence_orchestrator"
         async with h.http.post(start_uri, json={"name": "raw"}) as resp:
             assert resp.status == 202
             payload = await resp.json()
-            assert set(payload) == {"id", "statusQueryGetUri", "sendEventPostUri", "terminatePostUri",
-                                    "rewindPostUri", "purgeHistoryDeleteUri", "restartPostUri", "suspendPostUri",
-                                    "resumePostUri"}
+            assert set(payload) == {
+                "id",
+                "statusQueryGetUri",
+                "sendEventPostUri",
+                "terminatePostUri",
+                "rewindPostUri",
+                "purgeHistoryDeleteUri",
+                "restartPostUri",
+                "suspendPostUri",
+                "resumePostUri",
+            }
             assert resp.headers["Location"] == payload["statusQueryGetUri"]
         async with h.http.post(f"{start_uri}?timeout=20&pollingInterval=0.05", json={"name": "wait"}) as resp:
             assert resp.status == 200
@@ -504,8 +551,8 @@ def test_start_rules_and_instance_queries(durable: Callable[[Scenario], None]) -
         batch = await h.client.get_status_by(created_time_from=since, instance_id_prefix="batch-")
         assert sorted(s.instance_id for s in batch) == ["batch-done", "batch-running"]
         completed = await h.client.get_status_by(
-            created_time_from=since, runtime_status=[df.OrchestrationRuntimeStatus.Completed],
-            instance_id_prefix="o")
+            created_time_from=since, runtime_status=[df.OrchestrationRuntimeStatus.Completed], instance_id_prefix="o"
+        )
         assert [s.instance_id for s in completed] == [other.instance_id]
         assert await h.client.get_status_by(created_time_from=datetime.now(UTC) + timedelta(hours=1)) == []
         everything = {s.instance_id for s in await h.client.get_status_all()}
@@ -513,8 +560,9 @@ def test_start_rules_and_instance_queries(durable: Callable[[Scenario], None]) -
         async with h.http.get(f"{h.base_url}/durabletask/instances/?top=3") as resp:
             page = await resp.json()
             assert len(page) == 3 and resp.headers["x-ms-continuation-token"] == "3"
-        async with h.http.get(f"{h.base_url}/durabletask/instances/?top=3",
-                              headers={"x-ms-continuation-token": "3"}) as resp:
+        async with h.http.get(
+            f"{h.base_url}/durabletask/instances/?top=3", headers={"x-ms-continuation-token": "3"}
+        ) as resp:
             rest = await resp.json()
         assert {s["instanceId"] for s in page + rest} == everything
 
@@ -531,16 +579,20 @@ def test_http_starter_gets_a_working_client_binding(durable: Callable[[Scenario]
         origin = "http://public.example:7071"
 
         async def call(query: dict[str, str]) -> tuple[int, dict[str, str], Any]:
-            request = meta.Datum(type="http", value={
-                "method": meta.Datum("POST", "string"),
-                "url": meta.Datum(f"{origin}/api/durable/start/durable_sequence_orchestrator", "string"),
-                "headers": {"content-type": meta.Datum("application/json", "string")},
-                "params": {"functionName": meta.Datum("durable_sequence_orchestrator", "string")},
-                "query": {k: meta.Datum(v, "string") for k, v in query.items()},
-                "body": meta.Datum(json.dumps({"name": "http"}).encode(), "bytes"),
-            })
-            out = await invoker.invoke(starter, {"req": request,
-                                                 "client": meta.Datum(h.host.client_binding_json(origin), "string")})
+            request = meta.Datum(
+                type="http",
+                value={
+                    "method": meta.Datum("POST", "string"),
+                    "url": meta.Datum(f"{origin}/api/durable/start/durable_sequence_orchestrator", "string"),
+                    "headers": {"content-type": meta.Datum("application/json", "string")},
+                    "params": {"functionName": meta.Datum("durable_sequence_orchestrator", "string")},
+                    "query": {k: meta.Datum(v, "string") for k, v in query.items()},
+                    "body": meta.Datum(json.dumps({"name": "http"}).encode(), "bytes"),
+                },
+            )
+            out = await invoker.invoke(
+                starter, {"req": request, "client": meta.Datum(h.host.client_binding_json(origin), "string")}
+            )
             assert out is not None
             value = out.value
             headers = {k: v.value for k, v in value["headers"].items()}
@@ -563,18 +615,35 @@ def test_http_starter_gets_a_working_client_binding(durable: Callable[[Scenario]
 def test_client_binding_json_has_the_real_hosts_shape(durable: Callable[[Scenario], None]) -> None:
     async def scenario(h: Harness) -> None:
         binding = json.loads(h.host.client_binding_json("https://example.test"))
-        assert set(binding) == {"taskHubName", "connectionName", "creationUrls", "managementUrls", "baseUrl",
-                                "requiredQueryStringParameters", "rpcBaseUrl", "httpBaseUrl"}
+        assert set(binding) == {
+            "taskHubName",
+            "connectionName",
+            "creationUrls",
+            "managementUrls",
+            "baseUrl",
+            "requiredQueryStringParameters",
+            "rpcBaseUrl",
+            "httpBaseUrl",
+        }
         assert binding["taskHubName"] == h.hub
         assert binding["rpcBaseUrl"] == f"{h.base_url}/durabletask/"
         assert binding["baseUrl"] == "https://example.test/runtime/webhooks/durabletask"
         urls = binding["managementUrls"]
         assert urls["id"] == "INSTANCEID"
         assert urls["statusQueryGetUri"] == (
-            f"https://example.test/runtime/webhooks/durabletask/instances/INSTANCEID?taskHub={h.hub}"
-            "&connection=Storage")
-        assert set(urls) == {"id", "statusQueryGetUri", "sendEventPostUri", "terminatePostUri", "rewindPostUri",
-                             "purgeHistoryDeleteUri", "restartPostUri", "suspendPostUri", "resumePostUri"}
+            f"https://example.test/runtime/webhooks/durabletask/instances/INSTANCEID?taskHub={h.hub}&connection=Storage"
+        )
+        assert set(urls) == {
+            "id",
+            "statusQueryGetUri",
+            "sendEventPostUri",
+            "terminatePostUri",
+            "rewindPostUri",
+            "purgeHistoryDeleteUri",
+            "restartPostUri",
+            "suspendPostUri",
+            "resumePostUri",
+        }
         assert json.loads(h.host.client_binding_json())["baseUrl"] == f"{h.base_url}/runtime/webhooks/durabletask"
 
     durable(scenario)
@@ -608,8 +677,14 @@ def test_exhausted_retry_timer_is_ordered_after_id_allocating_events() -> None:
     def episode(events: list[dict[str, Any]]) -> Any:
         messages = [Message(i, "e", e) for i, e in enumerate(events)]
         now = datetime.now(UTC)
-        current = Episode(facts=InstanceFacts("i", "e", "two_retries", None, None), past=past, messages=messages,
-                          book=book, now=now, catalog=Catalog(orchestrators={"two_retries"}, activities={"act"}))
+        current = Episode(
+            facts=InstanceFacts("i", "e", "two_retries", None, None),
+            past=past,
+            messages=messages,
+            book=book,
+            now=now,
+            catalog=Catalog(orchestrators={"two_retries"}, activities={"act"}),
+        )
         result = current.finish(json.loads(handle(func.OrchestrationContext(current.context()))), None, now)
         past.extend(result.history)
         return result
@@ -623,8 +698,15 @@ def test_exhausted_retry_timer_is_ordered_after_id_allocating_events() -> None:
     def completed(task_id: int, value: str) -> dict[str, Any]:
         return event(EventType.TaskCompleted, datetime.now(UTC), TaskScheduledId=task_id, Result=json.dumps(value))
 
-    started = event(EventType.ExecutionStarted, datetime.now(UTC), Name="two_retries", Version="", Input=None,
-                    OrchestrationInstance={"InstanceId": "i", "ExecutionId": "e"}, ParentInstance=None)
+    started = event(
+        EventType.ExecutionStarted,
+        datetime.now(UTC),
+        Name="two_retries",
+        Version="",
+        Input=None,
+        OrchestrationInstance={"InstanceId": "i", "ExecutionId": "e"},
+        ParentInstance=None,
+    )
     assert [a.task_id for a in episode([started]).activities] == [0, 1]  # a, b
     assert [t.task_id for t in episode([failed(0), failed(1)]).timers] == [2, 3]  # their retry timers
     # a's timer (exhausted: a fails, c gets scheduled) arrives before b's timer (b's second attempt).

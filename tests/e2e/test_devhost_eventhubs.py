@@ -111,7 +111,10 @@ def test_partition_keys_map_to_stable_partitions_with_sequence_numbers_per_parti
     asyncio.run(migrate(pg.owner_url))
     hub = f"stable-{uuid.uuid4().hex[:8]}"
     sent: list[tuple[str | None, bytes]] = [
-        ("tenant-a", b"a" * 3), ("tenant-b", b"bb"), ("tenant-a", b"a"), ("tenant-b", b"b" * 7),
+        ("tenant-a", b"a" * 3),
+        ("tenant-b", b"bb"),
+        ("tenant-a", b"a"),
+        ("tenant-b", b"b" * 7),
     ]
     sent += [(None, b"x" * n) for n in range(1, 9)]
     with psycopg.connect(pg.owner_url, autocommit=True) as conn:
@@ -124,14 +127,15 @@ def test_partition_keys_map_to_stable_partitions_with_sequence_numbers_per_parti
         ]
         rows = conn.execute(
             "SELECT partition_id, sequence_number, byte_offset, octet_length(body) FROM devhost_eventhubs.events"
-            " WHERE hub = %s ORDER BY partition_id, sequence_number", (hub,),
+            " WHERE hub = %s ORDER BY partition_id, sequence_number",
+            (hub,),
         ).fetchall()
     partitions = [int(row[0]) for row in landed if row is not None]
     assert len(partitions) == len(sent)
 
     # A key always lands on the partition its MD5 prefix names: stable across processes and releases.
     for key in ("tenant-a", "tenant-b"):
-        expected = int(hashlib.md5(key.encode()).hexdigest()[:8], 16) % 4  # noqa: S324  # not security
+        expected = int(hashlib.md5(key.encode()).hexdigest()[:8], 16) % 4  # not security
         assert {p for p, (k, _) in zip(partitions, sent, strict=True) if k == key} == {expected}
     # Without a key, events go round robin over the hub's 4 partitions.
     keyless = partitions[4:]
@@ -180,12 +184,21 @@ def test_cardinality_many_gets_batches_with_each_events_metadata(pg: Any, state_
         assert datetime.fromisoformat(event["enqueued_time"]) == enqueued
     first = batches[0]
     assert first["partition_context"] == {
-        "FullyQualifiedNamespace": "localhost", "EventHubName": BATCH_HUB,
-        "ConsumerGroup": "$Default", "PartitionId": partition,
+        "FullyQualifiedNamespace": "localhost",
+        "EventHubName": BATCH_HUB,
+        "ConsumerGroup": "$Default",
+        "PartitionId": partition,
     }
     assert first["properties"] == [{"n": json.loads(e["body"])["n"]} for e in first["events"]]
-    assert {"SystemPropertiesArray", "PartitionKeyArray", "OffsetArray", "SequenceNumberArray",
-            "EnqueuedTimeUtcArray", "PropertiesArray", "PartitionContext"} <= set(first["metadata_keys"])
+    assert {
+        "SystemPropertiesArray",
+        "PartitionKeyArray",
+        "OffsetArray",
+        "SequenceNumberArray",
+        "EnqueuedTimeUtcArray",
+        "PropertiesArray",
+        "PartitionContext",
+    } <= set(first["metadata_keys"])
     assert "SystemProperties" not in first["metadata_keys"]
 
 
@@ -228,14 +241,20 @@ def test_cardinality_one_checkpoints_even_when_the_function_raises(pg: Any, stat
         assert system["PartitionKey"] == key
         assert str(system["Offset"]) == system["OffsetString"] == record["offset"]
         assert datetime.fromisoformat(record["enqueued_time"]).utcoffset() is not None
-    assert {"PartitionContext", "PartitionKey", "Offset", "OffsetString", "SequenceNumber", "EnqueuedTimeUtc",
-            "Properties", "SystemProperties"} <= set(received[0]["metadata_keys"])
+    assert {
+        "PartitionContext",
+        "PartitionKey",
+        "Offset",
+        "OffsetString",
+        "SequenceNumber",
+        "EnqueuedTimeUtc",
+        "Properties",
+        "SystemProperties",
+    } <= set(received[0]["metadata_keys"])
     assert "SystemPropertiesArray" not in received[0]["metadata_keys"]
 
 
-def test_runtime_role_publisher_reaches_the_trigger_and_checkpoints_survive_a_restart(
-    pg: Any, state_dir: Path
-) -> None:
+def test_runtime_role_publisher_reaches_the_trigger_and_checkpoints_survive_a_restart(pg: Any, state_dir: Path) -> None:
     run = uuid.uuid4().hex
     pool: ConnectionPool[Any] = ConnectionPool(
         pg.app_url, kwargs={"autocommit": True}, min_size=1, max_size=2, open=True

@@ -17,8 +17,9 @@ def base_url(devhost_factory: DevhostFactory) -> str:
 
 
 def test_request_reaches_the_function_as_sent(base_url: str) -> None:
-    response = httpx.post(f"{base_url}/api/echo/bob/3", params={"x": "1"}, headers={"X-Custom": "hello"},
-                          json={"k": [1, 2]})
+    response = httpx.post(
+        f"{base_url}/api/echo/bob/3", params={"x": "1"}, headers={"X-Custom": "hello"}, json={"k": [1, 2]}
+    )
     assert response.status_code == 201
     assert response.headers["x-echo"] == "yes"
     assert response.headers["content-type"].startswith("application/json")

@@ -30,18 +30,23 @@ from tests.e2e.test_executions_e2e import (
 __all__ = ["pytestmark", "side_effects"]
 
 
-def test_a_killed_host_resumes_and_every_side_effect_happens_once(pg: Any, azurite: Any, tmp_path: Path,
-                                                                   side_effects: SideEffects) -> None:
+def test_a_killed_host_resumes_and_every_side_effect_happens_once(
+    pg: Any, azurite: Any, tmp_path: Path, side_effects: SideEffects
+) -> None:
     host = start_platform_host(pg, azurite, tmp_path / "devhost.log")
     crashed = Platform(host, pg.root, pg.owner_url)
     allow_local_side_effects(crashed)
     tag = uuid.uuid4().hex[:6]
     try:
-        intent = create_intent(crashed, [
-            {"id": "one", **http(side_effects, f"one-{tag}")},
-            {"id": "pause", "action": "wait", "seconds": 3},
-            {"id": "two", **http(side_effects, f"two-{tag}")},
-            {"id": "three", "action": "artifact.write", "name": "done.json", "content": {"ok": True}}])
+        intent = create_intent(
+            crashed,
+            [
+                {"id": "one", **http(side_effects, f"one-{tag}")},
+                {"id": "pause", "action": "wait", "seconds": 3},
+                {"id": "two", **http(side_effects, f"two-{tag}")},
+                {"id": "three", "action": "artifact.write", "name": "done.json", "content": {"ok": True}},
+            ],
+        )
         execution_id = started(crashed, intent)
         deadline = time.monotonic() + 20
         while steps_of(detail(crashed, execution_id))["pause"]["state"] != "running":

@@ -83,7 +83,8 @@ def _until(check: Any, what: str) -> Any:
 
 
 def test_a_start_whose_request_died_is_started_by_the_sweeper_and_runs_once(
-        platform: Platform, side_effects: SideEffects, app_pool: ConnectionPool[Any], pg: Any) -> None:
+    platform: Platform, side_effects: SideEffects, app_pool: ConnectionPool[Any], pg: Any
+) -> None:
     name = f"swept-{uuid.uuid4().hex[:6]}"
     intent = create_intent(platform, [{"id": "call", **http(side_effects, name)}])
     tenant_id = _tenant_id(pg, "contoso")
@@ -92,9 +93,13 @@ def test_a_start_whose_request_died_is_started_by_the_sweeper_and_runs_once(
     with tenant_transaction(tenant_id, pool=app_pool) as conn:
         tenant = get_tenant(conn, tenant_id)
         assert tenant is not None
-        recorded = start_execution(conn, tenant.facts(), StartRequest(intent_id=uuid.UUID(intent),
-                                                                      requested_by="e2e"),
-                                   max_concurrent=1000, authorize=lambda _item: None)
+        recorded = start_execution(
+            conn,
+            tenant.facts(),
+            StartRequest(intent_id=uuid.UUID(intent), requested_by="e2e"),
+            max_concurrent=1000,
+            authorize=lambda _item: None,
+        )
         conn.execute(_BACKDATE_CLAIM, (recorded.execution.id,))
     execution_id = str(recorded.execution.id)
     assert detail(platform, execution_id)["status"] == "pending"
@@ -108,12 +113,15 @@ def test_a_start_whose_request_died_is_started_by_the_sweeper_and_runs_once(
 
 
 def test_an_execution_whose_orchestration_was_terminated_ends_failed_and_frees_its_slot(
-        platform: Platform, pg: Any) -> None:
+    platform: Platform, pg: Any
+) -> None:
     _set_quota(platform, "fabrikam", 1)
     headers = platform.headers(AUTHOR, tenant="fabrikam")
     try:
-        body = {"name": f"swept-{uuid.uuid4().hex[:6]}", "definition": {"target": "staging", "steps": [
-            {"id": "pause", "action": "wait", "seconds": 3600}]}}
+        body = {
+            "name": f"swept-{uuid.uuid4().hex[:6]}",
+            "definition": {"target": "staging", "steps": [{"id": "pause", "action": "wait", "seconds": 3600}]},
+        }
         intent = httpx.post(f"{platform.base}/api/v1/intents", json=body, headers=headers).json()["id"]
         first = execute(platform, intent, {}, headers)
         assert first.status_code == 202, first.text
@@ -130,8 +138,9 @@ def test_an_execution_whose_orchestration_was_terminated_ends_failed_and_frees_i
         key = platform.host.key_header
         terminated = httpx.post(f"{instance}/terminate", params={"reason": "operator stop"}, headers=key)
         assert terminated.status_code == 202, terminated.text
-        _until(lambda: httpx.get(instance, headers=key).json().get("runtimeStatus") == "Terminated",
-               "see the termination")
+        _until(
+            lambda: httpx.get(instance, headers=key).json().get("runtimeStatus") == "Terminated", "see the termination"
+        )
         assert view()["status"] == "running"  # nothing recorded the end
         with psycopg.connect(pg.admin_url, dbname="quantum") as conn:
             conn.execute(_BACKDATE_UPDATE, (execution_id,))  # quiet for ten minutes, instead of waiting them out
@@ -139,8 +148,9 @@ def test_an_execution_whose_orchestration_was_terminated_ends_failed_and_frees_i
         ended = _until(lambda: (lambda v: v if v["status"] != "running" else None)(view()), "end the execution")
         assert ended["status"] == "failed"
         assert ended["error"] == "orchestration was terminated: operator stop"
-        events = httpx.get(f"{platform.base}/api/v1/executions/{execution_id}/events", params={"after": 0},
-                           headers=reader).json()["items"]
+        events = httpx.get(
+            f"{platform.base}/api/v1/executions/{execution_id}/events", params={"after": 0}, headers=reader
+        ).json()["items"]
         assert (events[-1]["type"], events[-1]["data"]["error"]) == ("execution_failed", ended["error"])
 
         again = execute(platform, intent, {}, headers)
@@ -150,4 +160,3 @@ def test_an_execution_whose_orchestration_was_terminated_ends_failed_and_frees_i
         _until(lambda: view(next_id)["status"] == "cancelled", "let the next execution be cancelled")
     finally:
         _set_quota(platform, "fabrikam", None)
-

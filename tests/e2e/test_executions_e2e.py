@@ -119,21 +119,29 @@ class Platform:
 
 def start_platform_host(pg: Any, azurite: Any, log: Path, port: int | None = None) -> DevhostProcess:
     return DevhostProcess(
-        app_dir=PROJECT_ROOT, data_dir=pg.root, port=port or free_port(),
+        app_dir=PROJECT_ROOT,
+        data_dir=pg.root,
+        port=port or free_port(),
         env={"QP_BLOB_CONNECTION_STRING": azurite.connection_string, "QP_TASK_HUB": "ExecutionsE2E"},
-        log_path=log, extra_args=("--seed-demo",)).start()
+        log_path=log,
+        extra_args=("--seed-demo",),
+    ).start()
 
 
 def allow_local_side_effects(platform: Platform) -> None:
     """contoso's Tenant.Admin lets its steps call 127.0.0.1 (the SSRF guard refuses loopback otherwise)."""
-    allowed = httpx.patch(f"{platform.base}/api/v1/tenant", json={"settings": {"allowed_hosts": ["127.0.0.1"]}},
-                          headers=platform.headers(["Tenant.Admin"]))
+    allowed = httpx.patch(
+        f"{platform.base}/api/v1/tenant",
+        json={"settings": {"allowed_hosts": ["127.0.0.1"]}},
+        headers=platform.headers(["Tenant.Admin"]),
+    )
     assert allowed.status_code == 200, allowed.text
 
 
 @pytest.fixture(scope="module")
-def platform(pg: Any, azurite: Any, tmp_path_factory: pytest.TempPathFactory,
-             side_effects: SideEffects) -> Iterator[Platform]:
+def platform(
+    pg: Any, azurite: Any, tmp_path_factory: pytest.TempPathFactory, side_effects: SideEffects
+) -> Iterator[Platform]:
     host = start_platform_host(pg, azurite, tmp_path_factory.mktemp("engine") / "devhost.log")
     running = Platform(host, pg.root, pg.owner_url)
     allow_local_side_effects(running)
@@ -144,8 +152,14 @@ def platform(pg: Any, azurite: Any, tmp_path_factory: pytest.TempPathFactory,
 AUTHOR = ["Intent.Author", "Intent.Executor", "Intent.Reader"]
 
 
-def create_intent(platform: Platform, steps: list[dict[str, Any]], *, target: str = "staging",
-                  inputs: dict[str, Any] | None = None, name: str | None = None) -> str:
+def create_intent(
+    platform: Platform,
+    steps: list[dict[str, Any]],
+    *,
+    target: str = "staging",
+    inputs: dict[str, Any] | None = None,
+    name: str | None = None,
+) -> str:
     definition: dict[str, Any] = {"target": target, "steps": steps}
     if inputs is not None:
         definition["inputs"] = inputs
@@ -155,10 +169,15 @@ def create_intent(platform: Platform, steps: list[dict[str, Any]], *, target: st
     return str(created.json()["id"])
 
 
-def execute(platform: Platform, intent_id: str, body: dict[str, Any] | None = None,
-            headers: dict[str, str] | None = None) -> httpx.Response:
-    return httpx.post(f"{platform.base}/api/v1/intents/{intent_id}/execute", json=body,
-                      headers=headers or platform.headers(AUTHOR), timeout=30)
+def execute(
+    platform: Platform, intent_id: str, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    return httpx.post(
+        f"{platform.base}/api/v1/intents/{intent_id}/execute",
+        json=body,
+        headers=headers or platform.headers(AUTHOR),
+        timeout=30,
+    )
 
 
 def started(platform: Platform, intent_id: str, body: dict[str, Any] | None = None) -> str:
@@ -167,15 +186,20 @@ def started(platform: Platform, intent_id: str, body: dict[str, Any] | None = No
     return str(response.json()["execution_id"])
 
 
-def follow(platform: Platform, execution_id: str, *, until: tuple[str, ...] = TERMINAL,
-           timeout: float = 60) -> tuple[str, list[dict[str, Any]]]:
+def follow(
+    platform: Platform, execution_id: str, *, until: tuple[str, ...] = TERMINAL, timeout: float = 60
+) -> tuple[str, list[dict[str, Any]]]:
     """Read the event stream (long poll) until the execution reaches one of `until`; returns it and all events."""
     headers = platform.headers(["Intent.Reader"])
     events: list[dict[str, Any]] = []
     after, deadline = 0, time.monotonic() + timeout
     while time.monotonic() < deadline:
-        page = httpx.get(f"{platform.base}/api/v1/executions/{execution_id}/events",
-                         params={"after": after, "wait": 5}, headers=headers, timeout=15).json()
+        page = httpx.get(
+            f"{platform.base}/api/v1/executions/{execution_id}/events",
+            params={"after": after, "wait": 5},
+            headers=headers,
+            timeout=15,
+        ).json()
         events.extend(page["items"])
         after = page["next_after"]
         if page["status"] in until:
@@ -184,8 +208,9 @@ def follow(platform: Platform, execution_id: str, *, until: tuple[str, ...] = TE
 
 
 def detail(platform: Platform, execution_id: str) -> dict[str, Any]:
-    response = httpx.get(f"{platform.base}/api/v1/executions/{execution_id}",
-                         headers=platform.headers(["Intent.Reader"]))
+    response = httpx.get(
+        f"{platform.base}/api/v1/executions/{execution_id}", headers=platform.headers(["Intent.Reader"])
+    )
     assert response.status_code == 200, response.text
     return dict(response.json())
 
@@ -198,13 +223,18 @@ def http(side_effects: SideEffects, name: str, **query: Any) -> dict[str, Any]:
     return {"action": "http.request", "method": "POST", "url": side_effects.url(name, **query)}
 
 
-def test_parallel_branches_overlap_and_the_stream_tells_the_story(platform: Platform,
-                                                                   side_effects: SideEffects) -> None:
+def test_parallel_branches_overlap_and_the_stream_tells_the_story(
+    platform: Platform, side_effects: SideEffects
+) -> None:
     tag = uuid.uuid4().hex[:6]
-    intent = create_intent(platform, [
-        {"id": "left", **http(side_effects, f"left-{tag}", sleep=1), "depends_on": []},
-        {"id": "right", **http(side_effects, f"right-{tag}", sleep=1), "depends_on": []},
-        {"id": "join", **http(side_effects, f"join-{tag}"), "depends_on": ["left", "right"]}])
+    intent = create_intent(
+        platform,
+        [
+            {"id": "left", **http(side_effects, f"left-{tag}", sleep=1), "depends_on": []},
+            {"id": "right", **http(side_effects, f"right-{tag}", sleep=1), "depends_on": []},
+            {"id": "join", **http(side_effects, f"join-{tag}"), "depends_on": ["left", "right"]},
+        ],
+    )
     execution_id = started(platform, intent)
     status, events = follow(platform, execution_id)
     assert status == "succeeded"
@@ -222,15 +252,18 @@ def test_parallel_branches_overlap_and_the_stream_tells_the_story(platform: Plat
 
 
 def test_input_is_validated_and_a_bad_request_changes_nothing(platform: Platform) -> None:
-    intent = create_intent(platform, [{"id": "pause", "action": "wait", "seconds": 0.1}],
-                           inputs={"type": "object", "properties": {"version": {"type": "string"}},
-                                   "required": ["version"]})
+    intent = create_intent(
+        platform,
+        [{"id": "pause", "action": "wait", "seconds": 0.1}],
+        inputs={"type": "object", "properties": {"version": {"type": "string"}}, "required": ["version"]},
+    )
     refused = execute(platform, intent, {"input": {"version": 3}})
     assert refused.status_code == 422
     assert refused.headers["content-type"].startswith("application/problem+json")
     assert refused.json()["errors"][0]["pointer"] == "/input/version"
-    listing = httpx.get(f"{platform.base}/api/v1/executions", params={"intent_id": intent},
-                        headers=platform.headers(["Intent.Reader"])).json()
+    listing = httpx.get(
+        f"{platform.base}/api/v1/executions", params={"intent_id": intent}, headers=platform.headers(["Intent.Reader"])
+    ).json()
     assert listing["items"] == []
     plan_refused = execute(platform, intent, {"input": {"version": "1"}, "plan_hash": "0" * 64})
     assert plan_refused.status_code == 409 and plan_refused.json()["plan_hash"] != "0" * 64
@@ -238,8 +271,16 @@ def test_input_is_validated_and_a_bad_request_changes_nothing(platform: Platform
 
 def test_retry_then_success_shows_attempts_and_the_wait_reason(platform: Platform, side_effects: SideEffects) -> None:
     name = f"flaky-{uuid.uuid4().hex[:6]}"
-    intent = create_intent(platform, [{"id": "build", **http(side_effects, name, fail_times=1),
-                                       "retry": {"max_attempts": 3, "initial_interval_s": 3, "backoff": 2}}])
+    intent = create_intent(
+        platform,
+        [
+            {
+                "id": "build",
+                **http(side_effects, name, fail_times=1),
+                "retry": {"max_attempts": 3, "initial_interval_s": 3, "backoff": 2},
+            }
+        ],
+    )
     execution_id = started(platform, intent)
     follow(platform, execution_id, until=("running",), timeout=10)
     deadline, reason = time.monotonic() + 15, None
@@ -252,15 +293,21 @@ def test_retry_then_success_shows_attempts_and_the_wait_reason(platform: Platfor
     status, events = follow(platform, execution_id)
     assert status == "succeeded"
     assert [e["type"] for e in events if e["step"] == "build"] == [
-        "step_started", "step_failed", "step_retrying", "step_started", "step_completed"]
+        "step_started",
+        "step_failed",
+        "step_retrying",
+        "step_started",
+        "step_completed",
+    ]
     attempts = steps_of(detail(platform, execution_id))["build"]["attempts"]
     assert [(a["attempt"], a["state"]) for a in attempts] == [(1, "failed"), (2, "succeeded")]
     assert len({request.key for request in side_effects.named(name)}) == 2
 
 
 def test_timeout_fails_the_step_and_the_execution(platform: Platform, side_effects: SideEffects) -> None:
-    intent = create_intent(platform, [{"id": "slow", **http(side_effects, f"slow-{uuid.uuid4().hex[:6]}", sleep=6),
-                                       "timeout_s": 1}])
+    intent = create_intent(
+        platform, [{"id": "slow", **http(side_effects, f"slow-{uuid.uuid4().hex[:6]}", sleep=6), "timeout_s": 1}]
+    )
     execution_id = started(platform, intent)
     status, events = follow(platform, execution_id)
     assert status == "failed"
@@ -271,15 +318,18 @@ def test_timeout_fails_the_step_and_the_execution(platform: Platform, side_effec
     assert steps_of(execution)["slow"]["attempts"][0]["state"] == "timed_out"
 
 
-def test_failure_compensates_completed_steps_in_reverse_order(platform: Platform,
-                                                                side_effects: SideEffects) -> None:
+def test_failure_compensates_completed_steps_in_reverse_order(platform: Platform, side_effects: SideEffects) -> None:
     tag = uuid.uuid4().hex[:6]
     undo = {"undo-a": f"undo-a-{tag}", "undo-b": f"undo-b-{tag}"}
-    intent = create_intent(platform, [
-        {"id": "a", **http(side_effects, f"a-{tag}"), "compensate": http(side_effects, undo["undo-a"])},
-        {"id": "b", **http(side_effects, f"b-{tag}"), "compensate": http(side_effects, undo["undo-b"])},
-        {"id": "c", **http(side_effects, f"c-{tag}", fail_times=99)},
-        {"id": "d", **http(side_effects, f"d-{tag}")}])
+    intent = create_intent(
+        platform,
+        [
+            {"id": "a", **http(side_effects, f"a-{tag}"), "compensate": http(side_effects, undo["undo-a"])},
+            {"id": "b", **http(side_effects, f"b-{tag}"), "compensate": http(side_effects, undo["undo-b"])},
+            {"id": "c", **http(side_effects, f"c-{tag}", fail_times=99)},
+            {"id": "d", **http(side_effects, f"d-{tag}")},
+        ],
+    )
     execution_id = started(platform, intent)
     status, events = follow(platform, execution_id)
     assert status == "failed"
@@ -296,15 +346,23 @@ def test_failure_compensates_completed_steps_in_reverse_order(platform: Platform
 
 
 def _approval_intent(platform: Platform, side_effects: SideEffects, tag: str) -> str:
-    return create_intent(platform, [
-        {"id": "prepare", **http(side_effects, f"prepare-{tag}"),
-         "compensate": http(side_effects, f"unprepare-{tag}")},
-        {"id": "gate", "action": "approval", "message": "ship it?"},
-        {"id": "ship", **http(side_effects, f"ship-{tag}")}])
+    return create_intent(
+        platform,
+        [
+            {
+                "id": "prepare",
+                **http(side_effects, f"prepare-{tag}"),
+                "compensate": http(side_effects, f"unprepare-{tag}"),
+            },
+            {"id": "gate", "action": "approval", "message": "ship it?"},
+            {"id": "ship", **http(side_effects, f"ship-{tag}")},
+        ],
+    )
 
 
-def test_approval_approved_by_another_principal_and_self_approval_refused(platform: Platform,
-                                                                           side_effects: SideEffects) -> None:
+def test_approval_approved_by_another_principal_and_self_approval_refused(
+    platform: Platform, side_effects: SideEffects
+) -> None:
     tag = uuid.uuid4().hex[:6]
     execution_id = started(platform, _approval_intent(platform, side_effects, tag))
     status, events = follow(platform, execution_id, until=("waiting",))
@@ -335,9 +393,11 @@ def test_approval_rejected_fails_and_compensates(platform: Platform, side_effect
     tag = uuid.uuid4().hex[:6]
     execution_id = started(platform, _approval_intent(platform, side_effects, tag))
     follow(platform, execution_id, until=("waiting",))
-    rejected = httpx.post(f"{platform.base}/api/v1/executions/{execution_id}/approvals/gate",
-                          json={"decision": "reject", "comment": "freeze"},
-                          headers=platform.headers(["Intent.Approver"], oid=APPROVER))
+    rejected = httpx.post(
+        f"{platform.base}/api/v1/executions/{execution_id}/approvals/gate",
+        json={"decision": "reject", "comment": "freeze"},
+        headers=platform.headers(["Intent.Approver"], oid=APPROVER),
+    )
     assert rejected.status_code == 200
     status, events = follow(platform, execution_id)
     assert status == "failed"
@@ -345,21 +405,26 @@ def test_approval_rejected_fails_and_compensates(platform: Platform, side_effect
     assert len(side_effects.named(f"unprepare-{tag}")) == 1 and side_effects.named(f"ship-{tag}") == []
 
 
-def test_cancel_stops_scheduling_compensates_and_ends_cancelled(platform: Platform,
-                                                                 side_effects: SideEffects) -> None:
+def test_cancel_stops_scheduling_compensates_and_ends_cancelled(platform: Platform, side_effects: SideEffects) -> None:
     tag = uuid.uuid4().hex[:6]
-    intent = create_intent(platform, [
-        {"id": "prepare", **http(side_effects, f"prepare-{tag}"),
-         "compensate": http(side_effects, f"unprepare-{tag}")},
-        {"id": "soak", "action": "wait", "seconds": 60},
-        {"id": "ship", **http(side_effects, f"ship-{tag}")}])
+    intent = create_intent(
+        platform,
+        [
+            {
+                "id": "prepare",
+                **http(side_effects, f"prepare-{tag}"),
+                "compensate": http(side_effects, f"unprepare-{tag}"),
+            },
+            {"id": "soak", "action": "wait", "seconds": 60},
+            {"id": "ship", **http(side_effects, f"ship-{tag}")},
+        ],
+    )
     execution_id = started(platform, intent)
     deadline = time.monotonic() + 20
     while steps_of(detail(platform, execution_id))["soak"]["state"] != "running":
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    cancelled = httpx.post(f"{platform.base}/api/v1/executions/{execution_id}/cancel",
-                           headers=platform.headers(AUTHOR))
+    cancelled = httpx.post(f"{platform.base}/api/v1/executions/{execution_id}/cancel", headers=platform.headers(AUTHOR))
     assert cancelled.status_code == 202, cancelled.text
     status, events = follow(platform, execution_id)
     assert status == "cancelled"
@@ -371,15 +436,18 @@ def test_cancel_stops_scheduling_compensates_and_ends_cancelled(platform: Platfo
 
 def test_retry_from_the_failed_step_reuses_completed_outputs(platform: Platform, side_effects: SideEffects) -> None:
     tag = uuid.uuid4().hex[:6]
-    intent = create_intent(platform, [
-        {"id": "build", **http(side_effects, f"build-{tag}")},
-        {"id": "deploy", **http(side_effects, f"deploy-{tag}")}])
+    intent = create_intent(
+        platform,
+        [
+            {"id": "build", **http(side_effects, f"build-{tag}")},
+            {"id": "deploy", **http(side_effects, f"deploy-{tag}")},
+        ],
+    )
     side_effects.failing.add(f"deploy-{tag}")
     first = started(platform, intent)
     assert follow(platform, first)[0] == "failed"
     side_effects.failing.discard(f"deploy-{tag}")
-    retried = httpx.post(f"{platform.base}/api/v1/executions/{first}/retry", json={},
-                         headers=platform.headers(AUTHOR))
+    retried = httpx.post(f"{platform.base}/api/v1/executions/{first}/retry", json={}, headers=platform.headers(AUTHOR))
     assert retried.status_code == 202, retried.text
     second = retried.json()["execution_id"]
     status, events = follow(platform, second)
@@ -394,12 +462,19 @@ def test_retry_from_the_failed_step_reuses_completed_outputs(platform: Platform,
 
 def test_large_outputs_are_stored_as_blobs_and_referenced(platform: Platform, side_effects: SideEffects) -> None:
     tag = uuid.uuid4().hex[:6]
-    intent = create_intent(platform, [
-        {"id": "big", **http(side_effects, f"big-{tag}", big=100_000)},
-        # A later step reads parts of the stored output, in its parameters and in its condition.
-        {"id": "use", **http(side_effects, f"after-{tag}-" + "${steps.big.output.status}"),
-         "when": "${steps.big.output.status} == 200"},
-        {"id": "never", **http(side_effects, f"never-{tag}"), "when": "${steps.big.output.status} == 500"}])
+    intent = create_intent(
+        platform,
+        [
+            {"id": "big", **http(side_effects, f"big-{tag}", big=100_000)},
+            # A later step reads parts of the stored output, in its parameters and in its condition.
+            {
+                "id": "use",
+                **http(side_effects, f"after-{tag}-" + "${steps.big.output.status}"),
+                "when": "${steps.big.output.status} == 200",
+            },
+            {"id": "never", **http(side_effects, f"never-{tag}"), "when": "${steps.big.output.status} == 500"},
+        ],
+    )
     execution_id = started(platform, intent)
     assert follow(platform, execution_id)[0] == "succeeded"
     steps = steps_of(detail(platform, execution_id))
@@ -426,10 +501,18 @@ def test_child_intent_runs_as_a_sub_orchestration(platform: Platform, side_effec
 def _child_waiting_for_approval(platform: Platform, side_effects: SideEffects, tag: str) -> str:
     """A child intent that prepares something (compensated on the way out), then waits for an approval."""
     name = f"child-{tag}"
-    create_intent(platform, [
-        {"id": "prepare", **http(side_effects, f"child-prepare-{tag}"),
-         "compensate": http(side_effects, f"child-unprepare-{tag}")},
-        {"id": "gate", "action": "approval", "depends_on": ["prepare"]}], name=name)
+    create_intent(
+        platform,
+        [
+            {
+                "id": "prepare",
+                **http(side_effects, f"child-prepare-{tag}"),
+                "compensate": http(side_effects, f"child-unprepare-{tag}"),
+            },
+            {"id": "gate", "action": "approval", "depends_on": ["prepare"]},
+        ],
+        name=name,
+    )
     return name
 
 
@@ -446,8 +529,9 @@ def _child_of(platform: Platform, execution_id: str, step_id: str) -> str:
 def test_cancelling_a_parent_cancels_its_running_child(platform: Platform, side_effects: SideEffects) -> None:
     tag = uuid.uuid4().hex[:6]
     child_name = _child_waiting_for_approval(platform, side_effects, tag)
-    parent = started(platform, create_intent(platform, [
-        {"id": "run-child", "action": "intent.run", "intent": child_name}]))
+    parent = started(
+        platform, create_intent(platform, [{"id": "run-child", "action": "intent.run", "intent": child_name}])
+    )
     child = _child_of(platform, parent, "run-child")
     follow(platform, child, until=("waiting",))
     cancelled = httpx.post(f"{platform.base}/api/v1/executions/{parent}/cancel", headers=platform.headers(AUTHOR))
@@ -460,20 +544,29 @@ def test_cancelling_a_parent_cancels_its_running_child(platform: Platform, side_
     assert steps_of(detail(platform, parent))["run-child"]["state"] in ("failed", "cancelled")
 
 
-def test_a_failing_parent_cancels_its_child_instead_of_waiting_for_it(platform: Platform,
-                                                                       side_effects: SideEffects) -> None:
+def test_a_failing_parent_cancels_its_child_instead_of_waiting_for_it(
+    platform: Platform, side_effects: SideEffects
+) -> None:
     tag = uuid.uuid4().hex[:6]
     child_name = _child_waiting_for_approval(platform, side_effects, tag)
-    parent = started(platform, create_intent(platform, [
-        {"id": "run-child", "action": "intent.run", "intent": child_name, "depends_on": []},
-        {"id": "boom", **http(side_effects, f"boom-{tag}", fail_times=99), "depends_on": []}]))
+    parent = started(
+        platform,
+        create_intent(
+            platform,
+            [
+                {"id": "run-child", "action": "intent.run", "intent": child_name, "depends_on": []},
+                {"id": "boom", **http(side_effects, f"boom-{tag}", fail_times=99), "depends_on": []},
+            ],
+        ),
+    )
     status, _ = follow(platform, parent)
     assert status == "failed" and detail(platform, parent)["output"]["failed_step"] == "boom"
     assert follow(platform, _child_of(platform, parent, "run-child"))[0] == "cancelled"
 
 
-def test_the_same_idempotency_key_under_concurrency_starts_one_execution(platform: Platform,
-                                                                          side_effects: SideEffects) -> None:
+def test_the_same_idempotency_key_under_concurrency_starts_one_execution(
+    platform: Platform, side_effects: SideEffects
+) -> None:
     name = f"once-{uuid.uuid4().hex[:6]}"
     intent = create_intent(platform, [{"id": "once", **http(side_effects, name)}])
     headers = {**platform.headers(AUTHOR), "Idempotency-Key": f"key-{name}"}
@@ -487,28 +580,33 @@ def test_the_same_idempotency_key_under_concurrency_starts_one_execution(platfor
     assert status == "succeeded"
     assert [e["type"] for e in events].count("execution_started") == 1
     assert len(side_effects.named(name)) == 1
-    listing = httpx.get(f"{platform.base}/api/v1/executions", params={"intent_id": intent},
-                        headers=platform.headers(["Intent.Reader"])).json()
+    listing = httpx.get(
+        f"{platform.base}/api/v1/executions", params={"intent_id": intent}, headers=platform.headers(["Intent.Reader"])
+    ).json()
     assert len(listing["items"]) == 1
     other = execute(platform, intent, {"input": {"x": 1}}, headers)
     # The key was used for another request: 422 on every route (ADR 0022).
     assert other.status_code == 422 and other.json()["type"].endswith("/idempotency-key")
 
 
-def test_module_work_delivered_twice_is_applied_once(platform: Platform, side_effects: SideEffects,
-                                                     pg: Any) -> None:
+def test_module_work_delivered_twice_is_applied_once(platform: Platform, side_effects: SideEffects, pg: Any) -> None:
     name = f"dup-{uuid.uuid4().hex[:6]}"
     intent = create_intent(platform, [{"id": "only", **http(side_effects, name)}])
     execution_id = started(platform, intent)
     assert follow(platform, execution_id)[0] == "succeeded"
     with psycopg.connect(pg.owner_url) as conn:
-        row = conn.execute("SELECT body FROM devhost_eventhubs.events WHERE hub = 'module-work'"
-                           " AND convert_from(body, 'UTF8')::jsonb ->> 'execution_id' = %s", (execution_id,)).fetchone()
+        row = conn.execute(
+            "SELECT body FROM devhost_eventhubs.events WHERE hub = 'module-work'"
+            " AND convert_from(body, 'UTF8')::jsonb ->> 'execution_id' = %s",
+            (execution_id,),
+        ).fetchone()
     assert row is not None
     item = json.loads(bytes(row[0]))
-    published = httpx.post(f"{platform.base}/devhost/eventhubs/module-work/events",
-                           json={"events": [{"body": item, "partition_key": item["tenant_id"]}]},
-                           headers=platform.host.key_header)
+    published = httpx.post(
+        f"{platform.base}/devhost/eventhubs/module-work/events",
+        json={"events": [{"body": item, "partition_key": item["tenant_id"]}]},
+        headers=platform.host.key_header,
+    )
     assert published.status_code == 200, published.text
     time.sleep(3)  # the worker takes the duplicate within a poll interval
     assert len(side_effects.named(name)) == 1
@@ -516,19 +614,22 @@ def test_module_work_delivered_twice_is_applied_once(platform: Platform, side_ef
     assert [e["type"] for e in events].count("step_completed") == 1
 
 
-def test_another_tenants_execution_is_not_found_on_every_route(platform: Platform,
-                                                                side_effects: SideEffects) -> None:
+def test_another_tenants_execution_is_not_found_on_every_route(platform: Platform, side_effects: SideEffects) -> None:
     intent = create_intent(platform, [{"id": "gate", "action": "approval"}])
     execution_id = started(platform, intent)
     follow(platform, execution_id, until=("waiting",))
-    other = platform.headers(["Intent.Reader", "Intent.Executor", "Intent.Approver", "Intent.Deployer"],
-                             tenant="fabrikam", oid=APPROVER)
+    other = platform.headers(
+        ["Intent.Reader", "Intent.Executor", "Intent.Approver", "Intent.Deployer"], tenant="fabrikam", oid=APPROVER
+    )
     base = f"{platform.base}/api/v1/executions/{execution_id}"
-    for method, url, body in (("GET", base, None), ("GET", f"{base}/events", None),
-                              ("POST", f"{base}/cancel", None),
-                              ("POST", f"{base}/approvals/gate", {"decision": "approve"}),
-                              ("POST", f"{base}/retry", {}),
-                              ("POST", f"{platform.base}/api/v1/intents/{intent}/execute", {})):
+    for method, url, body in (
+        ("GET", base, None),
+        ("GET", f"{base}/events", None),
+        ("POST", f"{base}/cancel", None),
+        ("POST", f"{base}/approvals/gate", {"decision": "approve"}),
+        ("POST", f"{base}/retry", {}),
+        ("POST", f"{platform.base}/api/v1/intents/{intent}/execute", {}),
+    ):
         response = httpx.request(method, url, json=body, headers=other)
         assert response.status_code == 404, (url, response.status_code, response.text)
     assert detail(platform, execution_id)["status"] == "waiting"
@@ -542,8 +643,11 @@ def _change_tenant(platform: Platform, tenant: str, change: Callable[[dict[str, 
     listing = httpx.get(f"{platform.base}/api/v1/tenants", headers=admin).json()
     tenant_id = next(item["id"] for item in listing["items"] if item["name"] == tenant)
     current = httpx.get(f"{platform.base}/api/v1/tenants/{tenant_id}", headers=admin)
-    changed = httpx.patch(f"{platform.base}/api/v1/tenants/{tenant_id}", json=change(current.json()),
-                          headers={**admin, "If-Match": current.headers["etag"]})
+    changed = httpx.patch(
+        f"{platform.base}/api/v1/tenants/{tenant_id}",
+        json=change(current.json()),
+        headers={**admin, "If-Match": current.headers["etag"]},
+    )
     assert changed.status_code == 200, changed.text
 
 
@@ -551,20 +655,33 @@ def _set_quota(platform: Platform, tenant: str, quota: int | None) -> None:
     _change_tenant(platform, tenant, lambda t: {"quotas": {**t["quotas"], "max_concurrent_executions": quota}})
 
 
-def test_a_module_the_tenant_no_longer_allows_is_refused_when_executed(platform: Platform,
-                                                                       side_effects: SideEffects) -> None:
+def test_a_module_the_tenant_no_longer_allows_is_refused_when_executed(
+    platform: Platform, side_effects: SideEffects
+) -> None:
     headers = platform.headers(AUTHOR, tenant="fabrikam")
-    body = {"name": f"gated-{uuid.uuid4().hex[:6]}", "definition": {"target": "staging", "steps": [
-        {"id": "notify", "action": "event.emit", "type": "x.y"}, {"id": "pause", "action": "wait", "seconds": 1}]}}
+    body = {
+        "name": f"gated-{uuid.uuid4().hex[:6]}",
+        "definition": {
+            "target": "staging",
+            "steps": [
+                {"id": "notify", "action": "event.emit", "type": "x.y"},
+                {"id": "pause", "action": "wait", "seconds": 1},
+            ],
+        },
+    }
     intent = httpx.post(f"{platform.base}/api/v1/intents", json=body, headers=headers).json()["id"]
-    _change_tenant(platform, "fabrikam", lambda t: {"allowed_modules": [m for m in t["allowed_modules"]
-                                                                        if m != "event"]})
+    _change_tenant(
+        platform, "fabrikam", lambda t: {"allowed_modules": [m for m in t["allowed_modules"] if m != "event"]}
+    )
     try:
         refused = execute(platform, intent, {}, headers)
         assert refused.status_code == 403, refused.text
         assert refused.json()["violations"] == [{"step": "notify", "reason": "module_not_allowed", "value": "event"}]
-        listing = httpx.get(f"{platform.base}/api/v1/executions", params={"intent_id": intent},
-                            headers=platform.headers(["Intent.Reader"], tenant="fabrikam")).json()
+        listing = httpx.get(
+            f"{platform.base}/api/v1/executions",
+            params={"intent_id": intent},
+            headers=platform.headers(["Intent.Reader"], tenant="fabrikam"),
+        ).json()
         assert listing["items"] == []
     finally:
         _change_tenant(platform, "fabrikam", lambda t: {"allowed_modules": [*t["allowed_modules"], "event"]})
@@ -574,16 +691,21 @@ def test_the_concurrent_execution_quota_answers_429(platform: Platform) -> None:
     _set_quota(platform, "fabrikam", 1)
     try:
         headers = platform.headers(AUTHOR, tenant="fabrikam")
-        body = {"name": f"quota-{uuid.uuid4().hex[:6]}", "definition": {"target": "staging", "steps": [
-            {"id": "gate", "action": "approval"}]}}
+        body = {
+            "name": f"quota-{uuid.uuid4().hex[:6]}",
+            "definition": {"target": "staging", "steps": [{"id": "gate", "action": "approval"}]},
+        }
         intent = httpx.post(f"{platform.base}/api/v1/intents", json=body, headers=headers).json()["id"]
         first = execute(platform, intent, {}, headers)
         assert first.status_code == 202
         second = execute(platform, intent, {}, headers)
         assert second.status_code == 429 and second.headers["retry-after"]
         assert second.json()["limit"] == 1
-        listing = httpx.get(f"{platform.base}/api/v1/executions", params={"intent_id": intent},
-                            headers=platform.headers(["Intent.Reader"], tenant="fabrikam")).json()
+        listing = httpx.get(
+            f"{platform.base}/api/v1/executions",
+            params={"intent_id": intent},
+            headers=platform.headers(["Intent.Reader"], tenant="fabrikam"),
+        ).json()
         assert len(listing["items"]) == 1  # the refused start recorded nothing
         plan = httpx.post(f"{platform.base}/api/v1/intents/{intent}/plan", headers=headers).json()
         assert plan["quota"] == {"max_concurrent_executions": 1, "running_executions": 1, "headroom": 0}
@@ -605,12 +727,15 @@ def test_production_needs_a_deployer_and_the_body_key_is_an_idempotency_key(plat
     assert follow(platform, first.json()["execution_id"])[0] == "succeeded"
 
 
-def test_retry_on_a_newer_version_requires_the_reused_steps_unchanged(platform: Platform,
-                                                                        side_effects: SideEffects) -> None:
+def test_retry_on_a_newer_version_requires_the_reused_steps_unchanged(
+    platform: Platform, side_effects: SideEffects
+) -> None:
     tag = uuid.uuid4().hex[:6]
     name = f"evolving-{tag}"
-    steps = [{"id": "build", **http(side_effects, f"build-{tag}")},
-             {"id": "deploy", **http(side_effects, f"dep-{tag}")}]
+    steps = [
+        {"id": "build", **http(side_effects, f"build-{tag}")},
+        {"id": "deploy", **http(side_effects, f"dep-{tag}")},
+    ]
     intent = create_intent(platform, steps, name=name)
     side_effects.failing.add(f"dep-{tag}")
     failed = started(platform, intent)
@@ -619,8 +744,11 @@ def test_retry_on_a_newer_version_requires_the_reused_steps_unchanged(platform: 
     headers = platform.headers(AUTHOR)
 
     def new_version(version_steps: list[dict[str, Any]], etag: str) -> str:
-        updated = httpx.put(f"{platform.base}/api/v1/intents/{intent}", headers={**headers, "If-Match": etag},
-                            json={"name": name, "definition": {"target": "staging", "steps": version_steps}})
+        updated = httpx.put(
+            f"{platform.base}/api/v1/intents/{intent}",
+            headers={**headers, "If-Match": etag},
+            json={"name": name, "definition": {"target": "staging", "steps": version_steps}},
+        )
         assert updated.status_code == 200, updated.text
         return str(updated.headers["etag"])
 

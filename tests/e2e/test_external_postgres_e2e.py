@@ -24,8 +24,7 @@ def test_devhost_runs_on_an_external_postgres(devhost_factory: DevhostFactory, p
     root = Path(tempfile.mkdtemp(prefix="qp-external-"))
     external_url = start_postgres(root / "server")
     try:
-        host = devhost_factory(app_dir=PROJECT_ROOT, env={"QP_DATABASE_URL": external_url},
-                               extra_args=("--seed-demo",))
+        host = devhost_factory(app_dir=PROJECT_ROOT, env={"QP_DATABASE_URL": external_url}, extra_args=("--seed-demo",))
         ready = httpx.get(f"{host.base_url}/api/ready")
         assert ready.status_code == 200, ready.text
         token = mint_token_cli(pg.root, host.base_url, "contoso", ["Intent.Reader"], [], None, 600, False)

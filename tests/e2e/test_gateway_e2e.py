@@ -33,9 +33,11 @@ def test_unknown_route_is_problem_json(devhost_factory: DevhostFactory) -> None:
 
 def test_ready_is_503_naming_blob_storage_when_it_is_down(devhost_factory: DevhostFactory) -> None:
     dead = f"http://127.0.0.1:{free_port()}/devstoreaccount1"
-    connection_string = ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
-                         "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/"
-                         f"KBHBeksoGMGw==;BlobEndpoint={dead};")
+    connection_string = (
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+        "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/"
+        f"KBHBeksoGMGw==;BlobEndpoint={dead};"
+    )
     host = devhost_factory(app_dir=PROJECT_ROOT, env={"QP_BLOB_CONNECTION_STRING": connection_string})
     response = httpx.get(f"{host.base_url}/api/ready", timeout=30)
     assert response.status_code == 503

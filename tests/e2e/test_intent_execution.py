@@ -46,20 +46,27 @@ class Harness:
 
     async def start(self, steps: list[dict[str, Any]], inputs: dict[str, Any] | None = None) -> str:
         execution_id = uuid.uuid4().hex
-        request = {"execution_id": execution_id, "tenant_id": "t-1", "definition": {"steps": steps},
-                   "inputs": inputs or {}}
+        request = {
+            "execution_id": execution_id,
+            "tenant_id": "t-1",
+            "definition": {"steps": steps},
+            "inputs": inputs or {},
+        }
         return str(await self.client.start_new(ORCHESTRATOR, execution_id, request))
 
-    async def wait(self, instance_id: str, until: Callable[[DurableOrchestrationStatus], bool] | None = None,
-                   timeout: float = 15.0) -> DurableOrchestrationStatus:
+    async def wait(
+        self, instance_id: str, until: Callable[[DurableOrchestrationStatus], bool] | None = None, timeout: float = 15.0
+    ) -> DurableOrchestrationStatus:
         """Poll get_status until `until` holds (default: a terminal status); fail at the deadline."""
         return await wait_for_status(self.client, instance_id, until, timeout)
 
     async def wait_for_steps(self, instance_id: str, **states: str) -> dict[str, Any]:
         """Wait until the custom status shows each named step in the given state; return that status."""
+
         def holds(status: DurableOrchestrationStatus) -> bool:
             steps = custom(status).get("steps", {})
             return all(steps.get(step, {}).get("state") == state for step, state in states.items())
+
         return custom(await self.wait(instance_id, holds))
 
     def calls(self) -> list[dict[str, Any]]:
@@ -104,8 +111,9 @@ def execution(pg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[C
     def run(scenario: Scenario) -> None:
         async def main() -> None:
             hub = f"x{uuid.uuid4().hex[:12]}"
-            async with serve_durable_host(execution_index(), EXECUTION_APP, pg.owner_url, tmp_path, hub,
-                                          poll_interval=0.05) as served:
+            async with serve_durable_host(
+                execution_index(), EXECUTION_APP, pg.owner_url, tmp_path, hub, poll_interval=0.05
+            ) as served:
                 invoker = served.host._ctx.invoker
                 if invoker.durable_binding is None:
                     # dispatch_step's durable_client_input: DevHost fills it for every trigger; do the same here.
@@ -126,16 +134,20 @@ def span(calls: list[dict[str, Any]], step: str, attempt: int = 1) -> tuple[floa
     return (next(c["at"] for c in mine if c["event"] == "start"), next(c["at"] for c in mine if c["event"] == "end"))
 
 
-def test_diamond_runs_in_parallel_resolves_references_and_skips_by_when(
-        execution: Callable[[Scenario], None]) -> None:
+def test_diamond_runs_in_parallel_resolves_references_and_skips_by_when(execution: Callable[[Scenario], None]) -> None:
     steps = [
         {"id": "a", "action": "make", "value": "${inputs.version}"},
         {"id": "b", "action": "left", "depends_on": ["a"], "from_a": "${steps.a.output.echo.value}", "gate": "mid"},
         {"id": "c", "action": "right", "depends_on": ["a"], "tag": "v-${steps.a.output.echo.value}", "gate": "mid"},
         {"id": "prod-only", "action": "x", "depends_on": ["a"], "when": "${inputs.env} == 'prod'"},
-        {"id": "d", "action": "join", "depends_on": ["b", "c", "prod-only"],
-         "b": "${steps.b.output.echo.from_a}", "c": "${steps.c.output.echo.tag}",
-         "skipped": "${steps.prod-only.output}"},
+        {
+            "id": "d",
+            "action": "join",
+            "depends_on": ["b", "c", "prod-only"],
+            "b": "${steps.b.output.echo.from_a}",
+            "c": "${steps.c.output.echo.tag}",
+            "skipped": "${steps.prod-only.output}",
+        },
     ]
 
     async def scenario(h: Harness) -> None:
@@ -156,14 +168,25 @@ def test_diamond_runs_in_parallel_resolves_references_and_skips_by_when(
         final = custom(await h.wait(instance))
         assert final["status"] == "succeeded"
         assert {step: s["state"] for step, s in final["steps"].items()} == {
-            "a": "succeeded", "b": "succeeded", "c": "succeeded", "prod-only": "skipped", "d": "succeeded"}
+            "a": "succeeded",
+            "b": "succeeded",
+            "c": "succeeded",
+            "prod-only": "skipped",
+            "d": "succeeded",
+        }
 
     execution(scenario)
 
 
 def test_retry_after_failures_then_success_with_visible_attempts(execution: Callable[[Scenario], None]) -> None:
-    steps = [{"id": "flaky", "action": "x", "fail_times": 2,
-              "retry": {"max_attempts": 3, "initial_interval_s": 0.4, "backoff": 1.0}}]
+    steps = [
+        {
+            "id": "flaky",
+            "action": "x",
+            "fail_times": 2,
+            "retry": {"max_attempts": 3, "initial_interval_s": 0.4, "backoff": 1.0},
+        }
+    ]
 
     async def scenario(h: Harness) -> None:
         instance = await h.start(steps)
@@ -171,8 +194,11 @@ def test_retry_after_failures_then_success_with_visible_attempts(execution: Call
         assert retrying["max_attempts"] == 3 and retrying["next_attempt"] == retrying["attempt"] + 1
         assert "failed on attempt" in retrying["error"] and retrying["retry_at"]
         result = output(await h.wait(instance))
-        assert result == {"status": "succeeded", "outputs": {"flaky": {"echo": {"fail_times": 2}, "attempt": 3}},
-                          "skipped": []}
+        assert result == {
+            "status": "succeeded",
+            "outputs": {"flaky": {"echo": {"fail_times": 2}, "attempt": 3}},
+            "skipped": [],
+        }
         starts = [c for c in h.calls() if c["event"] == "start"]
         assert [c["attempt"] for c in starts] == [1, 2, 3]
         # The pause before each retry is a durable timer of initial_interval_s.
@@ -186,8 +212,7 @@ def test_retry_after_failures_then_success_with_visible_attempts(execution: Call
 
 
 def test_timeout_is_a_durable_timer_racing_the_step(execution: Callable[[Scenario], None]) -> None:
-    steps = [{"id": "slow", "action": "x", "gate": "slow", "timeout_s": 1},
-             {"id": "next", "action": "x"}]
+    steps = [{"id": "slow", "action": "x", "gate": "slow", "timeout_s": 1}, {"id": "next", "action": "x"}]
 
     async def scenario(h: Harness) -> None:
         started = time.monotonic()
@@ -203,7 +228,8 @@ def test_timeout_is_a_durable_timer_racing_the_step(execution: Callable[[Scenari
         # The timer won: the attempt was settled as timed out, before the step's own verdict could arrive.
         settled = h.progress("settle")
         assert [(s["step_id"], s["phase"], s["attempt"], s["ok"], s["state"]) for s in settled] == [
-            ("slow", "run", 1, False, "timed_out")]
+            ("slow", "run", 1, False, "timed_out")
+        ]
         slow_end = [c["at"] for c in h.calls() if c["step_id"] == "slow" and c["event"] == "end"]
         assert not slow_end or slow_end[0] > settled[0]["at"]
         assert "next" not in {c["step_id"] for c in h.calls()}
@@ -215,8 +241,15 @@ def test_timeout_is_a_durable_timer_racing_the_step(execution: Callable[[Scenari
 
 
 def test_a_timed_out_attempt_is_retried_and_its_late_verdict_ignored(execution: Callable[[Scenario], None]) -> None:
-    steps = [{"id": "nap", "action": "x", "sleep": 2.8, "timeout_s": 2,
-              "retry": {"max_attempts": 2, "initial_interval_s": 0.1}}]
+    steps = [
+        {
+            "id": "nap",
+            "action": "x",
+            "sleep": 2.8,
+            "timeout_s": 2,
+            "retry": {"max_attempts": 2, "initial_interval_s": 0.1},
+        }
+    ]
 
     async def scenario(h: Harness) -> None:
         instance = await h.start(steps)
@@ -224,8 +257,10 @@ def test_a_timed_out_attempt_is_retried_and_its_late_verdict_ignored(execution: 
         assert result["status"] == "failed" and result["failed_step"] == "nap"
         assert result["error"] == "step nap timed out after 2 s"
         settles = h.progress("settle")
-        assert [(s["attempt"], s["ok"], s["state"]) for s in settles] == [(1, False, "timed_out"),
-                                                                         (2, False, "timed_out")]
+        assert [(s["attempt"], s["ok"], s["state"]) for s in settles] == [
+            (1, False, "timed_out"),
+            (2, False, "timed_out"),
+        ]
         # Attempt 1's own (successful) verdict came while attempt 2 ran: it did not count for attempt 2.
         starts = {c["attempt"]: c["at"] for c in h.calls() if c["event"] == "start"}
         first_end = next(c["at"] for c in h.calls() if c["attempt"] == 1 and c["event"] == "end")
@@ -234,16 +269,32 @@ def test_a_timed_out_attempt_is_retried_and_its_late_verdict_ignored(execution: 
 
     execution(scenario)
 
+
 def test_final_failure_waits_for_running_steps_then_compensates_in_reverse_order(
-        execution: Callable[[Scenario], None]) -> None:
+    execution: Callable[[Scenario], None],
+) -> None:
     steps = [
-        {"id": "a", "action": "create", "compensate": {"action": "undo-a", "what": "${steps.a.output.echo.name}"},
-         "name": "thing-a"},
-        {"id": "b", "action": "create", "depends_on": ["a"], "sleep": 1.2,
-         "compensate": {"action": "undo-b", "gate": "undo"}},
+        {
+            "id": "a",
+            "action": "create",
+            "compensate": {"action": "undo-a", "what": "${steps.a.output.echo.name}"},
+            "name": "thing-a",
+        },
+        {
+            "id": "b",
+            "action": "create",
+            "depends_on": ["a"],
+            "sleep": 1.2,
+            "compensate": {"action": "undo-b", "gate": "undo"},
+        },
         {"id": "c", "action": "create", "depends_on": ["a"]},
-        {"id": "boom", "action": "break", "depends_on": ["a"], "fail": True,
-         "retry": {"max_attempts": 2, "initial_interval_s": 0.1}},
+        {
+            "id": "boom",
+            "action": "break",
+            "depends_on": ["a"],
+            "fail": True,
+            "retry": {"max_attempts": 2, "initial_interval_s": 0.1},
+        },
         {"id": "after", "action": "create", "depends_on": ["b", "boom"], "compensate": {"action": "undo-after"}},
     ]
 
@@ -266,18 +317,28 @@ def test_final_failure_waits_for_running_steps_then_compensates_in_reverse_order
         assert "after" not in {c["step_id"] for c in calls}
         assert [c["attempt"] for c in calls if c["step_id"] == "boom" and c["event"] == "start"] == [1, 2]
         states = {step: s["state"] for step, s in custom(status)["steps"].items()}
-        assert states == {"a": "compensated", "b": "compensated", "c": "succeeded", "boom": "failed",
-                          "after": "pending"}
+        assert states == {
+            "a": "compensated",
+            "b": "compensated",
+            "c": "succeeded",
+            "boom": "failed",
+            "after": "pending",
+        }
         assert custom(status)["status"] == "failed"
 
     execution(scenario)
 
 
 def test_cancel_lets_running_work_end_starts_nothing_new_and_compensates_in_reverse_order(
-        execution: Callable[[Scenario], None]) -> None:
+    execution: Callable[[Scenario], None],
+) -> None:
     steps = [
-        {"id": "a", "action": "create", "compensate": {"action": "undo-a", "what": "${steps.a.output.echo.name}"},
-         "name": "thing-a"},
+        {
+            "id": "a",
+            "action": "create",
+            "compensate": {"action": "undo-a", "what": "${steps.a.output.echo.name}"},
+            "name": "thing-a",
+        },
         {"id": "b", "action": "create", "depends_on": ["a"], "gate": "hold", "compensate": {"action": "undo-b"}},
         {"id": "c", "action": "create", "depends_on": ["a"]},
         {"id": "d", "action": "create", "depends_on": ["b", "c"], "compensate": {"action": "undo-d"}},
@@ -291,8 +352,13 @@ def test_cancel_lets_running_work_end_starts_nothing_new_and_compensates_in_reve
         h.open_gate("hold")
         status = await h.wait(instance)
         result = output(status)
-        assert result == {"status": "cancelled", "failed_step": None, "error": "cancelled", "compensated": ["b", "a"],
-                          "compensation_failed": {}}
+        assert result == {
+            "status": "cancelled",
+            "failed_step": None,
+            "error": "cancelled",
+            "compensated": ["b", "a"],
+            "compensation_failed": {},
+        }
         calls = h.calls()
         # b was out when the cancel came: it was let finish (and so is undone), and d never started.
         assert span(calls, "b")[1] > cancelled_at
@@ -302,7 +368,11 @@ def test_cancel_lets_running_work_end_starts_nothing_new_and_compensates_in_reve
         final = custom(status)
         assert final["status"] == "cancelled"
         assert {step: s["state"] for step, s in final["steps"].items()} == {
-            "a": "compensated", "b": "compensated", "c": "succeeded", "d": "pending"}
+            "a": "compensated",
+            "b": "compensated",
+            "c": "succeeded",
+            "d": "pending",
+        }
         assert [r["status"] for r in h.progress("execution")][-2:] == ["compensating", "cancelled"]
 
     execution(scenario)

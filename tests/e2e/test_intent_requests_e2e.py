@@ -34,7 +34,7 @@ EXECUTOR = ["Intent.Executor"]
 READER = ["Intent.Reader"]
 
 
-def publish(platform: Platform, body: Any, *, token: str | None, partition_key: str = "contoso") -> None:  # noqa: F811
+def publish(platform: Platform, body: Any, *, token: str | None, partition_key: str = "contoso") -> None:
     """Send one event through the devhost's hub, as a producer would."""
     properties = {} if token is None else {"authorization": f"Bearer {token}"}
     event: dict[str, Any] = {"partition_key": partition_key, "properties": properties}
@@ -42,22 +42,30 @@ def publish(platform: Platform, body: Any, *, token: str | None, partition_key: 
         event["body"] = body.decode()
     else:
         event["body"] = body
-    sent = httpx.post(f"{platform.base}/devhost/eventhubs/{HUB}/events", json={"events": [event]},
-                      headers=platform.host.key_header, timeout=30)
+    sent = httpx.post(
+        f"{platform.base}/devhost/eventhubs/{HUB}/events",
+        json={"events": [event]},
+        headers=platform.host.key_header,
+        timeout=30,
+    )
     assert sent.status_code == 200, sent.text
 
 
-def token(platform: Platform, roles: list[str], tenant: str = "contoso") -> str:  # noqa: F811
+def token(platform: Platform, roles: list[str], tenant: str = "contoso") -> str:
     return platform.headers(roles, tenant)["Authorization"].removeprefix("Bearer ")
 
 
-def rejections(platform: Platform, tenant: str = "contoso") -> list[dict[str, Any]]:  # noqa: F811
+def rejections(platform: Platform, tenant: str = "contoso") -> list[dict[str, Any]]:
     """Every rejection of the tenant, newest first, across pages."""
     items: list[dict[str, Any]] = []
     params: dict[str, Any] = {"limit": 200}
     while True:
-        page = httpx.get(f"{platform.base}/api/v1/ingress/rejections", params=params,
-                         headers=platform.headers(READER, tenant), timeout=30)
+        page = httpx.get(
+            f"{platform.base}/api/v1/ingress/rejections",
+            params=params,
+            headers=platform.headers(READER, tenant),
+            timeout=30,
+        )
         assert page.status_code == 200, page.text
         items += page.json()["items"]
         if page.json()["next_cursor"] is None:
@@ -65,7 +73,7 @@ def rejections(platform: Platform, tenant: str = "contoso") -> list[dict[str, An
         params["cursor"] = page.json()["next_cursor"]
 
 
-def rejection(platform: Platform, key: str, timeout: float = 60) -> dict[str, Any]:  # noqa: F811
+def rejection(platform: Platform, key: str, timeout: float = 60) -> dict[str, Any]:
     """The rejection of the event sent with idempotency key `key`, once the ingress has recorded it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -77,15 +85,19 @@ def rejection(platform: Platform, key: str, timeout: float = 60) -> dict[str, An
     raise AssertionError(f"no rejection with key {key}")
 
 
-def executions_of(platform: Platform, intent_id: str, tenant: str = "contoso") -> list[dict[str, Any]]:  # noqa: F811
-    listed = httpx.get(f"{platform.base}/api/v1/executions", params={"intent_id": intent_id},
-                       headers=platform.headers(READER, tenant), timeout=30)
+def executions_of(platform: Platform, intent_id: str, tenant: str = "contoso") -> list[dict[str, Any]]:
+    listed = httpx.get(
+        f"{platform.base}/api/v1/executions",
+        params={"intent_id": intent_id},
+        headers=platform.headers(READER, tenant),
+        timeout=30,
+    )
     assert listed.status_code == 200, listed.text
     items: list[dict[str, Any]] = listed.json()["items"]
     return items
 
 
-def marker(platform: Platform) -> str:  # noqa: F811
+def marker(platform: Platform) -> str:
     """Send a request that is refused, and wait for its rejection: the events sent before it on the same partition
     have been processed by then (a partition is processed in order)."""
     key = f"marker-{uuid.uuid4().hex[:8]}"
@@ -93,8 +105,10 @@ def marker(platform: Platform) -> str:  # noqa: F811
     return str(rejection(platform, key)["id"])
 
 
-def test_an_event_starts_the_intent_once_however_often_it_is_delivered(platform: Platform,  # noqa: F811
-                                                                         side_effects: SideEffects) -> None:  # noqa: F811
+def test_an_event_starts_the_intent_once_however_often_it_is_delivered(
+    platform: Platform,
+    side_effects: SideEffects,
+) -> None:
     intent_id = create_intent(platform, [http(side_effects, "ingress-once")])
     body = {"intent_id": intent_id, "input": {}, "idempotency_key": f"order-{uuid.uuid4().hex[:8]}"}
     sender = token(platform, AUTHOR)
@@ -115,21 +129,34 @@ def test_an_event_starts_the_intent_once_however_often_it_is_delivered(platform:
     assert len(side_effects.named("ingress-once")) == 1
 
 
-def test_requests_that_start_nothing_are_listed_for_the_sender(platform: Platform,  # noqa: F811
-                                                               side_effects: SideEffects) -> None:  # noqa: F811
+def test_requests_that_start_nothing_are_listed_for_the_sender(
+    platform: Platform,
+    side_effects: SideEffects,
+) -> None:
     own = create_intent(platform, [http(side_effects, "ingress-refused")])
     fabrikam_author = platform.headers(AUTHOR, "fabrikam")
-    foreign = httpx.post(f"{platform.base}/api/v1/intents", headers=fabrikam_author, json={
-        "name": f"e2e-{uuid.uuid4().hex[:10]}", "definition": {"target": "staging", "steps": [
-            {"action": "http.request", "method": "GET", "url": "https://example.com/health"}]}})
+    foreign = httpx.post(
+        f"{platform.base}/api/v1/intents",
+        headers=fabrikam_author,
+        json={
+            "name": f"e2e-{uuid.uuid4().hex[:10]}",
+            "definition": {
+                "target": "staging",
+                "steps": [{"action": "http.request", "method": "GET", "url": "https://example.com/health"}],
+            },
+        },
+    )
     assert foreign.status_code == 201, foreign.text
     foreign_id = foreign.json()["id"]
     suffix = uuid.uuid4().hex[:8]
 
     publish(platform, {"intent_id": foreign_id, "idempotency_key": f"foreign-{suffix}"}, token=token(platform, AUTHOR))
     publish(platform, {"intent_id": own, "idempotency_key": f"reader-{suffix}"}, token=token(platform, READER))
-    publish(platform, {"intent_id": own, "idempotency_key": f"bad-{suffix}", "tenant_id": str(uuid.uuid4())},
-            token=token(platform, AUTHOR))
+    publish(
+        platform,
+        {"intent_id": own, "idempotency_key": f"bad-{suffix}", "tenant_id": str(uuid.uuid4())},
+        token=token(platform, AUTHOR),
+    )
 
     not_found = rejection(platform, f"foreign-{suffix}")
     assert (not_found["reason"], not_found["detail"]["status"]) == ("not_found", 404)
@@ -147,7 +174,7 @@ def test_requests_that_start_nothing_are_listed_for_the_sender(platform: Platfor
     assert side_effects.named("ingress-refused") == []
 
 
-def test_an_event_without_a_token_is_only_logged(platform: Platform, pg: Any) -> None:  # noqa: F811
+def test_an_event_without_a_token_is_only_logged(platform: Platform, pg: Any) -> None:
     def all_rejections() -> int:
         with psycopg.connect(pg.admin_url, dbname="quantum") as conn:
             row = conn.execute("SELECT count(*) FROM app.ingress_rejections").fetchone()
@@ -164,8 +191,11 @@ def test_an_event_without_a_token_is_only_logged(platform: Platform, pg: Any) ->
     deadline = time.monotonic() + 30
     lines: list[dict[str, Any]] = []
     while time.monotonic() < deadline and len(lines) < 2:
-        lines = [json.loads(line.split("qp.telemetry ", 1)[1]) for line in platform.host.log().splitlines()
-                 if "qp.telemetry " in line and '"unauthenticated"' in line]
+        lines = [
+            json.loads(line.split("qp.telemetry ", 1)[1])
+            for line in platform.host.log().splitlines()
+            if "qp.telemetry " in line and '"unauthenticated"' in line
+        ]
         time.sleep(0.3)
     reasons = {line["detail"] for line in lines[-2:]}
     assert {line["tenant_id"] for line in lines[-2:]} == {"unknown"}

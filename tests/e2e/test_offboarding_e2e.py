@@ -30,36 +30,67 @@ def platform(pg: Any, azurite: Any, tmp_path: Path) -> Iterator[Platform]:
 
 def _rows(pg: Any, tenant_id: str) -> dict[str, int]:
     with psycopg.connect(pg.admin_url, dbname="quantum") as conn:
-        tables = [row[0] for row in conn.execute(
-            "SELECT c.table_name FROM information_schema.columns c JOIN pg_tables t ON t.schemaname = c.table_schema"
-            " AND t.tablename = c.table_name WHERE c.table_schema = 'app' AND c.column_name = 'tenant_id'")]
-        return {table: conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE tenant_id = %s").format(
-            sql.Identifier("app", table)), (tenant_id,)).fetchone()[0] for table in tables}
+        tables = [
+            row[0]
+            for row in conn.execute(
+                "SELECT c.table_name FROM information_schema.columns c"
+                " JOIN pg_tables t ON t.schemaname = c.table_schema AND t.tablename = c.table_name"
+                " WHERE c.table_schema = 'app' AND c.column_name = 'tenant_id'"
+            )
+        ]
+        return {
+            table: conn.execute(
+                sql.SQL("SELECT count(*) FROM {} WHERE tenant_id = %s").format(sql.Identifier("app", table)),
+                (tenant_id,),
+            ).fetchone()[0]
+            for table in tables
+        }
 
 
 def _orchestrations(pg: Any, instance_ids: list[str]) -> int:
     with psycopg.connect(pg.admin_url, dbname="quantum") as conn:
-        instances = conn.execute("SELECT count(*) FROM devhost_durable.instances WHERE instance_id = ANY(%s)",
-                                 (instance_ids,)).fetchone()[0]
-        history = conn.execute("SELECT count(*) FROM devhost_durable.history WHERE instance_id = ANY(%s)",
-                               (instance_ids,)).fetchone()[0]
+        instances = conn.execute(
+            "SELECT count(*) FROM devhost_durable.instances WHERE instance_id = ANY(%s)", (instance_ids,)
+        ).fetchone()[0]
+        history = conn.execute(
+            "SELECT count(*) FROM devhost_durable.history WHERE instance_id = ANY(%s)", (instance_ids,)
+        ).fetchone()[0]
     return int(instances) + int(history)
 
 
-def test_erasure_removes_executions_and_their_orchestration_histories(platform: Platform, pg: Any,
-                                                                      azurite: Any) -> None:
+def test_erasure_removes_executions_and_their_orchestration_histories(
+    platform: Platform, pg: Any, azurite: Any
+) -> None:
     admin = platform.headers(["Platform.Admin"])
     entra_id = str(uuid.uuid4())
     name = f"leaving-{uuid.uuid4().hex[:6]}"
-    created = httpx.post(f"{platform.base}/api/v1/tenants", headers=admin, json={
-        "name": name, "entra_tenant_id": entra_id, "allowed_modules": ["artifact", "approval", "wait"],
-        "allowed_targets": ["staging"]})
+    created = httpx.post(
+        f"{platform.base}/api/v1/tenants",
+        headers=admin,
+        json={
+            "name": name,
+            "entra_tenant_id": entra_id,
+            "allowed_modules": ["artifact", "approval", "wait"],
+            "allowed_targets": ["staging"],
+        },
+    )
     assert created.status_code == 201, created.text
     tenant_id = created.json()["id"]
     member = platform.headers(["Intent.Author", "Intent.Executor", "Intent.Reader"], tenant=entra_id)
-    intent = httpx.post(f"{platform.base}/api/v1/intents", headers=member, json={"name": "doomed", "definition": {
-        "target": "staging", "steps": [{"id": "write", "action": "artifact.write", "name": "a.json", "content": {}},
-                                       {"id": "gate", "action": "approval"}]}}).json()["id"]
+    intent = httpx.post(
+        f"{platform.base}/api/v1/intents",
+        headers=member,
+        json={
+            "name": "doomed",
+            "definition": {
+                "target": "staging",
+                "steps": [
+                    {"id": "write", "action": "artifact.write", "name": "a.json", "content": {}},
+                    {"id": "gate", "action": "approval"},
+                ],
+            },
+        },
+    ).json()["id"]
     finished = httpx.post(f"{platform.base}/api/v1/intents/{intent}/execute", headers=member).json()["execution_id"]
     waiting = httpx.post(f"{platform.base}/api/v1/intents/{intent}/execute", headers=member).json()["execution_id"]
     reader = {"Authorization": member["Authorization"]}
@@ -75,10 +106,14 @@ def test_erasure_removes_executions_and_their_orchestration_histories(platform: 
     assert exported.json()["counts"]["executions"] == 2 and exported.json()["counts"]["execution_events"] > 0
 
     current = httpx.get(f"{platform.base}/api/v1/tenants/{tenant_id}", headers=admin)
-    httpx.patch(f"{platform.base}/api/v1/tenants/{tenant_id}", json={"status": "suspended"},
-                headers={**admin, "If-Match": current.headers["etag"]})
-    erased = httpx.post(f"{platform.base}/api/v1/tenants/{tenant_id}/erase", json={"confirm_name": name},
-                        headers=admin, timeout=60)
+    httpx.patch(
+        f"{platform.base}/api/v1/tenants/{tenant_id}",
+        json={"status": "suspended"},
+        headers={**admin, "If-Match": current.headers["etag"]},
+    )
+    erased = httpx.post(
+        f"{platform.base}/api/v1/tenants/{tenant_id}/erase", json={"confirm_name": name}, headers=admin, timeout=60
+    )
     assert erased.status_code == 200, erased.text
     assert erased.json()["removed"]["orchestrations"] == 2  # the cancelled one, and the running one terminated
 

@@ -28,8 +28,12 @@ pytestmark = pytest.mark.e2e
 HUB = "platform-events"
 
 
-def _read_until(platform: Platform, group: str, done: Any,  # noqa: F811
-                timeout: float = 45) -> list[dict[str, Any]]:
+def _read_until(
+    platform: Platform,
+    group: str,
+    done: Any,
+    timeout: float = 45,
+) -> list[dict[str, Any]]:
     """Every event the group reads until `done(events)` holds (the relay runs every 5 s)."""
     url = f"{platform.base}/devhost/eventhubs/{HUB}/consumergroups/{group}/events"
     events: list[dict[str, Any]] = []
@@ -47,7 +51,9 @@ def _read_until(platform: Platform, group: str, done: Any,  # noqa: F811
 
 
 def test_an_executions_domain_events_reach_platform_events_once_keyed_by_tenant(
-        platform: Platform, side_effects: SideEffects) -> None:  # noqa: F811
+    platform: Platform,
+    side_effects: SideEffects,
+) -> None:
     me = httpx.get(f"{platform.base}/api/v1/me", headers=platform.headers(["Intent.Reader"]))
     assert me.status_code == 200, me.text
     tenant_id = me.json()["tenant_id"]
@@ -57,8 +63,11 @@ def test_an_executions_domain_events_reach_platform_events_once_keyed_by_tenant(
     assert status == "succeeded"
 
     def ours(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [e for e in events if e["body"]["data"].get("execution_id") == execution_id
-                or e["body"]["subject"] == f"intents/{intent}"]
+        return [
+            e
+            for e in events
+            if e["body"]["data"].get("execution_id") == execution_id or e["body"]["subject"] == f"intents/{intent}"
+        ]
 
     def complete(events: list[dict[str, Any]]) -> bool:
         return any(e["body"]["type"] == "execution.completed" for e in ours(events))

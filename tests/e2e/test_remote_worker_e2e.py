@@ -23,10 +23,17 @@ from tests.e2e.test_devhost_eventhubs import admin_client, running_host
 
 pytestmark = pytest.mark.e2e
 
-SEED_WEB_APP = {"name": "deploy-web-app", "definition": {"target": "production", "steps": [
-    {"action": "build-docker-image", "image": "myapp:latest", "context": "./app"},
-    {"action": "push-to-registry", "registry": "azurecr.io", "image": "myapp:latest"},
-    {"action": "deploy-to-kubernetes", "namespace": "production", "replicas": 3}]}}
+SEED_WEB_APP = {
+    "name": "deploy-web-app",
+    "definition": {
+        "target": "production",
+        "steps": [
+            {"action": "build-docker-image", "image": "myapp:latest", "context": "./app"},
+            {"action": "push-to-registry", "registry": "azurecr.io", "image": "myapp:latest"},
+            {"action": "deploy-to-kubernetes", "namespace": "production", "replicas": 3},
+        ],
+    },
+}
 STEPS = ["build-docker-image", "push-to-registry", "deploy-to-kubernetes"]
 ROLES = ["Intent.Author", "Intent.Deployer", "Intent.Reader"]
 READ = "/devhost/eventhubs/module-work/consumergroups/{group}/events"
@@ -35,8 +42,12 @@ READ = "/devhost/eventhubs/module-work/consumergroups/{group}/events"
 # ----------------------------------------------------------------------------------------------- helpers
 def read_group(base_url: str, group: str, wait: float = 0.0, limit: int = 100, *, key: str) -> list[dict[str, Any]]:
     """The group's next events through the devhost's read route (it needs the host's master key)."""
-    response = httpx.get(base_url + READ.format(group=group), params={"limit": limit, "wait": wait},
-                         headers={"x-functions-key": key}, timeout=wait + 10)
+    response = httpx.get(
+        base_url + READ.format(group=group),
+        params={"limit": limit, "wait": wait},
+        headers={"x-functions-key": key},
+        timeout=wait + 10,
+    )
     assert response.status_code == 200, response.text
     events: list[dict[str, Any]] = response.json()["events"]
     return events
@@ -91,8 +102,12 @@ def follow(base_url: str, headers: dict[str, str], execution_id: str, timeout: f
     events: list[dict[str, Any]] = []
     after, deadline = 0, time.monotonic() + timeout
     while time.monotonic() < deadline:
-        response = httpx.get(f"{base_url}/api/v1/executions/{execution_id}/events",
-                             params={"after": after, "wait": 5}, headers=headers, timeout=30)
+        response = httpx.get(
+            f"{base_url}/api/v1/executions/{execution_id}/events",
+            params={"after": after, "wait": 5},
+            headers=headers,
+            timeout=30,
+        )
         assert response.status_code == 200, response.text
         page = response.json()
         events += page["items"]
@@ -102,8 +117,9 @@ def follow(base_url: str, headers: dict[str, str], execution_id: str, timeout: f
     raise AssertionError(f"execution {execution_id} did not finish: {[e['type'] for e in events]}")
 
 
-def work_item(base_url: str, group: str, execution_id: str, step_id: str, timeout: float = 60.0, *,
-              key: str) -> dict[str, Any]:
+def work_item(
+    base_url: str, group: str, execution_id: str, step_id: str, timeout: float = 60.0, *, key: str
+) -> dict[str, Any]:
     """The work item of the execution's step, read with `group`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -129,8 +145,11 @@ def test_example_worker_runs_the_seed_tutorial_to_success(devhost_factory: Devho
 
     types = [e["type"] for e in events]
     assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
-    expected = ["execution_started", *[t for _ in STEPS for t in ("step_started", "step_completed")],
-                "execution_completed"]
+    expected = [
+        "execution_started",
+        *[t for _ in STEPS for t in ("step_started", "step_completed")],
+        "execution_completed",
+    ]
     remaining = iter(types)
     assert all(t in remaining for t in expected), types  # in this order, other events between
     completed = [e for e in events if e["type"] == "step_completed"]
@@ -140,7 +159,9 @@ def test_example_worker_runs_the_seed_tutorial_to_success(devhost_factory: Devho
     assert results["build-docker-image"]["digest"].startswith("sha256:")
     assert results["push-to-registry"]["pushed"] == "azurecr.io/myapp:latest"
     assert {k: results["deploy-to-kubernetes"][k] for k in ("namespace", "replicas")} == {
-        "namespace": "production", "replicas": 3}
+        "namespace": "production",
+        "replicas": 3,
+    }
     assert isinstance(results["deploy-to-kubernetes"]["revision"], int)
 
     execution = httpx.get(f"{host.base_url}/api/v1/executions/{execution_id}", headers=headers).json()
@@ -172,7 +193,9 @@ def test_task_tokens_are_single_use_unforgeable_and_bound_to_their_step(
 
     prefix, claims, signature = task_token.split(".")
     middle = len(signature) // 2
-    forged = f"{prefix}.{claims}.{signature[:middle]}{'A' if signature[middle] != 'A' else 'B'}{signature[middle + 1:]}"
+    forged = (
+        f"{prefix}.{claims}.{signature[:middle]}{'A' if signature[middle] != 'A' else 'B'}{signature[middle + 1 :]}"
+    )
     assert complete(item["complete_url"], forged).status_code == 401
     other_step = item["complete_url"].replace("/build-docker-image/", "/push-to-registry/")
     assert complete(other_step, task_token).status_code == 403
@@ -182,8 +205,12 @@ def test_task_tokens_are_single_use_unforgeable_and_bound_to_their_step(
     assert first.json()["state"] == "succeeded"
     reused = complete(item["complete_url"], task_token)
     assert reused.status_code == 409, reused.text
-    assert httpx.post(host.base_url + item["fail_url"], json={"task_token": task_token, "error": "late"},
-                      timeout=30).status_code == 409
+    assert (
+        httpx.post(
+            host.base_url + item["fail_url"], json={"task_token": task_token, "error": "late"}, timeout=30
+        ).status_code
+        == 409
+    )
 
 
 # ------------------------------------------------------------------------- the devhost's read route, in process
@@ -195,8 +222,14 @@ def test_devhost_read_route_hands_each_event_to_one_reader_of_a_group(pg: Any, t
             route = f"/devhost/eventhubs/{hub}/consumergroups/{{group}}/events"
             assert (await client.get(route.format(group="g"))).status == 404  # no such hub yet
             bodies = [{"n": 0}, "plain text", {"n": 2}, {"n": 3}, {"n": 4}]
-            response = await client.post(f"/devhost/eventhubs/{hub}/events", json={"events": [
-                {"body": body, "partition_key": key, "properties": {"i": i}} for i, body in enumerate(bodies)]})
+            response = await client.post(
+                f"/devhost/eventhubs/{hub}/events",
+                json={
+                    "events": [
+                        {"body": body, "partition_key": key, "properties": {"i": i}} for i, body in enumerate(bodies)
+                    ]
+                },
+            )
             assert response.status == 200
 
             first = (await (await client.get(route.format(group="g"), params={"limit": "3"})).json())["events"]
@@ -246,9 +279,19 @@ def test_worker_skips_what_it_should_not_take() -> None:
         return httpx.Response(200, json={"state": "succeeded"})
 
     options = remote_worker.parse_args(["--devhost", "http://127.0.0.1:1"])
-    item = {"type": "step.work", "remote": True, "action": "push-to-registry", "phase": "run", "attempt": 1,
-            "params": {"registry": "r.io", "image": "a:1"}, "task_token": "t", "complete_url": "/c",
-            "fail_url": "/f", "execution_id": "e", "step_id": "s"}
+    item = {
+        "type": "step.work",
+        "remote": True,
+        "action": "push-to-registry",
+        "phase": "run",
+        "attempt": 1,
+        "params": {"registry": "r.io", "image": "a:1"},
+        "task_token": "t",
+        "complete_url": "/c",
+        "fail_url": "/f",
+        "execution_id": "e",
+        "step_id": "s",
+    }
     with httpx.Client(base_url="http://platform", transport=httpx.MockTransport(answer)) as api:
         assert remote_worker.handle_item({**item, "remote": False}, api, options).startswith("skipped")
         assert remote_worker.handle_item({**item, "action": "http.request"}, api, options).startswith("skipped")

@@ -39,8 +39,9 @@ def test_rate_limit_and_quota_are_keyed_on_the_validated_tid(policy: ET.Element)
 
 
 def test_limits_come_after_validation(policy: ET.Element):
-    order = [element.tag for element in policy.iter() if element.tag in
-             ("validate-jwt", "rate-limit-by-key", "quota-by-key")]
+    order = [
+        element.tag for element in policy.iter() if element.tag in ("validate-jwt", "rate-limit-by-key", "quota-by-key")
+    ]
     assert order == ["validate-jwt", "rate-limit-by-key", "quota-by-key"]
 
 

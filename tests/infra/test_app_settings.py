@@ -24,8 +24,12 @@ EXPECTED_VALUES = {
     "EventHubConnection__credential": "managedidentity",
 }
 IDENTITY_CONNECTIONS = {
-    "AzureWebJobsStorage__accountName", "AzureWebJobsStorage__credential", "AzureWebJobsStorage__clientId",
-    "EventHubConnection__fullyQualifiedNamespace", "EventHubConnection__credential", "EventHubConnection__clientId",
+    "AzureWebJobsStorage__accountName",
+    "AzureWebJobsStorage__credential",
+    "AzureWebJobsStorage__clientId",
+    "EventHubConnection__fullyQualifiedNamespace",
+    "EventHubConnection__credential",
+    "EventHubConnection__clientId",
 }
 
 
@@ -91,15 +95,23 @@ def test_azure_values_and_identity_based_connections(
 def test_literal_defaults_match_the_code(bicep_modules: dict[str, BicepFile], tf_modules: dict[str, TerraformModule]):
     """Where a stack writes a literal, it is a value the code accepts (validated by the Settings model itself)."""
     for settings in (_bicep_settings(bicep_modules), _tf_settings(tf_modules)):
-        literal = {name: value for name, value in settings.items()
-                   if name in Settings.model_fields and isinstance(value, str) and "${" not in value}
-        azure = {**literal, "QP_DATABASE_URL": "host=x dbname=quantum user=id-dev-x",
-                 "QP_DATABASE_CONTROL_URL": "host=x dbname=quantum user=id-dev-x-control",
-                 "QP_DATABASE_CONTROL_CLIENT_ID": "00000000-0000-0000-0000-000000000001",
-                 "QP_BLOB_ACCOUNT_URL": "https://x",
-                 "EventHubConnection__fullyQualifiedNamespace": "x.servicebus.windows.net",
-                 "QP_COSMOS_ENDPOINT": "https://x.documents.azure.com:443/", "QP_TASK_HUB": "Quantumdev",
-                 "QP_ENVIRONMENT": "dev", "QP_AUTH_AUDIENCE": "api://quantum-platform"}
+        literal = {
+            name: value
+            for name, value in settings.items()
+            if name in Settings.model_fields and isinstance(value, str) and "${" not in value
+        }
+        azure = {
+            **literal,
+            "QP_DATABASE_URL": "host=x dbname=quantum user=id-dev-x",
+            "QP_DATABASE_CONTROL_URL": "host=x dbname=quantum user=id-dev-x-control",
+            "QP_DATABASE_CONTROL_CLIENT_ID": "00000000-0000-0000-0000-000000000001",
+            "QP_BLOB_ACCOUNT_URL": "https://x",
+            "EventHubConnection__fullyQualifiedNamespace": "x.servicebus.windows.net",
+            "QP_COSMOS_ENDPOINT": "https://x.documents.azure.com:443/",
+            "QP_TASK_HUB": "Quantumdev",
+            "QP_ENVIRONMENT": "dev",
+            "QP_AUTH_AUDIENCE": "api://quantum-platform",
+        }
         Settings.model_validate(azure)
 
 

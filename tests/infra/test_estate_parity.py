@@ -32,8 +32,9 @@ BICEP_TO_AZURERM: dict[str, str | None] = {
     "Microsoft.EventHub/namespaces/eventhubs": "azurerm_eventhub",
     "Microsoft.EventHub/namespaces/eventhubs/consumergroups": "azurerm_eventhub_consumer_group",
     "Microsoft.DBforPostgreSQL/flexibleServers": "azurerm_postgresql_flexible_server",
-    "Microsoft.DBforPostgreSQL/flexibleServers/administrators":
-        "azurerm_postgresql_flexible_server_active_directory_administrator",
+    "Microsoft.DBforPostgreSQL/flexibleServers/administrators": (
+        "azurerm_postgresql_flexible_server_active_directory_administrator"
+    ),
     "Microsoft.DBforPostgreSQL/flexibleServers/databases": "azurerm_postgresql_flexible_server_database",
     "Microsoft.DocumentDB/databaseAccounts": "azurerm_cosmosdb_account",
     "Microsoft.DocumentDB/databaseAccounts/sqlDatabases": "azurerm_cosmosdb_sql_database",
@@ -93,15 +94,23 @@ def test_each_module_declares_the_same_resource_types(
 
 
 def test_the_whole_estate_declares_the_same_resource_types(
-    bicep_main: BicepFile, bicep_modules: dict[str, BicepFile], tf_root: TerraformModule,
+    bicep_main: BicepFile,
+    bicep_modules: dict[str, BicepFile],
+    tf_root: TerraformModule,
     tf_modules: dict[str, TerraformModule],
 ):
     bicep = _mapped(_bicep_types([bicep_main, *bicep_modules.values()]))
     terraform = _tf_types([tf_root, *tf_modules.values()])
     assert bicep == terraform
-    expected = {"azurerm_linux_function_app_slot", "azurerm_api_management_api_policy", "azurerm_eventhub",
-                "azurerm_cosmosdb_sql_container", "azurerm_postgresql_flexible_server_database",
-                "azurerm_monitor_scheduled_query_rules_alert_v2", "azurerm_application_insights_workbook"}
+    expected = {
+        "azurerm_linux_function_app_slot",
+        "azurerm_api_management_api_policy",
+        "azurerm_eventhub",
+        "azurerm_cosmosdb_sql_container",
+        "azurerm_postgresql_flexible_server_database",
+        "azurerm_monitor_scheduled_query_rules_alert_v2",
+        "azurerm_application_insights_workbook",
+    }
     assert expected <= bicep
 
 
@@ -153,8 +162,10 @@ def test_fixed_child_names_are_the_same(bicep_modules: dict[str, BicepFile], tf_
         assert tf_modules[module].variables[tf_variable]["default"] == expected
     staging = bicep_modules["functionapp"].resources["staging"]["config"]["name"]
     assert staging == tf_modules["functionapp"].of_type("azurerm_linux_function_app_slot")["staging"]["name"]
-    assert bicep_modules["apim"].resources["api"]["config"]["name"] == (
-        tf_modules["apim"].of_type("azurerm_api_management_api")["main"]["name"])
+    assert (
+        bicep_modules["apim"].resources["api"]["config"]["name"]
+        == (tf_modules["apim"].of_type("azurerm_api_management_api")["main"]["name"])
+    )
 
 
 def test_outputs_are_the_same(bicep_main: BicepFile, tf_root: TerraformModule):
@@ -185,8 +196,19 @@ def test_every_bicep_parameter_is_described(bicep_main: BicepFile, bicep_modules
 
 def test_main_bicep_is_a_subscription_deployment(bicep_main: BicepFile):
     assert bicep_main.parsed["globals"]["scope"]["value"] == "subscription"
-    assert set(bicep_main.parsed["modules"]) >= {"network", "monitoring", "identity", "storage", "postgres",
-                                                 "cosmos", "functionApp", "apim", "rbac", "alerts", "workbook"}
+    assert set(bicep_main.parsed["modules"]) >= {
+        "network",
+        "monitoring",
+        "identity",
+        "storage",
+        "postgres",
+        "cosmos",
+        "functionApp",
+        "apim",
+        "rbac",
+        "alerts",
+        "workbook",
+    }
 
 
 def test_role_assignments_live_in_one_module(
@@ -197,16 +219,23 @@ def test_role_assignments_live_in_one_module(
         has_roles = any(resource["type"] in role_types for resource in file.resources.values())
         assert has_roles == (name == "rbac"), name
     for name, module in tf_modules.items():
-        has_roles = bool(module.of_type("azurerm_role_assignment") or
-                         module.of_type("azurerm_cosmosdb_sql_role_assignment"))
+        has_roles = bool(
+            module.of_type("azurerm_role_assignment") or module.of_type("azurerm_cosmosdb_sql_role_assignment")
+        )
         assert has_roles == (name == "rbac"), name
 
 
 def test_rbac_grants_exactly_the_least_privilege_roles(
     bicep_modules: dict[str, BicepFile], tf_modules: dict[str, TerraformModule]
 ):
-    expected = {"Storage Blob Data Owner", "Storage Queue Data Contributor", "Storage Table Data Contributor",
-                "Azure Event Hubs Data Sender", "Azure Event Hubs Data Receiver", "Monitoring Metrics Publisher"}
+    expected = {
+        "Storage Blob Data Owner",
+        "Storage Queue Data Contributor",
+        "Storage Table Data Contributor",
+        "Azure Event Hubs Data Sender",
+        "Azure Event Hubs Data Receiver",
+        "Monitoring Metrics Publisher",
+    }
     assignments = tf_modules["rbac"].locals["assignments"]
     assert {item["role"] for item in assignments.values()} == expected
     role_ids = set(bicep_modules["rbac"].variables["roles"].values())

@@ -30,8 +30,9 @@ DIAGNOSED = {
 
 
 def _all_bicep(bicep_modules: dict[str, BicepFile]) -> list[tuple[str, str, dict[str, Any]]]:
-    return [(module, name, resource) for module, file in bicep_modules.items()
-            for name, resource in file.resources.items()]
+    return [
+        (module, name, resource) for module, file in bicep_modules.items() for name, resource in file.resources.items()
+    ]
 
 
 def _config(resource: dict[str, Any]) -> dict[str, Any]:
@@ -104,8 +105,11 @@ def test_local_auth_and_shared_keys_are_disabled(
     for component in _bicep_of_type(bicep_modules, "Microsoft.Insights/components"):
         assert _props(component)["DisableLocalAuth"] is True
     for server in _bicep_of_type(bicep_modules, "Microsoft.DBforPostgreSQL/flexibleServers"):
-        assert _props(server)["authConfig"] == {**_props(server)["authConfig"], "activeDirectoryAuth": "Enabled",
-                                                "passwordAuth": "Disabled"}
+        assert _props(server)["authConfig"] == {
+            **_props(server)["authConfig"],
+            "activeDirectoryAuth": "Enabled",
+            "passwordAuth": "Disabled",
+        }
         assert "administratorLogin" not in _props(server)
     for policy in _bicep_of_type(bicep_modules, "Microsoft.Web/sites/basicPublishingCredentialsPolicies"):
         assert _props(policy)["allow"] is False
@@ -140,8 +144,11 @@ def _bicep_private_targets(file: BicepFile) -> set[str]:
             continue
         for connection in _props(resource)["privateLinkServiceConnections"]:
             target = connection["properties"]["privateLinkServiceId"]
-            targets.add(re.sub(r"^\$\{|\.id\}?$", "", target) if isinstance(target, str)
-                        else target["operator"]["operands"]["operand_1"])
+            targets.add(
+                re.sub(r"^\$\{|\.id\}?$", "", target)
+                if isinstance(target, str)
+                else target["operator"]["operands"]["operand_1"]
+            )
     return targets
 
 
@@ -191,8 +198,11 @@ def test_the_function_app_admits_only_the_gateway(
 
 
 def _bicep_diagnosed(file: BicepFile) -> set[str]:
-    return {_config(resource)["scope"] for resource in file.resources.values()
-            if resource["type"] == "Microsoft.Insights/diagnosticSettings"}
+    return {
+        _config(resource)["scope"]
+        for resource in file.resources.values()
+        if resource["type"] == "Microsoft.Insights/diagnosticSettings"
+    }
 
 
 def test_diagnostics_on_every_resource_that_supports_them(
@@ -212,9 +222,12 @@ def test_diagnostics_on_every_resource_that_supports_them(
         for resource_type in {t for t in DIAGNOSED.values() if t}:
             for name in module.of_type(resource_type):
                 assert any(f"{resource_type}.{name}.id" in target for target in targets), (
-                    f"{module_name}: {resource_type}.{name} has no diagnostic setting")
-    storage_targets = [body["target_resource_id"]
-                       for body in tf_modules["storage"].of_type("azurerm_monitor_diagnostic_setting").values()]
+                    f"{module_name}: {resource_type}.{name} has no diagnostic setting"
+                )
+    storage_targets = [
+        body["target_resource_id"]
+        for body in tf_modules["storage"].of_type("azurerm_monitor_diagnostic_setting").values()
+    ]
     assert any("Services/default" in target for target in storage_targets)
     assert tf_modules["storage"].locals["private_services"] == ["blob", "queue", "table"]
 
@@ -283,7 +296,10 @@ def test_every_checkov_skip_carries_a_reason():
 
 
 def test_nothing_secret_is_written_into_the_stacks():
-    forbidden = re.compile(r"AccountKey=|SharedAccessKey|listKeys\(|primary_access_key|primary_connection_string|"
-                           r"administrator_password|administratorLoginPassword", re.IGNORECASE)
+    forbidden = re.compile(
+        r"AccountKey=|SharedAccessKey|listKeys\(|primary_access_key|primary_connection_string|"
+        r"administrator_password|administratorLoginPassword",
+        re.IGNORECASE,
+    )
     for path in _iac_files():
         assert not forbidden.search(path.read_text(encoding="utf-8")), path

@@ -26,11 +26,17 @@ def _queries() -> dict[str, str]:
     alerts: dict[str, Any] = json.loads((MONITORING / "alerts.json").read_text(encoding="utf-8"))
     workbook: dict[str, Any] = json.loads((MONITORING / "workbook.json").read_text(encoding="utf-8"))
     queries = {f"alert {name}": str(alert["query"]) for name, alert in alerts.items()}
-    queries.update({f"workbook {item['name']}": str(item["content"]["query"]) for item in workbook["items"]
-                    if "query" in item["content"]})
+    queries.update(
+        {
+            f"workbook {item['name']}": str(item["content"]["query"])
+            for item in workbook["items"]
+            if "query" in item["content"]
+        }
+    )
     runbook = RUNBOOK.read_text(encoding="utf-8")
-    queries.update({f"runbook block {n}": block for n, block in
-                    enumerate(re.findall(r"```kusto\n(.*?)```", runbook, flags=re.S))})
+    queries.update(
+        {f"runbook block {n}": block for n, block in enumerate(re.findall(r"```kusto\n(.*?)```", runbook, flags=re.S))}
+    )
     return queries
 
 
@@ -76,9 +82,14 @@ def test_rejected_intent_requests_are_alerted_and_shown() -> None:
 
 
 def test_a_telemetry_line_is_what_the_queries_parse() -> None:
-    line = telemetry.telemetry_line("step.completed", tenant_id="t1", action="http.request", duration_ms=12,
-                                    step_id=None)
+    line = telemetry.telemetry_line(
+        "step.completed", tenant_id="t1", action="http.request", duration_ms=12, step_id=None
+    )
     assert line.startswith(telemetry.PREFIX)
     # substring(message, strlen(PREFIX)) is what the queries hand to parse_json.
-    assert json.loads(line[len(telemetry.PREFIX):]) == {"event": "step.completed", "tenant_id": "t1",
-                                                        "action": "http.request", "duration_ms": 12}
+    assert json.loads(line[len(telemetry.PREFIX) :]) == {
+        "event": "step.completed",
+        "tenant_id": "t1",
+        "action": "http.request",
+        "duration_ms": 12,
+    }

@@ -42,21 +42,27 @@ class ApiHarness:
     tenants: dict[str, TenantHandle] = field(default_factory=dict)
     fetches: list[str] = field(default_factory=list)
 
-    def token(self, tenant: str, roles: Sequence[str] = (), *, oid: str | None = None,
-              claims: dict[str, Any] | None = None) -> str:
+    def token(
+        self, tenant: str, roles: Sequence[str] = (), *, oid: str | None = None, claims: dict[str, Any] | None = None
+    ) -> str:
         """A token of `tenant` (handle name or Entra tenant GUID) with `roles`; `claims` override (None drops)."""
         handle = self.tenants.get(tenant)
         tid = str(handle.entra_id) if handle else tenant
-        return sign_access_token(self.key, tenant=tid, base_url=ISSUER_BASE, roles=roles, oid=oid,
-                                 extra_claims=claims)
+        return sign_access_token(self.key, tenant=tid, base_url=ISSUER_BASE, roles=roles, oid=oid, extra_claims=claims)
 
     def headers(self, tenant: str, roles: Sequence[str] = (), **kwargs: Any) -> dict[str, str]:
         """Authorization header for a token of `tenant`."""
         return {"Authorization": f"Bearer {self.token(tenant, roles, **kwargs)}"}
 
-    def provision(self, name: str, *, status: str = "active", quotas: dict[str, Any] | None = None,
-                  allowed_modules: Sequence[str] = ALL_MODULES,
-                  allowed_targets: Sequence[str] = ("staging", "production")) -> TenantHandle:
+    def provision(
+        self,
+        name: str,
+        *,
+        status: str = "active",
+        quotas: dict[str, Any] | None = None,
+        allowed_modules: Sequence[str] = ALL_MODULES,
+        allowed_targets: Sequence[str] = ("staging", "production"),
+    ) -> TenantHandle:
         """Insert a tenant through the control-plane role (as the tenants API does)."""
         handle = TenantHandle(uuid.uuid4(), f"{name}-{uuid.uuid4().hex[:6]}", uuid.uuid4())
         with psycopg.connect(self.control_url, autocommit=True) as conn, conn.transaction():
@@ -64,21 +70,31 @@ class ApiHarness:
             conn.execute(
                 "INSERT INTO app.tenants (id, name, entra_tenant_id, status, quotas, allowed_modules, allowed_targets)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                (handle.id, handle.name, handle.entra_id, status, psycopg.types.json.Jsonb(quotas or {}),
-                 list(allowed_modules), list(allowed_targets)))
+                (
+                    handle.id,
+                    handle.name,
+                    handle.entra_id,
+                    status,
+                    psycopg.types.json.Jsonb(quotas or {}),
+                    list(allowed_modules),
+                    list(allowed_targets),
+                ),
+            )
         self.tenants[name] = handle
         return handle
 
     def audit_rows(self, tenant: str) -> list[dict[str, Any]]:
         """Every audit record of a tenant, oldest first (read as the admin, bypassing RLS)."""
         with psycopg.connect(self.admin_url, dbname="quantum", row_factory=psycopg.rows.dict_row) as conn:
-            return conn.execute("SELECT * FROM app.audit_events WHERE tenant_id = %s ORDER BY occurred_at, id",
-                                (self.tenants[tenant].id,)).fetchall()
+            return conn.execute(
+                "SELECT * FROM app.audit_events WHERE tenant_id = %s ORDER BY occurred_at, id",
+                (self.tenants[tenant].id,),
+            ).fetchall()
 
     def table_snapshot(self, table: str) -> list[tuple[Any, ...]]:
         """All rows of an app table (as the admin), to prove a refused request changed nothing."""
         with psycopg.connect(self.admin_url, dbname="quantum") as conn:
-            return conn.execute(f"SELECT * FROM app.{table} ORDER BY 1, 2").fetchall()  # noqa: S608
+            return conn.execute(f"SELECT * FROM app.{table} ORDER BY 1, 2").fetchall()
 
 
 @pytest.fixture(scope="module")

@@ -47,8 +47,12 @@ def cosmos_database(cosmos: CosmosEmulator) -> DatabaseProxy:
 
 
 def _settings(pg: Any) -> Settings:
-    return Settings(QP_DATABASE_URL=pg.app_url, QP_DATABASE_CONTROL_URL=pg.control_url,
-                    QP_BLOB_CONNECTION_STRING="UseDevelopmentStorage=true", QP_DATABASE_POOL_MAX=16)
+    return Settings(
+        QP_DATABASE_URL=pg.app_url,
+        QP_DATABASE_CONTROL_URL=pg.control_url,
+        QP_BLOB_CONNECTION_STRING="UseDevelopmentStorage=true",
+        QP_DATABASE_POOL_MAX=16,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,13 +74,17 @@ def control_pool(pg) -> Iterator[ConnectionPool[Any]]:  # type: ignore[no-untype
 @pytest.fixture(scope="session")
 def new_tenant(pg) -> Callable[[], uuid.UUID]:  # type: ignore[no-untyped-def]
     """A factory of bare tenant rows (no settings, no seed), provisioned as the tenants API does: control plane."""
+
     def make() -> uuid.UUID:
         tenant_id = uuid.uuid4()
         with psycopg.connect(pg.control_url, autocommit=True) as conn, conn.transaction():
             conn.execute("SET LOCAL ROLE qp_platform")
-            conn.execute("INSERT INTO app.tenants (id, name, entra_tenant_id) VALUES (%s, %s, %s)",
-                         (tenant_id, f"t-{tenant_id.hex[:12]}", uuid.uuid4()))
+            conn.execute(
+                "INSERT INTO app.tenants (id, name, entra_tenant_id) VALUES (%s, %s, %s)",
+                (tenant_id, f"t-{tenant_id.hex[:12]}", uuid.uuid4()),
+            )
         return tenant_id
+
     return make
 
 

@@ -19,7 +19,7 @@ TENANT_ADMIN = ["Tenant.Admin"]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _tenants(api: ApiHarness) -> None:  # noqa: F811
+def _tenants(api: ApiHarness) -> None:
     api.provision("operator")
     api.provision("alpha")
     api.provision("beta")
@@ -36,38 +36,41 @@ def _problem(response, status: int) -> dict:  # type: ignore[no-untyped-def]
 # ---- authentication ---------------------------------------------------------------------------------
 
 
-def test_missing_token_is_401_with_challenge(api: ApiHarness) -> None:  # noqa: F811
+def test_missing_token_is_401_with_challenge(api: ApiHarness) -> None:
     body = _problem(api.client.get("/api/v1/me"), 401)
     assert "bearer" in body["detail"].lower()
     assert api.client.get("/api/v1/me").headers["www-authenticate"] == 'Bearer error="invalid_token"'
 
 
-@pytest.mark.parametrize("claims", [
-    {"aud": "api://someone-else"},
-    {"exp": 1_000_000_000},
-    {"iss": "https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000/v2.0"},
-    {"tid": None},
-    {"oid": None},
-    {"ver": "1.0"},
-])
-def test_bad_claims_are_401_and_never_echo_the_token(api: ApiHarness, claims: dict) -> None:  # noqa: F811
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"aud": "api://someone-else"},
+        {"exp": 1_000_000_000},
+        {"iss": "https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000/v2.0"},
+        {"tid": None},
+        {"oid": None},
+        {"ver": "1.0"},
+    ],
+)
+def test_bad_claims_are_401_and_never_echo_the_token(api: ApiHarness, claims: dict) -> None:
     token = api.token("alpha", ["Intent.Reader"], claims=claims)
     response = api.client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
     body = _problem(response, 401)
     assert token not in response.text and token[-20:] not in body["detail"]
 
 
-def test_unsigned_token_is_401(api: ApiHarness) -> None:  # noqa: F811
+def test_unsigned_token_is_401(api: ApiHarness) -> None:
     header_payload = api.token("alpha", ["Tenant.Admin"]).rsplit(".", 1)[0]
     _problem(api.client.get("/api/v1/me", headers={"Authorization": f"Bearer {header_payload}."}), 401)
 
 
-def test_unprovisioned_tenant_is_401(api: ApiHarness) -> None:  # noqa: F811
+def test_unprovisioned_tenant_is_401(api: ApiHarness) -> None:
     response = api.client.get("/api/v1/me", headers=api.headers(str(uuid.uuid4()), ["Tenant.Admin"]))
     assert "not provisioned" in _problem(response, 401)["detail"]
 
 
-def test_me_returns_the_principal(api: ApiHarness) -> None:  # noqa: F811
+def test_me_returns_the_principal(api: ApiHarness) -> None:
     oid = str(uuid.uuid4())
     body = api.client.get("/api/v1/me", headers=api.headers("alpha", ["Intent.Reader"], oid=oid)).json()
     assert body["tenant_id"] == str(api.tenants["alpha"].id)
@@ -75,7 +78,7 @@ def test_me_returns_the_principal(api: ApiHarness) -> None:  # noqa: F811
     assert body["roles"] == ["Intent.Reader"]
 
 
-def test_suspended_tenant_is_403_and_audited(api: ApiHarness) -> None:  # noqa: F811
+def test_suspended_tenant_is_403_and_audited(api: ApiHarness) -> None:
     before = len(api.audit_rows("frozen"))
     body = _problem(api.client.get("/api/v1/me", headers=api.headers("frozen", TENANT_ADMIN)), 403)
     assert body["reason"] == "tenant_suspended"
@@ -87,10 +90,14 @@ def test_suspended_tenant_is_403_and_audited(api: ApiHarness) -> None:  # noqa: 
 # ---- control plane ------------------------------------------------------------------------------------
 
 
-def test_platform_admin_provisions_reads_and_changes_a_tenant(api: ApiHarness) -> None:  # noqa: F811
+def test_platform_admin_provisions_reads_and_changes_a_tenant(api: ApiHarness) -> None:
     admin = api.headers("operator", PLATFORM_ADMIN)
-    spec = {"name": f"new-{uuid.uuid4().hex[:8]}", "entra_tenant_id": str(uuid.uuid4()),
-            "allowed_targets": ["staging"], "quotas": {"requests_per_minute": 120}}
+    spec = {
+        "name": f"new-{uuid.uuid4().hex[:8]}",
+        "entra_tenant_id": str(uuid.uuid4()),
+        "allowed_targets": ["staging"],
+        "quotas": {"requests_per_minute": 120},
+    }
     created = api.client.post("/api/v1/tenants", json=spec, headers=admin)
     assert created.status_code == 201, created.text
     tenant = created.json()
@@ -102,10 +109,15 @@ def test_platform_admin_provisions_reads_and_changes_a_tenant(api: ApiHarness) -
     assert read.json()["name"] == spec["name"]
     etag = read.headers["etag"]
     _problem(api.client.patch(f"/api/v1/tenants/{tenant['id']}", json={"status": "suspended"}, headers=admin), 428)
-    _problem(api.client.patch(f"/api/v1/tenants/{tenant['id']}", json={"status": "suspended"},
-                              headers={**admin, "If-Match": '"stale"'}), 412)
-    patched = api.client.patch(f"/api/v1/tenants/{tenant['id']}", json={"status": "suspended"},
-                               headers={**admin, "If-Match": etag})
+    _problem(
+        api.client.patch(
+            f"/api/v1/tenants/{tenant['id']}", json={"status": "suspended"}, headers={**admin, "If-Match": '"stale"'}
+        ),
+        412,
+    )
+    patched = api.client.patch(
+        f"/api/v1/tenants/{tenant['id']}", json={"status": "suspended"}, headers={**admin, "If-Match": etag}
+    )
     assert patched.status_code == 200 and patched.json()["status"] == "suspended"
     assert patched.json()["quotas"]["requests_per_minute"] == 120
     assert patched.headers["etag"] != etag
@@ -113,8 +125,9 @@ def test_platform_admin_provisions_reads_and_changes_a_tenant(api: ApiHarness) -
     names = []
     cursor = None
     while True:
-        page = api.client.get("/api/v1/tenants", params={"limit": 2, **({"cursor": cursor} if cursor else {})},
-                              headers=admin).json()
+        page = api.client.get(
+            "/api/v1/tenants", params={"limit": 2, **({"cursor": cursor} if cursor else {})}, headers=admin
+        ).json()
         names += [t["name"] for t in page["items"]]
         cursor = page["next_cursor"]
         if not cursor:
@@ -122,23 +135,26 @@ def test_platform_admin_provisions_reads_and_changes_a_tenant(api: ApiHarness) -
     assert spec["name"] in names and names == sorted(names) and len(names) == len(set(names))
 
 
-def test_suspension_takes_effect_for_that_tenants_callers(api: ApiHarness) -> None:  # noqa: F811
+def test_suspension_takes_effect_for_that_tenants_callers(api: ApiHarness) -> None:
     victim = api.provision("victim")
     admin = api.headers("operator", PLATFORM_ADMIN)
     assert api.client.get("/api/v1/me", headers=api.headers("victim", ["Intent.Reader"])).status_code == 200
     etag = api.client.get(f"/api/v1/tenants/{victim.id}", headers=admin).headers["etag"]
-    api.client.patch(f"/api/v1/tenants/{victim.id}", json={"status": "suspended"},
-                     headers={**admin, "If-Match": etag})
+    api.client.patch(f"/api/v1/tenants/{victim.id}", json={"status": "suspended"}, headers={**admin, "If-Match": etag})
     _problem(api.client.get("/api/v1/me", headers=api.headers("victim", ["Intent.Reader"])), 403)
 
 
-def test_non_admins_cannot_touch_the_control_plane(api: ApiHarness) -> None:  # noqa: F811
+def test_non_admins_cannot_touch_the_control_plane(api: ApiHarness) -> None:
     before = api.table_snapshot("tenants")
     # The last caller has no app role at all, only a delegated scope.
     for roles, claims in ((TENANT_ADMIN, None), (["Intent.Author"], None), ([], {"scp": "access_as_user"})):
         headers = api.headers("alpha", roles, claims=claims)
-        body = _problem(api.client.post("/api/v1/tenants", headers=headers,
-                                        json={"name": "sneaky", "entra_tenant_id": str(uuid.uuid4())}), 403)
+        body = _problem(
+            api.client.post(
+                "/api/v1/tenants", headers=headers, json={"name": "sneaky", "entra_tenant_id": str(uuid.uuid4())}
+            ),
+            403,
+        )
         assert body["reason"] == "role_required"
         _problem(api.client.get("/api/v1/tenants", headers=headers), 403)
     assert api.table_snapshot("tenants") == before
@@ -146,7 +162,7 @@ def test_non_admins_cannot_touch_the_control_plane(api: ApiHarness) -> None:  # 
     assert len(denials) == 3 and all(r["decision"] == "deny" for r in denials)
 
 
-def test_platform_admin_sees_no_tenant_data(api: ApiHarness) -> None:  # noqa: F811
+def test_platform_admin_sees_no_tenant_data(api: ApiHarness) -> None:
     admin = api.headers("operator", PLATFORM_ADMIN)
     for path in ("/api/v1/audit", "/api/v1/policies", "/api/v1/tenant"):
         _problem(api.client.get(path, headers=admin), 403)
@@ -155,14 +171,19 @@ def test_platform_admin_sees_no_tenant_data(api: ApiHarness) -> None:  # noqa: F
 # ---- tenant policies and audit --------------------------------------------------------------------------
 
 
-def test_tenant_policy_lifecycle_and_isolation(api: ApiHarness) -> None:  # noqa: F811
+def test_tenant_policy_lifecycle_and_isolation(api: ApiHarness) -> None:
     alpha, beta = api.headers("alpha", TENANT_ADMIN), api.headers("beta", TENANT_ADMIN)
-    invalid = api.client.post("/api/v1/policies", headers=alpha,
-                              json={"name": "broken", "policy": "forbid (principal, action, resource) when {"})
+    invalid = api.client.post(
+        "/api/v1/policies",
+        headers=alpha,
+        json={"name": "broken", "policy": "forbid (principal, action, resource) when {"},
+    )
     assert _problem(invalid, 422)["errors"][0]["pointer"] == "/policy"
 
-    policy = ('forbid (principal, action == QP::Action::"tenant.settings.read", resource) '
-              'when { principal.roles.contains("Tenant.Admin") };')
+    policy = (
+        'forbid (principal, action == QP::Action::"tenant.settings.read", resource) '
+        'when { principal.roles.contains("Tenant.Admin") };'
+    )
     created = api.client.post("/api/v1/policies", headers=alpha, json={"name": "no-settings", "policy": policy})
     assert created.status_code == 201, created.text
     policy_id = created.json()["id"]
@@ -180,15 +201,16 @@ def test_tenant_policy_lifecycle_and_isolation(api: ApiHarness) -> None:  # noqa
     assert api.client.get("/api/v1/tenant", headers=alpha).status_code == 200
 
 
-def test_audit_is_per_tenant_filtered_and_paginated(api: ApiHarness) -> None:  # noqa: F811
+def test_audit_is_per_tenant_filtered_and_paginated(api: ApiHarness) -> None:
     alpha = api.headers("alpha", TENANT_ADMIN)
     for _ in range(3):
         api.client.get("/api/v1/tenants", headers=api.headers("alpha", ["Intent.Reader"]))  # denied, audited
     page = api.client.get("/api/v1/audit", params={"decision": "deny", "limit": 2}, headers=alpha).json()
     seen = list(page["items"])
     while page["next_cursor"]:
-        page = api.client.get("/api/v1/audit", params={"decision": "deny", "limit": 2, "cursor": page["next_cursor"]},
-                              headers=alpha).json()
+        page = api.client.get(
+            "/api/v1/audit", params={"decision": "deny", "limit": 2, "cursor": page["next_cursor"]}, headers=alpha
+        ).json()
         seen += page["items"]
     assert len(seen) >= 3 and all(item["decision"] == "deny" for item in seen)
     assert len({item["id"] for item in seen}) == len(seen)
@@ -197,20 +219,22 @@ def test_audit_is_per_tenant_filtered_and_paginated(api: ApiHarness) -> None:  #
     _problem(api.client.get("/api/v1/audit", params={"cursor": "not-a-cursor"}, headers=alpha), 400)
 
 
-def test_every_decision_leaves_exactly_one_record(api: ApiHarness) -> None:  # noqa: F811
+def test_every_decision_leaves_exactly_one_record(api: ApiHarness) -> None:
     before = len(api.audit_rows("beta"))
     assert api.client.get("/api/v1/tenant", headers=api.headers("beta", TENANT_ADMIN)).status_code == 200
     _problem(api.client.get("/api/v1/tenant", headers=api.headers("beta", ["Intent.Reader"])), 403)
     rows = api.audit_rows("beta")[before:]
-    assert [(r["action"], r["decision"]) for r in rows] == [("tenant.settings.read", "allow"),
-                                                            ("tenant.settings.read", "deny")]
+    assert [(r["action"], r["decision"]) for r in rows] == [
+        ("tenant.settings.read", "allow"),
+        ("tenant.settings.read", "deny"),
+    ]
     assert all(r["request_id"] for r in rows)
 
 
 # ---- rate limits ------------------------------------------------------------------------------------------
 
 
-def test_over_the_rate_is_429_with_retry_after(api: ApiHarness) -> None:  # noqa: F811
+def test_over_the_rate_is_429_with_retry_after(api: ApiHarness) -> None:
     headers = api.headers("tiny", ["Intent.Reader"])
     statuses = [api.client.get("/api/v1/me", headers=headers).status_code for _ in range(3)]
     assert statuses == [200, 200, 429]

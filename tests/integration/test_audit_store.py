@@ -34,8 +34,6 @@ T0 = datetime(2030, 1, 1, tzinfo=UTC)
 _SETTINGS = {"QP_BLOB_CONNECTION_STRING": "UseDevelopmentStorage=true", "QP_DATABASE_CONTROL_URL": "x"}
 
 
-
-
 @pytest.fixture(scope="module")
 def audit_container(cosmos_database: DatabaseProxy) -> ContainerProxy:
     return create_audit_container(cosmos_database, f"audit-{uuid.uuid4().hex[:8]}")
@@ -140,10 +138,19 @@ def test_filters_select_exactly_the_matching_records(backend: Backend) -> None:
         ({"resource_id": "res-3"}, lambda r: r.resource_id == "res-3"),
         ({"since": T0 + timedelta(seconds=3)}, lambda r: r.occurred_at >= T0 + timedelta(seconds=3)),
         ({"until": T0 + timedelta(seconds=3)}, lambda r: r.occurred_at < T0 + timedelta(seconds=3)),
-        ({"action": "intent.create", "decision": "allow", "since": T0 + timedelta(seconds=2),
-          "until": T0 + timedelta(seconds=8)},
-         lambda r: r.action == "intent.create" and r.decision == "allow"
-         and T0 + timedelta(seconds=2) <= r.occurred_at < T0 + timedelta(seconds=8)),
+        (
+            {
+                "action": "intent.create",
+                "decision": "allow",
+                "since": T0 + timedelta(seconds=2),
+                "until": T0 + timedelta(seconds=8),
+            },
+            lambda r: (
+                r.action == "intent.create"
+                and r.decision == "allow"
+                and T0 + timedelta(seconds=2) <= r.occurred_at < T0 + timedelta(seconds=8)
+            ),
+        ),
         ({"action": "no.such.action"}, lambda r: False),
     ]
     for filters, matches in cases:
@@ -181,10 +188,12 @@ def test_a_cursor_only_works_for_the_query_that_issued_it(backend: Backend) -> N
     _seed(backend.store, tenant, 4)
     page = backend.store.query(AuditQuery(tenant_id=tenant, limit=2))
     assert page.next_cursor is not None
-    for q in (AuditQuery(tenant_id=other, limit=2, cursor=page.next_cursor),
-              AuditQuery(tenant_id=tenant, limit=2, action="intent.create", cursor=page.next_cursor),
-              AuditQuery(tenant_id=tenant, limit=2, cursor="not-a-cursor"),
-              AuditQuery(tenant_id=tenant, limit=2, cursor=page.next_cursor[:-4])):
+    for q in (
+        AuditQuery(tenant_id=other, limit=2, cursor=page.next_cursor),
+        AuditQuery(tenant_id=tenant, limit=2, action="intent.create", cursor=page.next_cursor),
+        AuditQuery(tenant_id=tenant, limit=2, cursor="not-a-cursor"),
+        AuditQuery(tenant_id=tenant, limit=2, cursor=page.next_cursor[:-4]),
+    ):
         with pytest.raises(InvalidCursorError):
             backend.store.query(q)
 
@@ -226,17 +235,18 @@ def test_runtime_role_cannot_update_delete_or_truncate(app_pool: ConnectionPool[
     store = PostgresAuditStore(app_pool)
     record = _record(tenant, 1)
     store.record(record)
-    for statement in ("UPDATE app.audit_events SET decision = 'allow', reason = 'x'",
-                      "DELETE FROM app.audit_events",
-                      "TRUNCATE app.audit_events"):
+    for statement in (
+        "UPDATE app.audit_events SET decision = 'allow', reason = 'x'",
+        "DELETE FROM app.audit_events",
+        "TRUNCATE app.audit_events",
+    ):
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             with tenant_transaction(tenant, pool=app_pool) as conn:
                 conn.execute(statement)  # type: ignore[arg-type]
     assert store.query(AuditQuery(tenant_id=tenant)).items == [record]
 
 
-def test_postgres_records_are_invisible_without_a_tenant_and_refused_for_another(
-        app_pool: ConnectionPool[Any]) -> None:
+def test_postgres_records_are_invisible_without_a_tenant_and_refused_for_another(app_pool: ConnectionPool[Any]) -> None:
     tenant_a, tenant_b = uuid.uuid4(), uuid.uuid4()
     store = PostgresAuditStore(app_pool)
     store.record(_record(tenant_a, 1))
@@ -287,8 +297,12 @@ def test_cosmos_backend_requires_an_endpoint() -> None:
         Settings(QP_DATABASE_URL="x", QP_AUDIT_BACKEND="cosmos", **_SETTINGS)
     with pytest.raises(ValidationError, match="https"):
         Settings(QP_DATABASE_URL="x", QP_AUDIT_BACKEND="cosmos", QP_COSMOS_ENDPOINT="http://x", **_SETTINGS)
-    ok = Settings(QP_DATABASE_URL="x", QP_AUDIT_BACKEND="cosmos",
-                  QP_COSMOS_ENDPOINT="https://acct.documents.azure.com:443/", **_SETTINGS)
+    ok = Settings(
+        QP_DATABASE_URL="x",
+        QP_AUDIT_BACKEND="cosmos",
+        QP_COSMOS_ENDPOINT="https://acct.documents.azure.com:443/",
+        **_SETTINGS,
+    )
     assert ok.QP_COSMOS_AUDIT_CONTAINER == "audit"
 
 
@@ -310,13 +324,29 @@ def test_a_bad_cursor_is_the_gateways_invalid_cursor_error(backend: Backend) -> 
 
 
 def test_public_form_is_json_ready() -> None:
-    record = AuditRecord.new(tenant_id=uuid.uuid4(), principal_id="t/o", action="intent.create",
-                             resource_type="intent", resource_id=None, decision="allow", detail={"k": [1]})
+    record = AuditRecord.new(
+        tenant_id=uuid.uuid4(),
+        principal_id="t/o",
+        action="intent.create",
+        resource_type="intent",
+        resource_id=None,
+        decision="allow",
+        detail={"k": [1]},
+    )
     public = record.to_public()
     assert json.loads(json.dumps(public)) == public
     assert public["id"] == str(record.id) and public["occurred_at"] == record.occurred_at.isoformat()
-    assert AuditRecord.new(tenant_id=record.tenant_id, principal_id="t/o", action="a", resource_type="r",
-                           resource_id=None, decision="deny").id != record.id
+    assert (
+        AuditRecord.new(
+            tenant_id=record.tenant_id,
+            principal_id="t/o",
+            action="a",
+            resource_type="r",
+            resource_id=None,
+            decision="deny",
+        ).id
+        != record.id
+    )
 
 
 def test_erase_removes_exactly_one_tenants_records(backend: Backend) -> None:

@@ -38,8 +38,13 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def _reply(self, status: int, body: bytes = b"", content_type: str = "application/json",
-               headers: dict[str, str] | None = None) -> None:
+    def _reply(
+        self,
+        status: int,
+        body: bytes = b"",
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -56,8 +61,13 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         if path == "/echo":
-            echo = {"method": self.command, "query": query, "host": self.headers["Host"],
-                    "body": json.loads(body) if body else None, "auth": self.headers.get("Authorization")}
+            echo = {
+                "method": self.command,
+                "query": query,
+                "host": self.headers["Host"],
+                "body": json.loads(body) if body else None,
+                "auth": self.headers.get("Authorization"),
+            }
             self._reply(200, json.dumps(echo).encode(), headers={"Set-Cookie": "s=1", "X-Request-Id": "r1"})
         elif path.startswith("/status/"):
             self._reply(int(path.rsplit("/", 1)[1]), b'{"error":"nope"}')
@@ -137,12 +147,22 @@ class FakeClock:
 
 # --------------------------------------------------------------------------------------------- http.request
 def test_http_request_happy_path(server: Server) -> None:
-    params = {"method": "POST", "url": f"{base(server)}/echo", "query": {"a": "1"}, "body": {"x": [1, 2]},
-              "headers": {"Authorization": "Bearer t"}}
+    params = {
+        "method": "POST",
+        "url": f"{base(server)}/echo",
+        "query": {"a": "1"},
+        "body": {"x": [1, 2]},
+        "headers": {"Authorization": "Bearer t"},
+    }
     output = run_module("http.request", ctx(allowed_hosts=LOCAL), params)
     assert output["status"] == 200
-    assert output["body"] == {"method": "POST", "query": "a=1", "host": f"127.0.0.1:{server.server_port}",
-                              "body": {"x": [1, 2]}, "auth": "Bearer t"}
+    assert output["body"] == {
+        "method": "POST",
+        "query": "a=1",
+        "host": f"127.0.0.1:{server.server_port}",
+        "body": {"x": [1, 2]},
+        "auth": "Bearer t",
+    }
     assert output["headers"]["x-request-id"] == "r1"
     assert "set-cookie" not in {k.lower() for k in output["headers"]}
     assert output["truncated"] is False
@@ -155,8 +175,9 @@ def test_http_request_unexpected_status(server: Server) -> None:
     with pytest.raises(StepFailed, match=r"answered 200, expected 201") as failure:
         run_module("http.request", ctx(allowed_hosts=LOCAL), {"url": f"{base(server)}/echo", "expect_status": [201]})
     assert failure.value.retryable is False  # a 4xx or an unexpected 2xx usually repeats
-    output = run_module("http.request", ctx(allowed_hosts=LOCAL),
-                        {"url": f"{base(server)}/status/404", "expect_status": [404]})
+    output = run_module(
+        "http.request", ctx(allowed_hosts=LOCAL), {"url": f"{base(server)}/status/404", "expect_status": [404]}
+    )
     assert output["status"] == 404 and output["body"] == {"error": "nope"}
 
 
@@ -173,8 +194,9 @@ def test_loopback_refused_without_the_allow_list(server: Server) -> None:
     assert server.hits == before  # refused before connecting
 
 
-def test_allow_listed_loopback_refused_when_private_networks_are_closed(server: Server,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_allow_listed_loopback_refused_when_private_networks_are_closed(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("QP_ALLOW_PRIVATE_NETWORK_HOSTS", "false")
     get_settings.cache_clear()
     before = dict(server.hits)
@@ -196,8 +218,9 @@ def test_redirects_are_rechecked(server: Server) -> None:
         run_module("http.request", allowed, {"url": f"{base(server)}/redirect-localhost"})
     with pytest.raises(StepFailed, match="more than 5 redirects"):
         run_module("http.request", allowed, {"url": f"{base(server)}/loop"})
-    output = run_module("http.request", allowed, {"method": "POST", "url": f"{base(server)}/redirect-echo",
-                                                   "body": {"dropped": True}})
+    output = run_module(
+        "http.request", allowed, {"method": "POST", "url": f"{base(server)}/redirect-echo", "body": {"dropped": True}}
+    )
     assert output["body"]["method"] == "GET" and output["body"]["query"] == "after=redirect"
     assert output["body"]["body"] is None  # a 303 turns the POST into a GET without the body
 
@@ -206,9 +229,12 @@ def test_redirects_are_rechecked(server: Server) -> None:
 def test_wait_healthy_succeeds_after_polls(server: Server) -> None:
     clock = FakeClock()
     module = HttpWaitHealthyModule(sleep=clock.sleep, clock=clock)
-    output = run_module("http.wait_healthy", ctx(allowed_hosts=LOCAL),
-                        {"url": f"{base(server)}/healthy-after/3", "interval": 2, "timeout": 60},
-                        {"http.wait_healthy": module})
+    output = run_module(
+        "http.wait_healthy",
+        ctx(allowed_hosts=LOCAL),
+        {"url": f"{base(server)}/healthy-after/3", "interval": 2, "timeout": 60},
+        {"http.wait_healthy": module},
+    )
     assert output["status"] == 200 and output["probes"] == 3 and output["elapsed_s"] == 4
     assert clock.sleeps == [2, 2]
 
@@ -217,8 +243,12 @@ def test_wait_healthy_times_out(server: Server) -> None:
     clock = FakeClock()
     module = HttpWaitHealthyModule(sleep=clock.sleep, clock=clock)
     with pytest.raises(StepFailed, match=r"not healthy after 10 s \(6 probes; last: status 503\)"):
-        run_module("http.wait_healthy", ctx(allowed_hosts=LOCAL),
-                   {"url": f"{base(server)}/status/503", "interval": 2, "timeout": 10}, {"http.wait_healthy": module})
+        run_module(
+            "http.wait_healthy",
+            ctx(allowed_hosts=LOCAL),
+            {"url": f"{base(server)}/status/503", "interval": 2, "timeout": 10},
+            {"http.wait_healthy": module},
+        )
     assert sum(clock.sleeps) == 10
 
 
@@ -233,8 +263,12 @@ def test_wait_healthy_does_not_wait_on_a_refused_url() -> None:
 def test_verify_deployment_uses_the_tenant_base_url(server: Server) -> None:
     clock = FakeClock()
     module = VerifyDeploymentModule(HttpWaitHealthyModule(sleep=clock.sleep, clock=clock))
-    output = run_module("verify-deployment", ctx(allowed_hosts=LOCAL, base_url=base(server) + "/"),
-                        {"health_check": "/healthy-after/2", "interval": 1}, {"verify-deployment": module})
+    output = run_module(
+        "verify-deployment",
+        ctx(allowed_hosts=LOCAL, base_url=base(server) + "/"),
+        {"health_check": "/healthy-after/2", "interval": 1},
+        {"verify-deployment": module},
+    )
     assert output["url"] == f"{base(server)}/healthy-after/2" and output["probes"] == 2
     with pytest.raises(StepFailed, match="needs a url"):
         run_module("verify-deployment", ctx(), {"health_check": "/health"}, {"verify-deployment": module})
@@ -269,23 +303,32 @@ def test_artifact_write_under_the_tenant_prefix(container: ContainerClient) -> N
     assert not blob.exists()
     module.compensate(context, module.parse(params), output)  # already gone: fine
 
-    text = run_module("artifact.write", context, {"name": "log.txt", "content": "héllo", "content_type": "text/plain"},
-                      {"artifact.write": module})
+    text = run_module(
+        "artifact.write",
+        context,
+        {"name": "log.txt", "content": "héllo", "content_type": "text/plain"},
+        {"artifact.write": module},
+    )
     assert container.get_blob_client(text["blob_name"]).download_blob().readall() == "héllo".encode()
 
 
 def test_artifact_write_refuses_escaping_names(container: ContainerClient) -> None:
     with pytest.raises(StepFailed, match="segment"):
-        run_module("artifact.write", ctx(), {"name": "a/../../x", "content": 1},
-                   {"artifact.write": ArtifactWriteModule(lambda: container)})
+        run_module(
+            "artifact.write",
+            ctx(),
+            {"name": "a/../../x", "content": 1},
+            {"artifact.write": ArtifactWriteModule(lambda: container)},
+        )
 
 
 # ----------------------------------------------------------------------------------------------- event.emit
 @pytest.fixture(scope="module")
 def app_pool(pg: Any) -> Iterator[ConnectionPool[Any]]:
     apply_migrations(pg.owner_url, Path("devhost/eventhubs/migrations"), schema="devhost_eventhubs")
-    pool: ConnectionPool[Any] = ConnectionPool(pg.app_url, kwargs={"autocommit": True}, min_size=1, max_size=2,
-                                               open=True)
+    pool: ConnectionPool[Any] = ConnectionPool(
+        pg.app_url, kwargs={"autocommit": True}, min_size=1, max_size=2, open=True
+    )
     try:
         yield pool
     finally:
@@ -302,7 +345,8 @@ def test_event_emit_publishes_on_platform_events(pg: Any, app_pool: ConnectionPo
     with psycopg.connect(pg.owner_url) as conn:
         rows = conn.execute(
             "SELECT partition_key, body, properties FROM devhost_eventhubs.events"
-            " WHERE hub = 'platform-events' AND properties->>'event_id' = %s", (output["event_id"],),
+            " WHERE hub = 'platform-events' AND properties->>'event_id' = %s",
+            (output["event_id"],),
         ).fetchall()
     assert len(rows) == 2
     partition_key, body, properties = rows[0]
@@ -310,9 +354,13 @@ def test_event_emit_publishes_on_platform_events(pg: Any, app_pool: ConnectionPo
     event = json.loads(bytes(body))
     assert event["id"] == output["event_id"] and event["type"] == "custom.deploy.done"
     assert event["data"] == {"version": 7} and event["execution_id"] == context.execution_id
-    assert properties == {"event_id": output["event_id"], "event_type": "custom.deploy.done",
-                          "tenant_id": str(context.tenant_id), "execution_id": context.execution_id,
-                          "step_id": "step-1"}
+    assert properties == {
+        "event_id": output["event_id"],
+        "event_type": "custom.deploy.done",
+        "tenant_id": str(context.tenant_id),
+        "execution_id": context.execution_id,
+        "step_id": "step-1",
+    }
 
 
 def test_event_emit_invalid_params() -> None:

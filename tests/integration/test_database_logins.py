@@ -54,7 +54,8 @@ def test_the_control_login_cannot_become_the_runtime_or_the_owner(pg: Any) -> No
 
 
 def test_sql_inside_a_tenant_transaction_cannot_switch_to_the_control_plane(
-        app_pool: ConnectionPool[Any], control_pool: ConnectionPool[Any]) -> None:
+    app_pool: ConnectionPool[Any], control_pool: ConnectionPool[Any]
+) -> None:
     tenant = uuid.uuid4()
     with pytest.raises(psycopg.errors.InsufficientPrivilege), tenant_transaction(tenant, pool=app_pool) as conn:
         conn.execute("SET ROLE qp_platform")

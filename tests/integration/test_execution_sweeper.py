@@ -34,8 +34,15 @@ _BACKDATE_UPDATE = "UPDATE app.executions SET updated_at = clock_timestamp() - i
 
 def _status(runtime: str, output: Any = None) -> DurableOrchestrationStatus:
     """A status as the SDK parses it from the Durable HTTP API."""
-    return DurableOrchestrationStatus.from_json({"name": ORCHESTRATOR, "instanceId": "x", "runtimeStatus": runtime,
-                                                 "createdTime": "2024-01-01T00:00:00Z", "output": output})
+    return DurableOrchestrationStatus.from_json(
+        {
+            "name": ORCHESTRATOR,
+            "instanceId": "x",
+            "runtimeStatus": runtime,
+            "createdTime": "2024-01-01T00:00:00Z",
+            "output": output,
+        }
+    )
 
 
 class FakeDurable:
@@ -54,8 +61,9 @@ class FakeDurable:
             # The SDK answers a 404 with an empty (falsy) status object.
             return self.statuses.get(instance_id) or DurableOrchestrationStatus.from_json("")
 
-    async def start_new(self, orchestration_function_name: str, instance_id: str | None = None,
-                        client_input: Any | None = None) -> str:
+    async def start_new(
+        self, orchestration_function_name: str, instance_id: str | None = None, client_input: Any | None = None
+    ) -> str:
         assert instance_id is not None
         with self._lock:
             self.started.append((orchestration_function_name, instance_id, client_input))
@@ -74,34 +82,60 @@ class FakeDurable:
 class Tenant:
     """A fresh tenant of this module (each test its own, so no test sees another's executions) and its intent."""
 
-    def __init__(self, api: ApiHarness) -> None:  # noqa: F811
+    def __init__(self, api: ApiHarness) -> None:
         self.name = f"sweep-{uuid.uuid4().hex[:8]}"
-        self.id = api.provision(self.name, allowed_modules=["wait"],
-                                quotas={"requests_per_minute": 10_000, "burst": 1_000}).id
-        body = {"name": f"sweep-{uuid.uuid4().hex[:10]}", "definition": {
-            "target": "staging", "steps": [{"id": "pause", "action": "wait", "seconds": 1}]}}
+        self.id = api.provision(
+            self.name, allowed_modules=["wait"], quotas={"requests_per_minute": 10_000, "burst": 1_000}
+        ).id
+        body = {
+            "name": f"sweep-{uuid.uuid4().hex[:10]}",
+            "definition": {"target": "staging", "steps": [{"id": "pause", "action": "wait", "seconds": 1}]},
+        }
         created = api.client.post("/api/v1/intents", json=body, headers=api.headers(self.name, AUTHOR))
         assert created.status_code == 201, created.text
         self.intent = uuid.UUID(created.json()["id"])
 
 
-def _recorded(pool: ConnectionPool[Any], tenant_id: uuid.UUID, intent_id: uuid.UUID, *, stale: bool = True,
-              key: str | None = None, parent: uuid.UUID | None = None) -> tuple[uuid.UUID, dict[str, Any]]:
+def _recorded(
+    pool: ConnectionPool[Any],
+    tenant_id: uuid.UUID,
+    intent_id: uuid.UUID,
+    *,
+    stale: bool = True,
+    key: str | None = None,
+    parent: uuid.UUID | None = None,
+) -> tuple[uuid.UUID, dict[str, Any]]:
     """What a request that died between commit and launch leaves: a pending row holding the start claim."""
     with tenant_transaction(tenant_id, pool=pool) as conn:
         tenant = get_tenant(conn, tenant_id)
         assert tenant is not None
-        started = start_execution(conn, tenant.facts(), StartRequest(
-            intent_id=intent_id, idempotency_key=key, requested_by="tester", parent_execution_id=parent,
-            parent_step_id="child" if parent else None), max_concurrent=1000, authorize=lambda _item: None)
+        started = start_execution(
+            conn,
+            tenant.facts(),
+            StartRequest(
+                intent_id=intent_id,
+                idempotency_key=key,
+                requested_by="tester",
+                parent_execution_id=parent,
+                parent_step_id="child" if parent else None,
+            ),
+            max_concurrent=1000,
+            authorize=lambda _item: None,
+        )
         assert started.orchestration_input is not None
         if stale:
             conn.execute(_BACKDATE_CLAIM, (started.execution.id,))
     return started.execution.id, started.orchestration_input
 
 
-def _moved(pool: ConnectionPool[Any], tenant_id: uuid.UUID, intent_id: uuid.UUID, path: list[repo.Status], *,
-           quiet: bool = True) -> uuid.UUID:
+def _moved(
+    pool: ConnectionPool[Any],
+    tenant_id: uuid.UUID,
+    intent_id: uuid.UUID,
+    path: list[repo.Status],
+    *,
+    quiet: bool = True,
+) -> uuid.UUID:
     """An execution its orchestration moved along `path`, last changed ten minutes ago when `quiet`."""
     execution_id, _ = _recorded(pool, tenant_id, intent_id, stale=False)
     with tenant_transaction(tenant_id, pool=pool) as conn:
@@ -118,7 +152,11 @@ def _get(pool: ConnectionPool[Any], tenant_id: uuid.UUID, execution_id: uuid.UUI
 
 
 def test_discovery_answers_only_the_ids_of_tenants_with_candidates(
-        api: ApiHarness, app_pool: ConnectionPool[Any], control_pool: ConnectionPool[Any], pg: Any) -> None:  # noqa: F811
+    api: ApiHarness,
+    app_pool: ConnectionPool[Any],
+    control_pool: ConnectionPool[Any],
+    pg: Any,
+) -> None:
     a, b, c = Tenant(api), Tenant(api), Tenant(api)
     _recorded(app_pool, a.id, a.intent)  # a stalled start
     # b: a fresh claim, a stalled child (its parent's orchestration starts it), a recent run, an old end.
@@ -134,8 +172,9 @@ def test_discovery_answers_only_the_ids_of_tenants_with_candidates(
     with psycopg.connect(pg.admin_url, dbname="quantum") as conn:
         result, definer, config = conn.execute(  # type: ignore[misc]
             "SELECT pg_get_function_result(p.oid), p.prosecdef, p.proconfig FROM pg_proc p WHERE p.oid ="
-            " 'app.execution_sweep_tenants(double precision, double precision, integer)'::regprocedure").fetchone()
-    assert (result, definer, config) == ("SETOF uuid", True, ["search_path=\"\""])
+            " 'app.execution_sweep_tenants(double precision, double precision, integer)'::regprocedure"
+        ).fetchone()
+    assert (result, definer, config) == ("SETOF uuid", True, ['search_path=""'])
     # The control plane reaches the ids through the function only, never the rows; the runtime role not at all.
     with pytest.raises(psycopg.errors.InsufficientPrivilege), platform_transaction(pool=control_pool) as conn:
         conn.execute("SELECT tenant_id FROM app.executions")
@@ -144,7 +183,9 @@ def test_discovery_answers_only_the_ids_of_tenants_with_candidates(
 
 
 def test_a_stalled_start_is_taken_over_once_and_started_with_the_requests_input(
-        api: ApiHarness, app_pool: ConnectionPool[Any]) -> None:  # noqa: F811
+    api: ApiHarness,
+    app_pool: ConnectionPool[Any],
+) -> None:
     a = Tenant(api)
     key = f"sweep-{uuid.uuid4().hex[:8]}"
     stalled, expected_input = _recorded(app_pool, a.id, a.intent, key=key)
@@ -168,13 +209,17 @@ def test_a_stalled_start_is_taken_over_once_and_started_with_the_requests_input(
     with tenant_transaction(a.id, pool=app_pool) as conn:
         tenant = get_tenant(conn, a.id)
         assert tenant is not None
-        replay = start_execution(conn, tenant.facts(), StartRequest(intent_id=a.intent, idempotency_key=key,
-                                                                    requested_by="tester"),
-                                 max_concurrent=1000, authorize=lambda _item: None)
+        replay = start_execution(
+            conn,
+            tenant.facts(),
+            StartRequest(intent_id=a.intent, idempotency_key=key, requested_by="tester"),
+            max_concurrent=1000,
+            authorize=lambda _item: None,
+        )
     assert (replay.execution.id, replay.created, replay.orchestration_input) == (stalled, False, None)
 
 
-def test_two_sweepers_never_both_take_one_claim(api: ApiHarness, app_pool: ConnectionPool[Any]) -> None:  # noqa: F811
+def test_two_sweepers_never_both_take_one_claim(api: ApiHarness, app_pool: ConnectionPool[Any]) -> None:
     d = Tenant(api)
     stalled = [str(_recorded(app_pool, d.id, d.intent)[0]) for _ in range(6)]
     client = FakeDurable()
@@ -192,14 +237,16 @@ def test_two_sweepers_never_both_take_one_claim(api: ApiHarness, app_pool: Conne
     assert Counter(client.started_ids()) == Counter(stalled)  # every stalled start, each exactly once
 
 
-def _allow_modules(api: ApiHarness, tenant_id: uuid.UUID, modules: list[str]) -> None:  # noqa: F811
+def _allow_modules(api: ApiHarness, tenant_id: uuid.UUID, modules: list[str]) -> None:
     with psycopg.connect(api.control_url, autocommit=True) as conn, conn.transaction():
         conn.execute("SET LOCAL ROLE qp_platform")
         conn.execute("UPDATE app.tenants SET allowed_modules = %s WHERE id = %s", (modules, tenant_id))
 
 
 def test_a_start_that_already_ran_or_cannot_be_rebuilt_is_not_started_again(
-        api: ApiHarness, app_pool: ConnectionPool[Any]) -> None:  # noqa: F811
+    api: ApiHarness,
+    app_pool: ConnectionPool[Any],
+) -> None:
     e = Tenant(api)
     running, _ = _recorded(app_pool, e.id, e.intent)  # its starter got as far as starting it
     crashed, _ = _recorded(app_pool, e.id, e.intent)  # started, and its orchestration failed before recording
@@ -214,38 +261,51 @@ def test_a_start_that_already_ran_or_cannot_be_rebuilt_is_not_started_again(
     assert (result.started, result.ended) == (0, 2)
     assert _get(app_pool, e.id, running).status == "pending"
     assert (_get(app_pool, e.id, crashed).status, _get(app_pool, e.id, crashed).error) == (
-        "failed", "orchestration failed: boom")
+        "failed",
+        "orchestration failed: boom",
+    )
     refused = _get(app_pool, e.id, gated)
     assert refused.status == "failed"
     assert refused.error is not None and refused.error.startswith("the orchestration could not be started:")
 
 
 def test_a_quiet_execution_whose_orchestration_ended_ends_failed_through_the_transition(
-        api: ApiHarness, app_pool: ConnectionPool[Any]) -> None:  # noqa: F811
+    api: ApiHarness,
+    app_pool: ConnectionPool[Any],
+) -> None:
     c = Tenant(api)
     failed = _moved(app_pool, c.id, c.intent, ["running"])
     terminated = _moved(app_pool, c.id, c.intent, ["running", "waiting"])
     purged = _moved(app_pool, c.id, c.intent, ["running", "compensating"])
     alive = _moved(app_pool, c.id, c.intent, ["running"])
     recent = _moved(app_pool, c.id, c.intent, ["running"], quiet=False)
-    client = FakeDurable({failed: _status("Failed", "Orchestrator function failed: KeyError"),
-                          terminated: _status("Terminated", "operator stop"), alive: _status("Running"),
-                          recent: _status("Failed", "not looked at")})
+    client = FakeDurable(
+        {
+            failed: _status("Failed", "Orchestrator function failed: KeyError"),
+            terminated: _status("Terminated", "operator stop"),
+            alive: _status("Running"),
+            recent: _status("Failed", "not looked at"),
+        }
+    )
     with tenant_transaction(c.id, pool=app_pool) as conn:
         assert active_executions(conn) == 5
 
     result = asyncio.run(sweeper.sweep_tenant(c.id, client, pool=app_pool))
     assert str(recent) not in client.asked  # not quiet: not even asked
-    expected = {failed: "orchestration failed: Orchestrator function failed: KeyError",
-                terminated: "orchestration was terminated: operator stop",
-                purged: "orchestration was terminated: its instance no longer exists"}
+    expected = {
+        failed: "orchestration failed: Orchestrator function failed: KeyError",
+        terminated: "orchestration was terminated: operator stop",
+        purged: "orchestration was terminated: its instance no longer exists",
+    }
     for execution_id, cause in expected.items():
         ended = _get(app_pool, c.id, execution_id)
         assert (ended.status, ended.error, ended.finished_at is not None) == ("failed", cause, True)
         with tenant_transaction(c.id, pool=app_pool) as conn:
             last = repo.events_after(conn, execution_id, 0, 100)[-1]
-            outbox = conn.execute("SELECT data FROM app.outbox WHERE event_type = 'execution.failed'"
-                                  " AND subject = %s", (f"executions/{execution_id}",)).fetchall()
+            outbox = conn.execute(
+                "SELECT data FROM app.outbox WHERE event_type = 'execution.failed' AND subject = %s",
+                (f"executions/{execution_id}",),
+            ).fetchall()
         assert (last.type, last.data["to"], last.data["error"]) == ("execution_failed", "failed", cause)
         assert [row["data"]["error"] for row in outbox] == [cause]
     assert (_get(app_pool, c.id, alive).status, _get(app_pool, c.id, recent).status) == ("running", "running")
@@ -259,7 +319,9 @@ def test_a_quiet_execution_whose_orchestration_ended_ends_failed_through_the_tra
 
 
 def test_an_ended_executions_open_steps_end_with_it_and_its_running_child_is_cancelled(
-        api: ApiHarness, app_pool: ConnectionPool[Any]) -> None:  # noqa: F811
+    api: ApiHarness,
+    app_pool: ConnectionPool[Any],
+) -> None:
     e = Tenant(api)
     parent = _moved(app_pool, e.id, e.intent, ["running"], quiet=False)
     child, _ = _recorded(app_pool, e.id, e.intent, stale=False, parent=parent)
@@ -286,7 +348,7 @@ def test_an_ended_executions_open_steps_end_with_it_and_its_running_child_is_can
     assert client.raised == [(str(child), "cancel", {"by": f"execution:{parent}"})]
 
 
-def test_status_calls_per_tenant_are_capped(api: ApiHarness, app_pool: ConnectionPool[Any]) -> None:  # noqa: F811
+def test_status_calls_per_tenant_are_capped(api: ApiHarness, app_pool: ConnectionPool[Any]) -> None:
     d = Tenant(api)
     quiet = [_moved(app_pool, d.id, d.intent, ["running", "waiting"]) for _ in range(5)]
     stalled = [_recorded(app_pool, d.id, d.intent)[0] for _ in range(2)]
@@ -299,7 +361,9 @@ def test_status_calls_per_tenant_are_capped(api: ApiHarness, app_pool: Connectio
 
 
 def test_sweeping_one_tenant_never_touches_another_tenants_executions(
-        api: ApiHarness, app_pool: ConnectionPool[Any]) -> None:  # noqa: F811
+    api: ApiHarness,
+    app_pool: ConnectionPool[Any],
+) -> None:
     a, b = Tenant(api), Tenant(api)
     _recorded(app_pool, a.id, a.intent)
     stalled_b, _ = _recorded(app_pool, b.id, b.intent)

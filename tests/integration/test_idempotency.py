@@ -19,15 +19,14 @@ from shared.idempotency import IdempotencyKeyError, StoredResponse, claim, compl
 pytestmark = pytest.mark.integration
 
 
-
-
 @pytest.fixture(scope="module")
 def tenant_ids(new_tenant: Callable[[], uuid.UUID]) -> tuple[uuid.UUID, uuid.UUID]:
     return new_tenant(), new_tenant()
 
 
-def _create_once(app_pool: ConnectionPool[Any], tenant_id: uuid.UUID, key: str, body: dict[str, Any],
-                 delay: float = 0.0) -> tuple[StoredResponse, bool]:
+def _create_once(
+    app_pool: ConnectionPool[Any], tenant_id: uuid.UUID, key: str, body: dict[str, Any], delay: float = 0.0
+) -> tuple[StoredResponse, bool]:
     """The pattern a route uses: claim, do the work, complete; returns (response, whether it was a replay)."""
     with tenant_transaction(tenant_id, pool=app_pool) as conn:
         replay = claim(conn, key, fingerprint("POST", "/things", body))
@@ -74,8 +73,9 @@ def test_keys_belong_to_their_tenant(app_pool: ConnectionPool[Any], tenant_ids: 
     assert (replayed_a, replayed_b) == (False, False)
 
 
-def test_concurrent_duplicates_do_the_work_once(app_pool: ConnectionPool[Any],
-                                                tenant_ids: tuple[uuid.UUID, uuid.UUID]) -> None:
+def test_concurrent_duplicates_do_the_work_once(
+    app_pool: ConnectionPool[Any], tenant_ids: tuple[uuid.UUID, uuid.UUID]
+) -> None:
     before = _outbox_count(app_pool, tenant_ids[1])
     results: list[tuple[StoredResponse, bool]] = []
     errors: list[BaseException] = []
@@ -83,7 +83,7 @@ def test_concurrent_duplicates_do_the_work_once(app_pool: ConnectionPool[Any],
     def attempt(delay: float) -> None:
         try:
             results.append(_create_once(app_pool, tenant_ids[1], "k-race", {"race": True}, delay=delay))
-        except BaseException as exc:  # noqa: BLE001  # surfaced below
+        except BaseException as exc:  # surfaced below
             errors.append(exc)
 
     threads = [threading.Thread(target=attempt, args=(0.3 if i == 0 else 0.0,)) for i in range(4)]

@@ -84,7 +84,7 @@ def test_two_concurrent_runners_apply_each_file_once(scratch_db: str, tmp_path: 
     def run() -> None:
         try:
             results.append(apply_migrations(scratch_db, tmp_path, schema="mig"))
-        except BaseException as exc:  # noqa: BLE001  # surfaced by the assertion below
+        except BaseException as exc:  # surfaced by the assertion below
             errors.append(exc)
 
     threads = [threading.Thread(target=run) for _ in range(2)]

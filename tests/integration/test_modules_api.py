@@ -22,20 +22,29 @@ ADMIN, READER = ["Tenant.Admin"], ["Intent.Reader"]
 BUILTIN_FAMILIES = ["http", "artifact", "event", "approval", "wait", "intent", "verify-deployment"]
 HELM_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "properties": {"chart": {"type": "string", "minLength": 1}, "namespace": {"type": "string"},
-                   "wait": {"type": "boolean"}},
+    "properties": {
+        "chart": {"type": "string", "minLength": 1},
+        "namespace": {"type": "string"},
+        "wait": {"type": "boolean"},
+    },
     "required": ["chart", "namespace"],
     "additionalProperties": False,
 }
 
 
 def helm(action: str = "helm-upgrade", **overrides: Any) -> dict[str, Any]:
-    return {"action": action, "description": "Upgrade a Helm release.", "params_schema": copy.deepcopy(HELM_SCHEMA),
-            "defaults": {"wait": True}, "timeout_s": 1800, **overrides}
+    return {
+        "action": action,
+        "description": "Upgrade a Helm release.",
+        "params_schema": copy.deepcopy(HELM_SCHEMA),
+        "defaults": {"wait": True},
+        "timeout_s": 1800,
+        **overrides,
+    }
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _tenants(api: ApiHarness) -> None:  # noqa: F811
+def _tenants(api: ApiHarness) -> None:
     api.provision("alpha", allowed_modules=[*BUILTIN_FAMILIES, "helm-upgrade", "concurrent"])
     api.provision("beta", allowed_modules=[*BUILTIN_FAMILIES, "helm-upgrade"])
     api.provision("narrow", allowed_modules=["http", "verify-deployment"])
@@ -47,7 +56,7 @@ def _problem(response, status: int) -> dict:  # type: ignore[no-untyped-def]
     return response.json()
 
 
-def _actions(api: ApiHarness, tenant: str, **params: Any) -> dict[str, dict[str, Any]]:  # noqa: F811
+def _actions(api: ApiHarness, tenant: str, **params: Any) -> dict[str, dict[str, Any]]:
     response = api.client.get("/api/v1/modules", params=params, headers=api.headers(tenant, READER))
     assert response.status_code == 200, response.text
     return {item["action"]: item for item in response.json()["items"]}
@@ -56,7 +65,7 @@ def _actions(api: ApiHarness, tenant: str, **params: Any) -> dict[str, dict[str,
 # ---- the catalog ------------------------------------------------------------------------------------------
 
 
-def test_catalog_lists_the_builtins_with_real_json_schemas(api: ApiHarness) -> None:  # noqa: F811
+def test_catalog_lists_the_builtins_with_real_json_schemas(api: ApiHarness) -> None:
     items = _actions(api, "beta")
     assert set(builtin_catalog()) <= set(items)
     for action, item in items.items():
@@ -70,18 +79,21 @@ def test_catalog_lists_the_builtins_with_real_json_schemas(api: ApiHarness) -> N
     assert list(items) == sorted(items, key=lambda action: (items[action]["remote"], action))
 
 
-def test_catalog_is_filtered_by_the_tenants_allow_list(api: ApiHarness) -> None:  # noqa: F811
+def test_catalog_is_filtered_by_the_tenants_allow_list(api: ApiHarness) -> None:
     assert set(_actions(api, "narrow")) == {"http.request", "http.wait_healthy", "verify-deployment"}
     everything = _actions(api, "narrow", include_disallowed="true")
     assert set(builtin_catalog()) <= set(everything)
     assert {action for action, item in everything.items() if item["allowed"]} == {
-        "http.request", "http.wait_healthy", "verify-deployment"}
+        "http.request",
+        "http.wait_healthy",
+        "verify-deployment",
+    }
     # One action by name is readable even when refused, and says so.
     wait = api.client.get("/api/v1/modules/wait", headers=api.headers("narrow", READER))
     assert wait.status_code == 200 and wait.json()["allowed"] is False
 
 
-def test_listing_needs_a_tenant_role(api: ApiHarness) -> None:  # noqa: F811
+def test_listing_needs_a_tenant_role(api: ApiHarness) -> None:
     _problem(api.client.get("/api/v1/modules"), 401)
     body = _problem(api.client.get("/api/v1/modules", headers=api.headers("alpha", [], claims={"scp": "x"})), 403)
     assert body["reason"] == "role_required"
@@ -91,7 +103,7 @@ def test_listing_needs_a_tenant_role(api: ApiHarness) -> None:  # noqa: F811
 # ---- registration -----------------------------------------------------------------------------------------
 
 
-def test_admin_registers_a_module_for_its_own_tenant_only(api: ApiHarness) -> None:  # noqa: F811
+def test_admin_registers_a_module_for_its_own_tenant_only(api: ApiHarness) -> None:
     created = api.client.post("/api/v1/modules", json=helm(), headers=api.headers("alpha", ADMIN))
     assert created.status_code == 201, created.text
     body = created.json()
@@ -112,13 +124,14 @@ def test_admin_registers_a_module_for_its_own_tenant_only(api: ApiHarness) -> No
     with tenant_transaction(api.tenants["beta"].id) as conn:
         assert "helm-upgrade" not in tenant_catalog(conn) and "http.request" in tenant_catalog(conn)
 
-    audit = [r for r in api.audit_rows("alpha")
-             if r["action"] == "module.register" and r["resource_id"] == "helm-upgrade"][:2]
+    audit = [
+        r for r in api.audit_rows("alpha") if r["action"] == "module.register" and r["resource_id"] == "helm-upgrade"
+    ][:2]
     assert [(r["decision"], r["reason"]) for r in audit] == [("allow", "allowed"), ("allow", "applied")]
     assert audit[-1]["detail"] == {"action": "helm-upgrade", "timeout_s": 1800}
 
 
-def test_a_registered_module_outside_the_allow_list_is_only_listed_on_request(api: ApiHarness) -> None:  # noqa: F811
+def test_a_registered_module_outside_the_allow_list_is_only_listed_on_request(api: ApiHarness) -> None:
     created = api.client.post("/api/v1/modules", json=helm("canary.promote"), headers=api.headers("alpha", ADMIN))
     assert created.status_code == 201 and created.json()["allowed"] is False
     assert "canary.promote" not in _actions(api, "alpha")
@@ -126,23 +139,25 @@ def test_a_registered_module_outside_the_allow_list_is_only_listed_on_request(ap
 
 
 @pytest.mark.parametrize("roles", [READER, ["Intent.Author"], ["Intent.Deployer", "Intent.Approver"]])
-def test_only_a_tenant_admin_registers(api: ApiHarness, roles: list[str]) -> None:  # noqa: F811
+def test_only_a_tenant_admin_registers(api: ApiHarness, roles: list[str]) -> None:
     before = api.table_snapshot("modules")
-    body = _problem(api.client.post("/api/v1/modules", json=helm("sneaky"), headers=api.headers("alpha", roles)),
-                    403)
+    body = _problem(api.client.post("/api/v1/modules", json=helm("sneaky"), headers=api.headers("alpha", roles)), 403)
     assert body["reason"] == "role_required"
     assert api.table_snapshot("modules") == before
     assert api.audit_rows("alpha")[-1]["decision"] == "deny"
 
 
-@pytest.mark.parametrize(("action", "conflict"), [
-    ("http.request", "builtin"),   # a built-in
-    ("wait", "builtin"),
-    ("http.fetch", "builtin"),     # in a built-in's family: the allow-list entry "http" would allow it
-    ("intent", "builtin"),
-    ("helm-upgrade", "registered"),
-])
-def test_conflicts_are_409_and_change_nothing(api: ApiHarness, action: str, conflict: str) -> None:  # noqa: F811
+@pytest.mark.parametrize(
+    ("action", "conflict"),
+    [
+        ("http.request", "builtin"),  # a built-in
+        ("wait", "builtin"),
+        ("http.fetch", "builtin"),  # in a built-in's family: the allow-list entry "http" would allow it
+        ("intent", "builtin"),
+        ("helm-upgrade", "registered"),
+    ],
+)
+def test_conflicts_are_409_and_change_nothing(api: ApiHarness, action: str, conflict: str) -> None:
     admin = api.headers("alpha", ADMIN)
     if conflict == "registered" and "helm-upgrade" not in _actions(api, "alpha"):
         assert api.client.post("/api/v1/modules", json=helm(), headers=admin).status_code == 201
@@ -152,41 +167,59 @@ def test_conflicts_are_409_and_change_nothing(api: ApiHarness, action: str, conf
     assert api.table_snapshot("modules") == before
 
 
-@pytest.mark.parametrize(("change", "pointers"), [
-    ({"params_schema": {"type": "object", "properties": {"chart": {"type": "strin"}}, "required": "chart"}},
-     {"/params_schema/properties/chart/type", "/params_schema/required"}),
-    ({"params_schema": {"type": "array", "items": {"type": "string"}}}, {"/params_schema/type"}),
-    ({"params_schema": {"type": "object", "properties": {"x": {"$ref": "http://169.254.169.254/latest"}}}},
-     {"/params_schema/properties/x/$ref"}),
-    ({"params_schema": {"type": "object", "$schema": "http://json-schema.org/draft-04/schema#"}},
-     {"/params_schema/$schema"}),
-    ({"defaults": {"wait": "yes"}}, {"/defaults/wait"}),
-    ({"defaults": {"unknown": 1}}, {"/defaults"}),
-    ({"timeout_s": 0}, {"/timeout_s"}),
-    ({"action": "Helm_Upgrade"}, {"/action"}),
-])
-def test_an_invalid_registration_is_422_with_pointers(api: ApiHarness, change: dict[str, Any],  # noqa: F811
-                                                       pointers: set[str]) -> None:
+@pytest.mark.parametrize(
+    ("change", "pointers"),
+    [
+        (
+            {"params_schema": {"type": "object", "properties": {"chart": {"type": "strin"}}, "required": "chart"}},
+            {"/params_schema/properties/chart/type", "/params_schema/required"},
+        ),
+        ({"params_schema": {"type": "array", "items": {"type": "string"}}}, {"/params_schema/type"}),
+        (
+            {"params_schema": {"type": "object", "properties": {"x": {"$ref": "http://169.254.169.254/latest"}}}},
+            {"/params_schema/properties/x/$ref"},
+        ),
+        (
+            {"params_schema": {"type": "object", "$schema": "http://json-schema.org/draft-04/schema#"}},
+            {"/params_schema/$schema"},
+        ),
+        ({"defaults": {"wait": "yes"}}, {"/defaults/wait"}),
+        ({"defaults": {"unknown": 1}}, {"/defaults"}),
+        ({"timeout_s": 0}, {"/timeout_s"}),
+        ({"action": "Helm_Upgrade"}, {"/action"}),
+    ],
+)
+def test_an_invalid_registration_is_422_with_pointers(
+    api: ApiHarness,
+    change: dict[str, Any],
+    pointers: set[str],
+) -> None:
     before = api.table_snapshot("modules")
-    body = _problem(api.client.post("/api/v1/modules", json={**helm("broken"), **change},
-                                    headers=api.headers("alpha", ADMIN)), 422)
+    body = _problem(
+        api.client.post("/api/v1/modules", json={**helm("broken"), **change}, headers=api.headers("alpha", ADMIN)), 422
+    )
     assert {error["pointer"] for error in body["errors"]} == pointers
     assert api.table_snapshot("modules") == before
 
 
-def test_an_oversized_or_too_deep_schema_is_refused(api: ApiHarness) -> None:  # noqa: F811
+def test_an_oversized_or_too_deep_schema_is_refused(api: ApiHarness) -> None:
     deep: dict[str, Any] = {"type": "object"}
     for _ in range(40):
         deep = {"type": "object", "properties": {"x": deep}}
-    wide = {"type": "object", "properties": {f"p{i}": {"type": "string", "description": "x" * 64}
-                                             for i in range(600)}}
+    wide = {"type": "object", "properties": {f"p{i}": {"type": "string", "description": "x" * 64} for i in range(600)}}
     for schema in (deep, wide):
-        body = _problem(api.client.post("/api/v1/modules", json=helm("huge", params_schema=schema, defaults={}),
-                                        headers=api.headers("alpha", ADMIN)), 422)
+        body = _problem(
+            api.client.post(
+                "/api/v1/modules",
+                json=helm("huge", params_schema=schema, defaults={}),
+                headers=api.headers("alpha", ADMIN),
+            ),
+            422,
+        )
         assert [error["pointer"] for error in body["errors"]] == ["/params_schema"]
 
 
-def test_concurrent_registrations_of_one_action_register_it_once(api: ApiHarness) -> None:  # noqa: F811
+def test_concurrent_registrations_of_one_action_register_it_once(api: ApiHarness) -> None:
     tenant_id = api.tenants["alpha"].id
     registration = ModuleRegistration.model_validate(helm("concurrent"))
     barrier, outcomes = threading.Barrier(2), []
@@ -213,9 +246,12 @@ def test_concurrent_registrations_of_one_action_register_it_once(api: ApiHarness
 # ---- the intent definition schema -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("payload", [SEED_DECLARATION, SEED_REGISTRY_EXAMPLE, SEED_DEPLOY_WEB_APP],
-                         ids=["declaration", "registry-example", "deploy-web-app"])
-def test_intent_schema_accepts_the_seed_payloads(api: ApiHarness, payload: dict[str, Any]) -> None:  # noqa: F811
+@pytest.mark.parametrize(
+    "payload",
+    [SEED_DECLARATION, SEED_REGISTRY_EXAMPLE, SEED_DEPLOY_WEB_APP],
+    ids=["declaration", "registry-example", "deploy-web-app"],
+)
+def test_intent_schema_accepts_the_seed_payloads(api: ApiHarness, payload: dict[str, Any]) -> None:
     response = api.client.get("/api/v1/schemas/intent", headers=api.headers("narrow", READER))
     assert response.status_code == 200, response.text
     schema = response.json()
@@ -224,15 +260,19 @@ def test_intent_schema_accepts_the_seed_payloads(api: ApiHarness, payload: dict[
     assert list(Draft202012Validator(schema).iter_errors(payload)) == []
 
 
-def test_intent_schema_refuses_what_the_api_refuses(api: ApiHarness) -> None:  # noqa: F811
+def test_intent_schema_refuses_what_the_api_refuses(api: ApiHarness) -> None:
     schema = api.client.get("/api/v1/schemas/intent", headers=api.headers("alpha", ["Intent.Author"])).json()
     validator = Draft202012Validator(schema)
-    for bad in ({"definition": {}}, {"name": "Not A Slug", "definition": {}}, {**SEED_DECLARATION, "colour": "red"},
-                {"name": "x", "definition": {"steps": [{"action": "wait", "retry": {"max_attempts": 0}}]}}):
+    for bad in (
+        {"definition": {}},
+        {"name": "Not A Slug", "definition": {}},
+        {**SEED_DECLARATION, "colour": "red"},
+        {"name": "x", "definition": {"steps": [{"action": "wait", "retry": {"max_attempts": 0}}]}},
+    ):
         assert not validator.is_valid(bad), bad
 
 
-def test_intent_schema_needs_authentication_only(api: ApiHarness) -> None:  # noqa: F811
+def test_intent_schema_needs_authentication_only(api: ApiHarness) -> None:
     _problem(api.client.get("/api/v1/schemas/intent"), 401)
     # No ABAC decision (the document is not tenant data): a caller without any app role may read it.
     response = api.client.get("/api/v1/schemas/intent", headers=api.headers("alpha", [], claims={"scp": "x"}))

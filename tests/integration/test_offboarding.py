@@ -19,39 +19,62 @@ pytestmark = pytest.mark.integration
 ADMIN = ["Platform.Admin"]
 
 
-def _tenant_row_counts(api: ApiHarness, tenant_id: uuid.UUID) -> dict[str, int]:  # noqa: F811
+def _tenant_row_counts(api: ApiHarness, tenant_id: uuid.UUID) -> dict[str, int]:
     with psycopg.connect(api.admin_url, dbname="quantum") as conn:
-        tables = [r[0] for r in conn.execute(
-            "SELECT table_name FROM information_schema.columns WHERE table_schema = 'app'"
-            " AND column_name = 'tenant_id' AND table_name IN (SELECT tablename FROM pg_tables"
-            " WHERE schemaname = 'app')").fetchall()]
-        counts = {t: conn.execute(psycopg.sql.SQL("SELECT count(*) FROM {} WHERE tenant_id = %s").format(
-            psycopg.sql.Identifier("app", t)), (tenant_id,)).fetchone()[0] for t in tables}
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT table_name FROM information_schema.columns WHERE table_schema = 'app'"
+                " AND column_name = 'tenant_id' AND table_name IN (SELECT tablename FROM pg_tables"
+                " WHERE schemaname = 'app')"
+            ).fetchall()
+        ]
+        counts = {
+            t: conn.execute(
+                psycopg.sql.SQL("SELECT count(*) FROM {} WHERE tenant_id = %s").format(
+                    psycopg.sql.Identifier("app", t)
+                ),
+                (tenant_id,),
+            ).fetchone()[0]
+            for t in tables
+        }
         counts["tenants"] = conn.execute("SELECT count(*) FROM app.tenants WHERE id = %s", (tenant_id,)).fetchone()[0]
     return counts
 
 
-def _seed_data(api: ApiHarness, tenant_id: uuid.UUID) -> None:  # noqa: F811
+def _seed_data(api: ApiHarness, tenant_id: uuid.UUID) -> None:
     with psycopg.connect(api.app_url, autocommit=True) as conn, conn.transaction():
         conn.execute("SET LOCAL ROLE qp_runtime")
         conn.execute("SELECT app.pin_tenant(%s)", (tenant_id,))
-        intent_id = conn.execute("INSERT INTO app.intents (tenant_id, name, created_by) VALUES (%s, 'doomed', 'x')"
-                                 " RETURNING id", (tenant_id,)).fetchone()[0]
-        conn.execute("INSERT INTO app.intent_versions (tenant_id, intent_id, version, definition, definition_sha256,"
-                     " created_by) VALUES (%s, %s, 1, '{\"steps\": []}', 'x', 'x')", (tenant_id, intent_id))
+        intent_id = conn.execute(
+            "INSERT INTO app.intents (tenant_id, name, created_by) VALUES (%s, 'doomed', 'x') RETURNING id",
+            (tenant_id,),
+        ).fetchone()[0]
+        conn.execute(
+            "INSERT INTO app.intent_versions (tenant_id, intent_id, version, definition, definition_sha256,"
+            " created_by) VALUES (%s, %s, 1, '{\"steps\": []}', 'x', 'x')",
+            (tenant_id, intent_id),
+        )
 
 
-def test_tenant_tables_list_matches_the_schema(api: ApiHarness) -> None:  # noqa: F811
+def test_tenant_tables_list_matches_the_schema(api: ApiHarness) -> None:
     with psycopg.connect(api.admin_url, dbname="quantum") as conn:
-        with_tenant = {r[0] for r in conn.execute(
-            "SELECT c.table_name FROM information_schema.columns c JOIN pg_tables t"
-            " ON t.schemaname = c.table_schema AND t.tablename = c.table_name"
-            " WHERE c.table_schema = 'app' AND c.column_name = 'tenant_id'").fetchall()}
+        with_tenant = {
+            r[0]
+            for r in conn.execute(
+                "SELECT c.table_name FROM information_schema.columns c JOIN pg_tables t"
+                " ON t.schemaname = c.table_schema AND t.tablename = c.table_name"
+                " WHERE c.table_schema = 'app' AND c.column_name = 'tenant_id'"
+            ).fetchall()
+        }
     assert with_tenant == set(TENANT_TABLES)
 
 
-def test_export_then_erase_leaves_only_the_erasure_record(api: ApiHarness, azurite,  # noqa: F811
-                                                          request: pytest.FixtureRequest) -> None:
+def test_export_then_erase_leaves_only_the_erasure_record(
+    api: ApiHarness,
+    azurite,
+    request: pytest.FixtureRequest,
+) -> None:
     api.provision("operator")
     admin = api.headers("operator", ADMIN)
     leaving, staying = api.provision("leaving"), api.provision("staying")
@@ -78,19 +101,15 @@ def test_export_then_erase_leaves_only_the_erasure_record(api: ApiHarness, azuri
     # tests/e2e/test_offboarding_e2e.py erases executions and their histories on the devhost's Durable host.
     api.client.app.dependency_overrides[get_durable_client] = object  # type: ignore[attr-defined]
     request.addfinalizer(lambda: api.client.app.dependency_overrides.pop(get_durable_client))  # type: ignore
-    refused = api.client.post(f"/api/v1/tenants/{leaving.id}/erase", json={"confirm_name": leaving.name},
-                              headers=admin)
+    refused = api.client.post(f"/api/v1/tenants/{leaving.id}/erase", json={"confirm_name": leaving.name}, headers=admin)
     assert refused.status_code == 409  # still active
     etag = api.client.get(f"/api/v1/tenants/{leaving.id}", headers=admin).headers["etag"]
-    api.client.patch(f"/api/v1/tenants/{leaving.id}", json={"status": "suspended"},
-                     headers={**admin, "If-Match": etag})
-    wrong_name = api.client.post(f"/api/v1/tenants/{leaving.id}/erase", json={"confirm_name": "nope"},
-                                 headers=admin)
+    api.client.patch(f"/api/v1/tenants/{leaving.id}", json={"status": "suspended"}, headers={**admin, "If-Match": etag})
+    wrong_name = api.client.post(f"/api/v1/tenants/{leaving.id}/erase", json={"confirm_name": "nope"}, headers=admin)
     assert wrong_name.status_code == 409
     assert _tenant_row_counts(api, leaving.id)["intents"] == 1  # nothing changed yet
 
-    erased = api.client.post(f"/api/v1/tenants/{leaving.id}/erase", json={"confirm_name": leaving.name},
-                             headers=admin)
+    erased = api.client.post(f"/api/v1/tenants/{leaving.id}/erase", json={"confirm_name": leaving.name}, headers=admin)
     assert erased.status_code == 200, erased.text
     assert erased.json()["removed"]["blobs"] == 2  # the artifact and the export archive
     assert erased.json()["removed"]["orchestrations"] == 0

@@ -71,7 +71,8 @@ def _unpublished(pool: ConnectionPool[Any], tenant_id: uuid.UUID) -> int:
 
 
 def test_events_are_relayed_once_in_order_and_a_second_run_sends_nothing(
-        app_pool: ConnectionPool[Any], tenants: tuple[uuid.UUID, uuid.UUID]) -> None:
+    app_pool: ConnectionPool[Any], tenants: tuple[uuid.UUID, uuid.UUID]
+) -> None:
     tenant = tenants[0]
     ids = _enqueue(app_pool, tenant, 5)
     recorder = Recorder()
@@ -82,8 +83,12 @@ def test_events_are_relayed_once_in_order_and_a_second_run_sends_nothing(
     assert hub == PLATFORM_EVENTS_HUB
     assert event.body["type"] == "thing.created" and event.body["subject"] == "things/0"
     assert event.body["data"] == {"n": 0} and event.body["tenant_id"] == str(tenant) and event.body["time"]
-    assert dict(event.properties) == {"event_id": ids[0], "event_type": "thing.created", "tenant_id": str(tenant),
-                                      "subject": "things/0"}
+    assert dict(event.properties) == {
+        "event_id": ids[0],
+        "event_type": "thing.created",
+        "tenant_id": str(tenant),
+        "subject": "things/0",
+    }
     assert _unpublished(app_pool, tenant) == 0
 
     again = Recorder()
@@ -92,7 +97,8 @@ def test_events_are_relayed_once_in_order_and_a_second_run_sends_nothing(
 
 
 def test_a_send_whose_acknowledgement_is_lost_goes_again_with_the_same_ids(
-        app_pool: ConnectionPool[Any], tenants: tuple[uuid.UUID, uuid.UUID]) -> None:
+    app_pool: ConnectionPool[Any], tenants: tuple[uuid.UUID, uuid.UUID]
+) -> None:
     tenant = tenants[0]
     ids = _enqueue(app_pool, tenant, 3)
     lost = Recorder(fail_after_send=True)
@@ -108,13 +114,16 @@ def test_a_send_whose_acknowledgement_is_lost_goes_again_with_the_same_ids(
 
 
 def test_each_tenant_is_its_own_partition_key_and_one_tenants_failure_spares_the_other(
-        app_pool: ConnectionPool[Any], tenants: tuple[uuid.UUID, uuid.UUID]) -> None:
+    app_pool: ConnectionPool[Any], tenants: tuple[uuid.UUID, uuid.UUID]
+) -> None:
     a, b = tenants
     ids_a, ids_b = _enqueue(app_pool, a, 2), _enqueue(app_pool, b, 3)
     recorder = Recorder()
     assert relay_pending(lambda: recorder).published == 5
-    keys = {event.body["id"]: (event.partition_key, event.properties["tenant_id"], event.body["tenant_id"])
-            for _, event in recorder.sent}
+    keys = {
+        event.body["id"]: (event.partition_key, event.properties["tenant_id"], event.body["tenant_id"])
+        for _, event in recorder.sent
+    }
     assert {keys[i] for i in ids_a} == {(str(a), str(a), str(a))}
     assert {keys[i] for i in ids_b} == {(str(b), str(b), str(b))}
 
@@ -132,12 +141,14 @@ def test_each_tenant_is_its_own_partition_key_and_one_tenants_failure_spares_the
     assert (_unpublished(app_pool, a), _unpublished(app_pool, b)) == (1, 0)
 
 
-def test_two_relays_at_once_never_send_the_same_events(app_pool: ConnectionPool[Any],
-                                                       tenants: tuple[uuid.UUID, uuid.UUID]) -> None:
+def test_two_relays_at_once_never_send_the_same_events(
+    app_pool: ConnectionPool[Any], tenants: tuple[uuid.UUID, uuid.UUID]
+) -> None:
     ids = _enqueue(app_pool, tenants[0], 6) + _enqueue(app_pool, tenants[1], 6)
     recorder = Recorder(delay=0.3)  # long enough for the runs to overlap on both tenants
-    runs = [threading.Thread(target=relay_pending, args=(lambda: recorder,),
-                             kwargs={"batch_size": 3}) for _ in range(3)]
+    runs = [
+        threading.Thread(target=relay_pending, args=(lambda: recorder,), kwargs={"batch_size": 3}) for _ in range(3)
+    ]
     for run in runs:
         run.start()
     for run in runs:
@@ -145,8 +156,9 @@ def test_two_relays_at_once_never_send_the_same_events(app_pool: ConnectionPool[
     assert Counter(recorder.ids()) == Counter(ids)  # every event, each exactly once
 
 
-def test_relaying_one_tenant_touches_only_its_rows(app_pool: ConnectionPool[Any],
-                                                   tenants: tuple[uuid.UUID, uuid.UUID]) -> None:
+def test_relaying_one_tenant_touches_only_its_rows(
+    app_pool: ConnectionPool[Any], tenants: tuple[uuid.UUID, uuid.UUID]
+) -> None:
     a, b = tenants
     _enqueue(app_pool, a, 2)
     _enqueue(app_pool, b, 2)
@@ -157,12 +169,14 @@ def test_relaying_one_tenant_touches_only_its_rows(app_pool: ConnectionPool[Any]
 
 
 def test_a_tenant_transaction_neither_sees_nor_marks_another_tenants_events(
-        app_pool: ConnectionPool[Any], tenants: tuple[uuid.UUID, uuid.UUID]) -> None:
+    app_pool: ConnectionPool[Any], tenants: tuple[uuid.UUID, uuid.UUID]
+) -> None:
     a, b = tenants
     ids_b = _enqueue(app_pool, b, 2)
     with tenant_transaction(a, pool=app_pool) as conn:
-        seen = conn.execute("SELECT id FROM app.outbox WHERE id = ANY(%s) OR tenant_id = %s",
-                            ([uuid.UUID(i) for i in ids_b], b)).fetchall()
+        seen = conn.execute(
+            "SELECT id FROM app.outbox WHERE id = ANY(%s) OR tenant_id = %s", ([uuid.UUID(i) for i in ids_b], b)
+        ).fetchall()
         marked = conn.execute("UPDATE app.outbox SET published_at = now() WHERE tenant_id = %s", (b,)).rowcount
     assert (seen, marked) == ([], 0)
     assert _unpublished(app_pool, b) == 2
@@ -172,16 +186,17 @@ def test_a_tenant_transaction_neither_sees_nor_marks_another_tenants_events(
 
 
 def test_the_pending_tenants_function_answers_tenant_ids_and_nothing_else(
-        app_pool: ConnectionPool[Any], control_pool: ConnectionPool[Any], pg: Any,
-        tenants: tuple[uuid.UUID, uuid.UUID]) -> None:
+    app_pool: ConnectionPool[Any], control_pool: ConnectionPool[Any], pg: Any, tenants: tuple[uuid.UUID, uuid.UUID]
+) -> None:
     a, b = tenants
     _enqueue(app_pool, a, 2)
     assert pending_tenants(100, pool=control_pool) == [a]  # b has nothing waiting
     with psycopg.connect(pg.admin_url, dbname="quantum") as conn:
         result, definer, config = conn.execute(
             "SELECT pg_get_function_result(p.oid), p.prosecdef, p.proconfig FROM pg_proc p"
-            " WHERE p.oid = 'app.outbox_pending_tenants(integer)'::regprocedure").fetchone()  # type: ignore[misc]
-    assert (result, definer, config) == ("SETOF uuid", True, ["search_path=\"\""])
+            " WHERE p.oid = 'app.outbox_pending_tenants(integer)'::regprocedure"
+        ).fetchone()  # type: ignore[misc]
+    assert (result, definer, config) == ("SETOF uuid", True, ['search_path=""'])
     # The control plane reaches the ids through the function only, never the rows; the runtime role not at all.
     with pytest.raises(psycopg.errors.InsufficientPrivilege), platform_transaction(pool=control_pool) as conn:
         conn.execute("SELECT tenant_id FROM app.outbox")

@@ -91,8 +91,7 @@ def test_tenants_do_not_share_buckets(app_pool: ConnectionPool[Any], new_tenant:
     with tenant_transaction(tenant_a, pool=app_pool) as conn:
         # A sees and can change only its own bucket.
         assert [r["tenant_id"] for r in conn.execute("SELECT tenant_id FROM app.rate_buckets")] == [tenant_a]
-        assert conn.execute("UPDATE app.rate_buckets SET tokens = 1000 WHERE tenant_id = %s",
-                            (tenant_b,)).rowcount == 0
+        assert conn.execute("UPDATE app.rate_buckets SET tokens = 1000 WHERE tenant_id = %s", (tenant_b,)).rowcount == 0
     assert not _take(app_pool, tenant_b, limit).allowed
 
 
@@ -107,8 +106,7 @@ def test_no_tenant_context_is_refused_not_shared(app_pool: ConnectionPool[Any], 
     assert _take(app_pool, tenant, limit).allowed  # and no tenant's bucket was touched
 
 
-def test_the_runtime_role_cannot_delete_or_truncate_buckets(app_pool: ConnectionPool[Any],
-                                                            new_tenant: Any) -> None:
+def test_the_runtime_role_cannot_delete_or_truncate_buckets(app_pool: ConnectionPool[Any], new_tenant: Any) -> None:
     tenant = new_tenant()
     limit = RateLimit(capacity=1, refill_per_second=NO_REFILL)
     assert _take(app_pool, tenant, limit).allowed

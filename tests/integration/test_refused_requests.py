@@ -21,15 +21,20 @@ AUTHOR = ["Intent.Author"]
 
 
 def _definition(name: str) -> dict[str, object]:
-    return {"name": name, "definition": {"target": "staging", "steps": [
-        {"id": "ping", "action": "http.request", "url": "https://ci.example/ping"}]}}
+    return {
+        "name": name,
+        "definition": {
+            "target": "staging",
+            "steps": [{"id": "ping", "action": "http.request", "url": "https://ci.example/ping"}],
+        },
+    }
 
 
-def _intents(api: ApiHarness, tenant: str) -> list[tuple[object, ...]]:  # noqa: F811
+def _intents(api: ApiHarness, tenant: str) -> list[tuple[object, ...]]:
     return [row for row in api.table_snapshot("intents") if row[0] == api.tenants[tenant].id]
 
 
-def test_a_request_over_the_rate_changes_nothing_and_records_nothing(api: ApiHarness) -> None:  # noqa: F811
+def test_a_request_over_the_rate_changes_nothing_and_records_nothing(api: ApiHarness) -> None:
     api.provision("slow", quotas={"requests_per_minute": 1, "burst": 1})
     headers = api.headers("slow", AUTHOR)
     assert api.client.post("/api/v1/intents", json=_definition("first"), headers=headers).status_code == 201
@@ -41,23 +46,30 @@ def test_a_request_over_the_rate_changes_nothing_and_records_nothing(api: ApiHar
     assert api.audit_rows("slow") == audit  # admission control, not an authorization decision
 
 
-def test_a_forbidden_create_changes_nothing_and_its_denial_is_recorded(api: ApiHarness) -> None:  # noqa: F811
+def test_a_forbidden_create_changes_nothing_and_its_denial_is_recorded(api: ApiHarness) -> None:
     api.provision("readers")
     intents, before = _intents(api, "readers"), len(api.audit_rows("readers"))
-    refused = api.client.post("/api/v1/intents", json=_definition("nope"),
-                              headers=api.headers("readers", ["Intent.Reader"]))
+    refused = api.client.post(
+        "/api/v1/intents", json=_definition("nope"), headers=api.headers("readers", ["Intent.Reader"])
+    )
     assert refused.status_code == 403
     assert _intents(api, "readers") == intents
     rows = api.audit_rows("readers")[before:]
     assert [(r["action"], r["decision"]) for r in rows] == [("intent.create", "deny")]
 
 
-def test_a_denial_inside_the_callers_transaction_outlives_its_rollback(api: ApiHarness) -> None:  # noqa: F811
+def test_a_denial_inside_the_callers_transaction_outlives_its_rollback(api: ApiHarness) -> None:
     handle = api.provision("rollback")
     tenant = tenant_directory.resolve(platform_transaction, handle.entra_id)
     assert tenant is not None
-    principal = Principal(tenant_id=handle.id, entra_tenant_id=handle.entra_id, object_id=uuid.uuid4(),
-                          roles=frozenset({"Intent.Reader"}), scopes=frozenset(), app_only=False)
+    principal = Principal(
+        tenant_id=handle.id,
+        entra_tenant_id=handle.entra_id,
+        object_id=uuid.uuid4(),
+        roles=frozenset({"Intent.Reader"}),
+        scopes=frozenset(),
+        app_only=False,
+    )
     context = RequestContext(principal, tenant, f"req-{uuid.uuid4().hex[:8]}")
     resource = tenant_resource("Intent", uuid.uuid4(), handle.id, target="staging", labels={})
     with pytest.raises(ProblemError) as refused, tenant_transaction(handle.id) as conn:

@@ -25,16 +25,30 @@ pytestmark = pytest.mark.integration
 
 AUTHOR, READER, EXECUTOR, DEPLOYER = ["Intent.Author"], ["Intent.Reader"], ["Intent.Executor"], ["Intent.Deployer"]
 ADMIN = ["Tenant.Admin"]
-MODULES = ["http", "wait", "event", "artifact", "approval", "intent", "verify-deployment", "build-container",
-           "build-docker-image", "push-to-registry", "deploy-to-kubernetes"]
+MODULES = [
+    "http",
+    "wait",
+    "event",
+    "artifact",
+    "approval",
+    "intent",
+    "verify-deployment",
+    "build-container",
+    "build-docker-image",
+    "push-to-registry",
+    "deploy-to-kubernetes",
+]
 ROOMY = {"requests_per_minute": 100_000, "burst": 10_000}
 INTENTS = "/api/v1/intents"
 BLUEPRINTS = "/api/v1/blueprints"
-SEED_BLUEPRINT: dict[str, Any] = {"name": "deploy-application", "description": "The seed tutorial's blueprint.",
-                                  "definition": BLUEPRINT.definition.to_document()}
+SEED_BLUEPRINT: dict[str, Any] = {
+    "name": "deploy-application",
+    "description": "The seed tutorial's blueprint.",
+    "definition": BLUEPRINT.definition.to_document(),
+}
 
 
-def provision(api: ApiHarness, name: str, **kwargs: Any) -> str:  # noqa: F811
+def provision(api: ApiHarness, name: str, **kwargs: Any) -> str:
     """A tenant with the seed's remote modules registered (as `make run` seeds them); returns its handle name."""
     kwargs.setdefault("allowed_modules", MODULES)
     kwargs.setdefault("quotas", ROOMY)
@@ -61,7 +75,7 @@ def problem(response: Any, status: int) -> dict[str, Any]:
     return body
 
 
-def create(api: ApiHarness, tenant: str, body: dict[str, Any], path: str = INTENTS) -> dict[str, Any]:  # noqa: F811
+def create(api: ApiHarness, tenant: str, body: dict[str, Any], path: str = INTENTS) -> dict[str, Any]:
     response = api.client.post(path, json=body, headers=api.headers(tenant, AUTHOR))
     assert response.status_code == 201, response.text
     created: dict[str, Any] = response.json()
@@ -70,14 +84,21 @@ def create(api: ApiHarness, tenant: str, body: dict[str, Any], path: str = INTEN
     return created
 
 
-def etag_of(api: ApiHarness, tenant: str, item_id: str, path: str = INTENTS) -> str:  # noqa: F811
+def etag_of(api: ApiHarness, tenant: str, item_id: str, path: str = INTENTS) -> str:
     response = api.client.get(f"{path}/{item_id}", headers=api.headers(tenant, READER))
     assert response.status_code == 200, response.text
     return str(response.headers["etag"])
 
 
-def put(api: ApiHarness, tenant: str, item_id: str, body: dict[str, Any], *,  # noqa: F811
-        etag: str | None = None, roles: list[str] = AUTHOR) -> Any:
+def put(
+    api: ApiHarness,
+    tenant: str,
+    item_id: str,
+    body: dict[str, Any],
+    *,
+    etag: str | None = None,
+    roles: list[str] = AUTHOR,
+) -> Any:
     headers = api.headers(tenant, roles)
     headers["If-Match"] = etag if etag is not None else etag_of(api, tenant, item_id)
     return api.client.put(f"{INTENTS}/{item_id}", json=body, headers=headers)
@@ -90,13 +111,15 @@ def normalized(body: dict[str, Any]) -> dict[str, Any]:
     return result.normalized
 
 
-def outbox(api: ApiHarness, tenant: str) -> list[dict[str, Any]]:  # noqa: F811
+def outbox(api: ApiHarness, tenant: str) -> list[dict[str, Any]]:
     with psycopg.connect(api.admin_url, dbname="quantum", row_factory=psycopg.rows.dict_row) as conn:
-        return conn.execute("SELECT event_type, subject, data FROM app.outbox WHERE tenant_id = %s ORDER BY position",
-                            (api.tenants[tenant].id,)).fetchall()
+        return conn.execute(
+            "SELECT event_type, subject, data FROM app.outbox WHERE tenant_id = %s ORDER BY position",
+            (api.tenants[tenant].id,),
+        ).fetchall()
 
 
-def registry_tables(api: ApiHarness) -> tuple[Any, ...]:  # noqa: F811
+def registry_tables(api: ApiHarness) -> tuple[Any, ...]:
     """Everything a registry change touches, to prove a refused request changed nothing."""
     return tuple(api.table_snapshot(table) for table in ("intents", "intent_versions", "outbox", "idempotency_keys"))
 
@@ -104,21 +127,25 @@ def registry_tables(api: ApiHarness) -> tuple[Any, ...]:  # noqa: F811
 # ---- the seed tutorial ---------------------------------------------------------------------------------------
 
 
-def test_seed_payloads_are_accepted_as_written(api: ApiHarness) -> None:  # noqa: F811
+def test_seed_payloads_are_accepted_as_written(api: ApiHarness) -> None:
     provision(api, "seed")
     provision(api, "seed-registry")
     web = create(api, "seed", copy.deepcopy(SEED_DEPLOY_WEB_APP))
     assert web["definition"] == normalized(SEED_DEPLOY_WEB_APP)
     assert [step["id"] for step in web["definition"]["steps"]] == [
-        "build-docker-image", "push-to-registry", "deploy-to-kubernetes"]
+        "build-docker-image",
+        "push-to-registry",
+        "deploy-to-kubernetes",
+    ]
     # The registry example echoes read-only fields (id, version, tenant_id, status, created_at): ignored.
     example = create(api, "seed-registry", copy.deepcopy(SEED_REGISTRY_EXAMPLE))
     assert example["version"] == 1 and example["status"] == "active" and example["id"] != "deploy-application-v1"
     assert example["definition"] == normalized(SEED_REGISTRY_EXAMPLE)
 
     # The declaration needs its blueprint; without it, the save names what is missing.
-    body = problem(api.client.post(INTENTS, json=copy.deepcopy(SEED_DECLARATION),
-                                   headers=api.headers("seed", AUTHOR)), 422)
+    body = problem(
+        api.client.post(INTENTS, json=copy.deepcopy(SEED_DECLARATION), headers=api.headers("seed", AUTHOR)), 422
+    )
     assert [(e["pointer"], e["code"]) for e in body["errors"]] == [("/definition", "blueprint_required")]
     blueprint = create(api, "seed", copy.deepcopy(SEED_BLUEPRINT), BLUEPRINTS)
     declaration = create(api, "seed", copy.deepcopy(SEED_DECLARATION))
@@ -128,12 +155,15 @@ def test_seed_payloads_are_accepted_as_written(api: ApiHarness) -> None:  # noqa
     plan = api.client.post(f"{INTENTS}/{declaration['id']}/plan", headers=api.headers("seed", DEPLOYER)).json()
     assert plan["levels"] == [["build"], ["deploy"], ["verify"]]
     assert plan["blueprint_ref"] == "deploy-application@1"
-    assert [step["action"] for step in plan["steps"]] == ["build-container", "deploy-to-kubernetes",
-                                                          "verify-deployment"]
+    assert [step["action"] for step in plan["steps"]] == [
+        "build-container",
+        "deploy-to-kubernetes",
+        "verify-deployment",
+    ]
     assert plan["plan_hash"] == plan_hash(SEED_DECLARATION["definition"], "deploy-application@1")
 
 
-def test_a_declaration_keeps_its_pinned_blueprint_version_until_it_is_updated(api: ApiHarness) -> None:  # noqa: F811
+def test_a_declaration_keeps_its_pinned_blueprint_version_until_it_is_updated(api: ApiHarness) -> None:
     tenant = provision(api, "pins")
     blueprint = create(api, tenant, copy.deepcopy(SEED_BLUEPRINT), BLUEPRINTS)
     declaration = create(api, tenant, copy.deepcopy(SEED_DECLARATION))
@@ -154,20 +184,24 @@ def test_a_declaration_keeps_its_pinned_blueprint_version_until_it_is_updated(ap
     assert plan["blueprint_ref"] == "deploy-application@2" and plan["levels"][-1] == ["announce"]
 
 
-def test_a_blueprint_is_not_a_declaration(api: ApiHarness) -> None:  # noqa: F811
+def test_a_blueprint_is_not_a_declaration(api: ApiHarness) -> None:
     tenant = provision(api, "bp-rules")
     before = registry_tables(api)
-    response = api.client.post(BLUEPRINTS, json={"name": "x", "definition": {"target": "staging", "version": "1"}},
-                               headers=api.headers(tenant, AUTHOR))
+    response = api.client.post(
+        BLUEPRINTS,
+        json={"name": "x", "definition": {"target": "staging", "version": "1"}},
+        headers=api.headers(tenant, AUTHOR),
+    )
     assert [(e["pointer"], e["code"]) for e in problem(response, 422)["errors"]] == [
-        ("/definition/steps", "steps_required")]
+        ("/definition/steps", "steps_required")
+    ]
     assert registry_tables(api) == before
 
 
 # ---- versions --------------------------------------------------------------------------------------------------
 
 
-def test_create_update_rollback_update_history(api: ApiHarness) -> None:  # noqa: F811
+def test_create_update_rollback_update_history(api: ApiHarness) -> None:
     tenant = provision(api, "history")
     v1_body = intent_body("history", wait_step("a"), wait_step("b"), labels={"team": "web"}, description="one")
     created = create(api, tenant, v1_body)
@@ -175,16 +209,19 @@ def test_create_update_rollback_update_history(api: ApiHarness) -> None:  # noqa
     v2_body = intent_body("history", wait_step("a", 5), labels={"team": "api"}, description="two")
     v2 = put(api, tenant, item, v2_body)
     assert v2.status_code == 200 and v2.json()["version"] == 2 and v2.headers["etag"] == f'"{item}.v2"'
-    rolled = api.client.post(f"{INTENTS}/{item}/rollback", json={"to_version": 1},
-                             headers=api.headers(tenant, AUTHOR))
+    rolled = api.client.post(f"{INTENTS}/{item}/rollback", json={"to_version": 1}, headers=api.headers(tenant, AUTHOR))
     assert rolled.status_code == 200, rolled.text
     assert rolled.json()["version"] == 3
     assert rolled.json()["origin"] == {"kind": "rollback", "from_version": 1}
     assert (rolled.json()["definition"], rolled.json()["labels"], rolled.json()["description"]) == (
-        created["definition"], {"team": "web"}, "one")
+        created["definition"],
+        {"team": "web"},
+        "one",
+    )
     before = registry_tables(api)
-    unknown = problem(api.client.post(f"{INTENTS}/{item}/rollback", json={"to_version": 9},
-                                      headers=api.headers(tenant, AUTHOR)), 422)
+    unknown = problem(
+        api.client.post(f"{INTENTS}/{item}/rollback", json={"to_version": 9}, headers=api.headers(tenant, AUTHOR)), 422
+    )
     assert [(e["pointer"], e["code"]) for e in unknown["errors"]] == [("/to_version", "unknown_version")]
     stale = {**api.headers(tenant, AUTHOR), "If-Match": f'"{item}.v2"'}
     problem(api.client.post(f"{INTENTS}/{item}/rollback", json={"to_version": 1}, headers=stale), 412)
@@ -194,14 +231,18 @@ def test_create_update_rollback_update_history(api: ApiHarness) -> None:  # noqa
 
     versions = api.client.get(f"{INTENTS}/{item}/versions", headers=api.headers(tenant, READER)).json()
     assert [(v["version"], v["origin"]) for v in versions["items"]] == [
-        (1, {"kind": "create"}), (2, {"kind": "update", "from_version": 1}),
-        (3, {"kind": "rollback", "from_version": 1}), (4, {"kind": "update", "from_version": 3})]
+        (1, {"kind": "create"}),
+        (2, {"kind": "update", "from_version": 1}),
+        (3, {"kind": "rollback", "from_version": 1}),
+        (4, {"kind": "update", "from_version": 3}),
+    ]
     assert versions["items"][2]["definition"] == versions["items"][0]["definition"]
     assert versions["items"][2]["definition_sha256"] == versions["items"][0]["definition_sha256"]
     assert versions["next_cursor"] is None
     first = api.client.get(f"{INTENTS}/{item}/versions?limit=3", headers=api.headers(tenant, READER)).json()
-    rest = api.client.get(f"{INTENTS}/{item}/versions?limit=3&cursor={first['next_cursor']}",
-                          headers=api.headers(tenant, READER)).json()
+    rest = api.client.get(
+        f"{INTENTS}/{item}/versions?limit=3&cursor={first['next_cursor']}", headers=api.headers(tenant, READER)
+    ).json()
     assert [v["version"] for v in first["items"] + rest["items"]] == [1, 2, 3, 4] and rest["next_cursor"] is None
     two = api.client.get(f"{INTENTS}/{item}/versions/2", headers=api.headers(tenant, READER)).json()
     assert two["definition"] == normalized(v2_body) and two["labels"] == {"team": "api"}
@@ -210,15 +251,22 @@ def test_create_update_rollback_update_history(api: ApiHarness) -> None:  # noqa
     assert current["version"] == 4 and current["description"] == "four" and current["labels"] == {}
 
     events = [(e["event_type"], e["data"]["version"]) for e in outbox(api, tenant) if e["data"]["id"] == item]
-    assert events == [("intent.created", 1), ("intent.version_created", 2), ("intent.rolled_back", 3),
-                      ("intent.version_created", 4)]
+    assert events == [
+        ("intent.created", 1),
+        ("intent.version_created", 2),
+        ("intent.rolled_back", 3),
+        ("intent.version_created", 4),
+    ]
     assert all(e["subject"] == f"intents/{item}" for e in outbox(api, tenant))
-    mutations = [(row["action"], row["detail"].get("version")) for row in api.audit_rows(tenant)
-                 if row["reason"] == "applied" and row["resource_id"] == item]
+    mutations = [
+        (row["action"], row["detail"].get("version"))
+        for row in api.audit_rows(tenant)
+        if row["reason"] == "applied" and row["resource_id"] == item
+    ]
     assert mutations == [("intent.create", 1), ("intent.update", 2), ("intent.rollback", 3), ("intent.update", 4)]
 
 
-def test_update_needs_the_current_etag(api: ApiHarness) -> None:  # noqa: F811
+def test_update_needs_the_current_etag(api: ApiHarness) -> None:
     tenant = provision(api, "etags")
     item = create(api, tenant, intent_body("etags"))["id"]
     stale = etag_of(api, tenant, item)
@@ -237,7 +285,7 @@ def test_update_needs_the_current_etag(api: ApiHarness) -> None:  # noqa: F811
     assert put(api, tenant, item, current).json()["version"] == 3
 
 
-def test_two_concurrent_updates_with_one_etag_exactly_one_wins(api: ApiHarness) -> None:  # noqa: F811
+def test_two_concurrent_updates_with_one_etag_exactly_one_wins(api: ApiHarness) -> None:
     tenant = provision(api, "race")
     item = create(api, tenant, intent_body("race"))["id"]
     etag = etag_of(api, tenant, item)
@@ -261,7 +309,7 @@ def test_two_concurrent_updates_with_one_etag_exactly_one_wins(api: ApiHarness) 
     assert [e["event_type"] for e in outbox(api, tenant)] == ["intent.created", "intent.version_created"]
 
 
-def test_archived_intents_keep_their_versions_and_refuse_changes(api: ApiHarness) -> None:  # noqa: F811
+def test_archived_intents_keep_their_versions_and_refuse_changes(api: ApiHarness) -> None:
     tenant = provision(api, "archive")
     item = create(api, tenant, intent_body("archive"))["id"]
     stale = {**api.headers(tenant, AUTHOR), "If-Match": etag_of(api, tenant, item)}
@@ -282,9 +330,11 @@ def test_archived_intents_keep_their_versions_and_refuse_changes(api: ApiHarness
 
     before = registry_tables(api)
     assert problem(put(api, tenant, item, intent_body("archive", wait_step("three"))), 409)["type"].endswith(
-        "/archived")
-    problem(api.client.post(f"{INTENTS}/{item}/rollback", json={"to_version": 1},
-                            headers=api.headers(tenant, AUTHOR)), 409)
+        "/archived"
+    )
+    problem(
+        api.client.post(f"{INTENTS}/{item}/rollback", json={"to_version": 1}, headers=api.headers(tenant, AUTHOR)), 409
+    )
     again = api.client.delete(f"{INTENTS}/{item}", headers=api.headers(tenant, AUTHOR))
     assert again.status_code == 200 and again.json()["status"] == "archived"
     assert registry_tables(api) == before
@@ -296,16 +346,22 @@ def test_archived_intents_keep_their_versions_and_refuse_changes(api: ApiHarness
 # ---- diff, validate, plan --------------------------------------------------------------------------------------
 
 
-def test_diff_of_a_known_pair(api: ApiHarness) -> None:  # noqa: F811
+def test_diff_of_a_known_pair(api: ApiHarness) -> None:
     tenant = provision(api, "diff")
-    item = create(api, tenant, intent_body("diff", wait_step("a"), wait_step("b"), wait_step("gone"),
-                                           labels={"team": "web"}))["id"]
-    put(api, tenant, item, intent_body("diff", wait_step("a"), wait_step("b", 5), wait_step("c"),
-                                       labels={"team": "api"}))
+    item = create(
+        api, tenant, intent_body("diff", wait_step("a"), wait_step("b"), wait_step("gone"), labels={"team": "web"})
+    )["id"]
+    put(
+        api,
+        tenant,
+        item,
+        intent_body("diff", wait_step("a"), wait_step("b", 5), wait_step("c"), labels={"team": "api"}),
+    )
     diff = api.client.get(f"{INTENTS}/{item}/diff?from=1&to=2", headers=api.headers(tenant, READER)).json()
     assert diff["steps_added"] == ["c"] and diff["steps_removed"] == ["gone"]
-    assert diff["steps_changed"] == [{"id": "b", "changes": [
-        {"path": "/params/seconds", "kind": "changed", "old": 1, "new": 5}]}]
+    assert diff["steps_changed"] == [
+        {"id": "b", "changes": [{"path": "/params/seconds", "kind": "changed", "old": 1, "new": 5}]}
+    ]
     assert diff["metadata_changed"] == [{"path": "/labels/team", "kind": "changed", "old": "web", "new": "api"}]
     assert diff["fields_changed"] == [] and diff["steps_reordered"] is False
     assert "adds 1 step (c)" in diff["summary"] and "removes 1 step (gone)" in diff["summary"]
@@ -317,7 +373,7 @@ def test_diff_of_a_known_pair(api: ApiHarness) -> None:  # noqa: F811
     problem(api.client.get(f"{INTENTS}/{item}/diff?from=1&to=7", headers=api.headers(tenant, READER)), 404)
 
 
-def test_validate_saves_nothing_and_names_every_problem(api: ApiHarness) -> None:  # noqa: F811
+def test_validate_saves_nothing_and_names_every_problem(api: ApiHarness) -> None:
     tenant = provision(api, "validate")
     before = registry_tables(api)
     good = intent_body("checked", wait_step("a"), {"action": "wait", "seconds": 2})
@@ -325,38 +381,49 @@ def test_validate_saves_nothing_and_names_every_problem(api: ApiHarness) -> None
     assert ok.status_code == 200, ok.text
     assert ok.json()["definition"] == normalized(good) and ok.json()["levels"] == [["a"], ["wait"]]
     assert ok.json()["plan_hash"] == plan_hash(normalized(good), None)
-    bad = intent_body("checked", wait_step("a", depends_on=["b"]), wait_step("b", depends_on=["a"]),
-                      {"action": "deploy-to-kubernets", "namespace": "x"}, wait_step("a"))
+    bad = intent_body(
+        "checked",
+        wait_step("a", depends_on=["b"]),
+        wait_step("b", depends_on=["a"]),
+        {"action": "deploy-to-kubernets", "namespace": "x"},
+        wait_step("a"),
+    )
     body = problem(api.client.post(f"{INTENTS}/validate", json=bad, headers=api.headers(tenant, AUTHOR)), 422)
     codes = {(e["pointer"], e["code"]) for e in body["errors"]}
     assert {("/definition/steps/2/action", "unknown_action"), ("/definition/steps/3/id", "duplicate_id")} <= codes
     assert ("/definition/steps/0/depends_on/0", "cyclic_dependency") in codes
     assert all(e["detail"] for e in body["errors"])
     assert "did you mean 'deploy-to-kubernetes'" in next(
-        e["detail"] for e in body["errors"] if e["code"] == "unknown_action")
+        e["detail"] for e in body["errors"] if e["code"] == "unknown_action"
+    )
     # The same problems refuse a save.
     saved = problem(api.client.post(INTENTS, json=bad, headers=api.headers(tenant, AUTHOR)), 422)
     assert saved["errors"] == body["errors"]
     assert registry_tables(api) == before
 
 
-def test_text_postgres_cannot_store_is_a_problem_not_a_crash(api: ApiHarness) -> None:  # noqa: F811
+def test_text_postgres_cannot_store_is_a_problem_not_a_crash(api: ApiHarness) -> None:
     tenant = provision(api, "nul")
     before = registry_tables(api)
     body = intent_body("nul", wait_step("a"), description="a\x00b", labels={"team": "w\x00b"})
     response = problem(api.client.post(INTENTS, json=body, headers=api.headers(tenant, AUTHOR)), 422)
     assert {(e["pointer"], e["code"]) for e in response["errors"]} == {
-        ("/description", "unstorable_text"), ("/labels/team", "unstorable_text")}
+        ("/description", "unstorable_text"),
+        ("/labels/team", "unstorable_text"),
+    }
     assert registry_tables(api) == before
 
 
-def test_plan_of_a_diamond(api: ApiHarness) -> None:  # noqa: F811
+def test_plan_of_a_diamond(api: ApiHarness) -> None:
     tenant = provision(api, "diamond", quotas={**ROOMY, "max_concurrent_executions": 5})
-    body = intent_body("diamond", wait_step("a"), wait_step("b", depends_on=["a"]),
-                       {"id": "c", "action": "http.request", "url": "https://example.test/c", "depends_on": ["a"],
-                        "timeout_s": 42},
-                       wait_step("d", depends_on=["b", "c"], when="${steps.c.output.status} == 200"),
-                       target="production")
+    body = intent_body(
+        "diamond",
+        wait_step("a"),
+        wait_step("b", depends_on=["a"]),
+        {"id": "c", "action": "http.request", "url": "https://example.test/c", "depends_on": ["a"], "timeout_s": 42},
+        wait_step("d", depends_on=["b", "c"], when="${steps.c.output.status} == 200"),
+        target="production",
+    )
     item = create(api, tenant, body)["id"]
     before = registry_tables(api)
     response = api.client.post(f"{INTENTS}/{item}/plan", headers=api.headers(tenant, DEPLOYER))
@@ -368,8 +435,10 @@ def test_plan_of_a_diamond(api: ApiHarness) -> None:  # noqa: F811
     assert steps["d"]["depends_on"] == ["b", "c"] and steps["d"]["when"] is not None
     assert (steps["c"]["module"], steps["c"]["timeout_s"], steps["c"]["remote"]) == ("http", 42, False)
     assert steps["a"]["module"] == "wait" and steps["a"]["timeout_s"] > 0
-    assert all(step["authorization"] == {"action": "intent.execute", "allowed": True, "reason": "allowed"}
-               for step in plan["steps"])
+    assert all(
+        step["authorization"] == {"action": "intent.execute", "allowed": True, "reason": "allowed"}
+        for step in plan["steps"]
+    )
     assert plan["quota"] == {"max_concurrent_executions": 5, "running_executions": 0, "headroom": 5}
     assert plan["caller_may_execute"] is True and plan["target"] == "production"
     assert plan["plan_hash"] == plan_hash(normalized(body), None)
@@ -383,15 +452,23 @@ def test_plan_of_a_diamond(api: ApiHarness) -> None:  # noqa: F811
 # ---- listing ---------------------------------------------------------------------------------------------------
 
 
-def test_list_filters_sorts_and_paginates(api: ApiHarness) -> None:  # noqa: F811
+def test_list_filters_sorts_and_paginates(api: ApiHarness) -> None:
     tenant = provision(api, "listing")
-    for name, labels in (("web-b", {"team": "web", "tier": "1"}), ("web-a", {"team": "web"}),
-                         ("api-a", {"team": "api"}), ("web-c", {"team": "web", "tier": "1"})):
+    for name, labels in (
+        ("web-b", {"team": "web", "tier": "1"}),
+        ("web-a", {"team": "web"}),
+        ("api-a", {"team": "api"}),
+        ("web-c", {"team": "web", "tier": "1"}),
+    ):
         create(api, tenant, intent_body(name, labels=labels))
     archived = create(api, tenant, intent_body("web-old", labels={"team": "web"}))["id"]
     api.client.delete(f"{INTENTS}/{archived}", headers=api.headers(tenant, AUTHOR))
-    create(api, tenant, {"name": "web-blueprint", "labels": {"team": "web"},
-                         "definition": {"steps": [wait_step("x")]}}, BLUEPRINTS)
+    create(
+        api,
+        tenant,
+        {"name": "web-blueprint", "labels": {"team": "web"}, "definition": {"steps": [wait_step("x")]}},
+        BLUEPRINTS,
+    )
     headers = api.headers(tenant, READER)
 
     def names(query: str, path: str = INTENTS) -> list[str]:
@@ -409,8 +486,9 @@ def test_list_filters_sorts_and_paginates(api: ApiHarness) -> None:  # noqa: F81
     assert names("", BLUEPRINTS) == ["web-blueprint"]
     seen, cursor = [], None
     while True:
-        page = api.client.get(INTENTS, params={"limit": 2, **({"cursor": cursor} if cursor else {})},
-                              headers=headers).json()
+        page = api.client.get(
+            INTENTS, params={"limit": 2, **({"cursor": cursor} if cursor else {})}, headers=headers
+        ).json()
         seen += [item["name"] for item in page["items"]]
         cursor = page["next_cursor"]
         if cursor is None:
@@ -423,7 +501,7 @@ def test_list_filters_sorts_and_paginates(api: ApiHarness) -> None:  # noqa: F81
 # ---- idempotency -----------------------------------------------------------------------------------------------
 
 
-def test_idempotent_create_replays_and_refuses_another_body(api: ApiHarness) -> None:  # noqa: F811
+def test_idempotent_create_replays_and_refuses_another_body(api: ApiHarness) -> None:
     tenant = provision(api, "idem")
     headers = {**api.headers(tenant, AUTHOR), "Idempotency-Key": "create-idem-1"}
     body = intent_body("idem")
@@ -449,23 +527,26 @@ def test_idempotent_create_replays_and_refuses_another_body(api: ApiHarness) -> 
 # ---- isolation and access --------------------------------------------------------------------------------------
 
 
-def test_another_tenants_intent_is_404_on_every_route(api: ApiHarness) -> None:  # noqa: F811
+def test_another_tenants_intent_is_404_on_every_route(api: ApiHarness) -> None:
     mine, theirs = provision(api, "iso-a"), provision(api, "iso-b")
     foreign = create(api, theirs, intent_body("secret", wait_step("a")))["id"]
     put(api, theirs, foreign, intent_body("secret", wait_step("b")))
     foreign_etag = etag_of(api, theirs, foreign)
-    foreign_blueprint = create(api, theirs, {"name": "bp", "definition": {"steps": [wait_step("x")]}},
-                               BLUEPRINTS)["id"]
+    foreign_blueprint = create(api, theirs, {"name": "bp", "definition": {"steps": [wait_step("x")]}}, BLUEPRINTS)["id"]
     create(api, mine, intent_body("mine"))
     before = registry_tables(api)
     roles = ["Intent.Author", "Intent.Deployer"]
     headers = {**api.headers(mine, roles), "If-Match": foreign_etag}
     for path, item in ((INTENTS, foreign), (BLUEPRINTS, foreign), (INTENTS, foreign_blueprint)):
         requests = [
-            ("GET", f"{path}/{item}", None), ("PUT", f"{path}/{item}", intent_body("secret")),
-            ("DELETE", f"{path}/{item}", None), ("POST", f"{path}/{item}/rollback", {"to_version": 1}),
-            ("GET", f"{path}/{item}/versions", None), ("GET", f"{path}/{item}/versions/1", None),
-            ("GET", f"{path}/{item}/diff?from=1&to=2", None), ("POST", f"{path}/{item}/plan", None),
+            ("GET", f"{path}/{item}", None),
+            ("PUT", f"{path}/{item}", intent_body("secret")),
+            ("DELETE", f"{path}/{item}", None),
+            ("POST", f"{path}/{item}/rollback", {"to_version": 1}),
+            ("GET", f"{path}/{item}/versions", None),
+            ("GET", f"{path}/{item}/versions/1", None),
+            ("GET", f"{path}/{item}/diff?from=1&to=2", None),
+            ("POST", f"{path}/{item}/plan", None),
         ]
         for method, url, json in requests:
             response = api.client.request(method, url, json=json, headers=headers)
@@ -478,13 +559,19 @@ def test_another_tenants_intent_is_404_on_every_route(api: ApiHarness) -> None: 
     assert api.client.get(f"{INTENTS}/{foreign}", headers=api.headers(theirs, READER)).json()["version"] == 2
 
 
-def test_readers_cannot_write_and_authors_can(api: ApiHarness) -> None:  # noqa: F811
+def test_readers_cannot_write_and_authors_can(api: ApiHarness) -> None:
     tenant = provision(api, "abac")
     before = registry_tables(api)
     body = problem(api.client.post(INTENTS, json=intent_body("abac"), headers=api.headers(tenant, READER)), 403)
     assert body["reason"] == "role_required"
-    problem(api.client.post(BLUEPRINTS, json={"name": "bp", "definition": {"steps": [wait_step("x")]}},
-                            headers=api.headers(tenant, EXECUTOR)), 403)
+    problem(
+        api.client.post(
+            BLUEPRINTS,
+            json={"name": "bp", "definition": {"steps": [wait_step("x")]}},
+            headers=api.headers(tenant, EXECUTOR),
+        ),
+        403,
+    )
     assert registry_tables(api) == before
     denied = [row for row in api.audit_rows(tenant) if row["decision"] == "deny"]
     assert [row["action"] for row in denied] == ["intent.create", "blueprint.create"]
@@ -493,44 +580,62 @@ def test_readers_cannot_write_and_authors_can(api: ApiHarness) -> None:  # noqa:
     before = registry_tables(api)
     problem(put(api, tenant, item, intent_body("abac", wait_step("x")), roles=READER), 403)
     problem(api.client.delete(f"{INTENTS}/{item}", headers=api.headers(tenant, READER)), 403)
-    problem(api.client.post(f"{INTENTS}/{item}/rollback", json={"to_version": 1},
-                            headers=api.headers(tenant, READER)), 403)
+    problem(
+        api.client.post(f"{INTENTS}/{item}/rollback", json={"to_version": 1}, headers=api.headers(tenant, READER)), 403
+    )
     assert registry_tables(api) == before
     assert api.client.get(f"{INTENTS}/{item}", headers=api.headers(tenant, READER)).status_code == 200
     problem(api.client.get(f"{INTENTS}/{item}", headers=api.headers(tenant, ["Platform.Admin"])), 403)
 
 
-def test_plan_shows_production_steps_denied_to_an_executor(api: ApiHarness) -> None:  # noqa: F811
+def test_plan_shows_production_steps_denied_to_an_executor(api: ApiHarness) -> None:
     tenant = provision(api, "plan-abac")
     production = create(api, tenant, intent_body("prod", wait_step("a"), wait_step("b"), target="production"))["id"]
     staging = create(api, tenant, intent_body("stage", wait_step("a"), target="staging"))["id"]
 
     plan = api.client.post(f"{INTENTS}/{production}/plan", headers=api.headers(tenant, EXECUTOR)).json()
     assert [step["authorization"] for step in plan["steps"]] == [
-        {"action": "intent.execute", "allowed": False, "reason": "production_requires_deployer"}] * 2
+        {"action": "intent.execute", "allowed": False, "reason": "production_requires_deployer"}
+    ] * 2
     assert plan["caller_may_execute"] is False
     plan = api.client.post(f"{INTENTS}/{staging}/plan", headers=api.headers(tenant, EXECUTOR)).json()
     assert plan["steps"][0]["authorization"]["allowed"] is True and plan["caller_may_execute"] is True
     plan = api.client.post(f"{INTENTS}/{staging}/plan", headers=api.headers(tenant, READER)).json()
-    assert plan["steps"][0]["authorization"] == {"action": "intent.execute", "allowed": False,
-                                                 "reason": "role_required"}
+    assert plan["steps"][0]["authorization"] == {
+        "action": "intent.execute",
+        "allowed": False,
+        "reason": "role_required",
+    }
 
 
-def test_gate_violations_are_named_per_step_on_save(api: ApiHarness) -> None:  # noqa: F811
-    tenant = provision(api, "gated", allowed_modules=["build-container", "wait", "verify-deployment"],
-                       allowed_targets=["staging"])
-    body = {"name": "gated", "definition": {"target": "production", "steps": [
-        {"id": "build", "action": "build-container", "image": "app:1"},
-        {"id": "deploy", "action": "deploy-to-kubernetes", "namespace": "prod",
-         "compensate": {"action": "http.request", "method": "POST", "url": "https://example.test/undo"}},
-        {"id": "pause", "action": "wait", "seconds": 1},
-        {"id": "notify", "action": "event.emit", "type": "deployed"}]}}
+def test_gate_violations_are_named_per_step_on_save(api: ApiHarness) -> None:
+    tenant = provision(
+        api, "gated", allowed_modules=["build-container", "wait", "verify-deployment"], allowed_targets=["staging"]
+    )
+    body = {
+        "name": "gated",
+        "definition": {
+            "target": "production",
+            "steps": [
+                {"id": "build", "action": "build-container", "image": "app:1"},
+                {
+                    "id": "deploy",
+                    "action": "deploy-to-kubernetes",
+                    "namespace": "prod",
+                    "compensate": {"action": "http.request", "method": "POST", "url": "https://example.test/undo"},
+                },
+                {"id": "pause", "action": "wait", "seconds": 1},
+                {"id": "notify", "action": "event.emit", "type": "deployed"},
+            ],
+        },
+    }
     before = registry_tables(api)
     errors = problem(api.client.post(INTENTS, json=body, headers=api.headers(tenant, AUTHOR)), 422)["errors"]
     assert [(e["pointer"], e["code"]) for e in errors] == [
         ("/definition/target", "target_not_allowed"),
         ("/definition/steps/1/action", "module_not_allowed"),
         ("/definition/steps/1/compensate/action", "module_not_allowed"),
-        ("/definition/steps/3/action", "module_not_allowed")]
+        ("/definition/steps/3/action", "module_not_allowed"),
+    ]
     assert "deploy-to-kubernetes" in errors[1]["detail"]
     assert registry_tables(api) == before

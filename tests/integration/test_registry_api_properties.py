@@ -27,10 +27,14 @@ TENANT = "property"
 # accepted JSON either; the API refuses them (tests/security/test_accepted_json.py). Large floats are generated.
 TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=20)
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | TEXT,
     lambda children: st.lists(children, max_size=3) | st.dictionaries(TEXT, children, max_size=3),
-    max_leaves=8)
+    max_leaves=8,
+)
 
 
 @st.composite
@@ -42,10 +46,14 @@ def steps(draw: st.DrawFn) -> list[dict[str, Any]]:
         kind = draw(st.sampled_from(["wait", "http.request", "event.emit", "artifact.write"]))
         params: dict[str, Any] = {
             "wait": lambda: {"seconds": draw(st.integers(1, 3600))},
-            "http.request": lambda: {"url": f"https://example.test/{draw(st.integers(0, 9))}",
-                                     "method": draw(st.sampled_from(["GET", "POST", "DELETE"]))},
-            "event.emit": lambda: {"type": draw(st.from_regex(r"\A[a-z]{1,8}\.[a-z]{1,8}\Z")),
-                                   "data": draw(st.dictionaries(TEXT, JSON, max_size=3))},
+            "http.request": lambda: {
+                "url": f"https://example.test/{draw(st.integers(0, 9))}",
+                "method": draw(st.sampled_from(["GET", "POST", "DELETE"])),
+            },
+            "event.emit": lambda: {
+                "type": draw(st.from_regex(r"\A[a-z]{1,8}\.[a-z]{1,8}\Z")),
+                "data": draw(st.dictionaries(TEXT, JSON, max_size=3)),
+            },
             "artifact.write": lambda: {"name": draw(st.from_regex(r"\A[a-z][a-z0-9/]{0,10}\Z")), "content": draw(JSON)},
         }[kind]()
         step: dict[str, Any] = {"action": kind}
@@ -62,8 +70,11 @@ def steps(draw: st.DrawFn) -> list[dict[str, Any]]:
         if explicit and draw(st.booleans()):
             step["depends_on"] = draw(st.lists(st.sampled_from(explicit), unique=True, max_size=3))
         if draw(st.booleans()):
-            step["retry"] = {"max_attempts": draw(st.integers(1, 10)),
-                             "initial_interval_s": draw(st.floats(0.5, 60)), "backoff": draw(st.floats(1, 4))}
+            step["retry"] = {
+                "max_attempts": draw(st.integers(1, 10)),
+                "initial_interval_s": draw(st.floats(0.5, 60)),
+                "backoff": draw(st.floats(1, 4)),
+            }
         if draw(st.booleans()):
             step["timeout_s"] = draw(st.integers(1, 86400))
         if step_id is not None:
@@ -80,9 +91,11 @@ def definitions(draw: st.DrawFn) -> dict[str, Any]:
         definition["target"] = target
     if draw(st.booleans()):
         definition["inputs"] = {"type": "object", "properties": {"version": {"type": "string"}}}
-    return {"description": draw(TEXT),
-            "labels": draw(st.dictionaries(st.from_regex(r"\A[a-z0-9]{1,8}\Z"), TEXT, max_size=3)),
-            "definition": definition}
+    return {
+        "description": draw(TEXT),
+        "labels": draw(st.dictionaries(st.from_regex(r"\A[a-z0-9]{1,8}\Z"), TEXT, max_size=3)),
+        "definition": definition,
+    }
 
 
 _names = itertools.count()
@@ -103,13 +116,13 @@ def json_value(value: Any) -> Any:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _tenant(api: ApiHarness) -> None:  # noqa: F811
+def _tenant(api: ApiHarness) -> None:
     provision(api, TENANT)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=definitions())
-def test_accepted_definitions_round_trip_and_plan(api: ApiHarness, body: dict[str, Any]) -> None:  # noqa: F811
+def test_accepted_definitions_round_trip_and_plan(api: ApiHarness, body: dict[str, Any]) -> None:
     body = {"name": f"prop-{next(_names)}-{uuid.uuid4().hex[:6]}", **body}
     facts = TenantFacts(api.tenants[TENANT].id, "active", frozenset({"staging", "production"}), frozenset(MODULES))
     result = validate_definition(copy.deepcopy(body), catalog=CATALOG, tenant=facts)
@@ -122,8 +135,7 @@ def test_accepted_definitions_round_trip_and_plan(api: ApiHarness, body: dict[st
     assert created.status_code == 201, created.text
     fetched = api.client.get(f"{INTENTS}/{created.json()['id']}", headers=api.headers(TENANT, READER))
     saved = fetched.json()
-    assert (saved["name"], saved["description"], saved["labels"]) == (body["name"], body["description"],
-                                                                      body["labels"])
+    assert (saved["name"], saved["description"], saved["labels"]) == (body["name"], body["description"], body["labels"])
     assert json_value(saved["definition"]) == json_value(result.normalized)
     assert saved == created.json() and validated.json()["definition"] == saved["definition"]
 
@@ -134,7 +146,10 @@ def test_accepted_definitions_round_trip_and_plan(api: ApiHarness, body: dict[st
     assert plan.json()["plan_hash"] == validated.json()["plan_hash"] == plan_hash(saved["definition"], None)
 
     # The normalized form is a fixed point: sending the GET back stores the same definition.
-    again = api.client.put(f"{INTENTS}/{saved['id']}", json=saved,
-                           headers={**api.headers(TENANT, AUTHOR), "If-Match": fetched.headers["etag"]})
+    again = api.client.put(
+        f"{INTENTS}/{saved['id']}",
+        json=saved,
+        headers={**api.headers(TENANT, AUTHOR), "If-Match": fetched.headers["etag"]},
+    )
     assert again.status_code == 200, again.text
     assert again.json()["definition"] == saved["definition"] and again.json()["version"] == 2

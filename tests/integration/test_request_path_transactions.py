@@ -41,13 +41,24 @@ def one_control_connection(pg) -> Iterator[ConnectionPool[Any]]:  # type: ignore
 
 
 def _settings(pg: Any) -> Settings:
-    return Settings(QP_DATABASE_URL=pg.app_url, QP_DATABASE_CONTROL_URL=pg.control_url,
-                    QP_BLOB_CONNECTION_STRING="UseDevelopmentStorage=true", QP_DATABASE_POOL_MAX=1)
+    return Settings(
+        QP_DATABASE_URL=pg.app_url,
+        QP_DATABASE_CONTROL_URL=pg.control_url,
+        QP_BLOB_CONNECTION_STRING="UseDevelopmentStorage=true",
+        QP_DATABASE_POOL_MAX=1,
+    )
 
 
 def _record(tenant: uuid.UUID, action: str = "intent.read") -> AuditRecord:
-    return AuditRecord.new(tenant_id=tenant, principal_id="test/test", action=action, resource_type="Intent",
-                           resource_id="x", decision="allow", reason="allowed")
+    return AuditRecord.new(
+        tenant_id=tenant,
+        principal_id="test/test",
+        action=action,
+        resource_type="Intent",
+        resource_id="x",
+        decision="allow",
+        reason="allowed",
+    )
 
 
 def _audit_ids(pg: Any, tenant: uuid.UUID) -> set[uuid.UUID]:
@@ -56,7 +67,8 @@ def _audit_ids(pg: Any, tenant: uuid.UUID) -> set[uuid.UUID]:
 
 
 def test_a_batched_write_commits_and_its_results_are_read_after_the_block(
-        pg: Any, app_pool: ConnectionPool[Any], new_tenant: Any) -> None:
+    pg: Any, app_pool: ConnectionPool[Any], new_tenant: Any
+) -> None:
     tenant = new_tenant()
     record = _record(tenant)
     with tenant_write(tenant, pool=app_pool) as conn:
@@ -67,10 +79,11 @@ def test_a_batched_write_commits_and_its_results_are_read_after_the_block(
 
 
 def test_a_failed_batched_write_leaves_nothing_and_a_clean_connection(
-        pg: Any, one_connection: ConnectionPool[Any], new_tenant: Any) -> None:
+    pg: Any, one_connection: ConnectionPool[Any], new_tenant: Any
+) -> None:
     tenant, other = new_tenant(), new_tenant()
     kept, foreign = _record(tenant), _record(other)
-    with pytest.raises(psycopg.errors.InsufficientPrivilege):  # noqa: PT012
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
         with tenant_write(tenant, pool=one_connection) as conn:
             PostgresAuditStore().record_in(conn, kept)
             PostgresAuditStore().record_in(conn, foreign)  # another tenant's row: refused by row-level security
@@ -82,27 +95,39 @@ def test_a_failed_batched_write_leaves_nothing_and_a_clean_connection(
         assert conn.execute("SELECT 1 AS one").fetchone() == {"one": 1}
 
 
-def test_statements_inside_a_tenant_transaction_run_one_by_one(
-        app_pool: ConnectionPool[Any], new_tenant: Any) -> None:
+def test_statements_inside_a_tenant_transaction_run_one_by_one(app_pool: ConnectionPool[Any], new_tenant: Any) -> None:
     tenant = new_tenant()
     with tenant_transaction(tenant, pool=app_pool) as conn:
         # Results (and errors) are there at once, not at the end of the block.
         assert conn.execute("UPDATE app.tenants SET settings = settings").rowcount == 1
         with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
-            conn.execute("INSERT INTO app.audit_events (tenant_id, id, occurred_at, principal_id, action,"
-                         " resource_type, decision) VALUES (%s, %s, now(), 'x', 'x', 'x', 'allow')",
-                         (uuid.uuid4(), uuid.uuid4()))
+            conn.execute(
+                "INSERT INTO app.audit_events (tenant_id, id, occurred_at, principal_id, action,"
+                " resource_type, decision) VALUES (%s, %s, now(), 'x', 'x', 'x', 'allow')",
+                (uuid.uuid4(), uuid.uuid4()),
+            )
         assert conn.execute("SELECT app.current_tenant_id() AS tenant").fetchone() == {"tenant": tenant}
 
 
 def test_session_state_left_by_a_borrower_is_gone_in_the_next_transaction(
-        one_connection: ConnectionPool[Any], one_control_connection: ConnectionPool[Any], new_tenant: Any) -> None:
+    one_connection: ConnectionPool[Any], one_control_connection: ConnectionPool[Any], new_tenant: Any
+) -> None:
     tenant = new_tenant()
     cases: list[tuple[ConnectionPool[Any], Callable[[], Any], LiteralString, str, str]] = [
-        (one_connection, lambda: tenant_transaction(tenant, pool=one_connection), "SET ROLE qp_runtime",
-         "qp_runtime", "qp_app"),
-        (one_control_connection, lambda: platform_transaction(pool=one_control_connection), "SET ROLE qp_platform",
-         "qp_platform", "qp_control"),
+        (
+            one_connection,
+            lambda: tenant_transaction(tenant, pool=one_connection),
+            "SET ROLE qp_runtime",
+            "qp_runtime",
+            "qp_app",
+        ),
+        (
+            one_control_connection,
+            lambda: platform_transaction(pool=one_control_connection),
+            "SET ROLE qp_platform",
+            "qp_platform",
+            "qp_control",
+        ),
     ]
     for pool, transaction, set_role, role, login in cases:
         with transaction() as conn:
@@ -121,7 +146,8 @@ def test_session_state_left_by_a_borrower_is_gone_in_the_next_transaction(
 
 
 def test_the_token_take_keeps_its_commit_setting_to_itself(
-        one_connection: ConnectionPool[Any], new_tenant: Any) -> None:
+    one_connection: ConnectionPool[Any], new_tenant: Any
+) -> None:
     tenant = new_tenant()
     limit = RateLimit(capacity=2, refill_per_second=NO_REFILL)
     assert [take_tenant_token(tenant, limit, pool=one_connection).allowed for _ in range(3)] == [True, True, False]

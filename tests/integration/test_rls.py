@@ -16,20 +16,22 @@ from shared.db.session import platform_transaction, runtime_transaction, tenant_
 pytestmark = pytest.mark.integration
 
 
-
-
 @pytest.fixture(scope="module")
 def tenants(pg) -> dict[str, uuid.UUID]:  # type: ignore[no-untyped-def]
     """Two tenants, each with one intent and one version, inserted by the owner inside each tenant's context."""
     ids = {"a": uuid.uuid4(), "b": uuid.uuid4()}
     # Each through its own login: the control plane's provisions the tenant, the app's writes its data.
-    with (psycopg.connect(pg.control_url, autocommit=True) as control,
-          psycopg.connect(pg.app_url, autocommit=True) as conn):
+    with (
+        psycopg.connect(pg.control_url, autocommit=True) as control,
+        psycopg.connect(pg.app_url, autocommit=True) as conn,
+    ):
         for key, tenant_id in ids.items():
             with control.transaction():
                 control.execute("SET LOCAL ROLE qp_platform")
-                control.execute("INSERT INTO app.tenants (id, name, entra_tenant_id) VALUES (%s, %s, %s)",
-                                (tenant_id, f"rls-{key}-{tenant_id.hex[:6]}", uuid.uuid4()))
+                control.execute(
+                    "INSERT INTO app.tenants (id, name, entra_tenant_id) VALUES (%s, %s, %s)",
+                    (tenant_id, f"rls-{key}-{tenant_id.hex[:6]}", uuid.uuid4()),
+                )
             with conn.transaction():
                 conn.execute("SET LOCAL ROLE qp_runtime")
                 conn.execute("SELECT app.pin_tenant(%s)", (tenant_id,))
@@ -39,7 +41,9 @@ def tenants(pg) -> dict[str, uuid.UUID]:  # type: ignore[no-untyped-def]
                 ).fetchone()[0]
                 conn.execute(
                     "INSERT INTO app.intent_versions (tenant_id, intent_id, version, definition, definition_sha256,"
-                    " created_by) VALUES (%s, %s, 1, '{}', 'x', 'test')", (tenant_id, intent_id))
+                    " created_by) VALUES (%s, %s, 1, '{}', 'x', 'test')",
+                    (tenant_id, intent_id),
+                )
     return ids
 
 
@@ -59,12 +63,13 @@ def test_each_tenant_sees_only_its_rows(app_pool: ConnectionPool[Any], tenants: 
 def test_no_tenant_means_zero_rows(app_pool: ConnectionPool[Any], tenants: dict[str, uuid.UUID]) -> None:
     with runtime_transaction(pool=app_pool) as conn:
         for table in ("app.tenants", "app.intents", "app.intent_versions"):
-            assert conn.execute(f"SELECT count(*) AS n FROM {table}").fetchone()["n"] == 0  # noqa: S608
+            assert conn.execute(f"SELECT count(*) AS n FROM {table}").fetchone()["n"] == 0
     assert tenants  # both tenants have rows; they are invisible without a tenant context
 
 
-def test_tenant_setting_does_not_leak_to_the_next_borrower(app_pool: ConnectionPool[Any],
-                                                           tenants: dict[str, uuid.UUID]) -> None:
+def test_tenant_setting_does_not_leak_to_the_next_borrower(
+    app_pool: ConnectionPool[Any], tenants: dict[str, uuid.UUID]
+) -> None:
     with tenant_transaction(tenants["a"], pool=app_pool) as conn:
         assert _intent_names(conn) == ["intent-a"]
     with app_pool.connection() as conn:
@@ -76,12 +81,12 @@ def test_tenant_setting_does_not_leak_to_the_next_borrower(app_pool: ConnectionP
 def test_cross_tenant_insert_is_refused(app_pool: ConnectionPool[Any], tenants: dict[str, uuid.UUID]) -> None:
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
         with tenant_transaction(tenants["a"], pool=app_pool) as conn:
-            conn.execute("INSERT INTO app.intents (tenant_id, name, created_by) VALUES (%s, 'sneaky', 'x')",
-                         (tenants["b"],))
+            conn.execute(
+                "INSERT INTO app.intents (tenant_id, name, created_by) VALUES (%s, 'sneaky', 'x')", (tenants["b"],)
+            )
 
 
-def test_cross_tenant_update_and_move_are_refused(app_pool: ConnectionPool[Any],
-                                                  tenants: dict[str, uuid.UUID]) -> None:
+def test_cross_tenant_update_and_move_are_refused(app_pool: ConnectionPool[Any], tenants: dict[str, uuid.UUID]) -> None:
     with tenant_transaction(tenants["a"], pool=app_pool) as conn:
         # B's rows are invisible, so the update matches nothing.
         cur = conn.execute("UPDATE app.intents SET description = 'hacked' WHERE tenant_id = %s", (tenants["b"],))
@@ -93,8 +98,9 @@ def test_cross_tenant_update_and_move_are_refused(app_pool: ConnectionPool[Any],
         assert conn.execute("SELECT description FROM app.intents").fetchone()["description"] == ""
 
 
-def test_reference_to_another_tenants_row_is_refused(app_pool: ConnectionPool[Any],
-                                                      tenants: dict[str, uuid.UUID]) -> None:
+def test_reference_to_another_tenants_row_is_refused(
+    app_pool: ConnectionPool[Any], tenants: dict[str, uuid.UUID]
+) -> None:
     with tenant_transaction(tenants["b"], pool=app_pool) as conn:
         b_intent = conn.execute("SELECT id FROM app.intents").fetchone()["id"]
     # The composite key means a version of tenant A can never point at B's intent.
@@ -102,11 +108,12 @@ def test_reference_to_another_tenants_row_is_refused(app_pool: ConnectionPool[An
         with tenant_transaction(tenants["a"], pool=app_pool) as conn:
             conn.execute(
                 "INSERT INTO app.intent_versions (tenant_id, intent_id, version, definition, definition_sha256,"
-                " created_by) VALUES (%s, %s, 2, '{}', 'x', 'x')", (tenants["a"], b_intent))
+                " created_by) VALUES (%s, %s, 2, '{}', 'x', 'x')",
+                (tenants["a"], b_intent),
+            )
 
 
-def test_versions_are_immutable_for_the_runtime(app_pool: ConnectionPool[Any],
-                                                tenants: dict[str, uuid.UUID]) -> None:
+def test_versions_are_immutable_for_the_runtime(app_pool: ConnectionPool[Any], tenants: dict[str, uuid.UUID]) -> None:
     for statement in ("UPDATE app.intent_versions SET definition = '{}'", "DELETE FROM app.intent_versions"):
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             with tenant_transaction(tenants["a"], pool=app_pool) as conn:
@@ -115,12 +122,14 @@ def test_versions_are_immutable_for_the_runtime(app_pool: ConnectionPool[Any],
 
 def test_runtime_role_is_not_owner_superuser_or_bypassrls(pg) -> None:  # type: ignore[no-untyped-def]
     with psycopg.connect(pg.admin_url, dbname="quantum") as conn:
-        role = conn.execute("SELECT rolsuper, rolbypassrls, rolcanlogin FROM pg_roles WHERE rolname = %s",
-                            (RUNTIME_ROLE,)).fetchone()
+        role = conn.execute(
+            "SELECT rolsuper, rolbypassrls, rolcanlogin FROM pg_roles WHERE rolname = %s", (RUNTIME_ROLE,)
+        ).fetchone()
         assert role == (False, False, False)
         owned = conn.execute(
             "SELECT c.relname FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner WHERE r.rolname = %s",
-            (RUNTIME_ROLE,)).fetchall()
+            (RUNTIME_ROLE,),
+        ).fetchall()
         assert owned == []
         for login in ("qp_app", "qp_control"):
             flags = conn.execute("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = %s", (login,)).fetchone()
@@ -132,7 +141,8 @@ def test_runtime_role_has_no_truncate_or_references(pg) -> None:  # type: ignore
         grants = conn.execute(
             "SELECT table_name, privilege_type FROM information_schema.role_table_grants"
             " WHERE grantee = %s AND privilege_type IN ('TRUNCATE', 'REFERENCES', 'TRIGGER')",
-            (RUNTIME_ROLE,)).fetchall()
+            (RUNTIME_ROLE,),
+        ).fetchall()
     assert grants == []
 
 
@@ -141,13 +151,16 @@ def test_every_app_table_has_forced_rls_with_tenant_policies(pg) -> None:  # typ
         tables = conn.execute(
             "SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity FROM pg_class c"
             " JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE n.nspname = 'app' AND c.relkind IN ('r', 'p') AND c.relname <> 'schema_migrations'").fetchall()
+            " WHERE n.nspname = 'app' AND c.relkind IN ('r', 'p') AND c.relname <> 'schema_migrations'"
+        ).fetchall()
         assert len(tables) >= 4
         for name, enabled, forced in tables:
             assert (name, enabled, forced) == (name, True, True)
             policies = conn.execute(
                 "SELECT policyname, permissive, roles::text[], qual, with_check FROM pg_policies"
-                " WHERE schemaname = 'app' AND tablename = %s", (name,)).fetchall()
+                " WHERE schemaname = 'app' AND tablename = %s",
+                (name,),
+            ).fetchall()
             runtime = [p for p in policies if p[2] == [RUNTIME_ROLE]]
             assert {p[1] for p in runtime} == {"PERMISSIVE", "RESTRICTIVE"}, name
             for _, _, _, qual, with_check in runtime:
@@ -160,26 +173,36 @@ def test_every_app_table_has_forced_rls_with_tenant_policies(pg) -> None:  # typ
             elif name == "outbox":
                 # The owner (never the app) reads which tenants have events waiting, for the relay (migration 0013).
                 assert others == {("platform_erase", ("qp_platform",)), ("relay_pending_tenants", (OWNER_ROLE,))}
-                relay = conn.execute("SELECT cmd, qual FROM pg_policies WHERE schemaname = 'app'"
-                                     " AND tablename = 'outbox' AND policyname = 'relay_pending_tenants'").fetchone()
+                relay = conn.execute(
+                    "SELECT cmd, qual FROM pg_policies WHERE schemaname = 'app'"
+                    " AND tablename = 'outbox' AND policyname = 'relay_pending_tenants'"
+                ).fetchone()
                 assert relay == ("SELECT", "(published_at IS NULL)")
             elif name == "executions":
                 # The owner (never the app) reads which tenants have unfinished executions, for the stuck-execution
                 # sweeper (migration 0014).
                 assert others == {("platform_erase", ("qp_platform",)), ("sweeper_stuck_tenants", (OWNER_ROLE,))}
-                sweeper = conn.execute("SELECT cmd, qual FROM pg_policies WHERE schemaname = 'app' AND tablename ="
-                                       " 'executions' AND policyname = 'sweeper_stuck_tenants'").fetchone()
-                assert sweeper == ("SELECT", "(status = ANY (ARRAY['pending'::text, 'running'::text, "
-                                             "'waiting'::text, 'compensating'::text]))")
+                sweeper = conn.execute(
+                    "SELECT cmd, qual FROM pg_policies WHERE schemaname = 'app' AND tablename ="
+                    " 'executions' AND policyname = 'sweeper_stuck_tenants'"
+                ).fetchone()
+                assert sweeper == (
+                    "SELECT",
+                    "(status = ANY (ARRAY['pending'::text, 'running'::text, 'waiting'::text, 'compensating'::text]))",
+                )
             else:
                 assert others == {("platform_erase", ("qp_platform",))}, name
-                erase = conn.execute("SELECT cmd, qual FROM pg_policies WHERE schemaname = 'app' AND tablename = %s"
-                                     " AND policyname = 'platform_erase'", (name,)).fetchone()
+                erase = conn.execute(
+                    "SELECT cmd, qual FROM pg_policies WHERE schemaname = 'app' AND tablename = %s"
+                    " AND policyname = 'platform_erase'",
+                    (name,),
+                ).fetchone()
                 assert erase[0] == "DELETE" and "current_tenant_id()" in erase[1], name
 
 
-def test_control_plane_sees_tenants_and_no_tenant_data(control_pool: ConnectionPool[Any],
-                                                        tenants: dict[str, uuid.UUID]) -> None:
+def test_control_plane_sees_tenants_and_no_tenant_data(
+    control_pool: ConnectionPool[Any], tenants: dict[str, uuid.UUID]
+) -> None:
     with platform_transaction(pool=control_pool) as conn:
         seen = {r["id"] for r in conn.execute("SELECT id FROM app.tenants").fetchall()}
         assert set(tenants.values()) <= seen
@@ -193,7 +216,7 @@ def test_runtime_role_cannot_become_the_owner(app_pool: ConnectionPool[Any], ten
     for role in ("qp_owner", "postgres"):
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             with tenant_transaction(tenants["a"], pool=app_pool) as conn:
-                conn.execute(f"SET ROLE {role}")  # type: ignore[arg-type]  # noqa: S608
+                conn.execute(f"SET ROLE {role}")  # type: ignore[arg-type]
 
 
 def test_a_transaction_cannot_switch_tenants(app_pool: ConnectionPool[Any], tenants: dict[str, uuid.UUID]) -> None:
@@ -204,9 +227,12 @@ def test_a_transaction_cannot_switch_tenants(app_pool: ConnectionPool[Any], tena
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="pinned to another tenant"):
         with tenant_transaction(tenants["a"], pool=app_pool) as conn:
             conn.execute("SELECT app.pin_tenant(%s)", (tenants["b"],))
-    for statement in ("INSERT INTO pg_temp.tenant_pin VALUES (gen_random_uuid())",
-                      "DELETE FROM pg_temp.tenant_pin", "UPDATE pg_temp.tenant_pin SET tenant_id = tenant_id",
-                      "CREATE TEMPORARY TABLE mine (x int)"):
+    for statement in (
+        "INSERT INTO pg_temp.tenant_pin VALUES (gen_random_uuid())",
+        "DELETE FROM pg_temp.tenant_pin",
+        "UPDATE pg_temp.tenant_pin SET tenant_id = tenant_id",
+        "CREATE TEMPORARY TABLE mine (x int)",
+    ):
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             with tenant_transaction(tenants["a"], pool=app_pool) as conn:
                 conn.execute(statement)  # type: ignore[arg-type]

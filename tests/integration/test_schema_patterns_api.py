@@ -34,12 +34,12 @@ class RecordingClient:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _tenants(api: ApiHarness) -> None:  # noqa: F811
+def _tenants(api: ApiHarness) -> None:
     api.provision("patterns", allowed_modules=["wait"], quotas={"requests_per_minute": 10_000, "burst": 1_000})
 
 
 @pytest.fixture()
-def durable(api: ApiHarness) -> Iterator[RecordingClient]:  # noqa: F811
+def durable(api: ApiHarness) -> Iterator[RecordingClient]:
     client = RecordingClient()
     app: Any = api.client.app
     app.dependency_overrides[get_durable_client] = lambda: client
@@ -48,9 +48,14 @@ def durable(api: ApiHarness) -> Iterator[RecordingClient]:  # noqa: F811
 
 
 def _intent(name: str, pattern: str) -> dict[str, Any]:
-    return {"name": name, "definition": {
-        "target": "staging", "steps": [{"id": "pause", "action": "wait", "seconds": 1}],
-        "inputs": {"type": "object", "properties": {"name": {"type": "string", "pattern": pattern}}}}}
+    return {
+        "name": name,
+        "definition": {
+            "target": "staging",
+            "steps": [{"id": "pause", "action": "wait", "seconds": 1}],
+            "inputs": {"type": "object", "properties": {"name": {"type": "string", "pattern": pattern}}},
+        },
+    }
 
 
 def _problem(response: Any, status: int) -> dict[str, Any]:
@@ -60,41 +65,52 @@ def _problem(response: Any, status: int) -> dict[str, Any]:
     return body
 
 
-def test_a_catastrophic_input_pattern_fails_promptly_at_execute_time(api: ApiHarness,  # noqa: F811
-                                                                     durable: RecordingClient) -> None:
+def test_a_catastrophic_input_pattern_fails_promptly_at_execute_time(
+    api: ApiHarness,
+    durable: RecordingClient,
+) -> None:
     headers = api.headers("patterns", AUTHOR)
     created = api.client.post("/api/v1/intents", json=_intent("catastrophic", CATASTROPHIC), headers=headers)
     assert created.status_code == 201, created.text
     intent_id = created.json()["id"]
 
     before = api.table_snapshot("executions")
-    refused = _problem(api.client.post(f"/api/v1/intents/{intent_id}/execute", json={"input": {"name": HOSTILE}},
-                                       headers=headers), 422)
+    refused = _problem(
+        api.client.post(f"/api/v1/intents/{intent_id}/execute", json={"input": {"name": HOSTILE}}, headers=headers), 422
+    )
     assert [error["pointer"] for error in refused["errors"]] == ["/input/name"]
     assert "does not match" in refused["errors"][0]["detail"]
     assert api.table_snapshot("executions") == before and durable.started == []
 
-    accepted = api.client.post(f"/api/v1/intents/{intent_id}/execute", json={"input": {"name": "a" * 5000}},
-                               headers=headers)
+    accepted = api.client.post(
+        f"/api/v1/intents/{intent_id}/execute", json={"input": {"name": "a" * 5000}}, headers=headers
+    )
     assert accepted.status_code == 202, accepted.text
     assert durable.started == [accepted.json()["execution_id"]]
 
 
 @pytest.mark.parametrize("pattern", [r"^(\w+)-\1$", "^(?!admin)", "(?<=x)y"])
-def test_an_unsupported_input_pattern_is_refused_at_registration(api: ApiHarness, pattern: str) -> None:  # noqa: F811
+def test_an_unsupported_input_pattern_is_refused_at_registration(api: ApiHarness, pattern: str) -> None:
     before = api.table_snapshot("intents")
-    body = _problem(api.client.post("/api/v1/intents", json=_intent("unsupported", pattern),
-                                    headers=api.headers("patterns", AUTHOR)), 422)
+    body = _problem(
+        api.client.post(
+            "/api/v1/intents", json=_intent("unsupported", pattern), headers=api.headers("patterns", AUTHOR)
+        ),
+        422,
+    )
     assert [error["pointer"] for error in body["errors"]] == ["/definition/inputs/properties/name/pattern"]
     assert repr(pattern) in body["errors"][0]["detail"]
     assert api.table_snapshot("intents") == before
 
 
-def test_an_unsupported_module_parameter_pattern_is_refused_at_registration(api: ApiHarness) -> None:  # noqa: F811
+def test_an_unsupported_module_parameter_pattern_is_refused_at_registration(api: ApiHarness) -> None:
     before = api.table_snapshot("modules")
-    registration = {"action": "tagger", "params_schema": {
-        "type": "object", "patternProperties": {"^(?=x)": {"type": "string"}}}}
-    body = _problem(api.client.post("/api/v1/modules", json=registration,
-                                    headers=api.headers("patterns", ["Tenant.Admin"])), 422)
+    registration = {
+        "action": "tagger",
+        "params_schema": {"type": "object", "patternProperties": {"^(?=x)": {"type": "string"}}},
+    }
+    body = _problem(
+        api.client.post("/api/v1/modules", json=registration, headers=api.headers("patterns", ["Tenant.Admin"])), 422
+    )
     assert [error["pointer"] for error in body["errors"]] == ["/params_schema/patternProperties/^(?=x)"]
     assert api.table_snapshot("modules") == before

@@ -25,31 +25,39 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def tenants(api: ApiHarness) -> dict[str, uuid.UUID]:  # noqa: F811
+def tenants(api: ApiHarness) -> dict[str, uuid.UUID]:
     return {name: api.provision(name).id for name in ("gamma", "delta")}
 
 
-def _attempt(pool: ConnectionPool[Any], tenant_id: uuid.UUID, *, remote: bool = False,
-             ttl_s: int = 600) -> tuple[AttemptKey, task_tokens.IssuedToken | None]:
+def _attempt(
+    pool: ConnectionPool[Any], tenant_id: uuid.UUID, *, remote: bool = False, ttl_s: int = 600
+) -> tuple[AttemptKey, task_tokens.IssuedToken | None]:
     execution = _execution(pool, tenant_id, path=["running"])
     key = AttemptKey(execution.id, "build", "run", 1)
     with tenant_transaction(tenant_id, pool=pool) as conn:
         store.seed_steps(conn, execution.id, [StepSeed("build", "build-container", 3)])
         token = task_tokens.issue(conn, tenant_id, key, ttl_s) if remote else None
-        store.begin_attempt(conn, key, action="build-container", remote=remote,
-                            token_nonce=token.nonce if token else None,
-                            token_expires_at=token.expires_at if token else None)
+        store.begin_attempt(
+            conn,
+            key,
+            action="build-container",
+            remote=remote,
+            token_nonce=token.nonce if token else None,
+            token_expires_at=token.expires_at if token else None,
+        )
     return key, token
 
 
-def test_a_result_is_applied_once_and_the_first_verdict_stands(app_pool: ConnectionPool[Any],
-                                                                tenants: dict[str, uuid.UUID]) -> None:
+def test_a_result_is_applied_once_and_the_first_verdict_stands(
+    app_pool: ConnectionPool[Any], tenants: dict[str, uuid.UUID]
+) -> None:
     key, _ = _attempt(app_pool, tenants["gamma"])
     with tenant_transaction(tenants["gamma"], pool=app_pool) as conn:
         first, applied = store.finish_attempt(conn, key, ok=True, output={"image": "a"})
         second, again = store.finish_attempt(conn, key, ok=False, error="late timeout", state="timed_out")
-        events = conn.execute("SELECT type FROM app.execution_events WHERE execution_id = %s AND step_id = 'build'",
-                              (key.execution_id,)).fetchall()
+        events = conn.execute(
+            "SELECT type FROM app.execution_events WHERE execution_id = %s AND step_id = 'build'", (key.execution_id,)
+        ).fetchall()
         step = store.list_steps(conn, key.execution_id)[0]
     assert (applied, again) == (True, False)
     assert second.verdict() == first.verdict() == {"ok": True, "output": {"image": "a"}}
@@ -57,18 +65,22 @@ def test_a_result_is_applied_once_and_the_first_verdict_stands(app_pool: Connect
     assert (step["state"], step["output"]) == ("succeeded", {"image": "a"})
 
 
-def test_beginning_an_attempt_twice_records_it_once(app_pool: ConnectionPool[Any],
-                                                    tenants: dict[str, uuid.UUID]) -> None:
+def test_beginning_an_attempt_twice_records_it_once(
+    app_pool: ConnectionPool[Any], tenants: dict[str, uuid.UUID]
+) -> None:
     key, _ = _attempt(app_pool, tenants["gamma"])
     with tenant_transaction(tenants["gamma"], pool=app_pool) as conn:
         _, new = store.begin_attempt(conn, key, action="build-container", remote=False)
-        started = conn.execute("SELECT count(*) AS n FROM app.execution_events WHERE execution_id = %s"
-                               " AND type = 'step_started'", (key.execution_id,)).fetchone()
+        started = conn.execute(
+            "SELECT count(*) AS n FROM app.execution_events WHERE execution_id = %s AND type = 'step_started'",
+            (key.execution_id,),
+        ).fetchone()
     assert new is False and started is not None and started["n"] == 1
 
 
 def test_a_task_token_verifies_once_and_refuses_forgery_expiry_and_another_tenant(
-        app_pool: ConnectionPool[Any], tenants: dict[str, uuid.UUID]) -> None:
+    app_pool: ConnectionPool[Any], tenants: dict[str, uuid.UUID]
+) -> None:
     key, token = _attempt(app_pool, tenants["gamma"], remote=True)
     assert token is not None
     payload, signature = token.token.split(".")[1:]
@@ -93,8 +105,7 @@ def test_a_task_token_verifies_once_and_refuses_forgery_expiry_and_another_tenan
         assert store.attempt_by_token(conn, token.nonce) is None
 
 
-def test_the_same_attempt_reissues_the_same_token(app_pool: ConnectionPool[Any],
-                                                  tenants: dict[str, uuid.UUID]) -> None:
+def test_the_same_attempt_reissues_the_same_token(app_pool: ConnectionPool[Any], tenants: dict[str, uuid.UUID]) -> None:
     key, token = _attempt(app_pool, tenants["delta"], remote=True)
     assert token is not None
     with tenant_transaction(tenants["delta"], pool=app_pool) as conn:
@@ -103,9 +114,14 @@ def test_the_same_attempt_reissues_the_same_token(app_pool: ConnectionPool[Any],
 
 
 def test_a_suspended_tenant_starts_no_execution(app_pool: ConnectionPool[Any], tenants: dict[str, uuid.UUID]) -> None:
-    facts = TenantFacts(id=tenants["gamma"], status="suspended", allowed_targets=frozenset({"staging"}),
-                        allowed_modules=frozenset({"wait"}))
+    facts = TenantFacts(
+        id=tenants["gamma"],
+        status="suspended",
+        allowed_targets=frozenset({"staging"}),
+        allowed_modules=frozenset({"wait"}),
+    )
     with tenant_transaction(tenants["gamma"], pool=app_pool) as conn:
         with pytest.raises(TenantSuspendedError):
-            start_execution(conn, facts, StartRequest(intent_id=uuid.uuid4()), max_concurrent=10,
-                            authorize=lambda _item: None)
+            start_execution(
+                conn, facts, StartRequest(intent_id=uuid.uuid4()), max_concurrent=10, authorize=lambda _item: None
+            )

@@ -17,7 +17,7 @@ TENANT_ADMIN = ["Tenant.Admin"]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _tenants(api: ApiHarness) -> None:  # noqa: F811
+def _tenants(api: ApiHarness) -> None:
     api.provision("gamma")
 
 
@@ -34,7 +34,7 @@ def private_networks(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     get_settings.cache_clear()
 
 
-def _patch(api: ApiHarness, settings: dict[str, Any]) -> Any:  # noqa: F811
+def _patch(api: ApiHarness, settings: dict[str, Any]) -> Any:
     return api.client.patch("/api/v1/tenant", json={"settings": settings}, headers=api.headers("gamma", TENANT_ADMIN))
 
 
@@ -45,7 +45,7 @@ def _problem(response: Any, status: int) -> dict[str, Any]:
     return body
 
 
-def test_loopback_in_allowed_hosts_is_422_and_changes_nothing(api: ApiHarness, private_networks: Any) -> None:  # noqa: F811
+def test_loopback_in_allowed_hosts_is_422_and_changes_nothing(api: ApiHarness, private_networks: Any) -> None:
     before = api.table_snapshot("tenants")
     body = _problem(_patch(api, {"allowed_hosts": ["api.example.com", "127.0.0.1"], "feature.x": True}), 422)
     assert body["status"] == 422 and body["type"].endswith("/validation-error")
@@ -55,22 +55,26 @@ def test_loopback_in_allowed_hosts_is_422_and_changes_nothing(api: ApiHarness, p
 
 
 @pytest.mark.parametrize("entry", ["localhost", "db.internal", "10.0.0.8", "[::1]", "169.254.169.254"])
-def test_other_private_entries_are_refused(api: ApiHarness, private_networks: Any, entry: str) -> None:  # noqa: F811
+def test_other_private_entries_are_refused(api: ApiHarness, private_networks: Any, entry: str) -> None:
     before = api.table_snapshot("tenants")
     body = _problem(_patch(api, {"allowed_hosts": [entry]}), 422)
     assert body["errors"][0]["pointer"] == "/settings/allowed_hosts/0" and repr(entry) in body["errors"][0]["detail"]
     assert api.table_snapshot("tenants") == before
 
 
-def test_public_hosts_are_accepted_with_private_networks_closed(api: ApiHarness,  # noqa: F811
-                                                                private_networks: Any) -> None:
+def test_public_hosts_are_accepted_with_private_networks_closed(
+    api: ApiHarness,
+    private_networks: Any,
+) -> None:
     response = _patch(api, {"allowed_hosts": ["api.example.com"]})
     assert response.status_code == 200, response.text
     assert response.json()["settings"]["allowed_hosts"] == ["api.example.com"]
 
 
-def test_local_development_may_allow_loopback_but_never_metadata(api: ApiHarness,  # noqa: F811
-                                                                 private_networks: Any) -> None:
+def test_local_development_may_allow_loopback_but_never_metadata(
+    api: ApiHarness,
+    private_networks: Any,
+) -> None:
     private_networks(True)
     response = _patch(api, {"allowed_hosts": ["127.0.0.1", "localhost"]})
     assert response.status_code == 200, response.text

@@ -232,15 +232,23 @@ def test_the_widest_bigint_is_accepted(api: ApiHarness, tenant: str) -> None:
 
 def test_what_the_platform_answers_it_accepts_back(api: ApiHarness, tenant: str) -> None:
     # jsonb stores 1e19 as a 20-digit numeric: read back as an integer it would be refused as one when sent again.
-    body = {"name": "round-trip-of-a-large-float", "definition": {"target": "staging", "steps": [
-        {"action": "artifact.write", "name": "n.json", "content": {"large": 1e19, "huge": -1.5e300}}]}}
+    body = {
+        "name": "round-trip-of-a-large-float",
+        "definition": {
+            "target": "staging",
+            "steps": [{"action": "artifact.write", "name": "n.json", "content": {"large": 1e19, "huge": -1.5e300}}],
+        },
+    }
     created = api.client.post("/api/v1/intents", json=body, headers=_auth(api, tenant))
     assert created.status_code == 201, created.text
     fetched = api.client.get(f"/api/v1/intents/{created.json()['id']}", headers=_auth(api, tenant))
     content = fetched.json()["definition"]["steps"][0]["params"]["content"]
     assert content == {"large": 1e19, "huge": -1.5e300}
-    again = api.client.put(f"/api/v1/intents/{created.json()['id']}", json=fetched.json(),
-                           headers={**_auth(api, tenant), "If-Match": fetched.headers["etag"]})
+    again = api.client.put(
+        f"/api/v1/intents/{created.json()['id']}",
+        json=fetched.json(),
+        headers={**_auth(api, tenant), "If-Match": fetched.headers["etag"]},
+    )
     assert again.status_code == 200, again.text
 
 

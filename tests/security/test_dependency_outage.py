@@ -50,7 +50,7 @@ def _start_server(data_dir: Path) -> str:
     done = subprocess.run(
         [sys.executable, "-c", script, str(data_dir)],
         cwd=PROJECT_ROOT,
-        check=True,  # noqa: S603
+        check=True,
         capture_output=True,
         text=True,
         timeout=120,

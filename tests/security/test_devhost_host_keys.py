@@ -63,7 +63,7 @@ def _guarded_requests(instance_id: str) -> list[tuple[str, str, dict[str, Any]]]
 
 
 def test_management_api_and_hub_routes_answer_401_without_the_master_key(
-    devhost_factory: DevhostFactory,  # noqa: F811
+    devhost_factory: DevhostFactory,
 ) -> None:
     host = devhost_factory()
     key, secret = host.host_key, f"secret-{uuid.uuid4().hex}"
@@ -127,7 +127,7 @@ def test_management_api_and_hub_routes_answer_401_without_the_master_key(
 
 
 def test_the_sdk_client_works_through_the_binding_and_fails_without_the_key(
-    devhost_factory: DevhostFactory,  # noqa: F811
+    devhost_factory: DevhostFactory,
 ) -> None:
     host = devhost_factory()
     key = host.host_key
@@ -171,7 +171,7 @@ def test_the_sdk_client_works_through_the_binding_and_fails_without_the_key(
 
 
 def test_the_master_key_is_private_stable_across_restarts_and_printed_by_the_cli(
-    devhost_factory: DevhostFactory,  # noqa: F811
+    devhost_factory: DevhostFactory,
     tmp_path: Path,
 ) -> None:
     host = devhost_factory()
@@ -179,7 +179,7 @@ def test_the_master_key_is_private_stable_across_restarts_and_printed_by_the_cli
     path = master_key_path(host.data_dir.resolve())
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) & 0o077 == 0
-    printed = subprocess.run(  # noqa: S603  # our own interpreter and module
+    printed = subprocess.run(  # our own interpreter and module
         [sys.executable, "-m", "devhost", "key", "--data-dir", str(host.data_dir)],
         cwd=PROJECT_ROOT,
         capture_output=True,

@@ -28,8 +28,8 @@ pytestmark = pytest.mark.e2e
 
 
 def test_a_reused_output_tampered_in_storage_fails_the_retry_before_anything_reads_it(
-    platform: Platform,  # noqa: F811
-    side_effects: SideEffects,  # noqa: F811
+    platform: Platform,
+    side_effects: SideEffects,
     azurite: Any,
 ) -> None:
     tag = uuid.uuid4().hex[:6]

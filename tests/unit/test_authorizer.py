@@ -33,27 +33,63 @@ OTHER_REQUESTER = "11111111-1111-4111-8111-111111111111/22222222-2222-4222-8222-
 # The expected matrix, written from the role descriptions of DESIGN.md §8 and issue 3, not from the policies.
 # ---------------------------------------------------------------------------------------------------------------
 
-ROLES = (PLATFORM_ADMIN, TENANT_ADMIN, INTENT_READER, INTENT_AUTHOR, INTENT_EXECUTOR, INTENT_DEPLOYER,
-         INTENT_APPROVER)
-READER_AND_ABOVE = frozenset({INTENT_READER, INTENT_AUTHOR, INTENT_EXECUTOR, INTENT_DEPLOYER, INTENT_APPROVER,
-                              TENANT_ADMIN})
+ROLES = (PLATFORM_ADMIN, TENANT_ADMIN, INTENT_READER, INTENT_AUTHOR, INTENT_EXECUTOR, INTENT_DEPLOYER, INTENT_APPROVER)
+READER_AND_ABOVE = frozenset(
+    {INTENT_READER, INTENT_AUTHOR, INTENT_EXECUTOR, INTENT_DEPLOYER, INTENT_APPROVER, TENANT_ADMIN}
+)
 
 # Actions whose outcome depends on the role only.
 ROLES_ALLOWED: dict[Action, frozenset[str]] = {
-    **dict.fromkeys([Action.TENANT_CREATE, Action.TENANT_READ, Action.TENANT_UPDATE, Action.TENANT_LIST,
-                     Action.TENANT_EXPORT, Action.TENANT_ERASE],
-                    frozenset({PLATFORM_ADMIN})),
-    **dict.fromkeys([Action.TENANT_SETTINGS_READ, Action.TENANT_SETTINGS_UPDATE, Action.POLICY_READ,
-                     Action.POLICY_CREATE, Action.POLICY_DELETE, Action.AUDIT_READ, Action.MODULE_REGISTER],
-                    frozenset({TENANT_ADMIN})),
-    **dict.fromkeys([Action.INTENT_READ, Action.INTENT_LIST, Action.BLUEPRINT_READ, Action.BLUEPRINT_LIST,
-                     Action.EXECUTION_READ, Action.EXECUTION_LIST, Action.MODULE_READ, Action.MODULE_LIST,
-                     Action.INGRESS_REJECTION_LIST],
-                    READER_AND_ABOVE),
-    **dict.fromkeys([Action.INTENT_CREATE, Action.INTENT_UPDATE, Action.INTENT_ARCHIVE, Action.INTENT_ROLLBACK,
-                     Action.BLUEPRINT_CREATE, Action.BLUEPRINT_UPDATE, Action.BLUEPRINT_ARCHIVE,
-                     Action.BLUEPRINT_ROLLBACK],
-                    frozenset({INTENT_AUTHOR})),
+    **dict.fromkeys(
+        [
+            Action.TENANT_CREATE,
+            Action.TENANT_READ,
+            Action.TENANT_UPDATE,
+            Action.TENANT_LIST,
+            Action.TENANT_EXPORT,
+            Action.TENANT_ERASE,
+        ],
+        frozenset({PLATFORM_ADMIN}),
+    ),
+    **dict.fromkeys(
+        [
+            Action.TENANT_SETTINGS_READ,
+            Action.TENANT_SETTINGS_UPDATE,
+            Action.POLICY_READ,
+            Action.POLICY_CREATE,
+            Action.POLICY_DELETE,
+            Action.AUDIT_READ,
+            Action.MODULE_REGISTER,
+        ],
+        frozenset({TENANT_ADMIN}),
+    ),
+    **dict.fromkeys(
+        [
+            Action.INTENT_READ,
+            Action.INTENT_LIST,
+            Action.BLUEPRINT_READ,
+            Action.BLUEPRINT_LIST,
+            Action.EXECUTION_READ,
+            Action.EXECUTION_LIST,
+            Action.MODULE_READ,
+            Action.MODULE_LIST,
+            Action.INGRESS_REJECTION_LIST,
+        ],
+        READER_AND_ABOVE,
+    ),
+    **dict.fromkeys(
+        [
+            Action.INTENT_CREATE,
+            Action.INTENT_UPDATE,
+            Action.INTENT_ARCHIVE,
+            Action.INTENT_ROLLBACK,
+            Action.BLUEPRINT_CREATE,
+            Action.BLUEPRINT_UPDATE,
+            Action.BLUEPRINT_ARCHIVE,
+            Action.BLUEPRINT_ROLLBACK,
+        ],
+        frozenset({INTENT_AUTHOR}),
+    ),
 }
 
 
@@ -82,13 +118,19 @@ def test_the_spec_covers_every_action() -> None:
 # Helpers
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def principal(*roles: str, tenant_id: UUID = TENANT, app_only: bool = False) -> Principal:
-    return Principal(tenant_id=tenant_id, entra_tenant_id=uuid.uuid4(), object_id=uuid.uuid4(),
-                     roles=frozenset(roles), scopes=frozenset(), app_only=app_only)
+    return Principal(
+        tenant_id=tenant_id,
+        entra_tenant_id=uuid.uuid4(),
+        object_id=uuid.uuid4(),
+        roles=frozenset(roles),
+        scopes=frozenset(),
+        app_only=app_only,
+    )
 
 
-def resource_for(action: Action, *, who: Principal, production: bool, own: bool,
-                 tenant_id: UUID = TENANT) -> Resource:
+def resource_for(action: Action, *, who: Principal, production: bool, own: bool, tenant_id: UUID = TENANT) -> Resource:
     """The resource an API route would build for `action`."""
     target = "production" if production else "staging"
     labels = {"team": "web"}
@@ -104,8 +146,9 @@ def resource_for(action: Action, *, who: Principal, production: bool, own: bool,
         case "blueprint":
             return Resource("Blueprint", "b-1", tenant_id, {"labels": labels})
         case "execution":
-            return Resource("Execution", "e-1", tenant_id,
-                            {"target": target, "requested_by": requested_by, "labels": labels})
+            return Resource(
+                "Execution", "e-1", tenant_id, {"target": target, "requested_by": requested_by, "labels": labels}
+            )
         case "policy":
             return Resource("Policy", "p-1", tenant_id)
         case "audit":
@@ -135,14 +178,20 @@ CELLS = [Cell(*combo) for combo in itertools.product(ROLES, list(Action), (False
 # The matrix
 # ---------------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
-    "cell", CELLS,
-    ids=[f"{c.role}-{c.action.value}-{'prod' if c.production else 'staging'}-{'own' if c.own else 'other'}"
-         for c in CELLS])
+    "cell",
+    CELLS,
+    ids=[
+        f"{c.role}-{c.action.value}-{'prod' if c.production else 'staging'}-{'own' if c.own else 'other'}"
+        for c in CELLS
+    ],
+)
 def test_matrix(authz: Authorizer, cell: Cell) -> None:
     who = principal(cell.role)
-    decision = authz.decide(who, cell.action, resource_for(cell.action, who=who, production=cell.production,
-                                                            own=cell.own), tenant=FACTS)
+    decision = authz.decide(
+        who, cell.action, resource_for(cell.action, who=who, production=cell.production, own=cell.own), tenant=FACTS
+    )
     assert (decision.allowed, decision.reason) == expected(cell.role, cell.action, cell.production, cell.own)
     if decision.allowed:
         assert decision.policies and all(p.startswith("permit.") for p in decision.policies)
@@ -150,9 +199,12 @@ def test_matrix(authz: Authorizer, cell: Cell) -> None:
 
 def test_combined_roles_still_cannot_self_approve(authz: Authorizer) -> None:
     who = principal(INTENT_EXECUTOR, INTENT_APPROVER, TENANT_ADMIN)
-    decision = authz.decide(who, Action.EXECUTION_APPROVE,
-                            resource_for(Action.EXECUTION_APPROVE, who=who, production=False, own=True),
-                            tenant=FACTS)
+    decision = authz.decide(
+        who,
+        Action.EXECUTION_APPROVE,
+        resource_for(Action.EXECUTION_APPROVE, who=who, production=False, own=True),
+        tenant=FACTS,
+    )
     assert decision == Decision(False, "self_approval", ("forbid.self_approval",))
 
 
@@ -160,8 +212,7 @@ def test_no_roles_is_denied_everything(authz: Authorizer) -> None:
     who = principal()
     for action in Action:
         for own in (False, True):
-            decision = authz.decide(who, action, resource_for(action, who=who, production=False, own=own),
-                                    tenant=FACTS)
+            decision = authz.decide(who, action, resource_for(action, who=who, production=False, own=own), tenant=FACTS)
             assert not decision.allowed, action
             assert decision.reason in {"role_required", "self_approval"}
 
@@ -170,12 +221,15 @@ def test_no_roles_is_denied_everything(authz: Authorizer) -> None:
 # Isolation and suspension
 # ---------------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("action", [a for a in Action if not a.value.startswith("tenant.")
-                                    or a.value.startswith("tenant.settings")])
+
+@pytest.mark.parametrize(
+    "action", [a for a in Action if not a.value.startswith("tenant.") or a.value.startswith("tenant.settings")]
+)
 def test_other_tenants_resource_is_cross_tenant(authz: Authorizer, action: Action) -> None:
     who = principal(*ROLES)  # every role: only the tenant boundary can deny
-    decision = authz.decide(who, action, resource_for(action, who=who, production=False, own=False,
-                                                      tenant_id=OTHER_TENANT), tenant=FACTS)
+    decision = authz.decide(
+        who, action, resource_for(action, who=who, production=False, own=False, tenant_id=OTHER_TENANT), tenant=FACTS
+    )
     assert decision == Decision(False, "cross_tenant", ("forbid.cross_tenant",))
 
 
@@ -183,8 +237,7 @@ def test_other_tenants_resource_is_cross_tenant(authz: Authorizer, action: Actio
 def test_suspended_tenant_is_denied_everything(authz: Authorizer, action: Action) -> None:
     who = principal(*ROLES)
     suspended = TenantFacts(TENANT, "suspended", FACTS.allowed_targets, FACTS.allowed_modules)
-    decision = authz.decide(who, action, resource_for(action, who=who, production=False, own=False),
-                            tenant=suspended)
+    decision = authz.decide(who, action, resource_for(action, who=who, production=False, own=False), tenant=suspended)
     assert not decision.allowed
     assert decision.reason == "tenant_suspended"
     assert "forbid.tenant_suspended" in decision.policies
@@ -196,13 +249,15 @@ def test_unknown_status_counts_as_not_active(authz: Authorizer) -> None:
     assert authz.decide(who, Action.INTENT_LIST, Resource.tenant(TENANT), tenant=facts).reason == "tenant_suspended"
 
 
-@pytest.mark.parametrize("action", [a for a in Action if not a.value.startswith("tenant.")
-                                    or a.value.startswith("tenant.settings")])
+@pytest.mark.parametrize(
+    "action", [a for a in Action if not a.value.startswith("tenant.") or a.value.startswith("tenant.settings")]
+)
 def test_platform_admin_sees_no_tenant_data(authz: Authorizer, action: Action) -> None:
     who = principal(PLATFORM_ADMIN)
     for tenant_id in (TENANT, OTHER_TENANT):
-        decision = authz.decide(who, action, resource_for(action, who=who, production=False, own=False,
-                                                          tenant_id=tenant_id), tenant=FACTS)
+        decision = authz.decide(
+            who, action, resource_for(action, who=who, production=False, own=False, tenant_id=tenant_id), tenant=FACTS
+        )
         assert not decision.allowed
         assert decision.reason in {"role_required", "cross_tenant"}
 
@@ -211,6 +266,7 @@ def test_platform_admin_sees_no_tenant_data(authz: Authorizer, action: Action) -
 # Failing closed
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def test_facts_of_another_tenant_fail_closed(authz: Authorizer) -> None:
     who = principal(INTENT_READER)
     other_facts = TenantFacts(OTHER_TENANT, "active", frozenset(), frozenset())
@@ -218,16 +274,26 @@ def test_facts_of_another_tenant_fail_closed(authz: Authorizer) -> None:
     assert decision == Decision(False, "policy_error", ())
 
 
-@pytest.mark.parametrize(("action", "resource"), [
-    ("intent.frobnicate", Resource.tenant(TENANT)),  # unknown action
-    (Action.INTENT_READ, Resource("Execution", "e-1", TENANT,  # wrong resource type for the action
-                                  {"target": "staging", "requested_by": OTHER_REQUESTER})),
-    (Action.INTENT_READ, Resource("Intent", "i-1", TENANT, {})),  # missing target
-    (Action.INTENT_READ, Resource("Intent", "i-1", TENANT, {"target": 1})),  # mistyped target
-    (Action.INTENT_READ, Resource("Intent", "i-1", TENANT, {"target": "x", "labels": "team=web"})),
-    (Action.INTENT_READ, Resource("Intent", "i-1", None, {"target": "x"})),  # no tenant
-    (Action.INTENT_READ, Resource("Widget", "w-1", TENANT, {})),
-])
+@pytest.mark.parametrize(
+    ("action", "resource"),
+    [
+        ("intent.frobnicate", Resource.tenant(TENANT)),  # unknown action
+        (
+            Action.INTENT_READ,
+            Resource(
+                "Execution",
+                "e-1",
+                TENANT,  # wrong resource type for the action
+                {"target": "staging", "requested_by": OTHER_REQUESTER},
+            ),
+        ),
+        (Action.INTENT_READ, Resource("Intent", "i-1", TENANT, {})),  # missing target
+        (Action.INTENT_READ, Resource("Intent", "i-1", TENANT, {"target": 1})),  # mistyped target
+        (Action.INTENT_READ, Resource("Intent", "i-1", TENANT, {"target": "x", "labels": "team=web"})),
+        (Action.INTENT_READ, Resource("Intent", "i-1", None, {"target": "x"})),  # no tenant
+        (Action.INTENT_READ, Resource("Widget", "w-1", TENANT, {})),
+    ],
+)
 def test_bad_requests_fail_closed(authz: Authorizer, action: str, resource: Resource) -> None:
     decision = authz.decide(principal(*ROLES), action, resource, tenant=FACTS)
     assert decision == Decision(False, "policy_error", ())
@@ -235,8 +301,10 @@ def test_bad_requests_fail_closed(authz: Authorizer, action: str, resource: Reso
 
 def test_labels_accept_mapping_or_strings(authz: Authorizer) -> None:
     who = principal(INTENT_READER)
-    forbid = ('forbid (principal, action == QP::Action::"intent.read", resource) '
-              'when { resource.labels.contains("data=secret") };')
+    forbid = (
+        'forbid (principal, action == QP::Action::"intent.read", resource) '
+        'when { resource.labels.contains("data=secret") };'
+    )
     for labels in ({"data": "secret"}, ["data=secret"], frozenset({"data=secret"})):
         intent = Resource("Intent", "i-1", TENANT, {"target": "staging", "labels": labels})
         decision = authz.decide(who, Action.INTENT_READ, intent, tenant=FACTS, tenant_policies=[forbid])
@@ -261,18 +329,21 @@ def test_tenant_forbid_denies_what_the_platform_allowed(authz: Authorizer) -> No
     plain = Resource("Intent", "i-2", TENANT, {"target": "production", "labels": {"data": "public"}})
 
     assert authz.decide(deployer, Action.INTENT_EXECUTE, secret, tenant=FACTS).allowed
-    assert authz.decide(deployer, Action.INTENT_EXECUTE, plain, tenant=FACTS,
-                        tenant_policies=[NO_SECRET_PRODUCTION]).allowed
-    decision = authz.decide(deployer, Action.INTENT_EXECUTE, secret, tenant=FACTS,
-                            tenant_policies=[NO_SECRET_PRODUCTION])
+    assert authz.decide(
+        deployer, Action.INTENT_EXECUTE, plain, tenant=FACTS, tenant_policies=[NO_SECRET_PRODUCTION]
+    ).allowed
+    decision = authz.decide(
+        deployer, Action.INTENT_EXECUTE, secret, tenant=FACTS, tenant_policies=[NO_SECRET_PRODUCTION]
+    )
     assert decision == Decision(False, "denied_by_tenant_policy", ("tenant:no-secret-in-production",))
 
 
 def test_platform_forbid_names_the_reason_over_a_tenant_forbid(authz: Authorizer) -> None:
     executor = principal(INTENT_EXECUTOR)
     secret = Resource("Intent", "i-1", TENANT, {"target": "production", "labels": {"data": "secret"}})
-    decision = authz.decide(executor, Action.INTENT_EXECUTE, secret, tenant=FACTS,
-                            tenant_policies=[NO_SECRET_PRODUCTION])
+    decision = authz.decide(
+        executor, Action.INTENT_EXECUTE, secret, tenant=FACTS, tenant_policies=[NO_SECRET_PRODUCTION]
+    )
     assert decision.reason == "production_requires_deployer"
     assert set(decision.policies) == {"forbid.production_requires_deployer", "tenant:no-secret-in-production"}
 
@@ -280,43 +351,67 @@ def test_platform_forbid_names_the_reason_over_a_tenant_forbid(authz: Authorizer
 def test_tenant_policy_cannot_pose_as_a_platform_policy(authz: Authorizer) -> None:
     spoof = '@id("forbid.self_approval") forbid (principal, action == QP::Action::"intent.read", resource);'
     assert authz.validate_tenant_policy(spoof) == []
-    decision = authz.decide(principal(INTENT_READER), Action.INTENT_READ,
-                            Resource("Intent", "i-1", TENANT, {"target": "staging"}), tenant=FACTS,
-                            tenant_policies=[spoof])
+    decision = authz.decide(
+        principal(INTENT_READER),
+        Action.INTENT_READ,
+        Resource("Intent", "i-1", TENANT, {"target": "staging"}),
+        tenant=FACTS,
+        tenant_policies=[spoof],
+    )
     assert decision == Decision(False, "denied_by_tenant_policy", ("tenant:forbid.self_approval",))
 
 
 def test_a_stored_permit_fails_closed_but_never_locks_out_policy_admin(authz: Authorizer) -> None:
     widening = 'permit (principal, action == QP::Action::"intent.execute", resource);'
     reader = principal(INTENT_READER, TENANT_ADMIN)
-    decision = authz.decide(reader, Action.INTENT_EXECUTE,
-                            Resource("Intent", "i-1", TENANT, {"target": "staging"}), tenant=FACTS,
-                            tenant_policies=[widening])
+    decision = authz.decide(
+        reader,
+        Action.INTENT_EXECUTE,
+        Resource("Intent", "i-1", TENANT, {"target": "staging"}),
+        tenant=FACTS,
+        tenant_policies=[widening],
+    )
     assert decision == Decision(False, "policy_error", ())
     # The admin can still delete the row that broke the tenant: tenant policies never apply to policy.*.
-    assert authz.decide(reader, Action.POLICY_DELETE, Resource("Policy", "p-1", TENANT), tenant=FACTS,
-                        tenant_policies=[widening]).allowed
+    assert authz.decide(
+        reader, Action.POLICY_DELETE, Resource("Policy", "p-1", TENANT), tenant=FACTS, tenant_policies=[widening]
+    ).allowed
 
 
-@pytest.mark.parametrize(("text", "fragment"), [
-    ('forbid (principal, action == QP::Action::"intent.read", resource', "syntax error"),
-    ('forbid (principal, action == QP::Action::"intent.read", resource is QP::Intent) '
-     'when { resource.lables.contains("x") };', "attribute `lables`"),
-    ('forbid (principal, action == QP::Action::"intent.read", resource is QP::Intent) '
-     'when { principal.role.contains("x") };', "attribute `role`"),
-    ('forbid (principal, action == QP::Action::"intent.reed", resource);', "intent.reed"),
-    ('permit (principal, action == QP::Action::"intent.execute", resource);', "only `forbid`"),
-    ('permit (principal, action == QP::Action::"intent.read", resource) '
-     'when { principal.tenant == resource.tenant };', "only `forbid`"),
-    ('forbid (principal, action, resource) when { principal.app_only };', "name the actions"),
-    ('forbid (principal, action == QP::Action::"policy.delete", resource);', "policy.delete"),
-    ('forbid (principal, action == QP::Action::"tenant.create", resource);', "tenant.create"),
-    ('forbid (principal == ?principal, action == QP::Action::"intent.read", resource);', "templates"),
-    ('forbid (principal, action == QP::Action::"intent.read", resource);\n'
-     'forbid (principal, action == QP::Action::"intent.list", resource);', "exactly one policy"),
-    ("", "exactly one policy"),
-    ("// " + "x" * 10_001, "at most"),
-])
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('forbid (principal, action == QP::Action::"intent.read", resource', "syntax error"),
+        (
+            'forbid (principal, action == QP::Action::"intent.read", resource is QP::Intent) '
+            'when { resource.lables.contains("x") };',
+            "attribute `lables`",
+        ),
+        (
+            'forbid (principal, action == QP::Action::"intent.read", resource is QP::Intent) '
+            'when { principal.role.contains("x") };',
+            "attribute `role`",
+        ),
+        ('forbid (principal, action == QP::Action::"intent.reed", resource);', "intent.reed"),
+        ('permit (principal, action == QP::Action::"intent.execute", resource);', "only `forbid`"),
+        (
+            'permit (principal, action == QP::Action::"intent.read", resource) '
+            "when { principal.tenant == resource.tenant };",
+            "only `forbid`",
+        ),
+        ("forbid (principal, action, resource) when { principal.app_only };", "name the actions"),
+        ('forbid (principal, action == QP::Action::"policy.delete", resource);', "policy.delete"),
+        ('forbid (principal, action == QP::Action::"tenant.create", resource);', "tenant.create"),
+        ('forbid (principal == ?principal, action == QP::Action::"intent.read", resource);', "templates"),
+        (
+            'forbid (principal, action == QP::Action::"intent.read", resource);\n'
+            'forbid (principal, action == QP::Action::"intent.list", resource);',
+            "exactly one policy",
+        ),
+        ("", "exactly one policy"),
+        ("// " + "x" * 10_001, "at most"),
+    ],
+)
 def test_invalid_tenant_policies_are_rejected(authz: Authorizer, text: str, fragment: str) -> None:
     errors = authz.validate_tenant_policy(text)
     assert errors
@@ -330,7 +425,7 @@ def test_valid_tenant_policies(authz: Authorizer) -> None:
         'forbid (principal, action in [QP::Action::"module.register"], resource is QP::Module) '
         'when { resource.name like "legacy-*" };',
         'forbid (principal, action == QP::Action::"intent.execute", resource) '
-        'unless { principal.tenant.allowed_targets.contains(resource.target) };',
+        "unless { principal.tenant.allowed_targets.contains(resource.target) };",
     ]:
         assert authz.validate_tenant_policy(text) == [], text
 
@@ -339,28 +434,52 @@ def test_valid_tenant_policies(authz: Authorizer) -> None:
 # Loading
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def test_get_authorizer_is_cached() -> None:
     assert get_authorizer() is get_authorizer()
 
 
 def _files() -> tuple[str, dict[str, str]]:
     from shared.policy.authorizer import _read_platform_files
+
     return _read_platform_files()
 
 
-@pytest.mark.parametrize(("change", "fragment"), [
-    (lambda p: {**p, "typo.cedar": '@id("permit.x") permit (principal, action, resource) '
-                                    'when { principal.rolez.contains("x") };'}, "invalid platform policies"),
-    (lambda p: {**p, "noid.cedar": 'forbid (principal, action, resource) when { false };'}, "has no @id"),
-    (lambda p: {**p, "dup.cedar": '@id("forbid.cross_tenant") forbid (principal, action, resource) '
-                                   'when { false };'}, "duplicate"),
-    (lambda p: {**p, "reason.cedar": '@id("forbid.because") forbid (principal, action, resource) '
-                                      'when { false };'}, "no known reason"),
-    (lambda p: {**p, "prefix.cedar": '@id("allow.all") permit (principal, action, resource) '
-                                      'when { false };'}, "must start with"),
-])
-def test_invalid_platform_policies_fail_loudly(change: Callable[[dict[str, str]], dict[str, str]],
-                                              fragment: str) -> None:
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        (
+            lambda p: {
+                **p,
+                "typo.cedar": '@id("permit.x") permit (principal, action, resource) '
+                'when { principal.rolez.contains("x") };',
+            },
+            "invalid platform policies",
+        ),
+        (lambda p: {**p, "noid.cedar": "forbid (principal, action, resource) when { false };"}, "has no @id"),
+        (
+            lambda p: {
+                **p,
+                "dup.cedar": '@id("forbid.cross_tenant") forbid (principal, action, resource) when { false };',
+            },
+            "duplicate",
+        ),
+        (
+            lambda p: {
+                **p,
+                "reason.cedar": '@id("forbid.because") forbid (principal, action, resource) when { false };',
+            },
+            "no known reason",
+        ),
+        (
+            lambda p: {**p, "prefix.cedar": '@id("allow.all") permit (principal, action, resource) when { false };'},
+            "must start with",
+        ),
+    ],
+)
+def test_invalid_platform_policies_fail_loudly(
+    change: Callable[[dict[str, str]], dict[str, str]], fragment: str
+) -> None:
     schema, policies = _files()
     with pytest.raises(PolicyLoadError, match=fragment):
         Authorizer(schema, change(policies))

@@ -7,17 +7,28 @@ import pytest
 
 from shared.config import SettingsError, load_settings
 
-_BASE = {"QP_DATABASE_URL": "host=/tmp dbname=quantum user=qp_app",
-         "QP_DATABASE_CONTROL_URL": "host=/tmp dbname=quantum user=qp_control",
-         "QP_BLOB_CONNECTION_STRING": "UseDevelopmentStorage=true"}
+_BASE = {
+    "QP_DATABASE_URL": "host=/tmp dbname=quantum user=qp_app",
+    "QP_DATABASE_CONTROL_URL": "host=/tmp dbname=quantum user=qp_control",
+    "QP_BLOB_CONNECTION_STRING": "UseDevelopmentStorage=true",
+}
 
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("QP_DATABASE_URL", "QP_DATABASE_CONTROL_URL", "QP_DATABASE_CONTROL_CLIENT_ID",
-                 "QP_DATABASE_ENTRA_AUTH", "QP_ENVIRONMENT", "QP_BLOB_CONNECTION_STRING", "QP_BLOB_ACCOUNT_URL",
-                 "QP_TASK_HUB", "QP_DATABASE_POOL_MAX", "QP_EVENTHUB_BACKEND",
-                 "EventHubConnection__fullyQualifiedNamespace"):
+    for name in (
+        "QP_DATABASE_URL",
+        "QP_DATABASE_CONTROL_URL",
+        "QP_DATABASE_CONTROL_CLIENT_ID",
+        "QP_DATABASE_ENTRA_AUTH",
+        "QP_ENVIRONMENT",
+        "QP_BLOB_CONNECTION_STRING",
+        "QP_BLOB_ACCOUNT_URL",
+        "QP_TASK_HUB",
+        "QP_DATABASE_POOL_MAX",
+        "QP_EVENTHUB_BACKEND",
+        "EventHubConnection__fullyQualifiedNamespace",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 

@@ -40,8 +40,12 @@ BASE_URL = "http://127.0.0.1:7071"
 def _context(data_dir: Path, base_url: str = BASE_URL) -> HostContext:
     # The identity component uses only data_dir and base_url; the function index and invoker are irrelevant.
     return HostContext(
-        index=cast(Any, None), invoker=cast(Any, None), database_url="", data_dir=data_dir,
-        base_url=base_url, task_hub="test",
+        index=cast(Any, None),
+        invoker=cast(Any, None),
+        database_url="",
+        data_dir=data_dir,
+        base_url=base_url,
+        task_hub="test",
     )
 
 
@@ -53,8 +57,11 @@ def _verify(token: str, identity: DevIdentity, **kwargs: Any) -> dict[str, Any]:
     kwargs.setdefault("issuer", jwk["issuer"].replace("{tenantid}", tid))
     kwargs.setdefault("audience", DEFAULT_AUDIENCE)
     return jwt.decode(
-        token, jwt.PyJWK(jwk), algorithms=["RS256"],
-        options={"require": ["exp", "iat", "nbf", "iss", "aud", "tid", "oid"]}, **kwargs,
+        token,
+        jwt.PyJWK(jwk),
+        algorithms=["RS256"],
+        options={"require": ["exp", "iat", "nbf", "iss", "aud", "tid", "oid"]},
+        **kwargs,
     )
 
 
@@ -132,7 +139,9 @@ def test_kid_is_the_rfc7638_thumbprint() -> None:
 
 def test_user_token_is_shaped_like_entra_v2(identity: DevIdentity) -> None:
     token = identity.mint_token(
-        tenant="contoso", roles=["Intent.Author", "Intent.Reader"], scopes=["access_as_user", "Intent.Read"],
+        tenant="contoso",
+        roles=["Intent.Author", "Intent.Reader"],
+        scopes=["access_as_user", "Intent.Read"],
         name="Ada Lovelace",
     )
     header = jwt.get_unverified_header(token)
@@ -236,7 +245,14 @@ def test_extra_claims_override_and_remove(identity: DevIdentity) -> None:
 def test_module_functions_mint_with_the_persisted_key(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     token = mint_token_cli(
-        data_dir, BASE_URL, "contoso", ["Tenant.Admin"], ["Intent.Read"], None, 600, False,
+        data_dir,
+        BASE_URL,
+        "contoso",
+        ["Tenant.Admin"],
+        ["Intent.Read"],
+        None,
+        600,
+        False,
     )
     # The host started afterwards reuses the key the CLI created, so the CLI's token verifies.
     identity = DevIdentity(_context(data_dir))
@@ -298,14 +314,20 @@ def test_routes_serve_metadata_and_jwks(tmp_path: Path) -> None:
             expected_issuer = common["issuer"].replace("{tenantid}", unverified["tid"])
             assert expected_issuer == concrete["issuer"]
             claims = jwt.decode(
-                token, jwt.PyJWK(key), algorithms=["RS256"], audience=DEFAULT_AUDIENCE,
+                token,
+                jwt.PyJWK(key),
+                algorithms=["RS256"],
+                audience=DEFAULT_AUDIENCE,
                 issuer=expected_issuer,
             )
             assert claims["tid"] == str(tid)
             with pytest.raises(jwt.InvalidIssuerError):
                 jwt.decode(
-                    identity.mint_token(tenant="fabrikam"), jwt.PyJWK(key), algorithms=["RS256"],
-                    audience=DEFAULT_AUDIENCE, issuer=expected_issuer,
+                    identity.mint_token(tenant="fabrikam"),
+                    jwt.PyJWK(key),
+                    algorithms=["RS256"],
+                    audience=DEFAULT_AUDIENCE,
+                    issuer=expected_issuer,
                 )
         await identity.stop()
 

@@ -39,12 +39,14 @@ def test_diamond_runs_the_middle_in_parallel_and_joins() -> None:
 
 
 def test_when_false_skips_and_the_skip_counts_as_done_in_the_same_call() -> None:
-    graph = StepGraph.from_steps(steps(
-        {"id": "a", "action": "x"},
-        {"id": "b", "action": "x", "when": "${inputs.env} == 'prod'"},
-        {"id": "c", "action": "x", "when": "${steps.b.output} == null"},
-        {"id": "d", "action": "x", "depends_on": ["a"], "when": "${steps.a.output.ok} == true"},
-    ))
+    graph = StepGraph.from_steps(
+        steps(
+            {"id": "a", "action": "x"},
+            {"id": "b", "action": "x", "when": "${inputs.env} == 'prod'"},
+            {"id": "c", "action": "x", "when": "${steps.b.output} == null"},
+            {"id": "d", "action": "x", "depends_on": ["a"], "when": "${steps.a.output.ok} == true"},
+        )
+    )
     first = next_steps(graph, RunState(completed={"a": {"ok": True}}), {"env": "dev"})
     # b is skipped (output null), so c's condition on it holds and c is ready in the same call.
     assert first.skipped == ("b",) and first.ready == ("c", "d")
@@ -53,10 +55,12 @@ def test_when_false_skips_and_the_skip_counts_as_done_in_the_same_call() -> None
 
 
 def test_skipped_steps_unblock_their_dependents() -> None:
-    graph = StepGraph.from_steps(steps(
-        {"id": "a", "action": "x", "when": "exists ${inputs.flag}"},
-        {"id": "b", "action": "x"},
-    ))
+    graph = StepGraph.from_steps(
+        steps(
+            {"id": "a", "action": "x", "when": "exists ${inputs.flag}"},
+            {"id": "b", "action": "x"},
+        )
+    )
     schedule = next_steps(graph, RunState(), {})
     assert schedule.skipped == ("a",) and schedule.ready == ("b",)
     assert RunState(completed={"b": 2}, skipped=frozenset({"a"})).outputs() == {"a": None, "b": 2}
@@ -80,7 +84,9 @@ def test_compensation_order_is_reverse_completion_of_compensable_steps() -> None
 def test_default_dependencies_are_the_previous_step_and_bad_graphs_are_refused() -> None:
     graph = StepGraph.from_steps(steps({"id": "a", "action": "x"}, {"id": "b", "action": "x"}))
     assert [node.depends_on for node in graph.nodes] == [(), ("a",)]
-    cyclic = [Step.model_validate({"id": "a", "action": "x", "depends_on": ["b"]}),
-              Step.model_validate({"id": "b", "action": "x", "depends_on": ["a"]})]
+    cyclic = [
+        Step.model_validate({"id": "a", "action": "x", "depends_on": ["b"]}),
+        Step.model_validate({"id": "b", "action": "x", "depends_on": ["a"]}),
+    ]
     with pytest.raises(ValueError, match="cycle"):
         StepGraph.from_steps(cyclic)

@@ -13,20 +13,42 @@ from shared.engine.steps import Attempt, AttemptKey
 from shared.engine.views import step_views, wait_reason
 
 NOW = datetime(2026, 1, 5, 9, 30, tzinfo=UTC)
-EXECUTION = Execution(id=uuid.uuid4(), intent_id=uuid.uuid4(), intent_version=1, target="staging",
-                      status="running", input={}, output=None, error=None, requested_by="x", idempotency_key=None,
-                      plan_hash=None, last_event_seq=3, created_at=NOW, updated_at=NOW, finished_at=None)
+EXECUTION = Execution(
+    id=uuid.uuid4(),
+    intent_id=uuid.uuid4(),
+    intent_version=1,
+    target="staging",
+    status="running",
+    input={},
+    output=None,
+    error=None,
+    requested_by="x",
+    idempotency_key=None,
+    plan_hash=None,
+    last_event_seq=3,
+    created_at=NOW,
+    updated_at=NOW,
+    finished_at=None,
+)
 
 
 def step(step_id: str, action: str, state: str, **extra: Any) -> dict[str, Any]:
-    return {"step_id": step_id, "action": action, "state": state, "attempt": 1, "max_attempts": 3,
-            "retry_at": None, **extra}
+    return {
+        "step_id": step_id,
+        "action": action,
+        "state": state,
+        "attempt": 1,
+        "max_attempts": 3,
+        "retry_at": None,
+        **extra,
+    }
 
 
 def test_waiting_for_an_approval_and_a_worker() -> None:
     steps = [step("deploy", "approval", "waiting"), step("build", "build-container", "waiting")]
     assert wait_reason(replace(EXECUTION, status="waiting"), steps, NOW) == (
-        "waiting for approval of step deploy; waiting for a worker to complete step build")
+        "waiting for approval of step deploy; waiting for a worker to complete step build"
+    )
 
 
 def test_retrying_counts_down_to_the_next_attempt() -> None:
@@ -44,17 +66,42 @@ def test_no_reason_when_moving_or_finished() -> None:
 def test_a_requested_cancel_comes_first() -> None:
     cancelling = replace(EXECUTION, cancel_requested_at=NOW)
     assert wait_reason(cancelling, [step("build", "http.request", "running")], NOW) == (
-        "cancelling: waiting for work already started to end")
+        "cancelling: waiting for work already started to end"
+    )
 
 
 def test_steps_carry_their_attempts_in_order() -> None:
     key = AttemptKey(EXECUTION.id, "build", "run", 1)
-    attempts = [Attempt(key=key, action="http.request", remote=False, state="failed", output=None, error="500",
-                        retryable=True, token_nonce=None, token_expires_at=None, token_used_at=None,
-                        dispatched_at=NOW, finished_at=NOW),
-                Attempt(key=replace(key, attempt=2), action="http.request", remote=False, state="succeeded",
-                        output={"status": 200}, error=None, retryable=None, token_nonce=None, token_expires_at=None,
-                        token_used_at=None, dispatched_at=NOW, finished_at=NOW)]
+    attempts = [
+        Attempt(
+            key=key,
+            action="http.request",
+            remote=False,
+            state="failed",
+            output=None,
+            error="500",
+            retryable=True,
+            token_nonce=None,
+            token_expires_at=None,
+            token_used_at=None,
+            dispatched_at=NOW,
+            finished_at=NOW,
+        ),
+        Attempt(
+            key=replace(key, attempt=2),
+            action="http.request",
+            remote=False,
+            state="succeeded",
+            output={"status": 200},
+            error=None,
+            retryable=None,
+            token_nonce=None,
+            token_expires_at=None,
+            token_used_at=None,
+            dispatched_at=NOW,
+            finished_at=NOW,
+        ),
+    ]
     views = step_views([step("build", "http.request", "succeeded"), step("next", "wait", "pending")], attempts)
     assert [(a["attempt"], a["state"]) for a in views[0]["attempts"]] == [(1, "failed"), (2, "succeeded")]
     assert views[1]["attempts"] == []

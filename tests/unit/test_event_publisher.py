@@ -31,7 +31,9 @@ def test_events_are_grouped_by_partition_key_keeping_their_order() -> None:
     events = [OutboundEvent(str(n), partition_key=key) for n, key in enumerate(["a", "b", "a", None, "b"])]
     groups = _by_partition_key(events)
     assert {key: [e.body for e in group] for key, group in groups.items()} == {
-        "a": ["0", "2"], "b": ["1", "4"], None: ["3"],
+        "a": ["0", "2"],
+        "b": ["1", "4"],
+        None: ["3"],
     }
 
 

@@ -21,13 +21,15 @@ def test_everything_allowed_passes() -> None:
 def test_target_not_allowed() -> None:
     tenant = facts({"staging"}, {"http"})
     assert check_gates(tenant, "production", {"notify": "http.request"}) == [
-        GateViolation("target", "target_not_allowed", "production")]
+        GateViolation("target", "target_not_allowed", "production")
+    ]
 
 
 def test_every_offending_step_is_named_in_order() -> None:
     tenant = facts({"staging"}, {"http"})
-    violations = check_gates(tenant, "production", {
-        "build": "build-container", "notify": "http.request", "deploy": "kubernetes.apply"})
+    violations = check_gates(
+        tenant, "production", {"build": "build-container", "notify": "http.request", "deploy": "kubernetes.apply"}
+    )
     assert violations == [
         GateViolation("target", "target_not_allowed", "production"),
         GateViolation("build", "module_not_allowed", "build-container"),
@@ -38,7 +40,9 @@ def test_every_offending_step_is_named_in_order() -> None:
 def test_empty_allow_lists_allow_nothing() -> None:
     tenant = facts(set(), set())
     assert [v.reason for v in check_gates(tenant, "staging", {"a": "http.request"})] == [
-        "target_not_allowed", "module_not_allowed"]
+        "target_not_allowed",
+        "module_not_allowed",
+    ]
 
 
 def test_no_target_has_no_target_gate() -> None:
@@ -54,8 +58,12 @@ def test_a_single_action_can_be_allowed_without_its_module() -> None:
 def test_custom_module_resolver() -> None:
     tenant = facts({"staging"}, {"k8s"})
     resolve = {"deploy-to-kubernetes": "k8s"}.get
-    violations = check_gates(tenant, "staging", {"deploy": "deploy-to-kubernetes", "x": "verify"},
-                             module_of=lambda action: resolve(action) or module_of_action(action))
+    violations = check_gates(
+        tenant,
+        "staging",
+        {"deploy": "deploy-to-kubernetes", "x": "verify"},
+        module_of=lambda action: resolve(action) or module_of_action(action),
+    )
     assert violations == [GateViolation("x", "module_not_allowed", "verify")]
 
 

@@ -68,8 +68,9 @@ def test_validation_errors_carry_json_pointers(client: TestClient) -> None:
 
 
 def test_body_over_limit_is_413(client: TestClient) -> None:
-    response = client.post("/api/echo", content=b'{"a": 1' + b" " * 4096 + b"}",
-                           headers={"content-type": "application/json"})
+    response = client.post(
+        "/api/echo", content=b'{"a": 1' + b" " * 4096 + b"}", headers={"content-type": "application/json"}
+    )
     assert response.status_code == 413
     assert response.headers["content-type"] == "application/problem+json"
     assert response.headers["x-request-id"]

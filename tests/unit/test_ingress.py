@@ -30,25 +30,29 @@ KEY = "order-4711"
 
 def test_a_request_names_its_intent_by_id_or_by_name_and_carries_a_key() -> None:
     intent_id = uuid.uuid4()
-    by_id = IntentRequest.parse(json.dumps({"intent_id": str(intent_id), "input": {"v": "1"}, "version": 2,
-                                            "idempotency_key": KEY}).encode())
+    by_id = IntentRequest.parse(
+        json.dumps({"intent_id": str(intent_id), "input": {"v": "1"}, "version": 2, "idempotency_key": KEY}).encode()
+    )
     assert (by_id.intent_id, by_id.input, by_id.version, by_id.idempotency_key) == (intent_id, {"v": "1"}, 2, KEY)
     by_name = IntentRequest.parse(b'{"intent": "deploy-web-app", "idempotency_key": "k"}')
     assert by_name.intent == "deploy-web-app" and by_name.intent_id is None and by_name.input == {}
 
 
-@pytest.mark.parametrize("body", [
-    {"intent": "deploy-web-app"},  # no idempotency key: a redelivery would start a second execution
-    {"intent": "deploy-web-app", "idempotency_key": ""},
-    {"idempotency_key": KEY},  # no intent
-    {"intent": "deploy-web-app", "intent_id": str(uuid.uuid4()), "idempotency_key": KEY},  # both
-    {"intent": "deploy-web-app", "idempotency_key": KEY, "tenant_id": str(uuid.uuid4())},  # extra: never trusted
-    {"intent": "Deploy Web App", "idempotency_key": KEY},
-    {"intent": "deploy-web-app", "idempotency_key": KEY, "version": 0},
-    {"intent": "deploy-web-app", "idempotency_key": KEY, "plan_hash": "abc"},
-    {"intent": "deploy-web-app", "idempotency_key": KEY, "input": [1]},
-    {"intent_id": "not-a-uuid", "idempotency_key": KEY},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"intent": "deploy-web-app"},  # no idempotency key: a redelivery would start a second execution
+        {"intent": "deploy-web-app", "idempotency_key": ""},
+        {"idempotency_key": KEY},  # no intent
+        {"intent": "deploy-web-app", "intent_id": str(uuid.uuid4()), "idempotency_key": KEY},  # both
+        {"intent": "deploy-web-app", "idempotency_key": KEY, "tenant_id": str(uuid.uuid4())},  # extra: never trusted
+        {"intent": "Deploy Web App", "idempotency_key": KEY},
+        {"intent": "deploy-web-app", "idempotency_key": KEY, "version": 0},
+        {"intent": "deploy-web-app", "idempotency_key": KEY, "plan_hash": "abc"},
+        {"intent": "deploy-web-app", "idempotency_key": KEY, "input": [1]},
+        {"intent_id": "not-a-uuid", "idempotency_key": KEY},
+    ],
+)
 def test_a_malformed_body_is_refused(body: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         IntentRequest.parse(json.dumps(body).encode())
@@ -56,7 +60,7 @@ def test_a_malformed_body_is_refused(body: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("raw", [b"", b"not json", b"[1, 2]", b"\xff\xfe"])
 def test_a_body_that_is_not_a_json_object_is_refused(raw: bytes) -> None:
-    with pytest.raises(ValueError):  # noqa: PT011 - ValidationError and JSONDecodeError are both ValueErrors
+    with pytest.raises(ValueError):
         IntentRequest.parse(raw)
 
 
@@ -76,14 +80,18 @@ def validator(key: SigningKey) -> TokenValidator:
 
 def _token(key: SigningKey, issued: datetime, lifetime: timedelta = timedelta(hours=1)) -> str:
     start = int(issued.timestamp())
-    return sign_access_token(key, tenant="contoso", base_url=BASE_URL, roles=[INTENT_EXECUTOR], extra_claims={
-        "iat": start, "nbf": start, "exp": start + int(lifetime.total_seconds())})
+    return sign_access_token(
+        key,
+        tenant="contoso",
+        base_url=BASE_URL,
+        roles=[INTENT_EXECUTOR],
+        extra_claims={"iat": start, "nbf": start, "exp": start + int(lifetime.total_seconds())},
+    )
 
 
 def _event(token: str | None, enqueued: datetime | None, body: bytes = b"{}") -> IngressEvent:
     properties = {} if token is None else {"authorization": f"Bearer {token}"}
-    return IngressEvent(body=body, partition_id="0", sequence_number=7, enqueued_time=enqueued,
-                        properties=properties)
+    return IngressEvent(body=body, partition_id="0", sequence_number=7, enqueued_time=enqueued, properties=properties)
 
 
 def test_a_token_expired_now_but_valid_when_enqueued_is_accepted(key: SigningKey, validator: TokenValidator) -> None:
@@ -128,8 +136,9 @@ def test_an_event_enqueued_more_than_a_day_ago_is_stale(key: SigningKey, validat
     check_fresh(_event(token, now - MAX_EVENT_AGE + timedelta(minutes=1)), now)
 
 
-def test_a_forged_signature_is_refused(key: SigningKey, validator: TokenValidator,
-                                       tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_a_forged_signature_is_refused(
+    key: SigningKey, validator: TokenValidator, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     now = datetime.now(UTC)
     attacker = SigningKey.load_or_create(tmp_path_factory.mktemp("attacker"))
     forged = _token(attacker, now - timedelta(minutes=1))
@@ -142,23 +151,39 @@ def test_a_forged_signature_is_refused(key: SigningKey, validator: TokenValidato
 
 @pytest.mark.parametrize("authorization", [None, "", "Basic abc", "Bearer", "Bearer a b"])
 def test_an_event_without_a_bearer_token_is_refused(validator: TokenValidator, authorization: str | None) -> None:
-    event = IngressEvent(body=b"{}", partition_id="0", sequence_number=1, enqueued_time=datetime.now(UTC),
-                         properties={} if authorization is None else {"Authorization": authorization})
+    event = IngressEvent(
+        body=b"{}",
+        partition_id="0",
+        sequence_number=1,
+        enqueued_time=datetime.now(UTC),
+        properties={} if authorization is None else {"Authorization": authorization},
+    )
     with pytest.raises(InvalidTokenError, match="missing bearer token"):
         verify_token(event, validator, now=datetime.now(UTC))
 
 
-def test_an_unattributed_rejection_is_telemetry_only(validator: TokenValidator,
-                                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_an_unattributed_rejection_is_telemetry_only(
+    validator: TokenValidator, caplog: pytest.LogCaptureFixture
+) -> None:
     # No client, no database: an event whose sender is unknown touches neither.
     event = _event(None, datetime.now(UTC), b'{"intent": "x", "idempotency_key": "k"}')
     with caplog.at_level(logging.INFO, logger="qp.telemetry"):
         outcome = asyncio.run(process_event(event, client=None, validator=validator))
     assert outcome.reason == "unauthenticated" and outcome.execution_id is None
-    lines = [json.loads(r.getMessage()[len(telemetry.PREFIX):]) for r in caplog.records
-             if r.getMessage().startswith(telemetry.PREFIX)]
-    assert lines == [{"event": "ingress.rejected", "tenant_id": UNATTRIBUTED, "reason": "unauthenticated",
-                      "event_id": "0/7", "detail": "missing bearer token"}]
+    lines = [
+        json.loads(r.getMessage()[len(telemetry.PREFIX) :])
+        for r in caplog.records
+        if r.getMessage().startswith(telemetry.PREFIX)
+    ]
+    assert lines == [
+        {
+            "event": "ingress.rejected",
+            "tenant_id": UNATTRIBUTED,
+            "reason": "unauthenticated",
+            "event_id": "0/7",
+            "detail": "missing bearer token",
+        }
+    ]
 
 
 class _TriggerEvent:
@@ -173,8 +198,12 @@ class _TriggerEvent:
 
 
 def test_trigger_events_keep_their_own_properties_and_partition() -> None:
-    metadata = {"PartitionContext": {"PartitionId": "3"},
-                "PropertiesArray": [{"authorization": "Bearer a"}, {"authorization": "Bearer b"}]}
+    metadata = {
+        "PartitionContext": {"PartitionId": "3"},
+        "PropertiesArray": [{"authorization": "Bearer a"}, {"authorization": "Bearer b"}],
+    }
     events = from_trigger([_TriggerEvent(b"1", 10, metadata), _TriggerEvent(b"2", 11, metadata)])
-    assert [(e.event_id, e.authorization, e.body) for e in events] == [("3/10", "Bearer a", b"1"),
-                                                                       ("3/11", "Bearer b", b"2")]
+    assert [(e.event_id, e.authorization, e.body) for e in events] == [
+        ("3/10", "Bearer a", b"1"),
+        ("3/11", "Bearer b", b"2"),
+    ]

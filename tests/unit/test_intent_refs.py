@@ -40,7 +40,7 @@ def repo(tmp_path: Path) -> Path:
 
 
 def test_clean_repository_has_no_problems(repo: Path) -> None:
-    _write(repo, "pkg/mod.py", "# intent_ref: demo.beta\n\"\"\"Doc.\"\"\"\n")
+    _write(repo, "pkg/mod.py", '# intent_ref: demo.beta\n"""Doc."""\n')
     assert find_problems(repo) == []
 
 

@@ -40,8 +40,13 @@ def test_idempotency_key_names_execution_step_and_attempt() -> None:
 
 def test_builtins_match_the_catalog() -> None:
     catalog = builtin_catalog()
-    assert set(BUILTIN_MODULES) == {"http.request", "http.wait_healthy", "verify-deployment", "artifact.write",
-                                    "event.emit"}
+    assert set(BUILTIN_MODULES) == {
+        "http.request",
+        "http.wait_healthy",
+        "verify-deployment",
+        "artifact.write",
+        "event.emit",
+    }
     for action, module in BUILTIN_MODULES.items():
         spec = catalog[action]
         assert module.action == action
@@ -56,12 +61,15 @@ def test_run_module_validates_and_runs() -> None:
     assert run_module("test.echo", ctx(), {"type": "x"}, modules) == {"type": "x", "key": "exec-1:step-a:2"}
 
 
-@pytest.mark.parametrize("raw, fragment", [
-    ({"type": "x", "extra": 1}, "extra: Extra inputs are not permitted"),
-    ({}, "type: Field required"),
-    ({"type": "not valid!"}, "type: String should match pattern"),
-    ("a string", "(params): Input should be a valid dictionary"),
-])
+@pytest.mark.parametrize(
+    "raw, fragment",
+    [
+        ({"type": "x", "extra": 1}, "extra: Extra inputs are not permitted"),
+        ({}, "type: Field required"),
+        ({"type": "not valid!"}, "type: String should match pattern"),
+        ("a string", "(params): Input should be a valid dictionary"),
+    ],
+)
 def test_invalid_params_are_a_clear_non_retryable_failure(raw: Any, fragment: str) -> None:
     with pytest.raises(StepFailed) as failure:
         run_module("test.echo", ctx(), raw, {"test.echo": Echo()})
@@ -85,24 +93,52 @@ def test_unknown_action_and_handler_errors_are_step_failures() -> None:
         run_module("test.echo", ctx(), {"type": "set"}, {"test.echo": Echo()})
 
 
-@pytest.mark.parametrize("address, reason", [
-    ("127.0.0.1", "loopback"), ("::1", "loopback"), ("10.1.2.3", "private"), ("192.168.0.1", "private"),
-    ("172.16.5.5", "private"), ("169.254.1.1", "link-local"), ("fe80::1", "link-local"),
-    ("169.254.169.254", "cloud metadata"), ("fd00:ec2::254", "cloud metadata"), ("100.100.100.200", "cloud metadata"),
-    ("100.64.0.1", "non-public"), ("0.0.0.0", "unspecified"), ("::", "unspecified"), ("224.0.0.1", "multicast"),
-    ("ff02::1", "multicast"), ("240.0.0.1", "reserved"), ("fc00::1", "private"), ("::ffff:127.0.0.1", "loopback"),
-    ("::ffff:10.0.0.1", "private"), ("2002:7f00:1::", "loopback"),
-    ("93.184.215.14", None), ("2606:4700::1111", None),
-])
+@pytest.mark.parametrize(
+    "address, reason",
+    [
+        ("127.0.0.1", "loopback"),
+        ("::1", "loopback"),
+        ("10.1.2.3", "private"),
+        ("192.168.0.1", "private"),
+        ("172.16.5.5", "private"),
+        ("169.254.1.1", "link-local"),
+        ("fe80::1", "link-local"),
+        ("169.254.169.254", "cloud metadata"),
+        ("fd00:ec2::254", "cloud metadata"),
+        ("100.100.100.200", "cloud metadata"),
+        ("100.64.0.1", "non-public"),
+        ("0.0.0.0", "unspecified"),
+        ("::", "unspecified"),
+        ("224.0.0.1", "multicast"),
+        ("ff02::1", "multicast"),
+        ("240.0.0.1", "reserved"),
+        ("fc00::1", "private"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("::ffff:10.0.0.1", "private"),
+        ("2002:7f00:1::", "loopback"),
+        ("93.184.215.14", None),
+        ("2606:4700::1111", None),
+    ],
+)
 def test_refusal_reasons(address: str, reason: str | None) -> None:
     assert refusal_reason(ipaddress.ip_address(address)) == reason
 
 
-@pytest.mark.parametrize("url", [
-    "http://127.0.0.1/", "http://localhost:8080/x", "http://[::1]/", "http://10.0.0.5/", "http://169.254.169.254/latest",
-    "http://[fd00:ec2::254]/", "http://100.100.100.200/", "http://[::ffff:169.254.169.254]/", "http://0x7f000001/",
-    "http://2130706433/",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/",
+        "http://localhost:8080/x",
+        "http://[::1]/",
+        "http://10.0.0.5/",
+        "http://169.254.169.254/latest",
+        "http://[fd00:ec2::254]/",
+        "http://100.100.100.200/",
+        "http://[::ffff:169.254.169.254]/",
+        "http://0x7f000001/",
+        "http://2130706433/",
+    ],
+)
 def test_internal_urls_are_refused(url: str) -> None:
     with pytest.raises(UrlRefused) as refused:
         check_url(url)

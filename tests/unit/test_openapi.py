@@ -38,7 +38,8 @@ def test_every_api_operation_documents_its_errors_and_examples() -> None:
             if body is not None:
                 schema = body.get("schema", {})
                 referenced = components.get(schema.get("$ref", "").rsplit("/", 1)[-1], {})
-                if not (body.get("examples") or body.get("example") or schema.get("examples")
-                        or referenced.get("examples")):
+                if not (
+                    body.get("examples") or body.get("example") or schema.get("examples") or referenced.get("examples")
+                ):
                     gaps.append(f"{where}: request body without an example")
     assert gaps == []

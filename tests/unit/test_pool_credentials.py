@@ -11,10 +11,13 @@ import pytest
 from shared.config import Settings
 from shared.db import pool as pool_module
 
-_AZURE = {"QP_DATABASE_URL": "host=db dbname=quantum user=id-dev-x",
-          "QP_DATABASE_CONTROL_URL": "host=db dbname=quantum user=id-dev-x-control",
-          "QP_DATABASE_CONTROL_CLIENT_ID": "00000000-0000-0000-0000-00000000c0de",
-          "QP_DATABASE_ENTRA_AUTH": True, "QP_BLOB_ACCOUNT_URL": "https://x.blob.core.windows.net"}
+_AZURE = {
+    "QP_DATABASE_URL": "host=db dbname=quantum user=id-dev-x",
+    "QP_DATABASE_CONTROL_URL": "host=db dbname=quantum user=id-dev-x-control",
+    "QP_DATABASE_CONTROL_CLIENT_ID": "00000000-0000-0000-0000-00000000c0de",
+    "QP_DATABASE_ENTRA_AUTH": True,
+    "QP_BLOB_ACCOUNT_URL": "https://x.blob.core.windows.net",
+}
 
 
 class _Token:
@@ -64,7 +67,12 @@ def test_the_app_pool_keeps_the_default_credential() -> None:
 
 
 def test_locally_no_token_is_asked_for() -> None:
-    local = Settings.model_validate({"QP_DATABASE_URL": "host=x", "QP_DATABASE_CONTROL_URL": "host=x",
-                                     "QP_BLOB_CONNECTION_STRING": "UseDevelopmentStorage=true"})
+    local = Settings.model_validate(
+        {
+            "QP_DATABASE_URL": "host=x",
+            "QP_DATABASE_CONTROL_URL": "host=x",
+            "QP_BLOB_CONNECTION_STRING": "UseDevelopmentStorage=true",
+        }
+    )
     assert "password" not in pool_module._connection_kwargs(local, "ignored")
     assert _Credential.built == []

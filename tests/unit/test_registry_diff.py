@@ -31,37 +31,54 @@ def test_a_changed_parameter_and_an_added_field_of_one_step() -> None:
     v2["steps"][2]["timeout_s"] = 600
     diff = diff_definitions(V1, v2)
     assert (diff.steps_added, diff.steps_removed, diff.fields_changed) == ((), (), ())
-    assert diff.steps_changed == (StepChange("deploy-to-kubernetes", (
-        FieldChange("/params/replicas", "changed", 3, 5),
-        FieldChange("/timeout_s", "added", new=600),
-    )),)
-    assert diff.summary == ("The new version changes 1 step "
-                            "(deploy-to-kubernetes: params/replicas 3 → 5; timeout_s added (600)).")
+    assert diff.steps_changed == (
+        StepChange(
+            "deploy-to-kubernetes",
+            (
+                FieldChange("/params/replicas", "changed", 3, 5),
+                FieldChange("/timeout_s", "added", new=600),
+            ),
+        ),
+    )
+    assert diff.summary == (
+        "The new version changes 1 step (deploy-to-kubernetes: params/replicas 3 → 5; timeout_s added (600))."
+    )
 
 
 def test_steps_added_and_removed_are_matched_by_id() -> None:
     v2 = copy.deepcopy(V1)
     removed = v2["steps"].pop(1)
     v2["steps"][1]["depends_on"] = ["build-docker-image"]
-    v2["steps"].append({"id": "notify", "action": "event.emit", "params": {"type": "deployed"},
-                        "depends_on": ["deploy-to-kubernetes"]})
+    v2["steps"].append(
+        {"id": "notify", "action": "event.emit", "params": {"type": "deployed"}, "depends_on": ["deploy-to-kubernetes"]}
+    )
     diff = diff_definitions(V1, v2)
     assert removed["id"] == "push-to-registry"
     assert diff.steps_added == ("notify",)
     assert diff.steps_removed == ("push-to-registry",)
-    assert diff.steps_changed == (StepChange("deploy-to-kubernetes", (
-        FieldChange("/depends_on", "changed", ["push-to-registry"], ["build-docker-image"]),)),)
+    assert diff.steps_changed == (
+        StepChange(
+            "deploy-to-kubernetes",
+            (FieldChange("/depends_on", "changed", ["push-to-registry"], ["build-docker-image"]),),
+        ),
+    )
     assert not diff.steps_reordered
     assert diff.summary == (
         "The new version adds 1 step (notify), removes 1 step (push-to-registry) and changes 1 step "
-        '(deploy-to-kubernetes: depends_on ["push-to-registry"] → ["build-docker-image"]).')
+        '(deploy-to-kubernetes: depends_on ["push-to-registry"] → ["build-docker-image"]).'
+    )
 
 
 def test_top_level_fields_and_nested_input_schema_changes() -> None:
     old = {**V1, "inputs": {"type": "object", "properties": {"version": {"type": "string"}}}}
-    new = {**V1, "target": "staging",
-           "inputs": {"type": "object", "properties": {"version": {"type": "string", "minLength": 1},
-                                                       "region": {"type": "string"}}}}
+    new = {
+        **V1,
+        "target": "staging",
+        "inputs": {
+            "type": "object",
+            "properties": {"version": {"type": "string", "minLength": 1}, "region": {"type": "string"}},
+        },
+    }
     diff = diff_definitions(old, new)
     assert diff.steps_changed == ()
     assert diff.fields_changed == (
@@ -73,8 +90,12 @@ def test_top_level_fields_and_nested_input_schema_changes() -> None:
 
 
 def test_removed_values_and_json_equality() -> None:
-    old = {"target": "x", "steps": [{"id": "a", "action": "wait", "params": {"seconds": 1}, "depends_on": [],
-                                     "when": "exists ${inputs.go}"}]}
+    old = {
+        "target": "x",
+        "steps": [
+            {"id": "a", "action": "wait", "params": {"seconds": 1}, "depends_on": [], "when": "exists ${inputs.go}"}
+        ],
+    }
     new = {"target": "x", "steps": [{"id": "a", "action": "wait", "params": {"seconds": 1.0}, "depends_on": []}]}
     diff = diff_definitions(old, new)
     # 1 and 1.0 are the same JSON number; the dropped condition is a removal.
@@ -96,8 +117,9 @@ def test_raw_definitions_are_matched_by_the_ids_the_model_would_generate() -> No
     raw_new = copy.deepcopy(raw_old)
     raw_new["steps"][0]["image"] = "myapp:1.2.4"
     diff = diff_definitions(raw_old, raw_new)
-    assert diff.steps_changed == (StepChange("build-container", (
-        FieldChange("/image", "changed", "myapp:1.2.3", "myapp:1.2.4"),)),)
+    assert diff.steps_changed == (
+        StepChange("build-container", (FieldChange("/image", "changed", "myapp:1.2.3", "myapp:1.2.4"),)),
+    )
     assert diff.summary == 'The new version changes 1 step (build-container: image "myapp:1.2.3" → "myapp:1.2.4").'
 
 

@@ -24,11 +24,7 @@ from shared.registry.when import And, Compare, Exists, In, Not, Or, WhenSyntaxEr
 # The seed tutorial's payloads (../shared/seeds/002_*.txt), verbatim.
 SEED_DECLARATION: dict[str, Any] = {
     "name": "deploy-application",
-    "definition": {
-        "target": "production",
-        "version": "1.2.3",
-        "environment": "azure-westus"
-    }
+    "definition": {"target": "production", "version": "1.2.3", "environment": "azure-westus"},
 }
 SEED_REGISTRY_EXAMPLE: dict[str, Any] = {
     "id": "deploy-application-v1",
@@ -38,45 +34,24 @@ SEED_REGISTRY_EXAMPLE: dict[str, Any] = {
     "definition": {
         "target": "production",
         "steps": [
-            {
-                "action": "build-container",
-                "image": "myapp:1.2.3"
-            },
-            {
-                "action": "deploy-to-kubernetes",
-                "namespace": "production"
-            },
-            {
-                "action": "verify-deployment",
-                "health_check": "/health"
-            }
-        ]
+            {"action": "build-container", "image": "myapp:1.2.3"},
+            {"action": "deploy-to-kubernetes", "namespace": "production"},
+            {"action": "verify-deployment", "health_check": "/health"},
+        ],
     },
     "status": "active",
-    "created_at": "2024-01-04T10:00:00Z"
+    "created_at": "2024-01-04T10:00:00Z",
 }
 SEED_DEPLOY_WEB_APP: dict[str, Any] = {
     "name": "deploy-web-app",
     "definition": {
         "target": "production",
         "steps": [
-            {
-                "action": "build-docker-image",
-                "image": "myapp:latest",
-                "context": "./app"
-            },
-            {
-                "action": "push-to-registry",
-                "registry": "azurecr.io",
-                "image": "myapp:latest"
-            },
-            {
-                "action": "deploy-to-kubernetes",
-                "namespace": "production",
-                "replicas": 3
-            }
-        ]
-    }
+            {"action": "build-docker-image", "image": "myapp:latest", "context": "./app"},
+            {"action": "push-to-registry", "registry": "azurecr.io", "image": "myapp:latest"},
+            {"action": "deploy-to-kubernetes", "namespace": "production", "replicas": 3},
+        ],
+    },
 }
 
 
@@ -95,12 +70,24 @@ def test_seed_registry_example_parses_with_generated_ids_sequential_order_and_pa
     assert intent.definition.to_document() == {
         "target": "production",
         "steps": [
-            {"id": "build-container", "action": "build-container", "params": {"image": "myapp:1.2.3"},
-             "depends_on": []},
-            {"id": "deploy-to-kubernetes", "action": "deploy-to-kubernetes", "params": {"namespace": "production"},
-             "depends_on": ["build-container"]},
-            {"id": "verify-deployment", "action": "verify-deployment", "params": {"health_check": "/health"},
-             "depends_on": ["deploy-to-kubernetes"]},
+            {
+                "id": "build-container",
+                "action": "build-container",
+                "params": {"image": "myapp:1.2.3"},
+                "depends_on": [],
+            },
+            {
+                "id": "deploy-to-kubernetes",
+                "action": "deploy-to-kubernetes",
+                "params": {"namespace": "production"},
+                "depends_on": ["build-container"],
+            },
+            {
+                "id": "verify-deployment",
+                "action": "verify-deployment",
+                "params": {"health_check": "/health"},
+                "depends_on": ["deploy-to-kubernetes"],
+            },
         ],
     }
 
@@ -123,7 +110,11 @@ def test_seed_declaration_parses_as_a_declaration_with_its_fields_as_state() -> 
 
 def test_read_only_fields_of_a_stored_intent_are_ignored_but_other_unknown_fields_are_refused() -> None:
     assert IntentDefinitionIn.model_validate(SEED_REGISTRY_EXAMPLE).model_dump().keys() == {
-        "name", "description", "labels", "definition"}
+        "name",
+        "description",
+        "labels",
+        "definition",
+    }
     with pytest.raises(ValidationError) as caught:
         IntentDefinitionIn.model_validate({**SEED_DEPLOY_WEB_APP, "owner": "me"})
     assert [error["loc"] for error in caught.value.errors()] == [("owner",)]
@@ -146,8 +137,13 @@ def test_a_parameter_in_both_places_is_refused_at_the_beside_key() -> None:
 
 
 def test_compensation_takes_parameters_beside_its_action_too() -> None:
-    step = Step.model_validate({"action": "deploy-to-kubernetes", "namespace": "p",
-                                "compensate": {"action": "http.request", "method": "POST", "url": "https://r"}})
+    step = Step.model_validate(
+        {
+            "action": "deploy-to-kubernetes",
+            "namespace": "p",
+            "compensate": {"action": "http.request", "method": "POST", "url": "https://r"},
+        }
+    )
     assert step.compensate is not None
     assert step.compensate.params == {"method": "POST", "url": "https://r"}
 
@@ -162,14 +158,18 @@ def test_non_object_params_is_a_type_error_without_noise_from_beside_keys() -> N
 
 
 def test_generated_ids_are_action_slugs_numbered_from_the_second_occurrence() -> None:
-    assert assign_step_ids([(None, "build-container"), (None, "build-container"), (None, "http.request"),
-                            (None, "build-container")]) == [
-        "build-container", "build-container-2", "http-request", "build-container-3"]
+    assert assign_step_ids(
+        [(None, "build-container"), (None, "build-container"), (None, "http.request"), (None, "build-container")]
+    ) == ["build-container", "build-container-2", "http-request", "build-container-3"]
 
 
 def test_generated_ids_skip_every_explicit_id_wherever_it_appears() -> None:
     assert assign_step_ids([(None, "build"), (None, "build"), ("build-2", "x"), ("build", "y")]) == [
-        "build-3", "build-4", "build-2", "build"]
+        "build-3",
+        "build-4",
+        "build-2",
+        "build",
+    ]
 
 
 def test_ids_are_stable_across_versions_of_the_same_definition() -> None:
@@ -183,9 +183,19 @@ def test_ids_are_stable_across_versions_of_the_same_definition() -> None:
 
 
 def test_absent_depends_on_is_the_previous_step_and_an_empty_list_is_a_root() -> None:
-    steps = steps_of({"name": "x", "definition": {"steps": [
-        {"id": "a", "action": "wait"}, {"id": "b", "action": "wait"}, {"id": "c", "action": "wait", "depends_on": []},
-        {"id": "d", "action": "wait", "depends_on": ["a", "c"]}]}})
+    steps = steps_of(
+        {
+            "name": "x",
+            "definition": {
+                "steps": [
+                    {"id": "a", "action": "wait"},
+                    {"id": "b", "action": "wait"},
+                    {"id": "c", "action": "wait", "depends_on": []},
+                    {"id": "d", "action": "wait", "depends_on": ["a", "c"]},
+                ]
+            },
+        }
+    )
     assert [step.depends_on for step in steps] == [[], ["a"], [], ["a", "c"]]
 
 
@@ -214,56 +224,69 @@ ENV = Reference("inputs", "env")
 OK = Reference("steps", "check", ("ok",))
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("${inputs.env} == 'prod'", Compare(ENV, "==", "prod")),
-    ('${inputs.env} != "prod"', Compare(ENV, "!=", "prod")),
-    ("${inputs.env} in ['a', \"b\", 3, true, null]", In(ENV, ("a", "b", 3, True, None))),
-    ("${inputs.env} in []", In(ENV, ())),
-    ("exists ${steps.check.output.ok}", Exists(OK)),
-    ("not exists ${inputs.env}", Not(Exists(ENV))),
-    ("exists ${inputs.env} and ${steps.check.output.ok} == true or ${inputs.env} == 1.5",
-     Or((And((Exists(ENV), Compare(OK, "==", True))), Compare(ENV, "==", 1.5)))),
-    ("exists ${inputs.env} and (${steps.check.output.ok} == true or ${inputs.env} == -2)",
-     And((Exists(ENV), Or((Compare(OK, "==", True), Compare(ENV, "==", -2)))))),
-    ("${inputs.env} == 'it\\'s'", Compare(ENV, "==", "it's")),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("${inputs.env} == 'prod'", Compare(ENV, "==", "prod")),
+        ('${inputs.env} != "prod"', Compare(ENV, "!=", "prod")),
+        ("${inputs.env} in ['a', \"b\", 3, true, null]", In(ENV, ("a", "b", 3, True, None))),
+        ("${inputs.env} in []", In(ENV, ())),
+        ("exists ${steps.check.output.ok}", Exists(OK)),
+        ("not exists ${inputs.env}", Not(Exists(ENV))),
+        (
+            "exists ${inputs.env} and ${steps.check.output.ok} == true or ${inputs.env} == 1.5",
+            Or((And((Exists(ENV), Compare(OK, "==", True))), Compare(ENV, "==", 1.5))),
+        ),
+        (
+            "exists ${inputs.env} and (${steps.check.output.ok} == true or ${inputs.env} == -2)",
+            And((Exists(ENV), Or((Compare(OK, "==", True), Compare(ENV, "==", -2))))),
+        ),
+        ("${inputs.env} == 'it\\'s'", Compare(ENV, "==", "it's")),
+    ],
+)
 def test_when_grammar(text: str, expected: object) -> None:
     assert parse_when(text) == expected
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("", "empty"),
-    ("${inputs.env} ==", "expected a literal at the end"),
-    ("${inputs.env} = 'a'", "unexpected character '='"),
-    ("env == 'a'", "unknown word 'env'"),
-    ("${input.env} == 'a'", "is not a reference"),
-    ("${inputs.env} == 'a' and", "expected 'not' or '(' or 'exists' or a reference at the end"),
-    ("(${inputs.env} == 'a'", "expected ')'"),
-    ("${inputs.env} == 'a' 'b'", "unexpected"),
-    ("${inputs.env} in ['a' 'b']", "expected ',' or ']'"),
-    ("not " * 40 + "exists ${inputs.env}", "deeper than 32"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "empty"),
+        ("${inputs.env} ==", "expected a literal at the end"),
+        ("${inputs.env} = 'a'", "unexpected character '='"),
+        ("env == 'a'", "unknown word 'env'"),
+        ("${input.env} == 'a'", "is not a reference"),
+        ("${inputs.env} == 'a' and", "expected 'not' or '(' or 'exists' or a reference at the end"),
+        ("(${inputs.env} == 'a'", "expected ')'"),
+        ("${inputs.env} == 'a' 'b'", "unexpected"),
+        ("${inputs.env} in ['a' 'b']", "expected ',' or ']'"),
+        ("not " * 40 + "exists ${inputs.env}", "deeper than 32"),
+    ],
+)
 def test_when_syntax_errors_say_what_and_where(text: str, message: str) -> None:
     with pytest.raises(WhenSyntaxError, match=re.escape(message)):
         parse_when(text)
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("${inputs.env} == 'prod'", True),
-    ("${inputs.env} != 'prod'", False),
-    ("${inputs.count} == 2.0", True),
-    ("${inputs.flag} == 1", False),  # JSON equality: true is not 1
-    ("${inputs.flag} == true", True),
-    ("${inputs.env} in ['dev', 'prod']", True),
-    ("${inputs.missing} == null", False),  # an absent reference equals nothing…
-    ("${inputs.missing} != 'x'", True),  # …so it differs from everything
-    ("${inputs.nothing} == null", True),
-    ("exists ${inputs.nothing}", True),  # a present null exists
-    ("exists ${inputs.missing}", False),
-    ("${steps.check.output.ok} == true and ${steps.check.output.items.1} == 'b'", True),
-    ("exists ${steps.skipped.output}", False),
-    ("not (${inputs.env} == 'dev' or ${inputs.env} == 'test')", True),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("${inputs.env} == 'prod'", True),
+        ("${inputs.env} != 'prod'", False),
+        ("${inputs.count} == 2.0", True),
+        ("${inputs.flag} == 1", False),  # JSON equality: true is not 1
+        ("${inputs.flag} == true", True),
+        ("${inputs.env} in ['dev', 'prod']", True),
+        ("${inputs.missing} == null", False),  # an absent reference equals nothing…
+        ("${inputs.missing} != 'x'", True),  # …so it differs from everything
+        ("${inputs.nothing} == null", True),
+        ("exists ${inputs.nothing}", True),  # a present null exists
+        ("exists ${inputs.missing}", False),
+        ("${steps.check.output.ok} == true and ${steps.check.output.items.1} == 'b'", True),
+        ("exists ${steps.skipped.output}", False),
+        ("not (${inputs.env} == 'dev' or ${inputs.env} == 'test')", True),
+    ],
+)
 def test_evaluate_when(text: str, expected: bool) -> None:
     inputs = {"env": "prod", "count": 2, "flag": True, "nothing": None}
     outputs = {"check": {"ok": True, "items": ["a", "b"]}}
@@ -283,22 +306,35 @@ def test_an_invalid_when_is_refused_when_the_step_is_parsed() -> None:
 
 def test_templates_split_into_text_and_references() -> None:
     assert parse_template("myapp:${inputs.version}-${steps.build.output.tag.0}") == [
-        "myapp:", Reference("inputs", "version"), "-", Reference("steps", "build", ("tag", "0"))]
+        "myapp:",
+        Reference("inputs", "version"),
+        "-",
+        Reference("steps", "build", ("tag", "0")),
+    ]
     assert parse_template("echo ${HOME} costs $5") == ["echo ${HOME} costs $5"]  # not ours: literal
     assert parse_template("literal $${inputs.x}") == ["literal ${inputs.x}"]  # the escape
 
 
-@pytest.mark.parametrize("text", [
-    "${inputs}", "${inputs.}", "${steps.build}", "${steps.build.outputs.x}", "${steps.a b.output}", "${inputs.x",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "${inputs}",
+        "${inputs.}",
+        "${steps.build}",
+        "${steps.build.outputs.x}",
+        "${steps.a b.output}",
+        "${inputs.x",
+    ],
+)
 def test_malformed_references_are_refused(text: str) -> None:
     with pytest.raises(ReferenceSyntaxError):
         parse_template(text)
 
 
 def test_scan_finds_references_in_nested_params_with_their_paths() -> None:
-    scan = scan_references({"a": "${inputs.x}", "b": [{"c": "x ${steps.s.output.y}"}, 3], "${inputs.k}": "v",
-                            "d": "${inputs.}"})
+    scan = scan_references(
+        {"a": "${inputs.x}", "b": [{"c": "x ${steps.s.output.y}"}, 3], "${inputs.k}": "v", "d": "${inputs.}"}
+    )
     assert scan.found == [(("a",), Reference("inputs", "x")), (("b", 0, "c"), Reference("steps", "s", ("y",)))]
     assert [path for path, _ in scan.errors] == [("d",)]
 
@@ -331,8 +367,9 @@ def test_resolved_values_do_not_alias_the_outputs() -> None:
     assert outputs == {"build": {"tags": ["a"]}}
 
 
-@pytest.mark.parametrize("text", ["${inputs.absent}", "${steps.build.output.nope}", "${steps.other.output}",
-                                  "${steps.build.output.sizes.5}"])
+@pytest.mark.parametrize(
+    "text", ["${inputs.absent}", "${steps.build.output.nope}", "${steps.other.output}", "${steps.build.output.sizes.5}"]
+)
 def test_unresolved_references_raise(text: str) -> None:
     with pytest.raises(UnresolvedReferenceError):
         resolve(text, {}, {"build": {"sizes": [1]}})

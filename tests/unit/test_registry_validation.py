@@ -19,33 +19,62 @@ from shared.registry.validation import Limits, ValidationResult, required_bluepr
 from tests.unit.test_registry_model import SEED_DECLARATION, SEED_DEPLOY_WEB_APP, SEED_REGISTRY_EXAMPLE
 
 CATALOG = builtin_catalog().with_modules(seed_remote_modules())
-BLUEPRINT = ResolvedBlueprint("deploy-application", 3, Definition.model_validate({
-    "inputs": {
-        "type": "object",
-        "properties": {
-            "target": {"type": "string"},
-            "version": {"type": "string", "pattern": r"^\d+\.\d+\.\d+$"},
-            "environment": {"type": "string"},
-            "replicas": {"type": "integer", "minimum": 1, "default": 2},
-        },
-        "required": ["version", "environment"],
-        "additionalProperties": False,
-    },
-    "steps": [
-        {"id": "build", "action": "build-container", "image": "myapp:${inputs.version}"},
-        {"id": "deploy", "action": "deploy-to-kubernetes", "namespace": "${inputs.target}",
-         "replicas": "${inputs.replicas}", "compensate": {"action": "http.request", "method": "POST",
-                                                          "url": "https://deploy.example/rollback"}},
-        {"id": "verify", "action": "verify-deployment", "health_check": "/health"},
-    ],
-}))
+BLUEPRINT = ResolvedBlueprint(
+    "deploy-application",
+    3,
+    Definition.model_validate(
+        {
+            "inputs": {
+                "type": "object",
+                "properties": {
+                    "target": {"type": "string"},
+                    "version": {"type": "string", "pattern": r"^\d+\.\d+\.\d+$"},
+                    "environment": {"type": "string"},
+                    "replicas": {"type": "integer", "minimum": 1, "default": 2},
+                },
+                "required": ["version", "environment"],
+                "additionalProperties": False,
+            },
+            "steps": [
+                {"id": "build", "action": "build-container", "image": "myapp:${inputs.version}"},
+                {
+                    "id": "deploy",
+                    "action": "deploy-to-kubernetes",
+                    "namespace": "${inputs.target}",
+                    "replicas": "${inputs.replicas}",
+                    "compensate": {
+                        "action": "http.request",
+                        "method": "POST",
+                        "url": "https://deploy.example/rollback",
+                    },
+                },
+                {"id": "verify", "action": "verify-deployment", "health_check": "/health"},
+            ],
+        }
+    ),
+)
 
 
 def tenant(targets: set[str] | None = None, modules: set[str] | None = None) -> TenantFacts:
-    everything = {"http", "build-container", "build-docker-image", "push-to-registry", "deploy-to-kubernetes",
-                  "verify-deployment", "wait", "event", "approval", "artifact", "intent"}
-    return TenantFacts(uuid.uuid4(), "active", frozenset({"production", "staging"} if targets is None else targets),
-                       frozenset(everything if modules is None else modules))
+    everything = {
+        "http",
+        "build-container",
+        "build-docker-image",
+        "push-to-registry",
+        "deploy-to-kubernetes",
+        "verify-deployment",
+        "wait",
+        "event",
+        "approval",
+        "artifact",
+        "intent",
+    }
+    return TenantFacts(
+        uuid.uuid4(),
+        "active",
+        frozenset({"production", "staging"} if targets is None else targets),
+        frozenset(everything if modules is None else modules),
+    )
 
 
 def validate(doc: dict[str, Any], **kwargs: Any) -> ValidationResult:
@@ -80,10 +109,12 @@ def test_seed_deploy_web_app_normalizes_and_plans_sequentially() -> None:
     assert result.plan == [["build-docker-image"], ["push-to-registry"], ["deploy-to-kubernetes"]]
     assert result.normalized is not None
     assert result.normalized["steps"][2] == {
-        "id": "deploy-to-kubernetes", "action": "deploy-to-kubernetes",
-        "params": {"namespace": "production", "replicas": 3}, "depends_on": ["push-to-registry"]}
-    assert [step.step_id for step in result.steps] == ["build-docker-image", "push-to-registry",
-                                                       "deploy-to-kubernetes"]
+        "id": "deploy-to-kubernetes",
+        "action": "deploy-to-kubernetes",
+        "params": {"namespace": "production", "replicas": 3},
+        "depends_on": ["push-to-registry"],
+    }
+    assert [step.step_id for step in result.steps] == ["build-docker-image", "push-to-registry", "deploy-to-kubernetes"]
 
 
 def test_seed_declaration_validates_and_plans_through_its_blueprint() -> None:
@@ -97,7 +128,11 @@ def test_seed_declaration_validates_and_plans_through_its_blueprint() -> None:
     assert result.steps[0].params == {"image": "myapp:${inputs.version}"}
     assert result.intent is not None
     assert declaration_inputs(result.intent.definition, BLUEPRINT) == {
-        "replicas": 2, "target": "production", "version": "1.2.3", "environment": "azure-westus"}
+        "replicas": 2,
+        "target": "production",
+        "version": "1.2.3",
+        "environment": "azure-westus",
+    }
 
 
 def test_seed_declaration_without_its_blueprint_needs_one() -> None:
@@ -115,12 +150,19 @@ def test_required_blueprint_is_named_by_the_definition_else_by_the_intent() -> N
 
 
 def test_schema_errors_point_into_the_request_body() -> None:
-    doc = {"name": "Not A Slug", "labels": {"Bad Key": "v", "team": 3}, "extra": 1, "definition": {
-        "target": "staging", "steps": [
-            {"action": "wait", "seconds": 1, "retry": {"max_attempts": 0, "delay": 1}, "timeout_s": 0},
-            {"action": "wait", "seconds": 1, "depends_on": "wait"},
-            "not a step",
-        ]}}
+    doc = {
+        "name": "Not A Slug",
+        "labels": {"Bad Key": "v", "team": 3},
+        "extra": 1,
+        "definition": {
+            "target": "staging",
+            "steps": [
+                {"action": "wait", "seconds": 1, "retry": {"max_attempts": 0, "delay": 1}, "timeout_s": 0},
+                {"action": "wait", "seconds": 1, "depends_on": "wait"},
+                "not a step",
+            ],
+        },
+    }
     assert errors(doc) == [
         ("/name", "string_pattern_mismatch"),
         ("/labels/Bad Key", "string_pattern_mismatch"),
@@ -137,7 +179,8 @@ def test_schema_errors_point_into_the_request_body() -> None:
 def test_missing_definition_and_non_object_body() -> None:
     assert errors({"name": "x"}) == [("/definition", "missing")]
     assert [(e.pointer, e.code) for e in validate_definition([], catalog=CATALOG).errors] == [  # type: ignore[arg-type]
-        ("", "model_type")]
+        ("", "model_type")
+    ]
 
 
 def test_param_conflict_points_at_the_beside_key() -> None:
@@ -178,8 +221,15 @@ def test_inputs_must_be_a_valid_object_schema() -> None:
 
 
 def test_input_schema_references_must_resolve_inside_the_schema() -> None:
-    schema = {"type": "object", "$defs": {"v": {"type": "string"}}, "properties": {
-        "a": {"$ref": "#/$defs/v"}, "b": {"$ref": "#/$defs/nope"}, "c": {"$ref": "https://example.com/s.json"}}}
+    schema = {
+        "type": "object",
+        "$defs": {"v": {"type": "string"}},
+        "properties": {
+            "a": {"$ref": "#/$defs/v"},
+            "b": {"$ref": "#/$defs/nope"},
+            "c": {"$ref": "https://example.com/s.json"},
+        },
+    }
     assert errors(intent(wait("a"), inputs=schema)) == [
         ("/definition/inputs/properties/b/$ref", "invalid_inputs_schema"),
         ("/definition/inputs/properties/c/$ref", "invalid_inputs_schema"),
@@ -187,9 +237,16 @@ def test_input_schema_references_must_resolve_inside_the_schema() -> None:
 
 
 def test_a_blueprint_schema_with_a_remote_reference_is_reported_not_fetched() -> None:
-    remote = ResolvedBlueprint("deploy-application", 1, Definition.model_validate({
-        "inputs": {"type": "object", "properties": {"v": {"$ref": "https://example.com/x.json"}}},
-        "steps": [{"action": "wait", "seconds": 1}]}))
+    remote = ResolvedBlueprint(
+        "deploy-application",
+        1,
+        Definition.model_validate(
+            {
+                "inputs": {"type": "object", "properties": {"v": {"$ref": "https://example.com/x.json"}}},
+                "steps": [{"action": "wait", "seconds": 1}],
+            }
+        ),
+    )
     result = validate(declaration(v=1), blueprint=remote)
     assert [(e.pointer, e.code) for e in result.errors] == [("/definition", "invalid_declaration")]
     assert "cannot be evaluated" in result.errors[0].message
@@ -226,30 +283,41 @@ def test_params_are_checked_against_the_module_schema_where_they_were_written() 
 
 def test_a_missing_parameter_points_at_params_when_the_step_uses_params() -> None:
     assert errors(intent({"action": "push-to-registry", "params": {"image": "a"}})) == [
-        ("/definition/steps/0/params", "invalid_params")]
+        ("/definition/steps/0/params", "invalid_params")
+    ]
 
 
 def test_module_defaults_satisfy_the_schema_and_alternatives_are_honoured() -> None:
     assert errors(intent({"action": "verify-deployment", "url": "https://app/health"})) == []
     [neither] = validate(intent({"action": "verify-deployment", "timeout": 5})).errors
     assert (neither.pointer, neither.message) == (
-        "/definition/steps/0", "verify-deployment: one of 'url', 'health_check' is required")
+        "/definition/steps/0",
+        "verify-deployment: one of 'url', 'health_check' is required",
+    )
     [both] = validate(intent({"action": "wait", "seconds": 5, "until": "2030-01-01T00:00:00Z"})).errors
     assert (both.pointer, both.message) == (
-        "/definition/steps/0", "wait: exactly one of 'seconds', 'until' is required")
+        "/definition/steps/0",
+        "wait: exactly one of 'seconds', 'until' is required",
+    )
 
 
 def test_parameters_holding_references_are_checked_at_run_time() -> None:
-    doc = intent({"action": "deploy-to-kubernetes", "namespace": "${inputs.ns}", "replicas": "${inputs.n}"},
-                 {"action": "http.request", "url": "${steps.deploy-to-kubernetes.output.url}/health"})
+    doc = intent(
+        {"action": "deploy-to-kubernetes", "namespace": "${inputs.ns}", "replicas": "${inputs.n}"},
+        {"action": "http.request", "url": "${steps.deploy-to-kubernetes.output.url}/health"},
+    )
     assert errors(doc) == []
 
 
 def test_unknown_compensate_action_and_its_params() -> None:
-    doc = intent(wait("a", compensate={"action": "http.rollback"}),
-                 wait("b", compensate={"action": "http.request", "url": "ftp://x"}))
-    assert errors(doc) == [("/definition/steps/0/compensate/action", "unknown_action"),
-                           ("/definition/steps/1/compensate/url", "invalid_params")]
+    doc = intent(
+        wait("a", compensate={"action": "http.rollback"}),
+        wait("b", compensate={"action": "http.request", "url": "ftp://x"}),
+    )
+    assert errors(doc) == [
+        ("/definition/steps/0/compensate/action", "unknown_action"),
+        ("/definition/steps/1/compensate/url", "invalid_params"),
+    ]
     assert errors(intent(wait("a", compensate={"action": "http.request", "params": {"url": "https://r"}}))) == []
 
 
@@ -284,8 +352,9 @@ def test_a_cycle_through_implied_dependencies_points_at_the_explicit_one() -> No
 
 
 def test_self_dependency_and_two_separate_cycles() -> None:
-    doc = intent(wait("a", depends_on=["a"]), wait("b", depends_on=["c"]), wait("c", depends_on=["b"]),
-                 wait("d", depends_on=[]))
+    doc = intent(
+        wait("a", depends_on=["a"]), wait("b", depends_on=["c"]), wait("c", depends_on=["b"]), wait("d", depends_on=[])
+    )
     result = validate(doc)
     assert [(e.pointer, e.code, e.message.split(": ")[1]) for e in result.errors] == [
         ("/definition/steps/0/depends_on/0", "cyclic_dependency", "a → a (each step depends on the next)"),
@@ -294,15 +363,23 @@ def test_self_dependency_and_two_separate_cycles() -> None:
 
 
 def test_diamond_plans_in_three_levels() -> None:
-    result = validate(intent(wait("a"), wait("b", depends_on=["a"]), wait("c", depends_on=["a"]),
-                             wait("d", depends_on=["b", "c"])))
+    result = validate(
+        intent(wait("a"), wait("b", depends_on=["a"]), wait("c", depends_on=["a"]), wait("d", depends_on=["b", "c"]))
+    )
     assert result.errors == ()
     assert result.plan == [["a"], ["b", "c"], ["d"]]
 
 
 def test_roots_run_together_and_levels_follow_the_longest_path() -> None:
-    result = validate(intent(wait("a"), wait("b", depends_on=[]), wait("c", depends_on=["a"]),
-                             wait("d", depends_on=["b"]), wait("e", depends_on=["c", "b"])))
+    result = validate(
+        intent(
+            wait("a"),
+            wait("b", depends_on=[]),
+            wait("c", depends_on=["a"]),
+            wait("d", depends_on=["b"]),
+            wait("e", depends_on=["c", "b"]),
+        )
+    )
     assert result.plan == [["a", "b"], ["c", "d"], ["e"]]
 
 
@@ -313,10 +390,19 @@ def test_references_must_read_upstream_steps() -> None:
     doc = intent(
         {"id": "build", "action": "build-container", "image": "app", "depends_on": []},
         {"id": "other", "action": "build-container", "image": "x", "depends_on": []},
-        {"id": "deploy", "action": "deploy-to-kubernetes", "namespace": "p", "depends_on": ["build"],
-         "image": "${steps.other.output.image}", "when": "exists ${steps.verify.output}",
-         "compensate": {"action": "http.request", "url": "https://r/${steps.deploy.output.release}",
-                        "body": {"image": "${steps.ghost.output}"}}},
+        {
+            "id": "deploy",
+            "action": "deploy-to-kubernetes",
+            "namespace": "p",
+            "depends_on": ["build"],
+            "image": "${steps.other.output.image}",
+            "when": "exists ${steps.verify.output}",
+            "compensate": {
+                "action": "http.request",
+                "url": "https://r/${steps.deploy.output.release}",
+                "body": {"image": "${steps.ghost.output}"},
+            },
+        },
         {"id": "verify", "action": "verify-deployment", "url": "${steps.build.output.url}"},  # transitively upstream
     )
     result = validate(doc)
@@ -330,9 +416,21 @@ def test_references_must_read_upstream_steps() -> None:
 
 def test_a_step_cannot_read_its_own_output_but_its_compensation_can() -> None:
     assert errors(intent({"id": "a", "action": "http.request", "url": "https://${steps.a.output.host}"})) == [
-        ("/definition/steps/0/url", "reference_not_upstream")]
-    assert errors(intent({"id": "a", "action": "http.request", "url": "https://x",
-                          "compensate": {"action": "http.request", "url": "https://${steps.a.output.host}"}})) == []
+        ("/definition/steps/0/url", "reference_not_upstream")
+    ]
+    assert (
+        errors(
+            intent(
+                {
+                    "id": "a",
+                    "action": "http.request",
+                    "url": "https://x",
+                    "compensate": {"action": "http.request", "url": "https://${steps.a.output.host}"},
+                }
+            )
+        )
+        == []
+    )
 
 
 def test_inputs_must_be_declared_when_an_input_schema_is_given() -> None:
@@ -340,14 +438,16 @@ def test_inputs_must_be_declared_when_an_input_schema_is_given() -> None:
     declared = {"type": "object", "properties": {"version": {"type": "string"}, "tag": {"type": "string"}}}
     result = validate(intent(*steps, inputs=declared))
     assert [(e.pointer, e.code) for e in result.errors] == [
-        ("/definition/steps/0/params/tag", "reference_undeclared_input")]
+        ("/definition/steps/0/params/tag", "reference_undeclared_input")
+    ]
     assert "did you mean 'tag'" in result.errors[0].message
     assert errors(intent(*steps)) == []  # without a schema, inputs are whatever the execution passes
 
 
 def test_malformed_references() -> None:
     assert errors(intent({"action": "build-container", "image": "app:${inputs.}"})) == [
-        ("/definition/steps/0/image", "invalid_reference")]
+        ("/definition/steps/0/image", "invalid_reference")
+    ]
 
 
 # --- limits -----------------------------------------------------------------------------------------------------
@@ -386,8 +486,12 @@ def test_nesting_limit_points_at_the_first_container_too_deep() -> None:
 
 def test_gates_point_at_each_offending_action_and_the_target() -> None:
     facts = tenant(targets={"staging"}, modules={"wait", "build-container"})
-    doc = intent(wait("a"), {"action": "http.request", "url": "https://x"},
-                 wait("b", compensate={"action": "event.emit", "type": "rolled-back"}), target="production")
+    doc = intent(
+        wait("a"),
+        {"action": "http.request", "url": "https://x"},
+        wait("b", compensate={"action": "event.emit", "type": "rolled-back"}),
+        target="production",
+    )
     result = validate(doc, tenant=facts)
     assert [(e.pointer, e.code) for e in result.errors] == [
         ("/definition/target", "target_not_allowed"),
@@ -425,8 +529,10 @@ def test_declaration_fields_are_checked_against_the_blueprint_inputs() -> None:
 
 
 def test_declaration_naming_its_blueprint() -> None:
-    named = {"name": "web", "definition": {"blueprint": "deploy-application", "target": "staging",
-                                           "version": "1.0.0", "environment": "x"}}
+    named = {
+        "name": "web",
+        "definition": {"blueprint": "deploy-application", "target": "staging", "version": "1.0.0", "environment": "x"},
+    }
     assert errors(named, blueprint=BLUEPRINT) == []
     assert errors(named) == [("/definition/blueprint", "blueprint_required")]
     other = ResolvedBlueprint("other", 1, BLUEPRINT.definition)
@@ -434,8 +540,11 @@ def test_declaration_naming_its_blueprint() -> None:
 
 
 def test_declaration_must_set_every_input_the_blueprint_reads_without_a_default() -> None:
-    loose = ResolvedBlueprint("deploy-application", 1, Definition.model_validate(
-        {"steps": [{"action": "build-container", "image": "${inputs.image}"}]}))
+    loose = ResolvedBlueprint(
+        "deploy-application",
+        1,
+        Definition.model_validate({"steps": [{"action": "build-container", "image": "${inputs.image}"}]}),
+    )
     result = validate(declaration(), blueprint=loose)
     assert [(e.pointer, e.code) for e in result.errors] == [("/definition", "missing_input")]
     assert "'image'" in result.errors[0].message
@@ -463,9 +572,9 @@ def test_a_blueprint_without_steps_cannot_expand_a_declaration() -> None:
 
 def test_four_different_problems_are_reported_together() -> None:
     doc = intent(
-        wait("a", retry={"max_attempts": 0}),                  # schema
-        {"id": "b", "action": "teleport"},                     # unknown action
-        wait("c", depends_on=["zzz"]),                         # unknown dependency
+        wait("a", retry={"max_attempts": 0}),  # schema
+        {"id": "b", "action": "teleport"},  # unknown action
+        wait("c", depends_on=["zzz"]),  # unknown dependency
         {"id": "d", "action": "build-container", "image": "${steps.e.output.tag}"},  # not upstream
         wait("e"),
     )
@@ -530,8 +639,11 @@ def dag_definitions(draw: st.DrawFn) -> dict[str, Any]:
 @given(dag_definitions())
 def test_accepted_definitions_plan_every_step_once_after_its_dependencies(doc: dict[str, Any]) -> None:
     result = validate(doc)
-    forward = any(dep.startswith("s") and int(dep[1:]) > index for index, step in enumerate(doc["definition"]["steps"])
-                  for dep in step.get("depends_on", []))
+    forward = any(
+        dep.startswith("s") and int(dep[1:]) > index
+        for index, step in enumerate(doc["definition"]["steps"])
+        for dep in step.get("depends_on", [])
+    )
     if not result.ok:
         # Only a forward dependency can be refused: to a step without that id, or closing a cycle.
         assert forward

@@ -16,18 +16,45 @@ from shared.modules.http_wait_healthy import HttpWaitHealthyModule
 from shared.modules.ssrf import GuardedClient, UrlRefused, allow_list_refusal, check_url, private_network_allowed
 from shared.tenants.settings import MAX_ALLOWED_HOSTS, settings_problems
 
-PRIVATE_ENTRIES = ["127.0.0.1", "127.1", "2130706433", "0x7f000001", "::1", "[::1]", "10.0.0.5", "192.168.1.1",
-                   "172.16.0.1", "fd00::1", "169.254.1.1", "fe80::1", "0.0.0.0", "::", "100.64.0.1",
-                   "::ffff:127.0.0.1", "localhost", "LOCALHOST.", "api.localhost", "db.internal",
-                   "metadata.google.internal", "printer.local", "nas.home.arpa"]
+PRIVATE_ENTRIES = [
+    "127.0.0.1",
+    "127.1",
+    "2130706433",
+    "0x7f000001",
+    "::1",
+    "[::1]",
+    "10.0.0.5",
+    "192.168.1.1",
+    "172.16.0.1",
+    "fd00::1",
+    "169.254.1.1",
+    "fe80::1",
+    "0.0.0.0",
+    "::",
+    "100.64.0.1",
+    "::ffff:127.0.0.1",
+    "localhost",
+    "LOCALHOST.",
+    "api.localhost",
+    "db.internal",
+    "metadata.google.internal",
+    "printer.local",
+    "nas.home.arpa",
+]
 METADATA_ENTRIES = ["169.254.169.254", "fd00:ec2::254", "100.100.100.200", "::ffff:169.254.169.254"]
-PUBLIC_ENTRIES = ["api.example.com", "93.184.215.14", "2606:4700::1111", "internal.example.com",
-                  "localhost.example.com"]
+PUBLIC_ENTRIES = [
+    "api.example.com",
+    "93.184.215.14",
+    "2606:4700::1111",
+    "internal.example.com",
+    "localhost.example.com",
+]
 
 
 def resolving_to(*addresses: str):  # type: ignore[no-untyped-def]
     def resolver(host: str, port: int) -> list[str]:
         return list(addresses)
+
     return resolver
 
 
@@ -72,7 +99,8 @@ def test_settings_problems_name_each_refused_entry() -> None:
 
 def test_settings_problems_check_the_shape() -> None:
     assert settings_problems({"allowed_hosts": "127.0.0.1"}, allow_private=True) == [
-        ("/settings/allowed_hosts", "allowed_hosts is a list of host names")]
+        ("/settings/allowed_hosts", "allowed_hosts is a list of host names")
+    ]
     assert settings_problems({"allowed_hosts": ["a.example"] * (MAX_ALLOWED_HOSTS + 1)}, allow_private=True)
     assert settings_problems({"allowed_hosts": None}, allow_private=False) == []
     assert settings_problems({"feature.x": True}, allow_private=False) == []
@@ -93,7 +121,8 @@ def test_a_public_name_resolving_privately_is_refused_even_when_allow_listed() -
     with pytest.raises(UrlRefused, match="api.example.com resolves to 10.1.2.3, a private address"):
         check_url("https://api.example.com/", ["api.example.com"], resolver, allow_private=False)
     assert check_url("https://api.example.com/", ["api.example.com"], resolver, allow_private=True).addresses == (
-        "10.1.2.3",)
+        "10.1.2.3",
+    )
 
 
 def test_the_default_is_closed() -> None:
@@ -120,8 +149,12 @@ def test_guarded_client_connects_only_when_open(allow_private: bool, reached: bo
         seen.append(str(request.url))
         return httpx.Response(200)
 
-    with GuardedClient(["svc.example"], resolver=resolving_to("10.0.0.9"), transport=httpx.MockTransport(answer),
-                       allow_private=allow_private) as client:
+    with GuardedClient(
+        ["svc.example"],
+        resolver=resolving_to("10.0.0.9"),
+        transport=httpx.MockTransport(answer),
+        allow_private=allow_private,
+    ) as client:
         if reached:
             client.request("GET", "http://svc.example/health").close()
         else:
@@ -130,14 +163,18 @@ def test_guarded_client_connects_only_when_open(allow_private: bool, reached: bo
     assert seen == (["http://10.0.0.9/health"] if reached else [])
 
 
-@pytest.mark.parametrize("module_action, module", [
-    ("http.request", HttpRequestModule(resolver=resolving_to("127.0.0.1"), allow_private=False)),
-    ("http.wait_healthy", HttpWaitHealthyModule(resolver=resolving_to("127.0.0.1"), allow_private=False)),
-])
+@pytest.mark.parametrize(
+    "module_action, module",
+    [
+        ("http.request", HttpRequestModule(resolver=resolving_to("127.0.0.1"), allow_private=False)),
+        ("http.wait_healthy", HttpWaitHealthyModule(resolver=resolving_to("127.0.0.1"), allow_private=False)),
+    ],
+)
 def test_modules_refuse_allow_listed_loopback_when_closed(module_action: str, module: object) -> None:
     with pytest.raises(UrlRefused, match="loopback address .*private networks"):
-        run_module(module_action, ctx(allowed_hosts=["svc.example"]), {"url": "http://svc.example/"},
-                   {module_action: module})  # type: ignore[dict-item]
+        run_module(
+            module_action, ctx(allowed_hosts=["svc.example"]), {"url": "http://svc.example/"}, {module_action: module}
+        )  # type: ignore[dict-item]
 
 
 # ---- the setting ---------------------------------------------------------------------------------------------
@@ -165,10 +202,12 @@ def test_the_setting_is_off_unless_turned_on(settings_env: pytest.MonkeyPatch) -
 def test_modules_read_the_setting_when_not_told(settings_env: pytest.MonkeyPatch) -> None:
     module = HttpRequestModule(resolver=resolving_to("127.0.0.1"))
     with pytest.raises(UrlRefused, match="private networks"):
-        run_module("http.request", ctx(allowed_hosts=["svc.example"]), {"url": "http://127.0.0.1:9/"},
-                   {"http.request": module})
+        run_module(
+            "http.request", ctx(allowed_hosts=["svc.example"]), {"url": "http://127.0.0.1:9/"}, {"http.request": module}
+        )
     settings_env.setenv("QP_ALLOW_PRIVATE_NETWORK_HOSTS", "true")
     get_settings.cache_clear()
     with pytest.raises(UrlRefused, match="allowed_hosts"):  # open, but this host is not on the allow-list
-        run_module("http.request", ctx(allowed_hosts=["svc.example"]), {"url": "http://127.0.0.1:9/"},
-                   {"http.request": module})
+        run_module(
+            "http.request", ctx(allowed_hosts=["svc.example"]), {"url": "http://127.0.0.1:9/"}, {"http.request": module}
+        )

@@ -14,7 +14,7 @@ from shared import telemetry
 
 def _parsed(line: str) -> dict[str, object]:
     assert line.startswith(telemetry.PREFIX)
-    parsed: dict[str, object] = json.loads(line[len(telemetry.PREFIX):])
+    parsed: dict[str, object] = json.loads(line[len(telemetry.PREFIX) :])
     return parsed
 
 
@@ -25,11 +25,24 @@ def test_an_undeclared_event_is_refused() -> None:
 
 def test_a_line_is_one_line_of_json_without_empty_fields() -> None:
     tenant, execution = uuid.uuid4(), uuid.uuid4()
-    line = telemetry.telemetry_line("step.failed", tenant_id=tenant, execution_id=execution, step_id="build",
-                                    attempt=2, duration_ms=None, error="first line\nsecond line")
+    line = telemetry.telemetry_line(
+        "step.failed",
+        tenant_id=tenant,
+        execution_id=execution,
+        step_id="build",
+        attempt=2,
+        duration_ms=None,
+        error="first line\nsecond line",
+    )
     assert "\n" not in line
-    assert _parsed(line) == {"event": "step.failed", "tenant_id": str(tenant), "execution_id": str(execution),
-                             "step_id": "build", "attempt": 2, "error": "first line\nsecond line"}
+    assert _parsed(line) == {
+        "event": "step.failed",
+        "tenant_id": str(tenant),
+        "execution_id": str(execution),
+        "step_id": "build",
+        "attempt": 2,
+        "error": "first line\nsecond line",
+    }
 
 
 def test_long_text_is_cut() -> None:
@@ -42,5 +55,9 @@ def test_emit_logs_the_line_at_info(caplog: pytest.LogCaptureFixture) -> None:
         telemetry.emit("step.completed", tenant_id="t", action="wait", duration_ms=5)
     [record] = caplog.records
     assert (record.name, record.levelno) == ("qp.telemetry", logging.INFO)
-    assert _parsed(record.getMessage()) == {"event": "step.completed", "tenant_id": "t", "action": "wait",
-                                            "duration_ms": 5}
+    assert _parsed(record.getMessage()) == {
+        "event": "step.completed",
+        "tenant_id": "t",
+        "action": "wait",
+        "duration_ms": 5,
+    }

@@ -115,9 +115,7 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def make_validator(
-    idp: FakeIdentityProvider, clock: FakeClock
-) -> Callable[..., TokenValidator]:
+def make_validator(idp: FakeIdentityProvider, clock: FakeClock) -> Callable[..., TokenValidator]:
     def make(**kwargs: Any) -> TokenValidator:
         kwargs.setdefault("audience", DEFAULT_AUDIENCE)
         kwargs.setdefault("jwks_cooldown_s", COOLDOWN_S)
@@ -132,8 +130,9 @@ def validator(make_validator: Callable[..., TokenValidator]) -> TokenValidator:
     return make_validator()
 
 
-def _token(key: SigningKey, *, tenant: str = "contoso", roles: tuple[str, ...] = (INTENT_READER,),
-           **kwargs: Any) -> str:
+def _token(
+    key: SigningKey, *, tenant: str = "contoso", roles: tuple[str, ...] = (INTENT_READER,), **kwargs: Any
+) -> str:
     return sign_access_token(key, tenant=tenant, base_url=BASE_URL, roles=roles, **kwargs)
 
 
@@ -221,8 +220,7 @@ def test_token_without_idtyp_is_not_app_only(validator: TokenValidator, key: Sig
     assert validator.validate(token).app_only is False
 
 
-def test_any_configured_audience_is_accepted(make_validator: Callable[..., TokenValidator],
-                                             key: SigningKey) -> None:
+def test_any_configured_audience_is_accepted(make_validator: Callable[..., TokenValidator], key: SigningKey) -> None:
     client_id = str(uuid.uuid4())
     validator = make_validator(audience=[DEFAULT_AUDIENCE, client_id])
     assert validator.validate(_token(key, audience=client_id)).entra_tenant_id == CONTOSO
@@ -319,7 +317,8 @@ def test_embedded_jwk_of_an_attacker_key_is_refused(
 
 
 @pytest.mark.parametrize(
-    "kid", ["https://attacker.example/keys#1", "../../../../etc/passwd", "' OR 1=1 --", "k" * 5000],
+    "kid",
+    ["https://attacker.example/keys#1", "../../../../etc/passwd", "' OR 1=1 --", "k" * 5000],
     ids=["url", "path", "sql", "huge"],
 )
 def test_injected_kid_only_ever_looks_in_the_jwks(
@@ -707,8 +706,14 @@ def test_malformed_authorization_headers_are_refused(header: str | None) -> None
 
 @pytest.fixture
 def auth_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
-    for name in ("QP_BLOB_ACCOUNT_URL", "QP_EVENTHUB_BACKEND", "QP_AUTH_METADATA_URL", "QP_AUTH_AUDIENCE",
-                 "QP_AUTH_LEEWAY_S", "QP_AUTH_JWKS_COOLDOWN_S"):
+    for name in (
+        "QP_BLOB_ACCOUNT_URL",
+        "QP_EVENTHUB_BACKEND",
+        "QP_AUTH_METADATA_URL",
+        "QP_AUTH_AUDIENCE",
+        "QP_AUTH_LEEWAY_S",
+        "QP_AUTH_JWKS_COOLDOWN_S",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("QP_DATABASE_URL", "host=/tmp dbname=quantum")
     monkeypatch.setenv("QP_DATABASE_CONTROL_URL", "host=/tmp dbname=quantum")
@@ -746,4 +751,3 @@ def test_verified_token_is_immutable(validator: TokenValidator, key: SigningKey)
     with pytest.raises(AttributeError):
         verified.roles = frozenset({PLATFORM_ADMIN})  # type: ignore[misc]
     assert hash(verified) == hash(validator.validate(_token(key)))
-

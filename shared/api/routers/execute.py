@@ -25,38 +25,70 @@ from shared.policy.actions import Action
 router = APIRouter(prefix="/api/v1/intents", tags=["executions"], route_class=GuardedRoute)
 
 _EXAMPLE_ID = "5d7e1f0a-3b2c-4d5e-8f90-1a2b3c4d5e6f"
-_ACCEPTED_EXAMPLE: dict[str, Any] = {"execution_id": _EXAMPLE_ID, "status": "pending", "created": True, "links": {
-    "self": f"/api/v1/executions/{_EXAMPLE_ID}", "events": f"/api/v1/executions/{_EXAMPLE_ID}/events?after=0"}}
+_ACCEPTED_EXAMPLE: dict[str, Any] = {
+    "execution_id": _EXAMPLE_ID,
+    "status": "pending",
+    "created": True,
+    "links": {
+        "self": f"/api/v1/executions/{_EXAMPLE_ID}",
+        "events": f"/api/v1/executions/{_EXAMPLE_ID}/events?after=0",
+    },
+}
 EXECUTE_ERRORS: dict[int | str, dict[str, Any]] = {
     **AUTH_ERRORS,
     400: BAD_IDEMPOTENCY_KEY,
-    404: problem_doc(404, "not-found", "Not found", "No intent 0b6f3c1e-5d2a-4c1f-9e7b-2a8d4f6c9e10.",
-                     "No such intent (or version) in the caller's tenant"),
-    409: problem_doc(409, "plan-changed", "Conflict", "the plan hash is 3b1f..., not 9c2e...",
-                     "The intent is archived, its pinned version no longer validates, or the plan changed"),
-    422: {**INVALID, "description": "The input does not match the intent's input schema, the body is malformed, or "
-                                    "the Idempotency-Key was used for a different request"},
+    404: problem_doc(
+        404,
+        "not-found",
+        "Not found",
+        "No intent 0b6f3c1e-5d2a-4c1f-9e7b-2a8d4f6c9e10.",
+        "No such intent (or version) in the caller's tenant",
+    ),
+    409: problem_doc(
+        409,
+        "plan-changed",
+        "Conflict",
+        "the plan hash is 3b1f..., not 9c2e...",
+        "The intent is archived, its pinned version no longer validates, or the plan changed",
+    ),
+    422: {
+        **INVALID,
+        "description": "The input does not match the intent's input schema, the body is malformed, or "
+        "the Idempotency-Key was used for a different request",
+    },
 }
-EXECUTE_ERRORS[403] = {**AUTH_ERRORS[403], "description": "Not allowed: Executor (Deployer for production), or "
-                                                            "a module or target outside the tenant's allow-lists "
-                                                            "(`gate-refused`, with the offending steps)"}
-EXECUTE_ERRORS[429] = {**AUTH_ERRORS[429], "description": "Over the request rate, or the tenant already runs as "
-                                                            "many executions as its quota allows"}
+EXECUTE_ERRORS[403] = {
+    **AUTH_ERRORS[403],
+    "description": "Not allowed: Executor (Deployer for production), or "
+    "a module or target outside the tenant's allow-lists "
+    "(`gate-refused`, with the offending steps)",
+}
+EXECUTE_ERRORS[429] = {
+    **AUTH_ERRORS[429],
+    "description": "Over the request rate, or the tenant already runs as many executions as its quota allows",
+}
 
 
 class ExecuteRequest(BaseModel):
     """What to run: input for the intent's input schema, optionally a version and the plan hash insisted on."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"input": {"version": "1.2.3"}}, {"input": {}, "version": 2, "plan_hash": "3b1f" + "0" * 60}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"input": {"version": "1.2.3"}}, {"input": {}, "version": 2, "plan_hash": "3b1f" + "0" * 60}]
+        },
+    )
 
     input: dict[str, Any] = Field(default_factory=dict)
     version: int | None = Field(None, ge=1, description="Default: the intent's current version.")
-    plan_hash: str | None = Field(None, pattern=r"^[0-9a-f]{64}$",
-                                  description="From POST .../plan: refuse to run if the plan has changed since.")
+    plan_hash: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="From POST .../plan: refuse to run if the plan has changed since."
+    )
     idempotency_key: IdempotencyKey | None = Field(
-        None, description="For producers that cannot set the Idempotency-Key header; the same format. The header "
-                          "wins when both are sent.")
+        None,
+        description="For producers that cannot set the Idempotency-Key header; the same format. The header "
+        "wins when both are sent.",
+    )
 
 
 class ExecutionAccepted(BaseModel):
@@ -73,13 +105,22 @@ class ExecutionAccepted(BaseModel):
 def accepted(started: engine.Started) -> JSONResponse:
     """202 with the execution's id, status and links (also for a replayed idempotency key)."""
     path = f"/api/v1/executions/{started.execution.id}"
-    body = ExecutionAccepted(execution_id=started.execution.id, status=started.execution.status,
-                             created=started.created, links=ExecutionLinks(self=path, events=f"{path}/events?after=0"))
+    body = ExecutionAccepted(
+        execution_id=started.execution.id,
+        status=started.execution.status,
+        created=started.created,
+        links=ExecutionLinks(self=path, events=f"{path}/events?after=0"),
+    )
     return JSONResponse(body.model_dump(mode="json"), status_code=202, headers={"Location": path})
 
 
-@router.post("/{intent_id}/execute", status_code=202, response_model=ExecutionAccepted, summary="Execute an intent",
-             responses=EXECUTE_ERRORS)
+@router.post(
+    "/{intent_id}/execute",
+    status_code=202,
+    response_model=ExecutionAccepted,
+    summary="Execute an intent",
+    responses=EXECUTE_ERRORS,
+)
 async def execute(
     intent_id: Annotated[UUID, Path(description="The intent's id.")],
     context: Annotated[RequestContext, Depends(permission(Action.INTENT_EXECUTE, resource_param="intent_id"))],
@@ -91,8 +132,13 @@ async def execute(
     the execution and start its orchestration; 202 with its id and links. Without a body the input is empty."""
     request = body or ExecuteRequest()
     start = engine.StartRequest(
-        intent_id=intent_id, input=request.input, version=request.version, plan_hash=request.plan_hash,
-        idempotency_key=idempotency_key or request.idempotency_key, requested_by=context.principal.id)
+        intent_id=intent_id,
+        input=request.input,
+        version=request.version,
+        plan_hash=request.plan_hash,
+        idempotency_key=idempotency_key or request.idempotency_key,
+        requested_by=context.principal.id,
+    )
     started = await run_in_threadpool(begin, context, lambda _conn: start)
     await launch(client, started, context.tenant.id)
     return accepted(started)

@@ -37,15 +37,23 @@ from shared.policy.actions import Action
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/executions", tags=["executions"], route_class=GuardedRoute)
-_FINISHED = problem_doc(409, "already-finished", "Conflict", f"execution {EXAMPLE_EXECUTION_ID} is already succeeded",
-                        "The execution has ended")
+_FINISHED = problem_doc(
+    409,
+    "already-finished",
+    "Conflict",
+    f"execution {EXAMPLE_EXECUTION_ID} is already succeeded",
+    "The execution has ended",
+)
 
 
 class CancelAccepted(BaseModel):
     """The cancel was recorded; the execution compensates what completed and ends cancelled."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [
-        {"execution_id": EXAMPLE_EXECUTION_ID, "status": "running", "cancel_requested": True}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"execution_id": EXAMPLE_EXECUTION_ID, "status": "running", "cancel_requested": True}]
+        }
+    )
 
     execution_id: UUID
     status: str
@@ -55,9 +63,15 @@ class CancelAccepted(BaseModel):
 class ApprovalDecision(BaseModel):
     """An approver's decision on a waiting approval step."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"decision": "approve", "comment": "change ticket CHG-1042 approved"},
-        {"decision": "reject", "comment": "not during the freeze"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"decision": "approve", "comment": "change ticket CHG-1042 approved"},
+                {"decision": "reject", "comment": "not during the freeze"},
+            ]
+        },
+    )
 
     decision: Literal["approve", "reject"]
     comment: str = Field("", max_length=2000)
@@ -66,8 +80,13 @@ class ApprovalDecision(BaseModel):
 class ApprovalRecorded(BaseModel):
     """The decision as recorded (a repeated identical decision answers the same)."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [
-        {"execution_id": EXAMPLE_EXECUTION_ID, "step_id": "approve", "decision": "approve", "applied": True}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"execution_id": EXAMPLE_EXECUTION_ID, "step_id": "approve", "decision": "approve", "applied": True}
+            ]
+        }
+    )
 
     execution_id: UUID
     step_id: str
@@ -96,14 +115,21 @@ def _problem(exc: control.ControlError) -> ProblemError:
     return ProblemError(500, "internal-error", "Internal server error")
 
 
-@router.post("/{execution_id}/cancel", status_code=202, response_model=CancelAccepted, summary="Cancel an execution",
-             responses={**AUTH_ERRORS, 404: EXECUTION_NOT_FOUND, 409: _FINISHED, 422: INVALID})
-async def cancel(execution_id: ExecutionId,
-                 context: Annotated[RequestContext, Depends(permission(Action.EXECUTION_CANCEL,
-                                                                       resource_param="execution_id"))],
-                 client: Any = Depends(get_durable_client)) -> CancelAccepted:  # noqa: B008
+@router.post(
+    "/{execution_id}/cancel",
+    status_code=202,
+    response_model=CancelAccepted,
+    summary="Cancel an execution",
+    responses={**AUTH_ERRORS, 404: EXECUTION_NOT_FOUND, 409: _FINISHED, 422: INVALID},
+)
+async def cancel(
+    execution_id: ExecutionId,
+    context: Annotated[RequestContext, Depends(permission(Action.EXECUTION_CANCEL, resource_param="execution_id"))],
+    client: Any = Depends(get_durable_client),  # noqa: B008
+) -> CancelAccepted:
     """Stop scheduling new steps, let work already out end, compensate what completed, end cancelled (the
     requester, an Executor or a Deployer)."""
+
     def record() -> repo.Execution:
         execution = load_execution(context, execution_id)
         authorize(context, Action.EXECUTION_CANCEL, execution_resource(execution, context.tenant.id))
@@ -114,8 +140,10 @@ async def cancel(execution_id: ExecutionId,
                 raise _problem(exc) from None
 
     execution = await run_in_threadpool(record)
-    if not await raise_to_orchestration(client, execution_id, CANCEL_EVENT, {"by": context.principal.id}) \
-            and execution.status == "pending":
+    if (
+        not await raise_to_orchestration(client, execution_id, CANCEL_EVENT, {"by": context.principal.id})
+        and execution.status == "pending"
+    ):
         await run_in_threadpool(_cancel_unstarted, context.tenant.id, execution_id)
         execution = await run_in_threadpool(load_execution, context, execution_id)
     return CancelAccepted(execution_id=execution.id, status=execution.status, cancel_requested=True)
@@ -128,16 +156,33 @@ def _cancel_unstarted(tenant_id: UUID, execution_id: UUID) -> None:
             repo.transition(conn, execution_id, "cancelled", error="cancelled before it started")
 
 
-@router.post("/{execution_id}/approvals/{step_id}", response_model=ApprovalRecorded, summary="Decide an approval",
-             responses={**AUTH_ERRORS, 404: EXECUTION_NOT_FOUND, 409: problem_doc(
-                 409, "not-waiting", "Conflict", "step deploy was already decided (failed)",
-                 "The step is not an approval waiting for a decision"), 422: INVALID})
-async def approve(execution_id: ExecutionId, step_id: StepId,
-                  context: Annotated[RequestContext, Depends(permission(Action.EXECUTION_APPROVE,
-                                                                        resource_param="execution_id"))],
-                  body: ApprovalDecision, client: Any = Depends(get_durable_client)) -> ApprovalRecorded:  # noqa: B008
+@router.post(
+    "/{execution_id}/approvals/{step_id}",
+    response_model=ApprovalRecorded,
+    summary="Decide an approval",
+    responses={
+        **AUTH_ERRORS,
+        404: EXECUTION_NOT_FOUND,
+        409: problem_doc(
+            409,
+            "not-waiting",
+            "Conflict",
+            "step deploy was already decided (failed)",
+            "The step is not an approval waiting for a decision",
+        ),
+        422: INVALID,
+    },
+)
+async def approve(
+    execution_id: ExecutionId,
+    step_id: StepId,
+    context: Annotated[RequestContext, Depends(permission(Action.EXECUTION_APPROVE, resource_param="execution_id"))],
+    body: ApprovalDecision,
+    client: Any = Depends(get_durable_client),  # noqa: B008
+) -> ApprovalRecorded:
     """Approve or reject a waiting approval step (Approver; never the execution's requester, and only a listed
     approver when the step names some). A rejection fails the step and compensates."""
+
     def record() -> control.ApprovalOutcome:
         execution = load_execution(context, execution_id)
         resource = execution_resource(execution, context.tenant.id)
@@ -145,30 +190,42 @@ async def approve(execution_id: ExecutionId, step_id: StepId,
         with tenant_transaction(context.tenant.id) as conn:
             try:
                 outcome = control.decide_approval(
-                    conn, execution_id, step_id, body.decision, principal_id=context.principal.id,
-                    object_id=str(context.principal.object_id), comment=body.comment)
+                    conn,
+                    execution_id,
+                    step_id,
+                    body.decision,
+                    principal_id=context.principal.id,
+                    object_id=str(context.principal.object_id),
+                    comment=body.comment,
+                )
             except control.ControlError as exc:
                 raise _problem(exc) from None
             if outcome.applied:
-                record_mutation(context, Action.EXECUTION_APPROVE, resource,
-                                {"step": step_id, "decision": body.decision}, conn=conn)
+                record_mutation(
+                    context, Action.EXECUTION_APPROVE, resource, {"step": step_id, "decision": body.decision}, conn=conn
+                )
             return outcome
 
     outcome = await run_in_threadpool(record)
     await raise_to_orchestration(client, execution_id, approval_event(step_id, outcome.key.attempt), outcome.verdict)
-    return ApprovalRecorded(execution_id=execution_id, step_id=step_id, decision=body.decision,
-                            applied=outcome.applied)
+    return ApprovalRecorded(execution_id=execution_id, step_id=step_id, decision=body.decision, applied=outcome.applied)
 
 
-@router.post("/{execution_id}/retry", status_code=202, response_model=ExecutionAccepted,
-             summary="Retry an execution from the failed step",
-             responses={**EXECUTE_ERRORS, 404: EXECUTION_NOT_FOUND})
-async def retry(execution_id: ExecutionId,
-                # Retrying starts an execution of the intent: decided on the intent once the execution is loaded.
-                context: Annotated[RequestContext, Depends(permission(Action.INTENT_EXECUTE))],
-                idempotency_key: Annotated[str | None, Depends(idempotency_key_header)],
-                body: Annotated[RetryRequest | None, Body(examples=[{}, {"version": 3}])] = None,
-                client: Any = Depends(get_durable_client)) -> JSONResponse:  # noqa: B008
+@router.post(
+    "/{execution_id}/retry",
+    status_code=202,
+    response_model=ExecutionAccepted,
+    summary="Retry an execution from the failed step",
+    responses={**EXECUTE_ERRORS, 404: EXECUTION_NOT_FOUND},
+)
+async def retry(
+    execution_id: ExecutionId,
+    # Retrying starts an execution of the intent: decided on the intent once the execution is loaded.
+    context: Annotated[RequestContext, Depends(permission(Action.INTENT_EXECUTE))],
+    idempotency_key: Annotated[str | None, Depends(idempotency_key_header)],
+    body: Annotated[RetryRequest | None, Body(examples=[{}, {"version": 3}])] = None,
+    client: Any = Depends(get_durable_client),  # noqa: B008
+) -> JSONResponse:
     """Start a new execution of the same intent and input that reuses the outputs of the steps that succeeded (and
     were not compensated) and runs the rest; 202 with its id (`retry_of` links the two)."""
     request = body or RetryRequest()
@@ -176,9 +233,17 @@ async def retry(execution_id: ExecutionId,
     def start_retry() -> engine.Started:
         execution = load_execution(context, execution_id)
         try:
-            return begin(context, lambda conn: control.retry_request(
-                conn, execution, version=request.version, requested_by=context.principal.id,
-                idempotency_key=idempotency_key), detail={"retry_of": str(execution_id)})
+            return begin(
+                context,
+                lambda conn: control.retry_request(
+                    conn,
+                    execution,
+                    version=request.version,
+                    requested_by=context.principal.id,
+                    idempotency_key=idempotency_key,
+                ),
+                detail={"retry_of": str(execution_id)},
+            )
         except control.ControlError as exc:
             raise _problem(exc) from None
 

@@ -42,31 +42,93 @@ EXAMPLE_EXECUTION_ID = "5d7e1f0a-3b2c-4d5e-8f90-1a2b3c4d5e6f"
 _INTENT_ID = "0b6f3c1e-5d2a-4c1f-9e7b-2a8d4f6c9e10"
 _PRINCIPAL = "72f988bf-86f1-41af-91ab-2d7cd011db47/1b2c3d4e-0000-4000-8000-000000000001"
 _SUMMARY_EXAMPLE: dict[str, Any] = {
-    "id": EXAMPLE_EXECUTION_ID, "intent_id": _INTENT_ID, "intent_version": 2, "target": "production",
-    "status": "running", "requested_by": _PRINCIPAL, "created_at": "2025-01-05T09:30:00Z",
-    "updated_at": "2025-01-05T09:30:01Z", "finished_at": None}
+    "id": EXAMPLE_EXECUTION_ID,
+    "intent_id": _INTENT_ID,
+    "intent_version": 2,
+    "target": "production",
+    "status": "running",
+    "requested_by": _PRINCIPAL,
+    "created_at": "2025-01-05T09:30:00Z",
+    "updated_at": "2025-01-05T09:30:01Z",
+    "finished_at": None,
+}
 _STEP_EXAMPLE: dict[str, Any] = {
-    "step_id": "build", "action": "build-container", "state": "retrying", "attempt": 1, "max_attempts": 3,
-    "output": None, "error": "registry unavailable", "retry_at": "2025-01-05T09:30:09Z", "reused": False,
-    "child_execution_id": None, "started_at": "2025-01-05T09:30:01Z", "finished_at": None, "attempts": [
-        {"phase": "run", "attempt": 1, "action": "build-container", "remote": True, "state": "failed", "output": None,
-         "error": "registry unavailable", "started_at": "2025-01-05T09:30:01Z",
-         "finished_at": "2025-01-05T09:30:05Z"}]}
+    "step_id": "build",
+    "action": "build-container",
+    "state": "retrying",
+    "attempt": 1,
+    "max_attempts": 3,
+    "output": None,
+    "error": "registry unavailable",
+    "retry_at": "2025-01-05T09:30:09Z",
+    "reused": False,
+    "child_execution_id": None,
+    "started_at": "2025-01-05T09:30:01Z",
+    "finished_at": None,
+    "attempts": [
+        {
+            "phase": "run",
+            "attempt": 1,
+            "action": "build-container",
+            "remote": True,
+            "state": "failed",
+            "output": None,
+            "error": "registry unavailable",
+            "started_at": "2025-01-05T09:30:01Z",
+            "finished_at": "2025-01-05T09:30:05Z",
+        }
+    ],
+}
 _EXECUTION_EXAMPLE: dict[str, Any] = {
-    **_SUMMARY_EXAMPLE, "input": {"version": "1.2.3"}, "output": None, "error": None, "plan_hash": "3b1f" + "0" * 60,
-    "last_event_seq": 3, "parent_execution_id": None, "retry_of": None,
-    "wait_reason": "retrying step build in 8 s (attempt 2 of 3)", "steps": [_STEP_EXAMPLE],
-    "links": {"self": f"/api/v1/executions/{EXAMPLE_EXECUTION_ID}",
-              "events": f"/api/v1/executions/{EXAMPLE_EXECUTION_ID}/events?after=0"}}
+    **_SUMMARY_EXAMPLE,
+    "input": {"version": "1.2.3"},
+    "output": None,
+    "error": None,
+    "plan_hash": "3b1f" + "0" * 60,
+    "last_event_seq": 3,
+    "parent_execution_id": None,
+    "retry_of": None,
+    "wait_reason": "retrying step build in 8 s (attempt 2 of 3)",
+    "steps": [_STEP_EXAMPLE],
+    "links": {
+        "self": f"/api/v1/executions/{EXAMPLE_EXECUTION_ID}",
+        "events": f"/api/v1/executions/{EXAMPLE_EXECUTION_ID}/events?after=0",
+    },
+}
 _EVENTS_EXAMPLE: dict[str, Any] = {
-    "execution_id": EXAMPLE_EXECUTION_ID, "status": "running", "next_after": 3, "items": [
-        {"seq": 2, "type": "step_started", "step": "build", "step_id": "build", "data": {"attempt": 1},
-         "result": None, "error": None, "occurred_at": "2025-01-05T09:30:01Z"},
-        {"seq": 3, "type": "step_completed", "step": "build", "step_id": "build",
-         "data": {"attempt": 1, "output": {"image": "myapp:1.2.3"}}, "result": {"image": "myapp:1.2.3"},
-         "error": None, "occurred_at": "2025-01-05T09:31:12Z"}]}
-EXECUTION_NOT_FOUND = problem_doc(404, "not-found", "Not found", f"No execution {EXAMPLE_EXECUTION_ID}.",
-                         "No such execution in the caller's tenant (another tenant's is not found either)")
+    "execution_id": EXAMPLE_EXECUTION_ID,
+    "status": "running",
+    "next_after": 3,
+    "items": [
+        {
+            "seq": 2,
+            "type": "step_started",
+            "step": "build",
+            "step_id": "build",
+            "data": {"attempt": 1},
+            "result": None,
+            "error": None,
+            "occurred_at": "2025-01-05T09:30:01Z",
+        },
+        {
+            "seq": 3,
+            "type": "step_completed",
+            "step": "build",
+            "step_id": "build",
+            "data": {"attempt": 1, "output": {"image": "myapp:1.2.3"}},
+            "result": {"image": "myapp:1.2.3"},
+            "error": None,
+            "occurred_at": "2025-01-05T09:31:12Z",
+        },
+    ],
+}
+EXECUTION_NOT_FOUND = problem_doc(
+    404,
+    "not-found",
+    "Not found",
+    f"No execution {EXAMPLE_EXECUTION_ID}.",
+    "No such execution in the caller's tenant (another tenant's is not found either)",
+)
 
 
 class ExecutionSummary(BaseModel):
@@ -100,7 +162,7 @@ class AttemptOut(BaseModel):
     action: str
     remote: bool
     state: str = Field(description="dispatched, succeeded, failed, timed_out or abandoned.")
-    output: Any = Field(description="The output, or a blob reference {\"$blob\": {...}} when it was large.")
+    output: Any = Field(description='The output, or a blob reference {"$blob": {...}} when it was large.')
     error: str | None
     started_at: datetime
     finished_at: datetime | None
@@ -111,8 +173,10 @@ class StepOut(BaseModel):
 
     step_id: str
     action: str
-    state: str = Field(description="pending, running, waiting, retrying, succeeded, failed, skipped, compensating, "
-                                   "compensated, compensation_failed or cancelled.")
+    state: str = Field(
+        description="pending, running, waiting, retrying, succeeded, failed, skipped, compensating, "
+        "compensated, compensation_failed or cancelled."
+    )
     attempt: int
     max_attempts: int
     output: Any
@@ -155,10 +219,12 @@ class ExecutionEventOut(BaseModel):
     """One event, numbered from 1 per execution."""
 
     seq: int
-    type: str = Field(description="execution_started, step_started, step_completed, step_failed, step_retrying, "
-                                  "step_skipped, approval_requested, approval_granted, approval_rejected, "
-                                  "compensation_started, compensation_completed, execution_compensating, "
-                                  "cancel_requested, execution_completed, execution_failed, execution_cancelled, ...")
+    type: str = Field(
+        description="execution_started, step_started, step_completed, step_failed, step_retrying, "
+        "step_skipped, approval_requested, approval_granted, approval_rejected, "
+        "compensation_started, compensation_completed, execution_compensating, "
+        "cancel_requested, execution_completed, execution_failed, execution_cancelled, ..."
+    )
     step: str | None = Field(description="The step the event is about (null for the execution's own events).")
     step_id: str | None = Field(description="The same as `step`.")
     data: dict[str, Any]
@@ -180,34 +246,54 @@ class ExecutionEventPage(BaseModel):
 
 def _summary(execution: repo.Execution) -> ExecutionSummary:
     return ExecutionSummary(
-        id=execution.id, intent_id=execution.intent_id, intent_version=execution.intent_version,
-        target=execution.target, status=execution.status, requested_by=execution.requested_by,
-        created_at=execution.created_at, updated_at=execution.updated_at, finished_at=execution.finished_at)
+        id=execution.id,
+        intent_id=execution.intent_id,
+        intent_version=execution.intent_version,
+        target=execution.target,
+        status=execution.status,
+        requested_by=execution.requested_by,
+        created_at=execution.created_at,
+        updated_at=execution.updated_at,
+        finished_at=execution.finished_at,
+    )
 
 
 def _out(execution: repo.Execution, steps: list[dict[str, Any]], attempts: list[Attempt]) -> ExecutionOut:
     path = f"/api/v1/executions/{execution.id}"
     return ExecutionOut(
-        **_summary(execution).model_dump(), input=execution.input, output=execution.output, error=execution.error,
-        plan_hash=execution.plan_hash, last_event_seq=execution.last_event_seq,
-        parent_execution_id=execution.parent_execution_id, retry_of=execution.retry_of,
+        **_summary(execution).model_dump(),
+        input=execution.input,
+        output=execution.output,
+        error=execution.error,
+        plan_hash=execution.plan_hash,
+        last_event_seq=execution.last_event_seq,
+        parent_execution_id=execution.parent_execution_id,
+        retry_of=execution.retry_of,
         wait_reason=wait_reason(execution, steps, datetime.now(UTC)),
         steps=[StepOut.model_validate(view) for view in step_views(steps, attempts)],
-        links=ExecutionLinks(self=path, events=f"{path}/events?after=0"))
+        links=ExecutionLinks(self=path, events=f"{path}/events?after=0"),
+    )
 
 
 def event_out(event: repo.ExecutionEvent) -> ExecutionEventOut:
     """An event as the API shows it: `result` and `error` lifted out of its data for stream readers."""
     error = event.data.get("error")
-    return ExecutionEventOut(seq=event.seq, type=event.type, step=event.step_id, step_id=event.step_id,
-                             data=event.data, result=event.data.get("output") if event.type == "step_completed"
-                             else None, error=str(error) if error is not None else None,
-                             occurred_at=event.occurred_at)
+    return ExecutionEventOut(
+        seq=event.seq,
+        type=event.type,
+        step=event.step_id,
+        step_id=event.step_id,
+        data=event.data,
+        result=event.data.get("output") if event.type == "step_completed" else None,
+        error=str(error) if error is not None else None,
+        occurred_at=event.occurred_at,
+    )
 
 
 def execution_resource(execution: repo.Execution, tenant_id: UUID) -> Resource:
-    return Resource("Execution", str(execution.id), tenant_id,
-                    {"target": execution.target, "requested_by": execution.requested_by})
+    return Resource(
+        "Execution", str(execution.id), tenant_id, {"target": execution.target, "requested_by": execution.requested_by}
+    )
 
 
 def _find(conn: Conn, execution_id: UUID) -> repo.Execution:
@@ -228,22 +314,27 @@ def load_execution(context: RequestContext, execution_id: UUID, conn: Conn | Non
     return execution
 
 
-def _read_events(tenant_id: UUID, execution_id: UUID, after: int,
-                 limit: int) -> tuple[repo.Execution, list[repo.ExecutionEvent]]:
+def _read_events(
+    tenant_id: UUID, execution_id: UUID, after: int, limit: int
+) -> tuple[repo.Execution, list[repo.ExecutionEvent]]:
     with tenant_transaction(tenant_id) as conn:
         return _find(conn, execution_id), repo.events_after(conn, execution_id, after, limit)
 
 
-@router.get("", response_model=ExecutionPage, summary="List executions",
-            responses={**AUTH_ERRORS, 400: BAD_CURSOR, 422: INVALID})
+@router.get(
+    "",
+    response_model=ExecutionPage,
+    summary="List executions",
+    responses={**AUTH_ERRORS, 400: BAD_CURSOR, 422: INVALID},
+)
 def list_all(
     context: Annotated[RequestContext, Depends(permission(Action.EXECUTION_LIST))],
     status: Annotated[repo.Status | None, Query(description="Only executions in this status.")] = None,
     intent_id: Annotated[UUID | None, Query(description="Only executions of this intent.")] = None,
-    created_after: Annotated[datetime | None, Query(description="Only executions created at or after this time "
-                                                                "(RFC 3339).")] = None,
-    created_before: Annotated[datetime | None, Query(description="Only executions created before this time.")]
-    = None,
+    created_after: Annotated[
+        datetime | None, Query(description="Only executions created at or after this time (RFC 3339).")
+    ] = None,
+    created_before: Annotated[datetime | None, Query(description="Only executions created before this time.")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: str | None = None,
 ) -> ExecutionPage:
@@ -251,13 +342,24 @@ def list_all(
     (Reader)."""
     authorize(context, Action.EXECUTION_LIST, Resource.tenant(context.tenant.id))
     with tenant_transaction(context.tenant.id) as conn:
-        rows, next_cursor = repo.list_executions(conn, status=status, intent_id=intent_id, created_after=created_after,
-                                                 created_before=created_before, cursor=cursor, limit=limit)
+        rows, next_cursor = repo.list_executions(
+            conn,
+            status=status,
+            intent_id=intent_id,
+            created_after=created_after,
+            created_before=created_before,
+            cursor=cursor,
+            limit=limit,
+        )
     return ExecutionPage(items=[_summary(row) for row in rows], next_cursor=next_cursor)
 
 
-@router.get("/{execution_id}", response_model=ExecutionOut, summary="Get an execution",
-            responses={**AUTH_ERRORS, 404: EXECUTION_NOT_FOUND, 422: INVALID})
+@router.get(
+    "/{execution_id}",
+    response_model=ExecutionOut,
+    summary="Get an execution",
+    responses={**AUTH_ERRORS, 404: EXECUTION_NOT_FOUND, 422: INVALID},
+)
 def get_one(execution_id: ExecutionId, context: MayRead) -> ExecutionOut:
     """Status, pinned version, steps with attempts, timings, outputs (or blob references) and errors, and why it
     is waiting, of one execution (Reader)."""
@@ -267,14 +369,24 @@ def get_one(execution_id: ExecutionId, context: MayRead) -> ExecutionOut:
     return _out(execution, steps, attempts)
 
 
-@router.get("/{execution_id}/events", response_model=ExecutionEventPage, summary="Follow an execution's events",
-            responses={**AUTH_ERRORS, 404: EXECUTION_NOT_FOUND, 422: INVALID})
+@router.get(
+    "/{execution_id}/events",
+    response_model=ExecutionEventPage,
+    summary="Follow an execution's events",
+    responses={**AUTH_ERRORS, 404: EXECUTION_NOT_FOUND, 422: INVALID},
+)
 async def events(
     execution_id: ExecutionId,
     context: MayRead,
     after: Annotated[int, Query(ge=0, description="Return events with a seq above this (0: from the start).")] = 0,
-    wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="Seconds to wait for an event when none is "
-                                                                  "there yet (long poll); 0 answers at once.")] = 0,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=MAX_WAIT_S,
+            description="Seconds to wait for an event when none is there yet (long poll); 0 answers at once.",
+        ),
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_EVENTS)] = 100,
 ) -> ExecutionEventPage:
     """Events with seq > `after`, oldest first. With `wait`, an empty answer is held until an event arrives, the
@@ -291,5 +403,8 @@ async def events(
         if not await idle(context, min(POLL_INTERVAL_S, max(0.0, deadline - time.monotonic()))):
             break  # its bound is taken by other requests: answer with what there is, the client polls again
     return ExecutionEventPage(
-        execution_id=execution.id, status=execution.status, next_after=items[-1].seq if items else after,
-        items=[event_out(e) for e in items])
+        execution_id=execution.id,
+        status=execution.status,
+        next_after=items[-1].seq if items else after,
+        items=[event_out(e) for e in items],
+    )

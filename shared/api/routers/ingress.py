@@ -22,14 +22,25 @@ from shared.policy.authorizer import Resource
 router = APIRouter(prefix="/api/v1/ingress", tags=["ingress"], route_class=GuardedRoute)
 
 _REJECTION_EXAMPLE: dict[str, Any] = {
-    "id": "8a1c2e3f-4b5d-4e6f-8a9b-0c1d2e3f4a5b", "reason": "not_found",
-    "detail": {"type": "https://quantum-platform.dev/problems/not-found", "title": "Not found", "status": 404,
-               "detail": "No intent 0b6f3c1e-5d2a-4c1f-9e7b-2a8d4f6c9e10.",
-               "instance": "intent-requests/3/1207"},
-    "event": {"hub": "intent-requests", "partition_id": "3", "sequence_number": 1207,
-              "enqueued_time": "2025-01-05T09:30:00Z"},
+    "id": "8a1c2e3f-4b5d-4e6f-8a9b-0c1d2e3f4a5b",
+    "reason": "not_found",
+    "detail": {
+        "type": "https://quantum-platform.dev/problems/not-found",
+        "title": "Not found",
+        "status": 404,
+        "detail": "No intent 0b6f3c1e-5d2a-4c1f-9e7b-2a8d4f6c9e10.",
+        "instance": "intent-requests/3/1207",
+    },
+    "event": {
+        "hub": "intent-requests",
+        "partition_id": "3",
+        "sequence_number": 1207,
+        "enqueued_time": "2025-01-05T09:30:00Z",
+    },
     "requested_by": "72f988bf-86f1-41af-91ab-2d7cd011db47/1b2c3d4e-0000-4000-8000-000000000001",
-    "idempotency_key": "release-1.2.3", "created_at": "2025-01-05T09:30:01Z"}
+    "idempotency_key": "release-1.2.3",
+    "created_at": "2025-01-05T09:30:01Z",
+}
 
 
 class IngressEventRef(BaseModel):
@@ -65,14 +76,28 @@ class RejectionPage(BaseModel):
 
 
 def _out(row: Rejection) -> RejectionOut:
-    return RejectionOut(id=row.id, reason=row.reason, detail=row.detail, event=IngressEventRef(
-        hub=row.hub, partition_id=row.partition_id, sequence_number=row.sequence_number,
-        enqueued_time=row.enqueued_time), requested_by=row.requested_by, idempotency_key=row.idempotency_key,
-        created_at=row.created_at)
+    return RejectionOut(
+        id=row.id,
+        reason=row.reason,
+        detail=row.detail,
+        event=IngressEventRef(
+            hub=row.hub,
+            partition_id=row.partition_id,
+            sequence_number=row.sequence_number,
+            enqueued_time=row.enqueued_time,
+        ),
+        requested_by=row.requested_by,
+        idempotency_key=row.idempotency_key,
+        created_at=row.created_at,
+    )
 
 
-@router.get("/rejections", response_model=RejectionPage, summary="List rejected intent requests",
-            responses={**AUTH_ERRORS, 400: BAD_CURSOR, 422: INVALID})
+@router.get(
+    "/rejections",
+    response_model=RejectionPage,
+    summary="List rejected intent requests",
+    responses={**AUTH_ERRORS, 400: BAD_CURSOR, 422: INVALID},
+)
 def rejections(
     context: Annotated[RequestContext, Depends(permission(Action.INGRESS_REJECTION_LIST))],
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,

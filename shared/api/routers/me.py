@@ -31,6 +31,13 @@ class Me(BaseModel):
 def me(context: RequestContext = Depends(authenticated)) -> Me:  # noqa: B008
     """The caller's identity, roles and tenant (no tenant data)."""
     p = context.principal
-    return Me(principal_id=p.id, tenant_id=context.tenant.id, tenant_name=context.tenant.name,
-              entra_tenant_id=p.entra_tenant_id, object_id=p.object_id, roles=sorted(p.roles),
-              scopes=sorted(p.scopes), app_only=p.app_only)
+    return Me(
+        principal_id=p.id,
+        tenant_id=context.tenant.id,
+        tenant_name=context.tenant.name,
+        entra_tenant_id=p.entra_tenant_id,
+        object_id=p.object_id,
+        roles=sorted(p.roles),
+        scopes=sorted(p.scopes),
+        app_only=p.app_only,
+    )

@@ -35,28 +35,49 @@ Context = Annotated[RequestContext, Depends(authenticated)]
 
 _COMMON: dict[int | str, dict[str, Any]] = {
     401: problem_doc(401, "invalid-token", "Unauthorized", "the token has expired", "No valid bearer token"),
-    403: problem_doc(403, "forbidden", "Forbidden", "Not allowed to module.list.",
-                  "The caller's roles or the tenant's policies do not allow it, or the tenant is suspended",
-                  reason="role_required"),
-    429: problem_doc(429, "rate-limited", "Too many requests", "This tenant is over its request rate; retry in 3 s.",
-                  "Over the tenant's request rate (see Retry-After)"),
+    403: problem_doc(
+        403,
+        "forbidden",
+        "Forbidden",
+        "Not allowed to module.list.",
+        "The caller's roles or the tenant's policies do not allow it, or the tenant is suspended",
+        reason="role_required",
+    ),
+    429: problem_doc(
+        429,
+        "rate-limited",
+        "Too many requests",
+        "This tenant is over its request rate; retry in 3 s.",
+        "Over the tenant's request rate (see Retry-After)",
+    ),
 }
 
-_BAD_QUERY = problem_doc(422, "validation-error", "Request validation failed", "1 invalid field(s)",
-                      "A malformed action name or query parameter",
-                      errors=[{"pointer": "/query/include_disallowed", "detail": "Input should be a valid boolean"}])
+_BAD_QUERY = problem_doc(
+    422,
+    "validation-error",
+    "Request validation failed",
+    "1 invalid field(s)",
+    "A malformed action name or query parameter",
+    errors=[{"pointer": "/query/include_disallowed", "detail": "Input should be a valid boolean"}],
+)
 
 
 def _ok(example: Any) -> dict[int | str, dict[str, Any]]:
     return {200: {"content": {"application/json": {"example": example}}}}
 
 
-@router.get("/api/v1/modules", response_model=ModuleList, summary="List the actions the tenant may use",
-            responses={**_ok({"items": [MODULE_EXAMPLE]}), **_COMMON, 422: _BAD_QUERY})
-def list_all(context: Annotated[RequestContext, Depends(permission(Action.MODULE_LIST))],
-             include_disallowed: bool = Query(
-        False, description="Also list actions that the tenant's allow-list refuses (flagged allowed=false).")
-             ) -> ModuleList:
+@router.get(
+    "/api/v1/modules",
+    response_model=ModuleList,
+    summary="List the actions the tenant may use",
+    responses={**_ok({"items": [MODULE_EXAMPLE]}), **_COMMON, 422: _BAD_QUERY},
+)
+def list_all(
+    context: Annotated[RequestContext, Depends(permission(Action.MODULE_LIST))],
+    include_disallowed: bool = Query(
+        False, description="Also list actions that the tenant's allow-list refuses (flagged allowed=false)."
+    ),
+) -> ModuleList:
     """Built-in and registered remote modules with their parameter JSON Schema, defaults and timeout (Reader).
 
     By default only what the tenant's allow-list permits, decided exactly as the save-time gates decide it.
@@ -67,12 +88,27 @@ def list_all(context: Annotated[RequestContext, Depends(permission(Action.MODULE
     return ModuleList(items=items)
 
 
-@router.get("/api/v1/modules/{action}", response_model=ModuleInfo, summary="Read one action of the catalog",
-            responses={**_ok(MODULE_EXAMPLE), **_COMMON, 422: _BAD_QUERY,
-                       404: problem_doc(404, "not-found", "Not found", "No module 'helm-upgrade'.",
-                                     "Neither a built-in nor registered by this tenant")})
-def read(context: Annotated[RequestContext, Depends(permission(Action.MODULE_READ, resource_param="action"))],
-         action: str = Path(pattern=ACTION_PATTERN, max_length=128)) -> ModuleInfo:
+@router.get(
+    "/api/v1/modules/{action}",
+    response_model=ModuleInfo,
+    summary="Read one action of the catalog",
+    responses={
+        **_ok(MODULE_EXAMPLE),
+        **_COMMON,
+        422: _BAD_QUERY,
+        404: problem_doc(
+            404,
+            "not-found",
+            "Not found",
+            "No module 'helm-upgrade'.",
+            "Neither a built-in nor registered by this tenant",
+        ),
+    },
+)
+def read(
+    context: Annotated[RequestContext, Depends(permission(Action.MODULE_READ, resource_param="action"))],
+    action: str = Path(pattern=ACTION_PATTERN, max_length=128),
+) -> ModuleInfo:
     """One built-in or registered module, also when the allow-list refuses it (`allowed` says so) (Reader).
 
     Another tenant's module is 404: registrations are read under the caller's tenant only.
@@ -85,18 +121,42 @@ def read(context: Annotated[RequestContext, Depends(permission(Action.MODULE_REA
     return module
 
 
-@router.post("/api/v1/modules", status_code=201, response_model=ModuleInfo, summary="Register a remote module",
-             responses={201: {"content": {"application/json": {"example": MODULE_EXAMPLE}}}, **_COMMON,
-                        409: problem_doc(409, "conflict", "Conflict",
-                                      "'helm-upgrade' is already registered for this tenant",
-                                      "The action is registered already, or is (in the family of) a built-in",
-                                      conflict="registered"),
-                        422: problem_doc(422, "validation-error", "Request validation failed", "1 invalid field(s)",
-                                      "The body, the parameter schema or the defaults are invalid",
-                                      errors=[{"pointer": "/params_schema/properties/chart/type",
-                                               "detail": "'strin' is not valid under any of the given schemas"}])})
-def register(context: Annotated[RequestContext, Depends(permission(Action.MODULE_REGISTER))],
-             registration: ModuleRegistration, response: Response) -> ModuleInfo:
+@router.post(
+    "/api/v1/modules",
+    status_code=201,
+    response_model=ModuleInfo,
+    summary="Register a remote module",
+    responses={
+        201: {"content": {"application/json": {"example": MODULE_EXAMPLE}}},
+        **_COMMON,
+        409: problem_doc(
+            409,
+            "conflict",
+            "Conflict",
+            "'helm-upgrade' is already registered for this tenant",
+            "The action is registered already, or is (in the family of) a built-in",
+            conflict="registered",
+        ),
+        422: problem_doc(
+            422,
+            "validation-error",
+            "Request validation failed",
+            "1 invalid field(s)",
+            "The body, the parameter schema or the defaults are invalid",
+            errors=[
+                {
+                    "pointer": "/params_schema/properties/chart/type",
+                    "detail": "'strin' is not valid under any of the given schemas",
+                }
+            ],
+        ),
+    },
+)
+def register(
+    context: Annotated[RequestContext, Depends(permission(Action.MODULE_REGISTER))],
+    registration: ModuleRegistration,
+    response: Response,
+) -> ModuleInfo:
     """Register an action that the tenant's own worker handles over module-work (Tenant.Admin).
 
     The parameter schema must be a JSON Schema 2020-12 of type object; every problem is reported with a pointer.
@@ -109,10 +169,15 @@ def register(context: Annotated[RequestContext, Depends(permission(Action.MODULE
             register_module(conn, context.tenant.id, registration, context.principal.id)
         except ModuleConflictError as exc:
             raise ProblemError(409, "conflict", "Conflict", exc.message, extensions={"conflict": exc.kind}) from None
-        record_mutation(context, Action.MODULE_REGISTER, resource,
-                        {"action": registration.action, "timeout_s": registration.timeout_s}, conn=conn)
+        record_mutation(
+            context,
+            Action.MODULE_REGISTER,
+            resource,
+            {"action": registration.action, "timeout_s": registration.timeout_s},
+            conn=conn,
+        )
         module = get_module(conn, context.tenant_facts, registration.action)
-    assert module is not None  # noqa: S101  # inserted in this very transaction
+    assert module is not None  # inserted in this very transaction
     response.headers["Location"] = f"/api/v1/modules/{registration.action}"
     return module
 
@@ -121,18 +186,38 @@ def register(context: Annotated[RequestContext, Depends(permission(Action.MODULE
 def _intent_schema() -> dict[str, Any]:
     schema = IntentDefinitionIn.model_json_schema()
     # A stored intent may be sent back as read (the seed's registry example is one): these are accepted, ignored.
-    schema["properties"].update({name: {"readOnly": True, "description": "Read-only; ignored on input."}
-                                 for name in sorted(READ_ONLY_FIELDS)})
+    schema["properties"].update(
+        {name: {"readOnly": True, "description": "Read-only; ignored on input."} for name in sorted(READ_ONLY_FIELDS)}
+    )
     return {"$schema": JSON_SCHEMA_2020_12, **schema}
 
 
-@router.get("/api/v1/schemas/intent", response_model=dict[str, Any],
-            summary="The JSON Schema of an intent (or blueprint) definition",
-            responses={**_ok({"$schema": JSON_SCHEMA_2020_12, "title": "IntentDefinitionIn", "type": "object",
-                              "required": ["name", "definition"], "properties": {"name": {"type": "string"}}}),
-                       401: _COMMON[401], 429: _COMMON[429],
-                       403: problem_doc(403, "tenant-suspended", "Forbidden", "This tenant is suspended.",
-                                     "The caller's tenant is suspended", reason="tenant_suspended")})
+@router.get(
+    "/api/v1/schemas/intent",
+    response_model=dict[str, Any],
+    summary="The JSON Schema of an intent (or blueprint) definition",
+    responses={
+        **_ok(
+            {
+                "$schema": JSON_SCHEMA_2020_12,
+                "title": "IntentDefinitionIn",
+                "type": "object",
+                "required": ["name", "definition"],
+                "properties": {"name": {"type": "string"}},
+            }
+        ),
+        401: _COMMON[401],
+        429: _COMMON[429],
+        403: problem_doc(
+            403,
+            "tenant-suspended",
+            "Forbidden",
+            "This tenant is suspended.",
+            "The caller's tenant is suspended",
+            reason="tenant_suspended",
+        ),
+    },
+)
 def intent_schema(context: Context) -> dict[str, Any]:  # noqa: ARG001  # the dependency authenticates
     """The JSON Schema 2020-12 of a POST/PUT body of /api/v1/intents and /api/v1/blueprints (any authenticated caller).
 

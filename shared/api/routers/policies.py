@@ -36,37 +36,58 @@ def list_all(context: Annotated[RequestContext, Depends(permission(Action.POLICY
         return TenantPolicyList(items=list_policies(conn))
 
 
-@router.post("", status_code=201, response_model=TenantPolicy, summary="Add a policy",
-             responses={**AUTH_ERRORS, 409: CONFLICT, 422: INVALID})
-def create(context: Annotated[RequestContext, Depends(permission(Action.POLICY_CREATE))], spec: TenantPolicyCreate,
-           response: Response) -> TenantPolicy:
+@router.post(
+    "",
+    status_code=201,
+    response_model=TenantPolicy,
+    summary="Add a policy",
+    responses={**AUTH_ERRORS, 409: CONFLICT, 422: INVALID},
+)
+def create(
+    context: Annotated[RequestContext, Depends(permission(Action.POLICY_CREATE))],
+    spec: TenantPolicyCreate,
+    response: Response,
+) -> TenantPolicy:
     """Add a Cedar policy, validated against the schema first (Tenant.Admin)."""
     authorize(context, Action.POLICY_CREATE, tenant_resource("Policy", spec.name, context.tenant.id))
     problems = get_authorizer().validate_tenant_policy(spec.policy)
     if problems:
-        raise ProblemError(422, "invalid-policy", "Unprocessable content", "The policy does not validate.",
-                           errors=[FieldError(pointer="/policy", detail=p) for p in problems])
+        raise ProblemError(
+            422,
+            "invalid-policy",
+            "Unprocessable content",
+            "The policy does not validate.",
+            errors=[FieldError(pointer="/policy", detail=p) for p in problems],
+        )
     with tenant_transaction(context.tenant.id) as conn:
         try:
             policy = add_policy(conn, context.tenant.id, spec, context.principal.id)
         except TenantPolicyConflictError:
             raise ProblemError(409, "conflict", "Conflict", f"A policy named {spec.name!r} exists.") from None
-        record_mutation(context, Action.POLICY_CREATE, tenant_resource("Policy", policy.id, context.tenant.id),
-                        {"name": policy.name}, conn=conn)
+        record_mutation(
+            context,
+            Action.POLICY_CREATE,
+            tenant_resource("Policy", policy.id, context.tenant.id),
+            {"name": policy.name},
+            conn=conn,
+        )
     response.headers["Location"] = f"/api/v1/policies/{policy.id}"
     return policy
 
 
-@router.delete("/{policy_id}", status_code=204, summary="Remove a policy",
-               responses={**AUTH_ERRORS, 404: NOT_FOUND, 422: INVALID})
-def delete(policy_id: UUID,
-           context: Annotated[RequestContext, Depends(permission(Action.POLICY_DELETE, resource_param="policy_id"))],
-           ) -> Response:
+@router.delete(
+    "/{policy_id}", status_code=204, summary="Remove a policy", responses={**AUTH_ERRORS, 404: NOT_FOUND, 422: INVALID}
+)
+def delete(
+    policy_id: UUID,
+    context: Annotated[RequestContext, Depends(permission(Action.POLICY_DELETE, resource_param="policy_id"))],
+) -> Response:
     """Remove one of the tenant's policies (Tenant.Admin); another tenant's id is 404."""
     authorize(context, Action.POLICY_DELETE, tenant_resource("Policy", policy_id, context.tenant.id))
     with tenant_transaction(context.tenant.id) as conn:
         if not delete_policy(conn, context.tenant.id, policy_id):
             raise ProblemError(404, "not-found", "Not found", f"No policy {policy_id}.")
-        record_mutation(context, Action.POLICY_DELETE, tenant_resource("Policy", policy_id, context.tenant.id),
-                        {}, conn=conn)
+        record_mutation(
+            context, Action.POLICY_DELETE, tenant_resource("Policy", policy_id, context.tenant.id), {}, conn=conn
+        )
     return Response(status_code=204)

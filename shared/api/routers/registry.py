@@ -76,11 +76,26 @@ class _KindSpec:
 
 
 _SPECS: dict[Kind, _KindSpec] = {
-    "intent": _KindSpec("intent", "Intent", Action.INTENT_READ, Action.INTENT_LIST, Action.INTENT_CREATE,
-                        Action.INTENT_UPDATE, Action.INTENT_ARCHIVE, Action.INTENT_ROLLBACK),
-    "blueprint": _KindSpec("blueprint", "Blueprint", Action.BLUEPRINT_READ, Action.BLUEPRINT_LIST,
-                           Action.BLUEPRINT_CREATE, Action.BLUEPRINT_UPDATE, Action.BLUEPRINT_ARCHIVE,
-                           Action.BLUEPRINT_ROLLBACK),
+    "intent": _KindSpec(
+        "intent",
+        "Intent",
+        Action.INTENT_READ,
+        Action.INTENT_LIST,
+        Action.INTENT_CREATE,
+        Action.INTENT_UPDATE,
+        Action.INTENT_ARCHIVE,
+        Action.INTENT_ROLLBACK,
+    ),
+    "blueprint": _KindSpec(
+        "blueprint",
+        "Blueprint",
+        Action.BLUEPRINT_READ,
+        Action.BLUEPRINT_LIST,
+        Action.BLUEPRINT_CREATE,
+        Action.BLUEPRINT_UPDATE,
+        Action.BLUEPRINT_ARCHIVE,
+        Action.BLUEPRINT_ROLLBACK,
+    ),
 }
 
 # --- mapping ----------------------------------------------------------------------------------------------------
@@ -93,16 +108,36 @@ def _pin(ref: dict[str, Any] | None) -> BlueprintRef | None:
 def _item_out(item: service.Item) -> RegistryItem:
     head, current = item.head, item.version
     return RegistryItem(
-        id=head.id, name=head.name, description=current.description, labels=current.labels, status=head.status,
-        version=current.version, definition=current.definition, blueprint_ref=_pin(current.blueprint_ref),
-        origin=current.origin, created_by=head.created_by, created_at=head.created_at, updated_at=head.updated_at,
-        archived_at=head.archived_at, version_created_by=current.created_by, version_created_at=current.created_at)
+        id=head.id,
+        name=head.name,
+        description=current.description,
+        labels=current.labels,
+        status=head.status,
+        version=current.version,
+        definition=current.definition,
+        blueprint_ref=_pin(current.blueprint_ref),
+        origin=current.origin,
+        created_by=head.created_by,
+        created_at=head.created_at,
+        updated_at=head.updated_at,
+        archived_at=head.archived_at,
+        version_created_by=current.created_by,
+        version_created_at=current.created_at,
+    )
 
 
 def _summary_out(head: HeadRow) -> RegistryItemSummary:
-    return RegistryItemSummary(id=head.id, name=head.name, description=head.description, labels=head.labels,
-                               status=head.status, version=head.current_version, created_at=head.created_at,
-                               updated_at=head.updated_at, archived_at=head.archived_at)
+    return RegistryItemSummary(
+        id=head.id,
+        name=head.name,
+        description=head.description,
+        labels=head.labels,
+        status=head.status,
+        version=head.current_version,
+        created_at=head.created_at,
+        updated_at=head.updated_at,
+        archived_at=head.archived_at,
+    )
 
 
 def _version_out(row: VersionRow) -> RegistryVersion:
@@ -110,20 +145,47 @@ def _version_out(row: VersionRow) -> RegistryVersion:
 
 
 def _plan_out(plan: service.Plan, kind: Kind) -> RegistryPlan:
-    steps = [PlannedStepOut(
-        id=step.id, action=step.action, module=step.module, remote=step.remote, timeout_s=step.timeout_s,
-        depends_on=step.depends_on, level=step.level, when=step.when, compensate=step.compensate,
-        authorization=None if step.decision is None else StepAuthorization(
-            action=Action.INTENT_EXECUTE.value, allowed=step.decision.allowed, reason=step.decision.reason))
-        for step in plan.steps]
-    may_execute = None if kind == "blueprint" else (
-        plan.item.head.status == "active" and plan.quota.headroom != 0
-        and all(step.authorization is not None and step.authorization.allowed for step in steps))
+    steps = [
+        PlannedStepOut(
+            id=step.id,
+            action=step.action,
+            module=step.module,
+            remote=step.remote,
+            timeout_s=step.timeout_s,
+            depends_on=step.depends_on,
+            level=step.level,
+            when=step.when,
+            compensate=step.compensate,
+            authorization=None
+            if step.decision is None
+            else StepAuthorization(
+                action=Action.INTENT_EXECUTE.value, allowed=step.decision.allowed, reason=step.decision.reason
+            ),
+        )
+        for step in plan.steps
+    ]
+    may_execute = (
+        None
+        if kind == "blueprint"
+        else (
+            plan.item.head.status == "active"
+            and plan.quota.headroom != 0
+            and all(step.authorization is not None and step.authorization.allowed for step in steps)
+        )
+    )
     return RegistryPlan(
-        id=plan.item.head.id, name=plan.item.head.name, version=plan.item.version.version,
-        status=plan.item.head.status, target=plan.item.target, blueprint_ref=plan.blueprint_ref, levels=plan.levels,
-        steps=steps, quota=QuotaHeadroomOut(**asdict(plan.quota)), caller_may_execute=may_execute,
-        plan_hash=plan.plan_hash)
+        id=plan.item.head.id,
+        name=plan.item.head.name,
+        version=plan.item.version.version,
+        status=plan.item.head.status,
+        target=plan.item.target,
+        blueprint_ref=plan.blueprint_ref,
+        levels=plan.levels,
+        steps=steps,
+        quota=QuotaHeadroomOut(**asdict(plan.quota)),
+        caller_may_execute=may_execute,
+        plan_hash=plan.plan_hash,
+    )
 
 
 def _problem(exc: service.RegistryError) -> ProblemError:
@@ -135,14 +197,19 @@ def _problem(exc: service.RegistryError) -> ProblemError:
         case service.NameConflictError():
             return ProblemError(409, "conflict", "Conflict", str(exc))
         case service.PreconditionFailedError():
-            return ProblemError(412, "precondition-failed", "Precondition failed",
-                                "The item changed since that ETag was issued; GET it again.")
+            return ProblemError(
+                412,
+                "precondition-failed",
+                "Precondition failed",
+                "The item changed since that ETag was issued; GET it again.",
+            )
         case service.DefinitionInvalidError():
             # The errors go in as an extension member: each carries its `code` beside pointer and detail, which
             # the shared FieldError model would drop.
             errors = [{"pointer": error.pointer, "detail": error.message, "code": error.code} for error in exc.errors]
-            return ProblemError(422, "invalid-definition", "Unprocessable content", exc.detail,
-                                extensions={"errors": errors})
+            return ProblemError(
+                422, "invalid-definition", "Unprocessable content", exc.detail, extensions={"errors": errors}
+            )
     return ProblemError(500, "internal-error", "Internal server error")
 
 
@@ -167,12 +234,14 @@ def _body_resource(spec: _KindSpec, resource_id: str, tenant_id: UUID, body: Map
     """The resource as a request body would save it."""
     definition = body.get("definition")
     target = definition.get("target") if isinstance(definition, Mapping) else None
-    return _resource(spec, resource_id, tenant_id, target if isinstance(target, str) else None,
-                     _labels(body.get("labels")))
+    return _resource(
+        spec, resource_id, tenant_id, target if isinstance(target, str) else None, _labels(body.get("labels"))
+    )
 
 
-def _resource(spec: _KindSpec, resource_id: str, tenant_id: UUID, target: str | None,
-              labels: dict[str, str]) -> Resource:
+def _resource(
+    spec: _KindSpec, resource_id: str, tenant_id: UUID, target: str | None, labels: dict[str, str]
+) -> Resource:
     if spec.resource_type == "Intent":
         # Cedar needs a string; an intent without a target deploys nowhere, which no policy calls production.
         return Resource("Intent", resource_id, tenant_id, {"target": target or "", "labels": labels})
@@ -185,9 +254,13 @@ def _label_filter(values: list[str] | None) -> dict[str, str] | None:
     for value in values or []:
         key, colon, label = value.partition(":")
         if not colon or not key:
-            raise ProblemError(422, "validation-error", "Request validation failed", "1 invalid field(s)",
-                               extensions={"errors": [{"pointer": "/query/label",
-                                                       "detail": f"{value!r} is not key:value"}]})
+            raise ProblemError(
+                422,
+                "validation-error",
+                "Request validation failed",
+                "1 invalid field(s)",
+                extensions={"errors": [{"pointer": "/query/label", "detail": f"{value!r} is not key:value"}]},
+            )
         if wanted.setdefault(key, label) != label:
             return None
     return wanted
@@ -206,8 +279,10 @@ def definition_router(kind: Kind) -> APIRouter:
     router = APIRouter(prefix=spec.path, tags=[f"{kind}s"], route_class=GuardedRoute)
     noun = kind
     examples = request_examples(kind)
-    Json = Annotated[dict[str, Any], Body(openapi_examples=examples,
-                                          description="See GET /api/v1/schemas/intent for the definition schema.")]
+    Json = Annotated[
+        dict[str, Any],
+        Body(openapi_examples=examples, description="See GET /api/v1/schemas/intent for the definition schema."),
+    ]
     ItemId = Annotated[UUID, Path(description=f"The {noun}'s id.")]
     IfMatch = Annotated[str | None, Header(description="The ETag of the current version.")]
     IdempotencyKey = Annotated[str | None, Depends(idempotency_key_header)]
@@ -229,10 +304,22 @@ def definition_router(kind: Kind) -> APIRouter:
     def resource_of(context: RequestContext, item: service.Item) -> Resource:
         return _resource(spec, str(item.head.id), context.tenant.id, item.target, item.version.labels)
 
-    @router.post("", status_code=201, response_model=RegistryItem, summary=f"Create {_a(noun)} {noun} (version 1)",
-                 responses={**COMMON_ERRORS, 400: BAD_IDEMPOTENCY_KEY, 409: E409_NAME,
-                            422: {**E422, "description": "The definition does not validate, or the Idempotency-Key "
-                                                          "was used for a different request"}})
+    @router.post(
+        "",
+        status_code=201,
+        response_model=RegistryItem,
+        summary=f"Create {_a(noun)} {noun} (version 1)",
+        responses={
+            **COMMON_ERRORS,
+            400: BAD_IDEMPOTENCY_KEY,
+            409: E409_NAME,
+            422: {
+                **E422,
+                "description": "The definition does not validate, or the Idempotency-Key "
+                "was used for a different request",
+            },
+        },
+    )
     def create(context: MayCreate, body: Json, idempotency_key: IdempotencyKey) -> JSONResponse:
         """Validate and store version 1; 201 with Location and ETag. With `Idempotency-Key` a retry replays the
         first response, and the key with another body is 422."""
@@ -248,8 +335,9 @@ def definition_router(kind: Kind) -> APIRouter:
                 if stored is not None:
                     return JSONResponse(stored.body, status_code=stored.status, headers=stored.headers)
             try:
-                item = service.create(conn, kind, body, item_id=item_id, tenant=context.tenant_facts,
-                                      created_by=context.principal.id)
+                item = service.create(
+                    conn, kind, body, item_id=item_id, tenant=context.tenant_facts, created_by=context.principal.id
+                )
             except service.RegistryError as exc:
                 raise _problem(exc) from None
             record_mutation(context, spec.create, resource, {"name": item.head.name, "version": 1}, conn=conn)
@@ -259,13 +347,15 @@ def definition_router(kind: Kind) -> APIRouter:
                 complete(conn, idempotency_key, StoredResponse(201, content, headers))
         return JSONResponse(content, status_code=201, headers=headers)
 
-    @router.get("", response_model=RegistryItemPage, summary=f"List {noun}s",
-                responses={**COMMON_ERRORS, 400: E400, 422: E422})
+    @router.get(
+        "", response_model=RegistryItemPage, summary=f"List {noun}s", responses={**COMMON_ERRORS, 400: E400, 422: E422}
+    )
     def list_all(
         context: MayList,
         name_prefix: Annotated[str | None, Query(max_length=63, description="Names starting with this.")] = None,
-        label: Annotated[list[str] | None, Query(description="key:value; repeat to require several.",
-                                                 examples=["team:web"])] = None,
+        label: Annotated[
+            list[str] | None, Query(description="key:value; repeat to require several.", examples=["team:web"])
+        ] = None,
         status: Status | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
         cursor: str | None = None,
@@ -276,56 +366,92 @@ def definition_router(kind: Kind) -> APIRouter:
         if labels is None:
             return RegistryItemPage(items=[], next_cursor=None)
         with tenant_transaction(context.tenant.id) as conn:
-            rows, next_cursor = service.list_items(conn, kind, name_prefix=name_prefix, labels=labels,
-                                                   status=status, cursor=cursor, limit=limit)
+            rows, next_cursor = service.list_items(
+                conn, kind, name_prefix=name_prefix, labels=labels, status=status, cursor=cursor, limit=limit
+            )
         return RegistryItemPage(items=[_summary_out(row) for row in rows], next_cursor=next_cursor)
 
-    @router.post("/validate", response_model=RegistryValidation, summary=f"Validate {_a(noun)} {noun} without "
-                 "saving it", responses={**COMMON_ERRORS, 422: E422})
+    @router.post(
+        "/validate",
+        response_model=RegistryValidation,
+        summary=f"Validate {_a(noun)} {noun} without saving it",
+        responses={**COMMON_ERRORS, 422: E422},
+    )
     def validate(context: MayCreate, body: Json) -> RegistryValidation:
         """Every problem at once (422), or the normalized definition and its plan (200); nothing is saved."""
-        authorize(context, spec.create, _body_resource(spec, "unsaved", context.tenant.id, body),
-                  detail={"operation": "validate", "name": body.get("name")})
+        authorize(
+            context,
+            spec.create,
+            _body_resource(spec, "unsaved", context.tenant.id, body),
+            detail={"operation": "validate", "name": body.get("name")},
+        )
         with tenant_transaction(context.tenant.id) as conn:
             try:
                 checked = service.check(conn, kind, body, tenant=context.tenant_facts)
             except service.RegistryError as exc:
                 raise _problem(exc) from None
         request = checked.request
-        return RegistryValidation(name=request.name, description=request.description, labels=dict(request.labels),
-                                  definition=checked.normalized, levels=checked.levels,
-                                  blueprint_ref=checked.result.blueprint_ref, plan_hash=checked.plan_hash)
+        return RegistryValidation(
+            name=request.name,
+            description=request.description,
+            labels=dict(request.labels),
+            definition=checked.normalized,
+            levels=checked.levels,
+            blueprint_ref=checked.result.blueprint_ref,
+            plan_hash=checked.plan_hash,
+        )
 
-    @router.get("/{item_id}", response_model=RegistryItem, summary=f"Read {_a(noun)} {noun}",
-                responses={**COMMON_ERRORS, 404: E404})
+    @router.get(
+        "/{item_id}",
+        response_model=RegistryItem,
+        summary=f"Read {_a(noun)} {noun}",
+        responses={**COMMON_ERRORS, 404: E404},
+    )
     def read(item_id: ItemId, context: MayRead) -> JSONResponse:
         """The current version, with its ETag (Reader)."""
         item = load(context, item_id)
         authorize(context, spec.read, resource_of(context, item))
         return _with_etag(_item_out(item), item.etag)
 
-    @router.put("/{item_id}", response_model=RegistryItem, summary=f"Update {_a(noun)} {noun} (a new version)",
-                responses={**ITEM_ERRORS, 409: E409_ARCHIVED, 412: E412, 428: E428})
+    @router.put(
+        "/{item_id}",
+        response_model=RegistryItem,
+        summary=f"Update {_a(noun)} {noun} (a new version)",
+        responses={**ITEM_ERRORS, 409: E409_ARCHIVED, 412: E412, 428: E428},
+    )
     def update(item_id: ItemId, context: MayUpdate, body: Json, if_match: IfMatch = None) -> JSONResponse:
         """Store the next version; `If-Match` with the current ETag is required (stale: 412). Of two updates
         with one ETag exactly one wins (Author)."""
         item = load(context, item_id)
         authorize(context, spec.update, resource_of(context, item), detail={"from_version": item.version.version})
         if not if_match:
-            raise ProblemError(428, "precondition-required", "Precondition required",
-                               f"Send If-Match with the {noun}'s ETag.")
+            raise ProblemError(
+                428, "precondition-required", "Precondition required", f"Send If-Match with the {noun}'s ETag."
+            )
         with tenant_transaction(context.tenant.id) as conn:
             try:
-                updated = service.update(conn, kind, item_id, body, if_match=_if_match(if_match),
-                                         tenant=context.tenant_facts, created_by=context.principal.id)
+                updated = service.update(
+                    conn,
+                    kind,
+                    item_id,
+                    body,
+                    if_match=_if_match(if_match),
+                    tenant=context.tenant_facts,
+                    created_by=context.principal.id,
+                )
             except service.RegistryError as exc:
                 raise _problem(exc) from None
-            record_mutation(context, spec.update, resource_of(context, updated),
-                            {"version": updated.version.version}, conn=conn)
+            record_mutation(
+                context, spec.update, resource_of(context, updated), {"version": updated.version.version}, conn=conn
+            )
         return _with_etag(_item_out(updated), updated.etag)
 
-    @router.delete("/{item_id}", response_model=RegistryItem, summary=f"Archive {_a(noun)} {noun}",
-                   responses={**COMMON_ERRORS, 404: E404, 412: E412})
+    @router.delete(
+        "/{item_id}",
+        response_model=RegistryItem,
+        summary=f"Archive {_a(noun)} {noun}",
+        responses={**COMMON_ERRORS, 404: E404, 412: E412},
+    )
     def archive(item_id: ItemId, context: MayArchive, if_match: IfMatch = None) -> JSONResponse:
         """Archive: no new versions or executions; versions kept and reads still work. Archiving an archived
         item changes nothing (Author)."""
@@ -337,37 +463,73 @@ def definition_router(kind: Kind) -> APIRouter:
             except service.RegistryError as exc:
                 raise _problem(exc) from None
             if changed:
-                record_mutation(context, spec.archive, resource_of(context, archived),
-                                {"version": archived.version.version}, conn=conn)
+                record_mutation(
+                    context,
+                    spec.archive,
+                    resource_of(context, archived),
+                    {"version": archived.version.version},
+                    conn=conn,
+                )
         return _with_etag(_item_out(archived), archived.etag)
 
-    @router.post("/{item_id}/rollback", response_model=RegistryItem,
-                 summary=f"Roll {_a(noun)} {noun} back (a new version equal to an old one)",
-                 responses={**ITEM_ERRORS, 409: E409_ARCHIVED, 412: E412})
-    def rollback(item_id: ItemId, context: MayRollback, body: RollbackRequest, if_match: IfMatch = None,
-                 ) -> JSONResponse:
+    @router.post(
+        "/{item_id}/rollback",
+        response_model=RegistryItem,
+        summary=f"Roll {_a(noun)} {noun} back (a new version equal to an old one)",
+        responses={**ITEM_ERRORS, 409: E409_ARCHIVED, 412: E412},
+    )
+    def rollback(
+        item_id: ItemId,
+        context: MayRollback,
+        body: RollbackRequest,
+        if_match: IfMatch = None,
+    ) -> JSONResponse:
         """A new version equal to `to_version`, its origin `{"kind": "rollback", "from_version": n}`; the old
         version must still validate. `If-Match` is optional here (Author)."""
         item = load(context, item_id)
         authorize(context, spec.rollback, resource_of(context, item), detail={"to_version": body.to_version})
         with tenant_transaction(context.tenant.id) as conn:
             try:
-                rolled = service.rollback(conn, kind, item_id, body.to_version, if_match=_if_match(if_match),
-                                          tenant=context.tenant_facts, created_by=context.principal.id)
+                rolled = service.rollback(
+                    conn,
+                    kind,
+                    item_id,
+                    body.to_version,
+                    if_match=_if_match(if_match),
+                    tenant=context.tenant_facts,
+                    created_by=context.principal.id,
+                )
             except service.UnknownVersionError as exc:
-                raise ProblemError(422, "validation-error", "Request validation failed", str(exc),
-                                   extensions={"errors": [{"pointer": "/to_version", "detail": str(exc),
-                                                           "code": "unknown_version"}]}) from None
+                raise ProblemError(
+                    422,
+                    "validation-error",
+                    "Request validation failed",
+                    str(exc),
+                    extensions={"errors": [{"pointer": "/to_version", "detail": str(exc), "code": "unknown_version"}]},
+                ) from None
             except service.RegistryError as exc:
                 raise _problem(exc) from None
-            record_mutation(context, spec.rollback, resource_of(context, rolled),
-                            {"version": rolled.version.version, "from_version": body.to_version}, conn=conn)
+            record_mutation(
+                context,
+                spec.rollback,
+                resource_of(context, rolled),
+                {"version": rolled.version.version, "from_version": body.to_version},
+                conn=conn,
+            )
         return _with_etag(_item_out(rolled), rolled.etag)
 
-    @router.get("/{item_id}/versions", response_model=RegistryVersionPage, summary=f"List {_a(noun)} {noun}'s "
-                "versions", responses={**COMMON_ERRORS, 400: E400, 404: E404})
-    def list_versions(item_id: ItemId, context: MayRead, cursor: str | None = None,
-                      limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT) -> RegistryVersionPage:
+    @router.get(
+        "/{item_id}/versions",
+        response_model=RegistryVersionPage,
+        summary=f"List {_a(noun)} {noun}'s versions",
+        responses={**COMMON_ERRORS, 400: E400, 404: E404},
+    )
+    def list_versions(
+        item_id: ItemId,
+        context: MayRead,
+        cursor: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    ) -> RegistryVersionPage:
         """Every version, oldest first, cursor-paginated (Reader)."""
         item = load(context, item_id)
         authorize(context, spec.read, resource_of(context, item))
@@ -378,8 +540,12 @@ def definition_router(kind: Kind) -> APIRouter:
                 raise _problem(exc) from None
         return RegistryVersionPage(items=[_version_out(row) for row in rows], next_cursor=next_cursor)
 
-    @router.get("/{item_id}/versions/{number}", response_model=RegistryVersion, summary=f"Read one version of "
-                f"{_a(noun)} {noun}", responses={**COMMON_ERRORS, 404: E404})
+    @router.get(
+        "/{item_id}/versions/{number}",
+        response_model=RegistryVersion,
+        summary=f"Read one version of {_a(noun)} {noun}",
+        responses={**COMMON_ERRORS, 404: E404},
+    )
     def read_version(item_id: ItemId, number: Annotated[int, Path(ge=1)], context: MayRead) -> RegistryVersion:
         """One immutable version (Reader)."""
         item = load(context, item_id)
@@ -390,26 +556,45 @@ def definition_router(kind: Kind) -> APIRouter:
             except service.RegistryError as exc:
                 raise _problem(exc) from None
 
-    @router.get("/{item_id}/diff", response_model=RegistryDiff, summary=f"Compare two versions of {_a(noun)} {noun}",
-                responses={**COMMON_ERRORS, 404: E404})
-    def diff(item_id: ItemId, context: MayRead, from_version: Annotated[int, Query(alias="from", ge=1)],
-             to_version: Annotated[int, Query(alias="to", ge=1)]) -> RegistryDiff:
+    @router.get(
+        "/{item_id}/diff",
+        response_model=RegistryDiff,
+        summary=f"Compare two versions of {_a(noun)} {noun}",
+        responses={**COMMON_ERRORS, 404: E404},
+    )
+    def diff(
+        item_id: ItemId,
+        context: MayRead,
+        from_version: Annotated[int, Query(alias="from", ge=1)],
+        to_version: Annotated[int, Query(alias="to", ge=1)],
+    ) -> RegistryDiff:
         """Steps added, removed and changed (with paths, old and new values), and a short summary (Reader)."""
         item = load(context, item_id)
-        authorize(context, spec.read, resource_of(context, item),
-                  detail={"operation": "diff", "from": from_version, "to": to_version})
+        authorize(
+            context,
+            spec.read,
+            resource_of(context, item),
+            detail={"operation": "diff", "from": from_version, "to": to_version},
+        )
         with tenant_transaction(context.tenant.id) as conn:
             try:
                 result = service.diff(conn, kind, item_id, from_version, to_version)
             except service.RegistryError as exc:
                 raise _problem(exc) from None
-        return RegistryDiff(from_version=result.from_version, to_version=result.to_version,
-                            **{key: value for key, value in result.definition.items() if key != "summary"},
-                            metadata_changed=[FieldChangeOut(**asdict(change)) for change in result.metadata_changed],
-                            summary=result.summary)
+        return RegistryDiff(
+            from_version=result.from_version,
+            to_version=result.to_version,
+            **{key: value for key, value in result.definition.items() if key != "summary"},
+            metadata_changed=[FieldChangeOut(**asdict(change)) for change in result.metadata_changed],
+            summary=result.summary,
+        )
 
-    @router.post("/{item_id}/plan", response_model=RegistryPlan, summary=f"Plan {_a(noun)} {noun} (dry run)",
-                 responses={**ITEM_ERRORS})
+    @router.post(
+        "/{item_id}/plan",
+        response_model=RegistryPlan,
+        summary=f"Plan {_a(noun)} {noun} (dry run)",
+        responses={**ITEM_ERRORS},
+    )
     def plan(item_id: ItemId, context: MayRead) -> RegistryPlan:
         """The current version's steps in execution levels, each with its module and the caller's decision for
         executing it, the tenant's quota headroom and the plan hash; nothing is saved or started (Reader)."""
@@ -423,9 +608,13 @@ def definition_router(kind: Kind) -> APIRouter:
             def decide(planned: service.Item, _step: Step) -> Decision:
                 # Per step, so a step-level resource can refine it later; not audited: the plan request was.
                 # The resource is the version being planned, which may be newer than the one authorized above.
-                return get_authorizer().decide(context.principal, Action.INTENT_EXECUTE,
-                                               resource_of(context, planned), tenant=context.tenant_facts,
-                                               tenant_policies=policies)
+                return get_authorizer().decide(
+                    context.principal,
+                    Action.INTENT_EXECUTE,
+                    resource_of(context, planned),
+                    tenant=context.tenant_facts,
+                    tenant_policies=policies,
+                )
 
         with tenant_transaction(context.tenant.id) as conn:
             try:
@@ -440,4 +629,3 @@ def definition_router(kind: Kind) -> APIRouter:
 
 def _a(noun: str) -> str:
     return "an" if noun[0] in "aeiou" else "a"
-

@@ -37,14 +37,17 @@ class TenantSettings(BaseModel):
 class TenantSettingsUpdate(BaseModel):
     """Settings the tenant manages itself (feature flags and the like); merged into the current ones."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"settings": {"audit_retention_days": 365, "feature.canary_deployments": True}}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"settings": {"audit_retention_days": 365, "feature.canary_deployments": True}}]
+        },
+    )
 
     settings: dict[str, Any] = Field(max_length=100)
 
 
-_SELECT = ("SELECT name, display_name, status, quotas, allowed_modules, allowed_targets, settings"
-           " FROM app.tenants")
+_SELECT = "SELECT name, display_name, status, quotas, allowed_modules, allowed_targets, settings FROM app.tenants"
 
 
 @router.get("", response_model=TenantSettings, summary="Read the caller's tenant", responses=AUTH_ERRORS)
@@ -53,26 +56,39 @@ def read(context: Annotated[RequestContext, Depends(permission(Action.TENANT_SET
     authorize(context, Action.TENANT_SETTINGS_READ, tenant_resource("Tenant", context.tenant.id, context.tenant.id))
     with tenant_transaction(context.tenant.id) as conn:
         row = conn.execute(_SELECT).fetchone()  # RLS: exactly the caller's own row
-    assert row is not None  # noqa: S101  # the tenant was resolved for this request
+    assert row is not None  # the tenant was resolved for this request
     return TenantSettings(**row)
 
 
-@router.patch("", response_model=TenantSettings, summary="Change the caller's tenant settings",
-              responses={**AUTH_ERRORS, 422: INVALID})
-def update(context: Annotated[RequestContext, Depends(permission(Action.TENANT_SETTINGS_UPDATE))],
-           change: TenantSettingsUpdate) -> TenantSettings:
+@router.patch(
+    "",
+    response_model=TenantSettings,
+    summary="Change the caller's tenant settings",
+    responses={**AUTH_ERRORS, 422: INVALID},
+)
+def update(
+    context: Annotated[RequestContext, Depends(permission(Action.TENANT_SETTINGS_UPDATE))], change: TenantSettingsUpdate
+) -> TenantSettings:
     """Merge settings into the tenant's own (Tenant.Admin); limits and allow-lists stay the platform's."""
     resource = tenant_resource("Tenant", context.tenant.id, context.tenant.id)
     authorize(context, Action.TENANT_SETTINGS_UPDATE, resource)
     problems = settings_problems(change.settings, allow_private=private_network_allowed())
     if problems:
-        raise ProblemError(422, "validation-error", "Request validation failed", f"{len(problems)} invalid field(s)",
-                           errors=[FieldError(pointer=at, detail=detail) for at, detail in problems])
+        raise ProblemError(
+            422,
+            "validation-error",
+            "Request validation failed",
+            f"{len(problems)} invalid field(s)",
+            errors=[FieldError(pointer=at, detail=detail) for at, detail in problems],
+        )
     with tenant_transaction(context.tenant.id) as conn:
-        conn.execute("UPDATE app.tenants SET settings = settings || %s, updated_at = clock_timestamp()",
-                     (Jsonb(change.settings),))
+        conn.execute(
+            "UPDATE app.tenants SET settings = settings || %s, updated_at = clock_timestamp()",
+            (Jsonb(change.settings),),
+        )
         row = conn.execute(_SELECT).fetchone()
-        record_mutation(context, Action.TENANT_SETTINGS_UPDATE, resource, {"settings": sorted(change.settings)},
-                        conn=conn)
-    assert row is not None  # noqa: S101
+        record_mutation(
+            context, Action.TENANT_SETTINGS_UPDATE, resource, {"settings": sorted(change.settings)}, conn=conn
+        )
+    assert row is not None
     return TenantSettings(**row)

@@ -60,31 +60,48 @@ def _authorized_tenant(context: RequestContext, action: Action, tenant_id: UUID)
     return tenant
 
 
-@router.post("", status_code=201, response_model=Tenant, summary="Provision a tenant",
-             responses={**AUTH_ERRORS, 409: CONFLICT, 422: INVALID})
-def create(context: Annotated[RequestContext, Depends(permission(Action.TENANT_CREATE))], spec: TenantCreate,
-           response: Response) -> Tenant:
+@router.post(
+    "",
+    status_code=201,
+    response_model=Tenant,
+    summary="Provision a tenant",
+    responses={**AUTH_ERRORS, 409: CONFLICT, 422: INVALID},
+)
+def create(
+    context: Annotated[RequestContext, Depends(permission(Action.TENANT_CREATE))],
+    spec: TenantCreate,
+    response: Response,
+) -> Tenant:
     """Provision a tenant (Platform.Admin)."""
     authorize(context, Action.TENANT_CREATE, _PLATFORM, detail={"name": spec.name})
     with platform_transaction() as conn:
         try:
             tenant = create_tenant(conn, spec)
         except TenantConflictError:
-            raise ProblemError(409, "conflict", "Conflict",
-                               "A tenant with this name or Entra tenant id is already provisioned.") from None
+            raise ProblemError(
+                409, "conflict", "Conflict", "A tenant with this name or Entra tenant id is already provisioned."
+            ) from None
     tenant_directory.forget()
-    record_mutation(context, Action.TENANT_CREATE, Resource("Tenant", str(tenant.id), None, {}),
-                    {"name": tenant.name, "status": tenant.status})
+    record_mutation(
+        context,
+        Action.TENANT_CREATE,
+        Resource("Tenant", str(tenant.id), None, {}),
+        {"name": tenant.name, "status": tenant.status},
+    )
     response.headers["ETag"] = etag(tenant)
     response.headers["Location"] = f"/api/v1/tenants/{tenant.id}"
     return tenant
 
 
-@router.get("", response_model=TenantPage, summary="List tenants",
-            responses={**AUTH_ERRORS, 400: BAD_CURSOR, 422: INVALID})
-def list_all(context: Annotated[RequestContext, Depends(permission(Action.TENANT_LIST))],
-             limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT), cursor: str | None = None,
-             status: TenantStatus | None = None) -> TenantPage:
+@router.get(
+    "", response_model=TenantPage, summary="List tenants", responses={**AUTH_ERRORS, 400: BAD_CURSOR, 422: INVALID}
+)
+def list_all(
+    context: Annotated[RequestContext, Depends(permission(Action.TENANT_LIST))],
+    limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
+    cursor: str | None = None,
+    status: TenantStatus | None = None,
+) -> TenantPage:
     """Tenants by name, cursor-paginated (Platform.Admin)."""
     authorize(context, Action.TENANT_LIST, _PLATFORM)
     position = decode_cursor(cursor) or {}
@@ -92,38 +109,57 @@ def list_all(context: Annotated[RequestContext, Depends(permission(Action.TENANT
         return list_tenants(conn, limit=limit, after_name=position.get("name"), status=status)
 
 
-@router.get("/{tenant_id}", response_model=Tenant, summary="Read a tenant",
-            responses={**AUTH_ERRORS, 404: NOT_FOUND, 422: INVALID})
-def read(tenant_id: UUID, response: Response,
-         context: Annotated[RequestContext, Depends(permission(Action.TENANT_READ))]) -> Tenant:
+@router.get(
+    "/{tenant_id}",
+    response_model=Tenant,
+    summary="Read a tenant",
+    responses={**AUTH_ERRORS, 404: NOT_FOUND, 422: INVALID},
+)
+def read(
+    tenant_id: UUID, response: Response, context: Annotated[RequestContext, Depends(permission(Action.TENANT_READ))]
+) -> Tenant:
     """One tenant with its ETag (Platform.Admin)."""
     tenant = _authorized_tenant(context, Action.TENANT_READ, tenant_id)
     response.headers["ETag"] = etag(tenant)
     return tenant
 
 
-@router.patch("/{tenant_id}", response_model=Tenant, summary="Change a tenant",
-              responses={**AUTH_ERRORS, 404: NOT_FOUND, 412: PRECONDITION_FAILED, 422: INVALID,
-                         428: PRECONDITION_REQUIRED})
-def patch(tenant_id: UUID, context: Annotated[RequestContext, Depends(permission(Action.TENANT_UPDATE))],
-          change: TenantUpdate, response: Response, if_match: Annotated[str | None, Header()] = None) -> Tenant:
+@router.patch(
+    "/{tenant_id}",
+    response_model=Tenant,
+    summary="Change a tenant",
+    responses={**AUTH_ERRORS, 404: NOT_FOUND, 412: PRECONDITION_FAILED, 422: INVALID, 428: PRECONDITION_REQUIRED},
+)
+def patch(
+    tenant_id: UUID,
+    context: Annotated[RequestContext, Depends(permission(Action.TENANT_UPDATE))],
+    change: TenantUpdate,
+    response: Response,
+    if_match: Annotated[str | None, Header()] = None,
+) -> Tenant:
     """Change status, quotas or allow-lists; `If-Match` with the tenant's ETag is required (Platform.Admin)."""
     authorize(context, Action.TENANT_UPDATE, _PLATFORM, detail={"tenant_id": str(tenant_id)})
     if not if_match:
-        raise ProblemError(428, "precondition-required", "Precondition required",
-                           "Send If-Match with the tenant's ETag.")
+        raise ProblemError(
+            428, "precondition-required", "Precondition required", "Send If-Match with the tenant's ETag."
+        )
     with platform_transaction() as conn:
         current = get_tenant(conn, tenant_id)
         if current is None:
             raise _not_found(tenant_id)
         if if_match != etag(current):
-            raise ProblemError(412, "precondition-failed", "Precondition failed",
-                               "The tenant changed since that ETag was issued.")
+            raise ProblemError(
+                412, "precondition-failed", "Precondition failed", "The tenant changed since that ETag was issued."
+            )
         tenant = update_tenant(conn, tenant_id, change)
-    assert tenant is not None  # noqa: S101  # it existed inside this transaction
+    assert tenant is not None  # it existed inside this transaction
     tenant_directory.forget()
-    record_mutation(context, Action.TENANT_UPDATE, Resource("Tenant", str(tenant.id), None, {}),
-                    change.model_dump(mode="json", exclude_unset=True))
+    record_mutation(
+        context,
+        Action.TENANT_UPDATE,
+        Resource("Tenant", str(tenant.id), None, {}),
+        change.model_dump(mode="json", exclude_unset=True),
+    )
     response.headers["ETag"] = etag(tenant)
     return tenant
 
@@ -151,39 +187,63 @@ class TenantErased(BaseModel):
     removed: dict[str, int]
 
 
-@router.post("/{tenant_id}/export", status_code=201, response_model=TenantExport,
-             summary="Export a tenant's data to blob storage", responses={**AUTH_ERRORS, 404: NOT_FOUND})
-def export(tenant_id: UUID, context: Annotated[RequestContext, Depends(permission(Action.TENANT_EXPORT))],
-           ) -> TenantExport:
+@router.post(
+    "/{tenant_id}/export",
+    status_code=201,
+    response_model=TenantExport,
+    summary="Export a tenant's data to blob storage",
+    responses={**AUTH_ERRORS, 404: NOT_FOUND},
+)
+def export(
+    tenant_id: UUID,
+    context: Annotated[RequestContext, Depends(permission(Action.TENANT_EXPORT))],
+) -> TenantExport:
     """Write a JSON archive of the tenant's intents, versions, policies and audit (Platform.Admin)."""
     tenant = _authorized_tenant(context, Action.TENANT_EXPORT, tenant_id)
     container = artifacts_container(get_settings())
     result = export_tenant(tenant, container)
-    record_mutation(context, Action.TENANT_EXPORT, Resource("Tenant", str(tenant_id), None, {}),
-                    {"blob_name": result.blob_name, "counts": result.counts})
+    record_mutation(
+        context,
+        Action.TENANT_EXPORT,
+        Resource("Tenant", str(tenant_id), None, {}),
+        {"blob_name": result.blob_name, "counts": result.counts},
+    )
     return TenantExport(container=container.container_name, blob_name=result.blob_name, counts=result.counts)
 
 
-@router.post("/{tenant_id}/erase", response_model=TenantErased, summary="Erase a tenant (GDPR offboarding)",
-             responses={**AUTH_ERRORS, 404: NOT_FOUND, 422: INVALID,
-                        409: {**CONFLICT, "description": "The tenant is still active, or the name does not match"}})
-async def erase(tenant_id: UUID, context: Annotated[RequestContext, Depends(permission(Action.TENANT_ERASE))],
-                body: TenantErasure, client: Any = Depends(get_durable_client)) -> TenantErased:  # noqa: B008
+@router.post(
+    "/{tenant_id}/erase",
+    response_model=TenantErased,
+    summary="Erase a tenant (GDPR offboarding)",
+    responses={
+        **AUTH_ERRORS,
+        404: NOT_FOUND,
+        422: INVALID,
+        409: {**CONFLICT, "description": "The tenant is still active, or the name does not match"},
+    },
+)
+async def erase(
+    tenant_id: UUID,
+    context: Annotated[RequestContext, Depends(permission(Action.TENANT_ERASE))],
+    body: TenantErasure,
+    client: Any = Depends(get_durable_client),  # noqa: B008
+) -> TenantErased:
     """Remove every orchestration, row, blob and record of a suspended tenant; only the erasure's own audit record
     remains."""
     tenant = await run_in_threadpool(_authorized_tenant, context, Action.TENANT_ERASE, tenant_id)
     if tenant.status != "suspended" or body.confirm_name != tenant.name:
-        raise ProblemError(409, "erasure-refused", "Conflict",
-                           "Suspend the tenant first and confirm with its exact name.")
+        raise ProblemError(
+            409, "erasure-refused", "Conflict", "Suspend the tenant first and confirm with its exact name."
+        )
     # The orchestrations' histories first: their instance ids are the execution rows the erasure then removes.
     orchestrations = await purge_orchestrations(await run_in_threadpool(execution_ids, tenant_id), client)
-    removed = await run_in_threadpool(erase_tenant, tenant_id, artifacts_container(get_settings()),
-                                      get_audit_store())
+    removed = await run_in_threadpool(erase_tenant, tenant_id, artifacts_container(get_settings()), get_audit_store())
     removed["orchestrations"] = orchestrations
     tenant_directory.forget()
     detail = {"tenant_name": tenant.name, "removed": removed}
-    await run_in_threadpool(record_mutation, context, Action.TENANT_ERASE,
-                            Resource("Tenant", str(tenant_id), None, {}), detail)
+    await run_in_threadpool(
+        record_mutation, context, Action.TENANT_ERASE, Resource("Tenant", str(tenant_id), None, {}), detail
+    )
     # The erased tenant keeps exactly one record: this erasure, by whom and when.
     await run_in_threadpool(record_tenant_event, tenant_id, context, Action.TENANT_ERASE, detail)
     return TenantErased(tenant_id=tenant_id, removed=removed)
