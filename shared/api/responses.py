@@ -85,7 +85,16 @@ PRECONDITION_REQUIRED = problem_doc(
     "If-Match is required",
 )
 
-AUTH_ERRORS: Responses = {401: UNAUTHORIZED, 403: FORBIDDEN, 429: RATE_LIMITED}
+UNAVAILABLE = problem_doc(
+    503,
+    "tenant-busy",
+    "Service unavailable",
+    "This tenant has 5 requests in flight; retry in 1 s.",
+    "Over capacity: the tenant's requests in flight (`tenant-busy`), or a dependency such as the database is "
+    "unavailable (`dependency-unavailable`); always with Retry-After",
+)
+
+AUTH_ERRORS: Responses = {401: UNAUTHORIZED, 403: FORBIDDEN, 429: RATE_LIMITED, 503: UNAVAILABLE}
 """What any authenticated route may answer before it runs."""
 
 
