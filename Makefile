@@ -83,3 +83,14 @@ format: setup
 
 clean:
 	rm -rf .data .pytest_cache .mypy_cache .ruff_cache
+
+# The benchmarks' peer (bench/peer.py) lives in its own venv: its dependencies move pins of requirements-dev.txt.
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed-stamp
+.PHONY: bench-env
+bench-env: $(BENCH_STAMP)
+
+$(BENCH_STAMP): requirements-bench.txt
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
+	@touch $@
