@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from functools import lru_cache
@@ -188,15 +189,24 @@ class _Admitted(Protocol):
     def permit(self) -> Permit | None: ...
 
 
-async def idle(context: _Admitted, seconds: float) -> bool:
-    """Sleep without the request's permit (a long poll between its reads); False when the permit could not be had
-    again within the queue wait, so the caller answers with what it has instead of waiting on."""
+async def _pause(seconds: float, woken: asyncio.Event | None) -> None:
+    if woken is None:
+        await asyncio.sleep(seconds)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(woken.wait(), seconds)
+
+
+async def idle(context: _Admitted, seconds: float, woken: asyncio.Event | None = None) -> bool:
+    """Sleep without the request's permit (a long poll between its reads), for `seconds` or until `woken` is set;
+    False when the permit could not be had again within the queue wait, so the caller answers with what it has
+    instead of waiting on."""
     permit = context.permit
     if permit is None:
-        await asyncio.sleep(seconds)
+        await _pause(seconds, woken)
         return True
     permit.release()
-    await asyncio.sleep(seconds)
+    await _pause(seconds, woken)
     # Polled without blocking rather than waited for on a worker thread: a long poll holds no thread while idle.
     deadline = time.monotonic() + permit.wait_s
     while not permit.resume():

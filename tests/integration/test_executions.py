@@ -375,4 +375,4 @@ def test_an_appended_event_notifies_listeners_on_commit(api: ApiHarness, app_poo
         with tenant_transaction(tenant, pool=app_pool) as conn:
             repo.append_event(conn, execution.id, "step_started", "build")
         payloads = [n.payload for n in listener.notifies(timeout=10, stop_after=1)]
-    assert payloads == [f"{tenant}:{execution.id}"]
+    assert payloads == [f"{execution.id}:2"]  # migration 0016: the execution and the number, no tenant

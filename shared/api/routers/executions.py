@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -19,6 +20,7 @@ from shared.api.responses import AUTH_ERRORS, BAD_CURSOR, INVALID, problem_doc
 from shared.api.security import RequestContext, authorize
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
+from shared.engine.event_wakeup import get_event_wakeup
 from shared.engine.executions import Conn
 from shared.engine.steps import Attempt, list_attempts, list_steps
 from shared.engine.views import step_views, wait_reason
@@ -32,10 +34,11 @@ ExecutionId = Annotated[UUID, Path(description="The execution's id.")]
 StepId = Annotated[str, Path(min_length=1, max_length=128, description="The step's id.")]
 
 MAX_WAIT_S = 30.0
-# The long poll re-reads at this interval (a short tenant transaction each time) rather than holding a LISTEN
-# connection per waiting client: no pooled connection or transaction is held while waiting, and nothing is
-# missed if a notification is lost. The events' NOTIFY (migration 0011) is there for a shared listener later.
-POLL_INTERVAL_S = 0.2
+# A waiting long poll is woken by the process-wide listener (shared/engine/event_wakeup.py: one dedicated
+# connection, never a pooled one) when its execution's events are appended; it holds no pooled connection,
+# transaction or permit while it waits. It also re-reads at this interval, so a lost notification (the listener
+# reconnecting) delays an event by at most this much.
+FALLBACK_RECHECK_S = 2.0
 MAX_EVENTS = 500
 
 EXAMPLE_EXECUTION_ID = "5d7e1f0a-3b2c-4d5e-8f90-1a2b3c4d5e6f"
@@ -395,13 +398,20 @@ async def events(
     # Async so a waiting client holds no worker thread; every database step runs on one, briefly.
     await run_in_threadpool(load_execution, context, execution_id)
     deadline = time.monotonic() + wait
-    while True:
-        execution, items = await run_in_threadpool(_read_events, context.tenant.id, execution_id, after, limit)
-        if items or execution.terminal or time.monotonic() >= deadline:
-            break
-        # The permit is given back while waiting: a tenant's long polls count against its bound only while they read.
-        if not await idle(context, min(POLL_INTERVAL_S, max(0.0, deadline - time.monotonic()))):
-            break  # its bound is taken by other requests: answer with what there is, the client polls again
+    wakeup = get_event_wakeup() if wait > 0 else None
+    with contextlib.ExitStack() as stack:
+        waiter = stack.enter_context(wakeup.waiting(execution_id)) if wakeup is not None else None
+        while True:
+            if waiter is not None:
+                waiter.clear()  # before the read: an event appended after it wakes the wait below
+            execution, items = await run_in_threadpool(_read_events, context.tenant.id, execution_id, after, limit)
+            if items or execution.terminal or time.monotonic() >= deadline:
+                break
+            # The permit is given back while waiting: a tenant's long polls count against its bound only while they
+            # read.
+            pause = min(FALLBACK_RECHECK_S, max(0.0, deadline - time.monotonic()))
+            if not await idle(context, pause, waiter.event if waiter is not None else None):
+                break  # its bound is taken by other requests: answer with what there is, the client polls again
     return ExecutionEventPage(
         execution_id=execution.id,
         status=execution.status,

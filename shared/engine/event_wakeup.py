@@ -1,0 +1,183 @@
+# intent_ref: platform.execution
+"""Wake the long polls of an execution's events when Postgres announces an append: one listener per process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from functools import lru_cache
+from typing import Any
+from uuid import UUID
+
+import psycopg
+
+from shared.config import SettingsError, get_settings
+
+logger = logging.getLogger(__name__)
+
+CHANNEL = "execution_events"
+"""Migration 0016: after an event commits, `<execution id>:<seq>`; one channel for the whole platform."""
+APPLICATION_NAME = "qp-event-wakeup"
+_RECONNECT_DELAY_S = 1.0
+_READ_TIMEOUT_S = 1.0
+"""How often the listening thread looks up from its socket to see whether it should stop."""
+
+Connect = Callable[[], psycopg.Connection[Any]]
+
+
+class Waiter:
+    """One long poll's wake-up: `event` is set (on its event loop) when its execution may have a new event."""
+
+    def __init__(self, owner: EventWakeup, execution_id: UUID, loop: asyncio.AbstractEventLoop) -> None:
+        self._owner, self.execution_id, self._loop = owner, execution_id, loop
+        self.event = asyncio.Event()
+
+    def clear(self) -> None:
+        """Forget earlier wake-ups: call right before reading, so an append after the read wakes it again."""
+        self.event.clear()
+
+    def wake(self) -> None:
+        # Called from the listening thread: asyncio.Event is not thread-safe, its loop sets it.
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
+            self._loop.call_soon_threadsafe(self.event.set)
+
+    def close(self) -> None:
+        self._owner.unsubscribe(self)
+
+
+class EventWakeup:
+    """LISTENs on one dedicated connection in a daemon thread (never one from the request pool) and wakes the
+    waiters of the execution each notification names.
+
+    A notification sent while the connection is down is lost, so every (re)connect wakes every waiter; a waiter
+    also re-reads on its own now and then (the caller's fallback interval), so nothing depends on delivery.
+    """
+
+    def __init__(self, connect: Connect, *, reconnect_delay_s: float = _RECONNECT_DELAY_S) -> None:
+        self._connect = connect
+        self._reconnect_delay_s = reconnect_delay_s
+        self._lock = threading.Lock()
+        self._waiters: dict[UUID, set[Waiter]] = {}
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._conn: psycopg.Connection[Any] | None = None
+        self.listening = threading.Event()
+        """Set while the connection listens (cleared when it drops)."""
+        self.connections = 0
+        """How many times the listener has (re)connected."""
+
+    # ------------------------------------------------------------------ waiters (event loop side)
+    def subscribe(self, execution_id: UUID) -> Waiter:
+        """A waiter for `execution_id` on the running event loop; the listener starts on first use."""
+        waiter = Waiter(self, execution_id, asyncio.get_running_loop())
+        with self._lock:
+            self._waiters.setdefault(execution_id, set()).add(waiter)
+        self.start()
+        return waiter
+
+    def unsubscribe(self, waiter: Waiter) -> None:
+        with self._lock:
+            waiters = self._waiters.get(waiter.execution_id)
+            if waiters is not None:
+                waiters.discard(waiter)
+                if not waiters:
+                    del self._waiters[waiter.execution_id]
+
+    @contextlib.contextmanager
+    def waiting(self, execution_id: UUID) -> Iterator[Waiter]:
+        waiter = self.subscribe(execution_id)
+        try:
+            yield waiter
+        finally:
+            waiter.close()
+
+    @property
+    def waiter_count(self) -> int:
+        with self._lock:
+            return sum(len(w) for w in self._waiters.values())
+
+    # ------------------------------------------------------------------ the listening thread
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stopping.clear()
+            self._thread = threading.Thread(target=self._run, name="execution-event-wakeup", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop listening and close the connection (waiters fall back to their own re-reads)."""
+        self._stopping.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        self._thread = None
+
+    @property
+    def backend_pid(self) -> int | None:
+        """The server process of the listening connection (None while disconnected)."""
+        conn = self._conn
+        return None if conn is None else conn.info.backend_pid
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                with self._connect() as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self._conn = conn
+                    self.connections += 1
+                    self.listening.set()
+                    self._wake_all()  # whatever was appended while nobody listened
+                    while not self._stopping.is_set():
+                        for notify in conn.notifies(timeout=_READ_TIMEOUT_S):
+                            self._dispatch(notify.payload)
+            except Exception as exc:  # a lost or refused connection: waiters re-read on their own meanwhile
+                if not self._stopping.is_set():
+                    logger.warning("execution event listener lost its connection (%s); reconnecting", exc)
+            finally:
+                self._conn = None
+                self.listening.clear()
+            self._stopping.wait(self._reconnect_delay_s)
+
+    def _dispatch(self, payload: str) -> None:
+        try:
+            execution_id = uuid.UUID(payload.split(":", 1)[0])
+        except ValueError:
+            self._wake_all()  # a payload this version does not read: waking everyone is always safe
+            return
+        with self._lock:
+            waiters = list(self._waiters.get(execution_id, ()))
+        for waiter in waiters:
+            waiter.wake()
+
+    def _wake_all(self) -> None:
+        with self._lock:
+            waiters = [w for group in self._waiters.values() for w in group]
+        for waiter in waiters:
+            waiter.wake()
+
+
+def connect_from_settings() -> psycopg.Connection[Any]:
+    """A connection of the app's own login, as the pool makes them (Entra token when so configured)."""
+    from shared.db.pool import _connection_kwargs
+
+    settings = get_settings()
+    kwargs = _connection_kwargs(settings)
+    resolved: dict[str, Any] = kwargs() if callable(kwargs) else dict(kwargs)
+    resolved.pop("row_factory", None)
+    resolved["autocommit"] = True
+    return psycopg.connect(settings.QP_DATABASE_URL, application_name=APPLICATION_NAME, **resolved)
+
+
+@lru_cache(maxsize=1)
+def get_event_wakeup() -> EventWakeup | None:
+    """The process-wide listener, or None when the process has no database settings (waiters then re-read only)."""
+    try:
+        get_settings()
+    except SettingsError:
+        return None
+    return EventWakeup(connect_from_settings)

@@ -1,0 +1,192 @@
+# intent_ref: platform.execution
+"""The events long poll is woken by NOTIFY through one process-wide listener, which survives a dropped connection."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from shared.api.admission import get_admission
+from shared.api.routers import executions as executions_router
+from shared.db.session import tenant_transaction
+from shared.engine import executions as repo
+from shared.engine.event_wakeup import EventWakeup, get_event_wakeup
+from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
+
+pytestmark = pytest.mark.integration
+
+READER = ["Intent.Reader"]
+NEVER_S = 600.0
+"""A fallback re-check interval longer than any wait: only a notification can end the wait early."""
+SECOND_EVENT_AFTER_S = 20.0
+"""If the poll has not answered by then, a second event is appended: a poll that only woke at the end of its
+30 s wait answers with both, and the test fails."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tenant(api: ApiHarness) -> Iterator[None]:
+    api.provision("alpha")
+    yield
+    wakeup = get_event_wakeup()
+    if wakeup is not None:
+        wakeup.stop()
+    get_event_wakeup.cache_clear()
+
+
+def _running_execution(pool: ConnectionPool[Any], tenant_id: uuid.UUID) -> repo.Execution:
+    """A running execution (its first event is seq 1), written directly."""
+    intent_id = uuid.uuid4()
+    with tenant_transaction(tenant_id, pool=pool) as conn:
+        conn.execute(
+            "INSERT INTO app.intents (tenant_id, id, name, created_by) VALUES (app.current_tenant_id(), %s, %s, 't')",
+            (intent_id, f"w-{intent_id.hex[:12]}"),
+        )
+        conn.execute(
+            "INSERT INTO app.intent_versions (tenant_id, intent_id, version, definition, definition_sha256,"
+            " created_by) VALUES (app.current_tenant_id(), %s, 1, %s, %s, 't')",
+            (intent_id, Jsonb({"target": "staging", "steps": []}), hashlib.sha256(b"{}").hexdigest()),
+        )
+        execution, _ = repo.create_execution(
+            conn,
+            execution_id=uuid.uuid4(),
+            intent_id=intent_id,
+            intent_version=1,
+            target="staging",
+            input={},
+            requested_by="tester",
+            idempotency_key=None,
+        )
+        execution, _ = repo.transition(conn, execution.id, "running")
+    return execution
+
+
+def _eventually(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.02)
+
+
+def _poll_while_another_connection_appends(
+    api: ApiHarness, pool: ConnectionPool[Any], wakeup: EventWakeup
+) -> list[tuple[int, str]]:
+    """Long-poll after seq 1; once the poll waits (subscribed, permit given back), append seq 2 elsewhere."""
+    tenant = api.tenants["alpha"].id
+    execution = _running_execution(pool, tenant)
+    gate = get_admission().gate(tenant)
+    answered = threading.Event()
+    failures: list[BaseException] = []
+
+    def producer() -> None:
+        try:
+            _eventually(lambda: wakeup.waiter_count >= 1 and gate.in_flight == 0, "the long poll waits")
+            with tenant_transaction(tenant, pool=pool) as conn:
+                repo.append_event(conn, execution.id, "step_started", "build")
+            if not answered.wait(SECOND_EVENT_AFTER_S):
+                with tenant_transaction(tenant, pool=pool) as conn:
+                    repo.append_event(conn, execution.id, "step_completed", "build")
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=producer)
+    thread.start()
+    try:
+        response = api.client.get(
+            f"/api/v1/executions/{execution.id}/events",
+            params={"after": 1, "wait": 30},
+            headers=api.headers("alpha", READER),
+        )
+    finally:
+        answered.set()
+        thread.join()
+    assert not failures, failures
+    assert response.status_code == 200, response.text
+    assert wakeup.waiter_count == 0  # the poll unsubscribed when it answered
+    return [(e["seq"], e["type"]) for e in response.json()["items"]]
+
+
+def test_a_waiting_long_poll_is_woken_by_an_append_on_another_connection(
+    api: ApiHarness, app_pool: ConnectionPool[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(executions_router, "FALLBACK_RECHECK_S", NEVER_S)
+    wakeup = get_event_wakeup()
+    assert wakeup is not None
+    assert _poll_while_another_connection_appends(api, app_pool, wakeup) == [(2, "step_started")]
+
+
+def test_the_listener_reconnects_after_its_connection_is_dropped(
+    api: ApiHarness, app_pool: ConnectionPool[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(executions_router, "FALLBACK_RECHECK_S", NEVER_S)
+    wakeup = get_event_wakeup()
+    assert wakeup is not None
+    wakeup.start()
+    _eventually(lambda: wakeup.backend_pid is not None, "the listener connects")
+    dropped, before = wakeup.backend_pid, wakeup.connections
+    with psycopg.connect(api.admin_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (dropped,))
+    _eventually(
+        lambda: wakeup.connections > before and wakeup.backend_pid not in (None, dropped), "the listener reconnects"
+    )
+    # The new connection listens: a notification, not a re-check, still ends the wait.
+    assert _poll_while_another_connection_appends(api, app_pool, wakeup) == [(2, "step_started")]
+
+
+def test_waiters_are_woken_when_the_listener_reconnects(api: ApiHarness) -> None:
+    """Notifications sent while nobody listened are lost: a reconnect wakes every waiter to re-read."""
+    wakeup = EventWakeup(lambda: psycopg.connect(api.app_url, autocommit=True), reconnect_delay_s=0.05)
+
+    async def scenario() -> bool:
+        waiter = wakeup.subscribe(uuid.uuid4())
+        try:
+            await asyncio.to_thread(_eventually, lambda: wakeup.backend_pid is not None, "the listener connects")
+            waiter.clear()
+            with psycopg.connect(api.admin_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (wakeup.backend_pid,))
+            await asyncio.wait_for(waiter.event.wait(), 20)
+            return wakeup.connections >= 2
+        finally:
+            waiter.close()
+
+    try:
+        assert asyncio.run(scenario())
+    finally:
+        wakeup.stop()
+
+
+def test_the_fallback_recheck_delivers_while_the_listener_is_down(
+    api: ApiHarness, app_pool: ConnectionPool[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused() -> psycopg.Connection[Any]:
+        raise psycopg.OperationalError("the database refuses the listener")
+
+    down = EventWakeup(refused, reconnect_delay_s=0.2)
+    monkeypatch.setattr(executions_router, "get_event_wakeup", lambda: down)
+    monkeypatch.setattr(executions_router, "FALLBACK_RECHECK_S", 0.3)
+    try:
+        assert _poll_while_another_connection_appends(api, app_pool, down) == [(2, "step_started")]
+        assert down.connections == 0 and not down.listening.is_set()
+    finally:
+        down.stop()
+
+
+def test_an_appended_event_notifies_its_execution_and_number(api: ApiHarness, app_pool: ConnectionPool[Any]) -> None:
+    tenant = api.tenants["alpha"].id
+    execution = _running_execution(app_pool, tenant)
+    with psycopg.connect(api.app_url, autocommit=True) as listener:
+        listener.execute("LISTEN execution_events")
+        with tenant_transaction(tenant, pool=app_pool) as conn:
+            repo.append_event(conn, execution.id, "step_started", "build")
+        payloads = [n.payload for n in listener.notifies(timeout=10, stop_after=1)]
+    assert payloads == [f"{execution.id}:2"]
