@@ -130,6 +130,7 @@ var names = {
   nsg: '${abbrs.networkNetworkSecurityGroups}${environmentName}-${resourceToken}'
   actionGroup: '${abbrs.insightsActionGroups}${environmentName}-${resourceToken}'
   alertPrefix: '${abbrs.insightsAlerts}${environmentName}-${resourceToken}'
+  durableTaskScheduler: '${abbrs.durableTaskSchedulers}${environmentName}-${resourceToken}'
 }
 
 // The hub names are fixed by the code (DESIGN.md section 5); one consumer group per consuming function.
@@ -260,6 +261,22 @@ module cosmos 'modules/cosmos.bicep' = {
   }
 }
 
+// The Durable backend (ADR 0024): Durable Task Scheduler, Dedicated with three capacity units in prod.
+module durableTask 'modules/durabletask.bicep' = {
+  scope: rg
+  name: 'durabletask'
+  params: {
+    name: names.durableTaskScheduler
+    location: location
+    tags: tags
+    taskHubName: taskHubName
+    dedicated: environmentType == 'prod'
+    privateEndpointPrefix: abbrs.networkPrivateEndpoints
+    privateEndpointSubnetId: network.outputs.privateEndpointSubnetId
+    privateDnsZoneIds: network.outputs.privateDnsZoneIds
+  }
+}
+
 module functionApp 'modules/functionapp.bicep' = {
   scope: rg
   name: 'functionapp'
@@ -284,7 +301,8 @@ module functionApp 'modules/functionapp.bicep' = {
     cosmosEndpoint: cosmos.outputs.endpoint
     appInsightsConnectionString: monitoring.outputs.appInsightsConnectionString
     environmentType: environmentType
-    taskHubName: taskHubName
+    taskHubName: durableTask.outputs.taskHubName
+    durableTaskSchedulerEndpoint: durableTask.outputs.endpoint
     apiAudience: apiAudience
     databasePoolMax: databasePoolMax
     functionSubnetId: network.outputs.functionSubnetId
@@ -321,6 +339,7 @@ module rbac 'modules/rbac.bicep' = {
     eventHubNamespaceName: eventHubsModule.outputs.name
     cosmosAccountName: cosmos.outputs.name
     appInsightsName: monitoring.outputs.appInsightsName
+    durableTaskSchedulerName: durableTask.outputs.name
   }
 }
 
@@ -364,3 +383,5 @@ output COSMOS_ENDPOINT string = cosmos.outputs.endpoint
 output STORAGE_BLOB_ENDPOINT string = storage.outputs.blobEndpoint
 output EVENTHUB_NAMESPACE_FQDN string = '${eventHubsModule.outputs.name}.servicebus.windows.net'
 output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.appInsightsName
+// Terraform adopts the scheduler by this endpoint (durable_task_scheduler_endpoint): azurerm cannot create it.
+output DURABLE_TASK_SCHEDULER_ENDPOINT string = durableTask.outputs.endpoint

@@ -22,6 +22,8 @@ locals {
     nsg               = "${local.abbrs.networkNetworkSecurityGroups}${var.environment_name}-${var.resource_token}"
     actionGroup       = "${local.abbrs.insightsActionGroups}${var.environment_name}-${var.resource_token}"
     alertPrefix       = "${local.abbrs.insightsAlerts}${var.environment_name}-${var.resource_token}"
+    # Created by bicep/modules/durabletask.bicep and adopted here (ADR 0024).
+    durableTaskScheduler = "${local.abbrs.durableTaskSchedulers}${var.environment_name}-${var.resource_token}"
   }
 
   # The hub names are fixed by the code (DESIGN.md section 5); one consumer group per consuming function.

@@ -105,35 +105,52 @@ module "cosmos" {
   log_analytics_workspace_id = module.monitoring.log_analytics_workspace_id
 }
 
+# The Durable backend (ADR 0024). azurerm cannot create a Durable Task Scheduler: the scheduler and its task hub
+# come from bicep/modules/durabletask.bicep; this module adopts them and adds the private endpoint.
+module "durabletask" {
+  source                     = "./modules/durabletask"
+  subscription_id            = var.subscription_id
+  resource_group_name        = azurerm_resource_group.main.name
+  location                   = var.location
+  tags                       = local.tags
+  name                       = local.names.durableTaskScheduler
+  task_hub_name              = local.task_hub_name
+  endpoint                   = var.durable_task_scheduler_endpoint
+  private_endpoint_prefix    = local.abbrs.networkPrivateEndpoints
+  private_endpoint_subnet_id = module.network.private_endpoint_subnet_id
+  private_dns_zone_ids       = module.network.private_dns_zone_ids
+}
+
 module "functionapp" {
-  source                         = "./modules/functionapp"
-  resource_group_name            = azurerm_resource_group.main.name
-  location                       = var.location
-  tags                           = local.tags
-  plan_name                      = local.names.plan
-  name                           = local.names.functionApp
-  max_elastic_workers            = var.function_max_elastic_workers
-  zone_redundant                 = local.is_prod
-  identity_id                    = module.identity.id
-  identity_client_id             = module.identity.client_id
-  identity_name                  = module.identity.name
-  control_identity_id            = module.control_identity.id
-  control_identity_client_id     = module.control_identity.client_id
-  control_identity_name          = module.control_identity.name
-  storage_account_name           = module.storage.name
-  blob_endpoint                  = module.storage.blob_endpoint
-  event_hub_namespace_name       = module.eventhubs.name
-  postgres_fqdn                  = module.postgres.fqdn
-  postgres_database              = module.postgres.database_name
-  cosmos_endpoint                = module.cosmos.endpoint
-  app_insights_connection_string = module.monitoring.app_insights_connection_string
-  environment_type               = var.environment_type
-  task_hub_name                  = local.task_hub_name
-  api_audience                   = var.api_audience
-  database_pool_max              = var.database_pool_max
-  function_subnet_id             = module.network.function_subnet_id
-  apim_subnet_id                 = module.network.apim_subnet_id
-  log_analytics_workspace_id     = module.monitoring.log_analytics_workspace_id
+  source                          = "./modules/functionapp"
+  resource_group_name             = azurerm_resource_group.main.name
+  location                        = var.location
+  tags                            = local.tags
+  plan_name                       = local.names.plan
+  name                            = local.names.functionApp
+  max_elastic_workers             = var.function_max_elastic_workers
+  zone_redundant                  = local.is_prod
+  identity_id                     = module.identity.id
+  identity_client_id              = module.identity.client_id
+  identity_name                   = module.identity.name
+  control_identity_id             = module.control_identity.id
+  control_identity_client_id      = module.control_identity.client_id
+  control_identity_name           = module.control_identity.name
+  storage_account_name            = module.storage.name
+  blob_endpoint                   = module.storage.blob_endpoint
+  event_hub_namespace_name        = module.eventhubs.name
+  postgres_fqdn                   = module.postgres.fqdn
+  postgres_database               = module.postgres.database_name
+  cosmos_endpoint                 = module.cosmos.endpoint
+  app_insights_connection_string  = module.monitoring.app_insights_connection_string
+  environment_type                = var.environment_type
+  task_hub_name                   = module.durabletask.task_hub_name
+  durable_task_scheduler_endpoint = module.durabletask.endpoint
+  api_audience                    = var.api_audience
+  database_pool_max               = var.database_pool_max
+  function_subnet_id              = module.network.function_subnet_id
+  apim_subnet_id                  = module.network.apim_subnet_id
+  log_analytics_workspace_id      = module.monitoring.log_analytics_workspace_id
 }
 
 module "apim" {
@@ -154,14 +171,15 @@ module "apim" {
 }
 
 module "rbac" {
-  source                 = "./modules/rbac"
-  function_principal_id  = module.identity.principal_id
-  resource_group_name    = azurerm_resource_group.main.name
-  storage_account_id     = module.storage.id
-  event_hub_namespace_id = module.eventhubs.id
-  cosmos_account_id      = module.cosmos.id
-  cosmos_account_name    = module.cosmos.name
-  app_insights_id        = module.monitoring.app_insights_id
+  source                    = "./modules/rbac"
+  function_principal_id     = module.identity.principal_id
+  resource_group_name       = azurerm_resource_group.main.name
+  storage_account_id        = module.storage.id
+  event_hub_namespace_id    = module.eventhubs.id
+  cosmos_account_id         = module.cosmos.id
+  cosmos_account_name       = module.cosmos.name
+  app_insights_id           = module.monitoring.app_insights_id
+  durable_task_scheduler_id = module.durabletask.id
 }
 
 module "alerts" {

@@ -85,3 +85,8 @@ output "APPLICATIONINSIGHTS_NAME" {
   description = "Name of the Application Insights component."
   value       = module.monitoring.app_insights_name
 }
+
+output "DURABLE_TASK_SCHEDULER_ENDPOINT" {
+  description = "Endpoint of the Durable Task Scheduler (adopted, ADR 0024)."
+  value       = module.durabletask.endpoint
+}

@@ -69,6 +69,9 @@ param environmentType string
 @description('Durable Functions task hub (QP_TASK_HUB).')
 param taskHubName string
 
+@description('Endpoint of the Durable Task Scheduler that holds the task hub (ADR 0024).')
+param durableTaskSchedulerEndpoint string
+
 @description('Accepted token audiences (QP_AUTH_AUDIENCE).')
 param apiAudience string
 
@@ -118,6 +121,9 @@ var appSettings = [
   { name: 'QP_BLOB_ACCOUNT_URL', value: blobEndpoint }
   { name: 'QP_ARTIFACTS_CONTAINER', value: 'artifacts' }
   { name: 'QP_TASK_HUB', value: taskHubName }
+  // host.json's durableTask.storageProvider (azureManaged) names this setting: the scheduler endpoint and the
+  // runtime identity, no key (ADR 0024). The task hub comes from hubName (QP_TASK_HUB).
+  { name: 'DURABLE_TASK_SCHEDULER_CONNECTION', value: 'Endpoint=${durableTaskSchedulerEndpoint};Authentication=ManagedIdentity;ClientID=${identityClientId}' }
   { name: 'QP_EVENTHUB_BACKEND', value: 'azure' }
   { name: 'QP_AUDIT_BACKEND', value: 'cosmos' }
   { name: 'QP_COSMOS_ENDPOINT', value: cosmosEndpoint }
@@ -185,6 +191,8 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
       // Zone-redundant plans keep one warm instance per zone.
       minimumElasticInstanceCount: zoneRedundant ? 3 : 1
       functionAppScaleLimit: maxElasticWorkers
+      // The scale controller cannot see the Durable Task Scheduler's backlog: the runtime reports it (ADR 0024).
+      functionsRuntimeScaleMonitoringEnabled: true
       vnetRouteAllEnabled: true
       appSettings: appSettings
       // Inbound: API Management's subnet only. The deployment endpoint (scm) keeps its own
@@ -228,6 +236,8 @@ resource staging 'Microsoft.Web/sites/slots@2024-04-01' = {
       // Zone-redundant plans keep one warm instance per zone.
       minimumElasticInstanceCount: zoneRedundant ? 3 : 1
       functionAppScaleLimit: maxElasticWorkers
+      // The scale controller cannot see the Durable Task Scheduler's backlog: the runtime reports it (ADR 0024).
+      functionsRuntimeScaleMonitoringEnabled: true
       vnetRouteAllEnabled: true
       appSettings: appSettings
       // Inbound: API Management's subnet only (the deploy workflow admits its runner for the smoke test). The deployment endpoint (scm) keeps its own

@@ -31,6 +31,8 @@ var dnsZoneNames = [
   'privatelink.servicebus.windows.net'
   'privatelink.documents.azure.com'
   'privatelink.postgres.database.azure.com'
+  // The Durable Task Scheduler (ADR 0024): its endpoint <name>-<suffix>.<region>.durabletask.io resolves here.
+  'privatelink.durabletask.io'
 ]
 
 resource nsg 'Microsoft.Network/networkSecurityGroups@2024-05-01' = {
@@ -145,4 +147,5 @@ output privateDnsZoneIds object = {
   eventhub: zones[3].id
   cosmos: zones[4].id
   postgres: zones[5].id
+  durabletask: zones[6].id
 }

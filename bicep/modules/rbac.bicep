@@ -17,14 +17,20 @@ param cosmosAccountName string
 @description('Application Insights component the app writes telemetry to.')
 param appInsightsName string
 
+@description('Durable Task Scheduler holding the task hub (ADR 0024).')
+param durableTaskSchedulerName string
+
 // Built-in role definition ids (stable across clouds).
 var roles = {
-  storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b' // Durable Functions manages its lease blobs
-  storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88' // Durable control and work-item queues
-  storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3' // Durable history and instances tables
+  // The host's own storage (locks, timer schedules, Event Hubs checkpoints, artifacts) and, kept on purpose, what
+  // the Azure Storage Durable provider needs, so falling back to it is a host.json change (ADR 0024).
+  storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b' // leases and checkpoints
+  storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88' // Azure Storage provider fallback: queues
+  storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3' // Azure Storage provider fallback: tables
   eventHubsDataSender: '2b629674-e913-4c01-ae53-ef4638d8f975'
   eventHubsDataReceiver: 'a638d3c7-ab3a-418d-83e6-5f17a39d4fde'
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb' // Entra-authenticated telemetry ingestion
+  durableTaskDataContributor: '0ad04412-c4d5-4796-b79c-f76d14c8d402' // the Durable backend (ADR 0024)
 }
 // Cosmos DB Built-in Data Contributor: a data-plane (SQL) role, assigned in the account, not in ARM RBAC.
 var cosmosDataContributor = '00000000-0000-0000-0000-000000000002'
@@ -43,6 +49,10 @@ resource cosmos 'Microsoft.DocumentDB/databaseAccounts@2024-11-15' existing = {
 
 resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {
   name: appInsightsName
+}
+
+resource scheduler 'Microsoft.DurableTask/schedulers@2026-02-01' existing = {
+  name: durableTaskSchedulerName
 }
 
 resource storageRoles 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for role in [
@@ -77,6 +87,18 @@ resource telemetryRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(appInsights.id, functionPrincipalId, roles.monitoringMetricsPublisher)
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.monitoringMetricsPublisher)
+    principalId: functionPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// The host dispatches orchestrations, activities and entities of the task hub; Data Contributor also lets it
+// query, purge and terminate instances (the Durable management API and the stuck-execution sweeper need that).
+resource durableTaskRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: scheduler
+  name: guid(scheduler.id, functionPrincipalId, roles.durableTaskDataContributor)
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.durableTaskDataContributor)
     principalId: functionPrincipalId
     principalType: 'ServicePrincipal'
   }

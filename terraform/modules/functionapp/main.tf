@@ -32,10 +32,13 @@ locals {
     "QP_DATABASE_POOL_TIMEOUT_S"    = "3"
     "QP_DATABASE_CONNECT_TIMEOUT_S" = "2"
     # Half the pool per tenant: one tenant's burst always leaves connections for the others.
-    "QP_TENANT_MAX_CONCURRENT_REQUESTS"    = tostring(max(1, floor(var.database_pool_max / 2)))
-    "QP_BLOB_ACCOUNT_URL"                  = var.blob_endpoint
-    "QP_ARTIFACTS_CONTAINER"               = "artifacts"
-    "QP_TASK_HUB"                          = var.task_hub_name
+    "QP_TENANT_MAX_CONCURRENT_REQUESTS" = tostring(max(1, floor(var.database_pool_max / 2)))
+    "QP_BLOB_ACCOUNT_URL"               = var.blob_endpoint
+    "QP_ARTIFACTS_CONTAINER"            = "artifacts"
+    "QP_TASK_HUB"                       = var.task_hub_name
+    # host.json's durableTask.storageProvider (azureManaged) names this setting: the scheduler endpoint and the
+    # runtime identity, no key (ADR 0024). The task hub comes from hubName (QP_TASK_HUB).
+    "DURABLE_TASK_SCHEDULER_CONNECTION"    = "Endpoint=${var.durable_task_scheduler_endpoint};Authentication=ManagedIdentity;ClientID=${var.identity_client_id}"
     "QP_EVENTHUB_BACKEND"                  = "azure"
     "QP_AUDIT_BACKEND"                     = "cosmos"
     "QP_COSMOS_ENDPOINT"                   = var.cosmos_endpoint
@@ -98,14 +101,16 @@ resource "azurerm_linux_function_app" "main" {
   }
 
   site_config {
-    minimum_tls_version                    = "1.2"
-    scm_minimum_tls_version                = "1.2"
-    ftps_state                             = "Disabled"
-    http2_enabled                          = true
-    health_check_path                      = "/api/health"
-    health_check_eviction_time_in_min      = 10
-    elastic_instance_minimum               = var.zone_redundant ? 3 : 1
-    app_scale_limit                        = var.max_elastic_workers
+    minimum_tls_version               = "1.2"
+    scm_minimum_tls_version           = "1.2"
+    ftps_state                        = "Disabled"
+    http2_enabled                     = true
+    health_check_path                 = "/api/health"
+    health_check_eviction_time_in_min = 10
+    elastic_instance_minimum          = var.zone_redundant ? 3 : 1
+    app_scale_limit                   = var.max_elastic_workers
+    # The scale controller cannot see the Durable Task Scheduler's backlog: the runtime reports it (ADR 0024).
+    runtime_scale_monitoring_enabled       = true
     vnet_route_all_enabled                 = true
     application_insights_connection_string = var.app_insights_connection_string
     # Inbound: API Management's subnet only. The deployment endpoint (scm) keeps its own rules and accepts
@@ -148,14 +153,16 @@ resource "azurerm_linux_function_app_slot" "staging" {
   }
 
   site_config {
-    minimum_tls_version                    = "1.2"
-    scm_minimum_tls_version                = "1.2"
-    ftps_state                             = "Disabled"
-    http2_enabled                          = true
-    health_check_path                      = "/api/health"
-    health_check_eviction_time_in_min      = 10
-    elastic_instance_minimum               = var.zone_redundant ? 3 : 1
-    app_scale_limit                        = var.max_elastic_workers
+    minimum_tls_version               = "1.2"
+    scm_minimum_tls_version           = "1.2"
+    ftps_state                        = "Disabled"
+    http2_enabled                     = true
+    health_check_path                 = "/api/health"
+    health_check_eviction_time_in_min = 10
+    elastic_instance_minimum          = var.zone_redundant ? 3 : 1
+    app_scale_limit                   = var.max_elastic_workers
+    # The scale controller cannot see the Durable Task Scheduler's backlog: the runtime reports it (ADR 0024).
+    runtime_scale_monitoring_enabled       = true
     vnet_route_all_enabled                 = true
     application_insights_connection_string = var.app_insights_connection_string
     ip_restriction_default_action          = "Deny"

@@ -134,3 +134,8 @@ variable "apim_subnet_id" {
   type        = string
   description = "API Management integration subnet: the only source admitted to the production site."
 }
+
+variable "durable_task_scheduler_endpoint" {
+  type        = string
+  description = "Endpoint of the Durable Task Scheduler that holds the task hub (ADR 0024)."
+}

@@ -10,6 +10,8 @@ locals {
     eventhub = "privatelink.servicebus.windows.net"
     cosmos   = "privatelink.documents.azure.com"
     postgres = "privatelink.postgres.database.azure.com"
+    # The Durable Task Scheduler (ADR 0024): its endpoint <name>-<suffix>.<region>.durabletask.io resolves here.
+    durabletask = "privatelink.durabletask.io"
   }
 
   subnets = {

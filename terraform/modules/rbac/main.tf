@@ -4,7 +4,8 @@
 
 locals {
   assignments = {
-    # Durable Functions manages its lease blobs, control and work-item queues, history and instances tables.
+    # The host's own storage (locks, timer schedules, Event Hubs checkpoints, artifacts) and, kept on purpose, what
+    # the Azure Storage Durable provider needs, so falling back to it is a host.json change (ADR 0024).
     storage_blob_data_owner        = { scope = var.storage_account_id, role = "Storage Blob Data Owner" }
     storage_queue_data_contributor = { scope = var.storage_account_id, role = "Storage Queue Data Contributor" }
     storage_table_data_contributor = { scope = var.storage_account_id, role = "Storage Table Data Contributor" }
@@ -12,6 +13,8 @@ locals {
     event_hubs_data_receiver       = { scope = var.event_hub_namespace_id, role = "Azure Event Hubs Data Receiver" }
     # Entra-authenticated telemetry ingestion.
     monitoring_metrics_publisher = { scope = var.app_insights_id, role = "Monitoring Metrics Publisher" }
+    # The Durable backend (ADR 0024): dispatch, query, purge and terminate instances of the task hub.
+    durable_task_data_contributor = { scope = var.durable_task_scheduler_id, role = "Durable Task Data Contributor" }
   }
   # Cosmos DB Built-in Data Contributor: a data-plane (SQL) role, assigned in the account, not in ARM RBAC.
   cosmos_data_contributor = "00000000-0000-0000-0000-000000000002"

@@ -33,3 +33,8 @@ variable "app_insights_id" {
   type        = string
   description = "Application Insights component the app writes telemetry to."
 }
+
+variable "durable_task_scheduler_id" {
+  type        = string
+  description = "Durable Task Scheduler holding the task hub (ADR 0024)."
+}

@@ -1,0 +1,178 @@
+# intent_ref: platform.estate
+"""The Durable backend in Azure is the Durable Task Scheduler (ADR 0024), and host.json, Bicep and Terraform agree."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import hcl2
+
+from devhost.hostjson import load_host_json
+from tests.infra.conftest import ROOT, TERRAFORM, BicepFile, TerraformModule, unquote
+from tests.infra.test_estate_parity import NOT_IN_AZURERM, _bicep_types, _tf_types
+
+CONNECTION = "DURABLE_TASK_SCHEDULER_CONNECTION"
+DATA_CONTRIBUTOR = "0ad04412-c4d5-4796-b79c-f76d14c8d402"  # Durable Task Data Contributor
+# The parts of the connection string; the endpoint and the runtime identity are references to each stack's inputs.
+BICEP_CONNECTION = (
+    "Endpoint=${durableTaskSchedulerEndpoint};Authentication=ManagedIdentity;ClientID=${identityClientId}"
+)
+TF_CONNECTION = (
+    "Endpoint=${var.durable_task_scheduler_endpoint};Authentication=ManagedIdentity;ClientID=${var.identity_client_id}"
+)
+
+
+def _host() -> dict[str, Any]:
+    return json.loads((ROOT / "host.json").read_text(encoding="utf-8"))
+
+
+def _bicep_settings(bicep_modules: dict[str, BicepFile]) -> dict[str, Any]:
+    return {item["name"]: item["value"] for item in bicep_modules["functionapp"].variables["appSettings"]}
+
+
+def _tf_root_modules() -> dict[str, dict[str, Any]]:
+    with (TERRAFORM / "main.tf").open(encoding="utf-8") as handle:
+        document = unquote(hcl2.load(handle))
+    return {name: body for block in document.get("module", []) for name, body in block.items()}
+
+
+def test_host_json_selects_the_scheduler_through_an_identity_connection():
+    durable = _host()["extensions"]["durableTask"]
+    assert durable["storageProvider"] == {"type": "azureManaged", "connectionStringName": CONNECTION}
+    assert durable["hubName"] == "%QP_TASK_HUB%"
+
+
+def test_the_extension_bundle_carries_the_azure_managed_provider():
+    """4.38.1 is the first bundle this ADR verified to ship the azureManaged provider; a lower floor could resolve
+    to a bundle without it."""
+    bundle = _host()["extensionBundle"]
+    assert bundle["id"] == "Microsoft.Azure.Functions.ExtensionBundle"
+    floor = re.fullmatch(r"\[(\d+)\.(\d+)\.(\d+), 5\.0\.0\)", bundle["version"])
+    assert floor, bundle["version"]
+    assert tuple(int(part) for part in floor.groups()) >= (4, 38, 1)
+
+
+def test_both_stacks_set_the_connection_host_json_names(
+    bicep_modules: dict[str, BicepFile], tf_modules: dict[str, TerraformModule]
+):
+    bicep = _bicep_settings(bicep_modules)
+    terraform = tf_modules["functionapp"].locals["app_settings"]
+    assert bicep[CONNECTION] == BICEP_CONNECTION
+    assert terraform[CONNECTION] == TF_CONNECTION
+    for value in (bicep[CONNECTION], terraform[CONNECTION]):
+        assert "AccessKey" not in value and "Authentication=None" not in value
+
+
+def test_the_task_hub_is_the_one_the_app_names(bicep_main: BicepFile, bicep_modules: dict[str, BicepFile]):
+    """The scheduler's task hub and QP_TASK_HUB come from one value in each stack."""
+    modules = bicep_main.parsed["modules"]
+    assert modules["durableTask"]["config"]["params"]["taskHubName"] == "taskHubName"
+    hub_to_app = modules["functionApp"]["config"]["params"]["taskHubName"]["operator"]["operands"]
+    assert hub_to_app["operand_1"] == "durableTask"
+    assert bicep_modules["durabletask"].resources["taskHub"]["config"]["name"] == "taskHubName"
+    assert _bicep_settings(bicep_modules)["QP_TASK_HUB"] == "taskHubName"
+
+    tf = _tf_root_modules()
+    assert tf["durabletask"]["task_hub_name"] == "${local.task_hub_name}"
+    assert tf["functionapp"]["task_hub_name"] == "${module.durabletask.task_hub_name}"
+    assert tf["functionapp"]["durable_task_scheduler_endpoint"] == "${module.durabletask.endpoint}"
+
+
+def test_the_scheduler_is_private_and_sized_per_environment(bicep_main: BicepFile, bicep_modules: dict[str, BicepFile]):
+    scheduler = bicep_modules["durabletask"].resources["scheduler"]["config"]
+    assert scheduler["properties"]["publicNetworkAccess"] == "Disabled"
+    assert scheduler["properties"]["ipAllowlist"] == []
+    sku = scheduler["properties"]["sku"]["operator"]
+    assert sku["type"] == "conditional" and sku["operands"]["condition"] == "dedicated"
+    # Production: Dedicated with three capacity units, the only configuration with high availability.
+    assert sku["operands"]["true_value"] == {"name": "Dedicated", "capacity": 3}
+    assert sku["operands"]["false_value"] == {"name": "Consumption"}
+    dedicated = bicep_main.parsed["modules"]["durableTask"]["config"]["params"]["dedicated"]["operator"]
+    assert dedicated == {"type": "equals", "operands": {"operand_1": "environmentType", "operand_2": "prod"}}
+
+
+def test_both_stacks_reach_the_scheduler_through_a_private_endpoint(
+    bicep_modules: dict[str, BicepFile], tf_modules: dict[str, TerraformModule]
+):
+    endpoint = bicep_modules["durabletask"].resources["endpoint"]["config"]["properties"]
+    connection = endpoint["privateLinkServiceConnections"][0]["properties"]
+    assert connection["groupIds"] == ["scheduler"]
+    assert connection["privateLinkServiceId"]["operator"]["operands"]["operand_1"] == "scheduler"
+    zone_group = bicep_modules["durabletask"].resources["endpointZone"]["config"]["properties"]
+    zone = zone_group["privateDnsZoneConfigs"][0]["properties"]["privateDnsZoneId"]["operator"]["operands"]
+    assert zone["operand_2"] == "durabletask"
+    assert "'privatelink.durabletask.io'" in (bicep_modules["network"].path.read_text(encoding="utf-8"))
+
+    module = tf_modules["durabletask"]
+    (tf_endpoint,) = module.of_type("azurerm_private_endpoint").values()
+    tf_connection = tf_endpoint["private_service_connection"][0]
+    assert tf_connection["subresource_names"] == ["scheduler"]
+    assert tf_connection["private_connection_resource_id"] == "${local.scheduler_id}"
+    assert tf_endpoint["private_dns_zone_group"][0]["private_dns_zone_ids"] == [
+        '${var.private_dns_zone_ids["durabletask"]}'
+    ]
+    assert tf_modules["network"].locals["dns_zones"]["durabletask"] == "privatelink.durabletask.io"
+
+
+def test_terraform_adopts_the_scheduler_bicep_creates(
+    bicep_modules: dict[str, BicepFile], tf_root: TerraformModule, tf_modules: dict[str, TerraformModule]
+):
+    """azurerm cannot declare a scheduler (the recorded gap): Terraform builds the same resource id from the shared
+    naming table and takes the endpoint as a validated input."""
+    scheduler_id = tf_modules["durabletask"].locals["scheduler_id"]
+    assert scheduler_id.endswith("/providers/Microsoft.DurableTask/schedulers/${var.name}")
+    assert _tf_root_modules()["durabletask"]["name"] == "${local.names.durableTaskScheduler}"
+    # The gap is exactly the Durable Task types: every other Bicep type of the module has its azurerm twin.
+    bicep_only = _bicep_types([bicep_modules["durabletask"]]) & NOT_IN_AZURERM.keys()
+    assert bicep_only == set(NOT_IN_AZURERM)
+    assert _tf_types([tf_modules["durabletask"]]) == {"azurerm_private_endpoint"}
+
+    variable = tf_root.variables["durable_task_scheduler_endpoint"]
+    assert "default" not in variable  # required: a Terraform estate without a scheduler must not plan
+    condition = variable["validation"][0]["condition"]
+    pattern = re.search(r'regex\("(.+)", var\.durable_task_scheduler_endpoint\)', condition)
+    assert pattern
+    regex = pattern.group(1).replace("\\\\", "\\")
+    assert re.search(regex, "https://dts-prod-abc123-b7d4.westeurope.durabletask.io")
+    assert re.search(regex, "https://test.northcentralus.1.durabletask.io/")
+    for wrong in ("http://dts-prod.westeurope.durabletask.io", "https://dts-prod.example.com", "Endpoint=https://x"):
+        assert not re.search(regex, wrong), wrong
+
+
+def test_the_runtime_identity_holds_the_data_role_on_the_scheduler(
+    bicep_modules: dict[str, BicepFile], tf_modules: dict[str, TerraformModule]
+):
+    rbac = bicep_modules["rbac"]
+    assert rbac.variables["roles"]["durableTaskDataContributor"] == DATA_CONTRIBUTOR
+    role = rbac.resources["durableTaskRole"]["config"]
+    assert role["scope"] == "scheduler"
+    assert role["properties"]["principalId"] == "functionPrincipalId"
+    assignment = tf_modules["rbac"].locals["assignments"]["durable_task_data_contributor"]
+    assert assignment == {"scope": "${var.durable_task_scheduler_id}", "role": "Durable Task Data Contributor"}
+    assert _tf_root_modules()["rbac"]["durable_task_scheduler_id"] == "${module.durabletask.id}"
+
+
+def test_runtime_scale_monitoring_is_on_for_every_site(
+    bicep_modules: dict[str, BicepFile], tf_modules: dict[str, TerraformModule]
+):
+    """The scale controller cannot read the scheduler's backlog; without runtime scale monitoring an Elastic
+    Premium app would not scale out on orchestration load."""
+    for name in ("site", "staging"):
+        config = bicep_modules["functionapp"].resources[name]["config"]["properties"]["siteConfig"]
+        assert config["functionsRuntimeScaleMonitoringEnabled"] is True, name
+    module = tf_modules["functionapp"]
+    for kind in ("azurerm_linux_function_app", "azurerm_linux_function_app_slot"):
+        for body in module.of_type(kind).values():
+            assert body["site_config"][0]["runtime_scale_monitoring_enabled"] is True, kind
+
+
+def test_the_local_host_tolerates_the_provider_setting():
+    """The devhost keeps its own Postgres-backed store: it reads only the route prefix and Event Hubs batching from
+    host.json, whatever durableTask.storageProvider says."""
+    host = load_host_json(ROOT)
+    assert host.route_prefix == ""
+    assert host.eventhub_max_batch_size == _host()["extensions"]["eventHubs"]["maxEventBatchSize"]
+    sample = json.loads((ROOT / "local.settings.sample.json").read_text(encoding="utf-8"))["Values"]
+    assert sample[CONNECTION].startswith("Endpoint=http://localhost:")  # the scheduler emulator, for a real host
