@@ -203,14 +203,15 @@ def _history_kinds() -> list[tuple[str, int]]:
     """Durable history event kinds counted per execution (none when the devhost's Durable store is another)."""
     try:
         from devhost.durable.protocol import EventType
-    except ImportError:
+
+        return [
+            ("episodes", int(EventType.OrchestratorStarted)),
+            ("activities", int(EventType.TaskScheduled)),
+            ("timers", int(EventType.TimerCreated)),
+            ("raised_events", int(EventType.EventRaised)),
+        ]
+    except (ImportError, AttributeError):
         return []
-    return [
-        ("episodes", int(EventType.OrchestratorStarted)),
-        ("activities", int(EventType.TaskScheduled)),
-        ("timers", int(EventType.TimerCreated)),
-        ("raised_events", int(EventType.EventRaised)),
-    ]
 
 
 def _engine_trace(pg_dir: Path, spans: Spans, executions: int) -> tuple[list[dict[str, Any]], dict[str, float]]:
