@@ -17,10 +17,13 @@ from shared.api.problems import ProblemError
 from shared.config import Settings, get_settings
 
 QUEUE_WAIT_S = 0.5
-"""How long a request over its tenant's bound waits for a permit before it is answered 503: long enough to ride out
-a short burst, far below the pool's wait (3 s by default), so an overloaded tenant hears "busy" at once."""
+"""How long a thread over its tenant's bound waits for a permit (`admit`, tests and sync callers)."""
+QUEUE_PER_SLOT = 16
+"""Requests queued per slot of the bound: a request waits on the event loop, holding no thread and no connection,
+so a burst of a few dozen requests queues instead of being refused while each takes a few milliseconds."""
 RETRY_AFTER_S = 1
 _ASYNC_POLL_S = 0.02
+_ASYNC_FIRST_POLL_S = 0.002
 MIN_WORKER_THREADS = 40
 """anyio's default: the limit of threads that run sync dependencies and routes (see `worker_threads`)."""
 
@@ -47,6 +50,27 @@ class TenantGate:
         """Requests queued for a permit right now."""
         with self._changed:
             return self._waiting
+
+    def join_queue(self) -> bool:
+        """Count a request that waits for a slot elsewhere (on the event loop); False when the queue is full."""
+        with self._changed:
+            if self._waiting >= self.queue:
+                return False
+            self._waiting += 1
+            return True
+
+    def leave_queue(self) -> None:
+        """The request counted by `join_queue` waits no more."""
+        with self._changed:
+            self._waiting -= 1
+
+    def try_enter(self) -> bool:
+        """Take a free slot without waiting."""
+        with self._changed:
+            if self._in_flight < self.limit:
+                self._in_flight += 1
+                return True
+            return False
 
     def enter(self, wait_s: float) -> bool:
         """Take a slot, waiting up to `wait_s` in the queue when it has room; False when none was had."""
@@ -117,10 +141,14 @@ class Permit:
 class Admission:
     """The gates of every tenant this process has served, each bounded alike."""
 
-    def __init__(self, limit: int, *, queue: int | None = None, wait_s: float = QUEUE_WAIT_S) -> None:
+    def __init__(
+        self, limit: int, *, queue: int | None = None, wait_s: float = QUEUE_WAIT_S, queue_wait_s: float | None = None
+    ) -> None:
         self.limit = limit
         self.queue = limit if queue is None else queue
         self.wait_s = wait_s
+        self.queue_wait_s = wait_s if queue_wait_s is None else queue_wait_s
+        """How long `admit_waiting` may wait on the event loop."""
         self._lock = threading.Lock()
         self._gates: dict[UUID, TenantGate] = {}
 
@@ -141,6 +169,28 @@ class Admission:
         if not gate.enter(self.wait_s):
             raise tenant_busy(self.limit)
         return Permit(gate, self.wait_s)
+
+    async def admit_waiting(self, tenant_id: UUID) -> Permit:
+        """A permit for one request of the tenant, waited for on the event loop (no thread is held meanwhile) for up
+        to `queue_wait_s` with at most `queue` others; else 503 tenant-busy with Retry-After."""
+        gate = self.gate(tenant_id)
+        if gate.try_enter():
+            return Permit(gate, self.wait_s)
+        if not gate.join_queue():
+            raise tenant_busy(self.limit)
+        try:
+            deadline = time.monotonic() + self.queue_wait_s
+            pause = _ASYNC_FIRST_POLL_S
+            # Polled: slots are given back by worker threads, and a poll that backs off to 20 ms costs the loop
+            # less than a thread-to-loop wake-up per release would under a burst.
+            while not gate.try_enter():
+                if time.monotonic() >= deadline:
+                    raise tenant_busy(self.limit)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, _ASYNC_POLL_S)
+            return Permit(gate, self.wait_s)
+        finally:
+            gate.leave_queue()
 
 
 def tenant_busy(limit: int) -> ProblemError:
@@ -172,8 +222,15 @@ def worker_threads(settings: Settings) -> int:
 def get_admission() -> Admission:
     """The process-wide admission, sized from the settings."""
     settings = get_settings()
-    # Capped well below the pool's wait, so a request refused here is answered before one waiting on the pool.
-    return Admission(tenant_limit(settings), wait_s=min(QUEUE_WAIT_S, settings.QP_DATABASE_POOL_TIMEOUT_S / 4))
+    limit = tenant_limit(settings)
+    # A thread's wait is capped well below the pool's, so a request refused here is answered before one waiting on
+    # the pool; a request queued on the event loop may wait as long as one request may wait for a connection.
+    return Admission(
+        limit,
+        queue=QUEUE_PER_SLOT * limit,
+        wait_s=min(QUEUE_WAIT_S, settings.QP_DATABASE_POOL_TIMEOUT_S / 4),
+        queue_wait_s=settings.QP_DATABASE_POOL_TIMEOUT_S,
+    )
 
 
 async def size_worker_threads() -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from shared.api.admission import Permit, get_admission, size_worker_threads
 from shared.api.middleware import request_id_var
@@ -63,16 +64,13 @@ def _unauthorized(reason: str) -> ProblemError:
     return ProblemError(401, "invalid-token", "Unauthorized", reason, headers=dict(_INVALID_TOKEN))
 
 
-def authenticated(
+def identified(
     request: Request,
     validator: TokenValidator = Depends(token_validator),  # noqa: B008
-    _threads: None = Depends(size_worker_threads),
-) -> Iterator[RequestContext]:
-    """Authenticate the caller and admit the request: 401 bad token, 403 suspended tenant, 503 over the tenant's
-    in-flight bound, 429 over its rate.
+) -> RequestContext:
+    """Authenticate the caller: 401 bad token, 403 suspended tenant.
 
-    A plain `def`: FastAPI runs it on a worker thread, so fetching signing keys never blocks the event loop. It
-    yields, so the tenant's permit is given back once the response has been sent (or the request has failed).
+    A plain `def`: FastAPI runs it on a worker thread, so fetching signing keys never blocks the event loop.
     """
     try:
         verified = validator.validate(bearer_token(request.headers.get("authorization")))
@@ -103,12 +101,30 @@ def authenticated(
         raise ProblemError(
             403, "tenant-suspended", "Forbidden", "This tenant is suspended.", extensions={"reason": "tenant_suspended"}
         )
+    return context
+
+
+async def authenticated(
+    request: Request,
+    identity: RequestContext = Depends(identified),  # noqa: B008
+    _threads: None = Depends(size_worker_threads),
+) -> AsyncIterator[RequestContext]:
+    """Authenticate the caller and admit the request: 401 bad token, 403 suspended tenant, 503 over the tenant's
+    in-flight bound and its queue, 429 over its rate.
+
+    Async: a request queued for its tenant's permit waits on the event loop, holding no worker thread, so one
+    tenant's burst cannot park the threads other tenants' requests need. It yields, so the permit is given back
+    once the response has been sent (or the request has failed).
+    """
+    tenant = identity.tenant
     # Before the rate take, which is the request's first borrow: the bound covers every connection the tenant's
     # requests hold, and a request refused here has used none.
-    permit = get_admission().admit(tenant.id)
+    permit = await get_admission().admit_waiting(tenant.id)
     try:
         # A transaction of its own, committed before any work: a refused request (429) changes nothing else.
-        verdict = take_tenant_token(tenant.id, limit_for(tenant.quotas.model_dump(exclude_none=True)))
+        verdict = await run_in_threadpool(
+            take_tenant_token, tenant.id, limit_for(tenant.quotas.model_dump(exclude_none=True))
+        )
         if not verdict.allowed:
             retry_after = max(1, math.ceil(verdict.retry_after_s))
             raise ProblemError(
@@ -118,7 +134,7 @@ def authenticated(
                 f"This tenant is over its request rate; retry in {retry_after} s.",
                 headers={"Retry-After": str(retry_after)},
             )
-        context = replace(context, permit=permit)
+        context = replace(identity, permit=permit)
         request.state.context = context
         yield context
     finally:

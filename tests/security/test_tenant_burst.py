@@ -199,6 +199,45 @@ def test_a_queued_request_gets_the_next_free_slot_and_the_queue_is_bounded() -> 
         gate.leave()
 
 
+def test_a_burst_queues_on_the_event_loop_and_is_served_in_turn_within_its_bounds() -> None:
+    admission = Admission(2, queue=8, wait_s=0.0, queue_wait_s=5.0)
+    tenant = uuid.uuid4()
+    gate = admission.gate(tenant)
+
+    async def request(served: list[int], number: int) -> None:
+        permit = await admission.admit_waiting(tenant)
+        try:
+            assert gate.in_flight <= 2  # never more than the bound at once
+            await asyncio.sleep(0.01)
+            served.append(number)
+        finally:
+            permit.release()
+
+    async def burst() -> tuple[list[int], list[BaseException | None]]:
+        served: list[int] = []
+        # 2 run, 8 wait without a thread each; the 11th and 12th find the queue full and are refused at once.
+        results = await asyncio.gather(*(request(served, n) for n in range(12)), return_exceptions=True)
+        return served, [r if isinstance(r, BaseException) else None for r in results]
+
+    served, failures = asyncio.run(burst())
+    refused = [f for f in failures if f is not None]
+    assert len(served) == 10 and len(refused) == 2
+    assert all(isinstance(f, ProblemError) and f.status == 503 and f.headers["Retry-After"] == "1" for f in refused)
+    assert gate.in_flight == 0 and gate.waiting == 0
+
+
+def test_a_queued_request_is_refused_once_its_wait_is_over() -> None:
+    admission = Admission(1, queue=4, wait_s=0.0, queue_wait_s=0.05)
+    tenant = uuid.uuid4()
+    holder = admission.admit(tenant)
+    with pytest.raises(ProblemError) as busy:
+        asyncio.run(admission.admit_waiting(tenant))
+    assert busy.value.status == 503 and admission.gate(tenant).waiting == 0
+    holder.release()
+    asyncio.run(admission.admit_waiting(tenant)).release()
+    assert admission.gate(tenant).in_flight == 0
+
+
 @dataclass(frozen=True)
 class _Polling:
     permit: Permit | None
