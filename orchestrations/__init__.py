@@ -3,5 +3,6 @@
 
 from orchestrations.execution_activities import bp as execution_activities_bp
 from orchestrations.intent_execution import bp as intent_execution_bp
+from orchestrations.intent_execution_v1 import bp as intent_execution_v1_bp
 
-blueprints = (intent_execution_bp, execution_activities_bp)
+blueprints = (intent_execution_bp, intent_execution_v1_bp, execution_activities_bp)

@@ -1,41 +1,60 @@
 # intent_ref: platform.execution
-"""The intent orchestrator's activities: dispatch a step's work, record progress, read a stored output, cancel a
-child."""
+"""The intent orchestrator's activities, each a verb taking one model: dispatch steps, record outcomes and statuses,
+read a stored output, cancel a child (and the first generation's two, while its executions may still run)."""
 
 from typing import Any
 from uuid import UUID
 
 import azure.durable_functions as df
 
-from shared.engine import control, payloads, progress
+from orchestrations.typed import typed
+from shared.engine import control, machine, payloads, progress
 
 bp = df.Blueprint()
 
 
-@bp.activity_trigger(input_name="request")
+@typed(bp.activity_trigger(input_name="request"))
+def dispatch_steps(request: dict[str, Any]) -> dict[str, Any]:
+    """Record a batch of step moves and attempt starts; publish module work; start child executions."""
+    return progress.dispatch_steps(machine.DispatchSteps.model_validate(request)).model_dump(mode="json")
+
+
+@typed(bp.activity_trigger(input_name="request"))
+def record_outcomes(request: dict[str, Any]) -> list[dict[str, Any]]:
+    """Record outcomes the orchestration observed; answers the verdicts applied."""
+    return progress.record_outcomes(machine.RecordOutcomes.model_validate(request))
+
+
+@typed(bp.activity_trigger(input_name="request"))
+def record_status(request: dict[str, Any]) -> dict[str, Any]:
+    """Move the execution to a status; answers where it is afterwards."""
+    return progress.record_status(machine.RecordStatus.model_validate(request)).model_dump(mode="json")
+
+
+@typed(bp.activity_trigger(input_name="request"))
+def load_output(request: dict[str, Any]) -> Any:
+    """The parts of a step output stored as a blob that later steps reference."""
+    load = machine.LoadOutput.model_validate(request)
+    return payloads.load_parts(UUID(load.tenant_id), load.output, [tuple(path) for path in load.paths])
+
+
+@typed(bp.activity_trigger(input_name="request"))
+@typed(bp.durable_client_input(client_name="client"))
+async def cancel_child(request: dict[str, Any], client: df.DurableOrchestrationClient) -> bool:
+    """Cancel a child execution of a stopping parent; answers whether the child was still running."""
+    cancel = machine.CancelChild.model_validate(request)
+    return await control.cancel_child(
+        UUID(cancel.tenant_id), UUID(cancel.child_execution_id), UUID(cancel.execution_id), client
+    )
+
+
+@typed(bp.activity_trigger(input_name="request"))
 def dispatch_step(request: dict[str, Any]) -> None:
-    """Record a step attempt and publish its work to `module-work`."""
+    """First generation: record a step attempt and publish its work to `module-work`."""
     progress.dispatch_step(request)
 
 
-@bp.activity_trigger(input_name="request")
+@typed(bp.activity_trigger(input_name="request"))
 def record_progress(request: dict[str, Any]) -> Any:
-    """Record a transition of the execution or one of its steps; answers what was recorded."""
+    """First generation: record a transition of the execution or one of its steps; answers what was recorded."""
     return progress.record_progress(request)
-
-
-@bp.activity_trigger(input_name="request")
-def load_output(request: dict[str, Any]) -> Any:
-    """The parts of a step output stored as a blob that later steps reference."""
-    return payloads.load_parts(
-        UUID(request["tenant_id"]), request["output"], [tuple(path) for path in request["paths"]]
-    )
-
-
-@bp.activity_trigger(input_name="request")
-@bp.durable_client_input(client_name="client")
-async def cancel_child(request: dict[str, Any], client: df.DurableOrchestrationClient) -> bool:
-    """Cancel a child execution of a stopping parent; answers whether the child was still running."""
-    return await control.cancel_child(
-        UUID(request["tenant_id"]), UUID(request["child_execution_id"]), UUID(request["execution_id"]), client
-    )

@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict
 from shared.config import get_settings
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
+from shared.engine import machine, task_tokens
 from shared.engine import steps as store
-from shared.engine import task_tokens
 from shared.engine.payloads import claim_check
 from shared.engine.protocol import MODULE_WORK_HUB, WorkItem
 from shared.engine.start import StartError, StartRequest, rebuild_input, start_execution
@@ -54,29 +54,35 @@ def dispatch_step(raw: dict[str, Any]) -> None:
     derived from what the attempt row holds), which the worker recognises as a duplicate.
     """
     request = DispatchRequest.model_validate(raw)
-    key = request.key
     with tenant_transaction(request.tenant_id) as conn:
-        token = None
-        if request.remote:
-            existing = store.get_attempt(conn, key)
-            if existing is not None and existing.token_nonce and existing.token_expires_at:
-                token = task_tokens.issue(
-                    conn, request.tenant_id, key, 0, nonce=existing.token_nonce, expires_at=existing.token_expires_at
-                )
-            else:
-                token = task_tokens.issue(conn, request.tenant_id, key, get_settings().QP_TASK_TOKEN_TTL_S)
-        store.begin_attempt(
-            conn,
-            key,
-            action=request.action,
-            remote=request.remote,
-            token_nonce=token.nonce if token else None,
-            token_expires_at=token.expires_at if token else None,
-            step_state="waiting" if request.remote and request.phase == "run" else None,
-        )
+        item = _record_dispatch(conn, request)
+    _publish([item])
+
+
+def _record_dispatch(conn: store.Conn, request: DispatchRequest) -> WorkItem:
+    """Record a module attempt (with a task token for a remote action); answers the work item to publish."""
+    key = request.key
+    token = None
+    if request.remote:
+        existing = store.get_attempt(conn, key)
+        if existing is not None and existing.token_nonce and existing.token_expires_at:
+            token = task_tokens.issue(
+                conn, request.tenant_id, key, 0, nonce=existing.token_nonce, expires_at=existing.token_expires_at
+            )
+        else:
+            token = task_tokens.issue(conn, request.tenant_id, key, get_settings().QP_TASK_TOKEN_TTL_S)
+    store.begin_attempt(
+        conn,
+        key,
+        action=request.action,
+        remote=request.remote,
+        token_nonce=token.nonce if token else None,
+        token_expires_at=token.expires_at if token else None,
+        step_state="waiting" if request.remote and request.phase == "run" else None,
+    )
     path = f"/api/v1/executions/{request.execution_id}/steps/{request.step_id}"
     suffix = "" if request.phase == "run" else "/compensation"
-    item = WorkItem(
+    return WorkItem(
         tenant_id=request.tenant_id,
         execution_id=request.execution_id,
         step_id=request.step_id,
@@ -90,14 +96,21 @@ def dispatch_step(raw: dict[str, Any]) -> None:
         complete_url=f"{path}{suffix}/complete" if token else None,
         fail_url=f"{path}{suffix}/fail" if token else None,
     )
+
+
+def _publish(items: list[WorkItem]) -> None:
+    """Put work items on `module-work` in one send, after the transaction that recorded their attempts."""
+    if not items:
+        return
     get_publisher().publish(
         MODULE_WORK_HUB,
         [
             OutboundEvent(
                 body=item.model_dump(mode="json"),
-                partition_key=str(request.tenant_id),
-                properties={"type": "step.work", "action": request.action},
+                partition_key=str(item.tenant_id),
+                properties={"type": "step.work", "action": item.action},
             )
+            for item in items
         ],
     )
 
@@ -312,3 +325,159 @@ def _fail_child(request: ProgressRequest, error: str) -> dict[str, Any]:
             store.begin_attempt(conn, request.key, action="intent.run", remote=False)
         attempt, _ = store.finish_attempt(conn, request.key, ok=False, error=error, retryable=False)
     return attempt.verdict()
+
+
+# ---------------------------------------------------------------------------------- second-generation activities
+def dispatch_steps(batch: machine.DispatchSteps) -> machine.DispatchAnswer:
+    """Record a batch's notes and starts in one transaction (the execution's move to running first, to waiting
+    last), then publish its module work in one send and start its child executions.
+
+    Starts of the run phase are refused when the execution has ended or a cancel is recorded: a cancel whose event
+    was not seen (raised while the orchestration continued as new) still stops the run."""
+    tenant_id, execution_id = UUID(batch.tenant_id), UUID(batch.execution_id)
+    items: list[WorkItem] = []
+    children: list[machine.StepStart] = []
+    with tenant_transaction(tenant_id) as conn:
+        current = repo.get_execution(conn, execution_id)
+        if current.terminal:
+            return machine.DispatchAnswer(
+                status=machine.Status(current.status),
+                cancel_requested=current.cancel_requested_at is not None,
+                refused=True,
+            )
+        if batch.status is machine.Status.RUNNING and current.status == "pending":
+            _move(conn, execution_id, "running", output=None, error=None)
+        refused = current.cancel_requested_at is not None
+        for note in batch.notes:
+            _note(conn, execution_id, note)
+        for start in batch.starts:
+            if refused and start.phase is machine.Phase.RUN:
+                continue
+            key = AttemptKey(execution_id, start.step_id, start.phase.value, start.attempt)
+            if start.kind is machine.StepKind.INTENT:
+                children.append(start)
+            elif start.kind is machine.StepKind.APPROVAL:
+                _, new = store.begin_attempt(conn, key, action="approval", remote=False, step_state="waiting")
+                if new:
+                    data = {
+                        "attempt": start.attempt,
+                        "message": start.params.get("message"),
+                        "approvers": start.params.get("approvers") or [],
+                    }
+                    repo.append_event(conn, execution_id, "approval_requested", start.step_id, data)
+            elif start.kind is machine.StepKind.WAIT:
+                store.begin_attempt(conn, key, action=start.action, remote=False)
+            else:
+                request = DispatchRequest(
+                    execution_id=execution_id,
+                    tenant_id=tenant_id,
+                    step_id=start.step_id,
+                    phase=start.phase.value,
+                    attempt=start.attempt,
+                    action=start.action,
+                    params=start.params,
+                    remote=start.remote,
+                    timeout_s=start.timeout_s,
+                )
+                items.append(_record_dispatch(conn, request))
+        if batch.status is not None and not refused:
+            # Last, so a reader that sees execution_waiting can already read what it waits for.
+            moved = _move(conn, execution_id, batch.status.value, output=None, error=None)
+        else:
+            moved = _move_answer(repo.get_execution(conn, execution_id))
+    _publish(items)
+    answers: dict[str, machine.ChildStart] = {}
+    for start in children:
+        started = _start_child(
+            ProgressRequest(
+                kind="start_child",
+                execution_id=execution_id,
+                tenant_id=tenant_id,
+                step_id=start.step_id,
+                phase="run",
+                attempt=start.attempt,
+                action=start.action,
+                params=start.params,
+            )
+        )
+        answers[start.step_id] = machine.ChildStart.model_validate(started)
+    return machine.DispatchAnswer(
+        status=machine.Status(moved["status"]),
+        cancel_requested=bool(moved["cancel_requested"]),
+        refused=refused,
+        children=answers,
+    )
+
+
+def _move_answer(current: repo.Execution) -> dict[str, Any]:
+    return {"status": current.status, "cancel_requested": current.cancel_requested_at is not None}
+
+
+def _note(conn: store.Conn, execution_id: UUID, note: machine.StepNote) -> None:
+    """Record a step move without an attempt result; each is conditional on the state it moves from."""
+    step_id = note.step_id
+    if note.kind is machine.NoteKind.SKIPPED:
+        if store.move_step(conn, execution_id, step_id, "skipped", ("pending",), finished=True):
+            repo.append_event(conn, execution_id, "step_skipped", step_id, {"reason": "when is false"})
+    elif note.kind is machine.NoteKind.FAILED:
+        if store.move_step(conn, execution_id, step_id, "failed", ("pending",), finished=True, error=note.error):
+            repo.append_event(
+                conn, execution_id, "step_failed", step_id, {"attempt": note.attempt, "error": note.error}
+            )
+    elif note.kind is machine.NoteKind.RETRYING:
+        assert note.retry_at is not None  # the reducer always says when
+        if store.move_step(
+            conn,
+            execution_id,
+            step_id,
+            "retrying",
+            ("failed",),
+            retry_at=datetime.fromisoformat(note.retry_at),
+            error=note.error,
+        ):
+            data = {
+                "attempt": note.attempt,
+                "next_attempt": note.next_attempt,
+                "max_attempts": note.max_attempts,
+                "retry_at": note.retry_at,
+                "error": note.error,
+            }
+            repo.append_event(conn, execution_id, "step_retrying", step_id, data)
+    else:
+        abandon_step(conn, AttemptKey(execution_id, step_id, "run", note.attempt), note.error or "cancelled")
+
+
+def record_outcomes(batch: machine.RecordOutcomes) -> list[dict[str, Any]]:
+    """Apply outcomes the orchestration observed (timeouts, a wait's end, a child's end), each unless another was
+    applied first; answers each attempt's verdict, in order."""
+    tenant_id, execution_id = UUID(batch.tenant_id), UUID(batch.execution_id)
+    keys = [AttemptKey(execution_id, o.step_id, o.phase.value, o.attempt) for o in batch.outcomes]
+    outputs = [
+        claim_check(tenant_id, key, outcome.output) if outcome.ok else None
+        for key, outcome in zip(keys, batch.outcomes, strict=True)
+    ]
+    verdicts: list[dict[str, Any]] = []
+    with tenant_transaction(tenant_id) as conn:
+        for key, outcome, output in zip(keys, batch.outcomes, outputs, strict=True):
+            attempt, _ = store.finish_attempt(
+                conn,
+                key,
+                ok=outcome.ok,
+                output=output,
+                error=outcome.error,
+                retryable=True,
+                state=outcome.state,  # type: ignore[arg-type]  # the reducer names only attempt states
+            )
+            verdicts.append(attempt.verdict())
+        if batch.status is not None:
+            _move(conn, execution_id, batch.status.value, output=None, error=None)
+    return verdicts
+
+
+def record_status(request: machine.RecordStatus) -> machine.StatusAnswer:
+    """Move the execution to a status (idempotent); answers where it is afterwards."""
+    with tenant_transaction(UUID(request.tenant_id)) as conn:
+        moved = _move(
+            conn, UUID(request.execution_id), request.status.value, output=request.output, error=request.error
+        )
+    return machine.StatusAnswer(status=machine.Status(moved["status"]), cancel_requested=moved["cancel_requested"])

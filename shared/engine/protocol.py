@@ -8,7 +8,8 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
-ORCHESTRATOR = "intent_execution_orchestrator"
+ORCHESTRATOR = "intent_execution_v2"
+"""The orchestrator new executions start on; its name carries the generation (ADR 0025)."""
 DISPATCH_STEP = "dispatch_step"
 RECORD_PROGRESS = "record_progress"
 CANCEL_CHILD = "cancel_child"

@@ -1,14 +1,15 @@
 # intent_ref: platform.execution
 """The intent orchestrator on the devhost's DurableHost, in-process on the session Postgres, with test activities."""
 
-# Each test runs one host (its own task hub) on a fresh event loop. The test dispatch_step runs a step attempt as its
-# parameters say and raises the verdict event, as a module worker would; its calls are recorded to a file, so overlap
-# and order are proved from recorded timestamps. The test record_progress records every bookkeeping write.
+# Each test runs one host (its own task hub) on a fresh event loop. The test dispatch_steps runs each step attempt as
+# its parameters say and raises the verdict event, as a module worker would; its calls are recorded to a file, so
+# overlap and order are proved from recorded timestamps. The test activities record every bookkeeping write.
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -23,12 +24,12 @@ from azure.durable_functions.models.DurableOrchestrationStatus import DurableOrc
 
 from devhost.child import PROJECT_ROOT
 from devhost.loader import FunctionIndex, load_function_app
+from shared.engine.protocol import ORCHESTRATOR
 from tests.e2e.durable_support import serve_durable_host, wait_for_status
 
 pytestmark = pytest.mark.e2e
 
 EXECUTION_APP = PROJECT_ROOT / "tests" / "execution_app"
-ORCHESTRATOR = "intent_execution_orchestrator"
 
 
 @lru_cache(maxsize=1)
@@ -70,11 +71,11 @@ class Harness:
         return custom(await self.wait(instance_id, holds))
 
     def calls(self) -> list[dict[str, Any]]:
-        """dispatch_step's records: a start and an end line per step attempt (run or compensation)."""
+        """The test attempts' records: a start and an end line per step attempt (run or compensation)."""
         return self._lines("calls.jsonl")
 
     def progress(self, kind: str | None = None) -> list[dict[str, Any]]:
-        """record_progress's records, in the order written; only those of `kind` if given."""
+        """The test activities' records, in the order written; only those of `kind` if given."""
         return [entry for entry in self._lines("progress.jsonl") if kind is None or entry["kind"] == kind]
 
     def _lines(self, name: str) -> list[dict[str, Any]]:
@@ -116,11 +117,12 @@ def execution(pg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[C
             ) as served:
                 invoker = served.host._ctx.invoker
                 if invoker.durable_binding is None:
-                    # dispatch_step's durable_client_input: DevHost fills it for every trigger; do the same here.
+                    # dispatch_steps's durable_client_input: DevHost fills it for every trigger; do the same here.
                     invoker.durable_binding = served.host.client_binding_json
                 await scenario(Harness(served.client, tmp_path))
                 # Let attempts still out (e.g. one that timed out) end and raise their events on this loop, before
                 # the SDK's module-global session is closed.
+                await sys.modules["execution_test_steps"].drain()
                 await served.host.wait_idle()
 
         asyncio.run(main())
@@ -129,7 +131,7 @@ def execution(pg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[C
 
 
 def span(calls: list[dict[str, Any]], step: str, attempt: int = 1) -> tuple[float, float]:
-    """When a step's (non-compensation) attempt started and ended, from dispatch_step's records."""
+    """When a step's (non-compensation) attempt started and ended, from the test attempts' records."""
     mine = [c for c in calls if c["step_id"] == step and c["attempt"] == attempt and not c["compensation"]]
     return (next(c["at"] for c in mine if c["event"] == "start"), next(c["at"] for c in mine if c["event"] == "end"))
 

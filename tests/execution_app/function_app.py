@@ -1,5 +1,5 @@
 # intent_ref: platform.execution
-"""The execution test app: the intent orchestrator beside test dispatch_step and record_progress activities."""
+"""The execution test app: the intent orchestrator beside test activities that run steps as their parameters say."""
 
 import azure.durable_functions as df
 import azure.functions as func

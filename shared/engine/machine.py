@@ -1,0 +1,1227 @@
+# intent_ref: platform.execution
+"""The execution state machine as a pure reducer: `reduce(state, event) -> (state, commands)`, no I/O, no clock."""
+
+# Everything that decides how an execution runs lives here: DAG levels, `when`, references (with the referenced
+# parts of stored outputs loaded first), retries with backoff, timeouts, approvals, waits, child intents, cancel,
+# compensation in reverse completion order, reused outputs, and the order in which statuses are recorded. The
+# orchestrator only turns commands into durable tasks and finished tasks into events, so replaying the same events
+# gives the same commands. Times come in on the events (the orchestration's replay-safe clock).
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.engine.graph import RunState, StepGraph, compensation_order, next_steps, referenced_output_paths
+from shared.engine.payloads import is_blob_ref
+from shared.engine.protocol import CANCEL_EVENT, StepPlan, attempt_event
+from shared.registry.model import Definition, RetryPolicy, Step
+from shared.registry.references import ReferenceSyntaxError, UnresolvedReferenceError, resolve
+
+Json = Any
+_ONE_ATTEMPT = RetryPolicy(max_attempts=1)
+CONTINUE_AFTER_STEPS = 8
+"""Settled attempts after which a quiescent run continues as new, so no generation replays a long history."""
+
+
+# ------------------------------------------------------------------------------------------------ vocabulary
+class StepKind(StrEnum):
+    """How a step runs: module work over `module-work`, or an action the engine carries out itself."""
+
+    MODULE = "module"
+    APPROVAL = "approval"
+    WAIT = "wait"
+    INTENT = "intent"
+
+
+class Phase(StrEnum):
+    RUN = "run"
+    COMPENSATE = "compensate"
+
+
+class Stage(StrEnum):
+    """Where one attempt stands. Its outcome is accepted only from RUNNING or CHILD: after its start is recorded."""
+
+    STARTING = "starting"  # the dispatch is out; its start is not recorded yet
+    RUNNING = "running"  # start recorded: waiting for the result, the wait's end, or the child to start
+    CHILD = "child"  # the child execution's orchestration runs
+    SETTLING = "settling"  # an outcome the engine observed is being recorded; the answer is the verdict applied
+    PAUSED = "paused"  # between attempts, until the backoff ends (and the retry is recorded)
+
+
+class RunPhase(StrEnum):
+    RUNNING = "running"
+    COMPENSATING = "compensating"
+    ENDED = "ended"
+
+
+class Status(StrEnum):
+    """An execution's recorded status (app.executions.status)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    WAITING = "waiting"
+    COMPENSATING = "compensating"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
+
+
+class NoteKind(StrEnum):
+    """A step move the engine decides without an attempt result."""
+
+    SKIPPED = "skipped"
+    FAILED = "failed"  # failed before it ran (its parameters could not be resolved)
+    RETRYING = "retrying"
+    ABANDONED = "abandoned"
+
+
+class Activity(StrEnum):
+    """The activities the orchestrator calls, each a verb taking one model."""
+
+    DISPATCH_STEPS = "dispatch_steps"
+    RECORD_OUTCOMES = "record_outcomes"
+    RECORD_STATUS = "record_status"
+    LOAD_OUTPUT = "load_output"
+    CANCEL_CHILD = "cancel_child"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# ------------------------------------------------------------------------------------------------ activity models
+class Verdict(_Model):
+    """An attempt's result as recorded: the first one applied wins."""
+
+    ok: bool
+    output: Json = None
+    error: str | None = None
+    retryable: bool = True
+    state: str | None = None
+
+
+class StepStart(_Model):
+    """Start one attempt: record it, then put module work on `module-work` or start the engine's own action."""
+
+    step_id: str
+    phase: Phase
+    attempt: int = Field(ge=1)
+    kind: StepKind
+    action: str
+    params: dict[str, Json]
+    remote: bool = False
+    timeout_s: int | None = None
+
+
+class StepNote(_Model):
+    """Record a step move that has no attempt result (each kind is conditional, so a re-run records once)."""
+
+    kind: NoteKind
+    step_id: str
+    attempt: int = 1
+    error: str | None = None
+    next_attempt: int | None = None
+    max_attempts: int | None = None
+    retry_at: str | None = None
+
+
+class DispatchSteps(_Model):
+    """`dispatch_steps`: moves to `running` first if pending, records notes and starts, then `status` if waiting.
+
+    Starts of the run phase are refused (nothing recorded) when the execution has ended or a cancel is recorded.
+    """
+
+    execution_id: str
+    tenant_id: str
+    notes: list[StepNote] = Field(default_factory=list)
+    starts: list[StepStart] = Field(default_factory=list)
+    status: Status | None = None
+
+
+class ChildStart(_Model):
+    """An intent.run start's answer: the child's id and orchestration input, or the verdict when it cannot start."""
+
+    execution_id: str | None = None
+    input: dict[str, Json] | None = None
+    verdict: Verdict | None = None
+
+
+class DispatchAnswer(_Model):
+    status: Status
+    cancel_requested: bool = False
+    refused: bool = False
+    children: dict[str, ChildStart] = Field(default_factory=dict)
+
+
+class Outcome(_Model):
+    """An outcome the engine observed (timeout, a wait's end, a child's end) to record for one attempt."""
+
+    step_id: str
+    phase: Phase
+    attempt: int
+    ok: bool
+    output: Json = None
+    error: str | None = None
+    state: str | None = None
+
+
+class RecordOutcomes(_Model):
+    """`record_outcomes`: apply each outcome unless another was applied first; answers the verdicts, in order."""
+
+    execution_id: str
+    tenant_id: str
+    outcomes: list[Outcome]
+    status: Status | None = None
+
+
+class RecordStatus(_Model):
+    """`record_status`: move the execution (through `running` when it ends while waiting)."""
+
+    execution_id: str
+    tenant_id: str
+    status: Status
+    output: Json = None
+    error: str | None = None
+
+
+class StatusAnswer(_Model):
+    status: Status
+    cancel_requested: bool = False
+
+
+class LoadOutput(_Model):
+    """`load_output`: the parts of a stored output at `paths` (read from the tenant's prefix only)."""
+
+    tenant_id: str
+    output: Json
+    paths: list[list[str]]
+
+
+class CancelChild(_Model):
+    """`cancel_child`: record the parent's cancel on the child execution, then raise it to its orchestration."""
+
+    tenant_id: str
+    execution_id: str
+    child_execution_id: str
+
+
+# ------------------------------------------------------------------------------------------------ events
+@dataclass(frozen=True)
+class ActivityDone:
+    id: str
+    result: Json
+    now: datetime
+
+
+@dataclass(frozen=True)
+class ActivityFailed:
+    id: str
+    error: str
+    now: datetime
+
+
+@dataclass(frozen=True)
+class EventRaised:
+    """An external event: an attempt's result (`run:<step>:<attempt>`, `compensate:...`) or `cancel`."""
+
+    name: str
+    data: Json
+    now: datetime
+
+
+@dataclass(frozen=True)
+class TimerFired:
+    now: datetime
+
+
+@dataclass(frozen=True)
+class ChildEnded:
+    step_id: str
+    attempt: int
+    result: Json
+    failed: bool
+    now: datetime
+
+
+Event = ActivityDone | ActivityFailed | EventRaised | TimerFired | ChildEnded
+
+
+# ------------------------------------------------------------------------------------------------ commands
+@dataclass(frozen=True)
+class CallActivity:
+    id: str
+    name: Activity
+    input: _Model
+
+
+@dataclass(frozen=True)
+class WaitForEvent:
+    name: str
+
+
+@dataclass(frozen=True)
+class SetTimer:
+    """The one durable timer: fire at `at` (the earliest deadline); a previous timer is dropped."""
+
+    at: datetime
+
+
+@dataclass(frozen=True)
+class StartChild:
+    step_id: str
+    attempt: int
+    instance_id: str
+    input: dict[str, Json]
+
+
+@dataclass(frozen=True)
+class ContinueAsNew:
+    input: dict[str, Json]
+
+
+@dataclass(frozen=True)
+class Complete:
+    result: dict[str, Json]
+
+
+Command = CallActivity | WaitForEvent | SetTimer | StartChild | ContinueAsNew | Complete
+
+
+# ------------------------------------------------------------------------------------------------ state
+class Spec(_Model):
+    """What does not change while an execution runs."""
+
+    execution_id: str
+    tenant_id: str
+    definition: Definition
+    inputs: dict[str, Json] = Field(default_factory=dict)
+    plans: dict[str, StepPlan] = Field(default_factory=dict)
+
+    @functools.cached_property
+    def steps(self) -> dict[str, Step]:
+        return {step.step_id: step for step in self.definition.steps or []}
+
+    @functools.cached_property
+    def graph(self) -> StepGraph:
+        return StepGraph.from_steps(self.definition.steps or [])
+
+    @functools.cached_property
+    def output_paths(self) -> dict[str, frozenset[tuple[str, ...]]]:
+        return referenced_output_paths(self.definition.steps or [])
+
+    def plan(self, step_id: str) -> StepPlan:
+        return self.plans.get(step_id) or StepPlan(kind="module", timeout_s=self.steps[step_id].timeout_s)
+
+    def policy(self, step_id: str) -> RetryPolicy:
+        return self.steps[step_id].retry or _ONE_ATTEMPT
+
+
+class Flight(_Model):
+    """One attempt under way (of a step's work, or of its compensation)."""
+
+    step_id: str
+    phase: Phase = Phase.RUN
+    attempt: int
+    kind: StepKind
+    stage: Stage
+    params: dict[str, Json] = Field(default_factory=dict)
+    deadline: datetime | None = None  # the attempt times out then
+    ends_at: datetime | None = None  # a wait ends, or a retry pause ends, then
+    write: str | None = None  # the activity that records its start (or its retry) and is not answered yet
+    early: Verdict | None = None  # a result that came before its start was recorded
+    child_execution_id: str | None = None
+    error: str | None = None  # the error a retry pause follows
+
+
+class Pending(_Model):
+    """An activity the orchestrator called and that has not answered."""
+
+    name: Activity
+    steps: tuple[str, ...] = ()
+    status: Status | None = None
+
+
+class State(_Model):
+    spec: Spec
+    phase: RunPhase = RunPhase.RUNNING
+    started: bool = False  # the execution's move to running is recorded
+    recorded: Status = Status.PENDING
+    completed: dict[str, Json] = Field(default_factory=dict)
+    order: tuple[str, ...] = ()  # completion order, for compensation
+    loaded: dict[str, Json] = Field(default_factory=dict)
+    skipped: tuple[str, ...] = ()
+    failed: dict[str, str] = Field(default_factory=dict)
+    first_failure: str | None = None
+    cancelled: bool = False
+    flights: dict[str, Flight] = Field(default_factory=dict)
+    pending: dict[str, Pending] = Field(default_factory=dict)
+    views: dict[str, dict[str, Json]] = Field(default_factory=dict)
+    seq: int = 0
+    generation: int = 0
+    settled: int = 0  # attempts settled in this generation
+    timer_at: datetime | None = None
+    to_compensate: tuple[str, ...] | None = None
+    compensated: tuple[str, ...] = ()
+    compensation_failed: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def stopping(self) -> bool:
+        return self.first_failure is not None or self.cancelled
+
+    def run_state(self) -> RunState:
+        readable = {step_id: self.loaded.get(step_id, output) for step_id, output in self.completed.items()}
+        running = frozenset(step_id for step_id, f in self.flights.items() if f.phase is Phase.RUN)
+        return RunState(readable, frozenset(self.skipped), frozenset(self.failed), running)
+
+    def custom_status(self) -> dict[str, Json]:
+        """The orchestration's own view, beside what Postgres records."""
+        if self.phase is RunPhase.ENDED:
+            status = "succeeded" if not self.stopping else ("cancelled" if self.cancelled else "failed")
+        else:
+            status = self.phase.value
+        return {"status": status, "steps": self.views}
+
+
+# ------------------------------------------------------------------------------------------------ the reducer
+class _Step:
+    """A mutable working copy of the state for one reduction; frozen again before it is returned."""
+
+    def __init__(self, state: State) -> None:
+        self.s = state
+        self.commands: list[Command] = []
+        self.notes: list[StepNote] = []
+        self.starts: list[StepStart] = []
+        self.waits: list[str] = []
+
+    # -- helpers
+    def update(self, **changes: Any) -> None:
+        self.s = self.s.model_copy(update=changes)
+
+    def put_flight(self, flight: Flight) -> None:
+        self.update(flights={**self.s.flights, flight.step_id: flight})
+
+    def drop_flight(self, step_id: str) -> None:
+        self.update(flights={k: v for k, v in self.s.flights.items() if k != step_id})
+
+    def view(self, step_id: str, value: dict[str, Json]) -> None:
+        self.update(views={**self.s.views, step_id: value})
+
+    def next_id(self) -> str:
+        self.update(seq=self.s.seq + 1)
+        return f"{self.s.generation}.{self.s.seq}"
+
+    def call(self, name: Activity, model: _Model, steps: Sequence[str] = (), status: Status | None = None) -> str:
+        activity_id = self.next_id()
+        self.commands.append(CallActivity(activity_id, name, model))
+        self.update(pending={**self.s.pending, activity_id: Pending(name=name, steps=tuple(steps), status=status)})
+        return activity_id
+
+    @property
+    def status_busy(self) -> bool:
+        return any(p.status is not None for p in self.s.pending.values())
+
+    # -- run phase
+    def fail_step(self, step_id: str, error: str, attempt: int) -> None:
+        """A step's final failure: the first one is the execution's cause, and nothing new starts after it."""
+        self.update(failed={**self.s.failed, step_id: error})
+        self.view(step_id, {"state": "failed", "attempt": attempt, "error": error})
+        if not self.s.stopping:
+            self.update(first_failure=step_id)
+            self.abandon_waits()
+
+    def succeed(self, flight: Flight, output: Json) -> None:
+        self.drop_flight(flight.step_id)
+        self.update(completed={**self.s.completed, flight.step_id: output}, order=(*self.s.order, flight.step_id))
+        self.view(flight.step_id, {"state": "succeeded", "attempt": flight.attempt})
+
+    def start_attempt(self, step_id: str, attempt: int, now: datetime) -> None:
+        """Resolve parameters against what is known now and start the attempt (recorded by the next dispatch)."""
+        spec = self.s.spec
+        step = spec.steps[step_id]
+        plan = spec.plan(step_id)
+        self.drop_flight(step_id)
+        try:
+            params = resolve(step.params, spec.inputs, self.s.run_state().outputs())
+        except (UnresolvedReferenceError, ReferenceSyntaxError) as exc:
+            # Retrying cannot help: the same outputs resolve the same way on every attempt.
+            error = f"parameters could not be resolved: {exc}"
+            self.notes.append(StepNote(kind=NoteKind.FAILED, step_id=step_id, attempt=attempt, error=error))
+            self.fail_step(step_id, error, attempt)
+            return
+        kind = StepKind(plan.kind)
+        ends_at = _wait_until(now, params) if kind is StepKind.WAIT else None
+        deadline = now + timedelta(seconds=plan.timeout_s) if plan.timeout_s is not None else None
+        self.starts.append(
+            StepStart(
+                step_id=step_id,
+                phase=Phase.RUN,
+                attempt=attempt,
+                kind=kind,
+                action=step.action,
+                params=params,
+                remote=plan.remote,
+                timeout_s=plan.timeout_s,
+            )
+        )
+        if kind in (StepKind.MODULE, StepKind.APPROVAL):
+            self.waits.append(attempt_event(Phase.RUN, step_id, attempt))
+        self.put_flight(
+            Flight(
+                step_id=step_id,
+                attempt=attempt,
+                kind=kind,
+                stage=Stage.STARTING,
+                params=params,
+                deadline=deadline,
+                ends_at=ends_at,
+            )
+        )
+        self.view(
+            step_id,
+            {
+                "state": "waiting" if kind is StepKind.APPROVAL else "running",
+                "attempt": attempt,
+                "max_attempts": spec.policy(step_id).max_attempts,
+            },
+        )
+
+    def attempt_failed(self, flight: Flight, error: str, retryable: bool, now: datetime) -> None:
+        """Retry after the policy's backoff, unless attempts are spent or the run is stopping."""
+        if flight.phase is Phase.COMPENSATE:
+            self.compensation_attempt_failed(flight, error, now)
+            return
+        policy = self.s.spec.policy(flight.step_id)
+        if not retryable or flight.attempt >= policy.max_attempts or self.s.stopping:
+            self.drop_flight(flight.step_id)
+            self.fail_step(flight.step_id, error, flight.attempt)
+            return
+        retry_at = now + timedelta(seconds=policy.delay_before(flight.attempt + 1))
+        self.notes.append(
+            StepNote(
+                kind=NoteKind.RETRYING,
+                step_id=flight.step_id,
+                attempt=flight.attempt,
+                next_attempt=flight.attempt + 1,
+                max_attempts=policy.max_attempts,
+                retry_at=retry_at.isoformat(),
+                error=error,
+            )
+        )
+        self.put_flight(
+            flight.model_copy(
+                update={
+                    "stage": Stage.PAUSED,
+                    "deadline": None,
+                    "ends_at": retry_at,
+                    "error": error,
+                    "early": None,
+                    "write": "",  # filled with the dispatch that records the retry
+                }
+            )
+        )
+        self.view(
+            flight.step_id,
+            {
+                "state": "retrying",
+                "attempt": flight.attempt,
+                "max_attempts": policy.max_attempts,
+                "next_attempt": flight.attempt + 1,
+                "retry_at": retry_at.isoformat(),
+                "error": error,
+            },
+        )
+
+    def apply(self, flight: Flight, verdict: Verdict, now: datetime) -> None:
+        self.update(settled=self.s.settled + 1)
+        if flight.phase is Phase.COMPENSATE:
+            if verdict.ok:
+                self.compensation_done(flight.step_id, None)
+            else:
+                self.attempt_failed(flight, verdict.error or "failed", verdict.retryable, now)
+        elif verdict.ok:
+            self.succeed(flight, verdict.output)
+        else:
+            self.attempt_failed(flight, verdict.error or verdict.state or "failed", verdict.retryable, now)
+
+    def settle(self, flights: Sequence[tuple[Flight, Outcome]]) -> None:
+        """Record outcomes the engine observed; each flight waits for the verdict applied first."""
+        if not flights:
+            return
+        spec = self.s.spec
+        activity_id = self.call(
+            Activity.RECORD_OUTCOMES,
+            RecordOutcomes(
+                execution_id=spec.execution_id, tenant_id=spec.tenant_id, outcomes=[outcome for _, outcome in flights]
+            ),
+            steps=[flight.step_id for flight, _ in flights],
+        )
+        for flight, _ in flights:
+            self.put_flight(flight.model_copy(update={"stage": Stage.SETTLING, "deadline": None, "write": activity_id}))
+
+    def abandon_waits(self) -> None:
+        """Steps that only wait (a retry pause, an approval, a wait) end now: a stopping run starts no work.
+
+        A running child is told to cancel (it compensates its own steps); its step ends when the child does.
+        An attempt whose start is not recorded yet is abandoned once it is (its outcome follows its start).
+        """
+        spec = self.s.spec
+        reason = "cancelled" if self.s.cancelled else "an earlier step failed"
+        for flight in list(self.s.flights.values()):
+            if flight.phase is not Phase.RUN:
+                continue
+            if flight.stage is Stage.CHILD and flight.child_execution_id is not None:
+                self.call(
+                    Activity.CANCEL_CHILD,
+                    CancelChild(
+                        tenant_id=spec.tenant_id,
+                        execution_id=spec.execution_id,
+                        child_execution_id=flight.child_execution_id,
+                    ),
+                )
+                continue
+            waits_only = flight.stage is Stage.PAUSED or (
+                flight.stage is Stage.RUNNING and flight.kind in (StepKind.APPROVAL, StepKind.WAIT)
+            )
+            if not waits_only or flight.write is not None:
+                continue
+            self.drop_flight(flight.step_id)
+            self.update(failed={**self.s.failed, flight.step_id: flight.error or "abandoned"})
+            self.view(flight.step_id, {"state": "cancelled", "attempt": flight.attempt, "error": flight.error})
+            self.notes.append(
+                StepNote(kind=NoteKind.ABANDONED, step_id=flight.step_id, attempt=flight.attempt, error=reason)
+            )
+
+    def cancel(self) -> None:
+        if self.s.stopping or self.s.phase is not RunPhase.RUNNING:
+            return  # a failure stays the cause; compensation happens anyway
+        self.update(cancelled=True)
+        self.abandon_waits()
+
+    # -- events
+    def on_dispatched(self, activity_id: str, pending: Pending, answer: DispatchAnswer, now: datetime) -> None:
+        if answer.cancel_requested:
+            self.cancel()
+        if not self.s.started:
+            self.update(started=True)
+            if answer.refused and answer.status in TERMINAL:
+                # Ended before it started (swept, or cancelled while pending): nothing was recorded by this run.
+                self.update(phase=RunPhase.ENDED, flights={})
+                self.commands.append(
+                    Complete(
+                        {
+                            "status": answer.status.value,
+                            "failed_step": None,
+                            "error": "ended before it started",
+                            "compensated": [],
+                            "compensation_failed": {},
+                        }
+                    )
+                )
+                return
+        if pending.status is not None:
+            self.update(recorded=answer.status)
+        for step_id in pending.steps:
+            flight = self.s.flights.get(step_id)
+            if flight is None or flight.write != activity_id:
+                continue
+            if flight.stage is Stage.PAUSED:
+                self.put_flight(flight.model_copy(update={"write": None}))
+                continue
+            if answer.refused and flight.phase is Phase.RUN:
+                self.drop_flight(step_id)  # never started: it stays pending
+                self.view(step_id, {"state": "pending"})
+                continue
+            child = answer.children.get(step_id)
+            if flight.kind is StepKind.INTENT and flight.phase is Phase.RUN:
+                if child is None or child.verdict is not None or child.execution_id is None:
+                    verdict = (child.verdict if child else None) or Verdict(ok=False, error="child did not start")
+                    self.apply(flight.model_copy(update={"write": None}), verdict, now)
+                    continue
+                self.commands.append(StartChild(step_id, flight.attempt, child.execution_id, dict(child.input or {})))
+                flight = flight.model_copy(
+                    update={"stage": Stage.CHILD, "write": None, "child_execution_id": child.execution_id}
+                )
+                self.put_flight(flight)
+                self.view(step_id, {**self.s.views.get(step_id, {}), "child_execution_id": child.execution_id})
+                if self.s.stopping:  # the run stopped while the child was recorded: it starts only to end
+                    self.call(
+                        Activity.CANCEL_CHILD,
+                        CancelChild(
+                            tenant_id=self.s.spec.tenant_id,
+                            execution_id=self.s.spec.execution_id,
+                            child_execution_id=child.execution_id,
+                        ),
+                    )
+                continue
+            early = flight.early
+            flight = flight.model_copy(update={"stage": Stage.RUNNING, "write": None, "early": None})
+            self.put_flight(flight)
+            if early is not None:
+                self.apply(flight, early, now)
+        if self.s.stopping:
+            self.abandon_waits()
+        self.due(now)
+
+    def on_dispatch_failed(self, activity_id: str, pending: Pending, error: str, now: datetime) -> None:
+        self.update(started=True)
+        for step_id in pending.steps:
+            flight = self.s.flights.get(step_id)
+            if flight is None or flight.write != activity_id:
+                continue
+            if flight.stage is Stage.PAUSED:
+                self.put_flight(flight.model_copy(update={"write": None}))
+            elif flight.phase is Phase.COMPENSATE:
+                self.attempt_failed(flight, f"compensation of {step_id} could not start: {error}", True, now)
+            else:
+                self.attempt_failed(flight, f"could not start: {error}", True, now)
+
+    def on_result(self, name: str, data: Json, now: datetime) -> None:
+        if name == CANCEL_EVENT:
+            self.cancel()
+            return
+        phase, _, rest = name.partition(":")
+        step_id, _, attempt = rest.rpartition(":")
+        flight = self.s.flights.get(step_id)
+        if flight is None or flight.phase.value != phase or str(flight.attempt) != attempt:
+            return  # a late result of an attempt that is over (timed out, abandoned): it counts for nothing
+        if flight.kind not in (StepKind.MODULE, StepKind.APPROVAL) and flight.phase is Phase.RUN:
+            return
+        verdict = _verdict(data)
+        if flight.stage is Stage.STARTING:
+            # A result can overtake the answer of the dispatch that recorded its start; it waits for it.
+            self.put_flight(flight.model_copy(update={"early": verdict}))
+        elif flight.stage is Stage.RUNNING:
+            self.apply(flight, verdict, now)
+
+    def on_child_ended(self, event: ChildEnded) -> None:
+        flight = self.s.flights.get(event.step_id)
+        if flight is None or flight.attempt != event.attempt or flight.stage is not Stage.CHILD:
+            return
+        child_id = flight.child_execution_id
+        result = _object(event.result)
+        if event.failed:
+            outcome = Outcome(
+                step_id=flight.step_id,
+                phase=Phase.RUN,
+                attempt=flight.attempt,
+                ok=False,
+                error=f"child execution {child_id} failed: {event.result}",
+            )
+        elif result.get("status") == "succeeded":
+            outcome = Outcome(
+                step_id=flight.step_id,
+                phase=Phase.RUN,
+                attempt=flight.attempt,
+                ok=True,
+                output={"execution_id": child_id, "outputs": result.get("outputs")},
+            )
+        else:
+            outcome = Outcome(
+                step_id=flight.step_id,
+                phase=Phase.RUN,
+                attempt=flight.attempt,
+                ok=False,
+                error=f"child execution {child_id} {result.get('status')}: {result.get('error')}",
+            )
+        self.settle([(flight, outcome)])
+
+    def on_settled(self, activity_id: str, pending: Pending, answers: Json, now: datetime) -> None:
+        if pending.status is not None:
+            self.update(recorded=pending.status)
+        verdicts = [_verdict(answer) for answer in (answers or [])]
+        for step_id, verdict in zip(pending.steps, verdicts, strict=False):
+            flight = self.s.flights.get(step_id)
+            if flight is not None and flight.write == activity_id:
+                self.apply(flight.model_copy(update={"write": None}), verdict, now)
+
+    def on_settle_failed(self, activity_id: str, pending: Pending, error: str, now: datetime) -> None:
+        for step_id in pending.steps:
+            flight = self.s.flights.get(step_id)
+            if flight is not None and flight.write == activity_id:
+                self.attempt_failed(flight.model_copy(update={"write": None}), error, True, now)
+
+    def due(self, now: datetime) -> None:
+        """Apply every deadline that has passed, for attempts whose start is recorded."""
+        outcomes: list[tuple[Flight, Outcome]] = []
+        for flight in list(self.s.flights.values()):
+            if flight.write is not None:
+                continue
+            if flight.ends_at is not None and flight.ends_at <= now:
+                if flight.stage is Stage.PAUSED:
+                    if flight.phase is Phase.RUN:
+                        self.start_attempt(flight.step_id, flight.attempt + 1, now)
+                    else:
+                        self.start_compensation(flight.step_id, flight.attempt + 1, now)
+                    continue
+                if flight.stage is Stage.RUNNING and flight.kind is StepKind.WAIT:
+                    outcomes.append(
+                        (
+                            flight,
+                            Outcome(
+                                step_id=flight.step_id,
+                                phase=Phase.RUN,
+                                attempt=flight.attempt,
+                                ok=True,
+                                output={"waited_until": now.isoformat()},
+                            ),
+                        )
+                    )
+                    continue
+            if flight.deadline is not None and flight.deadline <= now and flight.stage in (Stage.RUNNING, Stage.CHILD):
+                spec = self.s.spec
+                plan = spec.plan(flight.step_id)
+                if flight.phase is Phase.RUN:
+                    error = f"step {flight.step_id} timed out after {plan.timeout_s} s"
+                else:
+                    error = f"compensation of {flight.step_id} timed out after {_compensate_timeout(plan)} s"
+                outcomes.append(
+                    (
+                        flight,
+                        Outcome(
+                            step_id=flight.step_id,
+                            phase=flight.phase,
+                            attempt=flight.attempt,
+                            ok=False,
+                            state="timed_out",
+                            error=error,
+                        ),
+                    )
+                )
+        self.settle(outcomes)
+
+    # -- compensation
+    def start_compensation(self, step_id: str, attempt: int, now: datetime) -> None:
+        spec = self.s.spec
+        step = spec.steps[step_id]
+        compensation = step.compensate
+        assert compensation is not None  # compensation_order lists only steps that declare one
+        plan = spec.plan(step_id)
+        try:
+            params = resolve(compensation.params, spec.inputs, self.s.run_state().outputs())
+        except (UnresolvedReferenceError, ReferenceSyntaxError) as exc:
+            self.drop_flight(step_id)
+            self.compensation_done(step_id, f"compensation parameters could not be resolved: {exc}")
+            return
+        timeout_s = _compensate_timeout(plan)
+        self.starts.append(
+            StepStart(
+                step_id=step_id,
+                phase=Phase.COMPENSATE,
+                attempt=attempt,
+                kind=StepKind.MODULE,
+                action=compensation.action,
+                params=params,
+                remote=plan.compensate_remote,
+                timeout_s=timeout_s,
+            )
+        )
+        self.waits.append(attempt_event(Phase.COMPENSATE, step_id, attempt))
+        self.put_flight(
+            Flight(
+                step_id=step_id,
+                phase=Phase.COMPENSATE,
+                attempt=attempt,
+                kind=StepKind.MODULE,
+                stage=Stage.STARTING,
+                params=params,
+                deadline=now + timedelta(seconds=timeout_s) if timeout_s is not None else None,
+            )
+        )
+        self.view(step_id, {**self.s.views.get(step_id, {}), "state": "compensating", "attempt": attempt})
+
+    def compensation_attempt_failed(self, flight: Flight, error: str, now: datetime) -> None:
+        policy = self.s.spec.policy(flight.step_id)
+        if flight.attempt >= policy.max_attempts:
+            self.drop_flight(flight.step_id)
+            self.compensation_done(flight.step_id, error)
+            return
+        retry_at = now + timedelta(seconds=policy.delay_before(flight.attempt + 1))
+        self.put_flight(
+            flight.model_copy(update={"stage": Stage.PAUSED, "deadline": None, "ends_at": retry_at, "write": None})
+        )
+
+    def compensation_done(self, step_id: str, error: str | None) -> None:
+        self.drop_flight(step_id)
+        if error is None:
+            self.update(compensated=(*self.s.compensated, step_id))
+            self.view(step_id, {**self.s.views.get(step_id, {}), "state": "compensated"})
+        else:
+            # Later compensations still run: leaving more undone would not make this one succeed.
+            self.update(compensation_failed={**self.s.compensation_failed, step_id: error})
+            self.view(step_id, {**self.s.views.get(step_id, {}), "state": "compensation_failed", "error": error})
+
+    # -- progress
+    def desired_status(self) -> Status:
+        """waiting while every running step waits on a person or a remote worker, once its request is recorded."""
+        run_flights = [f for f in self.s.flights.values() if f.phase is Phase.RUN]
+        starting = {start.step_id for start in self.starts}
+        if run_flights and all(
+            (f.stage is Stage.RUNNING or (f.stage is Stage.STARTING and f.step_id in starting))
+            and (f.kind is StepKind.APPROVAL or (f.kind is StepKind.MODULE and self.s.spec.plan(f.step_id).remote))
+            for f in run_flights
+        ):
+            return Status.WAITING
+        return Status.RUNNING
+
+    def flush(self) -> None:
+        """Turn the notes and starts decided in this reduction into one dispatch, with the status it implies."""
+        spec = self.s.spec
+        status: Status | None = None
+        if not self.s.started and not any(p.name is Activity.DISPATCH_STEPS for p in self.s.pending.values()):
+            status = Status.RUNNING
+        elif self.s.started and self.s.phase is RunPhase.RUNNING and not self.s.stopping and not self.status_busy:
+            wanted = self.desired_status()
+            if wanted is not self.s.recorded:
+                status = wanted
+        if not self.notes and not self.starts and status is None:
+            return
+        if not self.notes and not self.starts and self.s.started:
+            self.call(
+                Activity.RECORD_STATUS,
+                RecordStatus(execution_id=spec.execution_id, tenant_id=spec.tenant_id, status=status or Status.RUNNING),
+                status=status,
+            )
+            return
+        steps = [note.step_id for note in self.notes if note.kind is NoteKind.RETRYING]
+        steps += [start.step_id for start in self.starts]
+        activity_id = self.call(
+            Activity.DISPATCH_STEPS,
+            DispatchSteps(
+                execution_id=spec.execution_id,
+                tenant_id=spec.tenant_id,
+                notes=list(self.notes),
+                starts=list(self.starts),
+                status=status,
+            ),
+            steps=steps,
+            status=status,
+        )
+        for step_id in steps:
+            flight = self.s.flights.get(step_id)
+            if flight is not None:
+                self.put_flight(flight.model_copy(update={"write": activity_id}))
+        self.commands.extend(WaitForEvent(name) for name in self.waits)
+        self.notes, self.starts, self.waits = [], [], []
+
+    def advance(self, now: datetime) -> None:
+        """Decide what happens next once an event was applied: schedule, compensate, end, or continue as new."""
+        for _ in range(len(self.s.spec.steps) * 4 + 8):  # each round either settles something or stops
+            before = (self.s.phase, len(self.s.flights), len(self.s.pending), len(self.starts), len(self.notes))
+            if self.s.phase is RunPhase.RUNNING:
+                self.advance_run(now)
+            if self.s.phase is RunPhase.COMPENSATING:
+                self.advance_compensation(now)
+            after = (self.s.phase, len(self.s.flights), len(self.s.pending), len(self.starts), len(self.notes))
+            if before == after:
+                break
+        self.flush()
+        self.arm_timer()
+
+    def advance_run(self, now: datetime) -> None:
+        spec = self.s.spec
+        if any(p.name is Activity.LOAD_OUTPUT for p in self.s.pending.values()):
+            return
+        stored = [
+            step_id
+            for step_id, output in self.s.completed.items()
+            if step_id not in self.s.loaded and is_blob_ref(output)
+        ]
+        if stored:
+            wanted = [step_id for step_id in stored if step_id in spec.output_paths]
+            self.update(loaded={**self.s.loaded, **{k: self.s.completed[k] for k in stored if k not in wanted}})
+            for step_id in wanted:
+                self.call(
+                    Activity.LOAD_OUTPUT,
+                    LoadOutput(
+                        tenant_id=spec.tenant_id,
+                        output=self.s.completed[step_id],
+                        paths=[list(path) for path in sorted(spec.output_paths[step_id])],
+                    ),
+                    steps=[step_id],
+                )
+            if wanted:
+                return
+        if not self.s.stopping:
+            schedule = next_steps(spec.graph, self.s.run_state(), spec.inputs)
+            for step_id in schedule.skipped:
+                self.update(skipped=(*self.s.skipped, step_id))
+                self.view(step_id, {"state": "skipped"})
+                self.notes.append(StepNote(kind=NoteKind.SKIPPED, step_id=step_id))
+            if self.should_continue_as_new(schedule.ready):
+                self.commands.append(ContinueAsNew({"machine": self.continued().model_dump(mode="json")}))
+                self.update(phase=RunPhase.ENDED)
+                return
+            for step_id in schedule.ready:
+                if self.s.stopping:
+                    break  # a step that failed while starting (unresolvable parameters) stops the rest
+                self.start_attempt(step_id, 1, now)
+            if schedule.finished and self.s.started and not self.s.pending and not self.notes:
+                self.end()
+                return
+        if self.s.stopping and self.s.started and not self.s.flights and not self.notes and not self.s.pending:
+            self.update(
+                phase=RunPhase.COMPENSATING,
+                to_compensate=tuple(compensation_order(self.s.order, spec.graph)),
+            )
+            if self.s.to_compensate:
+                self.call(
+                    Activity.RECORD_STATUS,
+                    RecordStatus(
+                        execution_id=spec.execution_id,
+                        tenant_id=spec.tenant_id,
+                        status=Status.COMPENSATING,
+                        error=self.cause,
+                    ),
+                    status=Status.COMPENSATING,
+                )
+
+    def should_continue_as_new(self, ready: Sequence[str]) -> bool:
+        """Between levels, with nothing out, a long run continues as new so each generation's history is short.
+
+        Nothing waits then but the cancel event, and a cancel raised meanwhile reaches the next generation (or is
+        read from its first dispatch's answer, which reports a recorded cancel request)."""
+        return (
+            bool(ready)
+            and self.s.settled >= CONTINUE_AFTER_STEPS
+            and not self.s.flights
+            and not self.s.pending
+            and not self.notes
+            and not self.starts
+        )
+
+    def continued(self) -> State:
+        return self.s.model_copy(
+            update={"generation": self.s.generation + 1, "seq": 0, "settled": 0, "timer_at": None, "pending": {}}
+        )
+
+    @property
+    def cause(self) -> str:
+        return "cancelled" if self.s.cancelled else self.s.failed.get(self.s.first_failure or "", "failed")
+
+    def advance_compensation(self, now: datetime) -> None:
+        if self.s.flights or self.s.pending or self.starts:
+            return
+        remaining = [
+            step_id
+            for step_id in self.s.to_compensate or ()
+            if step_id not in self.s.compensated and step_id not in self.s.compensation_failed
+        ]
+        if remaining:
+            self.start_compensation(remaining[0], 1, now)
+            return
+        self.end()
+
+    def end(self) -> None:
+        spec = self.s.spec
+        if self.s.pending:
+            return
+        if not self.s.stopping:
+            record = RecordStatus(
+                execution_id=spec.execution_id,
+                tenant_id=spec.tenant_id,
+                status=Status.SUCCEEDED,
+                output=dict(self.s.completed),
+            )
+        else:
+            ending = Status.CANCELLED if self.s.cancelled else Status.FAILED
+            result = _result(self.s, ending)
+            record = RecordStatus(
+                execution_id=spec.execution_id,
+                tenant_id=spec.tenant_id,
+                status=ending,
+                error=self.cause,
+                output={key: value for key, value in result.items() if key != "status"},
+            )
+        self.update(phase=RunPhase.ENDED)
+        self.call(Activity.RECORD_STATUS, record, status=record.status)
+
+    def arm_timer(self) -> None:
+        """One durable timer for the earliest deadline; a timer that fires earlier than needed is simply re-armed."""
+        if self.s.phase is RunPhase.ENDED:
+            return
+        # Only attempts whose start (or retry) is recorded: the others' deadlines are applied when it is.
+        deadlines = [
+            moment
+            for flight in self.s.flights.values()
+            if flight.write is None
+            for moment in (flight.deadline, flight.ends_at)
+            if moment is not None
+        ]
+        if not deadlines:
+            return
+        earliest = min(deadlines)
+        if self.s.timer_at is None or earliest < self.s.timer_at:
+            self.update(timer_at=earliest)
+            self.commands.append(SetTimer(earliest))
+
+
+def begin(request: dict[str, Json], now: datetime) -> tuple[State, list[Command]]:
+    """The first reduction of a generation: from the start input, or from the state a previous one continued with."""
+    if "machine" in request:
+        state = State.model_validate(request["machine"])
+    else:
+        definition = Definition.model_validate(request["definition"])
+        if definition.steps is None:
+            raise ValueError("a declaration must be expanded into its blueprint's steps before it runs")
+        spec = Spec(
+            execution_id=str(request["execution_id"]),
+            tenant_id=str(request["tenant_id"]),
+            definition=definition,
+            inputs=dict(request.get("inputs") or {}),
+            plans={key: StepPlan.model_validate(value) for key, value in (request.get("plan") or {}).items()},
+        )
+        reused = dict(request.get("reused") or {})
+        state = State(
+            spec=spec,
+            completed=reused,
+            order=tuple(reused),
+            views={
+                step.step_id: {"state": "succeeded", "reused": True} if step.step_id in reused else {"state": "pending"}
+                for step in definition.steps
+            },
+        )
+    work = _Step(state)
+    work.commands.append(WaitForEvent(CANCEL_EVENT))
+    # A first generation's first dispatch also records the move to running (and learns of an earlier cancel).
+    work.advance(now)
+    return _finish(work)
+
+
+def reduce(state: State, event: Event) -> tuple[State, list[Command]]:
+    """Apply one event; returns the new state and what to do now."""
+    work = _Step(state)
+    if state.phase is RunPhase.ENDED:
+        if isinstance(event, ActivityDone | ActivityFailed) and event.id in state.pending:
+            return _settle_final(work, event)
+        return state, []
+    now = event.now
+    if isinstance(event, ActivityDone | ActivityFailed):
+        pending = state.pending.get(event.id)
+        if pending is None:
+            return state, []
+        work.update(pending={k: v for k, v in state.pending.items() if k != event.id})
+        if isinstance(event, ActivityDone):
+            _on_activity_done(work, event, pending)
+        else:
+            _on_activity_failed(work, event, pending)
+    elif isinstance(event, EventRaised):
+        work.on_result(event.name, event.data, now)
+    elif isinstance(event, TimerFired):
+        work.update(timer_at=None)
+        work.due(now)
+    elif isinstance(event, ChildEnded):
+        work.on_child_ended(event)
+    if work.s.phase is not RunPhase.ENDED or not any(isinstance(c, Complete) for c in work.commands):
+        work.advance(now)
+    return _finish(work)
+
+
+def _finish(work: _Step) -> tuple[State, list[Command]]:
+    return work.s, work.commands
+
+
+def _settle_final(work: _Step, event: ActivityDone | ActivityFailed) -> tuple[State, list[Command]]:
+    """The run has ended; the answer of its last record lets it complete with the result it recorded."""
+    pending = work.s.pending[event.id]
+    work.update(pending={k: v for k, v in work.s.pending.items() if k != event.id})
+    if isinstance(event, ActivityFailed):
+        raise RuntimeError(f"the execution's end could not be recorded: {event.error}")
+    if pending.name is Activity.RECORD_STATUS and pending.status in TERMINAL:
+        return work.s, [Complete(_result(work.s, pending.status))]
+    return work.s, []
+
+
+def _result(state: State, status: Status) -> dict[str, Json]:
+    if status is Status.SUCCEEDED:
+        return {"status": "succeeded", "outputs": dict(state.completed), "skipped": list(state.skipped)}
+    cause = "cancelled" if state.cancelled else state.failed.get(state.first_failure or "", "failed")
+    return {
+        "status": status.value,
+        "failed_step": state.first_failure,
+        "error": cause,
+        "compensated": list(state.compensated),
+        "compensation_failed": dict(state.compensation_failed),
+    }
+
+
+def _on_activity_done(work: _Step, event: ActivityDone, pending: Pending) -> None:
+    now = event.now
+    if pending.name is Activity.DISPATCH_STEPS:
+        work.on_dispatched(event.id, pending, DispatchAnswer.model_validate(_object(event.result)), now)
+    elif pending.name is Activity.RECORD_OUTCOMES:
+        work.on_settled(event.id, pending, _list(event.result), now)
+    elif pending.name is Activity.RECORD_STATUS:
+        answer = StatusAnswer.model_validate(_object(event.result))
+        work.update(recorded=answer.status)
+    elif pending.name is Activity.LOAD_OUTPUT:
+        step_id = pending.steps[0]
+        work.update(loaded={**work.s.loaded, step_id: event.result})
+
+
+def _on_activity_failed(work: _Step, event: ActivityFailed, pending: Pending) -> None:
+    now = event.now
+    if pending.name is Activity.DISPATCH_STEPS:
+        work.on_dispatch_failed(event.id, pending, event.error, now)
+    elif pending.name is Activity.RECORD_OUTCOMES:
+        work.on_settle_failed(event.id, pending, event.error, now)
+    elif pending.name is Activity.LOAD_OUTPUT:
+        # No dependent could resolve against it: the run stops (and compensates), naming what it could not read.
+        step_id = pending.steps[0]
+        work.update(loaded={**work.s.loaded, step_id: work.s.completed.get(step_id)})
+        if not work.s.stopping:
+            error = f"the stored output of step {step_id} could not be read: {event.error}"
+            work.update(failed={**work.s.failed, step_id: error}, first_failure=step_id)
+            work.abandon_waits()
+    elif pending.name is Activity.RECORD_STATUS:
+        raise RuntimeError(f"the execution's status could not be recorded: {event.error}")
+    # cancel_child: the child's own sweeper and cancel record cover it; nothing here depends on the answer
+
+
+def _verdict(data: Json) -> Verdict:
+    value = _object(data)
+    return Verdict(
+        ok=bool(value.get("ok")),
+        output=value.get("output"),
+        error=None if value.get("error") is None else str(value.get("error")),
+        retryable=bool(value.get("retryable", True)),
+        state=value.get("state"),
+    )
+
+
+def _object(value: Json) -> dict[str, Json]:
+    if isinstance(value, str):
+        value = json.loads(value)
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Json) -> list[Json]:
+    if isinstance(value, str):
+        value = json.loads(value)
+    return value if isinstance(value, list) else []
+
+
+def _compensate_timeout(plan: StepPlan) -> int | None:
+    return plan.compensate_timeout_s or plan.timeout_s
+
+
+def _wait_until(now: datetime, params: dict[str, Json]) -> datetime:
+    """When a `wait` step ends: `seconds` from now, or `until` (a past time ends at once)."""
+    if params.get("until"):
+        until = datetime.fromisoformat(str(params["until"]).replace("Z", "+00:00"))
+        if until.tzinfo is not None and now.tzinfo is None:
+            until = until.replace(tzinfo=None) - (until.utcoffset() or timedelta(0))
+        elif until.tzinfo is None and now.tzinfo is not None:
+            until = until.replace(tzinfo=now.tzinfo)
+        return max(until, now)
+    return now + timedelta(seconds=float(params.get("seconds") or 0))
