@@ -11,6 +11,7 @@ from aiohttp import web
 
 from devhost.invoker import Invoker
 from devhost.loader import FunctionIndex
+from devhost.notifications import Notifications
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class HostContext:
     task_hub: str
     host_key: str | None = None
     """The master key the host asks for on its guarded routes (None: a bare component, nothing guards it)."""
+    notifications: Notifications | None = None
+    """The host's one LISTEN connection, shared by its components (None: a bare component listens on its own)."""
 
 
 class Component(Protocol):

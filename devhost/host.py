@@ -18,6 +18,7 @@ from devhost.http_functions import add_http_routes
 from devhost.invoker import Invoker
 from devhost.keys import HostKeyGuard, load_or_create_master_key
 from devhost.loader import FunctionIndex, load_function_app
+from devhost.notifications import Notifications
 from devhost.provision import Provisioned, provision_database, provision_storage
 from shared.config import SettingsError, load_settings
 
@@ -98,7 +99,10 @@ class DevHost:
         data_dir = options.data_dir.resolve()
         self.host_key = load_or_create_master_key(data_dir)
         self.guard = HostKeyGuard(self.host_key)
-        self.ctx = HostContext(index, self.invoker, owner_url, data_dir, self.base_url, task_hub, self.host_key)
+        self.notifications = Notifications(owner_url)
+        self.ctx = HostContext(
+            index, self.invoker, owner_url, data_dir, self.base_url, task_hub, self.host_key, self.notifications
+        )
         self.components = build_components(self.ctx)
         self.invoker.durable_binding = lambda: self.durable_binding(self.base_url)
         self.runner: web.AppRunner | None = None
@@ -145,6 +149,7 @@ class DevHost:
                 await component.stop()
             except Exception:
                 logger.exception("stopping %s failed", type(component).__name__)
+        await self.notifications.stop()
         from azure.durable_functions.models.utils import http_utils
 
         await http_utils._close_session()

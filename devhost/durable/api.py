@@ -199,18 +199,23 @@ class DurableApi:
     # ------------------------------------------------------------------ events and control
     async def raise_event(self, request: web.Request) -> web.StreamResponse:
         instance_id, name = request.match_info["instanceId"], request.match_info["eventName"]
-        instance = await self._management.get(instance_id)
-        if instance is None:
-            return web.Response(status=404)
-        if instance.is_terminal:
-            return web.Response(status=410)
+        # The body is judged first only to spare a well-formed call (every call the SDK makes) a separate read:
+        # a missing or finished instance still answers 404/410 before a malformed body's 400.
+        refusal: web.Response | None = None
+        value: Any = None
         if request.content_type.lower() != "application/json":
-            return _error(400, "Only application/json request content is supported")
-        body = await request.text()
-        try:
-            value = json.loads(body) if body.strip() else None
-        except json.JSONDecodeError as exc:
-            return _error(400, "Invalid JSON content", exc)
+            refusal = _error(400, "Only application/json request content is supported")
+        else:
+            body = await request.text()
+            try:
+                value = json.loads(body) if body.strip() else None
+            except json.JSONDecodeError as exc:
+                refusal = _error(400, "Invalid JSON content", exc)
+        if refusal is not None:
+            instance = await self._management.get(instance_id)
+            if instance is None:
+                return web.Response(status=404)
+            return web.Response(status=410) if instance.is_terminal else refusal
         # The host parses the body to a JSON value and serialises it again: a JSON string body (what the SDK's
         # raise_event sends for a dict) therefore reaches the orchestrator as a string (SDK issue #295).
         outcome = await self._management.raise_event(instance_id, name, json.dumps(value))

@@ -8,7 +8,9 @@ import json
 import logging
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Coroutine
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -24,7 +26,15 @@ from devhost.durable.lifecycle import (
     start_instance,
     utcnow,
 )
-from devhost.durable.protocol import EventType, JsonDict, RuntimeStatus, event, extract_out_of_proc_state, iso
+from devhost.durable.protocol import (
+    EventType,
+    JsonDict,
+    RuntimeStatus,
+    event,
+    extract_out_of_proc_state,
+    iso,
+    sdk_event_json,
+)
 from devhost.durable.store import Conn, Database, Instance, Store, WorkItem
 from devhost.invoker import FunctionInvocationError
 from devhost.loader import trigger_of
@@ -33,6 +43,27 @@ logger = logging.getLogger(__name__)
 
 K = TypeVar("K")
 _RUNNABLE = frozenset({RuntimeStatus.Pending, RuntimeStatus.Running, RuntimeStatus.ContinuedAsNew})
+SAFETY_POLL_S = 2.0
+"""How often the dispatcher looks for work nobody woke it for (a lost notification); timers wake it on time."""
+_KEPT_HISTORIES = 1024
+"""Histories of running instances kept between episodes (least recently run dropped first)."""
+
+
+@dataclass
+class _KeptHistory:
+    """An execution's committed history as this host last saw it, and the same serialised as the SDK gets it.
+
+    One host runs a task hub (the lease), so only its own episodes and management calls extend a history; the
+    store is still asked for events past the kept ones every episode, so a management call's are never missed.
+    """
+
+    execution_id: str
+    events: list[JsonDict] = field(default_factory=list)
+    played: list[str] = field(default_factory=list)
+
+    def extend(self, events: list[JsonDict]) -> None:
+        self.events.extend(events)
+        self.played.extend(sdk_event_json(e, played=True) for e in events)
 
 
 class Engine:
@@ -46,7 +77,7 @@ class Engine:
         *,
         max_episodes: int = 4,
         max_activities: int = 8,
-        poll_interval: float = 0.1,
+        poll_interval: float = SAFETY_POLL_S,
         retry_delay: float = 1.0,
     ) -> None:
         self._ctx, self._db, self._store = ctx, db, store
@@ -57,6 +88,7 @@ class Engine:
         self._activities: dict[int, asyncio.Task[None]] = {}
         self._cooldown: dict[str, float] = {}  # instance id -> monotonic time before which it is not retried
         self._loop_task: asyncio.Task[None] | None = None
+        self._histories: OrderedDict[str, _KeptHistory] = OrderedDict()
 
     @property
     def catalog(self) -> Catalog:
@@ -65,6 +97,14 @@ class Engine:
     def wake(self) -> None:
         """Something was persisted that may be runnable now; dispatch without waiting for the poll."""
         self._wake.set()
+
+    def on_notify(self, task_hub: str | None, pid: int | None) -> None:
+        """A NOTIFY of the store's triggers (or the listener reconnected: `None`): wake for another writer's work.
+
+        This host's own writes wake it in-process already, so their notifications are ignored.
+        """
+        if task_hub is None or (task_hub == self._store.hub and pid not in self._db.backend_pids):
+            self._wake.set()
 
     async def start(self) -> None:
         self._loop_task = asyncio.create_task(self._dispatch_loop(), name="durable-dispatcher")
@@ -101,38 +141,44 @@ class Engine:
 
     # ------------------------------------------------------------------ dispatching
     async def _dispatch_loop(self) -> None:
+        # Woken in-process by whatever this host persists, by NOTIFY for other writers, and at the next timer's due
+        # time; the poll is only a safety net for a wake-up that got lost.
         while True:
             self._wake.clear()
+            sleep = self._poll_interval
             try:
-                await self._dispatch()
+                sleep = await self._dispatch()
             except Exception:  # e.g. the database restarts: keep the loop alive and try again
                 logger.exception("durable dispatcher pass failed")
             try:
-                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                await asyncio.wait_for(self._wake.wait(), sleep)
             except TimeoutError:
                 pass
 
-    async def _dispatch(self) -> None:
+    async def _dispatch(self) -> float:
+        """Start what is runnable; return how long to sleep unless woken (until the next timer falls due)."""
         now = utcnow()
         clock = time.monotonic()
         self._cooldown = {k: v for k, v in self._cooldown.items() if v > clock}
-        free_episodes = self._max_episodes - len(self._episodes)
-        free_activities = self._max_activities - len(self._activities)
-        async with self._db.connection() as conn:
-            ids = (
-                await self._store.runnable(conn, now, [*self._episodes, *self._cooldown], free_episodes)
-                if free_episodes > 0
-                else []
-            )
-            items = (
-                await self._store.pending_work(conn, list(self._activities), free_activities)
-                if free_activities > 0
-                else []
+        async with self._db.connection() as conn, conn.pipeline():
+            ids, items, due = await self._store.dispatchable(
+                conn,
+                now,
+                running_episodes=[*self._episodes, *self._cooldown],
+                episode_limit=self._max_episodes - len(self._episodes),
+                running_work=list(self._activities),
+                work_limit=self._max_activities - len(self._activities),
             )
         for instance_id in ids:
             self._spawn(self._episodes, instance_id, self._guarded_episode(instance_id), f"episode {instance_id}")
         for item in items:
             self._spawn(self._activities, item.id, self._run_activity(item), f"activity {item.name}")
+        sleep = self._poll_interval
+        if due is not None:
+            sleep = min(sleep, max(0.0, (due - utcnow()).total_seconds()))
+        if self._cooldown:
+            sleep = min(sleep, max(0.0, min(self._cooldown.values()) - time.monotonic()))
+        return sleep
 
     def _spawn(self, tasks: dict[K, asyncio.Task[None]], key: K, work: Coroutine[Any, Any, None], name: str) -> None:
         """Run `work` in the background, tracked under `key` until it ends (then dispatch again)."""
@@ -157,33 +203,51 @@ class Engine:
             self._cooldown[instance_id] = time.monotonic() + self._retry_delay
 
     async def _run_episode(self, instance_id: str) -> None:
-        async with self._db.connection() as conn, conn.transaction():
-            instance = await self._store.get(conn, instance_id, lock=True)
+        # Taken out while the episode runs and put back only once it committed: a rolled-back episode leaves
+        # nothing behind that the store does not have.
+        kept = self._histories.pop(instance_id, None)
+        known = len(kept.events) if kept is not None else 0
+        now = utcnow()
+        # Pipelined: the reads are one round trip, the writes and the commit another.
+        async with self._db.connection() as conn, conn.pipeline(), conn.transaction():
+            instance, messages, rows = await self._store.episode_input(conn, instance_id, now, known)
             if instance is None or instance.runtime_status not in _RUNNABLE:
                 return
-            now = utcnow()
-            messages = await self._store.visible_messages(conn, instance_id, now)
-            if not messages:
-                return
-            episode = Episode(
-                facts=InstanceFacts(
-                    instance.instance_id,
-                    instance.execution_id,
-                    instance.name,
-                    instance.input_json,
-                    instance.parent_instance_id,
-                ),
-                past=await self._store.history(conn, instance_id),
-                messages=messages,
-                book=instance.book,
-                now=now,
-                catalog=self.catalog,
-            )
-            if episode.has_events:
-                state, failure = await self._invoke_orchestrator(instance.name, episode.context())
-                result = episode.finish(state, failure, utcnow())
-                await self._commit(conn, instance, result, now)
-            await self._store.delete_messages(conn, [m.id for m in messages])
+            if kept is None or kept.execution_id != instance.execution_id or (rows and rows[0][0] != known):
+                # Nothing kept, or it belongs to an execution that has ended: the whole history from the store.
+                kept = _KeptHistory(instance.execution_id)
+                if known > 0:
+                    rows = await self._store.history_since(conn, instance_id, 0)
+            kept.extend([event for _, event in rows])
+            result: EpisodeResult | None = None
+            if messages:
+                episode = Episode(
+                    facts=InstanceFacts(
+                        instance.instance_id,
+                        instance.execution_id,
+                        instance.name,
+                        instance.input_json,
+                        instance.parent_instance_id,
+                    ),
+                    past=kept.events,
+                    played=kept.played,
+                    messages=messages,
+                    book=instance.book,
+                    now=now,
+                    catalog=self.catalog,
+                )
+                if episode.has_events:
+                    state, failure = await self._invoke_orchestrator(instance.name, episode.context())
+                    result = episode.finish(state, failure, utcnow())
+                    await self._commit(conn, instance, result, now, history_at=len(kept.events))
+                await self._store.delete_messages(conn, [m.id for m in messages])
+        if result is not None:
+            if result.status.is_terminal or result.status == RuntimeStatus.ContinuedAsNew:
+                return  # no further episode of this execution
+            kept.extend(result.history)
+        self._histories[instance_id] = kept
+        while len(self._histories) > _KEPT_HISTORIES:
+            self._histories.popitem(last=False)
 
     async def _invoke_orchestrator(self, name: str, context: str) -> tuple[JsonDict | None, str | None]:
         """Run the orchestrator once; return its OrchestratorState, or the failure it could not describe."""
@@ -205,7 +269,9 @@ class Engine:
             state = None
         return (state, None) if isinstance(state, dict) else (None, "the orchestrator returned no OrchestratorState")
 
-    async def _commit(self, conn: Conn, instance: Instance, result: EpisodeResult, now: datetime) -> None:
+    async def _commit(
+        self, conn: Conn, instance: Instance, result: EpisodeResult, now: datetime, *, history_at: int
+    ) -> None:
         store, instance_id, execution_id = self._store, instance.instance_id, instance.execution_id
         instance.updated_at = utcnow()
         if result.custom_status_set:
@@ -213,7 +279,7 @@ class Engine:
         if result.status == RuntimeStatus.ContinuedAsNew:
             await self._continue_as_new(conn, instance, result.continue_as_new_input, now)
             return
-        await store.append_history(conn, instance_id, result.history)
+        await store.append_history(conn, instance_id, result.history, start=history_at)
         await store.add_work(conn, instance_id, execution_id, result.activities, now)
         for timer in result.timers:
             fired = event(EventType.TimerFired, timer.fire_at, TimerId=timer.task_id, FireAt=iso(timer.fire_at))

@@ -20,10 +20,11 @@ from devhost.durable.protocol import (
     action_type,
     check_state,
     completion_id,
-    context_json,
+    context_json_from_parts,
     event,
     iso,
     parse_iso,
+    sdk_event_json,
 )
 from devhost.durable.retry import Kind, RetryPolicy, RetryState
 
@@ -157,8 +158,11 @@ class Episode:
         book: Bookkeeping,
         now: datetime,
         catalog: Catalog,
+        played: list[str] | None = None,
     ) -> None:
         self.facts, self.past, self.book, self.now, self.catalog = facts, past, book, now, catalog
+        # `past` as the SDK gets it, serialised: the engine keeps it between episodes instead of redoing it.
+        self.played = played if played is not None else [sdk_event_json(e, played=True) for e in past]
         self._scheduled: list[JsonDict] = []
         self._activities: list[ActivityCall] = []
         self._timers: list[TimerRequest] = []
@@ -243,10 +247,9 @@ class Episode:
 
     def context(self) -> str:
         """The orchestrationTrigger payload: earlier episodes played, then a fresh OrchestratorStarted."""
-        played = [{**e, "IsPlayed": True} for e in self.past]
-        history = played + [self._started] + [{**e, "IsPlayed": False} for e in self.new_events]
-        return context_json(
-            history=history,
+        return context_json_from_parts(
+            played=self.played,
+            fresh=[self._started, *self.new_events],
             instance_id=self.facts.instance_id,
             parent_instance_id=self.facts.parent_instance_id,
             input_json=self.facts.input_json,

@@ -11,9 +11,10 @@ from aiohttp import web
 from devhost.component import HostContext
 from devhost.durable.api import DurableApi
 from devhost.durable.binding import client_binding_json
-from devhost.durable.engine import Engine
+from devhost.durable.engine import SAFETY_POLL_S, Engine
 from devhost.durable.management import Management
-from devhost.durable.store import SCHEMA, Database, Store
+from devhost.durable.store import NOTIFY_CHANNEL, SCHEMA, Database, Store
+from devhost.notifications import Notifications
 from shared.db.migrate import apply_migrations
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -25,13 +26,14 @@ class DurableHost:
     Every orchestration continues from its committed history after a restart, including after a crash.
     """
 
-    def __init__(self, ctx: HostContext, *, max_activities: int = 8, poll_interval: float = 0.1) -> None:
+    def __init__(self, ctx: HostContext, *, max_activities: int = 8, poll_interval: float = SAFETY_POLL_S) -> None:
         self._ctx = ctx
         self._db = Database(ctx.database_url)
         self._store = Store(ctx.task_hub)
         self._engine = Engine(ctx, self._db, self._store, max_activities=max_activities, poll_interval=poll_interval)
         self.management = Management(self._db, self._store, ctx.index.orchestrators, self._engine.wake)
         self._api = DurableApi(self.management, ctx.task_hub, ctx.host_key)
+        self._notifications: Notifications | None = None
 
     def add_routes(self, app: web.Application) -> None:
         """The management API on the RPC prefix (/durabletask/) and the public webhook prefix."""
@@ -43,6 +45,9 @@ class DurableHost:
         await self._db.open()
         try:
             await self._db.lease_task_hub(self._ctx.task_hub)
+            # The host's one listening connection when it has one; a bare component (tests) listens on its own.
+            self._notifications = self._ctx.notifications or Notifications(self._ctx.database_url)
+            self._notifications.subscribe(NOTIFY_CHANNEL, self._engine.on_notify)
             await self._engine.start()
         except BaseException:
             await self._db.close()
@@ -50,6 +55,11 @@ class DurableHost:
 
     async def stop(self) -> None:
         """Stop dispatching; persisted state stays for the next start."""
+        if self._notifications is not None:
+            self._notifications.unsubscribe(NOTIFY_CHANNEL, self._engine.on_notify)
+            if self._notifications is not self._ctx.notifications:
+                await self._notifications.stop()
+            self._notifications = None
         await self._engine.stop()
         await self._db.close()
 

@@ -88,17 +88,16 @@ class Management:
 
     async def raise_event(self, instance_id: str, name: str, input_json: str) -> Outcome:
         """Queue EventRaised; a suspended instance keeps it until it resumes."""
-        async with self._db.connection() as conn, conn.transaction():
-            instance = await self._store.get(conn, instance_id, lock=True)
-            if instance is None:
-                return Outcome.NOT_FOUND
-            if instance.is_terminal:
-                return Outcome.GONE
-            now = utcnow()
+        now = utcnow()
+        async with self._db.connection() as conn:
             # Not bound to an execution: after continue-as-new the event reaches the new one.
-            await self._store.send(
-                conn, instance_id, None, event(EventType.EventRaised, now, Name=name, Input=input_json), now
+            status = await self._store.raise_event(
+                conn, instance_id, event(EventType.EventRaised, now, Name=name, Input=input_json), now
             )
+        if status is None:
+            return Outcome.NOT_FOUND
+        if RuntimeStatus(status).is_terminal:
+            return Outcome.GONE
         self._wake()
         return Outcome.OK
 

@@ -246,6 +246,52 @@ def context_json(
     )
 
 
+def _sdk_timestamp(history_event: JsonDict) -> Any:
+    """The event's Timestamp as the SDK gets it: unchanged for OrchestratorStarted, whose timestamp the SDK turns
+    into current_utc_datetime; the same instant in ISO 8601's basic form, without the zone, for every other event.
+
+    The SDK parses every event's Timestamp with dateutil on every replay but reads only OrchestratorStarted's, and
+    dateutil reads the basic form in about 60 % of the time (measured: 20 vs 32 us per event).
+    """
+    stamp = history_event.get("Timestamp")
+    if history_event.get("EventType") == EventType.OrchestratorStarted:
+        return stamp
+    # What iso() writes: YYYY-MM-DDTHH:MM:SS.ffffffZ; anything else is passed on as it is.
+    if isinstance(stamp, str) and len(stamp) == 27 and stamp[-1] == "Z" and stamp[10] == "T":
+        return f"{stamp[0:4]}{stamp[5:7]}{stamp[8:10]}T{stamp[11:13]}{stamp[14:16]}{stamp[17:26]}"
+    return stamp
+
+
+def sdk_event_json(history_event: JsonDict, *, played: bool) -> str:
+    """One history event of the orchestrationTrigger payload, serialised (a played one is kept by the engine)."""
+    return json.dumps({**history_event, "IsPlayed": played, "Timestamp": _sdk_timestamp(history_event)})
+
+
+def context_json_from_parts(
+    *,
+    played: list[str],
+    fresh: list[JsonDict],
+    instance_id: str,
+    parent_instance_id: str | None,
+    input_json: str | None,
+) -> str:
+    """context_json, from earlier episodes' events already serialised (`sdk_event_json(played=True)`) and the
+    episode's own (OrchestratorStarted first, then the new events, unplayed)."""
+    history = ",".join([*played, *(sdk_event_json(e, played=False) for e in fresh)])
+    # ExecutionStarted.Input is JSON text already: it goes in as the JSON value it spells.
+    value = "null" if input_json is None else input_json
+    facts = json.dumps(
+        {
+            "instanceId": instance_id,
+            "isReplaying": len(played) > 1,
+            "parentInstanceId": parent_instance_id,
+            "upperSchemaVersion": UPPER_SCHEMA_VERSION,
+            "upperSchemaVersionNew": UPPER_SCHEMA_VERSION_NEW,
+        }
+    )
+    return f'{{"history": [{history}], "input": {value}, {facts[1:]}'
+
+
 def extract_out_of_proc_state(message: str) -> JsonDict | None:
     """The OrchestratorState embedded in an orchestrator exception message, if it carries one."""
     if OUT_OF_PROC_MARKER not in message:

@@ -22,6 +22,8 @@ from devhost.durable.protocol import TERMINAL_STATUSES, JsonDict, RuntimeStatus
 from devhost.durable.retry import RetryState
 
 SCHEMA = "devhost_durable"
+NOTIFY_CHANNEL = "devhost_durable"
+"""Migration 0002: an inbox message or work item was committed (payload: the task hub)."""
 Conn = AsyncConnection[DictRow]
 
 _INSTANCES = sql.Identifier(SCHEMA, "instances")
@@ -35,6 +37,25 @@ _COLUMNS = sql.SQL(
 )
 _TERMINAL = [str(s) for s in TERMINAL_STATUSES]
 _RUNNABLE = [str(RuntimeStatus.Pending), str(RuntimeStatus.Running), str(RuntimeStatus.ContinuedAsNew)]
+_HISTORY_SINCE = sql.SQL(
+    "SELECT position, event FROM {} WHERE task_hub = %s AND instance_id = %s AND position >= %s ORDER BY position"
+).format(_HISTORY)
+_VISIBLE = sql.SQL(
+    "SELECT id, execution_id, event FROM {} WHERE task_hub = %s AND instance_id = %s AND visible_at <= %s ORDER BY id"
+).format(_INBOX)
+_RUNNABLE_IDS = sql.SQL(
+    "SELECT i.instance_id FROM {} i WHERE i.task_hub = %s AND i.runtime_status = ANY(%s)"
+    " AND NOT (i.instance_id = ANY(%s)) AND EXISTS (SELECT 1 FROM {} m WHERE m.task_hub = i.task_hub"
+    " AND m.instance_id = i.instance_id AND m.visible_at <= %s) LIMIT %s"
+).format(_INSTANCES, _INBOX)
+_PENDING_WORK = sql.SQL(
+    "SELECT id, instance_id, execution_id, task_id, name, input FROM {} WHERE task_hub = %s"
+    " AND NOT (id = ANY(%s)) ORDER BY id LIMIT %s"
+).format(_WORK)
+_NEXT_DUE = sql.SQL(
+    "SELECT min(m.visible_at) AS due FROM {} m JOIN {} i ON i.task_hub = m.task_hub AND i.instance_id = m.instance_id"
+    " WHERE m.task_hub = %s AND i.runtime_status = ANY(%s) AND m.visible_at > %s"
+).format(_INBOX, _INSTANCES)
 
 
 @dataclass
@@ -111,6 +132,10 @@ def _row_to_instance(row: dict[str, Any]) -> Instance:
     )
 
 
+def _work_item(r: dict[str, Any]) -> WorkItem:
+    return WorkItem(int(r["id"]), r["instance_id"], r["execution_id"], int(r["task_id"]), r["name"], r["input"])
+
+
 def _book_params(book: Bookkeeping) -> tuple[int, Jsonb, Jsonb]:
     return (
         book.next_id,
@@ -140,7 +165,7 @@ class Store:
         cur = await conn.execute(
             sql.SQL(
                 "INSERT INTO {} (task_hub, {}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-                " %s, %s, %s) ON CONFLICT (task_hub, instance_id) DO NOTHING"
+                " %s, %s, %s) ON CONFLICT (task_hub, instance_id) DO NOTHING RETURNING 1"
             ).format(_INSTANCES, _COLUMNS),
             (
                 self.hub,
@@ -161,7 +186,8 @@ class Store:
                 *_book_params(instance.book),
             ),
         )
-        return cur.rowcount == 1
+        # RETURNING rather than rowcount: inside an episode's pipeline rowcount is not known yet.
+        return await cur.fetchone() is not None
 
     async def save(self, conn: Conn, instance: Instance) -> None:
         """Write back everything that changes over an instance's life (the row must be locked)."""
@@ -246,18 +272,44 @@ class Store:
         )
         return [row["event"] for row in await cur.fetchall()]
 
-    async def append_history(self, conn: Conn, instance_id: str, events: Sequence[JsonDict]) -> None:
-        """Append after the last committed event (the instance row is locked by the caller)."""
-        if not events:
-            return
-        cur = await conn.execute(
-            sql.SQL(
-                "SELECT coalesce(max(position) + 1, 0) AS next FROM {} WHERE task_hub = %s AND instance_id = %s"
-            ).format(_HISTORY),
+    async def history_since(self, conn: Conn, instance_id: str, start: int) -> list[tuple[int, JsonDict]]:
+        """(position, event) from `start` on: what an engine that kept the first `start` events lacks."""
+        cur = await conn.execute(_HISTORY_SINCE, (self.hub, instance_id, start))
+        return [(int(row["position"]), row["event"]) for row in await cur.fetchall()]
+
+    async def episode_input(
+        self, conn: Conn, instance_id: str, now: datetime, history_from: int
+    ) -> tuple[Instance | None, list[Message], list[tuple[int, JsonDict]]]:
+        """The locked instance, its due messages and its history from `history_from`, in one round trip."""
+        # Sent together (the caller's pipeline), read after: the lock is taken before the other two run.
+        locked = await conn.execute(
+            sql.SQL("SELECT {} FROM {} WHERE task_hub = %s AND instance_id = %s FOR UPDATE").format(
+                _COLUMNS, _INSTANCES
+            ),
             (self.hub, instance_id),
         )
-        row = await cur.fetchone()
-        start = int(row["next"]) if row else 0
+        due = await conn.execute(_VISIBLE, (self.hub, instance_id, now))
+        history = await conn.execute(_HISTORY_SINCE, (self.hub, instance_id, history_from))
+        row = await locked.fetchone()
+        messages = [Message(int(r["id"]), r["execution_id"], r["event"]) for r in await due.fetchall()]
+        events = [(int(r["position"]), r["event"]) for r in await history.fetchall()]
+        return (None if row is None else _row_to_instance(row)), messages, events
+
+    async def append_history(
+        self, conn: Conn, instance_id: str, events: Sequence[JsonDict], start: int | None = None
+    ) -> None:
+        """Append after the last committed event, at `start` when the caller knows it (the row is locked)."""
+        if not events:
+            return
+        if start is None:
+            cur = await conn.execute(
+                sql.SQL(
+                    "SELECT coalesce(max(position) + 1, 0) AS next FROM {} WHERE task_hub = %s AND instance_id = %s"
+                ).format(_HISTORY),
+                (self.hub, instance_id),
+            )
+            row = await cur.fetchone()
+            start = int(row["next"]) if row else 0
         async with conn.cursor() as cursor:
             await cursor.executemany(
                 sql.SQL("INSERT INTO {} (task_hub, instance_id, position, event) VALUES (%s, %s, %s, %s)").format(
@@ -291,13 +343,7 @@ class Store:
         )
 
     async def visible_messages(self, conn: Conn, instance_id: str, now: datetime) -> list[Message]:
-        cur = await conn.execute(
-            sql.SQL(
-                "SELECT id, execution_id, event FROM {} WHERE task_hub = %s AND instance_id = %s"
-                " AND visible_at <= %s ORDER BY id"
-            ).format(_INBOX),
-            (self.hub, instance_id, now),
-        )
+        cur = await conn.execute(_VISIBLE, (self.hub, instance_id, now))
         return [Message(int(r["id"]), r["execution_id"], r["event"]) for r in await cur.fetchall()]
 
     async def delete_messages(self, conn: Conn, ids: Sequence[int]) -> None:
@@ -322,15 +368,32 @@ class Store:
 
     async def runnable(self, conn: Conn, now: datetime, exclude: Sequence[str], limit: int) -> list[str]:
         """Instances that can run an episode: a message is due and they are neither suspended nor finished."""
-        cur = await conn.execute(
-            sql.SQL(
-                "SELECT i.instance_id FROM {} i WHERE i.task_hub = %s AND i.runtime_status = ANY(%s)"
-                " AND NOT (i.instance_id = ANY(%s)) AND EXISTS (SELECT 1 FROM {} m WHERE m.task_hub = i.task_hub"
-                " AND m.instance_id = i.instance_id AND m.visible_at <= %s) LIMIT %s"
-            ).format(_INSTANCES, _INBOX),
-            (self.hub, _RUNNABLE, list(exclude), now, limit),
-        )
+        cur = await conn.execute(_RUNNABLE_IDS, (self.hub, _RUNNABLE, list(exclude), now, limit))
         return [row["instance_id"] for row in await cur.fetchall()]
+
+    async def dispatchable(
+        self,
+        conn: Conn,
+        now: datetime,
+        *,
+        running_episodes: Sequence[str],
+        episode_limit: int,
+        running_work: Sequence[int],
+        work_limit: int,
+    ) -> tuple[list[str], list[WorkItem], datetime | None]:
+        """Runnable instances, pending work and when the next message of a runnable instance falls due (a timer),
+        in one round trip (the caller's pipeline)."""
+        ids = (
+            await conn.execute(_RUNNABLE_IDS, (self.hub, _RUNNABLE, list(running_episodes), now, episode_limit))
+            if episode_limit > 0
+            else None
+        )
+        work = await conn.execute(_PENDING_WORK, (self.hub, list(running_work), work_limit)) if work_limit > 0 else None
+        due = await conn.execute(_NEXT_DUE, (self.hub, _RUNNABLE, now))
+        instance_ids = [row["instance_id"] for row in await ids.fetchall()] if ids is not None else []
+        items = [_work_item(r) for r in await work.fetchall()] if work is not None else []
+        row = await due.fetchone()
+        return instance_ids, items, (row["due"] if row is not None else None)
 
     # ------------------------------------------------------------------ activity work items
     async def add_work(
@@ -353,22 +416,31 @@ class Store:
             )
 
     async def pending_work(self, conn: Conn, exclude: Sequence[int], limit: int) -> list[WorkItem]:
-        cur = await conn.execute(
-            sql.SQL(
-                "SELECT id, instance_id, execution_id, task_id, name, input FROM {} WHERE task_hub = %s"
-                " AND NOT (id = ANY(%s)) ORDER BY id LIMIT %s"
-            ).format(_WORK),
-            (self.hub, list(exclude), limit),
-        )
-        return [
-            WorkItem(int(r["id"]), r["instance_id"], r["execution_id"], int(r["task_id"]), r["name"], r["input"])
-            for r in await cur.fetchall()
-        ]
+        cur = await conn.execute(_PENDING_WORK, (self.hub, list(exclude), limit))
+        return [_work_item(r) for r in await cur.fetchall()]
 
     async def take_work(self, conn: Conn, work_id: int) -> bool:
         """Remove a work item as its result is recorded; False if it was already gone."""
         cur = await conn.execute(sql.SQL("DELETE FROM {} WHERE id = %s").format(_WORK), (work_id,))
         return cur.rowcount == 1
+
+    async def raise_event(self, conn: Conn, instance_id: str, history_event: JsonDict, now: datetime) -> str | None:
+        """Queue an external event unless the instance has finished; its status (None: no such instance).
+
+        One statement: the row lock orders it with the instance's episodes (one that finishes the instance
+        commits first, and then nothing is queued), as a transaction around a locked read would.
+        """
+        cur = await conn.execute(
+            sql.SQL(
+                "WITH target AS (SELECT runtime_status FROM {instances} WHERE task_hub = %s AND instance_id = %s"
+                " FOR UPDATE), queued AS (INSERT INTO {inbox} (task_hub, instance_id, execution_id, task_id, event,"
+                " visible_at) SELECT %s, %s, NULL, NULL, %s, %s FROM target WHERE NOT (runtime_status = ANY(%s))"
+                " RETURNING 1) SELECT runtime_status, (SELECT count(*) FROM queued) AS queued FROM target"
+            ).format(instances=_INSTANCES, inbox=_INBOX),
+            (self.hub, instance_id, self.hub, instance_id, Jsonb(history_event), now, _TERMINAL),
+        )
+        row = await cur.fetchone()
+        return None if row is None else str(row["runtime_status"])
 
     async def accepts_results(self, conn: Conn, instance_id: str, execution_id: str) -> bool:
         """Whether the execution still waits for results (it exists, is current and has not finished)."""
@@ -390,6 +462,8 @@ class Database:
         self._max_size = max_size
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._lease: Conn | None = None
+        self.backend_pids: set[int] = set()
+        """Server processes of this pool's connections: notifications they cause need not wake their own host."""
 
     async def open(self) -> None:
         # Autocommit: reads need no transaction; writes say `async with conn.transaction()` explicitly.
@@ -400,9 +474,13 @@ class Database:
             open=False,
             name="devhost-durable",
             kwargs={"autocommit": True, "row_factory": dict_row},
+            configure=self._configure,
         )
         await pool.open(wait=True)
         self._pool = pool
+
+    async def _configure(self, conn: Conn) -> None:
+        self.backend_pids.add(conn.info.backend_pid)
 
     async def close(self) -> None:
         if self._lease is not None:

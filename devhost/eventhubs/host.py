@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sys
 from collections import defaultdict
@@ -18,10 +17,10 @@ from devhost.component import HostContext
 from devhost.eventhubs.admin import Deliver, GroupInUseError, NoSuchHubError, add_publish_route, add_read_route
 from devhost.eventhubs.binding import EventHubTriggerSpec
 from devhost.eventhubs.consumer import PartitionConsumer, wait_any
-from devhost.eventhubs.listener import listen
 from devhost.eventhubs.store import NOTIFY_CHANNEL, EventLogStore, NewEvent, Pool, Receipt, StoredEvent, migrate
 from devhost.hostjson import load_host_json
 from devhost.loader import FunctionIndex
+from devhost.notifications import Notifications
 from devhost.tasks import stop_tasks
 
 logger = logging.getLogger(__name__)
@@ -50,7 +49,7 @@ class EventHubHost:
         self._store: EventLogStore | None = None
         self._consumers: dict[str, list[PartitionConsumer]] = defaultdict(list)
         self._tasks: list[asyncio.Task[None]] = []
-        self._listener: asyncio.Task[None] | None = None
+        self._notifications: Notifications | None = None
         self._stopping = asyncio.Event()
         self._readers: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._group_locks: dict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -78,9 +77,9 @@ class EventHubHost:
         specs = [EventHubTriggerSpec.from_function(f) for f in self._ctx.index.eventhub]
         for consumer in await self._plan(specs):
             self._consumers[consumer.spec.hub].append(consumer)
-        self._listener = asyncio.create_task(
-            listen(self._ctx.database_url, NOTIFY_CHANNEL, self._wake, self._stopping), name="eventhubs-listener"
-        )
+        # The host's one listening connection when it has one; a bare component (tests) listens on its own.
+        self._notifications = self._ctx.notifications or Notifications(self._ctx.database_url)
+        self._notifications.subscribe(NOTIFY_CHANNEL, self._on_notify)
         self._tasks = [
             asyncio.create_task(c.run(self._stopping), name=f"eventhubs-{c.spec.function_name}-{c.partition_id}")
             for consumers in self._consumers.values()
@@ -91,12 +90,11 @@ class EventHubHost:
     async def stop(self) -> None:
         """Let running invocations finish (briefly), then cancel; unfinished batches are redelivered."""
         self._stopping.set()
-        if self._listener is not None:
-            # Nothing to finish there: cancel rather than wait for its bounded read to time out.
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
+        if self._notifications is not None:
+            self._notifications.unsubscribe(NOTIFY_CHANNEL, self._on_notify)
+            if self._notifications is not self._ctx.notifications:
+                await self._notifications.stop()
+            self._notifications = None
         await stop_tasks(self._tasks, _STOP_GRACE_SECONDS)
         self._tasks = []
         if self._pool is not None:
@@ -180,6 +178,9 @@ class EventHubHost:
                     )
                 )
         return consumers
+
+    def _on_notify(self, hub: str | None, _pid: int | None) -> None:
+        self._wake(hub)
 
     def _wake(self, hub: str | None) -> None:
         targets = self._consumers.values() if hub is None else [self._consumers.get(hub, [])]
