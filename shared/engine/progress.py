@@ -107,7 +107,9 @@ def _publish(items: list[WorkItem]) -> None:
         [
             OutboundEvent(
                 body=item.model_dump(mode="json"),
-                partition_key=str(item.tenant_id),
+                # Keyed by attempt, not tenant (ADR 0026): a slow item holds up only what shares its partition, and
+                # copies of one attempt still meet in one partition, where the worker's claim sorts them out.
+                partition_key=f"{item.execution_id}:{item.step_id}:{item.phase}:{item.attempt}",
                 properties={"type": "step.work", "action": item.action},
             )
             for item in items

@@ -52,7 +52,7 @@ class StepPlan(BaseModel):
 
 
 class WorkItem(BaseModel):
-    """One step attempt's work on `module-work` (partition key: the tenant id).
+    """One step attempt's work on `module-work` (partition key: the attempt, ADR 0026).
 
     Built-in actions are run by the platform's module worker; a remote action is taken by the tenant's worker,
     which completes it with `task_token` at `complete_url` or `fail_url`.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
 
@@ -408,3 +408,87 @@ def list_steps(conn: Conn, execution_id: UUID) -> list[dict[str, Any]]:
 def list_attempts(conn: Conn, execution_id: UUID) -> list[Attempt]:
     """Every attempt of the execution, oldest first."""
     return [_attempt(row) for row in conn.execute(_ATTEMPTS, (execution_id,)).fetchall()]
+
+
+# ------------------------------------------------------------------------------------------- claims (ADR 0026)
+ClaimOutcome = Literal["claimed", "finished", "held", "ended", "late", "missing"]
+"""What claiming an attempt found: the claim is the caller's; the attempt has a result; another live holder runs it;
+its execution has ended; its deadline has passed; there is no such attempt (the tenant was erased)."""
+
+_CLAIM_READ = sql.SQL(
+    "SELECT {}, claimed_by, claimed_until, clock_timestamp() AS now,"
+    " (SELECT e.status FROM app.executions e WHERE e.tenant_id = a.tenant_id AND e.id = a.execution_id)"
+    " AS execution_status"
+    " FROM app.step_attempts a WHERE execution_id = %s AND step_id = %s AND phase = %s AND attempt = %s"
+    " FOR UPDATE"
+).format(_ATTEMPT_COLUMNS)
+_CLAIM = (
+    "UPDATE app.step_attempts SET claimed_by = %s, claimed_until = clock_timestamp() + make_interval(secs => %s),"
+    " claims = claims + 1 WHERE execution_id = %s AND step_id = %s AND phase = %s AND attempt = %s"
+)
+_RENEW = (
+    "UPDATE app.step_attempts SET claimed_until = clock_timestamp() + make_interval(secs => %s)"
+    " WHERE execution_id = %s AND step_id = %s AND phase = %s AND attempt = %s AND claimed_by = %s"
+    " AND state = 'dispatched' RETURNING claimed_until"
+)
+_RELEASE = (
+    "UPDATE app.step_attempts SET claimed_until = clock_timestamp()"
+    " WHERE execution_id = %s AND step_id = %s AND phase = %s AND attempt = %s AND claimed_by = %s"
+    " AND state = 'dispatched'"
+)
+_ENDED_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The answer to a claim: what was found, and the attempt's deadline on the database's clock."""
+
+    outcome: ClaimOutcome
+    attempt: Attempt | None = None
+    holder: str | None = None
+    """Who holds (or, for a takeover, held) the claim; None when nobody did."""
+    deadline: datetime | None = None
+    now: datetime | None = None
+
+    @property
+    def remaining_s(self) -> float:
+        """Seconds left until the attempt's deadline, measured on one clock (the database's)."""
+        if self.deadline is None or self.now is None:
+            return 0.0
+        return (self.deadline - self.now).total_seconds()
+
+
+def claim_attempt(conn: Conn, key: AttemptKey, *, owner: str, lease_s: float, timeout_s: float) -> Claim:
+    """Claim a dispatched attempt for `owner` for `lease_s` seconds, unless it must not run now.
+
+    The attempt row stays locked until the caller commits, so of two concurrent claimers exactly one gets it; the
+    other sees the claim (held) once the first commits. A claim whose lease has lapsed (its holder died or stalled)
+    is taken over. The deadline is the dispatch time plus `timeout_s`, the attempt's timeout.
+    """
+    row = conn.execute(_CLAIM_READ, _key_params(key)).fetchone()
+    if row is None:
+        return Claim("missing")
+    attempt = _attempt(row)
+    now: datetime = row["now"]
+    deadline = attempt.dispatched_at + timedelta(seconds=timeout_s)
+    holder: str | None = row["claimed_by"]
+    if row["execution_status"] in _ENDED_STATUSES:
+        return Claim("ended", attempt, holder, deadline, now)
+    if attempt.finished:
+        return Claim("finished", attempt, holder, deadline, now)
+    if now >= deadline:
+        return Claim("late", attempt, holder, deadline, now)
+    if holder is not None and row["claimed_until"] is not None and row["claimed_until"] > now:
+        return Claim("held", attempt, holder, deadline, now)
+    conn.execute(_CLAIM, (owner, lease_s, *_key_params(key)))
+    return Claim("claimed", attempt, holder, deadline, now)
+
+
+def renew_claim(conn: Conn, key: AttemptKey, *, owner: str, lease_s: float) -> bool:
+    """Extend `owner`'s lease; False when the claim is no longer its own or the attempt has a result."""
+    return conn.execute(_RENEW, (lease_s, *_key_params(key), owner)).fetchone() is not None
+
+
+def release_claim(conn: Conn, key: AttemptKey, *, owner: str) -> None:
+    """Let `owner`'s lease lapse now, so a redelivery need not wait it out (the run ended without a result)."""
+    conn.execute(_RELEASE, (*_key_params(key), owner))

@@ -1,9 +1,13 @@
 # intent_ref: platform.execution
 """The module worker: runs built-in actions taken from `module-work` and hands each result to its orchestration.
 
-Delivery is at least once. A result is recorded before it is raised, and recorded once per attempt (a conditional
-update), so a redelivered item re-raises the recorded verdict instead of running the action again; a handler
-exception is a failed attempt, never a lost item.
+Delivery is at least once, and a copy of an item can arrive while another still runs (a re-executed dispatch
+publishes it again, in the same batch or on another instance). So each copy first claims its attempt in the
+database (ADR 0026): one copy runs the module, the others wait for its result or for its lease to lapse. An attempt
+that has a result is not run again: its recorded verdict is raised again. An attempt of an execution that has
+ended, or whose deadline (its timeout, counted from its dispatch) has passed, is not started; one still running at
+its deadline is abandoned as timed out. The items of a batch run concurrently on a bounded pool, and each verdict is
+raised as soon as it is recorded, so one slow item holds up no other.
 """
 
 from __future__ import annotations
@@ -11,7 +15,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
+import threading
+import time
+import uuid
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,11 +31,22 @@ from shared.db.session import tenant_transaction
 from shared.engine import steps as store
 from shared.engine.payloads import claim_check
 from shared.engine.protocol import EventRaiser, WorkItem
-from shared.engine.steps import AttemptKey
+from shared.engine.steps import AttemptKey, Claim
 from shared.modules import BUILTIN_MODULES, Module, ModuleContext, StepFailed, run_module
 from shared.tenants.repository import tenant_settings
 
 logger = logging.getLogger(__name__)
+
+LEASE_S = 15.0
+"""How long a claim holds without renewal: a copy whose holder died waits at most this long to take it over."""
+HEARTBEAT_S = LEASE_S / 3
+"""How often a running attempt renews its claim (and looks at its deadline when no result came)."""
+HELD_POLL_S = 0.5
+"""How often a copy that found its attempt claimed by another looks again."""
+MODULE_THREADS = 8
+"""Modules running at once in this process: they block a thread each, and some take a database connection."""
+
+_HOST = socket.gethostname()[:100]
 
 
 @dataclass(frozen=True)
@@ -48,73 +69,227 @@ def parse_items(bodies: Iterable[bytes | str]) -> list[WorkItem]:
     return items
 
 
+def attempt_timeout(item: WorkItem, modules: Mapping[str, Module[Any]] = BUILTIN_MODULES) -> float:
+    """The attempt's timeout: the step's (carried by the item), else its module's, as the orchestrator's timer."""
+    if item.timeout_s is not None:
+        return float(item.timeout_s)
+    module = modules.get(item.action)
+    return float(module.timeout_s if module is not None else Module.timeout_s)
+
+
+def claim_owner() -> str:
+    """Names one copy's claim: unique per run, so two copies in one process are told apart too."""
+    return f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+_threads: ThreadPoolExecutor | None = None
+_threads_lock = threading.Lock()
+
+
+def _module_threads() -> ThreadPoolExecutor:
+    global _threads
+    with _threads_lock:
+        if _threads is None:
+            _threads = ThreadPoolExecutor(max_workers=MODULE_THREADS, thread_name_prefix="module-work")
+        return _threads
+
+
 def run_item(item: WorkItem, modules: Mapping[str, Module[Any]] = BUILTIN_MODULES) -> Outcome | None:
-    """Run one built-in attempt (or find its recorded result) and record the outcome; None when not ours."""
+    """`run_attempt` for callers without an event loop."""
+    return asyncio.run(run_attempt(item, modules))
+
+
+async def run_attempt(item: WorkItem, modules: Mapping[str, Module[Any]] = BUILTIN_MODULES) -> Outcome | None:
+    """Claim one built-in attempt and run it (or find its recorded result); None when there is nothing to raise."""
     key = AttemptKey(item.execution_id, item.step_id, item.phase, item.attempt)
-    with tenant_transaction(item.tenant_id) as conn:
-        attempt = store.get_attempt(conn, key)
-        settings = tenant_settings(conn)
-    if attempt is None:
+    owner = claim_owner()
+    timeout_s = attempt_timeout(item, modules)
+    claim, settings = await asyncio.to_thread(_claim, item, key, owner, timeout_s)
+    while claim.outcome == "held":
+        # Another copy runs it: its result, or its lease lapsing (the holder died), ends the wait.
+        await asyncio.sleep(max(0.0, min(HELD_POLL_S, claim.remaining_s)))
+        claim, settings = await asyncio.to_thread(_claim, item, key, owner, timeout_s)
+    if claim.outcome == "missing":
         # Its dispatch commits before it publishes, so the attempt is gone (the tenant was erased): nothing to do.
         logger.warning("module-work: no attempt %s; skipped", key)
         return None
-    if not attempt.finished:
-        ctx = ModuleContext(
-            tenant_id=item.tenant_id,
-            execution_id=str(item.execution_id),
-            step_id=item.step_id,
-            attempt=item.attempt,
-            tenant_settings=settings,
-        )
-        try:
-            output = claim_check(item.tenant_id, key, run_module(item.action, ctx, item.params, modules))
-            result: dict[str, Any] = {"ok": True, "output": output}
-        except StepFailed as exc:
-            result = {"ok": False, "error": exc.message, "retryable": exc.retryable}
+    if claim.outcome == "ended":
+        # Nobody waits for the result any more, and the work must not happen after its execution's end.
+        logger.info("module-work: the execution of %s has ended; not run", key)
+        return None
+    assert claim.attempt is not None  # every outcome but missing carries the attempt
+    if claim.outcome == "finished":
+        return Outcome(str(item.execution_id), key.event_name, claim.attempt.verdict())
+    if claim.outcome == "late":
+        if claim.holder is not None:
+            # A copy took it before the deadline: that copy abandons it (or the orchestrator's timer ends it).
+            return None
+        result = _timed_out(key, timeout_s, "not started before its deadline")
+    else:
+        if claim.holder is not None:
+            logger.warning("module-work: %s taken over from %s, whose claim lapsed", key, claim.holder)
+        ran = await _run_claimed(item, key, owner, claim, settings, modules, timeout_s)
+        if ran is None:
+            # Whoever recorded a result meanwhile (the orchestrator's timeout or cancel, a copy that took over)
+            # delivers it: this copy has nothing to add.
+            return None
+        result = ran
+    return await asyncio.to_thread(_record, item, key, result)
+
+
+def _claim(item: WorkItem, key: AttemptKey, owner: str, timeout_s: float) -> tuple[Claim, dict[str, Any]]:
+    # Its own short transaction: the claim must be visible to every other copy while the module runs.
+    with tenant_transaction(item.tenant_id) as conn:
+        claim = store.claim_attempt(conn, key, owner=owner, lease_s=LEASE_S, timeout_s=timeout_s)
+        settings = dict(tenant_settings(conn)) if claim.outcome == "claimed" else {}
+    return claim, settings
+
+
+def _renew(item: WorkItem, key: AttemptKey, owner: str) -> bool:
+    try:
         with tenant_transaction(item.tenant_id) as conn:
-            attempt, _ = store.finish_attempt(
-                conn,
-                key,
-                ok=result["ok"],
-                output=result.get("output"),
-                error=result.get("error"),
-                retryable=result.get("retryable", True),
-            )
+            return store.renew_claim(conn, key, owner=owner, lease_s=LEASE_S)
+    except Exception as exc:  # the run goes on; a takeover needs the database too, so none can happen meanwhile
+        logger.warning("module-work: could not renew the claim on %s: %s", key, exc)
+        return True
+
+
+def _release(item: WorkItem, key: AttemptKey, owner: str) -> None:
+    try:
+        with tenant_transaction(item.tenant_id) as conn:
+            store.release_claim(conn, key, owner=owner)
+    except Exception as exc:  # the lease lapses on its own
+        logger.warning("module-work: could not release the claim on %s: %s", key, exc)
+
+
+def _timed_out(key: AttemptKey, timeout_s: float, why: str) -> dict[str, Any]:
+    # Worded as the orchestrator's own timeout: whichever of the two is recorded first, the step reads the same.
+    subject = f"step {key.step_id}" if key.phase == "run" else f"compensation of {key.step_id}"
+    error = f"{subject} timed out after {timeout_s:g} s ({why})"
+    return {"ok": False, "error": error, "retryable": True, "state": "timed_out"}
+
+
+async def _run_claimed(
+    item: WorkItem,
+    key: AttemptKey,
+    owner: str,
+    claim: Claim,
+    settings: dict[str, Any],
+    modules: Mapping[str, Module[Any]],
+    timeout_s: float,
+) -> dict[str, Any] | None:
+    """Run the module on the bounded pool until its result or its deadline, renewing the claim meanwhile.
+
+    None when the claim was lost (the attempt got a result elsewhere, say the orchestrator's timeout, or another
+    copy took it over after this one stalled past its lease): what is recorded then stands.
+    """
+    deadline = time.monotonic() + claim.remaining_s
+    started = threading.Event()
+    ctx = ModuleContext(
+        tenant_id=item.tenant_id,
+        execution_id=str(item.execution_id),
+        step_id=item.step_id,
+        attempt=item.attempt,
+        tenant_settings=settings,
+    )
+    run = asyncio.get_running_loop().run_in_executor(
+        _module_threads(), _run_module, item, key, ctx, modules, deadline, started
+    )
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                # A run still queued for a thread never starts; a thread cannot be stopped, only left behind.
+                run.cancel()
+                why = "abandoned at its deadline while still running" if started.is_set() else "no thread was free"
+                logger.warning("module-work: %s reached its deadline: %s", key, why)
+                return _timed_out(key, timeout_s, why)
+            done, _ = await asyncio.wait({run}, timeout=min(left, HEARTBEAT_S))
+            if done:
+                # None: the thread took it from the queue just as its deadline passed, and did not start it.
+                return run.result() or _timed_out(key, timeout_s, "no thread was free")
+            if not await asyncio.to_thread(_renew, item, key, owner):
+                logger.warning("module-work: the claim on %s was lost while it ran; its recorded result stands", key)
+                return None
+    except asyncio.CancelledError:
+        raise  # the host is stopping: the lease lapses and a redelivery takes the attempt over
+    except Exception:
+        await asyncio.to_thread(_release, item, key, owner)
+        raise
+
+
+def _run_module(
+    item: WorkItem,
+    key: AttemptKey,
+    ctx: ModuleContext,
+    modules: Mapping[str, Module[Any]],
+    deadline: float,
+    started: threading.Event,
+) -> dict[str, Any] | None:
+    if time.monotonic() >= deadline:
+        return None  # taken from the queue as its deadline passed: the caller has answered for it already
+    started.set()
+    try:
+        output = claim_check(item.tenant_id, key, run_module(item.action, ctx, item.params, modules))
+        return {"ok": True, "output": output}
+    except StepFailed as exc:
+        return {"ok": False, "error": exc.message, "retryable": exc.retryable}
+
+
+def _record(item: WorkItem, key: AttemptKey, result: dict[str, Any]) -> Outcome:
+    """Record an attempt's result (once: a result recorded first stands) and answer the verdict to raise."""
+    with tenant_transaction(item.tenant_id) as conn:
+        attempt, _ = store.finish_attempt(
+            conn,
+            key,
+            ok=result["ok"],
+            output=result.get("output"),
+            error=result.get("error"),
+            retryable=result.get("retryable", True),
+            state=result.get("state"),
+        )
     return Outcome(str(item.execution_id), key.event_name, attempt.verdict())
 
 
 async def process_batch(
     bodies: Iterable[bytes | str], client: EventRaiser, modules: Mapping[str, Module[Any]] = BUILTIN_MODULES
 ) -> int:
-    """Run a batch's built-in items concurrently and raise each verdict; returns how many were raised.
+    """Run a batch's built-in items concurrently, raising each verdict once it is recorded; returns how many were
+    raised.
 
-    Remote items are left to their tenant's workers. If any verdict could not be raised, the batch fails after
-    the others were raised, so a redelivery (or the step's timeout) brings the recorded verdict through.
+    Remote items are left to their tenant's workers; copies of one attempt in the batch run once. If any item could
+    not be recorded or its verdict not raised, the batch fails after the others were raised, so a redelivery (or
+    the step's timeout) brings the recorded verdict through.
     """
-    items = [item for item in parse_items(bodies) if not item.remote]
-    outcomes = await asyncio.gather(
-        *(asyncio.to_thread(run_item, item, modules) for item in items), return_exceptions=True
-    )
-    raised, failures = 0, []
-    for item, outcome in zip(items, outcomes, strict=True):
-        if isinstance(outcome, BaseException):
-            logger.error(
-                "module-work: %s %s attempt %s could not be recorded: %s",
-                item.execution_id,
-                item.step_id,
-                item.attempt,
-                outcome,
-            )
-            failures.append(outcome)
-            continue
-        if outcome is None:
-            continue
-        try:
-            await client.raise_event(outcome.execution_id, outcome.event_name, outcome.verdict)
-            raised += 1
-        except Exception as exc:  # one orchestration's trouble must not keep the others' results back
-            logger.error("module-work: could not raise %s to %s: %s", outcome.event_name, outcome.execution_id, exc)
-            failures.append(exc)
+    items: dict[tuple[Any, ...], WorkItem] = {}
+    for item in parse_items(bodies):
+        if not item.remote:
+            items.setdefault((item.tenant_id, item.execution_id, item.step_id, item.phase, item.attempt), item)
+    results = await asyncio.gather(*(_handle(item, client, modules) for item in items.values()), return_exceptions=True)
+    failures = [result for result in results if isinstance(result, BaseException)]
     if failures:
         raise RuntimeError(f"{len(failures)} of {len(items)} work items did not complete") from failures[0]
-    return raised
+    return sum(1 for result in results if result is True)
+
+
+async def _handle(item: WorkItem, client: EventRaiser, modules: Mapping[str, Module[Any]]) -> bool:
+    """One item from claim to raised verdict; True when a verdict was raised."""
+    try:
+        outcome = await run_attempt(item, modules)
+    except Exception as exc:
+        logger.error(
+            "module-work: %s %s attempt %s could not be recorded: %s",
+            item.execution_id,
+            item.step_id,
+            item.attempt,
+            exc,
+        )
+        raise
+    if outcome is None:
+        return False
+    try:
+        await client.raise_event(outcome.execution_id, outcome.event_name, outcome.verdict)
+    except Exception as exc:  # one orchestration's trouble must not keep the others' results back
+        logger.error("module-work: could not raise %s to %s: %s", outcome.event_name, outcome.execution_id, exc)
+        raise
+    return True

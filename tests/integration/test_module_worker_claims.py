@@ -1,0 +1,365 @@
+# intent_ref: platform.execution
+"""The module worker on the real database: one run per attempt, no item held up by another, a deadline per item."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import psycopg
+import pytest
+from psycopg_pool import ConnectionPool
+from pydantic import BaseModel
+
+from shared.db.migrate import apply_migrations
+from shared.db.session import tenant_transaction
+from shared.engine import executions as repo
+from shared.engine import progress, worker
+from shared.engine import steps as store
+from shared.engine.protocol import WorkItem
+from shared.engine.steps import AttemptKey, Claim, StepSeed
+from shared.modules import Module, ModuleContext
+from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
+from tests.integration.test_executions import _execution
+
+pytestmark = pytest.mark.integration
+
+BOUND_S = 20.0
+"""The longest any bounded wait here may take; reaching it fails the test."""
+
+
+class _NoParams(BaseModel):
+    pass
+
+
+class _Echo(Module[_NoParams]):
+    """Answers at once; counts its runs."""
+
+    action: ClassVar[str] = "test.echo"
+    params_model = _NoParams
+
+    def __init__(self) -> None:
+        self.runs: list[str] = []
+        self._lock = threading.Lock()
+
+    def run(self, ctx: ModuleContext, params: _NoParams) -> Any:
+        with self._lock:
+            self.runs.append(ctx.idempotency_key)
+        return {"ran": ctx.idempotency_key}
+
+
+class _Gate(Module[_NoParams]):
+    """Runs until the test opens it (or BOUND_S passes); counts its runs and how many ran at once."""
+
+    action: ClassVar[str] = "test.gate"
+    params_model = _NoParams
+
+    def __init__(self) -> None:
+        self.runs: list[str] = []
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+        self.left = threading.Event()
+        self.most_at_once = 0
+        self._running = 0
+        self._lock = threading.Lock()
+
+    def run(self, ctx: ModuleContext, params: _NoParams) -> Any:
+        with self._lock:
+            self.runs.append(ctx.idempotency_key)
+            self._running += 1
+            self.most_at_once = max(self.most_at_once, self._running)
+        self.entered.set()
+        try:
+            self.opened.wait(BOUND_S)
+            return {"ran": ctx.idempotency_key, "late": True}
+        finally:
+            with self._lock:
+                self._running -= 1
+            self.left.set()
+
+
+class _Raiser:
+    """The durable client's raise_event, recording what each orchestration was told."""
+
+    def __init__(self) -> None:
+        self.raised: list[tuple[str, str, dict[str, Any]]] = []
+        self._changed = threading.Condition()
+
+    async def raise_event(self, instance_id: str, event_name: str, event_data: Any = None) -> None:
+        with self._changed:
+            self.raised.append((instance_id, event_name, event_data))
+            self._changed.notify_all()
+
+    def wait_for(self, predicate: Callable[[list[tuple[str, str, dict[str, Any]]]], bool]) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: predicate(self.raised), BOUND_S)
+
+    def to(self, execution_id: uuid.UUID) -> list[dict[str, Any]]:
+        with self._changed:
+            return [data for instance, _, data in self.raised if instance == str(execution_id)]
+
+
+class _Batch(threading.Thread):
+    """process_batch on a thread of its own, as one worker instance with its own event loop."""
+
+    def __init__(self, items: Sequence[WorkItem], raiser: _Raiser, modules: Mapping[str, Module[Any]]) -> None:
+        super().__init__(daemon=True)
+        self._bodies = [item.model_dump_json() for item in items]
+        self._raiser = raiser
+        self._modules = modules
+        self.result: int | BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = asyncio.run(worker.process_batch(self._bodies, self._raiser, self._modules))
+        except BaseException as exc:  # handed to the test, which asserts on it
+            self.result = exc
+
+    def outcome(self) -> int | BaseException | None:
+        self.join(BOUND_S)
+        assert not self.is_alive(), "the batch did not end"
+        return self.result
+
+
+@pytest.fixture(scope="module")
+def tenant(api: ApiHarness) -> uuid.UUID:
+    return api.provision("claims").id
+
+
+@pytest.fixture
+def gate() -> Iterator[_Gate]:
+    module = _Gate()
+    yield module
+    module.opened.set()  # never leave a worker thread behind for the next test
+    if module.entered.is_set():
+        assert module.left.wait(BOUND_S)
+
+
+def _dispatched(pool: ConnectionPool[Any], tenant_id: uuid.UUID, action: str, *, timeout_s: int = 60) -> WorkItem:
+    """An attempt as the dispatch records it, and its work item."""
+    execution = _execution(pool, tenant_id, path=["running"])
+    key = AttemptKey(execution.id, "work", "run", 1)
+    with tenant_transaction(tenant_id, pool=pool) as conn:
+        store.seed_steps(conn, execution.id, [StepSeed("work", action, 1)])
+        store.begin_attempt(conn, key, action=action, remote=False)
+    return WorkItem(
+        tenant_id=tenant_id,
+        execution_id=execution.id,
+        step_id="work",
+        phase="run",
+        attempt=1,
+        action=action,
+        params={},
+        remote=False,
+        timeout_s=timeout_s,
+    )
+
+
+def _until(predicate: Callable[[], bool]) -> bool:
+    """Whether `predicate` became true within BOUND_S."""
+    pause = threading.Event()
+    for _ in range(int(BOUND_S / 0.05)):
+        if predicate():
+            return True
+        pause.wait(0.05)
+    return predicate()
+
+
+def _row(pool: ConnectionPool[Any], item: WorkItem) -> dict[str, Any]:
+    with tenant_transaction(item.tenant_id, pool=pool) as conn:
+        row = conn.execute(
+            "SELECT state, error, output, claimed_by, claims FROM app.step_attempts"
+            " WHERE execution_id = %s AND step_id = %s AND phase = %s AND attempt = %s",
+            (item.execution_id, item.step_id, item.phase, item.attempt),
+        ).fetchone()
+    assert row is not None
+    return dict(row)
+
+
+# ---------------------------------------------------------------------------------------- at most one run
+def test_two_copies_of_one_item_in_one_batch_run_the_module_once(
+    app_pool: ConnectionPool[Any], tenant: uuid.UUID
+) -> None:
+    echo = _Echo()
+    item = _dispatched(app_pool, tenant, echo.action)
+    raiser = _Raiser()
+    raised = asyncio.run(worker.process_batch([item.model_dump_json()] * 2, raiser, {echo.action: echo}))
+    assert echo.runs == [f"{item.execution_id}:work:1"]
+    assert raised == 1 and raiser.to(item.execution_id) == [{"ok": True, "output": {"ran": echo.runs[0]}}]
+    row = _row(app_pool, item)
+    assert (row["state"], row["claims"]) == ("succeeded", 1)
+
+
+def test_two_workers_taking_one_item_at_once_run_it_once(
+    app_pool: ConnectionPool[Any], tenant: uuid.UUID, gate: _Gate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    item = _dispatched(app_pool, tenant, gate.action)
+    claims: list[str] = []
+    claim_attempt = store.claim_attempt
+
+    def observed(conn: store.Conn, key: AttemptKey, **kwargs: Any) -> Claim:
+        claim = claim_attempt(conn, key, **kwargs)
+        claims.append(claim.outcome)
+        return claim
+
+    monkeypatch.setattr(store, "claim_attempt", observed)
+    raiser = _Raiser()
+    first = _Batch([item], raiser, {gate.action: gate})
+    first.start()
+    assert gate.entered.wait(BOUND_S)
+    second = _Batch([item], raiser, {gate.action: gate})
+    second.start()
+    # The second copy finds the claim held and waits for the first one's result instead of running the module.
+    assert _until(lambda: "held" in claims)
+    gate.opened.set()
+    assert first.outcome() == 1 and second.outcome() == 1
+    assert len(gate.runs) == 1 and gate.most_at_once == 1
+    verdict = {"ok": True, "output": {"ran": gate.runs[0], "late": True}}
+    assert raiser.to(item.execution_id) == [verdict, verdict]
+    assert claims.count("claimed") == 1 and claims[-1] == "finished"
+    assert _row(app_pool, item)["claims"] == 1
+
+
+def test_a_claim_whose_holder_died_is_taken_over_once_its_lease_lapses(
+    app_pool: ConnectionPool[Any], tenant: uuid.UUID
+) -> None:
+    echo = _Echo()
+    item = _dispatched(app_pool, tenant, echo.action)
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        # A holder that claimed it a moment ago and then died: its lease runs 1.5 s more, and is never renewed.
+        conn.execute(
+            "UPDATE app.step_attempts SET claimed_by = 'a-dead-host:1:0', claims = 1,"
+            " claimed_until = clock_timestamp() + interval '1.5 seconds' WHERE execution_id = %s",
+            (item.execution_id,),
+        )
+    outcome = worker.run_item(item, {echo.action: echo})
+    assert outcome is not None and outcome.verdict == {"ok": True, "output": {"ran": f"{item.execution_id}:work:1"}}
+    assert len(echo.runs) == 1
+    row = _row(app_pool, item)
+    assert row["state"] == "succeeded" and row["claims"] == 2 and row["claimed_by"] != "a-dead-host:1:0"
+
+
+def test_a_finished_attempt_is_not_run_again_and_its_verdict_is_raised_again(
+    app_pool: ConnectionPool[Any], tenant: uuid.UUID
+) -> None:
+    echo = _Echo()
+    item = _dispatched(app_pool, tenant, echo.action)
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        store.finish_attempt(
+            conn, AttemptKey(item.execution_id, "work", "run", 1), ok=False, error="cancelled", state="abandoned"
+        )
+    outcome = worker.run_item(item, {echo.action: echo})
+    assert echo.runs == []
+    assert outcome is not None and outcome.verdict["state"] == "abandoned"
+
+
+# ----------------------------------------------------------------------------- ended executions, deadlines
+def test_an_attempt_of_an_ended_execution_is_not_run(app_pool: ConnectionPool[Any], tenant: uuid.UUID) -> None:
+    echo = _Echo()
+    item = _dispatched(app_pool, tenant, echo.action)
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        repo.transition(conn, item.execution_id, "failed", error="another step failed")
+    raiser = _Raiser()
+    assert asyncio.run(worker.process_batch([item.model_dump_json()], raiser, {echo.action: echo})) == 0
+    assert echo.runs == [] and raiser.raised == []
+    assert _row(app_pool, item)["state"] == "dispatched"
+
+
+def test_an_item_past_its_deadline_is_not_started(pg: Any, app_pool: ConnectionPool[Any], tenant: uuid.UUID) -> None:
+    echo = _Echo()
+    item = _dispatched(app_pool, tenant, echo.action, timeout_s=60)
+    with psycopg.connect(pg.admin_url, dbname="quantum") as conn:
+        # Dispatched a minute and a second ago: the item spent its whole timeout waiting for delivery.
+        conn.execute(
+            "UPDATE app.step_attempts SET dispatched_at = clock_timestamp() - interval '61 seconds'"
+            " WHERE execution_id = %s",
+            (item.execution_id,),
+        )
+    outcome = worker.run_item(item, {echo.action: echo})
+    assert echo.runs == []
+    assert outcome is not None
+    assert outcome.verdict == {
+        "ok": False,
+        "error": "step work timed out after 60 s (not started before its deadline)",
+        "retryable": True,
+        "state": "timed_out",
+    }
+    assert _row(app_pool, item)["state"] == "timed_out"
+
+
+def test_a_running_item_is_abandoned_at_its_deadline_and_its_late_result_is_not_recorded(
+    app_pool: ConnectionPool[Any], tenant: uuid.UUID, gate: _Gate
+) -> None:
+    item = _dispatched(app_pool, tenant, gate.action, timeout_s=1)
+    raiser = _Raiser()
+    batch = _Batch([item], raiser, {gate.action: gate})
+    batch.start()
+    assert batch.outcome() == 1
+    # The batch has ended while the module is still running: it was left behind at its deadline.
+    assert gate.entered.is_set() and not gate.left.is_set()
+    [verdict] = raiser.to(item.execution_id)
+    assert verdict["state"] == "timed_out"
+    assert verdict["error"] == "step work timed out after 1 s (abandoned at its deadline while still running)"
+    gate.opened.set()
+    assert gate.left.wait(BOUND_S)
+    row = _row(app_pool, item)
+    assert (row["state"], row["output"]) == ("timed_out", None)
+
+
+# ------------------------------------------------------------------------------------ no head-of-line block
+def test_one_slow_item_holds_up_none_of_the_others_in_its_batch(
+    app_pool: ConnectionPool[Any], tenant: uuid.UUID, gate: _Gate
+) -> None:
+    echo = _Echo()
+    slow = _dispatched(app_pool, tenant, gate.action)
+    fast = [_dispatched(app_pool, tenant, echo.action) for _ in range(8)]
+    raiser = _Raiser()
+    batch = _Batch([slow, *fast], raiser, {gate.action: gate, echo.action: echo})
+    batch.start()
+    fast_ids = {str(item.execution_id) for item in fast}
+    assert raiser.wait_for(lambda raised: {instance for instance, _, _ in raised} >= fast_ids)
+    # Every other item succeeded and its verdict was raised while the slow one still runs.
+    assert gate.entered.is_set() and not gate.left.is_set() and batch.is_alive()
+    assert all(_row(app_pool, item)["state"] == "succeeded" for item in fast)
+    assert _row(app_pool, slow)["state"] == "dispatched" and raiser.to(slow.execution_id) == []
+    gate.opened.set()
+    assert batch.outcome() == 9
+    assert _row(app_pool, slow)["state"] == "succeeded"
+
+
+def test_module_work_is_keyed_by_attempt_and_a_repeated_dispatch_keeps_its_key(
+    pg: Any, app_pool: ConnectionPool[Any], tenant: uuid.UUID
+) -> None:
+    apply_migrations(pg.owner_url, Path("devhost/eventhubs/migrations"), schema="devhost_eventhubs")
+    execution = _execution(app_pool, tenant, path=["running"])
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        store.seed_steps(conn, execution.id, [StepSeed("a", "test.echo", 1), StepSeed("b", "test.echo", 1)])
+    for step_id in ("a", "b", "a"):  # the last one is a re-executed dispatch of "a"
+        progress.dispatch_step(
+            {
+                "execution_id": str(execution.id),
+                "tenant_id": str(tenant),
+                "step_id": step_id,
+                "phase": "run",
+                "attempt": 1,
+                "action": "test.echo",
+                "params": {},
+                "remote": False,
+                "timeout_s": 30,
+            }
+        )
+    with psycopg.connect(pg.owner_url) as conn:
+        keys = [
+            row[0]
+            for row in conn.execute(
+                "SELECT partition_key FROM devhost_eventhubs.events WHERE hub = 'module-work'"
+                " AND convert_from(body, 'UTF8')::jsonb ->> 'execution_id' = %s",
+                (str(execution.id),),
+            ).fetchall()
+        ]
+    # Each attempt its own key (a slow one holds up only what shares its partition); both copies of "a" share one.
+    assert sorted(keys) == [f"{execution.id}:a:run:1", f"{execution.id}:a:run:1", f"{execution.id}:b:run:1"]
