@@ -52,10 +52,14 @@ _PENDING_WORK = sql.SQL(
     "SELECT id, instance_id, execution_id, task_id, name, input FROM {} WHERE task_hub = %s"
     " AND NOT (id = ANY(%s)) ORDER BY id LIMIT %s"
 ).format(_WORK)
-_NEXT_DUE = sql.SQL(
-    "SELECT min(m.visible_at) AS due FROM {} m JOIN {} i ON i.task_hub = m.task_hub AND i.instance_id = m.instance_id"
-    " WHERE m.task_hub = %s AND i.runtime_status = ANY(%s) AND m.visible_at > %s"
-).format(_INBOX, _INSTANCES)
+# The runnable instances, then one row (instance_id NULL) with the time the next message falls due.
+_RUNNABLE_AND_NEXT_DUE = sql.SQL(
+    "(SELECT i.instance_id, NULL::timestamptz AS due FROM {instances} i WHERE i.task_hub = %s"
+    " AND i.runtime_status = ANY(%s) AND NOT (i.instance_id = ANY(%s)) AND EXISTS (SELECT 1 FROM {inbox} m"
+    " WHERE m.task_hub = i.task_hub AND m.instance_id = i.instance_id AND m.visible_at <= %s) LIMIT %s)"
+    " UNION ALL (SELECT NULL, min(m.visible_at) FROM {inbox} m JOIN {instances} i ON i.task_hub = m.task_hub"
+    " AND i.instance_id = m.instance_id WHERE m.task_hub = %s AND i.runtime_status = ANY(%s) AND m.visible_at > %s)"
+).format(instances=_INSTANCES, inbox=_INBOX)
 
 
 @dataclass
@@ -381,19 +385,17 @@ class Store:
         running_work: Sequence[int],
         work_limit: int,
     ) -> tuple[list[str], list[WorkItem], datetime | None]:
-        """Runnable instances, pending work and when the next message of a runnable instance falls due (a timer),
-        in one round trip (the caller's pipeline)."""
-        ids = (
-            await conn.execute(_RUNNABLE_IDS, (self.hub, _RUNNABLE, list(running_episodes), now, episode_limit))
-            if episode_limit > 0
-            else None
+        """Runnable instances, pending work and when the next message of a runnable instance falls due (a timer)."""
+        runnable = await conn.execute(
+            _RUNNABLE_AND_NEXT_DUE,
+            (self.hub, _RUNNABLE, list(running_episodes), now, max(episode_limit, 0), self.hub, _RUNNABLE, now),
         )
         work = await conn.execute(_PENDING_WORK, (self.hub, list(running_work), work_limit)) if work_limit > 0 else None
-        due = await conn.execute(_NEXT_DUE, (self.hub, _RUNNABLE, now))
-        instance_ids = [row["instance_id"] for row in await ids.fetchall()] if ids is not None else []
+        rows = await runnable.fetchall()
         items = [_work_item(r) for r in await work.fetchall()] if work is not None else []
-        row = await due.fetchone()
-        return instance_ids, items, (row["due"] if row is not None else None)
+        instance_ids = [r["instance_id"] for r in rows if r["instance_id"] is not None]
+        due = next((r["due"] for r in rows if r["instance_id"] is None), None)
+        return instance_ids, items, due
 
     # ------------------------------------------------------------------ activity work items
     async def add_work(
