@@ -27,9 +27,9 @@ from shared.auth.tokens import (
     bearer_token,
 )
 from shared.auth.validator import get_token_validator
-from shared.db.session import held_transaction, holding, platform_transaction, when_released
-from shared.policy.authorizer import Decision, Resource, TenantFacts, get_authorizer
-from shared.policy.tenant_policies import tenant_policy_texts
+from shared.db.session import platform_transaction
+from shared.policy.authorizer import Decision, Resource, TenantFacts
+from shared.policy.decisions import decide, record_decision
 from shared.ratelimit import limit_for, take_tenant_token
 from shared.tenants.models import Tenant
 from shared.tenants.repository import tenant_directory
@@ -162,14 +162,7 @@ def authorize(
     the allow record commits with the caller's transaction (and is written on its own if that rolls back), and a
     deny record is written on its own once the caller's transaction has ended, because the 403 rolls it back.
     """
-    decision = get_authorizer().decide(
-        context.principal,
-        action,
-        resource,
-        tenant=context.tenant_facts,
-        tenant_policies=tenant_policy_texts(context.tenant.id),
-    )
-    _record(context, action, resource, decision, conn=conn, detail=detail, decided=True)
+    decision = decide(context, action, resource, conn=conn, detail=detail)
     if not decision.allowed:
         raise ProblemError(
             403, "forbidden", "Forbidden", f"Not allowed to {action}.", extensions={"reason": decision.reason}
@@ -187,34 +180,7 @@ def _record(
     detail: dict[str, Any] | None = None,
     decided: bool = False,
 ) -> None:
-    """Write the record without ever borrowing a second connection while this request holds one.
-
-    `decided`: an authorization decision, which is recorded whatever becomes of the caller's transaction; else a
-    mutation, which commits or rolls back with it.
-    """
-    record = AuditRecord.new(
-        tenant_id=context.tenant.id,
-        principal_id=context.principal.id,
-        action=action,
-        resource_type=resource.type,
-        resource_id=resource.id,
-        decision="allow" if decision.allowed else "deny",
-        reason=decision.reason,
-        request_id=context.request_id,
-        detail=detail or {},
-        occurred_at=datetime.now(UTC),
-    )
-    store = get_audit_store()
-    if decision.allowed:
-        joined = conn if conn is not None else held_transaction(context.tenant.id)
-        if joined is not None:
-            store.record(record, conn=joined)
-            if decided:
-                when_released(joined, lambda: store.record(record), only_on_rollback=True)
-            return
-    held = holding()
-    if held is None or not when_released(held, lambda: store.record(record)):
-        store.record(record)
+    record_decision(context, action, resource, decision, conn=conn, detail=detail, decided=decided)
 
 
 def tenant_resource(kind: str, resource_id: UUID | str, tenant_id: UUID, **attributes: Any) -> Resource:

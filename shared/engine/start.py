@@ -40,7 +40,20 @@ _CLAIM_STALE_START = (
 
 
 class StartError(Exception):
-    """An execution that may not start; each subclass is one API answer."""
+    """An execution that may not start; each subclass is one refusal, which every way in translates at its own edge
+    (the API to a problem document, the intent-requests ingress to a rejection reason)."""
+
+
+class IntentNotFoundError(StartError):
+    """No such intent, or no such version of it, in the caller's tenant (another tenant's intent included)."""
+
+
+class StartForbiddenError(StartError):
+    """The caller may not execute this intent (the policy decision's reason says why)."""
+
+    def __init__(self, action: str, reason: str) -> None:
+        super().__init__(f"Not allowed to {action}.")
+        self.action, self.reason = action, reason
 
 
 class TenantSuspendedError(StartError):
@@ -89,7 +102,7 @@ class QuotaExceededError(StartError):
 
 class IdempotencyConflictError(StartError):
     """The idempotency key was used for a different request (another intent, input, version, plan hash or retried
-    execution); the API answers 422, as for every reuse of a key."""
+    execution)."""
 
 
 @dataclass(frozen=True)

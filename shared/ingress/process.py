@@ -1,6 +1,6 @@
 # intent_ref: platform.ingress
-"""Processing intent-requests events: verify the sender, start through the execute route's own path, and record
-every event that cannot start anything.
+"""Processing intent-requests events: verify the sender, start through the start service the execute route uses, and
+record every event that cannot start anything.
 
 Delivery is at least once. The required idempotency key makes a redelivered event find the execution it started
 (the start path's idempotency) and a rejection is recorded once per event, so processing an event again is
@@ -18,27 +18,24 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from pydantic import ValidationError
-
 from shared import telemetry
 from shared.accepted_json import NotAcceptedJSONError, accepted
-from shared.api.accepted_input import refused_problem
-from shared.api.problems import FieldError, ProblemError, json_pointer, problem_document
-from shared.api.security import RequestContext, caller_context
-from shared.api.starting import begin, launch
 from shared.auth.tokens import InvalidTokenError, SigningKeysUnavailableError, TokenValidator
 from shared.auth.validator import get_token_validator
 from shared.db.session import tenant_transaction
+from shared.engine.start import StartError
+from shared.engine.start_service import begin, launch
+from shared.ingress.rejecting import Rejected, invalid_body, not_accepted, refused_start, stale
 from shared.ingress.rejections import NewRejection, record_rejection
 from shared.ingress.request import IngressEvent, IntentRequest
-from shared.ingress.verify import StaleEventError, check_fresh, verify_token
+from shared.ingress.verify import Sender, StaleEventError, check_fresh, sender, verify_token
+from shared.policy.authorizer import Decision, Resource
+from shared.policy.decisions import decide
 
 logger = logging.getLogger(__name__)
 
 UNATTRIBUTED = "unknown"
 """The telemetry tenant of an event whose sender could not be established (nothing is written to any tenant)."""
-
-_REASONS = {400: "invalid", 403: "forbidden", 404: "not_found", 409: "conflict", 422: "invalid", 429: "quota_exceeded"}
 
 
 @dataclass(frozen=True)
@@ -51,55 +48,14 @@ class Outcome:
     reason: str | None = None
 
 
-class Rejected(Exception):
-    """An event that can never start anything as sent: its reason code and problem document."""
-
-    def __init__(self, reason: str, problem: ProblemError) -> None:
-        super().__init__(problem.detail or problem.title)
-        self.reason, self.problem = reason, problem
-
-
-def _invalid_body(exc: ValueError) -> Rejected:
-    if isinstance(exc, ValidationError):
-        errors = [FieldError(pointer=json_pointer(error["loc"]), detail=error["msg"]) for error in exc.errors()]
-        return Rejected(
-            "invalid",
-            ProblemError(
-                422, "validation-error", "Request validation failed", f"{len(errors)} invalid field(s)", errors=errors
-            ),
-        )
-    return Rejected(
-        "invalid", ProblemError(422, "validation-error", "Request validation failed", "the body is not a JSON object")
-    )
-
-
-def _refused(exc: ProblemError) -> Rejected | None:
-    """A start's refusal as a rejection; None for a server-side failure (retried, never recorded)."""
-    reason = _REASONS.get(exc.status)
-    return None if reason is None else Rejected(reason, exc)
-
-
-def _problem(rejected: Rejected, event: IngressEvent) -> dict[str, Any]:
-    p = rejected.problem
-    return problem_document(
-        p.status,
-        p.slug,
-        p.title,
-        p.detail,
-        instance=f"{event.hub}/{event.event_id}",
-        errors=p.errors,
-        extensions=p.extensions,
-    )
-
-
-def _record(context: RequestContext, event: IngressEvent, rejected: Rejected, key: str | None) -> bool:
+def _record(context: Sender, event: IngressEvent, rejected: Rejected, key: str | None) -> bool:
     rejection = NewRejection(
         hub=event.hub,
         partition_id=event.partition_id,
         sequence_number=event.sequence_number,
         enqueued_time=event.enqueued_time,
         reason=rejected.reason,
-        detail=_problem(rejected, event),
+        detail=rejected.document(f"{event.hub}/{event.event_id}"),
         requested_by=context.principal.id,
         idempotency_key=key,
     )
@@ -107,7 +63,7 @@ def _record(context: RequestContext, event: IngressEvent, rejected: Rejected, ke
         return record_rejection(conn, rejection)
 
 
-async def _reject(context: RequestContext, event: IngressEvent, rejected: Rejected, key: str | None) -> Outcome:
+async def _reject(context: Sender, event: IngressEvent, rejected: Rejected, key: str | None) -> Outcome:
     if await asyncio.to_thread(_record, context, event, rejected, key):
         telemetry.emit(
             "ingress.rejected",
@@ -143,7 +99,7 @@ async def process_event(
         raise
     except InvalidTokenError as exc:
         return _unattributed(event, exc.reason)
-    context = await asyncio.to_thread(caller_context, verified, f"{event.hub}/{event.event_id}")
+    context = await asyncio.to_thread(sender, verified, f"{event.hub}/{event.event_id}")
     if context is None:
         return _unattributed(event, "the token's tenant is not provisioned on this platform")
     key: str | None = None
@@ -152,27 +108,27 @@ async def process_event(
         try:
             request = IntentRequest.parse(accepted(event.body))
         except NotAcceptedJSONError as exc:  # before its key is read: such a body may not even parse safely
-            raise Rejected("invalid", refused_problem(exc)) from None
+            raise not_accepted(exc) from None
         except ValueError as exc:
             key = IntentRequest.key_of(event.body)
-            raise _invalid_body(exc) from None
+            raise invalid_body(exc) from None
         key = request.idempotency_key
+        audited = {"via": event.hub, "event_id": event.event_id}
+
+        def decide_for_sender(action: str, resource: Resource) -> Decision:
+            return decide(context, action, resource, detail=audited)
+
         try:
             started = await asyncio.to_thread(
                 begin,
-                context,
+                context.tenant,
                 lambda conn: request.start_request(conn, context.principal.id),
-                detail={"via": event.hub, "event_id": event.event_id},
+                decide=decide_for_sender,
             )
-        except ProblemError as exc:
-            raise _refused(exc) or exc from None
+        except StartError as exc:
+            raise refused_start(exc) or exc from None
     except StaleEventError as exc:
-        return await _reject(
-            context,
-            event,
-            Rejected("stale", ProblemError(422, "stale-request", "Unprocessable content", str(exc))),
-            key,
-        )
+        return await _reject(context, event, stale(exc), key)
     except Rejected as rejected:
         return await _reject(context, event, rejected, key)
     await launch(client, started, context.tenant.id, record_failure=False)

@@ -9,14 +9,28 @@ MAX_EVENT_AGE is refused as stale however valid its token was.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from shared.auth.principal import Principal
 from shared.auth.tokens import TokenValidator, VerifiedToken, bearer_token
+from shared.db.session import platform_transaction
 from shared.ingress.request import IngressEvent
+from shared.tenants.models import Tenant
+from shared.tenants.repository import tenant_directory
 
 MAX_EVENT_AGE = timedelta(hours=24)
 """Past this, a request is stale: whatever it asked for is unlikely to be wanted now, and a token is not honoured
 longer than a day after the hub accepted it."""
+
+
+@dataclass(frozen=True)
+class Sender:
+    """Who sent an event: the token's principal in its provisioned tenant; the event is the request."""
+
+    principal: Principal
+    tenant: Tenant
+    request_id: str
 
 
 class StaleEventError(Exception):
@@ -33,6 +47,13 @@ def judged_at(event: IngressEvent, now: datetime) -> datetime:
 def verify_token(event: IngressEvent, validator: TokenValidator, *, now: datetime) -> VerifiedToken:
     """The event's validated token; InvalidTokenError (missing, forged, expired when enqueued, wrong audience...)."""
     return validator.validate(bearer_token(event.authorization), at=judged_at(event, now).timestamp())
+
+
+def sender(verified: VerifiedToken, request_id: str) -> Sender | None:
+    """The sender of a validated token as a platform tenant's principal; None when its Entra tenant is not
+    provisioned (the tenant comes from the directory, as for an API caller, never from the body)."""
+    tenant = tenant_directory.resolve(platform_transaction, verified.entra_tenant_id)
+    return None if tenant is None else Sender(verified.principal(tenant.id), tenant, request_id)
 
 
 def check_fresh(event: IngressEvent, now: datetime) -> None:

@@ -1,0 +1,102 @@
+# intent_ref: platform.execution
+"""The start service of every way in (the execute and retry routes, the intent-requests ingress): a start's checks
+and writes in one tenant transaction, refused with domain errors, then the orchestration started."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID
+
+from shared.db.session import tenant_transaction
+from shared.engine import executions as repo
+from shared.engine.protocol import ORCHESTRATOR
+from shared.engine.start import (
+    Conn,
+    IntentNotFoundError,
+    Started,
+    StartForbiddenError,
+    StartRequest,
+    concurrent_limit,
+    start_execution,
+)
+from shared.policy.actions import Action
+from shared.policy.authorizer import Decision, Resource
+from shared.registry import service as registry
+from shared.tenants.models import Tenant
+
+logger = logging.getLogger(__name__)
+
+Decide = Callable[[str, Resource], Decision]
+"""The caller's policy decision on an action and resource, audited by the edge that supplies it."""
+
+
+class OrchestrationUnavailableError(Exception):
+    """The orchestration client refused the start; the execution is recorded failed, so the caller may retry."""
+
+    def __init__(self, execution_id: UUID, cause: str) -> None:
+        super().__init__(f"the orchestration of execution {execution_id} could not be started: {cause}")
+        self.execution_id = execution_id
+
+
+def execute_resource(item: registry.Item, tenant_id: UUID) -> Resource:
+    """The intent as the `intent.execute` decision sees it: its target decides whether a Deployer is needed."""
+    return Resource(
+        "Intent", str(item.head.id), tenant_id, {"target": item.target or "", "labels": item.version.labels}
+    )
+
+
+def begin(tenant: Tenant, make_request: Callable[[Conn], StartRequest], *, decide: Decide) -> Started:
+    """Run a start's checks and writes in one tenant transaction (call it on a worker thread); `make_request` builds
+    the request inside it, and `decide` decides `intent.execute` on the intent before anything about it is revealed.
+
+    A refused start raises a StartError (an unknown intent or version as IntentNotFoundError, a refused decision as
+    StartForbiddenError); whatever `make_request` raises of its own passes through.
+    """
+
+    def authorize(item: registry.Item) -> None:
+        decision = decide(Action.INTENT_EXECUTE, execute_resource(item, tenant.id))
+        if not decision.allowed:
+            raise StartForbiddenError(Action.INTENT_EXECUTE, decision.reason)
+
+    with tenant_transaction(tenant.id) as conn:
+        try:
+            return start_execution(
+                conn,
+                tenant.facts(),
+                make_request(conn),
+                authorize=authorize,
+                max_concurrent=concurrent_limit(tenant.quotas),
+            )
+        except (registry.NotFoundError, registry.UnknownVersionError) as exc:
+            raise IntentNotFoundError(str(exc)) from None
+
+
+async def launch(client: Any, started: Started, tenant_id: UUID, *, record_failure: bool = True) -> None:
+    """Start the orchestration (instance id = execution id) when this start holds the start claim.
+
+    When the orchestration client fails, `record_failure` records the execution failed and raises
+    OrchestrationUnavailableError (a caller that waits for an answer retries); otherwise the client's error is
+    raised as is and the execution stays pending, for a redelivered request (after the claim goes stale) or the
+    sweeper to start.
+    """
+    if started.orchestration_input is None:
+        return
+    try:
+        await client.start_new(ORCHESTRATOR, str(started.execution.id), started.orchestration_input)
+    except Exception as exc:
+        if not record_failure:
+            raise
+        # Nothing runs it, so it must not look pending forever.
+        logger.exception("could not start the orchestration of execution %s", started.execution.id)
+        await asyncio.to_thread(fail_start, tenant_id, started.execution.id, str(exc))
+        raise OrchestrationUnavailableError(started.execution.id, str(exc)) from None
+
+
+def fail_start(tenant_id: UUID, execution_id: UUID, reason: str) -> None:
+    """Record a start that could not be launched as failed, unless something moved it on meanwhile."""
+    with tenant_transaction(tenant_id) as conn:
+        if repo.get_execution(conn, execution_id).status == "pending":
+            repo.transition(conn, execution_id, "failed", error=f"the orchestration could not be started: {reason}")

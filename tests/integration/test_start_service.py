@@ -1,0 +1,144 @@
+# intent_ref: platform.execution
+"""The start service on the real database, without any edge: refusals are domain errors, the decision is asked on
+the intent as it is stored, and a launch the orchestration client refuses is recorded or handed back."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+
+from shared.db.session import tenant_transaction
+from shared.engine import executions as repo
+from shared.engine.protocol import ORCHESTRATOR
+from shared.engine.start import IntentNotFoundError, Started, StartForbiddenError, StartRequest
+from shared.engine.start_service import OrchestrationUnavailableError, begin, launch
+from shared.policy.authorizer import Decision, Resource
+from shared.tenants.models import Tenant
+from shared.tenants.repository import get_tenant
+from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
+
+pytestmark = pytest.mark.integration
+
+AUTHOR = ["Intent.Author", "Intent.Reader"]
+
+
+class Decider:
+    """A policy decision that answers `allowed` and remembers what it was asked."""
+
+    def __init__(self, allowed: bool) -> None:
+        self.allowed = allowed
+        self.asked: list[tuple[str, Resource]] = []
+
+    def __call__(self, action: str, resource: Resource) -> Decision:
+        self.asked.append((action, resource))
+        return Decision(self.allowed, "permit" if self.allowed else "no_permit", ())
+
+
+class Client:
+    """The orchestration client's start: refuses with `error` when given, else records the call."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.calls: list[tuple[str, str, Any]] = []
+
+    async def start_new(self, name: str, instance_id: str, value: Any) -> str:
+        if self.error is not None:
+            raise self.error
+        self.calls.append((name, instance_id, value))
+        return instance_id
+
+
+@pytest.fixture
+def setup(api: ApiHarness) -> tuple[Tenant, uuid.UUID]:
+    name = f"starts-{uuid.uuid4().hex[:8]}"
+    tenant_id = api.provision(name, allowed_modules=["wait"]).id
+    body = {
+        "name": f"pause-{uuid.uuid4().hex[:8]}",
+        "definition": {"target": "production", "steps": [{"id": "pause", "action": "wait", "seconds": 1}]},
+    }
+    created = api.client.post("/api/v1/intents", json=body, headers=api.headers(name, AUTHOR))
+    assert created.status_code == 201, created.text
+    with tenant_transaction(tenant_id) as conn:
+        tenant = get_tenant(conn, tenant_id)
+    assert tenant is not None
+    return tenant, uuid.UUID(created.json()["id"])
+
+
+def _start(tenant: Tenant, intent_id: uuid.UUID, decide: Decider, **request: Any) -> Started:
+    return begin(tenant, lambda _conn: StartRequest(intent_id=intent_id, requested_by="t/o", **request), decide=decide)
+
+
+def _status(tenant: Tenant, execution_id: uuid.UUID) -> str:
+    with tenant_transaction(tenant.id) as conn:
+        return repo.get_execution(conn, execution_id).status
+
+
+def test_a_refused_decision_is_a_domain_error_with_its_reason_and_creates_nothing(
+    setup: tuple[Tenant, uuid.UUID],
+) -> None:
+    tenant, intent_id = setup
+    decide = Decider(allowed=False)
+    with pytest.raises(StartForbiddenError) as refused:
+        _start(tenant, intent_id, decide, idempotency_key="denied")
+    assert (refused.value.action, refused.value.reason) == ("intent.execute", "no_permit")
+    # Asked on the stored intent, whose production target is what makes a Deployer necessary.
+    [(action, resource)] = decide.asked
+    assert (action, resource.type, resource.id, resource.tenant_id) == (
+        "intent.execute",
+        "Intent",
+        str(intent_id),
+        tenant.id,
+    )
+    assert resource.attributes["target"] == "production"
+    with tenant_transaction(tenant.id) as conn:
+        assert repo.find_by_key(conn, "denied") is None
+
+
+def test_an_unknown_intent_or_version_is_intent_not_found_before_any_decision(
+    setup: tuple[Tenant, uuid.UUID],
+) -> None:
+    tenant, intent_id = setup
+    decide = Decider(allowed=True)
+    with pytest.raises(IntentNotFoundError):
+        _start(tenant, uuid.uuid4(), decide)
+    assert decide.asked == []
+    with pytest.raises(IntentNotFoundError):
+        _start(tenant, intent_id, decide, version=99)
+
+
+def test_a_launch_starts_the_orchestration_once_and_a_replay_starts_nothing(setup: tuple[Tenant, uuid.UUID]) -> None:
+    tenant, intent_id = setup
+    started = _start(tenant, intent_id, Decider(allowed=True), idempotency_key="once")
+    assert started.created and started.orchestration_input is not None
+    client = Client()
+    asyncio.run(launch(client, started, tenant.id))
+    assert client.calls == [(ORCHESTRATOR, str(started.execution.id), started.orchestration_input)]
+    again = _start(tenant, intent_id, Decider(allowed=True), idempotency_key="once")
+    assert (again.execution.id, again.created, again.orchestration_input) == (started.execution.id, False, None)
+    asyncio.run(launch(client, again, tenant.id))
+    assert len(client.calls) == 1
+
+
+def test_a_refused_launch_is_recorded_failed_and_reported(setup: tuple[Tenant, uuid.UUID]) -> None:
+    tenant, intent_id = setup
+    started = _start(tenant, intent_id, Decider(allowed=True))
+    with pytest.raises(OrchestrationUnavailableError) as refused:
+        asyncio.run(launch(Client(RuntimeError("task hub unreachable")), started, tenant.id))
+    assert refused.value.execution_id == started.execution.id
+    with tenant_transaction(tenant.id) as conn:
+        execution = repo.get_execution(conn, started.execution.id)
+    assert execution.status == "failed"
+    assert "task hub unreachable" in (execution.error or "")
+
+
+def test_a_launch_that_is_not_to_record_failure_hands_the_error_back_and_stays_pending(
+    setup: tuple[Tenant, uuid.UUID],
+) -> None:
+    tenant, intent_id = setup
+    started = _start(tenant, intent_id, Decider(allowed=True))
+    with pytest.raises(ConnectionError, match="task hub unreachable"):
+        asyncio.run(launch(Client(ConnectionError("task hub unreachable")), started, tenant.id, record_failure=False))
+    assert _status(tenant, started.execution.id) == "pending"
