@@ -92,7 +92,7 @@ def identified(
         raise _unauthorized("the token's tenant is not provisioned on this platform")
     tenant = context.tenant
     if tenant.status != "active":
-        _record(
+        record_decision(
             context,
             "request",
             Resource("Tenant", str(tenant.id), tenant.id, {}),
@@ -170,19 +170,6 @@ def authorize(
     return decision
 
 
-def _record(
-    context: RequestContext,
-    action: str,
-    resource: Resource,
-    decision: Decision,
-    *,
-    conn: Any | None = None,
-    detail: dict[str, Any] | None = None,
-    decided: bool = False,
-) -> None:
-    record_decision(context, action, resource, decision, conn=conn, detail=detail, decided=decided)
-
-
 def tenant_resource(kind: str, resource_id: UUID | str, tenant_id: UUID, **attributes: Any) -> Resource:
     """A tenant-owned resource for a decision."""
     return Resource(kind, str(resource_id), tenant_id, attributes)
@@ -192,7 +179,7 @@ def record_mutation(
     context: RequestContext, action: str, resource: Resource, detail: dict[str, Any], *, conn: Any | None = None
 ) -> None:
     """Audit a change that happened (after its allow decision), with what changed."""
-    _record(context, action, resource, Decision(True, "applied", ()), conn=conn, detail=detail)
+    record_decision(context, action, resource, Decision(True, "applied", ()), conn=conn, detail=detail)
 
 
 def record_tenant_event(tenant_id: UUID, context: RequestContext, action: str, detail: dict[str, Any]) -> None:
