@@ -179,14 +179,21 @@ class EventHubHost:
                 )
         return consumers
 
-    def _on_notify(self, hub: str | None, _pid: int | None) -> None:
-        self._wake(hub)
+    def _on_notify(self, payload: str | None, _pid: int | None) -> None:
+        if payload is None:
+            self._wake(None)
+            return
+        # "<hub>:<partition>" (hub names have no colon); a bare hub name wakes every partition of it.
+        hub, _, partition = payload.partition(":")
+        self._wake(hub, int(partition) if partition.isdigit() else None)
 
-    def _wake(self, hub: str | None) -> None:
+    def _wake(self, hub: str | None, partition_id: int | None = None) -> None:
         targets = self._consumers.values() if hub is None else [self._consumers.get(hub, [])]
         for consumers in targets:
             for consumer in consumers:
-                consumer.wake.set()
+                # A consumer of another partition would only read nothing: each read is a statement on the loop.
+                if partition_id is None or consumer.partition_id == partition_id:
+                    consumer.wake.set()
         for readers in self._readers.values() if hub is None else [self._readers.get(hub, set())]:
             for reader in readers:
                 reader.set()
