@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
+import psycopg
 from azure.functions import meta
 
 from devhost.component import HostContext
@@ -97,6 +98,23 @@ class Engine:
     def wake(self) -> None:
         """Something was persisted that may be runnable now; dispatch without waiting for the poll."""
         self._wake.set()
+
+    def wake_instance(self, instance_id: str) -> None:
+        """A message for `instance_id` was committed: run its episode now if one may start, else dispatch.
+
+        Skipping the dispatcher's pass takes its two statements and its turn on the loop off the path from a
+        result to the episode that consumes it. The episode itself reads what is due and ends at once when
+        nothing is (suspended, finished, a message not yet visible); one already running is followed by a pass.
+        """
+        if (
+            self._loop_task is None
+            or instance_id in self._episodes
+            or instance_id in self._cooldown
+            or len(self._episodes) >= self._max_episodes
+        ):
+            self._wake.set()
+            return
+        self._spawn(self._episodes, instance_id, self._guarded_episode(instance_id), f"episode {instance_id}")
 
     def on_notify(self, task_hub: str | None, pid: int | None) -> None:
         """A NOTIFY of the store's triggers (or the listener reconnected: `None`): wake for another writer's work.
@@ -209,8 +227,10 @@ class Engine:
         kept = self._histories.pop(instance_id, None)
         known = len(kept.events) if kept is not None else 0
         now = utcnow()
-        # Pipelined: the reads are one round trip, the writes and the commit another.
-        async with self._db.connection() as conn, conn.pipeline(), conn.transaction():
+        # Pipelined: the reads are one round trip, the writes and the commit another. psycopg.AsyncTransaction, not
+        # conn.transaction(): in a pipeline the latter syncs around its block, a third round trip for the COMMIT. A
+        # write that fails surfaces at the pipeline's sync (the queued COMMIT is skipped) and the pool rolls back.
+        async with self._db.connection() as conn, conn.pipeline(), psycopg.AsyncTransaction(conn):
             instance, messages, rows = await self._store.episode_input(conn, instance_id, now, known)
             if instance is None or instance.runtime_status not in _RUNNABLE:
                 return
@@ -242,6 +262,7 @@ class Engine:
                     result = episode.finish(state, failure, utcnow())
                     await self._commit(conn, instance, result, now, history_at=len(kept.events))
                 await self._store.delete_messages(conn, [m.id for m in messages])
+        assert kept is not None  # the transaction swallows only psycopg.Rollback, which nothing here raises
         if result is not None:
             if result.status.is_terminal or result.status == RuntimeStatus.ContinuedAsNew:
                 return  # no further episode of this execution
@@ -341,15 +362,12 @@ class Engine:
             logger.exception("recording the result of activity %s (%s) failed", item.name, item.instance_id)
 
     async def _record_activity(self, item: WorkItem, result: JsonDict) -> None:
-        async with self._db.connection() as conn, conn.transaction():
-            # Recording the result and removing the work item commit together: a recorded activity never runs
-            # again, and one whose result was not recorded (crash) runs again on the next start.
-            if not await self._store.take_work(conn, item.id):
+        async with self._db.connection() as conn:
+            # Recording the result and removing the work item commit together (one statement): a recorded activity
+            # never runs again, and one whose result was not recorded (crash) runs again on the next start.
+            if not await self._store.record_result(conn, item, result, utcnow()):
                 return
-            if await self._store.accepts_results(conn, item.instance_id, item.execution_id):
-                await self._store.send(
-                    conn, item.instance_id, item.execution_id, result, utcnow(), task_id=item.task_id
-                )
+        self.wake_instance(item.instance_id)
 
     async def _execute_activity(self, item: WorkItem) -> JsonDict:
         """Run the activity; TaskCompleted with its JSON result, or TaskFailed worded like the real host."""

@@ -31,7 +31,9 @@ class DurableHost:
         self._db = Database(ctx.database_url)
         self._store = Store(ctx.task_hub)
         self._engine = Engine(ctx, self._db, self._store, max_activities=max_activities, poll_interval=poll_interval)
-        self.management = Management(self._db, self._store, ctx.index.orchestrators, self._engine.wake)
+        self.management = Management(
+            self._db, self._store, ctx.index.orchestrators, self._engine.wake, self._engine.wake_instance
+        )
         self._api = DurableApi(self.management, ctx.task_hub, ctx.host_key)
         self._notifications: Notifications | None = None
 

@@ -49,8 +49,16 @@ def validate_instance_id(instance_id: str) -> None:
 class Management:
     """Each operation is one transaction; the instance row lock serialises it with the instance's episodes."""
 
-    def __init__(self, db: Database, store: Store, orchestrators: Collection[str], wake: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        store: Store,
+        orchestrators: Collection[str],
+        wake: Callable[[], None],
+        wake_instance: Callable[[str], None] | None = None,
+    ) -> None:
         self._db, self._store, self._orchestrators, self._wake = db, store, orchestrators, wake
+        self._wake_instance = wake_instance
 
     async def start(self, name: str, instance_id: str | None, input_json: str | None, version: str = "") -> Started:
         """Start `name`; a finished instance with the id is replaced, a running one never is."""
@@ -98,7 +106,10 @@ class Management:
             return Outcome.NOT_FOUND
         if RuntimeStatus(status).is_terminal:
             return Outcome.GONE
-        self._wake()
+        if self._wake_instance is not None:
+            self._wake_instance(instance_id)
+        else:
+            self._wake()
         return Outcome.OK
 
     async def terminate(self, instance_id: str, reason: str | None) -> Outcome:

@@ -314,13 +314,15 @@ class Store:
             )
             row = await cur.fetchone()
             start = int(row["next"]) if row else 0
-        async with conn.cursor() as cursor:
-            await cursor.executemany(
-                sql.SQL("INSERT INTO {} (task_hub, instance_id, position, event) VALUES (%s, %s, %s, %s)").format(
-                    _HISTORY
-                ),
-                [(self.hub, instance_id, start + i, Jsonb(e)) for i, e in enumerate(events)],
-            )
+        # One statement for the whole batch (an episode appends two or three events): each statement costs the
+        # event loop its client-side work, and the loop is what every episode, activity and request shares.
+        await conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (task_hub, instance_id, position, event)"
+                " SELECT %s, %s, %s + t.n - 1, t.event FROM jsonb_array_elements(%s) WITH ORDINALITY AS t(event, n)"
+            ).format(_HISTORY),
+            (self.hub, instance_id, start, Jsonb(list(events))),
+        )
 
     async def clear_history(self, conn: Conn, instance_id: str) -> None:
         await conn.execute(
@@ -421,11 +423,6 @@ class Store:
         cur = await conn.execute(_PENDING_WORK, (self.hub, list(exclude), limit))
         return [_work_item(r) for r in await cur.fetchall()]
 
-    async def take_work(self, conn: Conn, work_id: int) -> bool:
-        """Remove a work item as its result is recorded; False if it was already gone."""
-        cur = await conn.execute(sql.SQL("DELETE FROM {} WHERE id = %s").format(_WORK), (work_id,))
-        return cur.rowcount == 1
-
     async def raise_event(self, conn: Conn, instance_id: str, history_event: JsonDict, now: datetime) -> str | None:
         """Queue an external event unless the instance has finished; its status (None: no such instance).
 
@@ -444,14 +441,34 @@ class Store:
         row = await cur.fetchone()
         return None if row is None else str(row["runtime_status"])
 
-    async def accepts_results(self, conn: Conn, instance_id: str, execution_id: str) -> bool:
-        """Whether the execution still waits for results (it exists, is current and has not finished)."""
+    async def record_result(self, conn: Conn, item: WorkItem, history_event: JsonDict, visible_at: datetime) -> bool:
+        """Remove a work item and queue its result for the instance, unless the item was already taken (its result
+        is recorded) or the execution no longer waits for it; True when the result was queued.
+
+        One statement, so one round trip and atomic as a transaction around the three would be: the item goes
+        whether or not the result is queued, and a result is never queued twice.
+        """
         cur = await conn.execute(
             sql.SQL(
-                "SELECT 1 FROM {} WHERE task_hub = %s AND instance_id = %s AND execution_id = %s"
-                " AND NOT (runtime_status = ANY(%s))"
-            ).format(_INSTANCES),
-            (self.hub, instance_id, execution_id, _TERMINAL),
+                "WITH taken AS (DELETE FROM {work} WHERE id = %s RETURNING 1), target AS (SELECT 1 FROM {instances}"
+                " WHERE task_hub = %s AND instance_id = %s AND execution_id = %s AND NOT (runtime_status = ANY(%s))"
+                " AND EXISTS (SELECT 1 FROM taken))"
+                " INSERT INTO {inbox} (task_hub, instance_id, execution_id, task_id, event, visible_at)"
+                " SELECT %s, %s, %s, %s, %s, %s FROM target RETURNING 1"
+            ).format(work=_WORK, instances=_INSTANCES, inbox=_INBOX),
+            (
+                item.id,
+                self.hub,
+                item.instance_id,
+                item.execution_id,
+                _TERMINAL,
+                self.hub,
+                item.instance_id,
+                item.execution_id,
+                item.task_id,
+                Jsonb(history_event),
+                visible_at,
+            ),
         )
         return await cur.fetchone() is not None
 
