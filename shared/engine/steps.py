@@ -426,6 +426,25 @@ _CLAIM = (
     "UPDATE app.step_attempts SET claimed_by = %s, claimed_until = clock_timestamp() + make_interval(secs => %s),"
     " claims = claims + 1 WHERE execution_id = %s AND step_id = %s AND phase = %s AND attempt = %s"
 )
+# The common case in one statement: a claimable attempt (no result, execution not ended, before its deadline, no
+# live holder) is claimed, and the tenant's settings come back with it. The CTE locks the row first, so a concurrent
+# claimer waits for this one's commit and then finds the claim held (the UPDATE re-checks its conditions on the row
+# as committed). Anything else updates nothing, and the caller decides on a locked read as before.
+_CLAIM_FAST = sql.SQL(
+    "WITH prior AS (SELECT tenant_id, claimed_by AS prior_holder FROM app.step_attempts"
+    " WHERE execution_id = %(e)s AND step_id = %(s)s AND phase = %(p)s AND attempt = %(a)s FOR UPDATE)"
+    " UPDATE app.step_attempts a SET claimed_by = %(owner)s,"
+    " claimed_until = clock_timestamp() + make_interval(secs => %(lease)s), claims = a.claims + 1 FROM prior"
+    " WHERE a.tenant_id = prior.tenant_id AND a.execution_id = %(e)s AND a.step_id = %(s)s AND a.phase = %(p)s"
+    " AND a.attempt = %(a)s AND a.state = 'dispatched'"
+    " AND clock_timestamp() < a.dispatched_at + make_interval(secs => %(timeout)s)"
+    " AND (a.claimed_by IS NULL OR a.claimed_until IS NULL OR a.claimed_until <= clock_timestamp())"
+    " AND NOT EXISTS (SELECT 1 FROM app.executions e WHERE e.tenant_id = a.tenant_id AND e.id = a.execution_id"
+    " AND e.status IN ('succeeded', 'failed', 'cancelled'))"
+    " RETURNING a.execution_id, a.step_id, a.phase, a.attempt, a.action, a.remote, a.state, a.output, a.error,"
+    " a.retryable, a.token_nonce, a.token_expires_at, a.token_used_at, a.dispatched_at, a.finished_at,"
+    " prior.prior_holder, clock_timestamp() AS now, (SELECT t.settings FROM app.tenants t LIMIT 1) AS tenant_settings"
+)
 _RENEW = (
     "UPDATE app.step_attempts SET claimed_until = clock_timestamp() + make_interval(secs => %s)"
     " WHERE execution_id = %s AND step_id = %s AND phase = %s AND attempt = %s AND claimed_by = %s"
@@ -449,6 +468,8 @@ class Claim:
     """Who holds (or, for a takeover, held) the claim; None when nobody did."""
     deadline: datetime | None = None
     now: datetime | None = None
+    settings: dict[str, Any] | None = None
+    """The tenant's settings, when the claim read them in the same statement (None: read them separately)."""
 
     @property
     def remaining_s(self) -> float:
@@ -465,6 +486,16 @@ def claim_attempt(conn: Conn, key: AttemptKey, *, owner: str, lease_s: float, ti
     other sees the claim (held) once the first commits. A claim whose lease has lapsed (its holder died or stalled)
     is taken over. The deadline is the dispatch time plus `timeout_s`, the attempt's timeout.
     """
+    execution_id, step_id, phase, number = _key_params(key)
+    params = {"e": execution_id, "s": step_id, "p": phase, "a": number, "owner": owner, "lease": lease_s}
+    claimed = conn.execute(_CLAIM_FAST, {**params, "timeout": timeout_s}).fetchone()
+    if claimed is not None:
+        attempt = _attempt(claimed)
+        deadline = attempt.dispatched_at + timedelta(seconds=timeout_s)
+        settings = claimed["tenant_settings"]
+        return Claim(
+            "claimed", attempt, claimed["prior_holder"], deadline, claimed["now"], dict(settings) if settings else {}
+        )
     row = conn.execute(_CLAIM_READ, _key_params(key)).fetchone()
     if row is None:
         return Claim("missing")

@@ -141,7 +141,9 @@ def _claim(item: WorkItem, key: AttemptKey, owner: str, timeout_s: float) -> tup
     # Its own short transaction: the claim must be visible to every other copy while the module runs.
     with tenant_transaction(item.tenant_id) as conn:
         claim = store.claim_attempt(conn, key, owner=owner, lease_s=LEASE_S, timeout_s=timeout_s)
-        settings = dict(tenant_settings(conn)) if claim.outcome == "claimed" else {}
+        settings: dict[str, Any] = {}
+        if claim.outcome == "claimed":
+            settings = claim.settings if claim.settings is not None else dict(tenant_settings(conn))
     return claim, settings
 
 
