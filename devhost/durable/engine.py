@@ -189,6 +189,8 @@ class Engine:
                 work_limit=self._max_activities - len(self._activities),
             )
         for instance_id in ids:
+            if instance_id in self._episodes:
+                continue  # started by wake_instance while this pass read: one episode per instance at a time
             self._spawn(self._episodes, instance_id, self._guarded_episode(instance_id), f"episode {instance_id}")
         for item in items:
             self._spawn(self._activities, item.id, self._run_activity(item), f"activity {item.name}")
