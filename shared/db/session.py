@@ -220,11 +220,23 @@ def tenant_write(tenant_id: UUID, *, pool: ConnectionPool[Any] | None = None) ->
     surfaces at the end of the block, and the pool's connection context rolls the failed transaction back (the
     COMMIT queued behind the failed statement was skipped).
     """
-    prologue = _tenant_prologue(tenant_id)
+    with _write(pool or get_pool(), _tenant_prologue(tenant_id)) as conn:
+        yield conn
+
+
+@contextmanager
+def runtime_write(*, pool: ConnectionPool[Any] | None = None) -> Iterator[psycopg.Connection[DictRow]]:
+    """A runtime_transaction whose statements and COMMIT travel in one round trip, as tenant_write's do."""
+    with _write(pool or get_pool(), _set_role(_SET_RUNTIME_ROLE)) as conn:
+        yield conn
+
+
+@contextmanager
+def _write(pool: ConnectionPool[Any], prologue: Prologue) -> Iterator[psycopg.Connection[DictRow]]:
     # psycopg.Transaction, not conn.transaction(): in a pipeline the latter syncs around the block (two more round
     # trips); here the pipeline's one sync at its end covers BEGIN, the statements and COMMIT. Not joinable: a
     # statement whose result is needed at once would sync the pipeline in the middle.
-    with _borrow(pool or get_pool()) as (conn, _hold), conn.pipeline(), psycopg.Transaction(conn):
+    with _borrow(pool) as (conn, _hold), conn.pipeline(), psycopg.Transaction(conn):
         _clean_session(conn)
         prologue(conn)
         yield conn

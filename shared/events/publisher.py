@@ -14,7 +14,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from shared.config import get_settings
-from shared.db.session import allow_nested_borrow, runtime_transaction
+from shared.db.session import allow_nested_borrow, runtime_write
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -69,7 +69,9 @@ class LocalEventHubPublisher:
             return
         # The devhost's stand-in for Event Hubs, which the outbox relay calls inside its tenant transaction: one
         # relay runs at a time, so its second connection cannot wait on itself. Requests never publish here.
-        with allow_nested_borrow(), runtime_transaction(pool=self._pool) as conn:
+        # Nothing is read back, so BEGIN, the appends and COMMIT go in one round trip; a refused append surfaces
+        # at the end of the block and the whole transaction rolls back.
+        with allow_nested_borrow(), runtime_write(pool=self._pool) as conn:
             for event in events:
                 params = (hub, event.partition_key, event.body_bytes(), Jsonb(dict(event.properties)))
                 conn.execute(_LOCAL_PUBLISH, params)
