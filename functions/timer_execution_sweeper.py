@@ -27,11 +27,12 @@ async def execution_sweeper(
 ) -> None:
     """Start executions whose start stalled and end those whose orchestration ended without recording it."""
     result = await sweep(client)
-    if result.started or result.ended or result.failed_tenants:
+    if result.started or result.ended or result.failed_tenants or result.expired_leases:
         logger.info(
-            "execution sweeper: %d started, %d ended, %d status calls, %d of %d tenants failed",
+            "execution sweeper: %d started, %d ended, %d leases expired, %d status calls, %d of %d tenants failed",
             result.started,
             result.ended,
+            result.expired_leases,
             result.checked,
             result.failed_tenants,
             result.tenants,

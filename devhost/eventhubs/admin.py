@@ -23,6 +23,8 @@ ReadGroup = Callable[[str, str, int, float, Deliver], Awaitable[None]]
 
 ROUTE = "/devhost/eventhubs/{hub}/events"
 READ_ROUTE = "/devhost/eventhubs/{hub}/consumergroups/{group}/events"
+PLATFORM_ONLY_HUBS = frozenset({"module-work"})
+"""Hubs the read route refuses (ADR 0027): only the platform's in-process consumers read them."""
 DEFAULT_READ_LIMIT, MAX_READ_LIMIT = 10, 100
 MAX_READ_WAIT_S = 30.0
 _GROUP_NAME = re.compile(r"[A-Za-z0-9$][A-Za-z0-9._$-]{0,255}")
@@ -71,6 +73,12 @@ def add_read_route(app: web.Application, read_group: ReadGroup) -> None:
         if not _is_loopback(request.remote):
             return _error(403, "the devhost admin API answers local callers only")
         hub, group = request.match_info["hub"], request.match_info["group"]
+        if hub in PLATFORM_ONLY_HUBS:
+            return _error(
+                403,
+                f"{hub} carries only the platform's own work, read by its own worker; a tenant's worker leases its "
+                "work at POST /api/v1/work/lease",
+            )
         try:
             if not _GROUP_NAME.fullmatch(group):
                 raise _BadRequest(f"invalid consumer group name {group!r}")

@@ -1,5 +1,6 @@
 # intent_ref: platform.execution
-"""An EXAMPLE remote worker (not part of the platform): fakes the seed tutorial's remote actions."""
+"""An EXAMPLE remote worker (not part of the platform): runs the seed tutorial's remote actions from its tenant's
+work queue."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import hashlib
 import json
 import logging
 import os
+import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -20,31 +23,29 @@ logger = logging.getLogger("remote_worker")
 for _noisy in ("httpx", "azure"):  # a line per request or connection attempt is too much here
     logging.getLogger(_noisy).setLevel(logging.WARNING)
 
-HUB = "module-work"
-DEFAULT_GROUP = "example-worker"
 DEFAULT_REGISTRY = "example.azurecr.io"
 LONG_POLL_S = 20.0
-DEVHOST_KEY_FILE = Path(".data/host-keys/master")  # where `make run` keeps the devhost's master key
 _POST_ATTEMPTS = 4
 
 DESCRIPTION = """An EXAMPLE remote worker for the seed tutorial's remote actions; not part of the platform.
 
-It reads `module-work` with its own consumer group, takes the work items marked `"remote": true` whose action it
-knows, makes up a plausible output (nothing is built, pushed or deployed) and reports it with the item's task token:
+It leases its tenant's queued work through the platform's worker API, with a token of its tenant carrying the
+Module.Worker app role (nothing else: it cannot read intents, executions or another tenant's anything):
 
-    POST {api_base}{complete_url}  {"task_token": "...", "output": {...}}
-    POST {api_base}{fail_url}      {"task_token": "...", "error": "...", "retryable": true}
+    POST {api}/api/v1/work/lease              {"actions": [...], "max_items": 4, "lease_s": 60, "wait_s": 20}
+    POST {api}{heartbeat_url}                 {"lease_id": "...", "extend_s": 60, "progress": {...}}
+    POST {api}{complete_url}                  {"task_token": "...", "output": {...}}
+    POST {api}{fail_url}                      {"task_token": "...", "error": "...", "retryable": true}
 
-The task token is the only credential. Two transports:
+It makes up a plausible output (nothing is built, pushed or deployed). What a real worker must do, shown here:
+key every side effect on the item's `idempotency_key` (a step can be delivered again after a lease expired),
+heartbeat while it works (a heartbeat that answers `cancelled` means stop: the execution was cancelled), and say
+whether a failure is worth another attempt (`retryable`).
 
-* `--devhost http://127.0.0.1:7071`: the local devhost's read route
-  `GET /devhost/eventhubs/module-work/consumergroups/{group}/events` (loopback callers with the devhost's master
-  key: `--devhost-key`, else $QP_DEVHOST_KEY, else .data/host-keys/master under the current folder);
-* `--eventhubs-namespace <ns>.servicebus.windows.net`: azure-eventhub's EventHubConsumerClient with
-  DefaultAzureCredential (needs "Azure Event Hubs Data Receiver"; not exercised by the tests).
-
-It is self-contained on purpose (httpx, plus azure-eventhub/azure-identity for Azure): a tenant's worker does not
-import the platform's code. See examples/workers/README.md.
+Tokens: `--token` (or $QP_TOKEN) as given; `--devhost-tenant NAME` mints one from the local devhost's dev
+identity (`python -m devhost token ... --roles Module.Worker --app-only`) and again when it expires; in Azure,
+`--azure-scope api://<app id>/.default` asks DefaultAzureCredential (azure-identity) for the daemon's token.
+See examples/workers/README.md.
 """
 
 Handler = Callable[[dict[str, Any], argparse.Namespace], dict[str, Any]]
@@ -102,151 +103,182 @@ HANDLERS: dict[str, Handler] = {
 }
 
 
-# ------------------------------------------------------------------------------------------ work items
-def handle_item(item: Any, api: httpx.Client, options: argparse.Namespace) -> str:
-    """Handle one `module-work` body; returns what happened (for logs and tests): skipped, completed, ..."""
-    if not isinstance(item, dict) or item.get("type") != "step.work":
-        return "skipped: not a work item"
-    if not item.get("remote"):
-        return "skipped: not remote (the platform's own worker runs it)"
-    action, phase = str(item.get("action")), item.get("phase", "run")
-    handler = HANDLERS.get(action)
-    if handler is None:
-        return f"skipped: unknown action {action}"
-    token, complete_url, fail_url = item.get("task_token"), item.get("complete_url"), item.get("fail_url")
-    if not (token and complete_url and fail_url):
-        return "skipped: no task token or completion URLs"
-    where = f"{item.get('execution_id')}/{item.get('step_id')} {phase} attempt {item.get('attempt')} ({action})"
-    if action in options.fail_action and int(item.get("attempt", 1)) <= options.fail_times:
-        body: dict[str, Any] = {
-            "task_token": token,
-            "retryable": True,
-            "error": f"example worker: injected failure of {action} (--fail-action)",
+# ------------------------------------------------------------------------------------------ tokens
+class TokenSource:
+    """The worker's bearer token: given, minted from the devhost, or from azure-identity; renewed when refused."""
+
+    def __init__(self, options: argparse.Namespace) -> None:
+        self._options = options
+        self._token: str | None = options.token or os.environ.get("QP_TOKEN")
+        self._lock = threading.Lock()
+
+    def get(self, *, renew: bool = False) -> str:
+        with self._lock:
+            if self._token is None or (renew and self.renewable):
+                self._token = self._fetch()
+            return self._token
+
+    @property
+    def renewable(self) -> bool:
+        return bool(self._options.devhost_tenant or self._options.azure_scope)
+
+    def _fetch(self) -> str:
+        options = self._options
+        if options.devhost_tenant:
+            command = [
+                sys.executable,
+                "-m",
+                "devhost",
+                "token",
+                "--tenant",
+                options.devhost_tenant,
+                "--roles",
+                "Module.Worker",
+                "--app-only",
+            ]
+            return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()  # noqa: S603
+        if options.azure_scope:
+            from azure.identity import DefaultAzureCredential  # lazily: only this source needs it
+
+            return str(DefaultAzureCredential().get_token(options.azure_scope).token)
+        raise SystemExit("no token: pass --token, set QP_TOKEN, or use --devhost-tenant / --azure-scope")
+
+
+# ------------------------------------------------------------------------------------------ the API
+@dataclass
+class Api:
+    """The worker's calls to the platform, each retried on network errors, 429 and 5xx."""
+
+    client: httpx.Client
+    tokens: TokenSource
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def post(self, url: str, body: dict[str, Any], *, timeout: float = 30.0) -> httpx.Response:
+        response: httpx.Response | None = None
+        for attempt in range(1, _POST_ATTEMPTS + 1):
+            try:
+                response = self.client.post(
+                    url, json=body, timeout=timeout, headers={"Authorization": f"Bearer {self.tokens.get()}"}
+                )
+            except httpx.TransportError as exc:
+                logger.warning("POST %s failed (%s); attempt %d of %d", url, exc, attempt, _POST_ATTEMPTS)
+            else:
+                if response.status_code == 401 and self.tokens.renewable and attempt == 1:
+                    self.tokens.get(renew=True)  # expired: get a fresh one and try again at once
+                    continue
+                if response.status_code < 500 and response.status_code != 429:
+                    return response
+                logger.warning(
+                    "POST %s answered %d; attempt %d of %d", url, response.status_code, attempt, _POST_ATTEMPTS
+                )
+            if attempt < _POST_ATTEMPTS and self.stop.wait(self._delay(response, attempt)):
+                break  # told to stop: answer with what there is
+        if response is None:
+            raise httpx.ConnectError(f"POST {url}: no answer after {_POST_ATTEMPTS} attempts")
+        return response
+
+    @staticmethod
+    def _delay(response: httpx.Response | None, attempt: int) -> float:
+        after = response.headers.get("Retry-After") if response is not None else None
+        return float(after) if after and after.isdigit() else min(2.0**attempt, 10.0)
+
+    def lease(self, actions: Sequence[str], *, max_items: int, lease_s: float, wait_s: float, worker: str) -> list[Any]:
+        body = {
+            "actions": list(actions),
+            "max_items": max_items,
+            "lease_s": lease_s,
+            "wait_s": wait_s,
+            "worker": worker,
         }
-        return _report(api, str(fail_url), body, f"failed {where}")
+        response = self.post("/api/v1/work/lease", body, timeout=wait_s + 30.0)
+        if response.status_code != 200:
+            raise RuntimeError(f"lease refused ({response.status_code}): {response.text[:300]}")
+        items: list[Any] = response.json()["items"]
+        return items
+
+
+# ------------------------------------------------------------------------------------------ one item
+class Heartbeats:
+    """Keeps one item's lease alive while its work runs; `cancelled` is set when the platform says stop."""
+
+    def __init__(self, api: Api, item: dict[str, Any], lease_s: float) -> None:
+        self._api, self._item, self._lease_s = api, item, lease_s
+        self._done = threading.Event()
+        self.cancelled = threading.Event()
+        self.lost = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{item['id']}", daemon=True)
+
+    def __enter__(self) -> Heartbeats:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        self._thread.join(5.0)
+
+    def beat(self, progress: dict[str, Any] | None = None) -> None:
+        body: dict[str, Any] = {"lease_id": self._item["lease_id"], "extend_s": self._lease_s}
+        if progress:
+            body["progress"] = progress
+        response = self._api.post(self._item["heartbeat_url"], body)
+        if response.status_code == 200 and response.json().get("state") == "cancelled":
+            logger.info("%s: cancelled by the platform; stopping", self._item["idempotency_key"])
+            self.cancelled.set()
+        elif response.status_code != 200:  # 409: the lease ran out or moved on; 404: gone. Stop either way.
+            logger.warning("%s: heartbeat refused (%d); stopping", self._item["idempotency_key"], response.status_code)
+            self.lost.set()
+
+    def _run(self) -> None:
+        while not self._done.wait(self._lease_s / 3):
+            try:
+                self.beat()
+            except Exception as exc:  # network trouble: the next beat may get through before the lease runs out
+                logger.warning("heartbeat failed: %s", exc)
+            if self.cancelled.is_set() or self.lost.is_set():
+                return
+
+
+def handle_item(item: dict[str, Any], api: Api, options: argparse.Namespace) -> str:
+    """Run one leased item and report it; returns what happened (for logs and tests): completed, failed, ..."""
+    action, phase = str(item["action"]), item.get("phase", "run")
+    where = f"{item['execution_id']}/{item['step_id']} {phase} attempt {item['attempt']} ({action})"
+    handler = HANDLERS.get(action)
+    if handler is None:  # leased only for actions asked for, so this is a bug here: say so, final
+        return _report(api, item["fail_url"], item, {"error": f"no handler for {action}", "retryable": False})
+    with Heartbeats(api, item, options.lease_s) as heartbeats:
+        # A real worker does its work here, keyed on item["idempotency_key"] so that a second delivery of the same
+        # attempt (after a lost lease) finds it done instead of doing it twice; the fake work below only waits.
+        deadline = time.monotonic() + options.work_seconds
+        while time.monotonic() < deadline:
+            if heartbeats.cancelled.is_set() or heartbeats.lost.is_set():
+                return "cancelled" if heartbeats.cancelled.is_set() else "lease lost"
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        if options.work_seconds > 0:
+            heartbeats.beat({"percent": 100, "message": f"{action} done"})
+        if heartbeats.cancelled.is_set() or heartbeats.lost.is_set():
+            return "cancelled" if heartbeats.cancelled.is_set() else "lease lost"
+    if action in options.fail_action and int(item["attempt"]) <= options.fail_times:
+        error = {"error": f"example worker: injected failure of {action} (--fail-action)", "retryable": True}
+        return _report(api, item["fail_url"], item, error, f"failed {where}")
+    if action in options.fail_final:
+        error = {"error": f"example worker: {action} cannot succeed (--fail-final)", "retryable": False}
+        return _report(api, item["fail_url"], item, error, f"failed {where}")
     params = item["params"] if isinstance(item.get("params"), dict) else {}
     output = handler(params, options) if phase == "run" else {"compensated": action, "undone": True}
-    return _report(api, str(complete_url), {"task_token": token, "output": output}, f"completed {where}")
+    return _report(api, item["complete_url"], item, {"output": output}, f"completed {where}")
 
 
-def _report(api: httpx.Client, url: str, body: dict[str, Any], done: str) -> str:
-    """POST a result; retried on network errors, 429 and 5xx; 401/403/404/409/422 are final (logged, not fatal)."""
-    for attempt in range(1, _POST_ATTEMPTS + 1):
-        try:
-            response = api.post(url, json=body)
-        except httpx.TransportError as exc:
-            logger.warning("POST %s failed (%s); attempt %d of %d", url, exc, attempt, _POST_ATTEMPTS)
-        else:
-            if response.status_code == 200:
-                logger.info("%s -> %s", done, response.json().get("state"))
-                return done
-            if response.status_code == 409:  # delivered twice, or reported by another worker already
-                logger.info("%s: already reported (409)", done)
-                return "duplicate"
-            if response.status_code in (401, 403, 404, 422):  # expired/forged token, wrong step: never retried
-                logger.warning("%s refused (%d): %s", done, response.status_code, response.text[:300])
-                return f"refused: {response.status_code}"
-            logger.warning("POST %s answered %d; attempt %d of %d", url, response.status_code, attempt, _POST_ATTEMPTS)
-        if attempt < _POST_ATTEMPTS:
-            time.sleep(min(2.0**attempt, 10.0))
-    logger.error("%s: gave up reporting; the attempt will time out and the step's retry policy decides", done)
-    return "gave up"
-
-
-# ------------------------------------------------------------------------------------------ transports
-def devhost_key(given: str | None) -> str | None:
-    """The devhost's master key: given, from the environment, or read from the default data folder."""
-    if given:
-        return given
-    if os.environ.get("QP_DEVHOST_KEY"):
-        return os.environ["QP_DEVHOST_KEY"]
-    return DEVHOST_KEY_FILE.read_text().strip() if DEVHOST_KEY_FILE.is_file() else None
-
-
-def devhost_batches(base: str, group: str, *, once: bool, key: str | None = None) -> Iterator[list[Any]]:
-    """Event bodies from the devhost's read route; with `once`, stop at the first empty read."""
-    url = f"{base.rstrip('/')}/devhost/eventhubs/{HUB}/consumergroups/{group}/events"
-    wait = 0.0 if once else LONG_POLL_S
-    headers = {"x-functions-key": key} if key else {}
-    with httpx.Client(timeout=wait + 10.0, headers=headers) as client:
-        while True:
-            try:
-                response = client.get(url, params={"limit": 50, "wait": wait})
-                response.raise_for_status()
-            except httpx.HTTPError as exc:
-                if once:
-                    raise
-                logger.warning("reading %s failed (%s); retrying in 2 s", url, exc)
-                time.sleep(2.0)
-                continue
-            events = response.json()["events"]
-            if not events and once:
-                return
-            yield [event.get("body") for event in events]
-
-
-def eventhubs_batches(namespace: str, group: str, *, once: bool) -> Iterator[list[Any]]:
-    """Event bodies from Azure Event Hubs (DefaultAzureCredential); UNTESTED here: there is no namespace locally.
-
-    Without a checkpoint store it starts at the beginning of the retained stream each time: items whose token was
-    used or has expired answer 409/401 and are skipped. Production workers add a checkpoint store
-    (azure-eventhub-checkpointstoreblob) and call `partition_context.update_checkpoint()`.
-    """
-    import queue
-    import threading
-
-    from azure.eventhub import EventHubConsumerClient  # lazily: only this transport needs them
-    from azure.identity import DefaultAzureCredential
-
-    client = EventHubConsumerClient(
-        fully_qualified_namespace=namespace,
-        eventhub_name=HUB,
-        consumer_group=group,
-        credential=DefaultAzureCredential(),
-    )
-    batches: queue.Queue[list[Any] | None] = queue.Queue(maxsize=4)
-    failures: list[BaseException] = []
-    idle_s, last_event = 5.0, [time.monotonic()]
-
-    def on_batch(_context: Any, events: list[Any]) -> None:
-        if not events:  # called per partition when idle_s passed with nothing new
-            if once and time.monotonic() - last_event[0] >= idle_s:
-                batches.put(None)
-            return
-        last_event[0] = time.monotonic()
-        bodies: list[Any] = []
-        for event in events:
-            try:
-                bodies.append(event.body_as_json())
-            except (TypeError, ValueError):
-                bodies.append(None)
-        batches.put(bodies)
-
-    def receive() -> None:
-        try:
-            client.receive_batch(
-                on_event_batch=on_batch, starting_position="-1", max_batch_size=50, max_wait_time=idle_s
-            )
-        except BaseException as exc:  # re-raised by the generator, on the caller's thread
-            failures.append(exc)
-        finally:
-            batches.put(None)
-
-    threading.Thread(target=receive, name="eventhubs-receive", daemon=True).start()
-    try:
-        while True:
-            try:  # with --once, give up when nothing at all arrives (no connection: the SDK retries forever)
-                batch = batches.get(timeout=idle_s * 6 if once else None)
-            except queue.Empty:
-                logger.warning("--once: nothing from %s within %.0f s; stopping", namespace, idle_s * 6)
-                break
-            if batch is None:
-                break
-            yield batch
-        if failures:
-            raise failures[0]
-    finally:
-        client.close()
+def _report(api: Api, url: str, item: dict[str, Any], body: dict[str, Any], done: str = "failed") -> str:
+    """POST a result with the item's task token; 401/403/404/409/422 are final (logged, not fatal)."""
+    response = api.post(url, {"task_token": item["task_token"], **body})
+    if response.status_code == 200:
+        logger.info("%s -> %s", done, response.json().get("state"))
+        return done
+    if response.status_code == 409:  # reported already, or the lease expired and the step moved on
+        logger.info("%s: not recorded (409): %s", done, response.json().get("detail"))
+        return "conflict"
+    logger.warning("%s refused (%d): %s", done, response.status_code, response.text[:300])
+    return f"refused: {response.status_code}"
 
 
 # ------------------------------------------------------------------------------------------ entry point
@@ -257,23 +289,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--devhost", metavar="URL", help="read module-work from a local devhost (e.g. http://127.0.0.1:7071)"
-    )
-    source.add_argument(
-        "--eventhubs-namespace",
-        metavar="FQDN",
-        help="read module-work from Azure Event Hubs (<ns>.servicebus.windows.net, DefaultAzureCredential)",
-    )
-    parser.add_argument(
-        "--devhost-key",
-        metavar="KEY",
-        help=f"the devhost's master key (default: $QP_DEVHOST_KEY, else {DEVHOST_KEY_FILE})",
-    )
-    parser.add_argument("--api-base", metavar="URL", help="the platform's base URL (default: the --devhost URL)")
-    parser.add_argument("--consumer-group", default=DEFAULT_GROUP, help=f"default: {DEFAULT_GROUP}")
-    parser.add_argument("--once", action="store_true", help="process what is there now, then exit")
+    parser.add_argument("--api", required=True, metavar="URL", help="the platform's base URL")
+    tokens = parser.add_mutually_exclusive_group()
+    tokens.add_argument("--token", metavar="JWT", help="a bearer token with the Module.Worker role (or $QP_TOKEN)")
+    tokens.add_argument("--devhost-tenant", metavar="NAME", help="mint dev tokens for this devhost tenant")
+    tokens.add_argument("--azure-scope", metavar="SCOPE", help="DefaultAzureCredential scope, api://<app>/.default")
+    parser.add_argument("--action", action="append", default=[], help="only these actions (default: all it knows)")
+    parser.add_argument("--name", default=f"example-worker-{os.getpid()}", help="this worker's name in the queue")
+    parser.add_argument("--max-items", type=int, default=4, help="items per lease (run one after the other)")
+    parser.add_argument("--lease-s", type=float, default=60.0, help="lease length; heartbeats every third of it")
+    parser.add_argument("--work-seconds", type=float, default=0.0, help="pretend each item takes this long")
+    parser.add_argument("--once", action="store_true", help="process what is queued now, then exit")
     parser.add_argument(
         "--fail-action",
         action="append",
@@ -288,32 +314,51 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="N",
         help="fail only attempts 1..N of --fail-action (default 1: the retry succeeds)",
     )
+    parser.add_argument(
+        "--fail-final", action="append", default=[], metavar="ACTION", help="report a final (not retryable) failure"
+    )
     parser.add_argument("--registry", default=DEFAULT_REGISTRY, help="registry for images that name none")
     options = parser.parse_args(argv)
-    options.api_base = options.api_base or options.devhost
-    if not options.api_base:
-        parser.error("--api-base is required with --eventhubs-namespace")
+    unknown = sorted(set(options.action) - set(HANDLERS))
+    if unknown:
+        parser.error(f"no handler for {', '.join(unknown)}; known: {', '.join(sorted(HANDLERS))}")
     return options
+
+
+def run(options: argparse.Namespace, stop: threading.Event | None = None) -> int:
+    """Lease and run items until `stop` is set, interrupted, or (with --once) nothing is queued."""
+    actions = options.action or sorted(HANDLERS)
+    with httpx.Client(base_url=options.api) as client:
+        api = Api(client, TokenSource(options), stop or threading.Event())
+        while not api.stop.is_set():
+            try:
+                items = api.lease(
+                    actions,
+                    max_items=options.max_items,
+                    lease_s=options.lease_s,
+                    wait_s=0.0 if options.once else LONG_POLL_S,
+                    worker=options.name,
+                )
+            except (httpx.HTTPError, RuntimeError) as exc:
+                if options.once:
+                    raise
+                logger.warning("leasing failed (%s); retrying in 2 s", exc)
+                api.stop.wait(2.0)
+                continue
+            if not items and options.once:
+                return 0
+            for item in items:
+                logger.debug("%s", handle_item(item, api, options))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the worker until interrupted (or, with --once, until nothing is left)."""
-    options = parse_args(argv)
-    if options.devhost:
-        batches = devhost_batches(
-            options.devhost, options.consumer_group, once=options.once, key=devhost_key(options.devhost_key)
-        )
-    else:
-        batches = eventhubs_batches(options.eventhubs_namespace, options.consumer_group, once=options.once)
-    with httpx.Client(base_url=options.api_base, timeout=30.0) as api:
-        try:
-            for batch in batches:
-                for item in batch:
-                    outcome = handle_item(item, api, options)
-                    logger.debug("%s", outcome)
-        except KeyboardInterrupt:
-            logger.info("stopped")
-    return 0
+    try:
+        return run(parse_args(argv))
+    except KeyboardInterrupt:
+        logger.info("stopped")
+        return 0
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from shared.api.routers import (
     task_completion,
     tenant_settings,
     tenants,
+    work,
 )
 from shared.config import get_settings
 
@@ -50,6 +51,7 @@ def create_app() -> FastAPI:
         executions.router,
         execution_control.router,
         task_completion.router,
+        work.router,
         ingress.router,
     ):
         app.include_router(router)

@@ -17,6 +17,7 @@ from psycopg_pool import ConnectionPool
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
 from shared.engine import steps as store
+from shared.engine import work_queue
 from shared.engine.protocol import CANCEL_EVENT, EventRaiser
 from shared.engine.start import StartRequest
 from shared.engine.steps import AttemptKey
@@ -72,13 +73,15 @@ def parent_principal(parent_id: UUID | str) -> str:
     return f"execution:{parent_id}"
 
 
-def _record_child_cancel(tenant_id: UUID, child_id: UUID, parent_id: UUID, pool: ConnectionPool[Any] | None) -> bool:
+def _record_child_cancel(
+    tenant_id: UUID, child_id: UUID, parent_id: UUID, pool: ConnectionPool[Any] | None
+) -> list[store.Attempt] | None:
     with tenant_transaction(tenant_id, pool=pool) as conn:
         try:
             request_cancel(conn, child_id, parent_principal(parent_id))
         except AlreadyFinishedError:
-            return False
-    return True
+            return None
+        return work_queue.cancel_queued(conn, child_id)
 
 
 async def cancel_child(
@@ -86,10 +89,13 @@ async def cancel_child(
 ) -> bool:
     """Pass a stopping parent's cancel down to its child execution: recorded first (a child that starts later
     reads it), then told to the child's orchestration. False when the child had ended already."""
-    if not await asyncio.to_thread(_record_child_cancel, tenant_id, child_id, parent_id, pool):
+    dequeued = await asyncio.to_thread(_record_child_cancel, tenant_id, child_id, parent_id, pool)
+    if dequeued is None:
         return False
     try:
         await client.raise_event(str(child_id), CANCEL_EVENT, {"by": parent_principal(parent_id)})
+        for attempt in dequeued:  # its queued remote work ended with the cancel (ADR 0027)
+            await client.raise_event(str(child_id), attempt.key.event_name, attempt.verdict())
     except Exception as exc:
         # Not there (yet) or already ended: the recorded request is what a starting orchestration reads.
         logger.warning("could not raise cancel to child execution %s: %s", child_id, exc)

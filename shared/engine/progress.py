@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 from shared.config import get_settings
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
-from shared.engine import machine, task_tokens
+from shared.engine import machine, work_queue
 from shared.engine import steps as store
 from shared.engine.payloads import claim_check
 from shared.engine.protocol import MODULE_WORK_HUB, WorkItem
@@ -48,40 +48,30 @@ class DispatchRequest(BaseModel):
 
 
 def dispatch_step(raw: dict[str, Any]) -> None:
-    """Record the attempt (with a task token for a remote action), then put its work on `module-work`.
-
-    Run again after a crash, it records nothing new and publishes the same work again (the same token too: it is
-    derived from what the attempt row holds), which the worker recognises as a duplicate.
-    """
+    """Record the attempt, then put built-in work on `module-work` (remote work goes to the tenant's queue in the
+    same transaction). Run again after a crash, it records nothing new and publishes the same work again, which the
+    worker recognises as a duplicate."""
     request = DispatchRequest.model_validate(raw)
     with tenant_transaction(request.tenant_id) as conn:
         item = _record_dispatch(conn, request)
-    _publish([item])
+    _publish([item] if item is not None else [])
 
 
-def _record_dispatch(conn: store.Conn, request: DispatchRequest) -> WorkItem:
-    """Record a module attempt (with a task token for a remote action); answers the work item to publish."""
+def _record_dispatch(conn: store.Conn, request: DispatchRequest) -> WorkItem | None:
+    """Record a module attempt; a remote one is queued for the tenant's own workers (ADR 0027: nothing of it goes
+    on the shared hub), a built-in one answers the work item to publish."""
     key = request.key
-    token = None
-    if request.remote:
-        existing = store.get_attempt(conn, key)
-        if existing is not None and existing.token_nonce and existing.token_expires_at:
-            token = task_tokens.issue(
-                conn, request.tenant_id, key, 0, nonce=existing.token_nonce, expires_at=existing.token_expires_at
-            )
-        else:
-            token = task_tokens.issue(conn, request.tenant_id, key, get_settings().QP_TASK_TOKEN_TTL_S)
     store.begin_attempt(
         conn,
         key,
         action=request.action,
         remote=request.remote,
-        token_nonce=token.nonce if token else None,
-        token_expires_at=token.expires_at if token else None,
         step_state="waiting" if request.remote and request.phase == "run" else None,
     )
-    path = f"/api/v1/executions/{request.execution_id}/steps/{request.step_id}"
-    suffix = "" if request.phase == "run" else "/compensation"
+    if request.remote:
+        timeout_s = request.timeout_s or get_settings().QP_TASK_TOKEN_TTL_S
+        work_queue.enqueue(conn, key, action=request.action, params=request.params, timeout_s=timeout_s)
+        return None
     return WorkItem(
         tenant_id=request.tenant_id,
         execution_id=request.execution_id,
@@ -90,11 +80,8 @@ def _record_dispatch(conn: store.Conn, request: DispatchRequest) -> WorkItem:
         attempt=request.attempt,
         action=request.action,
         params=request.params,
-        remote=request.remote,
+        remote=False,
         timeout_s=request.timeout_s,
-        task_token=token.token if token else None,
-        complete_url=f"{path}{suffix}/complete" if token else None,
-        fail_url=f"{path}{suffix}/fail" if token else None,
     )
 
 
@@ -381,7 +368,9 @@ def dispatch_steps(batch: machine.DispatchSteps) -> machine.DispatchAnswer:
                     remote=start.remote,
                     timeout_s=start.timeout_s,
                 )
-                items.append(_record_dispatch(conn, request))
+                item = _record_dispatch(conn, request)
+                if item is not None:
+                    items.append(item)
         if batch.status is not None and not refused:
             # Last, so a reader that sees execution_waiting can already read what it waits for.
             moved = _move(conn, execution_id, batch.status.value, output=None, error=None)

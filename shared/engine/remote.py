@@ -9,7 +9,7 @@ from uuid import UUID
 
 from shared.db.session import tenant_transaction
 from shared.engine import steps as store
-from shared.engine import task_tokens
+from shared.engine import task_tokens, work_queue
 from shared.engine.payloads import claim_check
 from shared.engine.steps import Attempt, AttemptKey
 from shared.tenants.repository import get_tenant
@@ -21,6 +21,13 @@ class TokenRefusedError(Exception):
 
 class TokenUsedError(Exception):
     """The token was used already, or its attempt has ended otherwise (its result is recorded)."""
+
+
+class LeaseExpiredError(Exception):
+    """The token's lease ran out or moved on (ADR 0027): a late result changes nothing."""
+
+
+_LEASE_GONE = "the lease of this task token has expired or moved on; the result was not recorded"
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,8 @@ def _verified(token: str, execution_id: UUID, step_id: str, phase: str) -> task_
         attempt = store.attempt_by_token(conn, claims.nonce)
         if attempt is None or attempt.key != key or attempt.token_used_at is not None or attempt.finished:
             raise _refusal(attempt, claims)
+        if not work_queue.lease_is_live(conn, key, claims.nonce):
+            raise LeaseExpiredError(_LEASE_GONE)
     return claims
 
 
@@ -78,6 +87,8 @@ def complete(
     # loses the spend is content-addressed, so it can never replace the winner's output.
     output = claim_check(claims.tenant_id, claims.key, result.output) if result.ok else None
     with tenant_transaction(claims.tenant_id) as conn:
+        if not work_queue.lease_is_live(conn, claims.key, claims.nonce):  # locks the item: no expiry overtakes us
+            raise LeaseExpiredError(_LEASE_GONE)
         spent = store.use_task_token(conn, claims.nonce)
         if spent is None or spent.key != claims.key:
             raise _refusal(store.attempt_by_token(conn, claims.nonce), claims)

@@ -23,7 +23,7 @@ from uuid import UUID
 from psycopg_pool import ConnectionPool
 
 from shared.db.session import platform_transaction, tenant_transaction
-from shared.engine import control
+from shared.engine import control, work_queue
 from shared.engine import executions as repo
 from shared.engine import start as engine
 from shared.engine import steps as store
@@ -50,6 +50,7 @@ MAX_CHECKS_PER_TENANT = 20
 MAX_STATUS_CHECKS = 200
 _CAUSE_MAX_CHARS = 1000
 
+_EXPIRED_LEASE_TENANTS = "SELECT tenant_id FROM app.work_expired_lease_tenants(%s) AS expired (tenant_id)"
 _STUCK_TENANTS = "SELECT tenant_id FROM app.execution_sweep_tenants(%s, %s, %s) AS stuck (tenant_id)"
 # Oldest claim first; whether a claim is stale is decided by the start path's claim statement, not here.
 _PENDING_STARTS = (
@@ -85,6 +86,7 @@ class SweepResult:
     ended: int
     checked: int
     failed_tenants: int
+    expired_leases: int = 0
 
 
 @dataclass(frozen=True)
@@ -317,4 +319,42 @@ async def sweep(
             failed.add(tenant_id)
             continue
         started, ended, checked = started + result.started, ended + result.ended, checked + result.checked
-    return SweepResult(tenants=len(tenants), started=started, ended=ended, checked=checked, failed_tenants=len(failed))
+    expired = await expire_work_leases(client, pool=pool, control_pool=control_pool)
+    return SweepResult(
+        tenants=len(tenants),
+        started=started,
+        ended=ended,
+        checked=checked,
+        failed_tenants=len(failed),
+        expired_leases=expired,
+    )
+
+
+def _expire_tenant_leases(tenant_id: UUID, pool: ConnectionPool[Any] | None) -> list[store.Attempt]:
+    with tenant_transaction(tenant_id, pool=pool) as conn:
+        return work_queue.expire_leases(conn)
+
+
+async def expire_work_leases(
+    client: EventRaiser,
+    *,
+    pool: ConnectionPool[Any] | None = None,
+    control_pool: ConnectionPool[Any] | None = None,
+) -> int:
+    """End the attempts whose worker stopped heartbeating (ADR 0027), tenant by tenant, and hand each verdict to
+    its orchestration, whose retry policy queues the next attempt or fails the step. A tenant's own lease call does
+    the same for its queue; this covers tenants whose workers stopped polling altogether."""
+    with platform_transaction(pool=control_pool) as conn:
+        rows = conn.execute(_EXPIRED_LEASE_TENANTS, (MAX_TENANTS,)).fetchall()
+    expired = 0
+    for row in rows:
+        tenant_id = UUID(str(row["tenant_id"]))
+        try:
+            attempts = await asyncio.to_thread(_expire_tenant_leases, tenant_id, pool)
+            for attempt in attempts:
+                await client.raise_event(str(attempt.key.execution_id), attempt.key.event_name, attempt.verdict())
+        except Exception:  # one tenant's trouble must not keep the others' leases from ending
+            logger.exception("sweeper: the expired leases of tenant %s could not be ended", tenant_id)
+            continue
+        expired += len(attempts)
+    return expired

@@ -10,6 +10,7 @@ from typing import Any
 
 from shared.engine.executions import Execution
 from shared.engine.steps import Attempt
+from shared.engine.work_queue import Poller, QueuedItem
 
 
 def step_views(steps: Sequence[dict[str, Any]], attempts: Sequence[Attempt]) -> list[dict[str, Any]]:
@@ -32,8 +33,58 @@ def step_views(steps: Sequence[dict[str, Any]], attempts: Sequence[Attempt]) -> 
     return [{**step, "attempts": by_step.get(step["step_id"], [])} for step in steps]
 
 
-def wait_reason(execution: Execution, steps: Sequence[dict[str, Any]], now: datetime) -> str | None:
-    """Why the execution is not moving right now, e.g. "waiting for approval of step deploy"; None if it is."""
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{max(0, round(seconds))} s"
+    if seconds < 7200:
+        return f"{round(seconds / 60)} min"
+    return f"{round(seconds / 3600)} h"
+
+
+def _worker_reason(step_id: str, item: QueuedItem | None, pollers: dict[str, Poller], now: datetime) -> str:
+    """Where a remote step's work is: queued (and whether any worker polls for its action) or with a worker."""
+    if item is None:
+        return f"waiting for a worker to complete step {step_id}"
+    queued = _ago((now - item.enqueued_at).total_seconds())
+    if item.status(now) == "queued":
+        poller = pollers.get(item.action)
+        polled = (
+            "no worker has ever polled for it"
+            if poller is None
+            else f"no worker has polled in {_ago((now - poller.last_polled_at).total_seconds())}"
+        )
+        return f"waiting for a worker for {item.action} (step {step_id}): queued {queued}, {polled}"
+    assert item.leased_at is not None  # leased or expired
+    held = f"leased by {item.leased_by} {_ago((now - item.leased_at).total_seconds())} ago"
+    if item.status(now) == "expired":
+        return f"waiting for a worker for {item.action} (step {step_id}): {held}, its lease has expired"
+    beat = item.heartbeat_at or item.leased_at
+    progress = item.progress or {}
+    detail = ", ".join(
+        part
+        for part in (
+            f"{progress['percent']:g} %" if progress.get("percent") is not None else "",
+            str(progress.get("message") or ""),
+        )
+        if part
+    )
+    shown = f" ({detail})" if detail else ""
+    return (
+        f"a worker is running {item.action} (step {step_id}){shown}: {held}, "
+        f"last heartbeat {_ago((now - beat).total_seconds())} ago"
+    )
+
+
+def wait_reason(
+    execution: Execution,
+    steps: Sequence[dict[str, Any]],
+    now: datetime,
+    work: Sequence[QueuedItem] = (),
+    pollers: dict[str, Poller] | None = None,
+) -> str | None:
+    """Why the execution is not moving right now, e.g. "waiting for approval of step deploy"; None if it is.
+    `work` holds the execution's open queue items and `pollers` the last poll for their actions."""
+    items = {item.key.step_id: item for item in work if item.key.phase == "run"}
     if execution.terminal:
         return None
     if execution.status == "pending":
@@ -44,7 +95,7 @@ def wait_reason(execution: Execution, steps: Sequence[dict[str, Any]], now: date
         if state == "waiting" and step["action"] == "approval":
             reasons.append(f"waiting for approval of step {step_id}")
         elif state == "waiting":
-            reasons.append(f"waiting for a worker to complete step {step_id}")
+            reasons.append(_worker_reason(step_id, items.get(step_id), pollers or {}, now))
         elif state == "retrying" and step["retry_at"] is not None:
             seconds = max(0, math.ceil((step["retry_at"] - now).total_seconds()))
             reasons.append(

@@ -52,6 +52,12 @@ class Action(StrEnum):
     EXECUTION_CANCEL = "execution.cancel"
     EXECUTION_APPROVE = "execution.approve"
 
+    # Module.Worker (a tenant's daemon that runs its remote actions): lease and heartbeat its tenant's queued work;
+    # the queue is listed by workers and by every reader of the tenant.
+    WORK_LEASE = "work.lease"
+    WORK_HEARTBEAT = "work.heartbeat"
+    WORK_LIST = "work.list"
+
 
 PLATFORM_ACTIONS = frozenset(
     {

@@ -1,5 +1,7 @@
 # intent_ref: platform.execution
-"""The example remote worker against a devhost: the seed tutorial runs to the end; task tokens are single use."""
+"""Remote work through the tenant's queue (ADR 0027), against a devhost: the example worker runs the seed tutorial,
+tenants never see each other's work, an item is leased once, expired leases retry, heartbeats keep work alive, a
+cancel reaches queued and leased work, task tokens are bound to their lease."""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -35,57 +38,104 @@ SEED_WEB_APP = {
     },
 }
 STEPS = ["build-docker-image", "push-to-registry", "deploy-to-kubernetes"]
-ROLES = ["Intent.Author", "Intent.Deployer", "Intent.Reader"]
-READ = "/devhost/eventhubs/module-work/consumergroups/{group}/events"
+ROLES = ["Intent.Author", "Intent.Deployer", "Intent.Executor", "Intent.Reader"]
+TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def read_group(base_url: str, group: str, wait: float = 0.0, limit: int = 100, *, key: str) -> list[dict[str, Any]]:
-    """The group's next events through the devhost's read route (it needs the host's master key)."""
-    response = httpx.get(
-        base_url + READ.format(group=group),
-        params={"limit": limit, "wait": wait},
-        headers={"x-functions-key": key},
-        timeout=wait + 10,
+class Tenant:
+    """One demo tenant of the devhost: a person's headers and its worker daemon's headers."""
+
+    def __init__(self, host: Any, pg: Any, name: str) -> None:
+        self.base = host.base_url
+        person = mint_token_cli(pg.root, host.base_url, name, ROLES, [], None, 900, False)
+        self.worker_token = mint_token_cli(pg.root, host.base_url, name, ["Module.Worker"], [], None, 900, True)
+        self.headers = {"Authorization": f"Bearer {person}"}
+        self.worker = {"Authorization": f"Bearer {self.worker_token}"}
+
+    def start(self, body: dict[str, Any]) -> str:
+        """Create an intent (a unique name: the session's database is shared) and execute it."""
+        body = {**body, "name": f"{body['name']}-{uuid.uuid4().hex[:8]}"}
+        created = httpx.post(f"{self.base}/api/v1/intents", json=body, headers=self.headers, timeout=30)
+        assert created.status_code == 201, created.text
+        started = httpx.post(
+            f"{self.base}/api/v1/intents/{created.json()['id']}/execute", headers=self.headers, timeout=30
+        )
+        assert started.status_code in (200, 201, 202), started.text
+        execution_id: str = started.json()["execution_id"]
+        return execution_id
+
+    def lease(
+        self, actions: list[str], *, wait_s: float = 0, lease_s: float = 60, max_items: int = 10
+    ) -> httpx.Response:
+        body = {"actions": actions, "max_items": max_items, "lease_s": lease_s, "wait_s": wait_s, "worker": "test"}
+        return httpx.post(f"{self.base}/api/v1/work/lease", json=body, headers=self.worker, timeout=wait_s + 30)
+
+    def lease_item(
+        self, execution_id: str, step_id: str, *, timeout: float = 60, lease_s: float = 60, action: str | None = None
+    ) -> dict[str, Any]:
+        """Lease until the execution's step is handed out (items of other executions are left to expire)."""
+        deadline = time.monotonic() + timeout
+        actions = [action] if action else sorted(remote_worker.HANDLERS)
+        while time.monotonic() < deadline:
+            response = self.lease(actions, wait_s=5, lease_s=lease_s)
+            assert response.status_code == 200, response.text
+            for item in response.json()["items"]:
+                if item["execution_id"] == execution_id and item["step_id"] == step_id:
+                    return dict(item)
+        raise AssertionError(f"no work item for {execution_id}/{step_id}")
+
+    def execution(self, execution_id: str) -> dict[str, Any]:
+        response = httpx.get(f"{self.base}/api/v1/executions/{execution_id}", headers=self.headers, timeout=30)
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def queue(self, headers: dict[str, str] | None = None, **params: str) -> httpx.Response:
+        return httpx.get(f"{self.base}/api/v1/work", params=params, headers=headers or self.worker, timeout=30)
+
+    def wait_for(
+        self, execution_id: str, check: Callable[[dict[str, Any]], bool], timeout: float = 60
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            execution = self.execution(execution_id)
+            if check(execution):
+                return execution
+            time.sleep(0.3)
+        raise AssertionError(f"execution {execution_id} never got there: {self.execution(execution_id)}")
+
+
+def report(base: str, item: dict[str, Any], *, ok: bool = True, output: Any = None) -> httpx.Response:
+    url, body = (
+        (item["complete_url"], {"task_token": item["task_token"], "output": output or {"done": True}})
+        if ok
+        else (item["fail_url"], {"task_token": item["task_token"], "error": "broken", "retryable": False})
     )
-    assert response.status_code == 200, response.text
-    events: list[dict[str, Any]] = response.json()["events"]
-    return events
+    return httpx.post(base + url, json=body, timeout=30)
 
 
-def skip_history(base_url: str, *groups: str, key: str) -> None:
-    """Move the groups past what earlier tests left on the session's `module-work`."""
-    for group in groups:
-        while read_group(base_url, group, key=key):
-            pass
+def heartbeat(tenant: Tenant, item: dict[str, Any], **extra: Any) -> httpx.Response:
+    body = {"lease_id": item["lease_id"], "extend_s": 5, **extra}
+    return httpx.post(tenant.base + item["heartbeat_url"], json=body, headers=tenant.worker, timeout=30)
 
 
-def start_execution(base_url: str, headers: dict[str, str]) -> str:
-    """Create the seed's deploy-web-app intent and execute it; returns the execution id."""
-    # Intent names are unique per tenant and the session's database is shared (test_demo_seed_e2e takes the name).
-    body = {**SEED_WEB_APP, "name": f"deploy-web-app-{uuid.uuid4().hex[:8]}"}
-    created = httpx.post(f"{base_url}/api/v1/intents", json=body, headers=headers)
-    assert created.status_code == 201, created.text
-    started = httpx.post(f"{base_url}/api/v1/intents/{created.json()['id']}/execute", headers=headers)
-    assert started.status_code in (200, 201, 202), started.text
-    execution_id: str = started.json()["execution_id"]
-    return execution_id
+def one_step(action: str, **step: Any) -> dict[str, Any]:
+    """An intent of one remote step (target staging: an Executor may run it)."""
+    return {"name": f"one-{action}", "definition": {"target": "staging", "steps": [{"action": action, **step}]}}
 
 
 @contextmanager
-def worker_running(base_url: str, group: str, key: str) -> Iterator[None]:
-    """The example worker, `--once` in a loop on a thread, until the block ends."""
+def worker_running(base_url: str, token: str, *extra: str) -> Iterator[None]:
+    """The example worker on a thread, leasing with its tenant's Module.Worker token, until the block ends."""
     stop = threading.Event()
     errors: list[BaseException] = []
+    options = remote_worker.parse_args(["--api", base_url, "--token", token, "--lease-s", "15", *extra])
 
     def loop() -> None:
-        while not stop.is_set():
-            try:
-                remote_worker.main(["--devhost", base_url, "--devhost-key", key, "--consumer-group", group, "--once"])
-            except Exception as exc:  # surfaced after the block
-                errors.append(exc)
-                return
-            stop.wait(0.2)
+        try:
+            remote_worker.run(options, stop)
+        except Exception as exc:  # surfaced after the block
+            errors.append(exc)
 
     thread = threading.Thread(target=loop, name="example-worker", daemon=True)
     thread.start()
@@ -93,7 +143,7 @@ def worker_running(base_url: str, group: str, key: str) -> Iterator[None]:
         yield
     finally:
         stop.set()
-        thread.join(timeout=30)
+        thread.join(timeout=40)
     assert not errors, errors
 
 
@@ -112,39 +162,24 @@ def follow(base_url: str, headers: dict[str, str], execution_id: str, timeout: f
         page = response.json()
         events += page["items"]
         after = page["next_after"]
-        if page["status"] in ("succeeded", "failed", "cancelled") and not page["items"]:
+        if page["status"] in TERMINAL and not page["items"]:
             return events
     raise AssertionError(f"execution {execution_id} did not finish: {[e['type'] for e in events]}")
 
 
-def work_item(
-    base_url: str, group: str, execution_id: str, step_id: str, timeout: float = 60.0, *, key: str
-) -> dict[str, Any]:
-    """The work item of the execution's step, read with `group`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for event in read_group(base_url, group, wait=5, key=key):
-            body = event["body"]
-            if body.get("execution_id") == execution_id and body.get("step_id") == step_id:
-                assert event["properties"] == {"type": "step.work", "action": body["action"]}
-                return dict(body)
-    raise AssertionError(f"no work item for {execution_id}/{step_id}")
+@pytest.fixture
+def platform(devhost_factory: DevhostFactory) -> Any:
+    return devhost_factory(app_dir=PROJECT_ROOT, extra_args=("--seed-demo",))
 
 
 # ------------------------------------------------------------------------------------------------- tests
-def test_example_worker_runs_the_seed_tutorial_to_success(devhost_factory: DevhostFactory, pg: Any) -> None:
-    host = devhost_factory(app_dir=PROJECT_ROOT, extra_args=("--seed-demo",))
-    token = mint_token_cli(pg.root, host.base_url, "fabrikam", ROLES, [], None, 600, False)
-    headers = {"Authorization": f"Bearer {token}"}
-    group = f"example-worker-{uuid.uuid4().hex[:8]}"
-    skip_history(host.base_url, group, key=host.host_key)
-
-    execution_id = start_execution(host.base_url, headers)
-    with worker_running(host.base_url, group, host.host_key):
-        events = follow(host.base_url, headers, execution_id)
+def test_example_worker_runs_the_seed_tutorial_to_success(platform: Any, pg: Any) -> None:
+    fabrikam = Tenant(platform, pg, "fabrikam")
+    execution_id = fabrikam.start(SEED_WEB_APP)
+    with worker_running(platform.base_url, fabrikam.worker_token):
+        events = follow(platform.base_url, fabrikam.headers, execution_id)
 
     types = [e["type"] for e in events]
-    assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
     expected = [
         "execution_started",
         *[t for _ in STEPS for t in ("step_started", "step_completed")],
@@ -162,34 +197,155 @@ def test_example_worker_runs_the_seed_tutorial_to_success(devhost_factory: Devho
         "namespace": "production",
         "replicas": 3,
     }
-    assert isinstance(results["deploy-to-kubernetes"]["revision"], int)
-
-    execution = httpx.get(f"{host.base_url}/api/v1/executions/{execution_id}", headers=headers).json()
+    execution = fabrikam.execution(execution_id)
     assert execution["status"] == "succeeded"
-    assert [s["step_id"] for s in execution["steps"]] == STEPS
     for step in execution["steps"]:
         assert step["state"] == "succeeded", step
-        assert step["output"] == results[step["step_id"]]
         assert [a["remote"] for a in step["attempts"]] == [True]
+    assert fabrikam.queue(execution_id=execution_id).json()["items"] == []  # nothing left open
 
 
-def test_task_tokens_are_single_use_unforgeable_and_bound_to_their_step(
-    devhost_factory: DevhostFactory, pg: Any
-) -> None:
-    host = devhost_factory(app_dir=PROJECT_ROOT, extra_args=("--seed-demo",))
-    token = mint_token_cli(pg.root, host.base_url, "fabrikam", ROLES, [], None, 600, False)
-    headers = {"Authorization": f"Bearer {token}"}
-    spy = f"spy-{uuid.uuid4().hex[:8]}"
-    skip_history(host.base_url, spy, key=host.host_key)
+def test_a_tenants_worker_never_sees_or_touches_another_tenants_work(platform: Any, pg: Any) -> None:
+    fabrikam, contoso = Tenant(platform, pg, "fabrikam"), Tenant(platform, pg, "contoso")
+    execution_id = fabrikam.start(one_step("build-container", image="secret-app:1"))
+    fabrikam.wait_for(execution_id, lambda e: e["status"] == "waiting")
 
-    execution_id = start_execution(host.base_url, headers)
-    item = work_item(host.base_url, spy, execution_id, "build-docker-image", key=host.host_key)
-    assert item["remote"] is True and item["phase"] == "run" and item["attempt"] == 1
+    # contoso's worker asks for every action it could: none of fabrikam's items come back, and its list is blind.
+    for _ in range(3):
+        answer = contoso.lease(sorted(remote_worker.HANDLERS))
+        assert answer.status_code == 200, answer.text
+        assert all(item["execution_id"] != execution_id for item in answer.json()["items"])
+    assert contoso.queue(execution_id=execution_id).json()["items"] == []
+    queued = fabrikam.queue(execution_id=execution_id).json()["items"]
+    assert [(i["step_id"], i["status"], i["attempt"]) for i in queued] == [("build-container", "queued", 1)]
+    assert "waiting for a worker for build-container" in fabrikam.execution(execution_id)["wait_reason"]
+
+    # A person's token without Module.Worker cannot lease; a worker token reads no execution.
+    assert (
+        httpx.post(
+            f"{platform.base_url}/api/v1/work/lease", json={"actions": ["build-container"]}, headers=fabrikam.headers
+        ).status_code
+        == 403
+    )
+    assert httpx.get(f"{platform.base_url}/api/v1/executions/{execution_id}", headers=fabrikam.worker).status_code in (
+        403,
+        404,
+    )
+
+    item = fabrikam.lease_item(execution_id, "build-container")
+    assert item["params"]["image"] == "secret-app:1"
+    # contoso cannot heartbeat it (404: not its item), even with the right lease id; fabrikam can.
+    assert heartbeat(contoso, item).status_code == 404
+    assert heartbeat(fabrikam, item).json()["state"] == "leased"
+    assert report(platform.base_url, item).status_code == 200
+    assert fabrikam.wait_for(execution_id, lambda e: e["status"] in TERMINAL)["status"] == "succeeded"
+
+
+def test_workers_racing_for_an_item_get_it_once(platform: Any, pg: Any) -> None:
+    fabrikam = Tenant(platform, pg, "fabrikam")
+    execution_id = fabrikam.start(one_step("push-to-registry", registry="r.io", image="race:1"))
+    fabrikam.wait_for(execution_id, lambda e: e["status"] == "waiting")
+
+    def lease_once(_: int) -> list[dict[str, Any]]:
+        response = fabrikam.lease(["push-to-registry"], wait_s=2)
+        assert response.status_code == 200, response.text
+        return [i for i in response.json()["items"] if i["execution_id"] == execution_id]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        got = [item for items in pool.map(lease_once, range(8)) for item in items]
+    assert len(got) == 1, got
+    assert report(platform.base_url, got[0]).status_code == 200
+
+
+def test_an_expired_lease_is_the_next_attempt_and_its_late_result_is_refused(platform: Any, pg: Any) -> None:
+    fabrikam = Tenant(platform, pg, "fabrikam")
+    retry = {"max_attempts": 2, "initial_interval_s": 0.1}
+    execution_id = fabrikam.start(one_step("deploy-to-kubernetes", namespace="n", retry=retry))
+    first = fabrikam.lease_item(execution_id, "deploy-to-kubernetes", lease_s=5)
+    assert first["attempt"] == 1
+    # The worker crashes: no heartbeat, no result. Its lease runs out; the next lease call ends the attempt, the
+    # step's retry policy queues attempt 2, and a worker gets that.
+    time.sleep(6)
+    second = fabrikam.lease_item(execution_id, "deploy-to-kubernetes")
+    assert second["attempt"] == 2 and second["id"] != first["id"]
+    late = report(platform.base_url, first)
+    assert late.status_code == 409, late.text
+    assert heartbeat(fabrikam, first).status_code == 409
+    assert report(platform.base_url, second).status_code == 200
+    execution = fabrikam.wait_for(execution_id, lambda e: e["status"] in TERMINAL)
+    assert execution["status"] == "succeeded"
+    attempts = execution["steps"][0]["attempts"]
+    assert [(a["attempt"], a["state"]) for a in attempts] == [(1, "timed_out"), (2, "succeeded")]
+    assert "lease expired" in attempts[0]["error"]
+
+
+def test_heartbeats_keep_a_long_item_alive_past_its_lease(platform: Any, pg: Any) -> None:
+    fabrikam = Tenant(platform, pg, "fabrikam")
+    execution_id = fabrikam.start(one_step("build-container", image="long:1", retry={"max_attempts": 1}))
+    item = fabrikam.lease_item(execution_id, "build-container", lease_s=5)
+    for percent in (20, 40, 60, 80):  # 12 s of work, more than twice the lease
+        time.sleep(3)
+        beat = heartbeat(fabrikam, item, progress={"percent": percent, "message": f"layer {percent // 20}"})
+        assert beat.status_code == 200 and beat.json()["state"] == "leased", beat.text
+    reason = fabrikam.execution(execution_id)["wait_reason"]
+    assert "a worker is running build-container" in reason and "80 %" in reason and "layer 4" in reason, reason
+    listed = fabrikam.queue(execution_id=execution_id, status="leased").json()["items"]
+    assert [(i["status"], i["progress"]["percent"]) for i in listed] == [("leased", 80)]
+    assert report(platform.base_url, item).status_code == 200
+    execution = fabrikam.wait_for(execution_id, lambda e: e["status"] in TERMINAL)
+    assert execution["status"] == "succeeded"
+    assert [a["attempt"] for a in execution["steps"][0]["attempts"]] == [1]
+
+
+def test_a_cancel_removes_queued_work_and_tells_a_leased_worker(platform: Any, pg: Any) -> None:
+    fabrikam = Tenant(platform, pg, "fabrikam")
+    body = {
+        "name": "two-builds",
+        "definition": {
+            "target": "staging",
+            "steps": [
+                {"id": "a", "action": "build-container", "image": "a:1", "depends_on": []},
+                {"id": "b", "action": "push-to-registry", "registry": "r.io", "image": "b:1", "depends_on": []},
+            ],
+        },
+    }
+    execution_id = fabrikam.start(body)
+    leased = fabrikam.lease_item(execution_id, "a", action="build-container")
+    fabrikam.wait_for(execution_id, lambda e: e["status"] == "waiting")
+    assert [i["step_id"] for i in fabrikam.queue(execution_id=execution_id, status="queued").json()["items"]] == ["b"]
+
+    cancelled = httpx.post(
+        f"{platform.base_url}/api/v1/executions/{execution_id}/cancel", headers=fabrikam.headers, timeout=30
+    )
+    assert cancelled.status_code == 202, cancelled.text
+    # The queued item is gone at once: no worker can lease it any more.
+    assert fabrikam.queue(execution_id=execution_id, status="queued").json()["items"] == []
+    answer = fabrikam.lease(["push-to-registry"])
+    assert all(item["execution_id"] != execution_id for item in answer.json()["items"])
+    # The worker holding `a` hears it on its next heartbeat; its result would no longer count.
+    beat = heartbeat(fabrikam, leased)
+    assert beat.status_code == 200 and beat.json() == {
+        "id": leased["id"],
+        "state": "cancelled",
+        "lease_expires_at": None,
+    }
+    assert report(platform.base_url, leased).status_code == 409
+    execution = fabrikam.wait_for(execution_id, lambda e: e["status"] in TERMINAL, timeout=30)
+    assert execution["status"] == "cancelled"
+    assert {s["step_id"]: s["state"] for s in execution["steps"]} == {"a": "cancelled", "b": "cancelled"}
+
+
+def test_task_tokens_are_single_use_unforgeable_and_bound_to_their_step(platform: Any, pg: Any) -> None:
+    fabrikam = Tenant(platform, pg, "fabrikam")
+    execution_id = fabrikam.start(SEED_WEB_APP)
+    item = fabrikam.lease_item(execution_id, "build-docker-image")
+    assert item["phase"] == "run" and item["attempt"] == 1
     assert item["complete_url"] == f"/api/v1/executions/{execution_id}/steps/build-docker-image/complete"
+    assert item["idempotency_key"] == f"{execution_id}:build-docker-image:run:1"
     task_token, output = item["task_token"], {"image": "myapp:latest"}
 
     def complete(url: str, task_token: str) -> httpx.Response:
-        return httpx.post(host.base_url + url, json={"task_token": task_token, "output": output}, timeout=30)
+        return httpx.post(platform.base_url + url, json={"task_token": task_token, "output": output}, timeout=30)
 
     prefix, claims, signature = task_token.split(".")
     middle = len(signature) // 2
@@ -203,14 +359,12 @@ def test_task_tokens_are_single_use_unforgeable_and_bound_to_their_step(
     first = complete(item["complete_url"], task_token)
     assert first.status_code == 200, first.text
     assert first.json()["state"] == "succeeded"
-    reused = complete(item["complete_url"], task_token)
-    assert reused.status_code == 409, reused.text
-    assert (
-        httpx.post(
-            host.base_url + item["fail_url"], json={"task_token": task_token, "error": "late"}, timeout=30
-        ).status_code
-        == 409
+    assert complete(item["complete_url"], task_token).status_code == 409
+    late_fail = httpx.post(
+        platform.base_url + item["fail_url"], json={"task_token": task_token, "error": "late"}, timeout=30
     )
+    assert late_fail.status_code == 409
+    httpx.post(f"{platform.base_url}/api/v1/executions/{execution_id}/cancel", headers=fabrikam.headers, timeout=30)
 
 
 # ------------------------------------------------------------------------- the devhost's read route, in process
@@ -265,40 +419,10 @@ def test_devhost_read_route_hands_each_event_to_one_reader_of_a_group(pg: Any, t
                 (route.format(group="g"), {"limit": "0"}, 400),
                 (route.format(group="g"), {"wait": "99"}, 400),
                 ("/devhost/eventhubs/conformance-batch/consumergroups/$Default/events", {}, 409),  # the app's
+                # The platform's own work: no group of anyone's may read it (ADR 0027).
+                ("/devhost/eventhubs/module-work/consumergroups/example-worker/events", {}, 403),
+                ("/devhost/eventhubs/module-work/consumergroups/module-worker/events", {}, 403),
             ]:
                 assert (await client.get(path, params=params)).status == status, path
 
     asyncio.run(scenario())
-
-
-def test_worker_skips_what_it_should_not_take() -> None:
-    posted: list[str] = []
-
-    def answer(request: httpx.Request) -> httpx.Response:
-        posted.append(request.url.path)
-        return httpx.Response(200, json={"state": "succeeded"})
-
-    options = remote_worker.parse_args(["--devhost", "http://127.0.0.1:1"])
-    item = {
-        "type": "step.work",
-        "remote": True,
-        "action": "push-to-registry",
-        "phase": "run",
-        "attempt": 1,
-        "params": {"registry": "r.io", "image": "a:1"},
-        "task_token": "t",
-        "complete_url": "/c",
-        "fail_url": "/f",
-        "execution_id": "e",
-        "step_id": "s",
-    }
-    with httpx.Client(base_url="http://platform", transport=httpx.MockTransport(answer)) as api:
-        assert remote_worker.handle_item({**item, "remote": False}, api, options).startswith("skipped")
-        assert remote_worker.handle_item({**item, "action": "http.request"}, api, options).startswith("skipped")
-        assert remote_worker.handle_item("not json", api, options).startswith("skipped")
-        assert posted == []
-        assert remote_worker.handle_item(item, api, options).startswith("completed")
-        failing = remote_worker.parse_args(["--devhost", "http://x", "--fail-action", "push-to-registry"])
-        assert remote_worker.handle_item(item, api, failing).startswith("failed")
-        assert remote_worker.handle_item({**item, "attempt": 2}, api, failing).startswith("completed")
-    assert posted == ["/c", "/f", "/c"]

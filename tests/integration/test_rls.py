@@ -190,6 +190,16 @@ def test_every_app_table_has_forced_rls_with_tenant_policies(pg) -> None:  # typ
                     "SELECT",
                     "(status = ANY (ARRAY['pending'::text, 'running'::text, 'waiting'::text, 'compensating'::text]))",
                 )
+            elif name in ("work_items", "step_attempts"):
+                # The owner (never the app) reads which tenants have a lease that ran out, for the sweeper
+                # (migration 0018): leased items and open attempts, SELECT only.
+                owner_policy = "sweeper_leased_items" if name == "work_items" else "sweeper_open_attempts"
+                assert others == {("platform_erase", ("qp_platform",)), (owner_policy, (OWNER_ROLE,))}, name
+                cmd = conn.execute(
+                    "SELECT cmd FROM pg_policies WHERE schemaname = 'app' AND tablename = %s AND policyname = %s",
+                    (name, owner_policy),
+                ).fetchone()
+                assert cmd == ("SELECT",), name
             else:
                 assert others == {("platform_erase", ("qp_platform",))}, name
                 erase = conn.execute(

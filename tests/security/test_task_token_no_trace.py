@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from shared.api.durable import get_durable_client
 from shared.config import get_settings
 from shared.db.session import tenant_transaction
-from shared.engine import payloads, remote, task_tokens, worker
+from shared.engine import payloads, remote, task_tokens, work_queue, worker
 from shared.engine import steps as store
 from shared.engine.protocol import WorkItem
 from shared.engine.steps import AttemptKey, StepSeed
@@ -35,6 +35,7 @@ pytestmark = pytest.mark.integration
 # Every table a completion writes (or a token check could), and the one holding the signing keys.
 TABLES = (
     "step_attempts",
+    "work_items",
     "execution_steps",
     "execution_events",
     "outbox",
@@ -101,21 +102,26 @@ def remote_attempt(
     expires_at: datetime | None = None,
     steps: tuple[str, ...] = ("build", "deploy"),
 ) -> RemoteAttempt:
-    """An execution whose first step has a dispatched remote attempt and the real task token of its work item."""
+    """An execution whose first step has a dispatched remote attempt, queued and leased as a worker would (ADR
+    0027), with the real task token of its lease (its expiry moved to `expires_at` when given)."""
     execution = _execution(pool, tenant_id, path=["running"])
     key = AttemptKey(execution.id, steps[0], "run", 1)
     with tenant_transaction(tenant_id, pool=pool) as conn:
         store.seed_steps(conn, execution.id, [StepSeed(step, "build-container", 3) for step in steps])
-        issued = task_tokens.issue(conn, tenant_id, key, 600, expires_at=expires_at)
-        store.begin_attempt(
-            conn,
-            key,
-            action="build-container",
-            remote=True,
-            token_nonce=issued.nonce,
-            token_expires_at=issued.expires_at,
+        store.begin_attempt(conn, key, action="build-container", remote=True)
+        work_queue.enqueue(conn, key, action="build-container", params={}, timeout_s=600)
+        leases = work_queue.lease(
+            conn, tenant_id, actions=["build-container"], max_items=100, lease_s=600, worker="test-worker"
         )
-    return RemoteAttempt(tenant_id, key, issued.token)
+        (lease,) = [lease for lease in leases if lease.item.key == key]
+        token = lease.task_token
+        if expires_at is not None:
+            nonce = str(lease.item.lease_id)
+            token = task_tokens.issue(conn, tenant_id, key, 0, nonce=nonce, expires_at=expires_at).token
+            conn.execute(
+                "UPDATE app.step_attempts SET token_expires_at = %s WHERE token_nonce = %s", (expires_at, nonce)
+            )
+    return RemoteAttempt(tenant_id, key, token)
 
 
 def trace(api: ApiHarness, artifacts: ContainerClient) -> tuple[object, ...]:

@@ -17,6 +17,7 @@ from shared.auth.principal import (
     INTENT_DEPLOYER,
     INTENT_EXECUTOR,
     INTENT_READER,
+    MODULE_WORKER,
     PLATFORM_ADMIN,
     TENANT_ADMIN,
     Principal,
@@ -33,7 +34,16 @@ OTHER_REQUESTER = "11111111-1111-4111-8111-111111111111/22222222-2222-4222-8222-
 # The expected matrix, written from the role descriptions of DESIGN.md §8 and issue 3, not from the policies.
 # ---------------------------------------------------------------------------------------------------------------
 
-ROLES = (PLATFORM_ADMIN, TENANT_ADMIN, INTENT_READER, INTENT_AUTHOR, INTENT_EXECUTOR, INTENT_DEPLOYER, INTENT_APPROVER)
+ROLES = (
+    PLATFORM_ADMIN,
+    TENANT_ADMIN,
+    INTENT_READER,
+    INTENT_AUTHOR,
+    INTENT_EXECUTOR,
+    INTENT_DEPLOYER,
+    INTENT_APPROVER,
+    MODULE_WORKER,
+)
 READER_AND_ABOVE = frozenset(
     {INTENT_READER, INTENT_AUTHOR, INTENT_EXECUTOR, INTENT_DEPLOYER, INTENT_APPROVER, TENANT_ADMIN}
 )
@@ -77,6 +87,9 @@ ROLES_ALLOWED: dict[Action, frozenset[str]] = {
         ],
         READER_AND_ABOVE,
     ),
+    # A tenant's daemon worker takes its remote work and reads nothing else; its queue is visible to readers too.
+    **dict.fromkeys([Action.WORK_LEASE, Action.WORK_HEARTBEAT], frozenset({MODULE_WORKER})),
+    Action.WORK_LIST: READER_AND_ABOVE | {MODULE_WORKER},
     **dict.fromkeys(
         [
             Action.INTENT_CREATE,
@@ -137,7 +150,7 @@ def resource_for(action: Action, *, who: Principal, production: bool, own: bool,
     kind = action.value.split(".")[0]
     if kind == "tenant" and action.value.count(".") == 1:
         return Resource.platform()
-    if action.value.endswith(".list") or kind == "tenant":
+    if action.value.endswith(".list") or kind in ("tenant", "work"):
         return Resource.tenant(tenant_id)
     requested_by = who.id if own else OTHER_REQUESTER
     match kind:

@@ -26,13 +26,15 @@ from shared.api.routers.executions import (
     execution_resource,
     load_execution,
 )
+from shared.api.routers.work import raise_verdicts
 from shared.api.security import RequestContext, authorize, record_mutation
 from shared.api.starting import begin, launch
 from shared.db.session import tenant_transaction
-from shared.engine import control
+from shared.engine import control, work_queue
 from shared.engine import executions as repo
 from shared.engine import start as engine
 from shared.engine.protocol import CANCEL_EVENT, approval_event
+from shared.engine.steps import Attempt
 from shared.policy.actions import Action
 
 logger = logging.getLogger(__name__)
@@ -130,20 +132,21 @@ async def cancel(
     """Stop scheduling new steps, let work already out end, compensate what completed, end cancelled (the
     requester, an Executor or a Deployer)."""
 
-    def record() -> repo.Execution:
+    def record() -> tuple[repo.Execution, list[Attempt]]:
         execution = load_execution(context, execution_id)
         authorize(context, Action.EXECUTION_CANCEL, execution_resource(execution, context.tenant.id))
         with tenant_transaction(context.tenant.id) as conn:
             try:
-                return control.request_cancel(conn, execution_id, context.principal.id)
+                cancelled = control.request_cancel(conn, execution_id, context.principal.id)
             except control.ControlError as exc:
                 raise _problem(exc) from None
+            # Remote work no worker has taken yet ends now (ADR 0027), not when its step times out.
+            return cancelled, work_queue.cancel_queued(conn, execution_id)
 
-    execution = await run_in_threadpool(record)
-    if (
-        not await raise_to_orchestration(client, execution_id, CANCEL_EVENT, {"by": context.principal.id})
-        and execution.status == "pending"
-    ):
+    execution, dequeued = await run_in_threadpool(record)
+    raised = await raise_to_orchestration(client, execution_id, CANCEL_EVENT, {"by": context.principal.id})
+    await raise_verdicts(client, dequeued)
+    if not raised and execution.status == "pending":
         await run_in_threadpool(_cancel_unstarted, context.tenant.id, execution_id)
         execution = await run_in_threadpool(load_execution, context, execution_id)
     return CancelAccepted(execution_id=execution.id, status=execution.status, cancel_requested=True)

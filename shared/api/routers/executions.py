@@ -20,6 +20,7 @@ from shared.api.responses import AUTH_ERRORS, BAD_CURSOR, INVALID, problem_doc
 from shared.api.security import RequestContext, authorize
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
+from shared.engine import work_queue
 from shared.engine.event_wakeup import get_event_wakeup
 from shared.engine.executions import Conn
 from shared.engine.steps import Attempt, list_attempts, list_steps
@@ -261,7 +262,14 @@ def _summary(execution: repo.Execution) -> ExecutionSummary:
     )
 
 
-def _out(execution: repo.Execution, steps: list[dict[str, Any]], attempts: list[Attempt]) -> ExecutionOut:
+def _out(
+    execution: repo.Execution,
+    steps: list[dict[str, Any]],
+    attempts: list[Attempt],
+    work: list[work_queue.QueuedItem] | None = None,
+    pollers: dict[str, work_queue.Poller] | None = None,
+    now: datetime | None = None,
+) -> ExecutionOut:
     path = f"/api/v1/executions/{execution.id}"
     return ExecutionOut(
         **_summary(execution).model_dump(),
@@ -272,7 +280,7 @@ def _out(execution: repo.Execution, steps: list[dict[str, Any]], attempts: list[
         last_event_seq=execution.last_event_seq,
         parent_execution_id=execution.parent_execution_id,
         retry_of=execution.retry_of,
-        wait_reason=wait_reason(execution, steps, datetime.now(UTC)),
+        wait_reason=wait_reason(execution, steps, now or datetime.now(UTC), work or (), pollers),
         steps=[StepOut.model_validate(view) for view in step_views(steps, attempts)],
         links=ExecutionLinks(self=path, events=f"{path}/events?after=0"),
     )
@@ -369,7 +377,13 @@ def get_one(execution_id: ExecutionId, context: MayRead) -> ExecutionOut:
     with tenant_transaction(context.tenant.id) as conn:  # one transaction: the steps match the status read
         execution = load_execution(context, execution_id, conn)
         steps, attempts = list_steps(conn, execution.id), list_attempts(conn, execution.id)
-    return _out(execution, steps, attempts)
+        work: list[work_queue.QueuedItem] = []
+        pollers: dict[str, work_queue.Poller] = {}
+        now = None
+        if any(step["state"] == "waiting" and step["action"] != "approval" for step in steps):
+            work, now = work_queue.list_items(conn, execution_id=execution.id)
+            pollers = work_queue.pollers(conn, sorted({item.action for item in work}))
+    return _out(execution, steps, attempts, work, pollers, now)
 
 
 @router.get(

@@ -38,7 +38,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         "task-token-used",
         "Conflict",
         "the task token was used already",
-        "The attempt's result was reported already (a task token is single use)",
+        "The attempt's result was reported already (a task token is single use), or the lease it was handed out "
+        "with has expired or moved on (`lease-expired`)",
     ),
     422: INVALID,
     429: RATE_LIMITED,
@@ -60,7 +61,9 @@ class StepCompletion(BaseModel):
         },
     )
 
-    task_token: str = Field(min_length=1, max_length=2048, description="From the work item on `module-work`.")
+    task_token: str = Field(
+        min_length=1, max_length=2048, description="From the leased work item (`POST /api/v1/work/lease`)."
+    )
     output: Any = None
 
 
@@ -113,6 +116,8 @@ async def _report(
         key, verdict = await run_in_threadpool(remote.complete, token, execution_id, step_id, phase, result)
     except remote.TokenUsedError as exc:
         raise ProblemError(409, "task-token-used", "Conflict", str(exc)) from None
+    except remote.LeaseExpiredError as exc:
+        raise ProblemError(409, "lease-expired", "Conflict", str(exc)) from None
     except remote.TokenRefusedError as exc:
         if "another execution or step" in str(exc):
             raise ProblemError(

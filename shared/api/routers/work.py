@@ -1,0 +1,346 @@
+# intent_ref: platform.execution
+"""A tenant's workers take its remote work through here (ADR 0027): lease (a long poll), heartbeat, list."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Path, Query
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from shared.api.admission import idle
+from shared.api.durable import get_durable_client, raise_to_orchestration
+from shared.api.permissions import GuardedRoute, permission
+from shared.api.problems import ProblemError
+from shared.api.responses import AUTH_ERRORS, INVALID, problem_doc
+from shared.api.security import RequestContext, authorize
+from shared.db.session import tenant_transaction
+from shared.engine import work_queue
+from shared.engine.event_wakeup import get_event_wakeup
+from shared.engine.steps import Attempt
+from shared.policy.actions import Action
+from shared.policy.authorizer import Resource
+
+router = APIRouter(prefix="/api/v1/work", tags=["remote workers"], route_class=GuardedRoute)
+
+MAX_WAIT_S = 30.0
+# A waiting lease is woken by the process-wide listener when the tenant's queue gets an item (migration 0018); it
+# holds no pooled connection, transaction or permit while it waits, and re-reads at this interval besides.
+FALLBACK_RECHECK_S = 2.0
+ItemId = Annotated[UUID, Path(description="The work item's id.")]
+ActionName = Annotated[str, Field(min_length=1, max_length=128)]
+_EXAMPLE_ID = "9a1c2b3d-4e5f-4a6b-8c7d-0e1f2a3b4c5d"
+_EXAMPLE_LEASE = "3f2e1d0c-9b8a-4765-a4b3-c2d1e0f9a8b7"
+_EXAMPLE_EXECUTION = "5d7e1f0a-3b2c-4d5e-8f90-1a2b3c4d5e6f"
+ITEM_NOT_FOUND = problem_doc(404, "not-found", "Not found", f"no work item {_EXAMPLE_ID}", "No such item in the tenant")
+LEASE_NOT_HELD = problem_doc(
+    409,
+    "lease-expired",
+    "Conflict",
+    "the lease has expired; the attempt is ended or about to be, as the step's retry says",
+    "The lease ran out, moved on, or the attempt has ended: stop working on the item",
+)
+
+
+class LeaseRequest(BaseModel):
+    """What a worker asks for: items of the actions it runs, how many, for how long, and how long to wait."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"actions": ["build-container"], "max_items": 1, "lease_s": 60, "wait_s": 20, "worker": "builder-1"}
+            ]
+        },
+    )
+
+    actions: list[ActionName] = Field(min_length=1, max_length=32, description="The actions this worker runs.")
+    max_items: int = Field(1, ge=1, le=50)
+    lease_s: float = Field(60, ge=5, le=900, description="How long the lease holds without a heartbeat.")
+    wait_s: float = Field(
+        0, ge=0, le=MAX_WAIT_S, description="Seconds to wait for an item when none is queued (long poll)."
+    )
+    worker: str | None = Field(None, min_length=1, max_length=128, description="A name for this worker process.")
+
+
+class LeasedItem(BaseModel):
+    """One item handed to the worker: what to do, and the task token (bound to this lease) that reports it."""
+
+    id: UUID
+    lease_id: UUID
+    lease_expires_at: datetime
+    deadline: datetime = Field(description="The attempt's own timeout: a heartbeat never extends past it.")
+    execution_id: UUID
+    step_id: str
+    phase: Literal["run", "compensate"]
+    attempt: int
+    action: str
+    params: dict[str, Any]
+    idempotency_key: str = Field(description="The same for every delivery of this attempt: key side effects on it.")
+    task_token: str
+    complete_url: str
+    fail_url: str
+    heartbeat_url: str
+
+
+class LeaseAnswer(BaseModel):
+    """The items leased (possibly none, when `wait_s` passed with nothing queued)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {
+                            "id": _EXAMPLE_ID,
+                            "lease_id": _EXAMPLE_LEASE,
+                            "lease_expires_at": "2025-01-05T09:31:00Z",
+                            "deadline": "2025-01-05T10:00:00Z",
+                            "execution_id": _EXAMPLE_EXECUTION,
+                            "step_id": "build",
+                            "phase": "run",
+                            "attempt": 1,
+                            "action": "build-container",
+                            "params": {"image": "myapp:1.2.3", "context": "./app"},
+                            "idempotency_key": f"{_EXAMPLE_EXECUTION}:build:run:1",
+                            "task_token": "qpt1.<claims>.<signature>",
+                            "complete_url": f"/api/v1/executions/{_EXAMPLE_EXECUTION}/steps/build/complete",
+                            "fail_url": f"/api/v1/executions/{_EXAMPLE_EXECUTION}/steps/build/fail",
+                            "heartbeat_url": f"/api/v1/work/{_EXAMPLE_ID}/heartbeat",
+                        }
+                    ]
+                }
+            ]
+        }
+    )
+
+    items: list[LeasedItem]
+
+
+class Progress(BaseModel):
+    """How far the worker has got, shown in the execution's wait reason."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    percent: float | None = Field(None, ge=0, le=100)
+    message: str | None = Field(None, min_length=1, max_length=500)
+
+
+class HeartbeatRequest(BaseModel):
+    """The lease the worker holds, how much longer it needs, and optionally its progress."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"lease_id": _EXAMPLE_LEASE, "extend_s": 60, "progress": {"percent": 40, "message": "layer 3"}}
+            ]
+        },
+    )
+
+    lease_id: UUID
+    extend_s: float = Field(60, ge=5, le=900)
+    progress: Progress | None = None
+
+
+class HeartbeatAnswer(BaseModel):
+    """`leased`: keep going until `lease_expires_at`. `cancelled`: the execution was cancelled; stop, report
+    nothing (the attempt has ended)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"id": _EXAMPLE_ID, "state": "leased", "lease_expires_at": "2025-01-05T09:32:00Z"}]
+        }
+    )
+
+    id: UUID
+    state: Literal["leased", "cancelled"]
+    lease_expires_at: datetime | None
+
+
+class QueueEntry(BaseModel):
+    """An open item of the tenant's queue."""
+
+    id: UUID
+    execution_id: UUID
+    step_id: str
+    phase: Literal["run", "compensate"]
+    attempt: int
+    action: str
+    status: work_queue.QueueStatus
+    enqueued_at: datetime
+    queued_s: float = Field(description="Seconds since it was queued.")
+    deadline: datetime
+    leased_by: str | None
+    leased_at: datetime | None
+    lease_expires_at: datetime | None
+    heartbeat_at: datetime | None
+    progress: dict[str, Any] | None
+
+
+class QueuePage(BaseModel):
+    """The tenant's open work items, oldest first."""
+
+    items: list[QueueEntry]
+
+
+def _worker_name(context: RequestContext, given: str | None) -> str:
+    principal = context.principal.id
+    return f"{given} ({principal})" if given else principal
+
+
+def _leased(lease: work_queue.Lease) -> LeasedItem:
+    item, key = lease.item, lease.item.key
+    assert item.lease_id is not None and item.lease_expires_at is not None  # just leased
+    path = f"/api/v1/executions/{key.execution_id}/steps/{key.step_id}"
+    suffix = "" if key.phase == "run" else "/compensation"
+    return LeasedItem(
+        id=item.id,
+        lease_id=item.lease_id,
+        lease_expires_at=item.lease_expires_at,
+        deadline=item.deadline,
+        execution_id=key.execution_id,
+        step_id=key.step_id,
+        phase=key.phase,
+        attempt=key.attempt,
+        action=item.action,
+        params=item.params,
+        idempotency_key=item.idempotency_key,
+        task_token=lease.task_token,
+        complete_url=f"{path}{suffix}/complete",
+        fail_url=f"{path}{suffix}/fail",
+        heartbeat_url=f"/api/v1/work/{item.id}/heartbeat",
+    )
+
+
+async def raise_verdicts(client: Any, attempts: list[Attempt]) -> None:
+    """Hand ended attempts' verdicts to their orchestrations (each waits on its attempt's event)."""
+    for attempt in attempts:
+        await raise_to_orchestration(client, attempt.key.execution_id, attempt.key.event_name, attempt.verdict())
+
+
+def _expire(tenant_id: UUID) -> list[Attempt]:
+    with tenant_transaction(tenant_id) as conn:
+        return work_queue.expire_leases(conn)
+
+
+def _lease(tenant_id: UUID, request: LeaseRequest, worker: str) -> list[work_queue.Lease]:
+    with tenant_transaction(tenant_id) as conn:
+        return work_queue.lease(
+            conn,
+            tenant_id,
+            actions=request.actions,
+            max_items=request.max_items,
+            lease_s=request.lease_s,
+            worker=worker,
+        )
+
+
+@router.post(
+    "/lease",
+    response_model=LeaseAnswer,
+    summary="Lease queued work",
+    responses={**AUTH_ERRORS, 422: INVALID},
+)
+async def lease(
+    body: LeaseRequest,
+    context: Annotated[RequestContext, Depends(permission(Action.WORK_LEASE))],
+    client: Any = Depends(get_durable_client),  # noqa: B008
+) -> LeaseAnswer:
+    """Up to `max_items` queued items of the caller's tenant for `actions`, oldest first, each leased for `lease_s`
+    with a task token bound to this lease; competing workers never get the same item. With `wait_s`, an empty
+    answer is held until an item is queued or `wait_s` passes (Module.Worker)."""
+    authorize(context, Action.WORK_LEASE, Resource.tenant(context.tenant.id))
+    tenant_id, worker = context.tenant.id, _worker_name(context, body.worker)
+    deadline = time.monotonic() + body.wait_s
+    wakeup = get_event_wakeup() if body.wait_s > 0 else None
+    with contextlib.ExitStack() as stack:
+        # Keyed by tenant id: the queue's notification names the tenant (execution ids never collide with it).
+        waiter = stack.enter_context(wakeup.waiting(tenant_id)) if wakeup is not None else None
+        while True:
+            if waiter is not None:
+                waiter.clear()
+            # Leases that ran out are ended first, so their steps' next attempts can be queued and leased.
+            await raise_verdicts(client, await run_in_threadpool(_expire, tenant_id))
+            leases = await run_in_threadpool(_lease, tenant_id, body, worker)
+            if leases or time.monotonic() >= deadline:
+                break
+            pause = min(FALLBACK_RECHECK_S, max(0.0, deadline - time.monotonic()))
+            if not await idle(context, pause, waiter.event if waiter is not None else None):
+                break
+    return LeaseAnswer(items=[_leased(lease) for lease in leases])
+
+
+def _heartbeat(tenant_id: UUID, item_id: UUID, body: HeartbeatRequest) -> work_queue.Heartbeat:
+    progress = body.progress.model_dump(exclude_none=True) if body.progress is not None else None
+    with tenant_transaction(tenant_id) as conn:
+        try:
+            return work_queue.heartbeat(conn, item_id, body.lease_id, extend_s=body.extend_s, progress=progress)
+        except work_queue.WorkItemNotFoundError as exc:
+            raise ProblemError(404, "not-found", "Not found", str(exc)) from None
+        except work_queue.LeaseNotHeldError as exc:
+            raise ProblemError(409, "lease-expired", "Conflict", str(exc)) from None
+
+
+@router.post(
+    "/{item_id}/heartbeat",
+    response_model=HeartbeatAnswer,
+    summary="Keep a lease alive",
+    responses={**AUTH_ERRORS, 404: ITEM_NOT_FOUND, 409: LEASE_NOT_HELD, 422: INVALID},
+)
+async def heartbeat(
+    item_id: ItemId,
+    body: HeartbeatRequest,
+    context: Annotated[RequestContext, Depends(permission(Action.WORK_HEARTBEAT))],
+    client: Any = Depends(get_durable_client),  # noqa: B008
+) -> HeartbeatAnswer:
+    """Extend the lease by `extend_s` (never past the attempt's deadline) and record progress; answers `cancelled`
+    when the execution is being cancelled, and the attempt ends then (Module.Worker)."""
+    authorize(context, Action.WORK_HEARTBEAT, Resource.tenant(context.tenant.id))
+    beat = await run_in_threadpool(_heartbeat, context.tenant.id, item_id, body)
+    if beat.cancelled is not None:
+        await raise_verdicts(client, [beat.cancelled])
+        return HeartbeatAnswer(id=item_id, state="cancelled", lease_expires_at=None)
+    return HeartbeatAnswer(id=item_id, state="leased", lease_expires_at=beat.lease_expires_at)
+
+
+def _entry(item: work_queue.QueuedItem, now: datetime) -> QueueEntry:
+    key = item.key
+    return QueueEntry(
+        id=item.id,
+        execution_id=key.execution_id,
+        step_id=key.step_id,
+        phase=key.phase,
+        attempt=key.attempt,
+        action=item.action,
+        status=item.status(now),
+        enqueued_at=item.enqueued_at,
+        queued_s=round((now - item.enqueued_at).total_seconds(), 3),
+        deadline=item.deadline,
+        leased_by=item.leased_by,
+        leased_at=item.leased_at,
+        lease_expires_at=item.lease_expires_at,
+        heartbeat_at=item.heartbeat_at,
+        progress=item.progress,
+    )
+
+
+@router.get("", response_model=QueuePage, summary="List queued work", responses={**AUTH_ERRORS, 422: INVALID})
+def list_work(
+    context: Annotated[RequestContext, Depends(permission(Action.WORK_LIST))],
+    action: Annotated[str | None, Query(min_length=1, max_length=128, description="Only items of this action.")] = None,
+    status: Annotated[work_queue.QueueStatus | None, Query(description="queued, leased or expired.")] = None,
+    execution_id: Annotated[UUID | None, Query(description="Only items of this execution.")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> QueuePage:
+    """The tenant's open work items (no result yet): queued, leased (by whom, since when, last heartbeat,
+    progress) or with an expired lease (Module.Worker and every reader)."""
+    authorize(context, Action.WORK_LIST, Resource.tenant(context.tenant.id))
+    with tenant_transaction(context.tenant.id) as conn:
+        items, now = work_queue.list_items(conn, action=action, status=status, execution_id=execution_id, limit=limit)
+    return QueuePage(items=[_entry(item, now) for item in items])

@@ -1,0 +1,301 @@
+# intent_ref: platform.execution
+"""A tenant's queue of remote work (ADR 0027): enqueue an attempt, lease items to the tenant's workers, heartbeat,
+and end attempts whose lease ran out. Every statement runs in the tenant's own transaction, under RLS."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from shared.engine import steps as store
+from shared.engine import task_tokens
+from shared.engine.steps import Attempt, AttemptKey, Conn
+
+QueueStatus = Literal["queued", "leased", "expired"]
+LEASE_EXPIRED_ERROR = "the worker's lease expired: it stopped heartbeating before reporting a result"
+CANCELLED_QUEUED = "cancelled before a worker took it"
+CANCELLED_LEASED = "cancelled: the worker was told on its heartbeat"
+
+_COLUMNS = {
+    "cols": sql.SQL(
+        "w.id, w.execution_id, w.step_id, w.phase, w.attempt, w.action, w.params, w.enqueued_at, w.deadline,"
+        " w.lease_id, w.leased_by, w.leased_at, w.lease_expires_at, w.heartbeat_at, w.progress"
+    ),
+    # An item is open while its attempt has no result: any other end (timeout, cancel) takes it off the queue.
+    "open": sql.SQL(
+        "JOIN app.step_attempts a ON a.tenant_id = w.tenant_id AND a.execution_id = w.execution_id"
+        " AND a.step_id = w.step_id AND a.phase = w.phase AND a.attempt = w.attempt AND a.state = 'dispatched'"
+    ),
+}
+
+
+def _query(text: str) -> sql.Composed:
+    return sql.SQL(text).format(**_COLUMNS)
+
+
+_ENQUEUE = (
+    "INSERT INTO app.work_items (tenant_id, execution_id, step_id, phase, attempt, action, params, deadline)"
+    " VALUES (app.current_tenant_id(), %s, %s, %s, %s, %s, %s, clock_timestamp() + make_interval(secs => %s))"
+    " ON CONFLICT DO NOTHING"
+)
+# Oldest first; SKIP LOCKED so that two workers polling at once never get the same item, and neither waits.
+_LEASE = _query(
+    "WITH picked AS (SELECT w.tenant_id, w.id FROM app.work_items w {open} WHERE w.lease_id IS NULL"
+    " AND w.action = ANY(%(actions)s) AND w.deadline > clock_timestamp() ORDER BY w.enqueued_at"
+    " LIMIT %(limit)s FOR UPDATE OF w SKIP LOCKED)"
+    " UPDATE app.work_items w SET lease_id = gen_random_uuid(), leased_by = %(worker)s,"
+    " leased_at = clock_timestamp(), heartbeat_at = NULL, progress = NULL,"
+    " lease_expires_at = LEAST(clock_timestamp() + make_interval(secs => %(lease_s)s), w.deadline)"
+    " FROM picked WHERE w.tenant_id = picked.tenant_id AND w.id = picked.id RETURNING {cols}"
+)
+_BIND_LEASE_NONCE = (
+    "UPDATE app.step_attempts SET token_nonce = %s, token_expires_at = %s WHERE execution_id = %s AND step_id = %s"
+    " AND phase = %s AND attempt = %s AND state = 'dispatched'"
+)
+_POLLED = (
+    "INSERT INTO app.work_pollers (tenant_id, action, last_polled_at, last_polled_by)"
+    " SELECT app.current_tenant_id(), action, clock_timestamp(), %s FROM unnest(%s::text[]) AS action"
+    " ON CONFLICT (tenant_id, action) DO UPDATE SET last_polled_at = EXCLUDED.last_polled_at,"
+    " last_polled_by = EXCLUDED.last_polled_by"
+)
+_ITEM_FOR_UPDATE = _query(
+    "SELECT {cols}, a.state AS attempt_state, e.cancel_requested_at, clock_timestamp() AS now"
+    " FROM app.work_items w JOIN app.step_attempts a ON a.tenant_id = w.tenant_id"
+    " AND a.execution_id = w.execution_id AND a.step_id = w.step_id AND a.phase = w.phase AND a.attempt = w.attempt"
+    " JOIN app.executions e ON e.id = w.execution_id WHERE w.id = %s FOR UPDATE OF w"
+)
+_EXTEND = (
+    "UPDATE app.work_items SET heartbeat_at = clock_timestamp(), progress = COALESCE(%s, progress),"
+    " lease_expires_at = LEAST(clock_timestamp() + make_interval(secs => %s), deadline)"
+    " WHERE id = %s RETURNING lease_expires_at"
+)
+_EXPIRED = _query(
+    "SELECT {cols} FROM app.work_items w {open} WHERE w.lease_id IS NOT NULL"
+    " AND w.lease_expires_at < clock_timestamp() ORDER BY w.lease_expires_at LIMIT %s FOR UPDATE OF w SKIP LOCKED"
+)
+_QUEUED_OF_EXECUTION = _query(
+    "SELECT {cols} FROM app.work_items w {open} WHERE w.execution_id = %s AND w.phase = 'run'"
+    " AND w.lease_id IS NULL FOR UPDATE OF w"
+)
+_LIVE_LEASE = (
+    "SELECT w.lease_expires_at > clock_timestamp() AS live FROM app.work_items w WHERE w.execution_id = %s"
+    " AND w.step_id = %s AND w.phase = %s AND w.attempt = %s AND w.lease_id = %s FOR UPDATE OF w"
+)
+_LIST = _query(
+    "SELECT {cols}, clock_timestamp() AS now FROM app.work_items w {open} WHERE"
+    " (%(action)s::text IS NULL OR w.action = %(action)s) AND (%(execution)s::uuid IS NULL"
+    " OR w.execution_id = %(execution)s) AND CASE %(status)s::text WHEN 'queued' THEN w.lease_id IS NULL"
+    " WHEN 'leased' THEN w.lease_expires_at >= clock_timestamp() WHEN 'expired' THEN w.lease_expires_at"
+    " < clock_timestamp() ELSE true END ORDER BY w.enqueued_at, w.id LIMIT %(limit)s"
+)
+_NOW = "SELECT clock_timestamp() AS now"
+_POLLERS = "SELECT action, last_polled_at, last_polled_by FROM app.work_pollers WHERE action = ANY(%s)"
+
+
+@dataclass(frozen=True)
+class QueuedItem:
+    """A work item as stored, with what its lease says."""
+
+    id: UUID
+    key: AttemptKey
+    action: str
+    params: dict[str, Any]
+    enqueued_at: datetime
+    deadline: datetime
+    lease_id: UUID | None
+    leased_by: str | None
+    leased_at: datetime | None
+    lease_expires_at: datetime | None
+    heartbeat_at: datetime | None
+    progress: dict[str, Any] | None
+
+    def status(self, now: datetime) -> QueueStatus:
+        if self.lease_id is None:
+            return "queued"
+        assert self.lease_expires_at is not None  # set with every lease
+        return "leased" if self.lease_expires_at >= now else "expired"
+
+    @property
+    def idempotency_key(self) -> str:
+        """What a worker keys its side effects on: the same for every delivery of this attempt."""
+        key = self.key
+        return f"{key.execution_id}:{key.step_id}:{key.phase}:{key.attempt}"
+
+
+@dataclass(frozen=True)
+class Lease:
+    """An item handed to a worker, with the token that completes it (bound to this lease)."""
+
+    item: QueuedItem
+    task_token: str
+
+
+def _item(row: dict[str, Any]) -> QueuedItem:
+    return QueuedItem(
+        id=row["id"],
+        key=AttemptKey(row["execution_id"], row["step_id"], row["phase"], row["attempt"]),
+        action=row["action"],
+        params=row["params"],
+        enqueued_at=row["enqueued_at"],
+        deadline=row["deadline"],
+        lease_id=row["lease_id"],
+        leased_by=row["leased_by"],
+        leased_at=row["leased_at"],
+        lease_expires_at=row["lease_expires_at"],
+        heartbeat_at=row["heartbeat_at"],
+        progress=row["progress"],
+    )
+
+
+def enqueue(conn: Conn, key: AttemptKey, *, action: str, params: dict[str, Any], timeout_s: int) -> None:
+    """Queue a remote attempt for the tenant's workers (once: a re-executed dispatch adds nothing)."""
+    conn.execute(
+        _ENQUEUE, (key.execution_id, key.step_id, key.phase, key.attempt, action, Jsonb(params), max(1, timeout_s))
+    )
+
+
+def lease(
+    conn: Conn, tenant_id: UUID, *, actions: Sequence[str], max_items: int, lease_s: float, worker: str
+) -> list[Lease]:
+    """Lease up to `max_items` of the tenant's queued items of `actions`, oldest first, each with a task token
+    whose nonce is its lease id; records that the worker polled for these actions."""
+    conn.execute(_POLLED, (worker, list(actions)))
+    rows = conn.execute(
+        _LEASE, {"actions": list(actions), "limit": max_items, "worker": worker, "lease_s": lease_s}
+    ).fetchall()
+    leases: list[Lease] = []
+    for row in rows:
+        item = _item(row)
+        token = task_tokens.issue(conn, tenant_id, item.key, 0, nonce=str(item.lease_id), expires_at=item.deadline)
+        key = item.key
+        conn.execute(
+            _BIND_LEASE_NONCE, (token.nonce, token.expires_at, key.execution_id, key.step_id, key.phase, key.attempt)
+        )
+        leases.append(Lease(item=item, task_token=token.token))
+    return leases
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """What a heartbeat found: the lease extended, or the item cancelled (its attempt ended here)."""
+
+    item: QueuedItem
+    lease_expires_at: datetime | None
+    cancelled: Attempt | None = None
+
+
+class WorkItemNotFoundError(Exception):
+    """No item of the caller's tenant has this id."""
+
+
+class LeaseNotHeldError(Exception):
+    """The lease has expired or moved on, or the item's attempt has ended; nothing was changed."""
+
+
+def heartbeat(
+    conn: Conn, item_id: UUID, lease_id: UUID, *, extend_s: float, progress: dict[str, Any] | None
+) -> Heartbeat:
+    """Extend a held lease (never past the attempt's deadline) and record progress; when the execution is being
+    cancelled, end the attempt instead (`cancelled` is the attempt, whose verdict the caller raises)."""
+    row = conn.execute(_ITEM_FOR_UPDATE, (item_id,)).fetchone()
+    if row is None:
+        raise WorkItemNotFoundError(f"no work item {item_id}")
+    item = _item(row)
+    if item.lease_id != lease_id:
+        raise LeaseNotHeldError("the lease has moved on: this item was leased again or never by this lease")
+    if row["attempt_state"] != "dispatched":
+        raise LeaseNotHeldError(f"the attempt has ended ({row['attempt_state']}); its result is recorded already")
+    assert item.lease_expires_at is not None  # leased
+    if item.lease_expires_at < row["now"]:
+        raise LeaseNotHeldError("the lease has expired; the attempt is ended or about to be, as the step's retry says")
+    if row["cancel_requested_at"] is not None and item.key.phase == "run":
+        from shared.engine.progress import abandon_step  # progress enqueues through this module
+
+        abandon_step(conn, item.key, CANCELLED_LEASED)
+        attempt = store.get_attempt(conn, item.key)
+        assert attempt is not None  # it was there a moment ago, in this transaction
+        return Heartbeat(item=item, lease_expires_at=None, cancelled=attempt)
+    extended = conn.execute(_EXTEND, (Jsonb(progress) if progress is not None else None, extend_s, item_id)).fetchone()
+    assert extended is not None  # locked above
+    return Heartbeat(item=item, lease_expires_at=extended["lease_expires_at"])
+
+
+def lease_is_live(conn: Conn, key: AttemptKey, lease_id: str) -> bool:
+    """Whether the attempt's item is held under `lease_id` and that lease has not run out (locks the item, so an
+    expiry cannot overtake the result being recorded)."""
+    try:
+        lease_uuid = UUID(lease_id)
+    except ValueError:
+        return False
+    row = conn.execute(_LIVE_LEASE, (key.execution_id, key.step_id, key.phase, key.attempt, lease_uuid)).fetchone()
+    return bool(row and row["live"])
+
+
+def expire_leases(conn: Conn, *, limit: int = 100) -> list[Attempt]:
+    """End the attempts of the tenant's items whose lease ran out (retryable: the step's policy decides whether a
+    next attempt is queued); returns them, whose verdicts the caller raises to their orchestrations."""
+    ended: list[Attempt] = []
+    for row in conn.execute(_EXPIRED, (limit,)).fetchall():
+        attempt, applied = store.finish_attempt(
+            conn, _item(row).key, ok=False, error=LEASE_EXPIRED_ERROR, retryable=True, state="timed_out"
+        )
+        if applied:
+            ended.append(attempt)
+    return ended
+
+
+def cancel_queued(conn: Conn, execution_id: UUID) -> list[Attempt]:
+    """End the run-phase items of an execution that no worker holds (a cancel reaches them at once); returns
+    their attempts, whose verdicts the caller raises."""
+    from shared.engine.progress import abandon_step  # progress enqueues through this module
+
+    ended: list[Attempt] = []
+    for row in conn.execute(_QUEUED_OF_EXECUTION, (execution_id,)).fetchall():
+        key = _item(row).key
+        abandon_step(conn, key, CANCELLED_QUEUED)
+        attempt = store.get_attempt(conn, key)
+        if attempt is not None:
+            ended.append(attempt)
+    return ended
+
+
+def list_items(
+    conn: Conn,
+    *,
+    action: str | None = None,
+    status: QueueStatus | None = None,
+    execution_id: UUID | None = None,
+    limit: int = 100,
+) -> tuple[list[QueuedItem], datetime]:
+    """The tenant's open items (their attempt has no result yet), oldest first, and the database's now."""
+    rows = conn.execute(
+        _LIST, {"action": action, "status": status, "execution": execution_id, "limit": limit}
+    ).fetchall()
+    if rows:
+        now: datetime = rows[0]["now"]
+    else:
+        row = conn.execute(_NOW).fetchone()
+        assert row is not None  # a SELECT without FROM returns one row
+        now = row["now"]
+    return [_item(row) for row in rows], now
+
+
+@dataclass(frozen=True)
+class Poller:
+    """When a worker of the tenant last asked for an action, and who."""
+
+    action: str
+    last_polled_at: datetime
+    last_polled_by: str
+
+
+def pollers(conn: Conn, actions: Sequence[str]) -> dict[str, Poller]:
+    """The last poll for each of `actions` that a worker ever asked for."""
+    rows = conn.execute(_POLLERS, (list(actions),)).fetchall()
+    return {row["action"]: Poller(row["action"], row["last_polled_at"], row["last_polled_by"]) for row in rows}
