@@ -20,7 +20,8 @@ from shared.db.roles import PLATFORM_ROLE
 
 logger = logging.getLogger(__name__)
 
-DEMO_TENANTS = ("contoso", "fabrikam")
+# `tenant-123` is the tenant the architecture tutorial switches to (`client.set_tenant("tenant-123")`).
+DEMO_TENANTS = ("contoso", "fabrikam", "tenant-123")
 DEV_STORAGE = "UseDevelopmentStorage=true"
 # What the demo tenants may use (an empty allow-list allows nothing, ADR 0011): the built-in module families and
 # the seed tutorial's remote actions, on both demo targets.

@@ -21,7 +21,7 @@ def test_seeded_demo_tenants_list_the_seed_modules(devhost_factory: DevhostFacto
     host = devhost_factory(app_dir=PROJECT_ROOT, extra_args=("--seed-demo",))
     seed_actions = {spec.action for spec in seed_remote_modules()}
 
-    for tenant in ("contoso", "fabrikam"):
+    for tenant in ("contoso", "fabrikam", "tenant-123"):
         token = mint_token_cli(pg.root, host.base_url, tenant, ["Intent.Reader"], [], None, 600, False)
         response = httpx.get(f"{host.base_url}/api/v1/modules", headers={"Authorization": f"Bearer {token}"})
         assert response.status_code == 200, response.text

@@ -33,7 +33,7 @@ def test_devhost_runs_on_an_external_postgres(devhost_factory: DevhostFactory, p
         # The platform's tables live on the external server, not on the session's embedded one.
         with psycopg.connect(external_url) as conn:
             names = {row[0] for row in conn.execute("SELECT name FROM app.tenants").fetchall()}  # as superuser
-            assert names == {"contoso", "fabrikam"}
+            assert names == {"contoso", "fabrikam", "tenant-123"}
             assert conn.execute("SELECT max(version) FROM app.schema_migrations").fetchone()[0] >= 11
     finally:
         stop_postgres(root / "server")

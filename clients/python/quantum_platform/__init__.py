@@ -1,0 +1,39 @@
+# intent_ref: platform.gateway
+"""Python client of the Quantum Platform API."""
+
+from quantum_platform.client import DEFAULT_URL, TERMINAL_EVENTS, ApiResponse, AsyncClient, Client
+from quantum_platform.credentials import AzureCredential, Credential, DevhostCredential, StaticToken
+from quantum_platform.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    PlatformError,
+    ProblemError,
+    RateLimited,
+    Unauthorized,
+    Unavailable,
+    ValidationFailed,
+)
+
+__all__ = [
+    "DEFAULT_URL",
+    "TERMINAL_EVENTS",
+    "ApiResponse",
+    "AsyncClient",
+    "AzureCredential",
+    "BadRequest",
+    "Client",
+    "Conflict",
+    "Credential",
+    "DevhostCredential",
+    "Forbidden",
+    "NotFound",
+    "PlatformError",
+    "ProblemError",
+    "RateLimited",
+    "StaticToken",
+    "Unauthorized",
+    "Unavailable",
+    "ValidationFailed",
+]

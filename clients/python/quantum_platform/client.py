@@ -1,0 +1,307 @@
+# intent_ref: platform.gateway
+"""The Quantum Platform API client, async and sync: tokens per tenant, `Idempotency-Key` on every start, 429/503
+retried after `Retry-After`, problem+json raised as typed errors, an execution's events followed until its end."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from quantum_platform.credentials import Credential, DevhostCredential, from_environment
+from quantum_platform.errors import problem_from
+from quantum_platform.resources import Audit, Definitions, Executions, Modules
+
+DEFAULT_URL = "http://127.0.0.1:7071"
+TERMINAL_EVENTS = frozenset({"execution_completed", "execution_failed", "execution_cancelled"})
+_RETRIED = frozenset({429, 503})
+_STARTS = ("/execute", "/retry")
+_POLL_WAIT_S = 25.0
+
+
+class ApiResponse:
+    """An answer of the API: status, headers and JSON body; the body's fields also read as `response["id"]`."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.http = response
+
+    @property
+    def status_code(self) -> int:
+        return self.http.status_code
+
+    @property
+    def headers(self) -> httpx.Headers:
+        return self.http.headers
+
+    @property
+    def text(self) -> str:
+        return self.http.text
+
+    def json(self) -> Any:
+        return self.http.json()
+
+    def __getitem__(self, key: str) -> Any:
+        return self.json()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        body = self.json()
+        return body.get(key, default) if isinstance(body, dict) else default
+
+    def __contains__(self, key: object) -> bool:
+        body = self.json()
+        return isinstance(body, dict) and key in body
+
+    def __repr__(self) -> str:
+        return f"<ApiResponse {self.status_code} {self.http.request.method} {self.http.request.url.path}>"
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    method: str
+    path: str
+    headers: dict[str, str]
+    json: Any
+    params: dict[str, Any] | None
+
+
+class _Core:
+    """What both clients share: the tenant, the credential, request preparation and the retry decision."""
+
+    def __init__(
+        self, base_url: str | None, credential: Credential | None, tenant: str | None, max_retries: int
+    ) -> None:
+        self.base_url = (base_url or os.environ.get("QP_URL") or DEFAULT_URL).rstrip("/")
+        self.credential: Credential = credential or from_environment() or DevhostCredential()
+        self._tenant = tenant
+        self.max_retries = max_retries
+
+    @property
+    def tenant(self) -> str | None:
+        """The tenant whose token the next request carries (None: the credential's own)."""
+        return self._tenant
+
+    def set_tenant(self, tenant: str | None) -> None:
+        """Act as `tenant` from now on: every request carries a token for it (the API scopes everything to it)."""
+        self._tenant = tenant
+
+    def prepare(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> _Prepared:
+        merged = dict(headers or {})
+        method = method.upper()
+        if idempotency_key is None and method == "POST" and path.rstrip("/").endswith(_STARTS):
+            # One key per logical start, reused by this client's own retries: a retried start is the same start.
+            idempotency_key = str(uuid.uuid4())
+        if idempotency_key is not None:
+            merged["Idempotency-Key"] = idempotency_key
+        return _Prepared(method, path, merged, json, params)
+
+    def authorized(self, prepared: _Prepared) -> dict[str, str]:
+        return {**prepared.headers, "Authorization": f"Bearer {self.credential.token(self._tenant)}"}
+
+    def retry_after(self, response: httpx.Response, attempt: int) -> float | None:
+        """Seconds to wait before retrying `response`, or None when it is final."""
+        if response.status_code not in _RETRIED or attempt >= self.max_retries:
+            return None
+        after = str(response.headers.get("Retry-After", ""))
+        try:
+            seconds = float(after)
+        except ValueError:
+            return float(min(0.5 * 2**attempt, 10.0))
+        return min(max(seconds, 0.0), 60.0)
+
+    @staticmethod
+    def checked(response: httpx.Response) -> ApiResponse:
+        if response.status_code >= 400:
+            raise problem_from(response)
+        return ApiResponse(response)
+
+
+def _events(page: Any) -> tuple[list[dict[str, Any]], int, bool]:
+    items = [item for item in page.get("items", []) if isinstance(item, dict)]
+    ended = page.get("status") in ("succeeded", "failed", "cancelled")
+    return items, int(page.get("next_after", 0)), ended
+
+
+class AsyncClient:
+    """The async client: `await client.post(...)`, `async for event in client.stream(...)`, typed helpers under
+    `client.intents`, `client.blueprints`, `client.executions`, `client.modules`, `client.audit`."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        credential: Credential | None = None,
+        tenant: str | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 4,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._core = _Core(base_url, credential, tenant, max_retries)
+        self._http = httpx.AsyncClient(base_url=self._core.base_url, timeout=timeout, transport=transport)
+        self.intents: Definitions[Awaitable[ApiResponse]] = Definitions(self.request, "intents")
+        self.blueprints: Definitions[Awaitable[ApiResponse]] = Definitions(self.request, "blueprints")
+        self.executions: Executions[Awaitable[ApiResponse]] = Executions(self.request)
+        self.modules: Modules[Awaitable[ApiResponse]] = Modules(self.request)
+        self.audit: Audit[Awaitable[ApiResponse]] = Audit(self.request)
+
+    @property
+    def tenant(self) -> str | None:
+        return self._core.tenant
+
+    def set_tenant(self, tenant: str | None) -> None:
+        """Act as `tenant` from now on (a demo tenant name locally, an Entra tenant id in Azure)."""
+        self._core.set_tenant(tenant)
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> ApiResponse:
+        """Send one request; 429/503 are retried after `Retry-After`, a refused token once with a fresh one."""
+        prepared = self._core.prepare(method, path, **kwargs)
+        attempt, renewed = 0, False
+        while True:
+            response = await self._http.request(
+                prepared.method, prepared.path, json=prepared.json, params=prepared.params,
+                headers=self._core.authorized(prepared),
+            )  # fmt: skip
+            if response.status_code == 401 and not renewed:
+                renewed = True
+                self._core.credential.refresh(self._core.tenant)
+                continue
+            delay = self._core.retry_after(response, attempt)
+            if delay is None:
+                return self._core.checked(response)
+            attempt += 1
+            await asyncio.sleep(delay)
+
+    async def get(self, path: str, **kwargs: Any) -> ApiResponse:
+        return await self.request("GET", path, **kwargs)
+
+    async def post(self, path: str, **kwargs: Any) -> ApiResponse:
+        return await self.request("POST", path, **kwargs)
+
+    async def put(self, path: str, **kwargs: Any) -> ApiResponse:
+        return await self.request("PUT", path, **kwargs)
+
+    async def patch(self, path: str, **kwargs: Any) -> ApiResponse:
+        return await self.request("PATCH", path, **kwargs)
+
+    async def delete(self, path: str, **kwargs: Any) -> ApiResponse:
+        return await self.request("DELETE", path, **kwargs)
+
+    async def stream(self, path: str, *, after: int = 0) -> AsyncIterator[dict[str, Any]]:
+        """Each event of an execution (`path` is its events URL) as it is recorded, oldest first, ending after the
+        terminal event; resumes from `after`."""
+        while True:
+            page = (await self.get(path, params={"after": after, "wait": _POLL_WAIT_S})).json()
+            items, after, ended = _events(page)
+            for item in items:
+                yield item
+                if item.get("type") in TERMINAL_EVENTS:
+                    return
+            if ended and not items:
+                return
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+
+class Client:
+    """The sync client: the same calls as `AsyncClient`, without `await`."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        credential: Credential | None = None,
+        tenant: str | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 4,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._core = _Core(base_url, credential, tenant, max_retries)
+        self._http = httpx.Client(base_url=self._core.base_url, timeout=timeout, transport=transport)
+        self.intents: Definitions[ApiResponse] = Definitions(self.request, "intents")
+        self.blueprints: Definitions[ApiResponse] = Definitions(self.request, "blueprints")
+        self.executions: Executions[ApiResponse] = Executions(self.request)
+        self.modules: Modules[ApiResponse] = Modules(self.request)
+        self.audit: Audit[ApiResponse] = Audit(self.request)
+
+    @property
+    def tenant(self) -> str | None:
+        return self._core.tenant
+
+    def set_tenant(self, tenant: str | None) -> None:
+        """Act as `tenant` from now on (a demo tenant name locally, an Entra tenant id in Azure)."""
+        self._core.set_tenant(tenant)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> ApiResponse:
+        """Send one request; 429/503 are retried after `Retry-After`, a refused token once with a fresh one."""
+        prepared = self._core.prepare(method, path, **kwargs)
+        attempt, renewed = 0, False
+        while True:
+            response = self._http.request(
+                prepared.method, prepared.path, json=prepared.json, params=prepared.params,
+                headers=self._core.authorized(prepared),
+            )  # fmt: skip
+            if response.status_code == 401 and not renewed:
+                renewed = True
+                self._core.credential.refresh(self._core.tenant)
+                continue
+            delay = self._core.retry_after(response, attempt)
+            if delay is None:
+                return self._core.checked(response)
+            attempt += 1
+            time.sleep(delay)
+
+    def get(self, path: str, **kwargs: Any) -> ApiResponse:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> ApiResponse:
+        return self.request("POST", path, **kwargs)
+
+    def put(self, path: str, **kwargs: Any) -> ApiResponse:
+        return self.request("PUT", path, **kwargs)
+
+    def patch(self, path: str, **kwargs: Any) -> ApiResponse:
+        return self.request("PATCH", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> ApiResponse:
+        return self.request("DELETE", path, **kwargs)
+
+    def stream(self, path: str, *, after: int = 0) -> Iterator[dict[str, Any]]:
+        """Each event of an execution as it is recorded, ending after the terminal event."""
+        while True:
+            items, after, ended = _events(self.get(path, params={"after": after, "wait": _POLL_WAIT_S}).json())
+            for item in items:
+                yield item
+                if item.get("type") in TERMINAL_EVENTS:
+                    return
+            if ended and not items:
+                return
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

@@ -1,0 +1,104 @@
+# intent_ref: platform.gateway
+"""The API's problem+json answers as typed exceptions, each carrying the document and its `errors[]`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+
+class PlatformError(Exception):
+    """Any failure the client reports."""
+
+
+class ProblemError(PlatformError):
+    """An answer of 4xx/5xx: `status`, `type`, `title`, `detail`, `errors` (per field) and `request_id`."""
+
+    def __init__(self, status: int, document: dict[str, Any], response: httpx.Response | None = None) -> None:
+        self.status = status
+        self.document = document
+        self.response = response
+        self.type = str(document.get("type") or "about:blank")
+        self.title = str(document.get("title") or httpx.codes.get_reason_phrase(status))
+        self.detail = document.get("detail")
+        errors = document.get("errors")
+        self.errors: list[dict[str, Any]] = (
+            [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
+        )
+        self.request_id = document.get("request_id") or (response.headers.get("X-Request-Id") if response else None)
+        super().__init__(self.summary)
+
+    @property
+    def code(self) -> str:
+        """The last part of the problem type, e.g. `not-found`."""
+        return self.type.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def summary(self) -> str:
+        """One line: status, title, detail and the first field error."""
+        parts = [f"{self.status} {self.title}"]
+        if self.detail:
+            parts.append(str(self.detail))
+        if self.errors:
+            first = self.errors[0]
+            where, why = first.get("pointer"), first.get("detail")
+            parts.append(f"{where or '/'}: {why}" if why else str(first))
+        return ": ".join(parts)
+
+
+class BadRequest(ProblemError):
+    """400."""
+
+
+class Unauthorized(ProblemError):
+    """401: no token, or one the platform refuses."""
+
+
+class Forbidden(ProblemError):
+    """403: the caller's roles or the tenant's policies refuse it."""
+
+
+class NotFound(ProblemError):
+    """404 (another tenant's items are not found either)."""
+
+
+class Conflict(ProblemError):
+    """409."""
+
+
+class ValidationFailed(ProblemError):
+    """422: `errors` names each field."""
+
+
+class RateLimited(ProblemError):
+    """429, after the client's own retries."""
+
+
+class Unavailable(ProblemError):
+    """503, after the client's own retries."""
+
+
+_BY_STATUS: dict[int, type[ProblemError]] = {
+    400: BadRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    412: Conflict,
+    415: BadRequest,
+    422: ValidationFailed,
+    429: RateLimited,
+    503: Unavailable,
+}
+
+
+def problem_from(response: httpx.Response) -> ProblemError:
+    """The exception for an error answer (a body that is not problem+json still gives a typed error)."""
+    try:
+        document = response.json()
+    except ValueError:
+        document = {"detail": response.text[:500] or None}
+    if not isinstance(document, dict):
+        document = {"detail": str(document)[:500]}
+    return _BY_STATUS.get(response.status_code, ProblemError)(response.status_code, document, response)

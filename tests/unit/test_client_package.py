@@ -1,0 +1,144 @@
+# intent_ref: platform.gateway
+"""The client package's own rules, against a scripted transport: retries after Retry-After with one Idempotency-Key
+per start, a refused token renewed once, problem+json raised as typed errors, streams that end at the end."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from quantum_platform import AsyncClient, Client, NotFound, RateLimited, StaticToken, ValidationFailed
+from quantum_platform.credentials import Credential
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+class Tokens:
+    """A credential that counts what it was asked for."""
+
+    def __init__(self) -> None:
+        self.minted: list[str | None] = []
+        self.refreshed = 0
+
+    def token(self, tenant: str | None) -> str:
+        self.minted.append(tenant)
+        return f"token-{tenant}-{self.refreshed}"
+
+    def refresh(self, tenant: str | None) -> None:  # noqa: ARG002
+        self.refreshed += 1
+
+
+def client(handler: Handler, credential: Credential | None = None) -> Client:
+    return Client("http://platform", credential=credential or StaticToken("t"), transport=httpx.MockTransport(handler))
+
+
+def test_a_start_is_retried_after_retry_after_with_the_same_idempotency_key() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if len(seen) < 3:
+            status = 429 if len(seen) == 1 else 503
+            return httpx.Response(status, headers={"Retry-After": "0"}, json={"title": "busy", "status": status})
+        return httpx.Response(202, json={"execution_id": "e-1"})
+
+    answer = client(handler).post("/api/v1/intents/i-1/execute")
+    assert answer["execution_id"] == "e-1" and answer.json() == {"execution_id": "e-1"}
+    keys = [request.headers.get("Idempotency-Key") for request in seen]
+    assert len(seen) == 3 and keys[0] and keys == [keys[0]] * 3
+    # Another start is another key; a read carries none.
+    client(handler).post("/api/v1/intents/i-1/execute")
+    assert seen[-1].headers["Idempotency-Key"] != keys[0]
+    client(handler).get("/api/v1/intents")
+    assert "Idempotency-Key" not in seen[-1].headers
+
+
+def test_retries_end_with_a_typed_error() -> None:
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return httpx.Response(429, headers={"Retry-After": "0"}, json={"type": "x/rate-limited", "status": 429})
+
+    with pytest.raises(RateLimited) as raised:
+        Client("http://p", credential=StaticToken("t"), max_retries=2, transport=httpx.MockTransport(handler)).get("/x")
+    assert calls == 3 and raised.value.status == 429 and raised.value.code == "rate-limited"
+
+
+def test_a_problem_is_raised_with_its_fields() -> None:
+    document = {
+        "type": "https://quantum-platform.dev/problems/validation-failed",
+        "title": "Unprocessable",
+        "status": 422,
+        "detail": "the body is invalid",
+        "errors": [{"pointer": "/definition/steps/0/action", "detail": "unknown action"}],
+        "request_id": "r-1",
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(422, json=document, headers={"Content-Type": "application/problem+json"})
+
+    with pytest.raises(ValidationFailed) as raised:
+        client(handler).post("/api/v1/intents", json={})
+    error = raised.value
+    assert error.errors == document["errors"] and error.request_id == "r-1" and error.code == "validation-failed"
+    assert str(error) == "422 Unprocessable: the body is invalid: /definition/steps/0/action: unknown action"
+    with pytest.raises(NotFound):
+        client(lambda request: httpx.Response(404, text="gone")).get("/api/v1/intents/x")
+
+
+def test_a_refused_token_is_renewed_once_and_set_tenant_switches_tokens() -> None:
+    tokens, seen = Tokens(), []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["Authorization"])
+        return httpx.Response(401 if len(seen) in (1, 3, 4) else 200, json={})
+
+    api = client(handler, tokens)
+    api.get("/a")  # 401, then renewed: 200
+    api.set_tenant("tenant-123")
+    with pytest.raises(Exception, match="401"):
+        api.get("/b")  # 401 twice: renewed once only
+    assert seen == [
+        "Bearer token-None-0",
+        "Bearer token-None-1",
+        "Bearer token-tenant-123-1",
+        "Bearer token-tenant-123-2",
+    ]
+    assert tokens.minted == [None, None, "tenant-123", "tenant-123"]
+
+
+def test_a_stream_follows_pages_and_ends_after_the_terminal_event() -> None:
+    pages = [
+        {
+            "status": "running",
+            "next_after": 2,
+            "items": [{"seq": 1, "type": "execution_started"}, {"seq": 2, "type": "step_started"}],
+        },
+        {"status": "running", "next_after": 2, "items": []},
+        {
+            "status": "succeeded",
+            "next_after": 4,
+            "items": [{"seq": 3, "type": "step_completed"}, {"seq": 4, "type": "execution_completed"}],
+        },
+    ]
+    asked: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.params.get("after"))
+        return httpx.Response(200, json=pages[len(asked) - 1])
+
+    events = [event["seq"] for event in client(handler).stream("/api/v1/executions/e/events")]
+    assert events == [1, 2, 3, 4] and asked == ["0", "2", "2"]
+
+    async def follow() -> list[Any]:
+        asked.clear()
+        transport = httpx.MockTransport(handler)
+        async with AsyncClient("http://p", credential=StaticToken("t"), transport=transport) as api:
+            return [event["type"] async for event in api.stream("/api/v1/executions/e/events")]
+
+    assert asyncio.run(follow())[-1] == "execution_completed"
