@@ -7,6 +7,7 @@ from fastapi import FastAPI
 
 from shared.api import health
 from shared.api.accepted_input import AcceptedInputMiddleware
+from shared.api.docs import install_docs
 from shared.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from shared.api.problems import install_problem_handlers
 from shared.api.routers import (
@@ -33,9 +34,8 @@ API_VERSION = "1.0.0"
 def create_app() -> FastAPI:
     """The gateway app; settings are read (and validated) here, so a bad setting stops start-up."""
     settings = get_settings()
-    app = FastAPI(
-        title=API_TITLE, version=API_VERSION, openapi_url="/api/openapi.json", docs_url="/api/docs", redoc_url=None
-    )
+    app = FastAPI(title=API_TITLE, version=API_VERSION, openapi_url="/api/openapi.json", docs_url=None, redoc_url=None)
+    install_docs(app, settings.QP_AUTH_AUDIENCE)
     install_problem_handlers(app)
     app.include_router(health.router)
     for router in (
