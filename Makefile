@@ -21,9 +21,11 @@ help:
 setup: $(VENV_STAMP) $(NODE_STAMP)
 
 # Reinstall only when a requirements file changed, so a second `make run` starts at once.
-$(VENV_STAMP): requirements.txt requirements-dev.txt
+$(VENV_STAMP): requirements.txt requirements-dev.txt clients/python/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	# The client package and its `qp` command, from this checkout (its dependencies are pinned above).
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e clients/python
 	@touch $@
 
 # checkov lives in its own venv: its ~100 dependencies must not meet the app's.

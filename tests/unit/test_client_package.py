@@ -86,7 +86,7 @@ def test_a_problem_is_raised_with_its_fields() -> None:
         client(handler).post("/api/v1/intents", json={})
     error = raised.value
     assert error.errors == document["errors"] and error.request_id == "r-1" and error.code == "validation-failed"
-    assert str(error) == "422 Unprocessable: the body is invalid: /definition/steps/0/action: unknown action"
+    assert str(error) == "422 Unprocessable: the body is invalid (/definition/steps/0/action: unknown action)"
     with pytest.raises(NotFound):
         client(lambda request: httpx.Response(404, text="gone")).get("/api/v1/intents/x")
 

@@ -36,15 +36,16 @@ class ProblemError(PlatformError):
 
     @property
     def summary(self) -> str:
-        """One line: status, title, detail and the first field error."""
-        parts = [f"{self.status} {self.title}"]
+        """One line: status, title, detail and the first field error, e.g.
+        `422 Unprocessable content: The intent has 1 problem. (/name: Field required)`."""
+        line = f"{self.status} {self.title}"
         if self.detail:
-            parts.append(str(self.detail))
+            line += f": {self.detail}"
         if self.errors:
             first = self.errors[0]
             where, why = first.get("pointer"), first.get("detail")
-            parts.append(f"{where or '/'}: {why}" if why else str(first))
-        return ": ".join(parts)
+            line += f" ({where or '/'}: {why})" if why else f" ({first})"
+        return " ".join(line.split())  # one line, whatever the server put in its texts
 
 
 class BadRequest(ProblemError):

@@ -1,0 +1,411 @@
+# intent_ref: platform.gateway
+"""`qp`, the platform's command line: intents, runs with a live view, executions and their events."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import httpx
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, Progress, TextColumn
+from rich.table import Table
+
+from quantum_platform.client import DEFAULT_URL, TERMINAL_EVENTS, Client
+from quantum_platform.credentials import Credential, DevhostCredential, StaticToken
+from quantum_platform.errors import PlatformError, ProblemError
+
+app = typer.Typer(help="Quantum Platform: intents, runs and executions.", no_args_is_help=True)
+intents_app = typer.Typer(help="Create, read, change and plan intents.", no_args_is_help=True)
+executions_app = typer.Typer(help="List, read, cancel, approve and retry executions.", no_args_is_help=True)
+app.add_typer(intents_app, name="intents")
+app.add_typer(executions_app, name="executions")
+
+Output = Literal["table", "json"]
+OutputOption = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
+PROFILE = Path(os.environ.get("QP_PROFILE", Path.home() / ".config" / "qp" / "profile.json"))
+EXIT_FAILED, EXIT_CANCELLED, EXIT_PROBLEM = 1, 2, 3
+"""`qp run --follow` exits 0 when the execution succeeded, 1 failed, 2 cancelled; any refused call exits 3."""
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+_DEFAULT_ROLES = "Intent.Reader,Intent.Author,Intent.Executor,Intent.Deployer,Intent.Approver"
+out = Console()
+err = Console(stderr=True)
+
+
+# ------------------------------------------------------------------------------------------ profile and client
+def _profile() -> dict[str, Any]:
+    try:
+        loaded = json.loads(PROFILE.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _credential(profile: dict[str, Any], url: str) -> Credential:
+    """QP_TOKEN, else the token `qp login` saved (Azure), else dev tokens from the local devhost."""
+    if os.environ.get("QP_TOKEN"):
+        return StaticToken(os.environ["QP_TOKEN"])
+    if profile.get("token") and float(profile.get("expires_on", 0)) > time.time() + 60:
+        return StaticToken(str(profile["token"]))
+    location = httpx.URL(url)
+    if location.host in _LOCAL_HOSTS:
+        roles = str(profile.get("roles") or _DEFAULT_ROLES).split(",")
+        return DevhostCredential(
+            str(profile.get("tenant") or "contoso"),
+            roles=roles,
+            project_dir=profile.get("project"),
+            data_dir=profile.get("data_dir"),
+            port=location.port,
+        )
+    raise PlatformError("not signed in: run `qp login` (or set QP_TOKEN)")
+
+
+@contextmanager
+def _client() -> Iterator[Client]:
+    profile = _profile()
+    url = os.environ.get("QP_URL") or str(profile.get("url") or DEFAULT_URL)
+    with Client(url, credential=_credential(profile, url)) as client:
+        yield client
+
+
+def _run(action: Callable[[], None]) -> None:
+    """Run a command; a refusal is one clear line on stderr and exit code 3."""
+    try:
+        action()
+    except ProblemError as exc:
+        err.print(f"[red]error[/red]: {exc.summary}", highlight=False, markup=True)
+        raise typer.Exit(EXIT_PROBLEM) from None
+    except (PlatformError, OSError, RuntimeError) as exc:
+        err.print(f"[red]error[/red]: {exc}", highlight=False, markup=True)
+        raise typer.Exit(EXIT_PROBLEM) from None
+
+
+def _show(data: Any, output: Output, columns: list[str] | None = None) -> None:
+    if output == "json":
+        out.print_json(json.dumps(data, default=str))
+        return
+    rows = data.get("items") if isinstance(data, dict) and "items" in data else data
+    if isinstance(rows, list):
+        keys = columns or (list(rows[0]) if rows and isinstance(rows[0], dict) else ["value"])
+        table = Table(*keys)
+        for row in rows:
+            table.add_row(*[_cell(row.get(key) if isinstance(row, dict) else row) for key in keys])
+        out.print(table)
+        return
+    table = Table("field", "value", show_header=False)
+    for key, value in data.items() if isinstance(data, dict) else [("value", data)]:
+        table.add_row(key, _cell(value))
+    out.print(table)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict | list):
+        text = json.dumps(value, default=str)
+        return text if len(text) <= 80 else text[:77] + "..."
+    return str(value)
+
+
+def _read_json(path: Path | None) -> Any:
+    if path is None:
+        return None
+    text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+# ------------------------------------------------------------------------------------------ login
+@app.command()
+def login(
+    url: Annotated[str, typer.Option(envvar="QP_URL", help="the platform's base URL")] = DEFAULT_URL,
+    tenant: Annotated[str, typer.Option(help="locally: the demo tenant to act as")] = "contoso",
+    roles: Annotated[str, typer.Option(help="locally: the app roles of the dev token")] = _DEFAULT_ROLES,
+    scope: Annotated[str, typer.Option(help="in Azure: the API's scope")] = "api://quantum-platform/.default",
+    entra_tenant: Annotated[str | None, typer.Option(help="in Azure: your Entra tenant id")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="locally: the devhost's data folder (default .data)")] = None,
+) -> None:
+    """Sign in: a dev token from the local devhost, or a device-code sign-in with Entra ID in Azure."""
+
+    def act() -> None:
+        profile: dict[str, Any] = {
+            "url": url,
+            "tenant": tenant,
+            "roles": roles,
+            "project": str(Path.cwd()),
+            "data_dir": data_dir,
+        }
+        if httpx.URL(url).host not in _LOCAL_HOSTS:
+            from azure.identity import DeviceCodeCredential  # the client's `azure` extra
+
+            token = DeviceCodeCredential(tenant_id=entra_tenant).get_token(scope)
+            profile.update(token=token.token, expires_on=token.expires_on, tenant=None)
+        PROFILE.parent.mkdir(parents=True, exist_ok=True)
+        PROFILE.write_text(json.dumps(profile), encoding="utf-8")
+        PROFILE.chmod(0o600)
+        with _client() as client:
+            me = client.get("/api/v1/me").json()
+        out.print(f"signed in to {url} as {me.get('principal_id') or me.get('display_name')} ({me.get('tenant_name')})")
+
+    _run(act)
+
+
+# ------------------------------------------------------------------------------------------ intents
+@intents_app.command("create")
+def intents_create(
+    file: Annotated[Path, typer.Argument(help="the intent as JSON ({name, definition}); - reads stdin")],
+    output: OutputOption = "table",
+) -> None:
+    """Create an intent (version 1)."""
+    _run(lambda: _with(lambda c: _show(c.intents.create(_read_json(file)).json(), output)))
+
+
+@intents_app.command("get")
+def intents_get(intent: str, output: OutputOption = "table") -> None:
+    """One intent: its current version and definition."""
+    _run(lambda: _with(lambda c: _show(c.intents.get(_intent_id(c, intent)).json(), output)))
+
+
+@intents_app.command("list")
+def intents_list(
+    name_prefix: Annotated[str | None, typer.Option(help="names starting with this")] = None,
+    output: OutputOption = "table",
+) -> None:
+    """The tenant's intents."""
+    columns = ["id", "name", "version", "status", "target", "updated_at"]
+    _run(lambda: _with(lambda c: _show(c.intents.list(name_prefix=name_prefix).json(), output, columns)))
+
+
+@intents_app.command("update")
+def intents_update(intent: str, file: Path, output: OutputOption = "table") -> None:
+    """A new version of an intent from a definition file (the current version's ETag is sent as If-Match)."""
+
+    def act(client: Client) -> None:
+        item_id = _intent_id(client, intent)
+        current = client.intents.get(item_id)
+        answer = client.intents.update(item_id, _read_json(file), if_match=current.headers.get("ETag"))
+        _show(answer.json(), output)
+
+    _run(lambda: _with(act))
+
+
+@intents_app.command("versions")
+def intents_versions(intent: str, output: OutputOption = "table") -> None:
+    """An intent's versions, oldest first."""
+    columns = ["version", "created_at", "created_by", "origin"]
+    _run(lambda: _with(lambda c: _show(c.intents.versions(_intent_id(c, intent)).json(), output, columns)))
+
+
+@intents_app.command("diff")
+def intents_diff(
+    intent: str,
+    from_version: Annotated[int, typer.Option("--from")],
+    to_version: Annotated[int, typer.Option("--to")],
+    output: OutputOption = "json",
+) -> None:
+    """What changed between two versions."""
+    _run(
+        lambda: _with(
+            lambda c: _show(
+                c.intents.diff(_intent_id(c, intent), from_version=from_version, to_version=to_version).json(), output
+            )
+        )
+    )
+
+
+@intents_app.command("rollback")
+def intents_rollback(
+    intent: str, to: Annotated[int, typer.Option(help="the version to copy")], output: OutputOption = "table"
+) -> None:
+    """A new version equal to an old one."""
+    _run(lambda: _with(lambda c: _show(c.intents.rollback(_intent_id(c, intent), to).json(), output)))
+
+
+@intents_app.command("plan")
+def intents_plan(intent: str, output: OutputOption = "json") -> None:
+    """The dry run: execution levels, modules, decisions, quota headroom."""
+    _run(lambda: _with(lambda c: _show(c.intents.plan(_intent_id(c, intent)).json(), output)))
+
+
+@intents_app.command("validate")
+def intents_validate(file: Path, output: OutputOption = "json") -> None:
+    """Validate an intent without saving it."""
+    _run(lambda: _with(lambda c: _show(c.intents.validate(_read_json(file)).json(), output)))
+
+
+def _with(action: Callable[[Client], None]) -> None:
+    with _client() as client:
+        action(client)
+
+
+def _intent_id(client: Client, intent: str) -> str:
+    """An intent's id from its id or its exact name."""
+    if len(intent) == 36 and intent.count("-") == 4:
+        return intent
+    items = client.intents.list(name_prefix=intent).json()["items"]
+    matches = [item["id"] for item in items if item["name"] == intent]
+    if not matches:
+        raise PlatformError(f"no intent named {intent!r} in this tenant")
+    return str(matches[0])
+
+
+# ------------------------------------------------------------------------------------------ runs
+@app.command()
+def run(
+    intent: Annotated[str, typer.Argument(help="the intent's name or id")],
+    input_file: Annotated[Path | None, typer.Option("--input", help="the execution's input as JSON")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="show the steps live until the end")] = False,
+    output: OutputOption = "table",
+) -> None:
+    """Execute an intent; with --follow, a live view of its steps, and the exit code is the outcome."""
+    outcome: list[int] = [0]
+
+    def act(client: Client) -> None:
+        started = client.executions.start(_intent_id(client, intent), input=_read_json(input_file)).json()
+        execution_id = str(started["execution_id"])
+        if not follow:
+            _show(started, output)
+            return
+        final = _follow_live(client, execution_id) if output == "table" else _follow_json(client, execution_id)
+        outcome[0] = {"succeeded": 0, "cancelled": EXIT_CANCELLED}.get(final, EXIT_FAILED)
+
+    _run(lambda: _with(act))
+    raise typer.Exit(outcome[0])
+
+
+def _follow_json(client: Client, execution_id: str) -> str:
+    for event in client.stream(f"/api/v1/executions/{execution_id}/events"):
+        out.print(json.dumps(event, default=str), highlight=False, soft_wrap=True)
+    return str(client.executions.get(execution_id).json()["status"])
+
+
+def _follow_live(client: Client, execution_id: str) -> str:
+    """Redraw the steps' table after each event until the execution ends; answers its final status."""
+    with Live(console=out, refresh_per_second=8, transient=False) as live:
+        for event in client.stream(f"/api/v1/executions/{execution_id}/events"):
+            live.update(_view(client.executions.get(execution_id).json()))
+            if event.get("type") in TERMINAL_EVENTS:
+                break
+        execution = client.executions.get(execution_id).json()
+        live.update(_view(execution))
+    return str(execution["status"])
+
+
+def _view(execution: dict[str, Any]) -> Group:
+    steps = execution.get("steps") or []
+    done = sum(1 for step in steps if step.get("state") in ("succeeded", "skipped", "reused"))
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
+    progress.add_task(f"execution {execution['id']} {execution['status']}", total=max(len(steps), 1), completed=done)
+    table = Table("step", "action", "state", "attempt", "duration")
+    for step in steps:
+        table.add_row(
+            str(step.get("step_id")),
+            str(step.get("action")),
+            str(step.get("state")),
+            str(step.get("attempt") or ""),
+            _duration(step.get("started_at"), step.get("finished_at")),
+        )
+    parts: list[Any] = [progress, table]
+    if execution.get("wait_reason"):
+        parts.append(f"[yellow]{execution['wait_reason']}[/yellow]")
+    if execution.get("error"):
+        parts.append(f"[red]{execution['error']}[/red]")
+    return Group(*parts)
+
+
+def _duration(started: str | None, finished: str | None) -> str:
+    if not started:
+        return ""
+    begin = datetime.fromisoformat(started)
+    end = datetime.fromisoformat(finished) if finished else datetime.now(UTC)
+    return f"{(end - begin).total_seconds():.1f} s"
+
+
+# ------------------------------------------------------------------------------------------ executions
+@executions_app.command("list")
+def executions_list(
+    status: Annotated[str | None, typer.Option(help="only executions in this status")] = None,
+    output: OutputOption = "table",
+) -> None:
+    """The tenant's executions, newest first."""
+    columns = ["id", "intent_id", "intent_version", "status", "target", "created_at"]
+    _run(lambda: _with(lambda c: _show(c.executions.list(status=status).json(), output, columns)))
+
+
+@executions_app.command("get")
+def executions_get(execution: str, output: OutputOption = "table") -> None:
+    """One execution: status, steps and why it waits."""
+    _run(lambda: _with(lambda c: _show(c.executions.get(execution).json(), output)))
+
+
+@executions_app.command("cancel")
+def executions_cancel(execution: str, output: OutputOption = "table") -> None:
+    """Cancel an execution: it compensates what completed and ends cancelled."""
+    _run(lambda: _with(lambda c: _show(c.executions.cancel(execution).json(), output)))
+
+
+@executions_app.command("approve")
+def executions_approve(
+    execution: str,
+    step: str,
+    reject: Annotated[bool, typer.Option(help="reject instead")] = False,
+    comment: Annotated[str, typer.Option()] = "",
+    output: OutputOption = "table",
+) -> None:
+    """Approve (or reject) a waiting approval step."""
+    _run(
+        lambda: _with(
+            lambda c: _show(c.executions.approve(execution, step, reject=reject, comment=comment).json(), output)
+        )
+    )
+
+
+@executions_app.command("retry")
+def executions_retry(execution: str, output: OutputOption = "table") -> None:
+    """A new execution that reuses the steps that succeeded."""
+    _run(lambda: _with(lambda c: _show(c.executions.retry(execution).json(), output)))
+
+
+@app.command()
+def events(
+    execution: str,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="wait for new events until the end")] = False,
+    after: Annotated[int, typer.Option(help="only events after this number")] = 0,
+    output: OutputOption = "table",
+) -> None:
+    """An execution's events; with --follow, as they are recorded, until its end."""
+
+    def act(client: Client) -> None:
+        path = f"/api/v1/executions/{execution}/events"
+        stream = (
+            client.stream(path, after=after)
+            if follow
+            else iter(client.executions.events(execution, after=after).json()["items"])
+        )
+        for event in stream:
+            if output == "json":
+                out.print(json.dumps(event, default=str), highlight=False, soft_wrap=True)
+            else:
+                detail = event.get("error") or (json.dumps(event["result"]) if event.get("result") is not None else "")
+                out.print(
+                    f"{event['seq']:>4}  {event['type']:<24} {event.get('step') or '':<24} {detail}", highlight=False
+                )
+
+    _run(lambda: _with(act))
+
+
+def main() -> None:
+    """The `qp` entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
