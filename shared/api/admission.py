@@ -161,7 +161,7 @@ class Admission:
         return gate
 
     def admit(self, tenant_id: UUID) -> Permit:
-        """A permit for one request of the tenant, or 503 tenant-busy with Retry-After once the queue wait is over.
+        """A permit for one request of the tenant, or 429 tenant-busy with Retry-After once the queue wait is over.
 
         Blocks the calling thread for at most `wait_s`: call it from a worker thread (a sync dependency).
         """
@@ -172,7 +172,7 @@ class Admission:
 
     async def admit_waiting(self, tenant_id: UUID) -> Permit:
         """A permit for one request of the tenant, waited for on the event loop (no thread is held meanwhile) for up
-        to `queue_wait_s` with at most `queue` others; else 503 tenant-busy with Retry-After."""
+        to `queue_wait_s` with at most `queue` others; else 429 tenant-busy with Retry-After."""
         gate = self.gate(tenant_id)
         if gate.try_enter():
             return Permit(gate, self.wait_s)
@@ -194,11 +194,12 @@ class Admission:
 
 
 def tenant_busy(limit: int) -> ProblemError:
-    """The answer to a request over its tenant's in-flight bound."""
+    """The answer to a request over its tenant's in-flight bound: 429, like the request rate (ADR 0029). The
+    service is up and serving other tenants; this client is asked to slow down, so it is no server error."""
     return ProblemError(
-        503,
+        429,
         "tenant-busy",
-        "Service unavailable",
+        "Too many requests",
         f"This tenant already has {limit} requests in progress here; retry in {RETRY_AFTER_S} s.",
         headers={"Retry-After": str(RETRY_AFTER_S)},
         extensions={"limit": limit},

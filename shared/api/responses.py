@@ -40,7 +40,7 @@ RATE_LIMITED = problem_doc(
     "rate-limited",
     "Too many requests",
     "This tenant is over its request rate; retry in 3 s.",
-    "Over the tenant's request rate (see Retry-After)",
+    "Over the tenant's request rate (`rate-limited`) or its requests in flight (`tenant-busy`); see Retry-After",
 )
 BAD_CURSOR = problem_doc(
     400, "invalid-cursor", "Bad request", "the cursor is not one this API issued", "A malformed cursor"
@@ -87,11 +87,10 @@ PRECONDITION_REQUIRED = problem_doc(
 
 UNAVAILABLE = problem_doc(
     503,
-    "tenant-busy",
+    "dependency-unavailable",
     "Service unavailable",
-    "This tenant has 5 requests in flight; retry in 1 s.",
-    "Over capacity: the tenant's requests in flight (`tenant-busy`), or a dependency such as the database is "
-    "unavailable (`dependency-unavailable`); always with Retry-After",
+    "The database is unavailable; retry in 2 s.",
+    "A dependency such as the database is unavailable (`dependency-unavailable`); always with Retry-After",
 )
 
 AUTH_ERRORS: Responses = {401: UNAUTHORIZED, 403: FORBIDDEN, 429: RATE_LIMITED, 503: UNAVAILABLE}

@@ -1,6 +1,7 @@
 # intent_ref: platform.hardening
 """One tenant's burst never stalls another: no request waits on its own pool, a tenant's requests in flight are
-bounded per process, and over the bound (or the pool) the answer is 503 problem+json with Retry-After."""
+bounded per process, and over the bound the answer is 429 `tenant-busy` (over the pool, 503), problem+json
+with Retry-After."""
 
 from __future__ import annotations
 
@@ -144,7 +145,7 @@ def test_decisions_inside_a_transaction_borrow_no_second_connection_and_are_all_
 
 
 @pytest.mark.integration
-def test_a_tenant_over_its_bound_hears_503_and_every_permit_comes_back(api: ApiHarness) -> None:
+def test_a_tenant_over_its_bound_hears_429_and_every_permit_comes_back(api: ApiHarness) -> None:
     busy = api.provision("busy")
     api.provision("calm")
     get_admission.cache_clear()  # sized from this app's settings, whatever ran before in this process
@@ -159,11 +160,11 @@ def test_a_tenant_over_its_bound_hears_503_and_every_permit_comes_back(api: ApiH
     finally:
         for _ in range(admission.limit):
             gate.leave()
-    assert refused.status_code == 503, refused.text
+    assert refused.status_code == 429, refused.text
     assert refused.headers["content-type"].startswith("application/problem+json")
     assert int(refused.headers["retry-after"]) >= 1
     body = refused.json()
-    assert body["type"].endswith("/tenant-busy") and body["status"] == 503 and body["limit"] == admission.limit
+    assert body["type"].endswith("/tenant-busy") and body["status"] == 429 and body["limit"] == admission.limit
     assert other.status_code == 200, other.text
 
     # Requests that end in every way give their permit back: answered, not found, refused, invalid, long poll.
@@ -222,7 +223,7 @@ def test_a_burst_queues_on_the_event_loop_and_is_served_in_turn_within_its_bound
     served, failures = asyncio.run(burst())
     refused = [f for f in failures if f is not None]
     assert len(served) == 10 and len(refused) == 2
-    assert all(isinstance(f, ProblemError) and f.status == 503 and f.headers["Retry-After"] == "1" for f in refused)
+    assert all(isinstance(f, ProblemError) and f.status == 429 and f.headers["Retry-After"] == "1" for f in refused)
     assert gate.in_flight == 0 and gate.waiting == 0
 
 
@@ -232,7 +233,7 @@ def test_a_queued_request_is_refused_once_its_wait_is_over() -> None:
     holder = admission.admit(tenant)
     with pytest.raises(ProblemError) as busy:
         asyncio.run(admission.admit_waiting(tenant))
-    assert busy.value.status == 503 and admission.gate(tenant).waiting == 0
+    assert busy.value.status == 429 and admission.gate(tenant).waiting == 0
     holder.release()
     asyncio.run(admission.admit_waiting(tenant)).release()
     assert admission.gate(tenant).in_flight == 0
@@ -263,7 +264,7 @@ def test_a_long_poll_holds_no_permit_while_it_waits() -> None:
     assert resumed is False and not poll.permit.held
     with pytest.raises(ProblemError) as busy:
         admission.admit(tenant)
-    assert busy.value.status == 503 and busy.value.headers["Retry-After"] == "1"
+    assert busy.value.status == 429 and busy.value.headers["Retry-After"] == "1"
     other.release()
     assert asyncio.run(idle(poll, 0.0)) is True and poll.permit.held
     poll.permit.release()
