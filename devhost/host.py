@@ -79,12 +79,13 @@ def provision(options: HostOptions) -> Provisioned:
 
 def build_components(ctx: HostContext) -> list[Component]:
     """Every part of the host, in start order."""
+    from devhost.demo_deployment import DemoDeployment
     from devhost.durable import DurableHost
     from devhost.eventhubs import EventHubHost
     from devhost.identity import DevIdentity
     from devhost.timers import TimerHost
 
-    return [DevIdentity(ctx), DurableHost(ctx), EventHubHost(ctx), TimerHost(ctx)]
+    return [DevIdentity(ctx), DurableHost(ctx), EventHubHost(ctx), TimerHost(ctx), DemoDeployment()]
 
 
 class DevHost:
@@ -173,7 +174,7 @@ async def serve(options: HostOptions, on_ready: list[str]) -> None:
     provisioned = provision(options)
     try:
         if options.seed_demo:
-            _seed(provisioned.app_url, provisioned.control_url)
+            _seed(provisioned.app_url, provisioned.control_url, f"http://127.0.0.1:{options.port}")
         index = load_app(options)
         host = DevHost(options, index, provisioned.owner_url)
         await host.start()
@@ -193,13 +194,14 @@ async def serve(options: HostOptions, on_ready: list[str]) -> None:
         provisioned.stop()
 
 
-def _seed(app_url: str, control_url: str) -> None:
+def _seed(app_url: str, control_url: str, base_url: str) -> None:
     from devhost.identity import dev_tenant_id
     from devhost.provision import DEMO_TENANTS, seed_demo_tenants
-    from devhost.seed import seed_demo_blueprints, seed_demo_modules
+    from devhost.seed import seed_demo_blueprints, seed_demo_modules, seed_demo_settings
 
     inserted = seed_demo_tenants(control_url, {name: dev_tenant_id(name) for name in DEMO_TENANTS})
     if inserted:
         logger.info("seeded demo tenants: %s", ", ".join(inserted))
     seed_demo_modules(app_url)
     seed_demo_blueprints(app_url)
+    seed_demo_settings(app_url, base_url)

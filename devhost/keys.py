@@ -23,13 +23,16 @@ MASTER_KEY_FILE = "master"
 CODE_PARAMETER = "code"
 KEY_HEADER = "x-functions-key"
 
-# What the real endpoints serve without credentials: an issuer's discovery document and signing keys are public.
+# What the real endpoints serve without credentials: an issuer's discovery document and signing keys are public,
+# and so is a deployed application's health check.
 # Every other route a component registers (the Durable management API on both prefixes, the Event Hubs data
 # routes) needs the key; docs/adr/0020-devhost-host-keys.md lists them.
 PUBLIC_ROUTES = frozenset(
     {
         "/devhost/identity/discovery/v2.0/keys",
         "/devhost/identity/{tenant}/v2.0/.well-known/openid-configuration",
+        # The demo application's health endpoint (devhost/demo_deployment.py), public as a deployed app's is.
+        "/devhost/demo/deployment/health",
     }
 )
 

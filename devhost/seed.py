@@ -10,6 +10,7 @@ from pathlib import Path
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from devhost.provision import DEMO_TENANTS, demo_tenant_id
 from shared.db.session import enter_tenant
@@ -21,6 +22,8 @@ from shared.registry.modules import ModuleConflictError, ModuleRegistration, reg
 logger = logging.getLogger(__name__)
 
 SEED_ACTOR = "devhost:seed-demo"
+DEMO_APP_PATH = "/devhost/demo/deployment"
+"""Where the devhost serves its stand-in for the demo's deployed application (devhost/demo_deployment.py)."""
 DEMO_BLUEPRINT = Path(__file__).resolve().parent.parent / "examples" / "blueprints" / "deploy-application.json"
 """The `created_by` of what the seed registers (a named platform actor, not an Entra principal)."""
 
@@ -80,3 +83,34 @@ def seed_demo_blueprints(app_url: str) -> list[str]:
     if added:
         logger.info("seeded demo blueprints: %s", ", ".join(added))
     return added
+
+
+def seed_demo_settings(app_url: str, base_url: str) -> list[str]:
+    """Point each demo tenant's `base_url` at the devhost's stand-in for the deployed demo app (and let its steps
+    reach this loopback host), where the tenant has not set its own; returns the tenants changed.
+
+    With it the seed blueprint's `verify-deployment` step has something to check: the tutorial's declaration runs
+    to success locally. The SSRF guard is not widened: loopback is reachable only because the tenant allows it
+    and local settings allow private hosts (ADR 0016)."""
+    demo_app = f"{base_url.rstrip('/')}{DEMO_APP_PATH}"
+    changed: list[str] = []
+    with psycopg.connect(app_url, autocommit=True, row_factory=dict_row) as conn:
+        for name in DEMO_TENANTS:
+            with conn.transaction():
+                enter_tenant(conn, demo_tenant_id(name))
+                row = conn.execute("SELECT settings FROM app.tenants").fetchone()
+                if row is None:
+                    continue
+                settings = dict(row["settings"])
+                current = settings.get("base_url")
+                if current == demo_app or (current is not None and not str(current).endswith(DEMO_APP_PATH)):
+                    continue  # set already, or the tenant's own choice: it stands (an earlier run's port moves)
+                hosts = list(settings.get("allowed_hosts") or [])
+                if "127.0.0.1" not in hosts:
+                    hosts.append("127.0.0.1")
+                settings.update(base_url=demo_app, allowed_hosts=hosts)
+                conn.execute("UPDATE app.tenants SET settings = %s", (Jsonb(settings),))
+                changed.append(name)
+    if changed:
+        logger.info("demo tenants' base_url: %s (%s)", demo_app, ", ".join(changed))
+    return changed

@@ -71,3 +71,52 @@ def test_seed_tutorial_payloads_validate_and_plan_as_written(devhost_factory: De
         assert plan.status_code == 200, plan.text
         assert plan.json()["levels"] == levels
     assert seed_demo_blueprints(pg.app_url) == []  # already there: seeding twice adds nothing
+
+
+def test_the_seed_declaration_runs_to_success_with_the_example_worker(devhost_factory: DevhostFactory, pg: Any) -> None:
+    import threading
+
+    from examples.workers import remote_worker
+
+    host = devhost_factory(app_dir=PROJECT_ROOT, extra_args=("--seed-demo",))
+    tenant = "tenant-123"  # its own `deploy-application` declaration: the name is the blueprint's, once per tenant
+    person = mint_token_cli(pg.root, host.base_url, tenant, ["Intent.Author", "Intent.Deployer"], [], None, 600, False)
+    worker = mint_token_cli(pg.root, host.base_url, tenant, ["Module.Worker"], [], None, 600, True)
+    headers = {"Authorization": f"Bearer {person}"}
+    existing = httpx.get(
+        f"{host.base_url}/api/v1/intents", params={"name_prefix": "deploy-application"}, headers=headers
+    ).json()["items"]
+    intent_id = next((i["id"] for i in existing if i["name"] == "deploy-application"), None)
+    if intent_id is None:
+        created = httpx.post(f"{host.base_url}/api/v1/intents", json=SEED_DECLARATION, headers=headers)
+        assert created.status_code == 201, created.text
+        intent_id = created.json()["id"]
+    stop = threading.Event()
+    options = remote_worker.parse_args(["--api", host.base_url, "--token", worker])
+    thread = threading.Thread(target=remote_worker.run, args=(options, stop), daemon=True)
+    thread.start()
+    try:
+        started = httpx.post(f"{host.base_url}/api/v1/intents/{intent_id}/execute", headers=headers, timeout=30)
+        assert started.status_code == 202, started.text
+        execution_id = started.json()["execution_id"]
+        after, status = 0, "pending"
+        for _ in range(40):
+            page = httpx.get(
+                f"{host.base_url}/api/v1/executions/{execution_id}/events",
+                params={"after": after, "wait": 5},
+                headers=headers,
+                timeout=30,
+            ).json()
+            after, status = page["next_after"], page["status"]
+            if status in ("succeeded", "failed", "cancelled"):
+                break
+    finally:
+        stop.set()
+        thread.join(40)
+    execution = httpx.get(f"{host.base_url}/api/v1/executions/{execution_id}", headers=headers).json()
+    assert status == "succeeded", execution
+    steps = {step["step_id"]: step for step in execution["steps"]}
+    assert [steps[s]["state"] for s in ("build", "deploy", "verify")] == ["succeeded"] * 3
+    # verify-deployment checked the demo tenant's base_url: the devhost's stand-in for the deployed app.
+    assert steps["verify"]["output"]["status"] == 200, steps["verify"]["output"]
+    assert steps["verify"]["output"]["url"] == f"{host.base_url}/devhost/demo/deployment/health"
