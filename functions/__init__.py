@@ -6,5 +6,13 @@ from functions.http_api import bp as http_api_bp
 from functions.module_worker import bp as module_worker_bp
 from functions.timer_execution_sweeper import bp as execution_sweeper_bp
 from functions.timer_outbox_relay import bp as outbox_relay_bp
+from functions.timer_webhook_delivery import bp as webhook_delivery_bp
 
-blueprints = (http_api_bp, module_worker_bp, intent_requests_bp, outbox_relay_bp, execution_sweeper_bp)
+blueprints = (
+    http_api_bp,
+    module_worker_bp,
+    intent_requests_bp,
+    outbox_relay_bp,
+    execution_sweeper_bp,
+    webhook_delivery_bp,
+)

@@ -23,6 +23,7 @@ from shared.api.routers import (
     task_completion,
     tenant_settings,
     tenants,
+    webhooks,
     work,
 )
 from shared.config import get_settings
@@ -52,6 +53,7 @@ def create_app() -> FastAPI:
         execution_control.router,
         task_completion.router,
         work.router,
+        webhooks.router,
         ingress.router,
     ):
         app.include_router(router)

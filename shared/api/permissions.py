@@ -75,6 +75,8 @@ RESOURCE_TYPES: dict[Action, str] = {
             Action.WORK_LEASE,
             Action.WORK_HEARTBEAT,
             Action.WORK_LIST,
+            Action.WEBHOOK_READ,
+            Action.WEBHOOK_MANAGE,
         ),
         "Tenant",
     ),

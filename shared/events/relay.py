@@ -13,13 +13,14 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from psycopg.rows import DictRow
 from psycopg_pool import ConnectionPool
 
 from shared.db.session import platform_transaction, tenant_transaction
+from shared.events import webhook_store
 from shared.events.publisher import PLATFORM_EVENTS_HUB, EventPublisher, OutboundEvent, PropertyValue, get_publisher
 
 _PENDING_TENANTS = "SELECT tenant_id FROM app.outbox_pending_tenants(%s) AS pending (tenant_id)"
@@ -83,7 +84,10 @@ def relay_tenant(
         rows = conn.execute(_UNPUBLISHED, (batch_size,)).fetchall()
         if not rows:
             return 0
-        publisher.publish(PLATFORM_EVENTS_HUB, [envelope(tenant_id, row) for row in rows])
+        envelopes = [envelope(tenant_id, row) for row in rows]
+        publisher.publish(PLATFORM_EVENTS_HUB, envelopes)
+        # Webhook deliveries are recorded with the mark (ADR 0030): an event marked published has its deliveries.
+        webhook_store.fan_out(conn, [cast(dict[str, Any], event.body) for event in envelopes])
         conn.execute(_MARK, ([row["id"] for row in rows],))
         return len(rows)
 

@@ -25,6 +25,8 @@ class Action(StrEnum):
     POLICY_DELETE = "policy.delete"
     AUDIT_READ = "audit.read"
     MODULE_REGISTER = "module.register"
+    WEBHOOK_READ = "webhook.read"
+    WEBHOOK_MANAGE = "webhook.manage"
 
     # Reader and above. `*.list` is decided on the Tenant that owns the collection.
     INTENT_READ = "intent.read"

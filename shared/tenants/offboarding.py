@@ -24,6 +24,8 @@ from shared.tenants.models import Tenant
 # tenant table is missing here, so erasure cannot silently leave one behind.
 TENANT_TABLES = (
     "idempotency_keys",
+    "webhook_deliveries",
+    "webhook_subscriptions",
     "outbox",
     "ingress_rejections",
     "execution_events",

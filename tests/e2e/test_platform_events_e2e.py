@@ -66,7 +66,7 @@ def test_an_executions_domain_events_reach_platform_events_once_keyed_by_tenant(
         return [
             e
             for e in events
-            if e["body"]["data"].get("execution_id") == execution_id or e["body"]["subject"] == f"intents/{intent}"
+            if e["body"]["data"].get("execution_id") == execution_id or e["body"].get("subject") == f"intents/{intent}"
         ]
 
     def complete(events: list[dict[str, Any]]) -> bool:

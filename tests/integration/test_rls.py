@@ -190,10 +190,14 @@ def test_every_app_table_has_forced_rls_with_tenant_policies(pg) -> None:  # typ
                     "SELECT",
                     "(status = ANY (ARRAY['pending'::text, 'running'::text, 'waiting'::text, 'compensating'::text]))",
                 )
-            elif name in ("work_items", "step_attempts"):
+            elif name in ("work_items", "step_attempts", "webhook_deliveries"):
                 # The owner (never the app) reads which tenants have a lease that ran out, for the sweeper
-                # (migration 0018): leased items and open attempts, SELECT only.
-                owner_policy = "sweeper_leased_items" if name == "work_items" else "sweeper_open_attempts"
+                # (migration 0018), or a webhook delivery due (migration 0019): SELECT only.
+                owner_policy = {
+                    "work_items": "sweeper_leased_items",
+                    "step_attempts": "sweeper_open_attempts",
+                    "webhook_deliveries": "webhook_due_tenants",
+                }[name]
                 assert others == {("platform_erase", ("qp_platform",)), (owner_policy, (OWNER_ROLE,))}, name
                 cmd = conn.execute(
                     "SELECT cmd FROM pg_policies WHERE schemaname = 'app' AND tablename = %s AND policyname = %s",

@@ -70,6 +70,8 @@ ROLES_ALLOWED: dict[Action, frozenset[str]] = {
             Action.POLICY_DELETE,
             Action.AUDIT_READ,
             Action.MODULE_REGISTER,
+            Action.WEBHOOK_READ,
+            Action.WEBHOOK_MANAGE,
         ],
         frozenset({TENANT_ADMIN}),
     ),
@@ -150,7 +152,7 @@ def resource_for(action: Action, *, who: Principal, production: bool, own: bool,
     kind = action.value.split(".")[0]
     if kind == "tenant" and action.value.count(".") == 1:
         return Resource.platform()
-    if action.value.endswith(".list") or kind in ("tenant", "work"):
+    if action.value.endswith(".list") or kind in ("tenant", "work", "webhook"):
         return Resource.tenant(tenant_id)
     requested_by = who.id if own else OTHER_REQUESTER
     match kind:

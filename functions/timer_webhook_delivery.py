@@ -1,0 +1,30 @@
+# intent_ref: platform.events
+"""The webhook delivery timer: every few seconds, due deliveries go to their subscribers, signed (ADR 0030)."""
+
+import logging
+
+import azure.functions as func
+
+from shared.events.webhooks import deliver_due
+
+bp = func.Blueprint()
+
+logger = logging.getLogger(__name__)
+
+# Every 5 seconds, like the outbox relay that records the deliveries. Claims (a held next attempt) make an
+# overlapping run harmless: each delivery is sent by one run at a time.
+SCHEDULE = "*/5 * * * * *"
+
+
+@bp.function_name("webhook_delivery")
+@bp.timer_trigger(arg_name="timer", schedule=SCHEDULE, use_monitor=False)
+def webhook_delivery(timer: func.TimerRequest) -> None:  # noqa: ARG001  # the binding requires it
+    """Send the webhook deliveries that are due, oldest first per subscription; retry the failed with backoff."""
+    result = deliver_due()
+    if result.delivered or result.failed_attempts or result.disabled:
+        logger.info(
+            "webhooks: %d delivered, %d attempts failed, %d subscriptions disabled",
+            result.delivered,
+            result.failed_attempts,
+            result.disabled,
+        )

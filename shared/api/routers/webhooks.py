@@ -1,0 +1,219 @@
+# intent_ref: platform.events
+"""A tenant's webhook subscriptions (Tenant.Admin): subscribe a URL to domain event types, change, rotate its
+secret, read its delivery log, delete (ADR 0030)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Path, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from shared.api.permissions import GuardedRoute, permission
+from shared.api.problems import ProblemError
+from shared.api.responses import AUTH_ERRORS, INVALID, problem_doc
+from shared.api.security import RequestContext, authorize
+from shared.config import get_settings
+from shared.db.session import tenant_transaction
+from shared.events import webhook_store as store
+from shared.events.webhooks import WebhookUrlRefusedError, check_subscription_url
+from shared.policy.actions import Action
+from shared.policy.authorizer import Resource
+from shared.tenants.repository import tenant_settings
+
+router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"], route_class=GuardedRoute)
+SubscriptionId = Annotated[UUID, Path(description="The subscription's id.")]
+EventType = Annotated[str, Field(pattern=r"^(\*|[A-Za-z0-9][A-Za-z0-9._-]{0,127})$")]
+MayRead = Annotated[RequestContext, Depends(permission(Action.WEBHOOK_READ))]
+MayManage = Annotated[RequestContext, Depends(permission(Action.WEBHOOK_MANAGE))]
+NOT_FOUND = problem_doc(404, "not-found", "Not found", "no webhook subscription 3f2e...", "No such subscription")
+URL_REFUSED = problem_doc(
+    422,
+    "webhook-url-refused",
+    "Unprocessable content",
+    "hooks.internal resolves to 10.0.0.4, a private address",
+    "The URL fails the platform's SSRF guard (or is not https outside local development)",
+)
+_EXAMPLE: dict[str, Any] = {
+    "url": "https://hooks.contoso.example/quantum",
+    "event_types": ["execution.completed", "execution.failed"],
+    "description": "release bot",
+}
+
+
+class SubscriptionIn(BaseModel):
+    """A URL and the domain event types it receives (`*`: all)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_EXAMPLE]})
+
+    url: str = Field(min_length=8, max_length=2048)
+    event_types: list[EventType] = Field(min_length=1, max_length=50)
+    description: str = Field("", max_length=500)
+
+
+class SubscriptionPatch(BaseModel):
+    """What to change; `enabled: true` re-enables a disabled subscription and resends its failed deliveries."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"enabled": True}]})
+
+    url: str | None = Field(None, min_length=8, max_length=2048)
+    event_types: list[EventType] | None = Field(None, min_length=1, max_length=50)
+    description: str | None = Field(None, max_length=500)
+    enabled: bool | None = None
+
+
+class SubscriptionOut(BaseModel):
+    """A subscription; `secret` only in the answer that created or rotated it."""
+
+    id: UUID
+    url: str
+    event_types: list[str]
+    description: str
+    enabled: bool
+    disabled_reason: str | None
+    consecutive_failures: int
+    created_at: datetime
+    updated_at: datetime
+    secret: str | None = Field(None, description="`whsec_...`: shown once; verify signatures with it.")
+
+
+class SubscriptionPage(BaseModel):
+    items: list[SubscriptionOut]
+
+
+class SecretOut(BaseModel):
+    """The new signing secret, shown once."""
+
+    id: UUID
+    secret: str
+
+
+class DeliveryOut(BaseModel):
+    """One delivery: the event, its state, attempts and the receiver's last answer."""
+
+    id: int
+    message_id: str
+    event_type: str
+    state: str
+    attempts: int
+    next_attempt_at: datetime
+    last_status: int | None
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+class DeliveryPage(BaseModel):
+    items: list[DeliveryOut]
+
+
+def _out(subscription: store.Subscription, secret: str | None = None) -> SubscriptionOut:
+    return SubscriptionOut(**subscription.__dict__, secret=secret)
+
+
+def _checked_url(conn: Any, url: str) -> None:
+    hosts = [str(h) for h in tenant_settings(conn).get("allowed_hosts") or []]
+    try:
+        check_subscription_url(url, hosts, environment=get_settings().QP_ENVIRONMENT)
+    except WebhookUrlRefusedError as exc:
+        raise ProblemError(422, "webhook-url-refused", "Unprocessable content", str(exc)) from None
+
+
+def _found(conn: Any, subscription_id: UUID) -> store.Subscription:
+    found = store.get(conn, subscription_id)
+    if found is None:
+        raise ProblemError(404, "not-found", "Not found", f"no webhook subscription {subscription_id}")
+    return found
+
+
+@router.post("", status_code=201, response_model=SubscriptionOut, summary="Subscribe a URL to events",
+             responses={**AUTH_ERRORS, 422: URL_REFUSED})  # fmt: skip
+async def create(body: SubscriptionIn, context: MayManage) -> SubscriptionOut:
+    """Subscribe `url` to `event_types`; the answer carries the signing secret, once (Tenant.Admin)."""
+    authorize(context, Action.WEBHOOK_MANAGE, Resource.tenant(context.tenant.id), detail={"url": body.url})
+
+    def run() -> SubscriptionOut:
+        with tenant_transaction(context.tenant.id) as conn:
+            _checked_url(conn, body.url)  # resolves the host: off the event loop
+            created, secret = store.create(
+                conn, url=body.url, event_types=body.event_types, description=body.description
+            )
+        return _out(created, secret)
+
+    return await run_in_threadpool(run)
+
+
+@router.get("", response_model=SubscriptionPage, summary="List webhook subscriptions", responses={**AUTH_ERRORS})
+def list_all(context: MayRead) -> SubscriptionPage:
+    """The tenant's subscriptions, without their secrets (Tenant.Admin)."""
+    authorize(context, Action.WEBHOOK_READ, Resource.tenant(context.tenant.id))
+    with tenant_transaction(context.tenant.id) as conn:
+        return SubscriptionPage(items=[_out(s) for s in store.list_all(conn)])
+
+
+@router.get("/{subscription_id}", response_model=SubscriptionOut, summary="Get a webhook subscription",
+            responses={**AUTH_ERRORS, 404: NOT_FOUND})  # fmt: skip
+def get_one(subscription_id: SubscriptionId, context: MayRead) -> SubscriptionOut:
+    """One subscription, without its secret (Tenant.Admin)."""
+    authorize(context, Action.WEBHOOK_READ, Resource.tenant(context.tenant.id))
+    with tenant_transaction(context.tenant.id) as conn:
+        return _out(_found(conn, subscription_id))
+
+
+@router.patch("/{subscription_id}", response_model=SubscriptionOut, summary="Change a webhook subscription",
+              responses={**AUTH_ERRORS, 404: NOT_FOUND, 422: URL_REFUSED})  # fmt: skip
+async def change(subscription_id: SubscriptionId, body: SubscriptionPatch, context: MayManage) -> SubscriptionOut:
+    """Change the URL, event types, description, or enable/disable (Tenant.Admin)."""
+    authorize(context, Action.WEBHOOK_MANAGE, Resource.tenant(context.tenant.id), detail={"id": str(subscription_id)})
+
+    def run() -> SubscriptionOut:
+        with tenant_transaction(context.tenant.id) as conn:
+            current = _found(conn, subscription_id)
+            if body.url is not None:
+                _checked_url(conn, body.url)
+            changed = store.update(
+                conn,
+                current,
+                url=body.url or current.url,
+                event_types=body.event_types or current.event_types,
+                description=current.description if body.description is None else body.description,
+                enabled=current.enabled if body.enabled is None else body.enabled,
+            )
+        return _out(changed)
+
+    return await run_in_threadpool(run)
+
+
+@router.post("/{subscription_id}/rotate-secret", response_model=SecretOut, summary="Rotate the signing secret",
+             responses={**AUTH_ERRORS, 404: NOT_FOUND})  # fmt: skip
+def rotate(subscription_id: SubscriptionId, context: MayManage) -> SecretOut:
+    """A new signing secret, shown once; deliveries from now on are signed with it (Tenant.Admin)."""
+    authorize(context, Action.WEBHOOK_MANAGE, Resource.tenant(context.tenant.id), detail={"id": str(subscription_id)})
+    with tenant_transaction(context.tenant.id) as conn:
+        _found(conn, subscription_id)
+        return SecretOut(id=subscription_id, secret=store.rotate(conn, subscription_id))
+
+
+@router.delete("/{subscription_id}", status_code=204, summary="Delete a webhook subscription",
+               responses={**AUTH_ERRORS, 404: NOT_FOUND})  # fmt: skip
+def delete(subscription_id: SubscriptionId, context: MayManage) -> Response:
+    """Remove the subscription and its delivery log (Tenant.Admin)."""
+    authorize(context, Action.WEBHOOK_MANAGE, Resource.tenant(context.tenant.id), detail={"id": str(subscription_id)})
+    with tenant_transaction(context.tenant.id) as conn:
+        _found(conn, subscription_id)
+        store.delete(conn, subscription_id)
+    return Response(status_code=204)
+
+
+@router.get("/{subscription_id}/deliveries", response_model=DeliveryPage, summary="Read a subscription's deliveries",
+            responses={**AUTH_ERRORS, 404: NOT_FOUND, 422: INVALID})  # fmt: skip
+def deliveries(subscription_id: SubscriptionId, context: MayRead) -> DeliveryPage:
+    """The subscription's last 100 deliveries, newest first (Tenant.Admin)."""
+    authorize(context, Action.WEBHOOK_READ, Resource.tenant(context.tenant.id))
+    with tenant_transaction(context.tenant.id) as conn:
+        _found(conn, subscription_id)
+        rows = store.deliveries(conn, subscription_id)
+    return DeliveryPage(items=[DeliveryOut(**{k: row[k] for k in DeliveryOut.model_fields}) for row in rows])

@@ -1,0 +1,213 @@
+# intent_ref: platform.events
+"""Webhook subscriptions and their deliveries in Postgres (ADR 0030): every statement runs in the tenant's own
+transaction, under RLS."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import DictRow
+from psycopg.types.json import Jsonb
+
+Conn = psycopg.Connection[DictRow]
+
+_SUBSCRIPTION_COLUMNS = (
+    "id, url, event_types, description, enabled, disabled_reason, consecutive_failures, created_at, updated_at"
+)
+_INSERT = (
+    "INSERT INTO app.webhook_subscriptions (tenant_id, id, url, event_types, description, secret)"
+    " VALUES (app.current_tenant_id(), %s, %s, %s, %s, %s) RETURNING {subscription}"
+)
+_LIST = "SELECT {subscription} FROM app.webhook_subscriptions ORDER BY created_at, id"
+_GET = "SELECT {subscription} FROM app.webhook_subscriptions WHERE id = %s"
+_UPDATE = (
+    "UPDATE app.webhook_subscriptions SET url = %s, event_types = %s, description = %s, enabled = %s,"
+    " disabled_reason = CASE WHEN %s THEN NULL ELSE disabled_reason END,"
+    " consecutive_failures = CASE WHEN %s THEN 0 ELSE consecutive_failures END, updated_at = clock_timestamp()"
+    " WHERE id = %s RETURNING {subscription}"
+)
+_RESUME_FAILED = (
+    "UPDATE app.webhook_deliveries SET state = 'pending', attempts = 0, next_attempt_at = clock_timestamp()"
+    " WHERE subscription_id = %s AND state = 'failed'"
+)
+_ROTATE = "UPDATE app.webhook_subscriptions SET secret = %s, updated_at = clock_timestamp() WHERE id = %s"
+_DELETE_DELIVERIES = "DELETE FROM app.webhook_deliveries WHERE subscription_id = %s"
+_DELETE = "DELETE FROM app.webhook_subscriptions WHERE id = %s"
+_MATCHING = "SELECT id, event_types FROM app.webhook_subscriptions WHERE enabled"
+_FAN_OUT = (
+    "INSERT INTO app.webhook_deliveries (tenant_id, subscription_id, message_id, event_type, payload)"
+    " VALUES (app.current_tenant_id(), %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+)
+_DELIVERY_COLUMNS = (
+    "id, subscription_id, message_id, event_type, payload, state, attempts, next_attempt_at, last_status,"
+    " last_error, created_at, delivered_at"
+)
+_DELIVERIES = "SELECT {delivery} FROM app.webhook_deliveries WHERE subscription_id = %s ORDER BY id DESC LIMIT %s"
+# The head of each enabled subscription's queue, when it is due. Later deliveries wait behind it: per-subscription
+# order. The claim moves its next attempt past the send's timeout, so an overlapping run leaves it alone.
+_CLAIM_HEADS = (
+    "WITH heads AS (SELECT DISTINCT ON (d.subscription_id) d.id, d.next_attempt_at FROM app.webhook_deliveries d"
+    " JOIN app.webhook_subscriptions s ON s.tenant_id = d.tenant_id AND s.id = d.subscription_id AND s.enabled"
+    " WHERE d.state = 'pending' ORDER BY d.subscription_id, d.id),"
+    " due AS (SELECT d.tenant_id, d.id FROM app.webhook_deliveries d JOIN heads h ON h.id = d.id"
+    " WHERE h.next_attempt_at <= clock_timestamp() LIMIT %s FOR UPDATE OF d SKIP LOCKED)"
+    " UPDATE app.webhook_deliveries d SET next_attempt_at = clock_timestamp() + make_interval(secs => %s)"
+    " FROM due, app.webhook_subscriptions s WHERE d.tenant_id = due.tenant_id AND d.id = due.id"
+    " AND s.tenant_id = d.tenant_id AND s.id = d.subscription_id"
+    " RETURNING d.id, d.subscription_id, d.message_id, d.event_type, d.payload, d.attempts, s.url, s.secret"
+)
+_DELIVERED = (
+    "UPDATE app.webhook_deliveries SET state = 'delivered', attempts = attempts + 1, last_status = %s,"
+    " last_error = NULL, delivered_at = clock_timestamp() WHERE id = %s AND state = 'pending'"
+)
+_RETRY = (
+    "UPDATE app.webhook_deliveries SET attempts = attempts + 1, last_status = %s, last_error = %s,"
+    " next_attempt_at = clock_timestamp() + make_interval(secs => %s),"
+    " state = CASE WHEN attempts + 1 >= %s THEN 'failed' ELSE 'pending' END"
+    " WHERE id = %s AND state = 'pending' RETURNING state"
+)
+_SUCCEEDED = "UPDATE app.webhook_subscriptions SET consecutive_failures = 0 WHERE id = %s"
+_FAILED = (
+    "UPDATE app.webhook_subscriptions SET consecutive_failures = consecutive_failures + 1 WHERE id = %s"
+    " RETURNING consecutive_failures"
+)
+_DISABLE = (
+    "UPDATE app.webhook_subscriptions SET enabled = false, disabled_reason = %s, updated_at = clock_timestamp()"
+    " WHERE id = %s AND enabled"
+)
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A subscription as the API shows it (never its secret)."""
+
+    id: UUID
+    url: str
+    event_types: list[str]
+    description: str
+    enabled: bool
+    disabled_reason: str | None
+    consecutive_failures: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A delivery taken for one send: what to send, where, signed with which secret."""
+
+    id: int
+    subscription_id: UUID
+    message_id: str
+    event_type: str
+    payload: dict[str, Any]
+    attempts: int
+    url: str
+    secret: str
+
+
+def _sql(text: str) -> sql.Composed:
+    return sql.SQL(text).format(subscription=sql.SQL(_SUBSCRIPTION_COLUMNS), delivery=sql.SQL(_DELIVERY_COLUMNS))
+
+
+def new_secret() -> str:
+    """A signing secret in the Standard Webhooks form: `whsec_` and base64 of 32 random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
+
+
+def _subscription(row: DictRow) -> Subscription:
+    return Subscription(**{key: row[key] for key in Subscription.__dataclass_fields__})
+
+
+def create(conn: Conn, *, url: str, event_types: Sequence[str], description: str) -> tuple[Subscription, str]:
+    """A new enabled subscription and its secret (the only time the secret is returned)."""
+    secret = new_secret()
+    row = conn.execute(_sql(_INSERT), (uuid4(), url, list(event_types), description, secret)).fetchone()
+    assert row is not None  # INSERT ... RETURNING
+    return _subscription(row), secret
+
+
+def list_all(conn: Conn) -> list[Subscription]:
+    return [_subscription(row) for row in conn.execute(_sql(_LIST)).fetchall()]
+
+
+def get(conn: Conn, subscription_id: UUID) -> Subscription | None:
+    row = conn.execute(_sql(_GET), (subscription_id,)).fetchone()
+    return _subscription(row) if row else None
+
+
+def update(
+    conn: Conn, current: Subscription, *, url: str, event_types: Sequence[str], description: str, enabled: bool
+) -> Subscription:
+    """Change a subscription; enabling a disabled one clears its failures and sends its failed deliveries again,
+    in their order."""
+    reenabled = enabled and not current.enabled
+    row = conn.execute(
+        _sql(_UPDATE), (url, list(event_types), description, enabled, reenabled, reenabled, current.id)
+    ).fetchone()
+    assert row is not None  # read in this transaction
+    if reenabled:
+        conn.execute(_RESUME_FAILED, (current.id,))
+    return _subscription(row)
+
+
+def rotate(conn: Conn, subscription_id: UUID) -> str:
+    """A new secret for the subscription (returned once); deliveries from now on are signed with it."""
+    secret = new_secret()
+    conn.execute(_ROTATE, (secret, subscription_id))
+    return secret
+
+
+def delete(conn: Conn, subscription_id: UUID) -> bool:
+    """Remove a subscription and its delivery log."""
+    conn.execute(_DELETE_DELIVERIES, (subscription_id,))
+    return conn.execute(_DELETE, (subscription_id,)).rowcount == 1
+
+
+def fan_out(conn: Conn, events: Sequence[dict[str, Any]]) -> int:
+    """A delivery for each enabled subscription that wants each event (`*` wants all); run in the relay's
+    transaction, so an event marked published has its deliveries recorded. Returns how many were added."""
+    subscriptions = conn.execute(_MATCHING).fetchall()
+    added = 0
+    for event in events:
+        for row in subscriptions:
+            if event["type"] in row["event_types"] or "*" in row["event_types"]:
+                added += conn.execute(_FAN_OUT, (row["id"], event["id"], event["type"], Jsonb(event))).rowcount
+    return added
+
+
+def deliveries(conn: Conn, subscription_id: UUID, limit: int = 100) -> list[dict[str, Any]]:
+    """The subscription's delivery log, newest first."""
+    return [dict(row) for row in conn.execute(_sql(_DELIVERIES), (subscription_id, limit)).fetchall()]
+
+
+def claim_due(conn: Conn, *, limit: int, hold_s: float) -> list[Claimed]:
+    """The due heads of the tenant's enabled subscriptions, held for `hold_s` while they are sent."""
+    return [Claimed(**dict(row)) for row in conn.execute(_CLAIM_HEADS, (limit, hold_s)).fetchall()]
+
+
+def record_success(conn: Conn, claimed: Claimed, status: int) -> None:
+    conn.execute(_DELIVERED, (status, claimed.id))
+    conn.execute(_SUCCEEDED, (claimed.subscription_id,))
+
+
+def record_failure(
+    conn: Conn, claimed: Claimed, *, status: int | None, error: str, retry_in_s: float, max_attempts: int
+) -> tuple[bool, int]:
+    """Count a failed attempt; returns whether the delivery is now failed for good, and the subscription's
+    consecutive failures."""
+    row = conn.execute(_RETRY, (status, error[:1000], retry_in_s, max_attempts, claimed.id)).fetchone()
+    failures = conn.execute(_FAILED, (claimed.subscription_id,)).fetchone()
+    return (row is not None and row["state"] == "failed"), int(failures["consecutive_failures"]) if failures else 0
+
+
+def disable(conn: Conn, subscription_id: UUID, reason: str) -> bool:
+    return conn.execute(_DISABLE, (reason, subscription_id)).rowcount == 1

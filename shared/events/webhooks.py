@@ -1,0 +1,173 @@
+# intent_ref: platform.events
+"""Sending webhook deliveries (ADR 0030): signed per Standard Webhooks, through the same SSRF guard as
+`http.request`, oldest first per subscription, retried with exponential backoff, and a subscription whose delivery
+fails for good is disabled with an event saying so."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import httpx
+from psycopg_pool import ConnectionPool
+from standardwebhooks import Webhook
+
+from shared.db.session import platform_transaction, tenant_transaction
+from shared.events import webhook_store as store
+from shared.events.outbox import enqueue
+from shared.modules.contract import StepFailed
+from shared.modules.ssrf import GuardedClient, check_url, private_network_allowed, read_limited
+from shared.tenants.repository import tenant_settings
+
+logger = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 8
+"""Attempts of one delivery before it fails for good (and its subscription is disabled)."""
+BACKOFF_BASE_S = 5.0
+BACKOFF_MAX_S = 3600.0
+SEND_TIMEOUT_S = 10.0
+HOLD_S = 60.0
+"""How long a claimed delivery is left alone by other runs while it is being sent (longer than a send takes)."""
+PER_RUN = 50
+MAX_RESPONSE_BYTES = 4096
+_DUE_TENANTS = "SELECT tenant_id FROM app.webhook_due_tenants(%s) AS due (tenant_id)"
+
+ClientFactory = Callable[[list[str]], GuardedClient]
+
+
+class WebhookUrlRefusedError(ValueError):
+    """The URL may not receive webhooks: not https outside local development, or not a public host."""
+
+
+def check_subscription_url(url: str, allowed_hosts: list[str], *, environment: str) -> None:
+    """The same guard as `http.request` (ADR 0016), at save time; it runs again at every delivery (DNS changes)."""
+    if environment != "local" and not url.startswith("https://"):
+        raise WebhookUrlRefusedError("a webhook URL must use https")
+    try:
+        check_url(url, allowed_hosts, allow_private=private_network_allowed())
+    except StepFailed as exc:
+        raise WebhookUrlRefusedError(str(exc)) from None
+
+
+def signed_headers(secret: str, message_id: str, body: str, at: datetime) -> dict[str, str]:
+    """`webhook-id`, `webhook-timestamp` and `webhook-signature` (`v1,<base64 HMAC-SHA256>`) for `body`."""
+    signature = Webhook(secret).sign(message_id, at, body)
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": signature,
+        "user-agent": "quantum-platform-webhooks/1",
+    }
+
+
+def backoff_s(attempt: int, base_s: float = BACKOFF_BASE_S) -> float:
+    """The wait after failed attempt `attempt` (1-based): base × 2^(attempt-1), at most an hour."""
+    return float(min(base_s * 2 ** max(attempt - 1, 0), BACKOFF_MAX_S))
+
+
+@dataclass
+class DeliveryResult:
+    """What one run did."""
+
+    delivered: int = 0
+    failed_attempts: int = 0
+    disabled: int = 0
+
+
+def _send(client: GuardedClient, claimed: store.Claimed) -> tuple[int | None, str | None]:
+    """POST one delivery; answers the status and, when it did not succeed, why."""
+    # Exactly the bytes the client sends for `json_body`, so the signature covers what the receiver reads.
+    body = json.dumps(claimed.payload, separators=(",", ":"))
+    headers = signed_headers(claimed.secret, claimed.message_id, body, datetime.now(UTC))
+    try:
+        response = client.request(
+            "POST", claimed.url, headers=headers, json_body=claimed.payload, timeout=SEND_TIMEOUT_S
+        )
+        read_limited(response, MAX_RESPONSE_BYTES)  # the receiver's answer is not kept; this closes it
+    except StepFailed as exc:  # refused by the guard now (the host's addresses changed), or unreachable
+        return None, str(exc)
+    except httpx.HTTPError as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+    if 200 <= response.status_code < 300:
+        return response.status_code, None
+    return response.status_code, f"the receiver answered {response.status_code}"
+
+
+def deliver_tenant(
+    tenant_id: UUID,
+    *,
+    pool: ConnectionPool[Any] | None = None,
+    backoff_base_s: float = BACKOFF_BASE_S,
+    client_factory: ClientFactory | None = None,
+) -> DeliveryResult:
+    """Send the tenant's due deliveries, one head per subscription at a time, until none is due or PER_RUN."""
+    result = DeliveryResult()
+    with tenant_transaction(tenant_id, pool=pool) as conn:
+        allowed = [str(h) for h in tenant_settings(conn).get("allowed_hosts") or []]
+    make_client = client_factory or (
+        lambda hosts: GuardedClient(hosts, timeout=SEND_TIMEOUT_S, allow_private=private_network_allowed())
+    )
+    with make_client(allowed) as client:
+        while result.delivered + result.failed_attempts < PER_RUN:
+            with tenant_transaction(tenant_id, pool=pool) as conn:
+                claimed = store.claim_due(conn, limit=PER_RUN, hold_s=HOLD_S)
+            if not claimed:
+                break
+            for item in claimed:  # each subscription's head: sent outside any transaction
+                status, error = _send(client, item)
+                with tenant_transaction(tenant_id, pool=pool) as conn:
+                    if error is None:
+                        assert status is not None  # a success has a status
+                        store.record_success(conn, item, status)
+                        result.delivered += 1
+                        continue
+                    result.failed_attempts += 1
+                    failed, _ = store.record_failure(
+                        conn,
+                        item,
+                        status=status,
+                        error=error,
+                        retry_in_s=backoff_s(item.attempts + 1, backoff_base_s),
+                        max_attempts=MAX_ATTEMPTS,
+                    )
+                    if failed and store.disable(conn, item.subscription_id, f"delivery failed {MAX_ATTEMPTS} times"):
+                        result.disabled += 1
+                        enqueue(
+                            conn,
+                            "webhook.disabled",
+                            f"webhooks/{item.subscription_id}",
+                            {
+                                "subscription_id": str(item.subscription_id),
+                                "reason": f"delivery of {item.message_id} failed {MAX_ATTEMPTS} times: {error}",
+                            },
+                        )
+    return result
+
+
+def deliver_due(
+    *,
+    max_tenants: int = 100,
+    pool: ConnectionPool[Any] | None = None,
+    control_pool: ConnectionPool[Any] | None = None,
+    backoff_base_s: float = BACKOFF_BASE_S,
+    client_factory: ClientFactory | None = None,
+) -> DeliveryResult:
+    """One run over every tenant with a delivery due; one tenant's trouble is logged and the others still go."""
+    with platform_transaction(pool=control_pool) as conn:
+        tenants = [UUID(str(row["tenant_id"])) for row in conn.execute(_DUE_TENANTS, (max_tenants,)).fetchall()]
+    total = DeliveryResult()
+    for tenant_id in tenants:
+        try:
+            done = deliver_tenant(tenant_id, pool=pool, backoff_base_s=backoff_base_s, client_factory=client_factory)
+        except Exception:
+            logger.exception("webhooks: the deliveries of tenant %s could not be sent", tenant_id)
+            continue
+        total.delivered += done.delivered
+        total.failed_attempts += done.failed_attempts
+        total.disabled += done.disabled
+    return total

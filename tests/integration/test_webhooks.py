@@ -1,0 +1,222 @@
+# intent_ref: platform.events
+"""Webhooks end to end in process (ADR 0030): a Tenant.Admin subscribes a local receiver; events from the outbox
+reach it signed (checked here with an independent HMAC), in order, at least once; a receiver that fails is retried,
+then its subscription disabled with an event, then re-enabled; SSRF targets and other tenants are refused."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import psycopg
+import pytest
+
+from shared.config import get_settings
+from shared.db.session import tenant_transaction
+from shared.events import webhooks
+from shared.events.outbox import enqueue
+from shared.events.publisher import OutboundEvent
+from shared.events.relay import relay_tenant
+from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
+
+pytestmark = pytest.mark.integration
+ADMIN = ["Tenant.Admin"]
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1 that records what it got and fails the first `failures` requests."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        self.failures = 0
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802  # the stdlib's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                failing = receiver.failures > 0
+                receiver.failures -= 1 if failing else 0
+                self.send_response(500 if failing else 204)
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks"
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(body) for _, body in self.received]
+
+
+class Publisher:
+    """The relay's hub, recording what it was given (the hub is not what this test is about)."""
+
+    def __init__(self) -> None:
+        self.sent: list[OutboundEvent] = []
+
+    def publish(self, hub: str, events: list[OutboundEvent]) -> None:
+        self.sent += events
+
+
+def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
+    """Standard Webhooks, by hand: HMAC-SHA256 over `id.timestamp.body` with the base64 key after `whsec_`."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    return any(hmac.compare_digest(f"v1,{expected}", part) for part in headers["webhook-signature"].split())
+
+
+@pytest.fixture
+def local(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Local development's setting: tenants may allow loopback hosts (the receiver runs on 127.0.0.1)."""
+    monkeypatch.setenv("QP_ALLOW_PRIVATE_NETWORK_HOSTS", "true")
+    get_settings.cache_clear()
+    yield
+    monkeypatch.delenv("QP_ALLOW_PRIVATE_NETWORK_HOSTS")
+    get_settings.cache_clear()
+
+
+def tenant(api: ApiHarness, name: str) -> tuple[Any, dict[str, str]]:
+    handle = api.provision(name)
+    headers = api.headers(name, ADMIN)
+    allowed = api.client.patch("/api/v1/tenant", json={"settings": {"allowed_hosts": ["127.0.0.1"]}}, headers=headers)
+    assert allowed.status_code == 200, allowed.text
+    return handle, headers
+
+
+def emit(tenant_id: Any, *types: str) -> list[str]:
+    """Domain events into the tenant's outbox, then one relay pass (which records the webhook deliveries)."""
+    with tenant_transaction(tenant_id) as conn:
+        ids = [str(enqueue(conn, event_type, f"tests/{i}", {"n": i})) for i, event_type in enumerate(types)]
+    relay_tenant(tenant_id, Publisher())
+    return ids
+
+
+def test_events_arrive_signed_in_order_and_the_secret_is_shown_once(api: ApiHarness, local: None) -> None:
+    receiver = Receiver()
+    handle, headers = tenant(api, "hooks-a")
+    created = api.client.post(
+        "/api/v1/webhooks", json={"url": receiver.url, "event_types": ["test.ping"]}, headers=headers
+    )
+    assert created.status_code == 201, created.text
+    subscription = created.json()
+    secret = subscription["secret"]
+    assert secret.startswith("whsec_") and len(base64.b64decode(secret[6:])) == 32
+    assert api.client.get(f"/api/v1/webhooks/{subscription['id']}", headers=headers).json()["secret"] is None
+    assert [s["secret"] for s in api.client.get("/api/v1/webhooks", headers=headers).json()["items"]] == [None]
+
+    ids = emit(handle.id, "test.ping", "test.other", "test.ping", "test.ping")
+    result = webhooks.deliver_tenant(handle.id)
+    assert result.delivered == 3 and result.failed_attempts == 0
+    assert [e["id"] for e in receiver.events()] == [ids[0], ids[2], ids[3]]  # the subscribed type, in order
+    for head, body in receiver.received:
+        assert verify(secret, head, body), head
+        assert head["webhook-id"] == json.loads(body)["id"]
+    assert not verify(secret.replace(secret[10], "A" if secret[10] != "A" else "B"), *receiver.received[0])
+    log = api.client.get(f"/api/v1/webhooks/{subscription['id']}/deliveries", headers=headers).json()["items"]
+    assert [(d["state"], d["attempts"], d["last_status"]) for d in log] == [("delivered", 1, 204)] * 3
+    assert webhooks.deliver_tenant(handle.id).delivered == 0  # at least once, not again and again
+
+    # A rotated secret signs what follows.
+    rotated = api.client.post(f"/api/v1/webhooks/{subscription['id']}/rotate-secret", headers=headers).json()
+    emit(handle.id, "test.ping")
+    webhooks.deliver_tenant(handle.id)
+    assert verify(rotated["secret"], *receiver.received[-1]) and not verify(secret, *receiver.received[-1])
+
+
+def test_a_failing_receiver_is_retried_then_disabled_then_re_enabled(api: ApiHarness, local: None) -> None:
+    receiver = Receiver()
+    handle, headers = tenant(api, "hooks-b")
+    subscription = api.client.post(
+        "/api/v1/webhooks", json={"url": receiver.url, "event_types": ["*"]}, headers=headers
+    ).json()
+    receiver.failures = 2
+    first = emit(handle.id, "test.one")[0]
+    result = webhooks.deliver_tenant(handle.id, backoff_base_s=0)  # no wait between attempts here
+    assert (result.delivered, result.failed_attempts) == (1, 2)
+    assert [e["id"] for e in receiver.events()] == [first] * 3  # the same event, the same webhook-id, three times
+    assert webhooks.backoff_s(1) == 5 and webhooks.backoff_s(4) == 40 and webhooks.backoff_s(30) == 3600
+
+    receiver.failures = 10**6  # down for good
+    later = emit(handle.id, "test.two", "test.three")
+    result = webhooks.deliver_tenant(handle.id, backoff_base_s=0)
+    assert result.failed_attempts == webhooks.MAX_ATTEMPTS and result.disabled == 1
+    assert {e["id"] for e in receiver.events()[3:]} == {later[0]}  # the later one waited behind the head
+    current = api.client.get(f"/api/v1/webhooks/{subscription['id']}", headers=headers).json()
+    assert current["enabled"] is False and "failed 8 times" in current["disabled_reason"]
+    with tenant_transaction(handle.id) as conn:
+        disabled = conn.execute("SELECT data FROM app.outbox WHERE event_type = 'webhook.disabled'").fetchall()
+    assert [row["data"]["subscription_id"] for row in disabled] == [subscription["id"]]
+
+    receiver.failures = 0
+    assert webhooks.deliver_tenant(handle.id).delivered == 0  # disabled: nothing goes
+    enabled = api.client.patch(f"/api/v1/webhooks/{subscription['id']}", json={"enabled": True}, headers=headers)
+    assert enabled.status_code == 200 and enabled.json()["consecutive_failures"] == 0
+    webhooks.deliver_tenant(handle.id)
+    assert [e["id"] for e in receiver.events()[-2:]] == later  # resumed, in order
+
+
+def test_ssrf_targets_and_other_tenants_and_roles_are_refused(api: ApiHarness, local: None) -> None:
+    handle, headers = tenant(api, "hooks-c")
+    for url in (
+        "http://169.254.169.254/latest/meta-data",  # cloud metadata: never, even allow-listed
+        "http://10.0.0.7/hooks",  # private and not in allowed_hosts
+        "http://localhost.:1/x",  # loopback by name, not allow-listed
+        "ftp://example.com/x",
+    ):
+        refused = api.client.post("/api/v1/webhooks", json={"url": url, "event_types": ["*"]}, headers=headers)
+        assert refused.status_code == 422, (url, refused.text)
+    with pytest.raises(webhooks.WebhookUrlRefusedError, match="https"):
+        webhooks.check_subscription_url("http://hooks.example.com/x", [], environment="prod")
+    mine = api.client.post(
+        "/api/v1/webhooks", json={"url": Receiver().url, "event_types": ["*"]}, headers=headers
+    ).json()
+
+    _, other = tenant(api, "hooks-d")
+    assert api.client.get(f"/api/v1/webhooks/{mine['id']}", headers=other).status_code == 404
+    assert api.client.patch(f"/api/v1/webhooks/{mine['id']}", json={"enabled": False}, headers=other).status_code == 404
+    assert api.client.delete(f"/api/v1/webhooks/{mine['id']}", headers=other).status_code == 404
+    assert api.client.get("/api/v1/webhooks", headers=other).json()["items"] == []
+    reader = api.headers("hooks-c", ["Intent.Reader"])
+    assert api.client.get("/api/v1/webhooks", headers=reader).status_code == 403
+    # RLS alone: another tenant's transaction sees no row, whatever it asks for.
+    with tenant_transaction(api.tenants["hooks-d"].id) as conn:
+        seen = conn.execute("SELECT count(*) AS n FROM app.webhook_subscriptions WHERE id = %s", (mine["id"],))
+        assert seen.fetchone()["n"] == 0
+    assert api.client.delete(f"/api/v1/webhooks/{mine['id']}", headers=headers).status_code == 204
+    with psycopg.connect(api.admin_url, dbname="quantum") as conn:
+        left = conn.execute("SELECT count(*) FROM app.webhook_subscriptions WHERE id = %s", (mine["id"],)).fetchone()
+    assert left == (0,) and handle
+
+
+def test_the_example_receiver_verifies_real_deliveries(api: ApiHarness, local: None) -> None:
+    from examples.webhooks.receiver import make_server
+
+    handle, headers = tenant(api, "hooks-e")
+    got: list[dict[str, Any]] = []
+    probe = Receiver()  # only to pick the subscription's secret first: the example needs it to start
+    created = api.client.post("/api/v1/webhooks", json={"url": probe.url, "event_types": ["*"]}, headers=headers)
+    server = make_server(created.json()["secret"], 0, got.append)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/hooks"
+    moved = api.client.patch(f"/api/v1/webhooks/{created.json()['id']}", json={"url": url}, headers=headers)
+    assert moved.status_code == 200, moved.text
+    ids = emit(handle.id, "test.example")
+    assert webhooks.deliver_tenant(handle.id).delivered == 1
+    assert [event["id"] for event in got] == ids
+    # What the example refuses: a body that is not what was signed.
+    import httpx
+
+    forged = httpx.post(url, content=b'{"id": "x"}', headers={"webhook-id": "x", "webhook-timestamp": "1",
+                                                            "webhook-signature": "v1,AAAA"})  # fmt: skip
+    assert forged.status_code == 400 and len(got) == 1
+    server.shutdown()
