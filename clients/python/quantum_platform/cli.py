@@ -180,7 +180,7 @@ def intents_list(
     output: OutputOption = "table",
 ) -> None:
     """The tenant's intents."""
-    columns = ["id", "name", "version", "status", "target", "updated_at"]
+    columns = ["id", "name", "version", "status", "description", "updated_at"]
     _run(lambda: _with(lambda c: _show(c.intents.list(name_prefix=name_prefix).json(), output, columns)))
 
 
