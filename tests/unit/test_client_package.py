@@ -142,3 +142,61 @@ def test_a_stream_follows_pages_and_ends_after_the_terminal_event() -> None:
             return [event["type"] async for event in api.stream("/api/v1/executions/e/events")]
 
     assert asyncio.run(follow())[-1] == "execution_completed"
+
+
+def _sse(*events: tuple[int, str]) -> str:
+    """A server-sent events body: a keep-alive comment, then each event as `id`, `event` and its JSON `data`."""
+    parts = [": keep-alive\n\n"]
+    parts += [f'id: {seq}\nevent: {kind}\ndata: {{"seq": {seq}, "type": "{kind}"}}\n\n' for seq, kind in events]
+    return "".join(parts)
+
+
+def test_a_server_sent_stream_is_read_and_resumed_from_the_last_event_after_it_breaks_off() -> None:
+    bodies = [
+        (200, _sse((1, "execution_started"), (2, "step_started"))),  # breaks off before the end
+        (503, ""),  # the reconnect is refused once, then retried after Retry-After
+        (200, _sse((3, "step_completed"), (4, "execution_completed"), (5, "never_read"))),
+    ]
+    asked: list[tuple[str | None, str | None]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append((request.url.params.get("after"), request.headers.get("accept")))
+        status, body = bodies[len(asked) - 1]
+        if status != 200:
+            return httpx.Response(status, headers={"Retry-After": "0"}, json={"title": "busy", "status": status})
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, text=body)
+
+    events = [(event["seq"], event["type"]) for event in client(handler).stream("/api/v1/executions/e/events")]
+    assert events == [(1, "execution_started"), (2, "step_started"), (3, "step_completed"), (4, "execution_completed")]
+    assert [after for after, _ in asked] == ["0", "2", "2"]
+    assert all(accept is not None and accept.startswith("text/event-stream") for _, accept in asked)
+
+    async def follow() -> list[Any]:
+        asked.clear()
+        async with AsyncClient("http://p", credential=StaticToken("t"), transport=httpx.MockTransport(handler)) as api:
+            return [event["seq"] async for event in api.stream("/api/v1/executions/e/events")]
+
+    assert asyncio.run(follow()) == [1, 2, 3, 4]
+
+
+def test_a_server_sent_stream_with_nothing_after_the_end_asks_once_for_a_page_and_stops() -> None:
+    asked: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request.headers.get("accept"))
+        if request.headers.get("accept", "").startswith("text/event-stream"):
+            return httpx.Response(200, headers={"content-type": "text/event-stream"}, text=": keep-alive\n\n")
+        return httpx.Response(200, json={"status": "succeeded", "next_after": 4, "items": []})
+
+    assert list(client(handler).stream("/api/v1/executions/e/events", after=4)) == []
+    assert len(asked) == 2
+
+
+def test_a_refused_stream_is_raised_as_a_typed_error() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:  # noqa: ARG001
+        return httpx.Response(
+            404, headers={"content-type": "application/problem+json"}, json={"title": "Not found", "status": 404}
+        )
+
+    with pytest.raises(NotFound):
+        list(client(handler).stream("/api/v1/executions/missing/events"))

@@ -1,10 +1,12 @@
 # intent_ref: platform.gateway
 """The Quantum Platform API client, async and sync: tokens per tenant, `Idempotency-Key` on every start, 429/503
-retried after `Retry-After`, problem+json raised as typed errors, an execution's events followed until its end."""
+retried after `Retry-After`, problem+json raised as typed errors, an execution's events followed until its end
+(server-sent events when the server streams them, its JSON long poll otherwise)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 import uuid
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from httpx_sse import EventSource
 
 from quantum_platform.credentials import Credential, DevhostCredential, from_environment
 from quantum_platform.errors import problem_from
@@ -23,6 +26,8 @@ TERMINAL_EVENTS = frozenset({"execution_completed", "execution_failed", "executi
 _RETRIED = frozenset({429, 503})
 _STARTS = ("/execute", "/retry")
 _POLL_WAIT_S = 25.0
+# Either answer is followed: a server without the stream answers the JSON long poll from the same URL.
+_STREAM_ACCEPT = "text/event-stream, application/json;q=0.9"
 
 
 class ApiResponse:
@@ -123,11 +128,32 @@ class _Core:
             return float(min(0.5 * 2**attempt, 10.0))
         return min(max(seconds, 0.0), 60.0)
 
+    def stream_request(self, http: httpx.Client | httpx.AsyncClient, path: str, after: int) -> httpx.Request:
+        prepared = self.prepare(
+            "GET", path, params={"after": after, "wait": _POLL_WAIT_S}, headers={"Accept": _STREAM_ACCEPT}
+        )
+        return http.build_request("GET", prepared.path, params=prepared.params, headers=self.authorized(prepared))
+
     @staticmethod
     def checked(response: httpx.Response) -> ApiResponse:
         if response.status_code >= 400:
             raise problem_from(response)
         return ApiResponse(response)
+
+
+def _is_sse(response: httpx.Response) -> bool:
+    content_type: str = response.headers.get("content-type", "")
+    return content_type.partition(";")[0].strip() == "text/event-stream"
+
+
+def _sse_event(data: str, event_id: str, after: int) -> tuple[dict[str, Any] | None, int]:
+    """One SSE message as the long poll's event object and the resume position (`id:` is the event number)."""
+    try:
+        item = json.loads(data) if data else None
+    except ValueError:
+        item = None
+    position = int(event_id) if event_id.isdigit() else after
+    return (item if isinstance(item, dict) else None), max(position, after)
 
 
 def _events(page: Any) -> tuple[list[dict[str, Any]], int, bool]:
@@ -202,16 +228,56 @@ class AsyncClient:
 
     async def stream(self, path: str, *, after: int = 0) -> AsyncIterator[dict[str, Any]]:
         """Each event of an execution (`path` is its events URL) as it is recorded, oldest first, ending after the
-        terminal event; resumes from `after`."""
+        terminal event; resumes from `after`, and reconnects from the last event seen when a stream breaks off."""
         while True:
-            page = (await self.get(path, params={"after": after, "wait": _POLL_WAIT_S})).json()
-            items, after, ended = _events(page)
+            response = await self._open_stream(path, after)
+            try:
+                if _is_sse(response):
+                    seen = False
+                    async for message in EventSource(response).aiter_sse():
+                        item, after = _sse_event(message.data, message.id, after)
+                        if item is None:
+                            continue
+                        seen = True
+                        yield item
+                        if item.get("type") in TERMINAL_EVENTS:
+                            return
+                    if seen:
+                        continue
+                    # A stream that ends with nothing new is asked once as a page, which says whether the run ended.
+                    items, after, ended = _events(
+                        (await self.get(path, params={"after": after, "wait": _POLL_WAIT_S})).json()
+                    )
+                else:
+                    await response.aread()
+                    items, after, ended = _events(response.json())
+            finally:
+                await response.aclose()
             for item in items:
                 yield item
                 if item.get("type") in TERMINAL_EVENTS:
                     return
             if ended and not items:
                 return
+
+    async def _open_stream(self, path: str, after: int) -> httpx.Response:
+        """The events URL opened for reading as it arrives, past 429/503 and a renewed token; the caller closes it."""
+        attempt, renewed = 0, False
+        while True:
+            response = await self._http.send(self._core.stream_request(self._http, path, after), stream=True)
+            if response.status_code < 400:
+                return response
+            await response.aread()
+            await response.aclose()
+            if response.status_code == 401 and not renewed:
+                renewed = True
+                self._core.credential.refresh(self._core.tenant)
+                continue
+            delay = self._core.retry_after(response, attempt)
+            if delay is None:
+                raise problem_from(response)
+            attempt += 1
+            await asyncio.sleep(delay)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -287,15 +353,55 @@ class Client:
         return self.request("DELETE", path, **kwargs)
 
     def stream(self, path: str, *, after: int = 0) -> Iterator[dict[str, Any]]:
-        """Each event of an execution as it is recorded, ending after the terminal event."""
+        """Each event of an execution as it is recorded, ending after the terminal event; reconnects from the last
+        event seen when a stream breaks off."""
         while True:
-            items, after, ended = _events(self.get(path, params={"after": after, "wait": _POLL_WAIT_S}).json())
+            response = self._open_stream(path, after)
+            try:
+                if _is_sse(response):
+                    seen = False
+                    for message in EventSource(response).iter_sse():
+                        item, after = _sse_event(message.data, message.id, after)
+                        if item is None:
+                            continue
+                        seen = True
+                        yield item
+                        if item.get("type") in TERMINAL_EVENTS:
+                            return
+                    if seen:
+                        continue
+                    # A stream that ends with nothing new is asked once as a page, which says whether the run ended.
+                    items, after, ended = _events(self.get(path, params={"after": after, "wait": _POLL_WAIT_S}).json())
+                else:
+                    response.read()
+                    items, after, ended = _events(response.json())
+            finally:
+                response.close()
             for item in items:
                 yield item
                 if item.get("type") in TERMINAL_EVENTS:
                     return
             if ended and not items:
                 return
+
+    def _open_stream(self, path: str, after: int) -> httpx.Response:
+        """The events URL opened for reading as it arrives, past 429/503 and a renewed token; the caller closes it."""
+        attempt, renewed = 0, False
+        while True:
+            response = self._http.send(self._core.stream_request(self._http, path, after), stream=True)
+            if response.status_code < 400:
+                return response
+            response.read()
+            response.close()
+            if response.status_code == 401 and not renewed:
+                renewed = True
+                self._core.credential.refresh(self._core.tenant)
+                continue
+            delay = self._core.retry_after(response, attempt)
+            if delay is None:
+                raise problem_from(response)
+            attempt += 1
+            time.sleep(delay)
 
     def close(self) -> None:
         self._http.close()
