@@ -1,0 +1,74 @@
+# intent_ref: platform.devhost
+"""The README's walkthrough as pasted, against a devhost seeded like `make run`'s: every `qp` command in order, with
+the example worker running, each ending as a user would see it succeed (exit code 0)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devhost.child import PROJECT_ROOT
+from devhost.identity import mint_token_cli
+from tests.e2e.conftest import DevhostFactory
+
+pytestmark = pytest.mark.e2e
+
+README = PROJECT_ROOT / "README.md"
+_BLOCK = re.compile(r"```bash\n(.*?)```", re.S)
+
+
+def readme_qp_commands() -> list[list[str]]:
+    """Each `.venv/bin/qp` line of the README's bash blocks, in order, without its trailing comment."""
+    commands = []
+    for block in _BLOCK.findall(README.read_text()):
+        for line in block.splitlines():
+            if line.startswith(".venv/bin/qp "):
+                commands.append(shlex.split(line, comments=True))
+    return commands
+
+
+def test_the_readme_names_every_qp_command_it_walks_through() -> None:
+    verbs = {" ".join(command[1:3]) for command in readme_qp_commands()}
+    for verb in ("login --tenant", "intents create", "intents update", "intents rollback", "run deploy-web-app"):
+        assert verb in verbs, verb
+    assert "ID=..." not in README.read_text()
+
+
+def test_the_readme_qp_walkthrough_runs_as_pasted(devhost_factory: DevhostFactory, pg: Any, tmp_path: Path) -> None:
+    from examples.workers import remote_worker
+
+    host = devhost_factory(app_dir=PROJECT_ROOT, extra_args=("--seed-demo",))
+    env = {**os.environ, "QP_URL": host.base_url, "QP_PROFILE": str(tmp_path / "profile.json"), "COLUMNS": "200"}
+    env.pop("QP_TOKEN", None)
+    worker = mint_token_cli(pg.root, host.base_url, "contoso", ["Module.Worker"], [], None, 600, True)
+    stop = threading.Event()
+    options = remote_worker.parse_args(["--api", host.base_url, "--token", worker])
+    thread = threading.Thread(target=remote_worker.run, args=(options, stop), daemon=True)
+    thread.start()
+    try:
+        for command in readme_qp_commands():
+            args = command[1:]
+            if args[0] == "login":
+                args += ["--data-dir", str(pg.root)]  # the test's devhost keeps its data outside .data
+            done = subprocess.run(
+                [sys.executable, "-m", "quantum_platform.cli", *args],
+                cwd=PROJECT_ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=240,
+            )
+            assert done.returncode == 0, (command, done.returncode, done.stdout[-2000:], done.stderr)
+            if args[0] == "run":
+                assert "succeeded" in done.stdout, (command, done.stdout[-2000:])
+    finally:
+        stop.set()
+        thread.join(40)
