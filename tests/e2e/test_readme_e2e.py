@@ -1,6 +1,6 @@
 # intent_ref: platform.devhost
-"""The README's walkthrough as pasted, against a devhost seeded like `make run`'s: every `qp` command in order, with
-the example worker running, each ending as a user would see it succeed (exit code 0)."""
+"""The README's walkthrough as pasted, against a devhost seeded like `make run`'s: every `qp` command in order, and the
+curl appendix as one script, with the example worker running, each ending as a user would see it succeed."""
 
 from __future__ import annotations
 
@@ -69,6 +69,56 @@ def test_the_readme_qp_walkthrough_runs_as_pasted(devhost_factory: DevhostFactor
             assert done.returncode == 0, (command, done.returncode, done.stdout[-2000:], done.stderr)
             if args[0] == "run":
                 assert "succeeded" in done.stdout, (command, done.stdout[-2000:])
+    finally:
+        stop.set()
+        thread.join(40)
+
+
+def test_the_readme_curl_appendix_runs_as_pasted(devhost_factory: DevhostFactory, pg: Any) -> None:
+    import httpx
+
+    from examples.workers import remote_worker
+
+    host = devhost_factory(app_dir=PROJECT_ROOT, extra_args=("--seed-demo",))
+    appendix = README.read_text().split("## Appendix: the walkthrough with curl", 1)[1]
+    port = str(httpx.URL(host.base_url).port)
+    # Only where the test's devhost lives differs from `make run`'s: its URL, and its data folder for dev tokens.
+    script = "\n".join(_BLOCK.findall(appendix))
+    script = script.replace("http://127.0.0.1:7071", host.base_url).replace(
+        ".venv/bin/python -m devhost token", f"{sys.executable} -m devhost token --data-dir {pg.root} --port {port}"
+    )
+    worker = mint_token_cli(pg.root, host.base_url, "fabrikam", ["Module.Worker"], [], None, 600, True)
+    stop = threading.Event()
+    options = remote_worker.parse_args(["--api", host.base_url, "--token", worker])
+    thread = threading.Thread(target=remote_worker.run, args=(options, stop), daemon=True)
+    thread.start()
+    try:
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script + '\necho "EXECUTION=$E"\n'],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert done.returncode == 0, (done.stdout[-3000:], done.stderr)
+        assert "HTTP/1.1 201" in done.stdout or "HTTP/1.0 201" in done.stdout, done.stdout[:2000]
+        execution_id = done.stdout.rsplit("EXECUTION=", 1)[1].strip()
+        reader = mint_token_cli(pg.root, host.base_url, "fabrikam", ["Intent.Reader"], [], None, 600, False)
+        headers = {"Authorization": f"Bearer {reader}"}
+        after, status = 0, "pending"
+        for _ in range(40):
+            page = httpx.get(
+                f"{host.base_url}/api/v1/executions/{execution_id}/events",
+                params={"after": after, "wait": 5},
+                headers=headers,
+                timeout=30,
+            ).json()
+            after, status = page["next_after"], page["status"]
+            if status in ("succeeded", "failed", "cancelled"):
+                break
+        assert status == "succeeded", page
+        execution = httpx.get(f"{host.base_url}/api/v1/executions/{execution_id}", headers=headers).json()
+        assert [step["state"] for step in execution["steps"]] == ["succeeded"] * 3, execution
     finally:
         stop.set()
         thread.join(40)
