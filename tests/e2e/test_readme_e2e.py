@@ -122,3 +122,42 @@ def test_the_readme_curl_appendix_runs_as_pasted(devhost_factory: DevhostFactory
     finally:
         stop.set()
         thread.join(40)
+
+
+def test_the_readme_producer_example_starts_an_execution_as_pasted(devhost_factory: DevhostFactory, pg: Any) -> None:
+    import httpx
+
+    host = devhost_factory(app_dir=PROJECT_ROOT, extra_args=("--seed-demo",))
+    author = mint_token_cli(pg.root, host.base_url, "contoso", ["Intent.Author"], [], None, 600, False)
+    intent = (PROJECT_ROOT / "examples/intents/deploy-web-app.json").read_text()
+    created = httpx.post(
+        f"{host.base_url}/api/v1/intents",
+        content=intent,
+        headers={"Authorization": f"Bearer {author}", "content-type": "application/json"},
+    )
+    assert created.status_code == 201, created.text
+    section = README.read_text().split("## Event Hub producers", 1)[1].split("\n## ", 1)[0]
+    port = str(httpx.URL(host.base_url).port)
+    script = "\n".join(_BLOCK.findall(section))
+    script = (
+        script.replace("http://127.0.0.1:7071", host.base_url)
+        .replace(
+            ".venv/bin/python -m devhost token", f"{sys.executable} -m devhost token --data-dir {pg.root} --port {port}"
+        )
+        .replace(".venv/bin/python -m devhost key", f"{sys.executable} -m devhost key --data-dir {pg.root}")
+    )
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr)
+    reader = mint_token_cli(pg.root, host.base_url, "contoso", ["Intent.Reader"], [], None, 600, False)
+    headers = {"Authorization": f"Bearer {reader}"}
+    started: list[Any] = []
+    for _ in range(30):  # the hub's consumer starts it shortly after the event is accepted
+        started = httpx.get(f"{host.base_url}/api/v1/executions", headers=headers).json()["items"]
+        rejected = httpx.get(f"{host.base_url}/api/v1/ingress/rejections", headers=headers).json()["items"]
+        assert rejected == [], rejected
+        if started:
+            break
+        threading.Event().wait(1)
+    assert [e["intent_id"] for e in started] == [created.json()["id"]], started
