@@ -54,8 +54,9 @@ class StepPlan(BaseModel):
 class WorkItem(BaseModel):
     """One step attempt's work on `module-work` (partition key: the attempt, ADR 0026).
 
-    Built-in actions are run by the platform's module worker; a remote action is taken by the tenant's worker,
-    which completes it with `task_token` at `complete_url` or `fail_url`.
+    Only built-in actions travel here, to the platform's module worker; a remote action is queued for its tenant
+    (ADR 0027). `remote`, `task_token` and the URLs are what items published before that carried: they still parse,
+    and the worker skips them (their attempts time out and retry into the queue).
     """
 
     model_config = ConfigDict(
@@ -69,13 +70,10 @@ class WorkItem(BaseModel):
                     "step_id": "build",
                     "phase": "run",
                     "attempt": 1,
-                    "action": "build-container",
-                    "params": {"image": "myapp:1.2.3"},
-                    "remote": True,
-                    "timeout_s": 1800,
-                    "task_token": "qpt1.<claims>.<signature>",
-                    "complete_url": "/api/v1/executions/5d7e1f0a-3b2c-4d5e-8f90-1a2b3c4d5e6f/steps/build/complete",
-                    "fail_url": "/api/v1/executions/5d7e1f0a-3b2c-4d5e-8f90-1a2b3c4d5e6f/steps/build/fail",
+                    "action": "artifact.write",
+                    "params": {"name": "report.json", "content": {"ok": True}},
+                    "remote": False,
+                    "timeout_s": 60,
                 }
             ]
         },

@@ -114,8 +114,10 @@ def _out(subscription: store.Subscription, secret: str | None = None) -> Subscri
     return SubscriptionOut(**subscription.__dict__, secret=secret)
 
 
-def _checked_url(conn: Any, url: str) -> None:
-    hosts = [str(h) for h in tenant_settings(conn).get("allowed_hosts") or []]
+def _check_url(tenant_id: UUID, url: str) -> None:
+    """The SSRF guard on `url` with the tenant's allowed hosts; the host is resolved with no connection held."""
+    with tenant_transaction(tenant_id) as conn:
+        hosts = [str(h) for h in tenant_settings(conn).get("allowed_hosts") or []]
     try:
         check_subscription_url(url, hosts, environment=get_settings().QP_ENVIRONMENT)
     except WebhookUrlRefusedError as exc:
@@ -136,8 +138,8 @@ async def create(body: SubscriptionIn, context: MayManage) -> SubscriptionOut:
     authorize(context, Action.WEBHOOK_MANAGE, Resource.tenant(context.tenant.id), detail={"url": body.url})
 
     def run() -> SubscriptionOut:
+        _check_url(context.tenant.id, body.url)  # resolves the host: off the event loop, before any write
         with tenant_transaction(context.tenant.id) as conn:
-            _checked_url(conn, body.url)  # resolves the host: off the event loop
             created, secret = store.create(
                 conn, url=body.url, event_types=body.event_types, description=body.description
             )
@@ -170,10 +172,10 @@ async def change(subscription_id: SubscriptionId, body: SubscriptionPatch, conte
     authorize(context, Action.WEBHOOK_MANAGE, Resource.tenant(context.tenant.id), detail={"id": str(subscription_id)})
 
     def run() -> SubscriptionOut:
+        if body.url is not None:
+            _check_url(context.tenant.id, body.url)
         with tenant_transaction(context.tenant.id) as conn:
             current = _found(conn, subscription_id)
-            if body.url is not None:
-                _checked_url(conn, body.url)
             changed = store.update(
                 conn,
                 current,

@@ -224,14 +224,12 @@ async def raise_verdicts(client: Any, attempts: list[Attempt]) -> None:
         await raise_to_orchestration(client, attempt.key.execution_id, attempt.key.event_name, attempt.verdict())
 
 
-def _expire(tenant_id: UUID) -> list[Attempt]:
+def _lease(tenant_id: UUID, request: LeaseRequest, worker: str) -> tuple[list[Attempt], list[work_queue.Lease]]:
+    """In one transaction: end the tenant's leases that ran out (their steps' next attempts can then be queued),
+    then lease. Answers the attempts ended, whose verdicts the caller raises, and the new leases."""
     with tenant_transaction(tenant_id) as conn:
-        return work_queue.expire_leases(conn)
-
-
-def _lease(tenant_id: UUID, request: LeaseRequest, worker: str) -> list[work_queue.Lease]:
-    with tenant_transaction(tenant_id) as conn:
-        return work_queue.lease(
+        expired = work_queue.expire_leases(conn)
+        leases = work_queue.lease(
             conn,
             tenant_id,
             actions=request.actions,
@@ -239,6 +237,7 @@ def _lease(tenant_id: UUID, request: LeaseRequest, worker: str) -> list[work_que
             lease_s=request.lease_s,
             worker=worker,
         )
+    return expired, leases
 
 
 @router.post(
@@ -265,9 +264,8 @@ async def lease(
         while True:
             if waiter is not None:
                 waiter.clear()
-            # Leases that ran out are ended first, so their steps' next attempts can be queued and leased.
-            await raise_verdicts(client, await run_in_threadpool(_expire, tenant_id))
-            leases = await run_in_threadpool(_lease, tenant_id, body, worker)
+            expired, leases = await run_in_threadpool(_lease, tenant_id, body, worker)
+            await raise_verdicts(client, expired)
             if leases or time.monotonic() >= deadline:
                 break
             pause = min(FALLBACK_RECHECK_S, max(0.0, deadline - time.monotonic()))
