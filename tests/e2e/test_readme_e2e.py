@@ -7,9 +7,12 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +20,25 @@ import pytest
 
 from devhost.child import PROJECT_ROOT
 from devhost.identity import mint_token_cli
+from devhost.services import start_postgres, stop_postgres
 from tests.e2e.conftest import DevhostFactory
 
 pytestmark = pytest.mark.e2e
 
 README = PROJECT_ROOT / "README.md"
 _BLOCK = re.compile(r"```bash\n(.*?)```", re.S)
+
+
+@pytest.fixture(scope="module")
+def own_database() -> Iterator[str]:
+    """A database of the README's own, as a fresh `make run` has: its commands change demo tenants (intents by
+    fixed names, executions left running) that the session's other tests also use."""
+    root = Path(tempfile.mkdtemp(prefix="qp-readme-"))
+    try:
+        yield start_postgres(root / "server")
+    finally:
+        stop_postgres(root / "server")
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def readme_qp_commands() -> list[list[str]]:
@@ -42,10 +58,12 @@ def test_the_readme_names_every_qp_command_it_walks_through() -> None:
     assert "ID=..." not in README.read_text()
 
 
-def test_the_readme_qp_walkthrough_runs_as_pasted(devhost_factory: DevhostFactory, pg: Any, tmp_path: Path) -> None:
+def test_the_readme_qp_walkthrough_runs_as_pasted(
+    devhost_factory: DevhostFactory, pg: Any, own_database: str, tmp_path: Path
+) -> None:
     from examples.workers import remote_worker
 
-    host = devhost_factory(app_dir=PROJECT_ROOT, extra_args=("--seed-demo",))
+    host = devhost_factory(app_dir=PROJECT_ROOT, env={"QP_DATABASE_URL": own_database}, extra_args=("--seed-demo",))
     env = {**os.environ, "QP_URL": host.base_url, "QP_PROFILE": str(tmp_path / "profile.json"), "COLUMNS": "200"}
     env.pop("QP_TOKEN", None)
     worker = mint_token_cli(pg.root, host.base_url, "contoso", ["Module.Worker"], [], None, 600, True)
@@ -74,12 +92,12 @@ def test_the_readme_qp_walkthrough_runs_as_pasted(devhost_factory: DevhostFactor
         thread.join(40)
 
 
-def test_the_readme_curl_appendix_runs_as_pasted(devhost_factory: DevhostFactory, pg: Any) -> None:
+def test_the_readme_curl_appendix_runs_as_pasted(devhost_factory: DevhostFactory, pg: Any, own_database: str) -> None:
     import httpx
 
     from examples.workers import remote_worker
 
-    host = devhost_factory(app_dir=PROJECT_ROOT, extra_args=("--seed-demo",))
+    host = devhost_factory(app_dir=PROJECT_ROOT, env={"QP_DATABASE_URL": own_database}, extra_args=("--seed-demo",))
     appendix = README.read_text().split("## Appendix: the walkthrough with curl", 1)[1]
     port = str(httpx.URL(host.base_url).port)
     # Only where the test's devhost lives differs from `make run`'s: its URL, and its data folder for dev tokens.
@@ -124,10 +142,12 @@ def test_the_readme_curl_appendix_runs_as_pasted(devhost_factory: DevhostFactory
         thread.join(40)
 
 
-def test_the_readme_producer_example_starts_an_execution_as_pasted(devhost_factory: DevhostFactory, pg: Any) -> None:
+def test_the_readme_producer_example_starts_an_execution_as_pasted(
+    devhost_factory: DevhostFactory, pg: Any, own_database: str
+) -> None:
     import httpx
 
-    host = devhost_factory(app_dir=PROJECT_ROOT, extra_args=("--seed-demo",))
+    host = devhost_factory(app_dir=PROJECT_ROOT, env={"QP_DATABASE_URL": own_database}, extra_args=("--seed-demo",))
     person = mint_token_cli(pg.root, host.base_url, "contoso", ["Intent.Author", "Intent.Reader"], [], None, 600, False)
     headers = {"Authorization": f"Bearer {person}"}
     intent = (PROJECT_ROOT / "examples/intents/deploy-web-app.json").read_text()
@@ -165,10 +185,10 @@ def test_the_readme_producer_example_starts_an_execution_as_pasted(devhost_facto
     assert [e["intent_id"] for e in started] == [intent_id], started
 
 
-def test_the_readme_filter_examples_are_accepted(devhost_factory: DevhostFactory, pg: Any) -> None:
+def test_the_readme_filter_examples_are_accepted(devhost_factory: DevhostFactory, pg: Any, own_database: str) -> None:
     import httpx
 
-    host = devhost_factory(app_dir=PROJECT_ROOT, extra_args=("--seed-demo",))
+    host = devhost_factory(app_dir=PROJECT_ROOT, env={"QP_DATABASE_URL": own_database}, extra_args=("--seed-demo",))
     roles = ["Intent.Reader", "Tenant.Admin"]
     token = mint_token_cli(pg.root, host.base_url, "contoso", roles, [], None, 600, False)
     examples = re.findall(r"`GET (/api/v1/[^`\s{}]*\?[^`\s{}]*)`", README.read_text())
