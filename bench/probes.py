@@ -64,27 +64,27 @@ def _timed_context(owner: Any, attribute: str, name: str) -> None:
     setattr(owner, attribute, wrapper)
 
 
-def _timed_bridge(owner: Any) -> None:
-    original = owner.handle_async
+def _timed_bridge(module: Any) -> None:
+    original = module.serve
 
-    async def handle_async(self: Any, req: Any, context: Any = None) -> Any:
+    async def serve(gateway: Any, req: Any) -> Any:
         request_id = req.headers.get("x-request-id") or ""
         token = _key.set(request_id if request_id.startswith(KEY_PREFIX) else None)
         try:
             with span("bridge"):
-                return await original(self, req, context)
+                return await original(gateway, req)
         finally:
             _key.reset(token)
 
-    owner.handle_async = handle_async
+    module.serve = serve
 
 
 def install() -> None:
     """Wrap the stages; must run before the function app is imported (routes capture their dependencies)."""
-    import azure.functions as func
     import psycopg
     from psycopg_pool import ConnectionPool
 
+    import shared.api.adapter as adapter
     import shared.api.security as security
     from shared.api.middleware import RequestIdMiddleware
     from shared.audit.postgres import PostgresAuditStore
@@ -93,7 +93,7 @@ def install() -> None:
     from shared.policy.tenant_policies import _PolicyCache
     from shared.tenants.repository import TenantDirectory
 
-    _timed_bridge(func.AsgiMiddleware)
+    _timed_bridge(adapter)
     _async_timed(RequestIdMiddleware, "__call__", "asgi")
     _timed(security, "authenticated", "authenticated")
     _timed(security, "authorize", "authorize")

@@ -1,5 +1,7 @@
 # intent_ref: platform.devhost
-"""Serve HTTP-triggered functions: aiohttp request -> Datum('http') -> function -> HTTP response."""
+"""Serve HTTP-triggered functions: aiohttp request -> Datum('http') -> function -> HTTP response, or, for an
+HTTP-stream function (its request parameter is a starlette/FastAPI Request), the request object in and the
+function's response streamed out as it is produced."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import azure.functions as func
 from aiohttp import web
 from azure.functions import meta
 
+from devhost.http_streams import is_stream_function, serve_stream
 from devhost.invoker import FunctionInvocationError, Invoker
 from devhost.loader import function_name, trigger_of
 from shared.api.problems import PROBLEM_JSON, internal_error_document
@@ -74,16 +77,20 @@ def make_handler(
     """An aiohttp handler that invokes `function` as the Functions host would."""
     trigger = trigger_of(function)
     client_bindings = [b.name for b in function.get_bindings() if b.type == "durableClient"]
+    streams = is_stream_function(function, trigger.name)
 
     async def handle(request: web.Request) -> web.StreamResponse:
         if client_bindings and durable_binding is None:
             raise web.HTTPServiceUnavailable(text="durable functions are not enabled in this host")
         try:
-            inputs = {trigger.name: await _http_datum(request)}
+            inputs: dict[str, meta.Datum] = {}
             if durable_binding is not None:
                 origin = f"{request.scheme}://{request.host}"
                 for name in client_bindings:
                     inputs[name] = meta.Datum(durable_binding(origin), "string")
+            if streams:
+                return await serve_stream(request, function, invoker, trigger.name, inputs)
+            inputs[trigger.name] = await _http_datum(request)
             out = await invoker.invoke(function, inputs, trace_parent=request.headers.get("traceparent", ""))
             return _to_response(out)
         except web.HTTPException:

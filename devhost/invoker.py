@@ -166,16 +166,42 @@ class Invoker:
 
         Raises FunctionInvocationError when the user code raises.
         """
+        result = await self.call(function, inputs, trigger_metadata, trace_parent=trace_parent)
+        trigger_type = str(trigger_of(function).type)
+        return_type = next((str(b.type) for b in function.get_bindings() if b.name == "$return"), None)
+        if return_type is None and has_implicit_output(trigger_type):
+            return_type = trigger_type
+        if return_type is None:
+            return None
+        hints = _type_hints(function.get_user_function())
+        encoded: meta.Datum = _converter(return_type).encode(result, expected_type=hints.get("return"))
+        return encoded
+
+    async def call(
+        self,
+        function: func.Function,
+        inputs: dict[str, meta.Datum],
+        trigger_metadata: dict[str, meta.Datum] | None = None,
+        *,
+        trace_parent: str = "",
+        native: dict[str, Any] | None = None,
+    ) -> Any:
+        """Call `function` and return what it returned, unencoded; `native` holds bindings passed as they are (an
+        HTTP-stream function's request object, as the worker passes it).
+
+        Raises FunctionInvocationError when the user code raises.
+        """
         user_function = function.get_user_function()
         hints = _type_hints(user_function)
         parameters = inspect.signature(user_function).parameters
         kwargs: dict[str, Any] = {}
         outs: dict[str, tuple[str, _Out]] = {}
         name = function_name(function)
-        return_type: str | None = None
         for binding in function.get_bindings():
             if binding.name == "$return":
-                return_type = str(binding.type)
+                continue
+            if native is not None and binding.name in native:
+                kwargs[binding.name] = native[binding.name]
                 continue
             if binding.direction == 1:  # OUT: a func.Out the function sets
                 out = _Out()
@@ -207,13 +233,7 @@ class Invoker:
         for out_type, out in outs.values():
             if out.get() is not None:
                 _converter(out_type).encode(out.get(), expected_type=None)
-        trigger_type = str(trigger_of(function).type)
-        if return_type is None and has_implicit_output(trigger_type):
-            return_type = trigger_type
-        if return_type is None:
-            return None
-        encoded: meta.Datum = _converter(return_type).encode(result, expected_type=hints.get("return"))
-        return encoded
+        return result
 
 
 def _type_hints(fn: Any) -> dict[str, Any]:

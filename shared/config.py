@@ -98,6 +98,20 @@ class Settings(BaseSettings):
     QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS: int = Field(
         default=100, ge=1, le=100_000, description="A tenant's concurrent executions when its quota sets none."
     )
+    QP_EVENT_STREAM_KEEPALIVE_S: float = Field(
+        default=15.0,
+        ge=0.05,
+        le=120.0,
+        description="An event stream with nothing to send sends a keep-alive comment this often (proxies and load "
+        "balancers close connections idle for 4 minutes).",
+    )
+    QP_EVENT_STREAM_MAX_S: float = Field(
+        default=220.0,
+        ge=1.0,
+        le=3600.0,
+        description="An event stream ends after this long (below the 230 s Azure's front end allows an HTTP function); "
+        "its client resumes with Last-Event-ID.",
+    )
     QP_ALLOW_PRIVATE_NETWORK_HOSTS: bool = Field(
         default=False,
         description="Local development only: a tenant's allowed_hosts may name loopback or private hosts, and "

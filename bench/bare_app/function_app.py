@@ -3,7 +3,10 @@
 
 import azure.durable_functions as df
 import azure.functions as func
+from azurefunctions.extensions.http.fastapi import Request, Response
 from fastapi import FastAPI
+
+from shared.api.adapter import asgi_gateway, serve
 
 bare = FastAPI()
 
@@ -15,10 +18,10 @@ def bare_endpoint() -> dict[str, bool]:
 
 
 app = df.DFApp(http_auth_level=func.AuthLevel.ANONYMOUS)
-_gateway = func.AsgiMiddleware(bare)
+_gateway = asgi_gateway(bare)
 
 
 @app.route(route="{*path}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
-async def bare_api(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
+async def bare_api(req: Request) -> Response:
     """Hand every request to the bare FastAPI app, as functions/http_api.py does for the platform."""
-    return await _gateway.handle_async(req, context)
+    return await serve(_gateway, req)

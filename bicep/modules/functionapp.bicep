@@ -94,6 +94,8 @@ var appSettings = [
   { name: 'FUNCTIONS_EXTENSION_VERSION', value: '~4' }
   { name: 'FUNCTIONS_WORKER_RUNTIME', value: 'python' }
   { name: 'AzureWebJobsFeatureFlags', value: 'EnableWorkerIndexing' }
+  // HTTP streams: the gateway takes a FastAPI Request and streams its answer (server-sent events, ADR 0031).
+  { name: 'PYTHON_ENABLE_INIT_INDEXING', value: '1' }
   // No Azure Files content share (it needs an account key): the package runs from the deployment zip.
   { name: 'WEBSITE_RUN_FROM_PACKAGE', value: '1' }
   { name: 'AzureWebJobsStorage__accountName', value: storageAccountName }
@@ -138,6 +140,9 @@ var appSettings = [
   { name: 'QP_PAYLOAD_INLINE_MAX_BYTES', value: '65536' }
   { name: 'QP_TASK_TOKEN_TTL_S', value: '86400' }
   { name: 'QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS', value: '100' }
+  // Below the 4-minute idle timeout of the load balancers in front of the app and API Management (ADR 0031).
+  { name: 'QP_EVENT_STREAM_KEEPALIVE_S', value: '15' }
+  { name: 'QP_EVENT_STREAM_MAX_S', value: '220' }
   // Loopback and private addresses are the platform's own services here: no tenant step may reach them.
   { name: 'QP_ALLOW_PRIVATE_NETWORK_HOSTS', value: 'false' }
   // Multi-tenant Entra metadata: the issuer is a {tenantid} template checked against each token's tid.

@@ -81,3 +81,13 @@ def test_both_stacks_import_docs_openapi_and_the_shared_policy(
     used = set(re.findall(r"\{\{([\w-]+)\}\}", POLICY.read_text(encoding="utf-8")))
     assert used <= named and named == bicep_named
     assert (TERRAFORM / "modules" / "apim" / "main.tf").exists()
+
+
+def test_the_gateway_relays_answers_unbuffered_so_event_streams_flow(policy: ET.Element):
+    (backend,) = policy.iter("backend")
+    (forward,) = backend.iter("forward-request")
+    assert forward.get("buffer-response") == "false"
+    assert int(forward.get("timeout", "0")) >= 60
+    # No policy reads a response body (which would buffer the stream again), and nothing caches answers.
+    tags = {element.tag for element in policy.iter()}
+    assert not tags & {"validate-content", "cache-store", "cache-lookup", "find-and-replace", "json-to-xml"}

@@ -22,6 +22,8 @@ EXPECTED_VALUES = {
     "QP_ARTIFACTS_CONTAINER": "artifacts",
     "AzureWebJobsStorage__credential": "managedidentity",
     "EventHubConnection__credential": "managedidentity",
+    # The gateway is an HTTP-stream function (its events stream as server-sent events): the worker needs this.
+    "PYTHON_ENABLE_INIT_INDEXING": "1",
 }
 IDENTITY_CONNECTIONS = {
     "AzureWebJobsStorage__accountName",

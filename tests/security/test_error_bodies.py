@@ -9,12 +9,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import azure.functions as func
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from starlette.requests import Request
 
-from shared.api.adapter import asgi_gateway, serve
+from shared.api.adapter import Gateway, asgi_gateway, serve
 from shared.api.middleware import ErrorBoundary
 from shared.api.security import token_validator
 from tests.e2e.conftest import DevhostFactory, devhost_factory  # noqa: F401  # the fixture, through `hosts`
@@ -121,25 +121,57 @@ def test_the_success_path_is_untouched() -> None:
     assert response.headers["x-request-id"] == "fine-1"
 
 
-class _RaisingAdapter(func.AsgiMiddleware):
-    async def handle_async(self, req: func.HttpRequest, context: Any = None) -> func.HttpResponse:
+class _RaisingGateway(Gateway):
+    @property
+    def app(self) -> Any:
         raise ValueError(SECRET)
+
+
+def _host_request(path: str, request_id: str) -> Request:
+    """A request as the worker hands it to an HTTP-stream function."""
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(b"x-request-id", request_id.encode())],
+        "path_params": {"path": path.lstrip("/")},
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    return Request(scope, receive)
+
+
+async def _answer(gateway: Gateway, request: Request) -> tuple[int, dict[str, str], bytes]:
+    """Serve `request` through `gateway` and collect the relayed answer."""
+    response = await serve(gateway, request)
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    await response(request.scope, request.receive, send)
+    headers = {k.decode(): v.decode() for k, v in sent[0]["headers"]}
+    return sent[0]["status"], headers, b"".join(m.get("body", b"") for m in sent[1:])
 
 
 def test_the_gateway_function_answers_a_problem_when_the_adapter_itself_fails(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    request = func.HttpRequest("GET", "http://localhost/api/v1/me", headers={"X-Request-Id": "adapter-1"}, body=b"")
     with caplog.at_level(logging.ERROR):
-        response = asyncio.run(serve(_RaisingAdapter(faulty_app()), request, None))  # type: ignore[arg-type]
-    assert response.status_code == 500
-    _problem(500, response.mimetype, response.get_body().decode(), response.headers, "adapter-1")
+        status, headers, body = asyncio.run(
+            _answer(_RaisingGateway(faulty_app()), _host_request("/api/v1/me", "adapter-1"))
+        )
+    assert status == 500
+    _problem(500, headers["content-type"], body.decode(), headers, "adapter-1")
     _logged_with_id(caplog, "adapter-1", ValueError)
     # And the adapter the gateway function really uses, on a route that raises: a complete answer, no raise.
-    routed = func.HttpRequest("GET", "http://localhost/route", headers={"X-Request-Id": "adapter-2"}, body=b"")
-    answered = asyncio.run(serve(asgi_gateway(faulty_app()), routed, None))  # type: ignore[arg-type]
-    assert answered.status_code == 500
-    _problem(500, answered.mimetype, answered.get_body().decode(), answered.headers, "adapter-2")
+    status, headers, body = asyncio.run(_answer(asgi_gateway(faulty_app()), _host_request("/route", "adapter-2")))
+    assert status == 500
+    _problem(500, headers["content-type"], body.decode(), headers, "adapter-2")
 
 
 def test_the_real_app_answers_a_failing_dependency_with_a_problem_500(api: ApiHarness) -> None:

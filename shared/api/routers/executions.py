@@ -1,5 +1,6 @@
 # intent_ref: platform.execution
-"""The execution read API: list, get, and the resumable long-polled event stream of one execution."""
+"""The execution read API: list, get, and the resumable event stream of one execution (server-sent events, or a
+JSON long poll)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,18 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Header, Path, Query
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from shared.api import event_stream
 from shared.api.admission import idle
 from shared.api.permissions import GuardedRoute, permission
 from shared.api.problems import ProblemError
 from shared.api.responses import AUTH_ERRORS, BAD_CURSOR, INVALID, problem_doc
 from shared.api.security import RequestContext, authorize
+from shared.config import get_settings
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
 from shared.engine import work_queue
@@ -386,15 +390,35 @@ def get_one(execution_id: ExecutionId, context: MayRead) -> ExecutionOut:
     return _out(execution, steps, attempts, work, pollers, now)
 
 
+_EVENT_STREAM_DOC = (
+    "With `Accept: text/event-stream`: server-sent events. Each event as it is recorded, `id` its seq (reconnect with "
+    "`Last-Event-ID`, or `?after=`), `event` its type, `data` the event object of the JSON page; a `: keep-alive` "
+    "comment when nothing happened for a while; the stream ends after the terminal event (or after a few minutes: "
+    "resume from the last id)."
+)
+
+
 @router.get(
     "/{execution_id}/events",
     response_model=ExecutionEventPage,
     summary="Follow an execution's events",
-    responses={**AUTH_ERRORS, 404: EXECUTION_NOT_FOUND, 422: INVALID},
+    responses={
+        **AUTH_ERRORS,
+        200: {
+            "description": "A page of events (JSON), or the live stream (server-sent events).",
+            "content": {event_stream.MEDIA_TYPE: {"schema": {"type": "string", "description": _EVENT_STREAM_DOC}}},
+        },
+        404: EXECUTION_NOT_FOUND,
+        422: INVALID,
+    },
 )
 async def events(
     execution_id: ExecutionId,
     context: MayRead,
+    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
+    last_event_id: Annotated[
+        str | None, Header(description="Server-sent events: resume after this event (what the stream's `id` was).")
+    ] = None,
     after: Annotated[int, Query(ge=0, description="Return events with a seq above this (0: from the start).")] = 0,
     wait: Annotated[
         float,
@@ -405,12 +429,15 @@ async def events(
         ),
     ] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_EVENTS)] = 100,
-) -> ExecutionEventPage:
+) -> ExecutionEventPage | StreamingResponse:
     """Events with seq > `after`, oldest first. With `wait`, an empty answer is held until an event arrives, the
-    execution has finished, or `wait` seconds pass; then what arrived (possibly nothing) with `next_after` (Reader).
+    execution has finished, or `wait` seconds pass; then what arrived (possibly nothing) with `next_after`. With
+    `Accept: text/event-stream`, the events as server-sent events until the execution ends (Reader).
     """
     # Async so a waiting client holds no worker thread; every database step runs on one, briefly.
     await run_in_threadpool(load_execution, context, execution_id)
+    if event_stream.wants_event_stream(accept):
+        return _event_stream(context, execution_id, event_stream.resume_after(last_event_id, after), limit)
     deadline = time.monotonic() + wait
     wakeup = get_event_wakeup() if wait > 0 else None
     with contextlib.ExitStack() as stack:
@@ -432,3 +459,24 @@ async def events(
         next_after=items[-1].seq if items else after,
         items=[event_out(e) for e in items],
     )
+
+
+def _event_stream(context: RequestContext, execution_id: UUID, after: int, limit: int) -> StreamingResponse:
+    settings = get_settings()
+
+    async def read(position: int) -> tuple[repo.Execution, list[repo.ExecutionEvent]]:
+        return await run_in_threadpool(_read_events, context.tenant.id, execution_id, position, limit)
+
+    body = event_stream.follow(
+        context,
+        execution_id,
+        after,
+        read,
+        lambda event: event_stream.frame(event.seq, event.type, event_out(event)),
+        page=limit,
+        keepalive_s=settings.QP_EVENT_STREAM_KEEPALIVE_S,
+        max_s=settings.QP_EVENT_STREAM_MAX_S,
+    )
+    # No cache or proxy may hold the events back; the stream itself is the answer, so nothing is transformed.
+    headers = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
+    return StreamingResponse(body, media_type=event_stream.MEDIA_TYPE, headers=headers)

@@ -10,6 +10,8 @@ locals {
   # (QP_BLOB_CONNECTION_STRING, QP_DATABASE_OWNER_URL) are intentionally absent.
   app_settings = {
     "AzureWebJobsFeatureFlags" = "EnableWorkerIndexing"
+    # HTTP streams: the gateway takes a FastAPI Request and streams its answer (server-sent events, ADR 0031).
+    "PYTHON_ENABLE_INIT_INDEXING" = "1"
     # No Azure Files content share (it needs an account key): the package runs from the deployment zip.
     "WEBSITE_RUN_FROM_PACKAGE"                    = "1"
     "AzureWebJobsStorage__accountName"            = var.storage_account_name
@@ -53,6 +55,9 @@ locals {
     "QP_PAYLOAD_INLINE_MAX_BYTES"          = "65536"
     "QP_TASK_TOKEN_TTL_S"                  = "86400"
     "QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS" = "100"
+    # Below the 4-minute idle timeout of the load balancers in front of the app and API Management (ADR 0031).
+    "QP_EVENT_STREAM_KEEPALIVE_S" = "15"
+    "QP_EVENT_STREAM_MAX_S"       = "220"
     # Loopback and private addresses are the platform's own services here: no tenant step may reach them.
     "QP_ALLOW_PRIVATE_NETWORK_HOSTS" = "false"
     # Multi-tenant Entra metadata: the issuer is a {tenantid} template checked against each token's tid.

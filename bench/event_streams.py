@@ -1,0 +1,180 @@
+# intent_ref: platform.execution
+"""Server-sent event streams at scale: how long an event takes from its commit to an open stream, and how many
+database connections a crowd of open streams costs, against a devhost over its own Postgres."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import psycopg
+
+from bench.executions import RESULTS, Platform, running_platform
+from devhost.identity import mint_token_cli
+from shared.db.roles import DATABASE_NAME
+
+USAGE = """\
+    .venv/bin/python -m bench.event_streams [--streams 1000] [--executions 50]
+
+Starts the platform in a devhost (default pool), provisions a bench tenant, starts `--executions` executions that
+wait for an approval, opens `--streams` event streams spread over them (a 429 tenant-busy while opening is retried
+after its Retry-After, as the client does), samples the database's client connections while they wait, then
+approves every execution and records, for each event each stream receives, the time from the event's
+`occurred_at` (its transaction's clock on the same machine) to its arrival. Prints the figures and writes JSON to
+bench/results/.
+"""
+STEPS = [
+    {"id": "gate", "action": "approval", "message": "go?"},
+    {"id": "tick", "action": "event.emit", "type": "bench.tick", "data": {"i": 1}, "depends_on": ["gate"]},
+]
+APPROVER_OID = "22222222-2222-4222-8222-222222222222"
+
+
+class ConnectionSampler(threading.Thread):
+    """Counts the database's client connections every 50 ms; `peak` and the latest `count`."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.peak, self.count, self.stop = url, 0, 0, threading.Event()
+
+    def run(self) -> None:
+        with psycopg.connect(self.url, dbname=DATABASE_NAME, autocommit=True) as conn:
+            while not self.stop.is_set():
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND backend_type = 'client backend'",
+                    (DATABASE_NAME,),
+                ).fetchone()
+                self.count = int(row[0]) - 1 if row else 0  # not this sampler's own
+                self.peak = max(self.peak, self.count)
+                time.sleep(0.05)
+
+
+async def _open_stream(
+    client: httpx.AsyncClient, url: str, opened: asyncio.Event, arrivals: list[float], refused: list[int]
+) -> None:
+    """One stream: retried while its tenant is busy; records each event's delay from its commit to arrival."""
+    while True:
+        async with client.stream("GET", url, headers={"Accept": "text/event-stream"}) as response:
+            if response.status_code == 429:
+                refused.append(429)
+                await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+                continue
+            response.raise_for_status()
+            opened.set()
+            data = None
+            async for line in response.aiter_lines():
+                if line.startswith("data:"):
+                    data = json.loads(line[5:])
+                elif line == "" and data is not None:
+                    occurred = datetime.fromisoformat(data["occurred_at"]).timestamp()
+                    arrivals.append((datetime.now(UTC).timestamp() - occurred) * 1000)
+                    data = None
+            return
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    if not ordered:
+        return {}
+    return {
+        "n": len(ordered),
+        "p50": round(statistics.median(ordered), 1),
+        "p95": round(ordered[int(0.95 * (len(ordered) - 1))], 1),
+        "max": round(ordered[-1], 1),
+    }
+
+
+async def run(platform: Platform, streams: int, executions: int) -> dict[str, Any]:
+    """Open the streams, wait, approve, and measure."""
+    headers = platform.headers
+    limits = httpx.Limits(max_connections=streams + 50, max_keepalive_connections=streams + 50)
+    async with httpx.AsyncClient(base_url=platform.base_url, headers=headers, timeout=300, limits=limits) as client:
+        name = f"streams-{uuid.uuid4().hex[:6]}"
+        created = await client.post(
+            "/api/v1/intents", json={"name": name, "definition": {"target": "staging", "steps": STEPS}}
+        )
+        created.raise_for_status()
+        intent_id = created.json()["id"]
+        ids = []
+        for _ in range(executions):
+            started = await client.post(f"/api/v1/intents/{intent_id}/execute")
+            started.raise_for_status()
+            ids.append(started.json()["execution_id"])
+        sampler = ConnectionSampler(platform.postgres_url)
+        sampler.start()
+        await asyncio.sleep(1.0)
+        idle_before = sampler.count
+        arrivals: list[float] = []
+        refused: list[int] = []
+        opened = [asyncio.Event() for _ in range(streams)]
+        began = time.monotonic()
+        tasks = [
+            asyncio.create_task(
+                _open_stream(client, f"/api/v1/executions/{ids[i % executions]}/events", opened[i], arrivals, refused)
+            )
+            for i in range(streams)
+        ]
+        await asyncio.gather(*(event.wait() for event in opened))
+        open_s = time.monotonic() - began
+        arrivals.clear()  # what each stream read on opening is history, not delivery
+        await asyncio.sleep(3.0)
+        sampler.peak = sampler.count
+        waiting = sampler.count
+        await asyncio.sleep(2.0)
+        waiting_peak = sampler.peak
+        token = mint_token_cli(
+            platform.data_dir, platform.base_url, _tenant(headers), ["Intent.Approver"], [], APPROVER_OID, 3600, False
+        )
+        approver = {"Authorization": f"Bearer {token}"}
+        for execution_id in ids:
+            decided = await client.post(
+                f"/api/v1/executions/{execution_id}/approvals/gate", json={"decision": "approve"}, headers=approver
+            )
+            decided.raise_for_status()
+        await asyncio.gather(*tasks)
+        sampler.stop.set()
+    return {
+        "streams": streams,
+        "executions": executions,
+        "open_s": round(open_s, 2),
+        "opening_429s": len(refused),
+        "client_connections_idle_before": idle_before,
+        "client_connections_streams_waiting": waiting,
+        "client_connections_peak_while_waiting": waiting_peak,
+        "client_connections_peak_overall": sampler.peak,
+        "delivery_ms": _stats(arrivals),
+    }
+
+
+def _tenant(headers: dict[str, str]) -> str:
+    """The bench tenant's Entra tenant id, from its token's claims."""
+    import jwt
+
+    claims = jwt.decode(headers["Authorization"].split()[1], options={"verify_signature": False})
+    return str(claims["tid"])
+
+
+def main() -> None:
+    """Run the bench and print its figures."""
+    parser = argparse.ArgumentParser(description=__doc__, usage=USAGE)
+    parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--executions", type=int, default=50)
+    args = parser.parse_args()
+    with running_platform() as platform:
+        result = asyncio.run(run(platform, args.streams, args.executions))
+    print(json.dumps(result, indent=2))
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    (RESULTS / f"event-streams-{stamp}.json").write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

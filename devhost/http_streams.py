@@ -1,0 +1,116 @@
+# intent_ref: platform.devhost
+"""HTTP-stream functions, as the Python worker serves them: the function gets a starlette Request over the client's
+request and returns a Response, which is sent to the client as it produces its body (server-sent events)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import typing
+from typing import Any
+
+import azure.functions as func
+from aiohttp import web
+from azure.functions import meta
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Message
+
+from devhost.invoker import FunctionInvocationError, Invoker
+from devhost.loader import function_name
+
+logger = logging.getLogger(__name__)
+
+
+def is_stream_function(function: func.Function, trigger_name: str) -> bool:
+    """Whether the function takes its HTTP request as a starlette/FastAPI Request (the worker's HTTP streams)."""
+    user_function = function.get_user_function()
+    try:
+        hints = typing.get_type_hints(user_function)
+    except Exception:  # unresolvable annotations: not a stream function, the classic binding applies
+        return False
+    hint = hints.get(trigger_name)
+    return inspect.isclass(hint) and issubclass(hint, Request)
+
+
+def _scope(request: web.Request) -> dict[str, Any]:
+    peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+    sock = request.transport.get_extra_info("sockname") if request.transport is not None else None
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": f"{request.version.major}.{request.version.minor}",
+        "method": request.method,
+        "scheme": request.scheme,
+        "path": request.path,
+        "raw_path": request.raw_path.partition("?")[0].encode("latin-1"),
+        "query_string": request.query_string.encode("latin-1"),
+        "root_path": "",
+        "headers": [(name.lower(), value) for name, value in request.raw_headers],
+        "client": tuple(peer[:2]) if peer else None,
+        "server": tuple(sock[:2]) if sock else None,
+        "path_params": dict(request.match_info),
+    }
+
+
+async def serve_stream(
+    request: web.Request,
+    function: func.Function,
+    invoker: Invoker,
+    trigger_name: str,
+    inputs: dict[str, meta.Datum],
+) -> web.StreamResponse:
+    """Invoke the HTTP-stream `function` on `request` and send its response as it is produced.
+
+    Raises FunctionInvocationError when the function raises before answering (the caller answers a problem 500).
+    """
+    body = await request.read()  # the host's body cap applies (413) before the function runs
+    disconnected = asyncio.Event()
+    body_sent = False
+
+    async def receive() -> Message:
+        nonlocal body_sent
+        if not body_sent:
+            body_sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await disconnected.wait()
+        return {"type": "http.disconnect"}
+
+    native = {trigger_name: Request(_scope(request), receive)}
+    result = await invoker.call(function, inputs, trace_parent=request.headers.get("traceparent", ""), native=native)
+    if not isinstance(result, Response):
+        raise FunctionInvocationError(
+            function_name(function), TypeError(f"an HTTP-stream function returned {type(result).__name__}")
+        )
+    response: web.StreamResponse | None = None
+
+    async def send(message: Message) -> None:
+        nonlocal response
+        try:
+            if message["type"] == "http.response.start":
+                response = web.StreamResponse(status=int(message["status"]))
+                for name, value in message.get("headers", []):
+                    response.headers.add(name.decode("latin-1"), value.decode("latin-1"))
+                await response.prepare(request)
+            elif message["type"] == "http.response.body" and response is not None:
+                await response.write(message.get("body", b""))
+                if not message.get("more_body", False):
+                    await response.write_eof()
+        except (ConnectionError, RuntimeError) as exc:  # the client went away: the response stops being produced
+            disconnected.set()
+            raise OSError("the client disconnected") from exc
+
+    try:
+        await result(dict(_scope(request)), receive, send)
+    except OSError:
+        logger.debug("client of %s %s went away mid-response", request.method, request.path)
+    except Exception as exc:
+        if response is None:  # nothing sent yet: the caller still answers with a problem body
+            raise FunctionInvocationError(function_name(function), exc) from exc
+        logger.exception("the response of %s %s failed after it started", request.method, request.path)
+    finally:
+        disconnected.set()
+    if response is None:
+        raise FunctionInvocationError(function_name(function), RuntimeError("the response never started"))
+    return response
