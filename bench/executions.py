@@ -118,7 +118,7 @@ def _provision(base_url: str, data_dir: Path) -> dict[str, str]:
             "name": f"bench-{entra_id[:8]}",
             "entra_tenant_id": entra_id,
             "allowed_targets": ["staging"],
-            "allowed_modules": ["event", "artifact"],
+            "allowed_modules": ["event", "artifact", "approval"],
             "quotas": {"requests_per_minute": 1_000_000, "burst": 100_000, "max_concurrent_executions": 10_000},
         },
         timeout=30,

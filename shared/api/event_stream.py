@@ -5,18 +5,22 @@ with comments, ending after the terminal event; a waiting stream holds no pooled
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from uuid import UUID
 
 from pydantic import BaseModel
 
-from shared.api.admission import idle
+from shared.api.admission import get_admission
 from shared.api.problems import ProblemError
 from shared.api.security import RequestContext
 from shared.engine.event_wakeup import get_event_wakeup
 from shared.engine.executions import Execution, ExecutionEvent
+
+logger = logging.getLogger(__name__)
 
 MEDIA_TYPE = "text/event-stream"
 KEEPALIVE = b": keep-alive\n\n"
@@ -60,6 +64,118 @@ def frame(seq: int, event_type: str, data: BaseModel) -> bytes:
     return f"id: {seq}\nevent: {event_type}\ndata: {data.model_dump_json()}\n\n".encode()
 
 
+class ExecutionFeed:
+    """One execution's events, read once per process for all of its open streams: each notification of an append
+    costs one read, however many streams follow the execution here. Reads take a permit of the execution's tenant
+    (ADR 0023) like a request; a stream holds no permit, connection or thread while it waits or its client reads."""
+
+    def __init__(self, key: _FeedKey, read: ReadAfter, page: int) -> None:
+        self._key, self._read, self._page = key, read, page
+        self.events: list[ExecutionEvent] = []
+        """Every event of the execution read so far, by seq."""
+        self.ended = False
+        """The terminal event is among `events`: nothing more will come."""
+        self.failed = False
+        """Reading failed (the database is unreachable): its streams end and their clients reconnect."""
+        self._changed = asyncio.Condition()
+        self._readers = 0
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def last_seq(self) -> int:
+        return self.events[-1].seq if self.events else 0
+
+    def join(self) -> None:
+        """Count a stream in; the first one starts the reading."""
+        self._readers += 1
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+
+    def leave(self) -> None:
+        """Count a stream out; with the last one the reading stops and the feed is forgotten."""
+        self._readers -= 1
+        if self._readers <= 0:
+            _FEEDS.pop(self._key, None)
+            if self._task is not None:
+                self._task.cancel()
+
+    def after(self, seq: int) -> list[ExecutionEvent]:
+        """The events read so far with a seq above `seq`."""
+        return self.events[bisect.bisect_right(self.events, seq, key=lambda event: event.seq) :]
+
+    async def wait_beyond(self, seq: int, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for an event past `seq` (or the feed's end); False when none came."""
+
+        def moved() -> bool:
+            return self.last_seq > seq or self.ended or self.failed
+
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(moved), timeout_s)
+            except TimeoutError:
+                return False
+        return True
+
+    async def _run(self) -> None:
+        wakeup = get_event_wakeup()
+        try:
+            with contextlib.ExitStack() as stack:
+                waiter = stack.enter_context(wakeup.waiting(self._key[2])) if wakeup is not None else None
+                while True:
+                    if waiter is not None:
+                        waiter.clear()  # before the read: an append after it wakes the wait below
+                    execution, items = await self._admitted_read(self.last_seq)
+                    self.events.extend(items)
+                    full = len(items) >= self._page
+                    self.ended = execution.terminal and not full
+                    async with self._changed:
+                        self._changed.notify_all()
+                    if self.ended:
+                        return
+                    if full:
+                        continue
+                    if waiter is not None:
+                        await waiter.event.wait()  # the listener wakes every waiter when it reconnects, too
+                    else:
+                        await asyncio.sleep(_NO_LISTENER_RECHECK_S)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("the event feed of execution %s stopped reading", self._key[2])
+            self.failed = True
+            _FEEDS.pop(self._key, None)
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def _admitted_read(self, after: int) -> tuple[Execution, list[ExecutionEvent]]:
+        while True:
+            try:
+                permit = await get_admission().admit_waiting(self._key[1])
+            except ProblemError:  # the tenant's bound and queue are full: its feeds read a little later
+                await asyncio.sleep(_BUSY_RETRY_S)
+                continue
+            try:
+                return await self._read(after)
+            finally:
+                permit.release()
+
+
+_FeedKey = tuple[asyncio.AbstractEventLoop, UUID, UUID]
+_FEEDS: dict[_FeedKey, ExecutionFeed] = {}
+_NO_LISTENER_RECHECK_S = 2.0
+_BUSY_RETRY_S = 0.05
+
+
+def feed_for(tenant_id: UUID, execution_id: UUID, read: ReadAfter, page: int) -> ExecutionFeed:
+    """The process's feed of the execution (made by its first stream), joined by the caller."""
+    key = (asyncio.get_running_loop(), tenant_id, execution_id)
+    feed = _FEEDS.get(key)
+    if feed is None:
+        feed = _FEEDS[key] = ExecutionFeed(key, read, page)
+    feed.join()
+    return feed
+
+
 async def follow(
     context: RequestContext,
     execution_id: UUID,
@@ -75,41 +191,21 @@ async def follow(
     announces it (no re-reading on a timer), a keep-alive comment when nothing happened for `keepalive_s`, and the
     end after the terminal event or after `max_s` (the client resumes from its last event)."""
     deadline = time.monotonic() + max_s
-    permit = context.permit
+    if context.permit is not None:
+        context.permit.release()  # the feed reads under the tenant's bound; a stream itself holds nothing
     yield f"retry: {RECONNECT_MS}\n\n".encode()
-    wakeup = get_event_wakeup()
+    feed = feed_for(context.tenant.id, execution_id, read, page)
     try:
-        with contextlib.ExitStack() as stack:
-            waiter = stack.enter_context(wakeup.waiting(execution_id)) if wakeup is not None else None
-            while True:
-                if time.monotonic() >= deadline:
-                    return
-                if waiter is not None:
-                    waiter.clear()  # before the read: an append after it wakes the wait below
-                if not await idle(context, 0.0):  # the tenant's bound is taken by other requests: try again soon
-                    yield KEEPALIVE
-                    continue
-                execution, items = await read(after)
-                if permit is not None:  # held while reading only, never while the client reads or the stream waits
-                    permit.release()
-                for item in items:
-                    yield render(item)
-                    after = item.seq
-                if len(items) >= page:
-                    continue
-                if execution.terminal:
-                    return
-                woken = waiter.event if waiter is not None else asyncio.Event()
-                while not woken.is_set():
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(woken.wait(), min(keepalive_s, remaining))
-                    if not woken.is_set():
-                        yield KEEPALIVE
-                        if waiter is None:  # no listener in this process: a keep-alive is also a re-read
-                            break
+        while True:
+            for event in feed.after(after):
+                yield render(event)
+                after = event.seq
+            if feed.ended or feed.failed:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if not await feed.wait_beyond(after, min(keepalive_s, remaining)):
+                yield KEEPALIVE
     finally:
-        if permit is not None:
-            permit.release()
+        feed.leave()

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -210,3 +211,60 @@ def test_a_crowd_of_open_streams_holds_no_connection_each(platform: Platform, pg
     assert during - before <= 10, (before, during)
     assert len(ended) == crowd
     assert all(s.status == 200 and s.ended and s.messages[-1]["event"] == "execution_cancelled" for s in ended)
+
+
+def test_the_clients_stream_outlives_a_devhost_restart_by_reconnecting(pg: Any, azurite: Any, tmp_path: Path) -> None:
+    from quantum_platform import Client, StaticToken
+
+    port = free_port()
+
+    def devhost(log: str) -> DevhostProcess:
+        return DevhostProcess(
+            app_dir=PROJECT_ROOT,
+            data_dir=pg.root,
+            port=port,
+            env={"QP_BLOB_CONNECTION_STRING": azurite.connection_string, "QP_TASK_HUB": "EventStreamRestartE2E"},
+            log_path=tmp_path / log,
+            extra_args=("--seed-demo",),
+        ).start()
+
+    host = devhost("first.log")
+    platform = Platform(host, pg.root, pg.owner_url)
+    execution_id = start(
+        platform,
+        [
+            {"id": "gate", "action": "approval"},
+            {"id": "after", "action": "wait", "seconds": 0.1, "depends_on": ["gate"]},
+        ],
+    )
+    token = platform.headers(READER)["Authorization"].split()[1]
+    received: list[dict[str, Any]] = []
+    asked = threading.Event()
+
+    def follow() -> None:
+        with Client(host.base_url, credential=StaticToken(token)) as client:
+            for event in client.stream(f"/api/v1/executions/{execution_id}/events"):
+                received.append(event)
+                if event["type"] == "approval_requested":
+                    asked.set()
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    try:
+        assert asked.wait(30), received
+        host.stop()  # the open stream breaks off; the client keeps trying while nothing listens on the port
+        time.sleep(1.0)
+        host = devhost("second.log")
+        decided = httpx.post(
+            f"{host.base_url}/api/v1/executions/{execution_id}/approvals/gate",
+            json={"decision": "approve"},
+            headers=platform.headers(["Intent.Approver"], oid=APPROVER),
+        )
+        assert decided.status_code == 200, decided.text
+        reader.join(60)
+        assert not reader.is_alive()
+    finally:
+        host.stop()
+    # Every event once, in order, to the terminal one: the reconnect resumed after the last event it had.
+    assert received[-1]["type"] == "execution_completed"
+    assert [e["seq"] for e in received] == list(range(1, len(received) + 1))

@@ -26,6 +26,8 @@ TERMINAL_EVENTS = frozenset({"execution_completed", "execution_failed", "executi
 _RETRIED = frozenset({429, 503})
 _STARTS = ("/execute", "/retry")
 _POLL_WAIT_S = 25.0
+_RECONNECTS = 12
+"""Consecutive failed reconnects of a stream (backing off to 5 s: about 45 s in all) before its error is raised."""
 # Either answer is followed: a server without the stream answers the JSON long poll from the same URL.
 _STREAM_ACCEPT = "text/event-stream, application/json;q=0.9"
 
@@ -141,6 +143,14 @@ class _Core:
         return ApiResponse(response)
 
 
+def _reconnect_delay(failures: int) -> float | None:
+    """How long a stream that broke off (connection lost, server restarting) waits before reconnecting; None when
+    it has failed too often in a row."""
+    if failures > _RECONNECTS:
+        return None
+    return float(min(0.5 * 2 ** (failures - 1), 5.0))
+
+
 def _is_sse(response: httpx.Response) -> bool:
     content_type: str = response.headers.get("content-type", "")
     return content_type.partition(";")[0].strip() == "text/event-stream"
@@ -229,30 +239,38 @@ class AsyncClient:
     async def stream(self, path: str, *, after: int = 0) -> AsyncIterator[dict[str, Any]]:
         """Each event of an execution (`path` is its events URL) as it is recorded, oldest first, ending after the
         terminal event; resumes from `after`, and reconnects from the last event seen when a stream breaks off."""
+        failures = 0
         while True:
-            response = await self._open_stream(path, after)
             try:
-                if _is_sse(response):
-                    seen = False
-                    async for message in EventSource(response).aiter_sse():
-                        item, after = _sse_event(message.data, message.id, after)
-                        if item is None:
+                response = await self._open_stream(path, after)
+                try:
+                    if _is_sse(response):
+                        seen = False
+                        async for message in EventSource(response).aiter_sse():
+                            item, after = _sse_event(message.data, message.id, after)
+                            if item is None:
+                                continue
+                            seen, failures = True, 0
+                            yield item
+                            if item.get("type") in TERMINAL_EVENTS:
+                                return
+                        if seen:
                             continue
-                        seen = True
-                        yield item
-                        if item.get("type") in TERMINAL_EVENTS:
-                            return
-                    if seen:
-                        continue
-                    # A stream that ends with nothing new is asked once as a page, which says whether the run ended.
-                    items, after, ended = _events(
-                        (await self.get(path, params={"after": after, "wait": _POLL_WAIT_S})).json()
-                    )
-                else:
-                    await response.aread()
-                    items, after, ended = _events(response.json())
-            finally:
-                await response.aclose()
+                        # A stream that ends with nothing new is asked once as a page: it says whether the run ended.
+                        items, after, ended = _events(
+                            (await self.get(path, params={"after": after, "wait": _POLL_WAIT_S})).json()
+                        )
+                    else:
+                        await response.aread()
+                        items, after, ended = _events(response.json())
+                finally:
+                    await response.aclose()
+            except httpx.TransportError:
+                failures += 1
+                if (delay := _reconnect_delay(failures)) is None:
+                    raise
+                await asyncio.sleep(delay)
+                continue
             for item in items:
                 yield item
                 if item.get("type") in TERMINAL_EVENTS:
@@ -355,28 +373,37 @@ class Client:
     def stream(self, path: str, *, after: int = 0) -> Iterator[dict[str, Any]]:
         """Each event of an execution as it is recorded, ending after the terminal event; reconnects from the last
         event seen when a stream breaks off."""
+        failures = 0
         while True:
-            response = self._open_stream(path, after)
             try:
-                if _is_sse(response):
-                    seen = False
-                    for message in EventSource(response).iter_sse():
-                        item, after = _sse_event(message.data, message.id, after)
-                        if item is None:
+                response = self._open_stream(path, after)
+                try:
+                    if _is_sse(response):
+                        seen = False
+                        for message in EventSource(response).iter_sse():
+                            item, after = _sse_event(message.data, message.id, after)
+                            if item is None:
+                                continue
+                            seen, failures = True, 0
+                            yield item
+                            if item.get("type") in TERMINAL_EVENTS:
+                                return
+                        if seen:
                             continue
-                        seen = True
-                        yield item
-                        if item.get("type") in TERMINAL_EVENTS:
-                            return
-                    if seen:
-                        continue
-                    # A stream that ends with nothing new is asked once as a page, which says whether the run ended.
-                    items, after, ended = _events(self.get(path, params={"after": after, "wait": _POLL_WAIT_S}).json())
-                else:
-                    response.read()
-                    items, after, ended = _events(response.json())
-            finally:
-                response.close()
+                        # A stream that ends with nothing new is asked once as a page: it says whether the run ended.
+                        page = self.get(path, params={"after": after, "wait": _POLL_WAIT_S}).json()
+                        items, after, ended = _events(page)
+                    else:
+                        response.read()
+                        items, after, ended = _events(response.json())
+                finally:
+                    response.close()
+            except httpx.TransportError:
+                failures += 1
+                if (delay := _reconnect_delay(failures)) is None:
+                    raise
+                time.sleep(delay)
+                continue
             for item in items:
                 yield item
                 if item.get("type") in TERMINAL_EVENTS:
