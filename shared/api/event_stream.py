@@ -29,6 +29,7 @@ RECONNECT_MS = 1000
 MAX_EVENT_ID = 2**63 - 1
 
 ReadAfter = Callable[[int], Awaitable[tuple[Execution, list[ExecutionEvent]]]]
+Render = Callable[[ExecutionEvent], bytes]
 
 
 def wants_event_stream(accept: str | None) -> bool:
@@ -69,10 +70,12 @@ class ExecutionFeed:
     costs one read, however many streams follow the execution here. Reads take a permit of the execution's tenant
     (ADR 0023) like a request; a stream holds no permit, connection or thread while it waits or its client reads."""
 
-    def __init__(self, key: _FeedKey, read: ReadAfter, page: int) -> None:
-        self._key, self._read, self._page = key, read, page
+    def __init__(self, key: _FeedKey, read: ReadAfter, render: Render, page: int) -> None:
+        self._key, self._read, self._render, self._page = key, read, render, page
         self.events: list[ExecutionEvent] = []
         """Every event of the execution read so far, by seq."""
+        self.frames: list[bytes] = []
+        """Each of `events` as its SSE message, rendered once for all streams."""
         self.ended = False
         """The terminal event is among `events`: nothing more will come."""
         self.failed = False
@@ -99,9 +102,9 @@ class ExecutionFeed:
             if self._task is not None:
                 self._task.cancel()
 
-    def after(self, seq: int) -> list[ExecutionEvent]:
-        """The events read so far with a seq above `seq`."""
-        return self.events[bisect.bisect_right(self.events, seq, key=lambda event: event.seq) :]
+    def after(self, seq: int) -> tuple[int, list[bytes]]:
+        """The last seq read so far and the SSE messages of the events past `seq`."""
+        return self.last_seq, self.frames[bisect.bisect_right(self.events, seq, key=lambda event: event.seq) :]
 
     async def wait_beyond(self, seq: int, timeout_s: float) -> bool:
         """Wait up to `timeout_s` for an event past `seq` (or the feed's end); False when none came."""
@@ -126,6 +129,7 @@ class ExecutionFeed:
                         waiter.clear()  # before the read: an append after it wakes the wait below
                     execution, items = await self._admitted_read(self.last_seq)
                     self.events.extend(items)
+                    self.frames.extend(self._render(item) for item in items)
                     full = len(items) >= self._page
                     self.ended = execution.terminal and not full
                     async with self._changed:
@@ -166,12 +170,12 @@ _NO_LISTENER_RECHECK_S = 2.0
 _BUSY_RETRY_S = 0.05
 
 
-def feed_for(tenant_id: UUID, execution_id: UUID, read: ReadAfter, page: int) -> ExecutionFeed:
+def feed_for(tenant_id: UUID, execution_id: UUID, read: ReadAfter, render: Render, page: int) -> ExecutionFeed:
     """The process's feed of the execution (made by its first stream), joined by the caller."""
     key = (asyncio.get_running_loop(), tenant_id, execution_id)
     feed = _FEEDS.get(key)
     if feed is None:
-        feed = _FEEDS[key] = ExecutionFeed(key, read, page)
+        feed = _FEEDS[key] = ExecutionFeed(key, read, render, page)
     feed.join()
     return feed
 
@@ -181,7 +185,7 @@ async def follow(
     execution_id: UUID,
     after: int,
     read: ReadAfter,
-    render: Callable[[ExecutionEvent], bytes],
+    render: Render,
     *,
     page: int,
     keepalive_s: float,
@@ -194,12 +198,13 @@ async def follow(
     if context.permit is not None:
         context.permit.release()  # the feed reads under the tenant's bound; a stream itself holds nothing
     yield f"retry: {RECONNECT_MS}\n\n".encode()
-    feed = feed_for(context.tenant.id, execution_id, read, page)
+    feed = feed_for(context.tenant.id, execution_id, read, render, page)
     try:
         while True:
-            for event in feed.after(after):
-                yield render(event)
-                after = event.seq
+            last, frames = feed.after(after)
+            if frames:
+                yield b"".join(frames)  # what arrived together goes out in one write
+                after = last
             if feed.ended or feed.failed:
                 return
             remaining = deadline - time.monotonic()
