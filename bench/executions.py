@@ -236,19 +236,37 @@ def _engine_trace(pg_dir: Path, spans: Spans, executions: int) -> tuple[list[dic
     return [{"measure": f"  module: {name}", **_stats(values)} for name, values in split.items() if values], per
 
 
-async def _one(client: httpx.AsyncClient, intent_id: str) -> dict[str, Any]:
-    started = time.perf_counter()
-    accepted = await client.post(f"/api/v1/intents/{intent_id}/execute", json={"input": {}})
-    accepted.raise_for_status()
-    execution_id = accepted.json()["execution_id"]
+FOLLOW = {"mode": "stream"}
+"""How `_one` follows an execution: `stream` (server-sent events, what the client and qp use) or `poll` (the JSON
+long poll, what the figures before 2026-12-04 used)."""
+TERMINAL_EVENTS = {"execution_completed", "execution_failed", "execution_cancelled"}
+
+
+async def _until_terminal(client: httpx.AsyncClient, execution_id: str, started: float) -> None:
+    url = f"/api/v1/executions/{execution_id}/events"
+    if FOLLOW["mode"] == "stream":
+        async with client.stream("GET", url, headers={"Accept": "text/event-stream"}) as response:
+            response.raise_for_status()
+            async for line in response.aiter_lines():
+                if line.startswith("event: ") and line[7:] in TERMINAL_EVENTS:
+                    return
+        raise RuntimeError(f"the stream of execution {execution_id} ended before its terminal event")
     after, status = 0, "pending"
     while status not in TERMINAL:
-        page = await client.get(f"/api/v1/executions/{execution_id}/events", params={"after": after, "wait": 10})
+        page = await client.get(url, params={"after": after, "wait": 10})
         page.raise_for_status()
         body = page.json()
         after, status = body["next_after"], body["status"]
         if time.perf_counter() - started > 300:
             raise TimeoutError(f"execution {execution_id} still {status} after 300 s")
+
+
+async def _one(client: httpx.AsyncClient, intent_id: str) -> dict[str, Any]:
+    started = time.perf_counter()
+    accepted = await client.post(f"/api/v1/intents/{intent_id}/execute", json={"input": {}})
+    accepted.raise_for_status()
+    execution_id = accepted.json()["execution_id"]
+    await _until_terminal(client, execution_id, started)
     client_ms = (time.perf_counter() - started) * 1000
     detail = await client.get(f"/api/v1/executions/{execution_id}")
     detail.raise_for_status()
@@ -534,7 +552,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="suite: rounds of the three workloads, alternating")
     parser.add_argument("--scale", type=int, default=1, help="suite: multiply the executions per round")
     parser.add_argument("--json-out", type=Path, default=None, help="default bench/results/executions-<time>.json")
+    parser.add_argument(
+        "--follow", choices=["stream", "poll"], default="stream", help="server-sent events, or the JSON long poll"
+    )
     args = parser.parse_args()
+    FOLLOW["mode"] = args.follow
     steps = SHAPES[args.shape]
     with running_platform() as platform:
         floor, pg_settings = _commit_floor(platform.data_dir / "postgres", args.commits)
