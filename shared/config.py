@@ -112,6 +112,12 @@ class Settings(BaseSettings):
         description="An event stream ends after this long (below the 230 s Azure's front end allows an HTTP function); "
         "its client resumes with Last-Event-ID.",
     )
+    QP_EVENT_STREAMS_PER_TENANT: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Event streams one tenant may hold open per instance; more are answered 429 too-many-streams.",
+    )
     QP_ALLOW_PRIVATE_NETWORK_HOSTS: bool = Field(
         default=False,
         description="Local development only: a tenant's allowed_hosts may name loopback or private hosts, and "

@@ -170,6 +170,25 @@ _NO_LISTENER_RECHECK_S = 2.0
 _BUSY_RETRY_S = 0.05
 
 
+_OPEN: dict[UUID, int] = {}
+"""Streams open per tenant in this process."""
+RETRY_AFTER_S = 5
+
+
+def admit_stream(tenant_id: UUID, limit: int) -> None:
+    """Refuse a stream over the tenant's bound of open streams here (429 `too-many-streams`): a tenant's streams
+    are cheap, not free, and one tenant may not take every socket of an instance."""
+    if _OPEN.get(tenant_id, 0) >= limit:
+        raise ProblemError(
+            429,
+            "too-many-streams",
+            "Too many requests",
+            f"This tenant already has {limit} event streams open here; close one or retry in {RETRY_AFTER_S} s.",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+            extensions={"limit": limit},
+        )
+
+
 def feed_for(tenant_id: UUID, execution_id: UUID, read: ReadAfter, render: Render, page: int) -> ExecutionFeed:
     """The process's feed of the execution (made by its first stream), joined by the caller."""
     key = (asyncio.get_running_loop(), tenant_id, execution_id)
@@ -195,11 +214,14 @@ async def follow(
     announces it (no re-reading on a timer), a keep-alive comment when nothing happened for `keepalive_s`, and the
     end after the terminal event or after `max_s` (the client resumes from its last event)."""
     deadline = time.monotonic() + max_s
+    tenant_id = context.tenant.id
     if context.permit is not None:
         context.permit.release()  # the feed reads under the tenant's bound; a stream itself holds nothing
-    yield f"retry: {RECONNECT_MS}\n\n".encode()
-    feed = feed_for(context.tenant.id, execution_id, read, render, page)
+    # Counted from the body's start: a stream whose client left before it began never ran and holds nothing.
+    _OPEN[tenant_id] = _OPEN.get(tenant_id, 0) + 1
+    feed = feed_for(tenant_id, execution_id, read, render, page)
     try:
+        yield f"retry: {RECONNECT_MS}\n\n".encode()
         while True:
             last, frames = feed.after(after)
             if frames:
@@ -214,3 +236,6 @@ async def follow(
                 yield KEEPALIVE
     finally:
         feed.leave()
+        _OPEN[tenant_id] -= 1
+        if not _OPEN[tenant_id]:
+            del _OPEN[tenant_id]

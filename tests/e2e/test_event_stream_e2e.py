@@ -4,6 +4,7 @@ ended after the terminal event, and a crowd of open streams holds no connection 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -268,3 +269,49 @@ def test_the_clients_stream_outlives_a_devhost_restart_by_reconnecting(pg: Any, 
     # Every event once, in order, to the terminal one: the reconnect resumed after the last event it had.
     assert received[-1]["type"] == "execution_completed"
     assert [e["seq"] for e in received] == list(range(1, len(received) + 1))
+
+
+def test_a_tenant_holds_only_so_many_streams_open_and_others_are_not_affected(devhost_factory: Any, pg: Any) -> None:
+    host = devhost_factory(
+        app_dir=PROJECT_ROOT,
+        env={"QP_EVENT_STREAMS_PER_TENANT": "3", "QP_EVENT_STREAM_KEEPALIVE_S": str(KEEPALIVE_S)},
+        extra_args=("--seed-demo",),
+    )
+    platform = Platform(host, pg.root, pg.owner_url)
+    waiting = start(platform, [{"id": "gate", "action": "approval"}])
+    headers = {**platform.headers(READER), **SSE}
+    readers: list[Iterator[str]] = []  # kept: a line iterator that is dropped closes its stream
+    with contextlib.ExitStack() as streams:
+
+        def open_one(url: str, with_headers: dict[str, str]) -> httpx.Response:
+            response = streams.enter_context(httpx.stream("GET", url, headers=with_headers, timeout=30))
+            if response.status_code == 200:
+                readers.append(response.iter_lines())
+                next(readers[-1])  # its body has begun: the stream counts
+            return response
+
+        held = [open_one(events_url(platform, waiting), headers) for _ in range(3)]
+        assert [r.status_code for r in held] == [200, 200, 200]
+        refused = open_one(events_url(platform, waiting), headers)
+        refused.read()
+        assert refused.status_code == 429 and refused.headers["retry-after"]
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.json()["type"].endswith("/too-many-streams")
+        # Another tenant's streams are not counted against this one's.
+        other = platform.headers(AUTHOR, tenant="fabrikam")
+        body = {
+            "name": f"sse-{uuid.uuid4().hex[:8]}",
+            "definition": {"target": "staging", "steps": [{"id": "gate", "action": "approval"}]},
+        }
+        intent = httpx.post(f"{platform.base}/api/v1/intents", json=body, headers=other).json()["id"]
+        theirs = httpx.post(f"{platform.base}/api/v1/intents/{intent}/execute", headers=other, timeout=30)
+        assert theirs.status_code == 202, theirs.text
+        assert open_one(events_url(platform, theirs.json()["execution_id"]), {**other, **SSE}).status_code == 200
+        # A stream that ends frees its place (noticed at its next write: a keep-alive at the latest).
+        held[0].close()
+        deadline = time.monotonic() + 30
+        while (again := open_one(events_url(platform, waiting), headers)).status_code == 429:
+            again.read()
+            assert time.monotonic() < deadline, "the closed stream was never counted out"
+            time.sleep(KEEPALIVE_S)
+        assert again.status_code == 200

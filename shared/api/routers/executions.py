@@ -437,6 +437,7 @@ async def events(
     # Async so a waiting client holds no worker thread; every database step runs on one, briefly.
     await run_in_threadpool(load_execution, context, execution_id)
     if event_stream.wants_event_stream(accept):
+        event_stream.admit_stream(context.tenant.id, get_settings().QP_EVENT_STREAMS_PER_TENANT)
         return _event_stream(context, execution_id, event_stream.resume_after(last_event_id, after), limit)
     deadline = time.monotonic() + wait
     wakeup = get_event_wakeup() if wait > 0 else None

@@ -58,6 +58,7 @@ locals {
     # Below the 4-minute idle timeout of the load balancers in front of the app and API Management (ADR 0031).
     "QP_EVENT_STREAM_KEEPALIVE_S" = "15"
     "QP_EVENT_STREAM_MAX_S"       = "220"
+    "QP_EVENT_STREAMS_PER_TENANT" = "1000"
     # Loopback and private addresses are the platform's own services here: no tenant step may reach them.
     "QP_ALLOW_PRIVATE_NETWORK_HOSTS" = "false"
     # Multi-tenant Entra metadata: the issuer is a {tenantid} template checked against each token's tid.
