@@ -120,7 +120,9 @@ def update_tenant(conn: psycopg.Connection[DictRow], tenant_id: UUID, change: Te
         return None
     merged = {**current, **{k: v for k, v in fields.items() if v is not None}}
     if "quotas" in fields and fields["quotas"] is not None:
-        merged["quotas"] = {**current["quotas"], **change.quotas.model_dump(exclude_none=True)}  # type: ignore[union-attr]
+        # JSON merge semantics: a quota sent as null is removed (the platform default applies again).
+        sent = change.quotas.model_dump(exclude_unset=True)  # type: ignore[union-attr]
+        merged["quotas"] = {k: v for k, v in {**current["quotas"], **sent}.items() if v is not None}
     row = conn.execute(
         _UPDATE,
         (

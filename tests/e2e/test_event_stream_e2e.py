@@ -315,3 +315,7 @@ def test_a_tenant_holds_only_so_many_streams_open_and_others_are_not_affected(de
             assert time.monotonic() < deadline, "the closed stream was never counted out"
             time.sleep(KEEPALIVE_S)
         assert again.status_code == 200
+        # Nothing left running for the session's other tests (fabrikam's quotas are changed by some of them).
+        for execution_id, by in ((waiting, platform.headers(AUTHOR)), (theirs.json()["execution_id"], other)):
+            cancelled = httpx.post(f"{platform.base}/api/v1/executions/{execution_id}/cancel", headers=by)
+            assert cancelled.status_code == 202, cancelled.text

@@ -121,6 +121,21 @@ def test_platform_admin_provisions_reads_and_changes_a_tenant(api: ApiHarness) -
     assert patched.status_code == 200 and patched.json()["status"] == "suspended"
     assert patched.json()["quotas"]["requests_per_minute"] == 120
     assert patched.headers["etag"] != etag
+    # JSON merge semantics: a quota sent as a number is set, sent as null it is removed (the default applies).
+    capped = api.client.patch(
+        f"/api/v1/tenants/{tenant['id']}",
+        json={"quotas": {"max_concurrent_executions": 1}},
+        headers={**admin, "If-Match": patched.headers["etag"]},
+    )
+    assert capped.json()["quotas"]["max_concurrent_executions"] == 1, capped.text
+    uncapped = api.client.patch(
+        f"/api/v1/tenants/{tenant['id']}",
+        json={"quotas": {"max_concurrent_executions": None}},
+        headers={**admin, "If-Match": capped.headers["etag"]},
+    )
+    assert uncapped.status_code == 200, uncapped.text
+    quotas = api.client.get(f"/api/v1/tenants/{tenant['id']}", headers=admin).json()["quotas"]
+    assert (quotas["max_concurrent_executions"], quotas["requests_per_minute"]) == (None, 120)
 
     names = []
     cursor = None
