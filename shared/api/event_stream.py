@@ -27,6 +27,7 @@ KEEPALIVE = b": keep-alive\n\n"
 RECONNECT_MS = 1000
 """The `retry:` the stream asks a client to wait before reconnecting when it breaks off."""
 MAX_EVENT_ID = 2**63 - 1
+_MAX_EVENT_ID_DIGITS = len(str(MAX_EVENT_ID))
 
 ReadAfter = Callable[[int], Awaitable[tuple[Execution, list[ExecutionEvent]]]]
 Render = Callable[[ExecutionEvent], bytes]
@@ -49,7 +50,8 @@ def resume_after(last_event_id: str | None, after: int) -> int:
     if last_event_id is None:
         return after
     value = last_event_id.strip()
-    if not value.isascii() or not value.isdigit() or int(value) > MAX_EVENT_ID:
+    # Length first: int() refuses strings of over 4,300 digits with an error of its own.
+    if not value.isascii() or not value.isdigit() or len(value) > _MAX_EVENT_ID_DIGITS or int(value) > MAX_EVENT_ID:
         raise ProblemError(
             422,
             "validation-error",
