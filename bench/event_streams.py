@@ -8,7 +8,6 @@ import argparse
 import asyncio
 import json
 import re
-import statistics
 import threading
 import time
 import uuid
@@ -18,7 +17,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from bench.executions import RESULTS, Platform, running_platform
+from bench.executions import RESULTS, Platform, _stats, running_platform
 from devhost.identity import mint_token_cli
 from shared.db.roles import DATABASE_NAME
 
@@ -102,18 +101,6 @@ async def _open_stream(
 
 
 _OCCURRED = re.compile(rb'"occurred_at":"([^"]+)"')
-
-
-def _stats(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    if not ordered:
-        return {}
-    return {
-        "n": len(ordered),
-        "p50": round(statistics.median(ordered), 1),
-        "p95": round(ordered[int(0.95 * (len(ordered) - 1))], 1),
-        "max": round(ordered[-1], 1),
-    }
 
 
 async def run(platform: Platform, streams: int, executions: int) -> dict[str, Any]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import typing
 from typing import Any
 
 import azure.functions as func
@@ -17,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message
 
-from devhost.invoker import FunctionInvocationError, Invoker
+from devhost.invoker import FunctionInvocationError, Invoker, type_hints
 from devhost.loader import function_name
 
 logger = logging.getLogger(__name__)
@@ -25,12 +24,7 @@ logger = logging.getLogger(__name__)
 
 def is_stream_function(function: func.Function, trigger_name: str) -> bool:
     """Whether the function takes its HTTP request as a starlette/FastAPI Request (the worker's HTTP streams)."""
-    user_function = function.get_user_function()
-    try:
-        hints = typing.get_type_hints(user_function)
-    except Exception:  # unresolvable annotations: not a stream function, the classic binding applies
-        return False
-    hint = hints.get(trigger_name)
+    hint = type_hints(function.get_user_function()).get(trigger_name)
     return inspect.isclass(hint) and issubclass(hint, Request)
 
 

@@ -173,7 +173,7 @@ class Invoker:
             return_type = trigger_type
         if return_type is None:
             return None
-        hints = _type_hints(function.get_user_function())
+        hints = type_hints(function.get_user_function())
         encoded: meta.Datum = _converter(return_type).encode(result, expected_type=hints.get("return"))
         return encoded
 
@@ -192,7 +192,7 @@ class Invoker:
         Raises FunctionInvocationError when the user code raises.
         """
         user_function = function.get_user_function()
-        hints = _type_hints(user_function)
+        hints = type_hints(user_function)
         parameters = inspect.signature(user_function).parameters
         kwargs: dict[str, Any] = {}
         outs: dict[str, tuple[str, _Out]] = {}
@@ -236,7 +236,9 @@ class Invoker:
         return result
 
 
-def _type_hints(fn: Any) -> dict[str, Any]:
+@functools.cache
+def type_hints(fn: Any) -> dict[str, Any]:
+    """The function's resolved annotations, once per function (read them, never change them)."""
     try:
         return typing.get_type_hints(fn)
     except Exception:  # unresolvable forward references: the worker falls back to raw annotations

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from devhost.child import PROJECT_ROOT, DevhostProcess, free_port
-from tests.e2e.test_executions_e2e import APPROVER, Platform
+from tests.e2e.test_executions_e2e import APPROVER, Platform, start_platform_host
 
 pytestmark = pytest.mark.e2e
 
@@ -62,18 +62,8 @@ def read_stream(lines: Iterator[str], into: Stream, *, stop_after: int | None = 
 
 @pytest.fixture(scope="module")
 def platform(pg: Any, azurite: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    host = DevhostProcess(
-        app_dir=PROJECT_ROOT,
-        data_dir=pg.root,
-        port=free_port(),
-        env={
-            "QP_BLOB_CONNECTION_STRING": azurite.connection_string,
-            "QP_TASK_HUB": "EventStreamE2E",
-            "QP_EVENT_STREAM_KEEPALIVE_S": str(KEEPALIVE_S),
-        },
-        log_path=tmp_path_factory.mktemp("sse") / "devhost.log",
-        extra_args=("--seed-demo",),
-    ).start()
+    env = {"QP_TASK_HUB": "EventStreamE2E", "QP_EVENT_STREAM_KEEPALIVE_S": str(KEEPALIVE_S)}
+    host = start_platform_host(pg, azurite, tmp_path_factory.mktemp("sse") / "devhost.log", env=env)
     yield Platform(host, pg.root, pg.owner_url)
     host.stop()
 
@@ -220,14 +210,7 @@ def test_the_clients_stream_outlives_a_devhost_restart_by_reconnecting(pg: Any, 
     port = free_port()
 
     def devhost(log: str) -> DevhostProcess:
-        return DevhostProcess(
-            app_dir=PROJECT_ROOT,
-            data_dir=pg.root,
-            port=port,
-            env={"QP_BLOB_CONNECTION_STRING": azurite.connection_string, "QP_TASK_HUB": "EventStreamRestartE2E"},
-            log_path=tmp_path / log,
-            extra_args=("--seed-demo",),
-        ).start()
+        return start_platform_host(pg, azurite, tmp_path / log, port, env={"QP_TASK_HUB": "EventStreamRestartE2E"})
 
     host = devhost("first.log")
     platform = Platform(host, pg.root, pg.owner_url)

@@ -117,12 +117,15 @@ class Platform:
         return {"Authorization": f"Bearer {token}"}
 
 
-def start_platform_host(pg: Any, azurite: Any, log: Path, port: int | None = None) -> DevhostProcess:
+def start_platform_host(
+    pg: Any, azurite: Any, log: Path, port: int | None = None, env: dict[str, str] | None = None
+) -> DevhostProcess:
+    """The platform with its demo tenants in a devhost on the session's Postgres and Azurite; `env` adds settings."""
     return DevhostProcess(
         app_dir=PROJECT_ROOT,
         data_dir=pg.root,
         port=port or free_port(),
-        env={"QP_BLOB_CONNECTION_STRING": azurite.connection_string, "QP_TASK_HUB": "ExecutionsE2E"},
+        env={"QP_BLOB_CONNECTION_STRING": azurite.connection_string, "QP_TASK_HUB": "ExecutionsE2E", **(env or {})},
         log_path=log,
         extra_args=("--seed-demo",),
     ).start()
