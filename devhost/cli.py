@@ -1,5 +1,6 @@
 # intent_ref: platform.devhost
-"""Command line: `python -m devhost run` serves the app; `token` mints a dev token; `key` prints the master key."""
+"""Command line: `python -m devhost run` serves the app; `token` mints a dev token; `key` prints the master key;
+`trace` prints one execution's trace from the local telemetry file."""
 
 from __future__ import annotations
 
@@ -82,6 +83,14 @@ def _key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trace(args: argparse.Namespace) -> int:
+    from devhost.trace_tree import report
+
+    code, text = report(Path(args.file), args.execution_id, args.statements)
+    print(text, file=sys.stderr if code else sys.stdout)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the chosen command."""
     parser = argparse.ArgumentParser(prog="python -m devhost", description=__doc__)
@@ -106,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     key = sub.add_parser("key", help="print the host's master key (created on first use; stable per data folder)")
     key.add_argument("--data-dir", default=".data")
     key.set_defaults(handler=_key)
+    trace = sub.add_parser("trace", help="print one execution's trace (spans and durations) as a tree")
+    trace.add_argument("execution_id")
+    trace.add_argument("--file", default=".data/telemetry.jsonl", help="the devhost's QP_TELEMETRY_FILE")
+    trace.add_argument("--statements", action="store_true", help="show each database statement too")
+    trace.set_defaults(handler=_trace)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("azure", "aiohttp.access", "psycopg.pool", "pgserver"):

@@ -5,6 +5,7 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from shared.engine.worker import process_batch
+from shared.observability.received import received_work
 
 bp = df.Blueprint()
 
@@ -20,4 +21,5 @@ bp = df.Blueprint()
 @bp.durable_client_input(client_name="client")
 async def module_worker(events: list[func.EventHubEvent], client: df.DurableOrchestrationClient) -> None:
     """Run the built-in actions of a batch of work items and raise each result to its orchestration."""
-    await process_batch([event.get_body() for event in events], client)
+    bodies, traceparents = received_work(events)
+    await process_batch(bodies, client, traceparents=traceparents)

@@ -9,6 +9,7 @@ import azure.durable_functions as df
 
 from orchestrations.typed import typed
 from shared.engine import control, machine, payloads, progress
+from shared.engine.activity_trace import activity_span
 
 bp = df.Blueprint()
 
@@ -16,36 +17,41 @@ bp = df.Blueprint()
 @typed(bp.activity_trigger(input_name="request"))
 def dispatch_steps(request: dict[str, Any]) -> dict[str, Any]:
     """Record a batch of step moves and attempt starts; publish module work; start child executions."""
-    return progress.dispatch_steps(machine.DispatchSteps.model_validate(request)).model_dump(mode="json")
+    with activity_span("dispatch_steps", request) as (body, _):
+        return progress.dispatch_steps(machine.DispatchSteps.model_validate(body)).model_dump(mode="json")
 
 
 @typed(bp.activity_trigger(input_name="request"))
 def record_outcomes(request: dict[str, Any]) -> list[dict[str, Any]]:
     """Record outcomes the orchestration observed; answers the verdicts applied."""
-    return progress.record_outcomes(machine.RecordOutcomes.model_validate(request))
+    with activity_span("record_outcomes", request) as (body, _):
+        return progress.record_outcomes(machine.RecordOutcomes.model_validate(body))
 
 
 @typed(bp.activity_trigger(input_name="request"))
 def record_status(request: dict[str, Any]) -> dict[str, Any]:
     """Move the execution to a status; answers where it is afterwards."""
-    return progress.record_status(machine.RecordStatus.model_validate(request)).model_dump(mode="json")
+    with activity_span("record_status", request) as (body, _):
+        return progress.record_status(machine.RecordStatus.model_validate(body)).model_dump(mode="json")
 
 
 @typed(bp.activity_trigger(input_name="request"))
 def load_output(request: dict[str, Any]) -> Any:
     """The parts of a step output stored as a blob that later steps reference."""
-    load = machine.LoadOutput.model_validate(request)
-    return payloads.load_parts(UUID(load.tenant_id), load.output, [tuple(path) for path in load.paths])
+    with activity_span("load_output", request) as (body, _):
+        load = machine.LoadOutput.model_validate(body)
+        return payloads.load_parts(UUID(load.tenant_id), load.output, [tuple(path) for path in load.paths])
 
 
 @typed(bp.activity_trigger(input_name="request"))
 @typed(bp.durable_client_input(client_name="client"))
 async def cancel_child(request: dict[str, Any], client: df.DurableOrchestrationClient) -> bool:
     """Cancel a child execution of a stopping parent; answers whether the child was still running."""
-    cancel = machine.CancelChild.model_validate(request)
-    return await control.cancel_child(
-        UUID(cancel.tenant_id), UUID(cancel.child_execution_id), UUID(cancel.execution_id), client
-    )
+    with activity_span("cancel_child", request) as (body, _):
+        cancel = machine.CancelChild.model_validate(body)
+        return await control.cancel_child(
+            UUID(cancel.tenant_id), UUID(cancel.child_execution_id), UUID(cancel.execution_id), client
+        )
 
 
 @typed(bp.activity_trigger(input_name="request"))

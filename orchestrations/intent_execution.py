@@ -12,7 +12,7 @@ import azure.durable_functions as df
 from azure.durable_functions.models.Task import TaskBase, TaskState, TimerTask
 
 from orchestrations.typed import typed
-from shared.engine import machine
+from shared.engine import activity_trace, machine
 from shared.engine.protocol import ORCHESTRATOR
 
 bp = df.Blueprint()
@@ -49,7 +49,7 @@ def intent_execution_v2(context: df.DurableOrchestrationContext) -> Generator[Ta
     while True:
         for command in commands:
             if isinstance(command, machine.CallActivity):
-                body = command.input.model_dump(mode="json")
+                body = activity_trace.attach(command.input.model_dump(mode="json"), state.spec)
                 task = context.call_activity_with_retry(command.name.value, _RETRY, body)
                 waiting.append((task, "activity", command.id))
             elif isinstance(command, machine.WaitForEvent):

@@ -124,7 +124,15 @@ class Settings(BaseSettings):
         "outbound steps may reach them. Off in Azure, where those are the platform's own services.",
     )
     QP_ENVIRONMENT: Literal["local", "dev", "prod"] = "local"
-    APPLICATIONINSIGHTS_CONNECTION_STRING: str | None = None
+    APPLICATIONINSIGHTS_CONNECTION_STRING: str | None = Field(
+        default=None,
+        description="Application Insights: when set, traces, metrics and the app's logs go there (OpenTelemetry).",
+    )
+    QP_TELEMETRY_FILE: str | None = Field(
+        default=None,
+        description="Local runs: append spans and metrics as JSON lines to this file when no connection string is "
+        "set (`python -m devhost trace <execution>` prints one execution's trace from it).",
+    )
 
     QP_AUTH_METADATA_URL: str = Field(
         default="",

@@ -1,9 +1,9 @@
 # intent_ref: platform.telemetry
-"""Telemetry events: one log line each, a fixed prefix then compact JSON, which the alerts and the workbook parse.
+"""Telemetry events: each one counts in the platform's meters, marks the current span, and logs one line.
 
-A log record's `extra` does not reach Application Insights' `customDimensions` from the Functions Python worker
-without extra packages, but its message does reach `traces.message`; the queries in `bicep/monitoring/` read
-`parse_json(substring(message, strlen(PREFIX)))` of the lines that start with PREFIX.
+The meters (shared.observability.metrics) are what the alerts and the workbook query; the span event puts the
+outcome on the execution's trace; the log line (a fixed prefix, then compact JSON) is for reading a log stream and
+for the triage runbook's searches.
 """
 
 from __future__ import annotations
@@ -13,11 +13,17 @@ import logging
 from typing import Final
 from uuid import UUID
 
+from opentelemetry import trace
+
+from shared.observability import metrics
+
 PREFIX: Final = "qp.telemetry "
 """Every telemetry line starts with this; nothing else the platform logs does."""
 
 EVENTS: Final = frozenset(
     {
+        "execution.started",
+        "execution.stalled",
         "execution.completed",
         "execution.failed",
         "execution.cancelled",
@@ -53,5 +59,28 @@ def telemetry_line(event: str, *, tenant_id: UUID | str, **fields: FieldValue) -
 
 
 def emit(event: str, *, tenant_id: UUID | str, **fields: FieldValue) -> None:
-    """Log one telemetry event (INFO, logger `qp.telemetry`); ValueError for a name EVENTS does not declare."""
-    logger.info("%s", telemetry_line(event, tenant_id=tenant_id, **fields))
+    """Count one telemetry event, add it to the current span, log its line (INFO, logger `qp.telemetry`);
+    ValueError for a name EVENTS does not declare."""
+    line = telemetry_line(event, tenant_id=tenant_id, **fields)
+    _count(event, tenant_id, fields)
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.add_event(event, {k: str(v) if isinstance(v, UUID) else v for k, v in fields.items() if v is not None})
+    logger.info("%s", line)
+
+
+def _count(event: str, tenant_id: UUID | str, fields: dict[str, FieldValue]) -> None:
+    duration_ms = fields.get("duration_ms")
+    duration_s = duration_ms / 1000 if isinstance(duration_ms, int | float) else None
+    intent_id = fields.get("intent_id")
+    if event == "execution.started":
+        metrics.execution_started(tenant_id, intent_id)
+    elif event == "execution.stalled":
+        metrics.execution_stalled(tenant_id, intent_id)
+    elif event.startswith("execution."):
+        metrics.execution_ended(tenant_id, intent_id, str(fields.get("status")), duration_s)
+    elif event.startswith("step."):
+        outcome = "succeeded" if event == "step.completed" else "failed"
+        metrics.step_ended(tenant_id, str(fields.get("action")), outcome, duration_s)
+    elif event == "ingress.rejected":
+        metrics.ingress_rejected(tenant_id, str(fields.get("reason")))

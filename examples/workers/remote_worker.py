@@ -40,7 +40,8 @@ Module.Worker app role (nothing else: it cannot read intents, executions or anot
 It makes up a plausible output (nothing is built, pushed or deployed). What a real worker must do, shown here:
 key every side effect on the item's `idempotency_key` (a step can be delivered again after a lease expired),
 heartbeat while it works (a heartbeat that answers `cancelled` means stop: the execution was cancelled), and say
-whether a failure is worth another attempt (`retryable`).
+whether a failure is worth another attempt (`retryable`), and send the item's `traceparent` as a header of its
+heartbeats and its result, so that the worker's part shows in the execution's trace.
 
 Tokens: `--token` (or $QP_TOKEN) as given; `--devhost-tenant NAME` mints one from the local devhost's dev
 identity (`python -m devhost token ... --roles Module.Worker --app-only`) and again when it expires; in Azure,
@@ -153,13 +154,17 @@ class Api:
     tokens: TokenSource
     stop: threading.Event = field(default_factory=threading.Event)
 
-    def post(self, url: str, body: dict[str, Any], *, timeout: float = 30.0) -> httpx.Response:
+    def post(
+        self, url: str, body: dict[str, Any], *, timeout: float = 30.0, traceparent: str | None = None
+    ) -> httpx.Response:
+        """POST with the worker's token; `traceparent` (an item's) puts the call into its execution's trace."""
         response: httpx.Response | None = None
         for attempt in range(1, _POST_ATTEMPTS + 1):
+            headers = {"Authorization": f"Bearer {self.tokens.get()}"}
+            if traceparent:
+                headers["traceparent"] = traceparent
             try:
-                response = self.client.post(
-                    url, json=body, timeout=timeout, headers={"Authorization": f"Bearer {self.tokens.get()}"}
-                )
+                response = self.client.post(url, json=body, timeout=timeout, headers=headers)
             except httpx.TransportError as exc:
                 logger.warning("POST %s failed (%s); attempt %d of %d", url, exc, attempt, _POST_ATTEMPTS)
             else:
@@ -220,7 +225,7 @@ class Heartbeats:
         body: dict[str, Any] = {"lease_id": self._item["lease_id"], "extend_s": self._lease_s}
         if progress:
             body["progress"] = progress
-        response = self._api.post(self._item["heartbeat_url"], body)
+        response = self._api.post(self._item["heartbeat_url"], body, traceparent=self._item.get("traceparent"))
         if response.status_code == 200 and response.json().get("state") == "cancelled":
             logger.info("%s: cancelled by the platform; stopping", self._item["idempotency_key"])
             self.cancelled.set()
@@ -270,7 +275,7 @@ def handle_item(item: dict[str, Any], api: Api, options: argparse.Namespace) -> 
 
 def _report(api: Api, url: str, item: dict[str, Any], body: dict[str, Any], done: str = "failed") -> str:
     """POST a result with the item's task token; 401/403/404/409/422 are final (logged, not fatal)."""
-    response = api.post(url, {"task_token": item["task_token"], **body})
+    response = api.post(url, {"task_token": item["task_token"], **body}, traceparent=item.get("traceparent"))
     if response.status_code == 200:
         logger.info("%s -> %s", done, response.json().get("state"))
         return done

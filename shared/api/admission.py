@@ -15,6 +15,7 @@ import anyio.to_thread
 
 from shared.api.problems import ProblemError
 from shared.config import Settings, get_settings
+from shared.observability import metrics
 
 QUEUE_WAIT_S = 0.5
 """How long a thread over its tenant's bound waits for a permit (`admit`, tests and sync callers)."""
@@ -167,7 +168,7 @@ class Admission:
         """
         gate = self.gate(tenant_id)
         if not gate.enter(self.wait_s):
-            raise tenant_busy(self.limit)
+            raise tenant_busy(tenant_id, self.limit)
         return Permit(gate, self.wait_s)
 
     async def admit_waiting(self, tenant_id: UUID) -> Permit:
@@ -177,7 +178,7 @@ class Admission:
         if gate.try_enter():
             return Permit(gate, self.wait_s)
         if not gate.join_queue():
-            raise tenant_busy(self.limit)
+            raise tenant_busy(tenant_id, self.limit)
         try:
             deadline = time.monotonic() + self.queue_wait_s
             pause = _ASYNC_FIRST_POLL_S
@@ -185,7 +186,7 @@ class Admission:
             # less than a thread-to-loop wake-up per release would under a burst.
             while not gate.try_enter():
                 if time.monotonic() >= deadline:
-                    raise tenant_busy(self.limit)
+                    raise tenant_busy(tenant_id, self.limit)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, _ASYNC_POLL_S)
             return Permit(gate, self.wait_s)
@@ -193,9 +194,10 @@ class Admission:
             gate.leave_queue()
 
 
-def tenant_busy(limit: int) -> ProblemError:
+def tenant_busy(tenant_id: UUID, limit: int) -> ProblemError:
     """The answer to a request over its tenant's in-flight bound: 429, like the request rate (ADR 0029). The
     service is up and serving other tenants; this client is asked to slow down, so it is no server error."""
+    metrics.request_refused(tenant_id, "tenant-busy")
     return ProblemError(
         429,
         "tenant-busy",

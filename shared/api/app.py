@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from shared.api import health
 from shared.api.accepted_input import AcceptedInputMiddleware
@@ -27,6 +28,7 @@ from shared.api.routers import (
     work,
 )
 from shared.config import get_settings
+from shared.observability.setup import telemetry_mode
 
 API_TITLE = "Quantum Platform API"
 API_VERSION = "1.0.0"
@@ -61,4 +63,7 @@ def create_app() -> FastAPI:
     app.add_middleware(AcceptedInputMiddleware)  # innermost: a body over the limit is 413 before parsing
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.QP_MAX_BODY_BYTES)
     app.add_middleware(RequestIdMiddleware)
+    if telemetry_mode() != "off":
+        # Outermost, so the request's span covers everything, a refusal by the middlewares included.
+        FastAPIInstrumentor.instrument_app(app, excluded_urls="api/health,api/ready", exclude_spans=["receive", "send"])
     return app

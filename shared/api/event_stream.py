@@ -19,6 +19,7 @@ from shared.api.problems import ProblemError
 from shared.api.security import RequestContext
 from shared.engine.event_wakeup import get_event_wakeup
 from shared.engine.executions import Execution, ExecutionEvent
+from shared.observability import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +182,7 @@ def admit_stream(tenant_id: UUID, limit: int) -> None:
     """Refuse a stream over the tenant's bound of open streams here (429 `too-many-streams`): a tenant's streams
     are cheap, not free, and one tenant may not take every socket of an instance."""
     if _OPEN.get(tenant_id, 0) >= limit:
+        metrics.request_refused(tenant_id, "too-many-streams")
         raise ProblemError(
             429,
             "too-many-streams",
@@ -221,6 +223,7 @@ async def follow(
         context.permit.release()  # the feed reads under the tenant's bound; a stream itself holds nothing
     # Counted from the body's start: a stream whose client left before it began never ran and holds nothing.
     _OPEN[tenant_id] = _OPEN.get(tenant_id, 0) + 1
+    metrics.event_stream_opened(tenant_id)
     feed = feed_for(tenant_id, execution_id, read, render, page)
     try:
         yield f"retry: {RECONNECT_MS}\n\n".encode()
@@ -239,5 +242,6 @@ async def follow(
     finally:
         feed.leave()
         _OPEN[tenant_id] -= 1
+        metrics.event_stream_opened(tenant_id, -1)
         if not _OPEN[tenant_id]:
             del _OPEN[tenant_id]

@@ -12,6 +12,7 @@ from typing import Any
 from uuid import UUID
 
 from fastapi import Depends, Request
+from opentelemetry import trace
 from starlette.concurrency import run_in_threadpool
 
 from shared.api.admission import Permit, get_admission, size_worker_threads
@@ -28,6 +29,8 @@ from shared.auth.tokens import (
 )
 from shared.auth.validator import get_token_validator
 from shared.db.session import platform_transaction
+from shared.observability import metrics
+from shared.observability.tracing import TENANT_ID
 from shared.policy.authorizer import Decision, Resource, TenantFacts
 from shared.policy.decisions import decide, record_decision
 from shared.ratelimit import limit_for, take_tenant_token
@@ -126,6 +129,7 @@ async def authenticated(
             take_tenant_token, tenant.id, limit_for(tenant.quotas.model_dump(exclude_none=True))
         )
         if not verdict.allowed:
+            metrics.request_refused(tenant.id, "rate-limited")
             retry_after = max(1, math.ceil(verdict.retry_after_s))
             raise ProblemError(
                 429,
@@ -134,6 +138,7 @@ async def authenticated(
                 f"This tenant is over its request rate; retry in {retry_after} s.",
                 headers={"Retry-After": str(retry_after)},
             )
+        trace.get_current_span().set_attribute(TENANT_ID, str(tenant.id))
         context = replace(identity, permit=permit)
         request.state.context = context
         yield context

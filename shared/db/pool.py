@@ -118,6 +118,18 @@ def get_control_pool() -> ConnectionPool[psycopg.Connection[DictRow]]:
     return _shared("control", lambda settings: build_control_pool(settings.QP_DATABASE_CONTROL_URL, settings))
 
 
+def pool_usage() -> list[tuple[str, int, int]]:
+    """Each shared pool's name, connections in use and maximum size (for the pool saturation gauge)."""
+    with _lock:
+        pools = list(_pools.values())
+    usage = []
+    for pool in pools:
+        stats = pool.get_stats()
+        in_use = stats.get("pool_size", 0) - stats.get("pool_available", 0)
+        usage.append((pool.name, in_use, pool.max_size))
+    return usage
+
+
 def close_pool() -> None:
     """Close both shared pools (tests and host shutdown)."""
     with _lock:

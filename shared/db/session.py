@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
@@ -19,6 +20,7 @@ from psycopg_pool import ConnectionPool
 from shared.config import SettingsError, get_settings
 from shared.db.pool import get_control_pool, get_pool
 from shared.db.roles import PLATFORM_ROLE, RUNTIME_ROLE
+from shared.observability import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +99,9 @@ def _borrow(pool: ConnectionPool[Any]) -> Iterator[tuple[psycopg.Connection[Any]
     hold = _Hold(pool)
     _holds.set((*_holds.get(), hold))
     try:
+        asked = time.perf_counter()
         with pool.connection() as conn:
+            metrics.pool_wait(pool.name, time.perf_counter() - asked)
             hold.conn = conn
             try:
                 yield conn, hold

@@ -307,6 +307,9 @@ class Spec(_Model):
     definition: Definition
     inputs: dict[str, Json] = Field(default_factory=dict)
     plans: dict[str, StepPlan] = Field(default_factory=dict)
+    intent_id: str | None = None
+    intent_version: int | None = None
+    traceparent: str | None = None  # the trace every activity of the execution continues (W3C)
 
     @functools.cached_property
     def steps(self) -> dict[str, Step]:
@@ -1080,6 +1083,9 @@ def begin(request: dict[str, Json], now: datetime) -> tuple[State, list[Command]
             definition=definition,
             inputs=dict(request.get("inputs") or {}),
             plans={key: StepPlan.model_validate(value) for key, value in (request.get("plan") or {}).items()},
+            intent_id=_optional_str(request.get("intent_id")),
+            intent_version=_optional_int(request.get("intent_version")),
+            traceparent=_optional_str(request.get("traceparent")),
         )
         reused = dict(request.get("reused") or {})
         state = State(
@@ -1197,6 +1203,14 @@ def _verdict(data: Json) -> Verdict:
         retryable=bool(value.get("retryable", True)),
         state=value.get("state"),
     )
+
+
+def _optional_str(value: Json) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _optional_int(value: Json) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _object(value: Json) -> dict[str, Json]:

@@ -20,6 +20,7 @@ from shared.engine.protocol import MODULE_WORK_HUB, WorkItem
 from shared.engine.start import StartError, StartRequest, rebuild_input, start_execution
 from shared.engine.steps import AttemptKey
 from shared.events.publisher import OutboundEvent, get_publisher
+from shared.observability.tracing import with_traceparent
 from shared.registry.catalog import IntentRunParams
 from shared.registry.repository import find_head
 from shared.tenants.repository import get_tenant
@@ -97,7 +98,8 @@ def _publish(items: list[WorkItem]) -> None:
                 # Keyed by attempt, not tenant (ADR 0026): a slow item holds up only what shares its partition, and
                 # copies of one attempt still meet in one partition, where the worker's claim sorts them out.
                 partition_key=f"{item.execution_id}:{item.step_id}:{item.phase}:{item.attempt}",
-                properties={"type": "step.work", "action": item.action},
+                # The dispatch's trace context rides along as the Azure SDKs carry it: the worker continues it.
+                properties=with_traceparent({"type": "step.work", "action": item.action}),
             )
             for item in items
         ],

@@ -7,11 +7,14 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+from opentelemetry import trace
+
 from shared.db.session import tenant_transaction
 from shared.engine import steps as store
 from shared.engine import task_tokens, work_queue
 from shared.engine.payloads import claim_check
 from shared.engine.steps import Attempt, AttemptKey
+from shared.observability.tracing import execution_attributes
 from shared.tenants.repository import get_tenant
 
 
@@ -83,6 +86,12 @@ def complete(
     result in one transaction; returns the attempt and the verdict to raise. The token's tenant is the only tenant
     touched, and nothing is written for a token that does not verify."""
     claims = _verified(token, execution_id, step_id, phase)
+    key = claims.key
+    trace.get_current_span().set_attributes(
+        execution_attributes(
+            tenant_id=claims.tenant_id, execution_id=key.execution_id, step_id=key.step_id, attempt=key.attempt
+        )
+    )
     # Stored between the two transactions so no connection waits on the blob store. A blob of a request that then
     # loses the spend is content-addressed, so it can never replace the winner's output.
     output = claim_check(claims.tenant_id, claims.key, result.output) if result.ok else None

@@ -13,10 +13,13 @@ from uuid import UUID, uuid4
 import psycopg
 from psycopg.rows import DictRow
 
+from shared import telemetry
 from shared.config import get_settings
 from shared.engine import executions as repo
 from shared.engine.protocol import ORCHESTRATOR_ACTIONS, StepPlan
 from shared.engine.steps import StepSeed, list_steps, seed_steps
+from shared.observability import metrics
+from shared.observability.tracing import TRACEPARENT, current_traceparent
 from shared.policy.facts import TenantFacts
 from shared.policy.gates import GateViolation, check_gates
 from shared.registry import service as registry
@@ -243,21 +246,28 @@ def runnable(
 
 
 def orchestration_input(
-    tenant_id: UUID, execution_id: UUID, run: Runnable, reused: Mapping[str, Any]
+    tenant_id: UUID, execution: repo.Execution, run: Runnable, reused: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """The orchestrator's input: the expanded definition, resolved inputs, per-step plan and reused outputs."""
+    """The orchestrator's input: the expanded definition, resolved inputs, per-step plan and reused outputs, and the
+    trace the execution's spans continue (the starting request's, when it is traced)."""
     definition = {
         "target": run.definition.target,
         "steps": [step.model_dump(mode="json", exclude_none=True) for step in run.steps],
     }
-    return {
-        "execution_id": str(execution_id),
+    start: dict[str, Any] = {
+        "execution_id": str(execution.id),
         "tenant_id": str(tenant_id),
+        "intent_id": str(execution.intent_id),
+        "intent_version": execution.intent_version,
         "definition": definition,
         "inputs": run.inputs,
         "plan": {key: plan.model_dump() for key, plan in run.plan.items()},
         "reused": dict(reused),
     }
+    traceparent = current_traceparent()
+    if traceparent is not None:
+        start[TRACEPARENT] = traceparent
+    return start
 
 
 def concurrent_limit(quotas: TenantQuotas) -> int:
@@ -299,6 +309,7 @@ def start_execution(
         raise PlanChangedError(request.plan_hash, run.plan_hash)
     conn.execute(_QUOTA_LOCK)
     if active_executions(conn) >= max_concurrent:
+        metrics.request_refused(tenant.id, "execution-quota")
         raise QuotaExceededError(max_concurrent)
     execution, created = repo.create_execution(
         conn,
@@ -331,7 +342,14 @@ def start_execution(
             for step in run.steps
         ],
     )
-    return Started(execution, True, orchestration_input(tenant.id, execution.id, run, request.reused))
+    telemetry.emit(
+        "execution.started",
+        tenant_id=tenant.id,
+        execution_id=execution.id,
+        intent_id=execution.intent_id,
+        intent_version=execution.intent_version,
+    )
+    return Started(execution, True, orchestration_input(tenant.id, execution, run, request.reused))
 
 
 STALE_START_S = 30.0
@@ -360,4 +378,4 @@ def rebuild_input(conn: Conn, tenant: TenantFacts, execution: repo.Execution) ->
     item = registry.get(conn, "intent", execution.intent_id)
     run = runnable(conn, tenant, item, execution.intent_version, execution.input)
     reused = {row["step_id"]: row["output"] for row in list_steps(conn, execution.id) if row["reused"]}
-    return orchestration_input(tenant.id, execution.id, run, reused)
+    return orchestration_input(tenant.id, execution, run, reused)

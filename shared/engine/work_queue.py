@@ -16,6 +16,8 @@ from psycopg.types.json import Jsonb
 from shared.engine import steps as store
 from shared.engine import task_tokens
 from shared.engine.steps import Attempt, AttemptKey, Conn
+from shared.observability import metrics
+from shared.observability.tracing import current_traceparent
 
 QueueStatus = Literal["queued", "leased", "expired"]
 LEASE_EXPIRED_ERROR = "the worker's lease expired: it stopped heartbeating before reporting a result"
@@ -25,7 +27,7 @@ CANCELLED_LEASED = "cancelled: the worker was told on its heartbeat"
 _COLUMNS = {
     "cols": sql.SQL(
         "w.id, w.execution_id, w.step_id, w.phase, w.attempt, w.action, w.params, w.enqueued_at, w.deadline,"
-        " w.lease_id, w.leased_by, w.leased_at, w.lease_expires_at, w.heartbeat_at, w.progress"
+        " w.lease_id, w.leased_by, w.leased_at, w.lease_expires_at, w.heartbeat_at, w.progress, w.traceparent"
     ),
     # An item is open while its attempt has no result: any other end (timeout, cancel) takes it off the queue.
     "open": sql.SQL(
@@ -40,8 +42,9 @@ def _query(text: str) -> sql.Composed:
 
 
 _ENQUEUE = (
-    "INSERT INTO app.work_items (tenant_id, execution_id, step_id, phase, attempt, action, params, deadline)"
-    " VALUES (app.current_tenant_id(), %s, %s, %s, %s, %s, %s, clock_timestamp() + make_interval(secs => %s))"
+    "INSERT INTO app.work_items"
+    " (tenant_id, execution_id, step_id, phase, attempt, action, params, deadline, traceparent)"
+    " VALUES (app.current_tenant_id(), %s, %s, %s, %s, %s, %s, clock_timestamp() + make_interval(secs => %s), %s)"
     " ON CONFLICT DO NOTHING"
 )
 # Oldest first; SKIP LOCKED so that two workers polling at once never get the same item, and neither waits.
@@ -114,6 +117,7 @@ class QueuedItem:
     lease_expires_at: datetime | None
     heartbeat_at: datetime | None
     progress: dict[str, Any] | None
+    traceparent: str | None = None
 
     def status(self, now: datetime) -> QueueStatus:
         if self.lease_id is None:
@@ -150,14 +154,15 @@ def _item(row: dict[str, Any]) -> QueuedItem:
         lease_expires_at=row["lease_expires_at"],
         heartbeat_at=row["heartbeat_at"],
         progress=row["progress"],
+        traceparent=row.get("traceparent"),
     )
 
 
 def enqueue(conn: Conn, key: AttemptKey, *, action: str, params: dict[str, Any], timeout_s: int) -> None:
-    """Queue a remote attempt for the tenant's workers (once: a re-executed dispatch adds nothing)."""
-    conn.execute(
-        _ENQUEUE, (key.execution_id, key.step_id, key.phase, key.attempt, action, Jsonb(params), max(1, timeout_s))
-    )
+    """Queue a remote attempt for the tenant's workers (once: a re-executed dispatch adds nothing), with the trace
+    context of the dispatch, which the worker continues."""
+    params_row = (key.execution_id, key.step_id, key.phase, key.attempt, action, Jsonb(params), max(1, timeout_s))
+    conn.execute(_ENQUEUE, (*params_row, current_traceparent()))
 
 
 def lease(
@@ -172,6 +177,8 @@ def lease(
     leases: list[Lease] = []
     for row in rows:
         item = _item(row)
+        if item.leased_at is not None:
+            metrics.work_queue_lag(tenant_id, item.action, (item.leased_at - item.enqueued_at).total_seconds())
         token = task_tokens.issue(conn, tenant_id, item.key, 0, nonce=str(item.lease_id), expires_at=item.deadline)
         key = item.key
         conn.execute(

@@ -13,6 +13,7 @@ raised as soon as it is recorded, so one slow item holds up no other.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import os
@@ -20,11 +21,12 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from shared.db.session import tenant_transaction
@@ -33,6 +35,7 @@ from shared.engine.payloads import claim_check
 from shared.engine.protocol import EventRaiser, WorkItem
 from shared.engine.steps import AttemptKey, Claim
 from shared.modules import BUILTIN_MODULES, Module, ModuleContext, StepFailed, run_module
+from shared.observability.tracing import continued_span, execution_attributes
 from shared.tenants.repository import tenant_settings
 
 logger = logging.getLogger(__name__)
@@ -194,8 +197,9 @@ async def _run_claimed(
         attempt=item.attempt,
         tenant_settings=settings,
     )
+    # In the current context, so that what the module does (an HTTP call, say) shows in the execution's trace.
     run = asyncio.get_running_loop().run_in_executor(
-        _module_threads(), _run_module, item, key, ctx, modules, deadline, started
+        _module_threads(), contextvars.copy_context().run, _run_module, item, key, ctx, modules, deadline, started
     )
     try:
         while True:
@@ -254,24 +258,48 @@ def _record(item: WorkItem, key: AttemptKey, result: dict[str, Any]) -> Outcome:
 
 
 async def process_batch(
-    bodies: Iterable[bytes | str], client: EventRaiser, modules: Mapping[str, Module[Any]] = BUILTIN_MODULES
+    bodies: Iterable[bytes | str],
+    client: EventRaiser,
+    modules: Mapping[str, Module[Any]] = BUILTIN_MODULES,
+    traceparents: Sequence[str | None] = (),
 ) -> int:
     """Run a batch's built-in items concurrently, raising each verdict once it is recorded; returns how many were
     raised.
 
     Remote items are left to their tenant's workers; copies of one attempt in the batch run once. If any item could
     not be recorded or its verdict not raised, the batch fails after the others were raised, so a redelivery (or
-    the step's timeout) brings the recorded verdict through.
+    the step's timeout) brings the recorded verdict through. `traceparents` (by position) are the events' trace
+    contexts: each item's work continues its dispatch's trace.
     """
-    items: dict[tuple[Any, ...], WorkItem] = {}
-    for item in parse_items(bodies):
-        if not item.remote:
-            items.setdefault((item.tenant_id, item.execution_id, item.step_id, item.phase, item.attempt), item)
-    results = await asyncio.gather(*(_handle(item, client, modules) for item in items.values()), return_exceptions=True)
+    items: dict[tuple[Any, ...], tuple[WorkItem, str | None]] = {}
+    for index, body in enumerate(bodies):
+        parent = traceparents[index] if index < len(traceparents) else None
+        for item in parse_items([body]):
+            if not item.remote:
+                key = (item.tenant_id, item.execution_id, item.step_id, item.phase, item.attempt)
+                items.setdefault(key, (item, parent))
+    results = await asyncio.gather(
+        *(_traced_handle(item, parent, client, modules) for item, parent in items.values()), return_exceptions=True
+    )
     failures = [result for result in results if isinstance(result, BaseException)]
     if failures:
         raise RuntimeError(f"{len(failures)} of {len(items)} work items did not complete") from failures[0]
     return sum(1 for result in results if result is True)
+
+
+async def _traced_handle(
+    item: WorkItem, traceparent: str | None, client: EventRaiser, modules: Mapping[str, Module[Any]]
+) -> bool:
+    """`_handle` inside a span of the item's execution trace (a consumer of its `module-work` event)."""
+    attributes = execution_attributes(
+        tenant_id=item.tenant_id,
+        execution_id=item.execution_id,
+        step_id=item.step_id,
+        attempt=item.attempt,
+        action=item.action,
+    )
+    with continued_span(f"module {item.action}", traceparent, attributes, kind=SpanKind.CONSUMER):
+        return await _handle(item, client, modules)
 
 
 async def _handle(item: WorkItem, client: EventRaiser, modules: Mapping[str, Module[Any]]) -> bool:

@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+from opentelemetry.trace import SpanKind
+
 from shared import telemetry
 from shared.accepted_json import NotAcceptedJSONError, accepted
 from shared.auth.tokens import InvalidTokenError, SigningKeysUnavailableError, TokenValidator
@@ -29,6 +31,7 @@ from shared.ingress.rejecting import Rejected, invalid_body, not_accepted, refus
 from shared.ingress.rejections import NewRejection, record_rejection
 from shared.ingress.request import IngressEvent, IntentRequest
 from shared.ingress.verify import Sender, StaleEventError, check_fresh, sender, verify_token
+from shared.observability.tracing import TRACEPARENT, continued_span
 from shared.policy.authorizer import Decision, Resource
 from shared.policy.decisions import decide
 
@@ -144,8 +147,16 @@ async def process_batch(
     outcomes: list[Outcome] = []
     failures: list[BaseException] = []
     for event in events:
+        traceparent = event.properties.get(TRACEPARENT)
         try:
-            outcomes.append(await process_event(event, client, checker))
+            # The producer's trace, when it sent one: the execution this event starts continues it.
+            with continued_span(
+                "intent-requests process",
+                traceparent if isinstance(traceparent, str) else None,
+                {"messaging.message.id": event.event_id},
+                kind=SpanKind.CONSUMER,
+            ):
+                outcomes.append(await process_event(event, client, checker))
         except Exception as exc:  # one event's outage must not keep the batch's other requests back
             logger.error("intent-requests: event %s failed and will be retried: %s", event.event_id, exc)
             failures.append(exc)

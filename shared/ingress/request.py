@@ -13,6 +13,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.engine.start import Conn, StartRequest
+from shared.events.trigger import batch_properties
 from shared.idempotency import IdempotencyKey, key_problem
 from shared.registry import service as registry
 
@@ -127,12 +128,10 @@ class TriggerEvent(Protocol):
 def from_trigger(events: Sequence[TriggerEvent]) -> list[IngressEvent]:
     """The events of a `cardinality many` batch with their application properties and partition."""
     metadata = (events[0].metadata or {}) if events else {}
-    properties = metadata.get("PropertiesArray") or []
     context = metadata.get("PartitionContext") or {}
     partition = str(context.get("PartitionId", "")) if isinstance(context, Mapping) else ""
     out = []
-    for index, event in enumerate(events):
-        props = properties[index] if index < len(properties) and isinstance(properties[index], Mapping) else {}
+    for event, props in zip(events, batch_properties(events), strict=True):
         out.append(
             IngressEvent(
                 body=event.get_body(),

@@ -86,6 +86,11 @@ class LeasedItem(BaseModel):
     complete_url: str
     fail_url: str
     heartbeat_url: str
+    traceparent: str | None = Field(
+        None,
+        description="The execution's trace (W3C): send it as the `traceparent` header of the heartbeats and of the "
+        "completion, so the worker's part shows in the execution's trace.",
+    )
 
 
 class LeaseAnswer(BaseModel):
@@ -112,6 +117,7 @@ class LeaseAnswer(BaseModel):
                             "complete_url": f"/api/v1/executions/{_EXAMPLE_EXECUTION}/steps/build/complete",
                             "fail_url": f"/api/v1/executions/{_EXAMPLE_EXECUTION}/steps/build/fail",
                             "heartbeat_url": f"/api/v1/work/{_EXAMPLE_ID}/heartbeat",
+                            "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
                         }
                     ]
                 }
@@ -215,6 +221,7 @@ def _leased(lease: work_queue.Lease) -> LeasedItem:
         complete_url=f"{path}{suffix}/complete",
         fail_url=f"{path}{suffix}/fail",
         heartbeat_url=f"/api/v1/work/{item.id}/heartbeat",
+        traceparent=item.traceparent,
     )
 
 

@@ -1,0 +1,120 @@
+# intent_ref: platform.telemetry
+"""Start OpenTelemetry once per process: the Azure Monitor distro when a connection string is set, else a local file.
+
+Nothing here is on a request's path once started: spans and metrics leave through batching processors on threads
+of their own, so an exporter that is down costs a request nothing (its batches are dropped or kept on disk by the
+distro), and a process without either setting keeps OpenTelemetry's no-op API.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import IO, Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, MetricsData, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+SERVICE_NAME = "quantum-platform"
+"""The `service.name` resource attribute: the cloud role name Application Insights shows."""
+
+_lock = threading.Lock()
+_mode: str | None = None
+
+logger = logging.getLogger(__name__)
+
+
+def configure_telemetry(connection_string: str | None, telemetry_file: str | None) -> str:
+    """Start exporting once per process; answers how ("azure-monitor", "file" or "off"). Later calls change nothing."""
+    global _mode
+    with _lock:
+        if _mode is not None:
+            return _mode
+        resource = Resource.create({"service.name": SERVICE_NAME})
+        if connection_string:
+            _start_azure_monitor(connection_string, resource)
+            _mode = "azure-monitor"
+        elif telemetry_file:
+            _start_file(Path(telemetry_file), resource)
+            _mode = "file"
+        else:
+            _mode = "off"
+            return _mode
+        _instrument_libraries()
+        return _mode
+
+
+def start_telemetry() -> str:
+    """Start exporting as the app settings say, and report the database pools' use; answers how (see above)."""
+    from shared.config import get_settings
+    from shared.db.pool import pool_usage
+    from shared.observability import metrics
+
+    settings = get_settings()
+    mode = configure_telemetry(settings.APPLICATIONINSIGHTS_CONNECTION_STRING, settings.QP_TELEMETRY_FILE)
+    if mode != "off":
+        metrics.observe_pools(pool_usage)
+    return mode
+
+
+def telemetry_mode() -> str:
+    """How this process exports ("off" until configured)."""
+    return _mode or "off"
+
+
+def _start_azure_monitor(connection_string: str, resource: Resource) -> None:
+    from azure.monitor.opentelemetry import configure_azure_monitor
+
+    configure_azure_monitor(
+        connection_string=connection_string,
+        resource=resource,
+        # Every span is kept: alerts count metrics, but a failed execution's trace must be there to open.
+        sampling_ratio=1.0,
+        # The app's own loggers only; the SDKs' chatter stays in the host's log stream.
+        logger_name="qp",
+        instrumentation_options={
+            # FastAPI is instrumented on the app itself (shared.api.app), psycopg 3 below; the rest is not used.
+            "fastapi": {"enabled": False},
+            "django": {"enabled": False},
+            "flask": {"enabled": False},
+            "psycopg2": {"enabled": False},
+            "requests": {"enabled": False},
+            "urllib": {"enabled": False},
+            "urllib3": {"enabled": False},
+        },
+    )
+
+
+def _start_file(path: Path, resource: Resource) -> None:
+    """Spans and metrics as JSON lines appended to `path` (local runs: `python -m devhost trace` reads it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out: IO[str] = path.open("a", encoding="utf-8", buffering=1)
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=out, formatter=_span_line)))
+    trace.set_tracer_provider(provider)
+    reader = PeriodicExportingMetricReader(ConsoleMetricExporter(out=out, formatter=_metrics_line))
+    metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=[reader]))
+
+
+def _span_line(span: ReadableSpan) -> str:
+    return '{"span":' + str(span.to_json(indent=None)) + "}\n"
+
+
+def _metrics_line(data: MetricsData) -> str:
+    return '{"metrics":' + data.to_json(indent=None) + "}\n"
+
+
+def _instrument_libraries() -> None:
+    """Database statements and outbound HTTP calls become dependency spans (httpx: the distro does it in Azure)."""
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
+
+    PsycopgInstrumentor().instrument(enable_commenter=False, skip_dep_check=True)
+    httpx_instrumentor: Any = HTTPXClientInstrumentor()
+    if not httpx_instrumentor.is_instrumented_by_opentelemetry:
+        httpx_instrumentor.instrument()
