@@ -1,0 +1,208 @@
+# intent_ref: platform.telemetry
+"""Telemetry through the Azure Monitor distro, captured by a local server that speaks the ingestion endpoint of a
+connection string: one operation id from the request that starts an execution to its last step (a module step and a
+remote step), the dimensions on the spans, the platform's metrics, and requests that still succeed with the
+endpoint down."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+
+from devhost.child import PROJECT_ROOT
+from devhost.services import free_port
+from tests.e2e.conftest import DevhostFactory
+from tests.e2e.test_remote_worker_e2e import Tenant, worker_running
+
+pytestmark = pytest.mark.e2e
+
+MODULE_AND_REMOTE = {
+    "name": "traced",
+    "definition": {
+        "target": "staging",
+        "steps": [
+            {"id": "note", "action": "artifact.write", "name": "note.json", "content": {"traced": True}},
+            {
+                "id": "build",
+                "action": "build-docker-image",
+                "image": "myapp:latest",
+                "context": "./app",
+                "depends_on": ["note"],
+            },
+        ],
+    },
+}
+
+
+class Ingestion:
+    """An HTTP server that accepts what the exporter posts to `{IngestionEndpoint}/v2.1/track` and keeps it."""
+
+    def __init__(self) -> None:
+        self.envelopes: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        captured = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802  # the handler's protocol names it so
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                text = body.decode("utf-8")
+                items = json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in text.split()]
+                with captured.lock:
+                    captured.envelopes.extend(items)
+                answer = json.dumps({"itemsReceived": len(items), "itemsAccepted": len(items), "errors": []})
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(answer.encode())
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def connection_string(self) -> str:
+        port = self.server.server_address[1]
+        return f"InstrumentationKey={uuid.uuid4()};IngestionEndpoint=http://127.0.0.1:{port}/"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def spans(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [e for e in self.envelopes if e["data"]["baseType"] in ("RequestData", "RemoteDependencyData")]
+
+    def metrics(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [e for e in self.envelopes if e["data"]["baseType"] == "MetricData"]
+
+    def wait_for(self, what: str, found: Callable[[], bool], timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if found():
+                return
+            time.sleep(0.25)
+        raise AssertionError(f"never captured {what}; names: {sorted({_name(e) for e in self.spans()})}")
+
+
+def _name(envelope: dict[str, Any]) -> str:
+    return str(envelope["data"]["baseData"].get("name"))
+
+
+def _props(envelope: dict[str, Any]) -> dict[str, Any]:
+    return dict(envelope["data"]["baseData"].get("properties") or {})
+
+
+def _operation(envelope: dict[str, Any]) -> str:
+    return str(envelope["tags"]["ai.operation.id"])
+
+
+def _metric_points(envelopes: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    """The properties of every captured data point of metric `name`."""
+    return [_props(e) for e in envelopes if any(m["name"] == name for m in e["data"]["baseData"]["metrics"])]
+
+
+@pytest.fixture
+def ingestion() -> Iterator[Ingestion]:
+    server = Ingestion()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def traced_platform(devhost_factory: DevhostFactory, ingestion: Ingestion) -> Any:
+    env = {
+        "APPLICATIONINSIGHTS_CONNECTION_STRING": ingestion.connection_string,
+        "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",  # its own endpoint is not reachable from here
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+        "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+        "QP_TASK_HUB": "TelemetryE2E",
+    }
+    return devhost_factory(app_dir=PROJECT_ROOT, env=env, extra_args=("--seed-demo",))
+
+
+def test_one_trace_from_the_request_to_the_last_step_with_dimensions_and_metrics(
+    traced_platform: Any, pg: Any, ingestion: Ingestion
+) -> None:
+    fabrikam = Tenant(traced_platform, pg, "fabrikam")
+    tenant_id = httpx.get(f"{fabrikam.base}/api/v1/me", headers=fabrikam.headers, timeout=30).json()["tenant_id"]
+    execution_id = fabrikam.start(MODULE_AND_REMOTE)
+    with worker_running(traced_platform.base_url, fabrikam.worker_token):
+        execution = fabrikam.wait_for(execution_id, lambda e: e["status"] in ("succeeded", "failed"), timeout=90)
+    assert execution["status"] == "succeeded", execution
+
+    def of_execution() -> list[dict[str, Any]]:
+        return [e for e in ingestion.spans() if _props(e).get("execution.id") == execution_id]
+
+    ingestion.wait_for(
+        "the module step, the remote completion and the execution's end",
+        lambda: {"module artifact.write", "activity record_status"} <= {_name(e) for e in of_execution()}
+        and any(_name(e).endswith("/complete") for e in of_execution()),
+    )
+    spans = ingestion.spans()
+    start = next(e for e in spans if _name(e) == "POST /api/v1/intents/{intent_id}/execute")
+    operation = _operation(start)
+    assert _props(start)["tenant.id"] == tenant_id
+    # Every span of the execution, from every process part, is in the operation of the request that started it.
+    assert {_operation(e) for e in of_execution()} == {operation}
+    in_operation = [e for e in spans if _operation(e) == operation]
+    names = {_name(e) for e in in_operation}
+    assert {"activity dispatch_steps", "module artifact.write", "activity record_status"} <= names, names
+    # The database statements of the request and of the steps are dependencies in the same operation.
+    assert any(e["data"]["baseData"].get("type") == "postgresql" for e in in_operation), names
+
+    module = next(e for e in of_execution() if _name(e) == "module artifact.write")
+    assert {k: _props(module).get(k) for k in ("tenant.id", "step.id", "step.attempt", "action")} == {
+        "tenant.id": tenant_id,
+        "step.id": "note",
+        "step.attempt": "1",
+        "action": "artifact.write",
+    }
+    complete = next(e for e in of_execution() if _name(e).endswith("/complete"))
+    assert _props(complete)["step.id"] == "build" and _props(complete)["tenant.id"] == tenant_id
+    activity = next(e for e in of_execution() if _name(e) == "activity dispatch_steps")
+    assert _props(activity)["intent.id"] and _props(activity)["intent.version"] == "1"
+
+    # The metrics, with their tenant dimensions.
+    ingestion.wait_for(
+        "the execution's metrics",
+        lambda: any(p.get("status") == "succeeded" for p in _metric_points(ingestion.metrics(), "qp.executions.ended")),
+    )
+    metrics = ingestion.metrics()
+    started = _metric_points(metrics, "qp.executions.started")
+    assert any(p.get("tenant.id") == tenant_id for p in started), started
+    ended = _metric_points(metrics, "qp.executions.ended")
+    assert any(p.get("tenant.id") == tenant_id and p.get("status") == "succeeded" for p in ended), ended
+    steps = _metric_points(metrics, "qp.step.duration")
+    assert {p.get("action") for p in steps if p.get("tenant.id") == tenant_id} >= {"artifact.write"}, steps
+    assert any(p.get("tenant.id") == tenant_id for p in _metric_points(metrics, "qp.work_queue.lag"))
+    assert _metric_points(metrics, "qp.module_work.lag")
+    assert {p.get("pool") for p in _metric_points(metrics, "qp.db.pool.wait")} >= {"quantum"}
+
+
+def test_requests_still_succeed_with_the_ingestion_endpoint_down(
+    traced_platform: Any, pg: Any, ingestion: Ingestion
+) -> None:
+    fabrikam = Tenant(traced_platform, pg, "fabrikam")
+    ingestion.stop()  # nothing listens on the connection string's endpoint any more
+    execution_id = fabrikam.start({**MODULE_AND_REMOTE, "name": "untraced"})
+    with worker_running(traced_platform.base_url, fabrikam.worker_token):
+        execution = fabrikam.wait_for(execution_id, lambda e: e["status"] in ("succeeded", "failed"), timeout=90)
+    assert execution["status"] == "succeeded", execution
+    for _ in range(20):
+        answer = httpx.get(f"{fabrikam.base}/api/v1/executions/{execution_id}", headers=fabrikam.headers, timeout=10)
+        assert answer.status_code == 200, answer.text
