@@ -150,8 +150,10 @@ def test_one_trace_from_the_request_to_the_last_step_with_dimensions_and_metrics
 
     ingestion.wait_for(
         "the module step, the remote completion and the execution's end",
-        lambda: {"module artifact.write", "activity record_status"} <= {_name(e) for e in of_execution()}
-        and any(_name(e).endswith("/complete") for e in of_execution()),
+        lambda: (
+            {"module artifact.write", "activity record_status"} <= {_name(e) for e in of_execution()}
+            and any(_name(e).endswith("/complete") for e in of_execution())
+        ),
     )
     spans = ingestion.spans()
     start = next(e for e in spans if _name(e) == "POST /api/v1/intents/{intent_id}/execute")
