@@ -23,7 +23,7 @@ from uuid import UUID
 from psycopg_pool import ConnectionPool
 
 from shared.db.session import platform_transaction, tenant_transaction
-from shared.engine import control, work_queue
+from shared.engine import control, stalls, work_queue
 from shared.engine import executions as repo
 from shared.engine import start as engine
 from shared.engine import steps as store
@@ -254,10 +254,12 @@ async def _settle_stalled_start(
 
 
 async def _settle_quiet(
-    tenant_id: UUID, execution_id: UUID, client: DurableClient, pool: ConnectionPool[Any] | None
+    tenant_id: UUID, execution_id: UUID, client: DurableClient, pool: ConnectionPool[Any] | None, stall_grace_s: float
 ) -> TenantSweep:
     cause = ended_cause(await client.get_status(str(execution_id)))
     if cause is None:
+        # Still running: record it as stalled when an attempt of it is past what its step allows.
+        await asyncio.to_thread(stalls.record_stalls, tenant_id, execution_id, grace_s=stall_grace_s, pool=pool)
         return TenantSweep(checked=1)
     ended = await _end(tenant_id, execution_id, cause, client, pool)
     if ended:
@@ -272,10 +274,11 @@ async def sweep_tenant(
     budget: int = MAX_CHECKS_PER_TENANT,
     start_grace_s: float = START_GRACE_S,
     quiet_s: float = QUIET_S,
+    stall_grace_s: float = stalls.STALL_GRACE_S,
     pool: ConnectionPool[Any] | None = None,
 ) -> TenantSweep:
-    """Start the tenant's stalled starts, then end its quiet executions whose orchestration ended; at most
-    `budget` status calls (stalled starts first: they are certainly stuck)."""
+    """Start the tenant's stalled starts, then end its quiet executions whose orchestration ended and record the
+    stalls of those still running; at most `budget` status calls (stalled starts first: they are certainly stuck)."""
     claimed = await asyncio.to_thread(
         claim_stalled_starts,
         tenant_id,
@@ -289,7 +292,7 @@ async def sweep_tenant(
         quiet = await asyncio.to_thread(
             quiet_executions, tenant_id, limit=min(left, MAX_CHECKS_PER_TENANT), quiet_s=quiet_s, pool=pool
         )
-        results += [await _settle_quiet(tenant_id, execution_id, client, pool) for execution_id in quiet]
+        results += [await _settle_quiet(tenant_id, execution_id, client, pool, stall_grace_s) for execution_id in quiet]
     return TenantSweep(
         started=sum(r.started for r in results),
         ended=sum(r.ended for r in results),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
 from collections import Counter
 from typing import Any
@@ -377,3 +378,43 @@ def test_sweeping_one_tenant_never_touches_another_tenants_executions(
     with tenant_transaction(a.id, pool=app_pool) as conn:
         row = conn.execute("SELECT count(*) AS n FROM app.executions WHERE tenant_id = %s", (b.id,)).fetchone()
     assert row == {"n": 0}
+
+
+def test_a_running_execution_past_its_steps_timeout_is_recorded_stalled_once(
+    api: ApiHarness, app_pool: ConnectionPool[Any]
+) -> None:
+    name = f"stall-{uuid.uuid4().hex[:8]}"
+    tenant_id = api.provision(
+        name, allowed_modules=["artifact.write"], quotas={"requests_per_minute": 10_000, "burst": 1_000}
+    ).id
+    step = {"action": "artifact.write", "name": "a.json", "content": {"a": 1}}
+    body = {
+        "name": f"stall-{uuid.uuid4().hex[:10]}",
+        "definition": {
+            "target": "staging",
+            "steps": [{"id": "slow", "timeout_s": 1, **step}, {"id": "fresh", "timeout_s": 600, **step}],
+        },
+    }
+    created = api.client.post("/api/v1/intents", json=body, headers=api.headers(name, AUTHOR))
+    assert created.status_code == 201, created.text
+    execution_id = _moved(app_pool, tenant_id, uuid.UUID(created.json()["id"]), ["running"], quiet=False)
+    with tenant_transaction(tenant_id, pool=app_pool) as conn:
+        for step_id in ("slow", "fresh"):
+            key = AttemptKey(execution_id, step_id, "run", 1)
+            store.begin_attempt(conn, key, action="artifact.write", remote=False)
+        conn.execute(_BACKDATE_UPDATE, (execution_id,))
+    time.sleep(1.5)  # "slow" is past its 1 s timeout now: its orchestrator's timer should have ended it
+    client = FakeDurable({execution_id: _status("Running")})
+
+    for _ in range(2):
+        asyncio.run(sweeper.sweep_tenant(tenant_id, client, pool=app_pool, stall_grace_s=0.0))
+        with tenant_transaction(tenant_id, pool=app_pool) as conn:
+            conn.execute(_BACKDATE_UPDATE, (execution_id,))  # quiet again: the next run looks at it again
+
+    with tenant_transaction(tenant_id, pool=app_pool) as conn:
+        stalled = [e for e in repo.events_after(conn, execution_id, 0, 100) if e.type == "execution_stalled"]
+        execution = repo.get_execution(conn, execution_id)
+    assert [(e.step_id, e.data["attempt"]) for e in stalled] == [("slow", 1)]  # once, and not the fresh step
+    assert "past its 1 s timeout" in stalled[0].data["reason"]
+    assert execution.status == "running"  # recorded, nothing else changed
+    assert client.asked.count(str(execution_id)) == 2

@@ -1,0 +1,121 @@
+# intent_ref: platform.telemetry
+"""Stalled executions: an orchestration that still runs while one of its attempts is past what its step allows.
+
+Every dispatched attempt ends by its own timeout at the latest (the orchestrator's timer), and every retry pause
+by its `retry_at`; an execution with an attempt overdue by more than a grace, or a retry overdue likewise, is
+making no progress and nothing in it will end that by itself. The sweeper, which already looks at quiet
+executions, records each such stall once: an `execution_stalled` event on the execution's stream, the
+`qp.executions.stalled` metric, and a span event in the execution's trace. It changes nothing else: a stall is for
+an operator to look at (docs/operations.md says what to do).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from psycopg_pool import ConnectionPool
+
+from shared import telemetry
+from shared.db.session import tenant_transaction
+from shared.engine import executions as repo
+from shared.engine import start as engine
+from shared.engine.steps import Conn
+from shared.observability.tracing import continued_span, execution_attributes
+from shared.registry.service import RegistryError
+from shared.tenants.repository import get_tenant
+
+STALL_GRACE_S = 120.0
+"""How far past its deadline an attempt (or a retry) must be before the execution counts as stalled: the
+orchestrator's timer and the module worker's own deadline both act well within it."""
+DEFAULT_TIMEOUT_S = 3600
+"""An attempt whose step and module name no timeout is allowed this long (as the orchestrator allows it)."""
+_UNTIMED_ACTIONS = frozenset({"approval", "wait"})
+"""They end by a person or by their own clock, not by a timeout: never counted as stalled here."""
+
+_OPEN_ATTEMPTS = (
+    "SELECT step_id, phase, attempt, action, dispatched_at, clock_timestamp() AS now FROM app.step_attempts"
+    " WHERE execution_id = %s AND state = 'dispatched'"
+)
+_OVERDUE_RETRIES = (
+    "SELECT step_id, attempt, retry_at, clock_timestamp() AS now FROM app.execution_steps WHERE execution_id = %s"
+    " AND state = 'retrying' AND retry_at < clock_timestamp() - make_interval(secs => %s)"
+)
+_RECORDED = (
+    "SELECT 1 FROM app.execution_events WHERE execution_id = %s AND type = 'execution_stalled' AND step_id = %s"
+    " AND (data->>'attempt')::int = %s"
+)
+
+
+@dataclass(frozen=True)
+class Stall:
+    """One step found overdue, and by how much."""
+
+    step_id: str
+    attempt: int
+    overdue_s: float
+    reason: str
+
+
+def overdue(conn: Conn, execution: repo.Execution, plan: dict[str, Any], grace_s: float = STALL_GRACE_S) -> list[Stall]:
+    """The execution's attempts and retries overdue by more than `grace_s`, by the per-step plan of its start."""
+    stalls: list[Stall] = []
+    for row in conn.execute(_OPEN_ATTEMPTS, (execution.id,)).fetchall():
+        if row["action"] in _UNTIMED_ACTIONS:
+            continue
+        step_plan = plan.get(row["step_id"]) or {}
+        field = "timeout_s" if row["phase"] == "run" else "compensate_timeout_s"
+        allowed = step_plan.get(field) or DEFAULT_TIMEOUT_S
+        late = (row["now"] - row["dispatched_at"]).total_seconds() - allowed
+        if late > grace_s:
+            reason = f"attempt {row['attempt']} of {row['step_id']} is {late:.0f} s past its {allowed} s timeout"
+            stalls.append(Stall(row["step_id"], row["attempt"], late, reason))
+    for row in conn.execute(_OVERDUE_RETRIES, (execution.id, grace_s)).fetchall():
+        late = (row["now"] - row["retry_at"]).total_seconds()
+        reason = f"the retry of {row['step_id']} is {late:.0f} s past its time"
+        stalls.append(Stall(row["step_id"], row["attempt"], late, reason))
+    return stalls
+
+
+def record_stalls(
+    tenant_id: UUID, execution_id: UUID, *, grace_s: float = STALL_GRACE_S, pool: ConnectionPool[Any] | None = None
+) -> list[Stall]:
+    """Record each new stall of a running execution once (event, metric, span event); answers the new ones."""
+    with tenant_transaction(tenant_id, pool=pool) as conn:
+        execution = repo.get_execution(conn, execution_id)
+        tenant = get_tenant(conn, tenant_id)
+        if execution.terminal or tenant is None:
+            return []
+        try:
+            plan = engine.rebuild_input(conn, tenant.facts(), execution)["plan"]
+        except (engine.StartError, RegistryError):
+            plan = {}  # its version no longer validates: judge by the default timeout
+        new = [s for s in overdue(conn, execution, plan, grace_s) if not _recorded(conn, execution_id, s)]
+        for stall in new:
+            data = {"attempt": stall.attempt, "overdue_s": round(stall.overdue_s), "reason": stall.reason}
+            repo.append_event(conn, execution_id, "execution_stalled", stall.step_id, data)
+            attributes = execution_attributes(
+                tenant_id=tenant_id,
+                execution_id=execution_id,
+                intent_id=execution.intent_id,
+                intent_version=execution.intent_version,
+                step_id=stall.step_id,
+                attempt=stall.attempt,
+            )
+            with continued_span("execution stalled", None, attributes):
+                telemetry.emit(
+                    "execution.stalled",
+                    tenant_id=tenant_id,
+                    execution_id=execution_id,
+                    intent_id=execution.intent_id,
+                    step_id=stall.step_id,
+                    attempt=stall.attempt,
+                    overdue_s=round(stall.overdue_s),
+                    reason=stall.reason,
+                )
+    return new
+
+
+def _recorded(conn: Conn, execution_id: UUID, stall: Stall) -> bool:
+    return conn.execute(_RECORDED, (execution_id, stall.step_id, stall.attempt)).fetchone() is not None
