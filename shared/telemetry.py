@@ -65,7 +65,8 @@ def emit(event: str, *, tenant_id: UUID | str, **fields: FieldValue) -> None:
     _count(event, tenant_id, fields)
     span = trace.get_current_span()
     if span.is_recording():
-        span.add_event(event, {k: str(v) if isinstance(v, UUID) else v for k, v in fields.items() if v is not None})
+        attributes = {k: str(v) if isinstance(v, UUID) else v for k, v in fields.items() if v is not None}
+        span.add_event(event, {"tenant.id": str(tenant_id), **attributes})
     logger.info("%s", line)
 
 

@@ -146,6 +146,8 @@ var appSettings = [
   { name: 'QP_EVENT_STREAMS_PER_TENANT', value: '1000' }
   // Loopback and private addresses are the platform's own services here: no tenant step may reach them.
   { name: 'QP_ALLOW_PRIVATE_NETWORK_HOSTS', value: 'false' }
+  // Telemetry goes to Application Insights (its connection string is set above); no local file in Azure.
+  { name: 'QP_TELEMETRY_FILE', value: '' }
   // Multi-tenant Entra metadata: the issuer is a {tenantid} template checked against each token's tid.
   { name: 'QP_AUTH_METADATA_URL', value: '${environment().authentication.loginEndpoint}organizations/v2.0/.well-known/openid-configuration' }
   { name: 'QP_AUTH_AUDIENCE', value: apiAudience }

@@ -179,6 +179,11 @@ def test_one_trace_from_the_request_to_the_last_step_with_dimensions_and_metrics
     activity = next(e for e in of_execution() if _name(e) == "activity dispatch_steps")
     assert _props(activity)["intent.id"] and _props(activity)["intent.version"] == "1"
 
+    # The outcomes are span events, which arrive as traces of the span's operation (the workbook's top errors).
+    messages = [e for e in ingestion.envelopes if e["data"]["baseType"] == "MessageData"]
+    started_events = [e for e in messages if e["data"]["baseData"]["message"] == "execution.started"]
+    assert any(_props(e).get("tenant.id") == tenant_id and _operation(e) == operation for e in started_events)
+
     # The metrics, with their tenant dimensions.
     ingestion.wait_for(
         "the execution's metrics",

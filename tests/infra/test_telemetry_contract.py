@@ -1,5 +1,6 @@
 # intent_ref: platform.telemetry
-"""The monitoring (alerts, workbook, triage runbook) queries only telemetry the app declares and logs."""
+"""The monitoring (alerts, workbook, triage runbook) queries only what the app emits: its metrics with their
+dimensions, its span names, and the telemetry events it records on spans."""
 
 from __future__ import annotations
 
@@ -11,15 +12,42 @@ from typing import Any
 import pytest
 
 from shared import telemetry
+from shared.observability import metrics, tracing
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "bicep" / "monitoring"
 RUNBOOK = ROOT / "docs" / "runbooks" / "incident-triage.md"
+OPERATIONS = ROOT / "docs" / "operations.md"
 
-# A quoted literal that names an event (`step.failed`) or a family of them (`execution.`).
-_EVENT_LITERAL = re.compile(r"'([a-z]+\.[a-z_]*)'")
-_PARSE = f"where message startswith '{telemetry.PREFIX}'"
-_EXTRACT = f"parse_json(substring(message, strlen('{telemetry.PREFIX}')))"
+_METRIC = re.compile(r"'(qp\.[a-z_.]+)'")
+_DIMENSION = re.compile(r"customDimensions\['([^']+)'\]")
+_SPAN_PREFIX = re.compile(r"name (?:startswith|!startswith) '([^']+)'")
+_MESSAGE = re.compile(r"message (?:==|in) (\([^)]*\)|'[^']*')")
+
+# Every dimension the app puts on a metric, a span or a span event that the queries may read.
+EMITTED_DIMENSIONS = {
+    tracing.TENANT_ID,
+    tracing.INTENT_ID,
+    tracing.EXECUTION_ID,
+    tracing.STEP_ID,
+    tracing.ACTION,
+    metrics.STATUS,
+    metrics.OUTCOME,
+    metrics.REASON,
+    metrics.POOL,
+    # The fields of the telemetry events, which are events on spans (traces with the event's name as message).
+    "execution_id",
+    "step_id",
+    "attempt",
+    "duration_ms",
+    "reason",
+    "error",
+    "event_id",
+    "principal",
+    "detail",
+}
+# The names of the spans the app starts itself (the instrumentations name the others by route or statement).
+EMITTED_SPAN_PREFIXES = {"module ", "activity ", "intent-requests ", "execution "}
 
 
 def _queries() -> dict[str, str]:
@@ -33,60 +61,60 @@ def _queries() -> dict[str, str]:
             if "query" in item["content"]
         }
     )
-    runbook = RUNBOOK.read_text(encoding="utf-8")
-    queries.update(
-        {f"runbook block {n}": block for n, block in enumerate(re.findall(r"```kusto\n(.*?)```", runbook, flags=re.S))}
-    )
+    for path in (RUNBOOK, OPERATIONS):
+        text = path.read_text(encoding="utf-8")
+        blocks = re.findall(r"```kusto\n(.*?)```", text, flags=re.S)
+        queries.update({f"{path.name} block {n}": block for n, block in enumerate(blocks)})
     return queries
 
 
-def _telemetry_queries() -> dict[str, str]:
-    return {name: query for name, query in _queries().items() if telemetry.PREFIX.strip() in query}
+@pytest.mark.parametrize("name", sorted(_queries()))
+def test_every_query_names_only_metrics_dimensions_spans_and_events_the_app_emits(name: str) -> None:
+    query = _queries()[name]
+    assert "qp.telemetry " not in query, f"{name} parses log lines; query the metrics and spans instead"
+    for metric in _METRIC.findall(query):
+        assert metric in metrics.NAMES, f"{name}: the app emits no metric {metric}"
+    for dimension in _DIMENSION.findall(query):
+        assert dimension in EMITTED_DIMENSIONS, f"{name}: nothing the app emits carries {dimension}"
+    for prefix in _SPAN_PREFIX.findall(query):
+        assert prefix in EMITTED_SPAN_PREFIXES, f"{name}: the app starts no span named {prefix}*"
+    for listed in _MESSAGE.findall(query):
+        for event in re.findall(r"'([^']+)'", listed):
+            assert event in telemetry.EVENTS, f"{name}: {event} is not an event the app records"
 
 
-def _named_events(query: str) -> set[str]:
-    return {literal for literal in _EVENT_LITERAL.findall(query) if literal != telemetry.PREFIX.strip()}
+def test_the_alerts_cover_what_operators_must_hear_about() -> None:
+    alerts = {name: query for name, query in _queries().items() if name.startswith("alert ")}
+    named = set().union(*(set(_METRIC.findall(q)) for q in alerts.values()))
+    # Failure rate, stuck executions, queue lag, pool saturation, rejected intent requests (and 5xx, latency).
+    assert {
+        metrics.EXECUTIONS_ENDED,
+        metrics.EXECUTIONS_STALLED,
+        metrics.MODULE_WORK_LAG,
+        metrics.WORK_QUEUE_LAG,
+        metrics.DB_POOL_IN_USE,
+        metrics.INGRESS_REJECTED,
+    } <= named, named
+    assert any("resultCode" in q for q in alerts.values())  # the 5xx rate
 
 
-def test_the_monitoring_reads_telemetry_and_the_outcomes_it_alerts_on() -> None:
-    named = set().union(*(_named_events(q) for q in _telemetry_queries().values()))
-    # The contract is not vacuous: the alert and the workbook's panels are built on these.
-    assert {"execution.failed", "step.completed", "step.failed", "execution."} <= named
-    assert any(name.startswith("alert ") for name in _telemetry_queries())
+def test_every_metric_is_shown_in_the_workbook_and_documented() -> None:
+    workbook = " ".join(q for name, q in _queries().items() if name.startswith("workbook "))
+    operations = OPERATIONS.read_text(encoding="utf-8")
+    for metric in metrics.NAMES:
+        assert f"'{metric}'" in workbook, f"no workbook panel shows {metric}"
+        assert f"`{metric}`" in operations, f"docs/operations.md does not describe {metric}"
 
 
-@pytest.mark.parametrize("name", sorted(_telemetry_queries()))
-def test_every_queried_event_is_declared_and_parsed_the_way_it_is_logged(name: str) -> None:
-    query = _telemetry_queries()[name]
-    assert _PARSE in query and _EXTRACT in query, f"{name} must parse the line shared/telemetry.py writes"
-    for event in _named_events(query):
-        if event.endswith("."):
-            assert any(e.startswith(event) for e in telemetry.EVENTS), f"{name}: no declared event is {event}*"
-        else:
-            assert event in telemetry.EVENTS, f"{name}: {event} is not declared in shared/telemetry.py EVENTS"
+def test_every_alert_is_explained_in_the_operations_guide() -> None:
+    alerts: dict[str, Any] = json.loads((MONITORING / "alerts.json").read_text(encoding="utf-8"))
+    operations = OPERATIONS.read_text(encoding="utf-8")
+    for name in alerts:
+        assert f"`{name}`" in operations, f"docs/operations.md does not say what {name} means and what to do"
 
 
-def test_nothing_queries_dimensions_or_events_the_app_never_writes() -> None:
-    texts = {**_queries(), "runbook": RUNBOOK.read_text(encoding="utf-8")}
-    for name, text in texts.items():
-        # The Functions Python worker does not turn a log record's extra fields into customDimensions.
-        assert "customDimensions.event" not in text, name
-
-
-def test_rejected_intent_requests_are_alerted_and_shown() -> None:
-    queries = _telemetry_queries()
-    alerting = {name for name, query in queries.items() if "ingress.rejected" in _named_events(query)}
-    assert any(name.startswith("alert ") for name in alerting), alerting
-    assert any(name.startswith("workbook ") for name in alerting), alerting
-    assert any(name.startswith("runbook ") for name in alerting), alerting
-
-
-def test_a_telemetry_line_is_what_the_queries_parse() -> None:
-    line = telemetry.telemetry_line(
-        "step.completed", tenant_id="t1", action="http.request", duration_ms=12, step_id=None
-    )
-    assert line.startswith(telemetry.PREFIX)
-    # substring(message, strlen(PREFIX)) is what the queries hand to parse_json.
+def test_a_telemetry_line_is_still_logged_for_the_log_stream() -> None:
+    line = telemetry.telemetry_line("step.completed", tenant_id="t1", action="http.request", duration_ms=12)
     assert json.loads(line[len(telemetry.PREFIX) :]) == {
         "event": "step.completed",
         "tenant_id": "t1",
