@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,16 +24,17 @@ import pytest
 from devhost.child import PROJECT_ROOT
 from devhost.services import free_port
 from tests.e2e.conftest import DevhostFactory
-from tests.e2e.test_remote_worker_e2e import Tenant, worker_running
+from tests.e2e.test_remote_worker_e2e import TERMINAL, Tenant, worker_running
 
 pytestmark = pytest.mark.e2e
 
+NOTE_STEP = {"id": "note", "action": "artifact.write", "name": "note.json", "content": {"traced": True}}
 MODULE_AND_REMOTE = {
     "name": "traced",
     "definition": {
         "target": "staging",
         "steps": [
-            {"id": "note", "action": "artifact.write", "name": "note.json", "content": {"traced": True}},
+            NOTE_STEP,
             {
                 "id": "build",
                 "action": "build-docker-image",
@@ -213,3 +217,34 @@ def test_requests_still_succeed_with_the_ingestion_endpoint_down(
     for _ in range(20):
         answer = httpx.get(f"{fabrikam.base}/api/v1/executions/{execution_id}", headers=fabrikam.headers, timeout=10)
         assert answer.status_code == 200, answer.text
+
+
+def test_the_local_trace_command_prints_an_executions_trace_from_the_file(
+    devhost_factory: DevhostFactory, pg: Any, tmp_path: Path
+) -> None:
+    telemetry_file = tmp_path / "telemetry.jsonl"
+    env = {"QP_TELEMETRY_FILE": str(telemetry_file), "OTEL_BSP_SCHEDULE_DELAY": "200", "QP_TASK_HUB": "TraceFileE2E"}
+    host = devhost_factory(app_dir=PROJECT_ROOT, env=env, extra_args=("--seed-demo",))
+    fabrikam = Tenant(host, pg, "fabrikam")
+    module_only = {"name": "local-trace", "definition": {**MODULE_AND_REMOTE["definition"], "steps": [NOTE_STEP]}}
+    execution_id = fabrikam.start(module_only)
+    assert fabrikam.wait_for(execution_id, lambda e: e["status"] in TERMINAL)["status"] == "succeeded"
+
+    # As the README has it (with the test's file instead of make run's .data/telemetry.jsonl).
+    command = [sys.executable, "-m", "devhost", "trace", execution_id, "--file", str(telemetry_file)]
+    deadline = time.monotonic() + 30
+    while True:
+        done = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+        if done.returncode == 0 and "activity record_status" in done.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    names = [line.split("ms", 2)[2].split()[0:2] for line in lines[1:]]
+    assert names[0] == ["POST", "/api/v1/intents/{intent_id}/execute"], lines  # the root: the request
+    assert ["module", "artifact.write"] in names and ["activity", "record_status"] in names, lines
+    module_line = next(line for line in lines if "module artifact.write" in line)
+    assert "step.id=note" in module_line and "[step.completed]" in module_line, module_line
+    # A trace of an execution it has never seen: exit code 1 and why.
+    missing = subprocess.run([*command[:4], str(uuid.uuid4()), *command[5:]], capture_output=True, text=True)
+    assert missing.returncode == 1 and "no spans of execution" in missing.stderr
