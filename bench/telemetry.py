@@ -119,11 +119,12 @@ def main() -> None:
         try:
             for host in hosts.values():
                 host.start(timeout=120)
-            first = next(iter(hosts.values()))
-            _, headers = _provision(first.base_url, data_dir)
-            intent = asyncio.run(_seed(first.base_url, headers))
+            # A token names the host that issued it: each host gets its own bench tenant and intent.
+            access = {mode: _provision(host.base_url, data_dir)[1] for mode, host in hosts.items()}
+            intents = {mode: asyncio.run(_seed(host.base_url, access[mode])) for mode, host in hosts.items()}
             for round_no in range(args.rounds):
                 for mode, host in hosts.items():
+                    headers, intent = access[mode], intents[mode]
                     for count in clients:
                         for operation in ("get", "create"):
                             row = asyncio.run(_cell(host.base_url, headers, intent, operation, count, args.seconds))

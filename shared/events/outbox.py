@@ -11,8 +11,11 @@ import psycopg
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
+from shared.observability.tracing import current_traceparent
+
 _INSERT = (
-    "INSERT INTO app.outbox (tenant_id, event_type, subject, data) VALUES (app.current_tenant_id(), %s, %s, %s)"
+    "INSERT INTO app.outbox (tenant_id, event_type, subject, data, traceparent)"
+    " VALUES (app.current_tenant_id(), %s, %s, %s, %s)"
     " RETURNING id, tenant_id"
 )
 
@@ -26,8 +29,9 @@ class Enqueued:
 
 
 def enqueue_event(conn: psycopg.Connection[DictRow], event_type: str, subject: str, data: dict[str, Any]) -> Enqueued:
-    """Add an event for the current tenant to the outbox (published later, at least once)."""
-    row = conn.execute(_INSERT, (event_type, subject, Jsonb(data))).fetchone()
+    """Add an event for the current tenant to the outbox (published later, at least once), with the current trace
+    context, which travels with it."""
+    row = conn.execute(_INSERT, (event_type, subject, Jsonb(data), current_traceparent())).fetchone()
     assert row is not None  # INSERT ... RETURNING
     return Enqueued(UUID(str(row["id"])), UUID(str(row["tenant_id"])))
 

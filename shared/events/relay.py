@@ -22,6 +22,7 @@ from psycopg_pool import ConnectionPool
 from shared.db.session import platform_transaction, tenant_transaction
 from shared.events import webhook_store
 from shared.events.publisher import PLATFORM_EVENTS_HUB, EventPublisher, OutboundEvent, PropertyValue, get_publisher
+from shared.observability.tracing import TRACEPARENT
 
 _PENDING_TENANTS = "SELECT tenant_id FROM app.outbox_pending_tenants(%s) AS pending (tenant_id)"
 # A relay that finds another one on this tenant moves on; the other one is sending these events already.
@@ -29,7 +30,7 @@ _TENANT_LOCK = (
     "SELECT pg_try_advisory_xact_lock(hashtextextended('outbox-relay:' || app.current_tenant_id()::text, 0)) AS locked"
 )
 _UNPUBLISHED = (
-    "SELECT id, event_type, subject, data, occurred_at FROM app.outbox WHERE published_at IS NULL"
+    "SELECT id, event_type, subject, data, occurred_at, traceparent FROM app.outbox WHERE published_at IS NULL"
     " ORDER BY position LIMIT %s FOR UPDATE SKIP LOCKED"
 )
 _MARK = "UPDATE app.outbox SET published_at = clock_timestamp() WHERE id = ANY(%s) AND published_at IS NULL"
@@ -64,6 +65,8 @@ def envelope(tenant_id: UUID, row: DictRow) -> OutboundEvent:
         "tenant_id": str(tenant_id),
         "subject": row["subject"],
     }
+    if row.get("traceparent"):
+        properties[TRACEPARENT] = row["traceparent"]  # where the Azure SDKs carry it: a consumer continues the trace
     return OutboundEvent(body, str(tenant_id), properties)
 
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from psycopg_pool import ConnectionPool
 
 from shared.db.session import platform_transaction, tenant_transaction
@@ -207,3 +209,18 @@ def test_the_pending_tenants_function_answers_tenant_ids_and_nothing_else(
         conn.execute("SELECT * FROM app.outbox_pending_tenants(10)")
     relay_pending(lambda: Recorder())
     assert pending_tenants(100, pool=control_pool) == []
+
+
+def test_an_event_carries_the_trace_of_the_transaction_that_recorded_it(
+    app_pool: ConnectionPool[Any], tenants: tuple[uuid.UUID, uuid.UUID]
+) -> None:
+    tenant = tenants[0]
+    context = SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, False, TraceFlags(1))
+    with trace.use_span(NonRecordingSpan(context)):
+        traced = _enqueue(app_pool, tenant, 1)
+    untraced = _enqueue(app_pool, tenant, 1)
+    recorder = Recorder()
+    relay_pending(lambda: recorder)
+    properties = {event.body["id"]: dict(event.properties) for _, event in recorder.sent}
+    assert properties[traced[0]]["traceparent"] == "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    assert "traceparent" not in properties[untraced[0]]
