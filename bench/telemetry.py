@@ -68,6 +68,11 @@ def _modes(port: int, data_dir: Path) -> dict[str, dict[str, str]]:
         "file": {"QP_TELEMETRY_FILE": str(data_dir / "telemetry.jsonl"), "APPLICATIONINSIGHTS_CONNECTION_STRING": ""},
         "azure-monitor": {"APPLICATIONINSIGHTS_CONNECTION_STRING": monitor(port), **_EXPORT},
         "azure-monitor, endpoint down": {"APPLICATIONINSIGHTS_CONNECTION_STRING": monitor(free_port()), **_EXPORT},
+        "azure-monitor, no SQL spans": {
+            "APPLICATIONINSIGHTS_CONNECTION_STRING": monitor(port),
+            "QP_TELEMETRY_SQL_SPANS": "false",
+            **_EXPORT,
+        },
     }
 
 

@@ -128,6 +128,11 @@ class Settings(BaseSettings):
         default=None,
         description="Application Insights: when set, traces, metrics and the app's logs go there (OpenTelemetry).",
     )
+    QP_TELEMETRY_SQL_SPANS: bool = Field(
+        default=True,
+        description="A dependency span per SQL statement (psycopg instrumentation); off halves the spans a request "
+        "exports (docs/performance.md has the cost of each).",
+    )
     QP_TELEMETRY_FILE: str | None = Field(
         default=None,
         description="Local runs: append spans and metrics as JSON lines to this file when no connection string is "

@@ -148,6 +148,7 @@ var appSettings = [
   { name: 'QP_ALLOW_PRIVATE_NETWORK_HOSTS', value: 'false' }
   // Telemetry goes to Application Insights (its connection string is set above); no local file in Azure.
   { name: 'QP_TELEMETRY_FILE', value: '' }
+  { name: 'QP_TELEMETRY_SQL_SPANS', value: 'true' }
   // Multi-tenant Entra metadata: the issuer is a {tenantid} template checked against each token's tid.
   { name: 'QP_AUTH_METADATA_URL', value: '${environment().authentication.loginEndpoint}organizations/v2.0/.well-known/openid-configuration' }
   { name: 'QP_AUTH_AUDIENCE', value: apiAudience }

@@ -29,7 +29,7 @@ _mode: str | None = None
 logger = logging.getLogger(__name__)
 
 
-def configure_telemetry(connection_string: str | None, telemetry_file: str | None) -> str:
+def configure_telemetry(connection_string: str | None, telemetry_file: str | None, *, sql_spans: bool = True) -> str:
     """Start exporting once per process; answers how ("azure-monitor", "file" or "off"). Later calls change nothing."""
     global _mode
     with _lock:
@@ -45,7 +45,7 @@ def configure_telemetry(connection_string: str | None, telemetry_file: str | Non
         else:
             _mode = "off"
             return _mode
-        _instrument_libraries()
+        _instrument_libraries(sql_spans)
         return _mode
 
 
@@ -56,7 +56,11 @@ def start_telemetry() -> str:
     from shared.observability import metrics
 
     settings = get_settings()
-    mode = configure_telemetry(settings.APPLICATIONINSIGHTS_CONNECTION_STRING, settings.QP_TELEMETRY_FILE)
+    mode = configure_telemetry(
+        settings.APPLICATIONINSIGHTS_CONNECTION_STRING,
+        settings.QP_TELEMETRY_FILE,
+        sql_spans=settings.QP_TELEMETRY_SQL_SPANS,
+    )
     if mode != "off":
         metrics.observe_pools(pool_usage)
     return mode
@@ -109,12 +113,14 @@ def _metrics_line(data: MetricsData) -> str:
     return '{"metrics":' + data.to_json(indent=None) + "}\n"
 
 
-def _instrument_libraries() -> None:
-    """Database statements and outbound HTTP calls become dependency spans (httpx: the distro does it in Azure)."""
+def _instrument_libraries(sql_spans: bool) -> None:
+    """Database statements (unless `sql_spans` is off) and outbound HTTP calls become dependency spans (httpx: the
+    distro does it in Azure)."""
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
     from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 
-    PsycopgInstrumentor().instrument(enable_commenter=False, skip_dep_check=True)
+    if sql_spans:
+        PsycopgInstrumentor().instrument(enable_commenter=False, skip_dep_check=True)
     httpx_instrumentor: Any = HTTPXClientInstrumentor()
     if not httpx_instrumentor.is_instrumented_by_opentelemetry:
         httpx_instrumentor.instrument()
