@@ -65,12 +65,16 @@ def _modes(port: int, data_dir: Path) -> dict[str, dict[str, str]]:
 
     return {
         "off": {"QP_TELEMETRY_FILE": "", "APPLICATIONINSIGHTS_CONNECTION_STRING": ""},
-        "file": {"QP_TELEMETRY_FILE": str(data_dir / "telemetry.jsonl"), "APPLICATIONINSIGHTS_CONNECTION_STRING": ""},
+        "file": {
+            "QP_TELEMETRY_FILE": str(data_dir / "telemetry.jsonl"),
+            "APPLICATIONINSIGHTS_CONNECTION_STRING": "",
+            "QP_TELEMETRY_SQL_SPANS": "true",
+        },
         "azure-monitor": {"APPLICATIONINSIGHTS_CONNECTION_STRING": monitor(port), **_EXPORT},
         "azure-monitor, endpoint down": {"APPLICATIONINSIGHTS_CONNECTION_STRING": monitor(free_port()), **_EXPORT},
-        "azure-monitor, no SQL spans": {
+        "azure-monitor with SQL spans": {
             "APPLICATIONINSIGHTS_CONNECTION_STRING": monitor(port),
-            "QP_TELEMETRY_SQL_SPANS": "false",
+            "QP_TELEMETRY_SQL_SPANS": "true",
             **_EXPORT,
         },
     }

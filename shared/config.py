@@ -129,9 +129,9 @@ class Settings(BaseSettings):
         description="Application Insights: when set, traces, metrics and the app's logs go there (OpenTelemetry).",
     )
     QP_TELEMETRY_SQL_SPANS: bool = Field(
-        default=True,
-        description="A dependency span per SQL statement (psycopg instrumentation); off halves the spans a request "
-        "exports (docs/performance.md has the cost of each).",
+        default=False,
+        description="A dependency span per SQL statement (psycopg instrumentation): turn on to see where a slow "
+        "request spends its time; it costs more than half the throughput of a busy instance (docs/performance.md).",
     )
     QP_TELEMETRY_FILE: str | None = Field(
         default=None,

@@ -148,7 +148,8 @@ var appSettings = [
   { name: 'QP_ALLOW_PRIVATE_NETWORK_HOSTS', value: 'false' }
   // Telemetry goes to Application Insights (its connection string is set above); no local file in Azure.
   { name: 'QP_TELEMETRY_FILE', value: '' }
-  { name: 'QP_TELEMETRY_SQL_SPANS', value: 'true' }
+  // A span per SQL statement costs more than half a busy instance's throughput: on only to diagnose.
+  { name: 'QP_TELEMETRY_SQL_SPANS', value: 'false' }
   // Multi-tenant Entra metadata: the issuer is a {tenantid} template checked against each token's tid.
   { name: 'QP_AUTH_METADATA_URL', value: '${environment().authentication.loginEndpoint}organizations/v2.0/.well-known/openid-configuration' }
   { name: 'QP_AUTH_AUDIENCE', value: apiAudience }

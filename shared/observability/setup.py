@@ -29,7 +29,7 @@ _mode: str | None = None
 logger = logging.getLogger(__name__)
 
 
-def configure_telemetry(connection_string: str | None, telemetry_file: str | None, *, sql_spans: bool = True) -> str:
+def configure_telemetry(connection_string: str | None, telemetry_file: str | None, *, sql_spans: bool = False) -> str:
     """Start exporting once per process; answers how ("azure-monitor", "file" or "off"). Later calls change nothing."""
     global _mode
     with _lock:

@@ -134,6 +134,7 @@ def traced_platform(devhost_factory: DevhostFactory, ingestion: Ingestion) -> An
         "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",  # its own endpoint is not reachable from here
         "OTEL_BSP_SCHEDULE_DELAY": "200",
         "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+        "QP_TELEMETRY_SQL_SPANS": "true",  # the statements as dependencies, as an operator turns them on to diagnose
         "QP_TASK_HUB": "TelemetryE2E",
     }
     return devhost_factory(app_dir=PROJECT_ROOT, env=env, extra_args=("--seed-demo",))

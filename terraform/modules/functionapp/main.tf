@@ -63,7 +63,8 @@ locals {
     "QP_ALLOW_PRIVATE_NETWORK_HOSTS" = "false"
     # Telemetry goes to Application Insights (its connection string is set above); no local file in Azure.
     "QP_TELEMETRY_FILE" = ""
-    "QP_TELEMETRY_SQL_SPANS" = "true"
+    # A span per SQL statement costs more than half a busy instance's throughput: on only to diagnose.
+    "QP_TELEMETRY_SQL_SPANS" = "false"
     # Multi-tenant Entra metadata: the issuer is a {tenantid} template checked against each token's tid.
     "QP_AUTH_METADATA_URL"         = "https://login.microsoftonline.com/organizations/v2.0/.well-known/openid-configuration"
     "QP_AUTH_AUDIENCE"             = var.api_audience
