@@ -80,11 +80,8 @@ def render(roots: list[SpanNode], *, statements: bool = False) -> list[str]:
     lines: list[str] = []
 
     def walk(node: SpanNode, depth: int) -> None:
-        if node.name.startswith(("SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "BEGIN", "COMMIT")) or (
-            node.attributes.get("db.system") == "postgresql"
-        ):
-            if not statements:
-                return
+        if node.attributes.get("db.system") == "postgresql" and not statements:
+            return
         offset = (node.start - origin).total_seconds() * 1000
         shown = " ".join(f"{k}={node.attributes[k]}" for k in SHOWN_ATTRIBUTES if k in node.attributes)
         mark = " FAILED" if node.failed else ""

@@ -46,7 +46,13 @@ def telemetry_line(event: str, *, tenant_id: UUID | str, **fields: FieldValue) -
     """The line `emit` logs: PREFIX and a JSON object with `event`, `tenant_id` and the non-null fields."""
     if event not in EVENTS:
         raise ValueError(f"unknown telemetry event {event!r}; declare it in shared/telemetry.py EVENTS")
-    record: dict[str, str | int | float | bool] = {"event": event, "tenant_id": str(tenant_id)}
+    record = {"event": event, "tenant_id": str(tenant_id), **_cleaned(fields)}
+    return PREFIX + json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+
+
+def _cleaned(fields: dict[str, FieldValue]) -> dict[str, str | int | float | bool]:
+    """The non-null fields, ids as text and long strings cut (a tenant's error message is no payload carrier)."""
+    record: dict[str, str | int | float | bool] = {}
     for name, value in fields.items():
         if value is None:
             continue
@@ -55,7 +61,7 @@ def telemetry_line(event: str, *, tenant_id: UUID | str, **fields: FieldValue) -
         if isinstance(value, str) and len(value) > _MAX_TEXT:
             value = value[:_MAX_TEXT] + "..."
         record[name] = value
-    return PREFIX + json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+    return record
 
 
 def emit(event: str, *, tenant_id: UUID | str, **fields: FieldValue) -> None:
@@ -65,8 +71,7 @@ def emit(event: str, *, tenant_id: UUID | str, **fields: FieldValue) -> None:
     _count(event, tenant_id, fields)
     span = trace.get_current_span()
     if span.is_recording():
-        attributes = {k: str(v) if isinstance(v, UUID) else v for k, v in fields.items() if v is not None}
-        span.add_event(event, {"tenant.id": str(tenant_id), **attributes})
+        span.add_event(event, {"tenant.id": str(tenant_id), **_cleaned(fields)})
     logger.info("%s", line)
 
 

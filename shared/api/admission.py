@@ -13,9 +13,8 @@ from uuid import UUID
 
 import anyio.to_thread
 
-from shared.api.problems import ProblemError
+from shared.api.problems import ProblemError, too_many_requests
 from shared.config import Settings, get_settings
-from shared.observability import metrics
 
 QUEUE_WAIT_S = 0.5
 """How long a thread over its tenant's bound waits for a permit (`admit`, tests and sync callers)."""
@@ -197,15 +196,8 @@ class Admission:
 def tenant_busy(tenant_id: UUID, limit: int) -> ProblemError:
     """The answer to a request over its tenant's in-flight bound: 429, like the request rate (ADR 0029). The
     service is up and serving other tenants; this client is asked to slow down, so it is no server error."""
-    metrics.request_refused(tenant_id, "tenant-busy")
-    return ProblemError(
-        429,
-        "tenant-busy",
-        "Too many requests",
-        f"This tenant already has {limit} requests in progress here; retry in {RETRY_AFTER_S} s.",
-        headers={"Retry-After": str(RETRY_AFTER_S)},
-        extensions={"limit": limit},
-    )
+    detail = f"This tenant already has {limit} requests in progress here; retry in {RETRY_AFTER_S} s."
+    return too_many_requests(tenant_id, "tenant-busy", detail, RETRY_AFTER_S, limit=limit)
 
 
 def tenant_limit(settings: Settings) -> int:

@@ -15,7 +15,7 @@ from uuid import UUID
 from pydantic import BaseModel
 
 from shared.api.admission import get_admission
-from shared.api.problems import ProblemError
+from shared.api.problems import ProblemError, too_many_requests
 from shared.api.security import RequestContext
 from shared.engine.event_wakeup import get_event_wakeup
 from shared.engine.executions import Execution, ExecutionEvent
@@ -182,15 +182,8 @@ def admit_stream(tenant_id: UUID, limit: int) -> None:
     """Refuse a stream over the tenant's bound of open streams here (429 `too-many-streams`): a tenant's streams
     are cheap, not free, and one tenant may not take every socket of an instance."""
     if _OPEN.get(tenant_id, 0) >= limit:
-        metrics.request_refused(tenant_id, "too-many-streams")
-        raise ProblemError(
-            429,
-            "too-many-streams",
-            "Too many requests",
-            f"This tenant already has {limit} event streams open here; close one or retry in {RETRY_AFTER_S} s.",
-            headers={"Retry-After": str(RETRY_AFTER_S)},
-            extensions={"limit": limit},
-        )
+        detail = f"This tenant already has {limit} event streams open here; close one or retry in {RETRY_AFTER_S} s."
+        raise too_many_requests(tenant_id, "too-many-streams", detail, RETRY_AFTER_S, limit=limit)
 
 
 def feed_for(tenant_id: UUID, execution_id: UUID, read: ReadAfter, render: Render, page: int) -> ExecutionFeed:

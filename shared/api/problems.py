@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.api.request_ids import REQUEST_ID_HEADER, choose_request_id, scope_request_id
+from shared.observability import metrics
 from shared.pagination import InvalidCursorError
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,22 @@ class ProblemError(Exception):
         super().__init__(detail or title)
         self.status, self.slug, self.title, self.detail = status, slug, title, detail
         self.errors, self.headers, self.extensions = errors, headers or {}, extensions or {}
+
+
+def too_many_requests(
+    tenant_id: object, slug: str, detail: str, retry_after_s: int, *, limit: int | None = None
+) -> ProblemError:
+    """A tenant's request refused 429 with Retry-After (and the bound it hit, when there is one); counted in the
+    `qp.requests.refused` metric by tenant and `slug`."""
+    metrics.request_refused(tenant_id, slug)
+    return ProblemError(
+        429,
+        slug,
+        "Too many requests",
+        detail,
+        headers={"Retry-After": str(retry_after_s)},
+        extensions={"limit": limit} if limit is not None else None,
+    )
 
 
 _TITLES = {

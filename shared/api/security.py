@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from shared.api.admission import Permit, get_admission, size_worker_threads
 from shared.api.middleware import request_id_var
-from shared.api.problems import ProblemError
+from shared.api.problems import ProblemError, too_many_requests
 from shared.audit import AuditRecord, get_audit_store
 from shared.auth.principal import Principal
 from shared.auth.tokens import (
@@ -29,7 +29,6 @@ from shared.auth.tokens import (
 )
 from shared.auth.validator import get_token_validator
 from shared.db.session import platform_transaction
-from shared.observability import metrics
 from shared.observability.tracing import TENANT_ID
 from shared.policy.authorizer import Decision, Resource, TenantFacts
 from shared.policy.decisions import decide, record_decision
@@ -129,15 +128,9 @@ async def authenticated(
             take_tenant_token, tenant.id, limit_for(tenant.quotas.model_dump(exclude_none=True))
         )
         if not verdict.allowed:
-            metrics.request_refused(tenant.id, "rate-limited")
             retry_after = max(1, math.ceil(verdict.retry_after_s))
-            raise ProblemError(
-                429,
-                "rate-limited",
-                "Too many requests",
-                f"This tenant is over its request rate; retry in {retry_after} s.",
-                headers={"Retry-After": str(retry_after)},
-            )
+            detail = f"This tenant is over its request rate; retry in {retry_after} s."
+            raise too_many_requests(tenant.id, "rate-limited", detail, retry_after)
         trace.get_current_span().set_attribute(TENANT_ID, str(tenant.id))
         context = replace(identity, permit=permit)
         request.state.context = context

@@ -12,8 +12,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from opentelemetry.trace import Span
-
 from shared.engine.machine import Spec
 from shared.observability.tracing import TRACEPARENT, continued_span, execution_attributes
 
@@ -30,8 +28,9 @@ def attach(body: dict[str, Any], spec: Spec) -> dict[str, Any]:
 
 
 @contextmanager
-def activity_span(activity: str, request: dict[str, Any]) -> Iterator[tuple[dict[str, Any], Span]]:
-    """A span named after the activity in the execution's trace, with the request it was given minus the trace."""
+def activity_span(activity: str, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A span named after the activity in the execution's trace, current while the block runs; yields the request
+    it was given minus the trace."""
     trace = request.get(TRACE_KEY)
     body = {key: value for key, value in request.items() if key != TRACE_KEY}
     trace = trace if isinstance(trace, dict) else {}
@@ -42,7 +41,5 @@ def activity_span(activity: str, request: dict[str, Any]) -> Iterator[tuple[dict
         intent_id=trace.get("intent_id"),
         intent_version=trace.get("intent_version"),
     )
-    with continued_span(
-        f"activity {activity}", traceparent if isinstance(traceparent, str) else None, attributes
-    ) as span:
-        yield body, span
+    with continued_span(f"activity {activity}", traceparent if isinstance(traceparent, str) else None, attributes):
+        yield body

@@ -5,11 +5,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any, Protocol
 
 
 class TriggerEvent(Protocol):
     """The part of `azure.functions.EventHubEvent` the platform reads."""
+
+    def get_body(self) -> bytes: ...
+
+    @property
+    def sequence_number(self) -> int | None: ...
+
+    @property
+    def enqueued_time(self) -> datetime | None: ...
 
     @property
     def metadata(self) -> Mapping[str, Any] | None: ...

@@ -7,13 +7,13 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shared.engine.start import Conn, StartRequest
-from shared.events.trigger import batch_properties
+from shared.events.trigger import TriggerEvent, batch_properties
 from shared.idempotency import IdempotencyKey, key_problem
 from shared.registry import service as registry
 
@@ -108,21 +108,6 @@ class IngressEvent:
             if name.lower() == AUTHORIZATION_PROPERTY:
                 return value if isinstance(value, str) else None
         return None
-
-
-class TriggerEvent(Protocol):
-    """What the Functions trigger hands over per event (azure.functions.EventHubEvent)."""
-
-    def get_body(self) -> bytes: ...
-
-    @property
-    def sequence_number(self) -> int | None: ...
-
-    @property
-    def enqueued_time(self) -> datetime | None: ...
-
-    @property
-    def metadata(self) -> Mapping[str, Any] | None: ...
 
 
 def from_trigger(events: Sequence[TriggerEvent]) -> list[IngressEvent]:

@@ -3,28 +3,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
 
-from shared.events.trigger import batch_properties
+from shared.events.trigger import TriggerEvent, batch_properties
 from shared.observability import metrics
 from shared.observability.tracing import TRACEPARENT
 
 
-class ReceivedEvent(Protocol):
-    """The part of `azure.functions.EventHubEvent` read here."""
-
-    @property
-    def metadata(self) -> Mapping[str, Any] | None: ...
-
-    @property
-    def enqueued_time(self) -> datetime | None: ...
-
-    def get_body(self) -> bytes: ...
-
-
-def received_work(events: Sequence[ReceivedEvent]) -> tuple[list[bytes], list[str | None]]:
+def received_work(events: Sequence[TriggerEvent]) -> tuple[list[bytes], list[str | None]]:
     """The bodies of a `module-work` batch and each one's trace context (its `traceparent` property, set by the
     publisher as the Azure SDKs set it); records how long each waited on the hub."""
     now = datetime.now(UTC)

@@ -8,7 +8,6 @@ distro), and a process without either setting keeps OpenTelemetry's no-op API.
 
 from __future__ import annotations
 
-import logging
 import threading
 from pathlib import Path
 from typing import IO, Any
@@ -20,13 +19,15 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
+from shared.config import get_settings
+from shared.db.pool import pool_usage
+from shared.observability import metrics as platform_metrics
+
 SERVICE_NAME = "quantum-platform"
 """The `service.name` resource attribute: the cloud role name Application Insights shows."""
 
 _lock = threading.Lock()
 _mode: str | None = None
-
-logger = logging.getLogger(__name__)
 
 
 def configure_telemetry(connection_string: str | None, telemetry_file: str | None, *, sql_spans: bool = False) -> str:
@@ -51,10 +52,6 @@ def configure_telemetry(connection_string: str | None, telemetry_file: str | Non
 
 def start_telemetry() -> str:
     """Start exporting as the app settings say, and report the database pools' use; answers how (see above)."""
-    from shared.config import get_settings
-    from shared.db.pool import pool_usage
-    from shared.observability import metrics
-
     settings = get_settings()
     mode = configure_telemetry(
         settings.APPLICATIONINSIGHTS_CONNECTION_STRING,
@@ -62,7 +59,7 @@ def start_telemetry() -> str:
         sql_spans=settings.QP_TELEMETRY_SQL_SPANS,
     )
     if mode != "off":
-        metrics.observe_pools(pool_usage)
+        platform_metrics.observe_pools(pool_usage)
     return mode
 
 
