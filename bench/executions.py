@@ -25,6 +25,7 @@ import psycopg
 from devhost.child import PROJECT_ROOT, DevhostProcess, free_port
 from devhost.identity import mint_token_cli
 from devhost.services import Azurite, start_azurite, start_postgres
+from devhost.workers import WORKER_COUNT_SETTING
 from shared.db.roles import DATABASE_NAME
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
@@ -148,15 +149,20 @@ class Platform:
         return start_postgres(self.data_dir / "postgres")
 
 
+DEFAULT_WORKERS = 2
+"""Worker processes of the bench's devhost (FUNCTIONS_WORKER_PROCESS_COUNT), as local.settings.sample.json has."""
+
+
 @contextlib.contextmanager
-def running_platform() -> Iterator[Platform]:
-    """Azurite and a devhost over a fresh embedded Postgres in a temporary folder, default pool, one bench tenant."""
+def running_platform(workers: int = DEFAULT_WORKERS) -> Iterator[Platform]:
+    """Azurite and a devhost over a fresh embedded Postgres in a temporary folder, default pool, one bench tenant;
+    its functions run in `workers` worker processes (0: in the host process)."""
     with tempfile.TemporaryDirectory(prefix="qp-bench-") as tmp:
         data_dir = Path(tmp)
         azurite = start_azurite(
             data_dir / "azurite", blob_port=free_port(), queue_port=free_port(), table_port=free_port()
         )
-        env = {"QP_BLOB_CONNECTION_STRING": azurite.connection_string}
+        env = {"QP_BLOB_CONNECTION_STRING": azurite.connection_string, WORKER_COUNT_SETTING: str(workers)}
         os.environ.pop("QP_DATABASE_POOL_MAX", None)  # the default pool, whatever the caller's shell says
         process = DevhostProcess(
             PROJECT_ROOT, data_dir, free_port(), env, data_dir / "platform.log", extra_args=("--seed-demo",)
@@ -555,10 +561,13 @@ def main() -> None:
     parser.add_argument(
         "--follow", choices=["stream", "poll"], default="stream", help="server-sent events, or the JSON long poll"
     )
+    parser.add_argument(
+        "--workers", type=int, default=DEFAULT_WORKERS, help="the devhost's worker processes (0: functions in the host)"
+    )
     args = parser.parse_args()
     FOLLOW["mode"] = args.follow
     steps = SHAPES[args.shape]
-    with running_platform() as platform:
+    with running_platform(args.workers) as platform:
         floor, pg_settings = _commit_floor(platform.data_dir / "postgres", args.commits)
         if args.suite:
             rounds = asyncio.run(_suite(platform, args.rounds, args.scale))

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from bench.executions import (
+    DEFAULT_WORKERS,
     RESULTS,
     SHAPES,
     Platform,
@@ -172,10 +173,13 @@ def main() -> None:
     parser.add_argument("--executions", type=int, default=24, help="platform executions per batch (after a warm-up)")
     parser.add_argument("--peer-executions", type=int, default=200, help="peer executions per batch")
     parser.add_argument("--json-out", type=Path, default=None, help="default bench/results/peer-<time>.json")
+    parser.add_argument(
+        "--workers", type=int, default=DEFAULT_WORKERS, help="the devhost's worker processes (0: functions in the host)"
+    )
     args = parser.parse_args()
     python = ensure_bench_env()
     results: dict[int, list[dict[str, Any]]] = {c: [] for c in args.concurrency}
-    with running_platform() as platform:
+    with running_platform(args.workers) as platform:
         peer = Peer(python, platform)
         try:
             intent_id = asyncio.run(_intent(platform))

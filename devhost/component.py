@@ -9,7 +9,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from devhost.invoker import Invoker
+from devhost.invoker import FunctionRunner
 from devhost.loader import FunctionIndex
 from devhost.notifications import Notifications
 
@@ -19,7 +19,8 @@ class HostContext:
     """What a component gets from the host: the indexed app, the invoker and where state lives."""
 
     index: FunctionIndex
-    invoker: Invoker
+    invoker: FunctionRunner
+    """Runs triggered functions: in the host process, or in its worker processes (FUNCTIONS_WORKER_PROCESS_COUNT)."""
     database_url: str
     """Owner connection to the platform database; each component keeps its state in a schema of its own."""
     data_dir: Path

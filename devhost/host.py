@@ -20,6 +20,7 @@ from devhost.keys import HostKeyGuard, load_or_create_master_key
 from devhost.loader import FunctionIndex, load_function_app
 from devhost.notifications import Notifications
 from devhost.provision import Provisioned, provision_database, provision_storage
+from devhost.workers import WorkerPool, worker_count
 from shared.config import SettingsError, load_settings
 
 logger = logging.getLogger("devhost")
@@ -101,8 +102,19 @@ class DevHost:
         self.host_key = load_or_create_master_key(data_dir)
         self.guard = HostKeyGuard(self.host_key)
         self.notifications = Notifications(owner_url)
+        count = worker_count()
+        self.workers = (
+            WorkerPool(options.app_dir.resolve(), count, lambda: self.durable_binding(self.base_url)) if count else None
+        )
         self.ctx = HostContext(
-            index, self.invoker, owner_url, data_dir, self.base_url, task_hub, self.host_key, self.notifications
+            index,
+            self.workers or self.invoker,
+            owner_url,
+            data_dir,
+            self.base_url,
+            task_hub,
+            self.host_key,
+            self.notifications,
         )
         self.components = build_components(self.ctx)
         self.invoker.durable_binding = lambda: self.durable_binding(self.base_url)
@@ -135,6 +147,8 @@ class DevHost:
     async def start(self) -> None:
         """Start every component, then listen."""
         app = self.web_app()
+        if self.workers is not None:
+            await self.workers.start()
         for component in self.components:
             await component.start()
         self.runner = web.AppRunner(app, access_log=None)
@@ -150,6 +164,8 @@ class DevHost:
                 await component.stop()
             except Exception:
                 logger.exception("stopping %s failed", type(component).__name__)
+        if self.workers is not None:
+            await self.workers.stop()
         await self.notifications.stop()
         from azure.durable_functions.models.utils import http_utils
 

@@ -9,11 +9,12 @@ import functools
 import inspect
 import logging
 import threading
+import traceback
 import typing
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 import azure.functions as func
 from azure.functions import meta
@@ -29,11 +30,15 @@ _REGISTRY: Any = meta.get_binding_registry()  # type: ignore[no-untyped-call]
 class FunctionInvocationError(Exception):
     """The user function raised; the message is the worker's `"<ExcType>: <message>"` form."""
 
-    def __init__(self, function_name: str, exc: BaseException) -> None:
+    def __init__(self, function_name: str, exc: BaseException, *, friendly: str | None = None) -> None:
         self.function_name = function_name
         self.exc = exc
-        self.friendly = f"{type(exc).__name__}: {exc}"
+        self.friendly = friendly or f"{type(exc).__name__}: {exc}"
         super().__init__(self.friendly)
+
+    def stack(self) -> str:
+        """The formatted traceback of what the function raised (a worker process's own, when it ran there)."""
+        return getattr(self.exc, "remote_traceback", None) or "".join(traceback.format_exception(self.exc))
 
 
 class _GenericBinding:
@@ -139,6 +144,20 @@ def has_implicit_output(binding_type: str) -> bool:
     if conv is None:
         return binding_type != "durableClient"
     return bool(conv.has_implicit_output())
+
+
+class FunctionRunner(Protocol):
+    """Runs a triggered function: in this process (Invoker) or in a worker process (devhost/workers.py)."""
+
+    async def invoke(
+        self,
+        function: func.Function,
+        inputs: dict[str, meta.Datum],
+        trigger_metadata: dict[str, meta.Datum] | None = None,
+        *,
+        trace_parent: str = "",
+    ) -> meta.Datum | None:
+        """Call `function` with `inputs`; its encoded output, if any. Raises FunctionInvocationError."""
 
 
 class Invoker:

@@ -381,9 +381,9 @@ class Engine:
             inputs = {str(trigger_of(function).name): meta.Datum(item.input, "string")}
             datum = await self._ctx.invoker.invoke(function, inputs)
         except FunctionInvocationError as exc:
-            return self._failed(item, exc.friendly, exc.exc)
+            return self._failed(item, exc.friendly, exc.stack())
         except Exception as exc:  # e.g. an output the converter cannot encode: the worker fails the call too
-            return self._failed(item, f"{type(exc).__name__}: {exc}", exc)
+            return self._failed(item, f"{type(exc).__name__}: {exc}", "".join(traceback.format_exception(exc)))
         result = None if datum is None else datum.value
         return event(
             EventType.TaskCompleted,
@@ -393,9 +393,8 @@ class Engine:
         )
 
     @staticmethod
-    def _failed(item: WorkItem, friendly: str, exc: BaseException | None) -> JsonDict:
+    def _failed(item: WorkItem, friendly: str, stack: str | None) -> JsonDict:
         # Details: the serialized exception, as the host's ErrorDataConverter produces it.
-        stack = "".join(traceback.format_exception(exc)) if exc is not None else None
         details = json.dumps({"Message": friendly, "StackTrace": stack})
         return event(
             EventType.TaskFailed,

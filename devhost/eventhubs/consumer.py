@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from devhost.eventhubs.binding import EventHubTriggerSpec, trigger_input
 from devhost.eventhubs.store import EventLogStore, StoredEvent
-from devhost.invoker import FunctionInvocationError, Invoker
+from devhost.invoker import FunctionInvocationError, FunctionRunner
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ class PartitionConsumer:
         spec: EventHubTriggerSpec,
         partition_id: int,
         store: EventLogStore,
-        invoker: Invoker,
+        invoker: FunctionRunner,
         *,
         max_batch_size: int,
         poll_interval: float,

@@ -22,6 +22,7 @@ from devhost.durable.binding import client_binding_json
 from devhost.invoker import Invoker
 from devhost.loader import FunctionIndex
 from devhost.services import free_port
+from devhost.workers import WorkerPool
 
 TERMINAL = {"Completed", "Failed", "Terminated", "Canceled"}
 T = TypeVar("T")
@@ -57,16 +58,28 @@ class ServedHost:
 
 @asynccontextmanager
 async def serve_durable_host(
-    index: FunctionIndex, app_dir: Path, owner_url: str, data_dir: Path, hub: str, **host_options: Any
+    index: FunctionIndex,
+    app_dir: Path,
+    owner_url: str,
+    data_dir: Path,
+    hub: str,
+    workers: int = 0,
+    **host_options: Any,
 ) -> AsyncIterator[ServedHost]:
-    """Run a DurableHost for `index` (both API prefixes mounted) on this event loop; stop it all afterwards."""
+    """Run a DurableHost for `index` (both API prefixes mounted) on this event loop; stop it all afterwards.
+
+    With `workers`, its functions run in that many worker processes (devhost/workers.py), as the devhost runs them
+    with FUNCTIONS_WORKER_PROCESS_COUNT."""
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     invoker = Invoker(str(app_dir))
-    host = DurableHost(HostContext(index, invoker, owner_url, data_dir, base_url, hub), **host_options)
+    pool = WorkerPool(app_dir, workers, lambda: host.client_binding_json()) if workers else None
+    host = DurableHost(HostContext(index, pool or invoker, owner_url, data_dir, base_url, hub), **host_options)
     invoker.durable_binding = host.client_binding_json  # as DevHost does: client bindings on every trigger
     app = web.Application()
     host.add_routes(app)
+    if pool is not None:
+        await pool.start()
     await host.start()
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -78,6 +91,8 @@ async def serve_durable_host(
         await http_utils._close_session()
         await runner.cleanup()
         await host.stop()
+        if pool is not None:
+            await pool.stop()
         invoker.shutdown()
 
 

@@ -82,15 +82,20 @@ class Harness:
 Scenario = Callable[[Harness], Awaitable[None]]
 
 
-@pytest.fixture()
-def durable(pg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Scenario], None]]:  # type: ignore[no-untyped-def]
-    """Run a scenario against a fresh DurableHost served on a free port (both API prefixes mounted)."""
+@pytest.fixture(params=[0, 2], ids=["functions-in-the-host", "two-worker-processes"])
+def durable(
+    pg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Iterator[Callable[[Scenario], None]]:  # type: ignore[no-untyped-def]
+    """Run a scenario against a fresh DurableHost served on a free port (both API prefixes mounted), its functions
+    run in the host process and, again, in two worker processes."""
     monkeypatch.setenv("CONFORMANCE_STATE_DIR", str(tmp_path))
 
     def run(scenario: Scenario) -> None:
         async def main() -> None:
             hub = f"t{uuid.uuid4().hex[:12]}"
-            served_host = serve_durable_host(conformance_index(), CONFORMANCE_APP, pg.owner_url, tmp_path, hub)
+            served_host = serve_durable_host(
+                conformance_index(), CONFORMANCE_APP, pg.owner_url, tmp_path, hub, workers=request.param
+            )
             async with served_host as served, aiohttp.ClientSession() as http:
                 await scenario(Harness(served.host, served.client, served.base_url, hub, pg.owner_url, tmp_path, http))
 

@@ -12,6 +12,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from devhost.workers import WORKER_COUNT_SETTING
 from tests.e2e.test_executions_e2e import (
     Platform,
     SideEffects,
@@ -30,10 +33,41 @@ from tests.e2e.test_executions_e2e import (
 __all__ = ["pytestmark", "side_effects"]
 
 
+def worker_processes(host_pid: int) -> list[int]:
+    """The host's language worker processes (its children running `devhost.worker`)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and host_pid in _parent_and_state(int(entry.name)):
+            if b"devhost.worker" in _command(int(entry.name)):
+                found.append(int(entry.name))
+    return found
+
+
+def _parent_and_state(pid: int) -> tuple[int, str]:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):  # gone meanwhile
+        return (0, "X")
+    return int(fields[1]), fields[0]
+
+
+def _command(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie or a reused pid running something else does not count)."""
+    return _parent_and_state(pid)[1] not in ("X", "Z") and b"devhost.worker" in _command(pid)
+
+
+@pytest.mark.parametrize("workers", [0, 2], ids=["functions-in-the-host", "two-worker-processes"])
 def test_a_killed_host_resumes_and_every_side_effect_happens_once(
-    pg: Any, azurite: Any, tmp_path: Path, side_effects: SideEffects
+    pg: Any, azurite: Any, tmp_path: Path, side_effects: SideEffects, workers: int
 ) -> None:
-    host = start_platform_host(pg, azurite, tmp_path / "devhost.log")
+    host = start_platform_host(pg, azurite, tmp_path / "devhost.log", env={WORKER_COUNT_SETTING: str(workers)})
     crashed = Platform(host, pg.root, pg.owner_url)
     allow_local_side_effects(crashed)
     tag = uuid.uuid4().hex[:6]
@@ -52,7 +86,16 @@ def test_a_killed_host_resumes_and_every_side_effect_happens_once(
         while steps_of(detail(crashed, execution_id))["pause"]["state"] != "running":
             assert time.monotonic() < deadline
             time.sleep(0.1)
+        assert host.process is not None
+        host_pid = host.process.pid
+        pids = worker_processes(host_pid)
+        assert len(pids) == workers
         host.kill()
+        # A worker whose host is gone leaves at once (its socket ends), as a language worker does.
+        deadline = time.monotonic() + 10
+        while any(alive(pid) for pid in pids):
+            assert time.monotonic() < deadline, "worker processes outlived their killed host"
+            time.sleep(0.1)
         host.start()
         status, events = follow(crashed, execution_id)
         assert status == "succeeded"

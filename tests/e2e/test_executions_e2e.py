@@ -23,6 +23,7 @@ import pytest
 
 from devhost.child import PROJECT_ROOT, DevhostProcess, free_port
 from devhost.identity import mint_token_cli
+from devhost.workers import WORKER_COUNT_SETTING
 
 pytestmark = pytest.mark.e2e
 
@@ -145,7 +146,10 @@ def allow_local_side_effects(platform: Platform) -> None:
 def platform(
     pg: Any, azurite: Any, tmp_path_factory: pytest.TempPathFactory, side_effects: SideEffects
 ) -> Iterator[Platform]:
-    host = start_platform_host(pg, azurite, tmp_path_factory.mktemp("engine") / "devhost.log")
+    # Functions run in two worker processes, as `make run` and the benchmarks run them (devhost/workers.py).
+    host = start_platform_host(
+        pg, azurite, tmp_path_factory.mktemp("engine") / "devhost.log", env={WORKER_COUNT_SETTING: "2"}
+    )
     running = Platform(host, pg.root, pg.owner_url)
     allow_local_side_effects(running)
     yield running

@@ -1,0 +1,216 @@
+# intent_ref: platform.devhost
+"""Language worker processes: the host runs triggered functions in them, as the Functions host runs its workers.
+
+With `FUNCTIONS_WORKER_PROCESS_COUNT` set, the devhost starts that many `python -m devhost.worker` processes, each
+importing the app, and sends them every orchestrator, activity, Event Hubs and timer invocation (Datum in, Datum
+out, over a socket pair); HTTP functions stay in the host process, whose request objects cannot cross a process.
+A worker that dies fails its calls in flight (the caller retries as it would after any failed invocation) and is
+started again; a worker whose host is gone exits at once, as a real one does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import pickle
+import socket
+import struct
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import azure.functions as func
+from azure.functions import meta
+
+from devhost.invoker import FunctionInvocationError
+from devhost.loader import function_name
+
+logger = logging.getLogger(__name__)
+
+WORKER_COUNT_SETTING = "FUNCTIONS_WORKER_PROCESS_COUNT"
+DURABLE_BINDING_ENV = "QP_DEVHOST_DURABLE_BINDING"
+"""How a worker learns the durableClient binding JSON the host fills for functions whose caller gives none."""
+FD_ARG = "--fd"
+_HEADER = struct.Struct("!I")
+_READY_TIMEOUT_S = 120.0
+_RESTART_DELAY_S = 1.0
+
+
+class RemoteFunctionError(Exception):
+    """What a function raised in a worker process: its type name, message and formatted traceback."""
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str) -> None:
+        super().__init__(message)
+        self.type_name = type_name
+        self.remote_traceback = remote_traceback
+
+
+class WorkerExitedError(Exception):
+    """The worker process running the call exited before answering."""
+
+
+def worker_count() -> int:
+    """How many worker processes `FUNCTIONS_WORKER_PROCESS_COUNT` asks for (0: run functions in the host)."""
+    raw = os.environ.get(WORKER_COUNT_SETTING, "").strip()
+    if not raw:
+        return 0
+    try:
+        count = int(raw)
+    except ValueError:
+        raise SystemExit(f"devhost: {WORKER_COUNT_SETTING} must be a whole number, got {raw!r}") from None
+    if not 0 <= count <= 10:  # the Functions host's own bound
+        raise SystemExit(f"devhost: {WORKER_COUNT_SETTING} must be between 0 and 10, got {count}")
+    return count
+
+
+async def read_frame(reader: asyncio.StreamReader) -> Any:
+    """The next message, or None at end of stream."""
+    try:
+        header = await reader.readexactly(_HEADER.size)
+        body = await reader.readexactly(_HEADER.unpack(header)[0])
+    except asyncio.IncompleteReadError:
+        return None
+    return pickle.loads(body)  # noqa: S301  # our own processes at both ends of a socket pair
+
+
+def write_frame(writer: asyncio.StreamWriter, message: Any) -> None:
+    """Queue one message (a whole frame per call, so concurrent writers never interleave)."""
+    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    writer.write(_HEADER.pack(len(body)) + body)
+
+
+@dataclass(eq=False)
+class _Worker:
+    number: int
+    process: asyncio.subprocess.Process | None = None
+    writer: asyncio.StreamWriter | None = None
+    ready: asyncio.Future[None] | None = None
+    pending: dict[int, tuple[str, asyncio.Future[Any]]] = field(default_factory=dict)
+    reader_task: asyncio.Task[None] | None = None
+
+
+class WorkerPool:
+    """Sends invocations to worker processes; same `invoke` as the in-process Invoker."""
+
+    def __init__(self, app_dir: Path, count: int, durable_binding: Callable[[], str]) -> None:
+        self._app_dir = app_dir
+        self._durable_binding = durable_binding
+        self._workers = [_Worker(number) for number in range(count)]
+        self._ids = itertools.count(1)
+        self._stopping = False
+
+    async def start(self) -> None:
+        """Start every worker process and wait until each has imported the app."""
+        for worker in self._workers:
+            await self._spawn(worker)
+        await asyncio.gather(*(w.ready for w in self._workers if w.ready is not None))
+        logger.info("%d worker process(es) ready", len(self._workers))
+
+    async def _spawn(self, worker: _Worker) -> None:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        env = {**os.environ, DURABLE_BINDING_ENV: self._durable_binding()}
+        try:
+            worker.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "devhost.worker",
+                "--app",
+                str(self._app_dir),
+                FD_ARG,
+                str(theirs.fileno()),
+                pass_fds=(theirs.fileno(),),
+                env=env,
+            )
+        finally:
+            theirs.close()
+        reader, worker.writer = await asyncio.open_unix_connection(sock=ours)
+        worker.ready = loop.create_future()
+        worker.reader_task = asyncio.create_task(self._read(worker, reader), name=f"devhost-worker-{worker.number}")
+
+    async def _read(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
+        while (message := await read_frame(reader)) is not None:
+            kind = message[0]
+            if kind == "ready":
+                if worker.ready is not None and not worker.ready.done():
+                    worker.ready.set_result(None)
+                continue
+            _, call_id, payload = message
+            name, future = worker.pending.pop(call_id, (None, None))
+            if future is None or future.done() or name is None:
+                continue
+            if kind == "ok":
+                future.set_result(payload)
+            else:
+                type_name, text, stack = payload
+                error = RemoteFunctionError(type_name, text, stack)
+                future.set_exception(FunctionInvocationError(name, error, friendly=f"{type_name}: {text}"))
+        await self._exited(worker)
+
+    async def _exited(self, worker: _Worker) -> None:
+        process = worker.process
+        code = await process.wait() if process is not None else None
+        for name, future in worker.pending.values():
+            if not future.done():
+                future.set_exception(FunctionInvocationError(name, WorkerExitedError(f"worker exited ({code})")))
+        worker.pending.clear()
+        if worker.ready is not None and not worker.ready.done():
+            worker.ready.set_exception(RuntimeError(f"worker {worker.number} exited ({code}) before it was ready"))
+        if self._stopping:
+            return
+        logger.error("worker process %d exited (%s); starting it again", worker.number, code)
+        await asyncio.sleep(_RESTART_DELAY_S)
+        if not self._stopping:
+            await self._spawn(worker)
+
+    def _choose(self) -> _Worker:
+        return min(self._workers, key=lambda w: (w.ready is None or not w.ready.done(), len(w.pending)))
+
+    async def invoke(
+        self,
+        function: func.Function,
+        inputs: dict[str, meta.Datum],
+        trigger_metadata: dict[str, meta.Datum] | None = None,
+        *,
+        trace_parent: str = "",
+    ) -> meta.Datum | None:
+        """Run `function` in the least busy worker; its encoded output, if any.
+
+        Raises FunctionInvocationError when the user code raises or the worker exits meanwhile.
+        """
+        worker = self._choose()
+        if worker.ready is not None:
+            await asyncio.shield(worker.ready)
+        if worker.writer is None:
+            raise FunctionInvocationError(function_name(function), WorkerExitedError("worker not running"))
+        name = function_name(function)
+        call_id = next(self._ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        worker.pending[call_id] = (name, future)
+        write_frame(worker.writer, ("invoke", call_id, (name, inputs, trigger_metadata, trace_parent)))
+        result: meta.Datum | None = await future
+        return result
+
+    async def stop(self) -> None:
+        """Close the workers' sockets (each exits at end of stream) and wait for them briefly."""
+        self._stopping = True
+        for worker in self._workers:
+            if worker.writer is not None:
+                worker.writer.close()
+        for worker in self._workers:
+            if worker.process is None:
+                continue
+            try:
+                await asyncio.wait_for(worker.process.wait(), timeout=5)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.kill()
+            if worker.reader_task is not None:
+                worker.reader_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker.reader_task
