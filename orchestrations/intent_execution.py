@@ -4,6 +4,7 @@
 # Versioning (ADR 0025): the registered name carries the generation. A change that alters the commands a recorded
 # history replays into gets a new name; the previous one stays registered until no instance of it runs.
 
+import functools
 import json
 from collections.abc import Generator
 from typing import Any
@@ -12,10 +13,13 @@ import azure.durable_functions as df
 from azure.durable_functions.models.Task import TaskBase, TaskState, TimerTask
 
 from orchestrations.typed import typed
-from shared.engine import activity_trace, machine
+from shared.engine import activity_trace, machine, replay_memo
 from shared.engine.protocol import ORCHESTRATOR
 
 bp = df.Blueprint()
+
+# Each episode replays the history from the start; the reductions of what it replays are remembered per process.
+_REPLAYS = replay_memo.ReplayMemo()
 
 # Every activity's write is idempotent, so a transient database or hub error is simply tried again.
 _RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=1000, max_number_of_attempts=5)
@@ -44,7 +48,8 @@ def _finished(task: TaskBase, kind: str, key: Any, now: Any) -> machine.Event:
 def intent_execution_v2(context: df.DurableOrchestrationContext) -> Generator[TaskBase, Any, Any]:
     """Input: the start request ({"execution_id", "tenant_id", "definition", "inputs", "plan", "reused"}) or
     {"machine": <state>} after continue-as-new. Output as machine.Complete says."""
-    state, commands = machine.begin(_json(context.get_input()), context.current_utc_datetime)
+    replay = _REPLAYS.begin(context.instance_id, context.current_utc_datetime, lambda: _json(context.get_input()))
+    state, commands = replay.start
     waiting: list[tuple[TaskBase, str, Any]] = []
     while True:
         for command in commands:
@@ -64,13 +69,17 @@ def intent_execution_v2(context: df.DurableOrchestrationContext) -> Generator[Ta
                 task = context.call_sub_orchestrator(ORCHESTRATOR, command.input, command.instance_id)
                 waiting.append((task, "child", (command.step_id, command.attempt)))
             elif isinstance(command, machine.ContinueAsNew):
+                _REPLAYS.forget(context.instance_id)
                 context.continue_as_new(command.input)
                 return None
             else:
+                _REPLAYS.forget(context.instance_id)
                 context.set_custom_status(state.custom_status())
                 return command.result
         context.set_custom_status(state.custom_status())
         winner = yield context.task_any([task for task, _, _ in waiting])
         index = next(i for i, (task, _, _) in enumerate(waiting) if task is winner)
         _, kind, key = waiting.pop(index)
-        state, commands = machine.reduce(state, _finished(winner, kind, key, context.current_utc_datetime))
+        now = context.current_utc_datetime
+        mark = replay_memo.fingerprint(kind, key, now)
+        state, commands = replay.reduce(state, mark, functools.partial(_finished, winner, kind, key, now))

@@ -21,13 +21,24 @@ def blob_service_client(settings: Settings, **client_options: Any) -> BlobServic
 
 
 def artifacts_container(settings: Settings) -> ContainerClient:
-    """The artifacts container, created on first use (locally; in Azure the IaC creates it)."""
-    container = blob_service_client(settings).get_container_client(settings.QP_ARTIFACTS_CONTAINER)
-    if not container.exists():
-        from azure.core.exceptions import ResourceExistsError
+    """The artifacts container, created on first use (locally; in Azure the IaC creates it).
 
-        try:
-            container.create_container()
-        except ResourceExistsError:
-            pass  # created concurrently
+    One client per process and account: a client holds its connection pool (and, in Azure, its credential's
+    token), and the SDK's clients are safe to share between threads. Building one per write cost a new connection
+    and an existence check per step."""
+    key = (settings.QP_BLOB_CONNECTION_STRING, settings.QP_BLOB_ACCOUNT_URL, settings.QP_ARTIFACTS_CONTAINER)
+    container = _containers.get(key)
+    if container is None:
+        container = blob_service_client(settings).get_container_client(settings.QP_ARTIFACTS_CONTAINER)
+        if not container.exists():
+            from azure.core.exceptions import ResourceExistsError
+
+            try:
+                container.create_container()
+            except ResourceExistsError:
+                pass  # created concurrently
+        container = _containers.setdefault(key, container)  # two first callers at once: both use one client
     return container
+
+
+_containers: dict[tuple[str | None, str | None, str], ContainerClient] = {}
