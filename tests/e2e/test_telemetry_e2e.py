@@ -23,6 +23,7 @@ import pytest
 
 from devhost.child import PROJECT_ROOT
 from devhost.services import free_port
+from devhost.workers import WORKER_COUNT_SETTING
 from tests.e2e.conftest import DevhostFactory
 from tests.e2e.test_remote_worker_e2e import TERMINAL, Tenant, worker_running
 
@@ -225,6 +226,9 @@ def test_the_local_trace_command_prints_an_executions_trace_from_the_file(
 ) -> None:
     telemetry_file = tmp_path / "telemetry.jsonl"
     env = {"QP_TELEMETRY_FILE": str(telemetry_file), "OTEL_BSP_SCHEDULE_DELAY": "200", "QP_TASK_HUB": "TraceFileE2E"}
+    # As make run has it: the request in the host process, activities and modules in two worker processes, all
+    # appending to one file and joining one trace.
+    env[WORKER_COUNT_SETTING] = "2"
     host = devhost_factory(app_dir=PROJECT_ROOT, env=env, extra_args=("--seed-demo",))
     fabrikam = Tenant(host, pg, "fabrikam")
     module_only = {"name": "local-trace", "definition": {**MODULE_AND_REMOTE["definition"], "steps": [NOTE_STEP]}}
