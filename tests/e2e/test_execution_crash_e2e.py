@@ -7,6 +7,8 @@ would share the `module-work` consumer checkpoint.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -102,5 +104,41 @@ def test_a_killed_host_resumes_and_every_side_effect_happens_once(
         for name in (f"one-{tag}", f"two-{tag}"):
             assert len(side_effects.named(name)) == 1, name
         assert [e["type"] for e in events].count("step_completed") == 4
+    finally:
+        host.stop()
+
+
+def test_a_killed_worker_process_is_started_again_and_executions_go_on(
+    pg: Any, azurite: Any, tmp_path: Path, side_effects: SideEffects
+) -> None:
+    host = start_platform_host(pg, azurite, tmp_path / "devhost.log", env={WORKER_COUNT_SETTING: "2"})
+    platform = Platform(host, pg.root, pg.owner_url)
+    allow_local_side_effects(platform)
+    try:
+        assert host.process is not None
+        before = worker_processes(host.process.pid)
+        assert len(before) == 2
+        os.kill(before[0], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while len(after := worker_processes(host.process.pid)) != 2 or before[0] in after:
+            assert time.monotonic() < deadline, "the host did not start its killed worker again"
+            time.sleep(0.2)
+        assert before[1] in after  # the other one was left alone
+        tag = uuid.uuid4().hex[:6]
+        intent = create_intent(
+            platform,
+            [
+                {"id": "one", **http(side_effects, f"w-{tag}")},
+                {"id": "two", "action": "event.emit", "type": "x.done", "depends_on": ["one"]},
+            ],
+        )
+        for _ in range(3):  # each worker takes its share of the calls
+            status, _ = follow(platform, started(platform, intent))
+            assert status == "succeeded"
+        assert len(side_effects.named(f"w-{tag}")) == 3
+        assert (
+            "worker process 0 exited" in (tmp_path / "devhost.log").read_text()
+            or "worker process 1 exited" in (tmp_path / "devhost.log").read_text()
+        )
     finally:
         host.stop()
