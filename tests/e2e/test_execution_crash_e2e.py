@@ -136,9 +136,7 @@ def test_a_killed_worker_process_is_started_again_and_executions_go_on(
             status, _ = follow(platform, started(platform, intent))
             assert status == "succeeded"
         assert len(side_effects.named(f"w-{tag}")) == 3
-        assert (
-            "worker process 0 exited" in (tmp_path / "devhost.log").read_text()
-            or "worker process 1 exited" in (tmp_path / "devhost.log").read_text()
-        )
+        log = (tmp_path / "devhost.log").read_text()
+        assert "exited (-9); starting it again" in log, log[-2000:]
     finally:
         host.stop()
