@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 import psycopg
 from azure.functions import meta
+from psycopg import AsyncCursor
+from psycopg.rows import DictRow
 
 from devhost.component import HostContext
 from devhost.durable.episode import Bookkeeping, Catalog, Episode, EpisodeResult, InstanceFacts
@@ -90,6 +92,10 @@ class Engine:
         self._cooldown: dict[str, float] = {}  # instance id -> monotonic time before which it is not retried
         self._loop_task: asyncio.Task[None] | None = None
         self._histories: OrderedDict[str, _KeptHistory] = OrderedDict()
+        # A finished episode or activity starts a dispatcher pass only when something may wait for one: work
+        # left behind by a limit (backlog), or an episode that did more than queue activities it started itself.
+        self._backlog = False
+        self._quiet: set[object] = set()
 
     @property
     def catalog(self) -> Catalog:
@@ -112,6 +118,7 @@ class Engine:
             or instance_id in self._cooldown
             or len(self._episodes) >= self._max_episodes
         ):
+            self._backlog = self._backlog or len(self._episodes) >= self._max_episodes
             self._wake.set()
             return
         self._spawn(self._episodes, instance_id, self._guarded_episode(instance_id), f"episode {instance_id}")
@@ -179,21 +186,28 @@ class Engine:
         clock = time.monotonic()
         self._cooldown = {k: v for k, v in self._cooldown.items() if v > clock}
         # Not pipelined: on a busy machine the pipeline's client-side cost outweighs a saved local round trip.
+        episode_room = max(self._max_episodes - len(self._episodes), 0)
+        work_room = max(self._max_activities - len(self._activities), 0)
         async with self._db.connection() as conn:
+            # One more of each than there is room for: if it comes, work waits for a slot (a backlog).
             ids, items, due = await self._store.dispatchable(
                 conn,
                 now,
                 running_episodes=[*self._episodes, *self._cooldown],
-                episode_limit=self._max_episodes - len(self._episodes),
+                episode_limit=episode_room + 1,
                 running_work=list(self._activities),
-                work_limit=self._max_activities - len(self._activities),
+                work_limit=work_room + 1,
             )
+        self._backlog = len(ids) > episode_room or len(items) > work_room
+        ids, items = ids[:episode_room], items[:work_room]
         for instance_id in ids:
             if instance_id in self._episodes:
                 continue  # started by wake_instance while this pass read: one episode per instance at a time
             self._spawn(self._episodes, instance_id, self._guarded_episode(instance_id), f"episode {instance_id}")
         for item in items:
-            self._spawn(self._activities, item.id, self._run_activity(item), f"activity {item.name}")
+            if item.id in self._activities:
+                continue  # started by the episode that queued it while this pass read
+            self._spawn(self._activities, item.id, self._run_activity(item), f"activity {item.name}", quiet=True)
         sleep = self._poll_interval
         if due is not None:
             sleep = min(sleep, max(0.0, (due - utcnow()).total_seconds()))
@@ -201,14 +215,29 @@ class Engine:
             sleep = min(sleep, max(0.0, min(self._cooldown.values()) - time.monotonic()))
         return sleep
 
-    def _spawn(self, tasks: dict[K, asyncio.Task[None]], key: K, work: Coroutine[Any, Any, None], name: str) -> None:
-        """Run `work` in the background, tracked under `key` until it ends (then dispatch again)."""
+    def _spawn(
+        self,
+        tasks: dict[K, asyncio.Task[None]],
+        key: K,
+        work: Coroutine[Any, Any, None],
+        name: str,
+        *,
+        quiet: bool = False,
+    ) -> None:
+        """Run `work` in the background, tracked under `key` until it ends, then dispatch again unless `quiet`
+        (an activity: its result starts its episode itself) or marked quiet meanwhile (a plain episode), and
+        nothing waits for a slot."""
         task = asyncio.create_task(work, name=name)
         tasks[key] = task
+        if quiet:
+            self._quiet.add(key)
 
         def done(_: asyncio.Task[None]) -> None:
             tasks.pop(key, None)
-            self.wake()
+            quiet = key in self._quiet
+            self._quiet.discard(key)
+            if not quiet or self._backlog:
+                self.wake()
 
         task.add_done_callback(done)
 
@@ -232,39 +261,44 @@ class Engine:
         # Pipelined: the reads are one round trip, the writes and the commit another. psycopg.AsyncTransaction, not
         # conn.transaction(): in a pipeline the latter syncs around its block, a third round trip for the COMMIT. A
         # write that fails surfaces at the pipeline's sync (the queued COMMIT is skipped) and the pool rolls back.
-        async with self._db.connection() as conn, conn.pipeline(), psycopg.AsyncTransaction(conn):
-            instance, messages, rows = await self._store.episode_input(conn, instance_id, now, known)
-            if instance is None or instance.runtime_status not in _RUNNABLE:
-                return
-            if kept is None or kept.execution_id != instance.execution_id or (rows and rows[0][0] != known):
-                # Nothing kept, or it belongs to an execution that has ended: the whole history from the store.
-                kept = _KeptHistory(instance.execution_id)
-                if known > 0:
-                    rows = await self._store.history_since(conn, instance_id, 0)
-            kept.extend([event for _, event in rows])
-            result: EpisodeResult | None = None
-            if messages:
-                episode = Episode(
-                    facts=InstanceFacts(
-                        instance.instance_id,
-                        instance.execution_id,
-                        instance.name,
-                        instance.input_json,
-                        instance.parent_instance_id,
-                    ),
-                    past=kept.events,
-                    played=kept.played,
-                    messages=messages,
-                    book=instance.book,
-                    now=now,
-                    catalog=self.catalog,
-                )
-                if episode.has_events:
-                    state, failure = await self._invoke_orchestrator(instance.name, episode.context())
-                    result = episode.finish(state, failure, utcnow())
-                    await self._commit(conn, instance, result, now, history_at=len(kept.events))
-                await self._store.delete_messages(conn, [m.id for m in messages])
+        added = None
+        async with self._db.connection() as conn:
+            async with conn.pipeline(), psycopg.AsyncTransaction(conn):
+                instance, messages, rows = await self._store.episode_input(conn, instance_id, now, known)
+                if instance is None or instance.runtime_status not in _RUNNABLE:
+                    return
+                if kept is None or kept.execution_id != instance.execution_id or (rows and rows[0][0] != known):
+                    # Nothing kept, or it belongs to an execution that has ended: the whole history from the store.
+                    kept = _KeptHistory(instance.execution_id)
+                    if known > 0:
+                        rows = await self._store.history_since(conn, instance_id, 0)
+                kept.extend([event for _, event in rows])
+                result: EpisodeResult | None = None
+                if messages:
+                    episode = Episode(
+                        facts=InstanceFacts(
+                            instance.instance_id,
+                            instance.execution_id,
+                            instance.name,
+                            instance.input_json,
+                            instance.parent_instance_id,
+                        ),
+                        past=kept.events,
+                        played=kept.played,
+                        messages=messages,
+                        book=instance.book,
+                        now=now,
+                        catalog=self.catalog,
+                    )
+                    if episode.has_events:
+                        state, failure = await self._invoke_orchestrator(instance.name, episode.context())
+                        result = episode.finish(state, failure, utcnow())
+                        added = await self._commit(conn, instance, result, now, history_at=len(kept.events))
+                    await self._store.delete_messages(conn, [m.id for m in messages])
+            # Committed (the pipeline synced): its new work items can start without a dispatcher pass.
+            work = await self._store.added_work(added)
         assert kept is not None  # the transaction swallows only psycopg.Rollback, which nothing here raises
+        self._start_added(instance_id, result, work)
         if result is not None:
             if result.status.is_terminal or result.status == RuntimeStatus.ContinuedAsNew:
                 return  # no further episode of this execution
@@ -293,18 +327,37 @@ class Engine:
             state = None
         return (state, None) if isinstance(state, dict) else (None, "the orchestrator returned no OrchestratorState")
 
+    def _start_added(self, instance_id: str, result: EpisodeResult | None, work: list[WorkItem]) -> None:
+        """Start the activities a committed episode queued, as far as there is room; the episode's end needs no
+        dispatcher pass when that was all it did (no timer, child or end to attend to, nothing left queued)."""
+        room = self._max_activities - len(self._activities)
+        for item in work[: max(room, 0)]:
+            if item.id not in self._activities:  # a dispatcher pass may have read it first
+                self._spawn(self._activities, item.id, self._run_activity(item), f"activity {item.name}", quiet=True)
+        plain = (
+            result is not None
+            and result.status == RuntimeStatus.Running
+            and not result.timers
+            and not result.children
+            and len(work) == len(result.activities)
+            and len(work) <= room
+        )
+        if plain:
+            self._quiet.add(instance_id)
+
     async def _commit(
         self, conn: Conn, instance: Instance, result: EpisodeResult, now: datetime, *, history_at: int
-    ) -> None:
+    ) -> AsyncCursor[DictRow] | None:
+        """Persist the episode; the cursor of the work items it queued (read it once committed)."""
         store, instance_id, execution_id = self._store, instance.instance_id, instance.execution_id
         instance.updated_at = utcnow()
         if result.custom_status_set:
             instance.custom_status_json = result.custom_status_json
         if result.status == RuntimeStatus.ContinuedAsNew:
             await self._continue_as_new(conn, instance, result.continue_as_new_input, now)
-            return
+            return None
         await store.append_history(conn, instance_id, result.history, start=history_at)
-        await store.add_work(conn, instance_id, execution_id, result.activities, now)
+        added = await store.add_work(conn, instance_id, execution_id, result.activities, now)
         for timer in result.timers:
             fired = event(EventType.TimerFired, timer.fire_at, TimerId=timer.task_id, FireAt=iso(timer.fire_at))
             await store.send(conn, instance_id, execution_id, fired, timer.fire_at, task_id=timer.task_id)
@@ -341,6 +394,7 @@ class Engine:
                 store, conn, instance, now, reason=result.failure_reason, details=result.failure_details
             )
         await store.save(conn, instance)
+        return added
 
     async def _continue_as_new(self, conn: Conn, instance: Instance, input_json: str | None, now: datetime) -> None:
         """Start a fresh execution: new ExecutionId, empty history, counters reset; undelivered results dropped."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncConnection, AsyncCursor, sql
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
@@ -51,6 +51,12 @@ _RUNNABLE_IDS = sql.SQL(
 _PENDING_WORK = sql.SQL(
     "SELECT id, instance_id, execution_id, task_id, name, input FROM {} WHERE task_hub = %s"
     " AND NOT (id = ANY(%s)) ORDER BY id LIMIT %s"
+).format(_WORK)
+_ADD_WORK = sql.SQL(
+    "INSERT INTO {} (task_hub, instance_id, execution_id, task_id, name, input, created_at)"
+    " SELECT %s, %s, %s, t.task_id, t.name, t.input, %s"
+    " FROM unnest(%s::integer[], %s::text[], %s::text[]) AS t(task_id, name, input)"
+    " ON CONFLICT DO NOTHING RETURNING id, instance_id, execution_id, task_id, name, input"
 ).format(_WORK)
 # The runnable instances, then one row (instance_id NULL) with the time the next message falls due.
 _RUNNABLE_AND_NEXT_DUE = sql.SQL(
@@ -407,17 +413,28 @@ class Store:
         execution_id: str,
         calls: Sequence[ActivityCall],
         now: datetime,
-    ) -> None:
+    ) -> AsyncCursor[DictRow] | None:
+        """Queue the activities in one statement; its cursor returns the items added (read it once the
+        transaction has committed: in a pipeline, the rows arrive with the sync)."""
         if not calls:
-            return
-        async with conn.cursor() as cursor:
-            await cursor.executemany(
-                sql.SQL(
-                    "INSERT INTO {} (task_hub, instance_id, execution_id, task_id, name, input, created_at)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
-                ).format(_WORK),
-                [(self.hub, instance_id, execution_id, c.task_id, c.name, c.input, now) for c in calls],
-            )
+            return None
+        return await conn.execute(
+            _ADD_WORK,
+            (
+                self.hub,
+                instance_id,
+                execution_id,
+                now,
+                [c.task_id for c in calls],
+                [c.name for c in calls],
+                [c.input for c in calls],
+            ),
+        )
+
+    @staticmethod
+    async def added_work(cursor: AsyncCursor[DictRow] | None) -> list[WorkItem]:
+        """The items an `add_work` added (none already queued are repeated)."""
+        return [_work_item(r) for r in await cursor.fetchall()] if cursor is not None else []
 
     async def pending_work(self, conn: Conn, exclude: Sequence[int], limit: int) -> list[WorkItem]:
         cur = await conn.execute(_PENDING_WORK, (self.hub, list(exclude), limit))
