@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import socket
 import traceback
 from pathlib import Path
@@ -63,6 +64,8 @@ def main() -> None:
     parser.add_argument("--app", required=True)
     parser.add_argument(FD_ARG, type=int, required=True)
     args = parser.parse_args()
+    # Ctrl-C reaches the whole process group; the host stops its workers by closing their sockets.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[worker]: %(message)s")
     for noisy in ("azure", "psycopg.pool"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
