@@ -102,10 +102,12 @@ class DevHost:
         self.host_key = load_or_create_master_key(data_dir)
         self.guard = HostKeyGuard(self.host_key)
         self.notifications = Notifications(owner_url)
+
+        def binding() -> str:  # asked for once the components exist
+            return self.durable_binding(self.base_url)
+
         count = worker_count()
-        self.workers = (
-            WorkerPool(options.app_dir.resolve(), count, lambda: self.durable_binding(self.base_url)) if count else None
-        )
+        self.workers = WorkerPool(options.app_dir.resolve(), count, binding) if count else None
         self.ctx = HostContext(
             index,
             self.workers or self.invoker,
@@ -117,7 +119,7 @@ class DevHost:
             self.notifications,
         )
         self.components = build_components(self.ctx)
-        self.invoker.durable_binding = lambda: self.durable_binding(self.base_url)
+        self.invoker.durable_binding = binding
         self.runner: web.AppRunner | None = None
 
     def durable_binding(self, origin: str) -> str:

@@ -17,8 +17,6 @@ from devhost.invoker import FunctionInvocationError, Invoker
 from devhost.loader import FunctionIndex, load_function_app
 from devhost.workers import DURABLE_BINDING_ENV, FD_ARG, read_frame, write_frame
 
-logger = logging.getLogger("devhost.worker")
-
 
 def _error(exc: BaseException) -> tuple[str, str, str]:
     return type(exc).__name__, str(exc), "".join(traceback.format_exception(exc))

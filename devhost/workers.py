@@ -37,7 +37,6 @@ DURABLE_BINDING_ENV = "QP_DEVHOST_DURABLE_BINDING"
 """How a worker learns the durableClient binding JSON the host fills for functions whose caller gives none."""
 FD_ARG = "--fd"
 _HEADER = struct.Struct("!I")
-_READY_TIMEOUT_S = 120.0
 _RESTART_DELAY_S = 1.0
 
 
@@ -142,8 +141,8 @@ class WorkerPool:
                 continue
             _, call_id, payload = message
             name, future = worker.pending.pop(call_id, (None, None))
-            if future is None or future.done() or name is None:
-                continue
+            if name is None or future is None or future.done():
+                continue  # a call this host no longer waits for
             if kind == "ok":
                 future.set_result(payload)
             else:

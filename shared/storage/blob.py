@@ -20,6 +20,10 @@ def blob_service_client(settings: Settings, **client_options: Any) -> BlobServic
     return BlobServiceClient(settings.QP_BLOB_ACCOUNT_URL, credential=DefaultAzureCredential(), **client_options)
 
 
+_containers: dict[tuple[str | None, str | None, str], ContainerClient] = {}
+"""The artifacts container's client per (connection string, account URL, container name), in this process."""
+
+
 def artifacts_container(settings: Settings) -> ContainerClient:
     """The artifacts container, created on first use (locally; in Azure the IaC creates it).
 
@@ -39,6 +43,3 @@ def artifacts_container(settings: Settings) -> ContainerClient:
                 pass  # created concurrently
         container = _containers.setdefault(key, container)  # two first callers at once: both use one client
     return container
-
-
-_containers: dict[tuple[str | None, str | None, str], ContainerClient] = {}

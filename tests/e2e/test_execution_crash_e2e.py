@@ -37,12 +37,13 @@ __all__ = ["pytestmark", "side_effects"]
 
 def worker_processes(host_pid: int) -> list[int]:
     """The host's language worker processes (its children running `devhost.worker`)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and host_pid in _parent_and_state(int(entry.name)):
-            if b"devhost.worker" in _command(int(entry.name)):
-                found.append(int(entry.name))
-    return found
+    return [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit()
+        and _parent_and_state(int(entry.name))[0] == host_pid
+        and b"devhost.worker" in _command(int(entry.name))
+    ]
 
 
 def _parent_and_state(pid: int) -> tuple[int, str]:
