@@ -95,6 +95,13 @@ class Settings(BaseSettings):
     QP_TASK_TOKEN_TTL_S: int = Field(
         default=24 * 3600, ge=60, le=30 * 24 * 3600, description="How long a remote step's task token is valid."
     )
+    QP_DISPATCH_RESULT_WAIT_MS: int = Field(
+        default=250,
+        ge=0,
+        le=5000,
+        description="How long a dispatch of built-in steps waits for their results to answer them itself (ADR 0034); "
+        "0 never waits.",
+    )
     QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS: int = Field(
         default=100, ge=1, le=100_000, description="A tenant's concurrent executions when its quota sets none."
     )

@@ -139,6 +139,7 @@ var appSettings = [
   { name: 'QP_REGISTRY_MAX_DEPTH', value: '32' }
   { name: 'QP_PAYLOAD_INLINE_MAX_BYTES', value: '65536' }
   { name: 'QP_TASK_TOKEN_TTL_S', value: '86400' }
+  { name: 'QP_DISPATCH_RESULT_WAIT_MS', value: '250' }
   { name: 'QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS', value: '100' }
   // Below the 4-minute idle timeout of the load balancers in front of the app and API Management (ADR 0031).
   { name: 'QP_EVENT_STREAM_KEEPALIVE_S', value: '15' }

@@ -63,6 +63,23 @@ class Waiter:
         self._owner.unsubscribe(self)
 
 
+class ThreadWaiter:
+    """A blocking wait's wake-up: `event` (a threading.Event) is set at once when its execution may have a new event.
+
+    For a worker thread that waits for a result a moment (a dispatch waiting for quick step results), where a
+    coalescing delay would only add latency."""
+
+    def __init__(self, owner: EventWakeup, execution_id: UUID) -> None:
+        self._owner, self.execution_id = owner, execution_id
+        self.event = threading.Event()
+
+    def wake(self) -> None:
+        self.event.set()
+
+    def close(self) -> None:
+        self._owner.unsubscribe(self)
+
+
 class EventWakeup:
     """LISTENs on one dedicated connection in a daemon thread (never one from the request pool) and wakes the
     waiters of the execution each notification names.
@@ -75,7 +92,7 @@ class EventWakeup:
         self._connect = connect
         self._reconnect_delay_s = reconnect_delay_s
         self._lock = threading.Lock()
-        self._waiters: dict[UUID, set[Waiter]] = {}
+        self._waiters: dict[UUID, set[Waiter | ThreadWaiter]] = {}
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._conn: psycopg.Connection[Any] | None = None
@@ -93,7 +110,15 @@ class EventWakeup:
         self.start()
         return waiter
 
-    def unsubscribe(self, waiter: Waiter) -> None:
+    def subscribe_thread(self, execution_id: UUID) -> ThreadWaiter:
+        """A waiter for `execution_id` that a blocking thread waits on; the listener starts on first use."""
+        waiter = ThreadWaiter(self, execution_id)
+        with self._lock:
+            self._waiters.setdefault(execution_id, set()).add(waiter)
+        self.start()
+        return waiter
+
+    def unsubscribe(self, waiter: Waiter | ThreadWaiter) -> None:
         with self._lock:
             waiters = self._waiters.get(waiter.execution_id)
             if waiters is not None:

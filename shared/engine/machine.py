@@ -162,6 +162,9 @@ class DispatchAnswer(_Model):
     cancel_requested: bool = False
     refused: bool = False
     children: dict[str, ChildStart] = Field(default_factory=dict)
+    results: dict[str, Verdict] = Field(default_factory=dict)
+    """Results of built-in attempts recorded while the dispatch waited, by attempt event name (ADR 0034): their
+    events are not raised."""
 
 
 class Outcome(_Model):
@@ -667,7 +670,7 @@ class _Step:
                         ),
                     )
                 continue
-            early = flight.early
+            early = flight.early or answer.results.get(attempt_event(flight.phase, step_id, flight.attempt))
             flight = flight.model_copy(update={"stage": Stage.RUNNING, "write": None, "early": None})
             self.put_flight(flight)
             if early is not None:

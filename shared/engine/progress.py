@@ -15,6 +15,7 @@ from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
 from shared.engine import machine, work_queue
 from shared.engine import steps as store
+from shared.engine.dispatch_results import await_results
 from shared.engine.payloads import claim_check
 from shared.engine.protocol import MODULE_WORK_HUB, WorkItem
 from shared.engine.start import StartError, StartRequest, rebuild_input, start_execution
@@ -58,9 +59,10 @@ def dispatch_step(raw: dict[str, Any]) -> None:
     _publish([item] if item is not None else [])
 
 
-def _record_dispatch(conn: store.Conn, request: DispatchRequest) -> WorkItem | None:
+def _record_dispatch(conn: store.Conn, request: DispatchRequest, *, awaited: bool = False) -> WorkItem | None:
     """Record a module attempt; a remote one is queued for the tenant's own workers (ADR 0027: nothing of it goes
-    on the shared hub), a built-in one answers the work item to publish."""
+    on the shared hub), a built-in one answers the work item to publish. `awaited`: the dispatch waits for the
+    built-in attempt's result and answers it itself (ADR 0034)."""
     key = request.key
     store.begin_attempt(
         conn,
@@ -68,6 +70,7 @@ def _record_dispatch(conn: store.Conn, request: DispatchRequest) -> WorkItem | N
         action=request.action,
         remote=request.remote,
         step_state="waiting" if request.remote and request.phase == "run" else None,
+        awaited=awaited and not request.remote,
     )
     if request.remote:
         timeout_s = request.timeout_s or get_settings().QP_TASK_TOKEN_TTL_S
@@ -321,13 +324,15 @@ def _fail_child(request: ProgressRequest, error: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- second-generation activities
 def dispatch_steps(batch: machine.DispatchSteps) -> machine.DispatchAnswer:
     """Record a batch's notes and starts in one transaction (the execution's move to running first, to waiting
-    last), then publish its module work in one send and start its child executions.
+    last), then publish its module work in one send and start its child executions; then wait a moment for the
+    results of its built-in attempts and answer those recorded meanwhile (ADR 0034).
 
     Starts of the run phase are refused when the execution has ended or a cancel is recorded: a cancel whose event
     was not seen (raised while the orchestration continued as new) still stops the run."""
     tenant_id, execution_id = UUID(batch.tenant_id), UUID(batch.execution_id)
     items: list[WorkItem] = []
     children: list[machine.StepStart] = []
+    wait_s = get_settings().QP_DISPATCH_RESULT_WAIT_MS / 1000
     with tenant_transaction(tenant_id) as conn:
         current = repo.get_execution(conn, execution_id)
         if current.terminal:
@@ -370,7 +375,7 @@ def dispatch_steps(batch: machine.DispatchSteps) -> machine.DispatchAnswer:
                     remote=start.remote,
                     timeout_s=start.timeout_s,
                 )
-                item = _record_dispatch(conn, request)
+                item = _record_dispatch(conn, request, awaited=wait_s > 0)
                 if item is not None:
                     items.append(item)
         if batch.status is not None and not refused:
@@ -394,11 +399,13 @@ def dispatch_steps(batch: machine.DispatchSteps) -> machine.DispatchAnswer:
             )
         )
         answers[start.step_id] = machine.ChildStart.model_validate(started)
+    keys = [AttemptKey(execution_id, item.step_id, item.phase, item.attempt) for item in items]
     return machine.DispatchAnswer(
         status=machine.Status(moved["status"]),
         cancel_requested=bool(moved["cancel_requested"]),
         refused=refused,
         children=answers,
+        results=await_results(tenant_id, keys, wait_s) if wait_s > 0 else {},
     )
 
 

@@ -21,6 +21,7 @@ from shared.events.outbox import enqueue_event
 Conn = psycopg.Connection[DictRow]
 Phase = Literal["run", "compensate"]
 AttemptState = Literal["dispatched", "succeeded", "failed", "timed_out", "abandoned"]
+Delivery = Literal["awaited", "answered", "released"]
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,17 @@ class Attempt:
     token_used_at: datetime | None
     dispatched_at: datetime
     finished_at: datetime | None
+    delivery: Delivery | None = None
+    """Who hands the result to the orchestration (migration 0022): None, the recorder, as always."""
 
     @property
     def finished(self) -> bool:
         return self.state != "dispatched"
+
+    @property
+    def raised_by_recorder(self) -> bool:
+        """Whether whoever records (or finds) the result raises it: no dispatch waits for it or has answered it."""
+        return self.delivery not in ("awaited", "answered")
 
     def verdict(self) -> dict[str, Any]:
         """The result as the orchestration receives it."""
@@ -84,11 +92,11 @@ _SEED = (
 )
 _ATTEMPT_COLUMNS = sql.SQL(
     "execution_id, step_id, phase, attempt, action, remote, state, output, error, retryable, token_nonce,"
-    " token_expires_at, token_used_at, dispatched_at, finished_at"
+    " token_expires_at, token_used_at, dispatched_at, finished_at, delivery"
 )
 _BEGIN = sql.SQL(
     "INSERT INTO app.step_attempts (tenant_id, execution_id, step_id, phase, attempt, action, remote, token_nonce,"
-    " token_expires_at) VALUES (app.current_tenant_id(), %s, %s, %s, %s, %s, %s, %s, %s)"
+    " token_expires_at, delivery) VALUES (app.current_tenant_id(), %s, %s, %s, %s, %s, %s, %s, %s, %s)"
     " ON CONFLICT DO NOTHING RETURNING {}"
 ).format(_ATTEMPT_COLUMNS)
 _GET_ATTEMPT = sql.SQL(
@@ -123,6 +131,13 @@ _USE_TOKEN = sql.SQL(
     "UPDATE app.step_attempts SET token_used_at = clock_timestamp() WHERE token_nonce = %s"
     " AND token_used_at IS NULL AND token_expires_at > clock_timestamp() AND state = 'dispatched'"
     " RETURNING {}"
+).format(_ATTEMPT_COLUMNS)
+# A waiting dispatch takes the results recorded so far (`final`: and releases the rest to their recorders). The row
+# lock orders this against the result's own update, so exactly one of the two hands each result over.
+_TAKE = sql.SQL(
+    "UPDATE app.step_attempts SET delivery = CASE WHEN state = 'dispatched' THEN 'released' ELSE 'answered' END"
+    " WHERE execution_id = %s AND (step_id, phase, attempt) IN (SELECT * FROM unnest(%s::text[], %s::text[],"
+    " %s::int[])) AND delivery IN ('awaited', 'answered') AND (%s OR state <> 'dispatched') RETURNING {}"
 ).format(_ATTEMPT_COLUMNS)
 _ATTEMPT_BY_NONCE = sql.SQL("SELECT {} FROM app.step_attempts WHERE token_nonce = %s").format(_ATTEMPT_COLUMNS)
 _SET_CHILD = "UPDATE app.execution_steps SET child_execution_id = %s WHERE execution_id = %s AND step_id = %s"
@@ -163,6 +178,7 @@ def _attempt(row: DictRow) -> Attempt:
             "token_used_at",
             "dispatched_at",
             "finished_at",
+            "delivery",
         )
     }
     return Attempt(key=key, **fields)
@@ -245,12 +261,15 @@ def begin_attempt(
     token_expires_at: datetime | None = None,
     event_data: dict[str, Any] | None = None,
     step_state: str | None = None,
+    awaited: bool = False,
 ) -> tuple[Attempt, bool]:
     """Record an attempt as dispatched and write its start event; returns it and whether this call created it.
+    `awaited`: the dispatch waits for its result and answers it (`take_results`), so its recorder does not raise it.
 
     Run again (a re-executed activity), it changes nothing and returns the recorded attempt.
     """
-    row = conn.execute(_BEGIN, (*_key_params(key), action, remote, token_nonce, token_expires_at)).fetchone()
+    delivery = "awaited" if awaited else None
+    row = conn.execute(_BEGIN, (*_key_params(key), action, remote, token_nonce, token_expires_at, delivery)).fetchone()
     if row is None:
         existing = conn.execute(_GET_ATTEMPT, _key_params(key)).fetchone()
         assert existing is not None  # the conflict is on this very key
@@ -349,6 +368,21 @@ def finish_attempt(
     return attempt, True
 
 
+def take_results(conn: Conn, keys: Sequence[AttemptKey], *, final: bool) -> list[Attempt]:
+    """The results of awaited attempts (`begin_attempt(awaited=True)`) recorded so far, now the dispatch's to answer;
+    with `final`, the attempts still without one are released, so their recorders raise them.
+
+    Idempotent for a re-run dispatch: an attempt it answered before is answered again, one it released is not."""
+    if not keys:
+        return []
+    execution_id = keys[0].execution_id
+    if any(key.execution_id != execution_id for key in keys):
+        raise ValueError("one dispatch takes the results of one execution")
+    columns = ([key.step_id for key in keys], [key.phase for key in keys], [key.attempt for key in keys])
+    rows = conn.execute(_TAKE, (execution_id, *columns, final)).fetchall()
+    return [attempt for attempt in map(_attempt, rows) if attempt.delivery == "answered"]
+
+
 def _publish_step(
     conn: Conn,
     event_type: str,
@@ -442,7 +476,7 @@ _CLAIM_FAST = sql.SQL(
     " AND NOT EXISTS (SELECT 1 FROM app.executions e WHERE e.tenant_id = a.tenant_id AND e.id = a.execution_id"
     " AND e.status IN ('succeeded', 'failed', 'cancelled'))"
     " RETURNING a.execution_id, a.step_id, a.phase, a.attempt, a.action, a.remote, a.state, a.output, a.error,"
-    " a.retryable, a.token_nonce, a.token_expires_at, a.token_used_at, a.dispatched_at, a.finished_at,"
+    " a.retryable, a.token_nonce, a.token_expires_at, a.token_used_at, a.dispatched_at, a.finished_at, a.delivery,"
     " prior.prior_holder, clock_timestamp() AS now, (SELECT t.settings FROM app.tenants t LIMIT 1) AS tenant_settings"
 )
 _RENEW = (

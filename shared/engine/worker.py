@@ -33,7 +33,7 @@ from shared.db.session import tenant_transaction
 from shared.engine import steps as store
 from shared.engine.payloads import claim_check
 from shared.engine.protocol import EventRaiser, WorkItem
-from shared.engine.steps import AttemptKey, Claim
+from shared.engine.steps import Attempt, AttemptKey, Claim
 from shared.modules import BUILTIN_MODULES, Module, ModuleContext, StepFailed, run_module
 from shared.observability.tracing import continued_span, execution_attributes
 from shared.tenants.repository import tenant_settings
@@ -122,7 +122,7 @@ async def run_attempt(item: WorkItem, modules: Mapping[str, Module[Any]] = BUILT
         return None
     assert claim.attempt is not None  # every outcome but missing carries the attempt
     if claim.outcome == "finished":
-        return Outcome(str(item.execution_id), key.event_name, claim.attempt.verdict())
+        return _to_raise(item, key, claim.attempt)
     if claim.outcome == "late":
         if claim.holder is not None:
             # A copy took it before the deadline: that copy abandons it (or the orchestrator's timer ends it).
@@ -242,8 +242,8 @@ def _run_module(
         return {"ok": False, "error": exc.message, "retryable": exc.retryable}
 
 
-def _record(item: WorkItem, key: AttemptKey, result: dict[str, Any]) -> Outcome:
-    """Record an attempt's result (once: a result recorded first stands) and answer the verdict to raise."""
+def _record(item: WorkItem, key: AttemptKey, result: dict[str, Any]) -> Outcome | None:
+    """Record an attempt's result (once: a result recorded first stands) and answer the verdict to raise, if any."""
     with tenant_transaction(item.tenant_id) as conn:
         attempt, _ = store.finish_attempt(
             conn,
@@ -254,6 +254,13 @@ def _record(item: WorkItem, key: AttemptKey, result: dict[str, Any]) -> Outcome:
             retryable=result.get("retryable", True),
             state=result.get("state"),
         )
+    return _to_raise(item, key, attempt)
+
+
+def _to_raise(item: WorkItem, key: AttemptKey, attempt: Attempt) -> Outcome | None:
+    """The verdict to raise, unless the dispatch that started the attempt waits for it (or answered it already)."""
+    if not attempt.raised_by_recorder:
+        return None
     return Outcome(str(item.execution_id), key.event_name, attempt.verdict())
 
 

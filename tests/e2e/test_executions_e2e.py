@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from devhost.child import PROJECT_ROOT, DevhostProcess, free_port
 from devhost.identity import mint_token_cli
@@ -619,6 +620,40 @@ def test_module_work_delivered_twice_is_applied_once(platform: Platform, side_ef
     assert len(side_effects.named(name)) == 1
     _, events = follow(platform, execution_id)
     assert [e["type"] for e in events].count("step_completed") == 1
+
+
+def test_each_step_result_reaches_the_orchestration_once_by_its_dispatch_or_as_an_event(
+    platform: Platform, side_effects: SideEffects, pg: Any
+) -> None:
+    """ADR 0034: quick results are answered by the dispatch that started them, a slow one is raised by its worker."""
+    name = f"deliver-{uuid.uuid4().hex[:6]}"
+    steps = [
+        {"id": "quick", **http(side_effects, f"{name}-a")},
+        {"id": "slow", "depends_on": ["quick"], **http(side_effects, f"{name}-b", sleep=1.5)},
+        {"id": "again", "depends_on": ["slow"], **http(side_effects, f"{name}-c")},
+        {"id": "last", "depends_on": ["again"], **http(side_effects, f"{name}-d")},
+    ]
+    execution_id = started(platform, create_intent(platform, steps))
+    assert follow(platform, execution_id)[0] == "succeeded"
+    # The superuser on the platform's database: it reads every tenant's rows, unbound by row-level security.
+    platform_db = conninfo_to_dict(pg.owner_url)["dbname"]
+    with psycopg.connect(make_conninfo(pg.admin_url, dbname=platform_db)) as conn:
+        delivery = dict(
+            conn.execute(
+                "SELECT step_id, delivery FROM app.step_attempts WHERE execution_id = %s", (execution_id,)
+            ).fetchall()
+        )
+        raised = [
+            row[0]
+            for row in conn.execute(
+                "SELECT event ->> 'Name' FROM devhost_durable.history WHERE instance_id = %s"
+                " AND (event ->> 'EventType')::int = 15 ORDER BY position",
+                (execution_id,),
+            )
+        ]
+    assert delivery["slow"] == "released"  # 1.5 s is past the dispatch's wait: its worker raised it
+    assert set(delivery.values()) <= {"answered", "released"} and "answered" in delivery.values()
+    assert sorted(raised) == sorted(f"run:{step}:1" for step, how in delivery.items() if how == "released")
 
 
 def test_another_tenants_execution_is_not_found_on_every_route(platform: Platform, side_effects: SideEffects) -> None:

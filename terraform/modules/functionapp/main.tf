@@ -54,6 +54,7 @@ locals {
     "QP_REGISTRY_MAX_DEPTH"                = "32"
     "QP_PAYLOAD_INLINE_MAX_BYTES"          = "65536"
     "QP_TASK_TOKEN_TTL_S"                  = "86400"
+    "QP_DISPATCH_RESULT_WAIT_MS"           = "250"
     "QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS" = "100"
     # Below the 4-minute idle timeout of the load balancers in front of the app and API Management (ADR 0031).
     "QP_EVENT_STREAM_KEEPALIVE_S" = "15"

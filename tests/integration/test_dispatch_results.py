@@ -1,0 +1,156 @@
+# intent_ref: platform.execution
+"""A dispatch answers the results of its quick built-in attempts itself (ADR 0034): exactly one of the dispatch and
+the module worker hands each result over, whichever way their transactions meet."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+from psycopg_pool import ConnectionPool
+
+from shared.db.session import tenant_transaction
+from shared.engine import steps as store
+from shared.engine import worker
+from shared.engine.dispatch_results import await_results
+from shared.engine.machine import Verdict
+from shared.engine.protocol import WorkItem
+from shared.engine.steps import Attempt, AttemptKey, StepSeed
+from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
+from tests.integration.test_executions import _execution
+from tests.integration.test_module_worker_claims import BOUND_S, _Echo, _Raiser
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def tenant(api: ApiHarness) -> uuid.UUID:
+    return api.provision("dispatch-results").id
+
+
+def _awaited(pool: ConnectionPool[Any], tenant_id: uuid.UUID, action: str) -> WorkItem:
+    """An attempt as a waiting dispatch records it, and its work item."""
+    execution = _execution(pool, tenant_id, path=["running"])
+    key = AttemptKey(execution.id, "work", "run", 1)
+    with tenant_transaction(tenant_id, pool=pool) as conn:
+        store.seed_steps(conn, execution.id, [StepSeed("work", action, 1)])
+        attempt, _ = store.begin_attempt(conn, key, action=action, remote=False, awaited=True)
+    assert attempt.delivery == "awaited"
+    return WorkItem(
+        tenant_id=tenant_id,
+        execution_id=execution.id,
+        step_id="work",
+        phase="run",
+        attempt=1,
+        action=action,
+        params={},
+        remote=False,
+        timeout_s=60,
+    )
+
+
+def _key(item: WorkItem) -> AttemptKey:
+    return AttemptKey(item.execution_id, item.step_id, item.phase, item.attempt)
+
+
+def _take(pool: ConnectionPool[Any], item: WorkItem, *, final: bool) -> list[Attempt]:
+    with tenant_transaction(item.tenant_id, pool=pool) as conn:
+        return store.take_results(conn, [_key(item)], final=final)
+
+
+def _delivery(pool: ConnectionPool[Any], item: WorkItem) -> str | None:
+    with tenant_transaction(item.tenant_id, pool=pool) as conn:
+        attempt = store.get_attempt(conn, _key(item))
+    assert attempt is not None
+    return attempt.delivery
+
+
+def _run(item: WorkItem, echo: _Echo, raiser: _Raiser) -> int:
+    return asyncio.run(worker.process_batch([item.model_dump_json()], raiser, {echo.action: echo}))
+
+
+def test_an_awaited_result_is_answered_by_the_dispatch_and_not_raised(
+    app_pool: ConnectionPool[Any], tenant: uuid.UUID
+) -> None:
+    echo, raiser = _Echo(), _Raiser()
+    item = _awaited(app_pool, tenant, echo.action)
+    assert _take(app_pool, item, final=False) == []  # no result yet: nothing taken, nothing released
+    assert _delivery(app_pool, item) == "awaited"
+    assert _run(item, echo, raiser) == 0 and raiser.raised == []
+    (taken,) = _take(app_pool, item, final=False)
+    assert taken.delivery == "answered" and taken.verdict() == {"ok": True, "output": {"ran": echo.runs[0]}}
+    # A re-run of the dispatch (its answer was lost in a crash) answers it again; a redelivered item raises nothing.
+    assert [a.verdict() for a in _take(app_pool, item, final=True)] == [taken.verdict()]
+    assert _run(item, echo, raiser) == 0 and raiser.raised == [] and len(echo.runs) == 1
+
+
+def test_an_attempt_released_before_its_result_is_raised_by_its_recorder(
+    app_pool: ConnectionPool[Any], tenant: uuid.UUID
+) -> None:
+    echo, raiser = _Echo(), _Raiser()
+    item = _awaited(app_pool, tenant, echo.action)
+    assert _take(app_pool, item, final=True) == []
+    assert _delivery(app_pool, item) == "released"
+    assert _run(item, echo, raiser) == 1
+    assert raiser.to(item.execution_id) == [{"ok": True, "output": {"ran": echo.runs[0]}}]
+    assert _take(app_pool, item, final=True) == []  # a re-run of the dispatch does not take it back
+
+
+def test_a_result_committing_while_the_dispatch_releases_is_answered_by_the_dispatch(
+    app_pool: ConnectionPool[Any], tenant: uuid.UUID
+) -> None:
+    item = _awaited(app_pool, tenant, "test.echo")
+    taken: list[list[Attempt]] = []
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        recorded, applied = store.finish_attempt(conn, _key(item), ok=True, output={"n": 1})
+        release = threading.Thread(target=lambda: taken.append(_take(app_pool, item, final=True)), daemon=True)
+        release.start()
+        release.join(0.5)
+        assert release.is_alive(), "the release must wait for the result's row lock"
+    release.join(BOUND_S)
+    assert applied and not recorded.raised_by_recorder  # the recorder leaves it to the dispatch ...
+    assert [[a.verdict() for a in batch] for batch in taken] == [[{"ok": True, "output": {"n": 1}}]]  # ... which has it
+
+
+def test_a_release_committing_while_the_result_is_recorded_leaves_it_to_the_recorder(
+    app_pool: ConnectionPool[Any], tenant: uuid.UUID
+) -> None:
+    item = _awaited(app_pool, tenant, "test.echo")
+    recorded: list[Attempt] = []
+
+    def record() -> None:
+        with tenant_transaction(tenant, pool=app_pool) as conn:
+            recorded.append(store.finish_attempt(conn, _key(item), ok=True, output={"n": 2})[0])
+
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        assert store.take_results(conn, [_key(item)], final=True) == []
+        result = threading.Thread(target=record, daemon=True)
+        result.start()
+        result.join(0.5)
+        assert result.is_alive(), "the result must wait for the release's row lock"
+    result.join(BOUND_S)
+    assert [a.delivery for a in recorded] == ["released"] and recorded[0].raised_by_recorder
+    assert _take(app_pool, item, final=True) == []
+
+
+def test_the_wait_wakes_on_the_result_and_releases_at_its_end(app_pool: ConnectionPool[Any], tenant: uuid.UUID) -> None:
+    echo, raiser = _Echo(), _Raiser()
+    item = _awaited(app_pool, tenant, echo.action)
+    worker_thread = threading.Timer(0.2, _run, (item, echo, raiser))
+    worker_thread.start()
+    began = time.monotonic()
+    answered = await_results(tenant, [_key(item)], BOUND_S)
+    waited = time.monotonic() - began
+    worker_thread.join(BOUND_S)
+    assert answered == {"run:work:1": Verdict(ok=True, output={"ran": echo.runs[0]})}
+    assert waited < BOUND_S / 2, "woken by the result's notification, not by the end of the wait"
+    assert raiser.raised == []
+    # Nothing recorded within the wait: released, and the worker raises it when it comes.
+    late = _awaited(app_pool, tenant, echo.action)
+    assert await_results(tenant, [_key(late)], 0.1) == {}
+    assert _delivery(app_pool, late) == "released"
+    assert _run(late, echo, raiser) == 1 and len(raiser.to(late.execution_id)) == 1
