@@ -154,15 +154,19 @@ DEFAULT_WORKERS = 2
 
 
 @contextlib.contextmanager
-def running_platform(workers: int = DEFAULT_WORKERS) -> Iterator[Platform]:
+def running_platform(workers: int = DEFAULT_WORKERS, settings: dict[str, str] | None = None) -> Iterator[Platform]:
     """Azurite and a devhost over a fresh embedded Postgres in a temporary folder, default pool, one bench tenant;
-    its functions run in `workers` worker processes (0: in the host process)."""
+    its functions run in `workers` worker processes (0: in the host process); `settings` add app settings."""
     with tempfile.TemporaryDirectory(prefix="qp-bench-") as tmp:
         data_dir = Path(tmp)
         azurite = start_azurite(
             data_dir / "azurite", blob_port=free_port(), queue_port=free_port(), table_port=free_port()
         )
-        env = {"QP_BLOB_CONNECTION_STRING": azurite.connection_string, WORKER_COUNT_SETTING: str(workers)}
+        env = {
+            "QP_BLOB_CONNECTION_STRING": azurite.connection_string,
+            WORKER_COUNT_SETTING: str(workers),
+            **(settings or {}),
+        }
         os.environ.pop("QP_DATABASE_POOL_MAX", None)  # the default pool, whatever the caller's shell says
         process = DevhostProcess(
             PROJECT_ROOT, data_dir, free_port(), env, data_dir / "platform.log", extra_args=("--seed-demo",)
@@ -575,10 +579,17 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=DEFAULT_WORKERS, help="the devhost's worker processes (0: functions in the host)"
     )
+    parser.add_argument(
+        "--dispatch-wait-ms",
+        type=int,
+        default=None,
+        help="QP_DISPATCH_RESULT_WAIT_MS for the devhost (0: every result raised as an event, ADR 0034)",
+    )
     args = parser.parse_args()
     FOLLOW["mode"] = args.follow
     steps = SHAPES[args.shape]
-    with running_platform(args.workers) as platform:
+    settings = {} if args.dispatch_wait_ms is None else {"QP_DISPATCH_RESULT_WAIT_MS": str(args.dispatch_wait_ms)}
+    with running_platform(args.workers, settings) as platform:
         floor, pg_settings = _commit_floor(platform.data_dir / "postgres", args.commits)
         if args.suite:
             rounds = asyncio.run(_suite(platform, args.rounds, args.scale))
