@@ -21,6 +21,7 @@ from shared.engine.protocol import MODULE_WORK_HUB, WorkItem
 from shared.engine.start import StartError, StartRequest, rebuild_input, start_execution
 from shared.engine.steps import AttemptKey
 from shared.events.publisher import OutboundEvent, get_publisher
+from shared.modules import BUILTIN_MODULES
 from shared.observability.tracing import with_traceparent
 from shared.registry.catalog import IntentRunParams
 from shared.registry.repository import find_head
@@ -375,7 +376,7 @@ def dispatch_steps(batch: machine.DispatchSteps) -> machine.DispatchAnswer:
                     remote=start.remote,
                     timeout_s=start.timeout_s,
                 )
-                item = _record_dispatch(conn, request, awaited=wait_s > 0)
+                item = _record_dispatch(conn, request, awaited=wait_s > 0 and _answers_quickly(start.action))
                 if item is not None:
                     items.append(item)
         if batch.status is not None and not refused:
@@ -407,6 +408,11 @@ def dispatch_steps(batch: machine.DispatchSteps) -> machine.DispatchAnswer:
         children=answers,
         results=await_results(tenant_id, keys, wait_s) if wait_s > 0 else {},
     )
+
+
+def _answers_quickly(action: str) -> bool:
+    module = BUILTIN_MODULES.get(action)
+    return module is not None and module.answers_quickly
 
 
 def _move_answer(current: repo.Execution) -> dict[str, Any]:

@@ -51,6 +51,7 @@ class ArtifactWriteModule(Module[ArtifactWriteParams]):
     action: ClassVar[str] = "artifact.write"
     params_model = ArtifactWriteParams
     timeout_s = 60
+    answers_quickly = True
 
     def __init__(self, container: Callable[[], ContainerClient] = _default_container) -> None:
         self._container = container

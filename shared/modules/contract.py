@@ -54,6 +54,10 @@ class Module(ABC, Generic[P]):
     action: ClassVar[str]
     params_model: ClassVar[type[BaseModel]]
     timeout_s: ClassVar[int] = 300
+    answers_quickly: ClassVar[bool] = False
+    """Its result usually comes within milliseconds (no network beyond the platform's own stores): the dispatch that
+    starts it waits a moment to answer the result itself (ADR 0034). A module that may take long leaves this off, so
+    no dispatch holds an activity slot waiting for it."""
 
     @abstractmethod
     def run(self, ctx: ModuleContext, params: P) -> Any:

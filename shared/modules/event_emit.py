@@ -26,6 +26,7 @@ class EventEmitModule(Module[EventEmitParams]):
     action: ClassVar[str] = "event.emit"
     params_model = EventEmitParams
     timeout_s = 30
+    answers_quickly = True
 
     def __init__(self, publisher: Callable[[], EventPublisher] = get_publisher) -> None:
         self._publisher = publisher
