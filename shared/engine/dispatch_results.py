@@ -10,7 +10,7 @@ after a crash, again by the same deliverer: never by nobody.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from uuid import UUID
 
 from shared.db.session import tenant_transaction
@@ -20,9 +20,15 @@ from shared.engine.machine import Verdict
 from shared.engine.steps import AttemptKey
 
 
-def await_results(tenant_id: UUID, keys: Sequence[AttemptKey], wait_s: float) -> dict[str, Verdict]:
-    """The results of `keys` recorded within `wait_s`, by attempt event name; the rest are released."""
-    if not keys:
+def await_results(
+    tenant_id: UUID,
+    keys: Sequence[AttemptKey],
+    wait_s: float,
+    on_all: Callable[[store.Conn, dict[str, Verdict]], None] | None = None,
+) -> dict[str, Verdict]:
+    """The results of `keys` recorded within `wait_s`, by attempt event name; the rest are released. `on_all` runs
+    in the transaction that takes the last of them, when every one is answered."""
+    if not keys or wait_s <= 0:
         return {}
     wakeup = get_event_wakeup()
     # Without a listener there is nothing to wake the wait: release at once rather than sleep blind.
@@ -40,9 +46,11 @@ def await_results(tenant_id: UUID, keys: Sequence[AttemptKey], wait_s: float) ->
             final = time.monotonic() >= deadline
             with tenant_transaction(tenant_id) as conn:
                 taken = store.take_results(conn, open_keys, final=final)
-            for attempt in taken:
-                answered[attempt.key.event_name] = Verdict.model_validate(attempt.verdict())
-            open_keys = [key for key in open_keys if key.event_name not in answered]
+                for attempt in taken:
+                    answered[attempt.key.event_name] = Verdict.model_validate(attempt.verdict())
+                open_keys = [key for key in open_keys if key.event_name not in answered]
+                if not open_keys and on_all is not None:
+                    on_all(conn, answered)
             if final:
                 break
     finally:

@@ -147,6 +147,9 @@ class DispatchSteps(_Model):
     notes: list[StepNote] = Field(default_factory=list)
     starts: list[StepStart] = Field(default_factory=list)
     status: Status | None = None
+    finish: dict[str, Json] | None = None
+    """Set on the last level: the outputs of the steps done so far. When the dispatch answers every start's result
+    and all are ok, it records the run's success with these outputs and theirs (ADR 0034)."""
 
 
 class ChildStart(_Model):
@@ -356,6 +359,8 @@ class Pending(_Model):
     name: Activity
     steps: tuple[str, ...] = ()
     status: Status | None = None
+    finish: bool = False
+    """A dispatch that may record the run's success with its results (DispatchSteps.finish)."""
 
 
 class State(_Model):
@@ -427,10 +432,18 @@ class _Step:
         self.update(seq=self.s.seq + 1)
         return f"{self.s.generation}.{self.s.seq}"
 
-    def call(self, name: Activity, model: _Model, steps: Sequence[str] = (), status: Status | None = None) -> str:
+    def call(
+        self,
+        name: Activity,
+        model: _Model,
+        steps: Sequence[str] = (),
+        status: Status | None = None,
+        finish: bool = False,
+    ) -> str:
         activity_id = self.next_id()
         self.commands.append(CallActivity(activity_id, name, model))
-        self.update(pending={**self.s.pending, activity_id: Pending(name=name, steps=tuple(steps), status=status)})
+        pending = Pending(name=name, steps=tuple(steps), status=status, finish=finish)
+        self.update(pending={**self.s.pending, activity_id: pending})
         return activity_id
 
     @property
@@ -616,7 +629,11 @@ class _Step:
 
     # -- events
     def on_dispatched(self, activity_id: str, pending: Pending, answer: DispatchAnswer, now: datetime) -> None:
-        if answer.cancel_requested:
+        if pending.finish and answer.status is Status.SUCCEEDED:
+            # The dispatch recorded the run's success with this level's results: a cancel that met it (seen
+            # before this answer, or reported by it) came too late to stop anything.
+            self.update(recorded=Status.SUCCEEDED, cancelled=False)
+        elif answer.cancel_requested:
             self.cancel()
         if not self.s.started:
             self.update(started=True)
@@ -901,6 +918,7 @@ class _Step:
             return
         steps = [note.step_id for note in self.notes if note.kind is NoteKind.RETRYING]
         steps += [start.step_id for start in self.starts]
+        finish = self.finishing_level()
         activity_id = self.call(
             Activity.DISPATCH_STEPS,
             DispatchSteps(
@@ -909,9 +927,11 @@ class _Step:
                 notes=list(self.notes),
                 starts=list(self.starts),
                 status=status,
+                finish=dict(self.s.completed) if finish else None,
             ),
             steps=steps,
             status=status,
+            finish=finish,
         )
         for step_id in steps:
             flight = self.s.flights.get(step_id)
@@ -919,6 +939,20 @@ class _Step:
                 self.put_flight(flight.model_copy(update={"write": activity_id}))
         self.commands.extend(WaitForEvent(name) for name in self.waits)
         self.notes, self.starts, self.waits = [], [], []
+
+    def finishing_level(self) -> bool:
+        """Whether the starts being dispatched are the run's last work: module steps only, nothing else out or left,
+        so that if every one succeeds the run has succeeded (and the dispatch may record it, ADR 0034)."""
+        if self.s.stopping or self.s.phase is not RunPhase.RUNNING or self.s.pending or not self.starts:
+            return False
+        if any(note.kind is not NoteKind.SKIPPED for note in self.notes):
+            return False
+        if any(start.kind is not StepKind.MODULE or start.phase is not Phase.RUN for start in self.starts):
+            return False
+        starting = {start.step_id for start in self.starts}
+        if set(self.s.flights) != starting:
+            return False
+        return set(self.s.spec.steps) == starting | set(self.s.completed) | set(self.s.skipped)
 
     def advance(self, now: datetime) -> None:
         """Decide what happens next once an event was applied: schedule, compensate, end, or continue as new."""
@@ -1031,6 +1065,11 @@ class _Step:
     def end(self) -> None:
         spec = self.s.spec
         if self.s.pending:
+            return
+        if not self.s.stopping and self.s.recorded is Status.SUCCEEDED:
+            # Recorded by the dispatch of the last level (ADR 0034): nothing is left to record.
+            self.update(phase=RunPhase.ENDED)
+            self.commands.append(Complete(_result(self.s, Status.SUCCEEDED)))
             return
         if not self.s.stopping:
             record = RecordStatus(

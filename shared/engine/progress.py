@@ -332,10 +332,21 @@ def dispatch_steps(batch: machine.DispatchSteps) -> machine.DispatchAnswer:
     was not seen (raised while the orchestration continued as new) still stops the run."""
     tenant_id, execution_id = UUID(batch.tenant_id), UUID(batch.execution_id)
     items: list[WorkItem] = []
+    awaited: list[AttemptKey] = []
     children: list[machine.StepStart] = []
     wait_s = get_settings().QP_DISPATCH_RESULT_WAIT_MS / 1000
     with tenant_transaction(tenant_id) as conn:
         current = repo.get_execution(conn, execution_id)
+        if current.terminal and batch.finish is not None and current.status == "succeeded":
+            # Run again after it recorded the run's success with its results (a crash lost its answer): the same
+            # answer again, from the results it took then.
+            keys = [_key(execution_id, start) for start in batch.starts if _awaits(start, wait_s)]
+            taken = store.take_results(conn, keys, final=True)
+            return machine.DispatchAnswer(
+                status=machine.Status.SUCCEEDED,
+                cancel_requested=current.cancel_requested_at is not None,
+                results={a.key.event_name: machine.Verdict.model_validate(a.verdict()) for a in taken},
+            )
         if current.terminal:
             return machine.DispatchAnswer(
                 status=machine.Status(current.status),
@@ -350,7 +361,7 @@ def dispatch_steps(batch: machine.DispatchSteps) -> machine.DispatchAnswer:
         for start in batch.starts:
             if refused and start.phase is machine.Phase.RUN:
                 continue
-            key = AttemptKey(execution_id, start.step_id, start.phase.value, start.attempt)
+            key = _key(execution_id, start)
             if start.kind is machine.StepKind.INTENT:
                 children.append(start)
             elif start.kind is machine.StepKind.APPROVAL:
@@ -376,12 +387,17 @@ def dispatch_steps(batch: machine.DispatchSteps) -> machine.DispatchAnswer:
                     remote=start.remote,
                     timeout_s=start.timeout_s,
                 )
-                item = _record_dispatch(conn, request, awaited=wait_s > 0 and _answers_quickly(start.action))
+                waits = _awaits(start, wait_s)
+                item = _record_dispatch(conn, request, awaited=waits)
                 if item is not None:
                     items.append(item)
+                if waits:
+                    awaited.append(key)
         if batch.status is not None and not refused:
             # Last, so a reader that sees execution_waiting can already read what it waits for.
             moved = _move(conn, execution_id, batch.status.value, output=None, error=None)
+        elif batch.status is None:
+            moved = _move_answer(current)  # nothing here moves the execution
         else:
             moved = _move_answer(repo.get_execution(conn, execution_id))
     _publish(items)
@@ -400,18 +416,48 @@ def dispatch_steps(batch: machine.DispatchSteps) -> machine.DispatchAnswer:
             )
         )
         answers[start.step_id] = machine.ChildStart.model_validate(started)
-    keys = [AttemptKey(execution_id, item.step_id, item.phase, item.attempt) for item in items]
+    finish = None
+    if batch.finish is not None and not refused and len(awaited) == len(batch.starts):
+        finish = _Finish(execution_id, batch.finish, {key.event_name: key.step_id for key in awaited})
+    results = await_results(tenant_id, awaited, wait_s, None if finish is None else finish.record)
+    if finish is not None and finish.moved is not None:
+        moved = finish.moved
     return machine.DispatchAnswer(
         status=machine.Status(moved["status"]),
         cancel_requested=bool(moved["cancel_requested"]),
         refused=refused,
         children=answers,
-        results=await_results(tenant_id, keys, wait_s) if wait_s > 0 else {},
+        results=results,
     )
 
 
-def _answers_quickly(action: str) -> bool:
-    module = BUILTIN_MODULES.get(action)
+class _Finish:
+    """The run's success, recorded with its last level's results when every one of them is answered ok."""
+
+    def __init__(self, execution_id: UUID, outputs: dict[str, Any], steps: dict[str, str]) -> None:
+        self._execution_id, self._outputs, self._steps = execution_id, outputs, steps
+        self.moved: dict[str, Any] | None = None
+
+    def record(self, conn: store.Conn, answered: dict[str, machine.Verdict]) -> None:
+        """In the transaction that took the last result: the execution succeeds, unless a result failed or a cancel
+        was requested (the orchestration then decides, as without a finish)."""
+        if not all(verdict.ok for verdict in answered.values()):
+            return
+        if repo.get_execution(conn, self._execution_id).cancel_requested_at is not None:
+            return
+        outputs = {**self._outputs, **{self._steps[name]: verdict.output for name, verdict in answered.items()}}
+        self.moved = _move(conn, self._execution_id, "succeeded", output=outputs, error=None)
+
+
+def _key(execution_id: UUID, start: machine.StepStart) -> AttemptKey:
+    return AttemptKey(execution_id, start.step_id, start.phase.value, start.attempt)
+
+
+def _awaits(start: machine.StepStart, wait_s: float) -> bool:
+    """Whether the dispatch waits for this start's result: a built-in module that answers quickly (ADR 0034)."""
+    if wait_s <= 0 or start.remote or start.kind is not machine.StepKind.MODULE:
+        return False
+    module = BUILTIN_MODULES.get(start.action)
     return module is not None and module.answers_quickly
 
 

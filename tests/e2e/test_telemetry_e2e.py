@@ -240,14 +240,16 @@ def test_the_local_trace_command_prints_an_executions_trace_from_the_file(
     deadline = time.monotonic() + 30
     while True:
         done = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
-        if done.returncode == 0 and "activity record_status" in done.stdout or time.monotonic() > deadline:
+        complete = "activity dispatch_steps" in done.stdout and "module artifact.write" in done.stdout
+        if done.returncode == 0 and complete or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     names = [line.split("ms", 2)[2].split()[0:2] for line in lines[1:]]
     assert names[0] == ["POST", "/api/v1/intents/{intent_id}/execute"], lines  # the root: the request
-    assert ["module", "artifact.write"] in names and ["activity", "record_status"] in names, lines
+    # The dispatch (a worker process) and the module it started (either worker) continue the request's trace.
+    assert ["activity", "dispatch_steps"] in names and ["module", "artifact.write"] in names, lines
     module_line = next(line for line in lines if "module artifact.write" in line)
     assert "step.id=note" in module_line and "[step.completed]" in module_line, module_line
     # A trace of an execution it has never seen: exit code 1 and why.

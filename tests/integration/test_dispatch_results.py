@@ -8,14 +8,19 @@ import asyncio
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from psycopg_pool import ConnectionPool
 
+from shared.config import get_settings
+from shared.db.migrate import apply_migrations
 from shared.db.session import tenant_transaction
+from shared.engine import control, machine, progress, worker
+from shared.engine import executions as repo
 from shared.engine import steps as store
-from shared.engine import worker
 from shared.engine.dispatch_results import await_results
 from shared.engine.machine import Verdict
 from shared.engine.protocol import WorkItem
@@ -154,3 +159,99 @@ def test_the_wait_wakes_on_the_result_and_releases_at_its_end(app_pool: Connecti
     assert await_results(tenant, [_key(late)], 0.1) == {}
     assert _delivery(app_pool, late) == "released"
     assert _run(late, echo, raiser) == 1 and len(raiser.to(late.execution_id)) == 1
+
+
+# ------------------------------------------------------------------------------- the last level records the success
+@pytest.fixture
+def long_wait(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Dispatches wait as long as they may (5 s) for their results, so a result the test records comes in time."""
+    monkeypatch.setenv("QP_DISPATCH_RESULT_WAIT_MS", "5000")
+    get_settings.cache_clear()
+    yield
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
+def _last_level(pg: Any, pool: ConnectionPool[Any], tenant_id: uuid.UUID) -> machine.DispatchSteps:
+    """A running execution whose step `a` succeeded; the batch that starts its last step `b` (event.emit)."""
+    apply_migrations(pg.owner_url, Path("devhost/eventhubs/migrations"), schema="devhost_eventhubs")
+    execution = _execution(pool, tenant_id, path=["running"])
+    with tenant_transaction(tenant_id, pool=pool) as conn:
+        store.seed_steps(
+            conn, execution.id, [StepSeed("a", "event.emit", 1, {"n": 1}, True), StepSeed("b", "event.emit", 1)]
+        )
+    start = machine.StepStart(
+        step_id="b",
+        phase=machine.Phase.RUN,
+        attempt=1,
+        kind=machine.StepKind.MODULE,
+        action="event.emit",
+        params={"type": "t.x", "data": {}},
+    )
+    return machine.DispatchSteps(
+        execution_id=str(execution.id), tenant_id=str(tenant_id), starts=[start], finish={"a": {"n": 1}}
+    )
+
+
+def _result_when_started(
+    tenant_id: uuid.UUID, batch: machine.DispatchSteps, ok: bool, before: Callable[[], None] = lambda: None
+) -> threading.Thread:
+    """As the module worker would: once the attempt is recorded, record its result (after `before`)."""
+    key = AttemptKey(uuid.UUID(batch.execution_id), "b", "run", 1)
+
+    def record() -> None:
+        for _ in range(int(BOUND_S / 0.01)):
+            with tenant_transaction(tenant_id) as conn:
+                if store.get_attempt(conn, key) is not None:
+                    break
+            time.sleep(0.01)
+        before()
+        with tenant_transaction(tenant_id) as conn:
+            store.finish_attempt(conn, key, ok=ok, output={"n": 2}, error=None if ok else "boom")
+
+    thread = threading.Thread(target=record, daemon=True)
+    thread.start()
+    return thread
+
+
+def _status(pool: ConnectionPool[Any], tenant_id: uuid.UUID, batch: machine.DispatchSteps) -> repo.Execution:
+    with tenant_transaction(tenant_id, pool=pool) as conn:
+        return repo.get_execution(conn, uuid.UUID(batch.execution_id))
+
+
+def test_the_last_levels_dispatch_records_the_success_with_its_results_and_answers_the_same_when_run_again(
+    pg: Any, app_pool: ConnectionPool[Any], tenant: uuid.UUID, long_wait: None
+) -> None:
+    batch = _last_level(pg, app_pool, tenant)
+    recorder = _result_when_started(tenant, batch, ok=True)
+    answer = progress.dispatch_steps(batch)
+    recorder.join(BOUND_S)
+    assert answer.status is machine.Status.SUCCEEDED
+    assert answer.results == {"run:b:1": machine.Verdict(ok=True, output={"n": 2})}
+    execution = _status(app_pool, tenant, batch)
+    assert (execution.status, execution.output) == ("succeeded", {"a": {"n": 1}, "b": {"n": 2}})
+    # Its answer lost in a crash, the dispatch runs again: the same answer, nothing recorded twice.
+    assert progress.dispatch_steps(batch) == answer
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        completed = [e for e in repo.events_after(conn, execution.id, 0, 100) if e.type == "execution_completed"]
+    assert len(completed) == 1
+
+
+@pytest.mark.parametrize("how", ["a result failed", "a cancel was requested"])
+def test_the_last_levels_dispatch_leaves_the_end_to_the_orchestration_unless_all_is_well(
+    pg: Any, app_pool: ConnectionPool[Any], tenant: uuid.UUID, long_wait: None, how: str
+) -> None:
+    batch = _last_level(pg, app_pool, tenant)
+    execution_id = uuid.UUID(batch.execution_id)
+
+    def cancel() -> None:
+        with tenant_transaction(tenant) as conn:
+            control.request_cancel(conn, execution_id, "tester")
+
+    ok = how != "a result failed"
+    recorder = _result_when_started(tenant, batch, ok=ok, before=cancel if ok else lambda: None)
+    answer = progress.dispatch_steps(batch)
+    recorder.join(BOUND_S)
+    assert answer.status is machine.Status.RUNNING and list(answer.results) == ["run:b:1"]
+    assert answer.results["run:b:1"].ok is ok
+    assert _status(app_pool, tenant, batch).status == "running"

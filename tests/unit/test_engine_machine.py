@@ -215,6 +215,70 @@ def test_a_failed_result_answered_with_the_dispatch_retries_as_a_raised_one_does
     assert run.answer(note) == [m.SetTimer(T0 + timedelta(seconds=1))]
 
 
+def finished(command: m.CallActivity, outputs: dict[str, Any]) -> dict[str, Any]:
+    """The answer of a last level's dispatch that recorded the run's success with its results (ADR 0034)."""
+    assert isinstance(command.input, m.DispatchSteps)
+    results = {f"run:{step}:1": {"ok": True, "output": output} for step, output in outputs.items()}
+    return {"status": "succeeded", "cancel_requested": False, "results": results}
+
+
+def test_the_last_levels_dispatch_may_record_the_success_and_the_run_completes_without_another_activity() -> None:
+    run = Run([{"id": "a", "action": "x"}, {"id": "b", "action": "x", "depends_on": ["a"]}])
+    (first,) = run.activities(m.Activity.DISPATCH_STEPS)
+    assert isinstance(first.input, m.DispatchSteps) and first.input.finish is None  # b is still to come
+    run.answer(first, {**default_answer(first), "results": {"run:a:1": {"ok": True, "output": 1}}})
+    (last,) = run.activities(m.Activity.DISPATCH_STEPS)
+    assert isinstance(last.input, m.DispatchSteps) and last.input.finish == {"a": 1}
+    commands = run.answer(last, finished(last, {"b": 2}))
+    assert not any(isinstance(c, m.CallActivity) for c in commands)
+    assert run.complete == {"status": "succeeded", "outputs": {"a": 1, "b": 2}, "skipped": []}
+
+
+def test_a_last_level_not_finished_by_its_dispatch_ends_as_before() -> None:
+    run = Run([{"id": "a", "action": "x"}, {"id": "b", "action": "x", "depends_on": []}])
+    (only,) = run.activities(m.Activity.DISPATCH_STEPS)
+    assert isinstance(only.input, m.DispatchSteps) and only.input.finish == {}  # one level: first and last
+    # b's result did not come within the wait: nothing was recorded, b's result is raised later.
+    run.answer(only, {**default_answer(only), "results": {"run:a:1": {"ok": True, "output": 1}}})
+    assert run.activities(m.Activity.RECORD_STATUS) == []
+    run.result("b", output=2)
+    (end,) = run.activities(m.Activity.RECORD_STATUS)
+    assert isinstance(end.input, m.RecordStatus) and end.input.status is m.Status.SUCCEEDED
+    run.answer(end)
+    assert run.complete == {"status": "succeeded", "outputs": {"a": 1, "b": 2}, "skipped": []}
+
+
+def test_a_cancel_that_meets_the_recorded_success_stops_nothing() -> None:
+    run = Run([{"id": "a", "action": "x", "compensate": {"action": "undo"}}])
+    (only,) = run.activities(m.Activity.DISPATCH_STEPS)
+    run.send(m.EventRaised("cancel", {}, run.now))  # raised while the dispatch recorded the success
+    run.answer(only, finished(only, {"a": 1}))
+    assert run.complete == {"status": "succeeded", "outputs": {"a": 1}, "skipped": []}
+    assert run.activities(m.Activity.DISPATCH_STEPS) == []  # nothing compensated
+
+
+def test_a_level_with_more_than_module_work_or_work_still_out_is_not_the_finishing_one() -> None:
+    waits = Run(
+        [{"id": "a", "action": "x"}, {"id": "w", "action": "wait", "seconds": 1, "depends_on": []}],
+        plan={"w": {"kind": "wait"}},
+    )
+    (level,) = waits.activities(m.Activity.DISPATCH_STEPS)
+    assert isinstance(level.input, m.DispatchSteps) and level.input.finish is None
+    branches = Run(
+        [
+            {"id": "a", "action": "x"},
+            {"id": "b", "action": "x", "depends_on": []},
+            {"id": "c", "action": "x", "depends_on": ["a"]},
+        ]
+    )
+    (first,) = branches.activities(m.Activity.DISPATCH_STEPS)
+    branches.answer(first)
+    branches.result("a")
+    (second,) = branches.activities(m.Activity.DISPATCH_STEPS)
+    assert starts(second) == [("c", "run", 1)]
+    assert isinstance(second.input, m.DispatchSteps) and second.input.finish is None  # b is still running
+
+
 def test_waiting_is_recorded_with_the_approval_request_and_resumed_by_the_next_dispatch() -> None:
     run = Run(
         [{"id": "ok", "action": "approval", "approvers": ["u"]}, {"id": "go", "action": "x"}],
@@ -410,11 +474,14 @@ def drive(picks: list[Choice]) -> tuple[m.State, list[m.Command], list[m.Event]]
             answer = default_answer(command)
             if flag and isinstance(command.input, m.DispatchSteps):
                 # The dispatch answers its module attempts' results itself (ADR 0034); their events may still come.
+                ok = index % 2 == 0
                 answer["results"] = {
-                    f"{start.phase.value}:{start.step_id}:{start.attempt}": {"ok": index % 2 == 0, "output": index}
+                    f"{start.phase.value}:{start.step_id}:{start.attempt}": {"ok": ok, "output": index}
                     for start in command.input.starts
                     if start.kind is m.StepKind.MODULE
                 }
+                if command.input.finish is not None and ok:
+                    answer["status"] = "succeeded"  # and records the run's success with them
             event = m.ActivityDone(command.id, answer, now)
         elif kind == "result" and waits:
             name = waits.pop(index % len(waits))
