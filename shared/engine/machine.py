@@ -947,8 +947,10 @@ class _Step:
             return False
         if any(note.kind is not NoteKind.SKIPPED for note in self.notes):
             return False
-        if any(start.kind is not StepKind.MODULE or start.phase is not Phase.RUN for start in self.starts):
-            return False
+        if any(
+            start.kind is not StepKind.MODULE or start.phase is not Phase.RUN or start.remote for start in self.starts
+        ):
+            return False  # only built-in module work is waited for (a remote step's result comes from its worker)
         starting = {start.step_id for start in self.starts}
         if set(self.s.flights) != starting:
             return False

@@ -264,6 +264,9 @@ def test_a_level_with_more_than_module_work_or_work_still_out_is_not_the_finishi
     )
     (level,) = waits.activities(m.Activity.DISPATCH_STEPS)
     assert isinstance(level.input, m.DispatchSteps) and level.input.finish is None
+    remote = Run([{"id": "r", "action": "build"}], plan={"r": {"remote": True}})
+    (level,) = remote.activities(m.Activity.DISPATCH_STEPS)
+    assert isinstance(level.input, m.DispatchSteps) and level.input.starts[0].remote and level.input.finish is None
     branches = Run(
         [
             {"id": "a", "action": "x"},
