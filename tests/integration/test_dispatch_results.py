@@ -28,7 +28,7 @@ from shared.engine.protocol import WorkItem
 from shared.engine.steps import Attempt, AttemptKey, StepSeed
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_executions import _execution
-from tests.integration.test_module_worker_claims import BOUND_S, _Echo, _Raiser
+from tests.integration.test_module_worker_claims import BOUND_S, _dispatched, _Echo, _Raiser
 
 pytestmark = pytest.mark.integration
 
@@ -45,23 +45,9 @@ def tenant(api: ApiHarness) -> Iterator[uuid.UUID]:
 
 def _awaited(pool: ConnectionPool[Any], tenant_id: uuid.UUID, action: str) -> WorkItem:
     """An attempt as a waiting dispatch records it, and its work item."""
-    execution = _execution(pool, tenant_id, path=["running"])
-    key = AttemptKey(execution.id, "work", "run", 1)
-    with tenant_transaction(tenant_id, pool=pool) as conn:
-        store.seed_steps(conn, execution.id, [StepSeed("work", action, 1)])
-        attempt, _ = store.begin_attempt(conn, key, action=action, remote=False, awaited=True)
-    assert attempt.delivery == "awaited"
-    return WorkItem(
-        tenant_id=tenant_id,
-        execution_id=execution.id,
-        step_id="work",
-        phase="run",
-        attempt=1,
-        action=action,
-        params={},
-        remote=False,
-        timeout_s=60,
-    )
+    item = _dispatched(pool, tenant_id, action, awaited=True)
+    assert _delivery(pool, item) == "awaited"
+    return item
 
 
 def _key(item: WorkItem) -> AttemptKey:

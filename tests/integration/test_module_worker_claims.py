@@ -139,13 +139,15 @@ def gate() -> Iterator[_Gate]:
         assert module.left.wait(BOUND_S)
 
 
-def _dispatched(pool: ConnectionPool[Any], tenant_id: uuid.UUID, action: str, *, timeout_s: int = 60) -> WorkItem:
-    """An attempt as the dispatch records it, and its work item."""
+def _dispatched(
+    pool: ConnectionPool[Any], tenant_id: uuid.UUID, action: str, *, timeout_s: int = 60, awaited: bool = False
+) -> WorkItem:
+    """An attempt as the dispatch records it (`awaited`: one that waits for its result, ADR 0034), and its item."""
     execution = _execution(pool, tenant_id, path=["running"])
     key = AttemptKey(execution.id, "work", "run", 1)
     with tenant_transaction(tenant_id, pool=pool) as conn:
         store.seed_steps(conn, execution.id, [StepSeed("work", action, 1)])
-        store.begin_attempt(conn, key, action=action, remote=False)
+        store.begin_attempt(conn, key, action=action, remote=False, awaited=awaited)
     return WorkItem(
         tenant_id=tenant_id,
         execution_id=execution.id,
