@@ -205,9 +205,7 @@ class Engine:
                 continue  # started by wake_instance while this pass read: one episode per instance at a time
             self._spawn(self._episodes, instance_id, self._guarded_episode(instance_id), f"episode {instance_id}")
         for item in items:
-            if item.id in self._activities:
-                continue  # started by the episode that queued it while this pass read
-            self._spawn(self._activities, item.id, self._run_activity(item), f"activity {item.name}", quiet=True)
+            self._start_activity(item)  # unless the episode that queued it started it while this pass read
         sleep = self._poll_interval
         if due is not None:
             sleep = min(sleep, max(0.0, (due - utcnow()).total_seconds()))
@@ -332,8 +330,7 @@ class Engine:
         dispatcher pass when that was all it did (no timer, child or end to attend to, nothing left queued)."""
         room = self._max_activities - len(self._activities)
         for item in work[: max(room, 0)]:
-            if item.id not in self._activities:  # a dispatcher pass may have read it first
-                self._spawn(self._activities, item.id, self._run_activity(item), f"activity {item.name}", quiet=True)
+            self._start_activity(item)  # unless a dispatcher pass read it first
         plain = (
             result is not None
             and result.status == RuntimeStatus.Running
@@ -344,6 +341,11 @@ class Engine:
         )
         if plain:
             self._quiet.add(instance_id)
+
+    def _start_activity(self, item: WorkItem) -> None:
+        """Run a queued activity once; its end needs no dispatcher pass (its result starts its episode)."""
+        if item.id not in self._activities:
+            self._spawn(self._activities, item.id, self._run_activity(item), f"activity {item.name}", quiet=True)
 
     async def _commit(
         self, conn: Conn, instance: Instance, result: EpisodeResult, now: datetime, *, history_at: int

@@ -10,7 +10,7 @@ after a crash, again by the same deliverer: never by nobody.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from uuid import UUID
 
 from shared.db.session import tenant_transaction
@@ -45,9 +45,7 @@ def await_results(
                 waiter.event.clear()
             final = time.monotonic() >= deadline
             with tenant_transaction(tenant_id) as conn:
-                taken = store.take_results(conn, open_keys, final=final)
-                for attempt in taken:
-                    answered[attempt.key.event_name] = Verdict.model_validate(attempt.verdict())
+                answered.update(verdicts(store.take_results(conn, open_keys, final=final)))
                 open_keys = [key for key in open_keys if key.event_name not in answered]
                 if not open_keys and on_all is not None:
                     on_all(conn, answered)
@@ -57,3 +55,8 @@ def await_results(
         if waiter is not None:
             waiter.close()
     return answered
+
+
+def verdicts(attempts: Iterable[store.Attempt]) -> dict[str, Verdict]:
+    """Taken results as a dispatch answers them: by attempt event name."""
+    return {attempt.key.event_name: Verdict.model_validate(attempt.verdict()) for attempt in attempts}

@@ -10,7 +10,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import psycopg
@@ -31,6 +31,7 @@ together (a step's end and the next one's start) are answered by one read and on
 each, and the event still reaches the client well within 100 ms of its commit."""
 
 Connect = Callable[[], psycopg.Connection[Any]]
+W = TypeVar("W", "Waiter", "ThreadWaiter")
 
 
 class Waiter:
@@ -104,17 +105,15 @@ class EventWakeup:
     # ------------------------------------------------------------------ waiters (event loop side)
     def subscribe(self, execution_id: UUID) -> Waiter:
         """A waiter for `execution_id` on the running event loop; the listener starts on first use."""
-        waiter = Waiter(self, execution_id, asyncio.get_running_loop())
-        with self._lock:
-            self._waiters.setdefault(execution_id, set()).add(waiter)
-        self.start()
-        return waiter
+        return self._register(Waiter(self, execution_id, asyncio.get_running_loop()))
 
     def subscribe_thread(self, execution_id: UUID) -> ThreadWaiter:
         """A waiter for `execution_id` that a blocking thread waits on; the listener starts on first use."""
-        waiter = ThreadWaiter(self, execution_id)
+        return self._register(ThreadWaiter(self, execution_id))
+
+    def _register(self, waiter: W) -> W:
         with self._lock:
-            self._waiters.setdefault(execution_id, set()).add(waiter)
+            self._waiters.setdefault(waiter.execution_id, set()).add(waiter)
         self.start()
         return waiter
 

@@ -15,7 +15,7 @@ from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
 from shared.engine import machine, work_queue
 from shared.engine import steps as store
-from shared.engine.dispatch_results import await_results
+from shared.engine.dispatch_results import await_results, verdicts
 from shared.engine.payloads import claim_check
 from shared.engine.protocol import MODULE_WORK_HUB, WorkItem
 from shared.engine.start import StartError, StartRequest, rebuild_input, start_execution
@@ -71,7 +71,7 @@ def _record_dispatch(conn: store.Conn, request: DispatchRequest, *, awaited: boo
         action=request.action,
         remote=request.remote,
         step_state="waiting" if request.remote and request.phase == "run" else None,
-        awaited=awaited and not request.remote,
+        awaited=awaited,
     )
     if request.remote:
         timeout_s = request.timeout_s or get_settings().QP_TASK_TOKEN_TTL_S
@@ -236,14 +236,21 @@ def record_progress(raw: dict[str, Any]) -> Any:
 
 
 def _move(
-    conn: store.Conn, execution_id: UUID, status: repo.Status, *, output: Any, error: str | None
+    conn: store.Conn,
+    execution_id: UUID,
+    status: repo.Status,
+    *,
+    output: Any,
+    error: str | None,
+    current: repo.Execution | None = None,
 ) -> dict[str, Any]:
-    """Move the execution to `status` unless it is there already (a re-executed activity) or has ended.
+    """Move the execution to `status` unless it is there already (a re-executed activity) or has ended; `current`:
+    the execution as this transaction just read it, if the caller has.
 
     Returns the status it is in afterwards and whether a cancel was requested, so the orchestrator's first
     record learns of a cancel that came before it started.
     """
-    current = repo.get_execution(conn, execution_id)
+    current = current or repo.get_execution(conn, execution_id)
     if current.status != status and not current.terminal:
         if (current.status, status) not in repo.TRANSITIONS and (current.status, "running") in repo.TRANSITIONS:
             # An execution that ends while recorded as waiting resumes first: the stream shows both moves.
@@ -346,7 +353,7 @@ def dispatch_steps(batch: machine.DispatchSteps) -> machine.DispatchAnswer:
             return machine.DispatchAnswer(
                 status=machine.Status.SUCCEEDED,
                 cancel_requested=current.cancel_requested_at is not None,
-                results={a.key.event_name: machine.Verdict.model_validate(a.verdict()) for a in taken},
+                results=verdicts(taken),
             )
         if current.terminal:
             return machine.DispatchAnswer(
@@ -355,7 +362,7 @@ def dispatch_steps(batch: machine.DispatchSteps) -> machine.DispatchAnswer:
                 refused=True,
             )
         if batch.status is machine.Status.RUNNING and current.status == "pending":
-            _move(conn, execution_id, "running", output=None, error=None)
+            _move(conn, execution_id, "running", output=None, error=None, current=current)
         refused = current.cancel_requested_at is not None
         for note in batch.notes:
             _note(conn, execution_id, note)
@@ -444,10 +451,11 @@ class _Finish:
         was requested (the orchestration then decides, as without a finish)."""
         if not all(verdict.ok for verdict in answered.values()):
             return
-        if repo.get_execution(conn, self._execution_id).cancel_requested_at is not None:
+        current = repo.get_execution(conn, self._execution_id)
+        if current.cancel_requested_at is not None:
             return
         outputs = {**self._outputs, **{self._steps[name]: verdict.output for name, verdict in answered.items()}}
-        self.moved = _move(conn, self._execution_id, "succeeded", output=outputs, error=None)
+        self.moved = _move(conn, self._execution_id, "succeeded", output=outputs, error=None, current=current)
 
 
 def _key(execution_id: UUID, start: machine.StepStart) -> AttemptKey:
