@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -175,10 +176,11 @@ class Engine:
                 sleep = await self._dispatch()
             except Exception:  # e.g. the database restarts: keep the loop alive and try again
                 logger.exception("durable dispatcher pass failed")
-            try:
-                await asyncio.wait_for(self._wake.wait(), sleep)
-            except TimeoutError:
-                pass
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that meets a wake-up, and `stop`
+            # then waited for this loop forever.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(sleep):
+                    await self._wake.wait()
 
     async def _dispatch(self) -> float:
         """Start what is runnable; return how long to sleep unless woken (until the next timer falls due)."""

@@ -246,7 +246,8 @@ async def _pause(seconds: float, woken: asyncio.Event | None) -> None:
         await asyncio.sleep(seconds)
         return
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(woken.wait(), seconds)
+        async with asyncio.timeout(seconds):  # not wait_for: on 3.11 it can swallow the request's cancel
+            await woken.wait()
 
 
 async def idle(context: _Admitted, seconds: float, woken: asyncio.Event | None = None) -> bool:

@@ -117,7 +117,8 @@ class ExecutionFeed:
 
         async with self._changed:
             try:
-                await asyncio.wait_for(self._changed.wait_for(moved), timeout_s)
+                async with asyncio.timeout(timeout_s):  # not wait_for: on 3.11 it can swallow the request's cancel
+                    await self._changed.wait_for(moved)
             except TimeoutError:
                 return False
         return True
