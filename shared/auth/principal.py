@@ -49,3 +49,31 @@ class Principal:
     def has_role(self, role: str) -> bool:
         """Whether the token carried this app role."""
         return role in self.roles
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who asked for an execution, with the authority their token carried then: what the execution's child
+    intents are started with (a child never runs on more authority than its root's requester had)."""
+
+    id: str
+    """The principal's `<tid>/<oid>` (Principal.id), recorded as the execution's `requested_by`."""
+    roles: frozenset[str]
+    app_only: bool
+
+    @classmethod
+    def of(cls, principal: Principal) -> Requester:
+        """The requester a verified caller is."""
+        return cls(principal.id, principal.roles, principal.app_only)
+
+    def principal(self, tenant_id: UUID) -> Principal:
+        """The principal as policies see it again (id, roles, tenant, app_only); no scopes, no display name."""
+        entra_tenant_id, _, object_id = self.id.partition("/")
+        return Principal(
+            tenant_id=tenant_id,
+            entra_tenant_id=UUID(entra_tenant_id),
+            object_id=UUID(object_id),
+            roles=self.roles,
+            scopes=frozenset(),
+            app_only=self.app_only,
+        )

@@ -14,6 +14,7 @@ import psycopg
 from psycopg.rows import DictRow
 from psycopg_pool import ConnectionPool
 
+from shared.auth.principal import Requester
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
 from shared.engine import steps as store
@@ -148,7 +149,12 @@ def decide_approval(
 
 
 def retry_request(
-    conn: Conn, execution: repo.Execution, *, version: int | None, requested_by: str, idempotency_key: str | None
+    conn: Conn,
+    execution: repo.Execution,
+    *,
+    version: int | None,
+    requester: Requester,
+    idempotency_key: str | None,
 ) -> StartRequest:
     """A new execution of the same intent and input that reuses the outputs of the steps that succeeded (and were
     not compensated). On a newer version, every reused step must be unchanged there."""
@@ -172,7 +178,7 @@ def retry_request(
         input=execution.input,
         version=version or execution.intent_version,
         idempotency_key=idempotency_key,
-        requested_by=requested_by,
+        requester=requester,
         retry_of=execution.id,
         reused=reused,
     )

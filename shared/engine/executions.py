@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal, get_args
 from uuid import UUID
@@ -14,6 +14,7 @@ from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from shared import telemetry
+from shared.auth.principal import Requester
 from shared.events.outbox import enqueue_event
 from shared.pagination import InvalidCursorError, decode_cursor, encode_cursor
 
@@ -45,13 +46,14 @@ TRANSITIONS: dict[tuple[Status, Status], str] = {
 _COLUMNS = sql.SQL(
     "id, intent_id, intent_version, target, status, input, output, error, requested_by, idempotency_key,"
     " plan_hash, last_event_seq, created_at, updated_at, finished_at, parent_execution_id, parent_step_id, retry_of,"
-    " start_claimed_at, cancel_requested_at, request_sha256"
+    " start_claimed_at, cancel_requested_at, request_sha256, requester_roles, requester_app_only"
 )
 # The creating request claims the orchestration's start in the same statement (start_claimed_at).
 _INSERT = sql.SQL(
     "INSERT INTO app.executions (tenant_id, id, intent_id, intent_version, target, input, requested_by,"
-    " idempotency_key, plan_hash, parent_execution_id, parent_step_id, retry_of, request_sha256, start_claimed_at)"
-    " VALUES (app.current_tenant_id(), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, clock_timestamp())"
+    " requester_roles, requester_app_only, idempotency_key, plan_hash, parent_execution_id, parent_step_id, retry_of,"
+    " request_sha256, start_claimed_at)"
+    " VALUES (app.current_tenant_id(), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, clock_timestamp())"
     " ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING {}"
 ).format(_COLUMNS)
 _BY_KEY = sql.SQL("SELECT {} FROM app.executions WHERE idempotency_key = %s").format(_COLUMNS)
@@ -120,11 +122,18 @@ class Execution:
     start_claimed_at: datetime | None = None
     cancel_requested_at: datetime | None = None
     request_sha256: str | None = None
+    requester_roles: list[str] = field(default_factory=list)
+    requester_app_only: bool = False
 
     @property
     def terminal(self) -> bool:
         """No transition leaves this status; no event will follow."""
         return self.status in TERMINAL
+
+    @property
+    def requester(self) -> Requester:
+        """Who asked for it, with the authority they had then (no roles on a row recorded before they were kept)."""
+        return Requester(self.requested_by, frozenset(self.requester_roles), self.requester_app_only)
 
 
 @dataclass(frozen=True)
@@ -155,7 +164,7 @@ def create_execution(
     intent_version: int,
     target: str,
     input: dict[str, Any],
-    requested_by: str,
+    requester: Requester,
     idempotency_key: str | None = None,
     plan_hash: str | None = None,
     parent_execution_id: UUID | None = None,
@@ -177,7 +186,9 @@ def create_execution(
             intent_version,
             target,
             Jsonb(input),
-            requested_by,
+            requester.id,
+            sorted(requester.roles),
+            requester.app_only,
             idempotency_key,
             plan_hash,
             parent_execution_id,

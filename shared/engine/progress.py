@@ -18,7 +18,8 @@ from shared.engine import steps as store
 from shared.engine.dispatch_results import await_results, verdicts
 from shared.engine.payloads import claim_check
 from shared.engine.protocol import MODULE_WORK_HUB, WorkItem
-from shared.engine.start import StartError, StartRequest, rebuild_input, start_execution
+from shared.engine.start import StartError, StartForbiddenError, StartRequest, rebuild_input, start_execution
+from shared.engine.start_service import authorize_child
 from shared.engine.steps import AttemptKey
 from shared.events.publisher import OutboundEvent, get_publisher
 from shared.modules import BUILTIN_MODULES
@@ -304,13 +305,15 @@ def _start_child(request: ProgressRequest) -> dict[str, Any]:
                         input=params.inputs,
                         version=params.version,
                         idempotency_key=f"child:{request.execution_id}:{key.step_id}:{key.attempt}",
-                        requested_by=parent.requested_by,
+                        requester=parent.requester,
                         parent_execution_id=parent.id,
                         parent_step_id=key.step_id,
                     ),
                     max_concurrent=10**9,
-                    authorize=lambda _item: None,
+                    authorize=authorize_child(conn, tenant, parent, key.step_id),
                 )
+            except StartForbiddenError as exc:
+                error = f"child intent {params.intent} cannot start: its requester may not execute it ({exc.reason})"
             except StartError as exc:
                 error = f"child intent {params.intent} cannot start: {exc}"
             else:

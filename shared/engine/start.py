@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -14,6 +14,7 @@ import psycopg
 from psycopg.rows import DictRow
 
 from shared import telemetry
+from shared.auth.principal import Requester
 from shared.config import get_settings
 from shared.engine import executions as repo
 from shared.engine.protocol import ORCHESTRATOR_ACTIONS, StepPlan
@@ -117,7 +118,8 @@ class StartRequest:
     version: int | None = None
     plan_hash: str | None = None
     idempotency_key: str | None = None
-    requested_by: str = ""
+    requester: Requester = field(kw_only=True)
+    """Who asks, with their authority then (recorded; what the execution's child intents start with)."""
     parent_execution_id: UUID | None = None
     parent_step_id: str | None = None
     retry_of: UUID | None = None
@@ -299,6 +301,10 @@ def start_execution(
         raise TenantSuspendedError(f"tenant {tenant.id} is {tenant.status}")
     item = registry.get(conn, "intent", request.intent_id)
     authorize(item)
+    if request.version is not None and request.version != item.version.version:
+        # A pinned version runs with its own target and labels, so it is decided on them too, not only on the
+        # current version's (ADR 0035): an older version may be production's while the current one is staging's.
+        authorize(replace(item, version=registry.version(conn, "intent", item.head.id, request.version)))
     fingerprint = request.fingerprint()
     if request.idempotency_key is not None:
         found = repo.find_by_key(conn, request.idempotency_key)
@@ -318,7 +324,7 @@ def start_execution(
         intent_version=run.version.version,
         target=run.target,
         input=run.inputs,
-        requested_by=request.requested_by,
+        requester=request.requester,
         idempotency_key=request.idempotency_key,
         plan_hash=run.plan_hash,
         parent_execution_id=request.parent_execution_id,

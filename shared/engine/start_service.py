@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+from shared.auth.principal import Principal
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
 from shared.engine.protocol import ORCHESTRATOR
@@ -24,10 +26,14 @@ from shared.engine.start import (
 )
 from shared.policy.actions import Action
 from shared.policy.authorizer import Decision, Resource
+from shared.policy.decisions import decide
 from shared.registry import service as registry
 from shared.tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
+
+REQUESTER_UNKNOWN = "requester_unknown"
+"""The refusal of a child whose parent's requester is no principal's id (only rows written outside the API)."""
 
 Decide = Callable[[str, Resource], Decision]
 """The caller's policy decision on an action and resource, audited by the edge that supplies it."""
@@ -48,6 +54,49 @@ def execute_resource(item: registry.Item, tenant_id: UUID) -> Resource:
     )
 
 
+def authorize_execute(decide: Decide, tenant_id: UUID) -> Callable[[registry.Item], None]:
+    """What start_execution calls on the intent (and on a pinned version): `decide` on `intent.execute`, a refusal
+    raised as StartForbiddenError."""
+
+    def authorize(item: registry.Item) -> None:
+        decision = decide(Action.INTENT_EXECUTE, execute_resource(item, tenant_id))
+        if not decision.allowed:
+            raise StartForbiddenError(Action.INTENT_EXECUTE, decision.reason)
+
+    return authorize
+
+
+@dataclass(frozen=True)
+class RequesterCaller:
+    """An execution's requester as the caller of its child's start: their recorded authority, in their tenant."""
+
+    principal: Principal
+    tenant: Tenant
+    request_id: str
+    """What the audit record names as the request: the parent execution and the step that starts the child."""
+
+
+def authorize_child(
+    conn: Conn, tenant: Tenant, parent: repo.Execution, step_id: str
+) -> Callable[[registry.Item], None]:
+    """The decision on a child intent's start: the one a direct execute gets, for the parent's requester with the
+    roles recorded when the root was requested (ADR 0035), audited in `conn`'s transaction. A parent recorded
+    before they were kept has none, so the policies refuse its children."""
+    try:
+        principal = parent.requester.principal(tenant.id)
+    except ValueError:
+
+        def refuse(_item: registry.Item) -> None:
+            raise StartForbiddenError(Action.INTENT_EXECUTE, REQUESTER_UNKNOWN)
+
+        return refuse
+    caller = RequesterCaller(principal, tenant, f"{parent.id}/{step_id}")
+    detail = {"parent_execution_id": str(parent.id), "parent_step_id": step_id}
+    return authorize_execute(
+        lambda action, resource: decide(caller, action, resource, conn=conn, detail=detail), tenant.id
+    )
+
+
 def begin(tenant: Tenant, make_request: Callable[[Conn], StartRequest], *, decide: Decide) -> Started:
     """Run a start's checks and writes in one tenant transaction (call it on a worker thread); `make_request` builds
     the request inside it, and `decide` decides `intent.execute` on the intent before anything about it is revealed.
@@ -55,19 +104,13 @@ def begin(tenant: Tenant, make_request: Callable[[Conn], StartRequest], *, decid
     A refused start raises a StartError (an unknown intent or version as IntentNotFoundError, a refused decision as
     StartForbiddenError); whatever `make_request` raises of its own passes through.
     """
-
-    def authorize(item: registry.Item) -> None:
-        decision = decide(Action.INTENT_EXECUTE, execute_resource(item, tenant.id))
-        if not decision.allowed:
-            raise StartForbiddenError(Action.INTENT_EXECUTE, decision.reason)
-
     with tenant_transaction(tenant.id) as conn:
         try:
             return start_execution(
                 conn,
                 tenant.facts(),
                 make_request(conn),
-                authorize=authorize,
+                authorize=authorize_execute(decide, tenant.id),
                 max_concurrent=concurrent_limit(tenant.quotas),
             )
         except (registry.NotFoundError, registry.UnknownVersionError) as exc:

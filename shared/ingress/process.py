@@ -22,6 +22,7 @@ from opentelemetry.trace import SpanKind
 
 from shared import telemetry
 from shared.accepted_json import NotAcceptedJSONError, accepted
+from shared.auth.principal import Requester
 from shared.auth.tokens import InvalidTokenError, SigningKeysUnavailableError, TokenValidator
 from shared.auth.validator import get_token_validator
 from shared.db.session import tenant_transaction
@@ -125,7 +126,7 @@ async def process_event(
             started = await asyncio.to_thread(
                 begin,
                 context.tenant,
-                lambda conn: request.start_request(conn, context.principal.id),
+                lambda conn: request.start_request(conn, Requester.of(context.principal)),
                 decide=decide_for_sender,
             )
         except StartError as exc:

@@ -12,6 +12,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from shared.auth.principal import Requester
 from shared.engine.start import Conn, StartRequest
 from shared.events.trigger import TriggerEvent, batch_properties
 from shared.idempotency import IdempotencyKey, key_problem
@@ -51,7 +52,7 @@ class IntentRequest(BaseModel):
             raise ValueError("name the intent by exactly one of intent_id and intent")
         return self
 
-    def start_request(self, conn: Conn, requested_by: str) -> StartRequest:
+    def start_request(self, conn: Conn, requester: Requester) -> StartRequest:
         """The start this asks for, its intent found by name in the caller's tenant when not given by id."""
         intent_id = self.intent_id
         if intent_id is None:
@@ -65,7 +66,7 @@ class IntentRequest(BaseModel):
             version=self.version,
             plan_hash=self.plan_hash,
             idempotency_key=self.idempotency_key,
-            requested_by=requested_by,
+            requester=requester,
         )
 
     @staticmethod

@@ -19,6 +19,7 @@ import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
+from shared.auth.principal import Requester
 from shared.db.session import tenant_transaction
 from shared.engine.start import StartRequest, start_execution
 from shared.tenants.repository import get_tenant
@@ -96,7 +97,7 @@ def test_a_start_whose_request_died_is_started_by_the_sweeper_and_runs_once(
         recorded = start_execution(
             conn,
             tenant.facts(),
-            StartRequest(intent_id=uuid.UUID(intent), requested_by="e2e"),
+            StartRequest(intent_id=uuid.UUID(intent), requester=Requester("e2e", frozenset(), app_only=False)),
             max_concurrent=1000,
             authorize=lambda _item: None,
         )

@@ -506,6 +506,37 @@ def test_child_intent_runs_as_a_sub_orchestration(platform: Platform, side_effec
     assert step["output"]["outputs"]["touch"]["status"] == 200
 
 
+def test_a_child_intent_runs_only_with_its_requesters_authority(platform: Platform) -> None:
+    """An Executor's staging intent cannot reach production through a child: the child start is decided like a
+    direct execute, for the requester, with the roles their token carried when the root execution started."""
+    tag = uuid.uuid4().hex[:6]
+    child_name = f"prod-child-{tag}"
+    child_intent = create_intent(
+        platform, [{"id": "pause", "action": "wait", "seconds": 0.01}], target="production", name=child_name
+    )
+    parent = create_intent(platform, [{"id": "run-child", "action": "intent.run", "intent": child_name}])
+
+    refused = started(platform, parent)  # an Executor (AUTHOR): staging is theirs, production is not
+    assert follow(platform, refused)[0] == "failed"
+    step = steps_of(detail(platform, refused))["run-child"]
+    assert step["state"] == "failed" and step.get("child_execution_id") is None
+    assert "production_requires_deployer" in step["attempts"][-1]["error"]
+    children = httpx.get(
+        f"{platform.base}/api/v1/executions",
+        params={"intent_id": child_intent},
+        headers=platform.headers(["Intent.Reader"]),
+    )
+    assert children.status_code == 200 and children.json()["items"] == [], "no child execution was recorded"
+
+    deployer = platform.headers(["Intent.Deployer", "Intent.Reader"])
+    response = execute(platform, parent, {}, deployer)
+    assert response.status_code == 202, response.text
+    allowed = str(response.json()["execution_id"])
+    assert follow(platform, allowed)[0] == "succeeded"
+    child = detail(platform, steps_of(detail(platform, allowed))["run-child"]["child_execution_id"])
+    assert child["status"] == "succeeded" and child["target"] == "production"
+
+
 def _child_waiting_for_approval(platform: Platform, side_effects: SideEffects, tag: str) -> str:
     """A child intent that prepares something (compensated on the way out), then waits for an approval."""
     name = f"child-{tag}"
@@ -769,6 +800,31 @@ def test_production_needs_a_deployer_and_the_body_key_is_an_idempotency_key(plat
     assert (first.status_code, second.status_code) == (202, 202)
     assert first.json()["execution_id"] == second.json()["execution_id"] and second.json()["created"] is False
     assert follow(platform, first.json()["execution_id"])[0] == "succeeded"
+
+
+def test_a_pinned_version_is_decided_on_its_own_target(platform: Platform) -> None:
+    """Version 1 runs in production, version 2 in staging: an Executor may run version 2, never version 1, though
+    the intent's current version is staging's."""
+    name = f"moved-{uuid.uuid4().hex[:6]}"
+    intent = create_intent(
+        platform, [{"id": "pause", "action": "wait", "seconds": 0.01}], target="production", name=name
+    )
+    moved = httpx.put(
+        f"{platform.base}/api/v1/intents/{intent}",
+        headers={**platform.headers(AUTHOR), "If-Match": f'"{intent}.v1"'},
+        json={
+            "name": name,
+            "definition": {"target": "staging", "steps": [{"id": "pause", "action": "wait", "seconds": 0.01}]},
+        },
+    )
+    assert moved.status_code == 200, moved.text
+    refused = execute(platform, intent, {"version": 1})
+    assert refused.status_code == 403 and refused.json()["reason"] == "production_requires_deployer", refused.text
+    current = execute(platform, intent, {"version": 2})
+    assert current.status_code == 202, current.text
+    deployer = execute(platform, intent, {"version": 1}, platform.headers(["Intent.Deployer", "Intent.Reader"]))
+    assert deployer.status_code == 202, deployer.text
+    assert detail(platform, deployer.json()["execution_id"])["target"] == "production"
 
 
 def test_retry_on_a_newer_version_requires_the_reused_steps_unchanged(

@@ -18,6 +18,7 @@ from psycopg_pool import ConnectionPool
 
 from shared.api.admission import get_admission
 from shared.api.routers import executions as executions_router
+from shared.auth.principal import Requester
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
 from shared.engine.event_wakeup import EventWakeup, get_event_wakeup
@@ -63,7 +64,7 @@ def _running_execution(pool: ConnectionPool[Any], tenant_id: uuid.UUID) -> repo.
             intent_version=1,
             target="staging",
             input={},
-            requested_by="tester",
+            requester=Requester("tester", frozenset(), app_only=False),
             idempotency_key=None,
         )
         execution, _ = repo.transition(conn, execution.id, "running")

@@ -16,6 +16,7 @@ import pytest
 from azure.durable_functions.models.DurableOrchestrationStatus import DurableOrchestrationStatus
 from psycopg_pool import ConnectionPool
 
+from shared.auth.principal import Requester
 from shared.db.session import platform_transaction, tenant_transaction
 from shared.engine import executions as repo
 from shared.engine import steps as store
@@ -116,7 +117,7 @@ def _recorded(
             StartRequest(
                 intent_id=intent_id,
                 idempotency_key=key,
-                requested_by="tester",
+                requester=Requester("tester", frozenset(), app_only=False),
                 parent_execution_id=parent,
                 parent_step_id="child" if parent else None,
             ),
@@ -213,7 +214,9 @@ def test_a_stalled_start_is_taken_over_once_and_started_with_the_requests_input(
         replay = start_execution(
             conn,
             tenant.facts(),
-            StartRequest(intent_id=a.intent, idempotency_key=key, requested_by="tester"),
+            StartRequest(
+                intent_id=a.intent, idempotency_key=key, requester=Requester("tester", frozenset(), app_only=False)
+            ),
             max_concurrent=1000,
             authorize=lambda _item: None,
         )

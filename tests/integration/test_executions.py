@@ -14,6 +14,7 @@ import pytest
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
+from shared.auth.principal import Requester
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
 from shared.tenants.offboarding import EXPORTED_TABLES, TENANT_TABLES
@@ -75,7 +76,7 @@ def _execution(
             intent_version=1,
             target="staging",
             input={"version": "1.2.3"},
-            requested_by="tester",
+            requester=Requester("tester", frozenset(), app_only=False),
             idempotency_key=key,
         )
         for status in path or []:
@@ -202,7 +203,7 @@ def test_the_same_idempotency_key_returns_the_same_execution(
             intent_version=1,
             target="staging",
             input={},
-            requested_by="tester",
+            requester=Requester("tester", frozenset(), app_only=False),
             idempotency_key="deploy-42",
         )
     assert (again.id, created) == (first.id, False)

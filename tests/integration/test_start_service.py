@@ -8,14 +8,24 @@ import asyncio
 import uuid
 from typing import Any
 
+import psycopg
 import pytest
+from psycopg.rows import dict_row
 
+from shared.auth.principal import Requester
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
 from shared.engine.protocol import ORCHESTRATOR
 from shared.engine.start import IntentNotFoundError, Started, StartForbiddenError, StartRequest
-from shared.engine.start_service import OrchestrationUnavailableError, begin, launch
+from shared.engine.start_service import (
+    REQUESTER_UNKNOWN,
+    OrchestrationUnavailableError,
+    authorize_child,
+    begin,
+    launch,
+)
 from shared.policy.authorizer import Decision, Resource
+from shared.registry import service as registry
 from shared.tenants.models import Tenant
 from shared.tenants.repository import get_tenant
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
@@ -68,7 +78,13 @@ def setup(api: ApiHarness) -> tuple[Tenant, uuid.UUID]:
 
 
 def _start(tenant: Tenant, intent_id: uuid.UUID, decide: Decider, **request: Any) -> Started:
-    return begin(tenant, lambda _conn: StartRequest(intent_id=intent_id, requested_by="t/o", **request), decide=decide)
+    return begin(
+        tenant,
+        lambda _conn: StartRequest(
+            intent_id=intent_id, requester=Requester("t/o", frozenset(), app_only=False), **request
+        ),
+        decide=decide,
+    )
 
 
 def _status(tenant: Tenant, execution_id: uuid.UUID) -> str:
@@ -142,3 +158,87 @@ def test_a_launch_that_is_not_to_record_failure_hands_the_error_back_and_stays_p
     with pytest.raises(ConnectionError, match="task hub unreachable"):
         asyncio.run(launch(Client(ConnectionError("task hub unreachable")), started, tenant.id, record_failure=False))
     assert _status(tenant, started.execution.id) == "pending"
+
+
+def _parent(tenant: Tenant, intent_id: uuid.UUID, requester: Requester) -> repo.Execution:
+    with tenant_transaction(tenant.id) as conn:
+        parent, _ = repo.create_execution(
+            conn,
+            execution_id=uuid.uuid4(),
+            intent_id=intent_id,
+            intent_version=1,
+            target="staging",
+            input={},
+            requester=requester,
+        )
+    return parent
+
+
+def _audited(api: ApiHarness, request_id: str) -> list[dict[str, Any]]:
+    """The audit records of one request id (read as the admin, bypassing RLS)."""
+    with psycopg.connect(api.admin_url, dbname="quantum", row_factory=dict_row) as conn:
+        return conn.execute("SELECT * FROM app.audit_events WHERE request_id = %s", (request_id,)).fetchall()
+
+
+def _decide_child(tenant: Tenant, intent_id: uuid.UUID, parent: repo.Execution) -> None:
+    with tenant_transaction(tenant.id) as conn:
+        authorize_child(conn, tenant, parent, "run-child")(registry.get(conn, "intent", intent_id))
+
+
+@pytest.mark.parametrize(
+    ("roles", "reason"),
+    [
+        ({"Intent.Executor"}, "production_requires_deployer"),
+        ({"Intent.Reader"}, "production_requires_deployer"),
+        ({"Intent.Deployer"}, None),
+    ],
+)
+def test_a_child_start_is_decided_for_the_parents_requester_and_audited(
+    api: ApiHarness, setup: tuple[Tenant, uuid.UUID], roles: set[str], reason: str | None
+) -> None:
+    tenant, production_intent = setup
+    requester = Requester(f"{uuid.uuid4()}/{uuid.uuid4()}", frozenset(roles), app_only=False)
+    parent = _parent(tenant, production_intent, requester)
+    with tenant_transaction(tenant.id) as conn:
+        assert repo.get_execution(conn, parent.id).requester == requester  # recorded as asked
+    if reason is None:
+        _decide_child(tenant, production_intent, parent)
+    else:
+        with pytest.raises(StartForbiddenError) as refused:
+            _decide_child(tenant, production_intent, parent)
+        assert refused.value.reason == reason
+    [record] = _audited(api, f"{parent.id}/run-child")
+    assert (record["principal_id"], record["action"], record["resource_id"]) == (
+        requester.id,
+        "intent.execute",
+        str(production_intent),
+    )
+    assert record["decision"] == ("allow" if reason is None else "deny")
+    assert record["detail"] == {"parent_execution_id": str(parent.id), "parent_step_id": "run-child"}
+
+
+def test_a_parent_recorded_before_its_requesters_roles_were_kept_starts_no_child(
+    api: ApiHarness, setup: tuple[Tenant, uuid.UUID]
+) -> None:
+    tenant, intent_id = setup
+    deployer = Requester(f"{uuid.uuid4()}/{uuid.uuid4()}", frozenset({"Intent.Deployer"}), app_only=False)
+    parent = _parent(tenant, intent_id, deployer)
+    with psycopg.connect(api.admin_url, dbname="quantum") as conn:  # what migration 0023 gave the rows before it
+        conn.execute(
+            "UPDATE app.executions SET requester_roles = DEFAULT, requester_app_only = DEFAULT WHERE id = %s",
+            (parent.id,),
+        )
+    with tenant_transaction(tenant.id) as conn:
+        legacy = repo.get_execution(conn, parent.id)
+    assert legacy.requester == Requester(deployer.id, frozenset(), app_only=False)
+    with pytest.raises(StartForbiddenError) as refused:
+        _decide_child(tenant, intent_id, legacy)
+    assert refused.value.reason == "production_requires_deployer"
+
+
+def test_a_requester_that_is_no_principal_starts_no_child(setup: tuple[Tenant, uuid.UUID]) -> None:
+    tenant, intent_id = setup
+    parent = _parent(tenant, intent_id, Requester("tester", frozenset({"Intent.Deployer"}), app_only=False))
+    with pytest.raises(StartForbiddenError) as refused:
+        _decide_child(tenant, intent_id, parent)
+    assert refused.value.reason == REQUESTER_UNKNOWN

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from psycopg_pool import ConnectionPool
 
+from shared.auth.principal import Requester
 from shared.db.session import tenant_transaction
 from shared.engine import steps as store
 from shared.engine import task_tokens
@@ -123,5 +124,9 @@ def test_a_suspended_tenant_starts_no_execution(app_pool: ConnectionPool[Any], t
     with tenant_transaction(tenants["gamma"], pool=app_pool) as conn:
         with pytest.raises(TenantSuspendedError):
             start_execution(
-                conn, facts, StartRequest(intent_id=uuid.uuid4()), max_concurrent=10, authorize=lambda _item: None
+                conn,
+                facts,
+                StartRequest(intent_id=uuid.uuid4(), requester=Requester("t/o", frozenset(), app_only=False)),
+                max_concurrent=10,
+                authorize=lambda _item: None,
             )

@@ -19,6 +19,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.generation.hypothesis.builder import HypothesisTestConfig, HypothesisTestMode, create_test
 
 from shared.api.durable import get_durable_client
+from shared.auth.principal import Requester
 from shared.db.session import tenant_transaction
 from shared.engine.executions import create_execution
 from shared.engine.steps import AttemptKey
@@ -179,7 +180,7 @@ def _populate(api: ApiHarness, name: str) -> TenantWorld:
                     intent_version=1,
                     target="staging",
                     input={"version": "1.2.3"},
-                    requested_by="fuzz",
+                    requester=Requester("fuzz", frozenset(), app_only=False),
                 )[0].id
             )
     # A correctly signed token of an attempt that was never leased: it passes the signature check and meets the

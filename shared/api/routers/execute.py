@@ -18,6 +18,7 @@ from shared.api.responses import AUTH_ERRORS, BAD_IDEMPOTENCY_KEY, INVALID, prob
 from shared.api.routers.executions import ExecutionLinks
 from shared.api.security import RequestContext
 from shared.api.starting import begin, launch
+from shared.auth.principal import Requester
 from shared.engine import start as engine
 from shared.idempotency import IdempotencyKey
 from shared.policy.actions import Action
@@ -137,7 +138,7 @@ async def execute(
         version=request.version,
         plan_hash=request.plan_hash,
         idempotency_key=idempotency_key or request.idempotency_key,
-        requested_by=context.principal.id,
+        requester=Requester.of(context.principal),
     )
     started = await run_in_threadpool(begin, context, lambda _conn: start)
     await launch(client, started, context.tenant.id)

@@ -29,6 +29,7 @@ from shared.api.routers.executions import (
 from shared.api.routers.work import raise_verdicts
 from shared.api.security import RequestContext, authorize, record_mutation
 from shared.api.starting import begin, launch
+from shared.auth.principal import Requester
 from shared.db.session import tenant_transaction
 from shared.engine import control, work_queue
 from shared.engine import executions as repo
@@ -242,7 +243,7 @@ async def retry(
                     conn,
                     execution,
                     version=request.version,
-                    requested_by=context.principal.id,
+                    requester=Requester.of(context.principal),
                     idempotency_key=idempotency_key,
                 ),
                 detail={"retry_of": str(execution_id)},
