@@ -21,7 +21,7 @@ from shared.pagination import InvalidCursorError, decode_cursor, encode_cursor
 from shared.policy.authorizer import Decision
 from shared.policy.facts import TenantFacts
 from shared.policy.gates import module_of_action
-from shared.registry.catalog import ModuleCatalog
+from shared.registry.catalog import IntentRunParams, ModuleCatalog
 from shared.registry.diff import FieldChange, diff_definitions
 from shared.registry.model import Definition, IntentDefinitionIn, ResolvedBlueprint, Step
 from shared.registry.modules import tenant_catalog
@@ -39,6 +39,7 @@ from shared.registry.repository import (
     archive_head,
     blueprint_version,
     current_blueprint,
+    find_head,
     get_head,
     get_version,
     insert_head,
@@ -385,6 +386,25 @@ def version(conn: Conn, kind: Kind, item_id: UUID, number: int) -> VersionRow:
     return found
 
 
+def child_intent(conn: Conn, step: Step) -> Item | None:
+    """The intent an `intent.run` step starts, at the version it pins (else its current one); None for any other
+    step, or when the name or the version finds nothing (running it fails the step instead)."""
+    if step.action != "intent.run":
+        return None
+    try:
+        params = IntentRunParams.model_validate(step.params)
+    except pydantic.ValidationError:
+        return None
+    head = find_head(conn, "intent", params.intent)
+    if head is None:
+        return None
+    item = _item(conn, head)
+    if params.version is None or params.version == item.version.version:
+        return item
+    pinned = get_version(conn, "intent", head.id, params.version)
+    return None if pinned is None else Item(head, pinned)
+
+
 @dataclass(frozen=True)
 class DiffResult:
     """What changed between two versions: the definition (steps and fields) and the metadata, with a summary."""
@@ -622,14 +642,16 @@ class Plan:
     plan_hash: str
 
 
-StepDecider = Callable[[Item, Step], Decision]
+StepDecider = Callable[[Conn, Item, Step], Decision]
+"""The caller's decision on executing one step of a planned item, in the plan's transaction."""
 
 
 def plan(
     conn: Conn, kind: Kind, item_id: UUID, *, tenant: TenantFacts, decide: StepDecider | None, quota: QuotaHeadroom
 ) -> Plan:
     """The current version validated again (catalog and gates may have changed) and laid out in levels, each
-    step with its module and `decide(item, step)` (None: no decisions, as for a blueprint, which is never executed)."""
+    step with its module and `decide(conn, item, step)` (None: no decisions, as for a blueprint, which is never
+    executed)."""
     item = get(conn, kind, item_id)
     checked = check(conn, kind, item.document(), tenant=tenant, pin=item.version.blueprint_ref)
     level_of = {step_id: index for index, level in enumerate(checked.levels) for step_id in level}
@@ -647,7 +669,7 @@ def plan(
                 level=level_of[step.step_id],
                 when=step.when,
                 compensate=step.compensate.action if step.compensate else None,
-                decision=decide(item, step) if decide is not None else None,
+                decision=decide(conn, item, step) if decide is not None else None,
             )
         )
     return Plan(item, checked.levels, planned, checked.result.blueprint_ref, quota, checked.plan_hash)

@@ -608,6 +608,44 @@ def test_plan_shows_production_steps_denied_to_an_executor(api: ApiHarness) -> N
     }
 
 
+def test_plan_decides_a_child_intent_step_on_the_child(api: ApiHarness) -> None:
+    """An intent.run step is decided as its child's start will be (ADR 0035): on the intent it runs, at the
+    version it pins, for the caller."""
+    tenant = provision(api, "plan-child")
+    create(api, tenant, intent_body("prod-child", wait_step("a"), target="production"))
+    staging_child = create(api, tenant, intent_body("stage-child", wait_step("a")))["id"]
+    moved = put(api, tenant, staging_child, intent_body("stage-child", wait_step("a"), target="production"))
+    assert moved.status_code == 200, moved.text  # version 1 staging, version 2 (current) production
+    runs = create(
+        api,
+        tenant,
+        intent_body(
+            "runs-children",
+            wait_step("first"),
+            {"id": "prod", "action": "intent.run", "intent": "prod-child"},
+            {"id": "old", "action": "intent.run", "intent": "stage-child", "version": 1},
+            {"id": "new", "action": "intent.run", "intent": "stage-child"},
+        ),
+    )["id"]
+
+    def plan(roles: list[str]) -> tuple[dict[str, Any], bool]:
+        answer = api.client.post(f"{INTENTS}/{runs}/plan", headers=api.headers(tenant, roles))
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        return {step["id"]: step["authorization"]["reason"] for step in body["steps"]}, body["caller_may_execute"]
+
+    reasons, may = plan(EXECUTOR)
+    assert reasons == {
+        "first": "allowed",
+        "prod": "production_requires_deployer",
+        "old": "allowed",
+        "new": "production_requires_deployer",
+    }
+    assert may is False
+    reasons, may = plan(DEPLOYER)
+    assert set(reasons.values()) == {"allowed"} and may is True
+
+
 def test_gate_violations_are_named_per_step_on_save(api: ApiHarness) -> None:
     tenant = provision(
         api, "gated", allowed_modules=["build-container", "wait", "verify-deployment"], allowed_targets=["staging"]

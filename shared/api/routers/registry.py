@@ -597,7 +597,8 @@ def definition_router(kind: Kind) -> APIRouter:
     )
     def plan(item_id: ItemId, context: MayRead) -> RegistryPlan:
         """The current version's steps in execution levels, each with its module and the caller's decision for
-        executing it, the tenant's quota headroom and the plan hash; nothing is saved or started (Reader)."""
+        executing it (an `intent.run` step: for executing the child intent it runs), the tenant's quota headroom and
+        the plan hash; nothing is saved or started (Reader)."""
         item = load(context, item_id)
         resource = resource_of(context, item)
         authorize(context, spec.read, resource, detail={"operation": "plan", "version": item.version.version})
@@ -605,13 +606,14 @@ def definition_router(kind: Kind) -> APIRouter:
         if kind == "intent":
             policies = tenant_policy_texts(context.tenant.id)
 
-            def decide(planned: service.Item, _step: Step) -> Decision:
-                # Per step, so a step-level resource can refine it later; not audited: the plan request was.
-                # The resource is the version being planned, which may be newer than the one authorized above.
+            def decide(conn: service.Conn, planned: service.Item, step: Step) -> Decision:
+                # Per step; not audited: the plan request was. The resource is the version being planned (which may
+                # be newer than the one authorized above), or for an intent.run step the child intent, decided as its
+                # start will be (ADR 0035).
                 return get_authorizer().decide(
                     context.principal,
                     Action.INTENT_EXECUTE,
-                    resource_of(context, planned),
+                    resource_of(context, service.child_intent(conn, step) or planned),
                     tenant=context.tenant_facts,
                     tenant_policies=policies,
                 )
