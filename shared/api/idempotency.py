@@ -3,12 +3,25 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
+import psycopg
 from fastapi import Header, Request
+from fastapi.responses import JSONResponse, Response
+from psycopg.rows import DictRow
 
 from shared.api.problems import FieldError, ProblemError
-from shared.idempotency import KEY_FORMAT, KEY_MAX_LENGTH, KEY_PATTERN, key_problem
+from shared.idempotency import (
+    KEY_FORMAT,
+    KEY_MAX_LENGTH,
+    KEY_PATTERN,
+    IdempotencyKeyReusedError,
+    StoredResponse,
+    claim,
+    complete,
+    fingerprint,
+    key_problem,
+)
 
 HEADER = "Idempotency-Key"
 POINTER = "/header/idempotency-key"
@@ -52,3 +65,25 @@ def idempotency_key(
     if problem is not None:
         raise _refused(problem)
     return values[0]
+
+
+def replay_or_claim(conn: psycopg.Connection[DictRow], key: str | None, request: Request, body: Any) -> Response | None:
+    """Inside the route's tenant transaction: the first answer to `key` to replay, or None to do the work (the key
+    now claimed until the transaction ends: a concurrent duplicate waits, then replays). None without a key.
+
+    The key is bound to the method, the route's path and `body`; the same key with another request is 422."""
+    if key is None:
+        return None
+    try:
+        stored = claim(conn, key, fingerprint(request.method, request.url.path, body))
+    except IdempotencyKeyReusedError as exc:
+        raise ProblemError(422, "idempotency-key", "Unprocessable content", str(exc)) from None
+    return None if stored is None else JSONResponse(stored.body, status_code=stored.status, headers=stored.headers)
+
+
+def remember(
+    conn: psycopg.Connection[DictRow], key: str | None, status: int, body: Any, headers: dict[str, str] | None = None
+) -> None:
+    """Store the answer to replay for `key` (nothing without a key), in the transaction that did the work."""
+    if key is not None:
+        complete(conn, key, StoredResponse(status, body, headers or {}))

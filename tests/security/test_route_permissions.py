@@ -36,6 +36,9 @@ IDEMPOTENT_ROUTES = {
     ("POST", "/api/v1/blueprints"),
     ("POST", "/api/v1/intents/{intent_id}/execute"),
     ("POST", "/api/v1/executions/{execution_id}/retry"),
+    ("POST", "/api/v1/webhooks"),
+    ("POST", "/api/v1/modules"),
+    ("POST", "/api/v1/policies"),
 }
 _SETTINGS = {
     "QP_DATABASE_URL": "host=/nonexistent",

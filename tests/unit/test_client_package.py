@@ -56,6 +56,27 @@ def test_a_start_is_retried_after_retry_after_with_the_same_idempotency_key() ->
     assert "Idempotency-Key" not in seen[-1].headers
 
 
+def test_a_create_is_retried_with_one_idempotency_key_and_the_tenant_create_carries_none() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if len(seen) % 2:
+            return httpx.Response(503, headers={"Retry-After": "0"}, json={"title": "busy", "status": 503})
+        return httpx.Response(201, json={"id": "w-1"})
+
+    for path in ("/api/v1/webhooks", "/api/v1/modules", "/api/v1/policies", "/api/v1/intents/"):
+        client(handler).post(path, json={"x": 1})
+        first, retried = seen[-2:]
+        assert (
+            first.headers["Idempotency-Key"] and retried.headers["Idempotency-Key"] == first.headers["Idempotency-Key"]
+        )
+    client(handler).post("/api/v1/tenants", json={"name": "t"})
+    assert "Idempotency-Key" not in seen[-1].headers
+    client(handler).post("/api/v1/webhooks/w-1/rotate-secret")
+    assert "Idempotency-Key" not in seen[-1].headers
+
+
 def test_retries_end_with_a_typed_error() -> None:
     calls = 0
 

@@ -25,6 +25,10 @@ DEFAULT_URL = "http://127.0.0.1:7071"
 TERMINAL_EVENTS = frozenset({"execution_completed", "execution_failed", "execution_cancelled"})
 _RETRIED = frozenset({429, 503})
 _STARTS = ("/execute", "/retry")
+_CREATES = frozenset(
+    f"/api/v1/{collection}" for collection in ("intents", "blueprints", "webhooks", "modules", "policies")
+)
+"""Collections whose POST creates a resource and takes an Idempotency-Key (the tenant create does not)."""
 _POLL_WAIT_S = 25.0
 _RECONNECTS = 12
 """Consecutive failed reconnects of a stream (backing off to 5 s: about 45 s in all) before its error is raised."""
@@ -109,8 +113,10 @@ class _Core:
     ) -> _Prepared:
         merged = dict(headers or {})
         method = method.upper()
-        if idempotency_key is None and method == "POST" and path.rstrip("/").endswith(_STARTS):
-            # One key per logical start, reused by this client's own retries: a retried start is the same start.
+        target = path.rstrip("/")
+        if idempotency_key is None and method == "POST" and (target.endswith(_STARTS) or target in _CREATES):
+            # One key per logical start or create, reused by this client's own retries: a retried create is the
+            # same create (never a second webhook subscription), a retried start the same start.
             idempotency_key = str(uuid.uuid4())
         if idempotency_key is not None:
             merged["Idempotency-Key"] = idempotency_key

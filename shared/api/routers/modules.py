@@ -7,11 +7,14 @@ import copy
 import functools
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
 
+from shared.api.idempotency import idempotency_key as idempotency_key_header
+from shared.api.idempotency import remember, replay_or_claim
 from shared.api.permissions import GuardedRoute, permission
 from shared.api.problems import ProblemError
-from shared.api.responses import problem_doc
+from shared.api.responses import BAD_IDEMPOTENCY_KEY, problem_doc
 from shared.api.security import RequestContext, authenticated, authorize, record_mutation, tenant_resource
 from shared.db.session import tenant_transaction
 from shared.policy.actions import Action
@@ -129,6 +132,7 @@ def read(
     responses={
         201: {"content": {"application/json": {"example": MODULE_EXAMPLE}}},
         **_COMMON,
+        400: BAD_IDEMPOTENCY_KEY,
         409: problem_doc(
             409,
             "conflict",
@@ -155,16 +159,21 @@ def read(
 def register(
     context: Annotated[RequestContext, Depends(permission(Action.MODULE_REGISTER))],
     registration: ModuleRegistration,
-    response: Response,
-) -> ModuleInfo:
+    request: Request,
+    idempotency_key: Annotated[str | None, Depends(idempotency_key_header)],
+) -> ModuleInfo | Response:
     """Register an action that the tenant's own worker handles over module-work (Tenant.Admin).
 
     The parameter schema must be a JSON Schema 2020-12 of type object; every problem is reported with a pointer.
-    The action may not be, or be in the family of, a built-in module: allow-lists name families.
+    The action may not be, or be in the family of, a built-in module: allow-lists name families. With
+    `Idempotency-Key` a retry gets the first answer instead of 409.
     """
     resource = tenant_resource("Module", registration.action, context.tenant.id, name=registration.action)
     authorize(context, Action.MODULE_REGISTER, resource, detail={"action": registration.action})
     with tenant_transaction(context.tenant.id) as conn:
+        replay = replay_or_claim(conn, idempotency_key, request, registration.model_dump(mode="json"))
+        if replay is not None:
+            return replay
         try:
             register_module(conn, context.tenant.id, registration, context.principal.id)
         except ModuleConflictError as exc:
@@ -177,9 +186,11 @@ def register(
             conn=conn,
         )
         module = get_module(conn, context.tenant_facts, registration.action)
-    assert module is not None  # inserted in this very transaction
-    response.headers["Location"] = f"/api/v1/modules/{registration.action}"
-    return module
+        assert module is not None  # inserted in this very transaction
+        headers = {"Location": f"/api/v1/modules/{registration.action}"}
+        content = module.model_dump(mode="json")
+        remember(conn, idempotency_key, 201, content, headers)
+    return JSONResponse(content, status_code=201, headers=headers)
 
 
 @functools.cache

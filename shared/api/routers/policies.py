@@ -6,11 +6,14 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
 
+from shared.api.idempotency import idempotency_key as idempotency_key_header
+from shared.api.idempotency import remember, replay_or_claim
 from shared.api.permissions import GuardedRoute, permission
 from shared.api.problems import FieldError, ProblemError
-from shared.api.responses import AUTH_ERRORS, CONFLICT, INVALID, NOT_FOUND
+from shared.api.responses import AUTH_ERRORS, BAD_IDEMPOTENCY_KEY, CONFLICT, INVALID, NOT_FOUND
 from shared.api.security import RequestContext, authorize, record_mutation, tenant_resource
 from shared.db.session import tenant_transaction
 from shared.policy.actions import Action
@@ -41,14 +44,16 @@ def list_all(context: Annotated[RequestContext, Depends(permission(Action.POLICY
     status_code=201,
     response_model=TenantPolicy,
     summary="Add a policy",
-    responses={**AUTH_ERRORS, 409: CONFLICT, 422: INVALID},
+    responses={**AUTH_ERRORS, 400: BAD_IDEMPOTENCY_KEY, 409: CONFLICT, 422: INVALID},
 )
 def create(
     context: Annotated[RequestContext, Depends(permission(Action.POLICY_CREATE))],
     spec: TenantPolicyCreate,
-    response: Response,
-) -> TenantPolicy:
-    """Add a Cedar policy, validated against the schema first (Tenant.Admin)."""
+    request: Request,
+    idempotency_key: Annotated[str | None, Depends(idempotency_key_header)],
+) -> TenantPolicy | Response:
+    """Add a Cedar policy, validated against the schema first (Tenant.Admin). With `Idempotency-Key` a retry gets
+    the first answer instead of 409."""
     authorize(context, Action.POLICY_CREATE, tenant_resource("Policy", spec.name, context.tenant.id))
     problems = get_authorizer().validate_tenant_policy(spec.policy)
     if problems:
@@ -60,6 +65,9 @@ def create(
             errors=[FieldError(pointer="/policy", detail=p) for p in problems],
         )
     with tenant_transaction(context.tenant.id) as conn:
+        replay = replay_or_claim(conn, idempotency_key, request, spec.model_dump(mode="json"))
+        if replay is not None:
+            return replay
         try:
             policy = add_policy(conn, context.tenant.id, spec, context.principal.id)
         except TenantPolicyConflictError:
@@ -71,8 +79,10 @@ def create(
             {"name": policy.name},
             conn=conn,
         )
-    response.headers["Location"] = f"/api/v1/policies/{policy.id}"
-    return policy
+        headers = {"Location": f"/api/v1/policies/{policy.id}"}
+        content = policy.model_dump(mode="json")
+        remember(conn, idempotency_key, 201, content, headers)
+    return JSONResponse(content, status_code=201, headers=headers)
 
 
 @router.delete(

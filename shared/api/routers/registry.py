@@ -10,11 +10,12 @@ from dataclasses import asdict, dataclass
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Body, Depends, Header, Path, Query
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from shared.api.idempotency import idempotency_key as idempotency_key_header
+from shared.api.idempotency import remember, replay_or_claim
 from shared.api.permissions import GuardedRoute, permission
 from shared.api.problems import ProblemError
 from shared.api.responses import BAD_IDEMPOTENCY_KEY
@@ -47,7 +48,6 @@ from shared.api.routers.registry_models import (
 from shared.api.security import RequestContext, authorize, record_mutation
 from shared.db.session import tenant_transaction
 from shared.engine.start import active_executions, concurrent_limit
-from shared.idempotency import IdempotencyKeyReusedError, StoredResponse, claim, complete, fingerprint
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from shared.policy.actions import Action
 from shared.policy.authorizer import Decision, Resource, get_authorizer
@@ -320,20 +320,16 @@ def definition_router(kind: Kind) -> APIRouter:
             },
         },
     )
-    def create(context: MayCreate, body: Json, idempotency_key: IdempotencyKey) -> JSONResponse:
+    def create(context: MayCreate, body: Json, request: Request, idempotency_key: IdempotencyKey) -> Response:
         """Validate and store version 1; 201 with Location and ETag. With `Idempotency-Key` a retry replays the
         first response, and the key with another body is 422."""
         item_id = uuid.uuid4()
         resource = _body_resource(spec, str(item_id), context.tenant.id, body)
         authorize(context, spec.create, resource, detail={"name": body.get("name")})
         with tenant_transaction(context.tenant.id) as conn:
-            if idempotency_key is not None:
-                try:
-                    stored = claim(conn, idempotency_key, fingerprint("POST", spec.path, body))
-                except IdempotencyKeyReusedError as exc:
-                    raise ProblemError(422, "idempotency-key", "Unprocessable content", str(exc)) from None
-                if stored is not None:
-                    return JSONResponse(stored.body, status_code=stored.status, headers=stored.headers)
+            replay = replay_or_claim(conn, idempotency_key, request, body)
+            if replay is not None:
+                return replay
             try:
                 item = service.create(
                     conn, kind, body, item_id=item_id, tenant=context.tenant_facts, created_by=context.principal.id
@@ -343,8 +339,7 @@ def definition_router(kind: Kind) -> APIRouter:
             record_mutation(context, spec.create, resource, {"name": item.head.name, "version": 1}, conn=conn)
             content = _item_out(item).model_dump(mode="json")
             headers = {"Location": f"{spec.path}/{item_id}", "ETag": item.etag}
-            if idempotency_key is not None:
-                complete(conn, idempotency_key, StoredResponse(201, content, headers))
+            remember(conn, idempotency_key, 201, content, headers)
         return JSONResponse(content, status_code=201, headers=headers)
 
     @router.get(

@@ -8,13 +8,15 @@ from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Path, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from shared.api.idempotency import idempotency_key as idempotency_key_header
+from shared.api.idempotency import remember, replay_or_claim
 from shared.api.permissions import GuardedRoute, permission
 from shared.api.problems import ProblemError
-from shared.api.responses import AUTH_ERRORS, INVALID, problem_doc
+from shared.api.responses import AUTH_ERRORS, BAD_IDEMPOTENCY_KEY, INVALID, problem_doc
 from shared.api.security import RequestContext, authorize
 from shared.config import get_settings
 from shared.db.session import tenant_transaction
@@ -132,18 +134,29 @@ def _found(conn: Any, subscription_id: UUID) -> store.Subscription:
 
 
 @router.post("", status_code=201, response_model=SubscriptionOut, summary="Subscribe a URL to events",
-             responses={**AUTH_ERRORS, 422: URL_REFUSED})  # fmt: skip
-async def create(body: SubscriptionIn, context: MayManage) -> SubscriptionOut:
-    """Subscribe `url` to `event_types`; the answer carries the signing secret, once (Tenant.Admin)."""
+             responses={**AUTH_ERRORS, 400: BAD_IDEMPOTENCY_KEY, 422: URL_REFUSED})  # fmt: skip
+async def create(
+    body: SubscriptionIn,
+    context: MayManage,
+    request: Request,
+    idempotency_key: Annotated[str | None, Depends(idempotency_key_header)],
+) -> SubscriptionOut | Response:
+    """Subscribe `url` to `event_types`; the answer carries the signing secret, once (Tenant.Admin). With
+    `Idempotency-Key` a retry gets the first answer (the same subscription and secret) and subscribes nothing more."""
     authorize(context, Action.WEBHOOK_MANAGE, Resource.tenant(context.tenant.id), detail={"url": body.url})
 
-    def run() -> SubscriptionOut:
+    def run() -> SubscriptionOut | Response:
         _check_url(context.tenant.id, body.url)  # resolves the host: off the event loop, before any write
         with tenant_transaction(context.tenant.id) as conn:
+            replay = replay_or_claim(conn, idempotency_key, request, body.model_dump(mode="json"))
+            if replay is not None:
+                return replay
             created, secret = store.create(
                 conn, url=body.url, event_types=body.event_types, description=body.description
             )
-        return _out(created, secret)
+            out = _out(created, secret)
+            remember(conn, idempotency_key, 201, out.model_dump(mode="json"))
+        return out
 
     return await run_in_threadpool(run)
 
