@@ -85,7 +85,9 @@ class Settings(BaseSettings):
     QP_MAX_BODY_BYTES: int = Field(default=1024 * 1024, ge=1024)
     QP_REGISTRY_MAX_DEFINITION_BYTES: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
     QP_REGISTRY_MAX_STEPS: int = Field(default=200, ge=1, le=10_000)
-    QP_REGISTRY_MAX_DEPTH: int = Field(default=32, ge=4, le=256)
+    # At most what the accepted-JSON parser lets through (shared.accepted_json.MAX_DEPTH): a higher limit would
+    # promise definitions that every request refuses before validation.
+    QP_REGISTRY_MAX_DEPTH: int = Field(default=32, ge=4, le=128)
     QP_PAYLOAD_INLINE_MAX_BYTES: int = Field(
         default=64 * 1024,
         ge=1024,

@@ -6,10 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from shared.api.problems import PROBLEM_BASE, PROBLEM_JSON
+from shared.api.problems import PROBLEM_JSON, ProblemError
 from shared.api.readiness import run_checks
 
 router = APIRouter(tags=["health"])
@@ -40,12 +39,12 @@ def ready() -> Any:
     down = [r for r in results if not r.ok]
     if not down:
         return Health(status="ready", checks={r.name: "ok" for r in results})
-    body = {
-        "type": PROBLEM_BASE + "dependency-unavailable",
-        "title": "Service unavailable",
-        "status": 503,
-        "detail": "Not ready: " + ", ".join(r.name for r in down) + " unavailable.",
-        "instance": "/api/ready",
-        "checks": {r.name: "ok" if r.ok else f"down ({r.detail})" for r in results},
-    }
-    return JSONResponse(body, status_code=503, media_type=PROBLEM_JSON, headers={"Retry-After": "5"})
+    # Raised, not returned: the error path gives it the request id every other problem carries.
+    raise ProblemError(
+        503,
+        "dependency-unavailable",
+        "Service unavailable",
+        "Not ready: " + ", ".join(r.name for r in down) + " unavailable.",
+        headers={"Retry-After": "5"},
+        extensions={"checks": {r.name: "ok" if r.ok else f"down ({r.detail})" for r in results}},
+    )

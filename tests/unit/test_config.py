@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from shared.accepted_json import MAX_DEPTH
 from shared.config import SettingsError, load_settings
 
 _BASE = {
@@ -82,6 +83,15 @@ def test_outside_local_development_the_two_pools_are_two_logins(monkeypatch: pyt
 def test_malformed_number_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     _set(monkeypatch, **_BASE, QP_DATABASE_POOL_MAX="many")
     with pytest.raises(SettingsError, match="QP_DATABASE_POOL_MAX"):
+        load_settings()
+
+
+def test_the_registry_depth_limit_stops_where_the_json_parser_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QP_REGISTRY_MAX_DEPTH", str(MAX_DEPTH))
+    _set(monkeypatch, **_BASE)
+    assert load_settings().QP_REGISTRY_MAX_DEPTH == MAX_DEPTH
+    monkeypatch.setenv("QP_REGISTRY_MAX_DEPTH", str(MAX_DEPTH + 1))  # deeper would be refused before validation
+    with pytest.raises(SettingsError, match="QP_REGISTRY_MAX_DEPTH"):
         load_settings()
 
 

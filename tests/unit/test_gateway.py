@@ -90,3 +90,5 @@ def test_ready_names_what_is_down(client: TestClient) -> None:
     assert response.headers["content-type"] == "application/problem+json"
     assert "postgres" in body["detail"]
     assert body["checks"]["postgres"].startswith("down")
+    assert (body["instance"], response.headers["retry-after"]) == ("/api/ready", "5")
+    assert body["request_id"] == response.headers["x-request-id"]  # as on every other problem
