@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -136,6 +137,14 @@ class StepNote(_Model):
     retry_at: str | None = None
 
 
+class Carry(_Model):
+    """What lets a dispatch carry on to the levels after its own (ADR 0036): its activity id and the orchestration's
+    state while it waits for the answer, so the dispatch can reduce its own answer as the orchestration will."""
+
+    activity_id: str
+    state: dict[str, Json]
+
+
 class DispatchSteps(_Model):
     """`dispatch_steps`: moves to `running` first if pending, records notes and starts, then `status` if waiting.
 
@@ -150,6 +159,13 @@ class DispatchSteps(_Model):
     finish: dict[str, Json] | None = None
     """Set on the last level: the outputs of the steps done so far. When the dispatch answers every start's result
     and all are ok, it records the run's success with these outputs and theirs (ADR 0034)."""
+    carry: Carry | None = None
+    """Attached by the orchestrator to a carrying dispatch (Pending.carrying); not part of the batch itself."""
+
+    def digest(self) -> str:
+        """The batch without its carry: what tells the dispatch a carried level was the one the reducer asks for."""
+        body = self.model_dump(mode="json", exclude={"carry"})
+        return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 class ChildStart(_Model):
@@ -168,6 +184,20 @@ class DispatchAnswer(_Model):
     results: dict[str, Verdict] = Field(default_factory=dict)
     """Results of built-in attempts recorded while the dispatch waited, by attempt event name (ADR 0034): their
     events are not raised."""
+    then: list[Carried] = Field(default_factory=list)
+    """The levels this dispatch carried on to, in order (ADR 0036); empty on a carried level's own answer."""
+
+
+class Carried(_Model):
+    """A level a dispatch carried on to: the dispatch the reducer asks for next (its activity id and its batch's
+    digest) and that dispatch's answer."""
+
+    id: str
+    batch_sha256: str
+    answer: DispatchAnswer
+
+
+DispatchAnswer.model_rebuild()
 
 
 class Outcome(_Model):
@@ -361,6 +391,19 @@ class Pending(_Model):
     status: Status | None = None
     finish: bool = False
     """A dispatch that may record the run's success with its results (DispatchSteps.finish)."""
+    carrying: bool = False
+    """A dispatch that may carry on to the levels after its own (ADR 0036): events wait for its answer."""
+
+
+class Deferred(_Model):
+    """An event that came while a carrying dispatch was out, applied once its answer is (ADR 0036)."""
+
+    name: str | None = None  # None: the timer fired
+    data: Json = None
+    now: datetime
+
+    def event(self) -> EventRaised | TimerFired:
+        return TimerFired(self.now) if self.name is None else EventRaised(self.name, self.data, self.now)
 
 
 class State(_Model):
@@ -385,6 +428,7 @@ class State(_Model):
     to_compensate: tuple[str, ...] | None = None
     compensated: tuple[str, ...] = ()
     compensation_failed: dict[str, str] = Field(default_factory=dict)
+    deferred: tuple[Deferred, ...] = ()
 
     @property
     def stopping(self) -> bool:
@@ -439,10 +483,11 @@ class _Step:
         steps: Sequence[str] = (),
         status: Status | None = None,
         finish: bool = False,
+        carrying: bool = False,
     ) -> str:
         activity_id = self.next_id()
         self.commands.append(CallActivity(activity_id, name, model))
-        pending = Pending(name=name, steps=tuple(steps), status=status, finish=finish)
+        pending = Pending(name=name, steps=tuple(steps), status=status, finish=finish, carrying=carrying)
         self.update(pending={**self.s.pending, activity_id: pending})
         return activity_id
 
@@ -919,6 +964,7 @@ class _Step:
         steps = [note.step_id for note in self.notes if note.kind is NoteKind.RETRYING]
         steps += [start.step_id for start in self.starts]
         finish = self.finishing_level()
+        carrying = self.may_carry()
         activity_id = self.call(
             Activity.DISPATCH_STEPS,
             DispatchSteps(
@@ -932,6 +978,7 @@ class _Step:
             steps=steps,
             status=status,
             finish=finish,
+            carrying=carrying,
         )
         for step_id in steps:
             flight = self.s.flights.get(step_id)
@@ -955,6 +1002,44 @@ class _Step:
         if set(self.s.flights) != starting:
             return False
         return set(self.s.spec.steps) == starting | set(self.s.completed) | set(self.s.skipped)
+
+    def may_carry(self) -> bool:
+        """Whether the starts being dispatched may be carried on from (ADR 0036): built-in module work of the run
+        phase only, and nothing else out (no other attempt, activity or timer), so that nothing but a cancel or a
+        result of these very starts can come before the dispatch's answer, and both can wait for it."""
+        if self.s.stopping or self.s.phase is not RunPhase.RUNNING or self.s.pending or self.s.timer_at is not None:
+            return False
+        if not self.starts or any(
+            start.kind is not StepKind.MODULE or start.phase is not Phase.RUN or start.remote for start in self.starts
+        ):
+            return False
+        return set(self.s.flights) == {start.step_id for start in self.starts}
+
+    def adopt(self, rounds: Sequence[Carried], now: datetime) -> None:
+        """Take the levels a dispatch carried on to as the answers of the dispatches this reduction asks for, while
+        each is the one asked for (same activity id, same batch); the first that is not stops it, and is asked for."""
+        for carried in rounds:
+            call = next(
+                (
+                    command
+                    for command in self.commands
+                    if isinstance(command, CallActivity)
+                    and command.id == carried.id
+                    and command.name is Activity.DISPATCH_STEPS
+                ),
+                None,
+            )
+            pending = self.s.pending.get(carried.id)
+            if call is None or pending is None or not isinstance(call.input, DispatchSteps):
+                return
+            if call.input.digest() != carried.batch_sha256:
+                return
+            self.commands.remove(call)
+            self.update(pending={k: v for k, v in self.s.pending.items() if k != carried.id})
+            self.on_dispatched(carried.id, pending, carried.answer, now)
+            if self.s.phase is RunPhase.ENDED and any(isinstance(c, Complete) for c in self.commands):
+                return
+            self.advance(now)
 
     def advance(self, now: datetime) -> None:
         """Decide what happens next once an event was applied: schedule, compensate, end, or continue as new."""
@@ -1150,19 +1235,32 @@ def begin(request: dict[str, Json], now: datetime) -> tuple[State, list[Command]
 
 def reduce(state: State, event: Event) -> tuple[State, list[Command]]:
     """Apply one event; returns the new state and what to do now."""
+    return _reduce(state, event, defer=True)
+
+
+def _reduce(state: State, event: Event, *, defer: bool) -> tuple[State, list[Command]]:
     work = _Step(state)
     if state.phase is RunPhase.ENDED:
         if isinstance(event, ActivityDone | ActivityFailed) and event.id in state.pending:
             return _settle_final(work, event)
         return state, []
     now = event.now
+    if defer and isinstance(event, EventRaised | TimerFired) and any(p.carrying for p in state.pending.values()):
+        # A carrying dispatch is out: what it carried on to must be taken before anything else is applied.
+        name, data = (event.name, event.data) if isinstance(event, EventRaised) else (None, None)
+        return state.model_copy(update={"deferred": (*state.deferred, Deferred(name=name, data=data, now=now))}), []
+    rounds: list[Carried] = []
+    answered_carrying = False
     if isinstance(event, ActivityDone | ActivityFailed):
         pending = state.pending.get(event.id)
         if pending is None:
             return state, []
         work.update(pending={k: v for k, v in state.pending.items() if k != event.id})
+        answered_carrying = pending.carrying
         if isinstance(event, ActivityDone):
             _on_activity_done(work, event, pending)
+            if pending.carrying:
+                rounds = DispatchAnswer.model_validate(_object(event.result)).then
         else:
             _on_activity_failed(work, event, pending)
     elif isinstance(event, EventRaised):
@@ -1174,7 +1272,31 @@ def reduce(state: State, event: Event) -> tuple[State, list[Command]]:
         work.on_child_ended(event)
     if work.s.phase is not RunPhase.ENDED or not any(isinstance(c, Complete) for c in work.commands):
         work.advance(now)
-    return _finish(work)
+        work.adopt(rounds, now)
+    return _apply_deferred(work) if answered_carrying else _finish(work)
+
+
+def carried_on(state: State, commands: Sequence[Command]) -> CallActivity | None:
+    """The dispatch a carrying dispatch may run itself next (ADR 0036): the reduction of its answer asks for one
+    carrying dispatch and nothing else but waits for its starts' results; None otherwise."""
+    calls = [command for command in commands if not isinstance(command, WaitForEvent)]
+    if len(calls) != 1 or not isinstance(calls[0], CallActivity):
+        return None
+    pending = state.pending.get(calls[0].id)
+    if pending is None or not pending.carrying or not isinstance(calls[0].input, DispatchSteps):
+        return None
+    return calls[0]
+
+
+def _apply_deferred(work: _Step) -> tuple[State, list[Command]]:
+    """Once a carrying dispatch's answer is taken (with the levels it carried on to), the events that waited for it,
+    in the order they came; a carrying dispatch asked for meanwhile is sent the state they leave."""
+    deferred = work.s.deferred
+    state, commands = work.s.model_copy(update={"deferred": ()}), list(work.commands)
+    for waited in deferred:
+        state, more = _reduce(state, waited.event(), defer=False)
+        commands += more
+    return state, commands
 
 
 def _finish(work: _Step) -> tuple[State, list[Command]]:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
 
@@ -23,7 +23,7 @@ from shared.engine.start_service import authorize_child
 from shared.engine.steps import AttemptKey
 from shared.events.publisher import OutboundEvent, get_publisher
 from shared.modules import BUILTIN_MODULES
-from shared.observability.tracing import with_traceparent
+from shared.observability.tracing import continued_span, current_traceparent, execution_attributes, with_traceparent
 from shared.registry.catalog import IntentRunParams
 from shared.registry.repository import find_head
 from shared.tenants.repository import get_tenant
@@ -333,7 +333,43 @@ def _fail_child(request: ProgressRequest, error: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- second-generation activities
+MAX_CARRIED_LEVELS = 16
+"""Levels one dispatch carries on to at most (ADR 0036), so that one activity stays short."""
+
+
 def dispatch_steps(batch: machine.DispatchSteps) -> machine.DispatchAnswer:
+    """Dispatch a batch (`_dispatch`); a carrying one then carries on (ADR 0036): it reduces its own answer as the
+    orchestration will, and while that asks for one more carrying dispatch of quick built-in steps only, it runs
+    that dispatch too, answering each level it carried on to in `then`."""
+    answer = _dispatch(batch)
+    if batch.carry is None:
+        return answer
+    return answer.model_copy(update={"then": _carry_on(batch.carry, answer)})
+
+
+def _carry_on(carry: machine.Carry, answer: machine.DispatchAnswer) -> list[machine.Carried]:
+    state = machine.State.model_validate(carry.state)
+    activity_id, rounds = carry.activity_id, list[machine.Carried]()
+    wait_s = get_settings().QP_DISPATCH_RESULT_WAIT_MS / 1000
+    while len(rounds) < MAX_CARRIED_LEVELS:
+        done = machine.ActivityDone(activity_id, answer.model_dump(mode="json"), datetime.now(UTC))
+        state, commands = machine.reduce(state, done)
+        call = machine.carried_on(state, commands)
+        if call is None:
+            break
+        batch = call.input
+        assert isinstance(batch, machine.DispatchSteps)  # carried_on answers dispatches only
+        if not all(_awaits(start, wait_s) for start in batch.starts):
+            break  # the orchestration asks for it: a step that may take long is not waited for here
+        attributes = execution_attributes(tenant_id=batch.tenant_id, execution_id=batch.execution_id)
+        with continued_span("activity dispatch_steps", current_traceparent(), attributes):
+            answer = _dispatch(batch)
+        rounds.append(machine.Carried(id=call.id, batch_sha256=batch.digest(), answer=answer))
+        activity_id = call.id
+    return rounds
+
+
+def _dispatch(batch: machine.DispatchSteps) -> machine.DispatchAnswer:
     """Record a batch's notes and starts in one transaction (the execution's move to running first, to waiting
     last), then publish its module work in one send and start its child executions; then wait a moment for the
     results of its built-in attempts and answer those recorded meanwhile (ADR 0034).

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.engine import machine as m
+from shared.engine.protocol import attempt_event
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -257,6 +258,106 @@ def test_a_cancel_that_meets_the_recorded_success_stops_nothing() -> None:
     assert run.activities(m.Activity.DISPATCH_STEPS) == []  # nothing compensated
 
 
+def answered(command: m.CallActivity, outputs: dict[str, Any]) -> dict[str, Any]:
+    """A dispatch's answer with every start's result answered (ok), and the run's success when it is the last."""
+    assert isinstance(command.input, m.DispatchSteps)
+    results = {
+        f"run:{start.step_id}:1": {"ok": True, "output": outputs[start.step_id]} for start in command.input.starts
+    }
+    status = "succeeded" if command.input.finish is not None else default_answer(command)["status"]
+    return {"status": status, "cancel_requested": False, "results": results}
+
+
+def carried_on(state: m.State, first: m.CallActivity, outputs: dict[str, Any]) -> dict[str, Any]:
+    """What a carrying dispatch answers (ADR 0036): its own level, then each level the reduction of the answer so
+    far asks for next, as `dispatch_steps` does from the state the orchestration sent it."""
+    answer, activity_id, rounds = answered(first, outputs), first.id, []
+    while True:
+        state, commands = m.reduce(state, m.ActivityDone(activity_id, answer, T0))
+        call = m.carried_on(state, commands)
+        if call is None:
+            break
+        assert isinstance(call.input, m.DispatchSteps)
+        answer, activity_id = answered(call, outputs), call.id
+        rounds.append({"id": call.id, "batch_sha256": call.input.digest(), "answer": answer})
+    return {**answered(first, outputs), "then": rounds}
+
+
+CHAIN = [{"id": "a", "action": "x"}, {"id": "b", "action": "x"}, {"id": "c", "action": "x", "n": "${steps.b.output}"}]
+
+
+def test_a_carrying_dispatch_answers_every_level_it_carried_on_to_and_the_run_completes_in_one_reduction() -> None:
+    run = Run(CHAIN)
+    (first,) = run.activities(m.Activity.DISPATCH_STEPS)
+    assert run.state.pending[first.id].carrying
+    answer = carried_on(run.state, first, {"a": 1, "b": 2, "c": 3})
+    assert [len(answer["then"]), answer["then"][-1]["answer"]["status"]] == [2, "succeeded"]  # b, then c recorded it
+    before = run.state
+    commands = run.answer(first, answer)
+    assert not any(isinstance(c, m.CallActivity) for c in commands)  # nothing left to ask for
+    assert run.complete == {"status": "succeeded", "outputs": {"a": 1, "b": 2, "c": 3}, "skipped": []}
+    assert m.reduce(before, m.ActivityDone(first.id, answer, T0)) == (run.state, commands)  # a replay: the same
+
+
+def test_a_carried_level_that_is_not_the_one_asked_for_is_not_taken_and_is_asked_for() -> None:
+    run = Run(CHAIN)
+    (first,) = run.activities(m.Activity.DISPATCH_STEPS)
+    answer = carried_on(run.state, first, {"a": 1, "b": 2, "c": 3})
+    answer["then"][0]["batch_sha256"] = "0" * 64  # another batch than the one this reduction asks for
+    commands = run.answer(first, answer)
+    (asked,) = [c for c in commands if isinstance(c, m.CallActivity)]
+    assert starts(asked) == [("b", "run", 1)] and run.state.completed == {"a": 1}
+
+
+def test_events_that_come_while_a_carrying_dispatch_is_out_wait_for_its_answer() -> None:
+    undo = {"compensate": {"action": "undo"}}
+    run = Run([{**step, **undo} for step in CHAIN])
+    (first,) = run.activities(m.Activity.DISPATCH_STEPS)
+    snapshot = run.state
+    assert run.send(m.EventRaised("cancel", {}, run.now)) == [] and not run.state.cancelled
+    assert run.send(m.TimerFired(run.now)) == [] and len(run.state.deferred) == 2
+    answer = carried_on(snapshot, first, {"a": 1, "b": 2, "c": 3})
+    answer["then"] = answer["then"][:1]  # it carried on to b, then stopped (say, it saw the cancel recorded)
+    run.answer(first, answer)
+    # a and b are taken first, then the cancel applies; c's dispatch, asked for before, is refused (the cancel is
+    # recorded before it is raised) and only a and b are compensated, in reverse order.
+    assert run.state.cancelled and run.state.deferred == () and set(run.state.completed) == {"a", "b"}
+    (third,) = run.activities(m.Activity.DISPATCH_STEPS)
+    assert starts(third) == [("c", "run", 1)] and run.state.pending[third.id].carrying
+    run.answer(third, {"status": "running", "cancel_requested": True, "refused": True})
+    run.answer_all(m.Activity.RECORD_STATUS)  # compensating
+    compensations = []
+    while dispatches := run.activities(m.Activity.DISPATCH_STEPS):
+        compensations += starts(dispatches[0])
+        run.answer(dispatches[0])
+        run.send(m.EventRaised(f"compensate:{compensations[-1][0]}:1", {"ok": True}, run.now))
+    assert compensations == [("b", "compensate", 1), ("a", "compensate", 1)]
+    run.answer_all(m.Activity.RECORD_STATUS)
+    assert run.complete is not None and run.complete["status"] == "cancelled"
+
+
+def test_only_built_in_module_work_with_nothing_else_out_is_carried_on_from() -> None:
+    approval = Run(
+        [{"id": "gate", "action": "approval"}, {"id": "a", "action": "x"}], plan={"gate": {"kind": "approval"}}
+    )
+    (first,) = approval.activities(m.Activity.DISPATCH_STEPS)
+    assert not approval.state.pending[first.id].carrying
+    remote = Run([{"id": "build", "action": "x"}], plan={"build": {"remote": True}})
+    (first,) = remote.activities(m.Activity.DISPATCH_STEPS)
+    assert not remote.state.pending[first.id].carrying
+    both = Run([{"id": "a", "action": "x", "depends_on": []}, {"id": "b", "action": "x", "depends_on": []}])
+    (first,) = both.activities(m.Activity.DISPATCH_STEPS)
+    assert both.state.pending[first.id].carrying  # one level of two: nothing else out
+    # b's result did not come within the wait: the next dispatch is not carried on to while b is out.
+    state, commands = m.reduce(both.state, m.ActivityDone(first.id, answered_only(first, {"a": 1}), T0))
+    assert m.carried_on(state, commands) is None
+
+
+def answered_only(command: m.CallActivity, outputs: dict[str, Any]) -> dict[str, Any]:
+    results = {f"run:{step}:1": {"ok": True, "output": output} for step, output in outputs.items()}
+    return {**default_answer(command), "results": results}
+
+
 def test_a_level_with_more_than_module_work_or_work_still_out_is_not_the_finishing_one() -> None:
     waits = Run(
         [{"id": "a", "action": "x"}, {"id": "w", "action": "wait", "seconds": 1, "depends_on": []}],
@@ -464,12 +565,17 @@ choices = st.lists(
 )
 
 
-def drive(picks: list[Choice]) -> tuple[m.State, list[m.Command], list[m.Event]]:
-    """Apply a random but well-formed sequence of events; returns the state, every command and every event."""
+def drive(
+    picks: list[Choice], *, steps: list[dict[str, Any]] = STEPS, carry: bool = False
+) -> tuple[m.State, list[m.Command], list[m.Event]]:
+    """Apply a random but well-formed sequence of events; returns the state, every command and every event. With
+    `carry`, a carrying dispatch answered with all its results ok carries on as `dispatch_steps` does (ADR 0036),
+    from the state it was sent."""
     now = T0
-    state, commands = m.begin(request(STEPS, plan=PLAN), now)
+    state, commands = m.begin(request(steps, plan=PLAN), now)
     log, events, open_ = list(commands), [], [c for c in commands if isinstance(c, m.CallActivity)]
     waits = [c.name for c in commands if isinstance(c, m.WaitForEvent)]
+    sent = {c.id: state for c in open_}
     for kind, index, flag in picks:
         event: m.Event | None = None
         if kind == "answer" and open_:
@@ -485,6 +591,8 @@ def drive(picks: list[Choice]) -> tuple[m.State, list[m.Command], list[m.Event]]
                 }
                 if command.input.finish is not None and ok:
                     answer["status"] = "succeeded"  # and records the run's success with them
+                if carry and ok and sent[command.id].pending[command.id].carrying:
+                    answer["then"] = carried_rounds(sent[command.id], command.id, answer, index)
             event = m.ActivityDone(command.id, answer, now)
         elif kind == "result" and waits:
             name = waits.pop(index % len(waits))
@@ -501,14 +609,34 @@ def drive(picks: list[Choice]) -> tuple[m.State, list[m.Command], list[m.Event]]
         state, commands = m.reduce(state, event)
         log += commands
         open_ += [c for c in commands if isinstance(c, m.CallActivity)]
+        sent.update({c.id: state for c in commands if isinstance(c, m.CallActivity)})
         waits += [c.name for c in commands if isinstance(c, m.WaitForEvent)]
     return state, log, events
+
+
+def carried_rounds(state: m.State, activity_id: str, answer: dict[str, Any], output: int) -> list[dict[str, Any]]:
+    """The levels a carrying dispatch carries on to when every result it waits for comes in time, ok."""
+    rounds: list[dict[str, Any]] = []
+    while len(rounds) < 4:
+        state, commands = m.reduce(state, m.ActivityDone(activity_id, answer, T0))
+        call = m.carried_on(state, commands)
+        if call is None:
+            break
+        assert isinstance(call.input, m.DispatchSteps)
+        results = {
+            attempt_event(s.phase.value, s.step_id, s.attempt): {"ok": True, "output": output}
+            for s in call.input.starts
+        }
+        status = "succeeded" if call.input.finish is not None else (call.input.status or m.Status.RUNNING).value
+        answer, activity_id = {"status": status, "cancel_requested": False, "results": results}, call.id
+        rounds.append({"id": call.id, "batch_sha256": call.input.digest(), "answer": answer})
+    return rounds
 
 
 @settings(max_examples=150, deadline=None)
 @given(choices)
 def test_replaying_a_recorded_event_sequence_gives_the_same_commands(picks: list[Choice]) -> None:
-    state, log, events = drive(picks)
+    state, log, events = drive(picks, carry=True)
     replayed, commands = m.begin(request(STEPS, plan=PLAN), T0)
     replay_log = list(commands)
     for event in events:
@@ -519,6 +647,36 @@ def test_replaying_a_recorded_event_sequence_gives_the_same_commands(picks: list
     restored = m.State.model_validate(state.model_dump(mode="json"))
     probe = m.TimerFired(T0 + timedelta(days=1))
     assert m.reduce(restored, probe)[1] == m.reduce(state, probe)[1]
+
+
+CARRIED_STEPS = [
+    {"id": "a", "action": "x", "compensate": {"action": "undo"}},
+    {"id": "b", "action": "x", "retry": {"max_attempts": 2, "initial_interval_s": 1}, "timeout_s": 5},
+    {"id": "c", "action": "x", "n": "${steps.b.output}", "compensate": {"action": "undo"}},
+    {"id": "d", "action": "x", "depends_on": ["c"]},
+    {"id": "e", "action": "x", "depends_on": ["c"]},
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(choices)
+def test_replaying_carried_dispatches_gives_the_same_commands(picks: list[Choice]) -> None:
+    state, log, events = drive(picks, steps=CARRIED_STEPS, carry=True)
+    replayed, commands = m.begin(request(CARRIED_STEPS, plan=PLAN), T0)
+    replay_log = list(commands)
+    for event in events:
+        replayed, commands = m.reduce(replayed, event)
+        replay_log += commands
+    assert replay_log == log and replayed == state
+
+
+def test_the_carried_property_run_does_carry_on() -> None:
+    """The property above is about carried levels: a run of answers that all succeed carries on to some."""
+    _, _, events = drive([("answer", 0, True)] * 6, steps=CARRIED_STEPS, carry=True)
+    carried = [
+        e for e in events if isinstance(e, m.ActivityDone) and isinstance(e.result, dict) and e.result.get("then")
+    ]
+    assert carried and len(carried[0].result["then"]) >= 2  # type: ignore[index]
 
 
 @settings(max_examples=150, deadline=None)
