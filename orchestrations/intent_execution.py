@@ -29,11 +29,6 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def _carrying(state: machine.State, activity_id: str) -> bool:
-    pending = state.pending.get(activity_id)
-    return pending is not None and pending.carrying
-
-
 def _finished(task: TaskBase, kind: str, key: Any, now: Any) -> machine.Event:
     """The event a completed durable task means to the reducer."""
     failed = task.state is TaskState.FAILED
@@ -60,10 +55,11 @@ def intent_execution_v2(context: df.DurableOrchestrationContext) -> Generator[Ta
         for command in commands:
             if isinstance(command, machine.CallActivity):
                 body = activity_trace.attach(command.input.model_dump(mode="json"), state.spec)
-                if not context.is_replaying and _carrying(state, command.id):
-                    # The state this dispatch's answer will meet, so it can carry on as this reducer would (ADR 0036);
-                    # a replay does not send the input again, so it is built only when the call is made.
-                    body["carry"] = {"activity_id": command.id, "state": state.model_dump(mode="json")}
+                # The state a carrying dispatch's answer will meet, so it can carry on as this reducer would (ADR
+                # 0036); a replay does not send the input again, so it is built only when the call is made.
+                carry = None if context.is_replaying else machine.carry(state, command.id)
+                if carry is not None:
+                    body["carry"] = carry
                 task = context.call_activity_with_retry(command.name.value, _RETRY, body)
                 waiting.append((task, "activity", command.id))
             elif isinstance(command, machine.WaitForEvent):

@@ -1276,6 +1276,22 @@ def _reduce(state: State, event: Event, *, defer: bool) -> tuple[State, list[Com
     return _apply_deferred(work) if answered_carrying else _finish(work)
 
 
+CARRY_MAX_BYTES = 256 * 1024
+"""The largest state a carrying dispatch is sent (its input is kept in history); a larger one is not carried on."""
+
+
+def carry(state: State, activity_id: str) -> dict[str, Json] | None:
+    """What the orchestrator sends a carrying dispatch besides its batch (DispatchSteps.carry); None when the call is
+    not a carrying dispatch, or its state is too large to send (the dispatch then answers its own level only)."""
+    pending = state.pending.get(activity_id)
+    if pending is None or not pending.carrying:
+        return None
+    dumped = state.model_dump(mode="json")
+    if len(json.dumps(dumped, separators=(",", ":"))) > CARRY_MAX_BYTES:
+        return None
+    return {"activity_id": activity_id, "state": dumped}
+
+
 def carried_on(state: State, commands: Sequence[Command]) -> CallActivity | None:
     """The dispatch a carrying dispatch may run itself next (ADR 0036): the reduction of its answer asks for one
     carrying dispatch and nothing else but waits for its starts' results; None otherwise."""

@@ -336,6 +336,17 @@ def test_events_that_come_while_a_carrying_dispatch_is_out_wait_for_its_answer()
     assert run.complete is not None and run.complete["status"] == "cancelled"
 
 
+def test_a_carrying_dispatch_is_sent_the_state_unless_it_is_too_large_to_keep_in_history() -> None:
+    run = Run(CHAIN)
+    (first,) = run.activities(m.Activity.DISPATCH_STEPS)
+    sent = m.carry(run.state, first.id)
+    assert sent is not None and m.State.model_validate(sent["state"]) == run.state and sent["activity_id"] == first.id
+    assert m.carry(run.state, "0.99") is None  # not a carrying dispatch
+    big = Run([{**CHAIN[0], "blob": "x" * m.CARRY_MAX_BYTES}, *CHAIN[1:]])
+    (first,) = big.activities(m.Activity.DISPATCH_STEPS)
+    assert big.state.pending[first.id].carrying and m.carry(big.state, first.id) is None
+
+
 def test_only_built_in_module_work_with_nothing_else_out_is_carried_on_from() -> None:
     approval = Run(
         [{"id": "gate", "action": "approval"}, {"id": "a", "action": "x"}], plan={"gate": {"kind": "approval"}}
