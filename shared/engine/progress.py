@@ -341,7 +341,7 @@ def dispatch_steps(batch: machine.DispatchSteps) -> machine.DispatchAnswer:
     """Dispatch a batch (`_dispatch`); a carrying one then carries on (ADR 0036): it reduces its own answer as the
     orchestration will, and while that asks for one more carrying dispatch of quick built-in steps only, it runs
     that dispatch too, answering each level it carried on to in `then`."""
-    answer = _dispatch(batch)
+    answer = _dispatch(batch, carrying=batch.carry is not None)
     if batch.carry is None:
         return answer
     return answer.model_copy(update={"then": _carry_on(batch.carry, answer)})
@@ -363,13 +363,13 @@ def _carry_on(carry: machine.Carry, answer: machine.DispatchAnswer) -> list[mach
             break  # the orchestration asks for it: a step that may take long is not waited for here
         attributes = execution_attributes(tenant_id=batch.tenant_id, execution_id=batch.execution_id)
         with continued_span("activity dispatch_steps", current_traceparent(), attributes):
-            answer = _dispatch(batch)
+            answer = _dispatch(batch, carrying=True)
         rounds.append(machine.Carried(id=call.id, batch_sha256=batch.digest(), answer=answer))
         activity_id = call.id
     return rounds
 
 
-def _dispatch(batch: machine.DispatchSteps) -> machine.DispatchAnswer:
+def _dispatch(batch: machine.DispatchSteps, *, carrying: bool = False) -> machine.DispatchAnswer:
     """Record a batch's notes and starts in one transaction (the execution's move to running first, to waiting
     last), then publish its module work in one send and start its child executions; then wait a moment for the
     results of its built-in attempts and answer those recorded meanwhile (ADR 0034).
@@ -383,9 +383,9 @@ def _dispatch(batch: machine.DispatchSteps) -> machine.DispatchAnswer:
     wait_s = get_settings().QP_DISPATCH_RESULT_WAIT_MS / 1000
     with tenant_transaction(tenant_id) as conn:
         current = repo.get_execution(conn, execution_id)
-        if current.terminal and batch.finish is not None and current.status == "succeeded":
-            # Run again after it recorded the run's success with its results (a crash lost its answer): the same
-            # answer again, from the results it took then.
+        if current.terminal and (batch.finish is not None or carrying) and current.status == "succeeded":
+            # Run again after it (or the level it carried on to last, ADR 0036) recorded the run's success with its
+            # results (a crash lost its answer): the same answer again, from the results it took then.
             # Every start was awaited then (the setting may have changed since): only what it answered comes back.
             keys = [_key(execution_id, start) for start in batch.starts if start.kind is machine.StepKind.MODULE]
             taken = store.take_results(conn, keys, final=True)

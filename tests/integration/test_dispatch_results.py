@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -247,3 +248,63 @@ def test_the_last_levels_dispatch_leaves_the_end_to_the_orchestration_unless_all
     assert answer.status is machine.Status.RUNNING and list(answer.results) == ["run:b:1"]
     assert answer.results["run:b:1"].ok is ok
     assert _status(app_pool, tenant, batch).status == "running"
+
+
+# ------------------------------------------------------------------------------- a dispatch carries on (ADR 0036)
+def _results_as_started(tenant_id: uuid.UUID, execution_id: uuid.UUID, steps: list[str]) -> threading.Thread:
+    """As the module worker would: record each step's result once its attempt is recorded, in order."""
+
+    def record() -> None:
+        for step in steps:
+            key = AttemptKey(execution_id, step, "run", 1)
+            for _ in range(int(BOUND_S / 0.01)):
+                with tenant_transaction(tenant_id) as conn:
+                    if store.get_attempt(conn, key) is not None:
+                        break
+                time.sleep(0.01)
+            with tenant_transaction(tenant_id) as conn:
+                store.finish_attempt(conn, key, ok=True, output={"step": step}, error=None)
+
+    thread = threading.Thread(target=record, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_carrying_dispatch_runs_the_next_level_itself_and_answers_the_same_when_run_again(
+    pg: Any, app_pool: ConnectionPool[Any], tenant: uuid.UUID, long_wait: None
+) -> None:
+    apply_migrations(pg.owner_url, Path("devhost/eventhubs/migrations"), schema="devhost_eventhubs")
+    execution = _execution(app_pool, tenant)
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        store.seed_steps(conn, execution.id, [StepSeed("a", "event.emit", 1), StepSeed("b", "event.emit", 1)])
+    steps = [{"id": step, "action": "event.emit", "type": "t.x", "data": {}} for step in ("a", "b")]
+    start = {"execution_id": str(execution.id), "tenant_id": str(tenant), "definition": {"steps": steps}}
+    state, commands = machine.begin(start, datetime.now(UTC))
+    (first,) = [c for c in commands if isinstance(c, machine.CallActivity)]
+    carry = machine.carry(state, first.id)
+    assert carry is not None
+    batch = machine.DispatchSteps.model_validate({**first.input.model_dump(mode="json"), "carry": carry})
+
+    recorder = _results_as_started(tenant, execution.id, ["a", "b"])
+    answer = progress.dispatch_steps(batch)
+    recorder.join(BOUND_S)
+    assert answer.results == {"run:a:1": Verdict(ok=True, output={"step": "a"})}
+    (carried,) = answer.then  # b, the last level: it recorded the run's success
+    assert carried.answer.status is machine.Status.SUCCEEDED
+    assert carried.answer.results == {"run:b:1": Verdict(ok=True, output={"step": "b"})}
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        done = repo.get_execution(conn, execution.id)
+    assert (done.status, done.output) == ("succeeded", {"a": {"step": "a"}, "b": {"step": "b"}})
+    # The orchestration takes b's level as the answer of the dispatch it asks for next, and completes.
+    _, taken = machine.reduce(state, machine.ActivityDone(first.id, answer.model_dump(mode="json"), datetime.now(UTC)))
+    assert [type(c).__name__ for c in taken if not isinstance(c, machine.WaitForEvent)] == ["Complete"]
+
+    # Its answer lost in a crash, the dispatch runs again on the succeeded execution: the same levels and results
+    # come back (not a refusal that would start them over), and nothing is recorded twice.
+    again = progress.dispatch_steps(batch)
+    assert again.results == answer.results and [c.answer.results for c in again.then] == [carried.answer.results]
+    _, taken = machine.reduce(state, machine.ActivityDone(first.id, again.model_dump(mode="json"), datetime.now(UTC)))
+    assert [type(c).__name__ for c in taken if not isinstance(c, machine.WaitForEvent)] == ["Complete"]
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        events = [e.type for e in repo.events_after(conn, execution.id, 0, 100)]
+    assert events.count("execution_completed") == 1 and events.count("step_started") == 2
