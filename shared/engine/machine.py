@@ -1230,7 +1230,8 @@ def begin(request: dict[str, Json], now: datetime) -> tuple[State, list[Command]
     work.commands.append(WaitForEvent(CANCEL_EVENT))
     # A first generation's first dispatch also records the move to running (and learns of an earlier cancel).
     work.advance(now)
-    return _finish(work)
+    # Events a carrying dispatch's answer was taken with while the last generation continued as new apply now.
+    return _apply_deferred(work)
 
 
 def reduce(state: State, event: Event) -> tuple[State, list[Command]]:

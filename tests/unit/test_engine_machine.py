@@ -347,6 +347,13 @@ def test_a_carrying_dispatch_is_sent_the_state_unless_it_is_too_large_to_keep_in
     assert big.state.pending[first.id].carrying and m.carry(big.state, first.id) is None
 
 
+def test_events_kept_when_a_run_continues_as_new_apply_in_its_next_generation() -> None:
+    run = Run(CHAIN)
+    kept = run.state.model_copy(update={"deferred": (m.Deferred(name="cancel", now=T0),), "pending": {}})
+    state, _ = m.begin({"machine": kept.model_dump(mode="json")}, T0)
+    assert state.cancelled and state.deferred == ()
+
+
 def test_only_built_in_module_work_with_nothing_else_out_is_carried_on_from() -> None:
     approval = Run(
         [{"id": "gate", "action": "approval"}, {"id": "a", "action": "x"}], plan={"gate": {"kind": "approval"}}
