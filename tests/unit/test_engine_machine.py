@@ -651,15 +651,21 @@ def carried_rounds(state: m.State, activity_id: str, answer: dict[str, Any], out
     return rounds
 
 
+def replay(steps: list[dict[str, Any]], events: list[m.Event]) -> tuple[m.State, list[m.Command]]:
+    """The state and every command of a fresh run given the recorded events, as an orchestration's replay does."""
+    state, commands = m.begin(request(steps, plan=PLAN), T0)
+    log = list(commands)
+    for event in events:
+        state, commands = m.reduce(state, event)
+        log += commands
+    return state, log
+
+
 @settings(max_examples=150, deadline=None)
 @given(choices)
 def test_replaying_a_recorded_event_sequence_gives_the_same_commands(picks: list[Choice]) -> None:
     state, log, events = drive(picks, carry=True)
-    replayed, commands = m.begin(request(STEPS, plan=PLAN), T0)
-    replay_log = list(commands)
-    for event in events:
-        replayed, commands = m.reduce(replayed, event)
-        replay_log += commands
+    replayed, replay_log = replay(STEPS, events)
     assert replay_log == log and replayed == state
     # The state survives its JSON form (what continue-as-new carries): the next event reduces the same way.
     restored = m.State.model_validate(state.model_dump(mode="json"))
@@ -680,11 +686,7 @@ CARRIED_STEPS = [
 @given(choices)
 def test_replaying_carried_dispatches_gives_the_same_commands(picks: list[Choice]) -> None:
     state, log, events = drive(picks, steps=CARRIED_STEPS, carry=True)
-    replayed, commands = m.begin(request(CARRIED_STEPS, plan=PLAN), T0)
-    replay_log = list(commands)
-    for event in events:
-        replayed, commands = m.reduce(replayed, event)
-        replay_log += commands
+    replayed, replay_log = replay(CARRIED_STEPS, events)
     assert replay_log == log and replayed == state
 
 
