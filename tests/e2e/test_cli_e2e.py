@@ -120,3 +120,7 @@ def test_approve_cancel_and_follow_events_to_the_end(qp: Qp, tmp_path: Path) -> 
     retried = qp.json("executions", "retry", execution_id)
     assert retried["execution_id"] != execution_id
     qp("executions", "cancel", retried["execution_id"])
+    # Followed to its end: this devhost stops with the module, and a cancel it had not finished would leave the
+    # execution holding its tenant's concurrent-execution quota for the session's later tests.
+    ended = qp("events", retried["execution_id"], "--follow").stdout.splitlines()
+    assert "execution_cancelled" in ended[-1]

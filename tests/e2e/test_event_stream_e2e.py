@@ -298,7 +298,22 @@ def test_a_tenant_holds_only_so_many_streams_open_and_others_are_not_affected(de
             assert time.monotonic() < deadline, "the closed stream was never counted out"
             time.sleep(KEEPALIVE_S)
         assert again.status_code == 200
-        # Nothing left running for the session's other tests (fabrikam's quotas are changed by some of them).
-        for execution_id, by in ((waiting, platform.headers(AUTHOR)), (theirs.json()["execution_id"], other)):
+        # Nothing left running for the session's other tests (fabrikam's quotas are changed by some of them): the
+        # cancels are waited for, since this devhost stops with the test and an unfinished cancel would stay so.
+        ours = ((waiting, platform.headers(AUTHOR)), (theirs.json()["execution_id"], other))
+        for execution_id, by in ours:
             cancelled = httpx.post(f"{platform.base}/api/v1/executions/{execution_id}/cancel", headers=by)
             assert cancelled.status_code == 202, cancelled.text
+    for execution_id, by in ours:
+        assert ended(platform, execution_id, by) == "cancelled"
+
+
+def ended(platform: Platform, execution_id: str, headers: dict[str, str], timeout_s: float = 60) -> str:
+    """The execution's status once it is terminal."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = str(httpx.get(f"{platform.base}/api/v1/executions/{execution_id}", headers=headers).json()["status"])
+        if status in ("succeeded", "failed", "cancelled"):
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"execution {execution_id} did not end within {timeout_s} s")
