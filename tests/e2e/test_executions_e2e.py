@@ -830,7 +830,13 @@ def test_the_concurrent_execution_quota_answers_429(platform: Platform) -> None:
         plan = httpx.post(f"{platform.base}/api/v1/intents/{intent}/plan", headers=headers).json()
         assert plan["quota"] == {"max_concurrent_executions": 1, "running_executions": 1, "headroom": 0}
         assert plan["caller_may_execute"] is False
-        httpx.post(f"{platform.base}/api/v1/executions/{first.json()['execution_id']}/cancel", headers=headers)
+        first_url = f"{platform.base}/api/v1/executions/{first.json()['execution_id']}"
+        assert httpx.post(f"{first_url}/cancel", headers=headers).status_code == 202
+        # Waited for: a cancel left unfinished when this module's devhost stops would hold fabrikam's slot.
+        deadline = time.monotonic() + 60
+        while httpx.get(first_url, headers=headers).json()["status"] != "cancelled":
+            assert time.monotonic() < deadline, "the cancel did not end the execution"
+            time.sleep(0.2)
     finally:
         _set_quota(platform, "fabrikam", None)
 
