@@ -1258,10 +1258,12 @@ def _reduce(state: State, event: Event, *, defer: bool) -> tuple[State, list[Com
             return state, []
         work.update(pending={k: v for k, v in state.pending.items() if k != event.id})
         answered_carrying = pending.carrying
-        if isinstance(event, ActivityDone):
+        if isinstance(event, ActivityDone) and pending.name is Activity.DISPATCH_STEPS:
+            answer = DispatchAnswer.model_validate(_object(event.result))
+            work.on_dispatched(event.id, pending, answer, now)
+            rounds = answer.then if pending.carrying else []
+        elif isinstance(event, ActivityDone):
             _on_activity_done(work, event, pending)
-            if pending.carrying:
-                rounds = DispatchAnswer.model_validate(_object(event.result)).then
         else:
             _on_activity_failed(work, event, pending)
     elif isinstance(event, EventRaised):
@@ -1346,9 +1348,7 @@ def _result(state: State, status: Status) -> dict[str, Json]:
 
 def _on_activity_done(work: _Step, event: ActivityDone, pending: Pending) -> None:
     now = event.now
-    if pending.name is Activity.DISPATCH_STEPS:
-        work.on_dispatched(event.id, pending, DispatchAnswer.model_validate(_object(event.result)), now)
-    elif pending.name is Activity.RECORD_OUTCOMES:
+    if pending.name is Activity.RECORD_OUTCOMES:
         work.on_settled(event.id, pending, _list(event.result), now)
     elif pending.name is Activity.RECORD_STATUS:
         answer = StatusAnswer.model_validate(_object(event.result))

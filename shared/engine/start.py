@@ -304,13 +304,14 @@ def start_execution(
     if request.version is not None and request.version != item.version.version:
         # A pinned version runs with its own target and labels, so it is decided on them too, not only on the
         # current version's (ADR 0035): an older version may be production's while the current one is staging's.
-        authorize(replace(item, version=registry.version(conn, "intent", item.head.id, request.version)))
+        item = replace(item, version=registry.version(conn, "intent", item.head.id, request.version))
+        authorize(item)
     fingerprint = request.fingerprint()
     if request.idempotency_key is not None:
         found = repo.find_by_key(conn, request.idempotency_key)
         if found is not None:
             return _replayed(conn, tenant, found, fingerprint)
-    run = runnable(conn, tenant, item, request.version, request.input)
+    run = runnable(conn, tenant, item, None, request.input)  # `item` holds the version to run, read once
     if request.plan_hash is not None and request.plan_hash != run.plan_hash:
         raise PlanChangedError(request.plan_hash, run.plan_hash)
     conn.execute(_QUOTA_LOCK)

@@ -24,9 +24,9 @@ from shared.engine.start import (
     concurrent_limit,
     start_execution,
 )
+from shared.policy import decisions
 from shared.policy.actions import Action
 from shared.policy.authorizer import Decision, Resource
-from shared.policy.decisions import decide
 from shared.registry import service as registry
 from shared.tenants.models import Tenant
 
@@ -93,7 +93,7 @@ def authorize_child(
     caller = RequesterCaller(principal, tenant, f"{parent.id}/{step_id}")
     detail = {"parent_execution_id": str(parent.id), "parent_step_id": step_id}
     return authorize_execute(
-        lambda action, resource: decide(caller, action, resource, conn=conn, detail=detail), tenant.id
+        lambda action, resource: decisions.decide(caller, action, resource, conn=conn, detail=detail), tenant.id
     )
 
 
