@@ -52,10 +52,12 @@ _PENDING_WORK = sql.SQL(
     "SELECT id, instance_id, execution_id, task_id, name, input FROM {} WHERE task_hub = %s"
     " AND NOT (id = ANY(%s)) ORDER BY id LIMIT %s"
 ).format(_WORK)
+# Binary arrays (%b): the text format escapes each quote of each input (JSON, a carried state too) in Python, about
+# a millisecond of the event loop per 5 KiB input.
 _ADD_WORK = sql.SQL(
     "INSERT INTO {} (task_hub, instance_id, execution_id, task_id, name, input, created_at)"
     " SELECT %s, %s, %s, t.task_id, t.name, t.input, %s"
-    " FROM unnest(%s::integer[], %s::text[], %s::text[]) AS t(task_id, name, input)"
+    " FROM unnest(%b::integer[], %b::text[], %b::text[]) AS t(task_id, name, input)"
     " ON CONFLICT DO NOTHING RETURNING id, instance_id, execution_id, task_id, name, input"
 ).format(_WORK)
 # The runnable instances, then one row (instance_id NULL) with the time the next message falls due.
