@@ -14,7 +14,7 @@ import typing
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import azure.functions as func
 from azure.functions import meta
@@ -70,6 +70,15 @@ class _TraceContext(TraceContext):
         return {}
 
 
+class Retry(NamedTuple):
+    """Which run of an invocation this is, as `context.retry_context` tells the function."""
+
+    retry_count: int = 0
+    """0 for the first run, 1 for the first retry, and so on."""
+    max_retry_count: int = 0
+    """The policy's retries (-1: without end); 0 without a policy."""
+
+
 class _RetryContext(RetryContext):
     def __init__(self, retry_count: int = 0, max_retry_count: int = 0) -> None:
         self._count, self._max = retry_count, max_retry_count
@@ -90,12 +99,14 @@ class _RetryContext(RetryContext):
 class InvocationContext(func.Context):
     """A real `func.Context` for one invocation."""
 
-    def __init__(self, function_name: str, function_directory: str, trace_parent: str = "") -> None:
+    def __init__(
+        self, function_name: str, function_directory: str, trace_parent: str = "", retry: Retry | None = None
+    ) -> None:
         self._invocation_id = str(uuid.uuid4())
         self._function_name = function_name
         self._function_directory = function_directory
         self._trace = _TraceContext(trace_parent)
-        self._retry = _RetryContext()
+        self._retry = _RetryContext(*(retry or Retry()))
         self._thread_local = threading.local
 
     @property
@@ -156,6 +167,7 @@ class FunctionRunner(Protocol):
         trigger_metadata: dict[str, meta.Datum] | None = None,
         *,
         trace_parent: str = "",
+        retry: Retry | None = None,
     ) -> meta.Datum | None:
         """Call `function` with `inputs`; its encoded output, if any. Raises FunctionInvocationError."""
 
@@ -180,12 +192,13 @@ class Invoker:
         trigger_metadata: dict[str, meta.Datum] | None = None,
         *,
         trace_parent: str = "",
+        retry: Retry | None = None,
     ) -> meta.Datum | None:
         """Call `function` with its bindings decoded from `inputs`; return its encoded output, if any.
 
         Raises FunctionInvocationError when the user code raises.
         """
-        result = await self.call(function, inputs, trigger_metadata, trace_parent=trace_parent)
+        result = await self.call(function, inputs, trigger_metadata, trace_parent=trace_parent, retry=retry)
         trigger_type = str(trigger_of(function).type)
         return_type = next((str(b.type) for b in function.get_bindings() if b.name == "$return"), None)
         if return_type is None and has_implicit_output(trigger_type):
@@ -204,6 +217,7 @@ class Invoker:
         *,
         trace_parent: str = "",
         native: dict[str, Any] | None = None,
+        retry: Retry | None = None,
     ) -> Any:
         """Call `function` and return what it returned, unencoded; `native` holds bindings passed as they are (an
         HTTP-stream function's request object, as the worker passes it).
@@ -239,7 +253,7 @@ class Invoker:
                 inputs.get(binding.name), trigger_metadata=(trigger_metadata or {}) if is_trigger else {}
             )
         if "context" in parameters and "context" not in kwargs:
-            kwargs["context"] = InvocationContext(name, self._directory, trace_parent)
+            kwargs["context"] = InvocationContext(name, self._directory, trace_parent, retry)
         try:
             if inspect.iscoroutinefunction(user_function):
                 result = await user_function(**kwargs)

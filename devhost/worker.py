@@ -25,10 +25,10 @@ def _error(exc: BaseException) -> tuple[str, str, str]:
 async def _call(
     index: FunctionIndex, invoker: Invoker, writer: asyncio.StreamWriter, call_id: int, request: Any
 ) -> None:
-    name, inputs, trigger_metadata, trace_parent = request
+    name, inputs, trigger_metadata, trace_parent, retry = request
     try:
         function = index.functions[name]
-        result = await invoker.invoke(function, inputs, trigger_metadata, trace_parent=trace_parent)
+        result = await invoker.invoke(function, inputs, trigger_metadata, trace_parent=trace_parent, retry=retry)
         write_frame(writer, ("ok", call_id, result))
     except FunctionInvocationError as exc:
         write_frame(writer, ("error", call_id, _error(exc.exc)))

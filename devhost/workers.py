@@ -27,7 +27,7 @@ from typing import Any
 import azure.functions as func
 from azure.functions import meta
 
-from devhost.invoker import FunctionInvocationError
+from devhost.invoker import FunctionInvocationError, Retry
 from devhost.loader import function_name
 
 logger = logging.getLogger(__name__)
@@ -177,6 +177,7 @@ class WorkerPool:
         trigger_metadata: dict[str, meta.Datum] | None = None,
         *,
         trace_parent: str = "",
+        retry: Retry | None = None,
     ) -> meta.Datum | None:
         """Run `function` in the least busy worker; its encoded output, if any.
 
@@ -191,7 +192,7 @@ class WorkerPool:
         call_id = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         worker.pending[call_id] = (name, future)
-        write_frame(worker.writer, ("invoke", call_id, (name, inputs, trigger_metadata, trace_parent)))
+        write_frame(worker.writer, ("invoke", call_id, (name, inputs, trigger_metadata, trace_parent, retry)))
         result: meta.Datum | None = await future
         return result
 

@@ -11,6 +11,9 @@ bp = df.Blueprint()
 
 
 @bp.function_name("module_worker")
+# A batch that failed (a verdict not recorded or raised, a worker process gone) runs again at once-ish, rather than
+# leaving its steps to their timeouts: claims make the rerun do only what is not done (ADRs 0026, 0037).
+@bp.retry(strategy="exponential_backoff", max_retry_count="5", minimum_interval="00:00:01", maximum_interval="00:00:15")
 @bp.event_hub_message_trigger(
     arg_name="events",
     event_hub_name="module-work",

@@ -17,6 +17,7 @@ from azure.functions.decorators.core import Cardinality, DataType
 
 from devhost.eventhubs.store import StoredEvent
 from devhost.hostjson import resolve_app_setting
+from devhost.retry_policy import RetryPolicy
 
 DEFAULT_CONSUMER_GROUP = "$Default"
 LOCAL_NAMESPACE = "localhost"
@@ -33,6 +34,8 @@ class EventHubTriggerSpec:
     many: bool
     binary: bool
     namespace: str
+    retry: RetryPolicy | None = None
+    """The function's `@app.retry` policy: a failed invocation runs again before the checkpoint moves on."""
 
     @classmethod
     def from_function(cls, function: func.Function) -> EventHubTriggerSpec:
@@ -47,6 +50,7 @@ class EventHubTriggerSpec:
             many=trigger.cardinality == Cardinality.MANY,
             binary=trigger.data_type == DataType.BINARY,
             namespace=os.environ.get(f"{connection}__fullyQualifiedNamespace") or LOCAL_NAMESPACE,
+            retry=RetryPolicy.of(function),
         )
 
     @property

@@ -7,9 +7,11 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+from azure.functions import meta
+
 from devhost.eventhubs.binding import EventHubTriggerSpec, trigger_input
 from devhost.eventhubs.store import EventLogStore, StoredEvent
-from devhost.invoker import FunctionInvocationError, FunctionRunner
+from devhost.invoker import FunctionInvocationError, FunctionRunner, Retry
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +50,8 @@ class PartitionConsumer:
                     position = await self._store.checkpoint(hub, group, self.partition_id)
                 events = await self._store.read(hub, self.partition_id, position, self._max_batch)
                 if events:
-                    await self._deliver(events)
+                    if not await self._deliver(events, stopping):
+                        return  # stopped while retrying: the events come again, from the checkpoint
                     await self._store.save_checkpoint(hub, group, events[-1])
                     position = events[-1].sequence_number
                     continue
@@ -58,25 +61,53 @@ class PartitionConsumer:
                 )
             await wait_any(self.wake, stopping, self._poll_interval)
 
-    async def _deliver(self, events: Sequence[StoredEvent]) -> None:
-        # Like the real trigger, a failed invocation is logged and the checkpoint still advances:
-        # the stream must not stall on one bad event (retry policies are the function's business).
+    async def _deliver(self, events: Sequence[StoredEvent], stopping: asyncio.Event) -> bool:
+        """Invoke the function with `events`, again as its retry policy says while it fails; False when the host
+        stopped before a run succeeded or the retries were spent (the checkpoint must not move then)."""
+        # Like the real trigger, a failed invocation (its retries spent) is logged and the checkpoint still
+        # advances: the stream must not stall on one bad event.
         inputs, metadata = trigger_input(self.spec, self.partition_id, events)
+        policy = self.spec.retry
+        retry = 0
+        while True:
+            failure = await self._invoke(
+                inputs, metadata, events, Retry(retry, policy.max_retry_count if policy else 0)
+            )
+            if failure is None or policy is None or not policy.retries_after(retry):
+                return True
+            retry += 1
+            await wait_any(stopping, stopping, policy.delay_before(retry))
+            if stopping.is_set():
+                return False
+
+    async def _invoke(
+        self,
+        inputs: dict[str, meta.Datum],
+        metadata: dict[str, meta.Datum],
+        events: Sequence[StoredEvent],
+        retry: Retry,
+    ) -> BaseException | None:
+        """One run of the invocation; what made it fail, logged, or None when it succeeded."""
         try:
-            await self._invoker.invoke(self.spec.function, inputs, metadata)
+            await self._invoker.invoke(self.spec.function, inputs, metadata, retry=retry)
         except FunctionInvocationError as exc:
             logger.error(
-                "Executed '%s' (Failed, partition %s, sequence numbers %s-%s): %s",
+                "Executed '%s' (Failed, partition %s, sequence numbers %s-%s, retry %s of %s): %s",
                 self.spec.function_name,
                 self.partition_id,
                 events[0].sequence_number,
                 events[-1].sequence_number,
+                retry.retry_count,
+                retry.max_retry_count,
                 exc.friendly,
                 exc_info=exc.exc,
             )
-        except Exception:
+            return exc
+        except Exception as exc:
             # Binding errors (the worker's converters) fail the invocation the same way.
             logger.exception("Executed '%s' (Failed while binding its input)", self.spec.function_name)
+            return exc
+        return None
 
 
 async def wait_any(event: asyncio.Event, stopping: asyncio.Event, timeout: float) -> None:

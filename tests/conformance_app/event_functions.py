@@ -17,6 +17,7 @@ bp = func.Blueprint()
 BATCH_HUB = "conformance-batch"
 SINGLE_HUB = "conformance-single"
 TEXT_HUB = "conformance-text"
+RETRIED_HUB = "conformance-retried"
 TEXT_CONSUMER_GROUP = "conformance"
 
 _lock = threading.Lock()
@@ -87,6 +88,21 @@ def on_conformance_single(event: func.EventHubEvent) -> None:
 def on_conformance_text(event: str) -> None:
     """A str annotation: the worker passes the raw body, not an EventHubEvent."""
     _record("on_conformance_text", {"body": event, "type": type(event).__name__})
+
+
+@bp.retry(strategy="fixed_delay", max_retry_count="2", delay_interval="00:00:01")
+@bp.event_hub_message_trigger(arg_name="event", event_hub_name=RETRIED_HUB, connection="EventHubConnection")
+def on_conformance_retried(event: func.EventHubEvent, context: func.Context) -> None:
+    """With a retry policy: records each run and which retry it is, and raises while the body's `fail_runs` is
+    more than the runs so far."""
+    retry = context.retry_context
+    body = json.loads(event.get_body())
+    _record(
+        "on_conformance_retried",
+        {"body": body, "retry_count": retry.retry_count, "max_retry_count": retry.max_retry_count},
+    )
+    if retry.retry_count < int(body.get("fail_runs", 0)):
+        raise RuntimeError(f"asked to fail run {retry.retry_count}")
 
 
 @bp.timer_trigger(arg_name="timer", schedule="* * * * * *", use_monitor=True)

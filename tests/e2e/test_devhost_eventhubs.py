@@ -31,6 +31,7 @@ from tests.e2e.conformance_index import CONFORMANCE_APP, conformance_index
 pytestmark = pytest.mark.e2e
 
 BATCH_HUB, SINGLE_HUB, TEXT_HUB = "conformance-batch", "conformance-single", "conformance-text"
+RETRIED_HUB = "conformance-retried"
 T = TypeVar("T")
 
 
@@ -252,6 +253,44 @@ def test_cardinality_one_checkpoints_even_when_the_function_raises(pg: Any, stat
         "SystemProperties",
     } <= set(received[0]["metadata_keys"])
     assert "SystemPropertiesArray" not in received[0]["metadata_keys"]
+
+
+def test_a_retry_policy_runs_a_failed_invocation_again_before_the_checkpoint_moves(pg: Any, state_dir: Path) -> None:
+    run, key = uuid.uuid4().hex, f"retried-{uuid.uuid4().hex[:6]}"
+
+    def mine() -> list[tuple[int, int, int]]:
+        """(n, retry_count, max_retry_count) of every run of this test's events, in the order they ran."""
+        found = [r for r in records(state_dir, "on_conformance_retried") if r["body"].get("run") == run]
+        return [(r["body"]["n"], r["retry_count"], r["max_retry_count"]) for r in found]
+
+    async def publish(host: EventHubHost, n: int, fail_runs: int) -> dict[str, Any]:
+        async with admin_client(host) as client:
+            body = {"events": [{"body": {"run": run, "n": n, "fail_runs": fail_runs}, "partition_key": key}]}
+            response = await client.post(f"/devhost/eventhubs/{RETRIED_HUB}/events", json=body)
+            assert response.status == 200
+            result: dict[str, Any] = (await response.json())["events"][0]
+            return result
+
+    async def scenario() -> None:
+        async with running_host(pg, state_dir) as host:
+            await publish(host, 0, fail_runs=1)  # succeeds on its first retry
+            await publish(host, 1, fail_runs=9)  # fails its two retries too: logged, and passed
+            landed = await publish(host, 2, fail_runs=0)
+            await eventually(lambda: any(n == 2 for n, _, _ in mine()), "the third event")
+            partition, last = int(landed["partition_id"]), landed["sequence_number"]
+            await eventually(lambda: checkpoint_of(pg, RETRIED_HUB, "$Default", partition) == last, "checkpoint")
+            stuck = await publish(host, 3, fail_runs=99)
+            await eventually(lambda: any(n == 3 for n, _, _ in mine()), "the failing event's first run")
+        # Stopped while retrying: the checkpoint stays before the event, which comes again (counted from zero).
+        assert checkpoint_of(pg, RETRIED_HUB, "$Default", int(stuck["partition_id"])) == last
+        async with running_host(pg, state_dir) as host:
+            await eventually(lambda: [r for n, r, _ in mine() if n == 3].count(0) == 2, "the redelivery")
+
+    asyncio.run(scenario())
+    runs = mine()
+    # One partition, in order: an event's retries all come before the next event.
+    assert runs[:6] == [(0, 0, 2), (0, 1, 2), (1, 0, 2), (1, 1, 2), (1, 2, 2), (2, 0, 2)]
+    assert runs[6] == (3, 0, 2)
 
 
 def test_runtime_role_publisher_reaches_the_trigger_and_checkpoints_survive_a_restart(pg: Any, state_dir: Path) -> None:

@@ -141,3 +141,50 @@ def test_a_killed_worker_process_is_started_again_and_executions_go_on(
         assert "exited (-9); starting it again" in log, log[-2000:]
     finally:
         host.stop()
+
+
+def _holding_a_connection_to(port: int, pids: list[int]) -> int | None:
+    """Which of `pids` has an established TCP connection to 127.0.0.1:`port` (read from /proc)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        remote, state, inode = fields[2], fields[3], fields[9]
+        if state == "01" and int(remote.rsplit(":", 1)[1], 16) == port:
+            inodes.add(f"socket:[{inode}]")
+    for pid in pids:
+        try:
+            if any(os.readlink(fd) in inodes for fd in Path(f"/proc/{pid}/fd").iterdir()):
+                return pid
+        except OSError:  # gone, or an fd closed meanwhile
+            continue
+    return None
+
+
+def test_a_worker_killed_while_its_module_runs_is_retried_not_left_to_the_step_timeout(
+    pg: Any, azurite: Any, tmp_path: Path, side_effects: SideEffects
+) -> None:
+    host = start_platform_host(pg, azurite, tmp_path / "devhost.log", env={WORKER_COUNT_SETTING: "2"})
+    platform = Platform(host, pg.root, pg.owner_url)
+    allow_local_side_effects(platform)
+    tag = uuid.uuid4().hex[:6]
+    try:
+        assert host.process is not None
+        # One attempt, and a timeout far beyond the test: only a redelivery of the work can finish the step.
+        step = {"id": "slow", **http(side_effects, f"slow-{tag}", sleep=3), "timeout_s": 600}
+        execution_id = started(platform, create_intent(platform, [step]))
+        deadline = time.monotonic() + 30
+        while not (holder := _holding_a_connection_to(side_effects.port, worker_processes(host.process.pid))):
+            assert time.monotonic() < deadline, "no worker process called the side-effect server"
+            time.sleep(0.05)
+        os.kill(holder, signal.SIGKILL)
+        status, _ = follow(platform, execution_id)
+        assert status == "succeeded"
+        attempts = steps_of(detail(platform, execution_id))["slow"]["attempts"]
+        assert [a["attempt"] for a in attempts] == [1]
+        calls = side_effects.named(f"slow-{tag}")
+        assert len(calls) == 2  # the killed run, and the retried one that took its lapsed claim over
+        assert len({call.key for call in calls}) == 1  # one attempt: one idempotency key
+        log = (tmp_path / "devhost.log").read_text()
+        assert "Executed 'module_worker' (Failed" in log and "retry 0 of 5" in log, log[-3000:]
+    finally:
+        host.stop()
