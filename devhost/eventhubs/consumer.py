@@ -1,5 +1,5 @@
 # intent_ref: platform.devhost-eventhubs
-"""One partition of one trigger: read after the checkpoint, invoke, checkpoint, repeat."""
+"""One partition of one trigger: read after the checkpoint, invoke (again, as a retry policy says), checkpoint."""
 
 from __future__ import annotations
 
