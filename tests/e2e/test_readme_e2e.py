@@ -4,6 +4,7 @@ curl appendix as one script, with the example worker running, each ending as a u
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -49,6 +50,16 @@ def readme_qp_commands() -> list[list[str]]:
             if line.startswith(".venv/bin/qp "):
                 commands.append(shlex.split(line, comments=True))
     return commands
+
+
+def _as_pasted_here(script: str, base_url: str, data_dir: Path) -> str:
+    """`script` with only what differs for the test's devhost replaced: its URL, and its data folder for tokens."""
+    import httpx
+
+    port = str(httpx.URL(base_url).port)
+    return script.replace("http://127.0.0.1:7071", base_url).replace(
+        ".venv/bin/python -m devhost token", f"{sys.executable} -m devhost token --data-dir {data_dir} --port {port}"
+    )
 
 
 def test_the_readme_names_every_qp_command_it_walks_through() -> None:
@@ -99,12 +110,7 @@ def test_the_readme_curl_appendix_runs_as_pasted(devhost_factory: DevhostFactory
 
     host = devhost_factory(app_dir=PROJECT_ROOT, env={"QP_DATABASE_URL": own_database}, extra_args=("--seed-demo",))
     appendix = README.read_text().split("## Appendix: the walkthrough with curl", 1)[1]
-    port = str(httpx.URL(host.base_url).port)
-    # Only where the test's devhost lives differs from `make run`'s: its URL, and its data folder for dev tokens.
-    script = "\n".join(_BLOCK.findall(appendix))
-    script = script.replace("http://127.0.0.1:7071", host.base_url).replace(
-        ".venv/bin/python -m devhost token", f"{sys.executable} -m devhost token --data-dir {pg.root} --port {port}"
-    )
+    script = _as_pasted_here("\n".join(_BLOCK.findall(appendix)), host.base_url, pg.root)
     worker = mint_token_cli(pg.root, host.base_url, "fabrikam", ["Module.Worker"], [], None, 600, True)
     stop = threading.Event()
     options = remote_worker.parse_args(["--api", host.base_url, "--token", worker])
@@ -160,14 +166,8 @@ def test_the_readme_producer_example_starts_an_execution_as_pasted(
     before = {e["id"] for e in httpx.get(f"{host.base_url}/api/v1/executions", headers=headers).json()["items"]}
     rejected_before = httpx.get(f"{host.base_url}/api/v1/ingress/rejections", headers=headers).json()["items"]
     section = README.read_text().split("## Event Hub producers", 1)[1].split("\n## ", 1)[0]
-    port = str(httpx.URL(host.base_url).port)
-    script = "\n".join(_BLOCK.findall(section))
-    script = (
-        script.replace("http://127.0.0.1:7071", host.base_url)
-        .replace(
-            ".venv/bin/python -m devhost token", f"{sys.executable} -m devhost token --data-dir {pg.root} --port {port}"
-        )
-        .replace(".venv/bin/python -m devhost key", f"{sys.executable} -m devhost key --data-dir {pg.root}")
+    script = _as_pasted_here("\n".join(_BLOCK.findall(section)), host.base_url, pg.root).replace(
+        ".venv/bin/python -m devhost key", f"{sys.executable} -m devhost key --data-dir {pg.root}"
     )
     done = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120
@@ -183,6 +183,40 @@ def test_the_readme_producer_example_starts_an_execution_as_pasted(
             break
         threading.Event().wait(1)
     assert [e["intent_id"] for e in started] == [intent_id], started
+
+
+def test_the_readme_first_curls_identity_and_provisioning_blocks_run_as_pasted(
+    devhost_factory: DevhostFactory, pg: Any, own_database: str
+) -> None:
+    host = devhost_factory(app_dir=PROJECT_ROOT, env={"QP_DATABASE_URL": own_database}, extra_args=("--seed-demo",))
+    text = README.read_text()
+    first = _BLOCK.findall(text.split("ready-to-paste `curl`", 1)[1])[0]
+    identity = text.split("Mint a dev token for any role", 1)[1].split("Suspending a tenant", 1)[0]
+    blocks = [first, *_BLOCK.findall(identity)]
+    assert len(blocks) == 3, blocks
+    outputs = []
+    for block in blocks:
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", _as_pasted_here(block, host.base_url, pg.root)],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, (block, done.stdout[-2000:], done.stderr)
+        outputs.append(done.stdout)
+    health, identity_out, provisioning = outputs
+    decoder = json.JSONDecoder()
+    live, end = decoder.raw_decode(health)
+    ready, _ = decoder.raw_decode(health, end)
+    assert live["status"] == "ok" and ready == {"status": "ready", "checks": {"postgres": "ok", "blob_storage": "ok"}}
+    me, _ = decoder.raw_decode(identity_out)
+    assert me["tenant_name"] == "contoso" and sorted(me["roles"]) == ["Intent.Author", "Intent.Reader"], me
+    assert len(re.findall(r"eyJ[\w-]+\.[\w-]+\.[\w-]+", identity_out)) == 3, identity_out  # the printed tokens
+    created, end = decoder.raw_decode(provisioning)
+    own, _ = decoder.raw_decode(provisioning, end)
+    assert created["name"] == own["name"] == "northwind", provisioning  # the create's answer, then the tenant's own
+    assert own["allowed_modules"] == created["allowed_modules"] == ["http", "artifact"], (created, own)
 
 
 def test_the_readme_filter_examples_are_accepted(devhost_factory: DevhostFactory, pg: Any, own_database: str) -> None:
