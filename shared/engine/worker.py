@@ -275,8 +275,8 @@ async def process_batch(
 
     Remote items are left to their tenant's workers; copies of one attempt in the batch run once. If any item could
     not be recorded or its verdict not raised, the batch fails after the others were raised, so the function's
-    retry (ADR 0037; else the step's timeout) brings the recorded verdict through. `traceparents` (by position) are the events' trace
-    contexts: each item's work continues its dispatch's trace.
+    retry (ADR 0037; else the step's timeout) brings the recorded verdict through. `traceparents` (by position) are
+    the events' trace contexts: each item's work continues its dispatch's trace.
     """
     items: dict[tuple[Any, ...], tuple[WorkItem, str | None]] = {}
     for index, body in enumerate(bodies):
