@@ -6,22 +6,29 @@ import azure.functions as func
 
 from shared.ingress.process import process_batch
 from shared.ingress.request import INTENT_REQUESTS_HUB, from_trigger
+from shared.typed_triggers import typed
 
 bp = df.Blueprint()
 
 
-@bp.function_name("intent_requests")
-@bp.event_hub_message_trigger(
-    arg_name="events",
-    event_hub_name=INTENT_REQUESTS_HUB,
-    connection="EventHubConnection",
-    cardinality="many",
-    consumer_group="intake",
+@typed(bp.function_name("intent_requests"))
+@typed(
+    bp.event_hub_message_trigger(
+        arg_name="events",
+        event_hub_name=INTENT_REQUESTS_HUB,
+        connection="EventHubConnection",
+        cardinality="many",
+        consumer_group="intake",
+    )
 )
 # The trigger checkpoints a failed batch too: a transient failure is retried in place instead (processing again
 # is idempotent), over about as long as an outage the platform means to ride out.
-@bp.retry(strategy="exponential_backoff", max_retry_count="8", minimum_interval="00:00:05", maximum_interval="00:05:00")
-@bp.durable_client_input(client_name="client")
+@typed(
+    bp.retry(
+        strategy="exponential_backoff", max_retry_count="8", minimum_interval="00:00:05", maximum_interval="00:05:00"
+    )
+)
+@typed(bp.durable_client_input(client_name="client"))
 async def intent_requests(events: list[func.EventHubEvent], client: df.DurableOrchestrationClient) -> None:
     """Start the execution each event requests (idempotently), recording the events that cannot start anything."""
     await process_batch(from_trigger(events), client)

@@ -9,6 +9,7 @@ from azurefunctions.extensions.http.fastapi import Request, Response
 from shared.api.adapter import asgi_gateway, serve
 from shared.api.app import create_app
 from shared.api.durable import durable_client_var
+from shared.typed_triggers import typed
 
 bp = df.Blueprint()
 
@@ -16,13 +17,15 @@ bp = df.Blueprint()
 _gateway = asgi_gateway(create_app())
 
 
-@bp.function_name("http_api")
-@bp.route(
-    route="{*path}",
-    methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
-    auth_level=func.AuthLevel.ANONYMOUS,
+@typed(bp.function_name("http_api"))
+@typed(
+    bp.route(
+        route="{*path}",
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+        auth_level=func.AuthLevel.ANONYMOUS,
+    )
 )
-@bp.durable_client_input(client_name="client")
+@typed(bp.durable_client_input(client_name="client"))
 async def http_api(req: Request, client: df.DurableOrchestrationClient) -> Response:
     """Serve one API request through the FastAPI gateway; no error escapes as a failed invocation."""
     token = durable_client_var.set(client)

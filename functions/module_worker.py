@@ -6,22 +6,29 @@ import azure.functions as func
 
 from shared.engine.worker import process_batch
 from shared.observability.received import received_work
+from shared.typed_triggers import typed
 
 bp = df.Blueprint()
 
 
-@bp.function_name("module_worker")
+@typed(bp.function_name("module_worker"))
 # A batch that failed (a verdict not recorded or raised, a worker process gone) runs again at once-ish, rather than
 # leaving its steps to their timeouts: claims make the rerun do only what is not done (ADRs 0026, 0037).
-@bp.retry(strategy="exponential_backoff", max_retry_count="5", minimum_interval="00:00:01", maximum_interval="00:00:15")
-@bp.event_hub_message_trigger(
-    arg_name="events",
-    event_hub_name="module-work",
-    connection="EventHubConnection",
-    cardinality="many",
-    consumer_group="module-worker",
+@typed(
+    bp.retry(
+        strategy="exponential_backoff", max_retry_count="5", minimum_interval="00:00:01", maximum_interval="00:00:15"
+    )
 )
-@bp.durable_client_input(client_name="client")
+@typed(
+    bp.event_hub_message_trigger(
+        arg_name="events",
+        event_hub_name="module-work",
+        connection="EventHubConnection",
+        cardinality="many",
+        consumer_group="module-worker",
+    )
+)
+@typed(bp.durable_client_input(client_name="client"))
 async def module_worker(events: list[func.EventHubEvent], client: df.DurableOrchestrationClient) -> None:
     """Run the built-in actions of a batch of work items and raise each result to its orchestration."""
     bodies, traceparents = received_work(events)

@@ -7,6 +7,7 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from shared.engine.sweeper import sweep
+from shared.typed_triggers import typed
 
 bp = df.Blueprint()
 
@@ -18,9 +19,9 @@ logger = logging.getLogger(__name__)
 SCHEDULE = "*/30 * * * * *"
 
 
-@bp.function_name("execution_sweeper")
-@bp.timer_trigger(arg_name="timer", schedule=SCHEDULE, use_monitor=False)
-@bp.durable_client_input(client_name="client")
+@typed(bp.function_name("execution_sweeper"))
+@typed(bp.timer_trigger(arg_name="timer", schedule=SCHEDULE, use_monitor=False))
+@typed(bp.durable_client_input(client_name="client"))
 async def execution_sweeper(
     timer: func.TimerRequest,  # noqa: ARG001  # the binding requires it
     client: df.DurableOrchestrationClient,

@@ -6,8 +6,9 @@ import logging
 import azure.functions as func
 
 from shared.events.webhooks import deliver_due
+from shared.typed_triggers import typed
 
-bp = func.Blueprint()
+bp = func.Blueprint()  # type: ignore[no-untyped-call]  # the SDK leaves its constructor unannotated
 
 logger = logging.getLogger(__name__)
 
@@ -16,8 +17,8 @@ logger = logging.getLogger(__name__)
 SCHEDULE = "*/5 * * * * *"
 
 
-@bp.function_name("webhook_delivery")
-@bp.timer_trigger(arg_name="timer", schedule=SCHEDULE, use_monitor=False)
+@typed(bp.function_name("webhook_delivery"))
+@typed(bp.timer_trigger(arg_name="timer", schedule=SCHEDULE, use_monitor=False))
 def webhook_delivery(timer: func.TimerRequest) -> None:  # noqa: ARG001  # the binding requires it
     """Send the webhook deliveries that are due, oldest first per subscription; retry the failed with backoff."""
     result = deliver_due()

@@ -7,9 +7,9 @@ from uuid import UUID
 
 import azure.durable_functions as df
 
-from orchestrations.typed import typed
 from shared.engine import control, machine, payloads, progress
 from shared.engine.activity_trace import activity_span
+from shared.typed_triggers import typed
 
 bp = df.Blueprint()
 

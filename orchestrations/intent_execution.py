@@ -12,9 +12,9 @@ from typing import Any
 import azure.durable_functions as df
 from azure.durable_functions.models.Task import TaskBase, TaskState, TimerTask
 
-from orchestrations.typed import typed
 from shared.engine import activity_trace, machine, replay_memo
 from shared.engine.protocol import ORCHESTRATOR
+from shared.typed_triggers import typed
 
 bp = df.Blueprint()
 

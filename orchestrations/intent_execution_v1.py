@@ -11,7 +11,6 @@ from typing import Any
 import azure.durable_functions as df
 from azure.durable_functions.models.Task import TaskBase, TaskState, TimerTask
 
-from orchestrations.typed import typed
 from shared.engine.graph import RunState, StepGraph, compensation_order, next_steps, referenced_output_paths
 from shared.engine.payloads import is_blob_ref
 from shared.engine.protocol import (
@@ -26,6 +25,7 @@ from shared.engine.protocol import (
 )
 from shared.registry.model import Definition, RetryPolicy, Step
 from shared.registry.references import ReferenceSyntaxError, UnresolvedReferenceError, resolve
+from shared.typed_triggers import typed
 
 bp = df.Blueprint()
 # Its own name, also for the children it starts: a replay must schedule what its history recorded.

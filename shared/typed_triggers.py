@@ -1,5 +1,5 @@
 # intent_ref: platform.execution
-"""Typed views of the Durable SDK's (untyped) decorators, so orchestrations stay under strict type checking."""
+"""Typed views of the Functions SDKs' untyped trigger decorators, so the app stays under strict type checking."""
 
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
