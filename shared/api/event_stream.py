@@ -15,7 +15,7 @@ from uuid import UUID
 from pydantic import BaseModel
 
 from shared.api.admission import get_admission
-from shared.api.problems import ProblemError, too_many_requests
+from shared.api.problems import FieldError, ProblemError, json_pointer, too_many_requests
 from shared.api.security import RequestContext
 from shared.engine.event_wakeup import get_event_wakeup
 from shared.engine.executions import Execution, ExecutionEvent
@@ -53,12 +53,14 @@ def resume_after(last_event_id: str | None, after: int) -> int:
     value = last_event_id.strip()
     # Length first: int() refuses strings of over 4,300 digits with an error of its own.
     if not value.isascii() or not value.isdigit() or len(value) > _MAX_EVENT_ID_DIGITS or int(value) > MAX_EVENT_ID:
+        # The shape of every other 422 (a request validation error): errors of pointer and detail.
+        error = FieldError(pointer=json_pointer(("header", "Last-Event-ID")), detail="not an event number")
         raise ProblemError(
             422,
             "validation-error",
-            "Invalid request",
+            "Request validation failed",
             "Last-Event-ID must be the number of an event of this stream.",
-            extensions={"errors": [{"loc": ["header", "Last-Event-ID"], "msg": "not an event number"}]},
+            extensions={"errors": [error.model_dump()]},
         )
     return int(value)
 
