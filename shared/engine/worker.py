@@ -13,7 +13,7 @@ raised as soon as it is recorded, so one slow item holds up no other.
 from __future__ import annotations
 
 import asyncio
-import contextvars
+import functools
 import json
 import logging
 import os
@@ -22,7 +22,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +30,7 @@ from pydantic import ValidationError
 
 from shared.db.session import tenant_transaction
 from shared.engine import steps as store
+from shared.engine.module_threads import run_in_share
 from shared.engine.payloads import claim_check
 from shared.engine.protocol import EventRaiser, WorkItem
 from shared.engine.steps import Attempt, AttemptKey, Claim
@@ -46,8 +46,6 @@ HEARTBEAT_S = LEASE_S / 3
 """How often a running attempt renews its claim (and looks at its deadline when no result came)."""
 HELD_POLL_S = 0.5
 """How often a copy that found its attempt claimed by another looks again."""
-MODULE_THREADS = 8
-"""Modules running at once in this process: they block a thread each, and some take a database connection."""
 
 _HOST = socket.gethostname()[:100]
 
@@ -83,18 +81,6 @@ def attempt_timeout(item: WorkItem, modules: Mapping[str, Module[Any]] = BUILTIN
 def claim_owner() -> str:
     """Names one copy's claim: unique per run, so two copies in one process are told apart too."""
     return f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-
-
-_threads: ThreadPoolExecutor | None = None
-_threads_lock = threading.Lock()
-
-
-def _module_threads() -> ThreadPoolExecutor:
-    global _threads
-    with _threads_lock:
-        if _threads is None:
-            _threads = ThreadPoolExecutor(max_workers=MODULE_THREADS, thread_name_prefix="module-work")
-        return _threads
 
 
 def run_item(item: WorkItem, modules: Mapping[str, Module[Any]] = BUILTIN_MODULES) -> Outcome | None:
@@ -197,9 +183,10 @@ async def _run_claimed(
         attempt=item.attempt,
         tenant_settings=settings,
     )
-    # In the current context, so that what the module does (an HTTP call, say) shows in the execution's trace.
-    run = asyncio.get_running_loop().run_in_executor(
-        _module_threads(), contextvars.copy_context().run, _run_module, item, key, ctx, modules, deadline, started
+    # In the current context, so that what the module does (an HTTP call, say) shows in the execution's trace; in
+    # the tenant's share of the threads, so that its slow modules cannot hold up other tenants' items.
+    run = asyncio.ensure_future(
+        run_in_share(item.tenant_id, functools.partial(_run_module, item, key, ctx, modules, deadline, started))
     )
     try:
         while True:

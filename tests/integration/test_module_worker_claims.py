@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from shared.db.migrate import apply_migrations
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
-from shared.engine import progress, worker
+from shared.engine import module_threads, progress, worker
 from shared.engine import steps as store
 from shared.engine.protocol import WorkItem
 from shared.engine.steps import AttemptKey, Claim, StepSeed
@@ -331,6 +331,27 @@ def test_one_slow_item_holds_up_none_of_the_others_in_its_batch(
     gate.opened.set()
     assert batch.outcome() == 9
     assert _row(app_pool, slow)["state"] == "succeeded"
+
+
+def test_one_tenants_slow_modules_take_at_most_its_share_of_the_threads(
+    api: ApiHarness, app_pool: ConnectionPool[Any], tenant: uuid.UUID, gate: _Gate
+) -> None:
+    echo = _Echo()
+    other = api.provision("claims-other").id
+    # More slow items of one tenant than the process has threads: alone, they would take every one of them.
+    slow = [_dispatched(app_pool, tenant, gate.action) for _ in range(module_threads.MODULE_THREADS + 2)]
+    fast = _dispatched(app_pool, other, echo.action)
+    raiser = _Raiser()
+    batch = _Batch([*slow, fast], raiser, {gate.action: gate, echo.action: echo})
+    batch.start()
+    assert raiser.wait_for(lambda raised: any(instance == str(fast.execution_id) for instance, _, _ in raised))
+    # The other tenant's item ran and was answered while the slow ones still wait for the gate.
+    assert _row(app_pool, fast)["state"] == "succeeded" and not gate.opened.is_set()
+    assert _until(lambda: len(gate.runs) == module_threads.TENANT_SHARE)
+    assert gate.most_at_once == module_threads.TENANT_SHARE < module_threads.MODULE_THREADS
+    gate.opened.set()
+    assert batch.outcome() == len(slow) + 1  # the waiting ones ran once a place in the share came free
+    assert all(_row(app_pool, item)["state"] == "succeeded" for item in slow)
 
 
 def test_module_work_is_keyed_by_attempt_and_a_repeated_dispatch_keeps_its_key(
