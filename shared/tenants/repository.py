@@ -93,6 +93,22 @@ def tenant_settings(conn: psycopg.Connection[DictRow]) -> dict[str, Any]:
     return dict(row["settings"]) if row else {}
 
 
+_OWN = "SELECT name, display_name, status, quotas, allowed_modules, allowed_targets, settings FROM app.tenants"
+_MERGE_OWN_SETTINGS = "UPDATE app.tenants SET settings = settings || %s, updated_at = clock_timestamp()"
+
+
+def own_tenant(conn: psycopg.Connection[DictRow]) -> dict[str, Any]:
+    """The current tenant as its own admin sees it (limits, allow-lists, settings), in its tenant transaction."""
+    row = conn.execute(_OWN).fetchone()  # RLS: exactly the transaction's tenant's row
+    assert row is not None  # a tenant transaction is pinned to an existing tenant
+    return dict(row)
+
+
+def merge_own_settings(conn: psycopg.Connection[DictRow], settings: dict[str, Any]) -> None:
+    """Merge `settings` into the current tenant's own settings (top-level keys replaced), in its transaction."""
+    conn.execute(_MERGE_OWN_SETTINGS, (Jsonb(settings),))
+
+
 def get_tenant(conn: psycopg.Connection[DictRow], tenant_id: UUID) -> Tenant | None:
     """One tenant by its platform id."""
     row = conn.execute(_BY_ID, (tenant_id,)).fetchone()

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
-from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.api.permissions import GuardedRoute, permission
@@ -17,6 +16,7 @@ from shared.db.session import tenant_transaction
 from shared.modules.ssrf import private_network_allowed
 from shared.policy.actions import Action
 from shared.tenants.models import TenantQuotas, TenantStatus
+from shared.tenants.repository import merge_own_settings, own_tenant
 from shared.tenants.settings import settings_problems
 
 router = APIRouter(prefix="/api/v1/tenant", tags=["tenants"], route_class=GuardedRoute)
@@ -47,17 +47,12 @@ class TenantSettingsUpdate(BaseModel):
     settings: dict[str, Any] = Field(max_length=100)
 
 
-_SELECT = "SELECT name, display_name, status, quotas, allowed_modules, allowed_targets, settings FROM app.tenants"
-
-
 @router.get("", response_model=TenantSettings, summary="Read the caller's tenant", responses=AUTH_ERRORS)
 def read(context: Annotated[RequestContext, Depends(permission(Action.TENANT_SETTINGS_READ))]) -> TenantSettings:
     """The caller's tenant and its settings (Tenant.Admin)."""
     authorize(context, Action.TENANT_SETTINGS_READ, tenant_resource("Tenant", context.tenant.id, context.tenant.id))
     with tenant_transaction(context.tenant.id) as conn:
-        row = conn.execute(_SELECT).fetchone()  # RLS: exactly the caller's own row
-    assert row is not None  # the tenant was resolved for this request
-    return TenantSettings(**row)
+        return TenantSettings(**own_tenant(conn))
 
 
 @router.patch(
@@ -82,13 +77,9 @@ def update(
             errors=[FieldError(pointer=at, detail=detail) for at, detail in problems],
         )
     with tenant_transaction(context.tenant.id) as conn:
-        conn.execute(
-            "UPDATE app.tenants SET settings = settings || %s, updated_at = clock_timestamp()",
-            (Jsonb(change.settings),),
-        )
-        row = conn.execute(_SELECT).fetchone()
+        merge_own_settings(conn, change.settings)
+        updated = TenantSettings(**own_tenant(conn))
         record_mutation(
             context, Action.TENANT_SETTINGS_UPDATE, resource, {"settings": sorted(change.settings)}, conn=conn
         )
-    assert row is not None
-    return TenantSettings(**row)
+    return updated
