@@ -22,13 +22,15 @@ _PLACEHOLDER_SETTINGS = {
 
 def render_openapi() -> str:
     """The OpenAPI document of the gateway as stable, pretty JSON."""
+    sys.path.insert(0, str(ROOT))
+    # Imported before the block whose cleanup calls it, so that an import error below shows as itself.
+    from shared.config import get_settings
+
     added = [key for key in _PLACEHOLDER_SETTINGS if key not in os.environ]
     for key in added:
         os.environ[key] = _PLACEHOLDER_SETTINGS[key]
     try:
-        sys.path.insert(0, str(ROOT))
         from shared.api.app import create_app
-        from shared.config import get_settings
 
         schema: dict[str, Any] = create_app().openapi()
     finally:
