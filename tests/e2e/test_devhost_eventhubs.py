@@ -90,6 +90,16 @@ def stored_events(pg: Any, hub: str, partition_id: int) -> dict[int, tuple[int, 
     return {int(r[0]): (int(r[1]), r[2]) for r in rows}
 
 
+async def publish_one(host: EventHubHost, hub: str, body: dict[str, Any], partition_key: str) -> dict[str, Any]:
+    """Publish one event through the admin route; where it landed (partition id, sequence number)."""
+    async with admin_client(host) as client:
+        payload = {"events": [{"body": body, "partition_key": partition_key}]}
+        response = await client.post(f"/devhost/eventhubs/{hub}/events", json=payload)
+        assert response.status == 200
+        result: dict[str, Any] = (await response.json())["events"][0]
+        return result
+
+
 def checkpoint_of(pg: Any, hub: str, group: str, partition_id: int) -> int | None:
     with psycopg.connect(pg.owner_url) as conn:
         row = conn.execute(
@@ -210,12 +220,7 @@ def test_cardinality_one_checkpoints_even_when_the_function_raises(pg: Any, stat
         return [r for r in records(state_dir, "on_conformance_single") if run in r["body"]]
 
     async def publish(host: EventHubHost, n: int, fail: bool = False) -> dict[str, Any]:
-        async with admin_client(host) as client:
-            body = {"events": [{"body": {"run": run, "n": n, "fail": fail}, "partition_key": key}]}
-            response = await client.post(f"/devhost/eventhubs/{SINGLE_HUB}/events", json=body)
-            assert response.status == 200
-            result: dict[str, Any] = (await response.json())["events"][0]
-            return result
+        return await publish_one(host, SINGLE_HUB, {"run": run, "n": n, "fail": fail}, key)
 
     async def scenario() -> list[dict[str, Any]]:
         async with running_host(pg, state_dir) as host:
@@ -264,12 +269,7 @@ def test_a_retry_policy_runs_a_failed_invocation_again_before_the_checkpoint_mov
         return [(r["body"]["n"], r["retry_count"], r["max_retry_count"]) for r in found]
 
     async def publish(host: EventHubHost, n: int, fail_runs: int) -> dict[str, Any]:
-        async with admin_client(host) as client:
-            body = {"events": [{"body": {"run": run, "n": n, "fail_runs": fail_runs}, "partition_key": key}]}
-            response = await client.post(f"/devhost/eventhubs/{RETRIED_HUB}/events", json=body)
-            assert response.status == 200
-            result: dict[str, Any] = (await response.json())["events"][0]
-            return result
+        return await publish_one(host, RETRIED_HUB, {"run": run, "n": n, "fail_runs": fail_runs}, key)
 
     async def scenario() -> None:
         async with running_host(pg, state_dir) as host:

@@ -109,12 +109,19 @@ def test_a_killed_host_resumes_and_every_side_effect_happens_once(
         host.stop()
 
 
-def test_a_killed_worker_process_is_started_again_and_executions_go_on(
-    pg: Any, azurite: Any, tmp_path: Path, side_effects: SideEffects
-) -> None:
+def _with_two_workers(pg: Any, azurite: Any, tmp_path: Path) -> Platform:
+    """The platform's devhost with two worker processes, logging to tmp_path/devhost.log, allowed local calls."""
     host = start_platform_host(pg, azurite, tmp_path / "devhost.log", env={WORKER_COUNT_SETTING: "2"})
     platform = Platform(host, pg.root, pg.owner_url)
     allow_local_side_effects(platform)
+    return platform
+
+
+def test_a_killed_worker_process_is_started_again_and_executions_go_on(
+    pg: Any, azurite: Any, tmp_path: Path, side_effects: SideEffects
+) -> None:
+    platform = _with_two_workers(pg, azurite, tmp_path)
+    host = platform.host
     try:
         assert host.process is not None
         before = worker_processes(host.process.pid)
@@ -163,9 +170,8 @@ def _holding_a_connection_to(port: int, pids: list[int]) -> int | None:
 def test_a_worker_killed_while_its_module_runs_is_retried_not_left_to_the_step_timeout(
     pg: Any, azurite: Any, tmp_path: Path, side_effects: SideEffects
 ) -> None:
-    host = start_platform_host(pg, azurite, tmp_path / "devhost.log", env={WORKER_COUNT_SETTING: "2"})
-    platform = Platform(host, pg.root, pg.owner_url)
-    allow_local_side_effects(platform)
+    platform = _with_two_workers(pg, azurite, tmp_path)
+    host = platform.host
     tag = uuid.uuid4().hex[:6]
     try:
         assert host.process is not None
