@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,10 +14,14 @@ from uuid import UUID
 
 from pydantic import BaseModel, ValidationError
 
+from shared import accepted_json
+
 P = TypeVar("P", bound=BaseModel)
 
 MAX_REPORTED_ERRORS = 10
 _LOGGER = logging.getLogger("shared.modules")
+# A surrogate as ASCII JSON writes it (paired ones too: the walk tells them apart).
+_SURROGATE_ESCAPE = re.compile(r"\\ud[89a-f]")
 
 
 class StepFailed(Exception):
@@ -99,10 +104,27 @@ def invoke(module: Module[Any], ctx: ModuleContext, raw_params: Any) -> Any:
         ctx.logger.exception("module %s failed unexpectedly (%s)", module.action, ctx.idempotency_key)
         raise StepFailed(f"{module.action} failed: {type(exc).__name__}: {exc}") from exc
     try:
-        json.dumps(output, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        text = json.dumps(output, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
         raise StepFailed(f"{module.action} returned an output that is not JSON: {exc}", retryable=False) from exc
+    unstorable = _unstorable(output, text)
+    if unstorable is not None:
+        # A hostile endpoint's JSON can hold these: as a failed step, not a result the database refuses to record
+        # (which failed the whole batch and left the step to its timeout).
+        raise StepFailed(f"{module.action} returned an output that cannot be stored: {unstorable}", retryable=False)
     return output
+
+
+def _unstorable(output: Any, text: str) -> str | None:
+    """Where and why `output` (as JSON `text`, ASCII-escaped) cannot be stored: a NUL, a lone surrogate, nesting
+    deeper than the accepted JSON's; None when it can."""
+    if accepted_json.nesting_depth(text) > accepted_json.MAX_DEPTH:
+        return f"it nests deeper than {accepted_json.MAX_DEPTH} levels"
+    # Both appear only as escapes in ASCII JSON: the walk that names the place runs only when one may be there.
+    if "\\u0000" not in text and not _SURROGATE_ESCAPE.search(text):
+        return None
+    found = accepted_json.refusals(output, bound_integers=False)
+    return f"{found[0].pointer or '(output)'}: {found[0].detail}" if found else None
 
 
 def run_registered(modules: Mapping[str, Module[Any]], action: str, ctx: ModuleContext, raw_params: Any) -> Any:

@@ -354,6 +354,50 @@ def test_one_tenants_slow_modules_take_at_most_its_share_of_the_threads(
     assert all(_row(app_pool, item)["state"] == "succeeded" for item in slow)
 
 
+class _Unstorable(Module[_NoParams]):
+    """Returns what a hostile endpoint's JSON can hold and Postgres cannot store (a NUL, a lone surrogate)."""
+
+    action: ClassVar[str] = "test.unstorable"
+    params_model = _NoParams
+    outputs: ClassVar[list[Any]] = []
+
+    def run(self, ctx: ModuleContext, params: _NoParams) -> Any:
+        return self.outputs[ctx.attempt - 1]
+
+
+def _nested(levels: int) -> Any:
+    value: Any = "bottom"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("output", "why"),
+    [
+        ({"body": {"name": "a\x00b"}}, "/body/name: NUL"),
+        ({"body": ["fine", "\ud800"]}, "/body/1: a lone surrogate"),
+        ({"body": _nested(200)}, "it nests deeper than 128 levels"),
+    ],
+    ids=["nul", "lone-surrogate", "too-deep"],
+)
+def test_an_output_that_cannot_be_stored_fails_its_step_and_not_the_batch(
+    app_pool: ConnectionPool[Any], tenant: uuid.UUID, output: Any, why: str
+) -> None:
+    module = _Unstorable()
+    _Unstorable.outputs = [output]
+    item = _dispatched(app_pool, tenant, module.action)
+    raiser = _Raiser()
+    batch = _Batch([item], raiser, {module.action: module})
+    batch.start()
+    assert batch.outcome() == 1  # recorded and raised: nothing left for a retry or the step's timeout
+    row = _row(app_pool, item)
+    assert row["state"] == "failed" and row["output"] is None
+    assert row["error"].startswith(f"{module.action} returned an output that cannot be stored: {why}"), row
+    (verdict,) = raiser.to(item.execution_id)
+    assert verdict["ok"] is False and verdict["retryable"] is False
+
+
 def test_module_work_is_keyed_by_attempt_and_a_repeated_dispatch_keeps_its_key(
     pg: Any, app_pool: ConnectionPool[Any], tenant: uuid.UUID
 ) -> None:

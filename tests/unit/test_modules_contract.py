@@ -34,6 +34,34 @@ class Echo(Module[EventEmitParams]):
         return {"type": params.type, "key": ctx.idempotency_key}
 
 
+class Returns(Module[EventEmitParams]):
+    """Returns `Returns.output` whatever it is given."""
+
+    action: ClassVar[str] = "test.returns"
+    params_model = EventEmitParams
+    output: ClassVar[Any] = None
+
+    def run(self, ctx: ModuleContext, params: EventEmitParams) -> Any:
+        return self.output
+
+
+@pytest.mark.parametrize(
+    "output",
+    [{"emoji": "\U0001f600"}, {"text": "a literal \\u0000, not a NUL"}, {"deep": [[[["fine"]]]]}],
+    ids=["paired-surrogates", "escaped-text", "shallow"],
+)
+def test_an_output_that_can_be_stored_is_kept_as_it_is(output: Any) -> None:
+    Returns.output = output
+    assert run_module("test.returns", ctx(), {"type": "x"}, {"test.returns": Returns()}) == output
+
+
+def test_an_output_that_cannot_be_stored_is_a_failed_step_that_names_the_place() -> None:
+    Returns.output = {"items": [{"name": "ok"}, {"name": "a\x00b"}]}
+    with pytest.raises(StepFailed, match="cannot be stored: /items/1/name: NUL") as failed:
+        run_module("test.returns", ctx(), {"type": "x"}, {"test.returns": Returns()})
+    assert failed.value.retryable is False
+
+
 def test_idempotency_key_names_execution_step_and_attempt() -> None:
     assert ctx().idempotency_key == "exec-1:step-a:2"
 
