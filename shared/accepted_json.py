@@ -112,8 +112,13 @@ def _int(text: str) -> int | _Refused:
 def pointer_token(name: str) -> str:
     """One reference token of a pointer (RFC 6901 escaping); unstorable characters are written as \\uXXXX so that
     the pointer itself can be sent back in a response."""
-    escaped = name.replace("~", "~0").replace("/", "~1")
-    return _UNSTORABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", escaped)
+    return storable_text(name.replace("~", "~0").replace("/", "~1"))
+
+
+def storable_text(text: str) -> str:
+    """`text` with each NUL and lone surrogate written as its \\uXXXX escape: a message that quotes what an outside
+    party sent (an endpoint's answer, say) can then be stored and shown."""
+    return _UNSTORABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def text_refusal(text: str) -> str | None:

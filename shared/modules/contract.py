@@ -28,6 +28,8 @@ class StepFailed(Exception):
     """The step's work failed; the message is shown to the user as the step's error."""
 
     def __init__(self, message: str, *, retryable: bool = True, details: Mapping[str, Any] | None = None) -> None:
+        # Messages quote what endpoints answered; one holding a NUL could not be recorded as the step's error.
+        message = accepted_json.storable_text(message)
         super().__init__(message)
         self.message = message
         self.retryable = retryable

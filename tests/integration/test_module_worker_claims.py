@@ -22,7 +22,7 @@ from shared.engine import module_threads, progress, worker
 from shared.engine import steps as store
 from shared.engine.protocol import WorkItem
 from shared.engine.steps import AttemptKey, Claim, StepSeed
-from shared.modules import Module, ModuleContext
+from shared.modules import Module, ModuleContext, StepFailed
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_executions import _execution
 
@@ -362,7 +362,10 @@ class _Unstorable(Module[_NoParams]):
     outputs: ClassVar[list[Any]] = []
 
     def run(self, ctx: ModuleContext, params: _NoParams) -> Any:
-        return self.outputs[ctx.attempt - 1]
+        output = self.outputs[ctx.attempt - 1]
+        if isinstance(output, Exception):
+            raise output
+        return output
 
 
 def _nested(levels: int) -> Any:
@@ -378,8 +381,9 @@ def _nested(levels: int) -> Any:
         ({"body": {"name": "a\x00b"}}, "/body/name: NUL"),
         ({"body": ["fine", "\ud800"]}, "/body/1: a lone surrogate"),
         ({"body": _nested(200)}, "it nests deeper than 128 levels"),
+        (StepFailed("answered 'a\x00b'", retryable=False), "answered 'a\\u0000b'"),
     ],
-    ids=["nul", "lone-surrogate", "too-deep"],
+    ids=["nul", "lone-surrogate", "too-deep", "nul-in-the-failure"],
 )
 def test_an_output_that_cannot_be_stored_fails_its_step_and_not_the_batch(
     app_pool: ConnectionPool[Any], tenant: uuid.UUID, output: Any, why: str
@@ -393,7 +397,10 @@ def test_an_output_that_cannot_be_stored_fails_its_step_and_not_the_batch(
     assert batch.outcome() == 1  # recorded and raised: nothing left for a retry or the step's timeout
     row = _row(app_pool, item)
     assert row["state"] == "failed" and row["output"] is None
-    assert row["error"].startswith(f"{module.action} returned an output that cannot be stored: {why}"), row
+    stored = (
+        why if isinstance(output, Exception) else f"{module.action} returned an output that cannot be stored: {why}"
+    )
+    assert row["error"].startswith(stored), row
     (verdict,) = raiser.to(item.execution_id)
     assert verdict["ok"] is False and verdict["retryable"] is False
 

@@ -62,6 +62,11 @@ def test_an_output_that_cannot_be_stored_is_a_failed_step_that_names_the_place()
     assert failed.value.retryable is False
 
 
+def test_a_failure_message_quoting_a_nul_or_a_lone_surrogate_is_kept_as_escapes() -> None:
+    failed = StepFailed("GET http://x answered 'a\x00b\ud800'")
+    assert failed.message == "GET http://x answered 'a\\u0000b\\ud800'" == str(failed)
+
+
 def test_idempotency_key_names_execution_step_and_attempt() -> None:
     assert ctx().idempotency_key == "exec-1:step-a:2"
 
