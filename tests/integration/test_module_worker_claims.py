@@ -405,6 +405,44 @@ def test_an_output_that_cannot_be_stored_fails_its_step_and_not_the_batch(
     assert verdict["ok"] is False and verdict["retryable"] is False
 
 
+class _FailingRaiser(_Raiser):
+    """A durable client whose raise_event fails as the SDK does for the given status (its own message)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self._message = message
+
+    async def raise_event(self, instance_id: str, event_name: str, event_data: Any = None) -> None:
+        raise Exception(self._message.format(instance_id=instance_id))  # noqa: TRY002  # the SDK's own type
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["Instance with ID {instance_id} is gone: either completed or failed", "No instance with ID {instance_id} found."],
+    ids=["410-gone", "404-not-found"],
+)
+def test_a_verdict_for_an_orchestration_that_is_gone_is_dropped_without_failing_the_batch(
+    app_pool: ConnectionPool[Any], tenant: uuid.UUID, message: str
+) -> None:
+    echo = _Echo()
+    item = _dispatched(app_pool, tenant, echo.action)
+    batch = _Batch([item], _FailingRaiser(message), {echo.action: echo})
+    batch.start()
+    assert batch.outcome() == 0  # nothing raised, and nothing for a retry to do
+    assert _row(app_pool, item)["state"] == "succeeded"
+
+
+def test_a_verdict_that_could_not_be_raised_for_another_reason_fails_the_batch_for_its_retry(
+    app_pool: ConnectionPool[Any], tenant: uuid.UUID
+) -> None:
+    echo = _Echo()
+    item = _dispatched(app_pool, tenant, echo.action)
+    batch = _Batch([item], _FailingRaiser("Webhook returned unrecognized status code 503"), {echo.action: echo})
+    batch.start()
+    assert isinstance(batch.outcome(), RuntimeError)
+    assert _row(app_pool, item)["state"] == "succeeded"  # recorded: the retry raises it again without running it
+
+
 def test_module_work_is_keyed_by_attempt_and_a_repeated_dispatch_keeps_its_key(
     pg: Any, app_pool: ConnectionPool[Any], tenant: uuid.UUID
 ) -> None:
