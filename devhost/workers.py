@@ -110,7 +110,7 @@ class WorkerPool:
         await asyncio.gather(*(w.ready for w in self._workers if w.ready is not None))
         logger.info("%d worker process(es) ready", len(self._workers))
 
-    async def _spawn(self, worker: _Worker) -> None:
+    async def _spawn(self, worker: _Worker, ready: asyncio.Future[None] | None = None) -> None:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
         env = {**os.environ, DURABLE_BINDING_ENV: self._durable_binding()}
@@ -129,7 +129,7 @@ class WorkerPool:
         finally:
             theirs.close()
         reader, worker.writer = await asyncio.open_unix_connection(sock=ours)
-        worker.ready = loop.create_future()
+        worker.ready = ready if ready is not None else loop.create_future()
         worker.reader_task = asyncio.create_task(self._read(worker, reader), name=f"devhost-worker-{worker.number}")
 
     async def _read(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
@@ -152,20 +152,27 @@ class WorkerPool:
         await self._exited(worker)
 
     async def _exited(self, worker: _Worker) -> None:
+        # At once, before anything awaits: an invocation sent now would go to a socket nobody reads and wait for
+        # ever. Until the restart, invocations routed here wait for it (the other workers are chosen first).
+        worker.writer = None
+        started, restarted = worker.ready, asyncio.get_running_loop().create_future()
+        worker.ready = restarted
         process = worker.process
         code = await process.wait() if process is not None else None
         for name, future in worker.pending.values():
             if not future.done():
                 future.set_exception(FunctionInvocationError(name, WorkerExitedError(f"worker exited ({code})")))
         worker.pending.clear()
-        if worker.ready is not None and not worker.ready.done():
-            worker.ready.set_exception(RuntimeError(f"worker {worker.number} exited ({code}) before it was ready"))
-        if self._stopping:
-            return
-        logger.error("worker process %d exited (%s); starting it again", worker.number, code)
-        await asyncio.sleep(_RESTART_DELAY_S)
+        if started is not None and not started.done():
+            started.set_exception(RuntimeError(f"worker {worker.number} exited ({code}) before it was ready"))
         if not self._stopping:
-            await self._spawn(worker)
+            logger.error("worker process %d exited (%s); starting it again", worker.number, code)
+            await asyncio.sleep(_RESTART_DELAY_S)
+        if self._stopping:
+            restarted.set_exception(WorkerExitedError("the host is stopping"))
+            restarted.exception()  # retrieved here: nobody may be waiting for it
+            return
+        await self._spawn(worker, restarted)
 
     def _choose(self) -> _Worker:
         return min(self._workers, key=lambda w: (w.ready is None or not w.ready.done(), len(w.pending)))
@@ -184,11 +191,14 @@ class WorkerPool:
         Raises FunctionInvocationError when the user code raises or the worker exits meanwhile.
         """
         worker = self._choose()
-        if worker.ready is not None:
-            await asyncio.shield(worker.ready)
-        if worker.writer is None:
-            raise FunctionInvocationError(function_name(function), WorkerExitedError("worker not running"))
         name = function_name(function)
+        if worker.ready is not None:
+            try:
+                await asyncio.shield(worker.ready)
+            except Exception as exc:  # it exited before it was ready, or the host stops
+                raise FunctionInvocationError(name, WorkerExitedError(str(exc))) from exc
+        if worker.writer is None:
+            raise FunctionInvocationError(name, WorkerExitedError("worker not running"))
         call_id = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         worker.pending[call_id] = (name, future)
