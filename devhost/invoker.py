@@ -80,8 +80,8 @@ class Retry(NamedTuple):
 
 
 class _RetryContext(RetryContext):
-    def __init__(self, retry_count: int = 0, max_retry_count: int = 0) -> None:
-        self._count, self._max = retry_count, max_retry_count
+    def __init__(self, retry: Retry) -> None:
+        self._count, self._max = retry
 
     @property
     def retry_count(self) -> int:
@@ -106,7 +106,7 @@ class InvocationContext(func.Context):
         self._function_name = function_name
         self._function_directory = function_directory
         self._trace = _TraceContext(trace_parent)
-        self._retry = _RetryContext(*(retry or Retry()))
+        self._retry = _RetryContext(retry or Retry())
         self._thread_local = threading.local
 
     @property

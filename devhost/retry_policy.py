@@ -1,4 +1,4 @@
-# intent_ref: platform.devhost
+# intent_ref: platform.devhost-eventhubs
 """A function's retry policy (`@app.retry`), as the Functions host applies it to Event Hubs triggers.
 
 A failed invocation runs again with the same events, up to `max_retry_count` more times (-1: without end), after

@@ -62,18 +62,19 @@ class PartitionConsumer:
             await wait_any(self.wake, stopping, self._poll_interval)
 
     async def _deliver(self, events: Sequence[StoredEvent], stopping: asyncio.Event) -> bool:
-        """Invoke the function with `events`, again as its retry policy says while it fails; False when the host
-        stopped before a run succeeded or the retries were spent (the checkpoint must not move then)."""
+        """Invoke the function with `events`, again as its retry policy says while it fails; True once a run
+        succeeded or the retries are spent, False when the host stopped while waiting for a retry (the checkpoint
+        must not move then)."""
         # Like the real trigger, a failed invocation (its retries spent) is logged and the checkpoint still
         # advances: the stream must not stall on one bad event.
         inputs, metadata = trigger_input(self.spec, self.partition_id, events)
         policy = self.spec.retry
         retry = 0
         while True:
-            failure = await self._invoke(
+            succeeded = await self._invoke(
                 inputs, metadata, events, Retry(retry, policy.max_retry_count if policy else 0)
             )
-            if failure is None or policy is None or not policy.retries_after(retry):
+            if succeeded or policy is None or not policy.retries_after(retry):
                 return True
             retry += 1
             await wait_any(stopping, stopping, policy.delay_before(retry))
@@ -86,8 +87,8 @@ class PartitionConsumer:
         metadata: dict[str, meta.Datum],
         events: Sequence[StoredEvent],
         retry: Retry,
-    ) -> BaseException | None:
-        """One run of the invocation; what made it fail, logged, or None when it succeeded."""
+    ) -> bool:
+        """One run of the invocation; whether it succeeded (a failure is logged)."""
         try:
             await self._invoker.invoke(self.spec.function, inputs, metadata, retry=retry)
         except FunctionInvocationError as exc:
@@ -102,12 +103,12 @@ class PartitionConsumer:
                 exc.friendly,
                 exc_info=exc.exc,
             )
-            return exc
-        except Exception as exc:
+            return False
+        except Exception:
             # Binding errors (the worker's converters) fail the invocation the same way.
             logger.exception("Executed '%s' (Failed while binding its input)", self.spec.function_name)
-            return exc
-        return None
+            return False
+        return True
 
 
 async def wait_any(event: asyncio.Event, stopping: asyncio.Event, timeout: float) -> None:

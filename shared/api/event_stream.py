@@ -54,13 +54,12 @@ def resume_after(last_event_id: str | None, after: int) -> int:
     # Length first: int() refuses strings of over 4,300 digits with an error of its own.
     if not value.isascii() or not value.isdigit() or len(value) > _MAX_EVENT_ID_DIGITS or int(value) > MAX_EVENT_ID:
         # The shape of every other 422 (a request validation error): errors of pointer and detail.
-        error = FieldError(pointer=json_pointer(("header", "Last-Event-ID")), detail="not an event number")
         raise ProblemError(
             422,
             "validation-error",
             "Request validation failed",
             "Last-Event-ID must be the number of an event of this stream.",
-            extensions={"errors": [error.model_dump()]},
+            errors=[FieldError(pointer=json_pointer(("header", "Last-Event-ID")), detail="not an event number")],
         )
     return int(value)
 

@@ -41,7 +41,11 @@ def _pool() -> ThreadPoolExecutor:
 
 
 def _share(loop: asyncio.AbstractEventLoop, tenant_id: UUID) -> asyncio.Semaphore:
-    return _shares.setdefault(loop, {}).setdefault(tenant_id, asyncio.Semaphore(TENANT_SHARE))
+    shares = _shares.setdefault(loop, {})
+    share = shares.get(tenant_id)
+    if share is None:
+        share = shares[tenant_id] = asyncio.Semaphore(TENANT_SHARE)
+    return share
 
 
 async def run_in_share(tenant_id: UUID, function: Callable[[], T]) -> T:

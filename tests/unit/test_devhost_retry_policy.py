@@ -1,4 +1,4 @@
-# intent_ref: platform.devhost
+# intent_ref: platform.devhost-eventhubs
 """A function's `@app.retry` policy as the devhost reads it: strategies, delays, counts and what it refuses."""
 
 from __future__ import annotations
