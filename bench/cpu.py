@@ -2,6 +2,7 @@
 """CPU per execution, split by process (devhost host, its worker processes, Postgres, Azurite, this client).
 
     .venv/bin/python -m bench.cpu [--executions 80] [--concurrency 8] [--rounds 2] [--shape dag5] [--workers 2]
+                                  [--telemetry deployed|off|sql-spans]
 
 On a shared machine executions/s moves with whatever else runs; the CPU an execution costs moves much less, and it
 says where a saving has to come from: throughput is about the machine's cores divided by it. Starts the platform as
@@ -23,6 +24,11 @@ from bench.executions import _client as bench_client
 
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 GROUPS = ("host", "workers", "postgres", "azurite", "client")
+TELEMETRY = {
+    "deployed": {},  # running_platform's own: exported, no span per SQL statement
+    "off": {"QP_TELEMETRY_FILE": ""},
+    "sql-spans": {"QP_TELEMETRY_SQL_SPANS": "true"},  # what an operator turns on to diagnose
+}
 
 
 def _stat(pid: str) -> tuple[str, int, float] | None:
@@ -84,11 +90,15 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="the devhost's worker processes")
+    parser.add_argument("--telemetry", choices=sorted(TELEMETRY), default="deployed")
     args = parser.parse_args()
-    with running_platform(args.workers) as platform:
+    with running_platform(args.workers, TELEMETRY[args.telemetry]) as platform:
         process = platform.process.process
         assert process is not None  # started by running_platform
-        print(f"{args.rounds} rounds of {args.executions} executions ({args.shape}), {args.concurrency} at a time")
+        print(
+            f"{args.rounds} rounds of {args.executions} executions ({args.shape}), {args.concurrency} at a time, "
+            f"telemetry {args.telemetry}"
+        )
         asyncio.run(_measure(platform.base_url, platform.headers, process.pid, args))
 
 

@@ -35,7 +35,8 @@ USAGE = """\
     .venv/bin/python -m bench.executions --suite                 # every figure of the second-generation table
 
 Starts the platform in a devhost child process over its own embedded Postgres and Azurite in a temporary folder
-(default pool: QP_DATABASE_POOL_MAX is not set for it), provisions a tenant whose quotas never throttle, times bare
+(default pool: QP_DATABASE_POOL_MAX is not set for it; telemetry as deployed: spans and metrics exported to a file
+there, no span per SQL statement), provisions a tenant whose quotas never throttle, times bare
 commits on the same database (the floor), then runs one warm-up and the executions (event.emit and artifact.write:
 no network) `--concurrency` at a time, each followed to its end through the events long poll. Prints a table and
 writes JSON (default bench/results/executions-<time>.json). `--suite` alternates rounds of the 5-step intent at 8
@@ -153,10 +154,22 @@ DEFAULT_WORKERS = 2
 """Worker processes of the bench's devhost (FUNCTIONS_WORKER_PROCESS_COUNT), as local.settings.sample.json has."""
 
 
+def deployed_telemetry(data_dir: Path) -> dict[str, str]:
+    """Telemetry as a deployment exports it: spans and metrics leave through a batching exporter (a file in the
+    bench's folder stands in for Application Insights), without a span per SQL statement (off in bicep/ and
+    terraform/; the local sample settings turn it on to diagnose, and a bench must not measure that)."""
+    return {
+        "APPLICATIONINSIGHTS_CONNECTION_STRING": "",
+        "QP_TELEMETRY_FILE": str(data_dir / "telemetry.jsonl"),
+        "QP_TELEMETRY_SQL_SPANS": "false",
+    }
+
+
 @contextlib.contextmanager
 def running_platform(workers: int = DEFAULT_WORKERS, settings: dict[str, str] | None = None) -> Iterator[Platform]:
     """Azurite and a devhost over a fresh embedded Postgres in a temporary folder, default pool, one bench tenant;
-    its functions run in `workers` worker processes (0: in the host process); `settings` add app settings."""
+    its functions run in `workers` worker processes (0: in the host process), telemetry as deployed; `settings` add
+    or override app settings."""
     with tempfile.TemporaryDirectory(prefix="qp-bench-") as tmp:
         data_dir = Path(tmp)
         azurite = start_azurite(
@@ -165,6 +178,7 @@ def running_platform(workers: int = DEFAULT_WORKERS, settings: dict[str, str] | 
         env = {
             "QP_BLOB_CONNECTION_STRING": azurite.connection_string,
             WORKER_COUNT_SETTING: str(workers),
+            **deployed_telemetry(data_dir),
             **(settings or {}),
         }
         os.environ.pop("QP_DATABASE_POOL_MAX", None)  # the default pool, whatever the caller's shell says
