@@ -6,13 +6,15 @@
 Starts an embedded Postgres in a temporary folder (roles and migrations as the app has them), provisions one
 tenant and times, on one pool of the app's login, the shapes a request runs: the rate-limit take and an audit
 record as separate statements (the former code, with the pool's per-return reset) and as one round trip (the
-current code), the take with and without asynchronous commit and without the per-transaction session reset. Writes
-bench/results/transactions-<time>.json.
+current code), the take with and without asynchronous commit and without the per-transaction session reset, and a
+tenant transaction's read with its prologue pipelined statement by statement (the former code) and sent as one
+simple query (the current code). Writes bench/results/transactions-<time>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -40,6 +42,7 @@ from shared.db.pool import build_pool
 from shared.ratelimit import RateLimit, take_tenant_token
 
 _TAKE = "SELECT allowed, retry_after_s FROM app.take_request_token(%s, %s)"
+_READ = "SELECT settings FROM app.tenants"
 _LIMIT = RateLimit(capacity=1e9, refill_per_second=1e9)
 
 
@@ -73,6 +76,20 @@ def _take_without_reset(pool: ConnectionPool[Any], tenant: uuid.UUID) -> None:
         conn.execute("SET LOCAL synchronous_commit = off")
         cursor = conn.cursor(row_factory=tuple_row).execute(_TAKE, (_LIMIT.capacity, _LIMIT.refill_per_second))
     cursor.fetchone()
+
+
+def _read_prologue_pipelined(pool: ConnectionPool[Any], tenant: uuid.UUID) -> None:
+    """A tenant transaction as it was opened before 2026-12-04: BEGIN and the prologue's five statements pipelined."""
+    with pool.connection() as conn, contextlib.ExitStack() as stack:
+        with conn.pipeline():
+            stack.enter_context(psycopg.Transaction(conn))
+            session._tenant_prologue(tenant).run(conn)
+        conn.execute(_READ).fetchone()
+
+
+def _read_current(pool: ConnectionPool[Any], tenant: uuid.UUID) -> None:
+    with session.tenant_transaction(tenant, pool=pool) as conn:
+        conn.execute(_READ).fetchone()
 
 
 def _take_current(pool: ConnectionPool[Any], tenant: uuid.UUID) -> None:
@@ -177,6 +194,8 @@ def main() -> None:
                 ("take, as current without the session reset", lambda: _take_without_reset(pool, tenant)),
                 ("audit, former (5 round trips + reset)", lambda: _former_audit(former, tenant)),
                 ("audit, one round trip (current)", lambda: store.record(_record(tenant))),
+                ("read, prologue pipelined (former)", lambda: _read_prologue_pipelined(pool, tenant)),
+                ("read, prologue one simple query (current)", lambda: _read_current(pool, tenant)),
             ]
             # Twice over, so that a burst of load from elsewhere shows up as a disagreement between the rounds.
             rows = [_time(name, calls, run, data_dir) for _ in range(2) for name, run in shapes]

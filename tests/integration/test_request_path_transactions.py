@@ -95,6 +95,41 @@ def test_a_failed_batched_write_leaves_nothing_and_a_clean_connection(
         assert conn.execute("SELECT 1 AS one").fetchone() == {"one": 1}
 
 
+def test_a_failed_tenant_transaction_leaves_nothing_and_a_clean_connection(
+    pg: Any, one_connection: ConnectionPool[Any], new_tenant: Any
+) -> None:
+    tenant = new_tenant()
+    record = _record(tenant)
+    with pytest.raises(RuntimeError, match="the caller's failure"):
+        with tenant_transaction(tenant, pool=one_connection) as conn:
+            PostgresAuditStore().record_in(conn, record)
+            raise RuntimeError("the caller's failure")
+    assert record.id not in _audit_ids(pg, tenant)
+    with one_connection.connection() as conn:
+        assert conn.info.transaction_status == TransactionStatus.IDLE
+        # Nothing of that transaction is left on the session: no tenant, and the login's own role.
+        assert conn.execute("SELECT app.current_tenant_id() AS tenant, current_user AS role").fetchone() == {
+            "tenant": None,
+            "role": "qp_app",
+        }
+
+
+def test_a_tenant_transaction_is_pinned_to_its_tenant_alone(
+    one_connection: ConnectionPool[Any], new_tenant: Any
+) -> None:
+    tenant, other = new_tenant(), new_tenant()
+    with tenant_transaction(tenant, pool=one_connection) as conn:
+        assert conn.execute("SELECT app.current_tenant_id() AS tenant, current_user AS role").fetchone() == {
+            "tenant": tenant,
+            "role": "qp_runtime",
+        }
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="pinned to another tenant"), conn.transaction():
+            conn.execute("SELECT app.pin_tenant(%s)", (other,))
+        assert conn.execute("SELECT app.current_tenant_id() AS tenant").fetchone() == {"tenant": tenant}
+    with tenant_transaction(other, pool=one_connection) as conn:  # the same session, the next transaction
+        assert conn.execute("SELECT app.current_tenant_id() AS tenant").fetchone() == {"tenant": other}
+
+
 def test_statements_inside_a_tenant_transaction_run_one_by_one(app_pool: ConnectionPool[Any], new_tenant: Any) -> None:
     tenant = new_tenant()
     with tenant_transaction(tenant, pool=app_pool) as conn:
