@@ -50,7 +50,7 @@ class _Prologue:
 
     def script(self) -> bytes:
         """BEGIN, the reset and the prologue as one simple query: one round trip, and the client's work of one
-        statement instead of five (about 0.15 ms less CPU per transaction, docs/performance.md)."""
+        statement instead of five (about 0.1 ms less CPU per transaction, docs/performance.md)."""
         parts = [b"BEGIN", *_SESSION_RESETS, self.role]
         if self.tenant_id is not None:
             # A literal, since a simple query takes no parameters: a UUID's text is hex digits and dashes only.
