@@ -10,6 +10,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from shared.observability.line_file import rolled_path
+
 SHOWN_ATTRIBUTES = ("tenant.id", "step.id", "step.attempt", "action", "http.route", "http.status_code", "db.statement")
 
 
@@ -34,15 +36,19 @@ class SpanNode:
 
 
 def read_spans(path: Path) -> Iterator[SpanNode]:
-    """Every span of the file (lines that are not spans, or not JSON, are skipped)."""
-    with path.open(encoding="utf-8", errors="replace") as lines:
-        for line in lines:
-            try:
-                span = json.loads(line).get("span")
-            except (ValueError, AttributeError):
-                continue
-            if isinstance(span, dict):
-                yield _node(span)
+    """Every span of the file and of the lines it moved aside when full (lines that are not spans, or not JSON, are
+    skipped)."""
+    for part in (rolled_path(path), path):
+        if not part.exists():
+            continue
+        with part.open(encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                try:
+                    span = json.loads(line).get("span")
+                except (ValueError, AttributeError):
+                    continue
+                if isinstance(span, dict):
+                    yield _node(span)
 
 
 def _node(span: dict[str, Any]) -> SpanNode:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from shared.config import get_settings
 from shared.db.pool import pool_usage
 from shared.observability import metrics as platform_metrics
+from shared.observability.line_file import BoundedLineFile
 
 SERVICE_NAME = "quantum-platform"
 """The `service.name` resource attribute: the cloud role name Application Insights shows."""
@@ -92,9 +93,9 @@ def _start_azure_monitor(connection_string: str, resource: Resource) -> None:
 
 
 def _start_file(path: Path, resource: Resource) -> None:
-    """Spans and metrics as JSON lines appended to `path` (local runs: `python -m devhost trace` reads it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    out: IO[str] = path.open("a", encoding="utf-8", buffering=1)
+    """Spans and metrics as JSON lines appended to `path`, kept bounded (local runs: `python -m devhost trace` reads
+    it and the lines moved aside before it)."""
+    out: Any = BoundedLineFile(path)  # the exporters take any object with write and flush
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=out, formatter=_span_line)))
     trace.set_tracer_provider(provider)
