@@ -15,7 +15,7 @@ from azure.storage.blob import ContainerClient, ContentSettings
 
 from shared.config import get_settings
 from shared.engine.steps import AttemptKey
-from shared.storage.blob import artifacts_container
+from shared.storage.blob import artifacts_container, request_container
 from shared.tenants.offboarding import tenant_blob_prefix
 
 BLOB_REF = "$blob"
@@ -40,9 +40,16 @@ def blob_name(tenant_id: UUID, execution_id: UUID, sha256: str) -> str:
 
 
 def claim_check(
-    tenant_id: UUID, key: AttemptKey, output: Any, *, limit: int | None = None, container: ContainerClient | None = None
+    tenant_id: UUID,
+    key: AttemptKey,
+    output: Any,
+    *,
+    limit: int | None = None,
+    container: ContainerClient | None = None,
+    for_request: bool = False,
 ) -> Any:
-    """`output` itself when its JSON fits in `limit` bytes (QP_PAYLOAD_INLINE_MAX_BYTES), else its blob reference.
+    """`output` itself when its JSON fits in `limit` bytes (QP_PAYLOAD_INLINE_MAX_BYTES), else its blob reference
+    (stored through the request's container, quick to give up, when a request waits on it: `for_request`).
 
     The name is the content's digest and nothing is overwritten, so a stored output never changes under a
     reference that points at it: a second writer of the same name writes the same bytes.
@@ -50,7 +57,7 @@ def claim_check(
     body = json.dumps(output, separators=(",", ":"), ensure_ascii=False).encode()
     if len(body) <= (limit if limit is not None else get_settings().QP_PAYLOAD_INLINE_MAX_BYTES):
         return output
-    target = container or artifacts_container(get_settings())
+    target = container or (request_container if for_request else artifacts_container)(get_settings())
     digest = hashlib.sha256(body).hexdigest()
     name = blob_name(tenant_id, key.execution_id, digest)
     try:

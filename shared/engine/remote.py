@@ -94,7 +94,7 @@ def complete(
     )
     # Stored between the two transactions so no connection waits on the blob store. A blob of a request that then
     # loses the spend is content-addressed, so it can never replace the winner's output.
-    output = claim_check(claims.tenant_id, claims.key, result.output) if result.ok else None
+    output = claim_check(claims.tenant_id, claims.key, result.output, for_request=True) if result.ok else None
     with tenant_transaction(claims.tenant_id) as conn:
         if not work_queue.lease_is_live(conn, claims.key, claims.nonce):  # locks the item: no expiry overtakes us
             raise LeaseExpiredError(_LEASE_GONE)

@@ -29,7 +29,7 @@ from shared.db.session import platform_transaction
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor
 from shared.policy.actions import Action
 from shared.policy.authorizer import Resource
-from shared.storage.blob import artifacts_container
+from shared.storage.blob import request_container
 from shared.tenants.models import Tenant, TenantCreate, TenantPage, TenantStatus, TenantUpdate
 from shared.tenants.offboarding import erase_tenant, execution_ids, export_tenant, purge_orchestrations
 from shared.tenants.repository import (
@@ -200,7 +200,7 @@ def export(
 ) -> TenantExport:
     """Write a JSON archive of the tenant's intents, versions, policies and audit (Platform.Admin)."""
     tenant = _authorized_tenant(context, Action.TENANT_EXPORT, tenant_id)
-    container = artifacts_container(get_settings())
+    container = request_container(get_settings())
     result = export_tenant(tenant, container)
     record_mutation(
         context,
@@ -237,7 +237,7 @@ async def erase(
         )
     # The orchestrations' histories first: their instance ids are the execution rows the erasure then removes.
     orchestrations = await purge_orchestrations(await run_in_threadpool(execution_ids, tenant_id), client)
-    removed = await run_in_threadpool(erase_tenant, tenant_id, artifacts_container(get_settings()), get_audit_store())
+    removed = await run_in_threadpool(erase_tenant, tenant_id, request_container(get_settings()), get_audit_store())
     removed["orchestrations"] = orchestrations
     tenant_directory.forget()
     detail = {"tenant_name": tenant.name, "removed": removed}
