@@ -26,7 +26,13 @@ PLATFORM_EVENTS_HUB = "platform-events"
 PropertyValue = str | int | float | bool | None
 """What both backends carry as an application property (AMQP and JSON both represent these)."""
 
-_LOCAL_PUBLISH = "SELECT partition_id, sequence_number FROM devhost_eventhubs.publish(%s, %s, %s, %s)"
+# All of a publish's events in one statement, appended in their order (the function runs once per array element, in
+# ordinality order); the arrays travel in binary, which psycopg dumps without escaping each element in Python.
+_LOCAL_PUBLISH = (
+    "SELECT p.partition_id, p.sequence_number"
+    " FROM unnest(%b::text[], %b::bytea[], %b::jsonb[]) WITH ORDINALITY AS e (partition_key, body, properties, n)"
+    " CROSS JOIN LATERAL devhost_eventhubs.publish(%s, e.partition_key, e.body, e.properties) AS p"
+)
 
 
 @dataclass(frozen=True)
@@ -72,9 +78,15 @@ class LocalEventHubPublisher:
         # Nothing is read back, so BEGIN, the appends and COMMIT go in one round trip; a refused append surfaces
         # at the end of the block and the whole transaction rolls back.
         with allow_nested_borrow(), runtime_write(pool=self._pool) as conn:
-            for event in events:
-                params = (hub, event.partition_key, event.body_bytes(), Jsonb(dict(event.properties)))
-                conn.execute(_LOCAL_PUBLISH, params)
+            conn.execute(
+                _LOCAL_PUBLISH,
+                (
+                    [event.partition_key for event in events],
+                    [event.body_bytes() for event in events],
+                    [Jsonb(dict(event.properties)) for event in events],
+                    hub,
+                ),
+            )
 
     def close(self) -> None:
         """Nothing to release: the pool belongs to its creator."""

@@ -18,7 +18,7 @@ from psycopg_pool import ConnectionPool
 
 from shared.config import get_settings
 from shared.db.migrate import apply_migrations
-from shared.events import LocalEventHubPublisher
+from shared.events import LocalEventHubPublisher, OutboundEvent
 from shared.modules import ModuleContext, StepFailed, run_module
 from shared.modules.artifact_write import ArtifactWriteModule
 from shared.modules.event_emit import EventEmitModule
@@ -366,3 +366,34 @@ def test_event_emit_publishes_on_platform_events(pg: Any, app_pool: ConnectionPo
 def test_event_emit_invalid_params() -> None:
     with pytest.raises(StepFailed, match="invalid parameters for event.emit: data: Input should be a valid dict"):
         run_module("event.emit", ctx(), {"type": "x", "data": [1]})
+
+
+class _NullBody(OutboundEvent):
+    """An event whose body is missing, which the log refuses."""
+
+    def body_bytes(self) -> bytes:
+        return None  # type: ignore[return-value]
+
+
+def test_one_publish_appends_its_events_in_order_or_none_of_them(pg: Any, app_pool: ConnectionPool[Any]) -> None:
+    publisher = LocalEventHubPublisher(app_pool)
+    hub, run = "conformance-batch-order", uuid.uuid4().hex
+    keyed = [OutboundEvent({"run": run, "n": n}, partition_key=run, properties={"n": n}) for n in range(5)]
+    unkeyed = [OutboundEvent(f"{run}:{n}".encode()) for n in range(3)]
+    publisher.publish(hub, keyed)
+    publisher.publish(hub, unkeyed)
+    # A body the log refuses (NULL) fails the whole publish: the event before it is not appended either.
+    with pytest.raises(psycopg.errors.NotNullViolation):
+        publisher.publish(hub, [OutboundEvent({"run": run, "n": 99}, partition_key=run), _NullBody({})])
+    with psycopg.connect(pg.owner_url) as conn:
+        rows = conn.execute(
+            "SELECT partition_id, sequence_number, partition_key, body, properties FROM devhost_eventhubs.events"
+            " WHERE hub = %s ORDER BY partition_id, sequence_number",
+            (hub,),
+        ).fetchall()
+    mine = [row for row in rows if row[2] == run]
+    assert len({row[0] for row in mine}) == 1  # one key, one partition
+    assert [json.loads(bytes(row[3]))["n"] for row in mine] == [0, 1, 2, 3, 4]
+    assert [row[4] for row in mine] == [{"n": n} for n in range(5)]
+    bodies = sorted(bytes(row[3]).decode() for row in rows if row[2] is None)
+    assert bodies == [f"{run}:{n}" for n in range(3)]
