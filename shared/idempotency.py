@@ -81,29 +81,63 @@ def fingerprint(method: str, route: str, body: Any) -> str:
     return hashlib.sha256(f"{method} {route}\n{canonical}".encode()).hexdigest()
 
 
-def claim(conn: psycopg.Connection[DictRow], key: str, request_fingerprint: str) -> StoredResponse | None:
-    """Claim `key` inside the caller's tenant transaction; None means "do the work", else replay this response.
+@dataclass(frozen=True)
+class _KeyStatements:
+    """The statements of one key store, with named parameters `key`, `fingerprint`, `principal` and the response's."""
 
-    The insert holds the key's row until the transaction ends, so a concurrent duplicate waits here and then
-    sees the completed response: the work runs once.
+    forget_expired: str
+    insert: str
+    read: str
+    complete: str
+
+
+_TENANT_KEYS = _KeyStatements(
+    # The pinned tenant's keys: row-level security scopes every statement to it.
+    forget_expired="DELETE FROM app.idempotency_keys WHERE key = %(key)s AND expires_at < now()",
+    insert="INSERT INTO app.idempotency_keys (tenant_id, key, fingerprint)"
+    " VALUES (app.current_tenant_id(), %(key)s, %(fingerprint)s) ON CONFLICT DO NOTHING RETURNING key",
+    read="SELECT fingerprint, response_status, response_body, response_headers FROM app.idempotency_keys"
+    " WHERE key = %(key)s",
+    complete="UPDATE app.idempotency_keys SET response_status = %(status)s, response_body = %(body)s,"
+    " response_headers = %(headers)s WHERE key = %(key)s",
+)
+_PRINCIPAL_KEYS = _KeyStatements(
+    # The control plane's keys (no tenant is pinned there): each principal's own (migration 0024).
+    forget_expired="DELETE FROM control.idempotency_keys"
+    " WHERE principal_id = %(principal)s AND key = %(key)s AND expires_at < now()",
+    insert="INSERT INTO control.idempotency_keys (principal_id, key, fingerprint)"
+    " VALUES (%(principal)s, %(key)s, %(fingerprint)s) ON CONFLICT DO NOTHING RETURNING key",
+    read="SELECT fingerprint, response_status, response_body, response_headers FROM control.idempotency_keys"
+    " WHERE principal_id = %(principal)s AND key = %(key)s",
+    complete="UPDATE control.idempotency_keys SET response_status = %(status)s, response_body = %(body)s,"
+    " response_headers = %(headers)s WHERE principal_id = %(principal)s AND key = %(key)s",
+)
+
+
+def _statements(principal: str | None) -> _KeyStatements:
+    return _TENANT_KEYS if principal is None else _PRINCIPAL_KEYS
+
+
+def claim(
+    conn: psycopg.Connection[DictRow], key: str, request_fingerprint: str, *, principal: str | None = None
+) -> StoredResponse | None:
+    """Claim `key` inside the caller's transaction; None means "do the work", else replay this response.
+
+    The key is the pinned tenant's, or with `principal` that principal's (a control-plane transaction, which pins
+    no tenant). The insert holds the key's row until the transaction ends, so a concurrent duplicate waits here and
+    then sees the completed response: the work runs once.
     """
     problem = key_problem(key)
     if problem is not None:
         raise InvalidIdempotencyKeyError(problem)
+    statements = _statements(principal)
+    params = {"key": key, "fingerprint": request_fingerprint, "principal": principal}
     # An expired key is forgotten first, so it may be used again.
-    conn.execute("DELETE FROM app.idempotency_keys WHERE key = %s AND expires_at < now()", (key,))
-    inserted = conn.execute(
-        "INSERT INTO app.idempotency_keys (tenant_id, key, fingerprint) VALUES (app.current_tenant_id(), %s, %s)"
-        " ON CONFLICT DO NOTHING RETURNING key",
-        (key, request_fingerprint),
-    ).fetchone()
-    if inserted is not None:
+    conn.execute(statements.forget_expired, params)
+    if conn.execute(statements.insert, params).fetchone() is not None:
         return None
-    row = conn.execute(
-        "SELECT fingerprint, response_status, response_body, response_headers FROM app.idempotency_keys WHERE key = %s",
-        (key,),
-    ).fetchone()
-    assert row is not None  # the conflicting row is committed and visible to this tenant
+    row = conn.execute(statements.read, params).fetchone()
+    assert row is not None  # the conflicting row is committed and visible to this owner
     if row["fingerprint"] != request_fingerprint:
         raise IdempotencyKeyReusedError("this Idempotency-Key was used for a different request")
     if row["response_status"] is None:
@@ -112,10 +146,17 @@ def claim(conn: psycopg.Connection[DictRow], key: str, request_fingerprint: str)
     return StoredResponse(int(row["response_status"]), row["response_body"], dict(row["response_headers"]))
 
 
-def complete(conn: psycopg.Connection[DictRow], key: str, response: StoredResponse) -> None:
+def complete(
+    conn: psycopg.Connection[DictRow], key: str, response: StoredResponse, *, principal: str | None = None
+) -> None:
     """Store the response of the work `key` guarded, in the same transaction as that work."""
     conn.execute(
-        "UPDATE app.idempotency_keys SET response_status = %s, response_body = %s, response_headers = %s"
-        " WHERE key = %s",
-        (response.status, Jsonb(response.body), Jsonb(response.headers), key),
+        _statements(principal).complete,
+        {
+            "key": key,
+            "principal": principal,
+            "status": response.status,
+            "body": Jsonb(response.body),
+            "headers": Jsonb(response.headers),
+        },
     )

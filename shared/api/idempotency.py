@@ -67,23 +67,37 @@ def idempotency_key(
     return values[0]
 
 
-def replay_or_claim(conn: psycopg.Connection[DictRow], key: str | None, request: Request, body: Any) -> Response | None:
-    """Inside the route's tenant transaction: the first answer to `key` to replay, or None to do the work (the key
-    now claimed until the transaction ends: a concurrent duplicate waits, then replays). None without a key.
+def replay_or_claim(
+    conn: psycopg.Connection[DictRow],
+    key: str | None,
+    request: Request,
+    body: Any,
+    *,
+    principal: str | None = None,
+) -> Response | None:
+    """Inside the route's transaction: the first answer to `key` to replay, or None to do the work (the key now
+    claimed until the transaction ends: a concurrent duplicate waits, then replays). None without a key.
 
-    The key is bound to the method, the route's path and `body`; the same key with another request is 422."""
+    The key is the tenant's (a tenant transaction) or, with `principal`, that caller's (a control-plane transaction).
+    It is bound to the method, the route's path and `body`; the same key with another request is 422."""
     if key is None:
         return None
     try:
-        stored = claim(conn, key, fingerprint(request.method, request.url.path, body))
+        stored = claim(conn, key, fingerprint(request.method, request.url.path, body), principal=principal)
     except IdempotencyKeyReusedError as exc:
         raise ProblemError(422, "idempotency-key", "Unprocessable content", str(exc)) from None
     return None if stored is None else JSONResponse(stored.body, status_code=stored.status, headers=stored.headers)
 
 
 def remember(
-    conn: psycopg.Connection[DictRow], key: str | None, status: int, body: Any, headers: dict[str, str] | None = None
+    conn: psycopg.Connection[DictRow],
+    key: str | None,
+    status: int,
+    body: Any,
+    headers: dict[str, str] | None = None,
+    *,
+    principal: str | None = None,
 ) -> None:
     """Store the answer to replay for `key` (nothing without a key), in the transaction that did the work."""
     if key is not None:
-        complete(conn, key, StoredResponse(status, body, headers or {}))
+        complete(conn, key, StoredResponse(status, body, headers or {}), principal=principal)

@@ -89,6 +89,9 @@ def export_tenant(tenant: Tenant, container: ContainerClient) -> ExportResult:
     return ExportResult(blob_name, {table: len(archive[table]) for table in EXPORTED_TABLES})
 
 
+_FORGET_CREATE_ANSWERS = "DELETE FROM control.idempotency_keys WHERE response_body ->> 'id' = %s"
+
+
 def erase_tenant(tenant_id: UUID, container: ContainerClient, audit_store: AuditStore) -> dict[str, int]:
     """Delete the tenant's blobs, every row of it, its audit trail and its tenant row; returns counts per kind.
 
@@ -105,6 +108,8 @@ def erase_tenant(tenant_id: UUID, container: ContainerClient, audit_store: Audit
             cursor = conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier("app", table)))
             removed[table] = cursor.rowcount
         removed["tenants"] = conn.execute("DELETE FROM app.tenants WHERE id = %s", (tenant_id,)).rowcount
+        # The tenant's create answer, kept for a retry of its Idempotency-Key: it names the tenant.
+        removed["control_idempotency_keys"] = conn.execute(_FORGET_CREATE_ANSWERS, (str(tenant_id),)).rowcount
     # The configured audit backend may live outside Postgres (Cosmos DB): erase it there too.
     removed["audit_records"] = audit_store.erase(tenant_id)
     return removed

@@ -150,6 +150,37 @@ def test_platform_admin_provisions_reads_and_changes_a_tenant(api: ApiHarness) -
     assert spec["name"] in names and names == sorted(names) and len(names) == len(set(names))
 
 
+def test_a_tenant_create_with_an_idempotency_key_provisions_once_per_caller(api: ApiHarness) -> None:
+    admin, other_admin = (api.headers("operator", PLATFORM_ADMIN, oid=str(uuid.uuid4())) for _ in range(2))
+    spec = {"name": f"idem-{uuid.uuid4().hex[:8]}", "entra_tenant_id": str(uuid.uuid4())}
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    first = api.client.post("/api/v1/tenants", json=spec, headers={**admin, **key})
+    assert first.status_code == 201, first.text
+    again = api.client.post("/api/v1/tenants", json=spec, headers={**admin, **key})
+    assert again.status_code == 201 and again.json() == first.json()
+    assert (again.headers["location"], again.headers["etag"]) == (first.headers["location"], first.headers["etag"])
+    assert len([row for row in api.table_snapshot("tenants") if spec["name"] in row]) == 1
+    # The same key for another body is refused; without the key, the same body is the conflict it always was.
+    reused = _problem(
+        api.client.post("/api/v1/tenants", json={**spec, "name": spec["name"] + "-x"}, headers={**admin, **key}), 422
+    )
+    assert reused["type"].endswith("/idempotency-key")
+    _problem(api.client.post("/api/v1/tenants", json=spec, headers=admin), 409)
+    # A key is its caller's own: another operator's same key does that operator's work.
+    other_spec = {"name": spec["name"] + "-o", "entra_tenant_id": str(uuid.uuid4())}
+    other = api.client.post("/api/v1/tenants", json=other_spec, headers={**other_admin, **key})
+    assert other.status_code == 201 and other.json()["id"] != first.json()["id"]
+    # A malformed key changes nothing.
+    before = api.table_snapshot("tenants")
+    _problem(
+        api.client.post(
+            "/api/v1/tenants", json={**spec, "name": spec["name"] + "-m"}, headers={**admin, "Idempotency-Key": "a,b"}
+        ),
+        400,
+    )
+    assert api.table_snapshot("tenants") == before
+
+
 def test_suspension_takes_effect_for_that_tenants_callers(api: ApiHarness) -> None:
     victim = api.provision("victim")
     admin = api.headers("operator", PLATFORM_ADMIN)

@@ -124,3 +124,31 @@ def test_export_then_erase_leaves_only_the_erasure_record(
     assert _tenant_row_counts(api, staying.id) == staying_before
     assert len(list(blobs.list_blobs(name_starts_with=f"{staying.id}/"))) == 1
     assert api.client.get(f"/api/v1/tenants/{leaving.id}", headers=admin).status_code == 404
+
+
+def test_an_erasure_forgets_the_tenants_create_answer(api: ApiHarness, request: pytest.FixtureRequest) -> None:
+    api.provision("operator")
+    admin = api.headers("operator", ADMIN)
+    spec = {"name": f"brief-{uuid.uuid4().hex[:8]}", "entra_tenant_id": str(uuid.uuid4())}
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    created = api.client.post("/api/v1/tenants", json=spec, headers={**admin, **key})
+    assert created.status_code == 201, created.text
+    tenant_id = created.json()["id"]
+    api.client.patch(
+        f"/api/v1/tenants/{tenant_id}",
+        json={"status": "suspended"},
+        headers={**admin, "If-Match": api.client.get(f"/api/v1/tenants/{tenant_id}", headers=admin).headers["etag"]},
+    )
+    api.client.app.dependency_overrides[get_durable_client] = object  # type: ignore[attr-defined]
+    request.addfinalizer(lambda: api.client.app.dependency_overrides.pop(get_durable_client))  # type: ignore
+    erased = api.client.post(f"/api/v1/tenants/{tenant_id}/erase", json={"confirm_name": spec["name"]}, headers=admin)
+    assert erased.status_code == 200, erased.text
+    assert erased.json()["removed"]["control_idempotency_keys"] == 1
+    with psycopg.connect(api.admin_url, dbname="quantum") as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM control.idempotency_keys WHERE response_body::text LIKE %s", (f"%{tenant_id}%",)
+        ).fetchone()
+    assert left == (0,)
+    # Nothing of the erased tenant answers the key again: a retry of it provisions a new tenant.
+    again = api.client.post("/api/v1/tenants", json=spec, headers={**admin, **key})
+    assert again.status_code == 201 and again.json()["id"] != tenant_id

@@ -6,16 +6,20 @@ from __future__ import annotations
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from shared.api.durable import get_durable_client
+from shared.api.idempotency import idempotency_key as idempotency_key_header
+from shared.api.idempotency import remember, replay_or_claim
 from shared.api.permissions import GuardedRoute, permission
 from shared.api.problems import ProblemError
 from shared.api.responses import (
     AUTH_ERRORS,
     BAD_CURSOR,
+    BAD_IDEMPOTENCY_KEY,
     CONFLICT,
     INVALID,
     NOT_FOUND,
@@ -65,22 +69,32 @@ def _authorized_tenant(context: RequestContext, action: Action, tenant_id: UUID)
     status_code=201,
     response_model=Tenant,
     summary="Provision a tenant",
-    responses={**AUTH_ERRORS, 409: CONFLICT, 422: INVALID},
+    responses={**AUTH_ERRORS, 400: BAD_IDEMPOTENCY_KEY, 409: CONFLICT, 422: INVALID},
 )
 def create(
     context: Annotated[RequestContext, Depends(permission(Action.TENANT_CREATE))],
     spec: TenantCreate,
-    response: Response,
-) -> Tenant:
-    """Provision a tenant (Platform.Admin)."""
+    request: Request,
+    idempotency_key: Annotated[str | None, Depends(idempotency_key_header)],
+) -> Tenant | Response:
+    """Provision a tenant (Platform.Admin). With `Idempotency-Key` (the caller's own) a retry gets the first answer
+    instead of 409."""
     authorize(context, Action.TENANT_CREATE, _PLATFORM, detail={"name": spec.name})
     with platform_transaction() as conn:
+        replay = replay_or_claim(
+            conn, idempotency_key, request, spec.model_dump(mode="json"), principal=context.principal.id
+        )
+        if replay is not None:
+            return replay
         try:
             tenant = create_tenant(conn, spec)
         except TenantConflictError:
             raise ProblemError(
                 409, "conflict", "Conflict", "A tenant with this name or Entra tenant id is already provisioned."
             ) from None
+        headers = {"ETag": etag(tenant), "Location": f"/api/v1/tenants/{tenant.id}"}
+        content = tenant.model_dump(mode="json")
+        remember(conn, idempotency_key, 201, content, headers, principal=context.principal.id)
     tenant_directory.forget()
     record_mutation(
         context,
@@ -88,9 +102,7 @@ def create(
         Resource("Tenant", str(tenant.id), None, {}),
         {"name": tenant.name, "status": tenant.status},
     )
-    response.headers["ETag"] = etag(tenant)
-    response.headers["Location"] = f"/api/v1/tenants/{tenant.id}"
-    return tenant
+    return JSONResponse(content, status_code=201, headers=headers)
 
 
 @router.get(
