@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Collection
+from collections import deque
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -403,6 +404,40 @@ def child_intent(conn: Conn, step: Step) -> Item | None:
         return item
     pinned = get_version(conn, "intent", head.id, params.version)
     return None if pinned is None else Item(head, pinned)
+
+
+MAX_PLANNED_DESCENDANTS = 64
+"""Intents a plan follows below an `intent.run` step's child (its own children, theirs, ...): the work of one plan
+request stays bounded whatever a tenant's intents run."""
+
+
+class TooManyDescendantsError(RegistryError):
+    """A child intent starts more intents below it than a plan follows (`MAX_PLANNED_DESCENDANTS`)."""
+
+
+def descendant_intents(conn: Conn, child: Item, *, tenant: TenantFacts) -> Iterator[Item]:
+    """The intents `child`'s `intent.run` steps start, and theirs in turn, breadth first, each version once; raises
+    TooManyDescendantsError past `MAX_PLANNED_DESCENDANTS`. An intent that no longer validates adds none: its start
+    fails before any of its children could."""
+    seen = {(child.head.id, child.version.version)}
+    waiting = deque([child])
+    while waiting:
+        item = waiting.popleft()
+        try:
+            steps = check(conn, "intent", item.document(), tenant=tenant, pin=item.version.blueprint_ref).result.steps
+        except RegistryError:
+            continue
+        for step in steps:
+            found = child_intent(conn, step)
+            if found is None or (found.head.id, found.version.version) in seen:
+                continue
+            seen.add((found.head.id, found.version.version))
+            if len(seen) > MAX_PLANNED_DESCENDANTS + 1:
+                raise TooManyDescendantsError(
+                    f"intent {child.head.name} starts more than {MAX_PLANNED_DESCENDANTS} intents below it"
+                )
+            yield found
+            waiting.append(found)
 
 
 @dataclass(frozen=True)

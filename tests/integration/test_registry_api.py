@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from shared.registry import service
 from shared.registry.catalog import seed_remote_modules
 from shared.registry.modules import ModuleRegistration
 from shared.registry.plan import plan_hash
@@ -644,6 +645,35 @@ def test_plan_decides_a_child_intent_step_on_the_child(api: ApiHarness) -> None:
     assert may is False
     reasons, may = plan(DEPLOYER)
     assert set(reasons.values()) == {"allowed"} and may is True
+
+
+def test_plan_follows_a_child_intent_to_the_intents_it_runs(api: ApiHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A grandchild is started on the root requester's authority too (ADR 0035), so the plan decides it: a staging
+    child that runs a production intent is refused to an Executor; a cycle of intents ends; a child running more
+    intents below it than a plan follows is refused."""
+    tenant = provision(api, "plan-grandchild")
+    create(api, tenant, intent_body("grand-prod", wait_step("a"), target="production"))
+    create(api, tenant, intent_body("middle", {"id": "deeper", "action": "intent.run", "intent": "grand-prod"}))
+    root = create(api, tenant, intent_body("root", {"id": "child", "action": "intent.run", "intent": "middle"}))["id"]
+    # Two intents that run each other: following them ends.
+    create(api, tenant, intent_body("ping", {"id": "to-pong", "action": "intent.run", "intent": "pong"}))
+    create(api, tenant, intent_body("pong", {"id": "to-ping", "action": "intent.run", "intent": "ping"}))
+    cycle = create(api, tenant, intent_body("cycle", {"id": "start", "action": "intent.run", "intent": "ping"}))["id"]
+
+    def plan(intent_id: str, roles: list[str]) -> tuple[str, bool]:
+        answer = api.client.post(f"{INTENTS}/{intent_id}/plan", headers=api.headers(tenant, roles))
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        return body["steps"][0]["authorization"]["reason"], body["caller_may_execute"]
+
+    assert plan(root, EXECUTOR) == ("production_requires_deployer", False)
+    assert plan(root, DEPLOYER) == ("allowed", True)
+    assert plan(cycle, EXECUTOR) == ("allowed", True)
+    # The bound counts the intents below the child: one for each of these (grand-prod; pong, once).
+    monkeypatch.setattr(service, "MAX_PLANNED_DESCENDANTS", 1)
+    assert plan(root, DEPLOYER) == ("allowed", True) and plan(cycle, DEPLOYER) == ("allowed", True)
+    monkeypatch.setattr(service, "MAX_PLANNED_DESCENDANTS", 0)
+    assert plan(root, DEPLOYER) == ("too_many_descendants", False)
 
 
 def test_gate_violations_are_named_per_step_on_save(api: ApiHarness) -> None:

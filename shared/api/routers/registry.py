@@ -601,17 +601,31 @@ def definition_router(kind: Kind) -> APIRouter:
         if kind == "intent":
             policies = tenant_policy_texts(context.tenant.id)
 
-            def decide(conn: service.Conn, planned: service.Item, step: Step) -> Decision:
-                # Per step; not audited: the plan request was. The resource is the version being planned (which may
-                # be newer than the one authorized above), or for an intent.run step the child intent, decided as its
-                # start will be (ADR 0035).
+            def may_execute(item: service.Item) -> Decision:
                 return get_authorizer().decide(
                     context.principal,
                     Action.INTENT_EXECUTE,
-                    resource_of(context, service.child_intent(conn, step) or planned),
+                    resource_of(context, item),
                     tenant=context.tenant_facts,
                     tenant_policies=policies,
                 )
+
+            def decide(conn: service.Conn, planned: service.Item, step: Step) -> Decision:
+                # Per step; not audited: the plan request was. The resource is the version being planned (which may
+                # be newer than the one authorized above), or for an intent.run step the child intent and every
+                # intent below it, each decided as its start will be, on the root requester's authority (ADR 0035).
+                child = service.child_intent(conn, step)
+                decision = may_execute(child or planned)
+                if child is None or not decision.allowed:
+                    return decision
+                try:
+                    for descendant in service.descendant_intents(conn, child, tenant=context.tenant_facts):
+                        below = may_execute(descendant)
+                        if not below.allowed:
+                            return below
+                except service.TooManyDescendantsError:
+                    return Decision(False, "too_many_descendants", ())
+                return decision
 
         with tenant_transaction(context.tenant.id) as conn:
             try:
