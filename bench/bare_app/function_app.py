@@ -7,6 +7,7 @@ from azurefunctions.extensions.http.fastapi import Request, Response
 from fastapi import FastAPI
 
 from shared.api.adapter import asgi_gateway, serve
+from shared.typed_triggers import typed
 
 bare = FastAPI()
 
@@ -21,7 +22,7 @@ app = df.DFApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 _gateway = asgi_gateway(bare)
 
 
-@app.route(route="{*path}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@typed(app.route(route="{*path}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS))
 async def bare_api(req: Request) -> Response:
     """Hand every request to the bare FastAPI app, as functions/http_api.py does for the platform."""
     return await serve(_gateway, req)
