@@ -219,3 +219,13 @@ def get_event_wakeup() -> EventWakeup | None:
     except SettingsError:
         return None
     return EventWakeup(connect_from_settings)
+
+
+def forget_event_wakeup() -> None:
+    """Stop the process-wide listener, if one was made, and forget it: the next `get_event_wakeup` makes a new one
+    from the settings of then (tests that point the process at another database in turn)."""
+    if get_event_wakeup.cache_info().currsize:
+        wakeup = get_event_wakeup()
+        if wakeup is not None:
+            wakeup.stop()
+    get_event_wakeup.cache_clear()

@@ -105,6 +105,7 @@ def api(pg, azurite, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiHa
     from shared.api.security import token_validator
     from shared.config import get_settings
     from shared.db.pool import close_pool
+    from shared.engine.event_wakeup import forget_event_wakeup
     from shared.tenants.repository import tenant_directory
 
     key = SigningKey.load_or_create(Path(tmp_path_factory.mktemp("issuer")))
@@ -131,6 +132,7 @@ def api(pg, azurite, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiHa
         app.dependency_overrides[token_validator] = lambda: validator
         with TestClient(app, raise_server_exceptions=False) as client:
             yield ApiHarness(client, key, pg.admin_url, pg.app_url, pg.control_url, fetches=fetches)
+        forget_event_wakeup()
         close_pool()
         _probe_client.cache_clear()
         get_settings.cache_clear()

@@ -20,6 +20,7 @@ from urllib3.exceptions import InsecureRequestWarning
 from devhost.services import free_port
 from shared.config import Settings
 from shared.db.pool import build_control_pool, build_pool, close_pool
+from shared.engine.event_wakeup import forget_event_wakeup
 from tests.cosmos_emulator import COSMOS_EMULATOR_KEY, CosmosEmulator, start_cosmos_emulator
 
 
@@ -100,5 +101,6 @@ def process_pools(pg) -> Iterator[None]:  # type: ignore[no-untyped-def]
         get_settings.cache_clear()
         close_pool()
         yield
+        forget_event_wakeup()
         close_pool()
         get_settings.cache_clear()

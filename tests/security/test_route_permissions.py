@@ -39,6 +39,7 @@ IDEMPOTENT_ROUTES = {
     ("POST", "/api/v1/webhooks"),
     ("POST", "/api/v1/modules"),
     ("POST", "/api/v1/policies"),
+    ("POST", "/api/v1/tenants"),
 }
 _SETTINGS = {
     "QP_DATABASE_URL": "host=/nonexistent",
