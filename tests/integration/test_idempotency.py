@@ -9,12 +9,14 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
-from shared.db.session import tenant_transaction
+from shared.db.session import platform_transaction, tenant_transaction
 from shared.events.outbox import enqueue
 from shared.idempotency import IdempotencyKeyError, StoredResponse, claim, complete, fingerprint
+from shared.idempotency_expiry import delete_expired_keys
 
 pytestmark = pytest.mark.integration
 
@@ -107,3 +109,36 @@ def test_outbox_rows_are_tenant_scoped(app_pool: ConnectionPool[Any], tenant_ids
     with tenant_transaction(tenant_ids[0], pool=app_pool) as conn:
         row = conn.execute("SELECT event_type, data FROM app.outbox WHERE id = %s", (event_id,)).fetchone()
     assert row == {"event_type": "intent.created", "data": {"name": "x"}}
+
+
+def test_expired_keys_are_deleted_with_their_answers_and_live_ones_kept(
+    pg: Any,
+    app_pool: ConnectionPool[Any],
+    control_pool: ConnectionPool[Any],
+    tenant_ids: tuple[uuid.UUID, uuid.UUID],
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    for tenant_id in tenant_ids:
+        for state in ("expired", "live"):
+            _create_once(app_pool, tenant_id, f"{run}-{state}", {"secret": "whsec_x"})
+    with platform_transaction(pool=control_pool) as conn:
+        for state in ("expired", "live"):
+            claim(conn, f"{run}-{state}", "f", principal=f"operator-{run}")
+            complete(conn, f"{run}-{state}", StoredResponse(201, {"id": state}, {}), principal=f"operator-{run}")
+    with psycopg.connect(pg.admin_url, dbname="quantum", autocommit=True) as admin:
+        for table in ("app.idempotency_keys", "control.idempotency_keys"):
+            admin.execute(
+                f"UPDATE {table} SET expires_at = now() - interval '1 minute' WHERE key = %s",  # noqa: S608
+                (f"{run}-expired",),
+            )
+        result = delete_expired_keys(pool=app_pool, control_pool=control_pool)
+        left = admin.execute(
+            "SELECT 'tenant', key FROM app.idempotency_keys WHERE key LIKE %(run)s"
+            " UNION ALL SELECT 'control', key FROM control.idempotency_keys WHERE key LIKE %(run)s ORDER BY 1, 2",
+            {"run": f"{run}-%"},
+        ).fetchall()
+    assert result.failed_tenants == 0 and result.tenant_keys >= 2 and result.control_keys >= 1
+    assert left == [("control", f"{run}-live"), ("tenant", f"{run}-live"), ("tenant", f"{run}-live")]
+    # A key deleted on expiry may be used again, for another request.
+    _, replayed = _create_once(app_pool, tenant_ids[0], f"{run}-expired", {"another": "body"})
+    assert replayed is False

@@ -1,0 +1,59 @@
+# intent_ref: platform.idempotency
+"""Deleting expired idempotency keys: the tenants' own, each in its tenant's transaction, and the control plane's.
+
+A key is forgotten when it is used again after it expired (`shared.idempotency.claim`), but most keys are never
+used again, and a stored answer can hold what must not outlive its key (a webhook subscription's signing secret,
+ADR 0022). The timer `idempotency_key_expiry` runs this; nothing else depends on when it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from psycopg_pool import ConnectionPool
+
+from shared.db.session import platform_transaction, tenant_transaction
+
+_EXPIRED_KEY_TENANTS = "SELECT tenant_id FROM app.idempotency_expired_tenants(%s) AS expired (tenant_id)"
+_DELETE_TENANT_KEYS = "DELETE FROM app.idempotency_keys WHERE expires_at < now()"  # the pinned tenant's (RLS)
+_DELETE_CONTROL_KEYS = "DELETE FROM control.idempotency_keys WHERE expires_at < now()"
+MAX_TENANTS = 100
+"""Tenants one run purges (those whose keys expired first); the next run takes the rest."""
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExpiryResult:
+    """What one run deleted."""
+
+    tenant_keys: int
+    control_keys: int
+    tenants: int
+    failed_tenants: int
+
+
+def delete_expired_keys(
+    *,
+    max_tenants: int = MAX_TENANTS,
+    pool: ConnectionPool[Any] | None = None,
+    control_pool: ConnectionPool[Any] | None = None,
+) -> ExpiryResult:
+    """Delete every expired key of up to `max_tenants` tenants and of the control plane; `pool` serves the tenant
+    transactions, `control_pool` the control plane's (the process-wide pools when None). A tenant whose keys cannot
+    be deleted is logged and left for the next run; the other tenants still go."""
+    with platform_transaction(pool=control_pool) as conn:
+        tenants = [UUID(str(row["tenant_id"])) for row in conn.execute(_EXPIRED_KEY_TENANTS, (max_tenants,))]
+        control_keys = conn.execute(_DELETE_CONTROL_KEYS).rowcount
+    tenant_keys = failed = 0
+    for tenant_id in tenants:
+        try:
+            with tenant_transaction(tenant_id, pool=pool) as conn:
+                tenant_keys += conn.execute(_DELETE_TENANT_KEYS).rowcount
+        except Exception:  # one tenant's trouble must not keep the others' keys
+            logger.exception("idempotency key expiry: the keys of tenant %s could not be deleted", tenant_id)
+            failed += 1
+    return ExpiryResult(tenant_keys, control_keys, len(tenants), failed)
