@@ -38,6 +38,14 @@ DURABLE_BINDING_ENV = "QP_DEVHOST_DURABLE_BINDING"
 FD_ARG = "--fd"
 _HEADER = struct.Struct("!I")
 _RESTART_DELAY_S = 1.0
+_MAX_RESTART_DELAY_S = 30.0
+
+
+def restart_delay(failed_starts: int) -> float:
+    """Seconds before starting a worker again after it exited, given how many starts in a row ended before the
+    worker was ready (an app that no longer imports): 1 s after a worker that was serving, doubling per failed
+    start up to 30 s, so a broken app is retried without filling the log every second."""
+    return min(_RESTART_DELAY_S * (1 << min(failed_starts, 16)), _MAX_RESTART_DELAY_S)
 
 
 class RemoteFunctionError(Exception):
@@ -91,6 +99,8 @@ class _Worker:
     ready: asyncio.Future[None] | None = None
     pending: dict[int, tuple[str, asyncio.Future[Any]]] = field(default_factory=dict)
     reader_task: asyncio.Task[None] | None = None
+    failed_starts: int = 0
+    """Starts in a row that ended before the worker was ready."""
 
 
 class WorkerPool:
@@ -136,6 +146,7 @@ class WorkerPool:
         while (message := await read_frame(reader)) is not None:
             kind = message[0]
             if kind == "ready":
+                worker.failed_starts = 0
                 if worker.ready is not None and not worker.ready.done():
                     worker.ready.set_result(None)
                 continue
@@ -163,11 +174,15 @@ class WorkerPool:
             if not future.done():
                 future.set_exception(FunctionInvocationError(name, WorkerExitedError(f"worker exited ({code})")))
         worker.pending.clear()
-        if started is not None and not started.done():
+        never_ready = started is not None and not started.done()
+        if never_ready:
+            assert started is not None
             started.set_exception(RuntimeError(f"worker {worker.number} exited ({code}) before it was ready"))
+        delay = restart_delay(worker.failed_starts)
+        worker.failed_starts = worker.failed_starts + 1 if never_ready else 0
         if not self._stopping:
-            logger.error("worker process %d exited (%s); starting it again", worker.number, code)
-            await asyncio.sleep(_RESTART_DELAY_S)
+            logger.error("worker process %d exited (%s); starting it again in %.0f s", worker.number, code, delay)
+            await asyncio.sleep(delay)
         if self._stopping:
             restarted.set_exception(WorkerExitedError("the host is stopping"))
             restarted.exception()  # retrieved here: nobody may be waiting for it

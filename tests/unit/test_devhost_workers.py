@@ -9,7 +9,7 @@ import socket
 import pytest
 from azure.functions import meta
 
-from devhost.workers import WORKER_COUNT_SETTING, read_frame, worker_count, write_frame
+from devhost.workers import WORKER_COUNT_SETTING, read_frame, restart_delay, worker_count, write_frame
 
 
 @pytest.mark.parametrize(("value", "count"), [(None, 0), ("", 0), ("0", 0), ("2", 2), (" 10 ", 10)])
@@ -46,3 +46,8 @@ def test_frames_carry_datums_whole_and_in_order_and_end_at_end_of_stream() -> No
     assert datum.type == "string" and datum.value == "x" * 300_000
     assert isinstance(second, tuple) and second[2].value == {"a": 1}
     assert end is None
+
+
+def test_a_worker_that_keeps_failing_to_start_is_retried_less_and_less_often() -> None:
+    assert [restart_delay(n) for n in range(7)] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert restart_delay(10_000) == 30.0
