@@ -174,12 +174,10 @@ class WorkerPool:
             if not future.done():
                 future.set_exception(FunctionInvocationError(name, WorkerExitedError(f"worker exited ({code})")))
         worker.pending.clear()
-        never_ready = started is not None and not started.done()
-        if never_ready:
-            assert started is not None
+        delay = restart_delay(worker.failed_starts)  # 0 for a worker that was serving: "ready" reset it
+        if started is not None and not started.done():
             started.set_exception(RuntimeError(f"worker {worker.number} exited ({code}) before it was ready"))
-        delay = restart_delay(worker.failed_starts)
-        worker.failed_starts = worker.failed_starts + 1 if never_ready else 0
+            worker.failed_starts += 1
         if not self._stopping:
             logger.error("worker process %d exited (%s); starting it again in %.0f s", worker.number, code, delay)
             await asyncio.sleep(delay)

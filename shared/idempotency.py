@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 from pydantic import AfterValidator, Field
@@ -85,32 +86,40 @@ def fingerprint(method: str, route: str, body: Any) -> str:
 class _KeyStatements:
     """The statements of one key store, with named parameters `key`, `fingerprint`, `principal` and the response's."""
 
-    forget_expired: str
-    insert: str
-    read: str
-    complete: str
+    forget_expired: sql.Composed
+    insert: sql.Composed
+    read: sql.Composed
+    complete: sql.Composed
+
+    @classmethod
+    def of(cls, table: sql.Identifier, owner_column: str, owner: sql.Composable) -> _KeyStatements:
+        """The statements of `table`, whose rows belong to `owner_column` = `owner`."""
+        column = sql.Identifier(owner_column)
+        mine = sql.SQL("{column} = {owner} AND key = %(key)s").format(column=column, owner=owner)
+        names = {"table": table, "column": column, "owner": owner, "mine": mine}
+        return cls(
+            forget_expired=sql.SQL("DELETE FROM {table} WHERE {mine} AND expires_at < now()").format(**names),
+            insert=sql.SQL(
+                "INSERT INTO {table} ({column}, key, fingerprint) VALUES ({owner}, %(key)s, %(fingerprint)s)"
+                " ON CONFLICT DO NOTHING RETURNING key"
+            ).format(**names),
+            read=sql.SQL(
+                "SELECT fingerprint, response_status, response_body, response_headers FROM {table} WHERE {mine}"
+            ).format(**names),
+            complete=sql.SQL(
+                "UPDATE {table} SET response_status = %(status)s, response_body = %(body)s,"
+                " response_headers = %(headers)s WHERE {mine}"
+            ).format(**names),
+        )
 
 
-_TENANT_KEYS = _KeyStatements(
-    # The pinned tenant's keys: row-level security scopes every statement to it.
-    forget_expired="DELETE FROM app.idempotency_keys WHERE key = %(key)s AND expires_at < now()",
-    insert="INSERT INTO app.idempotency_keys (tenant_id, key, fingerprint)"
-    " VALUES (app.current_tenant_id(), %(key)s, %(fingerprint)s) ON CONFLICT DO NOTHING RETURNING key",
-    read="SELECT fingerprint, response_status, response_body, response_headers FROM app.idempotency_keys"
-    " WHERE key = %(key)s",
-    complete="UPDATE app.idempotency_keys SET response_status = %(status)s, response_body = %(body)s,"
-    " response_headers = %(headers)s WHERE key = %(key)s",
+# The pinned tenant's keys (row-level security scopes them too), and the control plane's, where no tenant is pinned:
+# each principal's own (migration 0024).
+_TENANT_KEYS = _KeyStatements.of(
+    sql.Identifier("app", "idempotency_keys"), "tenant_id", sql.SQL("app.current_tenant_id()")
 )
-_PRINCIPAL_KEYS = _KeyStatements(
-    # The control plane's keys (no tenant is pinned there): each principal's own (migration 0024).
-    forget_expired="DELETE FROM control.idempotency_keys"
-    " WHERE principal_id = %(principal)s AND key = %(key)s AND expires_at < now()",
-    insert="INSERT INTO control.idempotency_keys (principal_id, key, fingerprint)"
-    " VALUES (%(principal)s, %(key)s, %(fingerprint)s) ON CONFLICT DO NOTHING RETURNING key",
-    read="SELECT fingerprint, response_status, response_body, response_headers FROM control.idempotency_keys"
-    " WHERE principal_id = %(principal)s AND key = %(key)s",
-    complete="UPDATE control.idempotency_keys SET response_status = %(status)s, response_body = %(body)s,"
-    " response_headers = %(headers)s WHERE principal_id = %(principal)s AND key = %(key)s",
+_PRINCIPAL_KEYS = _KeyStatements.of(
+    sql.Identifier("control", "idempotency_keys"), "principal_id", sql.Placeholder("principal")
 )
 
 
