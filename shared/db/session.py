@@ -260,9 +260,18 @@ def _write(pool: ConnectionPool[Any], prologue: _Prologue) -> Iterator[psycopg.C
     # psycopg.Transaction, not conn.transaction(): in a pipeline the latter syncs around the block (two more round
     # trips); here the pipeline's one sync at its end covers BEGIN, the statements and COMMIT. Not joinable: a
     # statement whose result is needed at once would sync the pipeline in the middle.
-    with _borrow(pool) as (conn, _hold), conn.pipeline(), psycopg.Transaction(conn):
-        prologue.run(conn)
-        yield conn
+    try:
+        with _borrow(pool) as (conn, _hold), conn.pipeline(), psycopg.Transaction(conn):
+            prologue.run(conn)
+            yield conn
+    except psycopg.errors.PipelineAborted as exc:
+        # psycopg reads the pipeline's results in as many passes as the server's answers arrive in, so the error it
+        # raises at the end is either the failed statement's or that of the statements aborted after it (COMMIT),
+        # which is an OperationalError: "the database is unavailable" to every caller. The cause is the statement's.
+        cause = exc.__context__
+        if isinstance(cause, psycopg.Error) and not isinstance(cause, psycopg.errors.PipelineAborted):
+            raise cause.with_traceback(None) from None
+        raise
 
 
 @contextmanager
