@@ -42,6 +42,7 @@ from devhost.durable.protocol import (
 from devhost.durable.store import Conn, Database, Instance, Store, WorkItem
 from devhost.invoker import FunctionInvocationError
 from devhost.loader import trigger_of
+from shared.db.pipeline_errors import statement_error
 
 logger = logging.getLogger(__name__)
 
@@ -247,9 +248,13 @@ class Engine:
             await self._run_episode(instance_id)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            # A host bug or a database error: the transaction rolled back, so the messages are still there.
-            logger.exception("durable episode of %s failed; retrying in %.1fs", instance_id, self._retry_delay)
+        except Exception as exc:
+            # A host bug or a database error: the transaction rolled back, so the messages are still there. Logged
+            # with the failed statement's error where the pipeline reported the aborted COMMIT after it instead.
+            cause = statement_error(exc) if isinstance(exc, psycopg.errors.PipelineAborted) else exc
+            logger.error(
+                "durable episode of %s failed; retrying in %.1fs", instance_id, self._retry_delay, exc_info=cause
+            )
             self._cooldown[instance_id] = time.monotonic() + self._retry_delay
 
     async def _run_episode(self, instance_id: str) -> None:

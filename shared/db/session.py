@@ -18,6 +18,7 @@ from psycopg.rows import DictRow
 from psycopg_pool import ConnectionPool
 
 from shared.config import SettingsError, get_settings
+from shared.db.pipeline_errors import statement_error
 from shared.db.pool import get_control_pool, get_pool
 from shared.db.roles import PLATFORM_ROLE, RUNTIME_ROLE
 from shared.observability import metrics
@@ -265,12 +266,9 @@ def _write(pool: ConnectionPool[Any], prologue: _Prologue) -> Iterator[psycopg.C
             prologue.run(conn)
             yield conn
     except psycopg.errors.PipelineAborted as exc:
-        # psycopg reads the pipeline's results in as many passes as the server's answers arrive in, so the error it
-        # raises at the end is either the failed statement's or that of the statements aborted after it (COMMIT),
-        # which is an OperationalError: "the database is unavailable" to every caller. The cause is the statement's.
-        cause = exc.__context__
-        if isinstance(cause, psycopg.Error) and not isinstance(cause, psycopg.errors.PipelineAborted):
-            raise cause.with_traceback(None) from None
+        cause = statement_error(exc)
+        if cause is not exc:
+            raise cause from None
         raise
 
 
