@@ -1,10 +1,14 @@
 # intent_ref: platform.ingress
-"""The tenant's record of intent-requests events that started nothing (the event's only answer), newest first."""
+"""The tenant's record of intent-requests events that started nothing (the event's only answer), newest first.
+
+The record is bounded per tenant: each new row trims the tenant's oldest beyond `KEPT` and any older than `RETENTION`
+(migration 0026), so a principal that floods the hub with invalid events cannot grow the shared table without end.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -20,12 +24,19 @@ _INSERT = (
     " VALUES (app.current_tenant_id(), %s, %s, %s, %s, %s, %s, %s, %s)"
     " ON CONFLICT (tenant_id, hub, partition_id, sequence_number) DO NOTHING RETURNING id"
 )
+_TRIM = "SELECT app.trim_ingress_rejections(%s, %s) AS removed"
 _PAGE = (
     "SELECT id, hub, partition_id, sequence_number, enqueued_time, reason, detail, requested_by,"
     " idempotency_key, created_at FROM app.ingress_rejections"
     " WHERE (%(t)s::timestamptz IS NULL OR (created_at, id) < (%(t)s::timestamptz, %(id)s::uuid))"
     " ORDER BY created_at DESC, id DESC LIMIT %(limit)s"
 )
+
+
+KEPT = 1000
+"""The newest rejections a tenant keeps (the database keeps at least 100, whatever a caller asks)."""
+RETENTION = timedelta(days=30)
+"""How long a rejection is kept at most (the database keeps at least a day)."""
 
 
 @dataclass(frozen=True)
@@ -58,8 +69,11 @@ class NewRejection:
     idempotency_key: str | None = None
 
 
-def record_rejection(conn: Conn, rejection: NewRejection) -> bool:
-    """Record it in the caller's tenant transaction; False when this event was already recorded."""
+def record_rejection(
+    conn: Conn, rejection: NewRejection, *, keep: int = KEPT, retention: timedelta = RETENTION
+) -> bool:
+    """Record it in the caller's tenant transaction, trimming the tenant's record to the newest `keep` rows within
+    `retention`; False when this event was already recorded (and nothing is trimmed)."""
     row = conn.execute(
         _INSERT,
         (
@@ -73,7 +87,10 @@ def record_rejection(conn: Conn, rejection: NewRejection) -> bool:
             rejection.idempotency_key,
         ),
     ).fetchone()
-    return row is not None
+    if row is None:
+        return False
+    conn.execute(_TRIM, (keep, retention))
+    return True
 
 
 def list_rejections(conn: Conn, *, cursor: str | None = None, limit: int = 50) -> tuple[list[Rejection], str | None]:

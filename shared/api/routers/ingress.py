@@ -105,7 +105,8 @@ def rejections(
 ) -> RejectionPage:
     """The tenant's intent-requests events that could not start anything (bad body, unknown intent, refused,
     over quota, stale), newest first, with the problem each would have got from the API; cursor-paginated (Reader).
-    Events whose token was missing or invalid name no tenant, so they are never listed here."""
+    Events whose token was missing or invalid name no tenant, so they are never listed here. The newest 1,000 of the
+    last 30 days are kept."""
     authorize(context, Action.INGRESS_REJECTION_LIST, Resource.tenant(context.tenant.id))
     with tenant_transaction(context.tenant.id) as conn:
         rows, next_cursor = list_rejections(conn, cursor=cursor, limit=limit)
