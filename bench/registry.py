@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from bench.executions import deployed_telemetry
 from devhost.child import PROJECT_ROOT, DevhostProcess, free_port
 from devhost.identity import mint_token_cli
 
@@ -172,15 +173,17 @@ def main() -> None:
     clients = [int(c) for c in args.clients.split(",")]
     with tempfile.TemporaryDirectory(prefix="qp-bench-") as tmp:
         data_dir = Path(tmp)
+        # Telemetry as deployed, whatever the checkout's local.settings.json turns on to diagnose.
+        telemetry = deployed_telemetry(data_dir)
         platform = DevhostProcess(
-            PROJECT_ROOT, data_dir, free_port(), {}, data_dir / "platform.log", extra_args=("--seed-demo",)
+            PROJECT_ROOT, data_dir, free_port(), telemetry, data_dir / "platform.log", extra_args=("--seed-demo",)
         )
         # Its own task hub: one devhost leases a hub per database.
         bare = DevhostProcess(
             PROJECT_ROOT / "bench" / "bare_app",
             data_dir,
             free_port(),
-            {"QP_TASK_HUB": "BenchBare"},
+            {"QP_TASK_HUB": "BenchBare", **telemetry},
             data_dir / "bare.log",
         )
         platform.start(timeout=120)
