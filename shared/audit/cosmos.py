@@ -10,8 +10,10 @@ from typing import Any
 
 import psycopg
 from azure.cosmos import ContainerProxy, DatabaseProxy, PartitionKey
+from azure.cosmos.exceptions import CosmosResourceExistsError
 
 from shared.audit.model import AuditPage, AuditQuery, AuditRecord, decode_cursor, encode_cursor
+from shared.audit.outbox import AuditOutbox, Write
 
 _CURSOR_KIND = "cosmos"
 PARTITION_KEY_PATH = "/tenantId"
@@ -71,37 +73,46 @@ def create_audit_container(database: DatabaseProxy, name: str) -> ContainerProxy
 
 
 class CosmosAuditStore:
-    """Audit records as documents of one container partitioned by tenant."""
+    """Audit records as documents of one container partitioned by tenant; a transaction's records through the
+    audit outbox, since Cosmos DB cannot join it."""
 
-    def __init__(self, container: ContainerProxy, *, retention_days: RetentionLookup | None = None) -> None:
+    def __init__(
+        self,
+        container: ContainerProxy,
+        *,
+        retention_days: RetentionLookup | None = None,
+        outbox: Callable[[Write], AuditOutbox] = AuditOutbox,
+    ) -> None:
         self._container = container
         self._retention_days = retention_days
+        self._outbox = outbox(self._write_copy)
 
     def record(self, record: AuditRecord, *, conn: psycopg.Connection[Any] | None = None) -> None:
-        """Append `record` at once; create (not upsert) so an existing record is never overwritten.
+        """Append `record`: with `conn` (the caller's open tenant transaction) queued in the audit outbox inside it,
+        so it is written once that transaction commits and never if it rolls back; without, at once. Created, not
+        upserted: an existing record is never overwritten."""
+        document = _document(record)
+        if conn is not None:
+            self._outbox.queue(conn, record.tenant_id, record.id, document)
+            return
+        self._create(record.tenant_id, document)
 
-        `conn` is accepted for the interface and ignored: Cosmos cannot join a Postgres transaction, so the
-        record is written even if the caller's transaction later rolls back.
-        """
-        del conn
-        document: dict[str, Any] = {
-            "id": str(record.id),
-            "tenantId": str(record.tenant_id),
-            "occurredAt": format_time(record.occurred_at),
-            "principalId": record.principal_id,
-            "action": record.action,
-            "resourceType": record.resource_type,
-            "resourceId": record.resource_id,
-            "decision": record.decision,
-            "reason": record.reason,
-            "requestId": record.request_id,
-            "detail": dict(record.detail),
-        }
-        days = self._retention_days(record.tenant_id) if self._retention_days else None
+    def relay_queued(self) -> int:
+        """Write the records the outbox still holds (the timer `audit_outbox_relay`); returns how many."""
+        return self._outbox.relay().copied
+
+    def _write_copy(self, tenant_id: uuid.UUID, document: dict[str, Any]) -> None:
+        try:
+            self._create(tenant_id, document)
+        except CosmosResourceExistsError:
+            pass  # copied before (by the relay, or before a failure to remove it from the outbox)
+
+    def _create(self, tenant_id: uuid.UUID, document: dict[str, Any]) -> None:
+        days = self._retention_days(tenant_id) if self._retention_days else None
         if days is not None:
             if days < 1:
                 raise ValueError("audit retention must be at least one day")
-            document["ttl"] = days * 86400
+            document = {**document, "ttl": days * 86400}
         self._container.create_item(document)
 
     def query(self, q: AuditQuery) -> AuditPage:
@@ -153,6 +164,22 @@ class CosmosAuditStore:
         for item_id in ids:
             self._container.delete_item(item_id, partition_key=tenant)
         return len(ids)
+
+
+def _document(record: AuditRecord) -> dict[str, Any]:
+    return {
+        "id": str(record.id),
+        "tenantId": str(record.tenant_id),
+        "occurredAt": format_time(record.occurred_at),
+        "principalId": record.principal_id,
+        "action": record.action,
+        "resourceType": record.resource_type,
+        "resourceId": record.resource_id,
+        "decision": record.decision,
+        "reason": record.reason,
+        "requestId": record.request_id,
+        "detail": dict(record.detail),
+    }
 
 
 def _to_record(doc: dict[str, Any]) -> AuditRecord:

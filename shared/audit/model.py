@@ -138,8 +138,9 @@ class AuditStore(Protocol):
     def record(self, record: AuditRecord, *, conn: psycopg.Connection[Any] | None = None) -> None:
         """Append one record (never updates an existing one).
 
-        With `conn` (the caller's open tenant transaction) a store that lives in that database writes inside
-        it, so the record commits or rolls back with the caller's mutation; other stores write at once.
+        With `conn` (the caller's open tenant transaction) the record commits or rolls back with the caller's
+        mutation: a store that lives in that database writes inside it, another queues it in the audit outbox
+        inside it and writes it once the transaction has committed. Without, the record is written at once.
         """
         ...
 
@@ -149,6 +150,11 @@ class AuditStore(Protocol):
 
     def erase(self, tenant_id: uuid.UUID) -> int:
         """Remove every record of the tenant (offboarding); returns how many were removed."""
+        ...
+
+    def relay_queued(self) -> int:
+        """Write the records still waiting in the audit outbox, for a store that cannot join the caller's transaction
+        (migration 0027); returns how many were written."""
         ...
 
 

@@ -77,6 +77,10 @@ class PostgresAuditStore:
             ),
         )
 
+    def relay_queued(self) -> int:
+        """Nothing waits: this store writes inside the caller's transaction."""
+        return 0
+
     def erase(self, tenant_id: uuid.UUID) -> int:
         """Delete the tenant's records, as the control plane through its tenant-bound DELETE policy."""
         with platform_transaction(pool=self._control_pool) as conn:

@@ -78,6 +78,8 @@ class _Hold:
     """Whether others may run statements in its transaction (not while it is pipelined, as tenant_write is)."""
     after_release: list[Callable[[], None]] = field(default_factory=list)
     on_rollback: list[Callable[[], None]] = field(default_factory=list)
+    on_commit: list[Callable[[], None]] = field(default_factory=list)
+    bags: dict[str, list[Any]] = field(default_factory=dict)
 
 
 # A context variable, not a thread-local: FastAPI and anyio run each worker-thread call in a copy of the caller's
@@ -137,6 +139,7 @@ def _borrow(pool: ConnectionPool[Any]) -> Iterator[tuple[psycopg.Connection[Any]
                 # Also a failed COMMIT: the transaction inside ends before this block sees the error.
                 hold.after_release.extend(hold.on_rollback)
                 raise
+            hold.after_release.extend(hold.on_commit)
     finally:
         # Removed by identity rather than reset by token: robust however the caller's blocks interleave.
         _holds.set(tuple(other for other in _holds.get() if other is not hold))
@@ -182,19 +185,44 @@ def held_transaction(tenant_id: UUID, *, pool: ConnectionPool[Any] | None = None
 
 
 def when_released(
-    conn: psycopg.Connection[Any], callback: Callable[[], None], *, only_on_rollback: bool = False
+    conn: psycopg.Connection[Any],
+    callback: Callable[[], None],
+    *,
+    only_on_rollback: bool = False,
+    only_on_commit: bool = False,
 ) -> bool:
     """Run `callback` once this context's transaction on `conn` has ended and `conn` is back in its pool (with
-    `only_on_rollback`, only if that transaction rolled back); False when `conn` is not held here.
+    `only_on_rollback` or `only_on_commit`, only if that transaction rolled back, or committed); False when `conn`
+    is not held here.
 
-    For work that must not join the transaction (a record that outlives its rollback) and must not borrow while
-    it is open. A callback's error is raised after the others have run, in place of the transaction's own.
+    For work that must not join the transaction (a record that outlives its rollback, a copy of what it committed
+    to a store outside the database) and must not borrow while it is open. A callback's error is raised after the
+    others have run, in place of the transaction's own.
+    """
+    if only_on_rollback and only_on_commit:
+        raise ValueError("a callback runs on rollback or on commit, or after either: not on both alone")
+    for hold in reversed(_holds.get()):
+        if hold.conn is conn:
+            if only_on_rollback:
+                hold.on_rollback.append(callback)
+            elif only_on_commit:
+                hold.on_commit.append(callback)
+            else:
+                hold.after_release.append(callback)
+            return True
+    return False
+
+
+def transaction_bag(conn: psycopg.Connection[Any], name: str) -> list[Any] | None:
+    """A list that lives as long as this context's transaction on `conn` (one per `name`), for what a callback
+    registered with `when_released` hands on once it has ended; None when `conn` is not held here.
+
+    The transaction's own, not the connection's: once it is back in its pool the connection serves another.
     """
     for hold in reversed(_holds.get()):
         if hold.conn is conn:
-            (hold.on_rollback if only_on_rollback else hold.after_release).append(callback)
-            return True
-    return False
+            return hold.bags.setdefault(name, [])
+    return None
 
 
 def enter_tenant(conn: psycopg.Connection[Any], tenant_id: UUID) -> None:

@@ -40,6 +40,7 @@ TENANT_TABLES = (
     "tenant_policies",
     "rate_buckets",
     "modules",
+    "audit_outbox",
     "audit_events",
 )
 # What the export archive carries (the rate bucket is a counter, not the tenant's data).
@@ -54,6 +55,7 @@ EXPORTED_TABLES = (
     "tenant_policies",
     "modules",
     "ingress_rejections",
+    "audit_outbox",
     "audit_events",
 )
 

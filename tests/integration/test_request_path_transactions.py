@@ -16,7 +16,7 @@ from shared.audit import AuditRecord
 from shared.audit.postgres import PostgresAuditStore
 from shared.config import Settings
 from shared.db.pool import build_pool
-from shared.db.session import platform_transaction, tenant_transaction, tenant_write
+from shared.db.session import platform_transaction, tenant_transaction, tenant_write, transaction_bag, when_released
 from shared.ratelimit import RateLimit, take_tenant_token
 
 pytestmark = pytest.mark.integration
@@ -210,3 +210,45 @@ def test_the_token_take_keeps_its_commit_setting_to_itself(
     # Asynchronous commit is for the bucket only: the next borrower (even one that resets nothing) commits durably.
     with one_connection.connection() as conn:
         assert conn.execute("SHOW synchronous_commit").fetchone() == {"synchronous_commit": "on"}
+
+
+def test_commit_callbacks_run_once_the_connection_is_back_and_only_after_a_commit(
+    one_connection: ConnectionPool[Any], new_tenant: Any
+) -> None:
+    tenant = new_tenant()
+    ran: list[Any] = []
+
+    def released() -> bool:
+        # The pool has one connection: borrowing it succeeds only once the transaction has handed it back.
+        with one_connection.connection(timeout=1) as conn:
+            return conn.info.transaction_status == TransactionStatus.IDLE
+
+    with tenant_transaction(tenant, pool=one_connection) as conn:
+        bag = transaction_bag(conn, "kept")
+        assert bag is not None and transaction_bag(conn, "kept") is bag
+        bag.append("queued")
+        when_released(conn, lambda: ran.append(("commit", list(bag), released())), only_on_commit=True)
+        when_released(conn, lambda: ran.append("rollback"), only_on_rollback=True)
+    assert ran == [("commit", ["queued"], True)]
+
+    ran.clear()
+    with pytest.raises(RuntimeError, match="the caller's failure"):
+        with tenant_transaction(tenant, pool=one_connection) as conn:
+            assert transaction_bag(conn, "kept") == []  # a new transaction's own
+            when_released(conn, lambda: ran.append("commit"), only_on_commit=True)
+            when_released(conn, lambda: ran.append("rollback"), only_on_rollback=True)
+            raise RuntimeError("the caller's failure")
+    assert ran == ["rollback"]
+
+    # A COMMIT that fails is a rollback too: the failed statement of a batched write surfaces at its end.
+    ran.clear()
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        with tenant_write(tenant, pool=one_connection) as conn:
+            when_released(conn, lambda: ran.append("commit"), only_on_commit=True)
+            when_released(conn, lambda: ran.append("rollback"), only_on_rollback=True)
+            conn.execute("SELECT 1 / 0")
+    assert ran == ["rollback"]
+
+    with one_connection.connection() as unheld:
+        assert transaction_bag(unheld, "kept") is None
+        assert when_released(unheld, lambda: ran.append("never"), only_on_commit=True) is False

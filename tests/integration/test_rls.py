@@ -190,15 +190,16 @@ def test_every_app_table_has_forced_rls_with_tenant_policies(pg) -> None:  # typ
                     "SELECT",
                     "(status = ANY (ARRAY['pending'::text, 'running'::text, 'waiting'::text, 'compensating'::text]))",
                 )
-            elif name in ("work_items", "step_attempts", "webhook_deliveries", "idempotency_keys"):
+            elif name in ("work_items", "step_attempts", "webhook_deliveries", "idempotency_keys", "audit_outbox"):
                 # The owner (never the app) reads which tenants have a lease that ran out, for the sweeper
                 # (migration 0018), a webhook delivery due (migration 0019) or an expired idempotency key (migration
-                # 0025): SELECT only.
+                # 0025) or an audit record waiting for its store (migration 0027): SELECT only.
                 owner_policy = {
                     "work_items": "sweeper_leased_items",
                     "step_attempts": "sweeper_open_attempts",
                     "webhook_deliveries": "webhook_due_tenants",
                     "idempotency_keys": "expired_key_tenants",
+                    "audit_outbox": "audit_relay_tenants",
                 }[name]
                 assert others == {("platform_erase", ("qp_platform",)), (owner_policy, (OWNER_ROLE,))}, name
                 cmd = conn.execute(
