@@ -114,6 +114,7 @@ _UNUSABLE_ID = "invalid"
 _PLAIN_ID = re.compile(r"[\x21-\x7e]{1,200}")
 _BODY_ERROR = "qp.deferred_body_error"
 _INPUT_PROBLEM = "qp.deferred_input_problem"
+_PERMITTED = "qp.permitted"
 _UNREAD_BODY = object()
 
 
@@ -250,11 +251,17 @@ def permission(action: Action, *, resource_param: str | None = None) -> Callable
                 403, "forbidden", "Forbidden", f"Not allowed to {action.value}.", extensions={"reason": decision.reason}
             )
         _raise_deferred_body_error(request)
+        request.scope[_PERMITTED] = action
         return context
 
     check.__name__ = check.__qualname__ = f"permission_{action.value.replace('.', '_')}"
     _PERMISSIONS[check] = RoutePermission(action, resource_param)
     return check
+
+
+def permission_checked(request: Request) -> bool:
+    """Whether this request's permission check has allowed it (what a route's transaction waits for)."""
+    return _PERMITTED in request.scope
 
 
 def route_permission(route: APIRoute) -> RoutePermission | None:

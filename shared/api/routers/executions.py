@@ -21,6 +21,7 @@ from shared.api.permissions import GuardedRoute, permission
 from shared.api.problems import ProblemError
 from shared.api.responses import AUTH_ERRORS, BAD_CURSOR, INVALID, problem_doc
 from shared.api.security import RequestContext, authorize
+from shared.api.transactions import TenantConnection
 from shared.config import get_settings
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
@@ -344,6 +345,7 @@ def _read_events(
 )
 def list_all(
     context: Annotated[RequestContext, Depends(permission(Action.EXECUTION_LIST))],
+    conn: TenantConnection,
     status: Annotated[repo.Status | None, Query(description="Only executions in this status.")] = None,
     intent_id: Annotated[UUID | None, Query(description="Only executions of this intent.")] = None,
     created_after: Annotated[
@@ -355,17 +357,16 @@ def list_all(
 ) -> ExecutionPage:
     """The tenant's executions, newest first, filtered by status, intent and creation time; cursor-paginated
     (Reader)."""
-    authorize(context, Action.EXECUTION_LIST, Resource.tenant(context.tenant.id))
-    with tenant_transaction(context.tenant.id) as conn:
-        rows, next_cursor = repo.list_executions(
-            conn,
-            status=status,
-            intent_id=intent_id,
-            created_after=created_after,
-            created_before=created_before,
-            cursor=cursor,
-            limit=limit,
-        )
+    authorize(context, Action.EXECUTION_LIST, Resource.tenant(context.tenant.id), conn=conn)
+    rows, next_cursor = repo.list_executions(
+        conn,
+        status=status,
+        intent_id=intent_id,
+        created_after=created_after,
+        created_before=created_before,
+        cursor=cursor,
+        limit=limit,
+    )
     return ExecutionPage(items=[_summary(row) for row in rows], next_cursor=next_cursor)
 
 
@@ -375,18 +376,18 @@ def list_all(
     summary="Get an execution",
     responses={**AUTH_ERRORS, 404: EXECUTION_NOT_FOUND, 422: INVALID},
 )
-def get_one(execution_id: ExecutionId, context: MayRead) -> ExecutionOut:
+def get_one(execution_id: ExecutionId, context: MayRead, conn: TenantConnection) -> ExecutionOut:
     """Status, pinned version, steps with attempts, timings, outputs (or blob references) and errors, and why it
     is waiting, of one execution (Reader)."""
-    with tenant_transaction(context.tenant.id) as conn:  # one transaction: the steps match the status read
-        execution = load_execution(context, execution_id, conn)
-        steps, attempts = list_steps(conn, execution.id), list_attempts(conn, execution.id)
-        work: list[work_queue.QueuedItem] = []
-        pollers: dict[str, work_queue.Poller] = {}
-        now = None
-        if any(step["state"] == "waiting" and step["action"] != "approval" for step in steps):
-            work, now = work_queue.list_items(conn, execution_id=execution.id)
-            pollers = work_queue.pollers(conn, sorted({item.action for item in work}))
+    # One transaction: the steps match the status read.
+    execution = load_execution(context, execution_id, conn)
+    steps, attempts = list_steps(conn, execution.id), list_attempts(conn, execution.id)
+    work: list[work_queue.QueuedItem] = []
+    pollers: dict[str, work_queue.Poller] = {}
+    now = None
+    if any(step["state"] == "waiting" and step["action"] != "approval" for step in steps):
+        work, now = work_queue.list_items(conn, execution_id=execution.id)
+        pollers = work_queue.pollers(conn, sorted({item.action for item in work}))
     return _out(execution, steps, attempts, work, pollers, now)
 
 

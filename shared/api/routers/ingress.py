@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.api.permissions import GuardedRoute, permission
 from shared.api.responses import AUTH_ERRORS, BAD_CURSOR, INVALID
 from shared.api.security import RequestContext, authorize
-from shared.db.session import tenant_transaction
+from shared.api.transactions import TenantConnection
 from shared.ingress.rejections import Rejection, list_rejections
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from shared.policy.actions import Action
@@ -100,6 +100,7 @@ def _out(row: Rejection) -> RejectionOut:
 )
 def rejections(
     context: Annotated[RequestContext, Depends(permission(Action.INGRESS_REJECTION_LIST))],
+    conn: TenantConnection,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: str | None = None,
 ) -> RejectionPage:
@@ -107,7 +108,6 @@ def rejections(
     over quota, stale), newest first, with the problem each would have got from the API; cursor-paginated (Reader).
     Events whose token was missing or invalid name no tenant, so they are never listed here. The newest 1,000 of the
     last 30 days are kept."""
-    authorize(context, Action.INGRESS_REJECTION_LIST, Resource.tenant(context.tenant.id))
-    with tenant_transaction(context.tenant.id) as conn:
-        rows, next_cursor = list_rejections(conn, cursor=cursor, limit=limit)
+    authorize(context, Action.INGRESS_REJECTION_LIST, Resource.tenant(context.tenant.id), conn=conn)
+    rows, next_cursor = list_rejections(conn, cursor=cursor, limit=limit)
     return RejectionPage(items=[_out(row) for row in rows], next_cursor=next_cursor)

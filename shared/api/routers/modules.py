@@ -16,7 +16,7 @@ from shared.api.permissions import GuardedRoute, permission
 from shared.api.problems import ProblemError
 from shared.api.responses import BAD_IDEMPOTENCY_KEY, problem_doc
 from shared.api.security import RequestContext, authenticated, authorize, record_mutation, tenant_resource
-from shared.db.session import tenant_transaction
+from shared.api.transactions import TenantConnection
 from shared.policy.actions import Action
 from shared.policy.authorizer import Resource
 from shared.registry.model import ACTION_PATTERN, READ_ONLY_FIELDS, IntentDefinitionIn
@@ -77,6 +77,7 @@ def _ok(example: Any) -> dict[int | str, dict[str, Any]]:
 )
 def list_all(
     context: Annotated[RequestContext, Depends(permission(Action.MODULE_LIST))],
+    conn: TenantConnection,
     include_disallowed: bool = Query(
         False, description="Also list actions that the tenant's allow-list refuses (flagged allowed=false)."
     ),
@@ -85,9 +86,8 @@ def list_all(
 
     By default only what the tenant's allow-list permits, decided exactly as the save-time gates decide it.
     """
-    authorize(context, Action.MODULE_LIST, Resource.tenant(context.tenant.id))
-    with tenant_transaction(context.tenant.id) as conn:
-        items = list_modules(conn, context.tenant_facts, include_disallowed=include_disallowed)
+    authorize(context, Action.MODULE_LIST, Resource.tenant(context.tenant.id), conn=conn)
+    items = list_modules(conn, context.tenant_facts, include_disallowed=include_disallowed)
     return ModuleList(items=items)
 
 
@@ -110,15 +110,16 @@ def list_all(
 )
 def read(
     context: Annotated[RequestContext, Depends(permission(Action.MODULE_READ, resource_param="action"))],
+    conn: TenantConnection,
     action: str = Path(pattern=ACTION_PATTERN, max_length=128),
 ) -> ModuleInfo:
     """One built-in or registered module, also when the allow-list refuses it (`allowed` says so) (Reader).
 
     Another tenant's module is 404: registrations are read under the caller's tenant only.
     """
-    authorize(context, Action.MODULE_READ, tenant_resource("Module", action, context.tenant.id, name=action))
-    with tenant_transaction(context.tenant.id) as conn:
-        module = get_module(conn, context.tenant_facts, action)
+    resource = tenant_resource("Module", action, context.tenant.id, name=action)
+    authorize(context, Action.MODULE_READ, resource, conn=conn)
+    module = get_module(conn, context.tenant_facts, action)
     if module is None:
         raise ProblemError(404, "not-found", "Not found", f"No module {action!r}.")
     return module
@@ -161,6 +162,7 @@ def register(
     registration: ModuleRegistration,
     request: Request,
     idempotency_key: Annotated[str | None, Depends(idempotency_key_header)],
+    conn: TenantConnection,
 ) -> ModuleInfo | Response:
     """Register an action that the tenant's own worker handles over module-work (Tenant.Admin).
 
@@ -169,27 +171,26 @@ def register(
     `Idempotency-Key` a retry gets the first answer instead of 409.
     """
     resource = tenant_resource("Module", registration.action, context.tenant.id, name=registration.action)
-    authorize(context, Action.MODULE_REGISTER, resource, detail={"action": registration.action})
-    with tenant_transaction(context.tenant.id) as conn:
-        replay = replay_or_claim(conn, idempotency_key, request, registration.model_dump(mode="json"))
-        if replay is not None:
-            return replay
-        try:
-            register_module(conn, context.tenant.id, registration, context.principal.id)
-        except ModuleConflictError as exc:
-            raise ProblemError(409, "conflict", "Conflict", exc.message, extensions={"conflict": exc.kind}) from None
-        record_mutation(
-            context,
-            Action.MODULE_REGISTER,
-            resource,
-            {"action": registration.action, "timeout_s": registration.timeout_s},
-            conn=conn,
-        )
-        module = get_module(conn, context.tenant_facts, registration.action)
-        assert module is not None  # inserted in this very transaction
-        headers = {"Location": f"/api/v1/modules/{registration.action}"}
-        content = module.model_dump(mode="json")
-        remember(conn, idempotency_key, 201, content, headers)
+    authorize(context, Action.MODULE_REGISTER, resource, conn=conn, detail={"action": registration.action})
+    replay = replay_or_claim(conn, idempotency_key, request, registration.model_dump(mode="json"))
+    if replay is not None:
+        return replay
+    try:
+        register_module(conn, context.tenant.id, registration, context.principal.id)
+    except ModuleConflictError as exc:
+        raise ProblemError(409, "conflict", "Conflict", exc.message, extensions={"conflict": exc.kind}) from None
+    record_mutation(
+        context,
+        Action.MODULE_REGISTER,
+        resource,
+        {"action": registration.action, "timeout_s": registration.timeout_s},
+        conn=conn,
+    )
+    module = get_module(conn, context.tenant_facts, registration.action)
+    assert module is not None  # inserted in this very transaction
+    headers = {"Location": f"/api/v1/modules/{registration.action}"}
+    content = module.model_dump(mode="json")
+    remember(conn, idempotency_key, 201, content, headers)
     return JSONResponse(content, status_code=201, headers=headers)
 
 

@@ -15,7 +15,7 @@ from shared.api.permissions import GuardedRoute, permission
 from shared.api.problems import FieldError, ProblemError
 from shared.api.responses import AUTH_ERRORS, BAD_IDEMPOTENCY_KEY, CONFLICT, INVALID, NOT_FOUND
 from shared.api.security import RequestContext, authorize, record_mutation, tenant_resource
-from shared.db.session import tenant_transaction
+from shared.api.transactions import TenantConnection
 from shared.policy.actions import Action
 from shared.policy.authorizer import get_authorizer
 from shared.policy.tenant_policies import (
@@ -32,11 +32,12 @@ router = APIRouter(prefix="/api/v1/policies", tags=["policies"], route_class=Gua
 
 
 @router.get("", response_model=TenantPolicyList, summary="List the tenant's own policies", responses=AUTH_ERRORS)
-def list_all(context: Annotated[RequestContext, Depends(permission(Action.POLICY_READ))]) -> TenantPolicyList:
+def list_all(
+    context: Annotated[RequestContext, Depends(permission(Action.POLICY_READ))], conn: TenantConnection
+) -> TenantPolicyList:
     """The tenant's extra Cedar policies (Tenant.Admin)."""
-    authorize(context, Action.POLICY_READ, tenant_resource("Policy", "*", context.tenant.id))
-    with tenant_transaction(context.tenant.id) as conn:
-        return TenantPolicyList(items=list_policies(conn))
+    authorize(context, Action.POLICY_READ, tenant_resource("Policy", "*", context.tenant.id), conn=conn)
+    return TenantPolicyList(items=list_policies(conn))
 
 
 @router.post(
@@ -51,10 +52,11 @@ def create(
     spec: TenantPolicyCreate,
     request: Request,
     idempotency_key: Annotated[str | None, Depends(idempotency_key_header)],
+    conn: TenantConnection,
 ) -> TenantPolicy | Response:
     """Add a Cedar policy, validated against the schema first (Tenant.Admin). With `Idempotency-Key` a retry gets
     the first answer instead of 409."""
-    authorize(context, Action.POLICY_CREATE, tenant_resource("Policy", spec.name, context.tenant.id))
+    authorize(context, Action.POLICY_CREATE, tenant_resource("Policy", spec.name, context.tenant.id), conn=conn)
     problems = get_authorizer().validate_tenant_policy(spec.policy)
     if problems:
         raise ProblemError(
@@ -64,24 +66,23 @@ def create(
             "The policy does not validate.",
             errors=[FieldError(pointer="/policy", detail=p) for p in problems],
         )
-    with tenant_transaction(context.tenant.id) as conn:
-        replay = replay_or_claim(conn, idempotency_key, request, spec.model_dump(mode="json"))
-        if replay is not None:
-            return replay
-        try:
-            policy = add_policy(conn, context.tenant.id, spec, context.principal.id)
-        except TenantPolicyConflictError:
-            raise ProblemError(409, "conflict", "Conflict", f"A policy named {spec.name!r} exists.") from None
-        record_mutation(
-            context,
-            Action.POLICY_CREATE,
-            tenant_resource("Policy", policy.id, context.tenant.id),
-            {"name": policy.name},
-            conn=conn,
-        )
-        headers = {"Location": f"/api/v1/policies/{policy.id}"}
-        content = policy.model_dump(mode="json")
-        remember(conn, idempotency_key, 201, content, headers)
+    replay = replay_or_claim(conn, idempotency_key, request, spec.model_dump(mode="json"))
+    if replay is not None:
+        return replay
+    try:
+        policy = add_policy(conn, context.tenant.id, spec, context.principal.id)
+    except TenantPolicyConflictError:
+        raise ProblemError(409, "conflict", "Conflict", f"A policy named {spec.name!r} exists.") from None
+    record_mutation(
+        context,
+        Action.POLICY_CREATE,
+        tenant_resource("Policy", policy.id, context.tenant.id),
+        {"name": policy.name},
+        conn=conn,
+    )
+    headers = {"Location": f"/api/v1/policies/{policy.id}"}
+    content = policy.model_dump(mode="json")
+    remember(conn, idempotency_key, 201, content, headers)
     return JSONResponse(content, status_code=201, headers=headers)
 
 
@@ -91,13 +92,13 @@ def create(
 def delete(
     policy_id: UUID,
     context: Annotated[RequestContext, Depends(permission(Action.POLICY_DELETE, resource_param="policy_id"))],
+    conn: TenantConnection,
 ) -> Response:
     """Remove one of the tenant's policies (Tenant.Admin); another tenant's id is 404."""
-    authorize(context, Action.POLICY_DELETE, tenant_resource("Policy", policy_id, context.tenant.id))
-    with tenant_transaction(context.tenant.id) as conn:
-        if not delete_policy(conn, context.tenant.id, policy_id):
-            raise ProblemError(404, "not-found", "Not found", f"No policy {policy_id}.")
-        record_mutation(
-            context, Action.POLICY_DELETE, tenant_resource("Policy", policy_id, context.tenant.id), {}, conn=conn
-        )
+    authorize(context, Action.POLICY_DELETE, tenant_resource("Policy", policy_id, context.tenant.id), conn=conn)
+    if not delete_policy(conn, context.tenant.id, policy_id):
+        raise ProblemError(404, "not-found", "Not found", f"No policy {policy_id}.")
+    record_mutation(
+        context, Action.POLICY_DELETE, tenant_resource("Policy", policy_id, context.tenant.id), {}, conn=conn
+    )
     return Response(status_code=204)

@@ -12,7 +12,7 @@ from shared.api.permissions import GuardedRoute, permission
 from shared.api.problems import FieldError, ProblemError
 from shared.api.responses import AUTH_ERRORS, INVALID
 from shared.api.security import RequestContext, authorize, record_mutation, tenant_resource
-from shared.db.session import tenant_transaction
+from shared.api.transactions import TenantConnection
 from shared.modules.ssrf import private_network_allowed
 from shared.policy.actions import Action
 from shared.tenants.models import TenantQuotas, TenantStatus
@@ -48,11 +48,13 @@ class TenantSettingsUpdate(BaseModel):
 
 
 @router.get("", response_model=TenantSettings, summary="Read the caller's tenant", responses=AUTH_ERRORS)
-def read(context: Annotated[RequestContext, Depends(permission(Action.TENANT_SETTINGS_READ))]) -> TenantSettings:
+def read(
+    context: Annotated[RequestContext, Depends(permission(Action.TENANT_SETTINGS_READ))], conn: TenantConnection
+) -> TenantSettings:
     """The caller's tenant and its settings (Tenant.Admin)."""
-    authorize(context, Action.TENANT_SETTINGS_READ, tenant_resource("Tenant", context.tenant.id, context.tenant.id))
-    with tenant_transaction(context.tenant.id) as conn:
-        return TenantSettings(**own_tenant(conn))
+    resource = tenant_resource("Tenant", context.tenant.id, context.tenant.id)
+    authorize(context, Action.TENANT_SETTINGS_READ, resource, conn=conn)
+    return TenantSettings(**own_tenant(conn))
 
 
 @router.patch(
@@ -62,11 +64,13 @@ def read(context: Annotated[RequestContext, Depends(permission(Action.TENANT_SET
     responses={**AUTH_ERRORS, 422: INVALID},
 )
 def update(
-    context: Annotated[RequestContext, Depends(permission(Action.TENANT_SETTINGS_UPDATE))], change: TenantSettingsUpdate
+    context: Annotated[RequestContext, Depends(permission(Action.TENANT_SETTINGS_UPDATE))],
+    change: TenantSettingsUpdate,
+    conn: TenantConnection,
 ) -> TenantSettings:
     """Merge settings into the tenant's own (Tenant.Admin); limits and allow-lists stay the platform's."""
     resource = tenant_resource("Tenant", context.tenant.id, context.tenant.id)
-    authorize(context, Action.TENANT_SETTINGS_UPDATE, resource)
+    authorize(context, Action.TENANT_SETTINGS_UPDATE, resource, conn=conn)
     problems = settings_problems(change.settings, allow_private=private_network_allowed())
     if problems:
         raise ProblemError(
@@ -76,10 +80,7 @@ def update(
             f"{len(problems)} invalid field(s)",
             errors=[FieldError(pointer=at, detail=detail) for at, detail in problems],
         )
-    with tenant_transaction(context.tenant.id) as conn:
-        merge_own_settings(conn, change.settings)
-        updated = TenantSettings(**own_tenant(conn))
-        record_mutation(
-            context, Action.TENANT_SETTINGS_UPDATE, resource, {"settings": sorted(change.settings)}, conn=conn
-        )
+    merge_own_settings(conn, change.settings)
+    updated = TenantSettings(**own_tenant(conn))
+    record_mutation(context, Action.TENANT_SETTINGS_UPDATE, resource, {"settings": sorted(change.settings)}, conn=conn)
     return updated

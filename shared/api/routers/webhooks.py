@@ -18,6 +18,7 @@ from shared.api.permissions import GuardedRoute, permission
 from shared.api.problems import ProblemError
 from shared.api.responses import AUTH_ERRORS, BAD_IDEMPOTENCY_KEY, INVALID, problem_doc
 from shared.api.security import RequestContext, authorize
+from shared.api.transactions import TenantConnection
 from shared.config import get_settings
 from shared.db.session import tenant_transaction
 from shared.events import webhook_store as store
@@ -162,20 +163,18 @@ async def create(
 
 
 @router.get("", response_model=SubscriptionPage, summary="List webhook subscriptions", responses={**AUTH_ERRORS})
-def list_all(context: MayRead) -> SubscriptionPage:
+def list_all(context: MayRead, conn: TenantConnection) -> SubscriptionPage:
     """The tenant's subscriptions, without their secrets (Tenant.Admin)."""
-    authorize(context, Action.WEBHOOK_READ, Resource.tenant(context.tenant.id))
-    with tenant_transaction(context.tenant.id) as conn:
-        return SubscriptionPage(items=[_out(s) for s in store.list_all(conn)])
+    authorize(context, Action.WEBHOOK_READ, Resource.tenant(context.tenant.id), conn=conn)
+    return SubscriptionPage(items=[_out(s) for s in store.list_all(conn)])
 
 
 @router.get("/{subscription_id}", response_model=SubscriptionOut, summary="Get a webhook subscription",
             responses={**AUTH_ERRORS, 404: NOT_FOUND})  # fmt: skip
-def get_one(subscription_id: SubscriptionId, context: MayRead) -> SubscriptionOut:
+def get_one(subscription_id: SubscriptionId, context: MayRead, conn: TenantConnection) -> SubscriptionOut:
     """One subscription, without its secret (Tenant.Admin)."""
-    authorize(context, Action.WEBHOOK_READ, Resource.tenant(context.tenant.id))
-    with tenant_transaction(context.tenant.id) as conn:
-        return _out(_found(conn, subscription_id))
+    authorize(context, Action.WEBHOOK_READ, Resource.tenant(context.tenant.id), conn=conn)
+    return _out(_found(conn, subscription_id))
 
 
 @router.patch("/{subscription_id}", response_model=SubscriptionOut, summary="Change a webhook subscription",
@@ -204,31 +203,30 @@ async def change(subscription_id: SubscriptionId, body: SubscriptionPatch, conte
 
 @router.post("/{subscription_id}/rotate-secret", response_model=SecretOut, summary="Rotate the signing secret",
              responses={**AUTH_ERRORS, 404: NOT_FOUND})  # fmt: skip
-def rotate(subscription_id: SubscriptionId, context: MayManage) -> SecretOut:
+def rotate(subscription_id: SubscriptionId, context: MayManage, conn: TenantConnection) -> SecretOut:
     """A new signing secret, shown once; deliveries from now on are signed with it (Tenant.Admin)."""
-    authorize(context, Action.WEBHOOK_MANAGE, Resource.tenant(context.tenant.id), detail={"id": str(subscription_id)})
-    with tenant_transaction(context.tenant.id) as conn:
-        _found(conn, subscription_id)
-        return SecretOut(id=subscription_id, secret=store.rotate(conn, subscription_id))
+    detail = {"id": str(subscription_id)}
+    authorize(context, Action.WEBHOOK_MANAGE, Resource.tenant(context.tenant.id), conn=conn, detail=detail)
+    _found(conn, subscription_id)
+    return SecretOut(id=subscription_id, secret=store.rotate(conn, subscription_id))
 
 
 @router.delete("/{subscription_id}", status_code=204, summary="Delete a webhook subscription",
                responses={**AUTH_ERRORS, 404: NOT_FOUND})  # fmt: skip
-def delete(subscription_id: SubscriptionId, context: MayManage) -> Response:
+def delete(subscription_id: SubscriptionId, context: MayManage, conn: TenantConnection) -> Response:
     """Remove the subscription and its delivery log (Tenant.Admin)."""
-    authorize(context, Action.WEBHOOK_MANAGE, Resource.tenant(context.tenant.id), detail={"id": str(subscription_id)})
-    with tenant_transaction(context.tenant.id) as conn:
-        _found(conn, subscription_id)
-        store.delete(conn, subscription_id)
+    detail = {"id": str(subscription_id)}
+    authorize(context, Action.WEBHOOK_MANAGE, Resource.tenant(context.tenant.id), conn=conn, detail=detail)
+    _found(conn, subscription_id)
+    store.delete(conn, subscription_id)
     return Response(status_code=204)
 
 
 @router.get("/{subscription_id}/deliveries", response_model=DeliveryPage, summary="Read a subscription's deliveries",
             responses={**AUTH_ERRORS, 404: NOT_FOUND, 422: INVALID})  # fmt: skip
-def deliveries(subscription_id: SubscriptionId, context: MayRead) -> DeliveryPage:
+def deliveries(subscription_id: SubscriptionId, context: MayRead, conn: TenantConnection) -> DeliveryPage:
     """The subscription's last 100 deliveries, newest first (Tenant.Admin)."""
-    authorize(context, Action.WEBHOOK_READ, Resource.tenant(context.tenant.id))
-    with tenant_transaction(context.tenant.id) as conn:
-        _found(conn, subscription_id)
-        rows = store.deliveries(conn, subscription_id)
+    authorize(context, Action.WEBHOOK_READ, Resource.tenant(context.tenant.id), conn=conn)
+    _found(conn, subscription_id)
+    rows = store.deliveries(conn, subscription_id)
     return DeliveryPage(items=[DeliveryOut(**{k: row[k] for k in DeliveryOut.model_fields}) for row in rows])
