@@ -46,7 +46,7 @@ from shared.api.routers.registry_models import (
     request_examples,
 )
 from shared.api.security import RequestContext, authorize, record_mutation
-from shared.db.session import tenant_transaction
+from shared.api.transactions import TenantConnection
 from shared.engine.start import active_executions, concurrent_limit
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from shared.policy.actions import Action
@@ -294,12 +294,11 @@ def definition_router(kind: Kind) -> APIRouter:
     MayArchive = Annotated[RequestContext, Depends(permission(spec.archive, resource_param="item_id"))]
     MayRollback = Annotated[RequestContext, Depends(permission(spec.rollback, resource_param="item_id"))]
 
-    def load(context: RequestContext, item_id: UUID) -> service.Item:
-        with tenant_transaction(context.tenant.id) as conn:
-            try:
-                return service.get(conn, kind, item_id)
-            except service.RegistryError as exc:
-                raise _problem(exc) from None
+    def load(conn: service.Conn, item_id: UUID) -> service.Item:
+        try:
+            return service.get(conn, kind, item_id)
+        except service.RegistryError as exc:
+            raise _problem(exc) from None
 
     def resource_of(context: RequestContext, item: service.Item) -> Resource:
         return _resource(spec, str(item.head.id), context.tenant.id, item.target, item.version.labels)
@@ -320,26 +319,27 @@ def definition_router(kind: Kind) -> APIRouter:
             },
         },
     )
-    def create(context: MayCreate, body: Json, request: Request, idempotency_key: IdempotencyKey) -> Response:
+    def create(
+        context: MayCreate, conn: TenantConnection, body: Json, request: Request, idempotency_key: IdempotencyKey
+    ) -> Response:
         """Validate and store version 1; 201 with Location and ETag. With `Idempotency-Key` a retry replays the
         first response, and the key with another body is 422."""
         item_id = uuid.uuid4()
         resource = _body_resource(spec, str(item_id), context.tenant.id, body)
-        authorize(context, spec.create, resource, detail={"name": body.get("name")})
-        with tenant_transaction(context.tenant.id) as conn:
-            replay = replay_or_claim(conn, idempotency_key, request, body)
-            if replay is not None:
-                return replay
-            try:
-                item = service.create(
-                    conn, kind, body, item_id=item_id, tenant=context.tenant_facts, created_by=context.principal.id
-                )
-            except service.RegistryError as exc:
-                raise _problem(exc) from None
-            record_mutation(context, spec.create, resource, {"name": item.head.name, "version": 1}, conn=conn)
-            content = _item_out(item).model_dump(mode="json")
-            headers = {"Location": f"{spec.path}/{item_id}", "ETag": item.etag}
-            remember(conn, idempotency_key, 201, content, headers)
+        authorize(context, spec.create, resource, detail={"name": body.get("name")}, conn=conn)
+        replay = replay_or_claim(conn, idempotency_key, request, body)
+        if replay is not None:
+            return replay
+        try:
+            item = service.create(
+                conn, kind, body, item_id=item_id, tenant=context.tenant_facts, created_by=context.principal.id
+            )
+        except service.RegistryError as exc:
+            raise _problem(exc) from None
+        record_mutation(context, spec.create, resource, {"name": item.head.name, "version": 1}, conn=conn)
+        content = _item_out(item).model_dump(mode="json")
+        headers = {"Location": f"{spec.path}/{item_id}", "ETag": item.etag}
+        remember(conn, idempotency_key, 201, content, headers)
         return JSONResponse(content, status_code=201, headers=headers)
 
     @router.get(
@@ -347,6 +347,7 @@ def definition_router(kind: Kind) -> APIRouter:
     )
     def list_all(
         context: MayList,
+        conn: TenantConnection,
         name_prefix: Annotated[str | None, Query(max_length=63, description="Names starting with this.")] = None,
         label: Annotated[
             list[str] | None, Query(description="key:value; repeat to require several.", examples=["team:web"])
@@ -356,14 +357,13 @@ def definition_router(kind: Kind) -> APIRouter:
         cursor: str | None = None,
     ) -> RegistryItemPage:
         """The tenant's items by name, filtered by name prefix, labels and status; cursor-paginated (Reader)."""
-        authorize(context, spec.list, Resource.tenant(context.tenant.id))
+        authorize(context, spec.list, Resource.tenant(context.tenant.id), conn=conn)
         labels = _label_filter(label)
         if labels is None:
             return RegistryItemPage(items=[], next_cursor=None)
-        with tenant_transaction(context.tenant.id) as conn:
-            rows, next_cursor = service.list_items(
-                conn, kind, name_prefix=name_prefix, labels=labels, status=status, cursor=cursor, limit=limit
-            )
+        rows, next_cursor = service.list_items(
+            conn, kind, name_prefix=name_prefix, labels=labels, status=status, cursor=cursor, limit=limit
+        )
         return RegistryItemPage(items=[_summary_out(row) for row in rows], next_cursor=next_cursor)
 
     @router.post(
@@ -372,19 +372,19 @@ def definition_router(kind: Kind) -> APIRouter:
         summary=f"Validate {_a(noun)} {noun} without saving it",
         responses={**COMMON_ERRORS, 422: E422},
     )
-    def validate(context: MayCreate, body: Json) -> RegistryValidation:
+    def validate(context: MayCreate, conn: TenantConnection, body: Json) -> RegistryValidation:
         """Every problem at once (422), or the normalized definition and its plan (200); nothing is saved."""
         authorize(
             context,
             spec.create,
             _body_resource(spec, "unsaved", context.tenant.id, body),
             detail={"operation": "validate", "name": body.get("name")},
+            conn=conn,
         )
-        with tenant_transaction(context.tenant.id) as conn:
-            try:
-                checked = service.check(conn, kind, body, tenant=context.tenant_facts)
-            except service.RegistryError as exc:
-                raise _problem(exc) from None
+        try:
+            checked = service.check(conn, kind, body, tenant=context.tenant_facts)
+        except service.RegistryError as exc:
+            raise _problem(exc) from None
         request = checked.request
         return RegistryValidation(
             name=request.name,
@@ -402,10 +402,10 @@ def definition_router(kind: Kind) -> APIRouter:
         summary=f"Read {_a(noun)} {noun}",
         responses={**COMMON_ERRORS, 404: E404},
     )
-    def read(item_id: ItemId, context: MayRead) -> JSONResponse:
+    def read(item_id: ItemId, context: MayRead, conn: TenantConnection) -> JSONResponse:
         """The current version, with its ETag (Reader)."""
-        item = load(context, item_id)
-        authorize(context, spec.read, resource_of(context, item))
+        item = load(conn, item_id)
+        authorize(context, spec.read, resource_of(context, item), conn=conn)
         return _with_etag(_item_out(item), item.etag)
 
     @router.put(
@@ -414,31 +414,34 @@ def definition_router(kind: Kind) -> APIRouter:
         summary=f"Update {_a(noun)} {noun} (a new version)",
         responses={**ITEM_ERRORS, 409: E409_ARCHIVED, 412: E412, 428: E428},
     )
-    def update(item_id: ItemId, context: MayUpdate, body: Json, if_match: IfMatch = None) -> JSONResponse:
+    def update(
+        item_id: ItemId, context: MayUpdate, conn: TenantConnection, body: Json, if_match: IfMatch = None
+    ) -> JSONResponse:
         """Store the next version; `If-Match` with the current ETag is required (stale: 412). Of two updates
         with one ETag exactly one wins (Author)."""
-        item = load(context, item_id)
-        authorize(context, spec.update, resource_of(context, item), detail={"from_version": item.version.version})
+        item = load(conn, item_id)
+        authorize(
+            context, spec.update, resource_of(context, item), detail={"from_version": item.version.version}, conn=conn
+        )
         if not if_match:
             raise ProblemError(
                 428, "precondition-required", "Precondition required", f"Send If-Match with the {noun}'s ETag."
             )
-        with tenant_transaction(context.tenant.id) as conn:
-            try:
-                updated = service.update(
-                    conn,
-                    kind,
-                    item_id,
-                    body,
-                    if_match=_if_match(if_match),
-                    tenant=context.tenant_facts,
-                    created_by=context.principal.id,
-                )
-            except service.RegistryError as exc:
-                raise _problem(exc) from None
-            record_mutation(
-                context, spec.update, resource_of(context, updated), {"version": updated.version.version}, conn=conn
+        try:
+            updated = service.update(
+                conn,
+                kind,
+                item_id,
+                body,
+                if_match=_if_match(if_match),
+                tenant=context.tenant_facts,
+                created_by=context.principal.id,
             )
+        except service.RegistryError as exc:
+            raise _problem(exc) from None
+        record_mutation(
+            context, spec.update, resource_of(context, updated), {"version": updated.version.version}, conn=conn
+        )
         return _with_etag(_item_out(updated), updated.etag)
 
     @router.delete(
@@ -447,24 +450,23 @@ def definition_router(kind: Kind) -> APIRouter:
         summary=f"Archive {_a(noun)} {noun}",
         responses={**COMMON_ERRORS, 404: E404, 412: E412},
     )
-    def archive(item_id: ItemId, context: MayArchive, if_match: IfMatch = None) -> JSONResponse:
+    def archive(item_id: ItemId, context: MayArchive, conn: TenantConnection, if_match: IfMatch = None) -> JSONResponse:
         """Archive: no new versions or executions; versions kept and reads still work. Archiving an archived
         item changes nothing (Author)."""
-        item = load(context, item_id)
-        authorize(context, spec.archive, resource_of(context, item))
-        with tenant_transaction(context.tenant.id) as conn:
-            try:
-                archived, changed = service.archive(conn, kind, item_id, if_match=_if_match(if_match))
-            except service.RegistryError as exc:
-                raise _problem(exc) from None
-            if changed:
-                record_mutation(
-                    context,
-                    spec.archive,
-                    resource_of(context, archived),
-                    {"version": archived.version.version},
-                    conn=conn,
-                )
+        item = load(conn, item_id)
+        authorize(context, spec.archive, resource_of(context, item), conn=conn)
+        try:
+            archived, changed = service.archive(conn, kind, item_id, if_match=_if_match(if_match))
+        except service.RegistryError as exc:
+            raise _problem(exc) from None
+        if changed:
+            record_mutation(
+                context,
+                spec.archive,
+                resource_of(context, archived),
+                {"version": archived.version.version},
+                conn=conn,
+            )
         return _with_etag(_item_out(archived), archived.etag)
 
     @router.post(
@@ -476,41 +478,41 @@ def definition_router(kind: Kind) -> APIRouter:
     def rollback(
         item_id: ItemId,
         context: MayRollback,
+        conn: TenantConnection,
         body: RollbackRequest,
         if_match: IfMatch = None,
     ) -> JSONResponse:
         """A new version equal to `to_version`, its origin `{"kind": "rollback", "from_version": n}`; the old
         version must still validate. `If-Match` is optional here (Author)."""
-        item = load(context, item_id)
-        authorize(context, spec.rollback, resource_of(context, item), detail={"to_version": body.to_version})
-        with tenant_transaction(context.tenant.id) as conn:
-            try:
-                rolled = service.rollback(
-                    conn,
-                    kind,
-                    item_id,
-                    body.to_version,
-                    if_match=_if_match(if_match),
-                    tenant=context.tenant_facts,
-                    created_by=context.principal.id,
-                )
-            except service.UnknownVersionError as exc:
-                raise ProblemError(
-                    422,
-                    "validation-error",
-                    "Request validation failed",
-                    str(exc),
-                    extensions={"errors": [{"pointer": "/to_version", "detail": str(exc), "code": "unknown_version"}]},
-                ) from None
-            except service.RegistryError as exc:
-                raise _problem(exc) from None
-            record_mutation(
-                context,
-                spec.rollback,
-                resource_of(context, rolled),
-                {"version": rolled.version.version, "from_version": body.to_version},
-                conn=conn,
+        item = load(conn, item_id)
+        authorize(context, spec.rollback, resource_of(context, item), detail={"to_version": body.to_version}, conn=conn)
+        try:
+            rolled = service.rollback(
+                conn,
+                kind,
+                item_id,
+                body.to_version,
+                if_match=_if_match(if_match),
+                tenant=context.tenant_facts,
+                created_by=context.principal.id,
             )
+        except service.UnknownVersionError as exc:
+            raise ProblemError(
+                422,
+                "validation-error",
+                "Request validation failed",
+                str(exc),
+                extensions={"errors": [{"pointer": "/to_version", "detail": str(exc), "code": "unknown_version"}]},
+            ) from None
+        except service.RegistryError as exc:
+            raise _problem(exc) from None
+        record_mutation(
+            context,
+            spec.rollback,
+            resource_of(context, rolled),
+            {"version": rolled.version.version, "from_version": body.to_version},
+            conn=conn,
+        )
         return _with_etag(_item_out(rolled), rolled.etag)
 
     @router.get(
@@ -522,17 +524,17 @@ def definition_router(kind: Kind) -> APIRouter:
     def list_versions(
         item_id: ItemId,
         context: MayRead,
+        conn: TenantConnection,
         cursor: str | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     ) -> RegistryVersionPage:
         """Every version, oldest first, cursor-paginated (Reader)."""
-        item = load(context, item_id)
-        authorize(context, spec.read, resource_of(context, item))
-        with tenant_transaction(context.tenant.id) as conn:
-            try:
-                rows, next_cursor = service.versions(conn, kind, item_id, cursor=cursor, limit=limit)
-            except service.RegistryError as exc:
-                raise _problem(exc) from None
+        item = load(conn, item_id)
+        authorize(context, spec.read, resource_of(context, item), conn=conn)
+        try:
+            rows, next_cursor = service.versions(conn, kind, item_id, cursor=cursor, limit=limit)
+        except service.RegistryError as exc:
+            raise _problem(exc) from None
         return RegistryVersionPage(items=[_version_out(row) for row in rows], next_cursor=next_cursor)
 
     @router.get(
@@ -541,15 +543,16 @@ def definition_router(kind: Kind) -> APIRouter:
         summary=f"Read one version of {_a(noun)} {noun}",
         responses={**COMMON_ERRORS, 404: E404},
     )
-    def read_version(item_id: ItemId, number: Annotated[int, Path(ge=1)], context: MayRead) -> RegistryVersion:
+    def read_version(
+        item_id: ItemId, number: Annotated[int, Path(ge=1)], context: MayRead, conn: TenantConnection
+    ) -> RegistryVersion:
         """One immutable version (Reader)."""
-        item = load(context, item_id)
-        authorize(context, spec.read, resource_of(context, item), detail={"version": number})
-        with tenant_transaction(context.tenant.id) as conn:
-            try:
-                return _version_out(service.version(conn, kind, item_id, number))
-            except service.RegistryError as exc:
-                raise _problem(exc) from None
+        item = load(conn, item_id)
+        authorize(context, spec.read, resource_of(context, item), detail={"version": number}, conn=conn)
+        try:
+            return _version_out(service.version(conn, kind, item_id, number))
+        except service.RegistryError as exc:
+            raise _problem(exc) from None
 
     @router.get(
         "/{item_id}/diff",
@@ -560,22 +563,23 @@ def definition_router(kind: Kind) -> APIRouter:
     def diff(
         item_id: ItemId,
         context: MayRead,
+        conn: TenantConnection,
         from_version: Annotated[int, Query(alias="from", ge=1)],
         to_version: Annotated[int, Query(alias="to", ge=1)],
     ) -> RegistryDiff:
         """Steps added, removed and changed (with paths, old and new values), and a short summary (Reader)."""
-        item = load(context, item_id)
+        item = load(conn, item_id)
         authorize(
             context,
             spec.read,
             resource_of(context, item),
             detail={"operation": "diff", "from": from_version, "to": to_version},
+            conn=conn,
         )
-        with tenant_transaction(context.tenant.id) as conn:
-            try:
-                result = service.diff(conn, kind, item_id, from_version, to_version)
-            except service.RegistryError as exc:
-                raise _problem(exc) from None
+        try:
+            result = service.diff(conn, kind, item_id, from_version, to_version)
+        except service.RegistryError as exc:
+            raise _problem(exc) from None
         return RegistryDiff(
             from_version=result.from_version,
             to_version=result.to_version,
@@ -590,13 +594,15 @@ def definition_router(kind: Kind) -> APIRouter:
         summary=f"Plan {_a(noun)} {noun} (dry run)",
         responses={**ITEM_ERRORS},
     )
-    def plan(item_id: ItemId, context: MayRead) -> RegistryPlan:
+    def plan(item_id: ItemId, context: MayRead, conn: TenantConnection) -> RegistryPlan:
         """The current version's steps in execution levels, each with its module and the caller's decision for
         executing it (an `intent.run` step: for executing the child intent it runs), the tenant's quota headroom and
         the plan hash; nothing is saved or started (Reader)."""
-        item = load(context, item_id)
+        item = load(conn, item_id)
         resource = resource_of(context, item)
-        authorize(context, spec.read, resource, detail={"operation": "plan", "version": item.version.version})
+        authorize(
+            context, spec.read, resource, detail={"operation": "plan", "version": item.version.version}, conn=conn
+        )
         decide = None
         if kind == "intent":
             policies = tenant_policy_texts(context.tenant.id)
@@ -627,12 +633,11 @@ def definition_router(kind: Kind) -> APIRouter:
                     return Decision(False, "too_many_descendants", ())
                 return decision
 
-        with tenant_transaction(context.tenant.id) as conn:
-            try:
-                quota = service.QuotaHeadroom.of(concurrent_limit(context.tenant.quotas), active_executions(conn))
-                result = service.plan(conn, kind, item_id, tenant=context.tenant_facts, decide=decide, quota=quota)
-            except service.RegistryError as exc:
-                raise _problem(exc) from None
+        try:
+            quota = service.QuotaHeadroom.of(concurrent_limit(context.tenant.quotas), active_executions(conn))
+            result = service.plan(conn, kind, item_id, tenant=context.tenant_facts, decide=decide, quota=quota)
+        except service.RegistryError as exc:
+            raise _problem(exc) from None
         return _plan_out(result, kind)
 
     return router
