@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 from uuid import UUID
 
+import psycopg
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -27,9 +29,10 @@ from shared.api.responses import (
     PRECONDITION_REQUIRED,
 )
 from shared.api.security import RequestContext, authorize, record_mutation, record_tenant_event
+from shared.api.transactions import ControlConnection
 from shared.audit import get_audit_store
 from shared.config import get_settings
-from shared.db.session import platform_transaction
+from shared.db.session import platform_transaction, when_released
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor
 from shared.policy.actions import Action
 from shared.policy.authorizer import Resource
@@ -54,14 +57,26 @@ def _not_found(tenant_id: UUID) -> ProblemError:
     return ProblemError(404, "not-found", "Not found", f"No tenant {tenant_id}.")
 
 
-def _authorized_tenant(context: RequestContext, action: Action, tenant_id: UUID) -> Tenant:
-    """Decide `action` on the control plane for this tenant, then load it (404 when it does not exist)."""
+def _authorized_tenant(
+    context: RequestContext, action: Action, tenant_id: UUID, conn: psycopg.Connection[Any] | None = None
+) -> Tenant:
+    """Decide `action` on the control plane for this tenant, then load it (404 when it does not exist); in `conn`
+    when the caller holds a control-plane transaction."""
     authorize(context, action, _PLATFORM, detail={"tenant_id": str(tenant_id)})
-    with platform_transaction() as conn:
+    if conn is None:
+        with platform_transaction() as own:
+            tenant = get_tenant(own, tenant_id)
+    else:
         tenant = get_tenant(conn, tenant_id)
     if tenant is None:
         raise _not_found(tenant_id)
     return tenant
+
+
+def _after_commit(conn: psycopg.Connection[Any], work: Callable[[], None]) -> None:
+    # A change of the control plane is seen (the tenant directory) and audited once it is committed: the audit
+    # record belongs to the operator's tenant, in another transaction.
+    when_released(conn, work, only_on_commit=True)
 
 
 @router.post(
@@ -76,32 +91,36 @@ def create(
     spec: TenantCreate,
     request: Request,
     idempotency_key: Annotated[str | None, Depends(idempotency_key_header)],
+    conn: ControlConnection,
 ) -> Tenant | Response:
     """Provision a tenant (Platform.Admin). With `Idempotency-Key` (the caller's own) a retry gets the first answer
     instead of 409."""
     authorize(context, Action.TENANT_CREATE, _PLATFORM, detail={"name": spec.name})
-    with platform_transaction() as conn:
-        replay = replay_or_claim(
-            conn, idempotency_key, request, spec.model_dump(mode="json"), principal=context.principal.id
-        )
-        if replay is not None:
-            return replay
-        try:
-            tenant = create_tenant(conn, spec)
-        except TenantConflictError:
-            raise ProblemError(
-                409, "conflict", "Conflict", "A tenant with this name or Entra tenant id is already provisioned."
-            ) from None
-        headers = {"ETag": etag(tenant), "Location": f"/api/v1/tenants/{tenant.id}"}
-        content = tenant.model_dump(mode="json")
-        remember(conn, idempotency_key, 201, content, headers, principal=context.principal.id)
-    tenant_directory.forget()
-    record_mutation(
-        context,
-        Action.TENANT_CREATE,
-        Resource("Tenant", str(tenant.id), None, {}),
-        {"name": tenant.name, "status": tenant.status},
+    replay = replay_or_claim(
+        conn, idempotency_key, request, spec.model_dump(mode="json"), principal=context.principal.id
     )
+    if replay is not None:
+        return replay
+    try:
+        tenant = create_tenant(conn, spec)
+    except TenantConflictError:
+        raise ProblemError(
+            409, "conflict", "Conflict", "A tenant with this name or Entra tenant id is already provisioned."
+        ) from None
+    headers = {"ETag": etag(tenant), "Location": f"/api/v1/tenants/{tenant.id}"}
+    content = tenant.model_dump(mode="json")
+    remember(conn, idempotency_key, 201, content, headers, principal=context.principal.id)
+
+    def committed() -> None:
+        tenant_directory.forget()
+        record_mutation(
+            context,
+            Action.TENANT_CREATE,
+            Resource("Tenant", str(tenant.id), None, {}),
+            {"name": tenant.name, "status": tenant.status},
+        )
+
+    _after_commit(conn, committed)
     return JSONResponse(content, status_code=201, headers=headers)
 
 
@@ -110,6 +129,7 @@ def create(
 )
 def list_all(
     context: Annotated[RequestContext, Depends(permission(Action.TENANT_LIST))],
+    conn: ControlConnection,
     limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
     cursor: str | None = None,
     status: TenantStatus | None = None,
@@ -117,8 +137,7 @@ def list_all(
     """Tenants by name, cursor-paginated (Platform.Admin)."""
     authorize(context, Action.TENANT_LIST, _PLATFORM)
     position = decode_cursor(cursor) or {}
-    with platform_transaction() as conn:
-        return list_tenants(conn, limit=limit, after_name=position.get("name"), status=status)
+    return list_tenants(conn, limit=limit, after_name=position.get("name"), status=status)
 
 
 @router.get(
@@ -128,10 +147,13 @@ def list_all(
     responses={**AUTH_ERRORS, 404: NOT_FOUND, 422: INVALID},
 )
 def read(
-    tenant_id: UUID, response: Response, context: Annotated[RequestContext, Depends(permission(Action.TENANT_READ))]
+    tenant_id: UUID,
+    response: Response,
+    context: Annotated[RequestContext, Depends(permission(Action.TENANT_READ))],
+    conn: ControlConnection,
 ) -> Tenant:
     """One tenant with its ETag (Platform.Admin)."""
-    tenant = _authorized_tenant(context, Action.TENANT_READ, tenant_id)
+    tenant = _authorized_tenant(context, Action.TENANT_READ, tenant_id, conn)
     response.headers["ETag"] = etag(tenant)
     return tenant
 
@@ -145,6 +167,7 @@ def read(
 def patch(
     tenant_id: UUID,
     context: Annotated[RequestContext, Depends(permission(Action.TENANT_UPDATE))],
+    conn: ControlConnection,
     change: TenantUpdate,
     response: Response,
     if_match: Annotated[str | None, Header()] = None,
@@ -155,23 +178,26 @@ def patch(
         raise ProblemError(
             428, "precondition-required", "Precondition required", "Send If-Match with the tenant's ETag."
         )
-    with platform_transaction() as conn:
-        current = get_tenant(conn, tenant_id)
-        if current is None:
-            raise _not_found(tenant_id)
-        if if_match != etag(current):
-            raise ProblemError(
-                412, "precondition-failed", "Precondition failed", "The tenant changed since that ETag was issued."
-            )
-        tenant = update_tenant(conn, tenant_id, change)
+    current = get_tenant(conn, tenant_id)
+    if current is None:
+        raise _not_found(tenant_id)
+    if if_match != etag(current):
+        raise ProblemError(
+            412, "precondition-failed", "Precondition failed", "The tenant changed since that ETag was issued."
+        )
+    tenant = update_tenant(conn, tenant_id, change)
     assert tenant is not None  # it existed inside this transaction
-    tenant_directory.forget()
-    record_mutation(
-        context,
-        Action.TENANT_UPDATE,
-        Resource("Tenant", str(tenant.id), None, {}),
-        change.model_dump(mode="json", exclude_unset=True),
-    )
+
+    def committed() -> None:
+        tenant_directory.forget()
+        record_mutation(
+            context,
+            Action.TENANT_UPDATE,
+            Resource("Tenant", str(tenant.id), None, {}),
+            change.model_dump(mode="json", exclude_unset=True),
+        )
+
+    _after_commit(conn, committed)
     response.headers["ETag"] = etag(tenant)
     return tenant
 

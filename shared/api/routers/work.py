@@ -19,6 +19,7 @@ from shared.api.permissions import GuardedRoute, permission
 from shared.api.problems import ProblemError
 from shared.api.responses import AUTH_ERRORS, INVALID, problem_doc
 from shared.api.security import RequestContext, authorize
+from shared.api.transactions import TenantConnection
 from shared.db.session import tenant_transaction
 from shared.engine import work_queue
 from shared.engine.event_wakeup import get_event_wakeup
@@ -338,6 +339,7 @@ def _entry(item: work_queue.QueuedItem, now: datetime) -> QueueEntry:
 @router.get("", response_model=QueuePage, summary="List queued work", responses={**AUTH_ERRORS, 422: INVALID})
 def list_work(
     context: Annotated[RequestContext, Depends(permission(Action.WORK_LIST))],
+    conn: TenantConnection,
     action: Annotated[str | None, Query(min_length=1, max_length=128, description="Only items of this action.")] = None,
     status: Annotated[work_queue.QueueStatus | None, Query(description="queued, leased or expired.")] = None,
     execution_id: Annotated[UUID | None, Query(description="Only items of this execution.")] = None,
@@ -345,7 +347,6 @@ def list_work(
 ) -> QueuePage:
     """The tenant's open work items (no result yet): queued, leased (by whom, since when, last heartbeat,
     progress) or with an expired lease (Module.Worker and every reader)."""
-    authorize(context, Action.WORK_LIST, Resource.tenant(context.tenant.id))
-    with tenant_transaction(context.tenant.id) as conn:
-        items, now = work_queue.list_items(conn, action=action, status=status, execution_id=execution_id, limit=limit)
+    authorize(context, Action.WORK_LIST, Resource.tenant(context.tenant.id), conn=conn)
+    items, now = work_queue.list_items(conn, action=action, status=status, execution_id=execution_id, limit=limit)
     return QueuePage(items=[_entry(item, now) for item in items])
