@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import anyio
 import psycopg
 from fastapi import Depends, Request
 from psycopg.rows import DictRow
@@ -25,7 +26,10 @@ from shared.db.session import request_transaction
 
 
 async def _run(call: Any) -> Any:
-    return await run_in_threadpool(call)
+    # Shielded: a request cancelled (its client gone) while a step runs still learns the step's outcome, so a
+    # borrowed connection is always handed back, a commit is never taken for a rollback, and deferred work runs.
+    with anyio.CancelScope(shield=True):
+        return await run_in_threadpool(call)
 
 
 def _after_the_permission_check(request: Request) -> None:
