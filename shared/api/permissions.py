@@ -36,6 +36,7 @@ from starlette.types import Scope
 
 from shared.api.problems import ProblemError
 from shared.api.security import RequestContext, authenticated
+from shared.api.transactions import PERMITTED, in_route_transaction
 from shared.audit import AuditRecord, get_audit_store
 from shared.auth.principal import Principal
 from shared.policy.actions import Action
@@ -114,7 +115,6 @@ _UNUSABLE_ID = "invalid"
 _PLAIN_ID = re.compile(r"[\x21-\x7e]{1,200}")
 _BODY_ERROR = "qp.deferred_body_error"
 _INPUT_PROBLEM = "qp.deferred_input_problem"
-_PERMITTED = "qp.permitted"
 _UNREAD_BODY = object()
 
 
@@ -251,17 +251,12 @@ def permission(action: Action, *, resource_param: str | None = None) -> Callable
                 403, "forbidden", "Forbidden", f"Not allowed to {action.value}.", extensions={"reason": decision.reason}
             )
         _raise_deferred_body_error(request)
-        request.scope[_PERMITTED] = action
+        request.scope[PERMITTED] = action
         return context
 
     check.__name__ = check.__qualname__ = f"permission_{action.value.replace('.', '_')}"
     _PERMISSIONS[check] = RoutePermission(action, resource_param)
     return check
-
-
-def permission_checked(request: Request) -> bool:
-    """Whether this request's permission check has allowed it (what a route's transaction waits for)."""
-    return _PERMITTED in request.scope
 
 
 def route_permission(route: APIRoute) -> RoutePermission | None:
@@ -286,7 +281,11 @@ class _DeferringRequest(Request):
 
 class GuardedRoute(APIRoute):
     """The route class of every router with permission-checked routes: a body that does not parse is answered
-    only after the route's permission dependency has decided (403 first for a caller without the role)."""
+    only after the route's permission dependency has decided (403 first for a caller without the role), and a
+    route's transaction is opened around it on its own thread (`in_route_transaction`)."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, in_route_transaction(endpoint), **kwargs)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         """FastAPI's handler, given a request that defers body parse errors."""

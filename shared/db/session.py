@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
 import psycopg
@@ -255,76 +255,6 @@ def _transaction(pool: ConnectionPool[Any], prologue: _Prologue) -> Iterator[psy
             _roll_back(conn)
             raise
         conn.commit()
-
-
-_T = TypeVar("_T")
-Blocking = Callable[[Callable[[], _T]], Awaitable[_T]]
-"""Runs a blocking call off the event loop (a thread pool's `run_sync`) and awaits its result."""
-
-
-@asynccontextmanager
-async def request_transaction(
-    tenant_id: UUID | None, run: Blocking[Any], *, pool: ConnectionPool[Any] | None = None
-) -> AsyncIterator[psycopg.Connection[DictRow]]:
-    """tenant_transaction (or, without a tenant, platform_transaction) held by an async task, a request's: what the
-    task runs afterwards, on whichever worker thread, sees it as this context's transaction (joins it, is refused a
-    second borrow of its pool, defers work until it ends), which a transaction entered on a worker thread could not
-    give. Its blocking steps (borrow, prologue, commit or rollback, return, deferred work) go through `run`."""
-    if tenant_id is None:
-        target, prologue = pool or get_control_pool(), _Prologue(_SET_PLATFORM_ROLE)
-    else:
-        target, prologue = pool or get_pool(), _tenant_prologue(tenant_id)
-    if not _nesting_allowed.get() and any(hold.pool is target for hold in _holds.get()):
-        _refuse_nested_borrow(target)
-    hold = _Hold(target)
-    _holds.set((*_holds.get(), hold))
-    try:
-        conn: psycopg.Connection[DictRow] = await run(lambda: _begin(target, prologue))
-        hold.conn, hold.tenant_id, hold.joinable = conn, prologue.tenant_id, True
-        try:
-            yield conn
-        except BaseException:
-            hold.after_release.extend(hold.on_rollback)
-            await run(lambda: _end(target, conn, commit=False))
-            raise
-        try:
-            await run(lambda: _end(target, conn, commit=True))
-        except BaseException:
-            hold.after_release.extend(hold.on_rollback)
-            raise
-        hold.after_release.extend(hold.on_commit)
-    finally:
-        _holds.set(tuple(other for other in _holds.get() if other is not hold))
-        if hold.after_release:
-            await run(lambda: _run_deferred(hold.after_release))
-
-
-def _begin(pool: ConnectionPool[Any], prologue: _Prologue) -> psycopg.Connection[DictRow]:
-    """Borrow a connection and open its transaction with the prologue (one round trip)."""
-    asked = time.perf_counter()
-    conn: psycopg.Connection[DictRow] = pool.getconn()
-    metrics.pool_wait(pool.name, time.perf_counter() - asked)
-    try:
-        conn.execute(prologue.script())
-    except BaseException:
-        _roll_back(conn)
-        pool.putconn(conn)
-        raise
-    return conn
-
-
-def _end(pool: ConnectionPool[Any], conn: psycopg.Connection[Any], *, commit: bool) -> None:
-    """Commit (or roll back) the transaction `_begin` opened and return its connection, whatever happens."""
-    try:
-        if commit:
-            conn.commit()
-        else:
-            _roll_back(conn)
-    except BaseException:
-        _roll_back(conn)
-        raise
-    finally:
-        pool.putconn(conn)
 
 
 def _roll_back(conn: psycopg.Connection[Any]) -> None:

@@ -120,3 +120,18 @@ def test_a_route_that_asks_for_its_transaction_before_its_permission_check_fails
     client, _ = caller
     answer = client.get("/out-of-order")
     assert answer.status_code == 500
+
+
+def test_a_route_holds_one_transaction_and_only_in_a_plain_def() -> None:
+    router = APIRouter(route_class=GuardedRoute)
+    with pytest.raises(TypeError, match="one route transaction, in a plain `def` route"):
+
+        @router.get("/async")
+        async def on_the_event_loop(context: MayRead, conn: TenantConnection) -> None:
+            """Its statements would block the event loop."""
+
+    with pytest.raises(TypeError, match="one route transaction"):
+
+        @router.get("/two")
+        def two(context: MayRead, conn: TenantConnection, other: TenantConnection) -> None:
+            """Two borrows of one pool by one request."""
