@@ -724,12 +724,17 @@ def test_a_chain_of_quick_steps_runs_in_one_dispatch_that_carries_on(platform: P
         ("two", 1, 1),
     ]
     if all(delivery == "answered" for _, _, delivery, _ in attempts):
-        # Every result came within the dispatch's wait (a loaded machine may miss it: then the orchestration asks
-        # for the next level itself, as before).
+        # Every result came within the dispatch's wait.
         assert scheduled == ["dispatch_steps"], scheduled
         assert sum(1 for kind, _ in history if kind == 12) == 2  # OrchestratorStarted: the start and the answer
     else:
-        assert 1 < scheduled.count("dispatch_steps") <= 3, scheduled
+        # A loaded machine may miss the wait: the dispatch then answers what it has, and the orchestration asks for
+        # the next level itself once the missed result is raised to it. So one dispatch, and one more for each
+        # level after a missed result; a missed result of the last level needs none (the run's end is recorded).
+        missed_before_the_last = sum(
+            1 for step, _, delivery, _ in attempts if step != "three" and delivery != "answered"
+        )
+        assert scheduled.count("dispatch_steps") == 1 + missed_before_the_last, (scheduled, attempts)
     detail_steps = steps_of(detail(platform, execution_id))
     assert detail_steps["two"]["output"]["size"] > 0
 

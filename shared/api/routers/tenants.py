@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -73,10 +72,17 @@ def _authorized_tenant(
     return tenant
 
 
-def _after_commit(conn: psycopg.Connection[Any], work: Callable[[], None]) -> None:
-    # A change of the control plane is seen (the tenant directory) and audited once it is committed: the audit
-    # record belongs to the operator's tenant, in another transaction.
-    when_released(conn, work, only_on_commit=True)
+def _once_committed(
+    conn: psycopg.Connection[Any], context: RequestContext, action: Action, tenant: Tenant, detail: dict[str, Any]
+) -> None:
+    """Once the change in `conn` is committed: the tenant directory forgets what it cached, and the change is
+    audited (its record belongs to the operator's tenant, another transaction)."""
+
+    def committed() -> None:
+        tenant_directory.forget()
+        record_mutation(context, action, Resource("Tenant", str(tenant.id), None, {}), detail)
+
+    when_released(conn, committed, only_on_commit=True)
 
 
 @router.post(
@@ -110,17 +116,7 @@ def create(
     headers = {"ETag": etag(tenant), "Location": f"/api/v1/tenants/{tenant.id}"}
     content = tenant.model_dump(mode="json")
     remember(conn, idempotency_key, 201, content, headers, principal=context.principal.id)
-
-    def committed() -> None:
-        tenant_directory.forget()
-        record_mutation(
-            context,
-            Action.TENANT_CREATE,
-            Resource("Tenant", str(tenant.id), None, {}),
-            {"name": tenant.name, "status": tenant.status},
-        )
-
-    _after_commit(conn, committed)
+    _once_committed(conn, context, Action.TENANT_CREATE, tenant, {"name": tenant.name, "status": tenant.status})
     return JSONResponse(content, status_code=201, headers=headers)
 
 
@@ -187,17 +183,7 @@ def patch(
         )
     tenant = update_tenant(conn, tenant_id, change)
     assert tenant is not None  # it existed inside this transaction
-
-    def committed() -> None:
-        tenant_directory.forget()
-        record_mutation(
-            context,
-            Action.TENANT_UPDATE,
-            Resource("Tenant", str(tenant.id), None, {}),
-            change.model_dump(mode="json", exclude_unset=True),
-        )
-
-    _after_commit(conn, committed)
+    _once_committed(conn, context, Action.TENANT_UPDATE, tenant, change.model_dump(mode="json", exclude_unset=True))
     response.headers["ETag"] = etag(tenant)
     return tenant
 
