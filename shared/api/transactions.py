@@ -64,6 +64,7 @@ async def control_connection(request: Request) -> _Pending:
 TenantConnection = Annotated[psycopg.Connection[DictRow], Depends(tenant_connection)]
 ControlConnection = Annotated[psycopg.Connection[DictRow], Depends(control_connection)]
 _DEPENDENCIES = (tenant_connection, control_connection)
+_WRAPPED = "__qp_route_transaction__"
 
 
 def _transaction_parameter(annotation: Any) -> bool:
@@ -75,6 +76,8 @@ def _transaction_parameter(annotation: Any) -> bool:
 def in_route_transaction(endpoint: Callable[..., Any]) -> Callable[..., Any]:
     """`endpoint` with the transaction its `TenantConnection` or `ControlConnection` parameter names opened around
     its call, on the thread that runs it; `endpoint` itself when it takes none."""
+    if getattr(endpoint, _WRAPPED, False):
+        return endpoint  # a route copied with its endpoint (an included router's) keeps its one transaction
     names = [
         name
         for name, parameter in get_typed_signature(endpoint).parameters.items()
@@ -96,4 +99,5 @@ def in_route_transaction(endpoint: Callable[..., Any]) -> Callable[..., Any]:
             kwargs[name] = conn
             return endpoint(*args, **kwargs)
 
+    setattr(run, _WRAPPED, True)
     return run

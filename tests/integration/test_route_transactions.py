@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from shared.api.permissions import GuardedRoute, permission
 from shared.api.problems import ProblemError, install_problem_handlers
 from shared.api.security import RequestContext, authenticated
-from shared.api.transactions import TenantConnection
+from shared.api.transactions import TenantConnection, in_route_transaction
 from shared.auth.principal import Principal
 from shared.db.session import held_transaction, platform_transaction
 from shared.ingress.rejections import NewRejection, record_rejection
@@ -40,18 +40,16 @@ def _rejection(sequence_number: int) -> NewRejection:
     )
 
 
+def _held(context: MayRead, conn: TenantConnection) -> dict[str, Any]:
+    row = conn.execute("SELECT app.current_tenant_id() AS tenant, current_user AS role").fetchone()
+    assert row is not None
+    return {"joined": held_transaction(context.tenant.id) is conn, "tenant": str(row["tenant"]), "role": row["role"]}
+
+
 def _app() -> FastAPI:
     router = APIRouter(route_class=GuardedRoute)
 
-    @router.get("/held")
-    def held(context: MayRead, conn: TenantConnection) -> dict[str, Any]:
-        row = conn.execute("SELECT app.current_tenant_id() AS tenant, current_user AS role").fetchone()
-        assert row is not None
-        return {
-            "joined": held_transaction(context.tenant.id) is conn,
-            "tenant": str(row["tenant"]),
-            "role": row["role"],
-        }
+    router.add_api_route("/held", _held, methods=["GET"])
 
     @router.post("/writes/{number}")
     def writes(number: int, context: MayRead, conn: TenantConnection) -> dict[str, bool]:
@@ -135,3 +133,21 @@ def test_a_route_holds_one_transaction_and_only_in_a_plain_def() -> None:
         @router.get("/two")
         def two(context: MayRead, conn: TenantConnection, other: TenantConnection) -> None:
             """Two borrows of one pool by one request."""
+
+
+def test_a_route_copied_with_its_endpoint_keeps_one_transaction(caller: tuple[TestClient, uuid.UUID]) -> None:
+    client, tenant_id = caller
+    # A route copied with its endpoint (as including a router may do) is wrapped again by its route class: the
+    # transaction must still be opened once, around the route, and handed to it.
+    wrapped = in_route_transaction(_held)
+    assert in_route_transaction(wrapped) is wrapped
+    copied = FastAPI()
+    install_problem_handlers(copied)
+    router = APIRouter(route_class=GuardedRoute)
+    router.add_api_route("/held", wrapped, methods=["GET"])
+    copied.include_router(router, prefix="/copied")
+    copied.dependency_overrides = client.app.dependency_overrides  # type: ignore[attr-defined]
+    with TestClient(copied, raise_server_exceptions=False) as other:
+        answer = other.get("/copied/held")
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"joined": True, "tenant": str(tenant_id), "role": "qp_runtime"}
