@@ -82,7 +82,7 @@ class AuditOutbox:
         if queued is None:
             return  # a transaction this context does not hold: the relay copies it
         if not queued:
-            when_released(conn, lambda: self._copy_committed(tenant_id, queued), only_on_commit=True)
+            when_released(conn, lambda: self._copy_committed(tenant_id, queued), only="commit")
         queued.append((record_id, document))
 
     def relay(self, *, max_tenants: int = MAX_TENANTS) -> RelayResult:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 import psycopg
@@ -66,6 +66,10 @@ class NestedBorrowError(RuntimeError):
     """
 
 
+Outcome = Literal["commit", "rollback"]
+"""How a transaction ended (a COMMIT that failed is a rollback)."""
+
+
 @dataclass(eq=False)
 class _Hold:
     """A connection this context has borrowed and not returned yet, and what to do once it is back."""
@@ -76,10 +80,15 @@ class _Hold:
     """The tenant pinned in its transaction; None for runtime and control-plane transactions."""
     joinable: bool = False
     """Whether others may run statements in its transaction (not while it is pipelined, as tenant_write is)."""
-    after_release: list[Callable[[], None]] = field(default_factory=list)
-    on_rollback: list[Callable[[], None]] = field(default_factory=list)
-    on_commit: list[Callable[[], None]] = field(default_factory=list)
+    deferred: list[tuple[Outcome | None, Callable[[], None]]] = field(default_factory=list)
+    """Work to run once the connection is back, each after either outcome of its transaction or only after one."""
     bags: dict[str, list[Any]] = field(default_factory=dict)
+
+    def due(self, outcome: Outcome) -> list[Callable[[], None]]:
+        """What runs once the connection is back: the work bound to no outcome, then the work bound to `outcome`."""
+        return [work for only, work in self.deferred if only is None] + [
+            work for only, work in self.deferred if only == outcome
+        ]
 
 
 # A context variable, not a thread-local: FastAPI and anyio run each worker-thread call in a copy of the caller's
@@ -128,22 +137,19 @@ def _borrow(pool: ConnectionPool[Any]) -> Iterator[tuple[psycopg.Connection[Any]
         _refuse_nested_borrow(pool)
     hold = _Hold(pool)
     _holds.set((*_holds.get(), hold))
+    # Also a failed COMMIT is a rollback: the transaction inside ends before this block sees the error.
+    outcome: Outcome = "rollback"
     try:
         asked = time.perf_counter()
         with pool.connection() as conn:
             metrics.pool_wait(pool.name, time.perf_counter() - asked)
             hold.conn = conn
-            try:
-                yield conn, hold
-            except BaseException:
-                # Also a failed COMMIT: the transaction inside ends before this block sees the error.
-                hold.after_release.extend(hold.on_rollback)
-                raise
-            hold.after_release.extend(hold.on_commit)
+            yield conn, hold
+            outcome = "commit"
     finally:
         # Removed by identity rather than reset by token: robust however the caller's blocks interleave.
         _holds.set(tuple(other for other in _holds.get() if other is not hold))
-        _run_deferred(hold.after_release)
+        _run_deferred(hold.due(outcome))
 
 
 def _run_deferred(callbacks: list[Callable[[], None]]) -> None:
@@ -184,31 +190,17 @@ def held_transaction(tenant_id: UUID, *, pool: ConnectionPool[Any] | None = None
     return None
 
 
-def when_released(
-    conn: psycopg.Connection[Any],
-    callback: Callable[[], None],
-    *,
-    only_on_rollback: bool = False,
-    only_on_commit: bool = False,
-) -> bool:
+def when_released(conn: psycopg.Connection[Any], callback: Callable[[], None], *, only: Outcome | None = None) -> bool:
     """Run `callback` once this context's transaction on `conn` has ended and `conn` is back in its pool (with
-    `only_on_rollback` or `only_on_commit`, only if that transaction rolled back, or committed); False when `conn`
-    is not held here.
+    `only`, only if that transaction ended so: "commit" or "rollback"); False when `conn` is not held here.
 
     For work that must not join the transaction (a record that outlives its rollback, a copy of what it committed
     to a store outside the database) and must not borrow while it is open. A callback's error is raised after the
     others have run, in place of the transaction's own.
     """
-    if only_on_rollback and only_on_commit:
-        raise ValueError("a callback runs on rollback or on commit, or after either: not on both alone")
     for hold in reversed(_holds.get()):
         if hold.conn is conn:
-            if only_on_rollback:
-                hold.on_rollback.append(callback)
-            elif only_on_commit:
-                hold.on_commit.append(callback)
-            else:
-                hold.after_release.append(callback)
+            hold.deferred.append((only, callback))
             return True
     return False
 

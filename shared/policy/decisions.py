@@ -86,7 +86,7 @@ def record_decision(
         if joined is not None:
             store.record(record, conn=joined)
             if decided:
-                when_released(joined, lambda: store.record(record), only_on_rollback=True)
+                when_released(joined, lambda: store.record(record), only="rollback")
             return
     held = holding()
     if held is None or not when_released(held, lambda: store.record(record)):

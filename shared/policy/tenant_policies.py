@@ -113,7 +113,7 @@ class _PolicyCache:
         if joined is not None:
             texts = _read_texts(joined)
             # What that transaction saw may include its own uncommitted changes: not worth keeping if they vanish.
-            when_released(joined, lambda: self.forget(tenant_id), only_on_rollback=True)
+            when_released(joined, lambda: self.forget(tenant_id), only="rollback")
         else:
             with tenant_transaction(tenant_id) as conn:
                 texts = _read_texts(conn)

@@ -227,16 +227,16 @@ def test_commit_callbacks_run_once_the_connection_is_back_and_only_after_a_commi
         bag = transaction_bag(conn, "kept")
         assert bag is not None and transaction_bag(conn, "kept") is bag
         bag.append("queued")
-        when_released(conn, lambda: ran.append(("commit", list(bag), released())), only_on_commit=True)
-        when_released(conn, lambda: ran.append("rollback"), only_on_rollback=True)
+        when_released(conn, lambda: ran.append(("commit", list(bag), released())), only="commit")
+        when_released(conn, lambda: ran.append("rollback"), only="rollback")
     assert ran == [("commit", ["queued"], True)]
 
     ran.clear()
     with pytest.raises(RuntimeError, match="the caller's failure"):
         with tenant_transaction(tenant, pool=one_connection) as conn:
             assert transaction_bag(conn, "kept") == []  # a new transaction's own
-            when_released(conn, lambda: ran.append("commit"), only_on_commit=True)
-            when_released(conn, lambda: ran.append("rollback"), only_on_rollback=True)
+            when_released(conn, lambda: ran.append("commit"), only="commit")
+            when_released(conn, lambda: ran.append("rollback"), only="rollback")
             raise RuntimeError("the caller's failure")
     assert ran == ["rollback"]
 
@@ -244,11 +244,11 @@ def test_commit_callbacks_run_once_the_connection_is_back_and_only_after_a_commi
     ran.clear()
     with pytest.raises(psycopg.errors.DivisionByZero):
         with tenant_write(tenant, pool=one_connection) as conn:
-            when_released(conn, lambda: ran.append("commit"), only_on_commit=True)
-            when_released(conn, lambda: ran.append("rollback"), only_on_rollback=True)
+            when_released(conn, lambda: ran.append("commit"), only="commit")
+            when_released(conn, lambda: ran.append("rollback"), only="rollback")
             conn.execute("SELECT 1 / 0")
     assert ran == ["rollback"]
 
     with one_connection.connection() as unheld:
         assert transaction_bag(unheld, "kept") is None
-        assert when_released(unheld, lambda: ran.append("never"), only_on_commit=True) is False
+        assert when_released(unheld, lambda: ran.append("never"), only="commit") is False

@@ -82,7 +82,7 @@ def _once_committed(
         tenant_directory.forget()
         record_mutation(context, action, Resource("Tenant", str(tenant.id), None, {}), detail)
 
-    when_released(conn, committed, only_on_commit=True)
+    when_released(conn, committed, only="commit")
 
 
 @router.post(
