@@ -10,10 +10,10 @@ from typing import Any
 
 import psycopg
 from azure.cosmos import ContainerProxy, DatabaseProxy, PartitionKey
-from azure.cosmos.exceptions import CosmosResourceExistsError
+from azure.cosmos.exceptions import CosmosHttpResponseError, CosmosResourceExistsError
 
 from shared.audit.model import AuditPage, AuditQuery, AuditRecord, decode_cursor, encode_cursor
-from shared.audit.outbox import AuditOutbox, Write
+from shared.audit.outbox import AuditOutbox, RecordRefusedError, Write
 
 _CURSOR_KIND = "cosmos"
 PARTITION_KEY_PATH = "/tenantId"
@@ -51,6 +51,9 @@ _EQUALS_FILTERS = {
 _ORDER = " ORDER BY c.occurredAt DESC, c.id DESC"
 # Bounds the round trips one page may take when the service returns short pages.
 _MAX_ROUND_TRIPS = 10
+# What the service answers for a document it will never take (malformed; over the 2 MB item limit): retrying cannot
+# help. Anything else (throttling, an outage, a container or a role assignment still missing) can pass.
+_REFUSED_FOR_GOOD = frozenset({400, 413})
 
 RetentionLookup = Callable[[uuid.UUID], int | None]
 """Days of audit retention for a tenant; None keeps its records until they are erased."""
@@ -88,14 +91,15 @@ class CosmosAuditStore:
         self._outbox = outbox(self._write_copy)
 
     def record(self, record: AuditRecord, *, conn: psycopg.Connection[Any] | None = None) -> None:
-        """Append `record`: with `conn` (the caller's open tenant transaction) queued in the audit outbox inside it,
-        so it is written once that transaction commits and never if it rolls back; without, at once. Created, not
-        upserted: an existing record is never overwritten."""
+        """Append `record` through the audit outbox: with `conn` (the caller's open transaction) queued inside it,
+        so it is written once that transaction commits and never if it rolls back; without, queued in a transaction
+        of its own. Either way an outage of Cosmos DB delays the record and fails nothing. Created, not upserted: an
+        existing record is never overwritten."""
         document = _document(record)
         if conn is not None:
             self._outbox.queue(conn, record.tenant_id, record.id, document)
             return
-        self._create(record.tenant_id, document)
+        self._outbox.queue_alone(record.tenant_id, record.id, document)
 
     def relay_queued(self) -> int:
         """Write the records the outbox still holds (the timer `audit_outbox_relay`); returns how many."""
@@ -106,6 +110,10 @@ class CosmosAuditStore:
             self._create(tenant_id, document)
         except CosmosResourceExistsError:
             pass  # copied before (by the relay, or before a failure to remove it from the outbox)
+        except CosmosHttpResponseError as exc:
+            if exc.status_code in _REFUSED_FOR_GOOD:
+                raise RecordRefusedError(f"{exc.status_code}: {exc.message or exc.reason}") from exc
+            raise
 
     def _create(self, tenant_id: uuid.UUID, document: dict[str, Any]) -> None:
         days = self._retention_days(tenant_id) if self._retention_days else None

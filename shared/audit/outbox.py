@@ -5,7 +5,9 @@ A record of a tenant transaction is queued in `app.audit_outbox` inside that tra
 the change does. Once the transaction has committed and its connection is back in the pool, what it queued is
 copied to the store and removed from the outbox; what is left (the store was down, the process died in between) is
 copied by `relay`, which the timer `audit_outbox_relay` runs. A copy can happen twice (the timer and a late copy
-after a commit): the store takes a record by its id once, so the second changes nothing.
+after a commit): the store takes a record by its id once, so the second changes nothing. A record the store refuses
+for good (`RecordRefusedError`: a document it can never take, not an outage) is set aside with the store's answer
+(migration 0028): kept, never retried, and out of the way of the tenant's later records.
 """
 
 from __future__ import annotations
@@ -27,8 +29,13 @@ from shared.db.session import platform_transaction, tenant_transaction, tenant_w
 logger = logging.getLogger(__name__)
 
 _QUEUE = "INSERT INTO app.audit_outbox (tenant_id, id, document) VALUES (%s, %s, %s)"
-_WAITING = "SELECT id, document FROM app.audit_outbox ORDER BY queued_at, id LIMIT %s"  # the pinned tenant's (RLS)
+# The pinned tenant's (RLS), among those not set aside.
+_WAITING = "SELECT id, document FROM app.audit_outbox WHERE refused_at IS NULL ORDER BY queued_at, id LIMIT %s"
 _COPIED = "DELETE FROM app.audit_outbox WHERE id = ANY(%s)"
+_SET_ASIDE = (
+    "UPDATE app.audit_outbox SET refused_at = clock_timestamp(), refusal = left(%s, 2000)"
+    " WHERE id = %s AND refused_at IS NULL"
+)
 _WAITING_TENANTS = "SELECT tenant_id FROM app.audit_outbox_tenants(%s) AS waiting (tenant_id)"
 _BAG = "audit-outbox"
 
@@ -43,7 +50,12 @@ COOLDOWN_S = 30.0
 every request that records something by its timeouts."""
 
 Write = Callable[[UUID, dict[str, Any]], None]
-"""Writes one document to the store; a document the store already holds (same id) is no error."""
+"""Writes one document to the store; a document the store already holds (same id) is no error, one it will never
+take raises RecordRefusedError."""
+
+
+class RecordRefusedError(Exception):
+    """The store refused a record for good (the document itself, not the store's state): retrying cannot help."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,15 @@ class RelayResult:
     copied: int
     tenants: int
     failed_tenants: int
+    set_aside: int = 0
+
+
+@dataclass(frozen=True)
+class Copied:
+    """What one tenant's copy did: records now in the store, and records the store refused, set aside."""
+
+    copied: int
+    set_aside: int = 0
 
 
 class AuditOutbox:
@@ -85,52 +106,71 @@ class AuditOutbox:
             when_released(conn, lambda: self._copy_committed(tenant_id, queued), only="commit")
         queued.append((record_id, document))
 
+    def queue_alone(self, tenant_id: UUID, record_id: UUID, document: dict[str, Any]) -> None:
+        """Queue `document` in a transaction of its own and copy it once that has committed: a record that joins
+        no change (a refusal, an erasure) is kept as surely, and an outage of the store does not fail its request."""
+        with tenant_write(tenant_id, pool=self._pool) as conn:
+            self.queue(conn, tenant_id, record_id, document)
+
     def relay(self, *, max_tenants: int = MAX_TENANTS) -> RelayResult:
         """Copy what waits in the outbox, tenant by tenant, oldest first; a tenant whose copy fails is logged and
         left for the next run, and the other tenants still go."""
         with platform_transaction(pool=self._control_pool) as conn:
             tenants = [UUID(str(row["tenant_id"])) for row in conn.execute(_WAITING_TENANTS, (max_tenants,))]
-        copied = failed = 0
+        copied = failed = set_aside = 0
         for tenant_id in tenants:
             try:
-                copied += self.relay_tenant(tenant_id)
+                done = self.relay_tenant(tenant_id)
             except Exception as exc:  # the store or the database: the records wait for the next run
                 logger.warning("audit outbox: the records of tenant %s could not be copied yet: %s", tenant_id, exc)
                 failed += 1
+            else:
+                copied, set_aside = copied + done.copied, set_aside + done.set_aside
         if failed == 0 and copied:
             self._rested()
-        return RelayResult(copied, len(tenants), failed)
+        return RelayResult(copied, len(tenants), failed, set_aside)
 
-    def relay_tenant(self, tenant_id: UUID, *, max_batches: int = MAX_BATCHES) -> int:
-        """Copy up to `max_batches` batches of `tenant_id`'s waiting records; returns how many were copied, and
-        raises the first failure after removing what was copied before it."""
-        copied = 0
+    def relay_tenant(self, tenant_id: UUID, *, max_batches: int = MAX_BATCHES) -> Copied:
+        """Copy up to `max_batches` batches of `tenant_id`'s waiting records; returns what was copied and set aside,
+        and raises the first failure after removing what was copied before it."""
+        copied = set_aside = 0
         for _ in range(max_batches):
             with tenant_transaction(tenant_id, pool=self._pool) as conn:
                 rows = conn.execute(_WAITING, (BATCH,)).fetchall()
-            copied += self._copy(tenant_id, [(row["id"], row["document"]) for row in rows])
+            done = self._copy(tenant_id, [(row["id"], row["document"]) for row in rows])
+            copied, set_aside = copied + done.copied, set_aside + done.set_aside
             if len(rows) < BATCH:
                 break
-        return copied
+        return Copied(copied, set_aside)
 
-    def _copy(self, tenant_id: UUID, records: Sequence[tuple[UUID, dict[str, Any]]]) -> int:
-        """Write each record to the store, then remove the written ones from the outbox (one round trip); a failure
-        is raised once what was written before it is removed."""
+    def _copy(self, tenant_id: UUID, records: Sequence[tuple[UUID, dict[str, Any]]]) -> Copied:
+        """Write each record to the store, then remove the written ones from the outbox and set the refused ones
+        aside (one round trip); a failure is raised once that is done for the records before it."""
         written: list[UUID] = []
+        refused: list[tuple[UUID, str]] = []
         failure: Exception | None = None
         for record_id, document in records:
             try:
                 self._write(tenant_id, document)
+            except RecordRefusedError as exc:
+                logger.error(
+                    "audit outbox: the store refused record %s of tenant %s; set aside: %s", record_id, tenant_id, exc
+                )
+                refused.append((record_id, str(exc) or type(exc).__name__))
+                continue
             except Exception as exc:
                 failure = exc
                 break
             written.append(record_id)
-        if written:
+        if written or refused:
             with tenant_write(tenant_id, pool=self._pool) as conn:
-                conn.execute(_COPIED, (written,))
+                if written:
+                    conn.execute(_COPIED, (written,))
+                for record_id, reason in refused:
+                    conn.execute(_SET_ASIDE, (reason, record_id))
         if failure is not None:
             raise failure
-        return len(written)
+        return Copied(len(written), len(refused))
 
     def _copy_committed(self, tenant_id: UUID, queued: list[tuple[UUID, dict[str, Any]]]) -> None:
         """After a commit: copy what that transaction queued. Never raises: the change is committed, and what is

@@ -181,6 +181,30 @@ def test_a_tenant_create_with_an_idempotency_key_provisions_once_per_caller(api:
     assert api.table_snapshot("tenants") == before
 
 
+def test_the_control_planes_change_is_audited_in_its_own_transaction(api: ApiHarness) -> None:
+    admin = api.headers("operator", PLATFORM_ADMIN)
+    spec = {"name": f"audited-{uuid.uuid4().hex[:8]}", "entra_tenant_id": str(uuid.uuid4())}
+    created = api.client.post("/api/v1/tenants", json=spec, headers=admin)
+    assert created.status_code == 201, created.text
+    tenant_id = created.json()["id"]
+    etag = created.headers["etag"]
+    changed = api.client.patch(
+        f"/api/v1/tenants/{tenant_id}", json={"display_name": "Audited"}, headers={**admin, "If-Match": etag}
+    )
+    assert changed.status_code == 200, changed.text
+    # A change that is refused (the same name again) commits nothing, and records no change.
+    _problem(api.client.post("/api/v1/tenants", json=spec, headers=admin), 409)
+    applied = [
+        (row["action"], row["resource_type"], row["detail"])
+        for row in api.audit_rows("operator")
+        if row["reason"] == "applied" and row["resource_id"] == tenant_id
+    ]
+    assert applied == [
+        ("tenant.create", "Tenant", {"name": spec["name"], "status": "active"}),
+        ("tenant.update", "Tenant", {"display_name": "Audited"}),
+    ]
+
+
 def test_suspension_takes_effect_for_that_tenants_callers(api: ApiHarness) -> None:
     victim = api.provision("victim")
     admin = api.headers("operator", PLATFORM_ADMIN)

@@ -5,6 +5,7 @@ was left, once (migration 0027)."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -13,12 +14,14 @@ from typing import Any
 import psycopg
 import pytest
 from azure.cosmos import ContainerProxy, DatabaseProxy
+from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from shared.audit import AuditRecord
 from shared.audit.cosmos import CosmosAuditStore, create_audit_container
-from shared.audit.outbox import AuditOutbox, Write
-from shared.db.session import tenant_transaction
+from shared.audit.outbox import AuditOutbox, Copied, Write
+from shared.audit.postgres import PostgresAuditStore
+from shared.db.session import platform_transaction, tenant_transaction
 
 pytestmark = [
     pytest.mark.integration,
@@ -156,7 +159,7 @@ def test_a_store_that_is_down_delays_the_trail_and_the_relay_copies_it_once(
     with tenant_transaction(tenant, pool=app_pool) as conn:
         down.record(first, conn=conn)  # the same id again, queued; the resting store leaves it
     assert _waiting(app_pool, tenant) == {first.id}
-    assert up._outbox.relay_tenant(tenant) == 1
+    assert up._outbox.relay_tenant(tenant) == Copied(1)
     assert _waiting(app_pool, tenant) == set()
 
 
@@ -174,3 +177,136 @@ def test_a_tenant_transaction_cannot_queue_another_tenants_record(
             store.record(foreign, conn=conn)
     assert not _in_store(container, foreign)
     assert _waiting(app_pool, other) == set()
+
+
+def test_a_record_the_store_refuses_for_good_is_set_aside_and_the_rest_still_go(
+    container: ContainerProxy,
+    missing_container: ContainerProxy,
+    app_pool: ConnectionPool[Any],
+    control_pool: ConnectionPool[Any],
+    new_tenant: Callable[[], uuid.UUID],
+) -> None:
+    tenant = new_tenant()
+    store = _store(container, app_pool, control_pool)
+    before, after = _record(tenant), _record(tenant, "intent.archive")
+    poison = uuid.uuid4()
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        # One record left to the relay (the store was down at its commit), then one the store will never take
+        # (the service answers 400 for a document without an id), queued after it.
+        _store(missing_container, app_pool, control_pool).record(before, conn=conn)
+        conn.execute(
+            "INSERT INTO app.audit_outbox (tenant_id, id, document) VALUES (%s, %s, %s)",
+            (tenant, poison, Jsonb({"tenantId": str(tenant), "action": "intent.update"})),
+        )
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        store.record(after, conn=conn)
+    assert _in_store(container, after)  # copied after its own commit
+    # The relay copies the first, sets the refused one aside with the store's answer, and goes on.
+    relay = _store(container, app_pool, control_pool)._outbox
+    assert relay.relay_tenant(tenant) == Copied(copied=1, set_aside=1)
+    assert _in_store(container, before)
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        kept = conn.execute("SELECT id, refused_at, refusal FROM app.audit_outbox").fetchall()
+    assert [row["id"] for row in kept] == [poison]
+    assert kept[0]["refused_at"] is not None and kept[0]["refusal"].startswith("400")
+    # Set aside, it is never tried again and holds nobody up: the next run finds nothing to copy for the tenant.
+    assert relay.relay_tenant(tenant) == Copied(0)
+    with platform_transaction(pool=control_pool) as conn:
+        waiting = {row[0] for row in conn.execute("SELECT * FROM app.audit_outbox_tenants(1000)").fetchall()}
+    assert tenant not in waiting
+
+
+def test_a_record_without_a_transaction_waits_out_an_outage_instead_of_failing(
+    container: ContainerProxy,
+    missing_container: ContainerProxy,
+    app_pool: ConnectionPool[Any],
+    control_pool: ConnectionPool[Any],
+    new_tenant: Callable[[], uuid.UUID],
+) -> None:
+    # A refusal (403) or an erasure joins no change: its record used to go to the store at once, so an outage
+    # turned the 403 into a 5xx. It is queued in a transaction of its own now, and copied once the store is back.
+    tenant = new_tenant()
+    denial = dataclasses.replace(_record(tenant, "intent.delete"), decision="deny", reason="no role")
+    _store(missing_container, app_pool, control_pool).record(denial)
+    assert _waiting(app_pool, tenant) == {denial.id}
+    assert not _in_store(container, denial)
+    up = _store(container, app_pool, control_pool)
+    assert up._outbox.relay_tenant(tenant) == Copied(1)
+    [stored] = _stored(container, denial)
+    assert (stored["decision"], stored["reason"]) == ("deny", "no role")
+    # With the store up, the copy follows the record's own commit.
+    second = _record(tenant, "intent.delete")
+    up.record(second)
+    assert _in_store(container, second) and _waiting(app_pool, tenant) == set()
+
+
+def _tenant_record(operator: uuid.UUID, subject: uuid.UUID, action: str = "tenant.create") -> AuditRecord:
+    return AuditRecord.new(
+        tenant_id=operator,
+        principal_id=f"{operator}/operator",
+        action=action,
+        resource_type="Tenant",
+        resource_id=str(subject),
+        decision="allow",
+        reason="applied",
+        request_id=f"req-{uuid.uuid4().hex[:8]}",
+        detail={"name": "a-tenant"},
+        occurred_at=datetime.now(UTC),
+    )
+
+
+def test_the_control_planes_record_of_a_change_commits_with_the_change(
+    container: ContainerProxy,
+    missing_container: ContainerProxy,
+    app_pool: ConnectionPool[Any],
+    control_pool: ConnectionPool[Any],
+    new_tenant: Callable[[], uuid.UUID],
+) -> None:
+    operator, subject = new_tenant(), new_tenant()
+    kept, dropped = _tenant_record(operator, subject), _tenant_record(operator, subject, "tenant.update")
+    # In the control plane's own transaction, into the operator's trail (migration 0028), with the store down: the
+    # change commits and its record waits in the outbox; a change that rolls back leaves no record.
+    down = _store(missing_container, app_pool, control_pool)
+    with platform_transaction(pool=control_pool) as conn:
+        conn.execute("SELECT id FROM app.tenants WHERE id = %s", (subject,))
+        down.record(kept, conn=conn)
+    with pytest.raises(RuntimeError, match="the change failed"):
+        with platform_transaction(pool=control_pool) as conn:
+            down.record(dropped, conn=conn)
+            raise RuntimeError("the change failed")
+    assert _waiting(app_pool, operator) == {kept.id}
+    assert _store(container, app_pool, control_pool)._outbox.relay_tenant(operator) == Copied(1)
+    assert _in_store(container, kept) and not _in_store(container, dropped)
+    # With the store up, the copy follows the control plane's commit.
+    later = _tenant_record(operator, subject, "tenant.update")
+    with platform_transaction(pool=control_pool) as conn:
+        _store(container, app_pool, control_pool).record(later, conn=conn)
+    assert _in_store(container, later) and _waiting(app_pool, operator) == set()
+
+
+def test_the_control_plane_adds_records_about_tenants_only_and_reads_no_trail(
+    container: ContainerProxy,
+    app_pool: ConnectionPool[Any],
+    control_pool: ConnectionPool[Any],
+    new_tenant: Callable[[], uuid.UUID],
+) -> None:
+    operator = new_tenant()
+    store = _store(container, app_pool, control_pool)
+    not_about_a_tenant = _record(operator)
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        with platform_transaction(pool=control_pool) as conn:
+            store.record(not_about_a_tenant, conn=conn)
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        with platform_transaction(pool=control_pool) as conn:
+            PostgresAuditStore(app_pool, control_pool).record(not_about_a_tenant, conn=conn)
+    for statement in ("SELECT count(*) FROM app.audit_outbox", "SELECT count(*) FROM app.audit_events"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            with platform_transaction(pool=control_pool) as conn:
+                conn.execute(statement)  # type: ignore[arg-type]
+    # A record about a tenant goes into the Postgres store's table too, in the control plane's transaction.
+    about = _tenant_record(operator, new_tenant())
+    with platform_transaction(pool=control_pool) as conn:
+        PostgresAuditStore(app_pool, control_pool).record(about, conn=conn)
+    with tenant_transaction(operator, pool=app_pool) as conn:
+        found = conn.execute("SELECT action, resource_type FROM app.audit_events WHERE id = %s", (about.id,)).fetchall()
+    assert [(row["action"], row["resource_type"]) for row in found] == [("tenant.create", "Tenant")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from shared import pagination
 from shared.audit import AuditQuery, AuditRecord, AuditStore, InvalidCursorError
 from shared.audit.cosmos import CosmosAuditStore, create_audit_container
+from shared.audit.cosmos import _document as cosmos_document
 from shared.audit.postgres import PostgresAuditStore
 from shared.config import Settings
 from shared.db.session import runtime_transaction, tenant_transaction
@@ -54,6 +55,8 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
         request.getfixturevalue("process_pools")
         yield Backend("postgres", PostgresAuditStore())
         return
+    # Records go through the audit outbox in Postgres (ADR 0012), through the process-wide pools.
+    request.getfixturevalue("process_pools")
     container: ContainerProxy = request.getfixturevalue("audit_container")
     calls: list[tuple[str, dict[str, object], object]] = []
     real_query_items = container.query_items
@@ -118,8 +121,8 @@ def _all_pages(store: AuditStore, q: AuditQuery) -> tuple[list[AuditRecord], int
         q = replace(q, cursor=page.next_cursor)
 
 
-def test_record_and_query_back(backend: Backend) -> None:
-    tenant = uuid.uuid4()
+def test_record_and_query_back(backend: Backend, new_tenant: Callable[[], uuid.UUID]) -> None:
+    tenant = new_tenant()
     record = _record(tenant, 1, detail={"before": {"name": "x"}, "after": {"name": "y"}, "n": [1, 2]})
     backend.store.record(record)
     page = backend.store.query(AuditQuery(tenant_id=tenant))
@@ -127,8 +130,8 @@ def test_record_and_query_back(backend: Backend) -> None:
     assert page.next_cursor is None
 
 
-def test_filters_select_exactly_the_matching_records(backend: Backend) -> None:
-    tenant = uuid.uuid4()
+def test_filters_select_exactly_the_matching_records(backend: Backend, new_tenant: Callable[[], uuid.UUID]) -> None:
+    tenant = new_tenant()
     records = _seed(backend.store, tenant, 20)
     cases: list[tuple[dict[str, Any], Any]] = [
         ({"action": "intent.update"}, lambda r: r.action == "intent.update"),
@@ -161,8 +164,8 @@ def test_filters_select_exactly_the_matching_records(backend: Backend) -> None:
             assert 0 < len(expected) < len(records), f"case {filters} does not discriminate"
 
 
-def test_cursor_pages_have_no_duplicates_or_gaps(backend: Backend) -> None:
-    tenant = uuid.uuid4()
+def test_cursor_pages_have_no_duplicates_or_gaps(backend: Backend, new_tenant: Callable[[], uuid.UUID]) -> None:
+    tenant = new_tenant()
     records = _seed(backend.store, tenant, 23)
     got, pages = _all_pages(backend.store, AuditQuery(tenant_id=tenant, limit=5))
     assert pages == 5
@@ -172,8 +175,10 @@ def test_cursor_pages_have_no_duplicates_or_gaps(backend: Backend) -> None:
     assert [r.id for r in denied] == [r.id for r in _newest_first(records, backend.kind) if r.decision == "deny"]
 
 
-def test_records_added_between_pages_do_not_shift_the_next_page(backend: Backend) -> None:
-    tenant = uuid.uuid4()
+def test_records_added_between_pages_do_not_shift_the_next_page(
+    backend: Backend, new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    tenant = new_tenant()
     records = _seed(backend.store, tenant, 6)
     first = backend.store.query(AuditQuery(tenant_id=tenant, limit=3))
     # A newer record arrives while the client is paging: it belongs before page one, not into page two.
@@ -183,8 +188,10 @@ def test_records_added_between_pages_do_not_shift_the_next_page(backend: Backend
     assert [r.id for r in [*first.items, *second.items]] == [r.id for r in expected]
 
 
-def test_a_cursor_only_works_for_the_query_that_issued_it(backend: Backend) -> None:
-    tenant, other = uuid.uuid4(), uuid.uuid4()
+def test_a_cursor_only_works_for_the_query_that_issued_it(
+    backend: Backend, new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    tenant, other = new_tenant(), new_tenant()
     _seed(backend.store, tenant, 4)
     page = backend.store.query(AuditQuery(tenant_id=tenant, limit=2))
     assert page.next_cursor is not None
@@ -198,8 +205,8 @@ def test_a_cursor_only_works_for_the_query_that_issued_it(backend: Backend) -> N
             backend.store.query(q)
 
 
-def test_a_tenant_never_sees_another_tenants_records(backend: Backend) -> None:
-    tenant_a, tenant_b = uuid.uuid4(), uuid.uuid4()
+def test_a_tenant_never_sees_another_tenants_records(backend: Backend, new_tenant: Callable[[], uuid.UUID]) -> None:
+    tenant_a, tenant_b = new_tenant(), new_tenant()
     records_a = _seed(backend.store, tenant_a, 5)
     records_b = _seed(backend.store, tenant_b, 5)
     # Same principal, resource and request ids in both tenants: only the tenant can tell them apart.
@@ -219,14 +226,20 @@ def test_a_tenant_never_sees_another_tenants_records(backend: Backend) -> None:
     assert {r.id for r in got_b} == {r.id for r in records_b}
 
 
-def test_recording_the_same_record_twice_is_refused(backend: Backend) -> None:
-    tenant = uuid.uuid4()
+def test_a_record_is_never_overwritten(backend: Backend, new_tenant: Callable[[], uuid.UUID]) -> None:
+    tenant = new_tenant()
     original = _record(tenant, 1)
     backend.store.record(original)
     tampered = replace(original, decision="allow", reason="rewritten")
-    expected_error = psycopg.errors.UniqueViolation if backend.kind == "postgres" else CosmosResourceExistsError
-    with pytest.raises(expected_error):
+    if backend.kind == "postgres":
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            backend.store.record(tampered)
+    else:
+        # Through the outbox the write happens after the caller's commit, so it cannot refuse the caller: the
+        # store keeps the first document by its id and the second copy is dropped (ADR 0012).
         backend.store.record(tampered)
+        with pytest.raises(CosmosResourceExistsError):
+            backend.store._container.create_item(cosmos_document(tampered))  # type: ignore[attr-defined]
     assert backend.store.query(AuditQuery(tenant_id=tenant)).items == [original]
 
 
@@ -278,8 +291,11 @@ def test_record_in_commits_and_rolls_back_with_the_callers_transaction(app_pool:
     assert {r.id for r in store.query(AuditQuery(tenant_id=tenant)).items} == {kept.id, kept_too.id}
 
 
-def test_cosmos_documents_carry_the_tenants_retention_as_ttl(audit_container: ContainerProxy) -> None:
-    keeps, expires = uuid.uuid4(), uuid.uuid4()
+@pytest.mark.usefixtures("process_pools")  # the records go through the audit outbox
+def test_cosmos_documents_carry_the_tenants_retention_as_ttl(
+    audit_container: ContainerProxy, new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    keeps, expires = new_tenant(), new_tenant()
     store = CosmosAuditStore(audit_container, retention_days=lambda t: 30 if t == expires else None)
     with_ttl, without_ttl = _record(expires, 1), _record(keeps, 1)
     store.record(with_ttl)
@@ -317,7 +333,9 @@ def test_query_arguments_are_validated() -> None:
         _record(tenant, 1, occurred_at=datetime(2030, 1, 1))
 
 
-def test_a_bad_cursor_is_the_gateways_invalid_cursor_error(backend: Backend) -> None:
+def test_a_bad_cursor_is_the_gateways_invalid_cursor_error(
+    backend: Backend, new_tenant: Callable[[], uuid.UUID]
+) -> None:
     # The gateway maps shared.pagination.InvalidCursorError to 400; the stores' error must be one.
     with pytest.raises(pagination.InvalidCursorError):
         backend.store.query(AuditQuery(tenant_id=uuid.uuid4(), cursor="eyJ2IjoxfQ"))
@@ -349,8 +367,8 @@ def test_public_form_is_json_ready() -> None:
     )
 
 
-def test_erase_removes_exactly_one_tenants_records(backend: Backend) -> None:
-    tenant_a, tenant_b = uuid.uuid4(), uuid.uuid4()
+def test_erase_removes_exactly_one_tenants_records(backend: Backend, new_tenant: Callable[[], uuid.UUID]) -> None:
+    tenant_a, tenant_b = new_tenant(), new_tenant()
     _seed(backend.store, tenant_a, 4)
     records_b = _seed(backend.store, tenant_b, 3)
     backend.cosmos_queries.clear()

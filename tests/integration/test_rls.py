@@ -201,7 +201,11 @@ def test_every_app_table_has_forced_rls_with_tenant_policies(pg) -> None:  # typ
                     "idempotency_keys": "expired_key_tenants",
                     "audit_outbox": "audit_relay_tenants",
                 }[name]
-                assert others == {("platform_erase", ("qp_platform",)), (owner_policy, (OWNER_ROLE,))}, name
+                expected = {("platform_erase", ("qp_platform",)), (owner_policy, (OWNER_ROLE,))}
+                if name == "audit_outbox":
+                    # The control plane queues its records about tenants in its own transaction (migration 0028).
+                    expected.add(("platform_tenant_records", ("qp_platform",)))
+                assert others == expected, name
                 cmd = conn.execute(
                     "SELECT cmd FROM pg_policies WHERE schemaname = 'app' AND tablename = %s AND policyname = %s",
                     (name, owner_policy),
@@ -225,6 +229,15 @@ def test_every_app_table_has_forced_rls_with_tenant_policies(pg) -> None:  # typ
                     ("trim_pinned_tenant_read", "SELECT"),
                 ]
                 assert all("current_tenant_id()" in p[2] for p in trim)
+            elif name == "audit_events":
+                # Erasure, and the control plane's records about tenants, added in its own transaction (migration
+                # 0028): INSERT only, of resource type Tenant; it reads no trail.
+                assert others == {("platform_erase", ("qp_platform",)), ("platform_tenant_records", ("qp_platform",))}
+                record = conn.execute(
+                    "SELECT cmd, qual, with_check FROM pg_policies WHERE schemaname = 'app'"
+                    " AND tablename = 'audit_events' AND policyname = 'platform_tenant_records'"
+                ).fetchone()
+                assert record == ("INSERT", None, "(resource_type = 'Tenant'::text)")
             else:
                 assert others == {("platform_erase", ("qp_platform",))}, name
                 erase = conn.execute(

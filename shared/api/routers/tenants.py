@@ -72,17 +72,14 @@ def _authorized_tenant(
     return tenant
 
 
-def _once_committed(
+def _audit_change(
     conn: psycopg.Connection[Any], context: RequestContext, action: Action, tenant: Tenant, detail: dict[str, Any]
 ) -> None:
-    """Once the change in `conn` is committed: the tenant directory forgets what it cached, and the change is
-    audited (its record belongs to the operator's tenant, another transaction)."""
-
-    def committed() -> None:
-        tenant_directory.forget()
-        record_mutation(context, action, Resource("Tenant", str(tenant.id), None, {}), detail)
-
-    when_released(conn, committed, only="commit")
+    """The change in `conn` is audited in it (a record about a tenant, which the control plane may add to the
+    operator's trail: migration 0028), so it commits exactly with the change; once committed, the tenant directory
+    forgets what it cached."""
+    record_mutation(context, action, Resource("Tenant", str(tenant.id), None, {}), detail, conn=conn)
+    when_released(conn, tenant_directory.forget, only="commit")
 
 
 @router.post(
@@ -116,7 +113,7 @@ def create(
     headers = {"ETag": etag(tenant), "Location": f"/api/v1/tenants/{tenant.id}"}
     content = tenant.model_dump(mode="json")
     remember(conn, idempotency_key, 201, content, headers, principal=context.principal.id)
-    _once_committed(conn, context, Action.TENANT_CREATE, tenant, {"name": tenant.name, "status": tenant.status})
+    _audit_change(conn, context, Action.TENANT_CREATE, tenant, {"name": tenant.name, "status": tenant.status})
     return JSONResponse(content, status_code=201, headers=headers)
 
 
@@ -183,7 +180,7 @@ def patch(
         )
     tenant = update_tenant(conn, tenant_id, change)
     assert tenant is not None  # it existed inside this transaction
-    _once_committed(conn, context, Action.TENANT_UPDATE, tenant, change.model_dump(mode="json", exclude_unset=True))
+    _audit_change(conn, context, Action.TENANT_UPDATE, tenant, change.model_dump(mode="json", exclude_unset=True))
     response.headers["ETag"] = etag(tenant)
     return tenant
 
