@@ -33,6 +33,10 @@ PLATFORM_ENTITY_ID = "platform"
 MAX_TENANT_POLICY_CHARS = MAX_POLICY_CHARS
 TENANT_POLICY_CACHE_SIZE = 256
 """Distinct tenant policy sets kept parsed; a set changes only when a Tenant.Admin edits it."""
+DECISION_CACHE_SIZE = 4096
+"""Distinct decisions kept: a decision is a pure function of the policy set, the request and the entities, and a
+request is decided two or three times (the route's permission check, then the route's own `authorize`), and the
+same caller's next request the same way."""
 
 RESOURCE_TYPES = frozenset({"Platform", "Tenant", "Intent", "Blueprint", "Execution", "Policy", "AuditLog", "Module"})
 
@@ -181,6 +185,7 @@ class Authorizer:
         self._platform_ids = self._platform_policy_ids(cedarpy.policies_to_pst(text))
         self._policies = cedarpy.PolicySet.from_str(text)
         self._policy_set_for = functools.lru_cache(maxsize=TENANT_POLICY_CACHE_SIZE)(self._build_policy_set)
+        self._decide_once = functools.lru_cache(maxsize=DECISION_CACHE_SIZE)(self._evaluate)
 
     def _check_actions_match_schema(self) -> None:
         # The enum is what callers type against; a drift from the schema would turn into policy_error at runtime.
@@ -267,19 +272,25 @@ class Authorizer:
             # Tenant policies cannot name these actions, and skipping them means a broken stored policy can never
             # stop a Tenant.Admin from deleting it.
             untouchable = action in PLATFORM_ACTIONS or action in POLICY_ADMIN_ACTIONS
-            policy_set = self._policies if untouchable else self._policy_set_for(tuple(tenant_policies))
             request = {
                 "principal": _uid("Principal", principal.id),
                 "action": {"type": f"{NAMESPACE}::Action", "id": action.value},
                 "resource": _uid(resource.type, resource.id),
                 "context": {},
             }
-            result = cedarpy.is_authorized(
-                request, policy_set, self._entities(principal, resource, tenant), self._schema
-            )
+            # Everything the evaluation reads, as the keys of the decision cache (the entities as Cedar takes them).
+            policies = () if untouchable else tuple(tenant_policies)
+            entities = json.dumps(self._entities(principal, resource, tenant), sort_keys=True, separators=(",", ":"))
+            return self._decide_once(policies, json.dumps(request, sort_keys=True), entities)
         except Exception:  # any engine or input error denies: failing open is never an option
             logger.warning("authorization failed closed for action %s on %s", action, resource.type, exc_info=True)
             return Decision(False, Reason.POLICY_ERROR, ())
+
+    def _evaluate(self, tenant_policies: tuple[str, ...], request: str, entities: str) -> Decision:
+        """Evaluate one request (`_decide_once` remembers the answer; an error is raised, so never remembered)."""
+        result = cedarpy.is_authorized(
+            json.loads(request), self._policy_set_for(tenant_policies), entities, self._schema
+        )
         return self._decision(result)
 
     def _entities(self, principal: Principal, resource: Resource, tenant: TenantFacts) -> list[dict[str, Any]]:

@@ -353,6 +353,42 @@ def test_tenant_forbid_denies_what_the_platform_allowed(authz: Authorizer) -> No
     assert decision == Decision(False, "denied_by_tenant_policy", ("tenant:no-secret-in-production",))
 
 
+def test_a_remembered_decision_is_reused_only_for_exactly_the_same_inputs() -> None:
+    authz = Authorizer()  # its own decision cache, empty
+    deployer = principal(INTENT_DEPLOYER)
+    secret = Resource("Intent", "i-1", TENANT, {"target": "production", "labels": {"data": "secret"}})
+    first = authz.decide(deployer, Action.INTENT_EXECUTE, secret, tenant=FACTS)
+    assert first.allowed
+    # The same request again (a route's permission check, then its `authorize`): answered from the cache.
+    assert authz.decide(deployer, Action.INTENT_EXECUTE, secret, tenant=FACTS) == first
+    assert authz._decide_once.cache_info().hits == 1
+    # Any input that changes: evaluated, and decided as it must be.
+    variants = [
+        (principal(INTENT_EXECUTOR), secret, FACTS, ()),  # the roles
+        (deployer, Resource("Intent", "i-1", TENANT, {"target": "production", "labels": {"data": "x"}}), FACTS, ()),
+        (deployer, secret, TenantFacts(TENANT, "suspended", FACTS.allowed_targets, FACTS.allowed_modules), ()),
+        (deployer, secret, FACTS, (NO_SECRET_PRODUCTION,)),  # the tenant's policies
+    ]
+    decided = [
+        authz.decide(who, Action.INTENT_EXECUTE, what, tenant=facts, tenant_policies=policies)
+        for who, what, facts, policies in variants
+    ]
+    assert [(d.allowed, d.reason) for d in decided] == [
+        (False, "production_requires_deployer"),
+        (True, "allowed"),
+        (False, "tenant_suspended"),
+        (False, "denied_by_tenant_policy"),
+    ]
+    assert authz._decide_once.cache_info().misses == 5
+    # A request that fails is denied and never remembered.
+    broken = Resource("Intent", "i-1", TENANT, {"target": "production"})
+    for _ in range(2):
+        assert authz.decide(deployer, Action.INTENT_EXECUTE, broken, tenant=FACTS, tenant_policies=["permit"]) == (
+            Decision(False, "policy_error", ())
+        )
+    assert authz._decide_once.cache_info().currsize == 5
+
+
 def test_platform_forbid_names_the_reason_over_a_tenant_forbid(authz: Authorizer) -> None:
     executor = principal(INTENT_EXECUTOR)
     secret = Resource("Intent", "i-1", TENANT, {"target": "production", "labels": {"data": "secret"}})
