@@ -31,6 +31,7 @@ from uuid import UUID
 from fastapi import Depends, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute, iter_route_contexts
+from starlette.concurrency import run_in_threadpool
 from starlette.routing import Match
 from starlette.types import Scope
 
@@ -126,7 +127,7 @@ class RoutePermission:
     resource_param: str | None
 
 
-_PERMISSIONS: dict[Callable[..., RequestContext], RoutePermission] = {}
+_PERMISSIONS: dict[Callable[..., Coroutine[Any, Any, RequestContext]], RoutePermission] = {}
 
 
 def _candidates(action: Action, resource_id: str, tenant_id: UUID, principal_id: str) -> list[Resource]:
@@ -233,20 +234,24 @@ def _raise_deferred_body_error(request: Request) -> None:
         raise HTTPException(status_code=400, detail="There was an error parsing the body")
 
 
-def permission(action: Action, *, resource_param: str | None = None) -> Callable[..., RequestContext]:
+def permission(
+    action: Action, *, resource_param: str | None = None
+) -> Callable[..., Coroutine[Any, Any, RequestContext]]:
     """A dependency giving the route its request context once the caller could do `action` at all (else 403).
 
     `resource_param` names the path parameter holding the resource's id; without it the resource is the tenant,
     the control plane or the collection, by the action's resource type. Make it the route's first dependency.
     """
 
-    def check(request: Request, context: Annotated[RequestContext, Depends(authenticated)]) -> RequestContext:
-        # A plain `def`: the decision and a deny record run on a worker thread, off the event loop.
+    async def check(request: Request, context: Annotated[RequestContext, Depends(authenticated)]) -> RequestContext:
+        # On the event loop: the decision is CPU only, most often remembered (shared/policy/authorizer.py), and holds
+        # the GIL on a worker thread as much as here, so a thread hop would only add its own cost. A deny record is
+        # written on a worker thread.
         decision, resource = role_decision(
             context.principal, context.tenant_facts, action, _path_id(request, resource_param)
         )
         if not decision.allowed:
-            _record_deny(context, action, resource, decision)
+            await run_in_threadpool(_record_deny, context, action, resource, decision)
             raise ProblemError(
                 403, "forbidden", "Forbidden", f"Not allowed to {action.value}.", extensions={"reason": decision.reason}
             )
