@@ -310,3 +310,22 @@ def test_the_control_plane_adds_records_about_tenants_only_and_reads_no_trail(
     with tenant_transaction(operator, pool=app_pool) as conn:
         found = conn.execute("SELECT action, resource_type FROM app.audit_events WHERE id = %s", (about.id,)).fetchall()
     assert [(row["action"], row["resource_type"]) for row in found] == [("tenant.create", "Tenant")]
+
+
+def test_the_erasures_own_record_outlives_the_tenants_row(
+    container: ContainerProxy,
+    missing_container: ContainerProxy,
+    app_pool: ConnectionPool[Any],
+    control_pool: ConnectionPool[Any],
+    new_tenant: Callable[[], uuid.UUID],
+) -> None:
+    # Erasure removes the tenant's row, then records itself in the erased tenant's trail (ADR 0012): that record
+    # waits in the outbox like any other while the store is down, and is copied once it is back.
+    erased = new_tenant()
+    with platform_transaction(pool=control_pool) as conn:
+        conn.execute("DELETE FROM app.tenants WHERE id = %s", (erased,))
+    record = _tenant_record(erased, erased, "tenant.erase")
+    _store(missing_container, app_pool, control_pool).record(record)
+    assert _waiting(app_pool, erased) == {record.id}
+    assert _store(container, app_pool, control_pool)._outbox.relay_tenant(erased) == Copied(1)
+    assert _in_store(container, record) and _waiting(app_pool, erased) == set()

@@ -10,6 +10,10 @@
 -- its record. The control plane may now add, in its own transaction, records about tenants (resource type Tenant) to
 -- any tenant's trail: to the Postgres store's table and to the outbox. It still reads no trail, and changes none.
 
+-- A record without a transaction of the caller's goes through the outbox too now, and the erasure's own record,
+-- written after the tenant's row is gone, must survive it: as app.audit_events (migration 0005), no foreign key.
+ALTER TABLE app.audit_outbox DROP CONSTRAINT audit_outbox_tenant_id_fkey;
+
 ALTER TABLE app.audit_outbox
     ADD COLUMN refused_at timestamptz,
     ADD COLUMN refusal text CHECK (pg_catalog.char_length(refusal) <= 2000),
