@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
@@ -341,115 +343,122 @@ def dispatch_steps(batch: machine.DispatchSteps) -> machine.DispatchAnswer:
     """Dispatch a batch (`_dispatch`); a carrying one then carries on (ADR 0036): it reduces its own answer as the
     orchestration will, and while that asks for one more carrying dispatch of quick built-in steps only, it runs
     that dispatch too, answering each level it carried on to in `then`."""
-    answer = _dispatch(batch, carrying=batch.carry is not None)
     if batch.carry is None:
-        return answer
-    return answer.model_copy(update={"then": _carry_on(batch.carry, answer)})
+        return _dispatch(batch)
+    carrier = _Carrier(batch.carry)
+    answer = _dispatch(batch, carrying=True, then=carrier.prepare)
+    return answer.model_copy(update={"then": carrier.carry_on(answer)})
 
 
-def _carry_on(carry: machine.Carry, answer: machine.DispatchAnswer) -> list[machine.Carried]:
-    state = machine.State.model_validate(carry.state)
-    activity_id, rounds = carry.activity_id, list[machine.Carried]()
-    wait_s = get_settings().QP_DISPATCH_RESULT_WAIT_MS / 1000
-    while len(rounds) < MAX_CARRIED_LEVELS:
-        done = machine.ActivityDone(activity_id, answer.model_dump(mode="json"), datetime.now(UTC))
-        state, commands = machine.reduce(state, done)
+@dataclass(frozen=True)
+class _Next:
+    """The level a carrying dispatch carries on to: the orchestration's state once it has reduced the answer before
+    it, the activity call it would schedule, and that call's batch."""
+
+    state: machine.State
+    call: machine.CallActivity
+    batch: machine.DispatchSteps
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A next level recorded in the transaction that took the last result of the level before it."""
+
+    after: machine.DispatchAnswer
+    next: _Next
+    recorded: _Recorded
+
+
+class _Carrier:
+    """Carries a dispatch on through quick levels (ADR 0036). The next level's records are written in the
+    transaction that takes the last result of the level before it, when every result came within the wait: one
+    transaction per level fewer, and none between a step's result and its successor's start."""
+
+    def __init__(self, carry: machine.Carry) -> None:
+        self._state = machine.State.model_validate(carry.state)
+        self._activity_id = carry.activity_id
+        self._levels_left = MAX_CARRIED_LEVELS
+        self._wait_s = get_settings().QP_DISPATCH_RESULT_WAIT_MS / 1000
+        self._prepared: _Prepared | None = None
+
+    def _next(self, answer: machine.DispatchAnswer) -> _Next | None:
+        """The level to carry on to after `answer`, as the orchestration will reduce it; None when it asks for
+        anything else (or the carried levels are used up)."""
+        if self._levels_left <= 0:
+            return None
+        done = machine.ActivityDone(self._activity_id, answer.model_dump(mode="json"), datetime.now(UTC))
+        state, commands = machine.reduce(self._state, done)
         call = machine.carried_on(state, commands)
         if call is None:
-            break
+            return None
         batch = call.input
         assert isinstance(batch, machine.DispatchSteps)  # carried_on answers dispatches only
-        if not all(_awaits(start, wait_s) for start in batch.starts):
-            break  # the orchestration asks for it: a step that may take long is not waited for here
-        attributes = execution_attributes(tenant_id=batch.tenant_id, execution_id=batch.execution_id)
-        with continued_span("activity dispatch_steps", current_traceparent(), attributes):
-            answer = _dispatch(batch, carrying=True)
-        rounds.append(machine.Carried(id=call.id, batch_sha256=batch.digest(), answer=answer))
-        activity_id = call.id
-    return rounds
+        if not all(_awaits(start, self._wait_s) for start in batch.starts):
+            return None  # the orchestration asks for it: a step that may take long is not waited for here
+        return _Next(state, call, batch)
 
+    def prepare(self, conn: store.Conn, answer: machine.DispatchAnswer) -> None:
+        """In the transaction that takes a level's last result: record the level it carries on to, if any."""
+        found = self._next(answer)
+        if found is not None:
+            self._prepared = _Prepared(answer, found, _record_batch(conn, found.batch, carrying=True))
 
-def _dispatch(batch: machine.DispatchSteps, *, carrying: bool = False) -> machine.DispatchAnswer:
-    """Record a batch's notes and starts in one transaction (the execution's move to running first, to waiting
-    last), then publish its module work in one send and start its child executions; then wait a moment for the
-    results of its built-in attempts and answer those recorded meanwhile (ADR 0034).
-
-    Starts of the run phase are refused when the execution has ended or a cancel is recorded: a cancel whose event
-    was not seen (raised while the orchestration continued as new) still stops the run."""
-    tenant_id, execution_id = UUID(batch.tenant_id), UUID(batch.execution_id)
-    items: list[WorkItem] = []
-    awaited: list[AttemptKey] = []
-    children: list[machine.StepStart] = []
-    wait_s = get_settings().QP_DISPATCH_RESULT_WAIT_MS / 1000
-    with tenant_transaction(tenant_id) as conn:
-        current = repo.get_execution(conn, execution_id)
-        if current.terminal and (batch.finish is not None or carrying) and current.status == "succeeded":
-            # Run again after it (or the level it carried on to last, ADR 0036) recorded the run's success with its
-            # results (a crash lost its answer): the same answer again, from the results it took then.
-            # Every start was awaited then (the setting may have changed since): only what it answered comes back.
-            keys = [_key(execution_id, start) for start in batch.starts if start.kind is machine.StepKind.MODULE]
-            taken = store.take_results(conn, keys, final=True)
-            return machine.DispatchAnswer(
-                status=machine.Status.SUCCEEDED,
-                cancel_requested=current.cancel_requested_at is not None,
-                results=verdicts(taken),
-            )
-        if current.terminal:
-            return machine.DispatchAnswer(
-                status=machine.Status(current.status),
-                cancel_requested=current.cancel_requested_at is not None,
-                refused=True,
-            )
-        if batch.status is machine.Status.RUNNING and current.status == "pending":
-            _move(conn, execution_id, "running", output=None, error=None, current=current)
-        refused = current.cancel_requested_at is not None
-        for note in batch.notes:
-            _note(conn, execution_id, note)
-        for start in batch.starts:
-            if refused and start.phase is machine.Phase.RUN:
-                continue
-            key = _key(execution_id, start)
-            if start.kind is machine.StepKind.INTENT:
-                children.append(start)
-            elif start.kind is machine.StepKind.APPROVAL:
-                _, new = store.begin_attempt(conn, key, action="approval", remote=False, step_state="waiting")
-                if new:
-                    data = {
-                        "attempt": start.attempt,
-                        "message": start.params.get("message"),
-                        "approvers": start.params.get("approvers") or [],
-                    }
-                    repo.append_event(conn, execution_id, "approval_requested", start.step_id, data)
-            elif start.kind is machine.StepKind.WAIT:
-                store.begin_attempt(conn, key, action=start.action, remote=False)
+    def carry_on(self, answer: machine.DispatchAnswer) -> list[machine.Carried]:
+        """Run the levels this dispatch carries on to, each answered in turn."""
+        rounds: list[machine.Carried] = []
+        while True:
+            prepared, self._prepared = self._prepared, None
+            recorded: _Recorded | None = None
+            if prepared is not None and prepared.after == answer:
+                found: _Next | None = prepared.next
+                recorded = prepared.recorded
             else:
-                request = DispatchRequest(
-                    execution_id=execution_id,
-                    tenant_id=tenant_id,
-                    step_id=start.step_id,
-                    phase=start.phase.value,
-                    attempt=start.attempt,
-                    action=start.action,
-                    params=start.params,
-                    remote=start.remote,
-                    timeout_s=start.timeout_s,
-                )
-                waits = _awaits(start, wait_s)
-                item = _record_dispatch(conn, request, awaited=waits)
-                if item is not None:
-                    items.append(item)
-                if waits:
-                    awaited.append(key)
-        if batch.status is not None and not refused:
-            # Last, so a reader that sees execution_waiting can already read what it waits for.
-            moved = _move(conn, execution_id, batch.status.value, output=None, error=None)
-        elif batch.status is None:
-            moved = _move_answer(current)  # nothing here moves the execution
-        else:
-            moved = _move_answer(repo.get_execution(conn, execution_id))
-    _publish(items)
-    answers: dict[str, machine.ChildStart] = {}
-    for start in children:
+                # Not prepared (a result came after the wait, or there was nothing to take): reduced here.
+                found = self._next(answer)
+            if found is None:
+                return rounds
+            self._state, self._activity_id = found.state, found.call.id
+            self._levels_left -= 1
+            batch = found.batch
+            attributes = execution_attributes(tenant_id=batch.tenant_id, execution_id=batch.execution_id)
+            with continued_span("activity dispatch_steps", current_traceparent(), attributes):
+                answer = _dispatch(batch, carrying=True, recorded=recorded, then=self.prepare)
+            rounds.append(machine.Carried(id=found.call.id, batch_sha256=batch.digest(), answer=answer))
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    """What a dispatch's transaction recorded, for what the dispatch does once it has committed."""
+
+    items: list[WorkItem]
+    awaited: list[AttemptKey]
+    children: list[machine.StepStart]
+    moved: dict[str, Any]
+    refused: bool
+    answer: machine.DispatchAnswer | None = None
+    """The whole answer already (the execution has ended): nothing is published, started or awaited."""
+
+
+def _dispatch(
+    batch: machine.DispatchSteps,
+    *,
+    carrying: bool = False,
+    recorded: _Recorded | None = None,
+    then: Callable[[store.Conn, machine.DispatchAnswer], None] | None = None,
+) -> machine.DispatchAnswer:
+    """Record a batch's notes and starts in one transaction (`_record_batch`; or take `recorded`, written in a
+    transaction of the caller's), then publish its module work in one send and start its child executions; then wait
+    a moment for the results of its built-in attempts and answer those recorded meanwhile (ADR 0034). `then` runs in
+    the transaction that takes the last result, with the answer, when every one came within the wait."""
+    tenant_id, execution_id = UUID(batch.tenant_id), UUID(batch.execution_id)
+    if recorded is None:
+        with tenant_transaction(tenant_id) as conn:
+            recorded = _record_batch(conn, batch, carrying=carrying)
+    if recorded.answer is not None:
+        return recorded.answer
+    _publish(recorded.items)
+    children: dict[str, machine.ChildStart] = {}
+    for start in recorded.children:
         started = _start_child(
             ProgressRequest(
                 kind="start_child",
@@ -462,20 +471,119 @@ def _dispatch(batch: machine.DispatchSteps, *, carrying: bool = False) -> machin
                 params=start.params,
             )
         )
-        answers[start.step_id] = machine.ChildStart.model_validate(started)
+        children[start.step_id] = machine.ChildStart.model_validate(started)
+    awaited, wait_s = recorded.awaited, get_settings().QP_DISPATCH_RESULT_WAIT_MS / 1000
+    on_all: Callable[[store.Conn, dict[str, machine.Verdict]], None] | None = None
     finish = None
-    if batch.finish is not None and not refused and len(awaited) == len(batch.starts):
+    if batch.finish is not None and not recorded.refused and len(awaited) == len(batch.starts):
         finish = _Finish(execution_id, batch.finish, {key.event_name: key.step_id for key in awaited})
-    results = await_results(tenant_id, awaited, wait_s, None if finish is None else finish.record)
-    if finish is not None and finish.moved is not None:
-        moved = finish.moved
+        on_all = finish.record
+    elif then is not None:
+        then_ = then
+
+        def on_all(conn: store.Conn, answered: dict[str, machine.Verdict]) -> None:
+            then_(conn, _answer(recorded, children, answered))
+
+    results = await_results(tenant_id, awaited, wait_s, on_all)
+    return _answer(recorded, children, results, None if finish is None else finish.moved)
+
+
+def _answer(
+    recorded: _Recorded,
+    children: dict[str, machine.ChildStart],
+    results: dict[str, machine.Verdict],
+    moved: dict[str, Any] | None = None,
+) -> machine.DispatchAnswer:
+    """A dispatch's answer: the execution's status as its transaction left it (`moved`: as a recorded success left
+    it), its children and the results it took."""
+    moved = moved or recorded.moved
     return machine.DispatchAnswer(
         status=machine.Status(moved["status"]),
         cancel_requested=bool(moved["cancel_requested"]),
-        refused=refused,
-        children=answers,
+        refused=recorded.refused,
+        children=children,
         results=results,
     )
+
+
+def _record_batch(conn: store.Conn, batch: machine.DispatchSteps, *, carrying: bool) -> _Recorded:
+    """A dispatch's transaction: its notes and starts (the execution's move to running first, to waiting last).
+
+    Starts of the run phase are refused when the execution has ended or a cancel is recorded: a cancel whose event
+    was not seen (raised while the orchestration continued as new) still stops the run."""
+    tenant_id, execution_id = UUID(batch.tenant_id), UUID(batch.execution_id)
+    items: list[WorkItem] = []
+    awaited: list[AttemptKey] = []
+    children: list[machine.StepStart] = []
+    wait_s = get_settings().QP_DISPATCH_RESULT_WAIT_MS / 1000
+    current = repo.get_execution(conn, execution_id)
+    if current.terminal and (batch.finish is not None or carrying) and current.status == "succeeded":
+        # Run again after it (or the level it carried on to last, ADR 0036) recorded the run's success with its
+        # results (a crash lost its answer): the same answer again, from the results it took then.
+        # Every start was awaited then (the setting may have changed since): only what it answered comes back.
+        keys = [_key(execution_id, start) for start in batch.starts if start.kind is machine.StepKind.MODULE]
+        taken = store.take_results(conn, keys, final=True)
+        answer = machine.DispatchAnswer(
+            status=machine.Status.SUCCEEDED,
+            cancel_requested=current.cancel_requested_at is not None,
+            results=verdicts(taken),
+        )
+        return _Recorded([], [], [], {}, False, answer)
+    if current.terminal:
+        answer = machine.DispatchAnswer(
+            status=machine.Status(current.status),
+            cancel_requested=current.cancel_requested_at is not None,
+            refused=True,
+        )
+        return _Recorded([], [], [], {}, True, answer)
+    if batch.status is machine.Status.RUNNING and current.status == "pending":
+        _move(conn, execution_id, "running", output=None, error=None, current=current)
+    refused = current.cancel_requested_at is not None
+    for note in batch.notes:
+        _note(conn, execution_id, note)
+    for start in batch.starts:
+        if refused and start.phase is machine.Phase.RUN:
+            continue
+        key = _key(execution_id, start)
+        if start.kind is machine.StepKind.INTENT:
+            children.append(start)
+        elif start.kind is machine.StepKind.APPROVAL:
+            _, new = store.begin_attempt(conn, key, action="approval", remote=False, step_state="waiting")
+            if new:
+                data = {
+                    "attempt": start.attempt,
+                    "message": start.params.get("message"),
+                    "approvers": start.params.get("approvers") or [],
+                }
+                repo.append_event(conn, execution_id, "approval_requested", start.step_id, data)
+        elif start.kind is machine.StepKind.WAIT:
+            store.begin_attempt(conn, key, action=start.action, remote=False)
+        else:
+            request = DispatchRequest(
+                execution_id=execution_id,
+                tenant_id=tenant_id,
+                step_id=start.step_id,
+                phase=start.phase.value,
+                attempt=start.attempt,
+                action=start.action,
+                params=start.params,
+                remote=start.remote,
+                timeout_s=start.timeout_s,
+            )
+            waits = _awaits(start, wait_s)
+            item = _record_dispatch(conn, request, awaited=waits)
+            if item is not None:
+                items.append(item)
+            if waits:
+                awaited.append(key)
+    if batch.status is not None and not refused:
+        # Last, so a reader that sees execution_waiting can already read what it waits for.
+        moved = _move(conn, execution_id, batch.status.value, output=None, error=None)
+    elif batch.status is None:
+        moved = _move_answer(current)  # nothing here moves the execution
+    else:
+        moved = _move_answer(repo.get_execution(conn, execution_id))
+    return _Recorded(items, awaited, children, moved, refused)
 
 
 class _Finish:

@@ -689,6 +689,19 @@ def test_each_step_result_reaches_the_orchestration_once_by_its_dispatch_or_as_a
     assert scheduled.count("record_status") == (0 if delivery["again"] == "answered" else 1), scheduled
 
 
+def orchestration_completed(conn: psycopg.Connection[Any], instance_id: str, timeout_s: float = 30.0) -> None:
+    """Wait until the devhost's Durable store records the orchestration as completed."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        row = conn.execute(
+            "SELECT runtime_status FROM devhost_durable.instances WHERE instance_id = %s", (instance_id,)
+        ).fetchone()
+        if row is not None and row[0] == "Completed":
+            return
+        assert time.monotonic() < deadline, f"orchestration {instance_id}: {row}"
+        time.sleep(0.05)
+
+
 def test_a_chain_of_quick_steps_runs_in_one_dispatch_that_carries_on(platform: Platform, pg: Any) -> None:
     """ADR 0036: the first dispatch carries on from level to level while every step is quick built-in work, so the
     whole chain is one activity and two episodes, and every step still ran once, in order, over module-work."""
@@ -708,6 +721,9 @@ def test_a_chain_of_quick_steps_runs_in_one_dispatch_that_carries_on(platform: P
     assert [e["step"] for e in events if e["type"] == "step_completed"] == ["one", "two", "three"]
     platform_db = conninfo_to_dict(pg.owner_url)["dbname"]
     with psycopg.connect(make_conninfo(pg.admin_url, dbname=platform_db)) as conn:
+        # The last dispatch records the run's success before its answer reaches the orchestration: its history is
+        # whole once the orchestration has completed too.
+        orchestration_completed(conn, execution_id)
         history = conn.execute(
             "SELECT (event ->> 'EventType')::int, event ->> 'Name' FROM devhost_durable.history"
             " WHERE instance_id = %s ORDER BY position",
