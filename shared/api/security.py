@@ -22,6 +22,7 @@ from shared.audit import AuditRecord, get_audit_store
 from shared.auth.principal import Principal
 from shared.auth.tokens import (
     InvalidTokenError,
+    KeysNotCachedError,
     SigningKeysUnavailableError,
     TokenValidator,
     VerifiedToken,
@@ -66,16 +67,32 @@ def _unauthorized(reason: str) -> ProblemError:
     return ProblemError(401, "invalid-token", "Unauthorized", reason, headers=dict(_INVALID_TOKEN))
 
 
-def identified(
+async def identified(
     request: Request,
     validator: TokenValidator = Depends(token_validator),  # noqa: B008
 ) -> RequestContext:
     """Authenticate the caller: 401 bad token, 403 suspended tenant.
 
-    A plain `def`: FastAPI runs it on a worker thread, so fetching signing keys never blocks the event loop.
+    On the event loop when everything it needs is cached (the signing keys, the caller's active tenant), which is
+    almost always; otherwise on a worker thread, so that fetching keys or reading the tenant never blocks the loop.
     """
+    authorization = request.headers.get("authorization")
     try:
-        verified = validator.validate(bearer_token(request.headers.get("authorization")))
+        return _identify(authorization, validator, offline=True)
+    except _NeedsIO:
+        return await run_in_threadpool(_identify, authorization, validator)
+
+
+class _NeedsIO(Exception):
+    """What `_identify(..., offline=True)` would need is not cached: it is done again where I/O may happen."""
+
+
+def _identify(authorization: str | None, validator: TokenValidator, *, offline: bool = False) -> RequestContext:
+    """The caller's context (or its 401, 403 or 503); `offline`: _NeedsIO rather than any I/O."""
+    try:
+        verified = validator.validate(bearer_token(authorization), offline=offline)
+    except KeysNotCachedError:
+        raise _NeedsIO from None
     except SigningKeysUnavailableError as exc:
         # Not the caller's fault: the issuer's keys cannot be fetched and none are cached.
         logger.error("token validation unavailable: %s", exc.reason)
@@ -89,11 +106,13 @@ def identified(
     except InvalidTokenError as exc:
         logger.info("rejected token: %s", exc.reason)
         raise _unauthorized(exc.reason) from None
-    context = caller_context(verified, request_id_var.get())
+    context = caller_context(verified, request_id_var.get(), offline=offline)
     if context is None:
         raise _unauthorized("the token's tenant is not provisioned on this platform")
     tenant = context.tenant
     if tenant.status != "active":
+        if offline:
+            raise _NeedsIO  # the deny record is a write
         record_decision(
             context,
             "request",
@@ -139,10 +158,16 @@ async def authenticated(
         permit.release()
 
 
-def caller_context(verified: VerifiedToken, request_id: str) -> RequestContext | None:
+def caller_context(verified: VerifiedToken, request_id: str, *, offline: bool = False) -> RequestContext | None:
     """The caller of a validated token as a platform tenant's principal; None when its Entra tenant is not
-    provisioned (the tenant comes from the directory, never from anything the caller sent besides the token)."""
-    tenant = tenant_directory.resolve(platform_transaction, verified.entra_tenant_id)
+    provisioned (the tenant comes from the directory, never from anything the caller sent besides the token).
+    `offline`: from the directory's cache only, _NeedsIO when it holds no fresh answer."""
+    if offline:
+        known, tenant = tenant_directory.cached(verified.entra_tenant_id)
+        if not known:
+            raise _NeedsIO
+    else:
+        tenant = tenant_directory.resolve(platform_transaction, verified.entra_tenant_id)
     return None if tenant is None else RequestContext(verified.principal(tenant.id), tenant, request_id)
 
 

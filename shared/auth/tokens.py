@@ -78,6 +78,11 @@ class SigningKeysUnavailableError(InvalidTokenError):
     """The metadata or JWKS could not be fetched and no usable cached copy exists (a 503, not the caller's fault)."""
 
 
+class KeysNotCachedError(Exception):
+    """`validate(..., offline=True)` would need to fetch metadata or keys (or wait for a refresh): not a verdict on
+    the token, which the caller validates again where it may do I/O."""
+
+
 @dataclass(frozen=True)
 class VerifiedToken:
     """What a validated access token says about its caller; identity is (`entra_tenant_id`, `object_id`)."""
@@ -188,11 +193,13 @@ class TokenValidator:
         """The longest accepted token lifetime, in seconds."""
         return self._max_lifetime_s
 
-    def validate(self, token: str, *, at: float | None = None) -> VerifiedToken:
+    def validate(self, token: str, *, at: float | None = None, offline: bool = False) -> VerifiedToken:
         """Verify signature and claims; raise InvalidTokenError (with a safe `reason`) on any failure.
 
         `at` (a POSIX time) judges `exp` and `nbf` at that moment instead of now: a request that a trusted service
         stamped when it accepted it (an event's enqueued time) is judged when it was made, not when it is read.
+        `offline`: only with the keys cached and fresh, never fetching or waiting for a refresh; KeysNotCachedError
+        otherwise (so an event loop may validate without blocking).
         """
         if not isinstance(token, str) or not token or len(token) > _MAX_TOKEN_CHARS:
             raise InvalidTokenError("malformed token")
@@ -214,7 +221,7 @@ class TokenValidator:
         if not isinstance(kid, str) or not kid or len(kid) > _MAX_KID_CHARS:
             raise InvalidTokenError("missing key id")
 
-        key, metadata_issuer = self._signing_key(kid)
+        key, metadata_issuer = self._signing_key(kid, offline=offline)
         claims = self._decode(token, key.public_key, at)
         verified = self._check_claims(claims, key, metadata_issuer)
         self._check_lifetime(claims, time.time() if at is None else at)
@@ -334,7 +341,7 @@ class TokenValidator:
 
     # -- keys -----------------------------------------------------------------------------------------------------
 
-    def _signing_key(self, kid: str) -> tuple[_Key, str]:
+    def _signing_key(self, kid: str, *, offline: bool = False) -> tuple[_Key, str]:
         metadata, key_set = self._metadata, self._key_set
         now = self._clock()
         if (
@@ -345,6 +352,8 @@ class TokenValidator:
             and kid in key_set.keys
         ):
             return key_set.keys[kid], metadata.issuer
+        if offline:
+            raise KeysNotCachedError(kid)
         with self._lock:
             # Another thread may have refreshed while this one waited; everything is re-read under the lock.
             now = self._clock()

@@ -179,6 +179,14 @@ class TenantDirectory:
             self._cache[entra_tenant_id] = (now, tenant)
         return tenant
 
+    def cached(self, entra_tenant_id: UUID) -> tuple[bool, Tenant | None]:
+        """(True, what `resolve` would answer) while a fresh answer is cached, else (False, None): no I/O."""
+        with self._lock:
+            hit = self._cache.get(entra_tenant_id)
+        if hit is not None and time.monotonic() - hit[0] < self._ttl:
+            return True, hit[1]
+        return False, None
+
     def forget(self) -> None:
         """Drop every cached entry (after a tenant changes)."""
         with self._lock:

@@ -33,6 +33,7 @@ from shared.auth import validator as validator_module
 from shared.auth.principal import INTENT_AUTHOR, INTENT_EXECUTOR, INTENT_READER, PLATFORM_ADMIN
 from shared.auth.tokens import (
     InvalidTokenError,
+    KeysNotCachedError,
     SigningKeysUnavailableError,
     TokenValidator,
     VerifiedToken,
@@ -233,6 +234,30 @@ def test_metadata_and_keys_are_fetched_once_and_cached(
 ) -> None:
     for _ in range(5):
         validator.validate(_token(key))
+    assert idp.requests == [METADATA_URL, JWKS_URL]
+
+
+def test_offline_validation_never_fetches_and_agrees_with_online_validation(
+    validator: TokenValidator, idp: FakeIdentityProvider, clock: FakeClock, key: SigningKey, other_key: SigningKey
+) -> None:
+    # Cold: nothing cached, so an offline validation asks for the online one and fetches nothing itself.
+    with pytest.raises(KeysNotCachedError):
+        validator.validate(_token(key), offline=True)
+    assert idp.requests == []
+    online = validator.validate(_token(key))
+    assert idp.requests == [METADATA_URL, JWKS_URL]
+    # Warm: the same verdict, with no fetch; a bad token is still refused offline, for the same reason.
+    assert validator.validate(_token(key), offline=True) == online
+    tampered = _resign(_token(key), other_key, {"kid": key.kid})
+    with pytest.raises(InvalidTokenError, match="invalid signature") as refused:
+        validator.validate(tampered, offline=True)
+    assert refused.type is InvalidTokenError
+    # An unknown key id, or keys gone stale, would need a fetch: offline it asks for the online validation.
+    with pytest.raises(KeysNotCachedError):
+        validator.validate(_token(other_key), offline=True)
+    clock.now += 10 * 86400
+    with pytest.raises(KeysNotCachedError):
+        validator.validate(_token(key), offline=True)
     assert idp.requests == [METADATA_URL, JWKS_URL]
 
 
