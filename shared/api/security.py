@@ -79,18 +79,52 @@ async def identified(
     authorization = request.headers.get("authorization")
     try:
         return _identify(authorization, validator, offline=True)
-    except _NeedsIO:
-        return await run_in_threadpool(_identify, authorization, validator)
+    except _NeedsIO as needs:
+        return await run_in_threadpool(_identify, authorization, validator, verified=needs.verified)
 
 
 class _NeedsIO(Exception):
-    """What `_identify(..., offline=True)` would need is not cached: it is done again where I/O may happen."""
+    """What `_identify(..., offline=True)` would need is not cached: it is done again where I/O may happen, from
+    the token as validated already (`verified`), if it was."""
+
+    def __init__(self, verified: VerifiedToken | None = None) -> None:
+        super().__init__()
+        self.verified = verified
 
 
-def _identify(authorization: str | None, validator: TokenValidator, *, offline: bool = False) -> RequestContext:
+def _identify(
+    authorization: str | None,
+    validator: TokenValidator,
+    *,
+    offline: bool = False,
+    verified: VerifiedToken | None = None,
+) -> RequestContext:
     """The caller's context (or its 401, 403 or 503); `offline`: _NeedsIO rather than any I/O."""
+    if verified is None:
+        verified = _verified(authorization, validator, offline=offline)
+    context = caller_context(verified, request_id_var.get(), offline=offline)
+    if context is None:
+        raise _unauthorized("the token's tenant is not provisioned on this platform")
+    tenant = context.tenant
+    if tenant.status != "active":
+        if offline:
+            raise _NeedsIO(verified)  # the deny record is a write
+        record_decision(
+            context,
+            "request",
+            Resource("Tenant", str(tenant.id), tenant.id, {}),
+            Decision(False, "tenant_suspended", ()),
+        )
+        raise ProblemError(
+            403, "tenant-suspended", "Forbidden", "This tenant is suspended.", extensions={"reason": "tenant_suspended"}
+        )
+    return context
+
+
+def _verified(authorization: str | None, validator: TokenValidator, *, offline: bool) -> VerifiedToken:
+    """The validated bearer token, or its 401 or 503; `offline`: _NeedsIO when the keys are not cached."""
     try:
-        verified = validator.validate(bearer_token(authorization), offline=offline)
+        return validator.validate(bearer_token(authorization), offline=offline)
     except KeysNotCachedError:
         raise _NeedsIO from None
     except SigningKeysUnavailableError as exc:
@@ -106,23 +140,6 @@ def _identify(authorization: str | None, validator: TokenValidator, *, offline: 
     except InvalidTokenError as exc:
         logger.info("rejected token: %s", exc.reason)
         raise _unauthorized(exc.reason) from None
-    context = caller_context(verified, request_id_var.get(), offline=offline)
-    if context is None:
-        raise _unauthorized("the token's tenant is not provisioned on this platform")
-    tenant = context.tenant
-    if tenant.status != "active":
-        if offline:
-            raise _NeedsIO  # the deny record is a write
-        record_decision(
-            context,
-            "request",
-            Resource("Tenant", str(tenant.id), tenant.id, {}),
-            Decision(False, "tenant_suspended", ()),
-        )
-        raise ProblemError(
-            403, "tenant-suspended", "Forbidden", "This tenant is suspended.", extensions={"reason": "tenant_suspended"}
-        )
-    return context
 
 
 async def authenticated(
@@ -165,7 +182,7 @@ def caller_context(verified: VerifiedToken, request_id: str, *, offline: bool = 
     if offline:
         known, tenant = tenant_directory.cached(verified.entra_tenant_id)
         if not known:
-            raise _NeedsIO
+            raise _NeedsIO(verified)
     else:
         tenant = tenant_directory.resolve(platform_transaction, verified.entra_tenant_id)
     return None if tenant is None else RequestContext(verified.principal(tenant.id), tenant, request_id)

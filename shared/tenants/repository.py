@@ -167,11 +167,10 @@ class TenantDirectory:
 
     def resolve(self, conn_factory: Any, entra_tenant_id: UUID) -> Tenant | None:
         """The tenant whose Entra tenant id this is, or None when it is not provisioned."""
+        known, tenant = self.cached(entra_tenant_id)
+        if known:
+            return tenant
         now = time.monotonic()
-        with self._lock:
-            hit = self._cache.get(entra_tenant_id)
-        if hit is not None and now - hit[0] < self._ttl:
-            return hit[1]
         with conn_factory() as conn:
             row = conn.execute(_BY_ENTRA_ID, (entra_tenant_id,)).fetchone()
         tenant = _to_tenant(row) if row else None
