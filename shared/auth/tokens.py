@@ -11,6 +11,7 @@ import re
 import threading
 import time
 import urllib.request
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import Message
@@ -47,6 +48,13 @@ DEFAULT_MAX_LIFETIME_S = 2 * 3600
 
 _MAX_TOKEN_CHARS = 32 * 1024
 """Entra tokens with many roles stay far below this; anything larger is refused before any parsing work."""
+
+_REMEMBERED_TOKENS = 1024
+"""Verified tokens kept, most recently used first: a caller sends the same token with every request for as long as
+it lives, and its signature and claims say the same each time (only the clock moves, and is judged again)."""
+
+_MAX_REMEMBERED_TOKEN_CHARS = 8 * 1024
+"""Longer tokens are verified every time, so the remembered ones stay within a few megabytes."""
 
 _MAX_KID_CHARS = 256
 _MAX_DOCUMENT_BYTES = 1024 * 1024
@@ -140,11 +148,22 @@ class _KeySet:
     fetched_at: float
 
 
+@dataclass(frozen=True)
+class _Remembered:
+    """A token's verdict and the metadata and keys it was reached with: it holds while both are the current ones."""
+
+    verified: VerifiedToken
+    metadata: _Metadata
+    key_set: _KeySet
+
+
 class TokenValidator:
     """Validates Entra v2 access tokens (and the devhost's, which share the shape) against one OpenID metadata URL.
 
     Thread-safe: validation reads immutable cache snapshots; a lock serialises refreshes, and an unknown `kid`
-    triggers at most one JWKS fetch per `jwks_cooldown_s`, however many requests carry one.
+    triggers at most one JWKS fetch per `jwks_cooldown_s`, however many requests carry one. The verdicts on the last
+    `_REMEMBERED_TOKENS` tokens are kept with the metadata and keys they were reached with; the same token is answered
+    from there (its lifetime judged again) while those are current and fresh, and verified from scratch otherwise.
     """
 
     def __init__(
@@ -182,6 +201,8 @@ class TokenValidator:
         self._key_set: _KeySet | None = None
         self._last_metadata_attempt: float | None = None
         self._last_jwks_attempt: float | None = None
+        self._remembered: OrderedDict[str, _Remembered] = OrderedDict()
+        self._remembered_lock = threading.Lock()
 
     @property
     def audiences(self) -> frozenset[str]:
@@ -203,6 +224,11 @@ class TokenValidator:
         """
         if not isinstance(token, str) or not token or len(token) > _MAX_TOKEN_CHARS:
             raise InvalidTokenError("malformed token")
+        if at is None:
+            # The exact token verified before, with the same keys: only its expiry can have changed.
+            recalled = self._recall(token)
+            if recalled is not None:
+                return recalled
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -221,11 +247,44 @@ class TokenValidator:
         if not isinstance(kid, str) or not kid or len(kid) > _MAX_KID_CHARS:
             raise InvalidTokenError("missing key id")
 
-        key, metadata_issuer = self._signing_key(kid, offline=offline)
+        key, metadata, key_set = self._signing_key(kid, offline=offline)
         claims = self._decode(token, key.public_key, at)
-        verified = self._check_claims(claims, key, metadata_issuer)
+        verified = self._check_claims(claims, key, metadata.issuer)
         self._check_lifetime(claims, time.time() if at is None else at)
+        if at is None:
+            self._remember(token, _Remembered(verified, metadata, key_set))
         return verified
+
+    # -- verified tokens ------------------------------------------------------------------------------------------
+
+    def _recall(self, token: str) -> VerifiedToken | None:
+        """The verdict on `token` reached with the current, fresh metadata and keys, its lifetime judged again now;
+        None when there is none (never seen, evicted, or reached before a refresh or with keys now due for one)."""
+        with self._remembered_lock:
+            remembered = self._remembered.get(token)
+            if remembered is None:
+                return None
+            self._remembered.move_to_end(token)
+        now = self._clock()
+        if not (
+            remembered.metadata is self._metadata
+            and remembered.key_set is self._key_set
+            and _fresh(remembered.metadata.fetched_at, now)
+            and _fresh(remembered.key_set.fetched_at, now)
+        ):
+            # A refresh may have retired the key or changed the issuer: the token is verified again from scratch.
+            return None
+        self._check_time(remembered.verified.claims, time.time())
+        return remembered.verified
+
+    def _remember(self, token: str, remembered: _Remembered) -> None:
+        if len(token) > _MAX_REMEMBERED_TOKEN_CHARS:
+            return
+        with self._remembered_lock:
+            self._remembered[token] = remembered
+            self._remembered.move_to_end(token)
+            while len(self._remembered) > _REMEMBERED_TOKENS:
+                self._remembered.popitem(last=False)
 
     # -- claims ---------------------------------------------------------------------------------------------------
 
@@ -264,7 +323,7 @@ class TokenValidator:
             self._check_time(claims, at)
         return claims
 
-    def _check_time(self, claims: dict[str, Any], at: float) -> None:
+    def _check_time(self, claims: Mapping[str, Any], at: float) -> None:
         exp, nbf = claims["exp"], claims["nbf"]
         for name, value in (("exp", exp), ("nbf", nbf)):
             if isinstance(value, bool) or not isinstance(value, int | float):
@@ -341,7 +400,7 @@ class TokenValidator:
 
     # -- keys -----------------------------------------------------------------------------------------------------
 
-    def _signing_key(self, kid: str, *, offline: bool = False) -> tuple[_Key, str]:
+    def _signing_key(self, kid: str, *, offline: bool = False) -> tuple[_Key, _Metadata, _KeySet]:
         metadata, key_set = self._metadata, self._key_set
         now = self._clock()
         if (
@@ -351,7 +410,7 @@ class TokenValidator:
             and _fresh(key_set.fetched_at, now)
             and kid in key_set.keys
         ):
-            return key_set.keys[kid], metadata.issuer
+            return key_set.keys[kid], metadata, key_set
         if offline:
             raise KeysNotCachedError(kid)
         with self._lock:
@@ -365,10 +424,11 @@ class TokenValidator:
                 # cannot turn this service into an amplifier against the identity provider.
                 refreshed = self._try_fetch_jwks(metadata, now)
                 if refreshed is not None:
+                    key_set = refreshed
                     key = refreshed.keys.get(kid)
             if key is None:
                 raise InvalidTokenError("unknown signing key")
-            return key, metadata.issuer
+            return key, metadata, key_set
 
     def _jwks_cooldown_over(self, now: float) -> bool:
         return self._last_jwks_attempt is None or now - self._last_jwks_attempt >= self._cooldown_s

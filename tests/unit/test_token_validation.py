@@ -29,6 +29,7 @@ from devhost.identity import (
     openid_configuration,
     sign_access_token,
 )
+from shared.auth import tokens as tokens_module
 from shared.auth import validator as validator_module
 from shared.auth.principal import INTENT_AUTHOR, INTENT_EXECUTOR, INTENT_READER, PLATFORM_ADMIN
 from shared.auth.tokens import (
@@ -259,6 +260,98 @@ def test_offline_validation_never_fetches_and_agrees_with_online_validation(
     with pytest.raises(KeysNotCachedError):
         validator.validate(_token(key), offline=True)
     assert idp.requests == [METADATA_URL, JWKS_URL]
+
+
+class _Decodes:
+    """Counts the signature verifications the validator asks the JWT library for."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        real = jwt.decode
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(jwt, "decode", counted)
+
+
+def test_a_verified_token_is_remembered_and_its_expiry_judged_again(
+    validator: TokenValidator, key: SigningKey, other_key: SigningKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = _token(key, expires_in=120)
+    tampered = _resign(token, other_key, {"kid": key.kid})
+    decodes = _Decodes(monkeypatch)
+    first = validator.validate(token)
+    assert decodes.count == 1
+    # The same token again, online or offline: the same verdict, without verifying the signature again.
+    assert validator.validate(token) == first
+    assert validator.validate(token, offline=True) == first
+    assert decodes.count == 1
+    # Only the exact token is remembered: one re-signed with another key under the same kid is verified, and refused.
+    with pytest.raises(InvalidTokenError, match="invalid signature"):
+        validator.validate(tampered)
+    assert decodes.count == 2
+    # Its lifetime is judged on every use: once past exp (and the leeway), the remembered token is refused too.
+    later = time.time() + 120 + 30 + 1
+    monkeypatch.setattr(tokens_module, "time", _Clock(later))
+    assert _reason(validator, token) == "token expired"
+    assert decodes.count == 2
+
+
+def test_a_remembered_token_is_verified_again_after_its_keys_are_refreshed(
+    validator: TokenValidator,
+    idp: FakeIdentityProvider,
+    clock: FakeClock,
+    key: SigningKey,
+    other_key: SigningKey,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    token = _token(key)
+    validator.validate(token)
+    decodes = _Decodes(monkeypatch)
+    # The identity provider retires the key; once the cached keys are due for a refresh, the token is verified
+    # from scratch against the new set, which no longer has its key.
+    idp.jwks_keys = [other_key.public_jwk(BASE_URL)]
+    clock.now += 3600 + 1
+    with pytest.raises(KeysNotCachedError):
+        validator.validate(token, offline=True)
+    assert _reason(validator, token) == "unknown signing key"
+    assert decodes.count == 0  # refused at the key lookup, before any signature check
+
+
+def test_remembered_tokens_are_bounded(
+    validator: TokenValidator, key: SigningKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tokens_module, "_REMEMBERED_TOKENS", 2)
+    first, second, third = (_token(key, oid=str(uuid.uuid4())) for _ in range(3))
+    for token in (first, second, third):
+        validator.validate(token)
+    decodes = _Decodes(monkeypatch)
+    validator.validate(third)
+    validator.validate(second)
+    assert decodes.count == 0
+    validator.validate(first)  # the least recently used, evicted by the third
+    assert decodes.count == 1
+    # A token longer than the remembered limit is verified every time.
+    monkeypatch.setattr(tokens_module, "_MAX_REMEMBERED_TOKEN_CHARS", len(first) - 1)
+    long_one = _token(key, oid=str(uuid.uuid4()))
+    validator.validate(long_one)
+    validator.validate(long_one)
+    assert decodes.count == 3
+
+
+class _Clock:
+    """`time` as the validator module sees it, stopped at one POSIX moment."""
+
+    def __init__(self, now: float) -> None:
+        self._now = now
+
+    def time(self) -> float:
+        return self._now
+
+    def monotonic(self) -> float:
+        return time.monotonic()
 
 
 # -- algorithm and header attacks -----------------------------------------------------------------------------------
