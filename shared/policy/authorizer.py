@@ -40,6 +40,14 @@ same caller's next request the same way."""
 
 RESOURCE_TYPES = frozenset({"Platform", "Tenant", "Intent", "Blueprint", "Execution", "Policy", "AuditLog", "Module"})
 
+_ANY_OF_ITS_TYPE = "qp:any"
+"""The uid Cedar is given for a resource whose type no policy in force names by id (a string no resource id is: not
+a UUID, and a module name has no colon), so one remembered decision serves every resource of that type alike."""
+
+_IDENTIFIED_TYPES = frozenset({"Platform", "Tenant"})
+"""Resource types whose uid the policies compare with other entities (`resource == principal.tenant`): never
+replaced."""
+
 
 class Reason(StrEnum):
     """The machine code a decision carries; a denied caller sees this, never the policy text."""
@@ -164,6 +172,26 @@ def _resource_attrs(resource: Resource) -> dict[str, Any]:
             raise ValueError(f"unknown resource type {resource.type!r}")
 
 
+def _named_entity_types(text: str) -> set[str]:
+    """Every entity type that `text` names an entity of, by type and id (a scope's `==` or `in`, a literal in a
+    condition); a text that cannot be read names every resource type, so nothing is decided without its id."""
+    try:
+        tree = json.loads(cedarpy.policies_to_json_str(text))
+    except Exception:  # an unreadable policy is refused where it is built; here it only must not widen anything
+        return {f"{NAMESPACE}::{kind}" for kind in RESOURCE_TYPES}
+    named: set[str] = set()
+    pending: list[Any] = [tree]
+    while pending:  # iterative: a policy's nesting is bounded on save, but no walk here should depend on that
+        node = pending.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("type"), str) and "id" in node:
+                named.add(node["type"])
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    return named
+
+
 class Authorizer:
     """Cedar decisions over the platform policies plus a tenant's own forbids; deny by default, fail closed."""
 
@@ -184,7 +212,9 @@ class Authorizer:
             raise PolicyLoadError("invalid platform policies: " + "; ".join(str(e) for e in result.errors))
         self._platform_ids = self._platform_policy_ids(cedarpy.policies_to_pst(text))
         self._policies = cedarpy.PolicySet.from_str(text)
+        self._platform_named_types = _named_entity_types(text)
         self._policy_set_for = functools.lru_cache(maxsize=TENANT_POLICY_CACHE_SIZE)(self._build_policy_set)
+        self._anonymous_types_for = functools.lru_cache(maxsize=TENANT_POLICY_CACHE_SIZE)(self._anonymous_types)
         self._decide_once = functools.lru_cache(maxsize=DECISION_CACHE_SIZE)(self._evaluate)
 
     def _check_actions_match_schema(self) -> None:
@@ -280,7 +310,16 @@ class Authorizer:
             }
             # Everything the evaluation reads, as the keys of the decision cache (the entities as Cedar takes them).
             policies = () if untouchable else tuple(tenant_policies)
-            entities = json.dumps(self._entities(principal, resource, tenant), sort_keys=True, separators=(",", ":"))
+            if resource.type in self._anonymous_types_for(policies):
+                # No policy in force names a resource of this type by id, so which one it is cannot change the
+                # decision: the key (and what Cedar sees) keeps the resource's attributes and drops its id.
+                request["resource"] = _uid(resource.type, _ANY_OF_ITS_TYPE)
+                uid_id = _ANY_OF_ITS_TYPE
+            else:
+                uid_id = resource.id
+            entities = json.dumps(
+                self._entities(principal, resource, tenant, uid_id), sort_keys=True, separators=(",", ":")
+            )
             return self._decide_once(policies, json.dumps(request, sort_keys=True), entities)
         except Exception:  # any engine or input error denies: failing open is never an option
             logger.warning("authorization failed closed for action %s on %s", action, resource.type, exc_info=True)
@@ -293,7 +332,20 @@ class Authorizer:
         )
         return self._decision(result)
 
-    def _entities(self, principal: Principal, resource: Resource, tenant: TenantFacts) -> list[dict[str, Any]]:
+    def _anonymous_types(self, tenant_policies: tuple[str, ...]) -> frozenset[str]:
+        """Resource types that neither the platform's policies nor these tenant policies name by id."""
+        named = set(self._platform_named_types)
+        for text in tenant_policies:
+            if policy_text_problems(text):
+                # Never handed to the parser unbounded (it could overflow the stack); building the policy set
+                # refuses the text anyway, so the decision fails closed.
+                return frozenset()
+            named |= _named_entity_types(text)
+        return frozenset(kind for kind in RESOURCE_TYPES - _IDENTIFIED_TYPES if f"{NAMESPACE}::{kind}" not in named)
+
+    def _entities(
+        self, principal: Principal, resource: Resource, tenant: TenantFacts, uid_id: str
+    ) -> list[dict[str, Any]]:
         tenant_id = str(tenant.id)
         entities: list[dict[str, Any]] = [
             {
@@ -321,9 +373,7 @@ class Authorizer:
         # The Platform has no attributes, and another tenant's row is not ours to describe: both are left out
         # of the entity set, which Cedar treats as entities without attributes.
         if resource.type not in ("Platform", "Tenant"):
-            entities.append(
-                {"uid": _uid(resource.type, resource.id), "parents": [], "attrs": _resource_attrs(resource)}
-            )
+            entities.append({"uid": _uid(resource.type, uid_id), "parents": [], "attrs": _resource_attrs(resource)})
         return entities
 
     def _decision(self, result: cedarpy.AuthzResult) -> Decision:

@@ -389,6 +389,46 @@ def test_a_remembered_decision_is_reused_only_for_exactly_the_same_inputs() -> N
     assert authz._decide_once.cache_info().currsize == 5
 
 
+FORBID_ONE_EXECUTION = """
+@id("not-that-one")
+forbid (principal, action == QP::Action::"execution.read", resource == QP::Execution::"e-1");
+"""
+
+
+def test_resources_no_policy_names_by_id_share_their_remembered_decisions() -> None:
+    authz = Authorizer()  # its own decision cache, empty
+    reader = principal(INTENT_READER)
+    attributes = {"target": "staging", "requested_by": OTHER_REQUESTER, "labels": {}}
+    first, second = (Resource("Execution", f"e-{n}", TENANT, attributes) for n in (1, 2))
+    # No policy names an execution by id: the second execution with the same attributes is decided from the first.
+    assert authz.decide(reader, Action.EXECUTION_READ, first, tenant=FACTS).allowed
+    assert authz.decide(reader, Action.EXECUTION_READ, second, tenant=FACTS).allowed
+    assert authz._decide_once.cache_info().hits == 1
+    # Attributes still count: another target is another decision.
+    production = Resource("Execution", "e-3", TENANT, {**attributes, "target": "production"})
+    authz.decide(reader, Action.EXECUTION_READ, production, tenant=FACTS)
+    assert authz._decide_once.cache_info().misses == 2
+    # A tenant policy that names one execution: each is decided by its own id, and only that one is refused.
+    named = (FORBID_ONE_EXECUTION,)
+    assert authz.validate_tenant_policy(FORBID_ONE_EXECUTION) == []
+    refused = authz.decide(reader, Action.EXECUTION_READ, first, tenant=FACTS, tenant_policies=named)
+    assert refused == Decision(False, "denied_by_tenant_policy", ("tenant:not-that-one",))
+    assert authz.decide(reader, Action.EXECUTION_READ, second, tenant=FACTS, tenant_policies=named).allowed
+    # A module's `name` attribute defaults to its id, so a policy on the name still tells modules apart.
+    no_http = (
+        """@id("no-http") forbid (principal, action == QP::Action::"module.read", resource)
+        when { resource.name == "http" };""",
+    )
+    assert authz.validate_tenant_policy(no_http[0]) == []
+    decided = [
+        authz.decide(
+            reader, Action.MODULE_READ, Resource("Module", name, TENANT), tenant=FACTS, tenant_policies=no_http
+        )
+        for name in ("http", "event.emit")
+    ]
+    assert [d.allowed for d in decided] == [False, True]
+
+
 def test_platform_forbid_names_the_reason_over_a_tenant_forbid(authz: Authorizer) -> None:
     executor = principal(INTENT_EXECUTOR)
     secret = Resource("Intent", "i-1", TENANT, {"target": "production", "labels": {"data": "secret"}})
