@@ -270,9 +270,18 @@ def tenant_write(tenant_id: UUID, *, pool: ConnectionPool[Any] | None = None) ->
 
 
 @contextmanager
-def runtime_write(*, pool: ConnectionPool[Any] | None = None) -> Iterator[psycopg.Connection[DictRow]]:
-    """A runtime_transaction whose statements and COMMIT travel in one round trip, as tenant_write's do."""
-    with _write(pool or get_pool(), _Prologue(_SET_RUNTIME_ROLE)) as conn:
+def entry_point_statement(*, pool: ConnectionPool[Any] | None = None) -> Iterator[psycopg.Connection[DictRow]]:
+    """A connection for statements that each commit by themselves, with no transaction block and no prologue.
+
+    Only for a statement that calls SECURITY DEFINER entry points and touches no table itself (the devhost's Event
+    Hubs log): such a function runs as its owner and sets its own search path whatever the session's state, so
+    neither the runtime role nor the session reset would change what it does, and skipping them saves the four
+    statements they cost (docs/performance.md). A statement on a table the policies guard belongs in a transaction.
+    """
+    with _borrow(pool or get_pool()) as (conn, _hold):
+        if not conn.autocommit:
+            # The statement would open a transaction that the pool rolls back on return: written, then lost.
+            raise RuntimeError("entry_point_statement needs a pool of autocommit connections")
         yield conn
 
 

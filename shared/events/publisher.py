@@ -14,7 +14,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from shared.config import get_settings
-from shared.db.session import allow_nested_borrow, runtime_write
+from shared.db.session import allow_nested_borrow, entry_point_statement
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -64,20 +64,20 @@ class EventPublisher(Protocol):
 
 
 class LocalEventHubPublisher:
-    """Appends to the devhost's Postgres log through `devhost_eventhubs.publish()`, as the runtime role."""
+    """Appends to the devhost's Postgres log through its entry point `devhost_eventhubs.publish()`, which the app's
+    login may call (through the runtime role) and which runs as the log's owner."""
 
     def __init__(self, pool: ConnectionPool[Any] | None = None) -> None:
         self._pool = pool
 
     def publish(self, hub: str, events: Sequence[OutboundEvent]) -> None:
-        """Append all events in one transaction: every event lands, or none does."""
+        """Append all events in one statement: every event lands, or none does."""
         if not events:
             return
         # The devhost's stand-in for Event Hubs, which the outbox relay calls inside its tenant transaction: one
         # relay runs at a time, so its second connection cannot wait on itself. Requests never publish here.
-        # Nothing is read back, so BEGIN, the appends and COMMIT go in one round trip; a refused append surfaces
-        # at the end of the block and the whole transaction rolls back.
-        with allow_nested_borrow(), runtime_write(pool=self._pool) as conn:
+        # One statement appends every event through the log's own entry point, so it commits all of them or none.
+        with allow_nested_borrow(), entry_point_statement(pool=self._pool) as conn:
             conn.execute(
                 _LOCAL_PUBLISH,
                 (

@@ -397,3 +397,18 @@ def test_one_publish_appends_its_events_in_order_or_none_of_them(pg: Any, app_po
     assert [row[4] for row in mine] == [{"n": n} for n in range(5)]
     bodies = sorted(bytes(row[3]).decode() for row in rows if row[2] is None)
     assert bodies == [f"{run}:{n}" for n in range(3)]
+
+
+def test_a_publish_refuses_connections_that_would_hold_it_in_a_transaction(pg: Any) -> None:
+    # One statement that commits by itself: on a connection that opens a transaction instead, the pool would roll
+    # the append back on return, so the publish refuses before it writes anything.
+    pool: ConnectionPool[Any] = ConnectionPool(pg.app_url, min_size=1, max_size=1, open=True)
+    hub, run = "conformance-autocommit", uuid.uuid4().hex
+    try:
+        with pytest.raises(RuntimeError, match="autocommit"):
+            LocalEventHubPublisher(pool).publish(hub, [OutboundEvent({"run": run}, partition_key=run)])
+    finally:
+        pool.close()
+    with psycopg.connect(pg.owner_url) as conn:
+        written = conn.execute("SELECT count(*) FROM devhost_eventhubs.events WHERE hub = %s", (hub,)).fetchone()
+    assert written == (0,)
