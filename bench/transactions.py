@@ -8,7 +8,8 @@ tenant and times, on one pool of the app's login, the shapes a request runs: the
 record as separate statements (the former code, with the pool's per-return reset) and as one round trip (the
 current code), the take with and without asynchronous commit and without the per-transaction session reset, and a
 tenant transaction's read with its prologue pipelined statement by statement (the former code) and sent as one
-simple query (the current code). Writes bench/results/transactions-<time>.json.
+simple query (the current code), and an empty transaction with and without the tenant pin (what the pin itself
+costs). Writes bench/results/transactions-<time>.json.
 """
 
 from __future__ import annotations
@@ -90,6 +91,16 @@ def _read_prologue_pipelined(pool: ConnectionPool[Any], tenant: uuid.UUID) -> No
 def _read_current(pool: ConnectionPool[Any], tenant: uuid.UUID) -> None:
     with session.tenant_transaction(tenant, pool=pool) as conn:
         conn.execute(_READ).fetchone()
+
+
+def _empty_tenant_transaction(pool: ConnectionPool[Any], tenant: uuid.UUID) -> None:
+    with session.tenant_transaction(tenant, pool=pool):
+        pass
+
+
+def _empty_runtime_transaction(pool: ConnectionPool[Any]) -> None:
+    with session.runtime_transaction(pool=pool):
+        pass
 
 
 def _take_current(pool: ConnectionPool[Any], tenant: uuid.UUID) -> None:
@@ -196,6 +207,10 @@ def main() -> None:
                 ("audit, one round trip (current)", lambda: store.record(_record(tenant))),
                 ("read, prologue pipelined (former)", lambda: _read_prologue_pipelined(pool, tenant)),
                 ("read, prologue one simple query (current)", lambda: _read_current(pool, tenant)),
+                # The tenant pin's own cost: its call, its row (which gives even a read-only transaction a
+                # transaction id and a commit record) and the row's removal at commit.
+                ("empty transaction, tenant pinned", lambda: _empty_tenant_transaction(pool, tenant)),
+                ("empty transaction, no tenant (no pin)", lambda: _empty_runtime_transaction(pool)),
             ]
             # Twice over, so that a burst of load from elsewhere shows up as a disagreement between the rounds.
             rows = [_time(name, calls, run, data_dir) for _ in range(2) for name, run in shapes]
