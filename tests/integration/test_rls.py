@@ -287,3 +287,26 @@ def test_a_transaction_cannot_switch_tenants(app_pool: ConnectionPool[Any], tena
     # The pin ends with its transaction: the next one on the same pooled connection starts with none.
     with runtime_transaction(pool=app_pool) as conn:
         assert _intent_names(conn) == []
+
+
+def test_a_discarded_pin_cannot_be_replaced_within_its_transaction(
+    app_pool: ConnectionPool[Any], tenants: dict[str, uuid.UUID]
+) -> None:
+    # DISCARD TEMP drops every temporary table of the session, whoever owns it, so SQL running in a tenant's
+    # transaction can remove the pin table. The policies then see no tenant, and no other tenant can be pinned in
+    # that transaction: the pin table is only ever created in a transaction that has written nothing yet.
+    with tenant_transaction(tenants["a"], pool=app_pool) as conn:
+        conn.execute("DISCARD TEMP")
+        assert _intent_names(conn) == []
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="discarded"), conn.transaction():
+            conn.execute("SELECT app.pin_tenant(%s)", (tenants["b"],))
+        assert _intent_names(conn) == []
+    # The same even for the tenant it had: the transaction is pinned to none for the rest of it.
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="discarded"):
+        with tenant_transaction(tenants["a"], pool=app_pool) as conn:
+            conn.execute("DISCARD TEMP")
+            conn.execute("SELECT app.pin_tenant(%s)", (tenants["a"],))
+    # The next transactions on the same connections pin as usual (a new table, before anything is written).
+    for _ in range(app_pool.max_size + 1):
+        with tenant_transaction(tenants["b"], pool=app_pool) as conn:
+            assert _intent_names(conn) == ["intent-b"]
