@@ -87,8 +87,12 @@ class Attempt:
 
 _SEED = (
     "INSERT INTO app.execution_steps (tenant_id, execution_id, step_id, position, action, max_attempts, state,"
-    " output, reused, finished_at) SELECT app.current_tenant_id(), %s, %s, %s, %s, %s, %s, %s, %s,"
-    " CASE WHEN %s THEN clock_timestamp() END ON CONFLICT DO NOTHING"
+    " output, reused, finished_at)"
+    " SELECT (SELECT app.current_tenant_id()), %s, s.step_id, s.position - 1, s.action, s.max_attempts, s.state,"
+    " s.output, s.reused, CASE WHEN s.reused THEN clock_timestamp() END"
+    " FROM unnest(%s::text[], %s::text[], %s::integer[], %s::text[], %s::jsonb[], %s::boolean[])"
+    " WITH ORDINALITY AS s (step_id, action, max_attempts, state, output, reused, position)"
+    " ON CONFLICT DO NOTHING"
 )
 _ATTEMPT_COLUMNS = sql.SQL(
     "execution_id, step_id, phase, attempt, action, remote, state, output, error, retryable, token_nonce,"
@@ -190,24 +194,20 @@ def _key_params(key: AttemptKey) -> tuple[Any, ...]:
 
 def seed_steps(conn: Conn, execution_id: UUID, steps: Sequence[StepSeed]) -> None:
     """Record every step of a new execution (pending, or succeeded when reused from the retried execution)."""
-    with conn.cursor() as cursor:
-        cursor.executemany(
-            _SEED,
-            [
-                (
-                    execution_id,
-                    step.step_id,
-                    position,
-                    step.action,
-                    step.max_attempts,
-                    "succeeded" if step.reused else "pending",
-                    Jsonb(step.reused_output) if step.reused else None,
-                    step.reused,
-                    step.reused,
-                )
-                for position, step in enumerate(steps)
-            ],
-        )
+    # One statement for all of them (a row each from the arrays, in order): a 50-step intent starts with one
+    # statement, not fifty.
+    conn.execute(
+        _SEED,
+        (
+            execution_id,
+            [step.step_id for step in steps],
+            [step.action for step in steps],
+            [step.max_attempts for step in steps],
+            ["succeeded" if step.reused else "pending" for step in steps],
+            [Jsonb(step.reused_output) if step.reused else None for step in steps],
+            [step.reused for step in steps],
+        ),
+    )
 
 
 def _set_step_state(
