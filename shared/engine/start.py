@@ -34,8 +34,12 @@ from shared.tenants.models import TenantQuotas
 Conn = psycopg.Connection[DictRow]
 MAX_REPORTED_INPUT_ERRORS = 20
 _ACTIVE = "SELECT count(*) AS n FROM app.executions WHERE status IN ('pending', 'running', 'waiting', 'compensating')"
-# Serializes the quota check and the insert per tenant: two concurrent starts cannot both see headroom.
-_QUOTA_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('executions:' || app.current_tenant_id()::text, 0))"
+# Serializes the quota check and the insert per tenant: two concurrent starts cannot both see headroom. A row lock
+# on the tenant's own row (migration 0030): no other tenant's SQL can see it, let alone hold it.
+_QUOTA_LOCK = (
+    "INSERT INTO app.tenant_locks (tenant_id, purpose) VALUES ((SELECT app.current_tenant_id()), 'executions')"
+    " ON CONFLICT (tenant_id, purpose) DO UPDATE SET purpose = EXCLUDED.purpose"
+)
 _CLAIM_STALE_START = (
     "UPDATE app.executions SET start_claimed_at = clock_timestamp() WHERE id = %s"
     " AND status = 'pending' AND (start_claimed_at IS NULL"

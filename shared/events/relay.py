@@ -3,7 +3,7 @@
 
 Publish, then mark, in the tenant's own transaction: a crash or a failed send between the two leaves the events
 unpublished, so they go again with the same id (at least once; consumers dedupe by `id`). The rows are locked
-(`FOR UPDATE SKIP LOCKED`) and each tenant is relayed by one relay at a time (a transaction advisory lock), so two
+(`FOR UPDATE SKIP LOCKED`) and each tenant is relayed by one relay at a time (a row lock on its lock row), so two
 relays never send the same events concurrently and a tenant's events leave in the order they were recorded.
 """
 
@@ -26,9 +26,13 @@ from shared.observability.tracing import TRACEPARENT
 
 _PENDING_TENANTS = "SELECT tenant_id FROM app.outbox_pending_tenants(%s) AS pending (tenant_id)"
 # A relay that finds another one on this tenant moves on; the other one is sending these events already.
-_TENANT_LOCK = (
-    "SELECT pg_try_advisory_xact_lock(hashtextextended('outbox-relay:' || app.current_tenant_id()::text, 0)) AS locked"
+# One relay per tenant at a time: a row lock on the tenant's own row (migration 0030), taken without waiting. The
+# row is made first when missing (a statement of its own, so that the lock's statement sees it).
+_TENANT_LOCK_ROW = (
+    "INSERT INTO app.tenant_locks (tenant_id, purpose) VALUES ((SELECT app.current_tenant_id()), 'outbox-relay')"
+    " ON CONFLICT (tenant_id, purpose) DO NOTHING"
 )
+_TENANT_LOCK = "SELECT true AS locked FROM app.tenant_locks WHERE purpose = 'outbox-relay' FOR UPDATE SKIP LOCKED"
 _UNPUBLISHED = (
     "SELECT id, event_type, subject, data, occurred_at, traceparent FROM app.outbox WHERE published_at IS NULL"
     " ORDER BY position LIMIT %s FOR UPDATE SKIP LOCKED"
@@ -81,8 +85,8 @@ def relay_tenant(
 ) -> int:
     """Publish up to `batch_size` of the tenant's unpublished events and mark them; returns how many went."""
     with tenant_transaction(tenant_id, pool=pool) as conn:
-        locked = conn.execute(_TENANT_LOCK).fetchone()
-        if locked is None or not locked["locked"]:
+        conn.execute(_TENANT_LOCK_ROW)
+        if conn.execute(_TENANT_LOCK).fetchone() is None:  # another relay holds this tenant's
             return 0
         rows = conn.execute(_UNPUBLISHED, (batch_size,)).fetchall()
         if not rows:

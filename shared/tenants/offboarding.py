@@ -39,6 +39,7 @@ TENANT_TABLES = (
     "intents",
     "tenant_policies",
     "rate_buckets",
+    "tenant_locks",
     "modules",
     "audit_outbox",
     "audit_events",

@@ -781,8 +781,13 @@ def test_another_tenants_execution_is_not_found_on_every_route(platform: Platfor
 def _change_tenant(platform: Platform, tenant: str, change: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
     """Platform.Admin changes a tenant through the control plane; `change` maps the tenant to the PATCH body."""
     admin = platform.headers(["Platform.Admin"])
-    listing = httpx.get(f"{platform.base}/api/v1/tenants", headers=admin).json()
-    tenant_id = next(item["id"] for item in listing["items"] if item["name"] == tenant)
+    tenant_id, cursor = None, None
+    while tenant_id is None:  # every page: other tests' tenants may come first
+        params = {"cursor": cursor} if cursor else {}
+        listing = httpx.get(f"{platform.base}/api/v1/tenants", headers=admin, params=params).json()
+        tenant_id = next((item["id"] for item in listing["items"] if item["name"] == tenant), None)
+        cursor = listing["next_cursor"]
+        assert tenant_id is not None or cursor, f"no tenant named {tenant}"
     current = httpx.get(f"{platform.base}/api/v1/tenants/{tenant_id}", headers=admin)
     changed = httpx.patch(
         f"{platform.base}/api/v1/tenants/{tenant_id}",
