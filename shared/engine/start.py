@@ -16,6 +16,7 @@ from psycopg.rows import DictRow
 from shared import telemetry
 from shared.auth.principal import Requester
 from shared.config import get_settings
+from shared.db import tenant_locks
 from shared.engine import executions as repo
 from shared.engine.protocol import ORCHESTRATOR_ACTIONS, StepPlan
 from shared.engine.steps import StepSeed, list_steps, seed_steps
@@ -34,12 +35,6 @@ from shared.tenants.models import TenantQuotas
 Conn = psycopg.Connection[DictRow]
 MAX_REPORTED_INPUT_ERRORS = 20
 _ACTIVE = "SELECT count(*) AS n FROM app.executions WHERE status IN ('pending', 'running', 'waiting', 'compensating')"
-# Serializes the quota check and the insert per tenant: two concurrent starts cannot both see headroom. A row lock
-# on the tenant's own row (migration 0030): no other tenant's SQL can see it, let alone hold it.
-_QUOTA_LOCK = (
-    "INSERT INTO app.tenant_locks (tenant_id, purpose) VALUES ((SELECT app.current_tenant_id()), 'executions')"
-    " ON CONFLICT (tenant_id, purpose) DO UPDATE SET purpose = EXCLUDED.purpose"
-)
 _CLAIM_STALE_START = (
     "UPDATE app.executions SET start_claimed_at = clock_timestamp() WHERE id = %s"
     " AND status = 'pending' AND (start_claimed_at IS NULL"
@@ -318,7 +313,8 @@ def start_execution(
     run = runnable(conn, tenant, item, None, request.input)  # `item` holds the version to run, read once
     if request.plan_hash is not None and request.plan_hash != run.plan_hash:
         raise PlanChangedError(request.plan_hash, run.plan_hash)
-    conn.execute(_QUOTA_LOCK)
+    # Serializes the quota check and the insert per tenant: two concurrent starts cannot both see headroom.
+    tenant_locks.hold(conn, "executions")
     if active_executions(conn) >= max_concurrent:
         metrics.request_refused(tenant.id, "execution-quota")
         raise QuotaExceededError(max_concurrent)

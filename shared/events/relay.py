@@ -19,6 +19,7 @@ from uuid import UUID
 from psycopg.rows import DictRow
 from psycopg_pool import ConnectionPool
 
+from shared.db import tenant_locks
 from shared.db.session import platform_transaction, tenant_transaction
 from shared.events import webhook_store
 from shared.events.publisher import PLATFORM_EVENTS_HUB, EventPublisher, OutboundEvent, PropertyValue, get_publisher
@@ -26,13 +27,6 @@ from shared.observability.tracing import TRACEPARENT
 
 _PENDING_TENANTS = "SELECT tenant_id FROM app.outbox_pending_tenants(%s) AS pending (tenant_id)"
 # A relay that finds another one on this tenant moves on; the other one is sending these events already.
-# One relay per tenant at a time: a row lock on the tenant's own row (migration 0030), taken without waiting. The
-# row is made first when missing (a statement of its own, so that the lock's statement sees it).
-_TENANT_LOCK_ROW = (
-    "INSERT INTO app.tenant_locks (tenant_id, purpose) VALUES ((SELECT app.current_tenant_id()), 'outbox-relay')"
-    " ON CONFLICT (tenant_id, purpose) DO NOTHING"
-)
-_TENANT_LOCK = "SELECT true AS locked FROM app.tenant_locks WHERE purpose = 'outbox-relay' FOR UPDATE SKIP LOCKED"
 _UNPUBLISHED = (
     "SELECT id, event_type, subject, data, occurred_at, traceparent FROM app.outbox WHERE published_at IS NULL"
     " ORDER BY position LIMIT %s FOR UPDATE SKIP LOCKED"
@@ -85,8 +79,7 @@ def relay_tenant(
 ) -> int:
     """Publish up to `batch_size` of the tenant's unpublished events and mark them; returns how many went."""
     with tenant_transaction(tenant_id, pool=pool) as conn:
-        conn.execute(_TENANT_LOCK_ROW)
-        if conn.execute(_TENANT_LOCK).fetchone() is None:  # another relay holds this tenant's
+        if not tenant_locks.try_hold(conn, "outbox-relay"):  # another relay holds this tenant's
             return 0
         rows = conn.execute(_UNPUBLISHED, (batch_size,)).fetchall()
         if not rows:

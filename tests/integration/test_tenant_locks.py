@@ -4,15 +4,15 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
+from shared.db import tenant_locks
 from shared.db.session import allow_nested_borrow, tenant_transaction
-from shared.engine import start
-from shared.events import relay
 
 pytestmark = pytest.mark.integration
 
@@ -31,13 +31,19 @@ def tenants(pg) -> dict[str, uuid.UUID]:  # type: ignore[no-untyped-def]
     return ids
 
 
-def _lock_waits(pool: ConnectionPool[Any], tenant_id: uuid.UUID, statement: str) -> bool:
-    """Whether `statement`, in a transaction of `tenant_id`, has to wait (given up after 300 ms)."""
+def _start_lock(conn: psycopg.Connection[Any]) -> None:
+    tenant_locks.hold(conn, "executions")
+
+
+def _lock_waits(
+    pool: ConnectionPool[Any], tenant_id: uuid.UUID, take: Callable[[psycopg.Connection[Any]], object]
+) -> bool:
+    """Whether `take`, in a transaction of `tenant_id`, has to wait (given up after 300 ms)."""
     try:
         # Beside a transaction the test holds open on purpose: a second connection of the same pool.
         with allow_nested_borrow(), tenant_transaction(tenant_id, pool=pool) as conn:
             conn.execute("SET LOCAL lock_timeout = '300ms'")
-            conn.execute(statement)  # type: ignore[arg-type]
+            take(conn)
     except psycopg.errors.LockNotAvailable:
         return True
     return False
@@ -47,11 +53,11 @@ def test_a_start_lock_serialises_its_own_tenant_only(
     app_pool: ConnectionPool[Any], tenants: dict[str, uuid.UUID]
 ) -> None:
     with tenant_transaction(tenants["victim"], pool=app_pool) as holder:
-        holder.execute(start._QUOTA_LOCK)
+        _start_lock(holder)
         # A second start of the same tenant waits for the first; another tenant's does not.
-        assert _lock_waits(app_pool, tenants["victim"], start._QUOTA_LOCK)
-        assert not _lock_waits(app_pool, tenants["other"], start._QUOTA_LOCK)
-    assert not _lock_waits(app_pool, tenants["victim"], start._QUOTA_LOCK)  # released with its transaction
+        assert _lock_waits(app_pool, tenants["victim"], _start_lock)
+        assert not _lock_waits(app_pool, tenants["other"], _start_lock)
+    assert not _lock_waits(app_pool, tenants["victim"], _start_lock)  # released with its transaction
 
 
 def test_no_sql_can_hold_another_tenants_start_lock(
@@ -62,10 +68,10 @@ def test_no_sql_can_hold_another_tenants_start_lock(
         # The former key, taken at session level: it outlived its transaction on the pooled connection and stalled
         # the victim's starts. It names nothing the start takes now.
         attacker.execute("SELECT pg_advisory_lock(hashtextextended('executions:' || %s::text, 0))", (victim,))
-        assert not _lock_waits(app_pool, victim, start._QUOTA_LOCK)
+        assert not _lock_waits(app_pool, victim, _start_lock)
         # In another tenant's transaction the victim's lock row is neither visible nor insertable nor lockable.
         with tenant_transaction(tenants["other"], pool=app_pool) as conn:
-            conn.execute(start._QUOTA_LOCK)
+            _start_lock(conn)
             assert {row["tenant_id"] for row in conn.execute("SELECT tenant_id FROM app.tenant_locks")} == {
                 tenants["other"]
             }
@@ -82,14 +88,12 @@ def test_one_relay_per_tenant_at_a_time(app_pool: ConnectionPool[Any], tenants: 
     def takes(tenant_id: uuid.UUID) -> bool:
         with allow_nested_borrow(), tenant_transaction(tenant_id, pool=app_pool) as conn:
             conn.execute("SET LOCAL lock_timeout = '300ms'")  # a wait fails the test instead of hanging it
-            conn.execute(relay._TENANT_LOCK_ROW)
-            return conn.execute(relay._TENANT_LOCK).fetchone() is not None
+            return tenant_locks.try_hold(conn, "outbox-relay")
 
     # Each tenant's first relay makes its lock row (a second relay waits for that insert to commit, once).
     assert takes(tenants["victim"]) and takes(tenants["other"])
     with tenant_transaction(tenants["victim"], pool=app_pool) as holder:
-        holder.execute(relay._TENANT_LOCK_ROW)
-        assert holder.execute(relay._TENANT_LOCK).fetchone() is not None
+        assert tenant_locks.try_hold(holder, "outbox-relay")
         assert not takes(tenants["victim"])  # skipped, not waited for
         assert takes(tenants["other"])
     assert takes(tenants["victim"])
