@@ -8,6 +8,7 @@ from functions.timer_audit_outbox_relay import bp as audit_outbox_relay_bp
 from functions.timer_execution_sweeper import bp as execution_sweeper_bp
 from functions.timer_idempotency_expiry import bp as idempotency_expiry_bp
 from functions.timer_outbox_relay import bp as outbox_relay_bp
+from functions.timer_secret_sealing import bp as secret_sealing_bp
 from functions.timer_webhook_delivery import bp as webhook_delivery_bp
 
 blueprints = (
@@ -19,4 +20,5 @@ blueprints = (
     webhook_delivery_bp,
     idempotency_expiry_bp,
     audit_outbox_relay_bp,
+    secret_sealing_bp,
 )

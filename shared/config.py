@@ -8,8 +8,11 @@ from typing import Literal
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_SEALING_KEY_CHARS = 32
+"""The shortest sealing key material accepted (`openssl rand -base64 48` gives 64 characters)."""
 
 
 class SettingsError(RuntimeError):
@@ -133,6 +136,17 @@ class Settings(BaseSettings):
         "outbound steps may reach them. Off in Azure, where those are the platform's own services.",
     )
     QP_ENVIRONMENT: Literal["local", "dev", "prod"] = "local"
+    QP_SEALING_KEY: SecretStr | None = Field(
+        default=None,
+        description="Key material (at least 32 characters) that seals the secrets the database keeps (webhook signing "
+        "secrets, task-token keys) so that the database alone does not reveal them; in Azure a Key Vault reference. "
+        "Required outside local development, where a fixed development key stands in.",
+    )
+    QP_SEALING_KEY_PREVIOUS: SecretStr | None = Field(
+        default=None,
+        description="The sealing key before a rotation: values sealed with it still open, and the sealing timer "
+        "seals them again with QP_SEALING_KEY. Set only while a rotation is under way (ADR 0040).",
+    )
     APPLICATIONINSIGHTS_CONNECTION_STRING: str | None = Field(
         default=None,
         description="Application Insights: when set, traces, metrics and the app's logs go there (OpenTelemetry).",
@@ -170,6 +184,12 @@ class Settings(BaseSettings):
         60, ge=1, description="Minimum seconds between JWKS refetches triggered by an unknown signing key id."
     )
 
+    @field_validator("QP_SEALING_KEY", "QP_SEALING_KEY_PREVIOUS", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # local.settings.json leaves a setting empty to mean unset.
+        return None if value == "" else value
+
     @model_validator(mode="after")
     def _one_blob_endpoint(self) -> Settings:
         if bool(self.QP_BLOB_CONNECTION_STRING) == bool(self.QP_BLOB_ACCOUNT_URL):
@@ -181,7 +201,28 @@ class Settings(BaseSettings):
         if self.QP_COSMOS_ENDPOINT and not self.QP_COSMOS_ENDPOINT.startswith("https://"):
             raise ValueError("QP_COSMOS_ENDPOINT must be an https:// URL")
         self._check_control_login()
+        self._check_sealing_keys()
         return self
+
+    def _check_sealing_keys(self) -> None:
+        if self.QP_SEALING_KEY is None and self.QP_ENVIRONMENT != "local":
+            raise ValueError("QP_SEALING_KEY is required outside local development (a Key Vault reference in Azure)")
+        for name in ("QP_SEALING_KEY", "QP_SEALING_KEY_PREVIOUS"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            material = value.get_secret_value()
+            # An App Service Key Vault reference that could not be resolved arrives as its own text.
+            if material.startswith("@Microsoft.KeyVault("):
+                raise ValueError(
+                    f"{name} is an unresolved Key Vault reference: grant the app's identity 'Key Vault Secrets User' "
+                    "on the vault and create the secret"
+                )
+            if len(material) < MIN_SEALING_KEY_CHARS:
+                raise ValueError(f"{name} must be at least {MIN_SEALING_KEY_CHARS} characters of random key material")
+        previous = self.QP_SEALING_KEY_PREVIOUS
+        if previous is not None and self.QP_SEALING_KEY is None:
+            raise ValueError("QP_SEALING_KEY_PREVIOUS needs QP_SEALING_KEY (the key it was rotated to)")
 
     def _check_control_login(self) -> None:
         if self.QP_DATABASE_ENTRA_AUTH and not self.QP_DATABASE_CONTROL_CLIENT_ID:

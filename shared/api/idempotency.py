@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import psycopg
@@ -74,19 +75,24 @@ def replay_or_claim(
     body: Any,
     *,
     principal: str | None = None,
+    reveal: Callable[[Any], Any] | None = None,
 ) -> Response | None:
     """Inside the route's transaction: the first answer to `key` to replay, or None to do the work (the key now
     claimed until the transaction ends: a concurrent duplicate waits, then replays). None without a key.
 
     The key is the tenant's (a tenant transaction) or, with `principal`, that caller's (a control-plane transaction).
-    It is bound to the method, the route's path and `body`; the same key with another request is 422."""
+    It is bound to the method, the route's path and `body`; the same key with another request is 422. `reveal`
+    turns a stored body back into the answer (one that was stored with a secret sealed, say)."""
     if key is None:
         return None
     try:
         stored = claim(conn, key, fingerprint(request.method, request.url.path, body), principal=principal)
     except IdempotencyKeyReusedError as exc:
         raise ProblemError(422, "idempotency-key", "Unprocessable content", str(exc)) from None
-    return None if stored is None else JSONResponse(stored.body, status_code=stored.status, headers=stored.headers)
+    if stored is None:
+        return None
+    answer = stored.body if reveal is None else reveal(stored.body)
+    return JSONResponse(answer, status_code=stored.status, headers=stored.headers)
 
 
 def remember(

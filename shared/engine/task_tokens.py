@@ -19,14 +19,22 @@ from psycopg.rows import DictRow
 
 from shared import accepted_json
 from shared.engine.steps import AttemptKey
+from shared.sealing import SealedFor, Sealer, sealer
 
 Conn = psycopg.Connection[DictRow]
 PREFIX = "qpt1"
 _KEY_BYTES = 32
 _CREATE_KEY = (
-    "INSERT INTO app.task_token_keys (tenant_id, secret) VALUES (app.current_tenant_id(), %s) ON CONFLICT DO NOTHING"
+    "INSERT INTO app.task_token_keys (tenant_id, sealed_secret) VALUES (app.current_tenant_id(), %s)"
+    " ON CONFLICT DO NOTHING"
 )
-_READ_KEY = "SELECT secret FROM app.task_token_keys"  # RLS: the current tenant's row only
+_READ_KEY = "SELECT secret, sealed_secret FROM app.task_token_keys"  # RLS: the current tenant's row only
+# A key kept in plain text (before migration 0031) or sealed with another key than the current one.
+_KEY_TO_SEAL = (
+    "SELECT secret, sealed_secret FROM app.task_token_keys"
+    " WHERE sealed_secret IS NULL OR NOT starts_with(sealed_secret, %s) FOR UPDATE"
+)
+_SEAL_KEY = "UPDATE app.task_token_keys SET sealed_secret = %s, secret = NULL"
 
 
 class InvalidTaskTokenError(Exception):
@@ -64,16 +72,28 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def _sealed_for(tenant_id: UUID) -> SealedFor:
+    return SealedFor("task-token-key", tenant_id, "signing")
+
+
+def _opened(row: DictRow, tenant_id: UUID, keys: Sealer) -> bytes:
+    """The key a row keeps: sealed, or in plain text until the sealing timer gets to it (migration 0031)."""
+    if row["sealed_secret"] is not None:
+        return keys.open(row["sealed_secret"], _sealed_for(tenant_id))
+    return bytes(row["secret"])
+
+
 def tenant_key(conn: Conn, tenant_id: UUID) -> bytes:
-    """The tenant's signing key, created on first use (inside the caller's tenant transaction)."""
+    """The tenant's signing key, created on first use (inside the caller's tenant transaction), kept sealed."""
     with _keys_lock:
         cached = _keys.get(tenant_id)
     if cached is not None:
         return cached
-    conn.execute(_CREATE_KEY, (secrets.token_bytes(_KEY_BYTES),))
+    keys = sealer()
+    conn.execute(_CREATE_KEY, (keys.seal(secrets.token_bytes(_KEY_BYTES), _sealed_for(tenant_id)),))
     row = conn.execute(_READ_KEY).fetchone()
     assert row is not None  # inserted or already there, and visible to this tenant
-    key = bytes(row["secret"])
+    key = _opened(row, tenant_id, keys)
     with _keys_lock:
         _keys[tenant_id] = key
     return key
@@ -89,9 +109,20 @@ def _existing_key(conn: Conn, tenant_id: UUID) -> bytes | None:
     row = conn.execute(_READ_KEY + " WHERE tenant_id = %s", (tenant_id,)).fetchone()
     if row is None:
         return None
+    key = _opened(row, tenant_id, sealer())
     with _keys_lock:
-        _keys[tenant_id] = bytes(row["secret"])
-    return bytes(row["secret"])
+        _keys[tenant_id] = key
+    return key
+
+
+def seal_key(conn: Conn, tenant_id: UUID, keys: Sealer) -> int:
+    """Seal the tenant's key with the current sealing key if it is not yet (inside its tenant transaction); 1 when
+    it was sealed now. The key itself stays the same, so every token it signed still verifies."""
+    row = conn.execute(_KEY_TO_SEAL, (keys.current_prefix,)).fetchone()
+    if row is None:
+        return 0
+    conn.execute(_SEAL_KEY, (keys.seal(_opened(row, tenant_id, keys), _sealed_for(tenant_id)),))
+    return 1
 
 
 def _signature(key: bytes, payload: str) -> str:

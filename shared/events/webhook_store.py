@@ -17,6 +17,8 @@ from psycopg import sql
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
+from shared.sealing import SealedFor, Sealer, is_sealed, sealer
+
 Conn = psycopg.Connection[DictRow]
 
 _SUBSCRIPTION_COLUMNS = (
@@ -39,6 +41,9 @@ _RESUME_FAILED = (
     " WHERE subscription_id = %s AND state = 'failed'"
 )
 _ROTATE = "UPDATE app.webhook_subscriptions SET secret = %s, updated_at = clock_timestamp() WHERE id = %s"
+# Secrets kept in plain text (before migration 0031) or sealed with another key than the current one.
+_TO_SEAL = "SELECT id, secret FROM app.webhook_subscriptions WHERE NOT starts_with(secret, %s) ORDER BY id FOR UPDATE"
+_SEAL = "UPDATE app.webhook_subscriptions SET secret = %s WHERE id = %s"
 _DELETE_DELIVERIES = "DELETE FROM app.webhook_deliveries WHERE subscription_id = %s"
 _DELETE = "DELETE FROM app.webhook_subscriptions WHERE id = %s"
 _MATCHING = "SELECT id, event_types FROM app.webhook_subscriptions WHERE enabled"
@@ -127,10 +132,25 @@ def _subscription(row: DictRow) -> Subscription:
     return Subscription(**{key: row[key] for key in Subscription.__dataclass_fields__})
 
 
-def create(conn: Conn, *, url: str, event_types: Sequence[str], description: str) -> tuple[Subscription, str]:
-    """A new enabled subscription and its secret (the only time the secret is returned)."""
-    secret = new_secret()
-    row = conn.execute(_sql(_INSERT), (uuid4(), url, list(event_types), description, secret)).fetchone()
+def sealed_for(tenant_id: UUID, subscription_id: UUID) -> SealedFor:
+    """What a subscription's sealed secret belongs to: it opens for that subscription of that tenant only."""
+    return SealedFor("webhook-secret", tenant_id, str(subscription_id))
+
+
+def open_secret(stored: str, owner: SealedFor, keys: Sealer | None = None) -> str:
+    """The secret a row keeps: sealed, or in plain text until the sealing timer gets to it (migration 0031)."""
+    if not is_sealed(stored):
+        return stored
+    return (keys or sealer()).open(stored, owner).decode("ascii")
+
+
+def create(
+    conn: Conn, *, tenant_id: UUID, url: str, event_types: Sequence[str], description: str
+) -> tuple[Subscription, str]:
+    """A new enabled subscription and its secret (the only time the secret is returned); the row keeps it sealed."""
+    subscription_id, secret = uuid4(), new_secret()
+    sealed = sealer().seal(secret.encode("ascii"), sealed_for(tenant_id, subscription_id))
+    row = conn.execute(_sql(_INSERT), (subscription_id, url, list(event_types), description, sealed)).fetchone()
     assert row is not None  # INSERT ... RETURNING
     return _subscription(row), secret
 
@@ -159,11 +179,23 @@ def update(
     return _subscription(row)
 
 
-def rotate(conn: Conn, subscription_id: UUID) -> str:
+def rotate(conn: Conn, tenant_id: UUID, subscription_id: UUID) -> str:
     """A new secret for the subscription (returned once); deliveries from now on are signed with it."""
     secret = new_secret()
-    conn.execute(_ROTATE, (secret, subscription_id))
+    conn.execute(
+        _ROTATE, (sealer().seal(secret.encode("ascii"), sealed_for(tenant_id, subscription_id)), subscription_id)
+    )
     return secret
+
+
+def seal_secrets(conn: Conn, tenant_id: UUID, keys: Sealer) -> int:
+    """Seal, with the current key, every secret of the tenant's subscriptions that is not yet (inside its tenant
+    transaction); how many were sealed. The secrets themselves stay the same, so receivers notice nothing."""
+    rows = conn.execute(_TO_SEAL, (keys.current_prefix,)).fetchall()
+    for row in rows:
+        owner = sealed_for(tenant_id, row["id"])
+        conn.execute(_SEAL, (keys.seal(open_secret(row["secret"], owner, keys).encode("ascii"), owner), row["id"]))
+    return len(rows)
 
 
 def delete(conn: Conn, subscription_id: UUID) -> bool:
@@ -189,9 +221,16 @@ def deliveries(conn: Conn, subscription_id: UUID, limit: int = 100) -> list[dict
     return [dict(row) for row in conn.execute(_sql(_DELIVERIES), (subscription_id, limit)).fetchall()]
 
 
-def claim_due(conn: Conn, *, limit: int, hold_s: float) -> list[Claimed]:
-    """The due heads of the tenant's enabled subscriptions, held for `hold_s` while they are sent."""
-    return [Claimed(**dict(row)) for row in conn.execute(_CLAIM_HEADS, (limit, hold_s)).fetchall()]
+def claim_due(conn: Conn, tenant_id: UUID, *, limit: int, hold_s: float) -> list[Claimed]:
+    """The due heads of the tenant's enabled subscriptions, held for `hold_s` while they are sent, each with its
+    secret opened. A secret that does not open (SealError) takes the claim back with the transaction: the deliveries
+    wait, none is lost."""
+    claimed = []
+    for row in conn.execute(_CLAIM_HEADS, (limit, hold_s)).fetchall():
+        fields = dict(row)
+        fields["secret"] = open_secret(row["secret"], sealed_for(tenant_id, row["subscription_id"]))
+        claimed.append(Claimed(**fields))
+    return claimed
 
 
 def record_success(conn: Conn, claimed: Claimed, status: int) -> None:

@@ -115,7 +115,7 @@ def deliver_tenant(
     with make_client(allowed) as client:
         while result.delivered + result.failed_attempts < PER_RUN:
             with tenant_transaction(tenant_id, pool=pool) as conn:
-                claimed = store.claim_due(conn, limit=PER_RUN, hold_s=HOLD_S)
+                claimed = store.claim_due(conn, tenant_id, limit=PER_RUN, hold_s=HOLD_S)
             if not claimed:
                 break
             for item in claimed:  # each subscription's head: sent outside any transaction

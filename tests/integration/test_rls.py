@@ -190,16 +190,27 @@ def test_every_app_table_has_forced_rls_with_tenant_policies(pg) -> None:  # typ
                     "SELECT",
                     "(status = ANY (ARRAY['pending'::text, 'running'::text, 'waiting'::text, 'compensating'::text]))",
                 )
-            elif name in ("work_items", "step_attempts", "webhook_deliveries", "idempotency_keys", "audit_outbox"):
+            elif name in (
+                "work_items",
+                "step_attempts",
+                "webhook_deliveries",
+                "idempotency_keys",
+                "audit_outbox",
+                "webhook_subscriptions",
+                "task_token_keys",
+            ):
                 # The owner (never the app) reads which tenants have a lease that ran out, for the sweeper
                 # (migration 0018), a webhook delivery due (migration 0019) or an expired idempotency key (migration
-                # 0025) or an audit record waiting for its store (migration 0027): SELECT only.
+                # 0025) or an audit record waiting for its store (migration 0027) or a secret to seal (migration
+                # 0031): SELECT only.
                 owner_policy = {
                     "work_items": "sweeper_leased_items",
                     "step_attempts": "sweeper_open_attempts",
                     "webhook_deliveries": "webhook_due_tenants",
                     "idempotency_keys": "expired_key_tenants",
                     "audit_outbox": "audit_relay_tenants",
+                    "webhook_subscriptions": "secrets_to_seal",
+                    "task_token_keys": "secrets_to_seal",
                 }[name]
                 expected = {("platform_erase", ("qp_platform",)), (owner_policy, (OWNER_ROLE,))}
                 if name == "audit_outbox":

@@ -67,7 +67,8 @@ def test_entra_auth_needs_the_control_identity(monkeypatch: pytest.MonkeyPatch) 
 
 def test_outside_local_development_the_two_pools_are_two_logins(monkeypatch: pytest.MonkeyPatch) -> None:
     same = "host=db dbname=quantum user=id-dev-x"
-    _set(monkeypatch, **{**_BASE, "QP_DATABASE_URL": same, "QP_DATABASE_CONTROL_URL": same}, QP_ENVIRONMENT="dev")
+    dev = {**_BASE, "QP_DATABASE_URL": same, "QP_DATABASE_CONTROL_URL": same, "QP_SEALING_KEY": "k" * 48}
+    _set(monkeypatch, **dev, QP_ENVIRONMENT="dev")
     with pytest.raises(SettingsError, match="different user"):
         load_settings()
     _set(monkeypatch, QP_DATABASE_CONTROL_URL="host=db dbname=quantum")  # names no user at all

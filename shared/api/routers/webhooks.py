@@ -25,6 +25,7 @@ from shared.events import webhook_store as store
 from shared.events.webhooks import WebhookUrlRefusedError, check_subscription_url
 from shared.policy.actions import Action
 from shared.policy.authorizer import Resource
+from shared.sealing import sealer
 from shared.tenants.repository import tenant_settings
 
 router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"], route_class=GuardedRoute)
@@ -117,6 +118,14 @@ def _out(subscription: store.Subscription, secret: str | None = None) -> Subscri
     return SubscriptionOut(**subscription.__dict__, secret=secret)
 
 
+def _with_secret_opened(tenant_id: UUID, kept: Any) -> Any:
+    """A create's kept answer as first given: its secret opened (an answer kept before sealing holds it plain)."""
+    if not isinstance(kept, dict) or not isinstance(kept.get("secret"), str):
+        return kept
+    owner = store.sealed_for(tenant_id, UUID(str(kept["id"])))
+    return {**kept, "secret": store.open_secret(kept["secret"], owner)}
+
+
 def _check_url(tenant_id: UUID, url: str) -> None:
     """The SSRF guard on `url` with the tenant's allowed hosts; the host is resolved with no connection held."""
     with tenant_transaction(tenant_id) as conn:
@@ -146,17 +155,28 @@ async def create(
     `Idempotency-Key` a retry gets the first answer (the same subscription and secret) and subscribes nothing more."""
     authorize(context, Action.WEBHOOK_MANAGE, Resource.tenant(context.tenant.id), detail={"url": body.url})
 
+    tenant_id = context.tenant.id
+
     def run() -> SubscriptionOut | Response:
-        _check_url(context.tenant.id, body.url)  # resolves the host: off the event loop, before any write
-        with tenant_transaction(context.tenant.id) as conn:
-            replay = replay_or_claim(conn, idempotency_key, request, body.model_dump(mode="json"))
+        _check_url(tenant_id, body.url)  # resolves the host: off the event loop, before any write
+        with tenant_transaction(tenant_id) as conn:
+            replay = replay_or_claim(
+                conn,
+                idempotency_key,
+                request,
+                body.model_dump(mode="json"),
+                reveal=lambda stored: _with_secret_opened(tenant_id, stored),
+            )
             if replay is not None:
                 return replay
             created, secret = store.create(
-                conn, url=body.url, event_types=body.event_types, description=body.description
+                conn, tenant_id=tenant_id, url=body.url, event_types=body.event_types, description=body.description
             )
             out = _out(created, secret)
-            remember(conn, idempotency_key, 201, out.model_dump(mode="json"))
+            # The answer kept for a retry holds the secret sealed, as the subscription does.
+            kept = out.model_dump(mode="json")
+            kept["secret"] = sealer().seal(secret.encode("ascii"), store.sealed_for(tenant_id, created.id))
+            remember(conn, idempotency_key, 201, kept)
         return out
 
     return await run_in_threadpool(run)
@@ -208,7 +228,7 @@ def rotate(subscription_id: SubscriptionId, context: MayManage, conn: TenantConn
     detail = {"id": str(subscription_id)}
     authorize(context, Action.WEBHOOK_MANAGE, Resource.tenant(context.tenant.id), conn=conn, detail=detail)
     _found(conn, subscription_id)
-    return SecretOut(id=subscription_id, secret=store.rotate(conn, subscription_id))
+    return SecretOut(id=subscription_id, secret=store.rotate(conn, context.tenant.id, subscription_id))
 
 
 @router.delete("/{subscription_id}", status_code=204, summary="Delete a webhook subscription",
