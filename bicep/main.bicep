@@ -131,6 +131,8 @@ var names = {
   actionGroup: '${abbrs.insightsActionGroups}${environmentName}-${resourceToken}'
   alertPrefix: '${abbrs.insightsAlerts}${environmentName}-${resourceToken}'
   durableTaskScheduler: '${abbrs.durableTaskSchedulers}${environmentName}-${resourceToken}'
+  // At most 24 characters: the token alone (13) after the prefix.
+  keyVault: '${abbrs.keyVaultVaults}${resourceToken}'
 }
 
 // The hub names are fixed by the code (DESIGN.md section 5); one consumer group per consuming function.
@@ -277,6 +279,21 @@ module durableTask 'modules/durabletask.bicep' = {
   }
 }
 
+// The sealing key of the secrets the database keeps (ADR 0040); the app reads it by a Key Vault reference.
+module keyVault 'modules/keyvault.bicep' = {
+  scope: rg
+  name: 'keyvault'
+  params: {
+    name: names.keyVault
+    location: location
+    tags: tags
+    privateEndpointPrefix: abbrs.networkPrivateEndpoints
+    privateEndpointSubnetId: network.outputs.privateEndpointSubnetId
+    privateDnsZoneIds: network.outputs.privateDnsZoneIds
+    logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
+  }
+}
+
 module functionApp 'modules/functionapp.bicep' = {
   scope: rg
   name: 'functionapp'
@@ -303,6 +320,7 @@ module functionApp 'modules/functionapp.bicep' = {
     environmentType: environmentType
     taskHubName: durableTask.outputs.taskHubName
     durableTaskSchedulerEndpoint: durableTask.outputs.endpoint
+    keyVaultName: keyVault.outputs.name
     apiAudience: apiAudience
     databasePoolMax: databasePoolMax
     functionSubnetId: network.outputs.functionSubnetId
@@ -340,6 +358,7 @@ module rbac 'modules/rbac.bicep' = {
     cosmosAccountName: cosmos.outputs.name
     appInsightsName: monitoring.outputs.appInsightsName
     durableTaskSchedulerName: durableTask.outputs.name
+    keyVaultName: keyVault.outputs.name
   }
 }
 

@@ -24,6 +24,8 @@ locals {
     alertPrefix       = "${local.abbrs.insightsAlerts}${var.environment_name}-${var.resource_token}"
     # Created by bicep/modules/durabletask.bicep and adopted here (ADR 0024).
     durableTaskScheduler = "${local.abbrs.durableTaskSchedulers}${var.environment_name}-${var.resource_token}"
+    # At most 24 characters: the token alone (13) after the prefix.
+    keyVault = "${local.abbrs.keyVaultVaults}${var.resource_token}"
   }
 
   # The hub names are fixed by the code (DESIGN.md section 5); one consumer group per consuming function.

@@ -105,6 +105,19 @@ module "cosmos" {
   log_analytics_workspace_id = module.monitoring.log_analytics_workspace_id
 }
 
+# The sealing key of the secrets the database keeps (ADR 0040); the app reads it by a Key Vault reference.
+module "keyvault" {
+  source                     = "./modules/keyvault"
+  resource_group_name        = azurerm_resource_group.main.name
+  location                   = var.location
+  tags                       = local.tags
+  name                       = local.names.keyVault
+  private_endpoint_prefix    = local.abbrs.networkPrivateEndpoints
+  private_endpoint_subnet_id = module.network.private_endpoint_subnet_id
+  private_dns_zone_ids       = module.network.private_dns_zone_ids
+  log_analytics_workspace_id = module.monitoring.log_analytics_workspace_id
+}
+
 # The Durable backend (ADR 0024). azurerm cannot create a Durable Task Scheduler: the scheduler and its task hub
 # come from bicep/modules/durabletask.bicep; this module adopts them and adds the private endpoint.
 module "durabletask" {
@@ -146,6 +159,7 @@ module "functionapp" {
   environment_type                = var.environment_type
   task_hub_name                   = module.durabletask.task_hub_name
   durable_task_scheduler_endpoint = module.durabletask.endpoint
+  key_vault_name                  = module.keyvault.name
   api_audience                    = var.api_audience
   database_pool_max               = var.database_pool_max
   function_subnet_id              = module.network.function_subnet_id
@@ -180,6 +194,7 @@ module "rbac" {
   cosmos_account_name       = module.cosmos.name
   app_insights_id           = module.monitoring.app_insights_id
   durable_task_scheduler_id = module.durabletask.id
+  key_vault_id              = module.keyvault.id
 }
 
 module "alerts" {

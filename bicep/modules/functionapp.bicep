@@ -87,6 +87,9 @@ param apimSubnetId string
 @description('Log Analytics workspace receiving diagnostics.')
 param logAnalyticsWorkspaceId string
 
+@description('Key Vault holding the sealing key (qp-sealing-key, ADR 0040).')
+param keyVaultName string
+
 // Every setting shared/config.py reads (tests/infra checks this against Settings.model_fields), plus the
 // runtime's identity-based connections. Local-only settings (QP_BLOB_CONNECTION_STRING, QP_DATABASE_OWNER_URL)
 // are intentionally absent.
@@ -139,6 +142,8 @@ var appSettings = [
   { name: 'QP_REGISTRY_MAX_DEPTH', value: '32' }
   { name: 'QP_PAYLOAD_INLINE_MAX_BYTES', value: '65536' }
   { name: 'QP_TASK_TOKEN_TTL_S', value: '86400' }
+  // Resolved by App Service with keyVaultReferenceIdentity (the runtime identity); never written here (ADR 0040).
+  { name: 'QP_SEALING_KEY', value: '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=qp-sealing-key)' }
   { name: 'QP_DISPATCH_RESULT_WAIT_MS', value: '250' }
   { name: 'QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS', value: '100' }
   // Below the 4-minute idle timeout of the load balancers in front of the app and API Management (ADR 0031).

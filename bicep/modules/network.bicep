@@ -33,6 +33,8 @@ var dnsZoneNames = [
   'privatelink.postgres.database.azure.com'
   // The Durable Task Scheduler (ADR 0024): its endpoint <name>-<suffix>.<region>.durabletask.io resolves here.
   'privatelink.durabletask.io'
+  // Key Vault (ADR 0040): the sealing key is read over this private path.
+  'privatelink.vaultcore.azure.net'
 ]
 
 resource nsg 'Microsoft.Network/networkSecurityGroups@2024-05-01' = {
@@ -148,4 +150,5 @@ output privateDnsZoneIds object = {
   cosmos: zones[4].id
   postgres: zones[5].id
   durabletask: zones[6].id
+  keyvault: zones[7].id
 }

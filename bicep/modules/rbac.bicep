@@ -20,6 +20,9 @@ param appInsightsName string
 @description('Durable Task Scheduler holding the task hub (ADR 0024).')
 param durableTaskSchedulerName string
 
+@description('Key Vault holding the sealing key (ADR 0040).')
+param keyVaultName string
+
 // Built-in role definition ids (stable across clouds).
 var roles = {
   // The host's own storage (locks, timer schedules, Event Hubs checkpoints, artifacts) and, kept on purpose, what
@@ -31,6 +34,7 @@ var roles = {
   eventHubsDataReceiver: 'a638d3c7-ab3a-418d-83e6-5f17a39d4fde'
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb' // Entra-authenticated telemetry ingestion
   durableTaskDataContributor: '0ad04412-c4d5-4796-b79c-f76d14c8d402' // the Durable backend (ADR 0024)
+  keyVaultSecretsUser: '4633458b-17de-408a-b874-0445c86b69e6' // reads the sealing key (ADR 0040)
 }
 // Cosmos DB Built-in Data Contributor: a data-plane (SQL) role, assigned in the account, not in ARM RBAC.
 var cosmosDataContributor = '00000000-0000-0000-0000-000000000002'
@@ -53,6 +57,10 @@ resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {
 
 resource scheduler 'Microsoft.DurableTask/schedulers@2026-02-01' existing = {
   name: durableTaskSchedulerName
+}
+
+resource vault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
+  name: keyVaultName
 }
 
 resource storageRoles 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for role in [
@@ -99,6 +107,18 @@ resource durableTaskRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = 
   name: guid(scheduler.id, functionPrincipalId, roles.durableTaskDataContributor)
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.durableTaskDataContributor)
+    principalId: functionPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// Reads secrets of the one vault, which holds the sealing key only; App Service resolves the Key Vault reference
+// with this identity (keyVaultReferenceIdentity).
+resource keyVaultRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: vault
+  name: guid(vault.id, functionPrincipalId, roles.keyVaultSecretsUser)
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
     principalId: functionPrincipalId
     principalType: 'ServicePrincipal'
   }

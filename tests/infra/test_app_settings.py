@@ -12,6 +12,8 @@ from tests.infra.conftest import BicepFile, TerraformModule
 INTENTIONALLY_ABSENT = {
     "QP_BLOB_CONNECTION_STRING": "local only (Azurite); in Azure the identity-based QP_BLOB_ACCOUNT_URL is used",
     "QP_DATABASE_OWNER_URL": "migrations run from the operators' runner, never from the function app",
+    "QP_SEALING_KEY_PREVIOUS": "set by operators only while the sealing key is rotated (ADR 0040): a Key Vault "
+    "reference to the previous key",
 }
 # Azure values the code's Azure code paths depend on.
 EXPECTED_VALUES = {
@@ -113,6 +115,7 @@ def test_literal_defaults_match_the_code(bicep_modules: dict[str, BicepFile], tf
             "QP_TASK_HUB": "Quantumdev",
             "QP_ENVIRONMENT": "dev",
             "QP_AUTH_AUDIENCE": "api://quantum-platform",
+            "QP_SEALING_KEY": "a resolved Key Vault reference: random key material of 64 characters",
         }
         Settings.model_validate(azure)
 

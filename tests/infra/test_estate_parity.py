@@ -54,6 +54,7 @@ BICEP_TO_AZURERM: dict[str, str | None] = {
     "Microsoft.Insights/actionGroups": "azurerm_monitor_action_group",
     "Microsoft.Insights/scheduledQueryRules": "azurerm_monitor_scheduled_query_rules_alert_v2",
     "Microsoft.Insights/workbooks": "azurerm_application_insights_workbook",
+    "Microsoft.KeyVault/vaults": "azurerm_key_vault",
 }
 # Bicep types that azurerm cannot declare at all, and what the Terraform stack does instead (ADR 0024). Keep this
 # short: each entry is a recorded gap, not a mapping.
@@ -69,6 +70,7 @@ BUILT_IN_ROLE_IDS = {
     "Azure Event Hubs Data Receiver": "a638d3c7-ab3a-418d-83e6-5f17a39d4fde",
     "Monitoring Metrics Publisher": "3913510d-42f4-4e42-8a64-420c390055eb",
     "Durable Task Data Contributor": "0ad04412-c4d5-4796-b79c-f76d14c8d402",
+    "Key Vault Secrets User": "4633458b-17de-408a-b874-0445c86b69e6",
 }
 # azurerm resources that Bicep declares inline in their parent (subnets and their NSG live in virtualNetworks).
 AZURERM_INLINE_IN_BICEP = {"azurerm_subnet", "azurerm_subnet_network_security_group_association"}
@@ -244,6 +246,7 @@ def test_rbac_grants_exactly_the_least_privilege_roles(
         "Azure Event Hubs Data Receiver",
         "Monitoring Metrics Publisher",
         "Durable Task Data Contributor",
+        "Key Vault Secrets User",
     }
     assignments = tf_modules["rbac"].locals["assignments"]
     assert {item["role"] for item in assignments.values()} == expected

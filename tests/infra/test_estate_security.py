@@ -26,6 +26,7 @@ DIAGNOSED = {
     "Microsoft.Web/sites": "azurerm_linux_function_app",
     "Microsoft.Web/sites/slots": "azurerm_linux_function_app_slot",
     "Microsoft.ApiManagement/service": "azurerm_api_management",
+    "Microsoft.KeyVault/vaults": "azurerm_key_vault",
 }
 
 

@@ -40,20 +40,22 @@ locals {
     "QP_TASK_HUB"                       = var.task_hub_name
     # host.json's durableTask.storageProvider (azureManaged) names this setting: the scheduler endpoint and the
     # runtime identity, no key (ADR 0024). The task hub comes from hubName (QP_TASK_HUB).
-    "DURABLE_TASK_SCHEDULER_CONNECTION"    = "Endpoint=${var.durable_task_scheduler_endpoint};Authentication=ManagedIdentity;ClientID=${var.identity_client_id}"
-    "QP_EVENTHUB_BACKEND"                  = "azure"
-    "QP_AUDIT_BACKEND"                     = "cosmos"
-    "QP_COSMOS_ENDPOINT"                   = var.cosmos_endpoint
-    "QP_COSMOS_DATABASE"                   = "quantum"
-    "QP_COSMOS_AUDIT_CONTAINER"            = "audit"
-    "QP_RATE_LIMIT_PER_MINUTE"             = "600"
-    "QP_RATE_LIMIT_BURST"                  = "100"
-    "QP_MAX_BODY_BYTES"                    = "1048576"
-    "QP_REGISTRY_MAX_DEFINITION_BYTES"     = "262144"
-    "QP_REGISTRY_MAX_STEPS"                = "200"
-    "QP_REGISTRY_MAX_DEPTH"                = "32"
-    "QP_PAYLOAD_INLINE_MAX_BYTES"          = "65536"
-    "QP_TASK_TOKEN_TTL_S"                  = "86400"
+    "DURABLE_TASK_SCHEDULER_CONNECTION" = "Endpoint=${var.durable_task_scheduler_endpoint};Authentication=ManagedIdentity;ClientID=${var.identity_client_id}"
+    "QP_EVENTHUB_BACKEND"               = "azure"
+    "QP_AUDIT_BACKEND"                  = "cosmos"
+    "QP_COSMOS_ENDPOINT"                = var.cosmos_endpoint
+    "QP_COSMOS_DATABASE"                = "quantum"
+    "QP_COSMOS_AUDIT_CONTAINER"         = "audit"
+    "QP_RATE_LIMIT_PER_MINUTE"          = "600"
+    "QP_RATE_LIMIT_BURST"               = "100"
+    "QP_MAX_BODY_BYTES"                 = "1048576"
+    "QP_REGISTRY_MAX_DEFINITION_BYTES"  = "262144"
+    "QP_REGISTRY_MAX_STEPS"             = "200"
+    "QP_REGISTRY_MAX_DEPTH"             = "32"
+    "QP_PAYLOAD_INLINE_MAX_BYTES"       = "65536"
+    "QP_TASK_TOKEN_TTL_S"               = "86400"
+    # Resolved by App Service with key_vault_reference_identity_id (the runtime identity); never written here (ADR 0040).
+    "QP_SEALING_KEY"                       = "@Microsoft.KeyVault(VaultName=${var.key_vault_name};SecretName=qp-sealing-key)"
     "QP_DISPATCH_RESULT_WAIT_MS"           = "250"
     "QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS" = "100"
     # Below the 4-minute idle timeout of the load balancers in front of the app and API Management (ADR 0031).

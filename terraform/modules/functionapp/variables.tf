@@ -139,3 +139,8 @@ variable "durable_task_scheduler_endpoint" {
   type        = string
   description = "Endpoint of the Durable Task Scheduler that holds the task hub (ADR 0024)."
 }
+
+variable "key_vault_name" {
+  type        = string
+  description = "Key Vault holding the sealing key (qp-sealing-key, ADR 0040)."
+}

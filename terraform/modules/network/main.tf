@@ -12,6 +12,8 @@ locals {
     postgres = "privatelink.postgres.database.azure.com"
     # The Durable Task Scheduler (ADR 0024): its endpoint <name>-<suffix>.<region>.durabletask.io resolves here.
     durabletask = "privatelink.durabletask.io"
+    # Key Vault (ADR 0040): the sealing key is read over this private path.
+    keyvault = "privatelink.vaultcore.azure.net"
   }
 
   subnets = {

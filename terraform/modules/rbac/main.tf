@@ -15,6 +15,8 @@ locals {
     monitoring_metrics_publisher = { scope = var.app_insights_id, role = "Monitoring Metrics Publisher" }
     # The Durable backend (ADR 0024): dispatch, query, purge and terminate instances of the task hub.
     durable_task_data_contributor = { scope = var.durable_task_scheduler_id, role = "Durable Task Data Contributor" }
+    # Reads the sealing key (ADR 0040); App Service resolves the Key Vault reference with this identity.
+    key_vault_secrets_user = { scope = var.key_vault_id, role = "Key Vault Secrets User" }
   }
   # Cosmos DB Built-in Data Contributor: a data-plane (SQL) role, assigned in the account, not in ARM RBAC.
   cosmos_data_contributor = "00000000-0000-0000-0000-000000000002"

@@ -38,3 +38,8 @@ variable "durable_task_scheduler_id" {
   type        = string
   description = "Durable Task Scheduler holding the task hub (ADR 0024)."
 }
+
+variable "key_vault_id" {
+  type        = string
+  description = "Key Vault holding the sealing key (ADR 0040)."
+}
