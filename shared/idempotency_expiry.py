@@ -8,7 +8,6 @@ ADR 0022). The timer `idempotency_key_expiry` runs this; nothing else depends on
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -16,14 +15,13 @@ from uuid import UUID
 from psycopg_pool import ConnectionPool
 
 from shared.db.session import platform_transaction, tenant_transaction
+from shared.db.tenant_passes import each_tenant
 
 _EXPIRED_KEY_TENANTS = "SELECT tenant_id FROM app.idempotency_expired_tenants(%s) AS expired (tenant_id)"
 _DELETE_TENANT_KEYS = "DELETE FROM app.idempotency_keys WHERE expires_at < now()"  # the pinned tenant's (RLS)
 _DELETE_CONTROL_KEYS = "DELETE FROM control.idempotency_keys WHERE expires_at < now()"
 MAX_TENANTS = 100
 """Tenants one run purges (those whose keys expired first); the next run takes the rest."""
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,12 +46,10 @@ def delete_expired_keys(
     with platform_transaction(pool=control_pool) as conn:
         tenants = [UUID(str(row["tenant_id"])) for row in conn.execute(_EXPIRED_KEY_TENANTS, (max_tenants,))]
         control_keys = conn.execute(_DELETE_CONTROL_KEYS).rowcount
-    tenant_keys = failed = 0
-    for tenant_id in tenants:
-        try:
-            with tenant_transaction(tenant_id, pool=pool) as conn:
-                tenant_keys += conn.execute(_DELETE_TENANT_KEYS).rowcount
-        except Exception:  # one tenant's trouble must not keep the others' keys
-            logger.exception("idempotency key expiry: the keys of tenant %s could not be deleted", tenant_id)
-            failed += 1
-    return ExpiryResult(tenant_keys, control_keys, len(tenants), failed)
+
+    def delete(tenant_id: UUID) -> int:
+        with tenant_transaction(tenant_id, pool=pool) as conn:
+            return conn.execute(_DELETE_TENANT_KEYS).rowcount
+
+    deleted, failed = each_tenant(tenants, delete, what="idempotency key expiry")
+    return ExpiryResult(sum(deleted), control_keys, len(tenants), failed)

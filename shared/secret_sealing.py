@@ -4,7 +4,6 @@ before a rotation (ADR 0040). Each tenant's in its own transaction; the timer `s
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -12,6 +11,7 @@ from uuid import UUID
 from psycopg_pool import ConnectionPool
 
 from shared.db.session import platform_transaction, tenant_transaction
+from shared.db.tenant_passes import each_tenant
 from shared.engine import task_tokens
 from shared.events import webhook_store
 from shared.sealing import Sealer, sealer
@@ -19,8 +19,6 @@ from shared.sealing import Sealer, sealer
 _TENANTS = "SELECT tenant_id FROM app.tenants_with_secrets_to_seal(%s, %s) AS found (tenant_id)"
 MAX_TENANTS = 100
 """Tenants one run seals; the next run takes the rest."""
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,16 +43,10 @@ def seal_stored_secrets(
     keys = keys or sealer()
     with platform_transaction(pool=control_pool) as conn:
         found = conn.execute(_TENANTS, (keys.current_prefix, max_tenants)).fetchall()
-    webhook_secrets = task_token_keys = failed = 0
-    for tenant_id in (UUID(str(row["tenant_id"])) for row in found):
-        try:
-            with tenant_transaction(tenant_id, pool=pool) as conn:
-                sealed_webhooks = webhook_store.seal_secrets(conn, tenant_id, keys)
-                sealed_keys = task_tokens.seal_key(conn, tenant_id, keys)
-        except Exception:  # one tenant's trouble must not keep the others' secrets in plain text
-            logger.exception("secret sealing: the secrets of tenant %s could not be sealed", tenant_id)
-            failed += 1
-            continue
-        webhook_secrets += sealed_webhooks
-        task_token_keys += sealed_keys
-    return SealingResult(webhook_secrets, task_token_keys, len(found), failed)
+
+    def seal(tenant_id: UUID) -> tuple[int, int]:
+        with tenant_transaction(tenant_id, pool=pool) as conn:
+            return webhook_store.seal_secrets(conn, tenant_id, keys), task_tokens.seal_key(conn, tenant_id, keys)
+
+    sealed, failed = each_tenant((UUID(str(row["tenant_id"])) for row in found), seal, what="secret sealing")
+    return SealingResult(sum(s[0] for s in sealed), sum(s[1] for s in sealed), len(found), failed)

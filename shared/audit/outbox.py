@@ -25,6 +25,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from shared.db.session import platform_transaction, tenant_transaction, tenant_write, transaction_bag, when_released
+from shared.db.tenant_passes import each_tenant
 
 logger = logging.getLogger(__name__)
 
@@ -117,15 +118,9 @@ class AuditOutbox:
         left for the next run, and the other tenants still go."""
         with platform_transaction(pool=self._control_pool) as conn:
             tenants = [UUID(str(row["tenant_id"])) for row in conn.execute(_WAITING_TENANTS, (max_tenants,))]
-        copied = failed = set_aside = 0
-        for tenant_id in tenants:
-            try:
-                done = self.relay_tenant(tenant_id)
-            except Exception as exc:  # the store or the database: the records wait for the next run
-                logger.warning("audit outbox: the records of tenant %s could not be copied yet: %s", tenant_id, exc)
-                failed += 1
-            else:
-                copied, set_aside = copied + done.copied, set_aside + done.set_aside
+        # The store or the database being out is expected now and then: the records wait for the next run.
+        done, failed = each_tenant(tenants, self.relay_tenant, what="audit outbox", failures_expected=True)
+        copied, set_aside = sum(d.copied for d in done), sum(d.set_aside for d in done)
         if failed == 0 and copied:
             self._rested()
         return RelayResult(copied, len(tenants), failed, set_aside)
