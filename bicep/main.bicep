@@ -402,5 +402,4 @@ output COSMOS_ENDPOINT string = cosmos.outputs.endpoint
 output STORAGE_BLOB_ENDPOINT string = storage.outputs.blobEndpoint
 output EVENTHUB_NAMESPACE_FQDN string = '${eventHubsModule.outputs.name}.servicebus.windows.net'
 output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.appInsightsName
-// Terraform adopts the scheduler by this endpoint (durable_task_scheduler_endpoint): azurerm cannot create it.
 output DURABLE_TASK_SCHEDULER_ENDPOINT string = durableTask.outputs.endpoint

@@ -118,17 +118,17 @@ module "keyvault" {
   log_analytics_workspace_id = module.monitoring.log_analytics_workspace_id
 }
 
-# The Durable backend (ADR 0024). azurerm cannot create a Durable Task Scheduler: the scheduler and its task hub
-# come from bicep/modules/durabletask.bicep; this module adopts them and adds the private endpoint.
+# The Durable backend (ADR 0024): the scheduler and its task hub through the azapi provider (azurerm has no type for
+# them), with the private endpoint.
 module "durabletask" {
   source                     = "./modules/durabletask"
-  subscription_id            = var.subscription_id
+  resource_group_id          = azurerm_resource_group.main.id
   resource_group_name        = azurerm_resource_group.main.name
   location                   = var.location
   tags                       = local.tags
   name                       = local.names.durableTaskScheduler
   task_hub_name              = local.task_hub_name
-  endpoint                   = var.durable_task_scheduler_endpoint
+  dedicated                  = local.is_prod
   private_endpoint_prefix    = local.abbrs.networkPrivateEndpoints
   private_endpoint_subnet_id = module.network.private_endpoint_subnet_id
   private_dns_zone_ids       = module.network.private_dns_zone_ids

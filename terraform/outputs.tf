@@ -87,6 +87,6 @@ output "APPLICATIONINSIGHTS_NAME" {
 }
 
 output "DURABLE_TASK_SCHEDULER_ENDPOINT" {
-  description = "Endpoint of the Durable Task Scheduler (adopted, ADR 0024)."
+  description = "Endpoint of the Durable Task Scheduler (ADR 0024)."
   value       = module.durabletask.endpoint
 }

@@ -10,3 +10,8 @@ provider "azurerm" {
     }
   }
 }
+
+# Entra authentication from the same credential chain as azurerm; used for the Durable Task Scheduler only.
+provider "azapi" {
+  subscription_id = var.subscription_id
+}

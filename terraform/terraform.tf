@@ -7,5 +7,10 @@ terraform {
       source  = "hashicorp/azurerm"
       version = "~> 4.20"
     }
+    # The Durable Task Scheduler and its task hub, which azurerm has no resource type for (ADR 0024).
+    azapi = {
+      source  = "azure/azapi"
+      version = "~> 2.4"
+    }
   }
 }

@@ -232,15 +232,6 @@ variable "task_hub_name" {
   }
 }
 
-variable "durable_task_scheduler_endpoint" {
-  type        = string
-  description = "Endpoint of the Durable Task Scheduler named dts-<environment_name>-<resource_token> (the Bicep DURABLE_TASK_SCHEDULER_ENDPOINT output): azurerm cannot create the scheduler, so this stack adopts it (ADR 0024)."
-
-  validation {
-    condition     = can(regex("^https://[a-z0-9][a-z0-9.-]*[.]durabletask[.]io/?$", var.durable_task_scheduler_endpoint))
-    error_message = "durable_task_scheduler_endpoint must be the https://<scheduler>-<suffix>.<region>.durabletask.io endpoint of the scheduler."
-  }
-}
 
 variable "vnet_address_prefix" {
   type        = string

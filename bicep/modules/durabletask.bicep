@@ -2,8 +2,8 @@
 // The Durable Functions backend (ADR 0024): a Durable Task Scheduler with the platform's task hub, reachable only
 // through a private endpoint. Production takes the Dedicated SKU with three capacity units (zone redundant, the
 // only SKU with high availability); dev takes the Consumption SKU (billed per action, no idle cost).
-// terraform/modules/durabletask cannot create these two resources (azurerm has no resource type for them); it
-// adopts the scheduler this module creates, by name and endpoint.
+// terraform/modules/durabletask declares the same two resources through the azapi provider (azurerm has no type
+// for them).
 
 @description('Name of the scheduler (3-64 letters, digits or hyphens).')
 param name string

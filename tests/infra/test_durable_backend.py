@@ -11,7 +11,7 @@ import hcl2
 
 from devhost.hostjson import load_host_json
 from tests.infra.conftest import ROOT, TERRAFORM, BicepFile, TerraformModule, unquote
-from tests.infra.test_estate_parity import NOT_IN_AZURERM, _bicep_types, _tf_types
+from tests.infra.test_estate_parity import _tf_types
 
 CONNECTION = "DURABLE_TASK_SCHEDULER_CONNECTION"
 DATA_CONTRIBUTOR = "0ad04412-c4d5-4796-b79c-f76d14c8d402"  # Durable Task Data Contributor
@@ -109,36 +109,39 @@ def test_both_stacks_reach_the_scheduler_through_a_private_endpoint(
     (tf_endpoint,) = module.of_type("azurerm_private_endpoint").values()
     tf_connection = tf_endpoint["private_service_connection"][0]
     assert tf_connection["subresource_names"] == ["scheduler"]
-    assert tf_connection["private_connection_resource_id"] == "${local.scheduler_id}"
+    assert tf_connection["private_connection_resource_id"] == "${azapi_resource.scheduler.id}"
     assert tf_endpoint["private_dns_zone_group"][0]["private_dns_zone_ids"] == [
         '${var.private_dns_zone_ids["durabletask"]}'
     ]
     assert tf_modules["network"].locals["dns_zones"]["durabletask"] == "privatelink.durabletask.io"
 
 
-def test_terraform_adopts_the_scheduler_bicep_creates(
-    bicep_modules: dict[str, BicepFile], tf_root: TerraformModule, tf_modules: dict[str, TerraformModule]
+def test_terraform_declares_the_scheduler_bicep_declares(
+    bicep_modules: dict[str, BicepFile], tf_modules: dict[str, TerraformModule]
 ):
-    """azurerm cannot declare a scheduler (the recorded gap): Terraform builds the same resource id from the shared
-    naming table and takes the endpoint as a validated input."""
-    scheduler_id = tf_modules["durabletask"].locals["scheduler_id"]
-    assert scheduler_id.endswith("/providers/Microsoft.DurableTask/schedulers/${var.name}")
-    assert _tf_root_modules()["durabletask"]["name"] == "${local.names.durableTaskScheduler}"
-    # The gap is exactly the Durable Task types: every other Bicep type of the module has its azurerm twin.
-    bicep_only = _bicep_types([bicep_modules["durabletask"]]) & NOT_IN_AZURERM.keys()
-    assert bicep_only == set(NOT_IN_AZURERM)
-    assert _tf_types([tf_modules["durabletask"]]) == {"azurerm_private_endpoint"}
-
-    variable = tf_root.variables["durable_task_scheduler_endpoint"]
-    assert "default" not in variable  # required: a Terraform estate without a scheduler must not plan
-    condition = variable["validation"][0]["condition"]
-    pattern = re.search(r'regex\("(.+)", var\.durable_task_scheduler_endpoint\)', condition)
-    assert pattern
-    regex = pattern.group(1).replace("\\\\", "\\")
-    assert re.search(regex, "https://dts-prod-abc123-b7d4.westeurope.durabletask.io")
-    assert re.search(regex, "https://test.northcentralus.1.durabletask.io/")
-    for wrong in ("http://dts-prod.westeurope.durabletask.io", "https://dts-prod.example.com", "Endpoint=https://x"):
-        assert not re.search(regex, wrong), wrong
+    """azurerm has no type for the scheduler: Terraform declares the same ARM resources through azapi, with the same
+    API version, SKU per environment, private-only access and task hub, and takes its endpoint from the response."""
+    bicep = bicep_modules["durabletask"]
+    module = tf_modules["durabletask"]
+    azapi = module.of_type("azapi_resource")
+    assert set(azapi) == {"scheduler", "task_hub"}
+    assert _tf_types([module]) == {"azapi_resource", "azurerm_private_endpoint"}
+    scheduler, task_hub = azapi["scheduler"], azapi["task_hub"]
+    version = module.locals["api_version"]
+    assert bicep.resources["scheduler"]["type"] == "Microsoft.DurableTask/schedulers"
+    assert "@2026-02-01" in bicep.path.read_text(encoding="utf-8") and version == "2026-02-01"
+    assert scheduler["type"] == "Microsoft.DurableTask/schedulers@${local.api_version}"
+    assert task_hub["type"] == "Microsoft.DurableTask/schedulers/taskHubs@${local.api_version}"
+    assert task_hub["parent_id"] == "${azapi_resource.scheduler.id}" and task_hub["name"] == "${var.task_hub_name}"
+    properties = scheduler["body"]["properties"]
+    assert properties["publicNetworkAccess"] == "Disabled" and properties["ipAllowlist"] == []
+    # The same choice as the Bicep module's: Dedicated with three capacity units in prod, else Consumption.
+    assert properties["sku"] == '${var.dedicated ? {name = "Dedicated", capacity = 3} : {name = "Consumption"}}'
+    assert scheduler["response_export_values"] == ["properties.endpoint"]
+    root = _tf_root_modules()["durabletask"]
+    assert root["name"] == "${local.names.durableTaskScheduler}" and root["dedicated"] == "${local.is_prod}"
+    outputs = module.outputs
+    assert "azapi_resource.scheduler.output.properties.endpoint" in outputs["endpoint"]["value"]
 
 
 def test_the_runtime_identity_holds_the_data_role_on_the_scheduler(

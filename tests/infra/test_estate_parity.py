@@ -56,12 +56,10 @@ BICEP_TO_AZURERM: dict[str, str | None] = {
     "Microsoft.Insights/workbooks": "azurerm_application_insights_workbook",
     "Microsoft.KeyVault/vaults": "azurerm_key_vault",
 }
-# Bicep types that azurerm cannot declare at all, and what the Terraform stack does instead (ADR 0024). Keep this
-# short: each entry is a recorded gap, not a mapping.
-NOT_IN_AZURERM: dict[str, str] = {
-    "Microsoft.DurableTask/schedulers": "adopted by terraform/modules/durabletask from var.endpoint and its name",
-    "Microsoft.DurableTask/schedulers/taskHubs": "created with the scheduler; the name is QP_TASK_HUB in both stacks",
-}
+# Bicep types that azurerm has no resource type for: Terraform declares them with the azapi provider, as the same ARM
+# resources (ADR 0024).
+AZAPI_IN_TERRAFORM = {"Microsoft.DurableTask/schedulers", "Microsoft.DurableTask/schedulers/taskHubs"}
+
 BUILT_IN_ROLE_IDS = {
     "Storage Blob Data Owner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
     "Storage Queue Data Contributor": "974c5e8b-45b9-4653-ba55-5f855dd0fb88",
@@ -81,10 +79,10 @@ def _bicep_types(files: list[BicepFile]) -> set[str]:
 
 
 def _mapped(bicep_types: set[str]) -> set[str]:
-    bicep_types = bicep_types - NOT_IN_AZURERM.keys()
-    unknown = bicep_types - BICEP_TO_AZURERM.keys()
+    unknown = bicep_types - BICEP_TO_AZURERM.keys() - AZAPI_IN_TERRAFORM
     assert not unknown, f"add these Bicep types to BICEP_TO_AZURERM: {sorted(unknown)}"
-    return {BICEP_TO_AZURERM[t] for t in bicep_types if BICEP_TO_AZURERM[t] is not None}  # type: ignore[misc]
+    mapped = {BICEP_TO_AZURERM.get(t) for t in bicep_types - AZAPI_IN_TERRAFORM}
+    return {t for t in mapped if t is not None} | ({"azapi_resource"} if bicep_types & AZAPI_IN_TERRAFORM else set())
 
 
 def _tf_types(modules: list[TerraformModule]) -> set[str]:

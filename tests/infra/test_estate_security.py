@@ -172,10 +172,11 @@ def test_no_public_network_access_where_a_private_path_is_declared(
     for module_name, module in tf_modules.items():
         for endpoint in module.of_type("azurerm_private_endpoint").values():
             target = endpoint["private_service_connection"][0]["private_connection_resource_id"]
-            if target == "${local.scheduler_id}":
-                # The adopted Durable Task Scheduler (ADR 0024): azurerm cannot declare it; Bicep creates it with
-                # public access disabled (checked above), and only this module may point at it.
-                assert module_name == "durabletask", module_name
+            if target == "${azapi_resource.scheduler.id}":
+                # The Durable Task Scheduler (ADR 0024), declared through azapi: its ARM body says it.
+                scheduler = module.of_type("azapi_resource")["scheduler"]
+                assert scheduler["body"]["properties"]["publicNetworkAccess"] == "Disabled", module_name
+                checked += 1
                 continue
             match = re.fullmatch(r"\$\{(\w+)\.(\w+)\.id\}", target)
             assert match, target

@@ -1,12 +1,36 @@
 # intent_ref: platform.estate
-# The Durable Functions backend (ADR 0024). azurerm has no resource type for a Durable Task Scheduler or its task
-# hubs, and this stack does not use the azapi provider, so this module cannot create them: it adopts the scheduler
-# that bicep/modules/durabletask.bicep creates (same name, same task hub, SKU and public access off), by its
-# resource id (built from the shared naming table) and its endpoint (var.endpoint). Everything around it is here:
-# the private endpoint and its DNS zone group; the role assignment is in the rbac module.
+# The Durable Functions backend (ADR 0024): a Durable Task Scheduler with the platform's task hub, reachable only
+# through a private endpoint. azurerm has no resource type for them, so the two are declared with the azapi provider
+# (the ARM resources themselves, the same bodies as bicep/modules/durabletask.bicep). Production takes the Dedicated
+# SKU with three capacity units (zone redundant); dev the Consumption SKU. The role assignment is in the rbac module.
 
 locals {
-  scheduler_id = "/subscriptions/${var.subscription_id}/resourceGroups/${var.resource_group_name}/providers/Microsoft.DurableTask/schedulers/${var.name}"
+  api_version = "2026-02-01"
+}
+
+resource "azapi_resource" "scheduler" {
+  type      = "Microsoft.DurableTask/schedulers@${local.api_version}"
+  name      = var.name
+  parent_id = var.resource_group_id
+  location  = var.location
+  tags      = var.tags
+
+  body = {
+    properties = {
+      sku = var.dedicated ? { name = "Dedicated", capacity = 3 } : { name = "Consumption" }
+      # Private endpoint only: no public address is admitted.
+      publicNetworkAccess = "Disabled"
+      ipAllowlist         = []
+    }
+  }
+  response_export_values = ["properties.endpoint"]
+}
+
+resource "azapi_resource" "task_hub" {
+  type      = "Microsoft.DurableTask/schedulers/taskHubs@${local.api_version}"
+  name      = var.task_hub_name
+  parent_id = azapi_resource.scheduler.id
+  body      = { properties = {} }
 }
 
 resource "azurerm_private_endpoint" "main" {
@@ -18,7 +42,7 @@ resource "azurerm_private_endpoint" "main" {
 
   private_service_connection {
     name                           = "scheduler"
-    private_connection_resource_id = local.scheduler_id
+    private_connection_resource_id = azapi_resource.scheduler.id
     subresource_names              = ["scheduler"]
     is_manual_connection           = false
   }

@@ -1,7 +1,12 @@
 # intent_ref: platform.estate
-variable "subscription_id" {
+variable "resource_group_id" {
   type        = string
-  description = "Subscription of the estate (part of the scheduler's resource id)."
+  description = "Resource group of the estate (the scheduler's parent)."
+}
+
+variable "dedicated" {
+  type        = bool
+  description = "Production: Dedicated SKU with three capacity units (zone redundant); otherwise the Consumption SKU."
 }
 
 variable "resource_group_name" {
@@ -27,11 +32,6 @@ variable "name" {
 variable "task_hub_name" {
   type        = string
   description = "Task hub name (QP_TASK_HUB); the scheduler holds a task hub of this name."
-}
-
-variable "endpoint" {
-  type        = string
-  description = "Endpoint of the scheduler (the Bicep DURABLE_TASK_SCHEDULER_ENDPOINT output)."
 }
 
 variable "private_endpoint_prefix" {
