@@ -4,7 +4,11 @@ secrets, and the app's QP_SEALING_KEY is a Key Vault reference to `qp-sealing-ke
 
 from __future__ import annotations
 
-from tests.infra.conftest import BicepFile, TerraformModule
+from typing import Any
+
+import hcl2
+
+from tests.infra.conftest import TERRAFORM, BicepFile, TerraformModule, unquote
 
 SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
 
@@ -49,3 +53,64 @@ def test_the_app_reads_the_key_by_a_key_vault_reference(
     assert (
         terraform["QP_SEALING_KEY"] == "@Microsoft.KeyVault(VaultName=${var.key_vault_name};SecretName=qp-sealing-key)"
     )
+
+
+def _accessor(expression: Any) -> str:
+    """`identity.outputs.principalId` from the parsed Bicep property accessor (a plain name stays as it is)."""
+    if isinstance(expression, str):
+        return expression
+    operands = expression["operator"]["operands"]
+    return f"{_accessor(operands['operand_1'])}.{_accessor(operands['operand_2'])}"
+
+
+def _tf_main_modules() -> dict[str, dict[str, Any]]:
+    with (TERRAFORM / "main.tf").open(encoding="utf-8") as handle:
+        document = unquote(hcl2.load(handle))
+    return {name: body for block in document.get("module", []) for name, body in block.items()}
+
+
+def test_the_app_and_the_role_point_at_the_vault_the_stack_creates(bicep_main: BicepFile) -> None:
+    """The reference names this estate's vault, and the reader is the runtime identity, not the control identity."""
+    modules = bicep_main.parsed["modules"]
+    assert modules["keyVault"]["detail"]["path"] == "modules/keyvault.bicep"
+    assert _accessor(modules["keyVault"]["config"]["params"]["name"]) == "names.keyVault"
+    assert _accessor(modules["functionApp"]["config"]["params"]["keyVaultName"]) == "keyVault.outputs.name"
+    rbac = modules["rbac"]["config"]["params"]
+    assert _accessor(rbac["keyVaultName"]) == "keyVault.outputs.name"
+    assert _accessor(rbac["functionPrincipalId"]) == "identity.outputs.principalId"
+    assert _accessor(modules["functionApp"]["config"]["params"]["identityId"]) == "identity.outputs.id"
+
+    terraform = _tf_main_modules()
+    assert terraform["keyvault"]["source"] == "./modules/keyvault"
+    assert terraform["keyvault"]["name"] == "${local.names.keyVault}"
+    assert terraform["functionapp"]["key_vault_name"] == "${module.keyvault.name}"
+    assert terraform["rbac"]["key_vault_id"] == "${module.keyvault.id}"
+    assert terraform["rbac"]["function_principal_id"] == "${module.identity.principal_id}"
+    assert terraform["functionapp"]["identity_id"] == "${module.identity.id}"
+
+
+def test_the_vault_is_reached_only_through_its_private_endpoint(
+    bicep_modules: dict[str, BicepFile], tf_modules: dict[str, TerraformModule]
+) -> None:
+    keyvault = bicep_modules["keyvault"].resources
+    assert keyvault["vault"]["config"]["properties"]["publicNetworkAccess"] == "Disabled"
+    (endpoint,) = (r for r in keyvault.values() if r["type"] == "Microsoft.Network/privateEndpoints")
+    (connection,) = endpoint["config"]["properties"]["privateLinkServiceConnections"]
+    assert connection["properties"]["groupIds"] == ["vault"]
+    assert endpoint["config"]["properties"]["subnet"]["id"] == "privateEndpointSubnetId"
+    # The network module's output picks the zone by its index in dnsZoneNames: that index must be the vault's zone.
+    network = bicep_modules["network"]
+    zone = network.parsed["outputs"]["privateDnsZoneIds"]["value"]["keyvault"]["operator"]["operands"]["operand_1"]
+    index = zone["operator"]["operands"]
+    assert index["operand_1"] == "zones"
+    assert network.variables["dnsZoneNames"][index["operand_2"]] == "privatelink.vaultcore.azure.net"
+
+    module = tf_modules["keyvault"]
+    assert module.of_type("azurerm_key_vault")["main"]["public_network_access_enabled"] is False
+    (tf_endpoint,) = module.of_type("azurerm_private_endpoint").values()
+    assert tf_endpoint["private_service_connection"][0]["subresource_names"] == ["vault"]
+    assert tf_endpoint["private_dns_zone_group"][0]["private_dns_zone_ids"] == [
+        '${var.private_dns_zone_ids["keyvault"]}'
+    ]
+    assert tf_endpoint["subnet_id"] == "${var.private_endpoint_subnet_id}"
+    assert tf_modules["network"].locals["dns_zones"]["keyvault"] == "privatelink.vaultcore.azure.net"
