@@ -137,6 +137,11 @@ def sealed_for(tenant_id: UUID, subscription_id: UUID) -> SealedFor:
     return SealedFor("webhook-secret", tenant_id, str(subscription_id))
 
 
+def seal_secret(tenant_id: UUID, subscription_id: UUID, secret: str) -> str:
+    """`secret` sealed for that subscription of that tenant, as a row or a kept answer holds it."""
+    return sealer().seal(secret.encode("ascii"), sealed_for(tenant_id, subscription_id))
+
+
 def open_secret(stored: str, owner: SealedFor, keys: Sealer | None = None) -> str:
     """The secret a row keeps: sealed, or in plain text until the sealing timer gets to it (migration 0031)."""
     if not is_sealed(stored):
@@ -149,7 +154,7 @@ def create(
 ) -> tuple[Subscription, str]:
     """A new enabled subscription and its secret (the only time the secret is returned); the row keeps it sealed."""
     subscription_id, secret = uuid4(), new_secret()
-    sealed = sealer().seal(secret.encode("ascii"), sealed_for(tenant_id, subscription_id))
+    sealed = seal_secret(tenant_id, subscription_id, secret)
     row = conn.execute(_sql(_INSERT), (subscription_id, url, list(event_types), description, sealed)).fetchone()
     assert row is not None  # INSERT ... RETURNING
     return _subscription(row), secret
@@ -182,9 +187,7 @@ def update(
 def rotate(conn: Conn, tenant_id: UUID, subscription_id: UUID) -> str:
     """A new secret for the subscription (returned once); deliveries from now on are signed with it."""
     secret = new_secret()
-    conn.execute(
-        _ROTATE, (sealer().seal(secret.encode("ascii"), sealed_for(tenant_id, subscription_id)), subscription_id)
-    )
+    conn.execute(_ROTATE, (seal_secret(tenant_id, subscription_id, secret), subscription_id))
     return secret
 
 

@@ -25,7 +25,6 @@ from shared.events import webhook_store as store
 from shared.events.webhooks import WebhookUrlRefusedError, check_subscription_url
 from shared.policy.actions import Action
 from shared.policy.authorizer import Resource
-from shared.sealing import sealer
 from shared.tenants.repository import tenant_settings
 
 router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"], route_class=GuardedRoute)
@@ -175,7 +174,7 @@ async def create(
             out = _out(created, secret)
             # The answer kept for a retry holds the secret sealed, as the subscription does.
             kept = out.model_dump(mode="json")
-            kept["secret"] = sealer().seal(secret.encode("ascii"), store.sealed_for(tenant_id, created.id))
+            kept["secret"] = store.seal_secret(tenant_id, created.id, secret)
             remember(conn, idempotency_key, 201, kept)
         return out
 
