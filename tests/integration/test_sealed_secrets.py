@@ -232,3 +232,62 @@ def test_another_tenants_key_stays_out_of_reach(api: ApiHarness) -> None:
             ("qpsealed1.x.y", handle.id),
         ).rowcount
         assert changed == 0
+
+
+class _RaisedEvents:
+    """The orchestration client the completion route raises a recorded result through (no orchestration here)."""
+
+    def __init__(self) -> None:
+        self.raised: list[tuple[str, str]] = []
+
+    async def raise_event(self, instance_id: str, name: str, data: Any) -> None:
+        self.raised.append((instance_id, name))
+
+
+def test_a_task_token_key_that_does_not_open_answers_a_problem_and_hands_out_or_records_nothing(
+    api: ApiHarness, app_pool: ConnectionPool[Any], sealing_keys: Any
+) -> None:
+    from shared.api.durable import get_durable_client
+    from shared.engine import steps as store
+    from tests.integration.test_work_queue import ACTION, queued
+
+    events = _RaisedEvents()
+    api.client.app.dependency_overrides[get_durable_client] = lambda: events
+    try:
+        sealing_keys(KEY_A)
+        task_tokens._keys.clear()
+        handle = api.provision("sealed-h")
+        worker = api.headers("sealed-h", ["Module.Worker"])
+        lease_body = {"actions": [ACTION], "max_items": 1, "lease_s": 60, "worker": "w-1"}
+        first = queued(app_pool, handle.id)
+        leased = api.client.post("/api/v1/work/lease", json=lease_body, headers=worker)
+        assert leased.status_code == 200, leased.text
+        token = leased.json()["items"][0]["task_token"]
+        second = queued(app_pool, handle.id)
+
+        sealing_keys(KEY_B)  # the key the tenant's signing key was sealed under is gone from the settings
+        task_tokens._keys.clear()
+        complete = f"/api/v1/executions/{first.execution_id}/steps/{first.step_id}/complete"
+        answered = api.client.post(complete, json={"task_token": token, "output": {"image": "x"}})
+        assert answered.status_code == 500, answered.text
+        assert answered.headers["content-type"].startswith("application/problem+json")
+        assert answered.json()["request_id"] and "qpsealed1" not in answered.text
+        refused_lease = api.client.post("/api/v1/work/lease", json=lease_body, headers=worker)
+        assert refused_lease.status_code == 500, refused_lease.text
+        assert refused_lease.headers["content-type"].startswith("application/problem+json")
+        with tenant_transaction(handle.id) as conn:
+            # Nothing recorded, nothing spent, nothing handed out: the lease of the second item rolled back.
+            attempt = store.get_attempt(conn, first)
+            assert attempt is not None and attempt.finished_at is None
+            row = conn.execute("SELECT leased_at FROM app.work_items WHERE execution_id = %s", (second.execution_id,))
+            assert row.fetchone() == {"leased_at": None}
+        assert events.raised == []
+
+        sealing_keys(KEY_B, previous=KEY_A)  # the rotation as documented: the same token now completes once
+        task_tokens._keys.clear()
+        answered = api.client.post(complete, json={"task_token": token, "output": {"image": "x"}})
+        assert answered.status_code == 200, answered.text
+        assert events.raised == [(str(first.execution_id), first.event_name)]
+        assert api.client.post("/api/v1/work/lease", json=lease_body, headers=worker).json()["items"]
+    finally:
+        api.client.app.dependency_overrides.pop(get_durable_client, None)
