@@ -22,10 +22,11 @@ SCHEDULE = "*/5 * * * * *"
 def webhook_delivery(timer: func.TimerRequest) -> None:  # noqa: ARG001  # the binding requires it
     """Send the webhook deliveries that are due, oldest first per subscription; retry the failed with backoff."""
     result = deliver_due()
-    if result.delivered or result.failed_attempts or result.disabled:
+    if result.delivered or result.failed_attempts or result.disabled or result.left:
         logger.info(
-            "webhooks: %d delivered, %d attempts failed, %d subscriptions disabled",
+            "webhooks: %d delivered, %d attempts failed, %d subscriptions disabled, %d left for the next run",
             result.delivered,
             result.failed_attempts,
             result.disabled,
+            result.left,
         )

@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS: int = Field(
         default=100, ge=1, le=100_000, description="A tenant's concurrent executions when its quota sets none."
     )
+    QP_DEFAULT_MAX_WEBHOOK_SUBSCRIPTIONS: int = Field(
+        default=25, ge=1, le=10_000, description="A tenant's webhook subscriptions when its quota sets none."
+    )
     QP_EVENT_STREAM_KEEPALIVE_S: float = Field(
         default=15.0,
         ge=0.05,

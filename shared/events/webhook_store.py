@@ -17,6 +17,7 @@ from psycopg import sql
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
+from shared.db import tenant_locks
 from shared.sealing import SealedFor, Sealer, is_sealed, sealer
 
 Conn = psycopg.Connection[DictRow]
@@ -29,6 +30,7 @@ _INSERT = (
     " VALUES (app.current_tenant_id(), %s, %s, %s, %s, %s) RETURNING {subscription}"
 )
 _LIST = "SELECT {subscription} FROM app.webhook_subscriptions ORDER BY created_at, id"
+_COUNT = "SELECT count(*) AS n FROM app.webhook_subscriptions"
 _GET = "SELECT {subscription} FROM app.webhook_subscriptions WHERE id = %s"
 _UPDATE = (
     "UPDATE app.webhook_subscriptions SET url = %s, event_types = %s, description = %s, enabled = %s,"
@@ -69,6 +71,9 @@ _CLAIM_HEADS = (
     " AND s.tenant_id = d.tenant_id AND s.id = d.subscription_id"
     " RETURNING d.id, d.subscription_id, d.message_id, d.event_type, d.payload, d.attempts, s.url, s.secret"
 )
+_RELEASE = (
+    "UPDATE app.webhook_deliveries SET next_attempt_at = clock_timestamp() WHERE id = ANY(%s) AND state = 'pending'"
+)
 _DELIVERED = (
     "UPDATE app.webhook_deliveries SET state = 'delivered', attempts = attempts + 1, last_status = %s,"
     " last_error = NULL, delivered_at = clock_timestamp() WHERE id = %s AND state = 'pending'"
@@ -103,6 +108,14 @@ class Subscription:
     consecutive_failures: int
     created_at: datetime
     updated_at: datetime
+
+
+class SubscriptionQuotaError(Exception):
+    """The tenant has as many subscriptions as its quota allows."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the tenant has {limit} webhook subscriptions, its quota: delete one before adding another")
+        self.limit = limit
 
 
 @dataclass(frozen=True)
@@ -150,9 +163,15 @@ def open_secret(stored: str, owner: SealedFor, keys: Sealer | None = None) -> st
 
 
 def create(
-    conn: Conn, *, tenant_id: UUID, url: str, event_types: Sequence[str], description: str
+    conn: Conn, *, tenant_id: UUID, url: str, event_types: Sequence[str], description: str, max_subscriptions: int
 ) -> tuple[Subscription, str]:
-    """A new enabled subscription and its secret (the only time the secret is returned); the row keeps it sealed."""
+    """A new enabled subscription and its secret (the only time the secret is returned); the row keeps it sealed.
+    SubscriptionQuotaError when the tenant has `max_subscriptions` already."""
+    # Counted under the tenant's lock: creates sent at once queue here instead of passing the quota together.
+    tenant_locks.hold(conn, "webhook-subscriptions")
+    row = conn.execute(_COUNT).fetchone()
+    if row is not None and int(row["n"]) >= max_subscriptions:
+        raise SubscriptionQuotaError(max_subscriptions)
     subscription_id, secret = uuid4(), new_secret()
     sealed = seal_secret(tenant_id, subscription_id, secret)
     row = conn.execute(_sql(_INSERT), (subscription_id, url, list(event_types), description, sealed)).fetchone()
@@ -234,6 +253,11 @@ def claim_due(conn: Conn, tenant_id: UUID, *, limit: int, hold_s: float) -> list
         fields["secret"] = open_secret(row["secret"], sealed_for(tenant_id, row["subscription_id"]))
         claimed.append(Claimed(**fields))
     return claimed
+
+
+def release(conn: Conn, delivery_ids: Sequence[int]) -> None:
+    """Give claimed deliveries back unsent: due again at once, their attempts as they were."""
+    conn.execute(_RELEASE, (list(delivery_ids),))
 
 
 def record_success(conn: Conn, claimed: Claimed, status: int) -> None:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,11 +19,13 @@ import httpx
 from psycopg_pool import ConnectionPool
 from standardwebhooks import Webhook
 
+from shared.config import get_settings
 from shared.db.session import platform_transaction, tenant_transaction
 from shared.events import webhook_store as store
 from shared.events.outbox import enqueue
 from shared.modules.contract import StepFailed
 from shared.modules.ssrf import GuardedClient, check_url, private_network_allowed, read_limited
+from shared.tenants.models import TenantQuotas
 from shared.tenants.repository import tenant_settings
 
 logger = logging.getLogger(__name__)
@@ -34,10 +38,21 @@ SEND_TIMEOUT_S = 10.0
 HOLD_S = 60.0
 """How long a claimed delivery is left alone by other runs while it is being sent (longer than a send takes)."""
 PER_RUN = 50
+TENANTS_AT_ONCE = 4
+"""Tenants a run sends for at the same time (each on a thread of its own, its transactions short)."""
+TENANT_BUDGET_S = 15.0
+"""How long a run sends one tenant's deliveries before it leaves the rest for the next run; a send started before
+then ends within SEND_TIMEOUT_S, well inside HOLD_S."""
 MAX_RESPONSE_BYTES = 4096
 _DUE_TENANTS = "SELECT tenant_id FROM app.webhook_due_tenants(%s) AS due (tenant_id)"
 
 ClientFactory = Callable[[list[str]], GuardedClient]
+
+
+def subscription_limit(quotas: TenantQuotas) -> int:
+    """The tenant's webhook subscription quota (the platform default when it sets none)."""
+    quota = quotas.max_webhook_subscriptions
+    return quota if quota is not None else get_settings().QP_DEFAULT_MAX_WEBHOOK_SUBSCRIPTIONS
 
 
 class WebhookUrlRefusedError(ValueError):
@@ -77,6 +92,8 @@ class DeliveryResult:
     delivered: int = 0
     failed_attempts: int = 0
     disabled: int = 0
+    left: int = 0
+    """Claimed and not sent when a tenant's share of the run was spent: due again for the next run."""
 
 
 def _send(client: GuardedClient, claimed: store.Claimed) -> tuple[int | None, str | None]:
@@ -104,49 +121,73 @@ def deliver_tenant(
     pool: ConnectionPool[Any] | None = None,
     backoff_base_s: float = BACKOFF_BASE_S,
     client_factory: ClientFactory | None = None,
+    budget_s: float = TENANT_BUDGET_S,
 ) -> DeliveryResult:
-    """Send the tenant's due deliveries, one head per subscription at a time, until none is due or PER_RUN."""
+    """Send the tenant's due deliveries, one head per subscription at a time, until none is due, PER_RUN, or
+    `budget_s` has passed: what is claimed and not yet sent then goes back, due, for the next run."""
     result = DeliveryResult()
+    ends = time.monotonic() + budget_s
     with tenant_transaction(tenant_id, pool=pool) as conn:
         allowed = [str(h) for h in tenant_settings(conn).get("allowed_hosts") or []]
     make_client = client_factory or (
         lambda hosts: GuardedClient(hosts, timeout=SEND_TIMEOUT_S, allow_private=private_network_allowed())
     )
     with make_client(allowed) as client:
-        while result.delivered + result.failed_attempts < PER_RUN:
+        while result.delivered + result.failed_attempts < PER_RUN and time.monotonic() < ends:
             with tenant_transaction(tenant_id, pool=pool) as conn:
-                claimed = store.claim_due(conn, tenant_id, limit=PER_RUN, hold_s=HOLD_S)
+                claimed = store.claim_due(
+                    conn, tenant_id, limit=PER_RUN - result.delivered - result.failed_attempts, hold_s=HOLD_S
+                )
             if not claimed:
                 break
-            for item in claimed:  # each subscription's head: sent outside any transaction
-                status, error = _send(client, item)
-                with tenant_transaction(tenant_id, pool=pool) as conn:
-                    if error is None:
-                        assert status is not None  # a success has a status
-                        store.record_success(conn, item, status)
-                        result.delivered += 1
-                        continue
-                    result.failed_attempts += 1
-                    failed, _ = store.record_failure(
-                        conn,
-                        item,
-                        status=status,
-                        error=error,
-                        retry_in_s=backoff_s(item.attempts + 1, backoff_base_s),
-                        max_attempts=MAX_ATTEMPTS,
-                    )
-                    if failed and store.disable(conn, item.subscription_id, f"delivery failed {MAX_ATTEMPTS} times"):
-                        result.disabled += 1
-                        enqueue(
-                            conn,
-                            "webhook.disabled",
-                            f"webhooks/{item.subscription_id}",
-                            {
-                                "subscription_id": str(item.subscription_id),
-                                "reason": f"delivery of {item.message_id} failed {MAX_ATTEMPTS} times: {error}",
-                            },
-                        )
+            for index, item in enumerate(claimed):  # each subscription's head: sent outside any transaction
+                if time.monotonic() >= ends:
+                    # A slow receiver spent this tenant's share of the run; its other heads wait for the next.
+                    with tenant_transaction(tenant_id, pool=pool) as conn:
+                        store.release(conn, [later.id for later in claimed[index:]])
+                    result.left += len(claimed) - index
+                    break
+                _deliver(tenant_id, client, item, result, pool=pool, backoff_base_s=backoff_base_s)
     return result
+
+
+def _deliver(
+    tenant_id: UUID,
+    client: GuardedClient,
+    item: store.Claimed,
+    result: DeliveryResult,
+    *,
+    pool: ConnectionPool[Any] | None,
+    backoff_base_s: float,
+) -> None:
+    """Send one claimed delivery and record how it went (a failure for good disables its subscription)."""
+    status, error = _send(client, item)
+    with tenant_transaction(tenant_id, pool=pool) as conn:
+        if error is None:
+            assert status is not None  # a success has a status
+            store.record_success(conn, item, status)
+            result.delivered += 1
+            return
+        result.failed_attempts += 1
+        failed, _ = store.record_failure(
+            conn,
+            item,
+            status=status,
+            error=error,
+            retry_in_s=backoff_s(item.attempts + 1, backoff_base_s),
+            max_attempts=MAX_ATTEMPTS,
+        )
+        if failed and store.disable(conn, item.subscription_id, f"delivery failed {MAX_ATTEMPTS} times"):
+            result.disabled += 1
+            enqueue(
+                conn,
+                "webhook.disabled",
+                f"webhooks/{item.subscription_id}",
+                {
+                    "subscription_id": str(item.subscription_id),
+                    "reason": f"delivery of {item.message_id} failed {MAX_ATTEMPTS} times: {error}",
+                },
+            )
 
 
 def deliver_due(
@@ -156,18 +197,32 @@ def deliver_due(
     control_pool: ConnectionPool[Any] | None = None,
     backoff_base_s: float = BACKOFF_BASE_S,
     client_factory: ClientFactory | None = None,
+    tenants_at_once: int = TENANTS_AT_ONCE,
+    budget_s: float = TENANT_BUDGET_S,
 ) -> DeliveryResult:
-    """One run over every tenant with a delivery due; one tenant's trouble is logged and the others still go."""
+    """One run over every tenant with a delivery due, `tenants_at_once` tenants at a time, each for at most
+    `budget_s`: a tenant whose receivers are slow holds up one sender, not the others' deliveries. One tenant's
+    trouble is logged and the others still go."""
     with platform_transaction(pool=control_pool) as conn:
         tenants = [UUID(str(row["tenant_id"])) for row in conn.execute(_DUE_TENANTS, (max_tenants,)).fetchall()]
-    total = DeliveryResult()
-    for tenant_id in tenants:
+
+    def run(tenant_id: UUID) -> DeliveryResult | None:
         try:
-            done = deliver_tenant(tenant_id, pool=pool, backoff_base_s=backoff_base_s, client_factory=client_factory)
+            return deliver_tenant(
+                tenant_id, pool=pool, backoff_base_s=backoff_base_s, client_factory=client_factory, budget_s=budget_s
+            )
         except Exception:
             logger.exception("webhooks: the deliveries of tenant %s could not be sent", tenant_id)
-            continue
-        total.delivered += done.delivered
-        total.failed_attempts += done.failed_attempts
-        total.disabled += done.disabled
+            return None
+
+    total = DeliveryResult()
+    if not tenants:
+        return total
+    with ThreadPoolExecutor(max_workers=min(tenants_at_once, len(tenants)), thread_name_prefix="webhooks") as senders:
+        for done in senders.map(run, tenants):
+            if done is not None:
+                total.delivered += done.delivered
+                total.failed_attempts += done.failed_attempts
+                total.disabled += done.disabled
+                total.left += done.left
     return total

@@ -25,6 +25,7 @@ class TenantQuotas(BaseModel):
     requests_per_minute: int | None = Field(default=None, ge=1, le=1_000_000)
     burst: int | None = Field(default=None, ge=1, le=100_000)
     max_concurrent_executions: int | None = Field(default=None, ge=0, le=100_000)
+    max_webhook_subscriptions: int | None = Field(default=None, ge=0, le=10_000)
 
 
 class TenantCreate(BaseModel):

@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -19,7 +20,7 @@ import pytest
 
 from shared.config import get_settings
 from shared.db.session import tenant_transaction
-from shared.events import webhooks
+from shared.events import webhook_store, webhooks
 from shared.events.outbox import enqueue
 from shared.events.publisher import OutboundEvent
 from shared.events.relay import relay_tenant
@@ -30,17 +31,21 @@ ADMIN = ["Tenant.Admin"]
 
 
 class Receiver:
-    """A webhook receiver on 127.0.0.1 that records what it got and fails the first `failures` requests."""
+    """A webhook receiver on 127.0.0.1 that records what it got (and when), fails the first `failures` requests,
+    and answers each after `delay_s`."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay_s: float = 0.0) -> None:
         self.received: list[tuple[dict[str, str], bytes]] = []
+        self.arrivals: list[float] = []
         self.failures = 0
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802  # the stdlib's name
+                receiver.arrivals.append(time.monotonic())
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                time.sleep(delay_s)
                 failing = receiver.failures > 0
                 receiver.failures -= 1 if failing else 0
                 self.send_response(500 if failing else 204)
@@ -220,3 +225,78 @@ def test_the_example_receiver_verifies_real_deliveries(api: ApiHarness, local: N
                                                             "webhook-signature": "v1,AAAA"})  # fmt: skip
     assert forged.status_code == 400 and len(got) == 1
     server.shutdown()
+
+
+def test_a_tenant_with_slow_receivers_holds_up_no_other_tenants_deliveries(api: ApiHarness, local: None) -> None:
+    slow, fast = Receiver(delay_s=1.0), Receiver(delay_s=0.3)
+    slow_tenant, slow_headers = tenant(api, "hooks-slow")
+    fast_tenant, fast_headers = tenant(api, "hooks-fast")
+    for _ in range(3):  # three subscriptions: three heads due at once
+        created = api.client.post(
+            "/api/v1/webhooks", json={"url": slow.url, "event_types": ["*"]}, headers=slow_headers
+        )
+        assert created.status_code == 201, created.text
+    api.client.post("/api/v1/webhooks", json={"url": fast.url, "event_types": ["*"]}, headers=fast_headers)
+    emit(slow_tenant.id, "test.slow")
+    emit(fast_tenant.id, "test.fast")
+
+    result = webhooks.deliver_due(max_tenants=10_000, budget_s=0.5)
+    # The two tenants were sent for at the same time: each receiver got its request while the other's was still
+    # open (one after the other, the second would come only once the first had been answered).
+    assert len(fast.arrivals) == 1 and len(slow.arrivals) == 1
+    assert fast.arrivals[0] < slow.arrivals[0] + 1.0 and slow.arrivals[0] < fast.arrivals[0] + 0.3
+    # The slow tenant's share of the run ended after that send: its other heads went back unsent, due at once.
+    assert result.left >= 2
+    with tenant_transaction(slow_tenant.id) as conn:
+        pending = conn.execute(
+            "SELECT attempts, next_attempt_at <= clock_timestamp() AS due FROM app.webhook_deliveries"
+            " WHERE state = 'pending'"
+        ).fetchall()
+    assert [(row["attempts"], row["due"]) for row in pending] == [(0, True), (0, True)]
+
+    assert webhooks.deliver_tenant(slow_tenant.id).delivered == 2  # the next run sends them
+    assert len(slow.arrivals) == 3
+
+
+def test_a_tenants_subscriptions_are_bounded_by_its_quota_even_when_created_at_once(
+    api: ApiHarness, local: None
+) -> None:
+    receiver = Receiver()
+    api.provision("hooks-quota", quotas={"max_webhook_subscriptions": 2})
+    headers = api.headers("hooks-quota", ["Tenant.Admin"])
+    allowed = api.client.patch("/api/v1/tenant", json={"settings": {"allowed_hosts": ["127.0.0.1"]}}, headers=headers)
+    assert allowed.status_code == 200, allowed.text
+    body = {"url": receiver.url, "event_types": ["*"]}
+    made = [api.client.post("/api/v1/webhooks", json=body, headers=headers) for _ in range(2)]
+    assert [answer.status_code for answer in made] == [201, 201]
+    refused = api.client.post("/api/v1/webhooks", json=body, headers=headers)
+    assert refused.status_code == 409, refused.text
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert refused.json()["type"].endswith("/webhook-quota") and refused.json()["limit"] == 2
+    assert len(api.client.get("/api/v1/webhooks", headers=headers).json()["items"]) == 2
+    deleted = api.client.delete(f"/api/v1/webhooks/{made[0].json()['id']}", headers=headers)
+    assert deleted.status_code == 204, deleted.text
+    assert api.client.post("/api/v1/webhooks", json=body, headers=headers).status_code == 201
+
+    # Eight creates at once against a quota of three: the tenant's lock lets exactly three through.
+    other = api.provision("hooks-quota-race")
+    outcomes: list[str] = []
+
+    def create() -> None:
+        try:
+            with tenant_transaction(other.id) as conn:
+                webhook_store.create(
+                    conn, tenant_id=other.id, url=receiver.url, event_types=["*"], description="", max_subscriptions=3
+                )
+            outcomes.append("created")
+        except webhook_store.SubscriptionQuotaError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["created"] * 3 + ["refused"] * 5
+    with tenant_transaction(other.id) as conn:
+        assert conn.execute("SELECT count(*) AS n FROM app.webhook_subscriptions").fetchone() == {"n": 3}

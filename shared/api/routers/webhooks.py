@@ -22,7 +22,7 @@ from shared.api.transactions import TenantConnection
 from shared.config import get_settings
 from shared.db.session import tenant_transaction
 from shared.events import webhook_store as store
-from shared.events.webhooks import WebhookUrlRefusedError, check_subscription_url
+from shared.events.webhooks import WebhookUrlRefusedError, check_subscription_url, subscription_limit
 from shared.policy.actions import Action
 from shared.policy.authorizer import Resource
 from shared.tenants.repository import tenant_settings
@@ -39,6 +39,14 @@ URL_REFUSED = problem_doc(
     "Unprocessable content",
     "hooks.internal resolves to 10.0.0.4, a private address",
     "The URL fails the platform's SSRF guard (or is not https outside local development)",
+)
+QUOTA_REACHED = problem_doc(
+    409,
+    "webhook-quota",
+    "Conflict",
+    "the tenant has 25 webhook subscriptions, its quota: delete one before adding another",
+    "The tenant has as many subscriptions as its quota allows (`max_webhook_subscriptions`)",
+    limit=25,
 )
 _EXAMPLE: dict[str, Any] = {
     "url": "https://hooks.contoso.example/quantum",
@@ -143,7 +151,7 @@ def _found(conn: Any, subscription_id: UUID) -> store.Subscription:
 
 
 @router.post("", status_code=201, response_model=SubscriptionOut, summary="Subscribe a URL to events",
-             responses={**AUTH_ERRORS, 400: BAD_IDEMPOTENCY_KEY, 422: URL_REFUSED})  # fmt: skip
+             responses={**AUTH_ERRORS, 400: BAD_IDEMPOTENCY_KEY, 409: QUOTA_REACHED, 422: URL_REFUSED})  # fmt: skip
 async def create(
     body: SubscriptionIn,
     context: MayManage,
@@ -168,9 +176,19 @@ async def create(
             )
             if replay is not None:
                 return replay
-            created, secret = store.create(
-                conn, tenant_id=tenant_id, url=body.url, event_types=body.event_types, description=body.description
-            )
+            try:
+                created, secret = store.create(
+                    conn,
+                    tenant_id=tenant_id,
+                    url=body.url,
+                    event_types=body.event_types,
+                    description=body.description,
+                    max_subscriptions=subscription_limit(context.tenant.quotas),
+                )
+            except store.SubscriptionQuotaError as exc:
+                raise ProblemError(
+                    409, "webhook-quota", "Conflict", str(exc), extensions={"limit": exc.limit}
+                ) from None
             out = _out(created, secret)
             # The answer kept for a retry holds the secret sealed, as the subscription does.
             kept = out.model_dump(mode="json")
