@@ -1,0 +1,159 @@
+# intent_ref: platform.execution
+"""What one tenant's burst of executions does to another tenant's: the quiet tenant's latency alone, then while
+the busy one has a burst in flight, side by side in one run.
+
+    .venv/bin/python -m bench.fairness [--burst 100] [--quiet 8] [--rounds 2]
+
+Starts the platform as bench/executions.py does and provisions two tenants: `busy`, whose quotas never throttle
+its requests but whose concurrent executions are the platform's default (QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS),
+and `quiet`. Each round: `--quiet` executions of the 5-step intent by the quiet tenant one after another (alone),
+then the busy tenant POSTs `--burst` executions at once (a 429 is retried after its Retry-After) and, half a
+second later, the quiet tenant runs `--quiet` executions one after another again while the burst drains. Prints
+the quiet tenant's latency (POST execute sent -> terminal event seen on its stream) in both phases, p50 and worst,
+and of the worst how long its start took to answer and how long after its creation its first step started; and
+the burst's drain time (its first POST -> the last of its executions ended).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+import uuid
+from typing import Any
+
+import httpx
+
+from bench.executions import DAG5, _ms, _run_one, _ts, _until_terminal, create_intent, running_platform
+from devhost.identity import mint_token_cli
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def _tenant(base_url: str, data_dir: Any, name: str, quotas: dict[str, int]) -> dict[str, str]:
+    """A tenant with `quotas`; returns Author+Executor+Reader headers."""
+    admin = mint_token_cli(data_dir, base_url, "contoso", ["Platform.Admin"], [], None, 3600, False)
+    entra_id = str(uuid.uuid4())
+    httpx.post(
+        f"{base_url}/api/v1/tenants",
+        headers={"Authorization": f"Bearer {admin}"},
+        json={
+            "name": f"{name}-{entra_id[:8]}",
+            "entra_tenant_id": entra_id,
+            "allowed_targets": ["staging"],
+            "allowed_modules": ["event", "artifact"],
+            "quotas": quotas,
+        },
+        timeout=30,
+    ).raise_for_status()
+    token = mint_token_cli(
+        data_dir, base_url, entra_id, ["Intent.Reader", "Intent.Author", "Intent.Executor"], [], None, 3600, False
+    )
+    return {"Authorization": f"Bearer {token}"}
+
+
+Run = tuple[float, float, float]
+"""One quiet execution: ms to the start's answer, ms to its terminal event, ms from its creation to its first step
+starting (server clocks)."""
+
+
+async def _quiet_runs(client: httpx.AsyncClient, intent_id: str, count: int) -> list[Run]:
+    """`count` executions, one after another."""
+    runs = []
+    for _ in range(count):
+        started = time.perf_counter()
+        accepted = await client.post(f"/api/v1/intents/{intent_id}/execute", json={"input": {}})
+        accepted.raise_for_status()
+        answered = time.perf_counter()
+        execution_id = str(accepted.json()["execution_id"])
+        await _until_terminal(client, execution_id, started)
+        ended = time.perf_counter()
+        detail = (await client.get(f"/api/v1/executions/{execution_id}")).json()
+        first = min(_ts(a["started_at"]) for step in detail["steps"] for a in step["attempts"])
+        runs.append(((answered - started) * 1000, (ended - started) * 1000, _ms(_ts(detail["created_at"]), first)))
+    return runs
+
+
+async def _start(client: httpx.AsyncClient, intent_id: str) -> str:
+    key = {"Idempotency-Key": f"fairness-{uuid.uuid4().hex}"}
+    while True:
+        answer = await client.post(f"/api/v1/intents/{intent_id}/execute", json={"input": {}}, headers=key)
+        if answer.status_code in (429, 503):
+            await asyncio.sleep(min(5.0, float(answer.headers.get("Retry-After", "1") or 1)))
+            continue
+        answer.raise_for_status()
+        return str(answer.json()["execution_id"])
+
+
+async def _drained(client: httpx.AsyncClient, ids: list[str]) -> None:
+    """Until every one of `ids` has ended (read once the quiet runs are done)."""
+    for execution_id in ids:
+        while (await client.get(f"/api/v1/executions/{execution_id}")).json()["status"] not in TERMINAL:
+            await asyncio.sleep(0.1)
+
+
+async def _round(base_url: str, busy: dict[str, str], quiet: dict[str, str], burst: int, count: int) -> dict[str, Any]:
+    limits = httpx.Limits(max_connections=burst + 8, max_keepalive_connections=burst + 8)
+    async with (
+        httpx.AsyncClient(base_url=base_url, headers=busy, limits=limits, timeout=120) as busy_client,
+        httpx.AsyncClient(base_url=base_url, headers=quiet, timeout=120) as quiet_client,
+    ):
+        busy_intent = await create_intent(busy_client, DAG5)
+        quiet_intent = await create_intent(quiet_client, DAG5)
+        await _run_one(busy_client, busy_intent)  # warm-up of both tenants' paths
+        await _run_one(quiet_client, quiet_intent)
+        alone = await _quiet_runs(quiet_client, quiet_intent, count)
+        started = time.perf_counter()
+        starts = asyncio.gather(*(_start(busy_client, busy_intent) for _ in range(burst)))
+        await asyncio.sleep(0.5)
+        during = await _quiet_runs(quiet_client, quiet_intent, count)
+        ids = await starts
+        quiet_done = time.perf_counter() - started
+        await _drained(busy_client, ids)
+        drained = time.perf_counter() - started
+    return {"alone_ms": alone, "during_ms": during, "quiet_done_s": quiet_done, "burst_drained_s": drained}
+
+
+def _cell(runs: list[Run]) -> str:
+    worst = max(runs, key=lambda run: run[1])
+    return (
+        f"{statistics.median(run[1] for run in runs):.0f} / {worst[1]:.0f} "
+        f"(start answered in {worst[0]:.0f}, first step after {worst[2]:.0f})"
+    )
+
+
+def main() -> None:
+    """Start the platform, run the rounds, print the quiet tenant's latency alone and beside the burst."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--burst", type=int, default=100, help="executions the busy tenant starts at once")
+    parser.add_argument("--quiet", type=int, default=8, help="executions the quiet tenant runs in each phase")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--dispatch-wait-ms",
+        type=int,
+        default=None,
+        help="QP_DISPATCH_RESULT_WAIT_MS for the devhost (0: a dispatch never waits for its results, ADR 0034)",
+    )
+    args = parser.parse_args()
+    settings = {} if args.dispatch_wait_ms is None else {"QP_DISPATCH_RESULT_WAIT_MS": str(args.dispatch_wait_ms)}
+    unthrottled = {"requests_per_minute": 1_000_000, "burst": 100_000}
+    with running_platform(settings=settings) as platform:
+        busy = _tenant(platform.base_url, platform.data_dir, "busy", unthrottled)
+        quiet = _tenant(platform.base_url, platform.data_dir, "quiet", unthrottled)
+        print(
+            f"{args.burst} executions of the busy tenant at once; the quiet tenant's 5-step executions, one at a time"
+        )
+        print("| round | quiet alone: p50 / max ms | quiet beside the burst: p50 / max ms | burst drained, s |")
+        print("|---|---|---|---|")
+        for number in range(1, args.rounds + 1):
+            result = asyncio.run(_round(platform.base_url, busy, quiet, args.burst, args.quiet))
+            print(
+                f"| {number} | {_cell(result['alone_ms'])} | {_cell(result['during_ms'])} "
+                f"| {result['burst_drained_s']:.1f} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
