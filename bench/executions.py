@@ -82,7 +82,7 @@ def chain(length: int) -> list[dict[str, Any]]:
     return steps
 
 
-SHAPES: dict[str, list[dict[str, Any]]] = {"dag5": DAG5, "chain5": chain(5), "chain50": chain(50)}
+SHAPES: dict[str, list[dict[str, Any]]] = {"dag5": DAG5, "chain5": chain(5), "chain20": chain(20), "chain50": chain(50)}
 
 
 def _percentile(values: list[float], fraction: float) -> float:
