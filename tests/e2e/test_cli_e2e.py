@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -124,3 +125,39 @@ def test_approve_cancel_and_follow_events_to_the_end(qp: Qp, tmp_path: Path) -> 
     # execution holding its tenant's concurrent-execution quota for the session's later tests.
     ended = qp("events", retried["execution_id"], "--follow").stdout.splitlines()
     assert "execution_cancelled" in ended[-1]
+
+
+def test_webhook_commands_subscribe_a_receiver_that_gets_a_signed_delivery(qp: Qp, pg: Any, tmp_path: Path) -> None:
+    from tests.integration.test_webhooks import Receiver, verify
+
+    admin = Qp(qp.env["QP_URL"], tmp_path / "admin-profile.json")
+    roles = "Tenant.Admin,Intent.Reader,Intent.Author,Intent.Executor"
+    admin("login", "--url", qp.env["QP_URL"], "--tenant", "fabrikam", "--roles", roles, "--data-dir", str(pg.root))
+    receiver = Receiver()
+    created = admin.json("webhooks", "create", receiver.url, "--event", "execution.completed", "--description", "cli")
+    secret, subscription = created["secret"], created["id"]
+    assert secret.startswith("whsec_") and created["event_types"] == ["execution.completed"]
+    listed = {item["id"]: item for item in admin.json("webhooks", "list")["items"]}
+    assert listed[subscription]["secret"] is None and listed[subscription]["enabled"] is True
+
+    name = f"cli-hook-{uuid.uuid4().hex[:8]}"
+    admin("intents", "create", str(intent_file(tmp_path, name, [{"id": "pause", "action": "wait", "seconds": 0.1}])))
+    admin("run", name, "--follow")
+    deadline = time.monotonic() + 60  # the outbox relay's and the delivery timer's periods (5 s each)
+    while not receiver.received and time.monotonic() < deadline:
+        time.sleep(0.5)
+    headers, body = receiver.received[0]
+    assert verify(secret, headers, body) and json.loads(body)["type"] == "execution.completed"
+    delivered = admin.json("webhooks", "deliveries", subscription)["items"]
+    assert [(d["state"], d["attempts"], d["last_status"]) for d in delivered] == [("delivered", 1, 204)]
+
+    rotated = admin.json("webhooks", "rotate-secret", subscription)["secret"]
+    assert rotated.startswith("whsec_") and rotated != secret
+    assert admin.json("webhooks", "disable", subscription)["enabled"] is False
+    assert admin.json("webhooks", "enable", subscription)["enabled"] is True
+    assert admin("webhooks", "delete", subscription).stdout.strip() == f"deleted {subscription}"
+    gone = admin("webhooks", "get", subscription, check=3)
+    assert gone.stderr.startswith("error: 404") and len(gone.stderr.strip().splitlines()) == 1
+    # A role without Tenant.Admin is refused, in one line.
+    refused = qp("webhooks", "list", check=3)
+    assert refused.stderr.startswith("error: 403")

@@ -5,6 +5,7 @@ per start, a refused token renewed once, problem+json raised as typed errors, st
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -221,3 +222,31 @@ def test_a_refused_stream_is_raised_as_a_typed_error() -> None:
 
     with pytest.raises(NotFound):
         list(client(handler).stream("/api/v1/executions/missing/events"))
+
+
+def test_the_webhook_helpers_send_the_routes_and_bodies_of_the_api() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(204) if request.method == "DELETE" else httpx.Response(200, json={"id": "w/1"})
+
+    hooks = client(handler).webhooks
+    hooks.create("https://hooks.example/q", ["execution.completed"], description="bot", idempotency_key="k-1")
+    hooks.update("w/1", enabled=False)
+    hooks.rotate_secret("w/1")
+    hooks.deliveries("w/1")
+    assert hooks.delete("w/1").status_code == 204
+    sent = [(r.method, r.url.raw_path.decode(), r.content and json.loads(r.content)) for r in seen]
+    assert sent == [
+        (
+            "POST",
+            "/api/v1/webhooks",
+            {"url": "https://hooks.example/q", "event_types": ["execution.completed"], "description": "bot"},
+        ),
+        ("PATCH", "/api/v1/webhooks/w%2F1", {"enabled": False}),  # only what changes; the id as one segment
+        ("POST", "/api/v1/webhooks/w%2F1/rotate-secret", b""),
+        ("GET", "/api/v1/webhooks/w%2F1/deliveries", b""),
+        ("DELETE", "/api/v1/webhooks/w%2F1", b""),
+    ]
+    assert seen[0].headers["Idempotency-Key"] == "k-1"

@@ -1,5 +1,5 @@
 # intent_ref: platform.gateway
-"""`qp`, the platform's command line: intents, runs with a live view, executions and their events."""
+"""`qp`, the platform's command line: intents, runs with a live view, executions and their events, webhooks."""
 
 from __future__ import annotations
 
@@ -27,8 +27,12 @@ from quantum_platform.errors import PlatformError, ProblemError
 app = typer.Typer(help="Quantum Platform: intents, runs and executions.", no_args_is_help=True)
 intents_app = typer.Typer(help="Create, read, change and plan intents.", no_args_is_help=True)
 executions_app = typer.Typer(help="List, read, cancel, approve and retry executions.", no_args_is_help=True)
+webhooks_app = typer.Typer(
+    help="Subscribe URLs to domain events, and manage the subscriptions (Tenant.Admin).", no_args_is_help=True
+)
 app.add_typer(intents_app, name="intents")
 app.add_typer(executions_app, name="executions")
+app.add_typer(webhooks_app, name="webhooks")
 
 Output = Literal["table", "json"]
 OutputOption = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
@@ -398,6 +402,69 @@ def events(
                 out.print(
                     f"{event['seq']:>4}  {event['type']:<24} {event.get('step') or '':<24} {detail}", highlight=False
                 )
+
+    _run(lambda: _with(act))
+
+
+# ------------------------------------------------------------------------------------------ webhooks
+_SUBSCRIPTION_COLUMNS = ["id", "url", "event_types", "enabled", "consecutive_failures", "disabled_reason"]
+
+
+@webhooks_app.command("create")
+def webhooks_create(
+    url: Annotated[str, typer.Argument(help="where the deliveries go (https outside local development)")],
+    event: Annotated[list[str], typer.Option("--event", "-e", help="an event type to deliver (* for all); repeat")],
+    description: Annotated[str, typer.Option(help="what the subscription is for")] = "",
+    output: OutputOption = "table",
+) -> None:
+    """Subscribe URL to event types; the answer shows the signing secret, this once."""
+    _run(lambda: _with(lambda c: _show(c.webhooks.create(url, event, description=description).json(), output)))
+
+
+@webhooks_app.command("list")
+def webhooks_list(output: OutputOption = "table") -> None:
+    """The tenant's subscriptions (never their secrets)."""
+    _run(lambda: _with(lambda c: _show(c.webhooks.list().json(), output, _SUBSCRIPTION_COLUMNS)))
+
+
+@webhooks_app.command("get")
+def webhooks_get(subscription: str, output: OutputOption = "table") -> None:
+    """One subscription."""
+    _run(lambda: _with(lambda c: _show(c.webhooks.get(subscription).json(), output)))
+
+
+@webhooks_app.command("enable")
+def webhooks_enable(subscription: str, output: OutputOption = "table") -> None:
+    """Enable a subscription; one that was disabled sends its failed delivery again, then the rest in order."""
+    _run(lambda: _with(lambda c: _show(c.webhooks.update(subscription, enabled=True).json(), output)))
+
+
+@webhooks_app.command("disable")
+def webhooks_disable(subscription: str, output: OutputOption = "table") -> None:
+    """Stop sending to a subscription; its deliveries wait until it is enabled again."""
+    _run(lambda: _with(lambda c: _show(c.webhooks.update(subscription, enabled=False).json(), output)))
+
+
+@webhooks_app.command("rotate-secret")
+def webhooks_rotate_secret(subscription: str, output: OutputOption = "table") -> None:
+    """A new signing secret, shown this once; deliveries from now on are signed with it."""
+    _run(lambda: _with(lambda c: _show(c.webhooks.rotate_secret(subscription).json(), output)))
+
+
+@webhooks_app.command("deliveries")
+def webhooks_deliveries(subscription: str, output: OutputOption = "table") -> None:
+    """The subscription's last 100 deliveries, newest first: state, attempts, the receiver's last answer."""
+    columns = ["message_id", "event_type", "state", "attempts", "last_status", "last_error", "created_at"]
+    _run(lambda: _with(lambda c: _show(c.webhooks.deliveries(subscription).json(), output, columns)))
+
+
+@webhooks_app.command("delete")
+def webhooks_delete(subscription: str) -> None:
+    """Remove a subscription and its delivery log."""
+
+    def act(client: Client) -> None:
+        client.webhooks.delete(subscription)
+        out.print(f"deleted {subscription}")
 
     _run(lambda: _with(act))
 

@@ -19,7 +19,7 @@ from httpx_sse import EventSource
 
 from quantum_platform.credentials import Credential, DevhostCredential, from_environment
 from quantum_platform.errors import problem_from
-from quantum_platform.resources import Audit, Definitions, Executions, Modules
+from quantum_platform.resources import Audit, Definitions, Executions, Modules, Webhooks
 
 DEFAULT_URL = "http://127.0.0.1:7071"
 TERMINAL_EVENTS = frozenset({"execution_completed", "execution_failed", "execution_cancelled"})
@@ -180,7 +180,7 @@ def _events(page: Any) -> tuple[list[dict[str, Any]], int, bool]:
 
 class AsyncClient:
     """The async client: `await client.post(...)`, `async for event in client.stream(...)`, typed helpers under
-    `client.intents`, `client.blueprints`, `client.executions`, `client.modules`, `client.audit`."""
+    `client.intents`, `client.blueprints`, `client.executions`, `client.modules`, `client.audit`, `client.webhooks`."""
 
     def __init__(
         self,
@@ -199,6 +199,7 @@ class AsyncClient:
         self.executions: Executions[Awaitable[ApiResponse]] = Executions(self.request)
         self.modules: Modules[Awaitable[ApiResponse]] = Modules(self.request)
         self.audit: Audit[Awaitable[ApiResponse]] = Audit(self.request)
+        self.webhooks: Webhooks[Awaitable[ApiResponse]] = Webhooks(self.request)
 
     @property
     def tenant(self) -> str | None:
@@ -333,6 +334,7 @@ class Client:
         self.executions: Executions[ApiResponse] = Executions(self.request)
         self.modules: Modules[ApiResponse] = Modules(self.request)
         self.audit: Audit[ApiResponse] = Audit(self.request)
+        self.webhooks: Webhooks[ApiResponse] = Webhooks(self.request)
 
     @property
     def tenant(self) -> str | None:

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import quote
 
@@ -130,3 +130,55 @@ class Audit(Generic[R]):
 
     def list(self, *, limit: int | None = None, cursor: str | None = None) -> R:
         return self._send("GET", "/api/v1/audit", params=_params(limit=limit, cursor=cursor))
+
+
+class Webhooks(Generic[R]):
+    """The tenant's webhook subscriptions (Tenant.Admin): subscribe a URL to domain event types, change, enable or
+    disable, rotate the signing secret, read the deliveries, delete. The secret is in the answers of `create` and
+    `rotate_secret` only."""
+
+    def __init__(self, send: Send[R]) -> None:
+        self._send = send
+
+    def create(
+        self,
+        url: str,
+        event_types: Sequence[str],
+        *,
+        description: str = "",
+        idempotency_key: str | None = None,
+    ) -> R:
+        body = {"url": url, "event_types": list(event_types), "description": description}
+        return self._send("POST", "/api/v1/webhooks", json=body, idempotency_key=idempotency_key)
+
+    def list(self) -> R:
+        return self._send("GET", "/api/v1/webhooks")
+
+    def get(self, subscription_id: str) -> R:
+        return self._send("GET", f"/api/v1/webhooks/{_segment(subscription_id)}")
+
+    def update(
+        self,
+        subscription_id: str,
+        *,
+        url: str | None = None,
+        event_types: Sequence[str] | None = None,
+        description: str | None = None,
+        enabled: bool | None = None,
+    ) -> R:
+        body = _params(
+            url=url,
+            event_types=None if event_types is None else [str(t) for t in event_types],
+            description=description,
+            enabled=enabled,
+        )
+        return self._send("PATCH", f"/api/v1/webhooks/{_segment(subscription_id)}", json=body)
+
+    def rotate_secret(self, subscription_id: str) -> R:
+        return self._send("POST", f"/api/v1/webhooks/{_segment(subscription_id)}/rotate-secret")
+
+    def deliveries(self, subscription_id: str) -> R:
+        return self._send("GET", f"/api/v1/webhooks/{_segment(subscription_id)}/deliveries")
+
+    def delete(self, subscription_id: str) -> R:
+        return self._send("DELETE", f"/api/v1/webhooks/{_segment(subscription_id)}")
