@@ -34,7 +34,7 @@ def _read_until(
     done: Any,
     timeout: float = 45,
 ) -> list[dict[str, Any]]:
-    """Every event the group reads until `done(events)` holds (the relay runs every 5 s)."""
+    """Every event the group reads until `done(events)` holds (the relay runs every second)."""
     url = f"{platform.base}/devhost/eventhubs/{HUB}/consumergroups/{group}/events"
     events: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout
