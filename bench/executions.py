@@ -109,19 +109,24 @@ def _ms(start: datetime, end: datetime) -> float:
     return (end - start).total_seconds() * 1000
 
 
-def _provision(base_url: str, data_dir: Path) -> dict[str, str]:
-    """A bench tenant whose quotas never throttle; returns Author+Executor+Reader headers."""
+UNTHROTTLED = {"requests_per_minute": 1_000_000, "burst": 100_000, "max_concurrent_executions": 10_000}
+
+
+def _provision(
+    base_url: str, data_dir: Path, *, name: str = "bench", quotas: dict[str, int] = UNTHROTTLED
+) -> dict[str, str]:
+    """A bench tenant (by default one whose quotas never throttle); returns Author+Executor+Reader headers."""
     admin = mint_token_cli(data_dir, base_url, "contoso", ["Platform.Admin"], [], None, 3600, False)
     entra_id = str(uuid.uuid4())
     httpx.post(
         f"{base_url}/api/v1/tenants",
         headers={"Authorization": f"Bearer {admin}"},
         json={
-            "name": f"bench-{entra_id[:8]}",
+            "name": f"{name}-{entra_id[:8]}",
             "entra_tenant_id": entra_id,
             "allowed_targets": ["staging"],
             "allowed_modules": ["event", "artifact", "approval"],
-            "quotas": {"requests_per_minute": 1_000_000, "burst": 100_000, "max_concurrent_executions": 10_000},
+            "quotas": quotas,
         },
         timeout=30,
     ).raise_for_status()

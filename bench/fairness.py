@@ -25,32 +25,18 @@ from typing import Any
 
 import httpx
 
-from bench.executions import DAG5, _ms, _run_one, _ts, _until_terminal, create_intent, running_platform
-from devhost.identity import mint_token_cli
+from bench.executions import (
+    DAG5,
+    _ms,
+    _provision,
+    _run_one,
+    _ts,
+    _until_terminal,
+    create_intent,
+    running_platform,
+)
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
-
-
-def _tenant(base_url: str, data_dir: Any, name: str, quotas: dict[str, int]) -> dict[str, str]:
-    """A tenant with `quotas`; returns Author+Executor+Reader headers."""
-    admin = mint_token_cli(data_dir, base_url, "contoso", ["Platform.Admin"], [], None, 3600, False)
-    entra_id = str(uuid.uuid4())
-    httpx.post(
-        f"{base_url}/api/v1/tenants",
-        headers={"Authorization": f"Bearer {admin}"},
-        json={
-            "name": f"{name}-{entra_id[:8]}",
-            "entra_tenant_id": entra_id,
-            "allowed_targets": ["staging"],
-            "allowed_modules": ["event", "artifact"],
-            "quotas": quotas,
-        },
-        timeout=30,
-    ).raise_for_status()
-    token = mint_token_cli(
-        data_dir, base_url, entra_id, ["Intent.Reader", "Intent.Author", "Intent.Executor"], [], None, 3600, False
-    )
-    return {"Authorization": f"Bearer {token}"}
 
 
 Run = tuple[float, float, float]
@@ -137,10 +123,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     settings = {} if args.dispatch_wait_ms is None else {"QP_DISPATCH_RESULT_WAIT_MS": str(args.dispatch_wait_ms)}
+    # Requests never throttled; concurrent executions at the platform's default.
     unthrottled = {"requests_per_minute": 1_000_000, "burst": 100_000}
     with running_platform(settings=settings) as platform:
-        busy = _tenant(platform.base_url, platform.data_dir, "busy", unthrottled)
-        quiet = _tenant(platform.base_url, platform.data_dir, "quiet", unthrottled)
+        busy = _provision(platform.base_url, platform.data_dir, name="busy", quotas=unthrottled)
+        quiet = _provision(platform.base_url, platform.data_dir, name="quiet", quotas=unthrottled)
         print(
             f"{args.burst} executions of the busy tenant at once; the quiet tenant's 5-step executions, one at a time"
         )
