@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from shared.config import get_settings
-from shared.db.session import tenant_transaction
+from shared.db.session import platform_transaction, tenant_transaction
 from shared.events import webhook_store, webhooks
 from shared.events.outbox import enqueue
 from shared.events.publisher import OutboundEvent
@@ -307,3 +307,42 @@ def test_a_tenants_subscriptions_are_bounded_by_its_quota_even_when_created_at_o
     assert sorted(outcomes) == ["created"] * 3 + ["refused"] * 5
     with tenant_transaction(other.id) as conn:
         assert conn.execute("SELECT count(*) AS n FROM app.webhook_subscriptions").fetchone() == {"n": 3}
+
+
+def _due_tenants() -> set[Any]:
+    with platform_transaction() as conn:
+        return {row["due"] for row in conn.execute("SELECT due FROM app.webhook_due_tenants(100000) AS due")}
+
+
+def test_only_tenants_with_a_head_to_send_are_due(api: ApiHarness, local: None) -> None:
+    disabled_tenant, disabled_headers = tenant(api, "hooks-due-disabled")
+    backing_tenant, backing_headers = tenant(api, "hooks-due-backing-off")
+    due_tenant, due_headers = tenant(api, "hooks-due-now")
+    receiver, failing = Receiver(), Receiver()
+    failing.failures = 1
+    body = {"url": receiver.url, "event_types": ["*"]}
+    parked = api.client.post("/api/v1/webhooks", json=body, headers=disabled_headers).json()
+    api.client.post("/api/v1/webhooks", json={**body, "url": failing.url}, headers=backing_headers)
+    api.client.post("/api/v1/webhooks", json=body, headers=due_headers)
+
+    # A disabled subscription keeps the deliveries it had pending until it is enabled again; nothing sends them
+    # meanwhile.
+    emit(disabled_tenant.id, "test.parked")
+    patched = api.client.patch(f"/api/v1/webhooks/{parked['id']}", json={"enabled": False}, headers=disabled_headers)
+    assert patched.status_code == 200, patched.text
+    # A head that failed backs off; the delivery behind it waits for it, due or not.
+    emit(backing_tenant.id, "test.first", "test.second")
+    assert webhooks.deliver_tenant(backing_tenant.id).failed_attempts == 1
+    emit(due_tenant.id, "test.due")
+
+    due = _due_tenants()
+    assert due_tenant.id in due
+    assert disabled_tenant.id not in due and backing_tenant.id not in due
+    assert webhooks.deliver_tenant(disabled_tenant.id).delivered == 0  # what the finder says: nothing to send
+    assert webhooks.deliver_tenant(backing_tenant.id).delivered == 0
+    assert webhooks.deliver_tenant(due_tenant.id).delivered == 1
+    assert due_tenant.id not in _due_tenants()
+
+    enabled = api.client.patch(f"/api/v1/webhooks/{parked['id']}", json={"enabled": True}, headers=disabled_headers)
+    assert enabled.status_code == 200, enabled.text
+    assert disabled_tenant.id in _due_tenants()
