@@ -346,3 +346,31 @@ def test_only_tenants_with_a_head_to_send_are_due(api: ApiHarness, local: None) 
     enabled = api.client.patch(f"/api/v1/webhooks/{parked['id']}", json={"enabled": True}, headers=disabled_headers)
     assert enabled.status_code == 200, enabled.text
     assert disabled_tenant.id in _due_tenants()
+
+
+def test_a_runs_sends_run_in_the_context_of_the_run(api: ApiHarness, local: None) -> None:
+    """Each tenant's sends happen on a thread of the run: in a copy of the run's context, so that they belong to the
+    timer invocation's trace (its span is the current one there)."""
+    from opentelemetry import trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    from shared.modules.ssrf import GuardedClient
+
+    receiver = Receiver()
+    for handle, headers in [tenant(api, f"hooks-trace-{n}") for n in range(3)]:
+        api.client.post("/api/v1/webhooks", json={"url": receiver.url, "event_types": ["*"]}, headers=headers)
+        emit(handle.id, "test.traced")
+    seen: list[int] = []
+
+    class Recording(GuardedClient):
+        def request(self, *args: Any, **kwargs: Any) -> Any:
+            seen.append(trace.get_current_span().get_span_context().trace_id)
+            return super().request(*args, **kwargs)
+
+    run_span = NonRecordingSpan(SpanContext(0xABC123, 0xDEF456, is_remote=False, trace_flags=TraceFlags(1)))
+    with trace.use_span(run_span):
+        result = webhooks.deliver_due(
+            max_tenants=10_000, client_factory=lambda hosts: Recording(hosts, timeout=10, allow_private=True)
+        )
+    assert result.delivered >= 3 and len(seen) >= 3
+    assert set(seen) == {0xABC123}
