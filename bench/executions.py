@@ -577,6 +577,21 @@ async def _suite(platform: Platform, rounds: int, scale: int) -> dict[str, list[
     return out
 
 
+def add_dispatch_wait_option(parser: argparse.ArgumentParser) -> None:
+    """`--dispatch-wait-ms`: the devhost's QP_DISPATCH_RESULT_WAIT_MS for a bench (see dispatch_wait_settings)."""
+    parser.add_argument(
+        "--dispatch-wait-ms",
+        type=int,
+        default=None,
+        help="QP_DISPATCH_RESULT_WAIT_MS for the devhost (0: every result raised as an event, ADR 0034)",
+    )
+
+
+def dispatch_wait_settings(args: argparse.Namespace) -> dict[str, str]:
+    """The app settings `--dispatch-wait-ms` asks for (none when it was not given)."""
+    return {} if args.dispatch_wait_ms is None else {"QP_DISPATCH_RESULT_WAIT_MS": str(args.dispatch_wait_ms)}
+
+
 def main() -> None:
     """Start the host, time the floor, run the executions (or the burst, or the suite), print and write JSON."""
     parser = argparse.ArgumentParser(
@@ -598,16 +613,11 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=DEFAULT_WORKERS, help="the devhost's worker processes (0: functions in the host)"
     )
-    parser.add_argument(
-        "--dispatch-wait-ms",
-        type=int,
-        default=None,
-        help="QP_DISPATCH_RESULT_WAIT_MS for the devhost (0: every result raised as an event, ADR 0034)",
-    )
+    add_dispatch_wait_option(parser)
     args = parser.parse_args()
     FOLLOW["mode"] = args.follow
     steps = SHAPES[args.shape]
-    settings = {} if args.dispatch_wait_ms is None else {"QP_DISPATCH_RESULT_WAIT_MS": str(args.dispatch_wait_ms)}
+    settings = dispatch_wait_settings(args)
     with running_platform(args.workers, settings) as platform:
         floor, pg_settings = _commit_floor(platform.data_dir / "postgres", args.commits)
         if args.suite:

@@ -32,7 +32,9 @@ from bench.executions import (
     _run_one,
     _ts,
     _until_terminal,
+    add_dispatch_wait_option,
     create_intent,
+    dispatch_wait_settings,
     running_platform,
 )
 
@@ -115,14 +117,9 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=100, help="executions the busy tenant starts at once")
     parser.add_argument("--quiet", type=int, default=8, help="executions the quiet tenant runs in each phase")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument(
-        "--dispatch-wait-ms",
-        type=int,
-        default=None,
-        help="QP_DISPATCH_RESULT_WAIT_MS for the devhost (0: a dispatch never waits for its results, ADR 0034)",
-    )
+    add_dispatch_wait_option(parser)
     args = parser.parse_args()
-    settings = {} if args.dispatch_wait_ms is None else {"QP_DISPATCH_RESULT_WAIT_MS": str(args.dispatch_wait_ms)}
+    settings = dispatch_wait_settings(args)
     # Requests never throttled; concurrent executions at the platform's default.
     unthrottled = {"requests_per_minute": 1_000_000, "burst": 100_000}
     with running_platform(settings=settings) as platform:
