@@ -87,6 +87,8 @@ def wait_reason(
     items = {item.key.step_id: item for item in work if item.key.phase == "run"}
     if execution.terminal:
         return None
+    if execution.status == "pending" and execution.queued:
+        return "queued: the tenant's running share is full; it starts when one of the tenant's executions ends or waits"
     if execution.status == "pending":
         return "waiting for the orchestration to start"
     reasons = []

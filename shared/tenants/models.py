@@ -25,6 +25,13 @@ class TenantQuotas(BaseModel):
     requests_per_minute: int | None = Field(default=None, ge=1, le=1_000_000)
     burst: int | None = Field(default=None, ge=1, le=100_000)
     max_concurrent_executions: int | None = Field(default=None, ge=0, le=100_000)
+    max_running_executions: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description="Top-level executions the engine works on at once (the rest of the concurrent ones wait pending, "
+        "started oldest first); those waiting on a person or a remote worker do not count.",
+    )
     max_webhook_subscriptions: int | None = Field(default=None, ge=0, le=10_000)
 
 

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -865,6 +866,64 @@ def test_the_concurrent_execution_quota_answers_429(platform: Platform) -> None:
             time.sleep(0.2)
     finally:
         _set_quota(platform, "fabrikam", None)
+
+
+def _set_running_share(platform: Platform, tenant: str, share: int | None) -> None:
+    _change_tenant(platform, tenant, lambda t: {"quotas": {**t["quotas"], "max_running_executions": share}})
+
+
+def _step_window(execution: dict[str, Any]) -> tuple[datetime, datetime]:
+    pause = steps_of(execution)["pause"]
+    return datetime.fromisoformat(pause["started_at"]), datetime.fromisoformat(pause["finished_at"])
+
+
+def test_past_the_running_share_executions_wait_pending_and_start_in_order(platform: Platform) -> None:
+    """With a share of one, a tenant's executions run one after another in the order they were started, each let in
+    when the one before ends (no overlap); a queued one cancelled never runs; another tenant is not held up."""
+    _set_running_share(platform, "fabrikam", 1)
+    try:
+        headers = platform.headers(AUTHOR, tenant="fabrikam")
+        body = {
+            "name": f"share-{uuid.uuid4().hex[:6]}",
+            "definition": {"target": "staging", "steps": [{"id": "pause", "action": "wait", "seconds": 0.5}]},
+        }
+        intent = httpx.post(f"{platform.base}/api/v1/intents", json=body, headers=headers).json()["id"]
+        ids = []
+        for _ in range(4):
+            response = execute(platform, intent, {}, headers)
+            assert response.status_code == 202, response.text
+            ids.append(response.json()["execution_id"])
+        reader = platform.headers(["Intent.Reader"], tenant="fabrikam")
+        waiting = httpx.get(f"{platform.base}/api/v1/executions/{ids[2]}", headers=reader).json()
+        assert waiting["status"] == "pending" and waiting["wait_reason"].startswith("queued:")
+        cancel = httpx.post(f"{platform.base}/api/v1/executions/{ids[2]}/cancel", headers=headers)
+        assert cancel.status_code == 202 and cancel.json()["status"] == "cancelled"
+
+        # Another tenant's execution starts at once, whatever fabrikam's queue.
+        assert (
+            follow(
+                platform,
+                started(platform, create_intent(platform, [{"id": "pause", "action": "wait", "seconds": 0.01}])),
+            )[0]
+            == "succeeded"
+        )
+
+        runs = []
+        for execution_id in ids:
+            deadline = time.monotonic() + 60
+            while (execution := httpx.get(f"{platform.base}/api/v1/executions/{execution_id}", headers=reader).json())[
+                "status"
+            ] not in TERMINAL:
+                assert time.monotonic() < deadline, f"{execution_id} is still {execution['status']}"
+                time.sleep(0.2)
+            runs.append(execution)
+        assert [run["status"] for run in runs] == ["succeeded", "succeeded", "cancelled", "succeeded"]
+        assert runs[2]["steps"][0]["attempts"] == []  # never ran
+        windows = [_step_window(run) for run in (runs[0], runs[1], runs[3])]
+        for (_, ended), (began, _) in zip(windows, windows[1:], strict=False):
+            assert began >= ended, windows  # one at a time, oldest first
+    finally:
+        _set_running_share(platform, "fabrikam", None)
 
 
 def test_production_needs_a_deployer_and_the_body_key_is_an_idempotency_key(platform: Platform) -> None:
