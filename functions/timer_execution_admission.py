@@ -1,6 +1,6 @@
 # intent_ref: platform.execution
-"""The execution admission timer: every second, lets tenants' queued executions into the engine as their running
-share has room (ADR 0041)."""
+"""The execution admission timer: every second, lets tenants' queued executions into the engine as far as their
+starting share has room (ADR 0041)."""
 
 import logging
 
@@ -15,9 +15,9 @@ bp = df.Blueprint()
 logger = logging.getLogger(__name__)
 
 SCHEDULE = "* * * * * *"
-"""Every second (NCRONTAB with seconds, UTC): an end lets the next in at once where its activity records it; this
-run catches the rest (an execution that moved to waiting, one the sweeper ended). A run with nothing queued is one
-query for tenant ids. Azure runs a timer function on one instance at a time; the claims under the tenant's lock make
+"""Every second (NCRONTAB with seconds, UTC): an execution getting under way lets the next in at once, from the
+activity that records it; this run catches the rest (an execution a cancel or the sweeper ended, a start the backend
+refused). A run with nothing queued is one query for tenant ids. Azure runs a timer function on one instance at a time; the claims under the tenant's lock make
 an overlapping run harmless anyway."""
 
 
@@ -28,7 +28,7 @@ async def execution_admission(
     timer: func.TimerRequest,  # noqa: ARG001  # the binding requires it
     client: df.DurableOrchestrationClient,
 ) -> None:
-    """Start tenants' queued executions as far as each tenant's running share has room."""
+    """Start tenants' queued executions as far as each tenant's starting share has room."""
     result = await admit_queued(client)
     if result.started or result.failed_tenants:
         logger.info(

@@ -9,7 +9,6 @@ import azure.durable_functions as df
 
 from shared.engine import admission, control, machine, payloads, progress
 from shared.engine.activity_trace import activity_span
-from shared.engine.executions import TERMINAL
 from shared.engine.recording_threads import on_recording_thread
 from shared.typed_triggers import typed
 
@@ -19,13 +18,13 @@ bp = df.Blueprint()
 @typed(bp.activity_trigger(input_name="request"))
 @typed(bp.durable_client_input(client_name="client"))
 async def dispatch_steps(request: dict[str, Any], client: df.DurableOrchestrationClient) -> dict[str, Any]:
-    """Record a batch of step moves and attempt starts; publish module work; start child executions; after a
-    recorded end, let the tenant's next queued executions in."""
+    """Record a batch of step moves and attempt starts; publish module work; start child executions; once the
+    execution is under way or ended, let the tenant's next queued executions in."""
     with activity_span("dispatch_steps", request) as body:
         batch = machine.DispatchSteps.model_validate(body)
         answer = await on_recording_thread(lambda: progress.dispatch_steps(batch))
-        if admission.ended(answer):
-            await admission.admit_after_end(client, UUID(batch.tenant_id))
+        if admission.moved(batch, answer):
+            await admission.admit_after_move(client, UUID(batch.tenant_id))
         return answer.model_dump(mode="json")
 
 
@@ -39,13 +38,12 @@ def record_outcomes(request: dict[str, Any]) -> list[dict[str, Any]]:
 @typed(bp.activity_trigger(input_name="request"))
 @typed(bp.durable_client_input(client_name="client"))
 async def record_status(request: dict[str, Any], client: df.DurableOrchestrationClient) -> dict[str, Any]:
-    """Move the execution to a status; answers where it is afterwards; after an end, lets the tenant's next queued
-    executions in."""
+    """Move the execution to a status; answers where it is afterwards; then lets the tenant's next queued executions
+    in."""
     with activity_span("record_status", request) as body:
         record = machine.RecordStatus.model_validate(body)
         answer = await on_recording_thread(lambda: progress.record_status(record))
-        if answer.status.value in TERMINAL:
-            await admission.admit_after_end(client, UUID(record.tenant_id))
+        await admission.admit_after_move(client, UUID(record.tenant_id))
         return answer.model_dump(mode="json")
 
 

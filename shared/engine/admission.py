@@ -1,14 +1,16 @@
 # intent_ref: platform.execution
-"""Admission into the engine (ADR 0041): a tenant's top-level executions past its running share wait `pending`,
-queued, and are let in oldest first when the tenant's own executions end or wait, so that one tenant's burst
-cannot fill the Durable backend's first-come, first-served queues in front of every other tenant's work.
+"""Admission into the engine (ADR 0041): a tenant's top-level executions enter the engine at most its starting share
+at a time; past it they wait `pending`, queued, and are let in oldest first as the tenant's earlier ones get under
+way. A burst of one tenant's starts would otherwise put hundreds of start episodes and first dispatches at once into
+the Durable backend's first-come, first-served queues, in front of every other tenant's work; once under way, an
+execution's module work waits in the tenant's own share of the module threads (ADR 0038), where it holds up no one.
 
 Letting in is a claim, committed before anything starts: the queued flag cleared and the start claimed, under the
 tenant's `executions` lock (the one its starts count under, so a start and an admission never both see the same
-headroom). From then on the execution is an ordinary start; if its starter dies before the orchestration starts,
-the sweeper takes it over as any stalled start. Admission runs after an execution's end, where the activity that
-recorded it has a Durable client, and every second from a timer, which also catches the rest (an execution that
-moved to `waiting`, one the sweeper ended, a start that was refused by the backend).
+room). From then on the execution is an ordinary start; if its starter dies before the orchestration starts, the
+sweeper takes it over as any stalled start. Admission runs where an execution leaves `pending` (the recording
+activities, which have a Durable client), and every second from a timer, which also catches the rest (an execution
+the sweeper or a cancel ended, a start the backend refused).
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from psycopg_pool import ConnectionPool
 from shared.db import tenant_locks
 from shared.db.session import platform_transaction, tenant_transaction
 from shared.engine.executions import TERMINAL
-from shared.engine.machine import DispatchAnswer
+from shared.engine.machine import DispatchAnswer, DispatchSteps
 from shared.engine.protocol import ORCHESTRATOR
-from shared.engine.start import execution_counts, running_limit
+from shared.engine.start import execution_counts, starting_limit
 from shared.engine.sweeper import DurableClient, start_input
 from shared.tenants.repository import get_tenant
 
@@ -57,7 +59,7 @@ class AdmissionRun:
 
 
 def let_in(tenant_id: UUID, *, pool: ConnectionPool[Any] | None = None) -> list[UUID]:
-    """Claim as many of the tenant's queued executions as its running share has room for, oldest first; the claims
+    """Claim as many of the tenant's queued executions as its starting share has room for, oldest first; the claims
     commit before the caller starts anything."""
     with tenant_transaction(tenant_id, pool=pool) as conn:
         row = conn.execute(_ANY_QUEUED).fetchone()
@@ -67,7 +69,7 @@ def let_in(tenant_id: UUID, *, pool: ConnectionPool[Any] | None = None) -> list[
         if tenant is None:
             return []
         tenant_locks.hold(conn, "executions")
-        room = running_limit(tenant.quotas) - execution_counts(conn).running
+        room = starting_limit(tenant.quotas) - execution_counts(conn).starting
         if room <= 0:
             return []
         rows = conn.execute(_LET_IN, (room,)).fetchall()
@@ -75,7 +77,7 @@ def let_in(tenant_id: UUID, *, pool: ConnectionPool[Any] | None = None) -> list[
 
 
 async def admit(client: DurableClient, tenant_id: UUID, *, pool: ConnectionPool[Any] | None = None) -> int:
-    """Let in what the tenant's running share has room for and start their orchestrations; returns how many
+    """Let in what the tenant's starting share has room for and start their orchestrations; returns how many
     started. A start the backend refuses stays claimed, for the sweeper to take over once its claim is stale."""
     started = 0
     for execution_id in await asyncio.to_thread(let_in, tenant_id, pool=pool):
@@ -92,14 +94,19 @@ async def admit(client: DurableClient, tenant_id: UUID, *, pool: ConnectionPool[
     return started
 
 
-def ended(answer: DispatchAnswer) -> bool:
-    """Whether a dispatch recorded its execution's end (its own level's, or a level it carried on to)."""
-    return answer.status.value in TERMINAL or any(ended(carried.answer) for carried in answer.then)
+def moved(batch: DispatchSteps, answer: DispatchAnswer) -> bool:
+    """Whether a dispatch moved its execution: out of `pending` (its first), or to its end (its own level's, or a
+    level it carried on to)."""
+    return batch.status is not None or _ended(answer)
 
 
-async def admit_after_end(client: DurableClient, tenant_id: UUID) -> None:
-    """After an execution of the tenant ended: let the next of its queue in at once. A failure is logged, never
-    raised (the end is recorded; the timer's next run lets them in)."""
+def _ended(answer: DispatchAnswer) -> bool:
+    return answer.status.value in TERMINAL or any(_ended(carried.answer) for carried in answer.then)
+
+
+async def admit_after_move(client: DurableClient, tenant_id: UUID) -> None:
+    """After an execution of the tenant moved on (out of `pending`, to its end): let the next of its queue in at
+    once. A failure is logged, never raised (the move is recorded; the timer's next run lets them in)."""
     try:
         await admit(client, tenant_id)
     except Exception:

@@ -127,7 +127,7 @@ class Execution:
     requester_roles: list[str] = field(default_factory=list)
     requester_app_only: bool = False
     queued: bool = False
-    """Past its tenant's running share when it was started: pending until admission lets it in (ADR 0041)."""
+    """Past its tenant's starting share when it was started: pending until admission lets it in (ADR 0041)."""
 
     @property
     def terminal(self) -> bool:

@@ -35,11 +35,11 @@ from shared.tenants.models import TenantQuotas
 Conn = psycopg.Connection[DictRow]
 MAX_REPORTED_INPUT_ERRORS = 20
 # What the quotas count, in one pass over the tenant's executions that have not ended: all of them (the concurrent
-# quota), those of them the engine works on (the running share, ADR 0041: top-level, let in, not waiting on a person
-# or a remote worker), and the queued ones.
+# quota), those starting (the starting share, ADR 0041: top-level, let in, their orchestration not yet under way),
+# and the queued ones.
 _COUNTS = (
     "SELECT count(*) AS active,"
-    " count(*) FILTER (WHERE parent_execution_id IS NULL AND NOT queued AND status <> 'waiting') AS running,"
+    " count(*) FILTER (WHERE parent_execution_id IS NULL AND NOT queued AND status = 'pending') AS starting,"
     " count(*) FILTER (WHERE queued AND status = 'pending') AS queued"
     " FROM app.executions WHERE status IN ('pending', 'running', 'waiting', 'compensating')"
 )
@@ -286,10 +286,10 @@ def concurrent_limit(quotas: TenantQuotas) -> int:
     return quota if quota is not None else get_settings().QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS
 
 
-def running_limit(quotas: TenantQuotas) -> int:
-    """The tenant's running share: its top-level executions the engine works on at once (ADR 0041)."""
-    quota = quotas.max_running_executions
-    return quota if quota is not None else get_settings().QP_DEFAULT_MAX_RUNNING_EXECUTIONS
+def starting_limit(quotas: TenantQuotas) -> int:
+    """The tenant's starting share: its top-level executions whose orchestration may be starting at once (ADR 0041)."""
+    quota = quotas.max_starting_executions
+    return quota if quota is not None else get_settings().QP_DEFAULT_MAX_STARTING_EXECUTIONS
 
 
 @dataclass(frozen=True)
@@ -298,8 +298,8 @@ class ExecutionCounts:
 
     active: int
     """All of them: what the concurrent-execution quota counts."""
-    running: int
-    """Those the engine works on: top-level, let in, not waiting on a person or a remote worker (the running share)."""
+    starting: int
+    """Those starting: top-level, let in, their orchestration not yet under way (what the starting share counts)."""
     queued: int
     """Those waiting for admission."""
 
@@ -308,7 +308,7 @@ def execution_counts(conn: Conn) -> ExecutionCounts:
     """The tenant's executions that have not ended, counted for its quotas."""
     row = conn.execute(_COUNTS).fetchone()
     assert row is not None  # an aggregate without GROUP BY always answers one row
-    return ExecutionCounts(int(row["active"]), int(row["running"]), int(row["queued"]))
+    return ExecutionCounts(int(row["active"]), int(row["starting"]), int(row["queued"]))
 
 
 def active_executions(conn: Conn) -> int:
@@ -322,14 +322,14 @@ def start_execution(
     request: StartRequest,
     *,
     max_concurrent: int,
-    max_running: int,
+    max_starting: int,
     authorize: Callable[[registry.Item], None],
 ) -> Started:
     """In the caller's tenant transaction: check, hold the quota, and create the execution with its steps.
 
     With an idempotency key already used, the execution it created is returned (and its start only handed
     back if that start stalled). `authorize` decides on the intent (its target) before anything is revealed.
-    A top-level execution past the tenant's running share (`max_running`), or behind executions already queued,
+    A top-level execution past the tenant's starting share (`max_starting`), or behind executions already queued,
     is created queued: no start is handed back, admission starts it (ADR 0041).
     """
     if tenant.status != "active":
@@ -355,9 +355,9 @@ def start_execution(
     if counts.active >= max_concurrent:
         metrics.request_refused(tenant.id, "execution-quota")
         raise QuotaExceededError(max_concurrent)
-    # A child is never queued: its parent holds a place already and waits for it. Behind a queue, a start queues
+    # A child is never queued: its parent, under way, waits for it. Behind a queue, a start queues
     # too, so that admission stays first come, first served.
-    queued = request.parent_execution_id is None and (counts.queued > 0 or counts.running >= max_running)
+    queued = request.parent_execution_id is None and (counts.queued > 0 or counts.starting >= max_starting)
     execution, created = repo.create_execution(
         conn,
         execution_id=uuid4(),

@@ -88,7 +88,7 @@ def wait_reason(
     if execution.terminal:
         return None
     if execution.status == "pending" and execution.queued:
-        return "queued: the tenant's running share is full; it starts when one of the tenant's executions ends or waits"
+        return "queued: the tenant's earlier executions are still starting; it starts as they get under way"
     if execution.status == "pending":
         return "waiting for the orchestration to start"
     reasons = []

@@ -1,6 +1,6 @@
 # intent_ref: platform.execution
 """Admission into the engine on the real database (only the orchestration side is a fake, the sweeper tests'):
-past its running share a tenant's top-level starts are queued, let in oldest first as far as the share has room,
+past its starting share a tenant's top-level starts are queued, let in oldest first as far as the share has room,
 never twice, never by the stalled-start takeover, and a child is never queued."""
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ pytestmark = pytest.mark.integration
 
 
 class Tenant:
-    """A fresh tenant whose running share is `share`, and its intent (one short wait)."""
+    """A fresh tenant whose starting share is `share`, and its intent (one short wait)."""
 
     def __init__(self, api: ApiHarness, share: int) -> None:
         self.name = f"admit-{uuid.uuid4().hex[:8]}"
-        quotas = {"requests_per_minute": 10_000, "burst": 1_000, "max_running_executions": share}
+        quotas = {"requests_per_minute": 10_000, "burst": 1_000, "max_starting_executions": share}
         self.id = api.provision(self.name, allowed_modules=["wait"], quotas=quotas).id
         body = {
             "name": f"admit-{uuid.uuid4().hex[:10]}",
@@ -67,7 +67,7 @@ def _start(
                 parent_step_id="child" if parent else None,
             ),
             max_concurrent=1000,
-            max_running=tenant.share if share is None else share,
+            max_starting=tenant.share if share is None else share,
             authorize=lambda _item: None,
         )
 
@@ -88,7 +88,7 @@ def _counts(pool: ConnectionPool[Any], tenant: Tenant) -> ExecutionCounts:
         return execution_counts(conn)
 
 
-def test_past_the_running_share_a_start_is_queued_and_a_child_never_is(
+def test_past_the_starting_share_a_start_is_queued_and_a_child_never_is(
     api: ApiHarness, app_pool: ConnectionPool[Any]
 ) -> None:
     t = Tenant(api, share=2)
@@ -101,41 +101,39 @@ def test_past_the_running_share_a_start_is_queued_and_a_child_never_is(
     queued = _get(app_pool, t, third.execution.id)
     assert (queued.status, queued.queued, queued.start_claimed_at) == ("pending", True, None)
 
-    # A child is started by its parent's orchestration, which holds a place already: never queued.
+    # A child is started by its parent's orchestration, under way: never queued, and never counted.
     _move(app_pool, t, first.execution.id, "running")
     child = _start(app_pool, t, parent=first.execution.id)
     assert child.orchestration_input is not None and not child.execution.queued
 
-    # Waiting on a person or a remote worker frees a place, but a start behind a queue queues: first come, first in.
-    _move(app_pool, t, second.execution.id, "running", "waiting")
+    # The first is under way, so a place is free; but a start behind a queue queues: first come, first in.
     fourth = _start(app_pool, t)
     assert fourth.orchestration_input is None and _get(app_pool, t, fourth.execution.id).queued
-    assert _counts(app_pool, t) == ExecutionCounts(active=5, running=1, queued=2)
+    assert _counts(app_pool, t) == ExecutionCounts(active=5, starting=1, queued=2)
 
 
 def test_admission_lets_in_the_oldest_as_far_as_the_share_has_room(
     api: ApiHarness, app_pool: ConnectionPool[Any]
 ) -> None:
     t = Tenant(api, share=1)
-    running = _start(app_pool, t).execution.id
-    _move(app_pool, t, running, "running")
+    starting = _start(app_pool, t).execution.id
     queued = [_start(app_pool, t).execution.id for _ in range(3)]
 
     client = FakeDurable()
     assert asyncio.run(admission.admit(client, t.id, pool=app_pool)) == 0  # no room: nothing claimed
     assert client.started == [] and all(_get(app_pool, t, q).queued for q in queued)
 
-    _move(app_pool, t, running, "succeeded")
+    _move(app_pool, t, starting, "running")  # its orchestration got under way
     assert asyncio.run(admission.admit(client, t.id, pool=app_pool)) == 1
     ((name, instance, orchestration_input),) = client.started
     assert (name, instance) == (ORCHESTRATOR, str(queued[0]))
     assert orchestration_input["execution_id"] == str(queued[0]) and orchestration_input["definition"]["steps"]
     let_in = _get(app_pool, t, queued[0])
     assert (let_in.status, let_in.queued) == ("pending", False) and let_in.start_claimed_at is not None
-    # Let in but not yet running (its orchestration records that): it holds the place.
+    # Let in but not yet under way (its orchestration records that): it holds the place.
     assert asyncio.run(admission.admit(client, t.id, pool=app_pool)) == 0
 
-    _move(app_pool, t, queued[0], "running", "waiting")  # waiting on a person: the place is free
+    _move(app_pool, t, queued[0], "running")
     assert asyncio.run(admission.admit(client, t.id, pool=app_pool)) == 1
     assert client.started_ids() == [str(queued[0]), str(queued[1])]
 
@@ -157,7 +155,7 @@ def test_admissions_at_once_never_pass_the_share(api: ApiHarness, app_pool: Conn
         thread.join()
     started = client.started_ids()
     assert len(started) == 3 and len(set(started)) == 3 and set(started) <= queued
-    assert _counts(app_pool, t) == ExecutionCounts(active=10, running=3, queued=7)
+    assert _counts(app_pool, t) == ExecutionCounts(active=10, starting=3, queued=7)
 
 
 def test_a_queued_execution_is_no_stalled_start(

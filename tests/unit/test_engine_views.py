@@ -65,7 +65,7 @@ def test_no_reason_when_moving_or_finished() -> None:
 
 def test_a_queued_execution_says_it_waits_for_the_running_share() -> None:
     queued = wait_reason(replace(EXECUTION, status="pending", queued=True), [], NOW)
-    assert queued is not None and queued.startswith("queued: the tenant's running share is full")
+    assert queued is not None and queued.startswith("queued: the tenant's earlier executions are still starting")
 
 
 def test_a_requested_cancel_comes_first() -> None:

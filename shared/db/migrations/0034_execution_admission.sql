@@ -1,6 +1,6 @@
 -- intent_ref: platform.execution
--- Admission into the engine (ADR 0041): a tenant's top-level executions past its running share are recorded
--- `pending` and queued, and started oldest first as the tenant's own executions end or wait. Queued rows are not
+-- Admission into the engine (ADR 0041): a tenant's top-level executions past its starting share are recorded
+-- `pending` and queued, and let in oldest first as the tenant's earlier ones get under way. Queued rows are not
 -- stalled starts: neither the start path's takeover nor the sweeper starts them (nothing claimed them), admission
 -- does, with a claim that makes them ordinary starts from then on.
 
