@@ -117,17 +117,9 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=100, help="executions the busy tenant starts at once")
     parser.add_argument("--quiet", type=int, default=8, help="executions the quiet tenant runs in each phase")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument(
-        "--starting-share",
-        type=int,
-        default=None,
-        help="the tenants' starting share (QP_DEFAULT_MAX_STARTING_EXECUTIONS; the platform's default when not given)",
-    )
     add_dispatch_wait_option(parser)
     args = parser.parse_args()
     settings = dispatch_wait_settings(args)
-    if args.starting_share is not None:
-        settings["QP_DEFAULT_MAX_STARTING_EXECUTIONS"] = str(args.starting_share)
     # Requests never throttled; concurrent executions at the platform's default.
     unthrottled = {"requests_per_minute": 1_000_000, "burst": 100_000}
     with running_platform(settings=settings) as platform:

@@ -5,7 +5,6 @@ from functions.eventhub_intent_requests import bp as intent_requests_bp
 from functions.http_api import bp as http_api_bp
 from functions.module_worker import bp as module_worker_bp
 from functions.timer_audit_outbox_relay import bp as audit_outbox_relay_bp
-from functions.timer_execution_admission import bp as execution_admission_bp
 from functions.timer_execution_sweeper import bp as execution_sweeper_bp
 from functions.timer_idempotency_expiry import bp as idempotency_expiry_bp
 from functions.timer_outbox_relay import bp as outbox_relay_bp
@@ -18,7 +17,6 @@ blueprints = (
     intent_requests_bp,
     outbox_relay_bp,
     execution_sweeper_bp,
-    execution_admission_bp,
     webhook_delivery_bp,
     idempotency_expiry_bp,
     audit_outbox_relay_bp,

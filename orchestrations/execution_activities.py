@@ -7,25 +7,18 @@ from uuid import UUID
 
 import azure.durable_functions as df
 
-from shared.engine import admission, control, machine, payloads, progress
+from shared.engine import control, machine, payloads, progress
 from shared.engine.activity_trace import activity_span
-from shared.engine.recording_threads import on_recording_thread
 from shared.typed_triggers import typed
 
 bp = df.Blueprint()
 
 
 @typed(bp.activity_trigger(input_name="request"))
-@typed(bp.durable_client_input(client_name="client"))
-async def dispatch_steps(request: dict[str, Any], client: df.DurableOrchestrationClient) -> dict[str, Any]:
-    """Record a batch of step moves and attempt starts; publish module work; start child executions; once the
-    execution is under way or ended, let the tenant's next queued executions in."""
+def dispatch_steps(request: dict[str, Any]) -> dict[str, Any]:
+    """Record a batch of step moves and attempt starts; publish module work; start child executions."""
     with activity_span("dispatch_steps", request) as body:
-        batch = machine.DispatchSteps.model_validate(body)
-        answer = await on_recording_thread(lambda: progress.dispatch_steps(batch))
-        if admission.moved(batch, answer):
-            await admission.admit_after_move(client, UUID(batch.tenant_id))
-        return answer.model_dump(mode="json")
+        return progress.dispatch_steps(machine.DispatchSteps.model_validate(body)).model_dump(mode="json")
 
 
 @typed(bp.activity_trigger(input_name="request"))
@@ -36,15 +29,10 @@ def record_outcomes(request: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @typed(bp.activity_trigger(input_name="request"))
-@typed(bp.durable_client_input(client_name="client"))
-async def record_status(request: dict[str, Any], client: df.DurableOrchestrationClient) -> dict[str, Any]:
-    """Move the execution to a status; answers where it is afterwards; then lets the tenant's next queued executions
-    in."""
+def record_status(request: dict[str, Any]) -> dict[str, Any]:
+    """Move the execution to a status; answers where it is afterwards."""
     with activity_span("record_status", request) as body:
-        record = machine.RecordStatus.model_validate(body)
-        answer = await on_recording_thread(lambda: progress.record_status(record))
-        await admission.admit_after_move(client, UUID(record.tenant_id))
-        return answer.model_dump(mode="json")
+        return progress.record_status(machine.RecordStatus.model_validate(body)).model_dump(mode="json")
 
 
 @typed(bp.activity_trigger(input_name="request"))

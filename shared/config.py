@@ -110,13 +110,6 @@ class Settings(BaseSettings):
     QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS: int = Field(
         default=100, ge=1, le=100_000, description="A tenant's concurrent executions when its quota sets none."
     )
-    QP_DEFAULT_MAX_STARTING_EXECUTIONS: int = Field(
-        default=16,
-        ge=1,
-        le=100_000,
-        description="A tenant's top-level executions whose orchestration may be starting at once when its quota sets "
-        "none; later ones wait pending and are let in oldest first as these get under way (ADR 0041).",
-    )
     QP_DEFAULT_MAX_WEBHOOK_SUBSCRIPTIONS: int = Field(
         default=25, ge=1, le=10_000, description="A tenant's webhook subscriptions when its quota sets none."
     )

@@ -146,7 +146,6 @@ var appSettings = [
   { name: 'QP_SEALING_KEY', value: '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=qp-sealing-key)' }
   { name: 'QP_DISPATCH_RESULT_WAIT_MS', value: '250' }
   { name: 'QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS', value: '100' }
-  { name: 'QP_DEFAULT_MAX_STARTING_EXECUTIONS', value: '16' }
   { name: 'QP_DEFAULT_MAX_WEBHOOK_SUBSCRIPTIONS', value: '25' }
   // Below the 4-minute idle timeout of the load balancers in front of the app and API Management (ADR 0031).
   { name: 'QP_EVENT_STREAM_KEEPALIVE_S', value: '15' }

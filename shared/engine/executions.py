@@ -46,16 +46,14 @@ TRANSITIONS: dict[tuple[Status, Status], str] = {
 _COLUMNS = sql.SQL(
     "id, intent_id, intent_version, target, status, input, output, error, requested_by, idempotency_key,"
     " plan_hash, last_event_seq, created_at, updated_at, finished_at, parent_execution_id, parent_step_id, retry_of,"
-    " start_claimed_at, cancel_requested_at, request_sha256, requester_roles, requester_app_only, queued"
+    " start_claimed_at, cancel_requested_at, request_sha256, requester_roles, requester_app_only"
 )
-# The creating request claims the orchestration's start in the same statement (start_claimed_at), unless the
-# execution is queued: then admission claims it when it lets it in (ADR 0041).
+# The creating request claims the orchestration's start in the same statement (start_claimed_at).
 _INSERT = sql.SQL(
     "INSERT INTO app.executions (tenant_id, id, intent_id, intent_version, target, input, requested_by,"
     " requester_roles, requester_app_only, idempotency_key, plan_hash, parent_execution_id, parent_step_id, retry_of,"
-    " request_sha256, queued, start_claimed_at)"
-    " VALUES (app.current_tenant_id(), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-    " CASE WHEN %s THEN NULL ELSE clock_timestamp() END)"
+    " request_sha256, start_claimed_at)"
+    " VALUES (app.current_tenant_id(), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, clock_timestamp())"
     " ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING {}"
 ).format(_COLUMNS)
 _BY_KEY = sql.SQL("SELECT {} FROM app.executions WHERE idempotency_key = %s").format(_COLUMNS)
@@ -126,8 +124,6 @@ class Execution:
     request_sha256: str | None = None
     requester_roles: list[str] = field(default_factory=list)
     requester_app_only: bool = False
-    queued: bool = False
-    """Past its tenant's starting share when it was started: pending until admission lets it in (ADR 0041)."""
 
     @property
     def terminal(self) -> bool:
@@ -175,7 +171,6 @@ def create_execution(
     parent_step_id: str | None = None,
     retry_of: UUID | None = None,
     request_sha256: str | None = None,
-    queued: bool = False,
 ) -> tuple[Execution, bool]:
     """Insert a pending execution; returns it and whether it is new.
 
@@ -200,8 +195,6 @@ def create_execution(
             parent_step_id,
             retry_of,
             request_sha256,
-            queued,
-            queued,
         ),
     )
     if created is not None:

@@ -312,7 +312,6 @@ def _start_child(request: ProgressRequest) -> dict[str, Any]:
                         parent_step_id=key.step_id,
                     ),
                     max_concurrent=10**9,
-                    max_starting=10**9,  # a child is never queued
                     authorize=authorize_child(conn, tenant, parent, key.step_id),
                 )
             except StartForbiddenError as exc:

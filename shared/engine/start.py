@@ -34,19 +34,10 @@ from shared.tenants.models import TenantQuotas
 
 Conn = psycopg.Connection[DictRow]
 MAX_REPORTED_INPUT_ERRORS = 20
-# What the quotas count, in one pass over the tenant's executions that have not ended: all of them (the concurrent
-# quota), those starting (the starting share, ADR 0041: top-level, let in, their orchestration not yet under way),
-# and the queued ones.
-_COUNTS = (
-    "SELECT count(*) AS active,"
-    " count(*) FILTER (WHERE parent_execution_id IS NULL AND NOT queued AND status = 'pending') AS starting,"
-    " count(*) FILTER (WHERE queued AND status = 'pending') AS queued"
-    " FROM app.executions WHERE status IN ('pending', 'running', 'waiting', 'compensating')"
-)
-# A queued execution is no stalled start: admission, not a takeover, starts it.
+_ACTIVE = "SELECT count(*) AS n FROM app.executions WHERE status IN ('pending', 'running', 'waiting', 'compensating')"
 _CLAIM_STALE_START = (
     "UPDATE app.executions SET start_claimed_at = clock_timestamp() WHERE id = %s"
-    " AND status = 'pending' AND NOT queued AND (start_claimed_at IS NULL"
+    " AND status = 'pending' AND (start_claimed_at IS NULL"
     " OR start_claimed_at < clock_timestamp() - make_interval(secs => %s)) RETURNING id"
 )
 
@@ -286,34 +277,10 @@ def concurrent_limit(quotas: TenantQuotas) -> int:
     return quota if quota is not None else get_settings().QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS
 
 
-def starting_limit(quotas: TenantQuotas) -> int:
-    """The tenant's starting share: its top-level executions whose orchestration may be starting at once (ADR 0041)."""
-    quota = quotas.max_starting_executions
-    return quota if quota is not None else get_settings().QP_DEFAULT_MAX_STARTING_EXECUTIONS
-
-
-@dataclass(frozen=True)
-class ExecutionCounts:
-    """The tenant's executions that have not ended, as its quotas count them."""
-
-    active: int
-    """All of them: what the concurrent-execution quota counts."""
-    starting: int
-    """Those starting: top-level, let in, their orchestration not yet under way (what the starting share counts)."""
-    queued: int
-    """Those waiting for admission."""
-
-
-def execution_counts(conn: Conn) -> ExecutionCounts:
-    """The tenant's executions that have not ended, counted for its quotas."""
-    row = conn.execute(_COUNTS).fetchone()
-    assert row is not None  # an aggregate without GROUP BY always answers one row
-    return ExecutionCounts(int(row["active"]), int(row["starting"]), int(row["queued"]))
-
-
 def active_executions(conn: Conn) -> int:
     """The tenant's executions that have not ended (what the concurrent-execution quota counts)."""
-    return execution_counts(conn).active
+    row = conn.execute(_ACTIVE).fetchone()
+    return 0 if row is None else int(row["n"])
 
 
 def start_execution(
@@ -322,15 +289,12 @@ def start_execution(
     request: StartRequest,
     *,
     max_concurrent: int,
-    max_starting: int,
     authorize: Callable[[registry.Item], None],
 ) -> Started:
     """In the caller's tenant transaction: check, hold the quota, and create the execution with its steps.
 
     With an idempotency key already used, the execution it created is returned (and its start only handed
     back if that start stalled). `authorize` decides on the intent (its target) before anything is revealed.
-    A top-level execution past the tenant's starting share (`max_starting`), or behind executions already queued,
-    is created queued: no start is handed back, admission starts it (ADR 0041).
     """
     if tenant.status != "active":
         raise TenantSuspendedError(f"tenant {tenant.id} is {tenant.status}")
@@ -351,13 +315,9 @@ def start_execution(
         raise PlanChangedError(request.plan_hash, run.plan_hash)
     # Serializes the quota check and the insert per tenant: two concurrent starts cannot both see headroom.
     tenant_locks.hold(conn, "executions")
-    counts = execution_counts(conn)
-    if counts.active >= max_concurrent:
+    if active_executions(conn) >= max_concurrent:
         metrics.request_refused(tenant.id, "execution-quota")
         raise QuotaExceededError(max_concurrent)
-    # A child is never queued: its parent, under way, waits for it. Behind a queue, a start queues
-    # too, so that admission stays first come, first served.
-    queued = request.parent_execution_id is None and (counts.queued > 0 or counts.starting >= max_starting)
     execution, created = repo.create_execution(
         conn,
         execution_id=uuid4(),
@@ -372,7 +332,6 @@ def start_execution(
         parent_step_id=request.parent_step_id,
         retry_of=request.retry_of,
         request_sha256=fingerprint,
-        queued=queued,
     )
     if not created:  # a concurrent request with the same key won the insert
         return _replayed(conn, tenant, execution, fingerprint)
@@ -397,8 +356,6 @@ def start_execution(
         intent_id=execution.intent_id,
         intent_version=execution.intent_version,
     )
-    if queued:
-        return Started(execution, True, None)
     return Started(execution, True, orchestration_input(tenant.id, execution, run, request.reused))
 
 

@@ -22,7 +22,6 @@ from shared.engine.start import (
     StartForbiddenError,
     StartRequest,
     concurrent_limit,
-    starting_limit,
     start_execution,
 )
 from shared.policy import decisions
@@ -113,7 +112,6 @@ def begin(tenant: Tenant, make_request: Callable[[Conn], StartRequest], *, decid
                 make_request(conn),
                 authorize=authorize_execute(decide, tenant.id),
                 max_concurrent=concurrent_limit(tenant.quotas),
-                max_starting=starting_limit(tenant.quotas),
             )
         except (registry.NotFoundError, registry.UnknownVersionError) as exc:
             raise IntentNotFoundError(str(exc)) from None

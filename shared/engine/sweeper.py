@@ -54,7 +54,7 @@ _EXPIRED_LEASE_TENANTS = "SELECT tenant_id FROM app.work_expired_lease_tenants(%
 _STUCK_TENANTS = "SELECT tenant_id FROM app.execution_sweep_tenants(%s, %s, %s) AS stuck (tenant_id)"
 # Oldest claim first; whether a claim is stale is decided by the start path's claim statement, not here.
 _PENDING_STARTS = (
-    "SELECT id FROM app.executions WHERE status = 'pending' AND parent_execution_id IS NULL AND NOT queued"
+    "SELECT id FROM app.executions WHERE status = 'pending' AND parent_execution_id IS NULL"
     " ORDER BY start_claimed_at NULLS FIRST, id LIMIT %s"
 )
 # Random among the quiet: a tenant whose oldest executions wait for days legitimately still gets the rest checked.

@@ -87,8 +87,6 @@ def wait_reason(
     items = {item.key.step_id: item for item in work if item.key.phase == "run"}
     if execution.terminal:
         return None
-    if execution.status == "pending" and execution.queued:
-        return "queued: the tenant's earlier executions are still starting; it starts as they get under way"
     if execution.status == "pending":
         return "waiting for the orchestration to start"
     reasons = []

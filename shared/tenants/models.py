@@ -25,13 +25,6 @@ class TenantQuotas(BaseModel):
     requests_per_minute: int | None = Field(default=None, ge=1, le=1_000_000)
     burst: int | None = Field(default=None, ge=1, le=100_000)
     max_concurrent_executions: int | None = Field(default=None, ge=0, le=100_000)
-    max_starting_executions: int | None = Field(
-        default=None,
-        ge=1,
-        le=100_000,
-        description="Top-level executions whose orchestration may be starting at once; later ones wait pending and "
-        "are let in oldest first as these get under way (a burst enters the engine at this pace).",
-    )
     max_webhook_subscriptions: int | None = Field(default=None, ge=0, le=10_000)
 
 

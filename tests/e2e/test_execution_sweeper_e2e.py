@@ -99,7 +99,6 @@ def test_a_start_whose_request_died_is_started_by_the_sweeper_and_runs_once(
             tenant.facts(),
             StartRequest(intent_id=uuid.UUID(intent), requester=Requester("e2e", frozenset(), app_only=False)),
             max_concurrent=1000,
-            max_starting=1000,
             authorize=lambda _item: None,
         )
         conn.execute(_BACKDATE_CLAIM, (recorded.execution.id,))

@@ -12,7 +12,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -866,47 +865,6 @@ def test_the_concurrent_execution_quota_answers_429(platform: Platform) -> None:
             time.sleep(0.2)
     finally:
         _set_quota(platform, "fabrikam", None)
-
-
-def _set_starting_share(platform: Platform, tenant: str, share: int | None) -> None:
-    _change_tenant(platform, tenant, lambda t: {"quotas": {**t["quotas"], "max_starting_executions": share}})
-
-
-def test_past_the_starting_share_executions_are_let_in_in_the_order_they_came(platform: Platform) -> None:
-    """With a starting share of one, eight starts sent at once are all accepted and all run; each enters the engine
-    once the one before it is under way (its first step started), so their first steps start in the order the
-    executions were created, and another tenant's execution meanwhile runs as ever."""
-    _set_starting_share(platform, "fabrikam", 1)
-    try:
-        headers = platform.headers(AUTHOR, tenant="fabrikam")
-        body = {
-            "name": f"share-{uuid.uuid4().hex[:6]}",
-            "definition": {"target": "staging", "steps": [{"id": "pause", "action": "wait", "seconds": 0.2}]},
-        }
-        intent = httpx.post(f"{platform.base}/api/v1/intents", json=body, headers=headers).json()["id"]
-        with ThreadPoolExecutor(max_workers=8) as senders:
-            responses = list(senders.map(lambda _: execute(platform, intent, {}, headers), range(8)))
-        assert [response.status_code for response in responses] == [202] * 8, [r.text for r in responses]
-        other = create_intent(platform, [{"id": "pause", "action": "wait", "seconds": 0.01}])
-        assert follow(platform, started(platform, other))[0] == "succeeded"
-
-        reader = platform.headers(["Intent.Reader"], tenant="fabrikam")
-        runs = []
-        for response in responses:
-            url = f"{platform.base}/api/v1/executions/{response.json()['execution_id']}"
-            deadline = time.monotonic() + 60
-            while (execution := httpx.get(url, headers=reader).json())["status"] not in TERMINAL:
-                assert time.monotonic() < deadline, f"{url} is still {execution['status']}"
-                time.sleep(0.2)
-            runs.append(execution)
-        assert [run["status"] for run in runs] == ["succeeded"] * 8
-        by_creation = sorted(runs, key=lambda run: (run["created_at"], run["id"]))
-        first_steps = [steps_of(run)["pause"]["started_at"] for run in by_creation]
-        assert [datetime.fromisoformat(t) for t in first_steps] == sorted(
-            datetime.fromisoformat(t) for t in first_steps
-        )
-    finally:
-        _set_starting_share(platform, "fabrikam", None)
 
 
 def test_production_needs_a_deployer_and_the_body_key_is_an_idempotency_key(platform: Platform) -> None:

@@ -122,7 +122,6 @@ def _recorded(
                 parent_step_id="child" if parent else None,
             ),
             max_concurrent=1000,
-            max_starting=1000,
             authorize=lambda _item: None,
         )
         assert started.orchestration_input is not None
@@ -219,7 +218,6 @@ def test_a_stalled_start_is_taken_over_once_and_started_with_the_requests_input(
                 intent_id=a.intent, idempotency_key=key, requester=Requester("tester", frozenset(), app_only=False)
             ),
             max_concurrent=1000,
-            max_starting=1000,
             authorize=lambda _item: None,
         )
     assert (replay.execution.id, replay.created, replay.orchestration_input) == (stalled, False, None)

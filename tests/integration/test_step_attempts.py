@@ -131,6 +131,5 @@ def test_a_suspended_tenant_starts_no_execution(app_pool: ConnectionPool[Any], t
                 facts,
                 StartRequest(intent_id=uuid.uuid4(), requester=Requester("t/o", frozenset(), app_only=False)),
                 max_concurrent=10,
-                max_starting=10,
                 authorize=lambda _item: None,
             )

@@ -63,11 +63,6 @@ def test_no_reason_when_moving_or_finished() -> None:
     assert wait_reason(replace(EXECUTION, status="pending"), [], NOW) == "waiting for the orchestration to start"
 
 
-def test_a_queued_execution_says_it_waits_for_the_running_share() -> None:
-    queued = wait_reason(replace(EXECUTION, status="pending", queued=True), [], NOW)
-    assert queued is not None and queued.startswith("queued: the tenant's earlier executions are still starting")
-
-
 def test_a_requested_cancel_comes_first() -> None:
     cancelling = replace(EXECUTION, cancel_requested_at=NOW)
     assert wait_reason(cancelling, [step("build", "http.request", "running")], NOW) == (

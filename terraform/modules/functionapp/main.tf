@@ -58,7 +58,6 @@ locals {
     "QP_SEALING_KEY"                       = "@Microsoft.KeyVault(VaultName=${var.key_vault_name};SecretName=qp-sealing-key)"
     "QP_DISPATCH_RESULT_WAIT_MS"           = "250"
     "QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS" = "100"
-    "QP_DEFAULT_MAX_STARTING_EXECUTIONS"    = "16"
     "QP_DEFAULT_MAX_WEBHOOK_SUBSCRIPTIONS" = "25"
     # Below the 4-minute idle timeout of the load balancers in front of the app and API Management (ADR 0031).
     "QP_EVENT_STREAM_KEEPALIVE_S" = "15"
