@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from shared.api.request_ids import REQUEST_ID_HEADER, choose_request_id, scope_request_id
 from shared.observability import metrics
 from shared.pagination import InvalidCursorError
+from shared.sealing import SealError
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +25,9 @@ PROBLEM_JSON = "application/problem+json"
 PROBLEM_BASE = "https://quantum-platform.dev/problems/"
 DEPENDENCY_RETRY_AFTER_S = 2
 """Retry-After of a 503 for a dependency outage: about the database breaker's cooldown (shared/db/availability)."""
+SECRET_RETRY_AFTER_S = 30
+"""Retry-After of a 503 for a stored secret that does not open: an operator has to set the key back, which takes
+longer than an outage's cooldown; a retry every half minute finds it back soon enough."""
 
 
 class FieldError(BaseModel):
@@ -221,6 +225,25 @@ def error_response(exc: BaseException, *, instance: str, request_id: str | None)
             f"The {dependency} is unavailable at the moment; retry after {DEPENDENCY_RETRY_AFTER_S} seconds.",
             instance=instance,
             headers={**headers, "Retry-After": str(DEPENDENCY_RETRY_AFTER_S)},
+            extensions={"request_id": request_id},
+        )
+    if isinstance(exc, SealError):
+        # The key that opens a stored secret is not configured (or the stored value was altered): not the request's
+        # fault, and what it would have changed rolled back, so the same request succeeds once the key is back. A
+        # 503 says "later" to a client that retries (a remote worker's completion), where a 500 says "never".
+        logger.error(
+            "request %s: a stored secret does not open (%s); check QP_SEALING_KEY and QP_SEALING_KEY_PREVIOUS",
+            request_id,
+            exc,
+        )
+        return problem_response(
+            503,
+            "secret-unavailable",
+            "Service unavailable",
+            "A secret the platform keeps could not be opened; nothing was changed. "
+            f"Retry after {SECRET_RETRY_AFTER_S} seconds.",
+            instance=instance,
+            headers={**headers, "Retry-After": str(SECRET_RETRY_AFTER_S)},
             extensions={"request_id": request_id},
         )
     logger.error("request %s: unhandled error on %s", request_id, instance, exc_info=exc)

@@ -244,7 +244,7 @@ class _RaisedEvents:
         self.raised.append((instance_id, name))
 
 
-def test_a_task_token_key_that_does_not_open_answers_a_problem_and_hands_out_or_records_nothing(
+def test_a_task_token_key_that_does_not_open_answers_503_and_hands_out_or_records_nothing(
     api: ApiHarness, app_pool: ConnectionPool[Any], sealing_keys: Any
 ) -> None:
     from shared.api.durable import get_durable_client
@@ -269,12 +269,16 @@ def test_a_task_token_key_that_does_not_open_answers_a_problem_and_hands_out_or_
         task_tokens._keys.clear()
         complete = f"/api/v1/executions/{first.execution_id}/steps/{first.step_id}/complete"
         answered = api.client.post(complete, json={"task_token": token, "output": {"image": "x"}})
-        assert answered.status_code == 500, answered.text
+        # "Later", not "never": the worker's retry completes once the key is back (below).
+        assert answered.status_code == 503, answered.text
         assert answered.headers["content-type"].startswith("application/problem+json")
+        assert answered.headers["retry-after"] == "30"
+        assert answered.json()["type"].endswith("/secret-unavailable")
         assert answered.json()["request_id"] and "qpsealed1" not in answered.text
         refused_lease = api.client.post("/api/v1/work/lease", json=lease_body, headers=worker)
-        assert refused_lease.status_code == 500, refused_lease.text
+        assert refused_lease.status_code == 503, refused_lease.text
         assert refused_lease.headers["content-type"].startswith("application/problem+json")
+        assert refused_lease.headers["retry-after"] == "30"
         with tenant_transaction(handle.id) as conn:
             # Nothing recorded, nothing spent, nothing handed out: the lease of the second item rolled back.
             attempt = store.get_attempt(conn, first)
