@@ -252,6 +252,8 @@ def _check_declaration(
 
 def _ordered(doc: dict[str, Any], problems: list[ValidationError]) -> tuple[ValidationError, ...]:
     """Problems once each, in document order (stable, so each location keeps the order its checks found)."""
+    if not problems:
+        return ()  # the usual case, every start included: no walk of the whole document for nothing to sort
     key = document_order(doc)
     return tuple(sorted(dict.fromkeys(problems), key=lambda problem: key(problem.pointer)))
 
