@@ -112,6 +112,11 @@ def _ms(start: datetime, end: datetime) -> float:
 UNTHROTTLED = {"requests_per_minute": 1_000_000, "burst": 100_000, "max_concurrent_executions": 10_000}
 
 
+def retry_after_s(response: httpx.Response) -> float:
+    """How long to wait before repeating a request answered 429 or 503: its Retry-After, at most 5 s."""
+    return min(5.0, float(response.headers.get("Retry-After", "1") or 1))
+
+
 def _provision(
     base_url: str, data_dir: Path, *, name: str = "bench", quotas: dict[str, int] = UNTHROTTLED
 ) -> dict[str, str]:
@@ -423,7 +428,7 @@ async def burst(base_url: str, headers: dict[str, str], count: int, deadline_s: 
                 kind = " " + str(response.json().get("type", "")).rsplit("/", 1)[-1]
             answers[f"{method} {response.status_code}{kind}"] += 1
             if response.status_code in (429, 503):
-                await asyncio.sleep(min(5.0, float(response.headers.get("Retry-After", "1") or 1)))
+                await asyncio.sleep(retry_after_s(response))
             elif response.status_code >= 500:
                 await asyncio.sleep(1)
             else:

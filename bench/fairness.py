@@ -27,6 +27,8 @@ import httpx
 
 from bench.executions import (
     DAG5,
+    TERMINAL,
+    UNTHROTTLED,
     _ms,
     _provision,
     _run_one,
@@ -35,11 +37,9 @@ from bench.executions import (
     add_dispatch_wait_option,
     create_intent,
     dispatch_wait_settings,
+    retry_after_s,
     running_platform,
 )
-
-TERMINAL = {"succeeded", "failed", "cancelled"}
-
 
 Run = tuple[float, float, float]
 """One quiet execution: ms to the start's answer, ms to its terminal event, ms from its creation to its first step
@@ -68,7 +68,7 @@ async def _start(client: httpx.AsyncClient, intent_id: str) -> str:
     while True:
         answer = await client.post(f"/api/v1/intents/{intent_id}/execute", json={"input": {}}, headers=key)
         if answer.status_code in (429, 503):
-            await asyncio.sleep(min(5.0, float(answer.headers.get("Retry-After", "1") or 1)))
+            await asyncio.sleep(retry_after_s(answer))
             continue
         answer.raise_for_status()
         return str(answer.json()["execution_id"])
@@ -121,7 +121,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = dispatch_wait_settings(args)
     # Requests never throttled; concurrent executions at the platform's default.
-    unthrottled = {"requests_per_minute": 1_000_000, "burst": 100_000}
+    unthrottled = {name: limit for name, limit in UNTHROTTLED.items() if name != "max_concurrent_executions"}
     with running_platform(settings=settings) as platform:
         busy = _provision(platform.base_url, platform.data_dir, name="busy", quotas=unthrottled)
         quiet = _provision(platform.base_url, platform.data_dir, name="quiet", quotas=unthrottled)

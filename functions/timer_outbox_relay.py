@@ -12,7 +12,7 @@ bp = func.Blueprint()  # type: ignore[no-untyped-call]  # the SDK leaves its con
 
 logger = logging.getLogger(__name__)
 
-# Every 5 seconds (NCRONTAB with seconds, UTC). Azure runs a timer function on one instance at a time; the relay's
+# NCRONTAB with seconds, UTC. Azure runs a timer function on one instance at a time; the relay's
 # locks make an overlapping run (a slot swap, the devhost next to a deployed app) harmless anyway.
 SCHEDULE = "* * * * * *"
 """Every second: a run with nothing to do is one query for tenant ids, and consumers of `platform-events` (and the

@@ -12,8 +12,8 @@ bp = func.Blueprint()  # type: ignore[no-untyped-call]  # the SDK leaves its con
 
 logger = logging.getLogger(__name__)
 
-# Every 5 seconds, like the outbox relay that records the deliveries. Claims (a held next attempt) make an
-# overlapping run harmless: each delivery is sent by one run at a time.
+# As often as the outbox relay that records the deliveries (NCRONTAB with seconds, UTC). Claims (a held next
+# attempt) make an overlapping run harmless: each delivery is sent by one run at a time.
 SCHEDULE = "* * * * * *"
 """Every second: a run with nothing to do is one query for tenant ids, and a subscriber hears of an event within
 about two seconds (the relay's period, then the delivery's; ADR 0030)."""
