@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from shared.api.problems import PROBLEM_BASE
 from tests.infra.conftest import BICEP, TERRAFORM, BicepFile, TerraformModule
 
 POLICY = BICEP / "policies" / "api-policy.xml"
@@ -91,3 +92,70 @@ def test_the_gateway_relays_answers_unbuffered_so_event_streams_flow(policy: ET.
     # No policy reads a response body (which would buffer the stream again), and nothing caches answers.
     tags = {element.tag for element in policy.iter()}
     assert not tags & {"validate-content", "cache-store", "cache-lookup", "find-and-replace", "json-to-xml"}
+
+
+def _statuses(policy: ET.Element) -> dict[str, ET.Element]:
+    """The on-error section's answers by the status each sets ("expression" for the computed one)."""
+    (on_error,) = policy.iter("on-error")
+    answers: dict[str, ET.Element] = {}
+    for answer in on_error.iter("return-response"):
+        (status,) = answer.iter("set-status")
+        code = status.get("code", "")
+        answers["expression" if code.startswith("@") else code] = answer
+    return answers
+
+
+def test_every_answer_of_the_gateway_itself_is_a_problem_document(policy: ET.Element):
+    answers = list(policy.iter("return-response"))
+    assert len(answers) == 4  # the Durable API's 404, and on-error's 429, 401 and the rest
+    for answer in answers:
+        types = [h for h in answer.iter("set-header") if h.get("name") == "Content-Type"]
+        assert [h.find("value").text for h in types] == ["application/problem+json"]
+        assert answer.find("set-body") is not None and answer.find("set-body").text
+    (blocked,) = [a for a in answers if a.find("set-status").get("code") == "404"]
+    document = json.loads(blocked.find("set-body").text)
+    assert document == {"type": PROBLEM_BASE + "not-found", "title": "Not found", "status": 404}
+    assert set(_statuses(policy)) == {"429", "401", "expression"}
+
+
+def test_gateway_problems_use_the_apps_types_for_the_same_refusals(policy: ET.Element):
+    # The same refusal reads the same whether the gateway or the app made it: a client matches on the type.
+    text = POLICY.read_text(encoding="utf-8")
+    (body,) = [v for v in policy.iter("set-variable") if v.get("name") == "problemBody"]
+    expression = body.get("value", "")
+    cases = dict(re.findall(r'case (\d{3}): slug = "([a-z-]+)"', expression))
+    assert cases == {
+        "401": "invalid-token",
+        "403": "forbidden",
+        "404": "not-found",
+        "429": "rate-limited",
+        "502": "backend-unavailable",
+        "504": "backend-timeout",
+    }
+    app_source = "\n".join(path.read_text(encoding="utf-8") for path in (BICEP.parent / "shared").rglob("*.py"))
+    for status in ("401", "403", "404", "429"):
+        assert f'"{cases[status]}"' in app_source, f"the app has no problem type {cases[status]!r}"
+    assert f'"{PROBLEM_BASE}" + slug' in expression
+    assert text.count(PROBLEM_BASE) == 2  # the 404 above and on-error's body: one base for every type
+    for member in ("type", "title", "status", "detail", "instance", "request_id"):
+        assert f'new JProperty("{member}"' in expression
+    # A backend failure's message can name internal addresses: the 5xx answers carry fixed texts.
+    for status in ("502", "504"):
+        case = re.search(rf"case {status}:(.*?)break;", expression)
+        assert case is not None
+        assert "LastError.Message" not in case.group(1) and 'detail = "' in case.group(1)
+
+
+def test_gateway_rate_limit_answer_keeps_retry_after_and_refused_tokens_get_a_challenge(policy: ET.Element):
+    (limit,) = policy.iter("rate-limit-by-key")
+    variable = limit.get("retry-after-variable-name")
+    assert variable
+    answers = _statuses(policy)
+    headers = {h.get("name"): h.find("value").text for h in answers["429"].iter("set-header")}
+    assert f'GetValueOrDefault<int>("{variable}"' in headers["Retry-After"]
+    headers = {h.get("name"): h.find("value").text for h in answers["401"].iter("set-header")}
+    assert 'Bearer error=\\"invalid_token\\"' in headers["WWW-Authenticate"]
+    # Timeouts and unreachable backends are told apart from the gateway's own failures.
+    (status,) = [v for v in policy.iter("set-variable") if v.get("name") == "problemStatus"]
+    assert '"Timeout" ? 504' in status.get("value", "")
+    assert '"BackendConnectionFailure" ? 502' in status.get("value", "")
