@@ -134,6 +134,69 @@ def test_a_refused_token_is_renewed_once_and_set_tenant_switches_tokens() -> Non
     assert tokens.minted == [None, None, "tenant-123", "tenant-123"]
 
 
+def _renew_then_retry(seen: list[httpx.Request], answer: Callable[[], httpx.Response]) -> Handler:
+    """401 (a stale token), then 503 with Retry-After, then `answer`; a second 401 would be final."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if len(seen) == 1:
+            return httpx.Response(401, json={"title": "Unauthorized", "status": 401})
+        if len(seen) == 2:
+            return httpx.Response(503, headers={"Retry-After": "0"}, json={"title": "Unavailable", "status": 503})
+        return answer()
+
+    return handler
+
+
+def test_both_clients_renew_a_refused_token_once_and_wait_out_a_503_on_requests_and_streams() -> None:
+    # The four send loops (request and stream, sync and async) take one retry decision: each must follow it.
+    def events() -> httpx.Response:
+        page = {"status": "succeeded", "next_after": 1, "items": [{"seq": 1, "type": "execution_completed"}]}
+        return httpx.Response(200, json=page)
+
+    def intents() -> httpx.Response:
+        return httpx.Response(200, json={"items": []})
+
+    def run(send: Callable[[Handler, Tokens], Any], answer: Callable[[], httpx.Response]) -> tuple[Any, list[str], int]:
+        seen: list[httpx.Request] = []
+        tokens = Tokens()
+        result = send(_renew_then_retry(seen, answer), tokens)
+        return result, [request.headers["Authorization"] for request in seen], tokens.refreshed
+
+    def sync_get(handler: Handler, tokens: Tokens) -> Any:
+        return client(handler, tokens).get("/api/v1/intents").json()
+
+    def sync_stream(handler: Handler, tokens: Tokens) -> Any:
+        return [event["type"] for event in client(handler, tokens).stream("/api/v1/executions/e/events")]
+
+    def async_get(handler: Handler, tokens: Tokens) -> Any:
+        async def go() -> Any:
+            async with AsyncClient("http://p", credential=tokens, transport=httpx.MockTransport(handler)) as api:
+                return (await api.get("/api/v1/intents")).json()
+
+        return asyncio.run(go())
+
+    def async_stream(handler: Handler, tokens: Tokens) -> Any:
+        async def go() -> Any:
+            async with AsyncClient("http://p", credential=tokens, transport=httpx.MockTransport(handler)) as api:
+                return [event["type"] async for event in api.stream("/api/v1/executions/e/events")]
+
+        return asyncio.run(go())
+
+    for send in (sync_get, async_get):
+        assert run(send, intents) == (
+            {"items": []},
+            ["Bearer token-None-0", "Bearer token-None-1", "Bearer token-None-1"],
+            1,
+        ), send.__name__
+    for send in (sync_stream, async_stream):
+        assert run(send, events) == (
+            ["execution_completed"],
+            ["Bearer token-None-0", "Bearer token-None-1", "Bearer token-None-1"],
+            1,
+        ), send.__name__
+
+
 def test_a_stream_follows_pages_and_ends_after_the_terminal_event() -> None:
     pages = [
         {

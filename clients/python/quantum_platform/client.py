@@ -136,6 +136,10 @@ class _Core:
             return float(min(0.5 * 2**attempt, 10.0))
         return min(max(seconds, 0.0), 60.0)
 
+    def retrying(self) -> _Retrying:
+        """The retry decisions of one request, answer by answer."""
+        return _Retrying(self)
+
     def stream_request(self, http: httpx.Client | httpx.AsyncClient, path: str, after: int) -> httpx.Request:
         prepared = self.prepare(
             "GET", path, params={"after": after, "wait": _POLL_WAIT_S}, headers={"Accept": _STREAM_ACCEPT}
@@ -147,6 +151,28 @@ class _Core:
         if response.status_code >= 400:
             raise problem_from(response)
         return ApiResponse(response)
+
+
+class _Retrying:
+    """Decides, answer by answer, whether one request is sent again: after renewing a refused token (once), or after
+    `Retry-After` for 429/503 (up to `max_retries`). Both clients' loops ask it, so they cannot drift apart."""
+
+    def __init__(self, core: _Core) -> None:
+        self._core = core
+        self._attempt = 0
+        self._renewed = False
+
+    def after(self, response: httpx.Response) -> float | None:
+        """Seconds to wait before sending the request again (0: at once, with a fresh token), or None when
+        `response` is the answer."""
+        if response.status_code == 401 and not self._renewed:
+            self._renewed = True
+            self._core.credential.refresh(self._core.tenant)
+            return 0.0
+        delay = self._core.retry_after(response, self._attempt)
+        if delay is not None:
+            self._attempt += 1
+        return delay
 
 
 def _reconnect_delay(failures: int) -> float | None:
@@ -211,21 +237,14 @@ class AsyncClient:
 
     async def request(self, method: str, path: str, **kwargs: Any) -> ApiResponse:
         """Send one request; 429/503 are retried after `Retry-After`, a refused token once with a fresh one."""
-        prepared = self._core.prepare(method, path, **kwargs)
-        attempt, renewed = 0, False
+        prepared, retrying = self._core.prepare(method, path, **kwargs), self._core.retrying()
         while True:
             response = await self._http.request(
                 prepared.method, prepared.path, json=prepared.json, params=prepared.params,
                 headers=self._core.authorized(prepared),
             )  # fmt: skip
-            if response.status_code == 401 and not renewed:
-                renewed = True
-                self._core.credential.refresh(self._core.tenant)
-                continue
-            delay = self._core.retry_after(response, attempt)
-            if delay is None:
+            if (delay := retrying.after(response)) is None:
                 return self._core.checked(response)
-            attempt += 1
             await asyncio.sleep(delay)
 
     async def get(self, path: str, **kwargs: Any) -> ApiResponse:
@@ -287,21 +306,15 @@ class AsyncClient:
 
     async def _open_stream(self, path: str, after: int) -> httpx.Response:
         """The events URL opened for reading as it arrives, past 429/503 and a renewed token; the caller closes it."""
-        attempt, renewed = 0, False
+        retrying = self._core.retrying()
         while True:
             response = await self._http.send(self._core.stream_request(self._http, path, after), stream=True)
             if response.status_code < 400:
                 return response
             await response.aread()
             await response.aclose()
-            if response.status_code == 401 and not renewed:
-                renewed = True
-                self._core.credential.refresh(self._core.tenant)
-                continue
-            delay = self._core.retry_after(response, attempt)
-            if delay is None:
+            if (delay := retrying.after(response)) is None:
                 raise problem_from(response)
-            attempt += 1
             await asyncio.sleep(delay)
 
     async def aclose(self) -> None:
@@ -346,21 +359,14 @@ class Client:
 
     def request(self, method: str, path: str, **kwargs: Any) -> ApiResponse:
         """Send one request; 429/503 are retried after `Retry-After`, a refused token once with a fresh one."""
-        prepared = self._core.prepare(method, path, **kwargs)
-        attempt, renewed = 0, False
+        prepared, retrying = self._core.prepare(method, path, **kwargs), self._core.retrying()
         while True:
             response = self._http.request(
                 prepared.method, prepared.path, json=prepared.json, params=prepared.params,
                 headers=self._core.authorized(prepared),
             )  # fmt: skip
-            if response.status_code == 401 and not renewed:
-                renewed = True
-                self._core.credential.refresh(self._core.tenant)
-                continue
-            delay = self._core.retry_after(response, attempt)
-            if delay is None:
+            if (delay := retrying.after(response)) is None:
                 return self._core.checked(response)
-            attempt += 1
             time.sleep(delay)
 
     def get(self, path: str, **kwargs: Any) -> ApiResponse:
@@ -421,21 +427,15 @@ class Client:
 
     def _open_stream(self, path: str, after: int) -> httpx.Response:
         """The events URL opened for reading as it arrives, past 429/503 and a renewed token; the caller closes it."""
-        attempt, renewed = 0, False
+        retrying = self._core.retrying()
         while True:
             response = self._http.send(self._core.stream_request(self._http, path, after), stream=True)
             if response.status_code < 400:
                 return response
             response.read()
             response.close()
-            if response.status_code == 401 and not renewed:
-                renewed = True
-                self._core.credential.refresh(self._core.tenant)
-                continue
-            delay = self._core.retry_after(response, attempt)
-            if delay is None:
+            if (delay := retrying.after(response)) is None:
                 raise problem_from(response)
-            attempt += 1
             time.sleep(delay)
 
     def close(self) -> None:
