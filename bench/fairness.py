@@ -2,11 +2,11 @@
 """What one tenant's burst of executions does to another tenant's: the quiet tenant's latency alone, then while
 the busy one has a burst in flight, side by side in one run.
 
-    .venv/bin/python -m bench.fairness [--burst 100] [--quiet 8] [--rounds 2]
+    .venv/bin/python -m bench.fairness [--burst 100] [--quiet 8] [--rounds 2] [--busy-max-concurrent N]
 
 Starts the platform as bench/executions.py does and provisions two tenants: `busy`, whose quotas never throttle
-its requests but whose concurrent executions are the platform's default (QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS),
-and `quiet`. Each round: `--quiet` executions of the 5-step intent by the quiet tenant one after another (alone),
+its requests but whose concurrent executions are the platform's default (QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS) or
+`--busy-max-concurrent`, and `quiet`. Each round: `--quiet` executions of the 5-step intent by the quiet tenant one after another (alone),
 then the busy tenant POSTs `--burst` executions at once (a 429 is retried after its Retry-After) and, half a
 second later, the quiet tenant runs `--quiet` executions one after another again while the burst drains. Prints
 the quiet tenant's latency (POST execute sent -> terminal event seen on its stream) in both phases, p50 and worst,
@@ -117,13 +117,22 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=100, help="executions the busy tenant starts at once")
     parser.add_argument("--quiet", type=int, default=8, help="executions the quiet tenant runs in each phase")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--busy-max-concurrent",
+        type=int,
+        default=None,
+        help="the busy tenant's max_concurrent_executions quota (default: the platform's default)",
+    )
     add_dispatch_wait_option(parser)
     args = parser.parse_args()
     settings = dispatch_wait_settings(args)
-    # Requests never throttled; concurrent executions at the platform's default.
+    # Requests never throttled; concurrent executions at the platform's default unless the busy tenant's is given.
     unthrottled = {name: limit for name, limit in UNTHROTTLED.items() if name != "max_concurrent_executions"}
+    busy_quotas = dict(unthrottled)
+    if args.busy_max_concurrent is not None:
+        busy_quotas["max_concurrent_executions"] = args.busy_max_concurrent
     with running_platform(settings=settings) as platform:
-        busy = _provision(platform.base_url, platform.data_dir, name="busy", quotas=unthrottled)
+        busy = _provision(platform.base_url, platform.data_dir, name="busy", quotas=busy_quotas)
         quiet = _provision(platform.base_url, platform.data_dir, name="quiet", quotas=unthrottled)
         print(
             f"{args.burst} executions of the busy tenant at once; the quiet tenant's 5-step executions, one at a time"
