@@ -57,19 +57,17 @@ def expand_declaration(declaration: Definition, blueprint: ResolvedBlueprint) ->
     return [step.model_copy(deep=True) for step in blueprint.definition.steps]
 
 
+def input_defaults(schema: Any) -> dict[str, Any]:
+    """The `default` of each property of an input schema that declares one."""
+    properties = schema.get("properties") if isinstance(schema, dict) else None
+    if not isinstance(properties, dict):
+        return {}
+    return {name: spec["default"] for name, spec in properties.items() if isinstance(spec, dict) and "default" in spec}
+
+
 def declaration_inputs(declaration: Definition, blueprint: ResolvedBlueprint) -> dict[str, Any]:
     """The inputs a declaration's steps run with: its declared state over the blueprint's input defaults."""
-    properties = (blueprint.definition.inputs or {}).get("properties", {})
-    defaults = (
-        {
-            name: schema["default"]
-            for name, schema in properties.items()
-            if isinstance(schema, dict) and "default" in schema
-        }
-        if isinstance(properties, dict)
-        else {}
-    )
-    return {**defaults, **declaration.declared_state()}
+    return {**input_defaults(blueprint.definition.inputs), **declaration.declared_state()}
 
 
 def canonical_json(value: Any) -> bytes:

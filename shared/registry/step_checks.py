@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections import deque
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +19,24 @@ from shared.modules.ssrf import allow_list_refusal, private_network_allowed
 from shared.policy.facts import TenantFacts
 from shared.policy.gates import TARGET_STEP, check_gates
 from shared.registry.catalog import ModuleCatalog
-from shared.registry.model import ACTION_PATTERN, COMPENSATION_FIELDS, STEP_FIELDS, merged_params, raw_step_ids
+from shared.registry.model import (
+    ACTION_PATTERN,
+    COMPENSATION_FIELDS,
+    STEP_FIELDS,
+    Step,
+    merged_params,
+    raw_step_ids,
+)
 from shared.registry.problems import ValidationError, from_schema, pointer
-from shared.registry.references import JsonPath, Reference, scan_references
+from shared.registry.references import (
+    JsonPath,
+    Reference,
+    ReferenceSyntaxError,
+    UnresolvedReferenceError,
+    parse_template,
+    resolve,
+    scan_references,
+)
 from shared.registry.when import WhenSyntaxError, parse_when, when_references
 
 STEPS: JsonPath = ("definition", "steps")
@@ -304,6 +319,65 @@ def _network_problems(
                 )
             )
     return problems
+
+
+def declared_url_problems(
+    steps: Sequence[Step], inputs: Mapping[str, Any], declared: Collection[str], at: str, allow_private: bool | None
+) -> list[ValidationError]:
+    """URLs a blueprint's outbound steps build from a declaration's inputs alone (`inputs`: its declared values over
+    the blueprint's defaults), refused as the same URL written in a step is: the value is known when the declaration
+    is saved, so it need not wait until run time to fail. Pointed at the declared fields of the URL's address, or
+    at `at` when its address comes from the blueprint's defaults."""
+    problems: list[ValidationError] = []
+    for where, param, url in _outbound_urls(steps):
+        refs = [ref for _, ref in scan_references(url).found]
+        if not refs or any(ref.source != "inputs" for ref in refs):
+            continue  # a literal URL is checked with the blueprint; a step's output is known at run time only
+        try:
+            resolved = resolve(url, inputs, {})
+        except (UnresolvedReferenceError, ReferenceSyntaxError):
+            continue  # an input the declaration does not set: reported as missing, or given at start
+        host = literal_host(resolved) if isinstance(resolved, str) else None
+        refusal = allow_list_refusal(host, allow_private=False) if host is not None else None
+        if refusal is None or private_network_allowed(allow_private):
+            continue
+        message = (
+            f"{refusal}: blueprint step '{where}' builds its {param} from the declaration's inputs, and steps on "
+            "this platform reach public addresses only"
+        )
+        fields = sorted({field for field in _address_inputs(url) if field in declared})
+        locations = [pointer("definition", field) for field in fields] or [at]
+        problems.extend(ValidationError(location, message, "url_not_public") for location in locations)
+    return problems
+
+
+def _outbound_urls(steps: Sequence[Step]) -> Iterator[tuple[str, str, str]]:
+    """(step, parameter, URL template) of every URL the steps and their compensations connect to."""
+    for step in steps:
+        calls = [(step.step_id, step.action, step.params)]
+        if step.compensate is not None:
+            calls.append((f"{step.step_id}/compensate", step.compensate.action, step.compensate.params))
+        for where, action, params in calls:
+            for param in OUTBOUND_URL_PARAMS.get(action, ()):
+                url = params.get(param)
+                if isinstance(url, str):
+                    yield where, param, url
+
+
+def _address_inputs(url: str) -> list[str]:
+    """The inputs a URL template's address (its scheme and authority) is built from, in order: the ones to blame
+    for where it connects, not those of its path."""
+    names: list[str] = []
+    text = ""
+    for part in parse_template(url):
+        if isinstance(part, Reference):
+            names.append(part.name)
+            continue
+        text += part
+        _, scheme_end, authority = text.partition("://")
+        if scheme_end and any(mark in authority for mark in "/?#"):
+            break
+    return names
 
 
 def gate_problems(

@@ -12,7 +12,7 @@ import pydantic
 from shared.policy.facts import TenantFacts
 from shared.registry.catalog import ModuleCatalog
 from shared.registry.model import DEFINITION_FIELDS, IntentDefinitionIn, ResolvedBlueprint, Step
-from shared.registry.plan import execution_levels, expand_declaration
+from shared.registry.plan import execution_levels, expand_declaration, input_defaults
 from shared.registry.problems import (
     ValidationError,
     document_order,
@@ -22,7 +22,7 @@ from shared.registry.problems import (
     schema_document_problems,
 )
 from shared.registry.references import scan_references
-from shared.registry.step_checks import check_steps, gate_problems
+from shared.registry.step_checks import check_steps, declared_url_problems, gate_problems
 from shared.registry.when import when_references
 
 __all__ = [
@@ -165,6 +165,7 @@ def _check_declaration(
     catalog: ModuleCatalog,
     tenant: TenantFacts | None,
     blueprint: ResolvedBlueprint | None,
+    allow_private: bool | None,
 ) -> _Declaration:
     """A declaration: its fields against the blueprint's input schema, and the blueprint's steps for this tenant."""
     at = "/definition/blueprint" if "blueprint" in definition else "/definition"
@@ -211,12 +212,7 @@ def _check_declaration(
                 subject=f"blueprint {blueprint.ref}",
             )
         )
-    properties = schema.get("properties") if schema is not None else None
-    defaults = (
-        {name for name, spec in properties.items() if isinstance(spec, dict) and "default" in spec}
-        if isinstance(properties, dict)
-        else set()
-    )
+    defaults = input_defaults(schema)
     for name, step_id in _input_readers(steps).items():
         if name not in state and name not in defaults:
             problems.append(
@@ -243,6 +239,7 @@ def _check_declaration(
                     )
                 )
     problems.extend(gate_problems(tenant, definition.get("target"), actions))
+    problems.extend(declared_url_problems(steps, {**defaults, **state}, state.keys(), at, allow_private))
     try:
         return _Declaration(problems, execution_levels(steps))
     except ValueError as exc:
@@ -291,7 +288,7 @@ def validate_definition(
         if isinstance(raw["steps"], list):
             problems.extend(check_steps(raw, catalog, tenant, allow_private=allow_private))
     elif isinstance(raw, dict):
-        declaration = _check_declaration(doc, raw, catalog, tenant, blueprint)
+        declaration = _check_declaration(doc, raw, catalog, tenant, blueprint, allow_private)
         problems.extend(declaration.problems)
     errors = _ordered(doc, problems)
     if errors or intent is None:

@@ -161,3 +161,37 @@ def test_with_private_networks_open_nothing_changes(
     # The setting is read at each save: closing it again refuses the same definition.
     private_networks(False)
     _problem(api.client.post(INTENTS, headers=headers, json=_body("local-again", REFUSED_URLS[2])), 422)
+
+
+def test_a_declaration_whose_blueprint_builds_a_url_from_its_inputs_is_judged_with_its_values(
+    api: ApiHarness, tenant: str, private_networks: Callable[[bool], None]
+) -> None:
+    # The blueprint's `${inputs.host}` is left to run time; a declaration's value is known when it is saved.
+    headers = api.headers(tenant, AUTHOR)
+    blueprint = {
+        "name": "probe-service",
+        "definition": {
+            "inputs": {"type": "object", "properties": {"host": {"type": "string"}, "path": {"type": "string"}}},
+            "steps": [{"id": "call", "action": "http.request", "url": "https://${inputs.host}/${inputs.path}"}],
+        },
+    }
+    assert api.client.post(BLUEPRINTS, headers=headers, json=blueprint).status_code == 201
+
+    def declaration(name: str, host: str) -> dict[str, Any]:
+        return {"name": name, "definition": {"blueprint": "probe-service", "host": host, "path": "status"}}
+
+    before = api.table_snapshot("intents")
+    for path in (INTENTS, f"{INTENTS}/validate"):
+        body = _problem(
+            api.client.post(path, headers=headers, json=declaration("probe-metadata", "169.254.169.254")), 422
+        )
+        assert [(error["pointer"], error["code"]) for error in body["errors"]] == [
+            ("/definition/host", "url_not_public")
+        ]
+        assert "blueprint step 'call'" in body["errors"][0]["detail"]
+    assert api.table_snapshot("intents") == before
+    created = api.client.post(INTENTS, headers=headers, json=declaration("probe-public", "status.example.com"))
+    assert created.status_code == 201, created.text
+    private_networks(True)
+    created = api.client.post(INTENTS, headers=headers, json=declaration("probe-local", "10.0.0.9"))
+    assert created.status_code == 201, created.text

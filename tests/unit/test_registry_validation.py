@@ -567,6 +567,71 @@ def test_a_blueprint_without_steps_cannot_expand_a_declaration() -> None:
     assert errors(declaration(), blueprint=empty) == [("/definition", "blueprint_invalid")]
 
 
+def test_a_url_a_blueprint_builds_from_declared_inputs_alone_must_be_public() -> None:
+    # The value is known when the declaration is saved, as a literal URL in a step is: refused then, not at run time.
+    probe = ResolvedBlueprint(
+        "probe",
+        1,
+        Definition.model_validate(
+            {
+                "inputs": {"properties": {"host": {"type": "string"}, "port": {"default": 80}}},
+                "steps": [
+                    {"id": "call", "action": "http.request", "url": "http://${inputs.host}:${inputs.port}/status"},
+                    {"id": "health", "action": "http.wait_healthy", "url": "${steps.call.output.body.next}"},
+                    {
+                        "id": "note",
+                        "action": "wait",
+                        "seconds": 0,
+                        "compensate": {"action": "http.request", "url": "${inputs.callback}", "method": "POST"},
+                    },
+                ],
+            }
+        ),
+    )
+
+    def declared(**fields: Any) -> list[tuple[str, str]]:
+        return errors(
+            {"name": "p", "definition": {"blueprint": "probe", **fields}}, blueprint=probe, allow_private=False
+        )
+
+    public = {"host": "example.com", "callback": "https://hooks.example.com/x"}
+    assert declared(**public) == []
+    assert declared(**{**public, "host": "169.254.169.254"}) == [("/definition/host", "url_not_public")]
+    assert declared(**{**public, "host": "10.0.0.7", "port": 8080}) == [
+        ("/definition/host", "url_not_public"),  # each declared input the address is built from is named
+        ("/definition/port", "url_not_public"),
+    ]
+    assert declared(**{**public, "callback": "http://127.0.0.1/hook"}) == [("/definition/callback", "url_not_public")]
+    message = (
+        validate(
+            {"name": "p", "definition": {"blueprint": "probe", **public, "host": "127.0.0.1"}},
+            blueprint=probe,
+            allow_private=False,
+        )
+        .errors[0]
+        .message
+    )
+    assert "blueprint step 'call' builds its url from the declaration's inputs" in message
+    # An address from the blueprint's own default is refused where the declaration names its blueprint.
+    defaulted = ResolvedBlueprint(
+        "probe",
+        2,
+        Definition.model_validate(
+            {
+                "inputs": {"properties": {"endpoint": {"type": "string", "default": "http://10.1.1.1/"}}},
+                "steps": [{"id": "call", "action": "http.request", "url": "${inputs.endpoint}"}],
+            }
+        ),
+    )
+    on_default = {"name": "p", "definition": {"blueprint": "probe"}}
+    assert errors(on_default, blueprint=defaulted, allow_private=False) == [("/definition/blueprint", "url_not_public")]
+    on_default["definition"]["endpoint"] = "https://status.example.com/"
+    assert errors(on_default, blueprint=defaulted, allow_private=False) == []
+    # Where private networks are open (local development), the same declaration saves.
+    private = {"name": "p", "definition": {"blueprint": "probe", **public, "host": "10.0.0.7"}}
+    assert errors(private, blueprint=probe, allow_private=True) == []
+
+
 # --- everything at once, and the plan hash ---------------------------------------------------------------------
 
 
