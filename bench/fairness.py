@@ -6,9 +6,10 @@ the busy one has a burst in flight, side by side in one run.
 
 Starts the platform as bench/executions.py does and provisions two tenants: `busy`, whose quotas never throttle
 its requests but whose concurrent executions are the platform's default (QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS) or
-`--busy-max-concurrent`, and `quiet`. Each round: `--quiet` executions of the 5-step intent by the quiet tenant one after another (alone),
-then the busy tenant POSTs `--burst` executions at once (a 429 is retried after its Retry-After) and, half a
-second later, the quiet tenant runs `--quiet` executions one after another again while the burst drains. Prints
+`--busy-max-concurrent`, and `quiet`. Each round: `--quiet` executions of the 5-step intent by the quiet tenant
+one after another (alone), then the busy tenant POSTs `--burst` executions at once (a 429 is retried after its
+Retry-After) and, half a second later, the quiet tenant runs `--quiet` executions one after another again while
+the burst drains. Prints
 the quiet tenant's latency (POST execute sent -> terminal event seen on its stream) in both phases, p50 and worst,
 and of the worst how long its start took to answer and how long after its creation its first step started; and
 the burst's drain time (its first POST -> the last of its executions ended).
