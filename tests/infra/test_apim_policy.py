@@ -109,6 +109,8 @@ def test_every_answer_of_the_gateway_itself_is_a_problem_document(policy: ET.Ele
     answers = list(policy.iter("return-response"))
     assert len(answers) == 4  # the Durable API's 404, and on-error's 429, 401 and the rest
     for answer in answers:
+        (status,) = answer.iter("set-status")
+        assert status.get("code") and status.get("reason"), "set-status requires both"
         types = [h for h in answer.iter("set-header") if h.get("name") == "Content-Type"]
         assert [h.find("value").text for h in types] == ["application/problem+json"]
         assert answer.find("set-body") is not None and answer.find("set-body").text
