@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from shared.api.durable import get_durable_client
 from shared.config import get_settings
 from tests.integration.api_harness import ApiHarness
 
@@ -195,3 +196,21 @@ def test_a_declaration_whose_blueprint_builds_a_url_from_its_inputs_is_judged_wi
     private_networks(True)
     created = api.client.post(INTENTS, headers=headers, json=declaration("probe-local", "10.0.0.9"))
     assert created.status_code == 201, created.text
+    # Saved while private networks were open: once they are closed, its start is refused before anything starts.
+    private_networks(False)
+    starts: list[str] = []
+
+    class Recorder:
+        async def start_new(self, _name: str, instance_id: str, _input: Any) -> str:
+            starts.append(instance_id)
+            return instance_id
+
+    api.client.app.dependency_overrides[get_durable_client] = Recorder  # type: ignore[attr-defined]
+    try:
+        executor = api.headers(tenant, ["Intent.Executor"])
+        started = api.client.post(f"{INTENTS}/{created.json()['id']}/execute", headers=executor)
+    finally:
+        api.client.app.dependency_overrides.pop(get_durable_client)  # type: ignore[attr-defined]
+    body = _problem(started, 409)
+    assert body["type"].endswith("/definition-invalid") and "public addresses only" in body["detail"]
+    assert starts == []
