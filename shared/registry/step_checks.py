@@ -307,10 +307,8 @@ def _network_problems(
     problems = []
     for name in OUTBOUND_URL_PARAMS[raw["action"]]:
         url = params.get(name)
-        host = literal_host(url) if isinstance(url, str) else None
-        refusal = allow_list_refusal(host, allow_private=False) if host is not None else None
-        # The setting is read only when there is something to refuse: most definitions name public hosts.
-        if refusal is not None and not private_network_allowed(allow_private):
+        refusal = _url_refusal(url, allow_private) if isinstance(url, str) else None
+        if refusal is not None:
             problems.append(
                 ValidationError(
                     _param_pointer(base, raw, known, (name,)),
@@ -330,22 +328,22 @@ def declared_url_problems(
     at `at` when its address comes from the blueprint's defaults."""
     problems: list[ValidationError] = []
     for where, param, url in _outbound_urls(steps):
-        refs = [ref for _, ref in scan_references(url).found]
-        if not refs or any(ref.source != "inputs" for ref in refs):
-            continue  # a literal URL is checked with the blueprint; a step's output is known at run time only
         try:
+            parts = parse_template(url)
+            refs = [part for part in parts if isinstance(part, Reference)]
+            if not refs or any(ref.source != "inputs" for ref in refs):
+                continue  # a literal URL is checked with the blueprint; a step's output is known at run time only
             resolved = resolve(url, inputs, {})
         except (UnresolvedReferenceError, ReferenceSyntaxError):
-            continue  # an input the declaration does not set: reported as missing, or given at start
-        host = literal_host(resolved) if isinstance(resolved, str) else None
-        refusal = allow_list_refusal(host, allow_private=False) if host is not None else None
-        if refusal is None or private_network_allowed(allow_private):
+            continue  # an input the declaration does not set (reported as missing, or given at start), or a typo
+        refusal = _url_refusal(resolved, allow_private) if isinstance(resolved, str) else None
+        if refusal is None:
             continue
         message = (
             f"{refusal}: blueprint step '{where}' builds its {param} from the declaration's inputs, and steps on "
             "this platform reach public addresses only"
         )
-        fields = sorted({field for field in _address_inputs(url) if field in declared})
+        fields = sorted({field for field in _address_inputs(parts) if field in declared})
         locations = [pointer("definition", field) for field in fields] or [at]
         problems.extend(ValidationError(location, message, "url_not_public") for location in locations)
     return problems
@@ -364,12 +362,21 @@ def _outbound_urls(steps: Sequence[Step]) -> Iterator[tuple[str, str, str]]:
                     yield where, param, url
 
 
-def _address_inputs(url: str) -> list[str]:
-    """The inputs a URL template's address (its scheme and authority) is built from, in order: the ones to blame
-    for where it connects, not those of its path."""
+def _url_refusal(url: str, allow_private: bool | None) -> str | None:
+    """Why a step may never connect to `url` here (its literal host is private, loopback, metadata or a
+    private-only name, and private networks are closed), or None, also when its host is not fixed yet."""
+    host = literal_host(url)
+    refusal = allow_list_refusal(host, allow_private=False) if host is not None else None
+    # The setting is read only when there is something to refuse: most definitions name public hosts.
+    return refusal if refusal is not None and not private_network_allowed(allow_private) else None
+
+
+def _address_inputs(parts: Sequence[str | Reference]) -> list[str]:
+    """The inputs a parsed URL template's address (its scheme and authority) is built from, in order: the ones to
+    blame for where it connects, not those of its path."""
     names: list[str] = []
     text = ""
-    for part in parse_template(url):
+    for part in parts:
         if isinstance(part, Reference):
             names.append(part.name)
             continue

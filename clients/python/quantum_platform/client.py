@@ -82,7 +82,8 @@ class _Prepared:
 
 
 class _Core:
-    """What both clients share: the tenant, the credential, request preparation and the retry decision."""
+    """What both clients share: the tenant, the credential, request preparation, and the retry decisions of each
+    request (`retrying`)."""
 
     def __init__(
         self, base_url: str | None, credential: Credential | None, tenant: str | None, max_retries: int
@@ -125,17 +126,6 @@ class _Core:
     def authorized(self, prepared: _Prepared) -> dict[str, str]:
         return {**prepared.headers, "Authorization": f"Bearer {self.credential.token(self._tenant)}"}
 
-    def retry_after(self, response: httpx.Response, attempt: int) -> float | None:
-        """Seconds to wait before retrying `response`, or None when it is final."""
-        if response.status_code not in _RETRIED or attempt >= self.max_retries:
-            return None
-        after = str(response.headers.get("Retry-After", ""))
-        try:
-            seconds = float(after)
-        except ValueError:
-            return float(min(0.5 * 2**attempt, 10.0))
-        return min(max(seconds, 0.0), 60.0)
-
     def retrying(self) -> _Retrying:
         """The retry decisions of one request, answer by answer."""
         return _Retrying(self)
@@ -169,10 +159,15 @@ class _Retrying:
             self._renewed = True
             self._core.credential.refresh(self._core.tenant)
             return 0.0
-        delay = self._core.retry_after(response, self._attempt)
-        if delay is not None:
-            self._attempt += 1
-        return delay
+        attempt = self._attempt
+        if response.status_code not in _RETRIED or attempt >= self._core.max_retries:
+            return None
+        self._attempt += 1
+        try:
+            seconds = float(str(response.headers.get("Retry-After", "")))
+        except ValueError:
+            return float(min(0.5 * 2**attempt, 10.0))
+        return min(max(seconds, 0.0), 60.0)
 
 
 def _reconnect_delay(failures: int) -> float | None:
