@@ -182,6 +182,7 @@ async def _run_claimed(
         step_id=item.step_id,
         attempt=item.attempt,
         tenant_settings=settings,
+        phase=item.phase,
     )
     # In the current context, so that what the module does (an HTTP call, say) shows in the execution's trace; in
     # the tenant's share of the threads, so that its slow modules cannot hold up other tenants' items.

@@ -9,7 +9,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 from uuid import UUID
 
 from pydantic import BaseModel, ValidationError
@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from shared import accepted_json
 
 P = TypeVar("P", bound=BaseModel)
+Phase = Literal["run", "compensate"]
 
 MAX_REPORTED_ERRORS = 10
 _LOGGER = logging.getLogger("shared.modules")
@@ -48,10 +49,17 @@ class ModuleContext:
     logger: logging.Logger = _LOGGER
     tenant_settings: Mapping[str, Any] = field(default_factory=dict)
     """The tenant's module settings, e.g. `allowed_hosts` (SSRF allow-list) and `base_url`."""
+    phase: Phase = "run"
+    """The step's own work, or the compensation that undoes it."""
 
     @property
     def idempotency_key(self) -> str:
-        """Stable across redeliveries of one attempt, so side effects can be deduplicated on it."""
+        """Stable across redeliveries of one attempt, so side effects can be deduplicated on it; a compensation's
+        differs from its step's, so that a receiver deduplicating on it does not take the undo for the step again."""
+        if self.phase == "compensate":
+            return f"{self.execution_id}:{self.step_id}:compensate:{self.attempt}"
+        # The step's own key keeps the form it had before compensations had one of their own, so that an attempt
+        # redelivered across that change keeps its event id and its Idempotency-Key.
         return f"{self.execution_id}:{self.step_id}:{self.attempt}"
 
 

@@ -21,7 +21,7 @@ from shared.engine import executions as repo
 from shared.engine import module_threads, progress, worker
 from shared.engine import steps as store
 from shared.engine.protocol import WorkItem
-from shared.engine.steps import AttemptKey, Claim, StepSeed
+from shared.engine.steps import AttemptKey, Claim, Phase, StepSeed
 from shared.modules import Module, ModuleContext, StepFailed
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_executions import _execution
@@ -140,11 +140,17 @@ def gate() -> Iterator[_Gate]:
 
 
 def _dispatched(
-    pool: ConnectionPool[Any], tenant_id: uuid.UUID, action: str, *, timeout_s: int = 60, awaited: bool = False
+    pool: ConnectionPool[Any],
+    tenant_id: uuid.UUID,
+    action: str,
+    *,
+    timeout_s: int = 60,
+    awaited: bool = False,
+    phase: Phase = "run",
 ) -> WorkItem:
     """An attempt as the dispatch records it (`awaited`: one that waits for its result, ADR 0034), and its item."""
     execution = _execution(pool, tenant_id, path=["running"])
-    key = AttemptKey(execution.id, "work", "run", 1)
+    key = AttemptKey(execution.id, "work", phase, 1)
     with tenant_transaction(tenant_id, pool=pool) as conn:
         store.seed_steps(conn, execution.id, [StepSeed("work", action, 1)])
         store.begin_attempt(conn, key, action=action, remote=False, awaited=awaited)
@@ -152,7 +158,7 @@ def _dispatched(
         tenant_id=tenant_id,
         execution_id=execution.id,
         step_id="work",
-        phase="run",
+        phase=phase,
         attempt=1,
         action=action,
         params={},
@@ -243,6 +249,17 @@ def test_a_claim_whose_holder_died_is_taken_over_once_its_lease_lapses(
     assert len(echo.runs) == 1
     row = _row(app_pool, item)
     assert row["state"] == "succeeded" and row["claims"] == 2 and row["claimed_by"] != "a-dead-host:1:0"
+
+
+def test_a_compensation_runs_under_a_key_of_its_own(app_pool: ConnectionPool[Any], tenant: uuid.UUID) -> None:
+    # An event.emit undone by an event.emit, an http.request by an http.request: under the step's own key the
+    # undo's event id and Idempotency-Key were the step's, and a receiver deduplicating on them dropped the undo.
+    echo = _Echo()
+    item = _dispatched(app_pool, tenant, echo.action, phase="compensate")
+    outcome = worker.run_item(item, {echo.action: echo})
+    assert echo.runs == [f"{item.execution_id}:work:compensate:1"]
+    assert outcome is not None and outcome.verdict == {"ok": True, "output": {"ran": echo.runs[0]}}
+    assert _row(app_pool, item)["state"] == "succeeded"
 
 
 def test_a_finished_attempt_is_not_run_again_and_its_verdict_is_raised_again(

@@ -71,6 +71,12 @@ def test_idempotency_key_names_execution_step_and_attempt() -> None:
     assert ctx().idempotency_key == "exec-1:step-a:2"
 
 
+def test_a_compensation_has_an_idempotency_key_and_an_event_id_of_its_own() -> None:
+    undo = ModuleContext(TENANT, "exec-1", "step-a", 2, phase="compensate")
+    assert undo.idempotency_key == "exec-1:step-a:compensate:2"
+    assert event_id(undo) != event_id(ctx())
+
+
 def test_builtins_match_the_catalog() -> None:
     catalog = builtin_catalog()
     assert set(BUILTIN_MODULES) == {
