@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from shared.engine.protocol import ORCHESTRATOR_ACTIONS
 from shared.modules.ssrf import allow_list_refusal, private_network_allowed
 from shared.policy.facts import TenantFacts
 from shared.policy.gates import TARGET_STEP, check_gates
@@ -213,6 +214,20 @@ def _module_problems(base: JsonPath, raw: Any, known: Collection[str], catalog: 
         code="invalid_params",
         subject=action,
     )
+
+
+def _compensation_problems(base: JsonPath, raw: Any) -> list[ValidationError]:
+    """A compensation is module work: an action the engine carries out itself cannot undo a step."""
+    if not isinstance(raw, dict) or raw.get("action") not in ORCHESTRATOR_ACTIONS:
+        return []
+    return [
+        ValidationError(
+            pointer(*base, "action"),
+            f"'{raw['action']}' cannot undo a step: a compensation runs a module's work"
+            f" (not {', '.join(sorted(ORCHESTRATOR_ACTIONS))})",
+            "unsupported_compensation",
+        )
+    ]
 
 
 def _reference_problems(
@@ -452,6 +467,7 @@ def check_steps(
             problems.extend(
                 _module_problems((*view.at, "compensate"), view.raw.get("compensate"), COMPENSATION_FIELDS, catalog)
             )
+            problems.extend(_compensation_problems((*view.at, "compensate"), view.raw.get("compensate")))
         if isinstance(view.raw, dict):
             problems.extend(_network_problems(view.at, view.raw, STEP_FIELDS, allow_private))
             problems.extend(

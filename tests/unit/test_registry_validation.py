@@ -324,6 +324,17 @@ def test_unknown_compensate_action_and_its_params() -> None:
 # --- ids and dependencies ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("action", "params"),
+    [("wait", {"seconds": 1}), ("approval", {}), ("intent.run", {"intent": "rollback"})],
+)
+def test_an_action_the_engine_carries_out_itself_cannot_compensate(action: str, params: dict[str, Any]) -> None:
+    # Such a compensation saved, then failed at run time as an unknown module: the undo never ran.
+    doc = intent(wait("a", compensate={"action": action, "params": params}))
+    assert errors(doc) == [("/definition/steps/0/compensate/action", "unsupported_compensation")]
+    assert errors(intent(wait("a", compensate={"action": "event.emit", "params": {"type": "undo"}}))) == []
+
+
 def test_duplicate_ids() -> None:
     assert errors(intent(wait("a"), wait("b"), wait("a"))) == [("/definition/steps/2/id", "duplicate_id")]
     assert errors(intent(wait("a"), wait("b"), wait("c"))) == []
