@@ -83,7 +83,7 @@ def test_intent_commands_and_a_run_followed_to_success(qp: Qp, tmp_path: Path) -
     assert execution_id
 
     live = qp("run", name, "--follow")  # the live view, as it ends
-    assert "pause" in live.stdout and "succeeded" in live.stdout
+    assert "pause" in live.stdout and "succeeded" in live.stdout and live.stdout.endswith("\n")
     listed = qp.json("executions", "list", "--status", "succeeded")["items"]
     assert len([e for e in listed if e["intent_id"] == created["id"]]) == 2
     one = qp.json("executions", "get", listed[0]["id"])

@@ -12,7 +12,9 @@ from typing import Any
 import httpx
 import pytest
 from quantum_platform import AsyncClient, Client, NotFound, RateLimited, StaticToken, ValidationFailed
+from quantum_platform.cli import _view
 from quantum_platform.credentials import Credential
+from rich.console import Console
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -313,3 +315,13 @@ def test_the_webhook_helpers_send_the_routes_and_bodies_of_the_api() -> None:
         ("DELETE", "/api/v1/webhooks/w%2F1", b""),
     ]
     assert seen[0].headers["Idempotency-Key"] == "k-1"
+
+
+def test_the_live_view_shows_an_error_as_text_even_when_it_looks_like_markup() -> None:
+    # An error quotes what an endpoint answered: a closing tag in it raised MarkupError and stopped `qp run --follow`.
+    error = "GET https://x/[/red] answered 500: [bold]down[/]"
+    execution = {"id": "e-1", "status": "failed", "steps": [], "error": error, "wait_reason": "queued [/yellow] 5 s"}
+    console = Console(record=True, width=200)
+    console.print(_view(execution))
+    shown = console.export_text()
+    assert error in shown and "queued [/yellow] 5 s" in shown

@@ -19,6 +19,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
+from rich.text import Text
 
 from quantum_platform.client import DEFAULT_URL, TERMINAL_EVENTS, Client
 from quantum_platform.credentials import Credential, DevhostCredential, StaticToken
@@ -300,6 +301,8 @@ def _follow_live(client: Client, execution_id: str) -> str:
                 break
         execution = client.executions.get(execution_id).json()
         live.update(_view(execution))
+    if not out.is_terminal:
+        out.line()  # the live view ends its last line only on a terminal
     return str(execution["status"])
 
 
@@ -318,10 +321,11 @@ def _view(execution: dict[str, Any]) -> Group:
             _duration(step.get("started_at"), step.get("finished_at")),
         )
     parts: list[Any] = [progress, table]
+    # As text, not markup: an error quotes what an endpoint answered, and a `[/x]` in it would stop the view.
     if execution.get("wait_reason"):
-        parts.append(f"[yellow]{execution['wait_reason']}[/yellow]")
+        parts.append(Text(str(execution["wait_reason"]), style="yellow"))
     if execution.get("error"):
-        parts.append(f"[red]{execution['error']}[/red]")
+        parts.append(Text(str(execution["error"]), style="red"))
     return Group(*parts)
 
 
