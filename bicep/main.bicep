@@ -322,6 +322,7 @@ module functionApp 'modules/functionapp.bicep' = {
     durableTaskSchedulerEndpoint: durableTask.outputs.endpoint
     keyVaultName: keyVault.outputs.name
     apiAudience: apiAudience
+    operatorTenantId: entraTenantId
     databasePoolMax: databasePoolMax
     functionSubnetId: network.outputs.functionSubnetId
     apimSubnetId: network.outputs.apimSubnetId

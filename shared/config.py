@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from typing import Literal
+from uuid import UUID
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -139,6 +140,13 @@ class Settings(BaseSettings):
         "outbound steps may reach them. Off in Azure, where those are the platform's own services.",
     )
     QP_ENVIRONMENT: Literal["local", "dev", "prod"] = "local"
+    QP_OPERATOR_ENTRA_TENANT_ID: UUID | None = Field(
+        default=None,
+        description="The platform operators' own Entra tenant: only its tokens' Platform.Admin role counts. The API "
+        "is multi-tenant and each customer's administrators assign its app roles in their own directory, so without "
+        "this any customer could give itself the control plane. Required outside local development (in Azure the "
+        "deployment's own tenant); unset locally, every tenant's Platform.Admin counts.",
+    )
     QP_SEALING_KEY: SecretStr | None = Field(
         default=None,
         description="Key material (at least 32 characters) that seals the secrets the database keeps (webhook signing "
@@ -187,7 +195,7 @@ class Settings(BaseSettings):
         60, ge=1, description="Minimum seconds between JWKS refetches triggered by an unknown signing key id."
     )
 
-    @field_validator("QP_SEALING_KEY", "QP_SEALING_KEY_PREVIOUS", mode="before")
+    @field_validator("QP_SEALING_KEY", "QP_SEALING_KEY_PREVIOUS", "QP_OPERATOR_ENTRA_TENANT_ID", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # local.settings.json leaves a setting empty to mean unset.
@@ -205,6 +213,11 @@ class Settings(BaseSettings):
             raise ValueError("QP_COSMOS_ENDPOINT must be an https:// URL")
         self._check_control_login()
         self._check_sealing_keys()
+        if self.QP_OPERATOR_ENTRA_TENANT_ID is None and self.QP_ENVIRONMENT != "local":
+            raise ValueError(
+                "QP_OPERATOR_ENTRA_TENANT_ID is required outside local development: the Entra tenant whose "
+                "Platform.Admin role may manage tenants"
+            )
         return self
 
     def _check_sealing_keys(self) -> None:

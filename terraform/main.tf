@@ -161,6 +161,7 @@ module "functionapp" {
   durable_task_scheduler_endpoint = module.durabletask.endpoint
   key_vault_name                  = module.keyvault.name
   api_audience                    = var.api_audience
+  operator_entra_tenant_id        = var.entra_tenant_id
   database_pool_max               = var.database_pool_max
   function_subnet_id              = module.network.function_subnet_id
   apim_subnet_id                  = module.network.apim_subnet_id

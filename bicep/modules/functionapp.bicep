@@ -75,6 +75,9 @@ param durableTaskSchedulerEndpoint string
 @description('Accepted token audiences (QP_AUTH_AUDIENCE).')
 param apiAudience string
 
+@description('The operators\' own Entra tenant, whose tokens alone may carry Platform.Admin (QP_OPERATOR_ENTRA_TENANT_ID).')
+param operatorTenantId string
+
 @description('QP_DATABASE_POOL_MAX.')
 param databasePoolMax int
 
@@ -160,6 +163,8 @@ var appSettings = [
   // Multi-tenant Entra metadata: the issuer is a {tenantid} template checked against each token's tid.
   { name: 'QP_AUTH_METADATA_URL', value: '${environment().authentication.loginEndpoint}organizations/v2.0/.well-known/openid-configuration' }
   { name: 'QP_AUTH_AUDIENCE', value: apiAudience }
+  // The API is multi-tenant: a customer's administrators can assign its Platform.Admin role in their directory.
+  { name: 'QP_OPERATOR_ENTRA_TENANT_ID', value: operatorTenantId }
   { name: 'QP_AUTH_LEEWAY_S', value: '30' }
   { name: 'QP_AUTH_MAX_TOKEN_LIFETIME_S', value: '7200' }
   { name: 'QP_AUTH_JWKS_COOLDOWN_S', value: '60' }

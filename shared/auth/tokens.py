@@ -23,7 +23,7 @@ from uuid import UUID
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from shared.auth.principal import Principal
+from shared.auth.principal import PLATFORM_ADMIN, Principal
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +177,10 @@ class TokenValidator:
         http_timeout_s: float = 5.0,
         fetch: Fetch | None = None,
         clock: Callable[[], float] = time.monotonic,
+        operator_tenant: UUID | None = None,
     ) -> None:
+        """`operator_tenant`: the Entra tenant whose tokens' Platform.Admin role counts (None: any tenant's, for
+        local development only); from every other tenant the role is dropped from the verified roles."""
         _require_fetchable_url(metadata_url)
         audiences = (audience,) if isinstance(audience, str) else tuple(audience)
         if not audiences or not all(isinstance(a, str) and a for a in audiences):
@@ -195,6 +198,7 @@ class TokenValidator:
         self._cooldown_s = jwks_cooldown_s
         self._fetch: Fetch = fetch or (lambda url: _fetch_json(url, http_timeout_s))
         self._clock = clock
+        self._operator_tenant = operator_tenant
         self._lock = threading.Lock()
         # Snapshots replaced whole under the lock and read without it (attribute reads are atomic).
         self._metadata: _Metadata | None = None
@@ -386,6 +390,10 @@ class TokenValidator:
         if not roles and not scopes:
             # An ID token can pass every check above when the API shares the client's registration (A1).
             raise InvalidTokenError("not an access token")
+        if self._operator_tenant is not None and UUID(tid) != self._operator_tenant:
+            # Each customer's administrators assign the app's roles in their own directory: this one is the
+            # operators' alone, whoever else assigned it.
+            roles = roles - {PLATFORM_ADMIN}
 
         name = claims.get("name")
         return VerifiedToken(

@@ -28,6 +28,7 @@ def get_token_validator() -> TokenValidator:
             leeway_s=settings.QP_AUTH_LEEWAY_S,
             max_lifetime_s=settings.QP_AUTH_MAX_TOKEN_LIFETIME_S,
             jwks_cooldown_s=settings.QP_AUTH_JWKS_COOLDOWN_S,
+            operator_tenant=settings.QP_OPERATOR_ENTRA_TENANT_ID,
         )
     except ValueError as exc:
         # A plain-http metadata URL to a remote host is a setting mistake; report it as one.

@@ -97,3 +97,11 @@ def tf_root() -> TerraformModule:
 @pytest.fixture(scope="session")
 def tf_modules() -> dict[str, TerraformModule]:
     return {path.name: _parse_terraform(path) for path in sorted((TERRAFORM / "modules").iterdir()) if path.is_dir()}
+
+
+@pytest.fixture(scope="session")
+def tf_main_modules() -> dict[str, dict[str, Any]]:
+    """The root's `module` blocks by name: what each module is given."""
+    with (TERRAFORM / "main.tf").open(encoding="utf-8") as handle:
+        document = unquote(hcl2.load(handle))
+    return {name: body for block in document.get("module", []) for name, body in block.items()}

@@ -116,6 +116,7 @@ def test_literal_defaults_match_the_code(bicep_modules: dict[str, BicepFile], tf
             "QP_ENVIRONMENT": "dev",
             "QP_AUTH_AUDIENCE": "api://quantum-platform",
             "QP_SEALING_KEY": "a resolved Key Vault reference: random key material of 64 characters",
+            "QP_OPERATOR_ENTRA_TENANT_ID": "00000000-0000-0000-0000-0000000000aa",
         }
         Settings.model_validate(azure)
 
@@ -133,3 +134,17 @@ def test_each_pool_connects_as_its_own_identity(
     assert "user=${var.control_identity_name} " in terraform["QP_DATABASE_CONTROL_URL"]
     assert terraform["QP_DATABASE_CONTROL_CLIENT_ID"] == "${var.control_identity_client_id}"
     assert terraform["AZURE_CLIENT_ID"] == "${var.identity_client_id}"
+
+
+def test_platform_admin_counts_only_from_the_deployments_own_tenant(
+    bicep_modules: dict[str, BicepFile],
+    tf_modules: dict[str, TerraformModule],
+    bicep_main: BicepFile,
+    tf_main_modules: dict[str, dict[str, Any]],
+) -> None:
+    """The API is multi-tenant and customers assign its roles themselves: the operators' tenant is the one the API's
+    registration lives in, which both stacks already know."""
+    assert _bicep_settings(bicep_modules)["QP_OPERATOR_ENTRA_TENANT_ID"] == "operatorTenantId"
+    assert bicep_main.parsed["modules"]["functionApp"]["config"]["params"]["operatorTenantId"] == "entraTenantId"
+    assert _tf_settings(tf_modules)["QP_OPERATOR_ENTRA_TENANT_ID"] == "${var.operator_entra_tenant_id}"
+    assert tf_main_modules["functionapp"]["operator_entra_tenant_id"] == "${var.entra_tenant_id}"

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import hcl2
-
-from tests.infra.conftest import TERRAFORM, BicepFile, TerraformModule, unquote
+from tests.infra.conftest import BicepFile, TerraformModule
 
 SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
 
@@ -63,13 +61,9 @@ def _accessor(expression: Any) -> str:
     return f"{_accessor(operands['operand_1'])}.{_accessor(operands['operand_2'])}"
 
 
-def _tf_main_modules() -> dict[str, dict[str, Any]]:
-    with (TERRAFORM / "main.tf").open(encoding="utf-8") as handle:
-        document = unquote(hcl2.load(handle))
-    return {name: body for block in document.get("module", []) for name, body in block.items()}
-
-
-def test_the_app_and_the_role_point_at_the_vault_the_stack_creates(bicep_main: BicepFile) -> None:
+def test_the_app_and_the_role_point_at_the_vault_the_stack_creates(
+    bicep_main: BicepFile, tf_main_modules: dict[str, dict[str, Any]]
+) -> None:
     """The reference names this estate's vault, and the reader is the runtime identity, not the control identity."""
     modules = bicep_main.parsed["modules"]
     assert modules["keyVault"]["detail"]["path"] == "modules/keyvault.bicep"
@@ -80,7 +74,7 @@ def test_the_app_and_the_role_point_at_the_vault_the_stack_creates(bicep_main: B
     assert _accessor(rbac["functionPrincipalId"]) == "identity.outputs.principalId"
     assert _accessor(modules["functionApp"]["config"]["params"]["identityId"]) == "identity.outputs.id"
 
-    terraform = _tf_main_modules()
+    terraform = tf_main_modules
     assert terraform["keyvault"]["source"] == "./modules/keyvault"
     assert terraform["keyvault"]["name"] == "${local.names.keyVault}"
     assert terraform["functionapp"]["key_vault_name"] == "${module.keyvault.name}"

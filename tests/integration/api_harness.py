@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,13 @@ class ApiHarness:
     control_url: str
     tenants: dict[str, TenantHandle] = field(default_factory=dict)
     fetches: list[str] = field(default_factory=list)
+    fetch: Callable[[str], dict[str, Any]] | None = None
+    """How the harness's validator reads the issuer's documents (for a test that builds a validator of its own)."""
+
+    def validator(self, **kwargs: Any) -> TokenValidator:
+        """A validator of this harness's tokens, with `kwargs` (e.g. `operator_tenant`)."""
+        assert self.fetch is not None
+        return TokenValidator(openid_metadata_url(ISSUER_BASE), [AUDIENCE], fetch=self.fetch, **kwargs)
 
     def token(
         self, tenant: str, roles: Sequence[str] = (), *, oid: str | None = None, claims: dict[str, Any] | None = None
@@ -131,7 +138,7 @@ def api(pg, azurite, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiHa
         app = create_app()
         app.dependency_overrides[token_validator] = lambda: validator
         with TestClient(app, raise_server_exceptions=False) as client:
-            yield ApiHarness(client, key, pg.admin_url, pg.app_url, pg.control_url, fetches=fetches)
+            yield ApiHarness(client, key, pg.admin_url, pg.app_url, pg.control_url, fetches=fetches, fetch=fetch)
         forget_event_wakeup()
         close_pool()
         _probe_client.cache_clear()

@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 
+from shared.api.security import token_validator
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 
 pytestmark = pytest.mark.integration
@@ -88,6 +89,30 @@ def test_suspended_tenant_is_403_and_audited(api: ApiHarness) -> None:
 
 
 # ---- control plane ------------------------------------------------------------------------------------
+
+
+def test_platform_admin_counts_only_from_the_operators_own_entra_tenant(api: ApiHarness) -> None:
+    # The API is multi-tenant: a customer's administrators assign its app roles in their own directory, so they can
+    # give themselves Platform.Admin; only the operators' tenant (QP_OPERATOR_ENTRA_TENANT_ID) may hold it.
+    operator, customer = api.provision("operators-own"), api.provision("self-made-admin")
+    app = api.client.app
+    app.dependency_overrides[token_validator] = lambda: api.validator(operator_tenant=operator.entra_id)  # type: ignore[attr-defined]
+    try:
+        forged = api.headers("self-made-admin", [*PLATFORM_ADMIN, "Intent.Reader"])
+        before = api.table_snapshot("tenants")
+        assert _problem(api.client.get("/api/v1/tenants", headers=forged), 403)
+        victim = api.client.get(f"/api/v1/tenants/{operator.id}", headers=forged)
+        assert _problem(victim, 403)
+        spec = {"name": f"x-{uuid.uuid4().hex[:8]}", "entra_tenant_id": str(uuid.uuid4())}
+        assert _problem(api.client.post("/api/v1/tenants", json=spec, headers=forged), 403)
+        assert api.table_snapshot("tenants") == before
+        # Its own tenant's roles still count, and the operators' Platform.Admin does.
+        assert api.client.get("/api/v1/intents", headers=forged).status_code == 200
+        listed = api.client.get("/api/v1/tenants", headers=api.headers("operators-own", PLATFORM_ADMIN))
+        assert listed.status_code == 200, listed.text
+        assert customer.id != operator.id
+    finally:
+        app.dependency_overrides[token_validator] = lambda: api.validator()  # type: ignore[attr-defined]
 
 
 def test_platform_admin_provisions_reads_and_changes_a_tenant(api: ApiHarness) -> None:

@@ -8,6 +8,7 @@ import pytest
 from shared.accepted_json import MAX_DEPTH
 from shared.config import SettingsError, load_settings
 
+OPERATOR = "00000000-0000-0000-0000-0000000000aa"
 _BASE = {
     "QP_DATABASE_URL": "host=/tmp dbname=quantum user=qp_app",
     "QP_DATABASE_CONTROL_URL": "host=/tmp dbname=quantum user=qp_control",
@@ -23,6 +24,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "QP_DATABASE_CONTROL_CLIENT_ID",
         "QP_DATABASE_ENTRA_AUTH",
         "QP_ENVIRONMENT",
+        "QP_OPERATOR_ENTRA_TENANT_ID",
         "QP_BLOB_CONNECTION_STRING",
         "QP_BLOB_ACCOUNT_URL",
         "QP_TASK_HUB",
@@ -31,6 +33,10 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "EventHubConnection__fullyQualifiedNamespace",
     ):
         monkeypatch.delenv(name, raising=False)
+
+
+_DEV = {"QP_ENVIRONMENT": "dev", "QP_SEALING_KEY": "k" * 48, "QP_OPERATOR_ENTRA_TENANT_ID": OPERATOR}
+"""What outside local development requires besides the base."""
 
 
 def _set(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
@@ -67,8 +73,8 @@ def test_entra_auth_needs_the_control_identity(monkeypatch: pytest.MonkeyPatch) 
 
 def test_outside_local_development_the_two_pools_are_two_logins(monkeypatch: pytest.MonkeyPatch) -> None:
     same = "host=db dbname=quantum user=id-dev-x"
-    dev = {**_BASE, "QP_DATABASE_URL": same, "QP_DATABASE_CONTROL_URL": same, "QP_SEALING_KEY": "k" * 48}
-    _set(monkeypatch, **dev, QP_ENVIRONMENT="dev")
+    dev = {**_BASE, **_DEV, "QP_DATABASE_URL": same, "QP_DATABASE_CONTROL_URL": same}
+    _set(monkeypatch, **dev)
     with pytest.raises(SettingsError, match="different user"):
         load_settings()
     _set(monkeypatch, QP_DATABASE_CONTROL_URL="host=db dbname=quantum")  # names no user at all
@@ -112,3 +118,17 @@ def test_azure_event_hubs_need_a_namespace(monkeypatch: pytest.MonkeyPatch) -> N
     _set(monkeypatch, **_BASE, QP_EVENTHUB_BACKEND="azure")
     with pytest.raises(SettingsError, match="EventHubConnection__fullyQualifiedNamespace"):
         load_settings()
+
+
+def test_outside_local_development_the_operators_tenant_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without it any customer's Platform.Admin would count: its administrators assign the API's roles themselves.
+    _set(monkeypatch, **{**_BASE, **_DEV, "QP_OPERATOR_ENTRA_TENANT_ID": ""})
+    with pytest.raises(SettingsError, match="QP_OPERATOR_ENTRA_TENANT_ID is required"):
+        load_settings()
+    _set(monkeypatch, QP_OPERATOR_ENTRA_TENANT_ID="not-a-guid")
+    with pytest.raises(SettingsError, match="QP_OPERATOR_ENTRA_TENANT_ID"):
+        load_settings()
+    _set(monkeypatch, QP_OPERATOR_ENTRA_TENANT_ID=OPERATOR)
+    assert str(load_settings().QP_OPERATOR_ENTRA_TENANT_ID) == OPERATOR
+    _set(monkeypatch, QP_ENVIRONMENT="local", QP_OPERATOR_ENTRA_TENANT_ID="")
+    assert load_settings().QP_OPERATOR_ENTRA_TENANT_ID is None

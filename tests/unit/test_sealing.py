@@ -75,7 +75,7 @@ def test_the_previous_key_opens_what_it_sealed_and_the_current_one_seals() -> No
 def test_local_development_runs_without_a_key_and_nothing_else_does() -> None:
     assert Settings(**BASE).QP_SEALING_KEY is None
     assert Settings(**BASE, QP_SEALING_KEY="").QP_SEALING_KEY is None  # local.settings.json's empty value
-    dev = {**BASE, "QP_ENVIRONMENT": "dev"}
+    dev = {**BASE, "QP_ENVIRONMENT": "dev", "QP_OPERATOR_ENTRA_TENANT_ID": "00000000-0000-0000-0000-0000000000aa"}
     with pytest.raises(ValueError, match="QP_SEALING_KEY is required"):
         Settings(**dev)
     assert Settings(**dev, QP_SEALING_KEY=KEY).QP_SEALING_KEY is not None

@@ -869,3 +869,18 @@ def test_verified_token_is_immutable(validator: TokenValidator, key: SigningKey)
     with pytest.raises(AttributeError):
         verified.roles = frozenset({PLATFORM_ADMIN})  # type: ignore[misc]
     assert hash(verified) == hash(validator.validate(_token(key)))
+
+
+def test_platform_admin_counts_only_in_tokens_of_the_operators_tenant(
+    make_validator: Callable[..., TokenValidator], key: SigningKey
+) -> None:
+    # The API is multi-tenant: fabrikam's administrators can assign any of its app roles in their own directory.
+    validator = make_validator(operator_tenant=CONTOSO)
+    roles = (PLATFORM_ADMIN, INTENT_READER)
+    assert validator.validate(_token(key, tenant="contoso", roles=roles)).roles == frozenset(roles)
+    customer = validator.validate(_token(key, tenant="fabrikam", roles=roles))
+    assert customer.entra_tenant_id == FABRIKAM and customer.roles == frozenset({INTENT_READER})
+    # A token whose only role was that one is still a token of its tenant, with no role.
+    assert validator.validate(_token(key, tenant="fabrikam", roles=(PLATFORM_ADMIN,))).roles == frozenset()
+    # Unset (local development only), every tenant's counts.
+    assert PLATFORM_ADMIN in make_validator().validate(_token(key, tenant="fabrikam", roles=roles)).roles

@@ -70,8 +70,10 @@ locals {
     # A span per SQL statement costs more than half a busy instance's throughput: on only to diagnose.
     "QP_TELEMETRY_SQL_SPANS" = "false"
     # Multi-tenant Entra metadata: the issuer is a {tenantid} template checked against each token's tid.
-    "QP_AUTH_METADATA_URL"         = "https://login.microsoftonline.com/organizations/v2.0/.well-known/openid-configuration"
-    "QP_AUTH_AUDIENCE"             = var.api_audience
+    "QP_AUTH_METADATA_URL" = "https://login.microsoftonline.com/organizations/v2.0/.well-known/openid-configuration"
+    "QP_AUTH_AUDIENCE"     = var.api_audience
+    # The API is multi-tenant: a customer's administrators can assign its Platform.Admin role in their directory.
+    "QP_OPERATOR_ENTRA_TENANT_ID"  = var.operator_entra_tenant_id
     "QP_AUTH_LEEWAY_S"             = "30"
     "QP_AUTH_MAX_TOKEN_LIFETIME_S" = "7200"
     "QP_AUTH_JWKS_COOLDOWN_S"      = "60"

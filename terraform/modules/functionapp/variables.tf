@@ -120,6 +120,11 @@ variable "api_audience" {
   description = "Accepted token audiences (QP_AUTH_AUDIENCE)."
 }
 
+variable "operator_entra_tenant_id" {
+  type        = string
+  description = "The operators' own Entra tenant, whose tokens alone may carry Platform.Admin (QP_OPERATOR_ENTRA_TENANT_ID)."
+}
+
 variable "database_pool_max" {
   type        = number
   description = "QP_DATABASE_POOL_MAX."
