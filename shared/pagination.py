@@ -4,8 +4,12 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import json
+from collections.abc import Mapping
 from typing import Any
+
+from shared import accepted_json
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
@@ -27,9 +31,19 @@ def decode_cursor(cursor: str | None) -> dict[str, Any] | None:
         return None
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        value = json.loads(base64.urlsafe_b64decode(padded.encode()))
-    except (ValueError, UnicodeDecodeError):
+        # A cursor comes back from the caller: parsed as any body is (bounded nesting, no NUL), not trusted.
+        value = accepted_json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (ValueError, binascii.Error):
         value = None
     if not isinstance(value, dict):
+        raise InvalidCursorError("the cursor is not one this API issued")
+    return value
+
+
+def cursor_text(position: Mapping[str, Any] | None, name: str) -> str | None:
+    """The text a cursor's position holds at `name` (None without a cursor or the field); InvalidCursorError when
+    the field holds anything else, which no cursor this API issued does."""
+    value = None if position is None else position.get(name)
+    if value is not None and not isinstance(value, str):
         raise InvalidCursorError("the cursor is not one this API issued")
     return value

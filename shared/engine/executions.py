@@ -16,7 +16,7 @@ from psycopg.types.json import Jsonb
 from shared import telemetry
 from shared.auth.principal import Requester
 from shared.events.outbox import enqueue_event
-from shared.pagination import InvalidCursorError, decode_cursor, encode_cursor
+from shared.pagination import InvalidCursorError, cursor_text, decode_cursor, encode_cursor
 
 Conn = psycopg.Connection[DictRow]
 Status = Literal["pending", "running", "waiting", "succeeded", "failed", "compensating", "cancelled"]
@@ -329,8 +329,8 @@ def list_executions(
         params.append(created_before)
     if position is not None:
         try:
-            after = (datetime.fromisoformat(position["t"]), UUID(position["id"]))
-        except (KeyError, TypeError, ValueError):
+            after = (datetime.fromisoformat(str(cursor_text(position, "t"))), UUID(cursor_text(position, "id")))
+        except (TypeError, ValueError):
             raise InvalidCursorError("the cursor is not one this API issued") from None
         clauses.append(sql.SQL("(created_at, id) < (%s, %s)"))
         params.extend(after)

@@ -15,7 +15,7 @@ from uuid import UUID
 from psycopg.types.json import Jsonb
 
 from shared.engine.start import Conn
-from shared.pagination import InvalidCursorError, decode_cursor, encode_cursor
+from shared.pagination import InvalidCursorError, cursor_text, decode_cursor, encode_cursor
 
 # A redelivered event finds its row and records nothing new (the caller then emits no second telemetry line).
 _INSERT = (
@@ -99,8 +99,8 @@ def list_rejections(conn: Conn, *, cursor: str | None = None, limit: int = 50) -
     after: tuple[datetime | None, UUID | None] = (None, None)
     if position is not None:
         try:
-            after = (datetime.fromisoformat(position["t"]), UUID(position["id"]))
-        except (KeyError, TypeError, ValueError):
+            after = (datetime.fromisoformat(str(cursor_text(position, "t"))), UUID(cursor_text(position, "id")))
+        except (TypeError, ValueError):
             raise InvalidCursorError("the cursor is not one this API issued") from None
     rows = conn.execute(_PAGE, {"t": after[0], "id": after[1], "limit": limit + 1}).fetchall()
     page = [Rejection(**row) for row in rows[:limit]]

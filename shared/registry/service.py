@@ -18,7 +18,7 @@ from psycopg.types.json import Jsonb
 
 from shared.config import get_settings
 from shared.events.outbox import enqueue
-from shared.pagination import InvalidCursorError, decode_cursor, encode_cursor
+from shared.pagination import InvalidCursorError, cursor_text, decode_cursor, encode_cursor
 from shared.policy.authorizer import Decision
 from shared.policy.facts import TenantFacts
 from shared.policy.gates import module_of_action
@@ -355,9 +355,7 @@ def list_items(
     limit: int,
 ) -> tuple[list[HeadRow], str | None]:
     """One page of items by name, and the cursor of the next page (None on the last)."""
-    after = (decode_cursor(cursor) or {}).get("name")
-    if after is not None and not isinstance(after, str):
-        raise InvalidCursorError("the cursor is not one this API issued")
+    after = cursor_text(decode_cursor(cursor), "name")
     rows = list_heads(
         conn, kind, name_prefix=name_prefix, labels=labels, status=status, after_name=after, limit=limit + 1
     )

@@ -32,7 +32,7 @@ from shared.api.transactions import ControlConnection
 from shared.audit import get_audit_store
 from shared.config import get_settings
 from shared.db.session import platform_transaction, when_released
-from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor
+from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, cursor_text, decode_cursor
 from shared.policy.actions import Action
 from shared.policy.authorizer import Resource
 from shared.storage.blob import request_container
@@ -129,8 +129,7 @@ def list_all(
 ) -> TenantPage:
     """Tenants by name, cursor-paginated (Platform.Admin)."""
     authorize(context, Action.TENANT_LIST, _PLATFORM)
-    position = decode_cursor(cursor) or {}
-    return list_tenants(conn, limit=limit, after_name=position.get("name"), status=status)
+    return list_tenants(conn, limit=limit, after_name=cursor_text(decode_cursor(cursor), "name"), status=status)
 
 
 @router.get(
