@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -42,6 +43,7 @@ def decide(
     the allow record commits with the caller's transaction (and is written on its own if that rolls back), and a
     deny record is written on its own once the caller's transaction has ended, because the refusal rolls it back.
     """
+    _off_the_event_loop(action)
     decision = get_authorizer().decide(
         caller.principal,
         action,
@@ -68,6 +70,7 @@ def record_decision(
     `decided`: an authorization decision, which is recorded whatever becomes of the caller's transaction; else a
     mutation, which commits or rolls back with it.
     """
+    _off_the_event_loop(action)
     record = AuditRecord.new(
         tenant_id=caller.tenant.id,
         principal_id=caller.principal.id,
@@ -91,3 +94,13 @@ def record_decision(
     held = holding()
     if held is None or not when_released(held, lambda: store.record(record)):
         store.record(record)
+
+
+def _off_the_event_loop(action: str) -> None:
+    """Refuse to run on an event loop: a decision reads policies and writes its record through pooled connections,
+    and waiting for one there would stall every request the loop serves (ADR 0039)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError(f"the decision on {action} does database I/O: call it off the event loop (run_in_threadpool)")

@@ -160,11 +160,10 @@ async def create(
 ) -> SubscriptionOut | Response:
     """Subscribe `url` to `event_types`; the answer carries the signing secret, once (Tenant.Admin). With
     `Idempotency-Key` a retry gets the first answer (the same subscription and secret) and subscribes nothing more."""
-    authorize(context, Action.WEBHOOK_MANAGE, Resource.tenant(context.tenant.id), detail={"url": body.url})
-
     tenant_id = context.tenant.id
 
     def run() -> SubscriptionOut | Response:
+        authorize(context, Action.WEBHOOK_MANAGE, Resource.tenant(tenant_id), detail={"url": body.url})
         _check_url(tenant_id, body.url)  # resolves the host: off the event loop, before any write
         with tenant_transaction(tenant_id) as conn:
             replay = replay_or_claim(
@@ -218,9 +217,11 @@ def get_one(subscription_id: SubscriptionId, context: MayRead, conn: TenantConne
               responses={**AUTH_ERRORS, 404: NOT_FOUND, 422: URL_REFUSED})  # fmt: skip
 async def change(subscription_id: SubscriptionId, body: SubscriptionPatch, context: MayManage) -> SubscriptionOut:
     """Change the URL, event types, description, or enable/disable (Tenant.Admin)."""
-    authorize(context, Action.WEBHOOK_MANAGE, Resource.tenant(context.tenant.id), detail={"id": str(subscription_id)})
 
     def run() -> SubscriptionOut:
+        authorize(
+            context, Action.WEBHOOK_MANAGE, Resource.tenant(context.tenant.id), detail={"id": str(subscription_id)}
+        )
         if body.url is not None:
             _check_url(context.tenant.id, body.url)
         with tenant_transaction(context.tenant.id) as conn:

@@ -262,7 +262,7 @@ async def lease(
     """Up to `max_items` queued items of the caller's tenant for `actions`, oldest first, each leased for `lease_s`
     with a task token bound to this lease; competing workers never get the same item. With `wait_s`, an empty
     answer is held until an item is queued or `wait_s` passes (Module.Worker)."""
-    authorize(context, Action.WORK_LEASE, Resource.tenant(context.tenant.id))
+    await run_in_threadpool(authorize, context, Action.WORK_LEASE, Resource.tenant(context.tenant.id))
     tenant_id, worker = context.tenant.id, _worker_name(context, body.worker)
     deadline = time.monotonic() + body.wait_s
     wakeup = get_event_wakeup() if body.wait_s > 0 else None
@@ -307,7 +307,7 @@ async def heartbeat(
 ) -> HeartbeatAnswer:
     """Extend the lease by `extend_s` (never past the attempt's deadline) and record progress; answers `cancelled`
     when the execution is being cancelled, and the attempt ends then (Module.Worker)."""
-    authorize(context, Action.WORK_HEARTBEAT, Resource.tenant(context.tenant.id))
+    await run_in_threadpool(authorize, context, Action.WORK_HEARTBEAT, Resource.tenant(context.tenant.id))
     beat = await run_in_threadpool(_heartbeat, context.tenant.id, item_id, body)
     if beat.cancelled is not None:
         await raise_verdicts(client, [beat.cancelled])
