@@ -298,13 +298,18 @@ def start_execution(
     """
     if tenant.status != "active":
         raise TenantSuspendedError(f"tenant {tenant.id} is {tenant.status}")
-    item = registry.get(conn, "intent", request.intent_id)
-    authorize(item)
-    if request.version is not None and request.version != item.version.version:
-        # A pinned version runs with its own target and labels, so it is decided on them too, not only on the
-        # current version's (ADR 0035): an older version may be production's while the current one is staging's.
-        item = replace(item, version=registry.version(conn, "intent", item.head.id, request.version))
+    try:
+        item = registry.get(conn, "intent", request.intent_id)
         authorize(item)
+        if request.version is not None and request.version != item.version.version:
+            # A pinned version runs with its own target and labels, so it is decided on them too, not only on the
+            # current version's (ADR 0035): an older version may be production's while the current one is staging's.
+            item = replace(item, version=registry.version(conn, "intent", item.head.id, request.version))
+            authorize(item)
+    except (registry.NotFoundError, registry.UnknownVersionError) as exc:
+        # A start error like any other: an intent.run step pinning a version that does not exist fails its step,
+        # where this escaped the dispatch and failed its whole level's batch.
+        raise IntentNotFoundError(str(exc)) from None
     fingerprint = request.fingerprint()
     if request.idempotency_key is not None:
         found = repo.find_by_key(conn, request.idempotency_key)

@@ -17,7 +17,6 @@ from shared.engine import executions as repo
 from shared.engine.protocol import ORCHESTRATOR
 from shared.engine.start import (
     Conn,
-    IntentNotFoundError,
     Started,
     StartForbiddenError,
     StartRequest,
@@ -105,16 +104,13 @@ def begin(tenant: Tenant, make_request: Callable[[Conn], StartRequest], *, decid
     StartForbiddenError); whatever `make_request` raises of its own passes through.
     """
     with tenant_transaction(tenant.id) as conn:
-        try:
-            return start_execution(
-                conn,
-                tenant.facts(),
-                make_request(conn),
-                authorize=authorize_execute(decide, tenant.id),
-                max_concurrent=concurrent_limit(tenant.quotas),
-            )
-        except (registry.NotFoundError, registry.UnknownVersionError) as exc:
-            raise IntentNotFoundError(str(exc)) from None
+        return start_execution(
+            conn,
+            tenant.facts(),
+            make_request(conn),
+            authorize=authorize_execute(decide, tenant.id),
+            max_concurrent=concurrent_limit(tenant.quotas),
+        )
 
 
 async def launch(client: Any, started: Started, tenant_id: UUID, *, record_failure: bool = True) -> None:

@@ -15,6 +15,8 @@ from psycopg.rows import dict_row
 from shared.auth.principal import Requester
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
+from shared.engine import steps as store
+from shared.engine.progress import record_progress
 from shared.engine.protocol import ORCHESTRATOR
 from shared.engine.start import IntentNotFoundError, Started, StartForbiddenError, StartRequest
 from shared.engine.start_service import (
@@ -24,6 +26,7 @@ from shared.engine.start_service import (
     begin,
     launch,
 )
+from shared.engine.steps import AttemptKey, StepSeed
 from shared.policy.authorizer import Decision, Resource
 from shared.registry import service as registry
 from shared.tenants.models import Tenant
@@ -242,3 +245,33 @@ def test_a_requester_that_is_no_principal_starts_no_child(setup: tuple[Tenant, u
     with pytest.raises(StartForbiddenError) as refused:
         _decide_child(tenant, intent_id, parent)
     assert refused.value.reason == REQUESTER_UNKNOWN
+
+
+def test_a_child_pinning_a_version_that_does_not_exist_fails_its_step_and_nothing_else(
+    setup: tuple[Tenant, uuid.UUID],
+) -> None:
+    # The unknown version escaped the dispatch: its whole level's batch failed and was retried, siblings included.
+    tenant, intent_id = setup
+    deployer = Requester(f"{uuid.uuid4()}/{uuid.uuid4()}", frozenset({"Intent.Deployer"}), app_only=False)
+    parent = _parent(tenant, intent_id, deployer)
+    with tenant_transaction(tenant.id) as conn:
+        name = registry.get(conn, "intent", intent_id).head.name
+        store.seed_steps(conn, parent.id, [StepSeed("run-child", "intent.run", 1)])
+    answer = record_progress(
+        {
+            "kind": "start_child",
+            "execution_id": str(parent.id),
+            "tenant_id": str(tenant.id),
+            "step_id": "run-child",
+            "attempt": 1,
+            "params": {"intent": name, "version": 99},
+        }
+    )
+    verdict = answer["verdict"]
+    assert verdict["ok"] is False and verdict["retryable"] is False
+    assert f"child intent {name} cannot start" in verdict["error"] and "99" in verdict["error"]
+    with tenant_transaction(tenant.id) as conn:
+        attempt = store.get_attempt(conn, AttemptKey(parent.id, "run-child", "run", 1))
+        children = conn.execute("SELECT count(*) AS n FROM app.executions WHERE parent_execution_id = %s", (parent.id,))
+        assert attempt is not None and attempt.state == "failed"
+        assert children.fetchone()["n"] == 0
