@@ -19,7 +19,9 @@ from shared.engine import work_queue
 from shared.engine.steps import AttemptKey, StepSeed
 from tests.integration.test_executions import _execution
 
-pytestmark = pytest.mark.integration
+# The lease seals task tokens, which reads the settings: without the fixture the module passed only after another
+# module had left them cached.
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("process_pools")]
 ACTION = "build-container"
 
 
