@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from itertools import chain
 from typing import Any
 
 from shared.engine.graph import compensation_order, next_steps
 from shared.engine.machine_types import (
+    RULES,
     TERMINAL,
     Activity,
     ActivityDone,
@@ -62,6 +64,7 @@ from shared.engine.machine_types import (
 from shared.engine.payloads import is_blob_ref
 from shared.engine.protocol import CANCEL_EVENT, StepPlan, attempt_event
 from shared.registry.model import Definition
+from shared.registry.plan import execution_levels
 from shared.registry.references import ReferenceSyntaxError, UnresolvedReferenceError, resolve
 
 __all__ = [  # the types are defined in machine_types and named here, as machine.X, by their users
@@ -99,6 +102,7 @@ __all__ = [  # the types are defined in machine_types and named here, as machine
     "reduce",
     "RunPhase",
     "SetTimer",
+    "RULES",
     "Spec",
     "Stage",
     "StartChild",
@@ -185,16 +189,16 @@ class _Step:
         step = spec.steps[step_id]
         plan = spec.plan(step_id)
         self.drop_flight(step_id)
+        kind = StepKind(plan.kind)
         try:
             params = resolve(step.params, spec.inputs, self.s.run_state().outputs())
-        except (UnresolvedReferenceError, ReferenceSyntaxError) as exc:
+            ends_at = _wait_until(now, params) if kind is StepKind.WAIT else None
+        except (UnresolvedReferenceError, ReferenceSyntaxError, _WaitError) as exc:
             # Retrying cannot help: the same outputs resolve the same way on every attempt.
-            error = f"parameters could not be resolved: {exc}"
+            error = str(exc) if isinstance(exc, _WaitError) else f"parameters could not be resolved: {exc}"
             self.notes.append(StepNote(kind=NoteKind.FAILED, step_id=step_id, attempt=attempt, error=error))
             self.fail_step(step_id, error, attempt)
             return
-        kind = StepKind(plan.kind)
-        ends_at = _wait_until(now, params) if kind is StepKind.WAIT else None
         deadline = now + timedelta(seconds=plan.timeout_s) if plan.timeout_s is not None else None
         self.starts.append(
             StepStart(
@@ -303,26 +307,27 @@ class _Step:
         for flight, _ in flights:
             self.put_flight(flight.model_copy(update={"stage": Stage.SETTLING, "deadline": None, "write": activity_id}))
 
+    def cancel_child(self, child_execution_id: str) -> None:
+        spec = self.s.spec
+        self.call(
+            Activity.CANCEL_CHILD,
+            CancelChild(
+                tenant_id=spec.tenant_id, execution_id=spec.execution_id, child_execution_id=child_execution_id
+            ),
+        )
+
     def abandon_waits(self) -> None:
         """Steps that only wait (a retry pause, an approval, a wait) end now: a stopping run starts no work.
 
         A running child is told to cancel (it compensates its own steps); its step ends when the child does.
         An attempt whose start is not recorded yet is abandoned once it is (its outcome follows its start).
         """
-        spec = self.s.spec
         reason = "cancelled" if self.s.cancelled else "an earlier step failed"
         for flight in list(self.s.flights.values()):
             if flight.phase is not Phase.RUN:
                 continue
             if flight.stage is Stage.CHILD and flight.child_execution_id is not None:
-                self.call(
-                    Activity.CANCEL_CHILD,
-                    CancelChild(
-                        tenant_id=spec.tenant_id,
-                        execution_id=spec.execution_id,
-                        child_execution_id=flight.child_execution_id,
-                    ),
-                )
+                self.cancel_child(flight.child_execution_id)
                 continue
             waits_only = flight.stage is Stage.PAUSED or (
                 flight.stage is Stage.RUNNING and flight.kind in (StepKind.APPROVAL, StepKind.WAIT)
@@ -393,14 +398,7 @@ class _Step:
                 self.put_flight(flight)
                 self.view(step_id, {**self.s.views.get(step_id, {}), "child_execution_id": child.execution_id})
                 if self.s.stopping:  # the run stopped while the child was recorded: it starts only to end
-                    self.call(
-                        Activity.CANCEL_CHILD,
-                        CancelChild(
-                            tenant_id=self.s.spec.tenant_id,
-                            execution_id=self.s.spec.execution_id,
-                            child_execution_id=child.execution_id,
-                        ),
-                    )
+                    self.cancel_child(child.execution_id)
                 continue
             early = flight.early or answer.results.get(attempt_event(flight.phase, step_id, flight.attempt))
             flight = flight.model_copy(update={"stage": Stage.RUNNING, "write": None, "early": None})
@@ -523,6 +521,10 @@ class _Step:
                     error = f"step {flight.step_id} timed out after {plan.timeout_s} s"
                 else:
                     error = f"compensation of {flight.step_id} timed out after {_compensate_timeout(plan)} s"
+                if flight.stage is Stage.CHILD and flight.child_execution_id is not None and self.s.spec.rules >= 3:
+                    # Once settled the attempt is no longer in the child stage, so a stopping run would not tell
+                    # this child to stop; told now, it compensates itself before a retry starts another beside it.
+                    self.cancel_child(flight.child_execution_id)
                 outcomes.append(
                     (
                         flight,
@@ -885,12 +887,13 @@ def begin(request: dict[str, Json], now: datetime) -> tuple[State, list[Command]
             intent_id=_optional_str(request.get("intent_id")),
             intent_version=_optional_int(request.get("intent_version")),
             traceparent=_optional_str(request.get("traceparent")),
+            rules=_optional_int(request.get("rules")) or 2,
         )
         reused = dict(request.get("reused") or {})
         state = State(
             spec=spec,
             completed=reused,
-            order=tuple(reused),
+            order=_reused_order(reused, definition) if spec.rules >= 3 else tuple(reused),
             views={
                 step.step_id: {"state": "succeeded", "reused": True} if step.step_id in reused else {"state": "pending"}
                 for step in definition.steps
@@ -1082,13 +1085,50 @@ def _compensate_timeout(plan: StepPlan) -> int | None:
     return plan.compensate_timeout_s or plan.timeout_s
 
 
+def _reused_order(reused: dict[str, Json], definition: Definition) -> tuple[str, ...]:
+    """`order`, which compensation reverses, for the reused steps: they come in definition position, and
+    `depends_on` may name a later step; by dependency level, a dependent is undone before what it depends on."""
+    level_order = {
+        step_id: rank for rank, step_id in enumerate(chain.from_iterable(execution_levels(definition.steps or [])))
+    }
+    return tuple(sorted(reused, key=lambda step_id: level_order.get(step_id, len(level_order))))
+
+
+class _WaitError(ValueError):
+    """A `wait` step's resolved `seconds` or `until` that gives no point in time; its message is the step's error."""
+
+
 def _wait_until(now: datetime, params: dict[str, Json]) -> datetime:
-    """When a `wait` step ends: `seconds` from now, or `until` (a past time ends at once)."""
-    if params.get("until"):
-        until = datetime.fromisoformat(str(params["until"]).replace("Z", "+00:00"))
-        if until.tzinfo is not None and now.tzinfo is None:
-            until = until.replace(tzinfo=None) - (until.utcoffset() or timedelta(0))
-        elif until.tzinfo is None and now.tzinfo is not None:
-            until = until.replace(tzinfo=now.tzinfo)
-        return max(until, now)
-    return now + timedelta(seconds=float(params.get("seconds") or 0))
+    """When a `wait` step ends: `seconds` from now, or `until` (a past time ends at once). Raises _WaitError for a
+    value no time can be made of: the save-time check cannot see what a reference resolves to, nor a literal saved
+    before the check existed."""
+    until_value = params.get("until")
+    if until_value:
+        text = str(until_value)
+        try:
+            until = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text)
+        except ValueError:
+            raise _WaitError(f"wait: until {_shown(until_value)} is not an ISO 8601 date-time") from None
+        try:
+            if until.tzinfo is not None and now.tzinfo is None:
+                until = until.replace(tzinfo=None) - (until.utcoffset() or timedelta(0))
+            elif until.tzinfo is None and now.tzinfo is not None:
+                until = until.replace(tzinfo=now.tzinfo)
+            return max(until, now)
+        except OverflowError:
+            raise _WaitError(f"wait: until {_shown(until_value)} is out of range") from None
+    seconds_value = params.get("seconds") or 0
+    try:
+        seconds = float(seconds_value)
+    except (TypeError, ValueError):
+        raise _WaitError(f"wait: seconds {_shown(seconds_value)} is not a number") from None
+    try:
+        return now + timedelta(seconds=seconds)
+    except (OverflowError, ValueError):  # beyond what a datetime holds, or NaN
+        raise _WaitError(f"wait: seconds {_shown(seconds_value)} is out of range") from None
+
+
+def _shown(value: Json) -> str:
+    """A tenant's value in an error message, cut short: it may be a whole step output."""
+    text = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."

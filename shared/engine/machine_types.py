@@ -327,6 +327,12 @@ Command = CallActivity | WaitForEvent | SetTimer | StartChild | ContinueAsNew | 
 
 
 # ------------------------------------------------------------------------------------------------ state
+RULES = 3
+"""The reducer rules new executions start under (ADR 0025). 3 (2026-12-05): a child whose step times out is told to
+cancel; reused steps are compensated dependents first. An execution keeps the rules it started with, so that its
+history replays into the commands it recorded."""
+
+
 class Spec(_Model):
     """What does not change while an execution runs."""
 
@@ -338,6 +344,7 @@ class Spec(_Model):
     intent_id: str | None = None
     intent_version: int | None = None
     traceparent: str | None = None  # the trace every activity of the execution continues (W3C)
+    rules: int = 2  # RULES when the execution started; 2 for one that started before rules were recorded
 
     @functools.cached_property
     def steps(self) -> dict[str, Step]:

@@ -18,6 +18,7 @@ from shared.auth.principal import Requester
 from shared.config import get_settings
 from shared.db import tenant_locks
 from shared.engine import executions as repo
+from shared.engine.machine_types import RULES
 from shared.engine.protocol import ORCHESTRATOR_ACTIONS, StepPlan
 from shared.engine.steps import StepSeed, list_steps, seed_steps
 from shared.observability import metrics
@@ -264,6 +265,7 @@ def orchestration_input(
         "inputs": run.inputs,
         "plan": {key: plan.model_dump() for key, plan in run.plan.items()},
         "reused": dict(reused),
+        "rules": RULES,
     }
     traceparent = current_traceparent()
     if traceparent is not None:

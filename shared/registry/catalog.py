@@ -134,11 +134,25 @@ class ApprovalParams(_Params):
     approvers: list[str] = Field(default_factory=list, description="Object ids; empty: any Intent.Approver.")
 
 
+# RFC 3339's date-time; the offset may be left out (the engine reads such a time as UTC, as it always has, so intents
+# saved with one still start). Checked by the tenant schema validator (RE2, unanchored search: hence ^ and $), which
+# takes no `format`; [0-9], not \d, so both RE2 and pydantic read ASCII digits. A day the month lacks (02-30) passes
+# here and fails the step at run time.
+RFC3339_DATE_TIME = (
+    r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+    r"(\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?$"
+)
+
+
 class WaitParams(_Params):
     model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["seconds"]}, {"required": ["until"]}]})
 
     seconds: Seconds | None = None
-    until: str | None = Field(None, description="An RFC 3339 date-time.")
+    until: str | None = Field(
+        None,
+        pattern=RFC3339_DATE_TIME,
+        description="An RFC 3339 date-time such as 2030-01-01T09:00:00Z (without an offset it is UTC).",
+    )
 
 
 class IntentRunParams(_Params):

@@ -87,7 +87,15 @@ def _describe(violation: SchemaViolation) -> str:
         return f"{'exactly ' if violation.validator == 'oneOf' else ''}one of {names} is required"
     # The branch whose type fits tells what is wrong ("-1 is less than 0", not "-1 is not of type 'null'").
     fitting = [error for error in violation.context or () if error.validator != "type"]
-    message = (fitting or violation.context or [violation])[0].message
+    error = (fitting or violation.context or [violation])[0]
+    # pydantic writes an optional field as anyOf: its description is on the field, around the failing branch.
+    described = [s for s in (error.schema, violation.schema) if isinstance(s, dict) and "description" in s]
+    description = described[0]["description"] if described else None
+    if error.validator == "pattern" and isinstance(description, str):
+        # The pattern itself tells a person little; the field's description says what is expected.
+        message = f"{error.instance!r} is not in the expected form: {description}"
+    else:
+        message = error.message
     return message if len(message) <= 300 else message[:297] + "..."
 
 

@@ -16,7 +16,15 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def request(steps: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-    return {"execution_id": "e-1", "tenant_id": "t-1", "definition": {"steps": steps}, "inputs": {}, **extra}
+    # Under the rules a new execution starts with; a test of an older execution's rules says which it replays.
+    return {
+        "execution_id": "e-1",
+        "tenant_id": "t-1",
+        "definition": {"steps": steps},
+        "inputs": {},
+        "rules": m.RULES,
+        **extra,
+    }
 
 
 class Run:

@@ -309,6 +309,26 @@ def test_parameters_holding_references_are_checked_at_run_time() -> None:
     assert errors(doc) == []
 
 
+def test_a_wait_until_must_be_an_rfc_3339_date_time_unless_it_is_a_reference() -> None:
+    refused = ["tomorrow", "2030-01-01", "2030-13-01T00:00:00Z", " 2030-01-01T00:00:00Z", "2030-01-01T00:00:00+5"]
+    for until in refused:
+        assert errors(intent({"action": "wait", "until": until})) == [("/definition/steps/0/until", "invalid_params")]
+    [problem] = validate(intent({"action": "wait", "params": {"until": "tomorrow"}})).errors
+    assert problem.pointer == "/definition/steps/0/params/until"
+    assert problem.message == (
+        "wait: 'tomorrow' is not in the expected form: An RFC 3339 date-time such as 2030-01-01T09:00:00Z"
+        " (without an offset it is UTC)."
+    )
+    # Without an offset it is UTC, as the engine has always read it: an intent saved with one still starts.
+    accepted = ["2030-01-01T00:00:00Z", "2030-01-01t00:00:00.25z", "2030-01-01T00:00:00+05:30", "2030-01-01T00:00:00"]
+    accepted.append("${inputs.at}")
+    for until in accepted:
+        assert errors(intent({"action": "wait", "until": until})) == []
+    # Seconds a timer cannot hold are refused too; a reference is checked when the step starts.
+    assert errors(intent({"action": "wait", "seconds": 10**12})) == [("/definition/steps/0/seconds", "invalid_params")]
+    assert errors(intent({"action": "wait", "seconds": "${inputs.s}"})) == []
+
+
 def test_unknown_compensate_action_and_its_params() -> None:
     doc = intent(
         wait("a", compensate={"action": "http.rollback"}),

@@ -1,0 +1,203 @@
+# intent_ref: platform.execution
+"""The reducer at its edges: a child that times out, tenant `wait` values no time can be made of, reused order."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from shared.engine import machine as m
+from tests.unit.test_engine_machine import T0, Run, request, starts
+
+CHILD_PLAN = {"child": {"kind": "intent", "timeout_s": 600}}
+
+
+def cancels(run: Run) -> list[m.CallActivity]:
+    return [c for c in run.log if isinstance(c, m.CallActivity) and c.name is m.Activity.CANCEL_CHILD]
+
+
+def child_started(run: Run, execution_id: str) -> list[m.Command]:
+    (dispatch,) = run.activities(m.Activity.DISPATCH_STEPS)
+    return run.answer(dispatch, {"status": "running", "children": {"child": {"execution_id": execution_id}}})
+
+
+def settle_everything(run: Run) -> None:
+    for _ in range(10):
+        if run.complete is not None:
+            return
+        run.answer_all()
+
+
+def test_a_child_that_times_out_is_told_to_cancel_once() -> None:
+    run = Run([{"id": "child", "action": "intent.run", "intent": "deploy-db"}], plan=CHILD_PLAN)
+    child_started(run, "c-1")
+    commands = run.tick(601)
+    calls = [c for c in commands if isinstance(c, m.CallActivity)]
+    assert [c.input for c in calls if c.name is m.Activity.CANCEL_CHILD] == [
+        m.CancelChild(tenant_id="t-1", execution_id="e-1", child_execution_id="c-1")
+    ]
+    (settle,) = [c.input for c in calls if isinstance(c.input, m.RecordOutcomes)]
+    assert settle.outcomes[0].state == "timed_out"
+    settle_everything(run)
+    assert len(cancels(run)) == 1  # the failure that follows does not tell it again
+    assert run.complete is not None and run.complete["error"] == "step child timed out after 600 s"
+
+
+def test_a_timed_out_child_is_cancelled_before_its_retry_starts_another() -> None:
+    run = Run(
+        [
+            {
+                "id": "child",
+                "action": "intent.run",
+                "intent": "deploy-db",
+                "retry": {"max_attempts": 2, "initial_interval_s": 1},
+            }
+        ],
+        plan=CHILD_PLAN,
+    )
+    child_started(run, "c-1")
+    run.tick(601)
+    run.answer_all(m.Activity.RECORD_OUTCOMES)
+    run.answer_all(m.Activity.DISPATCH_STEPS)  # records the retry
+    run.tick(1)
+    (retry,) = run.activities(m.Activity.DISPATCH_STEPS)
+    assert starts(retry) == [("child", "run", 2)]
+    started = child_started(run, "c-2")
+    second = m.StartChild("child", 2, "c-2", {})
+    assert second in started
+    (cancel,) = cancels(run)
+    assert cancel.input == m.CancelChild(tenant_id="t-1", execution_id="e-1", child_execution_id="c-1")
+    assert run.log.index(cancel) < run.log.index(retry) < run.log.index(second)
+    run.answer(cancel, True)
+    # The first child ends cancelled (it compensated itself): that attempt is over and counts for nothing.
+    assert run.send(m.ChildEnded("child", 1, {"status": "cancelled", "error": "cancelled"}, False, run.now)) == []
+    run.send(m.ChildEnded("child", 2, {"status": "succeeded", "outputs": {"db": 1}}, False, run.now))
+    settle_everything(run)
+    assert run.complete is not None and run.complete["status"] == "succeeded"
+    assert len(cancels(run)) == 1
+
+
+class NaiveRun(Run):
+    """A run whose clock has no zone, as an orchestration's replay-safe UTC time may come."""
+
+    def __init__(self, steps: list[dict[str, Any]], **extra: Any) -> None:
+        self.now = T0.replace(tzinfo=None)
+        self.state, commands = m.begin(request(steps, **extra), self.now)
+        self.log, self.open = [], []
+        self.take(commands)
+
+
+def wait_after(params: dict[str, Any], output: Any, *, naive: bool = False) -> Run:
+    """A wait that starts once step `a` answered `output`; retryable, so only a failure that cannot retry ends it."""
+    run = (NaiveRun if naive else Run)(
+        [
+            {"id": "a", "action": "x"},
+            {"id": "w", "action": "wait", "depends_on": ["a"], "retry": {"max_attempts": 3}, **params},
+        ],
+        plan={"w": {"kind": "wait"}},
+    )
+    run.answer_all()
+    run.result("a", output=output)
+    return run
+
+
+@pytest.mark.parametrize(
+    ("params", "output", "error", "naive"),
+    [
+        ({"until": "tomorrow"}, None, "wait: until 'tomorrow' is not an ISO 8601 date-time", False),
+        ({"until": "${steps.a.output.at}"}, {"at": "tomorrow"}, "wait: until 'tomorrow' is not", False),
+        ({"until": "${steps.a.output.at}"}, {"at": ["x"]}, 'wait: until ["x"] is not an ISO 8601 date-time', False),
+        (
+            {"until": "${steps.a.output.at}"},
+            {"at": "0001-01-01T00:00:00+01:00"},
+            "wait: until '0001-01-01T00:00:00+01:00' is out of range",
+            True,  # moved onto a clock without a zone, it falls before year 1
+        ),
+        ({"seconds": "${steps.a.output.s}"}, {"s": "abc"}, "wait: seconds 'abc' is not a number", False),
+        ({"seconds": "${steps.a.output.s}"}, {"s": {"n": 1}}, 'wait: seconds {"n": 1} is not a number', False),
+        # Beyond what a timedelta holds; then within one, but past year 9999.
+        ({"seconds": "${steps.a.output.s}"}, {"s": 1e20}, "wait: seconds 1e+20 is out of range", False),
+        ({"seconds": "${steps.a.output.s}"}, {"s": 1e12}, "wait: seconds 1000000000000.0 is out of range", False),
+        ({"seconds": "${steps.a.output.s}"}, {"s": "nan"}, "wait: seconds 'nan' is out of range", False),
+    ],
+)
+def test_a_wait_value_no_time_can_be_made_of_fails_its_step_without_a_retry(
+    params: dict[str, Any], output: Any, error: str, naive: bool
+) -> None:
+    run = wait_after(params, output, naive=naive)
+    (dispatch,) = run.activities(m.Activity.DISPATCH_STEPS)
+    assert isinstance(dispatch.input, m.DispatchSteps) and dispatch.input.starts == []
+    (note,) = dispatch.input.notes
+    assert (note.kind, note.step_id, note.attempt) == (m.NoteKind.FAILED, "w", 1)
+    assert note.error is not None and error in note.error
+    assert "w" not in run.state.flights
+    settle_everything(run)
+    assert run.complete is not None
+    assert (run.complete["status"], run.complete["failed_step"]) == ("failed", "w")
+    assert error in run.complete["error"]
+
+
+def test_a_wait_until_in_lower_case_rfc_3339_ends_then() -> None:
+    run = wait_after({"until": "2026-01-01t00:00:10z"}, None)  # T0 plus 10 s; the save-time check accepts it
+    (dispatch,) = run.activities(m.Activity.DISPATCH_STEPS)
+    assert starts(dispatch) == [("w", "run", 1)]
+    run.answer(dispatch)
+    assert run.state.flights["w"].ends_at == T0 + timedelta(seconds=10)
+
+
+COMPENSATED: list[dict[str, Any]] = [
+    # app is listed first but depends on db (depends_on may name a later step); both are undone on failure.
+    {"id": "app", "action": "x", "depends_on": ["db"], "compensate": {"action": "undo", "what": "app"}},
+    {"id": "db", "action": "x", "depends_on": [], "compensate": {"action": "undo", "what": "db"}},
+    {"id": "verify", "action": "x", "depends_on": ["app"]},
+]
+
+
+def compensated_in_order(run: Run) -> list[str]:
+    """Fail `verify`, then let every compensation succeed as it starts; the steps in the order they were undone."""
+    run.answer_all()
+    run.result("verify", ok=False)
+    undone: list[str] = []
+    for _ in range(10):
+        run.answer_all()
+        for command in run.log:
+            if isinstance(command, m.CallActivity) and isinstance(command.input, m.DispatchSteps):
+                for step_id, phase, _ in starts(command):
+                    if phase == "compensate" and step_id not in undone:
+                        undone.append(step_id)
+                        run.send(m.EventRaised(f"compensate:{step_id}:1", {"ok": True}, run.now))
+    assert run.complete is not None and run.complete["compensated"] == undone
+    return undone
+
+
+def test_a_fresh_run_compensates_in_reverse_completion_order() -> None:
+    run = Run(COMPENSATED)
+    run.answer_all()
+    run.result("db")
+    run.answer_all()
+    run.result("app")
+    assert run.state.order == ("db", "app")
+    assert compensated_in_order(run) == ["app", "db"]
+
+
+def test_a_retry_compensates_reused_steps_dependents_first_whatever_their_position() -> None:
+    # Reused outputs come in the order of the steps' positions in the definition: app before db.
+    run = Run(COMPENSATED, reused={"app": {"id": 1}, "db": {"id": 2}})
+    assert run.state.order == ("db", "app")
+    assert compensated_in_order(run) == ["app", "db"]
+
+
+# -- an execution started before these rules replays the commands it recorded (ADR 0025) ----------------------------
+def test_an_execution_started_under_rules_2_keeps_its_reused_order_and_its_timed_out_childs_silence() -> None:
+    old = Run(COMPENSATED, reused={"app": {"id": 1}, "db": {"id": 2}}, rules=2)
+    assert old.state.order == ("app", "db")
+    # The start input of an execution from before rules were recorded has no `rules` at all.
+    legacy = m.begin({k: v for k, v in request(COMPENSATED, reused={"app": {}, "db": {}}).items() if k != "rules"}, T0)
+    assert legacy[0].spec.rules == 2 and legacy[0].order == ("app", "db")
+
+    child = Run([{"id": "child", "action": "intent.run", "intent": "deploy-db"}], plan=CHILD_PLAN, rules=2)
+    child_started(child, "c-1")
+    child.tick(601)
+    assert cancels(child) == []
