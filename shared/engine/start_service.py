@@ -17,6 +17,7 @@ from shared.engine import executions as repo
 from shared.engine.protocol import ORCHESTRATOR
 from shared.engine.start import (
     Conn,
+    IntentNotFoundError,
     Started,
     StartForbiddenError,
     StartRequest,
@@ -104,10 +105,14 @@ def begin(tenant: Tenant, make_request: Callable[[Conn], StartRequest], *, decid
     StartForbiddenError); whatever `make_request` raises of its own passes through.
     """
     with tenant_transaction(tenant.id) as conn:
+        try:
+            request = make_request(conn)  # a producer's request names its intent, which may not exist
+        except (registry.NotFoundError, registry.UnknownVersionError) as exc:
+            raise IntentNotFoundError(str(exc)) from None
         return start_execution(
             conn,
             tenant.facts(),
-            make_request(conn),
+            request,
             authorize=authorize_execute(decide, tenant.id),
             max_concurrent=concurrent_limit(tenant.quotas),
         )
