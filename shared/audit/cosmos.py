@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,7 +12,7 @@ import psycopg
 from azure.cosmos import ContainerProxy, DatabaseProxy, PartitionKey
 from azure.cosmos.exceptions import CosmosHttpResponseError, CosmosResourceExistsError
 
-from shared.audit.model import AuditPage, AuditQuery, AuditRecord, decode_cursor, encode_cursor
+from shared.audit.model import AuditPage, AuditQuery, AuditRecord, InvalidCursorError, decode_cursor, encode_cursor
 from shared.audit.outbox import AuditOutbox, RecordRefusedError, Write
 
 _CURSOR_KIND = "cosmos"
@@ -143,6 +143,7 @@ class CosmosAuditStore:
 
         position = decode_cursor(_CURSOR_KIND, q)
         token = position.get("c") if position else None
+        callers_token = token is not None
         items: list[AuditRecord] = []
         for _ in range(_MAX_ROUND_TRIPS):
             pages = self._container.query_items(
@@ -151,7 +152,16 @@ class CosmosAuditStore:
                 partition_key=tenant,
                 max_item_count=q.limit - len(items),
             ).by_page(token)
-            items.extend(_to_record(doc) for doc in next(pages, []))
+            try:
+                page: Iterable[dict[str, Any]] = next(pages, [])
+            except CosmosHttpResponseError as exc:
+                # The cursor is only encoded, not sealed, so the service's token in it can be edited: one the service
+                # cannot read (400) is the caller's bad cursor. Later round trips send the service's own tokens.
+                if callers_token and exc.status_code == 400:
+                    raise InvalidCursorError("malformed cursor") from None
+                raise
+            callers_token = False
+            items.extend(_to_record(doc) for doc in page)
             token = getattr(pages, "continuation_token", None)
             if token is None or len(items) >= q.limit:
                 break

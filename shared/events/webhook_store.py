@@ -48,7 +48,11 @@ _TO_SEAL = "SELECT id, secret FROM app.webhook_subscriptions WHERE NOT starts_wi
 _SEAL = "UPDATE app.webhook_subscriptions SET secret = %s WHERE id = %s"
 _DELETE_DELIVERIES = "DELETE FROM app.webhook_deliveries WHERE subscription_id = %s"
 _DELETE = "DELETE FROM app.webhook_subscriptions WHERE id = %s"
-_MATCHING = "SELECT id, event_types FROM app.webhook_subscriptions WHERE enabled"
+# FOR KEY SHARE until the relay commits (updates pass, a delete waits): a subscription deleted before is not read, one
+# being deleted is waited for and then not read, and none goes before the deliveries written for it are in. A
+# delivery for a subscription deleted meanwhile failed its foreign key, and the relay's transaction with it, after the
+# batch was published. In id order, the order `_TO_SEAL` locks them in, so that the two cannot deadlock.
+_MATCHING = "SELECT id, event_types FROM app.webhook_subscriptions WHERE enabled ORDER BY id FOR KEY SHARE"
 _FAN_OUT = (
     "INSERT INTO app.webhook_deliveries (tenant_id, subscription_id, message_id, event_type, payload)"
     " VALUES (app.current_tenant_id(), %s, %s, %s, %s) ON CONFLICT DO NOTHING"
@@ -59,13 +63,15 @@ _DELIVERY_COLUMNS = (
 )
 _DELIVERIES = "SELECT {delivery} FROM app.webhook_deliveries WHERE subscription_id = %s ORDER BY id DESC LIMIT %s"
 # The head of each enabled subscription's queue, when it is due. Later deliveries wait behind it: per-subscription
-# order. The claim moves its next attempt past the send's timeout, so an overlapping run leaves it alone.
+# order. The claim moves its next attempt past the send's timeout, so an overlapping run leaves it alone. Whether a
+# head is due is asked of the locked row (`d`), which Postgres reads again once it holds the lock: the heads were read
+# when the statement began, and a run that claimed (or sent) one and committed since must not have it taken again.
 _CLAIM_HEADS = (
-    "WITH heads AS (SELECT DISTINCT ON (d.subscription_id) d.id, d.next_attempt_at FROM app.webhook_deliveries d"
+    "WITH heads AS (SELECT DISTINCT ON (d.subscription_id) d.id FROM app.webhook_deliveries d"
     " JOIN app.webhook_subscriptions s ON s.tenant_id = d.tenant_id AND s.id = d.subscription_id AND s.enabled"
     " WHERE d.state = 'pending' ORDER BY d.subscription_id, d.id),"
     " due AS (SELECT d.tenant_id, d.id FROM app.webhook_deliveries d JOIN heads h ON h.id = d.id"
-    " WHERE h.next_attempt_at <= clock_timestamp() LIMIT %s FOR UPDATE OF d SKIP LOCKED)"
+    " WHERE d.state = 'pending' AND d.next_attempt_at <= clock_timestamp() LIMIT %s FOR UPDATE OF d SKIP LOCKED)"
     " UPDATE app.webhook_deliveries d SET next_attempt_at = clock_timestamp() + make_interval(secs => %s)"
     " FROM due, app.webhook_subscriptions s WHERE d.tenant_id = due.tenant_id AND d.id = due.id"
     " AND s.tenant_id = d.tenant_id AND s.id = d.subscription_id"
@@ -222,6 +228,9 @@ def seal_secrets(conn: Conn, tenant_id: UUID, keys: Sealer) -> int:
 
 def delete(conn: Conn, subscription_id: UUID) -> bool:
     """Remove a subscription and its delivery log."""
+    # The deliveries first: a sender records a delivery, then its subscription, and the same order here keeps the
+    # two from deadlocking. Those the relay commits in between go with the subscription (the cascade of migration
+    # 0034), which waits for the relay's transaction.
     conn.execute(_DELETE_DELIVERIES, (subscription_id,))
     return conn.execute(_DELETE, (subscription_id,)).rowcount == 1
 

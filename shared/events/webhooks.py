@@ -36,6 +36,7 @@ MAX_ATTEMPTS = 8
 BACKOFF_BASE_S = 5.0
 BACKOFF_MAX_S = 3600.0
 SEND_TIMEOUT_S = 10.0
+"""How long one send may take as a whole: connecting, the receiver's headers and the read of its answer together."""
 HOLD_S = 60.0
 """How long a claimed delivery is left alone by other runs while it is being sent (longer than a send takes)."""
 PER_RUN = 50
@@ -97,19 +98,19 @@ class DeliveryResult:
     """Claimed and not sent when a tenant's share of the run was spent: due again for the next run."""
 
 
-def _send(client: GuardedClient, claimed: store.Claimed) -> tuple[int | None, str | None]:
-    """POST one delivery; answers the status and, when it did not succeed, why."""
+def _send(client: GuardedClient, claimed: store.Claimed, timeout_s: float) -> tuple[int | None, str | None]:
+    """POST one delivery, all of it within `timeout_s`; answers the status and, when it did not succeed, why."""
     # Exactly the bytes the client sends for `json_body`, so the signature covers what the receiver reads.
     body = json.dumps(claimed.payload, separators=(",", ":"))
     headers = signed_headers(claimed.secret, claimed.message_id, body, datetime.now(UTC))
     try:
-        response = client.request(
-            "POST", claimed.url, headers=headers, json_body=claimed.payload, timeout=SEND_TIMEOUT_S
-        )
+        # The client's deadline covers the exchange until the answer is read: a receiver that trickles its headers
+        # or its body a byte at a time fails the attempt (DeadlineExceeded) instead of holding the run.
+        response = client.request("POST", claimed.url, headers=headers, json_body=claimed.payload, timeout=timeout_s)
         read_limited(response, MAX_RESPONSE_BYTES)  # the receiver's answer is not kept; this closes it
     except StepFailed as exc:  # refused by the guard now (the host's addresses changed), or unreachable
         return None, str(exc)
-    except httpx.HTTPError as exc:
+    except httpx.HTTPError as exc:  # DeadlineExceeded among them
         return None, f"{type(exc).__name__}: {exc}"
     if 200 <= response.status_code < 300:
         return response.status_code, None
@@ -123,15 +124,17 @@ def deliver_tenant(
     backoff_base_s: float = BACKOFF_BASE_S,
     client_factory: ClientFactory | None = None,
     budget_s: float = TENANT_BUDGET_S,
+    send_timeout_s: float = SEND_TIMEOUT_S,
 ) -> DeliveryResult:
-    """Send the tenant's due deliveries, one head per subscription at a time, until none is due, PER_RUN, or
-    `budget_s` has passed: what is claimed and not yet sent then goes back, due, for the next run."""
+    """Send the tenant's due deliveries, one head per subscription at a time, each send within `send_timeout_s`,
+    until none is due, PER_RUN, or `budget_s` has passed: what is claimed and not yet sent then goes back, due, for
+    the next run."""
     result = DeliveryResult()
     ends = time.monotonic() + budget_s
     with tenant_transaction(tenant_id, pool=pool) as conn:
         allowed = [str(h) for h in tenant_settings(conn).get("allowed_hosts") or []]
     make_client = client_factory or (
-        lambda hosts: GuardedClient(hosts, timeout=SEND_TIMEOUT_S, allow_private=private_network_allowed())
+        lambda hosts: GuardedClient(hosts, timeout=send_timeout_s, allow_private=private_network_allowed())
     )
     with make_client(allowed) as client:
         while result.delivered + result.failed_attempts < PER_RUN and time.monotonic() < ends:
@@ -148,7 +151,15 @@ def deliver_tenant(
                         store.release(conn, [later.id for later in claimed[index:]])
                     result.left += len(claimed) - index
                     break
-                _deliver(tenant_id, client, item, result, pool=pool, backoff_base_s=backoff_base_s)
+                _deliver(
+                    tenant_id,
+                    client,
+                    item,
+                    result,
+                    pool=pool,
+                    backoff_base_s=backoff_base_s,
+                    send_timeout_s=send_timeout_s,
+                )
     return result
 
 
@@ -160,9 +171,10 @@ def _deliver(
     *,
     pool: ConnectionPool[Any] | None,
     backoff_base_s: float,
+    send_timeout_s: float,
 ) -> None:
     """Send one claimed delivery and record how it went (a failure for good disables its subscription)."""
-    status, error = _send(client, item)
+    status, error = _send(client, item, send_timeout_s)
     with tenant_transaction(tenant_id, pool=pool) as conn:
         if error is None:
             assert status is not None  # a success has a status
@@ -200,17 +212,23 @@ def deliver_due(
     client_factory: ClientFactory | None = None,
     tenants_at_once: int = TENANTS_AT_ONCE,
     budget_s: float = TENANT_BUDGET_S,
+    send_timeout_s: float = SEND_TIMEOUT_S,
 ) -> DeliveryResult:
     """One run over every tenant with a delivery due, `tenants_at_once` tenants at a time, each for at most
-    `budget_s`: a tenant whose receivers are slow holds up one sender, not the others' deliveries. One tenant's
-    trouble is logged and the others still go."""
+    `budget_s` plus one send (`send_timeout_s`): a tenant whose receivers are slow holds up one sender, not the
+    others' deliveries, and the run ends. One tenant's trouble is logged and the others still go."""
     with platform_transaction(pool=control_pool) as conn:
         tenants = [UUID(str(row["tenant_id"])) for row in conn.execute(_DUE_TENANTS, (max_tenants,)).fetchall()]
 
     def run(tenant_id: UUID) -> DeliveryResult | None:
         try:
             return deliver_tenant(
-                tenant_id, pool=pool, backoff_base_s=backoff_base_s, client_factory=client_factory, budget_s=budget_s
+                tenant_id,
+                pool=pool,
+                backoff_base_s=backoff_base_s,
+                client_factory=client_factory,
+                budget_s=budget_s,
+                send_timeout_s=send_timeout_s,
             )
         except Exception:
             logger.exception("webhooks: the deliveries of tenant %s could not be sent", tenant_id)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
-from collections.abc import Callable, Collection, Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,8 +164,115 @@ def check_url(
     return Target(parsed, host, addresses)
 
 
+class DeadlineExceeded(httpx.TimeoutException):
+    """An exchange took longer than its time limit as a whole: connecting, redirects, headers and body together."""
+
+
+class _Deadline:
+    """The time limit of one exchange. httpx's timeouts bound each socket operation, so a server that answers a byte
+    at a time never trips them; when this one passes, the sockets the exchange connected are shut down, which ends a
+    read blocked on them at once."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._ends = time.monotonic() + seconds
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._fired = False
+        self._ended = False
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    @property
+    def passed(self) -> bool:
+        return self._fired or time.monotonic() >= self._ends
+
+    def remaining(self) -> float:
+        return max(self._ends - time.monotonic(), 0.0)
+
+    def exceeded(self, host: str) -> DeadlineExceeded:
+        return DeadlineExceeded(f"no complete answer from {host} within {self.seconds:g} s")
+
+    def trace(self, event: str, info: Mapping[str, Any]) -> None:
+        """httpcore's `trace` extension: takes each connection's socket as soon as it is connected."""
+        if event != "connection.connect_tcp.complete":
+            return
+        stream = info.get("return_value")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if not isinstance(sock, socket.socket):
+            return
+        # A descriptor of our own for the same connection: TLS detaches httpcore's socket object, and a number
+        # httpcore has closed may already belong to another connection; this one is ours until the exchange ends.
+        watched = sock.dup()
+        with self._lock:
+            if not (self._fired or self._ended):
+                self._sockets.append(watched)
+                return
+            late = not self._ended
+        if late:
+            _shut_down(watched)
+        watched.close()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self._fired = True
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            _shut_down(sock)
+            sock.close()
+
+    def end(self) -> None:
+        self._timer.cancel()
+        with self._lock:
+            self._ended = True
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            sock.close()
+
+
+def _shut_down(sock: socket.socket) -> None:
+    try:
+        # Unlike close, shutdown wakes a thread blocked reading the connection (it reads the end of the stream).
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # closed already by the other side
+
+
+class _BoundedBody(httpx.SyncByteStream):
+    """A response body read within its exchange's deadline; closing it ends the deadline."""
+
+    def __init__(self, inner: httpx.SyncByteStream, deadline: _Deadline, host: str) -> None:
+        self._inner = inner
+        self._deadline = deadline
+        self._host = host
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for chunk in self._inner:
+                if self._deadline.passed:
+                    raise self._deadline.exceeded(self._host)
+                yield chunk
+        except DeadlineExceeded:
+            raise
+        except httpx.HTTPError:
+            # The shut-down connection reads as a peer that hung up; the deadline is what happened.
+            if self._deadline.passed:
+                raise self._deadline.exceeded(self._host) from None
+            raise
+        if self._deadline.passed:  # a body without a length ends where the connection was shut down
+            raise self._deadline.exceeded(self._host)
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            self._deadline.end()
+
+
 class GuardedClient:
-    """An httpx client that checks every URL it visits, redirects included, and connects only to checked addresses."""
+    """An httpx client that checks every URL it visits, redirects included, and connects only to checked addresses.
+    A request's timeout bounds the whole exchange, its redirects and the reading of its body included."""
 
     def __init__(
         self,
@@ -177,8 +286,16 @@ class GuardedClient:
         self._allowed = tuple(allowed_hosts)
         self._resolver = resolver
         self._allow_private = allow_private
-        # No environment proxies (they would bypass the pinning) and no automatic redirects (each is checked).
-        self._client = httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False, transport=transport)
+        self._timeout = timeout
+        # No environment proxies (they would bypass the pinning) and no automatic redirects (each is checked). No
+        # connection is kept for the next request: a reused one reports no socket, and the deadline needs it.
+        self._client = httpx.Client(
+            timeout=timeout,
+            follow_redirects=False,
+            trust_env=False,
+            transport=transport,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
 
     def __enter__(self) -> GuardedClient:
         return self
@@ -199,7 +316,10 @@ class GuardedClient:
         json_body: Any = None,
         timeout: float | None = None,
     ) -> httpx.Response:
-        """Send and follow up to `MAX_REDIRECTS` redirects; the response is streamed: the caller closes it."""
+        """Send and follow up to `MAX_REDIRECTS` redirects; the response is streamed: the caller closes it.
+
+        `timeout` (the client's when None) bounds the exchange until the response is closed: connecting, every
+        hop, the headers and the reading of the body; past it, DeadlineExceeded (an httpx.TimeoutException)."""
         current = httpx.URL(url)
         if query:
             current = current.copy_merge_params(dict(query))
@@ -208,40 +328,68 @@ class GuardedClient:
         if json_body is not None:
             content = json.dumps(json_body, separators=(",", ":")).encode("utf-8")
             sent_headers.setdefault("Content-Type", "application/json")
-        for hop in range(MAX_REDIRECTS + 1):
-            target = check_url(current, self._allowed, self._resolver, allow_private=self._allow_private)
-            response = self._send(method, target, sent_headers, content, timeout)
-            location = response.headers.get("location")
-            if response.status_code not in _REDIRECTS or location is None:
-                return response
-            response.close()
-            if hop == MAX_REDIRECTS:
-                raise StepFailed(f"more than {MAX_REDIRECTS} redirects from {url}", retryable=False)
-            following = current.join(location)
-            if response.status_code == 303 or (response.status_code in (301, 302) and method not in ("GET", "HEAD")):
-                method, content = "GET", None
-                sent_headers = {k: v for k, v in sent_headers.items() if k.lower() != "content-type"}
-            if (following.scheme, following.host, following.port) != (current.scheme, current.host, current.port):
-                # Credentials meant for one origin are not handed to another.
-                sent_headers = {k: v for k, v in sent_headers.items() if k.lower() not in _CREDENTIAL_HEADERS}
-            current = following
+        deadline = _Deadline(timeout if timeout is not None else self._timeout)
+        host = current.host
+        handed_over = False
+        try:
+            for hop in range(MAX_REDIRECTS + 1):
+                target = check_url(current, self._allowed, self._resolver, allow_private=self._allow_private)
+                host = target.host
+                response = self._send(method, target, sent_headers, content, deadline)
+                if deadline.passed:
+                    response.close()
+                    raise deadline.exceeded(host)
+                location = response.headers.get("location")
+                if response.status_code not in _REDIRECTS or location is None:
+                    assert isinstance(response.stream, httpx.SyncByteStream)  # a sync client's
+                    response.stream = _BoundedBody(response.stream, deadline, host)
+                    handed_over = True  # the response's close ends the deadline
+                    return response
+                response.close()
+                if hop == MAX_REDIRECTS:
+                    raise StepFailed(f"more than {MAX_REDIRECTS} redirects from {url}", retryable=False)
+                following = current.join(location)
+                if response.status_code == 303 or (
+                    response.status_code in (301, 302) and method not in ("GET", "HEAD")
+                ):
+                    method, content = "GET", None
+                    sent_headers = {k: v for k, v in sent_headers.items() if k.lower() != "content-type"}
+                if (following.scheme, following.host, following.port) != (current.scheme, current.host, current.port):
+                    # Credentials meant for one origin are not handed to another.
+                    sent_headers = {k: v for k, v in sent_headers.items() if k.lower() not in _CREDENTIAL_HEADERS}
+                current = following
+        except DeadlineExceeded:
+            raise
+        except httpx.HTTPError:
+            # The shut-down connection reads as a peer that hung up; the deadline is what happened.
+            if deadline.passed:
+                raise deadline.exceeded(host) from None
+            raise
+        finally:
+            if not handed_over:
+                deadline.end()
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _send(
-        self, method: str, target: Target, headers: Mapping[str, str], content: bytes | None, timeout: float | None
+        self, method: str, target: Target, headers: Mapping[str, str], content: bytes | None, deadline: _Deadline
     ) -> httpx.Response:
         # Connect to the checked address; Host and TLS SNI (hence certificate checks) keep the real name.
         host_header = target.url.netloc.decode("ascii")
-        extensions = {"sni_hostname": target.host} if target.url.scheme == "https" else {}
+        extensions: dict[str, Any] = {"trace": deadline.trace}
+        if target.url.scheme == "https":
+            extensions["sni_hostname"] = target.host
         last_error: httpx.ConnectError | None = None
         for address in target.addresses:
+            if deadline.passed:
+                raise deadline.exceeded(target.host)
             request = self._client.build_request(
                 method,
                 target.url.copy_with(host=address),
                 headers={**headers, "Host": host_header},
                 content=content,
                 extensions=extensions,
-                timeout=timeout if timeout is not None else self._client.timeout,
+                # Each socket operation gets what is left, so that connecting cannot outlast the deadline either.
+                timeout=deadline.remaining(),
             )
             try:
                 return self._client.send(request, stream=True)

@@ -341,6 +341,26 @@ def test_a_bad_cursor_is_the_gateways_invalid_cursor_error(
         backend.store.query(AuditQuery(tenant_id=uuid.uuid4(), cursor="eyJ2IjoxfQ"))
 
 
+@pytest.mark.usefixtures("process_pools")  # the records go through the audit outbox
+def test_a_cosmos_cursor_with_an_edited_service_token_is_an_invalid_cursor(
+    audit_container: ContainerProxy, new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    tenant = new_tenant()
+    store = CosmosAuditStore(audit_container)
+    _seed(store, tenant, 4)
+    q = AuditQuery(tenant_id=tenant, limit=2)
+    issued = store.query(q).next_cursor
+    assert issued is not None
+    # A cursor is only encoded: a caller can keep its query's fingerprint and change the service's continuation token.
+    # The Cosmos fake answers 400 to this one, as the service does to a token it cannot read.
+    payload = pagination.decode_cursor(issued)
+    assert payload is not None and set(payload["p"]) == {"c"}
+    edited = pagination.encode_cursor({**payload, "p": {"c": "-1"}})
+    with pytest.raises(InvalidCursorError):
+        store.query(replace(q, cursor=edited))
+    assert len(store.query(replace(q, cursor=issued)).items) == 2  # the cursor as issued still reads on
+
+
 def test_public_form_is_json_ready() -> None:
     record = AuditRecord.new(
         tenant_id=uuid.uuid4(),

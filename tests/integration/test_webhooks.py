@@ -9,6 +9,7 @@ import base64
 import hashlib
 import hmac
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -374,3 +375,219 @@ def test_a_runs_sends_run_in_the_context_of_the_run(api: ApiHarness, local: None
         )
     assert result.delivered >= 3 and len(seen) >= 3
     assert set(seen) == {0xABC123}
+
+
+class Trickler:
+    """A receiver on 127.0.0.1 that reads the request, then answers one byte every `every_s` for `for_s`: in its
+    status line and headers (`phase="headers"`) or in a body it announced (`phase="body"`). Every byte comes well
+    inside any per-read timeout; only a limit on the whole exchange ends it."""
+
+    def __init__(self, phase: str, every_s: float = 0.5, for_s: float = 30.0) -> None:
+        self.requests = 0
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}/hooks"
+        self._phase, self._every_s, self._for_s = phase, every_s, for_s
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            connection, _ = self._server.accept()
+            threading.Thread(target=self._answer, args=(connection,), daemon=True).start()
+
+    def _answer(self, connection: socket.socket) -> None:
+        with connection:
+            try:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += connection.recv(65536)
+                self.requests += 1
+                # The body is small: the request's remaining bytes are left unread, which changes nothing here.
+                connection.sendall(
+                    b"HTTP/1.1 200 OK\r\nX-Slow: "
+                    if self._phase == "headers"
+                    else b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
+                )
+                ends = time.monotonic() + self._for_s
+                while time.monotonic() < ends:
+                    connection.sendall(b"a")
+                    time.sleep(self._every_s)
+                connection.sendall(b"\r\nContent-Length: 0\r\n\r\n" if self._phase == "headers" else b"a" * 1000)
+            except OSError:
+                return  # the sender gave up on it: what the test wants
+
+
+@pytest.mark.parametrize("phase", ["headers", "body"])
+def test_a_receiver_that_trickles_its_answer_fails_the_attempt_and_holds_up_no_run(
+    api: ApiHarness, local: None, phase: str
+) -> None:
+    slow, fast = Trickler(phase), Receiver()
+    slow_tenant, slow_headers = tenant(api, f"hooks-trickle-{phase}")
+    fast_tenant, fast_headers = tenant(api, f"hooks-trickle-{phase}-other")
+    subscription = api.client.post(
+        "/api/v1/webhooks", json={"url": slow.url, "event_types": ["*"]}, headers=slow_headers
+    ).json()
+    api.client.post("/api/v1/webhooks", json={"url": fast.url, "event_types": ["*"]}, headers=fast_headers)
+    emit(slow_tenant.id, "test.slow")
+    fast_ids = emit(fast_tenant.id, "test.fast")
+
+    started = time.monotonic()
+    result = webhooks.deliver_due(max_tenants=10_000, send_timeout_s=1.0)
+    took = time.monotonic() - started
+    # The trickle lasts 30 s; the send's deadline ended it after 1 s, and with it the run.
+    assert took < 6, took
+    assert slow.requests == 1 and result.failed_attempts >= 1
+    assert [e["id"] for e in fast.events()] == fast_ids  # the other tenant's delivery went in the same run
+    log = api.client.get(f"/api/v1/webhooks/{subscription['id']}/deliveries", headers=slow_headers).json()["items"]
+    # A failed attempt like any other: retried after its backoff, its subscription still enabled.
+    assert [(d["state"], d["attempts"], d["last_status"]) for d in log] == [("pending", 1, None)]
+    assert log[0]["last_error"] == "DeadlineExceeded: no complete answer from 127.0.0.1 within 1 s"
+    with tenant_transaction(slow_tenant.id) as conn:
+        row = conn.execute("SELECT next_attempt_at > clock_timestamp() AS later FROM app.webhook_deliveries").fetchone()
+    assert row == {"later": True}
+
+
+def _running(monitor: psycopg.Connection[Any], pid: int) -> bool:
+    """Whether backend `pid` is in the middle of a statement."""
+    row = monitor.execute("SELECT state FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+    return row is not None and row[0] == "active"
+
+
+def _overlapping_claims(monitor: psycopg.Connection[Any], tenant_id: Any) -> tuple[list[int], list[int], bool]:
+    """Two runs' claims: the first's committed once the second's statement has begun. Returns what each claimed and
+    whether the second's statement was still running when the first committed (the race)."""
+    taken: dict[str, list[int]] = {}
+    first_claimed, commit_first, first_done = threading.Event(), threading.Event(), threading.Event()
+    second_pid: list[int] = []
+
+    def run_a() -> None:
+        with tenant_transaction(tenant_id) as conn:
+            taken["a"] = [c.id for c in webhook_store.claim_due(conn, tenant_id, limit=50, hold_s=60)]
+            first_claimed.set()
+            commit_first.wait(10)  # held open: the claim is committed only once the second run reads
+        first_done.set()
+
+    def run_b() -> None:
+        with tenant_transaction(tenant_id) as conn:
+            second_pid.append(int(conn.execute("SELECT pg_backend_pid() AS pid").fetchone()["pid"]))
+            taken["b"] = [c.id for c in webhook_store.claim_due(conn, tenant_id, limit=50, hold_s=60)]
+
+    a, b = threading.Thread(target=run_a), threading.Thread(target=run_b)
+    a.start()
+    assert first_claimed.wait(10)
+    b.start()
+    while not second_pid and b.is_alive():
+        time.sleep(0.001)
+    while b.is_alive() and not _running(monitor, second_pid[0]):
+        time.sleep(0.001)
+    # The second run's statement has its snapshot, in which the head is due (the first's claim is not committed yet);
+    # the first commits while the second still reads the backlog, before it gets to the head.
+    commit_first.set()
+    assert first_done.wait(10)
+    overlapped = _running(monitor, second_pid[0])
+    a.join()
+    b.join()
+    return taken["a"], taken["b"], overlapped
+
+
+def test_a_head_claimed_by_an_overlapping_run_is_not_claimed_again(api: ApiHarness, local: None) -> None:
+    receiver = Receiver()
+    handle, headers = tenant(api, "hooks-claim-race")
+    body = {"url": receiver.url, "event_types": ["*"]}
+    first = api.client.post("/api/v1/webhooks", json=body, headers=headers).json()["id"]
+    backlog = api.client.post("/api/v1/webhooks", json=body, headers=headers).json()["id"]
+    with tenant_transaction(handle.id) as conn:
+        # A receiver that backs off with a backlog behind its head (what a receiver that is down accumulates): a
+        # claim reads all of it, which keeps the second run's statement going while the first run commits.
+        conn.execute(
+            "INSERT INTO app.webhook_deliveries (tenant_id, subscription_id, message_id, event_type, payload,"
+            " next_attempt_at) SELECT app.current_tenant_id(), %s, 'm' || g, 'test.backlog', '{}',"
+            " clock_timestamp() + interval '1 hour' FROM generate_series(1, 150000) g",
+            (backlog,),
+        )
+        conn.execute(
+            "INSERT INTO app.webhook_deliveries (tenant_id, subscription_id, message_id, event_type, payload)"
+            " VALUES (app.current_tenant_id(), %s, 'head', 'test.head', '{}')",
+            (first,),
+        )
+    raced = 0
+    with psycopg.connect(api.admin_url, dbname="quantum", autocommit=True) as monitor:
+        for _ in range(3):
+            by_first, by_second, overlapped = _overlapping_claims(monitor, handle.id)
+            assert len(by_first) == 1
+            assert not set(by_first) & set(by_second), "the head was claimed by both runs: it would be sent twice"
+            raced += overlapped
+            with tenant_transaction(handle.id) as conn:  # due again, for the next round
+                conn.execute(
+                    "UPDATE app.webhook_deliveries SET next_attempt_at = clock_timestamp() WHERE id = %s", by_first
+                )
+    assert raced >= 1, "no round overlapped: the test did not exercise the race"
+    with tenant_transaction(handle.id) as conn:
+        conn.execute("DELETE FROM app.webhook_deliveries")  # the backlog would slow every later finder of due tenants
+
+
+def _blocked_by(admin_url: str, pid: int, timeout_s: float = 10.0) -> bool:
+    """Wait until some backend waits for a lock that backend `pid` holds."""
+    ends = time.monotonic() + timeout_s
+    with psycopg.connect(admin_url, dbname="quantum", autocommit=True) as conn:
+        while time.monotonic() < ends:
+            query = "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))"
+            if conn.execute(query, (pid,)).fetchone() != (0,):
+                return True
+            time.sleep(0.01)
+    return False
+
+
+def test_a_subscription_deleted_while_the_relay_writes_its_deliveries_is_deleted(api: ApiHarness, local: None) -> None:
+    handle, headers = tenant(api, "hooks-delete-race")
+    subscription = api.client.post(
+        "/api/v1/webhooks", json={"url": Receiver().url, "event_types": ["*"]}, headers=headers
+    ).json()
+    answers: list[Any] = []
+    delete = threading.Thread(
+        target=lambda: answers.append(api.client.delete(f"/api/v1/webhooks/{subscription['id']}", headers=headers))
+    )
+    with tenant_transaction(handle.id) as relay:  # the relay's transaction, between its fan-out and its commit
+        assert webhook_store.fan_out(relay, [{"id": "evt-race", "type": "test.race", "data": {}}]) == 1
+        relay_pid = int(relay.execute("SELECT pg_backend_pid() AS pid").fetchone()["pid"])
+        delete.start()
+        # The DELETE has removed the deliveries it could see and waits for the relay's transaction.
+        assert _blocked_by(api.admin_url, relay_pid)
+    delete.join(10)
+    assert answers[0].status_code == 204, answers[0].text
+    with psycopg.connect(api.admin_url, dbname="quantum") as conn:
+        left = conn.execute(
+            "SELECT (SELECT count(*) FROM app.webhook_subscriptions WHERE id = %(id)s),"
+            " (SELECT count(*) FROM app.webhook_deliveries WHERE subscription_id = %(id)s)",
+            {"id": subscription["id"]},
+        ).fetchone()
+    assert left == (0, 0)
+
+
+def test_the_relay_skips_a_subscription_deleted_while_it_fans_out(api: ApiHarness, local: None) -> None:
+    handle, headers = tenant(api, "hooks-relay-race")
+    body = {"url": Receiver().url, "event_types": ["*"]}
+    doomed = api.client.post("/api/v1/webhooks", json=body, headers=headers).json()
+    kept = api.client.post("/api/v1/webhooks", json=body, headers=headers).json()
+    with tenant_transaction(handle.id) as conn:
+        event_id = str(enqueue(conn, "test.race", "tests/race", {}))
+    relayed: list[int | BaseException] = []
+
+    def relay() -> None:
+        try:
+            relayed.append(relay_tenant(handle.id, Publisher()))
+        except BaseException as exc:  # noqa: BLE001  # what the test reports
+            relayed.append(exc)
+
+    relaying = threading.Thread(target=relay)
+    with tenant_transaction(handle.id) as deleting:  # a delete, not committed yet, when the relay reads
+        assert webhook_store.delete(deleting, doomed["id"])
+        deleting_pid = int(deleting.execute("SELECT pg_backend_pid() AS pid").fetchone()["pid"])
+        relaying.start()
+        assert _blocked_by(api.admin_url, deleting_pid)
+    relaying.join(10)
+    assert relayed == [1]  # published and marked: no failed transaction, so no second publication
+    with tenant_transaction(handle.id) as conn:
+        rows = conn.execute("SELECT subscription_id, message_id FROM app.webhook_deliveries").fetchall()
+        published = conn.execute("SELECT published_at IS NOT NULL AS done FROM app.outbox").fetchall()
+    assert [(str(row["subscription_id"]), row["message_id"]) for row in rows] == [(kept["id"], event_id)]
+    assert published == [{"done": True}]
