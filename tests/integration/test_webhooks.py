@@ -591,3 +591,38 @@ def test_the_relay_skips_a_subscription_deleted_while_it_fans_out(api: ApiHarnes
         published = conn.execute("SELECT published_at IS NOT NULL AS done FROM app.outbox").fetchall()
     assert [(str(row["subscription_id"]), row["message_id"]) for row in rows] == [(kept["id"], event_id)]
     assert published == [{"done": True}]
+
+
+class RawAnswer:
+    """A receiver on 127.0.0.1 that reads each request and answers `answer`, bytes as they are."""
+
+    def __init__(self, answer: bytes) -> None:
+        self._answer = answer
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}/hooks"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            connection, _ = self._server.accept()
+            with connection:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += connection.recv(65536)
+                connection.sendall(self._answer)
+
+
+def test_a_redirect_to_a_malformed_url_is_a_failed_attempt(api: ApiHarness, local: None) -> None:
+    # An error no send accounted for would end the tenant's run and leave the delivery claimed with no attempt
+    # counted, to come back every minute for ever.
+    receiver = RawAnswer(b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://[::1\r\nContent-Length: 0\r\n\r\n")
+    owner, headers = tenant(api, "hooks-bad-redirect")
+    subscription = api.client.post(
+        "/api/v1/webhooks", json={"url": receiver.url, "event_types": ["*"]}, headers=headers
+    ).json()
+    emit(owner.id, "test.redirected")
+    result = webhooks.deliver_tenant(owner.id)
+    assert result.failed_attempts == 1
+    log = api.client.get(f"/api/v1/webhooks/{subscription['id']}/deliveries", headers=headers).json()["items"]
+    assert [(d["state"], d["attempts"]) for d in log] == [("pending", 1)]
+    assert log[0]["last_error"].startswith("RemoteProtocolError: Invalid URL in location header")
