@@ -24,8 +24,9 @@ MAX_REFUSALS = 20
 _BOM = b"\xef\xbb\xbf"
 # NUL cannot be stored in Postgres text or jsonb; a lone surrogate cannot be encoded as UTF-8 at all.
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+# A string, or a bracket outside one. A string that is never closed runs to the end of the text: a token that could
+# fail once begun would be tried again from every quote inside it, which is quadratic in a hostile body's length.
+_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)|[\[\]{}]', re.DOTALL)
 _NESTING = {"[": 1, "{": 1, "]": -1, "}": -1}
 _MAX_INT_DIGITS = len(str(MAX_INT))
 _JSON_MEDIA_TYPE = re.compile(r"^application/(?:json|[!#$%&'*.^_`|~0-9a-z-]+\+json)$")
@@ -183,8 +184,8 @@ def refusals(value: Any, *, bound_integers: bool = True) -> list[Refusal]:
 
 def nesting_depth(text: str) -> int:
     """How deeply arrays and objects nest in JSON text, counted without parsing it (brackets in strings ignored)."""
-    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
-    return max(itertools.accumulate(_NESTING[c] for c in brackets), default=0)
+    tokens = _TOKEN.findall(text)
+    return max(itertools.accumulate(_NESTING[t] for t in tokens if t in _NESTING), default=0)
 
 
 def loads(body: bytes) -> Any:

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import math
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -188,6 +189,38 @@ def test_deep_nesting_is_a_clean_422(api: ApiHarness, tenant: str, depth: int, u
     assert _pointers(response) == [""]
     assert response.json()["errors"][0]["code"] == "too_deep"
     assert f"deeper than {accepted_json.MAX_DEPTH}" in response.json()["errors"][0]["detail"]
+
+
+@pytest.mark.parametrize(
+    ("text", "depth"),
+    [
+        ('[["a]"], {"b": "{["}]', 2),
+        ('["escaped \\" quote", ["x"]]', 2),
+        ('"never closed [[[[', 0),  # brackets after an open quote are in the string: JSON could not parse it anyway
+        ('[["a\\\\"]]', 2),
+        ('[["a\\', 2),  # a text ending in a backslash inside an open string
+        ("[" * 40 + "]" * 40, 40),
+    ],
+)
+def test_nesting_is_counted_outside_strings(text: str, depth: int) -> None:
+    assert accepted_json.nesting_depth(text) == depth
+
+
+def test_a_body_of_escaped_quotes_never_closed_is_answered_without_holding_the_host(api: ApiHarness) -> None:
+    # Each escaped quote could begin a string that the pattern then failed to close: quadratic in the body's length,
+    # about 11 s for 64 KiB while the interpreter lock was held, so every thread of the host stopped with it. Bounded
+    # by a join, not timed: the answer must come at all (it took the better part of an hour at the body limit).
+    body = b'"' + b'\\"' * 400_000
+    answers: list[Any] = []
+    request = threading.Thread(
+        target=lambda: answers.append(api.client.post("/api/v1/intents", content=body, headers=JSON_HEADERS)),
+        daemon=True,
+    )
+    request.start()
+    request.join(120)
+    assert not request.is_alive() and answers
+    assert 400 <= answers[0].status_code < 500
+    assert answers[0].headers["content-type"] == "application/problem+json"
 
 
 def test_nesting_at_the_limit_reaches_the_route(api: ApiHarness, tenant: str) -> None:
