@@ -120,6 +120,25 @@ def test_versions_are_immutable_for_the_runtime(app_pool: ConnectionPool[Any], t
                 conn.execute(statement)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    "column",
+    ["status = 'active'", "quotas = '{}'", "allowed_targets = '{production}'", "entra_tenant_id = gen_random_uuid()"],
+)
+def test_a_tenants_own_transaction_changes_its_settings_and_nothing_else_of_its_row(
+    app_pool: ConnectionPool[Any], tenants: dict[str, uuid.UUID], column: str
+) -> None:
+    # Row-level security limits rows, not columns: the whole row was the runtime's to update, its own suspension,
+    # quotas, gates and Entra tenant included, which only the control plane decides.
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+        with tenant_transaction(tenants["a"], pool=app_pool) as conn:
+            conn.execute(f"UPDATE app.tenants SET {column}")  # type: ignore[arg-type]
+    with tenant_transaction(tenants["a"], pool=app_pool) as conn:
+        changed = conn.execute(
+            "UPDATE app.tenants SET settings = settings || '{}', updated_at = clock_timestamp()"
+        ).rowcount
+    assert changed == 1
+
+
 def test_runtime_role_is_not_owner_superuser_or_bypassrls(pg) -> None:  # type: ignore[no-untyped-def]
     with psycopg.connect(pg.admin_url, dbname="quantum") as conn:
         role = conn.execute(
