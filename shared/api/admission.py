@@ -173,11 +173,19 @@ class Admission:
     async def admit_waiting(self, tenant_id: UUID) -> Permit:
         """A permit for one request of the tenant, waited for on the event loop (no thread is held meanwhile) for up
         to `queue_wait_s` with at most `queue` others; else 429 tenant-busy with Retry-After."""
+        permit = await self.permit_waiting(tenant_id)
+        if permit is None:
+            raise tenant_busy(tenant_id, self.limit)
+        return permit
+
+    async def permit_waiting(self, tenant_id: UUID) -> Permit | None:
+        """As `admit_waiting`, but None when no permit came: for the platform's own reads on a tenant's behalf (a
+        live stream's), which wait and ask again rather than answer, so they are no refused request."""
         gate = self.gate(tenant_id)
         if gate.try_enter():
             return Permit(gate, self.wait_s)
         if not gate.join_queue():
-            raise tenant_busy(tenant_id, self.limit)
+            return None
         try:
             deadline = time.monotonic() + self.queue_wait_s
             pause = _ASYNC_FIRST_POLL_S
@@ -185,7 +193,7 @@ class Admission:
             # less than a thread-to-loop wake-up per release would under a burst.
             while not gate.try_enter():
                 if time.monotonic() >= deadline:
-                    raise tenant_busy(tenant_id, self.limit)
+                    return None
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, _ASYNC_POLL_S)
             return Permit(gate, self.wait_s)

@@ -157,11 +157,14 @@ class ExecutionFeed:
                 self._changed.notify_all()
 
     async def _admitted_read(self, after: int) -> tuple[Execution, list[ExecutionEvent]]:
+        pause = _BUSY_RETRY_S
         while True:
-            try:
-                permit = await get_admission().admit_waiting(self._key[1])
-            except ProblemError:  # the tenant's bound and queue are full: its feeds read a little later
-                await asyncio.sleep(_BUSY_RETRY_S)
+            permit = await get_admission().permit_waiting(self._key[1])
+            if permit is None:
+                # The tenant's bound and queue are full: its feeds read later, backing off, so that a thousand open
+                # streams do not ask thousands of times a second (nor count as refused requests).
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, _BUSY_RETRY_MAX_S)
                 continue
             try:
                 return await self._read(after)
@@ -173,6 +176,7 @@ _FeedKey = tuple[asyncio.AbstractEventLoop, UUID, UUID]
 _FEEDS: dict[_FeedKey, ExecutionFeed] = {}
 _NO_LISTENER_RECHECK_S = 2.0
 _BUSY_RETRY_S = 0.05
+_BUSY_RETRY_MAX_S = 1.0
 
 
 _OPEN: dict[UUID, int] = {}

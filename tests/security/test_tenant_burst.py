@@ -28,6 +28,7 @@ from shared.auth.principal import Principal
 from shared.config import get_settings
 from shared.db.pool import close_pool
 from shared.db.session import NestedBorrowError, platform_transaction, tenant_transaction, tenant_write
+from shared.observability import metrics
 from shared.policy.actions import Action
 from shared.policy.tenant_policies import policy_cache
 from shared.ratelimit import RateLimit, take_tenant_token
@@ -237,6 +238,26 @@ def test_a_queued_request_is_refused_once_its_wait_is_over() -> None:
     holder.release()
     asyncio.run(admission.admit_waiting(tenant)).release()
     assert admission.gate(tenant).in_flight == 0
+
+
+def test_the_platforms_own_reads_wait_for_a_permit_without_counting_as_refused_requests(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A live stream's feed asked again every 50 ms through the request path: a thousand streams of a busy tenant
+    # made thousands of refusals a second, each counted in qp.requests.refused (which the alerts read).
+    refused: list[str] = []
+    monkeypatch.setattr(metrics, "request_refused", lambda _tenant, slug: refused.append(slug))
+    admission = Admission(1, queue=0, wait_s=0.0, queue_wait_s=0.01)
+    tenant = uuid.uuid4()
+    holder = admission.admit(tenant)
+    assert asyncio.run(admission.permit_waiting(tenant)) is None and refused == []
+    with pytest.raises(ProblemError):
+        asyncio.run(admission.admit_waiting(tenant))  # a request is answered 429, and counted
+    assert refused == ["tenant-busy"]
+    holder.release()
+    permit = asyncio.run(admission.permit_waiting(tenant))
+    assert permit is not None and admission.gate(tenant).in_flight == 1
+    permit.release()
 
 
 @dataclass(frozen=True)
