@@ -11,7 +11,16 @@ from typing import Any
 
 import httpx
 import pytest
-from quantum_platform import AsyncClient, Client, NotFound, RateLimited, StaticToken, ValidationFailed
+from quantum_platform import (
+    AsyncClient,
+    Client,
+    NotFound,
+    ProblemError,
+    RateLimited,
+    StaticToken,
+    Unavailable,
+    ValidationFailed,
+)
 from quantum_platform.cli import _view
 from quantum_platform.credentials import Credential
 from rich.console import Console
@@ -74,8 +83,10 @@ def test_a_create_is_retried_with_one_idempotency_key_and_the_tenant_create_carr
         assert (
             first.headers["Idempotency-Key"] and retried.headers["Idempotency-Key"] == first.headers["Idempotency-Key"]
         )
-    client(handler).post("/api/v1/tenants", json={"name": "t"})
-    assert "Idempotency-Key" not in seen[-1].headers
+    # Without a key a 503 is final: the tenant create may have committed before it, and is not sent again.
+    with pytest.raises(Unavailable):
+        client(handler).post("/api/v1/tenants", json={"name": "t"})
+    assert "Idempotency-Key" not in seen[-1].headers and len(seen) == 9
     client(handler).post("/api/v1/webhooks/w-1/rotate-secret")
     assert "Idempotency-Key" not in seen[-1].headers
 
@@ -325,3 +336,156 @@ def test_the_live_view_shows_an_error_as_text_even_when_it_looks_like_markup() -
     console.print(_view(execution))
     shown = console.export_text()
     assert error in shown and "queued [/yellow] 5 s" in shown
+
+
+def _answers(*statuses: int) -> tuple[Handler, list[httpx.Request]]:
+    """A handler answering `statuses` in turn (Retry-After 0 on each), then 200."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if len(seen) <= len(statuses):
+            status = statuses[len(seen) - 1]
+            return httpx.Response(status, headers={"Retry-After": "0"}, json={"title": "busy", "status": status})
+        return httpx.Response(200, json={"id": "x"})
+
+    return handler, seen
+
+
+def test_a_503_is_retried_only_where_sending_again_cannot_do_a_thing_twice() -> None:
+    # A 503 can come after the work committed (raised at COMMIT): a rollback, approval, cancel, rotation, PATCH or
+    # DELETE without an Idempotency-Key is sent once; a 429 is retried for all of them, since nothing ran.
+    once: list[Callable[[Client], Any]] = [
+        lambda api: api.intents.rollback("i-1", 1),
+        lambda api: api.executions.approve("e-1", "ok"),
+        lambda api: api.executions.cancel("e-1"),
+        lambda api: api.webhooks.rotate_secret("w-1"),
+        lambda api: api.webhooks.update("w-1", enabled=False),
+        lambda api: api.webhooks.delete("w-1"),
+    ]
+    for call in once:
+        handler, seen = _answers(503)
+        with pytest.raises(Unavailable):
+            call(client(handler))
+        assert len(seen) == 1, seen[0]
+        handler, seen = _answers(429)
+        assert call(client(handler)).status_code == 200 and len(seen) == 2, seen[0]
+    # Reads, a PUT, and a POST that carries a key (its own or a generated one) are sent again after a 503.
+    again: list[Callable[[Client], Any]] = [
+        lambda api: api.intents.get("i-1"),
+        lambda api: api.request("HEAD", "/api/v1/intents"),
+        lambda api: api.intents.update("i-1", {"name": "n"}),
+        lambda api: api.executions.start("i-1"),
+        lambda api: api.post("/api/v1/executions/e-1/cancel", idempotency_key="k-1"),
+        lambda api: api.post("/api/v1/executions/e-1/cancel", headers={"idempotency-key": "k-2"}),
+    ]
+    for call in again:
+        handler, seen = _answers(503)
+        assert call(client(handler)).status_code == 200 and len(seen) == 2, seen[0]
+
+    async def rollback(handler: Handler) -> Any:
+        async with AsyncClient("http://p", credential=StaticToken("t"), transport=httpx.MockTransport(handler)) as api:
+            return await api.intents.rollback("i-1", 1)
+
+    handler, seen = _answers(503)
+    with pytest.raises(Unavailable):
+        asyncio.run(rollback(handler))
+    assert len(seen) == 1
+
+
+@pytest.fixture
+def pauses(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The client's waits, recorded instead of slept (both clients')."""
+    import types
+
+    import quantum_platform.client as module
+
+    waited: list[float] = []
+
+    async def asleep(seconds: float) -> None:
+        waited.append(seconds)
+
+    monkeypatch.setattr(module, "time", types.SimpleNamespace(sleep=waited.append))
+    monkeypatch.setattr(module, "asyncio", types.SimpleNamespace(sleep=asleep))
+    return waited
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_a_stream_reopened_while_the_backend_restarts_waits_it_out_and_resumes_after_the_last_event(
+    status: int, pauses: list[float]
+) -> None:
+    # API Management answers 502/504 (503 from the app) while the backend restarts, without Retry-After (ADR 0041).
+    bodies = [
+        (200, _sse((1, "execution_started"), (2, "step_started"))),  # the server goes away here
+        (status, ""),
+        (status, ""),
+        (status, ""),
+        (200, _sse((3, "step_completed"), (4, "execution_completed"))),
+    ]
+    asked: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.params.get("after"))
+        code, body = bodies[len(asked) - 1]
+        if code != 200:
+            return httpx.Response(code, json={"title": "Bad gateway", "status": code})
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, text=body)
+
+    events = [event["seq"] for event in client(handler).stream("/api/v1/executions/e/events")]
+    assert events == [1, 2, 3, 4] and asked == ["0", "2", "2", "2", "2"]
+    assert pauses == [0.5, 1.0, 2.0]  # the reconnect back-off of a lost connection
+
+    async def follow() -> list[Any]:
+        async with AsyncClient("http://p", credential=StaticToken("t"), transport=httpx.MockTransport(handler)) as api:
+            return [event["seq"] async for event in api.stream("/api/v1/executions/e/events")]
+
+    asked.clear()
+    pauses.clear()
+    assert asyncio.run(follow()) == [1, 2, 3, 4] and asked == ["0", "2", "2", "2", "2"]
+    assert pauses == [0.5, 1.0, 2.0]
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_a_stream_whose_backend_stays_away_gives_up_after_the_reconnect_budget(
+    status: int, pauses: list[float]
+) -> None:
+    # One budget for every way a reopening fails: 12 reconnects in a row (backing off to 5 s), not 12 after 4 retries.
+    opened = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:  # noqa: ARG001
+        nonlocal opened
+        opened += 1
+        return httpx.Response(status, json={"title": "Bad gateway", "status": status})
+
+    with pytest.raises(ProblemError) as raised:
+        list(client(handler).stream("/api/v1/executions/e/events"))
+    assert raised.value.status == status and opened == 13
+    assert pauses == [0.5, 1.0, 2.0, 4.0] + [5.0] * 8
+
+    async def follow() -> list[Any]:
+        async with AsyncClient("http://p", credential=StaticToken("t"), transport=httpx.MockTransport(handler)) as api:
+            return [event async for event in api.stream("/api/v1/executions/e/events")]
+
+    opened = 0
+    pauses.clear()
+    with pytest.raises(ProblemError) as raised:
+        asyncio.run(follow())
+    assert raised.value.status == status and opened == 13
+    assert pauses == [0.5, 1.0, 2.0, 4.0] + [5.0] * 8
+
+
+def test_a_long_poll_stream_counts_only_failures_in_a_row_against_its_budget(pauses: list[float]) -> None:
+    # Twenty lost connections over a long run, each followed by a page that came through: never 12 in a row.
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls % 2:
+            raise httpx.ConnectError("the connection was lost", request=request)
+        seq = calls // 2
+        kind = "execution_completed" if seq == 20 else "step_completed"
+        return httpx.Response(200, json={"status": "running", "next_after": seq, "items": [{"seq": seq, "type": kind}]})
+
+    events = [event["seq"] for event in client(handler).stream("/api/v1/executions/e/events")]
+    assert events == list(range(1, 21)) and pauses == [0.5] * 20

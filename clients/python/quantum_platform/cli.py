@@ -7,11 +7,12 @@ import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NoReturn
 
 import httpx
 import typer
@@ -37,7 +38,6 @@ app.add_typer(webhooks_app, name="webhooks")
 
 Output = Literal["table", "json"]
 OutputOption = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
-PROFILE = Path(os.environ.get("QP_PROFILE", Path.home() / ".config" / "qp" / "profile.json"))
 EXIT_FAILED, EXIT_CANCELLED, EXIT_PROBLEM = 1, 2, 3
 """`qp run --follow` exits 0 when the execution succeeded, 1 failed, 2 cancelled; any refused call exits 3."""
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -47,31 +47,99 @@ err = Console(stderr=True)
 
 
 # ------------------------------------------------------------------------------------------ profile and client
+def _profile_path() -> Path:
+    """Where `qp login` keeps the profile: `QP_PROFILE`, else ~/.config/qp/profile.json. Looked up at each use, not
+    at import, so whoever runs `qp` in-process (tests, wrappers) can move it."""
+    return Path(os.environ.get("QP_PROFILE") or Path.home() / ".config" / "qp" / "profile.json")
+
+
 def _profile() -> dict[str, Any]:
     try:
-        loaded = json.loads(PROFILE.read_text(encoding="utf-8"))
+        loaded = json.loads(_profile_path().read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return loaded if isinstance(loaded, dict) else {}
 
 
-def _credential(profile: dict[str, Any], url: str) -> Credential:
-    """QP_TOKEN, else the token `qp login` saved (Azure), else dev tokens from the local devhost."""
-    if os.environ.get("QP_TOKEN"):
+def _save_profile(profile: dict[str, Any]) -> None:
+    """Replace the profile in one step with a file that is 0600 from its creation: it may hold a bearer token, so it
+    is never readable by others, not even between a write and a chmod, and a crash leaves the old profile whole."""
+    path = _profile_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    descriptor = os.open(temporary, os.O_CREAT | os.O_WRONLY | os.O_TRUNC | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            json.dump(profile, file)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _same_url(saved: object, used: str) -> bool:
+    """Whether the profile was saved for the URL in use. A saved Entra token is for that API only: sent to another
+    host (a `QP_URL` pointing elsewhere), it would hand the user's identity to whoever runs that host."""
+    if not isinstance(saved, str) or not saved:
+        return False
+    try:
+        return httpx.URL(saved.rstrip("/")) == httpx.URL(used.rstrip("/"))
+    except httpx.InvalidURL:
+        return False
+
+
+def _is_checkout(folder: str | Path | None) -> bool:
+    """Whether `folder` is the platform's checkout: `python -m devhost token` runs there to mint dev tokens."""
+    return folder is not None and str(folder) != "" and (Path(folder) / "devhost" / "__main__.py").is_file()
+
+
+def _here_and_above() -> list[Path]:
+    here = Path.cwd()
+    return [here, *here.parents]
+
+
+def _find_checkout(*candidates: str | Path | None) -> Path | None:
+    """The first of `candidates` that is the platform's checkout, else the checkout this package is installed from
+    (`make run` installs it editable). Whatever folder `qp login` ran in was saved before, and a login from
+    elsewhere made every later command fail (`No module named devhost`)."""
+    installed = Path(__file__).resolve().parents[3:4]  # clients/python/quantum_platform/cli.py in a checkout
+    for found in [*candidates, *installed]:
+        if found is not None and _is_checkout(found):
+            return Path(found).resolve()
+    return None
+
+
+_NO_CHECKOUT = (
+    "cannot find the platform's checkout (the folder holding devhost/) to mint dev tokens: run `qp login` in it, "
+    "or pass --project-dir (or set QP_PROJECT_DIR)"
+)
+
+
+def _credential(profile: dict[str, Any], url: str, *, environment: bool = True) -> Credential:
+    """QP_TOKEN (when `environment`), else the token `qp login` saved for this very URL (Azure), else dev tokens
+    from the local devhost."""
+    if environment and os.environ.get("QP_TOKEN"):
         return StaticToken(os.environ["QP_TOKEN"])
-    if profile.get("token") and float(profile.get("expires_on", 0)) > time.time() + 60:
+    if (
+        profile.get("token")
+        and _same_url(profile.get("url"), url)
+        and float(profile.get("expires_on", 0)) > time.time() + 60
+    ):
         return StaticToken(str(profile["token"]))
     location = httpx.URL(url)
     if location.host in _LOCAL_HOSTS:
+        project = _find_checkout(os.environ.get("QP_PROJECT_DIR"), profile.get("project"), *_here_and_above())
+        if project is None:
+            raise PlatformError(_NO_CHECKOUT)
         roles = str(profile.get("roles") or _DEFAULT_ROLES).split(",")
         return DevhostCredential(
             str(profile.get("tenant") or "contoso"),
             roles=roles,
-            project_dir=profile.get("project"),
+            project_dir=project,
             data_dir=profile.get("data_dir"),
             port=location.port,
         )
-    raise PlatformError("not signed in: run `qp login` (or set QP_TOKEN)")
+    raise PlatformError(f"not signed in to {url}: run `qp login --url {url}` (or set QP_TOKEN)")
 
 
 @contextmanager
@@ -82,50 +150,88 @@ def _client() -> Iterator[Client]:
         yield client
 
 
+_REFUSALS = (PlatformError, OSError, RuntimeError, ValueError, httpx.HTTPError, httpx.InvalidURL)
+"""What ends a command as one line and exit 3: not only the API's refusals but an unreachable or timed-out platform
+and an unreadable input file, which must not pass for a failed execution (exit 1) behind a long traceback."""
+
+
 def _run(action: Callable[[], None]) -> None:
     """Run a command; a refusal is one clear line on stderr and exit code 3."""
     try:
         action()
     except ProblemError as exc:
-        err.print(f"[red]error[/red]: {exc.summary}", highlight=False, markup=True)
-        raise typer.Exit(EXIT_PROBLEM) from None
-    except (PlatformError, OSError, RuntimeError) as exc:
-        err.print(f"[red]error[/red]: {exc}", highlight=False, markup=True)
-        raise typer.Exit(EXIT_PROBLEM) from None
+        _fail(exc.summary)
+    except _REFUSALS as exc:
+        _fail(_reason(exc))
+
+
+def _fail(message: str) -> NoReturn:
+    # Text, not markup: the message quotes the server and the user (a `[/x]` in it raised MarkupError, a `[a-z0-9]`
+    # vanished). soft_wrap and the whitespace folded: one line at any width, also when stderr is not a terminal.
+    line = Text.assemble(("error", "red"), ": ", " ".join(message.split()))
+    err.print(line, highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_PROBLEM)
+
+
+def _reason(exc: BaseException) -> str:
+    detail = str(exc) or type(exc).__name__
+    if isinstance(exc, httpx.HTTPError):
+        try:
+            return f"{exc.request.method} {exc.request.url} failed: {detail} ({type(exc).__name__})"
+        except RuntimeError:  # no request attached
+            return f"{detail} ({type(exc).__name__})"
+    return detail
+
+
+def _line(text: str) -> None:
+    """One line of output as text (never markup or emoji codes), unwrapped whatever the width."""
+    out.print(Text(text), highlight=False, soft_wrap=True)
 
 
 def _show(data: Any, output: Output, columns: list[str] | None = None) -> None:
     if output == "json":
         out.print_json(json.dumps(data, default=str))
         return
+    # Every header and cell is Text: a plain str is read as markup, and a tenant's `[/x]` (a description, a name)
+    # raised MarkupError for the whole listing.
     rows = data.get("items") if isinstance(data, dict) and "items" in data else data
     if isinstance(rows, list):
         keys = columns or (list(rows[0]) if rows and isinstance(rows[0], dict) else ["value"])
-        table = Table(*keys)
+        table = Table()
+        for key in keys:
+            table.add_column(Text(str(key)))
         for row in rows:
             table.add_row(*[_cell(row.get(key) if isinstance(row, dict) else row) for key in keys])
         out.print(table)
         return
     table = Table("field", "value", show_header=False)
     for key, value in data.items() if isinstance(data, dict) else [("value", data)]:
-        table.add_row(key, _cell(value))
+        table.add_row(Text(str(key)), _cell(value))
     out.print(table)
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any) -> Text:
     if value is None:
-        return ""
+        return Text("")
     if isinstance(value, dict | list):
         text = json.dumps(value, default=str)
-        return text if len(text) <= 80 else text[:77] + "..."
-    return str(value)
+        return Text(text if len(text) <= 80 else text[:77] + "...")
+    return Text(str(value))
 
 
-def _read_json(path: Path | None) -> Any:
-    if path is None:
-        return None
-    text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
-    return json.loads(text)
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a file (- for stdin); anything else is a PlatformError naming the file, so `qp` answers one
+    line (the helpers' `dict(body)` raised on a list or a string)."""
+    name = "stdin" if str(path) == "-" else str(path)
+    try:
+        body = json.loads(sys.stdin.read() if str(path) == "-" else path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise PlatformError(f"{name} is not UTF-8 text") from None
+    except ValueError as exc:
+        raise PlatformError(f"{name} is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise PlatformError(f"{name} must hold a JSON object ({{...}}), not a {type(body).__name__}")
+    return body
 
 
 # ------------------------------------------------------------------------------------------ login
@@ -137,28 +243,40 @@ def login(
     scope: Annotated[str, typer.Option(help="in Azure: the API's scope")] = "api://quantum-platform/.default",
     entra_tenant: Annotated[str | None, typer.Option(help="in Azure: your Entra tenant id")] = None,
     data_dir: Annotated[str | None, typer.Option(help="locally: the devhost's data folder (default .data)")] = None,
+    project_dir: Annotated[
+        Path | None,
+        typer.Option(envvar="QP_PROJECT_DIR", help="locally: the platform's checkout (default: found from here)"),
+    ] = None,
 ) -> None:
     """Sign in: a dev token from the local devhost, or a device-code sign-in with Entra ID in Azure."""
 
     def act() -> None:
+        local = httpx.URL(url).host in _LOCAL_HOSTS
+        if project_dir is not None and not _is_checkout(project_dir):
+            raise PlatformError(f"{project_dir} is not the platform's checkout (it holds no devhost/)")
+        # The current folder, else the checkout the working login used, else the installed one: a login from another
+        # folder keeps a project whose devhost can mint tokens, or (locally) fails below without saving anything.
+        project = _find_checkout(project_dir, *_here_and_above(), _profile().get("project"))
         profile: dict[str, Any] = {
             "url": url,
             "tenant": tenant,
             "roles": roles,
-            "project": str(Path.cwd()),
-            "data_dir": data_dir,
+            "project": str(project) if project else None,
+            # Absolute: tokens are minted in the checkout, not in the folder this login ran in.
+            "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
         }
-        if httpx.URL(url).host not in _LOCAL_HOSTS:
+        if not local:
             from azure.identity import DeviceCodeCredential  # the client's `azure` extra
 
             token = DeviceCodeCredential(tenant_id=entra_tenant).get_token(scope)
             profile.update(token=token.token, expires_on=token.expires_on, tenant=None)
-        PROFILE.parent.mkdir(parents=True, exist_ok=True)
-        PROFILE.write_text(json.dumps(profile), encoding="utf-8")
-        PROFILE.chmod(0o600)
-        with _client() as client:
+        # Checked with the new sign-in's own credential before anything is saved: a failed login leaves the working
+        # one in place.
+        with Client(url, credential=_credential(profile, url, environment=False)) as client:
             me = client.get("/api/v1/me").json()
-        out.print(f"signed in to {url} as {me.get('principal_id') or me.get('display_name')} ({me.get('tenant_name')})")
+        _save_profile(profile)
+        who = me.get("principal_id") or me.get("display_name")
+        _line(f"signed in to {url} as {who} ({me.get('tenant_name')})")
 
     _run(act)
 
@@ -253,8 +371,12 @@ def _with(action: Callable[[Client], None]) -> None:
 
 def _intent_id(client: Client, intent: str) -> str:
     """An intent's id from its id or its exact name."""
-    if len(intent) == 36 and intent.count("-") == 4:
-        return intent
+    try:
+        # Only a real UUID is taken as an id: a name of 36 characters with four dashes is still a name.
+        if str(uuid.UUID(intent)) == intent.lower():
+            return intent
+    except ValueError:
+        pass
     items = client.intents.list(name_prefix=intent).json()["items"]
     matches = [item["id"] for item in items if item["name"] == intent]
     if not matches:
@@ -274,7 +396,8 @@ def run(
     outcome: list[int] = [0]
 
     def act(client: Client) -> None:
-        started = client.executions.start(_intent_id(client, intent), input=_read_json(input_file)).json()
+        body = _read_json(input_file) if input_file is not None else None
+        started = client.executions.start(_intent_id(client, intent), input=body).json()
         execution_id = str(started["execution_id"])
         if not follow:
             _show(started, output)
@@ -288,7 +411,7 @@ def run(
 
 def _follow_json(client: Client, execution_id: str) -> str:
     for event in client.stream(f"/api/v1/executions/{execution_id}/events"):
-        out.print(json.dumps(event, default=str), highlight=False, soft_wrap=True)
+        _line(json.dumps(event, default=str))
     return str(client.executions.get(execution_id).json()["status"])
 
 
@@ -309,15 +432,17 @@ def _follow_live(client: Client, execution_id: str) -> str:
 def _view(execution: dict[str, Any]) -> Group:
     steps = execution.get("steps") or []
     done = sum(1 for step in steps if step.get("state") in ("succeeded", "skipped", "reused"))
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
+    # As text, not markup, like the error below: step ids and actions come from the tenant's definition.
+    description = TextColumn("{task.description}", markup=False)
+    progress = Progress(description, BarColumn(), TextColumn("{task.completed}/{task.total}"))
     progress.add_task(f"execution {execution['id']} {execution['status']}", total=max(len(steps), 1), completed=done)
     table = Table("step", "action", "state", "attempt", "duration")
     for step in steps:
         table.add_row(
-            str(step.get("step_id")),
-            str(step.get("action")),
-            str(step.get("state")),
-            str(step.get("attempt") or ""),
+            Text(str(step.get("step_id"))),
+            Text(str(step.get("action"))),
+            Text(str(step.get("state"))),
+            Text(str(step.get("attempt") or "")),
             _duration(step.get("started_at"), step.get("finished_at")),
         )
     parts: list[Any] = [progress, table]
@@ -400,12 +525,11 @@ def events(
         )
         for event in stream:
             if output == "json":
-                out.print(json.dumps(event, default=str), highlight=False, soft_wrap=True)
+                _line(json.dumps(event, default=str))
             else:
+                # A step's error quotes what an endpoint answered (`GET /[/api] ...`): printed as text, one line each.
                 detail = event.get("error") or (json.dumps(event["result"]) if event.get("result") is not None else "")
-                out.print(
-                    f"{event['seq']:>4}  {event['type']:<24} {event.get('step') or '':<24} {detail}", highlight=False
-                )
+                _line(f"{event['seq']:>4}  {event['type']:<24} {event.get('step') or '':<24} {detail}")
 
     _run(lambda: _with(act))
 
@@ -468,7 +592,7 @@ def webhooks_delete(subscription: str) -> None:
 
     def act(client: Client) -> None:
         client.webhooks.delete(subscription)
-        out.print(f"deleted {subscription}")
+        _line(f"deleted {subscription}")
 
     _run(lambda: _with(act))
 

@@ -1,7 +1,8 @@
 # intent_ref: platform.gateway
-"""The Quantum Platform API client, async and sync: tokens per tenant, `Idempotency-Key` on every start, 429/503
-retried after `Retry-After`, problem+json raised as typed errors, an execution's events followed until its end
-(server-sent events when the server streams them, its JSON long poll otherwise)."""
+"""The Quantum Platform API client, async and sync: tokens per tenant, `Idempotency-Key` on every start and create,
+429 (and 503 where sending again cannot do a thing twice) retried after `Retry-After`, problem+json raised as typed
+errors, an execution's events followed until its end (server-sent events when the server streams them, its JSON long
+poll otherwise), reconnecting through lost connections and a restarting backend."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,12 +19,19 @@ import httpx
 from httpx_sse import EventSource
 
 from quantum_platform.credentials import Credential, DevhostCredential, from_environment
-from quantum_platform.errors import problem_from
+from quantum_platform.errors import ProblemError, problem_from
 from quantum_platform.resources import Audit, Definitions, Executions, Modules, Webhooks
 
 DEFAULT_URL = "http://127.0.0.1:7071"
 TERMINAL_EVENTS = frozenset({"execution_completed", "execution_failed", "execution_cancelled"})
 _RETRIED = frozenset({429, 503})
+_REPEATABLE = frozenset({"GET", "HEAD", "OPTIONS", "PUT"})
+"""Methods a 503 may be retried for without an Idempotency-Key: reading, or a PUT of a whole state. A 503 can come
+after the work committed (raised at COMMIT, or by a gateway timing out): a rollback, approve, cancel, rotate-secret,
+PATCH or DELETE sent again would run twice. A 429 is retried for every method: nothing ran."""
+_RESTARTING = frozenset({502, 503, 504})
+"""Answers to (re)opening a stream while the backend restarts (API Management answers 502/504 meanwhile, ADR 0041):
+reconnected like a lost connection, within the same budget."""
 _STARTS = ("/execute", "/retry")
 _CREATES = frozenset(
     f"/api/v1/{collection}" for collection in ("intents", "blueprints", "webhooks", "modules", "policies")
@@ -126,9 +134,10 @@ class _Core:
     def authorized(self, prepared: _Prepared) -> dict[str, str]:
         return {**prepared.headers, "Authorization": f"Bearer {self.credential.token(self._tenant)}"}
 
-    def retrying(self) -> _Retrying:
+    def retrying(self, method: str = "GET", headers: Mapping[str, str] | None = None) -> _Retrying:
         """The retry decisions of one request, answer by answer."""
-        return _Retrying(self)
+        keyed = any(name.lower() == "idempotency-key" for name in headers or {})
+        return _Retrying(self, repeatable=method.upper() in _REPEATABLE or keyed)
 
     def stream_request(self, http: httpx.Client | httpx.AsyncClient, path: str, after: int) -> httpx.Request:
         prepared = self.prepare(
@@ -145,10 +154,12 @@ class _Core:
 
 class _Retrying:
     """Decides, answer by answer, whether one request is sent again: after renewing a refused token (once), or after
-    `Retry-After` for 429/503 (up to `max_retries`). Both clients' loops ask it, so they cannot drift apart."""
+    `Retry-After` for 429, and for 503 when the request is `repeatable` (up to `max_retries`). Both clients' loops
+    ask it, so they cannot drift apart."""
 
-    def __init__(self, core: _Core) -> None:
+    def __init__(self, core: _Core, *, repeatable: bool) -> None:
         self._core = core
+        self._repeatable = repeatable
         self._attempt = 0
         self._renewed = False
 
@@ -162,20 +173,36 @@ class _Retrying:
         attempt = self._attempt
         if response.status_code not in _RETRIED or attempt >= self._core.max_retries:
             return None
+        if response.status_code == 503 and not self._repeatable:
+            return None
         self._attempt += 1
-        try:
-            seconds = float(str(response.headers.get("Retry-After", "")))
-        except ValueError:
-            return float(min(0.5 * 2**attempt, 10.0))
-        return min(max(seconds, 0.0), 60.0)
+        seconds = _retry_after(response)
+        return float(min(0.5 * 2**attempt, 10.0)) if seconds is None else seconds
 
 
-def _reconnect_delay(failures: int) -> float | None:
-    """How long a stream that broke off (connection lost, server restarting) waits before reconnecting; None when
-    it has failed too often in a row."""
+def _retry_after(response: httpx.Response) -> float | None:
+    """The answer's `Retry-After` in seconds (capped at 60), or None without one."""
+    try:
+        seconds = float(str(response.headers.get("Retry-After", "")))
+    except ValueError:
+        return None
+    return min(max(seconds, 0.0), 60.0)
+
+
+def _reconnect_delay(failures: int, answer: httpx.Response | None = None) -> float | None:
+    """How long a stream that broke off (connection lost, server restarting) waits before reconnecting: the
+    answer's `Retry-After` when it gave one, else a back-off to 5 s; None when it has failed too often in a row."""
     if failures > _RECONNECTS:
         return None
-    return float(min(0.5 * 2 ** (failures - 1), 5.0))
+    seconds = _retry_after(answer) if answer is not None else None
+    return float(min(0.5 * 2 ** (failures - 1), 5.0)) if seconds is None else seconds
+
+
+def _reconnects(error: Exception) -> bool:
+    """Whether a stream that ended in `error` is reopened: a lost connection, or a backend restarting."""
+    if isinstance(error, ProblemError):
+        return error.status in _RESTARTING
+    return isinstance(error, httpx.TransportError)
 
 
 def _is_sse(response: httpx.Response) -> bool:
@@ -231,8 +258,10 @@ class AsyncClient:
         self._core.set_tenant(tenant)
 
     async def request(self, method: str, path: str, **kwargs: Any) -> ApiResponse:
-        """Send one request; 429/503 are retried after `Retry-After`, a refused token once with a fresh one."""
-        prepared, retrying = self._core.prepare(method, path, **kwargs), self._core.retrying()
+        """Send one request; 429 is retried after `Retry-After`, 503 too unless sending again could do something
+        twice (a POST, PATCH or DELETE without an Idempotency-Key), a refused token once with a fresh one."""
+        prepared = self._core.prepare(method, path, **kwargs)
+        retrying = self._core.retrying(prepared.method, prepared.headers)
         while True:
             response = await self._http.request(
                 prepared.method, prepared.path, json=prepared.json, params=prepared.params,
@@ -286,12 +315,16 @@ class AsyncClient:
                         items, after, ended = _events(response.json())
                 finally:
                     await response.aclose()
-            except httpx.TransportError:
+            except (httpx.TransportError, ProblemError) as error:
+                if not _reconnects(error):
+                    raise
                 failures += 1
-                if (delay := _reconnect_delay(failures)) is None:
+                answer = error.response if isinstance(error, ProblemError) else None
+                if (delay := _reconnect_delay(failures, answer)) is None:
                     raise
                 await asyncio.sleep(delay)
                 continue
+            failures = 0  # a page was read: the budget counts failures in a row
             for item in items:
                 yield item
                 if item.get("type") in TERMINAL_EVENTS:
@@ -300,7 +333,8 @@ class AsyncClient:
                 return
 
     async def _open_stream(self, path: str, after: int) -> httpx.Response:
-        """The events URL opened for reading as it arrives, past 429/503 and a renewed token; the caller closes it."""
+        """The events URL opened for reading as it arrives, past 429 and a renewed token; the caller closes it and
+        reconnects on 502/503/504."""
         retrying = self._core.retrying()
         while True:
             response = await self._http.send(self._core.stream_request(self._http, path, after), stream=True)
@@ -308,7 +342,7 @@ class AsyncClient:
                 return response
             await response.aread()
             await response.aclose()
-            if (delay := retrying.after(response)) is None:
+            if response.status_code in _RESTARTING or (delay := retrying.after(response)) is None:
                 raise problem_from(response)
             await asyncio.sleep(delay)
 
@@ -353,8 +387,10 @@ class Client:
         self._core.set_tenant(tenant)
 
     def request(self, method: str, path: str, **kwargs: Any) -> ApiResponse:
-        """Send one request; 429/503 are retried after `Retry-After`, a refused token once with a fresh one."""
-        prepared, retrying = self._core.prepare(method, path, **kwargs), self._core.retrying()
+        """Send one request; 429 is retried after `Retry-After`, 503 too unless sending again could do something
+        twice (a POST, PATCH or DELETE without an Idempotency-Key), a refused token once with a fresh one."""
+        prepared = self._core.prepare(method, path, **kwargs)
+        retrying = self._core.retrying(prepared.method, prepared.headers)
         while True:
             response = self._http.request(
                 prepared.method, prepared.path, json=prepared.json, params=prepared.params,
@@ -407,12 +443,16 @@ class Client:
                         items, after, ended = _events(response.json())
                 finally:
                     response.close()
-            except httpx.TransportError:
+            except (httpx.TransportError, ProblemError) as error:
+                if not _reconnects(error):
+                    raise
                 failures += 1
-                if (delay := _reconnect_delay(failures)) is None:
+                answer = error.response if isinstance(error, ProblemError) else None
+                if (delay := _reconnect_delay(failures, answer)) is None:
                     raise
                 time.sleep(delay)
                 continue
+            failures = 0  # a page was read: the budget counts failures in a row
             for item in items:
                 yield item
                 if item.get("type") in TERMINAL_EVENTS:
@@ -421,7 +461,8 @@ class Client:
                 return
 
     def _open_stream(self, path: str, after: int) -> httpx.Response:
-        """The events URL opened for reading as it arrives, past 429/503 and a renewed token; the caller closes it."""
+        """The events URL opened for reading as it arrives, past 429 and a renewed token; the caller closes it and
+        reconnects on 502/503/504."""
         retrying = self._core.retrying()
         while True:
             response = self._http.send(self._core.stream_request(self._http, path, after), stream=True)
@@ -429,7 +470,7 @@ class Client:
                 return response
             response.read()
             response.close()
-            if (delay := retrying.after(response)) is None:
+            if response.status_code in _RESTARTING or (delay := retrying.after(response)) is None:
                 raise problem_from(response)
             time.sleep(delay)
 
