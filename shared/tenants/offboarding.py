@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 from psycopg import sql
 
@@ -99,12 +100,15 @@ def erase_tenant(tenant_id: UUID, container: ContainerClient, audit_store: Audit
     """Delete the tenant's blobs, every row of it, its audit trail and its tenant row; returns counts per kind.
 
     Runs as the control plane inside the erased tenant's context: its DELETE policies reach that tenant only.
-    Safe to run again after a partial failure.
+    Safe to run again after a partial failure: what lives outside Postgres goes first, while the tenant row still
+    lets the erasure be asked again, and once more after the rows, for what was written while they went.
     """
-    removed: dict[str, int] = {"blobs": 0}
-    for blob in container.list_blobs(name_starts_with=tenant_blob_prefix(tenant_id)):
-        container.delete_blob(blob.name)
-        removed["blobs"] += 1
+    # The audit trail may live outside Postgres (Cosmos DB). Erased after the tenant row, a failure there left the
+    # trail for ever: every retry answered 404, the tenant being gone.
+    removed: dict[str, int] = {
+        "blobs": _delete_blobs(tenant_id, container),
+        "audit_records": audit_store.erase(tenant_id),
+    }
     with platform_transaction() as conn:
         conn.execute("SELECT app.pin_tenant(%s)", (tenant_id,))
         for table in TENANT_TABLES:
@@ -113,9 +117,27 @@ def erase_tenant(tenant_id: UUID, container: ContainerClient, audit_store: Audit
         removed["tenants"] = conn.execute("DELETE FROM app.tenants WHERE id = %s", (tenant_id,)).rowcount
         # The tenant's create answer, kept for a retry of its Idempotency-Key: it names the tenant.
         removed["control_idempotency_keys"] = conn.execute(_FORGET_CREATE_ANSWERS, (str(tenant_id),)).rowcount
-    # The configured audit backend may live outside Postgres (Cosmos DB): erase it there too.
-    removed["audit_records"] = audit_store.erase(tenant_id)
+    # What was written while the rows went: an audit batch the outbox relay was carrying, a blob of a request that
+    # had passed its tenant check (an export, a step's output). The tenant is gone now, so a failure here cannot be
+    # retried through the API: it is logged with what is left, for an operator.
+    try:
+        removed["blobs"] += _delete_blobs(tenant_id, container)
+        removed["audit_records"] += audit_store.erase(tenant_id)
+    except Exception:
+        logger.exception("erasure of tenant %s: records or blobs written meanwhile could not be removed", tenant_id)
     return removed
+
+
+def _delete_blobs(tenant_id: UUID, container: ContainerClient) -> int:
+    """Delete every blob under the tenant's prefix; returns how many."""
+    deleted = 0
+    for blob in container.list_blobs(name_starts_with=tenant_blob_prefix(tenant_id)):
+        try:
+            container.delete_blob(blob.name)
+        except ResourceNotFoundError:
+            continue  # deleted meanwhile (by an erasure run before this one)
+        deleted += 1
+    return deleted
 
 
 def execution_ids(tenant_id: UUID) -> list[str]:

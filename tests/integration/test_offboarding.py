@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Any
 
 import psycopg
 import pytest
+from azure.core.exceptions import ServiceRequestError
 from azure.storage.blob import BlobServiceClient
 
 from shared.api.durable import get_durable_client
+from shared.api.routers import tenants as tenants_router
 from shared.tenants.offboarding import TENANT_TABLES
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 
@@ -152,3 +155,49 @@ def test_an_erasure_forgets_the_tenants_create_answer(api: ApiHarness, request: 
     # Nothing of the erased tenant answers the key again: a retry of it provisions a new tenant.
     again = api.client.post("/api/v1/tenants", json=spec, headers={**admin, **key})
     assert again.status_code == 201 and again.json()["id"] != tenant_id
+
+
+class _EraseFailsOnce:
+    """The configured audit store, whose first erase fails as a throttled or unreachable Cosmos DB would."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.erases = 0
+
+    def erase(self, tenant_id: uuid.UUID) -> int:
+        self.erases += 1
+        if self.erases == 1:
+            raise ServiceRequestError("the audit store is unreachable")
+        return int(self._store.erase(tenant_id))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def test_an_erasure_whose_audit_store_fails_can_be_asked_again_and_then_completes(
+    api: ApiHarness, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The audit trail outside Postgres was erased after the tenant row: when that failed, the answer was a 500, every
+    # retry a 404 (the tenant was gone), and the trail stayed for ever.
+    api.provision("erasing-operator")
+    admin = api.headers("erasing-operator", ADMIN)
+    leaving = api.provision("half-erased")
+    _seed_data(api, leaving.id)
+    assert api.client.get("/api/v1/tenant", headers=api.headers("half-erased", ["Tenant.Admin"])).status_code == 200
+    etag = api.client.get(f"/api/v1/tenants/{leaving.id}", headers=admin).headers["etag"]
+    api.client.patch(f"/api/v1/tenants/{leaving.id}", json={"status": "suspended"}, headers={**admin, "If-Match": etag})
+    api.client.app.dependency_overrides[get_durable_client] = object  # type: ignore[attr-defined]
+    request.addfinalizer(lambda: api.client.app.dependency_overrides.pop(get_durable_client))  # type: ignore
+    store = _EraseFailsOnce(tenants_router.get_audit_store())
+    monkeypatch.setattr(tenants_router, "get_audit_store", lambda: store)
+
+    body = {"confirm_name": leaving.name}
+    failed = api.client.post(f"/api/v1/tenants/{leaving.id}/erase", json=body, headers=admin)
+    assert failed.status_code >= 500 and failed.headers["content-type"] == "application/problem+json"
+    assert _tenant_row_counts(api, leaving.id)["tenants"] == 1 and _tenant_row_counts(api, leaving.id)["intents"] == 1
+
+    erased = api.client.post(f"/api/v1/tenants/{leaving.id}/erase", json=body, headers=admin)
+    assert erased.status_code == 200, erased.text
+    counts = _tenant_row_counts(api, leaving.id)
+    assert counts.pop("audit_events") == 1  # the erasure's own record
+    assert set(counts.values()) == {0}, counts
