@@ -157,13 +157,18 @@ def retry_request(
     idempotency_key: str | None,
 ) -> StartRequest:
     """A new execution of the same intent and input that reuses the outputs of the steps that succeeded (and were
-    not compensated). On a newer version, every reused step must be unchanged there."""
+    not compensated), approvals excepted: a decision belongs to the run it was asked for. On a newer version, every
+    reused step must be unchanged there."""
     if execution.status not in ("failed", "cancelled"):
         raise NotRetryableError(
             f"execution {execution.id} is {execution.status}; only a failed or cancelled execution is retried"
         )
+    # An approval reused would let whoever retries (an Approver may be that) carry another's decision into their own
+    # request, or carry it to a version whose later steps changed: a retry asks again.
     reused = {
-        row["step_id"]: row["output"] for row in store.list_steps(conn, execution.id) if row["state"] == "succeeded"
+        row["step_id"]: row["output"]
+        for row in store.list_steps(conn, execution.id)
+        if row["state"] == "succeeded" and row["action"] != "approval"
     }
     if version is not None and version != execution.intent_version and reused:
         before = _steps_of(registry.version(conn, "intent", execution.intent_id, execution.intent_version))
