@@ -77,6 +77,8 @@ _ARCHIVE_HEAD = sql.SQL(
 _GET_VERSION = sql.SQL("SELECT {} {} WHERE i.kind = %s AND v.intent_id = %s AND v.version = %s").format(
     _VERSION_V, _JOIN
 )
+# By id and number alone: an execution names the intent version it runs, and row-level security keeps it the tenant's.
+_VERSION_LABELS = sql.SQL("SELECT labels FROM app.intent_versions WHERE intent_id = %s AND version = %s")
 _PAGE_VERSIONS = sql.SQL(
     "SELECT {} {} WHERE i.kind = %s AND v.intent_id = %s AND v.version > %s ORDER BY v.version LIMIT %s"
 ).format(_VERSION_V, _JOIN)
@@ -235,6 +237,13 @@ def get_version(conn: psycopg.Connection[DictRow], kind: Kind, item_id: UUID, ve
     """One version of an item."""
     row = conn.execute(_GET_VERSION, (kind, item_id, version)).fetchone()
     return _version(row) if row else None
+
+
+def version_labels(conn: psycopg.Connection[DictRow], intent_id: UUID, version: int) -> dict[str, str] | None:
+    """The labels of one intent version (the mapping `VersionRow.labels` holds), without its definition; None when
+    the tenant has no such version."""
+    row = conn.execute(_VERSION_LABELS, (intent_id, version)).fetchone()
+    return None if row is None else dict(row["labels"])
 
 
 def list_versions(

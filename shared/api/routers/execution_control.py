@@ -134,9 +134,11 @@ async def cancel(
     requester, an Executor or a Deployer)."""
 
     def record() -> tuple[repo.Execution, list[Attempt]]:
-        execution = load_execution(context, execution_id)
-        authorize(context, Action.EXECUTION_CANCEL, execution_resource(execution, context.tenant.id))
+        # One transaction: the resource's labels are read where the execution is.
         with tenant_transaction(context.tenant.id) as conn:
+            execution = load_execution(context, execution_id, conn)
+            resource = execution_resource(conn, execution, context.tenant.id)
+            authorize(context, Action.EXECUTION_CANCEL, resource, conn=conn)
             try:
                 cancelled = control.request_cancel(conn, execution_id, context.principal.id)
             except control.ControlError as exc:
@@ -188,10 +190,11 @@ async def approve(
     approver when the step names some). A rejection fails the step and compensates."""
 
     def record() -> control.ApprovalOutcome:
-        execution = load_execution(context, execution_id)
-        resource = execution_resource(execution, context.tenant.id)
-        authorize(context, Action.EXECUTION_APPROVE, resource, detail={"step": step_id, "decision": body.decision})
         with tenant_transaction(context.tenant.id) as conn:
+            execution = load_execution(context, execution_id, conn)
+            resource = execution_resource(conn, execution, context.tenant.id)
+            detail = {"step": step_id, "decision": body.decision}
+            authorize(context, Action.EXECUTION_APPROVE, resource, detail=detail, conn=conn)
             try:
                 outcome = control.decide_approval(
                     conn,

@@ -33,6 +33,7 @@ from shared.engine.views import step_views, wait_reason
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from shared.policy.actions import Action
 from shared.policy.authorizer import Resource
+from shared.registry.repository import version_labels
 
 router = APIRouter(prefix="/api/v1/executions", tags=["executions"], route_class=GuardedRoute)
 MayRead = Annotated[RequestContext, Depends(permission(Action.EXECUTION_READ, resource_param="execution_id"))]
@@ -306,10 +307,16 @@ def event_out(event: repo.ExecutionEvent) -> ExecutionEventOut:
     )
 
 
-def execution_resource(execution: repo.Execution, tenant_id: UUID) -> Resource:
-    return Resource(
-        "Execution", str(execution.id), tenant_id, {"target": execution.target, "requested_by": execution.requested_by}
-    )
+def execution_resource(conn: Conn, execution: repo.Execution, tenant_id: UUID) -> Resource:
+    """The execution as its decisions see it, in the caller's tenant transaction `conn`."""
+    # Its labels are those of the intent version it runs, in the form the Intent resource takes them (the version's
+    # mapping): without them Cedar sees an empty set and a tenant forbid on `resource.labels` never matches. The
+    # foreign key keeps the version while the execution exists, so a missing one means both are being erased.
+    labels = version_labels(conn, execution.intent_id, execution.intent_version)
+    if labels is None:
+        raise ProblemError(404, "not-found", "Not found", f"No execution {execution.id}.")
+    attributes = {"target": execution.target, "requested_by": execution.requested_by, "labels": labels}
+    return Resource("Execution", str(execution.id), tenant_id, attributes)
 
 
 def _find(conn: Conn, execution_id: UUID) -> repo.Execution:
@@ -326,7 +333,7 @@ def load_execution(context: RequestContext, execution_id: UUID, conn: Conn | Non
         with tenant_transaction(context.tenant.id) as own:
             return load_execution(context, execution_id, own)
     execution = _find(conn, execution_id)
-    authorize(context, Action.EXECUTION_READ, execution_resource(execution, context.tenant.id))
+    authorize(context, Action.EXECUTION_READ, execution_resource(conn, execution, context.tenant.id))
     return execution
 
 

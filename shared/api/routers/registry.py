@@ -303,6 +303,17 @@ def definition_router(kind: Kind) -> APIRouter:
     def resource_of(context: RequestContext, item: service.Item) -> Resource:
         return _resource(spec, str(item.head.id), context.tenant.id, item.target, item.version.labels)
 
+    def authorize_new_version(
+        context: RequestContext, action: Action, created: service.Item, detail: dict[str, Any], conn: service.Conn
+    ) -> Resource:
+        # The decision on the stored version says whether the caller may change the item; this one, on the version
+        # the change creates (its target and labels), whether the item may become that: without it a tenant forbid
+        # on production or on a label is bypassed by creating what it allows and updating or rolling back into what
+        # it forbids. Taken before the commit, so a refusal (403) rolls the new version and its event back.
+        resource = resource_of(context, created)
+        authorize(context, action, resource, detail={**detail, "version": created.version.version}, conn=conn)
+        return resource
+
     @router.post(
         "",
         status_code=201,
@@ -439,9 +450,8 @@ def definition_router(kind: Kind) -> APIRouter:
             )
         except service.RegistryError as exc:
             raise _problem(exc) from None
-        record_mutation(
-            context, spec.update, resource_of(context, updated), {"version": updated.version.version}, conn=conn
-        )
+        new = authorize_new_version(context, spec.update, updated, {"from_version": item.version.version}, conn)
+        record_mutation(context, spec.update, new, {"version": updated.version.version}, conn=conn)
         return _with_etag(_item_out(updated), updated.etag)
 
     @router.delete(
@@ -506,12 +516,9 @@ def definition_router(kind: Kind) -> APIRouter:
             ) from None
         except service.RegistryError as exc:
             raise _problem(exc) from None
+        new = authorize_new_version(context, spec.rollback, rolled, {"to_version": body.to_version}, conn)
         record_mutation(
-            context,
-            spec.rollback,
-            resource_of(context, rolled),
-            {"version": rolled.version.version, "from_version": body.to_version},
-            conn=conn,
+            context, spec.rollback, new, {"version": rolled.version.version, "from_version": body.to_version}, conn=conn
         )
         return _with_etag(_item_out(rolled), rolled.etag)
 
