@@ -46,14 +46,14 @@ TRANSITIONS: dict[tuple[Status, Status], str] = {
 _COLUMNS = sql.SQL(
     "id, intent_id, intent_version, target, status, input, output, error, requested_by, idempotency_key,"
     " plan_hash, last_event_seq, created_at, updated_at, finished_at, parent_execution_id, parent_step_id, retry_of,"
-    " start_claimed_at, cancel_requested_at, request_sha256, requester_roles, requester_app_only"
+    " start_claimed_at, cancel_requested_at, request_sha256, requester_roles, requester_app_only, root_execution_id"
 )
 # The creating request claims the orchestration's start in the same statement (start_claimed_at).
 _INSERT = sql.SQL(
     "INSERT INTO app.executions (tenant_id, id, intent_id, intent_version, target, input, requested_by,"
     " requester_roles, requester_app_only, idempotency_key, plan_hash, parent_execution_id, parent_step_id, retry_of,"
-    " request_sha256, start_claimed_at)"
-    " VALUES (app.current_tenant_id(), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, clock_timestamp())"
+    " request_sha256, root_execution_id, start_claimed_at)"
+    " VALUES (app.current_tenant_id(), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, clock_timestamp())"
     " ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING {}"
 ).format(_COLUMNS)
 _BY_KEY = sql.SQL("SELECT {} FROM app.executions WHERE idempotency_key = %s").format(_COLUMNS)
@@ -73,6 +73,22 @@ _APPEND = (
     " RETURNING tenant_id, id, last_event_seq)"
     " INSERT INTO app.execution_events (tenant_id, execution_id, seq, type, step_id, data)"
     " SELECT tenant_id, id, last_event_seq, %s, %s, %s FROM next RETURNING seq"
+)
+# A child's start walks up its parent chain once (the primary key at each step, under the tenant's RLS). The depth
+# guard ends the recursion, even on rows written by hand into a cycle, and the LIMIT bounds what it answers.
+_ANCESTORS = (
+    "WITH RECURSIVE chain AS ("
+    " SELECT id, intent_id, parent_execution_id, 1 AS depth FROM app.executions WHERE id = %(id)s"
+    " UNION ALL"
+    " SELECT e.id, e.intent_id, e.parent_execution_id, chain.depth + 1 FROM chain"
+    " JOIN app.executions e ON e.id = chain.parent_execution_id WHERE chain.depth < %(limit)s)"
+    " SELECT id, intent_id, parent_execution_id FROM chain ORDER BY depth LIMIT %(limit)s"
+)
+# The predicate is migration 0036's partial index's, so the count scans only the root's active descendants, and at
+# most `limit` of them.
+_ACTIVE_DESCENDANTS = (
+    "SELECT count(*) AS n FROM (SELECT 1 FROM app.executions WHERE root_execution_id = %s"
+    " AND status IN ('pending', 'running', 'waiting', 'compensating') LIMIT %s) AS active"
 )
 _EVENTS = (
     "SELECT seq, type, step_id, data, occurred_at FROM app.execution_events"
@@ -124,6 +140,8 @@ class Execution:
     request_sha256: str | None = None
     requester_roles: list[str] = field(default_factory=list)
     requester_app_only: bool = False
+    root_execution_id: UUID | None = None
+    """The root of a child's tree (migration 0036); None on a root and on rows written before it."""
 
     @property
     def terminal(self) -> bool:
@@ -134,6 +152,15 @@ class Execution:
     def requester(self) -> Requester:
         """Who asked for it, with the authority they had then (no roles on a row recorded before they were kept)."""
         return Requester(self.requested_by, frozenset(self.requester_roles), self.requester_app_only)
+
+
+@dataclass(frozen=True)
+class Ancestor:
+    """An execution above a child's start: the intent it runs, and its own parent (None on a root)."""
+
+    id: UUID
+    intent_id: UUID
+    parent_execution_id: UUID | None
 
 
 @dataclass(frozen=True)
@@ -171,6 +198,7 @@ def create_execution(
     parent_step_id: str | None = None,
     retry_of: UUID | None = None,
     request_sha256: str | None = None,
+    root_execution_id: UUID | None = None,
 ) -> tuple[Execution, bool]:
     """Insert a pending execution; returns it and whether it is new.
 
@@ -195,6 +223,7 @@ def create_execution(
             parent_step_id,
             retry_of,
             request_sha256,
+            root_execution_id,
         ),
     )
     if created is not None:
@@ -215,6 +244,18 @@ def get_execution(conn: Conn, execution_id: UUID) -> Execution:
     if found is None:
         raise ExecutionNotFoundError(f"No execution {execution_id}.")
     return found
+
+
+def ancestors(conn: Conn, execution_id: UUID, limit: int) -> list[Ancestor]:
+    """`execution_id` and the executions above it, nearest first, at most `limit` of them (one bounded query)."""
+    rows = conn.execute(_ANCESTORS, {"id": execution_id, "limit": limit}).fetchall()
+    return [Ancestor(**row) for row in rows]
+
+
+def active_descendants(conn: Conn, root_id: UUID, limit: int) -> int:
+    """How many executions of root `root_id`'s tree have not ended (the root not counted), counted up to `limit`."""
+    row = conn.execute(_ACTIVE_DESCENDANTS, (root_id, limit)).fetchone()
+    return 0 if row is None else int(row["n"])
 
 
 def append_event(

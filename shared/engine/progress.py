@@ -20,7 +20,15 @@ from shared.engine import steps as store
 from shared.engine.dispatch_results import await_results, verdicts
 from shared.engine.payloads import claim_check
 from shared.engine.protocol import MODULE_WORK_HUB, WorkItem
-from shared.engine.start import StartError, StartForbiddenError, StartRequest, rebuild_input, start_execution
+from shared.engine.start import (
+    ChildRefusedError,
+    StartError,
+    StartForbiddenError,
+    StartRequest,
+    descendant_limit,
+    rebuild_input,
+    start_execution,
+)
 from shared.engine.start_service import authorize_child
 from shared.engine.steps import AttemptKey
 from shared.events.publisher import OutboundEvent, get_publisher
@@ -311,12 +319,17 @@ def _start_child(request: ProgressRequest) -> dict[str, Any]:
                         parent_execution_id=parent.id,
                         parent_step_id=key.step_id,
                     ),
+                    # Exempt from the tenant's quota so a parent never waits on its own (ADR 0014); bounded instead
+                    # by depth, no recursion and its root's active descendants.
                     max_concurrent=10**9,
                     authorize=authorize_child(conn, tenant, parent, key.step_id),
+                    max_descendants=descendant_limit(tenant.quotas),
                 )
             except StartForbiddenError as exc:
                 error = f"child intent {params.intent} cannot start: its requester may not execute it ({exc.reason})"
-            except StartError as exc:
+            except (StartError, ChildRefusedError) as exc:
+                # A child refused its place in the tree fails its step as any refused start does, not retryable: a
+                # recursion or a depth is refused again, and a tree at its bound should shrink, not be asked again.
                 error = f"child intent {params.intent} cannot start: {exc}"
             else:
                 store.set_child(conn, request.execution_id, key.step_id, started.execution.id)
@@ -327,6 +340,7 @@ def _start_child(request: ProgressRequest) -> dict[str, Any]:
 
 
 def _fail_child(request: ProgressRequest, error: str) -> dict[str, Any]:
+    """Record the intent.run step's attempt failed with `error`, not retryable; answers its verdict."""
     with tenant_transaction(request.tenant_id) as conn:
         if store.get_attempt(conn, request.key) is None:
             store.begin_attempt(conn, request.key, action="intent.run", remote=False)

@@ -104,6 +104,25 @@ class QuotaExceededError(StartError):
         self.limit = limit
 
 
+MAX_CHILD_DEPTH = 8
+"""How deep child executions nest at most: a root is depth 0, the children its intent.run steps start depth 1. A
+child deeper fails its step (ADR 0014): children are exempt from the concurrent-execution quota, so only a bound
+of their own keeps a tree of intents that run each other from growing without end."""
+DESCENDANTS_PER_QUOTA = 10
+"""One root may have this many active descendants per execution of the tenant's concurrent-execution quota."""
+MIN_DESCENDANTS = 100
+"""The bound on a root's active descendants, at least: a tenant with a small quota still runs ordinary trees."""
+MAX_DESCENDANTS = 10_000
+"""The bound on a root's active descendants, at most: what one root holds of the shared task hub, pool and module
+threads, and what the count under the start lock scans, stay bounded whatever a tenant's quota."""
+
+
+class ChildRefusedError(Exception):
+    """A child execution refused for its place in its tree: its intent already runs above it, it would nest deeper
+    than MAX_CHILD_DEPTH, or its root already has as many active descendants as it may. Not a StartError: only an
+    intent.run step's start raises it, failing that step, and no edge (API, ingress) ever has it to answer."""
+
+
 class IdempotencyConflictError(StartError):
     """The idempotency key was used for a different request (another intent, input, version, plan hash or retried
     execution)."""
@@ -279,6 +298,28 @@ def concurrent_limit(quotas: TenantQuotas) -> int:
     return quota if quota is not None else get_settings().QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS
 
 
+def descendant_limit(quotas: TenantQuotas) -> int:
+    """How many active descendants one root execution may have: DESCENDANTS_PER_QUOTA times the tenant's
+    concurrent-execution quota, within MIN_DESCENDANTS and MAX_DESCENDANTS."""
+    return min(max(concurrent_limit(quotas) * DESCENDANTS_PER_QUOTA, MIN_DESCENDANTS), MAX_DESCENDANTS)
+
+
+def _child_root(conn: Conn, intent_id: UUID, parent_id: UUID) -> UUID:
+    """The root of the tree a child of `parent_id` running `intent_id` joins; ChildRefusedError when its intent
+    already runs above it (an intent running itself, directly or through others, would start children for ever)
+    or it would nest deeper than MAX_CHILD_DEPTH."""
+    # One row more than a child at the deepest allowed place has above it: a full answer means too deep.
+    chain = repo.ancestors(conn, parent_id, MAX_CHILD_DEPTH + 1)
+    if not chain:
+        raise repo.ExecutionNotFoundError(f"No execution {parent_id}.")
+    for above in chain:
+        if above.intent_id == intent_id:
+            raise ChildRefusedError(f"it is already running above this step (execution {above.id})")
+    if len(chain) > MAX_CHILD_DEPTH:
+        raise ChildRefusedError(f"it would nest deeper than {MAX_CHILD_DEPTH} levels below its root execution")
+    return chain[-1].id
+
+
 def active_executions(conn: Conn) -> int:
     """The tenant's executions that have not ended (what the concurrent-execution quota counts)."""
     row = conn.execute(_ACTIVE).fetchone()
@@ -292,11 +333,14 @@ def start_execution(
     *,
     max_concurrent: int,
     authorize: Callable[[registry.Item], None],
+    max_descendants: int = MIN_DESCENDANTS,
 ) -> Started:
     """In the caller's tenant transaction: check, hold the quota, and create the execution with its steps.
 
     With an idempotency key already used, the execution it created is returned (and its start only handed
     back if that start stalled). `authorize` decides on the intent (its target) before anything is revealed.
+    A child (`parent_execution_id`) is placed in its tree first: ChildRefusedError when its intent runs above it,
+    it would nest deeper than MAX_CHILD_DEPTH, or its root already has `max_descendants` active descendants.
     """
     if tenant.status != "active":
         raise TenantSuspendedError(f"tenant {tenant.id} is {tenant.status}")
@@ -317,6 +361,10 @@ def start_execution(
         found = repo.find_by_key(conn, request.idempotency_key)
         if found is not None:
             return _replayed(conn, tenant, found, fingerprint)
+    # After the key's lookup, so that a re-executed activity finds the child it started whatever its tree holds now.
+    root = None
+    if request.parent_execution_id is not None:
+        root = _child_root(conn, request.intent_id, request.parent_execution_id)
     run = runnable(conn, tenant, item, None, request.input)  # `item` holds the version to run, read once
     if request.plan_hash is not None and request.plan_hash != run.plan_hash:
         raise PlanChangedError(request.plan_hash, run.plan_hash)
@@ -325,6 +373,12 @@ def start_execution(
     if active_executions(conn) >= max_concurrent:
         metrics.request_refused(tenant.id, "execution-quota")
         raise QuotaExceededError(max_concurrent)
+    # Under the same lock: two children of one root cannot both take the last place. Children are exempt from the
+    # quota above (a parent must not wait on its own quota), and this is what bounds them instead.
+    if root is not None and repo.active_descendants(conn, root, max_descendants) >= max_descendants:
+        raise ChildRefusedError(
+            f"its root execution {root} already has {max_descendants} active descendants, the most one root may have"
+        )
     execution, created = repo.create_execution(
         conn,
         execution_id=uuid4(),
@@ -339,6 +393,7 @@ def start_execution(
         parent_step_id=request.parent_step_id,
         retry_of=request.retry_of,
         request_sha256=fingerprint,
+        root_execution_id=root,
     )
     if not created:  # a concurrent request with the same key won the insert
         return _replayed(conn, tenant, execution, fingerprint)
