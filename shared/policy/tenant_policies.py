@@ -13,8 +13,12 @@ import psycopg
 from psycopg.rows import DictRow
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.db import tenant_locks
 from shared.db.session import held_transaction, tenant_transaction, when_released
 
+MAX_TENANT_POLICIES = 50
+"""A tenant's own policies at most: every decision of the tenant evaluates a set of all of them, built again after each
+change (at 10,000 characters each, 400 took seconds to build, several times at once)."""
 _CACHE_TTL_S = 5.0
 
 
@@ -61,6 +65,14 @@ class TenantPolicyConflictError(Exception):
     """A policy with that name exists."""
 
 
+class TenantPolicyQuotaError(Exception):
+    """The tenant has MAX_TENANT_POLICIES policies already."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"This tenant has {limit} policies, the most it may have; delete one first.")
+        self.limit = limit
+
+
 def list_policies(conn: psycopg.Connection[DictRow]) -> list[TenantPolicy]:
     """The current tenant's policies, by name."""
     rows = conn.execute(
@@ -72,7 +84,12 @@ def list_policies(conn: psycopg.Connection[DictRow]) -> list[TenantPolicy]:
 def add_policy(
     conn: psycopg.Connection[DictRow], tenant_id: UUID, spec: TenantPolicyCreate, created_by: str
 ) -> TenantPolicy:
-    """Store a validated policy for the current tenant."""
+    """Store a validated policy for the current tenant; TenantPolicyQuotaError when it has MAX_TENANT_POLICIES."""
+    # Counted under the tenant's lock: creates sent at once would otherwise pass the bound together.
+    tenant_locks.hold(conn, "tenant-policies")
+    existing = conn.execute("SELECT count(*) AS n FROM app.tenant_policies").fetchone()
+    if existing is not None and existing["n"] >= MAX_TENANT_POLICIES:
+        raise TenantPolicyQuotaError(MAX_TENANT_POLICIES)
     try:
         with conn.transaction():
             row = conn.execute(

@@ -7,10 +7,12 @@ Every refused request is checked to have changed nothing.
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from shared.api.security import token_validator
+from shared.policy import tenant_policies
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 
 pytestmark = pytest.mark.integration
@@ -294,6 +296,28 @@ def test_tenant_policy_lifecycle_and_isolation(api: ApiHarness) -> None:
     assert len(api.client.get("/api/v1/policies", headers=alpha).json()["items"]) == 1
     assert api.client.delete(f"/api/v1/policies/{policy_id}", headers=alpha).status_code == 204
     assert api.client.get("/api/v1/tenant", headers=alpha).status_code == 200
+
+
+def test_a_tenants_policies_are_bounded_even_when_created_at_once(
+    api: ApiHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every decision of the tenant evaluates a set of all its policies, built again after each change: 400 of
+    # 10,000 characters took seconds to build, several times at once, while other tenants waited for the cores.
+    monkeypatch.setattr(tenant_policies, "MAX_TENANT_POLICIES", 3)
+    api.provision("policy-quota")
+    admin = api.headers("policy-quota", TENANT_ADMIN)
+    body = 'forbid (principal, action == QP::Action::"tenant.settings.read", resource) when { false };'
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        answers = list(
+            pool.map(
+                lambda n: api.client.post("/api/v1/policies", headers=admin, json={"name": f"p{n}", "policy": body}),
+                range(5),
+            )
+        )
+    assert sorted(a.status_code for a in answers) == [201, 201, 201, 409, 409]
+    refused = next(a for a in answers if a.status_code == 409)
+    assert _problem(refused, 409)["type"].endswith("/policy-quota") and refused.json()["limit"] == 3
+    assert len(api.client.get("/api/v1/policies", headers=admin).json()["items"]) == 3
 
 
 def test_audit_is_per_tenant_filtered_and_paginated(api: ApiHarness) -> None:

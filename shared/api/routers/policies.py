@@ -23,6 +23,7 @@ from shared.policy.tenant_policies import (
     TenantPolicyConflictError,
     TenantPolicyCreate,
     TenantPolicyList,
+    TenantPolicyQuotaError,
     add_policy,
     delete_policy,
     list_policies,
@@ -73,6 +74,8 @@ def create(
         policy = add_policy(conn, context.tenant.id, spec, context.principal.id)
     except TenantPolicyConflictError:
         raise ProblemError(409, "conflict", "Conflict", f"A policy named {spec.name!r} exists.") from None
+    except TenantPolicyQuotaError as exc:
+        raise ProblemError(409, "policy-quota", "Conflict", str(exc), extensions={"limit": exc.limit}) from None
     record_mutation(
         context,
         Action.POLICY_CREATE,
