@@ -6,15 +6,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 from azure.core.exceptions import ResourceNotFoundError
-from azure.storage.blob import ContainerClient
+from azure.storage.blob import ContainerClient, ContentSettings
 from psycopg import sql
 
 from shared.audit import AuditStore
@@ -80,17 +81,52 @@ def tenant_blob_prefix(tenant_id: UUID) -> str:
     return f"{tenant_id}/"
 
 
+EXPORT_BATCH_ROWS = 500
+"""Rows an export holds in memory at once: it reads each table through a server-side cursor."""
+EXPORT_SPOOL_BYTES = 8 * 1024 * 1024
+"""An archive up to this size is assembled in memory; a bigger one in a temporary file, then uploaded from it."""
+
+
 def export_tenant(tenant: Tenant, container: ContainerClient) -> ExportResult:
-    """Write the tenant's rows (read under its own RLS context) to `<tenant>/exports/<time>.json`."""
-    archive: dict[str, Any] = {"tenant": tenant.model_dump(mode="json"), "exported_at": datetime.now(UTC).isoformat()}
-    with tenant_transaction(tenant.id) as conn:
-        for table in EXPORTED_TABLES:
-            rows = conn.execute(sql.SQL("SELECT * FROM {}").format(sql.Identifier("app", table))).fetchall()
-            archive[table] = rows
+    """Write the tenant's rows (read under its own RLS context) to `<tenant>/exports/<time>.json`: one JSON object,
+    the tenant and the time, then an array of rows per table, streamed (a big tenant's archive, read whole with every
+    attempt's output in it, held several copies in memory and could take the host down)."""
     blob_name = f"{tenant_blob_prefix(tenant.id)}exports/{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}.json"
-    body = json.dumps(archive, default=str, sort_keys=True).encode()
-    container.upload_blob(blob_name, body, overwrite=False, content_type="application/json")
-    return ExportResult(blob_name, {table: len(archive[table]) for table in EXPORTED_TABLES})
+    counts: dict[str, int] = {}
+    with tempfile.SpooledTemporaryFile(max_size=EXPORT_SPOOL_BYTES) as spool:
+        with tenant_transaction(tenant.id) as conn:
+            for piece in _archive(conn, tenant, counts):
+                spool.write(piece)
+        size = spool.tell()
+        spool.seek(0)
+        container.upload_blob(
+            blob_name,
+            spool,
+            length=size,
+            overwrite=False,
+            content_settings=ContentSettings(content_type="application/json"),
+        )
+    return ExportResult(blob_name, counts)
+
+
+def _archive(conn: Any, tenant: Tenant, counts: dict[str, int]) -> Iterator[bytes]:
+    """The archive's bytes, a batch of rows at a time; `counts` gets each table's rows once it is written."""
+    head = {"exported_at": datetime.now(UTC).isoformat(), "tenant": tenant.model_dump(mode="json")}
+    yield json.dumps(head, default=str, sort_keys=True)[:-1].encode()  # the object stays open for the tables
+    for table in EXPORTED_TABLES:
+        yield f", {json.dumps(table)}: [".encode()
+        written = 0
+        with conn.cursor(name=f"export_{table}") as cursor:
+            cursor.execute(sql.SQL("SELECT * FROM {}").format(sql.Identifier("app", table)))
+            while rows := cursor.fetchmany(EXPORT_BATCH_ROWS):
+                yield b"".join(
+                    (b"," if written + index else b"") + json.dumps(row, default=str, sort_keys=True).encode()
+                    for index, row in enumerate(rows)
+                )
+                written += len(rows)
+        counts[table] = written
+        yield b"]"
+    yield b"}"
 
 
 _FORGET_CREATE_ANSWERS = "DELETE FROM control.idempotency_keys WHERE response_body ->> 'id' = %s"

@@ -14,6 +14,7 @@ from azure.storage.blob import BlobServiceClient
 
 from shared.api.durable import get_durable_client
 from shared.api.routers import tenants as tenants_router
+from shared.tenants import offboarding
 from shared.tenants.offboarding import TENANT_TABLES
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 
@@ -201,3 +202,28 @@ def test_an_erasure_whose_audit_store_fails_can_be_asked_again_and_then_complete
     counts = _tenant_row_counts(api, leaving.id)
     assert counts.pop("audit_events") == 1  # the erasure's own record
     assert set(counts.values()) == {0}, counts
+
+
+def test_an_export_streamed_in_batches_through_a_file_is_one_json_document(
+    api: ApiHarness, azurite: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Read whole, a big tenant's archive held several copies of every attempt's output in memory at once: it is
+    # read a batch at a time now and assembled in a temporary file past a few MiB. Both made small here.
+    monkeypatch.setattr(offboarding, "EXPORT_BATCH_ROWS", 2)
+    monkeypatch.setattr(offboarding, "EXPORT_SPOOL_BYTES", 64)
+    api.provision("export-operator")
+    exported = api.provision("exported-in-batches")
+    with psycopg.connect(api.app_url, autocommit=True) as conn, conn.transaction():
+        conn.execute("SET LOCAL ROLE qp_runtime")
+        conn.execute("SELECT app.pin_tenant(%s)", (exported.id,))
+        for n in range(5):
+            conn.execute(
+                "INSERT INTO app.intents (tenant_id, name, created_by) VALUES (%s, %s, 'x')", (exported.id, f"i{n}")
+            )
+    answer = api.client.post(f"/api/v1/tenants/{exported.id}/export", headers=api.headers("export-operator", ADMIN))
+    assert answer.status_code == 201, answer.text
+    blobs = BlobServiceClient.from_connection_string(azurite.connection_string).get_container_client("artifacts")
+    archive = json.loads(blobs.download_blob(answer.json()["blob_name"]).readall())
+    assert sorted(i["name"] for i in archive["intents"]) == [f"i{n}" for n in range(5)]
+    assert archive["tenant"]["id"] == str(exported.id) and archive["executions"] == []
+    assert answer.json()["counts"]["intents"] == 5 and set(answer.json()["counts"]) == set(offboarding.EXPORTED_TABLES)
