@@ -182,34 +182,53 @@ def execution_ids(tenant_id: UUID) -> list[str]:
         return [str(row["id"]) for row in conn.execute("SELECT id FROM app.executions").fetchall()]
 
 
+PURGE_CONCURRENCY = 16
+"""Orchestrations an erasure terminates and purges at once: one after another, a tenant of some thousands of
+executions could not be erased within the function's time limit, every retry starting again from the first."""
+
+
 async def purge_orchestrations(
-    instance_ids: Sequence[str], client: Any, *, settle_s: float = ORCHESTRATION_SETTLE_S
+    instance_ids: Sequence[str],
+    client: Any,
+    *,
+    settle_s: float = ORCHESTRATION_SETTLE_S,
+    concurrency: int = PURGE_CONCURRENCY,
 ) -> int:
-    """Terminate what still runs, then purge each orchestration's history; returns how many were purged.
+    """Terminate what still runs, then purge each orchestration's history, `concurrency` at a time; returns how many
+    were purged.
 
     Runs before the rows go, so a failure leaves the tenant erasable again (every step is idempotent).
     """
-    purged = 0
-    for instance_id in instance_ids:
-        status = await client.get_status(instance_id)
-        if (
-            status is not None
-            and status.runtime_status is not None
-            and status.runtime_status.name in ("Running", "Pending", "Suspended", "ContinuedAsNew")
-        ):
-            await client.terminate(instance_id, "tenant erased")
-            deadline = time.monotonic() + settle_s
-            # Termination is a message the backend applies asynchronously; purge accepts terminal instances only.
-            while time.monotonic() < deadline:
-                status = await client.get_status(instance_id)
-                if (
-                    status is None
-                    or status.runtime_status is None
-                    or status.runtime_status.name in ("Completed", "Failed", "Terminated", "Canceled")
-                ):
-                    break
-                await asyncio.sleep(0.2)
-        result = await client.purge_instance_history(instance_id)
-        purged += int(result.instances_deleted)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def purge(instance_id: str) -> int:
+        async with gate:
+            return await _purge_one(instance_id, client, settle_s)
+
+    purged = sum(await asyncio.gather(*(purge(instance_id) for instance_id in instance_ids)))
     logger.info("purged %s of %s orchestrations", purged, len(instance_ids))
     return purged
+
+
+async def _purge_one(instance_id: str, client: Any, settle_s: float) -> int:
+    """Terminate one orchestration if it still runs, wait for it to be terminal, purge its history."""
+    status = await client.get_status(instance_id)
+    if (
+        status is not None
+        and status.runtime_status is not None
+        and status.runtime_status.name in ("Running", "Pending", "Suspended", "ContinuedAsNew")
+    ):
+        await client.terminate(instance_id, "tenant erased")
+        deadline = time.monotonic() + settle_s
+        # Termination is a message the backend applies asynchronously; purge accepts terminal instances only.
+        while time.monotonic() < deadline:
+            status = await client.get_status(instance_id)
+            if (
+                status is None
+                or status.runtime_status is None
+                or status.runtime_status.name in ("Completed", "Failed", "Terminated", "Canceled")
+            ):
+                break
+            await asyncio.sleep(0.2)
+    result = await client.purge_instance_history(instance_id)
+    return int(result.instances_deleted)
