@@ -354,10 +354,16 @@ async def expire_work_leases(
         tenant_id = UUID(str(row["tenant_id"]))
         try:
             attempts = await asyncio.to_thread(_expire_tenant_leases, tenant_id, pool)
-            for attempt in attempts:
-                await client.raise_event(str(attempt.key.execution_id), attempt.key.event_name, attempt.verdict())
         except Exception:  # one tenant's trouble must not keep the others' leases from ending
             logger.exception("sweeper: the expired leases of tenant %s could not be ended", tenant_id)
             continue
+        # Each verdict on its own: the attempts are recorded ended already, so a verdict skipped here is raised by
+        # nobody (its step would wait for its own timeout); an orchestration that is gone (404, 410) never reads it.
+        for attempt in attempts:
+            try:
+                await client.raise_event(str(attempt.key.execution_id), attempt.key.event_name, attempt.verdict())
+            except Exception as exc:
+                key = attempt.key
+                logger.warning("sweeper: %s not raised to %s: %s", key.event_name, key.execution_id, exc)
         expired += len(attempts)
     return expired
