@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import httpx
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, MetricsData, PeriodicExportingMetricReader
@@ -82,6 +83,8 @@ def _start_azure_monitor(connection_string: str, resource: Resource) -> None:
         instrumentation_options={
             # FastAPI is instrumented on the app itself (shared.api.app), psycopg 3 below; the rest is not used.
             "fastapi": {"enabled": False},
+            # httpx is instrumented below, with the URL redaction the distro's own instrumentation would not apply.
+            "httpx": {"enabled": False},
             "django": {"enabled": False},
             "flask": {"enabled": False},
             "psycopg2": {"enabled": False},
@@ -121,4 +124,30 @@ def _instrument_libraries(sql_spans: bool) -> None:
         PsycopgInstrumentor().instrument(enable_commenter=False, skip_dep_check=True)
     httpx_instrumentor: Any = HTTPXClientInstrumentor()
     if not httpx_instrumentor.is_instrumented_by_opentelemetry:
-        httpx_instrumentor.instrument()
+        httpx_instrumentor.instrument(request_hook=redact_outbound_url, async_request_hook=_redact_outbound_url_async)
+
+
+_URL_ATTRIBUTES = ("http.url", "url.full")
+"""Where an outbound call's span keeps its URL (the older and the current semantic conventions)."""
+
+
+def outbound_url(url: object) -> str:
+    """The part of an outbound URL a span may keep: scheme, host and port. Tenants' URLs carry secrets in their
+    query (`api_key=`, a function key's `code=`) and in their path (a chat service's webhook path is its token)."""
+    parsed = httpx.URL(str(url))
+    port = f":{parsed.port}" if parsed.port is not None else ""
+    hidden = "REDACTED" if parsed.path not in ("", "/") or parsed.query else ""
+    return f"{parsed.scheme}://{parsed.host}{port}/{hidden}"
+
+
+def redact_outbound_url(span: Any, request: Any) -> None:
+    """httpx's request hook: the span's URL as `outbound_url` gives it (the instrumentation redacts a few signature
+    parameters only)."""
+    if span.is_recording():
+        for attribute in _URL_ATTRIBUTES:
+            span.set_attribute(attribute, outbound_url(request.url))
+
+
+async def _redact_outbound_url_async(span: Any, request: Any) -> None:
+    """The async client's request hook: as `redact_outbound_url`."""
+    redact_outbound_url(span, request)
