@@ -70,12 +70,19 @@ def parse_items(bodies: Iterable[bytes | str]) -> list[WorkItem]:
     return items
 
 
+MAX_ATTEMPT_RUN_S = 50 * 60
+"""The longest one attempt of a built-in module runs here, whatever its step allows: a batch lasts as long as its
+slowest item, and past the host's `functionTimeout` (1 h, host.json) the host restarts the worker process and every
+invocation in it, other tenants' included. Longer work belongs to a remote module (ADR 0027)."""
+
+
 def attempt_timeout(item: WorkItem, modules: Mapping[str, Module[Any]] = BUILTIN_MODULES) -> float:
-    """The attempt's timeout: the step's (carried by the item), else its module's, as the orchestrator's timer."""
+    """The attempt's timeout: the step's (carried by the item), else its module's, as the orchestrator's timer; at
+    most MAX_ATTEMPT_RUN_S."""
     if item.timeout_s is not None:
-        return float(item.timeout_s)
+        return float(min(item.timeout_s, MAX_ATTEMPT_RUN_S))
     module = modules.get(item.action)
-    return float(module.timeout_s if module is not None else Module.timeout_s)
+    return float(min(module.timeout_s if module is not None else Module.timeout_s, MAX_ATTEMPT_RUN_S))
 
 
 def claim_owner() -> str:
