@@ -92,22 +92,41 @@ def execution_stalled(tenant_id: object, intent_id: object) -> None:
     )
 
 
+REMOTE_ACTION = "remote"
+"""The `action` dimension of every action a tenant registered itself (its spans carry the name)."""
+
+
+@functools.cache
+def _builtin_actions() -> frozenset[str]:
+    from shared.registry.catalog import builtin_catalog  # the catalog imports far more than telemetry needs
+
+    return frozenset(builtin_catalog().keys())
+
+
+def metric_action(action: str) -> str:
+    """An action as a metric dimension: a built-in's name, else `remote`. Tenants name their own modules, as many as
+    they like, and each name would be a series of its own per tenant."""
+    return action if action in _builtin_actions() else REMOTE_ACTION
+
+
 def step_ended(tenant_id: object, action: str, outcome: str, duration_s: float | None) -> None:
     """A step attempt's result was recorded (`succeeded` or `failed`), with its duration from dispatch."""
     if duration_s is not None:
-        attributes = {TENANT_ID: str(tenant_id), ACTION: action, OUTCOME: outcome}
+        attributes = {TENANT_ID: str(tenant_id), ACTION: metric_action(action), OUTCOME: outcome}
         _histogram(STEP_DURATION, "Step attempt duration, dispatch to result").record(duration_s, attributes)
 
 
 def module_work_lag(action: str, lag_s: float) -> None:
     """How long a `module-work` event waited on the hub before the module worker took it."""
-    _histogram(MODULE_WORK_LAG, "Time from enqueue on module-work to pickup").record(max(0.0, lag_s), {ACTION: action})
+    _histogram(MODULE_WORK_LAG, "Time from enqueue on module-work to pickup").record(
+        max(0.0, lag_s), {ACTION: metric_action(action)}
+    )
 
 
 def work_queue_lag(tenant_id: object, action: str, lag_s: float) -> None:
     """How long a remote item waited in its tenant's queue before a worker leased it."""
     _histogram(WORK_QUEUE_LAG, "Time from queueing a remote item to its lease").record(
-        max(0.0, lag_s), {TENANT_ID: str(tenant_id), ACTION: action}
+        max(0.0, lag_s), {TENANT_ID: str(tenant_id), ACTION: metric_action(action)}
     )
 
 

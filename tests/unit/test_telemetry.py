@@ -61,3 +61,12 @@ def test_emit_logs_the_line_at_info(caplog: pytest.LogCaptureFixture) -> None:
         "action": "wait",
         "duration_ms": 5,
     }
+
+
+def test_a_metric_names_built_in_actions_and_calls_every_registered_one_remote() -> None:
+    # Tenants name their own modules, as many as they register: each name was a series of its own per tenant.
+    from shared.observability.metrics import metric_action
+
+    assert metric_action("artifact.write") == "artifact.write"
+    assert metric_action("verify-deployment") == "verify-deployment"
+    assert metric_action("build-docker-image") == metric_action(f"tenant-made-{uuid.uuid4().hex}") == "remote"
