@@ -20,6 +20,7 @@ from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from shared.db import tenant_locks
 from shared.policy.facts import TenantFacts
 from shared.policy.gates import check_gates, module_of_action
 from shared.registry.catalog import ModuleCatalog, ModuleSpec, builtin_catalog
@@ -88,9 +89,10 @@ MODULE_EXAMPLE: dict[str, Any] = {
 
 
 class ModuleConflictError(Exception):
-    """The action is a built-in (or in a built-in module's family), or the tenant registered it already."""
+    """The action is a built-in (or in a built-in module's family), the tenant registered it already, or the tenant
+    registered as many modules as it may."""
 
-    def __init__(self, action: str, kind: Literal["builtin", "registered"], message: str) -> None:
+    def __init__(self, action: str, kind: Literal["builtin", "registered", "quota"], message: str) -> None:
         super().__init__(message)
         self.action, self.kind, self.message = action, kind, message
 
@@ -311,13 +313,27 @@ def tenant_catalog(conn: psycopg.Connection[DictRow]) -> ModuleCatalog:
     return _catalog(_registered(conn))
 
 
+MAX_TENANT_MODULES = 100
+"""Remote modules one tenant may register: every validation of its definitions builds a catalog of all of them."""
+
+
 def register_module(
     conn: psycopg.Connection[DictRow], tenant_id: UUID, registration: ModuleRegistration, created_by: str
 ) -> ModuleSpec:
-    """Register a remote module for `tenant_id` in the caller's tenant transaction; conflicts raise."""
+    """Register a remote module for `tenant_id` in the caller's tenant transaction; conflicts raise, and so does a
+    tenant that has MAX_TENANT_MODULES already (kind `quota`)."""
     reserved = reserved_by_builtin(registration.action)
     if reserved is not None:
         raise ModuleConflictError(registration.action, "builtin", reserved)
+    # Counted under the tenant's lock: registrations sent at once would otherwise pass the bound together.
+    tenant_locks.hold(conn, "tenant-modules")
+    registered = conn.execute("SELECT count(*) AS n FROM app.modules").fetchone()
+    if registered is not None and registered["n"] >= MAX_TENANT_MODULES:
+        raise ModuleConflictError(
+            registration.action,
+            "quota",
+            f"this tenant has {MAX_TENANT_MODULES} registered modules, the most it may have; delete one first",
+        )
     # ON CONFLICT: a concurrent registration of the same action loses without aborting the transaction.
     row = conn.execute(
         "INSERT INTO app.modules (tenant_id, action, description, params_schema, defaults, timeout_s, created_by)"

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import copy
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
 
 from shared.db.session import tenant_transaction
+from shared.registry import modules
 from shared.registry.catalog import builtin_catalog
 from shared.registry.modules import ModuleConflictError, ModuleRegistration, register_module, tenant_catalog
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
@@ -241,6 +243,24 @@ def test_concurrent_registrations_of_one_action_register_it_once(api: ApiHarness
     assert sorted(outcomes) == ["added", "conflict:registered"]
     with tenant_transaction(tenant_id) as conn:
         assert conn.execute("SELECT count(*) AS n FROM app.modules WHERE action = 'concurrent'").fetchone() == {"n": 1}
+
+
+def test_a_tenants_registered_modules_are_bounded_even_when_registered_at_once(
+    api: ApiHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every validation of the tenant's definitions builds a catalog of all its modules: their number was unbounded.
+    monkeypatch.setattr(modules, "MAX_TENANT_MODULES", 3)
+    api.provision("module-quota")
+    admin = api.headers("module-quota", ["Tenant.Admin"])
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        answers = list(
+            pool.map(lambda n: api.client.post("/api/v1/modules", json=helm(f"bounded-{n}"), headers=admin), range(5))
+        )
+    assert sorted(a.status_code for a in answers) == [201, 201, 201, 409, 409]
+    refused = next(a for a in answers if a.status_code == 409)
+    assert refused.json()["conflict"] == "quota" and "3 registered modules" in refused.json()["detail"]
+    with tenant_transaction(api.tenants["module-quota"].id) as conn:
+        assert conn.execute("SELECT count(*) AS n FROM app.modules").fetchone() == {"n": 3}
 
 
 # ---- the intent definition schema -------------------------------------------------------------------------
