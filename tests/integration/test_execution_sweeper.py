@@ -82,20 +82,24 @@ class FakeDurable:
 
 
 class Tenant:
-    """A fresh tenant of this module (each test its own, so no test sees another's executions) and its intent."""
+    """A fresh tenant of this module (each test its own, so no test sees another's executions), its intent, and
+    another for children (a child may not run the intent running above it)."""
 
     def __init__(self, api: ApiHarness) -> None:
         self.name = f"sweep-{uuid.uuid4().hex[:8]}"
         self.id = api.provision(
             self.name, allowed_modules=["wait"], quotas={"requests_per_minute": 10_000, "burst": 1_000}
         ).id
+        self.intent, self.child_intent = (self._intent(api) for _ in range(2))
+
+    def _intent(self, api: ApiHarness) -> uuid.UUID:
         body = {
             "name": f"sweep-{uuid.uuid4().hex[:10]}",
             "definition": {"target": "staging", "steps": [{"id": "pause", "action": "wait", "seconds": 1}]},
         }
         created = api.client.post("/api/v1/intents", json=body, headers=api.headers(self.name, AUTHOR))
         assert created.status_code == 201, created.text
-        self.intent = uuid.UUID(created.json()["id"])
+        return uuid.UUID(created.json()["id"])
 
 
 def _recorded(
@@ -164,7 +168,7 @@ def test_discovery_answers_only_the_ids_of_tenants_with_candidates(
     # b: a fresh claim, a stalled child (its parent's orchestration starts it), a recent run, an old end.
     _recorded(app_pool, b.id, b.intent, stale=False)
     parent = _moved(app_pool, b.id, b.intent, ["running"], quiet=False)
-    _recorded(app_pool, b.id, b.intent, parent=parent)
+    _recorded(app_pool, b.id, b.child_intent, parent=parent)
     _moved(app_pool, b.id, b.intent, ["running", "succeeded"])
     _moved(app_pool, c.id, c.intent, ["running", "waiting"])  # quiet and unfinished
 
@@ -193,7 +197,7 @@ def test_a_stalled_start_is_taken_over_once_and_started_with_the_requests_input(
     stalled, expected_input = _recorded(app_pool, a.id, a.intent, key=key)
     fresh, _ = _recorded(app_pool, a.id, a.intent, stale=False)
     parent = _moved(app_pool, a.id, a.intent, ["running"], quiet=False)
-    child, _ = _recorded(app_pool, a.id, a.intent, parent=parent)
+    child, _ = _recorded(app_pool, a.id, a.child_intent, parent=parent)
 
     client = FakeDurable()
     result = asyncio.run(sweeper.sweep_tenant(a.id, client, pool=app_pool))
@@ -328,7 +332,7 @@ def test_an_ended_executions_open_steps_end_with_it_and_its_running_child_is_can
 ) -> None:
     e = Tenant(api)
     parent = _moved(app_pool, e.id, e.intent, ["running"], quiet=False)
-    child, _ = _recorded(app_pool, e.id, e.intent, stale=False, parent=parent)
+    child, _ = _recorded(app_pool, e.id, e.child_intent, stale=False, parent=parent)
     with tenant_transaction(e.id, pool=app_pool) as conn:
         repo.transition(conn, child, "running")
         store.begin_attempt(conn, AttemptKey(parent, "pause", "run", 1), action="wait", remote=False)

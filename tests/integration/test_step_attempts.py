@@ -57,7 +57,8 @@ def test_a_result_is_applied_once_and_the_first_verdict_stands(
         first, applied = store.finish_attempt(conn, key, ok=True, output={"image": "a"})
         second, again = store.finish_attempt(conn, key, ok=False, error="late timeout", state="timed_out")
         events = conn.execute(
-            "SELECT type FROM app.execution_events WHERE execution_id = %s AND step_id = 'build'", (key.execution_id,)
+            "SELECT type FROM app.execution_events WHERE execution_id = %s AND step_id = 'build' ORDER BY seq",
+            (key.execution_id,),
         ).fetchall()
         step = store.list_steps(conn, key.execution_id)[0]
     assert (applied, again) == (True, False)
