@@ -31,9 +31,15 @@ def test_validate_jwt_against_entra_with_the_api_audience(policy: ET.Element):
     assert "tid" in [claim.get("name") for claim in jwt.find("required-claims")]
 
 
+def _authenticated(policy: ET.Element) -> ET.Element:
+    """The branch every request but the health probes takes: validation, then the per-tenant limits."""
+    (branch,) = (when for when in policy.iter("when") if when.find("validate-jwt") is not None)
+    return branch
+
+
 def test_rate_limit_and_quota_are_keyed_on_the_validated_tid(policy: ET.Element):
     for element in ("rate-limit-by-key", "quota-by-key"):
-        (limit,) = policy.iter(element)
+        (limit,) = _authenticated(policy).iter(element)
         assert TID_KEY.search(limit.get("counter-key", "")), element
         assert "Headers" not in limit.get("counter-key", ""), f"{element} must not key on a raw header"
         assert limit.get("calls", "").startswith("{{")
@@ -41,9 +47,19 @@ def test_rate_limit_and_quota_are_keyed_on_the_validated_tid(policy: ET.Element)
 
 def test_limits_come_after_validation(policy: ET.Element):
     order = [
-        element.tag for element in policy.iter() if element.tag in ("validate-jwt", "rate-limit-by-key", "quota-by-key")
+        element.tag
+        for element in _authenticated(policy).iter()
+        if element.tag in ("validate-jwt", "rate-limit-by-key", "quota-by-key")
     ]
     assert order == ["validate-jwt", "rate-limit-by-key", "quota-by-key"]
+
+
+def test_the_anonymous_probes_are_limited_per_caller_address(policy: ET.Element):
+    # /api/ready borrows from both database pools and reads blob storage; it skipped every limit of the gateway.
+    choose = next(c for c in policy.iter("choose") if _authenticated(policy) in list(c))
+    (limit,) = choose.find("otherwise").iter("rate-limit-by-key")  # type: ignore[union-attr]
+    assert limit.get("counter-key") == "@(context.Request.IpAddress)" and int(limit.get("calls", "0")) > 0
+    assert limit.get("retry-after-variable-name") == "gatewayRetryAfter"  # the 429 problem carries Retry-After
 
 
 def test_durable_management_endpoints_are_not_exposed(policy: ET.Element):
@@ -149,8 +165,8 @@ def test_gateway_problems_use_the_apps_types_for_the_same_refusals(policy: ET.El
 
 
 def test_gateway_rate_limit_answer_keeps_retry_after_and_refused_tokens_get_a_challenge(policy: ET.Element):
-    (limit,) = policy.iter("rate-limit-by-key")
-    variable = limit.get("retry-after-variable-name")
+    variables = {limit.get("retry-after-variable-name") for limit in policy.iter("rate-limit-by-key")}
+    (variable,) = variables  # every limit hands its wait to the one 429 answer
     assert variable
     answers = _statuses(policy)
     headers = {h.get("name"): h.find("value").text for h in answers["429"].iter("set-header")}
