@@ -74,6 +74,15 @@ param functionMaxElasticWorkers int = 20
 @description('Connections per instance in the Postgres pool (QP_DATABASE_POOL_MAX).')
 param databasePoolMax int = 10
 
+@minLength(1)
+@maxLength(127)
+@description('Key Vault secret holding the current sealing key (QP_SEALING_KEY); a rotation names a new secret here (docs/runbooks/secrets.md).')
+param sealingKeySecretName string = 'qp-sealing-key'
+
+@maxLength(127)
+@description('Key Vault secret holding the sealing key before a rotation (QP_SEALING_KEY_PREVIOUS) while values are sealed again; empty otherwise.')
+param previousSealingKeySecretName string = ''
+
 @minValue(7)
 @maxValue(35)
 @description('Days of Postgres point-in-time restore.')
@@ -321,6 +330,8 @@ module functionApp 'modules/functionapp.bicep' = {
     taskHubName: durableTask.outputs.taskHubName
     durableTaskSchedulerEndpoint: durableTask.outputs.endpoint
     keyVaultName: keyVault.outputs.name
+    sealingKeySecretName: sealingKeySecretName
+    previousSealingKeySecretName: previousSealingKeySecretName
     apiAudience: apiAudience
     operatorTenantId: entraTenantId
     databasePoolMax: databasePoolMax

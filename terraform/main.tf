@@ -135,37 +135,39 @@ module "durabletask" {
 }
 
 module "functionapp" {
-  source                          = "./modules/functionapp"
-  resource_group_name             = azurerm_resource_group.main.name
-  location                        = var.location
-  tags                            = local.tags
-  plan_name                       = local.names.plan
-  name                            = local.names.functionApp
-  max_elastic_workers             = var.function_max_elastic_workers
-  zone_redundant                  = local.is_prod
-  identity_id                     = module.identity.id
-  identity_client_id              = module.identity.client_id
-  identity_name                   = module.identity.name
-  control_identity_id             = module.control_identity.id
-  control_identity_client_id      = module.control_identity.client_id
-  control_identity_name           = module.control_identity.name
-  storage_account_name            = module.storage.name
-  blob_endpoint                   = module.storage.blob_endpoint
-  event_hub_namespace_name        = module.eventhubs.name
-  postgres_fqdn                   = module.postgres.fqdn
-  postgres_database               = module.postgres.database_name
-  cosmos_endpoint                 = module.cosmos.endpoint
-  app_insights_connection_string  = module.monitoring.app_insights_connection_string
-  environment_type                = var.environment_type
-  task_hub_name                   = module.durabletask.task_hub_name
-  durable_task_scheduler_endpoint = module.durabletask.endpoint
-  key_vault_name                  = module.keyvault.name
-  api_audience                    = var.api_audience
-  operator_entra_tenant_id        = var.entra_tenant_id
-  database_pool_max               = var.database_pool_max
-  function_subnet_id              = module.network.function_subnet_id
-  apim_subnet_id                  = module.network.apim_subnet_id
-  log_analytics_workspace_id      = module.monitoring.log_analytics_workspace_id
+  source                           = "./modules/functionapp"
+  resource_group_name              = azurerm_resource_group.main.name
+  location                         = var.location
+  tags                             = local.tags
+  plan_name                        = local.names.plan
+  name                             = local.names.functionApp
+  max_elastic_workers              = var.function_max_elastic_workers
+  zone_redundant                   = local.is_prod
+  identity_id                      = module.identity.id
+  identity_client_id               = module.identity.client_id
+  identity_name                    = module.identity.name
+  control_identity_id              = module.control_identity.id
+  control_identity_client_id       = module.control_identity.client_id
+  control_identity_name            = module.control_identity.name
+  storage_account_name             = module.storage.name
+  blob_endpoint                    = module.storage.blob_endpoint
+  event_hub_namespace_name         = module.eventhubs.name
+  postgres_fqdn                    = module.postgres.fqdn
+  postgres_database                = module.postgres.database_name
+  cosmos_endpoint                  = module.cosmos.endpoint
+  app_insights_connection_string   = module.monitoring.app_insights_connection_string
+  environment_type                 = var.environment_type
+  task_hub_name                    = module.durabletask.task_hub_name
+  durable_task_scheduler_endpoint  = module.durabletask.endpoint
+  key_vault_name                   = module.keyvault.name
+  sealing_key_secret_name          = var.sealing_key_secret_name
+  previous_sealing_key_secret_name = var.previous_sealing_key_secret_name
+  api_audience                     = var.api_audience
+  operator_entra_tenant_id         = var.entra_tenant_id
+  database_pool_max                = var.database_pool_max
+  function_subnet_id               = module.network.function_subnet_id
+  apim_subnet_id                   = module.network.apim_subnet_id
+  log_analytics_workspace_id       = module.monitoring.log_analytics_workspace_id
 }
 
 module "apim" {

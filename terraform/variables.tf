@@ -166,6 +166,28 @@ variable "function_max_elastic_workers" {
   }
 }
 
+variable "sealing_key_secret_name" {
+  type        = string
+  description = "Key Vault secret holding the current sealing key (QP_SEALING_KEY); a rotation names a new secret here (docs/runbooks/secrets.md)."
+  default     = "qp-sealing-key"
+
+  validation {
+    condition     = can(regex("^[0-9A-Za-z-]{1,127}$", var.sealing_key_secret_name))
+    error_message = "sealing_key_secret_name must be a Key Vault secret name."
+  }
+}
+
+variable "previous_sealing_key_secret_name" {
+  type        = string
+  description = "Key Vault secret holding the sealing key before a rotation (QP_SEALING_KEY_PREVIOUS) while values are sealed again; empty otherwise."
+  default     = ""
+
+  validation {
+    condition     = can(regex("^[0-9A-Za-z-]{0,127}$", var.previous_sealing_key_secret_name))
+    error_message = "previous_sealing_key_secret_name must be empty or a Key Vault secret name."
+  }
+}
+
 variable "database_pool_max" {
   type        = number
   description = "Connections per instance in the Postgres pool (QP_DATABASE_POOL_MAX)."

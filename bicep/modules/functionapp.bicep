@@ -93,6 +93,12 @@ param logAnalyticsWorkspaceId string
 @description('Key Vault holding the sealing key (qp-sealing-key, ADR 0040).')
 param keyVaultName string
 
+@description('Key Vault secret holding the current sealing key (QP_SEALING_KEY).')
+param sealingKeySecretName string
+
+@description('Key Vault secret holding the sealing key before a rotation (QP_SEALING_KEY_PREVIOUS); empty otherwise.')
+param previousSealingKeySecretName string
+
 // Every setting shared/config.py reads (tests/infra checks this against Settings.model_fields), plus the
 // runtime's identity-based connections. Local-only settings (QP_BLOB_CONNECTION_STRING, QP_DATABASE_OWNER_URL)
 // are intentionally absent.
@@ -146,7 +152,9 @@ var appSettings = [
   { name: 'QP_PAYLOAD_INLINE_MAX_BYTES', value: '65536' }
   { name: 'QP_TASK_TOKEN_TTL_S', value: '86400' }
   // Resolved by App Service with keyVaultReferenceIdentity (the runtime identity); never written here (ADR 0040).
-  { name: 'QP_SEALING_KEY', value: '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=qp-sealing-key)' }
+  // Both named by parameters, so that a rotation lives in the stack: one set by hand was undone by the next run.
+  { name: 'QP_SEALING_KEY', value: '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=${sealingKeySecretName})' }
+  { name: 'QP_SEALING_KEY_PREVIOUS', value: empty(previousSealingKeySecretName) ? '' : '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=${previousSealingKeySecretName})' }
   { name: 'QP_DISPATCH_RESULT_WAIT_MS', value: '250' }
   { name: 'QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS', value: '100' }
   { name: 'QP_DEFAULT_MAX_WEBHOOK_SUBSCRIPTIONS', value: '25' }

@@ -12,8 +12,6 @@ from tests.infra.conftest import BicepFile, TerraformModule
 INTENTIONALLY_ABSENT = {
     "QP_BLOB_CONNECTION_STRING": "local only (Azurite); in Azure the identity-based QP_BLOB_ACCOUNT_URL is used",
     "QP_DATABASE_OWNER_URL": "migrations run from the operators' runner, never from the function app",
-    "QP_SEALING_KEY_PREVIOUS": "set by operators only while a sealing key is rotated (ADR 0040): a Key Vault "
-    "reference to the previous key's secret version",
 }
 # Azure values the code's Azure code paths depend on.
 EXPECTED_VALUES = {

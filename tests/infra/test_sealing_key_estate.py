@@ -46,11 +46,43 @@ def test_the_app_reads_the_key_by_a_key_vault_reference(
     bicep_modules: dict[str, BicepFile], tf_modules: dict[str, TerraformModule]
 ) -> None:
     bicep = {item["name"]: item["value"] for item in bicep_modules["functionapp"].variables["appSettings"]}
-    assert bicep["QP_SEALING_KEY"] == "@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=qp-sealing-key)"
+    reference = "@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=${%s})"
+    assert bicep["QP_SEALING_KEY"] == reference % "sealingKeySecretName"
     terraform = tf_modules["functionapp"].locals["app_settings"]
     assert (
-        terraform["QP_SEALING_KEY"] == "@Microsoft.KeyVault(VaultName=${var.key_vault_name};SecretName=qp-sealing-key)"
+        terraform["QP_SEALING_KEY"]
+        == "@Microsoft.KeyVault(VaultName=${var.key_vault_name};SecretName=${var.sealing_key_secret_name})"
     )
+
+
+def test_a_rotation_lives_in_the_stacks_and_is_off_by_default(
+    bicep_main: BicepFile,
+    bicep_modules: dict[str, BicepFile],
+    tf_root: TerraformModule,
+    tf_modules: dict[str, TerraformModule],
+    tf_main_modules: dict[str, dict[str, Any]],
+) -> None:
+    """Set by hand (the runbook before), a rotation was undone by the next provisioning or a swap once values were
+    sealed again under the new key: every sealed secret unreadable. Both keys are named by parameters now."""
+    parameters = bicep_main.parsed["parameters"]
+    assert parameters["sealingKeySecretName"]["default"] == "qp-sealing-key"
+    assert parameters["previousSealingKeySecretName"]["default"] == ""
+    given = bicep_main.parsed["modules"]["functionApp"]["config"]["params"]
+    assert given["sealingKeySecretName"] == "sealingKeySecretName"
+    assert given["previousSealingKeySecretName"] == "previousSealingKeySecretName"
+    bicep = {item["name"]: item["value"] for item in bicep_modules["functionapp"].variables["appSettings"]}
+    reference = "@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=${%s})"
+    previous = bicep["QP_SEALING_KEY_PREVIOUS"]["operator"]["operands"]
+    assert previous["true_value"] == ""  # empty means unset (shared/config.py)
+    assert previous["false_value"] == reference % "previousSealingKeySecretName"
+
+    assert tf_root.variables["sealing_key_secret_name"]["default"] == "qp-sealing-key"
+    assert tf_root.variables["previous_sealing_key_secret_name"]["default"] == ""
+    module = tf_main_modules["functionapp"]
+    assert module["sealing_key_secret_name"] == "${var.sealing_key_secret_name}"
+    assert module["previous_sealing_key_secret_name"] == "${var.previous_sealing_key_secret_name}"
+    terraform = tf_modules["functionapp"].locals["app_settings"]["QP_SEALING_KEY_PREVIOUS"]
+    assert terraform.startswith('${var.previous_sealing_key_secret_name == "" ? "" : "@Microsoft.KeyVault(')
 
 
 def _accessor(expression: Any) -> str:

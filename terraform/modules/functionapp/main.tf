@@ -55,7 +55,9 @@ locals {
     "QP_PAYLOAD_INLINE_MAX_BYTES"       = "65536"
     "QP_TASK_TOKEN_TTL_S"               = "86400"
     # Resolved by App Service with key_vault_reference_identity_id (the runtime identity); never written here (ADR 0040).
-    "QP_SEALING_KEY"                       = "@Microsoft.KeyVault(VaultName=${var.key_vault_name};SecretName=qp-sealing-key)"
+    # Both named by variables, so that a rotation lives in the stack: one set by hand was undone by the next run.
+    "QP_SEALING_KEY"                       = "@Microsoft.KeyVault(VaultName=${var.key_vault_name};SecretName=${var.sealing_key_secret_name})"
+    "QP_SEALING_KEY_PREVIOUS"              = var.previous_sealing_key_secret_name == "" ? "" : "@Microsoft.KeyVault(VaultName=${var.key_vault_name};SecretName=${var.previous_sealing_key_secret_name})"
     "QP_DISPATCH_RESULT_WAIT_MS"           = "250"
     "QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS" = "100"
     "QP_DEFAULT_MAX_WEBHOOK_SUBSCRIPTIONS" = "25"

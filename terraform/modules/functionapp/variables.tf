@@ -149,3 +149,13 @@ variable "key_vault_name" {
   type        = string
   description = "Key Vault holding the sealing key (qp-sealing-key, ADR 0040)."
 }
+
+variable "sealing_key_secret_name" {
+  type        = string
+  description = "Key Vault secret holding the current sealing key (QP_SEALING_KEY)."
+}
+
+variable "previous_sealing_key_secret_name" {
+  type        = string
+  description = "Key Vault secret holding the sealing key before a rotation (QP_SEALING_KEY_PREVIOUS); empty otherwise."
+}
