@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import contextvars
-import logging
 from typing import Any
 
 from shared.api.problems import ProblemError
+from shared.engine.protocol import raise_to_orchestration
 
-logger = logging.getLogger(__name__)
+__all__ = ["durable_client_var", "get_durable_client", "raise_to_orchestration"]
 
 # The HTTP function sets this around each request; FastAPI handlers run in a copy of that context.
 durable_client_var: contextvars.ContextVar[Any | None] = contextvars.ContextVar("durable_client", default=None)
@@ -23,14 +23,3 @@ def get_durable_client() -> Any:
             503, "orchestration-unavailable", "Service unavailable", "No orchestration client is bound to this request."
         )
     return client
-
-
-async def raise_to_orchestration(client: Any, instance_id: object, name: str, data: Any) -> bool:
-    """Deliver an external event; False when the orchestration is not there (what was recorded before the event
-    stands, and the orchestration reads it when it starts or settles)."""
-    try:
-        await client.raise_event(str(instance_id), name, data)
-    except Exception as exc:
-        logger.warning("could not raise %s to %s: %s", name, instance_id, exc)
-        return False
-    return True

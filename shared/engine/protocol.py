@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal, Protocol
 from uuid import UUID
 
@@ -17,6 +18,8 @@ LOAD_OUTPUT = "load_output"
 CANCEL_EVENT = "cancel"
 MODULE_WORK_HUB = "module-work"
 
+logger = logging.getLogger(__name__)
+
 StepKind = Literal["module", "approval", "wait", "intent"]
 """How the orchestrator runs a step: module work over Event Hubs, or one of the actions it runs itself."""
 ORCHESTRATOR_ACTIONS: dict[str, StepKind] = {"approval": "approval", "wait": "wait", "intent.run": "intent"}
@@ -27,6 +30,17 @@ class EventRaiser(Protocol):
 
     async def raise_event(self, instance_id: str, event_name: str, event_data: Any = None) -> None:
         """Deliver an external event to an orchestration instance."""
+
+
+async def raise_to_orchestration(client: Any, instance_id: object, name: str, data: Any) -> bool:
+    """Deliver an external event; False when the orchestration is not there or the hand-over failed (what was
+    recorded before the event stands, and the orchestration reads it when it starts or settles)."""
+    try:
+        await client.raise_event(str(instance_id), name, data)
+    except Exception as exc:
+        logger.warning("could not raise %s to %s: %s", name, instance_id, exc)
+        return False
+    return True
 
 
 def attempt_event(phase: str, step_id: str, attempt: int) -> str:

@@ -17,9 +17,10 @@ from psycopg.types.json import Jsonb
 from shared import telemetry
 from shared.engine.executions import append_event
 from shared.events.outbox import enqueue_event
+from shared.modules.contract import Phase as ContractPhase
 
 Conn = psycopg.Connection[DictRow]
-Phase = Literal["run", "compensate"]
+Phase = ContractPhase
 AttemptState = Literal["dispatched", "succeeded", "failed", "timed_out", "abandoned"]
 Delivery = Literal["awaited", "answered", "released"]
 

@@ -28,7 +28,7 @@ from shared.engine import executions as repo
 from shared.engine import start as engine
 from shared.engine import steps as store
 from shared.engine.progress import abandon_step
-from shared.engine.protocol import ORCHESTRATOR, EventRaiser
+from shared.engine.protocol import ORCHESTRATOR, EventRaiser, raise_to_orchestration
 from shared.engine.steps import AttemptKey
 from shared.registry.service import RegistryError
 from shared.tenants.repository import get_tenant
@@ -360,10 +360,6 @@ async def expire_work_leases(
         # Each verdict on its own: the attempts are recorded ended already, so a verdict skipped here is raised by
         # nobody (its step would wait for its own timeout); an orchestration that is gone (404, 410) never reads it.
         for attempt in attempts:
-            try:
-                await client.raise_event(str(attempt.key.execution_id), attempt.key.event_name, attempt.verdict())
-            except Exception as exc:
-                key = attempt.key
-                logger.warning("sweeper: %s not raised to %s: %s", key.event_name, key.execution_id, exc)
+            await raise_to_orchestration(client, attempt.key.execution_id, attempt.key.event_name, attempt.verdict())
         expired += len(attempts)
     return expired
