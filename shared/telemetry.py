@@ -16,6 +16,7 @@ from uuid import UUID
 from opentelemetry import trace
 
 from shared.observability import metrics
+from shared.observability.urls import hide_urls
 
 PREFIX: Final = "qp.telemetry "
 """Every telemetry line starts with this; nothing else the platform logs does."""
@@ -51,15 +52,18 @@ def telemetry_line(event: str, *, tenant_id: UUID | str, **fields: FieldValue) -
 
 
 def _cleaned(fields: dict[str, FieldValue]) -> dict[str, str | int | float | bool]:
-    """The non-null fields, ids as text and long strings cut (a tenant's error message is no payload carrier)."""
+    """The non-null fields, ids as text, URLs cut to their host and long strings cut (a tenant's error message is no
+    payload carrier, and the URL it quotes can carry the tenant's secret)."""
     record: dict[str, str | int | float | bool] = {}
     for name, value in fields.items():
         if value is None:
             continue
         if isinstance(value, UUID):
             value = str(value)
-        if isinstance(value, str) and len(value) > _MAX_TEXT:
-            value = value[:_MAX_TEXT] + "..."
+        if isinstance(value, str):
+            value = hide_urls(value)
+            if len(value) > _MAX_TEXT:
+                value = value[:_MAX_TEXT] + "..."
         record[name] = value
     return record
 

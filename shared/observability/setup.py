@@ -12,7 +12,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import httpx
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, MetricsData, PeriodicExportingMetricReader
@@ -24,6 +23,7 @@ from shared.config import get_settings
 from shared.db.pool import pool_usage
 from shared.observability import metrics as platform_metrics
 from shared.observability.line_file import BoundedLineFile
+from shared.observability.urls import outbound_url
 
 SERVICE_NAME = "quantum-platform"
 """The `service.name` resource attribute: the cloud role name Application Insights shows."""
@@ -129,15 +129,6 @@ def _instrument_libraries(sql_spans: bool) -> None:
 
 _URL_ATTRIBUTES = ("http.url", "url.full")
 """Where an outbound call's span keeps its URL (the older and the current semantic conventions)."""
-
-
-def outbound_url(url: object) -> str:
-    """The part of an outbound URL a span may keep: scheme, host and port. Tenants' URLs carry secrets in their
-    query (`api_key=`, a function key's `code=`) and in their path (a chat service's webhook path is its token)."""
-    parsed = httpx.URL(str(url))
-    port = f":{parsed.port}" if parsed.port is not None else ""
-    hidden = "REDACTED" if parsed.path not in ("", "/") or parsed.query else ""
-    return f"{parsed.scheme}://{parsed.host}{port}/{hidden}"
 
 
 def redact_outbound_url(span: Any, request: Any) -> None:

@@ -14,7 +14,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from shared.observability.setup import outbound_url, redact_outbound_url
+from shared.observability.setup import redact_outbound_url
+from shared.observability.urls import outbound_url
 
 
 class _Ok(BaseHTTPRequestHandler):

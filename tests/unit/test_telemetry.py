@@ -70,3 +70,22 @@ def test_a_metric_names_built_in_actions_and_calls_every_registered_one_remote()
     assert metric_action("artifact.write") == "artifact.write"
     assert metric_action("verify-deployment") == "verify-deployment"
     assert metric_action("build-docker-image") == metric_action(f"tenant-made-{uuid.uuid4().hex}") == "remote"
+
+
+def test_a_url_in_an_error_keeps_its_host_and_nothing_after_it() -> None:
+    # A failed http.request step's error quotes the URL its tenant wrote, query and webhook-path token included.
+    error = (
+        "POST https://hooks.example.com/services/T0/XYZSECRET?api_key=tok123 failed: ConnectError: "
+        "[Errno 111] for url 'http://user:pw@10.0.0.5:8080/x?code=fnkey'"
+    )
+    line = telemetry.telemetry_line("step.failed", tenant_id="t", error=error)
+    for secret in ("XYZSECRET", "tok123", "fnkey", "user:pw"):
+        assert secret not in line
+    assert _parsed(line)["error"] == (
+        "POST https://hooks.example.com/REDACTED failed: ConnectError: [Errno 111] for url 'http://10.0.0.5:8080/REDACTED'"
+    )
+
+
+def test_a_url_that_does_not_parse_keeps_only_its_scheme() -> None:
+    line = telemetry.telemetry_line("step.failed", tenant_id="t", error="GET http://host:abc/secret?k=1 failed")
+    assert _parsed(line)["error"] == "GET http://REDACTED failed"
