@@ -300,7 +300,11 @@ def _start_child(request: ProgressRequest) -> dict[str, Any]:
     with tenant_transaction(request.tenant_id) as conn:
         tenant = get_tenant(conn, request.tenant_id)
         assert tenant is not None  # the execution's own tenant row
-        store.begin_attempt(conn, key, action="intent.run", remote=False)
+        attempt, _ = store.begin_attempt(conn, key, action="intent.run", remote=False)
+        if attempt.finished:
+            # Run before, and refused (a re-executed activity): the recorded verdict stands, even where the tree
+            # has room by now, for the step is recorded failed and its orchestration may have moved on.
+            return {"verdict": attempt.verdict()}
         parent = repo.get_execution(conn, request.execution_id)
         child = find_head(conn, "intent", params.intent)
         if child is None:

@@ -205,6 +205,9 @@ def test_a_root_whose_active_descendants_reach_the_bound_starts_no_more(tree: Tr
     tree.assert_refused(answer, mid, "s1", expected)
     with tenant_transaction(tree.tenant.id) as conn:
         repo.transition(conn, fillers[1].id, "cancelled")  # one descendant ends: its place is free again
+    # The refused start run again (a re-executed activity) answers its recorded verdict: its step is failed and
+    # its orchestration may have moved on, so a child started now would run for a step that no longer waits.
+    tree.assert_refused(tree.start_child(mid.id, "s1", "leaf"), mid, "s1", expected)
     answer = tree.start_child(mid.id, "s2", "leaf")
     assert "execution_id" in answer, answer
 
