@@ -21,6 +21,7 @@ from psycopg import sql
 from shared.audit import AuditStore
 from shared.db.session import platform_transaction, tenant_transaction
 from shared.tenants.models import Tenant
+from shared.tenants.repository import hold_tenant
 
 # Every app table that holds tenant rows, children before parents (erasure order). A test fails when a new
 # tenant table is missing here, so erasure cannot silently leave one behind.
@@ -87,16 +88,24 @@ EXPORT_SPOOL_BYTES = 8 * 1024 * 1024
 """An archive up to this size is assembled in memory; a bigger one in a temporary file, then uploaded from it."""
 
 
+class TenantGoneError(LookupError):
+    """The tenant was erased before its export could begin."""
+
+
 def export_tenant(tenant: Tenant, container: ContainerClient) -> ExportResult:
     """Write the tenant's rows (read under its own RLS context) to `<tenant>/exports/<time>.json`: one JSON object,
     the tenant and the time, then an array of rows per table, streamed (a big tenant's archive, read whole with every
-    attempt's output in it, held several copies in memory and could take the host down)."""
+    attempt's output in it, held several copies in memory and could take the host down). TenantGoneError when the
+    tenant was erased meanwhile."""
     blob_name = f"{tenant_blob_prefix(tenant.id)}exports/{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}.json"
     counts: dict[str, int] = {}
-    with tempfile.SpooledTemporaryFile(max_size=EXPORT_SPOOL_BYTES) as spool:
-        with tenant_transaction(tenant.id) as conn:
-            for piece in _archive(conn, tenant, counts):
-                spool.write(piece)
+    with tempfile.SpooledTemporaryFile(max_size=EXPORT_SPOOL_BYTES) as spool, tenant_transaction(tenant.id) as conn:
+        # The tenant row is held until the archive is uploaded: an erasure waits for it and its last pass then
+        # removes the archive (uploaded after that pass, the whole tenant's data outlived its erasure).
+        if not hold_tenant(conn, tenant.id):
+            raise TenantGoneError(str(tenant.id))
+        for piece in _archive(conn, tenant, counts):
+            spool.write(piece)
         size = spool.tell()
         spool.seek(0)
         container.upload_blob(

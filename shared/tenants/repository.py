@@ -109,6 +109,14 @@ def merge_own_settings(conn: psycopg.Connection[DictRow], settings: dict[str, An
     conn.execute(_MERGE_OWN_SETTINGS, (Jsonb(settings),))
 
 
+_HOLD = "SELECT 1 FROM app.tenants WHERE id = %s FOR KEY SHARE"
+
+
+def hold_tenant(conn: psycopg.Connection[DictRow], tenant_id: UUID) -> bool:
+    """Keep the tenant row from being deleted until `conn` commits (its erasure waits); False when it is gone."""
+    return conn.execute(_HOLD, (tenant_id,)).fetchone() is not None
+
+
 def get_tenant(conn: psycopg.Connection[DictRow], tenant_id: UUID) -> Tenant | None:
     """One tenant by its platform id."""
     row = conn.execute(_BY_ID, (tenant_id,)).fetchone()

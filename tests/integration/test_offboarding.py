@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
@@ -14,8 +17,10 @@ from azure.storage.blob import BlobServiceClient
 
 from shared.api.durable import get_durable_client
 from shared.api.routers import tenants as tenants_router
+from shared.db.session import tenant_transaction
 from shared.tenants import offboarding
 from shared.tenants.offboarding import TENANT_TABLES
+from shared.tenants.repository import get_tenant
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 
 pytestmark = pytest.mark.integration
@@ -227,3 +232,57 @@ def test_an_export_streamed_in_batches_through_a_file_is_one_json_document(
     assert sorted(i["name"] for i in archive["intents"]) == [f"i{n}" for n in range(5)]
     assert archive["tenant"]["id"] == str(exported.id) and archive["executions"] == []
     assert answer.json()["counts"]["intents"] == 5 and set(answer.json()["counts"]) == set(offboarding.EXPORTED_TABLES)
+
+
+class _HeldUpload:
+    """The artifacts container, whose archive upload starts and then waits until the test lets it finish."""
+
+    def __init__(self, container: Any) -> None:
+        self._container = container
+        self.uploading = threading.Event()
+        self.finish = threading.Event()
+
+    def upload_blob(self, *args: Any, **kwargs: Any) -> Any:
+        self.uploading.set()
+        assert self.finish.wait(30)
+        return self._container.upload_blob(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._container, name)
+
+
+def _waiting_on_a_lock(api: ApiHarness) -> bool:
+    with psycopg.connect(api.admin_url, dbname="quantum") as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'").fetchone()
+    return bool(row and row[0])
+
+
+def test_an_export_uploading_while_its_tenant_is_erased_leaves_no_archive(api: ApiHarness, azurite: Any) -> None:
+    # The export read its rows, closed its transaction, then uploaded: an erasure in between finished both its blob
+    # passes first, and the archive of every row of the erased tenant stayed in storage.
+    leaving = api.provision("exported-while-erased")
+    _seed_data(api, leaving.id)
+    blobs = BlobServiceClient.from_connection_string(azurite.connection_string).get_container_client("artifacts")
+    if not blobs.exists():
+        blobs.create_container()
+    held = _HeldUpload(blobs)
+    with tenant_transaction(leaving.id) as conn:
+        tenant = get_tenant(conn, leaving.id)
+    assert tenant is not None
+    with ThreadPoolExecutor(2) as pool:
+        export = pool.submit(offboarding.export_tenant, tenant, held)
+        assert held.uploading.wait(30)
+        erase = pool.submit(offboarding.erase_tenant, leaving.id, blobs, tenants_router.get_audit_store())
+        deadline = time.monotonic() + 30
+        while not erase.done() and not _waiting_on_a_lock(api) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        held.finish.set()
+        archive = export.result(30).blob_name
+        removed = erase.result(30)
+    assert removed["tenants"] == 1 and removed["intents"] == 1
+    assert archive.startswith(f"{leaving.id}/exports/")
+    assert list(blobs.list_blobs(name_starts_with=f"{leaving.id}/")) == []
+    # An export asked once the tenant is gone writes nothing.
+    with pytest.raises(offboarding.TenantGoneError):
+        offboarding.export_tenant(tenant, blobs)
+    assert list(blobs.list_blobs(name_starts_with=f"{leaving.id}/")) == []

@@ -37,7 +37,13 @@ from shared.policy.actions import Action
 from shared.policy.authorizer import Resource
 from shared.storage.blob import request_container
 from shared.tenants.models import Tenant, TenantCreate, TenantPage, TenantStatus, TenantUpdate
-from shared.tenants.offboarding import erase_tenant, execution_ids, export_tenant, purge_orchestrations
+from shared.tenants.offboarding import (
+    TenantGoneError,
+    erase_tenant,
+    execution_ids,
+    export_tenant,
+    purge_orchestrations,
+)
 from shared.tenants.repository import (
     TenantConflictError,
     create_tenant,
@@ -221,7 +227,10 @@ def export(
     """Write a JSON archive of the tenant's intents, versions, policies and audit (Platform.Admin)."""
     tenant = _authorized_tenant(context, Action.TENANT_EXPORT, tenant_id)
     container = request_container(get_settings())
-    result = export_tenant(tenant, container)
+    try:
+        result = export_tenant(tenant, container)
+    except TenantGoneError:
+        raise _not_found(tenant_id) from None
     record_mutation(
         context,
         Action.TENANT_EXPORT,
