@@ -239,6 +239,34 @@ def _shut_down(sock: socket.socket) -> None:
         pass  # closed already by the other side
 
 
+def _resolving_within(resolver: Resolver, deadline: _Deadline) -> Resolver:
+    """`resolver`, each lookup bounded by `deadline`: a name whose servers answer slowly (a tenant can choose its
+    own) held the exchange for the system resolver's own timeouts and retries, beyond any deadline."""
+
+    def resolve(host: str, port: int) -> Sequence[str]:
+        answer: list[Sequence[str]] = []
+        failure: list[BaseException] = []
+        done = threading.Event()
+
+        def look_up() -> None:
+            try:
+                answer.append(resolver(host, port))
+            except BaseException as exc:  # handed to the waiting caller, which raises it
+                failure.append(exc)
+            finally:
+                done.set()
+
+        # A lookup cannot be interrupted: a late one finishes alone within the resolver's own timeouts.
+        threading.Thread(target=look_up, name="qp-resolve", daemon=True).start()
+        if not done.wait(deadline.remaining()):
+            raise deadline.exceeded(host)
+        if failure:
+            raise failure[0]
+        return answer[0]
+
+    return resolve
+
+
 class _BoundedBody(httpx.SyncByteStream):
     """A response body read within its exchange's deadline; closing it ends the deadline."""
 
@@ -332,8 +360,9 @@ class GuardedClient:
         host = current.host
         handed_over = False
         try:
+            resolver = _resolving_within(self._resolver, deadline)
             for hop in range(MAX_REDIRECTS + 1):
-                target = check_url(current, self._allowed, self._resolver, allow_private=self._allow_private)
+                target = check_url(current, self._allowed, resolver, allow_private=self._allow_private)
                 host = target.host
                 response = self._send(method, target, sent_headers, content, deadline)
                 if deadline.passed:
