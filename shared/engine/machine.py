@@ -411,16 +411,38 @@ class _Step:
 
     def on_dispatch_failed(self, activity_id: str, pending: Pending, error: str, now: datetime) -> None:
         self.update(started=True)
+        unsure: list[tuple[Flight, Outcome]] = []
         for step_id in pending.steps:
             flight = self.s.flights.get(step_id)
             if flight is None or flight.write != activity_id:
                 continue
+            why = f"could not start: {error}"
+            if flight.phase is Phase.COMPENSATE:
+                why = f"compensation of {step_id} could not start: {error}"
             if flight.stage is Stage.PAUSED:
                 self.put_flight(flight.model_copy(update={"write": None}))
-            elif flight.phase is Phase.COMPENSATE:
-                self.attempt_failed(flight, f"compensation of {step_id} could not start: {error}", True, now)
+            elif self.s.spec.rules >= 4:
+                # A dispatch that failed for good may have committed its starts and published their work before
+                # it failed: each attempt is ended as failed unless it has a result, and that verdict decides.
+                unsure.append((flight, self.unstarted_outcome(flight, why)))
             else:
-                self.attempt_failed(flight, f"could not start: {error}", True, now)
+                self.attempt_failed(flight, why, True, now)
+        self.settle(unsure)
+
+    def unstarted_outcome(self, flight: Flight, error: str) -> Outcome:
+        """The outcome of an attempt whose dispatch failed: failed, naming its action for a start never recorded."""
+        step = self.s.spec.steps[flight.step_id]
+        compensation = step.compensate
+        action = compensation.action if flight.phase is Phase.COMPENSATE and compensation is not None else step.action
+        return Outcome(
+            step_id=flight.step_id,
+            phase=flight.phase,
+            attempt=flight.attempt,
+            ok=False,
+            state="failed",
+            error=error,
+            action=action,
+        )
 
     def on_result(self, name: str, data: Json, now: datetime) -> None:
         if name == CANCEL_EVENT:

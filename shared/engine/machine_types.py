@@ -202,6 +202,8 @@ class Outcome(_Model):
     output: Json = None
     error: str | None = None
     state: str | None = None
+    action: str | None = None
+    """The attempt's action, for an outcome of an attempt whose start may not be recorded (its dispatch failed)."""
 
 
 class RecordOutcomes(_Model):
@@ -327,10 +329,11 @@ Command = CallActivity | WaitForEvent | SetTimer | StartChild | ContinueAsNew | 
 
 
 # ------------------------------------------------------------------------------------------------ state
-RULES = 3
+RULES = 4
 """The reducer rules new executions start under (ADR 0025). 3 (2026-12-05): a child whose step times out is told to
-cancel; reused steps are compensated dependents first. An execution keeps the rules it started with, so that its
-history replays into the commands it recorded."""
+cancel; reused steps are compensated dependents first. 4 (2026-12-05): the attempts of a dispatch that failed for
+good are settled through `record_outcomes` (their recorded result, else failed) instead of being retried blind. An
+execution keeps the rules it started with, so that its history replays into the commands it recorded."""
 
 
 class Spec(_Model):

@@ -685,6 +685,10 @@ def record_outcomes(batch: machine.RecordOutcomes) -> list[dict[str, Any]]:
     verdicts: list[dict[str, Any]] = []
     with tenant_transaction(tenant_id) as conn:
         for key, outcome, output in zip(keys, batch.outcomes, outputs, strict=True):
+            if outcome.action is not None and store.get_attempt(conn, key) is None:
+                # Its dispatch failed before its start committed: recorded now, so that a late commit of that
+                # start finds it (its insert waits on this row, then does nothing) and its work is never run.
+                store.begin_attempt(conn, key, action=outcome.action, remote=False)
             attempt, _ = store.finish_attempt(
                 conn,
                 key,

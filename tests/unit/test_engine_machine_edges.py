@@ -201,3 +201,89 @@ def test_an_execution_started_under_rules_2_keeps_its_reused_order_and_its_timed
     child_started(child, "c-1")
     child.tick(601)
     assert cancels(child) == []
+
+
+# -- a dispatch that fails for good (rules 4) ---------------------------------------------------------------------
+def failed_dispatch(run: Run) -> list[m.Command]:
+    """The level's dispatch fails after its activity's retries (a database failover that outlasts them)."""
+    (dispatch,) = run.activities(m.Activity.DISPATCH_STEPS)
+    run.open.remove(dispatch)
+    return run.send(m.ActivityFailed(dispatch.id, "connection refused", run.now))
+
+
+def settles(commands: list[m.Command]) -> list[m.CallActivity]:
+    return [c for c in commands if isinstance(c, m.CallActivity) and c.name is m.Activity.RECORD_OUTCOMES]
+
+
+def test_a_dispatch_that_fails_for_good_settles_its_attempts_and_their_recorded_result_decides() -> None:
+    # It may have committed its starts and published their work before it failed: a blind "could not start" ran
+    # the step's next attempt beside the first, under another key, or abandoned work that had already succeeded.
+    run = Run([{"id": "a", "action": "x"}, {"id": "b", "action": "x", "depends_on": ["a"]}])
+    (settle,) = settles(failed_dispatch(run))
+    assert isinstance(settle.input, m.RecordOutcomes)
+    assert settle.input.outcomes == [
+        m.Outcome(
+            step_id="a",
+            phase=m.Phase.RUN,
+            attempt=1,
+            ok=False,
+            state="failed",
+            error="could not start: connection refused",
+            action="x",
+        )
+    ]
+    run.answer(settle, [{"ok": True, "output": {"ran": 1}}])  # the worker had run it and recorded its result
+    (next_level,) = run.activities(m.Activity.DISPATCH_STEPS)
+    assert starts(next_level) == [("b", "run", 1)]
+    run.answer(next_level)
+    run.result("b")
+    settle_everything(run)
+    assert run.complete is not None and run.complete["outputs"]["a"] == {"ran": 1}
+
+
+def test_an_attempt_ended_as_not_started_is_retried_after_its_backoff() -> None:
+    run = Run([{"id": "a", "action": "x", "retry": {"max_attempts": 2, "initial_interval_s": 1}}])
+    (settle,) = settles(failed_dispatch(run))
+    run.answer(settle, [{"ok": False, "error": "could not start: connection refused", "state": "failed"}])
+    assert run.state.views["a"]["state"] == "retrying"
+    run.answer_all(m.Activity.DISPATCH_STEPS)
+    commands = run.tick(1)
+    assert [starts(c) for c in commands if isinstance(c, m.CallActivity)] == [[("a", "run", 2)]]
+
+
+def test_a_compensation_whose_dispatch_fails_names_its_own_action() -> None:
+    steps = [
+        {"id": "a", "action": "x", "compensate": {"action": "undo"}},
+        {"id": "b", "action": "x", "depends_on": ["a"]},
+    ]
+    run = Run(steps)
+    run.answer_all()
+    run.result("a")
+    run.answer_all()
+    run.result("b", ok=False)
+    for _ in range(3):
+        dispatches = [
+            c
+            for c in run.activities(m.Activity.DISPATCH_STEPS)
+            if isinstance(c.input, m.DispatchSteps) and c.input.starts
+        ]
+        if dispatches:
+            break
+        run.answer_all()
+    (dispatch,) = dispatches
+    assert starts(dispatch) == [("a", "compensate", 1)]
+    run.open.remove(dispatch)
+    (settle,) = settles(run.send(m.ActivityFailed(dispatch.id, "connection refused", run.now)))
+    assert isinstance(settle.input, m.RecordOutcomes)
+    (outcome,) = settle.input.outcomes
+    assert (outcome.phase, outcome.action, outcome.error) == (
+        m.Phase.COMPENSATE,
+        "undo",
+        "compensation of a could not start: connection refused",
+    )
+
+
+def test_an_execution_started_under_rules_3_retries_a_failed_dispatch_as_it_recorded() -> None:
+    run = Run([{"id": "a", "action": "x", "retry": {"max_attempts": 2, "initial_interval_s": 1}}], rules=3)
+    assert settles(failed_dispatch(run)) == []
+    assert run.state.views["a"]["state"] == "retrying"
