@@ -107,7 +107,7 @@ def _send(client: GuardedClient, claimed: store.Claimed, timeout_s: float) -> tu
         # The client's deadline covers the exchange until the answer is read: a receiver that trickles its headers
         # or its body a byte at a time fails the attempt (DeadlineExceeded) instead of holding the run.
         response = client.request("POST", claimed.url, headers=headers, json_body=claimed.payload, timeout=timeout_s)
-        read_limited(response, MAX_RESPONSE_BYTES)  # the receiver's answer is not kept; this closes it
+        read_limited(response, MAX_RESPONSE_BYTES, decode=False)  # the answer is not kept; this closes it
     except StepFailed as exc:  # refused by the guard now (the host's addresses changed), or unreachable
         return None, str(exc)
     except httpx.HTTPError as exc:  # DeadlineExceeded among them

@@ -8,6 +8,7 @@ import json
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,8 @@ from shared.config import get_settings
 from shared.modules.contract import StepFailed
 
 MAX_REDIRECTS = 5
+ACCEPTED_ENCODINGS = "gzip, deflate"
+"""What a guarded request asks for unless its caller says otherwise: the codings `read_limited` decodes."""
 METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200"))
 """Cloud instance-metadata endpoints: they hand out the platform's credentials, so no allow-list opens them."""
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -352,6 +355,8 @@ class GuardedClient:
         if query:
             current = current.copy_merge_params(dict(query))
         sent_headers = {k: v for k, v in (headers or {}).items() if k.lower() != "host"}
+        if not any(k.lower() == "accept-encoding" for k in sent_headers):
+            sent_headers["Accept-Encoding"] = ACCEPTED_ENCODINGS
         content: bytes | None = None
         if json_body is not None:
             content = json.dumps(json_body, separators=(",", ":")).encode("utf-8")
@@ -427,19 +432,72 @@ class GuardedClient:
         raise StepFailed(f"cannot connect to {target.host}: {last_error}")
 
 
-def read_limited(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
-    """At most `limit` bytes of the (decoded) body and whether there was more; closes the response."""
-    chunks: list[bytes] = []
-    size = 0
-    truncated = False
+def read_limited(response: httpx.Response, limit: int, *, decode: bool = True) -> tuple[bytes, bool]:
+    """At most `limit` bytes of the body, decoded (gzip or deflate, one layer) unless `decode` is off, and whether
+    there was more; closes the response. StepFailed when the body is in an encoding it does not decode.
+
+    httpx decodes a whole network read at once, stacked encodings (`gzip, gzip`) included, before anyone can count
+    it: a 1 KiB body could become gigabytes in memory. The raw bytes are read here and inflated a bounded piece at a
+    time; the raw bytes are bounded too, for a compressed stream can be made to inflate to nothing."""
     try:
-        for chunk in response.iter_bytes():
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > limit:
-                # Stop reading: a huge or decompression-bomb body never lands in memory.
+        inflate = _inflater(response) if decode else None
+        chunks: list[bytes] = []
+        size = raw_size = 0
+        truncated = False
+        for data in response.iter_raw():
+            raw_size += len(data)
+            while data:
+                if inflate is None:
+                    piece, data = data, b""
+                else:
+                    try:
+                        piece = inflate.decompress(data, limit + 1 - size)
+                    except zlib.error as exc:
+                        raise StepFailed(f"the response's body could not be decoded: {exc}") from None
+                    data = inflate.unconsumed_tail
+                chunks.append(piece)
+                size += len(piece)
+                if size > limit or (not piece and data):
+                    break
+            if size > limit or raw_size > _RAW_LIMIT_FACTOR * limit + _RAW_ALLOWANCE:
                 truncated = True
                 break
     finally:
         response.close()
     return b"".join(chunks)[:limit], truncated
+
+
+_RAW_LIMIT_FACTOR = 2
+_RAW_ALLOWANCE = 64 * 1024
+"""Raw bytes read for a decoded limit: twice the limit and 64 KiB; real compression only shrinks a body."""
+
+
+def _inflater(response: httpx.Response) -> Any:
+    """A bounded decompressor for the response's one content coding, None for identity; StepFailed otherwise."""
+    codings = [c.strip().lower() for c in response.headers.get("content-encoding", "").split(",")]
+    codings = [c for c in codings if c and c != "identity"]
+    if not codings:
+        return None
+    if len(codings) == 1 and codings[0] in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if len(codings) == 1 and codings[0] == "deflate":
+        return _Deflate()
+    raise StepFailed(f"the response's Content-Encoding {', '.join(codings)!r} is not supported", retryable=False)
+
+
+class _Deflate:
+    """`deflate` as servers send it: zlib-wrapped as the standard says, or raw as some send it (told apart by the
+    zlib header, as browsers do)."""
+
+    def __init__(self) -> None:
+        self._inner: Any = None
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        if self._inner is None:
+            wrapped = len(data) >= 2 and data[0] & 0x0F == 8 and int.from_bytes(data[:2], "big") % 31 == 0
+            self._inner = zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
+        return bytes(self._inner.decompress(data, max_length))
+
+    @property
+    def unconsumed_tail(self) -> bytes:
+        return b"" if self._inner is None else bytes(self._inner.unconsumed_tail)
