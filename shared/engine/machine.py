@@ -65,7 +65,13 @@ from shared.engine.payloads import is_blob_ref
 from shared.engine.protocol import CANCEL_EVENT, StepPlan, attempt_event
 from shared.registry.model import Definition
 from shared.registry.plan import execution_levels
-from shared.registry.references import ReferenceSyntaxError, UnresolvedReferenceError, resolve
+from shared.registry.references import (
+    MAX_RESOLVED_CHARS,
+    ReferenceSyntaxError,
+    ResolvedTooLargeError,
+    UnresolvedReferenceError,
+    resolve,
+)
 
 __all__ = [  # the types are defined in machine_types and named here, as machine.X, by their users
     "Activity",
@@ -183,6 +189,10 @@ class _Step:
         self.update(completed={**self.s.completed, flight.step_id: output}, order=(*self.s.order, flight.step_id))
         self.view(flight.step_id, {"state": "succeeded", "attempt": flight.attempt})
 
+    def resolved_bound(self) -> int | None:
+        """What a step's parameters may come to once resolved (rules 4); unbounded for executions started before."""
+        return MAX_RESOLVED_CHARS if self.s.spec.rules >= 4 else None
+
     def start_attempt(self, step_id: str, attempt: int, now: datetime) -> None:
         """Resolve parameters against what is known now and start the attempt (recorded by the next dispatch)."""
         spec = self.s.spec
@@ -191,11 +201,15 @@ class _Step:
         self.drop_flight(step_id)
         kind = StepKind(plan.kind)
         try:
-            params = resolve(step.params, spec.inputs, self.s.run_state().outputs())
+            params = resolve(step.params, spec.inputs, self.s.run_state().outputs(), max_chars=self.resolved_bound())
             ends_at = _wait_until(now, params) if kind is StepKind.WAIT else None
-        except (UnresolvedReferenceError, ReferenceSyntaxError, _WaitError) as exc:
+        except (UnresolvedReferenceError, ReferenceSyntaxError, ResolvedTooLargeError, _WaitError) as exc:
             # Retrying cannot help: the same outputs resolve the same way on every attempt.
-            error = str(exc) if isinstance(exc, _WaitError) else f"parameters could not be resolved: {exc}"
+            error = (
+                str(exc)
+                if isinstance(exc, _WaitError | ResolvedTooLargeError)
+                else f"parameters could not be resolved: {exc}"
+            )
             self.notes.append(StepNote(kind=NoteKind.FAILED, step_id=step_id, attempt=attempt, error=error))
             self.fail_step(step_id, error, attempt)
             return
@@ -570,8 +584,10 @@ class _Step:
         assert compensation is not None  # compensation_order lists only steps that declare one
         plan = spec.plan(step_id)
         try:
-            params = resolve(compensation.params, spec.inputs, self.s.run_state().outputs())
-        except (UnresolvedReferenceError, ReferenceSyntaxError) as exc:
+            params = resolve(
+                compensation.params, spec.inputs, self.s.run_state().outputs(), max_chars=self.resolved_bound()
+            )
+        except (UnresolvedReferenceError, ReferenceSyntaxError, ResolvedTooLargeError) as exc:
             self.drop_flight(step_id)
             self.compensation_done(step_id, f"compensation parameters could not be resolved: {exc}")
             return

@@ -37,6 +37,15 @@ class UnresolvedReferenceError(LookupError):
         self.reference = reference
 
 
+class ResolvedTooLargeError(ValueError):
+    """Resolving made parameters larger than the bound given: references repeated in one value multiply."""
+
+
+MAX_RESOLVED_CHARS = 2 * 1024 * 1024
+"""What one step's parameters may come to once resolved: twice the largest body a request may carry, so a whole
+output (a remote result is at most that body) passes, and a template repeating references cannot grow without end."""
+
+
 @dataclass(frozen=True)
 class Reference:
     """One parsed reference: an execution input or an upstream step's output, and a path inside it."""
@@ -158,19 +167,47 @@ def _stringify(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def resolve(value: Any, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> Any:
+def resolve(value: Any, inputs: Mapping[str, Any], outputs: Mapping[str, Any], *, max_chars: int | None = None) -> Any:
     """`value` with every reference replaced: a string that is one reference takes the referenced JSON value
-    (a number stays a number); references embedded in text are stringified (JSON for non-strings)."""
+    (a number stays a number); references embedded in text are stringified (JSON for non-strings).
+
+    With `max_chars`, ResolvedTooLargeError as soon as the referenced values and the text around them come to more
+    (counted as JSON text): a 90 KB definition repeating one reference became 240 million characters."""
+    return _resolve(value, inputs, outputs, _Budget(max_chars))
+
+
+class _Budget:
+    """The characters a resolution may still produce; unbounded without a limit."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.left = limit
+
+    def spend(self, size: int) -> None:
+        if self.left is None:
+            return
+        self.left -= size
+        if self.left < 0:
+            raise ResolvedTooLargeError(f"the parameters come to more than {self.limit} characters once resolved")
+
+
+def _resolve(value: Any, inputs: Mapping[str, Any], outputs: Mapping[str, Any], budget: _Budget) -> Any:
     if isinstance(value, str):
         parts = parse_template(value)
         if len(parts) == 1 and isinstance(parts[0], Reference):
+            found = lookup(parts[0], inputs, outputs)
+            if budget.left is not None:
+                budget.spend(len(_stringify(found)))
             # A deep copy, so that a resolved parameter never aliases another step's output.
-            return copy.deepcopy(lookup(parts[0], inputs, outputs))
-        return "".join(
-            _stringify(lookup(part, inputs, outputs)) if isinstance(part, Reference) else part for part in parts
-        )
+            return copy.deepcopy(found)
+        pieces: list[str] = []
+        for part in parts:
+            piece = _stringify(lookup(part, inputs, outputs)) if isinstance(part, Reference) else part
+            budget.spend(len(piece))
+            pieces.append(piece)
+        return "".join(pieces)
     if isinstance(value, dict):
-        return {key: resolve(item, inputs, outputs) for key, item in value.items()}
+        return {key: _resolve(item, inputs, outputs, budget) for key, item in value.items()}
     if isinstance(value, list):
-        return [resolve(item, inputs, outputs) for item in value]
+        return [_resolve(item, inputs, outputs, budget) for item in value]
     return value

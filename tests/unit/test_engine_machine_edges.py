@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from shared.engine import machine as m
+from shared.registry.references import MAX_RESOLVED_CHARS
 from tests.unit.test_engine_machine import T0, Run, request, starts
 
 CHILD_PLAN = {"child": {"kind": "intent", "timeout_s": 600}}
@@ -287,3 +288,46 @@ def test_an_execution_started_under_rules_3_retries_a_failed_dispatch_as_it_reco
     run = Run([{"id": "a", "action": "x", "retry": {"max_attempts": 2, "initial_interval_s": 1}}], rules=3)
     assert settles(failed_dispatch(run)) == []
     assert run.state.views["a"]["state"] == "retrying"
+
+
+# -- references that multiply (rules 4) ----------------------------------------------------------------------------
+AMPLIFIED = [
+    {"id": "a", "action": "x"},
+    {"id": "b", "action": "x", "depends_on": ["a"], "params": {"text": "${steps.a.output.body}" * 4000}},
+]
+
+
+def test_parameters_that_resolve_past_the_bound_fail_their_step_without_being_built() -> None:
+    # A 90 KB definition repeating one reference to a 60 KB output resolved to 240 million characters, held in the
+    # orchestration's state, sent as the dispatch's input and rebuilt on every replay.
+    run = Run(AMPLIFIED)
+    run.answer_all()
+    run.result("a", output={"body": "x" * 60_000})
+    dispatches = run.activities(m.Activity.DISPATCH_STEPS)
+    assert [starts(c) for c in dispatches] == [[]]
+    (dispatch,) = dispatches
+    assert isinstance(dispatch.input, m.DispatchSteps)
+    (note,) = dispatch.input.notes
+    assert (note.kind, note.step_id) == (m.NoteKind.FAILED, "b")
+    assert note.error == f"the parameters come to more than {MAX_RESOLVED_CHARS} characters once resolved"
+    settle_everything(run)
+    assert run.complete is not None and run.complete["status"] == "failed" and run.complete["failed_step"] == "b"
+
+
+def test_parameters_within_the_bound_resolve_as_before() -> None:
+    run = Run(AMPLIFIED[:1] + [{**AMPLIFIED[1], "params": {"text": "${steps.a.output.body}" * 30}}])
+    run.answer_all()
+    run.result("a", output={"body": "x" * 60_000})
+    (dispatch,) = run.activities(m.Activity.DISPATCH_STEPS)
+    assert isinstance(dispatch.input, m.DispatchSteps)
+    (start,) = dispatch.input.starts
+    assert start.params == {"text": "x" * 1_800_000}
+
+
+def test_an_execution_started_under_rules_3_resolves_without_the_bound() -> None:
+    run = Run(AMPLIFIED[:1] + [{**AMPLIFIED[1], "params": {"text": "${steps.a.output.body}" * 40}}], rules=3)
+    run.answer_all()
+    run.result("a", output={"body": "x" * 60_000})
+    (dispatch,) = run.activities(m.Activity.DISPATCH_STEPS)
+    assert isinstance(dispatch.input, m.DispatchSteps)
+    assert [s.step_id for s in dispatch.input.starts] == ["b"]
