@@ -16,6 +16,8 @@ from shared.engine import task_tokens
 from shared.events import webhook_store
 from shared.sealing import Sealer, sealer
 
+# It takes the current key's whole prefix and no other (migration 0039): a partial one let the control plane read a
+# stored secret through it, one character at a time.
 _TENANTS = "SELECT tenant_id FROM app.tenants_with_secrets_to_seal(%s, %s) AS found (tenant_id)"
 MAX_TENANTS = 100
 """Tenants one run seals; the next run takes the rest."""

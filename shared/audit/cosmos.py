@@ -116,6 +116,10 @@ class CosmosAuditStore:
             raise
 
     def _create(self, tenant_id: uuid.UUID, document: dict[str, Any]) -> None:
+        # The container files a document under the partition it names, so one naming another tenant than the one it
+        # is written for would land in that tenant's trail.
+        if document.get("tenantId") != str(tenant_id):
+            raise RecordRefusedError(f"the document names another tenant than {tenant_id}")
         days = self._retention_days(tenant_id) if self._retention_days else None
         if days is not None:
             if days < 1:

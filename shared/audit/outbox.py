@@ -146,6 +146,7 @@ class AuditOutbox:
         failure: Exception | None = None
         for record_id, document in records:
             try:
+                _check_owner(tenant_id, record_id, document)
                 self._write(tenant_id, document)
             except RecordRefusedError as exc:
                 logger.error(
@@ -182,3 +183,14 @@ class AuditOutbox:
     def _rested(self) -> None:
         with self._lock:
             self._resting_until = 0.0
+
+
+def _check_owner(tenant_id: UUID, record_id: UUID, document: dict[str, Any]) -> None:
+    """Refuse a document that names another tenant or record than its row: the store files it by what it names,
+    and only the row's tenant is vouched for (RLS); a copy under another would forge that tenant's trail."""
+    named_tenant, named_id = document.get("tenantId"), document.get("id")
+    if named_tenant != str(tenant_id) or (named_id is not None and named_id != str(record_id)):
+        raise RecordRefusedError(
+            f"the document names tenant {str(named_tenant)[:40]!r} and record {str(named_id)[:40]!r},"
+            f" not its row's {tenant_id} and {record_id}"
+        )
