@@ -23,7 +23,10 @@ from shared.engine.protocol import CANCEL_EVENT, EventRaiser
 from shared.engine.start import StartRequest
 from shared.engine.steps import AttemptKey
 from shared.registry import service as registry
-from shared.registry.model import Definition
+from shared.registry.model import Definition, ResolvedBlueprint
+from shared.registry.plan import declaration_inputs, expand_declaration, input_defaults
+from shared.registry.references import scan_references
+from shared.registry.repository import blueprint_version
 
 logger = logging.getLogger(__name__)
 Conn = psycopg.Connection[DictRow]
@@ -171,9 +174,9 @@ def retry_request(
         if row["state"] == "succeeded" and row["action"] != "approval"
     }
     if version is not None and version != execution.intent_version and reused:
-        before = _steps_of(registry.version(conn, "intent", execution.intent_id, execution.intent_version))
-        after = _steps_of(registry.version(conn, "intent", execution.intent_id, version))
-        changed = sorted(step_id for step_id in reused if before.get(step_id) != after.get(step_id))
+        before = _run_shape(conn, execution.intent_id, execution.intent_version, execution.input)
+        after = _run_shape(conn, execution.intent_id, version, execution.input)
+        changed = sorted(step_id for step_id in reused if _runs_differently(step_id, before, after))
         if changed:
             raise NotRetryableError(
                 f"version {version} changes steps whose outputs would be reused: " + ", ".join(changed)
@@ -189,6 +192,40 @@ def retry_request(
     )
 
 
-def _steps_of(version: Any) -> dict[str, Any]:
-    definition = Definition.model_validate(version.definition)
-    return {step.step_id: step.model_dump(mode="json") for step in definition.steps or []}
+@dataclass(frozen=True)
+class _RunShape:
+    """What a version's steps run as: each step as its definition (or its blueprint's) has it, and the inputs they
+    resolve against (a declaration's declared values, input defaults, then the execution's own input)."""
+
+    steps: dict[str, dict[str, Any]]
+    inputs: dict[str, Any]
+
+
+def _run_shape(conn: Conn, intent_id: UUID, version: int, given: dict[str, Any]) -> _RunShape | None:
+    """The version's run shape; None when a declaration's blueprint is gone (nothing of it can be compared)."""
+    pinned = registry.version(conn, "intent", intent_id, version)
+    definition = Definition.model_validate(pinned.definition)
+    if definition.is_declaration:
+        # A declaration has no steps of its own: they are its blueprint version's, run with its declared values.
+        ref = pinned.blueprint_ref or {}
+        found = blueprint_version(conn, UUID(str(ref["id"])), int(ref["version"])) if ref else None
+        if found is None:
+            return None
+        blueprint = ResolvedBlueprint(found.name, found.version, Definition.model_validate(found.definition))
+        steps = expand_declaration(definition, blueprint)
+        inputs = {**declaration_inputs(definition, blueprint), **given}
+    else:
+        steps = list(definition.steps or [])
+        inputs = {**input_defaults(definition.inputs), **given}
+    return _RunShape({step.step_id: step.model_dump(mode="json") for step in steps}, inputs)
+
+
+def _runs_differently(step_id: str, before: _RunShape | None, after: _RunShape | None) -> bool:
+    """Whether the step is defined differently, or reads an input that differs, from one version to the other."""
+    if before is None or after is None or before.steps.get(step_id) != after.steps.get(step_id):
+        return True
+    read = {ref.name for _, ref in scan_references(before.steps[step_id]).found if ref.source == "inputs"}
+    return any(before.inputs.get(name, _ABSENT) != after.inputs.get(name, _ABSENT) for name in read)
+
+
+_ABSENT = object()
