@@ -53,12 +53,13 @@ def start_problem(exc: engine.StartError) -> ProblemError:
     return ProblemError(500, "internal-error", "Internal server error")
 
 
-def launch_problem(_exc: OrchestrationUnavailableError) -> ProblemError:
-    """The answer when the orchestration could not be started: the execution is recorded failed; retry shortly."""
-    return ProblemError(
-        503,
-        "orchestration-unavailable",
-        "Service unavailable",
-        "The execution could not be started; it is recorded as failed. Retry shortly.",
-        headers={"Retry-After": "5"},
+def launch_problem(exc: OrchestrationUnavailableError) -> ProblemError:
+    """The answer when the orchestration could not be started: retry shortly, with the same Idempotency-Key when
+    the request had one (its execution waits, pending, for that retry to start it)."""
+    detail = (
+        "The execution was recorded but could not be started yet. Retry shortly with the same Idempotency-Key to"
+        " start it; otherwise the platform starts it within minutes."
+        if exc.pending
+        else "The execution could not be started; it is recorded as failed. Retry shortly."
     )
+    return ProblemError(503, "orchestration-unavailable", "Service unavailable", detail, headers={"Retry-After": "5"})

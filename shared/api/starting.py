@@ -35,7 +35,8 @@ def begin(
 
 
 async def launch(client: Any, started: Started, tenant_id: UUID) -> None:
-    """Start the orchestration; when it cannot be started the execution is recorded failed and the answer is 503."""
+    """Start the orchestration; when it cannot be started the answer is 503 (the execution stays pending for a
+    retry with its Idempotency-Key, or is recorded failed when the request had none)."""
     try:
         await start_service.launch(client, started, tenant_id)
     except start_service.OrchestrationUnavailableError as exc:

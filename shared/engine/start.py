@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -39,7 +40,12 @@ _ACTIVE = "SELECT count(*) AS n FROM app.executions WHERE status IN ('pending', 
 _CLAIM_STALE_START = (
     "UPDATE app.executions SET start_claimed_at = clock_timestamp() WHERE id = %s"
     " AND status = 'pending' AND (start_claimed_at IS NULL"
-    " OR start_claimed_at < clock_timestamp() - make_interval(secs => %s)) RETURNING id"
+    " OR start_claimed_at < clock_timestamp() - make_interval(secs => %s)) RETURNING start_claimed_at"
+)
+# Only the claim this start holds (its timestamp): one taken over meanwhile is another starter's to keep.
+_RELEASE_START = (
+    "UPDATE app.executions SET start_claimed_at = NULL"
+    " WHERE id = %s AND status = 'pending' AND start_claimed_at = %s RETURNING id"
 )
 
 
@@ -338,7 +344,8 @@ def start_execution(
     """In the caller's tenant transaction: check, hold the quota, and create the execution with its steps.
 
     With an idempotency key already used, the execution it created is returned (and its start only handed
-    back if that start stalled). `authorize` decides on the intent (its target) before anything is revealed.
+    back if that start stalled or its launch failed). `authorize` decides on the intent (its target) before
+    anything is revealed.
     A child (`parent_execution_id`) is placed in its tree first: ChildRefusedError when its intent runs above it,
     it would nest deeper than MAX_CHILD_DEPTH, or its root already has `max_descendants` active descendants.
     """
@@ -357,10 +364,9 @@ def start_execution(
         # where this escaped the dispatch and failed its whole level's batch.
         raise IntentNotFoundError(str(exc)) from None
     fingerprint = request.fingerprint()
-    if request.idempotency_key is not None:
-        found = repo.find_by_key(conn, request.idempotency_key)
-        if found is not None:
-            return _replayed(conn, tenant, found, fingerprint)
+    found = _by_key(conn, request.idempotency_key)
+    if found is not None:
+        return _replayed(conn, tenant, found, fingerprint)
     # After the key's lookup, so that a re-executed activity finds the child it started whatever its tree holds now.
     root = None
     if request.parent_execution_id is not None:
@@ -370,6 +376,11 @@ def start_execution(
         raise PlanChangedError(request.plan_hash, run.plan_hash)
     # Serializes the quota check and the insert per tenant: two concurrent starts cannot both see headroom.
     tenant_locks.hold(conn, "executions")
+    # Again under the lock: a request with the same key that held it before us has committed its execution by now,
+    # and this one is its replay, not a start the quota (or the tree's bound) may refuse.
+    found = _by_key(conn, request.idempotency_key)
+    if found is not None:
+        return _replayed(conn, tenant, found, fingerprint)
     if active_executions(conn) >= max_concurrent:
         metrics.request_refused(tenant.id, "execution-quota")
         raise QuotaExceededError(max_concurrent)
@@ -431,14 +442,33 @@ def claim_stale_start(conn: Conn, execution_id: UUID, stale_after_s: float = STA
     The conditional update is the one arbiter: of concurrent takers (a repeated request, the sweeper) the row lock
     lets one through, and the others then see a fresh claim.
     """
-    return conn.execute(_CLAIM_STALE_START, (execution_id, stale_after_s)).fetchone() is not None
+    return _claim_stale_start(conn, execution_id, stale_after_s) is not None
+
+
+def _claim_stale_start(conn: Conn, execution_id: UUID, stale_after_s: float) -> datetime | None:
+    row = conn.execute(_CLAIM_STALE_START, (execution_id, stale_after_s)).fetchone()
+    return None if row is None else row["start_claimed_at"]
+
+
+def release_start(conn: Conn, execution: repo.Execution) -> bool:
+    """Give up the start claim `execution` holds (its orchestration could not be started), so that a repeated
+    request, or the sweeper, takes the start over at once; False when the claim is no longer this start's."""
+    released = conn.execute(_RELEASE_START, (execution.id, execution.start_claimed_at)).fetchone()
+    return released is not None
+
+
+def _by_key(conn: Conn, idempotency_key: str | None) -> repo.Execution | None:
+    return None if idempotency_key is None else repo.find_by_key(conn, idempotency_key)
 
 
 def _replayed(conn: Conn, tenant: TenantFacts, execution: repo.Execution, fingerprint: str) -> Started:
     if execution.request_sha256 is not None and execution.request_sha256 != fingerprint:
         raise IdempotencyConflictError("the idempotency key was already used for a different request")
-    if not claim_stale_start(conn, execution.id):
+    claimed_at = _claim_stale_start(conn, execution.id, STALE_START_S)
+    if claimed_at is None:
         return Started(execution, False, None)
+    # The claim this start now holds, so that a launch that fails can give back exactly this one.
+    execution = replace(execution, start_claimed_at=claimed_at)
     return Started(execution, False, rebuild_input(conn, tenant, execution))
 
 

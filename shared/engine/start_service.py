@@ -22,6 +22,7 @@ from shared.engine.start import (
     StartForbiddenError,
     StartRequest,
     concurrent_limit,
+    release_start,
     start_execution,
 )
 from shared.policy import decisions
@@ -40,11 +41,13 @@ Decide = Callable[[str, Resource], Decision]
 
 
 class OrchestrationUnavailableError(Exception):
-    """The orchestration client refused the start; the execution is recorded failed, so the caller may retry."""
+    """The orchestration client refused the start, so the caller may retry. `pending`: the start had an idempotency
+    key, and the execution stays pending for a retry with that key (or the sweeper) to start; else it is failed."""
 
-    def __init__(self, execution_id: UUID, cause: str) -> None:
+    def __init__(self, execution_id: UUID, cause: str, *, pending: bool = False) -> None:
         super().__init__(f"the orchestration of execution {execution_id} could not be started: {cause}")
         self.execution_id = execution_id
+        self.pending = pending
 
 
 def execute_resource(item: registry.Item, tenant_id: UUID) -> Resource:
@@ -121,10 +124,11 @@ def begin(tenant: Tenant, make_request: Callable[[Conn], StartRequest], *, decid
 async def launch(client: Any, started: Started, tenant_id: UUID, *, record_failure: bool = True) -> None:
     """Start the orchestration (instance id = execution id) when this start holds the start claim.
 
-    When the orchestration client fails, `record_failure` records the execution failed and raises
-    OrchestrationUnavailableError (a caller that waits for an answer retries); otherwise the client's error is
-    raised as is and the execution stays pending, for a redelivered request (after the claim goes stale) or the
-    sweeper to start.
+    When the orchestration client fails, `record_failure` records the failure and raises
+    OrchestrationUnavailableError (a caller that waits for an answer retries): a start with an idempotency key
+    stays pending with its claim released, for the retry with that key (or the sweeper) to start at once; one
+    without is recorded failed. Otherwise the client's error is raised as is and the execution stays pending, for a
+    redelivered request (after the claim goes stale) or the sweeper to start.
     """
     if started.orchestration_input is None:
         return
@@ -133,10 +137,22 @@ async def launch(client: Any, started: Started, tenant_id: UUID, *, record_failu
     except Exception as exc:
         if not record_failure:
             raise
-        # Nothing runs it, so it must not look pending forever.
         logger.exception("could not start the orchestration of execution %s", started.execution.id)
-        await asyncio.to_thread(fail_start, tenant_id, started.execution.id, str(exc))
-        raise OrchestrationUnavailableError(started.execution.id, str(exc)) from None
+        execution = started.execution
+        if execution.idempotency_key is not None:
+            # The retry the answer asks for finds this execution by its key: failed, it would be replayed as
+            # accepted and never run; pending and unclaimed, that retry (or the sweeper) starts it.
+            await asyncio.to_thread(release_claim, tenant_id, execution)
+            raise OrchestrationUnavailableError(execution.id, str(exc), pending=True) from None
+        # Without a key the retry is a new execution, so this one must neither run beside it nor look pending forever.
+        await asyncio.to_thread(fail_start, tenant_id, execution.id, str(exc))
+        raise OrchestrationUnavailableError(execution.id, str(exc)) from None
+
+
+def release_claim(tenant_id: UUID, execution: repo.Execution) -> None:
+    """Give up the start claim of an execution whose orchestration could not be started, in its own transaction."""
+    with tenant_transaction(tenant_id) as conn:
+        release_start(conn, execution)
 
 
 def fail_start(tenant_id: UUID, execution_id: UUID, reason: str) -> None:

@@ -6,19 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from shared.api.durable import get_durable_client
 from shared.auth.principal import Requester
+from shared.db import tenant_locks
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
 from shared.engine import steps as store
+from shared.engine import sweeper
 from shared.engine.progress import record_progress
 from shared.engine.protocol import ORCHESTRATOR
-from shared.engine.start import IntentNotFoundError, Started, StartForbiddenError, StartRequest
+from shared.engine.start import IntentNotFoundError, Started, StartForbiddenError, StartRequest, claim_stale_start
 from shared.engine.start_service import (
     REQUESTER_UNKNOWN,
     OrchestrationUnavailableError,
@@ -36,6 +41,7 @@ from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the f
 pytestmark = pytest.mark.integration
 
 AUTHOR = ["Intent.Author", "Intent.Reader"]
+EXECUTOR = ["Intent.Executor", "Intent.Deployer"]
 
 
 class Decider:
@@ -63,11 +69,13 @@ class Client:
         self.calls.append((name, instance_id, value))
         return instance_id
 
+    async def get_status(self, _instance_id: str) -> None:
+        """No such instance (what the sweeper asks before it starts a stalled start)."""
+        return None
 
-@pytest.fixture
-def setup(api: ApiHarness) -> tuple[Tenant, uuid.UUID]:
-    name = f"starts-{uuid.uuid4().hex[:8]}"
-    tenant_id = api.provision(name, allowed_modules=["wait"]).id
+
+def _provision(api: ApiHarness, name: str, quotas: dict[str, Any] | None = None) -> tuple[Tenant, uuid.UUID]:
+    tenant_id = api.provision(name, allowed_modules=["wait"], quotas=quotas).id
     body = {
         "name": f"pause-{uuid.uuid4().hex[:8]}",
         "definition": {"target": "production", "steps": [{"id": "pause", "action": "wait", "seconds": 1}]},
@@ -78,6 +86,11 @@ def setup(api: ApiHarness) -> tuple[Tenant, uuid.UUID]:
         tenant = get_tenant(conn, tenant_id)
     assert tenant is not None
     return tenant, uuid.UUID(created.json()["id"])
+
+
+@pytest.fixture
+def setup(api: ApiHarness) -> tuple[Tenant, uuid.UUID]:
+    return _provision(api, f"starts-{uuid.uuid4().hex[:8]}")
 
 
 def _start(tenant: Tenant, intent_id: uuid.UUID, decide: Decider, **request: Any) -> Started:
@@ -151,6 +164,91 @@ def test_a_refused_launch_is_recorded_failed_and_reported(setup: tuple[Tenant, u
         execution = repo.get_execution(conn, started.execution.id)
     assert execution.status == "failed"
     assert "task hub unreachable" in (execution.error or "")
+
+
+def _claimed_at(tenant: Tenant, execution_id: uuid.UUID) -> datetime | None:
+    with tenant_transaction(tenant.id) as conn:
+        return repo.get_execution(conn, execution_id).start_claimed_at
+
+
+def test_a_refused_launch_with_a_key_stays_pending_and_a_retry_with_the_key_starts_it(api: ApiHarness) -> None:
+    # Recorded failed, the execution was what the retry the 503 asks for found: 202 for a start that never ran.
+    name = f"starts-{uuid.uuid4().hex[:8]}"
+    _tenant, intent_id = _provision(api, name)
+    headers = {**api.headers(name, EXECUTOR), "Idempotency-Key": f"retried-{uuid.uuid4().hex}"}
+    down, up = Client(RuntimeError("task hub unreachable")), Client()
+    overrides = api.client.app.dependency_overrides  # type: ignore[attr-defined]
+    try:
+        overrides[get_durable_client] = lambda: down
+        refused = api.client.post(f"/api/v1/intents/{intent_id}/execute", json={}, headers=headers)
+        overrides[get_durable_client] = lambda: up
+        retried = api.client.post(f"/api/v1/intents/{intent_id}/execute", json={}, headers=headers)
+        again = api.client.post(f"/api/v1/intents/{intent_id}/execute", json={}, headers=headers)
+    finally:
+        overrides.pop(get_durable_client, None)
+    assert (refused.status_code, refused.json()["type"].rsplit("/", 1)[-1]) == (503, "orchestration-unavailable")
+    assert (retried.status_code, retried.json()["created"]) == (202, False), retried.text
+    execution_id = retried.json()["execution_id"]
+    assert [(orchestrator, instance) for orchestrator, instance, _ in up.calls] == [(ORCHESTRATOR, execution_id)]
+    assert refused.headers["retry-after"] == "5" and "same Idempotency-Key" in refused.json()["detail"]
+    # Started once: the retry holds a fresh claim, so a further replay starts nothing.
+    assert (again.status_code, again.json()["execution_id"]) == (202, execution_id) and len(up.calls) == 1
+    status = api.client.get(f"/api/v1/executions/{execution_id}", headers=api.headers(name, ["Intent.Reader"]))
+    assert (status.json()["status"], status.json().get("error")) == ("pending", None)
+
+
+def test_a_refused_launch_with_a_key_is_left_to_the_sweeper_when_no_retry_comes(
+    setup: tuple[Tenant, uuid.UUID],
+) -> None:
+    tenant, intent_id = setup
+    started = _start(tenant, intent_id, Decider(allowed=True), idempotency_key=f"abandoned-{uuid.uuid4().hex}")
+    with pytest.raises(OrchestrationUnavailableError) as refused:
+        asyncio.run(launch(Client(RuntimeError("task hub unreachable")), started, tenant.id))
+    assert (_status(tenant, started.execution.id), _claimed_at(tenant, started.execution.id)) == ("pending", None)
+    assert refused.value.pending
+    client = Client()
+    result = asyncio.run(sweeper.sweep_tenant(tenant.id, client))
+    assert result.started == 1
+    assert [instance for _, instance, _ in client.calls] == [str(started.execution.id)]
+
+
+def test_a_refused_launch_keeps_a_claim_another_starter_took_over_meanwhile(setup: tuple[Tenant, uuid.UUID]) -> None:
+    tenant, intent_id = setup
+    started = _start(tenant, intent_id, Decider(allowed=True), idempotency_key=f"slow-{uuid.uuid4().hex}")
+    with tenant_transaction(tenant.id) as conn:  # what a takeover after a launch slower than the stale age does
+        assert claim_stale_start(conn, started.execution.id, 0)
+    taken = _claimed_at(tenant, started.execution.id)
+    with pytest.raises(OrchestrationUnavailableError):
+        asyncio.run(launch(Client(RuntimeError("timed out")), started, tenant.id))
+    assert taken is not None and _claimed_at(tenant, started.execution.id) == taken
+
+
+def test_concurrent_starts_with_one_key_at_the_quota_edge_are_replays_not_refusals(
+    api: ApiHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The second request looked its key up before the first committed, then took the lock and met the first's
+    # execution in the quota: 429 execution-quota, where the first's replay was due.
+    tenant, intent_id = _provision(api, f"edge-{uuid.uuid4().hex[:8]}", {"max_concurrent_executions": 1})
+    key = f"edge-{uuid.uuid4().hex}"
+    hold = tenant_locks.hold
+    raced: list[bool] = []
+    first: list[Started] = []
+
+    def hold_after_the_first_commits(conn: Any, purpose: Any) -> None:
+        """The lock, taken only after a concurrent request with the same key has committed its execution."""
+        if not raced:
+            raced.append(True)  # the first request's own lock passes straight through
+            # On a thread of its own, as a concurrent request is: it borrows its own connection.
+            with ThreadPoolExecutor(max_workers=1) as other:
+                committed = other.submit(_start, tenant, intent_id, Decider(allowed=True), idempotency_key=key)
+                first.append(committed.result())
+        hold(conn, purpose)
+
+    monkeypatch.setattr(tenant_locks, "hold", hold_after_the_first_commits)
+    second = _start(tenant, intent_id, Decider(allowed=True), idempotency_key=key)
+    [winner] = first
+    assert winner.created
+    assert (second.execution.id, second.created, second.orchestration_input) == (winner.execution.id, False, None)
 
 
 def test_a_launch_that_is_not_to_record_failure_hands_the_error_back_and_stays_pending(
