@@ -765,6 +765,14 @@ class _Step:
         self.flush()
         self.arm_timer()
 
+    def holds_stored_outputs(self, step_id: str, output: Json) -> bool:
+        """Whether a child's output carries step outputs stored as blobs (rules 4): read like a stored output, or a
+        reference into them met the blob's reference instead of the output."""
+        if self.s.spec.rules < 4 or self.s.spec.plan(step_id).kind != StepKind.INTENT.value:
+            return False
+        outputs = output.get("outputs") if isinstance(output, dict) else None
+        return isinstance(outputs, dict) and any(is_blob_ref(item) for item in outputs.values())
+
     def advance_run(self, now: datetime) -> None:
         spec = self.s.spec
         if any(p.name is Activity.LOAD_OUTPUT for p in self.s.pending.values()):
@@ -772,7 +780,7 @@ class _Step:
         stored = [
             step_id
             for step_id, output in self.s.completed.items()
-            if step_id not in self.s.loaded and is_blob_ref(output)
+            if step_id not in self.s.loaded and (is_blob_ref(output) or self.holds_stored_outputs(step_id, output))
         ]
         if stored:
             wanted = [step_id for step_id in stored if step_id in spec.output_paths]

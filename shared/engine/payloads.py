@@ -141,8 +141,60 @@ def _copy_path(source: dict[str, Any], target: dict[str, Any], path: tuple[str, 
         _copy_path(value, child, rest)
 
 
+MAX_NESTED_LOAD_BYTES = 8 * 1024 * 1024
+"""What the stored outputs inside one output (a child execution's, each step's own) may come to when loaded."""
+
+
 def load_parts(
     tenant_id: UUID, reference: Any, paths: Iterable[tuple[str, ...]], *, container: ContainerClient | None = None
 ) -> Any:
-    """The referenced parts of a stored output, read from the tenant's own prefix only."""
-    return project(load(reference, tenant_id, container=container), paths)
+    """The referenced parts of a stored output, read from the tenant's own prefix only.
+
+    An output holding stored outputs inside it (a child execution's, one per step) has those read where the paths
+    lead, at most MAX_NESTED_LOAD_BYTES of them (StoredOutputError beyond)."""
+    wanted = sorted(set(paths), key=len)
+    value = load(reference, tenant_id, container=container)
+    nested = _NestedLoad(tenant_id, container)
+    for path in wanted:
+        value = nested.along(value, path)
+    return project(value, wanted)
+
+
+class _NestedLoad:
+    """Reads the stored outputs an output holds, along a path and wholly beneath its end, within a byte budget."""
+
+    def __init__(self, tenant_id: UUID, container: ContainerClient | None) -> None:
+        self._tenant_id = tenant_id
+        self._container = container
+        self._left = MAX_NESTED_LOAD_BYTES
+
+    def along(self, value: Any, path: tuple[str, ...]) -> Any:
+        value = self._read(value)
+        if not path:
+            return self._beneath(value)
+        head, rest = path[0], path[1:]
+        if isinstance(value, dict) and head in value:
+            return {**value, head: self.along(value[head], rest)}
+        if isinstance(value, list) and head.isdigit() and int(head) < len(value):
+            index = int(head)
+            return [*value[:index], self.along(value[index], rest), *value[index + 1 :]]
+        return value
+
+    def _beneath(self, value: Any) -> Any:
+        value = self._read(value)
+        if isinstance(value, dict):
+            return {key: self._beneath(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self._beneath(item) for item in value]
+        return value
+
+    def _read(self, value: Any) -> Any:
+        if not is_blob_ref(value):
+            return value
+        name, size, _ = _checked_reference(self._tenant_id, value)
+        self._left -= size
+        if self._left < 0:
+            raise StoredOutputError(
+                f"the stored outputs read for one reference come to more than {MAX_NESTED_LOAD_BYTES} bytes (at {name})"
+            )
+        return load(value, self._tenant_id, container=self._container)

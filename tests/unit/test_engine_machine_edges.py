@@ -331,3 +331,41 @@ def test_an_execution_started_under_rules_3_resolves_without_the_bound() -> None
     (dispatch,) = run.activities(m.Activity.DISPATCH_STEPS)
     assert isinstance(dispatch.input, m.DispatchSteps)
     assert [s.step_id for s in dispatch.input.starts] == ["b"]
+
+
+# -- a child's stored outputs (rules 4) ----------------------------------------------------------------------------
+STORED = {"$blob": {"container": "artifacts", "name": "t-1/executions/c-1/outputs/x.json", "size": 9, "sha256": "0"}}
+READS_THE_CHILD = [
+    {"id": "child", "action": "intent.run", "intent": "other"},
+    {"id": "use", "action": "x", "depends_on": ["child"], "params": {"text": "${steps.child.output.outputs.big.body}"}},
+]
+
+
+def child_ended_with_a_stored_output(run: Run) -> list[m.Command]:
+    child_started(run, "c-1")
+    commands = run.send(m.ChildEnded("child", 1, {"status": "succeeded", "outputs": {"big": STORED}}, False, run.now))
+    (settle,) = settles(commands)
+    return run.answer(settle, [{"ok": True, "output": {"execution_id": "c-1", "outputs": {"big": STORED}}}])
+
+
+def test_a_reference_into_a_childs_stored_output_reads_it_first() -> None:
+    # A child's step output stored as a blob reached the parent as its reference, nested where no load looked: the
+    # parent's step failed ("no 'body' in the referenced value"), or a module was handed the reference itself.
+    run = Run(READS_THE_CHILD, plan=CHILD_PLAN)
+    commands = child_ended_with_a_stored_output(run)
+    (load,) = [c for c in commands if isinstance(c, m.CallActivity) and c.name is m.Activity.LOAD_OUTPUT]
+    assert load.input == m.LoadOutput(
+        tenant_id="t-1",
+        output={"execution_id": "c-1", "outputs": {"big": STORED}},
+        paths=[["outputs", "big", "body"]],
+    )
+    run.answer(load, {"outputs": {"big": {"body": "the body"}}})
+    (dispatch,) = run.activities(m.Activity.DISPATCH_STEPS)
+    assert isinstance(dispatch.input, m.DispatchSteps)
+    assert [(s.step_id, s.params) for s in dispatch.input.starts] == [("use", {"text": "the body"})]
+
+
+def test_an_execution_started_under_rules_3_reads_a_childs_output_as_it_came() -> None:
+    run = Run(READS_THE_CHILD, plan=CHILD_PLAN, rules=3)
+    commands = child_ended_with_a_stored_output(run)
+    assert not any(isinstance(c, m.CallActivity) and c.name is m.Activity.LOAD_OUTPUT for c in commands)
