@@ -76,10 +76,21 @@ class StoredResponse:
     headers: dict[str, str]
 
 
-def fingerprint(method: str, route: str, body: Any) -> str:
-    """What a key is bound to: the method, the route and the canonical JSON of the body."""
+def fingerprint(method: str, route: str, body: Any, *, caller: str | None = None) -> str:
+    """What a key is bound to: the method, the route and the canonical JSON of the body, and with `caller` who sent
+    it (a tenant's keys are the tenant's, so one principal could otherwise replay another's stored answer, a webhook's
+    signing secret among them)."""
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(f"{method} {route}\n{canonical}".encode()).hexdigest()
+    digest = hashlib.sha256(f"{method} {route}\n{canonical}".encode())
+    if caller is None:
+        return digest.hexdigest()
+    digest.update(f"\n{caller}".encode())
+    return _BY_CALLER + digest.hexdigest()
+
+
+_BY_CALLER = "caller:"
+"""Marks a fingerprint bound to its caller; one without it was stored before callers were bound (2026-12-05) and is
+matched as it was made, until it expires."""
 
 
 @dataclass(frozen=True)
@@ -128,13 +139,19 @@ def _statements(principal: str | None) -> _KeyStatements:
 
 
 def claim(
-    conn: psycopg.Connection[DictRow], key: str, request_fingerprint: str, *, principal: str | None = None
+    conn: psycopg.Connection[DictRow],
+    key: str,
+    request_fingerprint: str,
+    *,
+    principal: str | None = None,
+    legacy_fingerprint: str | None = None,
 ) -> StoredResponse | None:
     """Claim `key` inside the caller's transaction; None means "do the work", else replay this response.
 
     The key is the pinned tenant's, or with `principal` that principal's (a control-plane transaction, which pins
     no tenant). The insert holds the key's row until the transaction ends, so a concurrent duplicate waits here and
-    then sees the completed response: the work runs once.
+    then sees the completed response: the work runs once. `legacy_fingerprint`: what the same request's key was
+    bound to before callers were, accepted for a key stored then.
     """
     problem = key_problem(key)
     if problem is not None:
@@ -147,7 +164,7 @@ def claim(
         return None
     row = conn.execute(statements.read, params).fetchone()
     assert row is not None  # the conflicting row is committed and visible to this owner
-    if row["fingerprint"] != request_fingerprint:
+    if row["fingerprint"] not in (request_fingerprint, legacy_fingerprint):
         raise IdempotencyKeyReusedError("this Idempotency-Key was used for a different request")
     if row["response_status"] is None:
         # Only possible if the first request's transaction committed without completing the key: a bug.

@@ -81,12 +81,17 @@ def replay_or_claim(
     claimed until the transaction ends: a concurrent duplicate waits, then replays). None without a key.
 
     The key is the tenant's (a tenant transaction) or, with `principal`, that caller's (a control-plane transaction).
-    It is bound to the method, the route's path and `body`; the same key with another request is 422. `reveal`
+    It is bound to the method, the route's path, `body` and the caller; the same key with another request, or from
+    another principal of the tenant, is 422. `reveal`
     turns a stored body back into the answer (one that was stored with a secret sealed, say)."""
     if key is None:
         return None
+    context = getattr(request.state, "context", None)
+    caller = None if principal is not None or context is None else context.principal.id
+    bound = fingerprint(request.method, request.url.path, body, caller=caller)
+    legacy = None if caller is None else fingerprint(request.method, request.url.path, body)
     try:
-        stored = claim(conn, key, fingerprint(request.method, request.url.path, body), principal=principal)
+        stored = claim(conn, key, bound, principal=principal, legacy_fingerprint=legacy)
     except IdempotencyKeyReusedError as exc:
         raise ProblemError(422, "idempotency-key", "Unprocessable content", str(exc)) from None
     if stored is None:

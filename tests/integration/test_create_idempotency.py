@@ -91,3 +91,25 @@ def test_a_webhook_created_twice_without_a_key_is_two_subscriptions(api: ApiHarn
     for _ in range(2):
         assert api.client.post(route.path, json=route.body("twice"), headers=headers).status_code == 201
     assert route.names(api, headers) == ["twice", "twice"]
+
+
+def test_another_principal_of_the_tenant_cannot_replay_an_answer_by_its_key(
+    api: ApiHarness, loopback_hooks: None
+) -> None:
+    # Keys were the tenant's alone: another admin who knew a key got the first caller's stored answer, a webhook's
+    # signing secret among them (shown once, to its creator).
+    name = f"idem-{uuid.uuid4().hex[:8]}"
+    api.provision(name, allowed_modules=["wait"])
+    headers = api.headers(name, ADMIN)
+    api.client.patch("/api/v1/tenant", json={"settings": {"allowed_hosts": ["127.0.0.1"]}}, headers=headers)
+    key = {"Idempotency-Key": f"create-{uuid.uuid4().hex}"}
+    route = ROUTES[0]
+    first = api.client.post(route.path, json=route.body("roll"), headers={**headers, **key})
+    assert first.status_code == 201 and first.json()["secret"], first.text
+    someone_else = api.headers(name, ADMIN, oid=str(uuid.uuid4()))
+    other = api.client.post(route.path, json=route.body("roll"), headers={**someone_else, **key})
+    assert other.status_code == 422 and other.json()["type"].endswith("/idempotency-key"), other.text
+    assert first.json()["secret"] not in other.text
+    again = api.client.post(route.path, json=route.body("roll"), headers={**headers, **key})
+    assert again.status_code == 201 and again.json() == first.json()
+    assert route.names(api, headers) == ["roll"]
