@@ -193,25 +193,36 @@ class Ended:
 
 
 _OPEN_STEPS = ("running", "waiting", "retrying")
+# Locked first, as a dispatch locks it: a dispatch that comes after this end reads it ended and starts nothing.
+_LOCK_STATUS = "SELECT status FROM app.executions WHERE id = %s FOR NO KEY UPDATE"
 
 
 def end_execution(
     tenant_id: UUID, execution_id: UUID, cause: str, *, pool: ConnectionPool[Any] | None = None
 ) -> Ended | None:
     """End the execution `failed` with `cause` unless it has ended meanwhile, and with it the steps its
-    orchestration left open (abandoned, cancelled); None when it had ended already."""
+    orchestration left open (abandoned, cancelled) and every attempt still out, compensations too (abandoned);
+    None when it had ended already."""
     try:
         with tenant_transaction(tenant_id, pool=pool) as conn:
-            if repo.get_execution(conn, execution_id).terminal:
+            row = conn.execute(_LOCK_STATUS, (execution_id,)).fetchone()
+            if row is None:
+                raise repo.ExecutionNotFoundError(f"No execution {execution_id}.")
+            if row["status"] in repo.TERMINAL:
                 return None  # its orchestration recorded the end after all, or another sweeper was first
             # No orchestration will end these: left as they were, they would read as still running. They end
             # before the execution does, so its end stays the last event of the stream, as in any run.
             open_steps = [step for step in store.list_steps(conn, execution_id) if step["state"] in _OPEN_STEPS]
             for step in open_steps:
                 abandon_step(conn, AttemptKey(execution_id, step["step_id"], "run", max(step["attempt"], 1)), cause)
+            # Any attempt still out, of either phase (a compensating step's rollback too): left dispatched, its
+            # queued item would be leased and its result recorded after the end.
+            for attempt in store.list_attempts(conn, execution_id):
+                if attempt.state == "dispatched":
+                    abandon_step(conn, attempt.key, cause)
             repo.transition(conn, execution_id, "failed", error=cause)
     except repo.IllegalTransitionError:
-        return None  # it ended between the read and the row lock (its steps' moves roll back with it)
+        return None  # a status with no move to failed (its steps' moves roll back with it)
     return Ended(tuple(step["child_execution_id"] for step in open_steps if step["child_execution_id"]))
 
 

@@ -13,6 +13,7 @@ from uuid import UUID
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from shared.engine import executions as repo
 from shared.engine import steps as store
 from shared.engine import task_tokens
 from shared.engine.steps import Attempt, AttemptKey, Conn
@@ -23,6 +24,8 @@ QueueStatus = Literal["queued", "leased", "expired"]
 LEASE_EXPIRED_ERROR = "the worker's lease expired: it stopped heartbeating before reporting a result"
 CANCELLED_QUEUED = "cancelled before a worker took it"
 CANCELLED_LEASED = "cancelled: the worker was told on its heartbeat"
+ENDED_QUEUED = "the execution ended before a worker took it"
+_OPEN_RUN = ("pending", "running", "waiting", "retrying")
 
 _COLUMNS = {
     "cols": sql.SQL(
@@ -48,18 +51,31 @@ _ENQUEUE = (
     " ON CONFLICT DO NOTHING"
 )
 # Oldest first; SKIP LOCKED so that two workers polling at once never get the same item, and neither waits.
+# An item whose execution has ended, or a run item whose execution is being cancelled, is picked (and locked) but
+# not leased: it comes back marked `stale` for lease() to end, in the same round trip as the lease itself. Such an
+# item exists only when a cancel or an end missed it (they end the items they see); it must never start work.
 _LEASE = _query(
-    "WITH picked AS (SELECT w.tenant_id, w.id FROM app.work_items w {open} WHERE w.lease_id IS NULL"
-    " AND w.action = ANY(%(actions)s) AND w.deadline > clock_timestamp() ORDER BY w.enqueued_at"
-    " LIMIT %(limit)s FOR UPDATE OF w SKIP LOCKED)"
-    " UPDATE app.work_items w SET lease_id = gen_random_uuid(), leased_by = %(worker)s,"
+    "WITH picked AS (SELECT w.tenant_id, w.id, CASE WHEN e.status = ANY(%(terminal)s) THEN 'ended'"
+    " WHEN w.phase = 'run' AND e.cancel_requested_at IS NOT NULL THEN 'cancelled' END AS stale"
+    " FROM app.work_items w {open} JOIN app.executions e ON e.tenant_id = w.tenant_id AND e.id = w.execution_id"
+    " WHERE w.lease_id IS NULL AND w.action = ANY(%(actions)s) AND w.deadline > clock_timestamp()"
+    " ORDER BY w.enqueued_at LIMIT %(limit)s FOR UPDATE OF w SKIP LOCKED),"
+    " leased AS (UPDATE app.work_items w SET lease_id = gen_random_uuid(), leased_by = %(worker)s,"
     " leased_at = clock_timestamp(), heartbeat_at = NULL, progress = NULL,"
     " lease_expires_at = LEAST(clock_timestamp() + make_interval(secs => %(lease_s)s), w.deadline)"
-    " FROM picked WHERE w.tenant_id = picked.tenant_id AND w.id = picked.id RETURNING {cols}"
+    " FROM picked WHERE w.tenant_id = picked.tenant_id AND w.id = picked.id AND picked.stale IS NULL"
+    " RETURNING {cols}, NULL::text AS stale)"
+    " SELECT * FROM leased UNION ALL SELECT {cols}, picked.stale FROM app.work_items w"
+    " JOIN picked ON w.tenant_id = picked.tenant_id AND w.id = picked.id WHERE picked.stale IS NOT NULL"
 )
 _BIND_LEASE_NONCE = (
     "UPDATE app.step_attempts SET token_nonce = %s, token_expires_at = %s WHERE execution_id = %s AND step_id = %s"
     " AND phase = %s AND attempt = %s AND state = 'dispatched'"
+)
+# Without an event: the execution's end is the last event of its stream, and nothing is written after it.
+_ABANDON_SILENTLY = (
+    "UPDATE app.step_attempts SET state = 'abandoned', error = %s, retryable = false, finished_at = clock_timestamp()"
+    " WHERE execution_id = %s AND step_id = %s AND phase = %s AND attempt = %s AND state = 'dispatched'"
 )
 _POLLED = (
     "INSERT INTO app.work_pollers (tenant_id, action, last_polled_at, last_polled_by)"
@@ -169,14 +185,29 @@ def lease(
     conn: Conn, tenant_id: UUID, *, actions: Sequence[str], max_items: int, lease_s: float, worker: str
 ) -> list[Lease]:
     """Lease up to `max_items` of the tenant's queued items of `actions`, oldest first, each with a task token
-    whose nonce is its lease id; records that the worker polled for these actions."""
+    whose nonce is its lease id; records that the worker polled for these actions.
+
+    An item of an ended execution, or a run item of one being cancelled, is ended here instead (as cancel_queued
+    ends it) and counts against `max_items`: this poll answers fewer items, the next one the rest."""
+    from shared.engine.progress import abandon_step  # progress enqueues through this module
+
     conn.execute(_POLLED, (worker, list(actions)))
-    rows = conn.execute(
-        _LEASE, {"actions": list(actions), "limit": max_items, "worker": worker, "lease_s": lease_s}
-    ).fetchall()
+    params = {
+        "actions": list(actions),
+        "limit": max_items,
+        "worker": worker,
+        "lease_s": lease_s,
+        "terminal": sorted(repo.TERMINAL),
+    }
     leases: list[Lease] = []
-    for row in rows:
+    for row in conn.execute(_LEASE, params).fetchall():
         item = _item(row)
+        if row["stale"] == "cancelled":
+            abandon_step(conn, item.key, CANCELLED_QUEUED)
+            continue
+        if row["stale"] == "ended":
+            _end_quietly(conn, item.key)
+            continue
         if item.leased_at is not None:
             metrics.work_queue_lag(tenant_id, item.action, (item.leased_at - item.enqueued_at).total_seconds())
         token = task_tokens.issue(conn, tenant_id, item.key, 0, nonce=str(item.lease_id), expires_at=item.deadline)
@@ -186,6 +217,13 @@ def lease(
         )
         leases.append(Lease(item=item, task_token=token.token))
     return leases
+
+
+def _end_quietly(conn: Conn, key: AttemptKey) -> None:
+    """End an attempt of an execution that has ended: recorded abandoned, its step moved to its end, no event."""
+    conn.execute(_ABANDON_SILENTLY, (ENDED_QUEUED, key.execution_id, key.step_id, key.phase, key.attempt))
+    state, moved_from = ("cancelled", _OPEN_RUN) if key.phase == "run" else ("compensation_failed", ("compensating",))
+    store.move_step(conn, key.execution_id, key.step_id, state, moved_from, finished=True, error=ENDED_QUEUED)
 
 
 @dataclass(frozen=True)

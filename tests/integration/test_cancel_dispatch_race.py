@@ -1,0 +1,168 @@
+# intent_ref: platform.execution
+"""A cancel and a dispatch of the same execution serialize on its row, and the lease never hands out work that a
+cancel or an end missed (ADR 0027, amendment 2026-12-05)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from psycopg_pool import ConnectionPool
+
+from shared.db.session import tenant_transaction
+from shared.engine import control, progress, work_queue
+from shared.engine import executions as repo
+from shared.engine import machine_types as mt
+from shared.engine import steps as store
+from shared.engine.steps import AttemptKey, StepSeed
+from tests.integration.test_executions import _execution
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("process_pools")]
+
+
+def _blocked_or_done(pool: ConnectionPool[Any], tenant_id: uuid.UUID, pid: list[int], done: threading.Event) -> bool:
+    """Wait until the other transaction has finished or waits on a lock; True when it waits."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if done.is_set():
+            return False
+        if pid:
+            with tenant_transaction(tenant_id, pool=pool) as conn:
+                row = conn.execute(
+                    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = %s AND NOT granted) AS waiting", (pid[0],)
+                ).fetchone()
+            if row is not None and row["waiting"]:
+                return True
+        time.sleep(0.02)
+    raise AssertionError("the cancel neither finished nor waited on a lock")
+
+
+def test_a_cancel_racing_a_dispatch_ends_the_item_the_dispatch_queued(
+    app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenant = new_tenant()
+    execution = _execution(app_pool, tenant, path=["running"])
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        store.seed_steps(conn, execution.id, [StepSeed("build", "build-container", 3)])
+    pid: list[int] = []
+    done = threading.Event()
+    dequeued: list[store.Attempt] = []
+    waited: list[bool] = []
+
+    def cancel() -> None:  # what POST .../cancel records
+        try:
+            with tenant_transaction(tenant) as conn:
+                pid.append(conn.info.backend_pid)
+                control.request_cancel(conn, execution.id, "alice")
+                dequeued.extend(work_queue.cancel_queued(conn, execution.id))
+        finally:
+            done.set()
+
+    original = store.begin_attempt
+    canceller = threading.Thread(target=cancel)
+
+    def begin_attempt(*args: Any, **kwargs: Any) -> Any:
+        # The dispatch has decided to start the run and has written nothing yet (its first event append locks the
+        # execution's row): the window the cancel raced into.
+        canceller.start()
+        waited.append(_blocked_or_done(app_pool, tenant, pid, done))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(store, "begin_attempt", begin_attempt)
+    start = mt.StepStart(
+        step_id="build",
+        phase="run",
+        attempt=1,
+        kind="module",
+        action="build-container",
+        params={"image": "x"},
+        remote=True,
+        timeout_s=600,
+    )
+    batch = mt.DispatchSteps(execution_id=str(execution.id), tenant_id=str(tenant), starts=[start], status="waiting")
+    answer = progress.dispatch_steps(batch)
+    canceller.join(10)
+    monkeypatch.setattr(store, "begin_attempt", original)
+
+    assert waited == [True], "the cancel committed inside the dispatch's transaction"
+    assert not answer.refused
+    key = AttemptKey(execution.id, "build", "run", 1)
+    assert [(attempt.key, attempt.state) for attempt in dequeued] == [(key, "abandoned")]
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        assert repo.get_execution(conn, execution.id).cancel_requested_at is not None
+        assert work_queue.lease(conn, tenant, actions=["build-container"], max_items=5, lease_s=60, worker="w") == []
+
+
+def _queued(
+    pool: ConnectionPool[Any], tenant_id: uuid.UUID, action: str, *, path: list[repo.Status], phase: str = "run"
+) -> AttemptKey:
+    execution = _execution(pool, tenant_id, path=path)
+    key = AttemptKey(execution.id, "build", phase, 1)
+    with tenant_transaction(tenant_id, pool=pool) as conn:
+        store.seed_steps(conn, execution.id, [StepSeed("build", action, 3)])
+        store.begin_attempt(conn, key, action=action, remote=True, step_state="waiting" if phase == "run" else None)
+        work_queue.enqueue(conn, key, action=action, params={}, timeout_s=600)
+    return key
+
+
+def _lease(pool: ConnectionPool[Any], tenant_id: uuid.UUID, action: str) -> list[AttemptKey]:
+    with tenant_transaction(tenant_id, pool=pool) as conn:
+        leases = work_queue.lease(conn, tenant_id, actions=[action], max_items=10, lease_s=60, worker="w")
+    return [lease.item.key for lease in leases]
+
+
+def _cancel_only(pool: ConnectionPool[Any], tenant_id: uuid.UUID, execution_id: uuid.UUID) -> None:
+    """A cancel recorded without its cancel_queued: the item was not there for it to see."""
+    with tenant_transaction(tenant_id, pool=pool) as conn:
+        control.request_cancel(conn, execution_id, "alice")
+
+
+def test_a_lease_ends_run_work_of_a_cancelled_execution_instead_of_handing_it_out(
+    app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    tenant, action = new_tenant(), f"race-{uuid.uuid4().hex[:6]}"
+    missed = _queued(app_pool, tenant, action, path=["running"])
+    other = _queued(app_pool, tenant, action, path=["running"])
+    _cancel_only(app_pool, tenant, missed.execution_id)
+
+    assert _lease(app_pool, tenant, action) == [other]
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        attempt = store.get_attempt(conn, missed)
+        steps = {step["step_id"]: step["state"] for step in store.list_steps(conn, missed.execution_id)}
+        events = [event.type for event in repo.events_after(conn, missed.execution_id, 0, 100)]
+    assert attempt is not None and (attempt.state, attempt.error) == ("abandoned", work_queue.CANCELLED_QUEUED)
+    assert steps == {"build": "cancelled"} and events[-1] == "step_cancelled"
+    assert _lease(app_pool, tenant, action) == []
+
+
+def test_a_lease_ends_quietly_the_work_of_an_ended_execution(
+    app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    tenant, action = new_tenant(), f"ended-{uuid.uuid4().hex[:6]}"
+    run = _queued(app_pool, tenant, action, path=["running"])
+    rollback = _queued(app_pool, tenant, action, path=["running", "compensating"], phase="compensate")
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        for key in (run, rollback):
+            repo.transition(conn, key.execution_id, "failed", error="ended elsewhere")
+
+    assert _lease(app_pool, tenant, action) == []
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        for key, step_state in ((run, "cancelled"), (rollback, "compensation_failed")):
+            attempt = store.get_attempt(conn, key)
+            assert attempt is not None and (attempt.state, attempt.error) == ("abandoned", work_queue.ENDED_QUEUED)
+            assert [step["state"] for step in store.list_steps(conn, key.execution_id)] == [step_state]
+            # Nothing after the end: it stays the last event of the stream.
+            assert repo.events_after(conn, key.execution_id, 0, 100)[-1].type == "execution_failed"
+
+
+def test_a_cancelled_executions_compensation_is_still_leased(
+    app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    tenant, action = new_tenant(), f"undo-{uuid.uuid4().hex[:6]}"
+    rollback = _queued(app_pool, tenant, action, path=["running", "compensating"], phase="compensate")
+    _cancel_only(app_pool, tenant, rollback.execution_id)
+    assert _lease(app_pool, tenant, action) == [rollback]  # a cancel compensates: its rollbacks must run
