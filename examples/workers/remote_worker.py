@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,10 +39,13 @@ Module.Worker app role (nothing else: it cannot read intents, executions or anot
     POST {api}{fail_url}                      {"task_token": "...", "error": "...", "retryable": true}
 
 It makes up a plausible output (nothing is built, pushed or deployed). What a real worker must do, shown here:
-key every side effect on the item's `idempotency_key` (a step can be delivered again after a lease expired),
-heartbeat while it works (a heartbeat that answers `cancelled` means stop: the execution was cancelled), and say
-whether a failure is worth another attempt (`retryable`), and send the item's `traceparent` as a header of its
-heartbeats and its result, so that the worker's part shows in the execution's trace.
+heartbeat every item it holds from the moment it is leased, and start none whose lease is gone (a heartbeat that
+answers `cancelled` means stop: the execution was cancelled); key side effects so that doing one again finds the
+earlier one: the item's `idempotency_key` names one attempt only, and a retry after a lost lease or a timeout is a
+new attempt with a new key, so an effect that must happen once per step is keyed on `step_key(item)`
+(`<execution_id>:<step_id>:<phase>`); say whether a failure is worth another attempt (`retryable`); and send the
+item's `traceparent` as a header of its heartbeats and its result, so that the worker's part shows in the
+execution's trace.
 
 Tokens: `--token` (or $QP_TOKEN) as given; `--devhost-tenant NAME` mints one from the local devhost's dev
 identity (`python -m devhost token ... --roles Module.Worker --app-only`) and again when it expires; in Azure,
@@ -203,8 +207,16 @@ class Api:
 
 
 # ------------------------------------------------------------------------------------------ one item
+def step_key(item: dict[str, Any]) -> str:
+    """`<execution_id>:<step_id>:<phase>`, the same for every attempt of the step's phase: the key of an effect that
+    must happen once per step. `idempotency_key` ends with the attempt, and a retry after a lost lease or a timeout
+    is a new attempt, while the worker that lost the lease may still be at work."""
+    return f"{item['execution_id']}:{item['step_id']}:{item['phase']}"
+
+
 class Heartbeats:
-    """Keeps one item's lease alive while its work runs; `cancelled` is set when the platform says stop."""
+    """Keeps one item's lease alive while its work runs; `cancelled` is set when the platform says stop, `lost` when
+    the lease is gone. Entering beats once before the work starts, so that none starts on a lease already gone."""
 
     def __init__(self, api: Api, item: dict[str, Any], lease_s: float) -> None:
         self._api, self._item, self._lease_s = api, item, lease_s
@@ -214,12 +226,16 @@ class Heartbeats:
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{item['id']}", daemon=True)
 
     def __enter__(self) -> Heartbeats:
-        self._thread.start()
+        # Asking the platform, not comparing lease_expires_at with this machine's clock, which may be skewed.
+        self.beat()
+        if not (self.cancelled.is_set() or self.lost.is_set()):
+            self._thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self._done.set()
-        self._thread.join(5.0)
+        if self._thread.is_alive():
+            self._thread.join(5.0)
 
     def beat(self, progress: dict[str, Any] | None = None) -> None:
         body: dict[str, Any] = {"lease_id": self._item["lease_id"], "extend_s": self._lease_s}
@@ -251,12 +267,16 @@ def handle_item(item: dict[str, Any], api: Api, options: argparse.Namespace) -> 
     if handler is None:  # leased only for actions asked for, so this is a bug here: say so, final
         return _report(api, item["fail_url"], item, {"error": f"no handler for {action}", "retryable": False})
     with Heartbeats(api, item, options.lease_s) as heartbeats:
-        # A real worker does its work here, keyed on item["idempotency_key"] so that a second delivery of the same
-        # attempt (after a lost lease) finds it done instead of doing it twice; the fake work below only waits.
+        # A real worker does its work here. An effect that must happen once per step is keyed on step_key(item)
+        # and made conditional in the target system (create if absent): after a lost lease the retry's worker and
+        # this one may both be at it. item["idempotency_key"] covers only repeats within this attempt (this worker
+        # retrying a call whose answer it never saw). The fake work below only waits.
         deadline = time.monotonic() + options.work_seconds
         while time.monotonic() < deadline:
             if heartbeats.cancelled.is_set() or heartbeats.lost.is_set():
                 return "cancelled" if heartbeats.cancelled.is_set() else "lease lost"
+            if api.stop.is_set():  # interrupted: the lease runs out and the step's retry policy takes over
+                return "stopped"
             time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
         if options.work_seconds > 0:
             heartbeats.beat({"percent": 100, "message": f"{action} done"})
@@ -286,6 +306,19 @@ def _report(api: Api, url: str, item: dict[str, Any], body: dict[str, Any], done
     return f"refused: {response.status_code}"
 
 
+def run_batch(items: list[dict[str, Any]], api: Api, options: argparse.Namespace) -> list[str]:
+    """Run one lease's items at once, each under its own heartbeats. One after the other, an item waiting behind a
+    slow one would lose its lease before its turn (its attempt timed out, a retry spent); so lease no more items
+    (`--max-items`) than can run at once."""
+    with ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="item") as pool:
+        futures = [pool.submit(handle_item, item, api, options) for item in items]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            api.stop.set()  # Ctrl-C or a failed item: stop the others too instead of waiting for them here
+            raise
+
+
 # ------------------------------------------------------------------------------------------ entry point
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line."""
@@ -301,7 +334,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     tokens.add_argument("--azure-scope", metavar="SCOPE", help="DefaultAzureCredential scope, api://<app>/.default")
     parser.add_argument("--action", action="append", default=[], help="only these actions (default: all it knows)")
     parser.add_argument("--name", default=f"example-worker-{os.getpid()}", help="this worker's name in the queue")
-    parser.add_argument("--max-items", type=int, default=4, help="items per lease (run one after the other)")
+    parser.add_argument("--max-items", type=int, default=4, help="items per lease (run at once)")
     parser.add_argument("--lease-s", type=float, default=60.0, help="lease length; heartbeats every third of it")
     parser.add_argument("--work-seconds", type=float, default=0.0, help="pretend each item takes this long")
     parser.add_argument("--once", action="store_true", help="process what is queued now, then exit")
@@ -350,10 +383,11 @@ def run(options: argparse.Namespace, stop: threading.Event | None = None) -> int
                 logger.warning("leasing failed (%s); retrying in 2 s", exc)
                 api.stop.wait(2.0)
                 continue
-            if not items and options.once:
-                return 0
-            for item in items:
-                logger.debug("%s", handle_item(item, api, options))
+            if not items:
+                if options.once:
+                    return 0
+                continue
+            logger.debug("%s", run_batch(items, api, options))
     return 0
 
 
