@@ -15,6 +15,7 @@ from shared.engine import task_tokens, work_queue
 from shared.engine.payloads import claim_check
 from shared.engine.steps import Attempt, AttemptKey
 from shared.observability.tracing import execution_attributes
+from shared.ratelimit import RateDecision, limit_for, take_request_token
 from shared.tenants.repository import get_tenant
 
 
@@ -54,38 +55,81 @@ def _refusal(attempt: Attempt | None, claims: task_tokens.TaskClaims) -> Excepti
     return TokenRefusedError("the task token has expired")
 
 
-def _verified(token: str, execution_id: UUID, step_id: str, phase: str) -> task_tokens.TaskClaims:
-    """The claims of a token that may record a result now: signed with its tenant's key, unexpired, for this
-    execution, step and phase, unspent, and its attempt still open. Reads only, so a refusal leaves no trace."""
+def claims_of(token: str) -> task_tokens.TaskClaims:
+    """What the token says, NOT yet verified: only which tenant's key would verify it (no I/O)."""
     try:
-        claims = task_tokens.read_claims(token)
+        return task_tokens.read_claims(token)
     except task_tokens.InvalidTaskTokenError as exc:
         raise TokenRefusedError(str(exc)) from None
+
+
+def signing_key(tenant_id: UUID) -> bytes | None:
+    """The key that verifies the tenant's tokens: from memory, else read in one short transaction of the tenant.
+
+    Called for a token nobody has verified yet, so the caller bounds how many of these reads run at once."""
+    key = task_tokens.memoized_key(tenant_id)
+    if key is not None:
+        return key
+    with tenant_transaction(tenant_id) as conn:
+        return task_tokens.existing_key(conn, tenant_id)
+
+
+def signed_claims(
+    token: str, key: bytes | None, execution_id: UUID, step_id: str, phase: str
+) -> task_tokens.TaskClaims:
+    """The claims of a token signed with `key` (its tenant's), unexpired, and for this execution, step and phase; no
+    I/O, so a forged token is refused before it costs its tenant anything."""
+    try:
+        claims = task_tokens.verify_with(token, key)
+    except task_tokens.InvalidTaskTokenError as exc:
+        raise TokenRefusedError(str(exc)) from None
+    key_of = claims.key
+    if key_of.execution_id != execution_id or key_of.step_id != step_id or key_of.phase != phase:
+        raise TokenRefusedError("the task token is for another execution or step")
+    return claims
+
+
+def take_rate_token(tenant_id: UUID) -> RateDecision | None:
+    """One token of the tenant's request rate, as every request of the tenant takes (in a transaction of its own,
+    committed whatever the request does next); None when the tenant is not provisioned (erased since its key was
+    read)."""
+    with tenant_transaction(tenant_id) as conn:
+        tenant = get_tenant(conn, tenant_id)
+        if tenant is None:
+            return None
+        # As shared.ratelimit.take_tenant_token: the bucket is UNLOGGED, so its commit needs no WAL flush.
+        conn.execute("SET LOCAL synchronous_commit = off")
+        return take_request_token(conn, limit_for(tenant.quotas.model_dump(exclude_none=True)))
+
+
+def _verified(claims: task_tokens.TaskClaims) -> None:
+    """The token's attempt may take a result now: unspent, still open, its lease live. Reads only, so a refusal
+    leaves no trace."""
     with tenant_transaction(claims.tenant_id) as conn:
-        if get_tenant(conn, claims.tenant_id) is None:
-            raise TokenRefusedError("the task token's tenant is not provisioned")
-        try:
-            task_tokens.verify(conn, token)
-        except task_tokens.InvalidTaskTokenError as exc:
-            raise TokenRefusedError(str(exc)) from None
-        key = claims.key
-        if key.execution_id != execution_id or key.step_id != step_id or key.phase != phase:
-            raise TokenRefusedError("the task token is for another execution or step")
         attempt = store.attempt_by_token(conn, claims.nonce)
+        key = claims.key
         if attempt is None or attempt.key != key or attempt.token_used_at is not None or attempt.finished:
             raise _refusal(attempt, claims)
         if not work_queue.lease_is_live(conn, key, claims.nonce):
             raise LeaseExpiredError(_LEASE_GONE)
-    return claims
 
 
 def complete(
-    token: str, execution_id: UUID, step_id: str, phase: str, result: RemoteResult
+    token: str,
+    execution_id: UUID,
+    step_id: str,
+    phase: str,
+    result: RemoteResult,
+    *,
+    claims: task_tokens.TaskClaims | None = None,
 ) -> tuple[AttemptKey, dict[str, Any]]:
-    """Verify the token for this execution and step, then store the output, then spend the token and record the
-    result in one transaction; returns the attempt and the verdict to raise. The token's tenant is the only tenant
-    touched, and nothing is written for a token that does not verify."""
-    claims = _verified(token, execution_id, step_id, phase)
+    """Verify the token for this execution and step (unless `claims` are what `signed_claims` answered for it), then
+    store the output, then spend the token and record the result in one transaction; returns the attempt and the
+    verdict to raise. The token's tenant is the only tenant touched, and nothing is written for a token that does
+    not verify."""
+    if claims is None:
+        claims = signed_claims(token, signing_key(claims_of(token).tenant_id), execution_id, step_id, phase)
+    _verified(claims)
     key = claims.key
     trace.get_current_span().set_attributes(
         execution_attributes(

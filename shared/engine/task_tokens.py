@@ -10,6 +10,8 @@ import hmac
 import json
 import secrets
 import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
@@ -24,6 +26,10 @@ from shared.sealing import SealedFor, Sealer, sealer
 Conn = psycopg.Connection[DictRow]
 PREFIX = "qpt1"
 _KEY_BYTES = 32
+KEY_MEMO_S = 5.0
+"""How long a process signs and verifies with a tenant's key from memory before it reads the row again: the bound on
+how long a key erased with its tenant (or deleted by an operator) still verifies here (ADR 0027, amended)."""
+KEY_MEMO_MAX = 10_000
 _CREATE_KEY = (
     "INSERT INTO app.task_token_keys (tenant_id, sealed_secret) VALUES (app.current_tenant_id(), %s)"
     " ON CONFLICT DO NOTHING"
@@ -60,8 +66,46 @@ class IssuedToken:
     expires_at: datetime
 
 
-_keys: dict[UUID, bytes] = {}
-_keys_lock = threading.Lock()
+class _KeyMemo:
+    """Tenants' keys as last read, each trusted for `ttl_s`. Only keys that exist are kept: a token naming a tenant
+    without one is refused by a read the caller bounds, never by a remembered absence, which would refuse a real
+    token for `ttl_s` after another process created the key."""
+
+    def __init__(self, ttl_s: float, max_keys: int) -> None:
+        self._ttl_s, self._max_keys = ttl_s, max_keys
+        self._lock = threading.Lock()
+        self._read: OrderedDict[UUID, tuple[float, bytes]] = OrderedDict()
+
+    def fresh(self, tenant_id: UUID) -> bytes | None:
+        """The key while it is trusted, else None (no I/O)."""
+        with self._lock:
+            hit = self._read.get(tenant_id)
+        if hit is None or time.monotonic() - hit[0] >= self._ttl_s:
+            return None
+        return hit[1]
+
+    def known(self, tenant_id: UUID) -> bool:
+        """Whether the tenant had a key when last read, trusted still or not."""
+        with self._lock:
+            return tenant_id in self._read
+
+    def put(self, tenant_id: UUID, key: bytes, read_at: float) -> None:
+        with self._lock:
+            self._read[tenant_id] = (read_at, key)
+            self._read.move_to_end(tenant_id)
+            while len(self._read) > self._max_keys:
+                self._read.popitem(last=False)
+
+    def forget(self, tenant_id: UUID) -> None:
+        with self._lock:
+            self._read.pop(tenant_id, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._read.clear()
+
+
+_keys = _KeyMemo(KEY_MEMO_S, KEY_MEMO_MAX)
 
 
 def _b64(raw: bytes) -> str:
@@ -85,33 +129,43 @@ def _opened(row: DictRow, tenant_id: UUID, keys: Sealer) -> bytes:
 
 def tenant_key(conn: Conn, tenant_id: UUID) -> bytes:
     """The tenant's signing key, created on first use (inside the caller's tenant transaction), kept sealed."""
-    with _keys_lock:
-        cached = _keys.get(tenant_id)
-    if cached is not None:
-        return cached
+    key = existing_key(conn, tenant_id)
+    if key is not None:
+        return key
     keys = sealer()
+    read_at = time.monotonic()
     conn.execute(_CREATE_KEY, (keys.seal(secrets.token_bytes(_KEY_BYTES), _sealed_for(tenant_id)),))
     row = conn.execute(_READ_KEY).fetchone()
     assert row is not None  # inserted or already there, and visible to this tenant
     key = _opened(row, tenant_id, keys)
-    with _keys_lock:
-        _keys[tenant_id] = key
+    _keys.put(tenant_id, key, read_at)
     return key
 
 
-def _existing_key(conn: Conn, tenant_id: UUID) -> bytes | None:
+def memoized_key(tenant_id: UUID) -> bytes | None:
+    """The tenant's key as this process read it less than KEY_MEMO_S ago; None when it must be read (no I/O)."""
+    return _keys.fresh(tenant_id)
+
+
+def had_key(tenant_id: UUID) -> bool:
+    """Whether this process has read a key of the tenant (since expired or not): a read for it is a refresh."""
+    return _keys.known(tenant_id)
+
+
+def existing_key(conn: Conn, tenant_id: UUID) -> bytes | None:
     """The tenant's signing key if it has one: verifying writes nothing, and a tenant without one issued no token."""
-    with _keys_lock:
-        cached = _keys.get(tenant_id)
+    cached = _keys.fresh(tenant_id)
     if cached is not None:
         return cached
+    # Taken before the read: a row deleted while it runs is trusted no longer than KEY_MEMO_S after the read began.
+    read_at = time.monotonic()
     # Named as well as filtered by RLS: a transaction of another tenant finds no key, so nothing verifies there.
     row = conn.execute(_READ_KEY + " WHERE tenant_id = %s", (tenant_id,)).fetchone()
     if row is None:
+        _keys.forget(tenant_id)
         return None
     key = _opened(row, tenant_id, sealer())
-    with _keys_lock:
-        _keys[tenant_id] = key
+    _keys.put(tenant_id, key, read_at)
     return key
 
 
@@ -193,9 +247,13 @@ def verify(conn: Conn, token: str, *, now: datetime | None = None) -> TaskClaims
 
     Single use is the caller's part: it spends the nonce in the same transaction as the result it records.
     """
+    return verify_with(token, existing_key(conn, read_claims(token).tenant_id), now=now)
+
+
+def verify_with(token: str, key: bytes | None, *, now: datetime | None = None) -> TaskClaims:
+    """As `verify`, with the key of the tenant the token names already at hand (None: it has none); no I/O."""
     claims = read_claims(token)
     payload, signature = token.split(".")[1:]
-    key = _existing_key(conn, claims.tenant_id)
     if key is None or not hmac.compare_digest(signature, _signature(key, payload)):
         raise InvalidTaskTokenError("the task token's signature does not verify")
     if claims.expires_at <= (now or datetime.now(UTC)):

@@ -3,18 +3,23 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Depends
+from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from shared.api.admission import RETRY_AFTER_S, Admission, get_admission
 from shared.api.durable import get_durable_client, raise_to_orchestration
-from shared.api.problems import ProblemError
+from shared.api.problems import ProblemError, too_many_requests
 from shared.api.responses import INVALID, RATE_LIMITED, problem_doc
 from shared.api.routers.executions import ExecutionId, StepId
-from shared.engine import remote
+from shared.engine import remote, task_tokens
+from shared.engine.task_tokens import TaskClaims
+from shared.observability.tracing import TENANT_ID
 
 router = APIRouter(prefix="/api/v1/executions", tags=["remote workers"])
 _EXAMPLE_TOKEN = "qpt1.eyJ0IjoiLi4uIn0.c2lnbmF0dXJl"  # noqa: S105  # a documentation example
@@ -104,6 +109,51 @@ class ResultRecorded(BaseModel):
     state: str
 
 
+# A key read for a token nobody has verified yet borrows a connection of the tenant pool for whichever tenant the
+# token names, and anyone can name any: one gate for all of them, so forged tokens hold at most this many connections.
+_KEY_READS = 2
+_ANY_TENANT = UUID(int=0)  # the one gate's key in `_first_reads`
+_first_reads = Admission(_KEY_READS, queue=32 * _KEY_READS, queue_wait_s=0.5)
+# A key read before and since expired (KEY_MEMO_S) is read again by one request of its tenant while the others wait
+# for it: refreshes cost at most one read per tenant and memo period, and forged tokens flooding the first reads
+# cannot keep a tenant whose workers are known here from verifying.
+_refreshes = Admission(1, queue=64, queue_wait_s=0.5)
+
+
+def _refused(exc: remote.TokenRefusedError) -> ProblemError:
+    if "another execution or step" in str(exc):
+        return ProblemError(403, "forbidden", "Forbidden", str(exc), extensions={"reason": "token_mismatch"})
+    return ProblemError(401, "invalid-task-token", "Unauthorized", str(exc))
+
+
+async def _signing_key(tenant_id: UUID) -> bytes | None:
+    """The key of the tenant a token names: from memory on the event loop, else read behind a bounded gate (429
+    `tenant-busy` when it is full), waited for on the event loop so a flood parks no worker thread either."""
+    key = task_tokens.memoized_key(tenant_id)
+    if key is not None:
+        return key
+    refresh = task_tokens.had_key(tenant_id)
+    gates = _refreshes if refresh else _first_reads
+    permit = await gates.permit_waiting(tenant_id if refresh else _ANY_TENANT)
+    if permit is None:
+        # Not counted under the claimed tenant: nothing has verified that the caller is of it.
+        detail = f"Task tokens are being checked at capacity here; retry in {RETRY_AFTER_S} s."
+        raise too_many_requests("unverified", "tenant-busy", detail, RETRY_AFTER_S, limit=gates.limit)
+    try:
+        return await run_in_threadpool(remote.signing_key, tenant_id)
+    finally:
+        permit.release()
+
+
+async def _signed(token: str, execution_id: UUID, step_id: str, phase: str) -> TaskClaims:
+    """The verified claims of the token, or its 401/403, before the token's tenant is charged anything."""
+    try:
+        claims = remote.claims_of(token)
+        return remote.signed_claims(token, await _signing_key(claims.tenant_id), execution_id, step_id, phase)
+    except remote.TokenRefusedError as exc:
+        raise _refused(exc) from None
+
+
 async def _report(
     client: Any,
     execution_id: UUID,
@@ -112,24 +162,38 @@ async def _report(
     token: str,
     result: remote.RemoteResult,
 ) -> ResultRecorded:
+    claims = await _signed(token, execution_id, step_id, phase)
+    tenant_id = claims.tenant_id
+    # Admitted as `shared.api.security.authenticated` admits every other request of the tenant: the permit first
+    # (before the request's first borrow), then a rate token, and the permit held until the answer is ready.
+    permit = await get_admission().admit_waiting(tenant_id)
     try:
-        key, verdict = await run_in_threadpool(remote.complete, token, execution_id, step_id, phase, result)
-    except remote.TokenUsedError as exc:
-        raise ProblemError(409, "task-token-used", "Conflict", str(exc)) from None
-    except remote.LeaseExpiredError as exc:
-        raise ProblemError(409, "lease-expired", "Conflict", str(exc)) from None
-    except remote.TokenRefusedError as exc:
-        if "another execution or step" in str(exc):
-            raise ProblemError(
-                403, "forbidden", "Forbidden", str(exc), extensions={"reason": "token_mismatch"}
-            ) from None
-        raise ProblemError(401, "invalid-task-token", "Unauthorized", str(exc)) from None
-    await raise_to_orchestration(client, execution_id, key.event_name, verdict)
+        verdict = await run_in_threadpool(remote.take_rate_token, tenant_id)
+        if verdict is None:
+            raise ProblemError(401, "invalid-task-token", "Unauthorized", "the task token's tenant is not provisioned")
+        if not verdict.allowed:
+            retry_after = max(1, math.ceil(verdict.retry_after_s))
+            detail = f"This tenant is over its request rate; retry in {retry_after} s."
+            raise too_many_requests(tenant_id, "rate-limited", detail, retry_after)
+        trace.get_current_span().set_attribute(TENANT_ID, str(tenant_id))
+        try:
+            key, recorded = await run_in_threadpool(
+                remote.complete, token, execution_id, step_id, phase, result, claims=claims
+            )
+        except remote.TokenUsedError as exc:
+            raise ProblemError(409, "task-token-used", "Conflict", str(exc)) from None
+        except remote.LeaseExpiredError as exc:
+            raise ProblemError(409, "lease-expired", "Conflict", str(exc)) from None
+        except remote.TokenRefusedError as exc:
+            raise _refused(exc) from None
+        await raise_to_orchestration(client, execution_id, key.event_name, recorded)
+    finally:
+        permit.release()
     return ResultRecorded(
         execution_id=execution_id,
         step_id=step_id,
         attempt=key.attempt,
-        state="succeeded" if verdict["ok"] else str(verdict.get("state", "failed")),
+        state="succeeded" if recorded["ok"] else str(recorded.get("state", "failed")),
     )
 
 
