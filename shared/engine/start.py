@@ -31,7 +31,7 @@ from shared.registry.catalog import ModuleCatalog
 from shared.registry.model import Definition, ResolvedBlueprint, Step
 from shared.registry.plan import canonical_json, declaration_inputs, expand_declaration
 from shared.registry.repository import VersionRow, blueprint_version
-from shared.registry.schemas import tenant_validator
+from shared.registry.schema_refs import evaluate_tenant_schema
 from shared.tenants.models import TenantQuotas
 
 Conn = psycopg.Connection[DictRow]
@@ -226,8 +226,13 @@ def _with_defaults(schema: dict[str, Any] | None, values: dict[str, Any]) -> dic
 def _input_problems(schema: dict[str, Any] | None, values: dict[str, Any]) -> list[dict[str, str]]:
     if schema is None:
         return []
+    evaluated = evaluate_tenant_schema(schema, values)
+    if evaluated.unusable is not None:
+        # A schema saved before its references were bounded: evaluated, it raised RecursionError (a 500) or ran
+        # for minutes. The intent must be saved again with a usable one.
+        raise NoLongerValidError(f"its input schema cannot be evaluated ({evaluated.unusable})")
     problems = []
-    for error in sorted(tenant_validator(schema).iter_errors(values), key=lambda e: list(map(str, e.path))):
+    for error in sorted(evaluated.violations, key=lambda e: list(map(str, e.path))):
         location = "/input" + "".join(f"/{part}" for part in error.absolute_path)
         problems.append({"pointer": location, "detail": error.message})
     return problems[:MAX_REPORTED_INPUT_ERRORS]

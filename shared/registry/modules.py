@@ -7,7 +7,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
@@ -24,7 +24,9 @@ from shared.db import tenant_locks
 from shared.policy.facts import TenantFacts
 from shared.policy.gates import check_gates, module_of_action
 from shared.registry.catalog import ModuleCatalog, ModuleSpec, builtin_catalog
-from shared.registry.schemas import pattern_problems, tenant_validator
+from shared.registry.problems import MAX_REPORTED_ERRORS
+from shared.registry.schema_refs import evaluate_tenant_schema, reference_problems
+from shared.registry.schemas import pattern_problems
 
 logger = logging.getLogger(__name__)
 
@@ -37,14 +39,11 @@ MAX_SCHEMA_BYTES = 32 * 1024
 MAX_DEFAULTS_BYTES = 16 * 1024
 MAX_SCHEMA_DEPTH = 32
 """Checked before the meta-schema, whose validator recurses: a deeply nested body cannot exhaust the stack."""
-MAX_REPORTED_ERRORS = 50
 JSON_SCHEMA_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 
 _META_VALIDATOR = validator_for(Draft202012Validator.META_SCHEMA, default=Draft202012Validator)(
     Draft202012Validator.META_SCHEMA
 )
-# Keywords whose values are data, not subschemas: a `$ref` key inside them is not a reference.
-_DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
 # What a partial parameter object (the defaults) need not satisfy: presence and cross-field rules.
 _WHOLE_OBJECT_KEYWORDS = frozenset(
     {
@@ -117,19 +116,6 @@ def _depth(document: Any) -> int:
     return deepest
 
 
-def _references(schema: Any, path: tuple[str | int, ...] = ()) -> Iterator[tuple[tuple[str | int, ...], str]]:
-    """Every `$ref`/`$dynamicRef` in the schema (outside data keywords) with its location."""
-    if isinstance(schema, dict):
-        for key, value in schema.items():
-            if key in ("$ref", "$dynamicRef") and isinstance(value, str):
-                yield (*path, key), value
-            elif key not in _DATA_KEYWORDS:
-                yield from _references(value, (*path, key))
-    elif isinstance(schema, list):
-        for index, item in enumerate(schema):
-            yield from _references(item, (*path, index))
-
-
 def schema_problems(schema: dict[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
     """Why `schema` cannot be a module's parameter schema, each at its path; empty when it can."""
     if len(json.dumps(schema, separators=(",", ":"))) > MAX_SCHEMA_BYTES:
@@ -143,12 +129,8 @@ def schema_problems(schema: dict[str, Any]) -> list[tuple[tuple[str | int, ...],
         problems.append((("$schema",), f"parameter schemas are JSON Schema 2020-12 ({JSON_SCHEMA_2020_12})"))
     if schema.get("type") != "object" and not any(where[:1] == ("type",) for where, _ in problems):
         problems.append((("type",), "a parameter schema must have type 'object' (parameters are an object)"))
-    # Only local references: resolving a remote one would make the platform fetch a URL a tenant chose.
-    problems.extend(
-        (where, f"only local references (starting with '#') are allowed, not {ref!r}")
-        for where, ref in _references(schema)
-        if not ref.startswith("#")
-    )
+    # Remote, dangling or cyclic references, and ones that multiply an evaluation's work (ADR 0016).
+    problems.extend(reference_problems(schema))
     # Only what can be enforced in linear time is accepted (see shared/registry/schemas.py).
     problems.extend(pattern_problems(schema))
     return sorted(problems, key=lambda problem: [str(part) for part in problem[0]])[:MAX_REPORTED_ERRORS]
@@ -159,8 +141,11 @@ def defaults_problems(schema: dict[str, Any], defaults: dict[str, Any]) -> list[
     if len(json.dumps(defaults, separators=(",", ":"))) > MAX_DEFAULTS_BYTES:
         return [((), f"defaults exceed {MAX_DEFAULTS_BYTES} bytes")]
     partial = {key: value for key, value in schema.items() if key not in _WHOLE_OBJECT_KEYWORDS}
-    errors = tenant_validator(partial).iter_errors(defaults)
-    return [(tuple(error.absolute_path), error.message) for error in errors][:MAX_REPORTED_ERRORS]
+    # References resolve in the whole schema: one to a keyword the partial schema leaves out must still resolve.
+    evaluation = evaluate_tenant_schema(partial, defaults, root=schema)
+    if evaluation.unusable is not None:
+        return [((), f"the defaults cannot be checked: the schema cannot be evaluated ({evaluation.unusable})")]
+    return [(tuple(error.absolute_path), error.message) for error in evaluation.violations][:MAX_REPORTED_ERRORS]
 
 
 class ModuleRegistration(BaseModel):

@@ -3,20 +3,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pydantic
 from jsonschema import Draft202012Validator
 from jsonschema import ValidationError as SchemaViolation
-from jsonschema.exceptions import SchemaError
-from referencing import Registry
-from referencing.exceptions import Unresolvable
-from referencing.jsonschema import DRAFT202012
 
 from shared.registry.references import JsonPath, contains_reference
-from shared.registry.schemas import matches, pattern_problems, tenant_validator
+from shared.registry.schema_refs import evaluate_tenant_schema, reference_problems
+from shared.registry.schemas import matches, pattern_problems
+
+MAX_REPORTED_ERRORS = 50
+"""Problems one check reports at most: past a few dozen a client learns nothing more, and each costs work."""
 
 
 @dataclass(frozen=True)
@@ -107,58 +107,21 @@ def from_schema(
     A string holding a reference is only known at run time, so violations about one are not reported. An
     unexpected property is reported at the property itself; a missing one at the object that lacks it.
     """
+    evaluation = evaluate_tenant_schema(schema, instance)
+    if evaluation.unusable is not None:
+        return [ValidationError(locate(()), f"{subject}: the schema cannot be evaluated ({evaluation.unusable})", code)]
     problems: list[ValidationError] = []
-    try:
-        violations: Iterable[SchemaViolation] = sorted(
-            tenant_validator(schema).iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path]
-        )
-        for violation in violations:
-            path: JsonPath = tuple(violation.absolute_path)
-            if isinstance(violation.instance, str) and contains_reference(violation.instance):
-                continue
-            if violation.validator == "additionalProperties" and isinstance(violation.instance, dict):
-                problems.extend(
-                    ValidationError(locate((*path, key)), f"{subject}: unexpected property '{key}'", code)
-                    for key in _unexpected_keys(violation, violation.instance)
-                )
-                continue
-            problems.append(ValidationError(locate(path), f"{subject}: {_describe(violation)}", code))
-    except (SchemaError, Unresolvable) as exc:
-        problems.append(ValidationError(locate(()), f"{subject}: the schema cannot be evaluated ({exc})", code))
-    return problems
-
-
-def _walk_objects(value: Any, path: JsonPath = ()) -> list[tuple[JsonPath, dict[str, Any]]]:
-    found: list[tuple[JsonPath, dict[str, Any]]] = []
-    stack: list[tuple[JsonPath, Any]] = [(path, value)]
-    while stack:
-        at, node = stack.pop()
-        if isinstance(node, dict):
-            found.append((at, node))
-            stack.extend(((*at, key), child) for key, child in node.items())
-        elif isinstance(node, list):
-            stack.extend(((*at, index), child) for index, child in enumerate(node))
-    return sorted(found, key=lambda item: [str(part) for part in item[0]])
-
-
-def _dangling_refs(schema: dict[str, Any], at: str, code: str) -> list[ValidationError]:
-    """`$ref`s that lead nowhere: nothing is fetched, so only references inside the schema itself resolve."""
-    objects = _walk_objects(schema)
-    if any(path and "$id" in node for path, node in objects):
-        return []  # embedded resources change the base URI; their references are left to evaluation time
-    resolver = Registry().with_resource("urn:qp:schema", DRAFT202012.create_resource(schema)).resolver("urn:qp:schema")
-    problems = []
-    for path, node in objects:
-        ref = node.get("$ref")
-        if isinstance(ref, str):
-            try:
-                resolver.lookup(ref)
-            except Unresolvable:
-                problems.append(
-                    ValidationError(
-                        at + pointer(*path, "$ref"), f"$ref '{ref}' does not resolve within the schema", code
-                    )
-                )
+    for violation in sorted(evaluation.violations, key=lambda e: [str(p) for p in e.absolute_path]):
+        path: JsonPath = tuple(violation.absolute_path)
+        if isinstance(violation.instance, str) and contains_reference(violation.instance):
+            continue
+        if violation.validator == "additionalProperties" and isinstance(violation.instance, dict):
+            problems.extend(
+                ValidationError(locate((*path, key)), f"{subject}: unexpected property '{key}'", code)
+                for key in _unexpected_keys(violation, violation.instance)
+            )
+            continue
+        problems.append(ValidationError(locate(path), f"{subject}: {_describe(violation)}", code))
     return problems
 
 
@@ -170,7 +133,10 @@ def schema_document_problems(schema: Any, at: str, *, code: str) -> list[Validat
         for error in validator.iter_errors(schema)
     ]
     if not problems and isinstance(schema, dict):
-        problems.extend(_dangling_refs(schema, at, code))
+        # References that lead nowhere, outside the schema, back to themselves, or to too much work (ADR 0016).
+        problems.extend(
+            ValidationError(at + pointer(*path), message, code) for path, message in reference_problems(schema)
+        )
         # Only what can be enforced in linear time is accepted (see shared/registry/schemas.py).
         problems.extend(
             ValidationError(at + pointer(*path), message, code) for path, message in pattern_problems(schema)

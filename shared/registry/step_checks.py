@@ -28,7 +28,7 @@ from shared.registry.model import (
     merged_params,
     raw_step_ids,
 )
-from shared.registry.problems import ValidationError, from_schema, pointer
+from shared.registry.problems import MAX_REPORTED_ERRORS, ValidationError, from_schema, pointer
 from shared.registry.references import (
     JsonPath,
     Reference,
@@ -80,21 +80,39 @@ def _views(raw_steps: Sequence[Any]) -> list[_StepView]:
     return views
 
 
-def _suggest(name: str, known: Collection[str]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+MAX_SUGGESTION_CANDIDATES = 200
+"""Past this many names to choose from, no "did you mean": each suggestion compares the name with every one."""
+
+
+class _Suggestions:
+    """ "Did you mean" hints for one definition. difflib compares a name with every candidate, so a definition with
+    thousands of misspelt references to thousands of names would cost minutes: each name is looked up once, and
+    only for the problems that are reported."""
+
+    def __init__(self) -> None:
+        self._found: dict[tuple[str, int], str] = {}
+
+    def __call__(self, name: str, known: Collection[str]) -> str:
+        if len(known) > MAX_SUGGESTION_CANDIDATES:
+            return ""
+        key = (name, id(known))  # the candidates are the definition's own collections, alive all along
+        if key not in self._found:
+            close = difflib.get_close_matches(name, list(known), n=1)
+            self._found[key] = f" (did you mean '{close[0]}'?)" if close else ""
+        return self._found[key]
 
 
 def _graph(
-    views: Sequence[_StepView],
+    views: Sequence[_StepView], suggest: _Suggestions
 ) -> tuple[dict[str, int], dict[int, list[tuple[int | None, int]]], list[ValidationError]]:
-    """Step indexes by id, each step's edges to the steps it depends on, and the id and dependency problems."""
+    """Step indexes by id, each step's edges to the steps it depends on, and the id and dependency problems (at
+    most MAX_REPORTED_ERRORS of them)."""
     problems: list[ValidationError] = []
     index_of: dict[str, int] = {}
     for view in views:
         if view.id not in index_of:
             index_of[view.id] = view.index
-        elif view.explicit_id:
+        elif view.explicit_id and len(problems) < MAX_REPORTED_ERRORS:
             problems.append(
                 ValidationError(
                     pointer(*view.at, "id"),
@@ -109,13 +127,15 @@ def _graph(
         for k, dep in view.deps:
             at = pointer(*view.at, "depends_on", k) if k is not None else pointer(*view.at)
             if dep not in index_of:
-                problems.append(
-                    ValidationError(
-                        at, f"depends on unknown step '{dep}'{_suggest(dep, index_of)}", "unknown_dependency"
+                if len(problems) < MAX_REPORTED_ERRORS:
+                    problems.append(
+                        ValidationError(
+                            at, f"depends on unknown step '{dep}'{suggest(dep, index_of)}", "unknown_dependency"
+                        )
                     )
-                )
             elif dep in seen:
-                problems.append(ValidationError(at, f"step '{dep}' is listed twice", "duplicate_dependency"))
+                if len(problems) < MAX_REPORTED_ERRORS:
+                    problems.append(ValidationError(at, f"step '{dep}' is listed twice", "duplicate_dependency"))
             else:
                 edges[view.index].append((k, index_of[dep]))
             seen.add(dep)
@@ -191,7 +211,9 @@ def _param_pointer(base: JsonPath, raw: Mapping[str, Any], known: Collection[str
     return pointer(*base, "params") if isinstance(params, dict) and not beside else pointer(*base)
 
 
-def _module_problems(base: JsonPath, raw: Any, known: Collection[str], catalog: ModuleCatalog) -> list[ValidationError]:
+def _module_problems(
+    base: JsonPath, raw: Any, known: Collection[str], catalog: ModuleCatalog, suggest: _Suggestions
+) -> list[ValidationError]:
     if not isinstance(raw, dict) or not isinstance(raw.get("action"), str):
         return []
     action: str = raw["action"]
@@ -201,7 +223,7 @@ def _module_problems(base: JsonPath, raw: Any, known: Collection[str], catalog: 
     if spec is None:
         return [
             ValidationError(
-                pointer(*base, "action"), f"unknown action '{action}'{_suggest(action, catalog)}", "unknown_action"
+                pointer(*base, "action"), f"unknown action '{action}'{suggest(action, catalog)}", "unknown_action"
             )
         ]
     params = merged_params(raw, known)
@@ -231,8 +253,14 @@ def _compensation_problems(base: JsonPath, raw: Any) -> list[ValidationError]:
 
 
 def _reference_problems(
-    view: _StepView, index_of: Mapping[str, int], ancestors: Mapping[int, set[int]], declared: Collection[str] | None
+    view: _StepView,
+    index_of: Mapping[str, int],
+    ancestors: Mapping[int, set[int]],
+    declared: Collection[str] | None,
+    suggest: _Suggestions,
+    room: int,
 ) -> list[ValidationError]:
+    """The problems of a step's references, at most `room` of them: a step may hold thousands."""
     if not isinstance(view.raw, dict):
         return []
     problems: list[ValidationError] = []
@@ -262,13 +290,15 @@ def _reference_problems(
         except WhenSyntaxError:
             pass  # the schema check reports it
     for at, ref, allowed in located:
+        if len(problems) >= room:
+            break
         if ref.source == "inputs":
             if declared is not None and ref.name not in declared:
                 problems.append(
                     ValidationError(
                         at,
                         f"{ref} reads input '{ref.name}', which /definition/inputs does not declare"
-                        f"{_suggest(ref.name, declared)}",
+                        f"{suggest(ref.name, declared)}",
                         "reference_undeclared_input",
                     )
                 )
@@ -276,7 +306,7 @@ def _reference_problems(
             problems.append(
                 ValidationError(
                     at,
-                    f"{ref} reads step '{ref.name}', which does not exist{_suggest(ref.name, index_of)}",
+                    f"{ref} reads step '{ref.name}', which does not exist{suggest(ref.name, index_of)}",
                     "reference_unknown_step",
                 )
             )
@@ -289,7 +319,7 @@ def _reference_problems(
                     "reference_not_upstream",
                 )
             )
-    return problems
+    return problems[:room]
 
 
 def literal_host(url: str) -> str | None:
@@ -454,18 +484,24 @@ def check_steps(
     *,
     allow_private: bool | None = None,
 ) -> list[ValidationError]:
-    """Every problem of a definition's steps (the caller has checked that `steps` is a list); `allow_private`
-    overrides QP_ALLOW_PRIVATE_NETWORK_HOSTS for the URL checks (None reads the setting)."""
+    """The problems of a definition's steps, at most MAX_REPORTED_ERRORS (the caller has checked that `steps` is a
+    list); `allow_private` overrides QP_ALLOW_PRIVATE_NETWORK_HOSTS for the URL checks (None reads the setting)."""
+    suggest = _Suggestions()
     views = _views(raw_definition["steps"])
-    index_of, edges, problems = _graph(views)
+    index_of, edges, problems = _graph(views, suggest)
     ancestors = _ancestors(edges)
     problems.extend(_cycles(views, edges, ancestors))
     declared = declared_inputs(raw_definition.get("inputs"))
     for view in views:
-        problems.extend(_module_problems(view.at, view.raw, STEP_FIELDS, catalog))
+        # Past the cap the client learns nothing more, and the checks (a suggestion above all) cost work.
+        if len(problems) >= MAX_REPORTED_ERRORS:
+            break
+        problems.extend(_module_problems(view.at, view.raw, STEP_FIELDS, catalog, suggest))
         if isinstance(view.raw, dict):
             problems.extend(
-                _module_problems((*view.at, "compensate"), view.raw.get("compensate"), COMPENSATION_FIELDS, catalog)
+                _module_problems(
+                    (*view.at, "compensate"), view.raw.get("compensate"), COMPENSATION_FIELDS, catalog, suggest
+                )
             )
             problems.extend(_compensation_problems((*view.at, "compensate"), view.raw.get("compensate")))
         if isinstance(view.raw, dict):
@@ -475,6 +511,10 @@ def check_steps(
                     (*view.at, "compensate"), view.raw.get("compensate"), COMPENSATION_FIELDS, allow_private
                 )
             )
-        problems.extend(_reference_problems(view, index_of, ancestors, declared))
+        problems.extend(
+            _reference_problems(
+                view, index_of, ancestors, declared, suggest, max(0, MAX_REPORTED_ERRORS - len(problems))
+            )
+        )
     problems.extend(gate_problems(tenant, raw_definition.get("target"), _step_actions(views, catalog)))
-    return problems
+    return problems[:MAX_REPORTED_ERRORS]

@@ -1,0 +1,250 @@
+# intent_ref: platform.registry
+"""The `$ref`s of tenant-supplied JSON Schemas, bounded, and the one safe way to evaluate such a schema.
+
+A reference is a jump the validator takes without consuming input: `{"$ref": "#"}` recurses until the stack is
+exhausted, and `$defs` whose entries each refer twice to the next make a 1.6 KB schema cost 2^22 evaluations.
+So a tenant's schema is accepted only when its references are local JSON pointers that form no cycle and cannot
+multiply the work of an evaluation beyond a fixed bound (ADR 0016, amended 2026-12-05).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+from jsonschema import ValidationError as SchemaViolation
+from jsonschema.exceptions import SchemaError
+from referencing import Registry
+from referencing.exceptions import Unresolvable
+from referencing.jsonschema import DRAFT202012
+
+from shared.registry.schemas import TenantSchemaValidator
+
+JsonPath = tuple[str | int, ...]
+
+MAX_SCHEMA_REFS = 64
+"""`$ref`s one schema may hold: enough for shared definitions, too few to build a deep chain of them."""
+MAX_REFERENCE_VISITS = 10_000
+"""Subschema visits the references may add to one evaluation, beyond one visit of each subschema: a schema with no
+references costs what its size does, which other limits bound already."""
+
+# What a 2020-12 validator evaluates in place, by the shape of the keyword's value.
+_ONE_SCHEMA = frozenset(
+    {
+        "additionalProperties",
+        "unevaluatedProperties",
+        "items",
+        "contains",
+        "propertyNames",
+        "not",
+        "if",
+        "then",
+        "else",
+        "unevaluatedItems",
+    }
+)
+_SCHEMA_LISTS = frozenset({"allOf", "anyOf", "oneOf", "prefixItems"})
+_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "dependentSchemas"})
+# Schemas kept for references to use: walked for their own references, evaluated only when referred to.
+_DEFINITIONS = frozenset({"$defs", "definitions"})
+
+
+def _pointer(path: JsonPath) -> str:
+    return "#" + "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in path)
+
+
+def _target(schema: Any, ref: str) -> tuple[JsonPath | None, str | None]:
+    """Where a `$ref` leads inside `schema`, read as the evaluator reads it, or why it is refused."""
+    if not ref.startswith("#"):
+        # Resolving one would make the platform fetch, or at least look up, a URI a tenant chose.
+        return None, f"only local references (starting with '#') are allowed, not {ref!r}"
+    fragment = ref[1:]
+    if fragment and not fragment.startswith("/"):
+        return None, f"$ref {ref!r} names an anchor; only JSON pointers ('#' or '#/...') are allowed"
+    node: Any = schema
+    path: list[str | int] = []
+    # referencing unquotes the whole fragment before splitting it, so the same is done here.
+    for segment in unquote(fragment[1:]).split("/") if fragment else ():
+        if isinstance(node, list):
+            # RFC 6901 indexes only: referencing would also take '-1' or '01' and read something else.
+            if not (segment == "0" or (segment.isdigit() and segment.isascii() and segment[0] != "0")):
+                return None, f"$ref {ref!r} does not resolve within the schema"
+            if int(segment) >= len(node):
+                return None, f"$ref {ref!r} does not resolve within the schema"
+            node = node[int(segment)]
+            path.append(int(segment))
+            continue
+        key = segment.replace("~1", "/").replace("~0", "~")
+        if not isinstance(node, dict) or key not in node:
+            return None, f"$ref {ref!r} does not resolve within the schema"
+        node = node[key]
+        path.append(key)
+    if not isinstance(node, dict | bool):
+        return None, f"$ref {ref!r} leads to a {type(node).__name__}, not to a schema"
+    return tuple(path), None
+
+
+def _at(schema: Any, path: JsonPath) -> Any:
+    for part in path:
+        schema = schema[part]  # every path here was read out of this document
+    return schema
+
+
+def _children(path: JsonPath, node: dict[str, Any]) -> Iterator[tuple[JsonPath, bool]]:
+    """The subschema positions directly inside `node`, each with whether evaluating `node` evaluates it."""
+    for key, value in node.items():
+        if key in _ONE_SCHEMA and isinstance(value, dict | bool):
+            yield (*path, key), True
+        elif key in _SCHEMA_LISTS and isinstance(value, list):
+            yield from (((*path, key, index), True) for index in range(len(value)))
+        elif key in (_SCHEMA_MAPS | _DEFINITIONS) and isinstance(value, dict):
+            yield from (((*path, key, name), key in _SCHEMA_MAPS) for name in value)
+
+
+def reference_problems(schema: Any) -> list[tuple[JsonPath, str]]:
+    """Why the references of a tenant's `schema` make it unsafe to evaluate, each at its path; empty when they
+    do not. Refused: a reference that is not a local JSON pointer or leads nowhere, `$dynamicRef`, an embedded
+    `$id` (it would change what the pointers below it mean), more than MAX_SCHEMA_REFS references, a cycle,
+    and references that would add more than MAX_REFERENCE_VISITS subschema visits to one evaluation."""
+    if not isinstance(schema, dict):
+        return []
+    problems: list[tuple[JsonPath, str]] = []
+    evaluated: dict[JsonPath, list[JsonPath]] = {}  # each subschema's evaluated children, its reference's target too
+    ref_of: dict[JsonPath, JsonPath] = {}
+    refs = 0
+    stack: list[JsonPath] = [()]
+    while stack:  # iterative: a tenant's schema may be deep
+        path = stack.pop()
+        if path in evaluated:
+            continue
+        node = _at(schema, path)
+        evaluated[path] = []
+        if not isinstance(node, dict):
+            continue
+        for child, in_place in _children(path, node):
+            if in_place:
+                evaluated[path].append(child)
+            stack.append(child)
+        if "$id" in node and path:
+            problems.append(((*path, "$id"), "an embedded '$id' is not supported in a tenant's schema"))
+        if "$dynamicRef" in node:
+            problems.append(((*path, "$dynamicRef"), "'$dynamicRef' is not supported; use '$ref'"))
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            refs += 1
+            target, refusal = _target(schema, ref)
+            if target is None:
+                problems.append(((*path, "$ref"), refusal or "unusable $ref"))
+            else:
+                evaluated[path].append(target)
+                ref_of[path] = target
+                stack.append(target)
+    if refs > MAX_SCHEMA_REFS:
+        problems.append(((), f"the schema holds {refs} $refs; at most {MAX_SCHEMA_REFS} are allowed"))
+    if problems:
+        return sorted(problems, key=lambda problem: [str(part) for part in problem[0]])
+    return _graph_problems(schema, evaluated, ref_of)
+
+
+def _graph_problems(
+    schema: Any, evaluated: dict[JsonPath, list[JsonPath]], ref_of: dict[JsonPath, JsonPath]
+) -> list[tuple[JsonPath, str]]:
+    """A reference cycle (reported at a `$ref` on it), else too many visits for one evaluation from the root."""
+    visits: dict[JsonPath, int] = {}
+    on_stack: dict[JsonPath, int] = {}  # the current path of the walk, by position
+    trail: list[JsonPath] = []
+    # From every subschema, not only the root: a cycle among unused definitions is refused as well, so that
+    # a schema's acceptance does not depend on which of its definitions are in use.
+    for start in sorted(evaluated, key=lambda path: [str(part) for part in path]):
+        if start in visits:
+            continue
+        work: list[tuple[JsonPath, int]] = [(start, 0)]
+        while work:
+            path, next_child = work.pop()
+            children = evaluated[path]
+            if next_child == 0:
+                on_stack[path] = len(trail)
+                trail.append(path)
+            if next_child < len(children):
+                work.append((path, next_child + 1))
+                child = children[next_child]
+                if child in on_stack:
+                    return [_cycle_problem(schema, ref_of, trail[on_stack[child] :])]
+                if child not in visits:
+                    work.append((child, 0))
+                continue
+            visits[path] = 1 + sum(visits[child] for child in children)
+            del on_stack[path]
+            trail.pop()
+    added = visits[()] - _reachable(evaluated)
+    if added > MAX_REFERENCE_VISITS:
+        return [
+            (
+                (),
+                f"its $refs would make one evaluation visit {visits[()]:,} subschemas, {added:,} more than the schema"
+                f" holds; at most {MAX_REFERENCE_VISITS:,} more are allowed (a reference repeated at each level"
+                " multiplies the work)",
+            )
+        ]
+    return []
+
+
+def _reachable(evaluated: dict[JsonPath, list[JsonPath]]) -> int:
+    seen: set[JsonPath] = {()}
+    stack: list[JsonPath] = [()]
+    while stack:
+        for child in evaluated[stack.pop()]:
+            if child not in seen:
+                seen.add(child)
+                stack.append(child)
+    return len(seen)
+
+
+def _cycle_problem(schema: Any, ref_of: dict[JsonPath, JsonPath], cycle: list[JsonPath]) -> tuple[JsonPath, str]:
+    """The problem of a cycle (each subschema of `cycle` leads to the next, the last to the first), at a `$ref`."""
+    # Going into a child only goes deeper into the document, so some hop of a cycle is a reference: the last one
+    # on the walk is the one that closes it.
+    hops = [*zip(cycle, [*cycle[1:], cycle[0]], strict=True)]
+    source = next(at for at, to in reversed(hops) if ref_of.get(at) == to)
+    names = " -> ".join(_pointer(path) for path in [*cycle, cycle[0]])
+    return (
+        (*source, "$ref"),
+        f"$ref {_at(schema, source)['$ref']!r} closes a cycle ({names}): a schema that leads back to itself"
+        " without end cannot be evaluated",
+    )
+
+
+@dataclass(frozen=True)
+class SchemaEvaluation:
+    """The violations of an instance, or why the schema cannot be evaluated (then there are none)."""
+
+    violations: tuple[SchemaViolation, ...] = ()
+    unusable: str | None = None
+
+
+def evaluate_tenant_schema(schema: Any, instance: Any, *, root: Any = None) -> SchemaEvaluation:
+    """Every violation of `instance` against a tenant-supplied `schema`, never raising for the schema's sake.
+
+    The references are checked first, every time: a schema stored before they were bounded is refused here
+    rather than evaluated. `root` is the document `schema`'s references resolve in, when `schema` is a part of
+    it (a module's parameter schema without its whole-object keywords, say).
+    """
+    document = schema if root is None else root
+    refused = reference_problems(document)
+    if refused:
+        where, message = refused[0]
+        return SchemaEvaluation(unusable=f"{_pointer(where)}: {message}")
+    try:
+        if root is None:
+            validator = TenantSchemaValidator(schema)
+        else:
+            resolver = Registry().resolver_with_root(DRAFT202012.create_resource(root))
+            validator = TenantSchemaValidator(schema, _resolver=resolver)  # type: ignore[call-arg]
+        return SchemaEvaluation(violations=tuple(validator.iter_errors(instance)))
+    except (SchemaError, Unresolvable) as exc:
+        return SchemaEvaluation(unusable=str(exc))
+    except RecursionError:
+        # The bounds above should make this unreachable; a 500 for a tenant's schema would not be better.
+        return SchemaEvaluation(unusable="evaluating it nests too deeply")

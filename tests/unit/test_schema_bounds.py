@@ -1,0 +1,296 @@
+# intent_ref: platform.registry
+"""Tenant JSON Schemas whose `$ref`s loop or multiply the work are refused when saved and never evaluated, and
+a definition full of misspelt references reports a bounded number of problems with few "did you mean" lookups."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator
+from typing import Any
+
+import pydantic
+import pytest
+
+from shared.registry import schema_refs, step_checks
+from shared.registry.catalog import ModuleSpec, builtin_catalog
+from shared.registry.model import Definition, ResolvedBlueprint
+from shared.registry.modules import MAX_REPORTED_ERRORS, ModuleRegistration, schema_problems
+from shared.registry.schema_refs import (
+    MAX_SCHEMA_REFS,
+    SchemaEvaluation,
+    evaluate_tenant_schema,
+    reference_problems,
+)
+from shared.registry.schemas import TenantSchemaValidator
+from shared.registry.validation import ValidationResult, validate_definition
+
+VISIT_BUDGET = 50_000
+"""allOf evaluations a test lets any schema make before it is stopped: far above what an accepted schema costs."""
+
+
+class RunawayEvaluation(Exception):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def bounded_evaluation(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Counts the validator's `allOf` steps and stops an evaluation that exceeds VISIT_BUDGET, so that a schema
+    evaluated without the bounds fails the test at once instead of holding the run for minutes."""
+    calls = [0]
+    original = TenantSchemaValidator.VALIDATORS["allOf"]
+
+    def counting(*args: Any) -> Any:
+        calls[0] += 1
+        if calls[0] > VISIT_BUDGET:
+            raise RunawayEvaluation(f"more than {VISIT_BUDGET} allOf evaluations")
+        return original(*args)
+
+    monkeypatch.setitem(TenantSchemaValidator.VALIDATORS, "allOf", counting)
+    yield calls
+
+
+def chain(depth: int, fan_out: int = 2) -> dict[str, Any]:
+    """$defs where each entry is allOf of `fan_out` references to the next: fan_out ** depth evaluations."""
+    defs: dict[str, Any] = {
+        f"d{i}": {"allOf": [{"$ref": f"#/$defs/d{i + 1}"} for _ in range(fan_out)]} for i in range(depth)
+    }
+    defs[f"d{depth}"] = {"type": "object"}
+    return {"type": "object", "properties": {"v": {"type": "string"}}, "$defs": defs, "$ref": "#/$defs/d0"}
+
+
+def intent(inputs: dict[str, Any], **step: Any) -> dict[str, Any]:
+    return {
+        "name": "bounds",
+        "definition": {
+            "inputs": inputs,
+            "steps": [{"id": "a", "action": "event.emit", "type": "t", "data": {"v": "${inputs.v}"}, **step}],
+        },
+    }
+
+
+def validate(doc: dict[str, Any], specs: list[ModuleSpec] | None = None, **kwargs: Any) -> ValidationResult:
+    catalog = builtin_catalog().with_modules(specs or [])
+    return validate_definition(doc, catalog=catalog, allow_private=False, **kwargs)
+
+
+def located(result: ValidationResult) -> list[tuple[str, str]]:
+    return [(error.pointer, error.code) for error in result.errors]
+
+
+# --- intent input schemas -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("schema", "at"),
+    [
+        ({"type": "object", "properties": {"v": {"type": "string"}}, "$ref": "#"}, "/definition/inputs/$ref"),
+        (
+            {
+                "type": "object",
+                "$defs": {"a": {"allOf": [{"$ref": "#/$defs/b"}]}, "b": {"anyOf": [{"$ref": "#/$defs/a"}]}},
+                "properties": {"v": {"$ref": "#/$defs/a"}},
+            },
+            "/definition/inputs/$defs/b/anyOf/0/$ref",
+        ),
+        (
+            # a cycle through `properties` is refused as well: fan-out on it is exponential in the input's depth
+            {"type": "object", "properties": {"v": {"type": "string"}, "child": {"$ref": "#"}}},
+            "/definition/inputs/properties/child/$ref",
+        ),
+    ],
+)
+def test_a_self_referring_input_schema_is_refused_at_save(schema: dict[str, Any], at: str) -> None:
+    result = validate(intent(schema))
+    assert located(result) == [(at, "invalid_inputs_schema")]
+    assert "cycle" in result.errors[0].message
+
+
+def test_an_exponential_reference_chain_is_refused_at_save() -> None:
+    result = validate(intent(chain(22)))
+    assert located(result) == [("/definition/inputs", "invalid_inputs_schema")]
+    assert "16,777,215 subschemas" in result.errors[0].message  # four per level: an allOf, two $refs, the next
+
+
+def test_references_that_share_definitions_without_multiplying_are_accepted() -> None:
+    shared = {"type": "string", "minLength": 1}
+    schema = {
+        "type": "object",
+        "$defs": {"name": shared, "pair": {"allOf": [{"$ref": "#/$defs/name"}, {"$ref": "#/$defs/name"}]}},
+        "properties": {"v": {"$ref": "#/$defs/name"}, "w": {"$ref": "#/$defs/pair"}},
+    }
+    assert validate(intent(schema)).ok
+    assert validate(intent(chain(8))).ok  # 2^8 visits: well inside the bound
+
+
+def test_too_many_references_are_refused() -> None:
+    properties = {f"p{i}": {"$ref": "#/$defs/s"} for i in range(MAX_SCHEMA_REFS + 1)}
+    schema = {"type": "object", "$defs": {"s": {"type": "string"}}, "properties": {"v": {}, **properties}}
+    result = validate(intent(schema))
+    assert located(result) == [("/definition/inputs", "invalid_inputs_schema")]
+    assert f"at most {MAX_SCHEMA_REFS}" in result.errors[0].message
+
+
+@pytest.mark.parametrize(
+    ("subschema", "at"),
+    [
+        ({"$ref": "https://example.com/s.json"}, "/$ref"),
+        ({"$ref": "#/$defs/nope"}, "/$ref"),
+        ({"$ref": "#/required"}, "/$ref"),  # a list, not a schema
+        ({"$ref": "#/allOf/x"}, "/$ref"),  # not an array index
+        ({"$ref": "#/allOf/-1"}, "/$ref"),
+        ({"$ref": "#named"}, "/$ref"),
+        ({"$dynamicRef": "#/$defs/s"}, "/$dynamicRef"),
+        ({"$id": "urn:elsewhere", "$defs": {"x": {}}}, "/$id"),
+    ],
+)
+def test_references_that_are_not_plain_local_pointers_are_refused(subschema: dict[str, Any], at: str) -> None:
+    schema = {
+        "type": "object",
+        "required": ["v"],
+        "allOf": [{"type": "object"}],
+        "$defs": {"s": {"type": "string"}},
+        "properties": {"v": subschema},
+    }
+    assert located(validate(intent(schema))) == [("/definition/inputs/properties/v" + at, "invalid_inputs_schema")]
+
+
+def test_a_property_named_like_a_data_keyword_is_walked_too() -> None:
+    # "enum" is a property here, not the keyword: its reference must be walked like any other.
+    schema = {"type": "object", "properties": {"v": {}, "enum": {"$ref": "#"}}}
+    assert located(validate(intent(schema))) == [("/definition/inputs/properties/enum/$ref", "invalid_inputs_schema")]
+
+
+# --- module parameter schemas -------------------------------------------------------------------------------------
+
+
+def test_a_module_parameter_schema_that_refers_to_itself_is_refused_at_registration() -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "string"}}, "$ref": "#"}
+    assert [where for where, _ in schema_problems(schema)] == [("$ref",)]
+    with pytest.raises(pydantic.ValidationError) as raised:
+        ModuleRegistration(action="acme.thing", params_schema=schema)
+    assert [error["loc"] for error in raised.value.errors()] == [("params_schema", "$ref")]
+
+
+def test_an_exponential_module_parameter_schema_is_refused_at_registration() -> None:
+    assert [where for where, _ in schema_problems(chain(22))] == [()]
+
+
+def test_defaults_are_checked_with_references_into_whole_object_keywords() -> None:
+    # allOf is left out of the partial schema the defaults are checked against; the reference into it is not.
+    schema = {
+        "type": "object",
+        "allOf": [{"properties": {"a": {"type": "string"}}}],
+        "properties": {"b": {"$ref": "#/allOf/0/properties/a"}},
+    }
+    assert ModuleRegistration(action="acme.thing", params_schema=schema, defaults={"b": "x"}).defaults == {"b": "x"}
+    with pytest.raises(pydantic.ValidationError) as raised:
+        ModuleRegistration(action="acme.thing", params_schema=schema, defaults={"b": 1})
+    assert [error["loc"] for error in raised.value.errors()] == [("defaults", "b")]
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [{"type": "object", "properties": {"n": {"type": "string"}}, "$ref": "#"}, chain(22)],
+    ids=["self-reference", "exponential"],
+)
+def test_a_module_schema_stored_before_the_bounds_is_a_problem_for_intents_not_a_crash(
+    schema: dict[str, Any], bounded_evaluation: list[int]
+) -> None:
+    stored = ModuleSpec("acme.thing", "", schema, remote=True)
+    doc = {"name": "x", "definition": {"steps": [{"id": "a", "action": "acme.thing", "n": "v"}]}}
+    result = validate(doc, [stored])
+    assert located(result) == [("/definition/steps/0", "invalid_params")]
+    assert "the schema cannot be evaluated" in result.errors[0].message
+    assert bounded_evaluation == [0]  # refused before any evaluation
+
+
+def test_a_blueprint_schema_stored_before_the_bounds_is_a_problem_for_declarations() -> None:
+    blueprint = ResolvedBlueprint(
+        "deploy-application",
+        1,
+        Definition.model_validate({"inputs": chain(22), "steps": [{"action": "wait", "seconds": 1}]}),
+    )
+    doc = {"name": "deploy-application", "definition": {"v": "x"}}
+    result = validate(doc, blueprint=blueprint)
+    assert located(result) == [("/definition", "invalid_declaration")]
+    assert "cannot be evaluated" in result.errors[0].message
+
+
+# --- the safe evaluation ------------------------------------------------------------------------------------------
+
+
+def test_the_safe_evaluation_reports_violations_and_refusals_alike() -> None:
+    schema = {"type": "object", "properties": {"v": {"type": "string"}}}
+    assert [list(v.absolute_path) for v in evaluate_tenant_schema(schema, {"v": 1}).violations] == [["v"]]
+    assert evaluate_tenant_schema(schema, {"v": "x"}) == SchemaEvaluation()
+    refused = evaluate_tenant_schema({**schema, "$ref": "#"}, {"v": "x"})
+    assert refused.violations == () and refused.unusable is not None and "cycle" in refused.unusable
+
+
+def test_the_safe_evaluation_answers_a_recursion_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Exhausting:
+        def __init__(self, *_args: Any, **_kwargs: Any) -> None:
+            pass
+
+        def iter_errors(self, _instance: Any) -> Iterator[Any]:
+            raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(schema_refs, "TenantSchemaValidator", Exhausting)
+    result = evaluate_tenant_schema({"type": "object"}, {})
+    assert result.violations == () and result.unusable is not None
+
+
+def test_every_builtin_parameter_schema_passes_the_reference_bounds() -> None:
+    assert {action: reference_problems(spec.params_schema) for action, spec in builtin_catalog().items()} == {
+        action: [] for action in builtin_catalog()
+    }
+
+
+# --- "did you mean" -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    names: list[str] = []
+    original = difflib.get_close_matches
+
+    def counting(word: str, *args: Any, **kwargs: Any) -> list[str]:
+        names.append(word)
+        return original(word, *args, **kwargs)
+
+    monkeypatch.setattr(step_checks.difflib, "get_close_matches", counting)
+    return names
+
+
+def misspelt(declared: int, references: int, distinct: int) -> dict[str, Any]:
+    """A definition declaring `declared` inputs that reads `references` undeclared ones, `distinct` names in all."""
+    data = {f"k{i}": f"${{inputs.q{i % distinct:05d}}}" for i in range(references)}
+    inputs = {"type": "object", "properties": {f"p{i:05d}": {} for i in range(declared)}}
+    step = {"id": "a", "action": "event.emit", "type": "t", "data": data}
+    return {"name": "x", "definition": {"inputs": inputs, "steps": [step]}}
+
+
+def test_many_references_to_undeclared_inputs_report_a_bounded_number_of_problems(lookups: list[str]) -> None:
+    result = validate(misspelt(declared=20, references=3000, distinct=3000))
+    assert {code for _, code in located(result)} == {"reference_undeclared_input"}
+    assert len(result.errors) == MAX_REPORTED_ERRORS
+    assert len(lookups) <= MAX_REPORTED_ERRORS
+
+
+def test_a_name_misspelt_many_times_is_looked_up_once(lookups: list[str]) -> None:
+    result = validate(misspelt(declared=20, references=30, distinct=1))
+    assert len(result.errors) == 30
+    assert lookups == ["q00000"]
+
+
+def test_no_suggestion_among_too_many_candidates(lookups: list[str]) -> None:
+    result = validate(misspelt(declared=step_checks.MAX_SUGGESTION_CANDIDATES + 1, references=5, distinct=5))
+    assert len(result.errors) == 5 and lookups == []
+
+
+def test_a_suggestion_is_still_made_for_a_plain_typo() -> None:
+    doc = intent({"type": "object", "properties": {"v": {}, "version": {}}})
+    doc["definition"]["steps"][0]["data"] = {"v": "${inputs.verson}"}
+    result = validate(doc)
+    assert located(result) == [("/definition/steps/0/data/v", "reference_undeclared_input")]
+    assert "did you mean 'version'" in result.errors[0].message
