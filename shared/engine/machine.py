@@ -63,7 +63,7 @@ from shared.engine.machine_types import (
 )
 from shared.engine.payloads import is_blob_ref
 from shared.engine.protocol import CANCEL_EVENT, StepPlan, attempt_event
-from shared.registry.model import Definition
+from shared.registry.model import MAX_TIMEOUT_S, Definition, RetryPolicy
 from shared.registry.plan import execution_levels
 from shared.registry.references import (
     MAX_RESOLVED_CHARS,
@@ -189,6 +189,12 @@ class _Step:
         self.update(completed={**self.s.completed, flight.step_id: output}, order=(*self.s.order, flight.step_id))
         self.view(flight.step_id, {"state": "succeeded", "attempt": flight.attempt})
 
+    def retry_delay(self, policy: RetryPolicy, attempt: int) -> float:
+        """The wait before `attempt`, at most MAX_TIMEOUT_S (rules 4): a policy without a cap grew past any date a
+        timer can name, and the reducer raised OverflowError."""
+        delay = policy.delay_before(attempt)
+        return min(delay, MAX_TIMEOUT_S) if self.s.spec.rules >= 4 else delay
+
     def resolved_bound(self) -> int | None:
         """What a step's parameters may come to once resolved (rules 4); unbounded for executions started before."""
         return MAX_RESOLVED_CHARS if self.s.spec.rules >= 4 else None
@@ -258,7 +264,7 @@ class _Step:
             self.drop_flight(flight.step_id)
             self.fail_step(flight.step_id, error, flight.attempt)
             return
-        retry_at = now + timedelta(seconds=policy.delay_before(flight.attempt + 1))
+        retry_at = now + timedelta(seconds=self.retry_delay(policy, flight.attempt + 1))
         self.notes.append(
             StepNote(
                 kind=NoteKind.RETRYING,
@@ -624,7 +630,7 @@ class _Step:
             self.drop_flight(flight.step_id)
             self.compensation_done(flight.step_id, error)
             return
-        retry_at = now + timedelta(seconds=policy.delay_before(flight.attempt + 1))
+        retry_at = now + timedelta(seconds=self.retry_delay(policy, flight.attempt + 1))
         self.put_flight(
             flight.model_copy(update={"stage": Stage.PAUSED, "deadline": None, "ends_at": retry_at, "write": None})
         )

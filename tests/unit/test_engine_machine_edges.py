@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from shared.engine import machine as m
+from shared.registry.model import MAX_TIMEOUT_S
 from shared.registry.references import MAX_RESOLVED_CHARS
 from tests.unit.test_engine_machine import T0, Run, request, starts
 
@@ -369,3 +370,39 @@ def test_an_execution_started_under_rules_3_reads_a_childs_output_as_it_came() -
     run = Run(READS_THE_CHILD, plan=CHILD_PLAN, rules=3)
     commands = child_ended_with_a_stored_output(run)
     assert not any(isinstance(c, m.CallActivity) and c.name is m.Activity.LOAD_OUTPUT for c in commands)
+
+
+# -- a retry policy without a cap (rules 4) ------------------------------------------------------------------------
+UNCAPPED = [{"id": "s", "action": "x", "retry": {"max_attempts": 10, "initial_interval_s": 86400, "backoff": 100}}]
+
+
+def test_a_retry_waits_at_most_the_longest_timeout_whatever_its_policy_grows_to() -> None:
+    # Uncapped, the fifth retry's wait named a date past year 9999 and the reducer raised OverflowError.
+    run = Run(UNCAPPED)
+    run.answer_all()
+    for attempt in range(1, 10):
+        run.result("s", attempt=attempt, ok=False)
+        run.answer_all(m.Activity.DISPATCH_STEPS)
+        (timer,) = [c for c in run.open if isinstance(c, m.SetTimer)][-1:]
+        assert timer.at - run.now <= timedelta(seconds=MAX_TIMEOUT_S)
+        run.now = timer.at
+        run.send(m.TimerFired(run.now))
+        run.answer_all(m.Activity.DISPATCH_STEPS)
+    run.result("s", attempt=10, ok=False)
+    settle_everything(run)
+    assert run.complete is not None and run.complete["status"] == "failed"
+
+
+def test_an_execution_started_under_rules_3_keeps_its_uncapped_waits() -> None:
+    run = Run(UNCAPPED, rules=3)
+    run.answer_all()
+    run.result("s", attempt=1, ok=False)
+    run.answer_all(m.Activity.DISPATCH_STEPS)
+    timer = [c for c in run.open if isinstance(c, m.SetTimer)][-1]
+    run.now = timer.at
+    run.send(m.TimerFired(run.now))
+    run.answer_all(m.Activity.DISPATCH_STEPS)
+    run.result("s", attempt=2, ok=False)
+    run.answer_all(m.Activity.DISPATCH_STEPS)
+    timer = [c for c in run.open if isinstance(c, m.SetTimer)][-1]
+    assert timer.at - run.now == timedelta(seconds=86400 * 100)
