@@ -31,9 +31,11 @@ from shared.registry.repository import blueprint_version
 logger = logging.getLogger(__name__)
 Conn = psycopg.Connection[DictRow]
 Decision = Literal["approve", "reject"]
+# Conditional on the execution not having ended, re-checked under the row lock: one that ended after it was read
+# would otherwise get a cancel request, and its stream an event after its end.
 _CANCEL = (
     "UPDATE app.executions SET cancel_requested_at = clock_timestamp(), cancel_requested_by = %s"
-    " WHERE id = %s AND cancel_requested_at IS NULL"
+    " WHERE id = %s AND cancel_requested_at IS NULL AND status <> ALL(%s)"
 )
 _LATEST_REQUEST = (
     "SELECT data FROM app.execution_events WHERE execution_id = %s AND step_id = %s"
@@ -67,9 +69,12 @@ def request_cancel(conn: Conn, execution_id: UUID, requested_by: str) -> repo.Ex
     execution = repo.get_execution(conn, execution_id)
     if execution.terminal:
         raise AlreadyFinishedError(f"execution {execution_id} is already {execution.status}")
-    if conn.execute(_CANCEL, (requested_by, execution_id)).rowcount == 1:
+    if conn.execute(_CANCEL, (requested_by, execution_id, sorted(repo.TERMINAL))).rowcount == 1:
         repo.append_event(conn, execution_id, "cancel_requested", data={"by": requested_by})
-    return repo.get_execution(conn, execution_id)
+    current = repo.get_execution(conn, execution_id)
+    if current.terminal and current.cancel_requested_at is None:
+        raise AlreadyFinishedError(f"execution {execution_id} is already {current.status}")
+    return current
 
 
 def parent_principal(parent_id: UUID | str) -> str:

@@ -166,3 +166,23 @@ def test_a_cancelled_executions_compensation_is_still_leased(
     rollback = _queued(app_pool, tenant, action, path=["running", "compensating"], phase="compensate")
     _cancel_only(app_pool, tenant, rollback.execution_id)
     assert _lease(app_pool, tenant, action) == [rollback]  # a cancel compensates: its rollbacks must run
+
+
+def test_a_cancel_that_read_its_execution_before_it_ended_records_nothing_after_the_end(
+    app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The cancel read the status without a lock, then recorded its request: an execution that ended in between got
+    # a cancel request, and its stream a `cancel_requested` event after its end.
+    tenant_id = new_tenant()
+    execution = _execution(app_pool, tenant_id, path=["running"])
+    with tenant_transaction(tenant_id, pool=app_pool) as conn:
+        repo.transition(conn, execution.id, "succeeded")
+    reads = iter([execution])  # the first read is the one from before the end
+    real = repo.get_execution
+    monkeypatch.setattr(control.repo, "get_execution", lambda conn, eid: next(reads, None) or real(conn, eid))
+    with tenant_transaction(tenant_id, pool=app_pool) as conn, pytest.raises(control.AlreadyFinishedError):
+        control.request_cancel(conn, execution.id, "someone")
+    with tenant_transaction(tenant_id, pool=app_pool) as conn:
+        after = real(conn, execution.id)
+        kinds = [e.type for e in repo.events_after(conn, execution.id, 0)]
+    assert after.cancel_requested_at is None and kinds[-1] == "execution_completed"
