@@ -276,9 +276,36 @@ def transition(
     Returns the updated execution and the event's seq; IllegalTransitionError when TRANSITIONS has no such move.
     `output` and `error` are kept when not given (None), so a later move never erases them.
     """
+    current = _lock(conn, execution_id)
+    return _apply(conn, current, new_status, output=output, error=error)
+
+
+def transition_from(
+    conn: Conn, execution_id: UUID, expected: Status, new_status: Status, *, error: str | None = None
+) -> tuple[Execution, int] | None:
+    """`transition`, only while the execution is in `expected`; None (nothing written) when it has moved on.
+
+    The status is decided under the row lock, so a caller that read `expected` earlier cannot act on a status a
+    concurrent writer has since changed (e.g. end an execution its orchestration has just started).
+    """
+    current = _lock(conn, execution_id)
+    if current.status != expected:
+        return None
+    return _apply(conn, current, new_status, output=None, error=error)
+
+
+def _lock(conn: Conn, execution_id: UUID) -> Execution:
     current = _one(conn, _LOCK, (execution_id,))
     if current is None:
         raise ExecutionNotFoundError(f"No execution {execution_id}.")
+    return current
+
+
+def _apply(
+    conn: Conn, current: Execution, new_status: Status, *, output: Any, error: str | None
+) -> tuple[Execution, int]:
+    """The move from `current`, which the caller has read under the row lock."""
+    execution_id = current.id
     event_type = TRANSITIONS.get((current.status, new_status))
     if event_type is None:
         raise IllegalTransitionError(execution_id, current.status, new_status)

@@ -147,19 +147,24 @@ async def cancel(
             return cancelled, work_queue.cancel_queued(conn, execution_id)
 
     execution, dequeued = await run_in_threadpool(record)
-    raised = await raise_to_orchestration(client, execution_id, CANCEL_EVENT, {"by": context.principal.id})
+    cancel_event = {"by": context.principal.id}
+    raised = await raise_to_orchestration(client, execution_id, CANCEL_EVENT, cancel_event)
     await raise_verdicts(client, dequeued)
     if not raised and execution.status == "pending":
         await run_in_threadpool(_cancel_unstarted, context.tenant.id, execution_id)
         execution = await run_in_threadpool(load_execution, context, execution_id)
+        if not execution.terminal:
+            # Its orchestration started after the raise above failed: it must compensate what it runs, so it is
+            # told like any started execution (and reads the recorded request if this raise fails too).
+            await raise_to_orchestration(client, execution_id, CANCEL_EVENT, cancel_event)
     return CancelAccepted(execution_id=execution.id, status=execution.status, cancel_requested=True)
 
 
 def _cancel_unstarted(tenant_id: UUID, execution_id: UUID) -> None:
-    """No orchestration to tell: end it here (the orchestration, if it starts later, sees it ended)."""
+    """No orchestration to tell: end it here (the orchestration, if it starts later, sees it ended). Nothing when
+    it is no longer pending: a concurrent cancel ended it, or its orchestration started and must compensate."""
     with tenant_transaction(tenant_id) as conn:
-        if repo.get_execution(conn, execution_id).status == "pending":
-            repo.transition(conn, execution_id, "cancelled", error="cancelled before it started")
+        repo.transition_from(conn, execution_id, "pending", "cancelled", error="cancelled before it started")
 
 
 @router.post(
