@@ -406,3 +406,13 @@ def test_an_execution_started_under_rules_3_keeps_its_uncapped_waits() -> None:
     run.answer_all(m.Activity.DISPATCH_STEPS)
     timer = [c for c in run.open if isinstance(c, m.SetTimer)][-1]
     assert timer.at - run.now == timedelta(seconds=86400 * 100)
+
+
+def test_the_bound_counts_text_as_json_escapes_it() -> None:
+    # Counted raw, text of quotes or control characters passed the bound at a sixth of its JSON size.
+    run = Run(AMPLIFIED[:1] + [{**AMPLIFIED[1], "params": {"text": "${steps.a.output.body}" * 12}}])
+    run.answer_all()
+    run.result("a", output={"body": "\x01" * 60_000})  # 720,000 raw, six times that escaped
+    (dispatch,) = run.activities(m.Activity.DISPATCH_STEPS)
+    assert isinstance(dispatch.input, m.DispatchSteps)
+    assert dispatch.input.starts == [] and dispatch.input.notes[0].kind is m.NoteKind.FAILED
