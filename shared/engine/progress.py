@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -18,6 +19,7 @@ from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
 from shared.engine import machine, work_queue
 from shared.engine import steps as store
+from shared.engine.control import AlreadyFinishedError, parent_principal, request_cancel
 from shared.engine.dispatch_results import await_results, verdicts
 from shared.engine.payloads import claim_check
 from shared.engine.protocol import MODULE_WORK_HUB, WorkItem
@@ -701,10 +703,18 @@ def record_outcomes(batch: machine.RecordOutcomes) -> list[dict[str, Any]]:
     ]
     verdicts: list[dict[str, Any]] = []
     with tenant_transaction(tenant_id) as conn:
+        # The execution first, as a dispatch and a cancel lock it: a dispatch whose commit is still in doubt is
+        # waited for, and a cancel or an end is seen before anything of a start that failed is recorded.
+        execution = _lock_execution(conn, execution_id) if any(o.action for o in batch.outcomes) else None
         for key, outcome, output in zip(keys, batch.outcomes, outputs, strict=True):
             if outcome.action is not None and store.get_attempt(conn, key) is None:
-                # Its dispatch failed before its start committed: recorded now, so that a late commit of that
-                # start finds it (its insert waits on this row, then does nothing) and its work is never run.
+                assert execution is not None  # locked above whenever an outcome names its action
+                if execution.terminal or (key.phase == "run" and execution.cancel_requested_at is not None):
+                    # Its dispatch would have refused it now: nothing is begun, and nothing written after an end.
+                    verdicts.append({"ok": False, "error": outcome.error, "retryable": False, "state": "failed"})
+                    continue
+                # Its dispatch failed before its start committed: recorded, ended, so that the step reads failed
+                # (whence its retry moves it) and no later start of this attempt runs its work.
                 store.begin_attempt(conn, key, action=outcome.action, remote=False)
             attempt, _ = store.finish_attempt(
                 conn,
@@ -716,9 +726,23 @@ def record_outcomes(batch: machine.RecordOutcomes) -> list[dict[str, Any]]:
                 state=outcome.state,  # type: ignore[arg-type]  # the reducer names only attempt states
             )
             verdicts.append(attempt.verdict())
+            if outcome.action == "intent.run" and not attempt.verdict()["ok"]:
+                _stop_orphaned_child(conn, key)
         if batch.status is not None:
             _move(conn, execution_id, batch.status.value, output=None, error=None)
     return verdicts
+
+
+def _stop_orphaned_child(conn: store.Conn, key: AttemptKey) -> None:
+    """The child an intent.run attempt had started before its dispatch failed for good: the attempt is over, so the
+    child would run for no one (and a retry starts another). Cancelled at once while no orchestration runs it (the
+    sweeper would otherwise start it), else its cancel recorded, which its next dispatch obeys."""
+    child = repo.find_by_key(conn, f"child:{key.execution_id}:{key.step_id}:{key.attempt}")
+    if child is None or child.terminal:
+        return
+    if repo.transition_from(conn, child.id, "pending", "cancelled", error="its parent's step ended") is None:
+        with contextlib.suppress(AlreadyFinishedError):  # it ended meanwhile: nothing to stop
+            request_cancel(conn, child.id, parent_principal(key.execution_id))
 
 
 def record_status(request: machine.RecordStatus) -> machine.StatusAnswer:
