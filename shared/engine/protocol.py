@@ -43,6 +43,17 @@ async def raise_to_orchestration(client: Any, instance_id: object, name: str, da
     return True
 
 
+# What the Durable client raises for an orchestration that has ended (410) or does not exist (404): nobody waits
+# for the verdict any more, and nobody ever will.
+_GONE_MESSAGES = ("is gone: either completed or failed", "No instance with ID")
+
+
+def no_one_to_tell(exc: Exception) -> bool:
+    """Whether a failed raise failed for good: its orchestration has ended or never existed, so a retry of the
+    hand-over cannot deliver it (every other failure may pass)."""
+    return any(message in str(exc) for message in _GONE_MESSAGES)
+
+
 def attempt_event(phase: str, step_id: str, attempt: int) -> str:
     """The external event that carries one attempt's result to the orchestration."""
     return f"{phase}:{step_id}:{attempt}"

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 from uuid import UUID
 
 from opentelemetry import trace
@@ -12,7 +14,7 @@ from opentelemetry import trace
 from shared.db.session import tenant_transaction
 from shared.engine import steps as store
 from shared.engine import task_tokens, work_queue
-from shared.engine.payloads import claim_check
+from shared.engine.payloads import BLOB_REF, claim_check, is_blob_ref
 from shared.engine.steps import Attempt, AttemptKey
 from shared.observability.tracing import execution_attributes
 from shared.ratelimit import RateDecision, limit_for, take_request_token
@@ -102,16 +104,72 @@ def take_rate_token(tenant_id: UUID) -> RateDecision | None:
         return take_request_token(conn, limit_for(tenant.quotas.model_dump(exclude_none=True)))
 
 
-def _verified(claims: task_tokens.TaskClaims) -> None:
-    """The token's attempt may take a result now: unspent, still open, its lease live. Reads only, so a refusal
-    leaves no trace."""
+def _spent_on(attempt: Attempt | None, claims: task_tokens.TaskClaims) -> TypeGuard[Attempt]:
+    """Whether the token was spent on its own attempt, so the attempt's result is the one reported with it: the spend
+    and the result are written in one transaction, and the spend only takes an attempt without a result."""
+    return (
+        attempt is not None
+        and attempt.key == claims.key
+        and attempt.token_used_at is not None
+        and attempt.state in ("succeeded", "failed")
+    )
+
+
+def _same_json(recorded: Any, sent: Any) -> bool:
+    """Whether a value read back from jsonb is the JSON value sent, as jsonb compares them (numbers by value, so 1
+    and 1.0 are one), but never a boolean for a number, as Python's `True == 1` would have it."""
+    if isinstance(recorded, bool) or isinstance(sent, bool) or recorded is None or sent is None:
+        return recorded is sent
+    if isinstance(recorded, int | float) and isinstance(sent, int | float):
+        return recorded == sent
+    if isinstance(recorded, str) and isinstance(sent, str):
+        return recorded == sent
+    if isinstance(recorded, dict) and isinstance(sent, dict):
+        return recorded.keys() == sent.keys() and all(_same_json(recorded[name], sent[name]) for name in recorded)
+    if isinstance(recorded, list) and isinstance(sent, list):
+        return len(recorded) == len(sent) and all(map(_same_json, recorded, sent))
+    return False
+
+
+def _same_output(recorded: Any, sent: Any) -> bool:
+    if is_blob_ref(recorded):
+        # The reference names the digest of the bytes claim_check stored: hashing what is sent again finds out
+        # without storing anything, so a repeat with another output leaves no blob behind.
+        body = json.dumps(sent, separators=(",", ":"), ensure_ascii=False).encode()
+        ref = recorded[BLOB_REF]
+        if isinstance(ref, dict) and ref.get("sha256") == hashlib.sha256(body).hexdigest():
+            return True
+    return _same_json(recorded, sent)
+
+
+def _repeated(attempt: Attempt, result: RemoteResult) -> dict[str, Any]:
+    """The recorded verdict, when `result` is the one the token recorded: a worker that got no answer, or a 503
+    because the verdict could not be raised, sends it again, and only a repeat can get the verdict raised again.
+    Any other result for a spent token is refused, as before."""
+    if result.ok:
+        same = attempt.state == "succeeded" and _same_output(attempt.output, result.output)
+    else:
+        same = attempt.state == "failed" and attempt.error == result.error and attempt.retryable == result.retryable
+    if not same:
+        raise TokenUsedError("the task token was used already, with another result")
+    return attempt.verdict()
+
+
+def _verified(claims: task_tokens.TaskClaims) -> Attempt | None:
+    """None when the token's attempt may take a result now: unspent, still open, its lease live. The attempt when
+    the token was spent on it already, for the caller to compare with what is sent now: its lease may have run out
+    since, and that must not keep the recorded result from being raised again. Reads only, so a refusal leaves no
+    trace."""
     with tenant_transaction(claims.tenant_id) as conn:
         attempt = store.attempt_by_token(conn, claims.nonce)
+        if _spent_on(attempt, claims):
+            return attempt
         key = claims.key
         if attempt is None or attempt.key != key or attempt.token_used_at is not None or attempt.finished:
             raise _refusal(attempt, claims)
         if not work_queue.lease_is_live(conn, key, claims.nonce):
             raise LeaseExpiredError(_LEASE_GONE)
+    return None
 
 
 def complete(
@@ -126,16 +184,21 @@ def complete(
     """Verify the token for this execution and step (unless `claims` are what `signed_claims` answered for it), then
     store the output, then spend the token and record the result in one transaction; returns the attempt and the
     verdict to raise. The token's tenant is the only tenant touched, and nothing is written for a token that does
-    not verify."""
+    not verify.
+
+    A repeat of the result the token recorded (the same outcome and output, or error and retryable) writes nothing
+    and returns the recorded verdict, to be raised again; another result for a spent token is TokenUsedError."""
     if claims is None:
         claims = signed_claims(token, signing_key(claims_of(token).tenant_id), execution_id, step_id, phase)
-    _verified(claims)
+    recorded = _verified(claims)
     key = claims.key
     trace.get_current_span().set_attributes(
         execution_attributes(
             tenant_id=claims.tenant_id, execution_id=key.execution_id, step_id=key.step_id, attempt=key.attempt
         )
     )
+    if recorded is not None:
+        return key, _repeated(recorded, result)
     # Stored between the two transactions so no connection waits on the blob store. A blob of a request that then
     # loses the spend is content-addressed, so it can never replace the winner's output.
     output = claim_check(claims.tenant_id, claims.key, result.output, for_request=True) if result.ok else None
@@ -144,7 +207,12 @@ def complete(
             raise LeaseExpiredError(_LEASE_GONE)
         spent = store.use_task_token(conn, claims.nonce)
         if spent is None or spent.key != claims.key:
-            raise _refusal(store.attempt_by_token(conn, claims.nonce), claims)
+            # A copy of this request spent it since our check (a worker's retry racing its first try): the same
+            # result is answered as the repeat it is.
+            found = store.attempt_by_token(conn, claims.nonce)
+            if _spent_on(found, claims):
+                return key, _repeated(found, result)
+            raise _refusal(found, claims)
         attempt, _ = store.finish_attempt(
             conn, claims.key, ok=result.ok, output=output, error=result.error, retryable=result.retryable
         )

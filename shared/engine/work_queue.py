@@ -5,7 +5,7 @@ and end attempts whose lease ran out. Every statement runs in the tenant's own t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
@@ -72,6 +72,7 @@ _BIND_LEASE_NONCE = (
     "UPDATE app.step_attempts SET token_nonce = %s, token_expires_at = %s WHERE execution_id = %s AND step_id = %s"
     " AND phase = %s AND attempt = %s AND state = 'dispatched'"
 )
+_LOCK_EXECUTION = "SELECT 1 FROM app.executions WHERE id = %s FOR NO KEY UPDATE"
 # Without an event: the execution's end is the last event of its stream, and nothing is written after it.
 _ABANDON_SILENTLY = (
     "UPDATE app.step_attempts SET state = 'abandoned', error = %s, retryable = false, finished_at = clock_timestamp()"
@@ -181,14 +182,25 @@ def enqueue(conn: Conn, key: AttemptKey, *, action: str, params: dict[str, Any],
     conn.execute(_ENQUEUE, (*params_row, current_traceparent()))
 
 
+@dataclass(frozen=True)
+class LeaseRound:
+    """What one lease call did: the leases it handed out, and the attempts of stale items it ended instead, whose
+    verdicts the caller raises once its transaction has committed (as cancel_queued's)."""
+
+    leases: list[Lease] = field(default_factory=list)
+    ended: list[Attempt] = field(default_factory=list)
+
+
 def lease(
     conn: Conn, tenant_id: UUID, *, actions: Sequence[str], max_items: int, lease_s: float, worker: str
-) -> list[Lease]:
+) -> LeaseRound:
     """Lease up to `max_items` of the tenant's queued items of `actions`, oldest first, each with a task token
     whose nonce is its lease id; records that the worker polled for these actions.
 
     An item of an ended execution, or a run item of one being cancelled, is ended here instead (as cancel_queued
-    ends it) and counts against `max_items`: this poll answers fewer items, the next one the rest."""
+    ends it) and counts against `max_items`: this poll answers fewer items, the next one the rest. Their attempts
+    come back in `ended`: an orchestration may still wait on one, and without its verdict would wait for the
+    step's timeout."""
     from shared.engine.progress import abandon_step  # progress enqueues through this module
 
     conn.execute(_POLLED, (worker, list(actions)))
@@ -199,14 +211,20 @@ def lease(
         "lease_s": lease_s,
         "terminal": sorted(repo.TERMINAL),
     }
-    leases: list[Lease] = []
+    done = LeaseRound()
     for row in conn.execute(_LEASE, params).fetchall():
         item = _item(row)
-        if row["stale"] == "cancelled":
-            abandon_step(conn, item.key, CANCELLED_QUEUED)
-            continue
-        if row["stale"] == "ended":
-            _end_quietly(conn, item.key)
+        if row["stale"] is not None:
+            # The execution first, as every other writer of its rows takes it (the cancel, the sweeper's end): the
+            # attempt first deadlocked with them.
+            conn.execute(_LOCK_EXECUTION, (item.key.execution_id,))
+            if row["stale"] == "cancelled":
+                abandon_step(conn, item.key, CANCELLED_QUEUED)
+            else:
+                _end_quietly(conn, item.key)
+            ended = store.get_attempt(conn, item.key)
+            if ended is not None:
+                done.ended.append(ended)
             continue
         if item.leased_at is not None:
             metrics.work_queue_lag(tenant_id, item.action, (item.leased_at - item.enqueued_at).total_seconds())
@@ -215,8 +233,8 @@ def lease(
         conn.execute(
             _BIND_LEASE_NONCE, (token.nonce, token.expires_at, key.execution_id, key.step_id, key.phase, key.attempt)
         )
-        leases.append(Lease(item=item, task_token=token.token))
-    return leases
+        done.leases.append(Lease(item=item, task_token=token.token))
+    return done
 
 
 def _end_quietly(conn: Conn, key: AttemptKey) -> None:

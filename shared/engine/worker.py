@@ -32,7 +32,7 @@ from shared.db.session import tenant_transaction
 from shared.engine import steps as store
 from shared.engine.module_threads import run_in_share
 from shared.engine.payloads import claim_check
-from shared.engine.protocol import EventRaiser, WorkItem
+from shared.engine.protocol import EventRaiser, WorkItem, no_one_to_tell
 from shared.engine.steps import Attempt, AttemptKey, Claim
 from shared.modules import BUILTIN_MODULES, Module, ModuleContext, StepFailed, run_module
 from shared.observability.tracing import continued_span, execution_attributes
@@ -322,19 +322,10 @@ async def _handle(item: WorkItem, client: EventRaiser, modules: Mapping[str, Mod
     try:
         await client.raise_event(outcome.execution_id, outcome.event_name, outcome.verdict)
     except Exception as exc:  # one orchestration's trouble must not keep the others' results back
-        if _no_one_to_tell(exc):
+        if no_one_to_tell(exc):
             # Permanent: a retry of the batch (ADR 0037) would only hold its partition for nothing.
             logger.warning("module-work: %s not raised to %s: %s", outcome.event_name, outcome.execution_id, exc)
             return False
         logger.error("module-work: could not raise %s to %s: %s", outcome.event_name, outcome.execution_id, exc)
         raise
     return True
-
-
-# What the Durable client raises for an orchestration that has ended (410) or does not exist (404): nobody waits
-# for the verdict any more, and nobody ever will.
-_GONE_MESSAGES = ("is gone: either completed or failed", "No instance with ID")
-
-
-def _no_one_to_tell(exc: Exception) -> bool:
-    return any(message in str(exc) for message in _GONE_MESSAGES)

@@ -14,7 +14,7 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from shared.db.session import tenant_transaction
-from shared.engine import control, progress, work_queue
+from shared.engine import control, progress, sweeper, work_queue
 from shared.engine import executions as repo
 from shared.engine import machine_types as mt
 from shared.engine import steps as store
@@ -94,7 +94,10 @@ def test_a_cancel_racing_a_dispatch_ends_the_item_the_dispatch_queued(
     assert [(attempt.key, attempt.state) for attempt in dequeued] == [(key, "abandoned")]
     with tenant_transaction(tenant, pool=app_pool) as conn:
         assert repo.get_execution(conn, execution.id).cancel_requested_at is not None
-        assert work_queue.lease(conn, tenant, actions=["build-container"], max_items=5, lease_s=60, worker="w") == []
+        assert (
+            work_queue.lease(conn, tenant, actions=["build-container"], max_items=5, lease_s=60, worker="w").leases
+            == []
+        )
 
 
 def _queued(
@@ -111,7 +114,7 @@ def _queued(
 
 def _lease(pool: ConnectionPool[Any], tenant_id: uuid.UUID, action: str) -> list[AttemptKey]:
     with tenant_transaction(tenant_id, pool=pool) as conn:
-        leases = work_queue.lease(conn, tenant_id, actions=[action], max_items=10, lease_s=60, worker="w")
+        leases = work_queue.lease(conn, tenant_id, actions=[action], max_items=10, lease_s=60, worker="w").leases
     return [lease.item.key for lease in leases]
 
 
@@ -186,3 +189,45 @@ def test_a_cancel_that_read_its_execution_before_it_ended_records_nothing_after_
         after = real(conn, execution.id)
         kinds = [e.type for e in repo.events_after(conn, execution.id, 0)]
     assert after.cancel_requested_at is None and kinds[-1] == "execution_completed"
+
+
+def test_a_lease_ending_stale_work_takes_the_execution_first_as_the_sweepers_end_does(
+    app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sweeper's end locks the execution, then the attempts; the lease ending a stale item locked the attempt,
+    # then the execution (its step_cancelled event): run together, Postgres aborted one of them as a deadlock.
+    tenant = new_tenant()
+    action = f"test.remote.{uuid.uuid4().hex[:8]}"
+    key = _queued(app_pool, tenant, action, path=["running"])
+    _cancel_only(app_pool, tenant, key.execution_id)  # the item is left queued: the cancel missed it
+    holding = threading.Event()
+    real_list_steps = store.list_steps
+
+    def list_steps_while_the_lease_runs(conn: Any, execution_id: uuid.UUID) -> Any:
+        holding.set()  # the sweeper holds the execution's row now
+        time.sleep(0.5)  # the lease runs meanwhile (it waits on that row, or deadlocks without the fix)
+        return real_list_steps(conn, execution_id)
+
+    monkeypatch.setattr(sweeper.store, "list_steps", list_steps_while_the_lease_runs)
+    outcomes: dict[str, Any] = {}
+
+    def end() -> None:
+        try:
+            outcomes["sweeper"] = sweeper.end_execution(tenant, key.execution_id, "terminated", pool=app_pool)
+        except Exception as exc:  # the test reports what either side met
+            outcomes["sweeper"] = exc
+
+    def lease() -> None:
+        assert holding.wait(10)
+        try:
+            outcomes["lease"] = _lease(app_pool, tenant, action)
+        except Exception as exc:
+            outcomes["lease"] = exc
+
+    threads = [threading.Thread(target=end), threading.Thread(target=lease)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not any(isinstance(outcome, Exception) for outcome in outcomes.values()), outcomes
+    assert outcomes["lease"] == []

@@ -39,7 +39,7 @@ def test_the_sweepers_end_abandons_a_queued_compensation_before_the_end(
         steps = {step["step_id"]: step["state"] for step in store.list_steps(conn, execution.id)}
         events = [(event.type, event.step_id) for event in repo.events_after(conn, execution.id, 0, 100)]
         open_items, _ = work_queue.list_items(conn, execution_id=execution.id)
-        leases = work_queue.lease(conn, tenant, actions=[action], max_items=5, lease_s=60, worker="w")
+        leases = work_queue.lease(conn, tenant, actions=[action], max_items=5, lease_s=60, worker="w").leases
     assert attempt is not None and (attempt.state, attempt.error) == ("abandoned", "orchestration was terminated")
     assert steps == {"deploy": "compensation_failed"}
     assert events[-2:] == [("compensation_failed", "deploy"), ("execution_failed", None)]

@@ -45,7 +45,7 @@ def lease_all(
     pool: ConnectionPool[Any], tenant_id: uuid.UUID, *, action: str = ACTION, lease_s: float = 60
 ) -> list[Any]:
     with tenant_transaction(tenant_id, pool=pool) as conn:
-        return work_queue.lease(conn, tenant_id, actions=[action], max_items=50, lease_s=lease_s, worker="w")
+        return work_queue.lease(conn, tenant_id, actions=[action], max_items=50, lease_s=lease_s, worker="w").leases
 
 
 def test_rls_alone_keeps_another_tenants_items_out_of_reach(
@@ -68,7 +68,7 @@ def test_rls_alone_keeps_another_tenants_items_out_of_reach(
             (item_id,),
         )
         assert stolen.rowcount == 0
-        assert work_queue.lease(conn, b, actions=[action], max_items=50, lease_s=60, worker="thief") == []
+        assert work_queue.lease(conn, b, actions=[action], max_items=50, lease_s=60, worker="thief").leases == []
         with pytest.raises(work_queue.WorkItemNotFoundError):
             work_queue.heartbeat(conn, item_id, uuid.uuid4(), extend_s=60, progress=None)
         assert work_queue.list_items(conn, execution_id=key.execution_id)[0] == []

@@ -112,7 +112,7 @@ def remote_attempt(
         work_queue.enqueue(conn, key, action="build-container", params={}, timeout_s=600)
         leases = work_queue.lease(
             conn, tenant_id, actions=["build-container"], max_items=100, lease_s=600, worker="test-worker"
-        )
+        ).leases
         (lease,) = [lease for lease in leases if lease.item.key == key]
         token = lease.task_token
         if expires_at is not None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Literal
 from uuid import UUID
@@ -13,14 +14,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from shared.api.admission import RETRY_AFTER_S, Admission, get_admission
-from shared.api.durable import get_durable_client, raise_to_orchestration
-from shared.api.problems import ProblemError, too_many_requests
+from shared.api.durable import get_durable_client
+from shared.api.problems import DEPENDENCY_RETRY_AFTER_S, ProblemError, too_many_requests
 from shared.api.responses import INVALID, RATE_LIMITED, problem_doc
 from shared.api.routers.executions import ExecutionId, StepId
 from shared.engine import remote, task_tokens
+from shared.engine.protocol import no_one_to_tell
 from shared.engine.task_tokens import TaskClaims
 from shared.observability.tracing import TENANT_ID
 
+logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/executions", tags=["remote workers"])
 _EXAMPLE_TOKEN = "qpt1.eyJ0IjoiLi4uIn0.c2lnbmF0dXJl"  # noqa: S105  # a documentation example
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -43,11 +46,19 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         "task-token-used",
         "Conflict",
         "the task token was used already",
-        "The attempt's result was reported already (a task token is single use), or the lease it was handed out "
-        "with has expired or moved on (`lease-expired`)",
+        "Another result was reported already with this token (a task token is single use; the same result again "
+        "is answered as the first), or the lease it was handed out with has expired or moved on (`lease-expired`)",
     ),
     422: INVALID,
     429: RATE_LIMITED,
+    503: problem_doc(
+        503,
+        "orchestration-unavailable",
+        "Service unavailable",
+        "The result is recorded but could not be handed to the execution yet; send the same result again in 2 s.",
+        "The result is recorded but its execution could not be told yet: send the same result again after "
+        "Retry-After (answered 200 then); or a dependency is unavailable (`dependency-unavailable`)",
+    ),
 }
 
 
@@ -154,6 +165,36 @@ async def _signed(token: str, execution_id: UUID, step_id: str, phase: str) -> T
         raise _refused(exc) from None
 
 
+async def _hand_over(client: Any, execution_id: UUID, event_name: str, verdict: dict[str, Any]) -> None:
+    """Raise the recorded verdict to the orchestration, or answer 503 with Retry-After when the raise failed for now.
+
+    The result is committed and its token spent either way, so a lost raise can only be made good by the worker: it
+    sends the same result again, which answers 200 and raises the verdict again (`remote.complete`). A 200 here
+    would tell it to stop, leaving the step to its timeout. An orchestration that has ended or never existed is
+    told nothing and answers 200, as the module worker drops such a verdict (ADR 0037): a retry cannot deliver it.
+    """
+    try:
+        await client.raise_event(str(execution_id), event_name, verdict)
+    except Exception as exc:
+        # The module worker's test of what the Durable client answers for a gone orchestration, so that the two
+        # deliverers of step results agree on which failures are worth a retry.
+        if no_one_to_tell(exc):
+            logger.warning("remote result %s not raised to %s: %s", event_name, execution_id, exc)
+            return
+        logger.warning("could not raise remote result %s to %s: %s", event_name, execution_id, exc)
+        detail = (
+            f"The result is recorded but could not be handed to the execution yet; send the same result again in "
+            f"{DEPENDENCY_RETRY_AFTER_S} s."
+        )
+        raise ProblemError(
+            503,
+            "orchestration-unavailable",
+            "Service unavailable",
+            detail,
+            headers={"Retry-After": str(DEPENDENCY_RETRY_AFTER_S)},
+        ) from None
+
+
 async def _report(
     client: Any,
     execution_id: UUID,
@@ -186,7 +227,7 @@ async def _report(
             raise ProblemError(409, "lease-expired", "Conflict", str(exc)) from None
         except remote.TokenRefusedError as exc:
             raise _refused(exc) from None
-        await raise_to_orchestration(client, execution_id, key.event_name, recorded)
+        await _hand_over(client, execution_id, key.event_name, recorded)
     finally:
         permit.release()
     return ResultRecorded(

@@ -234,7 +234,8 @@ async def raise_verdicts(client: Any, attempts: list[Attempt]) -> None:
 
 def _lease(tenant_id: UUID, request: LeaseRequest, worker: str) -> tuple[list[Attempt], list[work_queue.Lease]]:
     """In one transaction: end the tenant's leases that ran out (their steps' next attempts can then be queued),
-    then lease. Answers the attempts ended, whose verdicts the caller raises, and the new leases."""
+    then lease. Answers the attempts ended (those whose lease ran out, and the stale items the lease ended instead
+    of handing out), whose verdicts the caller raises, and the new leases."""
     with tenant_transaction(tenant_id) as conn:
         expired = work_queue.expire_leases(conn)
         leases = work_queue.lease(
@@ -245,7 +246,7 @@ def _lease(tenant_id: UUID, request: LeaseRequest, worker: str) -> tuple[list[At
             lease_s=request.lease_s,
             worker=worker,
         )
-    return expired, leases
+    return [*expired, *leases.ended], leases.leases
 
 
 @router.post(
@@ -272,8 +273,8 @@ async def lease(
         while True:
             if waiter is not None:
                 waiter.clear()
-            expired, leases = await run_in_threadpool(_lease, tenant_id, body, worker)
-            await raise_verdicts(client, expired)
+            ended, leases = await run_in_threadpool(_lease, tenant_id, body, worker)
+            await raise_verdicts(client, ended)
             if leases or time.monotonic() >= deadline:
                 break
             pause = min(FALLBACK_RECHECK_S, max(0.0, deadline - time.monotonic()))
