@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import psycopg
@@ -65,6 +66,13 @@ class ProblemError(Exception):
         super().__init__(detail or title)
         self.status, self.slug, self.title, self.detail = status, slug, title, detail
         self.errors, self.headers, self.extensions = errors, headers or {}, extensions or {}
+
+
+def over_rate(tenant_id: object, retry_after_s: float) -> ProblemError:
+    """A request over its tenant's request rate: 429 `rate-limited`, retry after the whole seconds until a token."""
+    retry_after = max(1, math.ceil(retry_after_s))
+    detail = f"This tenant is over its request rate; retry in {retry_after} s."
+    return too_many_requests(tenant_id, "rate-limited", detail, retry_after)
 
 
 def too_many_requests(

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -17,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from shared.api.admission import Permit, get_admission, size_worker_threads
 from shared.api.middleware import request_id_var
-from shared.api.problems import ProblemError, too_many_requests
+from shared.api.problems import ProblemError, over_rate
 from shared.audit import AuditRecord, get_audit_store
 from shared.auth.principal import Principal
 from shared.auth.tokens import (
@@ -164,9 +163,7 @@ async def authenticated(
             take_tenant_token, tenant.id, limit_for(tenant.quotas.model_dump(exclude_none=True))
         )
         if not verdict.allowed:
-            retry_after = max(1, math.ceil(verdict.retry_after_s))
-            detail = f"This tenant is over its request rate; retry in {retry_after} s."
-            raise too_many_requests(tenant.id, "rate-limited", detail, retry_after)
+            raise over_rate(tenant.id, verdict.retry_after_s)
         trace.get_current_span().set_attribute(TENANT_ID, str(tenant.id))
         context = replace(identity, permit=permit)
         request.state.context = context

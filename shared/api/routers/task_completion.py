@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Literal
 from uuid import UUID
 
@@ -15,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from shared.api.admission import RETRY_AFTER_S, Admission, get_admission
 from shared.api.durable import get_durable_client
-from shared.api.problems import DEPENDENCY_RETRY_AFTER_S, ProblemError, too_many_requests
+from shared.api.problems import DEPENDENCY_RETRY_AFTER_S, ProblemError, over_rate, too_many_requests
 from shared.api.responses import INVALID, RATE_LIMITED, problem_doc
 from shared.api.routers.executions import ExecutionId, StepId
 from shared.engine import remote, task_tokens
@@ -213,9 +212,7 @@ async def _report(
         if verdict is None:
             raise ProblemError(401, "invalid-task-token", "Unauthorized", "the task token's tenant is not provisioned")
         if not verdict.allowed:
-            retry_after = max(1, math.ceil(verdict.retry_after_s))
-            detail = f"This tenant is over its request rate; retry in {retry_after} s."
-            raise too_many_requests(tenant_id, "rate-limited", detail, retry_after)
+            raise over_rate(tenant_id, verdict.retry_after_s)
         trace.get_current_span().set_attribute(TENANT_ID, str(tenant_id))
         try:
             key, recorded = await run_in_threadpool(
