@@ -20,13 +20,10 @@ from shared.engine import executions as repo
 from shared.engine import steps as store
 from shared.engine import work_queue
 from shared.engine.protocol import CANCEL_EVENT, EventRaiser
-from shared.engine.start import StartRequest
+from shared.engine.start import NoLongerValidError, RunShape, StartRequest, run_shape
 from shared.engine.steps import AttemptKey
 from shared.registry import service as registry
-from shared.registry.model import Definition, ResolvedBlueprint
-from shared.registry.plan import declaration_inputs, expand_declaration, input_defaults
 from shared.registry.references import scan_references
-from shared.registry.repository import blueprint_version
 
 logger = logging.getLogger(__name__)
 Conn = psycopg.Connection[DictRow]
@@ -197,40 +194,28 @@ def retry_request(
     )
 
 
-@dataclass(frozen=True)
-class _RunShape:
-    """What a version's steps run as: each step as its definition (or its blueprint's) has it, and the inputs they
-    resolve against (a declaration's declared values, input defaults, then the execution's own input)."""
-
-    steps: dict[str, dict[str, Any]]
-    inputs: dict[str, Any]
-
-
-def _run_shape(conn: Conn, intent_id: UUID, version: int, given: dict[str, Any]) -> _RunShape | None:
+def _run_shape(conn: Conn, intent_id: UUID, version: int, given: dict[str, Any]) -> RunShape | None:
     """The version's run shape; None when a declaration's blueprint is gone (nothing of it can be compared)."""
-    pinned = registry.version(conn, "intent", intent_id, version)
-    definition = Definition.model_validate(pinned.definition)
-    if definition.is_declaration:
-        # A declaration has no steps of its own: they are its blueprint version's, run with its declared values.
-        ref = pinned.blueprint_ref or {}
-        found = blueprint_version(conn, UUID(str(ref["id"])), int(ref["version"])) if ref else None
-        if found is None:
-            return None
-        blueprint = ResolvedBlueprint(found.name, found.version, Definition.model_validate(found.definition))
-        steps = expand_declaration(definition, blueprint)
-        inputs = {**declaration_inputs(definition, blueprint), **given}
-    else:
-        steps = list(definition.steps or [])
-        inputs = {**input_defaults(definition.inputs), **given}
-    return _RunShape({step.step_id: step.model_dump(mode="json") for step in steps}, inputs)
+    try:
+        return run_shape(conn, registry.version(conn, "intent", intent_id, version), given)
+    except NoLongerValidError:
+        return None
 
 
-def _runs_differently(step_id: str, before: _RunShape | None, after: _RunShape | None) -> bool:
+def _runs_differently(step_id: str, before: RunShape | None, after: RunShape | None) -> bool:
     """Whether the step is defined differently, or reads an input that differs, from one version to the other."""
-    if before is None or after is None or before.steps.get(step_id) != after.steps.get(step_id):
+    if before is None or after is None:
         return True
-    read = {ref.name for _, ref in scan_references(before.steps[step_id]).found if ref.source == "inputs"}
+    was, now = _step_document(before, step_id), _step_document(after, step_id)
+    if was is None or was != now:
+        return True
+    read = {ref.name for _, ref in scan_references(was).found if ref.source == "inputs"}
     return any(before.inputs.get(name, _ABSENT) != after.inputs.get(name, _ABSENT) for name in read)
 
 
 _ABSENT = object()
+
+
+def _step_document(shape: RunShape, step_id: str) -> dict[str, Any] | None:
+    step = next((step for step in shape.steps if step.step_id == step_id), None)
+    return None if step is None else step.model_dump(mode="json")

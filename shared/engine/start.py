@@ -29,7 +29,7 @@ from shared.policy.gates import GateViolation, check_gates
 from shared.registry import service as registry
 from shared.registry.catalog import ModuleCatalog
 from shared.registry.model import Definition, ResolvedBlueprint, Step
-from shared.registry.plan import canonical_json, declaration_inputs, expand_declaration
+from shared.registry.plan import canonical_json, declaration_inputs, expand_declaration, input_defaults
 from shared.registry.repository import VersionRow, blueprint_version
 from shared.registry.schema_refs import evaluate_tenant_schema
 from shared.tenants.models import TenantQuotas
@@ -213,14 +213,31 @@ def step_plans(steps: list[Step], catalog: ModuleCatalog) -> dict[str, StepPlan]
     return plans
 
 
-def _with_defaults(schema: dict[str, Any] | None, values: dict[str, Any]) -> dict[str, Any]:
-    properties = (schema or {}).get("properties")
-    if not isinstance(properties, dict):
-        return dict(values)
-    defaults = {
-        name: spec["default"] for name, spec in properties.items() if isinstance(spec, dict) and "default" in spec
-    }
-    return {**defaults, **values}
+@dataclass(frozen=True)
+class RunShape:
+    """What a version runs as: its steps (a declaration's are its blueprint version's), the schema its input is
+    checked against, and the inputs its steps read (declared values and input defaults under the given input)."""
+
+    definition: Definition
+    steps: list[Step]
+    schema: dict[str, Any] | None
+    inputs: dict[str, Any]
+
+
+def run_shape(conn: Conn, pinned: VersionRow, given_input: dict[str, Any]) -> RunShape:
+    """The version's run shape; NoLongerValidError when a declaration's blueprint version is gone."""
+    definition = Definition.model_validate(pinned.definition)
+    if not definition.is_declaration:
+        assert definition.steps is not None  # not a declaration
+        inputs = {**input_defaults(definition.inputs), **given_input}
+        return RunShape(definition, list(definition.steps), definition.inputs, inputs)
+    ref = pinned.blueprint_ref or {}
+    found = blueprint_version(conn, UUID(str(ref["id"])), int(ref["version"])) if ref else None
+    if found is None:
+        raise NoLongerValidError("the blueprint this version was saved against is gone")
+    blueprint = ResolvedBlueprint(found.name, found.version, Definition.model_validate(found.definition))
+    inputs = {**declaration_inputs(definition, blueprint), **given_input}
+    return RunShape(definition, expand_declaration(definition, blueprint), blueprint.definition.inputs, inputs)
 
 
 def _input_problems(schema: dict[str, Any] | None, values: dict[str, Any]) -> list[dict[str, str]]:
@@ -245,21 +262,8 @@ def runnable(
     if item.head.status == "archived":
         raise IntentArchivedError(f"intent {item.head.id} is archived")
     pinned = item.version if version is None else registry.version(conn, "intent", item.head.id, version)
-    definition = Definition.model_validate(pinned.definition)
-    schema = definition.inputs
-    if definition.is_declaration:
-        ref = pinned.blueprint_ref or {}
-        found = blueprint_version(conn, UUID(str(ref["id"])), int(ref["version"])) if ref else None
-        if found is None:
-            raise NoLongerValidError("the blueprint this version was saved against is gone")
-        blueprint = ResolvedBlueprint(found.name, found.version, Definition.model_validate(found.definition))
-        steps = expand_declaration(definition, blueprint)
-        schema = blueprint.definition.inputs
-        inputs = {**declaration_inputs(definition, blueprint), **given_input}
-    else:
-        assert definition.steps is not None  # not a declaration
-        steps = list(definition.steps)
-        inputs = _with_defaults(schema, given_input)
+    shape = run_shape(conn, pinned, given_input)
+    definition, steps, schema, inputs = shape.definition, shape.steps, shape.schema, shape.inputs
     target = definition.target or ""
     violations = _violations(tenant, definition.target, steps)
     if violations:
