@@ -4,7 +4,8 @@
 Publish, then mark, in the tenant's own transaction: a crash or a failed send between the two leaves the events
 unpublished, so they go again with the same id (at least once; consumers dedupe by `id`). The rows are locked
 (`FOR UPDATE SKIP LOCKED`) and each tenant is relayed by one relay at a time (a row lock on its lock row), so two
-relays never send the same events concurrently and a tenant's events leave in the order they were recorded.
+relays never send the same events concurrently; a tenant's events leave in the order their transactions began, each
+once every older transaction has ended, so none that commits later is sent before one it precedes.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from shared.events.publisher import PLATFORM_EVENTS_HUB, EventPublisher, Outboun
 from shared.observability.tracing import TRACEPARENT
 
 _PENDING_TENANTS = "SELECT tenant_id FROM app.outbox_pending_tenants(%s) AS pending (tenant_id)"
-# A relay that finds another one on this tenant moves on; the other one is sending these events already.
+# A relay that finds another one on this tenant moves on; the other one is sending these events already. Only the
+# events of transactions older than every one still running, in transaction order (migration 0040): an event that
+# commits later can no longer sort before one already sent.
 _UNPUBLISHED = (
     "SELECT id, event_type, subject, data, occurred_at, traceparent FROM app.outbox WHERE published_at IS NULL"
-    " ORDER BY position LIMIT %s FOR UPDATE SKIP LOCKED"
+    " AND txid < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY txid, position LIMIT %s FOR UPDATE SKIP LOCKED"
 )
 _MARK = "UPDATE app.outbox SET published_at = clock_timestamp() WHERE id = ANY(%s) AND published_at IS NULL"
 

@@ -224,3 +224,29 @@ def test_an_event_carries_the_trace_of_the_transaction_that_recorded_it(
     properties = {event.body["id"]: dict(event.properties) for _, event in recorder.sent}
     assert properties[traced[0]]["traceparent"] == "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     assert "traceparent" not in properties[untraced[0]]
+
+
+def test_an_event_that_commits_late_is_not_overtaken_by_one_recorded_after_it(
+    app_pool: ConnectionPool[Any], tenants: tuple[uuid.UUID, uuid.UUID]
+) -> None:
+    # The first event's transaction began first but committed last: the relay sent the second one, then the first.
+    tenant = tenants[0]
+    with psycopg.connect(app_pool.conninfo, autocommit=True) as first_conn:
+        first = first_conn.transaction()
+        first.__enter__()
+        first_conn.execute("SET LOCAL ROLE qp_runtime")
+        first_conn.execute("SELECT app.pin_tenant(%s)", (tenant,))
+        early = str(
+            first_conn.execute(
+                "INSERT INTO app.outbox (tenant_id, event_type, subject, data) VALUES (%s, 'thing.created',"
+                " 'things/early', '{}') RETURNING id",
+                (tenant,),
+            ).fetchone()[0]  # type: ignore[index]
+        )
+        (late,) = _enqueue(app_pool, tenant, 1)  # recorded after it, committed before it
+        recorder = Recorder()
+        relay_pending(lambda: recorder)
+        assert recorder.ids(tenant) == []  # held until the older transaction has ended
+        first.__exit__(None, None, None)
+    relay_pending(lambda: recorder)
+    assert recorder.ids(tenant) == [early, late]
