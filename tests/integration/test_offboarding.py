@@ -286,3 +286,32 @@ def test_an_export_uploading_while_its_tenant_is_erased_leaves_no_archive(api: A
     with pytest.raises(offboarding.TenantGoneError):
         offboarding.export_tenant(tenant, blobs)
     assert list(blobs.list_blobs(name_starts_with=f"{leaving.id}/")) == []
+
+
+def test_an_operator_changes_a_tenant_while_its_export_uploads(api: ApiHarness, azurite: Any) -> None:
+    # The change locked the tenant row FOR UPDATE, which waits for the export's KEY SHARE: a suspension waited for
+    # the whole upload of a big tenant's archive.
+    api.provision("export-change-operator")
+    admin = api.headers("export-change-operator", ADMIN)
+    exported = api.provision("changed-while-exported")
+    blobs = BlobServiceClient.from_connection_string(azurite.connection_string).get_container_client("artifacts")
+    if not blobs.exists():
+        blobs.create_container()
+    held = _HeldUpload(blobs)
+    with tenant_transaction(exported.id) as conn:
+        tenant = get_tenant(conn, exported.id)
+    assert tenant is not None
+    with ThreadPoolExecutor(1) as pool:
+        export = pool.submit(offboarding.export_tenant, tenant, held)
+        assert held.uploading.wait(30)
+        try:
+            etag = api.client.get(f"/api/v1/tenants/{exported.id}", headers=admin).headers["etag"]
+            suspended = api.client.patch(
+                f"/api/v1/tenants/{exported.id}", json={"status": "suspended"}, headers={**admin, "If-Match": etag}
+            )
+            uploading = not export.done()
+        finally:
+            held.finish.set()
+        export.result(30)
+    assert suspended.status_code == 200 and suspended.json()["status"] == "suspended"
+    assert uploading  # answered while the export still held its row
