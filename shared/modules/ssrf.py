@@ -242,9 +242,46 @@ def _shut_down(sock: socket.socket) -> None:
         pass  # closed already by the other side
 
 
+MAX_LOOKUPS = 32
+"""Name lookups in flight in one process, each on a thread of its own: the bound on threads a late lookup leaves."""
+MAX_LOOKUPS_PER_HOST = 2
+"""Of those, lookups of one host: a tenant's name that never answers cannot take the others' share."""
+
+
+class _Lookups:
+    """Counts the lookups in flight, in all and per host, and refuses one beyond either bound."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._total = 0
+        self._by_host: dict[str, int] = {}
+
+    def begin(self, host: str) -> None:
+        with self._lock:
+            if self._total >= MAX_LOOKUPS or self._by_host.get(host, 0) >= MAX_LOOKUPS_PER_HOST:
+                # Retryable: the lookups holding the place end within the resolver's own timeouts.
+                raise StepFailed(f"cannot resolve {host}: earlier lookups of it (or too many others) still wait")
+            self._total += 1
+            self._by_host[host] = self._by_host.get(host, 0) + 1
+
+    def end(self, host: str) -> None:
+        with self._lock:
+            self._total -= 1
+            left = self._by_host[host] - 1
+            if left:
+                self._by_host[host] = left
+            else:
+                del self._by_host[host]
+
+
+_lookups = _Lookups()
+
+
 def _resolving_within(resolver: Resolver, deadline: _Deadline) -> Resolver:
     """`resolver`, each lookup bounded by `deadline`: a name whose servers answer slowly (a tenant can choose its
-    own) held the exchange for the system resolver's own timeouts and retries, beyond any deadline."""
+    own) held the exchange for the system resolver's own timeouts and retries, beyond any deadline. A lookup cannot
+    be interrupted, so one past its deadline finishes alone on its thread: at most MAX_LOOKUPS of them in a process,
+    MAX_LOOKUPS_PER_HOST of one host (StepFailed, retryable, beyond)."""
 
     def resolve(host: str, port: int) -> Sequence[str]:
         answer: list[Sequence[str]] = []
@@ -257,10 +294,15 @@ def _resolving_within(resolver: Resolver, deadline: _Deadline) -> Resolver:
             except BaseException as exc:  # handed to the waiting caller, which raises it
                 failure.append(exc)
             finally:
+                _lookups.end(host)
                 done.set()
 
-        # A lookup cannot be interrupted: a late one finishes alone within the resolver's own timeouts.
-        threading.Thread(target=look_up, name="qp-resolve", daemon=True).start()
+        _lookups.begin(host)
+        try:
+            threading.Thread(target=look_up, name="qp-resolve", daemon=True).start()
+        except BaseException:
+            _lookups.end(host)
+            raise
         if not done.wait(deadline.remaining()):
             raise deadline.exceeded(host)
         if failure:
@@ -491,10 +533,16 @@ class _Deflate:
 
     def __init__(self) -> None:
         self._inner: Any = None
+        self._head = b""
 
     def decompress(self, data: bytes, max_length: int) -> bytes:
         if self._inner is None:
-            wrapped = len(data) >= 2 and data[0] & 0x0F == 8 and int.from_bytes(data[:2], "big") % 31 == 0
+            # The zlib header is two bytes, and a network read can bring one: it waits for the second.
+            self._head += data
+            if len(self._head) < 2:
+                return b""
+            data, self._head = self._head, b""
+            wrapped = data[0] & 0x0F == 8 and int.from_bytes(data[:2], "big") % 31 == 0
             self._inner = zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
         return bytes(self._inner.decompress(data, max_length))
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import httpx
 import pytest
 
+from shared.modules import StepFailed, ssrf
 from shared.modules.ssrf import DeadlineExceeded, GuardedClient
 
 
@@ -49,3 +50,42 @@ def test_a_lookup_within_the_deadline_gives_its_addresses_and_its_errors() -> No
         with pytest.raises(Exception, match="cannot resolve missing.example: Name or service not known"):
             client.request("GET", "http://missing.example/x")
     assert seen == ["http://93.184.215.14/x"]
+
+
+def test_lookups_left_behind_by_their_deadline_are_bounded_per_host_and_in_all(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each lookup past its deadline finishes alone on a thread of its own: a tenant's name that never answers,
+    # asked every tenth of a second (a health probe), left hundreds of threads in the worker every tenant shares.
+    monkeypatch.setattr(ssrf, "MAX_LOOKUPS", 3)
+    released = threading.Event()
+    started: list[str] = []
+
+    def hanging(host: str, port: int) -> Sequence[str]:
+        started.append(host)
+        released.wait(10)
+        return ["93.184.215.14"]
+
+    transport = httpx.MockTransport(lambda _: httpx.Response(200))
+    try:
+        with GuardedClient(resolver=hanging, timeout=0.05, transport=transport) as client:
+            for _ in range(2):
+                with pytest.raises(DeadlineExceeded):
+                    client.request("GET", "https://slow.example/")
+            with pytest.raises(StepFailed, match="earlier lookups of it .* still wait") as refused:
+                client.request("GET", "https://slow.example/")
+            assert refused.value.retryable
+            with pytest.raises(DeadlineExceeded):
+                client.request("GET", "https://other.example/")
+            with pytest.raises(StepFailed, match="too many others"):
+                client.request("GET", "https://third.example/")
+        assert started == ["slow.example", "slow.example", "other.example"]
+    finally:
+        released.set()
+    # Once the lookups end, their places are free again.
+    for _ in range(100):
+        if ssrf._lookups._total == 0:
+            break
+        threading.Event().wait(0.02)
+    with GuardedClient(resolver=lambda *_: ["93.184.215.14"], timeout=5, transport=transport) as client:
+        client.request("GET", "https://slow.example/").close()

@@ -11,6 +11,7 @@ import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 
 from shared.modules import ModuleContext, StepFailed, run_module
@@ -107,3 +108,16 @@ def test_the_http_request_step_records_the_cut_body(server: str) -> None:
     ctx = ModuleContext(uuid.uuid4(), str(uuid.uuid4()), "s", 1, tenant_settings={"allowed_hosts": ["body.test"]})
     output = run_module("http.request", ctx, {"url": f"{server}/bomb"}, {"http.request": module})
     assert output["truncated"] is True and len(output["body"]) == MAX_BODY_BYTES
+
+
+def test_a_zlib_header_split_across_reads_is_still_told_apart() -> None:
+    # The choice between zlib-wrapped and raw deflate was made on the first read, which can bring one byte.
+    body = zlib.compress(b"hello zlib deflate")
+
+    class Pieces(httpx.SyncByteStream):
+        def __iter__(self) -> Iterator[bytes]:
+            yield body[:1]
+            yield from (body[i : i + 1] for i in range(1, len(body)))
+
+    response = httpx.Response(200, headers={"Content-Encoding": "deflate"}, stream=Pieces())
+    assert read_limited(response, MAX_BODY_BYTES) == (b"hello zlib deflate", False)
