@@ -11,13 +11,15 @@ from uuid import UUID
 
 from opentelemetry import trace
 
+from shared.config import get_settings
 from shared.db.session import tenant_transaction
 from shared.engine import steps as store
 from shared.engine import task_tokens, work_queue
-from shared.engine.payloads import BLOB_REF, claim_check, is_blob_ref
+from shared.engine.payloads import BLOB_REF, claim_check, is_blob_ref, load
 from shared.engine.steps import Attempt, AttemptKey
 from shared.observability.tracing import execution_attributes
 from shared.ratelimit import RateDecision, limit_for, take_request_token
+from shared.storage.blob import request_container
 from shared.tenants.repository import get_tenant
 
 
@@ -131,7 +133,7 @@ def _same_json(recorded: Any, sent: Any) -> bool:
     return False
 
 
-def _same_output(recorded: Any, sent: Any) -> bool:
+def _same_output(tenant_id: UUID, recorded: Any, sent: Any) -> bool:
     if is_blob_ref(recorded):
         # The reference names the digest of the bytes claim_check stored: hashing what is sent again finds out
         # without storing anything, so a repeat with another output leaves no blob behind.
@@ -139,15 +141,18 @@ def _same_output(recorded: Any, sent: Any) -> bool:
         ref = recorded[BLOB_REF]
         if isinstance(ref, dict) and ref.get("sha256") == hashlib.sha256(body).hexdigest():
             return True
+        # The same value sent with its members in another order, or 1 for 1.0, has other bytes: compared as JSON
+        # values, as an inline output is (read from the tenant's own prefix only, within the size it names).
+        recorded = load(recorded, tenant_id, container=request_container(get_settings()))
     return _same_json(recorded, sent)
 
 
-def _repeated(attempt: Attempt, result: RemoteResult) -> dict[str, Any]:
+def _repeated(tenant_id: UUID, attempt: Attempt, result: RemoteResult) -> dict[str, Any]:
     """The recorded verdict, when `result` is the one the token recorded: a worker that got no answer, or a 503
     because the verdict could not be raised, sends it again, and only a repeat can get the verdict raised again.
     Any other result for a spent token is refused, as before."""
     if result.ok:
-        same = attempt.state == "succeeded" and _same_output(attempt.output, result.output)
+        same = attempt.state == "succeeded" and _same_output(tenant_id, attempt.output, result.output)
     else:
         same = attempt.state == "failed" and attempt.error == result.error and attempt.retryable == result.retryable
     if not same:
@@ -198,7 +203,7 @@ def complete(
         )
     )
     if recorded is not None:
-        return key, _repeated(recorded, result)
+        return key, _repeated(claims.tenant_id, recorded, result)
     # Stored between the two transactions so no connection waits on the blob store. A blob of a request that then
     # loses the spend is content-addressed, so it can never replace the winner's output.
     output = claim_check(claims.tenant_id, claims.key, result.output, for_request=True) if result.ok else None
@@ -211,7 +216,7 @@ def complete(
             # result is answered as the repeat it is.
             found = store.attempt_by_token(conn, claims.nonce)
             if _spent_on(found, claims):
-                return key, _repeated(found, result)
+                return key, _repeated(claims.tenant_id, found, result)
             raise _refusal(found, claims)
         attempt, _ = store.finish_attempt(
             conn, claims.key, ok=result.ok, output=output, error=result.error, retryable=result.retryable

@@ -239,3 +239,20 @@ def test_a_lease_that_ends_stale_items_raises_their_verdicts(
         assert name == key.event_name
         assert verdict == {"ok": False, "error": error, "retryable": False, "state": "abandoned"}
         assert client.seen[str(key.execution_id)] == "abandoned"
+
+
+def test_a_big_output_sent_again_in_another_member_order_is_the_same_result(
+    api: ApiHarness, app_pool: ConnectionPool[Any], tenant: uuid.UUID, durable: FlakyDurable
+) -> None:
+    # Stored as a blob, the output was compared by the digest of its bytes: the same value with its members in
+    # another order (or 1 for 1.0) was refused 409, and the verdict was never raised again.
+    attempt = remote_attempt(app_pool, tenant)
+    durable.failures = [TRANSIENT]
+    output = {"count": 1.0, **big_output("worker")}
+    assert report(api, attempt, {"output": output}).status_code == 503
+    reordered = dict(reversed(list({**output, "count": 1}.items())))
+    again = report(api, attempt, {"output": reordered})
+    assert again.status_code == 200, again.text
+    assert [name for _, name, _ in durable.delivered] == ["run:build:1"]
+    changed = report(api, attempt, {"output": {**reordered, "marker": "attacker"}})
+    assert changed.status_code == 409
