@@ -67,13 +67,19 @@ def test_the_sealing_finder_takes_one_keys_whole_prefix_and_no_part_of_a_secret(
         f"qpsealed1.{key_a}.\n",
         None,
     ]
-    with platform_transaction(pool=control_pool) as conn:
-        for probe in probes:
-            with pytest.raises(psycopg.errors.InvalidParameterValue), conn.transaction():
-                conn.execute(_TO_SEAL, (probe,))
-        # The one question it answers: is a value sealed under this key? The sealing timer's, unchanged.
-        under_a = _found(conn, _TO_SEAL, KEY_A.current_prefix)
-        under_b = _found(conn, _TO_SEAL, KEY_B.current_prefix)
+    try:
+        with platform_transaction(pool=control_pool) as conn:
+            for probe in probes:
+                with pytest.raises(psycopg.errors.InvalidParameterValue), conn.transaction():
+                    conn.execute(_TO_SEAL, (probe,))
+            # The one question it answers: is a value sealed under this key? The sealing timer's, unchanged.
+            under_a = _found(conn, _TO_SEAL, KEY_A.current_prefix)
+            under_b = _found(conn, _TO_SEAL, KEY_B.current_prefix)
+    finally:
+        # A value sealed under a key no process has would fail every later sealing run of the session's database.
+        for tenant_id in (plain, sealed):
+            with tenant_transaction(tenant_id, pool=app_pool) as conn:
+                conn.execute("DELETE FROM app.webhook_subscriptions")
     assert plain in under_a and sealed not in under_a
     assert {plain, sealed} <= under_b
 
