@@ -299,7 +299,7 @@ def _report(api: Api, url: str, item: dict[str, Any], body: dict[str, Any], done
     if response.status_code == 200:
         logger.info("%s -> %s", done, response.json().get("state"))
         return done
-    if response.status_code == 409:  # reported already, or the lease expired and the step moved on
+    if response.status_code == 409:  # another result was reported, or the lease expired
         logger.info("%s: not recorded (409): %s", done, response.json().get("detail"))
         return "conflict"
     logger.warning("%s refused (%d): %s", done, response.status_code, response.text[:300])

@@ -50,7 +50,8 @@ INVALID = problem_doc(
     "validation-error",
     "Request validation failed",
     "1 invalid field(s)",
-    "The request does not validate (every problem listed with a JSON pointer)",
+    "The request does not validate (its problems listed with JSON pointers; each of the platform's own checks names "
+    "at most 50)",
     errors=[{"pointer": "/name", "detail": "String should match pattern"}],
 )
 CONFLICT = problem_doc(409, "conflict", "Conflict", "A resource with this name exists.", "The name is taken")

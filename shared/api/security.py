@@ -146,8 +146,8 @@ async def authenticated(
     identity: RequestContext = Depends(identified),  # noqa: B008
     _threads: None = Depends(size_worker_threads),
 ) -> AsyncIterator[RequestContext]:
-    """Authenticate the caller and admit the request: 401 bad token, 403 suspended tenant, 503 over the tenant's
-    in-flight bound and its queue, 429 over its rate.
+    """Authenticate the caller and admit the request: 401 bad token, 403 suspended tenant, 429 `tenant-busy` over the
+    tenant's in-flight bound and its queue, 429 `rate-limited` over its rate.
 
     Async: a request queued for its tenant's permit waits on the event loop, holding no worker thread, so one
     tenant's burst cannot park the threads other tenants' requests need. It yields, so the permit is given back

@@ -332,8 +332,11 @@ Command = CallActivity | WaitForEvent | SetTimer | StartChild | ContinueAsNew | 
 RULES = 4
 """The reducer rules new executions start under (ADR 0025). 3 (2026-12-05): a child whose step times out is told to
 cancel; reused steps are compensated dependents first. 4 (2026-12-05): the attempts of a dispatch that failed for
-good are settled through `record_outcomes` (their recorded result, else failed) instead of being retried blind. An
-execution keeps the rules it started with, so that its history replays into the commands it recorded."""
+good are settled through `record_outcomes` (their recorded result, else failed) instead of being retried blind; a
+step's parameters come to at most 2 Mi characters once resolved, counted as JSON text (`MAX_RESOLVED_CHARS`); a
+retry waits at most 30 days (`MAX_TIMEOUT_S`); a child's step outputs stored as blobs are read where the parent's
+references lead (`load_output`, at most 8 MiB per reference). An execution keeps the rules it started with, so that
+its history replays into the commands it recorded."""
 
 
 class Spec(_Model):

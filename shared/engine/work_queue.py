@@ -144,7 +144,8 @@ class QueuedItem:
 
     @property
     def idempotency_key(self) -> str:
-        """What a worker keys its side effects on: the same for every delivery of this attempt."""
+        """Names this attempt (handed out once): a worker dedups repeats within it on this; an effect that must
+        happen once per step across attempts is keyed on `<execution_id>:<step_id>:<phase>` instead."""
         key = self.key
         return f"{key.execution_id}:{key.step_id}:{key.phase}:{key.attempt}"
 

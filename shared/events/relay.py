@@ -4,8 +4,10 @@
 Publish, then mark, in the tenant's own transaction: a crash or a failed send between the two leaves the events
 unpublished, so they go again with the same id (at least once; consumers dedupe by `id`). The rows are locked
 (`FOR UPDATE SKIP LOCKED`) and each tenant is relayed by one relay at a time (a row lock on its lock row), so two
-relays never send the same events concurrently; a tenant's events leave in the order their transactions began, each
-once every older transaction has ended, so none that commits later is sent before one it precedes.
+relays never send the same events concurrently; a tenant's events leave in the order their transactions took an id
+(their first write), each once every older transaction has ended, so none that commits later is sent before one it
+precedes. Transaction ids are server-wide: any long write transaction on the Postgres server holds every tenant's
+events (and webhook deliveries) back until it ends.
 """
 
 from __future__ import annotations

@@ -219,7 +219,9 @@ class ModuleInfo(BaseModel):
     params_schema: dict[str, Any]
     defaults: dict[str, Any]
     timeout_s: int
-    remote: bool = Field(description="Handled by the tenant's own worker over module-work.")
+    remote: bool = Field(
+        description="Handled by the tenant's own worker, which leases it from the tenant's work queue."
+    )
     alias_of: str | None = None
     allowed: bool = Field(description="On the tenant's allow-list: steps may use it.")
     created_by: str | None = Field(None, description="Who registered it; null for a built-in.")

@@ -68,6 +68,17 @@ EXECUTE_ERRORS[429] = {
     **AUTH_ERRORS[429],
     "description": "Over the request rate, or the tenant already runs as many executions as its quota allows",
 }
+EXECUTE_ERRORS[503] = problem_doc(
+    503,
+    "orchestration-unavailable",
+    "Service unavailable",
+    "The execution was recorded but could not be started yet. Retry shortly with the same Idempotency-Key to start "
+    "it; otherwise the platform starts it within minutes.",
+    "The orchestration could not be started (`orchestration-unavailable`, Retry-After: 5): with an Idempotency-Key "
+    "the execution stays pending and the same request sent again with that key starts it, else it is recorded "
+    "failed; or a dependency is unavailable (`dependency-unavailable`) or a secret does not open "
+    "(`secret-unavailable`); always with Retry-After",
+)
 
 
 class ExecuteRequest(BaseModel):

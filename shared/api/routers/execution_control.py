@@ -98,7 +98,8 @@ class ApprovalRecorded(BaseModel):
 
 
 class RetryRequest(BaseModel):
-    """Retry from the failed step, optionally on a newer version whose reused steps are unchanged."""
+    """Retry from the failed step, optionally on a newer version whose reused steps, and the inputs they read, are
+    unchanged."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{}, {"version": 3}]})
 
@@ -228,7 +229,19 @@ async def approve(
     status_code=202,
     response_model=ExecutionAccepted,
     summary="Retry an execution from the failed step",
-    responses={**EXECUTE_ERRORS, 404: EXECUTION_NOT_FOUND},
+    responses={
+        **EXECUTE_ERRORS,
+        404: EXECUTION_NOT_FOUND,
+        409: problem_doc(
+            409,
+            "not-retryable",
+            "Conflict",
+            "version 3 changes steps whose outputs would be reused: build",
+            "The execution is neither failed nor cancelled, or the newer `version` changes a reused step or the "
+            "inputs it reads (`not-retryable`); or the intent is archived (`archived`) or the version no longer "
+            "validates (`definition-invalid`)",
+        ),
+    },
 )
 async def retry(
     execution_id: ExecutionId,

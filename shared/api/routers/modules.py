@@ -164,9 +164,12 @@ def register(
     idempotency_key: Annotated[str | None, Depends(idempotency_key_header)],
     conn: TenantConnection,
 ) -> ModuleInfo | Response:
-    """Register an action that the tenant's own worker handles over module-work (Tenant.Admin).
+    """Register an action that the tenant's own worker handles, leasing its work from the tenant's work queue
+    (Tenant.Admin).
 
-    The parameter schema must be a JSON Schema 2020-12 of type object; every problem is reported with a pointer.
+    The parameter schema must be a JSON Schema 2020-12 of type object; its problems are reported with pointers (at
+    most 50). Its `$ref`s must be local JSON pointers that lead somewhere, with no cycles, at most 64 of them, and
+    at most 10,000 subschema visits added to one evaluation.
     The action may not be, or be in the family of, a built-in module: allow-lists name families. With
     `Idempotency-Key` a retry gets the first answer instead of 409.
     """

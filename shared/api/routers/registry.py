@@ -384,7 +384,8 @@ def definition_router(kind: Kind) -> APIRouter:
         responses={**COMMON_ERRORS, 422: E422},
     )
     def validate(context: MayCreate, conn: TenantConnection, body: Json) -> RegistryValidation:
-        """Every problem at once (422), or the normalized definition and its plan (200); nothing is saved."""
+        """Its problems at once, at most 50 from each check (422), or the normalized definition and its plan (200);
+        nothing is saved."""
         authorize(
             context,
             spec.create,

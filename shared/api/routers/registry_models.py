@@ -290,7 +290,7 @@ class PlannedStepOut(BaseModel):
     id: str
     action: str
     module: str = Field(description="What the tenant's allow-list names to permit the action.")
-    remote: bool = Field(description="Handled by a tenant worker over module-work.")
+    remote: bool = Field(description="Handled by a tenant worker, which leases it from the tenant's work queue.")
     timeout_s: int
     depends_on: list[str]
     level: int
@@ -385,7 +385,7 @@ E422 = problem_doc(
     "invalid-definition",
     "Unprocessable content",
     "The intent has 2 problems.",
-    "The definition does not validate (every problem listed), or the request is malformed",
+    "The definition does not validate (its problems listed, at most 50 from each check), or the request is malformed",
     errors=[
         {
             "pointer": "/definition/steps/1/action",

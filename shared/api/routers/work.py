@@ -82,7 +82,11 @@ class LeasedItem(BaseModel):
     attempt: int
     action: str
     params: dict[str, Any]
-    idempotency_key: str = Field(description="The same for every delivery of this attempt: key side effects on it.")
+    idempotency_key: str = Field(
+        description="Names this attempt (`<execution_id>:<step_id>:<phase>:<attempt>`; an attempt is handed out "
+        "once): it dedups repeats within the attempt only. For an effect that must happen once per step across "
+        "attempts, key it on `<execution_id>:<step_id>:<phase>`."
+    )
     task_token: str
     complete_url: str
     fail_url: str
