@@ -120,7 +120,8 @@ class ResultRecorded(BaseModel):
 
 
 # A key read for a token nobody has verified yet borrows a connection of the tenant pool for whichever tenant the
-# token names, and anyone can name any: one gate for all of them, so forged tokens hold at most this many connections.
+# token names, and anyone can name any: one gate for all tenants this process has no key for, so forged tokens hold
+# at most this many connections for them (and one more per tenant whose remembered key has expired: `_refreshes`).
 _KEY_READS = 2
 _ANY_TENANT = UUID(int=0)  # the one gate's key in `_first_reads`
 _first_reads = Admission(_KEY_READS, queue=32 * _KEY_READS, queue_wait_s=0.5)
