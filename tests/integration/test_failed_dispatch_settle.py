@@ -81,33 +81,6 @@ def test_an_attempt_that_had_its_result_keeps_it(app_pool: ConnectionPool[Any], 
     assert len(echo.runs) == 1
 
 
-def test_an_attempt_whose_start_never_committed_is_recorded_ended_before_a_late_start(
-    app_pool: ConnectionPool[Any], tenant: uuid.UUID
-) -> None:
-    execution = _execution(app_pool, tenant, path=["running"])
-    with tenant_transaction(tenant, pool=app_pool) as conn:
-        store.seed_steps(conn, execution.id, [StepSeed("work", "test.echo", 2)])
-    item = WorkItem(
-        tenant_id=tenant,
-        execution_id=execution.id,
-        step_id="work",
-        phase="run",
-        attempt=1,
-        action="test.echo",
-        params={},
-        remote=False,
-        timeout_s=60,
-    )
-    assert _settle(item) == {"ok": False, "error": NOT_STARTED, "retryable": True, "state": "failed"}
-    key = AttemptKey(execution.id, "work", "run", 1)
-    with tenant_transaction(tenant, pool=app_pool) as conn:
-        late, created = store.begin_attempt(conn, key, action="test.echo", remote=False)
-        step = next(s for s in store.list_steps(conn, execution.id) if s["step_id"] == "work")
-    assert not created and late.state == "failed" and late.error == NOT_STARTED
-    # The step reads as failed, from where the reducer's retry note moves it.
-    assert (step["state"], step["error"]) == ("failed", NOT_STARTED)
-
-
 def _unstarted(app_pool: ConnectionPool[Any], tenant: uuid.UUID, path: list[str]) -> WorkItem:
     """An execution along `path` whose step `work` has no recorded attempt (its dispatch never committed)."""
     execution = _execution(app_pool, tenant, path=path)  # type: ignore[arg-type]
@@ -124,6 +97,20 @@ def _unstarted(app_pool: ConnectionPool[Any], tenant: uuid.UUID, path: list[str]
         remote=False,
         timeout_s=60,
     )
+
+
+def test_an_attempt_whose_start_never_committed_is_recorded_ended_before_a_late_start(
+    app_pool: ConnectionPool[Any], tenant: uuid.UUID
+) -> None:
+    item = _unstarted(app_pool, tenant, ["running"])
+    assert _settle(item) == {"ok": False, "error": NOT_STARTED, "retryable": True, "state": "failed"}
+    key = AttemptKey(item.execution_id, "work", "run", 1)
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        late, created = store.begin_attempt(conn, key, action="test.echo", remote=False)
+        step = next(s for s in store.list_steps(conn, item.execution_id) if s["step_id"] == "work")
+    assert not created and late.state == "failed" and late.error == NOT_STARTED
+    # The step reads as failed, from where the reducer's retry note moves it.
+    assert (step["state"], step["error"]) == ("failed", NOT_STARTED)
 
 
 @pytest.mark.parametrize("path", [["running", "cancelled"], ["running"]], ids=["ended", "cancel-recorded"])

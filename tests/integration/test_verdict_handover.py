@@ -18,9 +18,9 @@ from shared.db.session import tenant_transaction
 from shared.engine import control, remote, work_queue
 from shared.engine import executions as repo
 from shared.engine import steps as store
-from shared.engine.steps import AttemptKey, StepSeed
+from shared.engine.steps import AttemptKey
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
-from tests.integration.test_executions import _execution
+from tests.integration.test_cancel_dispatch_race import _queued
 from tests.security.test_task_token_no_trace import RemoteAttempt, remote_attempt
 
 pytestmark = pytest.mark.integration
@@ -196,18 +196,6 @@ class CommittedCheck(FlakyDurable):
             found = store.get_attempt(conn, key)
         self.seen[instance_id] = found.state if found is not None else None
         await super().raise_event(instance_id, name, data)
-
-
-def _queued(
-    pool: ConnectionPool[Any], tenant_id: uuid.UUID, action: str, *, path: list[repo.Status], phase: str = "run"
-) -> AttemptKey:
-    execution = _execution(pool, tenant_id, path=path)
-    key = AttemptKey(execution.id, "build", phase, 1)
-    with tenant_transaction(tenant_id, pool=pool) as conn:
-        store.seed_steps(conn, execution.id, [StepSeed("build", action, 3)])
-        store.begin_attempt(conn, key, action=action, remote=True, step_state="waiting" if phase == "run" else None)
-        work_queue.enqueue(conn, key, action=action, params={}, timeout_s=600)
-    return key
 
 
 def test_a_lease_that_ends_stale_items_raises_their_verdicts(
