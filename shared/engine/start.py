@@ -248,11 +248,13 @@ def _input_problems(schema: dict[str, Any] | None, values: dict[str, Any]) -> li
         # A schema saved before its references were bounded: evaluated, it raised RecursionError (a 500) or ran
         # for minutes. The intent must be saved again with a usable one.
         raise NoLongerValidError(f"its input schema cannot be evaluated ({evaluated.unusable})")
+    # The evaluation collects a bounded number of violations (schema_refs.MAX_VIOLATIONS); the first found are sorted.
     problems = []
-    for error in sorted(evaluated.violations, key=lambda e: list(map(str, e.path))):
+    for error in sorted(evaluated.violations, key=lambda e: list(map(str, e.path)))[:MAX_REPORTED_INPUT_ERRORS]:
         location = "/input" + "".join(f"/{part}" for part in error.absolute_path)
-        problems.append({"pointer": location, "detail": error.message})
-    return problems[:MAX_REPORTED_INPUT_ERRORS]
+        detail = error.message if len(error.message) <= 300 else error.message[:297] + "..."
+        problems.append({"pointer": location, "detail": detail})
+    return problems
 
 
 def runnable(

@@ -25,7 +25,7 @@ from shared.policy.facts import TenantFacts
 from shared.policy.gates import check_gates, module_of_action
 from shared.registry.catalog import ModuleCatalog, ModuleSpec, builtin_catalog
 from shared.registry.problems import MAX_REPORTED_ERRORS
-from shared.registry.schema_refs import evaluate_tenant_schema, reference_problems
+from shared.registry.schema_refs import evaluate_tenant_schema, reference_problems, short_message
 from shared.registry.schemas import pattern_problems
 
 logger = logging.getLogger(__name__)
@@ -145,7 +145,10 @@ def defaults_problems(schema: dict[str, Any], defaults: dict[str, Any]) -> list[
     evaluation = evaluate_tenant_schema(partial, defaults, root=schema)
     if evaluation.unusable is not None:
         return [((), f"the defaults cannot be checked: the schema cannot be evaluated ({evaluation.unusable})")]
-    return [(tuple(error.absolute_path), error.message) for error in evaluation.violations][:MAX_REPORTED_ERRORS]
+    return [
+        (tuple(error.absolute_path), short_message(error.message))
+        for error in evaluation.violations[:MAX_REPORTED_ERRORS]
+    ]
 
 
 class ModuleRegistration(BaseModel):

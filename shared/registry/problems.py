@@ -12,8 +12,8 @@ from jsonschema import Draft202012Validator
 from jsonschema import ValidationError as SchemaViolation
 
 from shared.registry.references import JsonPath, contains_reference
-from shared.registry.schema_refs import evaluate_tenant_schema, reference_problems
-from shared.registry.schemas import matches, pattern_problems
+from shared.registry.schema_refs import evaluate_tenant_schema, reference_problems, short_message
+from shared.registry.schemas import any_matches, pattern_problems, short_repr
 
 MAX_REPORTED_ERRORS = 50
 """Problems one check reports at most: past a few dozen a client learns nothing more, and each costs work."""
@@ -71,8 +71,8 @@ def from_pydantic(exc: pydantic.ValidationError, *, prefix: JsonPath = ()) -> li
 def _unexpected_keys(error: SchemaViolation, instance: dict[str, Any]) -> list[str]:
     schema = error.schema if isinstance(error.schema, dict) else {}
     known = schema.get("properties", {})
-    patterns = list(schema.get("patternProperties", {}))
-    return [key for key in instance if key not in known and not any(matches(pattern, key) for pattern in patterns)]
+    matched = any_matches(schema.get("patternProperties", {}))
+    return [key for key in instance if key not in known and not matched(key)]
 
 
 def _describe(violation: SchemaViolation) -> str:
@@ -93,10 +93,10 @@ def _describe(violation: SchemaViolation) -> str:
     description = described[0]["description"] if described else None
     if error.validator == "pattern" and isinstance(description, str):
         # The pattern itself tells a person little; the field's description says what is expected.
-        message = f"{error.instance!r} is not in the expected form: {description}"
+        message = f"{short_repr(error.instance)} is not in the expected form: {description}"
     else:
         message = error.message
-    return message if len(message) <= 300 else message[:297] + "..."
+    return short_message(message)
 
 
 def from_schema(
@@ -105,7 +105,8 @@ def from_schema(
     """Every JSON Schema violation of `instance`, located by `locate(path inside instance)`.
 
     A string holding a reference is only known at run time, so violations about one are not reported. An
-    unexpected property is reported at the property itself; a missing one at the object that lacks it.
+    unexpected property is reported at the property itself; a missing one at the object that lacks it. At most
+    MAX_REPORTED_ERRORS problems are reported.
     """
     evaluation = evaluate_tenant_schema(schema, instance)
     if evaluation.unusable is not None:
@@ -117,12 +118,14 @@ def from_schema(
             continue
         if violation.validator == "additionalProperties" and isinstance(violation.instance, dict):
             problems.extend(
-                ValidationError(locate((*path, key)), f"{subject}: unexpected property '{key}'", code)
+                ValidationError(locate((*path, key)), short_message(f"{subject}: unexpected property '{key}'"), code)
                 for key in _unexpected_keys(violation, violation.instance)
             )
-            continue
-        problems.append(ValidationError(locate(path), f"{subject}: {_describe(violation)}", code))
-    return problems
+        else:
+            problems.append(ValidationError(locate(path), short_message(f"{subject}: {_describe(violation)}"), code))
+        if len(problems) >= MAX_REPORTED_ERRORS:
+            break
+    return problems[:MAX_REPORTED_ERRORS]
 
 
 def schema_document_problems(schema: Any, at: str, *, code: str) -> list[ValidationError]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 from urllib.parse import unquote
 
@@ -20,7 +21,14 @@ from referencing import Registry
 from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 
-from shared.registry.schemas import TenantSchemaValidator
+from shared.registry.schemas import (
+    MAX_EVALUATION_STEPS,
+    STEPS_PER_INSTANCE_NODE,
+    EvaluationBudgetExceeded,
+    TenantSchemaValidator,
+    evaluation_budget,
+    instance_size,
+)
 
 JsonPath = tuple[str | int, ...]
 
@@ -29,6 +37,17 @@ MAX_SCHEMA_REFS = 64
 MAX_REFERENCE_VISITS = 10_000
 """Subschema visits the references may add to one evaluation, beyond one visit of each subschema: a schema with no
 references costs what its size does, which other limits bound already."""
+MAX_EVALUATED_DEPTH = 100
+"""Subschemas one inside the other (through keywords and `$ref`s) an evaluation may descend: each level is a few
+frames of the validator's recursion, and a chain of references must not reach Python's recursion limit."""
+MAX_UNEVALUATED_NESTING = 8
+"""Schemas with `unevaluatedProperties`/`unevaluatedItems` one under another's applicators (`if`, `allOf`, ... or a
+`$ref`): each evaluates the subschemas under its applicators again, so the work doubles at each of them."""
+MAX_VIOLATIONS = 200
+"""Violations one evaluation collects at most: the callers report a few dozen, and each holds a message."""
+MAX_MESSAGE_LENGTH = 300
+# Applicators that apply their subschemas to the same instance: what `unevaluated*` evaluates a second time.
+_SAME_INSTANCE = frozenset({"allOf", "anyOf", "oneOf", "if", "then", "else", "dependentSchemas"})
 
 # What a 2020-12 validator evaluates in place, by the shape of the keyword's value.
 _ONE_SCHEMA = frozenset(
@@ -71,7 +90,8 @@ def _target(schema: Any, ref: str) -> tuple[JsonPath | None, str | None]:
             # RFC 6901 indexes only: referencing would also take '-1' or '01' and read something else.
             if not (segment == "0" or (segment.isdigit() and segment.isascii() and segment[0] != "0")):
                 return None, f"$ref {ref!r} does not resolve within the schema"
-            if int(segment) >= len(node):
+            # Longer than any index of the array: int() of thousands of digits would raise ValueError.
+            if len(segment) > len(str(len(node))) or int(segment) >= len(node):
                 return None, f"$ref {ref!r} does not resolve within the schema"
             node = node[int(segment)]
             path.append(int(segment))
@@ -151,8 +171,11 @@ def reference_problems(schema: Any) -> list[tuple[JsonPath, str]]:
 def _graph_problems(
     schema: Any, evaluated: dict[JsonPath, list[JsonPath]], ref_of: dict[JsonPath, JsonPath]
 ) -> list[tuple[JsonPath, str]]:
-    """A reference cycle (reported at a `$ref` on it), else too many visits for one evaluation from the root."""
+    """A reference cycle (reported at a `$ref` on it), else too many visits for one evaluation from the root, too
+    deep an evaluation, or `unevaluated*` nested too often under applicators."""
     visits: dict[JsonPath, int] = {}
+    depth: dict[JsonPath, int] = {}  # the most subschemas one inside the other, from each one down
+    nesting: dict[JsonPath, int] = {}  # the most `unevaluated*` schemas one under another's applicators
     on_stack: dict[JsonPath, int] = {}  # the current path of the walk, by position
     trail: list[JsonPath] = []
     # From every subschema, not only the root: a cycle among unused definitions is refused as well, so that
@@ -176,19 +199,45 @@ def _graph_problems(
                     work.append((child, 0))
                 continue
             visits[path] = 1 + sum(visits[child] for child in children)
+            depth[path] = 1 + max((depth[child] for child in children), default=0)
+            node = _at(schema, path)
+            doubles = isinstance(node, dict) and ("unevaluatedProperties" in node or "unevaluatedItems" in node)
+            nested = [
+                nesting[child] + int(doubles and (child == ref_of.get(path) or child[len(path)] in _SAME_INSTANCE))
+                for child in children
+            ]
+            nesting[path] = max([int(doubles), *nested])
             del on_stack[path]
             trail.pop()
+    problems: list[tuple[JsonPath, str]] = []
     added = visits[()] - _reachable(evaluated)
     if added > MAX_REFERENCE_VISITS:
-        return [
+        problems.append(
             (
                 (),
                 f"its $refs would make one evaluation visit {visits[()]:,} subschemas, {added:,} more than the schema"
                 f" holds; at most {MAX_REFERENCE_VISITS:,} more are allowed (a reference repeated at each level"
                 " multiplies the work)",
             )
-        ]
-    return []
+        )
+    if depth[()] > MAX_EVALUATED_DEPTH:
+        problems.append(
+            (
+                (),
+                f"an evaluation would descend through {depth[()]} subschemas one inside the other (counting those its"
+                f" $refs lead to); at most {MAX_EVALUATED_DEPTH} are allowed",
+            )
+        )
+    if nesting[()] > MAX_UNEVALUATED_NESTING:
+        problems.append(
+            (
+                (),
+                f"{nesting[()]} schemas with 'unevaluatedProperties' or 'unevaluatedItems' lie one under another's"
+                f" applicators (if, allOf, anyOf, oneOf, $ref, ...); at most {MAX_UNEVALUATED_NESTING} are allowed"
+                " (each doubles the work of an evaluation)",
+            )
+        )
+    return problems
 
 
 def _reachable(evaluated: dict[JsonPath, list[JsonPath]]) -> int:
@@ -216,6 +265,20 @@ def _cycle_problem(schema: Any, ref_of: dict[JsonPath, JsonPath], cycle: list[Js
     )
 
 
+def short_message(message: str) -> str:
+    """A violation's message cut to MAX_MESSAGE_LENGTH characters: it may quote large values of the instance."""
+    return message if len(message) <= MAX_MESSAGE_LENGTH else message[: MAX_MESSAGE_LENGTH - 3] + "..."
+
+
+def _shortened(violation: SchemaViolation) -> SchemaViolation:
+    stack = [violation]
+    while stack:  # the errors of an anyOf's or oneOf's branches are kept with it, and theirs with them
+        error = stack.pop()
+        error.message = short_message(error.message)
+        stack.extend(error.context)
+    return violation
+
+
 @dataclass(frozen=True)
 class SchemaEvaluation:
     """The violations of an instance, or why the schema cannot be evaluated (then there are none)."""
@@ -225,11 +288,14 @@ class SchemaEvaluation:
 
 
 def evaluate_tenant_schema(schema: Any, instance: Any, *, root: Any = None) -> SchemaEvaluation:
-    """Every violation of `instance` against a tenant-supplied `schema`, never raising for the schema's sake.
+    """The violations of `instance` against a tenant-supplied `schema` (the first MAX_VIOLATIONS found, each message
+    at most MAX_MESSAGE_LENGTH characters), never raising for the schema's sake.
 
-    The references are checked first, every time: a schema stored before they were bounded is refused here
-    rather than evaluated. `root` is the document `schema`'s references resolve in, when `schema` is a part of
-    it (a module's parameter schema without its whole-object keywords, say).
+    The evaluation has a budget of keyword applications (MAX_EVALUATION_STEPS, and STEPS_PER_INSTANCE_NODE for each
+    value in `instance`): a schema that needs more is reported unusable. The references are checked first, every
+    time: a schema stored before they were bounded is refused here rather than evaluated. `root` is the document
+    `schema`'s references resolve in, when `schema` is a part of it (a module's parameter schema without its
+    whole-object keywords, say).
     """
     document = schema if root is None else root
     refused = reference_problems(document)
@@ -242,9 +308,16 @@ def evaluate_tenant_schema(schema: Any, instance: Any, *, root: Any = None) -> S
         else:
             resolver = Registry().resolver_with_root(DRAFT202012.create_resource(root))
             validator = TenantSchemaValidator(schema, _resolver=resolver)  # type: ignore[call-arg]
-        return SchemaEvaluation(violations=tuple(validator.iter_errors(instance)))
+        with evaluation_budget(MAX_EVALUATION_STEPS + STEPS_PER_INSTANCE_NODE * instance_size(instance)):
+            violations = tuple(map(_shortened, islice(validator.iter_errors(instance), MAX_VIOLATIONS)))
+        return SchemaEvaluation(violations=violations)
     except (SchemaError, Unresolvable) as exc:
+        return SchemaEvaluation(unusable=short_message(str(exc)))
+    except EvaluationBudgetExceeded as exc:
         return SchemaEvaluation(unusable=str(exc))
+    except (ValueError, TypeError) as exc:
+        # A value the validator cannot handle (an index of thousands of digits, say): the schema's fault, not a 500.
+        return SchemaEvaluation(unusable=short_message(f"evaluating it failed ({exc})"))
     except RecursionError:
         # The bounds above should make this unreachable; a 500 for a tenant's schema would not be better.
         return SchemaEvaluation(unusable="evaluating it nests too deeply")

@@ -3,16 +3,26 @@
 
 Python's `re` backtracks, so a tenant's `pattern` such as `^(a+)+$` could hold a worker for hours on a short
 input. Patterns RE2 cannot compile (backreferences, lookaround) are refused when the schema is registered.
+
+Inside `evaluation_budget()` every keyword application counts against a step budget (ADR 0016, amended
+2026-12-05): `unevaluatedProperties` nested under `if`/`allOf` re-evaluates its subschemas, so the work doubles with
+each level; past the budget the evaluation stops with `EvaluationBudgetExceeded`. `uniqueItems` and `enum` compare
+canonical JSON encodings in linear time, and messages quote schema values in a bounded form.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator
+import json
+import reprlib
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import re2  # type: ignore[import-untyped]  # the package ships no type information
 from jsonschema import Draft202012Validator, ValidationError
+from jsonschema._utils import equal, uniq
 from jsonschema.protocols import Validator
 from jsonschema.validators import extend
 
@@ -21,6 +31,71 @@ MAX_PATTERN_LENGTH = 1000
 # Keywords whose values are data, not subschemas: a `pattern` key inside them is not a keyword.
 _DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
 _PATTERN_CACHE_SIZE = 1024
+MAX_SCHEMA_PATTERNS = 256
+"""Distinct regexes one schema may hold: all of them stay compiled in the cache above during an evaluation."""
+MAX_EVALUATION_STEPS = 100_000
+"""Keyword applications one evaluation may make, beyond STEPS_PER_INSTANCE_NODE for each value of the instance."""
+STEPS_PER_INSTANCE_NODE = 5
+
+
+class EvaluationBudgetExceeded(Exception):
+    """An evaluation of a tenant's schema made more keyword applications than its budget allows."""
+
+
+class _Evaluation:
+    """The state of one budgeted evaluation: the steps left, and `enum` encodings by the enum's identity."""
+
+    __slots__ = ("enums", "steps")
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+        self.enums: dict[int, tuple[Any, frozenset[str]]] = {}
+
+
+_EVALUATION: ContextVar[_Evaluation | None] = ContextVar("tenant_schema_evaluation", default=None)
+
+
+def instance_size(instance: Any) -> int:
+    """The number of values in a JSON instance (objects and arrays count with their members)."""
+    count, stack = 0, [instance]
+    while stack:  # iterative: an instance may be deep
+        node = stack.pop()
+        count += 1
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return count
+
+
+@contextmanager
+def evaluation_budget(steps: int) -> Iterator[None]:
+    """Within this block TenantSchemaValidator's keyword applications count against `steps` (in this thread or task
+    only); one more raises EvaluationBudgetExceeded. Outside any such block nothing is counted."""
+    token = _EVALUATION.set(_Evaluation(steps))
+    try:
+        yield
+    finally:
+        _EVALUATION.reset(token)
+
+
+def _step() -> None:
+    evaluation = _EVALUATION.get()
+    if evaluation is not None:
+        evaluation.steps -= 1
+        if evaluation.steps < 0:
+            raise EvaluationBudgetExceeded("evaluating it takes more steps than allowed")
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 80
+_SHORT.maxlist = _SHORT.maxdict = _SHORT.maxtuple = 8
+_SHORT.maxlevel = 3
+
+
+def short_repr(value: Any) -> str:
+    """`repr(value)`, abbreviated at bounded cost: schema values (`const`, `enum`) are repeated in each message."""
+    return _SHORT.repr(value)
 
 
 def _options() -> Any:
@@ -56,9 +131,17 @@ def matches(pattern: str, text: str) -> bool:
     return regexp is not None and regexp.search(text) is not None
 
 
+def any_matches(patterns: Iterable[str]) -> Callable[[str], bool]:
+    """Whether a text matches one of `patterns`, each compiled once here rather than once per text."""
+    compiled = [regexp for regexp, _ in map(_compiled, patterns) if regexp is not None]
+    return lambda text: any(regexp.search(text) is not None for regexp in compiled)
+
+
 def pattern_problems(schema: Any) -> list[tuple[JsonPath, str]]:
-    """Every `pattern` and `patternProperties` regex in `schema` that RE2 cannot run, with its location."""
+    """Every `pattern` and `patternProperties` regex in `schema` that RE2 cannot run, with its location, and more
+    than MAX_SCHEMA_PATTERNS distinct regexes (they would not all stay compiled during an evaluation)."""
     problems: list[tuple[JsonPath, str]] = []
+    distinct: set[str] = set()
     stack: list[tuple[JsonPath, Any]] = [((), schema)]
     while stack:  # iterative: a tenant's schema may be deep
         path, node = stack.pop()
@@ -69,16 +152,22 @@ def pattern_problems(schema: Any) -> list[tuple[JsonPath, str]]:
             continue
         for key, value in node.items():
             if key == "pattern" and isinstance(value, str):
+                distinct.add(value)
                 reason = pattern_problem(value)
                 if reason is not None:
                     problems.append(((*path, key), f"the pattern {value!r} cannot be used: {reason}"))
             elif key == "patternProperties" and isinstance(value, dict):
                 for regex in value:
+                    distinct.add(regex)
                     reason = pattern_problem(regex)
                     if reason is not None:
                         problems.append(((*path, key, regex), f"the pattern {regex!r} cannot be used: {reason}"))
             if key not in _DATA_KEYWORDS:
                 stack.append(((*path, key), value))
+    if len(distinct) > MAX_SCHEMA_PATTERNS:
+        problems.append(
+            ((), f"the schema holds {len(distinct)} distinct regexes; at most {MAX_SCHEMA_PATTERNS} are allowed")
+        )
     return sorted(problems, key=lambda problem: [str(part) for part in problem[0]])
 
 
@@ -90,7 +179,7 @@ def _pattern(validator: Any, pattern: Any, instance: Any, _schema: Any) -> Itera
     if pattern_problem(pattern) is not None:
         yield ValidationError(f"the pattern {pattern!r} cannot be evaluated")
     elif not matches(pattern, instance):
-        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+        yield ValidationError(f"{short_repr(instance)} does not match {pattern!r}")
 
 
 def _pattern_properties(validator: Any, patterns: Any, instance: Any, _schema: Any) -> Iterator[ValidationError]:
@@ -107,8 +196,8 @@ def _pattern_properties(validator: Any, patterns: Any, instance: Any, _schema: A
 
 def _additional(instance: dict[str, Any], schema: dict[str, Any]) -> list[str]:
     properties = schema.get("properties", {})
-    patterns = list(schema.get("patternProperties", {}))
-    return [key for key in instance if key not in properties and not any(matches(pattern, key) for pattern in patterns)]
+    matched = any_matches(schema.get("patternProperties", {}))
+    return [key for key in instance if key not in properties and not matched(key)]
 
 
 def _additional_properties(
@@ -123,7 +212,7 @@ def _additional_properties(
     elif not additional and extras:
         joined = ", ".join(repr(extra) for extra in sorted(extras))
         if "patternProperties" in schema:
-            patterns = ", ".join(repr(pattern) for pattern in sorted(schema["patternProperties"]))
+            patterns = short_repr(sorted(schema["patternProperties"]))[1:-1]
             verb = "does" if len(extras) == 1 else "do"
             yield ValidationError(f"{joined} {verb} not match any of the regexes: {patterns}")
         else:
@@ -135,8 +224,17 @@ def _valid(errors: Iterable[ValidationError]) -> bool:
     return next(iter(errors), None) is None
 
 
+def _valid_under(validator: Any, instance: Any, subschema: Any) -> bool:
+    """Whether `instance` is valid under `subschema`; a boolean one is answered without an error that would quote
+    the whole instance (work repeated at every evaluation of an `unevaluated*` bookkeeping)."""
+    if isinstance(subschema, bool):
+        return subschema
+    return _valid(validator.descend(instance, subschema))
+
+
 def _evaluated_keys(validator: Any, instance: dict[str, Any], schema: Any) -> set[str]:
     """The keys some keyword of `schema` evaluates (what `unevaluatedProperties` leaves alone)."""
+    _step()  # each call re-evaluates subschemas: the recursion is what the budget bounds
     if validator.is_type(schema, "boolean"):
         return set()
     keys: set[str] = set()
@@ -152,7 +250,7 @@ def _evaluated_keys(validator: Any, instance: dict[str, Any], schema: Any) -> se
         keys |= properties.keys() & instance.keys()
     for keyword in ("additionalProperties", "unevaluatedProperties"):
         if (subschema := schema.get(keyword)) is not None:
-            keys |= {key for key, value in instance.items() if _valid(validator.descend(value, subschema))}
+            keys |= {key for key, value in instance.items() if _valid_under(validator, value, subschema)}
     for pattern in schema.get("patternProperties", {}):
         keys |= {key for key in instance if matches(pattern, key)}
     for name, subschema in schema.get("dependentSchemas", {}).items():
@@ -160,10 +258,10 @@ def _evaluated_keys(validator: Any, instance: dict[str, Any], schema: Any) -> se
             keys |= _evaluated_keys(validator, instance, subschema)
     for keyword in ("allOf", "oneOf", "anyOf"):
         for subschema in schema.get(keyword, []):
-            if _valid(validator.descend(instance, subschema)):
+            if _valid_under(validator, instance, subschema):
                 keys |= _evaluated_keys(validator, instance, subschema)
     if "if" in schema:
-        if validator.evolve(schema=schema["if"]).is_valid(instance):
+        if _valid_under(validator, instance, schema["if"]):
             keys |= _evaluated_keys(validator, instance, schema["if"])
             if "then" in schema:
                 keys |= _evaluated_keys(validator, instance, schema["then"])
@@ -179,9 +277,7 @@ def _unevaluated_properties(
         return
     evaluated = _evaluated_keys(validator, instance, schema)
     failing = [
-        key
-        for key in instance
-        if key not in evaluated and not _valid(validator.descend(instance[key], unevaluated, path=key, schema_path=key))
+        key for key in instance if key not in evaluated and not _valid_under(validator, instance[key], unevaluated)
     ]
     if failing:
         joined = ", ".join(repr(key) for key in sorted(failing))
@@ -194,16 +290,86 @@ def _unevaluated_properties(
             )
 
 
+def _normalised(value: Any) -> Any:
+    """`value` with integral floats as ints, so that its JSON encoding is equal where JSON Schema says so
+    (1 == 1.0); booleans stay booleans (true != 1)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _normalised(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_normalised(item) for item in value]
+    return value
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(_normalised(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _unique_items(validator: Any, unique: Any, instance: Any, _schema: Any) -> Iterator[ValidationError]:
+    if not unique or not validator.is_type(instance, "array"):
+        return
+    try:
+        distinct = len({_canonical(item) for item in instance})
+    except (TypeError, ValueError):  # not JSON (never so for a request body): the pairwise comparison
+        distinct = len(instance) if uniq(instance) else 0
+    if distinct < len(instance):
+        yield ValidationError(f"{short_repr(instance)} has non-unique elements")
+
+
+def _enum(_validator: Any, enums: Any, instance: Any, _schema: Any) -> Iterator[ValidationError]:
+    try:
+        evaluation = _EVALUATION.get()
+        cached = evaluation.enums.get(id(enums)) if evaluation is not None else None
+        if cached is None or cached[0] is not enums:
+            cached = (enums, frozenset(map(_canonical, enums)))
+            if evaluation is not None:
+                evaluation.enums[id(enums)] = cached  # the enum is kept with it, so its id is not reused
+        found = _canonical(instance) in cached[1]
+    except (TypeError, ValueError):
+        found = any(equal(each, instance) for each in enums)
+    if not found:
+        yield ValidationError(f"{short_repr(instance)} is not one of {short_repr(enums)}")
+
+
+def _type(validator: Any, types: Any, instance: Any, _schema: Any) -> Iterator[ValidationError]:
+    kinds = [types] if isinstance(types, str) else types
+    if not any(validator.is_type(instance, kind) for kind in kinds):
+        yield ValidationError(f"{short_repr(instance)} is not of type {', '.join(repr(kind) for kind in kinds)}")
+
+
+def _const(_validator: Any, const: Any, instance: Any, _schema: Any) -> Iterator[ValidationError]:
+    if not equal(instance, const):
+        yield ValidationError(f"{short_repr(const)} was expected")
+
+
+def _counted(keyword: Callable[..., Any]) -> Callable[..., Any]:
+    def counted(validator: Any, value: Any, instance: Any, schema: Any) -> Any:
+        _step()
+        return keyword(validator, value, instance, schema)
+
+    return counted
+
+
 TenantSchemaValidator: type[Validator] = extend(
     Draft202012Validator,
     {  # type: ignore[no-untyped-call]
-        "pattern": _pattern,
-        "patternProperties": _pattern_properties,
-        "additionalProperties": _additional_properties,
-        "unevaluatedProperties": _unevaluated_properties,
+        keyword: _counted(function)
+        for keyword, function in {
+            **Draft202012Validator.VALIDATORS,
+            "pattern": _pattern,
+            "patternProperties": _pattern_properties,
+            "additionalProperties": _additional_properties,
+            "unevaluatedProperties": _unevaluated_properties,
+            "uniqueItems": _unique_items,
+            "enum": _enum,
+            "const": _const,
+            "type": _type,
+        }.items()
     },
 )
-"""JSON Schema 2020-12 with RE2 regexes: the one validator class for every schema a tenant supplies."""
+"""JSON Schema 2020-12 with RE2 regexes, linear `uniqueItems` and `enum`, and every keyword application counted
+against the budget of `evaluation_budget()`: the one validator class for every schema a tenant supplies."""
 
 
 def tenant_validator(schema: Any) -> Validator:

@@ -155,3 +155,112 @@ def test_an_intent_whose_stored_input_schema_loops_is_refused_at_execute_not_a_5
     )
     body = _problem(executed, 409)
     assert body["type"].endswith("/definition-invalid") and "input schema cannot be evaluated" in body["detail"]
+
+
+# --- evaluation budget, bounded violations, linear keywords (ADR 0016, amended 2026-12-05) --------------------------
+
+
+def nest_if(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object"}
+    for _ in range(levels):
+        schema = {"if": schema, "unevaluatedProperties": False}
+    return schema
+
+
+def _created(api: ApiHarness, inputs: dict[str, Any]) -> str:
+    created = api.client.post(
+        "/api/v1/intents", json=_intent(f"b-{uuid.uuid4().hex[:8]}", inputs), headers=api.headers("bounds", AUTHOR)
+    )
+    assert created.status_code == 201, created.text
+    intent_id: str = created.json()["id"]
+    return intent_id
+
+
+@pytest.fixture()
+def no_orchestration(api: ApiHarness, request: pytest.FixtureRequest) -> None:
+    """The execute requests below are refused before any orchestration client is used."""
+    api.client.app.dependency_overrides[get_durable_client] = object  # type: ignore[attr-defined]
+    request.addfinalizer(lambda: api.client.app.dependency_overrides.pop(get_durable_client))  # type: ignore
+
+
+def chained_anyof(definitions: int, levels: int) -> dict[str, Any]:
+    defs: dict[str, Any] = {}
+    for i in range(definitions):
+        inner: dict[str, Any] = {"$ref": f"#/$defs/d{i + 1}"}
+        for _ in range(levels):
+            inner = {"anyOf": [inner]}
+        defs[f"d{i}"] = inner
+    defs[f"d{definitions}"] = {"type": "object"}
+    return {"type": "object", "$defs": defs, "$ref": "#/$defs/d0"}
+
+
+@pytest.mark.parametrize(
+    ("inputs", "pointer"),
+    [
+        (nest_if(12), "/definition/inputs"),
+        ({"type": "object", "allOf": [{}], "$ref": "#/allOf/" + "1" * 5_000}, "/definition/inputs/$ref"),
+        ({"type": "object", "patternProperties": {f"^p{i}$": {} for i in range(300)}}, "/definition/inputs"),
+        (chained_anyof(60, 8), "/definition/inputs"),
+    ],
+    ids=["nested-unevaluated", "huge-array-index", "too-many-patterns", "deep-reference-chain"],
+)
+def test_an_input_schema_beyond_the_evaluation_bounds_is_a_422_at_save(
+    api: ApiHarness, inputs: dict[str, Any], pointer: str
+) -> None:
+    doc = _intent(f"b-{uuid.uuid4().hex[:8]}", inputs)
+    body = _problem(api.client.post("/api/v1/intents", json=doc, headers=api.headers("bounds", AUTHOR)), 422)
+    assert [e["pointer"] for e in body["errors"]] == [pointer]
+
+
+def test_a_module_schema_with_nested_unevaluated_is_a_422_at_registration(api: ApiHarness) -> None:
+    registration = {"action": "acme.nested", "params_schema": {"type": "object", "allOf": [nest_if(12)]}}
+    body = _problem(api.client.post("/api/v1/modules", json=registration, headers=api.headers("bounds", ADMIN)), 422)
+    assert [e["pointer"] for e in body["errors"]] == ["/params_schema"]
+
+
+def test_an_intent_whose_stored_input_schema_nests_unevaluated_is_refused_at_execute(
+    api: ApiHarness, no_orchestration: None
+) -> None:
+    intent_id = _created(api, {"type": "object"})
+    with psycopg.connect(api.admin_url, dbname="quantum", autocommit=True) as conn:
+        conn.execute(
+            "UPDATE app.intent_versions SET definition = jsonb_set(definition, '{inputs}', %s) WHERE intent_id = %s",
+            (Jsonb(nest_if(12)), intent_id),
+        )
+    executed = api.client.post(
+        f"/api/v1/intents/{intent_id}/execute", json={"input": {"a": 1}}, headers=api.headers("bounds", AUTHOR)
+    )
+    body = _problem(executed, 409)
+    assert body["type"].endswith("/definition-invalid") and "input schema cannot be evaluated" in body["detail"]
+
+
+def test_input_violations_quoting_a_large_schema_value_are_bounded(api: ApiHarness, no_orchestration: None) -> None:
+    inputs = {"type": "object", "properties": {"a": {"items": {"const": "x" * 20_000}}}}
+    intent_id = _created(api, inputs)
+    executed = api.client.post(
+        f"/api/v1/intents/{intent_id}/execute",
+        json={"input": {"a": [0] * 5_000}},
+        headers=api.headers("bounds", AUTHOR),
+    )
+    body = _problem(executed, 422)
+    assert 0 < len(body["errors"]) <= 20
+    assert all(len(error["detail"]) <= 300 for error in body["errors"])
+
+
+def test_unique_items_and_enum_are_enforced_on_a_large_input(api: ApiHarness, no_orchestration: None) -> None:
+    inputs = {
+        "type": "object",
+        "properties": {
+            "u": {"type": "array", "uniqueItems": True},
+            "e": {"type": "array", "items": {"enum": list(range(2_000))}},
+        },
+    }
+    intent_id = _created(api, inputs)
+    given = {"u": ["", *range(5_000), 1.0], "e": [1_999.0] * 3_000 + [True]}
+    executed = api.client.post(
+        f"/api/v1/intents/{intent_id}/execute", json={"input": given}, headers=api.headers("bounds", AUTHOR)
+    )
+    body = _problem(executed, 422)
+    assert [e["pointer"] for e in body["errors"]] == ["/input/e/3000", "/input/u"]
+    assert body["errors"][1]["detail"].endswith("has non-unique elements")
+    assert body["errors"][0]["detail"].startswith("True is not one of [0, 1, 2")

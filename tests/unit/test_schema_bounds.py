@@ -294,3 +294,239 @@ def test_a_suggestion_is_still_made_for_a_plain_typo() -> None:
     result = validate(doc)
     assert located(result) == [("/definition/steps/0/data/v", "reference_undeclared_input")]
     assert "did you mean 'version'" in result.errors[0].message
+
+
+# --- evaluation budget, bounded violations, linear keywords (ADR 0016, amended 2026-12-05) --------------------------
+
+
+def nest_if(levels: int) -> dict[str, Any]:
+    """`unevaluatedProperties` under `if`, `levels` deep: each level evaluates the one below twice."""
+    schema: dict[str, Any] = {"type": "object"}
+    for _ in range(levels):
+        schema = {"if": schema, "unevaluatedProperties": False}
+    return schema
+
+
+def count_keyword(monkeypatch: pytest.MonkeyPatch, keyword: str, stop_after: int) -> list[int]:
+    """Counts TenantSchemaValidator's applications of `keyword`, failing the test past `stop_after`."""
+    calls = [0]
+    original = TenantSchemaValidator.VALIDATORS[keyword]
+
+    def counting(*args: Any) -> Any:
+        calls[0] += 1
+        if calls[0] > stop_after:
+            raise RunawayEvaluation(f"more than {stop_after} {keyword} applications")
+        return original(*args)
+
+    monkeypatch.setitem(TenantSchemaValidator.VALIDATORS, keyword, counting)
+    return calls
+
+
+def test_unevaluated_nested_under_applicators_is_refused_at_save() -> None:
+    assert reference_problems(nest_if(8)) == []
+    assert [where for where, _ in reference_problems(nest_if(9))] == [()]
+    assert "unevaluatedProperties" in reference_problems(nest_if(9))[0][1]
+    # The same through references and unevaluatedItems.
+    defs = {f"d{i}": {"allOf": [{"$ref": f"#/$defs/d{i + 1}"}], "unevaluatedItems": False} for i in range(12)}
+    assert reference_problems({"$defs": {**defs, "d12": {}}, "$ref": "#/$defs/d0"}) != []
+    result = validate(intent({"type": "object", "properties": {"v": {"type": "string"}}, "allOf": [nest_if(12)]}))
+    assert located(result) == [("/definition/inputs", "invalid_inputs_schema")]
+    with pytest.raises(pydantic.ValidationError, match="unevaluatedProperties"):
+        ModuleRegistration(action="acme.nested", params_schema={"type": "object", "allOf": [nest_if(12)]})
+
+
+def test_an_evaluation_past_its_step_budget_is_unusable_not_endless(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A schema stored before the nesting bound: 2^30 evaluations without a budget.
+    monkeypatch.setattr(schema_refs, "MAX_UNEVALUATED_NESTING", 1_000, raising=False)
+    calls = count_keyword(monkeypatch, "if", 500_000)
+    result = evaluate_tenant_schema(nest_if(30), {"a": 1})
+    assert result.violations == () and result.unusable is not None and "steps" in result.unusable
+    assert calls[0] <= 100_000 + 10 * 2  # the budget: 100,000 steps and a few for each value of the instance
+
+
+def test_an_evaluation_within_the_bounds_stays_small(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = count_keyword(monkeypatch, "if", 100_000)
+    result = evaluate_tenant_schema(nest_if(8), {"a": 1})
+    assert result.unusable is None and [v.validator for v in result.violations] == ["unevaluatedProperties"]
+    assert calls[0] < 2**10
+
+
+def test_violations_are_collected_up_to_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = count_keyword(monkeypatch, "type", 1_000_000)
+    schema = {"type": "object", "properties": {"a": {"items": {"type": "string"}}}}
+    result = evaluate_tenant_schema(schema, {"a": [0] * 20_000})
+    assert result.unusable is None and 0 < len(result.violations) <= 300
+    assert calls[0] <= 400  # the evaluation stopped once it had enough violations
+
+
+def test_messages_repeating_a_large_schema_value_are_bounded() -> None:
+    from shared.engine.start import _input_problems
+    from shared.registry.modules import defaults_problems
+    from shared.registry.problems import from_schema
+
+    big = "x" * 100_000
+    schema = {"type": "object", "properties": {"a": {"items": {"const": big}}, "e": {"enum": [big, 1]}}}
+    instance = {"a": [0] * 1_000, "e": 2}
+    result = evaluate_tenant_schema(schema, instance)
+    assert len(result.violations) <= 300 and max(len(v.message) for v in result.violations) <= 300
+    problems = _input_problems(schema, instance)
+    assert problems and max(len(problem["detail"]) for problem in problems) <= 300
+    located_problems = from_schema(schema, instance, lambda path: str(path), code="c", subject="s")
+    assert 0 < len(located_problems) <= 50 and max(len(p.message) for p in located_problems) <= 300
+    defaults = defaults_problems(schema, instance)
+    assert 0 < len(defaults) <= 50 and max(len(message) for _, message in defaults) <= 300
+
+
+def test_unexpected_properties_are_reported_up_to_a_bound() -> None:
+    from shared.registry.problems import from_schema
+
+    schema = {"type": "object", "additionalProperties": False}
+    problems = from_schema(schema, {f"k{i}": 0 for i in range(5_000)}, str, code="c", subject="s")
+    assert len(problems) == MAX_REPORTED_ERRORS
+
+
+def test_an_array_index_of_thousands_of_digits_is_refused_not_raised() -> None:
+    schema = {"type": "object", "properties": {"v": {}}, "allOf": [{}], "$ref": "#/allOf/" + "1" * 5_000}
+    assert [where for where, _ in reference_problems(schema)] == [("$ref",)]
+    assert located(validate(intent(schema))) == [("/definition/inputs/$ref", "invalid_inputs_schema")]
+
+
+def test_the_safe_evaluation_answers_a_value_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Failing:
+        def __init__(self, *_args: Any, **_kwargs: Any) -> None:
+            pass
+
+        def iter_errors(self, _instance: Any) -> Iterator[Any]:
+            raise ValueError("Exceeds the limit (4300 digits) for integer string conversion")
+
+    monkeypatch.setattr(schema_refs, "TenantSchemaValidator", Failing)
+    result = evaluate_tenant_schema({"type": "object"}, {})
+    assert result.violations == () and result.unusable is not None
+
+
+@pytest.fixture()
+def equal_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts jsonschema's pairwise equality, which its `uniqueItems` and `enum` use."""
+    import jsonschema._keywords
+    import jsonschema._utils
+
+    calls = [0]
+    original = jsonschema._utils.equal
+
+    def counting(one: Any, two: Any) -> bool:
+        calls[0] += 1
+        return bool(original(one, two))
+
+    monkeypatch.setattr(jsonschema._utils, "equal", counting)
+    monkeypatch.setattr(jsonschema._keywords, "equal", counting)
+    return calls
+
+
+def test_unique_items_is_linear(equal_calls: list[int]) -> None:
+    schema = {"type": "array", "uniqueItems": True}
+    items: list[Any] = ["", *range(3_000)]  # unsortable: the library compared every pair
+    assert evaluate_tenant_schema(schema, items) == SchemaEvaluation()
+    duplicated = evaluate_tenant_schema(schema, [*items, 2_999])
+    assert [v.message.endswith("has non-unique elements") for v in duplicated.violations] == [True]
+    assert equal_calls[0] < 100
+
+
+@pytest.mark.parametrize(
+    ("items", "unique"),
+    [
+        ([1, 1.0], False),
+        ([True, 1], True),
+        ([False, 0], True),
+        ([{"a": 1, "b": [1.0]}, {"b": [1], "a": 1}], False),
+        ([[1, True], [1.0, 1]], True),
+        ([None, "null"], True),
+        ([0.5, 0.5], False),
+        ([{"a": None}, {}], True),
+    ],
+)
+def test_unique_items_keeps_json_schema_equality(items: list[Any], unique: bool) -> None:
+    result = evaluate_tenant_schema({"uniqueItems": True}, items)
+    assert (result.violations == ()) is unique and result.unusable is None
+
+
+def test_enum_is_a_lookup(equal_calls: list[int]) -> None:
+    schema = {"type": "object", "properties": {"a": {"items": {"enum": list(range(2_000))}}}}
+    assert evaluate_tenant_schema(schema, {"a": [1_999] * 2_000}) == SchemaEvaluation()
+    assert equal_calls[0] < 100
+    refused = evaluate_tenant_schema(schema, {"a": [2_000]})
+    assert [v.message.startswith("2000 is not one of [0, 1, 2") for v in refused.violations] == [True]
+
+
+@pytest.mark.parametrize(
+    ("enum", "instance", "valid"),
+    [([1], 1.0, True), ([1], True, False), ([True], 1, False), ([{"a": 1.0}], {"a": 1}, True), (["1"], 1, False)],
+)
+def test_enum_keeps_json_schema_equality(enum: list[Any], instance: Any, valid: bool) -> None:
+    assert (evaluate_tenant_schema({"enum": enum}, instance).violations == ()) is valid
+
+
+def test_too_many_distinct_patterns_are_refused_at_save() -> None:
+    from shared.registry.schemas import pattern_problems
+
+    def patterned(count: int) -> dict[str, Any]:
+        return {"type": "object", "patternProperties": {f"^p{i}$": {} for i in range(count)}}
+
+    assert pattern_problems(patterned(256)) == [] and schema_problems(patterned(256)) == []
+    assert [where for where, _ in pattern_problems(patterned(257))] == [()]
+    assert [where for where, _ in schema_problems(patterned(257))] == [()]
+    assert located(validate(intent({**patterned(257), "properties": {"v": {}}}))) == [
+        ("/definition/inputs", "invalid_inputs_schema")
+    ]
+
+
+def test_patterns_are_not_compiled_again_for_each_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.registry import schemas
+
+    compiled = [0]
+    original = schemas.re2.compile
+
+    def counting(*args: Any) -> Any:
+        compiled[0] += 1
+        if compiled[0] > 20_000:
+            raise RunawayEvaluation("more than 20,000 compilations")
+        return original(*args)
+
+    monkeypatch.setattr(schemas.re2, "compile", counting)
+    schemas._compiled.cache_clear()
+    # Stored before the cap: more patterns than the compiled-pattern cache holds.
+    schema = {
+        "type": "object",
+        "patternProperties": {f"^p{i}$": {} for i in range(1_100)},
+        "additionalProperties": False,
+    }
+    result = evaluate_tenant_schema(schema, {f"k{i}": 0 for i in range(300)})
+    assert result.unusable is None and len(result.violations) == 1
+    assert compiled[0] <= 4 * 1_100
+    schemas._compiled.cache_clear()
+
+
+def chained_anyof(definitions: int, levels: int) -> dict[str, Any]:
+    """$defs in a chain, each reaching the next through `levels` nested anyOf: deep evaluation, few references."""
+    defs: dict[str, Any] = {}
+    for i in range(definitions):
+        inner: dict[str, Any] = {"$ref": f"#/$defs/d{i + 1}"}
+        for _ in range(levels):
+            inner = {"anyOf": [inner]}
+        defs[f"d{i}"] = inner
+    defs[f"d{definitions}"] = {"type": "object"}
+    return {"type": "object", "$defs": defs, "$ref": "#/$defs/d0"}
+
+
+def test_a_reference_chain_nesting_too_deep_is_refused_at_save() -> None:
+    # 60 references through 8 anyOf each: within every other limit, and RecursionError when evaluated.
+    deep = chained_anyof(60, 8)
+    assert [where for where, _ in reference_problems(deep)] == [()]
+    assert "subschemas one inside the other" in reference_problems(deep)[0][1]
+    assert located(validate(intent({**deep, "properties": {"v": {}}}))) == [
+        ("/definition/inputs", "invalid_inputs_schema")
+    ]
+    # The root, 9 subschemas for each definition (itself, 7 anyOf inside it, the $ref), the last definition.
+    assert reference_problems(chained_anyof(11, 8)) != []  # 1 + 11 * 9 + 1 = 101 deep
+    allowed = chained_anyof(10, 8)  # 92 deep
+    assert reference_problems(allowed) == []
+    assert evaluate_tenant_schema(allowed, {}) == SchemaEvaluation()
