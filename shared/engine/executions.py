@@ -59,6 +59,9 @@ _INSERT = sql.SQL(
 _BY_KEY = sql.SQL("SELECT {} FROM app.executions WHERE idempotency_key = %s").format(_COLUMNS)
 _GET = sql.SQL("SELECT {} FROM app.executions WHERE id = %s").format(_COLUMNS)
 _LOCK = sql.SQL("SELECT {} FROM app.executions WHERE id = %s FOR UPDATE").format(_COLUMNS)
+# NO KEY UPDATE: what a cancel's UPDATE and the event appends take on the row anyway, so a writer that takes it first
+# only takes it earlier, never stronger, and inserts that reference the execution stay free.
+_HOLD = sql.SQL("SELECT {} FROM app.executions WHERE id = %s FOR NO KEY UPDATE").format(_COLUMNS)
 # Conditional on the status read under the lock, so even a caller that skipped the lock cannot move twice.
 _MOVE = sql.SQL(
     "UPDATE app.executions SET status = %s, output = COALESCE(%s, output), error = COALESCE(%s, error),"
@@ -236,6 +239,16 @@ def create_execution(
 def find_by_key(conn: Conn, idempotency_key: str) -> Execution | None:
     """The execution an idempotency key created in the current tenant, if any."""
     return _one(conn, _BY_KEY, (idempotency_key,))
+
+
+def hold_execution(conn: Conn, execution_id: UUID) -> Execution:
+    """The execution, its row held until `conn` commits: every writer of an execution's rows takes it first (a
+    dispatch, a cancel, the sweeper's end, a lease ending stale work), so they serialize without deadlocking.
+    ExecutionNotFoundError when there is none."""
+    found = _one(conn, _HOLD, (execution_id,))
+    if found is None:
+        raise ExecutionNotFoundError(f"No execution {execution_id}.")
+    return found
 
 
 def get_execution(conn: Conn, execution_id: UUID) -> Execution:

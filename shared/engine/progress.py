@@ -6,12 +6,11 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from psycopg import sql
 from pydantic import BaseModel, ConfigDict
 
 from shared.config import get_settings
@@ -527,22 +526,6 @@ def _answer(
     )
 
 
-# A cancel's UPDATE takes the same row lock, so the refusal below and a cancel are serialized: a cancel either
-# commits first (and the run starts are refused) or waits for this transaction (and its cancel_queued then sees the
-# items queued here). NO KEY UPDATE is what the event appends of this transaction take on the row anyway, so the
-# lock only comes earlier, never stronger; it also leaves foreign-key inserts that reference the execution free.
-_LOCK_EXECUTION = sql.SQL("SELECT {} FROM app.executions WHERE id = %s FOR NO KEY UPDATE").format(
-    sql.SQL(", ").join(sql.Identifier(column.name) for column in fields(repo.Execution))
-)
-
-
-def _lock_execution(conn: store.Conn, execution_id: UUID) -> repo.Execution:
-    row = conn.execute(_LOCK_EXECUTION, (execution_id,)).fetchone()
-    if row is None:
-        raise repo.ExecutionNotFoundError(f"No execution {execution_id}.")
-    return repo.Execution(**row)
-
-
 def _record_batch(conn: store.Conn, batch: machine.DispatchSteps, *, carrying: bool) -> _Recorded:
     """A dispatch's transaction: its notes and starts (the execution's move to running first, to waiting last).
 
@@ -553,7 +536,9 @@ def _record_batch(conn: store.Conn, batch: machine.DispatchSteps, *, carrying: b
     awaited: list[AttemptKey] = []
     children: list[machine.StepStart] = []
     wait_s = get_settings().QP_DISPATCH_RESULT_WAIT_MS / 1000
-    current = _lock_execution(conn, execution_id)
+    # Held first, as a cancel holds it: a cancel either commits before this (and the run starts are refused) or
+    # waits for it (and its cancel_queued then sees the items queued here).
+    current = repo.hold_execution(conn, execution_id)
     if current.terminal and (batch.finish is not None or carrying) and current.status == "succeeded":
         # Run again after it (or the level it carried on to last, ADR 0036) recorded the run's success with its
         # results (a crash lost its answer): the same answer again, from the results it took then.
@@ -705,7 +690,7 @@ def record_outcomes(batch: machine.RecordOutcomes) -> list[dict[str, Any]]:
     with tenant_transaction(tenant_id) as conn:
         # The execution first, as a dispatch and a cancel lock it: a dispatch whose commit is still in doubt is
         # waited for, and a cancel or an end is seen before anything of a start that failed is recorded.
-        execution = _lock_execution(conn, execution_id) if any(o.action for o in batch.outcomes) else None
+        execution = repo.hold_execution(conn, execution_id) if any(o.action for o in batch.outcomes) else None
         for key, outcome, output in zip(keys, batch.outcomes, outputs, strict=True):
             if outcome.action is not None and store.get_attempt(conn, key) is None:
                 assert execution is not None  # locked above whenever an outcome names its action

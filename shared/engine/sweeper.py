@@ -193,8 +193,6 @@ class Ended:
 
 
 _OPEN_STEPS = ("running", "waiting", "retrying")
-# Locked first, as a dispatch locks it: a dispatch that comes after this end reads it ended and starts nothing.
-_LOCK_STATUS = "SELECT status FROM app.executions WHERE id = %s FOR NO KEY UPDATE"
 
 
 def end_execution(
@@ -205,10 +203,8 @@ def end_execution(
     None when it had ended already."""
     try:
         with tenant_transaction(tenant_id, pool=pool) as conn:
-            row = conn.execute(_LOCK_STATUS, (execution_id,)).fetchone()
-            if row is None:
-                raise repo.ExecutionNotFoundError(f"No execution {execution_id}.")
-            if row["status"] in repo.TERMINAL:
+            # Held first, as a dispatch holds it: a dispatch that comes after this end reads it ended.
+            if repo.hold_execution(conn, execution_id).terminal:
                 return None  # its orchestration recorded the end after all, or another sweeper was first
             # No orchestration will end these: left as they were, they would read as still running. They end
             # before the execution does, so its end stays the last event of the stream, as in any run.

@@ -72,7 +72,6 @@ _BIND_LEASE_NONCE = (
     "UPDATE app.step_attempts SET token_nonce = %s, token_expires_at = %s WHERE execution_id = %s AND step_id = %s"
     " AND phase = %s AND attempt = %s AND state = 'dispatched'"
 )
-_LOCK_EXECUTION = "SELECT 1 FROM app.executions WHERE id = %s FOR NO KEY UPDATE"
 # Without an event: the execution's end is the last event of its stream, and nothing is written after it.
 _ABANDON_SILENTLY = (
     "UPDATE app.step_attempts SET state = 'abandoned', error = %s, retryable = false, finished_at = clock_timestamp()"
@@ -218,7 +217,7 @@ def lease(
         if row["stale"] is not None:
             # The execution first, as every other writer of its rows takes it (the cancel, the sweeper's end): the
             # attempt first deadlocked with them.
-            conn.execute(_LOCK_EXECUTION, (item.key.execution_id,))
+            repo.hold_execution(conn, item.key.execution_id)
             if row["stale"] == "cancelled":
                 abandon_step(conn, item.key, CANCELLED_QUEUED)
             else:
