@@ -232,3 +232,24 @@ def is_json_media_type(content_type: str | None) -> bool:
     if not content_type:
         return False
     return _JSON_MEDIA_TYPE.match(content_type.split(";", 1)[0].strip().lower()) is not None
+
+
+def canonical_text(value: Any) -> str:
+    """One text per JSON value as JSON compares values: members sorted, integral floats as ints (1 == 1.0), booleans
+    kept apart from numbers (true != 1)."""
+    return json.dumps(_normalised(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def same_json(one: Any, other: Any) -> bool:
+    """Whether two JSON values are equal as JSON compares them (see `canonical_text`)."""
+    return canonical_text(one) == canonical_text(other)
+
+
+def _normalised(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _normalised(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_normalised(item) for item in value]
+    return value

@@ -11,6 +11,7 @@ from uuid import UUID
 
 from opentelemetry import trace
 
+from shared.accepted_json import same_json
 from shared.config import get_settings
 from shared.db.session import tenant_transaction
 from shared.engine import steps as store
@@ -117,22 +118,6 @@ def _spent_on(attempt: Attempt | None, claims: task_tokens.TaskClaims) -> TypeGu
     )
 
 
-def _same_json(recorded: Any, sent: Any) -> bool:
-    """Whether a value read back from jsonb is the JSON value sent, as jsonb compares them (numbers by value, so 1
-    and 1.0 are one), but never a boolean for a number, as Python's `True == 1` would have it."""
-    if isinstance(recorded, bool) or isinstance(sent, bool) or recorded is None or sent is None:
-        return recorded is sent
-    if isinstance(recorded, int | float) and isinstance(sent, int | float):
-        return recorded == sent
-    if isinstance(recorded, str) and isinstance(sent, str):
-        return recorded == sent
-    if isinstance(recorded, dict) and isinstance(sent, dict):
-        return recorded.keys() == sent.keys() and all(_same_json(recorded[name], sent[name]) for name in recorded)
-    if isinstance(recorded, list) and isinstance(sent, list):
-        return len(recorded) == len(sent) and all(map(_same_json, recorded, sent))
-    return False
-
-
 def _same_output(tenant_id: UUID, recorded: Any, sent: Any) -> bool:
     if is_blob_ref(recorded):
         # The reference names the digest of the bytes claim_check stored: hashing what is sent again finds out
@@ -144,7 +129,7 @@ def _same_output(tenant_id: UUID, recorded: Any, sent: Any) -> bool:
         # The same value sent with its members in another order, or 1 for 1.0, has other bytes: compared as JSON
         # values, as an inline output is (read from the tenant's own prefix only, within the size it names).
         recorded = load(recorded, tenant_id, container=request_container(get_settings()))
-    return _same_json(recorded, sent)
+    return same_json(recorded, sent)
 
 
 def _repeated(tenant_id: UUID, attempt: Attempt, result: RemoteResult) -> dict[str, Any]:

@@ -13,7 +13,6 @@ canonical JSON encodings in linear time, and messages quote schema values in a b
 from __future__ import annotations
 
 import functools
-import json
 import reprlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -25,6 +24,8 @@ from jsonschema import Draft202012Validator, ValidationError
 from jsonschema._utils import equal, uniq
 from jsonschema.protocols import Validator
 from jsonschema.validators import extend
+
+from shared.accepted_json import canonical_text
 
 JsonPath = tuple[str | int, ...]
 MAX_PATTERN_LENGTH = 1000
@@ -290,27 +291,11 @@ def _unevaluated_properties(
             )
 
 
-def _normalised(value: Any) -> Any:
-    """`value` with integral floats as ints, so that its JSON encoding is equal where JSON Schema says so
-    (1 == 1.0); booleans stay booleans (true != 1)."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {key: _normalised(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_normalised(item) for item in value]
-    return value
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(_normalised(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
 def _unique_items(validator: Any, unique: Any, instance: Any, _schema: Any) -> Iterator[ValidationError]:
     if not unique or not validator.is_type(instance, "array"):
         return
     try:
-        distinct = len({_canonical(item) for item in instance})
+        distinct = len({canonical_text(item) for item in instance})
     except (TypeError, ValueError):  # not JSON (never so for a request body): the pairwise comparison
         distinct = len(instance) if uniq(instance) else 0
     if distinct < len(instance):
@@ -322,10 +307,10 @@ def _enum(_validator: Any, enums: Any, instance: Any, _schema: Any) -> Iterator[
         evaluation = _EVALUATION.get()
         cached = evaluation.enums.get(id(enums)) if evaluation is not None else None
         if cached is None or cached[0] is not enums:
-            cached = (enums, frozenset(map(_canonical, enums)))
+            cached = (enums, frozenset(map(canonical_text, enums)))
             if evaluation is not None:
                 evaluation.enums[id(enums)] = cached  # the enum is kept with it, so its id is not reused
-        found = _canonical(instance) in cached[1]
+        found = canonical_text(instance) in cached[1]
     except (TypeError, ValueError):
         found = any(equal(each, instance) for each in enums)
     if not found:
