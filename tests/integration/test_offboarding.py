@@ -51,6 +51,14 @@ def _tenant_row_counts(api: ApiHarness, tenant_id: uuid.UUID) -> dict[str, int]:
     return counts
 
 
+def _artifacts(azurite: Any) -> Any:
+    """The artifacts container of the test's Azurite, created when missing."""
+    blobs = BlobServiceClient.from_connection_string(azurite.connection_string).get_container_client("artifacts")
+    if not blobs.exists():
+        blobs.create_container()
+    return blobs
+
+
 def _seed_data(api: ApiHarness, tenant_id: uuid.UUID) -> None:
     with psycopg.connect(api.app_url, autocommit=True) as conn, conn.transaction():
         conn.execute("SET LOCAL ROLE qp_runtime")
@@ -91,9 +99,7 @@ def test_export_then_erase_leaves_only_the_erasure_record(
         _seed_data(api, handle.id)
         # A request leaves an audit record and a rate bucket behind.
         assert api.client.get("/api/v1/tenant", headers=api.headers(name, ["Tenant.Admin"])).status_code == 200
-    blobs = BlobServiceClient.from_connection_string(azurite.connection_string).get_container_client("artifacts")
-    if not blobs.exists():
-        blobs.create_container()
+    blobs = _artifacts(azurite)
     blobs.upload_blob(f"{leaving.id}/artifacts/build.log", b"log", overwrite=True)
     blobs.upload_blob(f"{staying.id}/artifacts/build.log", b"log", overwrite=True)
     staying_before = _tenant_row_counts(api, staying.id)
@@ -227,7 +233,7 @@ def test_an_export_streamed_in_batches_through_a_file_is_one_json_document(
             )
     answer = api.client.post(f"/api/v1/tenants/{exported.id}/export", headers=api.headers("export-operator", ADMIN))
     assert answer.status_code == 201, answer.text
-    blobs = BlobServiceClient.from_connection_string(azurite.connection_string).get_container_client("artifacts")
+    blobs = _artifacts(azurite)
     archive = json.loads(blobs.download_blob(answer.json()["blob_name"]).readall())
     assert sorted(i["name"] for i in archive["intents"]) == [f"i{n}" for n in range(5)]
     assert archive["tenant"]["id"] == str(exported.id) and archive["executions"] == []
@@ -262,9 +268,7 @@ def test_an_export_uploading_while_its_tenant_is_erased_leaves_no_archive(api: A
     # passes first, and the archive of every row of the erased tenant stayed in storage.
     leaving = api.provision("exported-while-erased")
     _seed_data(api, leaving.id)
-    blobs = BlobServiceClient.from_connection_string(azurite.connection_string).get_container_client("artifacts")
-    if not blobs.exists():
-        blobs.create_container()
+    blobs = _artifacts(azurite)
     held = _HeldUpload(blobs)
     with tenant_transaction(leaving.id) as conn:
         tenant = get_tenant(conn, leaving.id)
@@ -294,9 +298,7 @@ def test_an_operator_changes_a_tenant_while_its_export_uploads(api: ApiHarness, 
     api.provision("export-change-operator")
     admin = api.headers("export-change-operator", ADMIN)
     exported = api.provision("changed-while-exported")
-    blobs = BlobServiceClient.from_connection_string(azurite.connection_string).get_container_client("artifacts")
-    if not blobs.exists():
-        blobs.create_container()
+    blobs = _artifacts(azurite)
     held = _HeldUpload(blobs)
     with tenant_transaction(exported.id) as conn:
         tenant = get_tenant(conn, exported.id)
