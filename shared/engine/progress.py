@@ -620,7 +620,8 @@ class _Finish:
         was requested (the orchestration then decides, as without a finish)."""
         if not all(verdict.ok for verdict in answered.values()):
             return
-        current = repo.get_execution(conn, self._execution_id)
+        # Held, as a cancel holds it: one committing meanwhile is seen here rather than overtaken by the success.
+        current = repo.hold_execution(conn, self._execution_id)
         if current.cancel_requested_at is not None:
             return
         outputs = {**self._outputs, **{self._steps[name]: verdict.output for name, verdict in answered.items()}}

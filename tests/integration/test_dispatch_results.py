@@ -250,6 +250,28 @@ def test_the_last_levels_dispatch_leaves_the_end_to_the_orchestration_unless_all
     assert _status(app_pool, tenant, batch).status == "running"
 
 
+def test_the_last_levels_success_waits_for_a_cancel_being_recorded_and_then_leaves_the_end_to_the_orchestration(
+    pg: Any, app_pool: ConnectionPool[Any], tenant: uuid.UUID
+) -> None:
+    batch = _last_level(pg, app_pool, tenant)
+    execution_id = uuid.UUID(batch.execution_id)
+    finish = progress._Finish(execution_id, {"a": {"n": 1}}, {"run:b:1": "b"})
+
+    def record() -> None:
+        with tenant_transaction(tenant) as conn:
+            finish.record(conn, {"run:b:1": Verdict(ok=True, output={"n": 2})})
+
+    recorder = threading.Thread(target=record, daemon=True)
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        control.request_cancel(conn, execution_id, "tester")
+        recorder.start()
+        time.sleep(0.3)  # the success's transaction has read the execution by now, or waits to
+    recorder.join(BOUND_S)
+    assert not recorder.is_alive()
+    assert finish.moved is None
+    assert _status(app_pool, tenant, batch).status == "running"
+
+
 # ------------------------------------------------------------------------------- a dispatch carries on (ADR 0036)
 def _results_as_started(tenant_id: uuid.UUID, execution_id: uuid.UUID, steps: list[str]) -> threading.Thread:
     """As the module worker would: record each step's result once its attempt is recorded, in order."""
