@@ -23,6 +23,7 @@ from shared.engine.protocol import CANCEL_EVENT, EventRaiser
 from shared.engine.start import NoLongerValidError, RunShape, StartRequest, run_shape
 from shared.engine.steps import AttemptKey
 from shared.registry import service as registry
+from shared.registry.plan import dependencies, execution_levels
 from shared.registry.references import scan_references
 
 logger = logging.getLogger(__name__)
@@ -170,19 +171,52 @@ def retry_request(
         )
     # An approval reused would let whoever retries (an Approver may be that) carry another's decision into their own
     # request, or carry it to a version whose later steps changed: a retry asks again.
+    rows = store.list_steps(conn, execution.id)
     reused = {
-        row["step_id"]: row["output"]
-        for row in store.list_steps(conn, execution.id)
-        if row["state"] == "succeeded" and row["action"] != "approval"
+        row["step_id"]: row["output"] for row in rows if row["state"] == "succeeded" and row["action"] != "approval"
     }
-    if version is not None and version != execution.intent_version and reused:
-        before = _run_shape(conn, execution.intent_id, execution.intent_version, execution.input)
+    if not reused:
+        return _retry_of(execution, version, requester, idempotency_key, reused)
+    before = after = _run_shape(conn, execution.intent_id, execution.intent_version, execution.input)
+    if version is not None and version != execution.intent_version:
         after = _run_shape(conn, execution.intent_id, version, execution.input)
         changed = sorted(step_id for step_id in reused if _runs_differently(step_id, before, after))
         if changed:
             raise NotRetryableError(
                 f"version {version} changes steps whose outputs would be reused: " + ", ".join(changed)
             )
+    skipped = {row["step_id"] for row in rows if row["state"] == "skipped"}
+    return _retry_of(execution, version, requester, idempotency_key, _after_reused(reused, skipped, after))
+
+
+def _after_reused(reused: dict[str, Any], skipped: set[str], shape: RunShape | None) -> dict[str, Any]:
+    """The reused outputs of steps whose every dependency is reused too (or was skipped, after reused ones).
+
+    A step that runs again (an approval, a compensated step) runs before what follows it: a later step reused past
+    it would be ready at once, run before the approval asked again, or read an output the retry has not made yet."""
+    if shape is None:
+        return reused  # a declaration whose blueprint is gone: the start refuses it anyway
+    graph = dependencies(shape.steps)
+    kept: dict[str, Any] = {}
+    passed: set[str] = set()  # skipped steps whose dependencies were all kept or passed
+    for level in execution_levels(shape.steps):
+        for step_id in level:
+            if not all(dep in kept or dep in passed for dep in graph[step_id]):
+                continue
+            if step_id in reused:
+                kept[step_id] = reused[step_id]
+            elif step_id in skipped:
+                passed.add(step_id)
+    return kept
+
+
+def _retry_of(
+    execution: repo.Execution,
+    version: int | None,
+    requester: Requester,
+    idempotency_key: str | None,
+    reused: dict[str, Any],
+) -> StartRequest:
     return StartRequest(
         intent_id=execution.intent_id,
         input=execution.input,

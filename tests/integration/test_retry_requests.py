@@ -1,12 +1,15 @@
 # intent_ref: platform.execution
-"""What a retry reuses of the execution it retries: the outputs of its succeeded steps, never an approval."""
+"""What a retry reuses of the execution it retries: the outputs of its succeeded steps, never an approval, and never
+a step after one that runs again."""
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Any
 
 import pytest
+from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from shared.auth.principal import Requester
@@ -19,39 +22,96 @@ from tests.integration.test_executions import _execution
 
 pytestmark = pytest.mark.integration
 
+APPROVER = Requester(f"{uuid.uuid4()}/{uuid.uuid4()}", frozenset({"Intent.Approver"}), app_only=False)
+
+
+def _intent(pool: ConnectionPool[Any], tenant_id: uuid.UUID, steps: list[dict[str, Any]]) -> uuid.UUID:
+    """An intent whose version 1 has `steps`, written directly (the registry is not under test here)."""
+    intent_id = uuid.uuid4()
+    definition = {"target": "staging", "steps": steps}
+    with tenant_transaction(tenant_id, pool=pool) as conn:
+        conn.execute(
+            "INSERT INTO app.intents (tenant_id, id, name, created_by) VALUES (app.current_tenant_id(), %s, %s, 't')",
+            (intent_id, f"i-{intent_id.hex[:12]}"),
+        )
+        conn.execute(
+            "INSERT INTO app.intent_versions (tenant_id, intent_id, version, definition, definition_sha256,"
+            " created_by) VALUES (app.current_tenant_id(), %s, 1, %s, %s, 't')",
+            (intent_id, Jsonb(definition), hashlib.sha256(repr(steps).encode()).hexdigest()),
+        )
+    return intent_id
+
+
+def _retried(
+    pool: ConnectionPool[Any], tenant_id: uuid.UUID, steps: list[dict[str, Any]], states: dict[str, str]
+) -> Any:
+    """The retry request of a failed execution of an intent of `steps` whose step rows ended in `states`."""
+    failed = _execution(pool, tenant_id, _intent(pool, tenant_id, steps), path=["running", "failed"])
+    with tenant_transaction(tenant_id, pool=pool) as conn:
+        store.seed_steps(conn, failed.id, [StepSeed(step["id"], step["action"], 1) for step in steps])
+        for step_id, state in states.items():
+            conn.execute(
+                "UPDATE app.execution_steps SET state = %s, output = %s WHERE execution_id = %s AND step_id = %s",
+                (state, Jsonb({"from": step_id}) if state == "succeeded" else None, failed.id, step_id),
+            )
+        request = retry_request(
+            conn, repo.get_execution(conn, failed.id), version=None, requester=APPROVER, idempotency_key=None
+        )
+    assert request.retry_of == failed.id
+    return request
+
+
+def _step(step_id: str, action: str, *after: str) -> dict[str, Any]:
+    return {"id": step_id, "action": action, **({"depends_on": list(after)} if after else {})}
+
 
 def test_a_retry_reuses_succeeded_work_but_asks_for_its_approvals_again(
     app_pool: ConnectionPool[Any], new_tenant: Any
 ) -> None:
     # A reused approval let the Approver who retried carry it into their own request (a self-approval in effect),
     # or carry it to a version whose later steps changed.
-    tenant_id: uuid.UUID = new_tenant()
-    failed = _execution(app_pool, tenant_id, path=["running", "failed"])
-    with tenant_transaction(tenant_id, pool=app_pool) as conn:
-        store.seed_steps(
-            conn,
-            failed.id,
-            [
-                StepSeed("build", "artifact.write", 1),
-                StepSeed("gate", "approval", 1),
-                StepSeed("ship", "http.request", 1),
-            ],
-        )
-        conn.execute(
-            "UPDATE app.execution_steps SET state = 'succeeded', output = %s::jsonb"
-            " WHERE execution_id = %s AND step_id IN ('build', 'gate')",
-            ('{"done": true}', failed.id),
-        )
-        conn.execute(
-            "UPDATE app.execution_steps SET state = 'failed' WHERE execution_id = %s AND step_id = 'ship'",
-            (failed.id,),
-        )
-        request = retry_request(
-            conn,
-            repo.get_execution(conn, failed.id),
-            version=None,
-            requester=Requester(f"{uuid.uuid4()}/{uuid.uuid4()}", frozenset({"Intent.Approver"}), app_only=False),
-            idempotency_key=None,
-        )
-    assert request.reused == {"build": {"done": True}}
-    assert request.retry_of == failed.id
+    steps = [
+        _step("build", "artifact.write"),
+        _step("gate", "approval", "build"),
+        _step("ship", "http.request", "build"),
+    ]
+    request = _retried(app_pool, new_tenant(), steps, {"build": "succeeded", "gate": "succeeded", "ship": "failed"})
+    assert request.reused == {"build": {"from": "build"}}
+
+
+@pytest.mark.parametrize("runs_again", ["approval", "compensated"])
+def test_a_retry_reuses_no_step_after_one_that_runs_again(
+    app_pool: ConnectionPool[Any], new_tenant: Any, runs_again: str
+) -> None:
+    # Reused past an approval asked again (or a step undone and run again), `deploy` was ready at once: it ran
+    # before the new decision, and `verify`, which reads the approval's output, failed unresolved.
+    steps = [
+        _step("build", "artifact.write"),
+        _step("approve", "approval" if runs_again == "approval" else "http.request", "build"),
+        _step("deploy", "http.request", "approve"),
+        _step("notes", "event.emit", "build"),
+        _step("verify", "http.request", "deploy"),
+    ]
+    states = {
+        "build": "succeeded",
+        "approve": "succeeded" if runs_again == "approval" else "compensated",
+        "deploy": "succeeded",
+        "notes": "succeeded",
+        "verify": "failed",
+    }
+    request = _retried(app_pool, new_tenant(), steps, states)
+    assert request.reused == {"build": {"from": "build"}, "notes": {"from": "notes"}}
+
+
+def test_a_retry_reuses_steps_after_a_skipped_step_whose_dependencies_are_reused(
+    app_pool: ConnectionPool[Any], new_tenant: Any
+) -> None:
+    steps = [
+        _step("build", "artifact.write"),
+        {**_step("optional", "event.emit", "build"), "when": "${inputs.version} == 'never'"},
+        _step("deploy", "http.request", "optional"),
+        _step("verify", "http.request", "deploy"),
+    ]
+    states = {"build": "succeeded", "optional": "skipped", "deploy": "succeeded", "verify": "failed"}
+    request = _retried(app_pool, new_tenant(), steps, states)
+    assert request.reused == {"build": {"from": "build"}, "deploy": {"from": "deploy"}}
