@@ -158,16 +158,13 @@ def abandon_step(conn: store.Conn, key: AttemptKey, reason: str) -> None:
     """End a step that will not finish: its attempt abandoned, the step cancelled with `reason` (each once)."""
     if store.get_attempt(conn, key) is not None:
         store.finish_attempt(conn, key, ok=False, error=reason, retryable=False, state="abandoned")
-    if store.move_step(
-        conn,
-        key.execution_id,
-        key.step_id,
-        "cancelled",
-        ("pending", "running", "waiting", "retrying", "failed"),
-        finished=True,
-        error=reason,
-    ):
-        repo.append_event(conn, key.execution_id, "step_cancelled", key.step_id, {"reason": reason})
+    _cancel_step(conn, key.execution_id, key.step_id, reason, ("pending", "running", "waiting", "retrying", "failed"))
+
+
+def _cancel_step(conn: store.Conn, execution_id: UUID, step_id: str, reason: str, moves_from: tuple[str, ...]) -> None:
+    """The step cancelled with `reason` and its event, if it is in one of `moves_from` (once)."""
+    if store.move_step(conn, execution_id, step_id, "cancelled", moves_from, finished=True, error=reason):
+        repo.append_event(conn, execution_id, "step_cancelled", step_id, {"reason": reason})
 
 
 def record_progress(raw: dict[str, Any]) -> Any:
@@ -565,6 +562,10 @@ def _record_batch(conn: store.Conn, batch: machine.DispatchSteps, *, carrying: b
         _note(conn, execution_id, note)
     for start in batch.starts:
         if refused and start.phase is machine.Phase.RUN:
+            if start.attempt > 1:
+                # A retry refused for a cancel the orchestration has not seen yet: its pause ends here, or the step
+                # stays `retrying` in an execution that ends cancelled (the reducer drops it as never started).
+                _cancel_step(conn, execution_id, start.step_id, "cancelled", ("retrying",))
             continue
         key = _key(execution_id, start)
         if start.kind is machine.StepKind.INTENT:

@@ -100,6 +100,34 @@ def test_a_cancel_racing_a_dispatch_ends_the_item_the_dispatch_queued(
         )
 
 
+def test_a_retry_refused_for_an_unseen_cancel_ends_the_steps_retry_pause(
+    app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    # The reducer drops a refused start as never started; the step's row stayed `retrying` (retry_at in the past)
+    # in an execution that then ended cancelled, with no step_cancelled in its stream.
+    tenant = new_tenant()
+    execution = _execution(app_pool, tenant, path=["running"])
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        store.seed_steps(conn, execution.id, [StepSeed("flaky", "event.emit", 3), StepSeed("later", "event.emit", 1)])
+        conn.execute(
+            "UPDATE app.execution_steps SET state = 'retrying', attempt = 1 WHERE execution_id = %s"
+            " AND step_id = 'flaky'",
+            (execution.id,),
+        )
+        control.request_cancel(conn, execution.id, "alice")
+    starts = [
+        mt.StepStart(step_id=step, phase="run", attempt=attempt, kind="module", action="event.emit", params={})
+        for step, attempt in (("flaky", 2), ("later", 1))
+    ]
+    batch = mt.DispatchSteps(execution_id=str(execution.id), tenant_id=str(tenant), starts=starts)
+    assert progress.dispatch_steps(batch).refused
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        steps = {step["step_id"]: step["state"] for step in store.list_steps(conn, execution.id)}
+        events = [(event.type, event.step_id) for event in repo.events_after(conn, execution.id, 0, 100)]
+    assert steps == {"flaky": "cancelled", "later": "pending"}
+    assert events[-1] == ("step_cancelled", "flaky")
+
+
 def _queued(
     pool: ConnectionPool[Any], tenant_id: uuid.UUID, action: str, *, path: list[repo.Status], phase: str = "run"
 ) -> AttemptKey:
