@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import UUID
@@ -136,8 +135,8 @@ def decide_approval(
             return ApprovalOutcome(key, attempt.verdict(), False)
         raise NotWaitingError(f"step {step_id} was already decided ({attempt.state})")
     requested = conn.execute(_LATEST_REQUEST, (execution_id, step_id)).fetchone()
-    approvers: Sequence[str] = (requested["data"].get("approvers") or []) if requested else []
-    if approvers and object_id not in approvers and principal_id not in approvers:
+    approvers = requested["data"].get("approvers") if requested else None
+    if not _names_callers(approvers, object_id, principal_id):
         raise NotAnApproverError(f"step {step_id} names its approvers, and the caller is not one of them")
     detail = {"decision": decision, "by": principal_id, "comment": comment}
     repo.append_event(
@@ -152,6 +151,19 @@ def decide_approval(
         retryable=False,
     )
     return ApprovalOutcome(key, recorded.verdict(), applied)
+
+
+def _names_callers(approvers: Any, object_id: str, principal_id: str) -> bool:
+    """Whether the approval's approvers admit the caller: none named (absent or an empty list) admits any Approver.
+
+    A list of ids is required: `approvers` given by a reference can resolve to anything, and a string made `in` a
+    substring test (an empty one admitted everyone), a number a TypeError. Anything else admits no one (fail closed).
+    """
+    if approvers is None or approvers == []:
+        return True
+    if not isinstance(approvers, list) or not all(isinstance(name, str) for name in approvers):
+        return False
+    return object_id in approvers or principal_id in approvers
 
 
 def retry_request(

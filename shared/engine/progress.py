@@ -576,7 +576,8 @@ def _record_batch(conn: store.Conn, batch: machine.DispatchSteps, *, carrying: b
                 data = {
                     "attempt": start.attempt,
                     "message": start.params.get("message"),
-                    "approvers": start.params.get("approvers") or [],
+                    # As resolved, not `or []`: an empty string or a zero named no one, and so admitted every Approver.
+                    "approvers": start.params.get("approvers", []),
                 }
                 repo.append_event(conn, execution_id, "approval_requested", start.step_id, data)
         elif start.kind is machine.StepKind.WAIT:
