@@ -15,6 +15,7 @@ import psycopg
 from aiohttp import web
 
 from devhost.eventhubs.store import NewEvent, Receipt, StoredEvent
+from shared import accepted_json
 
 Publish = Callable[[str, Sequence[NewEvent]], Awaitable[list[Receipt]]]
 Deliver = Callable[[list[StoredEvent]], Awaitable[None]]
@@ -109,7 +110,8 @@ def add_read_route(app: web.Application, read_group: ReadGroup) -> None:
 
 
 def event_out(event: StoredEvent) -> dict[str, Any]:
-    """An event as the read route shows it: `body` is its JSON value, else its text, else `body_base64`."""
+    """An event as the read route shows it: `body` is its JSON value (at most accepted_json.MAX_DEPTH deep), else
+    its text, else `body_base64`."""
     out: dict[str, Any] = {
         "partition_id": str(event.partition_id),
         "sequence_number": event.sequence_number,
@@ -122,6 +124,11 @@ def event_out(event: StoredEvent) -> dict[str, Any]:
         text = event.body.decode()
     except UnicodeDecodeError:
         out["body_base64"] = base64.b64encode(event.body).decode()
+        return out
+    # Deeper than the accepted JSON's bound, the text: a thousand levels made json.loads raise RecursionError, which
+    # answered 500 on every read and never moved the group's checkpoint past the event.
+    if accepted_json.nesting_depth(text) > accepted_json.MAX_DEPTH:
+        out["body"] = text
         return out
     try:
         out["body"] = json.loads(text)

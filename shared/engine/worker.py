@@ -13,6 +13,7 @@ raised as soon as it is recorded, so one slow item holds up no other.
 from __future__ import annotations
 
 import asyncio
+import enum
 import functools
 import json
 import logging
@@ -28,6 +29,7 @@ from typing import Any
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
+from shared import accepted_json
 from shared.db.session import tenant_transaction
 from shared.engine import steps as store
 from shared.engine.module_threads import run_in_share
@@ -46,6 +48,9 @@ HEARTBEAT_S = LEASE_S / 3
 """How often a running attempt renews its claim (and looks at its deadline when no result came)."""
 HELD_POLL_S = 0.5
 """How often a copy that found its attempt claimed by another looks again."""
+FRESH_CLAIM_S = 0.1
+"""A run that gets its thread within this long of its claim starts without looking at the claim again; one that
+waited longer for its thread (its tenant's share or the pool was full) renews the claim first (ADR 0026)."""
 
 _HOST = socket.gethostname()[:100]
 
@@ -59,15 +64,32 @@ class Outcome:
     verdict: dict[str, Any]
 
 
+MAX_ITEM_DEPTH = 4 * accepted_json.MAX_DEPTH
+"""The deepest body parsed as a work item. Not accepted_json's own bound: a parameter can take a whole input or
+output (each up to that bound) inside the definition's own nesting, so an item can nest about twice as deep (the
+dispatch serializes it with pydantic, which stops at about 255 levels). A body nested far deeper is no work item:
+a thousand levels made json.loads raise RecursionError, which failed the whole batch on every retry."""
+
+
 def parse_items(bodies: Iterable[bytes | str]) -> list[WorkItem]:
     """The work items of a batch; a body that is not one is logged and skipped (it can never become valid)."""
     items: list[WorkItem] = []
     for body in bodies:
         try:
-            items.append(WorkItem.model_validate(json.loads(body)))
+            items.append(WorkItem.model_validate(_document(body)))
         except (ValueError, ValidationError) as exc:
             logger.error("module-work: skipped an event that is not a work item: %s", str(exc)[:500])
     return items
+
+
+def _document(body: bytes | str) -> Any:
+    """The JSON value of a body; ValueError when it is not JSON, or nests deeper than MAX_ITEM_DEPTH."""
+    text = body.decode() if isinstance(body, bytes) else body
+    # Counted without parsing (accepted_json's bracket count), so that the parser never meets the recursion limit.
+    depth = accepted_json.nesting_depth(text)
+    if depth > MAX_ITEM_DEPTH:
+        raise ValueError(f"the body nests {depth} levels deep, more than {MAX_ITEM_DEPTH}")
+    return json.loads(text)
 
 
 MAX_ATTEMPT_RUN_S = 50 * 60
@@ -193,8 +215,12 @@ async def _run_claimed(
     )
     # In the current context, so that what the module does (an HTTP call, say) shows in the execution's trace; in
     # the tenant's share of the threads, so that its slow modules cannot hold up other tenants' items.
+    fresh_until = time.monotonic() + FRESH_CLAIM_S
     run = asyncio.ensure_future(
-        run_in_share(item.tenant_id, functools.partial(_run_module, item, key, ctx, modules, deadline, started))
+        run_in_share(
+            item.tenant_id,
+            functools.partial(_run_module, item, key, owner, ctx, modules, deadline, fresh_until, started),
+        )
     )
     try:
         while True:
@@ -207,28 +233,60 @@ async def _run_claimed(
                 return _timed_out(key, timeout_s, why)
             done, _ = await asyncio.wait({run}, timeout=min(left, HEARTBEAT_S))
             if done:
-                # None: the thread took it from the queue just as its deadline passed, and did not start it.
-                return run.result() or _timed_out(key, timeout_s, "no thread was free")
+                result = run.result()
+                if result is _NotStarted.CLAIM_LOST:
+                    logger.warning("module-work: the claim on %s was lost while it waited for a thread; not run", key)
+                    return None
+                if result is _NotStarted.LATE:
+                    # The thread took it from the queue just as its deadline passed, and did not start it.
+                    return _timed_out(key, timeout_s, "no thread was free")
+                return result
             if not await asyncio.to_thread(_renew, item, key, owner):
+                # Ended (a cancel, the orchestrator's timeout) or taken over: a run still waiting for a thread must
+                # not start after that, so it leaves the queue; one already running is left behind, unrecorded.
+                run.cancel()
                 logger.warning("module-work: the claim on %s was lost while it ran; its recorded result stands", key)
                 return None
     except asyncio.CancelledError:
-        raise  # the host is stopping: the lease lapses and a redelivery takes the attempt over
+        # The host is stopping: the lease lapses and a redelivery takes the attempt over, so a run still queued here
+        # must not start as well.
+        run.cancel()
+        raise
     except Exception:
+        run.cancel()  # before the release: a queued run must not start on a claim this copy gives up
         await asyncio.to_thread(_release, item, key, owner)
         raise
+
+
+class _NotStarted(enum.Enum):
+    """Why a run taken from the queue did not start its module; the copy that queued it answers for the attempt."""
+
+    LATE = "its deadline passed while it waited for a thread"
+    CLAIM_LOST = "its claim was lost while it waited for a thread"
 
 
 def _run_module(
     item: WorkItem,
     key: AttemptKey,
+    owner: str,
     ctx: ModuleContext,
     modules: Mapping[str, Module[Any]],
     deadline: float,
+    fresh_until: float,
     started: threading.Event,
-) -> dict[str, Any] | None:
-    if time.monotonic() >= deadline:
-        return None  # taken from the queue as its deadline passed: the caller has answered for it already
+) -> dict[str, Any] | _NotStarted:
+    """The module's result (on a module thread), or why it was not started; `fresh_until` (monotonic): until when
+    the claim taken just before counts as confirmed."""
+    now = time.monotonic()
+    if now >= deadline:
+        return _NotStarted.LATE  # the caller has answered for it already
+    # A run that waited for its thread may have outlived its claim: a cancel ends the attempt at any time, and the
+    # heartbeat that would notice comes only every HEARTBEAT_S. One short renewal, only after such a wait, keeps the
+    # work from starting after its execution's end. A run that got its thread at once is not asked again: its claim
+    # has just been confirmed, and a cancel landing in that moment is no different from one a moment after the
+    # start, which leaves the module running too.
+    if now >= fresh_until and not _renew(item, key, owner):
+        return _NotStarted.CLAIM_LOST
     started.set()
     try:
         output = claim_check(item.tenant_id, key, run_module(item.action, ctx, item.params, modules))
