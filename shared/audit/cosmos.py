@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,6 +49,8 @@ _EQUALS_FILTERS = {
     "resource_id": (" AND c.resourceId = @resourceId", "@resourceId"),
 }
 _ORDER = " ORDER BY c.occurredAt DESC, c.id DESC"
+EXPORT_PAGE_ITEMS = 500
+"""Records an export reads per round trip, and so holds at once."""
 # Bounds the round trips one page may take when the service returns short pages.
 _MAX_ROUND_TRIPS = 10
 # What the service answers for a document it will never take (malformed; over the 2 MB item limit): retrying cannot
@@ -172,6 +174,26 @@ class CosmosAuditStore:
         next_cursor = encode_cursor(_CURSOR_KIND, q, {"c": token}) if token else None
         return AuditPage(items=items, next_cursor=next_cursor)
 
+    def export(
+        self,
+        tenant_id: uuid.UUID,
+        *,
+        conn: psycopg.Connection[Any] | None = None,  # noqa: ARG002  # the interface's; Cosmos DB cannot join it
+    ) -> Iterator[dict[str, Any]]:
+        """Every record in the tenant's partition (the query is scoped by partition key and tenant), as rows of
+        `app.audit_events`, read `EXPORT_PAGE_ITEMS` at a time as the iteration goes."""
+        tenant = str(tenant_id)
+        # No ORDER BY: the archive keeps no order, and the service then serves the partition as it stores it.
+        pages = self._container.query_items(
+            _SELECT,
+            parameters=[{"name": "@tenantId", "value": tenant}],
+            partition_key=tenant,
+            max_item_count=EXPORT_PAGE_ITEMS,
+        ).by_page()
+        for page in pages:
+            for document in page:
+                yield _row(_to_record(document))
+
     def erase(self, tenant_id: uuid.UUID) -> int:
         """Delete every record in the tenant's partition (the query is scoped by partition key and tenant)."""
         tenant = str(tenant_id)
@@ -218,3 +240,21 @@ def _to_record(doc: dict[str, Any]) -> AuditRecord:
         request_id=doc.get("requestId"),
         detail=doc.get("detail") or {},
     )
+
+
+def _row(record: AuditRecord) -> dict[str, Any]:
+    """The record as the Postgres store's row of `app.audit_events` (same keys and value types), so an archive reads
+    the same whichever store kept the trail."""
+    return {
+        "tenant_id": record.tenant_id,
+        "id": record.id,
+        "occurred_at": record.occurred_at,
+        "principal_id": record.principal_id,
+        "action": record.action,
+        "resource_type": record.resource_type,
+        "resource_id": record.resource_id,
+        "decision": record.decision,
+        "reason": record.reason,
+        "request_id": record.request_id,
+        "detail": dict(record.detail),
+    }

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, get_args
@@ -150,6 +150,12 @@ class AuditStore(Protocol):
 
     def erase(self, tenant_id: uuid.UUID) -> int:
         """Remove every record of the tenant (offboarding); returns how many were removed."""
+        ...
+
+    def export(self, tenant_id: uuid.UUID, *, conn: psycopg.Connection[Any] | None = None) -> Iterator[dict[str, Any]]:
+        """Every record of the tenant (offboarding's export), read a page at a time as it is iterated, so a long trail
+        is never held whole; each as a row of `app.audit_events` (its columns as keys). With `conn` (the export's open
+        tenant transaction) a store in that database reads inside it, in the snapshot of the export's other rows."""
         ...
 
     def relay_queued(self) -> int:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +36,10 @@ _SELECT = sql.SQL(
 )
 # Each optional filter is a fixed fragment; only values travel as parameters.
 _EQUALS_FILTERS = ("action", "decision", "principal_id", "resource_type", "resource_id")
+# Every column, as the export archived the table before the stores exported their trails (ADR 0012).
+_EXPORT = "SELECT * FROM app.audit_events WHERE tenant_id = %s"
+EXPORT_BATCH_ROWS = 500
+"""Rows an export reads at once, through a server-side cursor."""
 
 
 class PostgresAuditStore:
@@ -87,6 +92,15 @@ class PostgresAuditStore:
             conn.execute("SELECT app.pin_tenant(%s)", (tenant_id,))
             return int(conn.execute("DELETE FROM app.audit_events").rowcount)
 
+    def export(self, tenant_id: uuid.UUID, *, conn: psycopg.Connection[Any] | None = None) -> Iterator[dict[str, Any]]:
+        """The tenant's rows of `app.audit_events`, every column, `EXPORT_BATCH_ROWS` at a time: inside `conn` (the
+        export's tenant transaction) if given, else in a tenant transaction held until the iteration ends."""
+        if conn is not None:
+            yield from _exported(conn, tenant_id)
+            return
+        with tenant_transaction(tenant_id, pool=self._pool) as own:
+            yield from _exported(own, tenant_id)
+
     def query(self, q: AuditQuery) -> AuditPage:
         """One page of `q.tenant_id`'s records, newest first, after the cursor's position."""
         # The explicit tenant predicate duplicates row-level security on purpose: it also lets the
@@ -120,6 +134,14 @@ class PostgresAuditStore:
             last = items[-1]
             next_cursor = encode_cursor(_CURSOR_KIND, q, {"at": last.occurred_at.isoformat(), "id": str(last.id)})
         return AuditPage(items=items, next_cursor=next_cursor)
+
+
+def _exported(conn: psycopg.Connection[Any], tenant_id: uuid.UUID) -> Iterator[dict[str, Any]]:
+    """The tenant's rows read through a server-side cursor; the explicit predicate duplicates row-level security."""
+    with conn.cursor(name="export_audit_events", row_factory=dict_row) as cursor:
+        cursor.execute(_EXPORT, (tenant_id,))
+        while rows := cursor.fetchmany(EXPORT_BATCH_ROWS):
+            yield from rows
 
 
 def _parse_position(position: dict[str, str]) -> tuple[datetime, uuid.UUID]:

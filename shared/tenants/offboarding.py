@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +19,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import ContainerClient, ContentSettings
 from psycopg import sql
 
-from shared.audit import AuditStore
+from shared.audit import AuditStore, get_audit_store
 from shared.db.session import platform_transaction, tenant_transaction
 from shared.tenants.models import Tenant
 from shared.tenants.repository import hold_tenant
@@ -47,7 +48,8 @@ TENANT_TABLES = (
     "audit_outbox",
     "audit_events",
 )
-# What the export archive carries (the rate bucket is a counter, not the tenant's data).
+# What the export archive carries (the rate bucket is a counter, not the tenant's data); `AUDIT_TRAIL` comes from the
+# audit store, the others from the tables of their names.
 EXPORTED_TABLES = (
     "intents",
     "intent_versions",
@@ -62,6 +64,9 @@ EXPORTED_TABLES = (
     "audit_outbox",
     "audit_events",
 )
+AUDIT_TRAIL = "audit_events"
+"""The archive's audit trail: the configured audit store's export, so a trail kept in Cosmos DB is archived as well
+(read from the table, it was archived empty); the Postgres store's export is that table."""
 
 
 @dataclass(frozen=True)
@@ -92,11 +97,12 @@ class TenantGoneError(LookupError):
     """The tenant was erased before its export could begin."""
 
 
-def export_tenant(tenant: Tenant, container: ContainerClient) -> ExportResult:
-    """Write the tenant's rows (read under its own RLS context) to `<tenant>/exports/<time>.json`: one JSON object,
-    the tenant and the time, then an array of rows per table, streamed (a big tenant's archive, read whole with every
-    attempt's output in it, held several copies in memory and could take the host down). TenantGoneError when the
-    tenant was erased meanwhile."""
+def export_tenant(tenant: Tenant, container: ContainerClient, audit_store: AuditStore | None = None) -> ExportResult:
+    """Write the tenant's rows (read under its own RLS context) and its audit trail (from `audit_store`, by default
+    the configured one) to `<tenant>/exports/<time>.json`: one JSON object, the tenant and the time, then an array of
+    rows per table, streamed (a big tenant's archive, read whole with every attempt's output in it, held several
+    copies in memory and could take the host down). TenantGoneError when the tenant was erased meanwhile."""
+    audit_store = audit_store or get_audit_store()
     blob_name = f"{tenant_blob_prefix(tenant.id)}exports/{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}.json"
     counts: dict[str, int] = {}
     with tempfile.SpooledTemporaryFile(max_size=EXPORT_SPOOL_BYTES) as spool, tenant_transaction(tenant.id) as conn:
@@ -104,7 +110,7 @@ def export_tenant(tenant: Tenant, container: ContainerClient) -> ExportResult:
         # removes the archive (uploaded after that pass, the whole tenant's data outlived its erasure).
         if not hold_tenant(conn, tenant.id):
             raise TenantGoneError(str(tenant.id))
-        for piece in _archive(conn, tenant, counts):
+        for piece in _archive(conn, tenant, counts, audit_store):
             spool.write(piece)
         size = spool.tell()
         spool.seek(0)
@@ -118,24 +124,38 @@ def export_tenant(tenant: Tenant, container: ContainerClient) -> ExportResult:
     return ExportResult(blob_name, counts)
 
 
-def _archive(conn: Any, tenant: Tenant, counts: dict[str, int]) -> Iterator[bytes]:
+def _archive(conn: Any, tenant: Tenant, counts: dict[str, int], audit_store: AuditStore) -> Iterator[bytes]:
     """The archive's bytes, a batch of rows at a time; `counts` gets each table's rows once it is written."""
     head = {"exported_at": datetime.now(UTC).isoformat(), "tenant": tenant.model_dump(mode="json")}
     yield json.dumps(head, default=str, sort_keys=True)[:-1].encode()  # the object stays open for the tables
     for table in EXPORTED_TABLES:
         yield f", {json.dumps(table)}: [".encode()
+        rows = audit_store.export(tenant.id, conn=conn) if table == AUDIT_TRAIL else _table_rows(conn, table)
         written = 0
-        with conn.cursor(name=f"export_{table}") as cursor:
-            cursor.execute(sql.SQL("SELECT * FROM {}").format(sql.Identifier("app", table)))
-            while rows := cursor.fetchmany(EXPORT_BATCH_ROWS):
-                yield b"".join(
-                    (b"," if written + index else b"") + json.dumps(row, default=str, sort_keys=True).encode()
-                    for index, row in enumerate(rows)
-                )
-                written += len(rows)
+        for batch in _batches(rows, EXPORT_BATCH_ROWS):
+            yield b"".join(
+                (b"," if written + index else b"") + json.dumps(row, default=str, sort_keys=True).encode()
+                for index, row in enumerate(batch)
+            )
+            written += len(batch)
         counts[table] = written
         yield b"]"
     yield b"}"
+
+
+def _table_rows(conn: Any, table: str) -> Iterator[dict[str, Any]]:
+    """Every row of `app.<table>` the tenant context shows, read through a server-side cursor."""
+    with conn.cursor(name=f"export_{table}") as cursor:
+        cursor.execute(sql.SQL("SELECT * FROM {}").format(sql.Identifier("app", table)))
+        while rows := cursor.fetchmany(EXPORT_BATCH_ROWS):
+            yield from rows
+
+
+def _batches(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    """`rows` in lists of up to `size`."""
+    iterator = iter(rows)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
 
 
 _FORGET_CREATE_ANSWERS = "DELETE FROM control.idempotency_keys WHERE response_body ->> 'id' = %s"

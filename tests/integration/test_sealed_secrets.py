@@ -202,7 +202,7 @@ def test_a_rotated_key_opens_through_the_previous_one_until_the_timer_seals_agai
     assert verify(created["secret"], *receiver.received[-1])
     assert _verifies(handle.id, token)
     # The other tests' tenants hold values of the development key, which this process does not have now: they are
-    # logged and left as they are (counted as failed); this tenant's are sealed again.
+    # logged and left as they are (counted as unopened); this tenant's are sealed again.
     result = seal_stored_secrets(pool=app_pool, control_pool=control_pool, max_tenants=1000)
     assert result.webhook_secrets >= 1 and result.task_token_keys >= 1
     sealed_b = _stored_secret(api, created["id"])
