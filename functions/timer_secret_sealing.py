@@ -22,11 +22,13 @@ SCHEDULE = "0 */10 * * * *"
 def secret_sealing(timer: func.TimerRequest) -> None:  # noqa: ARG001  # the binding requires it
     """Seal, with the current sealing key, the stored secrets that are not yet (ADR 0040)."""
     result = seal_stored_secrets()
-    if result.webhook_secrets or result.task_token_keys or result.failed_tenants:
+    if result.webhook_secrets or result.task_token_keys or result.failed_tenants or result.unopened:
         logger.info(
-            "secret sealing: %d webhook secrets and %d task-token keys of %d tenants sealed, %d tenants failed",
+            "secret sealing: %d webhook secrets and %d task-token keys of %d tenants sealed, %d values did not open,"
+            " %d tenants failed",
             result.webhook_secrets,
             result.task_token_keys,
             result.tenants,
+            result.unopened,
             result.failed_tenants,
         )
