@@ -15,8 +15,9 @@ from azure.storage.blob import ContainerClient, ContentSettings
 
 from shared.config import get_settings
 from shared.engine.steps import AttemptKey
+from shared.modules.contract import StepFailed
 from shared.storage.blob import artifacts_container, request_container
-from shared.tenants.offboarding import tenant_blob_prefix
+from shared.tenants.offboarding import kept_for_tenant, tenant_blob_prefix
 
 BLOB_REF = "$blob"
 """The one key of an output that was stored as a blob: {"$blob": {"container", "name", "size", "sha256"}}."""
@@ -27,6 +28,14 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 class StoredOutputError(ValueError):
     """A stored output cannot be trusted: its reference points outside the tenant's prefix, or its blob is missing
     or no longer holds the bytes the reference was made from."""
+
+
+class TenantErasedError(StepFailed):
+    """The tenant was erased while a step's output was stored: the blob is removed, and no retry can store it."""
+
+    def __init__(self, tenant_id: UUID) -> None:
+        """The error of `tenant_id`'s output, which is not stored."""
+        super().__init__(f"tenant {tenant_id} was erased; the step's output was not stored", retryable=False)
 
 
 def is_blob_ref(value: Any) -> bool:
@@ -52,7 +61,8 @@ def claim_check(
     (stored through the request's container, quick to give up, when a request waits on it: `for_request`).
 
     The name is the content's digest and nothing is overwritten, so a stored output never changes under a
-    reference that points at it: a second writer of the same name writes the same bytes.
+    reference that points at it: a second writer of the same name writes the same bytes. TenantErasedError (a step
+    failure, not retried) when the tenant was erased meanwhile: its blob is removed again.
     """
     body = json.dumps(output, separators=(",", ":"), ensure_ascii=False).encode()
     if len(body) <= (limit if limit is not None else get_settings().QP_PAYLOAD_INLINE_MAX_BYTES):
@@ -66,6 +76,8 @@ def claim_check(
         )
     except ResourceExistsError:
         pass  # stored before (a redelivery, or another step with the same output): same name, same bytes
+    if not kept_for_tenant(tenant_id, target, name):
+        raise TenantErasedError(tenant_id)
     return {BLOB_REF: {"container": target.container_name, "name": name, "size": len(body), "sha256": digest}}
 
 

@@ -16,7 +16,7 @@ from shared.config import get_settings
 from shared.db.session import tenant_transaction
 from shared.engine import steps as store
 from shared.engine import task_tokens, work_queue
-from shared.engine.payloads import BLOB_REF, claim_check, is_blob_ref, load
+from shared.engine.payloads import BLOB_REF, TenantErasedError, claim_check, is_blob_ref, load
 from shared.engine.steps import Attempt, AttemptKey
 from shared.observability.tracing import execution_attributes
 from shared.ratelimit import RateDecision, limit_for, take_request_token
@@ -191,7 +191,10 @@ def complete(
         return key, _repeated(claims.tenant_id, recorded, result)
     # Stored between the two transactions so no connection waits on the blob store. A blob of a request that then
     # loses the spend is content-addressed, so it can never replace the winner's output.
-    output = claim_check(claims.tenant_id, claims.key, result.output, for_request=True) if result.ok else None
+    try:
+        output = claim_check(claims.tenant_id, claims.key, result.output, for_request=True) if result.ok else None
+    except TenantErasedError:
+        raise LeaseExpiredError(_LEASE_GONE) from None  # erased since the token verified: its lease went with it
     with tenant_transaction(claims.tenant_id) as conn:
         if not work_queue.lease_is_live(conn, claims.key, claims.nonce):  # locks the item: no expiry overtakes us
             raise LeaseExpiredError(_LEASE_GONE)

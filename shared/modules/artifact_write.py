@@ -15,7 +15,7 @@ from shared.config import get_settings
 from shared.modules.contract import Module, ModuleContext, StepFailed
 from shared.registry.catalog import ArtifactWriteParams
 from shared.storage.blob import artifacts_container
-from shared.tenants.offboarding import tenant_blob_prefix
+from shared.tenants.offboarding import kept_for_tenant, tenant_blob_prefix
 
 
 def _default_container() -> ContainerClient:
@@ -57,6 +57,7 @@ class ArtifactWriteModule(Module[ArtifactWriteParams]):
         self._container = container
 
     def run(self, ctx: ModuleContext, params: ArtifactWriteParams) -> Any:
+        """Store the artifact; a step failure, not retried, when its tenant was erased meanwhile (it is removed)."""
         name = blob_name(ctx, params.name)
         data = artifact_bytes(params)
         digest = hashlib.sha256(data).hexdigest()
@@ -70,6 +71,8 @@ class ArtifactWriteModule(Module[ArtifactWriteParams]):
             content_settings=ContentSettings(content_type=params.content_type),
             metadata={"idempotency_key": ctx.idempotency_key, "sha256": digest},
         )
+        if not kept_for_tenant(ctx.tenant_id, container, name):
+            raise StepFailed(f"tenant {ctx.tenant_id} was erased; the artifact was removed", retryable=False)
         return {"container": container.container_name, "blob_name": name, "size": len(data), "sha256": digest}
 
     def compensate(self, ctx: ModuleContext, params: ArtifactWriteParams, output: Any) -> None:  # noqa: ARG002

@@ -87,6 +87,25 @@ def tenant_blob_prefix(tenant_id: UUID) -> str:
     return f"{tenant_id}/"
 
 
+def kept_for_tenant(tenant_id: UUID, container: ContainerClient, name: str) -> bool:
+    """After the tenant's blob `name` was written: True while the tenant is there; False, the blob deleted, when the
+    tenant was erased meanwhile.
+
+    An erasure deletes the tenant's blobs once more after its rows: that last pass sees a blob written before the
+    tenant row went, while one written after it outlived the tenant for ever. Looked at after the write, the row tells
+    which: there, the row's delete and the last pass are still to come; gone, the blob is its writer's to remove. No
+    connection is held while the blob is written: a slow blob store would hold the pool from every tenant.
+    """
+    with tenant_transaction(tenant_id) as conn:
+        if hold_tenant(conn, tenant_id):
+            return True
+    try:
+        container.delete_blob(name)
+    except ResourceNotFoundError:
+        pass  # removed by the erasure's own pass
+    return False
+
+
 EXPORT_BATCH_ROWS = 500
 """Rows an export holds in memory at once: it reads each table through a server-side cursor."""
 EXPORT_SPOOL_BYTES = 8 * 1024 * 1024

@@ -283,9 +283,11 @@ def container(azurite: Any) -> ContainerClient:
     return client
 
 
-def test_artifact_write_under_the_tenant_prefix(container: ContainerClient) -> None:
+def test_artifact_write_under_the_tenant_prefix(
+    container: ContainerClient, process_pools: None, new_tenant: Any
+) -> None:
     module = ArtifactWriteModule(lambda: container)
-    context = ctx()
+    context = ModuleContext(new_tenant(), str(uuid.uuid4()), "step-1", 1)
     params = {"name": "reports/result.json", "content": {"ok": True, "n": 3}}
     output = run_module("artifact.write", context, params, {"artifact.write": module})
     name = f"{context.tenant_id}/executions/{context.execution_id}/step-1/reports/result.json"

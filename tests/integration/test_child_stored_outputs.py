@@ -32,8 +32,10 @@ def _stored(tenant_id: uuid.UUID, output: Any, container: ContainerClient) -> An
     return reference
 
 
-def test_a_path_through_a_childs_stored_output_reads_it(container: ContainerClient) -> None:
-    tenant = uuid.uuid4()
+def test_a_path_through_a_childs_stored_output_reads_it(
+    container: ContainerClient, process_pools: None, new_tenant: Any
+) -> None:
+    tenant = new_tenant()
     big = _stored(tenant, {"body": "B" * 100, "status": 200}, container)
     kept = _stored(tenant, {"unread": "long enough to be stored"}, container)
     child = {"execution_id": "c-1", "outputs": {"big": big, "small": {"n": 1}, "other": kept}}
@@ -47,9 +49,9 @@ def test_a_path_through_a_childs_stored_output_reads_it(container: ContainerClie
 
 
 def test_stored_outputs_of_another_tenant_or_beyond_the_budget_are_not_read(
-    container: ContainerClient, monkeypatch: pytest.MonkeyPatch
+    container: ContainerClient, monkeypatch: pytest.MonkeyPatch, process_pools: None, new_tenant: Any
 ) -> None:
-    tenant, other = uuid.uuid4(), uuid.uuid4()
+    tenant, other = new_tenant(), new_tenant()
     foreign = {"execution_id": "c-2", "outputs": {"theirs": _stored(other, {"secret": "x" * 40}, container)}}
     with pytest.raises(StoredOutputError, match="prefix"):
         load_parts(tenant, foreign, [("outputs", "theirs")], container=container)
