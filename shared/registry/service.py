@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import deque
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -54,6 +54,7 @@ __all__ = [
     "ArchivedError",
     "Checked",
     "DefinitionInvalidError",
+    "DescendantWalk",
     "DiffResult",
     "Item",
     "NameConflictError",
@@ -405,37 +406,85 @@ def child_intent(conn: Conn, step: Step) -> Item | None:
 
 
 MAX_PLANNED_DESCENDANTS = 64
-"""Intents a plan follows below an `intent.run` step's child (its own children, theirs, ...): the work of one plan
-request stays bounded whatever a tenant's intents run."""
+"""Intents a plan follows below its `intent.run` steps' children (their own children, theirs, ...), in all for the
+whole plan, each once: the work of one plan request stays bounded whatever a tenant's intents run."""
+
+_Key = tuple[UUID, int]
 
 
-class TooManyDescendantsError(RegistryError):
-    """A child intent starts more intents below it than a plan follows (`MAX_PLANNED_DESCENDANTS`)."""
+def _key(item: Item) -> _Key:
+    """An intent version's identity in a plan's walk."""
+    return item.head.id, item.version.version
 
 
-def descendant_intents(conn: Conn, child: Item, *, tenant: TenantFacts) -> Iterator[Item]:
-    """The intents `child`'s `intent.run` steps start, and theirs in turn, breadth first, each version once; raises
-    TooManyDescendantsError past `MAX_PLANNED_DESCENDANTS`. An intent that no longer validates adds none: its start
-    fails before any of its children could."""
-    seen = {(child.head.id, child.version.version)}
-    waiting = deque([child])
-    while waiting:
-        item = waiting.popleft()
-        try:
-            steps = check(conn, "intent", item.document(), tenant=tenant, pin=item.version.blueprint_ref).result.steps
-        except RegistryError:
-            continue
-        for step in steps:
-            found = child_intent(conn, step)
-            if found is None or (found.head.id, found.version.version) in seen:
-                continue
-            seen.add((found.head.id, found.version.version))
-            if len(seen) > MAX_PLANNED_DESCENDANTS + 1:
-                raise TooManyDescendantsError(
-                    f"intent {child.head.name} starts more than {MAX_PLANNED_DESCENDANTS} intents below it"
-                )
-            yield found
-            waiting.append(found)
+class DescendantWalk:
+    """One plan request's walk below its `intent.run` steps: each intent is validated once and each child walked
+    once, and the intents followed below the children share one budget (`MAX_PLANNED_DESCENDANTS`). Without this,
+    every step walked its child's intents afresh: steps x 64 validations in one request and one transaction."""
+
+    def __init__(self, conn: Conn, *, tenant: TenantFacts, may_execute: Callable[[Item], Decision]) -> None:
+        self._conn = conn
+        self._tenant = tenant
+        self._may_execute = may_execute
+        self._decisions: dict[_Key, Decision] = {}
+        self._children: dict[_Key, list[Item]] = {}
+        self._verdicts: dict[_Key, Decision] = {}
+        self._followed: set[_Key] = set()
+        """The intents counted against the plan's budget: reached below some step's child."""
+
+    def decision(self, item: Item) -> Decision:
+        """The caller's decision on executing `item` (this version), decided once per plan."""
+        key = _key(item)
+        if key not in self._decisions:
+            self._decisions[key] = self._may_execute(item)
+        return self._decisions[key]
+
+    def verdict(self, child: Item) -> Decision:
+        """The decision on starting `child` and every intent below it (ADR 0035): the first refusal met breadth
+        first, else the child's own; `too_many_descendants` when reaching them would spend more than the plan's
+        budget. Remembered per child version, so a step running a child already walked costs nothing."""
+        key = _key(child)
+        if key not in self._verdicts:
+            self._verdicts[key] = self._walk(child)
+        return self._verdicts[key]
+
+    def _walk(self, child: Item) -> Decision:
+        """`verdict`'s walk of one child, breadth first, spending the plan's budget on intents not followed yet."""
+        decision = self.decision(child)
+        if not decision.allowed:
+            return decision
+        seen = {_key(child)}
+        waiting = deque([child])
+        while waiting:
+            for found in self._children_of(waiting.popleft()):
+                key = _key(found)
+                if key in seen:
+                    continue
+                seen.add(key)
+                if key not in self._followed:
+                    if len(self._followed) >= MAX_PLANNED_DESCENDANTS:
+                        return Decision(False, "too_many_descendants", ())
+                    self._followed.add(key)
+                below = self.decision(found)
+                if not below.allowed:
+                    return below
+                waiting.append(found)
+        return decision
+
+    def _children_of(self, item: Item) -> list[Item]:
+        """The intents `item`'s `intent.run` steps start, each version once, in step order; none when `item` no
+        longer validates (its start fails before any of its children could). Validated once per plan."""
+        key = _key(item)
+        if key not in self._children:
+            try:
+                steps = check(
+                    self._conn, "intent", item.document(), tenant=self._tenant, pin=item.version.blueprint_ref
+                ).result.steps
+            except RegistryError:
+                steps = ()
+            found = (child_intent(self._conn, step) for step in steps)
+            self._children[key] = list({_key(one): one for one in found if one is not None}.values())
+        return self._children[key]
 
 
 @dataclass(frozen=True)

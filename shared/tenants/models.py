@@ -16,6 +16,17 @@ _NAME = r"^[a-z0-9][a-z0-9-]{1,62}$"
 AllowedItem = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
 """A module (action) name or a target name a tenant is allowed to use."""
 
+MAX_SETTINGS_KEYS = 200
+"""Top-level keys a tenant's own settings document may hold once a change is merged into it."""
+MAX_SETTINGS_BYTES = 64 * 1024
+"""The largest settings document, as the JSON text Postgres renders: every GET returns it, every step dispatch reads
+it."""
+MAX_SETTING_VALUE_BYTES = 32 * 1024
+"""The largest single setting as JSON (UTF-8): room for the longest allow-list (100 hosts of 253 characters)."""
+MAX_SETTING_KEY_LENGTH = 128
+SettingKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_SETTING_KEY_LENGTH)]
+"""The name of one of a tenant's own settings."""
+
 
 class TenantQuotas(BaseModel):
     """Per-tenant limits; absent values fall back to the platform's defaults."""

@@ -15,7 +15,15 @@ from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from shared.pagination import encode_cursor
-from shared.tenants.models import Tenant, TenantCreate, TenantPage, TenantQuotas, TenantUpdate
+from shared.tenants.models import (
+    MAX_SETTINGS_BYTES,
+    MAX_SETTINGS_KEYS,
+    Tenant,
+    TenantCreate,
+    TenantPage,
+    TenantQuotas,
+    TenantUpdate,
+)
 
 _COLUMNS = sql.SQL(", ").join(
     map(
@@ -96,7 +104,21 @@ def tenant_settings(conn: psycopg.Connection[DictRow]) -> dict[str, Any]:
 
 
 _OWN = "SELECT name, display_name, status, quotas, allowed_modules, allowed_targets, settings FROM app.tenants"
-_MERGE_OWN_SETTINGS = "UPDATE app.tenants SET settings = settings || %s, updated_at = clock_timestamp()"
+# The bound is checked in the UPDATE itself, on the row it changes: a concurrent merge waits for the row lock and then
+# re-evaluates the condition on the committed document (READ COMMITTED), so two merges that each fit alone cannot
+# overshoot together. A document over the bound already (written before it) may still change without growing.
+_MERGE_OWN_SETTINGS = (
+    "UPDATE app.tenants SET settings = settings || %(change)s, updated_at = clock_timestamp()"
+    " WHERE ((SELECT count(*) FROM jsonb_object_keys(settings || %(change)s)) <= %(max_keys)s"
+    "        OR (SELECT count(*) FROM jsonb_object_keys(settings || %(change)s))"
+    "           <= (SELECT count(*) FROM jsonb_object_keys(settings)))"
+    " AND (octet_length((settings || %(change)s)::text) <= %(max_bytes)s"
+    "      OR octet_length((settings || %(change)s)::text) <= octet_length(settings::text))"
+)
+_MEASURE_MERGED = (
+    "SELECT (SELECT count(*) FROM jsonb_object_keys(settings || %(change)s)) AS keys,"
+    " octet_length((settings || %(change)s)::text) AS bytes FROM app.tenants"
+)
 
 
 def own_tenant(conn: psycopg.Connection[DictRow]) -> dict[str, Any]:
@@ -106,9 +128,25 @@ def own_tenant(conn: psycopg.Connection[DictRow]) -> dict[str, Any]:
     return dict(row)
 
 
+class SettingsTooLargeError(Exception):
+    """A merge would leave the tenant's settings past `MAX_SETTINGS_KEYS` keys or `MAX_SETTINGS_BYTES` bytes."""
+
+    def __init__(self, keys: int, size: int) -> None:
+        super().__init__(
+            f"The merged settings would hold {keys} keys and {size} bytes as JSON; a tenant's settings hold at most"
+            f" {MAX_SETTINGS_KEYS} keys and {MAX_SETTINGS_BYTES} bytes."
+        )
+        self.keys, self.size = keys, size
+
+
 def merge_own_settings(conn: psycopg.Connection[DictRow], settings: dict[str, Any]) -> None:
-    """Merge `settings` into the current tenant's own settings (top-level keys replaced), in its transaction."""
-    conn.execute(_MERGE_OWN_SETTINGS, (Jsonb(settings),))
+    """Merge `settings` into the current tenant's own settings (top-level keys replaced), in its transaction; raises
+    SettingsTooLargeError, changing nothing, when the merged document would grow past the bound."""
+    bound = {"change": Jsonb(settings), "max_keys": MAX_SETTINGS_KEYS, "max_bytes": MAX_SETTINGS_BYTES}
+    if conn.execute(_MERGE_OWN_SETTINGS, bound).rowcount == 0:  # RLS: the one row is this tenant's
+        measured = conn.execute(_MEASURE_MERGED, bound).fetchone()  # only for the message: what was refused
+        assert measured is not None  # a tenant transaction is pinned to an existing tenant
+        raise SettingsTooLargeError(int(measured["keys"]), int(measured["bytes"]))
 
 
 _HOLD = "SELECT 1 FROM app.tenants WHERE id = %s FOR KEY SHARE"

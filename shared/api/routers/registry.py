@@ -624,22 +624,15 @@ def definition_router(kind: Kind) -> APIRouter:
                     tenant_policies=policies,
                 )
 
+            walk = service.DescendantWalk(conn, tenant=context.tenant_facts, may_execute=may_execute)
+
             def decide(conn: service.Conn, planned: service.Item, step: Step) -> Decision:
                 # Per step; not audited: the plan request was. The resource is the version being planned (which may
                 # be newer than the one authorized above), or for an intent.run step the child intent and every
                 # intent below it, each decided as its start will be, on the root requester's authority (ADR 0035).
+                # One walk for the whole plan: each intent validated once, one budget of intents below the children.
                 child = service.child_intent(conn, step)
-                decision = may_execute(child or planned)
-                if child is None or not decision.allowed:
-                    return decision
-                try:
-                    for descendant in service.descendant_intents(conn, child, tenant=context.tenant_facts):
-                        below = may_execute(descendant)
-                        if not below.allowed:
-                            return below
-                except service.TooManyDescendantsError:
-                    return Decision(False, "too_many_descendants", ())
-                return decision
+                return walk.decision(planned) if child is None else walk.verdict(child)
 
         try:
             quota = service.QuotaHeadroom.of(concurrent_limit(context.tenant.quotas), active_executions(conn))

@@ -160,7 +160,14 @@ def read(
     "/{tenant_id}",
     response_model=Tenant,
     summary="Change a tenant",
-    responses={**AUTH_ERRORS, 404: NOT_FOUND, 412: PRECONDITION_FAILED, 422: INVALID, 428: PRECONDITION_REQUIRED},
+    responses={
+        **AUTH_ERRORS,
+        404: NOT_FOUND,
+        409: {**CONFLICT, "description": "The change would suspend the caller's own tenant (`self-suspension`)"},
+        412: PRECONDITION_FAILED,
+        422: INVALID,
+        428: PRECONDITION_REQUIRED,
+    },
 )
 def patch(
     tenant_id: UUID,
@@ -170,7 +177,8 @@ def patch(
     response: Response,
     if_match: Annotated[str | None, Header()] = None,
 ) -> Tenant:
-    """Change status, quotas or allow-lists; `If-Match` with the tenant's ETag is required (Platform.Admin)."""
+    """Change status, quotas or allow-lists; `If-Match` with the tenant's ETag is required (Platform.Admin). The
+    caller's own tenant cannot be suspended (409)."""
     authorize(context, Action.TENANT_UPDATE, _PLATFORM, detail={"tenant_id": str(tenant_id)})
     if not if_match:
         raise ProblemError(
@@ -182,6 +190,15 @@ def patch(
     if if_match != etag(current):
         raise ProblemError(
             412, "precondition-failed", "Precondition failed", "The tenant changed since that ETag was issued."
+        )
+    if change.status == "suspended" and tenant_id == context.tenant.id:
+        # A suspended tenant's callers are refused everything, the control plane included: suspending the tenant
+        # the caller's token belongs to (the operators' own, ADR 0042) would leave no one able to undo it.
+        raise ProblemError(
+            409,
+            "self-suspension",
+            "Conflict",
+            "A Platform.Admin cannot suspend its own tenant: no operator could call the control plane afterwards.",
         )
     tenant = update_tenant(conn, tenant_id, change)
     assert tenant is not None  # it existed inside this transaction
