@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
@@ -244,3 +245,23 @@ def test_a_big_output_sent_again_in_another_member_order_is_the_same_result(
     assert [name for _, name, _ in durable.delivered] == ["run:build:1"]
     changed = report(api, attempt, {"output": {**reordered, "marker": "attacker"}})
     assert changed.status_code == 409
+
+
+def test_a_suspended_tenants_worker_completes_what_it_holds_and_leases_nothing_more(
+    api: ApiHarness, app_pool: ConnectionPool[Any], durable: FlakyDurable
+) -> None:
+    # ADR 0027, amendment 2026-12-06: a task token handed out before the suspension completes its attempt.
+    handle = api.provision("suspended-worker")
+    attempt = remote_attempt(app_pool, handle.id)
+    with psycopg.connect(api.control_url, autocommit=True) as conn, conn.transaction():
+        conn.execute("SET LOCAL ROLE qp_platform")
+        conn.execute("UPDATE app.tenants SET status = 'suspended' WHERE id = %s", (handle.id,))
+    refused = api.client.post(
+        "/api/v1/work/lease",
+        json={"actions": ["build-container"], "max_items": 1, "lease_s": 60, "worker": "w"},
+        headers=api.headers("suspended-worker", ["Module.Worker"]),
+    )
+    assert refused.status_code == 403 and refused.json()["reason"] == "tenant_suspended"
+    done = report(api, attempt, {"output": {"image": "x"}})
+    assert done.status_code == 200, done.text
+    assert [name for _, name, _ in durable.delivered] == ["run:build:1"]
