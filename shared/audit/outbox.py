@@ -8,6 +8,11 @@ copied by `relay`, which the timer `audit_outbox_relay` runs. A copy can happen 
 after a commit): the store takes a record by its id once, so the second changes nothing. A record the store refuses
 for good (`RecordRefusedError`: a document it can never take, not an outage) is set aside with the store's answer
 (migration 0028): kept, never retried, and out of the way of the tenant's later records.
+
+A copy writes in a tenant transaction that holds the tenant's row (`FOR KEY SHARE`) until the written records have
+left the outbox, and the relay's holds the outbox rows it read too (`FOR UPDATE`): an erasure waits for the copy, and
+its second pass then removes what the copy wrote (written after that pass, the records outlived the erasure). Once
+the tenant is gone, a copy writes nothing but the erasure's own record.
 """
 
 from __future__ import annotations
@@ -26,16 +31,26 @@ from psycopg_pool import ConnectionPool
 
 from shared.db.session import platform_transaction, tenant_transaction, tenant_write, transaction_bag, when_released
 from shared.db.tenant_passes import each_tenant
+from shared.policy.actions import Action
+from shared.tenants.repository import hold_tenant
 
 logger = logging.getLogger(__name__)
 
 _QUEUE = "INSERT INTO app.audit_outbox (tenant_id, id, document) VALUES (%s, %s, %s)"
-# The pinned tenant's (RLS), among those not set aside.
-_WAITING = "SELECT id, document FROM app.audit_outbox WHERE refused_at IS NULL ORDER BY queued_at, id LIMIT %s"
-_COPIED = "DELETE FROM app.audit_outbox WHERE id = ANY(%s)"
+# The pinned tenant's (RLS), among those not set aside, held until the copy commits. SKIP LOCKED here and in the two
+# statements below: a row another copy holds is that copy's to write and remove, and one an erasure holds goes with
+# it; waiting for the erasure, which waits for this copy's hold on the tenant row, would deadlock.
+_WAITING = (
+    "SELECT id, document FROM app.audit_outbox WHERE refused_at IS NULL ORDER BY queued_at, id LIMIT %s"
+    " FOR UPDATE SKIP LOCKED"
+)
+_COPIED = (
+    "DELETE FROM app.audit_outbox WHERE id IN"
+    " (SELECT id FROM app.audit_outbox WHERE id = ANY(%s) FOR UPDATE SKIP LOCKED)"
+)
 _SET_ASIDE = (
-    "UPDATE app.audit_outbox SET refused_at = clock_timestamp(), refusal = left(%s, 2000)"
-    " WHERE id = %s AND refused_at IS NULL"
+    "UPDATE app.audit_outbox SET refused_at = clock_timestamp(), refusal = left(%s, 2000) WHERE id IN"
+    " (SELECT id FROM app.audit_outbox WHERE id = %s AND refused_at IS NULL FOR UPDATE SKIP LOCKED)"
 )
 _WAITING_TENANTS = "SELECT tenant_id FROM app.audit_outbox_tenants(%s) AS waiting (tenant_id)"
 _BAG = "audit-outbox"
@@ -131,20 +146,45 @@ class AuditOutbox:
         copied = set_aside = 0
         for _ in range(max_batches):
             with tenant_transaction(tenant_id, pool=self._pool) as conn:
+                held = hold_tenant(conn, tenant_id)
                 rows = conn.execute(_WAITING, (BATCH,)).fetchall()
-            done = self._copy(tenant_id, [(row["id"], row["document"]) for row in rows])
+                done, failure = self._copy_held(conn, tenant_id, held, [(row["id"], row["document"]) for row in rows])
+            if failure is not None:
+                raise failure  # once what was done before it has committed
             copied, set_aside = copied + done.copied, set_aside + done.set_aside
             if len(rows) < BATCH:
                 break
         return Copied(copied, set_aside)
 
     def _copy(self, tenant_id: UUID, records: Sequence[tuple[UUID, dict[str, Any]]]) -> Copied:
+        """Copy `records` in a tenant transaction that holds the tenant row (`_copy_held`); a failure is raised once
+        what was done before it has committed."""
+        with tenant_transaction(tenant_id, pool=self._pool) as conn:
+            done, failure = self._copy_held(conn, tenant_id, hold_tenant(conn, tenant_id), records)
+        if failure is not None:
+            raise failure
+        return done
+
+    def _copy_held(
+        self, conn: psycopg.Connection[Any], tenant_id: UUID, held: bool, records: Sequence[tuple[UUID, dict[str, Any]]]
+    ) -> tuple[Copied, Exception | None]:
         """Write each record to the store, then remove the written ones from the outbox and set the refused ones
-        aside (one round trip); a failure is raised once that is done for the records before it."""
+        aside, in `conn`'s transaction; a failure stops the copy and is returned, for the caller to raise once the
+        transaction has committed what was done before it.
+
+        `held`: the transaction holds the tenant row, so an erasure cannot finish, nor its second pass run, before
+        these records are in the store. Once the tenant is gone only its erasure's record is written: any other
+        outlived the erasure by racing it and is removed unwritten."""
         written: list[UUID] = []
         refused: list[tuple[UUID, str]] = []
+        erased = [] if held else [record_id for record_id, document in records if not _outlives_tenant(document)]
+        if erased:
+            logger.warning("audit outbox: %d records of erased tenant %s removed unwritten", len(erased), tenant_id)
+        unwritten = set(erased)
         failure: Exception | None = None
         for record_id, document in records:
+            if record_id in unwritten:
+                continue
             try:
                 _check_owner(tenant_id, record_id, document)
                 self._write(tenant_id, document)
@@ -158,15 +198,11 @@ class AuditOutbox:
                 failure = exc
                 break
             written.append(record_id)
-        if written or refused:
-            with tenant_write(tenant_id, pool=self._pool) as conn:
-                if written:
-                    conn.execute(_COPIED, (written,))
-                for record_id, reason in refused:
-                    conn.execute(_SET_ASIDE, (reason, record_id))
-        if failure is not None:
-            raise failure
-        return Copied(len(written), len(refused))
+        if written or erased:
+            conn.execute(_COPIED, (written + erased,))
+        for record_id, reason in refused:
+            conn.execute(_SET_ASIDE, (reason, record_id))
+        return Copied(len(written), len(refused)), failure
 
     def _copy_committed(self, tenant_id: UUID, queued: list[tuple[UUID, dict[str, Any]]]) -> None:
         """After a commit: copy what that transaction queued. Never raises: the change is committed, and what is
@@ -183,6 +219,16 @@ class AuditOutbox:
     def _rested(self) -> None:
         with self._lock:
             self._resting_until = 0.0
+
+
+def _outlives_tenant(document: dict[str, Any]) -> bool:
+    """Whether a record still goes to the store once its tenant is gone: only the control plane's record of the
+    tenant's erasure, written after its rows went (ADR 0012: the erased tenant keeps exactly that record)."""
+    return (
+        document.get("action") == Action.TENANT_ERASE
+        and document.get("resourceType") == "Tenant"
+        and document.get("resourceId") == document.get("tenantId")
+    )
 
 
 def _check_owner(tenant_id: UUID, record_id: UUID, document: dict[str, Any]) -> None:

@@ -325,7 +325,8 @@ def test_the_erasures_own_record_outlives_the_tenants_row(
     with platform_transaction(pool=control_pool) as conn:
         conn.execute("DELETE FROM app.tenants WHERE id = %s", (erased,))
     record = _tenant_record(erased, erased, "tenant.erase")
-    _store(missing_container, app_pool, control_pool).record(record)
+    with platform_transaction(pool=control_pool) as conn:  # the control plane's record (migration 0041)
+        _store(missing_container, app_pool, control_pool).record(record, conn=conn)
     assert _waiting(app_pool, erased) == {record.id}
     assert _store(container, app_pool, control_pool)._outbox.relay_tenant(erased) == Copied(1)
     assert _in_store(container, record) and _waiting(app_pool, erased) == set()

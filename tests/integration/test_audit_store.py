@@ -243,8 +243,10 @@ def test_a_record_is_never_overwritten(backend: Backend, new_tenant: Callable[[]
     assert backend.store.query(AuditQuery(tenant_id=tenant)).items == [original]
 
 
-def test_runtime_role_cannot_update_delete_or_truncate(app_pool: ConnectionPool[Any]) -> None:
-    tenant = uuid.uuid4()
+def test_runtime_role_cannot_update_delete_or_truncate(
+    app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    tenant = new_tenant()
     store = PostgresAuditStore(app_pool)
     record = _record(tenant, 1)
     store.record(record)
@@ -259,8 +261,10 @@ def test_runtime_role_cannot_update_delete_or_truncate(app_pool: ConnectionPool[
     assert store.query(AuditQuery(tenant_id=tenant)).items == [record]
 
 
-def test_postgres_records_are_invisible_without_a_tenant_and_refused_for_another(app_pool: ConnectionPool[Any]) -> None:
-    tenant_a, tenant_b = uuid.uuid4(), uuid.uuid4()
+def test_postgres_records_are_invisible_without_a_tenant_and_refused_for_another(
+    app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    tenant_a, tenant_b = new_tenant(), new_tenant()
     store = PostgresAuditStore(app_pool)
     store.record(_record(tenant_a, 1))
     with runtime_transaction(pool=app_pool) as conn:
@@ -271,8 +275,10 @@ def test_postgres_records_are_invisible_without_a_tenant_and_refused_for_another
     assert store.query(AuditQuery(tenant_id=tenant_b)).items == []
 
 
-def test_record_in_commits_and_rolls_back_with_the_callers_transaction(app_pool: ConnectionPool[Any]) -> None:
-    tenant = uuid.uuid4()
+def test_record_in_commits_and_rolls_back_with_the_callers_transaction(
+    app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    tenant = new_tenant()
     store = PostgresAuditStore(app_pool)
     kept, dropped = _record(tenant, 1), _record(tenant, 2)
 

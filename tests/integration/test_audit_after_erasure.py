@@ -1,0 +1,320 @@
+# intent_ref: platform.audit
+"""An erased tenant keeps exactly one audit record, its erasure's (ADR 0012): a copy to the store in flight across the
+erasure finishes before it and goes with it, a copy once the tenant is gone writes nothing else, and the database
+takes no record of the runtime role for a tenant whose row is gone, whatever an instance still caches (migration
+0041); the control plane's record of the erasure still reaches the trail."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import pytest
+from azure.cosmos import ContainerProxy, DatabaseProxy
+from azure.storage.blob import BlobServiceClient, ContainerClient
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from shared.api import security
+from shared.api.durable import get_durable_client
+from shared.api.routers import tenants as tenants_router
+from shared.audit import AuditRecord
+from shared.audit.cosmos import CosmosAuditStore, create_audit_container
+from shared.audit.outbox import AuditOutbox, Copied, Write
+from shared.audit.postgres import PostgresAuditStore
+from shared.db.session import platform_transaction, tenant_transaction
+from shared.tenants import offboarding
+from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
+
+pytestmark = [
+    pytest.mark.integration,
+    # The Cosmos stand-in serves a self-signed certificate; verification is off for it in tests only.
+    pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning"),
+]
+
+ADMIN = ["Platform.Admin"]
+
+
+@pytest.fixture(scope="module")
+def container(cosmos_database: DatabaseProxy) -> ContainerProxy:
+    return create_audit_container(cosmos_database, f"audit-erasure-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture(scope="module")
+def missing_container(cosmos_database: DatabaseProxy) -> ContainerProxy:
+    # A store that refuses every write: the container was never created (the service answers 404).
+    return cosmos_database.get_container_client(f"never-created-{uuid.uuid4().hex[:8]}")
+
+
+class _HeldWrites:
+    """The store's write as the outbox calls it, held from its first call until `finish` (Cosmos DB answering
+    slowly while an erasure runs)."""
+
+    def __init__(self, write: Write) -> None:
+        self._write = write
+        self.entered, self.finish = threading.Event(), threading.Event()
+
+    def __call__(self, tenant_id: uuid.UUID, document: dict[str, Any]) -> None:
+        self.entered.set()
+        assert self.finish.wait(30)
+        self._write(tenant_id, document)
+
+
+def _store(
+    container: ContainerProxy,
+    app_pool: ConnectionPool[Any] | None = None,
+    control_pool: ConnectionPool[Any] | None = None,
+    *,
+    held: list[_HeldWrites] | None = None,
+) -> CosmosAuditStore:
+    """A Cosmos store on `container` (on the process's pools when none is given); with `held`, its writes are held
+    (the list gets their `_HeldWrites`)."""
+
+    def outbox(write: Write) -> AuditOutbox:
+        if held is not None:
+            held.append(_HeldWrites(write))
+            write = held[-1]
+        return AuditOutbox(write, pool=app_pool, control_pool=control_pool)
+
+    return CosmosAuditStore(container, outbox=outbox)
+
+
+def _record(tenant: uuid.UUID, action: str = "intent.update", resource_type: str = "Intent") -> AuditRecord:
+    return AuditRecord.new(
+        tenant_id=tenant,
+        principal_id=f"{tenant}/user",
+        action=action,
+        resource_type=resource_type,
+        resource_id=str(tenant) if resource_type == "Tenant" else "an-intent",
+        decision="allow",
+        reason="applied",
+        request_id=f"req-{uuid.uuid4().hex[:8]}",
+        detail={},
+        occurred_at=datetime.now(UTC),
+    )
+
+
+def _in_store(container: ContainerProxy, tenant: uuid.UUID) -> list[str]:
+    """The actions of the tenant's documents in the store's partition."""
+    return [
+        document["action"]
+        for document in container.query_items(
+            "SELECT c.action FROM c WHERE c.tenantId = @tenantId",
+            parameters=[{"name": "@tenantId", "value": str(tenant)}],
+            partition_key=str(tenant),
+        )
+    ]
+
+
+def _waiting(tenant: uuid.UUID, pool: ConnectionPool[Any] | None = None) -> list[str]:
+    """The actions of the tenant's records waiting in the outbox."""
+    with tenant_transaction(tenant, pool=pool) as conn:
+        return [row["document"]["action"] for row in conn.execute("SELECT document FROM app.audit_outbox")]
+
+
+def _artifacts(azurite: Any) -> ContainerClient:
+    blobs = BlobServiceClient.from_connection_string(azurite.connection_string).get_container_client("artifacts")
+    if not blobs.exists():
+        blobs.create_container()
+    return blobs
+
+
+def _waiting_on_a_lock(api: ApiHarness) -> bool:
+    with psycopg.connect(api.admin_url, dbname="quantum") as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'").fetchone()
+    return bool(row and row[0])
+
+
+def _erase_while_held(
+    api: ApiHarness,
+    azurite: Any,
+    container: ContainerProxy,
+    tenant: uuid.UUID,
+    copy: Callable[[], object],
+    held: _HeldWrites,
+) -> bool:
+    """Run `copy` until its first write to the store is held, erase the tenant meanwhile (through a store on
+    `container`), then let the write go; returns whether the erasure had finished before the write went on."""
+    with ThreadPoolExecutor(2) as pool:
+        copying = pool.submit(copy)
+        assert held.entered.wait(30)
+        erase = pool.submit(offboarding.erase_tenant, tenant, _artifacts(azurite), _store(container))
+        deadline = time.monotonic() + 30
+        while not erase.done() and not _waiting_on_a_lock(api) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        erased_first = erase.done()
+        held.finish.set()
+        copying.result(30)
+        assert erase.result(30)["tenants"] == 1
+    return erased_first
+
+
+def test_a_relayed_batch_in_flight_across_an_erasure_is_written_before_it_ends_and_erased_with_the_tenant(
+    api: ApiHarness,
+    azurite: Any,
+    container: ContainerProxy,
+    missing_container: ContainerProxy,
+    app_pool: ConnectionPool[Any],
+    control_pool: ConnectionPool[Any],
+) -> None:
+    # The relay read its batch, then wrote it with no hold on the tenant: an erasure meanwhile finished both its
+    # passes first, and the records it was carrying landed in the erased tenant's partition for good.
+    tenant = api.provision("erased-mid-relay").id
+    for _ in range(3):
+        _store(missing_container, app_pool, control_pool).record(_record(tenant))  # left to the relay
+    assert len(_waiting(tenant, app_pool)) == 3
+    held: list[_HeldWrites] = []
+    relaying = _store(container, app_pool, control_pool, held=held)
+
+    erased_first = _erase_while_held(
+        api, azurite, container, tenant, lambda: relaying._outbox.relay_tenant(tenant), held[0]
+    )
+
+    assert not erased_first  # the erasure waited for the copy
+    assert _in_store(container, tenant) == []
+    assert _waiting(tenant, app_pool) == []
+
+
+def test_a_copy_after_a_commit_in_flight_across_an_erasure_is_written_before_it_ends_and_erased_with_the_tenant(
+    api: ApiHarness,
+    azurite: Any,
+    container: ContainerProxy,
+    app_pool: ConnectionPool[Any],
+    control_pool: ConnectionPool[Any],
+) -> None:
+    # The same race for the copy that follows the commit of the transaction that queued the record.
+    tenant = api.provision("erased-mid-copy").id
+    held: list[_HeldWrites] = []
+    recording = _store(container, app_pool, control_pool, held=held)
+
+    erased_first = _erase_while_held(
+        api, azurite, container, tenant, lambda: recording.record(_record(tenant)), held[0]
+    )
+
+    assert not erased_first
+    assert _in_store(container, tenant) == []
+    assert _waiting(tenant, app_pool) == []
+
+
+def test_once_the_tenant_is_gone_a_copy_writes_its_erasures_record_and_nothing_else(
+    container: ContainerProxy,
+    missing_container: ContainerProxy,
+    app_pool: ConnectionPool[Any],
+    control_pool: ConnectionPool[Any],
+    new_tenant: Callable[[], uuid.UUID],
+) -> None:
+    tenant = new_tenant()
+    down, up = _store(missing_container, app_pool, control_pool), _store(container, app_pool, control_pool)
+    # Records that raced the erasure: queued while the row was there, and still waiting once it is gone.
+    for _ in range(2):
+        down.record(_record(tenant))
+    with platform_transaction(pool=control_pool) as conn:
+        conn.execute("DELETE FROM app.tenants WHERE id = %s", (tenant,))
+    # The erasure's own record, the control plane's, written after the row went; the store is down.
+    with platform_transaction(pool=control_pool) as conn:
+        down.record(_record(tenant, "tenant.erase", "Tenant"), conn=conn)
+    assert sorted(_waiting(tenant, app_pool)) == ["intent.update", "intent.update", "tenant.erase"]
+
+    assert up._outbox.relay_tenant(tenant) == Copied(1)
+    assert _in_store(container, tenant) == ["tenant.erase"]
+    assert _waiting(tenant, app_pool) == []  # the others are removed unwritten
+    # With the store up, the erasure's record is copied once its transaction commits.
+    later = new_tenant()
+    with platform_transaction(pool=control_pool) as conn:
+        conn.execute("DELETE FROM app.tenants WHERE id = %s", (later,))
+        up.record(_record(later, "tenant.erase", "Tenant"), conn=conn)
+    assert _in_store(container, later) == ["tenant.erase"]
+    assert _waiting(later, app_pool) == []
+
+
+def test_the_runtime_role_adds_no_record_to_the_trail_of_a_tenant_whose_row_is_gone(
+    missing_container: ContainerProxy,
+    app_pool: ConnectionPool[Any],
+    control_pool: ConnectionPool[Any],
+    new_tenant: Callable[[], uuid.UUID],
+) -> None:
+    tenant = new_tenant()
+    postgres, cosmos = PostgresAuditStore(app_pool, control_pool), _store(missing_container, app_pool, control_pool)
+    postgres.record(_record(tenant))  # while the row is there
+    with platform_transaction(pool=control_pool) as conn:
+        conn.execute("DELETE FROM app.tenants WHERE id = %s", (tenant,))
+    for store in (postgres, cosmos):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+            store.record(_record(tenant, "request", "Tenant"))
+    # Neither through a statement of its own.
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), tenant_transaction(tenant, pool=app_pool) as conn:
+        record = _record(tenant)
+        conn.execute(
+            "INSERT INTO app.audit_outbox (tenant_id, id, document) VALUES (%s, %s, %s)",
+            (tenant, record.id, Jsonb({"id": str(record.id), "tenantId": str(tenant)})),
+        )
+    # The control plane's record of the erasure goes to either store.
+    with platform_transaction(pool=control_pool) as conn:
+        postgres.record(_record(tenant, "tenant.erase", "Tenant"), conn=conn)
+        cosmos.record(_record(tenant, "tenant.erase", "Tenant"), conn=conn)
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        kept = [row["action"] for row in conn.execute("SELECT action FROM app.audit_events ORDER BY occurred_at")]
+    assert kept == ["intent.update", "tenant.erase"]
+    assert _waiting(tenant, app_pool) == ["tenant.erase"]
+
+
+def test_an_instance_still_caching_an_erased_tenant_refuses_its_requests_and_records_nothing(
+    api: ApiHarness, azurite: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The erasure runs on another instance: this one's tenant directory still holds the suspended tenant for a few
+    # seconds, and each request of its tokens wrote a deny record into the erased tenant's trail.
+    api.provision("erased-elsewhere", status="suspended")
+    headers = api.headers("erased-elsewhere", ["Intent.Reader"])
+    assert api.client.get("/api/v1/intents", headers=headers).status_code == 403  # cached here
+    assert len(api.audit_rows("erased-elsewhere")) == 1
+    taken = security.take_tenant_token
+
+    def take_then_erase(tenant_id: uuid.UUID, *args: Any, **kwargs: Any) -> Any:
+        # The erasure commits between this request's rate token and its deny record.
+        verdict = taken(tenant_id, *args, **kwargs)
+        offboarding.erase_tenant(tenant_id, _artifacts(azurite), PostgresAuditStore())
+        return verdict
+
+    monkeypatch.setattr(security, "take_tenant_token", take_then_erase)
+    refused = api.client.get("/api/v1/intents", headers=headers)
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["reason"] == "tenant_suspended"
+    assert api.audit_rows("erased-elsewhere") == []
+    monkeypatch.setattr(security, "take_tenant_token", taken)
+    # Later requests, the tenant still cached: refused alike, and still nothing recorded.
+    for _ in range(3):
+        later = api.client.get("/api/v1/intents", headers=headers)
+        assert (later.status_code, later.json()["reason"]) == (403, "tenant_suspended")
+    assert api.audit_rows("erased-elsewhere") == []
+
+
+def test_the_erase_route_leaves_the_erasures_record_in_the_cosmos_trail_only(
+    api: ApiHarness,
+    azurite: Any,
+    container: ContainerProxy,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    api.provision("erasure-operator")
+    admin = api.headers("erasure-operator", ADMIN)
+    leaving = api.provision("erased-to-cosmos", status="suspended")
+    store = _store(container)  # on the process's pools, as the app's
+    for _ in range(2):
+        store.record(_record(leaving.id))
+    assert _in_store(container, leaving.id) == ["intent.update", "intent.update"]
+    monkeypatch.setattr(tenants_router, "get_audit_store", lambda: store)
+    monkeypatch.setattr(security, "get_audit_store", lambda: store)
+    api.client.app.dependency_overrides[get_durable_client] = object  # type: ignore[attr-defined]
+    request.addfinalizer(lambda: api.client.app.dependency_overrides.pop(get_durable_client))  # type: ignore
+
+    erased = api.client.post(f"/api/v1/tenants/{leaving.id}/erase", json={"confirm_name": leaving.name}, headers=admin)
+
+    assert erased.status_code == 200, erased.text
+    assert _in_store(container, leaving.id) == ["tenant.erase"]
+    assert _waiting(leaving.id) == []
