@@ -25,12 +25,6 @@ logger = logging.getLogger(__name__)
 # It takes the current key's whole prefix and no other (migration 0039), and names the tenants in random order
 # (migration 0042): in id order, tenants whose values never open came first on every run and kept the others out.
 _TENANTS = "SELECT tenant_id FROM app.tenants_with_secrets_to_seal(%s, %s) AS found (tenant_id)"
-# The tenant's (RLS) subscriptions to seal, locked in id order, the order the webhook relay locks them in
-# (webhook_store._MATCHING), so that the two cannot deadlock; then sealed one by one, each in a savepoint.
-_SUBSCRIPTIONS_TO_SEAL = (
-    "SELECT id, secret FROM app.webhook_subscriptions WHERE NOT starts_with(secret, %s) ORDER BY id FOR UPDATE"
-)
-_SEAL_SUBSCRIPTION = "UPDATE app.webhook_subscriptions SET secret = %s WHERE id = %s"
 MAX_TENANTS = 100
 """Tenants one run seals; the next run takes others (the finder names them in random order)."""
 
@@ -89,11 +83,11 @@ def _seal_tenant(conn: psycopg.Connection[Any], tenant_id: UUID, keys: Sealer) -
     """Seal the tenant's values inside its open transaction, each in a savepoint of its own: one that did not open
     rolled back the whole tenant's pass, and its other values stayed unsealed on every run."""
     tally = _Tally()
-    for row in conn.execute(_SUBSCRIPTIONS_TO_SEAL, (keys.current_prefix,)).fetchall():
-        with _unless_unopened(conn, tally, f"webhook subscription {row['id']} of tenant {tenant_id}"):
-            owner = webhook_store.sealed_for(tenant_id, row["id"])
-            secret = webhook_store.open_secret(row["secret"], owner, keys).encode("ascii")
-            conn.execute(_SEAL_SUBSCRIPTION, (keys.seal(secret, owner), row["id"]))
+    for subscription_id, stored in webhook_store.secrets_to_seal(conn, keys.current_prefix):
+        with _unless_unopened(conn, tally, f"webhook subscription {subscription_id} of tenant {tenant_id}"):
+            owner = webhook_store.sealed_for(tenant_id, subscription_id)
+            secret = webhook_store.open_secret(stored, owner, keys).encode("ascii")
+            webhook_store.store_sealed(conn, subscription_id, keys.seal(secret, owner))
             tally.webhook_secrets += 1
     with _unless_unopened(conn, tally, f"task-token key of tenant {tenant_id}"):
         tally.task_token_keys += task_tokens.seal_key(conn, tenant_id, keys)

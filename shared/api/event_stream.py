@@ -8,11 +8,14 @@ import asyncio
 import bisect
 import contextlib
 import logging
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from uuid import UUID
 
 from pydantic import BaseModel
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from shared.api.admission import get_admission
 from shared.api.problems import FieldError, ProblemError, json_pointer, too_many_requests
@@ -180,16 +183,66 @@ _BUSY_RETRY_MAX_S = 1.0
 
 
 _OPEN: dict[UUID, int] = {}
-"""Streams open per tenant in this process."""
+"""Streams open per tenant in this process: admitted and not yet ended."""
+_OPEN_LOCK = threading.Lock()
 RETRY_AFTER_S = 5
 
 
-def admit_stream(tenant_id: UUID, limit: int) -> None:
-    """Refuse a stream over the tenant's bound of open streams here (429 `too-many-streams`): a tenant's streams
-    are cheap, not free, and one tenant may not take every socket of an instance."""
-    if _OPEN.get(tenant_id, 0) >= limit:
+class StreamSlot:
+    """A stream's place among its tenant's open streams, taken when it is admitted; given back once, whichever of
+    the stream's end and its response's end comes first."""
+
+    def __init__(self, tenant_id: UUID) -> None:
+        self.tenant_id = tenant_id
+        self._held = True
+
+    def release(self) -> None:
+        """Give the place back (again: nothing)."""
+        with _OPEN_LOCK:
+            if not self._held:
+                return
+            self._held = False
+            _OPEN[self.tenant_id] -= 1
+            if not _OPEN[self.tenant_id]:
+                del _OPEN[self.tenant_id]
+        metrics.event_stream_opened(self.tenant_id, -1)
+
+
+def admit_stream(tenant_id: UUID, limit: int) -> StreamSlot:
+    """The stream's place among the tenant's open streams, or a 429 `too-many-streams` when they are at the bound
+    here: a tenant's streams are cheap, not free, and one tenant may not take every socket of an instance.
+
+    The place is taken now, not when the body starts: streams asked for together would all pass a bound that counts
+    them later. The caller hands it to `follow` and to an `EventStreamResponse`, which give it back."""
+    with _OPEN_LOCK:
+        admitted = _OPEN.get(tenant_id, 0) < limit
+        if admitted:
+            _OPEN[tenant_id] = _OPEN.get(tenant_id, 0) + 1
+    if not admitted:
         detail = f"This tenant already has {limit} event streams open here; close one or retry in {RETRY_AFTER_S} s."
         raise too_many_requests(tenant_id, "too-many-streams", detail, RETRY_AFTER_S, limit=limit)
+    metrics.event_stream_opened(tenant_id)
+    return StreamSlot(tenant_id)
+
+
+class EventStreamResponse(StreamingResponse):
+    """The stream's response: gives the stream's place back when it ends, also when its body never started (the
+    client was gone before the first write, or the request was cancelled first), which `follow` cannot see."""
+
+    def __init__(self, body: AsyncGenerator[bytes, None], slot: StreamSlot, headers: Mapping[str, str]) -> None:
+        super().__init__(body, media_type=MEDIA_TYPE, headers=headers)
+        self._body, self._slot = body, slot
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send the stream; in the end, whichever way it ends, close its body and give its place back."""
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                # A body left suspended at a write that failed ends now, not when it is collected: its feed is left.
+                await self._body.aclose()
+            finally:
+                self._slot.release()
 
 
 def feed_for(tenant_id: UUID, execution_id: UUID, read: ReadAfter, render: Render, page: int) -> ExecutionFeed:
@@ -204,6 +257,7 @@ def feed_for(tenant_id: UUID, execution_id: UUID, read: ReadAfter, render: Rende
 
 async def follow(
     context: RequestContext,
+    slot: StreamSlot,
     execution_id: UUID,
     after: int,
     read: ReadAfter,
@@ -212,17 +266,15 @@ async def follow(
     page: int,
     keepalive_s: float,
     max_s: float,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """The stream's body: what is recorded after `after`, then each new event as the process-wide listener
     announces it (no re-reading on a timer), a keep-alive comment when nothing happened for `keepalive_s`, and the
-    end after the terminal event or after `max_s` (the client resumes from its last event)."""
+    end after the terminal event or after `max_s` (the client resumes from its last event). It gives the stream's
+    `slot` back when it ends."""
     deadline = time.monotonic() + max_s
     tenant_id = context.tenant.id
     if context.permit is not None:
         context.permit.release()  # the feed reads under the tenant's bound; a stream itself holds nothing
-    # Counted from the body's start: a stream whose client left before it began never ran and holds nothing.
-    _OPEN[tenant_id] = _OPEN.get(tenant_id, 0) + 1
-    metrics.event_stream_opened(tenant_id)
     feed = feed_for(tenant_id, execution_id, read, render, page)
     try:
         yield f"retry: {RECONNECT_MS}\n\n".encode()
@@ -240,7 +292,4 @@ async def follow(
                 yield KEEPALIVE
     finally:
         feed.leave()
-        _OPEN[tenant_id] -= 1
-        metrics.event_stream_opened(tenant_id, -1)
-        if not _OPEN[tenant_id]:
-            del _OPEN[tenant_id]
+        slot.release()

@@ -32,6 +32,9 @@ _INSERT = (
 _LIST = "SELECT {subscription} FROM app.webhook_subscriptions ORDER BY created_at, id"
 _COUNT = "SELECT count(*) AS n FROM app.webhook_subscriptions"
 _GET = "SELECT {subscription} FROM app.webhook_subscriptions WHERE id = %s"
+# The lock its UPDATE takes anyway, taken at the read: not FOR UPDATE, which would also hold up the relay's
+# FOR KEY SHARE read of the enabled subscriptions for as long as the change's transaction is open.
+_GET_TO_CHANGE = _GET + " FOR NO KEY UPDATE"
 _UPDATE = (
     "UPDATE app.webhook_subscriptions SET url = %s, event_types = %s, description = %s, enabled = %s,"
     " disabled_reason = CASE WHEN %s THEN NULL ELSE disabled_reason END,"
@@ -194,11 +197,19 @@ def get(conn: Conn, subscription_id: UUID) -> Subscription | None:
     return _subscription(row) if row else None
 
 
+def get_to_change(conn: Conn, subscription_id: UUID) -> Subscription | None:
+    """The subscription as it is, locked until the transaction ends, for `update` to be decided from: a sender that
+    disables it meanwhile waits, or has committed before this read and is seen (a read without the lock could
+    re-enable a subscription just disabled, skipping the failed delivery that `update` would have resent)."""
+    row = conn.execute(_sql(_GET_TO_CHANGE), (subscription_id,)).fetchone()
+    return _subscription(row) if row else None
+
+
 def update(
     conn: Conn, current: Subscription, *, url: str, event_types: Sequence[str], description: str, enabled: bool
 ) -> Subscription:
-    """Change a subscription; enabling a disabled one clears its failures and sends its failed deliveries again,
-    in their order."""
+    """Change a subscription (`current` read with `get_to_change` in this transaction); enabling a disabled one
+    clears its failures and sends its failed deliveries again, in their order."""
     reenabled = enabled and not current.enabled
     row = conn.execute(
         _sql(_UPDATE), (url, list(event_types), description, enabled, reenabled, reenabled, current.id)
@@ -216,14 +227,15 @@ def rotate(conn: Conn, tenant_id: UUID, subscription_id: UUID) -> str:
     return secret
 
 
-def seal_secrets(conn: Conn, tenant_id: UUID, keys: Sealer) -> int:
-    """Seal, with the current key, every secret of the tenant's subscriptions that is not yet (inside its tenant
-    transaction); how many were sealed. The secrets themselves stay the same, so receivers notice nothing."""
-    rows = conn.execute(_TO_SEAL, (keys.current_prefix,)).fetchall()
-    for row in rows:
-        owner = sealed_for(tenant_id, row["id"])
-        conn.execute(_SEAL, (keys.seal(open_secret(row["secret"], owner, keys).encode("ascii"), owner), row["id"]))
-    return len(rows)
+def secrets_to_seal(conn: Conn, current_prefix: str) -> list[tuple[UUID, str]]:
+    """The tenant's subscriptions whose secret is not sealed with the current key (inside its tenant transaction),
+    as (id, stored secret), locked in id order (the relay's order) until the transaction ends."""
+    return [(row["id"], row["secret"]) for row in conn.execute(_TO_SEAL, (current_prefix,)).fetchall()]
+
+
+def store_sealed(conn: Conn, subscription_id: UUID, sealed: str) -> None:
+    """Keep the subscription's secret as `sealed` (the same secret, sealed with another key)."""
+    conn.execute(_SEAL, (sealed, subscription_id))
 
 
 def delete(conn: Conn, subscription_id: UUID) -> bool:

@@ -46,6 +46,8 @@ TENANT_BUDGET_S = 15.0
 """How long a run sends one tenant's deliveries before it leaves the rest for the next run; a send started before
 then ends within SEND_TIMEOUT_S, well inside HOLD_S."""
 MAX_RESPONSE_BYTES = 4096
+MAX_ERROR_CHARS = 500
+"""Of an attempt's error recorded in the delivery log (and in the `webhook.disabled` event's reason)."""
 _DUE_TENANTS = "SELECT tenant_id FROM app.webhook_due_tenants(%s) AS due (tenant_id)"
 
 ClientFactory = Callable[[list[str]], GuardedClient]
@@ -98,6 +100,12 @@ class DeliveryResult:
     """Claimed and not sent when a tenant's share of the run was spent: due again for the next run."""
 
 
+def _error_text(exc: BaseException) -> str:
+    """`Type: message`, at most MAX_ERROR_CHARS characters: what a failed attempt records of its error."""
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
+
+
 def _send(client: GuardedClient, claimed: store.Claimed, timeout_s: float) -> tuple[int | None, str | None]:
     """POST one delivery, all of it within `timeout_s`; answers the status and, when it did not succeed, why."""
     # Exactly the bytes the client sends for `json_body`, so the signature covers what the receiver reads.
@@ -111,7 +119,12 @@ def _send(client: GuardedClient, claimed: store.Claimed, timeout_s: float) -> tu
     except StepFailed as exc:  # refused by the guard now (the host's addresses changed), or unreachable
         return None, str(exc)
     except httpx.HTTPError as exc:  # DeadlineExceeded among them
-        return None, f"{type(exc).__name__}: {exc}"
+        return None, _error_text(exc)
+    except Exception as exc:
+        # Whatever else a receiver's answer makes the client raise is a failed attempt too: raised on, it would end
+        # the tenant's run with no attempt counted, and the delivery would come back every HOLD_S for ever.
+        logger.warning("webhooks: delivery %s failed unexpectedly", claimed.id, exc_info=True)
+        return None, _error_text(exc)
     if 200 <= response.status_code < 300:
         return response.status_code, None
     return response.status_code, f"the receiver answered {response.status_code}"
@@ -144,22 +157,29 @@ def deliver_tenant(
                 )
             if not claimed:
                 break
-            for index, item in enumerate(claimed):  # each subscription's head: sent outside any transaction
-                if time.monotonic() >= ends:
-                    # A slow receiver spent this tenant's share of the run; its other heads wait for the next.
+            taken = 0  # how many of `claimed` were taken to be sent; the rest go back in the end
+            try:
+                for item in claimed:  # each subscription's head: sent outside any transaction
+                    if time.monotonic() >= ends:
+                        # A slow receiver spent this tenant's share of the run; its other heads wait for the next.
+                        result.left += len(claimed) - taken
+                        break
+                    taken += 1
+                    _deliver(
+                        tenant_id,
+                        client,
+                        item,
+                        result,
+                        pool=pool,
+                        backoff_base_s=backoff_base_s,
+                        send_timeout_s=send_timeout_s,
+                    )
+            finally:
+                # Also when a send or its record raised: the heads not yet sent are due again at once, not held for
+                # HOLD_S (the one that raised keeps its hold: it may have reached its receiver).
+                if taken < len(claimed):
                     with tenant_transaction(tenant_id, pool=pool) as conn:
-                        store.release(conn, [later.id for later in claimed[index:]])
-                    result.left += len(claimed) - index
-                    break
-                _deliver(
-                    tenant_id,
-                    client,
-                    item,
-                    result,
-                    pool=pool,
-                    backoff_base_s=backoff_base_s,
-                    send_timeout_s=send_timeout_s,
-                )
+                        store.release(conn, [later.id for later in claimed[taken:]])
     return result
 
 

@@ -26,6 +26,10 @@ METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in ("169.254.169.25
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 
+MAX_PORT = 65535
+_MAX_ERROR_CHARS = 200
+"""Of an error's own text quoted in a refusal: a URL (and so its error) can be long."""
+
 PRIVATE_NAME_SUFFIXES = ("localhost", ".localhost", ".internal", ".local", ".home.arpa")
 """Names that by convention resolve only inside a host or a private network (RFC 6761, RFC 6762, RFC 8375)."""
 
@@ -38,6 +42,12 @@ class UrlRefused(StepFailed):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, retryable=False)
+
+
+def _bounded(exc: BaseException) -> str:
+    """The error's text, at most `_MAX_ERROR_CHARS` characters of it."""
+    text = str(exc)
+    return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 3] + "..."
 
 
 def system_resolver(host: str, port: int) -> list[str]:
@@ -141,14 +151,24 @@ def check_url(
         raise UrlRefused(f"invalid URL: {exc}") from None
     if parsed.scheme not in ("http", "https"):
         raise UrlRefused(f"only http and https URLs may be called, not {parsed.scheme or 'a relative URL'!r}")
-    host = parsed.host.lower().rstrip(".")
+    try:
+        # `host` decodes the name (IDNA) only when asked: a malformed A-label (`xn--`) raises UnicodeError
+        # (idna.IDNAError) here, and whatever a URL holds must end as a refusal, never as another error.
+        host = parsed.host.lower().rstrip(".")
+        given_port = parsed.port
+    except ValueError as exc:  # UnicodeError among them
+        raise UrlRefused(f"invalid host name in the URL: {_bounded(exc)}") from None
     if not host:
         raise UrlRefused("the URL has no host")
+    if given_port is not None and not 1 <= given_port <= MAX_PORT:
+        # The resolver would raise OverflowError on a port past C's int, and no connection can use port 0 or one
+        # past 65535.
+        raise UrlRefused(f"the URL's port must be between 1 and {MAX_PORT}")
     allowed = host in {h.lower().rstrip(".") for h in allowed_hosts}
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    port = given_port or (443 if parsed.scheme == "https" else 80)
     try:
         addresses = tuple(resolver(host, port))
-    except (OSError, UnicodeError) as exc:
+    except (OSError, UnicodeError, OverflowError) as exc:
         raise StepFailed(f"cannot resolve {host}: {exc}") from None
     if not addresses:
         raise StepFailed(f"cannot resolve {host}: no addresses")
@@ -343,6 +363,16 @@ class _BoundedBody(httpx.SyncByteStream):
             self._deadline.end()
 
 
+def _bad_location(exc: BaseException) -> UrlRefused:
+    """The refusal of a redirect whose Location does not parse as a URL that may be called."""
+    return UrlRefused(f"the redirect's Location is not a URL that may be called: {_bounded(exc)}")
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    """Scheme, host and port: what credentials are bound to. ValueError when the host is not a valid name."""
+    return url.scheme, url.host, url.port
+
+
 class GuardedClient:
     """An httpx client that checks every URL it visits, redirects included, and connects only to checked addresses.
     A request's timeout bounds the whole exchange, its redirects and the reading of its body included."""
@@ -393,7 +423,10 @@ class GuardedClient:
 
         `timeout` (the client's when None) bounds the exchange until the response is closed: connecting, every
         hop, the headers and the reading of the body; past it, DeadlineExceeded (an httpx.TimeoutException)."""
-        current = httpx.URL(url)
+        try:
+            current = httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            raise UrlRefused(f"invalid URL: {exc}") from None
         if query:
             current = current.copy_merge_params(dict(query))
         sent_headers = {k: v for k, v in (headers or {}).items() if k.lower() != "host"}
@@ -404,7 +437,8 @@ class GuardedClient:
             content = json.dumps(json_body, separators=(",", ":")).encode("utf-8")
             sent_headers.setdefault("Content-Type", "application/json")
         deadline = _Deadline(timeout if timeout is not None else self._timeout)
-        host = current.host
+        # Only for messages until the URL is checked: `host` would decode the name, which can fail (`xn--`).
+        host = current.raw_host.decode("ascii", errors="replace")
         handed_over = False
         try:
             resolver = _resolving_within(self._resolver, deadline)
@@ -424,13 +458,17 @@ class GuardedClient:
                 response.close()
                 if hop == MAX_REDIRECTS:
                     raise StepFailed(f"more than {MAX_REDIRECTS} redirects from {url}", retryable=False)
-                following = current.join(location)
+                try:
+                    following = current.join(location)
+                    same_origin = _origin(following) == _origin(current)
+                except (httpx.InvalidURL, ValueError) as exc:  # ValueError: a name that is not IDNA (`xn--`)
+                    raise _bad_location(exc) from None
                 if response.status_code == 303 or (
                     response.status_code in (301, 302) and method not in ("GET", "HEAD")
                 ):
                     method, content = "GET", None
                     sent_headers = {k: v for k, v in sent_headers.items() if k.lower() != "content-type"}
-                if (following.scheme, following.host, following.port) != (current.scheme, current.host, current.port):
+                if not same_origin:
                     # Credentials meant for one origin are not handed to another.
                     sent_headers = {k: v for k, v in sent_headers.items() if k.lower() not in _CREDENTIAL_HEADERS}
                 current = following
@@ -471,6 +509,10 @@ class GuardedClient:
                 return self._client.send(request, stream=True)
             except httpx.ConnectError as exc:
                 last_error = exc  # try the host's next address, like a browser would
+            except UnicodeError as exc:
+                # httpx reads a redirect's Location as it answers, and a name there that is not IDNA (`xn--`) raises
+                # this; the request's own URL holds a checked address, so the Location is what it is about.
+                raise _bad_location(exc) from None
         raise StepFailed(f"cannot connect to {target.host}: {last_error}")
 
 

@@ -445,8 +445,13 @@ async def events(
     # Async so a waiting client holds no worker thread; every database step runs on one, briefly.
     await run_in_threadpool(load_execution, context, execution_id)
     if event_stream.wants_event_stream(accept):
-        event_stream.admit_stream(context.tenant.id, get_settings().QP_EVENT_STREAMS_PER_TENANT)
-        return _event_stream(context, execution_id, event_stream.resume_after(last_event_id, after), limit)
+        start_after = event_stream.resume_after(last_event_id, after)  # a 422 takes no place among the streams
+        slot = event_stream.admit_stream(context.tenant.id, get_settings().QP_EVENT_STREAMS_PER_TENANT)
+        try:
+            return _event_stream(context, slot, execution_id, start_after, limit)
+        except BaseException:
+            slot.release()  # no response will give it back
+            raise
     deadline = time.monotonic() + wait
     wakeup = get_event_wakeup() if wait > 0 else None
     with contextlib.ExitStack() as stack:
@@ -470,7 +475,10 @@ async def events(
     )
 
 
-def _event_stream(context: RequestContext, execution_id: UUID, after: int, limit: int) -> StreamingResponse:
+def _event_stream(
+    context: RequestContext, slot: event_stream.StreamSlot, execution_id: UUID, after: int, limit: int
+) -> StreamingResponse:
+    """The stream's response, which (with its body) gives the stream's admitted `slot` back when it ends."""
     settings = get_settings()
 
     async def read(position: int) -> tuple[repo.Execution, list[repo.ExecutionEvent]]:
@@ -478,6 +486,7 @@ def _event_stream(context: RequestContext, execution_id: UUID, after: int, limit
 
     body = event_stream.follow(
         context,
+        slot,
         execution_id,
         after,
         read,
@@ -488,4 +497,4 @@ def _event_stream(context: RequestContext, execution_id: UUID, after: int, limit
     )
     # No cache or proxy may hold the events back; the stream itself is the answer, so nothing is transformed.
     headers = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
-    return StreamingResponse(body, media_type=event_stream.MEDIA_TYPE, headers=headers)
+    return event_stream.EventStreamResponse(body, slot, headers)

@@ -143,8 +143,9 @@ def _check_url(tenant_id: UUID, url: str) -> None:
         raise ProblemError(422, "webhook-url-refused", "Unprocessable content", str(exc)) from None
 
 
-def _found(conn: Any, subscription_id: UUID) -> store.Subscription:
-    found = store.get(conn, subscription_id)
+def _found(conn: Any, subscription_id: UUID, *, to_change: bool = False) -> store.Subscription:
+    """The subscription (locked until the transaction ends when `to_change`), or a 404."""
+    found = store.get_to_change(conn, subscription_id) if to_change else store.get(conn, subscription_id)
     if found is None:
         raise ProblemError(404, "not-found", "Not found", f"no webhook subscription {subscription_id}")
     return found
@@ -225,7 +226,9 @@ async def change(subscription_id: SubscriptionId, body: SubscriptionPatch, conte
         if body.url is not None:
             _check_url(context.tenant.id, body.url)
         with tenant_transaction(context.tenant.id) as conn:
-            current = _found(conn, subscription_id)
+            # Read locked: what is kept and whether it is re-enabled are decided from the row as it is, not from a
+            # read that a sender's disabling commits past.
+            current = _found(conn, subscription_id, to_change=True)
             changed = store.update(
                 conn,
                 current,
