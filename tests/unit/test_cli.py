@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import threading
 import time
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -163,8 +165,11 @@ def test_the_live_view_shows_step_ids_and_actions_that_look_like_markup() -> Non
     "raised", [httpx.ConnectError("[Errno 111] Connection refused"), httpx.ReadTimeout("timed out")]
 )
 def test_an_unreachable_platform_is_one_line_and_exit_3_not_a_failed_run(
-    platform: Platform, raised: httpx.TransportError
+    platform: Platform, raised: httpx.TransportError, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr("quantum_platform.client.time.sleep", slept.append)  # the client's backoff, not waited out
+
     def unreachable(request: httpx.Request) -> httpx.Response:
         raise raised
 
@@ -177,6 +182,9 @@ def test_an_unreachable_platform_is_one_line_and_exit_3_not_a_failed_run(
     env = {"QP_TOKEN": "t", "QP_URL": ENTRA}
     line = refusal(qp("run", "web", "--follow", env=env))  # exit 1 would read as "the execution failed"
     assert f"POST {ENTRA}/api/v1/intents/{INTENT_ID}/execute failed: {raised}" in line
+    # The start was tried again with its one key (it may have run), four times, then refused.
+    keys = [r.headers["Idempotency-Key"] for r in platform.seen if r.method == "POST"]
+    assert len(keys) == 5 and len(set(keys)) == 1 and len(slept) == 4
     platform.handler = unreachable
     failed = f"error: GET {ENTRA}/api/v1/intents failed: {raised} ({type(raised).__name__})"
     assert refusal(qp("intents", "list", env=env)) == failed
@@ -297,6 +305,31 @@ def test_a_login_from_another_folder_keeps_the_checkout_or_saves_nothing(
     platform.seen.clear()
     assert "cannot find the platform's checkout" in refusal(qp("login", "--url", local))
     assert not profile_path().exists() and platform.seen == []
+
+
+def test_an_entra_login_without_the_azure_extra_is_one_line_naming_it(
+    platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "azure.identity", None)  # what `import azure.identity` meets without the extra
+    line = refusal(qp("login", "--url", ENTRA, "--entra-tenant", "t-1"))
+    assert "pip install 'quantum-platform-client[azure]'" in line
+    assert platform.seen == [] and not profile_path().exists()
+
+
+def test_a_refused_entra_sign_in_is_one_line_and_exit_3(platform: Platform, monkeypatch: pytest.MonkeyPatch) -> None:
+    from azure.core.exceptions import ClientAuthenticationError
+
+    class DeviceCodeCredential:
+        def __init__(self, **kwargs: Any) -> None:
+            pass
+
+        def get_token(self, *scopes: str) -> Any:
+            raise ClientAuthenticationError("DeviceCodeCredential: AADSTS70016: the user did not sign in\nin time")
+
+    monkeypatch.setitem(sys.modules, "azure.identity", types.SimpleNamespace(DeviceCodeCredential=DeviceCodeCredential))
+    line = refusal(qp("login", "--url", ENTRA))
+    assert line == "error: DeviceCodeCredential: AADSTS70016: the user did not sign in in time"
+    assert platform.seen == [] and not profile_path().exists()
 
 
 # ------------------------------------------------------------------------------------------ the example receiver

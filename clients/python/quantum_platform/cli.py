@@ -109,6 +109,10 @@ def _find_checkout(*candidates: str | Path | None) -> Path | None:
     return None
 
 
+_NO_AZURE = (
+    "signing in to Entra ID needs azure-identity: pip install 'quantum-platform-client[azure]' (or log in to a local "
+    "devhost, or set QP_TOKEN)"
+)
 _NO_CHECKOUT = (
     "cannot find the platform's checkout (the folder holding devhost/) to mint dev tokens: run `qp login` in it, "
     "or pass --project-dir (or set QP_PROJECT_DIR)"
@@ -163,6 +167,20 @@ def _run(action: Callable[[], None]) -> None:
         _fail(exc.summary)
     except _REFUSALS as exc:
         _fail(_reason(exc))
+    except Exception as exc:
+        if isinstance(exc, _azure_errors()):
+            _fail(_reason(exc))  # a refused or abandoned Entra sign-in is a refusal too, not a failed execution
+        raise
+
+
+def _azure_errors() -> tuple[type[Exception], ...]:
+    """azure-core's base error when the `azure` extra is installed (imported only when something was raised: `qp`
+    runs without the extra)."""
+    try:
+        from azure.core.exceptions import AzureError
+    except ImportError:
+        return ()
+    return (AzureError,)
 
 
 def _fail(message: str) -> NoReturn:
@@ -197,17 +215,43 @@ def _show(data: Any, output: Output, columns: list[str] | None = None) -> None:
     rows = data.get("items") if isinstance(data, dict) and "items" in data else data
     if isinstance(rows, list):
         keys = columns or (list(rows[0]) if rows and isinstance(rows[0], dict) else ["value"])
-        table = Table()
-        for key in keys:
-            table.add_column(Text(str(key)))
-        for row in rows:
-            table.add_row(*[_cell(row.get(key) if isinstance(row, dict) else row) for key in keys])
-        out.print(table)
+        cells = [[_cell(row.get(key) if isinstance(row, dict) else row) for key in keys] for row in rows]
+        out.print(_listing(keys, cells), crop=False)
         return
     table = Table("field", "value", show_header=False)
     for key, value in data.items() if isinstance(data, dict) else [("value", data)]:
         table.add_row(Text(str(key)), _cell(value))
     out.print(table)
+
+
+_OTHER_MIN_WIDTH = 10
+"""Where the other columns of a listing stop shrinking (a status such as `succeeded` still reads whole)."""
+
+
+def _is_id(key: str) -> bool:
+    """Whether a column holds what other commands take as an argument (an id, an intent's name): never cut."""
+    return key in ("id", "name") or key.endswith("_id")
+
+
+def _listing(keys: list[str], cells: list[list[Text]]) -> Table:
+    """The rows as a table whose id (and name) columns are never cut: an id copied from a listing (`b3fa0512-0d57-40…`)
+    named nothing in the next command. The other columns shrink first; where even the ids do not fit, the table is wider
+    than the console (printed uncropped) rather than losing an id or a column."""
+    table = Table()
+    needed = 1  # the left edge; each column adds its padding and its right border below
+    for index, key in enumerate(keys):
+        if _is_id(key):
+            width = max([len(key), *(row[index].cell_len for row in cells)])
+            table.add_column(Text(key), no_wrap=True, min_width=width)
+        else:
+            width = min(_OTHER_MIN_WIDTH, max([len(key), *(row[index].cell_len for row in cells)]))
+            table.add_column(Text(key), min_width=width)
+        needed += width + 3
+    for row in cells:
+        table.add_row(*row)
+    if needed > out.width:
+        table.width = needed
+    return table
 
 
 def _cell(value: Any) -> Text:
@@ -266,8 +310,10 @@ def login(
             "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
         }
         if not local:
-            from azure.identity import DeviceCodeCredential  # the client's `azure` extra
-
+            try:
+                from azure.identity import DeviceCodeCredential  # the client's `azure` extra
+            except ImportError:
+                raise PlatformError(_NO_AZURE) from None
             token = DeviceCodeCredential(tenant_id=entra_tenant).get_token(scope)
             profile.update(token=token.token, expires_on=token.expires_on, tenant=None)
         # Checked with the new sign-in's own credential before anything is saved: a failed login leaves the working
@@ -297,14 +343,58 @@ def intents_get(intent: str, output: OutputOption = "table") -> None:
     _run(lambda: _with(lambda c: _show(c.intents.get(_intent_id(c, intent)).json(), output)))
 
 
+LimitOption = Annotated[
+    int | None, typer.Option(min=1, max=200, help="items per page (the API's default: 50; at most 200)")
+]
+CursorOption = Annotated[str | None, typer.Option(help="the page after a listing's next_cursor")]
+AllOption = Annotated[bool, typer.Option("--all", help="every page, not only the first")]
+
+
 @intents_app.command("list")
 def intents_list(
     name_prefix: Annotated[str | None, typer.Option(help="names starting with this")] = None,
+    label: Annotated[list[str] | None, typer.Option(help="key:value; repeat to require several")] = None,
+    status: Annotated[str | None, typer.Option(help="active or archived")] = None,
+    limit: LimitOption = None,
+    cursor: CursorOption = None,
+    every: AllOption = False,
     output: OutputOption = "table",
 ) -> None:
-    """The tenant's intents."""
+    """The tenant's intents, by name: a page of them (--all: every page)."""
     columns = ["id", "name", "version", "status", "description", "updated_at"]
-    _run(lambda: _with(lambda c: _show(c.intents.list(name_prefix=name_prefix).json(), output, columns)))
+
+    def act(client: Client) -> None:
+        _show_pages(
+            lambda after: client.intents.list(
+                name_prefix=name_prefix, label=label, status=status, limit=limit, cursor=after
+            ).json(),
+            cursor,
+            every=every,
+            output=output,
+            columns=columns,
+        )
+
+    _run(lambda: _with(act))
+
+
+def _show_pages(
+    page_at: Callable[[str | None], Any], cursor: str | None, *, every: bool, output: Output, columns: list[str]
+) -> None:
+    """A listing's page at `cursor`, or with `every` the items of it and every page after it; a page that is not the
+    last one says (on stderr, in table mode) how to ask for the next, instead of passing for the whole list."""
+    page = page_at(cursor)
+    if every:
+        items = list(page.get("items") or [])
+        while page.get("next_cursor"):
+            if page["next_cursor"] == cursor:
+                raise PlatformError(f"the listing answered the cursor it was sent ({cursor}) as its next one")
+            cursor = str(page["next_cursor"])
+            page = page_at(cursor)
+            items += page.get("items") or []
+        page = {"items": items, "next_cursor": None}
+    _show(page, output, columns)
+    if output == "table" and page.get("next_cursor"):
+        err.print(Text(f"more: the next page is --cursor {page['next_cursor']}"), highlight=False, soft_wrap=True)
 
 
 @intents_app.command("update")
@@ -321,10 +411,27 @@ def intents_update(intent: str, file: Path, output: OutputOption = "table") -> N
 
 
 @intents_app.command("versions")
-def intents_versions(intent: str, output: OutputOption = "table") -> None:
-    """An intent's versions, oldest first."""
+def intents_versions(
+    intent: str,
+    limit: LimitOption = None,
+    cursor: CursorOption = None,
+    every: AllOption = False,
+    output: OutputOption = "table",
+) -> None:
+    """An intent's versions, oldest first: a page of them (--all: every page)."""
     columns = ["version", "created_at", "created_by", "origin"]
-    _run(lambda: _with(lambda c: _show(c.intents.versions(_intent_id(c, intent)).json(), output, columns)))
+
+    def act(client: Client) -> None:
+        item_id = _intent_id(client, intent)
+        _show_pages(
+            lambda after: client.intents.versions(item_id, limit=limit, cursor=after).json(),
+            cursor,
+            every=every,
+            output=output,
+            columns=columns,
+        )
+
+    _run(lambda: _with(act))
 
 
 @intents_app.command("diff")
@@ -377,11 +484,11 @@ def _intent_id(client: Client, intent: str) -> str:
             return intent
     except ValueError:
         pass
-    items = client.intents.list(name_prefix=intent).json()["items"]
-    matches = [item["id"] for item in items if item["name"] == intent]
-    if not matches:
-        raise PlatformError(f"no intent named {intent!r} in this tenant")
-    return str(matches[0])
+    # Every page of the prefix: the name may sit past the first 50 (archived ones, or a long shared prefix).
+    for item in client.intents.iterate(name_prefix=intent):
+        if item.get("name") == intent:
+            return str(item["id"])
+    raise PlatformError(f"no intent named {intent!r} in this tenant")
 
 
 # ------------------------------------------------------------------------------------------ runs
@@ -466,11 +573,26 @@ def _duration(started: str | None, finished: str | None) -> str:
 @executions_app.command("list")
 def executions_list(
     status: Annotated[str | None, typer.Option(help="only executions in this status")] = None,
+    intent: Annotated[str | None, typer.Option(help="only executions of this intent (its name or id)")] = None,
+    limit: LimitOption = None,
+    cursor: CursorOption = None,
+    every: AllOption = False,
     output: OutputOption = "table",
 ) -> None:
-    """The tenant's executions, newest first."""
+    """The tenant's executions, newest first: a page of them (--all: every page)."""
     columns = ["id", "intent_id", "intent_version", "status", "target", "created_at"]
-    _run(lambda: _with(lambda c: _show(c.executions.list(status=status).json(), output, columns)))
+
+    def act(client: Client) -> None:
+        intent_id = _intent_id(client, intent) if intent is not None else None
+        _show_pages(
+            lambda after: client.executions.list(status=status, intent_id=intent_id, limit=limit, cursor=after).json(),
+            cursor,
+            every=every,
+            output=output,
+            columns=columns,
+        )
+
+    _run(lambda: _with(act))
 
 
 @executions_app.command("get")
@@ -518,11 +640,7 @@ def events(
 
     def act(client: Client) -> None:
         path = f"/api/v1/executions/{execution}/events"
-        stream = (
-            client.stream(path, after=after)
-            if follow
-            else iter(client.executions.events(execution, after=after).json()["items"])
-        )
+        stream = client.stream(path, after=after) if follow else _recorded_events(client, execution, after)
         for event in stream:
             if output == "json":
                 _line(json.dumps(event, default=str))
@@ -532,6 +650,19 @@ def events(
                 _line(f"{event['seq']:>4}  {event['type']:<24} {event.get('step') or '':<24} {detail}")
 
     _run(lambda: _with(act))
+
+
+def _recorded_events(client: Client, execution: str, after: int) -> Iterator[dict[str, Any]]:
+    """Every event recorded so far after `after`, page after page (one answer holds at most 100): all of them, not
+    the first page passing for all."""
+    while True:
+        page = client.executions.events(execution, after=after).json()
+        # Only events past `after`: a page that does not move on ends the listing instead of repeating itself.
+        items = [item for item in page.get("items") or [] if isinstance(item, dict) and int(item["seq"]) > after]
+        yield from items
+        if not items:
+            return
+        after = max(int(page.get("next_after") or 0), max(int(item["seq"]) for item in items))
 
 
 # ------------------------------------------------------------------------------------------ webhooks

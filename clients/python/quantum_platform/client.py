@@ -1,38 +1,52 @@
 # intent_ref: platform.gateway
 """The Quantum Platform API client, async and sync: tokens per tenant, `Idempotency-Key` on every start and create,
-429 (and 503 where sending again cannot do a thing twice) retried after `Retry-After`, problem+json raised as typed
-errors, an execution's events followed until its end (server-sent events when the server streams them, its JSON long
-poll otherwise), reconnecting through lost connections and a restarting backend."""
+429 (and 503, 502, 504 and lost connections where sending again cannot do a thing twice) retried after `Retry-After`,
+problem+json raised as typed errors, list pages followed by their `next_cursor`, an execution's events followed until
+its end (server-sent events when the server streams them, its JSON long poll otherwise), reconnecting through lost
+connections and a restarting backend."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 from httpx_sse import EventSource
 
 from quantum_platform.credentials import Credential, DevhostCredential, from_environment
-from quantum_platform.errors import ProblemError, problem_from
+from quantum_platform.errors import PlatformError, ProblemError, problem_from
 from quantum_platform.resources import Audit, Definitions, Executions, Modules, Webhooks
 
 DEFAULT_URL = "http://127.0.0.1:7071"
 TERMINAL_EVENTS = frozenset({"execution_completed", "execution_failed", "execution_cancelled"})
 _RETRIED = frozenset({429, 503})
+_GATEWAY = frozenset({502, 504})
+"""A gateway's answers when the backend did not answer in time or at all: like a lost connection, the request may
+have run, so they are retried only for a request that is `repeatable`, as a 503 is."""
 _REPEATABLE = frozenset({"GET", "HEAD", "OPTIONS", "PUT"})
-"""Methods a 503 may be retried for without an Idempotency-Key: reading, or a PUT of a whole state. A 503 can come
+"""Methods a 503, a 502/504 or a lost connection may be retried for without an Idempotency-Key: reading, or a PUT of
+a whole state (without If-Match: one with it that committed would answer 412 when sent again). Any of them can come
 after the work committed (raised at COMMIT, or by a gateway timing out): a rollback, approve, cancel, rotate-secret,
 PATCH or DELETE sent again would run twice. A 429 is retried for every method: nothing ran."""
+_SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
+_TRANSIENT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+"""Transport failures worth sending a repeatable request again for: timeouts and lost or refused connections (not a
+malformed URL or an unsupported scheme, which fail the same way every time)."""
 _RESTARTING = frozenset({502, 503, 504})
 """Answers to (re)opening a stream while the backend restarts (API Management answers 502/504 meanwhile, ADR 0041):
 reconnected like a lost connection, within the same budget."""
-_STARTS = ("/execute", "/retry")
+_STARTS = re.compile(r"/api/v1/(?:intents/[^/]+/execute|executions/[^/]+/retry)")
+"""The two start routes, matched whole: an approval of a step named `retry` or `execute` is not a start."""
 _CREATES = frozenset(
     f"/api/v1/{collection}" for collection in ("intents", "blueprints", "webhooks", "modules", "policies")
 )
@@ -40,6 +54,7 @@ _CREATES = frozenset(
 _POLL_WAIT_S = 25.0
 _RECONNECTS = 12
 """Consecutive failed reconnects of a stream (backing off to 5 s: about 45 s in all) before its error is raised."""
+Item = dict[str, Any]
 # Either answer is followed: a server without the stream answers the JSON long poll from the same URL.
 _STREAM_ACCEPT = "text/event-stream, application/json;q=0.9"
 
@@ -121,9 +136,16 @@ class _Core:
         idempotency_key: str | None = None,
     ) -> _Prepared:
         merged = dict(headers or {})
+        # The caller's own key, in any spelling of the header, is the key: sent once under the canonical name (a
+        # second, generated one overwrote it, or went beside it and the API refused two keys).
+        given = {merged.pop(name) for name in list(merged) if name.lower() == "idempotency-key"}
+        if idempotency_key is None and len(given) > 1:
+            raise ValueError(f"two different Idempotency-Key headers: {sorted(given)}")
+        if idempotency_key is None and given:
+            idempotency_key = given.pop()
         method = method.upper()
-        target = path.rstrip("/")
-        if idempotency_key is None and method == "POST" and (target.endswith(_STARTS) or target in _CREATES):
+        target = httpx.URL(path).path.rstrip("/")
+        if idempotency_key is None and method == "POST" and (_STARTS.fullmatch(target) or target in _CREATES):
             # One key per logical start or create, reused by this client's own retries: a retried create is the
             # same create (never a second webhook subscription), a retried start the same start.
             idempotency_key = str(uuid.uuid4())
@@ -136,8 +158,12 @@ class _Core:
 
     def retrying(self, method: str = "GET", headers: Mapping[str, str] | None = None) -> _Retrying:
         """The retry decisions of one request, answer by answer."""
-        keyed = any(name.lower() == "idempotency-key" for name in headers or {})
-        return _Retrying(self, repeatable=method.upper() in _REPEATABLE or keyed)
+        names = {name.lower() for name in headers or {}}
+        method = method.upper()
+        # A conditional write that committed fails its own repetition (412): not repeatable, whatever its method.
+        keyed, conditional = "idempotency-key" in names, "if-match" in names
+        repeatable = method in _SAFE or keyed or (method in _REPEATABLE and not conditional)
+        return _Retrying(self, repeatable=repeatable)
 
     def stream_request(self, http: httpx.Client | httpx.AsyncClient, path: str, after: int) -> httpx.Request:
         prepared = self.prepare(
@@ -154,8 +180,9 @@ class _Core:
 
 class _Retrying:
     """Decides, answer by answer, whether one request is sent again: after renewing a refused token (once), or after
-    `Retry-After` for 429, and for 503 when the request is `repeatable` (up to `max_retries`). Both clients' loops
-    ask it, so they cannot drift apart."""
+    `Retry-After` for 429, and for 503, 502, 504 and a lost connection when the request is `repeatable` (up to
+    `max_retries`, with the same headers: a start's key included). Both clients' loops ask it, so they cannot drift
+    apart."""
 
     def __init__(self, core: _Core, *, repeatable: bool) -> None:
         self._core = core
@@ -170,21 +197,45 @@ class _Retrying:
             self._renewed = True
             self._core.credential.refresh(self._core.tenant)
             return 0.0
-        attempt = self._attempt
-        if response.status_code not in _RETRIED or attempt >= self._core.max_retries:
+        status = response.status_code
+        if status not in _RETRIED and status not in _GATEWAY:
             return None
-        if response.status_code == 503 and not self._repeatable:
+        if status != 429 and not self._repeatable:
+            return None
+        return self._next(_retry_after(response))
+
+    def after_error(self, error: httpx.TransportError) -> float | None:
+        """Seconds to wait before sending the request again after `error` (the request may have run: only a
+        `repeatable` one is sent again), or None when `error` is raised."""
+        if not isinstance(error, _TRANSIENT) or not self._repeatable:
+            return None
+        return self._next(None)
+
+    def _next(self, seconds: float | None) -> float | None:
+        """The wait before the next attempt (`seconds` when the server named it, else backing off), or None when
+        the attempts are spent."""
+        attempt = self._attempt
+        if attempt >= self._core.max_retries:
             return None
         self._attempt += 1
-        seconds = _retry_after(response)
         return float(min(0.5 * 2**attempt, 10.0)) if seconds is None else seconds
 
 
 def _retry_after(response: httpx.Response) -> float | None:
-    """The answer's `Retry-After` in seconds (capped at 60), or None without one."""
+    """The answer's `Retry-After` in seconds, as a number or an HTTP date (capped at 60), or None without a usable
+    one (`nan` or `inf` reached time.sleep, which raised)."""
+    value = str(response.headers.get("Retry-After", "")).strip()
     try:
-        seconds = float(str(response.headers.get("Retry-After", "")))
+        seconds = float(value)
     except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # an obsolete date without a zone: HTTP dates are GMT
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    if not math.isfinite(seconds):
         return None
     return min(max(seconds, 0.0), 60.0)
 
@@ -220,6 +271,20 @@ def _sse_event(data: str, event_id: str, after: int) -> tuple[dict[str, Any] | N
     return (item if isinstance(item, dict) else None), max(position, after)
 
 
+def _page(page: Any, sent: object) -> tuple[list[Item], str | None]:
+    """A listing page's items and the cursor of the next page (None: the last one). A server answering the cursor it
+    was sent would page forever: that is refused, not followed."""
+    if not isinstance(page, dict):
+        raise PlatformError("a listing answered something other than a page ({items, next_cursor})")
+    items = [item for item in page.get("items") or [] if isinstance(item, dict)]
+    cursor = page.get("next_cursor")
+    if cursor is None or cursor == "":
+        return items, None
+    if cursor == sent:
+        raise PlatformError(f"a listing answered the cursor it was sent ({cursor}) as its next one")
+    return items, str(cursor)
+
+
 def _events(page: Any) -> tuple[list[dict[str, Any]], int, bool]:
     items = [item for item in page.get("items", []) if isinstance(item, dict)]
     ended = page.get("status") in ("succeeded", "failed", "cancelled")
@@ -242,11 +307,17 @@ class AsyncClient:
     ) -> None:
         self._core = _Core(base_url, credential, tenant, max_retries)
         self._http = httpx.AsyncClient(base_url=self._core.base_url, timeout=timeout, transport=transport)
-        self.intents: Definitions[Awaitable[ApiResponse]] = Definitions(self.request, "intents")
-        self.blueprints: Definitions[Awaitable[ApiResponse]] = Definitions(self.request, "blueprints")
-        self.executions: Executions[Awaitable[ApiResponse]] = Executions(self.request)
+        self.intents: Definitions[Awaitable[ApiResponse], AsyncIterator[Item]] = Definitions(
+            self.request, "intents", self.iterate
+        )
+        self.blueprints: Definitions[Awaitable[ApiResponse], AsyncIterator[Item]] = Definitions(
+            self.request, "blueprints", self.iterate
+        )
+        self.executions: Executions[Awaitable[ApiResponse], AsyncIterator[Item]] = Executions(
+            self.request, self.iterate
+        )
         self.modules: Modules[Awaitable[ApiResponse]] = Modules(self.request)
-        self.audit: Audit[Awaitable[ApiResponse]] = Audit(self.request)
+        self.audit: Audit[Awaitable[ApiResponse], AsyncIterator[Item]] = Audit(self.request, self.iterate)
         self.webhooks: Webhooks[Awaitable[ApiResponse]] = Webhooks(self.request)
 
     @property
@@ -258,15 +329,22 @@ class AsyncClient:
         self._core.set_tenant(tenant)
 
     async def request(self, method: str, path: str, **kwargs: Any) -> ApiResponse:
-        """Send one request; 429 is retried after `Retry-After`, 503 too unless sending again could do something
-        twice (a POST, PATCH or DELETE without an Idempotency-Key), a refused token once with a fresh one."""
+        """Send one request; 429 is retried after `Retry-After`, 503, 502, 504 and a lost connection too unless
+        sending again could do something twice (a POST, PATCH or DELETE without an Idempotency-Key, a write with
+        If-Match), a refused token once with a fresh one."""
         prepared = self._core.prepare(method, path, **kwargs)
         retrying = self._core.retrying(prepared.method, prepared.headers)
         while True:
-            response = await self._http.request(
-                prepared.method, prepared.path, json=prepared.json, params=prepared.params,
-                headers=self._core.authorized(prepared),
-            )  # fmt: skip
+            try:
+                response = await self._http.request(
+                    prepared.method, prepared.path, json=prepared.json, params=prepared.params,
+                    headers=self._core.authorized(prepared),
+                )  # fmt: skip
+            except httpx.TransportError as error:
+                if (delay := retrying.after_error(error)) is None:
+                    raise
+                await asyncio.sleep(delay)
+                continue
             if (delay := retrying.after(response)) is None:
                 return self._core.checked(response)
             await asyncio.sleep(delay)
@@ -285,6 +363,18 @@ class AsyncClient:
 
     async def delete(self, path: str, **kwargs: Any) -> ApiResponse:
         return await self.request("DELETE", path, **kwargs)
+
+    async def iterate(self, path: str, *, params: Mapping[str, Any] | None = None) -> AsyncIterator[Item]:
+        """Every item of a paged listing (`{"items": [...], "next_cursor": ...}`), asking for the next page with
+        `cursor=` until the answer names none; `params` are the route's filters (and `limit`, the page size)."""
+        query = dict(params or {})
+        while True:
+            items, cursor = _page((await self.get(path, params=query)).json(), query.get("cursor"))
+            for item in items:
+                yield item
+            if cursor is None:
+                return
+            query["cursor"] = cursor
 
     async def stream(self, path: str, *, after: int = 0) -> AsyncIterator[dict[str, Any]]:
         """Each event of an execution (`path` is its events URL) as it is recorded, oldest first, ending after the
@@ -371,11 +461,13 @@ class Client:
     ) -> None:
         self._core = _Core(base_url, credential, tenant, max_retries)
         self._http = httpx.Client(base_url=self._core.base_url, timeout=timeout, transport=transport)
-        self.intents: Definitions[ApiResponse] = Definitions(self.request, "intents")
-        self.blueprints: Definitions[ApiResponse] = Definitions(self.request, "blueprints")
-        self.executions: Executions[ApiResponse] = Executions(self.request)
+        self.intents: Definitions[ApiResponse, Iterator[Item]] = Definitions(self.request, "intents", self.iterate)
+        self.blueprints: Definitions[ApiResponse, Iterator[Item]] = Definitions(
+            self.request, "blueprints", self.iterate
+        )
+        self.executions: Executions[ApiResponse, Iterator[Item]] = Executions(self.request, self.iterate)
         self.modules: Modules[ApiResponse] = Modules(self.request)
-        self.audit: Audit[ApiResponse] = Audit(self.request)
+        self.audit: Audit[ApiResponse, Iterator[Item]] = Audit(self.request, self.iterate)
         self.webhooks: Webhooks[ApiResponse] = Webhooks(self.request)
 
     @property
@@ -387,15 +479,22 @@ class Client:
         self._core.set_tenant(tenant)
 
     def request(self, method: str, path: str, **kwargs: Any) -> ApiResponse:
-        """Send one request; 429 is retried after `Retry-After`, 503 too unless sending again could do something
-        twice (a POST, PATCH or DELETE without an Idempotency-Key), a refused token once with a fresh one."""
+        """Send one request; 429 is retried after `Retry-After`, 503, 502, 504 and a lost connection too unless
+        sending again could do something twice (a POST, PATCH or DELETE without an Idempotency-Key, a write with
+        If-Match), a refused token once with a fresh one."""
         prepared = self._core.prepare(method, path, **kwargs)
         retrying = self._core.retrying(prepared.method, prepared.headers)
         while True:
-            response = self._http.request(
-                prepared.method, prepared.path, json=prepared.json, params=prepared.params,
-                headers=self._core.authorized(prepared),
-            )  # fmt: skip
+            try:
+                response = self._http.request(
+                    prepared.method, prepared.path, json=prepared.json, params=prepared.params,
+                    headers=self._core.authorized(prepared),
+                )  # fmt: skip
+            except httpx.TransportError as error:
+                if (delay := retrying.after_error(error)) is None:
+                    raise
+                time.sleep(delay)
+                continue
             if (delay := retrying.after(response)) is None:
                 return self._core.checked(response)
             time.sleep(delay)
@@ -414,6 +513,17 @@ class Client:
 
     def delete(self, path: str, **kwargs: Any) -> ApiResponse:
         return self.request("DELETE", path, **kwargs)
+
+    def iterate(self, path: str, *, params: Mapping[str, Any] | None = None) -> Iterator[Item]:
+        """Every item of a paged listing (`{"items": [...], "next_cursor": ...}`), asking for the next page with
+        `cursor=` until the answer names none; `params` are the route's filters (and `limit`, the page size)."""
+        query = dict(params or {})
+        while True:
+            items, cursor = _page(self.get(path, params=query).json(), query.get("cursor"))
+            yield from items
+            if cursor is None:
+                return
+            query["cursor"] = cursor
 
     def stream(self, path: str, *, after: int = 0) -> Iterator[dict[str, Any]]:
         """Each event of an execution as it is recorded, ending after the terminal event; reconnects from the last

@@ -1,6 +1,7 @@
 # intent_ref: platform.gateway
 """Typed helpers over the API's routes, shared by the sync and the async client: each returns what the client's
-`request` returns (an answer, or an awaitable of one)."""
+`request` returns (an answer, or an awaitable of one); `iterate` returns what its `iterate` returns (every item of
+every page, followed by `next_cursor`: an iterator, or an async one)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import quote
 
 R = TypeVar("R")
+P = TypeVar("P")
 Send = Callable[..., R]
+Pages = Callable[..., P]
+"""The client's `iterate(path, params=...)`: every item of a paged listing, the pages followed by `next_cursor`."""
 Json = dict[str, Any]
 
 
@@ -21,11 +25,19 @@ def _params(**values: Any) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None}
 
 
-class Definitions(Generic[R]):
-    """Intents or blueprints: create, read, list, change, archive, versions, roll back, validate, plan."""
+def _labels(label: str | Sequence[str] | None) -> list[str] | None:
+    """The `label` filter as the API takes it: `key:value`, repeated to require several."""
+    if label is None:
+        return None
+    return [label] if isinstance(label, str) else [str(item) for item in label]
 
-    def __init__(self, send: Send[R], kind: Literal["intents", "blueprints"]) -> None:
-        self._send, self._base = send, f"/api/v1/{kind}"
+
+class Definitions(Generic[R, P]):
+    """Intents or blueprints: create, read, list (a page, or `iterate` for all), change, archive, versions, roll back,
+    validate, plan."""
+
+    def __init__(self, send: Send[R], kind: Literal["intents", "blueprints"], pages: Pages[P]) -> None:
+        self._send, self._base, self._pages = send, f"/api/v1/{kind}", pages
 
     def create(self, body: Mapping[str, Any]) -> R:
         return self._send("POST", self._base, json=dict(body))
@@ -33,8 +45,30 @@ class Definitions(Generic[R]):
     def get(self, item_id: str) -> R:
         return self._send("GET", f"{self._base}/{_segment(item_id)}")
 
-    def list(self, *, name_prefix: str | None = None, status: str | None = None, limit: int | None = None) -> R:
-        return self._send("GET", self._base, params=_params(name_prefix=name_prefix, status=status, limit=limit))
+    def list(
+        self,
+        *,
+        name_prefix: str | None = None,
+        label: str | Sequence[str] | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> R:
+        """One page, by name; the next one with `cursor=` the answer's `next_cursor` (None: the last page)."""
+        params = _params(name_prefix=name_prefix, label=_labels(label), status=status, limit=limit, cursor=cursor)
+        return self._send("GET", self._base, params=params)
+
+    def iterate(
+        self,
+        *,
+        name_prefix: str | None = None,
+        label: str | Sequence[str] | None = None,
+        status: str | None = None,
+        page_size: int | None = None,
+    ) -> P:
+        """Every item that `list` would page through, page after page."""
+        params = _params(name_prefix=name_prefix, label=_labels(label), status=status, limit=page_size)
+        return self._pages(self._base, params=params)
 
     def update(self, item_id: str, definition: Mapping[str, Any], *, if_match: str | None = None) -> R:
         headers = {"If-Match": if_match} if if_match else None
@@ -43,8 +77,14 @@ class Definitions(Generic[R]):
     def archive(self, item_id: str) -> R:
         return self._send("DELETE", f"{self._base}/{_segment(item_id)}")
 
-    def versions(self, item_id: str) -> R:
-        return self._send("GET", f"{self._base}/{_segment(item_id)}/versions")
+    def versions(self, item_id: str, *, limit: int | None = None, cursor: str | None = None) -> R:
+        """One page of versions, oldest first; the next one with `cursor=` the answer's `next_cursor`."""
+        params = _params(limit=limit, cursor=cursor)
+        return self._send("GET", f"{self._base}/{_segment(item_id)}/versions", params=params or None)
+
+    def iterate_versions(self, item_id: str, *, page_size: int | None = None) -> P:
+        """Every version, oldest first, page after page."""
+        return self._pages(f"{self._base}/{_segment(item_id)}/versions", params=_params(limit=page_size))
 
     def version(self, item_id: str, version: int) -> R:
         return self._send("GET", f"{self._base}/{_segment(item_id)}/versions/{int(version)}")
@@ -63,11 +103,12 @@ class Definitions(Generic[R]):
         return self._send("POST", f"{self._base}/{_segment(item_id)}/plan")
 
 
-class Executions(Generic[R]):
-    """Start, read, list, cancel, approve and retry executions (events: the client's `stream`)."""
+class Executions(Generic[R, P]):
+    """Start, read, list (a page, or `iterate` for all), cancel, approve and retry executions (events: the client's
+    `stream`)."""
 
-    def __init__(self, send: Send[R]) -> None:
-        self._send = send
+    def __init__(self, send: Send[R], pages: Pages[P]) -> None:
+        self._send, self._pages = send, pages
 
     def start(
         self,
@@ -85,13 +126,52 @@ class Executions(Generic[R]):
     def get(self, execution_id: str) -> R:
         return self._send("GET", f"/api/v1/executions/{_segment(execution_id)}")
 
-    def list(self, *, status: str | None = None, intent_id: str | None = None, limit: int | None = None) -> R:
-        return self._send("GET", "/api/v1/executions", params=_params(status=status, intent_id=intent_id, limit=limit))
-
-    def events(self, execution_id: str, *, after: int = 0, wait: float = 0) -> R:
-        return self._send(
-            "GET", f"/api/v1/executions/{_segment(execution_id)}/events", params={"after": after, "wait": wait}
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        intent_id: str | None = None,
+        created_after: str | None = None,
+        created_before: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> R:
+        """One page, newest first; the next one with `cursor=` the answer's `next_cursor` (None: the last page).
+        `created_after`/`created_before` are RFC 3339 times."""
+        params = _params(
+            status=status,
+            intent_id=intent_id,
+            created_after=created_after,
+            created_before=created_before,
+            limit=limit,
+            cursor=cursor,
         )
+        return self._send("GET", "/api/v1/executions", params=params)
+
+    def iterate(
+        self,
+        *,
+        status: str | None = None,
+        intent_id: str | None = None,
+        created_after: str | None = None,
+        created_before: str | None = None,
+        page_size: int | None = None,
+    ) -> P:
+        """Every execution that `list` would page through, newest first."""
+        params = _params(
+            status=status,
+            intent_id=intent_id,
+            created_after=created_after,
+            created_before=created_before,
+            limit=page_size,
+        )
+        return self._pages("/api/v1/executions", params=params)
+
+    def events(self, execution_id: str, *, after: int = 0, wait: float = 0, limit: int | None = None) -> R:
+        """The events after `after` (at most `limit`, 100 by default); the next ones with `after=` the answer's
+        `next_after`."""
+        params = _params(after=after, wait=wait, limit=limit)
+        return self._send("GET", f"/api/v1/executions/{_segment(execution_id)}/events", params=params)
 
     def cancel(self, execution_id: str) -> R:
         return self._send("POST", f"/api/v1/executions/{_segment(execution_id)}/cancel")
@@ -112,8 +192,9 @@ class Modules(Generic[R]):
     def __init__(self, send: Send[R]) -> None:
         self._send = send
 
-    def list(self) -> R:
-        return self._send("GET", "/api/v1/modules")
+    def list(self, *, include_disallowed: bool | None = None) -> R:
+        """The whole catalog in one answer (the route does not page)."""
+        return self._send("GET", "/api/v1/modules", params=_params(include_disallowed=include_disallowed) or None)
 
     def get(self, action: str) -> R:
         return self._send("GET", f"/api/v1/modules/{_segment(action)}")
@@ -122,14 +203,63 @@ class Modules(Generic[R]):
         return self._send("POST", "/api/v1/modules", json=dict(spec))
 
 
-class Audit(Generic[R]):
-    """The tenant's audit trail (Tenant.Admin)."""
+class Audit(Generic[R, P]):
+    """The tenant's audit trail (Tenant.Admin): a page, or `iterate` for all."""
 
-    def __init__(self, send: Send[R]) -> None:
-        self._send = send
+    def __init__(self, send: Send[R], pages: Pages[P]) -> None:
+        self._send, self._pages = send, pages
 
-    def list(self, *, limit: int | None = None, cursor: str | None = None) -> R:
-        return self._send("GET", "/api/v1/audit", params=_params(limit=limit, cursor=cursor))
+    def list(
+        self,
+        *,
+        action: str | None = None,
+        decision: Literal["allow", "deny"] | None = None,
+        principal_id: str | None = None,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> R:
+        """One page of records; the next one with `cursor=` the answer's `next_cursor`. Times are RFC 3339."""
+        params = _params(
+            action=action,
+            decision=decision,
+            principal_id=principal_id,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            since=since,
+            until=until,
+            limit=limit,
+            cursor=cursor,
+        )
+        return self._send("GET", "/api/v1/audit", params=params)
+
+    def iterate(
+        self,
+        *,
+        action: str | None = None,
+        decision: Literal["allow", "deny"] | None = None,
+        principal_id: str | None = None,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        page_size: int | None = None,
+    ) -> P:
+        """Every record that `list` would page through."""
+        params = _params(
+            action=action,
+            decision=decision,
+            principal_id=principal_id,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            since=since,
+            until=until,
+            limit=page_size,
+        )
+        return self._pages("/api/v1/audit", params=params)
 
 
 class Webhooks(Generic[R]):
@@ -152,6 +282,7 @@ class Webhooks(Generic[R]):
         return self._send("POST", "/api/v1/webhooks", json=body, idempotency_key=idempotency_key)
 
     def list(self) -> R:
+        """Every subscription in one answer (the route does not page: a tenant has at most its quota of them)."""
         return self._send("GET", "/api/v1/webhooks")
 
     def get(self, subscription_id: str) -> R:
