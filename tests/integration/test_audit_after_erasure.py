@@ -16,8 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from azure.cosmos import ContainerProxy, DatabaseProxy
-from azure.storage.blob import BlobServiceClient, ContainerClient
+from azure.cosmos import ContainerProxy
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
@@ -25,12 +24,14 @@ from shared.api import security
 from shared.api.durable import get_durable_client
 from shared.api.routers import tenants as tenants_router
 from shared.audit import AuditRecord
-from shared.audit.cosmos import CosmosAuditStore, create_audit_container
+from shared.audit.cosmos import CosmosAuditStore
 from shared.audit.outbox import AuditOutbox, Copied, Write
 from shared.audit.postgres import PostgresAuditStore
 from shared.db.session import platform_transaction, tenant_transaction
 from shared.tenants import offboarding
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
+from tests.integration.test_audit_outbox import container, missing_container  # noqa: F401  # the fixtures
+from tests.integration.test_offboarding import _artifacts, _waiting_on_a_lock
 
 pytestmark = [
     pytest.mark.integration,
@@ -39,17 +40,6 @@ pytestmark = [
 ]
 
 ADMIN = ["Platform.Admin"]
-
-
-@pytest.fixture(scope="module")
-def container(cosmos_database: DatabaseProxy) -> ContainerProxy:
-    return create_audit_container(cosmos_database, f"audit-erasure-{uuid.uuid4().hex[:8]}")
-
-
-@pytest.fixture(scope="module")
-def missing_container(cosmos_database: DatabaseProxy) -> ContainerProxy:
-    # A store that refuses every write: the container was never created (the service answers 404).
-    return cosmos_database.get_container_client(f"never-created-{uuid.uuid4().hex[:8]}")
 
 
 class _HeldWrites:
@@ -116,19 +106,6 @@ def _waiting(tenant: uuid.UUID, pool: ConnectionPool[Any] | None = None) -> list
     """The actions of the tenant's records waiting in the outbox."""
     with tenant_transaction(tenant, pool=pool) as conn:
         return [row["document"]["action"] for row in conn.execute("SELECT document FROM app.audit_outbox")]
-
-
-def _artifacts(azurite: Any) -> ContainerClient:
-    blobs = BlobServiceClient.from_connection_string(azurite.connection_string).get_container_client("artifacts")
-    if not blobs.exists():
-        blobs.create_container()
-    return blobs
-
-
-def _waiting_on_a_lock(api: ApiHarness) -> bool:
-    with psycopg.connect(api.admin_url, dbname="quantum") as conn:
-        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'").fetchone()
-    return bool(row and row[0])
 
 
 def _erase_while_held(

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,6 +24,7 @@ from tests.integration.test_module_worker_claims import (
     _Raiser,
     _row,
     _until,
+    gate,  # noqa: F401  # the fixture
 )
 
 pytestmark = pytest.mark.integration
@@ -33,15 +33,6 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def tenant(api: ApiHarness) -> uuid.UUID:  # noqa: F811
     return api.provision("cancel-while-queued").id
-
-
-@pytest.fixture
-def gate() -> Iterator[_Gate]:
-    module = _Gate()
-    yield module
-    module.opened.set()  # never leave a worker thread behind for the next test
-    if module.entered.is_set():
-        assert module.left.wait(BOUND_S)
 
 
 def _cancel(pool: ConnectionPool[Any], item: WorkItem) -> None:
