@@ -14,7 +14,7 @@ from aiohttp import web
 
 from devhost.component import Component, HostContext
 from devhost.hostjson import load_host_json, load_local_settings
-from devhost.http_functions import add_http_routes
+from devhost.http_functions import add_http_routes, host_problems
 from devhost.invoker import Invoker
 from devhost.keys import HostKeyGuard, load_or_create_master_key
 from devhost.loader import FunctionIndex, load_function_app
@@ -136,7 +136,8 @@ class DevHost:
         """
         app = web.Application(
             client_max_size=100 * 1024 * 1024,  # the Functions host's own request cap
-            middlewares=[self.guard.middleware],
+            # Outermost: an error aiohttp raises on any route (404, 405, 413) is answered as problem+json.
+            middlewares=[host_problems, self.guard.middleware],
         )
         for component in self.components:
             component.add_routes(app)

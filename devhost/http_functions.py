@@ -18,13 +18,16 @@ from azure.functions import meta
 from devhost.http_streams import is_stream_function, serve_stream
 from devhost.invoker import FunctionInvocationError, Invoker
 from devhost.loader import function_name, trigger_of
-from shared.api.problems import PROBLEM_JSON, internal_error_document
+from shared.api.problems import PROBLEM_JSON, internal_error_document, problem_document
 from shared.api.request_ids import REQUEST_ID_HEADER, choose_request_id
 
 logger = logging.getLogger(__name__)
 
 ALL_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 BindingJson = Callable[[str], str]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_TITLES = {413: "Payload too large"}
+"""Titles where the API's own differs from the reason phrase (shared/api/middleware.py's body limit)."""
 
 
 def aiohttp_path(route_prefix: str, route: str) -> str:
@@ -94,7 +97,7 @@ def make_handler(
             out = await invoker.invoke(function, inputs, trace_parent=request.headers.get("traceparent", ""))
             return _to_response(out)
         except web.HTTPException:
-            raise  # aiohttp's own answers, e.g. 413 for a body over the host's cap
+            raise  # aiohttp's own answers, e.g. 413 for a body over the host's cap (host_problems shapes them)
         except FunctionInvocationError as exc:
             return failure_response(request, f"Executed '{exc.function_name}' (Failed): {exc.friendly}", exc.exc)
         except Exception as exc:  # the host's own translation failed: still an answer, never aiohttp's text page
@@ -115,6 +118,34 @@ def failure_response(request: web.Request, what: str, exc: BaseException) -> web
     return web.Response(status=500, body=body, headers={"Content-Type": PROBLEM_JSON, "X-Request-Id": request_id})
 
 
+@web.middleware
+async def host_problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer the host's own errors on a request that reached routing (no route for the path, a method the route
+    does not take, a body over the host's cap) as problem+json, the shape of every other error of the API, instead
+    of aiohttp's text/plain pages."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return host_problem(request, exc)
+
+
+def host_problem(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """The problem+json form of aiohttp's error `exc`: its status and headers (a 405's Allow), the API's title and
+    type for the status, and as detail the reason phrase or the host's own text (a 413's sizes, a 503's cause)."""
+    title = _TITLES.get(exc.status) or exc.reason[:1] + exc.reason[1:].lower()
+    default_text = f"{exc.status}: {exc.reason}"
+    detail = exc.reason if exc.text in (None, default_text) else exc.text
+    document = problem_document(exc.status, title.lower().replace(" ", "-"), title, detail, instance=request.path)
+    headers = exc.headers.copy()
+    for name in ("Content-Type", "Content-Length"):
+        headers.popall(name, None)
+    headers["Content-Type"] = PROBLEM_JSON
+    headers[REQUEST_ID_HEADER] = choose_request_id(request.headers.get(REQUEST_ID_HEADER))
+    return web.Response(status=exc.status, body=json.dumps(document).encode(), headers=headers)
+
+
 def add_http_routes(
     app: web.Application,
     functions: list[func.Function],
@@ -130,9 +161,7 @@ def add_http_routes(
         path = aiohttp_path(route_prefix, str(trigger.route or function_name(function)))
         methods = [str(getattr(m, "value", m)).upper() for m in (trigger.methods or ALL_METHODS)]
         handler = make_handler(function, invoker, durable_binding)
-        for method in methods:
-            if method == "HEAD" and "GET" in methods:
-                continue  # aiohttp answers HEAD for GET routes
+        for method in methods:  # HEAD too: add_route("GET") registers none
             app.router.add_route(method, path, handler)
         paths.append(path)
     return paths

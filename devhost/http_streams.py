@@ -88,7 +88,8 @@ async def serve_stream(
                     response.headers.add(name.decode("latin-1"), value.decode("latin-1"))
                 await response.prepare(request)
             elif message["type"] == "http.response.body" and response is not None:
-                await response.write(message.get("body", b""))
+                if request.method != "HEAD":  # its headers only: a body after them would break the connection's framing
+                    await response.write(message.get("body", b""))
                 if not message.get("more_body", False):
                     await response.write_eof()
         except (ConnectionError, RuntimeError) as exc:  # the client went away: the response stops being produced

@@ -4,8 +4,10 @@
 With `FUNCTIONS_WORKER_PROCESS_COUNT` set, the devhost starts that many `python -m devhost.worker` processes, each
 importing the app, and sends them every orchestrator, activity, Event Hubs and timer invocation (Datum in, Datum
 out, over a socket pair); HTTP functions stay in the host process, whose request objects cannot cross a process.
-A worker that dies fails its calls in flight (the caller retries as it would after any failed invocation) and is
-started again; a worker whose host is gone exits at once, as a real one does.
+A worker that dies fails its calls in flight with WorkerExitedError, which is no answer rather than the function's
+failure (`worker_exited`): the durable engine runs the episode or activity again, as the Durable extension retries
+a work item after a worker crash, and the Event Hubs and timer triggers log it as a failed invocation. The worker
+is started again; a worker whose host is gone exits at once, as a real one does.
 """
 
 from __future__ import annotations
@@ -59,6 +61,12 @@ class RemoteFunctionError(Exception):
 
 class WorkerExitedError(Exception):
     """The worker process running the call exited before answering."""
+
+
+def worker_exited(exc: BaseException) -> bool:
+    """Whether a failed invocation got no answer because its worker process exited (or was not there), rather than
+    because the function failed: the call may run again, in a worker started since."""
+    return isinstance(exc, FunctionInvocationError) and isinstance(exc.exc, WorkerExitedError)
 
 
 def worker_count() -> int:

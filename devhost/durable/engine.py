@@ -42,6 +42,7 @@ from devhost.durable.protocol import (
 from devhost.durable.store import Conn, Database, Instance, Store, WorkItem
 from devhost.invoker import FunctionInvocationError
 from devhost.loader import trigger_of
+from devhost.workers import worker_exited
 from shared.db.pipeline_errors import statement_error
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,11 @@ SAFETY_POLL_S = 2.0
 """How often the dispatcher looks for work nobody woke it for (a lost notification); timers wake it on time."""
 _KEPT_HISTORIES = 1024
 """Histories of running instances kept between episodes (least recently run dropped first)."""
+
+
+class _NoAnswer(Exception):
+    """The worker process running an orchestrator or activity exited before answering: nothing is known of the call,
+    so nothing is recorded and it runs again (the Durable extension retries a work item after a worker crash)."""
 
 
 @dataclass
@@ -248,6 +254,16 @@ class Engine:
             await self._run_episode(instance_id)
         except asyncio.CancelledError:
             raise
+        except _NoAnswer as exc:
+            # Rolled back: the messages are still there, and the episode runs again once the cooldown is over, in a
+            # restarted worker or another one; its end wakes the dispatcher (no episode that rolled back is quiet).
+            logger.warning(
+                "the worker running the episode of %s exited (%s); running it again in %.1fs",
+                instance_id,
+                exc,
+                self._retry_delay,
+            )
+            self._cooldown[instance_id] = time.monotonic() + self._retry_delay
         except Exception as exc:
             # A host bug or a database error: the transaction rolled back, so the messages are still there. Logged
             # with the failed statement's error where the pipeline reported the aborted COMMIT after it instead.
@@ -321,6 +337,8 @@ class Engine:
             inputs = {str(trigger_of(function).name): meta.Datum(context, "string")}
             datum = await self._ctx.invoker.invoke(function, inputs)
         except FunctionInvocationError as exc:
+            if worker_exited(exc):  # no answer, not the orchestrator's failure: the episode rolls back
+                raise _NoAnswer(exc.friendly) from exc
             # Orchestrator code raised: the SDK embeds its state (actions, customStatus, error) in the message.
             state = extract_out_of_proc_state(str(exc.exc))
             return (state, None) if state is not None else (None, exc.friendly)
@@ -420,7 +438,16 @@ class Engine:
 
     # ------------------------------------------------------------------ activities
     async def _run_activity(self, item: WorkItem) -> None:
-        result = await self._execute_activity(item)
+        try:
+            result = await self._execute_activity(item)
+        except _NoAnswer as exc:
+            # Nothing recorded: the work item stays and runs again (at least once, as in Azure). Not quiet, so its
+            # end wakes the dispatcher once the item no longer counts as running, and the next pass starts it again.
+            logger.warning(
+                "the worker running activity %s (%s) exited (%s); running it again", item.name, item.instance_id, exc
+            )
+            self._quiet.discard(item.id)
+            return
         try:
             await self._record_activity(item, result)
         except Exception:  # the work item stays, so the activity runs again: at least once, as in Azure
@@ -444,6 +471,8 @@ class Engine:
             inputs = {str(trigger_of(function).name): meta.Datum(item.input, "string")}
             datum = await self._ctx.invoker.invoke(function, inputs)
         except FunctionInvocationError as exc:
+            if worker_exited(exc):
+                raise _NoAnswer(exc.friendly) from exc
             return self._failed(item, exc.friendly, exc.stack())
         except Exception as exc:  # e.g. an output the converter cannot encode: the worker fails the call too
             return self._failed(item, f"{type(exc).__name__}: {exc}", "".join(traceback.format_exception(exc)))

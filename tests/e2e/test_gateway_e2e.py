@@ -21,6 +21,12 @@ def test_health_and_ready_answer_200(devhost_factory: DevhostFactory) -> None:
     ready = httpx.get(f"{host.base_url}/api/ready")
     assert ready.status_code == 200, ready.text
     assert ready.json() == {"status": "ready", "checks": {"postgres": "ok", "blob_storage": "ok"}}
+    # HEAD reaches the app (its own answer: the route takes GET only) and carries no body, so the next request on the
+    # same connection is read intact.
+    with httpx.Client(base_url=host.base_url) as client:
+        head = client.head("/api/health")
+        assert (head.status_code, head.headers["allow"], head.content) == (405, "GET", b"")
+        assert client.get("/api/health").json()["status"] == "ok"
 
 
 def test_unknown_route_is_problem_json(devhost_factory: DevhostFactory) -> None:
