@@ -103,8 +103,9 @@ param apimQuotaPerDay int = 1000000
 
 @minLength(3)
 @maxLength(45)
+// Hyphens are dropped from the default: azd environment names carry them (qp-dev), the task hub takes none.
 @description('Durable Functions task hub name (QP_TASK_HUB); letters and digits, starting with a letter.')
-param taskHubName string = 'Quantum${environmentName}'
+param taskHubName string = 'Quantum${replace(environmentName, '-', '')}'
 
 @description('Address space of the virtual network that carries every private path.')
 param vnetAddressPrefix string = '10.40.0.0/16'

@@ -35,6 +35,7 @@ locals {
     { hub = "platform-events", group = "event-delivery" },
   ]
 
-  task_hub_name = coalesce(var.task_hub_name, "Quantum${var.environment_name}")
+  # Hyphens are dropped: environment names carry them (qp-dev), the task hub takes letters and digits only.
+  task_hub_name = coalesce(var.task_hub_name, "Quantum${replace(var.environment_name, "-", "")}")
   is_prod       = var.environment_type == "prod"
 }

@@ -245,7 +245,7 @@ variable "apim_quota_per_day" {
 
 variable "task_hub_name" {
   type        = string
-  description = "Durable Functions task hub name (QP_TASK_HUB); null means Quantum<environment_name>."
+  description = "Durable Functions task hub name (QP_TASK_HUB); null means Quantum<environment_name without hyphens>."
   default     = null
 
   validation {

@@ -74,6 +74,20 @@ resource audit 'Microsoft.DocumentDB/databaseAccounts/sqlDatabases/containers@20
       id: auditContainerName
       partitionKey: { paths: ['/tenantId'], kind: 'Hash', version: 2 }
       defaultTtl: auditDefaultTtl
+      // AUDIT_INDEXING_POLICY in shared/audit/cosmos.py (tests/infra compares them): the page order
+      // (ORDER BY occurredAt DESC, id DESC) needs the composite index, without which every list and export answers 400.
+      indexingPolicy: {
+        indexingMode: 'consistent'
+        automatic: true
+        includedPaths: [{ path: '/*' }]
+        excludedPaths: [{ path: '/detail/*' }, { path: '/"_etag"/?' }]
+        compositeIndexes: [
+          [
+            { path: '/occurredAt', order: 'descending' }
+            { path: '/id', order: 'descending' }
+          ]
+        ]
+      }
     }
     options: {
       autoscaleSettings: { maxThroughput: 1000 }

@@ -13,7 +13,11 @@ locals {
     # HTTP streams: the gateway takes a FastAPI Request and streams its answer (server-sent events, ADR 0031).
     "PYTHON_ENABLE_INIT_INDEXING" = "1"
     # No Azure Files content share (it needs an account key): the package runs from the deployment zip.
-    "WEBSITE_RUN_FROM_PACKAGE"                    = "1"
+    "WEBSITE_RUN_FROM_PACKAGE" = "1"
+    # The host's storage through the runtime identity. azurerm also writes __accountName itself
+    # (storage_uses_managed_identity below) and files it under storage_account_name when it reads the site back:
+    # the lifecycle blocks below keep that from showing as a change on every plan. __credential and __clientId are
+    # only here: the provider writes __accountName alone, which means a system-assigned identity, and there is none.
     "AzureWebJobsStorage__accountName"            = var.storage_account_name
     "AzureWebJobsStorage__credential"             = "managedidentity"
     "AzureWebJobsStorage__clientId"               = var.identity_client_id
@@ -112,6 +116,19 @@ resource "azurerm_linux_function_app" "main" {
   ftp_publish_basic_authentication_enabled       = false
   webdeploy_publish_basic_authentication_enabled = false
   app_settings                                   = local.app_settings
+  # Without these azurerm writes an AzureWebJobsStorage connection string from an empty account name and key, and
+  # on EP1 an Azure Files content share (WEBSITE_CONTENTAZUREFILECONNECTIONSTRING, WEBSITE_CONTENTSHARE) and
+  # AzureWebJobsDashboard with it: the host cannot start. No content share (ADR 0013); the runtime identity reads
+  # the account (AzureWebJobsStorage__credential and __clientId in app_settings).
+  storage_account_name          = var.storage_account_name
+  storage_uses_managed_identity = true
+  content_share_force_disabled  = true
+  builtin_logging_enabled       = false
+
+  lifecycle {
+    # Written by the provider from storage_account_name and never read back into app_settings (see the locals).
+    ignore_changes = [app_settings["AzureWebJobsStorage__accountName"]]
+  }
 
   identity {
     type         = "UserAssigned"
@@ -164,6 +181,19 @@ resource "azurerm_linux_function_app_slot" "staging" {
   ftp_publish_basic_authentication_enabled       = false
   webdeploy_publish_basic_authentication_enabled = false
   app_settings                                   = local.app_settings
+  # Without these azurerm writes an AzureWebJobsStorage connection string from an empty account name and key, and
+  # on EP1 an Azure Files content share (WEBSITE_CONTENTAZUREFILECONNECTIONSTRING, WEBSITE_CONTENTSHARE) and
+  # AzureWebJobsDashboard with it: the host cannot start. No content share (ADR 0013); the runtime identity reads
+  # the account (AzureWebJobsStorage__credential and __clientId in app_settings).
+  storage_account_name          = var.storage_account_name
+  storage_uses_managed_identity = true
+  content_share_force_disabled  = true
+  builtin_logging_enabled       = false
+
+  lifecycle {
+    # Written by the provider from storage_account_name and never read back into app_settings (see the locals).
+    ignore_changes = [app_settings["AzureWebJobsStorage__accountName"]]
+  }
 
   identity {
     type         = "UserAssigned"
