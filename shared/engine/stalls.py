@@ -91,7 +91,14 @@ def record_stalls(
             plan = engine.rebuild_input(conn, tenant.facts(), execution)["plan"]
         except (engine.StartError, RegistryError):
             plan = {}  # its version no longer validates: judge by the default timeout
-        new = [s for s in overdue(conn, execution, plan, grace_s) if not _recorded(conn, execution_id, s)]
+        found = overdue(conn, execution, plan, grace_s)
+        if not found:
+            return []
+        # Decided again under the execution's row, held: an end committed since the read above (its end must stay
+        # the stream's last event) or another sweeper's record of the same stall (a second host) would be overtaken.
+        if repo.hold_execution(conn, execution_id).terminal:
+            return []
+        new = [s for s in found if not _recorded(conn, execution_id, s)]
         for stall in new:
             data = {"attempt": stall.attempt, "overdue_s": round(stall.overdue_s), "reason": stall.reason}
             repo.append_event(conn, execution_id, "execution_stalled", stall.step_id, data)

@@ -115,7 +115,11 @@ def relay_pending(
     seen: set[UUID] = set()
     failed: set[UUID] = set()
     for _ in range(max_rounds):
-        tenants = pending_tenants(max_tenants, pool=control_pool)
+        # A tenant that failed is left for the next run, as the docstring says: retried every round, its oldest events
+        # came first each time and every other tenant waited out its send timeout again.
+        tenants = [
+            tenant_id for tenant_id in pending_tenants(max_tenants, pool=control_pool) if tenant_id not in failed
+        ]
         sent_this_round = 0
         for tenant_id in tenants:
             seen.add(tenant_id)

@@ -250,3 +250,28 @@ def test_an_event_that_commits_late_is_not_overtaken_by_one_recorded_after_it(
         first.__exit__(None, None, None)
     relay_pending(lambda: recorder)
     assert recorder.ids(tenant) == [early, late]
+
+
+def test_a_tenant_whose_events_cannot_be_sent_is_tried_once_a_run(
+    app_pool: ConnectionPool[Any], control_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    # Retried in every round of the run, its oldest events came first each time and every other tenant's later
+    # batches waited out its send's timeout again (10 rounds: 10 timeouts).
+    bad, good = new_tenant(), new_tenant()
+    with tenant_transaction(bad, pool=app_pool) as conn:
+        enqueue(conn, "execution.started", "executions/x", {"n": 0})
+    with tenant_transaction(good, pool=app_pool) as conn:
+        for n in range(5):
+            enqueue(conn, "execution.started", "executions/y", {"n": n})
+    sends: Counter[str] = Counter()
+
+    class Publisher:
+        def publish(self, hub: str, events: Sequence[OutboundEvent]) -> None:
+            if events[0].partition_key == str(bad):
+                sends["bad"] += 1
+                raise RuntimeError("send timed out")
+            sends["good"] += len(events)
+
+    result = relay_pending(Publisher, batch_size=2, pool=app_pool, control_pool=control_pool)
+    assert sends == {"bad": 1, "good": 5}
+    assert result.failed_tenants == 1
