@@ -164,6 +164,12 @@ def quiet_executions(
         return [row["id"] for row in conn.execute(_QUIET, (quiet_s, limit)).fetchall()]
 
 
+def status_unknown(status: Any) -> bool:
+    """Whether the status read failed rather than answered: the host's error body (a 500 whose `Message` and
+    `ExceptionMessage` the SDK keeps as attributes of an otherwise empty status) says nothing of the instance."""
+    return bool(getattr(status, "Message", None) or getattr(status, "ExceptionMessage", None))
+
+
 def ended_cause(status: Any) -> str | None:
     """Why the execution must end, from its orchestration's status; None while the orchestration still runs."""
     runtime = getattr(status, "runtime_status", None) if status else None
@@ -239,6 +245,8 @@ async def _settle_stalled_start(
 ) -> TenantSweep:
     instance_id = str(execution_id)
     status = await client.get_status(instance_id)
+    if status_unknown(status):
+        return TenantSweep(checked=1)  # the store could not say: started again or not, it is the next run's to tell
     if status and getattr(status, "runtime_status", None) is not None:
         # The starter got as far as starting it: running, it records its own start; ended, it never will.
         cause = ended_cause(status)
@@ -263,7 +271,12 @@ async def _settle_stalled_start(
 async def _settle_quiet(
     tenant_id: UUID, execution_id: UUID, client: DurableClient, pool: ConnectionPool[Any] | None, stall_grace_s: float
 ) -> TenantSweep:
-    cause = ended_cause(await client.get_status(str(execution_id)))
+    status = await client.get_status(str(execution_id))
+    if status_unknown(status):
+        # Read as "no such instance", a brief outage of the task hub's store ended running executions for good.
+        logger.warning("sweeper: the status of execution %s could not be read; left for the next run", execution_id)
+        return TenantSweep(checked=1)
+    cause = ended_cause(status)
     if cause is None:
         # Still running: record it as stalled when an attempt of it is past what its step allows.
         await asyncio.to_thread(stalls.record_stalls, tenant_id, execution_id, grace_s=stall_grace_s, pool=pool)

@@ -60,8 +60,9 @@ class FakeDurable:
     async def get_status(self, instance_id: str) -> DurableOrchestrationStatus:
         with self._lock:
             self.asked.append(instance_id)
-            # The SDK answers a 404 with an empty (falsy) status object.
-            return self.statuses.get(instance_id) or DurableOrchestrationStatus.from_json("")
+            # The SDK answers a 404 with an empty (falsy) status object (and a 500's error body with another).
+            found = self.statuses.get(instance_id)
+            return DurableOrchestrationStatus.from_json("") if found is None else found
 
     async def start_new(
         self, orchestration_function_name: str, instance_id: str | None = None, client_input: Any | None = None
@@ -324,6 +325,29 @@ def test_a_quiet_execution_whose_orchestration_ended_ends_failed_through_the_tra
     # Ended once: a second sweeper that saw the same statuses changes nothing.
     assert not sweeper.end_execution(c.id, failed, "orchestration failed: again", pool=app_pool)
     assert _get(app_pool, c.id, failed).error == expected[failed]
+
+
+# The host's answer when reading a status fails (its store briefly unreachable): a 500 whose body the SDK keeps as the
+# attributes of an otherwise empty status, which read as "no such instance" ended running executions for good.
+HOST_ERROR = {
+    "Message": "Something went wrong while processing your request",
+    "ExceptionMessage": "The remote server returned an error: (503) Server Busy.",
+}
+
+
+def test_a_status_the_host_could_not_read_ends_nothing_and_starts_nothing(
+    api: ApiHarness, app_pool: ConnectionPool[Any]
+) -> None:
+    c = Tenant(api)
+    quiet = _moved(app_pool, c.id, c.intent, ["running", "waiting"])
+    stalled, _ = _recorded(app_pool, c.id, c.intent)
+    unreadable = DurableOrchestrationStatus.from_json(HOST_ERROR)
+    client = FakeDurable({quiet: unreadable, stalled: unreadable})
+
+    result = asyncio.run(sweeper.sweep_tenant(c.id, client, pool=app_pool))
+    assert {str(quiet), str(stalled)} <= set(client.asked)
+    assert (_get(app_pool, c.id, quiet).status, _get(app_pool, c.id, stalled).status) == ("waiting", "pending")
+    assert client.started == [] and result.ended == 0
 
 
 def test_an_ended_executions_open_steps_end_with_it_and_its_running_child_is_cancelled(
