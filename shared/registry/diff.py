@@ -36,30 +36,69 @@ class DefinitionDiff:
     steps_reordered: bool
     fields_changed: tuple[FieldChange, ...]
     summary: str
+    changes_left_out: int = 0
+    """Changes found past the diff's budget (MAX_LISTED_CHANGES) and not listed."""
 
     @property
     def is_empty(self) -> bool:
         return not (
-            self.steps_added or self.steps_removed or self.steps_changed or self.steps_reordered or self.fields_changed
+            self.steps_added
+            or self.steps_removed
+            or self.steps_changed
+            or self.steps_reordered
+            or self.fields_changed
+            or self.changes_left_out
         )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _changes(old: Any, new: Any, path: tuple[str | int, ...] = ()) -> list[FieldChange]:
-    """Objects are compared key by key; any other value (arrays included) as a whole."""
-    if isinstance(old, dict) and isinstance(new, dict):
+MAX_LISTED_CHANGES = 200
+"""Changes one diff lists at most (steps' and fields' together); the rest are only counted: past a few hundred a
+reader learns nothing more, and each listed change carries its path, old and new value."""
+
+MAX_DESCENDED_PATH = 1024
+"""Characters of a JSON pointer past which a changed object is compared as one value, not key by key: otherwise a
+long key above many changed leaves repeats in every leaf's path (keys x leaves characters)."""
+
+
+class _Budget:
+    """One diff's budget of listed changes, and the count of changes found past it."""
+
+    def __init__(self) -> None:
+        """A fresh budget: nothing listed, nothing left out."""
+        self.left = MAX_LISTED_CHANGES
+        self.left_out = 0
+
+    def take(
+        self, path: tuple[str | int, ...], kind: Literal["added", "removed", "changed"], old: Any, new: Any
+    ) -> list[FieldChange]:
+        """The change as one entry while the budget lasts; past it, none (counted as left out)."""
+        if self.left <= 0:
+            self.left_out += 1
+            return []
+        self.left -= 1
+        # The pointer is built only for a listed change: building one per leaf is the cost being bounded.
+        return [FieldChange(pointer(*path), kind, old, new)]
+
+
+def _changes(
+    old: Any, new: Any, budget: _Budget, path: tuple[str | int, ...] = (), length: int = 0
+) -> list[FieldChange]:
+    """Objects are compared key by key while their path is short (`length` is its pointer's); any other value
+    (arrays included) as a whole. Past the budget, changes are counted, not listed."""
+    if isinstance(old, dict) and isinstance(new, dict) and length <= MAX_DESCENDED_PATH:
         changes: list[FieldChange] = []
         for key in [*old, *(key for key in new if key not in old)]:
             if key not in new:
-                changes.append(FieldChange(pointer(*path, key), "removed", old=old[key]))
+                changes.extend(budget.take((*path, key), "removed", old[key], None))
             elif key not in old:
-                changes.append(FieldChange(pointer(*path, key), "added", new=new[key]))
+                changes.extend(budget.take((*path, key), "added", None, new[key]))
             else:
-                changes.extend(_changes(old[key], new[key], (*path, key)))
+                changes.extend(_changes(old[key], new[key], budget, (*path, key), length + len(pointer(key))))
         return changes
-    return [] if json_equal(old, new) else [FieldChange(pointer(*path), "changed", old, new)]
+    return [] if json_equal(old, new) else budget.take(path, "changed", old, new)
 
 
 def _steps_by_id(definition: dict[str, Any]) -> dict[str, Any]:
@@ -75,8 +114,13 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "…"
 
 
+MAX_DESCRIBED_PATH = 120
+"""Characters of a change's path the summary shows; the full path is in the change itself."""
+
+
 def _describe(change: FieldChange) -> str:
     where = change.path.lstrip("/") or "the value"
+    where = where if len(where) <= MAX_DESCRIBED_PATH else where[: MAX_DESCRIBED_PATH - 3] + "…"
     if change.kind == "added":
         return f"{where} added ({_short(change.new)})"
     if change.kind == "removed":
@@ -111,7 +155,8 @@ def _summary(diff: DefinitionDiff) -> str:
         parts.append("reorders steps")
     if diff.fields_changed:
         parts.append("changes " + ", ".join(_describe(change) for change in diff.fields_changed))
-    return f"The new version {_joined(parts)}."
+    left_out = f" {diff.changes_left_out} more changes are not listed." if diff.changes_left_out else ""
+    return f"The new version {_joined(parts)}.{left_out}"
 
 
 def diff_definitions(old: dict[str, Any], new: dict[str, Any]) -> DefinitionDiff:
@@ -119,16 +164,20 @@ def diff_definitions(old: dict[str, Any], new: dict[str, Any]) -> DefinitionDiff
     old_steps, new_steps = _steps_by_id(old), _steps_by_id(new)
     added = tuple(step_id for step_id in new_steps if step_id not in old_steps)
     removed = tuple(step_id for step_id in old_steps if step_id not in new_steps)
+    budget = _Budget()  # one for the whole diff: steps' changes (their params included) and fields' alike
     changed = tuple(
-        StepChange(step_id, tuple(changes))
+        StepChange(step_id, tuple(_changes(old_steps[step_id], new_steps[step_id], budget)))
         for step_id in new_steps
         if step_id in old_steps
-        if (changes := _changes(old_steps[step_id], new_steps[step_id]))
+        # A step changed past the budget is still named, with the changes listed for it (maybe none).
+        if not json_equal(old_steps[step_id], new_steps[step_id])
     )
     common_old = [step_id for step_id in old_steps if step_id in new_steps]
     common_new = [step_id for step_id in new_steps if step_id in old_steps]
     fields = tuple(
-        _changes({k: v for k, v in old.items() if k != "steps"}, {k: v for k, v in new.items() if k != "steps"})
+        _changes({k: v for k, v in old.items() if k != "steps"}, {k: v for k, v in new.items() if k != "steps"}, budget)
     )
-    draft = DefinitionDiff(added, removed, changed, common_old != common_new, fields, summary="")
+    draft = DefinitionDiff(
+        added, removed, changed, common_old != common_new, fields, summary="", changes_left_out=budget.left_out
+    )
     return replace(draft, summary=_summary(draft))

@@ -33,24 +33,40 @@ def pointer(*path: str | int) -> str:
     return "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in path)
 
 
-def document_order(document: Any) -> Callable[[str], tuple[int, int]]:
-    """A sort key for pointers into `document`: where they appear in it, depth first. A pointer to something
-    absent (a missing field) sorts with the nearest thing present that contains it."""
-    position: dict[str, int] = {}
-    stack: list[tuple[str, Any]] = [("", document)]
-    while stack:  # iterative: the document may be arbitrarily deep
-        at, node = stack.pop()
-        position[at] = len(position)
-        children = (
-            list(node.items()) if isinstance(node, dict) else list(enumerate(node)) if isinstance(node, list) else []
-        )
-        stack.extend((at + pointer(key), child) for key, child in reversed(children))
+def _segments(value: str) -> list[str]:
+    """A pointer's reference tokens, unescaped (RFC 6901: `~1` then `~0`)."""
+    if not value:
+        return []
+    return [part.replace("~1", "/").replace("~0", "~") for part in value.removeprefix("/").split("/")]
 
-    def key(value: str) -> tuple[int, int]:
-        missing = 0
-        while value not in position and value:
-            value, missing = value.rsplit("/", 1)[0], missing + 1
-        return position.get(value, 0), missing
+
+def document_order(document: Any) -> Callable[[str], tuple[int, ...]]:
+    """A sort key for pointers into `document`: where they appear in it, depth first. A pointer to something
+    absent (a missing field) sorts right after the nearest thing present that contains it, before its children.
+
+    Each pointer is followed from the root, one position per step (the key's place in its object, or the index):
+    nothing is built per node of the document, whose long keys would otherwise repeat in every pointer below them.
+    """
+    places: dict[int, dict[str, int]] = {}  # id of an object followed -> its keys' positions, built once each
+
+    def key(value: str) -> tuple[int, ...]:
+        node, positions = document, list[int]()
+        segments = _segments(value)
+        for depth, segment in enumerate(segments):
+            if isinstance(node, dict):
+                if id(node) not in places:
+                    places[id(node)] = {name: place for place, name in enumerate(node)}
+                place = places[id(node)].get(segment)
+            elif isinstance(node, list) and segment.isdecimal() and str(int(segment)) == segment:
+                place = int(segment) if int(segment) < len(node) else None
+            else:
+                place = None
+            if place is None:
+                # Absent: after the container itself (a shorter key) and before any child (positions are >= 0).
+                return (*positions, -1, len(segments) - depth)
+            positions.append(place)
+            node = node[segment] if isinstance(node, dict) else node[place]
+        return tuple(positions)
 
     return key
 

@@ -406,8 +406,8 @@ def child_intent(conn: Conn, step: Step) -> Item | None:
 
 
 MAX_PLANNED_DESCENDANTS = 64
-"""Intents a plan follows below its `intent.run` steps' children (their own children, theirs, ...), in all for the
-whole plan, each once: the work of one plan request stays bounded whatever a tenant's intents run."""
+"""Intents a plan follows from its `intent.run` steps (their children, theirs, ...), in all for the whole plan, each
+once: the work of one plan request stays bounded whatever a tenant's intents run or pin."""
 
 _Key = tuple[UUID, int]
 
@@ -419,8 +419,9 @@ def _key(item: Item) -> _Key:
 
 class DescendantWalk:
     """One plan request's walk below its `intent.run` steps: each intent is validated once and each child walked
-    once, and the intents followed below the children share one budget (`MAX_PLANNED_DESCENDANTS`). Without this,
-    every step walked its child's intents afresh: steps x 64 validations in one request and one transaction."""
+    once, and the children and the intents followed below them share one budget (`MAX_PLANNED_DESCENDANTS`).
+    Without this, every step walked its child's intents afresh: steps x 64 validations in one request and one
+    transaction; and with children outside it, steps pinning distinct versions cost one validation each."""
 
     def __init__(self, conn: Conn, *, tenant: TenantFacts, may_execute: Callable[[Item], Decision]) -> None:
         self._conn = conn
@@ -430,7 +431,7 @@ class DescendantWalk:
         self._children: dict[_Key, list[Item]] = {}
         self._verdicts: dict[_Key, Decision] = {}
         self._followed: set[_Key] = set()
-        """The intents counted against the plan's budget: reached below some step's child."""
+        """The intents counted against the plan's budget: some step's child, or reached below one."""
 
     def decision(self, item: Item) -> Decision:
         """The caller's decision on executing `item` (this version), decided once per plan."""
@@ -450,6 +451,8 @@ class DescendantWalk:
 
     def _walk(self, child: Item) -> Decision:
         """`verdict`'s walk of one child, breadth first, spending the plan's budget on intents not followed yet."""
+        if not self._spend(_key(child)):
+            return Decision(False, "too_many_descendants", ())
         decision = self.decision(child)
         if not decision.allowed:
             return decision
@@ -461,15 +464,21 @@ class DescendantWalk:
                 if key in seen:
                     continue
                 seen.add(key)
-                if key not in self._followed:
-                    if len(self._followed) >= MAX_PLANNED_DESCENDANTS:
-                        return Decision(False, "too_many_descendants", ())
-                    self._followed.add(key)
+                if not self._spend(key):
+                    return Decision(False, "too_many_descendants", ())
                 below = self.decision(found)
                 if not below.allowed:
                     return below
                 waiting.append(found)
         return decision
+
+    def _spend(self, key: _Key) -> bool:
+        """Whether the intent `key` may be followed: already counted, or counted now while the budget lasts."""
+        if key not in self._followed:
+            if len(self._followed) >= MAX_PLANNED_DESCENDANTS:
+                return False
+            self._followed.add(key)
+        return True
 
     def _children_of(self, item: Item) -> list[Item]:
         """The intents `item`'s `intent.run` steps start, each version once, in step order; none when `item` no

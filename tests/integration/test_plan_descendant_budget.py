@@ -72,8 +72,9 @@ def test_a_plan_validates_each_intent_below_its_steps_once(api: ApiHarness, vali
 def test_the_descendant_budget_is_one_for_the_whole_plan(
     api: ApiHarness, monkeypatch: pytest.MonkeyPatch, validations: list[str]
 ) -> None:
-    """Two children with two intents below each fit a per-walk bound of 2 each, but not a plan's budget of 2 in
-    all: the step needing more answers `too_many_descendants`; a step whose child was walked keeps its verdict."""
+    """Two children with two intents below each fit a per-walk bound of 3 each (the child and its two), but not a
+    plan's budget of 3 in all: the step needing more answers `too_many_descendants`, its child not even validated;
+    a step whose child was walked keeps its verdict."""
     tenant = "plan-budget"
     api.provision(tenant, quotas=ROOMY, allowed_modules=["wait", "intent"])
     for leaf in ("a1", "a2", "b1", "b2"):
@@ -81,11 +82,11 @@ def test_the_descendant_budget_is_one_for_the_whole_plan(
     _intent(api, tenant, "fan-a", _runs("one", "a1"), _runs("two", "a2"))
     _intent(api, tenant, "fan-b", _runs("one", "b1"), _runs("two", "b2"))
     root = _intent(api, tenant, "root", _runs("a", "fan-a"), _runs("b", "fan-b"), _runs("again", "fan-a"))
-    monkeypatch.setattr(service, "MAX_PLANNED_DESCENDANTS", 2)
+    monkeypatch.setattr(service, "MAX_PLANNED_DESCENDANTS", 3)
     validations.clear()
 
     assert _reasons(api, tenant, root) == {"a": "allowed", "b": "too_many_descendants", "again": "allowed"}
-    assert "b1" not in validations and "b2" not in validations
+    assert "fan-b" not in validations and "b1" not in validations and "b2" not in validations
     assert len(validations) == len(set(validations))
     # Either child alone fits the budget of its own plan.
     assert _reasons(api, tenant, _intent(api, tenant, "only-b", _runs("b", "fan-b"))) == {"b": "allowed"}

@@ -669,10 +669,11 @@ def test_plan_follows_a_child_intent_to_the_intents_it_runs(api: ApiHarness, mon
     assert plan(root, EXECUTOR) == ("production_requires_deployer", False)
     assert plan(root, DEPLOYER) == ("allowed", True)
     assert plan(cycle, EXECUTOR) == ("allowed", True)
-    # The bound counts the intents below the child: one for each of these (grand-prod; pong, once).
-    monkeypatch.setattr(service, "MAX_PLANNED_DESCENDANTS", 1)
+    # The bound counts the child and the intents below it: two for each of these (middle and grand-prod; ping
+    # and pong, once).
+    monkeypatch.setattr(service, "MAX_PLANNED_DESCENDANTS", 2)
     assert plan(root, DEPLOYER) == ("allowed", True) and plan(cycle, DEPLOYER) == ("allowed", True)
-    monkeypatch.setattr(service, "MAX_PLANNED_DESCENDANTS", 0)
+    monkeypatch.setattr(service, "MAX_PLANNED_DESCENDANTS", 1)
     assert plan(root, DEPLOYER) == ("too_many_descendants", False)
 
 

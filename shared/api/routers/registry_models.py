@@ -274,6 +274,11 @@ class RegistryDiff(BaseModel):
     fields_changed: list[FieldChangeOut] = Field(description="Changes of the definition outside its steps.")
     metadata_changed: list[FieldChangeOut] = Field(description="Changes of description, labels and blueprint pin.")
     summary: str
+    changes_left_out: int = Field(
+        0,
+        description="Changes of the definition found but not listed: a diff lists at most 200 (steps' and fields' "
+        "together); an object whose path passes 1,024 characters is compared as one value.",
+    )
 
 
 class StepAuthorization(BaseModel):
