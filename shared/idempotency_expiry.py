@@ -14,14 +14,21 @@ from uuid import UUID
 
 from psycopg_pool import ConnectionPool
 
-from shared.db.session import platform_transaction, tenant_transaction
+from shared.db.session import bounded_lock_waits, platform_transaction, tenant_transaction
 from shared.db.tenant_passes import each_tenant
 
 _EXPIRED_KEY_TENANTS = "SELECT tenant_id FROM app.idempotency_expired_tenants(%s) AS expired (tenant_id)"
-_DELETE_TENANT_KEYS = "DELETE FROM app.idempotency_keys WHERE expires_at < now()"  # the pinned tenant's (RLS)
+# The pinned tenant's (RLS), at most %s of them; a key a request's transaction holds (a client re-sending it) is
+# skipped, not waited for: that request forgets it anyway, or a later run deletes it.
+_DELETE_TENANT_KEYS = (
+    "DELETE FROM app.idempotency_keys WHERE (tenant_id, key) IN (SELECT tenant_id, key FROM app.idempotency_keys"
+    " WHERE expires_at < now() ORDER BY expires_at LIMIT %s FOR UPDATE SKIP LOCKED)"
+)
 _DELETE_CONTROL_KEYS = "DELETE FROM control.idempotency_keys WHERE expires_at < now()"
 MAX_TENANTS = 100
 """Tenants one run purges (those whose keys expired first); the next run takes the rest."""
+MAX_KEYS_PER_TENANT = 1000
+"""Keys one run deletes of one tenant (the oldest first): a tenant with a backlog takes a few runs, not one long one."""
 
 
 @dataclass(frozen=True)
@@ -42,14 +49,16 @@ def delete_expired_keys(
 ) -> ExpiryResult:
     """Delete every expired key of up to `max_tenants` tenants and of the control plane; `pool` serves the tenant
     transactions, `control_pool` the control plane's (the process-wide pools when None). A tenant whose keys cannot
-    be deleted is logged and left for the next run; the other tenants still go."""
+    be deleted (or whose wait for a lock passes bounded_lock_waits' bound) is logged and left for the next run; the
+    other tenants still go."""
     with platform_transaction(pool=control_pool) as conn:
         tenants = [UUID(str(row["tenant_id"])) for row in conn.execute(_EXPIRED_KEY_TENANTS, (max_tenants,))]
         control_keys = conn.execute(_DELETE_CONTROL_KEYS).rowcount
 
     def delete(tenant_id: UUID) -> int:
         with tenant_transaction(tenant_id, pool=pool) as conn:
-            return conn.execute(_DELETE_TENANT_KEYS).rowcount
+            return conn.execute(_DELETE_TENANT_KEYS, (MAX_KEYS_PER_TENANT,)).rowcount
 
-    deleted, failed = each_tenant(tenants, delete, what="idempotency key expiry")
+    with bounded_lock_waits():  # tenants go one after another: one's lock must not hold up the others
+        deleted, failed = each_tenant(tenants, delete, what="idempotency key expiry")
     return ExpiryResult(sum(deleted), control_keys, len(tenants), failed)

@@ -32,6 +32,10 @@ _PIN_TENANT = "SELECT app.pin_tenant(%s)"
 # transaction, in the same round trip as BEGIN, instead of as a separate round trip on every return to the pool;
 # if the transaction rolls back, so does this reset, and the next transaction resets again.
 _SESSION_RESETS = (b"RESET ALL", b"RESET ROLE")
+# Transaction-local, after the reset (which would undo it): a lock wait past it fails the statement.
+_SET_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', %s, true)"
+TIMER_LOCK_TIMEOUT_MS = 2000
+"""How long a timer pass's tenant transaction waits for a lock (bounded_lock_waits) before that tenant fails."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,8 @@ class _Prologue:
 
     role: bytes
     tenant_id: UUID | None = None
+    lock_timeout_ms: int | None = None
+    """The transaction's lock_timeout; None leaves the server's (no bound), as on the request path."""
 
     def run(self, conn: psycopg.Connection[Any]) -> None:
         """The reset and the prologue statement by statement (in a pipeline, where they still travel together)."""
@@ -48,6 +54,8 @@ class _Prologue:
         conn.execute(self.role)
         if self.tenant_id is not None:
             conn.execute(_PIN_TENANT, (self.tenant_id,))
+        if self.lock_timeout_ms is not None:
+            conn.execute(_SET_LOCK_TIMEOUT, (f"{self.lock_timeout_ms}ms",))
 
     def script(self) -> bytes:
         """BEGIN, the reset and the prologue as one simple query: one round trip, and the client's work of one
@@ -56,6 +64,9 @@ class _Prologue:
         if self.tenant_id is not None:
             # A literal, since a simple query takes no parameters: a UUID's text is hex digits and dashes only.
             parts.append(b"SELECT app.pin_tenant(" + sql.Literal(self.tenant_id).as_bytes() + b")")
+        if self.lock_timeout_ms is not None:
+            # A literal as well, of an int bounded_lock_waits checked: the same round trip, no extra one.
+            parts.append(_SET_LOCK_TIMEOUT.replace("%s", f"'{self.lock_timeout_ms}ms'").encode())
         return b"; ".join(parts)
 
 
@@ -95,6 +106,7 @@ class _Hold:
 # context, so a hold is seen exactly by the code that runs inside its `with` block, on whichever thread.
 _holds: ContextVar[tuple[_Hold, ...]] = ContextVar("qp_db_holds", default=())
 _nesting_allowed: ContextVar[bool] = ContextVar("qp_db_nesting_allowed", default=False)
+_lock_timeout_ms: ContextVar[int | None] = ContextVar("qp_db_lock_timeout_ms", default=None)
 
 
 def _nested_borrow_is_fatal() -> bool:
@@ -128,6 +140,24 @@ def allow_nested_borrow() -> Iterator[None]:
         yield
     finally:
         _nesting_allowed.reset(token)
+
+
+@contextmanager
+def bounded_lock_waits(timeout_ms: int = TIMER_LOCK_TIMEOUT_MS) -> Iterator[None]:
+    """Within the block (threads started from it with a copy of its context too), every tenant transaction waits
+    at most `timeout_ms` for a lock, then fails with psycopg.errors.LockNotAvailable.
+
+    For timer passes that go through the tenants one after another: a row one tenant's long transaction holds fails
+    that tenant's share of the pass (logged, left for the next run) instead of holding up every other tenant's.
+    Never on the request path, whose lock waits are part of its semantics (a duplicate request waits and replays).
+    """
+    if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or timeout_ms <= 0:
+        raise ValueError("timeout_ms must be a positive int")
+    token = _lock_timeout_ms.set(timeout_ms)
+    try:
+        yield
+    finally:
+        _lock_timeout_ms.reset(token)
 
 
 @contextmanager
@@ -230,7 +260,7 @@ def enter_tenant(conn: psycopg.Connection[Any], tenant_id: UUID) -> None:
 def _tenant_prologue(tenant_id: UUID) -> _Prologue:
     if not isinstance(tenant_id, UUID):  # checked before borrowing a connection
         raise TypeError("tenant_id must be a UUID")
-    return _Prologue(_SET_RUNTIME_ROLE, tenant_id)
+    return _Prologue(_SET_RUNTIME_ROLE, tenant_id, _lock_timeout_ms.get())
 
 
 @contextmanager

@@ -22,7 +22,7 @@ from uuid import UUID
 
 from psycopg_pool import ConnectionPool
 
-from shared.db.session import platform_transaction, tenant_transaction
+from shared.db.session import bounded_lock_waits, platform_transaction, tenant_transaction
 from shared.engine import control, stalls, work_queue
 from shared.engine import executions as repo
 from shared.engine import start as engine
@@ -326,8 +326,18 @@ async def sweep(
     """One sweeper run over every tenant with a candidate, within MAX_STATUS_CHECKS status calls; `pool` serves
     the tenant transactions, `control_pool` the control plane's (the process-wide pools when None).
 
-    A tenant whose sweep fails is logged and left for the next run; the other tenants still go.
+    A tenant whose sweep fails is logged and left for the next run; the other tenants still go. So is one whose
+    rows another transaction holds locked for longer than a bounded wait (bounded_lock_waits): the tenants are swept
+    one after another, and an unbounded wait on one tenant's row would hold up every other's.
     """
+    with bounded_lock_waits():  # copied into the to_thread calls below with the rest of this context
+        return await _sweep(client, pool=pool, control_pool=control_pool)
+
+
+async def _sweep(
+    client: DurableClient, *, pool: ConnectionPool[Any] | None, control_pool: ConnectionPool[Any] | None
+) -> SweepResult:
+    """The run `sweep` describes, its tenant transactions' lock waits bounded."""
     tenants = await asyncio.to_thread(stuck_tenants, control_pool=control_pool)
     started = ended = checked = 0
     failed: set[UUID] = set()
@@ -373,7 +383,8 @@ async def expire_work_leases(
     for row in rows:
         tenant_id = UUID(str(row["tenant_id"]))
         try:
-            attempts = await asyncio.to_thread(_expire_tenant_leases, tenant_id, pool)
+            with bounded_lock_waits():  # a lease row locked by a long transaction fails its tenant, not the run
+                attempts = await asyncio.to_thread(_expire_tenant_leases, tenant_id, pool)
         except Exception:  # one tenant's trouble must not keep the others' leases from ending
             logger.exception("sweeper: the expired leases of tenant %s could not be ended", tenant_id)
             continue

@@ -21,7 +21,7 @@ from psycopg_pool import ConnectionPool
 from standardwebhooks import Webhook
 
 from shared.config import get_settings
-from shared.db.session import platform_transaction, tenant_transaction
+from shared.db.session import bounded_lock_waits, platform_transaction, tenant_transaction
 from shared.events import webhook_store as store
 from shared.events.outbox import enqueue
 from shared.modules.contract import StepFailed
@@ -236,7 +236,8 @@ def deliver_due(
 ) -> DeliveryResult:
     """One run over every tenant with a delivery due, `tenants_at_once` tenants at a time, each for at most
     `budget_s` plus one send (`send_timeout_s`): a tenant whose receivers are slow holds up one sender, not the
-    others' deliveries, and the run ends. One tenant's trouble is logged and the others still go."""
+    others' deliveries, and the run ends. One tenant's trouble is logged and the others still go; so is a tenant
+    whose row another transaction holds locked past bounded_lock_waits' bound (the run waits for every tenant)."""
     with platform_transaction(pool=control_pool) as conn:
         tenants = [UUID(str(row["tenant_id"])) for row in conn.execute(_DUE_TENANTS, (max_tenants,)).fetchall()]
 
@@ -257,8 +258,12 @@ def deliver_due(
     total = DeliveryResult()
     if not tenants:
         return total
-    with ThreadPoolExecutor(max_workers=min(tenants_at_once, len(tenants)), thread_name_prefix="webhooks") as senders:
-        # Each in a copy of this context, so that its sends belong to the timer invocation's trace.
+    with (
+        bounded_lock_waits(),
+        ThreadPoolExecutor(max_workers=min(tenants_at_once, len(tenants)), thread_name_prefix="webhooks") as senders,
+    ):
+        # Each in a copy of this context, so that its sends belong to the timer invocation's trace (and its tenant
+        # transactions' lock waits are bounded).
         runs = [senders.submit(contextvars.copy_context().run, run, tenant_id) for tenant_id in tenants]
         for done in (future.result() for future in runs):
             if done is not None:
