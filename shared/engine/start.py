@@ -287,7 +287,7 @@ def orchestration_input(
     tenant_id: UUID, execution: repo.Execution, run: Runnable, reused: Mapping[str, Any]
 ) -> dict[str, Any]:
     """The orchestrator's input: the expanded definition, resolved inputs, per-step plan and reused outputs, and the
-    trace the execution's spans continue (the starting request's, when it is traced)."""
+    trace the execution's spans continue (its start's own root span, linked to the caller's; when traced)."""
     definition = {
         "target": run.definition.target,
         "steps": [step.model_dump(mode="json", exclude_none=True) for step in run.steps],

@@ -25,6 +25,7 @@ from shared.engine.start import (
     release_start,
     start_execution,
 )
+from shared.observability.tracing import current_span_context, execution_attributes, root_span
 from shared.policy import decisions
 from shared.policy.actions import Action
 from shared.policy.authorizer import Decision, Resource
@@ -35,6 +36,9 @@ logger = logging.getLogger(__name__)
 
 REQUESTER_UNKNOWN = "requester_unknown"
 """The refusal of a child whose parent's requester is no principal's id (only rows written outside the API)."""
+
+START_SPAN = "execution start"
+"""The root span of an execution's trace, linked to the request or event that asked for the start."""
 
 Decide = Callable[[str, Resource], Decision]
 """The caller's policy decision on an action and resource, audited by the edge that supplies it."""
@@ -107,7 +111,12 @@ def begin(tenant: Tenant, make_request: Callable[[Conn], StartRequest], *, decid
     A refused start raises a StartError (an unknown intent or version as IntentNotFoundError, a refused decision as
     StartForbiddenError); whatever `make_request` raises of its own passes through.
     """
-    with tenant_transaction(tenant.id) as conn:
+    # The execution's trace is the platform's own, linked to the caller's: a request's (or event's) `traceparent` is
+    # the caller's choice, made before it was verified, and continued it would put this execution in any trace.
+    with (
+        root_span(START_SPAN, current_span_context(), execution_attributes(tenant_id=tenant.id)),
+        tenant_transaction(tenant.id) as conn,
+    ):
         try:
             request = make_request(conn)  # a producer's request names its intent, which may not exist
         except (registry.NotFoundError, registry.UnknownVersionError) as exc:

@@ -32,7 +32,7 @@ from shared.ingress.rejecting import Rejected, invalid_body, not_accepted, refus
 from shared.ingress.rejections import NewRejection, record_rejection
 from shared.ingress.request import IngressEvent, IntentRequest
 from shared.ingress.verify import Sender, StaleEventError, check_fresh, sender, verify_token
-from shared.observability.tracing import TRACEPARENT, continued_span
+from shared.observability.tracing import TRACEPARENT, root_span, span_context_of
 from shared.policy.authorizer import Decision, Resource
 from shared.policy.decisions import decide
 
@@ -150,10 +150,11 @@ async def process_batch(
     for event in events:
         traceparent = event.properties.get(TRACEPARENT)
         try:
-            # The producer's trace, when it sent one: the execution this event starts continues it.
-            with continued_span(
+            # The producer's trace, when it sent one, is linked, not continued: any producer names it, and before its
+            # sender is verified (the execution this event starts gets a root of its own, linked to this one).
+            with root_span(
                 "intent-requests process",
-                traceparent if isinstance(traceparent, str) else None,
+                span_context_of(traceparent),
                 {"messaging.message.id": event.event_id},
                 kind=SpanKind.CONSUMER,
             ):

@@ -12,12 +12,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from opentelemetry import metrics, trace
+from opentelemetry import metrics, propagate, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, MetricsData, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from shared.config import get_settings
 from shared.db.pool import pool_usage
@@ -48,6 +49,7 @@ def configure_telemetry(connection_string: str | None, telemetry_file: str | Non
         else:
             _mode = "off"
             return _mode
+        _propagate_trace_context_only()
         _instrument_libraries(sql_spans)
         return _mode
 
@@ -93,6 +95,13 @@ def _start_azure_monitor(connection_string: str, resource: Resource) -> None:
             "urllib3": {"enabled": False},
         },
     )
+
+
+def _propagate_trace_context_only() -> None:
+    """Requests and events are read (and calls written) with W3C trace context only, without baggage: the app uses
+    none, and OpenTelemetry's baggage propagator logged a caller's oversized `baggage` header whole, at WARNING, on
+    every request that sent one."""
+    propagate.set_global_textmap(TraceContextTextMapPropagator())
 
 
 def _start_file(path: Path, resource: Resource) -> None:

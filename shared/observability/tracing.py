@@ -1,8 +1,9 @@
 # intent_ref: platform.telemetry
 """The execution's trace: its W3C context carried through the orchestration, module work and remote workers.
 
-An execution's spans all belong to the trace of the request (or `intent-requests` event) that started it: the start
-puts the current `traceparent` into the orchestration's input, the orchestrator hands it to every activity, the
+An execution's spans all belong to one trace of the platform's own: its start opens a new root span (`execution
+start`) linked to the request (or `intent-requests` event) that asked for it, never continuing a caller's context,
+and puts that root's `traceparent` into the orchestration's input, the orchestrator hands it to every activity, the
 dispatch puts it on each `module-work` event's properties and beside each queued remote item, and whoever picks the
 work up continues the trace from there. The orchestrator itself starts no span: it replays.
 """
@@ -14,7 +15,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 TRACEPARENT = "traceparent"
@@ -86,6 +88,40 @@ def continued_span(
     An exception leaving the block marks the span failed and is recorded on it; it still propagates."""
     context = _propagator.extract({TRACEPARENT: traceparent}) if traceparent else None
     with tracer.start_as_current_span(name, context=context, kind=kind, attributes=dict(attributes)) as span:
+        yield span
+
+
+def span_context_of(traceparent: object) -> SpanContext | None:
+    """The span context a `traceparent` value names; None when absent or malformed."""
+    if not isinstance(traceparent, str) or not traceparent:
+        return None
+    context = trace.get_current_span(_propagator.extract({TRACEPARENT: traceparent})).get_span_context()
+    return context if context.is_valid else None
+
+
+def current_span_context() -> SpanContext | None:
+    """The active span's context; None when nothing is traced."""
+    context = trace.get_current_span().get_span_context()
+    return context if context.is_valid else None
+
+
+@contextmanager
+def root_span(
+    name: str,
+    linked: SpanContext | None,
+    attributes: Mapping[str, AttributeValue],
+    *,
+    kind: SpanKind = SpanKind.INTERNAL,
+) -> Iterator[Span]:
+    """A span starting a trace of the platform's own, current while the block runs, linked to `linked`.
+
+    A caller's context (a request's `traceparent`, an event's property) is anyone's choice, made before the caller is
+    verified: continued, it would put an execution's spans into whatever trace the caller named (another tenant's).
+    Linked, the caller's trace still shows where it led, and the platform's trace stays its own."""
+    links = [Link(linked)] if linked is not None and linked.is_valid else []
+    with tracer.start_as_current_span(
+        name, context=Context(), kind=kind, attributes=dict(attributes), links=links
+    ) as span:
         yield span
 
 

@@ -1,8 +1,8 @@
 # intent_ref: platform.telemetry
 """Telemetry through the Azure Monitor distro, captured by a local server that speaks the ingestion endpoint of a
-connection string: one operation id from the request that starts an execution to its last step (a module step and a
-remote step), the dimensions on the spans, the platform's metrics, and requests that still succeed with the
-endpoint down."""
+connection string: one operation id from the start of an execution (linked to its request) to its last step (a
+module step and a remote step), the dimensions on the spans, the platform's metrics, and requests that still succeed
+with the endpoint down."""
 
 from __future__ import annotations
 
@@ -162,15 +162,18 @@ def test_one_trace_from_the_request_to_the_last_step_with_dimensions_and_metrics
         ),
     )
     spans = ingestion.spans()
-    start = next(e for e in spans if _name(e) == "POST /api/v1/intents/{intent_id}/execute")
-    operation = _operation(start)
-    assert _props(start)["tenant.id"] == tenant_id
-    # Every span of the execution, from every process part, is in the operation of the request that started it.
-    assert {_operation(e) for e in of_execution()} == {operation}
+    request = next(e for e in spans if _name(e) == "POST /api/v1/intents/{intent_id}/execute")
+    assert _props(request)["tenant.id"] == tenant_id
+    # Every span of the execution, from every process part, is in one operation of the platform's own, started by its
+    # `execution start` root, which links the request that asked for it (a caller's traceparent is never continued).
+    [operation] = {_operation(e) for e in of_execution()}
+    start = next(e for e in spans if _name(e) == "execution start" and _operation(e) == operation)
+    assert operation != _operation(request)
+    assert request["data"]["baseData"]["id"] in str(_props(start).get("_MS.links")), _props(start)
     in_operation = [e for e in spans if _operation(e) == operation]
     names = {_name(e) for e in in_operation}
     assert {"activity dispatch_steps", "module artifact.write", "activity record_status"} <= names, names
-    # The database statements of the request and of the steps are dependencies in the same operation.
+    # The database statements of the start and of the steps are dependencies in the same operation.
     assert any(e["data"]["baseData"].get("type") == "postgresql" for e in in_operation), names
 
     module = next(e for e in of_execution() if _name(e) == "module artifact.write")
@@ -247,8 +250,8 @@ def test_the_local_trace_command_prints_an_executions_trace_from_the_file(
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     names = [line.split("ms", 2)[2].split()[0:2] for line in lines[1:]]
-    assert names[0] == ["POST", "/api/v1/intents/{intent_id}/execute"], lines  # the root: the request
-    # The dispatch (a worker process) and the module it started (either worker) continue the request's trace.
+    assert names[0] == ["execution", "start"], lines  # the root: the start, linked to the request
+    # The dispatch (a worker process) and the module it started (either worker) continue the start's trace.
     assert ["activity", "dispatch_steps"] in names and ["module", "artifact.write"] in names, lines
     module_line = next(line for line in lines if "module artifact.write" in line)
     assert "step.id=note" in module_line and "[step.completed]" in module_line, module_line

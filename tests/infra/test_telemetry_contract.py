@@ -121,3 +121,36 @@ def test_a_telemetry_line_is_still_logged_for_the_log_stream() -> None:
         "action": "http.request",
         "duration_ms": 12,
     }
+
+
+def test_the_http_alerts_and_the_api_latency_panel_count_only_rows_with_a_url() -> None:
+    # A module step's consumer span (`module <action>`) is a `requests` row without a url: counted, a tenant's slow
+    # endpoint paged operators as API latency and diluted the 5xx rate.
+    alerts: dict[str, Any] = json.loads((MONITORING / "alerts.json").read_text(encoding="utf-8"))
+    for name in ("latency-p95", "http-5xx-rate"):
+        query = str(alerts[name]["query"])
+        assert re.match(r"requests \| where isnotempty\(url\)", query), f"alert {name} counts rows without a url"
+    # The API latency panel, in the workbook and in the operations guide.
+    panels = {name: q for name, q in _queries().items() if "percentile(duration, 95)" in q and "by name" in q}
+    assert "workbook API latency p95 by operation (ms)" in panels, panels
+    for name, query in panels.items():
+        assert query.startswith("requests | where isnotempty(url)"), f"{name} counts rows without a url"
+
+
+def test_open_event_streams_take_each_instances_latest_count_not_the_sum_of_exports() -> None:
+    # The up-down counter is exported cumulative: every export is an instance's current count, so summing the rows
+    # counted one open stream once per export.
+    panels = [q for name, q in _queries().items() if f"'{metrics.EVENT_STREAMS_OPEN}'" in q]
+    assert panels
+    for query in panels:
+        assert "arg_max(timestamp, value) by tenant, cloud_RoleInstance" in query, query
+        assert query.index("arg_max") < query.index("sum(value)"), query
+
+
+def test_the_runbook_finds_a_stalls_execution_by_its_id_not_its_operation_id() -> None:
+    # The sweeper records a stall in its own run's trace: a stall's operation_Id opens the sweeper run, not the
+    # execution, so the runbook must say how to get from the stall's execution_id to the execution's trace.
+    runbook = RUNBOOK.read_text(encoding="utf-8")
+    assert "execution.stalled`): the sweeper records it in its own run's trace" in runbook
+    finders = [q for name, q in _queries().items() if name.startswith(RUNBOOK.name) and "operation_Id" in q]
+    assert any(f"customDimensions['{tracing.EXECUTION_ID}']" in q and "by operation_Id" in q for q in finders)
