@@ -40,10 +40,12 @@ logger = logging.getLogger(__name__)
 # engine.STALE_START_S (30 s); twice that leaves a client's own retry the first chance.
 START_GRACE_S = 60.0
 # A healthy execution changes status when it starts, waits, resumes or ends; five quiet minutes are worth one
-# status call, and an orchestration that ended unrecorded is found within minutes, not hours.
+# status call; an orchestration that ended unrecorded is found within ceil(N / 20) runs of its tenant's sweep, N the
+# tenant's quiet executions: minutes for a few hundred.
 QUIET_S = 300.0
 # Per run (every 30 s): a tenant with thousands of long waits costs at most MAX_CHECKS_PER_TENANT status calls, and
-# the whole run at most MAX_STATUS_CHECKS; the tenants' order is random past stalled starts, so none is starved.
+# the whole run at most MAX_STATUS_CHECKS; past stalled starts the tenant whose check is the oldest goes first
+# (migration 0043), so none is starved.
 MAX_TENANTS = 100
 MAX_STARTS_PER_TENANT = 20
 MAX_CHECKS_PER_TENANT = 20
@@ -57,10 +59,19 @@ _PENDING_STARTS = (
     "SELECT id FROM app.executions WHERE status = 'pending' AND parent_execution_id IS NULL"
     " ORDER BY start_claimed_at NULLS FIRST, id LIMIT %s"
 )
-# Random among the quiet: a tenant whose oldest executions wait for days legitimately still gets the rest checked.
+# Least recently checked first (never checked first), then the longest quiet: each run moves the ones it checked to
+# the back (_SWEPT), so of N quiet executions every one is checked within ceil(N / limit) runs, a tenant's oldest
+# legitimate waits included, and none twice before all once (migration 0043; random picks found a dead one by chance).
 _QUIET = (
     "SELECT id FROM app.executions WHERE status IN ('running', 'waiting', 'compensating')"
-    " AND updated_at < clock_timestamp() - make_interval(secs => %s) ORDER BY random() LIMIT %s"
+    " AND updated_at < clock_timestamp() - make_interval(secs => %s)"
+    " ORDER BY swept_at NULLS FIRST, updated_at LIMIT %s"
+)
+# A row another transaction holds (a transition under way) is skipped, not waited on: it stays at the front and is
+# checked again next run, and a long-held lock fails neither this statement nor the tenant's run.
+_SWEPT = (
+    "UPDATE app.executions SET swept_at = now() WHERE id IN"
+    " (SELECT id FROM app.executions WHERE id = ANY(%s) FOR UPDATE SKIP LOCKED)"
 )
 _STILL_RUNS = frozenset({"Running", "Pending", "Suspended", "ContinuedAsNew"})
 
@@ -162,6 +173,12 @@ def quiet_executions(
     """Up to `limit` of the tenant's unfinished executions whose status has not changed for `quiet_s` seconds."""
     with tenant_transaction(tenant_id, pool=pool) as conn:
         return [row["id"] for row in conn.execute(_QUIET, (quiet_s, limit)).fetchall()]
+
+
+def record_swept(tenant_id: UUID, execution_ids: list[UUID], *, pool: ConnectionPool[Any] | None = None) -> None:
+    """Record that the sweeper has just asked after these executions' orchestrations, so the next runs take others."""
+    with tenant_transaction(tenant_id, pool=pool) as conn:
+        conn.execute(_SWEPT, (execution_ids,))
 
 
 def status_unknown(status: Any) -> bool:
@@ -274,7 +291,7 @@ async def _settle_quiet(
     status = await client.get_status(str(execution_id))
     if status_unknown(status):
         # Read as "no such instance", a brief outage of the task hub's store ended running executions for good.
-        logger.warning("sweeper: the status of execution %s could not be read; left for the next run", execution_id)
+        logger.warning("sweeper: the status of execution %s could not be read; left for its next turn", execution_id)
         return TenantSweep(checked=1)
     cause = ended_cause(status)
     if cause is None:
@@ -312,7 +329,15 @@ async def sweep_tenant(
         quiet = await asyncio.to_thread(
             quiet_executions, tenant_id, limit=min(left, MAX_CHECKS_PER_TENANT), quiet_s=quiet_s, pool=pool
         )
-        results += [await _settle_quiet(tenant_id, execution_id, client, pool, stall_grace_s) for execution_id in quiet]
+        asked: list[UUID] = []
+        try:
+            for execution_id in quiet:
+                asked.append(execution_id)
+                results.append(await _settle_quiet(tenant_id, execution_id, client, pool, stall_grace_s))
+        finally:
+            # Also when one of them failed the tenant's run: recorded, it no longer comes first and holds up the rest.
+            if asked:
+                await asyncio.to_thread(record_swept, tenant_id, asked, pool=pool)
     return TenantSweep(
         started=sum(r.started for r in results),
         ended=sum(r.ended for r in results),
