@@ -79,15 +79,32 @@ def parent_principal(parent_id: UUID | str) -> str:
     return f"execution:{parent_id}"
 
 
+def record_child_cancel(conn: Conn, child_id: UUID, parent_id: UUID) -> list[store.Attempt] | None:
+    """Record, in the caller's transaction, a stopping parent's cancel of its child: the request and the child's
+    queued remote work ended (ADR 0027); None when the child had ended already. `tell_child` raises it afterwards."""
+    try:
+        request_cancel(conn, child_id, parent_principal(parent_id))
+    except AlreadyFinishedError:
+        return None
+    return work_queue.cancel_queued(conn, child_id)
+
+
+async def tell_child(client: EventRaiser, child_id: UUID, parent_id: UUID, dequeued: list[store.Attempt]) -> None:
+    """Raise a recorded child cancel to the child's orchestration, with the verdicts of the work it ended."""
+    try:
+        await client.raise_event(str(child_id), CANCEL_EVENT, {"by": parent_principal(parent_id)})
+        for attempt in dequeued:  # its queued remote work ended with the cancel (ADR 0027)
+            await client.raise_event(str(child_id), attempt.key.event_name, attempt.verdict())
+    except Exception as exc:
+        # Not there (yet) or already ended: the recorded request is what a starting orchestration reads.
+        logger.warning("could not raise cancel to child execution %s: %s", child_id, exc)
+
+
 def _record_child_cancel(
     tenant_id: UUID, child_id: UUID, parent_id: UUID, pool: ConnectionPool[Any] | None
 ) -> list[store.Attempt] | None:
     with tenant_transaction(tenant_id, pool=pool) as conn:
-        try:
-            request_cancel(conn, child_id, parent_principal(parent_id))
-        except AlreadyFinishedError:
-            return None
-        return work_queue.cancel_queued(conn, child_id)
+        return record_child_cancel(conn, child_id, parent_id)
 
 
 async def cancel_child(
@@ -98,13 +115,7 @@ async def cancel_child(
     dequeued = await asyncio.to_thread(_record_child_cancel, tenant_id, child_id, parent_id, pool)
     if dequeued is None:
         return False
-    try:
-        await client.raise_event(str(child_id), CANCEL_EVENT, {"by": parent_principal(parent_id)})
-        for attempt in dequeued:  # its queued remote work ended with the cancel (ADR 0027)
-            await client.raise_event(str(child_id), attempt.key.event_name, attempt.verdict())
-    except Exception as exc:
-        # Not there (yet) or already ended: the recorded request is what a starting orchestration reads.
-        logger.warning("could not raise cancel to child execution %s: %s", child_id, exc)
+    await tell_child(client, child_id, parent_id, dequeued)
     return True
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -210,9 +210,10 @@ def ended_cause(status: Any) -> str | None:
 
 @dataclass(frozen=True)
 class Ended:
-    """An execution this sweeper ended, and the child executions still running under it (to cancel)."""
+    """An execution this sweeper ended, and the child executions still running under it, whose cancels its
+    transaction recorded (with each one's queued work it ended), to tell their orchestrations."""
 
-    children: tuple[UUID, ...] = ()
+    children: dict[UUID, list[store.Attempt]] = field(default_factory=dict)
 
 
 _OPEN_STEPS = ("running", "waiting", "retrying")
@@ -240,9 +241,18 @@ def end_execution(
                 if attempt.state == "dispatched":
                     abandon_step(conn, attempt.key, cause)
             repo.transition(conn, execution_id, "failed", error=cause)
+            # The children's cancels in the same transaction: recorded after the end's commit, one that failed (a
+            # child's row held past a timer's lock wait) was never retried, the parent being ended by then.
+            children = {
+                UUID(str(step["child_execution_id"])): control.record_child_cancel(
+                    conn, UUID(str(step["child_execution_id"])), execution_id
+                )
+                for step in open_steps
+                if step["child_execution_id"]
+            }
     except repo.IllegalTransitionError:
         return None  # a status with no move to failed (its steps' moves roll back with it)
-    return Ended(tuple(step["child_execution_id"] for step in open_steps if step["child_execution_id"]))
+    return Ended({child: dequeued for child, dequeued in children.items() if dequeued is not None})
 
 
 async def _end(
@@ -252,8 +262,8 @@ async def _end(
     ended = await asyncio.to_thread(end_execution, tenant_id, execution_id, cause, pool=pool)
     if ended is None:
         return False
-    for child in ended.children:
-        await control.cancel_child(tenant_id, child, execution_id, client, pool=pool)
+    for child, dequeued in ended.children.items():
+        await control.tell_child(client, child, execution_id, dequeued)
     return True
 
 

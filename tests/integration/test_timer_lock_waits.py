@@ -16,11 +16,23 @@ from psycopg_pool import ConnectionPool
 
 from shared import idempotency
 from shared.db.session import bounded_lock_waits, tenant_transaction, tenant_write
+from shared.engine import executions as repo
+from shared.engine import steps as store
 from shared.engine import sweeper
+from shared.engine.protocol import CANCEL_EVENT
+from shared.engine.steps import AttemptKey
 from shared.events import webhooks
 from shared.idempotency_expiry import delete_expired_keys
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
-from tests.integration.test_execution_sweeper import FakeDurable, Tenant, _get, _moved, _recorded, _status
+from tests.integration.test_execution_sweeper import (
+    _BACKDATE_UPDATE,
+    FakeDurable,
+    Tenant,
+    _get,
+    _moved,
+    _recorded,
+    _status,
+)
 from tests.integration.test_webhooks import Receiver, emit, local, tenant  # noqa: F401  # `local`: the fixture
 
 pytestmark = pytest.mark.integration
@@ -159,3 +171,40 @@ def test_a_webhook_run_sends_the_other_tenants_deliveries_and_ends_while_one_sub
     with tenant_transaction(a.id) as conn:
         states = [row["state"] for row in conn.execute("SELECT state FROM app.webhook_deliveries").fetchall()]
     assert states == ["pending"]
+
+
+def test_a_parent_ended_by_the_sweeper_cancels_its_child_even_when_the_childs_row_is_held(
+    api: ApiHarness, app_pool: ConnectionPool[Any], control_pool: ConnectionPool[Any]
+) -> None:
+    # The children's cancels were recorded after the parent's end had committed: one that waited past the lock bound
+    # failed, and no later run passed it down (the parent being ended). Now both commit together, or neither.
+    tenant = Tenant(api)
+    parent = _moved(app_pool, tenant.id, tenant.intent, ["running"], quiet=False)
+    child, _ = _recorded(app_pool, tenant.id, tenant.child_intent, stale=False, parent=parent)
+    with tenant_transaction(tenant.id, pool=app_pool) as conn:
+        repo.transition(conn, child, "running")
+        store.begin_attempt(conn, AttemptKey(parent, "pause", "run", 1), action="wait", remote=False)
+        store.set_child(conn, parent, "pause", child)
+        conn.execute(_BACKDATE_UPDATE, (parent,))
+    client = FakeDurable({parent: _status("Terminated", "operator stop"), child: _status("Running")})
+    held, release = threading.Event(), threading.Event()
+
+    def hold_child_row() -> None:  # the child's own transaction on its row, longer than a timer's lock wait
+        with tenant_transaction(tenant.id, pool=app_pool) as conn:
+            conn.execute("SELECT 1 FROM app.executions WHERE id = %s FOR UPDATE", (child,))
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold_child_row)
+    holder.start()
+    assert held.wait(30)
+    try:
+        with bounded_lock_waits(), pytest.raises(psycopg.errors.LockNotAvailable):  # as a sweep runs it
+            asyncio.run(sweeper.sweep_tenant(tenant.id, client, pool=app_pool))  # fails this tenant, for now
+    finally:
+        release.set()
+        holder.join(30)
+    asyncio.run(sweeper.sweep_tenant(tenant.id, client, pool=app_pool))
+    assert _get(app_pool, tenant.id, parent).status == "failed"
+    assert _get(app_pool, tenant.id, child).cancel_requested_at is not None
+    assert [(instance, name) for instance, name, _ in client.raised] == [(str(child), CANCEL_EVENT)]
