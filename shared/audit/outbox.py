@@ -157,33 +157,55 @@ class AuditOutbox:
         return Copied(copied, set_aside)
 
     def _copy(self, tenant_id: UUID, records: Sequence[tuple[UUID, dict[str, Any]]]) -> Copied:
-        """Copy `records` in a tenant transaction that holds the tenant row (`_copy_held`); a failure is raised once
-        what was done before it has committed."""
+        """Copy `records` holding no connection while the store writes, then remove the written ones from the outbox
+        (and set the refused aside) in one short transaction; a failure is raised once that is done.
+
+        The copy after a commit runs on the request path: holding a pooled connection (and the tenant row) while the
+        store wrote, a slow store (throttled, retrying) drained the pool for every tenant. The window this leaves, an
+        erasure finishing both its passes while these writes are under way, is told here: the tenant row is gone
+        when the rows are removed, and the records that outlived it are logged by id for an operator (ADR 0012)."""
+        written, refused, failure = self._write_each(tenant_id, records, skip=set())
         with tenant_transaction(tenant_id, pool=self._pool) as conn:
-            done, failure = self._copy_held(conn, tenant_id, hold_tenant(conn, tenant_id), records)
+            if not hold_tenant(conn, tenant_id):
+                outlived = [str(i) for i, document in records if i in set(written) and not _outlives_tenant(document)]
+                if outlived:
+                    logger.error(
+                        "audit outbox: %d records of tenant %s were written as it was erased and outlive it: %s",
+                        len(outlived),
+                        tenant_id,
+                        ", ".join(outlived[:50]),
+                    )
+            self._settle_rows(conn, written, refused)
         if failure is not None:
             raise failure
-        return done
+        return Copied(len(written), len(refused))
 
     def _copy_held(
         self, conn: psycopg.Connection[Any], tenant_id: UUID, held: bool, records: Sequence[tuple[UUID, dict[str, Any]]]
     ) -> tuple[Copied, Exception | None]:
-        """Write each record to the store, then remove the written ones from the outbox and set the refused ones
-        aside, in `conn`'s transaction; a failure stops the copy and is returned, for the caller to raise once the
-        transaction has committed what was done before it.
+        """The relay's copy: write each record to the store, then remove the written ones from the outbox and set the
+        refused ones aside, in `conn`'s transaction; a failure stops the copy and is returned, for the caller to raise
+        once the transaction has committed what was done before it.
 
         `held`: the transaction holds the tenant row, so an erasure cannot finish, nor its second pass run, before
-        these records are in the store. Once the tenant is gone only its erasure's record is written: any other
-        outlived the erasure by racing it and is removed unwritten."""
-        written: list[UUID] = []
-        refused: list[tuple[UUID, str]] = []
+        these records are in the store (a timer's one connection, never a request's). Once the tenant is gone only
+        its erasure's record is written: any other outlived the erasure by racing it and is removed unwritten."""
         erased = [] if held else [record_id for record_id, document in records if not _outlives_tenant(document)]
         if erased:
             logger.warning("audit outbox: %d records of erased tenant %s removed unwritten", len(erased), tenant_id)
-        unwritten = set(erased)
-        failure: Exception | None = None
+        written, refused, failure = self._write_each(tenant_id, records, skip=set(erased))
+        self._settle_rows(conn, written + erased, refused)
+        return Copied(len(written), len(refused)), failure
+
+    def _write_each(
+        self, tenant_id: UUID, records: Sequence[tuple[UUID, dict[str, Any]]], *, skip: set[UUID]
+    ) -> tuple[list[UUID], list[tuple[UUID, str]], Exception | None]:
+        """Write each record not in `skip` to the store, in order, until one fails: the written, the refused (the
+        store will never take them) and the failure."""
+        written: list[UUID] = []
+        refused: list[tuple[UUID, str]] = []
         for record_id, document in records:
-            if record_id in unwritten:
+            if record_id in skip:
                 continue
             try:
                 _check_owner(tenant_id, record_id, document)
@@ -195,14 +217,17 @@ class AuditOutbox:
                 refused.append((record_id, str(exc) or type(exc).__name__))
                 continue
             except Exception as exc:
-                failure = exc
-                break
+                return written, refused, exc
             written.append(record_id)
-        if written or erased:
-            conn.execute(_COPIED, (written + erased,))
+        return written, refused, None
+
+    @staticmethod
+    def _settle_rows(conn: psycopg.Connection[Any], removed: list[UUID], refused: list[tuple[UUID, str]]) -> None:
+        """Remove the written (or dropped) rows from the outbox and set the refused ones aside, in one round trip."""
+        if removed:
+            conn.execute(_COPIED, (removed,))
         for record_id, reason in refused:
             conn.execute(_SET_ASIDE, (reason, record_id))
-        return Copied(len(written), len(refused)), failure
 
     def _copy_committed(self, tenant_id: UUID, queued: list[tuple[UUID, dict[str, Any]]]) -> None:
         """After a commit: copy what that transaction queued. Never raises: the change is committed, and what is
