@@ -55,6 +55,12 @@ _KEPT_HISTORIES = 1024
 """Histories of running instances kept between episodes (least recently run dropped first)."""
 
 
+MAX_WORKER_EXITS = 5
+"""Worker exits one episode or activity is run through before it counts as the call's failure: an input that kills
+its worker every time (os._exit, a native crash) would otherwise run again every second for ever, failing every
+other call in flight on each worker it reaches."""
+
+
 class _NoAnswer(Exception):
     """The worker process running an orchestrator or activity exited before answering: nothing is known of the call,
     so nothing is recorded and it runs again (the Durable extension retries a work item after a worker crash)."""
@@ -98,6 +104,7 @@ class Engine:
         self._episodes: dict[str, asyncio.Task[None]] = {}
         self._activities: dict[int, asyncio.Task[None]] = {}
         self._cooldown: dict[str, float] = {}  # instance id -> monotonic time before which it is not retried
+        self._worker_exits: dict[str, int] = {}  # episode (instance id) or activity (work item id) -> exits so far
         self._loop_task: asyncio.Task[None] | None = None
         self._histories: OrderedDict[str, _KeptHistory] = OrderedDict()
         # A finished episode or activity starts a dispatcher pass only when something may wait for one: work
@@ -312,7 +319,7 @@ class Engine:
                         catalog=self.catalog,
                     )
                     if episode.has_events:
-                        state, failure = await self._invoke_orchestrator(instance.name, episode.context())
+                        state, failure = await self._invoke_orchestrator(instance.name, episode.context(), instance_id)
                         result = episode.finish(state, failure, utcnow())
                         added = await self._commit(conn, instance, result, now, history_at=len(kept.events))
                     await self._store.delete_messages(conn, [m.id for m in messages])
@@ -328,7 +335,9 @@ class Engine:
         while len(self._histories) > _KEPT_HISTORIES:
             self._histories.popitem(last=False)
 
-    async def _invoke_orchestrator(self, name: str, context: str) -> tuple[JsonDict | None, str | None]:
+    async def _invoke_orchestrator(
+        self, name: str, context: str, instance_id: str
+    ) -> tuple[JsonDict | None, str | None]:
         """Run the orchestrator once; return its OrchestratorState, or the failure it could not describe."""
         function = self._ctx.index.orchestrators.get(name)
         if function is None:
@@ -338,12 +347,13 @@ class Engine:
             datum = await self._ctx.invoker.invoke(function, inputs)
         except FunctionInvocationError as exc:
             if worker_exited(exc):  # no answer, not the orchestrator's failure: the episode rolls back
-                raise _NoAnswer(exc.friendly) from exc
+                self._no_answer(f"episode:{instance_id}", exc)
             # Orchestrator code raised: the SDK embeds its state (actions, customStatus, error) in the message.
             state = extract_out_of_proc_state(str(exc.exc))
             return (state, None) if state is not None else (None, exc.friendly)
         except Exception as exc:  # the worker side of the call failed: fail the instance rather than retry forever
             return None, f"{type(exc).__name__}: {exc}"
+        self._worker_exits.pop(f"episode:{instance_id}", None)
         try:
             state = json.loads(datum.value) if datum is not None and isinstance(datum.value, str) else None
         except json.JSONDecodeError:
@@ -436,6 +446,16 @@ class Engine:
         await queue_execution_started(self._store, conn, instance, now)
         await self._store.save(conn, instance)
 
+    def _no_answer(self, call: str, exc: FunctionInvocationError) -> None:
+        """Raise _NoAnswer for a call whose worker exited, until it has done so MAX_WORKER_EXITS times: then return,
+        and the caller records the exit as the call's failure (logged at ERROR)."""
+        exits = self._worker_exits.get(call, 0) + 1
+        if exits < MAX_WORKER_EXITS:
+            self._worker_exits[call] = exits
+            raise _NoAnswer(exc.friendly) from exc
+        self._worker_exits.pop(call, None)
+        logger.error("%s: its worker exited %d times running it; recorded as its failure", call, exits)
+
     # ------------------------------------------------------------------ activities
     async def _run_activity(self, item: WorkItem) -> None:
         try:
@@ -472,10 +492,11 @@ class Engine:
             datum = await self._ctx.invoker.invoke(function, inputs)
         except FunctionInvocationError as exc:
             if worker_exited(exc):
-                raise _NoAnswer(exc.friendly) from exc
+                self._no_answer(f"activity:{item.id}", exc)
             return self._failed(item, exc.friendly, exc.stack())
         except Exception as exc:  # e.g. an output the converter cannot encode: the worker fails the call too
             return self._failed(item, f"{type(exc).__name__}: {exc}", "".join(traceback.format_exception(exc)))
+        self._worker_exits.pop(f"activity:{item.id}", None)
         result = None if datum is None else datum.value
         return event(
             EventType.TaskCompleted,

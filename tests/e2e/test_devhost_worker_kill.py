@@ -14,6 +14,7 @@ import azure.durable_functions as df
 import pytest
 
 from devhost.child import PROJECT_ROOT
+from devhost.durable.engine import MAX_WORKER_EXITS
 from tests.e2e.conftest import DevhostFactory
 from tests.e2e.durable_support import wait_for_status, with_client
 
@@ -53,3 +54,17 @@ def test_an_orchestration_completes_after_its_worker_is_killed_mid_phase(
     first, *again = _runs(log)
     assert first == killed
     assert again and killed not in again  # it ran again, in a worker that was alive
+
+
+def test_an_activity_that_kills_its_worker_every_time_fails_after_a_bounded_number_of_runs(
+    devhost_factory: DevhostFactory, tmp_path: Path
+) -> None:
+    # Taken as no answer without a bound, it ran again every second for ever, failing every other call in flight on
+    # each worker it reached.
+    host = devhost_factory(app_dir=APP, env={"FUNCTIONS_WORKER_PROCESS_COUNT": "2"})
+    instance_id = with_client(
+        host.base_url, TASK_HUB, lambda c: c.start_new("poison_orchestrator", None, None), host.host_key
+    )
+    status = with_client(host.base_url, TASK_HUB, lambda c: wait_for_status(c, instance_id, timeout=90), host.host_key)
+    assert status.runtime_status == df.OrchestrationRuntimeStatus.Failed
+    assert len(_runs(tmp_path / "runs-poison.log")) == MAX_WORKER_EXITS

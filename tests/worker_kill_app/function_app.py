@@ -42,3 +42,18 @@ def held_activity(name: str) -> str:
     """Greet, held when the test asks."""
     _held("activity")
     return f"hello {name}"
+
+
+@app.orchestration_trigger(context_name="context")
+def poison_orchestrator(context: df.DurableOrchestrationContext) -> Generator[Any, Any, Any]:
+    """One activity that kills its worker every time it runs."""
+    return (yield context.call_activity("poison_activity", "world"))
+
+
+@app.activity_trigger(input_name="name")
+def poison_activity(name: str) -> str:
+    """Log that it ran, then take its worker process down (an input that crashes native code, say)."""
+    state = Path(os.environ["CONFORMANCE_STATE_DIR"])
+    with open(state / "runs-poison.log", "a", encoding="utf-8") as log:
+        log.write(f"{os.getpid()}\n")
+    os._exit(1)
