@@ -209,16 +209,20 @@ def retry_request(
                 f"version {version} changes steps whose outputs would be reused: " + ", ".join(changed)
             )
     skipped = {row["step_id"] for row in rows if row["state"] == "skipped"}
-    return _retry_of(execution, version, requester, idempotency_key, _after_reused(reused, skipped, after))
+    return _retry_of(execution, version, requester, idempotency_key, _after_reused(reused, skipped, before, after))
 
 
-def _after_reused(reused: dict[str, Any], skipped: set[str], shape: RunShape | None) -> dict[str, Any]:
-    """The reused outputs of steps whose every dependency is reused too (or was skipped, after reused ones).
+def _after_reused(
+    reused: dict[str, Any], skipped: set[str], before: RunShape | None, shape: RunShape | None
+) -> dict[str, Any]:
+    """The reused outputs of steps whose every dependency is reused too (or was skipped, after reused ones, and is
+    the same step in the version the retry runs: one whose `when` changed may run now).
 
     A step that runs again (an approval, a compensated step) runs before what follows it: a later step reused past
     it would be ready at once, run before the approval asked again, or read an output the retry has not made yet."""
     if shape is None:
         return reused  # a declaration whose blueprint is gone: the start refuses it anyway
+    skipped = {step_id for step_id in skipped if not _runs_differently(step_id, before, shape)}
     graph = dependencies(shape.steps)
     kept: dict[str, Any] = {}
     passed: set[str] = set()  # skipped steps whose dependencies were all kept or passed

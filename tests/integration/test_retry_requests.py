@@ -115,3 +115,38 @@ def test_a_retry_reuses_steps_after_a_skipped_step_whose_dependencies_are_reused
     states = {"build": "succeeded", "optional": "skipped", "deploy": "succeeded", "verify": "failed"}
     request = _retried(app_pool, new_tenant(), steps, states)
     assert request.reused == {"build": {"from": "build"}, "deploy": {"from": "deploy"}}
+
+
+def test_a_retry_onto_a_version_that_runs_a_step_skipped_before_reuses_nothing_after_it(
+    app_pool: ConnectionPool[Any], new_tenant: Any
+) -> None:
+    # Version 2 drops the `when` that skipped `optional`: it runs in the retry, so `deploy`, reused past it, was
+    # ready at once with an output made without it.
+    tenant_id = new_tenant()
+    v1 = [
+        _step("build", "artifact.write"),
+        {**_step("optional", "event.emit", "build"), "when": "${inputs.version} == 'never'"},
+        _step("deploy", "http.request", "optional"),
+        _step("verify", "http.request", "deploy"),
+    ]
+    v2 = [v1[0], _step("optional", "event.emit", "build"), v1[2], v1[3]]
+    intent_id = _intent(app_pool, tenant_id, v1)
+    with tenant_transaction(tenant_id, pool=app_pool) as conn:
+        conn.execute(
+            "INSERT INTO app.intent_versions (tenant_id, intent_id, version, definition, definition_sha256,"
+            " created_by) VALUES (app.current_tenant_id(), %s, 2, %s, %s, 't')",
+            (intent_id, Jsonb({"target": "staging", "steps": v2}), hashlib.sha256(repr(v2).encode()).hexdigest()),
+        )
+    failed = _execution(app_pool, tenant_id, intent_id, path=["running", "failed"])
+    states = {"build": "succeeded", "optional": "skipped", "deploy": "succeeded", "verify": "failed"}
+    with tenant_transaction(tenant_id, pool=app_pool) as conn:
+        store.seed_steps(conn, failed.id, [StepSeed(step["id"], step["action"], 1) for step in v1])
+        for step_id, state in states.items():
+            conn.execute(
+                "UPDATE app.execution_steps SET state = %s, output = %s WHERE execution_id = %s AND step_id = %s",
+                (state, Jsonb({"from": step_id}) if state == "succeeded" else None, failed.id, step_id),
+            )
+        request = retry_request(
+            conn, repo.get_execution(conn, failed.id), version=2, requester=APPROVER, idempotency_key=None
+        )
+    assert request.reused == {"build": {"from": "build"}}
