@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import tracemalloc
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from shared.registry import service
 from shared.registry.diff import MAX_LISTED_CHANGES, diff_definitions
 from shared.registry.problems import document_order
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
+from tests.integration.test_plan_descendant_budget import validations  # noqa: F401  # the fixture
 from tests.integration.test_registry_api import AUTHOR, BLUEPRINTS, INTENTS, READER, ROOMY, provision, put
 
 pytestmark = pytest.mark.integration
@@ -132,20 +132,6 @@ def test_the_validate_route_reports_problems_in_document_order(api: ApiHarness) 
     response = api.client.post(f"{INTENTS}/validate", json=body, headers=api.headers(tenant, AUTHOR))
     pointers = [error["pointer"] for error in response.json()["errors"]]
     assert pointers == ["/description", "/junk"]
-
-
-@pytest.fixture()
-def validations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The names of the intents `service.check` validates from here on, in order."""
-    seen: list[str] = []
-    original: Callable[..., service.Checked] = service.check
-
-    def counting(conn: Any, kind: Any, doc: Any, **kwargs: Any) -> service.Checked:
-        seen.append(doc["name"] if isinstance(doc, dict) else "?")
-        return original(conn, kind, doc, **kwargs)
-
-    monkeypatch.setattr(service, "check", counting)
-    return seen
 
 
 def test_a_plans_children_spend_its_descendant_budget(

@@ -5,11 +5,8 @@ brings, before it is authenticated) stores a new root's context, linked to the c
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
@@ -20,21 +17,9 @@ from shared.observability import tracing
 from shared.policy.authorizer import Decision, Resource
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_start_service import _provision
+from tests.unit.test_trace_roots import HOSTILE, VICTIM, spans  # noqa: F401  # `spans`: the fixture
 
 pytestmark = pytest.mark.integration
-
-VICTIM = "4bf92f3577b34da6a3ce929d0e0e4736"
-HOSTILE = f"00-{VICTIM}-00f067aa0ba902b7-01"
-
-
-@pytest.fixture
-def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setattr(tracing, "tracer", provider.get_tracer("test"))
-    yield exporter
-    provider.shutdown()
 
 
 def _allow(_action: str, _resource: Resource) -> Decision:
