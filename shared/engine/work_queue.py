@@ -98,9 +98,11 @@ _EXPIRED = _query(
     "SELECT {cols} FROM app.work_items w {open} WHERE w.lease_id IS NOT NULL"
     " AND w.lease_expires_at < clock_timestamp() ORDER BY w.lease_expires_at LIMIT %s FOR UPDATE OF w SKIP LOCKED"
 )
+# SKIP LOCKED: an item another transaction holds is a lease poll's (it either hands the item out, before this cancel,
+# or ends it as stale, after), and waiting for it deadlocked with a poll that then holds this execution's parent.
 _QUEUED_OF_EXECUTION = _query(
     "SELECT {cols} FROM app.work_items w {open} WHERE w.execution_id = %s AND w.phase = 'run'"
-    " AND w.lease_id IS NULL FOR UPDATE OF w"
+    " AND w.lease_id IS NULL FOR UPDATE OF w SKIP LOCKED"
 )
 _LIVE_LEASE = (
     "SELECT w.lease_expires_at > clock_timestamp() AS live FROM app.work_items w WHERE w.execution_id = %s"

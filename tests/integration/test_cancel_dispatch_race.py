@@ -259,3 +259,47 @@ def test_a_lease_ending_stale_work_takes_the_execution_first_as_the_sweepers_end
         thread.join(30)
     assert not any(isinstance(outcome, Exception) for outcome in outcomes.values()), outcomes
     assert outcomes["lease"] == []
+
+
+def test_a_sweepers_end_of_a_parent_and_a_lease_of_its_childs_work_do_not_deadlock(
+    app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The end holds the parent, then the child's queued items (its cancel passed down); a lease poll that locked
+    # the child's item holds the cancel-requested parent to end the parent's stale item: each waited for the other.
+    tenant, action = new_tenant(), f"tree-{uuid.uuid4().hex[:6]}"
+    parent = _queued(app_pool, tenant, action, path=["running"])
+    child = _queued(app_pool, tenant, action, path=["running"])
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        store.seed_steps(conn, parent.execution_id, [StepSeed("sub", "intent.run", 1)])
+        store.begin_attempt(conn, AttemptKey(parent.execution_id, "sub", "run", 1), action="intent.run", remote=False)
+        store.set_child(conn, parent.execution_id, "sub", child.execution_id)
+        control.request_cancel(conn, parent.execution_id, "alice")  # seen by the lease: the parent's item is stale
+    lease_thread, ended, failures = threading.current_thread(), threading.Event(), []
+    locked = threading.Event()
+    held = repo.hold_execution
+
+    def hold_after_the_end_began(conn: Any, execution_id: uuid.UUID) -> Any:
+        if threading.current_thread() is lease_thread and not locked.is_set():
+            locked.set()  # the poll has locked its items, the child's included
+            ended.wait(3)  # the end runs meanwhile (or waits on a lock the poll holds)
+        return held(conn, execution_id)
+
+    def end() -> None:
+        try:
+            assert locked.wait(30)
+            sweeper.end_execution(tenant, parent.execution_id, "orchestration gone", pool=app_pool)
+        except Exception as exc:
+            failures.append(exc)
+        finally:
+            ended.set()
+
+    monkeypatch.setattr(work_queue.repo, "hold_execution", hold_after_the_end_began)
+    ending = threading.Thread(target=end)
+    ending.start()
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        work_queue.lease(conn, tenant, actions=[action], max_items=10, lease_s=60, worker="w")
+    ending.join(30)
+    assert failures == []
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        assert repo.get_execution(conn, parent.execution_id).status == "failed"
+        assert repo.get_execution(conn, child.execution_id).cancel_requested_at is not None
