@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
-import types
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 from quantum_platform import AsyncClient, Client, Conflict, PlatformError, ProblemError, StaticToken, Unavailable
+
+from tests.unit.test_client_package import pauses  # noqa: F401  # the fixture
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -25,21 +26,6 @@ def client(handler: Handler) -> Client:
 
 def async_client(handler: Handler) -> AsyncClient:
     return AsyncClient("http://platform", credential=StaticToken("t"), transport=httpx.MockTransport(handler))
-
-
-@pytest.fixture
-def pauses(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The client's waits, recorded instead of slept (both clients')."""
-    import quantum_platform.client as module
-
-    waited: list[float] = []
-
-    async def asleep(seconds: float) -> None:
-        waited.append(seconds)
-
-    monkeypatch.setattr(module, "time", types.SimpleNamespace(sleep=waited.append))
-    monkeypatch.setattr(module, "asyncio", types.SimpleNamespace(sleep=asleep))
-    return waited
 
 
 def first_fails(
