@@ -8,6 +8,7 @@ Instruments come from the global meter provider when first used, so they record 
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Iterable
 from typing import Final
 
@@ -72,14 +73,44 @@ def _up_down(name: str, description: str) -> UpDownCounter:
     return _meter().create_up_down_counter(name, unit="1", description=description)
 
 
+INTENTS_PER_TENANT: Final = 100
+"""Intents of one tenant that get a series of their own in a process; its later ones are counted as `other`."""
+OTHER_INTENTS: Final = "other"
+
+_intents_seen: dict[str, set[str]] = {}
+_intents_lock = threading.Lock()
+
+
+def metric_intent(tenant: str, intent_id: object) -> str:
+    """An intent as a metric dimension: its id for the first `INTENTS_PER_TENANT` of its tenant that this process
+    counts, `other` after them. The SDK keeps every series it was given for the life of the process (about 4.5 KB
+    each, whatever the temporality), and a tenant may create and run as many intents as it likes: unbounded, that
+    grew every instance's memory without end. The bound is per tenant so that one tenant's intents cannot push
+    another's into `other`."""
+    intent = str(intent_id)
+    with _intents_lock:
+        seen = _intents_seen.setdefault(tenant, set())
+        if intent in seen:
+            return intent
+        if len(seen) < INTENTS_PER_TENANT:
+            seen.add(intent)
+            return intent
+    return OTHER_INTENTS
+
+
+def _execution_attributes(tenant_id: object, intent_id: object) -> dict[str, str]:
+    tenant = str(tenant_id)
+    return {TENANT_ID: tenant, INTENT_ID: metric_intent(tenant, intent_id)}
+
+
 def execution_started(tenant_id: object, intent_id: object) -> None:
     """An execution was recorded and its orchestration is being started."""
-    _counter(EXECUTIONS_STARTED, "Executions started").add(1, {TENANT_ID: str(tenant_id), INTENT_ID: str(intent_id)})
+    _counter(EXECUTIONS_STARTED, "Executions started").add(1, _execution_attributes(tenant_id, intent_id))
 
 
 def execution_ended(tenant_id: object, intent_id: object, status: str, duration_s: float | None) -> None:
     """An execution reached `succeeded`, `failed` or `cancelled` (and how long it took from its request)."""
-    attributes = {TENANT_ID: str(tenant_id), INTENT_ID: str(intent_id), STATUS: status}
+    attributes = {**_execution_attributes(tenant_id, intent_id), STATUS: status}
     _counter(EXECUTIONS_ENDED, "Executions ended, by status").add(1, attributes)
     if duration_s is not None:
         _histogram(EXECUTION_DURATION, "Execution duration, request to end").record(duration_s, attributes)
@@ -87,9 +118,7 @@ def execution_ended(tenant_id: object, intent_id: object, status: str, duration_
 
 def execution_stalled(tenant_id: object, intent_id: object) -> None:
     """The sweeper found an execution that made no progress for longer than its steps allow."""
-    _counter(EXECUTIONS_STALLED, "Executions found stalled").add(
-        1, {TENANT_ID: str(tenant_id), INTENT_ID: str(intent_id)}
-    )
+    _counter(EXECUTIONS_STALLED, "Executions found stalled").add(1, _execution_attributes(tenant_id, intent_id))
 
 
 REMOTE_ACTION = "remote"

@@ -72,6 +72,42 @@ def test_a_metric_names_built_in_actions_and_calls_every_registered_one_remote()
     assert metric_action("build-docker-image") == metric_action(f"tenant-made-{uuid.uuid4().hex}") == "remote"
 
 
+def test_a_tenant_s_intents_beyond_the_bound_share_one_series_and_leave_other_tenants_theirs() -> None:
+    # Every series lives as long as the process: a tenant running a new intent each time grew memory without end.
+    from shared.observability.metrics import INTENTS_PER_TENANT, OTHER_INTENTS, metric_intent
+
+    busy, quiet = str(uuid.uuid4()), str(uuid.uuid4())
+    first = [uuid.uuid4() for _ in range(INTENTS_PER_TENANT)]
+    assert [metric_intent(busy, intent) for intent in first] == [str(intent) for intent in first]
+    assert metric_intent(busy, uuid.uuid4()) == metric_intent(busy, uuid.uuid4()) == OTHER_INTENTS
+    assert metric_intent(busy, first[0]) == str(first[0])
+    theirs = uuid.uuid4()
+    assert metric_intent(quiet, theirs) == str(theirs)
+
+
+def test_execution_metrics_record_the_bounded_intent(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.observability import metrics
+
+    recorded: list[dict[str, str]] = []
+
+    class Recorder:
+        def add(self, _: int, attributes: dict[str, str]) -> None:
+            recorded.append(attributes)
+
+        def record(self, _: float, attributes: dict[str, str]) -> None:
+            recorded.append(attributes)
+
+    monkeypatch.setattr(metrics, "_counter", lambda *_: Recorder())
+    monkeypatch.setattr(metrics, "_histogram", lambda *_: Recorder())
+    monkeypatch.setattr(metrics, "INTENTS_PER_TENANT", 1)
+    tenant = uuid.uuid4()
+    kept, later = uuid.uuid4(), uuid.uuid4()
+    metrics.execution_started(tenant, kept)
+    metrics.execution_ended(tenant, later, "succeeded", 0.5)
+    metrics.execution_stalled(tenant, later)
+    assert [attributes["intent.id"] for attributes in recorded] == [str(kept)] + [metrics.OTHER_INTENTS] * 3
+
+
 def test_a_url_in_an_error_keeps_its_host_and_nothing_after_it() -> None:
     # A failed http.request step's error quotes the URL its tenant wrote, query and webhook-path token included.
     error = (
