@@ -165,11 +165,16 @@ def _claim(item: WorkItem, key: AttemptKey, owner: str, timeout_s: float) -> tup
     return claim, settings
 
 
+def _still_held(item: WorkItem, key: AttemptKey, owner: str) -> bool:
+    """Renew the claim: whether it still holds. A database error propagates."""
+    with tenant_transaction(item.tenant_id) as conn:
+        return store.renew_claim(conn, key, owner=owner, lease_s=LEASE_S)
+
+
 def _renew(item: WorkItem, key: AttemptKey, owner: str) -> bool:
     try:
-        with tenant_transaction(item.tenant_id) as conn:
-            return store.renew_claim(conn, key, owner=owner, lease_s=LEASE_S)
-    except Exception as exc:  # the run goes on; a takeover needs the database too, so none can happen meanwhile
+        return _still_held(item, key, owner)
+    except Exception as exc:  # a running module cannot be stopped: it goes on, and the next heartbeat asks again
         logger.warning("module-work: could not renew the claim on %s: %s", key, exc)
         return True
 
@@ -284,8 +289,10 @@ def _run_module(
     # heartbeat that would notice comes only every HEARTBEAT_S. One short renewal, only after such a wait, keeps the
     # work from starting after its execution's end. A run that got its thread at once is not asked again: its claim
     # has just been confirmed, and a cancel landing in that moment is no different from one a moment after the
-    # start, which leaves the module running too.
-    if now >= fresh_until and not _renew(item, key, owner):
+    # start, which leaves the module running too. A renewal the database could not answer fails the run before
+    # its start (the batch is retried): the claim may have lapsed to another copy meanwhile, and taking it as held
+    # would run the module twice at once.
+    if now >= fresh_until and not _still_held(item, key, owner):
         return _NotStarted.CLAIM_LOST
     started.set()
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
@@ -123,3 +124,23 @@ def test_an_item_that_waited_for_its_thread_runs_once_its_claim_still_holds(
     assert batch.outcome() == module_threads.TENANT_SHARE + 1
     assert echo.runs == [f"{late.execution_id}:work:1"]
     assert _row(app_pool, late)["state"] == "succeeded"
+
+
+def test_an_item_whose_claim_the_database_could_not_confirm_before_its_start_does_not_run(
+    app_pool: ConnectionPool[Any], tenant: uuid.UUID, gate: _Gate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its claim may have lapsed to another copy while the database was out of reach: taken as held, the module ran
+    # beside that copy's run.
+    monkeypatch.setattr(worker, "FRESH_CLAIM_S", 0.0)
+    echo = _Echo()
+    batch, late = _queued_behind_the_share(app_pool, tenant, gate, echo, monkeypatch)
+
+    def unreachable(*_: Any, **__: Any) -> bool:
+        raise psycopg.OperationalError("the database is out of reach")
+
+    monkeypatch.setattr(worker.store, "renew_claim", unreachable)
+    gate.opened.set()
+    failed = batch.outcome()  # the batch fails, so its delivery is retried
+    assert isinstance(failed, RuntimeError) and "1 of 5 work items did not complete" in str(failed)
+    assert echo.runs == []
+    assert _row(app_pool, late)["state"] == "dispatched"  # no result recorded: the retry runs it
