@@ -15,7 +15,7 @@ import azure.functions as func
 from aiohttp import web
 from azure.functions import meta
 
-from devhost.http_streams import is_stream_function, serve_stream
+from devhost.http_streams import is_stream_function, read_body, serve_stream
 from devhost.invoker import FunctionInvocationError, Invoker
 from devhost.loader import function_name, trigger_of
 from shared.api.problems import PROBLEM_JSON, internal_error_document, problem_document
@@ -44,7 +44,7 @@ def aiohttp_path(route_prefix: str, route: str) -> str:
 
 
 async def _http_datum(request: web.Request) -> meta.Datum:
-    body = await request.read()
+    body = await read_body(request)
     return meta.Datum(
         type="http",
         value={
@@ -97,7 +97,7 @@ def make_handler(
             out = await invoker.invoke(function, inputs, trace_parent=request.headers.get("traceparent", ""))
             return _to_response(out)
         except web.HTTPException:
-            raise  # aiohttp's own answers, e.g. 413 for a body over the host's cap (host_problems shapes them)
+            raise  # the host's own answers (413 over its body cap, 400 undecodable body), shaped by host_problems
         except FunctionInvocationError as exc:
             return failure_response(request, f"Executed '{exc.function_name}' (Failed): {exc.friendly}", exc.exc)
         except Exception as exc:  # the host's own translation failed: still an answer, never aiohttp's text page

@@ -28,6 +28,15 @@ def is_stream_function(function: func.Function, trigger_name: str) -> bool:
     return inspect.isclass(hint) and issubclass(hint, Request)
 
 
+async def read_body(request: web.Request) -> bytes:
+    """The request's body, decoded as its Content-Encoding says; HTTPBadRequest (a 400 problem, `host_problems`) when
+    it does not decode: the client's fault, never the 500 an escaping payload error would be answered with."""
+    try:
+        return await request.read()  # the host's body cap applies (413) before the function runs
+    except web.RequestPayloadError as exc:
+        raise web.HTTPBadRequest(text=f"the request body could not be read: {exc}") from None
+
+
 def _scope(request: web.Request) -> dict[str, Any]:
     peer = request.transport.get_extra_info("peername") if request.transport is not None else None
     sock = request.transport.get_extra_info("sockname") if request.transport is not None else None
@@ -59,7 +68,7 @@ async def serve_stream(
 
     Raises FunctionInvocationError when the function raises before answering (the caller answers a problem 500).
     """
-    body = await request.read()  # the host's body cap applies (413) before the function runs
+    body = await read_body(request)
     disconnected = asyncio.Event()
     body_sent = False
 

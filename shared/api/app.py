@@ -37,7 +37,16 @@ API_VERSION = "1.0.0"
 def create_app() -> FastAPI:
     """The gateway app; settings are read (and validated) here, so a bad setting stops start-up."""
     settings = get_settings()
-    app = FastAPI(title=API_TITLE, version=API_VERSION, openapi_url="/api/openapi.json", docs_url=None, redoc_url=None)
+    # No redirect of `/x/` to `/x`: it answered before authentication, with a Location built from the client's Host
+    # header; no route is documented with a trailing slash, so such a path is a 404 problem like any unknown one.
+    app = FastAPI(
+        title=API_TITLE,
+        version=API_VERSION,
+        openapi_url="/api/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+        redirect_slashes=False,
+    )
     install_docs(app, settings.QP_AUTH_AUDIENCE)
     install_problem_handlers(app)
     app.include_router(health.router)

@@ -131,13 +131,17 @@ class ApprovalOutcome:
 def decide_approval(
     conn: Conn, execution_id: UUID, step_id: str, decision: Decision, *, principal_id: str, object_id: str, comment: str
 ) -> ApprovalOutcome:
-    """Apply a decision to the approval step's open attempt; the same decision again is answered, not re-applied."""
-    execution = repo.get_execution(conn, execution_id)
+    """Apply a decision to the approval step's open attempt; the same decision again is answered, not re-applied.
+
+    Decided under the execution's row lock, then the attempt's (the order every writer of an execution takes them):
+    concurrent decisions are decided one after the other, so only the one that applies writes its event, and each
+    later one is answered as it would be had it come after (the same decision again, or a 409)."""
+    execution = repo.hold_execution(conn, execution_id)
     step = next((row for row in store.list_steps(conn, execution_id) if row["step_id"] == step_id), None)
     if step is None or step["action"] != "approval" or step["attempt"] < 1:
         raise NotWaitingError(f"step {step_id} is not an approval waiting for a decision")
     key = AttemptKey(execution_id, step_id, "run", step["attempt"])
-    attempt = store.get_attempt(conn, key)
+    attempt = store.hold_attempt(conn, key)
     if attempt is None:
         raise NotWaitingError(f"step {step_id} is not an approval waiting for a decision")
     if attempt.finished:
@@ -150,6 +154,8 @@ def decide_approval(
     if not _names_callers(approvers, object_id, principal_id):
         raise NotAnApproverError(f"step {step_id} names its approvers, and the caller is not one of them")
     detail = {"decision": decision, "by": principal_id, "comment": comment}
+    # Written before the result (the stream reads the decision, then the step's end): the held attempt is still
+    # waiting, so the result below applies.
     repo.append_event(
         conn, execution_id, "approval_granted" if decision == "approve" else "approval_rejected", step_id, detail
     )
@@ -161,6 +167,7 @@ def decide_approval(
         error=f"rejected by {principal_id}" + (f": {comment}" if comment else ""),
         retryable=False,
     )
+    assert applied  # held above while waiting: no other result can have been recorded since
     return ApprovalOutcome(key, recorded.verdict(), applied)
 
 

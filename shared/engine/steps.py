@@ -107,6 +107,11 @@ _BEGIN = sql.SQL(
 _GET_ATTEMPT = sql.SQL(
     "SELECT {} FROM app.step_attempts WHERE execution_id = %s AND step_id = %s AND phase = %s AND attempt = %s"
 ).format(_ATTEMPT_COLUMNS)
+# NO KEY UPDATE: the lock the result's own UPDATE takes, taken at the read (after the execution's, ADR 0014).
+_HOLD_ATTEMPT = sql.SQL(
+    "SELECT {} FROM app.step_attempts WHERE execution_id = %s AND step_id = %s AND phase = %s AND attempt = %s"
+    " FOR NO KEY UPDATE"
+).format(_ATTEMPT_COLUMNS)
 _FINISH = sql.SQL(
     "UPDATE app.step_attempts SET state = %s, output = %s, error = %s, retryable = %s,"
     " finished_at = clock_timestamp() WHERE execution_id = %s AND step_id = %s AND phase = %s AND attempt = %s"
@@ -289,6 +294,13 @@ def begin_attempt(
 def get_attempt(conn: Conn, key: AttemptKey) -> Attempt | None:
     """The recorded attempt, or None."""
     row = conn.execute(_GET_ATTEMPT, _key_params(key)).fetchone()
+    return None if row is None else _attempt(row)
+
+
+def hold_attempt(conn: Conn, key: AttemptKey) -> Attempt | None:
+    """The recorded attempt (or None), its row held until `conn` commits: a result recorded meanwhile is waited for
+    and read, so a caller deciding on its state decides on the state its own `finish_attempt` will find."""
+    row = conn.execute(_HOLD_ATTEMPT, _key_params(key)).fetchone()
     return None if row is None else _attempt(row)
 
 

@@ -1,7 +1,9 @@
 # intent_ref: platform.devhost
-"""HTTP functions for the devhost's own answers: one that declares HEAD beside GET, one that takes a body."""
+"""HTTP functions for the devhost's own answers: one that declares HEAD beside GET, and two that take a body (one as
+the worker's HTTP stream, as the gateway does)."""
 
 import azure.functions as func
+from azurefunctions.extensions.http.fastapi import PlainTextResponse, Request, Response
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 
@@ -16,3 +18,9 @@ def probe(req: func.HttpRequest) -> func.HttpResponse:
 def upload(req: func.HttpRequest) -> func.HttpResponse:
     """Answer the size of the body."""
     return func.HttpResponse(str(len(req.get_body())), mimetype="text/plain")
+
+
+@app.route(route="upload-stream", methods=["POST"])
+async def upload_stream(req: Request) -> Response:
+    """Answer the size of the body, taken as an HTTP stream."""
+    return PlainTextResponse(str(len(await req.body())))

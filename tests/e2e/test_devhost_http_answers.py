@@ -1,9 +1,11 @@
 # intent_ref: platform.devhost
 """The devhost's own HTTP answers: HEAD reaches a function that declares it, and the errors the host produces
-itself on a route (no route, a method the route does not take, a body over the host's cap) are problem+json."""
+itself on a route (no route, a method the route does not take, a body over the host's cap or one that does not
+decode) are problem+json."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 from urllib.parse import urlparse
@@ -92,3 +94,28 @@ def test_a_body_over_the_host_cap_is_problem_json(base_url: str) -> None:
     assert problem["detail"] == f"Maximum request body size {HOST_BODY_CAP} exceeded."
     # Under the cap the function gets the whole body.
     assert httpx.post(f"{base_url}/api/upload", content=b"x" * 1024).text == "1024"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/api/probe"), ("POST", "/api/upload"), ("POST", "/api/upload-stream")],  # the last as an HTTP stream
+)
+def test_a_body_that_does_not_decompress_is_a_400_problem(base_url: str, method: str, path: str) -> None:
+    headers = {"Content-Encoding": "gzip", "X-Request-Id": "e2e-gzip"}
+    response = httpx.request(method, f"{base_url}{path}", content=b"\x1f\x8b not gzip at all", headers=headers)
+    assert response.status_code == 400  # was a 500 internal-error: the payload error escaped to the catch-all
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["x-request-id"] == "e2e-gzip"
+    problem = response.json()
+    assert problem["type"] == "https://quantum-platform.dev/problems/bad-request"
+    assert problem["status"] == 400
+    assert problem["instance"] == path
+    assert problem["detail"].startswith("the request body could not be read")
+
+
+@pytest.mark.parametrize("path", ["/api/upload", "/api/upload-stream"])
+def test_a_gzip_body_reaches_the_function_decompressed(base_url: str, path: str) -> None:
+    compressed = gzip.compress(b"x" * 1024)
+    response = httpx.post(f"{base_url}{path}", content=compressed, headers={"Content-Encoding": "gzip"})
+    assert response.status_code == 200
+    assert response.text == "1024"

@@ -52,6 +52,19 @@ def test_unknown_route_is_problem_json(client: TestClient) -> None:
     assert body["status"] == 404 and body["title"] == "Not found" and body["instance"] == "/api/nope"
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/api/v1/intents/"), ("POST", "/api/v1/intents/"), ("GET", "/api/health/"), ("GET", "/api/v1/me/")],
+)
+def test_a_trailing_slash_is_not_redirected_but_a_404_problem(client: TestClient, method: str, path: str) -> None:
+    # It was a 307 before authentication, its Location built from whatever Host the client sent.
+    response = client.request(method, path, headers={"Host": "evil.example"}, follow_redirects=False)
+    assert response.status_code == 404
+    assert "location" not in response.headers
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["instance"] == path
+
+
 def test_request_id_is_echoed_or_minted(client: TestClient) -> None:
     echoed = client.get("/api/health", headers={"X-Request-Id": "abc-123"})
     assert echoed.headers["x-request-id"] == "abc-123"
