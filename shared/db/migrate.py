@@ -1,5 +1,5 @@
 # intent_ref: platform.database
-"""Apply plain `NNNN_name.sql` migrations in order, once, under an advisory lock, refusing edited files."""
+"""Apply plain `NNNN_name.sql` migrations in order, once, under a lock of the tracking table, refusing edited files."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import argparse
 import hashlib
 import logging
 import re
-import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -53,30 +55,56 @@ def discover(directory: Path) -> list[Migration]:
     return [found[v] for v in sorted(found)]
 
 
-def _lock_key(schema: str) -> int:
-    # A stable 32-bit key per migration set, so app and devhost sets do not block each other.
-    return zlib.crc32(f"quantum-migrations:{schema}".encode())
+def _create_table(conn: psycopg.Connection[Any], schema: str, table: sql.Identifier) -> None:
+    """Create the schema and its tracking table unless they exist (a concurrent first run may create them too)."""
+    statements = (
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)),
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (version integer PRIMARY KEY, name text NOT NULL,"
+            " checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        ).format(table),
+    )
+    for attempt in (1, 2):
+        try:
+            with conn.transaction():
+                for statement in statements:
+                    conn.execute(statement)
+            return
+        except psycopg.errors.UniqueViolation:
+            # IF NOT EXISTS misses a creation that commits while this one runs: the other runner's; it exists now.
+            if attempt == 2:
+                raise
+
+
+@contextmanager
+def _exclusive_run(conninfo: str, table: sql.Identifier) -> Iterator[None]:
+    """Hold, on a connection of its own, a lock of the tracking table that one runner at a time can hold.
+
+    Not an advisory lock: their keys are one namespace open to every session, so SQL in a tenant's transaction could
+    take the runner's key at session level on a pooled connection and hold up every deploy. Locking a table needs a
+    privilege on it, and the runtime and control logins have none on this one. SHARE UPDATE EXCLUSIVE conflicts with
+    itself and not with the reads and inserts of the runner's own connection, whose transactions commit meanwhile.
+    """
+    with psycopg.connect(conninfo, autocommit=True) as guard:
+        # Idle in its transaction for the whole run: a server-wide timeout must not end it midway.
+        guard.execute("SET idle_in_transaction_session_timeout = 0")
+        with guard.transaction():
+            guard.execute(sql.SQL("LOCK TABLE {} IN SHARE UPDATE EXCLUSIVE MODE").format(table))
+            yield
 
 
 def apply_migrations(conninfo: str, directory: Path = APP_MIGRATIONS, *, schema: str = "app") -> list[str]:
     """Apply pending migrations of `directory`, tracked in `<schema>.schema_migrations`; return applied names.
 
-    A session advisory lock serialises concurrent runners: the second waits, then finds nothing to do.
+    A lock of the tracking table serialises concurrent runners: the second waits, then finds nothing to do.
     Each file runs in its own transaction together with its tracking row.
     """
     migrations = discover(directory)
     table = sql.Identifier(schema, "schema_migrations")
     applied_now: list[str] = []
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (_lock_key(schema),))
-        try:
-            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-            conn.execute(
-                sql.SQL(
-                    "CREATE TABLE IF NOT EXISTS {} (version integer PRIMARY KEY, name text NOT NULL,"
-                    " checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-                ).format(table)
-            )
+        _create_table(conn, schema, table)
+        with _exclusive_run(conninfo, table):
             rows = conn.execute(sql.SQL("SELECT version, name, checksum FROM {}").format(table)).fetchall()
             applied = {int(r[0]): (str(r[1]), str(r[2])) for r in rows}
             on_disk = {m.version for m in migrations}
@@ -100,8 +128,6 @@ def apply_migrations(conninfo: str, directory: Path = APP_MIGRATIONS, *, schema:
                     )
                 applied_now.append(migration.path.name)
                 logger.info("applied migration %s", migration.path.name)
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (_lock_key(schema),))
     return applied_now
 
 

@@ -43,6 +43,11 @@ def _connection_kwargs(settings: Settings, client_id: str | None = None) -> dict
         "autocommit": True,
         "row_factory": dict_row,
         "connect_timeout": settings.QP_DATABASE_CONNECT_TIMEOUT_S,
+        # No named prepared statements: they belong to the session, so SQL run in one tenant's transaction could
+        # DEALLOCATE one and PREPARE its own text under the name, which the next borrower (another tenant's
+        # transaction, already pinned) would then execute (ADR 0017, amended 2026-12-06). Unnamed statements
+        # live for one statement only.
+        "prepare_threshold": None,
     }
     if not settings.QP_DATABASE_ENTRA_AUTH:
         return base
@@ -53,6 +58,17 @@ def _connection_kwargs(settings: Settings, client_id: str | None = None) -> dict
         return {**base, "password": credential.get_token(_ENTRA_POSTGRES_SCOPE).token}
 
     return with_token
+
+
+def _drop_notifications(conn: psycopg.Connection[Any]) -> None:
+    # Nothing the app runs on a pooled connection listens; a LISTEN left by SQL in a tenant's transaction lasts until
+    # the next transaction's reset has committed (shared/db/session.py). Without a handler psycopg would keep every
+    # notification that reaches the connection meanwhile, of every tenant, unread for the connection's life.
+    conn.add_notify_handler(_ignore)
+
+
+def _ignore(_notification: psycopg.Notify) -> None:
+    return None
 
 
 def build_pool(
@@ -77,6 +93,7 @@ def build_pool(
         # No reset callback: with one, every return goes through the pool's worker thread and costs a round
         # trip. The session reset travels with each transaction's BEGIN instead (shared/db/session.py), and the
         # pool itself rolls back a connection returned inside a transaction.
+        configure=_drop_notifications,
         name=name,
         open=True,
     )

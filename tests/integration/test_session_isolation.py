@@ -1,0 +1,162 @@
+# intent_ref: platform.tenant-isolation
+"""SQL in one tenant's transaction leaves nothing on its pooled connection, or table, that reaches another tenant."""
+
+from __future__ import annotations
+
+import uuid
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from shared.config import Settings
+from shared.db.migrate import apply_migrations
+from shared.db.pool import build_pool
+from shared.db.session import tenant_transaction, tenant_write
+from shared.ratelimit import RateLimit, take_tenant_token
+
+pytestmark = pytest.mark.integration
+
+LIMIT = RateLimit(capacity=1000, refill_per_second=100)
+FORMER_MIGRATION_KEY = zlib.crc32(b"quantum-migrations:app")
+"""The advisory key the migration runner serialised on before it locked its table."""
+# The tables on which the runtime held table-level UPDATE and holds no DELETE (which allows every lock mode too).
+LOCK_GUARDED_TABLES = ("rate_buckets", "intents", "work_pollers", "tenant_locks")
+
+
+@pytest.fixture
+def one_connection(pg) -> Iterator[ConnectionPool[Any]]:  # type: ignore[no-untyped-def]
+    """A pool of the app's login holding a single connection, so every borrower gets the same session."""
+    settings = Settings(
+        QP_DATABASE_URL=pg.app_url,
+        QP_DATABASE_CONTROL_URL=pg.control_url,
+        QP_BLOB_CONNECTION_STRING="UseDevelopmentStorage=true",
+        QP_DATABASE_POOL_MAX=1,
+    )
+    pool = build_pool(pg.app_url, settings)
+    yield pool
+    pool.close()
+
+
+def _settings_of(pg: Any, tenant: uuid.UUID) -> Any:
+    with psycopg.connect(pg.admin_url, dbname="quantum") as conn:  # the ground truth, past row-level security
+        row = conn.execute("SELECT settings FROM app.tenants WHERE id = %s", (tenant,)).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def _replace_prepared_statements(conn: psycopg.Connection[Any], attacker: uuid.UUID) -> None:
+    """What SQL in the attacker's transaction can do to its session's prepared statements: put its own text under
+    the name of the app's rate-limit take and tenant pin, and under the names the driver gives those it prepares."""
+    rows = conn.execute("SELECT name, statement, parameter_types::text AS types FROM pg_prepared_statements").fetchall()
+    targets = {
+        row["name"]: row for row in rows if "take_request_token" in row["statement"] or "pin_tenant" in row["statement"]
+    }
+    taken = {row["name"] for row in rows}
+    take_body = sql.SQL(
+        # Whichever tenant's transaction runs it: that tenant's settings say the attacker owns them.
+        'WITH owned AS (UPDATE app.tenants SET settings = settings || \'{"owned_by": "attacker"}\'::jsonb'
+        " WHERE id = app.current_tenant_id() RETURNING 1)"
+        " SELECT allowed, retry_after_s FROM app.take_request_token($1, $2)"
+    )
+    pin_body = sql.SQL("SELECT app.pin_tenant({}::uuid) WHERE $1 IS NOT NULL").format(sql.Literal(str(attacker)))
+    replacements: list[tuple[str, str, sql.Composable]] = []
+    for name, row in targets.items():
+        conn.execute(sql.SQL("DEALLOCATE {}").format(sql.Identifier(name)))
+        body = pin_body if "pin_tenant" in row["statement"] else take_body
+        replacements.append((name, row["types"].strip("{}"), body))
+    replacements += [
+        (name, "double precision, double precision", take_body)
+        for name in (f"_pg3_{n}" for n in range(20))
+        if name not in taken
+    ]
+    for name, types, body in replacements:
+        conn.execute(
+            sql.SQL("PREPARE {} ({}) AS {}").format(sql.Identifier(name), sql.SQL(types), body)  # type: ignore[arg-type]
+        )
+
+
+def test_statements_a_tenant_transaction_prepares_never_run_in_another_tenants(
+    one_connection: ConnectionPool[Any], new_tenant: Any, pg: Any
+) -> None:
+    attacker, victim = new_tenant(), new_tenant()
+    # The victim's traffic, often enough that a driver preparing repeated statements would have prepared them.
+    for _ in range(6):
+        assert take_tenant_token(victim, LIMIT, pool=one_connection).allowed
+    with tenant_transaction(attacker, pool=one_connection) as conn:
+        _replace_prepared_statements(conn, attacker)
+    # The victim's next requests, on the same session, through the app's own code.
+    assert take_tenant_token(victim, LIMIT, pool=one_connection).allowed
+    with tenant_write(victim, pool=one_connection) as conn:
+        pinned = conn.execute("SELECT app.current_tenant_id() AS tenant")
+    assert pinned.fetchone() == {"tenant": victim}
+    assert "owned_by" not in _settings_of(pg, victim)
+
+
+def test_a_listen_left_by_a_tenant_transaction_ends_with_the_next_transaction(
+    one_connection: ConnectionPool[Any], new_tenant: Any, pg: Any
+) -> None:
+    attacker, victim = new_tenant(), new_tenant()
+    with tenant_transaction(attacker, pool=one_connection) as conn:
+        conn.execute("LISTEN execution_events")
+    with psycopg.connect(pg.app_url, autocommit=True) as other:  # other tenants' traffic meanwhile
+        for n in range(20):
+            other.execute("SELECT pg_notify('execution_events', %s)", (f"{uuid.uuid4()}:{n}",))
+    with tenant_transaction(victim, pool=one_connection) as conn:
+        conn.execute("SELECT 1")
+    with one_connection.connection() as conn:
+        assert conn.execute("SELECT pg_listening_channels() AS channel").fetchall() == []
+        # Nor does the process keep, unread, what reached the connection while it listened.
+        assert not conn._notifies_backlog
+
+
+def test_a_session_advisory_lock_left_by_a_tenant_transaction_is_released_by_the_next(
+    one_connection: ConnectionPool[Any], new_tenant: Any
+) -> None:
+    attacker, victim = new_tenant(), new_tenant()
+    with tenant_transaction(attacker, pool=one_connection) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (FORMER_MIGRATION_KEY,))
+    with tenant_transaction(victim, pool=one_connection) as conn:
+        held = conn.execute(
+            "SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+        ).fetchall()
+    assert held == []
+
+
+def test_a_tenants_lock_on_the_former_migration_key_does_not_hold_up_the_migration_runner(
+    one_connection: ConnectionPool[Any], new_tenant: Any, pg: Any
+) -> None:
+    attacker = new_tenant()
+    with tenant_transaction(attacker, pool=one_connection) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (FORMER_MIGRATION_KEY,))
+        # Nor can it take the lock the runner takes now: the runtime has no privilege on the tracking table.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+            conn.execute("LOCK TABLE app.schema_migrations IN ACCESS SHARE MODE")
+    # The key is still held by the pooled session (nobody borrowed it since). A runner that waited for it would fail
+    # on its lock timeout instead of hanging the test.
+    bounded = psycopg.conninfo.make_conninfo(pg.owner_url, options="-c lock_timeout=5s")
+    assert apply_migrations(bounded) == []
+
+
+@pytest.mark.parametrize("table", LOCK_GUARDED_TABLES)
+@pytest.mark.parametrize("mode", ["SHARE", "ACCESS EXCLUSIVE"])
+def test_a_tenant_transaction_cannot_lock_a_shared_table_against_other_tenants(
+    app_pool: ConnectionPool[Any], new_tenant: Any, table: str, mode: str
+) -> None:
+    statement = sql.SQL("LOCK TABLE {} IN {} MODE").format(sql.Identifier("app", table), sql.SQL(mode))  # type: ignore[arg-type]
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        with tenant_transaction(new_tenant(), pool=app_pool) as conn:
+            conn.execute(statement)
+
+
+def test_the_runtime_updates_no_table_as_a_whole(pg: Any) -> None:
+    with psycopg.connect(pg.admin_url, dbname="quantum") as conn:
+        whole = conn.execute(
+            "SELECT c.oid::regclass::text FROM pg_class c WHERE c.relkind IN ('r', 'p')"
+            " AND c.relnamespace = 'app'::regnamespace AND has_table_privilege('qp_runtime', c.oid, 'UPDATE')"
+        ).fetchall()
+    assert whole == []
