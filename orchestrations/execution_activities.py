@@ -40,7 +40,9 @@ def load_output(request: dict[str, Any]) -> Any:
     """The parts of a step output stored as a blob that later steps reference."""
     with activity_span("load_output", request) as body:
         load = machine.LoadOutput.model_validate(body)
-        return payloads.load_parts(UUID(load.tenant_id), load.output, [tuple(path) for path in load.paths])
+        return payloads.load_parts(
+            UUID(load.tenant_id), load.output, [tuple(path) for path in load.paths], child=load.child
+        )
 
 
 @typed(bp.activity_trigger(input_name="request"))

@@ -27,6 +27,7 @@ for _noisy in ("httpx", "azure"):  # a line per request or connection attempt is
 DEFAULT_REGISTRY = "example.azurecr.io"
 LONG_POLL_S = 20.0
 _POST_ATTEMPTS = 4
+_RESEND_S = 5.0
 
 DESCRIPTION = """An EXAMPLE remote worker for the seed tutorial's remote actions; not part of the platform.
 
@@ -43,7 +44,8 @@ heartbeat every item it holds from the moment it is leased, and start none whose
 answers `cancelled` means stop: the execution was cancelled); key side effects so that doing one again finds the
 earlier one: the item's `idempotency_key` names one attempt only, and a retry after a lost lease or a timeout is a
 new attempt with a new key, so an effect that must happen once per step is keyed on `step_key(item)`
-(`<execution_id>:<step_id>:<phase>`); say whether a failure is worth another attempt (`retryable`); and send the
+(`<execution_id>:<step_id>:<phase>`); say whether a failure is worth another attempt (`retryable`); send a finished
+result again through network trouble until it is answered (a repeat is answered as the first was); and send the
 item's `traceparent` as a header of its heartbeats and its result, so that the worker's part shows in the
 execution's trace.
 
@@ -216,10 +218,13 @@ def step_key(item: dict[str, Any]) -> str:
 
 class Heartbeats:
     """Keeps one item's lease alive while its work runs; `cancelled` is set when the platform says stop, `lost` when
-    the lease is gone. Entering beats once before the work starts, so that none starts on a lease already gone."""
+    the lease is gone. Entering beats once before the work starts, so that none starts on a lease already gone. A
+    beat that gets no answer (network trouble) changes nothing: only the platform's answer says the lease is gone.
+    `held_until` is when the lease runs out as this worker last heard (monotonic clock)."""
 
     def __init__(self, api: Api, item: dict[str, Any], lease_s: float) -> None:
         self._api, self._item, self._lease_s = api, item, lease_s
+        self.held_until = time.monotonic() + lease_s  # leased just now
         self._done = threading.Event()
         self.cancelled = threading.Event()
         self.lost = threading.Event()
@@ -241,8 +246,15 @@ class Heartbeats:
         body: dict[str, Any] = {"lease_id": self._item["lease_id"], "extend_s": self._lease_s}
         if progress:
             body["progress"] = progress
-        response = self._api.post(self._item["heartbeat_url"], body, traceparent=self._item.get("traceparent"))
-        if response.status_code == 200 and response.json().get("state") == "cancelled":
+        sent = time.monotonic()
+        try:
+            response = self._api.post(self._item["heartbeat_url"], body, traceparent=self._item.get("traceparent"))
+        except httpx.HTTPError as exc:  # the lease may still be live: the next beat, or the result, may get through
+            logger.warning("%s: heartbeat got no answer (%s)", self._item["idempotency_key"], exc)
+            return
+        if response.status_code == 200 and response.json().get("state") == "leased":
+            self.held_until = sent + self._lease_s
+        elif response.status_code == 200 and response.json().get("state") == "cancelled":
             logger.info("%s: cancelled by the platform; stopping", self._item["idempotency_key"])
             self.cancelled.set()
         elif response.status_code != 200:  # 409: the lease ran out or moved on; 404: gone. Stop either way.
@@ -265,7 +277,8 @@ def handle_item(item: dict[str, Any], api: Api, options: argparse.Namespace) -> 
     where = f"{item['execution_id']}/{item['step_id']} {phase} attempt {item['attempt']} ({action})"
     handler = HANDLERS.get(action)
     if handler is None:  # leased only for actions asked for, so this is a bug here: say so, final
-        return _report(api, item["fail_url"], item, {"error": f"no handler for {action}", "retryable": False})
+        error = {"error": f"no handler for {action}", "retryable": False}
+        return _report(api, item["fail_url"], item, error, until=time.monotonic() + options.lease_s)
     with Heartbeats(api, item, options.lease_s) as heartbeats:
         # A real worker does its work here. An effect that must happen once per step is keyed on step_key(item)
         # and made conditional in the target system (create if absent): after a lost lease the retry's worker and
@@ -282,28 +295,43 @@ def handle_item(item: dict[str, Any], api: Api, options: argparse.Namespace) -> 
             heartbeats.beat({"percent": 100, "message": f"{action} done"})
         if heartbeats.cancelled.is_set() or heartbeats.lost.is_set():
             return "cancelled" if heartbeats.cancelled.is_set() else "lease lost"
+    until = heartbeats.held_until
     if action in options.fail_action and int(item["attempt"]) <= options.fail_times:
         error = {"error": f"example worker: injected failure of {action} (--fail-action)", "retryable": True}
-        return _report(api, item["fail_url"], item, error, f"failed {where}")
+        return _report(api, item["fail_url"], item, error, until, f"failed {where}")
     if action in options.fail_final:
         error = {"error": f"example worker: {action} cannot succeed (--fail-final)", "retryable": False}
-        return _report(api, item["fail_url"], item, error, f"failed {where}")
+        return _report(api, item["fail_url"], item, error, until, f"failed {where}")
     params = item["params"] if isinstance(item.get("params"), dict) else {}
     output = handler(params, options) if phase == "run" else {"compensated": action, "undone": True}
-    return _report(api, item["complete_url"], item, {"output": output}, f"completed {where}")
+    return _report(api, item["complete_url"], item, {"output": output}, until, f"completed {where}")
 
 
-def _report(api: Api, url: str, item: dict[str, Any], body: dict[str, Any], done: str = "failed") -> str:
-    """POST a result with the item's task token; 401/403/404/409/422 are final (logged, not fatal)."""
-    response = api.post(url, {"task_token": item["task_token"], **body}, traceparent=item.get("traceparent"))
-    if response.status_code == 200:
-        logger.info("%s -> %s", done, response.json().get("state"))
-        return done
-    if response.status_code == 409:  # another result was reported, or the lease expired
-        logger.info("%s: not recorded (409): %s", done, response.json().get("detail"))
-        return "conflict"
-    logger.warning("%s refused (%d): %s", done, response.status_code, response.text[:300])
-    return f"refused: {response.status_code}"
+def _report(api: Api, url: str, item: dict[str, Any], body: dict[str, Any], until: float, done: str = "failed") -> str:
+    """POST a result with the item's task token until it is answered; 401/403/404/409/422 are final (logged, not
+    fatal). No answer, a 5xx or a 429: the same result is sent again (the platform answers a repeat as it answered
+    the first) until the lease runs out (`until`), after which the step's retry policy decides."""
+    while True:
+        try:
+            response = api.post(url, {"task_token": item["task_token"], **body}, traceparent=item.get("traceparent"))
+        except httpx.HTTPError as exc:
+            problem = str(exc)
+        else:
+            if response.status_code == 200:
+                logger.info("%s -> %s", done, response.json().get("state"))
+                return done
+            if response.status_code == 409:  # another result was reported, or the lease expired
+                logger.info("%s: not recorded (409): %s", done, response.json().get("detail"))
+                return "conflict"
+            if response.status_code < 500 and response.status_code != 429:
+                logger.warning("%s refused (%d): %s", done, response.status_code, response.text[:300])
+                return f"refused: {response.status_code}"
+            problem = f"answered {response.status_code}"
+        if api.stop.is_set() or time.monotonic() >= until:
+            logger.warning("%s: not reported (%s); the lease has run out or the worker is stopping", done, problem)
+            return "unreported"
+        logger.warning("%s: not reported yet (%s); sending the same result again", done, problem)
+        api.stop.wait(_RESEND_S)
 
 
 def run_batch(items: list[dict[str, Any]], api: Api, options: argparse.Namespace) -> list[str]:
@@ -314,8 +342,8 @@ def run_batch(items: list[dict[str, Any]], api: Api, options: argparse.Namespace
         futures = [pool.submit(handle_item, item, api, options) for item in items]
         try:
             return [future.result() for future in futures]
-        except BaseException:
-            api.stop.set()  # Ctrl-C or a failed item: stop the others too instead of waiting for them here
+        except KeyboardInterrupt:
+            api.stop.set()  # Ctrl-C: stop the others too instead of waiting for them here
             raise
 
 
@@ -387,7 +415,12 @@ def run(options: argparse.Namespace, stop: threading.Event | None = None) -> int
                 if options.once:
                     return 0
                 continue
-            logger.debug("%s", run_batch(items, api, options))
+            try:
+                logger.debug("%s", run_batch(items, api, options))
+            except Exception:  # a bug in one item's handling: its lease runs out, the other items were finished
+                if options.once:
+                    raise
+                logger.exception("a batch failed; leasing on")
     return 0
 
 

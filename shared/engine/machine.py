@@ -798,6 +798,7 @@ class _Step:
                         tenant_id=spec.tenant_id,
                         output=self.s.completed[step_id],
                         paths=[list(path) for path in sorted(spec.output_paths[step_id])],
+                        child=spec.plan(step_id).kind == StepKind.INTENT.value,
                     ),
                     steps=[step_id],
                 )

@@ -236,6 +236,9 @@ class LoadOutput(_Model):
     tenant_id: str
     output: Json
     paths: list[list[str]]
+    child: bool = True
+    """Whether the output is a child execution's, whose `outputs` may hold its steps' stored outputs (absent from
+    inputs recorded before this field, which read it so)."""
 
 
 class CancelChild(_Model):

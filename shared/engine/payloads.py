@@ -65,7 +65,11 @@ def claim_check(
     failure, not retried) when the tenant was erased meanwhile: its blob is removed again.
     """
     body = json.dumps(output, separators=(",", ":"), ensure_ascii=False).encode()
-    if len(body) <= (limit if limit is not None else get_settings().QP_PAYLOAD_INLINE_MAX_BYTES):
+    # An output shaped like a reference (a worker's, or a body an outside server chose) is stored as an oversized
+    # one is: kept inline it would later be read as the platform's reference, splicing in the stored output it names.
+    if not is_blob_ref(output) and len(body) <= (
+        limit if limit is not None else get_settings().QP_PAYLOAD_INLINE_MAX_BYTES
+    ):
         return output
     target = container or (request_container if for_request else artifacts_container)(get_settings())
     digest = hashlib.sha256(body).hexdigest()
@@ -156,49 +160,81 @@ def _copy_path(source: dict[str, Any], target: dict[str, Any], path: tuple[str, 
 MAX_NESTED_LOAD_BYTES = 8 * 1024 * 1024
 """What the stored outputs inside one output (a child execution's, each step's own) may come to when loaded."""
 
+_Trie = dict[str | None, "_Trie"]
+"""The paths into an output, merged by their common heads; the None member marks where a path ends."""
+
 
 def load_parts(
-    tenant_id: UUID, reference: Any, paths: Iterable[tuple[str, ...]], *, container: ContainerClient | None = None
+    tenant_id: UUID,
+    reference: Any,
+    paths: Iterable[tuple[str, ...]],
+    *,
+    child: bool = True,
+    container: ContainerClient | None = None,
 ) -> Any:
     """The referenced parts of a stored output, read from the tenant's own prefix only.
 
     An output holding stored outputs inside it (a child execution's, one per step) has those read where the paths
-    lead, at most MAX_NESTED_LOAD_BYTES of them (StoredOutputError beyond)."""
+    lead, at most MAX_NESTED_LOAD_BYTES of them (StoredOutputError beyond). Only a child's step outputs are read
+    there (`outputs.<step>`, and so on down its own children's), and only when the output is a child's (`child`):
+    anything else inside an output is what its step gave, read as it is."""
     wanted = sorted(set(paths), key=len)
-    value = load(reference, tenant_id, container=container)
-    nested = _NestedLoad(tenant_id, container)
+    trie: _Trie = {}
     for path in wanted:
-        value = nested.along(value, path)
-    return project(value, wanted)
+        node = trie
+        for head in path:
+            node = node.setdefault(head, {})
+        node[None] = {}
+    value = load(reference, tenant_id, container=container)
+    return project(_NestedLoad(tenant_id, container).along(value, trie, read=False, child=child), wanted)
 
 
 class _NestedLoad:
-    """Reads the stored outputs an output holds, along a path and wholly beneath its end, within a byte budget."""
+    """Reads the stored outputs a child's output holds, along the paths and wholly beneath their ends, within a byte
+    budget; each position is read at most once, so an output read from a blob is never taken for a reference."""
 
     def __init__(self, tenant_id: UUID, container: ContainerClient | None) -> None:
         self._tenant_id = tenant_id
         self._container = container
         self._left = MAX_NESTED_LOAD_BYTES
 
-    def along(self, value: Any, path: tuple[str, ...]) -> Any:
-        value = self._read(value)
-        if not path:
-            return self._beneath(value)
-        head, rest = path[0], path[1:]
-        if isinstance(value, dict) and head in value:
-            return {**value, head: self.along(value[head], rest)}
-        if isinstance(value, list) and head.isdigit() and int(head) < len(value):
-            index = int(head)
-            return [*value[:index], self.along(value[index], rest), *value[index + 1 :]]
+    def along(self, value: Any, trie: _Trie, *, read: bool, child: bool) -> Any:
+        """`value` with the stored outputs `trie` leads through read; `read` where the position may hold a step's
+        stored output, `child` where `value` may be a child's output (whose `outputs` map holds its steps')."""
+        if read:
+            value = self._read(value)
+        if None in trie:
+            return self._beneath(value, child=child)
+        if isinstance(value, dict):
+            return {
+                key: self._member(key, item, trie[key], child=child) if key in trie else item
+                for key, item in value.items()
+            }
+        if isinstance(value, list):
+            return [
+                self.along(item, trie[str(index)], read=False, child=False) if str(index) in trie else item
+                for index, item in enumerate(value)
+            ]
         return value
 
-    def _beneath(self, value: Any) -> Any:
-        value = self._read(value)
-        if isinstance(value, dict):
-            return {key: self._beneath(item) for key, item in value.items()}
-        if isinstance(value, list):
-            return [self._beneath(item) for item in value]
-        return value
+    def _member(self, key: str, value: Any, trie: _Trie, *, child: bool) -> Any:
+        if child and key == "outputs" and isinstance(value, dict):
+            # The child's steps: each may be a stored output, or a grandchild's output in turn (a path ending here
+            # takes them all).
+            whole = None in trie
+            return {
+                step: self.along(output, trie if whole else trie[step], read=True, child=True)
+                if whole or step in trie
+                else output
+                for step, output in value.items()
+            }
+        return self.along(value, trie, read=False, child=False)
+
+    def _beneath(self, value: Any, *, child: bool) -> Any:
+        if not child or not isinstance(value, dict) or not isinstance(value.get("outputs"), dict):
+            return value
+        steps = {step: self._beneath(self._read(output), child=True) for step, output in value["outputs"].items()}
+        return {**value, "outputs": steps}
 
     def _read(self, value: Any) -> Any:
         if not is_blob_ref(value):

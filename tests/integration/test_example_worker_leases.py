@@ -1,12 +1,15 @@
 # intent_ref: platform.execution
 """The example remote worker against the app (ADR 0027, amended 2026-12-05): a lease's items all keep their leases
-while a slow one runs, an item whose lease is gone is never started, and the key it documents for once-per-step
-effects survives a lost lease where `idempotency_key` does not."""
+while a slow one runs, an item whose lease is gone is never started, a network outage neither stops it nor loses a
+finished result, and the key it documents for once-per-step effects survives a lost lease where `idempotency_key`
+does not."""
 
 from __future__ import annotations
 
 import re
 import shlex
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,6 +141,80 @@ def test_an_item_whose_lease_is_gone_is_not_started(
     assert outcome == "lease lost"
     assert ran == []  # no work done without a lease
     assert _state(app_pool, tenant, key) == "dispatched"  # nothing reported: the expiry ends it, as timed out
+
+
+class Outage:
+    """The app's client behind a network that goes down once the first heartbeat got through (the work has started):
+    the next `refusals` calls get no connection, then it is back."""
+
+    def __init__(self, client: Any, refusals: int) -> None:
+        self._client, self.left = client, refusals
+        self._down = False
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> Outage:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        pass
+
+    def post(self, url: str, **kwargs: Any) -> httpx.Response:
+        with self._lock:
+            if self._down and self.left > 0:
+                self.left -= 1
+                raise httpx.ConnectError(f"connection refused: {url}")
+        response: httpx.Response = self._client.post(url, **kwargs)
+        if url.endswith("/heartbeat"):
+            with self._lock:
+                self._down = True
+        return response
+
+
+def _until(check: Any, limit_s: float = 60.0) -> None:
+    end = time.monotonic() + limit_s
+    while not check():
+        assert time.monotonic() < end, "not reached"
+        time.sleep(0.1)
+
+
+def test_a_network_outage_neither_stops_the_worker_nor_loses_its_finished_result(
+    api: ApiHarness,  # noqa: F811  # the fixture
+    app_pool: ConnectionPool[Any],
+    worker: tuple[uuid.UUID, str],
+    durable: Recording,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The outage outlasts the heartbeat after the work and the first sending of its result: each of them gave up
+    # after its tries and the exception ended the worker, the finished work never reported (its lease timed out).
+    tenant, token = worker
+    outage = Outage(api.client, refusals=3 * remote_worker._POST_ATTEMPTS)
+    monkeypatch.setattr(httpx, "Client", lambda base_url: outage)
+    monkeypatch.setattr(remote_worker.Api, "_delay", staticmethod(lambda response, attempt: 0.0))
+    monkeypatch.setattr(remote_worker, "_RESEND_S", 0.0)
+    monkeypatch.setattr(remote_worker, "LONG_POLL_S", 1.0)
+    first = _queue(app_pool, tenant)
+    stop, failures = threading.Event(), []
+
+    def work() -> None:
+        try:
+            remote_worker.run(_options(token, "--lease-s", "60", "--work-seconds", "0.2"), stop)
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        _until(lambda: _state(app_pool, tenant, first) != "dispatched" or not thread.is_alive())
+        assert failures == [] and thread.is_alive()
+        assert outage.left == 0  # the network was down all that while, and came back
+        assert _state(app_pool, tenant, first) == "succeeded"
+        second = _queue(app_pool, tenant)  # and it leases on
+        _until(lambda: _state(app_pool, tenant, second) != "dispatched" or not thread.is_alive())
+        assert _state(app_pool, tenant, second) == "succeeded"
+    finally:
+        stop.set()
+        thread.join(30.0)
+    assert failures == [] and not thread.is_alive()
 
 
 def test_the_step_key_survives_a_lost_lease_and_the_idempotency_key_does_not(

@@ -19,7 +19,9 @@ from shared.db.session import tenant_transaction
 from shared.engine import control, remote, work_queue
 from shared.engine import executions as repo
 from shared.engine import steps as store
+from shared.engine.payloads import BLOB_REF
 from shared.engine.steps import AttemptKey
+from shared.storage.blob import request_container
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_cancel_dispatch_race import _queued
 from tests.security.test_task_token_no_trace import RemoteAttempt, remote_attempt
@@ -165,6 +167,27 @@ def test_another_result_with_a_spent_token_is_409_and_raises_nothing(
     assert refused.json()["type"].endswith("/task-token-used")
     assert len(durable.delivered) == 1  # the first result's only
     assert recorded(app_pool, attempt) == before
+
+
+@pytest.mark.parametrize("damage", ["deleted", "altered"])
+def test_another_result_after_the_stored_output_is_gone_or_altered_is_409(
+    damage: str, api: ApiHarness, app_pool: ConnectionPool[Any], tenant: uuid.UUID, durable: FlakyDurable
+) -> None:
+    # Comparing with the recorded output read its blob, and a blob that could not be read answered 500.
+    attempt = remote_attempt(app_pool, tenant)
+    assert report(api, attempt, {"output": big_output("worker")}).status_code == 200
+    state, _ = recorded(app_pool, attempt)
+    name = state.output[BLOB_REF]["name"]
+    container = request_container(get_settings())
+    if damage == "deleted":
+        container.delete_blob(name)
+    else:
+        body = container.download_blob(name).readall()
+        container.upload_blob(name, body.replace(b'"worker"', b'"hacker"'), overwrite=True)
+    refused = report(api, attempt, {"output": big_output("other")})
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["type"].endswith("/task-token-used")
+    assert len(durable.delivered) == 1
 
 
 def test_a_raise_to_a_gone_orchestration_answers_200(
