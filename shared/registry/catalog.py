@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Annotated, Any, Literal
 
 from jsonschema import Draft202012Validator
@@ -14,6 +14,7 @@ from jsonschema.protocols import Validator
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.registry.model import ACTION_PATTERN, SLUG_PATTERN
+from shared.registry.problems import too_many_subschemas
 from shared.registry.schemas import tenant_validator
 
 
@@ -28,10 +29,20 @@ class ModuleSpec:
     timeout_s: int = 300
     remote: bool = False
     alias_of: str | None = None
+    stored: InitVar[bool] = False
+    """A registration read back from the database: its schema was checked when it was registered, and a
+    registration is never updated, so it is not checked again (one stored before a check existed stays usable:
+    every evaluation of it is bounded on its own, ADR 0016)."""
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, stored: bool) -> None:
         if not re.fullmatch(ACTION_PATTERN, self.action):
             raise ValueError(f"{self.action!r} is not a valid action name")
+        if stored:
+            return
+        # Counted first: the meta-schema's work grows with the subschemas, and nothing else bounds them here.
+        crowded = too_many_subschemas(self.params_schema)
+        if crowded is not None:
+            raise ValueError(f"the parameter schema of {self.action!r} is refused: {crowded}")
         # A broken schema is refused when the module is registered, not when some intent is validated.
         Draft202012Validator.check_schema(self.params_schema)
 

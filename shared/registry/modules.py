@@ -24,7 +24,7 @@ from shared.db import tenant_locks
 from shared.policy.facts import TenantFacts
 from shared.policy.gates import check_gates, module_of_action
 from shared.registry.catalog import ModuleCatalog, ModuleSpec, builtin_catalog
-from shared.registry.problems import MAX_REPORTED_ERRORS
+from shared.registry.problems import MAX_REPORTED_ERRORS, MAX_SUBSCHEMAS, too_many_subschemas
 from shared.registry.schema_refs import evaluate_tenant_schema, reference_problems, short_message
 from shared.registry.schemas import pattern_problems
 
@@ -122,6 +122,9 @@ def schema_problems(schema: dict[str, Any]) -> list[tuple[tuple[str | int, ...],
         return [((), f"the parameter schema exceeds {MAX_SCHEMA_BYTES} bytes")]
     if _depth(schema) > MAX_SCHEMA_DEPTH:
         return [((), f"the parameter schema nests deeper than {MAX_SCHEMA_DEPTH} levels")]
+    crowded = too_many_subschemas(schema)
+    if crowded is not None:
+        return [((), crowded)]  # before the meta-schema, whose work grows with the subschemas (ADR 0016)
     problems: list[tuple[tuple[str | int, ...], str]] = [
         (tuple(error.absolute_path), error.message) for error in _META_VALIDATOR.iter_errors(schema)
     ]
@@ -176,7 +179,8 @@ class ModuleRegistration(BaseModel):
     )
     description: str = Field("", max_length=MAX_DESCRIPTION_LENGTH)
     params_schema: dict[str, Any] = Field(
-        description=f"A JSON Schema 2020-12 of type object, at most {MAX_SCHEMA_BYTES} bytes, local $refs only."
+        description=f"A JSON Schema 2020-12 of type object, at most {MAX_SCHEMA_BYTES} bytes and {MAX_SUBSCHEMAS:,}"
+        " subschemas (itself included), local $refs only."
     )
     defaults: dict[str, Any] = Field(default_factory=dict, description="Parameter values used when a step omits them.")
     timeout_s: int = Field(DEFAULT_TIMEOUT_S, ge=1, le=MAX_TIMEOUT_S, description="A step's default timeout.")
@@ -256,15 +260,22 @@ _spec_cache_lock = threading.Lock()
 
 
 def _spec_of(row: Mapping[str, Any]) -> ModuleSpec:
-    # Registrations are never updated (no UPDATE grant), so a spec built once per row id stays right, and
-    # building one re-checks its schema (milliseconds) on every catalog read otherwise.
+    # Registrations are never updated (no UPDATE grant), so a spec built once per row id stays right. Its schema
+    # passed the meta-schema at registration and is not checked again: that check costs up to seconds for a large
+    # schema, and one stored before the subschema bound would make the whole catalog unreadable (ADR 0016).
     with _spec_cache_lock:
         spec = _spec_cache.get(row["id"])
         if spec is not None:
             _spec_cache.move_to_end(row["id"])
             return spec
     spec = ModuleSpec(
-        row["action"], row["description"], row["params_schema"], row["defaults"], row["timeout_s"], remote=True
+        row["action"],
+        row["description"],
+        row["params_schema"],
+        row["defaults"],
+        row["timeout_s"],
+        remote=True,
+        stored=True,
     )
     with _spec_cache_lock:
         _spec_cache[row["id"]] = spec

@@ -17,6 +17,32 @@ from shared.registry.schemas import any_matches, pattern_problems, short_repr
 
 MAX_REPORTED_ERRORS = 50
 """Problems one check reports at most: past a few dozen a client learns nothing more, and each costs work."""
+MAX_SUBSCHEMAS = 2_000
+"""Subschemas (the schema itself and every schema inside it) a tenant's JSON Schema may hold. Checking a schema
+against the meta-schema costs about 0.3 ms for each, and nothing else bounds their number: an `allOf` of 85,000 `{}`
+fits in a definition's 256 KB and cost 24 s of CPU on every save, execute and plan (ADR 0016)."""
+
+# Where the 2020-12 meta-schema finds schemas inside a schema, by the shape of the keyword's value: every keyword
+# it checks as a schema, those kept for references (`$defs`) and its older forms (`definitions`, `dependencies`).
+_ONE_SUBSCHEMA = frozenset(
+    {
+        "additionalProperties",
+        "unevaluatedProperties",
+        "items",
+        "contains",
+        "propertyNames",
+        "not",
+        "if",
+        "then",
+        "else",
+        "unevaluatedItems",
+        "contentSchema",
+    }
+)
+_SUBSCHEMA_LISTS = frozenset({"allOf", "anyOf", "oneOf", "prefixItems"})
+_SUBSCHEMA_MAPS = frozenset(
+    {"properties", "patternProperties", "dependentSchemas", "$defs", "definitions", "dependencies"}
+)
 
 
 @dataclass(frozen=True)
@@ -144,8 +170,38 @@ def from_schema(
     return problems[:MAX_REPORTED_ERRORS]
 
 
+def too_many_subschemas(schema: Any, limit: int = MAX_SUBSCHEMAS) -> str | None:
+    """Why `schema` holds too many subschemas to be checked against the meta-schema, or None when it holds at most
+    `limit`. Counted without recursion, and only up to the first past `limit`: a cost linear in what is counted."""
+    count = 0
+    stack: list[Any] = [schema]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > limit:
+            return (
+                f"the schema holds more than {limit:,} subschemas (the schema itself and each one in properties,"
+                f" allOf, items, $defs, ...); at most {limit:,} are allowed"
+            )
+        if not isinstance(node, dict):
+            continue
+        for key, value in node.items():
+            if key in _ONE_SUBSCHEMA and isinstance(value, dict | bool):
+                stack.append(value)
+            elif key in _SUBSCHEMA_LISTS and isinstance(value, list):
+                stack.extend(value)
+            elif key in _SUBSCHEMA_MAPS and isinstance(value, dict):
+                # `dependencies` also takes arrays of property names: only its schemas count.
+                stack.extend(child for child in value.values() if isinstance(child, dict | bool))
+    return None
+
+
 def schema_document_problems(schema: Any, at: str, *, code: str) -> list[ValidationError]:
-    """Every way `schema` fails to be a usable JSON Schema (2020-12) document, located under `at`."""
+    """Every way `schema` fails to be a usable JSON Schema (2020-12) document, located under `at`. One holding more
+    than MAX_SUBSCHEMAS subschemas is refused for that alone, before the meta-schema would check each of them."""
+    crowded = too_many_subschemas(schema)
+    if crowded is not None:
+        return [ValidationError(at, crowded, code)]
     validator = Draft202012Validator(Draft202012Validator.META_SCHEMA)
     problems = [
         ValidationError(at + pointer(*error.absolute_path), f"not a valid JSON Schema: {error.message}", code)

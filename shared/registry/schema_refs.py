@@ -24,8 +24,10 @@ from referencing.jsonschema import DRAFT202012
 from shared.registry.schemas import (
     MAX_EVALUATION_STEPS,
     STEPS_PER_INSTANCE_NODE,
+    EvaluationBudget,
     EvaluationBudgetExceeded,
     TenantSchemaValidator,
+    current_budget,
     evaluation_budget,
     instance_size,
 )
@@ -296,24 +298,72 @@ def evaluate_tenant_schema(schema: Any, instance: Any, *, root: Any = None) -> S
     time: a schema stored before they were bounded is refused here rather than evaluated. `root` is the document
     `schema`'s references resolve in, when `schema` is a part of it (a module's parameter schema without its
     whole-object keywords, say).
+
+    Inside an enclosing `evaluation_budget()` (the check of one definition's steps) the steps are drawn from that
+    budget too, and when it runs out its EvaluationBudgetExceeded is raised for its owner to answer; within it, each
+    schema's references are checked once and an evaluation of the same schema and instance is made once.
     """
     document = schema if root is None else root
-    refused = reference_problems(document)
+    enclosing = current_budget()
+    key = _memo_key(schema, root, instance) if enclosing is not None else None
+    if enclosing is not None and key is not None:
+        remembered = enclosing.results.get(key)
+        if remembered is not None:
+            enclosing.charge(1)
+            return remembered[-1]  # type: ignore[no-any-return]
+    refused = _checked_references(document, enclosing)
     if refused:
         where, message = refused[0]
-        return SchemaEvaluation(unusable=f"{_pointer(where)}: {message}")
+        evaluation = SchemaEvaluation(unusable=f"{_pointer(where)}: {message}")
+    else:
+        evaluation = _evaluated(schema, instance, root)
+    if enclosing is not None and key is not None:
+        # Kept with the outcome: the schema, the root and the instance's values, whose ids the key holds.
+        enclosing.results[key] = (schema, root, instance, evaluation)
+    return evaluation
+
+
+def _memo_key(schema: Any, root: Any, instance: Any) -> tuple[Any, ...] | None:
+    """What identifies an evaluation of `schema` against an object `instance` within one budget: the schemas by
+    identity, each member's scalars by type and value (1, 1.0 and true apart) and its arrays and objects by identity
+    (a module's defaults, shared by every step). None for an instance that is not an object."""
+    if not isinstance(instance, dict):
+        return None
+    members = frozenset(
+        (name, type(value), value) if value is None or isinstance(value, str | int | float) else (name, "id", id(value))
+        for name, value in instance.items()
+    )
+    return ("evaluation", id(schema), id(root), members)
+
+
+def _checked_references(document: Any, enclosing: EvaluationBudget | None) -> list[tuple[JsonPath, str]]:
+    """`reference_problems(document)`, walked once per enclosing budget."""
+    if enclosing is None:
+        return reference_problems(document)
+    key = ("references", id(document))
+    remembered = enclosing.results.get(key)
+    if remembered is None:
+        remembered = enclosing.results[key] = (document, reference_problems(document))
+    return remembered[1]
+
+
+def _evaluated(schema: Any, instance: Any, root: Any) -> SchemaEvaluation:
+    """The evaluation proper, within its own budget (drawn from an enclosing one, whose exhaustion is raised)."""
+    budget: EvaluationBudget | None = None
     try:
         if root is None:
             validator = TenantSchemaValidator(schema)
         else:
             resolver = Registry().resolver_with_root(DRAFT202012.create_resource(root))
             validator = TenantSchemaValidator(schema, _resolver=resolver)  # type: ignore[call-arg]
-        with evaluation_budget(MAX_EVALUATION_STEPS + STEPS_PER_INSTANCE_NODE * instance_size(instance)):
+        with evaluation_budget(MAX_EVALUATION_STEPS + STEPS_PER_INSTANCE_NODE * instance_size(instance)) as budget:
             violations = tuple(map(_shortened, islice(validator.iter_errors(instance), MAX_VIOLATIONS)))
         return SchemaEvaluation(violations=violations)
     except (SchemaError, Unresolvable) as exc:
         return SchemaEvaluation(unusable=short_message(str(exc)))
     except EvaluationBudgetExceeded as exc:
+        if exc.budget is not budget:
+            raise  # an enclosing budget ran out: the whole check it bounds is refused, not this schema
         return SchemaEvaluation(unusable=str(exc))
     except (ValueError, TypeError) as exc:
         # A value the validator cannot handle (an index of thousands of digits, say): the schema's fault, not a 500.

@@ -6,8 +6,10 @@ input. Patterns RE2 cannot compile (backreferences, lookaround) are refused when
 
 Inside `evaluation_budget()` every keyword application counts against a step budget (ADR 0016, amended
 2026-12-05): `unevaluatedProperties` nested under `if`/`allOf` re-evaluates its subschemas, so the work doubles with
-each level; past the budget the evaluation stops with `EvaluationBudgetExceeded`. `uniqueItems` and `enum` compare
-canonical JSON encodings in linear time, and messages quote schema values in a bounded form.
+each level; past the budget the evaluation stops with `EvaluationBudgetExceeded`. A budget opened inside another
+draws from it, so several evaluations (the steps of one definition) can share one. `uniqueItems`, `enum` and
+`const` compare canonical JSON encodings in linear time, each value encoded once per budget and charged for its
+size, and messages quote schema values in a bounded form.
 """
 
 from __future__ import annotations
@@ -39,21 +41,57 @@ MAX_EVALUATION_STEPS = 100_000
 STEPS_PER_INSTANCE_NODE = 5
 
 
+STEPS_PER_ENCODED_CHARACTERS = 16
+"""Characters of a canonical encoding charged as one step, on top of one step per value encoded: a long string is
+one value, and its encoding still costs its length."""
+_CACHED_TEXT_LENGTH = 64
+"""Encodings at least this long are kept while the budget lasts; shorter ones cost less to make again than to keep."""
+
+
+class EvaluationBudget:
+    """The state of one budget of keyword applications: the steps left, the canonical encodings made within it, and
+    what its evaluations remember. A budget opened inside another (`enclosing`) may spend no more than that one has
+    left, gives back what it spent when it closes, and shares its caches: the enclosing budget is the one that
+    counts. Within a budget the values evaluated must not change, since encodings are remembered by identity."""
+
+    __slots__ = ("enclosing", "enums", "limit", "results", "steps", "texts", "uniques")
+
+    def __init__(self, steps: int, enclosing: EvaluationBudget | None = None) -> None:
+        self.enclosing = enclosing
+        self.steps: int = steps if enclosing is None else min(steps, max(enclosing.steps, 0))
+        self.limit: int = self.steps
+        # Each cache keeps the value it is keyed by (its id) alive, so the id is not reused while the budget lasts.
+        self.texts: dict[int, tuple[Any, str]] = {} if enclosing is None else enclosing.texts
+        self.enums: dict[int, tuple[Any, frozenset[str]]] = {} if enclosing is None else enclosing.enums
+        self.uniques: dict[int, tuple[Any, bool]] = {} if enclosing is None else enclosing.uniques
+        # What callers remember within the budget: an evaluation's outcome, a schema's checked references.
+        self.results: dict[Any, Any] = {} if enclosing is None else enclosing.results
+
+    @property
+    def spent(self) -> int:
+        """The steps spent so far (one more than the limit once exceeded)."""
+        return self.limit - self.steps
+
+    def charge(self, steps: int) -> None:
+        """Spend `steps`; past the limit raise EvaluationBudgetExceeded, naming the budget that ran out."""
+        self.steps -= steps
+        if self.steps < 0:
+            exhausted = self
+            # A budget given all its enclosing one had left ran out with it: that one's owner answers for it.
+            while exhausted.enclosing is not None and exhausted.limit >= exhausted.enclosing.steps:
+                exhausted = exhausted.enclosing
+            raise EvaluationBudgetExceeded(exhausted)
+
+
 class EvaluationBudgetExceeded(Exception):
-    """An evaluation of a tenant's schema made more keyword applications than its budget allows."""
+    """An evaluation of a tenant's schema made more keyword applications than its budget (`budget`) allows."""
+
+    def __init__(self, budget: EvaluationBudget) -> None:
+        super().__init__("evaluating it takes more steps than allowed")
+        self.budget = budget
 
 
-class _Evaluation:
-    """The state of one budgeted evaluation: the steps left, and `enum` encodings by the enum's identity."""
-
-    __slots__ = ("enums", "steps")
-
-    def __init__(self, steps: int) -> None:
-        self.steps = steps
-        self.enums: dict[int, tuple[Any, frozenset[str]]] = {}
-
-
-_EVALUATION: ContextVar[_Evaluation | None] = ContextVar("tenant_schema_evaluation", default=None)
+_EVALUATION: ContextVar[EvaluationBudget | None] = ContextVar("tenant_schema_evaluation", default=None)
 
 
 def instance_size(instance: Any) -> int:
@@ -70,22 +108,47 @@ def instance_size(instance: Any) -> int:
 
 
 @contextmanager
-def evaluation_budget(steps: int) -> Iterator[None]:
+def evaluation_budget(steps: int) -> Iterator[EvaluationBudget]:
     """Within this block TenantSchemaValidator's keyword applications count against `steps` (in this thread or task
-    only); one more raises EvaluationBudgetExceeded. Outside any such block nothing is counted."""
-    token = _EVALUATION.set(_Evaluation(steps))
+    only); one more raises EvaluationBudgetExceeded. Inside another such block, the steps are drawn from that one
+    too (at most what it has left). Outside any such block nothing is counted."""
+    enclosing = _EVALUATION.get()
+    budget = EvaluationBudget(steps, enclosing)
+    token = _EVALUATION.set(budget)
     try:
-        yield
+        yield budget
     finally:
         _EVALUATION.reset(token)
+        if enclosing is not None:
+            enclosing.steps -= budget.spent
+
+
+def current_budget() -> EvaluationBudget | None:
+    """The innermost budget open in this thread or task, if any."""
+    return _EVALUATION.get()
 
 
 def _step() -> None:
     evaluation = _EVALUATION.get()
     if evaluation is not None:
-        evaluation.steps -= 1
-        if evaluation.steps < 0:
-            raise EvaluationBudgetExceeded("evaluating it takes more steps than allowed")
+        evaluation.charge(1)
+
+
+def _text(value: Any) -> str:
+    """`canonical_text(value)`, encoded once per budget and charged for its size: a schema applying `enum` or `const`
+    to the same large value many times (under `allOf`, `not`) would otherwise encode it each time for one step."""
+    evaluation = _EVALUATION.get()
+    if evaluation is None:
+        return canonical_text(value)
+    cached = evaluation.texts.get(id(value))
+    if cached is not None and cached[0] is value:
+        return cached[1]
+    evaluation.charge(instance_size(value))  # before the work, so a value too large for what is left is not encoded
+    text = canonical_text(value)
+    evaluation.charge(len(text) // STEPS_PER_ENCODED_CHARACTERS)
+    if len(text) >= _CACHED_TEXT_LENGTH:
+        evaluation.texts[id(value)] = (value, text)
+    return text
 
 
 _SHORT = reprlib.Repr()
@@ -294,11 +357,18 @@ def _unevaluated_properties(
 def _unique_items(validator: Any, unique: Any, instance: Any, _schema: Any) -> Iterator[ValidationError]:
     if not unique or not validator.is_type(instance, "array"):
         return
-    try:
-        distinct = len({canonical_text(item) for item in instance})
-    except (TypeError, ValueError):  # not JSON (never so for a request body): the pairwise comparison
-        distinct = len(instance) if uniq(instance) else 0
-    if distinct < len(instance):
+    evaluation = _EVALUATION.get()
+    cached = evaluation.uniques.get(id(instance)) if evaluation is not None else None
+    if cached is not None and cached[0] is instance:
+        unique = cached[1]
+    else:
+        try:
+            unique = len({_text(item) for item in instance}) == len(instance)
+        except (TypeError, ValueError):  # not JSON (never so for a request body): the pairwise comparison
+            unique = bool(uniq(instance))
+        if evaluation is not None:
+            evaluation.uniques[id(instance)] = (instance, unique)
+    if not unique:
         yield ValidationError(f"{short_repr(instance)} has non-unique elements")
 
 
@@ -307,10 +377,10 @@ def _enum(_validator: Any, enums: Any, instance: Any, _schema: Any) -> Iterator[
         evaluation = _EVALUATION.get()
         cached = evaluation.enums.get(id(enums)) if evaluation is not None else None
         if cached is None or cached[0] is not enums:
-            cached = (enums, frozenset(map(canonical_text, enums)))
+            cached = (enums, frozenset(map(_text, enums)))
             if evaluation is not None:
                 evaluation.enums[id(enums)] = cached  # the enum is kept with it, so its id is not reused
-        found = canonical_text(instance) in cached[1]
+        found = _text(instance) in cached[1]
     except (TypeError, ValueError):
         found = any(equal(each, instance) for each in enums)
     if not found:
@@ -324,7 +394,11 @@ def _type(validator: Any, types: Any, instance: Any, _schema: Any) -> Iterator[V
 
 
 def _const(_validator: Any, const: Any, instance: Any, _schema: Any) -> Iterator[ValidationError]:
-    if not equal(instance, const):
+    try:
+        same = _text(instance) == _text(const)
+    except (TypeError, ValueError):
+        same = equal(instance, const)
+    if not same:
         yield ValidationError(f"{short_repr(const)} was expected")
 
 
@@ -353,7 +427,7 @@ TenantSchemaValidator: type[Validator] = extend(
         }.items()
     },
 )
-"""JSON Schema 2020-12 with RE2 regexes, linear `uniqueItems` and `enum`, and every keyword application counted
+"""JSON Schema 2020-12 with RE2 regexes, linear `uniqueItems`, `enum` and `const`, and every keyword application counted
 against the budget of `evaluation_budget()`: the one validator class for every schema a tenant supplies."""
 
 

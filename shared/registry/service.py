@@ -405,6 +405,26 @@ def child_intent(conn: Conn, step: Step) -> Item | None:
     return None if pinned is None else Item(head, pinned)
 
 
+def stored_steps(conn: Conn, item: Item) -> tuple[Step, ...]:
+    """The steps `item`'s version runs (a declaration's: its pinned blueprint version's), parsed from the stored
+    definition as an execution's start reads them, without validating it again; none when they cannot be read.
+
+    A stored version was validated when it was saved; validating it again against the catalog and gates as they
+    are now costs as much as a save (seconds for a large input schema), and only its start needs that verdict: a
+    version that no longer validates is refused there, as a failure of the step that starts it."""
+    try:
+        definition = Definition.model_validate(item.version.definition)
+        if not definition.is_declaration:
+            return tuple(definition.steps or ())
+        pin = item.version.blueprint_ref
+        found = blueprint_version(conn, UUID(str(pin["id"])), int(pin["version"])) if pin else None
+        if found is None:
+            return ()
+        return tuple(Definition.model_validate(found.definition).steps or ())
+    except (pydantic.ValidationError, KeyError, TypeError, ValueError):
+        return ()
+
+
 MAX_PLANNED_DESCENDANTS = 64
 """Intents a plan follows from its `intent.run` steps (their children, theirs, ...), in all for the whole plan, each
 once: the work of one plan request stays bounded whatever a tenant's intents run or pin."""
@@ -418,14 +438,14 @@ def _key(item: Item) -> _Key:
 
 
 class DescendantWalk:
-    """One plan request's walk below its `intent.run` steps: each intent is validated once and each child walked
-    once, and the children and the intents followed below them share one budget (`MAX_PLANNED_DESCENDANTS`).
-    Without this, every step walked its child's intents afresh: steps x 64 validations in one request and one
-    transaction; and with children outside it, steps pinning distinct versions cost one validation each."""
+    """One plan request's walk below its `intent.run` steps: each intent's stored steps are read once and each
+    child walked once, and the children and the intents followed below them share one budget
+    (`MAX_PLANNED_DESCENDANTS`). Without this, every step walked its child's intents afresh: steps x 64 reads in
+    one request and one transaction; and with children outside it, steps pinning distinct versions cost one each.
+    Only the planned intent itself is validated: a descendant's steps are read, not validated again (ADR 0035)."""
 
-    def __init__(self, conn: Conn, *, tenant: TenantFacts, may_execute: Callable[[Item], Decision]) -> None:
+    def __init__(self, conn: Conn, *, may_execute: Callable[[Item], Decision]) -> None:
         self._conn = conn
-        self._tenant = tenant
         self._may_execute = may_execute
         self._decisions: dict[_Key, Decision] = {}
         self._children: dict[_Key, list[Item]] = {}
@@ -481,17 +501,11 @@ class DescendantWalk:
         return True
 
     def _children_of(self, item: Item) -> list[Item]:
-        """The intents `item`'s `intent.run` steps start, each version once, in step order; none when `item` no
-        longer validates (its start fails before any of its children could). Validated once per plan."""
+        """The intents `item`'s `intent.run` steps start, each version once, in step order; none when its steps
+        cannot be read (its start fails before any of its children could). Read once per plan."""
         key = _key(item)
         if key not in self._children:
-            try:
-                steps = check(
-                    self._conn, "intent", item.document(), tenant=self._tenant, pin=item.version.blueprint_ref
-                ).result.steps
-            except RegistryError:
-                steps = ()
-            found = (child_intent(self._conn, step) for step in steps)
+            found = (child_intent(self._conn, step) for step in stored_steps(self._conn, item))
             self._children[key] = list({_key(one): one for one in found if one is not None}.values())
         return self._children[key]
 

@@ -38,6 +38,7 @@ from shared.registry.references import (
     resolve,
     scan_references,
 )
+from shared.registry.schemas import EvaluationBudgetExceeded, evaluation_budget
 from shared.registry.when import WhenSyntaxError, parse_when, when_references
 
 STEPS: JsonPath = ("definition", "steps")
@@ -48,6 +49,11 @@ OUTBOUND_URL_PARAMS: Mapping[str, tuple[str, ...]] = {
     "verify-deployment": ("url",),
 }
 """The parameters of built-in actions that name a URL the platform itself connects to."""
+
+MAX_DEFINITION_EVALUATION_STEPS = 500_000
+"""Keyword applications the parameter schemas of one definition's steps and compensations may make in all (ADR 0016):
+each evaluation also keeps its own bound, but 200 steps each evaluating a costly module's schema would otherwise
+multiply it by 400."""
 
 
 @dataclass(frozen=True)
@@ -211,21 +217,33 @@ def _param_pointer(base: JsonPath, raw: Mapping[str, Any], known: Collection[str
     return pointer(*base, "params") if isinstance(params, dict) and not beside else pointer(*base)
 
 
-def _module_problems(
-    base: JsonPath, raw: Any, known: Collection[str], catalog: ModuleCatalog, suggest: _Suggestions
-) -> list[ValidationError]:
+def _action_of(raw: Any) -> str | None:
+    """The well-formed action a step or compensation names (the schema check reports a malformed one)."""
     if not isinstance(raw, dict) or not isinstance(raw.get("action"), str):
-        return []
+        return None
     action: str = raw["action"]
-    if not re.fullmatch(ACTION_PATTERN, action):
-        return []  # the schema check reports the malformed name
-    spec = catalog.get(action)
-    if spec is None:
-        return [
-            ValidationError(
-                pointer(*base, "action"), f"unknown action '{action}'{suggest(action, catalog)}", "unknown_action"
-            )
-        ]
+    return action if re.fullmatch(ACTION_PATTERN, action) else None
+
+
+def _unknown_action_problems(
+    base: JsonPath, raw: Any, catalog: ModuleCatalog, suggest: _Suggestions
+) -> list[ValidationError]:
+    action = _action_of(raw)
+    if action is None or action in catalog:
+        return []
+    return [
+        ValidationError(
+            pointer(*base, "action"), f"unknown action '{action}'{suggest(action, catalog)}", "unknown_action"
+        )
+    ]
+
+
+def _params_problems(base: JsonPath, raw: Any, known: Collection[str], catalog: ModuleCatalog) -> list[ValidationError]:
+    """The parameters of a catalogued action against its module's schema (an evaluation of the tenant's schema)."""
+    action = _action_of(raw)
+    spec = catalog.get(action) if action is not None else None
+    if action is None or spec is None:
+        return []
     params = merged_params(raw, known)
     if params is None:
         return []
@@ -235,6 +253,17 @@ def _module_problems(
         lambda path: _param_pointer(base, raw, known, path),
         code="invalid_params",
         subject=action,
+    )
+
+
+def _budget_problem(base: JsonPath, raw: Any, known: Collection[str]) -> ValidationError:
+    """The problem of the step or compensation whose parameters' evaluation exhausted the definition's budget."""
+    return ValidationError(
+        _param_pointer(base, raw, known, ()),
+        f"{raw['action']}: the schema cannot be evaluated (checking the parameters of all the definition's steps"
+        f" takes more than {MAX_DEFINITION_EVALUATION_STEPS:,} steps; use fewer steps with this module, or a module"
+        " whose parameter schema costs less)",
+        "invalid_params",
     )
 
 
@@ -436,11 +465,19 @@ def gate_problems(
     tenant: TenantFacts | None, target: Any, actions: Mapping[str, tuple[str, str]]
 ) -> list[ValidationError]:
     """The tenant gates (ADR 0011) as problems; `actions` maps a key to (action, pointer of where it is named)."""
+    return _gate_problems(tenant, target, actions)[0]
+
+
+def _gate_problems(
+    tenant: TenantFacts | None, target: Any, actions: Mapping[str, tuple[str, str]]
+) -> tuple[list[ValidationError], set[str]]:
+    """`gate_problems`, and the keys of `actions` whose module the tenant may not use."""
     if tenant is None:
-        return []
+        return [], set()
     violations = check_gates(
         tenant, target if isinstance(target, str) else None, {key: action for key, (action, _) in actions.items()}
     )
+    refused = {violation.step for violation in violations if violation.step != TARGET_STEP}
     return [
         ValidationError(
             "/definition/target", f"target '{violation.value}' is not allowed for this tenant", violation.reason
@@ -450,7 +487,7 @@ def gate_problems(
             actions[violation.step][1], f"module '{violation.value}' is not allowed for this tenant", violation.reason
         )
         for violation in violations
-    ]
+    ], refused
 
 
 def _step_actions(views: Sequence[_StepView], catalog: ModuleCatalog) -> dict[str, tuple[str, str]]:
@@ -485,7 +522,12 @@ def check_steps(
     allow_private: bool | None = None,
 ) -> list[ValidationError]:
     """The problems of a definition's steps, at most MAX_REPORTED_ERRORS (the caller has checked that `steps` is a
-    list); `allow_private` overrides QP_ALLOW_PRIVATE_NETWORK_HOSTS for the URL checks (None reads the setting)."""
+    list); `allow_private` overrides QP_ALLOW_PRIVATE_NETWORK_HOSTS for the URL checks (None reads the setting).
+
+    Unknown actions and the tenant's gates are checked before any parameter schema is evaluated, and a module the
+    tenant may not use is never evaluated. Every evaluation of the steps' parameters draws from one budget of
+    MAX_DEFINITION_EVALUATION_STEPS: past it the remaining parameters are not checked and the definition is refused.
+    """
     suggest = _Suggestions()
     views = _views(raw_definition["steps"])
     index_of, edges, problems = _graph(views, suggest)
@@ -493,28 +535,42 @@ def check_steps(
     problems.extend(_cycles(views, edges, ancestors))
     declared = declared_inputs(raw_definition.get("inputs"))
     for view in views:
-        # Past the cap the client learns nothing more, and the checks (a suggestion above all) cost work.
         if len(problems) >= MAX_REPORTED_ERRORS:
-            break
-        problems.extend(_module_problems(view.at, view.raw, STEP_FIELDS, catalog, suggest))
+            break  # each unknown action may cost a suggestion
         if isinstance(view.raw, dict):
-            problems.extend(
-                _module_problems(
-                    (*view.at, "compensate"), view.raw.get("compensate"), COMPENSATION_FIELDS, catalog, suggest
-                )
+            problems.extend(_unknown_action_problems(view.at, view.raw, catalog, suggest))
+            compensate = view.raw.get("compensate")
+            problems.extend(_unknown_action_problems((*view.at, "compensate"), compensate, catalog, suggest))
+    gated, refused = _gate_problems(tenant, raw_definition.get("target"), _step_actions(views, catalog))
+    problems.extend(gated)
+    exhausted = False
+    with evaluation_budget(MAX_DEFINITION_EVALUATION_STEPS) as budget:
+        for view in views:
+            # Past the cap the client learns nothing more, and the checks (a suggestion above all) cost work.
+            if len(problems) >= MAX_REPORTED_ERRORS:
+                break
+            if not isinstance(view.raw, dict):
+                continue
+            holders = (
+                (str(view.index), view.at, view.raw, STEP_FIELDS),
+                (f"{view.index}/compensate", (*view.at, "compensate"), view.raw.get("compensate"), COMPENSATION_FIELDS),
             )
+            for key, base, raw, known in holders:
+                if exhausted or key in refused:
+                    continue
+                try:
+                    problems.extend(_params_problems(base, raw, known, catalog))
+                except EvaluationBudgetExceeded as exc:
+                    if exc.budget is not budget:
+                        raise
+                    problems.append(_budget_problem(base, raw, known))
+                    exhausted = True
             problems.extend(_compensation_problems((*view.at, "compensate"), view.raw.get("compensate")))
-        if isinstance(view.raw, dict):
-            problems.extend(_network_problems(view.at, view.raw, STEP_FIELDS, allow_private))
+            for _, base, raw, known in holders:
+                problems.extend(_network_problems(base, raw, known, allow_private))
             problems.extend(
-                _network_problems(
-                    (*view.at, "compensate"), view.raw.get("compensate"), COMPENSATION_FIELDS, allow_private
+                _reference_problems(
+                    view, index_of, ancestors, declared, suggest, max(0, MAX_REPORTED_ERRORS - len(problems))
                 )
             )
-        problems.extend(
-            _reference_problems(
-                view, index_of, ancestors, declared, suggest, max(0, MAX_REPORTED_ERRORS - len(problems))
-            )
-        )
-    problems.extend(gate_problems(tenant, raw_definition.get("target"), _step_actions(views, catalog)))
     return problems[:MAX_REPORTED_ERRORS]

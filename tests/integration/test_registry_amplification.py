@@ -3,7 +3,7 @@
 
 A diff lists a bounded number of changes and never repeats a long key in every leaf's path; problem ordering builds
 nothing per node of the request body; a plan's `intent.run` children spend the plan's one descendant budget. Each
-bound is proven by the shape of what is built or answered (entries, sizes, validations counted), never by timing.
+bound is proven by the shape of what is built or answered (entries, sizes, intents read), never by timing.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from shared.registry import service
 from shared.registry.diff import MAX_LISTED_CHANGES, diff_definitions
 from shared.registry.problems import document_order
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
-from tests.integration.test_plan_descendant_budget import validations  # noqa: F401  # the fixture
+from tests.integration.test_plan_descendant_budget import reads  # noqa: F401  # the fixture
 from tests.integration.test_registry_api import AUTHOR, BLUEPRINTS, INTENTS, READER, ROOMY, provision, put
 
 pytestmark = pytest.mark.integration
@@ -135,10 +135,10 @@ def test_the_validate_route_reports_problems_in_document_order(api: ApiHarness) 
 
 
 def test_a_plans_children_spend_its_descendant_budget(
-    api: ApiHarness, monkeypatch: pytest.MonkeyPatch, validations: list[str]
+    api: ApiHarness, monkeypatch: pytest.MonkeyPatch, reads: list[str]
 ) -> None:
-    """Eight steps pinning eight versions of one intent: with a budget of 3 the plan validates three of them, and
-    the steps past it answer `too_many_descendants`; a step pinning a version already walked keeps its verdict."""
+    """Eight steps pinning eight versions of one intent: with a budget of 3 the plan reads three of them, and the
+    steps past it answer `too_many_descendants`; a step pinning a version already walked keeps its verdict."""
     tenant = "amp-plan"
     api.provision(tenant, quotas=ROOMY, allowed_modules=["wait", "intent"])
     child: dict[str, Any] = {
@@ -157,7 +157,7 @@ def test_a_plans_children_spend_its_descendant_budget(
     response = api.client.post(INTENTS, json=root, headers=api.headers(tenant, AUTHOR))
     assert response.status_code == 201, response.text
     monkeypatch.setattr(service, "MAX_PLANNED_DESCENDANTS", 3)
-    validations.clear()
+    reads.clear()
 
     response = api.client.post(f"{INTENTS}/{response.json()['id']}/plan", headers=api.headers(tenant, DEPLOYER))
     assert response.status_code == 200, response.text
@@ -167,4 +167,4 @@ def test_a_plans_children_spend_its_descendant_budget(
         **{f"v{n}": "too_many_descendants" for n in range(4, 9)},
         "again": "allowed",
     }
-    assert validations.count("child") == 3
+    assert reads.count("child") == 3

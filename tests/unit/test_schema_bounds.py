@@ -5,13 +5,15 @@ a definition full of misspelt references reports a bounded number of problems wi
 from __future__ import annotations
 
 import difflib
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pydantic
 import pytest
 
-from shared.registry import schema_refs, step_checks
+from shared.policy.facts import TenantFacts
+from shared.registry import schema_refs, schemas, step_checks
 from shared.registry.catalog import ModuleSpec, builtin_catalog
 from shared.registry.model import Definition, ResolvedBlueprint
 from shared.registry.modules import MAX_REPORTED_ERRORS, ModuleRegistration, schema_problems
@@ -21,7 +23,7 @@ from shared.registry.schema_refs import (
     evaluate_tenant_schema,
     reference_problems,
 )
-from shared.registry.schemas import TenantSchemaValidator
+from shared.registry.schemas import EvaluationBudgetExceeded, TenantSchemaValidator, evaluation_budget
 from shared.registry.validation import ValidationResult, validate_definition
 
 VISIT_BUDGET = 50_000
@@ -530,3 +532,150 @@ def test_a_reference_chain_nesting_too_deep_is_refused_at_save() -> None:
     allowed = chained_anyof(10, 8)  # 92 deep
     assert reference_problems(allowed) == []
     assert evaluate_tenant_schema(allowed, {}) == SchemaEvaluation()
+
+
+# --- one budget for the whole check of a definition's steps (ADR 0016, amended 2026-12-06) ---------------------------
+
+
+def heavy_module(per_item: int = 300, items: int = 66) -> ModuleSpec:
+    """A module whose every evaluation applies `type` about per_item x items times, through its defaults."""
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "array", "items": {"allOf": [{"type": "integer"}] * per_item}}},
+    }
+    return ModuleSpec("acme.heavy", "", schema, remote=True, defaults={"a": [0] * items})
+
+
+def heavy_steps(count: int, *, distinct: bool) -> dict[str, Any]:
+    steps = [
+        {
+            "id": f"s{i}",
+            "action": "acme.heavy",
+            **({"x": i} if distinct else {}),
+            "compensate": {"action": "acme.heavy", **({"x": -i} if distinct else {})},
+        }
+        for i in range(count)
+    ]
+    return {"name": "heavy", "definition": {"steps": steps}}
+
+
+def test_the_steps_of_one_definition_share_one_evaluation_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each evaluation is well within its own bound (about 20,000 steps); 400 of them were not bounded at all.
+    monkeypatch.setattr(step_checks, "MAX_DEFINITION_EVALUATION_STEPS", 50_000)
+    types = count_keyword(monkeypatch, "type", 200_000)
+    result = validate(heavy_steps(200, distinct=True), [heavy_module()])
+    assert [code for _, code in located(result)] == ["invalid_params"]
+    assert result.errors[0].pointer.startswith("/definition/steps/")
+    assert "more than 50,000 steps" in result.errors[0].message and "acme.heavy" in result.errors[0].message
+    assert types[0] <= 50_000  # the whole check stopped once the definition's budget was spent
+
+
+def test_the_same_parameters_of_the_same_module_are_evaluated_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    types = count_keyword(monkeypatch, "type", 200_000)
+    assert validate(heavy_steps(200, distinct=False), [heavy_module()]).errors == ()
+    one = types[0]
+    types[0] = 0
+    assert validate(heavy_steps(1, distinct=False), [heavy_module()]).errors == ()
+    assert one == types[0]  # 200 steps and their compensations cost what one step does
+
+
+def test_a_module_the_tenant_may_not_use_is_refused_before_any_evaluation(monkeypatch: pytest.MonkeyPatch) -> None:
+    types = count_keyword(monkeypatch, "type", 200_000)
+    facts = TenantFacts(uuid.uuid4(), "active", frozenset({"staging"}), frozenset({"wait"}))
+    result = validate(heavy_steps(10, distinct=True), [heavy_module()], tenant=facts)
+    assert {code for _, code in located(result)} == {"module_not_allowed"}
+    assert len(result.errors) == 20  # each step and each compensation
+    assert types[0] == 0
+
+
+def test_an_enclosing_budget_is_the_one_that_counts() -> None:
+    with evaluation_budget(100) as outer:
+        with evaluation_budget(1_000) as inner:
+            assert inner.limit == 100
+            inner.charge(60)
+        assert outer.spent == 60
+        with pytest.raises(EvaluationBudgetExceeded) as raised, evaluation_budget(1_000) as again:
+            again.charge(41)  # more than the 40 the enclosing budget has left
+        assert raised.value.budget is outer
+        assert outer.steps < 0
+    with evaluation_budget(100) as outer, pytest.raises(EvaluationBudgetExceeded) as raised:
+        with evaluation_budget(10) as small:
+            small.charge(11)  # its own bound, not the enclosing one's
+    assert raised.value.budget is small and outer.spent == 11
+
+
+def test_an_evaluation_inside_a_spent_enclosing_budget_raises_for_its_owner() -> None:
+    with evaluation_budget(5) as outer:
+        with pytest.raises(EvaluationBudgetExceeded) as raised:
+            evaluate_tenant_schema({"allOf": [{"type": "integer"}] * 10}, 1)
+        assert raised.value.budget is outer
+    # Alone, the same evaluation has its own budget and passes.
+    assert evaluate_tenant_schema({"allOf": [{"type": "integer"}] * 10}, 1) == SchemaEvaluation()
+
+
+# --- `enum`, `const` and `uniqueItems` encode each value once, charged for its size --------------------------------
+
+
+@pytest.fixture()
+def encodings(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every value `enum`, `const` and `uniqueItems` encode, in order."""
+    encoded: list[Any] = []
+    original = schemas.canonical_text
+
+    def counting(value: Any) -> str:
+        encoded.append(value)
+        return original(value)
+
+    monkeypatch.setattr(schemas, "canonical_text", counting)
+    return encoded
+
+
+def test_many_enums_on_one_large_value_encode_it_once(encodings: list[Any]) -> None:
+    instance = {"a": [0] * 20_000}
+    schema = {"type": "object", "allOf": [{"not": {"enum": [0]}}] * 200}
+    assert evaluate_tenant_schema(schema, instance) == SchemaEvaluation()
+    assert sum(value is instance for value in encodings) == 1
+
+
+def test_many_consts_on_one_large_value_encode_it_once(encodings: list[Any]) -> None:
+    instance = {"a": list(range(5_000))}
+    schema = {"type": "object", "allOf": [{"const": {"a": list(range(5_000))}}] * 200}
+    assert evaluate_tenant_schema(schema, instance) == SchemaEvaluation()
+    assert sum(value is instance for value in encodings) == 1
+    refused = evaluate_tenant_schema({"allOf": [{"const": {"a": [0]}}] * 200}, instance)
+    assert len(refused.violations) == 200 and sum(value is instance for value in encodings) == 2
+
+
+def test_many_unique_items_on_one_array_encode_each_item_once(encodings: list[Any]) -> None:
+    items = [f"item {i}" for i in range(2_000)]
+    schema = {"properties": {"a": {"allOf": [{"uniqueItems": True}] * 100}}}
+    assert evaluate_tenant_schema(schema, {"a": items}) == SchemaEvaluation()
+    assert len(encodings) == len(items)
+    duplicated = evaluate_tenant_schema(schema, {"a": [*items, "item 0"]})
+    assert [v.validator for v in duplicated.violations] == ["uniqueItems"] * 100
+
+
+def test_encoding_a_value_is_charged_for_its_size(encodings: list[Any]) -> None:
+    instance = [0] * 5_000
+    with evaluation_budget(1_000_000) as budget:
+        assert [*TenantSchemaValidator({"enum": [1]}).iter_errors(instance)] != []
+    assert budget.spent >= 5_000
+    with evaluation_budget(1_000), pytest.raises(EvaluationBudgetExceeded):
+        [*TenantSchemaValidator({"enum": [1]}).iter_errors(instance)]
+    assert sum(value is instance for value in encodings) == 1  # the second time refused before the work
+
+
+@pytest.mark.parametrize(
+    ("const", "instance", "valid"),
+    [
+        (1, 1.0, True),
+        (1, True, False),
+        (False, 0, False),
+        ({"a": 1.0, "b": [1]}, {"b": [1.0], "a": 1}, True),
+        ([1, True], [1.0, 1], False),
+        (None, "null", False),
+        ("x" * 100, "x" * 100, True),
+    ],
+)
+def test_const_keeps_json_schema_equality(const: Any, instance: Any, valid: bool) -> None:
+    assert (evaluate_tenant_schema({"const": const}, instance).violations == ()) is valid

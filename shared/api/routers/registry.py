@@ -624,7 +624,7 @@ def definition_router(kind: Kind) -> APIRouter:
                     tenant_policies=policies,
                 )
 
-            walk = service.DescendantWalk(conn, tenant=context.tenant_facts, may_execute=may_execute)
+            walk = service.DescendantWalk(conn, may_execute=may_execute)
 
             def decide(conn: service.Conn, planned: service.Item, step: Step) -> Decision:
                 # Per step; not audited: the plan request was. The resource is the version being planned (which may
