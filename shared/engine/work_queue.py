@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
 
@@ -77,12 +77,24 @@ _ABANDON_SILENTLY = (
     "UPDATE app.step_attempts SET state = 'abandoned', error = %s, retryable = false, finished_at = clock_timestamp()"
     " WHERE execution_id = %s AND step_id = %s AND phase = %s AND attempt = %s AND state = 'dispatched'"
 )
+# Only actions the tenant can have remote work for: a registered module, or one with a queued item (an item outlives
+# its module's removal). Any other name a worker asks for is never read back (the wait reason reads the pollers of
+# queued items' actions), and recording it let one tenant grow the table without bound (migration 0045). `added`:
+# whether the row is new (no row version replaced), which is when the tenant's stale rows are trimmed.
 _POLLED = (
     "INSERT INTO app.work_pollers (tenant_id, action, last_polled_at, last_polled_by)"
-    " SELECT app.current_tenant_id(), action, clock_timestamp(), %s FROM unnest(%s::text[]) AS action"
+    " SELECT app.current_tenant_id(), asked.action, clock_timestamp(), %s"
+    " FROM (SELECT DISTINCT action FROM unnest(%s::text[]) AS action) AS asked"
+    " WHERE EXISTS (SELECT 1 FROM app.modules m WHERE m.action = asked.action)"
+    " OR EXISTS (SELECT 1 FROM app.work_items w WHERE w.lease_id IS NULL AND w.action = asked.action)"
     " ON CONFLICT (tenant_id, action) DO UPDATE SET last_polled_at = EXCLUDED.last_polled_at,"
-    " last_polled_by = EXCLUDED.last_polled_by"
+    " last_polled_by = EXCLUDED.last_polled_by RETURNING xmax = 0 AS added"
 )
+# When a poll adds a row, the tenant's rows that no poll renewed for this long go, unless their action is still
+# registered (app.trim_work_pollers): rows of removed modules do not pile up, and a registered action's row keeps
+# saying how long ago a worker last asked for it. Trimmed only on an addition: a steady poll adds nothing.
+POLLER_MAX_AGE = timedelta(days=30)
+_TRIM_POLLERS = "SELECT app.trim_work_pollers(%s) AS removed"
 _ITEM_FOR_UPDATE = _query(
     "SELECT {cols}, a.state AS attempt_state, e.cancel_requested_at, clock_timestamp() AS now"
     " FROM app.work_items w JOIN app.step_attempts a ON a.tenant_id = w.tenant_id"
@@ -94,9 +106,20 @@ _EXTEND = (
     " lease_expires_at = LEAST(clock_timestamp() + make_interval(secs => %s), deadline)"
     " WHERE id = %s RETURNING lease_expires_at"
 )
+# Items and attempts stay after they end, and every lease call and re-check runs this: it must read the tenant's
+# open attempts only (index step_attempts_dispatched, migration 0045), never its history. Left to the planner, the
+# join read every tenant's attempts, or, with that index, walked every leased item ever in lease_expires_at order for
+# the LIMIT; here each open attempt's item is looked up by its key (a LATERAL with LIMIT is never turned into a
+# join), and only the chosen items are then locked (a lock inside the LATERAL would lock every expired one).
 _EXPIRED = _query(
-    "SELECT {cols} FROM app.work_items w {open} WHERE w.lease_id IS NOT NULL"
-    " AND w.lease_expires_at < clock_timestamp() ORDER BY w.lease_expires_at LIMIT %s FOR UPDATE OF w SKIP LOCKED"
+    "WITH chosen AS MATERIALIZED (SELECT item.id FROM app.step_attempts a CROSS JOIN LATERAL"
+    " (SELECT w.id, w.lease_expires_at FROM app.work_items w WHERE w.tenant_id = a.tenant_id"
+    " AND w.execution_id = a.execution_id AND w.step_id = a.step_id AND w.phase = a.phase AND w.attempt = a.attempt"
+    " AND w.lease_id IS NOT NULL AND w.lease_expires_at < clock_timestamp() LIMIT 1) AS item"
+    " WHERE a.state = 'dispatched' ORDER BY item.lease_expires_at LIMIT %(limit)s)"
+    " SELECT {cols} FROM app.work_items w {open} WHERE w.id = ANY(ARRAY(SELECT id FROM chosen))"
+    " AND w.lease_id IS NOT NULL AND w.lease_expires_at < clock_timestamp()"
+    " ORDER BY w.lease_expires_at FOR UPDATE OF w SKIP LOCKED"
 )
 # SKIP LOCKED: an item another transaction holds is a lease poll's (it either hands the item out, before this cancel,
 # or ends it as stale, after), and waiting for it deadlocked with a poll that then holds this execution's parent.
@@ -193,11 +216,27 @@ class LeaseRound:
     ended: list[Attempt] = field(default_factory=list)
 
 
+def record_poll(conn: Conn, *, actions: Sequence[str], worker: str) -> None:
+    """Record that `worker` polled for those of `actions` the tenant can have remote work for (a registered module,
+    or an action with a queued item); when that adds a row, trim the tenant's rows long unpolled."""
+    rows = conn.execute(_POLLED, (worker, list(actions))).fetchall()
+    if any(row["added"] for row in rows):
+        conn.execute(_TRIM_POLLERS, (POLLER_MAX_AGE,))
+
+
 def lease(
-    conn: Conn, tenant_id: UUID, *, actions: Sequence[str], max_items: int, lease_s: float, worker: str
+    conn: Conn,
+    tenant_id: UUID,
+    *,
+    actions: Sequence[str],
+    max_items: int,
+    lease_s: float,
+    worker: str,
+    record: bool = True,
 ) -> LeaseRound:
     """Lease up to `max_items` of the tenant's queued items of `actions`, oldest first, each with a task token
-    whose nonce is its lease id; records that the worker polled for these actions.
+    whose nonce is its lease id; with `record`, records that the worker polled for these actions (record_poll: a
+    long poll's re-checks are the same poll and record nothing).
 
     An item of an ended execution, or a run item of one being cancelled, is ended here instead (as cancel_queued
     ends it) and counts against `max_items`: this poll answers fewer items, the next one the rest. Their attempts
@@ -205,7 +244,8 @@ def lease(
     step's timeout."""
     from shared.engine.progress import abandon_step  # progress enqueues through this module
 
-    conn.execute(_POLLED, (worker, list(actions)))
+    if record:
+        record_poll(conn, actions=actions, worker=worker)
     params = {
         "actions": list(actions),
         "limit": max_items,
@@ -306,7 +346,7 @@ def expire_leases(conn: Conn, *, limit: int = 100) -> list[Attempt]:
     """End the attempts of the tenant's items whose lease ran out (retryable: the step's policy decides whether a
     next attempt is queued); returns them, whose verdicts the caller raises to their orchestrations."""
     ended: list[Attempt] = []
-    for row in conn.execute(_EXPIRED, (limit,)).fetchall():
+    for row in conn.execute(_EXPIRED, {"limit": limit}).fetchall():
         attempt, applied = store.finish_attempt(
             conn, _item(row).key, ok=False, error=LEASE_EXPIRED_ERROR, retryable=True, state="timed_out"
         )

@@ -261,6 +261,25 @@ def test_every_app_table_has_forced_rls_with_tenant_policies(pg) -> None:  # typ
                     ("trim_pinned_tenant_read", "SELECT"),
                 ]
                 assert all("current_tenant_id()" in p[2] for p in trim)
+            elif name in ("work_pollers", "modules"):
+                # The owner trims the pinned tenant's pollers whose action is no longer registered through
+                # app.trim_work_pollers (migration 0045): it reads the tenant's modules and deletes its pollers, under
+                # policies bound to the pinned tenant, as the app's are.
+                trim_policies = (
+                    {("trim_pinned_tenant_read", "SELECT"), ("trim_pinned_tenant", "DELETE")}
+                    if name == "work_pollers"
+                    else {("trim_pollers_pinned_tenant_read", "SELECT")}
+                )
+                assert others == {("platform_erase", ("qp_platform",))} | {
+                    (policy, (OWNER_ROLE,)) for policy, _ in trim_policies
+                }, name
+                trim = conn.execute(
+                    "SELECT policyname, cmd, qual FROM pg_policies WHERE schemaname = 'app'"
+                    " AND tablename = %s AND roles = ARRAY[%s]::name[]",
+                    (name, OWNER_ROLE),
+                ).fetchall()
+                assert {(p[0], p[1]) for p in trim} == trim_policies, name
+                assert all("current_tenant_id()" in p[2] for p in trim), name
             elif name == "audit_events":
                 # Erasure, and the control plane's records about tenants, added in its own transaction (migration
                 # 0028): INSERT only, of resource type Tenant; it reads no trail.

@@ -236,11 +236,16 @@ async def raise_verdicts(client: Any, attempts: list[Attempt]) -> None:
         await raise_to_orchestration(client, attempt.key.execution_id, attempt.key.event_name, attempt.verdict())
 
 
-def _lease(tenant_id: UUID, request: LeaseRequest, worker: str) -> tuple[list[Attempt], list[work_queue.Lease]]:
+def _lease(
+    tenant_id: UUID, request: LeaseRequest, worker: str, *, first: bool
+) -> tuple[list[Attempt], list[work_queue.Lease]]:
     """In one transaction: end the tenant's leases that ran out (their steps' next attempts can then be queued),
-    then lease. Answers the attempts ended (those whose lease ran out, and the stale items the lease ended instead
-    of handing out), whose verdicts the caller raises, and the new leases."""
+    then lease; the `first` round of a call also records the poll (a re-check is the same poll). Answers the
+    attempts ended (those whose lease ran out, and the stale items the lease ended instead of handing out), whose
+    verdicts the caller raises, and the new leases."""
     with tenant_transaction(tenant_id) as conn:
+        # On re-checks too: a lease that ran out while this poll waited is ended here, and its retry queued and
+        # handed out within a re-check, not at the sweeper's next run. It reads only the tenant's open attempts.
         expired = work_queue.expire_leases(conn)
         leases = work_queue.lease(
             conn,
@@ -249,6 +254,7 @@ def _lease(tenant_id: UUID, request: LeaseRequest, worker: str) -> tuple[list[At
             max_items=request.max_items,
             lease_s=request.lease_s,
             worker=worker,
+            record=first,
         )
     return [*expired, *leases.ended], leases.leases
 
@@ -274,10 +280,12 @@ async def lease(
     with contextlib.ExitStack() as stack:
         # Keyed by tenant id: the queue's notification names the tenant (execution ids never collide with it).
         waiter = stack.enter_context(wakeup.waiting(tenant_id)) if wakeup is not None else None
+        first = True
         while True:
             if waiter is not None:
                 waiter.clear()
-            ended, leases = await run_in_threadpool(_lease, tenant_id, body, worker)
+            ended, leases = await run_in_threadpool(_lease, tenant_id, body, worker, first=first)
+            first = False
             await raise_verdicts(client, ended)
             if leases or time.monotonic() >= deadline:
                 break
