@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any
 
 import psycopg
@@ -126,8 +126,11 @@ class _KeyStatements:
 
 # The pinned tenant's keys (row-level security scopes them too), and the control plane's, where no tenant is pinned:
 # each principal's own (migration 0024).
-_TENANT_KEYS = _KeyStatements.of(
-    sql.Identifier("app", "idempotency_keys"), "tenant_id", sql.SQL("app.current_tenant_id()")
+# A tenant's expired key is forgotten through the pinned tenant's function (migration 0046): DELETE on the table would
+# let a tenant's transaction LOCK it against every tenant.
+_TENANT_KEYS = replace(
+    _KeyStatements.of(sql.Identifier("app", "idempotency_keys"), "tenant_id", sql.SQL("app.current_tenant_id()")),
+    forget_expired=sql.SQL("SELECT app.forget_expired_idempotency_key(%(key)s)").format(),
 )
 _PRINCIPAL_KEYS = _KeyStatements.of(
     sql.Identifier("control", "idempotency_keys"), "principal_id", sql.Placeholder("principal")

@@ -44,10 +44,9 @@ _WAITING = (
     "SELECT id, document FROM app.audit_outbox WHERE refused_at IS NULL ORDER BY queued_at, id LIMIT %s"
     " FOR UPDATE SKIP LOCKED"
 )
-_COPIED = (
-    "DELETE FROM app.audit_outbox WHERE id IN"
-    " (SELECT id FROM app.audit_outbox WHERE id = ANY(%s) FOR UPDATE SKIP LOCKED)"
-)
+# The pinned tenant's function (migration 0046) deletes them: DELETE on the table would let a tenant's transaction
+# LOCK it against every tenant's records.
+_COPIED = "SELECT app.remove_audit_outbox_records(%s)"
 _SET_ASIDE = (
     "UPDATE app.audit_outbox SET refused_at = clock_timestamp(), refusal = left(%s, 2000) WHERE id IN"
     " (SELECT id FROM app.audit_outbox WHERE id = %s AND refused_at IS NULL FOR UPDATE SKIP LOCKED)"

@@ -49,8 +49,9 @@ _ROTATE = "UPDATE app.webhook_subscriptions SET secret = %s, updated_at = clock_
 # Secrets kept in plain text (before migration 0031) or sealed with another key than the current one.
 _TO_SEAL = "SELECT id, secret FROM app.webhook_subscriptions WHERE NOT starts_with(secret, %s) ORDER BY id FOR UPDATE"
 _SEAL = "UPDATE app.webhook_subscriptions SET secret = %s WHERE id = %s"
-_DELETE_DELIVERIES = "DELETE FROM app.webhook_deliveries WHERE subscription_id = %s"
-_DELETE = "DELETE FROM app.webhook_subscriptions WHERE id = %s"
+# The deliveries, then the subscription, through the pinned tenant's function (migration 0046): DELETE on the tables
+# would let a tenant's transaction LOCK them against every tenant. Answers how many subscriptions went.
+_DELETE = "SELECT app.delete_webhook_subscription(%s) AS removed"
 # FOR KEY SHARE until the relay commits (updates pass, a delete waits): a subscription deleted before is not read, one
 # being deleted is waited for and then not read, and none goes before the deliveries written for it are in. A
 # delivery for a subscription deleted meanwhile failed its foreign key, and the relay's transaction with it, after the
@@ -243,8 +244,8 @@ def delete(conn: Conn, subscription_id: UUID) -> bool:
     # The deliveries first: a sender records a delivery, then its subscription, and the same order here keeps the
     # two from deadlocking. Those the relay commits in between go with the subscription (the cascade of migration
     # 0034), which waits for the relay's transaction.
-    conn.execute(_DELETE_DELIVERIES, (subscription_id,))
-    return conn.execute(_DELETE, (subscription_id,)).rowcount == 1
+    row = conn.execute(_DELETE, (subscription_id,)).fetchone()
+    return row is not None and row["removed"] == 1
 
 
 def fan_out(conn: Conn, events: Sequence[dict[str, Any]]) -> int:

@@ -106,7 +106,10 @@ def add_policy(
 
 def delete_policy(conn: psycopg.Connection[DictRow], tenant_id: UUID, policy_id: UUID) -> bool:
     """Remove one of the current tenant's policies; False when it does not exist (or is another tenant's)."""
-    deleted = conn.execute("DELETE FROM app.tenant_policies WHERE id = %s", (policy_id,)).rowcount == 1
+    # Through the pinned tenant's function (migration 0046): DELETE on the table would let a tenant's transaction
+    # LOCK it against every tenant.
+    row = conn.execute("SELECT app.delete_tenant_policy(%s) AS removed", (policy_id,)).fetchone()
+    deleted = row is not None and row["removed"] == 1
     policy_cache.forget_now_and_after(conn, tenant_id)
     return deleted
 

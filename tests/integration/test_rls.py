@@ -15,6 +15,29 @@ from shared.db.session import platform_transaction, runtime_transaction, tenant_
 
 pytestmark = pytest.mark.integration
 
+_DELETE_POLICIES = {("delete_pinned_tenant_read", "SELECT"), ("delete_pinned_tenant", "DELETE")}
+# The tables whose rows the app deletes through one owner function each (migration 0046), with the owner's policies
+# each needs; UPDATE where the function locks the rows it takes (FOR UPDATE SKIP LOCKED).
+DELETE_FUNCTION_POLICIES = {
+    "tenant_policies": _DELETE_POLICIES,
+    "audit_outbox": _DELETE_POLICIES | {("delete_pinned_tenant_lock", "UPDATE")},
+    "webhook_subscriptions": _DELETE_POLICIES,
+    "webhook_deliveries": _DELETE_POLICIES,
+    "idempotency_keys": _DELETE_POLICIES | {("delete_pinned_tenant_lock", "UPDATE")},
+}
+
+
+def _assert_delete_function_policies(conn: psycopg.Connection[Any], name: str) -> None:
+    """The owner's policies for the table's delete function are exactly those, each bound to the pinned tenant."""
+    policies = conn.execute(
+        "SELECT policyname, cmd, qual, with_check FROM pg_policies WHERE schemaname = 'app'"
+        " AND tablename = %s AND roles = ARRAY[%s]::name[] AND starts_with(policyname, 'delete_pinned_tenant')",
+        (name, OWNER_ROLE),
+    ).fetchall()
+    assert {(p[0], p[1]) for p in policies} == DELETE_FUNCTION_POLICIES[name], name
+    for _, _, qual, with_check in policies:
+        assert "current_tenant_id()" in qual and (with_check is None or "current_tenant_id()" in with_check), name
+
 
 @pytest.fixture(scope="module")
 def tenants(pg) -> dict[str, uuid.UUID]:  # type: ignore[no-untyped-def]
@@ -237,6 +260,11 @@ def test_every_app_table_has_forced_rls_with_tenant_policies(pg) -> None:  # typ
                 if name == "audit_outbox":
                     # The control plane queues its records about tenants in its own transaction (migration 0028).
                     expected.add(("platform_tenant_records", ("qp_platform",)))
+                if name in DELETE_FUNCTION_POLICIES:
+                    # The owner deletes what the app removes of the pinned tenant through a function (migration
+                    # 0046), under policies bound to the pinned tenant, as the app's are.
+                    expected |= {(policy, (OWNER_ROLE,)) for policy, _ in DELETE_FUNCTION_POLICIES[name]}
+                    _assert_delete_function_policies(conn, name)
                 assert others == expected, name
                 cmd = conn.execute(
                     "SELECT cmd FROM pg_policies WHERE schemaname = 'app' AND tablename = %s AND policyname = %s",
@@ -280,6 +308,13 @@ def test_every_app_table_has_forced_rls_with_tenant_policies(pg) -> None:  # typ
                 ).fetchall()
                 assert {(p[0], p[1]) for p in trim} == trim_policies, name
                 assert all("current_tenant_id()" in p[2] for p in trim), name
+            elif name == "tenant_policies":
+                # A Tenant.Admin's delete of a policy goes through the owner's app.delete_tenant_policy (migration
+                # 0046): its policies are bound to the pinned tenant, as the app's are.
+                assert others == {("platform_erase", ("qp_platform",))} | {
+                    (policy, (OWNER_ROLE,)) for policy, _ in DELETE_FUNCTION_POLICIES[name]
+                }
+                _assert_delete_function_policies(conn, name)
             elif name == "audit_events":
                 # Erasure, and the control plane's records about tenants, added in its own transaction (migration
                 # 0028): INSERT only, of resource type Tenant; it reads no trail.

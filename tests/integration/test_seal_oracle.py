@@ -79,7 +79,8 @@ def test_the_sealing_finder_takes_one_keys_whole_prefix_and_no_part_of_a_secret(
         # A value sealed under a key no process has would fail every later sealing run of the session's database.
         for tenant_id in (plain, sealed):
             with tenant_transaction(tenant_id, pool=app_pool) as conn:
-                conn.execute("DELETE FROM app.webhook_subscriptions")
+                for row in conn.execute("SELECT id FROM app.webhook_subscriptions").fetchall():
+                    conn.execute("SELECT app.delete_webhook_subscription(%s)", (row["id"],))
     assert plain in under_a and sealed not in under_a
     assert {plain, sealed} <= under_b
 

@@ -16,7 +16,7 @@ from psycopg_pool import ConnectionPool
 from shared.config import Settings
 from shared.db.migrate import apply_migrations
 from shared.db.pool import build_pool
-from shared.db.session import tenant_transaction, tenant_write
+from shared.db.session import runtime_transaction, tenant_transaction, tenant_write
 from shared.ratelimit import RateLimit, take_tenant_token
 
 pytestmark = pytest.mark.integration
@@ -26,6 +26,10 @@ FORMER_MIGRATION_KEY = zlib.crc32(b"quantum-migrations:app")
 """The advisory key the migration runner serialised on before it locked its table."""
 # The tables on which the runtime held table-level UPDATE and holds no DELETE (which allows every lock mode too).
 LOCK_GUARDED_TABLES = ("rate_buckets", "intents", "work_pollers", "tenant_locks")
+# Every mode LOCK TABLE grants only with table-level UPDATE, DELETE or TRUNCATE: each conflicts with the ROW EXCLUSIVE
+# every write takes (SHARE UPDATE EXCLUSIVE with itself and with maintenance), so a transaction holding one holds up
+# other tenants' work on the table.
+STRONG_LOCK_MODES = ("SHARE UPDATE EXCLUSIVE", "SHARE", "SHARE ROW EXCLUSIVE", "EXCLUSIVE", "ACCESS EXCLUSIVE")
 
 
 @pytest.fixture
@@ -160,3 +164,97 @@ def test_the_runtime_updates_no_table_as_a_whole(pg: Any) -> None:
             " AND c.relnamespace = 'app'::regnamespace AND has_table_privilege('qp_runtime', c.oid, 'UPDATE')"
         ).fetchall()
     assert whole == []
+
+
+def _app_tables(pg: Any) -> list[str]:
+    with psycopg.connect(pg.admin_url, dbname="quantum") as conn:
+        rows = conn.execute(
+            "SELECT c.relname FROM pg_class c WHERE c.relkind IN ('r', 'p')"
+            " AND c.relnamespace = 'app'::regnamespace ORDER BY c.relname"
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def test_a_tenant_transaction_can_lock_no_app_table_against_other_tenants(
+    app_pool: ConnectionPool[Any], new_tenant: Any, pg: Any
+) -> None:
+    tables = _app_tables(pg)
+    assert {"audit_outbox", "idempotency_keys", "tenant_policies", "webhook_subscriptions"} <= set(tables)
+    locked: list[tuple[str, str]] = []
+    with tenant_transaction(new_tenant(), pool=app_pool) as conn:
+        for table in tables:
+            for mode in STRONG_LOCK_MODES:
+                statement = sql.SQL("LOCK TABLE {} IN {} MODE").format(
+                    sql.Identifier("app", table),
+                    sql.SQL(mode),  # type: ignore[arg-type]
+                )
+                try:
+                    with conn.transaction():
+                        conn.execute(statement)
+                    locked.append((table, mode))
+                except psycopg.errors.InsufficientPrivilege:
+                    pass
+    assert locked == []
+
+
+def test_the_runtime_deletes_or_truncates_no_table_nor_updates_one_as_a_whole(pg: Any) -> None:
+    with psycopg.connect(pg.admin_url, dbname="quantum") as conn:
+        granted = conn.execute(
+            "SELECT c.relname, p.privilege FROM pg_class c CROSS JOIN unnest(ARRAY['DELETE', 'TRUNCATE', 'UPDATE'])"
+            " AS p (privilege) WHERE c.relkind IN ('r', 'p') AND c.relnamespace = 'app'::regnamespace"
+            " AND has_table_privilege('qp_runtime', c.oid, p.privilege) ORDER BY 1, 2"
+        ).fetchall()
+    assert granted == []
+
+
+def test_the_delete_functions_reach_the_pinned_tenants_rows_only(
+    app_pool: ConnectionPool[Any], new_tenant: Any, pg: Any
+) -> None:
+    owner, other = new_tenant(), new_tenant()
+    with psycopg.connect(pg.admin_url, dbname="quantum") as conn:  # the rows, past row-level security
+        policy = conn.execute(
+            "INSERT INTO app.tenant_policies (tenant_id, name, policy, created_by) VALUES (%s, 'p', '', 't')"
+            " RETURNING id",
+            (owner,),
+        ).fetchone()
+        conn.execute(
+            "INSERT INTO app.audit_outbox (tenant_id, id, document)"
+            " VALUES (%s, %s, jsonb_build_object('tenantId', %s::text))",
+            (owner, policy[0], str(owner)),
+        )
+        conn.execute(
+            "INSERT INTO app.idempotency_keys (tenant_id, key, fingerprint, expires_at) VALUES (%s, 'k', 'f', now())",
+            (owner,),
+        )
+        conn.execute(
+            "INSERT INTO app.webhook_subscriptions (tenant_id, id, url, event_types, secret)"
+            " VALUES (%s, %s, 'https://example.test/hook', '{*}', 'whsec_x')",
+            (owner, policy[0]),
+        )
+        conn.execute(
+            "INSERT INTO app.webhook_deliveries (tenant_id, subscription_id, message_id, event_type, payload)"
+            " VALUES (%s, %s, 'm', 'test.event', '{}')",
+            (owner, policy[0]),
+        )
+    calls = [
+        ("SELECT app.delete_tenant_policy(%s) AS n", (policy[0],)),
+        ("SELECT app.delete_webhook_subscription(%s) AS n", (policy[0],)),
+        ("SELECT app.remove_audit_outbox_records(%s) AS n", ([policy[0]],)),
+        ("SELECT app.forget_expired_idempotency_key(%s) AS n", ("k",)),
+        ("SELECT app.delete_expired_idempotency_keys(%s) AS n", (10,)),
+    ]
+    # Another tenant's transaction, and one with no tenant pinned, remove nothing.
+    with tenant_transaction(other, pool=app_pool) as conn:
+        assert [conn.execute(statement, args).fetchone() for statement, args in calls] == [{"n": 0}] * len(calls)
+    with runtime_transaction(pool=app_pool) as conn:
+        assert [conn.execute(statement, args).fetchone() for statement, args in calls] == [{"n": 0}] * len(calls)
+    with tenant_transaction(owner, pool=app_pool) as conn:
+        removed = [conn.execute(statement, args).fetchone() for statement, args in calls]
+    assert removed == [{"n": 1}, {"n": 1}, {"n": 1}, {"n": 1}, {"n": 0}]  # the key went with the call before
+    with psycopg.connect(pg.admin_url, dbname="quantum") as conn:
+        left = conn.execute(
+            "SELECT (SELECT count(*) FROM app.webhook_deliveries WHERE tenant_id = %s)"
+            " + (SELECT count(*) FROM app.tenant_policies WHERE tenant_id = %s)",
+            (owner, owner),
+        ).fetchone()
+    assert left == (0,)
