@@ -133,10 +133,10 @@ def decide_approval(
 ) -> ApprovalOutcome:
     """Apply a decision to the approval step's open attempt; the same decision again is answered, not re-applied.
 
-    Decided under the execution's row lock, then the attempt's (the order every writer of an execution takes them):
-    concurrent decisions are decided one after the other, so only the one that applies writes its event, and each
-    later one is answered as it would be had it come after (the same decision again, or a 409)."""
-    execution = repo.hold_execution(conn, execution_id)
+    Decided under the attempt's row lock, taken before the execution's as every recorder of an attempt's result takes
+    them (the module worker, a remote completion, a timeout): concurrent decisions are decided one after the other,
+    so only the one that applies writes its event, and each later one is answered as it would be had it come after
+    (the same decision again, or a 409)."""
     step = next((row for row in store.list_steps(conn, execution_id) if row["step_id"] == step_id), None)
     if step is None or step["action"] != "approval" or step["attempt"] < 1:
         raise NotWaitingError(f"step {step_id} is not an approval waiting for a decision")
@@ -144,6 +144,7 @@ def decide_approval(
     attempt = store.hold_attempt(conn, key)
     if attempt is None:
         raise NotWaitingError(f"step {step_id} is not an approval waiting for a decision")
+    execution = repo.get_execution(conn, execution_id)
     if attempt.finished:
         decided = (attempt.output or {}).get("decision") if attempt.state == "succeeded" else "reject"
         if decided == decision and attempt.state in ("succeeded", "failed") and not execution.terminal:

@@ -691,12 +691,14 @@ def record_outcomes(batch: machine.RecordOutcomes) -> list[dict[str, Any]]:
     ]
     verdicts: list[dict[str, Any]] = []
     with tenant_transaction(tenant_id) as conn:
-        # The execution first, as every writer of its rows locks it (a dispatch, a cancel, a decision): a dispatch
-        # whose commit is still in doubt is waited for, a cancel or an end is seen before anything of a start that
-        # failed is recorded, and an approval decided meanwhile (execution, then attempt) cannot deadlock with this.
-        execution = repo.hold_execution(conn, execution_id)
+        # The execution first, as a dispatch and a cancel lock it: a dispatch whose commit is still in doubt is
+        # waited for, and a cancel or an end is seen before anything of a start that failed is recorded. Outcomes of
+        # started attempts (a timeout, a wait's end) take the attempt first, as every recorder of a result does (the
+        # module worker, a remote completion, a decision): the execution first there would deadlock with them.
+        execution = repo.hold_execution(conn, execution_id) if any(o.action for o in batch.outcomes) else None
         for key, outcome, output in zip(keys, batch.outcomes, outputs, strict=True):
             if outcome.action is not None and store.get_attempt(conn, key) is None:
+                assert execution is not None  # locked above whenever an outcome names its action
                 if execution.terminal or (key.phase == "run" and execution.cancel_requested_at is not None):
                     # Its dispatch would have refused it now: nothing is begun, and nothing written after an end.
                     verdicts.append({"ok": False, "error": outcome.error, "retryable": False, "state": "failed"})

@@ -14,9 +14,8 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from shared.db.session import tenant_transaction
-from shared.engine import control, progress
+from shared.engine import control
 from shared.engine import executions as repo
-from shared.engine import machine_types as mt
 from shared.engine import steps as store
 from tests.integration.test_approval_approvers import _asked
 
@@ -102,30 +101,3 @@ def test_racing_decisions_apply_one_and_write_one_event(
     losers = list(answers)
     losers.remove((winner, "applied"))
     assert all(answer == sequential[decision] for decision, answer in losers), answers
-
-
-def test_a_timeout_recorded_beside_a_decision_takes_the_execution_before_the_attempt(
-    pg: Any, app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
-) -> None:
-    # A decision holds the execution, then the attempt; a timeout held the attempt, then waited for the execution
-    # (its event's append): each waited for the other, and one of them failed as a deadlock.
-    tenant = new_tenant()
-    execution_id = _asked(app_pool, tenant, {"message": "ship?"})
-    timeout = mt.RecordOutcomes(
-        execution_id=str(execution_id),
-        tenant_id=str(tenant),
-        outcomes=[mt.Outcome(step_id="gate", phase="run", attempt=1, ok=False, error="timed out", state="timed_out")],
-    )
-    recorded: list[Any] = []
-    recorder = threading.Thread(target=lambda: recorded.append(progress.record_outcomes(timeout)))
-    with tenant_transaction(tenant, pool=app_pool) as decider:
-        repo.hold_execution(decider, execution_id)  # as a decision does first
-        recorder.start()
-        _until_blocked(pg.admin_url, decider.info.backend_pid, 1)
-        # The decision's next lock: free, since the timeout waits for the execution before it touches the attempt.
-        decider.execute(
-            "SELECT 1 FROM app.step_attempts WHERE execution_id = %s AND step_id = 'gate' FOR NO KEY UPDATE NOWAIT",
-            (execution_id,),
-        )
-    recorder.join(30)
-    assert [verdict["state"] for verdict in recorded[0]] == ["timed_out"]

@@ -1,0 +1,170 @@
+# intent_ref: platform.execution
+"""Recorders of one attempt's result take its row before the execution's, so two of them meeting never deadlock."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from psycopg_pool import ConnectionPool
+
+from shared.db.session import tenant_transaction
+from shared.engine import control, progress, worker
+from shared.engine import executions as repo
+from shared.engine import machine_types as mt
+from shared.engine import steps as store
+from shared.engine.protocol import WorkItem
+from shared.engine.steps import AttemptKey, StepSeed
+from tests.integration.test_approval_approvers import _asked
+from tests.integration.test_approval_races import _until_blocked
+from tests.integration.test_executions import _execution
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("process_pools")]
+
+FIRST = "first"
+
+
+class _Pause:
+    """Holds the thread named FIRST at its first call of one of `names` in `module` (after it returned, or before it
+    runs: `before`), until released: the second recorder then comes while the first holds what it locked so far and
+    wants the next."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, module: Any, *names: str, before: bool = False) -> None:
+        self.holding, self.release = threading.Event(), threading.Event()
+        self.pid: int | None = None
+        self._before = before
+        for name in names:
+            monkeypatch.setattr(module, name, self._paused(getattr(module, name)))
+
+    def _paused(self, real: Callable[..., Any]) -> Callable[..., Any]:
+        def paused(conn: Any, *args: Any, **kwargs: Any) -> Any:
+            if self._before:
+                self._hold(conn)
+            answer = real(conn, *args, **kwargs)
+            self._hold(conn)
+            return answer
+
+        return paused
+
+    def _hold(self, conn: Any) -> None:
+        if threading.current_thread().name == FIRST and not self.holding.is_set():
+            self.pid = conn.info.backend_pid
+            self.holding.set()
+            self.release.wait(20)
+
+
+def _race(pg: Any, pause: _Pause, first: Callable[[], Any], second: Callable[[], Any]) -> dict[str, Any]:
+    """Run `first` until it holds its lock, then `second` until it waits for `first`, then let both finish."""
+    answers: dict[str, Any] = {}
+
+    def run(name: str, call: Callable[[], Any]) -> None:
+        try:
+            answers[name] = call()
+        except BaseException as exc:  # handed to the test, which asserts there is none
+            answers[name] = exc
+
+    threads = [threading.Thread(name=FIRST, target=run, args=(FIRST, first))]
+    threads[0].start()
+    assert pause.holding.wait(20)
+    threads.append(threading.Thread(target=run, args=("second", second)))
+    threads[1].start()
+    assert pause.pid is not None
+    _until_blocked(pg.admin_url, pause.pid, 1)
+    pause.release.set()
+    for thread in threads:
+        thread.join(30)
+    assert not [answer for answer in answers.values() if isinstance(answer, BaseException)], answers
+    return answers
+
+
+def _timeout(tenant: uuid.UUID, execution_id: uuid.UUID, step_id: str) -> mt.RecordOutcomes:
+    outcome = mt.Outcome(step_id=step_id, phase="run", attempt=1, ok=False, error="timed out", state="timed_out")
+    return mt.RecordOutcomes(execution_id=str(execution_id), tenant_id=str(tenant), outcomes=[outcome])
+
+
+@pytest.fixture
+def tenant(new_tenant: Callable[[], uuid.UUID]) -> Iterator[uuid.UUID]:
+    yield new_tenant()
+
+
+def test_a_modules_result_and_its_steps_timeout(
+    pg: Any, app_pool: ConnectionPool[Any], tenant: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    execution = _execution(app_pool, tenant, path=["running"])
+    key = AttemptKey(execution.id, "work", "run", 1)
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        store.seed_steps(conn, execution.id, [StepSeed("work", "http.request", 1)])
+        store.begin_attempt(conn, key, action="http.request", remote=False)
+    item = WorkItem(
+        tenant_id=str(tenant),
+        execution_id=str(execution.id),
+        step_id="work",
+        phase="run",
+        attempt=1,
+        action="http.request",
+        params={},
+        timeout_s=60,
+        remote=False,
+    )
+    # The worker has moved the attempt (its row held) and has its event, which takes the execution's, still to write.
+    pause = _Pause(monkeypatch, store, "append_event", before=True)
+    answers = _race(
+        pg,
+        pause,
+        lambda: worker._record(item, key, {"ok": True, "output": {"n": 1}}),
+        lambda: progress.record_outcomes(_timeout(tenant, execution.id, "work")),
+    )
+    assert answers["second"] == [{"ok": True, "output": {"n": 1}}]  # the result recorded first stands
+
+
+def test_an_approvals_decision_and_its_timeout(
+    pg: Any, app_pool: ConnectionPool[Any], tenant: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    execution_id = _asked(app_pool, tenant, {"message": "ship?"})
+
+    def decide() -> bool:
+        with tenant_transaction(tenant, pool=app_pool) as conn:
+            return control.decide_approval(
+                conn, execution_id, "gate", "approve", principal_id="tid/a", object_id="a", comment=""
+            ).applied
+
+    # Between the decision's two locks, whichever order it takes them in: the execution is read after the attempt.
+    pause = _Pause(monkeypatch, repo, "get_execution", "hold_execution")
+    answers = _race(pg, pause, decide, lambda: progress.record_outcomes(_timeout(tenant, execution_id, "gate")))
+    assert answers[FIRST] is True
+    assert [verdict["ok"] for verdict in answers["second"]] == [True]
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        events = [event.type for event in repo.events_after(conn, execution_id, 0, 1000)]
+    assert events.count("approval_granted") == 1 and "step_failed" not in events
+
+
+def test_an_approvals_decision_and_a_first_generation_timeout(
+    pg: Any, app_pool: ConnectionPool[Any], tenant: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ADR 0025 keeps the first generation for executions in flight: its timeout settles through record_progress.
+    execution_id = _asked(app_pool, tenant, {"message": "ship?"})
+
+    def decide() -> bool:
+        with tenant_transaction(tenant, pool=app_pool) as conn:
+            return control.decide_approval(
+                conn, execution_id, "gate", "approve", principal_id="tid/a", object_id="a", comment=""
+            ).applied
+
+    settle = {
+        "kind": "settle",
+        "execution_id": str(execution_id),
+        "tenant_id": str(tenant),
+        "step_id": "gate",
+        "phase": "run",
+        "attempt": 1,
+        "ok": False,
+        "state": "timed_out",
+        "error": "timed out",
+    }
+    pause = _Pause(monkeypatch, repo, "get_execution", "hold_execution")
+    answers = _race(pg, pause, decide, lambda: progress.record_progress(settle))
+    assert answers[FIRST] is True
+    assert answers["second"]["ok"] is True  # the decision recorded first stands
