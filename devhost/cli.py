@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     trace.set_defaults(handler=_trace)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("azure", "aiohttp.access", "psycopg.pool", "pgserver"):
+    # httpx's INFO line is each request's full URL, a tenant's secrets included (ssrf.py raises it too).
+    for noisy in ("azure", "aiohttp.access", "psycopg.pool", "pgserver", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return int(args.handler(args))

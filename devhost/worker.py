@@ -65,7 +65,8 @@ def main() -> None:
     # Ctrl-C reaches the whole process group; the host stops its workers by closing their sockets.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[worker]: %(message)s")
-    for noisy in ("azure", "psycopg.pool"):
+    # httpx's INFO line is each request's full URL, a tenant's secrets included (ssrf.py raises it too).
+    for noisy in ("azure", "psycopg.pool", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     asyncio.run(serve(Path(args.app).resolve(), args.fd))
 

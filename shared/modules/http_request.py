@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import httpx
@@ -31,6 +33,30 @@ SAFE_RESPONSE_HEADERS = frozenset(
     }
 )
 """Copied into the output (and so into history): never cookies or authentication challenges."""
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+"""A field name (RFC 9110 token)."""
+_HEADER_VALUE = re.compile(r"(?:[^\x00\t\n\v\f\r ]+(?:[ \t]+[^\x00\t\n\v\f\r ]+)*)?")
+"""A field value as the HTTP/1.1 client sends it: no line break, NUL or other control white space, nor white space
+at either end."""
+
+
+def header_fault(headers: Mapping[str, str]) -> str | None:
+    """Why `headers` cannot be sent, naming the header and never quoting its value (a rendered value is often a
+    token, and a trailing line break in it is a common paste mistake), or None."""
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            # Only what precedes the first character a name may not hold: a whole header line pasted as a name
+            # carries its value after the colon.
+            start = _HEADER_NAME.match(name)
+            named = f"the header name starting {start.group(0)!r}" if start else "a header name"
+            return f"{named} holds a character HTTP does not allow in a name"
+        if not value.isascii():
+            return f"the value of header {name!r} holds a character that is not ASCII"
+        if not _HEADER_VALUE.fullmatch(value):
+            return f"the value of header {name!r} holds a line break, a NUL or white space at either end"
+    return None
 
 
 def allowed_hosts(ctx: ModuleContext) -> list[str]:
@@ -73,13 +99,22 @@ class HttpRequestModule(Module[HttpRequestParams]):
             resolver=self._resolver,
             allow_private=private_network_allowed(self._allow_private),
         ) as client:
+            # The attempt's key lets the receiving service drop a redelivered request (at-least-once work).
+            headers = {"Idempotency-Key": ctx.idempotency_key, **params.headers}
+            fault = header_fault(headers)
+            if fault is not None:
+                raise StepFailed(f"{params.method} {params.url} not sent: {fault}", retryable=False)
             try:
-                # The attempt's key lets the receiving service drop a redelivered request (at-least-once work).
-                headers = {"Idempotency-Key": ctx.idempotency_key, **params.headers}
                 response = client.request(
                     params.method, params.url, headers=headers, query=params.query, json_body=params.body
                 )
                 content, truncated = read_limited(response, MAX_BODY_BYTES)
+            except (httpx.LocalProtocolError, UnicodeEncodeError) as exc:
+                # Their text quotes the header they refused, value and all: only the kind of error is kept.
+                raise StepFailed(
+                    f"{params.method} {params.url} failed: {type(exc).__name__}: the request is not valid HTTP",
+                    retryable=False,
+                ) from None
             except httpx.HTTPError as exc:
                 raise StepFailed(f"{params.method} {params.url} failed: {type(exc).__name__}: {exc}") from None
         status = response.status_code

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import http.cookiejar
 import ipaddress
 import json
+import logging
 import socket
 import threading
 import time
@@ -35,6 +37,12 @@ PRIVATE_NAME_SUFFIXES = ("localhost", ".localhost", ".internal", ".local", ".hom
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Sequence[str]]
+
+# httpx logs every request's full URL at INFO, and a tenant's URL carries its secrets (user info, a path token, a
+# query key). The Functions worker sets the root logger to INFO and forwards every record to the host, so the level
+# is raised where the client is defined, on import, in every process that can call out; its warnings still pass.
+# httpcore logs only at DEBUG.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 class UrlRefused(StepFailed):
@@ -391,9 +399,13 @@ class GuardedClient:
         self._allow_private = allow_private
         self._timeout = timeout
         # No environment proxies (they would bypass the pinning) and no automatic redirects (each is checked). No
-        # connection is kept for the next request: a reused one reports no socket, and the deadline needs it.
+        # connection is kept for the next request: a reused one reports no socket, and the deadline needs it. No
+        # cookies: the jar would key a receiver's Set-Cookie by the pinned address and send it to every host and port
+        # on that address, across redirects that drop the caller's credentials and across the deliveries and steps
+        # that share the client (a policy that allows no domain stores none and sends none).
         self._client = httpx.Client(
             timeout=timeout,
+            cookies=http.cookiejar.CookieJar(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[])),
             follow_redirects=False,
             trust_env=False,
             transport=transport,

@@ -7,8 +7,11 @@ import re
 
 import httpx
 
-_URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]{0,15}://[^\s\"'<>`]+")
-"""A URL inside free text (an error message): a scheme, then everything up to white space or a quote."""
+_URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]{0,15}://\S+")
+"""A URL inside free text (an error message): a scheme, then everything up to white space. Not up to a quote: user
+info and paths may hold one unencoded (an RFC 3986 sub-delimiter), and what followed it was kept."""
+_CLOSING = ".,;:!?'\"`)]}>"
+"""Characters that end a URL's sentence rather than the URL: peeled off its end and kept in the text."""
 
 
 def outbound_url(url: object) -> str:
@@ -26,10 +29,23 @@ def hide_urls(text: str) -> str:
     return _URL_IN_TEXT.sub(_kept_part, text)
 
 
+def kept_url(url: str) -> str:
+    """What `outbound_url` keeps of a URL a tenant gave, which need not parse (an audit detail is written before the
+    URL is checked): only its scheme when it does not, nothing when it is not one URL."""
+    if _URL_IN_TEXT.fullmatch(url) is None:
+        return "REDACTED"
+    return _kept(url)
+
+
 def _kept_part(match: re.Match[str]) -> str:
     found = match.group(0)
+    url = found.rstrip(_CLOSING)
+    return _kept(url) + found[len(url) :]
+
+
+def _kept(url: str) -> str:
     try:
-        return outbound_url(found)
+        return outbound_url(url)
     except (httpx.InvalidURL, ValueError):
         # Nothing of a URL that does not parse is kept: its host cannot be told from its secret.
-        return found.split("://", 1)[0] + "://REDACTED"
+        return url.split("://", 1)[0] + "://REDACTED"

@@ -627,3 +627,23 @@ def test_a_redirect_to_a_malformed_url_is_a_failed_attempt(api: ApiHarness, loca
     log = api.client.get(f"/api/v1/webhooks/{subscription['id']}/deliveries", headers=headers).json()["items"]
     assert [(d["state"], d["attempts"]) for d in log] == [("pending", 1)]
     assert log[0]["last_error"].startswith("RemoteProtocolError: Invalid URL in location header")
+
+
+def test_the_audit_record_of_a_create_keeps_no_secret_of_its_url(api: ApiHarness, local: None) -> None:
+    # An audit record is immutable and outlives the subscription: a credential in its URL stayed readable after the
+    # tenant rotated it (PATCH) or deleted the subscription.
+    _, headers = tenant(api, "hooks-audit")
+    receiver = Receiver()
+    port = receiver.server.server_port
+    url = f"http://hookuser:PASS'MARK@127.0.0.1:{port}/hooks/PATHMARK?sig=QUERYMARK"
+    created = api.client.post("/api/v1/webhooks", json={"url": url, "event_types": ["*"]}, headers=headers)
+    assert created.status_code == 201, created.text
+    reader = api.headers("hooks-audit", ["Intent.Reader"])
+    denied = api.client.post("/api/v1/webhooks", json={"url": url, "event_types": ["*"]}, headers=reader)
+    assert denied.status_code == 403
+    audited = [row for row in api.audit_rows("hooks-audit") if row["action"] == "webhook.manage"]
+    assert [row["decision"] for row in audited] == ["allow", "deny"]
+    assert audited[0]["detail"] == {"url": f"http://127.0.0.1:{port}/REDACTED"}
+    for row in audited:
+        for secret in ("hookuser", "MARK"):
+            assert secret not in json.dumps(row["detail"])

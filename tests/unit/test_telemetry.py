@@ -10,6 +10,7 @@ import uuid
 import pytest
 
 from shared import telemetry
+from shared.observability.urls import hide_urls, kept_url
 
 
 def _parsed(line: str) -> dict[str, object]:
@@ -125,3 +126,38 @@ def test_a_url_in_an_error_keeps_its_host_and_nothing_after_it() -> None:
 def test_a_url_that_does_not_parse_keeps_only_its_scheme() -> None:
     line = telemetry.telemetry_line("step.failed", tenant_id="t", error="GET http://host:abc/secret?k=1 failed")
     assert _parsed(line)["error"] == "GET http://REDACTED failed"
+
+
+def test_a_quote_in_a_url_does_not_end_it() -> None:
+    # User info and paths may hold `'` unencoded: the URL was cut there, and everything after it was kept.
+    error = (
+        "GET http://u:pa'PWSECRET@127.0.0.1:7149/fail?api_key=QSECRET answered 500, expected 2xx; "
+        "then GET http://127.0.0.1:7149/o'clock/PATHSECRET?k=QSECRET2 (see 'https://h.example/a'b')."
+    )
+    line = telemetry.telemetry_line("step.failed", tenant_id="t", error=error)
+    for secret in ("PWSECRET", "QSECRET", "PATHSECRET", "clock", "pa'"):
+        assert secret not in line
+    assert _parsed(line)["error"] == (
+        "GET http://127.0.0.1:7149/REDACTED answered 500, expected 2xx; "
+        "then GET http://127.0.0.1:7149/REDACTED (see 'https://h.example/REDACTED')."
+    )
+
+
+def test_the_sentence_around_a_url_survives_its_redaction() -> None:
+    cases = {
+        "<http://h.example/x?k=1>, then": "<http://h.example/REDACTED>, then",
+        '"https://h.example:8443/p"; next': '"https://h.example:8443/REDACTED"; next',
+        "at http://h.example/.": "at http://h.example/.",
+        "(http://user:pw@h.example)": "(http://h.example/)",
+        "bad http://host:abc/s'ecret'!": "bad http://REDACTED'!",
+    }
+    for text, kept in cases.items():
+        assert hide_urls(text) == kept, text
+
+
+def test_an_audited_url_keeps_its_scheme_host_and_port_only() -> None:
+    assert kept_url("http://user:pw@h.example:8080/hooks/TOKEN?sig=x") == "http://h.example:8080/REDACTED"
+    assert kept_url("https://h.example/") == "https://h.example/"
+    assert kept_url("http://host:abc/secret") == "http://REDACTED"
+    assert kept_url("user:secret@h.example/x") == "REDACTED"
+    assert kept_url("http://h.example/a secret") == "REDACTED"

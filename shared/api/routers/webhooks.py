@@ -23,6 +23,7 @@ from shared.config import get_settings
 from shared.db.session import tenant_transaction
 from shared.events import webhook_store as store
 from shared.events.webhooks import WebhookUrlRefusedError, check_subscription_url, subscription_limit
+from shared.observability.urls import kept_url
 from shared.policy.actions import Action
 from shared.policy.authorizer import Resource
 from shared.tenants.repository import tenant_settings
@@ -164,7 +165,8 @@ async def create(
     tenant_id = context.tenant.id
 
     def run() -> SubscriptionOut | Response:
-        authorize(context, Action.WEBHOOK_MANAGE, Resource.tenant(tenant_id), detail={"url": body.url})
+        # The scheme, host and port only: a URL carries its receiver's secrets, and audit records outlive them.
+        authorize(context, Action.WEBHOOK_MANAGE, Resource.tenant(tenant_id), detail={"url": kept_url(body.url)})
         _check_url(tenant_id, body.url)  # resolves the host: off the event loop, before any write
         with tenant_transaction(tenant_id) as conn:
             replay = replay_or_claim(
