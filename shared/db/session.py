@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from uuid import UUID
 
 import psycopg
@@ -24,6 +24,7 @@ from shared.db.roles import PLATFORM_ROLE, RUNTIME_ROLE
 from shared.observability import metrics
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _SET_RUNTIME_ROLE = sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(RUNTIME_ROLE)).as_bytes()
 _SET_PLATFORM_ROLE = sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(PLATFORM_ROLE)).as_bytes()
@@ -357,3 +358,23 @@ def platform_transaction(*, pool: ConnectionPool[Any] | None = None) -> Iterator
     # The control plane's own pool: its login is the only one that may become qp_platform (ADR 0018).
     with _transaction(pool or get_control_pool(), _Prologue(_SET_PLATFORM_ROLE)) as conn:
         yield conn
+
+
+DEADLOCK_ATTEMPTS = 3
+
+
+def retried_on_deadlock(work: Callable[[], T], *, attempts: int = DEADLOCK_ATTEMPTS) -> T:
+    """`work`, which opens and commits transactions of its own, run again when Postgres ended one of them as a
+    deadlock's victim: it rolled back whole, so the next run answers as the request would have a moment later.
+
+    The writers of an execution's rows do not all take them in one order (a decision and a timeout take the attempt
+    first, a cancel and the sweeper the execution; ADR 0014): when two meet, one is chosen to fail. The engine's
+    activities are retried anyway; a request must not answer 503 for it."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return work()
+        except psycopg.errors.DeadlockDetected:
+            if attempt == attempts:
+                raise
+            logger.info("a transaction was a deadlock's victim; running it again (%d of %d)", attempt + 1, attempts)
+    raise AssertionError("unreachable: the last attempt returns or raises")

@@ -7,9 +7,11 @@ import re
 
 import httpx
 
-_URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]{0,15}://\S+")
-"""A URL inside free text (an error message): a scheme, then everything up to white space. Not up to a quote: user
-info and paths may hold one unencoded (an RFC 3986 sub-delimiter), and what followed it was kept."""
+_URL_IN_TEXT = re.compile(r"""\b[A-Za-z][A-Za-z0-9+.-]{0,15}://(?:[^\s"<>`']|'(?![\s,;:)\]}]|$))+""")
+"""A URL inside free text (an error message): a scheme, then everything up to white space, a double quote, an angle
+bracket or a backtick (which a URL holds only percent-encoded), or a single quote that closes the URL's text (white
+space, punctuation or the end after it). A single quote inside it does not end it: user info and paths may hold one
+unencoded (an RFC 3986 sub-delimiter), and what followed it was kept."""
 _CLOSING = ".,;:!?'\"`)]}>"
 """Characters that end a URL's sentence rather than the URL: peeled off its end and kept in the text."""
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from psycopg_pool import ConnectionPool
 
-from shared.db.session import tenant_transaction
-from shared.engine import control, progress, worker
+from shared.db.session import retried_on_deadlock, tenant_transaction
+from shared.engine import control, progress, sweeper, worker
 from shared.engine import executions as repo
 from shared.engine import machine_types as mt
 from shared.engine import steps as store
@@ -168,3 +168,47 @@ def test_an_approvals_decision_and_a_first_generation_timeout(
     answers = _race(pg, pause, decide, lambda: progress.record_progress(settle))
     assert answers[FIRST] is True
     assert answers["second"]["ok"] is True  # the decision recorded first stands
+
+
+def _decided(tenant: uuid.UUID, pool: ConnectionPool[Any], execution_id: uuid.UUID) -> str:
+    """A decision as the approve route makes it: in its own transaction, decided again when it was a deadlock's
+    victim; `applied`, `repeated` or `not-waiting` (409)."""
+
+    def decide() -> str:
+        with tenant_transaction(tenant, pool=pool) as conn:
+            outcome = control.decide_approval(
+                conn, execution_id, "gate", "approve", principal_id="tid/a", object_id="a", comment=""
+            )
+        return "applied" if outcome.applied else "repeated"
+
+    try:
+        return retried_on_deadlock(decide)
+    except control.NotWaitingError:
+        return "not-waiting"
+
+
+def test_a_decision_meeting_the_sweepers_end_is_answered_as_late(
+    pg: Any, app_pool: ConnectionPool[Any], tenant: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sweeper's end holds the execution and is about to abandon the approval's attempt, which the decision holds:
+    # one of them is a deadlock's victim, and the request must not answer 503 for it.
+    execution_id = _asked(app_pool, tenant, {"message": "ship?"})
+    pause = _Pause(monkeypatch, sweeper.store, "list_steps")
+    answers = _race(
+        pg,
+        pause,
+        lambda: sweeper.end_execution(tenant, execution_id, "stalled", pool=app_pool),
+        lambda: _decided(tenant, app_pool, execution_id),
+    )
+    assert answers["second"] == "not-waiting"
+
+
+def test_a_decision_meeting_a_cancels_abandoned_note_is_answered_as_late(
+    pg: Any, app_pool: ConnectionPool[Any], tenant: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    execution_id = _asked(app_pool, tenant, {"message": "ship?"})
+    note = mt.StepNote(kind="abandoned", step_id="gate", attempt=1, error="cancelled")
+    batch = mt.DispatchSteps(execution_id=str(execution_id), tenant_id=str(tenant), notes=[note])
+    pause = _Pause(monkeypatch, progress, "_note", before=True)  # the dispatch holds the execution, as a cancel does
+    answers = _race(pg, pause, lambda: progress.dispatch_steps(batch), lambda: _decided(tenant, app_pool, execution_id))
+    assert answers["second"] == "not-waiting"

@@ -150,6 +150,10 @@ def test_the_sentence_around_a_url_survives_its_redaction() -> None:
         "at http://h.example/.": "at http://h.example/.",
         "(http://user:pw@h.example)": "(http://h.example/)",
         "bad http://host:abc/s'ecret'!": "bad http://REDACTED'!",
+        # A URL does not run on past a double quote (compact JSON), nor is a bare scheme in prose taken for one.
+        '{"url":"https://a.example/p?k=1","status":500}': '{"url":"https://a.example/REDACTED","status":500}',
+        "see 'http://' here": "see 'http://' here",
+        "url 'http://h.example/a?k=1', then": "url 'http://h.example/REDACTED', then",
     }
     for text, kept in cases.items():
         assert hide_urls(text) == kept, text

@@ -30,7 +30,7 @@ from shared.api.routers.work import raise_verdicts
 from shared.api.security import RequestContext, authorize, record_mutation
 from shared.api.starting import begin, launch
 from shared.auth.principal import Requester
-from shared.db.session import tenant_transaction
+from shared.db.session import retried_on_deadlock, tenant_transaction
 from shared.engine import control, work_queue
 from shared.engine import executions as repo
 from shared.engine import start as engine
@@ -219,7 +219,9 @@ async def approve(
                 )
             return outcome
 
-    outcome = await run_in_threadpool(record)
+    # A decision takes the attempt's row before the execution's, a cancel and the sweeper's end the reverse: when they
+    # meet, the decision may be the deadlock's victim, and is then decided again (and answered 409 if it came late).
+    outcome = await run_in_threadpool(retried_on_deadlock, record)
     await raise_to_orchestration(client, execution_id, approval_event(step_id, outcome.key.attempt), outcome.verdict)
     return ApprovalRecorded(execution_id=execution_id, step_id=step_id, decision=body.decision, applied=outcome.applied)
 
