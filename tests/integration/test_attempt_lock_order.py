@@ -85,6 +85,24 @@ def _timeout(tenant: uuid.UUID, execution_id: uuid.UUID, step_id: str) -> mt.Rec
     return mt.RecordOutcomes(execution_id=str(execution_id), tenant_id=str(tenant), outcomes=[outcome])
 
 
+def _decide(tenant: uuid.UUID, pool: ConnectionPool[Any], execution_id: uuid.UUID) -> str:
+    """An approval of `gate` in its own transaction: `applied` or `repeated`."""
+    with tenant_transaction(tenant, pool=pool) as conn:
+        outcome = control.decide_approval(
+            conn, execution_id, "gate", "approve", principal_id="tid/a", object_id="a", comment=""
+        )
+    return "applied" if outcome.applied else "repeated"
+
+
+def _decided(tenant: uuid.UUID, pool: ConnectionPool[Any], execution_id: uuid.UUID) -> str:
+    """A decision as the approve route makes it: decided again when it was a deadlock's victim; `not-waiting` for
+    its 409."""
+    try:
+        return retried_on_deadlock(lambda: _decide(tenant, pool, execution_id))
+    except control.NotWaitingError:
+        return "not-waiting"
+
+
 @pytest.fixture
 def tenant(new_tenant: Callable[[], uuid.UUID]) -> Iterator[uuid.UUID]:
     yield new_tenant()
@@ -125,16 +143,15 @@ def test_an_approvals_decision_and_its_timeout(
 ) -> None:
     execution_id = _asked(app_pool, tenant, {"message": "ship?"})
 
-    def decide() -> bool:
-        with tenant_transaction(tenant, pool=app_pool) as conn:
-            return control.decide_approval(
-                conn, execution_id, "gate", "approve", principal_id="tid/a", object_id="a", comment=""
-            ).applied
-
     # Between the decision's two locks, whichever order it takes them in: the execution is read after the attempt.
     pause = _Pause(monkeypatch, repo, "get_execution", "hold_execution")
-    answers = _race(pg, pause, decide, lambda: progress.record_outcomes(_timeout(tenant, execution_id, "gate")))
-    assert answers[FIRST] is True
+    answers = _race(
+        pg,
+        pause,
+        lambda: _decide(tenant, app_pool, execution_id),
+        lambda: progress.record_outcomes(_timeout(tenant, execution_id, "gate")),
+    )
+    assert answers[FIRST] == "applied"
     assert [verdict["ok"] for verdict in answers["second"]] == [True]
     with tenant_transaction(tenant, pool=app_pool) as conn:
         events = [event.type for event in repo.events_after(conn, execution_id, 0, 1000)]
@@ -146,12 +163,6 @@ def test_an_approvals_decision_and_a_first_generation_timeout(
 ) -> None:
     # ADR 0025 keeps the first generation for executions in flight: its timeout settles through record_progress.
     execution_id = _asked(app_pool, tenant, {"message": "ship?"})
-
-    def decide() -> bool:
-        with tenant_transaction(tenant, pool=app_pool) as conn:
-            return control.decide_approval(
-                conn, execution_id, "gate", "approve", principal_id="tid/a", object_id="a", comment=""
-            ).applied
 
     settle = {
         "kind": "settle",
@@ -165,26 +176,11 @@ def test_an_approvals_decision_and_a_first_generation_timeout(
         "error": "timed out",
     }
     pause = _Pause(monkeypatch, repo, "get_execution", "hold_execution")
-    answers = _race(pg, pause, decide, lambda: progress.record_progress(settle))
-    assert answers[FIRST] is True
+    answers = _race(
+        pg, pause, lambda: _decide(tenant, app_pool, execution_id), lambda: progress.record_progress(settle)
+    )
+    assert answers[FIRST] == "applied"
     assert answers["second"]["ok"] is True  # the decision recorded first stands
-
-
-def _decided(tenant: uuid.UUID, pool: ConnectionPool[Any], execution_id: uuid.UUID) -> str:
-    """A decision as the approve route makes it: in its own transaction, decided again when it was a deadlock's
-    victim; `applied`, `repeated` or `not-waiting` (409)."""
-
-    def decide() -> str:
-        with tenant_transaction(tenant, pool=pool) as conn:
-            outcome = control.decide_approval(
-                conn, execution_id, "gate", "approve", principal_id="tid/a", object_id="a", comment=""
-            )
-        return "applied" if outcome.applied else "repeated"
-
-    try:
-        return retried_on_deadlock(decide)
-    except control.NotWaitingError:
-        return "not-waiting"
 
 
 def test_a_decision_meeting_the_sweepers_end_is_answered_as_late(
