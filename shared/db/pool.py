@@ -43,11 +43,6 @@ def _connection_kwargs(settings: Settings, client_id: str | None = None) -> dict
         "autocommit": True,
         "row_factory": dict_row,
         "connect_timeout": settings.QP_DATABASE_CONNECT_TIMEOUT_S,
-        # No named prepared statements: they belong to the session, so SQL run in one tenant's transaction could
-        # DEALLOCATE one and PREPARE its own text under the name, which the next borrower (another tenant's
-        # transaction, already pinned) would then execute (ADR 0017, amended 2026-12-06). Unnamed statements
-        # live for one statement only.
-        "prepare_threshold": None,
     }
     if not settings.QP_DATABASE_ENTRA_AUTH:
         return base

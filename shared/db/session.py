@@ -26,6 +26,16 @@ from shared.observability import metrics
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
+TAMPERED_SESSION = "QPT01"
+"""What the tenant pin answers in a session holding a statement prepared by SQL (migration 0047): SQL in an earlier
+borrower's transaction put it there, under a name the driver may run in this one."""
+
+
+class TamperedSessionError(psycopg.OperationalError):
+    """The borrowed connection's session was tampered with by SQL in an earlier transaction: closed, not reused. An
+    OperationalError, so the request is answered 503 with Retry-After and its retry gets another connection."""
+
+
 _SET_RUNTIME_ROLE = sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(RUNTIME_ROLE)).as_bytes()
 _SET_PLATFORM_ROLE = sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(PLATFORM_ROLE)).as_bytes()
 _PIN_TENANT = "SELECT app.pin_tenant(%s)"
@@ -179,7 +189,14 @@ def _borrow(pool: ConnectionPool[Any]) -> Iterator[tuple[psycopg.Connection[Any]
         with pool.connection() as conn:
             metrics.pool_wait(pool.name, time.perf_counter() - asked)
             hold.conn = conn
-            yield conn, hold
+            try:
+                yield conn, hold
+            except psycopg.Error as exc:
+                cause = statement_error(exc) if isinstance(exc, psycopg.errors.PipelineAborted) else exc
+                if cause.sqlstate == TAMPERED_SESSION:
+                    conn.close()  # the pool replaces a closed connection
+                    raise TamperedSessionError("a pooled connection was tampered with; it is closed") from exc
+                raise
             outcome = "commit"
     finally:
         # Removed by identity rather than reset by token: robust however the caller's blocks interleave.

@@ -16,7 +16,7 @@ from psycopg_pool import ConnectionPool
 from shared.config import Settings
 from shared.db.migrate import apply_migrations
 from shared.db.pool import build_pool
-from shared.db.session import runtime_transaction, tenant_transaction, tenant_write
+from shared.db.session import TamperedSessionError, runtime_transaction, tenant_transaction, tenant_write
 from shared.ratelimit import RateLimit, take_tenant_token
 
 pytestmark = pytest.mark.integration
@@ -93,12 +93,31 @@ def test_statements_a_tenant_transaction_prepares_never_run_in_another_tenants(
         assert take_tenant_token(victim, LIMIT, pool=one_connection).allowed
     with tenant_transaction(attacker, pool=one_connection) as conn:
         _replace_prepared_statements(conn, attacker)
-    # The victim's next requests, on the same session, through the app's own code.
+    # The victim's next request, on the same session, through the app's own code: the tampered session pins no
+    # tenant, so nothing of the attacker's runs; it is closed (a 503 the client retries), and the pool replaces it.
+    with pytest.raises(TamperedSessionError):
+        take_tenant_token(victim, LIMIT, pool=one_connection)
     assert take_tenant_token(victim, LIMIT, pool=one_connection).allowed
     with tenant_write(victim, pool=one_connection) as conn:
         pinned = conn.execute("SELECT app.current_tenant_id() AS tenant")
     assert pinned.fetchone() == {"tenant": victim}
     assert "owned_by" not in _settings_of(pg, victim)
+
+
+def test_a_tampered_session_is_refused_on_the_pipelined_path_too(
+    one_connection: ConnectionPool[Any], new_tenant: Any, pg: Any
+) -> None:
+    attacker, victim = new_tenant(), new_tenant()
+    for _ in range(6):  # the pipelined prologue's statements prepared
+        with tenant_write(victim, pool=one_connection) as conn:
+            conn.execute("SELECT 1")
+    with tenant_transaction(attacker, pool=one_connection) as conn:
+        _replace_prepared_statements(conn, attacker)
+    with pytest.raises(TamperedSessionError), tenant_write(victim, pool=one_connection) as conn:
+        conn.execute("SELECT 1")
+    with tenant_write(victim, pool=one_connection) as conn:
+        pinned = conn.execute("SELECT app.current_tenant_id() AS tenant")
+    assert pinned.fetchone() == {"tenant": victim}
 
 
 def test_a_listen_left_by_a_tenant_transaction_ends_with_the_next_transaction(
