@@ -11,9 +11,9 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from shared.api.durable import get_durable_client
-from shared.registry import problems
 from shared.registry.problems import MAX_SUBSCHEMAS
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
+from tests.integration.test_plan_descendant_budget import meta_checks  # noqa: F401  # the fixture
 
 pytestmark = pytest.mark.integration
 
@@ -25,24 +25,6 @@ LIMIT = f"at most {MAX_SUBSCHEMAS:,} are allowed"
 @pytest.fixture(scope="module", autouse=True)
 def _tenants(api: ApiHarness) -> None:
     api.provision("crowded", allowed_modules=["wait", "acme"], quotas={"requests_per_minute": 10_000, "burst": 1_000})
-
-
-@pytest.fixture()
-def meta_checks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many input schemas are checked against the meta-schema from here on."""
-    seen: list[int] = []
-    original = problems.Draft202012Validator
-
-    class Counting:
-        META_SCHEMA = original.META_SCHEMA
-
-        def __new__(cls, schema: Any, *args: Any, **kwargs: Any) -> Any:
-            if schema is original.META_SCHEMA:
-                seen.append(1)
-            return original(schema, *args, **kwargs)
-
-    monkeypatch.setattr(problems, "Draft202012Validator", Counting)
-    return seen
 
 
 def crowded(subschemas: int) -> dict[str, Any]:
