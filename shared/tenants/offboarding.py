@@ -9,7 +9,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +22,7 @@ from psycopg import sql
 from shared.audit import AuditStore, get_audit_store
 from shared.db.session import platform_transaction, tenant_transaction
 from shared.tenants.models import Tenant
-from shared.tenants.repository import hold_tenant
+from shared.tenants.repository import hold_tenant, tenant_settings
 
 # Every app table that holds tenant rows, children before parents (erasure order). A test fails when a new
 # tenant table is missing here, so erasure cannot silently leave one behind.
@@ -48,8 +48,10 @@ TENANT_TABLES = (
     "audit_outbox",
     "audit_events",
 )
-# What the export archive carries (the rate bucket is a counter, not the tenant's data); `AUDIT_TRAIL` comes from the
-# audit store, the others from the tables of their names.
+# What the export archive carries: every row of these tables, each column as stored but for `WITHHELD_COLUMNS`.
+# `AUDIT_TRAIL` comes from the audit store, the others from the tables of their names. Every tenant table is either
+# here or in `NOT_EXPORTED`, and a test fails when one is in neither: a table added later is archived, or left out on
+# purpose, never lost to an erasure unnoticed.
 EXPORTED_TABLES = (
     "intents",
     "intent_versions",
@@ -61,9 +63,26 @@ EXPORTED_TABLES = (
     "tenant_policies",
     "modules",
     "ingress_rejections",
+    "webhook_subscriptions",
+    "webhook_deliveries",
+    "outbox",
     "audit_outbox",
     "audit_events",
 )
+WITHHELD_COLUMNS: Mapping[str, frozenset[str]] = {
+    # The signing secret (sealed, ADR 0040): whoever holds the archive could sign webhooks the tenant's receivers
+    # trust. The API shows it once, when created or rotated, and never reads it back; a new home rotates its own.
+    "webhook_subscriptions": frozenset({"secret"}),
+}
+NOT_EXPORTED: Mapping[str, str] = {
+    "task_token_keys": "a secret (sealed, ADR 0040): it signs task tokens that complete the tenant's steps",
+    "idempotency_keys": "answers kept 24 hours for a retry, not data; a webhook create's holds its secret sealed",
+    "rate_buckets": "a counter of the tenant's requests, not its data",
+    "tenant_locks": "lock rows; they hold nothing of the tenant's (ADR 0002)",
+    "work_pollers": "operational bookkeeping: when the tenant's workers last polled each action (a wait reason's"
+    " hint, overwritten by every poll and trimmed); the work itself is in work_items and step_attempts",
+}
+"""Tenant tables the export leaves out on purpose, and why; erasure deletes them with the rest (`TENANT_TABLES`)."""
 AUDIT_TRAIL = "audit_events"
 """The archive's audit trail: the configured audit store's export, so a trail kept in Cosmos DB is archived as well
 (read from the table, it was archived empty); the Postgres store's export is that table."""
@@ -118,9 +137,10 @@ class TenantGoneError(LookupError):
 
 def export_tenant(tenant: Tenant, container: ContainerClient, audit_store: AuditStore | None = None) -> ExportResult:
     """Write the tenant's rows (read under its own RLS context) and its audit trail (from `audit_store`, by default
-    the configured one) to `<tenant>/exports/<time>.json`: one JSON object, the tenant and the time, then an array of
-    rows per table, streamed (a big tenant's archive, read whole with every attempt's output in it, held several
-    copies in memory and could take the host down). TenantGoneError when the tenant was erased meanwhile."""
+    the configured one) to `<tenant>/exports/<time>.json`: one JSON object, the tenant (with its settings) and the
+    time, then an array of rows per table (`EXPORTED_TABLES`), streamed (a big tenant's archive, read whole with every
+    attempt's output in it, held several copies in memory and could take the host down). TenantGoneError when the
+    tenant was erased meanwhile."""
     audit_store = audit_store or get_audit_store()
     blob_name = f"{tenant_blob_prefix(tenant.id)}exports/{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}.json"
     counts: dict[str, int] = {}
@@ -145,7 +165,10 @@ def export_tenant(tenant: Tenant, container: ContainerClient, audit_store: Audit
 
 def _archive(conn: Any, tenant: Tenant, counts: dict[str, int], audit_store: AuditStore) -> Iterator[bytes]:
     """The archive's bytes, a batch of rows at a time; `counts` gets each table's rows once it is written."""
-    head = {"exported_at": datetime.now(UTC).isoformat(), "tenant": tenant.model_dump(mode="json")}
+    # The tenant's own settings document (its Tenant.Admin writes it and reads it back whole; bounded to 64 KiB) is
+    # the tenant's data as much as its rows are; the platform keeps no secret in it.
+    tenant_head = {**tenant.model_dump(mode="json"), "settings": tenant_settings(conn)}
+    head = {"exported_at": datetime.now(UTC).isoformat(), "tenant": tenant_head}
     yield json.dumps(head, default=str, sort_keys=True)[:-1].encode()  # the object stays open for the tables
     for table in EXPORTED_TABLES:
         yield f", {json.dumps(table)}: [".encode()
@@ -163,9 +186,15 @@ def _archive(conn: Any, tenant: Tenant, counts: dict[str, int], audit_store: Aud
 
 
 def _table_rows(conn: Any, table: str) -> Iterator[dict[str, Any]]:
-    """Every row of `app.<table>` the tenant context shows, read through a server-side cursor."""
+    """Every row of `app.<table>` the tenant context shows, but for its `WITHHELD_COLUMNS`, read through a server-side
+    cursor."""
+    columns: sql.Composable = sql.SQL("*")
+    if withheld := WITHHELD_COLUMNS.get(table):
+        # Left out of the SELECT, so a withheld value never leaves Postgres; the other columns as the table has them.
+        described = conn.execute(sql.SQL("SELECT * FROM {} LIMIT 0").format(sql.Identifier("app", table))).description
+        columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in described if c.name not in withheld)
     with conn.cursor(name=f"export_{table}") as cursor:
-        cursor.execute(sql.SQL("SELECT * FROM {}").format(sql.Identifier("app", table)))
+        cursor.execute(sql.SQL("SELECT {} FROM {}").format(columns, sql.Identifier("app", table)))
         while rows := cursor.fetchmany(EXPORT_BATCH_ROWS):
             yield from rows
 

@@ -241,7 +241,10 @@ def export(
     tenant_id: UUID,
     context: Annotated[RequestContext, Depends(permission(Action.TENANT_EXPORT))],
 ) -> TenantExport:
-    """Write a JSON archive of the tenant's intents, versions, policies and audit (Platform.Admin)."""
+    """Write a JSON archive of everything the tenant has (Platform.Admin): the tenant with its settings, its intents
+    and versions, executions with their steps, attempts, work items and events, policies, modules, ingress
+    rejections, webhook subscriptions (without their signing secrets) and deliveries, domain events and audit trail.
+    Left out: secrets, kept idempotency answers, rate counters, locks and worker poll times (ADR 0012)."""
     tenant = _authorized_tenant(context, Action.TENANT_EXPORT, tenant_id)
     container = request_container(get_settings())
     try:
