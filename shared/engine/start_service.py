@@ -130,24 +130,68 @@ def begin(tenant: Tenant, make_request: Callable[[Conn], StartRequest], *, decid
         )
 
 
+class StatusUnknownError(Exception):
+    """The task hub's store could not say whether an orchestration instance exists (its status read failed)."""
+
+
+def status_unknown(status: Any) -> bool:
+    """Whether the status read failed rather than answered: the host's error body (a 500 whose `Message` and
+    `ExceptionMessage` the SDK keeps as attributes of an otherwise empty status) says nothing of the instance."""
+    return bool(getattr(status, "Message", None) or getattr(status, "ExceptionMessage", None))
+
+
+async def existing_instance(client: Any, instance_id: str) -> Any | None:
+    """The status of orchestration instance `instance_id` when it exists (running or ended), None when it does not;
+    StatusUnknownError when the store could not say. What a taken-over start asks before it starts anything."""
+    status = await client.get_status(instance_id)
+    if status_unknown(status):
+        raise StatusUnknownError(f"the status of orchestration instance {instance_id} could not be read")
+    return status if status and getattr(status, "runtime_status", None) is not None else None
+
+
+def already_exists(exc: BaseException) -> bool:
+    """Whether the orchestration client refused a start because an instance with its id exists: the host answers
+    409 (the SDK raises its body, the extension's OrchestrationAlreadyExistsException message), host.json's
+    overridableExistingInstanceStates being NonRunningStates."""
+    return "already exists" in str(exc).lower()
+
+
 async def launch(client: Any, started: Started, tenant_id: UUID, *, record_failure: bool = True) -> None:
     """Start the orchestration (instance id = execution id) when this start holds the start claim.
+
+    A replay that took the start over (`created` false: the first starter died, or its launch failed or is slow)
+    asks the task hub first: an instance that exists was started by that starter and records the start itself (an
+    ended one is the sweeper's to end), so nothing is started again; a start_new refused because the instance
+    exists means the same.
 
     When the orchestration client fails, `record_failure` records the failure and raises
     OrchestrationUnavailableError (a caller that waits for an answer retries): a start with an idempotency key
     stays pending with its claim released, for the retry with that key (or the sweeper) to start at once; one
-    without is recorded failed. Otherwise the client's error is raised as is and the execution stays pending, for a
-    redelivered request (after the claim goes stale) or the sweeper to start.
+    without is recorded failed. Otherwise the client's error is raised as is and the execution stays pending with
+    its claim released, for the caller's own retry (the ingress's batch, run again in place) or the sweeper to
+    start at once. A claim another starter took over meanwhile is never released.
     """
     if started.orchestration_input is None:
         return
+    execution = started.execution
+    instance_id = str(execution.id)
     try:
-        await client.start_new(ORCHESTRATOR, str(started.execution.id), started.orchestration_input)
+        if not started.created and await existing_instance(client, instance_id) is not None:
+            # Its starter got as far as starting it and its orchestration has not recorded `running` yet (a
+            # backlog): started again, it would be refused (or, by a backend that replaces instances, restarted).
+            logger.info("the orchestration of execution %s exists already; not started again", instance_id)
+            return
+        await client.start_new(ORCHESTRATOR, instance_id, started.orchestration_input)
     except Exception as exc:
+        if already_exists(exc):
+            logger.info("the orchestration of execution %s was started meanwhile: %s", instance_id, exc)
+            return
         if not record_failure:
+            # The caller's retry replays this start seconds later: with the claim still held (fresh), it found the
+            # execution started and counted it done, leaving it to the sweeper.
+            await asyncio.to_thread(release_claim, tenant_id, execution)
             raise
-        logger.exception("could not start the orchestration of execution %s", started.execution.id)
-        execution = started.execution
+        logger.exception("could not start the orchestration of execution %s", execution.id)
         if execution.idempotency_key is not None:
             # The retry the answer asks for finds this execution by its key: failed, it would be replayed as
             # accepted and never run; pending and unclaimed, that retry (or the sweeper) starts it.

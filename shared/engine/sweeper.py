@@ -29,6 +29,7 @@ from shared.engine import start as engine
 from shared.engine import steps as store
 from shared.engine.progress import abandon_step
 from shared.engine.protocol import ORCHESTRATOR, EventRaiser, raise_to_orchestration
+from shared.engine.start_service import StatusUnknownError, existing_instance, status_unknown
 from shared.engine.steps import AttemptKey
 from shared.registry.service import RegistryError
 from shared.tenants.repository import get_tenant
@@ -181,12 +182,6 @@ def record_swept(tenant_id: UUID, execution_ids: list[UUID], *, pool: Connection
         conn.execute(_SWEPT, (execution_ids,))
 
 
-def status_unknown(status: Any) -> bool:
-    """Whether the status read failed rather than answered: the host's error body (a 500 whose `Message` and
-    `ExceptionMessage` the SDK keeps as attributes of an otherwise empty status) says nothing of the instance."""
-    return bool(getattr(status, "Message", None) or getattr(status, "ExceptionMessage", None))
-
-
 def ended_cause(status: Any) -> str | None:
     """Why the execution must end, from its orchestration's status; None while the orchestration still runs."""
     runtime = getattr(status, "runtime_status", None) if status else None
@@ -271,10 +266,11 @@ async def _settle_stalled_start(
     tenant_id: UUID, execution_id: UUID, client: DurableClient, pool: ConnectionPool[Any] | None
 ) -> TenantSweep:
     instance_id = str(execution_id)
-    status = await client.get_status(instance_id)
-    if status_unknown(status):
+    try:
+        status = await existing_instance(client, instance_id)  # the start path's own check (start_service.launch)
+    except StatusUnknownError:
         return TenantSweep(checked=1)  # the store could not say: started again or not, it is the next run's to tell
-    if status and getattr(status, "runtime_status", None) is not None:
+    if status is not None:
         # The starter got as far as starting it: running, it records its own start; ended, it never will.
         cause = ended_cause(status)
         if cause is None:

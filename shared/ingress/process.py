@@ -135,6 +135,7 @@ async def process_event(
         return await _reject(context, event, stale(exc), key)
     except Rejected as rejected:
         return await _reject(context, event, rejected, key)
+    # Not recorded, raised: a failed launch gives its start claim back, so the batch's retry (in place) starts it.
     await launch(client, started, context.tenant.id, record_failure=False)
     return Outcome(event.event_id, started.execution.id, started.created)
 

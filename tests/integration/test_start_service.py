@@ -1,6 +1,7 @@
 # intent_ref: platform.execution
 """The start service on the real database, without any edge: refusals are domain errors, the decision is asked on
-the intent as it is stored, and a launch the orchestration client refuses is recorded or handed back."""
+the intent as it is stored, a launch the orchestration client refuses is recorded or handed back, and a taken-over
+start whose orchestration exists is not started again."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from azure.durable_functions.models.DurableOrchestrationStatus import DurableOrchestrationStatus
 from psycopg.rows import dict_row
 
 from shared.api.durable import get_durable_client
@@ -23,7 +25,14 @@ from shared.engine import steps as store
 from shared.engine import sweeper
 from shared.engine.progress import record_progress
 from shared.engine.protocol import ORCHESTRATOR
-from shared.engine.start import IntentNotFoundError, Started, StartForbiddenError, StartRequest, claim_stale_start
+from shared.engine.start import (
+    STALE_START_S,
+    IntentNotFoundError,
+    Started,
+    StartForbiddenError,
+    StartRequest,
+    claim_stale_start,
+)
 from shared.engine.start_service import (
     REQUESTER_UNKNOWN,
     OrchestrationUnavailableError,
@@ -258,7 +267,96 @@ def test_a_launch_that_is_not_to_record_failure_hands_the_error_back_and_stays_p
     started = _start(tenant, intent_id, Decider(allowed=True))
     with pytest.raises(ConnectionError, match="task hub unreachable"):
         asyncio.run(launch(Client(ConnectionError("task hub unreachable")), started, tenant.id, record_failure=False))
+    # Its claim given back: the caller's own retry (the ingress's batch, seconds later) takes the start over at once.
+    assert (_status(tenant, started.execution.id), _claimed_at(tenant, started.execution.id)) == ("pending", None)
+
+
+class TaskHub:
+    """The orchestration side as the devhost (and a host with overridableExistingInstanceStates NonRunningStates)
+    behaves: an instance id that exists is refused with "already exists" (the SDK raises the 409's body); the
+    status of one that does not is the SDK's empty status, and `hidden` ones exist without being seen yet."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.instances: set[str] = set()
+        self.hidden: set[str] = set()
+
+    async def get_status(self, instance_id: str) -> DurableOrchestrationStatus:
+        if instance_id not in self.instances - self.hidden:
+            return DurableOrchestrationStatus.from_json("")
+        return DurableOrchestrationStatus.from_json(
+            {
+                "name": ORCHESTRATOR,
+                "instanceId": instance_id,
+                "runtimeStatus": "Pending",
+                "createdTime": "2024-01-01T00:00:00Z",
+            }
+        )
+
+    async def start_new(self, name: str, instance_id: str, value: Any) -> str:
+        self.calls.append(instance_id)
+        if instance_id in self.instances:
+            raise Exception(
+                {"Message": f"An Orchestration instance with the instance ID '{instance_id}' already exists."}
+            )
+        self.instances.add(instance_id)
+        return instance_id
+
+
+def _age_claim(api: ApiHarness, execution_id: uuid.UUID | str, seconds: float) -> None:
+    """What `seconds` of waiting does to the claim (a backlog in which the orchestration has not recorded running)."""
+    with psycopg.connect(api.admin_url, dbname="quantum", autocommit=True) as conn:
+        conn.execute(
+            "UPDATE app.executions SET start_claimed_at = start_claimed_at - make_interval(secs => %s) WHERE id = %s",
+            (seconds, execution_id),
+        )
+
+
+def test_a_retry_after_the_claim_went_stale_answers_202_and_does_not_start_a_started_orchestration(
+    api: ApiHarness,
+) -> None:
+    # It took the stale claim over and called start_new again: refused, the retry of a started execution was answered
+    # 503 orchestration-unavailable (and gave the claim back).
+    name = f"starts-{uuid.uuid4().hex[:8]}"
+    tenant, intent_id = _provision(api, name)
+    headers = {**api.headers(name, EXECUTOR), "Idempotency-Key": f"late-{uuid.uuid4().hex}"}
+    hub = TaskHub()
+    overrides = api.client.app.dependency_overrides  # type: ignore[attr-defined]
+    overrides[get_durable_client] = lambda: hub
+    try:
+        first = api.client.post(f"/api/v1/intents/{intent_id}/execute", json={}, headers=headers)
+        assert (first.status_code, first.json()["created"]) == (202, True), first.text
+        execution_id = uuid.UUID(first.json()["execution_id"])
+        _age_claim(api, execution_id, STALE_START_S + 1)
+        retried = api.client.post(f"/api/v1/intents/{intent_id}/execute", json={}, headers=headers)
+    finally:
+        overrides.pop(get_durable_client, None)
+    assert (retried.status_code, retried.json()["created"]) == (202, False), retried.text
+    assert retried.json()["execution_id"] == str(execution_id)
+    assert hub.calls == [str(execution_id)]  # started once in total
+    # The claim the retry took is kept: the orchestration records the start, the sweeper leaves it alone meanwhile.
+    assert _status(tenant, execution_id) == "pending" and _claimed_at(tenant, execution_id) is not None
+
+
+def test_a_takeover_refused_because_the_instance_exists_counts_as_started(
+    api: ApiHarness, setup: tuple[Tenant, uuid.UUID]
+) -> None:
+    # The status read did not see the instance yet (a store that shows it late): the refusal is the first starter's
+    # success, not an outage to answer 503 for, to fail the ingress's batch for, or to give the claim back over.
+    tenant, intent_id = setup
+    key = f"raced-{uuid.uuid4().hex}"
+    started = _start(tenant, intent_id, Decider(allowed=True), idempotency_key=key)
+    hub = TaskHub()
+    asyncio.run(launch(hub, started, tenant.id))
+    hub.hidden.add(str(started.execution.id))
+    _age_claim(api, started.execution.id, STALE_START_S + 1)
+    replayed = _start(tenant, intent_id, Decider(allowed=True), idempotency_key=key)
+    assert not replayed.created and replayed.orchestration_input is not None  # the stale start, taken over
+    for record_failure in (True, False):  # the API's launch and the ingress's alike
+        asyncio.run(launch(hub, replayed, tenant.id, record_failure=record_failure))
+    assert hub.instances == {str(started.execution.id)}
     assert _status(tenant, started.execution.id) == "pending"
+    assert _claimed_at(tenant, started.execution.id) == replayed.execution.start_claimed_at
 
 
 def _parent(tenant: Tenant, intent_id: uuid.UUID, requester: Requester) -> repo.Execution:
