@@ -12,11 +12,14 @@ bp = df.Blueprint()
 
 
 @typed(bp.function_name("intent_requests"))
+# Binary: the producer's bytes as sent. A string trigger has the host decode them, replacing invalid UTF-8 with U+FFFD,
+# and the request would start with input it never sent instead of being refused as not UTF-8.
 @typed(
     bp.event_hub_message_trigger(
         arg_name="events",
         event_hub_name=INTENT_REQUESTS_HUB,
         connection="EventHubConnection",
+        data_type=func.DataType.BINARY,
         cardinality="many",
         consumer_group="intake",
     )

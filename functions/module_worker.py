@@ -24,6 +24,8 @@ bp = df.Blueprint()
         arg_name="events",
         event_hub_name="module-work",
         connection="EventHubConnection",
+        # The bodies as the platform wrote them, not as the host re-decodes a string trigger's text.
+        data_type=func.DataType.BINARY,
         cardinality="many",
         consumer_group="module-worker",
     )

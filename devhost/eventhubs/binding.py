@@ -48,7 +48,7 @@ class EventHubTriggerSpec:
             hub=resolve_app_setting(str(trigger.event_hub_name)),
             consumer_group=resolve_app_setting(str(trigger.consumer_group or DEFAULT_CONSUMER_GROUP)),
             many=trigger.cardinality == Cardinality.MANY,
-            binary=trigger.data_type == DataType.BINARY,
+            binary=data_type(trigger) == DataType.BINARY,
             namespace=os.environ.get(f"{connection}__fullyQualifiedNamespace") or LOCAL_NAMESPACE,
             retry=RetryPolicy.of(function),
         )
@@ -58,6 +58,13 @@ class EventHubTriggerSpec:
         """The trigger's parameter name (the binding's `name`)."""
         trigger: Any = self.function.get_trigger()
         return str(trigger.name)
+
+
+def data_type(trigger: Any) -> DataType | None:
+    """The binding's `dataType` as the host reads it from the indexed binding (function.json's member, any case)."""
+    # The SDK's `data_type` property is the enum's number (2), which never equals the enum member itself.
+    value = trigger.get_dict_repr().get("dataType")
+    return value if isinstance(value, DataType) else DataType.__members__.get(str(value).upper())
 
 
 def dotnet_utc(moment: datetime) -> str:

@@ -3,7 +3,9 @@
 to a rejection reason and the problem document recorded with it.
 
 The document is the one the execute route answers for the same refusal (ADR 0019), so a producer reads a rejection
-as an API client reads a refusal; a test holds the two translations to each other.
+as an API client reads a refusal; a test holds the two translations to each other. It is stored, so it is bounded: at
+most MAX_REFUSALS field errors (the count of all in `detail`), each pointer and message at most MAX_MESSAGE_LENGTH
+characters.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shared.accepted_json import NotAcceptedJSONError
+from shared.accepted_json import MAX_REFUSALS, NotAcceptedJSONError
 from shared.engine import start as engine
+from shared.ingress.request import TooManyMembersError
+from shared.registry.schema_refs import short_message
 
 PROBLEM_BASE = "https://quantum-platform.dev/problems/"
 
@@ -74,7 +78,12 @@ def refused_start(exc: engine.StartError) -> Rejected | None:
             )
         case engine.InvalidInputError():
             return Rejected(
-                "invalid", 422, "invalid-input", "Unprocessable content", str(exc), extensions={"errors": exc.errors}
+                "invalid",
+                422,
+                "invalid-input",
+                "Unprocessable content",
+                str(exc),
+                extensions={"errors": _bounded(exc.errors)},
             )
         case engine.IdempotencyConflictError():
             # A key names one request; reusing it for another is a malformed request (ADR 0022), not a conflict.
@@ -101,16 +110,28 @@ def _pointer(location: tuple[Any, ...] | list[Any]) -> str:
     return "/" + "/".join(parts) if parts else ""
 
 
+def _bounded(errors: list[dict[str, str]]) -> list[dict[str, str]]:
+    # A pointer names a member of the body, whose name may be as long as the event; a message may quote a value.
+    return [{name: short_message(text) for name, text in error.items()} for error in errors[:MAX_REFUSALS]]
+
+
+def _count(total: int, listed: int) -> str:
+    return f"{total} invalid field(s)" if total == listed else f"{total} invalid field(s), the first {listed} listed"
+
+
 def invalid_body(exc: ValueError) -> Rejected:
-    """A body that is not the request model (each invalid field with its pointer), or not a JSON object at all."""
-    if isinstance(exc, ValidationError):
-        errors = [{"pointer": _pointer(error["loc"]), "detail": error["msg"]} for error in exc.errors()]
+    """A body that is not the request model (each invalid field with its pointer, the first MAX_REFUSALS), or not a
+    JSON object at all."""
+    judged, total = (exc.validation, exc.total) if isinstance(exc, TooManyMembersError) else (exc, None)
+    if isinstance(judged, ValidationError):
+        found = judged.errors(include_url=False, include_context=False, include_input=False)
+        errors = _bounded([{"pointer": _pointer(error["loc"]), "detail": error["msg"]} for error in found])
         return Rejected(
             "invalid",
             422,
             "validation-error",
             "Request validation failed",
-            f"{len(errors)} invalid field(s)",
+            _count(total or len(found), len(errors)),
             errors=errors,
         )
     return Rejected("invalid", 422, "validation-error", "Request validation failed", "the body is not a JSON object")
@@ -119,13 +140,13 @@ def invalid_body(exc: ValueError) -> Rejected:
 def not_accepted(exc: NotAcceptedJSONError) -> Rejected:
     """A body that is not JSON the platform accepts, each refusal with its machine-readable code (as the API's edge
     answers it, the errors as an extension member)."""
-    errors = [{"pointer": r.pointer, "detail": r.detail, "code": r.code} for r in exc.refusals]
+    errors = _bounded([{"pointer": r.pointer, "detail": r.detail, "code": r.code} for r in exc.refusals])
     return Rejected(
         "invalid",
         422,
         "validation-error",
         "Request validation failed",
-        f"{len(errors)} invalid field(s)",
+        _count(len(exc.refusals), len(errors)),
         extensions={"errors": errors},
     )
 

@@ -3,10 +3,12 @@
 
 The record is bounded per tenant: each new row trims the tenant's oldest beyond `KEPT` and any older than `RETENTION`
 (migration 0026), so a principal that floods the hub with invalid events cannot grow the shared table without end.
+Each row is bounded too: a problem document larger than `MAX_DETAIL_BYTES` is stored as a short summary of itself.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,6 +18,7 @@ from psycopg.types.json import Jsonb
 
 from shared.engine.start import Conn
 from shared.pagination import InvalidCursorError, cursor_text, decode_cursor, encode_cursor
+from shared.registry.schema_refs import short_message
 
 # A redelivered event finds its row and records nothing new (the caller then emits no second telemetry line).
 _INSERT = (
@@ -37,6 +40,11 @@ KEPT = 1000
 """The newest rejections a tenant keeps (the database keeps at least 100, whatever a caller asks)."""
 RETENTION = timedelta(days=30)
 """How long a rejection is kept at most (the database keeps at least a day)."""
+MAX_DETAIL_BYTES = 32 * 1024
+"""The largest problem document stored with a rejection (its JSON text, UTF-8). The translations keep documents well
+under it (ADR 0019); this is the backstop that keeps a listing page of the largest allowed size bounded whatever a
+translation lets through."""
+_SUMMARY_MEMBERS = ("type", "title", "status", "instance", "reason")
 
 
 @dataclass(frozen=True)
@@ -69,11 +77,32 @@ class NewRejection:
     idempotency_key: str | None = None
 
 
+def bounded_detail(detail: dict[str, Any]) -> dict[str, Any]:
+    """`detail` itself when its JSON text is at most MAX_DETAIL_BYTES, else a summary: the document's type, title,
+    status, instance and reason (each text shortened), a `detail` saying how large it was, and `truncated`."""
+    size = len(json.dumps(detail, ensure_ascii=False).encode("utf-8", errors="replace"))
+    if size <= MAX_DETAIL_BYTES:
+        return detail
+    summary: dict[str, Any] = {
+        name: short_message(value) if isinstance(value, str) else value
+        for name, value in detail.items()
+        if name in _SUMMARY_MEMBERS and isinstance(value, str | int) and not isinstance(value, bool)
+    }
+    said = detail.get("detail")
+    summary["detail"] = short_message(
+        f"The problem document was {size} bytes, over the {MAX_DETAIL_BYTES} kept: its other members are left out."
+        + (f" {said}" if isinstance(said, str) else "")
+    )
+    summary["truncated"] = True
+    return summary
+
+
 def record_rejection(
     conn: Conn, rejection: NewRejection, *, keep: int = KEPT, retention: timedelta = RETENTION
 ) -> bool:
-    """Record it in the caller's tenant transaction, trimming the tenant's record to the newest `keep` rows within
-    `retention`; False when this event was already recorded (and nothing is trimmed)."""
+    """Record it in the caller's tenant transaction (its problem document bounded by `bounded_detail`), trimming the
+    tenant's record to the newest `keep` rows within `retention`; False when this event was already recorded (and
+    nothing is trimmed)."""
     row = conn.execute(
         _INSERT,
         (
@@ -82,7 +111,7 @@ def record_rejection(
             rejection.sequence_number,
             rejection.enqueued_time,
             rejection.reason,
-            Jsonb(rejection.detail),
+            Jsonb(bounded_detail(rejection.detail)),
             rejection.requested_by,
             rejection.idempotency_key,
         ),

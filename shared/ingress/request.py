@@ -10,8 +10,9 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from shared.accepted_json import MAX_REFUSALS
 from shared.auth.principal import Requester
 from shared.engine.start import Conn, StartRequest
 from shared.events.trigger import TriggerEvent, batch_properties
@@ -21,6 +22,15 @@ from shared.registry import service as registry
 INTENT_REQUESTS_HUB = "intent-requests"
 AUTHORIZATION_PROPERTY = "authorization"
 _INTENT_BY_NAME = "SELECT id FROM app.intents WHERE kind = 'intent' AND name = %s"
+
+
+class TooManyMembersError(ValueError):
+    """A body with more members the request does not have than a refusal names: `validation` is the body judged with
+    only the first MAX_REFUSALS of them, `total` how many invalid fields the whole body has."""
+
+    def __init__(self, validation: ValidationError, total: int) -> None:
+        super().__init__(f"{total} invalid field(s)")
+        self.validation, self.total = validation, total
 
 
 class IntentRequest(BaseModel):
@@ -82,8 +92,22 @@ class IntentRequest(BaseModel):
 
     @classmethod
     def parse(cls, body: bytes) -> IntentRequest:
-        """The request in a body; ValueError (a pydantic ValidationError for a JSON object) when it is not one."""
-        return cls.model_validate(json.loads(body))
+        """The request in a body; ValueError (a pydantic ValidationError for a JSON object, TooManyMembersError for one
+        naming many members a request does not have) when it is not one."""
+        document = json.loads(body)
+        if isinstance(document, dict) and len(document) > MAX_REFUSALS:
+            fields = cls.model_fields
+            unknown = [name for name in document if name not in fields]
+            if len(unknown) > MAX_REFUSALS:
+                # Pydantic would build an error for each (a 1 MB event holds a hundred thousand, a second's work and
+                # megabytes of problem document); the refusal names the first few, so only those are judged.
+                judged = unknown[:MAX_REFUSALS]
+                trimmed = {name: document[name] for name in [*fields, *judged] if name in document}
+                try:
+                    cls.model_validate(trimmed)
+                except ValidationError as exc:
+                    raise TooManyMembersError(exc, exc.error_count() + len(unknown) - len(judged)) from None
+        return cls.model_validate(document)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 # intent_ref: platform.ingress
 """Rejected intent requests on the real database: recorded for the sender's tenant only (RLS), once per event, listed
-newest first with a cursor, and erased with the tenant."""
+newest first with a cursor, and erased with the tenant; each record bounded in size whatever the event held, and the
+event judged on the bytes its producer sent, as the trigger delivers them."""
 
 from __future__ import annotations
 
@@ -10,15 +11,23 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import azure.durable_functions as df
+import azure.functions as func
 import psycopg
 import pytest
 
+from devhost.eventhubs.binding import EventHubTriggerSpec, trigger_input
+from devhost.eventhubs.store import StoredEvent
+from shared.accepted_json import MAX_REFUSALS
 from shared.api.durable import get_durable_client
 from shared.api.security import token_validator
 from shared.auth.tokens import TokenValidator
-from shared.ingress.process import Outcome, process_event
-from shared.ingress.request import IngressEvent
+from shared.db.session import tenant_transaction
+from shared.ingress.process import Outcome, process_batch, process_event
+from shared.ingress.rejections import MAX_DETAIL_BYTES, NewRejection, record_rejection
+from shared.ingress.request import IngressEvent, from_trigger
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
+from tests.unit.test_ingress import unknown_members
 
 pytestmark = pytest.mark.integration
 
@@ -185,3 +194,83 @@ def test_rejections_are_erased_with_their_tenant(api: ApiHarness, request: pytes
     assert erased.status_code == 200, erased.text
     assert erased.json()["removed"]["ingress_rejections"] == 1
     assert (_rows(api, leaving.id), _rows(api, staying.id)) == (0, 1)
+
+
+def _stored(api: ApiHarness, tenant_id: uuid.UUID) -> list[tuple[dict[str, Any], int]]:
+    """Each rejection's problem document and the bytes of its text, as the database holds them."""
+    with psycopg.connect(api.admin_url, dbname="quantum") as conn:
+        rows = conn.execute(
+            "SELECT detail, octet_length(detail::text) FROM app.ingress_rejections WHERE tenant_id = %s",
+            (tenant_id,),
+        ).fetchall()
+    return [(row[0], int(row[1])) for row in rows]
+
+
+def test_events_of_a_hundred_thousand_unknown_members_are_recorded_and_listed_small(api: ApiHarness) -> None:
+    tenant = api.provision("members")
+    body, unknown = unknown_members()
+    for sequence in range(1, 11):
+        assert _send(api, "members", EXECUTOR, body, sequence).reason == "invalid"
+    stored = _stored(api, tenant.id)
+    assert len(stored) == 10
+    for detail, size in stored:
+        assert len(detail["errors"]) == MAX_REFUSALS
+        assert detail["detail"] == f"{unknown} invalid field(s), the first {MAX_REFUSALS} listed"
+        assert size < 4096  # 7 MB each, before the refusal named only the first few
+    listing = api.client.get("/api/v1/ingress/rejections", params={"limit": 10}, headers=api.headers("members", READER))
+    assert listing.status_code == 200, listing.text
+    assert len(listing.json()["items"]) == 10
+    assert len(listing.content) < 10 * 4096  # was 66 MB
+
+
+def test_a_problem_document_over_the_bound_is_stored_as_its_summary(api: ApiHarness) -> None:
+    tenant = api.provision("oversized")
+    document = {
+        "type": "https://quantum-platform.dev/problems/validation-error",
+        "title": "Request validation failed",
+        "status": 422,
+        "detail": "5000 invalid field(s)",
+        "instance": "intent-requests/3/1",
+        "errors": [{"pointer": f"/{n}", "detail": "x" * 200} for n in range(5000)],
+    }
+    for sequence in range(1, 6):
+        rejection = NewRejection("intent-requests", "3", sequence, None, "invalid", document)
+        with tenant_transaction(tenant.id) as conn:
+            assert record_rejection(conn, rejection)
+    stored = _stored(api, tenant.id)
+    assert len(stored) == 5
+    for detail, size in stored:
+        assert size <= MAX_DETAIL_BYTES
+        assert "errors" not in detail and detail["truncated"] is True
+        assert {name: detail[name] for name in ("type", "title", "status", "instance")} == {
+            name: document[name] for name in ("type", "title", "status", "instance")
+        }
+    page = _list(api, "oversized", limit=5)
+    assert [item["detail"]["truncated"] for item in page["items"]] == [True] * 5
+
+
+def test_an_event_that_is_not_utf8_is_rejected_as_sent_through_the_trigger(api: ApiHarness) -> None:
+    tenant = api.provision("bytes")
+    intent_id = _intent(api, "bytes")
+    raw = b'{"intent_id": "' + intent_id.encode() + b'", "input": {"who": "caf\xe9 \xff"}, "idempotency_key": "k"}'
+    # The function as the app registers it, its trigger's settings read by the devhost as the Functions host reads
+    # them, the invocation's data decoded by the azure.functions converter as in the Python worker.
+    from functions.eventhub_intent_requests import bp  # the functions package builds the gateway: needs settings
+
+    app = df.DFApp()
+    app.register_functions(bp)
+    (function,) = [f for f in app.get_functions() if f.get_function_name() == "intent_requests"]
+    spec = EventHubTriggerSpec.from_function(function)
+    properties = {"authorization": f"Bearer {api.token('bytes', EXECUTOR)}"}
+    inputs, metadata = trigger_input(spec, 0, [StoredEvent(0, 1, 0, None, raw, properties, datetime.now(UTC))])
+    events = func.eventhub.EventHubTriggerConverter.decode(inputs[spec.parameter], trigger_metadata=metadata)
+    assert isinstance(events, list)
+    assert [event.get_body() for event in events] == [raw]
+
+    outcomes = asyncio.run(process_batch(from_trigger(events), NoOrchestrations(), _validator(api)))
+    assert [outcome.reason for outcome in outcomes] == ["invalid"]
+    (item,) = _list(api, "bytes")["items"]
+    assert [error["code"] for error in item["detail"]["errors"]] == ["not_utf8"]
+    with psycopg.connect(api.admin_url, dbname="quantum") as conn:
+        started = conn.execute("SELECT count(*) FROM app.executions WHERE tenant_id = %s", (tenant.id,)).fetchone()
+    assert started == (0,)

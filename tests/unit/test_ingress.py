@@ -15,11 +15,16 @@ from pydantic import ValidationError
 
 from devhost.identity import DEFAULT_AUDIENCE, SigningKey, sign_access_token
 from shared import telemetry
+from shared.accepted_json import MAX_REFUSALS, NotAcceptedJSONError, Refusal
 from shared.auth.principal import INTENT_EXECUTOR
 from shared.auth.tokens import InvalidTokenError, TokenValidator
+from shared.engine.start import InvalidInputError
 from shared.ingress.process import UNATTRIBUTED, process_event
-from shared.ingress.request import IngressEvent, IntentRequest, from_trigger
+from shared.ingress.rejecting import invalid_body, not_accepted, refused_start
+from shared.ingress.rejections import MAX_DETAIL_BYTES, bounded_detail
+from shared.ingress.request import IngressEvent, IntentRequest, TooManyMembersError, from_trigger
 from shared.ingress.verify import MAX_EVENT_AGE, StaleEventError, check_fresh, verify_token
+from shared.registry.schema_refs import MAX_MESSAGE_LENGTH
 from tests.unit.test_token_validation import BASE_URL, CONTOSO, FakeIdentityProvider
 
 KEY = "order-4711"
@@ -62,6 +67,84 @@ def test_a_malformed_body_is_refused(body: dict[str, Any]) -> None:
 def test_a_body_that_is_not_a_json_object_is_refused(raw: bytes) -> None:
     with pytest.raises(ValueError):
         IntentRequest.parse(raw)
+
+
+# -- the rejection of a hostile body: bounded to judge and to store ----------------------------------------------------
+
+
+def unknown_members(size: int = 1_000_000) -> tuple[bytes, int]:
+    """A body of about `size` bytes that is mostly members a request does not have, and how many of those it has."""
+    members = ['"intent":"x"', '"idempotency_key":"k"']
+    length = 40
+    while length < size:
+        members.append(f'"{len(members):x}":0')
+        length += len(members[-1]) + 1
+    return ("{" + ",".join(members) + "}").encode(), len(members) - 2
+
+
+def _text_bytes(document: Any) -> int:
+    return len(json.dumps(document, ensure_ascii=False).encode())
+
+
+def test_a_body_of_a_hundred_thousand_unknown_members_is_judged_and_refused_by_its_first_few() -> None:
+    body, unknown = unknown_members()
+    assert unknown > 100_000
+    with pytest.raises(TooManyMembersError) as caught:
+        IntentRequest.parse(body)
+    # Pydantic judged only the first few (an error object for each of the others was the second an event took).
+    assert caught.value.total == unknown
+    assert caught.value.validation.error_count() == MAX_REFUSALS
+    document = invalid_body(caught.value).document("intent-requests/0/1")
+    assert document["detail"] == f"{unknown} invalid field(s), the first {MAX_REFUSALS} listed"
+    assert document["errors"] == [
+        {"pointer": f"/{n:x}", "detail": "Extra inputs are not permitted"} for n in range(2, 2 + MAX_REFUSALS)
+    ]
+    assert _text_bytes(document) < 4096
+
+
+def test_a_few_unknown_members_are_each_named_as_before() -> None:
+    with pytest.raises(ValidationError) as caught:
+        IntentRequest.parse(json.dumps({"intent": "x", "idempotency_key": KEY, "a": 1, "b": 2}).encode())
+    document = invalid_body(caught.value).document("i")
+    assert document["detail"] == "2 invalid field(s)"
+    assert [error["pointer"] for error in document["errors"]] == ["/a", "/b"]
+
+
+def test_a_pointer_or_message_as_long_as_the_event_is_shortened_in_the_rejection() -> None:
+    name = "m" * 900_000
+    with pytest.raises(ValidationError) as caught:
+        IntentRequest.parse(json.dumps({"intent": "x", "idempotency_key": KEY, name: 0}).encode())
+    (error,) = invalid_body(caught.value).document("i")["errors"]
+    assert len(error["pointer"]) == MAX_MESSAGE_LENGTH and error["pointer"].startswith("/mmm")
+
+    refused = not_accepted(NotAcceptedJSONError([Refusal(f"/{name}", f"NUL {name}", "unstorable_text")] * 3))
+    cut = MAX_MESSAGE_LENGTH - 3
+    shortened = {"pointer": f"/{name}"[:cut] + "...", "detail": f"NUL {name}"[:cut] + "...", "code": "unstorable_text"}
+    assert refused.extensions["errors"] == [shortened] * 3
+    invalid = refused_start(InvalidInputError([{"pointer": f"/input/{name}", "detail": "not a string"}]))
+    assert invalid is not None
+    assert [len(e["pointer"]) for e in invalid.extensions["errors"]] == [MAX_MESSAGE_LENGTH]
+    assert _text_bytes(invalid.document("i")) < 4096
+
+
+def test_a_stored_problem_document_over_the_bound_is_kept_as_its_summary() -> None:
+    small = {"type": "t", "title": "Conflict", "status": 409, "instance": "intent-requests/1/2", "reason": "x"}
+    assert bounded_detail(small) is small
+    large = {
+        **small,
+        "detail": "2 problems",
+        "errors": [{"pointer": f"/{n}", "detail": "é" * 300} for n in range(1000)],
+        "violations": ["x"],
+    }
+    summary = bounded_detail(large)
+    assert _text_bytes(summary) <= MAX_DETAIL_BYTES
+    assert summary == {
+        **small,
+        "detail": summary["detail"],
+        "truncated": True,
+    }
+    assert summary["detail"].startswith(f"The problem document was {_text_bytes(large)} bytes")
+    assert summary["detail"].endswith(" 2 problems")
 
 
 # -- the token, judged when the hub accepted the event -----------------------------------------------------------------
