@@ -10,10 +10,10 @@ from typing import Any
 
 import psycopg
 from azure.cosmos import ContainerProxy, DatabaseProxy, PartitionKey
-from azure.cosmos.exceptions import CosmosHttpResponseError, CosmosResourceExistsError
+from azure.cosmos.exceptions import CosmosHttpResponseError, CosmosResourceExistsError, CosmosResourceNotFoundError
 
 from shared.audit.model import AuditPage, AuditQuery, AuditRecord, InvalidCursorError, decode_cursor, encode_cursor
-from shared.audit.outbox import AuditOutbox, RecordRefusedError, Write
+from shared.audit.outbox import AuditOutbox, Delete, RecordRefusedError, Write
 
 _CURSOR_KIND = "cosmos"
 PARTITION_KEY_PATH = "/tenantId"
@@ -86,11 +86,11 @@ class CosmosAuditStore:
         container: ContainerProxy,
         *,
         retention_days: RetentionLookup | None = None,
-        outbox: Callable[[Write], AuditOutbox] = AuditOutbox,
+        outbox: Callable[[Write, Delete], AuditOutbox] = AuditOutbox,
     ) -> None:
         self._container = container
         self._retention_days = retention_days
-        self._outbox = outbox(self._write_copy)
+        self._outbox = outbox(self._write_copy, self._delete_copy)
 
     def record(self, record: AuditRecord, *, conn: psycopg.Connection[Any] | None = None) -> None:
         """Append `record` through the audit outbox: with `conn` (the caller's open transaction) queued inside it,
@@ -116,6 +116,13 @@ class CosmosAuditStore:
             if exc.status_code in _REFUSED_FOR_GOOD:
                 raise RecordRefusedError(f"{exc.status_code}: {exc.message or exc.reason}") from exc
             raise
+
+    def _delete_copy(self, tenant_id: uuid.UUID, record_id: uuid.UUID) -> None:
+        """Delete a record the outbox copied for a tenant erased meanwhile (by id, in the tenant's partition)."""
+        try:
+            self._container.delete_item(str(record_id), partition_key=str(tenant_id))
+        except CosmosResourceNotFoundError:
+            pass  # never landed, or the erasure's second pass removed it
 
     def _create(self, tenant_id: uuid.UUID, document: dict[str, Any]) -> None:
         # The container files a document under the partition it names, so one naming another tenant than the one it

@@ -9,10 +9,15 @@ after a commit): the store takes a record by its id once, so the second changes 
 for good (`RecordRefusedError`: a document it can never take, not an outage) is set aside with the store's answer
 (migration 0028): kept, never retried, and out of the way of the tenant's later records.
 
-A copy writes in a tenant transaction that holds the tenant's row (`FOR KEY SHARE`) until the written records have
-left the outbox, and the relay's holds the outbox rows it read too (`FOR UPDATE`): an erasure waits for the copy, and
-its second pass then removes what the copy wrote (written after that pass, the records outlived the erasure). Once
-the tenant is gone, a copy writes nothing but the erasure's own record.
+No copy writes to the store inside a transaction: it reads what it copies in a short one, writes holding nothing
+(no connection, no lock, no transaction id: the domain-event relay sends only the events of transactions older than
+every one running, so a transaction held open across a throttled store's writes held back every tenant's events and
+webhooks), then removes the written rows in a short transaction that first holds the tenant's row (`FOR KEY SHARE`).
+Still there, the tenant's erasure has yet to delete its rows and so to make its second pass, which removes what was
+written; gone, its erasure may have ended before the writes landed, and the copy deletes from the store what it
+wrote (`kept_for_tenant` does the same for a step's blob). Once the tenant is gone, a copy writes nothing but the
+erasure's own record. Two copies of the same rows at once (the relay and a copy after a commit, two relays) each
+write them: the store takes a record by its id once, and each removes the rows once written, so none is lost.
 """
 
 from __future__ import annotations
@@ -32,20 +37,17 @@ from psycopg_pool import ConnectionPool
 from shared.db.session import platform_transaction, tenant_transaction, tenant_write, transaction_bag, when_released
 from shared.db.tenant_passes import each_tenant
 from shared.policy.actions import Action
-from shared.tenants.repository import hold_tenant
+from shared.tenants.repository import get_tenant, hold_tenant
 
 logger = logging.getLogger(__name__)
 
 _QUEUE = "INSERT INTO app.audit_outbox (tenant_id, id, document) VALUES (%s, %s, %s)"
-# The pinned tenant's (RLS), among those not set aside, held until the copy commits. SKIP LOCKED here and in the two
-# statements below: a row another copy holds is that copy's to write and remove, and one an erasure holds goes with
-# it; waiting for the erasure, which waits for this copy's hold on the tenant row, would deadlock.
-_WAITING = (
-    "SELECT id, document FROM app.audit_outbox WHERE refused_at IS NULL ORDER BY queued_at, id LIMIT %s"
-    " FOR UPDATE SKIP LOCKED"
-)
+# The pinned tenant's (RLS), among those not set aside. A plain read, locking nothing: the rows stay where they are
+# while the store writes, and a copy removes only what it wrote.
+_WAITING = "SELECT id, document FROM app.audit_outbox WHERE refused_at IS NULL ORDER BY queued_at, id LIMIT %s"
 # The pinned tenant's function (migration 0046) deletes them: DELETE on the table would let a tenant's transaction
-# LOCK it against every tenant's records.
+# LOCK it against every tenant's records. It and the statement below skip a row another holds: one an erasure holds
+# goes with it, and waiting for the erasure, which waits for this copy's hold on the tenant row, would deadlock.
 _COPIED = "SELECT app.remove_audit_outbox_records(%s)"
 _SET_ASIDE = (
     "UPDATE app.audit_outbox SET refused_at = clock_timestamp(), refusal = left(%s, 2000) WHERE id IN"
@@ -55,7 +57,10 @@ _WAITING_TENANTS = "SELECT tenant_id FROM app.audit_outbox_tenants(%s) AS waitin
 _BAG = "audit-outbox"
 
 BATCH = 100
-"""Records one relay pass copies per tenant and transaction."""
+"""Records one relay pass reads per tenant."""
+BATCH_S = 1.0
+"""Seconds after which a relay pass writes no further record of its batch (a throttled store's writes take seconds
+each with the SDK's retries): what it wrote leaves the outbox, and the next pass takes the rest."""
 MAX_TENANTS = 100
 """Tenants one relay run serves (those waiting longest); the next run takes the rest."""
 MAX_BATCHES = 20
@@ -67,6 +72,8 @@ every request that records something by its timeouts."""
 Write = Callable[[UUID, dict[str, Any]], None]
 """Writes one document to the store; a document the store already holds (same id) is no error, one it will never
 take raises RecordRefusedError."""
+Delete = Callable[[UUID, UUID], None]
+"""Deletes a tenant's record (tenant id, record id) from the store; one the store does not hold is no error."""
 
 
 class RecordRefusedError(Exception):
@@ -97,16 +104,20 @@ class AuditOutbox:
     def __init__(
         self,
         write: Write,
+        delete: Delete | None = None,
         *,
         pool: ConnectionPool[Any] | None = None,
         control_pool: ConnectionPool[Any] | None = None,
         cooldown_s: float = COOLDOWN_S,
+        batch_s: float = BATCH_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._write = write
+        self._delete = delete
         self._pool = pool
         self._control_pool = control_pool
         self._cooldown_s = cooldown_s
+        self._batch_s = batch_s
         self._clock = clock
         self._lock = threading.Lock()
         self._resting_until = 0.0
@@ -141,71 +152,102 @@ class AuditOutbox:
 
     def relay_tenant(self, tenant_id: UUID, *, max_batches: int = MAX_BATCHES) -> Copied:
         """Copy up to `max_batches` batches of `tenant_id`'s waiting records; returns what was copied and set aside,
-        and raises the first failure after removing what was copied before it."""
+        and raises the first failure after removing what was copied before it.
+
+        Each batch is read in a short transaction that locks nothing, written to the store in no transaction, for up
+        to `BATCH` records and `BATCH_S` seconds, and settled in another short one (`_copy_batch`)."""
         copied = set_aside = 0
         for _ in range(max_batches):
             with tenant_transaction(tenant_id, pool=self._pool) as conn:
-                held = hold_tenant(conn, tenant_id)
+                present = get_tenant(conn, tenant_id) is not None
                 rows = conn.execute(_WAITING, (BATCH,)).fetchall()
-                done, failure = self._copy_held(conn, tenant_id, held, [(row["id"], row["document"]) for row in rows])
-            if failure is not None:
-                raise failure  # once what was done before it has committed
+            records = [(row["id"], row["document"]) for row in rows]
+            done, rest = self._copy_batch(tenant_id, records, present=present, until=self._clock() + self._batch_s)
             copied, set_aside = copied + done.copied, set_aside + done.set_aside
-            if len(rows) < BATCH:
+            if len(rows) < BATCH and not rest:
                 break
         return Copied(copied, set_aside)
 
     def _copy(self, tenant_id: UUID, records: Sequence[tuple[UUID, dict[str, Any]]]) -> Copied:
+        """Copy `records` (a transaction's, after its commit) as `_copy_batch` does, all of them."""
+        return self._copy_batch(tenant_id, records)[0]
+
+    def _copy_batch(
+        self,
+        tenant_id: UUID,
+        records: Sequence[tuple[UUID, dict[str, Any]]],
+        *,
+        present: bool = True,
+        until: float | None = None,
+    ) -> tuple[Copied, int]:
         """Copy `records` holding no connection while the store writes, then remove the written ones from the outbox
-        (and set the refused aside) in one short transaction; a failure is raised once that is done.
+        (and set the refused aside) in one short transaction that holds the tenant row; returns what was copied and
+        how many records were left for later (`until` passed), and raises a failure once that is done.
 
-        The copy after a commit runs on the request path: holding a pooled connection (and the tenant row) while the
-        store wrote, a slow store (throttled, retrying) drained the pool for every tenant. The window this leaves, an
-        erasure finishing both its passes while these writes are under way, is told here: the tenant row is gone
-        when the rows are removed, and the records that outlived it are logged by id for an operator (ADR 0012)."""
-        written, refused, failure = self._write_each(tenant_id, records, skip=set())
+        `present`: the tenant row was there when `records` were read. Gone, only its erasure's record is written and
+        any other is removed unwritten (it raced the erasure). Gone by the time the rows are removed, its erasure may
+        have made its second pass before these writes landed: what was written is deleted from the store again
+        (`_undo`). Still there, the erasure's row delete, and so its second pass, come after these writes."""
+        dropped = [] if present else [i for i, document in records if not _outlives_tenant(document)]
+        if dropped:
+            logger.warning("audit outbox: %d records of erased tenant %s removed unwritten", len(dropped), tenant_id)
+        written, refused, failed, rest = self._write_each(tenant_id, records, skip=set(dropped), until=until)
         with tenant_transaction(tenant_id, pool=self._pool) as conn:
-            if not hold_tenant(conn, tenant_id):
-                outlived = [str(i) for i, document in records if i in set(written) and not _outlives_tenant(document)]
-                if outlived:
-                    logger.error(
-                        "audit outbox: %d records of tenant %s were written as it was erased and outlive it: %s",
-                        len(outlived),
-                        tenant_id,
-                        ", ".join(outlived[:50]),
-                    )
-            self._settle_rows(conn, written, refused)
-        if failure is not None:
-            raise failure
-        return Copied(len(written), len(refused))
+            held = hold_tenant(conn, tenant_id)
+            self._settle_rows(conn, written + dropped, refused)
+        if not held:
+            # A write that failed may still have landed (a timeout): it goes too, a 404 being no error.
+            tried = {*written, *([] if failed is None else [failed[0]])}
+            undone = self._undo(tenant_id, [(i, document) for i, document in records if i in tried])
+            written = [i for i in written if i not in undone]
+        if failed is not None:
+            raise failed[1]
+        return Copied(len(written), len(refused)), rest
 
-    def _copy_held(
-        self, conn: psycopg.Connection[Any], tenant_id: UUID, held: bool, records: Sequence[tuple[UUID, dict[str, Any]]]
-    ) -> tuple[Copied, Exception | None]:
-        """The relay's copy: write each record to the store, then remove the written ones from the outbox and set the
-        refused ones aside, in `conn`'s transaction; a failure stops the copy and is returned, for the caller to raise
-        once the transaction has committed what was done before it.
-
-        `held`: the transaction holds the tenant row, so an erasure cannot finish, nor its second pass run, before
-        these records are in the store (a timer's one connection, never a request's). Once the tenant is gone only
-        its erasure's record is written: any other outlived the erasure by racing it and is removed unwritten."""
-        erased = [] if held else [record_id for record_id, document in records if not _outlives_tenant(document)]
-        if erased:
-            logger.warning("audit outbox: %d records of erased tenant %s removed unwritten", len(erased), tenant_id)
-        written, refused, failure = self._write_each(tenant_id, records, skip=set(erased))
-        self._settle_rows(conn, written + erased, refused)
-        return Copied(len(written), len(refused)), failure
+    def _undo(self, tenant_id: UUID, records: Sequence[tuple[UUID, dict[str, Any]]]) -> set[UUID]:
+        """Delete from the store what a copy wrote for a tenant erased meanwhile, but its erasure's record; returns
+        the deleted ids. What cannot be deleted outlives the tenant, and is logged by id for an operator (ADR 0012)."""
+        outlived = [i for i, document in records if not _outlives_tenant(document)]
+        undone: set[UUID] = set()
+        if self._delete is not None:
+            try:
+                for record_id in outlived:
+                    self._delete(tenant_id, record_id)
+                    undone.add(record_id)
+            except Exception:
+                logger.exception("audit outbox: deleting the records of erased tenant %s failed", tenant_id)
+        if undone:
+            logger.warning(
+                "audit outbox: %d records written as tenant %s was erased deleted again", len(undone), tenant_id
+            )
+        left = [str(i) for i in outlived if i not in undone]
+        if left:
+            logger.error(
+                "audit outbox: %d records of tenant %s were written as it was erased and outlive it: %s",
+                len(left),
+                tenant_id,
+                ", ".join(left[:50]),
+            )
+        return undone
 
     def _write_each(
-        self, tenant_id: UUID, records: Sequence[tuple[UUID, dict[str, Any]]], *, skip: set[UUID]
-    ) -> tuple[list[UUID], list[tuple[UUID, str]], Exception | None]:
-        """Write each record not in `skip` to the store, in order, until one fails: the written, the refused (the
-        store will never take them) and the failure."""
+        self,
+        tenant_id: UUID,
+        records: Sequence[tuple[UUID, dict[str, Any]]],
+        *,
+        skip: set[UUID],
+        until: float | None,
+    ) -> tuple[list[UUID], list[tuple[UUID, str]], tuple[UUID, Exception] | None, int]:
+        """Write each record not in `skip` to the store, in order, until one fails or `until` (on the clock) has
+        passed: the written, the refused (the store will never take them), the failed one and its failure, and how
+        many were left unwritten for time."""
         written: list[UUID] = []
         refused: list[tuple[UUID, str]] = []
-        for record_id, document in records:
+        for index, (record_id, document) in enumerate(records):
             if record_id in skip:
                 continue
+            if until is not None and (written or refused) and self._clock() >= until:
+                return written, refused, None, len(records) - index
             try:
                 _check_owner(tenant_id, record_id, document)
                 self._write(tenant_id, document)
@@ -216,9 +258,9 @@ class AuditOutbox:
                 refused.append((record_id, str(exc) or type(exc).__name__))
                 continue
             except Exception as exc:
-                return written, refused, exc
+                return written, refused, (record_id, exc), 0
             written.append(record_id)
-        return written, refused, None
+        return written, refused, None, 0
 
     @staticmethod
     def _settle_rows(conn: psycopg.Connection[Any], removed: list[UUID], refused: list[tuple[UUID, str]]) -> None:

@@ -25,7 +25,7 @@ from shared.api.durable import get_durable_client
 from shared.api.routers import tenants as tenants_router
 from shared.audit import AuditRecord
 from shared.audit.cosmos import CosmosAuditStore
-from shared.audit.outbox import AuditOutbox, Copied, Write
+from shared.audit.outbox import AuditOutbox, Copied, Delete, Write
 from shared.audit.postgres import PostgresAuditStore
 from shared.db.session import platform_transaction, tenant_transaction
 from shared.tenants import offboarding
@@ -66,11 +66,11 @@ def _store(
     """A Cosmos store on `container` (on the process's pools when none is given); with `held`, its writes are held
     (the list gets their `_HeldWrites`)."""
 
-    def outbox(write: Write) -> AuditOutbox:
+    def outbox(write: Write, delete: Delete) -> AuditOutbox:
         if held is not None:
             held.append(_HeldWrites(write))
             write = held[-1]
-        return AuditOutbox(write, pool=app_pool, control_pool=control_pool)
+        return AuditOutbox(write, delete, pool=app_pool, control_pool=control_pool)
 
     return CosmosAuditStore(container, outbox=outbox)
 
@@ -132,7 +132,7 @@ def _erase_while_held(
     return erased_first
 
 
-def test_a_relayed_batch_in_flight_across_an_erasure_is_written_before_it_ends_and_erased_with_the_tenant(
+def test_a_relayed_batch_in_flight_across_an_erasure_holds_nothing_and_is_deleted_once_it_lands(
     api: ApiHarness,
     azurite: Any,
     container: ContainerProxy,
@@ -141,7 +141,9 @@ def test_a_relayed_batch_in_flight_across_an_erasure_is_written_before_it_ends_a
     control_pool: ConnectionPool[Any],
 ) -> None:
     # The relay read its batch, then wrote it with no hold on the tenant: an erasure meanwhile finished both its
-    # passes first, and the records it was carrying landed in the erased tenant's partition for good.
+    # passes first, and the records it was carrying landed in the erased tenant's partition for good. Holding the
+    # tenant row (and so a transaction id) across the writes instead held back every tenant's domain events while a
+    # throttled store wrote. The relay holds nothing now, and deletes what it wrote once it finds the tenant gone.
     tenant = api.provision("erased-mid-relay").id
     for _ in range(3):
         _store(missing_container, app_pool, control_pool).record(_record(tenant))  # left to the relay
@@ -153,12 +155,12 @@ def test_a_relayed_batch_in_flight_across_an_erasure_is_written_before_it_ends_a
         api, azurite, container, tenant, lambda: relaying._outbox.relay_tenant(tenant), held[0]
     )
 
-    assert not erased_first  # the erasure waited for the copy
+    assert erased_first  # nothing of the relay's held the erasure back
     assert _in_store(container, tenant) == []
     assert _waiting(tenant, app_pool) == []
 
 
-def test_a_copy_after_a_commit_holds_no_connection_while_the_store_writes_and_names_what_outlived_an_erasure(
+def test_a_copy_after_a_commit_holds_no_connection_while_the_store_writes_and_deletes_what_outlived_an_erasure(
     api: ApiHarness,
     azurite: Any,
     container: ContainerProxy,
@@ -168,7 +170,7 @@ def test_a_copy_after_a_commit_holds_no_connection_while_the_store_writes_and_na
 ) -> None:
     # The copy that follows a commit runs on the request path: holding the tenant row (and so a pooled connection)
     # while the store wrote, a slow store drained the pool for every tenant. It holds nothing now, so an erasure
-    # can finish while it writes; the records that outlived it are logged by id for an operator (ADR 0012).
+    # can finish while it writes; what outlived it the copy deletes from the store again.
     tenant = api.provision("erased-mid-copy").id
     held: list[_HeldWrites] = []
     recording = _store(container, app_pool, control_pool, held=held)
@@ -177,9 +179,41 @@ def test_a_copy_after_a_commit_holds_no_connection_while_the_store_writes_and_na
     erased_first = _erase_while_held(api, azurite, container, tenant, lambda: recording.record(record), held[0])
 
     assert erased_first  # nothing of the copy's held the erasure back
+    assert _in_store(container, tenant) == []
     assert _waiting(tenant, app_pool) == []
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_a_copy_that_cannot_delete_what_outlived_an_erasure_names_it_for_an_operator(
+    missing_container: ContainerProxy,
+    app_pool: ConnectionPool[Any],
+    control_pool: ConnectionPool[Any],
+    new_tenant: Callable[[], uuid.UUID],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tenant = new_tenant()
+    down = _store(missing_container, app_pool, control_pool)
+    records = [_record(tenant) for _ in range(2)]
+    for record in records:
+        down.record(record)  # left to the relay
+    written: list[str] = []
+    deletes: list[uuid.UUID] = []
+
+    def write(tenant_id: uuid.UUID, document: dict[str, Any]) -> None:
+        if not written:  # the tenant's erasure ends while the relay writes
+            with platform_transaction(pool=control_pool) as conn:
+                conn.execute("DELETE FROM app.tenants WHERE id = %s", (tenant_id,))
+        written.append(document["id"])
+
+    def delete(tenant_id: uuid.UUID, record_id: uuid.UUID) -> None:
+        deletes.append(record_id)
+        raise RuntimeError("the store is down")
+
+    assert AuditOutbox(write, delete, pool=app_pool, control_pool=control_pool).relay_tenant(tenant) == Copied(2)
+    assert written == [str(r.id) for r in records] and deletes == [records[0].id]
     outlived = [r.getMessage() for r in caplog.records if r.levelname == "ERROR" and "outlive it" in r.getMessage()]
-    assert len(outlived) == 1 and str(record.id) in outlived[0]
+    assert len(outlived) == 1 and all(str(r.id) in outlived[0] for r in records)
+    assert _waiting(tenant, app_pool) == []
 
 
 def test_once_the_tenant_is_gone_a_copy_writes_its_erasures_record_and_nothing_else(

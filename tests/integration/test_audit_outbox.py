@@ -6,8 +6,10 @@ was left, once (migration 0027)."""
 from __future__ import annotations
 
 import dataclasses
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,9 +21,12 @@ from psycopg_pool import ConnectionPool
 
 from shared.audit import AuditRecord
 from shared.audit.cosmos import CosmosAuditStore, create_audit_container
-from shared.audit.outbox import AuditOutbox, Copied, Write
+from shared.audit.outbox import AuditOutbox, Copied, Delete, Write
 from shared.audit.postgres import PostgresAuditStore
 from shared.db.session import platform_transaction, tenant_transaction
+from shared.events.outbox import enqueue
+from shared.events.publisher import OutboundEvent
+from shared.events.relay import relay_pending
 
 pytestmark = [
     pytest.mark.integration,
@@ -44,8 +49,8 @@ def missing_container(cosmos_database: DatabaseProxy) -> ContainerProxy:
 def _store(
     container: ContainerProxy, app_pool: ConnectionPool[Any], control_pool: ConnectionPool[Any]
 ) -> CosmosAuditStore:
-    def outbox(write: Write) -> AuditOutbox:
-        return AuditOutbox(write, pool=app_pool, control_pool=control_pool)
+    def outbox(write: Write, delete: Delete) -> AuditOutbox:
+        return AuditOutbox(write, delete, pool=app_pool, control_pool=control_pool)
 
     return CosmosAuditStore(container, outbox=outbox)
 
@@ -330,3 +335,110 @@ def test_the_erasures_own_record_outlives_the_tenants_row(
     assert _waiting(app_pool, erased) == {record.id}
     assert _store(container, app_pool, control_pool)._outbox.relay_tenant(erased) == Copied(1)
     assert _in_store(container, record) and _waiting(app_pool, erased) == set()
+
+
+class _Hub:
+    """An event publisher that keeps what it is sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[OutboundEvent] = []
+
+    def publish(self, hub: str, events: Sequence[OutboundEvent]) -> None:
+        self.sent.extend(events)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.usefixtures("process_pools")
+def test_a_batch_the_store_writes_slowly_holds_back_no_tenants_domain_events(
+    container: ContainerProxy,
+    missing_container: ContainerProxy,
+    app_pool: ConnectionPool[Any],
+    control_pool: ConnectionPool[Any],
+    new_tenant: Callable[[], uuid.UUID],
+) -> None:
+    # The relay wrote its batch inside the tenant transaction that read it (rows FOR UPDATE, so it had a transaction
+    # id), and the event relay sends only the events of transactions older than every one still running: while a
+    # throttled store took its writes (minutes), no tenant's domain events or webhooks went out.
+    noisy, other = new_tenant(), new_tenant()
+    relay_pending(_Hub, max_rounds=100, pool=app_pool, control_pool=control_pool)  # what earlier tests left
+    down = _store(missing_container, app_pool, control_pool)
+    records = [_record(noisy) for _ in range(3)]
+    for record in records:
+        down.record(record)  # left to the relay
+    up = _store(container, app_pool, control_pool)
+    entered, finish = threading.Event(), threading.Event()
+
+    def slow_write(tenant_id: uuid.UUID, document: dict[str, Any]) -> None:
+        entered.set()
+        assert finish.wait(30)  # the store answers once the other tenant's event has been relayed
+        up._write_copy(tenant_id, document)
+
+    relay = AuditOutbox(slow_write, pool=app_pool, control_pool=control_pool)
+    hub = _Hub()
+    with ThreadPoolExecutor(1) as pool:
+        relaying = pool.submit(relay.relay_tenant, noisy)
+        try:
+            assert entered.wait(30)
+            with tenant_transaction(other, pool=app_pool) as conn:
+                event_id = str(enqueue(conn, "thing.created", "things/1", {"n": 1}))
+            relay_pending(lambda: hub, pool=app_pool, control_pool=control_pool)
+        finally:
+            finish.set()
+        assert relaying.result(30) == Copied(3)
+    assert event_id in [event.body["id"] for event in hub.sent]  # while the audit batch was still being written
+    assert all(_in_store(container, record) for record in records) and _waiting(app_pool, noisy) == set()
+
+
+def test_a_relay_pass_stops_writing_its_batch_once_its_time_is_up_and_the_next_takes_the_rest(
+    container: ContainerProxy,
+    missing_container: ContainerProxy,
+    app_pool: ConnectionPool[Any],
+    control_pool: ConnectionPool[Any],
+    new_tenant: Callable[[], uuid.UUID],
+) -> None:
+    tenant = new_tenant()
+    down = _store(missing_container, app_pool, control_pool)
+    records = [_record(tenant) for _ in range(3)]
+    for record in records:
+        down.record(record)
+    up = _store(container, app_pool, control_pool)
+    # Its time up after each record: one record a pass, in the order they were queued.
+    relay = AuditOutbox(up._write_copy, pool=app_pool, control_pool=control_pool, batch_s=0.0)
+    assert relay.relay_tenant(tenant, max_batches=1) == Copied(1)
+    assert _in_store(container, records[0]) and _waiting(app_pool, tenant) == {r.id for r in records[1:]}
+    assert relay.relay_tenant(tenant) == Copied(2)
+    assert all(_in_store(container, record) for record in records) and _waiting(app_pool, tenant) == set()
+
+
+def test_two_relays_at_once_both_write_the_same_records_and_lose_none(
+    container: ContainerProxy,
+    missing_container: ContainerProxy,
+    app_pool: ConnectionPool[Any],
+    control_pool: ConnectionPool[Any],
+    new_tenant: Callable[[], uuid.UUID],
+) -> None:
+    # No row is locked while the store writes, so two relays (two instances' timers, or the relay beside a copy after
+    # a commit) may read the same records: the store takes each by its id once, and the second write counts as done.
+    tenant = new_tenant()
+    down = _store(missing_container, app_pool, control_pool)
+    records = [_record(tenant) for _ in range(4)]
+    for record in records:
+        down.record(record)
+    up = _store(container, app_pool, control_pool)
+    both_read = threading.Barrier(2, timeout=30)
+    first_write: set[int] = set()
+
+    def write(tenant_id: uuid.UUID, document: dict[str, Any]) -> None:
+        if threading.get_ident() not in first_write:
+            first_write.add(threading.get_ident())
+            both_read.wait()  # neither writes before both have read the batch
+        up._write_copy(tenant_id, document)
+
+    relays = [AuditOutbox(write, pool=app_pool, control_pool=control_pool) for _ in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        copied = list(pool.map(lambda relay: relay.relay_tenant(tenant), relays))
+    assert copied == [Copied(4), Copied(4)]
+    assert all(len(_stored(container, record)) == 1 for record in records)
+    assert _waiting(app_pool, tenant) == set()

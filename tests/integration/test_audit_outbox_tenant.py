@@ -90,8 +90,8 @@ def test_the_relay_sets_aside_a_document_naming_another_tenant(
     container = FakeContainer()
     outboxes: list[AuditOutbox] = []
 
-    def outbox(write: Any) -> AuditOutbox:
-        outboxes.append(AuditOutbox(write, pool=app_pool, control_pool=control_pool))
+    def outbox(write: Any, delete: Any) -> AuditOutbox:
+        outboxes.append(AuditOutbox(write, delete, pool=app_pool, control_pool=control_pool))
         return outboxes[0]
 
     store = CosmosAuditStore(container, outbox=outbox)  # type: ignore[arg-type]

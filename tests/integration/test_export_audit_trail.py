@@ -17,7 +17,7 @@ from psycopg_pool import ConnectionPool
 from shared.audit import AuditRecord
 from shared.audit import cosmos as cosmos_audit
 from shared.audit.cosmos import CosmosAuditStore, create_audit_container
-from shared.audit.outbox import AuditOutbox, Write
+from shared.audit.outbox import AuditOutbox, Delete, Write
 from shared.audit.postgres import PostgresAuditStore
 from shared.db.session import tenant_transaction
 from shared.tenants import offboarding
@@ -79,8 +79,8 @@ def test_the_export_carries_the_tenants_cosmos_trail_read_by_partition_a_page_at
     control_pool: ConnectionPool[Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def outbox(write: Write) -> AuditOutbox:
-        return AuditOutbox(write, pool=app_pool, control_pool=control_pool)
+    def outbox(write: Write, delete: Delete) -> AuditOutbox:
+        return AuditOutbox(write, delete, pool=app_pool, control_pool=control_pool)
 
     store = CosmosAuditStore(container, outbox=outbox)
     api.provision("export-trail-operator")
