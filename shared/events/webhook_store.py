@@ -69,13 +69,17 @@ _DELIVERIES = "SELECT {delivery} FROM app.webhook_deliveries WHERE subscription_
 # The head of each enabled subscription's queue, when it is due. Later deliveries wait behind it: per-subscription
 # order. The claim moves its next attempt past the send's timeout, so an overlapping run leaves it alone. Whether a
 # head is due is asked of the locked row (`d`), which Postgres reads again once it holds the lock: the heads were read
-# when the statement began, and a run that claimed (or sent) one and committed since must not have it taken again.
+# when the statement began, and a run that claimed (or sent) one and committed since must not have it taken again. A
+# suspended tenant's deliveries are not claimed: they stay pending, and go once it is active again (RLS: the tenants
+# row read is the transaction's tenant's).
 _CLAIM_HEADS = (
     "WITH heads AS (SELECT DISTINCT ON (d.subscription_id) d.id FROM app.webhook_deliveries d"
     " JOIN app.webhook_subscriptions s ON s.tenant_id = d.tenant_id AND s.id = d.subscription_id AND s.enabled"
     " WHERE d.state = 'pending' ORDER BY d.subscription_id, d.id),"
     " due AS (SELECT d.tenant_id, d.id FROM app.webhook_deliveries d JOIN heads h ON h.id = d.id"
-    " WHERE d.state = 'pending' AND d.next_attempt_at <= clock_timestamp() LIMIT %s FOR UPDATE OF d SKIP LOCKED)"
+    " WHERE d.state = 'pending' AND d.next_attempt_at <= clock_timestamp()"
+    " AND EXISTS (SELECT 1 FROM app.tenants t WHERE t.id = d.tenant_id AND t.status = 'active')"
+    " LIMIT %s FOR UPDATE OF d SKIP LOCKED)"
     " UPDATE app.webhook_deliveries d SET next_attempt_at = clock_timestamp() + make_interval(secs => %s)"
     " FROM due, app.webhook_subscriptions s WHERE d.tenant_id = due.tenant_id AND d.id = due.id"
     " AND s.tenant_id = d.tenant_id AND s.id = d.subscription_id"
@@ -266,9 +270,9 @@ def deliveries(conn: Conn, subscription_id: UUID, limit: int = 100) -> list[dict
 
 
 def claim_due(conn: Conn, tenant_id: UUID, *, limit: int, hold_s: float) -> list[Claimed]:
-    """The due heads of the tenant's enabled subscriptions, held for `hold_s` while they are sent, each with its
-    secret opened. A secret that does not open (SealError) takes the claim back with the transaction: the deliveries
-    wait, none is lost."""
+    """The due heads of the tenant's enabled subscriptions (none while it is suspended), held for `hold_s` while they
+    are sent, each with its secret opened. A secret that does not open (SealError) takes the claim back with the
+    transaction: the deliveries wait, none is lost."""
     claimed = []
     for row in conn.execute(_CLAIM_HEADS, (limit, hold_s)).fetchall():
         fields = dict(row)

@@ -9,8 +9,9 @@ import contextvars
 import json
 import logging
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Collection
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +27,7 @@ from shared.events import webhook_store as store
 from shared.events.outbox import enqueue
 from shared.modules.contract import StepFailed
 from shared.modules.ssrf import GuardedClient, check_url, private_network_allowed, read_limited
+from shared.observability.urls import hide_urls
 from shared.tenants.models import TenantQuotas
 from shared.tenants.repository import tenant_settings
 
@@ -41,14 +43,29 @@ HOLD_S = 60.0
 """How long a claimed delivery is left alone by other runs while it is being sent (longer than a send takes)."""
 PER_RUN = 50
 TENANTS_AT_ONCE = 4
-"""Tenants a run sends for at the same time (each on a thread of its own, its transactions short)."""
+"""Tenants a run sends for at the same time (each on a thread of its own, its transactions short), not counting
+those whose receivers were seen slow in this run (SLOW_SEND_S)."""
+SENDERS = 16
+"""Threads a run sends on in all: TENANTS_AT_ONCE for tenants not seen slow, the rest for tenants whose sends wait on
+slow receivers (a thread waiting on a socket holds no connection and does no work)."""
+SLOW_SEND_S = 0.25
+"""A send unanswered this long marks its tenant slow for the rest of the run: its sender no longer counts among the
+TENANTS_AT_ONCE, and the run starts the next tenant beside it."""
+FIND_EVERY_S = 1.0
+"""How often a run held open by its tenants' sends looks again for tenants with a delivery due (the timer's period):
+their deliveries go out in this run instead of waiting for the slow ones to end it."""
 TENANT_BUDGET_S = 15.0
-"""How long a run sends one tenant's deliveries before it leaves the rest for the next run; a send started before
-then ends within SEND_TIMEOUT_S, well inside HOLD_S."""
+"""How long a run starts sends: a tenant's sends past it wait for the next run; a send started before then ends
+within SEND_TIMEOUT_S, well inside HOLD_S."""
 MAX_RESPONSE_BYTES = 4096
 MAX_ERROR_CHARS = 500
 """Of an attempt's error recorded in the delivery log (and in the `webhook.disabled` event's reason)."""
-_DUE_TENANTS = "SELECT tenant_id FROM app.webhook_due_tenants(%s) AS due (tenant_id)"
+# The suspended tenants are read here, by the control plane: the function's owner may read no tenant row (migration
+# 0048). Their deliveries stay pending, and due again once the tenant is active.
+_DUE_TENANTS = (
+    "SELECT tenant_id FROM app.webhook_due_tenants(%s, ARRAY(SELECT id FROM app.tenants WHERE status <> 'active'))"
+    " AS due (tenant_id)"
+)
 
 ClientFactory = Callable[[list[str]], GuardedClient]
 
@@ -98,12 +115,40 @@ class DeliveryResult:
     disabled: int = 0
     left: int = 0
     """Claimed and not sent when a tenant's share of the run was spent: due again for the next run."""
+    tenants_left: int = 0
+    """Tenants found due that the run did not get to before its end: found again (oldest due first) by the next."""
+
+    def add(self, other: DeliveryResult) -> None:
+        """Count `other`'s (one tenant's turn) in this run's."""
+        self.delivered += other.delivered
+        self.failed_attempts += other.failed_attempts
+        self.disabled += other.disabled
+        self.left += other.left
+        self.tenants_left += other.tenants_left
+
+
+class Turn:
+    """One tenant's share of a run: until when it may start sends, and since when its send in flight has waited for
+    its receiver. The run reads the latter, and may end the turn sooner (`ends`) once that send is answered."""
+
+    def __init__(self, ends: float) -> None:
+        self.ends = ends
+        self.sending_since: float | None = None
+        self.slow = False
+        """Seen with a send unanswered for SLOW_SEND_S (by the run, which alone sets it)."""
+
+
+def _recorded(text: str) -> str:
+    """What a failed attempt records of its error, at most MAX_ERROR_CHARS characters: every URL in it cut to its
+    scheme, host and port, for the error goes to the delivery log and into the `webhook.disabled` event's reason,
+    which platform-events and the tenant's other receivers get (a receiver's URL holds its secrets)."""
+    text = hide_urls(text)
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
 
 
 def _error_text(exc: BaseException) -> str:
-    """`Type: message`, at most MAX_ERROR_CHARS characters: what a failed attempt records of its error."""
-    text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
+    """`Type: message`: what a failed attempt records of an unexpected error."""
+    return _recorded(f"{type(exc).__name__}: {exc}")
 
 
 def _send(client: GuardedClient, claimed: store.Claimed, timeout_s: float) -> tuple[int | None, str | None]:
@@ -117,7 +162,7 @@ def _send(client: GuardedClient, claimed: store.Claimed, timeout_s: float) -> tu
         response = client.request("POST", claimed.url, headers=headers, json_body=claimed.payload, timeout=timeout_s)
         read_limited(response, MAX_RESPONSE_BYTES, decode=False)  # the answer is not kept; this closes it
     except StepFailed as exc:  # refused by the guard now (the host's addresses changed), or unreachable
-        return None, str(exc)
+        return None, _recorded(str(exc))
     except httpx.HTTPError as exc:  # DeadlineExceeded among them
         return None, _error_text(exc)
     except Exception as exc:
@@ -138,19 +183,20 @@ def deliver_tenant(
     client_factory: ClientFactory | None = None,
     budget_s: float = TENANT_BUDGET_S,
     send_timeout_s: float = SEND_TIMEOUT_S,
+    turn: Turn | None = None,
 ) -> DeliveryResult:
     """Send the tenant's due deliveries, one head per subscription at a time, each send within `send_timeout_s`,
-    until none is due, PER_RUN, or `budget_s` has passed: what is claimed and not yet sent then goes back, due, for
-    the next run."""
+    until none is due, PER_RUN, or `budget_s` has passed (or the run's `turn` ends): what is claimed and not yet sent
+    then goes back, due, for the next run. A suspended tenant's deliveries are not claimed (webhook_store)."""
     result = DeliveryResult()
-    ends = time.monotonic() + budget_s
+    turn = turn or Turn(time.monotonic() + budget_s)
     with tenant_transaction(tenant_id, pool=pool) as conn:
         allowed = [str(h) for h in tenant_settings(conn).get("allowed_hosts") or []]
     make_client = client_factory or (
         lambda hosts: GuardedClient(hosts, timeout=send_timeout_s, allow_private=private_network_allowed())
     )
     with make_client(allowed) as client:
-        while result.delivered + result.failed_attempts < PER_RUN and time.monotonic() < ends:
+        while result.delivered + result.failed_attempts < PER_RUN and time.monotonic() < turn.ends:
             with tenant_transaction(tenant_id, pool=pool) as conn:
                 claimed = store.claim_due(
                     conn, tenant_id, limit=PER_RUN - result.delivered - result.failed_attempts, hold_s=HOLD_S
@@ -160,7 +206,7 @@ def deliver_tenant(
             taken = 0  # how many of `claimed` were taken to be sent; the rest go back in the end
             try:
                 for item in claimed:  # each subscription's head: sent outside any transaction
-                    if time.monotonic() >= ends:
+                    if time.monotonic() >= turn.ends:
                         # A slow receiver spent this tenant's share of the run; its other heads wait for the next.
                         result.left += len(claimed) - taken
                         break
@@ -170,6 +216,7 @@ def deliver_tenant(
                         client,
                         item,
                         result,
+                        turn,
                         pool=pool,
                         backoff_base_s=backoff_base_s,
                         send_timeout_s=send_timeout_s,
@@ -188,13 +235,18 @@ def _deliver(
     client: GuardedClient,
     item: store.Claimed,
     result: DeliveryResult,
+    turn: Turn,
     *,
     pool: ConnectionPool[Any] | None,
     backoff_base_s: float,
     send_timeout_s: float,
 ) -> None:
     """Send one claimed delivery and record how it went (a failure for good disables its subscription)."""
-    status, error = _send(client, item, send_timeout_s)
+    turn.sending_since = time.monotonic()
+    try:
+        status, error = _send(client, item, send_timeout_s)
+    finally:
+        turn.sending_since = None
     with tenant_transaction(tenant_id, pool=pool) as conn:
         if error is None:
             assert status is not None  # a success has a status
@@ -223,6 +275,24 @@ def _deliver(
             )
 
 
+def _due_tenants(max_tenants: int, control_pool: ConnectionPool[Any] | None) -> list[UUID]:
+    """Active tenants with a delivery due, oldest due first."""
+    with platform_transaction(pool=control_pool) as conn:
+        return [UUID(str(row["tenant_id"])) for row in conn.execute(_DUE_TENANTS, (max_tenants,)).fetchall()]
+
+
+def _see_slow(turns: Collection[Turn], now: float, slow_send_s: float, slow_senders: int) -> None:
+    """Mark the turns whose send has waited `slow_send_s`; one seen slow when `slow_senders` slow ones hold senders
+    already ends with the send it waits on, so that slow tenants never hold the senders the others are served on."""
+    for turn in turns:
+        since = turn.sending_since
+        if turn.slow or since is None or now - since < slow_send_s:
+            continue
+        turn.slow = True
+        if sum(other.slow for other in turns) > slow_senders:
+            turn.ends = min(turn.ends, now)
+
+
 def deliver_due(
     *,
     max_tenants: int = 100,
@@ -231,44 +301,90 @@ def deliver_due(
     backoff_base_s: float = BACKOFF_BASE_S,
     client_factory: ClientFactory | None = None,
     tenants_at_once: int = TENANTS_AT_ONCE,
+    senders: int = SENDERS,
     budget_s: float = TENANT_BUDGET_S,
     send_timeout_s: float = SEND_TIMEOUT_S,
+    slow_send_s: float = SLOW_SEND_S,
 ) -> DeliveryResult:
-    """One run over every tenant with a delivery due, `tenants_at_once` tenants at a time, each for at most
-    `budget_s` plus one send (`send_timeout_s`): a tenant whose receivers are slow holds up one sender, not the
-    others' deliveries, and the run ends. One tenant's trouble is logged and the others still go; so is a tenant
-    whose row another transaction holds locked past bounded_lock_waits' bound (the run waits for every tenant)."""
-    with platform_transaction(pool=control_pool) as conn:
-        tenants = [UUID(str(row["tenant_id"])) for row in conn.execute(_DUE_TENANTS, (max_tenants,)).fetchall()]
+    """One run over the active tenants with a delivery due, oldest due first, each started as soon as a sender is
+    free, until `budget_s` has passed (plus the sends then in flight, each within `send_timeout_s`). A tenant whose
+    send waits `slow_send_s` for its receiver stops counting among the `tenants_at_once` at work, and the next
+    tenant starts beside it: slow tenants hold up to `senders - tenants_at_once` senders, not those the others are
+    served on; past that, a tenant seen slow ends its turn with that send. While its tenants' sends hold the run
+    open, it looks every FIND_EVERY_S for tenants it has not served yet. One tenant's trouble is logged and the
+    others still go; so is a tenant whose row another transaction holds locked past bounded_lock_waits' bound."""
+    total = DeliveryResult()
+    started = time.monotonic()
+    ends = started + budget_s
+    queue = deque(_due_tenants(max_tenants, control_pool))
+    if not queue:
+        return total
+    served: set[UUID] = set()
+    found_at = started
+    running: dict[Future[DeliveryResult | None], Turn] = {}
 
-    def run(tenant_id: UUID) -> DeliveryResult | None:
+    def run(tenant_id: UUID, turn: Turn) -> DeliveryResult | None:
         try:
             return deliver_tenant(
                 tenant_id,
                 pool=pool,
                 backoff_base_s=backoff_base_s,
                 client_factory=client_factory,
-                budget_s=budget_s,
                 send_timeout_s=send_timeout_s,
+                turn=turn,
             )
         except Exception:
             logger.exception("webhooks: the deliveries of tenant %s could not be sent", tenant_id)
             return None
 
-    total = DeliveryResult()
-    if not tenants:
-        return total
-    with (
-        bounded_lock_waits(),
-        ThreadPoolExecutor(max_workers=min(tenants_at_once, len(tenants)), thread_name_prefix="webhooks") as senders,
-    ):
-        # Each in a copy of this context, so that its sends belong to the timer invocation's trace (and its tenant
-        # transactions' lock waits are bounded).
-        runs = [senders.submit(contextvars.copy_context().run, run, tenant_id) for tenant_id in tenants]
-        for done in (future.result() for future in runs):
-            if done is not None:
-                total.delivered += done.delivered
-                total.failed_attempts += done.failed_attempts
-                total.disabled += done.disabled
-                total.left += done.left
-    return total
+    with bounded_lock_waits(), ThreadPoolExecutor(max_workers=senders, thread_name_prefix="webhooks") as threads:
+        while True:
+            now = time.monotonic()
+            _see_slow(running.values(), now, slow_send_s, senders - tenants_at_once)
+            if not queue and running and now < ends and now - found_at >= FIND_EVERY_S:
+                found_at = now
+                queue.extend(t for t in _due_tenants(max_tenants, control_pool) if t not in served)
+            while (
+                queue
+                and now < ends
+                and len(running) < senders
+                and sum(not turn.slow for turn in running.values()) < tenants_at_once
+            ):
+                tenant_id = queue.popleft()
+                served.add(tenant_id)
+                turn = Turn(ends)
+                # In a copy of this context, so that its sends belong to the timer invocation's trace (and its tenant
+                # transactions' lock waits are bounded).
+                running[threads.submit(contextvars.copy_context().run, run, tenant_id, turn)] = turn
+            if now >= ends:
+                total.tenants_left += len(queue)
+                queue.clear()
+            if not running:
+                return total
+            done, _ = wait(
+                running,
+                timeout=_next_look(running.values(), now, ends, found_at if not queue else None, slow_send_s),
+                return_when=FIRST_COMPLETED,
+            )
+            for future in done:
+                del running[future]
+                outcome = future.result()
+                if outcome is not None:
+                    total.add(outcome)
+
+
+def _next_look(
+    turns: Collection[Turn], now: float, ends: float, found_at: float | None, slow_send_s: float
+) -> float | None:
+    """How long the run may wait for a turn to end before it must look again: when a send in flight would turn slow,
+    the next find is due (`found_at`, when nothing waits to start), or the run ends; None after its end."""
+    if now >= ends:
+        return None
+    moments = [ends]
+    if found_at is not None:
+        moments.append(found_at + FIND_EVERY_S)
+    for turn in turns:
+        if not turn.slow:
+            since = turn.sending_since
+            moments.append((now if since is None else since) + slow_send_s)
+    return max(min(moments) - now, 0.001)

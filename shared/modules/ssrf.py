@@ -381,6 +381,14 @@ def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
     return url.scheme, url.host, url.port
 
 
+def _origin_text(url: httpx.URL) -> str:
+    """`scheme://host[:port]` of a URL, for a message: a URL's path, query and user info can hold its secrets (a chat
+    service's webhook path is its token), and the message reaches telemetry and a tenant's other receivers."""
+    host = url.raw_host.decode("ascii", errors="replace")  # `host` would decode the name, which can fail (`xn--`)
+    port = f":{url.port}" if url.port is not None else ""
+    return f"{url.scheme}://[{host}]{port}" if ":" in host else f"{url.scheme}://{host}{port}"
+
+
 class GuardedClient:
     """An httpx client that checks every URL it visits, redirects included, and connects only to checked addresses.
     A request's timeout bounds the whole exchange, its redirects and the reading of its body included."""
@@ -451,6 +459,7 @@ class GuardedClient:
         deadline = _Deadline(timeout if timeout is not None else self._timeout)
         # Only for messages until the URL is checked: `host` would decode the name, which can fail (`xn--`).
         host = current.raw_host.decode("ascii", errors="replace")
+        origin = _origin_text(current)  # the request's, for messages: never its path or query
         handed_over = False
         try:
             resolver = _resolving_within(self._resolver, deadline)
@@ -469,7 +478,7 @@ class GuardedClient:
                     return response
                 response.close()
                 if hop == MAX_REDIRECTS:
-                    raise StepFailed(f"more than {MAX_REDIRECTS} redirects from {url}", retryable=False)
+                    raise StepFailed(f"more than {MAX_REDIRECTS} redirects from {origin}", retryable=False)
                 try:
                     following = current.join(location)
                     same_origin = _origin(following) == _origin(current)

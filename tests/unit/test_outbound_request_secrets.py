@@ -20,7 +20,8 @@ from shared.modules.ssrf import GuardedClient
 
 class Server:
     """A local HTTP server that records each request's host, path and cookie. `/login` sets a cookie and redirects
-    to `b.example` on the same port; `/set` sets one and answers 200; anything else answers 200."""
+    to `b.example` on the same port; `/set` sets one and answers 200; `/loop...` redirects to itself; anything else
+    answers 200."""
 
     def __init__(self) -> None:
         self.seen: list[dict[str, Any]] = []
@@ -31,7 +32,10 @@ class Server:
                 server.seen.append(
                     {"host": self.headers.get("Host"), "path": self.path, "cookie": self.headers.get("Cookie")}
                 )
-                if self.path in ("/login", "/set"):
+                if self.path.startswith("/loop"):
+                    self.send_response(307)
+                    self.send_header("Location", self.path)  # a misconfigured receiver: a redirect loop
+                elif self.path in ("/login", "/set"):
                     self.send_response(302 if self.path == "/login" else 200)
                     self.send_header("Set-Cookie", "session=COOKIESECRET; Path=/")
                     if self.path == "/login":
@@ -132,3 +136,14 @@ def test_no_cookie_a_receiver_sets_is_ever_sent(server: Server) -> None:
     with GuardedClient(["a.example"], resolver=_to_loopback, allow_private=True) as client:
         client.request("GET", f"http://a.example:{server.port}/mine", headers={"Cookie": "own=1"}).close()
     assert server.seen[-1]["cookie"] == "own=1"
+
+
+def test_too_many_redirects_name_the_origin_not_the_url(server: Server) -> None:
+    # The message quoted the whole URL, and a webhook delivery's error goes into the `webhook.disabled` event that
+    # platform-events and the tenant's other receivers get: the path and query are a receiver's secrets.
+    url = f"http://svc:PASSSECRET@127.0.0.1:{server.port}/loop/PATHSECRET?api_key=QUERYSECRET"
+    with GuardedClient(["127.0.0.1"], allow_private=True) as client, pytest.raises(StepFailed) as failed:
+        client.request("GET", url)
+    assert failed.value.message == f"more than 5 redirects from http://127.0.0.1:{server.port}"
+    assert failed.value.retryable is False
+    assert len(server.seen) == 6  # the request and five redirects followed

@@ -1,0 +1,239 @@
+# intent_ref: platform.events
+"""Which tenants a webhook delivery run serves, and when (ADR 0030): tenants whose receivers keep their sends waiting
+do not take the senders the other tenants are served on, a run held open by them serves tenants due meanwhile, and a
+suspended tenant's deliveries wait, pending, until it is active again."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+from shared.db.session import tenant_transaction
+from shared.events import webhooks
+from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
+from tests.integration.test_webhooks import Receiver, emit, local, tenant  # noqa: F401  # `local`: the fixture
+
+pytestmark = pytest.mark.integration
+WAIT_S = 15.0
+"""How long a test waits for what the run should do while the slow receivers hold their requests: far longer than it
+takes, and what it waits for does not happen at all (until they are let go) when slow tenants hold every sender."""
+
+
+class Held:
+    """A receiver on 127.0.0.1 that holds every request until the test lets it answer (`let`): a slow receiver whose
+    slowness the test decides."""
+
+    def __init__(self) -> None:
+        self.arrived = 0
+        self.answered = 0
+        self._permits = threading.Semaphore(0)
+        held = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802  # the stdlib's name
+                self.rfile.read(int(self.headers["Content-Length"]))
+                held.arrived += 1
+                held._permits.acquire(timeout=60)
+                held.answered += 1
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks"
+
+    def let(self, requests: int = 1000) -> None:
+        """Let the next `requests` requests (held or still to come) be answered."""
+        for _ in range(requests):
+            self._permits.release()
+
+
+def _until(condition: Callable[[], bool], timeout_s: float = WAIT_S) -> bool:
+    """Whether `condition` holds within `timeout_s` (looked at every 10 ms)."""
+    ends = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() >= ends:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@pytest.fixture
+def only(monkeypatch: pytest.MonkeyPatch) -> Callable[[Collection[UUID]], None]:
+    """Limit runs to the test's tenants: other tests' tenants in the module's database, still due, would take
+    senders too."""
+
+    def limit(tenant_ids: Collection[UUID]) -> None:
+        found = webhooks._due_tenants
+        monkeypatch.setattr(webhooks, "_due_tenants", lambda *args: [t for t in found(*args) if t in set(tenant_ids)])
+
+    return limit
+
+
+class Run:
+    """`deliver_due` on a thread of its own, so the test can watch what it does while receivers hold its sends."""
+
+    def __init__(self, **options: Any) -> None:
+        self.result: webhooks.DeliveryResult | None = None
+        self._thread = threading.Thread(target=self._run, kwargs=options, daemon=True)
+        self._thread.start()
+
+    def _run(self, **options: Any) -> None:
+        self.result = webhooks.deliver_due(max_tenants=10_000, **options)
+
+    def finish(self) -> webhooks.DeliveryResult:
+        self._thread.join(WAIT_S * 4)
+        assert self.result is not None, "the run did not end"
+        return self.result
+
+
+@pytest.fixture
+def held() -> Iterator[list[Held]]:
+    """Held receivers, every request let go at the end whatever the test's outcome (the run then ends)."""
+    made: list[Held] = []
+    yield made
+    for receiver in made:
+        receiver.let()
+        receiver.server.shutdown()
+        receiver.server.server_close()
+
+
+def _subscribe(api: ApiHarness, name: str, url: str, subscriptions: int = 1) -> Any:
+    handle, headers = tenant(api, name)
+    for _ in range(subscriptions):
+        made = api.client.post("/api/v1/webhooks", json={"url": url, "event_types": ["*"]}, headers=headers)
+        assert made.status_code == 201, made.text
+    return handle
+
+
+def test_tenants_whose_receivers_keep_sends_waiting_leave_senders_for_the_others(
+    api: ApiHarness, local: None, held: list[Held], only: Callable[[Collection[UUID]], None]
+) -> None:
+    slow, fast = Held(), Receiver()
+    held.append(slow)
+    # Four tenants with a slow receiver, due before the fifth: twice as many as there are senders at work.
+    slow_tenants = [_subscribe(api, f"sched-slow-{n}", slow.url) for n in range(4)]
+    fast_tenant = _subscribe(api, "sched-fast", fast.url)
+    for handle in slow_tenants:
+        emit(handle.id, "test.slow")
+    emit(fast_tenant.id, "test.fast")
+    only([h.id for h in [*slow_tenants, fast_tenant]])
+
+    run = Run(tenants_at_once=2, senders=6, slow_send_s=0.05, send_timeout_s=60, budget_s=60)
+    # The fifth tenant's delivery goes out while every slow receiver still holds its request (the senders the four
+    # wait on are not the ones the others are served on).
+    assert _until(lambda: len(fast.received) == 1), "the other tenant waited for the slow ones"
+    assert slow.answered == 0
+    assert _until(lambda: slow.arrived == 4)  # each sent, and held
+    slow.let()
+    result = run.finish()
+    assert result.delivered == 5 and result.failed_attempts == 0 and result.left == 0
+
+
+def test_a_tenant_seen_slow_when_the_slow_senders_are_all_taken_ends_its_turn_with_that_send(
+    api: ApiHarness,
+    local: None,
+    held: list[Held],
+    only: Callable[[Collection[UUID]], None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first, third, fast = Held(), Held(), Receiver()
+    held += [first, third]
+    # Three tenants with two slow subscriptions each, then one with a fast receiver; one sender at work, two for the
+    # slow: the third tenant seen slow finds the slow senders taken.
+    slow_tenants = [_subscribe(api, f"sched-lane-{n}", first.url, subscriptions=2) for n in range(2)]
+    last_slow = _subscribe(api, "sched-lane-2", third.url, subscriptions=2)
+    fast_tenant = _subscribe(api, "sched-lane-fast", fast.url)
+    for handle in [*slow_tenants, last_slow, fast_tenant]:
+        emit(handle.id, "test.lane")
+    only([h.id for h in [*slow_tenants, last_slow, fast_tenant]])
+    turns: list[webhooks.Turn] = []
+
+    class Watched(webhooks.Turn):
+        def __init__(self, ends: float) -> None:
+            super().__init__(ends)
+            turns.append(self)
+
+    monkeypatch.setattr(webhooks, "Turn", Watched)
+
+    run = Run(tenants_at_once=1, senders=3, slow_send_s=0.05, send_timeout_s=60, budget_s=60)
+    assert _until(lambda: len(turns) == 3 and all(turn.slow for turn in turns))
+    # Every sender is taken; the third tenant's turn ends with the send it waits on.
+    assert turns[2].ends < turns[0].ends == turns[1].ends
+    third.let(1)
+    assert _until(lambda: len(fast.received) == 1), "the other tenant waited for the slow ones"
+    assert first.answered == 0 and third.arrived == 1
+    first.let()
+    third.let()
+    result = run.finish()
+    assert result.delivered == 6 and result.left == 1  # the third tenant's second head: due for the next run
+    with tenant_transaction(last_slow.id) as conn:
+        rows = conn.execute(
+            "SELECT state, attempts, state = 'pending' AND next_attempt_at <= clock_timestamp() AS due"
+            " FROM app.webhook_deliveries ORDER BY state"
+        ).fetchall()
+    assert [(r["state"], r["attempts"], r["due"]) for r in rows] == [("delivered", 1, False), ("pending", 0, True)]
+    assert webhooks.deliver_tenant(last_slow.id).delivered == 1
+
+
+def test_a_run_held_open_by_a_slow_tenant_serves_the_tenants_due_meanwhile(
+    api: ApiHarness, local: None, held: list[Held], only: Callable[[Collection[UUID]], None]
+) -> None:
+    slow, fast = Held(), Receiver()
+    held.append(slow)
+    slow_tenant = _subscribe(api, "sched-open-slow", slow.url)
+    later_tenant = _subscribe(api, "sched-open-later", fast.url)
+    emit(slow_tenant.id, "test.slow")
+    only([slow_tenant.id, later_tenant.id])
+
+    run = Run(send_timeout_s=60, budget_s=60)
+    assert _until(lambda: slow.arrived == 1)
+    later = emit(later_tenant.id, "test.later")  # due after the run began
+    assert _until(lambda: len(fast.received) == 1), "the tenant due meanwhile waited for the run's end"
+    assert [e["id"] for e in fast.events()] == later and slow.answered == 0
+    slow.let()
+    assert run.finish().delivered == 2
+
+
+def test_a_suspended_tenants_deliveries_wait_until_it_is_active_again(api: ApiHarness, local: None) -> None:
+    api.provision("sched-operator")
+    admin = api.headers("sched-operator", ["Platform.Admin"])
+    receiver = Receiver()
+    handle = _subscribe(api, "sched-suspended", receiver.url)
+
+    def status(value: str) -> None:
+        etag = api.client.get(f"/api/v1/tenants/{handle.id}", headers=admin).headers["etag"]
+        changed = api.client.patch(
+            f"/api/v1/tenants/{handle.id}", json={"status": value}, headers={**admin, "If-Match": etag}
+        )
+        assert changed.status_code == 200 and changed.json()["status"] == value, changed.text
+
+    status("suspended")
+    emit(handle.id, "test.contained")
+    assert handle.id not in webhooks._due_tenants(10_000, None)
+    webhooks.deliver_due(max_tenants=10_000)
+    assert webhooks.deliver_tenant(handle.id) == webhooks.DeliveryResult()  # sent for directly: not claimed either
+    assert receiver.received == []
+    with tenant_transaction(handle.id) as conn:
+        rows = conn.execute(
+            "SELECT d.state, d.attempts, d.last_error, d.next_attempt_at <= clock_timestamp() AS due, s.enabled"
+            " FROM app.webhook_deliveries d JOIN app.webhook_subscriptions s ON s.id = d.subscription_id"
+        ).fetchall()
+    # Pending, never attempted, the subscription enabled: nothing failed.
+    assert [dict(r) for r in rows] == [
+        {"state": "pending", "attempts": 0, "last_error": None, "due": True, "enabled": True}
+    ]
+
+    status("active")
+    assert handle.id in webhooks._due_tenants(10_000, None)
+    assert webhooks.deliver_tenant(handle.id).delivered == 1
+    assert [e["type"] for e in receiver.events()] == ["test.contained"]
