@@ -242,8 +242,9 @@ def find_by_key(conn: Conn, idempotency_key: str) -> Execution | None:
 
 
 def hold_execution(conn: Conn, execution_id: UUID) -> Execution:
-    """The execution, its row held until `conn` commits: every writer of an execution's rows takes it first (a
-    dispatch, a cancel, the sweeper's end, a lease ending stale work), so they serialize without deadlocking.
+    """The execution, its row held until `conn` commits. A dispatch, a cancel, the sweeper's end and an expiry take it
+    before any attempt; a recorder of a result takes the attempt first (ADR 0014, 0027): whoever holds executions
+    takes several in id order, and the work routes run again a transaction Postgres ends as a deadlock's victim.
     ExecutionNotFoundError when there is none."""
     found = _one(conn, _HOLD, (execution_id,))
     if found is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -684,43 +684,113 @@ def record_outcomes(batch: machine.RecordOutcomes) -> list[dict[str, Any]]:
     """Apply outcomes the orchestration observed (timeouts, a wait's end, a child's end), each unless another was
     applied first; answers each attempt's verdict, in order."""
     tenant_id, execution_id = UUID(batch.tenant_id), UUID(batch.execution_id)
-    keys = [AttemptKey(execution_id, o.step_id, o.phase.value, o.attempt) for o in batch.outcomes]
+    outcomes = batch.outcomes
+    keys = [AttemptKey(execution_id, o.step_id, o.phase.value, o.attempt) for o in outcomes]
     outputs = [
         claim_check(tenant_id, key, outcome.output) if outcome.ok else None
-        for key, outcome in zip(keys, batch.outcomes, strict=True)
+        for key, outcome in zip(keys, outcomes, strict=True)
     ]
-    verdicts: list[dict[str, Any]] = []
+    settling = _Settling(keys, outcomes, outputs)
     with tenant_transaction(tenant_id) as conn:
-        # The execution first, as a dispatch and a cancel lock it: a dispatch whose commit is still in doubt is
-        # waited for, and a cancel or an end is seen before anything of a start that failed is recorded. Outcomes of
-        # started attempts (a timeout, a wait's end) take the attempt first, as every recorder of a result does (the
-        # module worker, a remote completion, a decision): the execution first there would deadlock with them.
-        execution = repo.hold_execution(conn, execution_id) if any(o.action for o in batch.outcomes) else None
-        for key, outcome, output in zip(keys, batch.outcomes, outputs, strict=True):
-            if outcome.action is not None and store.get_attempt(conn, key) is None:
-                assert execution is not None  # locked above whenever an outcome names its action
-                if execution.terminal or (key.phase == "run" and execution.cancel_requested_at is not None):
-                    # Its dispatch would have refused it now: nothing is begun, and nothing written after an end.
-                    verdicts.append({"ok": False, "error": outcome.error, "retryable": False, "state": "failed"})
-                    continue
+        unrecorded = settling.finish_recorded(conn, range(len(keys)))
+        late = settling.begin_unrecorded(conn, execution_id, unrecorded)
+        if not late:
+            settling.move(conn, execution_id, batch.status)
+    if late:
+        # Begun by the dispatch in doubt, which committed between the two reads: a result may hold them by now and
+        # wait for the execution that transaction held, so they are finished in one of their own, attempts first.
+        with tenant_transaction(tenant_id) as conn:
+            missing = settling.finish_recorded(conn, late)
+            if missing:  # committed a moment ago: only the tenant's erasure removes an attempt
+                raise LookupError(f"no attempt {keys[missing[0]]}")
+            settling.move(conn, execution_id, batch.status)
+    return settling.answers()
+
+
+class _Settling:
+    """One record_outcomes call's outcomes, and the verdicts applied so far (by position).
+
+    Lock order (ADR 0014): every recorder of a result (the module worker, a remote completion, a heartbeat's
+    abandon, a decision) takes the attempt's row before the execution's, so the outcome of a recorded attempt does
+    too (the execution first deadlocked with them: the result that held the attempt first was the victim).
+    Only an attempt that is not recorded (its dispatch failed, and may or may not have committed) needs the
+    execution first, as a dispatch and a cancel hold it: a dispatch whose commit is still in doubt is waited for, and
+    a cancel or an end is seen before anything of a start that failed is recorded. A new attempt is begun under
+    that lock (nobody else can hold its row); one found there, committed meanwhile, is left for a transaction of
+    its own, where it is held first again."""
+
+    def __init__(self, keys: list[AttemptKey], outcomes: list[machine.Outcome], outputs: list[Any]) -> None:
+        self._keys, self._outcomes, self._outputs = keys, outcomes, outputs
+        self._verdicts: dict[int, dict[str, Any]] = {}
+
+    def finish_recorded(self, conn: store.Conn, indices: Sequence[int]) -> list[int]:
+        """Apply the outcomes at `indices` whose attempt is recorded, their rows held first (in key order, so two
+        callers never wait on each other's), the execution's then taken by their events; answers the positions
+        whose attempt is not recorded (LookupError for one that names no action: it was started, so it must be)."""
+        keys, outcomes = self._keys, self._outcomes
+        if len(indices) == 1 and outcomes[indices[0]].action is None:
+            found = {indices[0]: True}  # one attempt: finish_attempt's own update holds it first
+        else:
+            ordered = sorted(indices, key=lambda i: (keys[i].step_id, keys[i].phase, keys[i].attempt))
+            found = {i: store.hold_attempt(conn, keys[i]) is not None for i in ordered}
+        unrecorded: list[int] = []
+        for index in indices:
+            if found[index]:
+                self._apply(conn, index)
+            elif outcomes[index].action is None:
+                raise LookupError(f"no attempt {keys[index]}")
+            else:
+                unrecorded.append(index)
+        return unrecorded
+
+    def begin_unrecorded(self, conn: store.Conn, execution_id: UUID, indices: Sequence[int]) -> list[int]:
+        """Under the execution's lock, begin and end each of these attempts that is still not recorded (unless its
+        dispatch would refuse it now); answers the positions of those recorded meanwhile, not applied here."""
+        if not indices:
+            return []
+        execution = repo.hold_execution(conn, execution_id)
+        late: list[int] = []
+        for index in indices:
+            key, action = self._keys[index], self._outcomes[index].action
+            assert action is not None  # finish_recorded answers only outcomes that name their action
+            if store.get_attempt(conn, key) is not None:
+                late.append(index)
+            elif execution.terminal or (key.phase == "run" and execution.cancel_requested_at is not None):
+                # Its dispatch would have refused it now: nothing is begun, and nothing written after an end.
+                error = self._outcomes[index].error
+                self._verdicts[index] = {"ok": False, "error": error, "retryable": False, "state": "failed"}
+            else:
                 # Its dispatch failed before its start committed: recorded, ended, so that the step reads failed
                 # (whence its retry moves it) and no later start of this attempt runs its work.
-                store.begin_attempt(conn, key, action=outcome.action, remote=False)
-            attempt, _ = store.finish_attempt(
-                conn,
-                key,
-                ok=outcome.ok,
-                output=output,
-                error=outcome.error,
-                retryable=True,
-                state=outcome.state,  # type: ignore[arg-type]  # the reducer names only attempt states
-            )
-            verdicts.append(attempt.verdict())
-            if outcome.action == "intent.run" and not attempt.verdict()["ok"]:
-                _stop_orphaned_child(conn, key)
-        if batch.status is not None:
-            _move(conn, execution_id, batch.status.value, output=None, error=None)
-    return verdicts
+                store.begin_attempt(conn, key, action=action, remote=False)
+                self._apply(conn, index)
+        return late
+
+    def _apply(self, conn: store.Conn, index: int) -> None:
+        """Apply one outcome to its recorded attempt (once: a result recorded first stands, and is its verdict)."""
+        key, outcome = self._keys[index], self._outcomes[index]
+        attempt, _ = store.finish_attempt(
+            conn,
+            key,
+            ok=outcome.ok,
+            output=self._outputs[index],
+            error=outcome.error,
+            retryable=True,
+            state=outcome.state,  # type: ignore[arg-type]  # the reducer names only attempt states
+        )
+        self._verdicts[index] = attempt.verdict()
+        if outcome.action == "intent.run" and not attempt.verdict()["ok"]:
+            _stop_orphaned_child(conn, key)
+
+    @staticmethod
+    def move(conn: store.Conn, execution_id: UUID, status: machine.Status | None) -> None:
+        """The execution's move the batch asks for, after its outcomes (the execution's row after the attempts')."""
+        if status is not None:
+            _move(conn, execution_id, status.value, output=None, error=None)
+
+    def answers(self) -> list[dict[str, Any]]:
+        """Each attempt's verdict, in the batch's order."""
+        return [self._verdicts[index] for index in range(len(self._keys))]
 
 
 def _stop_orphaned_child(conn: store.Conn, key: AttemptKey) -> None:

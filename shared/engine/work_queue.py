@@ -121,6 +121,18 @@ _EXPIRED = _query(
     " AND w.lease_id IS NOT NULL AND w.lease_expires_at < clock_timestamp()"
     " ORDER BY w.lease_expires_at FOR UPDATE OF w SKIP LOCKED"
 )
+# The executions of the items an expiry ends, held in id order before any of their attempts: two expiries (two polls,
+# a poll and the sweeper) ending items of the same executions then wait on each other in one order, never in a cycle
+# (in expiry order, each held one execution and waited for the other's).
+_HOLD_EXECUTIONS = "SELECT id FROM app.executions WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE"
+# SKIP LOCKED, under the execution's lock: an attempt held by another transaction is getting its result from a
+# recorder (the orchestration's timeout), which takes the attempt first and then waits for the execution held here;
+# waiting for it deadlocked. Its item stays open if nothing ends it, and the next expiry finds it.
+_HOLD_OPEN_ATTEMPTS = (
+    "SELECT execution_id, step_id, phase, attempt FROM app.step_attempts WHERE (execution_id, step_id, phase, attempt)"
+    " IN (SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::int[])) AND state = 'dispatched'"
+    " FOR NO KEY UPDATE SKIP LOCKED"
+)
 # SKIP LOCKED: an item another transaction holds is a lease poll's (it either hands the item out, before this cancel,
 # or ends it as stale, after), and waiting for it deadlocked with a poll that then holds this execution's parent.
 _QUEUED_OF_EXECUTION = _query(
@@ -254,12 +266,15 @@ def lease(
         "terminal": sorted(repo.TERMINAL),
     }
     done = LeaseRound()
-    for row in conn.execute(_LEASE, params).fetchall():
+    rows = conn.execute(_LEASE, params).fetchall()
+    # The executions of stale items first, as every other writer of their rows takes them (the cancel, the sweeper's
+    # end: the attempt first deadlocked with them), and in id order, as an expiry takes them (Python orders UUIDs
+    # as Postgres does, by their bytes).
+    for execution_id in sorted({_item(row).key.execution_id for row in rows if row["stale"] is not None}):
+        repo.hold_execution(conn, execution_id)
+    for row in rows:
         item = _item(row)
         if row["stale"] is not None:
-            # The execution first, as every other writer of its rows takes it (the cancel, the sweeper's end): the
-            # attempt first deadlocked with them.
-            repo.hold_execution(conn, item.key.execution_id)
             if row["stale"] == "cancelled":
                 abandon_step(conn, item.key, CANCELLED_QUEUED)
             else:
@@ -345,14 +360,35 @@ def lease_is_live(conn: Conn, key: AttemptKey, lease_id: str) -> bool:
 def expire_leases(conn: Conn, *, limit: int = 100) -> list[Attempt]:
     """End the attempts of the tenant's items whose lease ran out (retryable: the step's policy decides whether a
     next attempt is queued); returns them, whose verdicts the caller raises to their orchestrations."""
+    keys = [_item(row).key for row in conn.execute(_EXPIRED, {"limit": limit}).fetchall()]
+    if not keys:
+        return []
+    # Their executions (in id order), then their attempts without waiting: never an attempt while holding an
+    # execution, which a recorder holding that attempt waits for.
+    _hold_executions(conn, [key.execution_id for key in keys])
+    columns = (
+        [k.execution_id for k in keys],
+        [k.step_id for k in keys],
+        [k.phase for k in keys],
+        [k.attempt for k in keys],
+    )
+    held = {AttemptKey(**row) for row in conn.execute(_HOLD_OPEN_ATTEMPTS, columns).fetchall()}
     ended: list[Attempt] = []
-    for row in conn.execute(_EXPIRED, {"limit": limit}).fetchall():
+    for key in keys:
+        if key not in held:
+            continue  # its result is being recorded by whoever holds it, or was recorded since the items were read
         attempt, applied = store.finish_attempt(
-            conn, _item(row).key, ok=False, error=LEASE_EXPIRED_ERROR, retryable=True, state="timed_out"
+            conn, key, ok=False, error=LEASE_EXPIRED_ERROR, retryable=True, state="timed_out"
         )
         if applied:
             ended.append(attempt)
     return ended
+
+
+def _hold_executions(conn: Conn, execution_ids: Sequence[UUID]) -> None:
+    """Hold these executions' rows, in id order (nothing when there are none)."""
+    if execution_ids:
+        conn.execute(_HOLD_EXECUTIONS, (sorted(set(execution_ids)),))
 
 
 def cancel_queued(conn: Conn, execution_id: UUID) -> list[Attempt]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, Literal
 from uuid import UUID
@@ -17,6 +18,7 @@ from shared.api.durable import get_durable_client
 from shared.api.problems import DEPENDENCY_RETRY_AFTER_S, ProblemError, over_rate, too_many_requests
 from shared.api.responses import INVALID, RATE_LIMITED, problem_doc
 from shared.api.routers.executions import ExecutionId, StepId
+from shared.db.session import retried_on_deadlock
 from shared.engine import remote, task_tokens
 from shared.engine.protocol import no_one_to_tell
 from shared.engine.task_tokens import TaskClaims
@@ -216,9 +218,11 @@ async def _report(
             raise over_rate(tenant_id, verdict.retry_after_s)
         trace.get_current_span().set_attribute(TENANT_ID, str(tenant_id))
         try:
-            key, recorded = await run_in_threadpool(
-                remote.complete, token, execution_id, step_id, phase, result, claims=claims
-            )
+            # The result takes the item, the attempt, then the execution; a cancel or the sweeper's end takes the
+            # execution first. A deadlock's victim rolled back whole and is recorded again (ADR 0014): a 409 if the
+            # attempt ended meanwhile, never a 503 that would lose a result the worker had.
+            record = functools.partial(remote.complete, token, execution_id, step_id, phase, result, claims=claims)
+            key, recorded = await run_in_threadpool(retried_on_deadlock, record)
         except remote.TokenUsedError as exc:
             raise ProblemError(409, "task-token-used", "Conflict", str(exc)) from None
         except remote.LeaseExpiredError as exc:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -20,7 +21,7 @@ from shared.api.problems import ProblemError
 from shared.api.responses import AUTH_ERRORS, INVALID, problem_doc
 from shared.api.security import RequestContext, authorize
 from shared.api.transactions import TenantConnection
-from shared.db.session import tenant_transaction
+from shared.db.session import retried_on_deadlock, tenant_transaction
 from shared.engine import work_queue
 from shared.engine.event_wakeup import get_event_wakeup
 from shared.engine.steps import Attempt
@@ -284,7 +285,10 @@ async def lease(
         while True:
             if waiter is not None:
                 waiter.clear()
-            ended, leases = await run_in_threadpool(_lease, tenant_id, body, worker, first=first)
+            # A deadlock's victim (its expiry or stale items met a recorder, a cancel or the sweeper's end, ADR 0027)
+            # rolled back whole: polled again, never answered 503.
+            round_ = functools.partial(_lease, tenant_id, body, worker, first=first)
+            ended, leases = await run_in_threadpool(retried_on_deadlock, round_)
             first = False
             await raise_verdicts(client, ended)
             if leases or time.monotonic() >= deadline:
@@ -321,7 +325,9 @@ async def heartbeat(
     """Extend the lease by `extend_s` (never past the attempt's deadline) and record progress; answers `cancelled`
     when the execution is being cancelled, and the attempt ends then (Module.Worker)."""
     await run_in_threadpool(authorize, context, Action.WORK_HEARTBEAT, Resource.tenant(context.tenant.id))
-    beat = await run_in_threadpool(_heartbeat, context.tenant.id, item_id, body)
+    # Its abandon takes the attempt, then the execution; a cancel or the sweeper's end the reverse: a deadlock's
+    # victim is run again (and then finds the attempt ended, 409), never answered 503.
+    beat = await run_in_threadpool(retried_on_deadlock, functools.partial(_heartbeat, context.tenant.id, item_id, body))
     if beat.cancelled is not None:
         await raise_verdicts(client, [beat.cancelled])
         return HeartbeatAnswer(id=item_id, state="cancelled", lease_expires_at=None)
