@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import psycopg
@@ -15,9 +16,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from shared.accepted_json import MAX_REFUSALS
 from shared.api.request_ids import REQUEST_ID_HEADER, choose_request_id, scope_request_id
+from shared.field_errors import bounded, count_text
+from shared.field_errors import json_pointer as json_pointer  # re-exported: routes import it from here
 from shared.observability import metrics
 from shared.pagination import InvalidCursorError
+from shared.registry.problems import MAX_REPORTED_ERRORS
+from shared.registry.schema_refs import short_message
 from shared.sealing import SealError
 
 logger = logging.getLogger(__name__)
@@ -29,6 +35,9 @@ DEPENDENCY_RETRY_AFTER_S = 2
 SECRET_RETRY_AFTER_S = 30
 """Retry-After of a 503 for a stored secret that does not open: an operator has to set the key back, which takes
 longer than an outage's cooldown; a retry every half minute finds it back soon enough."""
+MAX_LISTED_ERRORS = MAX_REPORTED_ERRORS
+"""The most errors any problem document lists (the registry's checks report up to this many; a request that does
+not validate, the first MAX_REFUSALS): a longer list is cut, and `detail` says how many there were (ADR 0016)."""
 
 
 class FieldError(BaseModel):
@@ -138,17 +147,28 @@ def problem_document(
     errors: list[FieldError] | None = None,
     extensions: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The problem+json object itself (extension members first, the standard members win)."""
+    """The problem+json object itself (extension members first, the standard members win); its error lists hold at
+    most MAX_LISTED_ERRORS errors, each pointer and message cut by `short_message`."""
+    total = max(len(errors or ()), _extension_error_count(extensions))
+    if errors is not None:
+        errors = [
+            FieldError(pointer=short_message(e.pointer), detail=short_message(e.detail))
+            for e in errors[:MAX_LISTED_ERRORS]
+        ]
+    if extensions and isinstance(extensions.get("errors"), list):
+        listed = extensions["errors"][:MAX_LISTED_ERRORS]
+        extensions = {**extensions, "errors": [bounded([e])[0] if isinstance(e, Mapping) else e for e in listed]}
+    if total > MAX_LISTED_ERRORS:
+        detail = f"{(detail or f'{total} errors').rstrip('.')}; the first {MAX_LISTED_ERRORS} of {total} are listed."
     body = Problem(
         type=PROBLEM_BASE + slug, title=title, status=status, detail=detail, instance=instance, errors=errors
     )
     return {**(extensions or {}), **body.model_dump(exclude_none=True)}
 
 
-def json_pointer(location: tuple[Any, ...] | list[Any]) -> str:
-    """A JSON pointer (RFC 6901) for a pydantic error location, without its 'body'/'query' prefix."""
-    parts = [str(p) for p in location[1:]] if location and location[0] == "body" else [str(p) for p in location]
-    return "/" + "/".join(p.replace("~", "~0").replace("/", "~1") for p in parts) if parts else ""
+def _extension_error_count(extensions: dict[str, Any] | None) -> int:
+    listed = (extensions or {}).get("errors")
+    return len(listed) if isinstance(listed, list) else 0
 
 
 def internal_error_document(request_id: str, instance: str | None = None) -> dict[str, Any]:
@@ -208,15 +228,19 @@ def error_response(exc: BaseException, *, instance: str, request_id: str | None)
             extensions=_with_request_id(exc.status_code, None, request_id),
         )
     if isinstance(exc, RequestValidationError):
-        errors = [
-            FieldError(pointer=json_pointer(tuple(e.get("loc", ()))), detail=str(e.get("msg", "invalid")))
-            for e in exc.errors()
+        # A body of a hundred thousand members the model forbids has as many errors: the first few are listed (as
+        # the ingress lists them for the same body), the count of all in `detail`.
+        found = exc.errors()
+        listed = [
+            {"pointer": json_pointer(tuple(e.get("loc", ()))), "detail": str(e.get("msg", "invalid"))}
+            for e in found[:MAX_REFUSALS]
         ]
+        errors = [FieldError(**error) for error in bounded(listed)]
         return problem_response(
             422,
             "validation-error",
             "Request validation failed",
-            f"{len(errors)} invalid field(s)",
+            count_text(len(found), len(errors)),
             instance=instance,
             errors=errors,
         )

@@ -14,10 +14,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shared.accepted_json import MAX_REFUSALS, NotAcceptedJSONError
+from shared.accepted_json import NotAcceptedJSONError
 from shared.engine import start as engine
+from shared.field_errors import bounded, count_text, json_pointer
 from shared.ingress.request import TooManyMembersError
-from shared.registry.schema_refs import short_message
 
 PROBLEM_BASE = "https://quantum-platform.dev/problems/"
 
@@ -83,7 +83,7 @@ def refused_start(exc: engine.StartError) -> Rejected | None:
                 "invalid-input",
                 "Unprocessable content",
                 str(exc),
-                extensions={"errors": _bounded(exc.errors)},
+                extensions={"errors": bounded(exc.errors)},
             )
         case engine.IdempotencyConflictError():
             # A key names one request; reusing it for another is a malformed request (ADR 0022), not a conflict.
@@ -103,35 +103,19 @@ def refused_start(exc: engine.StartError) -> Rejected | None:
     return None
 
 
-def _pointer(location: tuple[Any, ...] | list[Any]) -> str:
-    # The same pointer the API's edge gives a field error, which drops a leading "body" (its request-part prefix).
-    named = location[1:] if location and location[0] == "body" else location
-    parts = [str(part).replace("~", "~0").replace("/", "~1") for part in named]
-    return "/" + "/".join(parts) if parts else ""
-
-
-def _bounded(errors: list[dict[str, str]]) -> list[dict[str, str]]:
-    # A pointer names a member of the body, whose name may be as long as the event; a message may quote a value.
-    return [{name: short_message(text) for name, text in error.items()} for error in errors[:MAX_REFUSALS]]
-
-
-def _count(total: int, listed: int) -> str:
-    return f"{total} invalid field(s)" if total == listed else f"{total} invalid field(s), the first {listed} listed"
-
-
 def invalid_body(exc: ValueError) -> Rejected:
     """A body that is not the request model (each invalid field with its pointer, the first MAX_REFUSALS), or not a
     JSON object at all."""
     judged, total = (exc.validation, exc.total) if isinstance(exc, TooManyMembersError) else (exc, None)
     if isinstance(judged, ValidationError):
         found = judged.errors(include_url=False, include_context=False, include_input=False)
-        errors = _bounded([{"pointer": _pointer(error["loc"]), "detail": error["msg"]} for error in found])
+        errors = bounded([{"pointer": json_pointer(error["loc"]), "detail": error["msg"]} for error in found])
         return Rejected(
             "invalid",
             422,
             "validation-error",
             "Request validation failed",
-            _count(total or len(found), len(errors)),
+            count_text(total or len(found), len(errors)),
             errors=errors,
         )
     return Rejected("invalid", 422, "validation-error", "Request validation failed", "the body is not a JSON object")
@@ -140,13 +124,13 @@ def invalid_body(exc: ValueError) -> Rejected:
 def not_accepted(exc: NotAcceptedJSONError) -> Rejected:
     """A body that is not JSON the platform accepts, each refusal with its machine-readable code (as the API's edge
     answers it, the errors as an extension member)."""
-    errors = _bounded([{"pointer": r.pointer, "detail": r.detail, "code": r.code} for r in exc.refusals])
+    errors = bounded([{"pointer": r.pointer, "detail": r.detail, "code": r.code} for r in exc.refusals])
     return Rejected(
         "invalid",
         422,
         "validation-error",
         "Request validation failed",
-        _count(len(exc.refusals), len(errors)),
+        count_text(len(exc.refusals), len(errors)),
         extensions={"errors": errors},
     )
 
