@@ -24,11 +24,13 @@ about two seconds (the relay's period, then the delivery's; ADR 0030)."""
 def webhook_delivery(timer: func.TimerRequest) -> None:  # noqa: ARG001  # the binding requires it
     """Send the webhook deliveries that are due, oldest first per subscription; retry the failed with backoff."""
     result = deliver_due()
-    if result.delivered or result.failed_attempts or result.disabled or result.left:
+    if result.delivered or result.failed_attempts or result.disabled or result.left or result.tenants_left:
         logger.info(
-            "webhooks: %d delivered, %d attempts failed, %d subscriptions disabled, %d left for the next run",
+            "webhooks: %d delivered, %d attempts failed, %d subscriptions disabled, %d left for the next run,"
+            " %d tenants not reached",
             result.delivered,
             result.failed_attempts,
             result.disabled,
             result.left,
+            result.tenants_left,
         )

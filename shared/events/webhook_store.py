@@ -71,19 +71,25 @@ _DELIVERIES = "SELECT {delivery} FROM app.webhook_deliveries WHERE subscription_
 # head is due is asked of the locked row (`d`), which Postgres reads again once it holds the lock: the heads were read
 # when the statement began, and a run that claimed (or sent) one and committed since must not have it taken again. A
 # suspended tenant's deliveries are not claimed: they stay pending, and go once it is active again (RLS: the tenants
-# row read is the transaction's tenant's).
+# row read is the transaction's tenant's). The heads come least recently sent to first (never sent to before all,
+# then by id; migration 0049), taken and returned in that order: heads a run could not send in its budget go back
+# due, and in id order the same subscriptions came first on every run, and those after them never.
 _CLAIM_HEADS = (
-    "WITH heads AS (SELECT DISTINCT ON (d.subscription_id) d.id FROM app.webhook_deliveries d"
+    "WITH heads AS (SELECT DISTINCT ON (d.subscription_id) d.id, s.last_sent_at FROM app.webhook_deliveries d"
     " JOIN app.webhook_subscriptions s ON s.tenant_id = d.tenant_id AND s.id = d.subscription_id AND s.enabled"
     " WHERE d.state = 'pending' ORDER BY d.subscription_id, d.id),"
-    " due AS (SELECT d.tenant_id, d.id FROM app.webhook_deliveries d JOIN heads h ON h.id = d.id"
+    " due AS (SELECT d.tenant_id, d.id, d.subscription_id, h.last_sent_at FROM app.webhook_deliveries d"
+    " JOIN heads h ON h.id = d.id"
     " WHERE d.state = 'pending' AND d.next_attempt_at <= clock_timestamp()"
     " AND EXISTS (SELECT 1 FROM app.tenants t WHERE t.id = d.tenant_id AND t.status = 'active')"
-    " LIMIT %s FOR UPDATE OF d SKIP LOCKED)"
-    " UPDATE app.webhook_deliveries d SET next_attempt_at = clock_timestamp() + make_interval(secs => %s)"
+    " ORDER BY h.last_sent_at NULLS FIRST, d.subscription_id LIMIT %s FOR UPDATE OF d SKIP LOCKED),"
+    " claimed AS (UPDATE app.webhook_deliveries d SET next_attempt_at = clock_timestamp() + make_interval(secs => %s)"
     " FROM due, app.webhook_subscriptions s WHERE d.tenant_id = due.tenant_id AND d.id = due.id"
     " AND s.tenant_id = d.tenant_id AND s.id = d.subscription_id"
-    " RETURNING d.id, d.subscription_id, d.message_id, d.event_type, d.payload, d.attempts, s.url, s.secret"
+    " RETURNING d.id, d.subscription_id, d.message_id, d.event_type, d.payload, d.attempts, s.url, s.secret,"
+    " due.last_sent_at)"
+    " SELECT id, subscription_id, message_id, event_type, payload, attempts, url, secret FROM claimed"
+    " ORDER BY last_sent_at NULLS FIRST, subscription_id"
 )
 _RELEASE = (
     "UPDATE app.webhook_deliveries SET next_attempt_at = clock_timestamp() WHERE id = ANY(%s) AND state = 'pending'"
@@ -98,10 +104,13 @@ _RETRY = (
     " state = CASE WHEN attempts + 1 >= %s THEN 'failed' ELSE 'pending' END"
     " WHERE id = %s AND state = 'pending' RETURNING state"
 )
-_SUCCEEDED = "UPDATE app.webhook_subscriptions SET consecutive_failures = 0 WHERE id = %s"
+# Both stamp the subscription as sent to (`last_sent_at`): the claim's order, least recently sent to first.
+_SUCCEEDED = (
+    "UPDATE app.webhook_subscriptions SET consecutive_failures = 0, last_sent_at = clock_timestamp() WHERE id = %s"
+)
 _FAILED = (
-    "UPDATE app.webhook_subscriptions SET consecutive_failures = consecutive_failures + 1 WHERE id = %s"
-    " RETURNING consecutive_failures"
+    "UPDATE app.webhook_subscriptions SET consecutive_failures = consecutive_failures + 1,"
+    " last_sent_at = clock_timestamp() WHERE id = %s RETURNING consecutive_failures"
 )
 _DISABLE = (
     "UPDATE app.webhook_subscriptions SET enabled = false, disabled_reason = %s, updated_at = clock_timestamp()"
@@ -270,9 +279,9 @@ def deliveries(conn: Conn, subscription_id: UUID, limit: int = 100) -> list[dict
 
 
 def claim_due(conn: Conn, tenant_id: UUID, *, limit: int, hold_s: float) -> list[Claimed]:
-    """The due heads of the tenant's enabled subscriptions (none while it is suspended), held for `hold_s` while they
-    are sent, each with its secret opened. A secret that does not open (SealError) takes the claim back with the
-    transaction: the deliveries wait, none is lost."""
+    """The due heads of the tenant's enabled subscriptions (none while it is suspended), least recently sent to first,
+    held for `hold_s` while they are sent, each with its secret opened. A secret that does not open (SealError) takes
+    the claim back with the transaction: the deliveries wait, none is lost."""
     claimed = []
     for row in conn.execute(_CLAIM_HEADS, (limit, hold_s)).fetchall():
         fields = dict(row)

@@ -23,8 +23,12 @@ from shared.modules.contract import StepFailed
 MAX_REDIRECTS = 5
 ACCEPTED_ENCODINGS = "gzip, deflate"
 """What a guarded request asks for unless its caller says otherwise: the codings `read_limited` decodes."""
-METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200"))
-"""Cloud instance-metadata endpoints: they hand out the platform's credentials, so no allow-list opens them."""
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200", "168.63.129.16")
+)
+"""Cloud instance-metadata endpoints: they hand out the platform's credentials, so no allow-list opens them. Azure's
+168.63.129.16 (WireServer, the platform's DNS resolver and health probes) is one though its address is public: it
+answers calls from inside Azure with a machine's goal state, extension settings and certificates."""
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 

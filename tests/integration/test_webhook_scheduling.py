@@ -1,7 +1,8 @@
 # intent_ref: platform.events
 """Which tenants a webhook delivery run serves, and when (ADR 0030): tenants whose receivers keep their sends waiting
-do not take the senders the other tenants are served on, a run held open by them serves tenants due meanwhile, and a
-suspended tenant's deliveries wait, pending, until it is active again."""
+do not take the senders the other tenants are served on, a run held open by them serves tenants due meanwhile, a
+suspended tenant's deliveries wait, pending, until it is active again, and a tenant's subscriptions are sent to in
+turn, so that slow ones with a backlog hold up none of their siblings for good."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from uuid import UUID
 
+import httpx
 import pytest
 
 from shared.db.session import tenant_transaction
 from shared.events import webhooks
+from shared.modules.ssrf import GuardedClient, private_network_allowed
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_webhooks import Receiver, emit, local, tenant  # noqa: F401  # `local`: the fixture
 
@@ -237,3 +240,51 @@ def test_a_suspended_tenants_deliveries_wait_until_it_is_active_again(api: ApiHa
     assert handle.id in webhooks._due_tenants(10_000, None)
     assert webhooks.deliver_tenant(handle.id).delivered == 1
     assert [e["type"] for e in receiver.events()] == ["test.contained"]
+
+
+class SpendsTheTurn(GuardedClient):
+    """A guarded client whose send to one of `slow` spends the tenant's turn, as a receiver that answers only after
+    the tenant's budget has passed would, without the wait: exactly one such send goes out per run."""
+
+    def __init__(self, allowed: list[str], turn: webhooks.Turn, slow: Collection[str]) -> None:
+        super().__init__(allowed, allow_private=private_network_allowed())
+        self.turn, self.slow = turn, slow
+
+    def request(self, method: str, url: str, **options: Any) -> httpx.Response:
+        try:
+            return super().request(method, url, **options)
+        finally:
+            if url in self.slow:
+                self.turn.ends = 0.0
+
+
+def test_a_tenants_subscriptions_are_sent_to_in_turn_while_slow_ones_have_a_backlog(
+    api: ApiHarness, local: None
+) -> None:
+    receivers = {name: Receiver() for name in "ABC"}
+    handle, headers = tenant(api, "sched-in-turn")
+    made = [
+        api.client.post("/api/v1/webhooks", json={"url": receivers["C"].url, "event_types": ["*"]}, headers=headers)
+        for _ in range(3)
+    ]
+    ids = sorted(m.json()["id"] for m in made)
+    # The two lowest ids, first in id order, get the slow receivers: in that order they came first on every run.
+    for name, subscription_id in zip("AB", ids, strict=False):
+        changed = api.client.patch(
+            f"/api/v1/webhooks/{subscription_id}", json={"url": receivers[name].url}, headers=headers
+        )
+        assert changed.status_code == 200, changed.text
+    events = emit(handle.id, *["test.backlog"] * 4)
+    turn = webhooks.Turn(0.0)
+    slow = {receivers["A"].url, receivers["B"].url}
+    got = []
+    for _ in range(6):
+        turn.ends = time.monotonic() + 60  # a turn ends only by a slow send
+        webhooks.deliver_tenant(handle.id, client_factory=lambda allowed: SpendsTheTurn(allowed, turn, slow), turn=turn)
+        got.append(tuple(len(receivers[name].received) for name in "ABC"))
+    # Each run sends to the subscription least recently sent to first: C, behind the slow A and B, is sent to in the
+    # third run (before, never), and every subscription twice in six runs, each in its events' order.
+    assert got[:3] == [(1, 0, 0), (1, 1, 0), (2, 1, 1)], got
+    assert min(got[-1]) >= 2, got
+    for receiver in receivers.values():
+        assert [e["id"] for e in receiver.events()] == events[: len(receiver.received)]

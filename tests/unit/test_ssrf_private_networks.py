@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from shared.config import get_settings
+from shared.events.webhooks import WebhookUrlRefusedError, check_subscription_url
 from shared.modules import ModuleContext, run_module
 from shared.modules.http_request import HttpRequestModule
 from shared.modules.http_wait_healthy import HttpWaitHealthyModule
@@ -41,7 +42,14 @@ PRIVATE_ENTRIES = [
     "printer.local",
     "nas.home.arpa",
 ]
-METADATA_ENTRIES = ["169.254.169.254", "fd00:ec2::254", "100.100.100.200", "::ffff:169.254.169.254"]
+METADATA_ENTRIES = [
+    "169.254.169.254",
+    "fd00:ec2::254",
+    "100.100.100.200",
+    "::ffff:169.254.169.254",
+    "168.63.129.16",
+    "::ffff:168.63.129.16",
+]
 PUBLIC_ENTRIES = [
     "api.example.com",
     "93.184.215.14",
@@ -211,3 +219,47 @@ def test_modules_read_the_setting_when_not_told(settings_env: pytest.MonkeyPatch
         run_module(
             "http.request", ctx(allowed_hosts=["svc.example"]), {"url": "http://127.0.0.1:9/"}, {"http.request": module}
         )
+
+
+# ---- Azure's platform address ----------------------------------------------------------------------------------
+
+WIRESERVER = "168.63.129.16"
+"""WireServer, the platform's DNS resolver and health probes: a public address that hands out a machine's goal state,
+extension settings and certificates, so refused like the metadata endpoints."""
+
+
+@pytest.mark.parametrize("allow_private", [False, True])
+@pytest.mark.parametrize("url", [f"http://{WIRESERVER}/machine?comp=goalstate", "http://wire.example/machine"])
+def test_the_azure_platform_address_is_refused_even_when_allow_listed(url: str, allow_private: bool) -> None:
+    with pytest.raises(UrlRefused, match=f"resolves to {WIRESERVER}, a cloud metadata address"):
+        check_url(url, [WIRESERVER, "wire.example"], resolving_to(WIRESERVER), allow_private=allow_private)
+
+
+@pytest.mark.parametrize("open_", [False, True])
+def test_a_webhook_url_at_the_azure_platform_address_is_refused(settings_env: pytest.MonkeyPatch, open_: bool) -> None:
+    if open_:
+        settings_env.setenv("QP_ALLOW_PRIVATE_NETWORK_HOSTS", "true")
+        get_settings.cache_clear()
+    with pytest.raises(WebhookUrlRefusedError, match="cloud metadata"):
+        check_subscription_url(f"https://{WIRESERVER}/machine?comp=goalstate", [WIRESERVER], environment="prod")
+
+
+@pytest.mark.parametrize("allow_private", [False, True])
+def test_a_redirect_to_the_azure_platform_address_is_refused(allow_private: bool) -> None:
+    seen: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        if request.url.host == "20.10.10.10":  # the tenant's public receiver sends the request on
+            return httpx.Response(302, headers={"location": f"http://{WIRESERVER}/machine?comp=goalstate"})
+        return httpx.Response(200, text="<GoalState/>")
+
+    def resolver(host: str, port: int) -> list[str]:
+        return ["20.10.10.10"] if host == "hooks.tenant.example" else [host]
+
+    with GuardedClient(
+        [WIRESERVER], resolver=resolver, transport=httpx.MockTransport(answer), allow_private=allow_private
+    ) as client:
+        with pytest.raises(UrlRefused, match=f"{WIRESERVER} resolves to {WIRESERVER}, a cloud metadata address"):
+            client.request("POST", "https://hooks.tenant.example/h", json_body={"x": 1})
+    assert seen == ["https://20.10.10.10/h"]  # the redirect was not followed
