@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import psycopg
@@ -15,6 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
+from starlette.types import Scope
 
 from shared.accepted_json import MAX_REFUSALS
 from shared.api.request_ids import REQUEST_ID_HEADER, choose_request_id, scope_request_id
@@ -38,6 +40,8 @@ longer than an outage's cooldown; a retry every half minute finds it back soon e
 MAX_LISTED_ERRORS = MAX_REPORTED_ERRORS
 """The most errors any problem document lists (the registry's checks report up to this many; a request that does
 not validate, the first MAX_REFUSALS): a longer list is cut, and `detail` says how many there were (ADR 0016)."""
+ROUTABLE_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+"""The methods a route of the app can take: those the HTTP function forwards to it (functions/http_api.py)."""
 
 
 class FieldError(BaseModel):
@@ -298,13 +302,31 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
+def allowed_methods(scope: Scope, routes: Iterable[BaseRoute], named: str | None = None) -> str:
+    """The Allow of a 405 (RFC 9110 §15.5.6): every method some route takes on the scope's path, sorted, with those
+    already `named`. Starlette names only the methods of the first route whose path matched (`/api/v1/intents` takes
+    GET from one route and POST from another), so each method is asked of the routes the way the router asks."""
+    allowed = {method.strip().upper() for method in (named or "").split(",") if method.strip()}
+    routes = list(routes)
+    for method in ROUTABLE_METHODS:
+        # A copy with the method swapped: the request's scope keeps the method it came with.
+        probe = {**scope, "method": method}
+        if any(route.matches(probe)[0] == Match.FULL for route in routes):
+            allowed.add(method)
+    return ", ".join(sorted(allowed))
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Turn every error (HTTP, validation, domain, outage, unexpected) into problem+json; never a stack trace."""
 
     async def _handle(request: Request, exc: Exception) -> JSONResponse:
         # Inside the app the request-id middleware has run; the catch-all (outermost) may run before it did.
         request_id = scope_request_id(request.scope) or choose_request_id(request.headers.get(REQUEST_ID_HEADER))
-        return error_response(exc, instance=request.url.path, request_id=request_id)
+        response = error_response(exc, instance=request.url.path, request_id=request_id)
+        if isinstance(exc, StarletteHTTPException) and exc.status_code == 405:
+            named = (exc.headers or {}).get("Allow")
+            response.headers["Allow"] = allowed_methods(request.scope, app.router.routes, named)
+        return response
 
     for kind in (
         ProblemError,
