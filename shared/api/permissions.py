@@ -13,13 +13,15 @@ uses `GuardedRoute`, which holds a body that does not parse until that decision 
   out here: they only forbid, usually on those attributes, so they would refuse what the full decision might allow.
   The pre-check is thus never stricter than the full decision on the loaded resource, which each route still makes
   (and audits) as before; a test checks this for every action and role.
-- A refusal is audited here (a deny with its reason, detail `{"stage": "role"}`) and answered 403 problem+json;
-  nothing else runs. A pass is not audited: the route's own decision on the resource, which follows, is the one
-  record of the request's authorization, so no request is recorded twice.
+- A refusal is audited here (a deny with its reason, detail `{"stage": "role"}`) and answered 403 problem+json
+  whose `reason` is the decision's code and whose `detail` says it in words (for `role_required`, with the roles
+  that would allow the action); nothing else runs. A pass is not audited: the route's own decision on the
+  resource, which follows, is the one record of the request's authorization, so no request is recorded twice.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Coroutine
@@ -39,9 +41,10 @@ from shared.api.problems import ProblemError
 from shared.api.security import RequestContext, authenticated
 from shared.api.transactions import PERMITTED, in_route_transaction
 from shared.audit import AuditRecord, get_audit_store
-from shared.auth.principal import Principal
+from shared.auth.principal import APP_ROLES, Principal
 from shared.policy.actions import Action
-from shared.policy.authorizer import Decision, Resource, TenantFacts, get_authorizer
+from shared.policy.authorizer import Decision, Reason, Resource, TenantFacts, get_authorizer, refusal_detail
+from shared.policy.facts import TENANT_ACTIVE
 
 __all__ = [
     "RESOURCE_TYPES",
@@ -117,6 +120,7 @@ _PLAIN_ID = re.compile(r"[\x21-\x7e]{1,200}")
 _BODY_ERROR = "qp.deferred_body_error"
 _INPUT_PROBLEM = "qp.deferred_input_problem"
 _UNREAD_BODY = object()
+_STAND_IN = UUID(int=0)
 
 
 @dataclass(frozen=True)
@@ -164,6 +168,21 @@ def role_decision(
         if decision.allowed:
             return decision, resource
     return decisions[0], candidates[0]
+
+
+@functools.cache
+def _granting_roles(action: Action) -> tuple[str, ...]:
+    """The app roles any one of which passes `action`'s pre-check, for a refusal to name. The pre-check leaves
+    tenant policies and the resource's attributes out, so the answer is the same for every caller of an active
+    tenant: worked out once per action, for a stand-in caller (no real tenant or resource is looked at)."""
+    facts = TenantFacts(_STAND_IN, TENANT_ACTIVE, frozenset(), frozenset())
+    return tuple(
+        role
+        for role in sorted(APP_ROLES)
+        if role_decision(
+            Principal(_STAND_IN, _STAND_IN, _STAND_IN, frozenset({role}), frozenset(), False), facts, action
+        )[0].allowed
+    )
 
 
 def _path_id(request: Request, param: str | None) -> str:
@@ -252,9 +271,9 @@ def permission(
         )
         if not decision.allowed:
             await run_in_threadpool(_record_deny, context, action, resource, decision)
-            raise ProblemError(
-                403, "forbidden", "Forbidden", f"Not allowed to {action.value}.", extensions={"reason": decision.reason}
-            )
+            needs = _granting_roles(action) if decision.reason == Reason.ROLE_REQUIRED else ()
+            detail = refusal_detail(action.value, decision.reason, needs=needs)
+            raise ProblemError(403, "forbidden", "Forbidden", detail, extensions={"reason": decision.reason})
         _raise_deferred_body_error(request)
         request.scope[PERMITTED] = action
         return context

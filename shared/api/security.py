@@ -31,7 +31,7 @@ from shared.auth.tokens import (
 from shared.auth.validator import get_token_validator
 from shared.db.session import platform_transaction
 from shared.observability.tracing import TENANT_ID
-from shared.policy.authorizer import Decision, Resource, TenantFacts
+from shared.policy.authorizer import Decision, Resource, TenantFacts, refusal_detail
 from shared.policy.decisions import decide, record_decision
 from shared.ratelimit import limit_for, take_tenant_token
 from shared.tenants.models import Tenant
@@ -224,9 +224,8 @@ def authorize(
     """
     decision = decide(context, action, resource, conn=conn, detail=detail)
     if not decision.allowed:
-        raise ProblemError(
-            403, "forbidden", "Forbidden", f"Not allowed to {action}.", extensions={"reason": decision.reason}
-        )
+        why = refusal_detail(action, decision.reason)
+        raise ProblemError(403, "forbidden", "Forbidden", why, extensions={"reason": decision.reason})
     return decision
 
 

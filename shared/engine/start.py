@@ -24,6 +24,7 @@ from shared.engine.protocol import ORCHESTRATOR_ACTIONS, StepPlan
 from shared.engine.steps import StepSeed, list_steps, seed_steps
 from shared.observability import metrics
 from shared.observability.tracing import TRACEPARENT, current_traceparent
+from shared.policy.authorizer import refusal_detail
 from shared.policy.facts import TenantFacts
 from shared.policy.gates import GateViolation, check_gates
 from shared.registry import service as registry
@@ -62,7 +63,7 @@ class StartForbiddenError(StartError):
     """The caller may not execute this intent (the policy decision's reason says why)."""
 
     def __init__(self, action: str, reason: str) -> None:
-        super().__init__(f"Not allowed to {action}.")
+        super().__init__(refusal_detail(action, reason))
         self.action, self.reason = action, reason
 
 

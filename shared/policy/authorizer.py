@@ -22,7 +22,16 @@ from shared.policy.actions import PLATFORM_ACTIONS, POLICY_ADMIN_ACTIONS, TENANT
 from shared.policy.facts import TenantFacts
 from shared.policy.policy_text import MAX_POLICY_CHARS, policy_text_problems
 
-__all__ = ["Authorizer", "Decision", "PolicyLoadError", "Reason", "Resource", "TenantFacts", "get_authorizer"]
+__all__ = [
+    "Authorizer",
+    "Decision",
+    "PolicyLoadError",
+    "Reason",
+    "Resource",
+    "TenantFacts",
+    "get_authorizer",
+    "refusal_detail",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +69,33 @@ class Reason(StrEnum):
     PRODUCTION_REQUIRES_DEPLOYER = "production_requires_deployer"
     DENIED_BY_TENANT_POLICY = "denied_by_tenant_policy"
     POLICY_ERROR = "policy_error"
+
+
+_REFUSAL_TEXTS: dict[str, str] = {
+    Reason.ROLE_REQUIRED: "none of the caller's roles allows it",
+    Reason.TENANT_SUSPENDED: "the caller's tenant is suspended",
+    Reason.SELF_APPROVAL: "an approver may not approve an execution they requested",
+    Reason.PRODUCTION_REQUIRES_DEPLOYER: "production targets need the Intent.Deployer role",
+    Reason.DENIED_BY_TENANT_POLICY: "a policy of the caller's tenant forbids it",
+    Reason.POLICY_ERROR: "the policies could not be evaluated for this request, and that refuses it",
+}
+"""Why, in words, for the problem detail of a refusal. Each text speaks of the caller's own roles, tenant and
+request, never of the resource: a refusal must not describe what the caller may not see. `cross_tenant` has none,
+so nothing beyond its code is said about another tenant's resource (the API answers those 404 anyway)."""
+
+
+def refusal_detail(action: str, reason: str, *, needs: Iterable[str] = ()) -> str:
+    """The problem detail of a refused `action`: what was refused and, for a reason the platform knows, why;
+    `needs` (role_required only) names the roles any one of which would allow it."""
+    why = _REFUSAL_TEXTS.get(reason)
+    if why is None:
+        return f"Not allowed to {action}."
+    roles = sorted(needs)
+    if reason == Reason.ROLE_REQUIRED and len(roles) == 1:
+        why += f" (it needs the {roles[0]} role)"
+    elif reason == Reason.ROLE_REQUIRED and roles:
+        why += f" (it needs one of the roles {', '.join(roles)})"
+    return f"Not allowed to {action}: {why}."
 
 
 # When several forbids hold, the first of these names the denial: the broadest cause first, so a suspended tenant

@@ -384,6 +384,9 @@ def test_approval_approved_by_another_principal_and_self_approval_refused(
     # The requester holds the Approver role too, and is still refused.
     own = httpx.post(url, json={"decision": "approve"}, headers=platform.headers(["Intent.Approver"]))
     assert own.status_code == 403 and own.json()["reason"] == "self_approval"
+    assert own.json()["detail"] == (
+        "Not allowed to execution.approve: an approver may not approve an execution they requested."
+    )
     reader = httpx.post(url, json={"decision": "approve"}, headers=platform.headers(["Intent.Reader"], oid=APPROVER))
     assert reader.status_code == 403
     assert detail(platform, execution_id)["status"] == "waiting"

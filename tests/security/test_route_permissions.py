@@ -8,17 +8,22 @@ import itertools
 import os
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.testclient import TestClient
 
+from shared.api import permissions
 from shared.api.idempotency import idempotency_key
 from shared.api.permissions import RESOURCE_TYPES, GuardedRoute, role_decision, route_permission
+from shared.api.security import RequestContext, authenticated
 from shared.auth.principal import APP_ROLES, Principal
 from shared.policy.actions import Action
 from shared.policy.authorizer import Resource, TenantFacts, get_authorizer
+from shared.tenants.models import Tenant
 
 TENANT = uuid.UUID("00000000-0000-4000-8000-0000000000c1")
 FACTS = TenantFacts(TENANT, "active", frozenset({"staging", "production"}), frozenset({"http"}))
@@ -165,3 +170,54 @@ def test_a_suspended_tenant_passes_no_pre_check() -> None:
     for action in Action:
         decision, _ = role_decision(principal, suspended, action)
         assert (decision.allowed, decision.reason) == (False, "tenant_suspended")
+
+
+class _Recorded:
+    """An audit store that keeps what it is given (the pre-check writes its deny record through it)."""
+
+    def __init__(self) -> None:
+        self.records: list[Any] = []
+
+    def record(self, record: Any, **_kwargs: Any) -> None:
+        self.records.append(record)
+
+
+def test_a_refused_pre_check_says_why_and_which_roles_would_allow_it(
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = datetime.now(UTC)
+    tenant = Tenant(
+        id=TENANT,
+        name="fabrikam",
+        display_name="",
+        entra_tenant_id=uuid.uuid4(),
+        status="active",
+        quotas={},
+        allowed_modules=[],
+        allowed_targets=["production"],
+        created_at=now,
+        updated_at=now,
+    )
+    reader = Principal(TENANT, tenant.entra_tenant_id, uuid.uuid4(), frozenset({"Intent.Reader"}), frozenset(), False)
+    audit = _Recorded()
+    monkeypatch.setattr(permissions, "get_audit_store", lambda: audit)
+    app.dependency_overrides[authenticated] = lambda: RequestContext(reader, tenant, "r-1")
+    try:
+        with TestClient(app) as client:
+            execute = client.post(f"/api/v1/intents/{uuid.uuid4()}/execute", json={})
+            approve = client.post(f"/api/v1/executions/{uuid.uuid4()}/approvals/gate", json={"decision": "approve"})
+    finally:
+        app.dependency_overrides.pop(authenticated, None)
+    assert (execute.status_code, execute.json()["reason"]) == (403, "role_required")
+    assert execute.json()["detail"] == (
+        "Not allowed to intent.execute: none of the caller's roles allows it"
+        " (it needs one of the roles Intent.Deployer, Intent.Executor)."
+    )
+    assert (approve.status_code, approve.json()["reason"]) == (403, "role_required")
+    assert approve.json()["detail"] == (
+        "Not allowed to execution.approve: none of the caller's roles allows it (it needs the Intent.Approver role)."
+    )
+    assert [(r.action, r.decision, r.reason) for r in audit.records] == [
+        ("intent.execute", "deny", "role_required"),
+        ("execution.approve", "deny", "role_required"),
+    ]

@@ -23,7 +23,16 @@ from shared.auth.principal import (
     Principal,
 )
 from shared.policy.actions import Action
-from shared.policy.authorizer import Authorizer, Decision, PolicyLoadError, Resource, TenantFacts, get_authorizer
+from shared.policy.authorizer import (
+    Authorizer,
+    Decision,
+    PolicyLoadError,
+    Reason,
+    Resource,
+    TenantFacts,
+    get_authorizer,
+    refusal_detail,
+)
 
 TENANT = uuid.UUID("00000000-0000-4000-8000-00000000000a")
 OTHER_TENANT = uuid.UUID("00000000-0000-4000-8000-00000000000b")
@@ -583,3 +592,45 @@ def test_schema_and_action_enum_must_agree() -> None:
         Authorizer(extra, policies)
     with pytest.raises(PolicyLoadError, match="invalid Cedar schema"):
         Authorizer("namespace QP {", policies)
+
+
+def test_a_refusal_says_why_in_words_about_the_caller_only() -> None:
+    executor, approver = principal(INTENT_EXECUTOR), principal(INTENT_APPROVER)
+    production = Resource("Intent", "i-1", TENANT, {"target": "production", "labels": {}})
+    own = Resource("Execution", "e-1", TENANT, {"target": "staging", "requested_by": approver.id, "labels": {}})
+    theirs = Resource("Intent", "i-2", OTHER_TENANT, {"target": "production", "labels": {"secret": "x"}})
+    suspended = TenantFacts(TENANT, "suspended", FACTS.allowed_targets, FACTS.allowed_modules)
+    cases = [
+        (executor, Action.INTENT_EXECUTE, production, FACTS, ": production targets need the Intent.Deployer role."),
+        (approver, Action.EXECUTION_APPROVE, own, FACTS, ": an approver may not approve an execution they requested."),
+        (approver, Action.INTENT_CREATE, production, FACTS, ": none of the caller's roles allows it."),
+        (executor, Action.INTENT_READ, production, suspended, ": the caller's tenant is suspended."),
+        # Nothing about another tenant's resource beyond the code: not its target, not that it exists.
+        (executor, Action.INTENT_READ, theirs, FACTS, "."),
+    ]
+    for who, action, what, facts, why in cases:
+        decision = get_authorizer().decide(who, action, what, tenant=facts)
+        assert refusal_detail(action, decision.reason) == f"Not allowed to {action.value}{why}", decision
+    assert refusal_detail("intent.read", "denied_by_tenant_policy") == (
+        "Not allowed to intent.read: a policy of the caller's tenant forbids it."
+    )
+    assert refusal_detail("intent.read", "policy_error").startswith("Not allowed to intent.read: the policies could")
+    assert refusal_detail("intent.read", "no_such_reason") == "Not allowed to intent.read."
+    # Every code a refusal can carry but cross_tenant has its words.
+    said = {reason for reason in Reason if refusal_detail("x", reason) != "Not allowed to x."}
+    assert said == set(Reason) - {Reason.ALLOWED, Reason.CROSS_TENANT}
+
+
+def test_a_role_refusal_names_the_roles_that_would_allow_it() -> None:
+    needs = (INTENT_EXECUTOR, INTENT_DEPLOYER)
+    assert refusal_detail("intent.execute", "role_required", needs=needs) == (
+        "Not allowed to intent.execute: none of the caller's roles allows it"
+        " (it needs one of the roles Intent.Deployer, Intent.Executor)."
+    )
+    assert refusal_detail("tenant.create", "role_required", needs=[PLATFORM_ADMIN]) == (
+        "Not allowed to tenant.create: none of the caller's roles allows it (it needs the Platform.Admin role)."
+    )
+    # Roles name only what role_required lacks; another reason is said as it is.
+    assert refusal_detail("execution.approve", "self_approval", needs=[INTENT_APPROVER]) == (
+        "Not allowed to execution.approve: an approver may not approve an execution they requested."
+    )

@@ -210,6 +210,51 @@ def test_a_bad_input_file_is_one_line_naming_it_and_sends_nothing(
     assert platform.seen == []
 
 
+def _forbidden(action: str, reason: str, detail: str | None = None) -> httpx.Response:
+    """A refusal as the API answers it: a generic detail unless given, the cause only in `reason`."""
+    problem = {
+        "type": "https://quantum-platform.dev/problems/forbidden",
+        "title": "Forbidden",
+        "status": 403,
+        "detail": detail or f"Not allowed to {action}.",
+        "instance": "/api/v1/x",
+        "reason": reason,
+        "request_id": "r-1",
+    }
+    return httpx.Response(403, json=problem, headers={"Content-Type": "application/problem+json"})
+
+
+def test_a_refusal_says_its_reason(platform: Platform) -> None:
+    execution = "6a1f0c2e-8f3b-4a39-9c0d-2d1e7c4b5a60"
+    platform.answer(
+        {
+            "GET /api/v1/intents": {"items": [{"id": INTENT_ID, "name": "deploy-web-app"}]},
+            f"POST /api/v1/intents/{INTENT_ID}/execute": _forbidden("intent.execute", "production_requires_deployer"),
+            f"POST /api/v1/executions/{execution}/approvals/approve": _forbidden("execution.approve", "self_approval"),
+        }
+    )
+    env = {"QP_TOKEN": "t", "QP_URL": ENTRA}
+    assert refusal(qp("run", "deploy-web-app", env=env)) == (
+        "error: 403 Forbidden: Not allowed to intent.execute. (reason: production_requires_deployer)"
+    )
+    assert refusal(qp("executions", "approve", execution, "approve", env=env)) == (
+        "error: 403 Forbidden: Not allowed to execution.approve. (reason: self_approval)"
+    )
+
+
+def test_a_refusal_whose_detail_names_its_reason_says_it_once(platform: Platform) -> None:
+    detail = "Not allowed to intent.execute: the tenant policy names production_requires_deployer."
+    platform.answer(
+        {
+            "GET /api/v1/intents": {"items": [{"id": INTENT_ID, "name": "web"}]},
+            f"POST /api/v1/intents/{INTENT_ID}/execute": _forbidden(
+                "intent.execute", "production_requires_deployer", detail
+            ),
+        }
+    )
+    assert refusal(qp("run", "web", env={"QP_TOKEN": "t", "QP_URL": ENTRA})) == f"error: 403 Forbidden: {detail}"
+
+
 # ------------------------------------------------------------------------------------------ intents by id or name
 def test_an_intent_name_shaped_like_a_uuid_is_looked_up_by_name(platform: Platform) -> None:
     name = "nightly-deployment-of-the_webshop-eu"  # 36 characters, 4 dashes: a name, not an id

@@ -14,6 +14,7 @@ import pytest
 from quantum_platform import (
     AsyncClient,
     Client,
+    Forbidden,
     NotFound,
     ProblemError,
     RateLimited,
@@ -124,6 +125,27 @@ def test_a_problem_is_raised_with_its_fields() -> None:
     assert str(error) == "422 Unprocessable: the body is invalid (/definition/steps/0/action: unknown action)"
     with pytest.raises(NotFound):
         client(lambda request: httpx.Response(404, text="gone")).get("/api/v1/intents/x")
+
+
+def test_a_refusal_carries_its_reason_and_says_it() -> None:
+    document = {
+        "title": "Forbidden",
+        "status": 403,
+        "detail": "Not allowed to intent.execute.",
+        "reason": "self_approval",
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(403, json=document, headers={"Content-Type": "application/problem+json"})
+
+    with pytest.raises(Forbidden) as raised:
+        client(handler).post("/api/v1/executions/e/approvals/s", json={})
+    assert raised.value.reason == "self_approval"
+    assert str(raised.value) == "403 Forbidden: Not allowed to intent.execute. (reason: self_approval)"
+    # A reason that is not a code (or none) adds nothing.
+    for odd in ({"status": 403, "detail": "No.", "reason": {"code": "x"}}, {"status": 403, "detail": "No."}):
+        error = ProblemError(403, odd)
+        assert (error.reason, str(error)) == (None, "403 Forbidden: No.")
 
 
 def test_a_refused_token_is_renewed_once_and_set_tenant_switches_tokens() -> None:

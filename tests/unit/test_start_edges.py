@@ -162,6 +162,8 @@ def test_the_api_keeps_its_headers_and_the_domain_data_of_a_refusal() -> None:
     ]
     denied = start_problem(engine.StartForbiddenError("intent.execute", "no_permit"))
     assert (denied.detail, denied.extensions) == ("Not allowed to intent.execute.", {"reason": "no_permit"})
+    production = start_problem(engine.StartForbiddenError("intent.execute", "production_requires_deployer"))
+    assert production.detail == "Not allowed to intent.execute: production targets need the Intent.Deployer role."
     launch = launch_problem(OrchestrationUnavailableError(uuid4(), "hub down"))
     assert (launch.status, launch.slug, launch.headers) == (503, "orchestration-unavailable", {"Retry-After": "5"})
 

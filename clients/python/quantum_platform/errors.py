@@ -13,7 +13,8 @@ class PlatformError(Exception):
 
 
 class ProblemError(PlatformError):
-    """An answer of 4xx/5xx: `status`, `type`, `title`, `detail`, `errors` (per field) and `request_id`."""
+    """An answer of 4xx/5xx: `status`, `type`, `title`, `detail`, `errors` (per field), `reason` (the machine code
+    of a refusal, e.g. `production_requires_deployer`) and `request_id`."""
 
     def __init__(self, status: int, document: dict[str, Any], response: httpx.Response | None = None) -> None:
         self.status = status
@@ -22,6 +23,8 @@ class ProblemError(PlatformError):
         self.type = str(document.get("type") or "about:blank")
         self.title = str(document.get("title") or httpx.codes.get_reason_phrase(status))
         self.detail = document.get("detail")
+        reason = document.get("reason")
+        self.reason: str | None = reason if isinstance(reason, str) and reason else None
         errors = document.get("errors")
         self.errors: list[dict[str, Any]] = (
             [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
@@ -36,11 +39,15 @@ class ProblemError(PlatformError):
 
     @property
     def summary(self) -> str:
-        """One line: status, title, detail and the first field error, e.g.
+        """One line: status, title, detail, the refusal's reason unless the detail says it, and the first field
+        error, e.g. `403 Forbidden: Not allowed to intent.execute. (reason: production_requires_deployer)` or
         `422 Unprocessable content: The intent has 1 problem. (/name: Field required)`."""
         line = f"{self.status} {self.title}"
         if self.detail:
             line += f": {self.detail}"
+        # The detail of a refusal may be a generic "Not allowed to ..."; the reason is what says why.
+        if self.reason and self.reason not in line:
+            line += f" (reason: {self.reason})"
         if self.errors:
             first = self.errors[0]
             where, why = first.get("pointer"), first.get("detail")
