@@ -50,7 +50,9 @@ SENDERS = 16
 slow receivers (a thread waiting on a socket holds no connection and does no work)."""
 SLOW_SEND_S = 0.25
 """A send unanswered this long marks its tenant slow for the rest of the run: its sender no longer counts among the
-TENANTS_AT_ONCE, and the run starts the next tenant beside it."""
+TENANTS_AT_ONCE, and the run starts the next tenant beside it. While tenants wait to start and every sender is taken,
+a tenant seen slow ends its turn after the send in flight: the senders go round the slow tenants, not stay with the
+first."""
 FIND_EVERY_S = 1.0
 """How often a run held open by its tenants' sends looks again for tenants with a delivery due (the timer's period):
 their deliveries go out in this run instead of waiting for the slow ones to end it."""
@@ -116,7 +118,8 @@ class DeliveryResult:
     left: int = 0
     """Claimed and not sent when a tenant's share of the run was spent: due again for the next run."""
     tenants_left: int = 0
-    """Tenants found due that the run did not get to before its end: found again (oldest due first) by the next."""
+    """Tenants found due that the run did not get to before its end: found again, and first (least recently served
+    first), by the next."""
 
     def add(self, other: DeliveryResult) -> None:
         """Count `other`'s (one tenant's turn) in this run's."""
@@ -136,6 +139,14 @@ class Turn:
         self.sending_since: float | None = None
         self.slow = False
         """Seen with a send unanswered for SLOW_SEND_S (by the run, which alone sets it)."""
+        self.sender_wanted = False
+        """A tenant waits to start for want of a free sender (set by the run): a turn seen slow gives its sender up."""
+
+    def over(self) -> bool:
+        """Whether the turn starts no more sends: its end has come, or it was seen slow and its sender is wanted."""
+        # Asked before each send, not when the sender is wanted: a slow turn whose waiting tenant started meanwhile
+        # (another sender was freed first) goes on sending.
+        return time.monotonic() >= self.ends or (self.slow and self.sender_wanted)
 
 
 def _recorded(text: str) -> str:
@@ -186,8 +197,8 @@ def deliver_tenant(
     turn: Turn | None = None,
 ) -> DeliveryResult:
     """Send the tenant's due deliveries, one head per subscription at a time, each send within `send_timeout_s`,
-    until none is due, PER_RUN, or `budget_s` has passed (or the run's `turn` ends): what is claimed and not yet sent
-    then goes back, due, for the next run. A suspended tenant's deliveries are not claimed (webhook_store)."""
+    until none is due, PER_RUN, or `budget_s` has passed (or the run's `turn` is over): what is claimed and not yet
+    sent then goes back, due, for the next run. A suspended tenant's deliveries are not claimed (webhook_store)."""
     result = DeliveryResult()
     turn = turn or Turn(time.monotonic() + budget_s)
     with tenant_transaction(tenant_id, pool=pool) as conn:
@@ -196,7 +207,7 @@ def deliver_tenant(
         lambda hosts: GuardedClient(hosts, timeout=send_timeout_s, allow_private=private_network_allowed())
     )
     with make_client(allowed) as client:
-        while result.delivered + result.failed_attempts < PER_RUN and time.monotonic() < turn.ends:
+        while result.delivered + result.failed_attempts < PER_RUN and not turn.over():
             with tenant_transaction(tenant_id, pool=pool) as conn:
                 claimed = store.claim_due(
                     conn, tenant_id, limit=PER_RUN - result.delivered - result.failed_attempts, hold_s=HOLD_S
@@ -206,8 +217,9 @@ def deliver_tenant(
             taken = 0  # how many of `claimed` were taken to be sent; the rest go back in the end
             try:
                 for item in claimed:  # each subscription's head: sent outside any transaction
-                    if time.monotonic() >= turn.ends:
-                        # A slow receiver spent this tenant's share of the run; its other heads wait for the next.
+                    if turn.over():
+                        # A slow receiver spent this tenant's share of the run, or its sender is wanted by a tenant
+                        # not yet served: its other heads wait for the next run.
                         result.left += len(claimed) - taken
                         break
                     taken += 1
@@ -276,7 +288,7 @@ def _deliver(
 
 
 def _due_tenants(max_tenants: int, control_pool: ConnectionPool[Any] | None) -> list[UUID]:
-    """Active tenants with a delivery due, oldest due first."""
+    """Active tenants with a delivery due, least recently served first (never served before all), then oldest due."""
     with platform_transaction(pool=control_pool) as conn:
         return [UUID(str(row["tenant_id"])) for row in conn.execute(_DUE_TENANTS, (max_tenants,)).fetchall()]
 
@@ -306,13 +318,16 @@ def deliver_due(
     send_timeout_s: float = SEND_TIMEOUT_S,
     slow_send_s: float = SLOW_SEND_S,
 ) -> DeliveryResult:
-    """One run over the active tenants with a delivery due, oldest due first, each started as soon as a sender is
-    free, until `budget_s` has passed (plus the sends then in flight, each within `send_timeout_s`). A tenant whose
-    send waits `slow_send_s` for its receiver stops counting among the `tenants_at_once` at work, and the next
-    tenant starts beside it: slow tenants hold up to `senders - tenants_at_once` senders, not those the others are
-    served on; past that, a tenant seen slow ends its turn with that send. While its tenants' sends hold the run
-    open, it looks every FIND_EVERY_S for tenants it has not served yet. One tenant's trouble is logged and the
-    others still go; so is a tenant whose row another transaction holds locked past bounded_lock_waits' bound."""
+    """One run over the active tenants with a delivery due, least recently served first (migration 0050), each
+    started as soon as a sender is free, until `budget_s` has passed (plus the sends then in flight, each within
+    `send_timeout_s`). A tenant whose send waits `slow_send_s` for its receiver stops counting among the
+    `tenants_at_once` at work, and the next tenant starts beside it: slow tenants hold up to `senders -
+    tenants_at_once` senders, not those the others are served on; past that, a tenant seen slow ends its turn with
+    that send. While a tenant waits to start for want of a free sender, a tenant seen slow ends its turn after its
+    send in flight, so slow tenants' backlogs leave the run's time to the tenants after them. While its tenants'
+    sends hold the run open, it looks every FIND_EVERY_S for tenants it has not served yet. One tenant's trouble is
+    logged and the others still go; so is a tenant whose row another transaction holds locked past
+    bounded_lock_waits' bound."""
     total = DeliveryResult()
     started = time.monotonic()
     ends = started + budget_s
@@ -356,6 +371,13 @@ def deliver_due(
                 # In a copy of this context, so that its sends belong to the timer invocation's trace (and its tenant
                 # transactions' lock waits are bounded).
                 running[threads.submit(contextvars.copy_context().run, run, tenant_id, turn)] = turn
+            # Tenants wait to start and every sender is taken: the slow turns give theirs up after their send in
+            # flight (Turn.over), else slow tenants with a backlog would send all run long on every sender the others
+            # are not served on, and the tenants after them would wait for a later run, and the next, for as long as
+            # the backlogs lasted.
+            wanted = bool(queue) and len(running) >= senders
+            for turn in running.values():
+                turn.sender_wanted = wanted
             if now >= ends:
                 total.tenants_left += len(queue)
                 queue.clear()

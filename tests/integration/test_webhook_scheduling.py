@@ -1,8 +1,9 @@
 # intent_ref: platform.events
 """Which tenants a webhook delivery run serves, and when (ADR 0030): tenants whose receivers keep their sends waiting
-do not take the senders the other tenants are served on, a run held open by them serves tenants due meanwhile, a
-suspended tenant's deliveries wait, pending, until it is active again, and a tenant's subscriptions are sent to in
-turn, so that slow ones with a backlog hold up none of their siblings for good."""
+do not take the senders the other tenants are served on, and give theirs up to tenants waiting to start, a run held
+open by them serves tenants due meanwhile, the tenants a run did not reach come first in the next, a suspended
+tenant's deliveries wait, pending, until it is active again, and a tenant's subscriptions are sent to in turn, so that
+slow ones with a backlog hold up none of their siblings for good."""
 
 from __future__ import annotations
 
@@ -186,6 +187,69 @@ def test_a_tenant_seen_slow_when_the_slow_senders_are_all_taken_ends_its_turn_wi
         ).fetchall()
     assert [(r["state"], r["attempts"], r["due"]) for r in rows] == [("delivered", 1, False), ("pending", 0, True)]
     assert webhooks.deliver_tenant(last_slow.id).delivered == 1
+
+
+SLOW_RECEIVER_S = 0.3
+"""How long the slow receivers of the backlog tests take to answer (with success): a sender is taken that long by each
+send to them, whatever the machine's speed, which bounds how many tenants a run can start before its end."""
+
+
+def _backlogged(api: ApiHarness, name: str, slow_tenants: int, backlog: int) -> tuple[Receiver, list[Any], Any]:
+    """`slow_tenants` tenants whose receiver answers in SLOW_RECEIVER_S, each with `backlog` deliveries due, then one
+    tenant with a fast receiver and one delivery, due after all of theirs: the fast receiver, and the handles."""
+    slow, fast = Receiver(delay_s=SLOW_RECEIVER_S), Receiver()
+    slow_tenants_made = [_subscribe(api, f"{name}-slow-{n}", slow.url) for n in range(slow_tenants)]
+    fast_tenant = _subscribe(api, f"{name}-fast", fast.url)
+    for handle in slow_tenants_made:
+        emit(handle.id, *["test.backlog"] * backlog)
+    emit(fast_tenant.id, "test.fast")
+    return fast, slow_tenants_made, fast_tenant
+
+
+def _delivered(tenant_id: UUID) -> int:
+    """How many of the tenant's deliveries went out."""
+    with tenant_transaction(tenant_id) as conn:
+        row = conn.execute("SELECT count(*) AS n FROM app.webhook_deliveries WHERE state = 'delivered'").fetchone()
+    return int(row["n"]) if row is not None else 0
+
+
+def test_slow_tenants_with_a_backlog_give_their_senders_up_to_the_tenants_waiting_to_start(
+    api: ApiHarness, local: None, only: Callable[[Collection[UUID]], None]
+) -> None:
+    # Backlogs of 10 sends, longer than the run: a slow tenant's turn ends only by the run's end or by giving way.
+    fast, slow_tenants, fast_tenant = _backlogged(api, "sched-give-way", slow_tenants=9, backlog=10)
+    only([h.id for h in [*slow_tenants, fast_tenant]])
+
+    # One sender at work, two for the slow. Before, the first two slow tenants sent their backlogs on the slow senders
+    # all run long and the other seven took turns on the third, one slow send each: the fast tenant, tenth, could start
+    # at 0.1 s + 7 x SLOW_RECEIVER_S = 2.2 s at the earliest, past the run's end, and was not served in any run while
+    # the backlogs lasted. A tenant seen slow now gives its sender up after the send in flight while a tenant waits
+    # for one: the three senders go round the nine slow tenants (about 1 s), and every tenant found due starts in
+    # this run.
+    result = webhooks.deliver_due(
+        max_tenants=10_000, tenants_at_once=1, senders=3, slow_send_s=0.05, send_timeout_s=5, budget_s=2.0
+    )
+    assert len(fast.received) == 1 and result.tenants_left == 0, result
+    assert all(_delivered(handle.id) >= 1 for handle in slow_tenants)
+
+
+def test_the_tenants_a_run_did_not_reach_come_first_in_the_next(
+    api: ApiHarness, local: None, only: Callable[[Collection[UUID]], None]
+) -> None:
+    fast, slow_tenants, fast_tenant = _backlogged(api, "sched-next-run", slow_tenants=10, backlog=6)
+    only([h.id for h in [*slow_tenants, fast_tenant]])
+    options: dict[str, Any] = {"tenants_at_once": 1, "senders": 2, "slow_send_s": 0.05, "send_timeout_s": 5}
+
+    # Two senders on sends of SLOW_RECEIVER_S start at most eight tenants in 1.1 s: the run cannot reach the fast
+    # tenant, due after ten slow ones, however fast the machine (the slow tenants' backlogs outlast a run).
+    first = webhooks.deliver_due(max_tenants=10_000, budget_s=1.1, **options)
+    assert fast.received == [] and first.tenants_left >= 3, first
+    # The next run starts with the tenants this one did not reach (never sent for: first), and gets to the fast one.
+    # Before, it found them in the same order again (oldest head due first: the slow tenants' backlogs), and the fast
+    # tenant waited as many runs as their backlogs lasted.
+    second = webhooks.deliver_due(max_tenants=10_000, budget_s=1.1, **options)
+    assert len(fast.received) == 1, second
+    assert all(_delivered(handle.id) >= 1 for handle in slow_tenants)  # each slow tenant sent for in one of the two
 
 
 def test_a_run_held_open_by_a_slow_tenant_serves_the_tenants_due_meanwhile(
