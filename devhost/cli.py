@@ -8,23 +8,36 @@ import argparse
 import asyncio
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
 from devhost.host import HostOptions, apply_local_settings, serve
 
 DEFAULT_PORT = 7071
+DEFAULT_DATA_DIR = ".data"
+DEVHOST = ".venv/bin/python -m devhost"
+"""How the banner's hints start a devhost command (from the project's folder, where `run` is usually started)."""
 
 
-def _run(args: argparse.Namespace) -> int:
-    app_dir = Path(args.app).resolve()
-    if not (app_dir / "function_app.py").exists():
-        print(f"devhost: no function_app.py in {app_dir}", file=sys.stderr)
-        return 2
-    apply_local_settings(app_dir)
-    options = HostOptions(
-        app_dir=app_dir, host=args.host, port=args.port, data_dir=Path(args.data_dir), seed_demo=args.seed_demo
-    )
+def _default_port() -> int:
+    # `run` and `token` both read it, so a token minted in the devhost's shell names the devhost's port.
+    return int(os.environ.get("QP_DEVHOST_PORT", DEFAULT_PORT))
+
+
+def _hint_options(args: argparse.Namespace, *, port: bool) -> str:
+    """The options a hint's command needs to reach this devhost: its port and data folder, unless defaults."""
+    options = []
+    # Named unless it is the default in every shell: the hint may be pasted where QP_DEVHOST_PORT is not set.
+    if port and (args.port != DEFAULT_PORT or _default_port() != DEFAULT_PORT):
+        options.append(f"--port {args.port}")
+    if args.data_dir != DEFAULT_DATA_DIR:
+        options.append(f"--data-dir {shlex.quote(args.data_dir)}")
+    return "".join(f" {option}" for option in options)
+
+
+def _banner(args: argparse.Namespace, options: HostOptions) -> list[str]:
+    """What the devhost prints once it serves: where it is and how to call it."""
     ready = [
         "",
         "Quantum Platform is running at {base_url}",
@@ -45,13 +58,27 @@ def _run(args: argparse.Namespace) -> int:
             False,
         )
         ready.append(f'  as contoso: curl -s -H "Authorization: Bearer {token}" {{base_url}}/api/v1/me')
-        ready.append("  other tokens: .venv/bin/python -m devhost token --tenant fabrikam --roles Intent.Reader")
+        ready.append(
+            f"  other tokens: {DEVHOST} token{_hint_options(args, port=True)} --tenant fabrikam --roles Intent.Reader"
+        )
     ready.append(
         '  the Durable API and /devhost/eventhubs need the master key: -H "x-functions-key: '
-        '$(.venv/bin/python -m devhost key)"'
+        f'$({DEVHOST} key{_hint_options(args, port=False)})"'
     )
     ready.append("Press Ctrl-C to stop.")
-    asyncio.run(serve(options, ready))
+    return ready
+
+
+def _run(args: argparse.Namespace) -> int:
+    app_dir = Path(args.app).resolve()
+    if not (app_dir / "function_app.py").exists():
+        print(f"devhost: no function_app.py in {app_dir}", file=sys.stderr)
+        return 2
+    apply_local_settings(app_dir)
+    options = HostOptions(
+        app_dir=app_dir, host=args.host, port=args.port, data_dir=Path(args.data_dir), seed_demo=args.seed_demo
+    )
+    asyncio.run(serve(options, _banner(args, options)))
     return 0
 
 
@@ -98,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="serve function_app.py locally")
     run.add_argument("--app", default=".", help="folder holding function_app.py and host.json")
     run.add_argument("--host", default="127.0.0.1")
-    run.add_argument("--port", type=int, default=int(os.environ.get("QP_DEVHOST_PORT", DEFAULT_PORT)))
-    run.add_argument("--data-dir", default=".data", help="where the host keeps its state")
+    run.add_argument("--port", type=int, default=_default_port())
+    run.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="where the host keeps its state")
     run.add_argument("--seed-demo", action="store_true", help="seed the demo tenants contoso, fabrikam and tenant-123")
     run.set_defaults(handler=_run)
     token = sub.add_parser("token", help="print a dev access token shaped like an Entra ID v2 token")
@@ -109,11 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--oid", default=None, help="object id of the user (default: a stable demo user)")
     token.add_argument("--expires-in", type=int, default=3600, help="lifetime in seconds")
     token.add_argument("--app-only", action="store_true", help="an application token (idtyp=app)")
-    token.add_argument("--port", type=int, default=DEFAULT_PORT, help="port of the devhost that serves the JWKS")
-    token.add_argument("--data-dir", default=".data")
+    token.add_argument(
+        "--port", type=int, default=_default_port(), help="port of the devhost that serves the JWKS (QP_DEVHOST_PORT)"
+    )
+    token.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     token.set_defaults(handler=_token)
     key = sub.add_parser("key", help="print the host's master key (created on first use; stable per data folder)")
-    key.add_argument("--data-dir", default=".data")
+    key.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     key.set_defaults(handler=_key)
     trace = sub.add_parser("trace", help="print one execution's trace (spans and durations) as a tree")
     trace.add_argument("execution_id")

@@ -5,6 +5,7 @@ request and returns a Response, which is sent to the client as it produces its b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from typing import Any
@@ -20,6 +21,9 @@ from devhost.invoker import FunctionInvocationError, Invoker, type_hints
 from devhost.loader import function_name
 
 logger = logging.getLogger(__name__)
+
+DISCONNECT_POLL_S = 0.1
+"""How often a receive that waits for the client's disconnect looks at the connection."""
 
 
 def is_stream_function(function: func.Function, trigger_name: str) -> bool:
@@ -72,12 +76,24 @@ async def serve_stream(
     disconnected = asyncio.Event()
     body_sent = False
 
+    def hung_up() -> bool:
+        # aiohttp closes the transport when the client's side ends (EOF or reset), and lets the handler run on.
+        transport = request.transport
+        return transport is None or transport.is_closing()
+
     async def receive() -> Message:
         nonlocal body_sent
         if not body_sent:
             body_sent = True
             return {"type": "http.request", "body": body, "more_body": False}
-        await disconnected.wait()
+        # Asked without waiting first, so `Request.is_disconnected()` (a receive cancelled at its first wait) sees a
+        # client that hung up while the app waited, as uvicorn's receive shows it in the Python worker; a listener
+        # that waits here hears it within DISCONNECT_POLL_S (aiohttp has no public hook for a closed connection).
+        while not disconnected.is_set() and not hung_up():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DISCONNECT_POLL_S):
+                    await disconnected.wait()
+        disconnected.set()
         return {"type": "http.disconnect"}
 
     native = {trigger_name: Request(_scope(request), receive)}

@@ -58,7 +58,9 @@ def _worker_reason(step_id: str, item: QueuedItem | None, pollers: dict[str, Pol
     held = f"leased by {item.leased_by} {_ago((now - item.leased_at).total_seconds())} ago"
     if item.status(now) == "expired":
         return f"waiting for a worker for {item.action} (step {step_id}): {held}, its lease has expired"
-    beat = item.heartbeat_at or item.leased_at
+    if item.heartbeat_at is None:  # progress comes with heartbeats only
+        # The lease is no sign of life: a worker that went away as its poll was answered holds a lease it never saw.
+        return f"a worker has leased {item.action} (step {step_id}): {held}, no heartbeat yet"
     progress = item.progress or {}
     detail = ", ".join(
         part
@@ -71,7 +73,7 @@ def _worker_reason(step_id: str, item: QueuedItem | None, pollers: dict[str, Pol
     shown = f" ({detail})" if detail else ""
     return (
         f"a worker is running {item.action} (step {step_id}){shown}: {held}, "
-        f"last heartbeat {_ago((now - beat).total_seconds())} ago"
+        f"last heartbeat {_ago((now - item.heartbeat_at).total_seconds())} ago"
     )
 
 

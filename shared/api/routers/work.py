@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -268,6 +268,7 @@ def _lease(
 )
 async def lease(
     body: LeaseRequest,
+    request: Request,
     context: Annotated[RequestContext, Depends(permission(Action.WORK_LEASE))],
     client: Any = Depends(get_durable_client),  # noqa: B008
 ) -> LeaseAnswer:
@@ -278,11 +279,15 @@ async def lease(
     tenant_id, worker = context.tenant.id, _worker_name(context, body.worker)
     deadline = time.monotonic() + body.wait_s
     wakeup = get_event_wakeup() if body.wait_s > 0 else None
+    leases: list[work_queue.Lease] = []
     with contextlib.ExitStack() as stack:
         # Keyed by tenant id: the queue's notification names the tenant (execution ids never collide with it).
         waiter = stack.enter_context(wakeup.waiting(tenant_id)) if wakeup is not None else None
         first = True
-        while True:
+        # Asked before every round, so after every wait too: a worker that hung up while it waited (Ctrl-C, a crash,
+        # its own timeout) leases nothing. An item leased to it would reach no one, and no other worker could have it
+        # until the lease ran out and ended the attempt as timed out, a retry spent (ADR 0027, amended 2026-12-06).
+        while not await request.is_disconnected():
             if waiter is not None:
                 waiter.clear()
             # A deadlock's victim (its expiry or stale items met a recorder, a cancel or the sweeper's end, ADR 0027)
