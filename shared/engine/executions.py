@@ -351,7 +351,7 @@ def domain_event_type(stream_event: str) -> str:
 
 
 def _publish_move(conn: Conn, moved: Execution, previous: Status, error: str | None, event_type: str) -> None:
-    """The move's domain event (outbox, this transaction); an end also logs telemetry."""
+    """The move's domain event (outbox, this transaction); an end also its telemetry, once this transaction commits."""
     data: dict[str, Any] = {
         "execution_id": str(moved.id),
         "intent_id": str(moved.intent_id),
@@ -371,7 +371,8 @@ def _publish_move(conn: Conn, moved: Execution, previous: Status, error: str | N
         duration_ms = None
         if moved.finished_at is not None:
             duration_ms = round((moved.finished_at - moved.created_at).total_seconds() * 1000)
-        telemetry.emit(
+        telemetry.emit_on_commit(
+            conn,
             event_type,
             tenant_id=enqueued.tenant_id,
             execution_id=moved.id,

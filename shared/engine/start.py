@@ -434,7 +434,8 @@ def start_execution(
             for step in run.steps
         ],
     )
-    telemetry.emit(
+    telemetry.emit_on_commit(
+        conn,
         "execution.started",
         tenant_id=tenant.id,
         execution_id=execution.id,

@@ -408,14 +408,16 @@ def _publish_step(
     reason: str | None = None,
     duration_ms: int | None = None,
 ) -> None:
-    """A step's domain event (outbox, the caller's transaction) and, for step.completed/failed, its telemetry."""
+    """A step's domain event (outbox, the caller's transaction) and, for step.completed/failed, its telemetry (once
+    that transaction commits)."""
     data: dict[str, Any] = {"execution_id": str(execution_id), "step_id": step_id, "action": action, "attempt": attempt}
     for name, value in (("error", error), ("reason", reason), ("duration_ms", duration_ms)):
         if value is not None:
             data[name] = value
     enqueued = enqueue_event(conn, event_type, f"executions/{execution_id}/steps/{step_id}", data)
     if event_type in telemetry.EVENTS:
-        telemetry.emit(
+        telemetry.emit_on_commit(
+            conn,
             event_type,
             tenant_id=enqueued.tenant_id,
             execution_id=execution_id,

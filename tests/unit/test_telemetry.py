@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from typing import Any, cast
 
+import psycopg
 import pytest
 
 from shared import telemetry
@@ -62,6 +64,24 @@ def test_emit_logs_the_line_at_info(caplog: pytest.LogCaptureFixture) -> None:
         "action": "wait",
         "duration_ms": 5,
     }
+
+
+def test_an_outcome_recorded_outside_a_transaction_this_context_opened_is_published_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A test's or a script's own connection: no commit of the session helper's will publish it, so it goes now.
+    conn = cast("psycopg.Connection[Any]", object())
+    with caplog.at_level(logging.INFO, logger="qp.telemetry"):
+        telemetry.emit_on_commit(conn, "step.failed", tenant_id="t", action="wait", reason="failed")
+    [record] = caplog.records
+    assert _parsed(record.getMessage()) == {
+        "event": "step.failed",
+        "tenant_id": "t",
+        "action": "wait",
+        "reason": "failed",
+    }
+    with pytest.raises(ValueError, match="unknown telemetry event"):  # refused when recorded, not at the commit
+        telemetry.emit_on_commit(conn, "execution.exploded", tenant_id="t")
 
 
 def test_a_metric_names_built_in_actions_and_calls_every_registered_one_remote() -> None:
