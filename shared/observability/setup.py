@@ -8,6 +8,7 @@ distro), and a process without either setting keeps OpenTelemetry's no-op API.
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,11 @@ from shared.observability.urls import outbound_url
 
 SERVICE_NAME = "quantum-platform"
 """The `service.name` resource attribute: the cloud role name Application Insights shows."""
+
+APP_LOGGERS = ("qp", "shared", "functions")
+"""The app's own logger trees, whose records the distro exports: `qp.telemetry`, and every module's logger, named
+after the module (`shared.api.problems`, `functions.timer_execution_sweeper`...). Never the root: the SDKs' and
+libraries' INFO chatter (`azure.*`, `httpx`...) stays in the host's log stream."""
 
 _lock = threading.Lock()
 _mode: str | None = None
@@ -75,13 +81,15 @@ def telemetry_mode() -> str:
 def _start_azure_monitor(connection_string: str, resource: Resource) -> None:
     from azure.monitor.opentelemetry import configure_azure_monitor
 
+    first = logging.getLogger(APP_LOGGERS[0])
+    before = list(first.handlers)
     configure_azure_monitor(
         connection_string=connection_string,
         resource=resource,
         # Every span is kept: alerts count metrics, but a failed execution's trace must be there to open.
         sampling_ratio=1.0,
-        # The app's own loggers only; the SDKs' chatter stays in the host's log stream.
-        logger_name="qp",
+        # The distro hands its log handler to one logger; the app's other trees get the same handler below.
+        logger_name=APP_LOGGERS[0],
         instrumentation_options={
             # FastAPI is instrumented on the app itself (shared.api.app), psycopg 3 below; the rest is not used.
             "fastapi": {"enabled": False},
@@ -95,6 +103,15 @@ def _start_azure_monitor(connection_string: str, resource: Resource) -> None:
             "urllib3": {"enabled": False},
         },
     )
+    # The same handler instance on each tree (the trees are disjoint, so no record is exported twice): a 500's
+    # `request <id>: unhandled error` (shared.api.problems) or a retried intent-requests batch (shared.ingress.process)
+    # went out of no exporter when only `qp` had it.
+    exporting = [handler for handler in first.handlers if handler not in before]
+    for name in APP_LOGGERS[1:]:
+        logger = logging.getLogger(name)
+        for handler in exporting:
+            if handler not in logger.handlers:
+                logger.addHandler(handler)
 
 
 def _propagate_trace_context_only() -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from shared import telemetry
 from shared.observability import metrics, tracing
+from tools.export_openapi import render_openapi
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "bicep" / "monitoring"
@@ -45,6 +46,8 @@ EMITTED_DIMENSIONS = {
     "event_id",
     "principal",
     "detail",
+    # The exporter's own: a span's links (the `execution start` root links the request that asked for it).
+    "_MS.links",
 }
 # The names of the spans the app starts itself (the instrumentations name the others by route or statement).
 EMITTED_SPAN_PREFIXES = {"module ", "activity ", "intent-requests ", "execution "}
@@ -154,3 +157,117 @@ def test_the_runbook_finds_a_stalls_execution_by_its_id_not_its_operation_id() -
     assert "execution.stalled`): the sweeper records it in its own run's trace" in runbook
     finders = [q for name, q in _queries().items() if name.startswith(RUNBOOK.name) and "operation_Id" in q]
     assert any(f"customDimensions['{tracing.EXECUTION_ID}']" in q and "by operation_Id" in q for q in finders)
+
+
+# The alert and the panel leave a long poll out by the path of its url (a route's name, `GET .../{execution_id}/...`,
+# would read as a workbook parameter in the panel): `not(<path> matches regex @'<pattern>')`.
+_LONG_POLLS_LEFT_OUT = re.compile(r"not\(tostring\(parse_url\(url\)\.Path\) matches regex @'([^']+)'\)")
+_WAIT = re.compile(r"(^|_)wait(_|$)", re.IGNORECASE)
+
+
+def _routes() -> dict[str, dict[str, Any]]:
+    """Every operation of the app's OpenAPI document, by `METHOD path`, with its component schemas resolved."""
+    document: dict[str, Any] = json.loads(render_openapi())
+    schemas: dict[str, Any] = document["components"]["schemas"]
+    routes = {}
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            names = {str(parameter["name"]) for parameter in operation.get("parameters", [])}
+            for content in operation.get("requestBody", {}).get("content", {}).values():
+                ref = str(content.get("schema", {}).get("$ref", ""))
+                names |= set(schemas.get(ref.rsplit("/", 1)[-1], {}).get("properties", {}))
+            routes[f"{method.upper()} {path}"] = {"path": path, "fields": names, "text": json.dumps(operation)}
+    return routes
+
+
+def _long_polls(routes: dict[str, dict[str, Any]]) -> set[str]:
+    """The routes that wait on purpose: a `wait`/`wait_s` parameter or body field, or a long poll by their docs."""
+    return {
+        name
+        for name, route in routes.items()
+        if any(_WAIT.search(field) for field in route["fields"]) or "long poll" in route["text"].lower()
+    }
+
+
+def _sample_path(path: str) -> str:
+    return re.sub(r"\{[^}]+\}", "0f4c8a2e-6b1d-4e5f-9a3c-7d2b1e0f9c84", path)
+
+
+def test_every_long_poll_route_is_left_out_of_the_latency_alert_and_panels() -> None:
+    # An idle worker's lease (wait_s up to 30 s) held the alert's p95 at its wait: the alert fired all day.
+    routes = _routes()
+    long_polls = _long_polls(routes)
+    assert {"GET /api/v1/executions/{execution_id}/events", "POST /api/v1/work/lease"} <= long_polls, long_polls
+    alerts: dict[str, Any] = json.loads((MONITORING / "alerts.json").read_text(encoding="utf-8"))
+    latency = {"alert latency-p95": str(alerts["latency-p95"]["query"])}
+    latency.update({name: q for name, q in _queries().items() if "percentile(duration, 95)" in q and "by name" in q})
+    assert "workbook API latency p95 by operation (ms)" in latency, latency
+    for name, query in latency.items():
+        assert query.startswith("requests | where isnotempty(url) and not("), f"{name} leaves no long poll out"
+        [pattern] = _LONG_POLLS_LEFT_OUT.findall(query)
+        for route in sorted(routes):
+            left_out = re.search(pattern, _sample_path(routes[route]["path"])) is not None
+            assert left_out == (route in long_polls), f"{name}: {route} {'is' if left_out else 'is not'} left out"
+
+
+def test_module_work_lag_and_each_tenants_queue_lag_are_alerted_on_apart() -> None:
+    # One mean over both let 2000 promptly leased remote items hide a 300 s module-work outage (3 s), and one
+    # tenant's stopped workers page for the platform.
+    alerts: dict[str, Any] = json.loads((MONITORING / "alerts.json").read_text(encoding="utf-8"))
+    by_metric: dict[str, list[str]] = {}
+    for name, alert in alerts.items():
+        named = set(_METRIC.findall(str(alert["query"])))
+        if named & {metrics.MODULE_WORK_LAG, metrics.WORK_QUEUE_LAG}:
+            assert len(named) == 1, f"{name} mixes {sorted(named)}"
+            by_metric.setdefault(named.pop(), []).append(name)
+    [module_work] = by_metric[metrics.MODULE_WORK_LAG]
+    [work_queue] = by_metric[metrics.WORK_QUEUE_LAG]
+    module_query = str(alerts[module_work]["query"])
+    # The mean, and the longest single wait (a few stuck events among many quick ones).
+    assert "total / n" in module_query and "max(valueMax)" in module_query, module_query
+    queue_query = str(alerts[work_queue]["query"])
+    # Each tenant's mean on its own, then the worst of them.
+    per_tenant = queue_query.index(f"tenant = tostring(customDimensions['{tracing.TENANT_ID}'])")
+    by_tenant = queue_query.index("sum(valueCount) by tenant")
+    assert per_tenant < by_tenant < queue_query.index("summarize lag = max(lag)"), queue_query
+    # A tenant's own workers are the tenant's to fix: a lower severity (a higher number) than the platform's hub.
+    assert alerts[work_queue]["severity"] > alerts[module_work]["severity"]
+
+
+_TENANT_FILTER = "'{Tenant}' == '' or tenant == '{Tenant}'"
+
+
+def test_the_workbook_has_a_tenant_parameter_every_tenants_panel_uses() -> None:
+    workbook: dict[str, Any] = json.loads((MONITORING / "workbook.json").read_text(encoding="utf-8"))
+    parameters = {
+        str(parameter["name"])
+        for item in workbook["items"]
+        if item["type"] == 9
+        for parameter in item["content"]["parameters"]
+    }
+    assert "Tenant" in parameters, parameters
+    panels = {str(item["name"]): str(item["content"]["query"]) for item in workbook["items"] if item["type"] == 3}
+    tenant_panels = [name for name, query in panels.items() if f"customDimensions['{tracing.TENANT_ID}']" in query]
+    assert len(tenant_panels) >= 10, tenant_panels
+    for name, query in panels.items():
+        # A `{name}` the workbook has no parameter for would be sent to Log Analytics as is.
+        assert set(re.findall(r"\{(\w+)\}", query)) <= parameters, f"{name} names an unknown parameter"
+        if name in tenant_panels:
+            assert _TENANT_FILTER in query, f"{name} shows every tenant whatever the Tenant parameter"
+            assert query.index("tenant = ") < query.index(_TENANT_FILTER), f"{name} filters before tenant is set"
+    # The runbook's first step uses it, and the operations guide shows each panel's query as the workbook has it.
+    assert "*Tenant id*" in RUNBOOK.read_text(encoding="utf-8")
+    operations = OPERATIONS.read_text(encoding="utf-8")
+    for item in workbook["items"]:
+        if item["type"] == 3:
+            title, query = item["content"]["title"], item["content"]["query"]
+            assert f"### {title}\n\n```kusto\n{query}\n```" in operations, f"docs/operations.md shows another {title}"
+
+
+def test_the_operations_guide_opens_an_execution_by_its_start_not_the_requests_operation() -> None:
+    # The execution runs under its own root, `execution start`, linked to the request: the request's operation_Id
+    # opens the request only.
+    operations = OPERATIONS.read_text(encoding="utf-8")
+    assert "the request's `operation_Id` opens the whole execution" not in operations
+    finders = [q for name, q in _queries().items() if name.startswith(OPERATIONS.name)]
+    assert any("'execution start'" in q and "customDimensions['_MS.links']" in q for q in finders), finders
