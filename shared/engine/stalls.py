@@ -111,7 +111,8 @@ def record_stalls(
                 attempt=stall.attempt,
             )
             with continued_span("execution stalled", None, attributes):
-                telemetry.emit(
+                telemetry.emit_on_commit(
+                    conn,
                     "execution.stalled",
                     tenant_id=tenant_id,
                     execution_id=execution_id,

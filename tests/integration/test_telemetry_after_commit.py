@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from shared.observability import metrics, tracing
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_execution_sweeper import (
     _BACKDATE_UPDATE,
+    AUTHOR,
     FakeDurable,
     Tenant,
     _allow_modules,
@@ -294,3 +296,50 @@ def test_a_publication_that_fails_after_the_commit_does_not_fail_the_committed_c
         repo.transition(conn, execution.id, "failed", error="boom")
     assert _get(app_pool, tenant, execution.id).status == "failed"
     assert any("telemetry event execution.failed not published" in r.getMessage() for r in caplog.records)
+
+
+def test_a_stall_recorded_in_a_transaction_that_rolls_back_is_counted_once_by_the_sweep_that_commits_it(
+    api: ApiHarness,  # noqa: F811
+    app_pool: ConnectionPool[Any],
+    meters: _Meters,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from shared.engine import stalls
+
+    caplog.set_level(logging.INFO, logger="qp.telemetry")
+    name = f"stall-once-{uuid.uuid4().hex[:8]}"
+    tenant_id = api.provision(name, allowed_modules=["artifact.write"]).id
+    steps = [
+        {"id": f"slow{i}", "timeout_s": 1, "action": "artifact.write", "name": f"a{i}.json", "content": {"a": i}}
+        for i in (1, 2)
+    ]
+    body = {"name": name, "definition": {"target": "staging", "steps": steps}}
+    created = api.client.post("/api/v1/intents", json=body, headers=api.headers(name, AUTHOR))
+    assert created.status_code == 201, created.text
+    execution_id = _moved(app_pool, tenant_id, uuid.UUID(created.json()["id"]), ["running"], quiet=False)
+    with tenant_transaction(tenant_id, pool=app_pool) as conn:
+        for i in (1, 2):
+            key = AttemptKey(execution_id, f"slow{i}", "run", 1)
+            store.begin_attempt(conn, key, action="artifact.write", remote=False)
+    time.sleep(1.2)  # both attempts past their 1 s timeout: overdue, so stalled
+
+    real_append = repo.append_event
+    stalled = {"n": 0}
+
+    def second_stall_fails(conn: Any, *args: Any, **kwargs: Any) -> int:
+        if args[1] == "execution_stalled":
+            stalled["n"] += 1
+            if stalled["n"] == 2:  # a statement after the first stall's telemetry fails: the whole record rolls back
+                raise RuntimeError("connection lost before commit")
+        return real_append(conn, *args, **kwargs)
+
+    monkeypatch.setattr(repo, "append_event", second_stall_fails)
+    with pytest.raises(RuntimeError):
+        stalls.record_stalls(tenant_id, execution_id, grace_s=0.0, pool=app_pool)
+    monkeypatch.setattr(repo, "append_event", real_append)
+    assert _lines(caplog, "execution.stalled", execution_id) == []
+
+    assert len(stalls.record_stalls(tenant_id, execution_id, grace_s=0.0, pool=app_pool)) == 2
+    counted = sum(n for (name_, tenant_, _), n in meters.counted.items() if name_ == "qp.executions.stalled")
+    assert counted == 2 and len(_lines(caplog, "execution.stalled", execution_id)) == 2
