@@ -43,9 +43,16 @@ def is_blob_ref(value: Any) -> bool:
     return isinstance(value, dict) and set(value) == {BLOB_REF}
 
 
+OUTPUTS_FOLDER = ".outputs"
+"""The folder of an execution's stored outputs, beside its steps' artifact folders (`<step>/`, artifact.write). The
+dot keeps the two apart: no step id holds one (STEP_ID_PATTERN). It was `outputs/`, which a step named `outputs`
+shared, so that its artifact could replace, pre-empt or (compensated) delete a stored output of its execution.
+References made then still load: a reader checks the tenant's prefix and the digest, never the folder."""
+
+
 def blob_name(tenant_id: UUID, execution_id: UUID, sha256: str) -> str:
     """Where an output is stored: under the tenant's prefix (so erasure finds it), named by its content's digest."""
-    return f"{tenant_blob_prefix(tenant_id)}executions/{execution_id}/outputs/sha256-{sha256}.json"
+    return f"{tenant_blob_prefix(tenant_id)}executions/{execution_id}/{OUTPUTS_FOLDER}/sha256-{sha256}.json"
 
 
 def claim_check(
@@ -60,9 +67,10 @@ def claim_check(
     """`output` itself when its JSON fits in `limit` bytes (QP_PAYLOAD_INLINE_MAX_BYTES), else its blob reference
     (stored through the request's container, quick to give up, when a request waits on it: `for_request`).
 
-    The name is the content's digest and nothing is overwritten, so a stored output never changes under a
-    reference that points at it: a second writer of the same name writes the same bytes. TenantErasedError (a step
-    failure, not retried) when the tenant was erased meanwhile: its blob is removed again.
+    The name is the content's digest and a blob holding these bytes is never overwritten, so a stored output never
+    changes under a reference that points at it. A blob found under the name holding other bytes is replaced: no
+    reference to it can be read (its digest names these bytes). TenantErasedError (a step failure, not retried) when
+    the tenant was erased meanwhile: its blob is removed again.
     """
     body = json.dumps(output, separators=(",", ":"), ensure_ascii=False).encode()
     # An output shaped like a reference (a worker's, or a body an outside server chose) is stored as an oversized
@@ -74,15 +82,25 @@ def claim_check(
     target = container or (request_container if for_request else artifacts_container)(get_settings())
     digest = hashlib.sha256(body).hexdigest()
     name = blob_name(tenant_id, key.execution_id, digest)
+    settings = ContentSettings(content_type="application/json")
     try:
-        target.upload_blob(
-            name, body, overwrite=False, content_settings=ContentSettings(content_type="application/json")
-        )
+        target.upload_blob(name, body, overwrite=False, content_settings=settings)
     except ResourceExistsError:
-        pass  # stored before (a redelivery, or another step with the same output): same name, same bytes
+        # Stored before (a redelivery, or another step with the same output), or not: the name alone does not say.
+        if not _holds(target, name, body):
+            target.upload_blob(name, body, overwrite=True, content_settings=settings)
     if not kept_for_tenant(tenant_id, target, name):
         raise TenantErasedError(tenant_id)
     return {BLOB_REF: {"container": target.container_name, "name": name, "size": len(body), "sha256": digest}}
+
+
+def _holds(container: ContainerClient, name: str, body: bytes) -> bool:
+    """Whether the blob `name` holds exactly `body` (False when it is gone)."""
+    try:
+        # One byte more than `body` is enough to tell a longer blob, without reading all of it.
+        return bool(container.download_blob(name, offset=0, length=len(body) + 1).readall() == body)
+    except ResourceNotFoundError:
+        return False
 
 
 def _checked_reference(tenant_id: UUID, value: dict[str, Any]) -> tuple[str, int, str]:

@@ -217,6 +217,8 @@ async def _run_claimed(
         attempt=item.attempt,
         tenant_settings=settings,
         phase=item.phase,
+        # A module that polls or waits ends by then: past it, the thread it would hold is no longer waited for.
+        deadline=deadline,
     )
     # In the current context, so that what the module does (an HTTP call, say) shows in the execution's trace; in
     # the tenant's share of the threads, so that its slow modules cannot hold up other tenants' items.
@@ -261,6 +263,10 @@ async def _run_claimed(
         run.cancel()  # before the release: a queued run must not start on a claim this copy gives up
         await asyncio.to_thread(_release, item, key, owner)
         raise
+    finally:
+        # However the wait ended, nobody waits for this run any more: a module that polls or waits stops now
+        # instead of holding its thread and its tenant's share (one that has returned does not look).
+        ctx.abandoned.set()
 
 
 class _NotStarted(enum.Enum):

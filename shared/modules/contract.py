@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -51,6 +53,18 @@ class ModuleContext:
     """The tenant's module settings, e.g. `allowed_hosts` (SSRF allow-list) and `base_url`."""
     phase: Phase = "run"
     """The step's own work, or the compensation that undoes it."""
+    deadline: float | None = None
+    """When (`time.monotonic()`) the worker stops waiting for this attempt and records it timed out; None: no
+    deadline is known. A thread cannot be stopped, so a module that polls or waits bounds itself by it (ADR 0026)."""
+    abandoned: threading.Event = field(default_factory=threading.Event, compare=False)
+    """Set once nobody waits for this attempt's result any more (its deadline passed, its claim was lost, the host
+    is stopping): a module that polls or waits ends at once instead of holding its thread."""
+
+    def time_left(self) -> float | None:
+        """Seconds until the attempt's deadline (0 once it has passed); None when there is none."""
+        if self.deadline is None:
+            return None
+        return max(self.deadline - time.monotonic(), 0.0)
 
     @property
     def idempotency_key(self) -> str:

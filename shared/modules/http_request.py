@@ -73,7 +73,20 @@ def decode_body(response: httpx.Response, content: bytes, truncated: bool) -> An
             return json.loads(content)
         except ValueError:
             pass  # a server that mislabels its body still gets its text recorded
-    return content.decode(response.encoding or "utf-8", errors="replace")
+    return decode_text(content, response.encoding)
+
+
+def decode_text(content: bytes, charset: str | None) -> str:
+    """`content` as text in `charset`, else UTF-8; undecodable bytes replaced, never an error.
+
+    The charset is the server's choice: one Python does not know, or one naming a codec that is no text encoding
+    (`rot13`, `hex`, `zlib`, `undefined`), raised instead of decoding, and the answer (its status too) was lost."""
+    if charset:
+        try:
+            return content.decode(charset, errors="replace")
+        except (LookupError, ValueError):  # not a text encoding; UnicodeError (`undefined`, `idna`) is a ValueError
+            pass
+    return content.decode("utf-8", errors="replace")
 
 
 class HttpRequestModule(Module[HttpRequestParams]):
@@ -104,9 +117,18 @@ class HttpRequestModule(Module[HttpRequestParams]):
             fault = header_fault(headers)
             if fault is not None:
                 raise StepFailed(f"{params.method} {params.url} not sent: {fault}", retryable=False)
+            # The exchange ends by the attempt's deadline too: a step may allow less than REQUEST_TIMEOUT_S, and
+            # past it the worker has recorded the attempt timed out while this thread would still be held.
+            left = ctx.time_left()
+            timeout = self._timeout if left is None else min(self._timeout, left)
             try:
                 response = client.request(
-                    params.method, params.url, headers=headers, query=params.query, json_body=params.body
+                    params.method,
+                    params.url,
+                    headers=headers,
+                    query=params.query,
+                    json_body=params.body,
+                    timeout=timeout,
                 )
                 content, truncated = read_limited(response, MAX_BODY_BYTES)
             except (httpx.LocalProtocolError, UnicodeEncodeError) as exc:

@@ -15,6 +15,8 @@ from shared.modules.ssrf import GuardedClient, Resolver, UrlRefused, private_net
 from shared.registry.catalog import HttpWaitHealthyParams, VerifyDeploymentParams
 
 PROBE_TIMEOUT_S = 10.0
+ABANDON_GRACE_S = 1.0
+"""How long past its attempt's deadline a poll waits for the worker to abandon it before it ends on its own."""
 
 
 class HttpWaitHealthyModule(Module[HttpWaitHealthyParams]):
@@ -25,11 +27,13 @@ class HttpWaitHealthyModule(Module[HttpWaitHealthyParams]):
     def __init__(
         self,
         *,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], object] | None = None,
         clock: Callable[[], float] = time.monotonic,
         resolver: Resolver = system_resolver,
         allow_private: bool | None = None,
     ) -> None:
+        """`sleep` (seconds) pauses between probes; None waits on the attempt's `abandoned` event, so an abandoned
+        poll ends at once."""
         self._sleep = sleep
         self._clock = clock
         self._resolver = resolver
@@ -39,17 +43,31 @@ class HttpWaitHealthyModule(Module[HttpWaitHealthyParams]):
         return self.poll(ctx, params)
 
     def poll(self, ctx: ModuleContext, params: HttpWaitHealthyParams) -> dict[str, Any]:
-        """Probe every `interval` s; healthy on an expected status, a failure once `timeout` s have passed."""
+        """Probe every `interval` s; healthy on an expected status, a failure once `timeout` s have passed or the
+        attempt's deadline comes (or the attempt is abandoned), whichever is first."""
         started = self._clock()
-        deadline = started + params.timeout
+        limit = started + params.timeout
+        # The attempt's deadline, on this module's clock: past it the worker has recorded the attempt timed out and
+        # this thread (and its tenant's share of the module threads) would be held for nothing, up to the whole
+        # `timeout` (30 days at most) since a thread cannot be stopped.
+        left = ctx.time_left()
+        by_deadline = left is not None and started + left < limit
+        if left is not None:
+            limit = min(limit, started + left)
+        pause = self._sleep or ctx.abandoned.wait
         probes = 0
         last = "no probe"
         with GuardedClient(
             allowed_hosts(ctx), resolver=self._resolver, allow_private=private_network_allowed(self._allow_private)
         ) as client:
             while True:
+                if ctx.abandoned.is_set():
+                    raise StepFailed(
+                        f"{params.url} not healthy when its attempt was abandoned ({probes} probes; last: {last})",
+                        details={"probes": probes, "last": last},
+                    )
                 probes += 1
-                remaining = max(deadline - self._clock(), 0.1)
+                remaining = max(limit - self._clock(), 0.1)
                 try:
                     response = client.request("GET", params.url, timeout=min(PROBE_TIMEOUT_S, remaining))
                     response.close()
@@ -67,12 +85,20 @@ class HttpWaitHealthyModule(Module[HttpWaitHealthyParams]):
                 except (httpx.HTTPError, StepFailed) as exc:
                     # An app that is still starting refuses connections: that is "not healthy yet", not a failure.
                     last = f"{type(exc).__name__}: {exc}"
-                if self._clock() + params.interval > deadline:
+                if self._clock() + params.interval > limit:
+                    if by_deadline:
+                        # The worker answers for the attempt at its deadline, as timed out (the orchestrator's own
+                        # timer reads the same): wait for that instead of answering first with another verdict.
+                        pause(max(limit - self._clock(), 0.0) + ABANDON_GRACE_S)
+                        raise StepFailed(
+                            f"{params.url} not healthy by its attempt's deadline ({probes} probes; last: {last})",
+                            details={"probes": probes, "last": last},
+                        )
                     raise StepFailed(
                         f"{params.url} not healthy after {params.timeout:g} s ({probes} probes; last: {last})",
                         details={"probes": probes, "last": last},
                     )
-                self._sleep(params.interval)
+                pause(params.interval)
 
 
 class VerifyDeploymentModule(Module[VerifyDeploymentParams]):

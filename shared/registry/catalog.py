@@ -129,10 +129,22 @@ class VerifyDeploymentParams(_Params):
     interval: Seconds = 5
 
 
+_TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+"""An RFC 9110 token: one or more tchar."""
+MEDIA_TYPE_PATTERN = rf'^{_TCHARS}/{_TCHARS}(?: *; *{_TCHARS}=(?:{_TCHARS}|"(?:[ !#-\[\]-~]|\\[ -~])*"))*$'
+"""A media type with its parameters (RFC 9110 8.3.1), in printable ASCII: no line break, NUL or other control
+character, which the blob store refuses (the attempt failed, retried, each time after the SDK's own retries)."""
+
+
 class ArtifactWriteParams(_Params):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,255}$")
     content: Any
-    content_type: str = "application/json"
+    content_type: str = Field(
+        "application/json",
+        pattern=MEDIA_TYPE_PATTERN,
+        max_length=255,
+        description="A media type such as text/plain; charset=utf-8.",
+    )
 
 
 class EventEmitParams(_Params):

@@ -279,7 +279,7 @@ def test_a_completion_stores_its_output_under_its_digest(
     digest = hashlib.sha256(body).hexdigest()
     assert reference[payloads.BLOB_REF]["sha256"] == digest
     assert reference[payloads.BLOB_REF]["name"] == (
-        f"{tenant_blob_prefix(victim.tenant_id)}executions/{victim.key.execution_id}/outputs/sha256-{digest}.json"
+        f"{tenant_blob_prefix(victim.tenant_id)}executions/{victim.key.execution_id}/.outputs/sha256-{digest}.json"
     )
     assert artifacts.download_blob(reference[payloads.BLOB_REF]["name"]).readall() == body
     assert client.raised == [(str(victim.key.execution_id), "run:build:1", {"ok": True, "output": reference})]
@@ -434,7 +434,7 @@ def test_the_module_worker_stores_outputs_the_same_way(
     assert outcome is not None
     reference = outcome.verdict["output"]
     assert reference[payloads.BLOB_REF]["name"].endswith(
-        f"/outputs/sha256-{reference[payloads.BLOB_REF]['sha256']}.json"
+        f"/.outputs/sha256-{reference[payloads.BLOB_REF]['sha256']}.json"
     )
     assert payloads.load(reference, tenants["victim"])["marker"] == "built-in 1"
     # A redelivered item finds the attempt finished and stores nothing more.
