@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -35,8 +37,10 @@ _FORWARDED_SCOPE = (
     "extensions",
 )
 """What the app sees of the host's request scope: the request itself, none of the host's own routing state."""
-_BUFFERED_MESSAGES = 4
-"""Body messages the app may send ahead of the client: a slow reader slows the app down instead of filling memory."""
+_AHEAD_MESSAGES = 4
+_AHEAD_BYTES = 256 * 1024
+"""What the app may send ahead of the client: four body messages and 256 KiB (or one bigger message); a slow reader
+slows the app down instead of filling memory."""
 
 
 class Gateway:
@@ -56,21 +60,91 @@ def asgi_gateway(app: ASGIApp) -> Gateway:
     return Gateway(app)
 
 
+class _Body:
+    """The app's body messages on their way to the client, a bounded few ahead of it; ended when the app has sent
+    its last one, or dropped at once when the app gave up an answer it had begun."""
+
+    def __init__(self) -> None:
+        self._messages: deque[Message] = deque()
+        self._bytes = 0
+        self._done = False
+        self._aborted = False
+        self._added = asyncio.Event()
+        self._taken = asyncio.Event()
+        self._on_abort: Callable[[], None] | None = None
+
+    async def put(self, message: Message) -> None:
+        """Queue a body message of the app, once there is room for it."""
+        size = len(message.get("body", b""))
+        while self._messages and (len(self._messages) >= _AHEAD_MESSAGES or self._bytes + size > _AHEAD_BYTES):
+            self._taken.clear()
+            await self._taken.wait()
+        if self._aborted:
+            return
+        self._messages.append(message)
+        self._bytes += size
+        self._added.set()
+
+    async def get(self) -> Message | None:
+        """The next message for the client; None after the last one (or once the answer was given up)."""
+        while not self._messages:
+            if self._done:
+                return None
+            self._added.clear()
+            await self._added.wait()
+        message = self._messages.popleft()
+        self._bytes -= len(message.get("body", b""))
+        self._taken.set()
+        return message
+
+    def end(self) -> None:
+        """The app has sent all it will."""
+        self._done = True
+        self._added.set()
+
+    def abort(self) -> None:
+        """The app gave its answer up: what it left is dropped, and the relay stops, also in the middle of a write."""
+        self._messages.clear()
+        self._bytes = 0
+        self._done = self._aborted = True
+        self._added.set()
+        self._taken.set()
+        if self._on_abort is not None:
+            self._on_abort()
+
+    def on_abort(self, cut: Callable[[], None] | None) -> None:
+        """What stops the relay when the answer is given up (now, if it was already)."""
+        self._on_abort = cut
+        if cut is not None and self._aborted:
+            cut()
+
+
 class RelayedResponse(Response):
     """The app's answer, started already: its status and headers are known, its body is passed on as it is sent."""
 
-    def __init__(self, start: Message, body: asyncio.Queue[Message | None], app_task: asyncio.Task[None]) -> None:
+    def __init__(self, start: Message, body: _Body, app_task: asyncio.Task[None]) -> None:
         self.status_code = int(start["status"])
         self.raw_headers = list(start.get("headers", []))
         self.background = None
         self._start, self._body, self._app_task = start, body, app_task
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # noqa: ARG002
+        loop = asyncio.get_running_loop()
+        cut = asyncio.timeout(None)
         try:
-            await send(self._start)
-            while (message := await self._body.get()) is not None:
-                await send(message)
+            async with cut:
+                # An answer the app gave up (an event stream whose client stopped reading) is not waited on: the
+                # write under way is abandoned and the answer left unfinished, so the server closes the connection.
+                self._body.on_abort(lambda: cut.reschedule(loop.time()))
+                await send(self._start)
+                while (message := await self._body.get()) is not None:
+                    await send(message)
+        except TimeoutError:
+            if not cut.expired():
+                raise
+            logger.info("the gateway cut off an answer its app gave up: %s", scope.get("path"))
         finally:
+            self._body.on_abort(None)
             # A client that went away ends the app's work too (an event stream stops following its execution).
             if not self._app_task.done():
                 self._app_task.cancel()
@@ -90,20 +164,25 @@ async def serve(gateway: Gateway, request: Request) -> Response:
 async def _relay(app: ASGIApp, request: Request) -> Response:
     scope = {key: request.scope[key] for key in _FORWARDED_SCOPE if key in request.scope}
     started: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-    body: asyncio.Queue[Message | None] = asyncio.Queue(maxsize=_BUFFERED_MESSAGES)
+    body = _Body()
+    completed = False
 
     async def send(message: Message) -> None:
+        nonlocal completed
         if message["type"] == "http.response.start":
             started.set_result(message)
         elif message["type"] == "http.response.body":
             await body.put(message)
+            completed = not message.get("more_body", False)
 
     async def run() -> None:
         try:
             await app(scope, request.receive, send)
         finally:
-            with contextlib.suppress(asyncio.CancelledError):
-                await body.put(None)
+            if completed or not started.done():
+                body.end()
+            else:
+                body.abort()  # it began an answer and left it unfinished (its client took nothing in time)
 
     task = asyncio.create_task(run())
     waited: set[asyncio.Future[Any]] = {started, task}

@@ -1,6 +1,7 @@
 # intent_ref: platform.execution
 """An execution's events as server-sent events: each event as it is recorded, resumable by its number, kept alive
-with comments, ending after the terminal event; a waiting stream holds no pooled connection and no permit."""
+with comments, ending after the terminal event; a waiting stream holds no pooled connection and no permit, and one
+whose client stops reading holds little and is cut off."""
 
 from __future__ import annotations
 
@@ -8,14 +9,15 @@ import asyncio
 import bisect
 import contextlib
 import logging
+import math
 import threading
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from uuid import UUID
 
 from pydantic import BaseModel
 from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from shared.api.admission import get_admission
 from shared.api.problems import FieldError, ProblemError, json_pointer, too_many_requests
@@ -32,6 +34,20 @@ RECONNECT_MS = 1000
 """The `retry:` the stream asks a client to wait before reconnecting when it breaks off."""
 MAX_EVENT_ID = 2**63 - 1
 _MAX_EVENT_ID_DIGITS = len(str(MAX_EVENT_ID))
+PIECE_BYTES = 64 * 1024
+"""The most one message of a stream carries (an event bigger than that goes alone): a stream moves on only as its
+client takes what was sent, so a client that stops reading holds its stream at one message, never at the history."""
+TAIL_BYTES = 1024 * 1024
+"""The newest events a feed keeps rendered for its streams (at least the newest one); a stream further behind reads its
+backlog itself, a page at a time."""
+BACKLOG_BYTES = 1024 * 1024
+"""The most of a backlog page a stream keeps rendered and unsent (at least one event); the rest of the page is read
+again after what it sent."""
+SEND_TIMEOUT_KEEPALIVES = 2
+"""A stream's client must take each message within this many keep-alive intervals, or it is cut off."""
+END_GRACE_S = 2.0
+"""How long past its end a stream's response may take to finish before it is cut off (220 s and this stay under the
+230 s Azure's front end gives an HTTP function)."""
 
 ReadAfter = Callable[[int], Awaitable[tuple[Execution, list[ExecutionEvent]]]]
 Render = Callable[[ExecutionEvent], bytes]
@@ -72,28 +88,78 @@ def frame(seq: int, event_type: str, data: BaseModel) -> bytes:
     return f"id: {seq}\nevent: {event_type}\ndata: {data.model_dump_json()}\n\n".encode()
 
 
+def _piece_end(frames: Sequence[bytes], start: int) -> int:
+    """Where the message that starts at `frames[start]` ends: as many frames as fit in PIECE_BYTES, at least one."""
+    end, size = start, 0
+    while end < len(frames) and (end == start or size + len(frames[end]) <= PIECE_BYTES):
+        size += len(frames[end])
+        end += 1
+    return end
+
+
+def _message(frames: Sequence[bytes], start: int, end: int) -> bytes:
+    """`frames[start:end]` as one write (a single frame as it is, not copied)."""
+    return frames[start] if end == start + 1 else b"".join(frames[start:end])
+
+
+def _rendered(items: Sequence[ExecutionEvent], render: Render, budget: int) -> tuple[list[int], list[bytes]]:
+    """The oldest of `items` rendered, as many as fit in `budget` bytes (at least one): their seqs and messages."""
+    seqs: list[int] = []
+    frames: list[bytes] = []
+    size = 0
+    for item in items:
+        rendered = render(item)
+        if frames and size + len(rendered) > budget:
+            break
+        seqs.append(item.seq)
+        frames.append(rendered)
+        size += len(rendered)
+    return seqs, frames
+
+
+async def _admitted_read(tenant_id: UUID, read: ReadAfter, after: int) -> tuple[Execution, list[ExecutionEvent]]:
+    """`read(after)` under a permit of the tenant (ADR 0023), waited for with a back-off when its bound is full."""
+    pause = _BUSY_RETRY_S
+    while True:
+        permit = await get_admission().permit_waiting(tenant_id)
+        if permit is None:
+            # The tenant's bound and queue are full: its streams read later, backing off, so that a thousand open
+            # streams do not ask thousands of times a second (nor count as refused requests).
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _BUSY_RETRY_MAX_S)
+            continue
+        try:
+            return await read(after)
+        finally:
+            permit.release()
+
+
 class ExecutionFeed:
     """One execution's events, read once per process for all of its open streams: each notification of an append
     costs one read, however many streams follow the execution here. Reads take a permit of the execution's tenant
-    (ADR 0023) like a request; a stream holds no permit, connection or thread while it waits or its client reads."""
+    (ADR 0023) like a request; a stream holds no permit, connection or thread while it waits or its client reads.
 
-    def __init__(self, key: _FeedKey, read: ReadAfter, render: Render, page: int) -> None:
+    It keeps only a recent tail of the events, rendered (TAIL_BYTES): a stream behind it reads its own backlog."""
+
+    def __init__(self, key: _FeedKey, read: ReadAfter, render: Render, page: int, start: int) -> None:
         self._key, self._read, self._render, self._page = key, read, render, page
-        self.events: list[ExecutionEvent] = []
-        """Every event of the execution read so far, by seq."""
-        self.frames: list[bytes] = []
-        """Each of `events` as its SSE message, rendered once for all streams."""
+        self.base = start
+        """The tail holds every event past `base` up to `last_seq`; a stream at an earlier event reads its backlog."""
+        self.last_seq = start
+        """The newest event read; before the first read, where the first stream starts (the feed reads from there)."""
+        self._seqs: list[int] = []
+        self._frames: list[bytes] = []
+        """The tail: each event past `base` by seq, as its SSE message, rendered once for all streams."""
+        self._bytes = 0
+        self.read_once = False
+        """The first read is done: `base` and `last_seq` stand for what is recorded."""
         self.ended = False
-        """The terminal event is among `events`: nothing more will come."""
+        """The terminal event has been read: nothing more will come."""
         self.failed = False
         """Reading failed (the database is unreachable): its streams end and their clients reconnect."""
         self._changed = asyncio.Condition()
         self._readers = 0
         self._task: asyncio.Task[None] | None = None
-
-    @property
-    def last_seq(self) -> int:
-        return self.events[-1].seq if self.events else 0
 
     def join(self) -> None:
         """Count a stream in; the first one starts the reading."""
@@ -105,19 +171,25 @@ class ExecutionFeed:
         """Count a stream out; with the last one the reading stops and the feed is forgotten."""
         self._readers -= 1
         if self._readers <= 0:
-            _FEEDS.pop(self._key, None)
+            if _FEEDS.get(self._key) is self:  # a feed that failed was forgotten already, maybe for a new one
+                del _FEEDS[self._key]
             if self._task is not None:
                 self._task.cancel()
 
-    def after(self, seq: int) -> tuple[int, list[bytes]]:
-        """The last seq read so far and the SSE messages of the events past `seq`."""
-        return self.last_seq, self.frames[bisect.bisect_right(self.events, seq, key=lambda event: event.seq) :]
+    def piece_after(self, seq: int) -> tuple[int, bytes]:
+        """The next message of a stream that has sent up to `seq` (not before `base`): the events past `seq`, as
+        many as fit in PIECE_BYTES, and the seq of the last of them; `(seq, b"")` when there is none yet."""
+        start = bisect.bisect_right(self._seqs, seq)
+        if start == len(self._seqs):
+            return seq, b""
+        end = _piece_end(self._frames, start)
+        return self._seqs[end - 1], _message(self._frames, start, end)
 
     async def wait_beyond(self, seq: int, timeout_s: float) -> bool:
         """Wait up to `timeout_s` for an event past `seq` (or the feed's end); False when none came."""
 
         def moved() -> bool:
-            return self.last_seq > seq or self.ended or self.failed
+            return self.failed or (self.read_once and (self.last_seq > seq or self.ended))
 
         async with self._changed:
             try:
@@ -127,6 +199,42 @@ class ExecutionFeed:
                 return False
         return True
 
+    def _take(self, execution: Execution, items: list[ExecutionEvent]) -> None:
+        """Add what a read returned to the tail; the oldest give way beyond TAIL_BYTES, and only the part of a read
+        that stays is rendered."""
+        if not items:
+            if not self._seqs and self.last_seq > execution.last_event_seq:
+                # The first stream starts past the last event: the feed follows from the last event instead, so that
+                # the next one is read and a stream at an event before it finds it in its backlog.
+                self.base = self.last_seq = execution.last_event_seq
+            return
+        kept: list[tuple[int, bytes]] = []
+        size = 0
+        for item in reversed(items):
+            rendered = self._render(item)
+            if kept and size + len(rendered) > TAIL_BYTES:
+                break
+            kept.append((item.seq, rendered))
+            size += len(rendered)
+        kept.reverse()
+        if len(kept) < len(items):
+            self._seqs.clear()
+            self._frames.clear()
+            self._bytes = 0
+            self.base = items[len(items) - len(kept) - 1].seq
+        for seq, rendered in kept:
+            self._seqs.append(seq)
+            self._frames.append(rendered)
+            self._bytes += len(rendered)
+        dropped = 0
+        while self._bytes > TAIL_BYTES and dropped < len(self._seqs) - 1:
+            self._bytes -= len(self._frames[dropped])
+            dropped += 1
+        if dropped:
+            self.base = self._seqs[dropped - 1]
+            del self._seqs[:dropped], self._frames[:dropped]
+        self.last_seq = items[-1].seq
+
     async def _run(self) -> None:
         wakeup = get_event_wakeup()
         try:
@@ -135,11 +243,11 @@ class ExecutionFeed:
                 while True:
                     if waiter is not None:
                         waiter.clear()  # before the read: an append after it wakes the wait below
-                    execution, items = await self._admitted_read(self.last_seq)
-                    self.events.extend(items)
-                    self.frames.extend(self._render(item) for item in items)
+                    execution, items = await _admitted_read(self._key[1], self._read, self.last_seq)
+                    self._take(execution, items)
                     full = len(items) >= self._page
                     self.ended = execution.terminal and not full
+                    self.read_once = True
                     async with self._changed:
                         self._changed.notify_all()
                     if self.ended:
@@ -155,24 +263,10 @@ class ExecutionFeed:
         except Exception:
             logger.exception("the event feed of execution %s stopped reading", self._key[2])
             self.failed = True
-            _FEEDS.pop(self._key, None)
+            if _FEEDS.get(self._key) is self:
+                del _FEEDS[self._key]
             async with self._changed:
                 self._changed.notify_all()
-
-    async def _admitted_read(self, after: int) -> tuple[Execution, list[ExecutionEvent]]:
-        pause = _BUSY_RETRY_S
-        while True:
-            permit = await get_admission().permit_waiting(self._key[1])
-            if permit is None:
-                # The tenant's bound and queue are full: its feeds read later, backing off, so that a thousand open
-                # streams do not ask thousands of times a second (nor count as refused requests).
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, _BUSY_RETRY_MAX_S)
-                continue
-            try:
-                return await self._read(after)
-            finally:
-                permit.release()
 
 
 _FeedKey = tuple[asyncio.AbstractEventLoop, UUID, UUID]
@@ -190,11 +284,15 @@ RETRY_AFTER_S = 5
 
 class StreamSlot:
     """A stream's place among its tenant's open streams, taken when it is admitted; given back once, whichever of
-    the stream's end and its response's end comes first."""
+    the stream's end and its response's end comes first. It carries the stream's time limits to its response."""
 
     def __init__(self, tenant_id: UUID) -> None:
         self.tenant_id = tenant_id
         self._held = True
+        self.deadline = math.inf
+        """When the stream ends (`time.monotonic()`), set by `follow`; its response is cut off END_GRACE_S later."""
+        self.send_timeout_s = math.inf
+        """How long the stream's client may take to accept one message before it is cut off, set by `follow`."""
 
     def release(self) -> None:
         """Give the place back (again: nothing)."""
@@ -225,37 +323,73 @@ def admit_stream(tenant_id: UUID, limit: int) -> StreamSlot:
     return StreamSlot(tenant_id)
 
 
+class _ClientStalled(Exception):
+    """The client did not take a message of the stream in time (not an OSError: Starlette reads those as a
+    disconnect)."""
+
+
+def _finite(value: float) -> float | None:
+    """A time limit as asyncio takes it: None for none."""
+    return None if math.isinf(value) else value
+
+
 class EventStreamResponse(StreamingResponse):
     """The stream's response: gives the stream's place back when it ends, also when its body never started (the
-    client was gone before the first write, or the request was cancelled first), which `follow` cannot see."""
+    client was gone before the first write, or the request was cancelled first), which `follow` cannot see.
+
+    It cuts the stream off, whatever its body is doing, when the client does not take a message within the slot's
+    send time limit or the stream outlives its end by END_GRACE_S: the answer is left unfinished, so the server (or
+    the gateway adapter) drops it and closes the connection instead of holding it for a client that does not read."""
 
     def __init__(self, body: AsyncGenerator[bytes, None], slot: StreamSlot, headers: Mapping[str, str]) -> None:
         super().__init__(body, media_type=MEDIA_TYPE, headers=headers)
         self._body, self._slot = body, slot
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Send the stream; in the end, whichever way it ends, close its body and give its place back."""
+        """Send the stream within its time limits; in the end, whichever way it ends, close its body and give its
+        place back."""
+        slot = self._slot
+
+        async def send_in_time(message: Message) -> None:
+            try:
+                async with asyncio.timeout(_finite(slot.send_timeout_s)):
+                    await send(message)
+            except TimeoutError:
+                raise _ClientStalled from None
+
+        loop = asyncio.get_running_loop()
+        limit = asyncio.timeout_at(_finite(loop.time() + slot.deadline + END_GRACE_S - time.monotonic()))
         try:
-            await super().__call__(scope, receive, send)
+            async with limit:
+                await super().__call__(scope, receive, send_in_time)
+        except _ClientStalled:
+            logger.info("an event stream of tenant %s was cut off: its client took nothing for a while", slot.tenant_id)
+        except TimeoutError:
+            if not limit.expired():
+                raise
+            logger.info("an event stream of tenant %s was cut off at its end", slot.tenant_id)
         finally:
             try:
                 # A body left suspended at a write that failed ends now, not when it is collected: its feed is left.
                 await self._body.aclose()
             finally:
-                self._slot.release()
+                slot.release()
 
 
-def feed_for(tenant_id: UUID, execution_id: UUID, read: ReadAfter, render: Render, page: int) -> ExecutionFeed:
-    """The process's feed of the execution (made by its first stream), joined by the caller."""
+def feed_for(
+    tenant_id: UUID, execution_id: UUID, read: ReadAfter, render: Render, page: int, start: int
+) -> ExecutionFeed:
+    """The process's feed of the execution (made by its first stream, reading from where it starts), joined by the
+    caller."""
     key = (asyncio.get_running_loop(), tenant_id, execution_id)
     feed = _FEEDS.get(key)
     if feed is None:
-        feed = _FEEDS[key] = ExecutionFeed(key, read, render, page)
+        feed = _FEEDS[key] = ExecutionFeed(key, read, render, page, start)
     feed.join()
     return feed
 
 
-async def follow(
+def follow(
     context: RequestContext,
     slot: StreamSlot,
     execution_id: UUID,
@@ -269,24 +403,62 @@ async def follow(
 ) -> AsyncGenerator[bytes, None]:
     """The stream's body: what is recorded after `after`, then each new event as the process-wide listener
     announces it (no re-reading on a timer), a keep-alive comment when nothing happened for `keepalive_s`, and the
-    end after the terminal event or after `max_s` (the client resumes from its last event). It gives the stream's
-    `slot` back when it ends."""
-    deadline = time.monotonic() + max_s
+    end after the terminal event or `max_s` from now (the client resumes from its last event). Its messages carry at
+    most PIECE_BYTES (or one event) and it goes on only as the client takes them. It gives the stream's `slot` back
+    when it ends, and sets the slot's time limits, which the stream's response holds it to."""
+    slot.deadline = time.monotonic() + max_s
+    slot.send_timeout_s = SEND_TIMEOUT_KEEPALIVES * keepalive_s
+    return _follow(context, slot, execution_id, after, read, render, page, keepalive_s)
+
+
+async def _follow(
+    context: RequestContext,
+    slot: StreamSlot,
+    execution_id: UUID,
+    after: int,
+    read: ReadAfter,
+    render: Render,
+    page: int,
+    keepalive_s: float,
+) -> AsyncGenerator[bytes, None]:
+    """`follow`'s body, which runs once the response starts sending it."""
     tenant_id = context.tenant.id
     if context.permit is not None:
         context.permit.release()  # the feed reads under the tenant's bound; a stream itself holds nothing
-    feed = feed_for(tenant_id, execution_id, read, render, page)
+    feed = feed_for(tenant_id, execution_id, read, render, page, after)
     try:
         yield f"retry: {RECONNECT_MS}\n\n".encode()
-        while True:
-            last, frames = feed.after(after)
-            if frames:
-                yield b"".join(frames)  # what arrived together goes out in one write
-                after = last
-            if feed.ended or feed.failed:
-                return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+        while (remaining := slot.deadline - time.monotonic()) > 0:
+            if feed.read_once:
+                if after < feed.base:
+                    # Behind what the feed keeps (resuming from far back, or slower than the events come): the
+                    # backlog from the database, a page at a time, read on only as the client takes what was sent.
+                    try:
+                        _, items = await _admitted_read(tenant_id, read, after)
+                    except Exception:
+                        logger.exception("an event stream of execution %s could not read its backlog", execution_id)
+                        return
+                    if not items:
+                        return  # the events before the feed's were erased: nothing to resume from
+                    seqs, frames = _rendered(items, render, BACKLOG_BYTES)
+                    del items
+                    while frames:
+                        end = _piece_end(frames, 0)
+                        message = _message(frames, 0, end)
+                        after = seqs[end - 1]
+                        del seqs[:end], frames[:end]
+                        yield message
+                        if time.monotonic() >= slot.deadline:
+                            return
+                    continue
+                last, message = feed.piece_after(after)
+                if message:
+                    yield message
+                    after = last
+                    continue
+                if feed.ended:
+                    return
+            if feed.failed:
                 return
             if not await feed.wait_beyond(after, min(keepalive_s, remaining)):
                 yield KEEPALIVE

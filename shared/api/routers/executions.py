@@ -427,7 +427,14 @@ async def events(
     last_event_id: Annotated[
         str | None, Header(description="Server-sent events: resume after this event (what the stream's `id` was).")
     ] = None,
-    after: Annotated[int, Query(ge=0, description="Return events with a seq above this (0: from the start).")] = 0,
+    after: Annotated[
+        int,
+        Query(
+            ge=0,
+            le=event_stream.MAX_EVENT_ID,
+            description="Return events with a seq above this (0: from the start).",
+        ),
+    ] = 0,
     wait: Annotated[
         float,
         Query(
