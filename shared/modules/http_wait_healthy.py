@@ -51,7 +51,9 @@ class HttpWaitHealthyModule(Module[HttpWaitHealthyParams]):
         # this thread (and its tenant's share of the module threads) would be held for nothing, up to the whole
         # `timeout` (30 days at most) since a thread cannot be stopped.
         left = ctx.time_left()
-        by_deadline = left is not None and started + left < limit
+        # Only a deadline clearly before the poll's own limit decides: one about as far (a step timeout equal to the
+        # poll's, the claim a moment before the start) would trade the poll's own verdict for the worker's.
+        by_deadline = left is not None and started + left + ABANDON_GRACE_S < limit
         if left is not None:
             limit = min(limit, started + left)
         pause = self._sleep or ctx.abandoned.wait

@@ -131,9 +131,12 @@ class VerifyDeploymentParams(_Params):
 
 _TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 """An RFC 9110 token: one or more tchar."""
-MEDIA_TYPE_PATTERN = rf'^{_TCHARS}/{_TCHARS}(?: *; *{_TCHARS}=(?:{_TCHARS}|"(?:[ !#-\[\]-~]|\\[ -~])*"))*$'
-"""A media type with its parameters (RFC 9110 8.3.1), in printable ASCII: no line break, NUL or other control
-character, which the blob store refuses (the attempt failed, retried, each time after the SDK's own retries)."""
+MEDIA_TYPE_PATTERN = (
+    rf'^[ \t]*{_TCHARS}/{_TCHARS}(?:[ \t]*;[ \t]*(?:{_TCHARS}=(?:{_TCHARS}|"(?:[\t !#-\[\]-~]|\\[\t -~])*"))?)*[ \t]*$'
+)
+"""A media type with its parameters (RFC 9110 8.3.1: optional whitespace of spaces and tabs, empty parameters), in
+printable ASCII and tabs: no line break, NUL or other control character, which the blob store refuses (the attempt
+failed, retried, each time after the SDK's own retries)."""
 
 
 class ArtifactWriteParams(_Params):

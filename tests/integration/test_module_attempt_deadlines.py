@@ -167,6 +167,16 @@ def test_a_poll_ends_at_its_attempts_deadline_not_at_its_own_timeout(server: _Se
     assert clock.sleeps[:4] == [2, 2, 2, 2] and len(clock.sleeps) == 5
 
 
+def test_a_poll_whose_timeout_is_its_attempts_keeps_its_own_verdict(server: _Server) -> None:
+    clock = FakeClock()
+    module = HttpWaitHealthyModule(sleep=clock.sleep, clock=clock, allow_private=True)
+    params = {"url": server.url("/unhealthy"), "timeout": 9, "interval": 2}
+    with pytest.raises(StepFailed) as failed:
+        # The worker's claim came a moment before the module started: the deadline is a hair before the poll's own.
+        run_module(module.action, _ctx(deadline_in=9), params, {module.action: module})
+    assert failed.value.message.startswith(f"{params['url']} not healthy after 9 s (5 probes; last: status 503)")
+
+
 def test_a_probe_ends_by_its_attempts_deadline(server: _Server) -> None:
     clock = FakeClock()
     module = HttpWaitHealthyModule(sleep=clock.sleep, clock=clock, allow_private=True)

@@ -20,7 +20,6 @@ REFUSED = [
     "text/plain\r\n x-ms-meta-evil: 1",
     "text/plain\n",
     "text/plain\x00",
-    "text/plain\t",
     "tëxt/plain",
     "text",
     "text/plain; charset",
@@ -35,6 +34,11 @@ ACCEPTED = [
     "text/plain;charset=UTF-8",
     'multipart/form-data; boundary="a \\"quoted\\" one"',
     "t/" + "a" * 253,
+    # RFC 9110's optional whitespace (spaces and tabs) and empty parameters: media types, taken before the pattern
+    "text/plain; charset=utf-8;",
+    "text/plain;\tcharset=utf-8",
+    "text/html ",
+    "text/plain\t",
 ]
 
 
