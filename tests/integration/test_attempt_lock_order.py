@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,66 +15,17 @@ from shared.engine import control, progress, sweeper, worker
 from shared.engine import executions as repo
 from shared.engine import machine_types as mt
 from shared.engine import steps as store
-from shared.engine.protocol import WorkItem
-from shared.engine.steps import AttemptKey, StepSeed
 from tests.integration.test_approval_approvers import _asked
-from tests.integration.test_approval_races import _until_blocked
-from tests.integration.test_executions import _execution
+from tests.integration.test_outcome_lock_order import _Hold, _race_held, _started
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("process_pools")]
 
 FIRST = "first"
 
 
-class _Pause:
-    """Holds the thread named FIRST at its first call of one of `names` in `module` (after it returned, or before it
-    runs: `before`), until released: the second recorder then comes while the first holds what it locked so far and
-    wants the next."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, module: Any, *names: str, before: bool = False) -> None:
-        self.holding, self.release = threading.Event(), threading.Event()
-        self.pid: int | None = None
-        self._before = before
-        for name in names:
-            monkeypatch.setattr(module, name, self._paused(getattr(module, name)))
-
-    def _paused(self, real: Callable[..., Any]) -> Callable[..., Any]:
-        def paused(conn: Any, *args: Any, **kwargs: Any) -> Any:
-            if self._before:
-                self._hold(conn)
-            answer = real(conn, *args, **kwargs)
-            self._hold(conn)
-            return answer
-
-        return paused
-
-    def _hold(self, conn: Any) -> None:
-        if threading.current_thread().name == FIRST and not self.holding.is_set():
-            self.pid = conn.info.backend_pid
-            self.holding.set()
-            self.release.wait(20)
-
-
-def _race(pg: Any, pause: _Pause, first: Callable[[], Any], second: Callable[[], Any]) -> dict[str, Any]:
+def _race(pg: Any, pause: _Hold, first: Callable[[], Any], second: Callable[[], Any]) -> dict[str, Any]:
     """Run `first` until it holds its lock, then `second` until it waits for `first`, then let both finish."""
-    answers: dict[str, Any] = {}
-
-    def run(name: str, call: Callable[[], Any]) -> None:
-        try:
-            answers[name] = call()
-        except BaseException as exc:  # handed to the test, which asserts there is none
-            answers[name] = exc
-
-    threads = [threading.Thread(name=FIRST, target=run, args=(FIRST, first))]
-    threads[0].start()
-    assert pause.holding.wait(20)
-    threads.append(threading.Thread(target=run, args=("second", second)))
-    threads[1].start()
-    assert pause.pid is not None
-    _until_blocked(pg.admin_url, pause.pid, 1)
-    pause.release.set()
-    for thread in threads:
-        thread.join(30)
+    answers = _race_held(pg, pause, (FIRST, first), ("second", second))
     assert not [answer for answer in answers.values() if isinstance(answer, BaseException)], answers
     return answers
 
@@ -111,29 +61,14 @@ def tenant(new_tenant: Callable[[], uuid.UUID]) -> Iterator[uuid.UUID]:
 def test_a_modules_result_and_its_steps_timeout(
     pg: Any, app_pool: ConnectionPool[Any], tenant: uuid.UUID, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    execution = _execution(app_pool, tenant, path=["running"])
-    key = AttemptKey(execution.id, "work", "run", 1)
-    with tenant_transaction(tenant, pool=app_pool) as conn:
-        store.seed_steps(conn, execution.id, [StepSeed("work", "http.request", 1)])
-        store.begin_attempt(conn, key, action="http.request", remote=False)
-    item = WorkItem(
-        tenant_id=str(tenant),
-        execution_id=str(execution.id),
-        step_id="work",
-        phase="run",
-        attempt=1,
-        action="http.request",
-        params={},
-        timeout_s=60,
-        remote=False,
-    )
+    key, item = _started(app_pool, tenant)
     # The worker has moved the attempt (its row held) and has its event, which takes the execution's, still to write.
-    pause = _Pause(monkeypatch, store, "append_event", before=True)
+    pause = _Hold(monkeypatch, FIRST, (store, "append_event"), before=True)
     answers = _race(
         pg,
         pause,
         lambda: worker._record(item, key, {"ok": True, "output": {"n": 1}}),
-        lambda: progress.record_outcomes(_timeout(tenant, execution.id, "work")),
+        lambda: progress.record_outcomes(_timeout(tenant, key.execution_id, "work")),
     )
     assert answers["second"] == [{"ok": True, "output": {"n": 1}}]  # the result recorded first stands
 
@@ -144,7 +79,7 @@ def test_an_approvals_decision_and_its_timeout(
     execution_id = _asked(app_pool, tenant, {"message": "ship?"})
 
     # Between the decision's two locks, whichever order it takes them in: the execution is read after the attempt.
-    pause = _Pause(monkeypatch, repo, "get_execution", "hold_execution")
+    pause = _Hold(monkeypatch, FIRST, (repo, "get_execution"), (repo, "hold_execution"))
     answers = _race(
         pg,
         pause,
@@ -175,7 +110,7 @@ def test_an_approvals_decision_and_a_first_generation_timeout(
         "state": "timed_out",
         "error": "timed out",
     }
-    pause = _Pause(monkeypatch, repo, "get_execution", "hold_execution")
+    pause = _Hold(monkeypatch, FIRST, (repo, "get_execution"), (repo, "hold_execution"))
     answers = _race(
         pg, pause, lambda: _decide(tenant, app_pool, execution_id), lambda: progress.record_progress(settle)
     )
@@ -189,7 +124,7 @@ def test_a_decision_meeting_the_sweepers_end_is_answered_as_late(
     # The sweeper's end holds the execution and is about to abandon the approval's attempt, which the decision holds:
     # one of them is a deadlock's victim, and the request must not answer 503 for it.
     execution_id = _asked(app_pool, tenant, {"message": "ship?"})
-    pause = _Pause(monkeypatch, sweeper.store, "list_steps")
+    pause = _Hold(monkeypatch, FIRST, (sweeper.store, "list_steps"))
     answers = _race(
         pg,
         pause,
@@ -205,6 +140,7 @@ def test_a_decision_meeting_a_cancels_abandoned_note_is_answered_as_late(
     execution_id = _asked(app_pool, tenant, {"message": "ship?"})
     note = mt.StepNote(kind="abandoned", step_id="gate", attempt=1, error="cancelled")
     batch = mt.DispatchSteps(execution_id=str(execution_id), tenant_id=str(tenant), notes=[note])
-    pause = _Pause(monkeypatch, progress, "_note", before=True)  # the dispatch holds the execution, as a cancel does
+    # The dispatch holds the execution, as a cancel does.
+    pause = _Hold(monkeypatch, FIRST, (progress, "_note"), before=True)
     answers = _race(pg, pause, lambda: progress.dispatch_steps(batch), lambda: _decided(tenant, app_pool, execution_id))
     assert answers["second"] == "not-waiting"

@@ -30,7 +30,13 @@ from shared.audit.postgres import PostgresAuditStore
 from shared.db.session import platform_transaction, tenant_transaction
 from shared.tenants import offboarding
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
-from tests.integration.test_audit_outbox import container, missing_container  # noqa: F401  # the fixtures
+from tests.integration.test_audit_outbox import (  # noqa: F401  # container, missing_container, stores: the fixtures
+    _left_to_relay,
+    _Stores,
+    container,
+    missing_container,
+    stores,
+)
 from tests.integration.test_offboarding import _artifacts, _waiting_on_a_lock
 
 pytestmark = [
@@ -185,17 +191,11 @@ def test_a_copy_after_a_commit_holds_no_connection_while_the_store_writes_and_de
 
 
 def test_a_copy_that_cannot_delete_what_outlived_an_erasure_names_it_for_an_operator(
-    missing_container: ContainerProxy,
-    app_pool: ConnectionPool[Any],
-    control_pool: ConnectionPool[Any],
-    new_tenant: Callable[[], uuid.UUID],
-    caplog: pytest.LogCaptureFixture,
+    stores: _Stores, new_tenant: Callable[[], uuid.UUID], caplog: pytest.LogCaptureFixture
 ) -> None:
     tenant = new_tenant()
-    down = _store(missing_container, app_pool, control_pool)
-    records = [_record(tenant) for _ in range(2)]
-    for record in records:
-        down.record(record)  # left to the relay
+    app_pool, control_pool = stores.app_pool, stores.control_pool
+    records = _left_to_relay(stores.down(), tenant, 2)
     written: list[str] = []
     deletes: list[uuid.UUID] = []
 
@@ -217,14 +217,11 @@ def test_a_copy_that_cannot_delete_what_outlived_an_erasure_names_it_for_an_oper
 
 
 def test_once_the_tenant_is_gone_a_copy_writes_its_erasures_record_and_nothing_else(
-    container: ContainerProxy,
-    missing_container: ContainerProxy,
-    app_pool: ConnectionPool[Any],
-    control_pool: ConnectionPool[Any],
-    new_tenant: Callable[[], uuid.UUID],
+    stores: _Stores, new_tenant: Callable[[], uuid.UUID]
 ) -> None:
     tenant = new_tenant()
-    down, up = _store(missing_container, app_pool, control_pool), _store(container, app_pool, control_pool)
+    container, app_pool, control_pool = stores.container, stores.app_pool, stores.control_pool
+    down, up = stores.down(), stores.up()
     # Records that raced the erasure: queued while the row was there, and still waiting once it is gone.
     for _ in range(2):
         down.record(_record(tenant))
@@ -248,13 +245,11 @@ def test_once_the_tenant_is_gone_a_copy_writes_its_erasures_record_and_nothing_e
 
 
 def test_the_runtime_role_adds_no_record_to_the_trail_of_a_tenant_whose_row_is_gone(
-    missing_container: ContainerProxy,
-    app_pool: ConnectionPool[Any],
-    control_pool: ConnectionPool[Any],
-    new_tenant: Callable[[], uuid.UUID],
+    stores: _Stores, new_tenant: Callable[[], uuid.UUID]
 ) -> None:
     tenant = new_tenant()
-    postgres, cosmos = PostgresAuditStore(app_pool, control_pool), _store(missing_container, app_pool, control_pool)
+    app_pool, control_pool = stores.app_pool, stores.control_pool
+    postgres, cosmos = PostgresAuditStore(app_pool, control_pool), stores.down()
     postgres.record(_record(tenant))  # while the row is there
     with platform_transaction(pool=control_pool) as conn:
         conn.execute("DELETE FROM app.tenants WHERE id = %s", (tenant,))

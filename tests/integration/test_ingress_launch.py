@@ -21,6 +21,7 @@ from shared.engine.start import STALE_START_S
 from shared.ingress.process import process_batch, process_event
 from shared.ingress.request import IngressEvent
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
+from tests.integration.test_ingress_rejections import _intent
 
 pytestmark = pytest.mark.integration
 
@@ -66,19 +67,6 @@ class TaskHub:
 def _validator(api: ApiHarness) -> TokenValidator:
     validator: TokenValidator = api.client.app.dependency_overrides[token_validator]()  # type: ignore[attr-defined]
     return validator
-
-
-def _intent(api: ApiHarness, tenant: str) -> str:
-    body = {
-        "name": f"i-{uuid.uuid4().hex[:8]}",
-        "definition": {
-            "target": "staging",
-            "steps": [{"action": "http.request", "method": "GET", "url": "https://example.com/health"}],
-        },
-    }
-    created = api.client.post("/api/v1/intents", json=body, headers=api.headers(tenant, ["Intent.Author"]))
-    assert created.status_code == 201, created.text
-    return str(created.json()["id"])
 
 
 def _event(api: ApiHarness, tenant: str, body: dict[str, Any], sequence: int) -> IngressEvent:

@@ -89,6 +89,20 @@ class _Threads:
         return self.answers
 
 
+def _race_held(
+    pg: Any, hold: _Hold, first: tuple[str, Callable[[], Any]], second: tuple[str, Callable[[], Any]]
+) -> dict[str, Any]:
+    """Runs `first` (its thread named as `hold`'s) until `hold` holds it, then `second` until it waits for a lock the
+    first holds, then lets both finish: what each answered or raised, by name."""
+    threads = _Threads()
+    threads.start(*first)
+    assert hold.holding.wait(20) and hold.pid is not None
+    threads.start(*second)
+    _until_blocked(pg.admin_url, hold.pid, 1)
+    hold.release.set()
+    return threads.join()
+
+
 def _failed_dispatch(key: AttemptKey, tenant: uuid.UUID, action: str) -> mt.RecordOutcomes:
     """What the reducer asks when the dispatch of `key` failed for good (it may have committed its start)."""
     outcome = mt.Outcome(
@@ -125,6 +139,15 @@ def _started(pool: ConnectionPool[Any], tenant: uuid.UUID, *, begun: bool = True
     return key, item
 
 
+def _leased(pool: ConnectionPool[Any], tenant: uuid.UUID) -> tuple[AttemptKey, work_queue.Lease]:
+    """Step `build`'s remote attempt, queued (its dispatch committed the start and the item) and leased by a worker."""
+    action = f"rc-{uuid.uuid4().hex[:6]}"
+    key = _queued(pool, tenant, action, path=["running"])
+    with tenant_transaction(tenant, pool=pool) as conn:
+        (lease,) = work_queue.lease(conn, tenant, actions=[action], max_items=1, lease_s=60, worker="w").leases
+    return key, lease
+
+
 def _recorded(pool: ConnectionPool[Any], tenant: uuid.UUID, key: AttemptKey) -> store.Attempt:
     with tenant_transaction(tenant, pool=pool) as conn:
         attempt = store.get_attempt(conn, key)
@@ -140,13 +163,12 @@ def test_a_module_workers_result_holding_the_attempt_wins_over_a_failed_dispatch
     # The worker has recorded its result in the attempt's row (held) and is about to append its event (the
     # execution's row) when the outcome of the failed dispatch comes.
     hold = _Hold(monkeypatch, "worker", (store, "append_event"), before=True)
-    threads = _Threads()
-    threads.start("worker", lambda: worker._record(item, key, {"ok": True, "output": {"n": 1}}))
-    assert hold.holding.wait(20) and hold.pid is not None
-    threads.start("outcomes", lambda: progress.record_outcomes(_failed_dispatch(key, tenant, "http.request")))
-    _until_blocked(pg.admin_url, hold.pid, 1)
-    hold.release.set()
-    answers = threads.join()
+    answers = _race_held(
+        pg,
+        hold,
+        ("worker", lambda: worker._record(item, key, {"ok": True, "output": {"n": 1}})),
+        ("outcomes", lambda: progress.record_outcomes(_failed_dispatch(key, tenant, "http.request"))),
+    )
     assert not isinstance(answers["worker"], BaseException), answers  # DeadlockDetected before the fix
     assert answers["outcomes"] == [{"ok": True, "output": {"n": 1}}]  # the result recorded first stands
     assert _recorded(app_pool, tenant, key).state == "succeeded"
@@ -155,20 +177,17 @@ def test_a_module_workers_result_holding_the_attempt_wins_over_a_failed_dispatch
 def test_a_remote_completion_holding_the_attempt_wins_over_a_failed_dispatchs_outcome(
     pg: Any, app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tenant, action = new_tenant(), f"rc-{uuid.uuid4().hex[:6]}"
-    key = _queued(app_pool, tenant, action, path=["running"])  # the dispatch committed the start and the item
-    with tenant_transaction(tenant, pool=app_pool) as conn:
-        (lease,) = work_queue.lease(conn, tenant, actions=[action], max_items=1, lease_s=60, worker="w").leases
+    tenant = new_tenant()
+    key, lease = _leased(app_pool, tenant)
     # The completion holds the item and the attempt (result written) and is about to append its event.
     hold = _Hold(monkeypatch, "complete", (store, "append_event"), before=True)
     result = remote.RemoteResult(ok=True, output={"built": True})
-    threads = _Threads()
-    threads.start("complete", lambda: remote.complete(lease.task_token, key.execution_id, "build", "run", result))
-    assert hold.holding.wait(20) and hold.pid is not None
-    threads.start("outcomes", lambda: progress.record_outcomes(_failed_dispatch(key, tenant, action)))
-    _until_blocked(pg.admin_url, hold.pid, 1)
-    hold.release.set()
-    answers = threads.join()
+    answers = _race_held(
+        pg,
+        hold,
+        ("complete", lambda: remote.complete(lease.task_token, key.execution_id, "build", "run", result)),
+        ("outcomes", lambda: progress.record_outcomes(_failed_dispatch(key, tenant, lease.item.action))),
+    )
     assert answers["complete"] == (key, {"ok": True, "output": {"built": True}}), answers
     assert answers["outcomes"] == [{"ok": True, "output": {"built": True}}]
 
@@ -179,20 +198,17 @@ def test_a_failed_dispatchs_outcome_holding_the_attempt_first_answers_a_completi
     # The reviewer's order: the outcome takes its first lock, then the completion comes. It held the execution
     # first, the completion then held the item and the attempt and waited for it: the completion was the victim
     # (503) of the outcome's wait for the attempt.
-    tenant, action = new_tenant(), f"rc-{uuid.uuid4().hex[:6]}"
-    key = _queued(app_pool, tenant, action, path=["running"])
-    with tenant_transaction(tenant, pool=app_pool) as conn:
-        (lease,) = work_queue.lease(conn, tenant, actions=[action], max_items=1, lease_s=60, worker="w").leases
+    tenant = new_tenant()
+    key, lease = _leased(app_pool, tenant)
     # Held after whichever lock it takes first.
     hold = _Hold(monkeypatch, "outcomes", (repo, "hold_execution"), (store, "hold_attempt"))
     result = remote.RemoteResult(ok=True, output={"built": True})
-    threads = _Threads()
-    threads.start("outcomes", lambda: progress.record_outcomes(_failed_dispatch(key, tenant, action)))
-    assert hold.holding.wait(20) and hold.pid is not None
-    threads.start("complete", lambda: remote.complete(lease.task_token, key.execution_id, "build", "run", result))
-    _until_blocked(pg.admin_url, hold.pid, 1)
-    hold.release.set()
-    answers = threads.join()
+    answers = _race_held(
+        pg,
+        hold,
+        ("outcomes", lambda: progress.record_outcomes(_failed_dispatch(key, tenant, lease.item.action))),
+        ("complete", lambda: remote.complete(lease.task_token, key.execution_id, "build", "run", result)),
+    )
     assert answers["outcomes"] == [FAILED], answers
     assert isinstance(answers["complete"], remote.TokenUsedError), answers  # 409: the attempt has ended
     assert _recorded(app_pool, tenant, key).state == "failed"

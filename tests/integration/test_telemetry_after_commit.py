@@ -9,22 +9,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from psycopg_pool import ConnectionPool
 
 from shared import telemetry
-from shared.db.session import bounded_lock_waits, retried_on_deadlock, tenant_transaction
+from shared.db.session import retried_on_deadlock, tenant_transaction
 from shared.engine import executions as repo
 from shared.engine import steps as store
 from shared.engine import sweeper
@@ -32,7 +28,6 @@ from shared.engine.steps import AttemptKey, StepSeed
 from shared.observability import metrics, tracing
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_execution_sweeper import (
-    _BACKDATE_UPDATE,
     AUTHOR,
     FakeDurable,
     Tenant,
@@ -44,6 +39,8 @@ from tests.integration.test_execution_sweeper import (
 )
 from tests.integration.test_executions import _execution
 from tests.integration.test_expiry_lock_order import _expire, _leased
+from tests.integration.test_timer_lock_waits import _swept_while_a_child_row_is_held
+from tests.unit.test_trace_roots import spans  # noqa: F401  # the fixture
 
 pytestmark = pytest.mark.integration
 
@@ -81,16 +78,6 @@ def meters(monkeypatch: pytest.MonkeyPatch) -> _Meters:
     monkeypatch.setattr(metrics, "_counter", recorded.meter)
     monkeypatch.setattr(metrics, "_histogram", recorded.meter)
     return recorded
-
-
-@pytest.fixture
-def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setattr(tracing, "tracer", provider.get_tracer("test"))
-    yield exporter
-    provider.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -142,31 +129,7 @@ def test_a_sweep_rolled_back_on_a_lock_wait_and_run_again_counts_the_failure_onc
     # another transaction holds past the timer's bounded lock wait: the tenant's share rolls back, the next run ends it.
     caplog.set_level(logging.INFO, logger="qp.telemetry")
     t = Tenant(api)
-    parent = _moved(app_pool, t.id, t.intent, ["running"], quiet=False)
-    child, _ = _recorded(app_pool, t.id, t.child_intent, stale=False, parent=parent)
-    with tenant_transaction(t.id, pool=app_pool) as conn:
-        repo.transition(conn, child, "running")
-        store.begin_attempt(conn, AttemptKey(parent, "pause", "run", 1), action="wait", remote=False)
-        store.set_child(conn, parent, "pause", child)
-        conn.execute(_BACKDATE_UPDATE, (parent,))
-    client = FakeDurable({parent: _status("Terminated", "operator stop"), child: _status("Running")})
-    held, release = threading.Event(), threading.Event()
-
-    def hold_child_row() -> None:
-        with tenant_transaction(t.id, pool=app_pool) as conn:
-            conn.execute("SELECT 1 FROM app.executions WHERE id = %s FOR UPDATE", (child,))
-            held.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=hold_child_row)
-    holder.start()
-    assert held.wait(30)
-    try:
-        with bounded_lock_waits(), pytest.raises(psycopg.errors.LockNotAvailable):
-            asyncio.run(sweeper.sweep_tenant(t.id, client, pool=app_pool))
-    finally:
-        release.set()
-        holder.join(30)
+    parent, _, client = _swept_while_a_child_row_is_held(app_pool, t)
     assert _get(app_pool, t.id, parent).status == "running"  # rolled back whole
     assert _lines(caplog, "execution.failed", parent) == []
     assert meters.counted[("qp.executions.ended", str(t.id), "failed")] == 0

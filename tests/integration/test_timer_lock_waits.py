@@ -173,12 +173,12 @@ def test_a_webhook_run_sends_the_other_tenants_deliveries_and_ends_while_one_sub
     assert states == ["pending"]
 
 
-def test_a_parent_ended_by_the_sweeper_cancels_its_child_even_when_the_childs_row_is_held(
-    api: ApiHarness, app_pool: ConnectionPool[Any], control_pool: ConnectionPool[Any]
-) -> None:
-    # The children's cancels were recorded after the parent's end had committed: one that waited past the lock bound
-    # failed, and no later run passed it down (the parent being ended). Now both commit together, or neither.
-    tenant = Tenant(api)
+def _swept_while_a_child_row_is_held(
+    app_pool: ConnectionPool[Any], tenant: Tenant
+) -> tuple[uuid.UUID, uuid.UUID, FakeDurable]:
+    """A parent whose orchestration was terminated (the sweeper ends it) and its running child, swept once while the
+    child's row is held past a timer's lock wait: that sweep fails the tenant (for now). Answers the parent, the
+    child and the Durable client the sweeps use."""
     parent = _moved(app_pool, tenant.id, tenant.intent, ["running"], quiet=False)
     child, _ = _recorded(app_pool, tenant.id, tenant.child_intent, stale=False, parent=parent)
     with tenant_transaction(tenant.id, pool=app_pool) as conn:
@@ -204,6 +204,16 @@ def test_a_parent_ended_by_the_sweeper_cancels_its_child_even_when_the_childs_ro
     finally:
         release.set()
         holder.join(30)
+    return parent, child, client
+
+
+def test_a_parent_ended_by_the_sweeper_cancels_its_child_even_when_the_childs_row_is_held(
+    api: ApiHarness, app_pool: ConnectionPool[Any], control_pool: ConnectionPool[Any]
+) -> None:
+    # The children's cancels were recorded after the parent's end had committed: one that waited past the lock bound
+    # failed, and no later run passed it down (the parent being ended). Now both commit together, or neither.
+    tenant = Tenant(api)
+    parent, child, client = _swept_while_a_child_row_is_held(app_pool, tenant)
     asyncio.run(sweeper.sweep_tenant(tenant.id, client, pool=app_pool))
     assert _get(app_pool, tenant.id, parent).status == "failed"
     assert _get(app_pool, tenant.id, child).cancel_requested_at is not None

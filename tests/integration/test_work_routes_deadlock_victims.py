@@ -7,25 +7,23 @@ it is the one the deadlock detector ends."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from psycopg_pool import ConnectionPool
 
-from shared.api.durable import get_durable_client
 from shared.db.session import tenant_transaction
-from shared.engine import control, progress, sweeper, work_queue
+from shared.engine import control, progress, sweeper
 from shared.engine import machine_types as mt
 from shared.engine import steps as store
 from shared.engine.steps import AttemptKey
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
-from tests.integration.test_approval_races import _until_blocked
 from tests.integration.test_cancel_dispatch_race import _queued
-from tests.integration.test_outcome_lock_order import _Hold, _Threads
-from tests.integration.test_verdict_handover import FlakyDurable
+from tests.integration.test_outcome_lock_order import _Hold, _leased, _race_held
+from tests.integration.test_verdict_handover import durable  # noqa: F401  # the fixture
 
-pytestmark = pytest.mark.integration
+# Every request here raises its events on a Durable client that delivers them all.
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("durable")]
 TENANT = "deadlock-victims"
 
 
@@ -34,47 +32,25 @@ def tenant(api: ApiHarness) -> uuid.UUID:
     return api.provision(TENANT).id
 
 
-@pytest.fixture
-def durable(api: ApiHarness) -> Iterator[FlakyDurable]:
-    client = FlakyDurable()
-    api.client.app.dependency_overrides[get_durable_client] = lambda: client  # type: ignore[attr-defined]
-    yield client
-    api.client.app.dependency_overrides.pop(get_durable_client)  # type: ignore[attr-defined]
-
-
-def _leased(pool: ConnectionPool[Any], tenant: uuid.UUID) -> tuple[AttemptKey, work_queue.Lease]:
-    """Step `build`'s remote attempt, queued and leased by a worker."""
-    action = f"dv-{uuid.uuid4().hex[:6]}"
-    key = _queued(pool, tenant, action, path=["running"])
-    with tenant_transaction(tenant, pool=pool) as conn:
-        (lease,) = work_queue.lease(conn, tenant, actions=[action], max_items=1, lease_s=60, worker="w").leases
-    return key, lease
-
-
 def _against_the_sweepers_end(
     pg: Any, pool: ConnectionPool[Any], tenant: uuid.UUID, key: AttemptKey, request: Any, monkeypatch: Any
 ) -> Any:
     """`request` sent while the sweeper's end holds the execution (paused after reading its steps); the end then
     abandons the attempt the request holds. Answers the response."""
     hold = _Hold(monkeypatch, "sweeper", (store, "list_steps"))
-    threads = _Threads()
-    threads.start("sweeper", lambda: sweeper.end_execution(tenant, key.execution_id, "stalled", pool=pool))
-    assert hold.holding.wait(20) and hold.pid is not None
-    threads.start("request", request)
-    _until_blocked(pg.admin_url, hold.pid, 1)  # the request holds the attempt and waits for the execution
-    hold.release.set()
-    answers = threads.join()
+    # The request holds the attempt and waits for the execution.
+    answers = _race_held(
+        pg,
+        hold,
+        ("sweeper", lambda: sweeper.end_execution(tenant, key.execution_id, "stalled", pool=pool)),
+        ("request", request),
+    )
     assert not isinstance(answers["sweeper"], BaseException), answers
     return answers["request"]
 
 
 def test_a_completion_meeting_the_sweepers_end_is_answered_409_not_503(
-    pg: Any,
-    api: ApiHarness,
-    app_pool: ConnectionPool[Any],
-    tenant: uuid.UUID,
-    durable: FlakyDurable,
-    monkeypatch: pytest.MonkeyPatch,
+    pg: Any, api: ApiHarness, app_pool: ConnectionPool[Any], tenant: uuid.UUID, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     key, lease = _leased(app_pool, tenant)
     url = f"/api/v1/executions/{key.execution_id}/steps/build/complete"
@@ -88,12 +64,7 @@ def test_a_completion_meeting_the_sweepers_end_is_answered_409_not_503(
 
 
 def test_a_heartbeat_meeting_the_sweepers_end_is_not_answered_503(
-    pg: Any,
-    api: ApiHarness,
-    app_pool: ConnectionPool[Any],
-    tenant: uuid.UUID,
-    durable: FlakyDurable,
-    monkeypatch: pytest.MonkeyPatch,
+    pg: Any, api: ApiHarness, app_pool: ConnectionPool[Any], tenant: uuid.UUID, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     key, lease = _leased(app_pool, tenant)
     with tenant_transaction(tenant, pool=app_pool) as conn:
@@ -110,12 +81,7 @@ def test_a_heartbeat_meeting_the_sweepers_end_is_not_answered_503(
 
 
 def test_a_lease_ending_a_stale_item_that_meets_its_timeout_is_answered_200_not_503(
-    pg: Any,
-    api: ApiHarness,
-    app_pool: ConnectionPool[Any],
-    tenant: uuid.UUID,
-    durable: FlakyDurable,
-    monkeypatch: pytest.MonkeyPatch,
+    pg: Any, api: ApiHarness, app_pool: ConnectionPool[Any], tenant: uuid.UUID, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     action = f"dv-{uuid.uuid4().hex[:6]}"
     key = _queued(app_pool, tenant, action, path=["running"])
@@ -125,15 +91,15 @@ def test_a_lease_ending_a_stale_item_that_meets_its_timeout_is_answered_200_not_
     batch = mt.RecordOutcomes(execution_id=str(key.execution_id), tenant_id=str(tenant), outcomes=[timeout])
     # The orchestration's timeout holds the attempt (its result written) and is about to append its event.
     hold = _Hold(monkeypatch, "timeout", (store, "append_event"), before=True)
-    threads = _Threads()
-    threads.start("timeout", lambda: progress.record_outcomes(batch))
-    assert hold.holding.wait(20) and hold.pid is not None
     body = {"actions": [action], "max_items": 1, "lease_s": 60, "worker": "w"}
     headers = api.headers(TENANT, ["Module.Worker"])
-    threads.start("lease", lambda: api.client.post("/api/v1/work/lease", json=body, headers=headers))
-    _until_blocked(pg.admin_url, hold.pid, 1)  # the lease holds the execution and waits for the attempt
-    hold.release.set()
-    answers = threads.join()
+    # The lease holds the execution and waits for the attempt.
+    answers = _race_held(
+        pg,
+        hold,
+        ("timeout", lambda: progress.record_outcomes(batch)),
+        ("lease", lambda: api.client.post("/api/v1/work/lease", json=body, headers=headers)),
+    )
     assert answers["timeout"] == [{"ok": False, "error": "timed out", "retryable": True, "state": "timed_out"}]
     assert answers["lease"].status_code == 200, answers["lease"].text
     assert answers["lease"].json()["items"] == []

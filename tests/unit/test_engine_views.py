@@ -1,5 +1,7 @@
 # intent_ref: platform.execution
-"""The plain-language wait reason and the step views of GET /api/v1/executions/{id}."""
+"""The plain-language wait reason and the step views of GET /api/v1/executions/{id}: the wait reason of a leased
+remote step tells a lease from a sign of life (a worker that has not beaten yet is "no heartbeat yet", never a
+heartbeat dated at the lease)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Any
 from shared.engine.executions import Execution
 from shared.engine.steps import Attempt, AttemptKey
 from shared.engine.views import step_views, wait_reason
+from shared.engine.work_queue import QueuedItem
 
 NOW = datetime(2026, 1, 5, 9, 30, tzinfo=UTC)
 EXECUTION = Execution(
@@ -67,6 +70,39 @@ def test_a_requested_cancel_comes_first() -> None:
     cancelling = replace(EXECUTION, cancel_requested_at=NOW)
     assert wait_reason(cancelling, [step("build", "http.request", "running")], NOW) == (
         "cancelling: waiting for work already started to end"
+    )
+
+
+LEASED = QueuedItem(
+    id=uuid.uuid4(),
+    key=AttemptKey(EXECUTION.id, "build", "run", 1),
+    action="build-container",
+    params={},
+    enqueued_at=NOW - timedelta(seconds=9),
+    deadline=NOW + timedelta(minutes=30),
+    lease_id=uuid.uuid4(),
+    leased_by="builder-1 (app)",
+    leased_at=NOW - timedelta(seconds=5),
+    lease_expires_at=NOW + timedelta(seconds=55),
+    heartbeat_at=None,
+    progress=None,
+)
+
+
+def test_a_lease_without_a_heartbeat_says_so() -> None:
+    # The worker may have gone away as its poll was answered: the lease is no sign of life.
+    steps = [step("build", "build-container", "waiting")]
+    assert wait_reason(replace(EXECUTION, status="waiting"), steps, NOW, [LEASED]) == (
+        "a worker has leased build-container (step build): leased by builder-1 (app) 5 s ago, no heartbeat yet"
+    )
+
+
+def test_a_heartbeat_is_dated_from_the_heartbeat() -> None:
+    beaten = replace(LEASED, heartbeat_at=NOW - timedelta(seconds=2), progress={"percent": 40, "message": "layer 2"})
+    steps = [step("build", "build-container", "waiting")]
+    assert wait_reason(replace(EXECUTION, status="waiting"), steps, NOW, [beaten]) == (
+        "a worker is running build-container (step build) (40 %, layer 2): leased by builder-1 (app) 5 s ago, "
+        "last heartbeat 2 s ago"
     )
 
 
