@@ -142,6 +142,11 @@ class TokenSource:
                 "--roles",
                 "Module.Worker",
                 "--app-only",
+                # The devhost this worker calls: its issuer names its port, and its key lives in its data folder.
+                "--port",
+                str(httpx.URL(options.api).port or 7071),
+                "--data-dir",
+                options.devhost_data_dir,
             ]
             return subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip()  # noqa: S603
         if options.azure_scope:
@@ -360,6 +365,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     tokens.add_argument("--token", metavar="JWT", help="a bearer token with the Module.Worker role (or $QP_TOKEN)")
     tokens.add_argument("--devhost-tenant", metavar="NAME", help="mint dev tokens for this devhost tenant")
     tokens.add_argument("--azure-scope", metavar="SCOPE", help="DefaultAzureCredential scope, api://<app>/.default")
+    parser.add_argument(
+        "--devhost-data-dir", default=".data", metavar="DIR", help="the devhost's --data-dir (with --devhost-tenant)"
+    )
     parser.add_argument("--action", action="append", default=[], help="only these actions (default: all it knows)")
     parser.add_argument("--name", default=f"example-worker-{os.getpid()}", help="this worker's name in the queue")
     parser.add_argument("--max-items", type=int, default=4, help="items per lease (run at once)")

@@ -93,3 +93,31 @@ def test_a_token_names_the_port_of_qp_devhost_port_by_default(
     assert cli.main(["token", "--tenant", "contoso", "--data-dir", str(tmp_path)]) == 0
     claims = jwt.decode(capsys.readouterr().out.strip(), options={"verify_signature": False})
     assert claims["iss"] == issuer_for(f"http://127.0.0.1:{PORT}", claims["tid"])
+
+
+def test_the_example_workers_devhost_tokens_are_for_the_devhost_it_calls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from examples.workers import remote_worker
+
+    monkeypatch.delenv("QP_DEVHOST_PORT", raising=False)
+    monkeypatch.delenv("QP_TOKEN", raising=False)
+    monkeypatch.chdir(PROJECT_ROOT)
+    data_dir = tmp_path / "worker data"
+    base_url = f"http://127.0.0.1:{PORT}"
+    options = remote_worker.parse_args(
+        ["--api", base_url, "--devhost-tenant", "contoso", "--devhost-data-dir", str(data_dir)]
+    )
+    token = remote_worker.TokenSource(options).get()
+
+    signing_key = SigningKey.load_or_create(key_directory(data_dir))
+    metadata_url = openid_metadata_url(base_url)
+    validator = TokenValidator(
+        metadata_url,
+        [DEFAULT_AUDIENCE],
+        fetch=lambda url: (
+            openid_configuration(base_url, "organizations") if url == metadata_url else signing_key.jwks(base_url)
+        ),
+    )
+    verified = validator.validate(token)
+    assert verified.roles == {"Module.Worker"} and verified.entra_tenant_id == dev_tenant_id("contoso")
