@@ -208,6 +208,8 @@ class TenantDirectory:
     A short TTL bounds how long a suspension takes to bite; the control plane clears the cache on change.
     """
 
+    MAX_ENTRIES = 10_000
+
     def __init__(self, ttl_s: float = 5.0) -> None:
         self._ttl = ttl_s
         self._lock = threading.Lock()
@@ -224,7 +226,16 @@ class TenantDirectory:
         tenant = _to_tenant(row) if row else None
         with self._lock:
             self._cache[entra_tenant_id] = (now, tenant)
+            if len(self._cache) > self.MAX_ENTRIES:
+                self._trim(now)
         return tenant
+
+    def _trim(self, now: float) -> None:
+        # Every Entra tenant with a validly signed token leaves an entry, unprovisioned ones too: answers past
+        # their TTL go first, then the oldest, so the cache stays bounded whatever tenants call.
+        self._cache = {key: hit for key, hit in self._cache.items() if now - hit[0] < self._ttl}
+        while len(self._cache) > self.MAX_ENTRIES:
+            del self._cache[next(iter(self._cache))]
 
     def cached(self, entra_tenant_id: UUID) -> tuple[bool, Tenant | None]:
         """(True, what `resolve` would answer) while a fresh answer is cached, else (False, None): no I/O."""

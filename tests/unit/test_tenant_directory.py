@@ -1,0 +1,65 @@
+# intent_ref: platform.tenants
+"""The Entra tenant id cache stays bounded: every Entra tenant with a validly signed token leaves an answer (an
+unprovisioned one too), and answers past their TTL, then the oldest, make room, whatever tenants call."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from shared.tenants.repository import TenantDirectory
+
+
+class _NoRows:
+    """A connection whose lookup finds no tenant, counting the lookups."""
+
+    def __init__(self) -> None:
+        self.lookups = 0
+
+    def execute(self, *_: Any) -> _NoRows:
+        self.lookups += 1
+        return self
+
+    def fetchone(self) -> None:
+        return None
+
+
+def test_the_cache_keeps_at_most_its_bound_and_the_newest_answers(monkeypatch: Any) -> None:
+    conn = _NoRows()
+
+    @contextlib.contextmanager
+    def factory() -> Iterator[_NoRows]:
+        yield conn
+
+    monkeypatch.setattr(TenantDirectory, "MAX_ENTRIES", 50)
+    directory = TenantDirectory(ttl_s=3600)
+    ids = [uuid.uuid4() for _ in range(120)]
+    for entra_id in ids:
+        assert directory.resolve(factory, entra_id) is None
+    assert len(directory._cache) <= 50
+    assert directory.cached(ids[-1]) == (True, None)  # the newest answer is kept
+    assert directory.cached(ids[0]) == (False, None)  # the oldest made room
+    assert conn.lookups == 120
+
+
+def test_answers_past_their_ttl_go_first(monkeypatch: Any) -> None:
+    from shared.tenants import repository
+
+    @contextlib.contextmanager
+    def factory() -> Iterator[_NoRows]:
+        yield _NoRows()
+
+    now = [0.0]
+    monkeypatch.setattr(repository.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(TenantDirectory, "MAX_ENTRIES", 3)
+    directory = TenantDirectory(ttl_s=5.0)
+    stale = [uuid.uuid4() for _ in range(3)]
+    for entra_id in stale:
+        directory.resolve(factory, entra_id)
+    now[0] = 10.0  # all three past their TTL
+    fresh = uuid.uuid4()
+    directory.resolve(factory, fresh)  # a fourth: over the bound
+    assert list(directory._cache) == [fresh]  # the stale answers went, not the one just stored
+    assert directory.cached(fresh) == (True, None)
