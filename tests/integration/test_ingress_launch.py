@@ -12,56 +12,19 @@ from typing import Any
 
 import psycopg
 import pytest
-from azure.durable_functions.models.DurableOrchestrationStatus import DurableOrchestrationStatus
 
 from shared.api.security import token_validator
 from shared.auth.tokens import TokenValidator
-from shared.engine.protocol import ORCHESTRATOR
 from shared.engine.start import STALE_START_S
 from shared.ingress.process import process_batch, process_event
 from shared.ingress.request import IngressEvent
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_ingress_rejections import _intent
+from tests.integration.test_start_service import TaskHub, _age_claim
 
 pytestmark = pytest.mark.integration
 
 EXECUTOR = ["Intent.Executor"]
-
-
-class TaskHub:
-    """The orchestration side as the devhost (and a host with overridableExistingInstanceStates NonRunningStates)
-    behaves: an instance id that exists is refused with "already exists"; the status of one that does not is the
-    SDK's empty status. `fail_call` makes that start_new call (1-based, over all calls) fail as an outage."""
-
-    def __init__(self, fail_call: int | None = None) -> None:
-        self.fail_call = fail_call
-        self.calls: list[str] = []
-        self.instances: set[str] = set()
-        self.asked: list[str] = []
-
-    async def get_status(self, instance_id: str) -> DurableOrchestrationStatus:
-        self.asked.append(instance_id)
-        if instance_id not in self.instances:
-            return DurableOrchestrationStatus.from_json("")
-        return DurableOrchestrationStatus.from_json(
-            {
-                "name": ORCHESTRATOR,
-                "instanceId": instance_id,
-                "runtimeStatus": "Pending",
-                "createdTime": "2024-01-01T00:00:00Z",
-            }
-        )
-
-    async def start_new(self, name: str, instance_id: str, client_input: Any) -> str:
-        self.calls.append(instance_id)
-        if len(self.calls) == self.fail_call:
-            raise ConnectionError("orchestration client unavailable")
-        if instance_id in self.instances:
-            raise Exception(
-                {"Message": f"An Orchestration instance with the instance ID '{instance_id}' already exists."}
-            )
-        self.instances.add(instance_id)
-        return instance_id
 
 
 def _validator(api: ApiHarness) -> TokenValidator:
@@ -108,15 +71,6 @@ def test_a_launch_that_fails_is_started_by_the_batchs_retry(api: ApiHarness) -> 
     assert hub.calls[12:] == [failed]  # the failed one, and no other, started by the retry
     assert hub.instances == set(_executions(api, tenant.id)) and len(hub.instances) == 12
     assert [outcome.created for outcome in outcomes] == [False] * 12
-
-
-def _age_claim(api: ApiHarness, execution_id: uuid.UUID, seconds: float) -> None:
-    """What `seconds` of waiting does to the claim (a backlog in which the orchestration has not recorded running)."""
-    with psycopg.connect(api.admin_url, dbname="quantum", autocommit=True) as conn:
-        conn.execute(
-            "UPDATE app.executions SET start_claimed_at = start_claimed_at - make_interval(secs => %s) WHERE id = %s",
-            (seconds, execution_id),
-        )
 
 
 def test_a_redelivery_after_the_claim_went_stale_does_not_start_a_started_orchestration_again(api: ApiHarness) -> None:

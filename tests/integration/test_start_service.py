@@ -274,14 +274,18 @@ def test_a_launch_that_is_not_to_record_failure_hands_the_error_back_and_stays_p
 class TaskHub:
     """The orchestration side as the devhost (and a host with overridableExistingInstanceStates NonRunningStates)
     behaves: an instance id that exists is refused with "already exists" (the SDK raises the 409's body); the
-    status of one that does not is the SDK's empty status, and `hidden` ones exist without being seen yet."""
+    status of one that does not is the SDK's empty status, and `hidden` ones exist without being seen yet.
+    `fail_call` makes that start_new call (1-based, over all calls) fail as an outage; `asked` lists status reads."""
 
-    def __init__(self) -> None:
+    def __init__(self, fail_call: int | None = None) -> None:
+        self.fail_call = fail_call
         self.calls: list[str] = []
         self.instances: set[str] = set()
         self.hidden: set[str] = set()
+        self.asked: list[str] = []
 
     async def get_status(self, instance_id: str) -> DurableOrchestrationStatus:
+        self.asked.append(instance_id)
         if instance_id not in self.instances - self.hidden:
             return DurableOrchestrationStatus.from_json("")
         return DurableOrchestrationStatus.from_json(
@@ -295,6 +299,8 @@ class TaskHub:
 
     async def start_new(self, name: str, instance_id: str, value: Any) -> str:
         self.calls.append(instance_id)
+        if len(self.calls) == self.fail_call:
+            raise ConnectionError("orchestration client unavailable")
         if instance_id in self.instances:
             raise Exception(
                 {"Message": f"An Orchestration instance with the instance ID '{instance_id}' already exists."}
