@@ -71,5 +71,7 @@ resource endpointZone 'Microsoft.Network/privateEndpoints/privateDnsZoneGroups@2
 }
 
 output name string = scheduler.name
-output endpoint string = scheduler.properties.endpoint
+// Without its trailing `/`, as Terraform's output gives it: the connection string's `Endpoint=` takes the bare origin.
+var schedulerEndpoint = scheduler.properties.endpoint
+output endpoint string = endsWith(schedulerEndpoint, '/') ? substring(schedulerEndpoint, 0, length(schedulerEndpoint) - 1) : schedulerEndpoint
 output taskHubName string = taskHub.name

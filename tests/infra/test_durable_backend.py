@@ -179,3 +179,41 @@ def test_the_local_host_tolerates_the_provider_setting():
     assert host.eventhub_max_batch_size == _host()["extensions"]["eventHubs"]["maxEventBatchSize"]
     sample = json.loads((ROOT / "local.settings.sample.json").read_text(encoding="utf-8"))["Values"]
     assert sample[CONNECTION].startswith("Endpoint=http://localhost:")  # the scheduler emulator, for a real host
+
+
+def test_both_stacks_give_the_scheduler_endpoint_without_its_trailing_slash(
+    bicep_modules: dict[str, BicepFile], tf_modules: dict[str, TerraformModule]
+):
+    """The connection string is `Endpoint=<endpoint>;...` in both stacks: each drops a trailing `/` the resource's
+    endpoint may carry, so the two deployments hand the host the same string."""
+    assert tf_modules["durabletask"].outputs["endpoint"]["value"] == (
+        '${trimsuffix(azapi_resource.scheduler.output.properties.endpoint, "/")}'
+    )
+    bicep = bicep_modules["durabletask"]
+    assert bicep.variables["schedulerEndpoint"] == {
+        "operator": {
+            "type": "property_accessor",
+            "operands": {
+                "operand_1": "scheduler",
+                "operand_2": {
+                    "operator": {
+                        "type": "property_accessor",
+                        "operands": {"operand_1": "properties", "operand_2": "endpoint"},
+                    }
+                },
+            },
+        }
+    }
+    trimmed = bicep.parsed["outputs"]["endpoint"]["value"]["operator"]
+    assert trimmed["type"] == "conditional"
+    operands = trimmed["operands"]
+    assert operands["condition"] == {
+        "function": {
+            "type": "ends_with",
+            "parameters": {"string_to_search": "schedulerEndpoint", "string_to_find": "/"},
+        }
+    }
+    assert operands["false_value"] == "schedulerEndpoint"
+    cut = operands["true_value"]["function"]
+    assert cut["type"] == "substring" and cut["parameters"]["start_index"] == 0
+    assert cut["parameters"]["length"]["operator"]["operands"]["operand_2"] == 1
