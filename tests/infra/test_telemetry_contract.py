@@ -271,3 +271,11 @@ def test_the_operations_guide_opens_an_execution_by_its_start_not_the_requests_o
     assert "the request's `operation_Id` opens the whole execution" not in operations
     finders = [q for name, q in _queries().items() if name.startswith(OPERATIONS.name)]
     assert any("'execution start'" in q and "customDimensions['_MS.links']" in q for q in finders), finders
+
+
+def test_top_errors_counts_exceptions_by_their_kind_not_their_line() -> None:
+    """A 500's exported line starts with its own request id, so counting by `outerMessage` listed every 500 apart."""
+    query = _queries()["workbook Top errors"]
+    exceptions = query.split("(exceptions |", 1)[1].split("), (requests", 1)[0]
+    assert "error = iff(isnotempty(problemId), problemId, type)" in exceptions, exceptions
+    assert "outerMessage" not in exceptions, exceptions
