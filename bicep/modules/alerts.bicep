@@ -55,6 +55,8 @@ resource rules 'Microsoft.Insights/scheduledQueryRules@2023-03-15-preview' = [fo
           metricMeasureColumn: alert.value.measure
           operator: alert.value.operator
           threshold: alert.value.threshold
+          // An alert whose query keeps a column per tenant fires once per tenant and names it (alerts.json).
+          dimensions: contains(alert.value, 'dimensions') ? alert.value.dimensions : []
           failingPeriods: { numberOfEvaluationPeriods: 1, minFailingPeriodsToAlert: 1 }
         }
       ]

@@ -226,10 +226,17 @@ def test_module_work_lag_and_each_tenants_queue_lag_are_alerted_on_apart() -> No
     # The mean, and the longest single wait (a few stuck events among many quick ones).
     assert "total / n" in module_query and "max(valueMax)" in module_query, module_query
     queue_query = str(alerts[work_queue]["query"])
-    # Each tenant's mean on its own, then the worst of them.
+    # Each tenant's mean on its own, one alert per tenant that names it: the rule splits by the query's tenant column.
     per_tenant = queue_query.index(f"tenant = tostring(customDimensions['{tracing.TENANT_ID}'])")
     by_tenant = queue_query.index("sum(valueCount) by tenant")
-    assert per_tenant < by_tenant < queue_query.index("summarize lag = max(lag)"), queue_query
+    assert per_tenant < by_tenant and queue_query.endswith("| project tenant, lag"), queue_query
+    assert alerts[work_queue]["dimensions"] == [{"name": "tenant", "operator": "Include", "values": ["*"]}]
+    assert "dimensions" not in alerts[module_work], "module-work is the platform's, one alert for every tenant"
+    # Both stacks pass an alert's dimensions on to its rule.
+    bicep = (ROOT / "bicep" / "modules" / "alerts.bicep").read_text(encoding="utf-8")
+    assert "dimensions: contains(alert.value, 'dimensions') ? alert.value.dimensions : []" in bicep
+    terraform = (ROOT / "terraform" / "modules" / "alerts" / "main.tf").read_text(encoding="utf-8")
+    assert "for_each = try(each.value.dimensions, [])" in terraform and "values   = dimension.value.values" in terraform
     # A tenant's own workers are the tenant's to fix: a lower severity (a higher number) than the platform's hub.
     assert alerts[work_queue]["severity"] > alerts[module_work]["severity"]
 

@@ -42,6 +42,16 @@ resource "azurerm_monitor_scheduled_query_rules_alert_v2" "main" {
     operator                = each.value.operator
     threshold               = each.value.threshold
 
+    # An alert whose query keeps a column per tenant fires once per tenant and names it (alerts.json).
+    dynamic "dimension" {
+      for_each = try(each.value.dimensions, [])
+      content {
+        name     = dimension.value.name
+        operator = dimension.value.operator
+        values   = dimension.value.values
+      }
+    }
+
     failing_periods {
       minimum_failing_periods_to_trigger_alert = 1
       number_of_evaluation_periods             = 1
