@@ -15,8 +15,9 @@ every one running, so a transaction held open across a throttled store's writes 
 webhooks), then removes the written rows in a short transaction that first holds the tenant's row (`FOR KEY SHARE`).
 Still there, the tenant's erasure has yet to delete its rows and so to make its second pass, which removes what was
 written; gone, its erasure may have ended before the writes landed, and the copy deletes from the store what it
-wrote (`kept_for_tenant` does the same for a step's blob). Once the tenant is gone, a copy writes nothing but the
-erasure's own record. Two copies of the same rows at once (the relay and a copy after a commit, two relays) each
+wrote (`kept_for_tenant` does the same for a step's blob); that transaction failing, it looks at the tenant again
+in another, and names what it wrote at ERROR when it cannot tell. Once the tenant is gone, a copy writes nothing but
+the erasure's own record. Two copies of the same rows at once (the relay and a copy after a commit, two relays) each
 write them: the store takes a record by its id once, and each removes the rows once written, so none is lost.
 """
 
@@ -187,22 +188,50 @@ class AuditOutbox:
         `present`: the tenant row was there when `records` were read. Gone, only its erasure's record is written and
         any other is removed unwritten (it raced the erasure). Gone by the time the rows are removed, its erasure may
         have made its second pass before these writes landed: what was written is deleted from the store again
-        (`_undo`). Still there, the erasure's row delete, and so its second pass, come after these writes."""
+        (`_undo`). Still there, the erasure's row delete, and so its second pass, come after these writes. That
+        transaction failing, the tenant is looked at again (`_settle_failed`) before the failure is raised."""
         dropped = [] if present else [i for i, document in records if not _outlives_tenant(document)]
         if dropped:
             logger.warning("audit outbox: %d records of erased tenant %s removed unwritten", len(dropped), tenant_id)
         written, refused, failed, rest = self._write_each(tenant_id, records, skip=set(dropped), until=until)
-        with tenant_transaction(tenant_id, pool=self._pool) as conn:
-            held = hold_tenant(conn, tenant_id)
-            self._settle_rows(conn, written + dropped, refused)
+        # A write that failed may still have landed (a timeout): the tenant gone, it goes too, a 404 being no error.
+        tried_ids = {*written, *([] if failed is None else [failed[0]])}
+        tried = [(i, document) for i, document in records if i in tried_ids]
+        try:
+            with tenant_transaction(tenant_id, pool=self._pool) as conn:
+                held = hold_tenant(conn, tenant_id)
+                self._settle_rows(conn, written + dropped, refused)
+        except Exception:
+            # The rows stay for the next copy while the tenant is there; once it is gone (its rows with it) nothing
+            # comes back to these writes, and they outlived the erasure for good (found by a review of erasure).
+            self._settle_failed(tenant_id, tried)
+            raise
         if not held:
-            # A write that failed may still have landed (a timeout): it goes too, a 404 being no error.
-            tried = {*written, *([] if failed is None else [failed[0]])}
-            undone = self._undo(tenant_id, [(i, document) for i, document in records if i in tried])
+            undone = self._undo(tenant_id, tried)
             written = [i for i in written if i not in undone]
         if failed is not None:
             raise failed[1]
         return Copied(len(written), len(refused)), rest
+
+    def _settle_failed(self, tenant_id: UUID, tried: Sequence[tuple[UUID, dict[str, Any]]]) -> None:
+        """After the transaction settling a copy failed: look at the tenant again and undo what the copy wrote if it is
+        gone; when that cannot be told either, name the written records at ERROR for an operator (ADR 0012)."""
+        if not tried:
+            return
+        try:
+            with tenant_transaction(tenant_id, pool=self._pool) as conn:
+                held = hold_tenant(conn, tenant_id)
+        except Exception:
+            logger.exception(
+                "audit outbox: %d records of tenant %s were written but not settled; if it was erased meanwhile they"
+                " outlive it: %s",
+                len(tried),
+                tenant_id,
+                ", ".join(str(i) for i, _ in tried[:50]),
+            )
+            return
+        if not held:
+            self._undo(tenant_id, tried)
 
     def _undo(self, tenant_id: UUID, records: Sequence[tuple[UUID, dict[str, Any]]]) -> set[UUID]:
         """Delete from the store what a copy wrote for a tenant erased meanwhile, but its erasure's record; returns

@@ -6,16 +6,18 @@ takes no record of the runtime role for a tenant whose row is gone, whatever an 
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 import pytest
+from azure.core.exceptions import ServiceRequestError
 from azure.cosmos import ContainerProxy
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
@@ -24,11 +26,14 @@ from shared.api import security
 from shared.api.durable import get_durable_client
 from shared.api.routers import tenants as tenants_router
 from shared.audit import AuditRecord
+from shared.audit import outbox as outbox_module
 from shared.audit.cosmos import CosmosAuditStore
+from shared.audit.cosmos import _document as cosmos_document
 from shared.audit.outbox import AuditOutbox, Copied, Delete, Write
 from shared.audit.postgres import PostgresAuditStore
 from shared.db.session import platform_transaction, tenant_transaction
 from shared.tenants import offboarding
+from shared.tenants.repository import get_tenant, hold_tenant
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_audit_outbox import (  # noqa: F401  # container, missing_container, stores: the fixtures
     _left_to_relay,
@@ -327,3 +332,173 @@ def test_the_erase_route_leaves_the_erasures_record_in_the_cosmos_trail_only(
     assert erased.status_code == 200, erased.text
     assert _in_store(container, leaving.id) == ["tenant.erase"]
     assert _waiting(leaving.id) == []
+
+
+class _LostConnection:
+    """`hold_tenant` as the outbox calls it, but the first `fails` calls lose their connection (the database failing
+    over, the pool drained) before the tenant row is looked at."""
+
+    def __init__(self, fails: int) -> None:
+        self.fails = fails
+
+    def __call__(self, conn: psycopg.Connection[Any], tenant_id: uuid.UUID) -> bool:
+        if self.fails:
+            self.fails -= 1
+            raise psycopg.OperationalError("the connection to the server was lost")
+        return hold_tenant(conn, tenant_id)
+
+
+def _relay_raising(relay: Callable[[], object]) -> Callable[[], BaseException | None]:
+    """`relay`, answering the failure it raised (None if it raised none)."""
+
+    def run() -> BaseException | None:
+        try:
+            relay()
+        except Exception as exc:
+            return exc
+        return None
+
+    return run
+
+
+def test_a_relayed_batch_whose_settling_fails_after_an_erasure_is_still_deleted_from_the_store(
+    api: ApiHarness,
+    azurite: Any,
+    container: ContainerProxy,
+    missing_container: ContainerProxy,
+    app_pool: ConnectionPool[Any],
+    control_pool: ConnectionPool[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The relay read its batch, the tenant was erased (both passes) while it wrote, and the transaction that settles
+    # the batch failed before it looked at the tenant row: the rows were gone with the tenant, so nothing ever came
+    # back to the written records, and they outlived the erasure unnamed. The relay now looks again.
+    tenant = api.provision("erased-mid-settle").id
+    for _ in range(2):
+        _store(missing_container, app_pool, control_pool).record(_record(tenant))  # left to the relay
+    held: list[_HeldWrites] = []
+    relaying = _store(container, app_pool, control_pool, held=held)
+    monkeypatch.setattr(outbox_module, "hold_tenant", _LostConnection(fails=1))
+    failures: list[BaseException | None] = []
+
+    erased_first = _erase_while_held(
+        api,
+        azurite,
+        container,
+        tenant,
+        lambda: failures.append(_relay_raising(lambda: relaying._outbox.relay_tenant(tenant))()),
+        held[0],
+    )
+
+    assert erased_first
+    assert isinstance(failures[0], psycopg.OperationalError)  # the relay still fails, for the next run to see
+    assert _in_store(container, tenant) == []
+    assert _waiting(tenant, app_pool) == []
+
+
+def test_a_copy_that_cannot_tell_whether_its_tenant_is_gone_names_what_it_wrote(
+    stores: _Stores,
+    new_tenant: Callable[[], uuid.UUID],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tenant = new_tenant()
+    records = _left_to_relay(stores.down(), tenant, 2)
+    monkeypatch.setattr(outbox_module, "hold_tenant", _LostConnection(fails=2))  # the settling, and the look again
+
+    with pytest.raises(psycopg.OperationalError):
+        stores.up()._outbox.relay_tenant(tenant)
+
+    named = [r.getMessage() for r in caplog.records if r.levelname == "ERROR" and "not settled" in r.getMessage()]
+    assert len(named) == 1 and all(str(r.id) in named[0] for r in records)
+    assert stores.waiting(tenant) == {r.id for r in records}  # the tenant is there: the next run settles them
+    assert stores.up()._outbox.relay_tenant(tenant) == Copied(2)
+    assert all(stores.in_store(r) for r in records) and stores.waiting(tenant) == set()
+
+
+class _SecondListingFails:
+    """The artifacts container, but blob storage is unreachable from the second listing of a tenant's blobs on."""
+
+    def __init__(self, blobs: Any) -> None:
+        self._blobs, self.listings = blobs, 0
+
+    def list_blobs(self, **kwargs: Any) -> Any:
+        self.listings += 1
+        if self.listings > 1:
+            raise ServiceRequestError("blob storage is unreachable")
+        return self._blobs.list_blobs(**kwargs)
+
+    def delete_blob(self, name: str) -> None:
+        self._blobs.delete_blob(name)
+
+
+class _CopyLandsBetweenPasses:
+    """A Cosmos store whose first erasure pass is followed by a copy's record landing in the trail: the copy held
+    the tenant row when it settled, so the erasure's second pass is what removes it (ADR 0012)."""
+
+    def __init__(self, store: CosmosAuditStore, container: ContainerProxy, record: AuditRecord) -> None:
+        self._store, self._container, self._record = store, container, record
+        self.passes = 0
+
+    def erase(self, tenant_id: uuid.UUID) -> int:
+        self.passes += 1
+        erased = self._store.erase(tenant_id)
+        if self.passes == 1:
+            self._container.create_item(cosmos_document(self._record))
+        return erased
+
+
+def test_an_erasure_whose_late_blob_pass_fails_still_removes_the_records_written_while_its_rows_went(
+    api: ApiHarness, azurite: Any, container: ContainerProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    tenant = api.provision("erased-blobs-down").id
+    blobs = _artifacts(azurite)
+    blobs.upload_blob(f"{tenant}/artifacts/build.log", b"log", overwrite=True)
+    store = _CopyLandsBetweenPasses(_store(container), container, _record(tenant))
+
+    removed = offboarding.erase_tenant(tenant, _SecondListingFails(blobs), store)  # type: ignore[arg-type]
+
+    assert store.passes == 2 and removed["audit_records"] == 1 and removed["blobs"] == 1
+    assert _in_store(container, tenant) == []
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert logged == [f"erasure of tenant {tenant}: blobs written meanwhile could not be removed"]
+
+
+class _RelayedDuringExport:
+    """A Cosmos store whose export, once it has read the trail, lets the relay move the waiting records from the
+    outbox to the trail: what the export reads of the two must carry every record either way (ADR 0012)."""
+
+    def __init__(self, store: CosmosAuditStore, relay: Callable[[], object]) -> None:
+        self._store, self._relay = store, relay
+
+    def export(self, tenant_id: uuid.UUID, *, conn: Any = None) -> Iterator[dict[str, Any]]:
+        yield from self._store.export(tenant_id, conn=conn)
+        self._relay()
+
+
+def test_an_export_carries_a_record_the_relay_moves_from_the_outbox_to_the_trail_while_it_reads(
+    api: ApiHarness,
+    azurite: Any,
+    container: ContainerProxy,
+    missing_container: ContainerProxy,
+    app_pool: ConnectionPool[Any],
+    control_pool: ConnectionPool[Any],
+) -> None:
+    # Records committed before the export began are in the outbox or the trail (or both) at every moment, written
+    # before they leave the outbox; the export reads the outbox first, so the relay moving one between the two
+    # reads cannot hide it. Read the other way round, it was in neither. Records committed after the export read the
+    # outbox are the erasure's to delete unarchived, as any row written after the archive was read.
+    with platform_transaction() as conn:
+        tenant = get_tenant(conn, api.provision("exported-mid-relay").id)
+    assert tenant is not None
+    waiting = _left_to_relay(_store(missing_container, app_pool, control_pool), tenant.id, 2)
+    up = _store(container, app_pool, control_pool)
+    moved: list[Copied] = []
+    store = _RelayedDuringExport(up, lambda: moved.append(up._outbox.relay_tenant(tenant.id)))
+
+    result = offboarding.export_tenant(tenant, _artifacts(azurite), store)  # type: ignore[arg-type]
+
+    assert moved == [Copied(2)] and _waiting(tenant.id, app_pool) == []
+    archive = json.loads(_artifacts(azurite).download_blob(result.blob_name).readall())
+    archived = {row["id"] for row in archive["audit_outbox"]} | {row["id"] for row in archive["audit_events"]}
+    assert archived >= {str(r.id) for r in waiting}
