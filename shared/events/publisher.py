@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -53,11 +54,16 @@ class OutboundEvent:
         return json.dumps(self.body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+class PublishTimeoutError(TimeoutError):
+    """A publish given a `timeout` did not finish within it; any of its events may have been sent all the same."""
+
+
 class EventPublisher(Protocol):
     """Sends events to an event hub; returns once the service (or local log) has accepted all of them."""
 
-    def publish(self, hub: str, events: Sequence[OutboundEvent]) -> None:
-        """Send `events` to `hub`, raising if any could not be sent."""
+    def publish(self, hub: str, events: Sequence[OutboundEvent], *, timeout: float | None = None) -> None:
+        """Send `events` to `hub`, raising if any could not be sent; with a `timeout` (seconds), a publish not done
+        by then raises `PublishTimeoutError`."""
 
     def close(self) -> None:
         """Release connections."""
@@ -70,8 +76,15 @@ class LocalEventHubPublisher:
     def __init__(self, pool: ConnectionPool[Any] | None = None) -> None:
         self._pool = pool
 
-    def publish(self, hub: str, events: Sequence[OutboundEvent]) -> None:
-        """Append all events in one statement: every event lands, or none does."""
+    def publish(
+        self,
+        hub: str,
+        events: Sequence[OutboundEvent],
+        *,
+        timeout: float | None = None,  # noqa: ARG002
+    ) -> None:
+        """Append all events in one statement: every event lands, or none does. The devhost's own database answers
+        within its pool's wait, so `timeout` adds no bound of its own here."""
         if not events:
             return
         # The devhost's stand-in for Event Hubs, which the outbox relay calls inside its tenant transaction: one
@@ -101,16 +114,27 @@ class AzureEventHubPublisher:
         self._producers: dict[str, tuple[EventHubProducerClient, threading.Lock]] = {}
         self._lock = threading.Lock()
 
-    def publish(self, hub: str, events: Sequence[OutboundEvent]) -> None:
-        """Send grouped by partition key, in as few batches as fit; order is kept within a key."""
+    def publish(self, hub: str, events: Sequence[OutboundEvent], *, timeout: float | None = None) -> None:
+        """Send grouped by partition key, in as few batches as fit; order is kept within a key. With a `timeout`,
+        the wait for the hub's producer and each send (its retries included) end by then."""
         if not events:
             return
+        ends = None if timeout is None else time.monotonic() + timeout
         producer, lock = self._producer(hub)
-        # A producer is not safe to share between threads: the functions' thread pool takes turns.
-        with lock:
+        # A producer is not safe to share between threads: the functions' thread pool takes turns. A turn taken by a
+        # send that hangs on an outage would hold every other publisher to this hub for the SDK's retries (minutes),
+        # past their callers' deadlines: with a timeout, the wait for the turn is bounded too.
+        if not lock.acquire(timeout=-1 if ends is None else _left(hub, ends)):
+            raise PublishTimeoutError(f"{hub}: the producer was still busy with another send after {timeout:g} s")
+        try:
             for partition_key, group in _by_partition_key(events).items():
                 for batch in _batches(producer, partition_key, group):
-                    producer.send_batch(batch)
+                    if ends is None:
+                        producer.send_batch(batch)
+                    else:
+                        _send_within(producer, batch, hub, ends)
+        finally:
+            lock.release()
 
     def close(self) -> None:
         """Close every producer."""
@@ -131,6 +155,26 @@ class AzureEventHubPublisher:
                 client = EventHubProducerClient(self._namespace, hub, self._credential)
                 self._producers[hub] = (client, threading.Lock())
             return self._producers[hub]
+
+
+def _left(hub: str, ends: float) -> float:
+    """Seconds until `ends` (monotonic); PublishTimeoutError once it has passed."""
+    left = ends - time.monotonic()
+    if left <= 0:
+        raise PublishTimeoutError(f"{hub}: not sent by its deadline")
+    return left
+
+
+def _send_within(producer: EventHubProducerClient, batch: EventDataBatch, hub: str, ends: float) -> None:
+    """`send_batch` bounded by `ends`: the SDK's send `timeout` also ends its retries (a pause that would outlast it is
+    not taken)."""
+    from azure.eventhub.exceptions import OperationTimeoutError
+
+    # Never 0: the SDK reads a zero timeout as none at all.
+    try:
+        producer.send_batch(batch, timeout=_left(hub, ends))
+    except OperationTimeoutError as exc:
+        raise PublishTimeoutError(f"{hub}: not sent by its deadline: {exc}") from exc
 
 
 def _by_partition_key(events: Sequence[OutboundEvent]) -> dict[str | None, list[OutboundEvent]]:

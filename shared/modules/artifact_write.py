@@ -6,9 +6,15 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
 from azure.storage.blob import ContainerClient, ContentSettings
 
 from shared.config import get_settings
@@ -16,6 +22,17 @@ from shared.modules.contract import Module, ModuleContext, StepFailed
 from shared.registry.catalog import ArtifactWriteParams
 from shared.storage.blob import artifacts_container
 from shared.tenants.offboarding import kept_for_tenant, tenant_blob_prefix
+
+T = TypeVar("T")
+
+CONNECT_TIMEOUT_S = 20.0
+"""The longest a try waits to connect (the Blob SDK's own default), less when the attempt's deadline is nearer."""
+READ_TIMEOUT_S = 60.0
+"""The longest a try waits on one read (the Blob SDK's own default), less when the attempt's deadline is nearer."""
+MAX_BACKOFF_S = 15.0
+"""The longest pause between tries under a deadline (the SDK's first pause); the first pauses are 1, 2, 4, 8 s."""
+_NOT_RETRIED = frozenset({501, 505})
+"""5xx statuses the Blob SDK does not retry either (they repeat)."""
 
 
 def _default_container() -> ContainerClient:
@@ -36,6 +53,55 @@ def artifact_bytes(params: ArtifactWriteParams) -> bytes:
     raise StepFailed(
         f"content for {params.content_type!r} must be a string (or use a JSON content type)", retryable=False
     )
+
+
+def _transient(exc: AzureError) -> bool:
+    """Whether the Blob SDK's own retry policy would try again after `exc` (`is_retry` in its policies)."""
+    if isinstance(exc, ServiceRequestError | ServiceResponseError):
+        return True  # not connected, or no (complete) answer
+    if isinstance(exc, HttpResponseError):
+        status = exc.status_code
+        return status == 408 or (status is not None and status >= 500 and status not in _NOT_RETRIED)
+    return False
+
+
+def within_deadline(ctx: ModuleContext, what: str, call: Callable[..., T]) -> T:
+    """`call(**options)`, one storage operation, ended by the attempt's deadline with a retryable step failure.
+
+    The client's retry policy (a shared client; by default 3 retries after 15 to 27 s, each try waiting up to 20 s to
+    connect and 60 s per read) knows no deadline, and its pauses cannot be shortened per call: an outage held the
+    module thread, and its tenant's share of them, for minutes past the deadline (ADR 0026). Under a deadline each
+    try is the SDK's alone (`retry_total=0`), every socket wait and the service's own `timeout` are capped by what is
+    left, and this loop retries what the SDK would retry, pausing on `abandoned` so that a cancel ends it at once.
+    Without a deadline the client's policy applies, as before."""
+    if ctx.deadline is None:
+        return call()
+    tries = 0
+    last = "none"
+    while True:
+        left = ctx.time_left() or 0.0
+        if ctx.abandoned.is_set() or left <= 0:
+            when = "when its attempt was abandoned" if ctx.abandoned.is_set() else "by its attempt's deadline"
+            # Retryable: the store was slow or away, and the next attempt (its own deadline) may find it back.
+            raise StepFailed(
+                f"{what} not done {when} ({tries} {'try' if tries == 1 else 'tries'}; last error: {last})",
+                details={"tries": tries, "last": last},
+            )
+        tries += 1
+        try:
+            return call(
+                retry_total=0,
+                connection_timeout=min(CONNECT_TIMEOUT_S, left),
+                read_timeout=min(READ_TIMEOUT_S, left),
+                # The service gives up on the operation by then too (whole seconds), rather than applying it later.
+                timeout=max(int(left), 1),
+            )
+        except AzureError as exc:
+            if not _transient(exc):
+                raise
+            last = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        pause = min(2.0 ** (tries - 1), MAX_BACKOFF_S, ctx.time_left() or 0.0)
+        ctx.abandoned.wait(pause)
 
 
 def blob_name(ctx: ModuleContext, name: str) -> str:
@@ -64,12 +130,19 @@ class ArtifactWriteModule(Module[ArtifactWriteParams]):
         container = self._container()
         # Overwrite: a redelivered attempt writes the same bytes again, and a later attempt's result replaces
         # an earlier one's; the metadata says which attempt wrote it.
-        container.upload_blob(
-            name,
-            data,
-            overwrite=True,
-            content_settings=ContentSettings(content_type=params.content_type),
-            metadata={"idempotency_key": ctx.idempotency_key, "sha256": digest},
+        # One Put Blob: the service stores all of the bytes or none, so a try cut off by the deadline leaves no
+        # partial artifact; one it applied anyway is the same bytes a later attempt overwrites.
+        within_deadline(
+            ctx,
+            f"artifact.write of {params.name!r}",
+            lambda **options: container.upload_blob(
+                name,
+                data,
+                overwrite=True,
+                content_settings=ContentSettings(content_type=params.content_type),
+                metadata={"idempotency_key": ctx.idempotency_key, "sha256": digest},
+                **options,
+            ),
         )
         if not kept_for_tenant(ctx.tenant_id, container, name):
             raise StepFailed(f"tenant {ctx.tenant_id} was erased; the artifact was removed", retryable=False)
@@ -77,7 +150,13 @@ class ArtifactWriteModule(Module[ArtifactWriteParams]):
 
     def compensate(self, ctx: ModuleContext, params: ArtifactWriteParams, output: Any) -> None:  # noqa: ARG002
         """Delete the artifact; one already gone is fine."""
+        name = blob_name(ctx, params.name)
+        container = self._container()
         try:
-            self._container().delete_blob(blob_name(ctx, params.name))
+            within_deadline(
+                ctx,
+                f"artifact.write's removal of {params.name!r}",
+                lambda **options: container.delete_blob(name, **options),
+            )
         except ResourceNotFoundError:
             pass

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from shared.events.publisher import PLATFORM_EVENTS_HUB, EventPublisher, OutboundEvent, get_publisher
-from shared.modules.contract import Module, ModuleContext
+from shared.modules.contract import Module, ModuleContext, StepFailed
 from shared.registry.catalog import EventEmitParams
 
 CUSTOM_EVENT_PREFIX = "custom."
@@ -32,6 +32,7 @@ class EventEmitModule(Module[EventEmitParams]):
         self._publisher = publisher
 
     def run(self, ctx: ModuleContext, params: EventEmitParams) -> Any:
+        """Publish the custom event, by the attempt's deadline when it has one; its id is the output."""
         eid = str(event_id(ctx))
         event_type = CUSTOM_EVENT_PREFIX + params.type
         body = {
@@ -50,5 +51,19 @@ class EventEmitModule(Module[EventEmitParams]):
             "execution_id": ctx.execution_id,
             "step_id": ctx.step_id,
         }
-        self._publisher().publish(PLATFORM_EVENTS_HUB, [OutboundEvent(body, str(ctx.tenant_id), properties)])
+        event = OutboundEvent(body, str(ctx.tenant_id), properties)
+        # The send ends by the attempt's deadline: the SDK's own retries (minutes when Event Hubs is away) held the
+        # module thread, and its tenant's share of them, long after the worker had recorded the attempt timed out.
+        left = ctx.time_left()
+        if left is None:
+            self._publisher().publish(PLATFORM_EVENTS_HUB, [event])
+            return {"event_id": eid}
+        if ctx.abandoned.is_set() or left <= 0:
+            raise StepFailed(f"event {event_type} not sent: its attempt was abandoned or past its deadline")
+        try:
+            self._publisher().publish(PLATFORM_EVENTS_HUB, [event], timeout=left)
+        except TimeoutError as exc:
+            # Retryable, as a timeout is: the next attempt sends it again, under that attempt's id; a send of this
+            # one that got through all the same is not undone.
+            raise StepFailed(f"event {event_type} not sent by its attempt's deadline: {exc}") from None
         return {"event_id": eid}
