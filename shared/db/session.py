@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +32,12 @@ TAMPERED_SESSION = "QPT01"
 borrower's transaction put it there, under a name the driver may run in this one."""
 
 
+class IdleTransactionEndedError(psycopg.OperationalError):
+    """The server ended the session of a transaction that sat idle past IDLE_IN_TRANSACTION_TIMEOUT_MS, rolling it
+    back; its connection is closed, and the pool replaces it. An OperationalError, so a request is answered 503 with
+    Retry-After (as psycopg raises it, an InternalError, it was a 500 logged with its traceback)."""
+
+
 class TamperedSessionError(psycopg.OperationalError):
     """The borrowed connection's session was tampered with by SQL in an earlier transaction: closed, not reused. An
     OperationalError, so the request is answered 503 with Retry-After and its retry gets another connection."""
@@ -46,10 +53,23 @@ _PIN_TENANT = "SELECT app.pin_tenant(%s)"
 # again. All four are allowed in a transaction block, and none is needed across transactions by the pools' users:
 # the app listens and holds session locks only on connections of its own, never pooled ones.
 _SESSION_RESETS = (b"RESET ALL", b"RESET ROLE", b"UNLISTEN *", b"SELECT pg_advisory_unlock_all()")
-# Transaction-local, after the reset (which would undo it): a lock wait past it fails the statement.
-_SET_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', %s, true)"
 TIMER_LOCK_TIMEOUT_MS = 2000
 """How long a timer pass's tenant transaction waits for a lock (bounded_lock_waits) before that tenant fails."""
+# The bounds every transaction runs under (ADR 0043), set transaction-local by its prologue, after the reset (which
+# would undo them): so they hold on every pooled connection of either login, in Azure too, whatever SQL in an
+# earlier transaction set. Read when each transaction opens, so a test can make them small.
+STATEMENT_TIMEOUT_MS = 60_000
+"""How long one statement of a tenant's or the runtime's transaction may run, its lock waits included, before the
+server cancels it (psycopg.errors.QueryCanceled: answered 503). Their statements take milliseconds."""
+CONTROL_STATEMENT_TIMEOUT_MS = 600_000
+"""The same for a control-plane transaction, whose tenant erasure deletes all of a tenant's rows of a table in one
+statement, and waits in one for an export's hold of the tenant row."""
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 300_000
+"""How long a transaction may sit between two statements before the server ends its session, which rolls it back
+and releases its locks: above the 230 s an HTTP request can last in Azure (an export uploads its archive inside its
+transaction) and an Event Hubs send with its first token (the outbox relay sends inside its transaction)."""
+IDLE_TRANSACTION_ENDED = "25P03"
+"""What the next statement of a transaction gets once the server has ended its session for sitting idle."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +80,10 @@ class _Prologue:
     tenant_id: UUID | None = None
     lock_timeout_ms: int | None = None
     """The transaction's lock_timeout; None leaves the server's (no bound), as on the request path."""
+    statement_timeout_ms: int = field(kw_only=True)
+    """The transaction's statement_timeout (ADR 0043)."""
+    idle_timeout_ms: int = field(kw_only=True)
+    """The transaction's idle_in_transaction_session_timeout (ADR 0043)."""
 
     def run(self, conn: psycopg.Connection[Any]) -> None:
         """The reset and the prologue statement by statement (in a pipeline, where they still travel together)."""
@@ -68,8 +92,7 @@ class _Prologue:
         conn.execute(self.role)
         if self.tenant_id is not None:
             conn.execute(_PIN_TENANT, (self.tenant_id,))
-        if self.lock_timeout_ms is not None:
-            conn.execute(_SET_LOCK_TIMEOUT, (f"{self.lock_timeout_ms}ms",))
+        conn.execute(self._bounds())
 
     def script(self) -> bytes:
         """BEGIN, the reset and the prologue as one simple query: one round trip, and the client's work of one
@@ -79,10 +102,23 @@ class _Prologue:
         if self.tenant_id is not None:
             # A literal, since a simple query takes no parameters: a UUID's text is hex digits and dashes only.
             parts.append(b"SELECT app.pin_tenant(" + sql.Literal(self.tenant_id).as_bytes() + b")")
-        if self.lock_timeout_ms is not None:
-            # A literal as well, of an int bounded_lock_waits checked: the same round trip, no extra one.
-            parts.append(_SET_LOCK_TIMEOUT.replace("%s", f"'{self.lock_timeout_ms}ms'").encode())
+        parts.append(self._bounds())
         return b"; ".join(parts)
+
+    def _bounds(self) -> bytes:
+        return _set_bounds(self.statement_timeout_ms, self.idle_timeout_ms, self.lock_timeout_ms)
+
+
+@functools.lru_cache(maxsize=16)
+def _set_bounds(statement_ms: int, idle_ms: int, lock_ms: int | None) -> bytes:
+    """One statement that sets the transaction's bounds, transaction-local; cached, as it is the same every time.
+
+    Literals of ints (the constants above, or one bounded_lock_waits checked): a simple query takes no parameters."""
+    bounds = [("statement_timeout", statement_ms), ("idle_in_transaction_session_timeout", idle_ms)]
+    if lock_ms is not None:
+        bounds.append(("lock_timeout", lock_ms))
+    calls = ", ".join(f"set_config('{name}', '{int(ms)}ms', true)" for name, ms in bounds)
+    return f"SELECT {calls}".encode()
 
 
 class NestedBorrowError(RuntimeError):
@@ -196,6 +232,12 @@ def _borrow(pool: ConnectionPool[Any]) -> Iterator[tuple[psycopg.Connection[Any]
                 if cause.sqlstate == TAMPERED_SESSION:
                     conn.close()  # the pool replaces a closed connection
                     raise TamperedSessionError("a pooled connection was tampered with; it is closed") from exc
+                if cause.sqlstate == IDLE_TRANSACTION_ENDED:
+                    # The server closed the session; so is the connection, and the pool replaces it on its return.
+                    raise IdleTransactionEndedError(
+                        "the transaction sat idle between statements past the bound "
+                        f"({IDLE_IN_TRANSACTION_TIMEOUT_MS} ms): the server rolled it back and ended its session"
+                    ) from exc
                 raise
             outcome = "commit"
     finally:
@@ -282,7 +324,21 @@ def enter_tenant(conn: psycopg.Connection[Any], tenant_id: UUID) -> None:
 def _tenant_prologue(tenant_id: UUID) -> _Prologue:
     if not isinstance(tenant_id, UUID):  # checked before borrowing a connection
         raise TypeError("tenant_id must be a UUID")
-    return _Prologue(_SET_RUNTIME_ROLE, tenant_id, _lock_timeout_ms.get())
+    return _bounded(_SET_RUNTIME_ROLE, tenant_id, _lock_timeout_ms.get())
+
+
+def _bounded(
+    role: bytes, tenant_id: UUID | None = None, lock_timeout_ms: int | None = None, *, control: bool = False
+) -> _Prologue:
+    """A prologue with the bounds as they are now (the module's values are read here, not bound at import)."""
+    statement_ms = CONTROL_STATEMENT_TIMEOUT_MS if control else STATEMENT_TIMEOUT_MS
+    return _Prologue(
+        role,
+        tenant_id,
+        lock_timeout_ms,
+        statement_timeout_ms=statement_ms,
+        idle_timeout_ms=IDLE_IN_TRANSACTION_TIMEOUT_MS,
+    )
 
 
 @contextmanager
@@ -365,7 +421,7 @@ def tenant_transaction(
 @contextmanager
 def runtime_transaction(*, pool: ConnectionPool[Any] | None = None) -> Iterator[psycopg.Connection[DictRow]]:
     """Open one transaction as the runtime role with no tenant: tenant tables show zero rows."""
-    with _transaction(pool or get_pool(), _Prologue(_SET_RUNTIME_ROLE)) as conn:
+    with _transaction(pool or get_pool(), _bounded(_SET_RUNTIME_ROLE)) as conn:
         yield conn
 
 
@@ -373,7 +429,7 @@ def runtime_transaction(*, pool: ConnectionPool[Any] | None = None) -> Iterator[
 def platform_transaction(*, pool: ConnectionPool[Any] | None = None) -> Iterator[psycopg.Connection[DictRow]]:
     """Open one transaction as the control-plane role: every tenant row, and no tenant's data."""
     # The control plane's own pool: its login is the only one that may become qp_platform (ADR 0018).
-    with _transaction(pool or get_control_pool(), _Prologue(_SET_PLATFORM_ROLE)) as conn:
+    with _transaction(pool or get_control_pool(), _bounded(_SET_PLATFORM_ROLE, control=True)) as conn:
         yield conn
 
 

@@ -186,13 +186,13 @@ def test_session_state_left_by_a_borrower_is_gone_in_the_next_transaction(
     for pool, transaction, set_role, role, login in cases:
         with transaction() as conn:
             # Plain SETs outlive the transaction that ran them: the session keeps them.
-            conn.execute("SET statement_timeout = '123s'")
+            conn.execute("SET lock_timeout = '123s'")
             conn.execute(set_role)
         with pool.connection() as conn:
-            assert conn.execute("SHOW statement_timeout").fetchone() == {"statement_timeout": "123s"}
+            assert conn.execute("SHOW lock_timeout").fetchone() == {"lock_timeout": "123s"}
             assert conn.execute("SELECT current_user AS role").fetchone() == {"role": role}
         with transaction() as conn:
-            assert conn.execute("SHOW statement_timeout").fetchone() == {"statement_timeout": "0"}
+            assert conn.execute("SHOW lock_timeout").fetchone() == {"lock_timeout": "0"}
             assert conn.execute("SELECT current_user AS role").fetchone() == {"role": role}
         # The reset committed with that transaction and its SET LOCAL ROLE ended with it: the session is the login.
         with pool.connection() as conn:
