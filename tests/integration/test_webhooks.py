@@ -136,6 +136,12 @@ def test_events_arrive_signed_in_order_and_the_secret_is_shown_once(api: ApiHarn
     assert not verify(secret.replace(secret[10], "A" if secret[10] != "A" else "B"), *receiver.received[0])
     log = api.client.get(f"/api/v1/webhooks/{subscription['id']}/deliveries", headers=headers).json()["items"]
     assert [(d["state"], d["attempts"], d["last_status"]) for d in log] == [("delivered", 1, 204)] * 3
+    assert [d["message_id"] for d in log] == [ids[3], ids[2], ids[0]]  # newest first, each known by its webhook-id
+    # No number drawn from the sequence every tenant's deliveries share: its gaps would count other tenants' webhooks.
+    assert {key for d in log for key in d} == {
+        "message_id", "event_type", "state", "attempts", "next_attempt_at", "last_status", "last_error", "created_at",
+        "delivered_at",
+    }  # fmt: skip
     assert webhooks.deliver_tenant(handle.id).delivered == 0  # at least once, not again and again
 
     # A rotated secret signs what follows.

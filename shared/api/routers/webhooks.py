@@ -103,10 +103,12 @@ class SecretOut(BaseModel):
     secret: str
 
 
+# No `id`: the row's number is drawn from a sequence every tenant's deliveries share, and its gaps counted other
+# tenants' webhooks (found by a review of tenant isolation).
 class DeliveryOut(BaseModel):
-    """One delivery: the event, its state, attempts and the receiver's last answer."""
+    """One delivery, known by its `message_id` (the `webhook-id` its receiver gets; one delivery per subscription and
+    event): the event, its state, attempts and the receiver's last answer."""
 
-    id: int
     message_id: str
     event_type: str
     state: str
