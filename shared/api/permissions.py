@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import typing
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,11 +34,13 @@ from uuid import UUID
 from fastapi import Depends, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute, iter_route_contexts
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import Match
-from starlette.types import Scope
+from starlette.types import Receive, Scope
 
-from shared.api.problems import ProblemError
+from shared.accepted_json import MAX_REFUSALS
+from shared.api.problems import CountedValidationError, ProblemError
 from shared.api.security import RequestContext, authenticated
 from shared.api.transactions import PERMITTED, in_route_transaction
 from shared.audit import AuditRecord, get_audit_store
@@ -47,6 +50,7 @@ from shared.policy.authorizer import Decision, Reason, Resource, TenantFacts, ge
 from shared.policy.facts import TENANT_ACTIVE
 
 __all__ = [
+    "ACCEPTED_DOCUMENT",
     "RESOURCE_TYPES",
     "GuardedRoute",
     "RoutePermission",
@@ -118,6 +122,10 @@ ANY_ID = "*"
 _UNUSABLE_ID = "invalid"
 _PLAIN_ID = re.compile(r"[\x21-\x7e]{1,200}")
 _BODY_ERROR = "qp.deferred_body_error"
+_UNLISTED = "qp.unlisted_members"
+ACCEPTED_DOCUMENT = "qp.accepted_document"
+"""The scope key of the body as the edge parsed it (shared.api.accepted_input), for the route to take instead of
+parsing the bytes a second time: the document is the one `json.loads` gives for accepted JSON."""
 _INPUT_PROBLEM = "qp.deferred_input_problem"
 _UNREAD_BODY = object()
 _STAND_IN = UUID(int=0)
@@ -291,16 +299,61 @@ def route_permission(route: APIRoute) -> RoutePermission | None:
 
 
 class _DeferringRequest(Request):
-    """A request whose unparseable JSON body is set aside for the pre-check to answer after deciding."""
+    """A request whose unparseable JSON body is set aside for the pre-check to answer after deciding, and whose
+    body, when the edge parsed it already, is that document (not parsed a second time)."""
+
+    def __init__(self, scope: Scope, receive: Receive, known: frozenset[str] | None) -> None:
+        super().__init__(scope, receive)
+        self._known = known
 
     async def json(self) -> Any:
         if _INPUT_PROBLEM in self.scope:
             return _UNREAD_BODY  # refused at the edge already: not parsed again
+        if ACCEPTED_DOCUMENT in self.scope:
+            return _trimmed(self.scope, self.scope.pop(ACCEPTED_DOCUMENT), self._known)
         try:
             return await super().json()
         except (ValueError, RecursionError) as exc:  # what json.loads raises on bytes that are not JSON
             self.scope[_BODY_ERROR] = exc
             return _UNREAD_BODY
+
+
+def _known_members(route: APIRoute) -> frozenset[str] | None:
+    """The members a route's body model takes, when the body is one model that refuses any other; else None."""
+    field = route.body_field
+    if field is None or len(route.dependant.body_params) != 1:
+        return None
+    annotation = field.field_info.annotation
+    models = [kind for kind in typing.get_args(annotation) or (annotation,) if kind is not type(None)]
+    model = models[0] if len(models) == 1 else None
+    if not (isinstance(model, type) and issubclass(model, BaseModel)) or model.model_config.get("extra") != "forbid":
+        return None
+    validators = model.__pydantic_decorators__.model_validators.values()
+    if any(validator.info.mode != "after" for validator in validators):
+        return None  # one that runs first may take or rename members: what is unknown is then not known here
+    names = set()
+    for name, info in model.model_fields.items():
+        names.add(name)
+        names.update(alias for alias in (info.alias, info.validation_alias) if isinstance(alias, str))
+        if not isinstance(info.validation_alias, str | None):
+            return None  # alias paths or choices: not worth modelling here
+    return frozenset(names)
+
+
+def _trimmed(scope: Scope, document: Any, known: frozenset[str] | None) -> Any:
+    """`document` without the unknown members past the first MAX_REFUSALS, their number kept in the scope.
+
+    A body of a hundred thousand members its model refuses made pydantic build, and FastAPI copy, an error for
+    each, about 0.5 s of CPU, to list the first MAX_REFUSALS of them. The model sees the known members and the first
+    unknown ones, so its errors begin as they did; `detail` still counts all (`GuardedRoute`)."""
+    if known is None or not isinstance(document, dict) or len(document) <= len(known) + MAX_REFUSALS:
+        return document
+    unknown = [name for name in document if name not in known]
+    if len(unknown) <= MAX_REFUSALS:
+        return document
+    kept = known.union(unknown[:MAX_REFUSALS])
+    scope[_UNLISTED] = len(unknown) - MAX_REFUSALS
+    return {name: value for name, value in document.items() if name in kept}
 
 
 class GuardedRoute(APIRoute):
@@ -312,10 +365,20 @@ class GuardedRoute(APIRoute):
         super().__init__(path, in_route_transaction(endpoint), **kwargs)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        """FastAPI's handler, given a request that defers body parse errors."""
+        """FastAPI's handler, given a request that defers body parse errors and takes the edge's document; a
+        validation error of a trimmed body counts the unknown members left out."""
         handler = super().get_route_handler()
+        known = _known_members(self)
 
         async def guarded(request: Request) -> Response:
-            return await handler(_DeferringRequest(request.scope, request.receive))
+            try:
+                return await handler(_DeferringRequest(request.scope, request.receive, known))
+            except RequestValidationError as exc:
+                unlisted = request.scope.pop(_UNLISTED, 0)
+                if unlisted:
+                    raise CountedValidationError(exc, unlisted) from None
+                raise
+            finally:
+                request.scope.pop(_UNLISTED, None)
 
         return guarded

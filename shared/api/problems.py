@@ -75,10 +75,22 @@ class ProblemError(Exception):
         errors: list[FieldError] | None = None,
         headers: dict[str, str] | None = None,
         extensions: dict[str, Any] | None = None,
+        unlisted: int = 0,
     ) -> None:
         super().__init__(detail or title)
         self.status, self.slug, self.title, self.detail = status, slug, title, detail
         self.errors, self.headers, self.extensions = errors, headers or {}, extensions or {}
+        self.unlisted = unlisted
+        """Errors counted in the answer's `detail` but never built (they come after every listed one)."""
+
+
+class CountedValidationError(RequestValidationError):
+    """A request's validation errors when the model saw only part of its body: `unlisted` more errors (members the
+    model refuses, left out before validation) count in the answer's `detail` without being built."""
+
+    def __init__(self, listed: RequestValidationError, unlisted: int) -> None:
+        super().__init__(listed.errors(), body=listed.body)
+        self.unlisted = unlisted
 
 
 def over_rate(tenant_id: object, retry_after_s: float) -> ProblemError:
@@ -135,9 +147,12 @@ def problem_response(
     errors: list[FieldError] | None = None,
     headers: dict[str, str] | None = None,
     extensions: dict[str, Any] | None = None,
+    unlisted: int = 0,
 ) -> JSONResponse:
     """A problem+json response; `slug` names the problem type, `extensions` adds RFC 9457 extension members."""
-    content = problem_document(status, slug, title, detail, instance=instance, errors=errors, extensions=extensions)
+    content = problem_document(
+        status, slug, title, detail, instance=instance, errors=errors, extensions=extensions, unlisted=unlisted
+    )
     return JSONResponse(content, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -150,10 +165,12 @@ def problem_document(
     instance: str | None = None,
     errors: list[FieldError] | None = None,
     extensions: dict[str, Any] | None = None,
+    unlisted: int = 0,
 ) -> dict[str, Any]:
     """The problem+json object itself (extension members first, the standard members win); its error lists hold at
-    most MAX_LISTED_ERRORS errors, each pointer and message cut by `short_message`."""
-    total = max(len(errors or ()), _extension_error_count(extensions))
+    most MAX_LISTED_ERRORS errors, each pointer and message cut by `short_message`; `unlisted` more were counted
+    and never built."""
+    total = max(len(errors or ()), _extension_error_count(extensions)) + unlisted
     if errors is not None:
         errors = [
             FieldError(pointer=short_message(e.pointer), detail=short_message(e.detail))
@@ -216,6 +233,7 @@ def error_response(exc: BaseException, *, instance: str, request_id: str | None)
             errors=exc.errors,
             headers=exc.headers,
             extensions=_with_request_id(exc.status, exc.extensions, request_id),
+            unlisted=exc.unlisted,
         )
     if isinstance(exc, InvalidCursorError):
         return problem_response(400, "invalid-cursor", "Bad request", str(exc), instance=instance)
@@ -240,11 +258,12 @@ def error_response(exc: BaseException, *, instance: str, request_id: str | None)
             for e in found[:MAX_REFUSALS]
         ]
         errors = [FieldError(**error) for error in bounded(listed)]
+        total = len(found) + (exc.unlisted if isinstance(exc, CountedValidationError) else 0)
         return problem_response(
             422,
             "validation-error",
             "Request validation failed",
-            count_text(len(found), len(errors)),
+            count_text(total, len(errors)),
             instance=instance,
             errors=errors,
         )

@@ -117,12 +117,14 @@ class PreconditionFailedError(RegistryError):
 
 
 class DefinitionInvalidError(RegistryError):
-    """The definition does not validate; every problem is listed."""
+    """The definition does not validate; every problem is listed, but for `unlisted` ones only counted (unknown
+    members past the first MAX_REPORTED_ERRORS, which sort after every listed problem)."""
 
-    def __init__(self, errors: Collection[ValidationError], detail: str) -> None:
+    def __init__(self, errors: Collection[ValidationError], detail: str, unlisted: int = 0) -> None:
         super().__init__(detail)
         self.errors = tuple(errors)
         self.detail = detail
+        self.unlisted = unlisted
 
 
 def etag(item_id: UUID, version: int) -> str:
@@ -206,31 +208,45 @@ class Checked:
 def _storage_problems(doc: Any) -> list[ValidationError]:
     """Strings Postgres cannot store (NUL, unpaired surrogates): refused as problems rather than failing the save."""
     problems: list[ValidationError] = []
-    stack: list[tuple[tuple[str | int, ...], Any]] = [((), doc)]
-    while stack:  # iterative: the document may be deep (the validator bounds depth, but runs after this)
+    # Iterative: the document may be deep (the validator bounds depth, but runs after this). Each node's path is a
+    # link to its parent's, turned into a pointer only for a problem: a path tuple per node cost its depth in copies.
+    stack: list[tuple[_Path, Any]] = [(None, doc)]
+    while stack:
         path, node = stack.pop()
         if isinstance(node, dict):
             for key, child in node.items():
                 if isinstance(key, str) and _unstorable(key):
                     problems.append(
                         ValidationError(
-                            pointer(*path, key),
+                            pointer(*_steps((path, key))),
                             "a key holds a NUL character or an unpaired surrogate, which cannot be stored",
                             "unstorable_text",
                         )
                     )
-                stack.append(((*path, key), child))
+                stack.append(((path, key), child))
         elif isinstance(node, list):
-            stack.extend(((*path, index), child) for index, child in enumerate(node))
+            stack.extend(((path, index), child) for index, child in enumerate(node))
         elif isinstance(node, str) and _unstorable(node):
             problems.append(
                 ValidationError(
-                    pointer(*path),
+                    pointer(*_steps(path)),
                     "the text holds a NUL character or an unpaired surrogate, which cannot be stored",
                     "unstorable_text",
                 )
             )
     return sorted(problems, key=lambda problem: problem.pointer)
+
+
+_Path = tuple[Any, str | int] | None
+"""Where a node sits: (its parent's path, its key or index), None at the root."""
+
+
+def _steps(path: _Path) -> list[str | int]:
+    steps: list[str | int] = []
+    while path is not None:
+        path, step = path
+        steps.append(step)
+    return steps[::-1]
 
 
 def _unstorable(text: str) -> bool:
@@ -306,9 +322,9 @@ def check(
         *(error for error in result.errors if not (kind == "blueprint" and error.code == "blueprint_required")),
     ]
     if errors or not result.ok:
-        count = len(errors)
+        count = len(errors) + result.unlisted
         raise DefinitionInvalidError(
-            list(dict.fromkeys(errors)), f"The {kind} has {count} problem{'' if count == 1 else 's'}."
+            list(dict.fromkeys(errors)), f"The {kind} has {count} problem{'' if count == 1 else 's'}.", result.unlisted
         )
     assert result.normalized is not None  # a result without errors is normalized
     return Checked(result, catalog, found, _as_stored(conn, result.normalized))
@@ -668,7 +684,9 @@ def rollback(
     try:
         check(conn, kind, _document(item.head.name, target), tenant=tenant, pin=target.blueprint_ref)
     except DefinitionInvalidError as exc:
-        raise DefinitionInvalidError(exc.errors, f"Version {to_version} no longer validates: {exc.detail}") from None
+        raise DefinitionInvalidError(
+            exc.errors, f"Version {to_version} no longer validates: {exc.detail}", exc.unlisted
+        ) from None
     new = NewVersion(
         target.description,
         target.labels,

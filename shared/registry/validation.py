@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import heapq
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -11,9 +12,10 @@ import pydantic
 
 from shared.policy.facts import TenantFacts
 from shared.registry.catalog import ModuleCatalog
-from shared.registry.model import DEFINITION_FIELDS, IntentDefinitionIn, ResolvedBlueprint, Step
+from shared.registry.model import DEFINITION_FIELDS, READ_ONLY_FIELDS, IntentDefinitionIn, ResolvedBlueprint, Step
 from shared.registry.plan import execution_levels, expand_declaration, input_defaults
 from shared.registry.problems import (
+    MAX_REPORTED_ERRORS,
     ValidationError,
     document_order,
     from_pydantic,
@@ -57,6 +59,8 @@ class ValidationResult:
     steps: tuple[Step, ...] = ()
     plan: list[list[str]] | None = None
     blueprint_ref: str | None = None
+    unlisted: int = 0
+    """Problems counted but not built, all after the first MAX_REPORTED_ERRORS of `errors` (unknown members)."""
 
     @property
     def ok(self) -> bool:
@@ -247,6 +251,37 @@ def _check_declaration(
         return _Declaration(problems)
 
 
+_REQUEST_MEMBERS = frozenset(IntentDefinitionIn.model_fields) | READ_ONLY_FIELDS
+
+
+def _split_unknown(doc: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The request without its unknown members when it has more than a few, and their names (else none: pydantic
+    names them, as it always did). A hundred thousand of them made pydantic build an error for each, and sorting
+    those by document order took another 0.6 s, to list the first few; each is only "Extra inputs are not permitted"
+    at its own pointer, so the first MAX_REPORTED_ERRORS are built and the others counted (`unlisted`)."""
+    if len(doc) <= len(_REQUEST_MEMBERS) + MAX_REPORTED_ERRORS:
+        return doc, []
+    unknown = [name for name in doc if name not in _REQUEST_MEMBERS]
+    return {name: value for name, value in doc.items() if name in _REQUEST_MEMBERS}, unknown
+
+
+def _with_unknown(
+    doc: dict[str, Any], ordered: tuple[ValidationError, ...], unknown: list[str]
+) -> tuple[ValidationError, ...]:
+    """`ordered` with an extra_forbidden problem for each unknown member, each at its place in document order as
+    `_ordered` would sort it (a top-level member's key is its position; no other problem points at it)."""
+    if not unknown:
+        return ordered
+    key = document_order(doc)
+    places = {name: place for place, name in enumerate(doc)}
+    extra = [
+        ((places[name],), ValidationError(pointer(name), "Extra inputs are not permitted", "extra_forbidden"))
+        for name in unknown
+    ]
+    merged = heapq.merge(((key(problem.pointer), problem) for problem in ordered), extra, key=lambda pair: pair[0])
+    return tuple(problem for _, problem in merged)
+
+
 def _ordered(doc: dict[str, Any], problems: list[ValidationError]) -> tuple[ValidationError, ...]:
     """Problems once each, in document order (stable, so each location keeps the order its checks found)."""
     if not problems:
@@ -278,8 +313,9 @@ def validate_definition(
         return ValidationResult(tuple(limited))
     problems: list[ValidationError] = []
     intent: IntentDefinitionIn | None = None
+    known, unknown = _split_unknown(doc)
     try:
-        intent = IntentDefinitionIn.model_validate(doc)
+        intent = IntentDefinitionIn.model_validate(known)
     except pydantic.ValidationError as exc:
         problems.extend(from_pydantic(exc))
     declaration: _Declaration | None = None
@@ -290,9 +326,9 @@ def validate_definition(
     elif isinstance(raw, dict):
         declaration = _check_declaration(doc, raw, catalog, tenant, blueprint, allow_private)
         problems.extend(declaration.problems)
-    errors = _ordered(doc, problems)
+    errors = _with_unknown(doc, _ordered(doc, problems), unknown[:MAX_REPORTED_ERRORS])
     if errors or intent is None:
-        return ValidationResult(errors)
+        return ValidationResult(errors, unlisted=len(unknown[MAX_REPORTED_ERRORS:]))
     definition = intent.definition
     normalized = definition.to_document()
     if declaration is not None and blueprint is not None:

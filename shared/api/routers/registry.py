@@ -208,7 +208,12 @@ def _problem(exc: service.RegistryError) -> ProblemError:
             # the shared FieldError model would drop.
             errors = [{"pointer": error.pointer, "detail": error.message, "code": error.code} for error in exc.errors]
             return ProblemError(
-                422, "invalid-definition", "Unprocessable content", exc.detail, extensions={"errors": errors}
+                422,
+                "invalid-definition",
+                "Unprocessable content",
+                exc.detail,
+                extensions={"errors": errors},
+                unlisted=exc.unlisted,
             )
     return ProblemError(500, "internal-error", "Internal server error")
 
