@@ -440,9 +440,10 @@ def retried_on_deadlock(work: Callable[[], T], *, attempts: int = DEADLOCK_ATTEM
     """`work`, which opens and commits transactions of its own, run again when Postgres ended one of them as a
     deadlock's victim: it rolled back whole, so the next run answers as the request would have a moment later.
 
-    The writers of an execution's rows do not all take them in one order (a decision and a timeout take the attempt
-    first, a cancel and the sweeper the execution; ADR 0014): when two meet, one is chosen to fail. The engine's
-    activities are retried anyway; a request must not answer 503 for it."""
+    The engine's writers take an execution's rows in one order (its open attempts, then the execution; several
+    executions in creation order; ADR 0014), so none of them is a deadlock's victim on those rows; this is a belt for
+    rows outside that order (another table's, a first-generation activity's). The engine's activities are retried
+    anyway; a request must not answer 503 for it."""
     for attempt in range(1, attempts + 1):
         try:
             return work()

@@ -62,8 +62,12 @@ class NotRetryableError(ControlError):
 
 def request_cancel(conn: Conn, execution_id: UUID, requested_by: str) -> repo.Execution:
     """Record a cancel request (once) with its event; a pending execution that no orchestration runs yet is
-    cancelled at once. The caller then tells the orchestration."""
-    execution = repo.get_execution(conn, execution_id)
+    cancelled at once. The caller then tells the orchestration, and ends the queued work (work_queue.cancel_queued).
+
+    The execution's open attempts are held first, then the execution (ADR 0014), so that the queued work's end in the
+    same transaction waits for no attempt while the execution is held: a recorder holding one (a timeout) waits for
+    the execution, and that was a deadlock. Call it before the transaction holds the execution."""
+    execution, _ = store.hold_open_attempts(conn, execution_id)
     if execution.terminal:
         raise AlreadyFinishedError(f"execution {execution_id} is already {execution.status}")
     if conn.execute(_CANCEL, (requested_by, execution_id, sorted(repo.TERMINAL))).rowcount == 1:

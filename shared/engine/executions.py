@@ -242,10 +242,10 @@ def find_by_key(conn: Conn, idempotency_key: str) -> Execution | None:
 
 
 def hold_execution(conn: Conn, execution_id: UUID) -> Execution:
-    """The execution, its row held until `conn` commits. A dispatch, a cancel, the sweeper's end and an expiry take it
-    before any attempt; a recorder of a result takes the attempt first (ADR 0014, 0027): whoever holds executions
-    takes several in id order, and the work routes run again a transaction Postgres ends as a deadlock's victim.
-    ExecutionNotFoundError when there is none."""
+    """The execution, its row held until `conn` commits. One order for every writer (ADR 0014): an execution's open
+    attempts before the execution, so a transaction holding it never waits for one of its attempts (a cancel and the
+    sweeper's end take them first, steps.hold_open_attempts; a dispatch holds it and then only begins new ones);
+    several executions in creation order. ExecutionNotFoundError when there is none."""
     found = _one(conn, _HOLD, (execution_id,))
     if found is None:
         raise ExecutionNotFoundError(f"No execution {execution_id}.")

@@ -533,7 +533,13 @@ def _record_batch(conn: store.Conn, batch: machine.DispatchSteps, *, carrying: b
     awaited: list[AttemptKey] = []
     children: list[machine.StepStart] = []
     wait_s = get_settings().QP_DISPATCH_RESULT_WAIT_MS / 1000
-    # Held first, as a cancel holds it: a cancel either commits before this (and the run starts are refused) or
+    # The attempts its abandoned notes end, before the execution (ADR 0014's one order): under the execution's lock,
+    # waiting for one that a decision or a timeout holds (and which then waits for the execution) was a deadlock.
+    # They exist already (the orchestration saw them start); a batch without such a note takes nothing more here.
+    abandoned = [_abandoned_key(execution_id, note) for note in batch.notes if note.kind not in _NOT_ABANDONED]
+    if abandoned:
+        store.hold_attempts(conn, abandoned)
+    # Held before anything new is recorded: a cancel either commits before this (and the run starts are refused) or
     # waits for it (and its cancel_queued then sees the items queued here).
     current = repo.hold_execution(conn, execution_id)
     if current.terminal and (batch.finish is not None or carrying) and current.status == "succeeded":
@@ -646,6 +652,15 @@ def _move_answer(current: repo.Execution) -> dict[str, Any]:
     return {"status": current.status, "cancel_requested": current.cancel_requested_at is not None}
 
 
+_NOT_ABANDONED = frozenset({machine.NoteKind.SKIPPED, machine.NoteKind.FAILED, machine.NoteKind.RETRYING})
+"""The notes `_note` records without ending an attempt; every other kind abandons one."""
+
+
+def _abandoned_key(execution_id: UUID, note: machine.StepNote) -> AttemptKey:
+    """The attempt an abandoning note ends (`_note`'s last branch)."""
+    return AttemptKey(execution_id, note.step_id, "run", note.attempt)
+
+
 def _note(conn: store.Conn, execution_id: UUID, note: machine.StepNote) -> None:
     """Record a step move without an attempt result; each is conditional on the state it moves from."""
     step_id = note.step_id
@@ -677,7 +692,7 @@ def _note(conn: store.Conn, execution_id: UUID, note: machine.StepNote) -> None:
             }
             repo.append_event(conn, execution_id, "step_retrying", step_id, data)
     else:
-        abandon_step(conn, AttemptKey(execution_id, step_id, "run", note.attempt), note.error or "cancelled")
+        abandon_step(conn, _abandoned_key(execution_id, note), note.error or "cancelled")
 
 
 def record_outcomes(batch: machine.RecordOutcomes) -> list[dict[str, Any]]:
@@ -714,8 +729,8 @@ class _Settling:
     abandon, a decision) takes the attempt's row before the execution's, so the outcome of a recorded attempt does
     too (the execution first deadlocked with them: the result that held the attempt first was the victim).
     Only an attempt that is not recorded (its dispatch failed, and may or may not have committed) needs the
-    execution first, as a dispatch and a cancel hold it: a dispatch whose commit is still in doubt is waited for, and
-    a cancel or an end is seen before anything of a start that failed is recorded. A new attempt is begun under
+    execution first, as a dispatch holds it before beginning any: a dispatch whose commit is still in doubt is waited
+    for, and a cancel or an end is seen before anything of a start that failed is recorded. A new attempt is begun under
     that lock (nobody else can hold its row); one found there, committed meanwhile, is left for a transaction of
     its own, where it is held first again."""
 
@@ -800,6 +815,8 @@ def _stop_orphaned_child(conn: store.Conn, key: AttemptKey) -> None:
     child = repo.find_by_key(conn, f"child:{key.execution_id}:{key.step_id}:{key.attempt}")
     if child is None or child.terminal:
         return
+    # The child's open attempts before its row, which either move below holds (ADR 0014: request_cancel's order).
+    store.hold_open_attempts(conn, child.id)
     if repo.transition_from(conn, child.id, "pending", "cancelled", error="its parent's step ended") is None:
         with contextlib.suppress(AlreadyFinishedError):  # it ended meanwhile: nothing to stop
             request_cancel(conn, child.id, parent_principal(key.execution_id))

@@ -15,7 +15,7 @@ from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from shared import telemetry
-from shared.engine.executions import append_event
+from shared.engine.executions import Execution, append_event, hold_execution
 from shared.events.outbox import enqueue_event
 from shared.modules.contract import Phase as ContractPhase
 
@@ -107,11 +107,25 @@ _BEGIN = sql.SQL(
 _GET_ATTEMPT = sql.SQL(
     "SELECT {} FROM app.step_attempts WHERE execution_id = %s AND step_id = %s AND phase = %s AND attempt = %s"
 ).format(_ATTEMPT_COLUMNS)
-# NO KEY UPDATE: the lock the result's own UPDATE takes, taken at the read (after the execution's, ADR 0014).
+# NO KEY UPDATE: the lock the result's own UPDATE takes, taken at the read (before the execution's, ADR 0014).
 _HOLD_ATTEMPT = sql.SQL(
     "SELECT {} FROM app.step_attempts WHERE execution_id = %s AND step_id = %s AND phase = %s AND attempt = %s"
     " FOR NO KEY UPDATE"
 ).format(_ATTEMPT_COLUMNS)
+# The order of ADR 0014: an execution's attempts before the execution, several in key order (ORDER BY under FOR ...
+# locks the rows in that order). Only open attempts: a finished one is never waited for by a writer of a result
+# (each one's UPDATE is conditional on `dispatched`), so whoever holds it never stands between them.
+_HOLD_OPEN = sql.SQL(
+    "SELECT {} FROM app.step_attempts WHERE execution_id = %s AND state = 'dispatched'"
+    " ORDER BY step_id, phase, attempt FOR NO KEY UPDATE{}"
+)
+_HOLD_KEYS = sql.SQL(
+    "SELECT {} FROM app.step_attempts WHERE (execution_id, step_id, phase, attempt)"
+    " IN (SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::int[])) AND state = 'dispatched'"
+    " ORDER BY execution_id, step_id, phase, attempt FOR NO KEY UPDATE{}"
+)
+HOLD_ROUNDS = 20
+"""How often `hold_open_attempts` starts over for an attempt committed after its first read, before it gives up."""
 _FINISH = sql.SQL(
     "UPDATE app.step_attempts SET state = %s, output = %s, error = %s, retryable = %s,"
     " finished_at = clock_timestamp() WHERE execution_id = %s AND step_id = %s AND phase = %s AND attempt = %s"
@@ -304,6 +318,53 @@ def hold_attempt(conn: Conn, key: AttemptKey) -> Attempt | None:
     return None if row is None else _attempt(row)
 
 
+class _StartOver(Exception):
+    """An attempt committed after the first read is held by another transaction: let go of everything, read again."""
+
+
+def hold_open_attempts(conn: Conn, execution_id: UUID) -> tuple[Execution, list[Attempt]]:
+    """The execution's open attempts, then the execution, held until `conn` commits: the one order of ADR 0014, which
+    every recorder of a result keeps (the attempt, then the execution through its event), for a writer that ends an
+    execution's work (a cancel, the sweeper's end). Call it before this transaction holds the execution.
+
+    An attempt a concurrent dispatch commits between the first read and the execution's lock is taken without waiting
+    (NOWAIT); when another transaction holds it (its recorder, which then waits for the execution), everything taken
+    here is let go (a savepoint) and taken again, that attempt now first: never a wait for an attempt while the
+    execution is held. ExecutionNotFoundError when there is none."""
+    for round_ in range(1, HOLD_ROUNDS + 1):
+        try:
+            with conn.transaction():
+                conn.execute(_HOLD_OPEN.format(_ATTEMPT_COLUMNS, sql.SQL("")), (execution_id,))
+                execution = hold_execution(conn, execution_id)
+                try:
+                    rows = conn.execute(
+                        _HOLD_OPEN.format(_ATTEMPT_COLUMNS, sql.SQL(" NOWAIT")), (execution_id,)
+                    ).fetchall()
+                except psycopg.errors.LockNotAvailable:
+                    if round_ == HOLD_ROUNDS:
+                        raise
+                    raise _StartOver from None
+                return execution, [_attempt(row) for row in rows]
+        except _StartOver:
+            continue
+    raise AssertionError("unreachable: the last round returns or raises")
+
+
+def hold_attempts(conn: Conn, keys: Sequence[AttemptKey], *, skip_locked: bool = False) -> set[AttemptKey]:
+    """Hold those of `keys` that are open, in key order, until `conn` commits; answers the keys held. `skip_locked`:
+    without waiting, leaving out those another transaction holds (for a caller that may hold an execution already)."""
+    if not keys:
+        return set()
+    columns = (
+        [key.execution_id for key in keys],
+        [key.step_id for key in keys],
+        [key.phase for key in keys],
+        [key.attempt for key in keys],
+    )
+    query = _HOLD_KEYS.format(_ATTEMPT_COLUMNS, sql.SQL(" SKIP LOCKED" if skip_locked else ""))
+    return {_attempt(row).key for row in conn.execute(query, columns).fetchall()}
+
+
 def finish_attempt(
     conn: Conn,
     key: AttemptKey,
@@ -494,10 +555,14 @@ _CLAIM_FAST = sql.SQL(
     " a.retryable, a.token_nonce, a.token_expires_at, a.token_used_at, a.dispatched_at, a.finished_at, a.delivery,"
     " prior.prior_holder, clock_timestamp() AS now, (SELECT t.settings FROM app.tenants t LIMIT 1) AS tenant_settings"
 )
+# Not once the execution has ended, as a claim is not taken then (_CLAIM_FAST): an end need not have moved the
+# attempt (one committed after the end read its attempts), and a renewal that held let a module waiting for a thread
+# start after the end, and one running go on to record its result there. Same statement, the execution by its key.
 _RENEW = (
-    "UPDATE app.step_attempts SET claimed_until = clock_timestamp() + make_interval(secs => %s)"
-    " WHERE execution_id = %s AND step_id = %s AND phase = %s AND attempt = %s AND claimed_by = %s"
-    " AND state = 'dispatched' RETURNING claimed_until"
+    "UPDATE app.step_attempts a SET claimed_until = clock_timestamp() + make_interval(secs => %s)"
+    " WHERE a.execution_id = %s AND a.step_id = %s AND a.phase = %s AND a.attempt = %s AND a.claimed_by = %s"
+    " AND a.state = 'dispatched' AND NOT EXISTS (SELECT 1 FROM app.executions e WHERE e.tenant_id = a.tenant_id"
+    " AND e.id = a.execution_id AND e.status IN ('succeeded', 'failed', 'cancelled')) RETURNING a.claimed_until"
 )
 _RELEASE = (
     "UPDATE app.step_attempts SET claimed_until = clock_timestamp()"
@@ -565,7 +630,8 @@ def claim_attempt(conn: Conn, key: AttemptKey, *, owner: str, lease_s: float, ti
 
 
 def renew_claim(conn: Conn, key: AttemptKey, *, owner: str, lease_s: float) -> bool:
-    """Extend `owner`'s lease; False when the claim is no longer its own or the attempt has a result."""
+    """Extend `owner`'s lease; False when the claim is no longer its own, the attempt has a result, or its execution
+    has ended (the run then stops: a module not started yet never starts)."""
     return conn.execute(_RENEW, (lease_s, *_key_params(key), owner)).fetchone() is not None
 
 

@@ -222,8 +222,9 @@ def end_execution(
     None when it had ended already."""
     try:
         with tenant_transaction(tenant_id, pool=pool) as conn:
-            # Held first, as a dispatch holds it: a dispatch that comes after this end reads it ended.
-            if repo.hold_execution(conn, execution_id).terminal:
+            # Its open attempts, then the execution (ADR 0014's one order, a recorder's): the abandons below then wait
+            # for no attempt while the execution is held. A dispatch that comes after this end reads it ended.
+            if store.hold_open_attempts(conn, execution_id)[0].terminal:
                 return None  # its orchestration recorded the end after all, or another sweeper was first
             # No orchestration will end these: left as they were, they would read as still running. They end
             # before the execution does, so its end stays the last event of the stream, as in any run.

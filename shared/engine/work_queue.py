@@ -121,17 +121,13 @@ _EXPIRED = _query(
     " AND w.lease_id IS NOT NULL AND w.lease_expires_at < clock_timestamp()"
     " ORDER BY w.lease_expires_at FOR UPDATE OF w SKIP LOCKED"
 )
-# The executions of the items an expiry ends, held in id order before any of their attempts: two expiries (two polls,
-# a poll and the sweeper) ending items of the same executions then wait on each other in one order, never in a cycle
-# (in expiry order, each held one execution and waited for the other's).
-_HOLD_EXECUTIONS = "SELECT id FROM app.executions WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE"
-# SKIP LOCKED, under the execution's lock: an attempt held by another transaction is getting its result from a
-# recorder (the orchestration's timeout), which takes the attempt first and then waits for the execution held here;
-# waiting for it deadlocked. Its item stays open if nothing ends it, and the next expiry finds it.
-_HOLD_OPEN_ATTEMPTS = (
-    "SELECT execution_id, step_id, phase, attempt FROM app.step_attempts WHERE (execution_id, step_id, phase, attempt)"
-    " IN (SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::int[])) AND state = 'dispatched'"
-    " FOR NO KEY UPDATE SKIP LOCKED"
+# Several executions are held in the order they were created (a parent before its children: the child's row is
+# inserted after the parent's has committed), then by id. Two expiries (two polls, a poll and the sweeper) then wait on
+# each other in one order, never in a cycle, and so does an expiry with a writer that takes a parent and then its child
+# (the sweeper's end passing its cancel down, a failed intent.run stopping its child). The second: without waiting.
+_HOLD_EXECUTIONS = "SELECT id FROM app.executions WHERE id = ANY(%s) ORDER BY created_at, id FOR NO KEY UPDATE"
+_HOLD_FREE_EXECUTIONS = (
+    "SELECT id FROM app.executions WHERE id = ANY(%s) ORDER BY created_at, id FOR NO KEY UPDATE SKIP LOCKED"
 )
 # SKIP LOCKED: an item another transaction holds is a lease poll's (it either hands the item out, before this cancel,
 # or ends it as stale, after), and waiting for it deadlocked with a poll that then holds this execution's parent.
@@ -251,7 +247,8 @@ def lease(
     long poll's re-checks are the same poll and record nothing).
 
     An item of an ended execution, or a run item of one being cancelled, is ended here instead (as cancel_queued
-    ends it) and counts against `max_items`: this poll answers fewer items, the next one the rest. Their attempts
+    ends it; one whose attempt or execution another transaction holds is left to the next poll) and counts against
+    `max_items`: this poll answers fewer items, the next one the rest. Their attempts
     come back in `ended`: an orchestration may still wait on one, and without its verdict would wait for the
     step's timeout."""
     from shared.engine.progress import abandon_step  # progress enqueues through this module
@@ -267,14 +264,17 @@ def lease(
     }
     done = LeaseRound()
     rows = conn.execute(_LEASE, params).fetchall()
-    # The executions of stale items first, as every other writer of their rows takes them (the cancel, the sweeper's
-    # end: the attempt first deadlocked with them), and in id order, as an expiry takes them (Python orders UUIDs
-    # as Postgres does, by their bytes).
-    for execution_id in sorted({_item(row).key.execution_id for row in rows if row["stale"] is not None}):
-        repo.hold_execution(conn, execution_id)
+    # The attempts of stale items, then their executions (ADR 0014's one order), neither waited for: this transaction
+    # may hold executions already (its expiry's), and whoever holds one of these rows is ending it or about to (a
+    # recorder, a cancel, an end). An item left out is not leased either, and the next poll ends it if still open.
+    stale_keys = [_item(row).key for row in rows if row["stale"] is not None]
+    held = store.hold_attempts(conn, stale_keys, skip_locked=True)
+    executions = _hold_free_executions(conn, [key.execution_id for key in held])
     for row in rows:
         item = _item(row)
         if row["stale"] is not None:
+            if item.key not in held or item.key.execution_id not in executions:
+                continue
             if row["stale"] == "cancelled":
                 abandon_step(conn, item.key, CANCELLED_QUEUED)
             else:
@@ -363,16 +363,12 @@ def expire_leases(conn: Conn, *, limit: int = 100) -> list[Attempt]:
     keys = [_item(row).key for row in conn.execute(_EXPIRED, {"limit": limit}).fetchall()]
     if not keys:
         return []
-    # Their executions (in id order), then their attempts without waiting: never an attempt while holding an
-    # execution, which a recorder holding that attempt waits for.
-    _hold_executions(conn, [key.execution_id for key in keys])
-    columns = (
-        [k.execution_id for k in keys],
-        [k.step_id for k in keys],
-        [k.phase for k in keys],
-        [k.attempt for k in keys],
-    )
-    held = {AttemptKey(**row) for row in conn.execute(_HOLD_OPEN_ATTEMPTS, columns).fetchall()}
+    # Their attempts, then their executions (ADR 0014's one order). An attempt another transaction holds is skipped:
+    # its result is being recorded, or a cancel or an end is ending it (its item stays open if nothing does, and the
+    # next expiry finds it). The executions are waited for, in creation order: no writer holding one waits for an
+    # attempt, or for another execution out of that order.
+    held = store.hold_attempts(conn, keys, skip_locked=True)
+    _hold_executions(conn, [key.execution_id for key in held])
     ended: list[Attempt] = []
     for key in keys:
         if key not in held:
@@ -386,9 +382,17 @@ def expire_leases(conn: Conn, *, limit: int = 100) -> list[Attempt]:
 
 
 def _hold_executions(conn: Conn, execution_ids: Sequence[UUID]) -> None:
-    """Hold these executions' rows, in id order (nothing when there are none)."""
+    """Hold these executions' rows, in creation order (nothing when there are none)."""
     if execution_ids:
         conn.execute(_HOLD_EXECUTIONS, (sorted(set(execution_ids)),))
+
+
+def _hold_free_executions(conn: Conn, execution_ids: Sequence[UUID]) -> set[UUID]:
+    """Hold those of these executions' rows no other transaction holds, without waiting; answers their ids."""
+    if not execution_ids:
+        return set()
+    rows = conn.execute(_HOLD_FREE_EXECUTIONS, (sorted(set(execution_ids)),)).fetchall()
+    return {row["id"] for row in rows}
 
 
 def cancel_queued(conn: Conn, execution_id: UUID) -> list[Attempt]:

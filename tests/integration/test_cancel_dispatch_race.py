@@ -276,13 +276,13 @@ def test_a_sweepers_end_of_a_parent_and_a_lease_of_its_childs_work_do_not_deadlo
         control.request_cancel(conn, parent.execution_id, "alice")  # seen by the lease: the parent's item is stale
     lease_thread, ended, failures = threading.current_thread(), threading.Event(), []
     locked = threading.Event()
-    held = repo.hold_execution
+    held = store.hold_attempts
 
-    def hold_after_the_end_began(conn: Any, execution_id: uuid.UUID) -> Any:
+    def hold_after_the_end_began(conn: Any, keys: Any, **kwargs: Any) -> Any:
         if threading.current_thread() is lease_thread and not locked.is_set():
             locked.set()  # the poll has locked its items, the child's included
             ended.wait(3)  # the end runs meanwhile (or waits on a lock the poll holds)
-        return held(conn, execution_id)
+        return held(conn, keys, **kwargs)
 
     def end() -> None:
         try:
@@ -293,7 +293,8 @@ def test_a_sweepers_end_of_a_parent_and_a_lease_of_its_childs_work_do_not_deadlo
         finally:
             ended.set()
 
-    monkeypatch.setattr(work_queue.repo, "hold_execution", hold_after_the_end_began)
+    # Before the stale items' attempts and executions are taken (ADR 0014's one order).
+    monkeypatch.setattr(work_queue.store, "hold_attempts", hold_after_the_end_began)
     ending = threading.Thread(target=end)
     ending.start()
     with tenant_transaction(tenant, pool=app_pool) as conn:

@@ -1,8 +1,9 @@
 # intent_ref: platform.execution
 """A remote worker's request that Postgres ends as a deadlock's victim is run again, never answered 503 (ADR 0027):
-a completion and a heartbeat take the attempt before the execution, the sweeper's end the reverse; a lease ending a
-stale item takes the execution before the attempt, a recorded timeout the reverse. Each request here waits first, so
-it is the one the deadlock detector ends."""
+a completion and a heartbeat took the attempt before the execution, the sweeper's end the reverse; a lease ending a
+stale item took the execution before the attempt, a recorded timeout the reverse. Each request here waited first, so
+it was the one the deadlock detector ended. Since ADR 0014's one order (2026-12-07) none of them meets a deadlock; the
+requests still answer as they must."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from shared.engine import steps as store
 from shared.engine.steps import AttemptKey
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_cancel_dispatch_race import _queued
-from tests.integration.test_outcome_lock_order import _Hold, _leased, _race_held
+from tests.integration.test_expiry_lock_order import _until_done_or_blocked
+from tests.integration.test_outcome_lock_order import _Hold, _leased, _race_held, _Threads
 from tests.integration.test_verdict_handover import durable  # noqa: F401  # the fixture
 
 # Every request here raises its events on a Durable client that delivers them all.
@@ -93,13 +95,15 @@ def test_a_lease_ending_a_stale_item_that_meets_its_timeout_is_answered_200_not_
     hold = _Hold(monkeypatch, "timeout", (store, "append_event"), before=True)
     body = {"actions": [action], "max_items": 1, "lease_s": 60, "worker": "w"}
     headers = api.headers(TENANT, ["Module.Worker"])
-    # The lease holds the execution and waits for the attempt.
-    answers = _race_held(
-        pg,
-        hold,
-        ("timeout", lambda: progress.record_outcomes(batch)),
-        ("lease", lambda: api.client.post("/api/v1/work/lease", json=body, headers=headers)),
-    )
+    # The lease takes the stale item's attempt before the execution, without waiting (it held the execution and
+    # waited for the attempt, which the timeout held while it waited for the execution).
+    threads = _Threads()
+    threads.start("timeout", lambda: progress.record_outcomes(batch))
+    assert hold.holding.wait(20) and hold.pid is not None
+    lease = threads.start("lease", lambda: api.client.post("/api/v1/work/lease", json=body, headers=headers))
+    _until_done_or_blocked(pg.admin_url, lease, hold.pid)
+    hold.release.set()
+    answers = threads.join()
     assert answers["timeout"] == [{"ok": False, "error": "timed out", "retryable": True, "state": "timed_out"}]
     assert answers["lease"].status_code == 200, answers["lease"].text
     assert answers["lease"].json()["items"] == []

@@ -219,8 +219,9 @@ async def approve(
                 )
             return outcome
 
-    # A decision takes the attempt's row before the execution's, a cancel and the sweeper's end the reverse: when they
-    # meet, the decision may be the deadlock's victim, and is then decided again (and answered 409 if it came late).
+    # A decision takes the attempt's row before the execution's, as every writer does (ADR 0014's one order), so it
+    # meets no deadlock on them; the wrapper stays a belt against rows outside that order (then decided again, and
+    # answered 409 if it came late).
     outcome = await run_in_threadpool(retried_on_deadlock, record)
     await raise_to_orchestration(client, execution_id, approval_event(step_id, outcome.key.attempt), outcome.verdict)
     return ApprovalRecorded(execution_id=execution_id, step_id=step_id, decision=body.decision, applied=outcome.applied)

@@ -218,9 +218,9 @@ async def _report(
             raise over_rate(tenant_id, verdict.retry_after_s)
         trace.get_current_span().set_attribute(TENANT_ID, str(tenant_id))
         try:
-            # The result takes the item, the attempt, then the execution; a cancel or the sweeper's end takes the
-            # execution first. A deadlock's victim rolled back whole and is recorded again (ADR 0014): a 409 if the
-            # attempt ended meanwhile, never a 503 that would lose a result the worker had.
+            # The result takes the item, the attempt, then the execution: ADR 0014's one order, which a cancel and the
+            # sweeper's end keep too. A deadlock's victim all the same (a belt) rolled back whole and is recorded
+            # again: a 409 if the attempt ended meanwhile, never a 503 that would lose a result the worker had.
             record = functools.partial(remote.complete, token, execution_id, step_id, phase, result, claims=claims)
             key, recorded = await run_in_threadpool(retried_on_deadlock, record)
         except remote.TokenUsedError as exc:

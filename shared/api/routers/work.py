@@ -290,8 +290,9 @@ async def lease(
         while not await request.is_disconnected():
             if waiter is not None:
                 waiter.clear()
-            # A deadlock's victim (its expiry or stale items met a recorder, a cancel or the sweeper's end, ADR 0027)
-            # rolled back whole: polled again, never answered 503.
+            # Its expiry and stale items take attempts before executions (ADR 0014's one order), the stale ones without
+            # waiting; a deadlock's victim all the same (rows outside that order) rolled back whole: polled again,
+            # never answered 503.
             round_ = functools.partial(_lease, tenant_id, body, worker, first=first)
             ended, leases = await run_in_threadpool(retried_on_deadlock, round_)
             first = False
@@ -330,8 +331,8 @@ async def heartbeat(
     """Extend the lease by `extend_s` (never past the attempt's deadline) and record progress; answers `cancelled`
     when the execution is being cancelled, and the attempt ends then (Module.Worker)."""
     await run_in_threadpool(authorize, context, Action.WORK_HEARTBEAT, Resource.tenant(context.tenant.id))
-    # Its abandon takes the attempt, then the execution; a cancel or the sweeper's end the reverse: a deadlock's
-    # victim is run again (and then finds the attempt ended, 409), never answered 503.
+    # Its abandon takes the attempt, then the execution, as every writer does (ADR 0014's one order); a deadlock's
+    # victim all the same is run again (and then finds the attempt ended, 409), never answered 503.
     beat = await run_in_threadpool(retried_on_deadlock, functools.partial(_heartbeat, context.tenant.id, item_id, body))
     if beat.cancelled is not None:
         await raise_verdicts(client, [beat.cancelled])
