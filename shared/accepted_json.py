@@ -7,8 +7,9 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 MAX_DEPTH = 128
@@ -20,6 +21,11 @@ MAX_INT = 2**63 - 1
 """Integers are those of a Postgres bigint: anything wider is refused rather than rounded or stored as text."""
 MAX_REFUSALS = 20
 """A hostile body can hold a million bad strings; the answer names the first few."""
+MAX_STORED_GROWTH = 4
+STORED_GROWTH_SLACK = 64 * 1024
+"""A document whose numbers Postgres would give back longer than MAX_STORED_GROWTH times the text sent, plus this
+many characters, is refused: jsonb keeps a number as an exact decimal and writes it out in full, so `1e300` (5
+bytes) is read back as 301 digits, and a 1 MiB body of them as 60 MB on every read of it."""
 
 _BOM = b"\xef\xbb\xbf"
 # NUL cannot be stored in Postgres text or jsonb; a lone surrogate cannot be encoded as UTF-8 at all.
@@ -40,6 +46,7 @@ TOO_DEEP = "too_deep"
 NOT_UTF8 = "not_utf8"
 BYTE_ORDER_MARK = "byte_order_mark"
 INVALID_JSON = "invalid_json"
+NUMBERS_TOO_LONG = "numbers_too_long"
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,36 @@ def _float(text: str) -> float | _Refused:
     if math.isfinite(value):
         return value
     return _Refused("the number overflows; only finite numbers are accepted", NON_FINITE_NUMBER)
+
+
+def stored_number_length(value: float) -> int:
+    """How many characters Postgres writes a float out as once it is stored in jsonb (an exact decimal, written in
+    full: 1e+300 as 301 digits), from the text the app sends it (`repr`, as json.dumps writes floats)."""
+    text = repr(value)
+    if "e" not in text:
+        return len(text)  # plain decimal notation: written back as sent
+    sign, digits, exponent = Decimal(text).as_tuple()
+    assert isinstance(exponent, int)  # a finite float
+    count = len(digits)
+    if exponent >= 0:
+        length = count + exponent  # the digits, then the zeros
+    elif count + exponent > 0:
+        length = count + 1  # a decimal point among the digits
+    else:
+        length = 2 - exponent  # "0.", the zeros, then the digits
+    return length + sign
+
+
+def _growth_counting(growth: list[int]) -> Callable[[str], float | _Refused]:
+    """`_float`, adding to `growth[0]` how much longer Postgres would write each float out than it was sent."""
+
+    def parse(text: str) -> float | _Refused:
+        value = _float(text)
+        if isinstance(value, float) and ("e" in text or "E" in text):
+            growth[0] += stored_number_length(value) - len(text)
+        return value
+
+    return parse
 
 
 def _int(text: str) -> int | _Refused:
@@ -207,7 +244,8 @@ def loads(body: bytes) -> Any:
 
     Accepted: UTF-8 without a byte order mark; one JSON text (RFC 8259); no NUL and no lone surrogate in any string
     or member name, escaped or not; only finite numbers; integers within a bigint; no member name twice in an
-    object; at most MAX_DEPTH levels of nesting.
+    object; at most MAX_DEPTH levels of nesting; numbers that Postgres gives back at most MAX_STORED_GROWTH times as
+    long as the whole text, give or take STORED_GROWTH_SLACK.
     """
     if body.startswith(_BOM):
         raise NotAcceptedJSONError(
@@ -220,9 +258,14 @@ def loads(body: bytes) -> Any:
     depth = nesting_depth(text)
     if depth > MAX_DEPTH:
         raise NotAcceptedJSONError([Refusal("", f"nesting is deeper than {MAX_DEPTH} levels", TOO_DEEP)])
+    growth = [0]
     try:
         document = json.loads(
-            text, object_pairs_hook=_object, parse_constant=_constant, parse_float=_float, parse_int=_int
+            text,
+            object_pairs_hook=_object,
+            parse_constant=_constant,
+            parse_float=_growth_counting(growth),
+            parse_int=_int,
         )
     except json.JSONDecodeError as exc:
         raise NotAcceptedJSONError(
@@ -231,6 +274,13 @@ def loads(body: bytes) -> Any:
     found = refusals(document)
     if found:
         raise NotAcceptedJSONError(found)
+    stored = len(text) + growth[0]
+    if stored > MAX_STORED_GROWTH * len(text) + STORED_GROWTH_SLACK:
+        detail = (
+            f"its numbers would be stored and read back as {stored} characters ({len(text)} were sent): a number is"
+            " kept as an exact decimal and written out in full (1e300 as 301 digits); send such values as strings"
+        )
+        raise NotAcceptedJSONError([Refusal("", detail, NUMBERS_TOO_LONG)])
     return document
 
 

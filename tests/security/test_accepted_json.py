@@ -637,3 +637,40 @@ def test_a_long_member_name_over_many_members_costs_its_own_size_once_and_refusa
         ("/junk/" + name.replace("~", "~0").replace("/", "~1") + "/bad", accepted_json.UNSTORABLE_TEXT)
     ]
     assert peak < 20 * len(name) * 4  # a few copies of the name at most, not one per member below it
+
+
+# --- numbers that Postgres writes out longer than they were sent ----------------------------------------------------
+
+_FLOATS = [
+    *(1e300, -1.5e300, 1.5e-300, 2.5e-7, 6.02e23, 1e16, 1e22),
+    *(0.5, 123.45, 100.0, -0.001, 5e-324, 1.7976931348623157e308),
+]
+
+
+def test_the_stored_length_of_a_number_is_what_postgres_writes_out(pg: Any) -> None:
+    with psycopg.connect(pg.admin_url) as conn:
+        for value in _FLOATS:
+            # What the app sends (json.dumps writes a float as its repr), then what jsonb gives back.
+            (written,) = conn.execute("SELECT (%s::jsonb)::text", (json.dumps(value),)).fetchone()  # type: ignore[misc]
+            assert accepted_json.stored_number_length(value) == len(written), (value, written[:40])
+
+
+def test_a_body_of_numbers_written_out_in_full_is_refused_before_anything_is_stored(
+    api: ApiHarness, tenant: str, intent_id: str, unchanged: None
+) -> None:
+    # 30 KB sent; 2.4 MB read back on every read of the execution's input, and 60 MB of a 1 MiB body.
+    body = json.dumps({"input": {"values": [1e300] * 6000}}).encode()
+    response = api.client.post(
+        f"/api/v1/intents/{intent_id}/execute", content=body, headers={**JSON_HEADERS, **_auth(api, tenant)}
+    )
+    problem = _problem(response, 422)
+    [error] = problem["errors"]
+    assert error["code"] == accepted_json.NUMBERS_TOO_LONG and error["pointer"] == ""
+    assert "1e300 as 301 digits" in error["detail"]
+
+
+def test_a_few_large_exponents_and_ordinary_measurements_are_accepted() -> None:
+    # A handful of extreme values fit the slack; a long list of small measurements grows less than 4 times.
+    assert accepted_json.loads(json.dumps({"limits": [1e300, -1.5e-300, 1e-30]}).encode())["limits"][0] == 1e300
+    measurements = [round(i * 1.234e-9, 15) for i in range(1, 50_000)]
+    assert len(accepted_json.loads(json.dumps(measurements).encode())) == len(measurements)
