@@ -31,6 +31,11 @@ READ_TIMEOUT_S = 60.0
 """The longest a try waits on one read (the Blob SDK's own default), less when the attempt's deadline is nearer."""
 MAX_BACKOFF_S = 15.0
 """The longest pause between tries under a deadline (the SDK's first pause); the first pauses are 1, 2, 4, 8 s."""
+MAX_TRIES = 4
+"""Tries of one operation under a deadline, as many as the SDK's own policy makes (one and 3 retries): a deadline
+days away must not keep a module thread retrying through a whole outage; the step's retries take over from there."""
+MAX_SERVICE_TIMEOUT_S = 300
+"""The longest the service is asked to keep working on one try (its `timeout`), however far the deadline is."""
 _NOT_RETRIED = frozenset({501, 505})
 """5xx statuses the Blob SDK does not retry either (they repeat)."""
 
@@ -80,8 +85,13 @@ def within_deadline(ctx: ModuleContext, what: str, call: Callable[..., T]) -> T:
     last = "none"
     while True:
         left = ctx.time_left() or 0.0
-        if ctx.abandoned.is_set() or left <= 0:
-            when = "when its attempt was abandoned" if ctx.abandoned.is_set() else "by its attempt's deadline"
+        if ctx.abandoned.is_set() or left <= 0 or tries == MAX_TRIES:
+            if ctx.abandoned.is_set():
+                when = "when its attempt was abandoned"
+            elif left <= 0:
+                when = "by its attempt's deadline"
+            else:
+                when = "in the tries it is allowed"
             # Retryable: the store was slow or away, and the next attempt (its own deadline) may find it back.
             raise StepFailed(
                 f"{what} not done {when} ({tries} {'try' if tries == 1 else 'tries'}; last error: {last})",
@@ -94,12 +104,14 @@ def within_deadline(ctx: ModuleContext, what: str, call: Callable[..., T]) -> T:
                 connection_timeout=min(CONNECT_TIMEOUT_S, left),
                 read_timeout=min(READ_TIMEOUT_S, left),
                 # The service gives up on the operation by then too (whole seconds), rather than applying it later.
-                timeout=max(int(left), 1),
+                timeout=max(min(int(left), MAX_SERVICE_TIMEOUT_S), 1),
             )
         except AzureError as exc:
             if not _transient(exc):
                 raise
             last = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        if tries == MAX_TRIES:
+            continue  # no pause before giving up
         pause = min(2.0 ** (tries - 1), MAX_BACKOFF_S, ctx.time_left() or 0.0)
         ctx.abandoned.wait(pause)
 

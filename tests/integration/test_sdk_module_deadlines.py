@@ -22,7 +22,7 @@ from psycopg_pool import ConnectionPool
 
 from devhost.services import AZURITE_ACCOUNT, Azurite
 from shared.events.publisher import AzureEventHubPublisher, LocalEventHubPublisher
-from shared.modules import ModuleContext, StepFailed, run_module
+from shared.modules import ModuleContext, StepFailed, artifact_write, run_module
 from shared.modules.artifact_write import ArtifactWriteModule
 from shared.modules.event_emit import EventEmitModule
 from tests.integration.test_builtin_modules import app_pool  # noqa: F401  # the fixture (the devhost's event log)
@@ -103,6 +103,7 @@ class _Handler(BaseHTTPRequestHandler):
         status = int(self.path.split("/")[2].removeprefix("status-"))
         with self.server.lock:
             self.server.hits += 1
+            self.server.paths.append(self.path)
         self.server.hit.set()
         self.send_response(status)
         self.send_header("Content-Length", "0")
@@ -117,6 +118,7 @@ class _Answering(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.hits = 0
+        self.paths: list[str] = []
         self.hit = threading.Event()
         self.lock = threading.Lock()
 
@@ -172,6 +174,20 @@ def test_an_artifact_write_to_an_unavailable_store_retries_until_its_deadline(an
     # The SDK's retries are still made, within the deadline: a moment's unavailability is ridden out.
     assert failure.details["tries"] == answering.hits >= 2
     assert failure.details["last"].startswith("HttpResponseError")
+
+
+def test_an_artifact_write_with_a_distant_deadline_makes_the_sdks_tries_and_no_more(
+    answering: _Answering, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A step's timeout may be 30 days: the loop kept trying every 15 s for all of them, its thread held that long.
+    monkeypatch.setattr(artifact_write, "MAX_BACKOFF_S", 0.01)
+    module = ArtifactWriteModule(lambda: _container(answering.server_port, "status-503"))
+    failure = _Run(_write(module, _ctx(deadline_in=30 * 86400))).failure()
+    assert failure.retryable and "not done in the tries it is allowed" in failure.message
+    assert failure.details["tries"] == answering.hits == artifact_write.MAX_TRIES
+    # Nor is the service asked to keep at one try for the month: its `timeout` is bounded too.
+    timeouts = {int(path.split("timeout=")[1].split("&")[0]) for path in answering.paths}
+    assert timeouts == {artifact_write.MAX_SERVICE_TIMEOUT_S}, answering.paths
 
 
 def test_an_abandoned_artifact_write_stops_retrying_at_once(answering: _Answering) -> None:
