@@ -22,9 +22,13 @@ param location string
 @description('Suffix that makes globally unique names unique. Pass the same value to terraform to describe the same estate.')
 param resourceToken string = toLower(uniqueString(subscription().id, environmentName, location))
 
-@minLength(1)
-@description('Accepted token audience(s) of the API app registration (app id URI and/or client id), comma-separated.')
-param apiAudience string
+// Entra v2 access tokens (the only ones the app accepts, ADR 0010) always carry the API's client id as `aud`, never
+// its app id URI: the gateway's validate-jwt and the app's audience list take this value. No default: a wrong one
+// answers every call 401.
+@minLength(36)
+@maxLength(36)
+@description('Application (client) id of the API app registration: the `aud` of its v2 access tokens (GUID).')
+param apiClientId string
 
 @description('Entra tenant of the API app registration and of the Postgres administrator.')
 param entraTenantId string = tenant().tenantId
@@ -97,10 +101,6 @@ param postgresStorageSizeGB int = 64
 @description('Requests per minute per Entra tenant (tid) at the API Management edge.')
 param apimRateLimitPerMinute int = 1200
 
-@minValue(1)
-@description('Requests per day per Entra tenant (tid) at the API Management edge.')
-param apimQuotaPerDay int = 1000000
-
 @minLength(3)
 @maxLength(45)
 // Hyphens are dropped from the default: azd environment names carry them (qp-dev), the task hub takes none.
@@ -145,12 +145,12 @@ var names = {
   keyVault: '${abbrs.keyVaultVaults}${resourceToken}'
 }
 
-// The hub names are fixed by the code (DESIGN.md section 5); one consumer group per consuming function.
+// The hub names are fixed by the code (DESIGN.md section 5); one consumer group per consuming function, and only
+// those: nothing in the app reads platform-events (webhooks are sent from the outbox, ADR 0030), so it has none.
 var eventHubNames = ['intent-requests', 'module-work', 'platform-events']
 var eventHubConsumerGroups = [
   { hub: 'intent-requests', group: 'intake' }
   { hub: 'module-work', group: 'module-worker' }
-  { hub: 'platform-events', group: 'event-delivery' }
 ]
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
@@ -333,7 +333,7 @@ module functionApp 'modules/functionapp.bicep' = {
     keyVaultName: keyVault.outputs.name
     sealingKeySecretName: sealingKeySecretName
     previousSealingKeySecretName: previousSealingKeySecretName
-    apiAudience: apiAudience
+    apiClientId: apiClientId
     operatorTenantId: entraTenantId
     databasePoolMax: databasePoolMax
     functionSubnetId: network.outputs.functionSubnetId
@@ -352,10 +352,9 @@ module apim 'modules/apim.bicep' = {
     publisherEmail: publisherEmail
     publisherName: publisherName
     entraTenantId: entraTenantId
-    apiAudience: apiAudience
+    apiClientId: apiClientId
     functionAppHostName: functionApp.outputs.defaultHostName
     rateLimitPerMinute: apimRateLimitPerMinute
-    quotaPerDay: apimQuotaPerDay
     subnetId: network.outputs.apimSubnetId
     logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
   }

@@ -6,7 +6,9 @@ using './main.bicep'
 param environmentName = readEnvironmentVariable('AZURE_ENV_NAME', 'dev')
 param environmentType = readEnvironmentVariable('QP_ENVIRONMENT_TYPE', 'dev')
 param location = readEnvironmentVariable('AZURE_LOCATION', 'westeurope')
-param apiAudience = readEnvironmentVariable('QP_API_AUDIENCE', 'api://quantum-platform')
+// No default on purpose: the API registration's client id ($APP_ID, docs/runbooks/tenant-onboarding.md) is the
+// `aud` of its v2 tokens, and a guessed value answers every call 401. Unset, the parameter file does not build.
+param apiClientId = readEnvironmentVariable('QP_API_CLIENT_ID')
 param postgresAdminObjectId = readEnvironmentVariable('QP_POSTGRES_ADMIN_OBJECT_ID', '00000000-0000-0000-0000-000000000000')
 param postgresAdminPrincipalName = readEnvironmentVariable('QP_POSTGRES_ADMIN_NAME', 'quantum-platform-operators')
 param postgresAdminPrincipalType = 'Group'

@@ -27,12 +27,12 @@ locals {
     keyVault = "${local.abbrs.keyVaultVaults}${var.resource_token}"
   }
 
-  # The hub names are fixed by the code (DESIGN.md section 5); one consumer group per consuming function.
+  # The hub names are fixed by the code (DESIGN.md section 5); one consumer group per consuming function, and only
+  # those: nothing in the app reads platform-events (webhooks are sent from the outbox, ADR 0030), so it has none.
   event_hub_names = ["intent-requests", "module-work", "platform-events"]
   event_hub_consumer_groups = [
     { hub = "intent-requests", group = "intake" },
     { hub = "module-work", group = "module-worker" },
-    { hub = "platform-events", group = "event-delivery" },
   ]
 
   # Hyphens are dropped: environment names carry them (qp-dev), the task hub takes letters and digits only.

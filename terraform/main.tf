@@ -162,7 +162,7 @@ module "functionapp" {
   key_vault_name                   = module.keyvault.name
   sealing_key_secret_name          = var.sealing_key_secret_name
   previous_sealing_key_secret_name = var.previous_sealing_key_secret_name
-  api_audience                     = var.api_audience
+  api_client_id                    = var.api_client_id
   operator_entra_tenant_id         = var.entra_tenant_id
   database_pool_max                = var.database_pool_max
   function_subnet_id               = module.network.function_subnet_id
@@ -179,10 +179,9 @@ module "apim" {
   publisher_email            = var.publisher_email
   publisher_name             = var.publisher_name
   entra_tenant_id            = var.entra_tenant_id
-  api_audience               = var.api_audience
+  api_client_id              = var.api_client_id
   function_app_host_name     = module.functionapp.default_host_name
   rate_limit_per_minute      = var.apim_rate_limit_per_minute
-  quota_per_day              = var.apim_quota_per_day
   subnet_id                  = module.network.apim_subnet_id
   log_analytics_workspace_id = module.monitoring.log_analytics_workspace_id
 }
@@ -192,7 +191,7 @@ module "rbac" {
   function_principal_id     = module.identity.principal_id
   resource_group_name       = azurerm_resource_group.main.name
   storage_account_id        = module.storage.id
-  event_hub_namespace_id    = module.eventhubs.id
+  event_hub_ids             = module.eventhubs.hub_ids
   cosmos_account_id         = module.cosmos.id
   cosmos_account_name       = module.cosmos.name
   app_insights_id           = module.monitoring.app_insights_id

@@ -8,6 +8,13 @@ provider "azurerm" {
     resource_group {
       prevent_deletion_if_contains_resources = true
     }
+    # The storage account answers only on its private endpoints, so its data plane is unreachable from wherever
+    # terraform runs; azurerm 4.x would read its queue and static-website properties there on every refresh and fail
+    # 403 (hashicorp/terraform-provider-azurerm#33454). Off, the provider uses Azure Resource Manager alone, which
+    # is why the storage module sets no queue_properties or static_website and containers take storage_account_id.
+    storage {
+      data_plane_available = false
+    }
   }
 }
 

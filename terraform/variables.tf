@@ -52,13 +52,15 @@ variable "resource_token" {
   }
 }
 
-variable "api_audience" {
+# Entra v2 access tokens (the only ones the app accepts, ADR 0010) always carry the API's client id as `aud`, never
+# its app id URI. No default: a wrong value answers every call 401.
+variable "api_client_id" {
   type        = string
-  description = "Accepted token audience(s) of the API app registration (app id URI and/or client id), comma-separated."
+  description = "Application (client) id of the API app registration: the `aud` of its v2 access tokens (GUID)."
 
   validation {
-    condition     = length(trimspace(var.api_audience)) > 0
-    error_message = "api_audience must not be empty."
+    condition     = can(regex("^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", var.api_client_id))
+    error_message = "api_client_id must be the API registration's application (client) id, a GUID; not its api:// URI."
   }
 }
 
@@ -229,17 +231,6 @@ variable "apim_rate_limit_per_minute" {
   validation {
     condition     = var.apim_rate_limit_per_minute >= 1
     error_message = "apim_rate_limit_per_minute must be at least 1."
-  }
-}
-
-variable "apim_quota_per_day" {
-  type        = number
-  description = "Requests per day per Entra tenant (tid) at the API Management edge."
-  default     = 1000000
-
-  validation {
-    condition     = var.apim_quota_per_day >= 1
-    error_message = "apim_quota_per_day must be at least 1."
   }
 }
 

@@ -20,8 +20,10 @@ param publisherName string
 @description('Entra tenant of the API app registration.')
 param entraTenantId string
 
-@description('Accepted token audiences, comma-separated; the first one is checked at the edge.')
-param apiAudience string
+@minLength(36)
+@maxLength(36)
+@description('Application (client) id of the API registration: the `aud` of its v2 tokens, checked at the edge.')
+param apiClientId string
 
 @description('Default host name of the function app (production slot).')
 param functionAppHostName string
@@ -30,23 +32,20 @@ param functionAppHostName string
 @description('Calls per minute per Entra tenant.')
 param rateLimitPerMinute int
 
-@minValue(1)
-@description('Calls per day per Entra tenant.')
-param quotaPerDay int
-
 @description('Subnet for the outbound VNet integration (StandardV2).')
 param subnetId string
 
 @description('Log Analytics workspace receiving diagnostics.')
 param logAnalyticsWorkspaceId string
 
-var audience = trim(split(apiAudience, ',')[0])
+// No daily quota here: quota-by-key does not exist on the v2 tiers (StandardV2 below), and the app enforces each
+// tenant's quotas itself, answering 429 (ADR 0013).
 var namedValues = {
-  'api-audience': audience
-  'backend-audience': audience
+  // The v2 token's `aud` is the client id; the gateway's own token for the backend is asked for the same resource.
+  'api-audience': apiClientId
+  'backend-audience': apiClientId
   'openid-config-url': '${environment().authentication.loginEndpoint}organizations/v2.0/.well-known/openid-configuration'
   'rate-limit-calls': string(rateLimitPerMinute)
-  'quota-calls': string(quotaPerDay)
   'entra-tenant-id': entraTenantId
 }
 

@@ -72,8 +72,10 @@ param taskHubName string
 @description('Endpoint of the Durable Task Scheduler that holds the task hub (ADR 0024).')
 param durableTaskSchedulerEndpoint string
 
-@description('Accepted token audiences (QP_AUTH_AUDIENCE).')
-param apiAudience string
+@minLength(36)
+@maxLength(36)
+@description('Application (client) id of the API registration: the one accepted token audience (QP_AUTH_AUDIENCE).')
+param apiClientId string
 
 @description('The operators\' own Entra tenant, whose tokens alone may carry Platform.Admin (QP_OPERATOR_ENTRA_TENANT_ID).')
 param operatorTenantId string
@@ -170,7 +172,8 @@ var appSettings = [
   { name: 'QP_TELEMETRY_SQL_SPANS', value: 'false' }
   // Multi-tenant Entra metadata: the issuer is a {tenantid} template checked against each token's tid.
   { name: 'QP_AUTH_METADATA_URL', value: '${environment().authentication.loginEndpoint}organizations/v2.0/.well-known/openid-configuration' }
-  { name: 'QP_AUTH_AUDIENCE', value: apiAudience }
+  // v2 tokens only (ADR 0010), whose `aud` is always the API's client id: the app id URI would never match.
+  { name: 'QP_AUTH_AUDIENCE', value: apiClientId }
   // The API is multi-tenant: a customer's administrators can assign its Platform.Admin role in their directory.
   { name: 'QP_OPERATOR_ENTRA_TENANT_ID', value: operatorTenantId }
   { name: 'QP_AUTH_LEEWAY_S', value: '30' }

@@ -8,7 +8,7 @@ param functionPrincipalId string
 @description('Storage account holding Durable state and artifacts.')
 param storageAccountName string
 
-@description('Event Hubs namespace.')
+@description('Event Hubs namespace; its hubs are the scopes of the Event Hubs roles.')
 param eventHubNamespaceName string
 
 @description('Cosmos DB account of the audit trail.')
@@ -47,6 +47,23 @@ resource eventHubNamespace 'Microsoft.EventHub/namespaces@2024-01-01' existing =
   name: eventHubNamespaceName
 }
 
+// The Event Hubs roles are granted per hub, never on the namespace: a namespace-wide Receiver would also read
+// platform-events, every tenant's domain events, which nothing in the app consumes.
+resource intentRequestsHub 'Microsoft.EventHub/namespaces/eventhubs@2024-01-01' existing = {
+  parent: eventHubNamespace
+  name: 'intent-requests'
+}
+
+resource moduleWorkHub 'Microsoft.EventHub/namespaces/eventhubs@2024-01-01' existing = {
+  parent: eventHubNamespace
+  name: 'module-work'
+}
+
+resource platformEventsHub 'Microsoft.EventHub/namespaces/eventhubs@2024-01-01' existing = {
+  parent: eventHubNamespace
+  name: 'platform-events'
+}
+
 resource cosmos 'Microsoft.DocumentDB/databaseAccounts@2024-11-15' existing = {
   name: cosmosAccountName
 }
@@ -77,18 +94,49 @@ resource storageRoles 'Microsoft.Authorization/roleAssignments@2022-04-01' = [fo
   }
 }]
 
-resource eventHubRoles 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for role in [
-  roles.eventHubsDataSender
-  roles.eventHubsDataReceiver
-]: {
-  scope: eventHubNamespace
-  name: guid(eventHubNamespace.id, functionPrincipalId, role)
+// Dispatch puts built-in work on module-work (shared/engine/progress.py).
+resource moduleWorkSender 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: moduleWorkHub
+  name: guid(moduleWorkHub.id, functionPrincipalId, roles.eventHubsDataSender)
   properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', role)
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.eventHubsDataSender)
     principalId: functionPrincipalId
     principalType: 'ServicePrincipal'
   }
-}]
+}
+
+// The outbox relay and the event.emit module publish domain events (shared/events/relay.py, event_emit.py).
+resource platformEventsSender 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: platformEventsHub
+  name: guid(platformEventsHub.id, functionPrincipalId, roles.eventHubsDataSender)
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.eventHubsDataSender)
+    principalId: functionPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// The ingress function reads intent-requests (consumer group intake).
+resource intentRequestsReceiver 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: intentRequestsHub
+  name: guid(intentRequestsHub.id, functionPrincipalId, roles.eventHubsDataReceiver)
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.eventHubsDataReceiver)
+    principalId: functionPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// The module worker reads module-work (consumer group module-worker).
+resource moduleWorkReceiver 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: moduleWorkHub
+  name: guid(moduleWorkHub.id, functionPrincipalId, roles.eventHubsDataReceiver)
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.eventHubsDataReceiver)
+    principalId: functionPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
 
 resource telemetryRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   scope: appInsights

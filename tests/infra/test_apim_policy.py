@@ -37,21 +37,41 @@ def _authenticated(policy: ET.Element) -> ET.Element:
     return branch
 
 
-def test_rate_limit_and_quota_are_keyed_on_the_validated_tid(policy: ET.Element):
-    for element in ("rate-limit-by-key", "quota-by-key"):
-        (limit,) = _authenticated(policy).iter(element)
-        assert TID_KEY.search(limit.get("counter-key", "")), element
-        assert "Headers" not in limit.get("counter-key", ""), f"{element} must not key on a raw header"
-        assert limit.get("calls", "").startswith("{{")
+def test_the_rate_limit_is_keyed_on_the_validated_tid(policy: ET.Element):
+    (limit,) = _authenticated(policy).iter("rate-limit-by-key")
+    assert TID_KEY.search(limit.get("counter-key", ""))
+    assert "Headers" not in limit.get("counter-key", ""), "the limit must not key on a raw header"
+    assert limit.get("calls", "").startswith("{{")
 
 
 def test_limits_come_after_validation(policy: ET.Element):
     order = [
-        element.tag
-        for element in _authenticated(policy).iter()
-        if element.tag in ("validate-jwt", "rate-limit-by-key", "quota-by-key")
+        element.tag for element in _authenticated(policy).iter() if element.tag in ("validate-jwt", "rate-limit-by-key")
     ]
-    assert order == ["validate-jwt", "rate-limit-by-key", "quota-by-key"]
+    assert order == ["validate-jwt", "rate-limit-by-key"]
+
+
+# Policies the v2 tiers do not run (policy reference: quota-by-key applies to Developer, Basic, Standard and
+# Premium, classic and self-hosted gateways only). A policy holding one is refused on StandardV2, so nothing deploys.
+NOT_ON_V2_TIERS = {"quota-by-key"}
+
+
+def test_the_policy_uses_only_what_the_v2_gateway_runs(
+    policy: ET.Element, bicep_modules: dict[str, BicepFile], tf_modules: dict[str, TerraformModule]
+):
+    sku = bicep_modules["apim"].resources["service"]["config"]["sku"]["name"]
+    tf_sku = tf_modules["apim"].of_type("azurerm_api_management")["main"]["sku_name"]
+    assert sku.endswith("V2") and tf_sku.split("_")[0].endswith("V2")  # both stacks deploy a v2 tier
+    assert not {element.tag for element in policy.iter()} & NOT_ON_V2_TIERS
+    # The daily quota is gone with it: no named value and no stack input that would suggest one is enforced (the app
+    # holds each tenant to its own quotas and answers 429, ADR 0013).
+    assert "quota-calls" not in tf_modules["apim"].locals["named_values"]
+    assert "'quota-calls'" not in bicep_modules["apim"].variables["namedValues"]
+    stacks = "\n".join(
+        path.read_text(encoding="utf-8")
+        for path in [*BICEP.rglob("*.bicep"), *BICEP.glob("*.bicepparam"), *TERRAFORM.rglob("*.tf")]
+    )
+    assert not re.search(r"quota_?per_?day", stacks, re.I)
 
 
 def test_the_anonymous_probes_are_limited_per_caller_address(policy: ET.Element):

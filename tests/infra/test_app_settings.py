@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from shared.config import Settings
-from tests.infra.conftest import BicepFile, TerraformModule
+from tests.infra.conftest import BICEP, BicepFile, TerraformModule
 
 # Settings the code reads that Azure deliberately leaves unset, and why.
 INTENTIONALLY_ABSENT = {
@@ -112,7 +113,8 @@ def test_literal_defaults_match_the_code(bicep_modules: dict[str, BicepFile], tf
             "QP_COSMOS_ENDPOINT": "https://x.documents.azure.com:443/",
             "QP_TASK_HUB": "Quantumdev",
             "QP_ENVIRONMENT": "dev",
-            "QP_AUTH_AUDIENCE": "api://quantum-platform",
+            # The API's client id: the `aud` of every v2 token (test_the_audience_is_the_api_client_id).
+            "QP_AUTH_AUDIENCE": "6f1c2d3e-4a5b-4c6d-8e9f-0a1b2c3d4e5f",
             "QP_SEALING_KEY": "a resolved Key Vault reference: random key material of 64 characters",
             "QP_OPERATOR_ENTRA_TENANT_ID": "00000000-0000-0000-0000-0000000000aa",
         }
@@ -146,3 +148,74 @@ def test_platform_admin_counts_only_from_the_deployments_own_tenant(
     assert bicep_main.parsed["modules"]["functionApp"]["config"]["params"]["operatorTenantId"] == "entraTenantId"
     assert _tf_settings(tf_modules)["QP_OPERATOR_ENTRA_TENANT_ID"] == "${var.operator_entra_tenant_id}"
     assert tf_main_modules["functionapp"]["operator_entra_tenant_id"] == "${var.entra_tenant_id}"
+
+
+# The app accepts v2 tokens only (ADR 0010), and a v2 token's `aud` is always the API's client id, never its
+# app id URI; APIM's validate-jwt checks one audience. A stack fed the api:// URI answered every call 401.
+A_CLIENT_ID = "6f1c2d3e-4a5b-4c6d-8e9f-0a1b2c3d4e5f"
+NOT_CLIENT_IDS = ["api://quantum-platform", f"api://quantum-platform,{A_CLIENT_ID}", "", "quantum-platform"]
+
+
+def _bicep_accepts(parameter: dict[str, Any], value: str) -> bool:
+    """What ARM checks of a string parameter before the deployment starts: its length bounds and allowed values."""
+    bounds = {decorator["type"]: decorator["argument"] for decorator in parameter["decorators"]}
+    if "min_length" in bounds and len(value) < bounds["min_length"]:
+        return False
+    if "max_length" in bounds and len(value) > bounds["max_length"]:
+        return False
+    return "allowed" not in bounds or value in bounds["allowed"]
+
+
+def _tf_accepts(variable: dict[str, Any], value: str) -> bool:
+    """The variable's `can(regex(...))` validation, evaluated as Terraform would (RE2 and re agree on this pattern)."""
+    (validation,) = variable["validation"]
+    match = re.fullmatch(r'\$\{can\(regex\("(.+)", var\.\w+\)\)\}', validation["condition"])
+    assert match, f"expected a can(regex(...)) validation: {validation['condition']}"
+    return re.search(match.group(1).replace("\\\\", "\\"), value) is not None
+
+
+def test_the_audience_is_the_api_client_id(
+    bicep_main: BicepFile,
+    bicep_modules: dict[str, BicepFile],
+    tf_root: TerraformModule,
+    tf_modules: dict[str, TerraformModule],
+    tf_main_modules: dict[str, dict[str, Any]],
+) -> None:
+    """QP_AUTH_AUDIENCE's first (only) entry and APIM's audiences are the required client id input of each stack."""
+    assert "apiAudience" not in bicep_main.parsed["parameters"] and "api_audience" not in tf_root.variables
+    # Bicep: a required parameter (no default) handed to the app and to the gateway as is.
+    assert bicep_main.parsed["parameters"]["apiClientId"]["default"] is None
+    config = bicep_main.parsed["modules"]
+    assert config["functionApp"]["config"]["params"]["apiClientId"] == "apiClientId"
+    assert config["apim"]["config"]["params"]["apiClientId"] == "apiClientId"
+    assert _bicep_settings(bicep_modules)["QP_AUTH_AUDIENCE"].split(",")[0] == "apiClientId"
+    named = {key.strip("'"): value for key, value in bicep_modules["apim"].variables["namedValues"].items()}
+    assert named["api-audience"] == named["backend-audience"] == "apiClientId"
+    # Terraform: the same, from var.api_client_id.
+    assert "default" not in tf_root.variables["api_client_id"]
+    assert tf_main_modules["functionapp"]["api_client_id"] == "${var.api_client_id}"
+    assert tf_main_modules["apim"]["api_client_id"] == "${var.api_client_id}"
+    assert _tf_settings(tf_modules)["QP_AUTH_AUDIENCE"].split(",")[0] == "${var.api_client_id}"
+    named = tf_modules["apim"].locals["named_values"]
+    assert named["api-audience"] == named["backend-audience"] == "${var.api_client_id}"
+    # The parameter file has no fallback audience: an unset QP_API_CLIENT_ID stops the build instead.
+    params = (BICEP / "main.bicepparam").read_text(encoding="utf-8")
+    assert "param apiClientId = readEnvironmentVariable('QP_API_CLIENT_ID')" in params
+    assert "api://" not in params
+
+
+def test_a_first_audience_that_is_not_a_client_id_is_refused_by_both_stacks(
+    bicep_main: BicepFile, bicep_modules: dict[str, BicepFile], tf_root: TerraformModule
+) -> None:
+    for parameter in (
+        bicep_main.parsed["parameters"]["apiClientId"],
+        bicep_modules["functionapp"].parsed["parameters"]["apiClientId"],
+        bicep_modules["apim"].parsed["parameters"]["apiClientId"],
+    ):
+        assert _bicep_accepts(parameter, A_CLIENT_ID)
+        for value in NOT_CLIENT_IDS:
+            assert not _bicep_accepts(parameter, value), value
+    variable = tf_root.variables["api_client_id"]
+    assert _tf_accepts(variable, A_CLIENT_ID) and _tf_accepts(variable, A_CLIENT_ID.upper())
+    for value in [*NOT_CLIENT_IDS, "6f1c2d3e-4a5b-4c6d-8e9f-0a1b2c3d4e5fz", "6f1c2d3e-4a5b-4c6d-8e9f-0a1b2c3d4e5"]:
+        assert not _tf_accepts(variable, value), value

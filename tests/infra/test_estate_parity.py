@@ -151,7 +151,9 @@ def test_event_hubs_and_consumer_groups_are_the_same(bicep_main: BicepFile, tf_r
     bicep_groups = sorted((g["hub"], g["group"]) for g in bicep_main.variables["eventHubConsumerGroups"])
     tf_groups = sorted((g["hub"], g["group"]) for g in tf_root.locals["event_hub_consumer_groups"])
     assert bicep_groups == tf_groups
-    assert {hub for hub, _ in bicep_groups} == set(bicep_main.variables["eventHubNames"])  # a group per hub
+    # A group per consuming function, not per hub: nothing in the app reads platform-events, so it has none
+    # (test_event_hub_access.py ties the groups to the code's triggers).
+    assert {hub for hub, _ in bicep_groups} <= set(bicep_main.variables["eventHubNames"])
 
 
 def _bicep_param_default(file: BicepFile, name: str) -> Any:

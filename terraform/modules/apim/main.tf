@@ -2,14 +2,15 @@
 # API Management in front of the function app: the API imported from docs/openapi.json, the shared policy
 # (bicep/policies/api-policy.xml) and the named values it reads.
 
+# No daily quota here: quota-by-key does not exist on the v2 tiers (StandardV2 below), and the app enforces each
+# tenant's quotas itself, answering 429 (ADR 0013).
 locals {
-  audience = trimspace(split(",", var.api_audience)[0])
   named_values = {
-    "api-audience"      = local.audience
-    "backend-audience"  = local.audience
+    # The v2 token's `aud` is the client id; the gateway's own token for the backend is asked for the same resource.
+    "api-audience"      = var.api_client_id
+    "backend-audience"  = var.api_client_id
     "openid-config-url" = "https://login.microsoftonline.com/organizations/v2.0/.well-known/openid-configuration"
     "rate-limit-calls"  = tostring(var.rate_limit_per_minute)
-    "quota-calls"       = tostring(var.quota_per_day)
     "entra-tenant-id"   = var.entra_tenant_id
   }
 }

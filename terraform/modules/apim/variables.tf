@@ -39,9 +39,9 @@ variable "entra_tenant_id" {
   description = "Entra tenant of the API app registration."
 }
 
-variable "api_audience" {
+variable "api_client_id" {
   type        = string
-  description = "Accepted token audiences, comma-separated; the first one is checked at the edge."
+  description = "Application (client) id of the API registration: the `aud` of its v2 tokens, checked at the edge."
 }
 
 variable "function_app_host_name" {
@@ -52,11 +52,6 @@ variable "function_app_host_name" {
 variable "rate_limit_per_minute" {
   type        = number
   description = "Calls per minute per Entra tenant."
-}
-
-variable "quota_per_day" {
-  type        = number
-  description = "Calls per day per Entra tenant."
 }
 
 variable "subnet_id" {

@@ -77,7 +77,8 @@ locals {
     "QP_TELEMETRY_SQL_SPANS" = "false"
     # Multi-tenant Entra metadata: the issuer is a {tenantid} template checked against each token's tid.
     "QP_AUTH_METADATA_URL" = "https://login.microsoftonline.com/organizations/v2.0/.well-known/openid-configuration"
-    "QP_AUTH_AUDIENCE"     = var.api_audience
+    # v2 tokens only (ADR 0010), whose `aud` is always the API's client id: the app id URI would never match.
+    "QP_AUTH_AUDIENCE" = var.api_client_id
     # The API is multi-tenant: a customer's administrators can assign its Platform.Admin role in their directory.
     "QP_OPERATOR_ENTRA_TENANT_ID"  = var.operator_entra_tenant_id
     "QP_AUTH_LEEWAY_S"             = "30"

@@ -115,9 +115,9 @@ variable "task_hub_name" {
   description = "Durable Functions task hub (QP_TASK_HUB)."
 }
 
-variable "api_audience" {
+variable "api_client_id" {
   type        = string
-  description = "Accepted token audiences (QP_AUTH_AUDIENCE)."
+  description = "Application (client) id of the API registration: the one accepted token audience (QP_AUTH_AUDIENCE)."
 }
 
 variable "operator_entra_tenant_id" {

@@ -9,8 +9,13 @@ locals {
     storage_blob_data_owner        = { scope = var.storage_account_id, role = "Storage Blob Data Owner" }
     storage_queue_data_contributor = { scope = var.storage_account_id, role = "Storage Queue Data Contributor" }
     storage_table_data_contributor = { scope = var.storage_account_id, role = "Storage Table Data Contributor" }
-    event_hubs_data_sender         = { scope = var.event_hub_namespace_id, role = "Azure Event Hubs Data Sender" }
-    event_hubs_data_receiver       = { scope = var.event_hub_namespace_id, role = "Azure Event Hubs Data Receiver" }
+    # Per hub, never on the namespace: a namespace-wide Receiver would also read platform-events, every tenant's
+    # domain events, which nothing in the app consumes. Dispatch sends to module-work, the outbox relay and
+    # event.emit to platform-events; the ingress function reads intent-requests, the module worker module-work.
+    event_hubs_data_sender_module_work       = { scope = var.event_hub_ids["module-work"], role = "Azure Event Hubs Data Sender" }
+    event_hubs_data_sender_platform_events   = { scope = var.event_hub_ids["platform-events"], role = "Azure Event Hubs Data Sender" }
+    event_hubs_data_receiver_intent_requests = { scope = var.event_hub_ids["intent-requests"], role = "Azure Event Hubs Data Receiver" }
+    event_hubs_data_receiver_module_work     = { scope = var.event_hub_ids["module-work"], role = "Azure Event Hubs Data Receiver" }
     # Entra-authenticated telemetry ingestion.
     monitoring_metrics_publisher = { scope = var.app_insights_id, role = "Monitoring Metrics Publisher" }
     # The Durable backend (ADR 0024): dispatch, query, purge and terminate instances of the task hub.

@@ -14,9 +14,9 @@ variable "storage_account_id" {
   description = "Storage account holding Durable state and artifacts."
 }
 
-variable "event_hub_namespace_id" {
-  type        = string
-  description = "Event Hubs namespace."
+variable "event_hub_ids" {
+  type        = map(string)
+  description = "Id of each event hub by name; the Event Hubs roles are granted per hub, never on the namespace."
 }
 
 variable "cosmos_account_id" {
