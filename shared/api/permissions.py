@@ -17,6 +17,9 @@ uses `GuardedRoute`, which holds a body that does not parse until that decision 
   whose `reason` is the decision's code and whose `detail` says it in words (for `role_required`, with the roles
   that would allow the action); nothing else runs. A pass is not audited: the route's own decision on the
   resource, which follows, is the one record of the request's authorization, so no request is recorded twice.
+
+What bounds a hostile body's CPU (the route takes the edge's document, and its model sees only the first unknown
+members) is `BoundedBodyRoute`'s, which `GuardedRoute` extends and the routes without a pre-check use as it is.
 """
 
 from __future__ import annotations
@@ -52,10 +55,12 @@ from shared.policy.facts import TENANT_ACTIVE
 __all__ = [
     "ACCEPTED_DOCUMENT",
     "RESOURCE_TYPES",
+    "BoundedBodyRoute",
     "GuardedRoute",
     "RoutePermission",
     "defer_input_problem",
     "permission",
+    "received_document",
     "role_decision",
     "route_permission",
 ]
@@ -298,24 +303,38 @@ def route_permission(route: APIRoute) -> RoutePermission | None:
     return _PERMISSIONS.get(first) if first is not None else None
 
 
-class _DeferringRequest(Request):
-    """A request whose unparseable JSON body is set aside for the pre-check to answer after deciding, and whose
-    body, when the edge parsed it already, is that document (not parsed a second time)."""
+class _BodyRequest(Request):
+    """A request whose JSON body, when the edge parsed it already, is that document (not parsed a second time) with
+    only the first unknown members of the route's model, and is kept for the route's dependencies
+    (`received_document`); a deferring one sets an unparseable body aside for the pre-check to answer after
+    deciding."""
 
-    def __init__(self, scope: Scope, receive: Receive, known: frozenset[str] | None) -> None:
+    def __init__(self, scope: Scope, receive: Receive, known: frozenset[str] | None, *, defer: bool) -> None:
         super().__init__(scope, receive)
-        self._known = known
+        self._known, self._defer = known, defer
+        self.received: Any = None
 
     async def json(self) -> Any:
         if _INPUT_PROBLEM in self.scope:
             return _UNREAD_BODY  # refused at the edge already: not parsed again
         if ACCEPTED_DOCUMENT in self.scope:
-            return _trimmed(self.scope, self.scope.pop(ACCEPTED_DOCUMENT), self._known)
+            self.received = _trimmed(self.scope, self.scope.pop(ACCEPTED_DOCUMENT), self._known)
+            return self.received
         try:
-            return await super().json()
+            self.received = await super().json()
         except (ValueError, RecursionError) as exc:  # what json.loads raises on bytes that are not JSON
+            if not self._defer:
+                raise  # answered by FastAPI at once, as a route without a pre-check always was
             self.scope[_BODY_ERROR] = exc
             return _UNREAD_BODY
+        return self.received
+
+
+def received_document(request: Request) -> Any:
+    """The JSON body as the route's body model is given it (the edge's document, trimmed like the model's), for a
+    dependency that must read a member before the model is validated; None when there is none (no JSON body, or a
+    request not handled by a `BoundedBodyRoute`)."""
+    return request.received if isinstance(request, _BodyRequest) else None
 
 
 def _known_members(route: APIRoute) -> frozenset[str] | None:
@@ -345,7 +364,7 @@ def _trimmed(scope: Scope, document: Any, known: frozenset[str] | None) -> Any:
 
     A body of a hundred thousand members its model refuses made pydantic build, and FastAPI copy, an error for
     each, about 0.5 s of CPU, to list the first MAX_REFUSALS of them. The model sees the known members and the first
-    unknown ones, so its errors begin as they did; `detail` still counts all (`GuardedRoute`)."""
+    unknown ones, so its errors begin as they did; `detail` still counts all (`BoundedBodyRoute`)."""
     if known is None or not isinstance(document, dict) or len(document) <= len(known) + MAX_REFUSALS:
         return document
     unknown = [name for name in document if name not in known]
@@ -356,23 +375,25 @@ def _trimmed(scope: Scope, document: Any, known: frozenset[str] | None) -> Any:
     return {name: value for name, value in document.items() if name in kept}
 
 
-class GuardedRoute(APIRoute):
-    """The route class of every router with permission-checked routes: a body that does not parse is answered
-    only after the route's permission dependency has decided (403 first for a caller without the role), and a
-    route's transaction is opened around it on its own thread (`in_route_transaction`)."""
+class BoundedBodyRoute(APIRoute):
+    """A route whose JSON body is the edge's parsed document, of which a body model that refuses other members sees
+    only the first MAX_REFUSALS unknown ones; its validation error counts the rest (ADR 0023). The route class of
+    routes with a body and no permission pre-check (the task-token completion routes); `GuardedRoute` adds the
+    pre-check's deferral of body errors."""
 
-    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
-        super().__init__(path, in_route_transaction(endpoint), **kwargs)
+    defers_body_errors = False
+    """Whether a body that does not parse is set aside for the permission dependency to answer."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        """FastAPI's handler, given a request that defers body parse errors and takes the edge's document; a
-        validation error of a trimmed body counts the unknown members left out."""
+        """FastAPI's handler, given a request that takes the edge's document (and, when the route defers, sets body
+        parse errors aside); a validation error of a trimmed body counts the unknown members left out."""
         handler = super().get_route_handler()
         known = _known_members(self)
+        defer = self.defers_body_errors
 
-        async def guarded(request: Request) -> Response:
+        async def bounded(request: Request) -> Response:
             try:
-                return await handler(_DeferringRequest(request.scope, request.receive, known))
+                return await handler(_BodyRequest(request.scope, request.receive, known, defer=defer))
             except RequestValidationError as exc:
                 unlisted = request.scope.pop(_UNLISTED, 0)
                 if unlisted:
@@ -381,4 +402,15 @@ class GuardedRoute(APIRoute):
             finally:
                 request.scope.pop(_UNLISTED, None)
 
-        return guarded
+        return bounded
+
+
+class GuardedRoute(BoundedBodyRoute):
+    """The route class of every router with permission-checked routes: a body that does not parse is answered
+    only after the route's permission dependency has decided (403 first for a caller without the role), and a
+    route's transaction is opened around it on its own thread (`in_route_transaction`)."""
+
+    defers_body_errors = True
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, in_route_transaction(endpoint), **kwargs)

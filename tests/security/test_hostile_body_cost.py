@@ -1,16 +1,21 @@
 # intent_ref: platform.hardening
 """What a hostile body costs before it is refused is bounded: a body of more arrays and objects than the edge takes
 is refused before it is parsed, and a body of a hundred thousand unknown members has only the few errors its answer
-lists built (the answer still counts all of them), on the request models and in the registry alike."""
+lists built (the answer still counts all of them), on the request models, in the registry and on the remote workers'
+completion routes alike, where a caller without a valid task token hears 401 before any body model is validated."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 import httpx
 import pytest
+from fastapi._compat import ModelField  # what FastAPI validates a body parameter with
+from psycopg_pool import ConnectionPool
 
 import shared.api.problems as problems
 import shared.registry.validation as validation
@@ -18,9 +23,13 @@ from shared.accepted_json import MAX_REFUSALS
 from shared.api.accepted_input import MAX_BODY_CONTAINERS, TOO_MANY_CONTAINERS, containers
 from shared.api.durable import get_durable_client
 from shared.api.problems import MAX_LISTED_ERRORS
+from shared.api.routers.task_completion import StepCompletion, StepFailure
+from shared.db.session import tenant_transaction
+from shared.engine import task_tokens
 from shared.registry.catalog import builtin_catalog
 from shared.registry.service import DefinitionInvalidError
 from tests.integration.api_harness import ApiHarness
+from tests.security.test_task_token_no_trace import RemoteAttempt, remote_attempt
 
 pytestmark = pytest.mark.integration
 
@@ -167,3 +176,122 @@ def test_a_definition_with_many_unknown_members_lists_what_every_member_validate
     assert len(cut.errors) + cut.unlisted == len(whole.errors)
     assert cut.errors[:MAX_LISTED_ERRORS] == whole.errors[:MAX_LISTED_ERRORS]
     assert len(cut.errors) < len(whole.errors)
+
+
+class _RecordingClient:
+    """The Durable client of the completion routes: records the verdicts it would raise."""
+
+    def __init__(self) -> None:
+        self.raised: list[tuple[str, str, Any]] = []
+
+    async def raise_event(self, instance_id: str, name: str, data: Any) -> None:
+        self.raised.append((instance_id, name, data))
+
+
+@pytest.fixture(scope="module")
+def worker_tenant(api: ApiHarness) -> UUID:
+    return api.provision("hostile-worker", quotas={"requests_per_minute": 100_000, "burst": 10_000}).id
+
+
+@pytest.fixture
+def completion(
+    api: ApiHarness, app_pool: ConnectionPool[Any], worker_tenant: UUID
+) -> Iterator[tuple[RemoteAttempt, _RecordingClient]]:
+    """A leased remote attempt with its real task token, and the client its verdict would be raised to."""
+    recording = _RecordingClient()
+    app: Any = api.client.app
+    app.dependency_overrides[get_durable_client] = lambda: recording
+    yield remote_attempt(app_pool, worker_tenant), recording
+    app.dependency_overrides.pop(get_durable_client, None)
+
+
+@pytest.fixture
+def body_models(monkeypatch: pytest.MonkeyPatch) -> list[type]:
+    """The completion body models validated, one entry per validation (path parameters are not counted)."""
+    seen: list[type] = []
+    validate = ModelField.validate
+
+    def spy(self: ModelField, *args: Any, **kwargs: Any) -> Any:
+        if self.field_info.annotation in (StepCompletion, StepFailure):
+            seen.append(self.field_info.annotation)
+        return validate(self, *args, **kwargs)
+
+    monkeypatch.setattr(ModelField, "validate", spy)
+    return seen
+
+
+def test_unknown_members_at_a_completion_route_are_counted_not_each_validated(
+    api: ApiHarness,
+    completion: tuple[RemoteAttempt, _RecordingClient],
+    raised: list[BaseException],
+    body_models: list[type],
+) -> None:
+    attempt, recording = completion
+    response = api.client.post(
+        attempt.url(),
+        headers={"Content-Type": "application/json"},
+        content=_unknown_members({"task_token": attempt.token, "output": {}}),
+    )
+    assert response.status_code == 422, response.text[:500]
+    document = response.json()
+    assert document["detail"] == f"{UNKNOWN} invalid field(s), the first {MAX_REFUSALS} listed"
+    assert [error["pointer"] for error in document["errors"]] == [f"/{n}" for n in range(MAX_REFUSALS)]
+    [error] = raised
+    assert len(error.errors()) <= MAX_REFUSALS  # type: ignore[attr-defined]  # not one per unknown member
+    assert body_models == [StepCompletion]
+    # A refused body spends nothing: the same token then reports the attempt's result.
+    assert recording.raised == []
+    done = api.client.post(attempt.url(), json={"task_token": attempt.token, "output": {"image": "x"}})
+    assert done.status_code == 200, done.text
+    assert len(recording.raised) == 1
+
+
+def _forged_token(attempt: RemoteAttempt) -> str:
+    """The attempt's token with its signature replaced (what anyone who saw a token's claims can send)."""
+    prefix, payload, _ = attempt.token.split(".")
+    return f"{prefix}.{payload}.c2lnbmF0dXJl"
+
+
+@pytest.mark.parametrize("route", ["/complete", "/fail", "/compensation/complete", "/compensation/fail"])
+@pytest.mark.parametrize("token", ["missing", "forged", "not a token", "expired"])
+def test_a_completion_without_a_valid_task_token_is_401_before_its_body_is_validated(
+    api: ApiHarness,
+    app_pool: ConnectionPool[Any],
+    completion: tuple[RemoteAttempt, _RecordingClient],
+    raised: list[BaseException],
+    body_models: list[type],
+    route: str,
+    token: str,
+) -> None:
+    attempt, recording = completion
+    first: dict[str, Any] = {"output": {}, "error": 5, "retryable": "maybe"}
+    if token == "expired":
+        with tenant_transaction(attempt.tenant_id, pool=app_pool) as conn:
+            first["task_token"] = task_tokens.issue(
+                conn, attempt.tenant_id, attempt.key, 0, nonce="expired", expires_at=datetime.now(UTC)
+            ).token
+    elif token != "missing":
+        first["task_token"] = _forged_token(attempt) if token == "forged" else token
+    url = attempt.url().removesuffix("/complete") + route
+    for path in (url, url.replace(str(attempt.key.execution_id), "not-an-execution")):
+        response = api.client.post(path, headers={"Content-Type": "application/json"}, content=_unknown_members(first))
+        assert response.status_code == 401, response.text[:500]
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["type"].endswith("/invalid-task-token")
+    assert [type(error).__name__ for error in raised] == ["ProblemError", "ProblemError"]
+    assert body_models == []  # no model validated for a caller who holds no valid token
+    assert recording.raised == []
+
+
+def test_a_malformed_path_with_a_valid_task_token_is_still_422(
+    api: ApiHarness, completion: tuple[RemoteAttempt, _RecordingClient]
+) -> None:
+    attempt, recording = completion
+    url = attempt.url().replace(str(attempt.key.execution_id), "not-an-execution")
+    response = api.client.post(url, json={"task_token": attempt.token, "output": {}})
+    assert response.status_code == 422, response.text[:500]
+    assert [error["pointer"] for error in response.json()["errors"]] == ["/path/execution_id"]
+    # A token for another attempt is still 403, as before.
+    other = api.client.post(attempt.url(step_id="deploy"), json={"task_token": attempt.token, "output": {}})
+    assert other.status_code == 403, other.text[:500]
+    assert recording.raised == []

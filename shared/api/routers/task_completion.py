@@ -8,13 +8,14 @@ import logging
 from typing import Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from opentelemetry import trace
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from shared.api.admission import RETRY_AFTER_S, Admission, get_admission
 from shared.api.durable import get_durable_client
+from shared.api.permissions import BoundedBodyRoute, received_document
 from shared.api.problems import DEPENDENCY_RETRY_AFTER_S, ProblemError, over_rate, too_many_requests
 from shared.api.responses import INVALID, RATE_LIMITED, problem_doc
 from shared.api.routers.executions import ExecutionId, StepId
@@ -25,7 +26,9 @@ from shared.engine.task_tokens import TaskClaims
 from shared.observability.tracing import TENANT_ID
 
 logger = logging.getLogger(__name__)
-router = APIRouter(prefix="/api/v1/executions", tags=["remote workers"])
+# The body handling every other route has (ADR 0023): the edge's document, and only the first unknown members
+# validated. Not `GuardedRoute`: the caller is no principal with roles, so there is no permission to check.
+router = APIRouter(prefix="/api/v1/executions", tags=["remote workers"], route_class=BoundedBodyRoute)
 _EXAMPLE_TOKEN = "qpt1.eyJ0IjoiLi4uIn0.c2lnbmF0dXJl"  # noqa: S105  # a documentation example
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: problem_doc(
@@ -158,13 +161,49 @@ async def _signing_key(tenant_id: UUID) -> bytes | None:
         permit.release()
 
 
-async def _signed(token: str, execution_id: UUID, step_id: str, phase: str) -> TaskClaims:
-    """The verified claims of the token, or its 401/403, before the token's tenant is charged anything."""
+async def _signed(token: str, at: tuple[UUID, str] | None, phase: str) -> TaskClaims:
+    """The verified claims of the token for the attempt `at` (execution and step), or its 401/403, before the
+    token's tenant is charged anything; for a path that names no attempt (`at` None), only that it verifies."""
     try:
         claims = remote.claims_of(token)
-        return remote.signed_claims(token, await _signing_key(claims.tenant_id), execution_id, step_id, phase)
+        key = await _signing_key(claims.tenant_id)
+        if at is None:
+            # Matched against its own claims: checked for its signature and expiry only. The route answers the
+            # malformed path 422 after this, as it answers the body's errors, to a caller who holds a token.
+            return remote.signed_claims(token, key, claims.key.execution_id, claims.key.step_id, claims.key.phase)
+        return remote.signed_claims(token, key, *at, phase)
     except remote.TokenRefusedError as exc:
         raise _refused(exc) from None
+
+
+_EXECUTION_ID: TypeAdapter[UUID] = TypeAdapter(ExecutionId)
+_STEP_ID: TypeAdapter[str] = TypeAdapter(StepId)
+
+
+def _attempt_at(request: Request) -> tuple[UUID, str] | None:
+    """The execution and step the path names, validated as the route validates them; None when it does not."""
+    try:
+        execution_id = _EXECUTION_ID.validate_python(request.path_params.get("execution_id"))
+        return execution_id, _STEP_ID.validate_python(request.path_params.get("step_id"))
+    except ValidationError:
+        return None
+
+
+def _task_claims(phase: Literal["run", "compensate"]) -> Any:
+    """The route's first dependency: the verified claims of the body's task token, before the body is validated."""
+
+    async def task_claims(request: Request) -> TaskClaims:
+        # The token is the request's credential, so it is checked first, as a bearer token is (ADR 0022): a caller
+        # without a valid one hears 401 and has no body model validated for it, nor its schema described. It is
+        # read from the document the edge parsed (`BoundedBodyRoute`), which the model is given afterwards.
+        document = received_document(request)
+        token = document.get("task_token") if isinstance(document, dict) else None
+        if not isinstance(token, str):
+            raise ProblemError(401, "invalid-task-token", "Unauthorized", "the body carries no task token")
+        return await _signed(token, _attempt_at(request), phase)
+
+    task_claims.__name__ = task_claims.__qualname__ = f"task_claims_{phase}"
+    return task_claims
 
 
 async def _hand_over(client: Any, execution_id: UUID, event_name: str, verdict: dict[str, Any]) -> None:
@@ -203,9 +242,9 @@ async def _report(
     step_id: str,
     phase: Literal["run", "compensate"],
     token: str,
+    claims: TaskClaims,
     result: remote.RemoteResult,
 ) -> ResultRecorded:
-    claims = await _signed(token, execution_id, step_id, phase)
     tenant_id = claims.tenant_id
     # Admitted as `shared.api.security.authenticated` admits every other request of the tenant: the permit first
     # (before the request's first borrow), then a rate token, and the permit held until the answer is ready.
@@ -241,6 +280,8 @@ async def _report(
 
 
 def _routes(suffix: str, phase: Literal["run", "compensate"], noun: str) -> None:
+    verified = _task_claims(phase)
+
     @router.post(
         f"/{{execution_id}}/steps/{{step_id}}{suffix}/complete",
         response_model=ResultRecorded,
@@ -252,12 +293,12 @@ def _routes(suffix: str, phase: Literal["run", "compensate"], noun: str) -> None
         execution_id: ExecutionId,
         step_id: StepId,
         body: StepCompletion,
+        claims: TaskClaims = Depends(verified),  # noqa: B008  # the first dependency: solved before the body
         client: Any = Depends(get_durable_client),  # noqa: B008
     ) -> ResultRecorded:
         """Report the attempt's output. The task token is the credential: single use, bound to this attempt."""
-        return await _report(
-            client, execution_id, step_id, phase, body.task_token, remote.RemoteResult(ok=True, output=body.output)
-        )
+        result = remote.RemoteResult(ok=True, output=body.output)
+        return await _report(client, execution_id, step_id, phase, body.task_token, claims, result)
 
     @router.post(
         f"/{{execution_id}}/steps/{{step_id}}{suffix}/fail",
@@ -270,17 +311,12 @@ def _routes(suffix: str, phase: Literal["run", "compensate"], noun: str) -> None
         execution_id: ExecutionId,
         step_id: StepId,
         body: StepFailure,
+        claims: TaskClaims = Depends(verified),  # noqa: B008  # the first dependency: solved before the body
         client: Any = Depends(get_durable_client),  # noqa: B008
     ) -> ResultRecorded:
         """Report that the attempt failed; the step's retry policy decides what happens next."""
-        return await _report(
-            client,
-            execution_id,
-            step_id,
-            phase,
-            body.task_token,
-            remote.RemoteResult(ok=False, error=body.error, retryable=body.retryable),
-        )
+        result = remote.RemoteResult(ok=False, error=body.error, retryable=body.retryable)
+        return await _report(client, execution_id, step_id, phase, body.task_token, claims, result)
 
 
 _routes("", "run", "step attempt")
