@@ -48,6 +48,10 @@ class AlreadyFinishedError(ControlError):
     """The execution has ended; nothing can change it any more."""
 
 
+class AlreadyFailingError(ControlError):
+    """The execution is compensating for a failed step and ends failed: a cancel would change nothing (ADR 0014)."""
+
+
 class NotWaitingError(ControlError):
     """The step is not an approval waiting for a decision (or was decided differently already)."""
 
@@ -63,6 +67,7 @@ class NotRetryableError(ControlError):
 def request_cancel(conn: Conn, execution_id: UUID, requested_by: str) -> repo.Execution:
     """Record a cancel request (once) with its event; a pending execution that no orchestration runs yet is
     cancelled at once. The caller then tells the orchestration, and ends the queued work (work_queue.cancel_queued).
+    AlreadyFailingError, nothing written, for one compensating for a failure: it ends failed whatever is asked.
 
     The execution's open attempts are held first, then the execution (ADR 0014), so that the queued work's end in the
     same transaction waits for no attempt while the execution is held: a recorder holding one (a timeout) waits for
@@ -70,12 +75,27 @@ def request_cancel(conn: Conn, execution_id: UUID, requested_by: str) -> repo.Ex
     execution, _ = store.hold_open_attempts(conn, execution_id)
     if execution.terminal:
         raise AlreadyFinishedError(f"execution {execution_id} is already {execution.status}")
+    if _compensating_for_a_failure(execution):
+        raise AlreadyFailingError(
+            f"execution {execution_id} is compensating for a failed step and will end failed;"
+            " a cancel would change nothing"
+        )
     if conn.execute(_CANCEL, (requested_by, execution_id, sorted(repo.TERMINAL))).rowcount == 1:
         repo.append_event(conn, execution_id, "cancel_requested", data={"by": requested_by})
     current = repo.get_execution(conn, execution_id)
     if current.terminal and current.cancel_requested_at is None:
         raise AlreadyFinishedError(f"execution {execution_id} is already {current.status}")
     return current
+
+
+def _compensating_for_a_failure(execution: repo.Execution) -> bool:
+    """Whether the execution compensates because a step failed, not because it was cancelled: a failure stays the
+    cause, so a cancel recorded now would be answered 202 and the run still end failed. A cancel's compensation is
+    recorded with the cancel's request and the reducer's cause, "cancelled" (machine.cause); a failure's has neither,
+    or (a cancel recorded while a failure was already stopping the run) the failure's error."""
+    if execution.status != "compensating":
+        return False
+    return execution.cancel_requested_at is None or execution.error != "cancelled"
 
 
 def parent_principal(parent_id: UUID | str) -> str:
@@ -88,8 +108,8 @@ def record_child_cancel(conn: Conn, child_id: UUID, parent_id: UUID) -> list[sto
     queued remote work ended (ADR 0027); None when the child had ended already. `tell_child` raises it afterwards."""
     try:
         request_cancel(conn, child_id, parent_principal(parent_id))
-    except AlreadyFinishedError:
-        return None
+    except (AlreadyFinishedError, AlreadyFailingError):
+        return None  # ended, or ending failed on its own: nothing to pass down
     return work_queue.cancel_queued(conn, child_id)
 
 

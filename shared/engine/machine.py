@@ -302,6 +302,13 @@ class _Step:
 
     def apply(self, flight: Flight, verdict: Verdict, now: datetime) -> None:
         self.update(settled=self.s.settled + 1)
+        if flight.phase is Phase.RUN and verdict.state == "abandoned" and self.s.stopping:
+            # Ended by the stop (its queued work cancelled, a child told to cancel): cancelled, as a wait the stop
+            # ends, not failed. Commands are the same either way: a stopping run starts nothing after a failure.
+            self.drop_flight(flight.step_id)
+            self.update(failed={**self.s.failed, flight.step_id: verdict.error or "abandoned"})
+            self.view(flight.step_id, {"state": "cancelled", "attempt": flight.attempt, "error": verdict.error})
+            return
         if flight.phase is Phase.COMPENSATE:
             if verdict.ok:
                 self.compensation_done(flight.step_id, None)
@@ -504,6 +511,19 @@ class _Step:
                 ok=True,
                 output={"execution_id": child_id, "outputs": result.get("outputs")},
             )
+        elif result.get("status") == "cancelled" and self.s.stopping and self.s.spec.rules >= 5:
+            # A stopping run tells a running child to cancel (abandon_waits): the child ending cancelled is that stop
+            # carried out, so its step ends as every step the stop ends, cancelled, and does not fail (a second
+            # failure, step.failed and its telemetry, on a run that was cancelled). A child cancelled while the
+            # parent was not stopping, or one that failed, still fails the step.
+            outcome = Outcome(
+                step_id=flight.step_id,
+                phase=Phase.RUN,
+                attempt=flight.attempt,
+                ok=False,
+                state="abandoned",
+                error="cancelled" if self.s.cancelled else "an earlier step failed",
+            )
         else:
             outcome = Outcome(
                 step_id=flight.step_id,
@@ -631,8 +651,39 @@ class _Step:
             self.compensation_done(flight.step_id, error)
             return
         retry_at = now + timedelta(seconds=self.retry_delay(policy, flight.attempt + 1))
+        if self.s.spec.rules < 5:
+            self.put_flight(
+                flight.model_copy(update={"stage": Stage.PAUSED, "deadline": None, "ends_at": retry_at, "write": None})
+            )
+            return
+        # Recorded before the pause counts, as a run-phase retry is: the step reads compensating with its retry's
+        # time, not compensation_failed (which is written only when no attempt is left).
+        self.notes.append(
+            StepNote(
+                kind=NoteKind.COMPENSATION_RETRYING,
+                step_id=flight.step_id,
+                attempt=flight.attempt,
+                next_attempt=flight.attempt + 1,
+                max_attempts=policy.max_attempts,
+                retry_at=retry_at.isoformat(),
+                error=error,
+            )
+        )
         self.put_flight(
-            flight.model_copy(update={"stage": Stage.PAUSED, "deadline": None, "ends_at": retry_at, "write": None})
+            flight.model_copy(
+                update={"stage": Stage.PAUSED, "deadline": None, "ends_at": retry_at, "error": error, "write": ""}
+            )
+        )
+        self.view(
+            flight.step_id,
+            {
+                **self.s.views.get(flight.step_id, {}),
+                "state": "compensating",
+                "attempt": flight.attempt,
+                "next_attempt": flight.attempt + 1,
+                "retry_at": retry_at.isoformat(),
+                "error": error,
+            },
         )
 
     def compensation_done(self, step_id: str, error: str | None) -> None:
@@ -677,7 +728,9 @@ class _Step:
                 status=status,
             )
             return
-        steps = [note.step_id for note in self.notes if note.kind is NoteKind.RETRYING]
+        steps = [
+            note.step_id for note in self.notes if note.kind in (NoteKind.RETRYING, NoteKind.COMPENSATION_RETRYING)
+        ]
         steps += [start.step_id for start in self.starts]
         finish = self.finishing_level()
         carrying = self.may_carry()

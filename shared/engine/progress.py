@@ -18,7 +18,7 @@ from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
 from shared.engine import machine, work_queue
 from shared.engine import steps as store
-from shared.engine.control import AlreadyFinishedError, parent_principal, request_cancel
+from shared.engine.control import AlreadyFailingError, AlreadyFinishedError, parent_principal, request_cancel
 from shared.engine.dispatch_results import await_results, verdicts
 from shared.engine.payloads import claim_check
 from shared.engine.protocol import MODULE_WORK_HUB, WorkItem
@@ -155,10 +155,26 @@ class ProgressRequest(BaseModel):
 
 
 def abandon_step(conn: store.Conn, key: AttemptKey, reason: str) -> None:
-    """End a step that will not finish: its attempt abandoned, the step cancelled with `reason` (each once)."""
+    """End a step that will not finish: its attempt abandoned, the step cancelled with `reason` (each once); for a
+    compensation, the step compensation_failed. The step's move is the one event (ADR 0015): the attempt has none."""
     if store.get_attempt(conn, key) is not None:
         store.finish_attempt(conn, key, ok=False, error=reason, retryable=False, state="abandoned")
-    _cancel_step(conn, key.execution_id, key.step_id, reason, ("pending", "running", "waiting", "retrying", "failed"))
+    if key.phase == "run":
+        # `failed`: a step whose attempt failed and whose retry is abandoned before it was recorded.
+        moves_from = ("pending", "running", "waiting", "retrying", "failed")
+        _cancel_step(conn, key.execution_id, key.step_id, reason, moves_from)
+    else:
+        end_compensation(conn, key, reason)
+
+
+def end_compensation(conn: store.Conn, key: AttemptKey, reason: str) -> None:
+    """A compensating step whose compensation will not finish (its attempt abandoned, or its retry never to come)
+    ends compensation_failed with `reason`, and its event (once)."""
+    if store.move_step(
+        conn, key.execution_id, key.step_id, "compensation_failed", ("compensating",), finished=True, error=reason
+    ):
+        data = {"attempt": key.attempt, "error": reason, "reason": "abandoned"}
+        repo.append_event(conn, key.execution_id, "compensation_failed", key.step_id, data)
 
 
 def _cancel_step(conn: store.Conn, execution_id: UUID, step_id: str, reason: str, moves_from: tuple[str, ...]) -> None:
@@ -652,7 +668,14 @@ def _move_answer(current: repo.Execution) -> dict[str, Any]:
     return {"status": current.status, "cancel_requested": current.cancel_requested_at is not None}
 
 
-_NOT_ABANDONED = frozenset({machine.NoteKind.SKIPPED, machine.NoteKind.FAILED, machine.NoteKind.RETRYING})
+_NOT_ABANDONED = frozenset(
+    {
+        machine.NoteKind.SKIPPED,
+        machine.NoteKind.FAILED,
+        machine.NoteKind.RETRYING,
+        machine.NoteKind.COMPENSATION_RETRYING,
+    }
+)
 """The notes `_note` records without ending an attempt; every other kind abandons one."""
 
 
@@ -691,6 +714,20 @@ def _note(conn: store.Conn, execution_id: UUID, note: machine.StepNote) -> None:
                 "error": note.error,
             }
             repo.append_event(conn, execution_id, "step_retrying", step_id, data)
+    elif note.kind is machine.NoteKind.COMPENSATION_RETRYING:
+        assert note.retry_at is not None  # the reducer always says when
+        # The step stays compensating (its failed attempt left it there, steps.finish_attempt): only when is new.
+        if store.note_compensation_retry(
+            conn, execution_id, step_id, datetime.fromisoformat(note.retry_at), note.error
+        ):
+            data = {
+                "attempt": note.attempt,
+                "next_attempt": note.next_attempt,
+                "max_attempts": note.max_attempts,
+                "retry_at": note.retry_at,
+                "error": note.error,
+            }
+            repo.append_event(conn, execution_id, "compensation_retrying", step_id, data)
     else:
         abandon_step(conn, _abandoned_key(execution_id, note), note.error or "cancelled")
 
@@ -784,15 +821,25 @@ class _Settling:
     def _apply(self, conn: store.Conn, index: int) -> None:
         """Apply one outcome to its recorded attempt (once: a result recorded first stands, and is its verdict)."""
         key, outcome = self._keys[index], self._outcomes[index]
-        attempt, _ = store.finish_attempt(
-            conn,
-            key,
-            ok=outcome.ok,
-            output=self._outputs[index],
-            error=outcome.error,
-            retryable=True,
-            state=outcome.state,  # type: ignore[arg-type]  # the reducer names only attempt states
-        )
+        if outcome.state == "abandoned":
+            # A child its stopping parent told to cancel, ended cancelled (rules 5): its step ends as every step a
+            # stop ends, cancelled, not failed; a result recorded first (a timeout) stands, and its step with it.
+            reason = outcome.error or "cancelled"
+            attempt, applied = store.finish_attempt(
+                conn, key, ok=False, error=reason, retryable=False, state="abandoned"
+            )
+            if applied:
+                abandon_step(conn, key, reason)
+        else:
+            attempt, _ = store.finish_attempt(
+                conn,
+                key,
+                ok=outcome.ok,
+                output=self._outputs[index],
+                error=outcome.error,
+                retryable=True,
+                state=outcome.state,  # type: ignore[arg-type]  # the reducer names only attempt states
+            )
         self._verdicts[index] = attempt.verdict()
         if outcome.action == "intent.run" and not attempt.verdict()["ok"]:
             _stop_orphaned_child(conn, key)
@@ -818,7 +865,8 @@ def _stop_orphaned_child(conn: store.Conn, key: AttemptKey) -> None:
     # The child's open attempts before its row, which either move below holds (ADR 0014: request_cancel's order).
     store.hold_open_attempts(conn, child.id)
     if repo.transition_from(conn, child.id, "pending", "cancelled", error="its parent's step ended") is None:
-        with contextlib.suppress(AlreadyFinishedError):  # it ended meanwhile: nothing to stop
+        # It ended meanwhile, or compensates its own failure and ends on its own: nothing to stop.
+        with contextlib.suppress(AlreadyFinishedError, AlreadyFailingError):
             request_cancel(conn, child.id, parent_principal(key.execution_id))
 
 

@@ -131,6 +131,21 @@ _FINISH = sql.SQL(
     " finished_at = clock_timestamp() WHERE execution_id = %s AND step_id = %s AND phase = %s AND attempt = %s"
     " AND state = 'dispatched' RETURNING {}"
 ).format(_ATTEMPT_COLUMNS)
+# A compensation attempt that failed ends its step (compensation_failed, finished) only when it was the last: before
+# it, another attempt is due (the reducer retries a compensation up to the step's max_attempts, whatever its error),
+# and the step reads compensating until it starts. Answers the state it is in afterwards.
+_COMPENSATION_FAILED = (
+    "UPDATE app.execution_steps SET state = CASE WHEN %(attempt)s < max_attempts THEN 'compensating'"
+    " ELSE 'compensation_failed' END, error = %(error)s, retry_at = NULL, updated_at = clock_timestamp(),"
+    " finished_at = CASE WHEN %(attempt)s < max_attempts THEN NULL ELSE clock_timestamp() END"
+    " WHERE execution_id = %(execution)s AND step_id = %(step)s RETURNING state"
+)
+# A compensation's retry, recorded once (a re-run dispatch finds the same time recorded): the step stays compensating.
+_COMPENSATION_RETRY = (
+    "UPDATE app.execution_steps SET retry_at = %s, error = %s, updated_at = clock_timestamp()"
+    " WHERE execution_id = %s AND step_id = %s AND state = 'compensating' AND retry_at IS DISTINCT FROM %s"
+    " RETURNING step_id"
+)
 # A NULL output parameter keeps the stored output (a JSON null output arrives as the jsonb value null).
 _STEP_STATE = (
     "UPDATE app.execution_steps SET state = %s, attempt = GREATEST(attempt, %s), error = %s,"
@@ -378,7 +393,10 @@ def finish_attempt(
     """Apply an attempt's result once: returns the attempt as recorded and whether this call applied it.
 
     A result that arrives after another (a duplicate delivery, a late worker after a timeout) changes nothing;
-    the caller gets the result that was applied first.
+    the caller gets the result that was applied first. An attempt ended `abandoned` is no result: only the attempt is
+    recorded, and the caller moves its step (`progress.abandon_step`), whose move says what happened (ADR 0015). A
+    failed compensation attempt that is not its step's last leaves the step compensating, with no event: its retry
+    is the reducer's to record (`compensation_retrying`), and `compensation_failed` is written when none is left.
     """
     final_state: AttemptState = state or ("succeeded" if ok else "failed")
     row = conn.execute(
@@ -397,6 +415,10 @@ def finish_attempt(
             raise LookupError(f"no attempt {key}")
         return _attempt(existing), False
     attempt = _attempt(row)
+    if final_state == "abandoned":
+        # Not a result: a step moved to failed here (with step_failed) read as a failure until its cancel moved it on,
+        # and its stream ended twice. The caller's move of the step is its one end.
+        return attempt, True
     if key.phase == "run":
         _set_step_state(
             conn,
@@ -408,15 +430,10 @@ def finish_attempt(
             output=Jsonb(output) if ok else None,
             finished=True,
         )
-    else:
-        _set_step_state(
-            conn,
-            key.execution_id,
-            key.step_id,
-            "compensated" if ok else "compensation_failed",
-            error=None if ok else error,
-            finished=True,
-        )
+    elif ok:
+        _set_step_state(conn, key.execution_id, key.step_id, "compensated", finished=True)
+    elif not _compensation_ended(conn, key, error):
+        return attempt, True  # another attempt is due: its retry is recorded by the orchestration's next dispatch
     data: dict[str, Any] = {"attempt": key.attempt}
     if ok:
         data["output"] = output
@@ -440,6 +457,24 @@ def finish_attempt(
             duration_ms=duration_ms,
         )
     return attempt, True
+
+
+def _compensation_ended(conn: Conn, key: AttemptKey, error: str | None) -> bool:
+    """Record a failed compensation attempt on its step: True when it was the last (the step compensation_failed)."""
+    row = conn.execute(
+        _COMPENSATION_FAILED,
+        {"attempt": key.attempt, "error": error, "execution": key.execution_id, "step": key.step_id},
+    ).fetchone()
+    return row is None or row["state"] == "compensation_failed"
+
+
+def note_compensation_retry(
+    conn: Conn, execution_id: UUID, step_id: str, retry_at: datetime, error: str | None
+) -> bool:
+    """Record when a compensating step's next attempt is due (once); False when it is recorded already, or the step
+    is no longer compensating."""
+    row = conn.execute(_COMPENSATION_RETRY, (retry_at, error, execution_id, step_id, retry_at)).fetchone()
+    return row is not None
 
 
 def take_results(conn: Conn, keys: Sequence[AttemptKey], *, final: bool) -> list[Attempt]:

@@ -27,7 +27,7 @@ from shared.engine import control, stalls, work_queue
 from shared.engine import executions as repo
 from shared.engine import start as engine
 from shared.engine import steps as store
-from shared.engine.progress import abandon_step
+from shared.engine.progress import abandon_step, end_compensation
 from shared.engine.protocol import ORCHESTRATOR, EventRaiser, raise_to_orchestration
 from shared.engine.start_service import StatusUnknownError, existing_instance, status_unknown
 from shared.engine.steps import AttemptKey
@@ -233,9 +233,15 @@ def end_execution(
                 abandon_step(conn, AttemptKey(execution_id, step["step_id"], "run", max(step["attempt"], 1)), cause)
             # Any attempt still out, of either phase (a compensating step's rollback too): left dispatched, its
             # queued item would be leased and its result recorded after the end.
-            for attempt in store.list_attempts(conn, execution_id):
+            attempts = store.list_attempts(conn, execution_id)
+            for attempt in attempts:
                 if attempt.state == "dispatched":
                     abandon_step(conn, attempt.key, cause)
+            # A compensation between attempts (its retry due) has none out, and would read compensating for ever.
+            last_compensation = {a.key.step_id: a.key for a in attempts if a.key.phase == "compensate"}
+            for step in store.list_steps(conn, execution_id):
+                if step["state"] == "compensating" and step["step_id"] in last_compensation:
+                    end_compensation(conn, last_compensation[step["step_id"]], cause)
             repo.transition(conn, execution_id, "failed", error=cause)
             # The children's cancels in the same transaction: recorded after the end's commit, one that failed (a
             # child's row held past a timer's lock wait) was never retried, the parent being ended by then.

@@ -83,10 +83,13 @@ def wait_reason(
     now: datetime,
     work: Sequence[QueuedItem] = (),
     pollers: dict[str, Poller] | None = None,
+    attempts: Sequence[Attempt] = (),
 ) -> str | None:
     """Why the execution is not moving right now, e.g. "waiting for approval of step deploy"; None if it is.
-    `work` holds the execution's open queue items and `pollers` the last poll for their actions."""
+    `work` holds the execution's open queue items, `pollers` the last poll for their actions, and `attempts` the
+    execution's attempts (which number a compensation's retry)."""
     items = {item.key.step_id: item for item in work if item.key.phase == "run"}
+    compensations = {a.key.step_id: a.key.attempt for a in attempts if a.key.phase == "compensate"}
     if execution.terminal:
         return None
     if execution.status == "pending":
@@ -103,6 +106,11 @@ def wait_reason(
             reasons.append(
                 f"retrying step {step_id} in {seconds} s (attempt {step['attempt'] + 1} of {step['max_attempts']})"
             )
+        elif state == "compensating" and step["retry_at"] is not None:
+            seconds = max(0, math.ceil((step["retry_at"] - now).total_seconds()))
+            failed = compensations.get(step_id)
+            of = f" (attempt {failed + 1} of {step['max_attempts']})" if failed is not None else ""
+            reasons.append(f"retrying the compensation of step {step_id} in {seconds} s{of}")
         elif state == "running" and step["action"] == "wait":
             reasons.append(f"waiting on a timer (step {step_id})")
     if execution.cancel_requested_at is not None:

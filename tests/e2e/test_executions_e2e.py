@@ -583,7 +583,8 @@ def test_cancelling_a_parent_cancels_its_running_child(platform: Platform, side_
     assert status == "cancelled"
     assert [e["data"]["by"] for e in events if e["type"] == "cancel_requested"] == [f"execution:{parent}"]
     assert len(side_effects.named(f"child-unprepare-{tag}")) == 1
-    assert steps_of(detail(platform, parent))["run-child"]["state"] in ("failed", "cancelled")
+    # The cancel it passed down, carried out: cancelled like every step the cancel stops (it read failed before).
+    assert steps_of(detail(platform, parent))["run-child"]["state"] == "cancelled"
 
 
 def test_a_failing_parent_cancels_its_child_instead_of_waiting_for_it(
@@ -604,6 +605,9 @@ def test_a_failing_parent_cancels_its_child_instead_of_waiting_for_it(
     status, _ = follow(platform, parent)
     assert status == "failed" and detail(platform, parent)["output"]["failed_step"] == "boom"
     assert follow(platform, _child_of(platform, parent, "run-child"))[0] == "cancelled"
+    # Stopped by the failure, as a wait is: cancelled, not a second failure beside the cause.
+    child_step = steps_of(detail(platform, parent))["run-child"]
+    assert (child_step["state"], child_step["error"]) == ("cancelled", "an earlier step failed")
 
 
 def test_the_same_idempotency_key_under_concurrency_starts_one_execution(

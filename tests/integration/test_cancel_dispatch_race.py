@@ -194,8 +194,15 @@ def test_a_cancelled_executions_compensation_is_still_leased(
     app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
 ) -> None:
     tenant, action = new_tenant(), f"undo-{uuid.uuid4().hex[:6]}"
-    rollback = _queued(app_pool, tenant, action, path=["running", "compensating"], phase="compensate")
-    _cancel_only(app_pool, tenant, rollback.execution_id)
+    # The cancel first, then the compensation it causes (a cancel of a failure's compensation is refused).
+    execution = _execution(app_pool, tenant, path=["running"])
+    _cancel_only(app_pool, tenant, execution.id)
+    rollback = AttemptKey(execution.id, "build", "compensate", 1)
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        repo.transition(conn, execution.id, "compensating", error="cancelled")
+        store.seed_steps(conn, execution.id, [StepSeed("build", action, 3)])
+        store.begin_attempt(conn, rollback, action=action, remote=True)
+        work_queue.enqueue(conn, rollback, action=action, params={}, timeout_s=600)
     assert _lease(app_pool, tenant, action) == [rollback]  # a cancel compensates: its rollbacks must run
 
 

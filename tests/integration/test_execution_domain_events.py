@@ -134,9 +134,9 @@ def test_failed_and_timed_out_attempts_are_step_failed_and_a_cancel_is_not(
         store.finish_attempt(conn, failed, ok=False, error="HTTP 500")
         store.finish_attempt(conn, timed_out, ok=False, error="no result in 30 s", state="timed_out")
         store.finish_attempt(conn, abandoned, ok=False, error="cancelled", retryable=False, state="abandoned")
-        # What the orchestrator's abandon record does next (an abandoned attempt leaves its step failed).
+        # What the orchestrator's abandon record does next (an abandoned attempt leaves its step as it was, ADR 0015).
         assert store.move_step(
-            conn, abandoned.execution_id, "build", "cancelled", ("running", "failed"), finished=True, error="cancelled"
+            conn, abandoned.execution_id, "build", "cancelled", ("running",), finished=True, error="cancelled"
         )
 
     def step_events(key: AttemptKey) -> list[tuple[str, Any]]:

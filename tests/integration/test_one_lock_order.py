@@ -40,6 +40,8 @@ RECORDER, ENDER = "recorder", "ender"
 # execution after holding the attempt.
 RECORDER_PAUSE = ((store, "append_event"),)
 DECISION_PAUSE = ((repo, "get_execution"),)
+# An abandon holds the attempt and is about to append its step's step_cancelled (its attempt writes no event).
+ABANDON_PAUSE = ((repo, "append_event"),)
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,7 @@ def _end_vs_heartbeat(pool: ConnectionPool[Any], tenant: uuid.UUID) -> Pair:
     return Pair(
         beat,
         _end(tenant, pool, key.execution_id),
-        RECORDER_PAUSE,
+        ABANDON_PAUSE,
         True,
         END_PAUSE,
         False,

@@ -503,6 +503,64 @@ def test_a_failure_stays_the_cause_and_a_failed_compensation_does_not_stop_the_o
     assert run.complete["compensated"] == ["a"] and run.complete["compensation_failed"] == {"b": "nope"}
 
 
+RETRIED_UNDO = [
+    {
+        "id": "a",
+        "action": "x",
+        "retry": {"max_attempts": 2, "initial_interval_s": 3, "backoff": 1},
+        "compensate": {"action": "undo"},
+    },
+    {"id": "b", "action": "x", "depends_on": ["a"]},
+]
+
+
+def _compensating(rules: int = m.RULES) -> Run:
+    """RETRIED_UNDO with b failed for good, compensating a (attempt 1 dispatched and answered)."""
+    run = Run(RETRIED_UNDO, rules=rules)
+    run.answer_all()
+    run.result("a")
+    run.answer_all()
+    run.result("b", ok=False, retryable=False)
+    run.answer_all()  # the move to compensating, then the dispatch of a's compensation
+    run.answer_all()
+    assert run.state.flights["a"].phase is m.Phase.COMPENSATE
+    return run
+
+
+def test_a_compensation_to_be_retried_is_recorded_retrying_before_its_pause_counts() -> None:
+    run = _compensating()
+    commands = run.send(m.EventRaised("compensate:a:1", {"ok": False, "error": "nope"}, run.now))
+    (retry,) = [c for c in commands if isinstance(c, m.CallActivity)]
+    assert isinstance(retry.input, m.DispatchSteps) and retry.input.starts == []
+    (note,) = retry.input.notes
+    assert note == m.StepNote(
+        kind=m.NoteKind.COMPENSATION_RETRYING,
+        step_id="a",
+        attempt=1,
+        next_attempt=2,
+        max_attempts=2,
+        retry_at=(T0 + timedelta(seconds=3)).isoformat(),
+        error="nope",
+    )
+    # Still compensating (it is not the compensation's end), and the pause starts once the retry is recorded.
+    assert run.state.views["a"]["state"] == "compensating" and run.state.views["a"]["next_attempt"] == 2
+    assert not any(isinstance(c, m.SetTimer) for c in commands)
+    assert run.answer(retry) == [m.SetTimer(T0 + timedelta(seconds=3))]
+    assert [starts(c) for c in run.tick(3) if isinstance(c, m.CallActivity)] == [[("a", "compensate", 2)]]
+    run.answer_all()
+    run.send(m.EventRaised("compensate:a:2", {"ok": False, "error": "still nope"}, run.now))
+    run.answer_all()
+    assert run.complete is not None and run.complete["compensation_failed"] == {"a": "still nope"}
+    assert run.state.views["a"]["state"] == "compensation_failed"
+
+
+def test_a_compensation_retry_under_rules_4_pauses_without_a_record() -> None:
+    """An execution started before rules 5 replays into the commands it recorded: no retry note, the timer at once."""
+    run = _compensating(rules=4)
+    commands = run.send(m.EventRaised("compensate:a:1", {"ok": False, "error": "nope"}, run.now))
+    assert commands == [m.SetTimer(T0 + timedelta(seconds=3))]
+
+
 def test_a_child_intent_starts_as_a_sub_orchestration_and_is_cancelled_with_its_parent() -> None:
     run = Run([{"id": "kid", "action": "intent.run", "intent": "other"}], plan={"kid": {"kind": "intent"}})
     (dispatch,) = run.activities(m.Activity.DISPATCH_STEPS)
@@ -517,10 +575,43 @@ def test_a_child_intent_starts_as_a_sub_orchestration_and_is_cancelled_with_its_
     commands = run.send(m.ChildEnded("kid", 1, {"status": "cancelled", "error": "cancelled"}, False, run.now))
     (settle,) = [c for c in commands if isinstance(c, m.CallActivity)]
     assert isinstance(settle.input, m.RecordOutcomes)
-    assert settle.input.outcomes[0].error == "child execution c-1 cancelled: cancelled"
-    run.answer_all()
+    # The cancel it passed down, carried out: the step's attempt is abandoned and the step cancelled (rules 5), as
+    # every step the cancel stops, not failed "child execution c-1 cancelled: cancelled".
+    (outcome,) = settle.input.outcomes
+    assert (outcome.ok, outcome.state, outcome.error) == (False, "abandoned", "cancelled")
+    run.answer(settle)
+    assert run.state.views["kid"]["state"] == "cancelled"
     run.answer_all()
     assert run.complete is not None and run.complete["status"] == "cancelled"
+
+
+def test_a_child_cancelled_by_its_cancelled_parent_failed_its_step_under_rules_4() -> None:
+    run = Run([{"id": "kid", "action": "intent.run", "intent": "other"}], plan={"kid": {"kind": "intent"}}, rules=4)
+    answer = {"status": "running", "children": {"kid": {"execution_id": "c-1", "input": {}}}}
+    run.answer(run.activities(m.Activity.DISPATCH_STEPS)[0], answer)
+    run.send(m.EventRaised("cancel", {}, run.now))
+    run.answer_all()
+    commands = run.send(m.ChildEnded("kid", 1, {"status": "cancelled", "error": "cancelled"}, False, run.now))
+    (settle,) = [c for c in commands if isinstance(c, m.CallActivity)]
+    assert isinstance(settle.input, m.RecordOutcomes)
+    (outcome,) = settle.input.outcomes
+    assert (outcome.state, outcome.error) == (None, "child execution c-1 cancelled: cancelled")
+
+
+def test_a_child_cancelled_while_its_parent_runs_on_fails_its_step() -> None:
+    """Cancelled directly (not by its parent's stop), a child's end fails the parent's step, which stops the run."""
+    run = Run([{"id": "kid", "action": "intent.run", "intent": "other"}], plan={"kid": {"kind": "intent"}})
+    answer = {"status": "running", "children": {"kid": {"execution_id": "c-1", "input": {}}}}
+    run.answer(run.activities(m.Activity.DISPATCH_STEPS)[0], answer)
+    commands = run.send(m.ChildEnded("kid", 1, {"status": "cancelled", "error": "cancelled"}, False, run.now))
+    (settle,) = [c for c in commands if isinstance(c, m.CallActivity)]
+    assert isinstance(settle.input, m.RecordOutcomes)
+    (outcome,) = settle.input.outcomes
+    assert (outcome.state, outcome.error) == (None, "child execution c-1 cancelled: cancelled")
+    run.answer(settle)
+    run.answer_all()
+    assert run.complete is not None and run.complete["status"] == "failed"
+    assert run.complete["failed_step"] == "kid"
 
 
 def test_a_cancel_recorded_before_the_start_refuses_the_dispatch_and_ends_cancelled() -> None:
@@ -679,6 +770,35 @@ def test_replaying_a_recorded_event_sequence_gives_the_same_commands(picks: list
     restored = m.State.model_validate(state.model_dump(mode="json"))
     probe = m.TimerFired(T0 + timedelta(days=1))
     assert m.reduce(restored, probe)[1] == m.reduce(state, probe)[1]
+
+
+RETRIED_COMPENSATIONS = [
+    {"id": "a", "action": "x", "retry": {"max_attempts": 3, "initial_interval_s": 1}, "compensate": {"action": "u"}},
+    {"id": "ok", "action": "approval", "depends_on": ["a"]},
+    {"id": "b", "action": "x", "depends_on": ["ok"], "retry": {"max_attempts": 2, "initial_interval_s": 2}},
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(choices)
+def test_replaying_compensation_retries_gives_the_same_commands(picks: list[Choice]) -> None:
+    state, log, events = drive(picks, steps=RETRIED_COMPENSATIONS)
+    replayed, replay_log = replay(RETRIED_COMPENSATIONS, events)
+    assert replay_log == log and replayed == state
+
+
+def test_the_compensation_retry_property_run_does_retry_a_compensation() -> None:
+    """The property above is about compensation retries: some run of events records one."""
+    picks: list[Choice] = [("timer", 1, False), ("answer", 0, True), ("result", 0, True), ("answer", 4, True)]
+    picks += [("result", 5, False), ("answer", 0, True), ("answer", 1, True), ("timer", 3, True)]
+    _, log, _ = drive(picks, steps=RETRIED_COMPENSATIONS)
+    notes = [
+        note.kind
+        for command in log
+        if isinstance(command, m.CallActivity) and isinstance(command.input, m.DispatchSteps)
+        for note in command.input.notes
+    ]
+    assert m.NoteKind.COMPENSATION_RETRYING in notes
 
 
 CARRIED_STEPS = [

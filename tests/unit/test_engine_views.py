@@ -141,3 +141,27 @@ def test_steps_carry_their_attempts_in_order() -> None:
     views = step_views([step("build", "http.request", "succeeded"), step("next", "wait", "pending")], attempts)
     assert [(a["attempt"], a["state"]) for a in views[0]["attempts"]] == [(1, "failed"), (2, "succeeded")]
     assert views[1]["attempts"] == []
+
+
+def test_a_compensation_between_attempts_says_when_it_is_retried() -> None:
+    failed = Attempt(
+        key=AttemptKey(EXECUTION.id, "deploy", "compensate", 1),
+        action="http.request",
+        remote=False,
+        state="failed",
+        output=None,
+        error="500",
+        retryable=True,
+        token_nonce=None,
+        token_expires_at=None,
+        token_used_at=None,
+        dispatched_at=NOW,
+        finished_at=NOW,
+    )
+    compensating = replace(EXECUTION, status="compensating")
+    steps = [step("deploy", "http.request", "compensating", retry_at=NOW + timedelta(seconds=4.5))]
+    assert wait_reason(compensating, steps, NOW, attempts=[failed]) == (
+        "retrying the compensation of step deploy in 5 s (attempt 2 of 3)"
+    )
+    # A compensation attempt under way has no retry time: it is moving.
+    assert wait_reason(compensating, [step("deploy", "http.request", "compensating")], NOW, attempts=[failed]) is None

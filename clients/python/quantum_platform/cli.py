@@ -603,7 +603,8 @@ def executions_get(execution: str, output: OutputOption = "table") -> None:
 
 @executions_app.command("cancel")
 def executions_cancel(execution: str, output: OutputOption = "table") -> None:
-    """Cancel an execution: it compensates what completed and ends cancelled."""
+    """Cancel an execution: it compensates what completed and ends cancelled (refused, 409 already-failing, while it
+    compensates for a failed step: it ends failed)."""
     _run(lambda: _with(lambda c: _show(c.executions.cancel(execution).json(), output)))
 
 

@@ -47,10 +47,35 @@ _FINISHED = problem_doc(
     f"execution {EXAMPLE_EXECUTION_ID} is already succeeded",
     "The execution has ended",
 )
+_FAILING = problem_doc(
+    409,
+    "already-failing",
+    "Conflict",
+    f"execution {EXAMPLE_EXECUTION_ID} is compensating for a failed step and will end failed;"
+    " a cancel would change nothing",
+    "The execution is compensating for a failed step and will end failed",
+)
+# Either refusal of a cancel, each with its own example; nothing is recorded for either.
+_CANCEL_REFUSED = {
+    **_FINISHED,
+    "description": "The execution has ended (`already-finished`), or it is compensating for a failed step and will end"
+    " failed whatever a cancel asks (`already-failing`, ADR 0014: a failure stays the cause); nothing is recorded",
+    "content": {
+        media: {
+            "schema": body["schema"],
+            "examples": {
+                "already-finished": {"value": body["example"]},
+                "already-failing": {"value": _FAILING["content"][media]["example"]},
+            },
+        }
+        for media, body in _FINISHED["content"].items()
+    },
+}
 
 
 class CancelAccepted(BaseModel):
-    """The cancel was recorded; the execution compensates what completed and ends cancelled."""
+    """The cancel was recorded; the execution compensates what completed and ends cancelled (a step that failed
+    before the run saw the cancel stays the cause: the run then ends failed)."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -110,6 +135,8 @@ def _problem(exc: control.ControlError) -> ProblemError:
     match exc:
         case control.AlreadyFinishedError():
             return ProblemError(409, "already-finished", "Conflict", str(exc))
+        case control.AlreadyFailingError():
+            return ProblemError(409, "already-failing", "Conflict", str(exc))
         case control.NotAnApproverError():
             return ProblemError(403, "forbidden", "Forbidden", str(exc), extensions={"reason": "not_an_approver"})
         case control.NotWaitingError():
@@ -124,7 +151,7 @@ def _problem(exc: control.ControlError) -> ProblemError:
     status_code=202,
     response_model=CancelAccepted,
     summary="Cancel an execution",
-    responses={**AUTH_ERRORS, 404: EXECUTION_NOT_FOUND, 409: _FINISHED, 422: INVALID},
+    responses={**AUTH_ERRORS, 404: EXECUTION_NOT_FOUND, 409: _CANCEL_REFUSED, 422: INVALID},
 )
 async def cancel(
     execution_id: ExecutionId,
@@ -132,7 +159,8 @@ async def cancel(
     client: Any = Depends(get_durable_client),  # noqa: B008
 ) -> CancelAccepted:
     """Stop scheduling new steps, let work already out end, compensate what completed, end cancelled (the
-    requester, an Executor or a Deployer)."""
+    requester, an Executor or a Deployer). Refused (409 `already-failing`) while the execution compensates for a
+    failed step: it ends failed whatever is asked."""
 
     def record() -> tuple[repo.Execution, list[Attempt]]:
         # One transaction: the resource's labels are read where the execution is.

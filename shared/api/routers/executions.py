@@ -231,9 +231,9 @@ class ExecutionEventOut(BaseModel):
     seq: int
     type: str = Field(
         description="execution_started, step_started, step_completed, step_failed, step_retrying, "
-        "step_skipped, approval_requested, approval_granted, approval_rejected, "
-        "compensation_started, compensation_completed, execution_compensating, "
-        "cancel_requested, execution_completed, execution_failed, execution_cancelled, ..."
+        "step_skipped, step_cancelled, approval_requested, approval_granted, approval_rejected, "
+        "compensation_started, compensation_completed, compensation_retrying, compensation_failed, "
+        "execution_compensating, cancel_requested, execution_completed, execution_failed, execution_cancelled, ..."
     )
     step: str | None = Field(description="The step the event is about (null for the execution's own events).")
     step_id: str | None = Field(description="The same as `step`.")
@@ -286,7 +286,7 @@ def _out(
         last_event_seq=execution.last_event_seq,
         parent_execution_id=execution.parent_execution_id,
         retry_of=execution.retry_of,
-        wait_reason=wait_reason(execution, steps, now or datetime.now(UTC), work or (), pollers),
+        wait_reason=wait_reason(execution, steps, now or datetime.now(UTC), work or (), pollers, attempts),
         steps=[StepOut.model_validate(view) for view in step_views(steps, attempts)],
         links=ExecutionLinks(self=path, events=f"{path}/events?after=0"),
     )
