@@ -47,3 +47,28 @@ def cursor_text(position: Mapping[str, Any] | None, name: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise InvalidCursorError("the cursor is not one this API issued")
     return value
+
+
+LIST_MARKER = "list"
+"""The member of a position naming the list that issued it (`list_cursor`), so that no list takes another's cursor."""
+
+
+def list_cursor(list_name: str, position: dict[str, Any]) -> str:
+    """A cursor of the list `list_name` (e.g. `intents`) for `position`; `list_position` reads it back."""
+    return encode_cursor({**position, LIST_MARKER: list_name})
+
+
+def list_position(cursor: str | None, list_name: str, field: str) -> Any:
+    """The value at `field` of a cursor `list_cursor(list_name, ...)` issued (None without a cursor, the first page).
+
+    InvalidCursorError for a cursor of another list, or one without `field` (read as no position, such a cursor
+    silently restarted the list at its first page). A cursor without the marker (issued before lists marked theirs)
+    is taken while it holds `field`, so a client paging across the change carries on; what the value must be is the
+    caller's check."""
+    position = decode_cursor(cursor)
+    if position is None:
+        return None
+    marker = position.get(LIST_MARKER, list_name)
+    if marker != list_name or position.get(field) is None:
+        raise InvalidCursorError("the cursor is not one this list issued")
+    return position[field]

@@ -15,7 +15,9 @@ from shared import accepted_json
 from shared.registry.references import STEP_ID_PATTERN
 from shared.registry.when import WhenExpr, WhenSyntaxError, parse_when
 
-SLUG_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
+# At most 63 characters: the names column's CHECK (migration 0003) stores no more, and the list filter's name_prefix
+# takes as many. One more here passed validation and the published schema, then failed the insert.
+SLUG_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
 ACTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN)]

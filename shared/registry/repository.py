@@ -103,6 +103,15 @@ class NameTakenError(Exception):
     """The tenant already has an intent (or blueprint) of that name, archived ones included."""
 
 
+class ValueRefusedError(Exception):
+    """A CHECK constraint of the registry's tables refused a value that validation let through (the model and a
+    migration disagree); `constraint` names it, e.g. `intents_name_check`."""
+
+    def __init__(self, constraint: str | None) -> None:
+        super().__init__(f"the value breaks the table's constraint {constraint}")
+        self.constraint = constraint
+
+
 @dataclass(frozen=True)
 class HeadRow:
     """The mutable row of an intent or blueprint: identity, status and which version is current."""
@@ -180,12 +189,15 @@ def insert_head(
     labels: dict[str, str],
     created_by: str,
 ) -> HeadRow:
-    """A new head at version 1 (its version row is inserted next); a taken name raises NameTakenError."""
+    """A new head at version 1 (its version row is inserted next); a taken name raises NameTakenError, a value a
+    CHECK refuses ValueRefusedError."""
     try:
         with conn.transaction():  # a savepoint: the conflict leaves the caller's transaction usable
             row = conn.execute(_INSERT_HEAD, (item_id, kind, name, description, Jsonb(labels), created_by)).fetchone()
     except psycopg.errors.UniqueViolation as exc:
         raise NameTakenError(f"a {kind} named {name!r} exists") from exc
+    except psycopg.errors.CheckViolation as exc:
+        raise ValueRefusedError(exc.diag.constraint_name) from exc
     assert row is not None  # INSERT ... RETURNING
     return _head(row)
 
@@ -193,21 +205,25 @@ def insert_head(
 def insert_version(
     conn: psycopg.Connection[DictRow], item_id: UUID, version: int, new: NewVersion, created_by: str
 ) -> VersionRow:
-    """Append version `version`; the primary key refuses a duplicate, whatever the caller checked."""
-    row = conn.execute(
-        _INSERT_VERSION,
-        (
-            item_id,
-            version,
-            new.description,
-            Jsonb(new.labels),
-            Jsonb(new.definition),
-            new.definition_sha256,
-            Jsonb(new.origin),
-            None if new.blueprint_ref is None else Jsonb(new.blueprint_ref),
-            created_by,
-        ),
-    ).fetchone()
+    """Append version `version`; the primary key refuses a duplicate, whatever the caller checked. A CHECK refusal
+    raises ValueRefusedError and leaves the transaction failed (no savepoint: the caller answers with a refusal)."""
+    try:
+        row = conn.execute(
+            _INSERT_VERSION,
+            (
+                item_id,
+                version,
+                new.description,
+                Jsonb(new.labels),
+                Jsonb(new.definition),
+                new.definition_sha256,
+                Jsonb(new.origin),
+                None if new.blueprint_ref is None else Jsonb(new.blueprint_ref),
+                created_by,
+            ),
+        ).fetchone()
+    except psycopg.errors.CheckViolation as exc:
+        raise ValueRefusedError(exc.diag.constraint_name) from exc
     assert row is not None  # INSERT ... RETURNING
     return _version(row)
 

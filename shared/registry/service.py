@@ -18,7 +18,7 @@ from psycopg.types.json import Jsonb
 
 from shared.config import get_settings
 from shared.events.outbox import enqueue
-from shared.pagination import InvalidCursorError, cursor_text, decode_cursor, encode_cursor
+from shared.pagination import InvalidCursorError, list_cursor, list_position
 from shared.policy.authorizer import Decision
 from shared.policy.facts import TenantFacts
 from shared.policy.gates import module_of_action
@@ -35,6 +35,7 @@ from shared.registry.repository import (
     NameTakenError,
     NewVersion,
     Status,
+    ValueRefusedError,
     VersionRow,
     advance_head,
     archive_head,
@@ -70,6 +71,7 @@ __all__ = [
     "check",
     "create",
     "diff",
+    "diff_versions",
     "etag",
     "get",
     "list_items",
@@ -127,9 +129,10 @@ class DefinitionInvalidError(RegistryError):
         self.unlisted = unlisted
 
 
-def etag(item_id: UUID, version: int) -> str:
-    """The strong ETag of an item: the identity of its current version."""
-    return f'"{item_id}.v{version}"'
+def etag(item_id: UUID, version: int, status: Status) -> str:
+    """The strong ETag of an item: the identity of its current version, and `.archived` once it is archived (the
+    representation changes with the status, so a strong validator must too); an active item's is `"<id>.v<n>"`."""
+    return f'"{item_id}.v{version}"' if status == "active" else f'"{item_id}.v{version}.{status}"'
 
 
 def definition_sha256(definition: dict[str, Any]) -> str:
@@ -146,7 +149,7 @@ class Item:
 
     @property
     def etag(self) -> str:
-        return etag(self.head.id, self.version.version)
+        return etag(self.head.id, self.version.version, self.head.status)
 
     @property
     def target(self) -> str | None:
@@ -372,25 +375,30 @@ def list_items(
     limit: int,
 ) -> tuple[list[HeadRow], str | None]:
     """One page of items by name, and the cursor of the next page (None on the last)."""
-    after = cursor_text(decode_cursor(cursor), "name")
+    after = list_position(cursor, f"{kind}s", "name")
+    if not isinstance(after, str | None):
+        raise InvalidCursorError("the cursor is not one this list issued")
     rows = list_heads(
         conn, kind, name_prefix=name_prefix, labels=labels, status=status, after_name=after, limit=limit + 1
     )
     page = rows[:limit]
-    return page, encode_cursor({"name": page[-1].name}) if len(rows) > limit else None
+    return page, list_cursor(f"{kind}s", {"name": page[-1].name}) if len(rows) > limit else None
 
 
 def versions(
     conn: Conn, kind: Kind, item_id: UUID, *, cursor: str | None, limit: int
 ) -> tuple[list[VersionRow], str | None]:
-    """One page of an item's versions, oldest first."""
+    """One page of an item's versions, oldest first; its cursors serve this item's versions list only."""
     _head_or_404(conn, kind, item_id)
-    after = (decode_cursor(cursor) or {}).get("version", 0)
-    if not isinstance(after, int) or isinstance(after, bool):
-        raise InvalidCursorError("the cursor is not one this API issued")
+    list_name = f"{kind}s/{item_id}/versions"
+    after = list_position(cursor, list_name, "version")
+    if after is None:
+        after = 0
+    elif not isinstance(after, int) or isinstance(after, bool):
+        raise InvalidCursorError("the cursor is not one this list issued")
     rows = list_versions(conn, kind, item_id, after=after, limit=limit + 1)
     page = rows[:limit]
-    return page, encode_cursor({"version": page[-1].version}) if len(rows) > limit else None
+    return page, list_cursor(list_name, {"version": page[-1].version}) if len(rows) > limit else None
 
 
 def version(conn: Conn, kind: Kind, item_id: UUID, number: int) -> VersionRow:
@@ -553,7 +561,12 @@ def _short(value: Any) -> str:
 
 def diff(conn: Conn, kind: Kind, item_id: UUID, from_version: int, to_version: int) -> DiffResult:
     """The structured difference from one version to another (either order)."""
-    old, new = version(conn, kind, item_id, from_version), version(conn, kind, item_id, to_version)
+    return diff_versions(version(conn, kind, item_id, from_version), version(conn, kind, item_id, to_version))
+
+
+def diff_versions(old: VersionRow, new: VersionRow) -> DiffResult:
+    """The structured difference between two versions already read (and authorized) by the caller."""
+    from_version, to_version = old.version, new.version
     changes = diff_definitions(old.definition, new.definition)
     # The metadata is compared with the same machinery: a definition without steps differs only in its fields.
     metadata = diff_definitions(_metadata(old), _metadata(new)).fields_changed
@@ -593,15 +606,29 @@ def _event(item: Item, **extra: Any) -> dict[str, Any]:
     }
 
 
+_CONSTRAINT_POINTERS = {"intents_name_check": "/name"}
+"""Where in a request body the value a table's CHECK constraint refused sits (others: the body as a whole)."""
+
+
+def _refused(kind: Kind, exc: ValueRefusedError) -> DefinitionInvalidError:
+    """A value the tables refuse as the 422 of a definition problem: validation should have caught it (the model and
+    a migration disagree), and a 500 would blame the platform for the caller's input."""
+    at = _CONSTRAINT_POINTERS.get(exc.constraint or "", "")
+    problem = ValidationError(at, "the value cannot be stored (it breaks a constraint of the registry)", "not_storable")
+    return DefinitionInvalidError([problem], f"The {kind} has 1 problem.")
+
+
 def create(conn: Conn, kind: Kind, doc: Any, *, item_id: UUID, tenant: TenantFacts, created_by: str) -> Item:
     """Validate and store version 1, with its `<kind>.created` event."""
     checked = check(conn, kind, doc, tenant=tenant)
     request = checked.request
     try:
         head = insert_head(conn, kind, item_id, request.name, request.description, dict(request.labels), created_by)
+        first = insert_version(conn, item_id, 1, _new_version(checked, {"kind": "create"}), created_by)
     except NameTakenError:
         raise NameConflictError(f"A {kind} named {request.name!r} exists (archived ones keep their name).") from None
-    first = insert_version(conn, item_id, 1, _new_version(checked, {"kind": "create"}), created_by)
+    except ValueRefusedError as exc:
+        raise _refused(kind, exc) from exc
     item = Item(head, first)
     enqueue(conn, f"{kind}.created", _subject(kind, item_id), _event(item))
     return item
@@ -612,7 +639,7 @@ def _locked_active(conn: Conn, kind: Kind, item_id: UUID, if_match: frozenset[st
     head = _head_or_404(conn, kind, item_id, lock=True)
     if head.status != "active":
         raise ArchivedError(f"The {kind} is archived; it takes no new versions.")
-    current = etag(head.id, head.current_version)
+    current = etag(head.id, head.current_version, head.status)
     if if_match is not None and current not in if_match:
         raise PreconditionFailedError(current)
     return _item(conn, head)
@@ -620,7 +647,10 @@ def _locked_active(conn: Conn, kind: Kind, item_id: UUID, if_match: frozenset[st
 
 def _append(conn: Conn, item: Item, new: NewVersion, created_by: str) -> Item:
     head, number = item.head, item.head.current_version + 1
-    row = insert_version(conn, head.id, number, new, created_by)
+    try:
+        row = insert_version(conn, head.id, number, new, created_by)
+    except ValueRefusedError as exc:
+        raise _refused(head.kind, exc) from exc
     advanced = advance_head(
         conn,
         head.kind,
@@ -631,7 +661,7 @@ def _append(conn: Conn, item: Item, new: NewVersion, created_by: str) -> Item:
         labels=new.labels,
     )
     if advanced is None:  # unreachable under the row lock; refusing keeps a lost update impossible regardless
-        raise PreconditionFailedError(etag(head.id, head.current_version))
+        raise PreconditionFailedError(etag(head.id, head.current_version, head.status))
     return Item(advanced, row)
 
 
@@ -675,12 +705,15 @@ def rollback(
     """A new version equal to `to_version` (its definition, metadata and blueprint pin), with `<kind>.rolled_back`.
 
     The old version is validated again first: the catalog or the tenant's gates may have changed since, and a
-    rollback must not bring back what the tenant may no longer run.
+    rollback must not bring back what the tenant may no longer run. A declaration's pinned blueprint must still be
+    active: a rollback makes a new version, which an archived blueprint takes no more of (as a PUT of the same
+    document is refused); plans, stored steps and executions of existing versions still read archived pins.
     """
     item = _locked_active(conn, kind, item_id, if_match)
     target = get_version(conn, kind, item_id, to_version)
     if target is None:
         raise UnknownVersionError(f"The {kind} has no version {to_version}.")
+    _refuse_archived_pin(conn, kind, to_version, target.blueprint_ref)
     try:
         check(conn, kind, _document(item.head.name, target), tenant=tenant, pin=target.blueprint_ref)
     except DefinitionInvalidError as exc:
@@ -705,13 +738,27 @@ def rollback(
     return rolled
 
 
+def _refuse_archived_pin(conn: Conn, kind: Kind, to_version: int, pin: dict[str, Any] | None) -> None:
+    """DefinitionInvalidError (`blueprint_archived` at /definition) when `pin` names a blueprint that is archived."""
+    if pin is None:
+        return
+    blueprint = get_head(conn, "blueprint", UUID(str(pin["id"])))  # a pin is written by `Checked.pin`, never sent
+    if blueprint is not None and blueprint.status == "archived":
+        problem = ValidationError(
+            "/definition",
+            f"blueprint '{blueprint.name}' is archived; it takes no new declarations (nor new versions of them)",
+            "blueprint_archived",
+        )
+        raise DefinitionInvalidError([problem], f"Version {to_version} no longer validates: The {kind} has 1 problem.")
+
+
 def archive(conn: Conn, kind: Kind, item_id: UUID, *, if_match: frozenset[str] | None) -> tuple[Item, bool]:
     """Archive the item (versions kept, reads still work), with `<kind>.archived`; whether it changed anything
     (archiving an archived item is a no-op, so DELETE stays idempotent)."""
     head = _head_or_404(conn, kind, item_id, lock=True)
     if head.status == "archived":
         return _item(conn, head), False
-    current = etag(head.id, head.current_version)
+    current = etag(head.id, head.current_version, head.status)
     if if_match is not None and current not in if_match:
         raise PreconditionFailedError(current)
     archived = archive_head(conn, kind, item_id)

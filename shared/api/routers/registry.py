@@ -51,6 +51,7 @@ from shared.engine.start import active_executions, concurrent_limit
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from shared.policy.actions import Action
 from shared.policy.authorizer import Decision, Resource, get_authorizer
+from shared.policy.decisions import decide as decide_audited
 from shared.policy.tenant_policies import tenant_policy_texts
 from shared.registry import service
 from shared.registry.model import Step
@@ -275,6 +276,32 @@ def _with_etag(content: BaseModel, etag: str) -> JSONResponse:
     return JSONResponse(content.model_dump(mode="json"), headers={"ETag": etag})
 
 
+_ETAG_HEADER = {
+    "description": 'The strong ETag of the item\'s current representation: `"<id>.v<version>"` while it is active, '
+    '`"<id>.v<version>.archived"` once archived; send it back in If-Match.',
+    "schema": {"type": "string"},
+}
+_WITH_ETAG: dict[str, Any] = {"headers": {"ETag": _ETAG_HEADER}}
+_CREATED: dict[str, Any] = {
+    "description": "Created",
+    "headers": {
+        "Location": {"description": "The new item's URL.", "schema": {"type": "string"}},
+        "ETag": _ETAG_HEADER,
+    },
+}
+
+
+def _by_content(rows: list[VersionRow]) -> list[list[VersionRow]]:
+    """`rows` grouped by what a read decision on a version depends on beyond its item (its target and labels), so
+    a page decides each distinct content once rather than each version."""
+    groups: dict[tuple[str | None, tuple[tuple[str, str], ...]], list[VersionRow]] = {}
+    for row in rows:
+        target = row.definition.get("target")
+        key = (target if isinstance(target, str) else None), tuple(sorted(row.labels.items()))
+        groups.setdefault(key, []).append(row)
+    return list(groups.values())
+
+
 # --- routes -----------------------------------------------------------------------------------------------------
 
 
@@ -308,6 +335,45 @@ def definition_router(kind: Kind) -> APIRouter:
     def resource_of(context: RequestContext, item: service.Item) -> Resource:
         return _resource(spec, str(item.head.id), context.tenant.id, item.target, item.version.labels)
 
+    def version_resource(context: RequestContext, item: service.Item, row: VersionRow) -> Resource:
+        """The resource a read of version `row` of `item` is decided on: that version's target and labels."""
+        # A version is read as what it holds: a tenant forbid on a label or a target sees an old version's own,
+        # not the current version's (ADR 0011, amended 2026-12-06).
+        return resource_of(context, service.Item(item.head, row))
+
+    def readable_versions(
+        context: RequestContext, conn: service.Conn, item: service.Item, rows: list[VersionRow]
+    ) -> list[VersionRow]:
+        """The versions in `rows` the caller may read; one audited decision per distinct content in the page (a
+        page of 200 versions with a handful of label sets costs a handful of decisions and records)."""
+        allowed: set[int] = set()
+        # An empty page is decided on the current version: every request keeps its authorization record.
+        for members in _by_content(rows) or [[item.version]]:
+            numbers = [row.version for row in members]
+            resource = version_resource(context, item, members[0])
+            detail = {"operation": "list_versions", "versions": numbers}
+            if decide_audited(context, spec.read, resource, conn=conn, detail=detail).allowed:
+                allowed.update(numbers)
+        return [row for row in rows if row.version in allowed]
+
+    def read_versions(
+        context: RequestContext, conn: service.Conn, item: service.Item, numbers: list[int], detail: dict[str, Any]
+    ) -> list[VersionRow]:
+        """The versions `numbers` of `item` once the caller may read each (403); 404 for one the item lacks, after a
+        decision on the current version, so a caller who may not read the item learns nothing of its history."""
+        rows: dict[int, VersionRow] = {}
+        for number in dict.fromkeys(numbers):
+            try:
+                rows[number] = service.version(conn, kind, item.head.id, number)
+            except service.RegistryError as exc:
+                authorize(context, spec.read, resource_of(context, item), detail=detail, conn=conn)
+                raise _problem(exc) from None
+        for members in _by_content(list(rows.values())):
+            resource = version_resource(context, item, members[0])
+            versions = [row.version for row in members]
+            authorize(context, spec.read, resource, detail={**detail, "versions": versions}, conn=conn)
+        return [rows[number] for number in numbers]
+
     def authorize_new_version(
         context: RequestContext, action: Action, created: service.Item, detail: dict[str, Any], conn: service.Conn
     ) -> Resource:
@@ -325,6 +391,7 @@ def definition_router(kind: Kind) -> APIRouter:
         response_model=RegistryItem,
         summary=f"Create {_a(noun)} {noun} (version 1)",
         responses={
+            201: _CREATED,
             **COMMON_ERRORS,
             400: BAD_IDEMPOTENCY_KEY,
             409: E409_NAME,
@@ -417,7 +484,7 @@ def definition_router(kind: Kind) -> APIRouter:
         "/{item_id}",
         response_model=RegistryItem,
         summary=f"Read {_a(noun)} {noun}",
-        responses={**COMMON_ERRORS, 404: E404},
+        responses={200: _WITH_ETAG, **COMMON_ERRORS, 404: E404},
     )
     def read(item_id: ItemId, context: MayRead, conn: TenantConnection) -> JSONResponse:
         """The current version, with its ETag (Reader)."""
@@ -429,7 +496,7 @@ def definition_router(kind: Kind) -> APIRouter:
         "/{item_id}",
         response_model=RegistryItem,
         summary=f"Update {_a(noun)} {noun} (a new version)",
-        responses={**ITEM_ERRORS, 409: E409_ARCHIVED, 412: E412, 428: E428},
+        responses={200: _WITH_ETAG, **ITEM_ERRORS, 409: E409_ARCHIVED, 412: E412, 428: E428},
     )
     def update(
         item_id: ItemId, context: MayUpdate, conn: TenantConnection, body: Json, if_match: IfMatch = None
@@ -464,7 +531,7 @@ def definition_router(kind: Kind) -> APIRouter:
         "/{item_id}",
         response_model=RegistryItem,
         summary=f"Archive {_a(noun)} {noun}",
-        responses={**COMMON_ERRORS, 404: E404, 412: E412},
+        responses={200: _WITH_ETAG, **COMMON_ERRORS, 404: E404, 412: E412},
     )
     def archive(item_id: ItemId, context: MayArchive, conn: TenantConnection, if_match: IfMatch = None) -> JSONResponse:
         """Archive: no new versions or executions; versions kept and reads still work. Archiving an archived
@@ -489,7 +556,7 @@ def definition_router(kind: Kind) -> APIRouter:
         "/{item_id}/rollback",
         response_model=RegistryItem,
         summary=f"Roll {_a(noun)} {noun} back (a new version equal to an old one)",
-        responses={**ITEM_ERRORS, 409: E409_ARCHIVED, 412: E412},
+        responses={200: _WITH_ETAG, **ITEM_ERRORS, 409: E409_ARCHIVED, 412: E412},
     )
     def rollback(
         item_id: ItemId,
@@ -541,14 +608,16 @@ def definition_router(kind: Kind) -> APIRouter:
         cursor: str | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     ) -> RegistryVersionPage:
-        """Every version, oldest first, cursor-paginated (Reader)."""
+        """Every version the caller may read, oldest first, cursor-paginated (Reader). Each version is decided on
+        its own target and labels, as reading it alone is: the ones a tenant policy forbids the caller are left out,
+        so a page may hold fewer than `limit` items (even none) and still name a next page."""
         item = load(conn, item_id)
-        authorize(context, spec.read, resource_of(context, item), conn=conn)
         try:
             rows, next_cursor = service.versions(conn, kind, item_id, cursor=cursor, limit=limit)
         except service.RegistryError as exc:
             raise _problem(exc) from None
-        return RegistryVersionPage(items=[_version_out(row) for row in rows], next_cursor=next_cursor)
+        readable = readable_versions(context, conn, item, rows)
+        return RegistryVersionPage(items=[_version_out(row) for row in readable], next_cursor=next_cursor)
 
     @router.get(
         "/{item_id}/versions/{number}",
@@ -559,13 +628,10 @@ def definition_router(kind: Kind) -> APIRouter:
     def read_version(
         item_id: ItemId, number: Annotated[int, Path(ge=1)], context: MayRead, conn: TenantConnection
     ) -> RegistryVersion:
-        """One immutable version (Reader)."""
+        """One immutable version, decided on its own target and labels (Reader)."""
         item = load(conn, item_id)
-        authorize(context, spec.read, resource_of(context, item), detail={"version": number}, conn=conn)
-        try:
-            return _version_out(service.version(conn, kind, item_id, number))
-        except service.RegistryError as exc:
-            raise _problem(exc) from None
+        (row,) = read_versions(context, conn, item, [number], {"version": number})
+        return _version_out(row)
 
     @router.get(
         "/{item_id}/diff",
@@ -580,19 +646,12 @@ def definition_router(kind: Kind) -> APIRouter:
         from_version: Annotated[int, Query(alias="from", ge=1)],
         to_version: Annotated[int, Query(alias="to", ge=1)],
     ) -> RegistryDiff:
-        """Steps added, removed and changed (with paths, old and new values), and a short summary (Reader)."""
+        """Steps added, removed and changed (with paths, old and new values), and a short summary; the caller must
+        be allowed to read both versions, each decided on its own target and labels (Reader)."""
         item = load(conn, item_id)
-        authorize(
-            context,
-            spec.read,
-            resource_of(context, item),
-            detail={"operation": "diff", "from": from_version, "to": to_version},
-            conn=conn,
-        )
-        try:
-            result = service.diff(conn, kind, item_id, from_version, to_version)
-        except service.RegistryError as exc:
-            raise _problem(exc) from None
+        detail = {"operation": "diff", "from": from_version, "to": to_version}
+        old, new = read_versions(context, conn, item, [from_version, to_version], detail)
+        result = service.diff_versions(old, new)
         return RegistryDiff(
             from_version=result.from_version,
             to_version=result.to_version,
