@@ -339,7 +339,7 @@ cancel; reused steps are compensated dependents first. 4 (2026-12-05): the attem
 good are settled through `record_outcomes` (their recorded result, else failed) instead of being retried blind; a
 step's parameters come to at most 2 Mi characters once resolved, counted as JSON text (`MAX_RESOLVED_CHARS`); a
 retry waits at most 30 days (`MAX_TIMEOUT_S`); a child's step outputs stored as blobs are read where the parent's
-references lead (`load_output`, at most 8 MiB per reference). 5 (2026-12-07, ADR 0014): a compensation attempt that
+references lead (`load_output`, at most 8 MiB per reference). 5 (2026-12-06, ADR 0014): a compensation attempt that
 failed with another due is recorded as retrying (`compensation_retrying`) before its pause counts, as a run-phase
 retry is; a child that ends cancelled because its stopping parent told it to ends its step cancelled (its attempt
 abandoned), not failed. An execution keeps the rules it started with, so that its history replays into the commands

@@ -2,7 +2,7 @@
 """A remote worker's request that Postgres ends as a deadlock's victim is run again, never answered 503 (ADR 0027):
 a completion and a heartbeat took the attempt before the execution, the sweeper's end the reverse; a lease ending a
 stale item took the execution before the attempt, a recorded timeout the reverse. Each request here waited first, so
-it was the one the deadlock detector ended. Since ADR 0014's one order (2026-12-07) none of them meets a deadlock; the
+it was the one the deadlock detector ended. Since ADR 0014's one order (2026-12-06) none of them meets a deadlock; the
 requests still answer as they must."""
 
 from __future__ import annotations
