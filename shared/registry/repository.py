@@ -82,14 +82,19 @@ _VERSION_LABELS = sql.SQL("SELECT labels FROM app.intent_versions WHERE intent_i
 _PAGE_VERSIONS = sql.SQL(
     "SELECT {} {} WHERE i.kind = %s AND v.intent_id = %s AND v.version > %s ORDER BY v.version LIMIT %s"
 ).format(_VERSION_V, _JOIN)
+# With the current version's target (a string one; NULL otherwise), which a read of the item is decided on beside
+# its labels: the listing leaves out what the caller may not read without a query per item.
 _PAGE_HEADS = sql.SQL(
-    "SELECT {} FROM app.intents WHERE kind = %(kind)s"
-    " AND (%(prefix)s::text IS NULL OR starts_with(name, %(prefix)s::text))"
-    " AND (%(status)s::text IS NULL OR status = %(status)s::text)"
-    " AND labels @> %(labels)s"
-    " AND (%(after)s::text IS NULL OR name > %(after)s::text)"
-    " ORDER BY name LIMIT %(limit)s"
-).format(_HEAD)
+    "SELECT {}, CASE WHEN jsonb_typeof(v.definition -> 'target') = 'string' THEN v.definition ->> 'target' END"
+    " AS target FROM app.intents i JOIN app.intent_versions v"
+    " ON v.tenant_id = i.tenant_id AND v.intent_id = i.id AND v.version = i.current_version"
+    " WHERE i.kind = %(kind)s"
+    " AND (%(prefix)s::text IS NULL OR starts_with(i.name, %(prefix)s::text))"
+    " AND (%(status)s::text IS NULL OR i.status = %(status)s::text)"
+    " AND i.labels @> %(labels)s"
+    " AND (%(after)s::text IS NULL OR i.name > %(after)s::text)"
+    " ORDER BY i.name LIMIT %(limit)s"
+).format(_HEAD_I)
 _CURRENT_BLUEPRINT = sql.SQL(
     "SELECT i.id, i.name, v.version, v.definition {} WHERE i.kind = 'blueprint' AND i.name = %s"
     " AND i.status = 'active' AND v.version = i.current_version"
@@ -127,6 +132,14 @@ class HeadRow:
     created_at: datetime
     updated_at: datetime
     archived_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ListedHead(HeadRow):
+    """A head as the list reads it, with its current version's `target` (None when it has no string one); its
+    `labels` are the current version's (a new version writes both)."""
+
+    target: str | None
 
 
 @dataclass(frozen=True)
@@ -278,8 +291,9 @@ def list_heads(
     status: Status | None,
     after_name: str | None,
     limit: int,
-) -> list[HeadRow]:
-    """Heads by name after `after_name` (keyset), filtered; every label given must match."""
+) -> list[ListedHead]:
+    """Heads by name after `after_name` (keyset), filtered, each with its current version's target; every label
+    given must match."""
     rows = conn.execute(
         _PAGE_HEADS,
         {
@@ -291,7 +305,7 @@ def list_heads(
             "limit": limit,
         },
     ).fetchall()
-    return [_head(row) for row in rows]
+    return [ListedHead(**row) for row in rows]
 
 
 def _blueprint(row: DictRow | None) -> BlueprintVersion | None:

@@ -32,6 +32,7 @@ from shared.registry.repository import (
     BlueprintVersion,
     HeadRow,
     Kind,
+    ListedHead,
     NameTakenError,
     NewVersion,
     Status,
@@ -373,8 +374,9 @@ def list_items(
     status: Status | None,
     cursor: str | None,
     limit: int,
-) -> tuple[list[HeadRow], str | None]:
-    """One page of items by name, and the cursor of the next page (None on the last)."""
+) -> tuple[list[ListedHead], str | None]:
+    """One page of items by name (each with its current version's target), and the cursor of the next page (None on
+    the last)."""
     after = list_position(cursor, f"{kind}s", "name")
     if not isinstance(after, str | None):
         raise InvalidCursorError("the cursor is not one this list issued")

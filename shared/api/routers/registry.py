@@ -52,10 +52,11 @@ from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from shared.policy.actions import Action
 from shared.policy.authorizer import Decision, Resource, get_authorizer
 from shared.policy.decisions import decide as decide_audited
+from shared.policy.decisions import record_decision
 from shared.policy.tenant_policies import tenant_policy_texts
 from shared.registry import service
 from shared.registry.model import Step
-from shared.registry.repository import HeadRow, Kind, Status, VersionRow
+from shared.registry.repository import HeadRow, Kind, ListedHead, Status, VersionRow
 
 
 @dataclass(frozen=True)
@@ -291,14 +292,20 @@ _CREATED: dict[str, Any] = {
 }
 
 
+_Content = tuple[str | None, tuple[tuple[str, str], ...]]
+
+
+def _content(target: Any, labels: dict[str, str]) -> _Content:
+    """What a read decision depends on beyond the item: its target (a string one) and labels, as one hashable key."""
+    return (target if isinstance(target, str) else None), tuple(sorted(labels.items()))
+
+
 def _by_content(rows: list[VersionRow]) -> list[list[VersionRow]]:
     """`rows` grouped by what a read decision on a version depends on beyond its item (its target and labels), so
     a page decides each distinct content once rather than each version."""
-    groups: dict[tuple[str | None, tuple[tuple[str, str], ...]], list[VersionRow]] = {}
+    groups: dict[_Content, list[VersionRow]] = {}
     for row in rows:
-        target = row.definition.get("target")
-        key = (target if isinstance(target, str) else None), tuple(sorted(row.labels.items()))
-        groups.setdefault(key, []).append(row)
+        groups.setdefault(_content(row.definition.get("target"), row.labels), []).append(row)
     return list(groups.values())
 
 
@@ -355,6 +362,29 @@ def definition_router(kind: Kind) -> APIRouter:
             if decide_audited(context, spec.read, resource, conn=conn, detail=detail).allowed:
                 allowed.update(numbers)
         return [row for row in rows if row.version in allowed]
+
+    def readable_items(context: RequestContext, conn: service.Conn, rows: list[ListedHead]) -> list[ListedHead]:
+        """The items in `rows` the caller may read, each decided on its current version's target and labels as a read
+        of it alone is; one audited decision per distinct content (and outcome) in the page."""
+        policies = tenant_policy_texts(context.tenant.id)
+        groups: dict[tuple[_Content, Decision], tuple[Resource, list[ListedHead]]] = {}
+        for row in rows:
+            resource = _resource(spec, str(row.id), context.tenant.id, row.target, row.labels)
+            # Each item is decided, unaudited: while no policy names this type by id, items of one content cost one
+            # evaluation (the Authorizer answers the rest from its cache), and a tenant forbid naming an item by id
+            # still reaches that item alone, which a decision on another item of that content would not. The audit
+            # record is one per content and outcome.
+            decision = get_authorizer().decide(
+                context.principal, spec.read, resource, tenant=context.tenant_facts, tenant_policies=policies
+            )
+            groups.setdefault((_content(row.target, row.labels), decision), (resource, []))[1].append(row)
+        allowed: set[UUID] = set()
+        for (_, decision), (resource, members) in groups.items():
+            detail = {"operation": "list", "items": [str(row.id) for row in members]}
+            record_decision(context, spec.read, resource, decision, conn=conn, detail=detail, decided=True)
+            if decision.allowed:
+                allowed.update(row.id for row in members)
+        return [row for row in rows if row.id in allowed]
 
     def read_versions(
         context: RequestContext, conn: service.Conn, item: service.Item, numbers: list[int], detail: dict[str, Any]
@@ -439,7 +469,12 @@ def definition_router(kind: Kind) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
         cursor: str | None = None,
     ) -> RegistryItemPage:
-        """The tenant's items by name, filtered by name prefix, labels and status; cursor-paginated (Reader)."""
+        """The tenant's items by name, filtered by name prefix, labels and status; cursor-paginated (Reader). Each
+        item is decided as reading it alone is, on its current version's target and labels: the ones a tenant policy
+        forbids the caller are left out, so a page may hold fewer than `limit` items (even none) and still name a next
+        page."""
+        # The listing itself is decided on the Tenant (an empty page keeps that one decision); the page's items on
+        # their content (ADR 0011, amended 2026-12-06), else a forbid on reading them showed their names and labels.
         authorize(context, spec.list, Resource.tenant(context.tenant.id), conn=conn)
         labels = _label_filter(label)
         if labels is None:
@@ -447,7 +482,8 @@ def definition_router(kind: Kind) -> APIRouter:
         rows, next_cursor = service.list_items(
             conn, kind, name_prefix=name_prefix, labels=labels, status=status, cursor=cursor, limit=limit
         )
-        return RegistryItemPage(items=[_summary_out(row) for row in rows], next_cursor=next_cursor)
+        readable = readable_items(context, conn, rows)
+        return RegistryItemPage(items=[_summary_out(row) for row in readable], next_cursor=next_cursor)
 
     @router.post(
         "/validate",
