@@ -414,7 +414,13 @@ E429 = problem_doc(
     "This tenant is over its request rate; retry in 3 s.",
     "Over the tenant's request rate (see Retry-After)",
 )
-E400 = problem_doc(400, "invalid-cursor", "Bad request", "the cursor is not one this API issued", "A malformed cursor")
+E400 = problem_doc(
+    400,
+    "invalid-cursor",
+    "Bad request",
+    "the cursor is not one this list issued",
+    "A malformed cursor, or another list's",
+)
 COMMON_ERRORS: dict[int | str, dict[str, Any]] = {401: E401, 403: E403, 429: E429}
 ITEM_ERRORS: dict[int | str, dict[str, Any]] = {**COMMON_ERRORS, 404: E404, 422: E422}
 

@@ -36,7 +36,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         "invalid-task-token",
         "Unauthorized",
         "the task token has expired",
-        "The task token is malformed, forged, expired or another tenant's",
+        "The task token is missing, malformed, forged, expired or another tenant's",
     ),
     403: problem_doc(
         403,
