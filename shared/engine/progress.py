@@ -170,9 +170,7 @@ def abandon_step(conn: store.Conn, key: AttemptKey, reason: str) -> None:
 def end_compensation(conn: store.Conn, key: AttemptKey, reason: str) -> None:
     """A compensating step whose compensation will not finish (its attempt abandoned, or its retry never to come)
     ends compensation_failed with `reason`, and its event (once)."""
-    if store.move_step(
-        conn, key.execution_id, key.step_id, "compensation_failed", ("compensating",), finished=True, error=reason
-    ):
+    if store.end_compensation_step(conn, key, reason):
         data = {"attempt": key.attempt, "error": reason, "reason": "abandoned"}
         repo.append_event(conn, key.execution_id, "compensation_failed", key.step_id, data)
 

@@ -286,6 +286,29 @@ def move_step(
     return True
 
 
+def end_compensation_step(conn: Conn, key: AttemptKey, error: str) -> bool:
+    """A compensating step whose compensation will not finish ends compensation_failed (finished), with its domain
+    event naming the attempt `key`; False when it was no longer compensating (already ended: publish nothing)."""
+    row = conn.execute(
+        _MOVE_STEP, ("compensation_failed", error, None, True, key.execution_id, key.step_id, ["compensating"])
+    ).fetchone()
+    if row is None:
+        return False
+    # As a last attempt's failure publishes it (finish_attempt): subscribers hear of every compensation that failed
+    # for good, this one too (the sweeper's end, an abandoned attempt), once.
+    _publish_step(
+        conn,
+        "step.compensation_failed",
+        key.execution_id,
+        key.step_id,
+        action=row["action"],
+        attempt=key.attempt,
+        error=error,
+        reason="abandoned",
+    )
+    return True
+
+
 def begin_attempt(
     conn: Conn,
     key: AttemptKey,

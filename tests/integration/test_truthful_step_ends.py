@@ -222,6 +222,10 @@ def test_the_sweepers_end_ends_a_compensation_waiting_for_its_retry(
     read = _read(app_pool, tenant, undo.execution_id, "deploy")
     assert (read["step"]["state"], read["step"]["error"]) == ("compensation_failed", "orchestration was terminated")
     assert [t for t, _ in read["events"]][-1] == "compensation_failed"
+    # Its subscribers hear of it once, as of a last attempt's failure (the first attempt's failure published nothing).
+    assert read["domain"] == ["step.completed", "step.compensation_failed"]
+    assert not sweeper.end_execution(tenant, undo.execution_id, "again", pool=app_pool)  # already ended
+    assert _read(app_pool, tenant, undo.execution_id, "deploy")["domain"] == read["domain"]
 
 
 # ------------------------------------------------------------ 3. a child its stopping parent cancelled ends cancelled
