@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
@@ -31,9 +32,10 @@ READ_TIMEOUT_S = 60.0
 """The longest a try waits on one read (the Blob SDK's own default), less when the attempt's deadline is nearer."""
 MAX_BACKOFF_S = 15.0
 """The longest pause between tries under a deadline (the SDK's first pause); the first pauses are 1, 2, 4, 8 s."""
-MAX_TRIES = 4
-"""Tries of one operation under a deadline, as many as the SDK's own policy makes (one and 3 retries): a deadline
-days away must not keep a module thread retrying through a whole outage; the step's retries take over from there."""
+MAX_RETRY_WINDOW_S = 90.0
+"""How long one operation is retried under a deadline, about what the SDK's own policy rides out (four tries 15 to 27
+s apart): a deadline days away must not keep a module thread retrying through a whole outage, and a blip of a few
+seconds inside a normal one must not fail the step; past it the step's retries take over."""
 MAX_SERVICE_TIMEOUT_S = 300
 """The longest the service is asked to keep working on one try (its `timeout`), however far the deadline is."""
 _NOT_RETRIED = frozenset({501, 505})
@@ -83,15 +85,16 @@ def within_deadline(ctx: ModuleContext, what: str, call: Callable[..., T]) -> T:
         return call()
     tries = 0
     last = "none"
+    window_ends = time.monotonic() + MAX_RETRY_WINDOW_S
     while True:
         left = ctx.time_left() or 0.0
-        if ctx.abandoned.is_set() or left <= 0 or tries == MAX_TRIES:
+        if ctx.abandoned.is_set() or left <= 0 or (tries and time.monotonic() >= window_ends):
             if ctx.abandoned.is_set():
                 when = "when its attempt was abandoned"
             elif left <= 0:
                 when = "by its attempt's deadline"
             else:
-                when = "in the tries it is allowed"
+                when = f"within {MAX_RETRY_WINDOW_S:g} s of retries"
             # Retryable: the store was slow or away, and the next attempt (its own deadline) may find it back.
             raise StepFailed(
                 f"{what} not done {when} ({tries} {'try' if tries == 1 else 'tries'}; last error: {last})",
@@ -110,9 +113,7 @@ def within_deadline(ctx: ModuleContext, what: str, call: Callable[..., T]) -> T:
             if not _transient(exc):
                 raise
             last = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        if tries == MAX_TRIES:
-            continue  # no pause before giving up
-        pause = min(2.0 ** (tries - 1), MAX_BACKOFF_S, ctx.time_left() or 0.0)
+        pause = min(2.0 ** (tries - 1), MAX_BACKOFF_S, ctx.time_left() or 0.0, max(window_ends - time.monotonic(), 0.0))
         ctx.abandoned.wait(pause)
 
 

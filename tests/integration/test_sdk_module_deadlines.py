@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from azure.core.exceptions import ServiceRequestError
 from azure.eventhub.exceptions import OperationTimeoutError
 from azure.storage.blob import BlobServiceClient, ContainerClient
 from psycopg_pool import ConnectionPool
@@ -176,18 +177,34 @@ def test_an_artifact_write_to_an_unavailable_store_retries_until_its_deadline(an
     assert failure.details["last"].startswith("HttpResponseError")
 
 
-def test_an_artifact_write_with_a_distant_deadline_makes_the_sdks_tries_and_no_more(
+def test_an_artifact_write_with_a_distant_deadline_retries_for_the_sdks_window_and_no_longer(
     answering: _Answering, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A step's timeout may be 30 days: the loop kept trying every 15 s for all of them, its thread held that long.
     monkeypatch.setattr(artifact_write, "MAX_BACKOFF_S", 0.01)
+    monkeypatch.setattr(artifact_write, "MAX_RETRY_WINDOW_S", 0.5)
     module = ArtifactWriteModule(lambda: _container(answering.server_port, "status-503"))
     failure = _Run(_write(module, _ctx(deadline_in=30 * 86400))).failure()
-    assert failure.retryable and "not done in the tries it is allowed" in failure.message
-    assert failure.details["tries"] == answering.hits == artifact_write.MAX_TRIES
+    assert failure.retryable and "not done within 0.5 s of retries" in failure.message
+    assert failure.details["tries"] == answering.hits >= 2
     # Nor is the service asked to keep at one try for the month: its `timeout` is bounded too.
     timeouts = {int(path.split("timeout=")[1].split("&")[0]) for path in answering.paths}
     assert timeouts == {artifact_write.MAX_SERVICE_TIMEOUT_S}, answering.paths
+
+
+def test_a_short_outage_inside_a_normal_deadline_is_ridden_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Four tries 1, 2 and 4 s apart gave up on a 7-second blip with 53 s of a 60 s deadline left (found by review).
+    monkeypatch.setattr(artifact_write, "MAX_BACKOFF_S", 0.01)
+    calls: list[dict[str, Any]] = []
+
+    def flaky(**options: Any) -> str:
+        calls.append(options)
+        if len(calls) <= 6:
+            raise ServiceRequestError("connection refused")
+        return "written"
+
+    assert artifact_write.within_deadline(_ctx(deadline_in=60), "artifact.write of 'x'", flaky) == "written"
+    assert len(calls) == 7 and all(options["retry_total"] == 0 for options in calls)
 
 
 def test_an_abandoned_artifact_write_stops_retrying_at_once(answering: _Answering) -> None:
