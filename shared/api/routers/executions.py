@@ -185,7 +185,8 @@ class StepOut(BaseModel):
     action: str
     state: str = Field(
         description="pending, running, waiting, retrying, succeeded, failed, skipped, compensating, "
-        "compensated, compensation_failed or cancelled."
+        "compensated, compensation_failed or cancelled. A step still pending once its execution has ended never "
+        "started: the execution stopped (a failure, a rejection or a cancel) before its dependencies completed."
     )
     attempt: int
     max_attempts: int
