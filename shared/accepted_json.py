@@ -9,7 +9,6 @@ import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 MAX_DEPTH = 128
@@ -114,9 +113,12 @@ def stored_number_length(value: float) -> int:
     text = repr(value)
     if "e" not in text:
         return len(text)  # plain decimal notation: written back as sent
-    sign, digits, exponent = Decimal(text).as_tuple()
-    assert isinstance(exponent, int)  # a finite float
+    # repr's scientific notation is `[-]d[.ddd]e±x`: its digits, and the power of ten of the last of them.
+    mantissa, power = text.split("e")
+    sign = mantissa.startswith("-")
+    digits = mantissa.lstrip("-").replace(".", "")
     count = len(digits)
+    exponent = int(power) - (count - 1)
     if exponent >= 0:
         length = count + exponent  # the digits, then the zeros
     elif count + exponent > 0:
@@ -126,13 +128,22 @@ def stored_number_length(value: float) -> int:
     return length + sign
 
 
-def _growth_counting(growth: list[int]) -> Callable[[str], float | _Refused]:
-    """`_float`, adding to `growth[0]` how much longer Postgres would write each float out than it was sent."""
+class _TooLong(Exception):
+    """The numbers already read would be written back longer than the document's bound: stop parsing."""
+
+
+def _growth_counting(budget: int) -> Callable[[str], float | _Refused]:
+    """`_float`, counting how much longer Postgres would write each float out than it was sent, and stopping the
+    parse (`_TooLong`) as soon as that passes `budget`: the rest of a hostile body is never converted."""
+    growth = 0
 
     def parse(text: str) -> float | _Refused:
+        nonlocal growth
         value = _float(text)
         if isinstance(value, float) and ("e" in text or "E" in text):
-            growth[0] += stored_number_length(value) - len(text)
+            growth += stored_number_length(value) - len(text)
+            if growth > budget:
+                raise _TooLong
         return value
 
     return parse
@@ -258,29 +269,29 @@ def loads(body: bytes) -> Any:
     depth = nesting_depth(text)
     if depth > MAX_DEPTH:
         raise NotAcceptedJSONError([Refusal("", f"nesting is deeper than {MAX_DEPTH} levels", TOO_DEEP)])
-    growth = [0]
+    bound = MAX_STORED_GROWTH * len(text) + STORED_GROWTH_SLACK
     try:
         document = json.loads(
             text,
             object_pairs_hook=_object,
             parse_constant=_constant,
-            parse_float=_growth_counting(growth),
+            parse_float=_growth_counting(bound - len(text)),
             parse_int=_int,
         )
     except json.JSONDecodeError as exc:
         raise NotAcceptedJSONError(
             [Refusal("", f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", INVALID_JSON)]
         ) from None
+    except _TooLong:
+        detail = (
+            f"its numbers would be stored and read back as more than {bound} characters ({len(text)} were sent): a"
+            " number is kept as an exact decimal and written out in full (1e300 as 301 digits); send such values as"
+            " strings"
+        )
+        raise NotAcceptedJSONError([Refusal("", detail, NUMBERS_TOO_LONG)]) from None
     found = refusals(document)
     if found:
         raise NotAcceptedJSONError(found)
-    stored = len(text) + growth[0]
-    if stored > MAX_STORED_GROWTH * len(text) + STORED_GROWTH_SLACK:
-        detail = (
-            f"its numbers would be stored and read back as {stored} characters ({len(text)} were sent): a number is"
-            " kept as an exact decimal and written out in full (1e300 as 301 digits); send such values as strings"
-        )
-        raise NotAcceptedJSONError([Refusal("", detail, NUMBERS_TOO_LONG)])
     return document
 
 
