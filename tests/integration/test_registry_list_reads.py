@@ -1,6 +1,6 @@
 # intent_ref: platform.registry
 """The registry's listings honour a tenant's read forbids: an item a policy forbids the caller to read is left out of
-`GET /intents` and `GET /blueprints` (as `GET /{id}` refuses it), one audited decision per distinct content."""
+`GET /intents` and `GET /blueprints` (as `GET /{id}` refuses it), one audit record per outcome."""
 
 from __future__ import annotations
 
@@ -115,13 +115,26 @@ def test_a_page_decides_each_distinct_content_once(api: ApiHarness) -> None:
     assert _names(listed) == [f"i{number:02}" for number in range(9) if number % 3 != 1]
     assert listed.json()["next_cursor"] is not None  # six items of a nine-item page, and more to come
     decisions = _list_decisions(api, tenant, listed.headers["x-request-id"])
+    # One record per outcome, naming its items: six allowed (two label sets), three refused.
     assert sorted((row["action"], row["decision"], len(row["detail"]["items"])) for row in decisions) == [
-        ("intent.read", "allow", 3),
-        ("intent.read", "allow", 3),
+        ("intent.read", "allow", 6),
         ("intent.read", "deny", 3),
     ]
     rest = api.client.get(INTENTS, params={"cursor": listed.json()["next_cursor"]}, headers=reader)
     assert _names(rest) == ["i09", "i11"] and rest.json()["next_cursor"] is None
+
+
+def test_a_listing_of_items_with_distinct_labels_writes_one_record_per_outcome(api: ApiHarness) -> None:
+    # A record per content wrote one per item: a tenant without a policy grew its trail by 200 rows a listing.
+    tenant = provision(api, "list-distinct")
+    for number in range(40):
+        create(api, tenant, intent_body(f"d{number:02}", labels={"n": str(number)}))
+    listed = api.client.get(INTENTS, params={"limit": 200}, headers=api.headers(tenant, READER))
+    assert len(_names(listed)) == 40
+    decisions = _list_decisions(api, tenant, listed.headers["x-request-id"])
+    assert [(row["action"], row["decision"], len(row["detail"]["items"])) for row in decisions] == [
+        ("intent.read", "allow", 40)
+    ]
 
 
 def test_an_empty_page_keeps_its_one_decision_on_the_tenant(api: ApiHarness) -> None:
