@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.engine import machine as m
+from shared.engine import replay_memo
 from shared.engine.replay_memo import ReplayMemo, fingerprint
 from tests.unit.test_engine_machine import PLAN, STEPS, T0, Choice, choices, default_answer, drive, request
 
@@ -19,14 +20,16 @@ def _mark(event: m.Event) -> tuple[str, str, Any]:
     return fingerprint(type(event).__name__, key, event.now)
 
 
-def _episode(memo: ReplayMemo, events: list[m.Event], calls: list[int]) -> tuple[m.State, list[m.Command]]:
+def _episode(
+    memo: ReplayMemo, events: list[m.Event], calls: list[int], name: str = "instance", inputs: Any = None
+) -> tuple[m.State, list[m.Command]]:
     """One episode: the whole history replayed through the memo; counts the start requests it had to parse."""
 
     def start_request() -> dict[str, Any]:
         calls.append(1)
-        return request(STEPS, plan=PLAN)
+        return request(STEPS, plan=PLAN, inputs=inputs or {})
 
-    replay = memo.begin("instance", T0, start_request)
+    replay = memo.begin(name, T0, start_request)
     state, commands = replay.start
     log = list(commands)
     for event in events:
@@ -99,3 +102,92 @@ def test_the_memo_forgets_the_least_recently_run_instance_beyond_its_capacity() 
         memo.begin(name, T0, start)
     # a, b, (a remembered), c evicts b, (a remembered), b again
     assert len(calls) == 4
+
+
+_STEPS: list[dict[str, Any]] = STEPS  # type: ignore[assignment]  # the machine tests' table, typed loosely
+
+
+def _expected(events: list[m.Event], inputs: Any = None) -> tuple[m.State, list[m.Command]]:
+    state, commands = m.begin(request(_STEPS, plan=PLAN, inputs=inputs or {}), T0)
+    log = list(commands)
+    for event in events:
+        state, commands = m.reduce(state, event)
+        log += commands
+    return state, log
+
+
+def _sized(kilobytes: int) -> dict[str, Any]:
+    return {"big": "x" * (kilobytes * 1024)}
+
+
+def test_the_memo_never_holds_more_than_its_budget_and_counts_what_it_forgets() -> None:
+    picks = [(kind, i, ok) for i in range(4) for kind in ("answer", "result", "timer") for ok in (True, False)]
+    _, _, events = drive(picks)
+    budget = 400 * 1024
+    memo, calls = ReplayMemo(budget_bytes=budget, chain_ceiling_bytes=200 * 1024), list[int]()
+    for _ in range(3):
+        for i, kilobytes in enumerate((1, 30, 60, 90, 5, 45)):
+            for end in (2, len(events) // 2, len(events)):
+                replayed = _episode(memo, events[:end], calls, name=f"i{i}", inputs=_sized(kilobytes))
+                assert replayed == _expected(events[:end], _sized(kilobytes))
+                assert 0 < memo.size <= budget
+        assert 1 < len(memo) < 6  # some, not all, are remembered
+    for i in range(6):
+        memo.forget(f"i{i}")
+    assert memo.size == 0 and len(memo) == 0  # the accounting follows every chain in and out
+
+
+def test_a_chain_over_the_ceiling_is_not_remembered_and_its_replay_gives_the_same_result() -> None:
+    picks = [(kind, i, ok) for i in range(4) for kind in ("answer", "result", "timer") for ok in (True, False)]
+    _, _, events = drive(picks)
+    memo, calls = ReplayMemo(chain_ceiling_bytes=64 * 1024), list[int]()
+    for end in (0, 3, len(events)):
+        assert _episode(memo, events[:end], calls, inputs=_sized(100)) == _expected(events[:end], _sized(100))
+    assert len(calls) == 3 and len(memo) == 0 and memo.size == 0  # every episode began afresh
+    # A chain that starts small and grows past the ceiling with its history is dropped, and replays still agree.
+    start = replay_memo.CHAIN_OVERHEAD + replay_memo.estimate(request(_STEPS, plan=PLAN, inputs={}), 1 << 30)
+    memo, calls = ReplayMemo(chain_ceiling_bytes=start + 3 * replay_memo.STEP_OVERHEAD), list[int]()
+    assert _episode(memo, events[:2], calls) == _expected(events[:2])
+    assert len(memo) == 1
+    for _ in range(2):
+        assert _episode(memo, events, calls) == _expected(events)
+        assert len(memo) == 0 and memo.size == 0
+    assert len(calls) == 2  # remembered until it grew past the ceiling, then begun afresh
+
+
+def test_eviction_by_size_forgets_the_least_recently_run_chains_first() -> None:
+    memo = ReplayMemo(budget_bytes=450 * 1024)
+    calls: dict[str, int] = {}
+
+    def begin(name: str, kilobytes: int) -> None:
+        def start() -> dict[str, Any]:
+            calls[name] = calls.get(name, 0) + 1
+            return request(_STEPS, plan=PLAN, inputs=_sized(kilobytes))
+
+        memo.begin(name, T0, start)
+
+    for name in ("a", "b", "c"):
+        begin(name, 10)
+    begin("big", 300)
+    begin("a", 10)  # recently run again
+    begin("huge", 40)  # over the budget with the rest: "b" and "c", the least recently run small ones, go first
+    assert memo.size <= 450 * 1024
+    for name in ("a", "big", "huge", "b"):
+        begin(name, {"b": 10}.get(name, 0))
+    assert calls == {"a": 1, "b": 2, "c": 1, "big": 1, "huge": 1}
+
+
+def test_many_waiting_executions_with_a_large_input_stay_within_the_budget() -> None:
+    # The reviewer's script: 1,000 waiting executions with a 1 MB input each held about 1 GB per process.
+    memo = ReplayMemo()
+    steps = [
+        {"id": "w", "action": "wait", "seconds": 86400},
+        {"id": "e", "action": "event.emit", "type": "a.b", "data": {"v": "${inputs.big}"}},
+    ]
+    for i in range(1000):
+        started = {"execution_id": f"e-{i}", "tenant_id": "t", "rules": m.RULES, "definition": {"steps": steps}}
+        big = {"big": f"{i:07d}" + "x" * 1_000_000}
+        memo.begin(f"e-{i}", T0, lambda started=started, big=big: {**started, "inputs": big})  # type: ignore[misc]
+        assert memo.size <= replay_memo.BUDGET_BYTES
+    assert memo.size >= len(memo) * 1_000_000  # each chain is counted at least at its input's size
+    assert 200 < len(memo) < 300
