@@ -337,7 +337,7 @@ def _start_child(request: ProgressRequest) -> dict[str, Any]:
                         parent_step_id=key.step_id,
                     ),
                     # Exempt from the tenant's quota so a parent never waits on its own (ADR 0014); bounded instead
-                    # by depth, no recursion and its root's active descendants.
+                    # by depth, no recursion, and the active descendants of its root and of all the tenant's roots.
                     max_concurrent=10**9,
                     authorize=authorize_child(conn, tenant, parent, key.step_id),
                     max_descendants=descendant_limit(tenant.quotas),

@@ -38,6 +38,13 @@ from shared.tenants.models import TenantQuotas
 Conn = psycopg.Connection[DictRow]
 MAX_REPORTED_INPUT_ERRORS = 20
 _ACTIVE = "SELECT count(*) AS n FROM app.executions WHERE status IN ('pending', 'running', 'waiting', 'compensating')"
+# The tenant's active descendants of every root (RLS scopes the rows to the tenant), counted up to a bound: the
+# predicate is the partial index executions_tenant_root_active's (migration 0036), so the count is one scan of at most
+# the bound, however many children have ended.
+_ACTIVE_TENANT_DESCENDANTS = (
+    "SELECT count(*) AS n FROM (SELECT 1 FROM app.executions WHERE root_execution_id IS NOT NULL"
+    " AND status IN ('pending', 'running', 'waiting', 'compensating') LIMIT %s) AS active"
+)
 _CLAIM_STALE_START = (
     "UPDATE app.executions SET start_claimed_at = clock_timestamp() WHERE id = %s"
     " AND status = 'pending' AND (start_claimed_at IS NULL"
@@ -317,8 +324,8 @@ def concurrent_limit(quotas: TenantQuotas) -> int:
 
 
 def descendant_limit(quotas: TenantQuotas) -> int:
-    """How many active descendants one root execution may have: DESCENDANTS_PER_QUOTA times the tenant's
-    concurrent-execution quota, within MIN_DESCENDANTS and MAX_DESCENDANTS."""
+    """How many active descendants one root execution may have, and all the tenant's roots together:
+    DESCENDANTS_PER_QUOTA times the tenant's concurrent-execution quota, within MIN_DESCENDANTS and MAX_DESCENDANTS."""
     return min(max(concurrent_limit(quotas) * DESCENDANTS_PER_QUOTA, MIN_DESCENDANTS), MAX_DESCENDANTS)
 
 
@@ -344,6 +351,13 @@ def active_executions(conn: Conn) -> int:
     return 0 if row is None else int(row["n"])
 
 
+def active_tenant_descendants(conn: Conn, limit: int) -> int:
+    """The tenant's child executions, below all its roots, that have not ended, counted up to `limit` (what the
+    tenant-wide bound on descendants counts; children from before migration 0036, with no root recorded, are not)."""
+    row = conn.execute(_ACTIVE_TENANT_DESCENDANTS, (limit,)).fetchone()
+    return 0 if row is None else int(row["n"])
+
+
 def start_execution(
     conn: Conn,
     tenant: TenantFacts,
@@ -359,7 +373,8 @@ def start_execution(
     back if that start stalled or its launch failed). `authorize` decides on the intent (its target) before
     anything is revealed.
     A child (`parent_execution_id`) is placed in its tree first: ChildRefusedError when its intent runs above it,
-    it would nest deeper than MAX_CHILD_DEPTH, or its root already has `max_descendants` active descendants.
+    it would nest deeper than MAX_CHILD_DEPTH, or its root, or the tenant's roots together, already have
+    `max_descendants` active descendants.
     """
     if tenant.status != "active":
         raise TenantSuspendedError(f"tenant {tenant.id} is {tenant.status}")
@@ -401,6 +416,14 @@ def start_execution(
     if root is not None and repo.active_descendants(conn, root, max_descendants) >= max_descendants:
         raise ChildRefusedError(
             f"its root execution {root} already has {max_descendants} active descendants, the most one root may have"
+        )
+    # The bound per root alone let every root the quota admits hold its own `max_descendants`: a tenant whose quota
+    # is q held q × (1 + max_descendants) executions. Counted over all the tenant's roots as well, its active
+    # executions stay within q + max_descendants, and a parent still never waits: a refusal is at once.
+    if root is not None and active_tenant_descendants(conn, max_descendants) >= max_descendants:
+        raise ChildRefusedError(
+            f"the tenant's executions already have {max_descendants} active descendants, the most all its roots"
+            " may have together"
         )
     execution, created = repo.create_execution(
         conn,

@@ -319,7 +319,13 @@ def check(
             else:
                 resolved = outcome
     result = validate_definition(
-        doc, catalog=catalog, tenant=tenant, blueprint=resolved, limits=limits or registry_limits()
+        doc,
+        catalog=catalog,
+        tenant=tenant,
+        blueprint=resolved,
+        limits=limits or registry_limits(),
+        # A blueprint is no intent: an intent it runs may share its name.
+        runs_as=doc.get("name") if kind == "intent" else None,
     )
     errors = [
         *problems,

@@ -281,6 +281,31 @@ def _compensation_problems(base: JsonPath, raw: Any) -> list[ValidationError]:
     ]
 
 
+def _recursion_problems(base: JsonPath, raw: Mapping[str, Any], name: str | None) -> list[ValidationError]:
+    """An intent.run step that starts the intent being saved, named literally: its run would start itself until
+    the engine refuses it (ADR 0014), so it is refused here at once. A name built from references is left to that
+    run-time check, which also finds an intent coming round through others."""
+    if name is None or raw.get("action") != "intent.run":
+        return []
+    params = merged_params(raw, STEP_FIELDS)
+    target = params.get("intent") if params is not None else None
+    if not isinstance(target, str):
+        return []  # the module's schema reports a missing or malformed name
+    try:
+        parts = parse_template(target)
+    except ReferenceSyntaxError:
+        return []  # the reference check reports it
+    if any(isinstance(part, Reference) for part in parts) or "".join(map(str, parts)) != name:
+        return []
+    return [
+        ValidationError(
+            _param_pointer(base, raw, STEP_FIELDS, ("intent",)),
+            f"the step runs intent '{name}', the intent being saved: an intent cannot run itself",
+            "recursive_intent",
+        )
+    ]
+
+
 def _reference_problems(
     view: _StepView,
     index_of: Mapping[str, int],
@@ -520,9 +545,11 @@ def check_steps(
     tenant: TenantFacts | None,
     *,
     allow_private: bool | None = None,
+    name: str | None = None,
 ) -> list[ValidationError]:
     """The problems of a definition's steps, at most MAX_REPORTED_ERRORS (the caller has checked that `steps` is a
-    list); `allow_private` overrides QP_ALLOW_PRIVATE_NETWORK_HOSTS for the URL checks (None reads the setting).
+    list); `allow_private` overrides QP_ALLOW_PRIVATE_NETWORK_HOSTS for the URL checks (None reads the setting);
+    `name` is the name it is saved under, which no intent.run step may name (None: not checked).
 
     Unknown actions and the tenant's gates are checked before any parameter schema is evaluated, and a module the
     tenant may not use is never evaluated. Every evaluation of the steps' parameters draws from one budget of
@@ -566,6 +593,7 @@ def check_steps(
                     problems.append(_budget_problem(base, raw, known))
                     exhausted = True
             problems.extend(_compensation_problems((*view.at, "compensate"), view.raw.get("compensate")))
+            problems.extend(_recursion_problems(view.at, view.raw, name))
             for _, base, raw, known in holders:
                 problems.extend(_network_problems(base, raw, known, allow_private))
             problems.extend(

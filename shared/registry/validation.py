@@ -298,8 +298,12 @@ def validate_definition(
     blueprint: ResolvedBlueprint | None = None,
     limits: Limits = DEFAULT_LIMITS,
     allow_private: bool | None = None,
+    runs_as: object = None,
 ) -> ValidationResult:
     """Validate a create/update request body (`{"name", "description", "labels", "definition"}`).
+
+    `runs_as`: the name the definition runs under as an intent (its `name`; None for a blueprint), which none of
+    its `intent.run` steps may name.
 
     `catalog` holds the actions the tenant may use; `tenant` adds its gates; `blueprint` is the version a
     declaration (a definition without steps) expands through — `required_blueprint(doc)` names it.
@@ -322,7 +326,9 @@ def validate_definition(
     if isinstance(raw, dict) and raw.get("steps") is not None:
         problems.extend(_definition_problems(raw))
         if isinstance(raw["steps"], list):
-            problems.extend(check_steps(raw, catalog, tenant, allow_private=allow_private))
+            # The name as sent: a malformed one is reported by the model, and matches no step's intent anyway.
+            name = runs_as if isinstance(runs_as, str) else None
+            problems.extend(check_steps(raw, catalog, tenant, allow_private=allow_private, name=name))
     elif isinstance(raw, dict):
         declaration = _check_declaration(doc, raw, catalog, tenant, blueprint, allow_private)
         problems.extend(declaration.problems)

@@ -29,11 +29,12 @@ ACTIVE = ("pending", "running", "waiting", "compensating")
 class Tree:
     """A tenant whose concurrent-execution quota is 1, and the intents a test saves in it, by name."""
 
-    def __init__(self, api: ApiHarness) -> None:
-        """Provision the tenant (allowed `wait` and `intent` only, as the reviewer's bomb was)."""
+    def __init__(self, api: ApiHarness, quota: int = 1) -> None:
+        """Provision the tenant (allowed `wait` and `intent` only, as the reviewer's bomb was) with concurrent-execution
+        quota `quota`."""
         self.api = api
         self.key = f"bounds-{uuid.uuid4().hex[:8]}"
-        quotas = {"requests_per_minute": 100000, "burst": 10000, "max_concurrent_executions": 1}
+        quotas = {"requests_per_minute": 100000, "burst": 10000, "max_concurrent_executions": quota}
         handle = api.provision(self.key, quotas=quotas, allowed_modules=["wait", "intent"])
         with tenant_transaction(handle.id) as conn:
             tenant = get_tenant(conn, handle.id)
@@ -98,6 +99,33 @@ class Tree:
         assert row is not None
         return int(row["n"])
 
+    def active(self) -> int:
+        """How many of the tenant's executions have not ended, roots and children."""
+        with tenant_transaction(self.tenant.id) as conn:
+            row = conn.execute(
+                "SELECT count(*) AS n FROM app.executions WHERE status = ANY(%s)", (list(ACTIVE),)
+            ).fetchone()
+        assert row is not None
+        return int(row["n"])
+
+    def fill(self, root: repo.Execution, intent: str, count: int) -> None:
+        """`count` active children of `root` running `intent`, as earlier starts of its steps would have left them."""
+        with tenant_transaction(self.tenant.id) as conn:
+            version = registry.get(conn, "intent", self.ids[intent]).version.version
+            for _ in range(count):
+                repo.create_execution(
+                    conn,
+                    execution_id=uuid.uuid4(),
+                    intent_id=self.ids[intent],
+                    intent_version=version,
+                    target="staging",
+                    input={},
+                    requester=self.requester,
+                    parent_execution_id=root.id,
+                    parent_step_id="earlier",
+                    root_execution_id=root.id,
+                )
+
     def assert_refused(self, answer: dict[str, Any], parent: repo.Execution, step: str, error: str) -> None:
         """The step failed through the normal path (its attempt failed, not retryable), its parent otherwise as it
         was, and no child recorded."""
@@ -121,8 +149,9 @@ def tree(api: ApiHarness) -> Tree:
 
 def test_an_intent_that_runs_itself_is_refused_its_first_child(tree: Tree) -> None:
     # The reviewer's bomb: two steps each running `bomb` doubled the tenant's active executions every generation,
-    # 63 against a quota of 1 after five, since children are exempt from the quota.
-    tree.save("bomb", "bomb", "bomb")
+    # 63 against a quota of 1 after five, since children are exempt from the quota. Its own name written in its
+    # steps is refused at save now (`recursive_intent`); a name taken from its input (`bomb` here) only a run knows.
+    tree.save("bomb", "${inputs.next}", "${inputs.next}")
     root = tree.root("bomb", "s0", "s1")
     for step in ("s0", "s1"):
         answer = tree.start_child(root.id, step, "bomb")
@@ -210,6 +239,45 @@ def test_a_root_whose_active_descendants_reach_the_bound_starts_no_more(tree: Tr
     tree.assert_refused(tree.start_child(mid.id, "s1", "leaf"), mid, "s1", expected)
     answer = tree.start_child(mid.id, "s2", "leaf")
     assert "execution_id" in answer, answer
+
+
+def test_the_tenants_roots_together_hold_at_most_the_bound_of_active_descendants(api: ApiHarness) -> None:
+    # The reviewer's count: with a quota of 2, two roots each started 100 children (the bound was per root only),
+    # 202 active executions. The bound now holds for all the tenant's roots together: at most quota + bound.
+    tree = Tree(api, quota=2)
+    bound = descendant_limit(tree.tenant.quotas)
+    assert bound == 100
+    tree.save("leaf")
+    tree.save("top", "leaf")
+    steps = [f"s{i}" for i in range(bound + 1)]  # each root tries for more children than the bound
+    first, second = tree.root("top", *steps), tree.root("top", *steps)
+    tree.fill(first, "leaf", bound - 3)  # the first root's earlier children: room for three more in the tenant
+    started: dict[tuple[uuid.UUID, str], uuid.UUID] = {}
+    refused: list[tuple[repo.Execution, str, dict[str, Any]]] = []
+    for step in steps[:4]:
+        for root in (first, second):
+            answer = tree.start_child(root.id, step, "leaf")
+            if "execution_id" in answer:
+                started[root.id, step] = uuid.UUID(answer["execution_id"])
+            else:
+                refused.append((root, step, answer))
+            assert tree.active() <= 2 + bound
+    assert list(started) == [(first.id, "s0"), (second.id, "s0"), (first.id, "s1")]
+    assert tree.active() == 2 + bound
+    expected = (
+        f"child intent leaf cannot start: the tenant's executions already have {bound} active descendants,"
+        " the most all its roots may have together"
+    )
+    assert len(refused) == 5
+    for root, step, answer in refused:
+        # The second root holds one descendant only: the tenant's bound refuses it, not its own.
+        tree.assert_refused(answer, root, step, expected)
+    with tenant_transaction(tree.tenant.id) as conn:
+        # One descendant ends: its place is free again, for any of the tenant's roots.
+        repo.transition(conn, started[second.id, "s0"], "cancelled")
+    answer = tree.start_child(second.id, "s4", "leaf")
+    assert "execution_id" in answer, answer
+    assert tree.active() == 2 + bound
 
 
 def test_an_ordinary_child_of_another_intent_still_starts(tree: Tree) -> None:

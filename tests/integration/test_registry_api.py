@@ -708,3 +708,28 @@ def test_gate_violations_are_named_per_step_on_save(api: ApiHarness) -> None:
     ]
     assert "deploy-to-kubernetes" in errors[1]["detail"]
     assert registry_tables(api) == before
+
+
+def test_an_intent_that_runs_itself_is_refused_at_validate_create_and_update(api: ApiHarness) -> None:
+    # The reviewer's `rv-self`: it saved 201 and failed only when it ran (the run-time refusal stays, for a name
+    # built from references and for intents that run each other).
+    tenant = provision(api, "recursive")
+    before = registry_tables(api)
+    itself = intent_body("loops", wait_step("first"), {"id": "again", "action": "intent.run", "intent": "loops"})
+    expected = {("/definition/steps/1/intent", "recursive_intent")}
+    for path in (f"{INTENTS}/validate", INTENTS):
+        body = problem(api.client.post(path, json=itself, headers=api.headers(tenant, AUTHOR)), 422)
+        assert {(e["pointer"], e["code"]) for e in body["errors"]} == expected, body
+        assert "an intent cannot run itself" in body["errors"][0]["detail"]
+    assert registry_tables(api) == before
+    saved = create(api, tenant, intent_body("loops", wait_step("first")))
+    before = registry_tables(api)
+    body = problem(put(api, tenant, saved["id"], itself), 422)
+    assert {(e["pointer"], e["code"]) for e in body["errors"]} == expected, body
+    assert registry_tables(api) == before
+    # Running another intent is as before.
+    other = intent_body("loops", wait_step("first"), {"id": "other", "action": "intent.run", "intent": "leaf"})
+    assert put(api, tenant, saved["id"], other).status_code == 200
+    # A blueprint is no intent: one that runs the intent of its own name runs another thing, and saves.
+    blueprint = api.client.post(BLUEPRINTS, json=itself, headers=api.headers(tenant, AUTHOR))
+    assert blueprint.status_code == 201, blueprint.text

@@ -765,3 +765,31 @@ def test_module_specs_refuse_broken_schemas_and_names() -> None:
         ModuleSpec("bad name", "x", {"type": "object"})
     with pytest.raises(ValueError, match="twice"):
         builtin_catalog().with_modules([ModuleSpec("wait", "shadow", {"type": "object"})])
+
+
+# --- an intent that runs itself ----------------------------------------------------------------------------------
+
+
+def test_an_intent_run_step_naming_the_intent_being_saved_is_refused_where_it_names_it() -> None:
+    # The reviewer's `rv-self`: saved 201, and refused only when it ran.
+    itself = {"id": "again", "action": "intent.run", "intent": "demo"}
+    in_params = {"id": "nested", "action": "intent.run", "params": {"intent": "demo"}}
+    doc = intent(wait("first"), itself, in_params)
+    found = [(e.pointer, e.code) for e in validate(doc, runs_as=doc["name"]).errors]
+    assert found == [
+        ("/definition/steps/1/intent", "recursive_intent"),
+        ("/definition/steps/2/params/intent", "recursive_intent"),
+    ]
+    result = validate(intent(itself), runs_as="demo")
+    assert result.errors[0].message == (
+        "the step runs intent 'demo', the intent being saved: an intent cannot run itself"
+    )
+    # Saved as a blueprint (no name it runs as), the same steps run another thing: no refusal.
+    assert validate(intent(itself)).ok
+
+
+def test_an_intent_run_of_another_intent_or_of_a_built_name_is_left_to_run_time() -> None:
+    # Another intent, and a name built from an input (whose value only a run knows), save as before.
+    other = {"id": "other", "action": "intent.run", "intent": "demo-child"}
+    built = {"id": "built", "action": "intent.run", "intent": "${inputs.which}"}
+    assert validate(intent(other, built)).ok
