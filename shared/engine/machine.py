@@ -17,6 +17,7 @@ from typing import Any
 
 from shared.engine.graph import compensation_order, next_steps
 from shared.engine.machine_types import (
+    MAX_LEVEL_RESOLVED_CHARS,
     RULES,
     TERMINAL,
     Activity,
@@ -99,6 +100,7 @@ __all__ = [  # the types are defined in machine_types and named here, as machine
     "Flight",
     "Json",
     "LoadOutput",
+    "MAX_LEVEL_RESOLVED_CHARS",
     "NoteKind",
     "Outcome",
     "Pending",
@@ -138,6 +140,7 @@ class _Step:
         self.notes: list[StepNote] = []
         self.starts: list[StepStart] = []
         self.waits: list[str] = []
+        self.starts_chars = 0  # the resolved parameters of `starts`, as JSON text (rules 6)
 
     # -- helpers
     def update(self, **changes: Any) -> None:
@@ -199,6 +202,36 @@ class _Step:
         """What a step's parameters may come to once resolved (rules 4); unbounded for executions started before."""
         return MAX_RESOLVED_CHARS if self.s.spec.rules >= 4 else None
 
+    def resolve_params(self, params: dict[str, Json]) -> dict[str, Json]:
+        """`params` resolved for a start of this reduction's dispatch: at most MAX_RESOLVED_CHARS alone (rules 4) and,
+        added up over the dispatch's starts, at most MAX_LEVEL_RESOLVED_CHARS (rules 6), else ResolvedTooLargeError.
+
+        The dispatch's starts are its activity input, which the Durable history keeps: 200 steps each within their own
+        bound made one input of 400 MB."""
+        spec = self.s.spec
+        outputs = self.s.run_state().outputs()
+        if spec.rules < 6:
+            resolved: dict[str, Json] = resolve(params, spec.inputs, outputs, max_chars=self.resolved_bound())
+            return resolved
+        left = MAX_LEVEL_RESOLVED_CHARS - self.starts_chars
+        too_many = (
+            f"the parameters of the steps starting together come to more than {MAX_LEVEL_RESOLVED_CHARS} characters"
+            " once resolved"
+        )
+        try:
+            # Bounded by what the dispatch has left as well, so a step past it fails before it is built whole.
+            resolved = resolve(params, spec.inputs, outputs, max_chars=min(MAX_RESOLVED_CHARS, left))
+        except ResolvedTooLargeError:
+            if left >= MAX_RESOLVED_CHARS:
+                raise  # past its own bound, as before rules 6
+            raise ResolvedTooLargeError(too_many) from None
+        # The whole JSON text, keys included (the bound above counts the referenced values and the text around them).
+        size = len(json.dumps(resolved, separators=(",", ":"), ensure_ascii=False))
+        if size > left:
+            raise ResolvedTooLargeError(too_many)
+        self.starts_chars += size
+        return resolved
+
     def start_attempt(self, step_id: str, attempt: int, now: datetime) -> None:
         """Resolve parameters against what is known now and start the attempt (recorded by the next dispatch)."""
         spec = self.s.spec
@@ -207,7 +240,7 @@ class _Step:
         self.drop_flight(step_id)
         kind = StepKind(plan.kind)
         try:
-            params = resolve(step.params, spec.inputs, self.s.run_state().outputs(), max_chars=self.resolved_bound())
+            params = self.resolve_params(step.params)
             ends_at = _wait_until(now, params) if kind is StepKind.WAIT else None
         except (UnresolvedReferenceError, ReferenceSyntaxError, ResolvedTooLargeError, _WaitError) as exc:
             # Retrying cannot help: the same outputs resolve the same way on every attempt.
@@ -240,7 +273,9 @@ class _Step:
                 attempt=attempt,
                 kind=kind,
                 stage=Stage.STARTING,
-                params=params,
+                # Rules 6: not kept, nothing reads it and the start carries it; every resolved value sat in the state,
+                # the continue-as-new input and the replay memo beside the dispatch's input.
+                params=params if spec.rules < 6 else {},
                 deadline=deadline,
                 ends_at=ends_at,
             )
@@ -610,9 +645,7 @@ class _Step:
         assert compensation is not None  # compensation_order lists only steps that declare one
         plan = spec.plan(step_id)
         try:
-            params = resolve(
-                compensation.params, spec.inputs, self.s.run_state().outputs(), max_chars=self.resolved_bound()
-            )
+            params = self.resolve_params(compensation.params)
         except (UnresolvedReferenceError, ReferenceSyntaxError, ResolvedTooLargeError) as exc:
             self.drop_flight(step_id)
             self.compensation_done(step_id, f"compensation parameters could not be resolved: {exc}")
@@ -638,7 +671,7 @@ class _Step:
                 attempt=attempt,
                 kind=StepKind.MODULE,
                 stage=Stage.STARTING,
-                params=params,
+                params=params if spec.rules < 6 else {},  # not kept under rules 6, as a run attempt's
                 deadline=now + timedelta(seconds=timeout_s) if timeout_s is not None else None,
             )
         )
@@ -755,6 +788,7 @@ class _Step:
                 self.put_flight(flight.model_copy(update={"write": activity_id}))
         self.commands.extend(WaitForEvent(name) for name in self.waits)
         self.notes, self.starts, self.waits = [], [], []
+        self.starts_chars = 0
 
     def finishing_level(self) -> bool:
         """Whether the starts being dispatched are the run's last work: module steps only, nothing else out or left,

@@ -333,7 +333,7 @@ Command = CallActivity | WaitForEvent | SetTimer | StartChild | ContinueAsNew | 
 
 
 # ------------------------------------------------------------------------------------------------ state
-RULES = 5
+RULES = 6
 """The reducer rules new executions start under (ADR 0025). 3 (2026-12-05): a child whose step times out is told to
 cancel; reused steps are compensated dependents first. 4 (2026-12-05): the attempts of a dispatch that failed for
 good are settled through `record_outcomes` (their recorded result, else failed) instead of being retried blind; a
@@ -342,8 +342,16 @@ retry waits at most 30 days (`MAX_TIMEOUT_S`); a child's step outputs stored as 
 references lead (`load_output`, at most 8 MiB per reference). 5 (2026-12-06, ADR 0014): a compensation attempt that
 failed with another due is recorded as retrying (`compensation_retrying`) before its pause counts, as a run-phase
 retry is; a child that ends cancelled because its stopping parent told it to ends its step cancelled (its attempt
-abandoned), not failed. An execution keeps the rules it started with, so that its history replays into the commands
-it recorded."""
+abandoned), not failed. 6 (2026-12-06, ADR 0014): the parameters one dispatch starts come to at most 8 Mi characters
+once resolved, added up over its starts (`MAX_LEVEL_RESOLVED_CHARS`): the step that would pass it fails as a step
+past `MAX_RESOLVED_CHARS` does; an attempt under way no longer keeps its parameters (`Flight.params`, read by
+nothing, copied every resolved value into the state). An execution keeps the rules it started with, so that its
+history replays into the commands it recorded."""
+
+MAX_LEVEL_RESOLVED_CHARS = 8 * 1024 * 1024
+"""What the parameters of the steps one dispatch starts may come to once resolved, added up, counted as JSON text
+(rules 6): each step's own bound (2 Mi) let a level of 200 steps referencing one 900 KB input send a 400 MB dispatch
+input, which the Durable history keeps. Four steps at their own bound fit."""
 
 
 class Spec(_Model):
@@ -387,6 +395,7 @@ class Flight(_Model):
     kind: StepKind
     stage: Stage
     params: dict[str, Json] = Field(default_factory=dict)
+    """Kept only by executions started before rules 6, so their state replays as it was; nothing reads it."""
     deadline: datetime | None = None  # the attempt times out then
     ends_at: datetime | None = None  # a wait ends, or a retry pause ends, then
     write: str | None = None  # the activity that records its start (or its retry) and is not answered yet

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -852,3 +853,101 @@ def test_an_attempt_outcome_only_follows_its_recorded_start(picks: list[Choice])
         for step_id, output in state.completed.items():
             attempt = state.views[step_id].get("attempt", 1)
             assert started_by[(step_id, attempt)] in answered, (step_id, output)
+
+
+# -- the parameters one dispatch starts, added up (rules 6) --------------------------------------------------------
+def wide_level(count: int) -> list[dict[str, Any]]:
+    """One level of `count` root steps, each referencing the whole of the input `big` (the reviewer's request)."""
+    return [
+        {"id": f"s{i}", "action": "event.emit", "type": "x.y", "data": {"k": "${inputs.big}"}, "depends_on": []}
+        for i in range(count)
+    ]
+
+
+class Recorded(Run):
+    """A run that keeps every event it was sent, as an orchestration's history does."""
+
+    def __init__(self, steps: list[dict[str, Any]], **extra: Any) -> None:
+        self.events: list[m.Event] = []
+        self.request = request(steps, **extra)
+        super().__init__(steps, **extra)
+
+    def send(self, event: m.Event) -> list[m.Command]:
+        self.events.append(event)
+        return super().send(event)
+
+    def finish(self) -> None:
+        (dispatch,) = self.activities(m.Activity.DISPATCH_STEPS)
+        assert isinstance(dispatch.input, m.DispatchSteps)
+        started = [start.step_id for start in dispatch.input.starts]
+        self.answer(dispatch)
+        for step_id in started:
+            self.result(step_id, output={"sent": step_id})
+        for _ in range(10):
+            if self.complete is not None:
+                return
+            self.answer_all()
+
+    def replayed(self) -> tuple[m.State, list[m.Command]]:
+        state, log = m.begin(self.request, T0)
+        log = list(log)
+        for event in self.events:
+            state, commands = m.reduce(state, event)
+            log += commands
+        return state, log
+
+
+def json_chars(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+
+
+def test_a_level_past_the_dispatch_budget_starts_what_fits_and_fails_the_step_past_it() -> None:
+    # 200 steps each within their own bound made one dispatch input of 400 MB, kept in the Durable history, and a
+    # copy of every resolved value in the state (its flights), the continue-as-new input and the replay memo.
+    big = "x" * 1_000_000
+    run = Recorded(wide_level(200), inputs={"big": big})
+    (dispatch,) = run.activities(m.Activity.DISPATCH_STEPS)
+    assert isinstance(dispatch.input, m.DispatchSteps)
+    sizes = [json_chars(start.params) for start in dispatch.input.starts]
+    assert [start.step_id for start in dispatch.input.starts] == [f"s{i}" for i in range(8)]
+    assert sum(sizes) <= m.MAX_LEVEL_RESOLVED_CHARS < sum(sizes) + sizes[0]
+    assert dispatch.input.starts[0].params["data"] == {"k": big}
+    (note,) = dispatch.input.notes
+    assert (note.kind, note.step_id) == (m.NoteKind.FAILED, "s8")
+    assert note.error == (
+        f"the parameters of the steps starting together come to more than {m.MAX_LEVEL_RESOLVED_CHARS} characters"
+        " once resolved"
+    )
+    # What is kept: the dispatch's input within the budget, the state with the input once and no resolved copy.
+    assert json_chars(dispatch.input.model_dump(mode="json")) < m.MAX_LEVEL_RESOLVED_CHARS + 64 * 1024
+    assert json_chars(run.state.model_dump(mode="json")) < len(big) + 64 * 1024
+    assert all(flight.params == {} for flight in run.state.flights.values())
+    run.finish()
+    assert run.complete is not None and run.complete["status"] == "failed" and run.complete["failed_step"] == "s8"
+    assert run.complete["error"] == note.error
+    assert run.state.views["s8"]["state"] == "failed" and run.state.views["s199"] == {"state": "pending"}  # not started
+    assert list(run.state.order) == [f"s{i}" for i in range(8)]
+    replayed, log = run.replayed()
+    assert log == run.log and replayed == run.state
+
+
+def test_a_level_within_the_dispatch_budget_starts_whole() -> None:
+    run = Run(wide_level(4), inputs={"big": "x" * (m.MAX_LEVEL_RESOLVED_CHARS // 4 - 64)})
+    (dispatch,) = run.activities(m.Activity.DISPATCH_STEPS)
+    assert isinstance(dispatch.input, m.DispatchSteps)
+    assert len(dispatch.input.starts) == 4 and dispatch.input.notes == []
+
+
+def test_an_execution_started_under_rules_5_dispatches_its_whole_level_and_replays_as_recorded() -> None:
+    # Its history recorded one dispatch of every step, whatever their size; a replay must ask for the same.
+    big = "x" * 500_000
+    run = Recorded(wide_level(20), inputs={"big": big}, rules=5)
+    (dispatch,) = run.activities(m.Activity.DISPATCH_STEPS)
+    assert isinstance(dispatch.input, m.DispatchSteps)
+    assert len(dispatch.input.starts) == 20 and dispatch.input.notes == []
+    assert sum(json_chars(start.params) for start in dispatch.input.starts) > m.MAX_LEVEL_RESOLVED_CHARS
+    assert all(flight.params == {"type": "x.y", "data": {"k": big}} for flight in run.state.flights.values())
+    run.finish()
+    assert run.complete is not None and run.complete["status"] == "succeeded"
+    replayed, log = run.replayed()
+    assert log == run.log and replayed == run.state
