@@ -13,7 +13,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -117,10 +117,21 @@ def retry_after_s(response: httpx.Response) -> float:
     return min(5.0, float(response.headers.get("Retry-After", "1") or 1))
 
 
+BENCH_ROLES = ("Intent.Reader", "Intent.Author", "Intent.Executor")
+BENCH_MODULES = ("event", "artifact", "approval")
+
+
 def _provision(
-    base_url: str, data_dir: Path, *, name: str = "bench", quotas: dict[str, int] = UNTHROTTLED
+    base_url: str,
+    data_dir: Path,
+    *,
+    name: str = "bench",
+    quotas: dict[str, int] = UNTHROTTLED,
+    roles: Sequence[str] = BENCH_ROLES,
+    modules: Sequence[str] = BENCH_MODULES,
 ) -> dict[str, str]:
-    """A bench tenant (by default one whose quotas never throttle); returns Author+Executor+Reader headers."""
+    """A bench tenant (by default one whose quotas never throttle) allowed `modules`; headers of a token with
+    `roles` (by default Author+Executor+Reader)."""
     admin = mint_token_cli(data_dir, base_url, "contoso", ["Platform.Admin"], [], None, 3600, False)
     entra_id = str(uuid.uuid4())
     httpx.post(
@@ -130,14 +141,12 @@ def _provision(
             "name": f"{name}-{entra_id[:8]}",
             "entra_tenant_id": entra_id,
             "allowed_targets": ["staging"],
-            "allowed_modules": ["event", "artifact", "approval"],
+            "allowed_modules": list(modules),
             "quotas": quotas,
         },
         timeout=30,
     ).raise_for_status()
-    token = mint_token_cli(
-        data_dir, base_url, entra_id, ["Intent.Reader", "Intent.Author", "Intent.Executor"], [], None, 3600, False
-    )
+    token = mint_token_cli(data_dir, base_url, entra_id, list(roles), [], None, 3600, False)
     return {"Authorization": f"Bearer {token}"}
 
 

@@ -32,8 +32,7 @@ from typing import Any
 
 import httpx
 
-from bench.executions import RESULTS, UNTHROTTLED, running_platform
-from devhost.identity import mint_token_cli
+from bench.executions import RESULTS, _provision, running_platform
 
 MB = 1_000_000
 ROLES = ["Intent.Reader", "Intent.Author", "Intent.Executor", "Intent.Approver", "Tenant.Admin"]
@@ -198,24 +197,10 @@ def settle(pids: list[int], idle_ms_per_s: float) -> None:
         previous = current
 
 
-def _provision(base_url: str, data_dir: Path) -> dict[str, str]:
+def _provision_tenant(base_url: str, data_dir: Path) -> dict[str, str]:
     """A tenant whose quotas never throttle (no 429 in a cell) and a token with every role the routes ask for."""
-    admin = mint_token_cli(data_dir, base_url, "contoso", ["Platform.Admin"], [], None, 3600, False)
-    entra_id = str(uuid.uuid4())
-    httpx.post(
-        f"{base_url}/api/v1/tenants",
-        headers={"Authorization": f"Bearer {admin}"},
-        json={
-            "name": f"hostile-{entra_id[:8]}",
-            "entra_tenant_id": entra_id,
-            "allowed_targets": ["staging"],
-            "allowed_modules": ["event"],
-            "quotas": UNTHROTTLED,
-        },
-        timeout=30,
-    ).raise_for_status()
-    token = mint_token_cli(data_dir, base_url, entra_id, ROLES, [], None, 3600, False)
-    return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    headers = _provision(base_url, data_dir, name="hostile", roles=ROLES, modules=["event"])
+    return {**headers, "Content-Type": "application/json"}
 
 
 def routes(client: httpx.Client) -> list[Route]:
@@ -360,7 +345,7 @@ def main() -> None:
         process = platform.process.process
         assert process is not None  # started by running_platform
         host_pid = process.pid
-        headers = _provision(platform.base_url, platform.data_dir)
+        headers = _provision_tenant(platform.base_url, platform.data_dir)
         with httpx.Client(base_url=platform.base_url, headers=headers, timeout=120) as client:
             wanted = args.routes.split(",") if args.routes else []
             selected = [r for r in routes(client) if not wanted or r.name.replace(" ", "-") in wanted]

@@ -682,6 +682,17 @@ def _abandoned_key(execution_id: UUID, note: machine.StepNote) -> AttemptKey:
     return AttemptKey(execution_id, note.step_id, "run", note.attempt)
 
 
+def _retry_data(note: machine.StepNote) -> dict[str, Any]:
+    """What a retry's event says, of a step's run or of its compensation alike."""
+    return {
+        "attempt": note.attempt,
+        "next_attempt": note.next_attempt,
+        "max_attempts": note.max_attempts,
+        "retry_at": note.retry_at,
+        "error": note.error,
+    }
+
+
 def _note(conn: store.Conn, execution_id: UUID, note: machine.StepNote) -> None:
     """Record a step move without an attempt result; each is conditional on the state it moves from."""
     step_id = note.step_id
@@ -704,28 +715,14 @@ def _note(conn: store.Conn, execution_id: UUID, note: machine.StepNote) -> None:
             retry_at=datetime.fromisoformat(note.retry_at),
             error=note.error,
         ):
-            data = {
-                "attempt": note.attempt,
-                "next_attempt": note.next_attempt,
-                "max_attempts": note.max_attempts,
-                "retry_at": note.retry_at,
-                "error": note.error,
-            }
-            repo.append_event(conn, execution_id, "step_retrying", step_id, data)
+            repo.append_event(conn, execution_id, "step_retrying", step_id, _retry_data(note))
     elif note.kind is machine.NoteKind.COMPENSATION_RETRYING:
         assert note.retry_at is not None  # the reducer always says when
         # The step stays compensating (its failed attempt left it there, steps.finish_attempt): only when is new.
         if store.note_compensation_retry(
             conn, execution_id, step_id, datetime.fromisoformat(note.retry_at), note.error
         ):
-            data = {
-                "attempt": note.attempt,
-                "next_attempt": note.next_attempt,
-                "max_attempts": note.max_attempts,
-                "retry_at": note.retry_at,
-                "error": note.error,
-            }
-            repo.append_event(conn, execution_id, "compensation_retrying", step_id, data)
+            repo.append_event(conn, execution_id, "compensation_retrying", step_id, _retry_data(note))
     else:
         abandon_step(conn, _abandoned_key(execution_id, note), note.error or "cancelled")
 
