@@ -224,6 +224,9 @@ class _Step:
         except ResolvedTooLargeError:
             if left >= MAX_RESOLVED_CHARS:
                 raise  # past its own bound, as before rules 6
+            # Past what the dispatch has left: blamed on the dispatch only when the step alone is within its own
+            # bound (a step past it fails for itself whatever its siblings, and splitting the level would not help).
+            resolve(params, spec.inputs, outputs, max_chars=MAX_RESOLVED_CHARS)
             raise ResolvedTooLargeError(too_many) from None
         # The whole JSON text, keys included (the bound above counts the referenced values and the text around them).
         size = len(json.dumps(resolved, separators=(",", ":"), ensure_ascii=False))

@@ -938,6 +938,22 @@ def test_a_level_within_the_dispatch_budget_starts_whole() -> None:
     assert len(dispatch.input.starts) == 4 and dispatch.input.notes == []
 
 
+def test_a_step_past_its_own_bound_is_failed_for_itself_not_for_the_dispatch() -> None:
+    # Four 1.6 MB steps leave less than 2 Mi of the budget; a 3 MB step was blamed on the dispatch (found by review),
+    # although it fails alone too and splitting the level would not help.
+    huge = {"id": "huge", "action": "event.emit", "type": "x.y", "data": {"k": "${inputs.huge}"}, "depends_on": []}
+    steps = [*wide_level(4), huge]
+    run = Run(steps, inputs={"big": "x" * 1_600_000, "huge": "y" * 3_000_000})
+    (dispatch,) = run.activities(m.Activity.DISPATCH_STEPS)
+    assert isinstance(dispatch.input, m.DispatchSteps)
+    assert [start.step_id for start in dispatch.input.starts] == ["s0", "s1", "s2", "s3"]
+    (note,) = dispatch.input.notes
+    assert (note.step_id, note.error) == (
+        "huge",
+        f"the parameters come to more than {m.MAX_RESOLVED_CHARS} characters once resolved",
+    )
+
+
 def test_an_execution_started_under_rules_5_dispatches_its_whole_level_and_replays_as_recorded() -> None:
     # Its history recorded one dispatch of every step, whatever their size; a replay must ask for the same.
     big = "x" * 500_000
