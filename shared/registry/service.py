@@ -290,9 +290,14 @@ def check(
     tenant: TenantFacts,
     pin: dict[str, Any] | None = None,
     limits: Limits | None = None,
+    saving: bool = False,
 ) -> Checked:
     """Validate a request body against the tenant's catalog and gates; a declaration against its blueprint (the
-    pinned version if `pin`, else the blueprint's current one). Raises DefinitionInvalidError with every problem."""
+    pinned version if `pin`, else the blueprint's current one). Raises DefinitionInvalidError with every problem.
+
+    `saving`: a create, an update or their validation, which also refuses an intent that runs itself; a stored
+    version is checked without it (one saved before that refusal still runs, plans and rolls back, and the engine
+    refuses the self-run when it comes)."""
     if isinstance(doc, dict):
         doc = {key: value for key, value in doc.items() if key not in RESPONSE_ONLY_FIELDS}
     problems = _storage_problems(doc)
@@ -325,7 +330,7 @@ def check(
         blueprint=resolved,
         limits=limits or registry_limits(),
         # A blueprint is no intent: an intent it runs may share its name.
-        runs_as=doc.get("name") if kind == "intent" else None,
+        runs_as=doc.get("name") if saving and kind == "intent" and isinstance(doc, dict) else None,
     )
     errors = [
         *problems,
@@ -628,7 +633,7 @@ def _refused(kind: Kind, exc: ValueRefusedError) -> DefinitionInvalidError:
 
 def create(conn: Conn, kind: Kind, doc: Any, *, item_id: UUID, tenant: TenantFacts, created_by: str) -> Item:
     """Validate and store version 1, with its `<kind>.created` event."""
-    checked = check(conn, kind, doc, tenant=tenant)
+    checked = check(conn, kind, doc, tenant=tenant, saving=True)
     request = checked.request
     try:
         head = insert_head(conn, kind, item_id, request.name, request.description, dict(request.labels), created_by)
@@ -685,7 +690,7 @@ def update(
 ) -> Item:
     """Validate and store the next version if `if_match` holds the current ETag, with `<kind>.version_created`."""
     item = _locked_active(conn, kind, item_id, if_match)
-    checked = check(conn, kind, doc, tenant=tenant)
+    checked = check(conn, kind, doc, tenant=tenant, saving=True)
     if checked.request.name != item.head.name:
         # Declarations find blueprints by name, and clients by name: a rename would silently repoint both.
         raise DefinitionInvalidError(

@@ -170,8 +170,10 @@ def _check_declaration(
     tenant: TenantFacts | None,
     blueprint: ResolvedBlueprint | None,
     allow_private: bool | None,
+    runs_as: str | None = None,
 ) -> _Declaration:
-    """A declaration: its fields against the blueprint's input schema, and the blueprint's steps for this tenant."""
+    """A declaration: its fields against the blueprint's input schema, and the blueprint's steps for this tenant;
+    none of them may run `runs_as`, the intent being saved (the blueprint often has its name)."""
     at = "/definition/blueprint" if "blueprint" in definition else "/definition"
     problems = []
     if "inputs" in definition:
@@ -228,6 +230,15 @@ def _check_declaration(
             )
     actions: dict[str, tuple[str, str]] = {}
     for step in steps:
+        if runs_as is not None and step.action == "intent.run" and step.params.get("intent") == runs_as:
+            problems.append(
+                ValidationError(
+                    at,
+                    f"blueprint step '{step.step_id}' runs intent '{runs_as}', the intent being saved: an intent"
+                    " cannot run itself",
+                    "recursive_intent",
+                )
+            )
         for key, action in (
             (step.step_id, step.action),
             (f"{step.step_id}/compensate", step.compensate.action if step.compensate else None),
@@ -330,7 +341,8 @@ def validate_definition(
             name = runs_as if isinstance(runs_as, str) else None
             problems.extend(check_steps(raw, catalog, tenant, allow_private=allow_private, name=name))
     elif isinstance(raw, dict):
-        declaration = _check_declaration(doc, raw, catalog, tenant, blueprint, allow_private)
+        runs_as_name = runs_as if isinstance(runs_as, str) else None
+        declaration = _check_declaration(doc, raw, catalog, tenant, blueprint, allow_private, runs_as_name)
         problems.extend(declaration.problems)
     errors = _with_unknown(doc, _ordered(doc, problems), unknown[:MAX_REPORTED_ERRORS])
     if errors or intent is None:

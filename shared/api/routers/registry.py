@@ -503,7 +503,7 @@ def definition_router(kind: Kind) -> APIRouter:
             conn=conn,
         )
         try:
-            checked = service.check(conn, kind, body, tenant=context.tenant_facts)
+            checked = service.check(conn, kind, body, tenant=context.tenant_facts, saving=True)
         except service.RegistryError as exc:
             raise _problem(exc) from None
         request = checked.request
