@@ -46,15 +46,6 @@ ARRAY = "[" + ",".join(["0"] * 100_000) + "]"
 NEST = "[" + ",".join(["[" * 120 + "]" * 120] * (MB // 242)) + "]"
 EXPS = "[" + ",".join(["1e300"] * (MB // 6)) + "]"
 DUPS = "{" + ",".join(['"a":0'] * (MB // 6)) + "}"
-BODY_KINDS = (
-    "valid",
-    "unknown-members",
-    "long-string",
-    "array-100k",
-    "deep-nesting",
-    "huge-exponents",
-    "duplicate-keys",
-)
 HEADINGS = {
     "valid": "valid (baseline)",
     "unknown-members": "100,000 unknown members",
@@ -64,6 +55,7 @@ HEADINGS = {
     "huge-exponents": "huge exponents",
     "duplicate-keys": "duplicate keys",
 }
+BODY_KINDS = tuple(HEADINGS)
 IDLE_WINDOW_S = 0.25
 SETTLE_TIMEOUT_S = 20.0
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK")

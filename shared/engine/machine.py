@@ -71,6 +71,7 @@ from shared.registry.references import (
     ReferenceSyntaxError,
     ResolvedTooLargeError,
     UnresolvedReferenceError,
+    json_length,
     resolve,
 )
 
@@ -229,7 +230,7 @@ class _Step:
             resolve(params, spec.inputs, outputs, max_chars=MAX_RESOLVED_CHARS)
             raise ResolvedTooLargeError(too_many) from None
         # The whole JSON text, keys included (the bound above counts the referenced values and the text around them).
-        size = len(json.dumps(resolved, separators=(",", ":"), ensure_ascii=False))
+        size = json_length(resolved)
         if size > left:
             raise ResolvedTooLargeError(too_many)
         self.starts_chars += size

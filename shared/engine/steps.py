@@ -115,15 +115,20 @@ _HOLD_ATTEMPT = sql.SQL(
 # The order of ADR 0014: an execution's attempts before the execution, several in key order (ORDER BY under FOR ...
 # locks the rows in that order). Only open attempts: a finished one is never waited for by a writer of a result
 # (each one's UPDATE is conditional on `dispatched`), so whoever holds it never stands between them.
-_HOLD_OPEN = sql.SQL(
+_HOLD_OPEN = (
+    "SELECT 1 FROM app.step_attempts WHERE execution_id = %s AND state = 'dispatched'"
+    " ORDER BY step_id, phase, attempt FOR NO KEY UPDATE"
+)
+_HOLD_OPEN_AGAIN = sql.SQL(
     "SELECT {} FROM app.step_attempts WHERE execution_id = %s AND state = 'dispatched'"
-    " ORDER BY step_id, phase, attempt FOR NO KEY UPDATE{}"
-)
-_HOLD_KEYS = sql.SQL(
-    "SELECT {} FROM app.step_attempts WHERE (execution_id, step_id, phase, attempt)"
+    " ORDER BY step_id, phase, attempt FOR NO KEY UPDATE NOWAIT"
+).format(_ATTEMPT_COLUMNS)
+_HOLD_KEYS = (
+    "SELECT execution_id, step_id, phase, attempt FROM app.step_attempts WHERE (execution_id, step_id, phase, attempt)"
     " IN (SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::int[])) AND state = 'dispatched'"
-    " ORDER BY execution_id, step_id, phase, attempt FOR NO KEY UPDATE{}"
+    " ORDER BY execution_id, step_id, phase, attempt FOR NO KEY UPDATE"
 )
+_HOLD_FREE_KEYS = _HOLD_KEYS + " SKIP LOCKED"
 HOLD_ROUNDS = 20
 """How often `hold_open_attempts` starts over for an attempt committed after its first read, before it gives up."""
 _FINISH = sql.SQL(
@@ -372,12 +377,10 @@ def hold_open_attempts(conn: Conn, execution_id: UUID) -> tuple[Execution, list[
     for round_ in range(1, HOLD_ROUNDS + 1):
         try:
             with conn.transaction():
-                conn.execute(_HOLD_OPEN.format(_ATTEMPT_COLUMNS, sql.SQL("")), (execution_id,))
+                conn.execute(_HOLD_OPEN, (execution_id,))
                 execution = hold_execution(conn, execution_id)
                 try:
-                    rows = conn.execute(
-                        _HOLD_OPEN.format(_ATTEMPT_COLUMNS, sql.SQL(" NOWAIT")), (execution_id,)
-                    ).fetchall()
+                    rows = conn.execute(_HOLD_OPEN_AGAIN, (execution_id,)).fetchall()
                 except psycopg.errors.LockNotAvailable:
                     if round_ == HOLD_ROUNDS:
                         raise
@@ -399,8 +402,8 @@ def hold_attempts(conn: Conn, keys: Sequence[AttemptKey], *, skip_locked: bool =
         [key.phase for key in keys],
         [key.attempt for key in keys],
     )
-    query = _HOLD_KEYS.format(_ATTEMPT_COLUMNS, sql.SQL(" SKIP LOCKED" if skip_locked else ""))
-    return {_attempt(row).key for row in conn.execute(query, columns).fetchall()}
+    rows = conn.execute(_HOLD_FREE_KEYS if skip_locked else _HOLD_KEYS, columns).fetchall()
+    return {AttemptKey(row["execution_id"], row["step_id"], row["phase"], row["attempt"]) for row in rows}
 
 
 def finish_attempt(

@@ -126,9 +126,7 @@ _EXPIRED = _query(
 # each other in one order, never in a cycle, and so does an expiry with a writer that takes a parent and then its child
 # (the sweeper's end passing its cancel down, a failed intent.run stopping its child). The second: without waiting.
 _HOLD_EXECUTIONS = "SELECT id FROM app.executions WHERE id = ANY(%s) ORDER BY created_at, id FOR NO KEY UPDATE"
-_HOLD_FREE_EXECUTIONS = (
-    "SELECT id FROM app.executions WHERE id = ANY(%s) ORDER BY created_at, id FOR NO KEY UPDATE SKIP LOCKED"
-)
+_HOLD_FREE_EXECUTIONS = _HOLD_EXECUTIONS + " SKIP LOCKED"
 # SKIP LOCKED: an item another transaction holds is a lease poll's (it either hands the item out, before this cancel,
 # or ends it as stale, after), and waiting for it deadlocked with a poll that then holds this execution's parent.
 _QUEUED_OF_EXECUTION = _query(
@@ -267,11 +265,11 @@ def lease(
     # The attempts of stale items, then their executions (ADR 0014's one order), neither waited for: this transaction
     # may hold executions already (its expiry's), and whoever holds one of these rows is ending it or about to (a
     # recorder, a cancel, an end). An item left out is not leased either, and the next poll ends it if still open.
-    stale_keys = [_item(row).key for row in rows if row["stale"] is not None]
+    items = [(row, _item(row)) for row in rows]
+    stale_keys = [item.key for row, item in items if row["stale"] is not None]
     held = store.hold_attempts(conn, stale_keys, skip_locked=True)
     executions = _hold_free_executions(conn, [key.execution_id for key in held])
-    for row in rows:
-        item = _item(row)
+    for row, item in items:
         if row["stale"] is not None:
             if item.key not in held or item.key.execution_id not in executions:
                 continue
@@ -384,14 +382,14 @@ def expire_leases(conn: Conn, *, limit: int = 100) -> list[Attempt]:
 def _hold_executions(conn: Conn, execution_ids: Sequence[UUID]) -> None:
     """Hold these executions' rows, in creation order (nothing when there are none)."""
     if execution_ids:
-        conn.execute(_HOLD_EXECUTIONS, (sorted(set(execution_ids)),))
+        conn.execute(_HOLD_EXECUTIONS, (list(set(execution_ids)),))
 
 
 def _hold_free_executions(conn: Conn, execution_ids: Sequence[UUID]) -> set[UUID]:
     """Hold those of these executions' rows no other transaction holds, without waiting; answers their ids."""
     if not execution_ids:
         return set()
-    rows = conn.execute(_HOLD_FREE_EXECUTIONS, (sorted(set(execution_ids)),)).fetchall()
+    rows = conn.execute(_HOLD_FREE_EXECUTIONS, (list(set(execution_ids)),)).fetchall()
     return {row["id"] for row in rows}
 
 

@@ -191,7 +191,7 @@ class _Budget:
             raise ResolvedTooLargeError(f"the parameters come to more than {self.limit} characters once resolved")
 
 
-def _json_length(value: Any) -> int:
+def json_length(value: Any) -> int:
     """Characters `value` takes as JSON: a string of quotes or control characters takes up to six times its length."""
     return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
 
@@ -202,14 +202,14 @@ def _resolve(value: Any, inputs: Mapping[str, Any], outputs: Mapping[str, Any], 
         if len(parts) == 1 and isinstance(parts[0], Reference):
             found = lookup(parts[0], inputs, outputs)
             if budget.left is not None:
-                budget.spend(_json_length(found))
+                budget.spend(json_length(found))
             # A deep copy, so that a resolved parameter never aliases another step's output.
             return copy.deepcopy(found)
         pieces: list[str] = []
         for part in parts:
             piece = _stringify(lookup(part, inputs, outputs)) if isinstance(part, Reference) else part
             if budget.left is not None:
-                budget.spend(_json_length(piece) - 2)  # its place in the string, escaped, without its quotes
+                budget.spend(json_length(piece) - 2)  # its place in the string, escaped, without its quotes
             pieces.append(piece)
         return "".join(pieces)
     if isinstance(value, dict):

@@ -71,7 +71,6 @@ __all__ = [
     "archive",
     "check",
     "create",
-    "diff",
     "diff_versions",
     "etag",
     "get",
@@ -282,6 +281,10 @@ def registry_limits() -> Limits:
     )
 
 
+def _sent_name(doc: Any) -> Any:
+    return doc.get("name") if isinstance(doc, dict) else None
+
+
 def check(
     conn: Conn,
     kind: Kind,
@@ -330,7 +333,8 @@ def check(
         blueprint=resolved,
         limits=limits or registry_limits(),
         # A blueprint is no intent: an intent it runs may share its name.
-        runs_as=doc.get("name") if saving and kind == "intent" and isinstance(doc, dict) else None,
+        # The name as sent: a malformed one is reported by the model, and matches no step's intent anyway.
+        runs_as=name if saving and kind == "intent" and isinstance(name := _sent_name(doc), str) else None,
     )
     errors = [
         *problems,
@@ -570,11 +574,6 @@ def _metadata(row: VersionRow) -> dict[str, Any]:
 def _short(value: Any) -> str:
     text = json.dumps(value, ensure_ascii=False, default=str)
     return text if len(text) <= 40 else text[:37] + "…"
-
-
-def diff(conn: Conn, kind: Kind, item_id: UUID, from_version: int, to_version: int) -> DiffResult:
-    """The structured difference from one version to another (either order)."""
-    return diff_versions(version(conn, kind, item_id, from_version), version(conn, kind, item_id, to_version))
 
 
 def diff_versions(old: VersionRow, new: VersionRow) -> DiffResult:

@@ -309,7 +309,7 @@ def validate_definition(
     blueprint: ResolvedBlueprint | None = None,
     limits: Limits = DEFAULT_LIMITS,
     allow_private: bool | None = None,
-    runs_as: object = None,
+    runs_as: str | None = None,
 ) -> ValidationResult:
     """Validate a create/update request body (`{"name", "description", "labels", "definition"}`).
 
@@ -337,12 +337,9 @@ def validate_definition(
     if isinstance(raw, dict) and raw.get("steps") is not None:
         problems.extend(_definition_problems(raw))
         if isinstance(raw["steps"], list):
-            # The name as sent: a malformed one is reported by the model, and matches no step's intent anyway.
-            name = runs_as if isinstance(runs_as, str) else None
-            problems.extend(check_steps(raw, catalog, tenant, allow_private=allow_private, name=name))
+            problems.extend(check_steps(raw, catalog, tenant, allow_private=allow_private, name=runs_as))
     elif isinstance(raw, dict):
-        runs_as_name = runs_as if isinstance(runs_as, str) else None
-        declaration = _check_declaration(doc, raw, catalog, tenant, blueprint, allow_private, runs_as_name)
+        declaration = _check_declaration(doc, raw, catalog, tenant, blueprint, allow_private, runs_as)
         problems.extend(declaration.problems)
     errors = _with_unknown(doc, _ordered(doc, problems), unknown[:MAX_REPORTED_ERRORS])
     if errors or intent is None:
