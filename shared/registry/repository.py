@@ -55,6 +55,12 @@ _JOIN = sql.SQL("FROM app.intent_versions v JOIN app.intents i ON i.tenant_id = 
 # nothing, exactly like another tenant's id (which row-level security hides).
 _GET_HEAD = sql.SQL("SELECT {} FROM app.intents WHERE kind = %s AND id = %s").format(_HEAD)
 _LOCK_HEAD = sql.SQL("SELECT {} FROM app.intents WHERE kind = %s AND id = %s FOR UPDATE").format(_HEAD)
+# A share lock conflicts with the archive's (and an update's) FOR UPDATE, not with other holders: saves of many
+# declarations of one blueprint go on side by side, and the blueprint cannot be archived under any of them.
+_SHARE_HEAD = sql.SQL("SELECT {} FROM app.intents WHERE kind = %s AND id = %s FOR SHARE").format(_HEAD)
+_SHARE_ACTIVE_BLUEPRINT = sql.SQL(
+    "SELECT id FROM app.intents WHERE kind = 'blueprint' AND name = %s AND status = 'active' FOR SHARE"
+)
 _INSERT_HEAD = sql.SQL(
     "INSERT INTO app.intents (tenant_id, id, kind, name, description, labels, created_by)"
     " VALUES (app.current_tenant_id(), %s, %s, %s, %s, %s, %s) RETURNING {}"
@@ -193,6 +199,13 @@ def get_head(conn: psycopg.Connection[DictRow], kind: Kind, item_id: UUID, *, lo
     return _head(row) if row else None
 
 
+def hold_head(conn: psycopg.Connection[DictRow], kind: Kind, item_id: UUID) -> HeadRow | None:
+    """The head row under a share lock held until the transaction ends: its status and current version stay as read
+    (an archive or update waits), while other holders read on."""
+    row = conn.execute(_SHARE_HEAD, (kind, item_id)).fetchone()
+    return _head(row) if row else None
+
+
 def insert_head(
     conn: psycopg.Connection[DictRow],
     kind: Kind,
@@ -312,8 +325,16 @@ def _blueprint(row: DictRow | None) -> BlueprintVersion | None:
     return BlueprintVersion(row["id"], row["name"], row["version"], row["definition"]) if row else None
 
 
-def current_blueprint(conn: psycopg.Connection[DictRow], name: str) -> BlueprintVersion | None:
-    """The current version of the tenant's active blueprint `name`; an archived one takes no new declarations."""
+def current_blueprint(conn: psycopg.Connection[DictRow], name: str, *, hold: bool = False) -> BlueprintVersion | None:
+    """The current version of the tenant's active blueprint `name`; an archived one takes no new declarations.
+
+    `hold`: the blueprint stays active and at that version until the transaction ends (a share lock on its head), so
+    a version saved against it never commits after an archive that committed in between."""
+    # The head is locked by a statement of its own: a lock taken in the join would, after waiting for an update of
+    # the blueprint, recheck the new head against the old version row and find nothing. The join then reads what
+    # the lock holds in a snapshot taken after it.
+    if hold and conn.execute(_SHARE_ACTIVE_BLUEPRINT, (name,)).fetchone() is None:
+        return None
     return _blueprint(conn.execute(_CURRENT_BLUEPRINT, (name,)).fetchone())
 
 

@@ -45,6 +45,7 @@ from shared.registry.repository import (
     find_head,
     get_head,
     get_version,
+    hold_head,
     insert_head,
     insert_version,
     list_heads,
@@ -300,7 +301,8 @@ def check(
 
     `saving`: a create, an update or their validation, which also refuses an intent that runs itself; a stored
     version is checked without it (one saved before that refusal still runs, plans and rolls back, and the engine
-    refuses the self-run when it comes)."""
+    refuses the self-run when it comes). Saving also holds a declaration's blueprint active until the transaction
+    ends, so a blueprint archived meanwhile takes no new declaration version."""
     if isinstance(doc, dict):
         doc = {key: value for key, value in doc.items() if key not in RESPONSE_ONLY_FIELDS}
     problems = _storage_problems(doc)
@@ -318,7 +320,7 @@ def check(
         found = (
             blueprint_version(conn, UUID(str(pin["id"])), int(pin["version"]))
             if pin is not None
-            else current_blueprint(conn, wanted)
+            else current_blueprint(conn, wanted, hold=saving)
         )
         if found is not None:
             outcome = _resolved(found)
@@ -326,20 +328,25 @@ def check(
                 problems.append(outcome)
             else:
                 resolved = outcome
+    # A blueprint is no intent: an intent it runs may share its name.
+    # The name as sent: a malformed one is reported by the model, and matches no step's intent anyway.
+    runs_as = name if saving and kind == "intent" and isinstance(name := _sent_name(doc), str) else None
     result = validate_definition(
         doc,
         catalog=catalog,
         tenant=tenant,
         blueprint=resolved,
         limits=limits or registry_limits(),
-        # A blueprint is no intent: an intent it runs may share its name.
-        # The name as sent: a malformed one is reported by the model, and matches no step's intent anyway.
-        runs_as=name if saving and kind == "intent" and isinstance(name := _sent_name(doc), str) else None,
+        runs_as=runs_as,
     )
     errors = [
         *problems,
         *(error for error in result.errors if not (kind == "blueprint" and error.code == "blueprint_required")),
     ]
+    if runs_as is not None and not errors and result.ok:
+        # Only a definition that is otherwise valid is walked: its steps are parsed, and a save it refuses anyway
+        # costs no reads of the tenant's other intents.
+        errors.extend(_cycle_problems(conn, runs_as, doc, result.steps, declaration=found is not None))
     if errors or not result.ok:
         count = len(errors) + result.unlisted
         raise DefinitionInvalidError(
@@ -453,6 +460,11 @@ def stored_steps(conn: Conn, item: Item) -> tuple[Step, ...]:
     A stored version was validated when it was saved; validating it again against the catalog and gates as they
     are now costs as much as a save (seconds for a large input schema), and only its start needs that verdict: a
     version that no longer validates is refused there, as a failure of the step that starts it."""
+    return _steps_of(conn, item)
+
+
+def _steps_of(conn: Conn, item: Item) -> tuple[Step, ...]:
+    """`stored_steps`, as a save's cycle check reads them (a plan's reads are `stored_steps`' own)."""
     try:
         definition = Definition.model_validate(item.version.definition)
         if not definition.is_declaration:
@@ -464,6 +476,85 @@ def stored_steps(conn: Conn, item: Item) -> tuple[Step, ...]:
         return tuple(Definition.model_validate(found.definition).steps or ())
     except (pydantic.ValidationError, KeyError, TypeError, ValueError):
         return ()
+
+
+MAX_CYCLE_INTENTS = 64
+"""Intent versions a save's cycle check reads the steps of, at most."""
+MAX_CYCLE_LOOKUPS = 256
+"""Intents a save's cycle check looks up by name (and pinned version), at most: an intent may run hundreds of
+names, each a query. Past either bound the save is not refused for a cycle it did not find; the engine's run-time
+bounds (an intent already running above, the nesting depth) still refuse one when it runs."""
+
+
+def _cycle_problems(
+    conn: Conn, name: str, doc: dict[str, Any], steps: tuple[Step, ...], *, declaration: bool
+) -> list[ValidationError]:
+    """`recursive_intent` when an `intent.run` step of the intent being saved (`name`, with `steps`) starts an
+    intent that, through the tenant's intents as they are stored now, runs `name` again; at most one problem (the
+    first cycle found, breadth first, so the shortest), naming its path.
+
+    Each intent reached is read as a run would start it: the version its step pins, else its current one, and a
+    declaration through its pinned blueprint version. The walk reads only the tenant's own intents (row-level
+    security), each version once, within MAX_CYCLE_INTENTS and MAX_CYCLE_LOOKUPS. Stored versions are never refused
+    for this: a cycle saved before the check still runs until the engine refuses it."""
+    lookups: dict[tuple[str, int | None], Item | None] = {}
+
+    def child(step: Step) -> tuple[str, Item | None] | None:
+        """The name a step runs and the version that name starts (None: nothing, or past the lookup bound)."""
+        params = _run_params(step)
+        if params is None:
+            return None
+        wanted = (params.intent, params.version)
+        if params.intent != name and wanted not in lookups:
+            lookups[wanted] = child_intent(conn, step) if len(lookups) < MAX_CYCLE_LOOKUPS else None
+        return params.intent, lookups.get(wanted)
+
+    seen: set[_Key] = set()
+    # (the intent version reached, the names from the saved intent's step to it, that step's index)
+    waiting: deque[tuple[Item, tuple[str, ...], int]] = deque()
+
+    def follow(found: tuple[str, Item | None] | None, path: tuple[str, ...], index: int) -> None:
+        if found is None or found[1] is None or _key(found[1]) in seen or len(seen) >= MAX_CYCLE_INTENTS:
+            return
+        seen.add(_key(found[1]))
+        waiting.append((found[1], (*path, found[0]), index))
+
+    for index, step in enumerate(steps):
+        follow(child(step), (), index)
+    while waiting:
+        item, path, index = waiting.popleft()
+        for below in _steps_of(conn, item):
+            found = child(below)
+            if found is not None and found[0] == name:
+                return [_cycle_problem(doc, steps[index], index, (name, *path, name), declaration=declaration)]
+            follow(found, path, index)
+    return []
+
+
+def _run_params(step: Step) -> IntentRunParams | None:
+    if step.action != "intent.run":
+        return None
+    try:
+        return IntentRunParams.model_validate(step.params)
+    except pydantic.ValidationError:
+        return None  # a name built from references: only the run knows it
+
+
+def _cycle_problem(
+    doc: dict[str, Any], step: Step, index: int, path: tuple[str, ...], *, declaration: bool
+) -> ValidationError:
+    cycle = " → ".join(f"'{one}'" for one in path)
+    reason = f"runs intent '{path[1]}', which comes back to '{path[0]}', the intent being saved ({cycle})"
+    if declaration:  # where the self check of a declaration points
+        return ValidationError(
+            "/definition/blueprint" if "blueprint" in doc["definition"] else "/definition",
+            f"blueprint step '{step.step_id}' {reason}: intents cannot run each other",
+            "recursive_intent",
+        )
+    raw = doc["definition"]["steps"][index]  # a valid definition's steps are its request's, in order
+    inside = isinstance(raw.get("params"), dict) and "intent" in raw["params"]
+    at = pointer("definition", "steps", index, *(("params", "intent") if inside else ("intent",)))
+    return ValidationError(at, f"the step {reason}: intents cannot run each other", "recursive_intent")
 
 
 MAX_PLANNED_DESCENDANTS = 64
@@ -754,7 +845,9 @@ def _refuse_archived_pin(conn: Conn, kind: Kind, to_version: int, pin: dict[str,
     """DefinitionInvalidError (`blueprint_archived` at /definition) when `pin` names a blueprint that is archived."""
     if pin is None:
         return
-    blueprint = get_head(conn, "blueprint", UUID(str(pin["id"])))  # a pin is written by `Checked.pin`, never sent
+    # Held until the commit: an archive committing between this check and the new version's commit would leave a
+    # version made after the blueprint was archived.
+    blueprint = hold_head(conn, "blueprint", UUID(str(pin["id"])))  # a pin is written by `Checked.pin`, never sent
     if blueprint is not None and blueprint.status == "archived":
         problem = ValidationError(
             "/definition",
@@ -766,13 +859,15 @@ def _refuse_archived_pin(conn: Conn, kind: Kind, to_version: int, pin: dict[str,
 
 def archive(conn: Conn, kind: Kind, item_id: UUID, *, if_match: frozenset[str] | None) -> tuple[Item, bool]:
     """Archive the item (versions kept, reads still work), with `<kind>.archived`; whether it changed anything
-    (archiving an archived item is a no-op, so DELETE stays idempotent)."""
+    (archiving an archived item is a no-op, so DELETE stays idempotent). `if_match` (None: any) must hold the
+    current ETag, the archived one for an archived item: a stale one is refused whatever the status, as for any
+    other change."""
     head = _head_or_404(conn, kind, item_id, lock=True)
-    if head.status == "archived":
-        return _item(conn, head), False
     current = etag(head.id, head.current_version, head.status)
     if if_match is not None and current not in if_match:
         raise PreconditionFailedError(current)
+    if head.status == "archived":
+        return _item(conn, head), False
     archived = archive_head(conn, kind, item_id)
     assert archived is not None  # active and locked by this transaction
     item = _item(conn, archived)

@@ -283,8 +283,9 @@ def _compensation_problems(base: JsonPath, raw: Any) -> list[ValidationError]:
 
 def _recursion_problems(base: JsonPath, raw: Mapping[str, Any], name: str | None) -> list[ValidationError]:
     """An intent.run step that starts the intent being saved, named literally: its run would start itself until
-    the engine refuses it (ADR 0014), so it is refused here at once. A name built from references is left to that
-    run-time check, which also finds an intent coming round through others."""
+    the engine refuses it (ADR 0014), so it is refused here at once. An intent coming round through others is
+    refused at save by the registry service, which reads them; a name built from references is left to that
+    run-time check."""
     if name is None or raw.get("action") != "intent.run":
         return []
     params = merged_params(raw, STEP_FIELDS)

@@ -160,7 +160,11 @@ def test_an_intent_that_runs_itself_is_refused_its_first_child(tree: Tree) -> No
     assert tree.children(root.id) == 0
 
 
-def test_an_intent_that_runs_itself_through_another_is_refused_where_it_comes_round(tree: Tree) -> None:
+def test_an_intent_that_runs_itself_through_another_is_refused_where_it_comes_round(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Saved as before the save-time cycle check: stored cycles still run, and the engine refuses where they come round.
+    monkeypatch.setattr(registry, "_cycle_problems", lambda *_a, **_k: [])
     tree.save("ping", "pong")
     tree.save("pong", "ping")
     root = tree.root("ping", "s0")

@@ -572,7 +572,8 @@ def definition_router(kind: Kind) -> APIRouter:
     )
     def archive(item_id: ItemId, context: MayArchive, conn: TenantConnection, if_match: IfMatch = None) -> JSONResponse:
         """Archive: no new versions or executions; versions kept and reads still work. Archiving an archived
-        item changes nothing (Author)."""
+        item changes nothing (200 again), unless `If-Match` (optional) misses the current ETag, which ends in
+        `.archived` once archived: a stale one is 412 whatever the status (Author)."""
         item = load(conn, item_id)
         authorize(context, spec.archive, resource_of(context, item), conn=conn)
         try:

@@ -1,0 +1,141 @@
+# intent_ref: platform.registry
+"""A declaration's new version and its blueprint's archive take turns: the version is written against an active
+blueprint or refused, never committed against one archived in between; a repeat archive honours If-Match.
+
+Each race holds a real archive transaction open (the registry's own functions, its row lock taken and the status
+written) while the new version is requested on another connection, until that request is blocked on the archive or
+done; then the archive commits. Without a lock on the blueprint, the rollback or PUT read it as active and
+committed a new version pinning a blueprint archived by then."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+from shared.db.session import tenant_transaction
+from shared.registry import service
+from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
+from tests.integration.test_expiry_lock_order import _until_done_or_blocked
+from tests.integration.test_registry_api import (
+    AUTHOR,
+    BLUEPRINTS,
+    INTENTS,
+    READER,
+    SEED_BLUEPRINT,
+    create,
+    etag_of,
+    intent_body,
+    problem,
+    provision,
+    put,
+    registry_tables,
+    wait_step,
+)
+from tests.unit.test_registry_model import SEED_DECLARATION
+
+pytestmark = pytest.mark.integration
+
+
+def _versions(api: ApiHarness, tenant: str, item: str) -> list[int]:
+    response = api.client.get(f"{INTENTS}/{item}/versions", headers=api.headers(tenant, READER))
+    assert response.status_code == 200, response.text
+    return [version["version"] for version in response.json()["items"]]
+
+
+def _while_archiving(api: ApiHarness, tenant: str, blueprint: str, request: Any) -> Any:
+    """`request()`'s response, sent while an archive of `blueprint` is written but not committed; the archive
+    commits once the request waits for it (or is done)."""
+    answers: list[Any] = []
+    failures: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            answers.append(request())
+        except BaseException as exc:  # reported below: an exception in a thread would otherwise pass unseen
+            failures.append(exc)
+
+    with tenant_transaction(api.tenants[tenant].id) as conn:
+        _, changed = service.archive(conn, "blueprint", UUID(blueprint), if_match=None)
+        assert changed
+        sender = threading.Thread(target=send)
+        sender.start()
+        _until_done_or_blocked(api.admin_url, sender, conn.info.backend_pid)
+    sender.join(30)
+    assert not sender.is_alive() and not failures, failures
+    return answers[0]
+
+
+def _declared(api: ApiHarness, tenant: str) -> tuple[str, str]:
+    """A blueprint and a declaration of it at version 2 (its version 1 pins the blueprint, 2 is plain steps)."""
+    blueprint = create(api, tenant, copy.deepcopy(SEED_BLUEPRINT), BLUEPRINTS)["id"]
+    declaration = create(api, tenant, copy.deepcopy(SEED_DECLARATION))["id"]
+    assert put(api, tenant, declaration, intent_body(SEED_DECLARATION["name"], wait_step("x"))).status_code == 200
+    return blueprint, declaration
+
+
+def test_a_rollback_racing_the_archive_of_its_blueprint_is_refused(api: ApiHarness) -> None:
+    tenant = provision(api, "race-rollback")
+    blueprint, declaration = _declared(api, tenant)
+    headers = api.headers(tenant, AUTHOR)
+
+    def rollback() -> Any:
+        return api.client.post(f"{INTENTS}/{declaration}/rollback", json={"to_version": 1}, headers=headers)
+
+    rolled = _while_archiving(api, tenant, blueprint, rollback)
+    errors = problem(rolled, 422)["errors"]
+    assert [(error["pointer"], error["code"]) for error in errors] == [("/definition", "blueprint_archived")]
+    assert _versions(api, tenant, declaration) == [1, 2]
+
+
+def test_a_put_racing_the_archive_of_its_blueprint_is_refused(api: ApiHarness) -> None:
+    tenant = provision(api, "race-put")
+    blueprint, declaration = _declared(api, tenant)
+    headers = {**api.headers(tenant, AUTHOR), "If-Match": etag_of(api, tenant, declaration)}
+
+    def update() -> Any:
+        return api.client.put(f"{INTENTS}/{declaration}", json=copy.deepcopy(SEED_DECLARATION), headers=headers)
+
+    updated = _while_archiving(api, tenant, blueprint, update)
+    errors = problem(updated, 422)["errors"]
+    assert [error["code"] for error in errors] == ["blueprint_required"]
+    assert _versions(api, tenant, declaration) == [1, 2]
+
+
+def test_a_create_racing_the_archive_of_its_blueprint_is_refused(api: ApiHarness) -> None:
+    tenant = provision(api, "race-create")
+    blueprint = create(api, tenant, copy.deepcopy(SEED_BLUEPRINT), BLUEPRINTS)["id"]
+    headers = api.headers(tenant, AUTHOR)
+
+    def declare() -> Any:
+        return api.client.post(INTENTS, json=copy.deepcopy(SEED_DECLARATION), headers=headers)
+
+    created = _while_archiving(api, tenant, blueprint, declare)
+    assert [error["code"] for error in problem(created, 422)["errors"]] == ["blueprint_required"]
+
+
+# ---- a repeat archive honours If-Match -------------------------------------------------------------------------
+
+
+def test_a_repeat_archive_with_a_stale_etag_is_412_and_with_none_or_the_current_one_200(api: ApiHarness) -> None:
+    tenant = provision(api, "rearchive")
+    item = create(api, tenant, intent_body("rearchive"))["id"]
+    first = etag_of(api, tenant, item)
+    assert put(api, tenant, item, intent_body("rearchive", wait_step("two"))).status_code == 200
+    second = etag_of(api, tenant, item)
+    author = api.headers(tenant, AUTHOR)
+    archived = api.client.delete(f"{INTENTS}/{item}", headers={**author, "If-Match": second})
+    assert archived.status_code == 200 and archived.headers["etag"] == f'"{item}.v2.archived"'
+    before = registry_tables(api)
+    for stale in (first, second, f'"{item}.v1.archived"'):
+        refused = api.client.delete(f"{INTENTS}/{item}", headers={**author, "If-Match": stale})
+        assert problem(refused, 412)["title"] == "Precondition failed"
+    current = archived.headers["etag"]
+    for fresh in ({}, {"If-Match": "*"}, {"If-Match": current}, {"If-Match": f"{first}, {current}"}):
+        again = api.client.delete(f"{INTENTS}/{item}", headers={**author, **fresh})
+        assert again.status_code == 200 and again.headers["etag"] == archived.headers["etag"]
+        assert again.json()["status"] == "archived"
+    assert registry_tables(api) == before
