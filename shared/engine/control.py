@@ -49,7 +49,8 @@ class AlreadyFinishedError(ControlError):
 
 
 class AlreadyFailingError(ControlError):
-    """The execution is compensating for a failed step and ends failed: a cancel would change nothing (ADR 0014)."""
+    """A step of the execution failed for good (the run compensates for it, or will once its work out has ended) and
+    it ends failed: a cancel would change nothing (ADR 0014)."""
 
 
 class NotWaitingError(ControlError):
@@ -67,35 +68,42 @@ class NotRetryableError(ControlError):
 def request_cancel(conn: Conn, execution_id: UUID, requested_by: str) -> repo.Execution:
     """Record a cancel request (once) with its event; a pending execution that no orchestration runs yet is
     cancelled at once. The caller then tells the orchestration, and ends the queued work (work_queue.cancel_queued).
-    AlreadyFailingError, nothing written, for one compensating for a failure: it ends failed whatever is asked.
+    AlreadyFailingError, nothing written, for one a failure ends: it ends failed whatever is asked.
 
     The execution's open attempts are held first, then the execution (ADR 0014), so that the queued work's end in the
     same transaction waits for no attempt while the execution is held: a recorder holding one (a timeout) waits for
     the execution, and that was a deadlock. Call it before the transaction holds the execution."""
     execution, _ = store.hold_open_attempts(conn, execution_id)
+    return cancel_held(conn, execution, requested_by)
+
+
+def cancel_held(conn: Conn, execution: repo.Execution, requested_by: str) -> repo.Execution:
+    """`request_cancel` of an execution this transaction holds already, its open attempts first and then its row
+    (`steps.hold_open_attempts`, which answers `execution`)."""
     if execution.terminal:
-        raise AlreadyFinishedError(f"execution {execution_id} is already {execution.status}")
-    if _compensating_for_a_failure(execution):
+        raise AlreadyFinishedError(f"execution {execution.id} is already {execution.status}")
+    if _ending_for_a_failure(conn, execution):
         raise AlreadyFailingError(
-            f"execution {execution_id} is compensating for a failed step and will end failed;"
-            " a cancel would change nothing"
+            f"execution {execution.id} is stopping for a failed step and will end failed; a cancel would change nothing"
         )
-    if conn.execute(_CANCEL, (requested_by, execution_id, sorted(repo.TERMINAL))).rowcount == 1:
-        repo.append_event(conn, execution_id, "cancel_requested", data={"by": requested_by})
-    current = repo.get_execution(conn, execution_id)
+    if conn.execute(_CANCEL, (requested_by, execution.id, sorted(repo.TERMINAL))).rowcount == 1:
+        repo.append_event(conn, execution.id, "cancel_requested", data={"by": requested_by})
+    current = repo.get_execution(conn, execution.id)
     if current.terminal and current.cancel_requested_at is None:
-        raise AlreadyFinishedError(f"execution {execution_id} is already {current.status}")
+        raise AlreadyFinishedError(f"execution {execution.id} is already {current.status}")
     return current
 
 
-def _compensating_for_a_failure(execution: repo.Execution) -> bool:
-    """Whether the execution compensates because a step failed, not because it was cancelled: a failure stays the
-    cause, so a cancel recorded now would be answered 202 and the run still end failed. A cancel's compensation is
-    recorded with the cancel's request and the reducer's cause, "cancelled" (machine.cause); a failure's has neither,
-    or (a cancel recorded while a failure was already stopping the run) the failure's error."""
-    if execution.status != "compensating":
-        return False
-    return execution.cancel_requested_at is None or execution.error != "cancelled"
+def _ending_for_a_failure(conn: Conn, execution: repo.Execution) -> bool:
+    """Whether a failure ends the run, not a cancel: a failure stays the cause, so a cancel recorded now would be
+    answered 202 and the run still end failed. Compensating: a cancel's compensation is recorded with the cancel's
+    request and the reducer's cause, "cancelled" (machine.cause); a failure's has neither, or (a cancel recorded while a
+    failure was already stopping the run) the failure's error. Before that (work still out): a step's final failure is
+    recorded and no cancel is. Refused, nothing of the cancel is recorded or raised, so the orchestration applies that
+    failure as it would have anyway. A second cancel is answered as the first was."""
+    if execution.status == "compensating":
+        return execution.cancel_requested_at is None or execution.error != "cancelled"
+    return execution.cancel_requested_at is None and store.failed_for_good(conn, execution.id)
 
 
 def parent_principal(parent_id: UUID | str) -> str:

@@ -18,7 +18,7 @@ from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
 from shared.engine import machine, work_queue
 from shared.engine import steps as store
-from shared.engine.control import AlreadyFailingError, AlreadyFinishedError, parent_principal, request_cancel
+from shared.engine.control import AlreadyFailingError, AlreadyFinishedError, cancel_held, parent_principal
 from shared.engine.dispatch_results import await_results, verdicts
 from shared.engine.payloads import claim_check
 from shared.engine.protocol import MODULE_WORK_HUB, WorkItem
@@ -159,6 +159,11 @@ def abandon_step(conn: store.Conn, key: AttemptKey, reason: str) -> None:
     compensation, the step compensation_failed. The step's move is the one event (ADR 0015): the attempt has none."""
     if store.get_attempt(conn, key) is not None:
         store.finish_attempt(conn, key, ok=False, error=reason, retryable=False, state="abandoned")
+    _end_abandoned_step(conn, key, reason)
+
+
+def _end_abandoned_step(conn: store.Conn, key: AttemptKey, reason: str) -> None:
+    """`abandon_step`'s move of the step, for a caller that has ended its attempt already."""
     if key.phase == "run":
         # `failed`: a step whose attempt failed and whose retry is abandoned before it was recorded.
         moves_from = ("pending", "running", "waiting", "retrying", "failed")
@@ -824,7 +829,7 @@ class _Settling:
                 conn, key, ok=False, error=reason, retryable=False, state="abandoned"
             )
             if applied:
-                abandon_step(conn, key, reason)
+                _end_abandoned_step(conn, key, reason)
         else:
             attempt, _ = store.finish_attempt(
                 conn,
@@ -857,12 +862,13 @@ def _stop_orphaned_child(conn: store.Conn, key: AttemptKey) -> None:
     child = repo.find_by_key(conn, f"child:{key.execution_id}:{key.step_id}:{key.attempt}")
     if child is None or child.terminal:
         return
-    # The child's open attempts before its row, which either move below holds (ADR 0014: request_cancel's order).
-    store.hold_open_attempts(conn, child.id)
+    # The child's open attempts before its row, once, for either move below (ADR 0014: request_cancel's order).
+    held, _ = store.hold_open_attempts(conn, child.id)
     if repo.transition_from(conn, child.id, "pending", "cancelled", error="its parent's step ended") is None:
-        # It ended meanwhile, or compensates its own failure and ends on its own: nothing to stop.
+        # Not pending (held: what was read is what it is): ended meanwhile, or a failure ends it on its own: nothing
+        # to stop.
         with contextlib.suppress(AlreadyFinishedError, AlreadyFailingError):
-            request_cancel(conn, child.id, parent_principal(key.execution_id))
+            cancel_held(conn, held, parent_principal(key.execution_id))
 
 
 def record_status(request: machine.RecordStatus) -> machine.StatusAnswer:

@@ -168,6 +168,14 @@ _STEPS = (
     "SELECT step_id, action, state, attempt, max_attempts, output, error, retry_at, reused, child_execution_id,"
     " started_at, finished_at FROM app.execution_steps WHERE execution_id = %s ORDER BY position"
 )
+# A step failed for good: `failed`, and not by an attempt the reducer retries (a retryable failure with an attempt
+# left, machine.attempt_failed). A step failed before it ran (a note) has no attempt of its number: final too.
+_FAILED_FOR_GOOD = (
+    "SELECT EXISTS (SELECT 1 FROM app.execution_steps s WHERE s.execution_id = %s AND s.state = 'failed'"
+    " AND NOT EXISTS (SELECT 1 FROM app.step_attempts a WHERE a.execution_id = s.execution_id"
+    " AND a.step_id = s.step_id AND a.phase = 'run' AND a.attempt = s.attempt AND a.retryable"
+    " AND a.attempt < s.max_attempts)) AS failed"
+)
 _ATTEMPTS = sql.SQL(
     "SELECT {} FROM app.step_attempts WHERE execution_id = %s ORDER BY dispatched_at, step_id, phase, attempt"
 ).format(_ATTEMPT_COLUMNS)
@@ -574,6 +582,13 @@ def set_child(conn: Conn, execution_id: UUID, step_id: str, child_execution_id: 
 def list_steps(conn: Conn, execution_id: UUID) -> list[dict[str, Any]]:
     """The execution's steps in definition order."""
     return list(conn.execute(_STEPS, (execution_id,)).fetchall())
+
+
+def failed_for_good(conn: Conn, execution_id: UUID) -> bool:
+    """Whether a step's final failure is recorded: no retry follows it, so unless a cancel was seen first the run
+    stops for it and ends failed (ADR 0014: a failure stays the cause)."""
+    row = conn.execute(_FAILED_FOR_GOOD, (execution_id,)).fetchone()
+    return bool(row and row["failed"])
 
 
 def list_attempts(conn: Conn, execution_id: UUID) -> list[Attempt]:

@@ -228,7 +228,8 @@ def end_execution(
                 return None  # its orchestration recorded the end after all, or another sweeper was first
             # No orchestration will end these: left as they were, they would read as still running. They end
             # before the execution does, so its end stays the last event of the stream, as in any run.
-            open_steps = [step for step in store.list_steps(conn, execution_id) if step["state"] in _OPEN_STEPS]
+            steps = store.list_steps(conn, execution_id)
+            open_steps = [step for step in steps if step["state"] in _OPEN_STEPS]
             for step in open_steps:
                 abandon_step(conn, AttemptKey(execution_id, step["step_id"], "run", max(step["attempt"], 1)), cause)
             # Any attempt still out, of either phase (a compensating step's rollback too): left dispatched, its
@@ -237,11 +238,13 @@ def end_execution(
             for attempt in attempts:
                 if attempt.state == "dispatched":
                     abandon_step(conn, attempt.key, cause)
-            # A compensation between attempts (its retry due) has none out, and would read compensating for ever.
-            last_compensation = {a.key.step_id: a.key for a in attempts if a.key.phase == "compensate"}
-            for step in store.list_steps(conn, execution_id):
-                if step["state"] == "compensating" and step["step_id"] in last_compensation:
-                    end_compensation(conn, last_compensation[step["step_id"]], cause)
+            # A compensation between attempts (its retry due) has none out, and would read compensating for ever. One
+            # whose last attempt was out was ended above (its step no longer compensating).
+            last_compensation = {a.key.step_id: a for a in attempts if a.key.phase == "compensate"}
+            for step in steps:
+                last = last_compensation.get(step["step_id"])
+                if step["state"] == "compensating" and last is not None and last.state != "dispatched":
+                    end_compensation(conn, last.key, cause)
             repo.transition(conn, execution_id, "failed", error=cause)
             # The children's cancels in the same transaction: recorded after the end's commit, one that failed (a
             # child's row held past a timer's lock wait) was never retried, the parent being ended by then.

@@ -51,15 +51,16 @@ _FAILING = problem_doc(
     409,
     "already-failing",
     "Conflict",
-    f"execution {EXAMPLE_EXECUTION_ID} is compensating for a failed step and will end failed;"
+    f"execution {EXAMPLE_EXECUTION_ID} is stopping for a failed step and will end failed;"
     " a cancel would change nothing",
-    "The execution is compensating for a failed step and will end failed",
+    "A step of the execution failed for good and the execution will end failed",
 )
 # Either refusal of a cancel, each with its own example; nothing is recorded for either.
 _CANCEL_REFUSED = {
     **_FINISHED,
-    "description": "The execution has ended (`already-finished`), or it is compensating for a failed step and will end"
-    " failed whatever a cancel asks (`already-failing`, ADR 0014: a failure stays the cause); nothing is recorded",
+    "description": "The execution has ended (`already-finished`), or a step of it failed for good (no retry left) and"
+    " it will end failed whatever a cancel asks, compensating or still waiting for work out (`already-failing`, ADR"
+    " 0014: a failure stays the cause); nothing is recorded",
     "content": {
         media: {
             "schema": body["schema"],
@@ -74,8 +75,8 @@ _CANCEL_REFUSED = {
 
 
 class CancelAccepted(BaseModel):
-    """The cancel was recorded; the execution compensates what completed and ends cancelled (a step that failed
-    before the run saw the cancel stays the cause: the run then ends failed)."""
+    """The cancel was recorded; the execution compensates what completed and ends cancelled (a step whose failure is
+    recorded after the cancel, but reaches the run before it, stays the cause: the run then ends failed)."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -159,8 +160,8 @@ async def cancel(
     client: Any = Depends(get_durable_client),  # noqa: B008
 ) -> CancelAccepted:
     """Stop scheduling new steps, let work already out end, compensate what completed, end cancelled (the
-    requester, an Executor or a Deployer). Refused (409 `already-failing`) while the execution compensates for a
-    failed step: it ends failed whatever is asked."""
+    requester, an Executor or a Deployer). Refused (409 `already-failing`) once a step failed for good (its
+    compensation under way, or its run waiting for work still out): it ends failed whatever is asked."""
 
     def record() -> tuple[repo.Execution, list[Attempt]]:
         # One transaction: the resource's labels are read where the execution is.

@@ -1,0 +1,184 @@
+# intent_ref: platform.execution
+"""A cancel's answer says how the run ends (ADR 0014): once a step's final failure is recorded, even before the run
+records `compensating`, the cancel is refused (409 already-failing) and the run ends failed; a failure with a retry
+left is still cancelled."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from psycopg_pool import ConnectionPool
+
+from shared.db.session import tenant_transaction
+from shared.engine import control, machine, progress, remote, work_queue
+from shared.engine import executions as repo
+from shared.engine import steps as store
+from shared.engine.protocol import CANCEL_EVENT
+from shared.engine.steps import StepSeed
+from tests.integration.test_executions import _execution
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("process_pools")]
+
+ACTION = "build-container"
+_ACTIVITIES: dict[machine.Activity, Callable[[Any], Any]] = {
+    machine.Activity.DISPATCH_STEPS: lambda batch: progress.dispatch_steps(batch).model_dump(mode="json"),
+    machine.Activity.RECORD_OUTCOMES: progress.record_outcomes,
+    machine.Activity.RECORD_STATUS: lambda request: progress.record_status(request).model_dump(mode="json"),
+}
+
+
+class _Orchestration:
+    """The orchestrator in-process: the reducer, its activities run for real as each is called, and external events
+    applied in the order the test raises them (as the task hub delivers them, one at a time)."""
+
+    def __init__(self, tenant_id: uuid.UUID, execution_id: uuid.UUID, step: dict[str, Any]) -> None:
+        start = {
+            "execution_id": str(execution_id),
+            "tenant_id": str(tenant_id),
+            "definition": {"steps": [step]},
+            "plan": {step["id"]: {"kind": "module", "remote": True, "timeout_s": 600}},
+            "rules": machine.RULES,
+        }
+        self.result: dict[str, Any] | None = None
+        self.state, commands = machine.begin(start, datetime.now(UTC))
+        self._run(commands)
+
+    def raise_event(self, name: str, data: Any) -> None:
+        self.state, commands = machine.reduce(self.state, machine.EventRaised(name, data, datetime.now(UTC)))
+        self._run(commands)
+
+    def _run(self, commands: list[machine.Command]) -> None:
+        queue = list(commands)
+        while queue:
+            command = queue.pop(0)
+            if isinstance(command, machine.CallActivity):
+                done = machine.ActivityDone(command.id, _ACTIVITIES[command.name](command.input), datetime.now(UTC))
+                self.state, more = machine.reduce(self.state, done)
+                queue.extend(more)
+            elif isinstance(command, machine.Complete):
+                self.result = command.result
+            else:
+                assert isinstance(command, machine.WaitForEvent | machine.SetTimer), command
+
+
+def _fail_remote_attempt(tenant_id: uuid.UUID, execution_id: uuid.UUID, retryable: bool) -> tuple[str, Any]:
+    """The remote worker leases the step's work and reports it failed; answers the verdict its recorder raises once
+    the result has committed."""
+    with tenant_transaction(tenant_id) as conn:
+        (lease,) = work_queue.lease(conn, tenant_id, actions=[ACTION], max_items=1, lease_s=60, worker="w").leases
+    result = remote.RemoteResult(ok=False, error="registry refused the image", retryable=retryable)
+    key, verdict = remote.complete(lease.task_token, execution_id, "build", "run", result)
+    return key.event_name, verdict
+
+
+def _cancel(tenant_id: uuid.UUID, execution_id: uuid.UUID) -> tuple[str, list[store.Attempt]]:
+    """What the cancel route records in its transaction: its answer, and the queued work it ended."""
+    with tenant_transaction(tenant_id) as conn:
+        try:
+            control.request_cancel(conn, execution_id, "alice")
+        except control.AlreadyFailingError:
+            return "already-failing", []
+        return "accepted", work_queue.cancel_queued(conn, execution_id)
+
+
+def _cancel_after_a_failure(
+    pool: ConnectionPool[Any], tenant_id: uuid.UUID, max_attempts: int, retryable: bool
+) -> tuple[str, str, list[str]]:
+    """A running execution whose one remote step fails; a cancel comes after the failure is recorded and before the
+    orchestration has applied it (so before `compensating`). Answers the cancel's answer, the end, the events."""
+    execution = _execution(pool, tenant_id)
+    with tenant_transaction(tenant_id, pool=pool) as conn:
+        store.seed_steps(conn, execution.id, [StepSeed("build", ACTION, max_attempts)])
+    step: dict[str, Any] = {"id": "build", "action": ACTION, "image": "x:1"}
+    if max_attempts > 1:
+        step["retry"] = {"max_attempts": max_attempts, "initial_interval_s": 60, "backoff": 1}
+    run = _Orchestration(tenant_id, execution.id, step)
+    with tenant_transaction(tenant_id, pool=pool) as conn:
+        assert repo.get_execution(conn, execution.id).status == "waiting"  # the remote work is out
+
+    name, verdict = _fail_remote_attempt(tenant_id, execution.id, retryable)
+    answer, dequeued = _cancel(tenant_id, execution.id)
+    # The recorder raised its verdict once its result committed, before the cancel's transaction even began; a cancel
+    # answered 202 is raised after it, with the verdicts of the queued work it ended.
+    run.raise_event(name, verdict)
+    if answer == "accepted":
+        run.raise_event(CANCEL_EVENT, {"by": "alice"})
+        for attempt in dequeued:
+            run.raise_event(attempt.key.event_name, attempt.verdict())
+    assert run.result is not None, "the run did not end"
+    with tenant_transaction(tenant_id, pool=pool) as conn:
+        ended = repo.get_execution(conn, execution.id)
+        events = [event.type for event in repo.events_after(conn, execution.id, 0, 1000)]
+    assert run.result["status"] == ended.status
+    return answer, ended.status, events
+
+
+@pytest.mark.parametrize(
+    ("max_attempts", "retryable"), [(1, True), (2, False)], ids=["its-last-attempt", "not-retryable"]
+)
+def test_a_cancel_after_a_steps_final_failure_is_refused_before_the_run_compensates_and_the_run_ends_failed(
+    app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID], max_attempts: int, retryable: bool
+) -> None:
+    """Before: answered 202 ("ends cancelled"), and the run ended failed (the reducer keeps the failure as its
+    cause)."""
+    answer, end, events = _cancel_after_a_failure(app_pool, new_tenant(), max_attempts, retryable)
+    assert (answer, end) == ("already-failing", "failed")
+    assert "cancel_requested" not in events  # nothing of the refused cancel is recorded
+
+
+def test_a_cancel_after_a_failure_with_a_retry_left_is_accepted_and_the_run_ends_cancelled(
+    app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    """The failure is not final (the reducer would retry it): the cancel ends the retry's pause, the run cancelled."""
+    answer, end, events = _cancel_after_a_failure(app_pool, new_tenant(), max_attempts=2, retryable=True)
+    assert (answer, end) == ("accepted", "cancelled")
+    assert events.count("cancel_requested") == 1
+
+
+# ------------------------------------------------------------- the orphaned child of a failed dispatch, held once
+def _orphan(
+    pool: ConnectionPool[Any], tenant_id: uuid.UUID, child_failed: bool
+) -> tuple[uuid.UUID, repo.Execution, list[repo.ExecutionEvent]]:
+    """A parent whose `intent.run` dispatch failed for good after its running child had started (its attempt
+    settled failed through record_outcomes): answers the parent's id, the child afterwards and its events."""
+    parent = _execution(pool, tenant_id, path=["running"])
+    key = store.AttemptKey(parent.id, "kid", "run", 1)
+    child = _execution(pool, tenant_id, path=["running"], key=f"child:{parent.id}:kid:1")
+    with tenant_transaction(tenant_id, pool=pool) as conn:
+        store.seed_steps(conn, parent.id, [StepSeed("kid", "intent.run", 1)])
+        store.begin_attempt(conn, key, action="intent.run", remote=False)
+        store.seed_steps(conn, child.id, [StepSeed("build", ACTION, 1)])
+        if child_failed:
+            child_key = store.AttemptKey(child.id, "build", "run", 1)
+            store.begin_attempt(conn, child_key, action=ACTION, remote=True)
+            store.finish_attempt(conn, child_key, ok=False, error="boom", retryable=False)
+    outcome = machine.Outcome(
+        step_id="kid", phase=machine.Phase.RUN, attempt=1, ok=False, state="failed", error="lost", action="intent.run"
+    )
+    (verdict,) = progress.record_outcomes(
+        machine.RecordOutcomes(execution_id=str(parent.id), tenant_id=str(tenant_id), outcomes=[outcome])
+    )
+    assert verdict["ok"] is False
+    with tenant_transaction(tenant_id, pool=pool) as conn:
+        return parent.id, repo.get_execution(conn, child.id), repo.events_after(conn, child.id, 0, 100)
+
+
+def test_a_running_orphaned_child_is_told_to_cancel(
+    app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    parent_id, child, events = _orphan(app_pool, new_tenant(), child_failed=False)
+    assert child.status == "running" and child.cancel_requested_at is not None
+    cancels = [event.data for event in events if event.type == "cancel_requested"]
+    assert cancels == [{"by": control.parent_principal(parent_id)}]
+
+
+def test_an_orphaned_child_a_failure_ends_is_left_to_end_failed(
+    app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    _, child, events = _orphan(app_pool, new_tenant(), child_failed=True)
+    assert child.status == "running" and child.cancel_requested_at is None
+    assert "cancel_requested" not in [event.type for event in events]
