@@ -7,7 +7,7 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,9 +29,13 @@ bytes) is read back as 301 digits, and a 1 MiB body of them as 60 MB on every re
 _BOM = b"\xef\xbb\xbf"
 # NUL cannot be stored in Postgres text or jsonb; a lone surrogate cannot be encoded as UTF-8 at all.
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-# A string, or a bracket outside one. A string that is never closed runs to the end of the text: a token that could
-# fail once begun would be tried again from every quote inside it, which is quadratic in a hostile body's length.
-_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)|[\[\]{}]', re.DOTALL)
+JSON_STRING = r'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)'
+"""A regular expression for one JSON string token, for counting what lies outside strings without parsing (compile
+it with re.DOTALL; its text is ASCII, so it compiles the same over bytes). A string that is never closed runs to the
+end of the text: a token that could fail once begun would be tried again from every quote inside it, which is
+quadratic in a hostile body's length."""
+# A string, or a bracket outside one.
+_TOKEN = re.compile(JSON_STRING + r"|[\[\]{}]", re.DOTALL)
 _NESTING = {"[": 1, "{": 1, "]": -1, "}": -1}
 _MAX_INT_DIGITS = len(str(MAX_INT))
 _JSON_MEDIA_TYPE = re.compile(r"^application/(?:json|[!#$%&'*.^_`|~0-9a-z-]+\+json)$")
@@ -158,10 +162,26 @@ def _int(text: str) -> int | _Refused:
     return _Refused(f"the integer is outside [{MIN_INT}, {MAX_INT}]", INTEGER_OUT_OF_RANGE)
 
 
+def escaped_token(name: str) -> str:
+    """One reference token of a JSON pointer: `~` written as `~0`, then `/` as `~1` (RFC 6901)."""
+    return name.replace("~", "~0").replace("/", "~1")
+
+
+def unescaped_token(token: str) -> str:
+    """The member name a reference token stands for: `~1` read as `/`, then `~0` as `~` (RFC 6901)."""
+    return token.replace("~1", "/").replace("~0", "~")
+
+
+def path_pointer(path: Iterable[object]) -> str:
+    """A JSON pointer (RFC 6901) for a path of member names and indexes, each written as `str` gives it and
+    escaped; "" for the document itself."""
+    return "".join(f"/{escaped_token(str(step))}" for step in path)
+
+
 def pointer_token(name: str) -> str:
     """One reference token of a pointer (RFC 6901 escaping); unstorable characters are written as \\uXXXX so that
     the pointer itself can be sent back in a response."""
-    return storable_text(name.replace("~", "~0").replace("/", "~1"))
+    return storable_text(escaped_token(name))
 
 
 def storable_text(text: str) -> str:
@@ -203,11 +223,13 @@ child below it (a 40,000-character name over 5,000 members: 200 MB for a 100 KB 
 
 
 def _pointer(path: _Path) -> str:
-    tokens: list[str] = []
+    steps: list[str | int] = []
     while path is not None:
         path, step = path
-        tokens.append(pointer_token(step) if isinstance(step, str) else str(step))
-    return "".join(f"/{token}" for token in reversed(tokens))
+        steps.append(step)
+    # Written as \uXXXX a character at a time, the unstorable ones come out the same in the whole pointer as in
+    # each token: neither the separators nor the escapes hold one.
+    return storable_text(path_pointer(reversed(steps)))
 
 
 def _walk(document: Any, bound_integers: bool) -> Iterator[Refusal]:

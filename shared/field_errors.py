@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar, cast
 
-from shared.accepted_json import MAX_REFUSALS
+from shared.accepted_json import MAX_REFUSALS, path_pointer
 from shared.registry.schema_refs import short_message
 
 _Value = TypeVar("_Value")
@@ -15,9 +15,7 @@ _Value = TypeVar("_Value")
 
 def json_pointer(location: tuple[Any, ...] | list[Any]) -> str:
     """A JSON pointer (RFC 6901) for a pydantic error location, without its 'body' prefix (a request part's name)."""
-    named = location[1:] if location and location[0] == "body" else location
-    parts = [str(part).replace("~", "~0").replace("/", "~1") for part in named]
-    return "/" + "/".join(parts) if parts else ""
+    return path_pointer(location[1:] if location and location[0] == "body" else location)
 
 
 def bounded(errors: Sequence[Mapping[str, _Value]], limit: int = MAX_REFUSALS) -> list[dict[str, _Value]]:

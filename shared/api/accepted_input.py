@@ -10,6 +10,7 @@ from urllib.parse import quote, unquote_to_bytes
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.accepted_json import (
+    JSON_STRING,
     NOT_UTF8,
     UNSTORABLE_TEXT,
     NotAcceptedJSONError,
@@ -33,8 +34,8 @@ TOO_MANY_CONTAINERS = "too_many_containers"
 _HEADER_CONTROLS = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _PARAM = re.compile(r"^\{([^}:]+)(?::[^}]*)?\}$")
 CONTROL_CHARACTER = "control_character"
-# A string (an unclosed one runs to the end, as in shared.accepted_json: linear, never retried from each quote).
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
+# Strings are blanked out before brackets are counted: those inside one are not containers.
+_STRING = re.compile(JSON_STRING.encode("ascii"), re.DOTALL)
 
 
 def refused_problem(exc: NotAcceptedJSONError) -> ProblemError:

@@ -75,7 +75,7 @@ def _accepted_params(params: dict[str, Any]) -> dict[str, Any]:
     found = accepted_json.refusals(params, bound_integers=False)
     if found:
         first = found[0]
-        at = first.pointer.split("/")[1].replace("~1", "/").replace("~0", "~")
+        at = accepted_json.unescaped_token(first.pointer.split("/")[1])
         raise PydanticCustomError(
             "not_accepted", "{detail} (at {pointer})", {"detail": first.detail, "pointer": first.pointer, "at": at}
         )

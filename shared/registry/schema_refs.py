@@ -21,6 +21,7 @@ from referencing import Registry
 from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 
+from shared.accepted_json import path_pointer, unescaped_token
 from shared.registry.schemas import (
     MAX_EVALUATION_STEPS,
     STEPS_PER_INSTANCE_NODE,
@@ -73,7 +74,7 @@ _DEFINITIONS = frozenset({"$defs", "definitions"})
 
 
 def _pointer(path: JsonPath) -> str:
-    return "#" + "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in path)
+    return "#" + path_pointer(path)
 
 
 def _target(schema: Any, ref: str) -> tuple[JsonPath | None, str | None]:
@@ -98,7 +99,7 @@ def _target(schema: Any, ref: str) -> tuple[JsonPath | None, str | None]:
             node = node[int(segment)]
             path.append(int(segment))
             continue
-        key = segment.replace("~1", "/").replace("~0", "~")
+        key = unescaped_token(segment)
         if not isinstance(node, dict) or key not in node:
             return None, f"$ref {ref!r} does not resolve within the schema"
         node = node[key]
