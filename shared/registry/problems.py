@@ -11,6 +11,7 @@ import pydantic
 from jsonschema import Draft202012Validator
 from jsonschema import ValidationError as SchemaViolation
 
+from shared.accepted_json import path_pointer, unescaped_token
 from shared.registry.references import JsonPath, contains_reference
 from shared.registry.schema_refs import evaluate_tenant_schema, reference_problems, short_message
 from shared.registry.schemas import any_matches, pattern_problems, short_repr
@@ -56,14 +57,14 @@ class ValidationError:
 
 def pointer(*path: str | int) -> str:
     """An RFC 6901 pointer for a path of keys and indexes (`~` and `/` escaped)."""
-    return "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in path)
+    return path_pointer(path)
 
 
 def _segments(value: str) -> list[str]:
     """A pointer's reference tokens, unescaped (RFC 6901: `~1` then `~0`)."""
     if not value:
         return []
-    return [part.replace("~1", "/").replace("~0", "~") for part in value.removeprefix("/").split("/")]
+    return [unescaped_token(part) for part in value.removeprefix("/").split("/")]
 
 
 def document_order(document: Any) -> Callable[[str], tuple[int, ...]]:
