@@ -8,9 +8,12 @@ from typing import Any, Literal
 
 import psycopg
 
-Purpose = Literal["executions", "outbox-relay", "webhook-subscriptions", "tenant-policies", "tenant-modules"]
-"""What a lock serialises: a tenant's starts (their quota check and insert), its outbox relay, or its creates of
-webhook subscriptions, policies or modules (their quota check and insert)."""
+Purpose = Literal[
+    "executions", "outbox-relay", "webhook-subscriptions", "tenant-policies", "tenant-modules", "intent-runs"
+]
+"""What a lock serialises: a tenant's starts (their quota check and insert), its outbox relay, its creates of
+webhook subscriptions, policies or modules (their quota check and insert), or its saves of intents that run
+intents (their cycle check and write, migration 0051)."""
 
 _HOLD = (
     "INSERT INTO app.tenant_locks (tenant_id, purpose) VALUES ((SELECT app.current_tenant_id()), %s)"

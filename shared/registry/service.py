@@ -17,6 +17,7 @@ from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from shared.config import get_settings
+from shared.db import tenant_locks
 from shared.events.outbox import enqueue
 from shared.pagination import InvalidCursorError, list_cursor, list_position
 from shared.policy.authorizer import Decision
@@ -295,6 +296,7 @@ def check(
     pin: dict[str, Any] | None = None,
     limits: Limits | None = None,
     saving: bool = False,
+    writing: bool = False,
 ) -> Checked:
     """Validate a request body against the tenant's catalog and gates; a declaration against its blueprint (the
     pinned version if `pin`, else the blueprint's current one). Raises DefinitionInvalidError with every problem.
@@ -302,7 +304,11 @@ def check(
     `saving`: a create, an update or their validation, which also refuses an intent that runs itself; a stored
     version is checked without it (one saved before that refusal still runs, plans and rolls back, and the engine
     refuses the self-run when it comes). Saving also holds a declaration's blueprint active until the transaction
-    ends, so a blueprint archived meanwhile takes no new declaration version."""
+    ends, so a blueprint archived meanwhile takes no new declaration version.
+
+    `writing`: saving, followed by a write of the version in this transaction (a create or an update, not a
+    validation); an intent whose steps run an intent then walks the tenant's intents under its `intent-runs` lock,
+    held until the transaction ends, so that two such saves at once cannot both pass and close a cycle together."""
     if isinstance(doc, dict):
         doc = {key: value for key, value in doc.items() if key not in RESPONSE_ONLY_FIELDS}
     problems = _storage_problems(doc)
@@ -346,6 +352,8 @@ def check(
     if runs_as is not None and not errors and result.ok:
         # Only a definition that is otherwise valid is walked: its steps are parsed, and a save it refuses anyway
         # costs no reads of the tenant's other intents.
+        if writing and any(step.action == "intent.run" for step in result.steps):
+            _hold_intent_runs(conn)
         errors.extend(_cycle_problems(conn, runs_as, doc, result.steps, declaration=found is not None))
     if errors or not result.ok:
         count = len(errors) + result.unlisted
@@ -529,6 +537,25 @@ def _cycle_problems(
                 return [_cycle_problem(doc, steps[index], index, (name, *path, name), declaration=declaration)]
             follow(found, path, index)
     return []
+
+
+def _hold_intent_runs(conn: Conn) -> None:
+    """Take the tenant's `intent-runs` lock before a save's cycle walk, until its commit: saves of intents that run
+    intents take turns, and each walks (in statements after the wait, so in later snapshots) what the one before
+    committed. Saving A (runs B) and B (runs A) at once each read the other's old version without it, and both
+    committed a cycle.
+
+    Only those saves: a version whose steps (a declaration's: its blueprint's) run no intent leads nowhere, so it is
+    on no cycle and its save closes none; it can only cut paths that others' walks followed, never join one (a
+    declaration reads the blueprint version it pins, so a blueprint's save joins none either). Other saves go on
+    side by side. A rollback is not walked (ADR 0014) and takes no turn.
+
+    Lock order: before this lock an update holds its intent's row, a declaration's save its blueprint's head
+    (shared), a create its idempotency key. After it the save only reads (the walk) and writes its own rows: its
+    head (an update's, locked already; a create's, new: a waiter for this lock inserts its head only once it holds
+    the lock, and a create running no intent, which may make the insert wait on its name, never waits for it), its
+    version and its event. A holder never waits for a row a waiter holds, so the order cannot deadlock."""
+    tenant_locks.hold(conn, "intent-runs")
 
 
 def _run_params(step: Step) -> IntentRunParams | None:
@@ -723,7 +750,7 @@ def _refused(kind: Kind, exc: ValueRefusedError) -> DefinitionInvalidError:
 
 def create(conn: Conn, kind: Kind, doc: Any, *, item_id: UUID, tenant: TenantFacts, created_by: str) -> Item:
     """Validate and store version 1, with its `<kind>.created` event."""
-    checked = check(conn, kind, doc, tenant=tenant, saving=True)
+    checked = check(conn, kind, doc, tenant=tenant, saving=True, writing=True)
     request = checked.request
     try:
         head = insert_head(conn, kind, item_id, request.name, request.description, dict(request.labels), created_by)
@@ -780,7 +807,7 @@ def update(
 ) -> Item:
     """Validate and store the next version if `if_match` holds the current ETag, with `<kind>.version_created`."""
     item = _locked_active(conn, kind, item_id, if_match)
-    checked = check(conn, kind, doc, tenant=tenant, saving=True)
+    checked = check(conn, kind, doc, tenant=tenant, saving=True, writing=True)
     if checked.request.name != item.head.name:
         # Declarations find blueprints by name, and clients by name: a rename would silently repoint both.
         raise DefinitionInvalidError(
