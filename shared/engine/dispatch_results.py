@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 from uuid import UUID
 
 from shared.db.session import tenant_transaction
@@ -45,7 +46,7 @@ def await_results(
                 waiter.event.clear()
             final = time.monotonic() >= deadline
             with tenant_transaction(tenant_id) as conn:
-                answered.update(verdicts(store.take_results(conn, open_keys, final=final)))
+                answered.update(verdicts(conn, store.take_results(conn, open_keys, final=final)))
                 open_keys = [key for key in open_keys if key.event_name not in answered]
                 if not open_keys and on_all is not None:
                     on_all(conn, answered)
@@ -57,6 +58,26 @@ def await_results(
     return answered
 
 
-def verdicts(attempts: Iterable[store.Attempt]) -> dict[str, Verdict]:
+def verdicts(conn: store.Conn, attempts: Iterable[store.Attempt]) -> dict[str, Verdict]:
     """Taken results as a dispatch answers them: by attempt event name."""
-    return {attempt.key.event_name: Verdict.model_validate(attempt.verdict()) for attempt in attempts}
+    return {attempt.key.event_name: Verdict.model_validate(raised_verdict(conn, attempt)) for attempt in attempts}
+
+
+# Read after the attempt's result in the recorder's transaction: a cancel that held the attempt first (ADR 0014's
+# order) has committed by then, and one that comes later waits for this transaction's hold of the attempt.
+_CANCEL_RECORDED = "SELECT cancel_requested_at IS NOT NULL AS recorded FROM app.executions WHERE id = %s"
+
+
+def raised_verdict(conn: store.Conn, attempt: store.Attempt) -> dict[str, Any]:
+    """An attempt's verdict as its recorder hands it to the orchestration (raised, or answered by an activity): a run
+    attempt's failure recorded while a cancel is recorded says so (`cancel_first`), so that the reducer applies it as
+    a failure during that cancel even when it gets there before the cancel's event (rules 7, ADR 0014). A cancel
+    recorded after a failure is only ever one that failure does not stop the run for (a retry was left, else the
+    cancel is refused), so a verdict read again later says the same."""
+    verdict = attempt.verdict()
+    # Not an abandoned attempt: a stop's end of it (a cancel's, raised after the cancel's own event), no failure.
+    if not verdict["ok"] and attempt.key.phase == "run" and attempt.state != "abandoned":
+        row = conn.execute(_CANCEL_RECORDED, (attempt.key.execution_id,)).fetchone()
+        if row is not None and row["recorded"]:
+            verdict["cancel_first"] = True
+    return verdict

@@ -341,6 +341,11 @@ class _Step:
 
     def apply(self, flight: Flight, verdict: Verdict, now: datetime) -> None:
         self.update(settled=self.s.settled + 1)
+        if verdict.cancel_first and not verdict.ok and flight.phase is Phase.RUN and self.s.spec.rules >= 7:
+            # Recorded after a cancel answered 202 ("ends cancelled") whose event has not come yet: applied as if it
+            # had, so the cancel is the cause and this a failure during it (the cancel's event then changes nothing).
+            # This attempt's own verdict is applied below, as it was recorded.
+            self.cancel(keep=flight.step_id)
         if flight.phase is Phase.RUN and verdict.state == "abandoned" and self.s.stopping:
             # Ended by the stop (its queued work cancelled, a child told to cancel): cancelled, as a wait the stop
             # ends, not failed. Commands are the same either way: a stopping run starts nothing after a failure.
@@ -366,7 +371,10 @@ class _Step:
         activity_id = self.call(
             Activity.RECORD_OUTCOMES,
             RecordOutcomes(
-                execution_id=spec.execution_id, tenant_id=spec.tenant_id, outcomes=[outcome for _, outcome in flights]
+                execution_id=spec.execution_id,
+                tenant_id=spec.tenant_id,
+                outcomes=[outcome for _, outcome in flights],
+                cancel_first=spec.rules >= 7,
             ),
             steps=[flight.step_id for flight, _ in flights],
         )
@@ -382,15 +390,16 @@ class _Step:
             ),
         )
 
-    def abandon_waits(self) -> None:
+    def abandon_waits(self, keep: str | None = None) -> None:
         """Steps that only wait (a retry pause, an approval, a wait) end now: a stopping run starts no work.
 
         A running child is told to cancel (it compensates its own steps); its step ends when the child does.
         An attempt whose start is not recorded yet is abandoned once it is (its outcome follows its start).
+        `keep`: the step whose verdict is being applied, which ends by that verdict.
         """
         reason = "cancelled" if self.s.cancelled else "an earlier step failed"
         for flight in list(self.s.flights.values()):
-            if flight.phase is not Phase.RUN:
+            if flight.phase is not Phase.RUN or flight.step_id == keep:
                 continue
             if flight.stage is Stage.CHILD and flight.child_execution_id is not None:
                 self.cancel_child(flight.child_execution_id)
@@ -407,11 +416,11 @@ class _Step:
                 StepNote(kind=NoteKind.ABANDONED, step_id=flight.step_id, attempt=flight.attempt, error=reason)
             )
 
-    def cancel(self) -> None:
+    def cancel(self, keep: str | None = None) -> None:
         if self.s.stopping or self.s.phase is not RunPhase.RUNNING:
-            return  # a failure stays the cause; compensation happens anyway
+            return  # a failure stays the cause (or the cancel was applied already); compensation happens anyway
         self.update(cancelled=True)
-        self.abandon_waits()
+        self.abandon_waits(keep)
 
     # -- events
     def on_dispatched(self, activity_id: str, pending: Pending, answer: DispatchAnswer, now: datetime) -> None:
@@ -1202,6 +1211,7 @@ def _verdict(data: Json) -> Verdict:
         error=None if value.get("error") is None else str(value.get("error")),
         retryable=bool(value.get("retryable", True)),
         state=value.get("state"),
+        cancel_first=bool(value.get("cancel_first", False)),
     )
 
 

@@ -103,6 +103,9 @@ class Verdict(_Model):
     error: str | None = None
     retryable: bool = True
     state: str | None = None
+    cancel_first: bool = False
+    """A run attempt's failure recorded while a cancel was recorded: the cancel came first, whatever reaches the
+    orchestration first (rules 7, ADR 0014)."""
 
 
 class StepStart(_Model):
@@ -214,6 +217,9 @@ class RecordOutcomes(_Model):
     tenant_id: str
     outcomes: list[Outcome]
     status: Status | None = None
+    cancel_first: bool = False
+    """Asked by runs under rules 7: a run attempt's failure recorded while a cancel is recorded is answered saying so
+    (`Verdict.cancel_first`); a run under earlier rules, which would not read it, is answered as before."""
 
 
 class RecordStatus(_Model):
@@ -333,7 +339,7 @@ Command = CallActivity | WaitForEvent | SetTimer | StartChild | ContinueAsNew | 
 
 
 # ------------------------------------------------------------------------------------------------ state
-RULES = 6
+RULES = 7
 """The reducer rules new executions start under (ADR 0025). 3 (2026-12-05): a child whose step times out is told to
 cancel; reused steps are compensated dependents first. 4 (2026-12-05): the attempts of a dispatch that failed for
 good are settled through `record_outcomes` (their recorded result, else failed) instead of being retried blind; a
@@ -345,8 +351,11 @@ retry is; a child that ends cancelled because its stopping parent told it to end
 abandoned), not failed. 6 (2026-12-06, ADR 0014): the parameters one dispatch starts come to at most 8 Mi characters
 once resolved, added up over its starts (`MAX_LEVEL_RESOLVED_CHARS`): the step that would pass it fails as a step
 past `MAX_RESOLVED_CHARS` does; an attempt under way no longer keeps its parameters (`Flight.params`, read by
-nothing, copied every resolved value into the state). An execution keeps the rules it started with, so that its
-history replays into the commands it recorded."""
+nothing, copied every resolved value into the state). 7 (2026-12-06, ADR 0014): a run attempt's failure whose verdict
+says a cancel was recorded first (`Verdict.cancel_first`) is applied as a failure during that cancel, even when it
+reaches the orchestration before the cancel's event: the run ends cancelled, as the cancel's 202 said, and the
+cancel's event then changes nothing. An execution keeps the rules it started with, so that its history replays into
+the commands it recorded."""
 
 MAX_LEVEL_RESOLVED_CHARS = 8 * 1024 * 1024
 """What the parameters of the steps one dispatch starts may come to once resolved, added up, counted as JSON text

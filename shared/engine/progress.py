@@ -19,7 +19,7 @@ from shared.engine import executions as repo
 from shared.engine import machine, work_queue
 from shared.engine import steps as store
 from shared.engine.control import AlreadyFailingError, AlreadyFinishedError, cancel_held, parent_principal
-from shared.engine.dispatch_results import await_results, verdicts
+from shared.engine.dispatch_results import await_results, raised_verdict, verdicts
 from shared.engine.payloads import claim_check
 from shared.engine.protocol import MODULE_WORK_HUB, WorkItem
 from shared.engine.start import (
@@ -322,7 +322,7 @@ def _start_child(request: ProgressRequest) -> dict[str, Any]:
         if attempt.finished:
             # Run before, and refused (a re-executed activity): the recorded verdict stands, even where the tree
             # has room by now, for the step is recorded failed and its orchestration may have moved on.
-            return {"verdict": attempt.verdict()}
+            return {"verdict": raised_verdict(conn, attempt)}
         parent = repo.get_execution(conn, request.execution_id)
         child = find_head(conn, "intent", params.intent)
         if child is None:
@@ -367,7 +367,8 @@ def _fail_child(request: ProgressRequest, error: str) -> dict[str, Any]:
         if store.get_attempt(conn, request.key) is None:
             store.begin_attempt(conn, request.key, action="intent.run", remote=False)
         attempt, _ = store.finish_attempt(conn, request.key, ok=False, error=error, retryable=False)
-    return attempt.verdict()
+        # Its dispatch's answer says whether a cancel was recorded as the dispatch committed; one since is told here.
+        return raised_verdict(conn, attempt)
 
 
 # ---------------------------------------------------------------------------------- second-generation activities
@@ -570,7 +571,7 @@ def _record_batch(conn: store.Conn, batch: machine.DispatchSteps, *, carrying: b
         answer = machine.DispatchAnswer(
             status=machine.Status.SUCCEEDED,
             cancel_requested=current.cancel_requested_at is not None,
-            results=verdicts(taken),
+            results=verdicts(conn, taken),
         )
         return _Recorded([], [], [], {}, False, answer)
     if current.terminal:
@@ -742,7 +743,7 @@ def record_outcomes(batch: machine.RecordOutcomes) -> list[dict[str, Any]]:
         claim_check(tenant_id, key, outcome.output) if outcome.ok else None
         for key, outcome in zip(keys, outcomes, strict=True)
     ]
-    settling = _Settling(keys, outcomes, outputs)
+    settling = _Settling(keys, outcomes, outputs, cancel_first=batch.cancel_first)
     with tenant_transaction(tenant_id) as conn:
         unrecorded = settling.finish_recorded(conn, range(len(keys)))
         late = settling.begin_unrecorded(conn, execution_id, unrecorded)
@@ -771,8 +772,11 @@ class _Settling:
     that lock (nobody else can hold its row); one found there, committed meanwhile, is left for a transaction of
     its own, where it is held first again."""
 
-    def __init__(self, keys: list[AttemptKey], outcomes: list[machine.Outcome], outputs: list[Any]) -> None:
+    def __init__(
+        self, keys: list[AttemptKey], outcomes: list[machine.Outcome], outputs: list[Any], *, cancel_first: bool
+    ) -> None:
         self._keys, self._outcomes, self._outputs = keys, outcomes, outputs
+        self._cancel_first = cancel_first  # RecordOutcomes.cancel_first: the run reads it (rules 7)
         self._verdicts: dict[int, dict[str, Any]] = {}
 
     def finish_recorded(self, conn: store.Conn, indices: Sequence[int]) -> list[int]:
@@ -810,7 +814,10 @@ class _Settling:
             elif execution.terminal or (key.phase == "run" and execution.cancel_requested_at is not None):
                 # Its dispatch would have refused it now: nothing is begun, and nothing written after an end.
                 error = self._outcomes[index].error
-                self._verdicts[index] = {"ok": False, "error": error, "retryable": False, "state": "failed"}
+                verdict = {"ok": False, "error": error, "retryable": False, "state": "failed"}
+                if self._cancel_first and key.phase == "run" and execution.cancel_requested_at is not None:
+                    verdict["cancel_first"] = True  # as `raised_verdict` says of a recorded failure
+                self._verdicts[index] = verdict
             else:
                 # Its dispatch failed before its start committed: recorded, ended, so that the step reads failed
                 # (whence its retry moves it) and no later start of this attempt runs its work.
@@ -840,7 +847,7 @@ class _Settling:
                 retryable=True,
                 state=outcome.state,  # type: ignore[arg-type]  # the reducer names only attempt states
             )
-        self._verdicts[index] = attempt.verdict()
+        self._verdicts[index] = raised_verdict(conn, attempt) if self._cancel_first else attempt.verdict()
         if outcome.action == "intent.run" and not attempt.verdict()["ok"]:
             _stop_orphaned_child(conn, key)
 

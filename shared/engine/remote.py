@@ -16,6 +16,7 @@ from shared.config import get_settings
 from shared.db.session import tenant_transaction
 from shared.engine import steps as store
 from shared.engine import task_tokens, work_queue
+from shared.engine.dispatch_results import raised_verdict
 from shared.engine.payloads import BLOB_REF, StoredOutputError, TenantErasedError, claim_check, is_blob_ref, load
 from shared.engine.steps import Attempt, AttemptKey
 from shared.observability.tracing import execution_attributes
@@ -137,17 +138,17 @@ def _same_output(tenant_id: UUID, recorded: Any, sent: Any) -> bool:
     return same_json(recorded, sent)
 
 
-def _repeated(tenant_id: UUID, attempt: Attempt, result: RemoteResult) -> dict[str, Any]:
-    """The recorded verdict, when `result` is the one the token recorded: a worker that got no answer, or a 503
-    because the verdict could not be raised, sends it again, and only a repeat can get the verdict raised again.
-    Any other result for a spent token is refused, as before."""
+def _repeated(tenant_id: UUID, attempt: Attempt, result: RemoteResult) -> Attempt:
+    """The recorded attempt, whose verdict is raised again, when `result` is the one the token recorded: a worker
+    that got no answer, or a 503 because the verdict could not be raised, sends it again, and only a repeat can get
+    the verdict raised again. Any other result for a spent token is refused, as before."""
     if result.ok:
         same = attempt.state == "succeeded" and _same_output(tenant_id, attempt.output, result.output)
     else:
         same = attempt.state == "failed" and attempt.error == result.error and attempt.retryable == result.retryable
     if not same:
         raise TokenUsedError("the task token was used already, with another result")
-    return attempt.verdict()
+    return attempt
 
 
 def _verified(claims: task_tokens.TaskClaims) -> Attempt | None:
@@ -193,7 +194,11 @@ def complete(
         )
     )
     if recorded is not None:
-        return key, _repeated(claims.tenant_id, recorded, result)
+        repeated = _repeated(claims.tenant_id, recorded, result)  # outside a transaction: it may read the blob store
+        if repeated.state == "succeeded":
+            return key, repeated.verdict()
+        with tenant_transaction(claims.tenant_id) as conn:  # a failure says whether a cancel was recorded (rules 7)
+            return key, raised_verdict(conn, repeated)
     # Stored between the two transactions so no connection waits on the blob store. A blob of a request that then
     # loses the spend is content-addressed, so it can never replace the winner's output.
     try:
@@ -209,9 +214,9 @@ def complete(
             # result is answered as the repeat it is.
             found = store.attempt_by_token(conn, claims.nonce)
             if _spent_on(found, claims):
-                return key, _repeated(claims.tenant_id, found, result)
+                return key, raised_verdict(conn, _repeated(claims.tenant_id, found, result))
             raise _refusal(found, claims)
         attempt, _ = store.finish_attempt(
             conn, claims.key, ok=result.ok, output=output, error=result.error, retryable=result.retryable
         )
-    return claims.key, attempt.verdict()
+        return claims.key, raised_verdict(conn, attempt)

@@ -32,6 +32,7 @@ from pydantic import ValidationError
 from shared import accepted_json
 from shared.db.session import tenant_transaction
 from shared.engine import steps as store
+from shared.engine.dispatch_results import raised_verdict
 from shared.engine.module_threads import run_in_share
 from shared.engine.payloads import claim_check
 from shared.engine.protocol import EventRaiser, WorkItem, no_one_to_tell
@@ -137,7 +138,7 @@ async def run_attempt(item: WorkItem, modules: Mapping[str, Module[Any]] = BUILT
         return None
     assert claim.attempt is not None  # every outcome but missing carries the attempt
     if claim.outcome == "finished":
-        return _to_raise(item, key, claim.attempt)
+        return await asyncio.to_thread(_to_raise, item, key, claim.attempt)
     if claim.outcome == "late":
         if claim.holder is not None:
             # A copy took it before the deadline: that copy abandons it (or the orchestrator's timer ends it).
@@ -320,14 +321,21 @@ def _record(item: WorkItem, key: AttemptKey, result: dict[str, Any]) -> Outcome 
             retryable=result.get("retryable", True),
             state=result.get("state"),
         )
-    return _to_raise(item, key, attempt)
+        if not attempt.raised_by_recorder:
+            return None
+        return Outcome(str(item.execution_id), key.event_name, raised_verdict(conn, attempt))
 
 
 def _to_raise(item: WorkItem, key: AttemptKey, attempt: Attempt) -> Outcome | None:
-    """The verdict to raise, unless the dispatch that started the attempt waits for it (or answered it already)."""
+    """The verdict of a result found recorded, to raise again, unless the dispatch that started the attempt waits for
+    it (or answered it already)."""
     if not attempt.raised_by_recorder:
         return None
-    return Outcome(str(item.execution_id), key.event_name, attempt.verdict())
+    verdict = attempt.verdict()
+    if not verdict["ok"]:  # a failure says whether a cancel was recorded (rules 7): read where it is recorded
+        with tenant_transaction(item.tenant_id) as conn:
+            verdict = raised_verdict(conn, attempt)
+    return Outcome(str(item.execution_id), key.event_name, verdict)
 
 
 async def process_batch(
