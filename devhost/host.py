@@ -14,7 +14,7 @@ from aiohttp import web
 
 from devhost.component import Component, HostContext
 from devhost.hostjson import load_host_json, load_local_settings
-from devhost.http_functions import add_http_routes, host_problems
+from devhost.http_functions import HostRunner, add_http_routes, host_problems
 from devhost.invoker import Invoker
 from devhost.keys import HostKeyGuard, load_or_create_master_key
 from devhost.loader import FunctionIndex, load_function_app
@@ -120,7 +120,7 @@ class DevHost:
         )
         self.components = build_components(self.ctx)
         self.invoker.durable_binding = binding
-        self.runner: web.AppRunner | None = None
+        self.runner: HostRunner | None = None
 
     def durable_binding(self, origin: str) -> str:
         """The durableClient binding JSON (from the durable component)."""
@@ -154,7 +154,7 @@ class DevHost:
             await self.workers.start()
         for component in self.components:
             await component.start()
-        self.runner = web.AppRunner(app, access_log=None)
+        self.runner = HostRunner(app, access_log=None)
         await self.runner.setup()
         await web.TCPSite(self.runner, self.options.host, self.options.port).start()
 

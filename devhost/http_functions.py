@@ -13,6 +13,8 @@ from typing import Any
 
 import azure.functions as func
 from aiohttp import web
+from aiohttp.http_exceptions import BadStatusLine, LineTooLong
+from aiohttp.web_protocol import RequestHandler
 from azure.functions import meta
 
 from devhost.http_streams import is_stream_function, read_body, serve_stream
@@ -144,6 +146,69 @@ def host_problem(request: web.Request, exc: web.HTTPException) -> web.Response:
     headers["Content-Type"] = PROBLEM_JSON
     headers[REQUEST_ID_HEADER] = choose_request_id(request.headers.get(REQUEST_ID_HEADER))
     return web.Response(status=exc.status, body=json.dumps(document).encode(), headers=headers)
+
+
+_NOT_HTTP = "The request is not well-formed HTTP/1.1 (its request line, header fields or body framing)."
+_PARSE_DETAILS: tuple[tuple[type[BaseException], str], ...] = (
+    (LineTooLong, "The request line or a header field is longer than the host accepts."),
+    (BadStatusLine, "The request line is malformed."),
+)
+"""What a refused request is told, by the parser's exception: fixed texts, never the parser's own message, which
+quotes the raw bytes it choked on."""
+
+
+class ProblemRequestHandler(RequestHandler):
+    """The host's connection protocol, whose own answers (a request the HTTP parser refuses: a malformed request
+    line or header, one over the size limits, broken chunked framing; or an error no handler answered) are
+    problem+json like every other error of the API instead of the server's text/plain pages."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        # The base class logs the failure and refuses once bytes of another answer went out; its page is not used.
+        plain = super().handle_error(request, status, exc, message)
+        request_id = choose_request_id(request.headers.get(REQUEST_ID_HEADER))
+        if status >= 500:
+            document = internal_error_document(request_id, request.path)
+        else:
+            detail = next((text for kind, text in _PARSE_DETAILS if isinstance(exc, kind)), _NOT_HTTP)
+            title = _TITLES.get(status) or plain.reason[:1] + plain.reason[1:].lower()
+            document = problem_document(status, title.lower().replace(" ", "-"), title, detail, instance=request.path)
+        answer = web.Response(
+            status=status,
+            body=json.dumps(document).encode(),
+            headers={"Content-Type": PROBLEM_JSON, REQUEST_ID_HEADER: request_id},
+        )
+        # As the base class does: after a parse error the connection's framing cannot be trusted.
+        answer.force_close()
+        return answer
+
+
+class _ProblemServer(web.Server):
+    """The server whose connections are ProblemRequestHandlers."""
+
+    def __call__(self) -> RequestHandler:
+        return ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class HostRunner(web.AppRunner):
+    """The host's app runner: an AppRunner whose server answers its own errors as problem+json."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        return _ProblemServer(
+            server.request_handler,
+            request_factory=server.request_factory,
+            handler_cancellation=server.handler_cancellation,
+            loop=server._loop,
+            **server._kwargs,
+        )
 
 
 def add_http_routes(

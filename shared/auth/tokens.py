@@ -69,6 +69,10 @@ _MAX_STALE_S = 24 * 3600.0
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 """The hyphenated form only: uuid.UUID also takes braces, `urn:uuid:` and bare hex, which Entra never emits."""
 
+_CANONICAL_GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+"""The one spelling of a tenant id that Entra emits and the platform stores: a `tid` in any other case would name
+the same tenant through a second issuer string and a second token identity, so it is refused, not folded."""
+
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 Fetch = Callable[[str], dict[str, Any]]
@@ -363,6 +367,8 @@ class TokenValidator:
         tid = claims["tid"]
         if not isinstance(tid, str) or not _GUID.match(tid):
             raise InvalidTokenError("tid is not a GUID")
+        if not _CANONICAL_GUID.match(tid):
+            raise InvalidTokenError("tid is not a lower-case GUID")
         iss = claims["iss"]
         if not isinstance(iss, str) or iss != metadata_issuer.replace(TENANT_PLACEHOLDER, tid):
             raise InvalidTokenError("wrong issuer")

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from opentelemetry.trace import SpanKind
 
@@ -52,23 +52,30 @@ class Outcome:
     reason: str | None = None
 
 
-def _record(context: Sender, event: IngressEvent, rejected: Rejected, key: str | None) -> bool:
+def _record(context: Sender, event: IngressEvent, rejected: Rejected, key: str | None, ref: UUID) -> bool:
     rejection = NewRejection(
         hub=event.hub,
         partition_id=event.partition_id,
         sequence_number=event.sequence_number,
         enqueued_time=event.enqueued_time,
         reason=rejected.reason,
-        detail=rejected.document(f"{event.hub}/{event.event_id}"),
+        detail=rejected.document(_instance(event, ref)),
         requested_by=context.principal.id,
         idempotency_key=key,
+        id=ref,
     )
     with tenant_transaction(context.tenant.id) as conn:
         return record_rejection(conn, rejection)
 
 
-async def _reject(context: Sender, event: IngressEvent, rejected: Rejected, key: str | None) -> Outcome:
-    if await asyncio.to_thread(_record, context, event, rejected, key):
+def _instance(event: IngressEvent, ref: UUID) -> str:
+    """How the tenant's records name the event: the hub and the request's own reference, never its place on the hub
+    (a sequence number's gaps count the other producers' events on that partition)."""
+    return f"{event.hub}/{ref}"
+
+
+async def _reject(context: Sender, event: IngressEvent, rejected: Rejected, key: str | None, ref: UUID) -> Outcome:
+    if await asyncio.to_thread(_record, context, event, rejected, key, ref):
         telemetry.emit(
             "ingress.rejected",
             tenant_id=context.tenant.id,
@@ -103,9 +110,13 @@ async def process_event(
         raise
     except InvalidTokenError as exc:
         return _unattributed(event, exc.reason)
-    context = await asyncio.to_thread(sender, verified, f"{event.hub}/{event.event_id}")
+    # The request's reference in what the tenant reads (its audit records' request id, a rejection's id and
+    # instance); the log ties it to the event's place on the hub for operators.
+    ref = uuid4()
+    context = await asyncio.to_thread(sender, verified, _instance(event, ref))
     if context is None:
         return _unattributed(event, "the token's tenant is not provisioned on this platform")
+    logger.info("intent-requests: event %s is request %s of tenant %s", event.event_id, ref, context.tenant.id)
     key: str | None = None
     try:
         check_fresh(event, moment)
@@ -117,7 +128,7 @@ async def process_event(
             key = IntentRequest.key_of(event.body)
             raise invalid_body(exc) from None
         key = request.idempotency_key
-        audited = {"via": event.hub, "event_id": event.event_id}
+        audited = {"via": event.hub}
 
         def decide_for_sender(action: str, resource: Resource) -> Decision:
             return decide(context, action, resource, detail=audited)
@@ -132,9 +143,9 @@ async def process_event(
         except StartError as exc:
             raise refused_start(exc) or exc from None
     except StaleEventError as exc:
-        return await _reject(context, event, stale(exc), key)
+        return await _reject(context, event, stale(exc), key, ref)
     except Rejected as rejected:
-        return await _reject(context, event, rejected, key)
+        return await _reject(context, event, rejected, key, ref)
     # Not recorded, raised: a failed launch gives its start claim back, so the batch's retry (in place) starts it.
     await launch(client, started, context.tenant.id, record_failure=False)
     return Outcome(event.event_id, started.execution.id, started.created)

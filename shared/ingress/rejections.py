@@ -9,10 +9,10 @@ Each row is bounded too: a problem document larger than `MAX_DETAIL_BYTES` is st
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from psycopg.types.json import Jsonb
 
@@ -22,9 +22,9 @@ from shared.registry.schema_refs import short_message
 
 # A redelivered event finds its row and records nothing new (the caller then emits no second telemetry line).
 _INSERT = (
-    "INSERT INTO app.ingress_rejections (tenant_id, hub, partition_id, sequence_number, enqueued_time, reason,"
+    "INSERT INTO app.ingress_rejections (tenant_id, id, hub, partition_id, sequence_number, enqueued_time, reason,"
     " detail, requested_by, idempotency_key)"
-    " VALUES (app.current_tenant_id(), %s, %s, %s, %s, %s, %s, %s, %s)"
+    " VALUES (app.current_tenant_id(), %s, %s, %s, %s, %s, %s, %s, %s, %s)"
     " ON CONFLICT (tenant_id, hub, partition_id, sequence_number) DO NOTHING RETURNING id"
 )
 _TRIM = "SELECT app.trim_ingress_rejections(%s, %s) AS removed"
@@ -75,6 +75,8 @@ class NewRejection:
     detail: dict[str, Any]
     requested_by: str | None = None
     idempotency_key: str | None = None
+    id: UUID = field(default_factory=uuid4)
+    """The row's id: the ingress names the event by it in the problem document's instance."""
 
 
 def bounded_detail(detail: dict[str, Any]) -> dict[str, Any]:
@@ -106,6 +108,7 @@ def record_rejection(
     row = conn.execute(
         _INSERT,
         (
+            rejection.id,
             rejection.hub,
             rejection.partition_id,
             rejection.sequence_number,

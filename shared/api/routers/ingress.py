@@ -29,12 +29,11 @@ _REJECTION_EXAMPLE: dict[str, Any] = {
         "title": "Not found",
         "status": 404,
         "detail": "No intent 0b6f3c1e-5d2a-4c1f-9e7b-2a8d4f6c9e10.",
-        "instance": "intent-requests/3/1207",
+        "instance": "intent-requests/8a1c2e3f-4b5d-4e6f-8a9b-0c1d2e3f4a5b",
     },
     "event": {
         "hub": "intent-requests",
         "partition_id": "3",
-        "sequence_number": 1207,
         "enqueued_time": "2025-01-05T09:30:00Z",
     },
     "requested_by": "72f988bf-86f1-41af-91ab-2d7cd011db47/1b2c3d4e-0000-4000-8000-000000000001",
@@ -44,11 +43,11 @@ _REJECTION_EXAMPLE: dict[str, Any] = {
 
 
 class IngressEventRef(BaseModel):
-    """Where the event was on the hub."""
+    """Where the event was on the hub. Not its sequence number: the gaps between a tenant's own would count the other
+    producers' events on that partition."""
 
     hub: str
     partition_id: str
-    sequence_number: int
     enqueued_time: datetime | None = Field(description="When the hub accepted the event (the token is judged then).")
 
 
@@ -83,7 +82,6 @@ def _out(row: Rejection) -> RejectionOut:
         event=IngressEventRef(
             hub=row.hub,
             partition_id=row.partition_id,
-            sequence_number=row.sequence_number,
             enqueued_time=row.enqueued_time,
         ),
         requested_by=row.requested_by,

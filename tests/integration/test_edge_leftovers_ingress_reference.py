@@ -1,0 +1,54 @@
+# intent_ref: platform.ingress
+"""What the tenant reads of a rejected intent-requests event (the problem document, its audit records) names the
+request by a reference of its own, never by the event's Event Hubs sequence number, whose gaps count the other
+producers' events on the partition; the log still ties the two together for operators."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+
+import pytest
+
+from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
+from tests.integration.test_ingress_rejections import _intent, _list, _send
+
+pytestmark = pytest.mark.integration
+
+READER = ["Intent.Reader"]
+EXECUTOR = ["Intent.Executor"]
+
+
+def _sequence() -> int:
+    # Distinctive digits, so finding them anywhere in a record means the sequence number is there.
+    return 7_300_000_000 + int(uuid.uuid4().int % 1_000_000)
+
+
+def test_a_rejection_names_the_request_by_its_own_id(api: ApiHarness, caplog: pytest.LogCaptureFixture) -> None:
+    api.provision("seq-hidden")
+    sequence = _sequence()
+    with caplog.at_level(logging.INFO, logger="shared.ingress.process"):
+        outcome = _send(api, "seq-hidden", EXECUTOR, {"intent": "nope", "idempotency_key": "k"}, sequence)
+    assert outcome.reason == "not_found"
+    [item] = _list(api, "seq-hidden")["items"]
+    detail = item["detail"]
+    assert detail["instance"] == f"intent-requests/{item['id']}"
+    assert str(sequence) not in json.dumps(detail)
+    # Operators find the event's place on the hub from the request's reference in the log.
+    assert any(str(sequence) in r.getMessage() and item["id"] in r.getMessage() for r in caplog.records)
+
+
+def test_the_audit_records_of_an_event_name_no_sequence_number(api: ApiHarness) -> None:
+    api.provision("seq-audit")
+    intent_id = _intent(api, "seq-audit")
+    sequence = _sequence()
+    # A Reader may not execute: the decision is audited, and the event rejected as forbidden.
+    outcome = _send(api, "seq-audit", READER, {"intent_id": intent_id, "idempotency_key": "k"}, sequence)
+    assert outcome.reason == "forbidden"
+    [item] = _list(api, "seq-audit")["items"]
+    decisions = [row for row in api.audit_rows("seq-audit") if row["decision"] == "deny"]
+    assert decisions
+    for row in decisions:
+        assert str(sequence) not in f"{row['request_id']} {json.dumps(row['detail'])}"
+        assert row["request_id"] == item["detail"]["instance"]
