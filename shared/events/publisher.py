@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol
@@ -23,6 +25,11 @@ if TYPE_CHECKING:
 
 PLATFORM_EVENTS_HUB = "platform-events"
 """Domain events out (intent.*, execution.*, step.*, and tenants' custom.* events), keyed by tenant."""
+
+SENDER_THREADS = 8
+"""Threads that send for callers with a timeout (a module's publish), each in its hub's turn: a hub that is away keeps
+one of them until the SDK gives up. A caller that finds them all busy gives up by its deadline too, its send never
+started."""
 
 PropertyValue = str | int | float | bool | None
 """What both backends carry as an application property (AMQP and JSON both represent these)."""
@@ -113,10 +120,11 @@ class AzureEventHubPublisher:
         self._credential = credential
         self._producers: dict[str, tuple[EventHubProducerClient, threading.Lock]] = {}
         self._lock = threading.Lock()
+        self._senders = ThreadPoolExecutor(max_workers=SENDER_THREADS, thread_name_prefix="eventhub-send")
 
     def publish(self, hub: str, events: Sequence[OutboundEvent], *, timeout: float | None = None) -> None:
         """Send grouped by partition key, in as few batches as fit; order is kept within a key. With a `timeout`,
-        the wait for the hub's producer and each send (its retries included) end by then."""
+        the caller waits no longer than that: for the hub's producer, for its link to open and for each send."""
         if not events:
             return
         ends = None if timeout is None else time.monotonic() + timeout
@@ -126,15 +134,29 @@ class AzureEventHubPublisher:
         # past their callers' deadlines: with a timeout, the wait for the turn is bounded too.
         if not lock.acquire(timeout=-1 if ends is None else _left(hub, ends)):
             raise PublishTimeoutError(f"{hub}: the producer was still busy with another send after {timeout:g} s")
+        if ends is None:
+            _send_in_turn(producer, lock, hub, events, None, threading.Event())
+            return
+        # The SDK ends a send's retries by its `timeout`, but not the opening of the producer's link: the first
+        # `create_batch` (it asks the link for its largest message) and a send after the link was lost open it under
+        # the SDK's own retries and waits (minutes against a hub that is away), whatever the `timeout`. So the work
+        # runs on a sender thread, which keeps the turn until the SDK gives up, and the caller (a module thread, ADR
+        # 0026) stops waiting at its deadline; a later caller waits for that turn no longer than its own timeout.
+        given_up = threading.Event()
         try:
-            for partition_key, group in _by_partition_key(events).items():
-                for batch in _batches(producer, partition_key, group):
-                    if ends is None:
-                        producer.send_batch(batch)
-                    else:
-                        _send_within(producer, batch, hub, ends)
-        finally:
+            sending = self._senders.submit(
+                contextvars.copy_context().run, _send_in_turn, producer, lock, hub, events, ends, given_up
+            )
+        except BaseException:
             lock.release()
+            raise
+        done, _ = wait([sending], timeout=max(ends - time.monotonic(), 0.0))
+        if not done:
+            given_up.set()
+            if sending.cancel():
+                lock.release()  # it never started (every sender busy): the turn is still this caller's
+            raise PublishTimeoutError(f"{hub}: not sent by its deadline ({timeout:g} s): the hub did not answer")
+        sending.result()
 
     def close(self) -> None:
         """Close every producer."""
@@ -155,6 +177,28 @@ class AzureEventHubPublisher:
                 client = EventHubProducerClient(self._namespace, hub, self._credential)
                 self._producers[hub] = (client, threading.Lock())
             return self._producers[hub]
+
+
+def _send_in_turn(
+    producer: EventHubProducerClient,
+    turn: threading.Lock,
+    hub: str,
+    events: Sequence[OutboundEvent],
+    ends: float | None,
+    given_up: threading.Event,
+) -> None:
+    """Send `events` in the hub's `turn`, which the caller took and this releases (on whichever thread it runs)."""
+    try:
+        for partition_key, group in _by_partition_key(events).items():
+            for batch in _batches(producer, partition_key, group):
+                if given_up.is_set():
+                    return  # its caller has failed the publish: the rest is not sent after that
+                if ends is None:
+                    producer.send_batch(batch)
+                else:
+                    _send_within(producer, batch, hub, ends)
+    finally:
+        turn.release()
 
 
 def _left(hub: str, ends: float) -> float:

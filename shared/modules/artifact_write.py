@@ -21,7 +21,7 @@ from azure.storage.blob import ContainerClient, ContentSettings
 from shared.config import get_settings
 from shared.modules.contract import Module, ModuleContext, StepFailed
 from shared.registry.catalog import ArtifactWriteParams
-from shared.storage.blob import artifacts_container
+from shared.storage.blob import StorageCall, artifacts_container
 from shared.tenants.offboarding import kept_for_tenant, tenant_blob_prefix
 
 T = TypeVar("T")
@@ -40,10 +40,6 @@ MAX_SERVICE_TIMEOUT_S = 300
 """The longest the service is asked to keep working on one try (its `timeout`), however far the deadline is."""
 _NOT_RETRIED = frozenset({501, 505})
 """5xx statuses the Blob SDK does not retry either (they repeat)."""
-
-
-def _default_container() -> ContainerClient:
-    return artifacts_container(get_settings())
 
 
 def is_json_type(content_type: str) -> bool:
@@ -117,6 +113,16 @@ def within_deadline(ctx: ModuleContext, what: str, call: Callable[..., T]) -> T:
         ctx.abandoned.wait(pause)
 
 
+def bounded_by(ctx: ModuleContext) -> StorageCall:
+    """`within_deadline` for `ctx`, as the storage helpers take it (the container's first check, an erased tenant's
+    removal)."""
+
+    def within(what: str, call: Callable[..., T], /) -> T:
+        return within_deadline(ctx, what, call)
+
+    return within
+
+
 def blob_name(ctx: ModuleContext, name: str) -> str:
     """The artifact's blob name under the tenant's prefix; refuses names that could leave it."""
     segments = name.split("/")
@@ -132,15 +138,22 @@ class ArtifactWriteModule(Module[ArtifactWriteParams]):
     timeout_s = 60
     answers_quickly = True
 
-    def __init__(self, container: Callable[[], ContainerClient] = _default_container) -> None:
+    def __init__(self, container: Callable[[], ContainerClient] | None = None) -> None:
+        """`container`: where to write (by default the process's artifacts container)."""
         self._container = container
+
+    def _client(self, ctx: ModuleContext) -> ContainerClient:
+        if self._container is not None:
+            return self._container()
+        # The process's first use checks (locally, creates) the container: by the deadline too, as the writes are.
+        return artifacts_container(get_settings(), within=bounded_by(ctx))
 
     def run(self, ctx: ModuleContext, params: ArtifactWriteParams) -> Any:
         """Store the artifact; a step failure, not retried, when its tenant was erased meanwhile (it is removed)."""
         name = blob_name(ctx, params.name)
         data = artifact_bytes(params)
         digest = hashlib.sha256(data).hexdigest()
-        container = self._container()
+        container = self._client(ctx)
         # Overwrite: a redelivered attempt writes the same bytes again, and a later attempt's result replaces
         # an earlier one's; the metadata says which attempt wrote it.
         # One Put Blob: the service stores all of the bytes or none, so a try cut off by the deadline leaves no
@@ -157,14 +170,14 @@ class ArtifactWriteModule(Module[ArtifactWriteParams]):
                 **options,
             ),
         )
-        if not kept_for_tenant(ctx.tenant_id, container, name):
+        if not kept_for_tenant(ctx.tenant_id, container, name, within=bounded_by(ctx)):
             raise StepFailed(f"tenant {ctx.tenant_id} was erased; the artifact was removed", retryable=False)
         return {"container": container.container_name, "blob_name": name, "size": len(data), "sha256": digest}
 
     def compensate(self, ctx: ModuleContext, params: ArtifactWriteParams, output: Any) -> None:  # noqa: ARG002
         """Delete the artifact; one already gone is fine."""
         name = blob_name(ctx, params.name)
-        container = self._container()
+        container = self._client(ctx)
         try:
             within_deadline(
                 ctx,

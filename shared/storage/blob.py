@@ -3,11 +3,29 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
+from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient, ContainerClient, ExponentialRetry
 
 from shared.config import Settings
+
+T = TypeVar("T")
+
+
+class StorageCall(Protocol):
+    """How a caller bounds one storage operation: `call(**options)` (the options are the SDK's per-call keywords, such
+    as `retry_total` and `timeout`), `what` naming it in the failure the bound ends it with."""
+
+    def __call__(self, what: str, call: Callable[..., T], /) -> T:
+        """The operation's result, or the caller's failure once its bound is reached."""
+        ...
+
+
+def unbounded(what: str, call: Callable[..., T], /) -> T:  # noqa: ARG001
+    """The operation under the client's own retry policy and timeouts (no bound of the caller's)."""
+    return call()
 
 
 def blob_service_client(settings: Settings, **client_options: Any) -> BlobServiceClient:
@@ -20,9 +38,13 @@ def blob_service_client(settings: Settings, **client_options: Any) -> BlobServic
     return BlobServiceClient(settings.QP_BLOB_ACCOUNT_URL, credential=DefaultAzureCredential(), **client_options)
 
 
-_containers: dict[tuple[str | None, str | None, str, bool], ContainerClient] = {}
+_Key = tuple[str | None, str | None, str, bool]
+_containers: dict[_Key, ContainerClient] = {}
 """The artifacts container's client per (connection string, account URL, container name, for a request), in this
 process."""
+_checked: set[_Key] = set()
+"""The clients whose container was found (or created) in this process: a check that failed is made again by the next
+caller, with the same client."""
 
 REQUEST_RETRIES = 2
 """Retries of a blob call that a request waits on (a remote worker's completion, a tenant's export or erasure)."""
@@ -41,14 +63,15 @@ def _request_options() -> dict[str, Any]:
     }
 
 
-def artifacts_container(settings: Settings) -> ContainerClient:
+def artifacts_container(settings: Settings, *, within: StorageCall = unbounded) -> ContainerClient:
     """The artifacts container for background work (modules, activities), created on first use (locally; in Azure
     the IaC creates it); the SDK's retries ride out a storage outage of about a minute.
 
     One client per process and account: a client holds its connection pool (and, in Azure, its credential's
     token), and the SDK's clients are safe to share between threads. Building one per write cost a new connection
-    and an existence check per step."""
-    return _container(settings, for_request=False)
+    and an existence check per step. `within` bounds that first check and creation: a module passes its attempt's
+    deadline, since the SDK's own retries held its thread for minutes past it when storage was away (ADR 0026)."""
+    return _container(settings, for_request=False, within=within)
 
 
 def request_container(settings: Settings) -> ContainerClient:
@@ -57,7 +80,7 @@ def request_container(settings: Settings) -> ContainerClient:
     return _container(settings, for_request=True)
 
 
-def _container(settings: Settings, *, for_request: bool) -> ContainerClient:
+def _container(settings: Settings, *, for_request: bool, within: StorageCall = unbounded) -> ContainerClient:
     key = (
         settings.QP_BLOB_CONNECTION_STRING,
         settings.QP_BLOB_ACCOUNT_URL,
@@ -67,13 +90,22 @@ def _container(settings: Settings, *, for_request: bool) -> ContainerClient:
     container = _containers.get(key)
     if container is None:
         options = _request_options() if for_request else {}
-        container = blob_service_client(settings, **options).get_container_client(settings.QP_ARTIFACTS_CONTAINER)
-        if not container.exists():
-            from azure.core.exceptions import ResourceExistsError
-
-            try:
-                container.create_container()
-            except ResourceExistsError:
-                pass  # created concurrently
-        container = _containers.setdefault(key, container)  # two first callers at once: both use one client
+        built = blob_service_client(settings, **options).get_container_client(settings.QP_ARTIFACTS_CONTAINER)
+        container = _containers.setdefault(key, built)  # two first callers at once: both use one client
+    if key not in _checked:
+        # Made before the client is handed out, but kept whatever its outcome: a check cut off by its caller's bound
+        # is made again by the next caller, and the process still holds one client (and one connection pool).
+        _ensure(container, within)
+        _checked.add(key)
     return container
+
+
+def _ensure(container: ContainerClient, within: StorageCall) -> None:
+    """Create the container unless it is there (two first callers at once may both try)."""
+    name = container.container_name
+    if within(f"the check of container {name!r}", lambda **options: container.exists(**options)):
+        return
+    try:
+        within(f"the creation of container {name!r}", lambda **options: container.create_container(**options))
+    except ResourceExistsError:
+        pass  # created concurrently

@@ -22,6 +22,7 @@ from psycopg import sql
 
 from shared.audit import AuditStore, get_audit_store
 from shared.db.session import platform_transaction, tenant_transaction
+from shared.storage.blob import StorageCall, unbounded
 from shared.tenants.models import Tenant
 from shared.tenants.repository import hold_tenant, tenant_settings
 
@@ -109,7 +110,7 @@ def tenant_blob_prefix(tenant_id: UUID) -> str:
     return f"{tenant_id}/"
 
 
-def kept_for_tenant(tenant_id: UUID, container: ContainerClient, name: str) -> bool:
+def kept_for_tenant(tenant_id: UUID, container: ContainerClient, name: str, *, within: StorageCall = unbounded) -> bool:
     """After the tenant's blob `name` was written: True while the tenant is there; False, the blob deleted, when the
     tenant was erased meanwhile.
 
@@ -117,12 +118,13 @@ def kept_for_tenant(tenant_id: UUID, container: ContainerClient, name: str) -> b
     tenant row went, while one written after it outlived the tenant for ever. Looked at after the write, the row tells
     which: there, the row's delete and the last pass are still to come; gone, the blob is its writer's to remove. No
     connection is held while the blob is written: a slow blob store would hold the pool from every tenant.
+    `within` bounds the delete as the writer bounds its upload (a module: by its attempt's deadline, ADR 0026).
     """
     with tenant_transaction(tenant_id) as conn:
         if hold_tenant(conn, tenant_id):
             return True
     try:
-        container.delete_blob(name)
+        within(f"the removal of {name!r}", lambda **options: container.delete_blob(name, **options))
     except ResourceNotFoundError:
         pass  # removed by the erasure's own pass
     return False
