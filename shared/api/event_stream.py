@@ -43,6 +43,10 @@ backlog itself, a page at a time."""
 BACKLOG_BYTES = 1024 * 1024
 """The most of a backlog page a stream keeps rendered and unsent (at least one event); the rest of the page is read
 again after what it sent."""
+CATCH_UP_PAGE = 500
+"""The most events one read of a feed or of a stream's backlog asks for when the stream's owner lets it choose
+(`read_page`), whatever the request's `limit` (the largest page the JSON answer gives): a stream's messages are cut by
+PIECE_BYTES, not by pages, so what a client receives is the same, in fewer reads while it catches up."""
 SEND_TIMEOUT_KEEPALIVES = 2
 """A stream's client must take each message within this many keep-alive intervals, or it is cut off."""
 END_GRACE_S = 2.0
@@ -50,6 +54,8 @@ END_GRACE_S = 2.0
 230 s Azure's front end gives an HTTP function)."""
 
 ReadAfter = Callable[[int], Awaitable[tuple[Execution, list[ExecutionEvent]]]]
+ReadPage = Callable[[int, int], Awaitable[tuple[Execution, list[ExecutionEvent]]]]
+"""Reads the events after a seq, at most as many as asked."""
 Render = Callable[[ExecutionEvent], bytes]
 
 
@@ -117,6 +123,27 @@ def _rendered(items: Sequence[ExecutionEvent], render: Render, budget: int) -> t
     return seqs, frames
 
 
+class _Reads:
+    """How a feed and its streams read: with `read_page` (when the stream's owner gives one) pages of up to
+    CATCH_UP_PAGE events while they catch up; else `read`, a page of the request's `limit` each."""
+
+    def __init__(self, read: ReadAfter, read_page: ReadPage | None, page: int) -> None:
+        self.read, self.read_page, self.page = read, read_page, page
+        self.largest = max(page, CATCH_UP_PAGE) if read_page is not None else page
+        """The most events one read asks for."""
+
+    def of(self, size: int) -> ReadAfter:
+        """A read of at most `size` events (of `page` when no size can be asked for)."""
+        read_page = self.read_page
+        if read_page is None:
+            return self.read
+
+        async def read(after: int) -> tuple[Execution, list[ExecutionEvent]]:
+            return await read_page(after, size)
+
+        return read
+
+
 async def _admitted_read(tenant_id: UUID, read: ReadAfter, after: int) -> tuple[Execution, list[ExecutionEvent]]:
     """`read(after)` under a permit of the tenant (ADR 0023), waited for with a back-off when its bound is full."""
     pause = _BUSY_RETRY_S
@@ -141,8 +168,17 @@ class ExecutionFeed:
 
     It keeps only a recent tail of the events, rendered (TAIL_BYTES): a stream behind it reads its own backlog."""
 
-    def __init__(self, key: _FeedKey, read: ReadAfter, render: Render, page: int, start: int) -> None:
-        self._key, self._read, self._render, self._page = key, read, render, page
+    def __init__(
+        self,
+        key: _FeedKey,
+        read: ReadAfter,
+        render: Render,
+        page: int,
+        start: int,
+        read_page: ReadPage | None = None,
+    ) -> None:
+        self._key, self._render = key, render
+        self._reads = _Reads(read, read_page, page)
         self.base = start
         """The tail holds every event past `base` up to `last_seq`; a stream at an earlier event reads its backlog."""
         self.last_seq = start
@@ -208,24 +244,18 @@ class ExecutionFeed:
                 # the next one is read and a stream at an event before it finds it in its backlog.
                 self.base = self.last_seq = execution.last_event_seq
             return
-        kept: list[tuple[int, bytes]] = []
-        size = 0
-        for item in reversed(items):
-            rendered = self._render(item)
-            if kept and size + len(rendered) > TAIL_BYTES:
-                break
-            kept.append((item.seq, rendered))
-            size += len(rendered)
-        kept.reverse()
-        if len(kept) < len(items):
+        # The newest first, as many as the tail holds: the older part of a long read is never rendered.
+        seqs, frames = _rendered(items[::-1], self._render, TAIL_BYTES)
+        seqs.reverse()
+        frames.reverse()
+        if len(seqs) < len(items):
             self._seqs.clear()
             self._frames.clear()
             self._bytes = 0
-            self.base = items[len(items) - len(kept) - 1].seq
-        for seq, rendered in kept:
-            self._seqs.append(seq)
-            self._frames.append(rendered)
-            self._bytes += len(rendered)
+            self.base = items[len(items) - len(seqs) - 1].seq
+        self._seqs += seqs
+        self._frames += frames
+        self._bytes += sum(map(len, frames))
         dropped = 0
         while self._bytes > TAIL_BYTES and dropped < len(self._seqs) - 1:
             self._bytes -= len(self._frames[dropped])
@@ -243,9 +273,12 @@ class ExecutionFeed:
                 while True:
                     if waiter is not None:
                         waiter.clear()  # before the read: an append after it wakes the wait below
-                    execution, items = await _admitted_read(self._key[1], self._read, self.last_seq)
+                    # The largest page each time: a read while the feed keeps up returns what was appended, and one
+                    # that catches up takes fewer rounds (the tail renders only what it keeps, `_take`).
+                    size = self._reads.largest
+                    execution, items = await _admitted_read(self._key[1], self._reads.of(size), self.last_seq)
                     self._take(execution, items)
-                    full = len(items) >= self._page
+                    full = len(items) >= size
                     self.ended = execution.terminal and not full
                     self.read_once = True
                     async with self._changed:
@@ -377,14 +410,20 @@ class EventStreamResponse(StreamingResponse):
 
 
 def feed_for(
-    tenant_id: UUID, execution_id: UUID, read: ReadAfter, render: Render, page: int, start: int
+    tenant_id: UUID,
+    execution_id: UUID,
+    read: ReadAfter,
+    render: Render,
+    page: int,
+    start: int,
+    read_page: ReadPage | None = None,
 ) -> ExecutionFeed:
     """The process's feed of the execution (made by its first stream, reading from where it starts), joined by the
     caller."""
     key = (asyncio.get_running_loop(), tenant_id, execution_id)
     feed = _FEEDS.get(key)
     if feed is None:
-        feed = _FEEDS[key] = ExecutionFeed(key, read, render, page, start)
+        feed = _FEEDS[key] = ExecutionFeed(key, read, render, page, start, read_page)
     feed.join()
     return feed
 
@@ -400,15 +439,20 @@ def follow(
     page: int,
     keepalive_s: float,
     max_s: float,
+    read_page: ReadPage | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """The stream's body: what is recorded after `after`, then each new event as the process-wide listener
     announces it (no re-reading on a timer), a keep-alive comment when nothing happened for `keepalive_s`, and the
     end after the terminal event or `max_s` from now (the client resumes from its last event). Its messages carry at
     most PIECE_BYTES (or one event) and it goes on only as the client takes them. It gives the stream's `slot` back
-    when it ends, and sets the slot's time limits, which the stream's response holds it to."""
+    when it ends, and sets the slot's time limits, which the stream's response holds it to.
+
+    `page` (the request's `limit`) is what `read` returns at most; with `read_page`, which reads as many as it is
+    asked for, the feed and a stream's backlog read pages of up to CATCH_UP_PAGE instead: the same messages, in fewer
+    reads."""
     slot.deadline = time.monotonic() + max_s
     slot.send_timeout_s = SEND_TIMEOUT_KEEPALIVES * keepalive_s
-    return _follow(context, slot, execution_id, after, read, render, page, keepalive_s)
+    return _follow(context, slot, execution_id, after, _Reads(read, read_page, page), render, keepalive_s)
 
 
 async def _follow(
@@ -416,16 +460,16 @@ async def _follow(
     slot: StreamSlot,
     execution_id: UUID,
     after: int,
-    read: ReadAfter,
+    reads: _Reads,
     render: Render,
-    page: int,
     keepalive_s: float,
 ) -> AsyncGenerator[bytes, None]:
     """`follow`'s body, which runs once the response starts sending it."""
     tenant_id = context.tenant.id
     if context.permit is not None:
         context.permit.release()  # the feed reads under the tenant's bound; a stream itself holds nothing
-    feed = feed_for(tenant_id, execution_id, read, render, page, after)
+    feed = feed_for(tenant_id, execution_id, reads.read, render, reads.page, after, reads.read_page)
+    size = reads.largest  # of the next backlog read: smaller while its events are big (BACKLOG_BYTES)
     try:
         yield f"retry: {RECONNECT_MS}\n\n".encode()
         while (remaining := slot.deadline - time.monotonic()) > 0:
@@ -434,13 +478,16 @@ async def _follow(
                     # Behind what the feed keeps (resuming from far back, or slower than the events come): the
                     # backlog from the database, a page at a time, read on only as the client takes what was sent.
                     try:
-                        _, items = await _admitted_read(tenant_id, read, after)
+                        _, items = await _admitted_read(tenant_id, reads.of(size), after)
                     except Exception:
                         logger.exception("an event stream of execution %s could not read its backlog", execution_id)
                         return
                     if not items:
                         return  # the events before the feed's were erased: nothing to resume from
                     seqs, frames = _rendered(items, render, BACKLOG_BYTES)
+                    # What is not kept is read again after what is sent: as many as were kept next time (the request's
+                    # page at least), twice as many again once a whole page fits.
+                    size = max(reads.page, len(seqs)) if len(seqs) < len(items) else min(2 * size, reads.largest)
                     del items
                     while frames:
                         end = _piece_end(frames, 0)

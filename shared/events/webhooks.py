@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Collection
@@ -56,6 +57,18 @@ first."""
 FIND_EVERY_S = 1.0
 """How often a run held open by its tenants' sends looks again for tenants with a delivery due (the timer's period):
 their deliveries go out in this run instead of waiting for the slow ones to end it."""
+SUBSCRIPTIONS_AT_ONCE = 4
+"""Sends of one tenant under way at once, each to a different subscription (the head of its queue: per-subscription
+order holds): a receiver that keeps its send waiting holds up the tenant's other subscriptions for BESIDE_AFTER_S,
+not for its whole answer."""
+BESIDE_AFTER_S = 1.0
+"""How long every send of a tenant under way must have waited for its receiver (and the tenant been seen slow) before
+its next head starts beside them: a receiver that answers within it costs its siblings little, and one that takes up
+to SEND_TIMEOUT_S holds them up no longer than this."""
+EXTRA_SENDS = 48
+"""Sends under way at once across the process beyond each tenant's first (SENDERS x SUBSCRIPTIONS_AT_ONCE would
+allow 64): past it, a tenant's heads wait for its own sends to end, as they did when a tenant sent one at a time."""
+_EXTRA_SENDS = threading.BoundedSemaphore(EXTRA_SENDS)
 TENANT_BUDGET_S = 15.0
 """How long a run starts sends: a tenant's sends past it wait for the next run; a send started before then ends
 within SEND_TIMEOUT_S, well inside HOLD_S."""
@@ -186,6 +199,38 @@ def _send(client: GuardedClient, claimed: store.Claimed, timeout_s: float) -> tu
     return response.status_code, f"the receiver answered {response.status_code}"
 
 
+class _Sends:
+    """The sends of one tenant's turn under way, by when each started: the turn's `sending_since` is the oldest's
+    (the run reads it to see the tenant slow), and the turn starts another beside them once all have waited
+    BESIDE_AFTER_S."""
+
+    def __init__(self, turn: Turn) -> None:
+        self._turn = turn
+        self._lock = threading.Lock()
+        self._since: dict[int, float] = {}
+
+    def started(self, key: int) -> None:
+        with self._lock:
+            self._since[key] = time.monotonic()
+            self._turn.sending_since = min(self._since.values())
+
+    def ended(self, key: int) -> None:
+        with self._lock:
+            self._since.pop(key, None)
+            self._turn.sending_since = min(self._since.values()) if self._since else None
+
+    def live(self) -> int:
+        """How many sends wait for their receivers."""
+        with self._lock:
+            return len(self._since)
+
+    def slow_in(self, wait_s: float) -> float:
+        """How long until every send under way has waited `wait_s` (0 when they all have, or none is)."""
+        with self._lock:
+            newest = max(self._since.values(), default=None)
+        return 0.0 if newest is None else max(newest + wait_s - time.monotonic(), 0.0)
+
+
 def deliver_tenant(
     tenant_id: UUID,
     *,
@@ -195,50 +240,101 @@ def deliver_tenant(
     budget_s: float = TENANT_BUDGET_S,
     send_timeout_s: float = SEND_TIMEOUT_S,
     turn: Turn | None = None,
+    subscriptions_at_once: int = SUBSCRIPTIONS_AT_ONCE,
+    slow_send_s: float = SLOW_SEND_S,
+    beside_after_s: float = BESIDE_AFTER_S,
 ) -> DeliveryResult:
     """Send the tenant's due deliveries, one head per subscription at a time, each send within `send_timeout_s`,
     until none is due, PER_RUN, or `budget_s` has passed (or the run's `turn` is over): what is claimed and not yet
-    sent then goes back, due, for the next run. A suspended tenant's deliveries are not claimed (webhook_store)."""
+    sent then goes back, due, for the next run. Sends to different subscriptions overlap: once every send under way
+    has waited `beside_after_s` for its receiver and the turn is seen slow (`slow_send_s`, by the run that gave the
+    turn, or here when none did), the next head starts beside them, up to `subscriptions_at_once` (and EXTRA_SENDS
+    beyond the first across the process). A suspended tenant's deliveries are not claimed
+    (webhook_store)."""
     result = DeliveryResult()
+    alone = turn is None  # no run watches the turn: it sees its sends slow itself
     turn = turn or Turn(time.monotonic() + budget_s)
     with tenant_transaction(tenant_id, pool=pool) as conn:
         allowed = [str(h) for h in tenant_settings(conn).get("allowed_hosts") or []]
     make_client = client_factory or (
         lambda hosts: GuardedClient(hosts, timeout=send_timeout_s, allow_private=private_network_allowed())
     )
+    sends = _Sends(turn)
+    waiting: deque[store.Claimed] = deque()  # claimed, not started: given back if the turn ends first
+    running: dict[Future[DeliveryResult], store.Claimed] = {}
+    drained = False  # the last claim found nothing due; sends ending may make their subscriptions' next ones due
+    threads = ThreadPoolExecutor(max_workers=max(subscriptions_at_once, 1), thread_name_prefix="webhook-sends")
     with make_client(allowed) as client:
-        while result.delivered + result.failed_attempts < PER_RUN and not turn.over():
-            with tenant_transaction(tenant_id, pool=pool) as conn:
-                claimed = store.claim_due(
-                    conn, tenant_id, limit=PER_RUN - result.delivered - result.failed_attempts, hold_s=HOLD_S
+        try:
+            while True:
+                for future in [f for f in running if f.done()]:
+                    del running[future]
+                    result.add(future.result())  # what a record raised ends the turn, as before
+                    drained = False
+                started = result.delivered + result.failed_attempts + len(running)
+                if not waiting and not drained and started < PER_RUN and not turn.over():
+                    # A head under way is held (HOLD_S), so it is not claimed again, and its subscription's next
+                    # delivery waits behind it: per-subscription order holds while its siblings are sent to.
+                    with tenant_transaction(tenant_id, pool=pool) as conn:
+                        waiting.extend(store.claim_due(conn, tenant_id, limit=PER_RUN - started, hold_s=HOLD_S))
+                    drained = not waiting
+                # Asked again once the sends under way have ended: a slow turn whose sender was wanted may find the
+                # waiting tenant started meanwhile, and go on sending.
+                over = turn.over()
+                if waiting and over and not running:
+                    # A slow receiver spent this tenant's share of the run, or its sender is wanted by a tenant not
+                    # yet served: its other heads wait for the next run.
+                    break
+                if not running and not waiting:
+                    break
+                if alone and sends.live() and sends.slow_in(slow_send_s) == 0.0:
+                    turn.slow = True
+                # The first send at once; another beside those under way once they have all waited `beside_after_s`
+                # and the turn is seen slow (by the run, which may end the turn instead: Turn.over, asked above).
+                can_start = (
+                    not over
+                    and bool(waiting)
+                    and len(running) < subscriptions_at_once
+                    and (not running or (turn.slow and sends.slow_in(beside_after_s) == 0.0))
                 )
-            if not claimed:
-                break
-            taken = 0  # how many of `claimed` were taken to be sent; the rest go back in the end
-            try:
-                for item in claimed:  # each subscription's head: sent outside any transaction
-                    if turn.over():
-                        # A slow receiver spent this tenant's share of the run, or its sender is wanted by a tenant
-                        # not yet served: its other heads wait for the next run.
-                        result.left += len(claimed) - taken
-                        break
-                    taken += 1
-                    _deliver(
+                if can_start and (not running or _EXTRA_SENDS.acquire(blocking=False)):
+                    item = waiting.popleft()
+                    future = threads.submit(
+                        contextvars.copy_context().run,
+                        _deliver,
                         tenant_id,
                         client,
                         item,
-                        result,
-                        turn,
+                        sends,
                         pool=pool,
                         backoff_base_s=backoff_base_s,
                         send_timeout_s=send_timeout_s,
                     )
-            finally:
-                # Also when a send or its record raised: the heads not yet sent are due again at once, not held for
-                # HOLD_S (the one that raised keeps its hold: it may have reached its receiver).
-                if taken < len(claimed):
-                    with tenant_transaction(tenant_id, pool=pool) as conn:
-                        store.release(conn, [later.id for later in claimed[taken:]])
+                    if running:
+                        future.add_done_callback(lambda _: _EXTRA_SENDS.release())
+                    running[future] = item
+                    continue
+                if can_start:
+                    # Every extra send of the process is taken: until one of this tenant's ends, or another's.
+                    wait(running, timeout=0.05, return_when=FIRST_COMPLETED)
+                    continue
+                # Until a send ends, or those under way have all waited long enough for the next to start beside them.
+                beside = not over and bool(waiting) and len(running) < subscriptions_at_once and sends.live() > 0
+                # At least 10 ms: the run marks the turn slow on its own thread, shortly after the wait is up.
+                timeout = max(sends.slow_in(beside_after_s), 0.01) if beside else None
+                wait(running, timeout=timeout, return_when=FIRST_COMPLETED)
+        finally:
+            # The sends under way end within their timeout, and are recorded, before the client closes; the heads not
+            # started are due again at once, not held for HOLD_S (one whose record raised keeps its hold: it may have
+            # reached its receiver).
+            wait(running)
+            threads.shutdown(wait=True)
+            if waiting:
+                result.left += len(waiting)
+                with tenant_transaction(tenant_id, pool=pool) as conn:
+                    store.release(conn, [later.id for later in waiting])
+    for future in running:
+        result.add(future.result())
     return result
 
 
@@ -246,25 +342,25 @@ def _deliver(
     tenant_id: UUID,
     client: GuardedClient,
     item: store.Claimed,
-    result: DeliveryResult,
-    turn: Turn,
+    sends: _Sends,
     *,
     pool: ConnectionPool[Any] | None,
     backoff_base_s: float,
     send_timeout_s: float,
-) -> None:
+) -> DeliveryResult:
     """Send one claimed delivery and record how it went (a failure for good disables its subscription)."""
-    turn.sending_since = time.monotonic()
+    result = DeliveryResult()
+    sends.started(item.id)
     try:
         status, error = _send(client, item, send_timeout_s)
     finally:
-        turn.sending_since = None
+        sends.ended(item.id)
     with tenant_transaction(tenant_id, pool=pool) as conn:
         if error is None:
             assert status is not None  # a success has a status
             store.record_success(conn, item, status)
             result.delivered += 1
-            return
+            return result
         result.failed_attempts += 1
         failed, _ = store.record_failure(
             conn,
@@ -285,6 +381,7 @@ def _deliver(
                     "reason": f"delivery of {item.message_id} failed {MAX_ATTEMPTS} times: {error}",
                 },
             )
+    return result
 
 
 def _due_tenants(max_tenants: int, control_pool: ConnectionPool[Any] | None) -> list[UUID]:
@@ -300,9 +397,11 @@ def _see_slow(turns: Collection[Turn], now: float, slow_send_s: float, slow_send
         since = turn.sending_since
         if turn.slow or since is None or now - since < slow_send_s:
             continue
-        turn.slow = True
-        if sum(other.slow for other in turns) > slow_senders:
+        # Its end before its mark: the tenant's sender starts sends beside a slow one only once it is marked slow,
+        # and then asks whether the turn is over.
+        if sum(other.slow for other in turns) + 1 > slow_senders:
             turn.ends = min(turn.ends, now)
+        turn.slow = True
 
 
 def deliver_due(
@@ -317,6 +416,8 @@ def deliver_due(
     budget_s: float = TENANT_BUDGET_S,
     send_timeout_s: float = SEND_TIMEOUT_S,
     slow_send_s: float = SLOW_SEND_S,
+    subscriptions_at_once: int = SUBSCRIPTIONS_AT_ONCE,
+    beside_after_s: float = BESIDE_AFTER_S,
 ) -> DeliveryResult:
     """One run over the active tenants with a delivery due, least recently served first (migration 0050), each
     started as soon as a sender is free, until `budget_s` has passed (plus the sends then in flight, each within
@@ -347,6 +448,9 @@ def deliver_due(
                 client_factory=client_factory,
                 send_timeout_s=send_timeout_s,
                 turn=turn,
+                subscriptions_at_once=subscriptions_at_once,
+                slow_send_s=slow_send_s,
+                beside_after_s=beside_after_s,
             )
         except Exception:
             logger.exception("webhooks: the deliveries of tenant %s could not be sent", tenant_id)

@@ -490,7 +490,10 @@ def _event_stream(
     settings = get_settings()
 
     async def read(position: int) -> tuple[repo.Execution, list[repo.ExecutionEvent]]:
-        return await run_in_threadpool(_read_events, context.tenant.id, execution_id, position, limit)
+        return await read_page(position, limit)
+
+    async def read_page(position: int, size: int) -> tuple[repo.Execution, list[repo.ExecutionEvent]]:
+        return await run_in_threadpool(_read_events, context.tenant.id, execution_id, position, size)
 
     body = event_stream.follow(
         context,
@@ -502,6 +505,7 @@ def _event_stream(
         page=limit,
         keepalive_s=settings.QP_EVENT_STREAM_KEEPALIVE_S,
         max_s=settings.QP_EVENT_STREAM_MAX_S,
+        read_page=read_page,
     )
     # No cache or proxy may hold the events back; the stream itself is the answer, so nothing is transformed.
     headers = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
