@@ -82,14 +82,39 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token_refusal(tenant: str, roles: list[str], scopes: list[str]) -> str | None:
+    """Why a token for `tenant` with `roles` and `scopes` could never be used, or None. Printed with exit 2 instead
+    of a token that every call answers 401: the app refuses a token without a role or scope ("not an access token"),
+    and a name that is neither a demo tenant nor a GUID maps to an Entra tenant no tenant of the platform has."""
+    import uuid
+
+    from devhost.provision import DEMO_TENANTS
+
+    if not roles and not scopes:
+        return "a token needs at least one role (--roles) or scope (--scopes); the API refuses one without"
+    try:
+        uuid.UUID(tenant)
+    except ValueError:
+        if tenant.strip().lower() not in DEMO_TENANTS:
+            return (
+                f"--tenant {tenant!r} is neither a demo tenant ({', '.join(DEMO_TENANTS)}) nor an Entra tenant GUID"
+                " (the entra_tenant_id a tenant was provisioned with)"
+            )
+    return None
+
+
 def _token(args: argparse.Namespace) -> int:
     from devhost.identity import mint_token_cli
 
     roles = [r for r in (args.roles or "").split(",") if r]
     scopes = [s for s in (args.scopes or "").split(",") if s]
+    refusal = _token_refusal(args.tenant, roles, scopes)
+    if refusal is not None:
+        print(f"devhost token: {refusal}", file=sys.stderr)
+        return 2
     base_url = f"http://127.0.0.1:{args.port}"
-    print(
-        mint_token_cli(
+    try:
+        token = mint_token_cli(
             Path(args.data_dir).resolve(),
             base_url,
             args.tenant,
@@ -99,7 +124,10 @@ def _token(args: argparse.Namespace) -> int:
             args.expires_in,
             args.app_only,
         )
-    )
+    except ValueError as exc:  # a claim the token cannot carry (scopes on an app-only token, a blank role)
+        print(f"devhost token: {exc}", file=sys.stderr)
+        return 2
+    print(token)
     return 0
 
 

@@ -27,7 +27,7 @@ class Route:
     def body(self, name: str) -> dict[str, Any]:
         match self.path:
             case "/api/v1/webhooks":
-                return {"url": "http://127.0.0.1:9/hook", "event_types": ["test.ping"], "description": name}
+                return {"url": "http://127.0.0.1:9/hook", "event_types": ["intent.created"], "description": name}
             case "/api/v1/modules":
                 return {"action": name, "description": "Roll a release.", "params_schema": {"type": "object"}}
             case _:

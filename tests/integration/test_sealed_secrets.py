@@ -66,7 +66,7 @@ def _verifies(tenant_id: uuid.UUID, token: str) -> bool:
 def _subscribe(api: ApiHarness, headers: dict[str, str], url: str, key: str | None = None) -> dict[str, Any]:
     extra = {"Idempotency-Key": key} if key else {}
     created = api.client.post(
-        "/api/v1/webhooks", json={"url": url, "event_types": ["test.ping"]}, headers={**headers, **extra}
+        "/api/v1/webhooks", json={"url": url, "event_types": ["intent.created"]}, headers={**headers, **extra}
     )
     assert created.status_code == 201, created.text
     return dict(created.json())
@@ -108,7 +108,7 @@ def test_a_subscriptions_secret_and_its_kept_answer_hold_it_sealed(api: ApiHarne
     assert _subscribe(api, headers, receiver.url, key) == created
     assert len(api.client.get("/api/v1/webhooks", headers=headers).json()["items"]) == 1
 
-    emit(handle.id, "test.ping")
+    emit(handle.id, "intent.created")
     assert webhooks.deliver_tenant(handle.id).delivered == 1
     assert verify(secret, *receiver.received[-1])
 
@@ -129,7 +129,7 @@ def test_a_sealed_secret_moved_to_another_row_does_not_open_and_no_delivery_is_l
             (_stored_secret(api, mine["id"]), [uuid.UUID(other["id"]), uuid.UUID(theirs["id"])]),
         )
     for tenant_id in (handle.id, victim.id):
-        emit(tenant_id, "test.ping")
+        emit(tenant_id, "intent.created")
         with pytest.raises(SealError):
             webhooks.deliver_tenant(tenant_id)
     assert receiver.received == []  # nothing was signed with a secret that is not the subscription's own
@@ -156,7 +156,7 @@ def test_plain_text_secrets_kept_before_sealing_are_read_then_sealed_by_the_time
     task_tokens._keys.clear()
     token = _issue(handle.id)
     assert _verifies(handle.id, token)
-    emit(handle.id, "test.ping")
+    emit(handle.id, "intent.created")
     assert webhooks.deliver_tenant(handle.id).delivered == 1
     assert verify(legacy_secret, *receiver.received[-1])
 
@@ -167,7 +167,7 @@ def test_plain_text_secrets_kept_before_sealing_are_read_then_sealed_by_the_time
     assert key_row["secret"] is None and key_row["sealed_secret"].startswith(sealer().current_prefix)
     # The secrets are the same ones, sealed: the token issued before still verifies, the receiver's secret signs.
     assert _verifies(handle.id, token)
-    emit(handle.id, "test.ping")
+    emit(handle.id, "intent.created")
     assert webhooks.deliver_tenant(handle.id).delivered == 1
     assert verify(legacy_secret, *receiver.received[-1])
     # Nothing of this tenant is left to seal, so a second run does not visit it.
@@ -191,7 +191,7 @@ def test_a_rotated_key_opens_through_the_previous_one_until_the_timer_seals_agai
     sealed_a = _stored_secret(api, created["id"])
 
     sealing_keys(KEY_B)  # rotated without the previous key: what A sealed does not open
-    emit(handle.id, "test.ping")
+    emit(handle.id, "intent.created")
     with pytest.raises(SealError):
         webhooks.deliver_tenant(handle.id)
     with pytest.raises(SealError):
@@ -211,7 +211,7 @@ def test_a_rotated_key_opens_through_the_previous_one_until_the_timer_seals_agai
 
     sealing_keys(KEY_B)  # the previous key retired: everything opens under the new one alone
     assert _verifies(handle.id, token)
-    emit(handle.id, "test.ping")
+    emit(handle.id, "intent.created")
     assert webhooks.deliver_tenant(handle.id).delivered == 1
     assert verify(created["secret"], *receiver.received[-1])
 

@@ -173,11 +173,11 @@ def test_the_webhook_disabled_event_of_a_redirect_loop_names_no_secret_of_its_ur
     other = Receiver()
     owner, headers = tenant(api, "hooks-loop-secrets")
     url, port = _looping_receiver()
-    looping = api.client.post("/api/v1/webhooks", json={"url": url, "event_types": ["test.ping"]}, headers=headers)
+    looping = api.client.post("/api/v1/webhooks", json={"url": url, "event_types": ["intent.created"]}, headers=headers)
     assert looping.status_code == 201, looping.text
     watching = {"url": other.url, "event_types": ["webhook.disabled"]}
     assert api.client.post("/api/v1/webhooks", json=watching, headers=headers).status_code == 201
-    emit(owner.id, "test.ping")
+    emit(owner.id, "intent.created")
     for _ in range(webhooks.MAX_ATTEMPTS):
         webhooks.deliver_tenant(owner.id, backoff_base_s=0.0)
     log = _log(api, looping.json(), headers)

@@ -38,10 +38,9 @@ def test_a_change_made_while_the_last_attempt_disables_the_subscription_leaves_i
     receiver = Receiver()
     receiver.failures = 10**6  # down
     handle, headers = tenant(api, "hooks-patch-race")
-    subscription = api.client.post(
-        "/api/v1/webhooks", json={"url": receiver.url, "event_types": ["test.first", "test.later"]}, headers=headers
-    ).json()
-    first = emit(handle.id, "test.first")[0]
+    body = {"url": receiver.url, "event_types": ["execution.started", "execution.completed"]}
+    subscription = api.client.post("/api/v1/webhooks", json=body, headers=headers).json()
+    first = emit(handle.id, "execution.started")[0]
     with tenant_transaction(handle.id) as conn:  # seven attempts failed already: the next one is the last
         conn.execute("UPDATE app.webhook_deliveries SET attempts = %s", (webhooks.MAX_ATTEMPTS - 1,))
 
@@ -80,6 +79,6 @@ def test_a_change_made_while_the_last_attempt_disables_the_subscription_leaves_i
     assert webhooks.deliver_tenant(handle.id).delivered == 0  # disabled: nothing goes
     enabled = api.client.patch(f"/api/v1/webhooks/{subscription['id']}", json={"enabled": True}, headers=headers)
     assert enabled.status_code == 200, enabled.text
-    later = emit(handle.id, "test.later")[0]
+    later = emit(handle.id, "execution.completed")[0]
     assert webhooks.deliver_tenant(handle.id).delivered == 2
     assert [e["id"] for e in receiver.events()] == [first, first, later]  # the last failed attempt, then these

@@ -117,7 +117,7 @@ def test_events_arrive_signed_in_order_and_the_secret_is_shown_once(api: ApiHarn
     receiver = Receiver()
     handle, headers = tenant(api, "hooks-a")
     created = api.client.post(
-        "/api/v1/webhooks", json={"url": receiver.url, "event_types": ["test.ping"]}, headers=headers
+        "/api/v1/webhooks", json={"url": receiver.url, "event_types": ["intent.created"]}, headers=headers
     )
     assert created.status_code == 201, created.text
     subscription = created.json()
@@ -126,7 +126,7 @@ def test_events_arrive_signed_in_order_and_the_secret_is_shown_once(api: ApiHarn
     assert api.client.get(f"/api/v1/webhooks/{subscription['id']}", headers=headers).json()["secret"] is None
     assert [s["secret"] for s in api.client.get("/api/v1/webhooks", headers=headers).json()["items"]] == [None]
 
-    ids = emit(handle.id, "test.ping", "test.other", "test.ping", "test.ping")
+    ids = emit(handle.id, "intent.created", "intent.archived", "intent.created", "intent.created")
     result = webhooks.deliver_tenant(handle.id)
     assert result.delivered == 3 and result.failed_attempts == 0
     assert [e["id"] for e in receiver.events()] == [ids[0], ids[2], ids[3]]  # the subscribed type, in order
@@ -146,7 +146,7 @@ def test_events_arrive_signed_in_order_and_the_secret_is_shown_once(api: ApiHarn
 
     # A rotated secret signs what follows.
     rotated = api.client.post(f"/api/v1/webhooks/{subscription['id']}/rotate-secret", headers=headers).json()
-    emit(handle.id, "test.ping")
+    emit(handle.id, "intent.created")
     webhooks.deliver_tenant(handle.id)
     assert verify(rotated["secret"], *receiver.received[-1]) and not verify(secret, *receiver.received[-1])
 

@@ -90,7 +90,7 @@ def test_a_token_names_the_port_of_qp_devhost_port_by_default(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("QP_DEVHOST_PORT", str(PORT))
-    assert cli.main(["token", "--tenant", "contoso", "--data-dir", str(tmp_path)]) == 0
+    assert cli.main(["token", "--tenant", "contoso", "--roles", "Intent.Reader", "--data-dir", str(tmp_path)]) == 0
     claims = jwt.decode(capsys.readouterr().out.strip(), options={"verify_signature": False})
     assert claims["iss"] == issuer_for(f"http://127.0.0.1:{PORT}", claims["tid"])
 

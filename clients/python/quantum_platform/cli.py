@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -38,8 +39,14 @@ app.add_typer(webhooks_app, name="webhooks")
 
 Output = Literal["table", "json"]
 OutputOption = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
-EXIT_FAILED, EXIT_CANCELLED, EXIT_PROBLEM = 1, 2, 3
-"""`qp run --follow` exits 0 when the execution succeeded, 1 failed, 2 cancelled; any refused call exits 3."""
+EXIT_FAILED, EXIT_CANCELLED, EXIT_PROBLEM, EXIT_USAGE = 1, 2, 3, 64
+"""`qp run --follow` exits 0 when the execution succeeded, 1 failed, 2 cancelled; any refused call exits 3; a command
+line `qp` cannot read (an unknown option, a missing argument, a bad value) exits 64 (EX_USAGE), never 2, which a
+script reads as "cancelled"."""
+_CLICK_ERRORS = importlib.import_module(typer.BadParameter.__module__)
+"""The exceptions of the click that typer runs on: its own copy in recent versions, click itself in older ones (the
+real click's UsageError is not the one a recent typer raises)."""
+_CLICK_GLOBALS = importlib.import_module(typer.BadParameter.__module__.rpartition(".")[0] + ".globals")
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 _DEFAULT_ROLES = "Intent.Reader,Intent.Author,Intent.Executor,Intent.Deployer,Intent.Approver"
 out = Console()
@@ -160,11 +167,16 @@ and an unreadable input file, which must not pass for a failed execution (exit 1
 
 
 def _run(action: Callable[[], None]) -> None:
-    """Run a command; a refusal is one clear line on stderr and exit code 3."""
+    """Run a command; a refusal is one clear line on stderr (then one line per problem when the API named several)
+    and exit code 3. With `--output json` the API's problem document is printed on stdout as well, one line of JSON,
+    so a script reads every problem, not the text meant for a person."""
     try:
         action()
     except ProblemError as exc:
-        _fail(exc.summary)
+        if _output() == "json":
+            _line(json.dumps(exc.document, default=str))
+        # The summary names the first problem; the others were lost (a definition fixed one problem per attempt).
+        _fail(exc.summary, exc.problems if len(exc.problems) > 1 else [])
     except _REFUSALS as exc:
         _fail(_reason(exc))
     except Exception as exc:
@@ -183,11 +195,19 @@ def _azure_errors() -> tuple[type[Exception], ...]:
     return (AzureError,)
 
 
-def _fail(message: str) -> NoReturn:
+def _output() -> str:
+    """The running command's `--output` (table for a command without one)."""
+    context = _CLICK_GLOBALS.get_current_context(silent=True)
+    return str(context.params.get("output") or "table") if context is not None else "table"
+
+
+def _fail(message: str, details: list[str] | None = None) -> NoReturn:
     # Text, not markup: the message quotes the server and the user (a `[/x]` in it raised MarkupError, a `[a-z0-9]`
     # vanished). soft_wrap and the whitespace folded: one line at any width, also when stderr is not a terminal.
     line = Text.assemble(("error", "red"), ": ", " ".join(message.split()))
     err.print(line, highlight=False, soft_wrap=True)
+    for detail in details or []:
+        err.print(Text("  " + " ".join(detail.split())), highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_PROBLEM)
 
 
@@ -673,7 +693,14 @@ _SUBSCRIPTION_COLUMNS = ["id", "url", "event_types", "enabled", "consecutive_fai
 @webhooks_app.command("create")
 def webhooks_create(
     url: Annotated[str, typer.Argument(help="where the deliveries go (https outside local development)")],
-    event: Annotated[list[str], typer.Option("--event", "-e", help="an event type to deliver (* for all); repeat")],
+    event: Annotated[
+        list[str],
+        typer.Option(
+            "--event",
+            "-e",
+            help="an event type the platform emits, e.g. execution.completed (* for all; docs/webhooks.md); repeat",
+        ),
+    ],
     description: Annotated[str, typer.Option(help="what the subscription is for")] = "",
     output: OutputOption = "table",
 ) -> None:
@@ -729,9 +756,32 @@ def webhooks_delete(subscription: str) -> None:
     _run(lambda: _with(act))
 
 
-def main() -> None:
-    """The `qp` entry point."""
-    app()
+def main(args: list[str] | None = None) -> NoReturn:
+    """The `qp` entry point. A usage error is printed as click prints it (on stderr) and exits EXIT_USAGE, not
+    click's 2: `qp run --follow` exits 2 for a cancelled execution, and a typo must not pass for one."""
+    try:
+        code = app(args=args, standalone_mode=False)
+    except _CLICK_ERRORS.UsageError as exc:
+        _show_click_error(exc)
+        sys.exit(EXIT_USAGE)
+    except _CLICK_ERRORS.ClickException as exc:
+        _show_click_error(exc)
+        sys.exit(exc.exit_code)
+    except _CLICK_ERRORS.Abort:
+        typer.echo("Aborted!", err=True)
+        sys.exit(1)
+    # Without standalone mode click answers a command's exit code (typer.Exit, --help's 0) instead of exiting.
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _show_click_error(exc: Any) -> None:
+    """As click would have printed it in standalone mode: typer's framed message when rich is there."""
+    try:
+        from typer import rich_utils
+    except ImportError:  # typer without rich
+        exc.show()
+        return
+    rich_utils.rich_format_error(exc)
 
 
 if __name__ == "__main__":

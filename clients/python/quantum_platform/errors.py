@@ -54,6 +54,17 @@ class ProblemError(PlatformError):
             line += f" ({where or '/'}: {why})" if why else f" ({first})"
         return " ".join(line.split())  # one line, whatever the server put in its texts
 
+    @property
+    def problems(self) -> list[str]:
+        """Every field error as one line `pointer: detail`, in the order of `errors` (the summary names only the
+        first: a definition with three problems needs all three to be fixed in one go)."""
+        lines = []
+        for error in self.errors:
+            where, why = error.get("pointer"), error.get("detail")
+            line = f"{where or '/'}: {why}" if why else str(error)
+            lines.append(" ".join(line.split()))
+        return lines
+
 
 class BadRequest(ProblemError):
     """400."""

@@ -268,7 +268,10 @@ def export(
         **AUTH_ERRORS,
         404: NOT_FOUND,
         422: INVALID,
-        409: {**CONFLICT, "description": "The tenant is still active, or the name does not match"},
+        409: {
+            **CONFLICT,
+            "description": "The tenant is not suspended, or `confirm_name` is not its exact name (`detail` says which)",
+        },
     },
 )
 async def erase(
@@ -280,9 +283,20 @@ async def erase(
     """Remove every orchestration, row, blob and record of a suspended tenant; only the erasure's own audit record
     remains."""
     tenant = await run_in_threadpool(_authorized_tenant, context, Action.TENANT_ERASE, tenant_id)
-    if tenant.status != "suspended" or body.confirm_name != tenant.name:
+    # Each refusal names its own cause: an admin who had suspended the tenant was told to suspend it first.
+    if tenant.status != "suspended":
         raise ProblemError(
-            409, "erasure-refused", "Conflict", "Suspend the tenant first and confirm with its exact name."
+            409,
+            "erasure-refused",
+            "Conflict",
+            f"The tenant is {tenant.status}: suspend it first, then confirm the erasure with its exact name.",
+        )
+    if body.confirm_name != tenant.name:
+        raise ProblemError(
+            409,
+            "erasure-refused",
+            "Conflict",
+            "confirm_name does not match the tenant's name; send its exact name (case and spaces included).",
         )
     # The orchestrations' histories first: their instance ids are the execution rows the erasure then removes.
     orchestrations = await purge_orchestrations(await run_in_threadpool(execution_ids, tenant_id), client)

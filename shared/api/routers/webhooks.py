@@ -4,12 +4,14 @@ secret, read its delivery log, delete (ADR 0030)."""
 
 from __future__ import annotations
 
+import difflib
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Path, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 from starlette.concurrency import run_in_threadpool
 
 from shared.api.idempotency import idempotency_key as idempotency_key_header
@@ -22,6 +24,7 @@ from shared.api.transactions import TenantConnection
 from shared.config import get_settings
 from shared.db.session import tenant_transaction
 from shared.events import webhook_store as store
+from shared.events.event_types import DOMAIN_EVENT_TYPES
 from shared.events.webhooks import WebhookUrlRefusedError, check_subscription_url, subscription_limit
 from shared.observability.urls import kept_url
 from shared.policy.actions import Action
@@ -30,16 +33,47 @@ from shared.tenants.repository import tenant_settings
 
 router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"], route_class=GuardedRoute)
 SubscriptionId = Annotated[UUID, Path(description="The subscription's id.")]
-EventType = Annotated[str, Field(pattern=r"^(\*|[A-Za-z0-9][A-Za-z0-9._-]{0,127})$")]
+
+
+def _known_event_type(value: str) -> str:
+    """`value` when it is `*` or a type in DOMAIN_EVENT_TYPES, else a validation error naming it (and the type it
+    probably meant: `execution.complete` was a typo that subscribed to nothing)."""
+    if value == "*" or value in DOMAIN_EVENT_TYPES:
+        return value
+    close = difflib.get_close_matches(value, sorted(DOMAIN_EVENT_TYPES), n=1)
+    raise PydanticCustomError(
+        "unknown_event_type",
+        "'{value}' is not an event type the platform emits{hint}: docs/webhooks.md lists them, or * for all",
+        {"value": value, "hint": f" (did you mean '{close[0]}'?)" if close else ""},
+    )
+
+
+EventType = Annotated[
+    str,
+    Field(
+        pattern=r"^(\*|[A-Za-z0-9][A-Za-z0-9._-]{0,127})$",
+        json_schema_extra={"enum": ["*", *sorted(DOMAIN_EVENT_TYPES)]},
+    ),
+    AfterValidator(_known_event_type),
+]
 MayRead = Annotated[RequestContext, Depends(permission(Action.WEBHOOK_READ))]
 MayManage = Annotated[RequestContext, Depends(permission(Action.WEBHOOK_MANAGE))]
 NOT_FOUND = problem_doc(404, "not-found", "Not found", "no webhook subscription 3f2e...", "No such subscription")
-URL_REFUSED = problem_doc(
+REFUSED = problem_doc(
     422,
-    "webhook-url-refused",
-    "Unprocessable content",
-    "hooks.internal resolves to 10.0.0.4, a private address",
-    "The URL fails the platform's SSRF guard (or is not https outside local development)",
+    "validation-error",
+    "Request validation failed",
+    "1 invalid field(s)",
+    "The body does not validate (`validation-error`, each problem with a JSON pointer; an event type the platform "
+    "does not emit is named by its entry, e.g. `/event_types/1`), or the URL fails the platform's SSRF guard or is "
+    "not https outside local development (`webhook-url-refused`)",
+    errors=[
+        {
+            "pointer": "/event_types/1",
+            "detail": "'execution.complete' is not an event type the platform emits (did you mean "
+            "'execution.completed'?): docs/webhooks.md lists them, or * for all",
+        }
+    ],
 )
 QUOTA_REACHED = problem_doc(
     409,
@@ -56,13 +90,19 @@ _EXAMPLE: dict[str, Any] = {
 }
 
 
+_EVENT_TYPES_DESCRIPTION = (
+    "Domain event types to deliver, or `*` for all. A type the platform does not emit is refused with 422, its "
+    "pointer naming the entry (`/event_types/1`)."
+)
+
+
 class SubscriptionIn(BaseModel):
     """A URL and the domain event types it receives (`*`: all)."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_EXAMPLE]})
 
     url: str = Field(min_length=8, max_length=2048)
-    event_types: list[EventType] = Field(min_length=1, max_length=50)
+    event_types: list[EventType] = Field(min_length=1, max_length=50, description=_EVENT_TYPES_DESCRIPTION)
     description: str = Field("", max_length=500)
 
 
@@ -72,7 +112,8 @@ class SubscriptionPatch(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"enabled": True}]})
 
     url: str | None = Field(None, min_length=8, max_length=2048)
-    event_types: list[EventType] | None = Field(None, min_length=1, max_length=50)
+    # Checked only when sent: a subscription stored before the check keeps its types through other changes.
+    event_types: list[EventType] | None = Field(None, min_length=1, max_length=50, description=_EVENT_TYPES_DESCRIPTION)
     description: str | None = Field(None, max_length=500)
     enabled: bool | None = None
 
@@ -155,7 +196,7 @@ def _found(conn: Any, subscription_id: UUID, *, to_change: bool = False) -> stor
 
 
 @router.post("", status_code=201, response_model=SubscriptionOut, summary="Subscribe a URL to events",
-             responses={**AUTH_ERRORS, 400: BAD_IDEMPOTENCY_KEY, 409: QUOTA_REACHED, 422: URL_REFUSED})  # fmt: skip
+             responses={**AUTH_ERRORS, 400: BAD_IDEMPOTENCY_KEY, 409: QUOTA_REACHED, 422: REFUSED})  # fmt: skip
 async def create(
     body: SubscriptionIn,
     context: MayManage,
@@ -219,7 +260,7 @@ def get_one(subscription_id: SubscriptionId, context: MayRead, conn: TenantConne
 
 
 @router.patch("/{subscription_id}", response_model=SubscriptionOut, summary="Change a webhook subscription",
-              responses={**AUTH_ERRORS, 404: NOT_FOUND, 422: URL_REFUSED})  # fmt: skip
+              responses={**AUTH_ERRORS, 404: NOT_FOUND, 422: REFUSED})  # fmt: skip
 async def change(subscription_id: SubscriptionId, body: SubscriptionPatch, context: MayManage) -> SubscriptionOut:
     """Change the URL, event types, description, or enable/disable (Tenant.Admin)."""
 
