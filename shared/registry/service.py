@@ -756,7 +756,9 @@ def create(conn: Conn, kind: Kind, doc: Any, *, item_id: UUID, tenant: TenantFac
         head = insert_head(conn, kind, item_id, request.name, request.description, dict(request.labels), created_by)
         first = insert_version(conn, item_id, 1, _new_version(checked, {"kind": "create"}), created_by)
     except NameTakenError:
-        raise NameConflictError(f"A {kind} named {request.name!r} exists (archived ones keep their name).") from None
+        raise NameConflictError(
+            f"{'An' if kind == 'intent' else 'A'} {kind} named {request.name!r} exists (archived ones keep their name)."
+        ) from None
     except ValueRefusedError as exc:
         raise _refused(kind, exc) from exc
     item = Item(head, first)

@@ -341,7 +341,8 @@ def test_archived_intents_keep_their_versions_and_refuse_changes(api: ApiHarness
     assert registry_tables(api) == before
     assert [e["event_type"] for e in outbox(api, tenant)].count("intent.archived") == 1
     # The name stays taken: archived intents are history, not free slots.
-    problem(api.client.post(INTENTS, json=intent_body("archive"), headers=api.headers(tenant, AUTHOR)), 409)
+    taken = problem(api.client.post(INTENTS, json=intent_body("archive"), headers=api.headers(tenant, AUTHOR)), 409)
+    assert taken["detail"] == "An intent named 'archive' exists (archived ones keep their name)."
 
 
 # ---- diff, validate, plan --------------------------------------------------------------------------------------
