@@ -18,6 +18,7 @@ from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
 from shared.engine import steps as store
 from shared.engine import work_queue
+from shared.engine.dispatch_results import raised_verdict
 from shared.engine.protocol import CANCEL_EVENT, EventRaiser
 from shared.engine.start import NoLongerValidError, RunShape, StartRequest, run_shape
 from shared.engine.steps import AttemptKey
@@ -180,7 +181,9 @@ def decide_approval(
     if attempt.finished:
         decided = (attempt.output or {}).get("decision") if attempt.state == "succeeded" else "reject"
         if decided == decision and attempt.state in ("succeeded", "failed") and not execution.terminal:
-            return ApprovalOutcome(key, attempt.verdict(), False)
+            # Raised again as first raised: a rejection recorded after a cancel says so (a cancel recorded since
+            # is one this rejection did not stop the run for, and is refused otherwise: the same either way).
+            return ApprovalOutcome(key, raised_verdict(conn, attempt), False)
         raise NotWaitingError(f"step {step_id} was already decided ({attempt.state})")
     requested = conn.execute(_LATEST_REQUEST, (execution_id, step_id)).fetchone()
     approvers = requested["data"].get("approvers") if requested else None
@@ -201,7 +204,10 @@ def decide_approval(
         retryable=False,
     )
     assert applied  # held above while waiting: no other result can have been recorded since
-    return ApprovalOutcome(key, recorded.verdict(), applied)
+    # Read in the transaction that records the rejection, after its hold of the attempt (a cancel holds the attempts
+    # first, ADR 0014's order): a cancel that committed first makes the verdict say so, and the run ends cancelled as
+    # the cancel's 202 said, whichever event reaches it first (rules 7).
+    return ApprovalOutcome(key, raised_verdict(conn, recorded), applied)
 
 
 def _names_callers(approvers: Any, object_id: str, principal_id: str) -> bool:

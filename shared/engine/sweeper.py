@@ -404,7 +404,7 @@ async def _sweep(
     )
 
 
-def _expire_tenant_leases(tenant_id: UUID, pool: ConnectionPool[Any] | None) -> list[store.Attempt]:
+def _expire_tenant_leases(tenant_id: UUID, pool: ConnectionPool[Any] | None) -> list[work_queue.Expired]:
     with tenant_transaction(tenant_id, pool=pool) as conn:
         return work_queue.expire_leases(conn)
 
@@ -431,6 +431,7 @@ async def expire_work_leases(
             continue
         # Each verdict on its own: the attempts are recorded ended already, so a verdict skipped here is raised by
         # nobody (its step would wait for its own timeout); an orchestration that is gone (404, 410) never reads it.
+        # The verdicts are those read as the attempts ended: a cancel committed first is told (rules 7, ADR 0014).
         for attempt in attempts:
             await raise_to_orchestration(client, attempt.key.execution_id, attempt.key.event_name, attempt.verdict())
         expired += len(attempts)

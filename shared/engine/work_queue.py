@@ -5,7 +5,7 @@ and end attempts whose lease ran out. Every statement runs in the tenant's own t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
@@ -16,6 +16,7 @@ from psycopg.types.json import Jsonb
 from shared.engine import executions as repo
 from shared.engine import steps as store
 from shared.engine import task_tokens
+from shared.engine.dispatch_results import raised_verdict
 from shared.engine.steps import Attempt, AttemptKey, Conn
 from shared.observability import metrics
 from shared.observability.tracing import current_traceparent
@@ -355,9 +356,26 @@ def lease_is_live(conn: Conn, key: AttemptKey, lease_id: str) -> bool:
     return bool(row and row["live"])
 
 
-def expire_leases(conn: Conn, *, limit: int = 100) -> list[Attempt]:
+@dataclass(frozen=True)
+class Expired(Attempt):
+    """An attempt its lease's expiry ended, whose verdict is the one read in the transaction that ended it: it says
+    whether a cancel was recorded first (`cancel_first`, rules 7, ADR 0014), which a read after the commit could not
+    tell apart from one recorded since."""
+
+    raised: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, attempt: Attempt, raised: dict[str, Any]) -> Expired:
+        return cls(**{item.name: getattr(attempt, item.name) for item in fields(attempt)}, raised=raised)
+
+    def verdict(self) -> dict[str, Any]:
+        """The result as the orchestration receives it: as read when the attempt ended."""
+        return dict(self.raised) if self.raised is not None else super().verdict()
+
+
+def expire_leases(conn: Conn, *, limit: int = 100) -> list[Expired]:
     """End the attempts of the tenant's items whose lease ran out (retryable: the step's policy decides whether a
-    next attempt is queued); returns them, whose verdicts the caller raises to their orchestrations."""
+    next attempt is queued); returns them with the verdicts the caller raises to their orchestrations."""
     keys = [_item(row).key for row in conn.execute(_EXPIRED, {"limit": limit}).fetchall()]
     if not keys:
         return []
@@ -367,7 +385,7 @@ def expire_leases(conn: Conn, *, limit: int = 100) -> list[Attempt]:
     # attempt, or for another execution out of that order.
     held = store.hold_attempts(conn, keys, skip_locked=True)
     _hold_executions(conn, [key.execution_id for key in held])
-    ended: list[Attempt] = []
+    ended: list[Expired] = []
     for key in keys:
         if key not in held:
             continue  # its result is being recorded by whoever holds it, or was recorded since the items were read
@@ -375,7 +393,9 @@ def expire_leases(conn: Conn, *, limit: int = 100) -> list[Attempt]:
             conn, key, ok=False, error=LEASE_EXPIRED_ERROR, retryable=True, state="timed_out"
         )
         if applied:
-            ended.append(attempt)
+            # Its execution is held above: a cancel recorded is one that committed first (the step's last attempt
+            # then ends the run cancelled, as the cancel's 202 said, whichever event reaches the run first).
+            ended.append(Expired.of(attempt, raised_verdict(conn, attempt)))
     return ended
 
 

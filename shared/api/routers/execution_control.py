@@ -76,8 +76,9 @@ _CANCEL_REFUSED = {
 
 class CancelAccepted(BaseModel):
     """The cancel was recorded; the execution compensates what completed and ends cancelled (a step's failure
-    recorded after the cancel is one during it, whichever reaches the run first; not yet an approval's rejection, a
-    remote lease's expiry or a failure the run decides itself, which can still end it failed: ADR 0014)."""
+    recorded after the cancel, an approval's rejection and a remote lease's expiry included, is one during it,
+    whichever reaches the run first; not yet a failure the run decides itself, which can still end it failed: ADR
+    0014)."""
 
     model_config = ConfigDict(
         json_schema_extra={
