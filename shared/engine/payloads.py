@@ -16,7 +16,7 @@ from azure.storage.blob import ContainerClient, ContentSettings
 from shared.config import get_settings
 from shared.engine.steps import AttemptKey
 from shared.modules.contract import StepFailed
-from shared.storage.blob import artifacts_container, request_container
+from shared.storage.blob import StorageCall, artifacts_container, request_container, unbounded
 from shared.tenants.offboarding import kept_for_tenant, tenant_blob_prefix
 
 BLOB_REF = "$blob"
@@ -63,9 +63,15 @@ def claim_check(
     limit: int | None = None,
     container: ContainerClient | None = None,
     for_request: bool = False,
+    within: StorageCall = unbounded,
 ) -> Any:
     """`output` itself when its JSON fits in `limit` bytes (QP_PAYLOAD_INLINE_MAX_BYTES), else its blob reference
     (stored through the request's container, quick to give up, when a request waits on it: `for_request`).
+
+    `within` bounds each storage call (the process's first container check, the upload, the look at a blob found
+    under the name, an erased tenant's removal): the module worker passes its attempt's deadline, since under the
+    SDK's own retries a store that was away held the module thread for minutes past it (ADR 0026). Its failure (a
+    step failure) leaves the output unstored, and no reference to it is made.
 
     The name is the content's digest and a blob holding these bytes is never overwritten, so a stored output never
     changes under a reference that points at it. A blob found under the name holding other bytes is replaced: no
@@ -79,26 +85,45 @@ def claim_check(
         limit if limit is not None else get_settings().QP_PAYLOAD_INLINE_MAX_BYTES
     ):
         return output
-    target = container or (request_container if for_request else artifacts_container)(get_settings())
+    if container is not None:
+        target = container
+    elif for_request:
+        target = request_container(get_settings())
+    else:
+        target = artifacts_container(get_settings(), within=within)
     digest = hashlib.sha256(body).hexdigest()
     name = blob_name(tenant_id, key.execution_id, digest)
     settings = ContentSettings(content_type="application/json")
+    what = f"the storing of the output {name!r}"
     try:
-        target.upload_blob(name, body, overwrite=False, content_settings=settings)
+        within(
+            what,
+            lambda **options: target.upload_blob(name, body, overwrite=False, content_settings=settings, **options),
+        )
     except ResourceExistsError:
         # Stored before (a redelivery, or another step with the same output), or not: the name alone does not say.
-        if not _holds(target, name, body):
-            target.upload_blob(name, body, overwrite=True, content_settings=settings)
-    if not kept_for_tenant(tenant_id, target, name):
+        if not _holds(target, name, body, within):
+            within(
+                what,
+                lambda **options: target.upload_blob(name, body, overwrite=True, content_settings=settings, **options),
+            )
+    if not kept_for_tenant(tenant_id, target, name, within=within):
         raise TenantErasedError(tenant_id)
     return {BLOB_REF: {"container": target.container_name, "name": name, "size": len(body), "sha256": digest}}
 
 
-def _holds(container: ContainerClient, name: str, body: bytes) -> bool:
+def _holds(container: ContainerClient, name: str, body: bytes, within: StorageCall = unbounded) -> bool:
     """Whether the blob `name` holds exactly `body` (False when it is gone)."""
     try:
-        # One byte more than `body` is enough to tell a longer blob, without reading all of it.
-        return bool(container.download_blob(name, offset=0, length=len(body) + 1).readall() == body)
+        # One byte more than `body` is enough to tell a longer blob, without reading all of it; the whole read is
+        # one bounded call, as a large blob's later chunks are fetched by `readall`.
+        return bool(
+            within(
+                f"the check of the stored output {name!r}",
+                lambda **options: container.download_blob(name, offset=0, length=len(body) + 1, **options).readall(),
+            )
+            == body
+        )
     except ResourceNotFoundError:
         return False
 

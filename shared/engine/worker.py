@@ -38,6 +38,7 @@ from shared.engine.payloads import claim_check
 from shared.engine.protocol import EventRaiser, WorkItem, no_one_to_tell
 from shared.engine.steps import Attempt, AttemptKey, Claim
 from shared.modules import BUILTIN_MODULES, Module, ModuleContext, StepFailed, run_module
+from shared.modules.artifact_write import bounded_by
 from shared.observability.tracing import continued_span, execution_attributes
 from shared.tenants.repository import tenant_settings
 
@@ -303,7 +304,11 @@ def _run_module(
         return _NotStarted.CLAIM_LOST
     started.set()
     try:
-        output = claim_check(item.tenant_id, key, run_module(item.action, ctx, item.params, modules))
+        output = run_module(item.action, ctx, item.params, modules)
+        # A large output is stored by the attempt's deadline too: past it the store's retries held this thread (and
+        # its tenant's share) for minutes. Cut off, it fails the attempt retryably as the module's own storage
+        # failure does, and nothing is recorded as succeeded without its blob (ADR 0026).
+        output = claim_check(item.tenant_id, key, output, within=bounded_by(ctx))
         return {"ok": True, "output": output}
     except StepFailed as exc:
         return {"ok": False, "error": exc.message, "retryable": exc.retryable}
