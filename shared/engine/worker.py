@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from azure.core.exceptions import AzureError
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
@@ -308,7 +309,12 @@ def _run_module(
         # A large output is stored by the attempt's deadline too: past it the store's retries held this thread (and
         # its tenant's share) for minutes. Cut off, it fails the attempt retryably as the module's own storage
         # failure does, and nothing is recorded as succeeded without its blob (ADR 0026).
-        output = claim_check(item.tenant_id, key, output, within=bounded_by(ctx))
+        try:
+            output = claim_check(item.tenant_id, key, output, within=bounded_by(ctx))
+        except AzureError as exc:
+            # A refusal the store's retries do not ride out (a 403, say) is this attempt's failure, as a module's own
+            # storage error is; let out, it failed the whole batch, every other item of it retried with it.
+            raise StepFailed(f"the storing of {item.action}'s output failed: {type(exc).__name__}: {exc}") from exc
         return {"ok": True, "output": output}
     except StepFailed as exc:
         return {"ok": False, "error": exc.message, "retryable": exc.retryable}

@@ -223,3 +223,18 @@ def test_a_claim_check_given_up_is_recorded_as_the_attempts_retryable_failure(
     assert row["error"].startswith("the storing of the output ") and "within 0.5 s of retries" in row["error"], row
     (verdict,) = raiser.to(item.execution_id)
     assert verdict["ok"] is False and verdict["retryable"] is True
+
+
+def test_a_store_refusing_a_large_output_fails_its_attempt_not_the_batch(
+    answering: _Answering,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A 403 is not retried by the store's client: it was let out of the run, failing the whole batch (every other
+    # item retried with it); it is the attempt's retryable failure, as a module's own storage error is.
+    monkeypatch.setattr(payloads, "artifacts_container", _store_at(_container(answering.server_port, "status-403")))
+    monkeypatch.setattr(
+        payloads, "get_settings", lambda: Settings.model_construct(QP_PAYLOAD_INLINE_MAX_BYTES=64 * 1024)
+    )
+    result = _Attempt(_item(uuid.uuid4()), DEADLINE_S).result()
+    assert result["ok"] is False and result["retryable"] is True and "output" not in result
+    assert result["error"].startswith(f"the storing of {_Large.action}'s output failed: "), result
