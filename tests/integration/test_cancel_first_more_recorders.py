@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -18,57 +17,18 @@ from shared.api.routers import work
 from shared.db.session import tenant_transaction
 from shared.engine import control, machine, progress, sweeper, work_queue
 from shared.engine import executions as repo
-from shared.engine import steps as store
 from shared.engine.protocol import CANCEL_EVENT, approval_event
-from shared.engine.steps import StepSeed
-from tests.integration.test_executions import _execution
+from tests.integration.cancel_race_harness import (
+    ACTION,
+    Orchestration,
+    assert_cancelled,
+    cancel,
+    end_of_run,
+    lease,
+    seeded_execution,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("process_pools")]
-
-ACTION = "build-container"
-TIMEOUT_S = 600
-_ACTIVITIES: dict[machine.Activity, Callable[[Any], Any]] = {
-    machine.Activity.DISPATCH_STEPS: lambda batch: progress.dispatch_steps(batch).model_dump(mode="json"),
-    machine.Activity.RECORD_OUTCOMES: progress.record_outcomes,
-    machine.Activity.RECORD_STATUS: lambda request: progress.record_status(request).model_dump(mode="json"),
-}
-
-
-class _Orchestration:
-    """The orchestrator in-process: the reducer, its activities run for real as each is called, and external events
-    applied in the order the test gives them (as the task hub delivers them, one at a time)."""
-
-    def __init__(
-        self, tenant_id: uuid.UUID, execution_id: uuid.UUID, step: dict[str, Any], plan: dict[str, Any]
-    ) -> None:
-        self.now = datetime.now(UTC)
-        start = {
-            "execution_id": str(execution_id),
-            "tenant_id": str(tenant_id),
-            "definition": {"steps": [step]},
-            "plan": {step["id"]: plan},
-            "rules": machine.RULES,
-        }
-        self.result: dict[str, Any] | None = None
-        self.state, commands = machine.begin(start, self.now)
-        self._run(commands)
-
-    def raise_event(self, name: str, data: Any) -> None:
-        self.state, commands = machine.reduce(self.state, machine.EventRaised(name, data, self.now))
-        self._run(commands)
-
-    def _run(self, commands: list[machine.Command]) -> None:
-        queue = list(commands)
-        while queue:
-            command = queue.pop(0)
-            if isinstance(command, machine.CallActivity):
-                done = machine.ActivityDone(command.id, _ACTIVITIES[command.name](command.input), self.now)
-                self.state, more = machine.reduce(self.state, done)
-                queue.extend(more)
-            elif isinstance(command, machine.Complete):
-                self.result = command.result
-            else:
-                assert isinstance(command, machine.WaitForEvent | machine.SetTimer), command
 
 
 class _Client:
@@ -81,30 +41,19 @@ class _Client:
         self.raised.append((instance_id, event_name, event_data))
 
 
-def _cancel(tenant_id: uuid.UUID, execution_id: uuid.UUID) -> list[store.Attempt]:
-    """What the cancel route records in its transaction (accepted: no failure is recorded yet)."""
-    with tenant_transaction(tenant_id) as conn:
-        control.request_cancel(conn, execution_id, "alice")
-        return work_queue.cancel_queued(conn, execution_id)
-
-
 def _ended(
-    pool: ConnectionPool[Any], tenant_id: uuid.UUID, run: _Orchestration, execution_id: uuid.UUID
+    pool: ConnectionPool[Any], tenant_id: uuid.UUID, run: Orchestration, execution_id: uuid.UUID
 ) -> tuple[repo.Execution, list[str]]:
     run.raise_event(CANCEL_EVENT, {"by": "alice"})  # the cancel's event, raised after its 202, comes last
-    assert run.result is not None, "the run did not end"
-    with tenant_transaction(tenant_id, pool=pool) as conn:
-        ended = repo.get_execution(conn, execution_id)
-        events = [event.type for event in repo.events_after(conn, execution_id, 0, 1000)]
-    assert run.result["status"] == ended.status
-    return ended, events
+    return end_of_run(pool, tenant_id, run, execution_id)
 
 
-def _assert_cancelled(ended: repo.Execution, events: list[str]) -> None:
-    assert (ended.status, ended.error) == ("cancelled", "cancelled")
-    assert events.count("cancel_requested") == 1 and events.count("step_failed") == 1
-    assert events.index("cancel_requested") < events.index("step_failed")
-    assert events[-1] == "execution_cancelled" and "execution_failed" not in events
+def _expire(conn: repo.Conn, item_id: uuid.UUID) -> None:
+    """The worker stopped heartbeating: its lease has run out (set, not waited for)."""
+    conn.execute(
+        "UPDATE app.work_items SET lease_expires_at = clock_timestamp() - interval '1 second' WHERE id = %s",
+        (item_id,),
+    )
 
 
 def _reject(tenant_id: uuid.UUID, execution_id: uuid.UUID) -> control.ApprovalOutcome:
@@ -121,20 +70,18 @@ def test_an_approval_rejected_after_an_accepted_cancel_ends_the_run_cancelled_th
     """Before: `decide_approval` raised the rejection's verdict unmarked, so a rejection that reached the run before
     the cancel's event failed it after the cancel was answered 202 "ends cancelled"."""
     tenant_id = new_tenant()
-    execution = _execution(app_pool, tenant_id)
-    with tenant_transaction(tenant_id, pool=app_pool) as conn:
-        store.seed_steps(conn, execution.id, [StepSeed("gate", "approval", 1)])
-    run = _Orchestration(
+    execution = seeded_execution(app_pool, tenant_id, "gate", "approval")
+    run = Orchestration(
         tenant_id, execution.id, {"id": "gate", "action": "approval", "depends_on": []}, {"kind": "approval"}
     )
-    assert _cancel(tenant_id, execution.id) == []
+    assert cancel(tenant_id, execution.id) == []
     outcome = _reject(tenant_id, execution.id)
     assert outcome.applied and outcome.verdict["ok"] is False
     # The same rejection again (a client that got no answer), while the run waits: answered as first raised.
     again = _reject(tenant_id, execution.id)
     run.raise_event(approval_event("gate", outcome.key.attempt), outcome.verdict)
     ended, events = _ended(app_pool, tenant_id, run, execution.id)
-    _assert_cancelled(ended, events)
+    assert_cancelled(ended, events)
     assert "approval_rejected" in events
     assert outcome.verdict.get("cancel_first") is True
     assert (again.applied, again.verdict) == (False, outcome.verdict)
@@ -185,31 +132,19 @@ def test_a_lease_expiring_after_an_accepted_cancel_ends_the_run_cancelled_though
     """Before: `expire_leases`' callers raised the step's last attempt's `timed_out` verdict unmarked, so an expiry
     that reached the run before the cancel's event failed it after the cancel was answered 202."""
     tenant_id = new_tenant()
-    execution = _execution(app_pool, tenant_id)
+    execution = seeded_execution(app_pool, tenant_id)
+    run = Orchestration(tenant_id, execution.id, {"id": "build", "action": ACTION, "image": "x:1"})
+    taken = lease(tenant_id)
+    assert cancel(tenant_id, execution.id) == []  # leased: the cancel lets it end
     with tenant_transaction(tenant_id, pool=app_pool) as conn:
-        store.seed_steps(conn, execution.id, [StepSeed("build", ACTION, 1)])
-    run = _Orchestration(
-        tenant_id,
-        execution.id,
-        {"id": "build", "action": ACTION, "image": "x:1"},
-        {"kind": "module", "remote": True, "timeout_s": TIMEOUT_S},
-    )
-    with tenant_transaction(tenant_id, pool=app_pool) as conn:
-        (lease,) = work_queue.lease(conn, tenant_id, actions=[ACTION], max_items=1, lease_s=60, worker="w").leases
-    assert _cancel(tenant_id, execution.id) == []  # leased: the cancel lets it end
-    # The worker stopped heartbeating: its lease has run out (set, not waited for).
-    with tenant_transaction(tenant_id, pool=app_pool) as conn:
-        conn.execute(
-            "UPDATE app.work_items SET lease_expires_at = clock_timestamp() - interval '1 second' WHERE id = %s",
-            (lease.item.id,),
-        )
+        _expire(conn, taken.item.id)
     client = _Client()
     _EXPIRERS[expirer](monkeypatch, app_pool, tenant_id, client)
     ((instance, name, verdict),) = client.raised
-    assert instance == str(execution.id) and name == lease.item.key.event_name
+    assert instance == str(execution.id) and name == taken.item.key.event_name
     run.raise_event(name, verdict)
     ended, events = _ended(app_pool, tenant_id, run, execution.id)
-    _assert_cancelled(ended, events)
+    assert_cancelled(ended, events)
     assert verdict["state"] == "timed_out" and verdict.get("cancel_first") is True
 
 
@@ -217,9 +152,7 @@ def test_a_lease_expiring_without_a_cancel_says_nothing_of_one(
     app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
 ) -> None:
     tenant_id = new_tenant()
-    execution = _execution(app_pool, tenant_id, path=["running"])
-    with tenant_transaction(tenant_id, pool=app_pool) as conn:
-        store.seed_steps(conn, execution.id, [StepSeed("build", ACTION, 1)])
+    execution = seeded_execution(app_pool, tenant_id, path=["running"])
     start = machine.StepStart(
         step_id="build", phase="run", attempt=1, kind="module", action=ACTION, params={}, remote=True, timeout_s=60
     )
@@ -227,14 +160,11 @@ def test_a_lease_expiring_without_a_cancel_says_nothing_of_one(
         machine.DispatchSteps(execution_id=str(execution.id), tenant_id=str(tenant_id), starts=[start])
     )
     with tenant_transaction(tenant_id, pool=app_pool) as conn:
-        (lease,) = work_queue.lease(conn, tenant_id, actions=[ACTION], max_items=1, lease_s=60, worker="w").leases
-        conn.execute(
-            "UPDATE app.work_items SET lease_expires_at = clock_timestamp() - interval '1 second' WHERE id = %s",
-            (lease.item.id,),
-        )
+        (taken,) = work_queue.lease(conn, tenant_id, actions=[ACTION], max_items=1, lease_s=60, worker="w").leases
+        _expire(conn, taken.item.id)
     with tenant_transaction(tenant_id, pool=app_pool) as conn:
         (expired,) = work_queue.expire_leases(conn)
-    assert expired.key == lease.item.key
+    assert expired.key == taken.item.key
     assert expired.verdict() == {
         "ok": False,
         "error": work_queue.LEASE_EXPIRED_ERROR,

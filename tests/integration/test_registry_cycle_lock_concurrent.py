@@ -35,6 +35,7 @@ from tests.integration.test_registry_api import (
     provision,
     wait_step,
 )
+from tests.integration.test_registry_save_cycles import _runs
 
 pytestmark = pytest.mark.integration
 
@@ -42,11 +43,8 @@ Save = Callable[[Any, TenantFacts], object]
 """A save through the registry service, in a transaction the test holds open."""
 
 
-def _runs(step_id: str, intent: str) -> dict[str, Any]:
-    return {"id": step_id, "action": "intent.run", "intent": intent}
-
-
-def _versions(api: ApiHarness, tenant: str, item: str) -> list[int]:
+def versions(api: ApiHarness, tenant: str, item: str) -> list[int]:
+    """The version numbers `item` has stored."""
     response = api.client.get(f"{INTENTS}/{item}/versions", headers=api.headers(tenant, READER))
     assert response.status_code == 200, response.text
     return [version["version"] for version in response.json()["items"]]
@@ -58,9 +56,12 @@ def _named(api: ApiHarness, tenant: str, name: str) -> list[dict[str, Any]]:
     return [item for item in response.json()["items"] if item["name"] == name]
 
 
-def _while_saving(api: ApiHarness, tenant: str, save: Save, request: Callable[[], Any]) -> tuple[Any, bool]:
-    """`request()`'s response, sent while `save` is written but not committed, and whether it was answered before
-    that commit; the save commits once the request waits for it (or is done)."""
+def while_held(
+    api: ApiHarness, tenant: str, hold: Callable[[Any], object], request: Callable[[], Any]
+) -> tuple[Any, bool]:
+    """`request()`'s response, sent on another connection while `hold(conn)` is written in a transaction not yet
+    committed, and whether it was answered before that commit; the transaction commits once the request waits for
+    it (or is done)."""
     answers: list[Any] = []
     failures: list[BaseException] = []
 
@@ -70,9 +71,8 @@ def _while_saving(api: ApiHarness, tenant: str, save: Save, request: Callable[[]
         except BaseException as exc:  # reported below: an exception in a thread would otherwise pass unseen
             failures.append(exc)
 
-    facts = TenantFacts(api.tenants[tenant].id, "active", frozenset({"staging", "production"}), frozenset(MODULES))
     with tenant_transaction(api.tenants[tenant].id) as conn:
-        save(conn, facts)
+        hold(conn)
         sender = threading.Thread(target=send)
         sender.start()
         _until_done_or_blocked(api.admin_url, sender, conn.info.backend_pid, timeout_s=60)
@@ -80,6 +80,13 @@ def _while_saving(api: ApiHarness, tenant: str, save: Save, request: Callable[[]
     sender.join(60)
     assert not sender.is_alive() and not failures, failures
     return answers[0], answered_first
+
+
+def _while_saving(api: ApiHarness, tenant: str, save: Save, request: Callable[[], Any]) -> tuple[Any, bool]:
+    """`request()`'s response, sent while `save` is written but not committed, and whether it was answered before
+    that commit."""
+    facts = TenantFacts(api.tenants[tenant].id, "active", frozenset({"staging", "production"}), frozenset(MODULES))
+    return while_held(api, tenant, lambda conn: save(conn, facts), request)
 
 
 def _update(item: str, body: dict[str, Any]) -> Save:
@@ -112,8 +119,8 @@ def test_two_updates_closing_a_cycle_at_once_save_one(api: ApiHarness) -> None:
     answer, _ = _while_saving(api, tenant, _update(ping, intent_body("ping", _runs("go", "pong"))), update_pong)
     assert _refused_at(answer) == [("/definition/steps/0/intent", "recursive_intent")]
     assert "'pong' → 'ping' → 'pong'" in answer.json()["errors"][0]["detail"]
-    assert sorted(_versions(api, tenant, ping)) == [1, 2]
-    assert _versions(api, tenant, pong) == [1]
+    assert sorted(versions(api, tenant, ping)) == [1, 2]
+    assert versions(api, tenant, pong) == [1]
 
 
 def test_two_creates_closing_a_cycle_at_once_save_one(api: ApiHarness) -> None:
@@ -144,7 +151,14 @@ def test_a_declaration_closing_a_cycle_with_an_update_at_once_is_refused(api: Ap
     answer, _ = _while_saving(api, tenant, _update(relay, intent_body("relay", _runs("s", "declared"))), declare)
     assert _refused_at(answer) == [("/definition/blueprint", "recursive_intent")]
     assert _named(api, tenant, "declared") == []
-    assert sorted(_versions(api, tenant, relay)) == [1, 2]
+    assert sorted(versions(api, tenant, relay)) == [1, 2]
+
+
+def _answered_while_saving(api: ApiHarness, tenant: str, save: Save, request: Callable[[], Any], status: int) -> None:
+    """`request()` is answered `status` while `save` is written but not committed: it did not wait for the save."""
+    answer, answered_first = _while_saving(api, tenant, save, request)
+    assert answer.status_code == status, answer.text
+    assert answered_first
 
 
 def test_saves_running_no_intent_and_validations_do_not_wait_for_a_save_that_runs_one(api: ApiHarness) -> None:
@@ -157,37 +171,23 @@ def test_saves_running_no_intent_and_validations_do_not_wait_for_a_save_that_run
     def update_plain() -> Any:
         return api.client.put(f"{INTENTS}/{plain}", json=intent_body("plain", wait_step("w2")), headers=headers)
 
-    answer, answered_first = _while_saving(api, tenant, holding, update_plain)
-    assert answer.status_code == 200, answer.text
-    assert answered_first
+    _answered_while_saving(api, tenant, holding, update_plain, 200)
 
     def create_plain() -> Any:
         body = intent_body("pong", wait_step("w"))
         return api.client.post(INTENTS, json=body, headers=api.headers(tenant, AUTHOR))
 
-    answer, answered_first = _while_saving(
-        api, tenant, _update(plain, intent_body("plain", _runs("s", "ping"))), create_plain
-    )
-    assert answer.status_code == 201, answer.text
-    assert answered_first
+    _answered_while_saving(api, tenant, _update(plain, intent_body("plain", _runs("s", "ping"))), create_plain, 201)
 
     def validate() -> Any:
         body = intent_body("other", _runs("s", "ping"))
         return api.client.post(f"{INTENTS}/validate", json=body, headers=api.headers(tenant, AUTHOR))
 
-    answer, answered_first = _while_saving(
-        api, tenant, _update(plain, intent_body("plain", _runs("t", "ping"))), validate
-    )
-    assert answer.status_code == 200, answer.text
-    assert answered_first
+    _answered_while_saving(api, tenant, _update(plain, intent_body("plain", _runs("t", "ping"))), validate, 200)
 
     # And the other way round: a save running no intent holds no turn that a save running one would wait for.
     def create_running() -> Any:
         body = intent_body("other", _runs("s", "ping"))
         return api.client.post(INTENTS, json=body, headers=api.headers(tenant, AUTHOR))
 
-    answer, answered_first = _while_saving(
-        api, tenant, _update(plain, intent_body("plain", wait_step("w3"))), create_running
-    )
-    assert answer.status_code == 201, answer.text
-    assert answered_first
+    _answered_while_saving(api, tenant, _update(plain, intent_body("plain", wait_step("w3"))), create_running, 201)

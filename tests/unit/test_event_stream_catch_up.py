@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import cast
 
-import pytest
-
 from shared.api import event_stream
-from shared.api.admission import Admission
 from shared.api.security import RequestContext
 from shared.engine.executions import Execution, ExecutionEvent
-from tests.unit.test_event_stream_bounds import PAGE, Recorded, assert_bounded, ids_in, render
+from tests.unit.test_event_stream_bounds import (
+    PAGE,
+    Recorded,
+    assert_bounded,
+    ids_in,
+    in_memory,  # noqa: F401  # the autouse fixture
+    render,
+)
 
 BACKLOG = 450
 
@@ -40,16 +44,6 @@ class Sized(Recorded):
     @property
     def rounds(self) -> int:
         return len(self.reads) + len(self.sized)
-
-
-@pytest.fixture(autouse=True)
-def in_memory(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No listener (the feed re-reads soon, not on a notification) and an admission of its own."""
-    monkeypatch.setattr(event_stream, "get_event_wakeup", lambda: None)
-    monkeypatch.setattr(event_stream, "_NO_LISTENER_RECHECK_S", 0.01)
-    monkeypatch.setattr(event_stream, "get_admission", lambda: Admission(100))
-    yield
-    event_stream._FEEDS.clear()
 
 
 def backlog(output: int = 100, *, ended: bool = True) -> Sized:

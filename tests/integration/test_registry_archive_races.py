@@ -10,21 +10,17 @@ committed a new version pinning a blueprint archived by then."""
 from __future__ import annotations
 
 import copy
-import threading
 from typing import Any
 from uuid import UUID
 
 import pytest
 
-from shared.db.session import tenant_transaction
 from shared.registry import service
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
-from tests.integration.test_expiry_lock_order import _until_done_or_blocked
 from tests.integration.test_registry_api import (
     AUTHOR,
     BLUEPRINTS,
     INTENTS,
-    READER,
     SEED_BLUEPRINT,
     create,
     etag_of,
@@ -35,38 +31,22 @@ from tests.integration.test_registry_api import (
     registry_tables,
     wait_step,
 )
+from tests.integration.test_registry_cycle_lock_concurrent import versions, while_held
 from tests.unit.test_registry_model import SEED_DECLARATION
 
 pytestmark = pytest.mark.integration
 
 
-def _versions(api: ApiHarness, tenant: str, item: str) -> list[int]:
-    response = api.client.get(f"{INTENTS}/{item}/versions", headers=api.headers(tenant, READER))
-    assert response.status_code == 200, response.text
-    return [version["version"] for version in response.json()["items"]]
-
-
 def _while_archiving(api: ApiHarness, tenant: str, blueprint: str, request: Any) -> Any:
     """`request()`'s response, sent while an archive of `blueprint` is written but not committed; the archive
     commits once the request waits for it (or is done)."""
-    answers: list[Any] = []
-    failures: list[BaseException] = []
 
-    def send() -> None:
-        try:
-            answers.append(request())
-        except BaseException as exc:  # reported below: an exception in a thread would otherwise pass unseen
-            failures.append(exc)
-
-    with tenant_transaction(api.tenants[tenant].id) as conn:
+    def archive(conn: Any) -> None:
         _, changed = service.archive(conn, "blueprint", UUID(blueprint), if_match=None)
         assert changed
-        sender = threading.Thread(target=send)
-        sender.start()
-        _until_done_or_blocked(api.admin_url, sender, conn.info.backend_pid)
-    sender.join(30)
-    assert not sender.is_alive() and not failures, failures
-    return answers[0]
+
+    answer, _ = while_held(api, tenant, archive, request)
+    return answer
 
 
 def _declared(api: ApiHarness, tenant: str) -> tuple[str, str]:
@@ -88,7 +68,7 @@ def test_a_rollback_racing_the_archive_of_its_blueprint_is_refused(api: ApiHarne
     rolled = _while_archiving(api, tenant, blueprint, rollback)
     errors = problem(rolled, 422)["errors"]
     assert [(error["pointer"], error["code"]) for error in errors] == [("/definition", "blueprint_archived")]
-    assert _versions(api, tenant, declaration) == [1, 2]
+    assert versions(api, tenant, declaration) == [1, 2]
 
 
 def test_a_put_racing_the_archive_of_its_blueprint_is_refused(api: ApiHarness) -> None:
@@ -102,7 +82,7 @@ def test_a_put_racing_the_archive_of_its_blueprint_is_refused(api: ApiHarness) -
     updated = _while_archiving(api, tenant, blueprint, update)
     errors = problem(updated, 422)["errors"]
     assert [error["code"] for error in errors] == ["blueprint_required"]
-    assert _versions(api, tenant, declaration) == [1, 2]
+    assert versions(api, tenant, declaration) == [1, 2]
 
 
 def test_a_create_racing_the_archive_of_its_blueprint_is_refused(api: ApiHarness) -> None:

@@ -7,72 +7,28 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from psycopg_pool import ConnectionPool
 
 from shared.db.session import tenant_transaction
-from shared.engine import control, machine, progress, remote, work_queue
+from shared.engine import control, machine, progress, work_queue
 from shared.engine import executions as repo
 from shared.engine import steps as store
 from shared.engine.protocol import CANCEL_EVENT
 from shared.engine.steps import StepSeed
+from tests.integration.cancel_race_harness import (
+    ACTION,
+    Orchestration,
+    end_of_run,
+    fail_by_remote,
+    lease,
+    seeded_execution,
+)
 from tests.integration.test_executions import _execution
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("process_pools")]
-
-ACTION = "build-container"
-_ACTIVITIES: dict[machine.Activity, Callable[[Any], Any]] = {
-    machine.Activity.DISPATCH_STEPS: lambda batch: progress.dispatch_steps(batch).model_dump(mode="json"),
-    machine.Activity.RECORD_OUTCOMES: progress.record_outcomes,
-    machine.Activity.RECORD_STATUS: lambda request: progress.record_status(request).model_dump(mode="json"),
-}
-
-
-class _Orchestration:
-    """The orchestrator in-process: the reducer, its activities run for real as each is called, and external events
-    applied in the order the test raises them (as the task hub delivers them, one at a time)."""
-
-    def __init__(self, tenant_id: uuid.UUID, execution_id: uuid.UUID, step: dict[str, Any]) -> None:
-        start = {
-            "execution_id": str(execution_id),
-            "tenant_id": str(tenant_id),
-            "definition": {"steps": [step]},
-            "plan": {step["id"]: {"kind": "module", "remote": True, "timeout_s": 600}},
-            "rules": machine.RULES,
-        }
-        self.result: dict[str, Any] | None = None
-        self.state, commands = machine.begin(start, datetime.now(UTC))
-        self._run(commands)
-
-    def raise_event(self, name: str, data: Any) -> None:
-        self.state, commands = machine.reduce(self.state, machine.EventRaised(name, data, datetime.now(UTC)))
-        self._run(commands)
-
-    def _run(self, commands: list[machine.Command]) -> None:
-        queue = list(commands)
-        while queue:
-            command = queue.pop(0)
-            if isinstance(command, machine.CallActivity):
-                done = machine.ActivityDone(command.id, _ACTIVITIES[command.name](command.input), datetime.now(UTC))
-                self.state, more = machine.reduce(self.state, done)
-                queue.extend(more)
-            elif isinstance(command, machine.Complete):
-                self.result = command.result
-            else:
-                assert isinstance(command, machine.WaitForEvent | machine.SetTimer), command
-
-
-def _fail_remote_attempt(tenant_id: uuid.UUID, execution_id: uuid.UUID, retryable: bool) -> tuple[str, Any]:
-    """The remote worker leases the step's work and reports it failed; answers the verdict its recorder raises once
-    the result has committed."""
-    with tenant_transaction(tenant_id) as conn:
-        (lease,) = work_queue.lease(conn, tenant_id, actions=[ACTION], max_items=1, lease_s=60, worker="w").leases
-    result = remote.RemoteResult(ok=False, error="registry refused the image", retryable=retryable)
-    key, verdict = remote.complete(lease.task_token, execution_id, "build", "run", result)
-    return key.event_name, verdict
 
 
 def _cancel(tenant_id: uuid.UUID, execution_id: uuid.UUID) -> tuple[str, list[store.Attempt]]:
@@ -90,17 +46,16 @@ def _cancel_after_a_failure(
 ) -> tuple[str, str, list[str]]:
     """A running execution whose one remote step fails; a cancel comes after the failure is recorded and before the
     orchestration has applied it (so before `compensating`). Answers the cancel's answer, the end, the events."""
-    execution = _execution(pool, tenant_id)
-    with tenant_transaction(tenant_id, pool=pool) as conn:
-        store.seed_steps(conn, execution.id, [StepSeed("build", ACTION, max_attempts)])
+    execution = seeded_execution(pool, tenant_id, max_attempts=max_attempts)
     step: dict[str, Any] = {"id": "build", "action": ACTION, "image": "x:1"}
     if max_attempts > 1:
         step["retry"] = {"max_attempts": max_attempts, "initial_interval_s": 60, "backoff": 1}
-    run = _Orchestration(tenant_id, execution.id, step)
+    run = Orchestration(tenant_id, execution.id, step)
     with tenant_transaction(tenant_id, pool=pool) as conn:
         assert repo.get_execution(conn, execution.id).status == "waiting"  # the remote work is out
 
-    name, verdict = _fail_remote_attempt(tenant_id, execution.id, retryable)
+    # The remote worker leases the step's work and reports it failed.
+    name, verdict = fail_by_remote(execution.id, lease(tenant_id), retryable)
     answer, dequeued = _cancel(tenant_id, execution.id)
     # The recorder raised its verdict once its result committed, before the cancel's transaction even began; a cancel
     # answered 202 is raised after it, with the verdicts of the queued work it ended.
@@ -109,12 +64,8 @@ def _cancel_after_a_failure(
         run.raise_event(CANCEL_EVENT, {"by": "alice"})
         for attempt in dequeued:
             run.raise_event(attempt.key.event_name, attempt.verdict())
-    assert run.result is not None, "the run did not end"
-    with tenant_transaction(tenant_id, pool=pool) as conn:
-        ended = repo.get_execution(conn, execution.id)
-        events = [event.type for event in repo.events_after(conn, execution.id, 0, 1000)]
-    assert run.result["status"] == ended.status
-    return answer, ended.status, events
+    execution, events = end_of_run(pool, tenant_id, run, execution.id)
+    return answer, execution.status, events
 
 
 @pytest.mark.parametrize(
