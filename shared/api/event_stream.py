@@ -46,7 +46,9 @@ again after what it sent."""
 CATCH_UP_PAGE = 500
 """The most events one read of a feed or of a stream's backlog asks for when the stream's owner lets it choose
 (`read_page`), whatever the request's `limit` (the largest page the JSON answer gives): a stream's messages are cut by
-PIECE_BYTES, not by pages, so what a client receives is the same, in fewer reads while it catches up."""
+PIECE_BYTES, not by pages, so what a client receives is the same, in fewer reads while it catches up. Each starts at
+the request's page and doubles while a whole read fits what it renders (TAIL_BYTES, BACKLOG_BYTES), so a read of big
+events holds no more than the request's page of them."""
 SEND_TIMEOUT_KEEPALIVES = 2
 """A stream's client must take each message within this many keep-alive intervals, or it is cut off."""
 END_GRACE_S = 2.0
@@ -235,15 +237,15 @@ class ExecutionFeed:
                 return False
         return True
 
-    def _take(self, execution: Execution, items: list[ExecutionEvent]) -> None:
+    def _take(self, execution: Execution, items: list[ExecutionEvent]) -> bool:
         """Add what a read returned to the tail; the oldest give way beyond TAIL_BYTES, and only the part of a read
-        that stays is rendered."""
+        that stays is rendered. Whether the whole read fitted the tail."""
         if not items:
             if not self._seqs and self.last_seq > execution.last_event_seq:
                 # The first stream starts past the last event: the feed follows from the last event instead, so that
                 # the next one is read and a stream at an event before it finds it in its backlog.
                 self.base = self.last_seq = execution.last_event_seq
-            return
+            return True
         # The newest first, as many as the tail holds: the older part of a long read is never rendered.
         seqs, frames = _rendered(items[::-1], self._render, TAIL_BYTES)
         seqs.reverse()
@@ -264,21 +266,24 @@ class ExecutionFeed:
             self.base = self._seqs[dropped - 1]
             del self._seqs[:dropped], self._frames[:dropped]
         self.last_seq = items[-1].seq
+        return len(seqs) == len(items)
 
     async def _run(self) -> None:
         wakeup = get_event_wakeup()
+        size = self._reads.page
         try:
             with contextlib.ExitStack() as stack:
                 waiter = stack.enter_context(wakeup.waiting(self._key[2])) if wakeup is not None else None
                 while True:
                     if waiter is not None:
                         waiter.clear()  # before the read: an append after it wakes the wait below
-                    # The largest page each time: a read while the feed keeps up returns what was appended, and one
-                    # that catches up takes fewer rounds (the tail renders only what it keeps, `_take`).
-                    size = self._reads.largest
                     execution, items = await _admitted_read(self._key[1], self._reads.of(size), self.last_seq)
-                    self._take(execution, items)
+                    fitted = self._take(execution, items)
                     full = len(items) >= size
+                    # A feed catching up reads twice as many next time while a whole read fits the tail, up to the
+                    # largest page: fewer rounds for small events, never more than the request's page of big ones.
+                    size = min(2 * size, self._reads.largest) if full and fitted else self._reads.page
+                    del items
                     self.ended = execution.terminal and not full
                     self.read_once = True
                     async with self._changed:
@@ -469,7 +474,7 @@ async def _follow(
     if context.permit is not None:
         context.permit.release()  # the feed reads under the tenant's bound; a stream itself holds nothing
     feed = feed_for(tenant_id, execution_id, reads.read, render, reads.page, after, reads.read_page)
-    size = reads.largest  # of the next backlog read: smaller while its events are big (BACKLOG_BYTES)
+    size = reads.page  # of the next backlog read: larger while its events are small (BACKLOG_BYTES)
     try:
         yield f"retry: {RECONNECT_MS}\n\n".encode()
         while (remaining := slot.deadline - time.monotonic()) > 0:

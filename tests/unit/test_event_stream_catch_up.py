@@ -1,7 +1,8 @@
 # intent_ref: platform.execution
-"""A stream that catches up reads big pages (ADR 0031): its messages are cut by PIECE_BYTES, not by the request's
-`limit`, so the feed and a stream's backlog read up to CATCH_UP_PAGE events at a time when the stream's owner lets
-them ask for a size, and the client gets the same bytes in fewer reads.
+"""A stream that catches up reads bigger pages (ADR 0031): its messages are cut by PIECE_BYTES, not by the request's
+`limit`, so the feed and a stream's backlog, when the stream's owner lets them ask for a size, start at the request's
+page and double it while a whole read fits what they render, up to CATCH_UP_PAGE events; the client gets the same
+bytes in fewer reads, and a read of big events holds no more of them than the request's page.
 
 The stream reads through what it is given, as the route gives it: here a list of events in memory."""
 
@@ -83,16 +84,16 @@ async def received(body: AsyncGenerator[bytes, None]) -> bytes:
     return got
 
 
-def test_a_new_feed_catches_up_a_backlog_in_one_read_and_sends_the_same() -> None:
+def test_a_new_feed_catches_up_a_backlog_in_growing_reads_and_sends_the_same() -> None:
     paged, sized = backlog(), backlog()
     as_paged = asyncio.run(received(stream(paged, uuid.uuid4(), 0, sized=False)))
     as_sized = asyncio.run(received(stream(sized, uuid.uuid4(), 0, sized=True)))
     assert as_sized == as_paged
     assert ids_in(as_sized) == list(range(1, BACKLOG + 2))
-    # Pages of the request's `limit`: a read per hundred events (five). Before, the stream read so whatever it was
-    # given; now once.
+    # Pages of the request's `limit`: a read per hundred events (five). Allowed to ask, the feed doubles its page while
+    # a whole read fits its tail: three.
     assert paged.rounds == 5
-    assert sized.rounds == 1 and sized.sized == [(0, event_stream.CATCH_UP_PAGE)]
+    assert sized.sized == [(0, PAGE), (PAGE, 2 * PAGE), (3 * PAGE, 4 * PAGE)] and sized.rounds == 3
 
 
 async def behind(recorded: Sized, *, sized: bool) -> bytes:
@@ -109,7 +110,7 @@ async def behind(recorded: Sized, *, sized: bool) -> bytes:
     return got
 
 
-def test_a_stream_behind_the_feeds_tail_reads_its_backlog_in_big_pages_and_sends_the_same() -> None:
+def test_a_stream_behind_the_feeds_tail_reads_its_backlog_in_growing_pages_and_sends_the_same() -> None:
     paged, sized = backlog(ended=False), backlog(ended=False)
     as_paged = asyncio.run(behind(paged, sized=False))
     as_sized = asyncio.run(behind(sized, sized=True))
@@ -117,7 +118,11 @@ def test_a_stream_behind_the_feeds_tail_reads_its_backlog_in_big_pages_and_sends
     assert ids_in(as_sized) == list(range(1, BACKLOG + 2))
     # The backlog is what lies before the feed's first read (after BACKLOG - 1).
     assert [after for after in paged.reads if after < BACKLOG - 1] == [0, 100, 200, 300, 400]
-    assert [(after, size) for after, size in sized.sized if after < BACKLOG - 1] == [(0, event_stream.CATCH_UP_PAGE)]
+    assert [(after, size) for after, size in sized.sized if after < BACKLOG - 1] == [
+        (0, PAGE),
+        (PAGE, 2 * PAGE),
+        (3 * PAGE, 4 * PAGE),
+    ]
 
 
 def test_a_backlog_of_big_events_is_not_read_in_big_pages_again_and_again() -> None:
@@ -125,7 +130,13 @@ def test_a_backlog_of_big_events_is_not_read_in_big_pages_again_and_again() -> N
     got = asyncio.run(behind(recorded, sized=True))
     assert ids_in(got) == list(range(1, BACKLOG + 2))
     sizes = [size for after, size in recorded.sized if after < BACKLOG - 1]
-    # The first read asks for a big page; what did not fit is read again after what was sent, in pages of what fits
-    # (the request's page at least), not of CATCH_UP_PAGE each time.
-    assert sizes[0] == event_stream.CATCH_UP_PAGE
-    assert sizes[1:] and all(size == PAGE for size in sizes[1:]), sizes
+    # A page of them does not fit what a backlog read renders: what did not fit is read again after what was sent,
+    # in pages of the request's size, never bigger.
+    assert sizes and all(size == PAGE for size in sizes), sizes
+
+
+def test_a_new_feed_of_big_events_reads_no_more_than_the_requests_page_at_once() -> None:
+    recorded = backlog(output=20_000)  # some 50 events fit in TAIL_BYTES
+    got = asyncio.run(received(stream(recorded, uuid.uuid4(), 0, sized=True)))
+    assert ids_in(got) == list(range(1, BACKLOG + 2))
+    assert recorded.sized and all(size == PAGE for _, size in recorded.sized), recorded.sized
