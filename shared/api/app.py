@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from shared.api import health
@@ -11,7 +11,6 @@ from shared.api.accepted_input import AcceptedInputMiddleware
 from shared.api.docs import install_docs
 from shared.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from shared.api.problems import install_problem_handlers
-from shared.api.query_params import single_valued_query
 from shared.api.routers import (
     audit,
     execute,
@@ -47,7 +46,6 @@ def create_app() -> FastAPI:
         docs_url=None,
         redoc_url=None,
         redirect_slashes=False,
-        dependencies=[Depends(single_valued_query)],
     )
     install_docs(app, settings.QP_AUTH_AUDIENCE)
     install_problem_handlers(app)

@@ -44,6 +44,7 @@ from starlette.types import Receive, Scope
 
 from shared.accepted_json import MAX_REFUSALS
 from shared.api.problems import CountedValidationError, ProblemError
+from shared.api.query_params import refuse_repeated_query
 from shared.api.security import RequestContext, authenticated
 from shared.api.transactions import PERMITTED, in_route_transaction
 from shared.audit import AuditRecord, get_audit_store
@@ -288,6 +289,7 @@ def permission(
             detail = refusal_detail(action.value, decision.reason, needs=needs)
             raise ProblemError(403, "forbidden", "Forbidden", detail, extensions={"reason": decision.reason})
         _raise_deferred_body_error(request)
+        refuse_repeated_query(request)
         request.scope[PERMITTED] = action
         return context
 

@@ -38,10 +38,13 @@ def _single_valued(route: APIRoute) -> frozenset[str]:
     )
 
 
-async def single_valued_query(request: Request) -> None:
-    """Refuse (422) a query that gives a single-valued parameter of the matched route more than once."""
-    # Async: a check this small is not worth a worker thread; the route's fields are walked only for a query that
-    # repeats a name, which a client following the documentation never sends.
+def refuse_repeated_query(request: Request) -> None:
+    """Refuse (422) a query that gives a single-valued parameter of the matched route more than once.
+
+    Called by the route's permission dependency once it has decided, as the framework's own query validation is
+    answered after the dependencies (401 and 403 first: an anonymous caller learns nothing of a route's parameters).
+    The route's fields are walked only for a query that repeats a name, which a client following the documentation
+    never sends."""
     again = _repeats(request)
     route = request.scope.get("route")
     if not again or not isinstance(route, APIRoute):

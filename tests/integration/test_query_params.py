@@ -4,7 +4,11 @@
 from __future__ import annotations
 
 import pytest
+from fastapi.routing import APIRoute
 
+from shared.api.app import create_app
+from shared.api.permissions import route_permission
+from shared.api.query_params import _single_valued
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_registry_api import INTENTS, READER, create, intent_body, provision
 
@@ -43,3 +47,23 @@ def test_a_parameter_a_dependency_takes_is_checked_too(api: ApiHarness) -> None:
     response = api.client.get("/api/v1/executions?limit=1&limit=2", headers=headers)
     assert response.status_code == 422, response.text
     assert [error["pointer"] for error in response.json()["errors"]] == ["/query/limit"]
+
+
+def test_a_caller_refused_is_answered_401_or_403_before_any_query_problem(api: ApiHarness) -> None:
+    # As the framework's own query validation: an anonymous caller learns nothing of a route's parameters.
+    tenant = provision(api, "query-refused-first")
+    anonymous = api.client.get(f"{INTENTS}?limit=1&limit=2")
+    assert anonymous.status_code == 401, anonymous.text
+    roleless = api.client.get(f"{INTENTS}?limit=1&limit=2", headers=api.headers(tenant, ["Module.Worker"]))
+    assert roleless.status_code == 403, roleless.text
+
+
+def test_every_route_taking_a_single_valued_query_parameter_checks_repeats() -> None:
+    # The check runs in the permission dependency, after its decision: a route without one would take the last value.
+    app = create_app()
+    unchecked = [
+        route.path
+        for route in app.routes
+        if isinstance(route, APIRoute) and _single_valued(route) and route_permission(route) is None
+    ]
+    assert unchecked == []
