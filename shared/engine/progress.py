@@ -706,7 +706,18 @@ def _note(conn: store.Conn, execution_id: UUID, note: machine.StepNote) -> None:
         if store.move_step(conn, execution_id, step_id, "skipped", ("pending",), finished=True):
             repo.append_event(conn, execution_id, "step_skipped", step_id, {"reason": "when is false"})
     elif note.kind is machine.NoteKind.FAILED:
-        if store.move_step(conn, execution_id, step_id, "failed", ("pending",), finished=True, error=note.error):
+        # From `retrying` too: a retry whose parameters fail (the dispatch's bound) fails before its attempt begins,
+        # and the step must read failed at that attempt, or a cancel would be taken for one that ends the run.
+        if store.move_step(
+            conn,
+            execution_id,
+            step_id,
+            "failed",
+            ("pending", "retrying"),
+            finished=True,
+            error=note.error,
+            attempt=note.attempt,
+        ):
             repo.append_event(
                 conn, execution_id, "step_failed", step_id, {"attempt": note.attempt, "error": note.error}
             )

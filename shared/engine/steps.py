@@ -161,6 +161,7 @@ _STEP_STATE = (
 )
 _MOVE_STEP = (
     "UPDATE app.execution_steps SET state = %s, error = COALESCE(%s, error), retry_at = %s,"
+    " attempt = GREATEST(attempt, COALESCE(%s::integer, attempt)),"
     " updated_at = clock_timestamp(), finished_at = CASE WHEN %s THEN clock_timestamp() END"
     " WHERE execution_id = %s AND step_id = %s AND state = ANY(%s) RETURNING action, attempt"
 )
@@ -284,10 +285,12 @@ def move_step(
     error: str | None = None,
     retry_at: datetime | None = None,
     finished: bool = False,
+    attempt: int | None = None,
 ) -> bool:
-    """Move a step only from one of `from_states`; False when it was elsewhere (already moved: record nothing)."""
+    """Move a step only from one of `from_states`; False when it was elsewhere (already moved: record nothing).
+    `attempt`: the attempt the move is about, when later than the step's (a retry that failed before it began)."""
     row = conn.execute(
-        _MOVE_STEP, (state, error, retry_at, finished, execution_id, step_id, list(from_states))
+        _MOVE_STEP, (state, error, retry_at, attempt, finished, execution_id, step_id, list(from_states))
     ).fetchone()
     if row is None:
         return False
@@ -303,7 +306,7 @@ def end_compensation_step(conn: Conn, key: AttemptKey, error: str) -> bool:
     """A compensating step whose compensation will not finish ends compensation_failed (finished), with its domain
     event naming the attempt `key`; False when it was no longer compensating (already ended: publish nothing)."""
     row = conn.execute(
-        _MOVE_STEP, ("compensation_failed", error, None, True, key.execution_id, key.step_id, ["compensating"])
+        _MOVE_STEP, ("compensation_failed", error, None, None, True, key.execution_id, key.step_id, ["compensating"])
     ).fetchone()
     if row is None:
         return False

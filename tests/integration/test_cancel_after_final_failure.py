@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -133,3 +134,38 @@ def test_an_orphaned_child_a_failure_ends_is_left_to_end_failed(
     _, child, events = _orphan(app_pool, new_tenant(), child_failed=True)
     assert child.status == "running" and child.cancel_requested_at is None
     assert "cancel_requested" not in [event.type for event in events]
+
+
+def test_a_retry_whose_parameters_fail_reads_failed_and_a_cancel_after_it_is_refused(
+    app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    # The reducer fails a retry before it begins when its parameters do not fit the dispatch's bound: the step read
+    # `retrying` at its first attempt for ever, no step_failed was recorded, and a cancel after it was taken (202)
+    # while the run ended failed.
+    tenant_id = new_tenant()
+    execution = _execution(app_pool, tenant_id, path=["running"])
+    key = store.AttemptKey(execution.id, "a", "run", 1)
+    with tenant_transaction(tenant_id, pool=app_pool) as conn:
+        store.seed_steps(conn, execution.id, [StepSeed("a", ACTION, 2)])
+        store.begin_attempt(conn, key, action=ACTION, remote=False)
+        store.finish_attempt(conn, key, ok=False, error="flaky", retryable=True)
+        retrying = machine.StepNote(
+            kind=machine.NoteKind.RETRYING,
+            step_id="a",
+            attempt=1,
+            next_attempt=2,
+            max_attempts=2,
+            retry_at=datetime.now(UTC).isoformat(),
+            error="flaky",
+        )
+        progress._note(conn, execution.id, retrying)
+    with tenant_transaction(tenant_id, pool=app_pool) as conn:
+        failed = machine.StepNote(kind=machine.NoteKind.FAILED, step_id="a", attempt=2, error="too big together")
+        progress._note(conn, execution.id, failed)
+    with tenant_transaction(tenant_id, pool=app_pool) as conn:
+        assert [(s["state"], s["attempt"]) for s in store.list_steps(conn, execution.id)] == [("failed", 2)]
+        assert [e.data for e in repo.events_after(conn, execution.id, 0, 100) if e.type == "step_failed"][-1] == {
+            "attempt": 2,
+            "error": "too big together",
+        }
+    assert _cancel(tenant_id, execution.id)[0] == "already-failing"
