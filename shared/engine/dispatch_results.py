@@ -73,7 +73,8 @@ def raised_verdict(conn: store.Conn, attempt: store.Attempt) -> dict[str, Any]:
     attempt's failure recorded while a cancel is recorded says so (`cancel_first`), so that the reducer applies it as
     a failure during that cancel even when it gets there before the cancel's event (rules 7, ADR 0014). A cancel
     recorded after a failure is only ever one that failure does not stop the run for (a retry was left, else the
-    cancel is refused), so a verdict read again later says the same."""
+    cancel is refused); a verdict read again after such a cancel is marked although its first reading was not, which
+    changes only which of the two the reducer applies first: the run ends cancelled either way."""
     verdict = attempt.verdict()
     # Not an abandoned attempt: a stop's end of it (a cancel's, raised after the cancel's own event), no failure.
     if not verdict["ok"] and attempt.key.phase == "run" and attempt.state != "abandoned":
