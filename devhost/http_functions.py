@@ -155,6 +155,8 @@ _PARSE_DETAILS: tuple[tuple[type[BaseException], str], ...] = (
 )
 """What a refused request is told, by the parser's exception: fixed texts, never the parser's own message, which
 quotes the raw bytes it choked on."""
+_SERVER_DETAILS = {504: "The request was not answered in time."}
+"""What the host says of its own 5xx answers other than a 500, by status (else the status's reason phrase)."""
 
 
 class ProblemRequestHandler(RequestHandler):
@@ -174,8 +176,21 @@ class ProblemRequestHandler(RequestHandler):
         # The base class logs the failure and refuses once bytes of another answer went out; its page is not used.
         plain = super().handle_error(request, status, exc, message)
         request_id = choose_request_id(request.headers.get(REQUEST_ID_HEADER))
-        if status >= 500:
+        if status == 500:
+            # The document tells the user to quote this id: the log must hold it next to the failure.
+            logger.error(
+                "request %s: %s %s failed unexpectedly: %s",
+                request_id,
+                request.method,
+                request.path,
+                "no exception" if exc is None else type(exc).__name__,
+            )
             document = internal_error_document(request_id, request.path)
+        elif status > 500:
+            # Another 5xx (a 504 for a handler that timed out) keeps its own status in the body, as in the answer's.
+            title = _TITLES.get(status) or plain.reason[:1] + plain.reason[1:].lower()
+            detail = _SERVER_DETAILS.get(status, plain.reason)
+            document = problem_document(status, title.lower().replace(" ", "-"), title, detail, instance=request.path)
         else:
             detail = next((text for kind, text in _PARSE_DETAILS if isinstance(exc, kind)), _NOT_HTTP)
             title = _TITLES.get(status) or plain.reason[:1] + plain.reason[1:].lower()

@@ -8,7 +8,6 @@ import json
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol
@@ -27,9 +26,9 @@ PLATFORM_EVENTS_HUB = "platform-events"
 """Domain events out (intent.*, execution.*, step.*, and tenants' custom.* events), keyed by tenant."""
 
 SENDER_THREADS = 8
-"""Threads that send for callers with a timeout (a module's publish), each in its hub's turn: a hub that is away keeps
-one of them until the SDK gives up. A caller that finds them all busy gives up by its deadline too, its send never
-started."""
+"""Sends in flight at once for callers with a timeout (a module's publish), each on a thread of its own in its hub's
+turn: a hub that is away keeps one until the SDK gives up. A caller that finds them all busy gives up by its deadline
+too, its send never started."""
 
 PropertyValue = str | int | float | bool | None
 """What both backends carry as an application property (AMQP and JSON both represent these)."""
@@ -120,7 +119,10 @@ class AzureEventHubPublisher:
         self._credential = credential
         self._producers: dict[str, tuple[EventHubProducerClient, threading.Lock]] = {}
         self._lock = threading.Lock()
-        self._senders = ThreadPoolExecutor(max_workers=SENDER_THREADS, thread_name_prefix="eventhub-send")
+        # Daemon threads, not an executor's: an executor's workers are joined at interpreter exit, so a send stuck in
+        # the SDK's link open would hold the process's exit (a restart) for minutes after its caller gave up.
+        self._senders = threading.BoundedSemaphore(SENDER_THREADS)
+        self._in_flight: set[threading.Event] = set()
 
     def publish(self, hub: str, events: Sequence[OutboundEvent], *, timeout: float | None = None) -> None:
         """Send grouped by partition key, in as few batches as fit; order is kept within a key. With a `timeout`,
@@ -143,25 +145,48 @@ class AzureEventHubPublisher:
         # runs on a sender thread, which keeps the turn until the SDK gives up, and the caller (a module thread, ADR
         # 0026) stops waiting at its deadline; a later caller waits for that turn no longer than its own timeout.
         given_up = threading.Event()
+        if not self._senders.acquire(timeout=max(ends - time.monotonic(), 0.0)):
+            lock.release()  # its send never started (every sender busy): the turn is still this caller's
+            raise PublishTimeoutError(f"{hub}: not sent by its deadline ({timeout:g} s): every sender was busy")
+        done = threading.Event()
+        failed: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                _send_in_turn(producer, lock, hub, events, ends, given_up)
+            except BaseException as exc:  # handed to the caller, if it still waits
+                failed.append(exc)
+            finally:
+                with self._lock:
+                    self._in_flight.discard(given_up)
+                self._senders.release()
+                done.set()
+
+        with self._lock:
+            self._in_flight.add(given_up)
+        sender = threading.Thread(
+            target=contextvars.copy_context().run, args=(send,), name="eventhub-send", daemon=True
+        )
         try:
-            sending = self._senders.submit(
-                contextvars.copy_context().run, _send_in_turn, producer, lock, hub, events, ends, given_up
-            )
+            sender.start()
         except BaseException:
+            with self._lock:
+                self._in_flight.discard(given_up)
+            self._senders.release()
             lock.release()
             raise
-        done, _ = wait([sending], timeout=max(ends - time.monotonic(), 0.0))
-        if not done:
+        if not done.wait(timeout=max(ends - time.monotonic(), 0.0)):
             given_up.set()
-            if sending.cancel():
-                lock.release()  # it never started (every sender busy): the turn is still this caller's
             raise PublishTimeoutError(f"{hub}: not sent by its deadline ({timeout:g} s): the hub did not answer")
-        sending.result()
+        if failed:
+            raise failed[0]
 
     def close(self) -> None:
-        """Close every producer."""
+        """Close every producer; a send still in flight sends nothing more after its current batch."""
         with self._lock:
             producers, self._producers = self._producers, {}
+            for given_up in self._in_flight:
+                given_up.set()
         for producer, _ in producers.values():
             producer.close()
 
@@ -192,7 +217,11 @@ def _send_in_turn(
         for partition_key, group in _by_partition_key(events).items():
             for batch in _batches(producer, partition_key, group):
                 if given_up.is_set():
-                    return  # its caller has failed the publish: the rest is not sent after that
+                    # Its caller has failed the publish at its deadline, or the publisher was closed under a caller
+                    # still waiting, who must not read the unsent rest as sent: nothing more goes out.
+                    raise PublishTimeoutError(
+                        f"{hub}: the publish was given up (its deadline, or the publisher closed)"
+                    )
                 if ends is None:
                     producer.send_batch(batch)
                 else:

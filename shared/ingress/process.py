@@ -11,13 +11,18 @@ recorded: the batch fails and is retried, and nothing a retry repeats is done tw
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from opentelemetry.trace import SpanKind
 
 from shared import telemetry
@@ -25,6 +30,7 @@ from shared.accepted_json import NotAcceptedJSONError, accepted
 from shared.auth.principal import Requester
 from shared.auth.tokens import InvalidTokenError, SigningKeysUnavailableError, TokenValidator
 from shared.auth.validator import get_token_validator
+from shared.config import get_settings
 from shared.db.session import tenant_transaction
 from shared.engine.start import StartError
 from shared.engine.start_service import begin, launch
@@ -35,6 +41,7 @@ from shared.ingress.verify import Sender, StaleEventError, check_fresh, sender, 
 from shared.observability.tracing import TRACEPARENT, root_span, span_context_of
 from shared.policy.authorizer import Decision, Resource
 from shared.policy.decisions import decide
+from shared.sealing import LOCAL_DEVELOPMENT_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +73,31 @@ def _record(context: Sender, event: IngressEvent, rejected: Rejected, key: str |
     )
     with tenant_transaction(context.tenant.id) as conn:
         return record_rejection(conn, rejection)
+
+
+_REFERENCE_KDF_INFO = b"quantum-platform ingress reference v1"
+
+
+@lru_cache(maxsize=1)
+def _reference_key() -> bytes:
+    """The key that turns an event's place on the hub into its reference: derived from the sealing key material under
+    a label of its own (the sealing key itself is never used for two purposes), so only the server can compute it and
+    a tenant cannot work back from a reference to a sequence number. A local run without a sealing key uses the same
+    fixed development material the sealer does (the settings refuse to run without a key elsewhere)."""
+    current = get_settings().QP_SEALING_KEY
+    material = current.get_secret_value() if current is not None else LOCAL_DEVELOPMENT_KEY
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_REFERENCE_KDF_INFO).derive(material.encode())
+
+
+def reference_of(event: IngressEvent) -> UUID:
+    """The request's reference: the same for every delivery of one event (its hub, partition and sequence number),
+    so a redelivery's audit records name the rejection recorded by the first; a keyed hash, so it reveals nothing of
+    the sequence number."""
+    place = f"{event.hub}/{event.partition_id}/{event.sequence_number}".encode()
+    digest = bytearray(hmac.new(_reference_key(), place, hashlib.sha256).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x40  # version 4: it reads as the random reference it stands for
+    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    return UUID(bytes=bytes(digest))
 
 
 def _instance(event: IngressEvent, ref: UUID) -> str:
@@ -112,7 +144,7 @@ async def process_event(
         return _unattributed(event, exc.reason)
     # The request's reference in what the tenant reads (its audit records' request id, a rejection's id and
     # instance); the log ties it to the event's place on the hub for operators.
-    ref = uuid4()
+    ref = reference_of(event)
     context = await asyncio.to_thread(sender, verified, _instance(event, ref))
     if context is None:
         return _unattributed(event, "the token's tenant is not provisioned on this platform")

@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 
+from shared.ingress.process import reference_of
+from shared.ingress.request import INTENT_REQUESTS_HUB, IngressEvent
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_ingress_rejections import _intent, _list, _send
 
@@ -52,3 +55,36 @@ def test_the_audit_records_of_an_event_name_no_sequence_number(api: ApiHarness) 
     for row in decisions:
         assert str(sequence) not in f"{row['request_id']} {json.dumps(row['detail'])}"
         assert row["request_id"] == item["detail"]["instance"]
+
+
+def test_a_redelivered_event_keeps_one_reference_across_its_rejection_and_audit_records(api: ApiHarness) -> None:
+    # Delivery is at least once: the rejection is recorded once (the first delivery's), so every delivery's audit
+    # records must name that same reference, or they point at a rejection that does not exist.
+    api.provision("seq-again")
+    intent_id = _intent(api, "seq-again")
+    sequence = _sequence()
+    for _ in range(2):
+        outcome = _send(api, "seq-again", READER, {"intent_id": intent_id, "idempotency_key": "k"}, sequence)
+        assert outcome.reason == "forbidden"
+    [item] = _list(api, "seq-again")["items"]
+    assert item["detail"]["instance"] == f"intent-requests/{item['id']}"
+    decisions = [row for row in api.audit_rows("seq-again") if row["decision"] == "deny"]
+    assert len(decisions) >= 2  # each delivery was decided and audited
+    assert {row["request_id"] for row in decisions} == {item["detail"]["instance"]}
+
+
+def _event(partition: str, sequence: int) -> IngressEvent:
+    return IngressEvent(
+        body=b"{}", partition_id=partition, sequence_number=sequence, enqueued_time=datetime.now(UTC), properties={}
+    )
+
+
+def test_the_reference_is_a_keyed_hash_of_the_events_place() -> None:
+    sequence = _sequence()
+    first = reference_of(_event("1", sequence))
+    assert reference_of(_event("1", sequence)) == first
+    assert len({first, reference_of(_event("1", sequence + 1)), reference_of(_event("2", sequence))}) == 3
+    assert first.version == 4 and first.variant == uuid.RFC_4122
+    # Not a public function of the place: without the server's key, nobody can recompute it from a sequence number.
+    place = f"{INTENT_REQUESTS_HUB}/1/{sequence}"
+    assert first not in {uuid.uuid5(namespace, place) for namespace in (uuid.NAMESPACE_URL, uuid.NAMESPACE_OID)}

@@ -7,10 +7,13 @@ attempt timed out (ADR 0026)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -251,3 +254,69 @@ def test_a_publish_that_found_no_free_sender_gives_its_turn_back_and_never_sends
     # Once the sender is free, the queued send has been dropped: nothing of "other" goes out after its caller failed.
     publisher.publish("other", [OutboundEvent("c")], timeout=BOUND_S)
     assert [[event.body_as_str() for event in batch] for batch in other.sent] == [["c"]]
+
+
+# A producer whose link never opens: `create_batch` blocks well past the caller's deadline, then says it finished (the
+# words a process still running at that moment prints).
+_EXITS_WHILE_A_SEND_HANGS = """
+import sys, threading, time
+from shared.events.publisher import AzureEventHubPublisher, OutboundEvent, PublishTimeoutError
+
+class Producer:
+    def create_batch(self, *, partition_key=None):
+        time.sleep(5)
+        print("the hung send finished", flush=True)
+        raise RuntimeError("the link never opened")
+
+class Publisher(AzureEventHubPublisher):
+    def _producer(self, hub):
+        return Producer(), turn
+
+turn = threading.Lock()
+try:
+    Publisher("example.servicebus.windows.net").publish("away", [OutboundEvent("a")], timeout=0.5)
+except PublishTimeoutError:
+    print("the caller gave up", flush=True)
+"""
+
+
+def test_a_process_whose_send_hangs_exits_when_its_caller_has_given_up() -> None:
+    # Before: the sender was an executor's worker, which the interpreter joins at exit: the process stayed until the
+    # hung send returned (against a hub that is away, the SDK's minutes of retries).
+    root = str(Path(__file__).resolve().parents[2])
+    done = subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.path.insert(0, {root!r})\n{_EXITS_WHILE_A_SEND_HANGS}"],
+        capture_output=True,
+        text=True,
+        timeout=BOUND_S,
+        cwd=root,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["the caller gave up"]  # gone before the send's thread was done
+
+
+def test_close_stops_a_send_in_flight_after_its_current_batch() -> None:
+    # Two partition keys, two batches: the first hangs until released, and the publisher is closed meanwhile.
+    producer = _Producer(hangs=True)
+    publisher = _StandInPublisher({PLATFORM_EVENTS_HUB: producer})
+    failures: list[BaseException] = []
+
+    def publish() -> None:
+        try:
+            publisher.publish(
+                PLATFORM_EVENTS_HUB, [OutboundEvent("a", "t1"), OutboundEvent("b", "t2")], timeout=BOUND_S
+            )
+        except BaseException as exc:
+            failures.append(exc)
+
+    caller = threading.Thread(target=publish, daemon=True)
+    caller.start()
+    assert producer.sending.wait(BOUND_S)
+    publisher.close()
+    producer.released.set()
+    caller.join(BOUND_S)
+    assert not caller.is_alive()
+    [failure] = failures  # its caller does not read the unsent rest as sent
+    assert isinstance(failure, PublishTimeoutError) and "publisher closed" in str(failure)
+    assert [[event.body_as_str() for event in batch] for batch in producer.sent] == [["a"]]
+    assert publisher.turns[PLATFORM_EVENTS_HUB].acquire(blocking=False)

@@ -181,3 +181,49 @@ def test_a_usable_token_is_still_minted(tmp_path: Path, capsys: pytest.CaptureFi
     claims = jwt.decode(capsys.readouterr().out.strip(), options={"verify_signature": False})
     assert claims.get("roles") or claims.get("scp")
     uuid.UUID(claims["tid"])
+
+
+# ------------------------------------------------------------------ a problem among JSON lines of events
+GONE: dict[str, Any] = {"type": "about:blank", "title": "Not found", "status": 404, "detail": "No execution e-1."}
+STARTED = {"type": "execution_started", "seq": 1, "step": None}
+
+
+def _events_then_gone(platform: Platform) -> None:
+    """The first page of e-1's events holds one, the next is refused: a refusal after some event lines went out."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if request.method == "POST" and path == f"/api/v1/intents/{INTENT_ID}/execute":
+            return httpx.Response(202, json={"execution_id": "e-1", "status": "pending"})
+        if path == "/api/v1/executions/e-1/events" and request.url.params.get("after") == "0":
+            return httpx.Response(200, json={"items": [STARTED], "next_after": 1})
+        return httpx.Response(404, json=GONE)
+
+    platform.handler = handler
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("events", "e-1"), ("events", "e-1", "--follow"), ("run", INTENT_ID, "--follow")],
+    ids=" ".join,
+)
+def test_with_output_json_a_json_lines_command_prints_its_problem_on_stderr(
+    platform: Platform, command: tuple[str, ...]
+) -> None:
+    # Its stdout is events, one per line, which a script filters by `type`: a problem there (it has a `type` too)
+    # would read as one more event.
+    _events_then_gone(platform)
+    result = qp(*command, "-o", "json", env=ENV)
+    assert result.exit_code == cli.EXIT_PROBLEM, (result.output, result.exception)
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [STARTED]
+    document, summary = result.stderr.splitlines()
+    assert json.loads(document) == GONE
+    assert summary == "error: 404 Not found: No execution e-1."
+
+
+def test_run_without_follow_still_prints_its_problem_on_stdout(platform: Platform) -> None:
+    platform.answer({f"POST /api/v1/intents/{INTENT_ID}/execute": httpx.Response(404, json=GONE)})
+    result = qp("run", INTENT_ID, "-o", "json", env=ENV)
+    assert result.exit_code == cli.EXIT_PROBLEM, (result.output, result.exception)
+    assert json.loads(result.stdout) == GONE
+    assert result.stderr.splitlines() == ["error: 404 Not found: No execution e-1."]

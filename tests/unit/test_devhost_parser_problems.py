@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -25,6 +26,10 @@ async def _fail(request: web.Request) -> web.Response:  # noqa: ARG001
     raise RuntimeError("a handler that lets an exception out")
 
 
+async def _time_out(request: web.Request) -> web.Response:  # noqa: ARG001
+    raise TimeoutError("a handler whose wait ran out")  # the server answers it 504
+
+
 @pytest.fixture(scope="module")
 def port() -> Iterator[int]:
     """The host's runner (as devhost/host.py starts it) on a loopback port, in a loop of its own thread."""
@@ -37,6 +42,7 @@ def port() -> Iterator[int]:
         app.router.add_post("/api/upload", _upload)
         app.router.add_get("/api/probe", _upload)
         app.router.add_get("/api/fail", _fail)
+        app.router.add_get("/api/slow", _time_out)
         runner = HostRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -140,6 +146,31 @@ def test_an_exception_no_handler_answered_is_a_500_problem_with_the_request_id(p
     assert problem["type"] == "https://quantum-platform.dev/problems/internal-error"
     assert problem["request_id"] == "parse-500"
     assert "RuntimeError" not in body.decode()
+
+
+def test_an_unhandled_500_logs_the_request_id_its_document_says_to_quote(
+    port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="devhost.http_functions"):
+        status, _, _ = _exchange(
+            port, b"GET /api/fail HTTP/1.1\r\nHost: x\r\nX-Request-Id: logged-500\r\nConnection: close\r\n\r\n"
+        )
+    assert status == 500
+    assert any("logged-500" in record.getMessage() for record in caplog.records)
+
+
+def test_a_5xx_other_than_500_keeps_its_status_in_the_problem(port: int) -> None:
+    status, headers, body = _exchange(
+        port, b"GET /api/slow HTTP/1.1\r\nHost: x\r\nX-Request-Id: parse-504\r\nConnection: close\r\n\r\n"
+    )
+    assert status == 504
+    assert headers["content-type"] == "application/problem+json"
+    assert headers["x-request-id"] == "parse-504"
+    problem = json.loads(body)
+    assert problem["status"] == 504
+    assert problem["title"] == "Gateway timeout"
+    assert problem["type"] == "https://quantum-platform.dev/problems/gateway-timeout"
+    assert "request_id" not in problem
 
 
 def test_a_well_formed_request_is_served(port: int) -> None:

@@ -166,15 +166,21 @@ _REFUSALS = (PlatformError, OSError, RuntimeError, ValueError, httpx.HTTPError, 
 and an unreadable input file, which must not pass for a failed execution (exit 1) behind a long traceback."""
 
 
-def _run(action: Callable[[], None]) -> None:
+def _run(action: Callable[[], None], *, json_lines: bool = False) -> None:
     """Run a command; a refusal is one clear line on stderr (then one line per problem when the API named several)
-    and exit code 3. With `--output json` the API's problem document is printed on stdout as well, one line of JSON,
-    so a script reads every problem, not the text meant for a person."""
+    and exit code 3. With `--output json` the API's problem document is printed as well, one line of JSON, so a
+    script reads every problem, not the text meant for a person: on stdout, where a command's one document would
+    have been; on stderr before the summary for a command whose stdout is `json_lines` of events, which a script
+    filters by `type` (a problem has one too) and where a refusal may come after some of them."""
     try:
         action()
     except ProblemError as exc:
         if _output() == "json":
-            _line(json.dumps(exc.document, default=str))
+            document = json.dumps(exc.document, default=str)
+            if json_lines:
+                err.print(Text(document), highlight=False, soft_wrap=True)
+            else:
+                _line(document)
         # The summary names the first problem; the others were lost (a definition fixed one problem per attempt).
         _fail(exc.summary, exc.problems if len(exc.problems) > 1 else [])
     except _REFUSALS as exc:
@@ -532,7 +538,7 @@ def run(
         final = _follow_live(client, execution_id) if output == "table" else _follow_json(client, execution_id)
         outcome[0] = {"succeeded": 0, "cancelled": EXIT_CANCELLED}.get(final, EXIT_FAILED)
 
-    _run(lambda: _with(act))
+    _run(lambda: _with(act), json_lines=follow)
     raise typer.Exit(outcome[0])
 
 
@@ -670,7 +676,7 @@ def events(
                 detail = event.get("error") or (json.dumps(event["result"]) if event.get("result") is not None else "")
                 _line(f"{event['seq']:>4}  {event['type']:<24} {event.get('step') or '':<24} {detail}")
 
-    _run(lambda: _with(act))
+    _run(lambda: _with(act), json_lines=True)
 
 
 def _recorded_events(client: Client, execution: str, after: int) -> Iterator[dict[str, Any]]:
