@@ -105,6 +105,13 @@ _CURRENT_BLUEPRINT = sql.SQL(
     "SELECT i.id, i.name, v.version, v.definition {} WHERE i.kind = 'blueprint' AND i.name = %s"
     " AND i.status = 'active' AND v.version = i.current_version"
 ).format(_JOIN)
+# An equality on name: the (tenant, kind, status, name) index finds the row itself. A prefix test on name is only a
+# filter there, which walked the index from the first of the tenant's names (thousands of rows for one look-up).
+_FIND_ACTIVE_HEAD = sql.SQL("SELECT {} FROM app.intents WHERE kind = %s AND name = %s AND status = 'active'").format(
+    _HEAD
+)
+_NAME_TAKEN = sql.SQL("SELECT 1 FROM app.intents WHERE kind = %s AND name = %s")
+_VERSION_EXISTS = sql.SQL("SELECT 1 {} WHERE i.kind = %s AND v.intent_id = %s AND v.version = %s").format(_JOIN)
 _BLUEPRINT_VERSION = sql.SQL(
     "SELECT i.id, i.name, v.version, v.definition {} WHERE i.kind = 'blueprint' AND i.id = %s AND v.version = %s"
 ).format(_JOIN)
@@ -345,6 +352,15 @@ def blueprint_version(conn: psycopg.Connection[DictRow], blueprint_id: UUID, ver
 
 def find_head(conn: psycopg.Connection[DictRow], kind: Kind, name: str) -> HeadRow | None:
     """The active item named `name`, if any (names are unique per tenant and kind)."""
-    # By keyset order the exact name sorts first among the names it prefixes.
-    heads = list_heads(conn, kind, name_prefix=name, labels={}, status="active", after_name=None, limit=1)
-    return heads[0] if heads and heads[0].name == name else None
+    row = conn.execute(_FIND_ACTIVE_HEAD, (kind, name)).fetchone()
+    return _head(row) if row else None
+
+
+def name_taken(conn: psycopg.Connection[DictRow], kind: Kind, name: str) -> bool:
+    """Whether the tenant has an item of `kind` named `name`, archived ones included (they keep their name)."""
+    return conn.execute(_NAME_TAKEN, (kind, name)).fetchone() is not None
+
+
+def version_exists(conn: psycopg.Connection[DictRow], kind: Kind, item_id: UUID, version: int) -> bool:
+    """Whether the item has version `version`, without reading its definition."""
+    return conn.execute(_VERSION_EXISTS, (kind, item_id, version)).fetchone() is not None

@@ -51,6 +51,8 @@ from shared.registry.repository import (
     insert_version,
     list_heads,
     list_versions,
+    name_taken,
+    version_exists,
 )
 from shared.registry.validation import Limits, ValidationResult, required_blueprint, validate_definition
 
@@ -297,18 +299,24 @@ def check(
     limits: Limits | None = None,
     saving: bool = False,
     writing: bool = False,
+    refused_name: bool = False,
 ) -> Checked:
     """Validate a request body against the tenant's catalog and gates; a declaration against its blueprint (the
     pinned version if `pin`, else the blueprint's current one). Raises DefinitionInvalidError with every problem.
 
     `saving`: a create, an update or their validation, which also refuses an intent that runs itself; a stored
     version is checked without it (one saved before that refusal still runs, plans and rolls back, and the engine
-    refuses the self-run when it comes). Saving also holds a declaration's blueprint active until the transaction
-    ends, so a blueprint archived meanwhile takes no new declaration version.
+    refuses the self-run when it comes).
 
     `writing`: saving, followed by a write of the version in this transaction (a create or an update, not a
-    validation); an intent whose steps run an intent then walks the tenant's intents under its `intent-runs` lock,
-    held until the transaction ends, so that two such saves at once cannot both pass and close a cycle together."""
+    validation). A declaration's blueprint is then held active until the transaction ends, so a blueprint archived
+    meanwhile takes no new declaration version; and an intent whose steps run an intent walks the tenant's intents
+    under its `intent-runs` lock, held until the transaction ends, so that two such saves at once cannot both pass
+    and close a cycle together. A validation writes nothing, so it neither holds nor waits for either.
+
+    `refused_name`: the caller refuses the save for its name anyway (a create of a taken name, an update that
+    renames), which it answers once the definition is otherwise valid: no cycle walk, whose recursive_intent would
+    answer in its place."""
     if isinstance(doc, dict):
         doc = {key: value for key, value in doc.items() if key not in RESPONSE_ONLY_FIELDS}
     problems = _storage_problems(doc)
@@ -326,7 +334,7 @@ def check(
         found = (
             blueprint_version(conn, UUID(str(pin["id"])), int(pin["version"]))
             if pin is not None
-            else current_blueprint(conn, wanted, hold=saving)
+            else current_blueprint(conn, wanted, hold=writing)
         )
         if found is not None:
             outcome = _resolved(found)
@@ -349,7 +357,7 @@ def check(
         *problems,
         *(error for error in result.errors if not (kind == "blueprint" and error.code == "blueprint_required")),
     ]
-    if runs_as is not None and not errors and result.ok:
+    if runs_as is not None and not refused_name and not errors and result.ok:
         # Only a definition that is otherwise valid is walked: its steps are parsed, and a save it refuses anyway
         # costs no reads of the tenant's other intents.
         if writing and any(step.action == "intent.run" for step in result.steps):
@@ -505,38 +513,67 @@ def _cycle_problems(
     declaration through its pinned blueprint version. The walk reads only the tenant's own intents (row-level
     security), each version once, within MAX_CYCLE_INTENTS and MAX_CYCLE_LOOKUPS. Stored versions are never refused
     for this: a cycle saved before the check still runs until the engine refuses it."""
-    lookups: dict[tuple[str, int | None], Item | None] = {}
+    # A look-up reads heads only: of up to MAX_CYCLE_LOOKUPS intents, only those followed (MAX_CYCLE_INTENTS at
+    # most) have their definitions read, one at a time, under the tenant's intent-runs lock.
+    lookups: dict[tuple[str, int | None], _Reached | None] = {}
 
-    def child(step: Step) -> tuple[str, Item | None] | None:
+    def child(step: Step) -> tuple[str, _Reached | None] | None:
         """The name a step runs and the version that name starts (None: nothing, or past the lookup bound)."""
         params = _run_params(step)
         if params is None:
             return None
         wanted = (params.intent, params.version)
         if params.intent != name and wanted not in lookups:
-            lookups[wanted] = child_intent(conn, step) if len(lookups) < MAX_CYCLE_LOOKUPS else None
+            lookups[wanted] = _cycle_lookup(conn, params) if len(lookups) < MAX_CYCLE_LOOKUPS else None
         return params.intent, lookups.get(wanted)
 
     seen: set[_Key] = set()
     # (the intent version reached, the names from the saved intent's step to it, that step's index)
-    waiting: deque[tuple[Item, tuple[str, ...], int]] = deque()
+    waiting: deque[tuple[_Reached, tuple[str, ...], int]] = deque()
 
-    def follow(found: tuple[str, Item | None] | None, path: tuple[str, ...], index: int) -> None:
-        if found is None or found[1] is None or _key(found[1]) in seen or len(seen) >= MAX_CYCLE_INTENTS:
+    def follow(found: tuple[str, _Reached | None] | None, path: tuple[str, ...], index: int) -> None:
+        if found is None or found[1] is None or _reached_key(found[1]) in seen or len(seen) >= MAX_CYCLE_INTENTS:
             return
-        seen.add(_key(found[1]))
+        seen.add(_reached_key(found[1]))
         waiting.append((found[1], (*path, found[0]), index))
 
     for index, step in enumerate(steps):
         follow(child(step), (), index)
     while waiting:
-        item, path, index = waiting.popleft()
-        for below in _steps_of(conn, item):
+        reached, path, index = waiting.popleft()
+        for below in _reached_steps(conn, reached):
             found = child(below)
             if found is not None and found[0] == name:
                 return [_cycle_problem(doc, steps[index], index, (name, *path, name), declaration=declaration)]
             follow(found, path, index)
     return []
+
+
+_Reached = tuple[HeadRow, int]
+"""An intent version a save's cycle walk reaches: its head and the version a run would start, without its
+definition."""
+
+
+def _reached_key(reached: _Reached) -> _Key:
+    return reached[0].id, reached[1]
+
+
+def _cycle_lookup(conn: Conn, params: IntentRunParams) -> _Reached | None:
+    """`child_intent`'s answer for a save's cycle walk without reading a definition: the head of the active intent
+    `params` names and the version it pins (if that version exists), else its current one."""
+    head = find_head(conn, "intent", params.intent)
+    if head is None:
+        return None
+    if params.version is None or params.version == head.current_version:
+        return head, head.current_version
+    return (head, params.version) if version_exists(conn, "intent", head.id, params.version) else None
+
+
+def _reached_steps(conn: Conn, reached: _Reached) -> tuple[Step, ...]:
+    """The steps of an intent version the walk follows, its definition read here and dropped once parsed."""
+    head, number = reached
+    found = get_version(conn, "intent", head.id, number)
+    return () if found is None else _steps_of(conn, Item(head, found))
 
 
 def _hold_intent_runs(conn: Conn) -> None:
@@ -750,7 +787,9 @@ def _refused(kind: Kind, exc: ValueRefusedError) -> DefinitionInvalidError:
 
 def create(conn: Conn, kind: Kind, doc: Any, *, item_id: UUID, tenant: TenantFacts, created_by: str) -> Item:
     """Validate and store version 1, with its `<kind>.created` event."""
-    checked = check(conn, kind, doc, tenant=tenant, saving=True, writing=True)
+    sent = _sent_name(doc)
+    taken = isinstance(sent, str) and name_taken(conn, kind, sent)
+    checked = check(conn, kind, doc, tenant=tenant, saving=True, writing=True, refused_name=taken)
     request = checked.request
     try:
         head = insert_head(conn, kind, item_id, request.name, request.description, dict(request.labels), created_by)
@@ -809,7 +848,8 @@ def update(
 ) -> Item:
     """Validate and store the next version if `if_match` holds the current ETag, with `<kind>.version_created`."""
     item = _locked_active(conn, kind, item_id, if_match)
-    checked = check(conn, kind, doc, tenant=tenant, saving=True, writing=True)
+    renamed = _sent_name(doc) != item.head.name
+    checked = check(conn, kind, doc, tenant=tenant, saving=True, writing=True, refused_name=renamed)
     if checked.request.name != item.head.name:
         # Declarations find blueprints by name, and clients by name: a rename would silently repoint both.
         raise DefinitionInvalidError(
@@ -889,11 +929,15 @@ def _refuse_archived_pin(conn: Conn, kind: Kind, to_version: int, pin: dict[str,
 def archive(conn: Conn, kind: Kind, item_id: UUID, *, if_match: frozenset[str] | None) -> tuple[Item, bool]:
     """Archive the item (versions kept, reads still work), with `<kind>.archived`; whether it changed anything
     (archiving an archived item is a no-op, so DELETE stays idempotent). `if_match` (None: any) must hold the
-    current ETag, the archived one for an archived item: a stale one is refused whatever the status, as for any
-    other change."""
+    current ETag; for an archived item, the archived one or the active one of its current version (the one the
+    archive was made with, so a repeat of that request is answered as done). Any other is refused whatever the
+    status, as for any other change."""
     head = _head_or_404(conn, kind, item_id, lock=True)
     current = etag(head.id, head.current_version, head.status)
-    if if_match is not None and current not in if_match:
+    # The active ETag of the version the archive left current is what the request that archived it sent: its
+    # repeat (a client that lost the first answer) finds the change made and is answered as done, not 412.
+    archived_by = etag(head.id, head.current_version, "active") if head.status == "archived" else None
+    if if_match is not None and current not in if_match and archived_by not in if_match:
         raise PreconditionFailedError(current)
     if head.status == "archived":
         return _item(conn, head), False

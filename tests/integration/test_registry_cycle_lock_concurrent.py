@@ -191,3 +191,23 @@ def test_saves_running_no_intent_and_validations_do_not_wait_for_a_save_that_run
         return api.client.post(INTENTS, json=body, headers=api.headers(tenant, AUTHOR))
 
     _answered_while_saving(api, tenant, _update(plain, intent_body("plain", wait_step("w3"))), create_running, 201)
+
+
+def test_a_validation_of_a_declaration_does_not_wait_for_an_update_of_its_blueprint(api: ApiHarness) -> None:
+    """A validation writes no version, so it holds no share of its blueprint: it took one, and so waited for an
+    update (or archive) of the blueprint in flight, and made those wait for it."""
+    tenant = provision(api, "validate-blueprint-held")
+    blueprint = create(api, tenant, {"name": "plain", "definition": {"steps": [wait_step("w")]}}, BLUEPRINTS)["id"]
+    facts = TenantFacts(api.tenants[tenant].id, "active", frozenset({"staging", "production"}), frozenset(MODULES))
+
+    def update_blueprint(conn: Any) -> object:
+        body = {"name": "plain", "definition": {"steps": [wait_step("w2")]}}
+        return service.update(conn, "blueprint", UUID(blueprint), body, if_match=None, tenant=facts, created_by="a")
+
+    def validate() -> Any:
+        declaration = {"name": "declared", "definition": {"target": "staging", "blueprint": "plain"}}
+        return api.client.post(f"{INTENTS}/validate", json=declaration, headers=api.headers(tenant, AUTHOR))
+
+    answer, answered_first = while_held(api, tenant, update_blueprint, validate)
+    assert answer.status_code == 200, answer.text
+    assert answered_first

@@ -10,12 +10,19 @@ again: a cycle saved before still plans."""
 from __future__ import annotations
 
 import copy
+import json
+import uuid
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
 import pytest
+from psycopg import sql
 
-from shared.registry import service
+from shared.db.session import tenant_transaction
+from shared.policy.facts import TenantFacts
+from shared.registry import repository, service
+from shared.registry.catalog import IntentRunParams
 from shared.registry.model import Step
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_registry_api import (
@@ -23,6 +30,7 @@ from tests.integration.test_registry_api import (
     BLUEPRINTS,
     DEPLOYER,
     INTENTS,
+    MODULES,
     create,
     intent_body,
     problem,
@@ -152,17 +160,17 @@ def test_the_walk_reads_at_most_its_bound_of_intents(api: ApiHarness, reads: lis
 def test_the_walk_looks_up_at_most_its_bound_of_names(api: ApiHarness, monkeypatch: pytest.MonkeyPatch) -> None:
     tenant = provision(api, "cycle-lookups")
     looked: list[str] = []
-    original = service.child_intent
+    original = service._cycle_lookup
 
-    def counting(conn: Any, step: Step) -> service.Item | None:
-        looked.append(str(step.params.get("intent")))
-        return original(conn, step)
+    def counting(conn: Any, params: IntentRunParams) -> Any:
+        looked.append(params.intent)
+        return original(conn, params)
 
     half = service.MAX_CYCLE_LOOKUPS // 2 + 10  # two intents, each under the step limit, past the bound together
     for side in ("a", "b"):
         missing = [_runs(f"s{index}", f"missing-{side}-{index}", depends_on=[]) for index in range(half)]
         create(api, tenant, intent_body(f"wide-{side}", *missing))
-    monkeypatch.setattr(service, "child_intent", counting)
+    monkeypatch.setattr(service, "_cycle_lookup", counting)
     top = intent_body("top", _runs("a", "wide-a"), _runs("b", "wide-b"))
     created = api.client.post(INTENTS, json=top, headers=api.headers(tenant, AUTHOR))
     assert created.status_code == 201, created.text
@@ -183,3 +191,91 @@ def test_a_cycle_stored_before_the_check_still_plans(api: ApiHarness, monkeypatc
     changed = copy.deepcopy(intent_body("ping", wait_step("w2"), _runs("s", "pong")))
     assert [code for _, code, _ in _refusals(put(api, tenant, ping, changed))] == ["recursive_intent"]
     assert put(api, tenant, ping, intent_body("ping", wait_step("w2"))).status_code == 200
+
+
+def test_the_walk_reads_the_definitions_of_the_intents_it_follows_only(
+    api: ApiHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each look-up read its intent's current version and the one its step pins, definitions and all (400 for 200
+    steps pinning version 1 of intents at version 2), and kept them for the whole walk; only the intents followed
+    need their steps read."""
+    tenant = provision(api, "cycle-definitions")
+    count = 200
+    facts = TenantFacts(api.tenants[tenant].id, "active", frozenset({"staging", "production"}), frozenset(MODULES))
+    with tenant_transaction(api.tenants[tenant].id) as conn:  # one transaction: 400 requests would be slow
+        for index in range(count):
+            made = service.create(
+                conn, "intent", intent_body(f"pinned-{index}"), item_id=uuid.uuid4(), tenant=facts, created_by="a"
+            )
+            body = intent_body(f"pinned-{index}", wait_step("two"))
+            service.update(conn, "intent", made.head.id, body, if_match=None, tenant=facts, created_by="a")
+    loaded: list[int] = []
+    original = repository.get_version
+
+    def counting(conn: Any, kind: repository.Kind, item_id: Any, version: int) -> repository.VersionRow | None:
+        found = original(conn, kind, item_id, version)
+        loaded.append(version)
+        return found
+
+    monkeypatch.setattr(service, "get_version", counting)
+    steps = [_runs(f"s{index}", f"pinned-{index}", version=1, depends_on=[]) for index in range(count)]
+    created = api.client.post(INTENTS, json=intent_body("top", *steps), headers=api.headers(tenant, AUTHOR))
+    assert created.status_code == 201, created.text
+    walked = len(loaded) - 1  # the create's answer reads the new version once
+    assert 0 < walked <= service.MAX_CYCLE_INTENTS, walked
+
+
+class _Recording:
+    """A connection that records each statement and its parameters before running it."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.statements: list[tuple[Any, Any]] = []
+
+    def execute(self, query: Any, params: Any = None) -> Any:
+        self.statements.append((query, params))
+        return self.conn.execute(query, params)
+
+
+def _index_conditions(node: Any) -> list[str]:
+    found = [node["Index Cond"]] if "Index Cond" in node else []
+    for child in node.get("Plans", []):
+        found.extend(_index_conditions(child))
+    return found
+
+
+def test_a_look_up_by_name_finds_the_name_in_the_index(api: ApiHarness) -> None:
+    """A look-up by name took the name as a prefix test, a filter only: the index was walked from the first of the
+    tenant's names to the one wanted."""
+    tenant = provision(api, "cycle-find-head")
+    for name in ("alpha", "beta", "gamma"):
+        create(api, tenant, intent_body(name))
+    with psycopg.connect(api.admin_url, dbname="quantum", autocommit=True) as admin:
+        admin.execute("ANALYZE app.intents")  # the planner's statistics as a long-lived table's are
+    with tenant_transaction(api.tenants[tenant].id) as conn:
+        conn.execute("SET LOCAL enable_seqscan = off")  # a small table: the plan a large one gets
+        recording = _Recording(conn)
+        head = repository.find_head(recording, "intent", "gamma")  # type: ignore[arg-type]
+        assert head is not None and head.name == "gamma"
+        assert repository.find_head(recording, "intent", "gam") is None  # type: ignore[arg-type]
+        for query, params in recording.statements:
+            explained = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) ") + query, params).fetchone()
+            assert explained is not None
+            plan = next(iter(explained.values()))[0]["Plan"]
+            assert any("name =" in condition for condition in _index_conditions(plan)), json.dumps(plan)
+
+
+def test_a_taken_name_and_a_rename_are_answered_before_the_walk(api: ApiHarness) -> None:
+    """The walk ran first and answered recursive_intent for a save refused anyway: a create of a name an archived
+    intent keeps (409), an update that renames its intent (name_immutable)."""
+    tenant = provision(api, "cycle-names-first")
+    author = api.headers(tenant, AUTHOR)
+    kept = create(api, tenant, intent_body("kept"))["id"]
+    assert api.client.delete(f"{INTENTS}/{kept}", headers=author).status_code == 200
+    create(api, tenant, intent_body("caller", _runs("s", "kept")))
+    taken = api.client.post(INTENTS, json=intent_body("kept", _runs("s", "caller")), headers=author)
+    assert problem(taken, 409)["title"], taken.text
+    other = create(api, tenant, intent_body("other"))["id"]
+    create(api, tenant, intent_body("renamed-caller", _runs("s", "renamed")))
+    renamed = put(api, tenant, other, intent_body("renamed", _runs("s", "renamed-caller")))
+    assert [(at, code) for at, code, _ in _refusals(renamed)] == [("/name", "name_immutable")]

@@ -573,7 +573,9 @@ def definition_router(kind: Kind) -> APIRouter:
     def archive(item_id: ItemId, context: MayArchive, conn: TenantConnection, if_match: IfMatch = None) -> JSONResponse:
         """Archive: no new versions or executions; versions kept and reads still work. Archiving an archived
         item changes nothing (200 again), unless `If-Match` (optional) misses the current ETag, which ends in
-        `.archived` once archived: a stale one is 412 whatever the status (Author)."""
+        `.archived` once archived: a stale one is 412 whatever the status. The ETag the archive was made with
+        (its current version's, without `.archived`) also answers 200, so a retry of that request finds it
+        done (Author)."""
         item = load(conn, item_id)
         authorize(context, spec.archive, resource_of(context, item), conn=conn)
         try:
