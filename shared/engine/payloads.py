@@ -64,6 +64,7 @@ def claim_check(
     container: ContainerClient | None = None,
     for_request: bool = False,
     within: StorageCall = unbounded,
+    removal_within: StorageCall | None = None,
 ) -> Any:
     """`output` itself when its JSON fits in `limit` bytes (QP_PAYLOAD_INLINE_MAX_BYTES), else its blob reference
     (stored through the request's container, quick to give up, when a request waits on it: `for_request`).
@@ -71,7 +72,8 @@ def claim_check(
     `within` bounds each storage call (the process's first container check, the upload, the look at a blob found
     under the name, an erased tenant's removal): the module worker passes its attempt's deadline, since under the
     SDK's own retries a store that was away held the module thread for minutes past it (ADR 0026). Its failure (a
-    step failure) leaves the output unstored, and no reference to it is made.
+    step failure) leaves the output unstored, and no reference to it is made. `removal_within` (default `within`)
+    bounds an erased tenant's removal, which must be tried even when the upload spent the deadline.
 
     The name is the content's digest and a blob holding these bytes is never overwritten, so a stored output never
     changes under a reference that points at it. A blob found under the name holding other bytes is replaced: no
@@ -107,7 +109,7 @@ def claim_check(
                 what,
                 lambda **options: target.upload_blob(name, body, overwrite=True, content_settings=settings, **options),
             )
-    if not kept_for_tenant(tenant_id, target, name, within=within):
+    if not kept_for_tenant(tenant_id, target, name, within=removal_within or within):
         raise TenantErasedError(tenant_id)
     return {BLOB_REF: {"container": target.container_name, "name": name, "size": len(body), "sha256": digest}}
 

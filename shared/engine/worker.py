@@ -39,7 +39,7 @@ from shared.engine.payloads import claim_check
 from shared.engine.protocol import EventRaiser, WorkItem, no_one_to_tell
 from shared.engine.steps import Attempt, AttemptKey, Claim
 from shared.modules import BUILTIN_MODULES, Module, ModuleContext, StepFailed, run_module
-from shared.modules.artifact_write import bounded_by
+from shared.modules.artifact_write import REMOVAL_WINDOW_S, bounded_by
 from shared.observability.tracing import continued_span, execution_attributes
 from shared.tenants.repository import tenant_settings
 
@@ -310,7 +310,13 @@ def _run_module(
         # its tenant's share) for minutes. Cut off, it fails the attempt retryably as the module's own storage
         # failure does, and nothing is recorded as succeeded without its blob (ADR 0026).
         try:
-            output = claim_check(item.tenant_id, key, output, within=bounded_by(ctx))
+            output = claim_check(
+                item.tenant_id,
+                key,
+                output,
+                within=bounded_by(ctx),
+                removal_within=bounded_by(ctx, at_least_s=REMOVAL_WINDOW_S),
+            )
         except AzureError as exc:
             # A refusal the store's retries do not ride out (a 403, say) is this attempt's failure, as a module's own
             # storage error is; let out, it failed the whole batch, every other item of it retried with it.

@@ -7,6 +7,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, ClassVar, TypeVar
 
 from azure.core.exceptions import (
@@ -113,12 +114,20 @@ def within_deadline(ctx: ModuleContext, what: str, call: Callable[..., T]) -> T:
         ctx.abandoned.wait(pause)
 
 
-def bounded_by(ctx: ModuleContext) -> StorageCall:
+REMOVAL_WINDOW_S = 10.0
+"""The least time an erased tenant's blob is tried for, whatever is left of the attempt: past the erasure's last pass
+nobody else removes it, so a deadline spent on the upload must not leave it unattempted."""
+
+
+def bounded_by(ctx: ModuleContext, *, at_least_s: float = 0.0) -> StorageCall:
     """`within_deadline` for `ctx`, as the storage helpers take it (the container's first check, an erased tenant's
-    removal)."""
+    removal); `at_least_s` from now when the attempt's deadline is nearer."""
 
     def within(what: str, call: Callable[..., T], /) -> T:
-        return within_deadline(ctx, what, call)
+        bounded = ctx
+        if ctx.deadline is not None and at_least_s > 0:
+            bounded = replace(ctx, deadline=max(ctx.deadline, time.monotonic() + at_least_s))
+        return within_deadline(bounded, what, call)
 
     return within
 
@@ -170,8 +179,8 @@ class ArtifactWriteModule(Module[ArtifactWriteParams]):
                 **options,
             ),
         )
-        if not kept_for_tenant(ctx.tenant_id, container, name, within=bounded_by(ctx)):
-            raise StepFailed(f"tenant {ctx.tenant_id} was erased; the artifact was removed", retryable=False)
+        if not kept_for_tenant(ctx.tenant_id, container, name, within=bounded_by(ctx, at_least_s=REMOVAL_WINDOW_S)):
+            raise StepFailed(f"tenant {ctx.tenant_id} was erased; the artifact is not kept", retryable=False)
         return {"container": container.container_name, "blob_name": name, "size": len(data), "sha256": digest}
 
     def compensate(self, ctx: ModuleContext, params: ArtifactWriteParams, output: Any) -> None:  # noqa: ARG002

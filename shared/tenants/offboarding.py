@@ -127,6 +127,12 @@ def kept_for_tenant(tenant_id: UUID, container: ContainerClient, name: str, *, w
         within(f"the removal of {name!r}", lambda **options: container.delete_blob(name, **options))
     except ResourceNotFoundError:
         pass  # removed by the erasure's own pass
+    except Exception as exc:
+        # The tenant is gone all the same, and its writer must not be retried as if it were not; nobody else will
+        # remove this blob, so an operator is told which.
+        logger.error(
+            "blob %r of erased tenant %s was not removed (%s: %s); remove it", name, tenant_id, type(exc).__name__, exc
+        )
     return False
 
 

@@ -58,7 +58,7 @@ def test_a_caller_refused_is_answered_401_or_403_before_any_query_problem(api: A
     assert roleless.status_code == 403, roleless.text
 
 
-def test_every_route_taking_a_single_valued_query_parameter_checks_repeats() -> None:
+def test_every_route_taking_a_single_valued_query_parameter_checks_repeats(api: ApiHarness) -> None:  # noqa: ARG001
     # The check runs in the permission dependency, after its decision: a route without one would take the last value.
     app = create_app()
     unchecked = [
