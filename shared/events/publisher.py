@@ -123,6 +123,7 @@ class AzureEventHubPublisher:
         # the SDK's link open would hold the process's exit (a restart) for minutes after its caller gave up.
         self._senders = threading.BoundedSemaphore(SENDER_THREADS)
         self._in_flight: set[threading.Event] = set()
+        self._closed = False
 
     def publish(self, hub: str, events: Sequence[OutboundEvent], *, timeout: float | None = None) -> None:
         """Send grouped by partition key, in as few batches as fit; order is kept within a key. With a `timeout`,
@@ -136,16 +137,32 @@ class AzureEventHubPublisher:
         # past their callers' deadlines: with a timeout, the wait for the turn is bounded too.
         if not lock.acquire(timeout=-1 if ends is None else _left(hub, ends)):
             raise PublishTimeoutError(f"{hub}: the producer was still busy with another send after {timeout:g} s")
+        # Enlisted once the turn is taken, so that a close() stops this send too, however long it waited for it.
+        given_up = threading.Event()
+        try:
+            self._enlist(hub, given_up)
+        except BaseException:
+            lock.release()
+            raise
         if ends is None:
-            _send_in_turn(producer, lock, hub, events, None, threading.Event())
+            try:
+                _send_in_turn(producer, lock, hub, events, None, given_up)
+            finally:
+                self._delist(given_up)
             return
         # The SDK ends a send's retries by its `timeout`, but not the opening of the producer's link: the first
         # `create_batch` (it asks the link for its largest message) and a send after the link was lost open it under
         # the SDK's own retries and waits (minutes against a hub that is away), whatever the `timeout`. So the work
         # runs on a sender thread, which keeps the turn until the SDK gives up, and the caller (a module thread, ADR
         # 0026) stops waiting at its deadline; a later caller waits for that turn no longer than its own timeout.
-        given_up = threading.Event()
-        if not self._senders.acquire(timeout=max(ends - time.monotonic(), 0.0)):
+        try:
+            acquired = self._senders.acquire(timeout=max(ends - time.monotonic(), 0.0))
+        except BaseException:
+            self._delist(given_up)
+            lock.release()
+            raise
+        if not acquired:
+            self._delist(given_up)
             lock.release()  # its send never started (every sender busy): the turn is still this caller's
             raise PublishTimeoutError(f"{hub}: not sent by its deadline ({timeout:g} s): every sender was busy")
         done = threading.Event()
@@ -157,21 +174,17 @@ class AzureEventHubPublisher:
             except BaseException as exc:  # handed to the caller, if it still waits
                 failed.append(exc)
             finally:
-                with self._lock:
-                    self._in_flight.discard(given_up)
+                self._delist(given_up)
                 self._senders.release()
                 done.set()
 
-        with self._lock:
-            self._in_flight.add(given_up)
-        sender = threading.Thread(
-            target=contextvars.copy_context().run, args=(send,), name="eventhub-send", daemon=True
-        )
         try:
+            sender = threading.Thread(
+                target=contextvars.copy_context().run, args=(send,), name="eventhub-send", daemon=True
+            )
             sender.start()
         except BaseException:
-            with self._lock:
-                self._in_flight.discard(given_up)
+            self._delist(given_up)
             self._senders.release()
             lock.release()
             raise
@@ -182,13 +195,26 @@ class AzureEventHubPublisher:
             raise failed[0]
 
     def close(self) -> None:
-        """Close every producer; a send still in flight sends nothing more after its current batch."""
+        """Close every producer; a send still in flight sends nothing more after its current batch, and a publish
+        that comes after (or was waiting for its hub's turn) is refused."""
         with self._lock:
+            self._closed = True
             producers, self._producers = self._producers, {}
             for given_up in self._in_flight:
                 given_up.set()
         for producer, _ in producers.values():
             producer.close()
+
+    def _enlist(self, hub: str, given_up: threading.Event) -> None:
+        """Count a send in flight, for close() to stop; PublishTimeoutError once the publisher is closed."""
+        with self._lock:
+            if self._closed:
+                raise PublishTimeoutError(f"{hub}: the publisher is closed; nothing was sent")
+            self._in_flight.add(given_up)
+
+    def _delist(self, given_up: threading.Event) -> None:
+        with self._lock:
+            self._in_flight.discard(given_up)
 
     def _producer(self, hub: str) -> tuple[EventHubProducerClient, threading.Lock]:
         with self._lock:
