@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.engine import machine as m
-from tests.unit.test_engine_machine import PLAN, STEPS, T0, Run, default_answer, request
+from tests.unit.test_engine_machine import PLAN, STEPS, T0, Run, default_answer, replay, request
 
 FAILED_AFTER_THE_CANCEL = {"ok": False, "error": "boom", "retryable": False, "state": "failed", "cancel_first": True}
 
@@ -199,20 +199,11 @@ def _drive(picks: list[Choice], rules: int, flagged: bool) -> tuple[m.State, lis
     return state, log, events
 
 
-def _replay(events: list[m.Event], rules: int) -> tuple[m.State, list[m.Command]]:
-    state, commands = m.begin(request(STEPS, plan=PLAN, rules=rules), T0)
-    log = list(commands)
-    for event in events:
-        state, commands = m.reduce(state, event)
-        log += commands
-    return state, log
-
-
 @settings(max_examples=150, deadline=None)
 @given(choices)
 def test_replaying_failures_that_came_after_a_cancel_gives_the_same_commands(picks: list[Choice]) -> None:
     state, log, events = _drive(picks, m.RULES, flagged=True)
-    replayed, replay_log = _replay(events, m.RULES)
+    replayed, replay_log = replay(STEPS, events, rules=m.RULES)
     assert replay_log == log and replayed == state
     restored = m.State.model_validate(state.model_dump(mode="json"))
     probe = m.TimerFired(T0 + timedelta(days=1))

@@ -751,9 +751,13 @@ def carried_rounds(state: m.State, activity_id: str, answer: dict[str, Any], out
     return rounds
 
 
-def replay(steps: list[dict[str, Any]], events: list[m.Event]) -> tuple[m.State, list[m.Command]]:
-    """The state and every command of a fresh run given the recorded events, as an orchestration's replay does."""
-    state, commands = m.begin(request(steps, plan=PLAN), T0)
+def replay(
+    steps: list[dict[str, Any]], events: list[m.Event], *, rules: int | None = None
+) -> tuple[m.State, list[m.Command]]:
+    """The state and every command of a fresh run given the recorded events, as an orchestration's replay does;
+    `rules`: the reducer rules the run started under (the current ones by default)."""
+    started = request(steps, plan=PLAN) if rules is None else request(steps, plan=PLAN, rules=rules)
+    state, commands = m.begin(started, T0)
     log = list(commands)
     for event in events:
         state, commands = m.reduce(state, event)
