@@ -110,6 +110,10 @@ _CURRENT_BLUEPRINT = sql.SQL(
 _FIND_ACTIVE_HEAD = sql.SQL("SELECT {} FROM app.intents WHERE kind = %s AND name = %s AND status = 'active'").format(
     _HEAD
 )
+# The same index, one probe per name.
+_FIND_ACTIVE_HEADS = sql.SQL(
+    "SELECT {} FROM app.intents WHERE kind = %s AND name = ANY(%s::text[]) AND status = 'active'"
+).format(_HEAD)
 _NAME_TAKEN = sql.SQL("SELECT 1 FROM app.intents WHERE kind = %s AND name = %s")
 _VERSION_EXISTS = sql.SQL("SELECT 1 {} WHERE i.kind = %s AND v.intent_id = %s AND v.version = %s").format(_JOIN)
 _BLUEPRINT_VERSION = sql.SQL(
@@ -354,6 +358,12 @@ def find_head(conn: psycopg.Connection[DictRow], kind: Kind, name: str) -> HeadR
     """The active item named `name`, if any (names are unique per tenant and kind)."""
     row = conn.execute(_FIND_ACTIVE_HEAD, (kind, name)).fetchone()
     return _head(row) if row else None
+
+
+def active_heads(conn: psycopg.Connection[DictRow], kind: Kind, names: list[str]) -> dict[str, HeadRow]:
+    """`find_head` of each of `names` in one statement: the active items among them, by name."""
+    rows = conn.execute(_FIND_ACTIVE_HEADS, (kind, names)).fetchall()
+    return {head.name: head for head in map(_head, rows)}
 
 
 def name_taken(conn: psycopg.Connection[DictRow], kind: Kind, name: str) -> bool:

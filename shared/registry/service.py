@@ -39,6 +39,7 @@ from shared.registry.repository import (
     Status,
     ValueRefusedError,
     VersionRow,
+    active_heads,
     advance_head,
     archive_head,
     blueprint_version,
@@ -300,19 +301,25 @@ def check(
     saving: bool = False,
     writing: bool = False,
     refused_name: bool = False,
+    again: int | None = None,
 ) -> Checked:
     """Validate a request body against the tenant's catalog and gates; a declaration against its blueprint (the
     pinned version if `pin`, else the blueprint's current one). Raises DefinitionInvalidError with every problem.
 
-    `saving`: a create, an update or their validation, which also refuses an intent that runs itself; a stored
-    version is checked without it (one saved before that refusal still runs, plans and rolls back, and the engine
-    refuses the self-run when it comes).
+    `saving`: a create, an update, their validation or a rollback, which also refuses an intent that runs itself or
+    comes back to itself; a stored version is checked without it (one saved before that refusal still runs and
+    plans, and the engine refuses the self-run when it comes).
 
-    `writing`: saving, followed by a write of the version in this transaction (a create or an update, not a
-    validation). A declaration's blueprint is then held active until the transaction ends, so a blueprint archived
-    meanwhile takes no new declaration version; and an intent whose steps run an intent walks the tenant's intents
-    under its `intent-runs` lock, held until the transaction ends, so that two such saves at once cannot both pass
-    and close a cycle together. A validation writes nothing, so it neither holds nor waits for either.
+    `writing`: saving, followed by a write of the version in this transaction (a create, an update or a rollback,
+    not a validation). A declaration's blueprint is then held active until the transaction ends, so a blueprint
+    archived meanwhile takes no new declaration version; and an intent whose steps run an intent verifies its walk
+    of the tenant's intents under their `intent-runs` lock, held until the transaction ends, so that two such saves
+    at once cannot both pass and close a cycle together. A validation writes nothing, so it neither holds nor waits
+    for either.
+
+    `again`: saving as a rollback whose steps are the current version's, making version `again`: the walk looks
+    only for the paths that version's number makes (steps elsewhere that pin it), and the literal self-run check is
+    left out (the current version runs the same steps).
 
     `refused_name`: the caller refuses the save for its name anyway (a create of a taken name, an update that
     renames), which it answers once the definition is otherwise valid: no cycle walk, whose recursive_intent would
@@ -351,7 +358,7 @@ def check(
         tenant=tenant,
         blueprint=resolved,
         limits=limits or registry_limits(),
-        runs_as=runs_as,
+        runs_as=runs_as if again is None else None,
     )
     errors = [
         *problems,
@@ -360,9 +367,17 @@ def check(
     if runs_as is not None and not refused_name and not errors and result.ok:
         # Only a definition that is otherwise valid is walked: its steps are parsed, and a save it refuses anyway
         # costs no reads of the tenant's other intents.
+        declared = found is not None
+        looked: dict[_Wanted, _Reached | None] = {}
+        cycles = _cycle_problems(conn, runs_as, doc, result.steps, declaration=declared, looked=looked, again=again)
         if writing and any(step.action == "intent.run" for step in result.steps):
+            # The walk's reads (definitions, seconds' worth on a tenant of large intents) were made before the
+            # turn; under it, one statement tells whether a save that had the turn meanwhile moved any head the
+            # walk looked up, and only then is the walk made again, now seeing that save.
             _hold_intent_runs(conn)
-        errors.extend(_cycle_problems(conn, runs_as, doc, result.steps, declaration=found is not None))
+            if _heads_moved(conn, looked):
+                cycles = _cycle_problems(conn, runs_as, doc, result.steps, declaration=declared, again=again)
+        errors.extend(cycles)
     if errors or not result.ok:
         count = len(errors) + result.unlisted
         raise DefinitionInvalidError(
@@ -503,7 +518,14 @@ bounds (an intent already running above, the nesting depth) still refuse one whe
 
 
 def _cycle_problems(
-    conn: Conn, name: str, doc: dict[str, Any], steps: tuple[Step, ...], *, declaration: bool
+    conn: Conn,
+    name: str,
+    doc: dict[str, Any],
+    steps: tuple[Step, ...],
+    *,
+    declaration: bool,
+    looked: dict[_Wanted, _Reached | None] | None = None,
+    again: int | None = None,
 ) -> list[ValidationError]:
     """`recursive_intent` when an `intent.run` step of the intent being saved (`name`, with `steps`) starts an
     intent that, through the tenant's intents as they are stored now, runs `name` again; at most one problem (the
@@ -512,19 +534,36 @@ def _cycle_problems(
     Each intent reached is read as a run would start it: the version its step pins, else its current one, and a
     declaration through its pinned blueprint version. The walk reads only the tenant's own intents (row-level
     security), each version once, within MAX_CYCLE_INTENTS and MAX_CYCLE_LOOKUPS. Stored versions are never refused
-    for this: a cycle saved before the check still runs until the engine refuses it."""
-    # A look-up reads heads only: of up to MAX_CYCLE_LOOKUPS intents, only those followed (MAX_CYCLE_INTENTS at
-    # most) have their definitions read, one at a time, under the tenant's intent-runs lock.
-    lookups: dict[tuple[str, int | None], _Reached | None] = {}
+    for this: a cycle saved before the check still runs until the engine refuses it.
 
-    def child(step: Step) -> tuple[str, _Reached | None] | None:
+    `again`: the version a rollback makes whose steps are the current version's (`again` - 1). The only paths it
+    makes are through steps that pin `again`, which started nothing before: only those come back (the intent's own
+    first steps included); a step starting the current version leads where the walk starts, and one pinning another
+    of its versions is followed as any intent is. Without it any step naming `name` comes back, whatever it pins.
+
+    `looked` (if given) receives every look-up made and its answer: the walk's outcome depends on nothing else that
+    can change (versions are immutable), so a walk made again while those answers hold would find the same."""
+    # A look-up reads heads only: of up to MAX_CYCLE_LOOKUPS intents, only those followed (MAX_CYCLE_INTENTS at
+    # most) have their definitions read, one at a time.
+    lookups: dict[_Wanted, _Reached | None] = {} if looked is None else looked
+    past_bound: set[_Wanted] = set()
+
+    def back(params: IntentRunParams | None) -> bool:
+        """Whether a step with `params` starts the intent being saved in the version the save makes."""
+        return params is not None and params.intent == name and (again is None or params.version == again)
+
+    def child(params: IntentRunParams | None) -> tuple[str, _Reached | None] | None:
         """The name a step runs and the version that name starts (None: nothing, or past the lookup bound)."""
-        params = _run_params(step)
         if params is None:
             return None
         wanted = (params.intent, params.version)
-        if params.intent != name and wanted not in lookups:
-            lookups[wanted] = _cycle_lookup(conn, params) if len(lookups) < MAX_CYCLE_LOOKUPS else None
+        if params.intent == name and (again is None or params.version in (None, again, again - 1)):
+            return None  # the walk's start, or `back`
+        if wanted not in lookups and wanted not in past_bound:
+            if len(lookups) < MAX_CYCLE_LOOKUPS:
+                lookups[wanted] = _cycle_lookup(conn, params)
+            else:
+                past_bound.add(wanted)
         return params.intent, lookups.get(wanted)
 
     seen: set[_Key] = set()
@@ -538,20 +577,43 @@ def _cycle_problems(
         waiting.append((found[1], (*path, found[0]), index))
 
     for index, step in enumerate(steps):
-        follow(child(step), (), index)
+        params = _run_params(step)
+        if again is not None and back(params):  # a save's own literal self-run is validation's to refuse
+            return [_cycle_problem(doc, step, index, (name, name), declaration=declaration)]
+        follow(child(params), (), index)
     while waiting:
         reached, path, index = waiting.popleft()
         for below in _reached_steps(conn, reached):
-            found = child(below)
-            if found is not None and found[0] == name:
+            params = _run_params(below)
+            if back(params):
                 return [_cycle_problem(doc, steps[index], index, (name, *path, name), declaration=declaration)]
-            follow(found, path, index)
+            follow(child(params), path, index)
     return []
 
 
 _Reached = tuple[HeadRow, int]
 """An intent version a save's cycle walk reaches: its head and the version a run would start, without its
 definition."""
+_Wanted = tuple[str, int | None]
+"""What an `intent.run` step of the walk starts: the intent's name and the version it pins (None: the current one)."""
+
+
+def _heads_moved(conn: Conn, looked: dict[_Wanted, _Reached | None]) -> bool:
+    """Whether a look-up of a cycle walk might answer otherwise now: the active head of a name it looked up was
+    made, archived or moved to another version since (a version once made never changes; a head's current version
+    is its newest, so a pinned version past it does not exist). One statement, whatever the number of look-ups;
+    when in doubt it answers True, which costs a walk made again, never a cycle missed."""
+    if not looked:
+        return False
+    now = active_heads(conn, "intent", sorted({name for name, _ in looked}))
+    for (name, pinned), answer in looked.items():
+        head = now.get(name)
+        if answer is not None:
+            if head is None or (head.id, head.current_version) != (answer[0].id, answer[0].current_version):
+                return True
+        elif head is not None and (pinned is None or pinned <= head.current_version):
+            return True
+    return False
 
 
 def _reached_key(reached: _Reached) -> _Key:
@@ -577,20 +639,23 @@ def _reached_steps(conn: Conn, reached: _Reached) -> tuple[Step, ...]:
 
 
 def _hold_intent_runs(conn: Conn) -> None:
-    """Take the tenant's `intent-runs` lock before a save's cycle walk, until its commit: saves of intents that run
-    intents take turns, and each walks (in statements after the wait, so in later snapshots) what the one before
-    committed. Saving A (runs B) and B (runs A) at once each read the other's old version without it, and both
-    committed a cycle.
+    """Take the tenant's `intent-runs` lock after a save's cycle walk, until its commit: saves of intents that run
+    intents take turns, and each verifies (in statements after the wait, so in later snapshots) that its walk still
+    holds against what the one before committed, or walks again. Saving A (runs B) and B (runs A) at once each read
+    the other's old version without it, and both committed a cycle. The walk's own reads are made before the wait:
+    they took the turn for up to seconds on a tenant of many large intents, and a walk is a function of its
+    look-ups' answers alone (versions never change), which one statement checks under the lock (`_heads_moved`).
 
     Only those saves: a version whose steps (a declaration's: its blueprint's) run no intent leads nowhere, so it is
     on no cycle and its save closes none; it can only cut paths that others' walks followed, never join one (a
     declaration reads the blueprint version it pins, so a blueprint's save joins none either). Other saves go on
-    side by side. A rollback is not walked (ADR 0014) and takes no turn.
+    side by side. A rollback is such a save too: it walks, and takes its turn when its steps run an intent.
 
-    Lock order: before this lock an update holds its intent's row, a declaration's save its blueprint's head
-    (shared), a create its idempotency key. After it the save only reads (the walk) and writes its own rows: its
-    head (an update's, locked already; a create's, new: a waiter for this lock inserts its head only once it holds
-    the lock, and a create running no intent, which may make the insert wait on its name, never waits for it), its
+    Lock order: before this lock an update or a rollback holds its intent's row, a declaration's save its
+    blueprint's head (shared; a rollback's, the pinned one's), a create its idempotency key. After it the save only
+    reads (the check of the walk, the walk again if a head moved) and writes its own rows: its head (an update's or
+    a rollback's, locked already; a create's, new: a waiter for this lock inserts its head only once it holds the
+    lock, and a create running no intent, which may make the insert wait on its name, never waits for it), its
     version and its event. A holder never waits for a row a waiter holds, so the order cannot deadlock."""
     tenant_locks.hold(conn, "intent-runs")
 
@@ -608,17 +673,21 @@ def _cycle_problem(
     doc: dict[str, Any], step: Step, index: int, path: tuple[str, ...], *, declaration: bool
 ) -> ValidationError:
     cycle = " → ".join(f"'{one}'" for one in path)
-    reason = f"runs intent '{path[1]}', which comes back to '{path[0]}', the intent being saved ({cycle})"
+    if len(path) == 2:  # a step pinning the version being made (the walk's `again`)
+        reason = f"runs intent '{path[0]}' in the version being made ({cycle}): an intent cannot run itself"
+    else:
+        reason = f"runs intent '{path[1]}', which comes back to '{path[0]}', the intent being saved ({cycle})"
+        reason += ": intents cannot run each other"
     if declaration:  # where the self check of a declaration points
         return ValidationError(
             "/definition/blueprint" if "blueprint" in doc["definition"] else "/definition",
-            f"blueprint step '{step.step_id}' {reason}: intents cannot run each other",
+            f"blueprint step '{step.step_id}' {reason}",
             "recursive_intent",
         )
     raw = doc["definition"]["steps"][index]  # a valid definition's steps are its request's, in order
     inside = isinstance(raw.get("params"), dict) and "intent" in raw["params"]
     at = pointer("definition", "steps", index, *(("params", "intent") if inside else ("intent",)))
-    return ValidationError(at, f"the step {reason}: intents cannot run each other", "recursive_intent")
+    return ValidationError(at, f"the step {reason}", "recursive_intent")
 
 
 MAX_PLANNED_DESCENDANTS = 64
@@ -880,14 +949,34 @@ def rollback(
     rollback must not bring back what the tenant may no longer run. A declaration's pinned blueprint must still be
     active: a rollback makes a new version, which an archived blueprint takes no more of (as a PUT of the same
     document is refused); plans, stored steps and executions of existing versions still read archived pins.
+
+    An intent's rollback is checked for cycles as a save is: one that runs itself, or comes back to itself through
+    the tenant's intents, is refused (`recursive_intent`), its walk verified under the tenant's `intent-runs` lock
+    when its steps run an intent; unchecked, a rollback closed a cycle that only the run refused. One onto a version
+    whose definition and blueprint pin are the current one's changes no step: it closes a cycle only through a step
+    that pins the version number it makes (which started nothing before), and is refused for those alone, so a
+    cycle stored before the save-time check still rolls back onto itself.
     """
     item = _locked_active(conn, kind, item_id, if_match)
     target = get_version(conn, kind, item_id, to_version)
     if target is None:
         raise UnknownVersionError(f"The {kind} has no version {to_version}.")
     _refuse_archived_pin(conn, kind, to_version, target.blueprint_ref)
+    same_steps = (target.definition_sha256, target.blueprint_ref) == (
+        item.version.definition_sha256,
+        item.version.blueprint_ref,
+    )
     try:
-        check(conn, kind, _document(item.head.name, target), tenant=tenant, pin=target.blueprint_ref)
+        check(
+            conn,
+            kind,
+            _document(item.head.name, target),
+            tenant=tenant,
+            pin=target.blueprint_ref,
+            saving=True,
+            writing=True,
+            again=item.version.version + 1 if same_steps else None,
+        )
     except DefinitionInvalidError as exc:
         raise DefinitionInvalidError(
             exc.errors, f"Version {to_version} no longer validates: {exc.detail}", exc.unlisted

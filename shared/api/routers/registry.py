@@ -606,7 +606,8 @@ def definition_router(kind: Kind) -> APIRouter:
         if_match: IfMatch = None,
     ) -> JSONResponse:
         """A new version equal to `to_version`, its origin `{"kind": "rollback", "from_version": n}`; the old
-        version must still validate. `If-Match` is optional here (Author)."""
+        version must still validate, and must not close a cycle of intents that run each other (422 `recursive_intent`,
+        naming the path). `If-Match` is optional here (Author)."""
         item = load(conn, item_id)
         authorize(context, spec.rollback, resource_of(context, item), detail={"to_version": body.to_version}, conn=conn)
         try:
