@@ -121,3 +121,16 @@ def referenced_output_paths(steps: Sequence[Step]) -> dict[str, frozenset[tuple[
             if reference.source == "steps":
                 paths.setdefault(reference.name, set()).add(reference.path)
     return {step_id: frozenset(found) for step_id, found in paths.items()}
+
+
+def output_readers(steps: Sequence[Step]) -> dict[str, tuple[str, ...]]:
+    """For each step whose output is read by another step's parameters or `when`, those steps in definition order (a
+    compensation's reads are not counted: it runs only once its step has completed)."""
+    readers: dict[str, list[str]] = {}
+    for step in steps:
+        references = [reference for _, reference in scan_references(step.params).found]
+        if step.when is not None:
+            references += when_references(parse_when(step.when))
+        for name in dict.fromkeys(ref.name for ref in references if ref.source == "steps" and ref.name != step.step_id):
+            readers.setdefault(name, []).append(step.step_id)
+    return {step_id: tuple(found) for step_id, found in readers.items()}

@@ -142,6 +142,7 @@ class _Step:
         self.starts: list[StepStart] = []
         self.waits: list[str] = []
         self.starts_chars = 0  # the resolved parameters of `starts`, as JSON text (rules 6)
+        self.failure: tuple[str, str] | None = None  # decided here, recorded by the next dispatch (rules 8)
 
     # -- helpers
     def update(self, **changes: Any) -> None:
@@ -168,10 +169,22 @@ class _Step:
         status: Status | None = None,
         finish: bool = False,
         carrying: bool = False,
+        failure: tuple[str, str] | None = None,
+        cause: str | None = None,
+        final_record: bool = False,
     ) -> str:
         activity_id = self.next_id()
         self.commands.append(CallActivity(activity_id, name, model))
-        pending = Pending(name=name, steps=tuple(steps), status=status, finish=finish, carrying=carrying)
+        pending = Pending(
+            name=name,
+            steps=tuple(steps),
+            status=status,
+            finish=finish,
+            carrying=carrying,
+            failure=failure,
+            cause=cause,
+            final_record=final_record,
+        )
         self.update(pending={**self.s.pending, activity_id: pending})
         return activity_id
 
@@ -363,7 +376,7 @@ class _Step:
         else:
             self.attempt_failed(flight, verdict.error or verdict.state or "failed", verdict.retryable, now)
 
-    def settle(self, flights: Sequence[tuple[Flight, Outcome]]) -> None:
+    def settle(self, flights: Sequence[tuple[Flight, Outcome]], final_record: bool = False) -> None:
         """Record outcomes the engine observed; each flight waits for the verdict applied first."""
         if not flights:
             return
@@ -377,6 +390,7 @@ class _Step:
                 cancel_first=spec.rules >= 7,
             ),
             steps=[flight.step_id for flight, _ in flights],
+            final_record=final_record,
         )
         for flight, _ in flights:
             self.put_flight(flight.model_copy(update={"stage": Stage.SETTLING, "deadline": None, "write": activity_id}))
@@ -422,8 +436,19 @@ class _Step:
         self.update(cancelled=True)
         self.abandon_waits(keep)
 
+    def first_reader(self, step_id: str) -> str | None:
+        """The first step, in definition order, whose parameters or `when` read `step_id`'s output and that has not
+        started (nor been skipped or failed): the step a stored output that cannot be read fails (rules 8)."""
+        recording = {p.failure[0] for p in self.s.pending.values() if p.failure is not None}
+        done = {*self.s.completed, *self.s.skipped, *self.s.failed, *self.s.flights, *recording}
+        return next((reader for reader in self.s.spec.readers.get(step_id, ()) if reader not in done), None)
+
     # -- events
     def on_dispatched(self, activity_id: str, pending: Pending, answer: DispatchAnswer, now: datetime) -> None:
+        if answer.cancel_requested and pending.cause is not None and self.s.first_failure == pending.cause:
+            # Rules 8: the step failed before it started, recorded by this dispatch after a cancel it read (a cancel
+            # after it is refused): the cancel came first and is the cause, that failure one during it.
+            self.update(first_failure=None)
         if pending.finish and answer.status is Status.SUCCEEDED:
             # The dispatch recorded the run's success with this level's results: a cancel that met it (seen
             # before this answer, or reported by it) came too late to stop anything.
@@ -449,6 +474,9 @@ class _Step:
                 return
         if pending.status is not None:
             self.update(recorded=answer.status)
+        if pending.failure is not None:
+            # Recorded by this dispatch (rules 8): after a cancel it reported above, a failure during that cancel.
+            self.fail_step(*pending.failure, attempt=1)
         for step_id in pending.steps:
             flight = self.s.flights.get(step_id)
             if flight is None or flight.write != activity_id:
@@ -463,8 +491,14 @@ class _Step:
             child = answer.children.get(step_id)
             if flight.kind is StepKind.INTENT and flight.phase is Phase.RUN:
                 if child is None or child.verdict is not None or child.execution_id is None:
+                    started = flight.model_copy(update={"write": None})
+                    if (child is None or child.verdict is None) and self.s.spec.rules >= 8:
+                        # Decided here, so recorded first (rules 8): record_outcomes reads the cancel as it records
+                        # the failure, which a cancel after it then reads (`failed_for_good`).
+                        self.settle([(started, self.unstarted_outcome(started, "child did not start"))])
+                        continue
                     verdict = (child.verdict if child else None) or Verdict(ok=False, error="child did not start")
-                    self.apply(flight.model_copy(update={"write": None}), verdict, now)
+                    self.apply(started, verdict, now)
                     continue
                 self.commands.append(StartChild(step_id, flight.attempt, child.execution_id, dict(child.input or {})))
                 flight = flight.model_copy(
@@ -486,6 +520,8 @@ class _Step:
 
     def on_dispatch_failed(self, activity_id: str, pending: Pending, error: str, now: datetime) -> None:
         self.update(started=True)
+        if pending.failure is not None:
+            self.fail_step(*pending.failure, attempt=1)  # not recorded after all: applied as before rules 8
         unsure: list[tuple[Flight, Outcome]] = []
         for step_id in pending.steps:
             flight = self.s.flights.get(step_id)
@@ -592,10 +628,19 @@ class _Step:
                 self.apply(flight.model_copy(update={"write": None}), verdict, now)
 
     def on_settle_failed(self, activity_id: str, pending: Pending, error: str, now: datetime) -> None:
+        unsure: list[tuple[Flight, Outcome]] = []
         for step_id in pending.steps:
             flight = self.s.flights.get(step_id)
-            if flight is not None and flight.write == activity_id:
-                self.attempt_failed(flight.model_copy(update={"write": None}), error, True, now)
+            if flight is None or flight.write != activity_id:
+                continue
+            flight = flight.model_copy(update={"write": None})
+            if self.s.spec.rules >= 8 and not pending.final_record:
+                # Rules 8: the failure is recorded before it is applied, as any attempt's (a result recorded first
+                # stands), so a cancel after it reads it and one before it is read with it; once only.
+                unsure.append((flight, self.unstarted_outcome(flight, error)))
+            else:
+                self.attempt_failed(flight, error, True, now)
+        self.settle(unsure, final_record=True)
 
     def due(self, now: datetime) -> None:
         """Apply every deadline that has passed, for attempts whose start is recorded."""
@@ -780,6 +825,10 @@ class _Step:
         steps += [start.step_id for start in self.starts]
         finish = self.finishing_level()
         carrying = self.may_carry()
+        failure, self.failure = self.failure, None
+        cause = self.s.first_failure if spec.rules >= 8 else None
+        if not any(note.kind is NoteKind.FAILED and note.step_id == cause for note in self.notes):
+            cause = None  # the run's cause came before this dispatch (or it has none)
         activity_id = self.call(
             Activity.DISPATCH_STEPS,
             DispatchSteps(
@@ -794,6 +843,8 @@ class _Step:
             status=status,
             finish=finish,
             carrying=carrying,
+            failure=failure,
+            cause=cause,
         )
         for step_id in steps:
             flight = self.s.flights.get(step_id)
@@ -881,8 +932,10 @@ class _Step:
 
     def advance_run(self, now: datetime) -> None:
         spec = self.s.spec
-        if any(p.name is Activity.LOAD_OUTPUT for p in self.s.pending.values()):
-            return
+        if self.failure is not None or any(
+            p.name is Activity.LOAD_OUTPUT or p.failure is not None for p in self.s.pending.values()
+        ):
+            return  # nothing resolves against an output not read yet, or one whose failure is being recorded
         stored = [
             step_id
             for step_id, output in self.s.completed.items()
@@ -1196,6 +1249,13 @@ def _on_activity_failed(work: _Step, event: ActivityFailed, pending: Pending) ->
         work.update(loaded={**work.s.loaded, step_id: work.s.completed.get(step_id)})
         if not work.s.stopping:
             error = f"the stored output of step {step_id} could not be read: {event.error}"
+            reader = work.first_reader(step_id)
+            if work.s.spec.rules >= 8 and reader is not None:
+                # Rules 8: recorded first, as the failure of the step that reads it (it cannot resolve), by a
+                # dispatch that reads the cancel: a cancel after it is refused, one before it ends the run cancelled.
+                work.notes.append(StepNote(kind=NoteKind.FAILED, step_id=reader, attempt=1, error=error))
+                work.failure = (reader, error)
+                return
             work.update(failed={**work.s.failed, step_id: error}, first_failure=step_id)
             work.abandon_waits()
     elif pending.name is Activity.RECORD_STATUS:

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.engine.graph import RunState, StepGraph, referenced_output_paths
+from shared.engine.graph import RunState, StepGraph, output_readers, referenced_output_paths
 from shared.engine.protocol import StepPlan
 from shared.registry.model import Definition, RetryPolicy, Step
 
@@ -339,7 +339,7 @@ Command = CallActivity | WaitForEvent | SetTimer | StartChild | ContinueAsNew | 
 
 
 # ------------------------------------------------------------------------------------------------ state
-RULES = 7
+RULES = 8
 """The reducer rules new executions start under (ADR 0025). 3 (2026-12-05): a child whose step times out is told to
 cancel; reused steps are compensated dependents first. 4 (2026-12-05): the attempts of a dispatch that failed for
 good are settled through `record_outcomes` (their recorded result, else failed) instead of being retried blind; a
@@ -354,7 +354,13 @@ past `MAX_RESOLVED_CHARS` does; an attempt under way no longer keeps its paramet
 nothing, copied every resolved value into the state). 7 (2026-12-06, ADR 0014): a run attempt's failure whose verdict
 says a cancel was recorded first (`Verdict.cancel_first`) is applied as a failure during that cancel, even when it
 reaches the orchestration before the cancel's event: the run ends cancelled, as the cancel's 202 said, and the
-cancel's event then changes nothing. An execution keeps the rules it started with, so that its history replays into
+cancel's event then changes nothing. 8 (2026-12-06, ADR 0014): a failure the run decides itself is recorded before
+it is applied, by a transaction that reads the cancel: a stored output that could not be read fails the first step
+that reads it (a `failed` note; the dispatch's answer says whether a cancel was recorded first), a child that did not
+start and the attempts of a `record_outcomes` that failed for good are settled failed through `record_outcomes`. A
+cancel after such a record is refused (it reads `failed_for_good`), one before it ends the run cancelled; so does
+one a dispatch reads as it records a step failed before it started (its parameters), though the reducer had made that
+failure the cause before the answer. An execution keeps the rules it started with, so that its history replays into
 the commands it recorded."""
 
 MAX_LEVEL_RESOLVED_CHARS = 8 * 1024 * 1024
@@ -387,6 +393,10 @@ class Spec(_Model):
     @functools.cached_property
     def output_paths(self) -> dict[str, frozenset[tuple[str, ...]]]:
         return referenced_output_paths(self.definition.steps or [])
+
+    @functools.cached_property
+    def readers(self) -> dict[str, tuple[str, ...]]:
+        return output_readers(self.definition.steps or [])
 
     def plan(self, step_id: str) -> StepPlan:
         return self.plans.get(step_id) or StepPlan(kind="module", timeout_s=self.steps[step_id].timeout_s)
@@ -423,6 +433,15 @@ class Pending(_Model):
     """A dispatch that may record the run's success with its results (DispatchSteps.finish)."""
     carrying: bool = False
     """A dispatch that may carry on to the levels after its own (ADR 0036): events wait for its answer."""
+    failure: tuple[str, str] | None = None
+    """A dispatch that records a failure the run decided itself (rules 8: a stored output that could not be read),
+    as (step, error): applied once its answer says whether a cancel was recorded first."""
+    cause: str | None = None
+    """The step whose failure before it started (a `failed` note of this dispatch) became the run's cause (rules 8):
+    if the answer says a cancel was recorded first, the cancel is the cause instead."""
+    final_record: bool = False
+    """A record of the failures a `record_outcomes` that failed for good left (rules 8): if it fails too, they are
+    applied unrecorded, as before."""
 
 
 class Deferred(_Model):

@@ -707,7 +707,8 @@ def _note(conn: store.Conn, execution_id: UUID, note: machine.StepNote) -> None:
             repo.append_event(conn, execution_id, "step_skipped", step_id, {"reason": "when is false"})
     elif note.kind is machine.NoteKind.FAILED:
         # From `retrying` too: a retry whose parameters fail (the dispatch's bound) fails before its attempt begins,
-        # and the step must read failed at that attempt, or a cancel would be taken for one that ends the run.
+        # and the step must read failed at that attempt, or a cancel would be taken for one that ends the run. A
+        # first attempt that never began keeps the step's attempt at 0, as its attempts (none) read.
         if store.move_step(
             conn,
             execution_id,
@@ -716,7 +717,7 @@ def _note(conn: store.Conn, execution_id: UUID, note: machine.StepNote) -> None:
             ("pending", "retrying"),
             finished=True,
             error=note.error,
-            attempt=note.attempt,
+            attempt=note.attempt if note.attempt > 1 else None,
         ):
             repo.append_event(
                 conn, execution_id, "step_failed", step_id, {"attempt": note.attempt, "error": note.error}
