@@ -5,6 +5,7 @@ function's response streamed out as it is produced."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -14,10 +15,11 @@ from typing import Any
 import azure.functions as func
 from aiohttp import web
 from aiohttp.http_exceptions import BadStatusLine, LineTooLong
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from azure.functions import meta
 
-from devhost.http_streams import is_stream_function, read_body, serve_stream
+from devhost.http_streams import BODY_GONE, is_stream_function, read_body, serve_stream
 from devhost.invoker import FunctionInvocationError, Invoker
 from devhost.loader import function_name, trigger_of
 from shared.api.problems import PROBLEM_JSON, internal_error_document, problem_document
@@ -131,6 +133,15 @@ async def host_problems(request: web.Request, handler: Handler) -> web.StreamRes
         if exc.status < 400:
             raise
         return host_problem(request, exc)
+    except web.RequestPayloadError as exc:
+        # A body that broke off, read by any route (a component's too), is the client's fault: never a 500.
+        return host_problem(request, web.HTTPBadRequest(text=f"the request body could not be read: {exc}"))
+    except ConnectionError:
+        if not isinstance(request.content.exception(), ConnectionError):
+            raise  # not the client's connection (a service the route called): a failure of the host
+        # The client went away in the middle of its body: nothing failed, and the answer's write fails quietly.
+        logger.debug("client of %s %s went away mid-body", request.method, request.path)
+        return host_problem(request, web.HTTPBadRequest(text=BODY_GONE))
 
 
 def host_problem(request: web.Request, exc: web.HTTPException) -> web.Response:
@@ -145,7 +156,11 @@ def host_problem(request: web.Request, exc: web.HTTPException) -> web.Response:
         headers.popall(name, None)
     headers["Content-Type"] = PROBLEM_JSON
     headers[REQUEST_ID_HEADER] = choose_request_id(request.headers.get(REQUEST_ID_HEADER))
-    return web.Response(status=exc.status, body=json.dumps(document).encode(), headers=headers)
+    answer = web.Response(status=exc.status, body=json.dumps(document).encode(), headers=headers)
+    if request.content.exception() is not None:
+        # The body broke off: where a next request would begin is unknown, so the connection ends with this answer.
+        answer.force_close()
+    return answer
 
 
 _NOT_HTTP = "The request is not well-formed HTTP/1.1 (its request line, header fields or body framing)."
@@ -157,14 +172,83 @@ _PARSE_DETAILS: tuple[tuple[type[BaseException], str], ...] = (
 quotes the raw bytes it choked on."""
 _SERVER_DETAILS = {504: "The request was not answered in time."}
 """What the host says of its own 5xx answers other than a 500, by status (else the status's reason phrase)."""
+_BROKEN_FRAMING = "its chunked framing is malformed"
+_ENDED_EARLY = "the connection ended before the body did"
+"""Why a body in flight broke (fixed texts: the parser's own message quotes the bytes it refused)."""
 
 
 class ProblemRequestHandler(RequestHandler):
     """The host's connection protocol, whose own answers (a request the HTTP parser refuses: a malformed request
     line or header, one over the size limits, broken chunked framing; or an error no handler answered) are
-    problem+json like every other error of the API instead of the server's text/plain pages."""
+    problem+json like every other error of the API instead of the server's text/plain pages.
 
-    __slots__ = ()
+    A body that breaks once its request was handed to a handler (its chunked framing refused by the parser, or the
+    connection ending before it does) fails that handler's read, which answers 400, and the connection ends after
+    that request: the server itself would leave the read waiting for ever and queue a second answer that no request
+    asked for."""
+
+    __slots__ = ("_body", "_body_broken", "_body_handled")
+
+    def __init__(self, manager: web.Server, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._body: StreamReader | None = None
+        """The body the parser feeds: the last request's, complete once it is at its end."""
+        self._body_broken = False
+        """Whether that body broke: nothing after it on the connection is read, and the connection ends after it."""
+        self._body_handled = False
+        """Whether that request's handler has returned (only the server's drain of an unread rest reads on)."""
+        handler = self._request_handler
+        assert handler is not None  # noqa: S101  # set from the server, as the base class's own start() asserts
+
+        async def handle(request: web.BaseRequest) -> web.StreamResponse:
+            try:
+                return await handler(request)
+            finally:
+                if request.content is self._body:
+                    self._body_handled = True
+                    if self._body_broken:
+                        self.close()  # after this request's answer (one pipelined before it is answered first)
+
+        self._request_handler = handle
+
+    def data_received(self, data: bytes) -> None:
+        if self._body_broken:
+            return  # where a next request would begin is unknown
+        queued = len(self._messages)
+        super().data_received(data)
+        for entry in list(itertools.islice(self._messages, queued, None)):
+            message, payload = entry
+            if not isinstance(message, _ErrInfo):
+                self._body, self._body_handled = payload, False
+            elif self._body is not None and not self._body.is_eof():
+                # The parser was inside the body of a request already handed on: what it refused is that body, whose
+                # handler answers it, not a request of its own.
+                self._messages.remove(entry)
+                self._break_body(_BROKEN_FRAMING, message.exc)
+
+    # True keeps the transport open (asyncio.Protocol's contract), which the base class narrowed to None.
+    def eof_received(self) -> bool | None:  # type: ignore[override]
+        if self._body is None or self._body.is_eof():
+            super().eof_received()
+            return None  # the transport closes
+        # The client stopped sending in the middle of a body: it may still read the answer that refuses it.
+        self._break_body(_ENDED_EARLY, None)
+        return True
+
+    def _break_body(self, reason: str, cause: BaseException | None) -> None:
+        """End the body in flight as broken: its reader fails (RequestPayloadError) instead of waiting for bytes that
+        will not come, the server does not drain it, and the connection closes after its request's answer."""
+        body = self._body
+        assert body is not None  # noqa: S101  # called only for a body in flight
+        self._body_broken = True
+        if self._body_handled:
+            self.close()  # answered already: the server was draining the rest
+        else:
+            failure = web.RequestPayloadError(reason)
+            failure.__cause__ = cause
+            body.set_exception(failure)
+        # At its end, so that the server's drain of a body its handler did not read stops at once.
+        body.feed_eof()
 
     def handle_error(
         self,
@@ -173,27 +257,30 @@ class ProblemRequestHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        # The base class logs the failure and refuses once bytes of another answer went out; its page is not used.
-        plain = super().handle_error(request, status, exc, message)
         request_id = choose_request_id(request.headers.get(REQUEST_ID_HEADER))
         if status == 500:
-            # The document tells the user to quote this id: the log must hold it next to the failure.
+            # Logged once, here: the document tells the user to quote this id, so the traceback goes with it (the base
+            # class would log it apart, without the id).
             logger.error(
-                "request %s: %s %s failed unexpectedly: %s",
+                "request %s: %s %s failed unexpectedly%s",
                 request_id,
                 request.method,
                 request.path,
-                "no exception" if exc is None else type(exc).__name__,
+                "" if exc is not None else " (no exception)",
+                exc_info=exc,
             )
+            if request.writer.output_size > 0:  # as the base class: bytes of another answer went out already
+                raise ConnectionError("Response is sent already, cannot send another response with the error message")
             document = internal_error_document(request_id, request.path)
-        elif status > 500:
-            # Another 5xx (a 504 for a handler that timed out) keeps its own status in the body, as in the answer's.
-            title = _TITLES.get(status) or plain.reason[:1] + plain.reason[1:].lower()
-            detail = _SERVER_DETAILS.get(status, plain.reason)
-            document = problem_document(status, title.lower().replace(" ", "-"), title, detail, instance=request.path)
         else:
-            detail = next((text for kind, text in _PARSE_DETAILS if isinstance(exc, kind)), _NOT_HTTP)
+            # The base class logs the failure and refuses once bytes of another answer went out; its page is not used.
+            plain = super().handle_error(request, status, exc, message)
             title = _TITLES.get(status) or plain.reason[:1] + plain.reason[1:].lower()
+            if status > 500:
+                # Another 5xx (a 504 for a handler that timed out) keeps its own status in the body, as the answer's.
+                detail = _SERVER_DETAILS.get(status, plain.reason)
+            else:
+                detail = next((text for kind, text in _PARSE_DETAILS if isinstance(exc, kind)), _NOT_HTTP)
             document = problem_document(status, title.lower().replace(" ", "-"), title, detail, instance=request.path)
         answer = web.Response(
             status=status,

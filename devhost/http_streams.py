@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 DISCONNECT_POLL_S = 0.1
 """How often a receive that waits for the client's disconnect looks at the connection."""
+BODY_GONE = "the request body could not be read: the client closed the connection"
+"""The refusal of a body whose client went away (written to nobody: the answer's write fails quietly)."""
 
 
 def is_stream_function(function: func.Function, trigger_name: str) -> bool:
@@ -34,11 +36,17 @@ def is_stream_function(function: func.Function, trigger_name: str) -> bool:
 
 async def read_body(request: web.Request) -> bytes:
     """The request's body, decoded as its Content-Encoding says; HTTPBadRequest (a 400 problem, `host_problems`) when
-    it does not decode: the client's fault, never the 500 an escaping payload error would be answered with."""
+    it does not decode or breaks off: the client's fault, never the 500 an escaping payload error would be answered
+    with."""
     try:
         return await request.read()  # the host's body cap applies (413) before the function runs
     except web.RequestPayloadError as exc:
         raise web.HTTPBadRequest(text=f"the request body could not be read: {exc}") from None
+    except ConnectionError:
+        # The client went away in the middle of its body: nobody is left to answer, and nothing failed in the host
+        # (the refusal's write fails quietly on the closed connection).
+        logger.debug("client of %s %s went away mid-body", request.method, request.path)
+        raise web.HTTPBadRequest(text=BODY_GONE) from None
 
 
 def _scope(request: web.Request) -> dict[str, Any]:

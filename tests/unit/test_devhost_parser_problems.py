@@ -128,7 +128,7 @@ def test_a_request_the_parser_refuses_is_a_400_problem(port: int, case: str) -> 
 def test_broken_chunk_framing_after_the_headers_is_a_400_problem(port: int) -> None:
     head = b"POST /api/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
     # One write: the framing is refused by the parser before any handler runs. (Sent after the handler has begun to
-    # read, the refusal is the handler's, and the devhost sometimes leaves that connection unanswered.)
+    # read, the handler's read fails instead: tests/unit/test_devhost_broken_body.py.)
     status, headers, body = _exchange(port, head + b"3\r\nabc\r\nnot-a-size\r\n")
     assert status == 400
     assert headers["content-type"] == "application/problem+json"
