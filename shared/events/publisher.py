@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,6 +30,16 @@ SENDER_THREADS = 8
 """Sends in flight at once for callers with a timeout (a module's publish), each on a thread of its own in its hub's
 turn: a hub that is away keeps one until the SDK gives up. A caller that finds them all busy gives up by its deadline
 too, its send never started."""
+SET_ASIDE_PER_HUB = 1
+"""Producers of one hub set aside at once: each was left by its caller at its deadline while its sender still ran
+(stuck in the link's open, which the SDK holds for minutes against a hub that does not answer), and is closed by that
+sender once the SDK gives up. The hub's next publish builds a fresh producer instead of waiting for that turn. With the
+hub's current producer, whose sender may be stuck as well, one hub ties up at most 1 + SET_ASIDE_PER_HUB links and
+sender threads; past that bound a publish waits for the current turn (by its deadline), as a hub that is away
+everywhere must not take a new link and thread per publish."""
+_TURN_LOOK_S = 0.2
+"""How often a publish waiting for its hub's turn looks whether that producer was set aside meanwhile (then it takes
+the fresh one's turn: the one it waited for is released only when the SDK gives up)."""
 
 PropertyValue = str | int | float | bool | None
 """What both backends carry as an application property (AMQP and JSON both represent these)."""
@@ -58,6 +69,9 @@ class OutboundEvent:
         if isinstance(self.body, str):
             return self.body.encode("utf-8")
         return json.dumps(self.body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+logger = logging.getLogger(__name__)
 
 
 class PublishTimeoutError(TimeoutError):
@@ -111,6 +125,18 @@ class LocalEventHubPublisher:
         """Nothing to release: the pool belongs to its creator."""
 
 
+@dataclass(eq=False)
+class _Sending:
+    """A timed publish's send on its sender thread, in the turn of `producer`."""
+
+    hub: str
+    producer: EventHubProducerClient
+    turn: threading.Lock
+    ended: bool = False
+    set_aside: bool = False
+    """Its caller gave up while it still ran, and its producer no longer serves the hub: the sender closes it."""
+
+
 class AzureEventHubPublisher:
     """Sends with one `EventHubProducerClient` per hub, authenticated by Entra ID (no keys)."""
 
@@ -124,6 +150,10 @@ class AzureEventHubPublisher:
         self._senders = threading.BoundedSemaphore(SENDER_THREADS)
         self._in_flight: set[threading.Event] = set()
         self._closed = False
+        # Per hub, the send in the current producer's turn that its caller gave up on (to set aside once the bound
+        # allows), and the turns of the producers set aside whose senders still run.
+        self._stranded: dict[str, _Sending] = {}
+        self._set_aside: dict[threading.Lock, str] = {}
 
     def publish(self, hub: str, events: Sequence[OutboundEvent], *, timeout: float | None = None) -> None:
         """Send grouped by partition key, in as few batches as fit; order is kept within a key. With a `timeout`,
@@ -131,12 +161,10 @@ class AzureEventHubPublisher:
         if not events:
             return
         ends = None if timeout is None else time.monotonic() + timeout
-        producer, lock = self._producer(hub)
         # A producer is not safe to share between threads: the functions' thread pool takes turns. A turn taken by a
         # send that hangs on an outage would hold every other publisher to this hub for the SDK's retries (minutes),
         # past their callers' deadlines: with a timeout, the wait for the turn is bounded too.
-        if not lock.acquire(timeout=-1 if ends is None else _left(hub, ends)):
-            raise PublishTimeoutError(f"{hub}: the producer was still busy with another send after {timeout:g} s")
+        producer, lock = self._take_turn(hub, ends, timeout)
         # Enlisted once the turn is taken, so that a close() stops this send too, however long it waited for it.
         given_up = threading.Event()
         try:
@@ -154,7 +182,8 @@ class AzureEventHubPublisher:
         # `create_batch` (it asks the link for its largest message) and a send after the link was lost open it under
         # the SDK's own retries and waits (minutes against a hub that is away), whatever the `timeout`. So the work
         # runs on a sender thread, which keeps the turn until the SDK gives up, and the caller (a module thread, ADR
-        # 0026) stops waiting at its deadline; a later caller waits for that turn no longer than its own timeout.
+        # 0026) stops waiting at its deadline; the producer is then set aside (SET_ASIDE_PER_HUB), so a later caller
+        # sends on a fresh one instead of waiting out the stuck open.
         try:
             acquired = self._senders.acquire(timeout=max(ends - time.monotonic(), 0.0))
         except BaseException:
@@ -167,6 +196,7 @@ class AzureEventHubPublisher:
             raise PublishTimeoutError(f"{hub}: not sent by its deadline ({timeout:g} s): every sender was busy")
         done = threading.Event()
         failed: list[BaseException] = []
+        sending = _Sending(hub, producer, lock)
 
         def send() -> None:
             try:
@@ -175,6 +205,7 @@ class AzureEventHubPublisher:
                 failed.append(exc)
             finally:
                 self._delist(given_up)
+                self._sent(sending)
                 self._senders.release()
                 done.set()
 
@@ -190,13 +221,15 @@ class AzureEventHubPublisher:
             raise
         if not done.wait(timeout=max(ends - time.monotonic(), 0.0)):
             given_up.set()
+            self._abandon(sending)
             raise PublishTimeoutError(f"{hub}: not sent by its deadline ({timeout:g} s): the hub did not answer")
         if failed:
             raise failed[0]
 
     def close(self) -> None:
         """Close every producer; a send still in flight sends nothing more after its current batch, and a publish
-        that comes after (or was waiting for its hub's turn) is refused."""
+        that comes after (or was waiting for its hub's turn) is refused. A producer set aside is closed by its sender,
+        once the SDK's open it is stuck in ends (closing it here would wait for that open)."""
         with self._lock:
             self._closed = True
             producers, self._producers = self._producers, {}
@@ -204,6 +237,81 @@ class AzureEventHubPublisher:
                 given_up.set()
         for producer, _ in producers.values():
             producer.close()
+
+    def _take_turn(
+        self, hub: str, ends: float | None, timeout: float | None
+    ) -> tuple[EventHubProducerClient, threading.Lock]:
+        """The hub's producer, its turn taken; with `ends`, PublishTimeoutError once it passes first.
+
+        The wait is in slices: a producer set aside meanwhile (its sender stuck, its caller gone) keeps its turn until
+        the SDK gives up, and a publish that waited for it takes the fresh producer's turn instead."""
+        waited = False
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise PublishTimeoutError(f"{hub}: the publisher is closed; nothing was sent")
+                self._set_aside_stranded(hub)
+            producer, turn = self._producer(hub)
+            if ends is None:
+                look = _TURN_LOOK_S
+            else:
+                left = ends - time.monotonic()
+                if left <= 0:
+                    if waited:
+                        raise PublishTimeoutError(
+                            f"{hub}: the producer was still busy with another send after {timeout:g} s"
+                        )
+                    raise PublishTimeoutError(f"{hub}: not sent by its deadline")
+                look = min(left, _TURN_LOOK_S)
+            if turn.acquire(timeout=look):
+                with self._lock:
+                    closed = self._closed
+                if closed:
+                    turn.release()
+                    continue  # refused above, before a producer is built for a closed publisher
+                if self._producer(hub)[1] is turn:
+                    return producer, turn
+                turn.release()  # taken as its sender gave it back, after its producer was set aside: not the hub's
+            waited = True
+
+    def _abandon(self, sending: _Sending) -> None:
+        """Its caller gave up while its sender still runs: the producer is set aside if the bound allows, else once it
+        does (when a publish to the hub looks again)."""
+        with self._lock:
+            if sending.ended:
+                return  # it gave the turn back as its caller gave up: nothing is stuck
+            self._stranded[sending.hub] = sending
+            self._set_aside_stranded(sending.hub)
+
+    def _set_aside_stranded(self, hub: str) -> None:
+        """Under `_lock`: take the hub's producer whose caller gave up out of service, if the bound allows."""
+        sending = self._stranded.get(hub)
+        if sending is None or sum(1 for aside in self._set_aside.values() if aside == hub) >= SET_ASIDE_PER_HUB:
+            return
+        del self._stranded[hub]
+        current = self._producers.get(hub)
+        if current is None or current[1] is not sending.turn:
+            return  # not a producer this publisher keeps for the hub: there is no other to build
+        del self._producers[hub]
+        sending.set_aside = True
+        self._set_aside[sending.turn] = hub
+
+    def _sent(self, sending: _Sending) -> None:
+        """On the sender thread, once its send ended: a producer set aside is closed (its link with it)."""
+        with self._lock:
+            sending.ended = True
+            if self._stranded.get(sending.hub) is sending:
+                del self._stranded[sending.hub]
+            set_aside = sending.set_aside
+        if not set_aside:
+            return
+        try:
+            sending.producer.close()
+        except Exception:  # a link that never opened may fail to close; the producer is dropped all the same
+            logger.warning("%s: a producer set aside did not close cleanly", sending.hub, exc_info=True)
+        finally:
+            with self._lock:
+                self._set_aside.pop(sending.turn, None)
 
     def _enlist(self, hub: str, given_up: threading.Event) -> None:
         """Count a send in flight, for close() to stop; PublishTimeoutError once the publisher is closed."""

@@ -1,10 +1,11 @@
 # intent_ref: platform.modules
-"""`event.emit`: a custom event on `platform-events`, keyed by tenant, with an id derived from the attempt."""
+"""`event.emit`: a custom event on `platform-events`, keyed by tenant, with an id derived from its step."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -18,8 +19,16 @@ _EVENT_ID_NAMESPACE = uuid.UUID("6f1d3c5e-2b8a-5e4f-9a7c-0d2e4b6a8c1f")
 
 
 def event_id(ctx: ModuleContext) -> uuid.UUID:
-    """The same for every delivery of one attempt, so consumers deduplicate a re-published event by id."""
-    return uuid.uuid5(_EVENT_ID_NAMESPACE, ctx.idempotency_key)
+    """The same for every delivery and every attempt of one step's emit (its compensation's is its own), so consumers
+    deduplicate a re-published event by id.
+
+    An attempt that timed out may have sent its event all the same (its send went on after the worker stopped waiting
+    for it), and the step's next attempt sends it again: per attempt, the two copies had two ids and no consumer could
+    tell them apart from two events. The parameters are the same in every attempt of a step (its references name its
+    execution's inputs and upstream outputs, fixed by then), so one id names one event. It is the id attempt 1 always
+    had (from its idempotency key), so a first attempt's event sent before this rule keeps its id when a later attempt
+    re-sends it."""
+    return uuid.uuid5(_EVENT_ID_NAMESPACE, replace(ctx, attempt=1).idempotency_key)
 
 
 class EventEmitModule(Module[EventEmitParams]):
@@ -63,7 +72,7 @@ class EventEmitModule(Module[EventEmitParams]):
         try:
             self._publisher().publish(PLATFORM_EVENTS_HUB, [event], timeout=left)
         except TimeoutError as exc:
-            # Retryable, as a timeout is: the next attempt sends it again, under that attempt's id; a send of this
-            # one that got through all the same is not undone.
+            # Retryable, as a timeout is: the next attempt sends it again, under the same id, so a send of this one
+            # that got through all the same is deduplicated by its consumers, not read as a second event.
             raise StepFailed(f"event {event_type} not sent by its attempt's deadline: {exc}") from None
         return {"event_id": eid}
