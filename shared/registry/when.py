@@ -157,21 +157,22 @@ class _Parser:
         return operands[0] if len(operands) == 1 else And(tuple(operands))
 
     def _unary(self) -> WhenExpr:
-        # A bound on nesting keeps a hostile condition from exhausting the interpreter's stack.
+        token = self._take("not", "(", "exists", "ref")
+        if token.kind == "exists":
+            return Exists(self._reference(self._take("ref")))
+        if token.kind == "ref":
+            return self._comparison(self._reference(token))
+        # A bound on nesting (a `not` or a parenthesis within another) keeps a hostile condition from exhausting the
+        # interpreter's stack.
         self.depth += 1
         if self.depth > MAX_NESTING:
             raise WhenSyntaxError(f"the condition nests deeper than {MAX_NESTING} levels")
         try:
-            token = self._take("not", "(", "exists", "ref")
             if token.kind == "not":
                 return Not(self._unary())
-            if token.kind == "(":
-                expr = self._or()
-                self._take(")")
-                return expr
-            if token.kind == "exists":
-                return Exists(self._reference(self._take("ref")))
-            return self._comparison(self._reference(token))
+            expr = self._or()
+            self._take(")")
+            return expr
         finally:
             self.depth -= 1
 

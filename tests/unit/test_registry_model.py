@@ -269,6 +269,18 @@ def test_when_syntax_errors_say_what_and_where(text: str, message: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("opening", "closing", "levels"),
+    [("(", ")", 32), ("not (", ")", 16), ("not ", "", 32)],  # a `not` and a parenthesis are a level each
+)
+def test_a_condition_nests_32_levels_and_no_more(opening: str, closing: str, levels: int) -> None:
+    leaf = "${inputs.env} == 'a'"
+    parsed = parse_when(opening * levels + leaf + closing * levels)
+    assert parsed is not None
+    with pytest.raises(WhenSyntaxError, match=re.escape("deeper than 32")):
+        parse_when(opening * levels + "(" + leaf + ")" + closing * levels)
+
+
+@pytest.mark.parametrize(
     ("text", "expected"),
     [
         ("${inputs.env} == 'prod'", True),
