@@ -13,6 +13,7 @@ import math
 import threading
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from typing import Protocol
 from uuid import UUID
 
 from pydantic import BaseModel
@@ -23,7 +24,7 @@ from shared.api.admission import get_admission
 from shared.api.problems import FieldError, ProblemError, json_pointer, too_many_requests
 from shared.api.security import RequestContext
 from shared.engine.event_wakeup import get_event_wakeup
-from shared.engine.executions import Execution, ExecutionEvent
+from shared.engine.executions import ExecutionEvent
 from shared.observability import metrics
 
 logger = logging.getLogger(__name__)
@@ -55,9 +56,25 @@ END_GRACE_S = 2.0
 """How long past its end a stream's response may take to finish before it is cut off (220 s and this stay under the
 230 s Azure's front end gives an HTTP function)."""
 
-ReadAfter = Callable[[int], Awaitable[tuple[Execution, list[ExecutionEvent]]]]
-ReadPage = Callable[[int, int], Awaitable[tuple[Execution, list[ExecutionEvent]]]]
-"""Reads the events after a seq, at most as many as asked."""
+
+class Progress(Protocol):
+    """Where the execution stands, read with a page of its events (an execution is one)."""
+
+    @property
+    def terminal(self) -> bool:
+        """No event will follow."""
+        ...
+
+    @property
+    def last_event_seq(self) -> int:
+        """The seq of its newest event."""
+        ...
+
+
+ReadAfter = Callable[[int], Awaitable[tuple[Progress, list[ExecutionEvent]]]]
+"""Reads the events after a seq, at most the request's page of them, and where the execution stands."""
+ReadPage = Callable[[int, int], Awaitable[tuple[Progress, list[ExecutionEvent]]]]
+"""Reads the events after a seq, at most as many as asked, and where the execution stands."""
 Render = Callable[[ExecutionEvent], bytes]
 
 
@@ -130,24 +147,18 @@ class _Reads:
     CATCH_UP_PAGE events while they catch up; else `read`, a page of the request's `limit` each."""
 
     def __init__(self, read: ReadAfter, read_page: ReadPage | None, page: int) -> None:
-        self.read, self.read_page, self.page = read, read_page, page
+        self.page = page
         self.largest = max(page, CATCH_UP_PAGE) if read_page is not None else page
         """The most events one read asks for."""
-
-    def of(self, size: int) -> ReadAfter:
-        """A read of at most `size` events (of `page` when no size can be asked for)."""
-        read_page = self.read_page
-        if read_page is None:
-            return self.read
-
-        async def read(after: int) -> tuple[Execution, list[ExecutionEvent]]:
-            return await read_page(after, size)
-
-        return read
+        # Without `read_page` no read asks for more than `page` (largest), which is what `read` reads.
+        self.read_page: ReadPage = read_page or (lambda after, _size: read(after))
 
 
-async def _admitted_read(tenant_id: UUID, read: ReadAfter, after: int) -> tuple[Execution, list[ExecutionEvent]]:
-    """`read(after)` under a permit of the tenant (ADR 0023), waited for with a back-off when its bound is full."""
+async def _admitted_read(
+    tenant_id: UUID, read_page: ReadPage, after: int, size: int
+) -> tuple[Progress, list[ExecutionEvent]]:
+    """`read_page(after, size)` under a permit of the tenant (ADR 0023), waited for with a back-off when its bound
+    is full."""
     pause = _BUSY_RETRY_S
     while True:
         permit = await get_admission().permit_waiting(tenant_id)
@@ -158,7 +169,7 @@ async def _admitted_read(tenant_id: UUID, read: ReadAfter, after: int) -> tuple[
             pause = min(pause * 2, _BUSY_RETRY_MAX_S)
             continue
         try:
-            return await read(after)
+            return await read_page(after, size)
         finally:
             permit.release()
 
@@ -170,17 +181,8 @@ class ExecutionFeed:
 
     It keeps only a recent tail of the events, rendered (TAIL_BYTES): a stream behind it reads its own backlog."""
 
-    def __init__(
-        self,
-        key: _FeedKey,
-        read: ReadAfter,
-        render: Render,
-        page: int,
-        start: int,
-        read_page: ReadPage | None = None,
-    ) -> None:
-        self._key, self._render = key, render
-        self._reads = _Reads(read, read_page, page)
+    def __init__(self, key: _FeedKey, reads: _Reads, render: Render, start: int) -> None:
+        self._key, self._reads, self._render = key, reads, render
         self.base = start
         """The tail holds every event past `base` up to `last_seq`; a stream at an earlier event reads its backlog."""
         self.last_seq = start
@@ -237,7 +239,7 @@ class ExecutionFeed:
                 return False
         return True
 
-    def _take(self, execution: Execution, items: list[ExecutionEvent]) -> bool:
+    def _take(self, execution: Progress, items: list[ExecutionEvent]) -> bool:
         """Add what a read returned to the tail; the oldest give way beyond TAIL_BYTES, and only the part of a read
         that stays is rendered. Whether the whole read fitted the tail."""
         if not items:
@@ -277,7 +279,7 @@ class ExecutionFeed:
                 while True:
                     if waiter is not None:
                         waiter.clear()  # before the read: an append after it wakes the wait below
-                    execution, items = await _admitted_read(self._key[1], self._reads.of(size), self.last_seq)
+                    execution, items = await _admitted_read(self._key[1], self._reads.read_page, self.last_seq, size)
                     fitted = self._take(execution, items)
                     full = len(items) >= size
                     # A feed catching up reads twice as many next time while a whole read fits the tail, up to the
@@ -414,21 +416,13 @@ class EventStreamResponse(StreamingResponse):
                 slot.release()
 
 
-def feed_for(
-    tenant_id: UUID,
-    execution_id: UUID,
-    read: ReadAfter,
-    render: Render,
-    page: int,
-    start: int,
-    read_page: ReadPage | None = None,
-) -> ExecutionFeed:
+def _feed_for(tenant_id: UUID, execution_id: UUID, reads: _Reads, render: Render, start: int) -> ExecutionFeed:
     """The process's feed of the execution (made by its first stream, reading from where it starts), joined by the
     caller."""
     key = (asyncio.get_running_loop(), tenant_id, execution_id)
     feed = _FEEDS.get(key)
     if feed is None:
-        feed = _FEEDS[key] = ExecutionFeed(key, read, render, page, start, read_page)
+        feed = _FEEDS[key] = ExecutionFeed(key, reads, render, start)
     feed.join()
     return feed
 
@@ -473,7 +467,7 @@ async def _follow(
     tenant_id = context.tenant.id
     if context.permit is not None:
         context.permit.release()  # the feed reads under the tenant's bound; a stream itself holds nothing
-    feed = feed_for(tenant_id, execution_id, reads.read, render, reads.page, after, reads.read_page)
+    feed = _feed_for(tenant_id, execution_id, reads, render, after)
     size = reads.page  # of the next backlog read: larger while its events are small (BACKLOG_BYTES)
     try:
         yield f"retry: {RECONNECT_MS}\n\n".encode()
@@ -483,7 +477,7 @@ async def _follow(
                     # Behind what the feed keeps (resuming from far back, or slower than the events come): the
                     # backlog from the database, a page at a time, read on only as the client takes what was sent.
                     try:
-                        _, items = await _admitted_read(tenant_id, reads.of(size), after)
+                        _, items = await _admitted_read(tenant_id, reads.read_page, after, size)
                     except Exception:
                         logger.exception("an event stream of execution %s could not read its backlog", execution_id)
                         return

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
@@ -483,24 +484,63 @@ async def events(
     )
 
 
+@dataclass(frozen=True)
+class _StreamProgress:
+    """Where an execution stands, as its stream reads it with a page of its events."""
+
+    status: repo.Status
+    last_event_seq: int
+
+    @property
+    def terminal(self) -> bool:
+        """No event will follow."""
+        return self.status in repo.TERMINAL
+
+
+# The status and the events in one statement, so one snapshot: a terminal status, written in the transaction that
+# wrote the terminal event, never comes without it, and the events are never newer than the status either. Only the
+# status and the newest seq ride along with each event (the stream needs no more of the execution).
+_STREAM_READ = (
+    "SELECT x.status, x.last_event_seq, e.seq, e.type, e.step_id, e.data, e.occurred_at FROM app.executions x"
+    " LEFT JOIN LATERAL (SELECT seq, type, step_id, data, occurred_at FROM app.execution_events"
+    " WHERE execution_id = x.id AND seq > %s ORDER BY seq LIMIT %s) e ON true"
+    " WHERE x.id = %s ORDER BY e.seq"
+)
+
+
+def _read_stream(
+    tenant_id: UUID, execution_id: UUID, after: int, limit: int
+) -> tuple[_StreamProgress, list[repo.ExecutionEvent]]:
+    """One read of an execution's stream: where it stands and its events after `after`, at most `limit` of them;
+    404 (which ends the stream) when it is gone."""
+    with tenant_transaction(tenant_id) as conn:
+        rows = conn.execute(_STREAM_READ, (after, limit, execution_id)).fetchall()
+    if not rows:  # erased while its stream was open
+        raise ProblemError(404, "not-found", "Not found", f"No execution {execution_id}.")
+    progress = _StreamProgress(rows[0]["status"], rows[0]["last_event_seq"])
+    events = [
+        repo.ExecutionEvent(row["seq"], row["type"], row["step_id"], row["data"], row["occurred_at"])
+        for row in rows
+        if row["seq"] is not None
+    ]
+    return progress, events
+
+
 def _event_stream(
     context: RequestContext, slot: event_stream.StreamSlot, execution_id: UUID, after: int, limit: int
 ) -> StreamingResponse:
     """The stream's response, which (with its body) gives the stream's admitted `slot` back when it ends."""
     settings = get_settings()
 
-    async def read(position: int) -> tuple[repo.Execution, list[repo.ExecutionEvent]]:
-        return await read_page(position, limit)
-
-    async def read_page(position: int, size: int) -> tuple[repo.Execution, list[repo.ExecutionEvent]]:
-        return await run_in_threadpool(_read_events, context.tenant.id, execution_id, position, size)
+    async def read_page(position: int, size: int) -> tuple[_StreamProgress, list[repo.ExecutionEvent]]:
+        return await run_in_threadpool(_read_stream, context.tenant.id, execution_id, position, size)
 
     body = event_stream.follow(
         context,
         slot,
         execution_id,
         after,
-        read,
+        lambda position: read_page(position, limit),
         lambda event: event_stream.frame(event.seq, event.type, event_out(event)),
         page=limit,
         keepalive_s=settings.QP_EVENT_STREAM_KEEPALIVE_S,
