@@ -294,6 +294,15 @@ def transition(
     return _apply(conn, current, new_status, output=output, error=error)
 
 
+def transition_held(
+    conn: Conn, current: Execution, new_status: Status, *, output: Any = None, error: str | None = None
+) -> tuple[Execution, int]:
+    """`transition` of an execution this transaction holds: `current` as `hold_execution` (or a move of this
+    transaction since) left it. Held, its status cannot change under it, so it is not locked and read again; the row
+    keeps the hold's NO KEY UPDATE, which the move's UPDATE takes anyway (ADR 0014's order is the hold's)."""
+    return _apply(conn, current, new_status, output=output, error=error)
+
+
 def transition_from(
     conn: Conn, execution_id: UUID, expected: Status, new_status: Status, *, error: str | None = None
 ) -> tuple[Execution, int] | None:

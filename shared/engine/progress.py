@@ -274,18 +274,47 @@ def _move(
     current: repo.Execution | None = None,
 ) -> dict[str, Any]:
     """Move the execution to `status` unless it is there already (a re-executed activity) or has ended; `current`:
-    the execution as this transaction just read it, if the caller has.
+    the execution as this transaction holds it (`repo.hold_execution`, or a move of this transaction since), if the
+    caller does.
 
     Returns the status it is in afterwards and whether a cancel was requested, so the orchestrator's first
     record learns of a cancel that came before it started.
     """
+    return _move_answer(_moved(conn, execution_id, status, output=output, error=error, current=current))
+
+
+def _moved(
+    conn: store.Conn,
+    execution_id: UUID,
+    status: repo.Status,
+    *,
+    output: Any,
+    error: str | None,
+    current: repo.Execution | None = None,
+) -> repo.Execution:
+    """`_move`, answering the execution as it is afterwards (held by this transaction once it moved)."""
+    # A row this transaction holds cannot change under it: moved as it was read, not locked and read again. One
+    # read without the lock is taken again under it by the first move.
+    held = current is not None
     current = current or repo.get_execution(conn, execution_id)
     if current.status != status and not current.terminal:
         if (current.status, status) not in repo.TRANSITIONS and (current.status, "running") in repo.TRANSITIONS:
             # An execution that ends while recorded as waiting resumes first: the stream shows both moves.
-            current, _ = repo.transition(conn, execution_id, "running")
-        current, _ = repo.transition(conn, execution_id, status, output=output, error=error)
-    return {"status": current.status, "cancel_requested": current.cancel_requested_at is not None}
+            current = _transition(conn, current, "running", held=held, output=None, error=None)
+            held = True
+        current = _transition(conn, current, status, held=held, output=output, error=error)
+    return current
+
+
+def _transition(
+    conn: store.Conn, current: repo.Execution, status: repo.Status, *, held: bool, output: Any, error: str | None
+) -> repo.Execution:
+    """One move from `current`; an execution this transaction does not hold yet is locked and read first."""
+    if held:
+        moved, _ = repo.transition_held(conn, current, status, output=output, error=error)
+    else:
+        moved, _ = repo.transition(conn, current.id, status, output=output, error=error)
+    return moved
 
 
 def _settle(request: ProgressRequest) -> dict[str, Any]:
@@ -582,7 +611,7 @@ def _record_batch(conn: store.Conn, batch: machine.DispatchSteps, *, carrying: b
         )
         return _Recorded([], [], [], {}, True, answer)
     if batch.status is machine.Status.RUNNING and current.status == "pending":
-        _move(conn, execution_id, "running", output=None, error=None, current=current)
+        current = _moved(conn, execution_id, "running", output=None, error=None, current=current)
     refused = current.cancel_requested_at is not None
     for note in batch.notes:
         _note(conn, execution_id, note)
@@ -626,13 +655,12 @@ def _record_batch(conn: store.Conn, batch: machine.DispatchSteps, *, carrying: b
                 items.append(item)
             if waits:
                 awaited.append(key)
+    # `current` is still what the row holds: it is held, and nothing since moved it or recorded its cancel.
     if batch.status is not None and not refused:
         # Last, so a reader that sees execution_waiting can already read what it waits for.
-        moved = _move(conn, execution_id, batch.status.value, output=None, error=None)
-    elif batch.status is None:
-        moved = _move_answer(current)  # nothing here moves the execution
+        moved = _move(conn, execution_id, batch.status.value, output=None, error=None, current=current)
     else:
-        moved = _move_answer(repo.get_execution(conn, execution_id))
+        moved = _move_answer(current)  # nothing here moves the execution
     return _Recorded(items, awaited, children, moved, refused)
 
 
