@@ -369,14 +369,22 @@ def check(
         # costs no reads of the tenant's other intents.
         declared = found is not None
         looked: dict[_Wanted, _Reached | None] = {}
-        cycles = _cycle_problems(conn, runs_as, doc, result.steps, declaration=declared, looked=looked, again=again)
+        read: dict[_Key, tuple[Step, ...]] = {}
+        steps, saved = result.steps, runs_as
+
+        def walk(looked: dict[_Wanted, _Reached | None]) -> list[ValidationError]:
+            return _cycle_problems(conn, saved, doc, steps, declaration=declared, looked=looked, again=again, read=read)
+
+        cycles = walk(looked)
         if writing and any(step.action == "intent.run" for step in result.steps):
             # The walk's reads (definitions, seconds' worth on a tenant of large intents) were made before the
             # turn; under it, one statement tells whether a save that had the turn meanwhile moved any head the
-            # walk looked up, and only then is the walk made again, now seeing that save.
+            # walk looked up, and only then is the walk made again, now seeing that save: with the answers of the
+            # names that did not move and the definitions already read (versions never change), so it reads only
+            # what moved.
             _hold_intent_runs(conn)
-            if _heads_moved(conn, looked):
-                cycles = _cycle_problems(conn, runs_as, doc, result.steps, declaration=declared, again=again)
+            if moved := _heads_moved(conn, looked):
+                cycles = walk({wanted: answer for wanted, answer in looked.items() if wanted[0] not in moved})
         errors.extend(cycles)
     if errors or not result.ok:
         count = len(errors) + result.unlisted
@@ -526,6 +534,7 @@ def _cycle_problems(
     declaration: bool,
     looked: dict[_Wanted, _Reached | None] | None = None,
     again: int | None = None,
+    read: dict[_Key, tuple[Step, ...]] | None = None,
 ) -> list[ValidationError]:
     """`recursive_intent` when an `intent.run` step of the intent being saved (`name`, with `steps`) starts an
     intent that, through the tenant's intents as they are stored now, runs `name` again; at most one problem (the
@@ -542,10 +551,14 @@ def _cycle_problems(
     of its versions is followed as any intent is. Without it any step naming `name` comes back, whatever it pins.
 
     `looked` (if given) receives every look-up made and its answer: the walk's outcome depends on nothing else that
-    can change (versions are immutable), so a walk made again while those answers hold would find the same."""
+    can change (versions are immutable), so a walk made again while those answers hold would find the same; given
+    filled, its answers are taken as they are. `read` (if given) keeps the steps of every version read, and a walk
+    made again takes them from there: within MAX_CYCLE_INTENTS definitions for both walks together, unless the
+    second reaches versions the first did not."""
     # A look-up reads heads only: of up to MAX_CYCLE_LOOKUPS intents, only those followed (MAX_CYCLE_INTENTS at
     # most) have their definitions read, one at a time.
     lookups: dict[_Wanted, _Reached | None] = {} if looked is None else looked
+    steps_read: dict[_Key, tuple[Step, ...]] = {} if read is None else read
     past_bound: set[_Wanted] = set()
 
     def back(params: IntentRunParams | None) -> bool:
@@ -583,7 +596,10 @@ def _cycle_problems(
         follow(child(params), (), index)
     while waiting:
         reached, path, index = waiting.popleft()
-        for below in _reached_steps(conn, reached):
+        key = _reached_key(reached)
+        if key not in steps_read:
+            steps_read[key] = _reached_steps(conn, reached)
+        for below in steps_read[key]:
             params = _run_params(below)
             if back(params):
                 return [_cycle_problem(doc, steps[index], index, (name, *path, name), declaration=declaration)]
@@ -598,22 +614,23 @@ _Wanted = tuple[str, int | None]
 """What an `intent.run` step of the walk starts: the intent's name and the version it pins (None: the current one)."""
 
 
-def _heads_moved(conn: Conn, looked: dict[_Wanted, _Reached | None]) -> bool:
-    """Whether a look-up of a cycle walk might answer otherwise now: the active head of a name it looked up was
-    made, archived or moved to another version since (a version once made never changes; a head's current version
-    is its newest, so a pinned version past it does not exist). One statement, whatever the number of look-ups;
-    when in doubt it answers True, which costs a walk made again, never a cycle missed."""
+def _heads_moved(conn: Conn, looked: dict[_Wanted, _Reached | None]) -> set[str]:
+    """The names whose look-ups by a cycle walk might answer otherwise now: the active head of the name was made,
+    archived or moved to another version since (a version once made never changes; a head's current version is its
+    newest, so a pinned version past it does not exist). One statement, whatever the number of look-ups; when in
+    doubt a name is in, which costs a look-up made again, never a cycle missed."""
     if not looked:
-        return False
+        return set()
     now = active_heads(conn, "intent", sorted({name for name, _ in looked}))
+    moved: set[str] = set()
     for (name, pinned), answer in looked.items():
         head = now.get(name)
         if answer is not None:
             if head is None or (head.id, head.current_version) != (answer[0].id, answer[0].current_version):
-                return True
+                moved.add(name)
         elif head is not None and (pinned is None or pinned <= head.current_version):
-            return True
-    return False
+            moved.add(name)
+    return moved
 
 
 def _reached_key(reached: _Reached) -> _Key:

@@ -270,7 +270,7 @@ def test_a_walk_reads_before_its_turn_and_walks_again_only_if_a_head_it_looked_u
         api, tenant, closing, lambda: api.client.post(INTENTS, json=top_2, headers=author), reads
     )
     assert read_while_waiting == ["middle", "leaf"]
-    assert reads == ["middle", "leaf", "middle", "leaf"]
+    assert reads == ["middle", "leaf", "leaf"]  # again under the turn: only the version that moved is read
     ((at, code, detail),) = _refusals(answer)
     assert (at, code) == ("/definition/steps/0/intent", "recursive_intent")
     assert "'top-2' → 'middle' → 'leaf' → 'top-2'" in detail, detail

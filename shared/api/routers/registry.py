@@ -283,6 +283,16 @@ _ETAG_HEADER = {
     "schema": {"type": "string"},
 }
 _WITH_ETAG: dict[str, Any] = {"headers": {"ETag": _ETAG_HEADER}}
+_ROLLBACK_BASE = (
+    'A new version equal to `to_version`, its origin `{"kind": "rollback", "from_version": n}`; the old\nversion must'
+    " still validate"
+)
+_ROLLBACK = {
+    "intent": f"{_ROLLBACK_BASE}, and must not close a cycle of intents that run each other (422 `recursive_intent`,"
+    " naming the path). `If-Match` is optional here (Author).",
+    "blueprint": f"{_ROLLBACK_BASE}. `If-Match` is optional here (Author).",
+}
+"""What a rollback answers, by kind: only an intent's steps can run intents (declarations pin blueprint versions)."""
 _CREATED: dict[str, Any] = {
     "description": "Created",
     "headers": {
@@ -596,6 +606,7 @@ def definition_router(kind: Kind) -> APIRouter:
         "/{item_id}/rollback",
         response_model=RegistryItem,
         summary=f"Roll {_a(noun)} {noun} back (a new version equal to an old one)",
+        description=_ROLLBACK[kind],
         responses={200: _WITH_ETAG, **ITEM_ERRORS, 409: E409_ARCHIVED, 412: E412},
     )
     def rollback(
@@ -605,9 +616,7 @@ def definition_router(kind: Kind) -> APIRouter:
         body: RollbackRequest,
         if_match: IfMatch = None,
     ) -> JSONResponse:
-        """A new version equal to `to_version`, its origin `{"kind": "rollback", "from_version": n}`; the old
-        version must still validate, and must not close a cycle of intents that run each other (422 `recursive_intent`,
-        naming the path). `If-Match` is optional here (Author)."""
+        """A new version equal to `to_version` (`_ROLLBACK`)."""
         item = load(conn, item_id)
         authorize(context, spec.rollback, resource_of(context, item), detail={"to_version": body.to_version}, conn=conn)
         try:
