@@ -27,9 +27,9 @@ PLATFORM_EVENTS_HUB = "platform-events"
 """Domain events out (intent.*, execution.*, step.*, and tenants' custom.* events), keyed by tenant."""
 
 SENDER_THREADS = 8
-"""Sends in flight at once for callers with a timeout (a module's publish), each on a thread of its own in its hub's
-turn: a hub that is away keeps one until the SDK gives up. A caller that finds them all busy gives up by its deadline
-too, its send never started."""
+"""Sends in flight at once for callers with a timeout (a module's publish, the outbox relay's), each on a thread of
+its own in its hub's turn: a hub that is away keeps one until the SDK gives up. A caller that finds them all busy gives
+up by its deadline too, its send never started."""
 SET_ASIDE_PER_HUB = 1
 """Producers of one hub set aside at once: each was left by its caller at its deadline while its sender still ran
 (stuck in the link's open, which the SDK holds for minutes against a hub that does not answer), and is closed by that
@@ -37,6 +37,11 @@ sender once the SDK gives up. The hub's next publish builds a fresh producer ins
 hub's current producer, whose sender may be stuck as well, one hub ties up at most 1 + SET_ASIDE_PER_HUB links and
 sender threads; past that bound a publish waits for the current turn (by its deadline), as a hub that is away
 everywhere must not take a new link and thread per publish."""
+CLOSE_WAIT_S = 5.0
+"""How long close() waits for its producers' own closes, all together. The SDK's close waits for the producer's lock,
+which a link open stuck against a hub that does not answer holds for minutes: close() runs as the process stops or
+restarts, so a producer not closed by then is left to close on its own thread (a daemon's, never holding the exit)
+once the SDK gives up."""
 _TURN_LOOK_S = 0.2
 """How often a publish waiting for its hub's turn looks whether that producer was set aside meanwhile (then it takes
 the fresh one's turn: the one it waited for is released only when the SDK gives up)."""
@@ -229,14 +234,24 @@ class AzureEventHubPublisher:
     def close(self) -> None:
         """Close every producer; a send still in flight sends nothing more after its current batch, and a publish
         that comes after (or was waiting for its hub's turn) is refused. A producer set aside is closed by its sender,
-        once the SDK's open it is stuck in ends (closing it here would wait for that open)."""
+        once the SDK's open it is stuck in ends (closing it here would wait for that open). Returns within
+        CLOSE_WAIT_S: a producer whose close waits longer (its link stuck opening) is logged and left to its thread."""
         with self._lock:
             self._closed = True
             producers, self._producers = self._producers, {}
             for given_up in self._in_flight:
                 given_up.set()
-        for producer, _ in producers.values():
-            producer.close()
+        ends = time.monotonic() + CLOSE_WAIT_S
+        closing = [(hub, _close_on_thread(hub, producer)) for hub, (producer, _) in producers.items()]
+        for hub, closer in closing:
+            closer.join(timeout=max(ends - time.monotonic(), 0.0))
+            if closer.is_alive():
+                logger.warning(
+                    "%s: the producer did not close within %g s (its lock is held, as by a link open stuck against"
+                    " a hub that does not answer); it closes on its own thread once the SDK lets it",
+                    hub,
+                    CLOSE_WAIT_S,
+                )
 
     def _take_turn(
         self, hub: str, ends: float | None, timeout: float | None
@@ -336,6 +351,21 @@ class AzureEventHubPublisher:
                 client = EventHubProducerClient(self._namespace, hub, self._credential)
                 self._producers[hub] = (client, threading.Lock())
             return self._producers[hub]
+
+
+def _close_on_thread(hub: str, producer: EventHubProducerClient) -> threading.Thread:
+    """Start `producer`'s close on a daemon thread of its own (a close stuck behind the link's open must not hold the
+    process's exit), for the caller to wait for as long as it will."""
+
+    def close() -> None:
+        try:
+            producer.close()
+        except Exception:  # a link that never opened may fail to close; the producer is dropped all the same
+            logger.warning("%s: a producer did not close cleanly", hub, exc_info=True)
+
+    closer = threading.Thread(target=close, name="eventhub-close", daemon=True)
+    closer.start()
+    return closer
 
 
 def _send_in_turn(

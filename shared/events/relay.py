@@ -13,7 +13,7 @@ events (and webhook deliveries) back until it ends.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -25,7 +25,14 @@ from psycopg_pool import ConnectionPool
 from shared.db import tenant_locks
 from shared.db.session import platform_transaction, tenant_transaction
 from shared.events import webhook_store
-from shared.events.publisher import PLATFORM_EVENTS_HUB, EventPublisher, OutboundEvent, PropertyValue, get_publisher
+from shared.events.publisher import (
+    PLATFORM_EVENTS_HUB,
+    EventPublisher,
+    OutboundEvent,
+    PropertyValue,
+    PublishTimeoutError,
+    get_publisher,
+)
 from shared.observability.tracing import TRACEPARENT
 
 _PENDING_TENANTS = "SELECT tenant_id FROM app.outbox_pending_tenants(%s) AS pending (tenant_id)"
@@ -39,6 +46,14 @@ _UNPUBLISHED = (
 _MARK = "UPDATE app.outbox SET published_at = clock_timestamp() WHERE id = ANY(%s) AND published_at IS NULL"
 
 logger = logging.getLogger(__name__)
+
+RELAY_PUBLISH_TIMEOUT_S = 120.0
+"""The relay's publish is given up after this: a hub link whose open is stuck (a hub that accepts and never answers)
+held it, untimed, for the SDK's retries (15 minutes and more), and with it the tenant's transaction past its 5-minute
+idle bound (ADR 0043) and the hub's turn from every timed publish. It covers what ADR 0043 counted for a relay send
+(the SDK's 60 s send with up to 60 s for its first token) and stays well under that idle bound, so the transaction is
+still there to roll back (its events go again on the next run) and, for a send that ends near the bound, to record
+the deliveries and the mark. Given up, the stuck producer is set aside as a timed caller's is."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +88,24 @@ def envelope(tenant_id: UUID, row: DictRow) -> OutboundEvent:
     return OutboundEvent(body, str(tenant_id), properties)
 
 
+class _Bounded:
+    """A publisher whose publishes, given no timeout of their own, are given the relay's."""
+
+    def __init__(self, publisher: EventPublisher) -> None:
+        self._publisher = publisher
+
+    def publish(self, hub: str, events: Sequence[OutboundEvent], *, timeout: float | None = None) -> None:
+        self._publisher.publish(hub, events, timeout=RELAY_PUBLISH_TIMEOUT_S if timeout is None else timeout)
+
+    def close(self) -> None:
+        self._publisher.close()
+
+
+def relay_publisher() -> EventPublisher:
+    """The process's publisher, each of the relay's publishes bounded by RELAY_PUBLISH_TIMEOUT_S."""
+    return _Bounded(get_publisher())
+
+
 def pending_tenants(max_tenants: int, *, pool: ConnectionPool[Any] | None = None) -> list[UUID]:
     """Ids of the tenants with unpublished events, oldest waiting first (no row of theirs is read here)."""
     with platform_transaction(pool=pool) as conn:
@@ -82,7 +115,9 @@ def pending_tenants(max_tenants: int, *, pool: ConnectionPool[Any] | None = None
 def relay_tenant(
     tenant_id: UUID, publisher: EventPublisher, *, batch_size: int = 100, pool: ConnectionPool[Any] | None = None
 ) -> int:
-    """Publish up to `batch_size` of the tenant's unpublished events and mark them; returns how many went."""
+    """Publish up to `batch_size` of the tenant's unpublished events and mark them; returns how many went.
+
+    The send is bounded as `publisher` bounds it: the relay's own (`relay_publisher`) gives up by its deadline."""
     with tenant_transaction(tenant_id, pool=pool) as conn:
         if not tenant_locks.try_hold(conn, "outbox-relay"):  # another relay holds this tenant's
             return 0
@@ -98,7 +133,7 @@ def relay_tenant(
 
 
 def relay_pending(
-    publisher: Callable[[], EventPublisher] = get_publisher,
+    publisher: Callable[[], EventPublisher] = relay_publisher,
     *,
     batch_size: int = 100,
     max_tenants: int = 100,
@@ -109,7 +144,9 @@ def relay_pending(
     """Relay every tenant's waiting events, one batch per tenant per round, until none wait or `max_rounds`;
     `pool` serves the tenant transactions, `control_pool` the control plane's (the process-wide pools when None).
 
-    A tenant whose events cannot be sent is logged and left for the next run; the other tenants still go.
+    A tenant whose events cannot be sent is logged and left for the next run; the other tenants still go, unless its
+    publish was not done by its deadline: the hub (or the process's senders) did not answer, so the run ends there
+    rather than wait out the deadline again for each tenant.
     """
     published = 0
     seen: set[UUID] = set()
@@ -125,7 +162,14 @@ def relay_pending(
             seen.add(tenant_id)
             try:
                 sent_this_round += relay_tenant(tenant_id, publisher(), batch_size=batch_size, pool=pool)
-            except Exception:  # one tenant's trouble (or a hub outage) must not keep the others' events back
+            except PublishTimeoutError:
+                # Not this tenant's trouble: every tenant's events go to the same hub, and waiting out the deadline
+                # once per tenant would keep a run against a silent hub going for hours (100 tenants of 120 s each;
+                # the host ends a run after 1 h).
+                logger.exception("outbox relay: the events of tenant %s were not sent by their deadline", tenant_id)
+                failed.add(tenant_id)
+                return RelayResult(published=published + sent_this_round, tenants=len(seen), failed_tenants=len(failed))
+            except Exception:  # one tenant's trouble must not keep the others' events back
                 logger.exception("outbox relay: the events of tenant %s could not be published", tenant_id)
                 failed.add(tenant_id)
         published += sent_this_round
