@@ -103,6 +103,13 @@ def _record_dispatch(conn: store.Conn, request: DispatchRequest, *, awaited: boo
     )
 
 
+DISPATCH_PUBLISH_TIMEOUT_S = 120.0
+"""A dispatch's publish of its work is given up after this (the SDK's send and its first token, 60 s each): a link
+whose open hung held it, and `module-work`'s turn, for the SDK's retries (over 15 minutes). The activity's retry
+publishes the same work again, on a fresh link (the stuck one is set aside), and the worker's claim keeps copies of
+one attempt from running twice (ADR 0026)."""
+
+
 def _publish(items: list[WorkItem]) -> None:
     """Put work items on `module-work` in one send, after the transaction that recorded their attempts."""
     if not items:
@@ -120,6 +127,7 @@ def _publish(items: list[WorkItem]) -> None:
             )
             for item in items
         ],
+        timeout=DISPATCH_PUBLISH_TIMEOUT_S,
     )
 
 
