@@ -1,4 +1,4 @@
-# intent_ref: platform.engine
+# intent_ref: platform.execution
 """A dispatch's publish of its work on `module-work` ends by its deadline: untimed, a hub link whose open hung (a hub
 that accepts the connection and never answers) held the dispatch activity and the hub's turn for the SDK's retries
 (minutes). Given up, the activity's retry publishes the same work on a fresh link."""
