@@ -5,6 +5,7 @@ transaction, under RLS."""
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from shared.sealing import SealedFor, Sealer, is_sealed, sealer
 Conn = psycopg.Connection[DictRow]
 
 _SUBSCRIPTION_COLUMNS = (
-    "id, url, event_types, description, enabled, disabled_reason, consecutive_failures, created_at, updated_at"
+    "id, url, event_types, description, enabled, disabled_reason, consecutive_failures, created_at, updated_at, version"
 )
 _INSERT = (
     "INSERT INTO app.webhook_subscriptions (tenant_id, id, url, event_types, description, secret)"
@@ -35,23 +36,29 @@ _GET = "SELECT {subscription} FROM app.webhook_subscriptions WHERE id = %s"
 # The lock its UPDATE takes anyway, taken at the read: not FOR UPDATE, which would also hold up the relay's
 # FOR KEY SHARE read of the enabled subscriptions for as long as the change's transaction is open.
 _GET_TO_CHANGE = _GET + " FOR NO KEY UPDATE"
+# The versions an If-Match names are compared here, in the statement that writes (NULL: any); every change moves
+# the version (migration 0052).
 _UPDATE = (
     "UPDATE app.webhook_subscriptions SET url = %s, event_types = %s, description = %s, enabled = %s,"
     " disabled_reason = CASE WHEN %s THEN NULL ELSE disabled_reason END,"
     " consecutive_failures = CASE WHEN %s THEN 0 ELSE consecutive_failures END, updated_at = clock_timestamp()"
-    " WHERE id = %s RETURNING {subscription}"
+    " WHERE id = %s AND (%s::bigint[] IS NULL OR version = ANY (%s)) RETURNING {subscription}"
 )
 _RESUME_FAILED = (
     "UPDATE app.webhook_deliveries SET state = 'pending', attempts = 0, next_attempt_at = clock_timestamp()"
     " WHERE subscription_id = %s AND state = 'failed'"
 )
-_ROTATE = "UPDATE app.webhook_subscriptions SET secret = %s, updated_at = clock_timestamp() WHERE id = %s"
+_ROTATE = (
+    "UPDATE app.webhook_subscriptions SET secret = %s, updated_at = clock_timestamp()"
+    " WHERE id = %s AND (%s::bigint[] IS NULL OR version = ANY (%s)) RETURNING version"
+)
 # Secrets kept in plain text (before migration 0031) or sealed with another key than the current one.
 _TO_SEAL = "SELECT id, secret FROM app.webhook_subscriptions WHERE NOT starts_with(secret, %s) ORDER BY id FOR UPDATE"
 _SEAL = "UPDATE app.webhook_subscriptions SET secret = %s WHERE id = %s"
 # The deliveries, then the subscription, through the pinned tenant's function (migration 0046): DELETE on the tables
 # would let a tenant's transaction LOCK them against every tenant. Answers how many subscriptions went.
-_DELETE = "SELECT app.delete_webhook_subscription(%s) AS removed"
+# With the versions an If-Match names (NULL: any): -1 when the subscription is at another one (migration 0052).
+_DELETE = "SELECT app.delete_webhook_subscription(%s, %s::bigint[]) AS removed"
 # FOR KEY SHARE until the relay commits (updates pass, a delete waits): a subscription deleted before is not read, one
 # being deleted is waited for and then not read, and none goes before the deliveries written for it are in. A
 # delivery for a subscription deleted meanwhile failed its foreign key, and the relay's transaction with it, after the
@@ -131,6 +138,16 @@ class Subscription:
     consecutive_failures: int
     created_at: datetime
     updated_at: datetime
+    version: int
+    """What its ETag names: moved by every change of what the API shows of it (migration 0052)."""
+
+    @property
+    def etag(self) -> str:
+        return etag(self.id, self.version)
+
+
+class PreconditionFailedError(Exception):
+    """If-Match named none of the versions the subscription is at: it changed since that ETag was issued."""
 
 
 class SubscriptionQuotaError(Exception):
@@ -153,6 +170,26 @@ class Claimed:
     attempts: int
     url: str
     secret: str
+
+
+def etag(subscription_id: UUID, version: int) -> str:
+    """The strong ETag of a subscription at `version`."""
+    return f'"{subscription_id}.v{version}"'
+
+
+def versions_named(subscription_id: UUID, if_match: frozenset[str] | None) -> list[int] | None:
+    """The versions of the subscription the ETags in `if_match` name (None: any); weak ones, and any `etag` did not
+    make for this subscription, name none. At most 18 digits, so that any named fits a bigint."""
+    if if_match is None:
+        return None
+    named = re.compile(rf'"{subscription_id}\.v([1-9][0-9]{{0,17}})"')
+    return sorted({int(found[1]) for tag in if_match if (found := named.fullmatch(tag))})
+
+
+def matches(subscription: Subscription, if_match: frozenset[str] | None) -> bool:
+    """Whether `if_match` (None: any) names the version `subscription` was read at."""
+    versions = versions_named(subscription.id, if_match)
+    return versions is None or subscription.version in versions
 
 
 def _sql(text: str) -> sql.Composed:
@@ -220,25 +257,46 @@ def get_to_change(conn: Conn, subscription_id: UUID) -> Subscription | None:
 
 
 def update(
-    conn: Conn, current: Subscription, *, url: str, event_types: Sequence[str], description: str, enabled: bool
+    conn: Conn,
+    current: Subscription,
+    *,
+    url: str,
+    event_types: Sequence[str],
+    description: str,
+    enabled: bool,
+    if_match: frozenset[str] | None = None,
 ) -> Subscription:
-    """Change a subscription (`current` read with `get_to_change` in this transaction); enabling a disabled one
-    clears its failures and sends its failed deliveries again, in their order."""
+    """Change a subscription (`current` read with `get_to_change` in this transaction) if `if_match` (None: any)
+    names its version, else PreconditionFailedError; enabling a disabled one clears its failures and sends its failed
+    deliveries again, in their order."""
     reenabled = enabled and not current.enabled
+    versions = versions_named(current.id, if_match)
     row = conn.execute(
-        _sql(_UPDATE), (url, list(event_types), description, enabled, reenabled, reenabled, current.id)
+        _sql(_UPDATE),
+        (url, list(event_types), description, enabled, reenabled, reenabled, current.id, versions, versions),
     ).fetchone()
-    assert row is not None  # read in this transaction
+    if row is None:  # read (and locked) in this transaction: at another version
+        raise PreconditionFailedError
     if reenabled:
         conn.execute(_RESUME_FAILED, (current.id,))
     return _subscription(row)
 
 
-def rotate(conn: Conn, tenant_id: UUID, subscription_id: UUID) -> str:
-    """A new secret for the subscription (returned once); deliveries from now on are signed with it."""
+def rotate(
+    conn: Conn, tenant_id: UUID, subscription_id: UUID, *, if_match: frozenset[str] | None = None
+) -> tuple[str, int] | None:
+    """A new secret for the subscription (returned once) and the version it is now at, if `if_match` (None: any)
+    names its version, else PreconditionFailedError; None when there is no such subscription. Deliveries from now on
+    are signed with the new secret."""
     secret = new_secret()
-    conn.execute(_ROTATE, (seal_secret(tenant_id, subscription_id, secret), subscription_id))
-    return secret
+    versions = versions_named(subscription_id, if_match)
+    sealed = seal_secret(tenant_id, subscription_id, secret)
+    row = conn.execute(_ROTATE, (sealed, subscription_id, versions, versions)).fetchone()
+    if row is None:
+        if versions is not None and get(conn, subscription_id) is not None:  # read after the UPDATE waited
+            raise PreconditionFailedError
+        return None
+    return secret, int(row["version"])
 
 
 def secrets_to_seal(conn: Conn, current_prefix: str) -> list[tuple[UUID, str]]:
@@ -252,12 +310,15 @@ def store_sealed(conn: Conn, subscription_id: UUID, sealed: str) -> None:
     conn.execute(_SEAL, (sealed, subscription_id))
 
 
-def delete(conn: Conn, subscription_id: UUID) -> bool:
-    """Remove a subscription and its delivery log."""
+def delete(conn: Conn, subscription_id: UUID, *, if_match: frozenset[str] | None = None) -> bool:
+    """Remove a subscription and its delivery log if `if_match` (None: any) names its version, else
+    PreconditionFailedError (changing nothing); False when there was no such subscription."""
     # The deliveries first: a sender records a delivery, then its subscription, and the same order here keeps the
     # two from deadlocking. Those the relay commits in between go with the subscription (the cascade of migration
     # 0034), which waits for the relay's transaction.
-    row = conn.execute(_DELETE, (subscription_id,)).fetchone()
+    row = conn.execute(_DELETE, (subscription_id, versions_named(subscription_id, if_match))).fetchone()
+    if row is not None and row["removed"] == -1:
+        raise PreconditionFailedError
     return row is not None and row["removed"] == 1
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 import time
 from typing import Any
@@ -103,13 +104,16 @@ def tenant_settings(conn: psycopg.Connection[DictRow]) -> dict[str, Any]:
     return dict(row["settings"]) if row else {}
 
 
-_OWN = "SELECT name, display_name, status, quotas, allowed_modules, allowed_targets, settings FROM app.tenants"
+_OWN = "SELECT name, display_name, status, quotas, allowed_modules, allowed_targets, settings, version FROM app.tenants"
 # The bound is checked in the UPDATE itself, on the row it changes: a concurrent merge waits for the row lock and then
 # re-evaluates the condition on the committed document (READ COMMITTED), so two merges that each fit alone cannot
-# overshoot together. A document over the bound already (written before it) may still change without growing.
+# overshoot together. A document over the bound already (written before it) may still change without growing. The
+# versions an If-Match names are compared the same way: of two merges sent with one ETag, the second finds the row at
+# the version the first made (migration 0052) and changes nothing.
 _MERGE_OWN_SETTINGS = (
     "UPDATE app.tenants SET settings = settings || %(change)s, updated_at = clock_timestamp()"
-    " WHERE ((SELECT count(*) FROM jsonb_object_keys(settings || %(change)s)) <= %(max_keys)s"
+    " WHERE (%(versions)s::bigint[] IS NULL OR version = ANY (%(versions)s))"
+    " AND ((SELECT count(*) FROM jsonb_object_keys(settings || %(change)s)) <= %(max_keys)s"
     "        OR (SELECT count(*) FROM jsonb_object_keys(settings || %(change)s))"
     "           <= (SELECT count(*) FROM jsonb_object_keys(settings)))"
     " AND (octet_length((settings || %(change)s)::text) <= %(max_bytes)s"
@@ -117,15 +121,32 @@ _MERGE_OWN_SETTINGS = (
 )
 _MEASURE_MERGED = (
     "SELECT (SELECT count(*) FROM jsonb_object_keys(settings || %(change)s)) AS keys,"
-    " octet_length((settings || %(change)s)::text) AS bytes FROM app.tenants"
+    " octet_length((settings || %(change)s)::text) AS bytes, version FROM app.tenants"
 )
+# A version as an ETag names it; at most 18 digits, so that any it names fits a bigint.
+_SETTINGS_ETAG = re.compile(r'"tenant\.v([1-9][0-9]{0,17})"')
 
 
 def own_tenant(conn: psycopg.Connection[DictRow]) -> dict[str, Any]:
-    """The current tenant as its own admin sees it (limits, allow-lists, settings), in its tenant transaction."""
+    """The current tenant as its own admin sees it (limits, allow-lists, settings) and the `version` its ETag names,
+    in its tenant transaction."""
     row = conn.execute(_OWN).fetchone()  # RLS: exactly the transaction's tenant's row
     assert row is not None  # a tenant transaction is pinned to an existing tenant
     return dict(row)
+
+
+def settings_etag(version: int) -> str:
+    """The strong ETag of the tenant's settings at `version` (of its row, migration 0052)."""
+    return f'"tenant.v{version}"'
+
+
+def settings_versions(if_match: frozenset[str]) -> list[int]:
+    """The versions the ETags in `if_match` name: weak ones and any not `settings_etag` made name none."""
+    return sorted({int(found[1]) for tag in if_match if (found := _SETTINGS_ETAG.fullmatch(tag))})
+
+
+class SettingsPreconditionFailedError(Exception):
+    """If-Match named none of the versions the tenant's settings are at: they changed since that ETag was issued."""
 
 
 class SettingsTooLargeError(Exception):
@@ -139,13 +160,26 @@ class SettingsTooLargeError(Exception):
         self.keys, self.size = keys, size
 
 
-def merge_own_settings(conn: psycopg.Connection[DictRow], settings: dict[str, Any]) -> None:
-    """Merge `settings` into the current tenant's own settings (top-level keys replaced), in its transaction; raises
-    SettingsTooLargeError, changing nothing, when the merged document would grow past the bound."""
-    bound = {"change": Jsonb(settings), "max_keys": MAX_SETTINGS_KEYS, "max_bytes": MAX_SETTINGS_BYTES}
+def merge_own_settings(
+    conn: psycopg.Connection[DictRow], settings: dict[str, Any], *, if_match: frozenset[str] | None = None
+) -> None:
+    """Merge `settings` into the current tenant's own settings (top-level keys replaced), in its transaction, if
+    `if_match` (None: any version) names the version they are at. Raises, changing nothing,
+    SettingsPreconditionFailedError when it does not, SettingsTooLargeError when the merged document would grow past
+    the bound."""
+    versions = None if if_match is None else settings_versions(if_match)
+    bound = {
+        "change": Jsonb(settings),
+        "max_keys": MAX_SETTINGS_KEYS,
+        "max_bytes": MAX_SETTINGS_BYTES,
+        "versions": versions,
+    }
     if conn.execute(_MERGE_OWN_SETTINGS, bound).rowcount == 0:  # RLS: the one row is this tenant's
-        measured = conn.execute(_MEASURE_MERGED, bound).fetchone()  # only for the message: what was refused
+        # Read after the UPDATE, as it read the row: a merge it waited for is seen (READ COMMITTED).
+        measured = conn.execute(_MEASURE_MERGED, bound).fetchone()
         assert measured is not None  # a tenant transaction is pinned to an existing tenant
+        if versions is not None and measured["version"] not in versions:
+            raise SettingsPreconditionFailedError
         raise SettingsTooLargeError(int(measured["keys"]), int(measured["bytes"]))
 
 

@@ -6,21 +6,47 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+import psycopg
+from fastapi import APIRouter, Depends, Header, Response
+from psycopg.rows import DictRow
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.api.permissions import GuardedRoute, permission
 from shared.api.problems import FieldError, ProblemError, json_pointer
-from shared.api.responses import AUTH_ERRORS, INVALID
+from shared.api.responses import AUTH_ERRORS, INVALID, PRECONDITION_FAILED
 from shared.api.security import RequestContext, authorize, record_mutation, tenant_resource
 from shared.api.transactions import TenantConnection
 from shared.modules.ssrf import private_network_allowed
 from shared.policy.actions import Action
 from shared.tenants.models import MAX_SETTING_VALUE_BYTES, SettingKey, TenantQuotas, TenantStatus
-from shared.tenants.repository import SettingsTooLargeError, merge_own_settings, own_tenant
+from shared.tenants.repository import (
+    SettingsPreconditionFailedError,
+    SettingsTooLargeError,
+    merge_own_settings,
+    own_tenant,
+    settings_etag,
+    settings_versions,
+)
 from shared.tenants.settings import settings_problems
 
 router = APIRouter(prefix="/api/v1/tenant", tags=["tenants"], route_class=GuardedRoute)
+
+_WITH_ETAG: dict[str, Any] = {
+    "headers": {
+        "ETag": {
+            "description": 'The strong ETag of the tenant as shown (`"tenant.v<n>"`): any change of its settings, '
+            "limits or allow-lists moves it. Send it back in If-Match.",
+            "schema": {"type": "string"},
+        }
+    }
+}
+IfMatch = Annotated[
+    str | None,
+    Header(
+        description="The ETag of the tenant as last read: a stale one is 412 and changes nothing; `*` matches. "
+        "Optional (ADR 0045): without it the change applies to the settings as they are."
+    ),
+]
 
 
 class TenantSettings(BaseModel):
@@ -52,30 +78,47 @@ class TenantSettingsUpdate(BaseModel):
     )
 
 
-@router.get("", response_model=TenantSettings, summary="Read the caller's tenant", responses=AUTH_ERRORS)
+@router.get(
+    "",
+    response_model=TenantSettings,
+    summary="Read the caller's tenant",
+    responses={**AUTH_ERRORS, 200: _WITH_ETAG},
+)
 def read(
-    context: Annotated[RequestContext, Depends(permission(Action.TENANT_SETTINGS_READ))], conn: TenantConnection
+    context: Annotated[RequestContext, Depends(permission(Action.TENANT_SETTINGS_READ))],
+    conn: TenantConnection,
+    response: Response,
 ) -> TenantSettings:
-    """The caller's tenant and its settings (Tenant.Admin)."""
+    """The caller's tenant and its settings, with its ETag (Tenant.Admin)."""
     resource = tenant_resource("Tenant", context.tenant.id, context.tenant.id)
     authorize(context, Action.TENANT_SETTINGS_READ, resource, conn=conn)
-    return TenantSettings(**own_tenant(conn))
+    return _shown(conn, response)
 
 
 @router.patch(
     "",
     response_model=TenantSettings,
     summary="Change the caller's tenant settings",
-    responses={**AUTH_ERRORS, 422: INVALID},
+    responses={**AUTH_ERRORS, 200: _WITH_ETAG, 412: PRECONDITION_FAILED, 422: INVALID},
 )
 def update(
     context: Annotated[RequestContext, Depends(permission(Action.TENANT_SETTINGS_UPDATE))],
     change: TenantSettingsUpdate,
     conn: TenantConnection,
+    response: Response,
+    if_match: IfMatch = None,
 ) -> TenantSettings:
-    """Merge settings into the tenant's own (Tenant.Admin); limits and allow-lists stay the platform's."""
+    """Merge settings into the tenant's own (Tenant.Admin); limits and allow-lists stay the platform's. With
+    `If-Match`, only into the settings that ETag was issued for: a stale one is 412 (before the settings are checked)
+    and of two changes sent with one ETag exactly one applies. Without it the change applies to the settings as they
+    are (ADR 0045). The answer carries the new ETag."""
     resource = tenant_resource("Tenant", context.tenant.id, context.tenant.id)
     authorize(context, Action.TENANT_SETTINGS_UPDATE, resource, conn=conn)
+    tags = _if_match(if_match)
+    # Early, for the answer's sake: a stale ETag is 412 whatever else is wrong with the change. The merge compares
+    # again, in its UPDATE, which is what keeps two changes with one ETag from both applying.
+    if tags is not None and own_tenant(conn)["version"] not in settings_versions(tags):
+        raise _stale()
     problems = [
         *settings_problems(change.settings, allow_private=private_network_allowed()),
         *_oversized(change.settings),
@@ -83,12 +126,37 @@ def update(
     if problems:
         raise _invalid(problems)
     try:
-        merge_own_settings(conn, change.settings)
+        merge_own_settings(conn, change.settings, if_match=tags)
+    except SettingsPreconditionFailedError:
+        raise _stale() from None
     except SettingsTooLargeError as exc:
         raise _invalid([("/settings", str(exc))]) from None
-    updated = TenantSettings(**own_tenant(conn))
+    updated = _shown(conn, response)
     record_mutation(context, Action.TENANT_SETTINGS_UPDATE, resource, {"settings": sorted(change.settings)}, conn=conn)
     return updated
+
+
+def _shown(conn: psycopg.Connection[DictRow], response: Response) -> TenantSettings:
+    """The tenant as its admin sees it, its ETag set on `response`."""
+    row = own_tenant(conn)
+    response.headers["ETag"] = settings_etag(row.pop("version"))
+    return TenantSettings(**row)
+
+
+def _if_match(header: str | None) -> frozenset[str] | None:
+    """The ETags an If-Match lists; None without one or for `*` (the tenant's row always exists)."""
+    if header is None or header.strip() == "*":
+        return None
+    return frozenset(tag.strip() for tag in header.split(",") if tag.strip())
+
+
+def _stale() -> ProblemError:
+    return ProblemError(
+        412,
+        "precondition-failed",
+        "Precondition failed",
+        "The tenant's settings changed since that ETag was issued; GET them again.",
+    )
 
 
 def _oversized(settings: dict[str, Any]) -> list[tuple[str, str]]:

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Request, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 from starlette.concurrency import run_in_threadpool
@@ -18,7 +18,7 @@ from shared.api.idempotency import idempotency_key as idempotency_key_header
 from shared.api.idempotency import remember, replay_or_claim
 from shared.api.permissions import GuardedRoute, permission
 from shared.api.problems import ProblemError
-from shared.api.responses import AUTH_ERRORS, BAD_IDEMPOTENCY_KEY, INVALID, problem_doc
+from shared.api.responses import AUTH_ERRORS, BAD_IDEMPOTENCY_KEY, INVALID, PRECONDITION_FAILED, problem_doc
 from shared.api.security import RequestContext, authorize
 from shared.api.transactions import TenantConnection
 from shared.config import get_settings
@@ -33,6 +33,19 @@ from shared.tenants.repository import tenant_settings
 
 router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"], route_class=GuardedRoute)
 SubscriptionId = Annotated[UUID, Path(description="The subscription's id.")]
+IfMatch = Annotated[
+    str | None,
+    Header(
+        description="The subscription's ETag as last read: a stale one is 412 and changes nothing; `*` matches any "
+        "existing subscription. Optional (ADR 0045): without it the request applies to the subscription as it is."
+    ),
+]
+_ETAG_HEADER: dict[str, Any] = {
+    "description": 'The strong ETag of the subscription as it is now (`"<id>.v<n>"`): any change of what it shows '
+    "moves it, a failed delivery's count too. Send it back in If-Match.",
+    "schema": {"type": "string"},
+}
+_WITH_ETAG: dict[str, Any] = {"headers": {"ETag": _ETAG_HEADER}}
 
 
 def _known_event_type(value: str) -> str:
@@ -166,7 +179,8 @@ class DeliveryPage(BaseModel):
 
 
 def _out(subscription: store.Subscription, secret: str | None = None) -> SubscriptionOut:
-    return SubscriptionOut(**subscription.__dict__, secret=secret)
+    shown = {name: getattr(subscription, name) for name in SubscriptionOut.model_fields if name != "secret"}
+    return SubscriptionOut(**shown, secret=secret)
 
 
 def _with_secret_opened(tenant_id: UUID, kept: Any) -> Any:
@@ -187,6 +201,22 @@ def _check_url(tenant_id: UUID, url: str) -> None:
         raise ProblemError(422, "webhook-url-refused", "Unprocessable content", str(exc)) from None
 
 
+def _if_match(header: str | None) -> frozenset[str] | None:
+    """The ETags an If-Match lists; None without one or for `*` (any version of a subscription that exists)."""
+    if header is None or header.strip() == "*":
+        return None
+    return frozenset(tag.strip() for tag in header.split(",") if tag.strip())
+
+
+def _stale(subscription_id: UUID) -> ProblemError:
+    return ProblemError(
+        412,
+        "precondition-failed",
+        "Precondition failed",
+        f"webhook subscription {subscription_id} changed since that ETag was issued; GET it again.",
+    )
+
+
 def _found(conn: Any, subscription_id: UUID, *, to_change: bool = False) -> store.Subscription:
     """The subscription (locked until the transaction ends when `to_change`), or a 404."""
     found = store.get_to_change(conn, subscription_id) if to_change else store.get(conn, subscription_id)
@@ -196,15 +226,18 @@ def _found(conn: Any, subscription_id: UUID, *, to_change: bool = False) -> stor
 
 
 @router.post("", status_code=201, response_model=SubscriptionOut, summary="Subscribe a URL to events",
-             responses={**AUTH_ERRORS, 400: BAD_IDEMPOTENCY_KEY, 409: QUOTA_REACHED, 422: REFUSED})  # fmt: skip
+             responses={**AUTH_ERRORS, 201: _WITH_ETAG, 400: BAD_IDEMPOTENCY_KEY, 409: QUOTA_REACHED,
+                        422: REFUSED})  # fmt: skip
 async def create(
     body: SubscriptionIn,
     context: MayManage,
     request: Request,
+    response: Response,
     idempotency_key: Annotated[str | None, Depends(idempotency_key_header)],
 ) -> SubscriptionOut | Response:
-    """Subscribe `url` to `event_types`; the answer carries the signing secret, once (Tenant.Admin). With
-    `Idempotency-Key` a retry gets the first answer (the same subscription and secret) and subscribes nothing more."""
+    """Subscribe `url` to `event_types`; the answer carries the signing secret, once, and the ETag (Tenant.Admin).
+    With `Idempotency-Key` a retry gets the first answer (the same subscription, secret and ETag) and subscribes
+    nothing more."""
     tenant_id = context.tenant.id
 
     def run() -> SubscriptionOut | Response:
@@ -238,7 +271,8 @@ async def create(
             # The answer kept for a retry holds the secret sealed, as the subscription does.
             kept = out.model_dump(mode="json")
             kept["secret"] = store.seal_secret(tenant_id, created.id, secret)
-            remember(conn, idempotency_key, 201, kept)
+            remember(conn, idempotency_key, 201, kept, {"ETag": created.etag})
+        response.headers["ETag"] = created.etag
         return out
 
     return await run_in_threadpool(run)
@@ -252,59 +286,107 @@ def list_all(context: MayRead, conn: TenantConnection) -> SubscriptionPage:
 
 
 @router.get("/{subscription_id}", response_model=SubscriptionOut, summary="Get a webhook subscription",
-            responses={**AUTH_ERRORS, 404: NOT_FOUND})  # fmt: skip
-def get_one(subscription_id: SubscriptionId, context: MayRead, conn: TenantConnection) -> SubscriptionOut:
-    """One subscription, without its secret (Tenant.Admin)."""
+            responses={**AUTH_ERRORS, 200: _WITH_ETAG, 404: NOT_FOUND})  # fmt: skip
+def get_one(
+    subscription_id: SubscriptionId, context: MayRead, conn: TenantConnection, response: Response
+) -> SubscriptionOut:
+    """One subscription, without its secret, with its ETag (Tenant.Admin)."""
     authorize(context, Action.WEBHOOK_READ, Resource.tenant(context.tenant.id), conn=conn)
-    return _out(_found(conn, subscription_id))
+    found = _found(conn, subscription_id)
+    response.headers["ETag"] = found.etag
+    return _out(found)
 
 
 @router.patch("/{subscription_id}", response_model=SubscriptionOut, summary="Change a webhook subscription",
-              responses={**AUTH_ERRORS, 404: NOT_FOUND, 422: REFUSED})  # fmt: skip
-async def change(subscription_id: SubscriptionId, body: SubscriptionPatch, context: MayManage) -> SubscriptionOut:
-    """Change the URL, event types, description, or enable/disable (Tenant.Admin)."""
+              responses={**AUTH_ERRORS, 200: _WITH_ETAG, 404: NOT_FOUND, 412: PRECONDITION_FAILED,
+                         422: REFUSED})  # fmt: skip
+async def change(
+    subscription_id: SubscriptionId,
+    body: SubscriptionPatch,
+    context: MayManage,
+    response: Response,
+    if_match: IfMatch = None,
+) -> SubscriptionOut:
+    """Change the URL, event types, description, or enable/disable (Tenant.Admin). With `If-Match`, only the
+    subscription that ETag was issued for: a stale one is 412 (before the URL is checked) and of two changes sent with
+    one ETag exactly one applies. Without it the change applies to the subscription as it is (ADR 0045). The answer
+    carries the new ETag."""
+    tags = _if_match(if_match)
 
     def run() -> SubscriptionOut:
         authorize(
             context, Action.WEBHOOK_MANAGE, Resource.tenant(context.tenant.id), detail={"id": str(subscription_id)}
         )
+        if tags is not None:
+            # Early, for the answer's sake: a stale ETag is 412 whatever the URL. The UPDATE compares again, on the
+            # locked row, which is what keeps two changes with one ETag from both applying.
+            with tenant_transaction(context.tenant.id) as conn:
+                seen = _found(conn, subscription_id)
+            if not store.matches(seen, tags):
+                raise _stale(subscription_id)
         if body.url is not None:
             _check_url(context.tenant.id, body.url)
         with tenant_transaction(context.tenant.id) as conn:
             # Read locked: what is kept and whether it is re-enabled are decided from the row as it is, not from a
             # read that a sender's disabling commits past.
             current = _found(conn, subscription_id, to_change=True)
-            changed = store.update(
-                conn,
-                current,
-                url=body.url or current.url,
-                event_types=body.event_types or current.event_types,
-                description=current.description if body.description is None else body.description,
-                enabled=current.enabled if body.enabled is None else body.enabled,
-            )
+            try:
+                changed = store.update(
+                    conn,
+                    current,
+                    url=body.url or current.url,
+                    event_types=body.event_types or current.event_types,
+                    description=current.description if body.description is None else body.description,
+                    enabled=current.enabled if body.enabled is None else body.enabled,
+                    if_match=tags,
+                )
+            except store.PreconditionFailedError:
+                raise _stale(subscription_id) from None
+        response.headers["ETag"] = changed.etag
         return _out(changed)
 
     return await run_in_threadpool(run)
 
 
 @router.post("/{subscription_id}/rotate-secret", response_model=SecretOut, summary="Rotate the signing secret",
-             responses={**AUTH_ERRORS, 404: NOT_FOUND})  # fmt: skip
-def rotate(subscription_id: SubscriptionId, context: MayManage, conn: TenantConnection) -> SecretOut:
-    """A new signing secret, shown once; deliveries from now on are signed with it (Tenant.Admin)."""
+             responses={**AUTH_ERRORS, 200: _WITH_ETAG, 404: NOT_FOUND, 412: PRECONDITION_FAILED})  # fmt: skip
+def rotate(
+    subscription_id: SubscriptionId,
+    context: MayManage,
+    conn: TenantConnection,
+    response: Response,
+    if_match: IfMatch = None,
+) -> SecretOut:
+    """A new signing secret, shown once; deliveries from now on are signed with it (Tenant.Admin). A stale `If-Match`
+    (optional) is 412 and rotates nothing. The answer carries the subscription's new ETag."""
     detail = {"id": str(subscription_id)}
     authorize(context, Action.WEBHOOK_MANAGE, Resource.tenant(context.tenant.id), conn=conn, detail=detail)
     _found(conn, subscription_id)
-    return SecretOut(id=subscription_id, secret=store.rotate(conn, context.tenant.id, subscription_id))
+    try:
+        rotated = store.rotate(conn, context.tenant.id, subscription_id, if_match=_if_match(if_match))
+    except store.PreconditionFailedError:
+        raise _stale(subscription_id) from None
+    if rotated is None:  # deleted since it was found
+        raise ProblemError(404, "not-found", "Not found", f"no webhook subscription {subscription_id}")
+    secret, version = rotated
+    response.headers["ETag"] = store.etag(subscription_id, version)
+    return SecretOut(id=subscription_id, secret=secret)
 
 
 @router.delete("/{subscription_id}", status_code=204, summary="Delete a webhook subscription",
-               responses={**AUTH_ERRORS, 404: NOT_FOUND})  # fmt: skip
-def delete(subscription_id: SubscriptionId, context: MayManage, conn: TenantConnection) -> Response:
-    """Remove the subscription and its delivery log (Tenant.Admin)."""
+               responses={**AUTH_ERRORS, 404: NOT_FOUND, 412: PRECONDITION_FAILED})  # fmt: skip
+def delete(
+    subscription_id: SubscriptionId, context: MayManage, conn: TenantConnection, if_match: IfMatch = None
+) -> Response:
+    """Remove the subscription and its delivery log (Tenant.Admin). A stale `If-Match` (optional) is 412 and removes
+    nothing; `*` matches any subscription that exists."""
     detail = {"id": str(subscription_id)}
     authorize(context, Action.WEBHOOK_MANAGE, Resource.tenant(context.tenant.id), conn=conn, detail=detail)
     _found(conn, subscription_id)
-    store.delete(conn, subscription_id)
+    try:
+        store.delete(conn, subscription_id, if_match=_if_match(if_match))
+    except store.PreconditionFailedError:
+        raise _stale(subscription_id) from None
     return Response(status_code=204)
 
 
