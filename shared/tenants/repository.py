@@ -191,9 +191,10 @@ def hold_tenant(conn: psycopg.Connection[DictRow], tenant_id: UUID) -> bool:
     return conn.execute(_HOLD, (tenant_id,)).fetchone() is not None
 
 
-def get_tenant(conn: psycopg.Connection[DictRow], tenant_id: UUID) -> Tenant | None:
-    """One tenant by its platform id."""
-    row = conn.execute(_BY_ID, (tenant_id,)).fetchone()
+def get_tenant(conn: psycopg.Connection[DictRow], tenant_id: UUID, *, for_update: bool = False) -> Tenant | None:
+    """One tenant by its platform id; `for_update`: its row held until the transaction ends, so that a check of it
+    (an If-Match) still holds when the change is written."""
+    row = conn.execute(_BY_ID_FOR_UPDATE if for_update else _BY_ID, (tenant_id,)).fetchone()
     return _to_tenant(row) if row else None
 
 

@@ -184,7 +184,8 @@ def patch(
         raise ProblemError(
             428, "precondition-required", "Precondition required", "Send If-Match with the tenant's ETag."
         )
-    current = get_tenant(conn, tenant_id)
+    # Held from the check to the write: two changes sent with one ETag both passed an unlocked read, and both applied.
+    current = get_tenant(conn, tenant_id, for_update=True)
     if current is None:
         raise _not_found(tenant_id)
     if if_match != etag(current):
