@@ -192,6 +192,12 @@ class _Step:
     def status_busy(self) -> bool:
         return any(p.status is not None for p in self.s.pending.values())
 
+    @property
+    def recording_failure(self) -> bool:
+        """A failure the run decided itself is being recorded (rules 8): nothing starts until it is applied, and once
+        applied the run stops. Never so under earlier rules, which decide no such record."""
+        return self.failure is not None or any(p.failure is not None for p in self.s.pending.values())
+
     # -- run phase
     def fail_step(self, step_id: str, error: str, attempt: int) -> None:
         """A step's final failure: the first one is the execution's cause, and nothing new starts after it."""
@@ -439,8 +445,7 @@ class _Step:
     def first_reader(self, step_id: str) -> str | None:
         """The first step, in definition order, whose parameters or `when` read `step_id`'s output and that has not
         started (nor been skipped or failed): the step a stored output that cannot be read fails (rules 8)."""
-        recording = {p.failure[0] for p in self.s.pending.values() if p.failure is not None}
-        done = {*self.s.completed, *self.s.skipped, *self.s.failed, *self.s.flights, *recording}
+        done = {*self.s.completed, *self.s.skipped, *self.s.failed, *self.s.flights}
         return next((reader for reader in self.s.spec.readers.get(step_id, ()) if reader not in done), None)
 
     # -- events
@@ -645,12 +650,17 @@ class _Step:
     def due(self, now: datetime) -> None:
         """Apply every deadline that has passed, for attempts whose start is recorded."""
         outcomes: list[tuple[Flight, Outcome]] = []
+        held = self.recording_failure
         for flight in list(self.s.flights.values()):
             if flight.write is not None:
                 continue
             if flight.ends_at is not None and flight.ends_at <= now:
                 if flight.stage is Stage.PAUSED:
                     if flight.phase is Phase.RUN:
+                        if held:
+                            # Rules 8: a retry does not start while a failure is being recorded; once it is applied,
+                            # the run stops and the pause ends with the other waits (abandon_waits).
+                            continue
                         self.start_attempt(flight.step_id, flight.attempt + 1, now)
                     else:
                         self.start_compensation(flight.step_id, flight.attempt + 1, now)
@@ -932,9 +942,7 @@ class _Step:
 
     def advance_run(self, now: datetime) -> None:
         spec = self.s.spec
-        if self.failure is not None or any(
-            p.name is Activity.LOAD_OUTPUT or p.failure is not None for p in self.s.pending.values()
-        ):
+        if self.recording_failure or any(p.name is Activity.LOAD_OUTPUT for p in self.s.pending.values()):
             return  # nothing resolves against an output not read yet, or one whose failure is being recorded
         stored = [
             step_id
@@ -1060,11 +1068,13 @@ class _Step:
         """One durable timer for the earliest deadline; a timer that fires earlier than needed is simply re-armed."""
         if self.s.phase is RunPhase.ENDED:
             return
-        # Only attempts whose start (or retry) is recorded: the others' deadlines are applied when it is.
+        # Only attempts whose start (or retry) is recorded: the others' deadlines are applied when it is. Nor a retry
+        # held back while a failure is recorded (rules 8): a pause already over would re-arm the timer at once.
+        held = self.recording_failure
         deadlines = [
             moment
             for flight in self.s.flights.values()
-            if flight.write is None
+            if flight.write is None and not (held and flight.stage is Stage.PAUSED and flight.phase is Phase.RUN)
             for moment in (flight.deadline, flight.ends_at)
             if moment is not None
         ]
@@ -1247,6 +1257,10 @@ def _on_activity_failed(work: _Step, event: ActivityFailed, pending: Pending) ->
         # No dependent could resolve against it: the run stops (and compensates), naming what it could not read.
         step_id = pending.steps[0]
         work.update(loaded={**work.s.loaded, step_id: work.s.completed.get(step_id)})
+        if work.s.spec.rules >= 8 and work.recording_failure:
+            # Rules 8: a failure being recorded already stops the run once applied (its answer saying whether a cancel
+            # came first); this one, applied now, would stop it first, unrecorded, whatever that answer says.
+            return
         if not work.s.stopping:
             error = f"the stored output of step {step_id} could not be read: {event.error}"
             reader = work.first_reader(step_id)

@@ -356,12 +356,13 @@ says a cancel was recorded first (`Verdict.cancel_first`) is applied as a failur
 reaches the orchestration before the cancel's event: the run ends cancelled, as the cancel's 202 said, and the
 cancel's event then changes nothing. 8 (2026-12-06, ADR 0014): a failure the run decides itself is recorded before
 it is applied, by a transaction that reads the cancel: a stored output that could not be read fails the first step
-that reads it (a `failed` note; the dispatch's answer says whether a cancel was recorded first), a child that did not
-start and the attempts of a `record_outcomes` that failed for good are settled failed through `record_outcomes`. A
-cancel after such a record is refused (it reads `failed_for_good`), one before it ends the run cancelled; so does
-one a dispatch reads as it records a step failed before it started (its parameters), though the reducer had made that
-failure the cause before the answer. An execution keeps the rules it started with, so that its history replays into
-the commands it recorded."""
+that reads it (a `failed` note; the dispatch's answer says whether a cancel was recorded first; meanwhile no attempt
+or retry starts and another output that cannot be read changes nothing), a child that did not start and the attempts
+of a `record_outcomes` that failed for good are settled failed through `record_outcomes`. A cancel after such a record
+is refused (it reads `failed_for_good`), one before it ends the run cancelled; so does one a dispatch reads as it
+records a step failed before it started (its parameters), though the reducer had made that failure the cause before
+the answer. An execution keeps the rules it started with, so that its history replays into the commands it
+recorded."""
 
 MAX_LEVEL_RESOLVED_CHARS = 8 * 1024 * 1024
 """What the parameters of the steps one dispatch starts may come to once resolved, added up, counted as JSON text
