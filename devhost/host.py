@@ -21,9 +21,19 @@ from devhost.loader import FunctionIndex, load_function_app
 from devhost.notifications import Notifications
 from devhost.provision import Provisioned, provision_database, provision_storage
 from devhost.workers import WorkerPool, worker_count
-from shared.config import SettingsError, load_settings
+from shared.config import SettingsError, get_settings, load_settings
 
 logger = logging.getLogger("devhost")
+
+BODY_CAP_MARGIN = 64 * 1024
+"""How far past the app's body limit (QP_MAX_BODY_BYTES) the host still reads a request body, decoded bytes counted:
+a body just over the limit gets the app's own 413, a larger one the host's, and no body (a compressed one that
+inflates to gigabytes included) makes the host hold more than a few times the limit."""
+
+
+def host_body_cap(max_body_bytes: int) -> int:
+    """The most of a request body (decoded) the host reads for the app whose body limit is `max_body_bytes`."""
+    return max_body_bytes + BODY_CAP_MARGIN
 
 
 @dataclass(frozen=True)
@@ -135,7 +145,9 @@ class DevHost:
         Every component route needs the master key unless it is public in Azure too (devhost/keys.py).
         """
         app = web.Application(
-            client_max_size=100 * 1024 * 1024,  # the Functions host's own request cap
+            # Not the Functions host's 100 MiB: reading (and inflating) that much for an app that refuses anything
+            # over its limit cost every other request its memory and time.
+            client_max_size=host_body_cap(get_settings().QP_MAX_BODY_BYTES),
             # Outermost: an error aiohttp raises on any route (404, 405, 413) is answered as problem+json.
             middlewares=[host_problems, self.guard.middleware],
         )

@@ -175,6 +175,8 @@ _SERVER_DETAILS = {504: "The request was not answered in time."}
 _BROKEN_FRAMING = "its chunked framing is malformed"
 _ENDED_EARLY = "the connection ended before the body did"
 """Why a body in flight broke (fixed texts: the parser's own message quotes the bytes it refused)."""
+_REFUSED_BODY = frozenset({408, 413})
+"""Answers that refuse a request's body before it was all read: the rest of it is not read at all."""
 
 
 class ProblemRequestHandler(RequestHandler):
@@ -202,12 +204,17 @@ class ProblemRequestHandler(RequestHandler):
 
         async def handle(request: web.BaseRequest) -> web.StreamResponse:
             try:
-                return await handler(request)
+                answer = await handler(request)
             finally:
                 if request.content is self._body:
                     self._body_handled = True
                     if self._body_broken:
                         self.close()  # after this request's answer (one pipelined before it is answered first)
+            body = self._body
+            if request.content is body and body is not None and not body.is_eof() and not self._body_broken:
+                if answer.status in _REFUSED_BODY and isinstance(answer, web.Response) and not answer.prepared:
+                    await self._refuse_unread_body(request, answer)
+            return answer
 
         self._request_handler = handle
 
@@ -234,6 +241,19 @@ class ProblemRequestHandler(RequestHandler):
         # The client stopped sending in the middle of a body: it may still read the answer that refuses it.
         self._break_body(_ENDED_EARLY, None)
         return True
+
+    async def _refuse_unread_body(self, request: web.BaseRequest, answer: web.Response) -> None:
+        """Answer a body refused before it was all read (over the cap) without reading the rest of it: the server would
+        drain it after the answer through the parser, inflating a compressed one to its very end. What still comes
+        is dropped unparsed until the client closes (or the server's lingering time ends); the answer is sent and the
+        sending side closed first, so that the client has it whole and the close does not reset it away."""
+        self._body_broken = True
+        answer.force_close()
+        self.resume_reading()  # flow control paused it; what arrives now is dropped (data_received)
+        await answer.prepare(request)
+        await answer.write_eof()
+        if self.transport is not None and self.transport.can_write_eof():
+            self.transport.write_eof()
 
     def _break_body(self, reason: str, cause: BaseException | None) -> None:
         """End the body in flight as broken: its reader fails (RequestPayloadError) instead of waiting for bytes that

@@ -26,6 +26,12 @@ DISCONNECT_POLL_S = 0.1
 """How often a receive that waits for the client's disconnect looks at the connection."""
 BODY_GONE = "the request body could not be read: the client closed the connection"
 """The refusal of a body whose client went away (written to nobody: the answer's write fails quietly)."""
+BODY_GRACE_S = 5.0
+BODY_MIN_BYTES_PER_S = 240
+"""The slowest a request body may come, as the Functions host's server (Kestrel) allows by default: any rate for the
+first BODY_GRACE_S, then on average BODY_MIN_BYTES_PER_S; slower, it is answered 408 and its connection closed,
+instead of holding the connection (and the function's turn) for as long as the client likes."""
+_SLOW_BODY = "the request body came too slowly: {} bytes of it were received"
 
 
 def is_stream_function(function: func.Function, trigger_name: str) -> bool:
@@ -35,11 +41,33 @@ def is_stream_function(function: func.Function, trigger_name: str) -> bool:
 
 
 async def read_body(request: web.Request) -> bytes:
-    """The request's body, decoded as its Content-Encoding says; HTTPBadRequest (a 400 problem, `host_problems`) when
-    it does not decode or breaks off: the client's fault, never the 500 an escaping payload error would be answered
-    with."""
+    """The request's body, decoded as its Content-Encoding says, and at most the host's body cap of it (decoded bytes
+    counted): over it, HTTPRequestEntityTooLarge (a 413 problem, `host_problems`) before more is read or inflated.
+    HTTPRequestTimeout (a 408 problem) when it comes slower than BODY_MIN_BYTES_PER_S after BODY_GRACE_S;
+    HTTPBadRequest (a 400 problem) when it does not decode or breaks off: the client's fault, never the 500 an
+    escaping payload error would be answered with. Every refusal before the body's end closes the connection
+    (`ProblemRequestHandler`)."""
+    cap = request.client_max_size
+    if request.content_length is not None and request.content_length > cap:
+        raise web.HTTPRequestEntityTooLarge(cap, request.content_length)  # refused before a byte of it is read
+    # Read piece by piece rather than with `request.read()`, which first raises the parser's read-ahead (and so each
+    # single inflation step) to the whole cap: here the parser inflates a compressed body a step at a time, and the
+    # read stops once the body read so far is over the cap.
+    body = bytearray()
+    started = asyncio.get_running_loop().time()
     try:
-        return await request.read()  # the host's body cap applies (413) before the function runs
+        while True:
+            try:
+                # The whole body so far must have come at the minimum rate, after the grace period.
+                async with asyncio.timeout_at(started + BODY_GRACE_S + len(body) / BODY_MIN_BYTES_PER_S):
+                    chunk = await request.content.readany()
+            except TimeoutError:
+                raise web.HTTPRequestTimeout(text=_SLOW_BODY.format(len(body))) from None
+            if not chunk:
+                return bytes(body)
+            body.extend(chunk)
+            if len(body) > cap:
+                raise web.HTTPRequestEntityTooLarge(cap, len(body))
     except web.RequestPayloadError as exc:
         raise web.HTTPBadRequest(text=f"the request body could not be read: {exc}") from None
     except ConnectionError:
@@ -52,6 +80,10 @@ async def read_body(request: web.Request) -> bytes:
 def _scope(request: web.Request) -> dict[str, Any]:
     peer = request.transport.get_extra_info("peername") if request.transport is not None else None
     sock = request.transport.get_extra_info("sockname") if request.transport is not None else None
+    # The request target's bytes as the client sent them (the parser decoded them as UTF-8, surrogates escaped), as
+    # the worker gets the raw URL from the Functions host: aiohttp's `query_string` is percent-decoded text, which
+    # read a valid `caf%C3%A9` as other bytes and could not be encoded at all above U+00FF.
+    raw_path, _, raw_query = (part.encode("utf-8", "surrogateescape") for part in request.raw_path.partition("?"))
     return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.4"},
@@ -59,8 +91,8 @@ def _scope(request: web.Request) -> dict[str, Any]:
         "method": request.method,
         "scheme": request.scheme,
         "path": request.path,
-        "raw_path": request.raw_path.partition("?")[0].encode("latin-1"),
-        "query_string": request.query_string.encode("latin-1"),
+        "raw_path": raw_path,
+        "query_string": raw_query,
         "root_path": "",
         "headers": [(name.lower(), value) for name, value in request.raw_headers],
         "client": tuple(peer[:2]) if peer else None,

@@ -6,10 +6,12 @@ from __future__ import annotations
 import contextvars
 import logging
 from typing import Any
+from urllib.parse import quote
 
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.accepted_json import NOT_UTF8, NotAcceptedJSONError, Refusal
 from shared.api.problems import PROBLEM_JSON, error_response, internal_error_document, problem_response
 from shared.api.request_ids import REQUEST_ID_HEADER, choose_request_id, scope_request_id
 
@@ -68,7 +70,8 @@ class ErrorBoundary:
     Starlette answers an error that reaches its outermost layer and then raises it again for the server to log;
     the Functions adapter would turn that raise into a failed invocation, which the host answers with an empty
     500. Here an error after the answer is dropped (it is logged already), and one before any answer (or an app
-    that returns without answering) gets problem+json.
+    that returns without answering) gets problem+json. A query string that is not UTF-8 as sent is refused here
+    (422) before the app runs: its outermost layer when telemetry is on cannot take one (`_refuse_query`).
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -79,6 +82,9 @@ class ErrorBoundary:
             await self.app(scope, receive, send)
             return
         started, path = False, str(scope.get("path", ""))
+        if not _is_utf8(scope.get("query_string") or b""):
+            await _refuse_query(scope, receive, send)
+            return
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
@@ -101,6 +107,39 @@ class ErrorBoundary:
                 media_type=PROBLEM_JSON,
                 headers={"X-Request-Id": request_id},
             )(scope, receive, send)
+
+
+def _is_utf8(raw: Any) -> bool:
+    try:
+        bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+async def _refuse_query(scope: Scope, receive: Receive, send: Send) -> None:
+    """The 422 the accepted-input edge answers to query text that is not UTF-8, given here before any layer of the
+    app runs: the request's telemetry span, outermost in the app when telemetry is on, decodes the query string as
+    sent and raised on such bytes, which the server then answered 500 text/plain without a request id."""
+    # Here, not at the top: the accepted-input edge's imports (its routes' permissions) import this module.
+    from shared.api.accepted_input import query_refusals, refused_problem
+
+    raw = bytes(scope.get("query_string") or b"")
+    # Bytes that are not UTF-8 as sent may still decode once percent-decoded (`\xc3%A9`): the query as a whole then.
+    refusals = query_refusals(raw) or [Refusal("/query", "the query string is not UTF-8 as sent", NOT_UTF8)]
+    problem = refused_problem(NotAcceptedJSONError(refusals))
+    raw_path = scope.get("raw_path")
+    instance = quote(bytes(raw_path), safe="/%") if raw_path else quote(str(scope.get("path", "")), safe="/")
+    response = problem_response(
+        problem.status,
+        problem.slug,
+        problem.title,
+        problem.detail,
+        instance=instance,
+        headers={REQUEST_ID_HEADER: _known_request_id(scope)},
+        extensions=problem.extensions,
+    )
+    await response(scope, receive, send)
 
 
 class BodySizeLimitMiddleware:

@@ -14,12 +14,13 @@ import httpx
 import pytest
 
 from devhost.child import PROJECT_ROOT
+from devhost.host import host_body_cap
 from tests.e2e.conftest import DevhostFactory
 
 pytestmark = pytest.mark.e2e
 
 APP = PROJECT_ROOT / "tests" / "devhost_http_app"
-HOST_BODY_CAP = 100 * 1024 * 1024  # the Functions host's request cap, as devhost/host.py sets it
+HOST_BODY_CAP = host_body_cap(1024 * 1024)  # the app's default body limit and the host's margin over it
 
 
 @pytest.fixture()
