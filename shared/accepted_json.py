@@ -324,8 +324,8 @@ def accepted(body: bytes) -> bytes:
 
 
 def is_json_media_type(content_type: str | None) -> bool:
-    """Whether a Content-Type is application/json or an application/*+json type (parameters such as charset
-    ignored: the body is UTF-8 whatever they say)."""
+    """Whether a Content-Type is application/json or an application/*+json type (its parameters are not looked at
+    here: the gateway refuses a charset other than UTF-8, `shared.api.accepted_input.media_type_refusal`)."""
     if not content_type:
         return False
     return _JSON_MEDIA_TYPE.match(content_type.split(";", 1)[0].strip().lower()) is not None

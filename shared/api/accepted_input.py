@@ -7,6 +7,10 @@ import re
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
 
+import anyio
+import anyio.to_thread
+from fastapi.routing import iter_route_contexts
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.accepted_json import (
@@ -20,7 +24,6 @@ from shared.accepted_json import (
     pointer_token,
     text_refusal,
 )
-from shared.api.permissions import ACCEPTED_DOCUMENT, defer_input_problem
 from shared.api.problems import FieldError, ProblemError, problem_response
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -30,6 +33,21 @@ accepted-JSON walk and the route's model several microseconds, ten times what a 
 of 500,000 nested `[]` took about 2 s of CPU to answer, and 0.85 s on a route that ignores its body. Real documents
 hold one container per 20 bytes or more; this allows one per 10 bytes of the default body limit."""
 TOO_MANY_CONTAINERS = "too_many_containers"
+ACCEPTED_DOCUMENT = "qp.accepted_document"
+"""The scope key of the body as the edge parsed it, for the route to take instead of parsing the bytes a second
+time (shared.api.permissions): the document is the one `json.loads` gives for accepted JSON."""
+UNPARSED_BODY = "qp.unparsed_body"
+"""The scope key of a body the edge left unparsed for the route's permission check, which parses it once the caller
+is signed in, allowed the route's action and admitted within the tenant's bounds (shared.api.permissions)."""
+EDGE_PARSE_THREADS = 1
+"""Bodies parsed at once, per process, for requests no permission check guards (the task-token completion routes, a
+path no route takes). A parse holds the interpreter's lock for most of its time, so more threads would parse no
+faster and only crowd out the event loop every request runs on (see `TENANT_PARSE_THREADS` in
+shared.api.permissions); an anonymous flood queues here on the event loop, holding no thread that sync routes and
+sign-in need."""
+_EDGE_PARSES = anyio.CapacityLimiter(EDGE_PARSE_THREADS)
+ACCEPTED_CHARSETS = frozenset({"utf-8", "utf8"})
+"""The charsets a JSON body may name (RFC 8259 JSON is UTF-8; the body is decoded as UTF-8 whatever it says)."""
 # RFC 9110 §5.5: a field value with CR, LF or NUL must be refused; the other controls have no business there either.
 _HEADER_CONTROLS = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _PARAM = re.compile(r"^\{([^}:]+)(?::[^}]*)?\}$")
@@ -95,6 +113,46 @@ def _too_many_containers(found: int) -> NotAcceptedJSONError:
     return NotAcceptedJSONError([Refusal("", detail, TOO_MANY_CONTAINERS)])
 
 
+def parse_body(body: bytes) -> Any:
+    """The document of a request body when it is accepted JSON with at most MAX_BODY_CONTAINERS arrays and objects;
+    NotAcceptedJSONError otherwise. CPU only, up to a second or so for a hostile MiB: call it through `parsed`."""
+    found = containers(body)
+    if found > MAX_BODY_CONTAINERS:
+        raise _too_many_containers(found)
+    return loads(body)
+
+
+async def parsed(body: bytes, *, limiter: anyio.CapacityLimiter | None = None) -> Any:
+    """`parse_body` on a worker thread (of `limiter`, else the shared ones), never on the event loop: a parse run
+    there stopped every other request of every tenant for as long as it took."""
+    return await anyio.to_thread.run_sync(parse_body, body, limiter=limiter)
+
+
+def media_type_refusal(content_type: str | None) -> str | None:
+    """Why a body of this Content-Type is refused (415), or None: it is not JSON, or names a charset other than
+    UTF-8, which the body would not be read as."""
+    if not is_json_media_type(content_type):
+        return f"Send the body as application/json, not {content_type or 'without a Content-Type'}."
+    assert content_type is not None  # a JSON media type was named
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        charset = value.strip().strip('"').lower()
+        if name.strip().lower() == "charset" and charset not in ACCEPTED_CHARSETS:
+            return f"Send the body as UTF-8, with charset=utf-8 or no charset, not charset={charset or '(empty)'}."
+    return None
+
+
+def parses_after_permission(scope: Scope) -> bool:
+    """Whether the route that takes this request parses its body in its permission check (`GuardedRoute` with a
+    permission): the first route matching the method and path, as routing picks it."""
+    for context in iter_route_contexts(getattr(scope.get("app"), "routes", None) or []):
+        route = context.original_route
+        if route.matches(scope)[0] == Match.FULL:
+            # `BoundedBodyRoute.parses_body_after_permission`, named here: that module builds on this one.
+            return getattr(route, "parses_body_after_permission", False) is True
+    return False
+
+
 def _path_parameter(scope: Scope, segments: list[str], index: int) -> str | None:
     """The name of the path parameter that the segment at `index` fills, from the app's own OpenAPI paths."""
     openapi = getattr(scope.get("app"), "openapi", None)
@@ -149,11 +207,15 @@ def _header(scope: Scope, wanted: bytes) -> str | None:
 
 
 class AcceptedInputMiddleware:
-    """Refuse, before any route runs, what the platform does not accept: a request body that is not JSON (415) or
-    not accepted JSON (422), and path, query or header text that cannot be stored (422), each error named by a
-    JSON pointer. An accepted body is handed on byte for byte; a request without a body passes untouched.
+    """Refuse, before any route runs, what the platform does not accept: a request body that is not JSON, or not
+    UTF-8 by its charset (415), and path, query or header text that cannot be stored (422), each error named by a
+    JSON pointer. A body is handed on byte for byte; a request without a body passes untouched.
 
-    Registered inside the body size limit, so an oversized body is refused (413) before it is parsed.
+    Whether a body is accepted JSON (422 otherwise) is decided by parsing it, which costs up to a second of CPU for a
+    hostile MiB: a permission-checked route's body is left to its permission check (`UNPARSED_BODY`), which parses
+    it after sign-in, the permission and the tenant's admission; any other body is parsed here, on a worker thread
+    (`EDGE_PARSE_THREADS`). Registered inside the body size limit, so an oversized body is refused (413) before
+    anything reads it.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -180,26 +242,23 @@ class AcceptedInputMiddleware:
             more = bool(message.get("more_body", False))
         body = b"".join(chunks)
         if body:
-            content_type = _header(scope, b"content-type")
-            if not is_json_media_type(content_type):
+            refusal = media_type_refusal(_header(scope, b"content-type"))
+            if refusal is not None:
                 response = problem_response(
-                    415,
-                    "unsupported-media-type",
-                    "Unsupported media type",
-                    f"Send the body as application/json, not {content_type or 'without a Content-Type'}.",
-                    instance=_instance(scope),
+                    415, "unsupported-media-type", "Unsupported media type", refusal, instance=_instance(scope)
                 )
                 await response(scope, receive, send)
                 return
-            try:
-                found = containers(body)
-                if found > MAX_BODY_CONTAINERS:
-                    raise _too_many_containers(found)
-                # Kept for the route (shared.api.permissions), which then does not parse the bytes a second time.
-                scope[ACCEPTED_DOCUMENT] = loads(body)
-            except NotAcceptedJSONError as exc:
-                # A permission-checked route first answers 403 to a caller without the role, then this refusal.
-                if not defer_input_problem(scope, refused_problem(exc)):
+            if parses_after_permission(scope):
+                # Parsed by the route's permission check, once the caller is signed in, may do the route's action
+                # and is admitted within its tenant's bounds: a caller without a token, or a tenant over its bounds,
+                # makes nobody parse anything (a 401 or 429 costs what it costs without a body).
+                scope[UNPARSED_BODY] = body
+            else:
+                try:
+                    # Kept for the route (shared.api.permissions), which then does not parse the bytes again.
+                    scope[ACCEPTED_DOCUMENT] = await parsed(body, limiter=_EDGE_PARSES)
+                except NotAcceptedJSONError as exc:
                     await self._refuse(scope, receive, send, list(exc.refusals))
                     return
         delivered = False

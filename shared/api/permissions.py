@@ -19,7 +19,10 @@ uses `GuardedRoute`, which holds a body that does not parse until that decision 
   resource, which follows, is the one record of the request's authorization, so no request is recorded twice.
 
 What bounds a hostile body's CPU (the route takes the edge's document, and its model sees only the first unknown
-members) is `BoundedBodyRoute`'s, which `GuardedRoute` extends and the routes without a pre-check use as it is.
+members) is `BoundedBodyRoute`'s, which `GuardedRoute` extends and the routes without a pre-check use as it is. A
+permission-checked route's body is not parsed at the edge at all: its permission check parses it, on a worker thread,
+once the caller is signed in, allowed the action and admitted within its tenant's bounds, so that no caller without
+a token, and no tenant over its bounds, makes anybody parse a body.
 """
 
 from __future__ import annotations
@@ -34,15 +37,22 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
+import anyio
 from fastapi import Depends, HTTPException, Request, Response
+from fastapi._compat import ModelField  # what FastAPI validates a body parameter with
 from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
-from starlette.routing import Match
 from starlette.types import Receive, Scope
 
-from shared.accepted_json import MAX_REFUSALS
+from shared.accepted_json import MAX_REFUSALS, NotAcceptedJSONError
+from shared.api.accepted_input import (
+    ACCEPTED_DOCUMENT,
+    UNPARSED_BODY,
+    parsed,
+    refused_problem,
+)
 from shared.api.problems import CountedValidationError, ProblemError
 from shared.api.query_params import refuse_repeated_query
 from shared.api.security import RequestContext, authenticated
@@ -59,7 +69,6 @@ __all__ = [
     "BoundedBodyRoute",
     "GuardedRoute",
     "RoutePermission",
-    "defer_input_problem",
     "permission",
     "received_document",
     "role_decision",
@@ -129,10 +138,6 @@ _UNUSABLE_ID = "invalid"
 _PLAIN_ID = re.compile(r"[\x21-\x7e]{1,200}")
 _BODY_ERROR = "qp.deferred_body_error"
 _UNLISTED = "qp.unlisted_members"
-ACCEPTED_DOCUMENT = "qp.accepted_document"
-"""The scope key of the body as the edge parsed it (shared.api.accepted_input), for the route to take instead of
-parsing the bytes a second time: the document is the one `json.loads` gives for accepted JSON."""
-_INPUT_PROBLEM = "qp.deferred_input_problem"
 _UNREAD_BODY = object()
 _STAND_IN = UUID(int=0)
 
@@ -228,27 +233,36 @@ def _record_deny(context: RequestContext, action: Action, resource: Resource, de
     )
 
 
-def defer_input_problem(scope: Scope, problem: ProblemError) -> bool:
-    """Hand an edge layer's refusal of the request body to the matched route's permission check, which raises it
-    once the caller could do the route's action (so a caller without the role hears 403, and is audited); False
-    when no permission-checked route matches, and the caller must answer with `problem` itself."""
-    for context in iter_route_contexts(getattr(scope.get("app"), "routes", None) or []):
-        route = context.original_route
-        if (
-            isinstance(route, GuardedRoute)
-            and route_permission(route) is not None
-            and route.matches(scope)[0] == Match.FULL
-        ):
-            scope[_INPUT_PROBLEM] = problem
-            return True
-    return False
+TENANT_PARSE_THREADS = 1
+"""Bodies of one tenant parsed at once, per process. A parse holds the interpreter's lock for most of its time (0.4 s
+of CPU for a hostile 660 KB body), so a tenant's five admitted requests parsing at once parse no faster than one
+after the other and only crowd out the event loop that every tenant's requests run on: measured through the devhost
+(50 such bodies of one tenant that parse and are then refused), another tenant's read took 1.2-1.7 s with five
+parses at once, 0.2-0.5 s with one. A tenant's parses queue on the event loop, holding no thread, and never behind
+another tenant's."""
+_TENANT_PARSES: dict[UUID, anyio.CapacityLimiter] = {}
+
+
+async def _parse_held_body(request: Request, tenant_id: UUID) -> None:
+    """Parse the body the edge left to this check (`UNPARSED_BODY`), on a worker thread, one of the tenant's at a
+    time, and hand the document to the route's body parameter; 422 when it is not accepted JSON, as the edge
+    answered it before."""
+    body = request.scope.pop(UNPARSED_BODY, None)
+    if not isinstance(body, bytes):
+        return
+    limiter = _TENANT_PARSES.get(tenant_id)
+    if limiter is None:
+        limiter = _TENANT_PARSES.setdefault(tenant_id, anyio.CapacityLimiter(TENANT_PARSE_THREADS))
+    try:
+        document = await parsed(body, limiter=limiter)
+    except NotAcceptedJSONError as exc:
+        raise refused_problem(exc) from None
+    if isinstance(request, _BodyRequest):
+        request.take(document)
 
 
 def _raise_deferred_body_error(request: Request) -> None:
-    """Answer for a body the edge refused, or that did not parse, as it would have been answered before."""
-    problem = request.scope.pop(_INPUT_PROBLEM, None)
-    if isinstance(problem, ProblemError):
-        raise problem
+    """Answer for a body that did not parse, as it would have been answered before."""
     error = request.scope.pop(_BODY_ERROR, None)
     if isinstance(error, json.JSONDecodeError):
         raise RequestValidationError(
@@ -288,6 +302,9 @@ def permission(
             needs = _granting_roles(action) if decision.reason == Reason.ROLE_REQUIRED else ()
             detail = refusal_detail(action.value, decision.reason, needs=needs)
             raise ProblemError(403, "forbidden", "Forbidden", detail, extensions={"reason": decision.reason})
+        # Only now, after sign-in, the tenant's admission and rate token (`authenticated`) and this decision: a
+        # caller refused any of them has had nothing parsed for it.
+        await _parse_held_body(request, context.tenant.id)
         _raise_deferred_body_error(request)
         refuse_repeated_query(request)
         request.scope[PERMITTED] = action
@@ -305,20 +322,71 @@ def route_permission(route: APIRoute) -> RoutePermission | None:
     return _PERMISSIONS.get(first) if first is not None else None
 
 
+class _HeldDocument:
+    """What FastAPI is given as a permission-checked route's body, which it reads before it runs the dependencies:
+    the body parameter is validated against the document the permission check parsed (`_validated`)."""
+
+    __slots__ = ("_request",)
+
+    def __init__(self, request: _BodyRequest) -> None:
+        self._request = request
+
+    def document(self) -> Any:
+        """The body as the permission check parsed it (and trimmed it for the route's model)."""
+        if not self._request.taken:
+            # Unreachable: the permission is the route's first dependency, and it parses or raises.
+            raise RuntimeError("a permission-checked route's body was validated before its permission check parsed it")
+        return self._request.received
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """A member, for a route that takes several body parameters (AttributeError when the body is no object, as
+        FastAPI expects of a body that is not a dict)."""
+        document = self.document()
+        if not isinstance(document, dict):
+            raise AttributeError("get")
+        return document.get(name, default)
+
+
+_FIELD_VALIDATE = ModelField.validate
+
+
+def _validated(
+    field: ModelField, value: Any, values: dict[str, Any] | None = None, *, loc: tuple[int | str, ...] = ()
+) -> tuple[Any, list[dict[str, Any]]]:
+    """FastAPI's validation of a parameter, given the document a `_HeldDocument` stands for instead of it.
+
+    Installed on FastAPI's field class rather than on each route's body field: a router included in the app is
+    served from a copy of its routes' parameters, built by FastAPI. Any other value is validated as it always was.
+    """
+    if isinstance(value, _HeldDocument):
+        value = value.document()
+    return _FIELD_VALIDATE(field, value, {} if values is None else values, loc=loc)
+
+
+ModelField.validate = _validated  # type: ignore[method-assign,assignment]
+
+
 class _BodyRequest(Request):
     """A request whose JSON body, when the edge parsed it already, is that document (not parsed a second time) with
     only the first unknown members of the route's model, and is kept for the route's dependencies
-    (`received_document`); a deferring one sets an unparseable body aside for the pre-check to answer after
-    deciding."""
+    (`received_document`); when the edge left it to the permission check, a stand-in for what that check parses;
+    a deferring one sets an unparseable body aside for the pre-check to answer after deciding."""
 
     def __init__(self, scope: Scope, receive: Receive, known: frozenset[str] | None, *, defer: bool) -> None:
         super().__init__(scope, receive)
         self._known, self._defer = known, defer
         self.received: Any = None
+        self.taken = False
+        """Whether `received` holds what the permission check parsed."""
+
+    def take(self, document: Any) -> None:
+        """The body as the permission check parsed it, trimmed for the route's model."""
+        self.received = _trimmed(self.scope, document, self._known)
+        self.taken = True
 
     async def json(self) -> Any:
-        if _INPUT_PROBLEM in self.scope:
-            return _UNREAD_BODY  # refused at the edge already: not parsed again
+        if UNPARSED_BODY in self.scope:
+            return _HeldDocument(self)  # parsed by the permission check, after sign-in and admission
         if ACCEPTED_DOCUMENT in self.scope:
             self.received = _trimmed(self.scope, self.scope.pop(ACCEPTED_DOCUMENT), self._known)
             return self.received
@@ -386,6 +454,11 @@ class BoundedBodyRoute(APIRoute):
     defers_body_errors = False
     """Whether a body that does not parse is set aside for the permission dependency to answer."""
 
+    @property
+    def parses_body_after_permission(self) -> bool:
+        """Whether the route's permission check parses its body (the edge leaves it unparsed)."""
+        return False
+
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         """FastAPI's handler, given a request that takes the edge's document (and, when the route defers, sets body
         parse errors aside); a validation error of a trimmed body counts the unknown members left out."""
@@ -394,6 +467,12 @@ class BoundedBodyRoute(APIRoute):
         defer = self.defers_body_errors
 
         async def bounded(request: Request) -> Response:
+            if UNPARSED_BODY in request.scope and not self.parses_body_after_permission:
+                # Left by the edge for a permission check that this route does not make: parsed here instead.
+                try:
+                    request.scope[ACCEPTED_DOCUMENT] = await parsed(request.scope.pop(UNPARSED_BODY))
+                except NotAcceptedJSONError as exc:
+                    raise refused_problem(exc) from None
             try:
                 return await handler(_BodyRequest(request.scope, request.receive, known, defer=defer))
             except RequestValidationError as exc:
@@ -416,3 +495,9 @@ class GuardedRoute(BoundedBodyRoute):
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         super().__init__(path, in_route_transaction(endpoint), **kwargs)
+        self._parses_body = route_permission(self) is not None
+
+    @property
+    def parses_body_after_permission(self) -> bool:
+        """Whether the route has a permission check, which then parses its body after sign-in and admission."""
+        return self._parses_body
