@@ -544,6 +544,11 @@ class _Step:
             else:
                 self.attempt_failed(flight, why, True, now)
         self.settle(unsure)
+        if self.s.stopping and self.s.spec.rules >= 8:
+            # A retry whose record was out as the run began stopping was passed over by abandon_waits; ended now, as a
+            # dispatch's answer ends it, or the next timer started that retry in a cancelled or failed run. Runs under
+            # earlier rules keep it, so their histories replay into the commands they recorded.
+            self.abandon_waits()
 
     def unstarted_outcome(self, flight: Flight, error: str) -> Outcome:
         """The outcome of an attempt whose dispatch failed: failed, naming its action for a start never recorded."""

@@ -206,6 +206,7 @@ class Driven:
         self.waits: list[str] = []
         self.timers: list[tuple[m.Event, list[m.Command]]] = []
         self.held_starts: list[m.StepStart] = []  # run attempts started by a reduction while a failure was recorded
+        self.stopped_starts: list[m.StepStart] = []  # run attempts started by a reduction of a run already stopping
         self.take(commands)
 
     def take(self, commands: list[m.Command]) -> None:
@@ -216,9 +217,13 @@ class Driven:
     def send(self, event: m.Event) -> None:
         self.events.append(event)
         recording = any(p.failure is not None for p in self.state.pending.values())
+        stopping = self.state.stopping
         self.state, commands = m.reduce(self.state, event)
+        started = [s for d in _dispatches(commands) for s in d.starts if s.phase is m.Phase.RUN]
         if recording:
-            self.held_starts += [s for d in _dispatches(commands) for s in d.starts if s.phase is m.Phase.RUN]
+            self.held_starts += started
+        if stopping:
+            self.stopped_starts += started
         if isinstance(event, m.TimerFired):
             self.timers.append((event, commands))
         self.take(commands)
@@ -343,6 +348,9 @@ def test_while_an_unread_outputs_failure_is_recorded_nothing_starts_and_one_reco
     assert len(recorded) <= 1  # a second output that cannot be read changes nothing beside the first record
     # No attempt, no retry starts while the record is out, nor as its answer is applied (the run stops then).
     assert run.held_starts == []
+    # Nor once the run is stopping (cancelled, or failed): a retry whose dispatch failed for good after the run began
+    # stopping was started by the next timer.
+    assert run.stopped_starts == []
     end = run.complete
     assert end is not None
     if end.get("failed_step") is not None:
