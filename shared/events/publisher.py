@@ -83,6 +83,15 @@ class PublishTimeoutError(TimeoutError):
     """A publish given a `timeout` did not finish within it; any of its events may have been sent all the same."""
 
 
+class PartitionTimeoutError(PublishTimeoutError):
+    """A timed publish whose hub link had opened did not get its events' send done by its deadline: the SDK's send
+    timed out, or the caller's deadline came while the send was still on. Events go to the partition of their key, so
+    it may be that partition's trouble alone, where other keys still go; the rest of `PublishTimeoutError` (the hub's
+    turn still busy, every sender busy, a link that never opened, the publisher closed) holds for every key of the
+    hub. A send on a link lost meanwhile (it opens again inside the send) reads as this too: the hub's next publish
+    then finds the link's trouble as the hub's."""
+
+
 class EventPublisher(Protocol):
     """Sends events to an event hub; returns once the service (or local log) has accepted all of them."""
 
@@ -140,6 +149,8 @@ class _Sending:
     ended: bool = False
     set_aside: bool = False
     """Its caller gave up while it still ran, and its producer no longer serves the hub: the sender closes it."""
+    opened: threading.Event = field(default_factory=threading.Event)
+    """Set once its first batch was made: the producer's link is open, what the send then waits on is a partition's."""
 
 
 class AzureEventHubPublisher:
@@ -179,8 +190,9 @@ class AzureEventHubPublisher:
             raise
         if ends is None:
             try:
-                _send_in_turn(producer, lock, hub, events, None, given_up)
+                _send_in_turn(producer, hub, events, None, given_up)
             finally:
+                lock.release()
                 self._delist(given_up)
             return
         # The SDK ends a send's retries by its `timeout`, but not the opening of the producer's link: the first
@@ -205,7 +217,10 @@ class AzureEventHubPublisher:
 
         def send() -> None:
             try:
-                _send_in_turn(producer, lock, hub, events, ends, given_up)
+                try:
+                    _send_in_turn(producer, hub, events, ends, given_up, sending.opened)
+                finally:
+                    self._end_turn(sending)
             except BaseException as exc:  # handed to the caller, if it still waits
                 failed.append(exc)
             finally:
@@ -227,6 +242,12 @@ class AzureEventHubPublisher:
         if not done.wait(timeout=max(ends - time.monotonic(), 0.0)):
             given_up.set()
             self._abandon(sending)
+            if sending.opened.is_set():
+                # The SDK's own send timeout ends about when this deadline does, so a partition that does not answer
+                # is most often found here rather than by the sender's PartitionTimeoutError.
+                raise PartitionTimeoutError(
+                    f"{hub}: not sent by its deadline ({timeout:g} s): the send did not end (the link was open)"
+                )
             raise PublishTimeoutError(f"{hub}: not sent by its deadline ({timeout:g} s): the hub did not answer")
         if failed:
             raise failed[0]
@@ -311,13 +332,20 @@ class AzureEventHubPublisher:
         sending.set_aside = True
         self._set_aside[sending.turn] = hub
 
-    def _sent(self, sending: _Sending) -> None:
-        """On the sender thread, once its send ended: a producer set aside is closed (its link with it)."""
+    def _end_turn(self, sending: _Sending) -> None:
+        """On the sender thread, once its send ended: it is no longer stranded, then the turn is given back. In that
+        order, under `_lock`: a publish that takes the turn next sends on the producer, which a stale stranded entry
+        would have set aside (and its sender closed) under that publish's send."""
         with self._lock:
             sending.ended = True
             if self._stranded.get(sending.hub) is sending:
                 del self._stranded[sending.hub]
-            set_aside = sending.set_aside
+            sending.turn.release()
+
+    def _sent(self, sending: _Sending) -> None:
+        """On the sender thread, after `_end_turn`: a producer set aside is closed (its link with it)."""
+        with self._lock:
+            set_aside = sending.set_aside  # final: set only on a stranded send, which this no longer is
         if not set_aside:
             return
         try:
@@ -370,28 +398,26 @@ def _close_on_thread(hub: str, producer: EventHubProducerClient) -> threading.Th
 
 def _send_in_turn(
     producer: EventHubProducerClient,
-    turn: threading.Lock,
     hub: str,
     events: Sequence[OutboundEvent],
     ends: float | None,
     given_up: threading.Event,
+    opened: threading.Event | None = None,
 ) -> None:
-    """Send `events` in the hub's `turn`, which the caller took and this releases (on whichever thread it runs)."""
-    try:
-        for partition_key, group in _by_partition_key(events).items():
-            for batch in _batches(producer, partition_key, group):
-                if given_up.is_set():
-                    # Its caller has failed the publish at its deadline, or the publisher was closed under a caller
-                    # still waiting, who must not read the unsent rest as sent: nothing more goes out.
-                    raise PublishTimeoutError(
-                        f"{hub}: the publish was given up (its deadline, or the publisher closed)"
-                    )
-                if ends is None:
-                    producer.send_batch(batch)
-                else:
-                    _send_within(producer, batch, hub, ends)
-    finally:
-        turn.release()
+    """Send `events` in the hub's turn, which the caller took and gives back; `opened` is set once a batch is made
+    (the producer's link is open)."""
+    for partition_key, group in _by_partition_key(events).items():
+        for batch in _batches(producer, partition_key, group):
+            if opened is not None:
+                opened.set()
+            if given_up.is_set():
+                # Its caller has failed the publish at its deadline, or the publisher was closed under a caller
+                # still waiting, who must not read the unsent rest as sent: nothing more goes out.
+                raise PublishTimeoutError(f"{hub}: the publish was given up (its deadline, or the publisher closed)")
+            if ends is None:
+                producer.send_batch(batch)
+            else:
+                _send_within(producer, batch, hub, ends)
 
 
 def _left(hub: str, ends: float) -> float:
@@ -411,7 +437,7 @@ def _send_within(producer: EventHubProducerClient, batch: EventDataBatch, hub: s
     try:
         producer.send_batch(batch, timeout=_left(hub, ends))
     except OperationTimeoutError as exc:
-        raise PublishTimeoutError(f"{hub}: not sent by its deadline: {exc}") from exc
+        raise PartitionTimeoutError(f"{hub}: not sent by its deadline: {exc}") from exc
 
 
 def _by_partition_key(events: Sequence[OutboundEvent]) -> dict[str | None, list[OutboundEvent]]:

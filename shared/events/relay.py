@@ -13,9 +13,11 @@ events (and webhook deliveries) back until it ends.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from time import monotonic
 from typing import Any, cast
 from uuid import UUID
 
@@ -29,6 +31,7 @@ from shared.events.publisher import (
     PLATFORM_EVENTS_HUB,
     EventPublisher,
     OutboundEvent,
+    PartitionTimeoutError,
     PropertyValue,
     PublishTimeoutError,
     get_publisher,
@@ -54,6 +57,18 @@ idle bound (ADR 0043) and the hub's turn from every timed publish. It covers wha
 (the SDK's 60 s send with up to 60 s for its first token) and stays well under that idle bound, so the transaction is
 still there to roll back (its events go again on the next run) and, for a send that ends near the bound, to record
 the deliveries and the mark. Given up, the stuck producer is set aside as a timed caller's is."""
+
+RELAY_RUN_BUDGET_S = 300.0
+"""A run starts no tenant's publish after this long: a hub whose link opens but whose partitions do not answer (each
+tenant's events go to the partition of its id) costs a publish's deadline per tenant, 100 tenants over three hours,
+past the host's 1-hour bound for a run. The tenants left wait for the next run."""
+
+_DEFERRED_MAX = 10_000
+_deferred: dict[UUID, None] = {}
+"""The tenants (in this process) whose last publish failed other than for the whole hub (their partition not
+answering, say): a run relays them after every other tenant. Oldest waiting first, they came first in every run, and
+their timeouts spent each run's budget before any other tenant's turn."""
+_deferred_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -144,35 +159,78 @@ def relay_pending(
     """Relay every tenant's waiting events, one batch per tenant per round, until none wait or `max_rounds`;
     `pool` serves the tenant transactions, `control_pool` the control plane's (the process-wide pools when None).
 
-    A tenant whose events cannot be sent is logged and left for the next run; the other tenants still go, unless its
-    publish was not done by its deadline: the hub (or the process's senders) did not answer, so the run ends there
-    rather than wait out the deadline again for each tenant.
+    A tenant whose events cannot be sent is logged and left for the next run, which relays it after the others (in
+    this process); the other tenants still go, also when its send timed out (the partition of its id did not answer),
+    unless the hub failed as a whole: the run ends at a publish not done by its deadline for the whole hub (its turn
+    still busy, no sender free, its link never opened: `PublishTimeoutError` other than `PartitionTimeoutError`)
+    rather than wait out the deadline again for each tenant, and starts no publish after RELAY_RUN_BUDGET_S.
     """
+    ends = monotonic() + RELAY_RUN_BUDGET_S
     published = 0
     seen: set[UUID] = set()
     failed: set[UUID] = set()
     for _ in range(max_rounds):
         # A tenant that failed is left for the next run, as the docstring says: retried every round, its oldest events
         # came first each time and every other tenant waited out its send timeout again.
-        tenants = [
-            tenant_id for tenant_id in pending_tenants(max_tenants, pool=control_pool) if tenant_id not in failed
-        ]
+        tenants = _deferred_last(
+            [tenant_id for tenant_id in pending_tenants(max_tenants, pool=control_pool) if tenant_id not in failed]
+        )
         sent_this_round = 0
         for tenant_id in tenants:
+            if monotonic() >= ends:
+                logger.warning(
+                    "outbox relay: the run's %g s were spent; the events of %d tenants wait for the next run",
+                    RELAY_RUN_BUDGET_S,
+                    len(tenants) - tenants.index(tenant_id),
+                )
+                return RelayResult(published=published + sent_this_round, tenants=len(seen), failed_tenants=len(failed))
             seen.add(tenant_id)
             try:
-                sent_this_round += relay_tenant(tenant_id, publisher(), batch_size=batch_size, pool=pool)
+                sent = relay_tenant(tenant_id, publisher(), batch_size=batch_size, pool=pool)
+            except PartitionTimeoutError:
+                # The hub's link was open and the send to this tenant's partition did not end: that partition may be
+                # the only one not answering, and the other tenants' events (most on other partitions) still go.
+                logger.exception("outbox relay: the events of tenant %s were not sent by their deadline", tenant_id)
+                failed.add(tenant_id)
+                _defer(tenant_id)
             except PublishTimeoutError:
-                # Not this tenant's trouble: every tenant's events go to the same hub, and waiting out the deadline
-                # once per tenant would keep a run against a silent hub going for hours (100 tenants of 120 s each;
-                # the host ends a run after 1 h).
+                # Not this tenant's trouble: the hub did not answer (or its turn, or the senders, stayed busy), for
+                # every tenant alike, and waiting out the deadline once per tenant would keep a run against a silent
+                # hub going for hours (100 tenants of 120 s each; the host ends a run after 1 h).
                 logger.exception("outbox relay: the events of tenant %s were not sent by their deadline", tenant_id)
                 failed.add(tenant_id)
                 return RelayResult(published=published + sent_this_round, tenants=len(seen), failed_tenants=len(failed))
             except Exception:  # one tenant's trouble must not keep the others' events back
                 logger.exception("outbox relay: the events of tenant %s could not be published", tenant_id)
                 failed.add(tenant_id)
+                _defer(tenant_id)
+            else:
+                sent_this_round += sent
+                _undefer(tenant_id)
         published += sent_this_round
         if sent_this_round == 0:
             break
     return RelayResult(published=published, tenants=len(seen), failed_tenants=len(failed))
+
+
+def _deferred_last(tenants: list[UUID]) -> list[UUID]:
+    """`tenants` in their order, those whose last publish here failed after the others."""
+    with _deferred_lock:
+        deferred = [tenant_id for tenant_id in tenants if tenant_id in _deferred]
+    if not deferred:
+        return tenants
+    later = set(deferred)
+    return [tenant_id for tenant_id in tenants if tenant_id not in later] + deferred
+
+
+def _defer(tenant_id: UUID) -> None:
+    with _deferred_lock:
+        _deferred.pop(tenant_id, None)
+        _deferred[tenant_id] = None
+        while len(_deferred) > _DEFERRED_MAX:  # the oldest failure first: its tenant is the likeliest gone
+            del _deferred[next(iter(_deferred))]
+
+
+def _undefer(tenant_id: UUID) -> None:
+    with _deferred_lock:
+        _deferred.pop(tenant_id, None)
