@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from time import monotonic
@@ -103,24 +103,6 @@ def envelope(tenant_id: UUID, row: DictRow) -> OutboundEvent:
     return OutboundEvent(body, str(tenant_id), properties)
 
 
-class _Bounded:
-    """A publisher whose publishes, given no timeout of their own, are given the relay's."""
-
-    def __init__(self, publisher: EventPublisher) -> None:
-        self._publisher = publisher
-
-    def publish(self, hub: str, events: Sequence[OutboundEvent], *, timeout: float | None = None) -> None:
-        self._publisher.publish(hub, events, timeout=RELAY_PUBLISH_TIMEOUT_S if timeout is None else timeout)
-
-    def close(self) -> None:
-        self._publisher.close()
-
-
-def relay_publisher() -> EventPublisher:
-    """The process's publisher, each of the relay's publishes bounded by RELAY_PUBLISH_TIMEOUT_S."""
-    return _Bounded(get_publisher())
-
-
 def pending_tenants(max_tenants: int, *, pool: ConnectionPool[Any] | None = None) -> list[UUID]:
     """Ids of the tenants with unpublished events, oldest waiting first (no row of theirs is read here)."""
     with platform_transaction(pool=pool) as conn:
@@ -132,7 +114,7 @@ def relay_tenant(
 ) -> int:
     """Publish up to `batch_size` of the tenant's unpublished events and mark them; returns how many went.
 
-    The send is bounded as `publisher` bounds it: the relay's own (`relay_publisher`) gives up by its deadline."""
+    The send gives up after RELAY_PUBLISH_TIMEOUT_S."""
     with tenant_transaction(tenant_id, pool=pool) as conn:
         if not tenant_locks.try_hold(conn, "outbox-relay"):  # another relay holds this tenant's
             return 0
@@ -140,7 +122,7 @@ def relay_tenant(
         if not rows:
             return 0
         envelopes = [envelope(tenant_id, row) for row in rows]
-        publisher.publish(PLATFORM_EVENTS_HUB, envelopes)
+        publisher.publish(PLATFORM_EVENTS_HUB, envelopes, timeout=RELAY_PUBLISH_TIMEOUT_S)
         # Webhook deliveries are recorded with the mark (ADR 0030): an event marked published has its deliveries.
         webhook_store.fan_out(conn, [cast(dict[str, Any], event.body) for event in envelopes])
         conn.execute(_MARK, ([row["id"] for row in rows],))
@@ -148,7 +130,7 @@ def relay_tenant(
 
 
 def relay_pending(
-    publisher: Callable[[], EventPublisher] = relay_publisher,
+    publisher: Callable[[], EventPublisher] | None = None,
     *,
     batch_size: int = 100,
     max_tenants: int = 100,
@@ -157,7 +139,8 @@ def relay_pending(
     control_pool: ConnectionPool[Any] | None = None,
 ) -> RelayResult:
     """Relay every tenant's waiting events, one batch per tenant per round, until none wait or `max_rounds`;
-    `pool` serves the tenant transactions, `control_pool` the control plane's (the process-wide pools when None).
+    `pool` serves the tenant transactions, `control_pool` the control plane's (the process-wide pools when None),
+    `publisher` gives the publisher (the process's when None).
 
     A tenant whose events cannot be sent is logged and left for the next run, which relays it after the others (in
     this process); the other tenants still go, also when its send timed out (the partition of its id did not answer),
@@ -165,6 +148,7 @@ def relay_pending(
     still busy, no sender free, its link never opened: `PublishTimeoutError` other than `PartitionTimeoutError`)
     rather than wait out the deadline again for each tenant, and starts no publish after RELAY_RUN_BUDGET_S.
     """
+    publisher_of = publisher or get_publisher
     ends = monotonic() + RELAY_RUN_BUDGET_S
     published = 0
     seen: set[UUID] = set()
@@ -186,7 +170,7 @@ def relay_pending(
                 return RelayResult(published=published + sent_this_round, tenants=len(seen), failed_tenants=len(failed))
             seen.add(tenant_id)
             try:
-                sent = relay_tenant(tenant_id, publisher(), batch_size=batch_size, pool=pool)
+                sent = relay_tenant(tenant_id, publisher_of(), batch_size=batch_size, pool=pool)
             except PartitionTimeoutError:
                 # The hub's link was open and the send to this tenant's partition did not end: that partition may be
                 # the only one not answering, and the other tenants' events (most on other partitions) still go.

@@ -34,7 +34,7 @@ class Recorder:
         self.fail_after_send = fail_after_send
         self._lock = threading.Lock()
 
-    def publish(self, hub: str, events: Sequence[OutboundEvent]) -> None:
+    def publish(self, hub: str, events: Sequence[OutboundEvent], *, timeout: float | None = None) -> None:
         with self._lock:
             self.sent.extend((hub, event) for event in events)
         time.sleep(self.delay)
@@ -130,7 +130,7 @@ def test_each_tenant_is_its_own_partition_key_and_one_tenants_failure_spares_the
     assert {keys[i] for i in ids_b} == {(str(b), str(b), str(b))}
 
     class FailsForA(Recorder):
-        def publish(self, hub: str, events: Sequence[OutboundEvent]) -> None:
+        def publish(self, hub: str, events: Sequence[OutboundEvent], *, timeout: float | None = None) -> None:
             if any(event.partition_key == str(a) for event in events):
                 raise ConnectionError("tenant a's send failed")
             super().publish(hub, events)
@@ -266,7 +266,7 @@ def test_a_tenant_whose_events_cannot_be_sent_is_tried_once_a_run(
     sends: Counter[str] = Counter()
 
     class Publisher:
-        def publish(self, hub: str, events: Sequence[OutboundEvent]) -> None:
+        def publish(self, hub: str, events: Sequence[OutboundEvent], *, timeout: float | None = None) -> None:
             if events[0].partition_key == str(bad):
                 sends["bad"] += 1
                 raise RuntimeError("send timed out")

@@ -78,7 +78,7 @@ def test_one_tenants_partition_timing_out_does_not_keep_every_other_tenants_even
     producer = _PartitionDown(str(stuck))
     publisher = _Publisher(producer)
     monkeypatch.setattr(relay, "get_publisher", lambda: publisher)
-    for _ in range(3):  # three timer runs, as the host calls it (relay_publisher, the relay's deadline)
+    for _ in range(3):  # three timer runs, as the host calls it (the process's publisher, the relay's deadline)
         relay_pending()
     assert _unpublished(app_pool, stuck) == 1
     # Before the relay's deadline (untimed publish), the SDK's timeout was an ordinary failure and the run went on.

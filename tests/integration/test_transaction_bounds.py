@@ -167,7 +167,7 @@ class SlowPublisher:
         self.delay_s = delay_s
         self.sent: list[OutboundEvent] = []
 
-    def publish(self, hub: str, events: Sequence[OutboundEvent]) -> None:
+    def publish(self, hub: str, events: Sequence[OutboundEvent], *, timeout: float | None = None) -> None:
         time.sleep(self.delay_s)
         self.sent.extend(events)
 

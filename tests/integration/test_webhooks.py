@@ -75,7 +75,7 @@ class Publisher:
     def __init__(self) -> None:
         self.sent: list[OutboundEvent] = []
 
-    def publish(self, hub: str, events: list[OutboundEvent]) -> None:
+    def publish(self, hub: str, events: list[OutboundEvent], *, timeout: float | None = None) -> None:
         self.sent += events
 
 
