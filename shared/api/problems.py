@@ -214,6 +214,12 @@ DEPENDENCY_ERRORS: tuple[tuple[type[Exception], str], ...] = (
 )
 
 
+# The database is up, but it rolled the request's transaction back for a concurrent one's sake: a deadlock's victim or
+# a serialization failure. Still 503 with Retry-After, as a client that retries on it should, without saying the
+# database is down.
+CONFLICT_ERRORS: tuple[type[Exception], ...] = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+
+
 def unavailable_dependency(exc: BaseException) -> str | None:
     """Which dependency `exc` says is unreachable ("database", "blob storage"), or None."""
     exc = _unwrap(exc)
@@ -272,12 +278,17 @@ def error_response(exc: BaseException, *, instance: str, request_id: str | None)
     dependency = unavailable_dependency(exc)
     if dependency is not None:
         # An outage is not a bug: one line with the cause, no traceback per refused request.
-        logger.warning("request %s: %s unavailable (%s: %s)", request_id, dependency, type(exc).__name__, exc)
+        if isinstance(exc, CONFLICT_ERRORS):
+            logger.warning("request %s: conflicted with a concurrent one (%s: %s)", request_id, type(exc).__name__, exc)
+            detail = f"The request conflicted with a concurrent one; retry after {DEPENDENCY_RETRY_AFTER_S} seconds."
+        else:
+            logger.warning("request %s: %s unavailable (%s: %s)", request_id, dependency, type(exc).__name__, exc)
+            detail = f"The {dependency} is unavailable at the moment; retry after {DEPENDENCY_RETRY_AFTER_S} seconds."
         return problem_response(
             503,
             "dependency-unavailable",
             "Service unavailable",
-            f"The {dependency} is unavailable at the moment; retry after {DEPENDENCY_RETRY_AFTER_S} seconds.",
+            detail,
             instance=instance,
             headers={**headers, "Retry-After": str(DEPENDENCY_RETRY_AFTER_S)},
             extensions={"request_id": request_id},

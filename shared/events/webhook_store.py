@@ -44,6 +44,15 @@ _UPDATE = (
     " consecutive_failures = CASE WHEN %s THEN 0 ELSE consecutive_failures END, updated_at = clock_timestamp()"
     " WHERE id = %s AND (%s::bigint[] IS NULL OR version = ANY (%s)) RETURNING {subscription}"
 )
+# Every writer of both tables takes a subscription's deliveries before the subscription: the sender records a
+# delivery, then counts it on its subscription; a delete removes the deliveries, then the subscription. A change that
+# may re-enable one and a delete lock these first, in id order, so that the two take the same rows in the same order
+# (a delete's own scan takes them in no set order). Not the delivered ones, which neither a resume nor a sender
+# touches; the pending ones too: only a sender's record makes one failed, and it locks the pending one first, so none
+# becomes failed, unlocked, between this lock and the resume.
+_LOCK_UNDELIVERED = (
+    "SELECT id FROM app.webhook_deliveries WHERE subscription_id = %s AND state <> 'delivered' ORDER BY id FOR UPDATE"
+)
 _RESUME_FAILED = (
     "UPDATE app.webhook_deliveries SET state = 'pending', attempts = 0, next_attempt_at = clock_timestamp()"
     " WHERE subscription_id = %s AND state = 'failed'"
@@ -248,10 +257,14 @@ def get(conn: Conn, subscription_id: UUID) -> Subscription | None:
     return _subscription(row) if row else None
 
 
-def get_to_change(conn: Conn, subscription_id: UUID) -> Subscription | None:
+def get_to_change(conn: Conn, subscription_id: UUID, *, enabling: bool = False) -> Subscription | None:
     """The subscription as it is, locked until the transaction ends, for `update` to be decided from: a sender that
     disables it meanwhile waits, or has committed before this read and is seen (a read without the lock could
-    re-enable a subscription just disabled, skipping the failed delivery that `update` would have resent)."""
+    re-enable a subscription just disabled, skipping the failed delivery that `update` would have resent). With
+    `enabling` (the change may re-enable it, resuming its failed deliveries) its deliveries not yet delivered are
+    locked first, the order every writer of the two takes them in: a delete waits here instead of deadlocking."""
+    if enabling:
+        conn.execute(_LOCK_UNDELIVERED, (subscription_id,))
     row = conn.execute(_sql(_GET_TO_CHANGE), (subscription_id,)).fetchone()
     return _subscription(row) if row else None
 
@@ -266,9 +279,9 @@ def update(
     enabled: bool,
     if_match: frozenset[str] | None = None,
 ) -> Subscription:
-    """Change a subscription (`current` read with `get_to_change` in this transaction) if `if_match` (None: any)
-    names its version, else PreconditionFailedError; enabling a disabled one clears its failures and sends its failed
-    deliveries again, in their order."""
+    """Change a subscription (`current` read with `get_to_change` in this transaction, with `enabling` when `enabled`)
+    if `if_match` (None: any) names its version, else PreconditionFailedError; enabling a disabled one clears its
+    failures and sends its failed deliveries again, in their order."""
     reenabled = enabled and not current.enabled
     versions = versions_named(current.id, if_match)
     row = conn.execute(
@@ -314,8 +327,10 @@ def delete(conn: Conn, subscription_id: UUID, *, if_match: frozenset[str] | None
     """Remove a subscription and its delivery log if `if_match` (None: any) names its version, else
     PreconditionFailedError (changing nothing); False when there was no such subscription."""
     # The deliveries first: a sender records a delivery, then its subscription, and the same order here keeps the
-    # two from deadlocking. Those the relay commits in between go with the subscription (the cascade of migration
-    # 0034), which waits for the relay's transaction.
+    # two from deadlocking. Those a re-enable may resume are locked as it locks them, in id order, before the
+    # function removes them in whatever order its scan finds them. Those the relay commits in between go with the
+    # subscription (the cascade of migration 0034), which waits for the relay's transaction.
+    conn.execute(_LOCK_UNDELIVERED, (subscription_id,))
     row = conn.execute(_DELETE, (subscription_id, versions_named(subscription_id, if_match))).fetchone()
     if row is not None and row["removed"] == -1:
         raise PreconditionFailedError

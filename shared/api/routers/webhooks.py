@@ -217,9 +217,13 @@ def _stale(subscription_id: UUID) -> ProblemError:
     )
 
 
-def _found(conn: Any, subscription_id: UUID, *, to_change: bool = False) -> store.Subscription:
-    """The subscription (locked until the transaction ends when `to_change`), or a 404."""
-    found = store.get_to_change(conn, subscription_id) if to_change else store.get(conn, subscription_id)
+def _found(conn: Any, subscription_id: UUID, *, to_change: bool = False, enabling: bool = False) -> store.Subscription:
+    """The subscription (locked until the transaction ends when `to_change`, after its deliveries not yet delivered
+    when the change is `enabling`), or a 404."""
+    if to_change:
+        found = store.get_to_change(conn, subscription_id, enabling=enabling)
+    else:
+        found = store.get(conn, subscription_id)
     if found is None:
         raise ProblemError(404, "not-found", "Not found", f"no webhook subscription {subscription_id}")
     return found
@@ -328,8 +332,9 @@ async def change(
             _check_url(context.tenant.id, body.url)
         with tenant_transaction(context.tenant.id) as conn:
             # Read locked: what is kept and whether it is re-enabled are decided from the row as it is, not from a
-            # read that a sender's disabling commits past.
-            current = _found(conn, subscription_id, to_change=True)
+            # read that a sender's disabling commits past. A change that may re-enable it (and so resume its failed
+            # deliveries) locks those deliveries first, as a delete and the sender do, so that none deadlocks it.
+            current = _found(conn, subscription_id, to_change=True, enabling=body.enabled is True)
             try:
                 changed = store.update(
                     conn,
