@@ -91,8 +91,9 @@ UNAVAILABLE = problem_doc(
     "dependency-unavailable",
     "Service unavailable",
     "The database is unavailable; retry in 2 s.",
-    "A dependency such as the database is unavailable (`dependency-unavailable`), or a secret the platform keeps "
-    "does not open (`secret-unavailable`: its key is not configured); always with Retry-After",
+    "A dependency such as the database is unavailable, or the request conflicted with a concurrent one (a "
+    "deadlock or a serialization failure; `dependency-unavailable`), or a secret the platform keeps does not open "
+    "(`secret-unavailable`: its key is not configured); always with Retry-After",
 )
 
 AUTH_ERRORS: Responses = {401: UNAUTHORIZED, 403: FORBIDDEN, 429: RATE_LIMITED, 503: UNAVAILABLE}
