@@ -15,6 +15,7 @@ from aiohttp import web
 from devhost.component import Component, HostContext
 from devhost.hostjson import load_host_json, load_local_settings
 from devhost.http_functions import HostRunner, add_http_routes, host_problems
+from devhost.http_streams import FUNCTIONS_HOST_MAX_BODY
 from devhost.invoker import Invoker
 from devhost.keys import HostKeyGuard, load_or_create_master_key
 from devhost.loader import FunctionIndex, load_function_app
@@ -26,13 +27,14 @@ from shared.config import SettingsError, get_settings, load_settings
 logger = logging.getLogger("devhost")
 
 BODY_CAP_MARGIN = 64 * 1024
-"""How far past the app's body limit (QP_MAX_BODY_BYTES) the host still reads a request body, decoded bytes counted:
-a body just over the limit gets the app's own 413, a larger one the host's, and no body (a compressed one that
-inflates to gigabytes included) makes the host hold more than a few times the limit."""
+"""How far past the app's body limit (QP_MAX_BODY_BYTES) the host still reads an HTTP function's request body,
+decoded bytes counted: a body just over the limit gets the app's own 413, a larger one the host's, and no body (a
+compressed one that inflates to gigabytes included) makes the host hold more than a few times the limit."""
 
 
 def host_body_cap(max_body_bytes: int) -> int:
-    """The most of a request body (decoded) the host reads for the app whose body limit is `max_body_bytes`."""
+    """The most of an HTTP function's request body (decoded) the host reads for the app whose body limit is
+    `max_body_bytes`. Its component routes keep the Functions host's own cap (FUNCTIONS_HOST_MAX_BODY)."""
     return max_body_bytes + BODY_CAP_MARGIN
 
 
@@ -145,9 +147,10 @@ class DevHost:
         Every component route needs the master key unless it is public in Azure too (devhost/keys.py).
         """
         app = web.Application(
-            # Not the Functions host's 100 MiB: reading (and inflating) that much for an app that refuses anything
-            # over its limit cost every other request its memory and time.
-            client_max_size=host_body_cap(get_settings().QP_MAX_BODY_BYTES),
+            # The component routes' cap: the Durable API takes orchestration inputs that may be several times the
+            # request that caused them (ensure_ascii JSON makes "é" six bytes), and it needs the master key or
+            # loopback. The HTTP functions' bodies have a cap of their own (`add_http_routes`).
+            client_max_size=FUNCTIONS_HOST_MAX_BODY,
             # Outermost: an error aiohttp raises on any route (404, 405, 413) is answered as problem+json.
             middlewares=[host_problems, self.guard.middleware],
         )
@@ -156,7 +159,10 @@ class DevHost:
         guarded = self.guard.guard(app.router.resources())
         logger.debug("routes that need the master key: %s", ", ".join(guarded))
         route_prefix = load_host_json(self.options.app_dir).route_prefix
-        add_http_routes(app, self.index.http, self.invoker, route_prefix, self.durable_binding)
+        # Not the Functions host's 100 MiB: reading (and inflating) that much of a function's body for an app that
+        # refuses anything over its limit cost every other request its memory and time.
+        body_cap = host_body_cap(get_settings().QP_MAX_BODY_BYTES)
+        add_http_routes(app, self.index.http, self.invoker, route_prefix, self.durable_binding, body_cap=body_cap)
         return app
 
     async def start(self) -> None:

@@ -19,7 +19,7 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from azure.functions import meta
 
-from devhost.http_streams import BODY_GONE, is_stream_function, read_body, serve_stream
+from devhost.http_streams import BODY_GONE, FUNCTIONS_HOST_MAX_BODY, is_stream_function, read_body, serve_stream
 from devhost.invoker import FunctionInvocationError, Invoker
 from devhost.loader import function_name, trigger_of
 from shared.api.problems import PROBLEM_JSON, internal_error_document, problem_document
@@ -47,8 +47,8 @@ def aiohttp_path(route_prefix: str, route: str) -> str:
     return f"{prefix}/{path.lstrip('/')}"
 
 
-async def _http_datum(request: web.Request) -> meta.Datum:
-    body = await read_body(request)
+async def _http_datum(request: web.Request, body_cap: int) -> meta.Datum:
+    body = await read_body(request, body_cap)
     return meta.Datum(
         type="http",
         value={
@@ -79,9 +79,10 @@ def _to_response(out: meta.Datum | None) -> web.Response:
 
 
 def make_handler(
-    function: func.Function, invoker: Invoker, durable_binding: BindingJson | None
+    function: func.Function, invoker: Invoker, durable_binding: BindingJson | None, *, body_cap: int
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    """An aiohttp handler that invokes `function` as the Functions host would."""
+    """An aiohttp handler that invokes `function` as the Functions host would, on a request body of at most
+    `body_cap` bytes (`read_body`)."""
     trigger = trigger_of(function)
     client_bindings = [b.name for b in function.get_bindings() if b.type == "durableClient"]
     streams = is_stream_function(function, trigger.name)
@@ -96,8 +97,8 @@ def make_handler(
                 for name in client_bindings:
                     inputs[name] = meta.Datum(durable_binding(origin), "string")
             if streams:
-                return await serve_stream(request, function, invoker, trigger.name, inputs)
-            inputs[trigger.name] = await _http_datum(request)
+                return await serve_stream(request, function, invoker, trigger.name, inputs, body_cap=body_cap)
+            inputs[trigger.name] = await _http_datum(request, body_cap)
             out = await invoker.invoke(function, inputs, trace_parent=request.headers.get("traceparent", ""))
             return _to_response(out)
         except web.HTTPException:
@@ -339,15 +340,18 @@ def add_http_routes(
     invoker: Invoker,
     route_prefix: str,
     durable_binding: BindingJson | None,
+    *,
+    body_cap: int = FUNCTIONS_HOST_MAX_BODY,
 ) -> list[str]:
-    """Register every HTTP function; catch-all routes go last so specific ones win. Returns the paths."""
+    """Register every HTTP function, whose request bodies are read up to `body_cap` bytes (`host_body_cap`; else
+    the Functions host's own cap); catch-all routes go last so specific ones win. Returns the paths."""
     ordered = sorted(functions, key=lambda f: "{*" in (trigger_of(f).route or ""))
     paths = []
     for function in ordered:
         trigger = trigger_of(function)
         path = aiohttp_path(route_prefix, str(trigger.route or function_name(function)))
         methods = [str(getattr(m, "value", m)).upper() for m in (trigger.methods or ALL_METHODS)]
-        handler = make_handler(function, invoker, durable_binding)
+        handler = make_handler(function, invoker, durable_binding, body_cap=body_cap)
         for method in methods:  # HEAD too: add_route("GET") registers none
             app.router.add_route(method, path, handler)
         paths.append(path)

@@ -32,6 +32,10 @@ BODY_MIN_BYTES_PER_S = 240
 first BODY_GRACE_S, then on average BODY_MIN_BYTES_PER_S; slower, it is answered 408 and its connection closed,
 instead of holding the connection (and the function's turn) for as long as the client likes."""
 _SLOW_BODY = "the request body came too slowly: {} bytes of it were received"
+FUNCTIONS_HOST_MAX_BODY = 100 * 1024 * 1024
+"""The Functions host's own request cap: the cap of the host's component routes (the Durable API takes the
+orchestration inputs the app's Durable client sends, which may be several times the request that caused them), and
+of an HTTP function's body where the host is not told the app's (devhost/host.py's `host_body_cap`)."""
 
 
 def is_stream_function(function: func.Function, trigger_name: str) -> bool:
@@ -40,14 +44,16 @@ def is_stream_function(function: func.Function, trigger_name: str) -> bool:
     return inspect.isclass(hint) and issubclass(hint, Request)
 
 
-async def read_body(request: web.Request) -> bytes:
-    """The request's body, decoded as its Content-Encoding says, and at most the host's body cap of it (decoded bytes
-    counted): over it, HTTPRequestEntityTooLarge (a 413 problem, `host_problems`) before more is read or inflated.
-    HTTPRequestTimeout (a 408 problem) when it comes slower than BODY_MIN_BYTES_PER_S after BODY_GRACE_S;
-    HTTPBadRequest (a 400 problem) when it does not decode or breaks off: the client's fault, never the 500 an
-    escaping payload error would be answered with. Every refusal before the body's end closes the connection
-    (`ProblemRequestHandler`)."""
-    cap = request.client_max_size
+async def read_body(request: web.Request, cap: int) -> bytes:
+    """An HTTP function's request body, decoded as its Content-Encoding says, and at most `cap` bytes of it (decoded
+    bytes counted; devhost/host.py's `host_body_cap`): over it, HTTPRequestEntityTooLarge (a 413 problem,
+    `host_problems`) before more is read or inflated. HTTPRequestTimeout (a 408 problem) when it comes slower than
+    BODY_MIN_BYTES_PER_S after BODY_GRACE_S; HTTPBadRequest (a 400 problem) when it does not decode or breaks off:
+    the client's fault, never the 500 an escaping payload error would be answered with. Every refusal before the
+    body's end closes the connection (`ProblemRequestHandler`).
+
+    The cap is the function's, not the application's `client_max_size`: the host's component routes (the Durable
+    API) keep the Functions host's own cap."""
     if request.content_length is not None and request.content_length > cap:
         raise web.HTTPRequestEntityTooLarge(cap, request.content_length)  # refused before a byte of it is read
     # Read piece by piece rather than with `request.read()`, which first raises the parser's read-ahead (and so each
@@ -107,12 +113,15 @@ async def serve_stream(
     invoker: Invoker,
     trigger_name: str,
     inputs: dict[str, meta.Datum],
+    *,
+    body_cap: int = FUNCTIONS_HOST_MAX_BODY,
 ) -> web.StreamResponse:
-    """Invoke the HTTP-stream `function` on `request` and send its response as it is produced.
+    """Invoke the HTTP-stream `function` on `request`, its body read up to `body_cap` (`read_body`), and send its
+    response as it is produced.
 
     Raises FunctionInvocationError when the function raises before answering (the caller answers a problem 500).
     """
-    body = await read_body(request)
+    body = await read_body(request, body_cap)
     disconnected = asyncio.Event()
     body_sent = False
 

@@ -40,12 +40,17 @@ UNPARSED_BODY = "qp.unparsed_body"
 """The scope key of a body the edge left unparsed for the route's permission check, which parses it once the caller
 is signed in, allowed the route's action and admitted within the tenant's bounds (shared.api.permissions)."""
 EDGE_PARSE_THREADS = 1
-"""Bodies parsed at once, per process, for requests no permission check guards (the task-token completion routes, a
-path no route takes). A parse holds the interpreter's lock for most of its time, so more threads would parse no
-faster and only crowd out the event loop every request runs on (see `TENANT_PARSE_THREADS` in
-shared.api.permissions); an anonymous flood queues here on the event loop, holding no thread that sync routes and
-sign-in need."""
+"""Bodies parsed at once, per process, by each of the edge's limiters, for the routes no permission check guards. A
+parse holds the interpreter's lock for most of its time, so more threads would parse no faster and only crowd out the
+event loop every request runs on (see `TENANT_PARSE_THREADS` in shared.api.permissions); an anonymous flood queues
+on the event loop, holding no thread that sync routes and sign-in need. A body no route takes (404, 405) is not
+parsed at all."""
+COMPLETION_PARSES = anyio.CapacityLimiter(EDGE_PARSE_THREADS)
+"""The limiter of the task-token completion routes' bodies (the routes of the body-bounded class without a permission
+check, `BoundedBodyRoute`), theirs alone: the remote workers' results never queue behind another edge parse, and a
+flood of them holds up no other route's."""
 _EDGE_PARSES = anyio.CapacityLimiter(EDGE_PARSE_THREADS)
+"""The limiter of any other route's body parsed at the edge (a route of another class; none of the app's today)."""
 ACCEPTED_CHARSETS = frozenset({"utf-8", "utf8"})
 """The charsets a JSON body may name (RFC 8259 JSON is UTF-8; the body is decoded as UTF-8 whatever it says)."""
 # RFC 9110 §5.5: a field value with CR, LF or NUL must be refused; the other controls have no business there either.
@@ -142,15 +147,22 @@ def media_type_refusal(content_type: str | None) -> str | None:
     return None
 
 
-def parses_after_permission(scope: Scope) -> bool:
-    """Whether the route that takes this request parses its body in its permission check (`GuardedRoute` with a
-    permission): the first route matching the method and path, as routing picks it."""
+def routed(scope: Scope) -> Any | None:
+    """The route that takes this request, the first matching its method and path as routing picks it; None when
+    none does (the app answers 404, or 405 when a route takes the path with another method)."""
     for context in iter_route_contexts(getattr(scope.get("app"), "routes", None) or []):
         route = context.original_route
         if route.matches(scope)[0] == Match.FULL:
-            # `BoundedBodyRoute.parses_body_after_permission`, named here: that module builds on this one.
-            return getattr(route, "parses_body_after_permission", False) is True
-    return False
+            return route
+    return None
+
+
+def edge_parse_limiter(route: Any) -> anyio.CapacityLimiter:
+    """The limiter that a body the edge parses for `route` (one without a permission check) is parsed under:
+    `COMPLETION_PARSES` for the body-bounded routes (the task-token completion routes), `_EDGE_PARSES` otherwise."""
+    if getattr(route, "parses_body_after_permission", None) is False:
+        return COMPLETION_PARSES
+    return _EDGE_PARSES
 
 
 def _path_parameter(scope: Scope, segments: list[str], index: int) -> str | None:
@@ -213,9 +225,10 @@ class AcceptedInputMiddleware:
 
     Whether a body is accepted JSON (422 otherwise) is decided by parsing it, which costs up to a second of CPU for a
     hostile MiB: a permission-checked route's body is left to its permission check (`UNPARSED_BODY`), which parses
-    it after sign-in, the permission and the tenant's admission; any other body is parsed here, on a worker thread
-    (`EDGE_PARSE_THREADS`). Registered inside the body size limit, so an oversized body is refused (413) before
-    anything reads it.
+    it after sign-in, the permission and the tenant's admission; a body no route takes is not parsed at all (the app
+    answers 404 or 405); any other route's body (the task-token completion routes') is parsed here, on a worker
+    thread of that route's own limiter (`edge_parse_limiter`). Registered inside the body size limit, so an oversized
+    body is refused (413) before anything reads it.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -249,7 +262,13 @@ class AcceptedInputMiddleware:
                 )
                 await response(scope, receive, send)
                 return
-            if parses_after_permission(scope):
+            route = routed(scope)
+            if route is None:
+                # No route takes it (a 404, or a 405 for another method): answered without its body parsed, so a
+                # flood of hostile bodies at any path costs nobody a parse.
+                pass
+            elif getattr(route, "parses_body_after_permission", False) is True:
+                # `BoundedBodyRoute.parses_body_after_permission`, named here: that module builds on this one.
                 # Parsed by the route's permission check, once the caller is signed in, may do the route's action
                 # and is admitted within its tenant's bounds: a caller without a token, or a tenant over its bounds,
                 # makes nobody parse anything (a 401 or 429 costs what it costs without a body).
@@ -257,7 +276,7 @@ class AcceptedInputMiddleware:
             else:
                 try:
                     # Kept for the route (shared.api.permissions), which then does not parse the bytes again.
-                    scope[ACCEPTED_DOCUMENT] = await parsed(body, limiter=_EDGE_PARSES)
+                    scope[ACCEPTED_DOCUMENT] = await parsed(body, limiter=edge_parse_limiter(route))
                 except NotAcceptedJSONError as exc:
                     await self._refuse(scope, receive, send, list(exc.refusals))
                     return

@@ -22,7 +22,11 @@ What bounds a hostile body's CPU (the route takes the edge's document, and its m
 members) is `BoundedBodyRoute`'s, which `GuardedRoute` extends and the routes without a pre-check use as it is. A
 permission-checked route's body is not parsed at the edge at all: its permission check parses it, on a worker thread,
 once the caller is signed in, allowed the action and admitted within its tenant's bounds, so that no caller without
-a token, and no tenant over its bounds, makes anybody parse a body.
+a token, and no tenant over its bounds, makes anybody parse a body sent to such a route; a body sent where no route
+takes it (404, 405) is not parsed either. The task-token completion routes are the exception: their credential, the
+task token, is in the body, so the edge parses every body sent to them before the token is checked, a caller without
+a valid token's too, on a worker thread of the limiter that is theirs alone (`COMPLETION_PARSES` in
+shared.api.accepted_input, one body at a time per process).
 """
 
 from __future__ import annotations

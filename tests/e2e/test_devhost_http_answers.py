@@ -20,7 +20,9 @@ from tests.e2e.conftest import DevhostFactory
 pytestmark = pytest.mark.e2e
 
 APP = PROJECT_ROOT / "tests" / "devhost_http_app"
-HOST_BODY_CAP = host_body_cap(1024 * 1024)  # the app's default body limit and the host's margin over it
+# The cap of an HTTP function's body (the component routes keep the Functions host's 100 MiB): the app's default
+# body limit and the host's margin over it.
+HOST_BODY_CAP = host_body_cap(1024 * 1024)
 
 
 @pytest.fixture()
