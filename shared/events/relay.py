@@ -66,8 +66,9 @@ past the host's 1-hour bound for a run. The tenants left wait for the next run."
 _DEFERRED_MAX = 10_000
 _deferred: dict[UUID, None] = {}
 """The tenants (in this process) whose last publish failed other than for the whole hub (their partition not
-answering, say): a run relays them after every other tenant. Oldest waiting first, they came first in every run, and
-their timeouts spent each run's budget before any other tenant's turn."""
+answering, say), in the order they last failed: a run relays them after every other tenant, least recently failed
+first. Oldest waiting first, they came first in every run, and their timeouts spent each run's budget before any other
+tenant's turn."""
 _deferred_lock = threading.Lock()
 
 
@@ -198,9 +199,14 @@ def relay_pending(
 
 
 def _deferred_last(tenants: list[UUID]) -> list[UUID]:
-    """`tenants` in their order, those whose last publish here failed after the others."""
+    """`tenants` in their order, those whose last publish here failed after the others, least recently failed first.
+
+    Not in `tenants`' order (oldest waiting first): a tenant deferred once, its partition answering again, came after
+    every older deferred tenant in every run, and three whose partitions still timed out spent each run's budget
+    before its turn, for as long as theirs did not answer."""
+    pending = set(tenants)
     with _deferred_lock:
-        deferred = [tenant_id for tenant_id in tenants if tenant_id in _deferred]
+        deferred = [tenant_id for tenant_id in _deferred if tenant_id in pending]  # `_defer` moves a failure last
     if not deferred:
         return tenants
     later = set(deferred)
