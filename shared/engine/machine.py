@@ -926,16 +926,25 @@ class _Step:
     def advance(self, now: datetime) -> None:
         """Decide what happens next once an event was applied: schedule, compensate, end, or continue as new."""
         for _ in range(len(self.s.spec.steps) * 4 + 8):  # each round either settles something or stops
-            before = (self.s.phase, len(self.s.flights), len(self.s.pending), len(self.starts), len(self.notes))
+            before = self.progress()
             if self.s.phase is RunPhase.RUNNING:
                 self.advance_run(now)
             if self.s.phase is RunPhase.COMPENSATING:
                 self.advance_compensation(now)
-            after = (self.s.phase, len(self.s.flights), len(self.s.pending), len(self.starts), len(self.notes))
-            if before == after:
+            if before == self.progress():
                 break
         self.flush()
         self.arm_timer()
+
+    def progress(self) -> tuple[object, ...]:
+        """What a round of `advance` may change; a round that changes none of it ends the loop. Under rules 8 a
+        compensation given up without starting (its parameters did not resolve) counts: it changes nothing else, so
+        the loop stopped before the next compensation or the run's end, and the run stayed compensating for ever
+        (earlier rules keep that, so that their histories replay as recorded)."""
+        counted = (self.s.phase, len(self.s.flights), len(self.s.pending), len(self.starts), len(self.notes))
+        if self.s.spec.rules < 8:
+            return counted
+        return (*counted, len(self.s.compensated), len(self.s.compensation_failed))
 
     def holds_stored_outputs(self, step_id: str, output: Json) -> bool:
         """Whether a child's output carries step outputs stored as blobs (rules 4): read like a stored output, or a
