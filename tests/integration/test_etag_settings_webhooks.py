@@ -49,28 +49,39 @@ def _snapshot(api: ApiHarness, table: str, tenant_id: uuid.UUID) -> list[tuple[A
 def _while_held(
     api: ApiHarness, tenant_id: uuid.UUID, hold: Callable[[Any], object], request: Callable[[], Any]
 ) -> Any:
-    """`request()`'s response, sent while `hold(conn)` is written in a transaction not yet committed; that transaction
-    commits once the request waits for one of its locks (asserted)."""
-    answers: list[Any] = []
-    sender = threading.Thread(target=lambda: answers.append(request()))
+    """`request()`'s response, sent while `hold(conn)` is written in a tenant transaction not yet committed."""
     with tenant_transaction(tenant_id) as conn:
         hold(conn)
-        sender.start()
-        holder, blocked = conn.info.backend_pid, False
+        sent = RequestWhileHeld(api, conn, request)
+    return sent.answer()
+
+
+class RequestWhileHeld:
+    """`request()` sent on a thread while `conn`'s transaction holds its locks; it returns once the request waits for
+    one of them (asserted by `answer`, called after that transaction commits)."""
+
+    def __init__(self, api: ApiHarness, conn: Any, request: Callable[[], Any]) -> None:
+        self._answers: list[Any] = []
+        self._sender = threading.Thread(target=lambda: self._answers.append(request()))
+        self._sender.start()
+        holder, self._blocked = conn.info.backend_pid, False
         with psycopg.connect(api.admin_url, dbname="quantum", autocommit=True) as admin:
             for _ in range(1500):
                 query = "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))"
                 row = admin.execute(query, (holder,)).fetchone()
                 if row is not None and row[0] >= 1:
-                    blocked = True
+                    self._blocked = True
                     break
-                if not sender.is_alive():
+                if not self._sender.is_alive():
                     break
                 time.sleep(0.02)
-    sender.join(60)
-    assert not sender.is_alive() and answers
-    assert blocked, f"the request did not wait for the change held open: {answers[0].status_code}"
-    return answers[0]
+
+    def answer(self) -> Any:
+        """The response, once the holding transaction has ended."""
+        self._sender.join(60)
+        assert not self._sender.is_alive() and self._answers
+        assert self._blocked, f"the request did not wait for the change held open: {self._answers[0].status_code}"
+        return self._answers[0]
 
 
 def _side_by_side(send: Callable[[str], Any], names: tuple[str, str]) -> dict[str, Any]:
