@@ -341,7 +341,7 @@ class _Hub:
     def __init__(self) -> None:
         self.sent: list[OutboundEvent] = []
 
-    def publish(self, hub: str, events: Sequence[OutboundEvent]) -> None:
+    def publish(self, hub: str, events: Sequence[OutboundEvent], *, timeout: float | None = None) -> None:
         self.sent.extend(events)
 
     def close(self) -> None:
