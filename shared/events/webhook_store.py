@@ -5,7 +5,6 @@ transaction, under RLS."""
 from __future__ import annotations
 
 import base64
-import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from psycopg import sql
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
+from shared import etags
 from shared.db import tenant_locks
 from shared.sealing import SealedFor, Sealer, is_sealed, sealer
 
@@ -183,16 +183,12 @@ class Claimed:
 
 def etag(subscription_id: UUID, version: int) -> str:
     """The strong ETag of a subscription at `version`."""
-    return f'"{subscription_id}.v{version}"'
+    return etags.versioned(str(subscription_id), version)
 
 
 def versions_named(subscription_id: UUID, if_match: frozenset[str] | None) -> list[int] | None:
-    """The versions of the subscription the ETags in `if_match` name (None: any); weak ones, and any `etag` did not
-    make for this subscription, name none. At most 18 digits, so that any named fits a bigint."""
-    if if_match is None:
-        return None
-    named = re.compile(rf'"{subscription_id}\.v([1-9][0-9]{{0,17}})"')
-    return sorted({int(found[1]) for tag in if_match if (found := named.fullmatch(tag))})
+    """The versions of the subscription the ETags in `if_match` name (None: any)."""
+    return None if if_match is None else etags.versions_named(str(subscription_id), if_match)
 
 
 def matches(subscription: Subscription, if_match: frozenset[str] | None) -> bool:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import threading
 import time
 from typing import Any
@@ -15,6 +14,7 @@ from psycopg import sql
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
+from shared import etags
 from shared.pagination import encode_cursor
 from shared.tenants.models import (
     MAX_SETTINGS_BYTES,
@@ -124,7 +124,6 @@ _MEASURE_MERGED = (
     " octet_length((settings || %(change)s)::text) AS bytes, version FROM app.tenants"
 )
 # A version as an ETag names it; at most 18 digits, so that any it names fits a bigint.
-_SETTINGS_ETAG = re.compile(r'"tenant\.v([1-9][0-9]{0,17})"')
 
 
 def own_tenant(conn: psycopg.Connection[DictRow]) -> dict[str, Any]:
@@ -137,12 +136,12 @@ def own_tenant(conn: psycopg.Connection[DictRow]) -> dict[str, Any]:
 
 def settings_etag(version: int) -> str:
     """The strong ETag of the tenant's settings at `version` (of its row, migration 0052)."""
-    return f'"tenant.v{version}"'
+    return etags.versioned("tenant", version)
 
 
 def settings_versions(if_match: frozenset[str]) -> list[int]:
     """The versions the ETags in `if_match` name: weak ones and any not `settings_etag` made name none."""
-    return sorted({int(found[1]) for tag in if_match if (found := _SETTINGS_ETAG.fullmatch(tag))})
+    return etags.versions_named("tenant", if_match)
 
 
 class SettingsPreconditionFailedError(Exception):

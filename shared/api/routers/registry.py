@@ -48,6 +48,7 @@ from shared.api.routers.registry_models import (
 from shared.api.security import RequestContext, authorize, record_mutation
 from shared.api.transactions import TenantConnection
 from shared.engine.start import active_executions, concurrent_limit
+from shared.etags import if_match_tags
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from shared.policy.actions import Action
 from shared.policy.authorizer import Decision, Resource, get_authorizer
@@ -218,15 +219,6 @@ def _problem(exc: service.RegistryError) -> ProblemError:
                 unlisted=exc.unlisted,
             )
     return ProblemError(500, "internal-error", "Internal server error")
-
-
-def _if_match(header: str | None) -> frozenset[str] | None:
-    """The ETags an If-Match lists; None for `*` (any current version). Weak tags never match (RFC 9110)."""
-    if header is None:
-        return None
-    if header.strip() == "*":
-        return None
-    return frozenset(tag.strip() for tag in header.split(",") if tag.strip())
 
 
 def _labels(value: Any) -> dict[str, str]:
@@ -564,7 +556,7 @@ def definition_router(kind: Kind) -> APIRouter:
                 kind,
                 item_id,
                 body,
-                if_match=_if_match(if_match),
+                if_match=if_match_tags(if_match),
                 tenant=context.tenant_facts,
                 created_by=context.principal.id,
             )
@@ -589,7 +581,7 @@ def definition_router(kind: Kind) -> APIRouter:
         item = load(conn, item_id)
         authorize(context, spec.archive, resource_of(context, item), conn=conn)
         try:
-            archived, changed = service.archive(conn, kind, item_id, if_match=_if_match(if_match))
+            archived, changed = service.archive(conn, kind, item_id, if_match=if_match_tags(if_match))
         except service.RegistryError as exc:
             raise _problem(exc) from None
         if changed:
@@ -625,7 +617,7 @@ def definition_router(kind: Kind) -> APIRouter:
                 kind,
                 item_id,
                 body.to_version,
-                if_match=_if_match(if_match),
+                if_match=if_match_tags(if_match),
                 tenant=context.tenant_facts,
                 created_by=context.principal.id,
             )

@@ -16,6 +16,7 @@ from shared.api.problems import FieldError, ProblemError, json_pointer
 from shared.api.responses import AUTH_ERRORS, INVALID, PRECONDITION_FAILED
 from shared.api.security import RequestContext, authorize, record_mutation, tenant_resource
 from shared.api.transactions import TenantConnection
+from shared.etags import if_match_tags
 from shared.modules.ssrf import private_network_allowed
 from shared.policy.actions import Action
 from shared.tenants.models import MAX_SETTING_VALUE_BYTES, SettingKey, TenantQuotas, TenantStatus
@@ -114,7 +115,7 @@ def update(
     are (ADR 0045). The answer carries the new ETag."""
     resource = tenant_resource("Tenant", context.tenant.id, context.tenant.id)
     authorize(context, Action.TENANT_SETTINGS_UPDATE, resource, conn=conn)
-    tags = _if_match(if_match)
+    tags = if_match_tags(if_match)
     # Early, for the answer's sake: a stale ETag is 412 whatever else is wrong with the change. The merge compares
     # again, in its UPDATE, which is what keeps two changes with one ETag from both applying.
     if tags is not None and own_tenant(conn)["version"] not in settings_versions(tags):
@@ -141,13 +142,6 @@ def _shown(conn: psycopg.Connection[DictRow], response: Response) -> TenantSetti
     row = own_tenant(conn)
     response.headers["ETag"] = settings_etag(row.pop("version"))
     return TenantSettings(**row)
-
-
-def _if_match(header: str | None) -> frozenset[str] | None:
-    """The ETags an If-Match lists; None without one or for `*` (the tenant's row always exists)."""
-    if header is None or header.strip() == "*":
-        return None
-    return frozenset(tag.strip() for tag in header.split(",") if tag.strip())
 
 
 def _stale() -> ProblemError:

@@ -23,6 +23,7 @@ from shared.api.security import RequestContext, authorize
 from shared.api.transactions import TenantConnection
 from shared.config import get_settings
 from shared.db.session import tenant_transaction
+from shared.etags import if_match_tags
 from shared.events import webhook_store as store
 from shared.events.event_types import DOMAIN_EVENT_TYPES
 from shared.events.webhooks import WebhookUrlRefusedError, check_subscription_url, subscription_limit
@@ -201,13 +202,6 @@ def _check_url(tenant_id: UUID, url: str) -> None:
         raise ProblemError(422, "webhook-url-refused", "Unprocessable content", str(exc)) from None
 
 
-def _if_match(header: str | None) -> frozenset[str] | None:
-    """The ETags an If-Match lists; None without one or for `*` (any version of a subscription that exists)."""
-    if header is None or header.strip() == "*":
-        return None
-    return frozenset(tag.strip() for tag in header.split(",") if tag.strip())
-
-
 def _stale(subscription_id: UUID) -> ProblemError:
     return ProblemError(
         412,
@@ -315,7 +309,7 @@ async def change(
     subscription that ETag was issued for: a stale one is 412 (before the URL is checked) and of two changes sent with
     one ETag exactly one applies. Without it the change applies to the subscription as it is (ADR 0045). The answer
     carries the new ETag."""
-    tags = _if_match(if_match)
+    tags = if_match_tags(if_match)
 
     def run() -> SubscriptionOut:
         authorize(
@@ -368,7 +362,7 @@ def rotate(
     authorize(context, Action.WEBHOOK_MANAGE, Resource.tenant(context.tenant.id), conn=conn, detail=detail)
     _found(conn, subscription_id)
     try:
-        rotated = store.rotate(conn, context.tenant.id, subscription_id, if_match=_if_match(if_match))
+        rotated = store.rotate(conn, context.tenant.id, subscription_id, if_match=if_match_tags(if_match))
     except store.PreconditionFailedError:
         raise _stale(subscription_id) from None
     if rotated is None:  # deleted since it was found
@@ -389,7 +383,7 @@ def delete(
     authorize(context, Action.WEBHOOK_MANAGE, Resource.tenant(context.tenant.id), conn=conn, detail=detail)
     _found(conn, subscription_id)
     try:
-        store.delete(conn, subscription_id, if_match=_if_match(if_match))
+        store.delete(conn, subscription_id, if_match=if_match_tags(if_match))
     except store.PreconditionFailedError:
         raise _stale(subscription_id) from None
     return Response(status_code=204)
