@@ -37,12 +37,17 @@ _GET = "SELECT {subscription} FROM app.webhook_subscriptions WHERE id = %s"
 # FOR KEY SHARE read of the enabled subscriptions for as long as the change's transaction is open.
 _GET_TO_CHANGE = _GET + " FOR NO KEY UPDATE"
 # The versions an If-Match names are compared here, in the statement that writes (NULL: any); every change moves
-# the version (migration 0052).
+# the version (migration 0052). A change that changes nothing keeps `updated_at`, and with it the version and the
+# ETag: the trigger sees no shown column move. It still writes the row, so that the If-Match is compared on it.
 _UPDATE = (
-    "UPDATE app.webhook_subscriptions SET url = %s, event_types = %s, description = %s, enabled = %s,"
-    " disabled_reason = CASE WHEN %s THEN NULL ELSE disabled_reason END,"
-    " consecutive_failures = CASE WHEN %s THEN 0 ELSE consecutive_failures END, updated_at = clock_timestamp()"
-    " WHERE id = %s AND (%s::bigint[] IS NULL OR version = ANY (%s)) RETURNING {subscription}"
+    "UPDATE app.webhook_subscriptions SET url = %(url)s, event_types = %(event_types)s,"
+    " description = %(description)s, enabled = %(enabled)s,"
+    " disabled_reason = CASE WHEN %(reenabled)s THEN NULL ELSE disabled_reason END,"
+    " consecutive_failures = CASE WHEN %(reenabled)s THEN 0 ELSE consecutive_failures END,"
+    " updated_at = CASE WHEN %(reenabled)s OR (url, event_types, description, enabled)"
+    "   IS DISTINCT FROM (%(url)s, %(event_types)s::text[], %(description)s, %(enabled)s)"
+    " THEN clock_timestamp() ELSE updated_at END"
+    " WHERE id = %(id)s AND (%(versions)s::bigint[] IS NULL OR version = ANY (%(versions)s)) RETURNING {subscription}"
 )
 # Every writer of both tables takes a subscription's deliveries before the subscription: the sender records a
 # delivery, then counts it on its subscription; a delete removes the deliveries, then the subscription. A change that
@@ -253,13 +258,31 @@ def get(conn: Conn, subscription_id: UUID) -> Subscription | None:
     return _subscription(row) if row else None
 
 
+class _DisabledMeanwhile(Exception):
+    """The subscription, read enabled, was found disabled once locked: its deliveries' locks are needed first."""
+
+
 def get_to_change(conn: Conn, subscription_id: UUID, *, enabling: bool = False) -> Subscription | None:
     """The subscription as it is, locked until the transaction ends, for `update` to be decided from: a sender that
     disables it meanwhile waits, or has committed before this read and is seen (a read without the lock could
     re-enable a subscription just disabled, skipping the failed delivery that `update` would have resent). With
-    `enabling` (the change may re-enable it, resuming its failed deliveries) its deliveries not yet delivered are
-    locked first, the order every writer of the two takes them in: a delete waits here instead of deadlocking."""
+    `enabling` (the change may re-enable it, resuming its failed deliveries) and the subscription disabled, its
+    deliveries not yet delivered are locked first, the order every writer of the two takes them in: a delete waits
+    here instead of deadlocking."""
     if enabling:
+        seen = get(conn, subscription_id)
+        if seen is not None and seen.enabled:
+            # Enabled already, the change re-enables nothing: its deliveries (all of a backlog) need no lock. Locked
+            # in a savepoint, so that when a sender disabled it since the read, the lock is given back and taken
+            # again after the deliveries', in the writers' order.
+            try:
+                with conn.transaction():
+                    row = conn.execute(_sql(_GET_TO_CHANGE), (subscription_id,)).fetchone()
+                    if row is not None and not row["enabled"]:
+                        raise _DisabledMeanwhile
+                return _subscription(row) if row else None
+            except _DisabledMeanwhile:
+                pass
         conn.execute(_LOCK_UNDELIVERED, (subscription_id,))
     row = conn.execute(_sql(_GET_TO_CHANGE), (subscription_id,)).fetchone()
     return _subscription(row) if row else None
@@ -280,10 +303,16 @@ def update(
     failures and sends its failed deliveries again, in their order."""
     reenabled = enabled and not current.enabled
     versions = versions_named(current.id, if_match)
-    row = conn.execute(
-        _sql(_UPDATE),
-        (url, list(event_types), description, enabled, reenabled, reenabled, current.id, versions, versions),
-    ).fetchone()
+    bound = {
+        "url": url,
+        "event_types": list(event_types),
+        "description": description,
+        "enabled": enabled,
+        "reenabled": reenabled,
+        "id": current.id,
+        "versions": versions,
+    }
+    row = conn.execute(_sql(_UPDATE), bound).fetchone()
     if row is None:  # read (and locked) in this transaction: at another version
         raise PreconditionFailedError
     if reenabled:
@@ -302,7 +331,8 @@ def rotate(
     sealed = seal_secret(tenant_id, subscription_id, secret)
     row = conn.execute(_ROTATE, (sealed, subscription_id, versions, versions)).fetchone()
     if row is None:
-        if versions is not None and get(conn, subscription_id) is not None:  # read after the UPDATE waited
+        # With If-Match, gone is as stale as moved on (RFC 9110: no current representation matches).
+        if versions is not None:
             raise PreconditionFailedError
         return None
     return secret, int(row["version"])
@@ -321,16 +351,20 @@ def store_sealed(conn: Conn, subscription_id: UUID, sealed: str) -> None:
 
 def delete(conn: Conn, subscription_id: UUID, *, if_match: frozenset[str] | None = None) -> bool:
     """Remove a subscription and its delivery log if `if_match` (None: any) names its version, else
-    PreconditionFailedError (changing nothing); False when there was no such subscription."""
+    PreconditionFailedError (changing nothing), also when there is no such subscription (RFC 9110: no current
+    representation matches; a delete sent with the same ETag removed it meanwhile); without `if_match`, False
+    when there was none."""
     # The deliveries first: a sender records a delivery, then its subscription, and the same order here keeps the
     # two from deadlocking. Those a re-enable may resume are locked as it locks them, in id order, before the
     # function removes them in whatever order its scan finds them. Those the relay commits in between go with the
     # subscription (the cascade of migration 0034), which waits for the relay's transaction.
     conn.execute(_LOCK_UNDELIVERED, (subscription_id,))
-    row = conn.execute(_DELETE, (subscription_id, versions_named(subscription_id, if_match))).fetchone()
-    if row is not None and row["removed"] == -1:
+    versions = versions_named(subscription_id, if_match)
+    row = conn.execute(_DELETE, (subscription_id, versions)).fetchone()
+    removed = row is not None and row["removed"] == 1
+    if not removed and versions is not None:  # -1: at another version; 0: gone
         raise PreconditionFailedError
-    return row is not None and row["removed"] == 1
+    return removed
 
 
 def fan_out(conn: Conn, events: Sequence[dict[str, Any]]) -> int:

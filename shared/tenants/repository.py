@@ -109,9 +109,13 @@ _OWN = "SELECT name, display_name, status, quotas, allowed_modules, allowed_targ
 # re-evaluates the condition on the committed document (READ COMMITTED), so two merges that each fit alone cannot
 # overshoot together. A document over the bound already (written before it) may still change without growing. The
 # versions an If-Match names are compared the same way: of two merges sent with one ETag, the second finds the row at
-# the version the first made (migration 0052) and changes nothing.
+# the version the first made (migration 0052) and changes nothing. A merge that changes nothing (its keys already
+# hold those values, as JSON text) keeps `updated_at`, and so the row as it was: the version trigger, which fires
+# only on a row that differs, leaves the ETag. The row is still written, for the comparisons above to be made on it.
 _MERGE_OWN_SETTINGS = (
-    "UPDATE app.tenants SET settings = settings || %(change)s, updated_at = clock_timestamp()"
+    "UPDATE app.tenants SET settings = settings || %(change)s,"
+    " updated_at = CASE WHEN (settings || %(change)s)::text IS DISTINCT FROM settings::text"
+    "   THEN clock_timestamp() ELSE updated_at END"
     " WHERE (%(versions)s::bigint[] IS NULL OR version = ANY (%(versions)s))"
     " AND ((SELECT count(*) FROM jsonb_object_keys(settings || %(change)s)) <= %(max_keys)s"
     "        OR (SELECT count(*) FROM jsonb_object_keys(settings || %(change)s))"

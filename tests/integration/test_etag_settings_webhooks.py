@@ -297,12 +297,19 @@ def test_a_subscription_change_or_delete_that_waited_for_another_change_is_412(a
     subscription_id, etag = _subscribe(api, headers)
     path = f"{HOOKS}/{subscription_id}"
     emit(handle.id, "intent.created")
+    # Each other change really changes the subscription: one that changes nothing keeps its ETag (ADR 0045).
+    descriptions = iter(("first", "first, again"))
 
     def other_change(conn: Any) -> None:
         current = webhook_store.get_to_change(conn, uuid.UUID(subscription_id))
         assert current is not None
         webhook_store.update(
-            conn, current, url=current.url, event_types=current.event_types, description="first", enabled=True
+            conn,
+            current,
+            url=current.url,
+            event_types=current.event_types,
+            description=next(descriptions),
+            enabled=True,
         )
 
     patched = _while_held(

@@ -112,7 +112,8 @@ def update(
     """Merge settings into the tenant's own (Tenant.Admin); limits and allow-lists stay the platform's. With
     `If-Match`, only into the settings that ETag was issued for: a stale one is 412 (before the settings are checked)
     and of two changes sent with one ETag exactly one applies. Without it the change applies to the settings as they
-    are (ADR 0045). The answer carries the new ETag."""
+    are (ADR 0045). The answer carries the new ETag; a change that changes nothing (each key already holds the value
+    sent) keeps it."""
     resource = tenant_resource("Tenant", context.tenant.id, context.tenant.id)
     authorize(context, Action.TENANT_SETTINGS_UPDATE, resource, conn=conn)
     tags = if_match_tags(if_match)

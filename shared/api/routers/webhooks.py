@@ -211,13 +211,34 @@ def _stale(subscription_id: UUID) -> ProblemError:
     )
 
 
-def _found(conn: Any, subscription_id: UUID, *, to_change: bool = False, enabling: bool = False) -> store.Subscription:
+def _gone(subscription_id: UUID) -> ProblemError:
+    """A request sent with If-Match whose subscription was deleted after it was found: no current representation
+    matches (RFC 9110), so its precondition fails, as a delete sent with the same ETag as the one that won."""
+    return ProblemError(
+        412,
+        "precondition-failed",
+        "Precondition failed",
+        f"webhook subscription {subscription_id} was deleted since that ETag was issued.",
+    )
+
+
+def _found(
+    conn: Any,
+    subscription_id: UUID,
+    *,
+    to_change: bool = False,
+    enabling: bool = False,
+    conditional: bool = False,
+) -> store.Subscription:
     """The subscription (locked until the transaction ends when `to_change`, after its deliveries not yet delivered
-    when the change is `enabling`), or a 404."""
+    when the change is `enabling` a disabled one), or a 404; a 412 when the request is `conditional` (If-Match, `*`
+    too) and the subscription, there when the ETag was checked, is gone by this read."""
     if to_change:
         found = store.get_to_change(conn, subscription_id, enabling=enabling)
     else:
         found = store.get(conn, subscription_id)
+    if found is None and conditional:
+        raise _gone(subscription_id)
     if found is None:
         raise ProblemError(404, "not-found", "Not found", f"no webhook subscription {subscription_id}")
     return found
@@ -307,8 +328,9 @@ async def change(
 ) -> SubscriptionOut:
     """Change the URL, event types, description, or enable/disable (Tenant.Admin). With `If-Match`, only the
     subscription that ETag was issued for: a stale one is 412 (before the URL is checked) and of two changes sent with
-    one ETag exactly one applies. Without it the change applies to the subscription as it is (ADR 0045). The answer
-    carries the new ETag."""
+    one ETag exactly one applies, and one whose subscription is deleted while the change runs is 412 too (without
+    If-Match: 404). Without it the change applies to the subscription as it is (ADR 0045). The answer carries the new
+    ETag; a change that changes nothing keeps the ETag and `updated_at`."""
     tags = if_match_tags(if_match)
 
     def run() -> SubscriptionOut:
@@ -326,9 +348,12 @@ async def change(
             _check_url(context.tenant.id, body.url)
         with tenant_transaction(context.tenant.id) as conn:
             # Read locked: what is kept and whether it is re-enabled are decided from the row as it is, not from a
-            # read that a sender's disabling commits past. A change that may re-enable it (and so resume its failed
-            # deliveries) locks those deliveries first, as a delete and the sender do, so that none deadlocks it.
-            current = _found(conn, subscription_id, to_change=True, enabling=body.enabled is True)
+            # read that a sender's disabling commits past. A change that re-enables it (and so resumes its failed
+            # deliveries) locks those deliveries first, as a delete and the sender do, so that none deadlocks it; one
+            # that sends `enabled: true` to an enabled subscription locks none of them.
+            current = _found(
+                conn, subscription_id, to_change=True, enabling=body.enabled is True, conditional=if_match is not None
+            )
             try:
                 changed = store.update(
                     conn,
@@ -357,15 +382,20 @@ def rotate(
     if_match: IfMatch = None,
 ) -> SecretOut:
     """A new signing secret, shown once; deliveries from now on are signed with it (Tenant.Admin). A stale `If-Match`
-    (optional) is 412 and rotates nothing. The answer carries the subscription's new ETag."""
+    (optional) is 412 and rotates nothing, as is one whose subscription is deleted while the rotation runs (without
+    If-Match: 404). The answer carries the subscription's new ETag."""
     detail = {"id": str(subscription_id)}
     authorize(context, Action.WEBHOOK_MANAGE, Resource.tenant(context.tenant.id), conn=conn, detail=detail)
     _found(conn, subscription_id)
     try:
         rotated = store.rotate(conn, context.tenant.id, subscription_id, if_match=if_match_tags(if_match))
     except store.PreconditionFailedError:
+        if store.get(conn, subscription_id) is None:
+            raise _gone(subscription_id) from None
         raise _stale(subscription_id) from None
     if rotated is None:  # deleted since it was found
+        if if_match is not None:  # `*`: no current representation matches it either
+            raise _gone(subscription_id)
         raise ProblemError(404, "not-found", "Not found", f"no webhook subscription {subscription_id}")
     secret, version = rotated
     response.headers["ETag"] = store.etag(subscription_id, version)
@@ -378,14 +408,20 @@ def delete(
     subscription_id: SubscriptionId, context: MayManage, conn: TenantConnection, if_match: IfMatch = None
 ) -> Response:
     """Remove the subscription and its delivery log (Tenant.Admin). A stale `If-Match` (optional) is 412 and removes
-    nothing; `*` matches any subscription that exists."""
+    nothing; `*` matches any subscription that exists. Of two deletes sent at once with one ETag (or `*`), one is 204
+    and the other 412 (the subscription it names is gone); without If-Match both are 204. A subscription already gone
+    when the delete arrives is 404."""
     detail = {"id": str(subscription_id)}
     authorize(context, Action.WEBHOOK_MANAGE, Resource.tenant(context.tenant.id), conn=conn, detail=detail)
     _found(conn, subscription_id)
     try:
-        store.delete(conn, subscription_id, if_match=if_match_tags(if_match))
+        removed = store.delete(conn, subscription_id, if_match=if_match_tags(if_match))
     except store.PreconditionFailedError:
+        if store.get(conn, subscription_id) is None:
+            raise _gone(subscription_id) from None
         raise _stale(subscription_id) from None
+    if not removed and if_match is not None:  # `*`, and another delete removed it since it was found
+        raise _gone(subscription_id)
     return Response(status_code=204)
 
 
