@@ -88,8 +88,15 @@ class PartitionTimeoutError(PublishTimeoutError):
     timed out, or the caller's deadline came while the send was still on. Events go to the partition of their key, so
     it may be that partition's trouble alone, where other keys still go; the rest of `PublishTimeoutError` (the hub's
     turn still busy, every sender busy, a link that never opened, the publisher closed) holds for every key of the
-    hub. A send on a link lost meanwhile (it opens again inside the send) reads as this too: the hub's next publish
-    then finds the link's trouble as the hub's."""
+    hub. A send whose link was lost meanwhile and whose open again inside the send outlasted the deadline reads as
+    this too (the SDK raises nothing by then to tell it apart): the hub's next publish then finds the link's trouble
+    as the hub's. One whose link the SDK gave up on first reads as `PublishLinkError`."""
+
+
+class PublishLinkError(Exception):
+    """A timed publish whose send failed on its hub's link (lost, or dropped with its connection) once the SDK's own
+    retries, which open the link again, gave up before the deadline: the hub's link, shared by every key, and not any
+    partition's trouble. Any of its events may have been sent all the same."""
 
 
 class EventPublisher(Protocol):
@@ -141,16 +148,20 @@ class LocalEventHubPublisher:
 
 @dataclass(eq=False)
 class _Sending:
-    """A timed publish's send on its sender thread, in the turn of `producer`."""
+    """A publish's send in flight, from its hub's turn taken (in the turn of `producer`) until it ended: the one record
+    close() stops and, for a timed send whose caller gave up while its sender still ran, the one stranded and then set
+    aside (two records, one per registry, could each tell the send's state its own way)."""
 
     hub: str
     producer: EventHubProducerClient
     turn: threading.Lock
+    given_up: threading.Event = field(default_factory=threading.Event)
+    """Set by its caller at its deadline or by close(): the send sends nothing more after its current batch."""
+    opened: threading.Event = field(default_factory=threading.Event)
+    """Set once its first batch was made: the producer's link is open, what the send then waits on is a partition's."""
     ended: bool = False
     set_aside: bool = False
     """Its caller gave up while it still ran, and its producer no longer serves the hub: the sender closes it."""
-    opened: threading.Event = field(default_factory=threading.Event)
-    """Set once its first batch was made: the producer's link is open, what the send then waits on is a partition's."""
 
 
 class AzureEventHubPublisher:
@@ -164,10 +175,11 @@ class AzureEventHubPublisher:
         # Daemon threads, not an executor's: an executor's workers are joined at interpreter exit, so a send stuck in
         # the SDK's link open would hold the process's exit (a restart) for minutes after its caller gave up.
         self._senders = threading.BoundedSemaphore(SENDER_THREADS)
-        self._in_flight: set[threading.Event] = set()
+        # The sends in flight, for close() to stop. Per hub, the one of them in the current producer's turn that its
+        # caller gave up on (to set aside once the bound allows), and the turns of the producers set aside whose
+        # senders still run.
+        self._in_flight: set[_Sending] = set()
         self._closed = False
-        # Per hub, the send in the current producer's turn that its caller gave up on (to set aside once the bound
-        # allows), and the turns of the producers set aside whose senders still run.
         self._stranded: dict[str, _Sending] = {}
         self._set_aside: dict[threading.Lock, str] = {}
 
@@ -182,18 +194,18 @@ class AzureEventHubPublisher:
         # past their callers' deadlines: with a timeout, the wait for the turn is bounded too.
         producer, lock = self._take_turn(hub, ends, timeout)
         # Enlisted once the turn is taken, so that a close() stops this send too, however long it waited for it.
-        given_up = threading.Event()
+        sending = _Sending(hub, producer, lock)
         try:
-            self._enlist(hub, given_up)
+            self._enlist(sending)
         except BaseException:
             lock.release()
             raise
         if ends is None:
             try:
-                _send_in_turn(producer, hub, events, None, given_up)
+                _send_in_turn(sending, events, None)
             finally:
                 lock.release()
-                self._delist(given_up)
+                self._delist(sending)
             return
         # The SDK ends a send's retries by its `timeout`, but not the opening of the producer's link: the first
         # `create_batch` (it asks the link for its largest message) and a send after the link was lost open it under
@@ -204,27 +216,26 @@ class AzureEventHubPublisher:
         try:
             acquired = self._senders.acquire(timeout=max(ends - time.monotonic(), 0.0))
         except BaseException:
-            self._delist(given_up)
+            self._delist(sending)
             lock.release()
             raise
         if not acquired:
-            self._delist(given_up)
+            self._delist(sending)
             lock.release()  # its send never started (every sender busy): the turn is still this caller's
             raise PublishTimeoutError(f"{hub}: not sent by its deadline ({timeout:g} s): every sender was busy")
         done = threading.Event()
         failed: list[BaseException] = []
-        sending = _Sending(hub, producer, lock)
 
         def send() -> None:
             try:
                 try:
-                    _send_in_turn(producer, hub, events, ends, given_up, sending.opened)
+                    _send_in_turn(sending, events, ends)
                 finally:
                     self._end_turn(sending)
             except BaseException as exc:  # handed to the caller, if it still waits
                 failed.append(exc)
             finally:
-                self._delist(given_up)
+                self._delist(sending)
                 self._sent(sending)
                 self._senders.release()
                 done.set()
@@ -235,12 +246,12 @@ class AzureEventHubPublisher:
             )
             sender.start()
         except BaseException:
-            self._delist(given_up)
+            self._delist(sending)
             self._senders.release()
             lock.release()
             raise
         if not done.wait(timeout=max(ends - time.monotonic(), 0.0)):
-            given_up.set()
+            sending.given_up.set()
             self._abandon(sending)
             if sending.opened.is_set():
                 # The SDK's own send timeout ends about when this deadline does, so a partition that does not answer
@@ -260,8 +271,8 @@ class AzureEventHubPublisher:
         with self._lock:
             self._closed = True
             producers, self._producers = self._producers, {}
-            for given_up in self._in_flight:
-                given_up.set()
+            for sending in self._in_flight:
+                sending.given_up.set()
         ends = time.monotonic() + CLOSE_WAIT_S
         closing = [(hub, _close_on_thread(hub, producer)) for hub, (producer, _) in producers.items()]
         for hub, closer in closing:
@@ -356,16 +367,16 @@ class AzureEventHubPublisher:
             with self._lock:
                 self._set_aside.pop(sending.turn, None)
 
-    def _enlist(self, hub: str, given_up: threading.Event) -> None:
+    def _enlist(self, sending: _Sending) -> None:
         """Count a send in flight, for close() to stop; PublishTimeoutError once the publisher is closed."""
         with self._lock:
             if self._closed:
-                raise PublishTimeoutError(f"{hub}: the publisher is closed; nothing was sent")
-            self._in_flight.add(given_up)
+                raise PublishTimeoutError(f"{sending.hub}: the publisher is closed; nothing was sent")
+            self._in_flight.add(sending)
 
-    def _delist(self, given_up: threading.Event) -> None:
+    def _delist(self, sending: _Sending) -> None:
         with self._lock:
-            self._in_flight.discard(given_up)
+            self._in_flight.discard(sending)
 
     def _producer(self, hub: str) -> tuple[EventHubProducerClient, threading.Lock]:
         with self._lock:
@@ -396,21 +407,14 @@ def _close_on_thread(hub: str, producer: EventHubProducerClient) -> threading.Th
     return closer
 
 
-def _send_in_turn(
-    producer: EventHubProducerClient,
-    hub: str,
-    events: Sequence[OutboundEvent],
-    ends: float | None,
-    given_up: threading.Event,
-    opened: threading.Event | None = None,
-) -> None:
-    """Send `events` in the hub's turn, which the caller took and gives back; `opened` is set once a batch is made
-    (the producer's link is open)."""
+def _send_in_turn(sending: _Sending, events: Sequence[OutboundEvent], ends: float | None) -> None:
+    """Send `events` in the hub's turn, which the caller took and gives back; `sending.opened` is set once a batch is
+    made (the producer's link is open)."""
+    producer, hub = sending.producer, sending.hub
     for partition_key, group in _by_partition_key(events).items():
         for batch in _batches(producer, partition_key, group):
-            if opened is not None:
-                opened.set()
-            if given_up.is_set():
+            sending.opened.set()
+            if sending.given_up.is_set():
                 # Its caller has failed the publish at its deadline, or the publisher was closed under a caller
                 # still waiting, who must not read the unsent rest as sent: nothing more goes out.
                 raise PublishTimeoutError(f"{hub}: the publish was given up (its deadline, or the publisher closed)")
@@ -431,13 +435,17 @@ def _left(hub: str, ends: float) -> float:
 def _send_within(producer: EventHubProducerClient, batch: EventDataBatch, hub: str, ends: float) -> None:
     """`send_batch` bounded by `ends`: the SDK's send `timeout` also ends its retries (a pause that would outlast it is
     not taken)."""
-    from azure.eventhub.exceptions import OperationTimeoutError
+    from azure.eventhub.exceptions import ConnectError, ConnectionLostError, OperationTimeoutError
 
     # Never 0: the SDK reads a zero timeout as none at all.
     try:
         producer.send_batch(batch, timeout=_left(hub, ends))
     except OperationTimeoutError as exc:
         raise PartitionTimeoutError(f"{hub}: not sent by its deadline: {exc}") from exc
+    except (ConnectionLostError, ConnectError) as exc:
+        # What the SDK raises for a link detached or a connection dropped under the send (and for its open again),
+        # once its retries gave up: a timeout there is raised as OperationTimeoutError instead.
+        raise PublishLinkError(f"{hub}: the send failed on the hub's link: {exc}") from exc
 
 
 def _by_partition_key(events: Sequence[OutboundEvent]) -> dict[str | None, list[OutboundEvent]]:

@@ -33,6 +33,7 @@ from shared.events.publisher import (
     OutboundEvent,
     PartitionTimeoutError,
     PropertyValue,
+    PublishLinkError,
     PublishTimeoutError,
     get_publisher,
 )
@@ -65,10 +66,10 @@ past the host's 1-hour bound for a run. The tenants left wait for the next run."
 
 _DEFERRED_MAX = 10_000
 _deferred: dict[UUID, None] = {}
-"""The tenants (in this process) whose last publish failed other than for the whole hub (their partition not
-answering, say), in the order they last failed: a run relays them after every other tenant, least recently failed
-first. Oldest waiting first, they came first in every run, and their timeouts spent each run's budget before any other
-tenant's turn."""
+"""The tenants (in this process) whose last publish failed other than for the hub (their partition not answering,
+say; not the hub's silence nor its link's failure), in the order they last failed: a run relays them after every other
+tenant, least recently failed first. Oldest waiting first, they came first in every run, and their timeouts spent each
+run's budget before any other tenant's turn."""
 _deferred_lock = threading.Lock()
 
 
@@ -144,7 +145,8 @@ def relay_pending(
     `publisher` gives the publisher (the process's when None).
 
     A tenant whose events cannot be sent is logged and left for the next run, which relays it after the others (in
-    this process); the other tenants still go, also when its send timed out (the partition of its id did not answer),
+    this process) unless its send failed on the hub's link (`PublishLinkError`: its place is kept); the other tenants
+    still go, also when its send timed out (the partition of its id did not answer),
     unless the hub failed as a whole: the run ends at a publish not done by its deadline for the whole hub (its turn
     still busy, no sender free, its link never opened: `PublishTimeoutError` other than `PartitionTimeoutError`)
     rather than wait out the deadline again for each tenant, and starts no publish after RELAY_RUN_BUDGET_S.
@@ -185,6 +187,14 @@ def relay_pending(
                 logger.exception("outbox relay: the events of tenant %s were not sent by their deadline", tenant_id)
                 failed.add(tenant_id)
                 return RelayResult(published=published + sent_this_round, tenants=len(seen), failed_tenants=len(failed))
+            except PublishLinkError:
+                # The hub's link was lost under the send and the SDK gave it up: nothing of the tenant's partition's,
+                # so the tenant is not deferred (it keeps its place in the next run's order) and the other tenants
+                # still go, each send opening the link again.
+                logger.exception(
+                    "outbox relay: the events of tenant %s were not sent: the hub's link failed", tenant_id
+                )
+                failed.add(tenant_id)
             except Exception:  # one tenant's trouble must not keep the others' events back
                 logger.exception("outbox relay: the events of tenant %s could not be published", tenant_id)
                 failed.add(tenant_id)

@@ -1,0 +1,117 @@
+# intent_ref: platform.events
+"""A send that failed on the hub's link (lost under it, the SDK's retries given up) is not the tenant's partition's
+trouble: the publisher tells it from a send that timed out, and the relay keeps the tenant's place in the next run's
+order instead of deferring it behind the other tenants."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from azure.eventhub import EventHubProducerClient
+from azure.eventhub.exceptions import ConnectError, ConnectionLostError, EventHubError, OperationTimeoutError
+from psycopg_pool import ConnectionPool
+
+from shared.events import relay
+from shared.events.publisher import (
+    AzureEventHubPublisher,
+    OutboundEvent,
+    PartitionTimeoutError,
+    PublishLinkError,
+)
+from shared.events.relay import relay_pending
+from tests.integration.test_outbox_relay import _enqueue, _unpublished
+from tests.integration.test_relay_deadline import _Kept
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("process_pools")]
+
+
+class _Batch(list[Any]):
+    def __init__(self, partition_key: str | None) -> None:
+        super().__init__()
+        self.partition_key = partition_key
+
+    def add(self, event: Any) -> None:
+        self.append(event)
+
+
+class _LinkLost:
+    """A producer whose link opened, and whose next send to `key` fails with `error`, as the SDK raises it once its
+    retries (each opening the link again) gave up; every other send goes."""
+
+    def __init__(self, key: str | None, error: EventHubError) -> None:
+        self.key, self.error = key, error
+        self.sent: list[str | None] = []
+
+    def create_batch(self, *, partition_key: str | None = None) -> _Batch:
+        return _Batch(partition_key)
+
+    def send_batch(self, batch: _Batch, *, timeout: float | None = None) -> None:
+        if batch.partition_key == self.key:
+            self.key = None  # the link is back for the sends after this one
+            raise self.error
+        self.sent.append(batch.partition_key)
+
+    def close(self) -> None:
+        pass
+
+
+class _Publisher(AzureEventHubPublisher):
+    def __init__(self, producer: _LinkLost) -> None:
+        super().__init__("127.0.0.1", credential=None)
+        self.producer = producer
+
+    def _producer(self, hub: str) -> tuple[EventHubProducerClient, threading.Lock]:
+        with self._lock:
+            if hub not in self._producers:
+                self._producers[hub] = (self.producer, threading.Lock())  # type: ignore[assignment]
+            return self._producers[hub]
+
+
+@pytest.fixture(autouse=True)
+def drained(app_pool: ConnectionPool[Any]) -> None:
+    relay_pending(_Kept, max_rounds=100)
+
+
+@pytest.mark.parametrize(
+    ("error", "raised"),
+    [
+        (ConnectionLostError("link detached"), PublishLinkError),
+        (ConnectError("connection dropped"), PublishLinkError),
+        (OperationTimeoutError("the partition did not answer"), PartitionTimeoutError),
+    ],
+    ids=["link-lost", "connection-dropped", "send-timed-out"],
+)
+def test_a_send_that_failed_on_the_link_is_told_from_one_that_timed_out(
+    error: EventHubError, raised: type[Exception]
+) -> None:
+    publisher = _Publisher(_LinkLost("k", error))
+    with pytest.raises(Exception) as failure:
+        publisher.publish("platform-events", [OutboundEvent({"n": 1}, "k", {})], timeout=5.0)
+    assert type(failure.value) is raised
+    assert failure.value.__cause__ is error
+
+
+def test_a_tenant_whose_send_failed_on_the_link_keeps_its_place_in_the_next_run(
+    app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lost, other = new_tenant(), new_tenant()
+    _enqueue(app_pool, lost, 1)  # the oldest waiting events: their tenant comes first in the order
+    _enqueue(app_pool, other, 1)
+    producer = _LinkLost(str(lost), ConnectionLostError("link detached"))
+    publisher = _Publisher(producer)
+    monkeypatch.setattr(relay, "get_publisher", lambda: publisher)
+    first = relay_pending()
+    assert (first.published, first.failed_tenants) == (1, 1)
+    assert producer.sent == [str(other)]
+    later = new_tenant()
+    _enqueue(app_pool, later, 1)  # waiting for less long than the tenant whose send failed
+    relay_pending()
+    assert producer.sent[1:] == [str(lost), str(later)], (
+        "the tenant whose send failed on the hub's link was relayed after a tenant waiting for less long: it was"
+        " deferred as if its partition did not answer"
+    )
+    assert [_unpublished(app_pool, tenant) for tenant in (lost, other, later)] == [0, 0, 0]
