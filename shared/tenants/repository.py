@@ -56,6 +56,7 @@ _PAGE = sql.SQL(
     "SELECT {} FROM app.tenants WHERE (%(after)s::text IS NULL OR name > %(after)s)"
     " AND (%(status)s::text IS NULL OR status = %(status)s) ORDER BY name LIMIT %(limit)s"
 ).format(_COLUMNS)
+_CHANGEABLE = ("display_name", "status", "quotas", "allowed_modules", "allowed_targets")
 _UPDATE = sql.SQL(
     "UPDATE app.tenants SET display_name = %s, status = %s, quotas = %s, allowed_modules = %s,"
     " allowed_targets = %s, updated_at = clock_timestamp() WHERE id = %s RETURNING {}"
@@ -225,16 +226,19 @@ def update_tenant(conn: psycopg.Connection[DictRow], tenant_id: UUID, change: Te
         # JSON merge semantics: a quota sent as null is removed (the platform default applies again).
         sent = change.quotas.model_dump(exclude_unset=True)  # type: ignore[union-attr]
         merged["quotas"] = {k: v for k, v in {**current["quotas"], **sent}.items() if v is not None}
+    changed = (
+        merged["display_name"],
+        merged["status"],
+        merged["quotas"],
+        list(dict.fromkeys(merged["allowed_modules"])),
+        list(dict.fromkeys(merged["allowed_targets"])),
+    )
+    if changed == tuple(current[column] for column in _CHANGEABLE):
+        # A change that changes nothing keeps the row, so its `updated_at` and the ETags made from it (ADR 0045).
+        return _to_tenant(current)
+    display_name, status, quotas, allowed_modules, allowed_targets = changed
     row = conn.execute(
-        _UPDATE,
-        (
-            merged["display_name"],
-            merged["status"],
-            Jsonb(merged["quotas"]),
-            list(dict.fromkeys(merged["allowed_modules"])),
-            list(dict.fromkeys(merged["allowed_targets"])),
-            tenant_id,
-        ),
+        _UPDATE, (display_name, status, Jsonb(quotas), allowed_modules, allowed_targets, tenant_id)
     ).fetchone()
     assert row is not None  # the row is locked above
     return _to_tenant(row)

@@ -36,3 +36,26 @@ def test_a_change_that_waited_for_another_change_of_the_tenant_is_412_and_change
     with platform_transaction() as conn:
         shown = get_tenant(conn, customer.id)
     assert shown is not None and shown.display_name == "First"
+
+
+def test_a_change_that_changes_nothing_keeps_the_tenants_etags(api: ApiHarness) -> None:
+    api.provision("noop-operators")
+    customer = api.provision("noop-customer")
+    admin = api.headers("noop-operators", PLATFORM_ADMIN)
+    own = api.headers("noop-customer", ["Tenant.Admin"])
+    path = f"/api/v1/tenants/{customer.id}"
+    shown = api.client.get(path, headers=admin)
+    settings_etag = api.client.get("/api/v1/tenant", headers=own).headers["etag"]
+    same = {key: shown.json()[key] for key in ("display_name", "status", "allowed_modules", "allowed_targets")}
+    answer = api.client.patch(path, json=same, headers={**admin, "If-Match": shown.headers["etag"]})
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["etag"] == shown.headers["etag"]
+    assert answer.json()["updated_at"] == shown.json()["updated_at"]
+    assert api.client.get("/api/v1/tenant", headers=own).headers["etag"] == settings_etag
+    # A real change still moves both.
+    changed = api.client.patch(
+        path, json={"display_name": "Renamed"}, headers={**admin, "If-Match": answer.headers["etag"]}
+    )
+    assert changed.status_code == 200, changed.text
+    assert changed.headers["etag"] != shown.headers["etag"]
+    assert api.client.get("/api/v1/tenant", headers=own).headers["etag"] != settings_etag
