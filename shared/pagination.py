@@ -72,3 +72,12 @@ def list_position(cursor: str | None, list_name: str, field: str) -> Any:
     if marker != list_name or position.get(field) is None:
         raise InvalidCursorError("the cursor is not one this list issued")
     return position[field]
+
+
+def marked_list_position(cursor: str | None, list_name: str, field: str) -> Any:
+    """As `list_position`, for a list that marked its cursors from its first page on: a cursor without the marker
+    is refused too (InvalidCursorError), since this list never issued one."""
+    position = decode_cursor(cursor)
+    if position is not None and position.get(LIST_MARKER) != list_name:
+        raise InvalidCursorError("the cursor is not one this list issued")
+    return list_position(cursor, list_name, field)

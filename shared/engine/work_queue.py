@@ -20,6 +20,7 @@ from shared.engine.dispatch_results import raised_verdict
 from shared.engine.steps import Attempt, AttemptKey, Conn
 from shared.observability import metrics
 from shared.observability.tracing import current_traceparent
+from shared.pagination import InvalidCursorError, list_cursor, marked_list_position
 
 QueueStatus = Literal["queued", "leased", "expired"]
 LEASE_EXPIRED_ERROR = "the worker's lease expired: it stopped heartbeating before reporting a result"
@@ -143,7 +144,9 @@ _LIST = _query(
     " (%(action)s::text IS NULL OR w.action = %(action)s) AND (%(execution)s::uuid IS NULL"
     " OR w.execution_id = %(execution)s) AND CASE %(status)s::text WHEN 'queued' THEN w.lease_id IS NULL"
     " WHEN 'leased' THEN w.lease_expires_at >= clock_timestamp() WHEN 'expired' THEN w.lease_expires_at"
-    " < clock_timestamp() ELSE true END ORDER BY w.enqueued_at, w.id LIMIT %(limit)s"
+    " < clock_timestamp() ELSE true END AND (%(after_at)s::timestamptz IS NULL"
+    " OR (w.enqueued_at, w.id) > (%(after_at)s::timestamptz, %(after_id)s::uuid))"
+    " ORDER BY w.enqueued_at, w.id LIMIT %(limit)s"
 )
 _NOW = "SELECT clock_timestamp() AS now"
 _POLLERS = "SELECT action, last_polled_at, last_polled_by FROM app.work_pollers WHERE action = ANY(%s)"
@@ -435,11 +438,20 @@ def list_items(
     status: QueueStatus | None = None,
     execution_id: UUID | None = None,
     limit: int = 100,
+    after: tuple[datetime, UUID] | None = None,
 ) -> tuple[list[QueuedItem], datetime]:
-    """The tenant's open items (their attempt has no result yet), oldest first, and the database's now."""
-    rows = conn.execute(
-        _LIST, {"action": action, "status": status, "execution": execution_id, "limit": limit}
-    ).fetchall()
+    """The tenant's open items (their attempt has no result yet), oldest first (by `enqueued_at`, then `id`), those
+    after the item `after` names (its `enqueued_at` and `id`) when given, and the database's now."""
+    after_at, after_id = after if after is not None else (None, None)
+    params = {
+        "action": action,
+        "status": status,
+        "execution": execution_id,
+        "limit": limit,
+        "after_at": after_at,
+        "after_id": after_id,
+    }
+    rows = conn.execute(_LIST, params).fetchall()
     if rows:
         now: datetime = rows[0]["now"]
     else:
@@ -447,6 +459,51 @@ def list_items(
         assert row is not None  # a SELECT without FROM returns one row
         now = row["now"]
     return [_item(row) for row in rows], now
+
+
+LIST_NAME = "work"
+"""The name the queue's list marks its cursors with, so that no other list's cursor pages it."""
+
+
+def _list_after(cursor: str | None) -> tuple[datetime, UUID] | None:
+    """The sort key (`enqueued_at`, `id`) of the last item of the page before `cursor`'s (None: the first page);
+    InvalidCursorError for a cursor this list did not issue."""
+    after = marked_list_position(cursor, LIST_NAME, "after")
+    if after is None:
+        return None
+    refused = InvalidCursorError("the cursor is not one this list issued")
+    if not (isinstance(after, list) and len(after) == 2 and all(isinstance(part, str) for part in after)):
+        raise refused
+    try:
+        at, item_id = datetime.fromisoformat(after[0]), UUID(after[1])
+    except ValueError:
+        raise refused from None
+    # Issued with its offset: a time without one would be read in the session's zone, a position never issued.
+    if at.tzinfo is None:
+        raise refused
+    return at, item_id
+
+
+def list_page(
+    conn: Conn,
+    *,
+    action: str | None = None,
+    status: QueueStatus | None = None,
+    execution_id: UUID | None = None,
+    cursor: str | None = None,
+    limit: int = 100,
+) -> tuple[list[QueuedItem], datetime, str | None]:
+    """One page of the tenant's open items, oldest first, the database's now, and the cursor of the next page (None
+    on the last). The cursor holds the last item's sort key, so items queued or ended between pages neither shift
+    nor repeat the ones after it."""
+    rows, now = list_items(
+        conn, action=action, status=status, execution_id=execution_id, limit=limit + 1, after=_list_after(cursor)
+    )
+    page = rows[:limit]
+    if len(rows) <= limit:
+        return page, now, None
+    last = page[-1]
+    return page, now, list_cursor(LIST_NAME, {"after": [last.enqueued_at.isoformat(), str(last.id)]})
 
 
 @dataclass(frozen=True)

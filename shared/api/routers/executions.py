@@ -339,13 +339,6 @@ def load_execution(context: RequestContext, execution_id: UUID, conn: Conn | Non
     return execution
 
 
-def _read_events(
-    tenant_id: UUID, execution_id: UUID, after: int, limit: int
-) -> tuple[repo.Execution, list[repo.ExecutionEvent]]:
-    with tenant_transaction(tenant_id) as conn:
-        return _find(conn, execution_id), repo.events_after(conn, execution_id, after, limit)
-
-
 @router.get(
     "",
     response_model=ExecutionPage,
@@ -468,8 +461,9 @@ async def events(
         while True:
             if waiter is not None:
                 waiter.clear()  # before the read: an event appended after it wakes the wait below
-            execution, items = await run_in_threadpool(_read_events, context.tenant.id, execution_id, after, limit)
-            if items or execution.terminal or time.monotonic() >= deadline:
+            # The stream's read: status and events in one statement, so one snapshot (and one round trip).
+            progress, items = await run_in_threadpool(_read_stream, context.tenant.id, execution_id, after, limit)
+            if items or progress.terminal or time.monotonic() >= deadline:
                 break
             # The permit is given back while waiting: a tenant's long polls count against its bound only while they
             # read.
@@ -477,8 +471,8 @@ async def events(
             if not await idle(context, pause, waiter.event if waiter is not None else None):
                 break  # its bound is taken by other requests: answer with what there is, the client polls again
     return ExecutionEventPage(
-        execution_id=execution.id,
-        status=execution.status,
+        execution_id=execution_id,
+        status=progress.status,
         next_after=items[-1].seq if items else after,
         items=[event_out(e) for e in items],
     )
@@ -511,8 +505,8 @@ _STREAM_READ = (
 def _read_stream(
     tenant_id: UUID, execution_id: UUID, after: int, limit: int
 ) -> tuple[_StreamProgress, list[repo.ExecutionEvent]]:
-    """One read of an execution's stream: where it stands and its events after `after`, at most `limit` of them;
-    404 (which ends the stream) when it is gone."""
+    """One read of an execution's stream or long poll: where it stands and its events after `after`, at most
+    `limit` of them; 404 (which ends the stream) when it is gone."""
     with tenant_transaction(tenant_id) as conn:
         rows = conn.execute(_STREAM_READ, (after, limit, execution_id)).fetchall()
     if not rows:  # erased while its stream was open

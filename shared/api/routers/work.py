@@ -18,7 +18,7 @@ from shared.api.admission import idle
 from shared.api.durable import get_durable_client, raise_to_orchestration
 from shared.api.permissions import GuardedRoute, permission
 from shared.api.problems import ProblemError
-from shared.api.responses import AUTH_ERRORS, INVALID, problem_doc
+from shared.api.responses import AUTH_ERRORS, BAD_CURSOR, INVALID, problem_doc
 from shared.api.security import RequestContext, authorize
 from shared.api.transactions import TenantConnection
 from shared.db.session import retried_on_deadlock, tenant_transaction
@@ -196,9 +196,10 @@ class QueueEntry(BaseModel):
 
 
 class QueuePage(BaseModel):
-    """The tenant's open work items, oldest first."""
+    """The tenant's open work items, oldest first; `next_cursor` pages on (null on the last page)."""
 
     items: list[QueueEntry]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null when there is none.")
 
 
 def _worker_name(context: RequestContext, given: str | None) -> str:
@@ -361,7 +362,12 @@ def _entry(item: work_queue.QueuedItem, now: datetime) -> QueueEntry:
     )
 
 
-@router.get("", response_model=QueuePage, summary="List queued work", responses={**AUTH_ERRORS, 422: INVALID})
+@router.get(
+    "",
+    response_model=QueuePage,
+    summary="List queued work",
+    responses={**AUTH_ERRORS, 400: BAD_CURSOR, 422: INVALID},
+)
 def list_work(
     context: Annotated[RequestContext, Depends(permission(Action.WORK_LIST))],
     conn: TenantConnection,
@@ -369,9 +375,13 @@ def list_work(
     status: Annotated[work_queue.QueueStatus | None, Query(description="queued, leased or expired.")] = None,
     execution_id: Annotated[UUID | None, Query(description="Only items of this execution.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Annotated[str | None, Query(description="The `next_cursor` of the page before (none: the first).")] = None,
 ) -> QueuePage:
     """The tenant's open work items (no result yet): queued, leased (by whom, since when, last heartbeat,
-    progress) or with an expired lease (Module.Worker and every reader)."""
+    progress) or with an expired lease, oldest first; cursor-paginated: `next_cursor` is set only when more items
+    follow, and a cursor this list did not issue is refused with 400 (Module.Worker and every reader)."""
     authorize(context, Action.WORK_LIST, Resource.tenant(context.tenant.id), conn=conn)
-    items, now = work_queue.list_items(conn, action=action, status=status, execution_id=execution_id, limit=limit)
-    return QueuePage(items=[_entry(item, now) for item in items])
+    items, now, next_cursor = work_queue.list_page(
+        conn, action=action, status=status, execution_id=execution_id, cursor=cursor, limit=limit
+    )
+    return QueuePage(items=[_entry(item, now) for item in items], next_cursor=next_cursor)
