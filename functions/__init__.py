@@ -5,6 +5,7 @@ from functions.eventhub_intent_requests import bp as intent_requests_bp
 from functions.http_api import bp as http_api_bp
 from functions.module_worker import bp as module_worker_bp
 from functions.timer_audit_outbox_relay import bp as audit_outbox_relay_bp
+from functions.timer_erased_tenant_blobs import bp as erased_tenant_blobs_bp
 from functions.timer_execution_sweeper import bp as execution_sweeper_bp
 from functions.timer_idempotency_expiry import bp as idempotency_expiry_bp
 from functions.timer_outbox_relay import bp as outbox_relay_bp
@@ -21,4 +22,5 @@ blueprints = (
     idempotency_expiry_bp,
     audit_outbox_relay_bp,
     secret_sealing_bp,
+    erased_tenant_blobs_bp,
 )

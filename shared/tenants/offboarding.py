@@ -128,12 +128,37 @@ def kept_for_tenant(tenant_id: UUID, container: ContainerClient, name: str, *, w
     except ResourceNotFoundError:
         pass  # removed by the erasure's own pass
     except Exception as exc:
-        # The tenant is gone all the same, and its writer must not be retried as if it were not; nobody else will
-        # remove this blob, so an operator is told which.
-        logger.error(
-            "blob %r of erased tenant %s was not removed (%s: %s); remove it", name, tenant_id, type(exc).__name__, exc
-        )
+        # The tenant is gone all the same, and its writer must not be retried as if it were not. The erasure's record
+        # may have been dropped already (its prefix was empty for seven days): noted again, the timer looks again.
+        _note_blob_left(tenant_id, name, exc)
     return False
+
+
+def _note_blob_left(tenant_id: UUID, name: str, failure: Exception) -> None:
+    """Record that erased `tenant_id` has a blob left, for the `erased_tenant_blobs` timer (ADR 0046)."""
+    try:
+        with platform_transaction() as conn:
+            conn.execute(NOTE_ERASED_TENANT, (tenant_id,))
+    except Exception as exc:
+        # Neither storage nor the database: only an operator can tell which blob it was.
+        logger.error(
+            "blob %r of erased tenant %s was not removed (%s: %s) nor recorded for removal (%s: %s); remove it",
+            name,
+            tenant_id,
+            type(failure).__name__,
+            failure,
+            type(exc).__name__,
+            exc,
+        )
+        return
+    # Still an ERROR, as operators were told of these before: the timer retries, but storage refused a delete.
+    logger.error(
+        "blob %r of erased tenant %s was not removed (%s: %s); the erased_tenant_blobs timer removes it",
+        name,
+        tenant_id,
+        type(failure).__name__,
+        failure,
+    )
 
 
 EXPORT_BATCH_ROWS = 500
@@ -218,6 +243,12 @@ def _batches(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[st
 
 
 _FORGET_CREATE_ANSWERS = "DELETE FROM control.idempotency_keys WHERE response_body ->> 'id' = %s"
+NOTE_ERASED_TENANT = (
+    "INSERT INTO control.erased_tenant_blobs (tenant_id) VALUES (%s)"
+    " ON CONFLICT (tenant_id) DO UPDATE SET noted_at = now(), failure = NULL"
+)
+"""Records an erased tenant whose prefix the `erased_tenant_blobs` timer empties (migration 0053, ADR 0046); noted
+again, its record is kept seven more days, and a sweep that read it before drops nothing."""
 
 
 def erase_tenant(tenant_id: UUID, container: ContainerClient, audit_store: AuditStore) -> dict[str, int]:
@@ -230,7 +261,7 @@ def erase_tenant(tenant_id: UUID, container: ContainerClient, audit_store: Audit
     # The audit trail may live outside Postgres (Cosmos DB). Erased after the tenant row, a failure there left the
     # trail for ever: every retry answered 404, the tenant being gone.
     removed: dict[str, int] = {
-        "blobs": _delete_blobs(tenant_id, container),
+        "blobs": delete_tenant_blobs(tenant_id, container),
         "audit_records": audit_store.erase(tenant_id),
     }
     with platform_transaction() as conn:
@@ -241,13 +272,16 @@ def erase_tenant(tenant_id: UUID, container: ContainerClient, audit_store: Audit
         removed["tenants"] = conn.execute("DELETE FROM app.tenants WHERE id = %s", (tenant_id,)).rowcount
         # The tenant's create answer, kept for a retry of its Idempotency-Key: it names the tenant.
         removed["control_idempotency_keys"] = conn.execute(_FORGET_CREATE_ANSWERS, (str(tenant_id),)).rowcount
+        # With the row's delete, so no erasure ends without it (a crash before the pass below included): the timer
+        # `erased_tenant_blobs` empties the prefix of what this erasure and its writers could not remove.
+        conn.execute(NOTE_ERASED_TENANT, (tenant_id,))
     # What was written while the rows went: an audit batch the outbox relay was carrying, a blob of a request that
     # had passed its tenant check (an export, a step's output). The tenant is gone now, so a failure here cannot be
-    # retried through the API: it is logged with what is left, for an operator. Each store is tried whatever the
-    # other did: one try for both, blob storage failing skipped the audit trail, and the records a copy wrote before
-    # the rows went (it leaves them to this pass) outlived the tenant.
+    # retried through the API: blobs left are the timer's (recorded above), audit records are logged for an operator.
+    # Each store is tried whatever the other did: one try for both, blob storage failing skipped the audit trail, and
+    # the records a copy wrote before the rows went (it leaves them to this pass) outlived the tenant.
     late: tuple[tuple[str, Callable[[], int]], ...] = (
-        ("blobs", partial(_delete_blobs, tenant_id, container)),
+        ("blobs", partial(delete_tenant_blobs, tenant_id, container)),
         ("audit_records", partial(audit_store.erase, tenant_id)),
     )
     for kind, erase_late in late:
@@ -258,10 +292,12 @@ def erase_tenant(tenant_id: UUID, container: ContainerClient, audit_store: Audit
     return removed
 
 
-def _delete_blobs(tenant_id: UUID, container: ContainerClient) -> int:
-    """Delete every blob under the tenant's prefix; returns how many."""
+def delete_tenant_blobs(tenant_id: UUID, container: ContainerClient, *, limit: int | None = None) -> int:
+    """Delete every blob under the tenant's prefix (the first `limit` listed, when given); returns how many."""
     deleted = 0
     for blob in container.list_blobs(name_starts_with=tenant_blob_prefix(tenant_id)):
+        if limit is not None and deleted >= limit:
+            break
         try:
             container.delete_blob(blob.name)
         except ResourceNotFoundError:
