@@ -1,5 +1,6 @@
 # intent_ref: platform.execution
-"""The stuck-execution sweeper timer: starts stalled executions, ends those whose orchestration ended unrecorded."""
+"""The stuck-execution sweeper timer: starts stalled executions, ends those whose orchestration ended unrecorded or
+waits on nothing."""
 
 import logging
 
@@ -26,7 +27,8 @@ async def execution_sweeper(
     timer: func.TimerRequest,  # noqa: ARG001  # the binding requires it
     client: df.DurableOrchestrationClient,
 ) -> None:
-    """Start executions whose start stalled and end those whose orchestration ended without recording it."""
+    """Start executions whose start stalled and end those whose orchestration ended without recording it, or still
+    runs stuck compensating with nothing out or due (then terminated)."""
     result = await sweep(client)
     if result.started or result.ended or result.failed_tenants or result.expired_leases:
         logger.info(

@@ -16,6 +16,7 @@ from typing import Any
 from uuid import UUID
 
 from psycopg_pool import ConnectionPool
+from pydantic import ValidationError
 
 from shared import telemetry
 from shared.db.session import tenant_transaction
@@ -89,8 +90,10 @@ def record_stalls(
             return []
         try:
             plan = engine.rebuild_input(conn, tenant.facts(), execution)["plan"]
-        except (engine.StartError, RegistryError):
-            plan = {}  # its version no longer validates: judge by the default timeout
+        except (engine.StartError, RegistryError, ValidationError):
+            # Its version no longer validates (a stored definition the current model refuses too): judge by the
+            # default timeout. Raised, it failed its tenant's sweep every time it came round.
+            plan = {}
         found = overdue(conn, execution, plan, grace_s)
         if not found:
             return []

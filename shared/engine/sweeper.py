@@ -6,7 +6,10 @@ over with the start path's own conditional claim, so of the sweeper and a repeat
 starts it; its input is rebuilt the way the start path rebuilds it. An execution that has not ended and has been
 quiet for a while is compared with its orchestration: a failed, terminated or vanished instance means nothing
 will ever record its end, so the sweeper ends it `failed` through the normal transition (event, domain event,
-telemetry), which also frees its quota slot.
+telemetry), which also frees its quota slot. So does one whose orchestration still runs but waits on nothing: a run
+started under reducer rules 7 or earlier whose compensation could not resolve its parameters stays compensating for
+ever (ADR 0025); with no compensation out or due and nothing on its stream for as long, its orchestration is
+terminated and the execution ended the same way (cancelled instead when a cancel is what stopped its run).
 
 Only tenant ids cross tenants (a SECURITY DEFINER function, migration 0014); each tenant's executions are read and
 moved in that tenant's own transaction. Orchestration calls happen outside any transaction.
@@ -17,10 +20,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 from uuid import UUID
 
 from psycopg_pool import ConnectionPool
+from pydantic import ValidationError
 
 from shared.db.session import bounded_lock_waits, platform_transaction, tenant_transaction
 from shared.engine import control, stalls, work_queue
@@ -75,6 +79,21 @@ _SWEPT = (
     " (SELECT id FROM app.executions WHERE id = ANY(%s) FOR UPDATE SKIP LOCKED)"
 )
 _STILL_RUNS = frozenset({"Running", "Pending", "Suspended", "ContinuedAsNew"})
+# Compensating with no compensation out (a dispatched attempt) or due (a step compensating between its attempts, its
+# retry recorded or not: under rules 4 and earlier a retry's wait has no recorded time and may be long), and nothing on
+# its stream for `quiet` seconds: the stream, not the row, since the row last changed when compensating began, and a
+# run between two compensations (one recorded ended, the next being dispatched) has no attempt out for a moment.
+# Its run asks for nothing more (rules 7 and earlier, an unresolvable compensation, ADR 0025). Answers the run's cause,
+# and whether a cancel recorded before compensating began is that cause (the run records "cancelled" then).
+_STUCK_COMPENSATION = (
+    "SELECT e.error, e.cancel_requested_at IS NOT NULL AND e.cancel_requested_at <= e.updated_at AS cancelled"
+    " FROM app.executions e WHERE e.id = %(id)s AND e.status = 'compensating'"
+    " AND e.updated_at < clock_timestamp() - make_interval(secs => %(quiet)s)"
+    " AND NOT EXISTS (SELECT 1 FROM app.step_attempts a WHERE a.execution_id = e.id AND a.state = 'dispatched')"
+    " AND NOT EXISTS (SELECT 1 FROM app.execution_steps s WHERE s.execution_id = e.id AND s.state = 'compensating')"
+    " AND COALESCE((SELECT v.occurred_at FROM app.execution_events v WHERE v.execution_id = e.id"
+    " ORDER BY v.seq DESC LIMIT 1), e.updated_at) < clock_timestamp() - make_interval(secs => %(quiet)s)"
+)
 
 
 class DurableClient(EventRaiser, Protocol):
@@ -87,6 +106,9 @@ class DurableClient(EventRaiser, Protocol):
         self, orchestration_function_name: str, instance_id: str | None = None, client_input: Any | None = None
     ) -> str:
         """Start an orchestration with the given instance id and input."""
+
+    async def terminate(self, instance_id: str, reason: str) -> None:
+        """Terminate a running orchestration instance (a message its backend applies asynchronously)."""
 
 
 @dataclass(frozen=True)
@@ -157,8 +179,9 @@ def start_input(
             if tenant is None or tenant.status != "active":
                 raise engine.TenantSuspendedError(f"tenant {tenant_id} is not active")
             return engine.rebuild_input(conn, tenant.facts(), execution)
-        except (engine.StartError, RegistryError) as exc:
-            # No later run would rebuild it either: it must not hold a quota slot as pending forever.
+        except (engine.StartError, RegistryError, ValidationError) as exc:
+            # No later run would rebuild it either (a stored definition the current model refuses neither): it must
+            # not hold a quota slot as pending forever, nor fail its tenant's sweep every run.
             cause = f"the orchestration could not be started: {exc}"
             repo.transition(conn, execution_id, "failed", error=cause)
             return cause
@@ -182,12 +205,17 @@ def record_swept(tenant_id: UUID, execution_ids: list[UUID], *, pool: Connection
         conn.execute(_SWEPT, (execution_ids,))
 
 
+def _runtime(status: Any) -> str | None:
+    """The orchestration's runtime status by name; None when there is no such instance."""
+    runtime = getattr(status, "runtime_status", None) if status else None
+    return None if runtime is None else str(getattr(runtime, "name", runtime))
+
+
 def ended_cause(status: Any) -> str | None:
     """Why the execution must end, from its orchestration's status; None while the orchestration still runs."""
-    runtime = getattr(status, "runtime_status", None) if status else None
-    if runtime is None:
+    name = _runtime(status)
+    if name is None:
         return "orchestration was terminated: its instance no longer exists"
-    name = str(getattr(runtime, "name", runtime))
     if name in _STILL_RUNS:
         return None
     output = getattr(status, "output", None)
@@ -204,6 +232,33 @@ def ended_cause(status: Any) -> str | None:
 
 
 @dataclass(frozen=True)
+class Stuck:
+    """An execution stuck compensating: how it ends, and why."""
+
+    cause: str
+    status: Literal["failed", "cancelled"]
+
+
+def stuck_compensation(
+    tenant_id: UUID, execution_id: UUID, *, quiet_s: float = QUIET_S, pool: ConnectionPool[Any] | None = None
+) -> Stuck | None:
+    """How the execution must end when it is compensating with nothing out or due and quiet for `quiet_s` seconds,
+    stream included (its orchestration, still running, waits on nothing); None otherwise."""
+    with tenant_transaction(tenant_id, pool=pool) as conn:
+        row = conn.execute(_STUCK_COMPENSATION, {"id": execution_id, "quiet": quiet_s}).fetchone()
+    if row is None:
+        return None
+    # The run's own cause first: it is why the run stopped; the stall only kept it from saying so.
+    cause = (
+        f"{row['error'] or 'failed'}; its compensation then stalled: none was out or due and its orchestration"
+        " waited on nothing"
+    )[:_CAUSE_MAX_CHARS]
+    # A run stopped by a cancel (answered 202, "ends cancelled") ends cancelled, as its run would have (ADR 0014).
+    cancelled = bool(row["cancelled"]) and row["error"] == "cancelled"
+    return Stuck(cause, "cancelled" if cancelled else "failed")
+
+
+@dataclass(frozen=True)
 class Ended:
     """An execution this sweeper ended, and the child executions still running under it, whose cancels its
     transaction recorded (with each one's queued work it ended), to tell their orchestrations."""
@@ -215,9 +270,14 @@ _OPEN_STEPS = ("running", "waiting", "retrying")
 
 
 def end_execution(
-    tenant_id: UUID, execution_id: UUID, cause: str, *, pool: ConnectionPool[Any] | None = None
+    tenant_id: UUID,
+    execution_id: UUID,
+    cause: str,
+    *,
+    pool: ConnectionPool[Any] | None = None,
+    status: Literal["failed", "cancelled"] = "failed",
 ) -> Ended | None:
-    """End the execution `failed` with `cause` unless it has ended meanwhile, and with it the steps its
+    """End the execution `status` (failed) with `cause` unless it has ended meanwhile, and with it the steps its
     orchestration left open (abandoned, cancelled) and every attempt still out, compensations too (abandoned);
     None when it had ended already."""
     try:
@@ -245,7 +305,7 @@ def end_execution(
                 last = last_compensation.get(step["step_id"])
                 if step["state"] == "compensating" and last is not None and last.state != "dispatched":
                     end_compensation(conn, last.key, cause)
-            repo.transition(conn, execution_id, "failed", error=cause)
+            repo.transition(conn, execution_id, status, error=cause)
             # The children's cancels in the same transaction: recorded after the end's commit, one that failed (a
             # child's row held past a timer's lock wait) was never retried, the parent being ended by then.
             children = {
@@ -256,15 +316,20 @@ def end_execution(
                 if step["child_execution_id"]
             }
     except repo.IllegalTransitionError:
-        return None  # a status with no move to failed (its steps' moves roll back with it)
+        return None  # a status with no such move (its steps' moves roll back with it)
     return Ended({child: dequeued for child, dequeued in children.items() if dequeued is not None})
 
 
 async def _end(
-    tenant_id: UUID, execution_id: UUID, cause: str, client: DurableClient, pool: ConnectionPool[Any] | None
+    tenant_id: UUID,
+    execution_id: UUID,
+    cause: str,
+    client: DurableClient,
+    pool: ConnectionPool[Any] | None,
+    status: Literal["failed", "cancelled"] = "failed",
 ) -> bool:
     """End the execution, then pass the end down to its running children as a cancel (as a stopping run does)."""
-    ended = await asyncio.to_thread(end_execution, tenant_id, execution_id, cause, pool=pool)
+    ended = await asyncio.to_thread(end_execution, tenant_id, execution_id, cause, pool=pool, status=status)
     if ended is None:
         return False
     for child, dequeued in ended.children.items():
@@ -301,8 +366,27 @@ async def _settle_stalled_start(
     return TenantSweep(started=1, checked=1)
 
 
+async def _end_stuck(
+    tenant_id: UUID, execution_id: UUID, stuck: Stuck, client: DurableClient, pool: ConnectionPool[Any] | None
+) -> bool:
+    """Terminate the orchestration of an execution stuck compensating, then end the execution. In that order: a
+    terminate that fails leaves both as they were for the next run; an end that fails after it is the next run's
+    terminated orchestration, ended by `ended_cause`. Either way neither is left running alone."""
+    try:
+        await client.terminate(str(execution_id), stuck.cause)
+    except Exception:
+        logger.exception("sweeper: could not terminate the stuck orchestration of execution %s", execution_id)
+        return False
+    return await _end(tenant_id, execution_id, stuck.cause, client, pool, stuck.status)
+
+
 async def _settle_quiet(
-    tenant_id: UUID, execution_id: UUID, client: DurableClient, pool: ConnectionPool[Any] | None, stall_grace_s: float
+    tenant_id: UUID,
+    execution_id: UUID,
+    client: DurableClient,
+    pool: ConnectionPool[Any] | None,
+    stall_grace_s: float,
+    quiet_s: float = QUIET_S,
 ) -> TenantSweep:
     status = await client.get_status(str(execution_id))
     if status_unknown(status):
@@ -310,6 +394,15 @@ async def _settle_quiet(
         logger.warning("sweeper: the status of execution %s could not be read; left for its next turn", execution_id)
         return TenantSweep(checked=1)
     cause = ended_cause(status)
+    if cause is None and _runtime(status) == "Running":
+        # Running but waiting on nothing: nothing will ever end it, as if its orchestration had ended (not one that is
+        # suspended, which an operator holds; nor one pending or continuing as new, which is about to run).
+        stuck = await asyncio.to_thread(stuck_compensation, tenant_id, execution_id, quiet_s=quiet_s, pool=pool)
+        if stuck is not None:
+            ended = await _end_stuck(tenant_id, execution_id, stuck, client, pool)
+            if ended:
+                logger.warning("sweeper: execution %s ended %s: %s", execution_id, stuck.status, stuck.cause)
+            return TenantSweep(ended=int(ended), checked=1)
     if cause is None:
         # Still running: record it as stalled when an attempt of it is past what its step allows.
         await asyncio.to_thread(stalls.record_stalls, tenant_id, execution_id, grace_s=stall_grace_s, pool=pool)
@@ -330,8 +423,9 @@ async def sweep_tenant(
     stall_grace_s: float = stalls.STALL_GRACE_S,
     pool: ConnectionPool[Any] | None = None,
 ) -> TenantSweep:
-    """Start the tenant's stalled starts, then end its quiet executions whose orchestration ended and record the
-    stalls of those still running; at most `budget` status calls (stalled starts first: they are certainly stuck)."""
+    """Start the tenant's stalled starts, then end its quiet executions whose orchestration ended or waits on nothing
+    (stuck compensating) and record the stalls of those still running; at most `budget` status calls (stalled starts
+    first: they are certainly stuck)."""
     claimed = await asyncio.to_thread(
         claim_stalled_starts,
         tenant_id,
@@ -349,7 +443,7 @@ async def sweep_tenant(
         try:
             for execution_id in quiet:
                 asked.append(execution_id)
-                results.append(await _settle_quiet(tenant_id, execution_id, client, pool, stall_grace_s))
+                results.append(await _settle_quiet(tenant_id, execution_id, client, pool, stall_grace_s, quiet_s))
         finally:
             # Also when one of them failed the tenant's run: recorded, it no longer comes first and holds up the rest.
             if asked:
