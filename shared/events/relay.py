@@ -13,7 +13,6 @@ events (and webhook deliveries) back until it ends.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,6 +39,19 @@ from shared.events.publisher import (
 from shared.observability.tracing import TRACEPARENT
 
 _PENDING_TENANTS = "SELECT tenant_id FROM app.outbox_pending_tenants(%s) AS pending (tenant_id)"
+# The tenants to relay now, in their order (migration 0054): those still backing off are left out.
+_TURNS = (
+    "SELECT tenant_id, deferred FROM app.outbox_relay_turns(%s) WITH ORDINALITY AS turn (tenant_id, deferred, n)"
+    " ORDER BY n"
+)
+# The backoff counts from the failure, on the database's clock, which every instance shares.
+_DEFER = (
+    "INSERT INTO control.relay_deferrals AS d (tenant_id, failures, failed_at, retry_at)"
+    " VALUES (%(tenant)s, 1, now(), now() + make_interval(secs => %(base)s))"
+    " ON CONFLICT (tenant_id) DO UPDATE SET failures = d.failures + 1, failed_at = now(),"
+    " retry_at = now() + make_interval(secs => least(%(base)s * power(2, least(d.failures, 30)), %(most)s))"
+)
+_UNDEFER = "DELETE FROM control.relay_deferrals WHERE tenant_id = %s"
 # A relay that finds another one on this tenant moves on; the other one is sending these events already. Only the
 # events of transactions older than every one still running, in transaction order (migration 0040): an event that
 # commits later can no longer sort before one already sent.
@@ -64,13 +76,18 @@ RELAY_RUN_BUDGET_S = 300.0
 tenant's events go to the partition of its id) costs a publish's deadline per tenant, 100 tenants over three hours,
 past the host's 1-hour bound for a run. The tenants left wait for the next run."""
 
-_DEFERRED_MAX = 10_000
-_deferred: dict[UUID, None] = {}
-"""The tenants (in this process) whose last publish failed other than for the hub (their partition not answering,
-say; not the hub's silence nor its link's failure), in the order they last failed: a run relays them after every other
-tenant, least recently failed first. Oldest waiting first, they came first in every run, and their timeouts spent each
-run's budget before any other tenant's turn."""
-_deferred_lock = threading.Lock()
+RELAY_BACKOFF_S = 30.0
+"""A tenant whose publish failed for a reason of its own (its partition not answering, say; not the hub's silence nor
+its link's failure) is not relayed again for this long after its first failure, twice as long after each further one
+in a row, at most RELAY_BACKOFF_MAX_S; a publish of its events that goes ends it. Tried in every run, after the other
+tenants, its partition's deadline ended every run, and the timer's next run (and every other tenant's new events and
+webhooks) waited for it as long as that partition stayed stuck. Half a minute: a partition that failed once (moved
+between the hub's nodes, say) is usually back by then, and its tenant waits little more."""
+
+RELAY_BACKOFF_MAX_S = 900.0
+"""The longest backoff: reached after six failures in a row (about 17 minutes of them), it lets a partition stuck for
+good cost the other tenants one publish's deadline per 15 minutes (about an eighth of their time at most), and a
+tenant whose partition answers again waits at most 15 minutes for its turn."""
 
 
 @dataclass(frozen=True)
@@ -144,9 +161,12 @@ def relay_pending(
     `pool` serves the tenant transactions, `control_pool` the control plane's (the process-wide pools when None),
     `publisher` gives the publisher (the process's when None).
 
-    A tenant whose events cannot be sent is logged and left for the next run, which relays it after the others (in
-    this process) unless its send failed on the hub's link (`PublishLinkError`: its place is kept); the other tenants
-    still go, also when its send timed out (the partition of its id did not answer),
+    A tenant whose events cannot be sent is logged and left for a later run: unless its send failed on the hub's link
+    (`PublishLinkError`: its place in the next run is kept), no run of any instance relays it before its backoff
+    (RELAY_BACKOFF_S, doubling per failure in a row, at most RELAY_BACKOFF_MAX_S; recorded in
+    `control.relay_deferrals`) has passed, and then after the other tenants, least recently failed first; a publish of
+    its events that goes clears it. The other tenants still go, also when its send timed out (the partition of its id
+    did not answer),
     unless the hub failed as a whole: the run ends at a publish not done by its deadline for the whole hub (its turn
     still busy, no sender free, its link never opened: `PublishTimeoutError` other than `PartitionTimeoutError`)
     rather than wait out the deadline again for each tenant, and starts no publish after RELAY_RUN_BUDGET_S.
@@ -159,11 +179,14 @@ def relay_pending(
     for _ in range(max_rounds):
         # A tenant that failed is left for the next run, as the docstring says: retried every round, its oldest events
         # came first each time and every other tenant waited out its send timeout again.
-        tenants = _deferred_last(
-            [tenant_id for tenant_id in pending_tenants(max_tenants, pool=control_pool) if tenant_id not in failed]
-        )
+        turns = [
+            (tenant_id, deferred)
+            for tenant_id, deferred in _turns(max_tenants, control_pool)
+            if tenant_id not in failed
+        ]
+        tenants = [tenant_id for tenant_id, _ in turns]
         sent_this_round = 0
-        for tenant_id in tenants:
+        for tenant_id, deferred in turns:
             if monotonic() >= ends:
                 logger.warning(
                     "outbox relay: the run's %g s were spent; the events of %d tenants wait for the next run",
@@ -179,7 +202,7 @@ def relay_pending(
                 # the only one not answering, and the other tenants' events (most on other partitions) still go.
                 logger.exception("outbox relay: the events of tenant %s were not sent by their deadline", tenant_id)
                 failed.add(tenant_id)
-                _defer(tenant_id)
+                _defer(tenant_id, control_pool)
             except PublishTimeoutError:
                 # Not this tenant's trouble: the hub did not answer (or its turn, or the senders, stayed busy), for
                 # every tenant alike, and waiting out the deadline once per tenant would keep a run against a silent
@@ -198,39 +221,44 @@ def relay_pending(
             except Exception:  # one tenant's trouble must not keep the others' events back
                 logger.exception("outbox relay: the events of tenant %s could not be published", tenant_id)
                 failed.add(tenant_id)
-                _defer(tenant_id)
+                _defer(tenant_id, control_pool)
             else:
                 sent_this_round += sent
-                _undefer(tenant_id)
+                if deferred and sent:
+                    _undefer(tenant_id, control_pool)
         published += sent_this_round
         if sent_this_round == 0:
             break
     return RelayResult(published=published, tenants=len(seen), failed_tenants=len(failed))
 
 
-def _deferred_last(tenants: list[UUID]) -> list[UUID]:
-    """`tenants` in their order, those whose last publish here failed after the others, least recently failed first.
+def _turns(max_tenants: int, control_pool: ConnectionPool[Any] | None) -> list[tuple[UUID, bool]]:
+    """The tenants with events waiting but for those backing off, oldest waiting first, then those whose last publish
+    failed, least recently failed first; each with whether it was deferred.
 
-    Not in `tenants`' order (oldest waiting first): a tenant deferred once, its partition answering again, came after
+    Deferred tenants not in their order of waiting: a tenant deferred once, its partition answering again, came after
     every older deferred tenant in every run, and three whose partitions still timed out spent each run's budget
     before its turn, for as long as theirs did not answer."""
-    pending = set(tenants)
-    with _deferred_lock:
-        deferred = [tenant_id for tenant_id in _deferred if tenant_id in pending]  # `_defer` moves a failure last
-    if not deferred:
-        return tenants
-    later = set(deferred)
-    return [tenant_id for tenant_id in tenants if tenant_id not in later] + deferred
+    with platform_transaction(pool=control_pool) as conn:
+        return [
+            (UUID(str(row["tenant_id"])), bool(row["deferred"]))
+            for row in conn.execute(_TURNS, (max_tenants,)).fetchall()
+        ]
 
 
-def _defer(tenant_id: UUID) -> None:
-    with _deferred_lock:
-        _deferred.pop(tenant_id, None)
-        _deferred[tenant_id] = None
-        while len(_deferred) > _DEFERRED_MAX:  # the oldest failure first: its tenant is the likeliest gone
-            del _deferred[next(iter(_deferred))]
+def _defer(tenant_id: UUID, control_pool: ConnectionPool[Any] | None) -> None:
+    """Record the tenant's failure: it is not relayed again, by any instance, until its backoff has passed."""
+    try:
+        with platform_transaction(pool=control_pool) as conn:
+            conn.execute(_DEFER, {"tenant": tenant_id, "base": RELAY_BACKOFF_S, "most": RELAY_BACKOFF_MAX_S})
+    except Exception:  # the run goes on with the other tenants; this one is left out of its later rounds all the same
+        logger.exception("outbox relay: the failure of tenant %s could not be recorded", tenant_id)
 
 
-def _undefer(tenant_id: UUID) -> None:
-    with _deferred_lock:
-        _deferred.pop(tenant_id, None)
+def _undefer(tenant_id: UUID, control_pool: ConnectionPool[Any] | None) -> None:
+    """Forget the tenant's failures once a publish of its events went: its next failure backs off from the start."""
+    try:
+        with platform_transaction(pool=control_pool) as conn:
+            conn.execute(_UNDEFER, (tenant_id,))
+    except Exception:  # its events went; left recorded, it is relayed after the others until a later publish clears it
+        logger.exception("outbox relay: the failures of tenant %s could not be cleared", tenant_id)

@@ -6,7 +6,7 @@ keep timing out and spend every run's budget."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -15,6 +15,7 @@ from psycopg_pool import ConnectionPool
 from shared.events import relay
 from shared.events.relay import relay_pending
 from tests.integration.test_outbox_relay import _enqueue, _unpublished
+from tests.integration.test_relay_backoff import backoff_passed, forget_deferrals
 from tests.integration.test_relay_deadline import _Kept
 from tests.integration.test_relay_partition_timeout import _Clock, _SlowPartitions
 
@@ -22,12 +23,19 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("process_pools")]
 
 
 @pytest.fixture(autouse=True)
-def drained(app_pool: ConnectionPool[Any]) -> None:
+def drained(app_pool: ConnectionPool[Any], control_pool: ConnectionPool[Any]) -> Iterator[None]:
+    forget_deferrals(control_pool)
+    relay_pending(_Kept, max_rounds=100)
+    yield
+    forget_deferrals(control_pool)
     relay_pending(_Kept, max_rounds=100)
 
 
 def test_a_deferred_tenant_whose_partition_answers_again_is_not_kept_behind_older_deferred_ones(
-    app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID], monkeypatch: pytest.MonkeyPatch
+    app_pool: ConnectionPool[Any],
+    control_pool: ConnectionPool[Any],
+    new_tenant: Callable[[], uuid.UUID],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     still_down, recovered = new_tenant(), new_tenant()
     _enqueue(app_pool, still_down, 1)  # the older events: first in the order of tenants waiting
@@ -37,10 +45,12 @@ def test_a_deferred_tenant_whose_partition_answers_again_is_not_kept_behind_olde
     # The first run: both partitions time out, and both tenants are deferred.
     monkeypatch.setattr(relay, "RELAY_RUN_BUDGET_S", 2 * relay.RELAY_PUBLISH_TIMEOUT_S)
     relay_pending(lambda: _SlowPartitions(clock, down={str(still_down), str(recovered)}))
-    # Later runs: one partition's timeout spends a run's budget, as three did of the 300 s; one partition answers.
+    # Later runs, each once the deferred tenants' backoffs have passed (within them, neither is tried): one
+    # partition's timeout spends a run's budget, as three did of the 300 s; one partition answers.
     monkeypatch.setattr(relay, "RELAY_RUN_BUDGET_S", relay.RELAY_PUBLISH_TIMEOUT_S)
     publisher = _SlowPartitions(clock, down={str(still_down)})
     for _ in range(4):
+        backoff_passed(control_pool, still_down, recovered)
         relay_pending(lambda: publisher)
     assert _unpublished(app_pool, recovered) == 0, (
         f"the recovered tenant was never tried again (tried: {publisher.tenants}): the older deferred tenant, still"
@@ -48,4 +58,5 @@ def test_a_deferred_tenant_whose_partition_answers_again_is_not_kept_behind_olde
     )
     assert _unpublished(app_pool, still_down) == 1
     assert str(recovered) in publisher.tenants[:2]
+    backoff_passed(control_pool, still_down)
     assert relay_pending(_Kept).published == 1

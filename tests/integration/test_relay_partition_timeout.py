@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -19,6 +19,7 @@ from shared.events import relay
 from shared.events.publisher import AzureEventHubPublisher, OutboundEvent, PartitionTimeoutError
 from shared.events.relay import relay_pending
 from tests.integration.test_outbox_relay import _enqueue, _unpublished
+from tests.integration.test_relay_backoff import backoff_passed, forget_deferrals
 from tests.integration.test_relay_deadline import _Kept
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("process_pools")]
@@ -65,7 +66,11 @@ class _Publisher(AzureEventHubPublisher):
 
 
 @pytest.fixture(autouse=True)
-def drained(app_pool: ConnectionPool[Any]) -> None:
+def drained(app_pool: ConnectionPool[Any], control_pool: ConnectionPool[Any]) -> Iterator[None]:
+    forget_deferrals(control_pool)  # a tenant left backing off keeps its events from the drain
+    relay_pending(_Kept, max_rounds=100)
+    yield
+    forget_deferrals(control_pool)
     relay_pending(_Kept, max_rounds=100)
 
 
@@ -120,7 +125,10 @@ class _SlowPartitions:
 
 
 def test_a_run_whose_publishes_time_out_on_their_partitions_starts_none_past_its_budget(
-    app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID], monkeypatch: pytest.MonkeyPatch
+    app_pool: ConnectionPool[Any],
+    control_pool: ConnectionPool[Any],
+    new_tenant: Callable[[], uuid.UUID],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     tenants = [new_tenant() for _ in range(3)]
     for tenant in tenants:
@@ -133,11 +141,15 @@ def test_a_run_whose_publishes_time_out_on_their_partitions_starts_none_past_its
     assert timing_out.tenants == [str(tenants[0])], "the run went on past its budget"
     assert (result.published, result.failed_tenants) == (0, 1)
     assert [_unpublished(app_pool, tenant) for tenant in tenants] == [1, 1, 1]
+    backoff_passed(control_pool, tenants[0])  # the tenant whose partition timed out backs off (test_relay_backoff.py)
     assert relay_pending(_Kept).published == 3  # the next run sends them all
 
 
 def test_a_tenant_whose_partition_timed_out_is_relayed_after_the_others_in_the_next_runs(
-    app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID], monkeypatch: pytest.MonkeyPatch
+    app_pool: ConnectionPool[Any],
+    control_pool: ConnectionPool[Any],
+    new_tenant: Callable[[], uuid.UUID],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     stuck, other = new_tenant(), new_tenant()
     _enqueue(app_pool, stuck, 1)  # the oldest waiting event: its tenant comes first in the order
@@ -147,7 +159,9 @@ def test_a_tenant_whose_partition_timed_out_is_relayed_after_the_others_in_the_n
     monkeypatch.setattr(relay, "RELAY_RUN_BUDGET_S", relay.RELAY_PUBLISH_TIMEOUT_S)  # one timeout spends a run
     publisher = _SlowPartitions(clock, down={str(stuck)})
     for _ in range(2):
+        backoff_passed(control_pool, stuck)  # its turn in a run once its backoff has passed (test_relay_backoff.py)
         relay_pending(lambda: publisher)
     assert publisher.tenants == [str(stuck), str(other), str(stuck)]
     assert (_unpublished(app_pool, stuck), _unpublished(app_pool, other)) == (1, 0)
+    backoff_passed(control_pool, stuck)
     assert relay_pending(_Kept).published == 1  # once its partition answers, it goes as the others do
