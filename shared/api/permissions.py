@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import types
 import typing
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -42,11 +43,11 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import anyio
+import anyio.to_thread
 from fastapi import Depends, HTTPException, Request, Response
-from fastapi._compat import ModelField  # what FastAPI validates a body parameter with
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator, PlainValidator, RootModel, WrapValidator
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope
 
@@ -54,6 +55,7 @@ from shared.accepted_json import MAX_REFUSALS, NotAcceptedJSONError
 from shared.api.accepted_input import (
     ACCEPTED_DOCUMENT,
     UNPARSED_BODY,
+    parse_body,
     parsed,
     refused_problem,
 )
@@ -143,6 +145,8 @@ _PLAIN_ID = re.compile(r"[\x21-\x7e]{1,200}")
 _BODY_ERROR = "qp.deferred_body_error"
 _UNLISTED = "qp.unlisted_members"
 _UNREAD_BODY = object()
+_NOT_HANDED = object()
+_JSON_SPACE = re.compile(rb"[ \t\n\r]*")
 _STAND_IN = UUID(int=0)
 
 
@@ -257,12 +261,17 @@ async def _parse_held_body(request: Request, tenant_id: UUID) -> None:
     limiter = _TENANT_PARSES.get(tenant_id)
     if limiter is None:
         limiter = _TENANT_PARSES.setdefault(tenant_id, anyio.CapacityLimiter(TENANT_PARSE_THREADS))
+
+    def parse() -> None:
+        document = parse_body(body)
+        if isinstance(request, _BodyRequest):
+            # Here too, off the event loop: a document of many members costs its trimming and its copy.
+            request.take(document)
+
     try:
-        document = await parsed(body, limiter=limiter)
+        await anyio.to_thread.run_sync(parse, limiter=limiter)
     except NotAcceptedJSONError as exc:
         raise refused_problem(exc) from None
-    if isinstance(request, _BodyRequest):
-        request.take(document)
 
 
 def _raise_deferred_body_error(request: Request) -> None:
@@ -326,71 +335,71 @@ def route_permission(route: APIRoute) -> RoutePermission | None:
     return _PERMISSIONS.get(first) if first is not None else None
 
 
-class _HeldDocument:
-    """What FastAPI is given as a permission-checked route's body, which it reads before it runs the dependencies:
-    the body parameter is validated against the document the permission check parsed (`_validated`)."""
+def _stand_in(body: bytes) -> Any:
+    """What FastAPI is handed as a permission-checked route's body, which it reads before it runs the dependencies
+    and validates after them: for an object or an array, an empty one that the permission check fills in place with
+    the document it parses (`_BodyRequest.take`); for `true`, `false` and `null`, that value. A string or a number
+    is known only once parsed: a value of its kind stands in, and `GuardedRoute` takes no body that would not refuse
+    every string and number alike. A body that is not JSON is refused by the check before anything is validated.
 
-    __slots__ = ("_request",)
-
-    def __init__(self, request: _BodyRequest) -> None:
-        self._request = request
-
-    def document(self) -> Any:
-        """The body as the permission check parsed it (and trimmed it for the route's model)."""
-        if not self._request.taken:
-            # Unreachable: the permission is the route's first dependency, and it parses or raises.
-            raise RuntimeError("a permission-checked route's body was validated before its permission check parsed it")
-        return self._request.received
-
-    def get(self, name: str, default: Any = None) -> Any:
-        """A member, for a route that takes several body parameters (AttributeError when the body is no object, as
-        FastAPI expects of a body that is not a dict)."""
-        document = self.document()
-        if not isinstance(document, dict):
-            raise AttributeError("get")
-        return document.get(name, default)
-
-
-_FIELD_VALIDATE = ModelField.validate
-
-
-def _validated(
-    field: ModelField, value: Any, values: dict[str, Any] | None = None, *, loc: tuple[int | str, ...] = ()
-) -> tuple[Any, list[dict[str, Any]]]:
-    """FastAPI's validation of a parameter, given the document a `_HeldDocument` stands for instead of it.
-
-    Installed on FastAPI's field class rather than on each route's body field: a router included in the app is
-    served from a copy of its routes' parameters, built by FastAPI. Any other value is validated as it always was.
-    """
-    if isinstance(value, _HeldDocument):
-        value = value.document()
-    return _FIELD_VALIDATE(field, value, {} if values is None else values, loc=loc)
-
-
-ModelField.validate = _validated  # type: ignore[method-assign,assignment]
+    Only the first character after any white space is looked at, which is not parsing: a scan of at most the body's
+    length, as the edge's copy of it was."""
+    start = _JSON_SPACE.match(body)
+    first = body[start.end() : start.end() + 1] if start is not None else b""
+    match first:
+        case b"{":
+            return {}
+        case b"[":
+            return []
+        case b"t":
+            return True
+        case b"f":
+            return False
+        case b"n":
+            return None
+        case b"-" | b"0" | b"1" | b"2" | b"3" | b"4" | b"5" | b"6" | b"7" | b"8" | b"9":
+            return 0
+        case _:
+            return ""
 
 
 class _BodyRequest(Request):
     """A request whose JSON body, when the edge parsed it already, is that document (not parsed a second time) with
     only the first unknown members of the route's model, and is kept for the route's dependencies
-    (`received_document`); when the edge left it to the permission check, a stand-in for what that check parses;
-    a deferring one sets an unparseable body aside for the pre-check to answer after deciding."""
+    (`received_document`); when the edge left it to the permission check, a stand-in that the check fills with what
+    it parses (`_stand_in`); a deferring one sets an unparseable body aside for the pre-check to answer after
+    deciding."""
 
     def __init__(self, scope: Scope, receive: Receive, known: frozenset[str] | None, *, defer: bool) -> None:
         super().__init__(scope, receive)
         self._known, self._defer = known, defer
         self.received: Any = None
-        self.taken = False
-        """Whether `received` holds what the permission check parsed."""
+        self._held: Any = _NOT_HANDED
 
     def take(self, document: Any) -> None:
-        """The body as the permission check parsed it, trimmed for the route's model."""
-        self.received = _trimmed(self.scope, document, self._known)
-        self.taken = True
+        """The body as the permission check parsed it, trimmed for the route's model; poured into the stand-in
+        FastAPI was handed, which it validates only after the dependencies, this check first among them."""
+        received = _trimmed(self.scope, document, self._known)
+        held = self._held
+        if isinstance(held, dict) and isinstance(received, dict):
+            held.update(received)
+            received = held
+        elif isinstance(held, list) and isinstance(received, list):
+            held.extend(received)
+            received = held
+        elif isinstance(held, dict | list):
+            # Unreachable: a JSON text that parses is of the kind its first character begins.
+            raise RuntimeError("a permission-checked body parsed as another kind than its first character began")
+        self.received = received
 
     async def json(self) -> Any:
+        if self._held is not _NOT_HANDED:
+            return self._held
         if UNPARSED_BODY in self.scope:
-            return _HeldDocument(self)  # parsed by the permission check, after sign-in and admission
+            # Parsed by the permission check, after sign-in and admission; FastAPI validates what it is handed here
+            # only after that check has run, so a container filled in place then is validated as the document.
+            self._held = _stand_in(self.scope[UNPARSED_BODY])
+            return self._held
         if ACCEPTED_DOCUMENT in self.scope:
             self.received = _trimmed(self.scope, self.scope.pop(ACCEPTED_DOCUMENT), self._known)
             return self.received
@@ -449,6 +458,43 @@ def _trimmed(scope: Scope, document: Any, known: frozenset[str] | None) -> Any:
     return {name: value for name, value in document.items() if name in kept}
 
 
+_VALIDATORS_FIRST = (BeforeValidator, PlainValidator, WrapValidator)
+
+
+def _refuses_bare_values(annotation: Any) -> bool:
+    """Whether a body of this type refuses every JSON string and number with the same errors, whatever its value:
+    objects (a dict, a model whose validation starts with its fields), arrays, null, and unions of them."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        base, *metadata = typing.get_args(annotation)
+        return not any(isinstance(item, _VALIDATORS_FIRST) for item in metadata) and _refuses_bare_values(base)
+    if origin in (typing.Union, types.UnionType):
+        return all(_refuses_bare_values(member) for member in typing.get_args(annotation))
+    if annotation is type(None) or annotation in (dict, list) or origin in (dict, list):
+        return True
+    if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)) or issubclass(annotation, RootModel):
+        return False
+    custom_schema = any(
+        "__get_pydantic_core_schema__" in vars(kind) for kind in annotation.__mro__[:-1] if kind is not BaseModel
+    )
+    validators = annotation.__pydantic_decorators__.model_validators.values()
+    return not custom_schema and all(validator.info.mode == "after" for validator in validators)
+
+
+def _check_deferred_body(route: APIRoute) -> None:
+    """Refuse a permission-checked route whose body a string or number could pass, or answer by its value: such a
+    body is validated as a stand-in of its kind (`_stand_in`), so the answer must not depend on which one it is."""
+    fields = route.dependant.body_params
+    if not fields or len({field.name for field in fields}) > 1 or getattr(fields[0].field_info, "embed", False):
+        return  # no body, or members of it: FastAPI reads them with `.get`, which no string or number has
+    info = fields[0].field_info
+    if any(isinstance(item, _VALIDATORS_FIRST) for item in info.metadata) or not _refuses_bare_values(info.annotation):
+        raise TypeError(
+            f"{route.path}: a permission-checked route's body must be an object or an array (or null): its body is"
+            " parsed after the permission check, and FastAPI is handed a stand-in for a string or a number"
+        )
+
+
 class BoundedBodyRoute(APIRoute):
     """A route whose JSON body is the edge's parsed document, of which a body model that refuses other members sees
     only the first MAX_REFUSALS unknown ones; its validation error counts the rest (ADR 0023). The route class of
@@ -493,13 +539,20 @@ class BoundedBodyRoute(APIRoute):
 class GuardedRoute(BoundedBodyRoute):
     """The route class of every router with permission-checked routes: a body that does not parse is answered
     only after the route's permission dependency has decided (403 first for a caller without the role), and a
-    route's transaction is opened around it on its own thread (`in_route_transaction`)."""
+    route's transaction is opened around it on its own thread (`in_route_transaction`).
+
+    A permission-checked route's body is parsed by that dependency; FastAPI, which reads the body before the
+    dependencies, is handed a stand-in that the check fills (`_stand_in`), so its own validation takes the document
+    and no framework class is changed. Such a route's body must be an object, an array or null
+    (`_check_deferred_body`)."""
 
     defers_body_errors = True
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         super().__init__(path, in_route_transaction(endpoint), **kwargs)
         self._parses_body = route_permission(self) is not None
+        if self._parses_body:
+            _check_deferred_body(self)
 
     @property
     def parses_body_after_permission(self) -> bool:
