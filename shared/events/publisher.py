@@ -410,18 +410,29 @@ def _close_on_thread(hub: str, producer: EventHubProducerClient) -> threading.Th
 def _send_in_turn(sending: _Sending, events: Sequence[OutboundEvent], ends: float | None) -> None:
     """Send `events` in the hub's turn, which the caller took and gives back; `sending.opened` is set once a batch is
     made (the producer's link is open)."""
+    from azure.eventhub.exceptions import ConnectError, ConnectionLostError
+
     producer, hub = sending.producer, sending.hub
-    for partition_key, group in _by_partition_key(events).items():
-        for batch in _batches(producer, partition_key, group):
-            sending.opened.set()
-            if sending.given_up.is_set():
-                # Its caller has failed the publish at its deadline, or the publisher was closed under a caller
-                # still waiting, who must not read the unsent rest as sent: nothing more goes out.
-                raise PublishTimeoutError(f"{hub}: the publish was given up (its deadline, or the publisher closed)")
-            if ends is None:
-                producer.send_batch(batch)
-            else:
-                _send_within(producer, batch, hub, ends)
+    try:
+        for partition_key, group in _by_partition_key(events).items():
+            for batch in _batches(producer, partition_key, group):
+                sending.opened.set()
+                if sending.given_up.is_set():
+                    # Its caller has failed the publish at its deadline, or the publisher was closed under a caller
+                    # still waiting, who must not read the unsent rest as sent: nothing more goes out.
+                    raise PublishTimeoutError(
+                        f"{hub}: the publish was given up (its deadline, or the publisher closed)"
+                    )
+                if ends is None:
+                    producer.send_batch(batch)
+                else:
+                    _send_within(producer, batch, hub, ends)
+    except (ConnectionLostError, ConnectError) as exc:
+        if ends is None:
+            raise  # an untimed publish raises the SDK's own error, as it always did
+        # The link's first open is made by `create_batch`: a hub refusing it (refused, unresolvable, its credential
+        # refused) fails every key alike, as a link lost under a send does.
+        raise PublishLinkError(f"{hub}: the hub's link failed: {exc}") from exc
 
 
 def _left(hub: str, ends: float) -> float:

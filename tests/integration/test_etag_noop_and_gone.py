@@ -226,3 +226,20 @@ def test_a_subscription_disabled_after_it_was_read_enabled_has_its_deliveries_lo
     ]
     assert states == ["pending"]
     assert api.client.get(f"{HOOKS}/{subscription_id}", headers=headers).json()["enabled"] is True
+
+
+def test_a_subscription_gone_before_a_request_with_if_match_arrives_is_404(api: ApiHarness, local: None) -> None:
+    # RFC 9110: a precondition is ignored when the answer without it is an error; `*` included (it was 412 on PATCH).
+    _, headers = tenant(api, "etag-gone-before")
+    missing = f"{HOOKS}/{uuid.uuid4()}"
+    answers = {
+        (method, if_match): api.client.request(
+            method,
+            missing + ("/rotate-secret" if method == "POST" else ""),
+            json={"description": "x"} if method == "PATCH" else None,
+            headers=headers if if_match is None else headers | {"If-Match": if_match},
+        ).status_code
+        for method in ("PATCH", "DELETE", "POST")
+        for if_match in (None, "*", '"x.v1"')
+    }
+    assert set(answers.values()) == {404}, answers

@@ -115,3 +115,29 @@ def test_a_tenant_whose_send_failed_on_the_link_keeps_its_place_in_the_next_run(
         " deferred as if its partition did not answer"
     )
     assert [_unpublished(app_pool, tenant) for tenant in (lost, other, later)] == [0, 0, 0]
+
+
+class _OpenFails(_LinkLost):
+    """A producer whose link's first open, made by its first `create_batch`, fails as the SDK raises it."""
+
+    def __init__(self, error: EventHubError) -> None:
+        super().__init__(None, error)
+        self.open_error: EventHubError | None = error
+
+    def create_batch(self, *, partition_key: str | None = None) -> _Batch:
+        if self.open_error is not None:
+            error, self.open_error = self.open_error, None
+            raise error
+        return super().create_batch(partition_key=partition_key)
+
+
+@pytest.mark.parametrize(
+    "error", [ConnectError("connection refused"), ConnectionLostError("link detached while opening")]
+)
+def test_a_link_that_failed_to_open_is_the_hubs_failure_not_the_partitions(error: EventHubError) -> None:
+    publisher = _Publisher(_OpenFails(error))
+    with pytest.raises(Exception) as failure:
+        publisher.publish("platform-events", [OutboundEvent({"n": 1}, "k", {})], timeout=5.0)
+    assert type(failure.value) is PublishLinkError  # the relay keeps the tenant's place for it (above)
+    assert failure.value.__cause__ is error
+    publisher.publish("platform-events", [OutboundEvent({"n": 2}, "k", {})], timeout=5.0)  # opened on the next one

@@ -282,7 +282,8 @@ async def erase(
     client: Any = Depends(get_durable_client),  # noqa: B008
 ) -> TenantErased:
     """Remove every orchestration, row, blob and record of a suspended tenant; only the erasure's own audit record
-    remains."""
+    remains, and, for at least seven days, the tenant's id in the control plane's list of erased prefixes that a
+    timer keeps emptying of blobs written late (ADR 0046)."""
     tenant = await run_in_threadpool(_authorized_tenant, context, Action.TENANT_ERASE, tenant_id)
     # Each refusal names its own cause: an admin who had suspended the tenant was told to suspend it first.
     if tenant.status != "suspended":

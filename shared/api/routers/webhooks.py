@@ -337,12 +337,13 @@ async def change(
         authorize(
             context, Action.WEBHOOK_MANAGE, Resource.tenant(context.tenant.id), detail={"id": str(subscription_id)}
         )
-        if tags is not None:
-            # Early, for the answer's sake: a stale ETag is 412 whatever the URL. The UPDATE compares again, on the
+        if if_match is not None:
+            # Early, for the answer's sake: a stale ETag is 412 whatever the URL, and a subscription gone already is
+            # 404 (`*` included: only one deleted while the change runs is 412). The UPDATE compares again, on the
             # locked row, which is what keeps two changes with one ETag from both applying.
             with tenant_transaction(context.tenant.id) as conn:
                 seen = _found(conn, subscription_id)
-            if not store.matches(seen, tags):
+            if tags is not None and not store.matches(seen, tags):
                 raise _stale(subscription_id)
         if body.url is not None:
             _check_url(context.tenant.id, body.url)
