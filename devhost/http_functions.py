@@ -14,7 +14,7 @@ from typing import Any
 
 import azure.functions as func
 from aiohttp import web
-from aiohttp.http_exceptions import BadStatusLine, LineTooLong
+from aiohttp.http_exceptions import BadStatusLine, HttpProcessingError, LineTooLong
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from azure.functions import meta
@@ -270,6 +270,15 @@ class ProblemRequestHandler(RequestHandler):
             body.set_exception(failure)
         # At its end, so that the server's drain of a body its handler did not read stops at once.
         body.feed_eof()
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """A request the parser refused is the client's fault: one WARNING line naming its kind, not an ERROR with a
+        traceback and the parser's message, which quotes the offending line (an Authorization header's token)."""
+        exc = kw.get("exc_info")
+        if isinstance(exc, HttpProcessingError):
+            logger.warning("a malformed request was refused %s (%s)", exc.code, type(exc).__name__)
+            return
+        super().log_exception(*args, **kw)
 
     def handle_error(
         self,

@@ -177,3 +177,18 @@ def test_a_well_formed_request_is_served(port: int) -> None:
     request = b"POST /api/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     status, _, body = _exchange(port, request + b"3\r\nabc\r\n0\r\n\r\n")
     assert (status, body) == (200, b"3")
+
+
+def test_a_refused_request_is_logged_as_one_line_that_quotes_none_of_its_bytes(
+    port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The parser's message quotes the refused line: a token in an over-long Authorization header would be logged.
+    token = b"Bearer eyJzZWNyZXQiOiJub3QtaW4tbG9ncyJ9." + b"s" * 9000
+    with caplog.at_level(logging.DEBUG):
+        status, _, _ = _exchange(port, b"GET /api/probe HTTP/1.1\r\nHost: x\r\nAuthorization: " + token + b"\r\n\r\n")
+    assert status == 400
+    logged = [record for record in caplog.records if record.name.startswith(("aiohttp", "devhost"))]
+    assert logged, "the refusal was not logged at all"
+    for record in logged:
+        assert "eyJzZWNyZXQi" not in record.getMessage() and record.exc_info is None, record.getMessage()
+        assert record.levelno <= logging.WARNING
