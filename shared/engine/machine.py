@@ -427,7 +427,19 @@ class _Step:
             waits_only = flight.stage is Stage.PAUSED or (
                 flight.stage is Stage.RUNNING and flight.kind in (StepKind.APPROVAL, StepKind.WAIT)
             )
-            if not waits_only or flight.write is not None:
+            if not waits_only:
+                continue
+            if flight.write == "" and flight.stage is Stage.PAUSED and self.s.spec.rules >= 9:
+                # A retry decided in this very reduction (an earlier verdict of the same answer), not recorded yet:
+                # it ends here with the other waits, and its `retrying` note is not sent (rules 9). Passed over, the
+                # note went out with this reduction's dispatch, so a run already stopping recorded the step retrying,
+                # and only the dispatch after it ended the step; runs under earlier rules keep that, as recorded.
+                self.notes = [
+                    note
+                    for note in self.notes
+                    if not (note.kind is NoteKind.RETRYING and note.step_id == flight.step_id)
+                ]
+            elif flight.write is not None:
                 continue
             self.drop_flight(flight.step_id)
             self.update(failed={**self.s.failed, flight.step_id: flight.error or "abandoned"})
@@ -720,8 +732,15 @@ class _Step:
         try:
             params = self.resolve_params(compensation.params)
         except (UnresolvedReferenceError, ReferenceSyntaxError, ResolvedTooLargeError) as exc:
+            error = f"compensation parameters could not be resolved: {exc}"
             self.drop_flight(step_id)
-            self.compensation_done(step_id, f"compensation parameters could not be resolved: {exc}")
+            if spec.rules >= 9:
+                # Recorded on its step as a compensation that will not finish (rules 9): before, the step read
+                # `succeeded`, with no `compensation_failed` event, and only the run's result named it.
+                self.notes.append(
+                    StepNote(kind=NoteKind.COMPENSATION_FAILED, step_id=step_id, attempt=attempt, error=error)
+                )
+            self.compensation_done(step_id, error)
             return
         timeout_s = _compensate_timeout(plan)
         self.starts.append(
@@ -1046,6 +1065,10 @@ class _Step:
         ]
         if remaining:
             self.start_compensation(remaining[0], 1, now)
+            return
+        if self.notes and self.s.spec.rules >= 9:
+            # A compensation given up is recorded first (rules 9): a dispatch beside the end's record, or after it,
+            # found the execution ended and recorded nothing. The end comes with the dispatch's answer.
             return
         self.end()
 

@@ -78,6 +78,7 @@ class NoteKind(StrEnum):
     RETRYING = "retrying"
     ABANDONED = "abandoned"
     COMPENSATION_RETRYING = "compensation_retrying"  # a compensation attempt failed and another is due (rules 5)
+    COMPENSATION_FAILED = "compensation_failed"  # a compensation given up before it began (rules 9)
 
 
 class Activity(StrEnum):
@@ -339,7 +340,7 @@ Command = CallActivity | WaitForEvent | SetTimer | StartChild | ContinueAsNew | 
 
 
 # ------------------------------------------------------------------------------------------------ state
-RULES = 8
+RULES = 9
 """The reducer rules new executions start under (ADR 0025). 3 (2026-12-05): a child whose step times out is told to
 cancel; reused steps are compensated dependents first. 4 (2026-12-05): the attempts of a dispatch that failed for
 good are settled through `record_outcomes` (their recorded result, else failed) instead of being retried blind; a
@@ -361,7 +362,11 @@ or retry starts and another output that cannot be read changes nothing), a child
 of a `record_outcomes` that failed for good are settled failed through `record_outcomes`. A cancel after such a record
 is refused (it reads `failed_for_good`), one before it ends the run cancelled; so does one a dispatch reads as it
 records a step failed before it started (its parameters), though the reducer had made that failure the cause before
-the answer. An execution keeps the rules it started with, so that its history replays into the commands it
+the answer. 9 (2026-12-06, ADR 0025): a stopping run records no step as retrying: a retry decided in the reduction
+that stops the run (an earlier verdict of the same answer) ends with the run's other waits, in the same dispatch,
+without its `retrying` note; a compensation given up before it began (its parameters cannot resolve) is recorded on
+its step as a compensation that will not finish is (a `compensation_failed` note), and the run ends only once that
+record is answered. An execution keeps the rules it started with, so that its history replays into the commands it
 recorded."""
 
 MAX_LEVEL_RESOLVED_CHARS = 8 * 1024 * 1024

@@ -714,6 +714,7 @@ _NOT_ABANDONED = frozenset(
         machine.NoteKind.FAILED,
         machine.NoteKind.RETRYING,
         machine.NoteKind.COMPENSATION_RETRYING,
+        machine.NoteKind.COMPENSATION_FAILED,
     }
 )
 """The notes `_note` records without ending an attempt; every other kind abandons one."""
@@ -777,6 +778,12 @@ def _note(conn: store.Conn, execution_id: UUID, note: machine.StepNote) -> None:
             conn, execution_id, step_id, datetime.fromisoformat(note.retry_at), note.error
         ):
             repo.append_event(conn, execution_id, "compensation_retrying", step_id, _retry_data(note))
+    elif note.kind is machine.NoteKind.COMPENSATION_FAILED:
+        # Given up before it began (rules 9: its parameters cannot resolve), so no attempt moved the step to
+        # compensating (a retry's attempt did): it goes there, then ends as a compensation that will not finish does,
+        # compensation_failed with its event and `step.compensation_failed`, once (a re-run finds it ended).
+        store.move_step(conn, execution_id, step_id, "compensating", ("succeeded",))
+        end_compensation(conn, AttemptKey(execution_id, step_id, "compensate", note.attempt), note.error or "failed")
     else:
         abandon_step(conn, _abandoned_key(execution_id, note), note.error or "cancelled")
 
