@@ -1,7 +1,8 @@
 # intent_ref: platform.execution
 """An execution's events as server-sent events: each event as it is recorded, resumable by its number, kept alive
-with comments, ending after the terminal event; a waiting stream holds no pooled connection and no permit, and one
-whose client stops reading holds little and is cut off."""
+with comments, ending after the terminal event or once its caller's access ends (its token expires, its tenant is
+suspended); a waiting stream holds no pooled connection and no permit, and one whose client stops reading holds little
+and is cut off."""
 
 from __future__ import annotations
 
@@ -13,19 +14,23 @@ import math
 import threading
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 from uuid import UUID
 
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from shared.api.admission import get_admission
 from shared.api.problems import FieldError, ProblemError, json_pointer, too_many_requests
 from shared.api.security import RequestContext
+from shared.db.session import platform_transaction
 from shared.engine.event_wakeup import get_event_wakeup
 from shared.engine.executions import ExecutionEvent
 from shared.observability import metrics
+from shared.tenants.repository import tenant_directory
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +60,18 @@ SEND_TIMEOUT_KEEPALIVES = 2
 END_GRACE_S = 2.0
 """How long past its end a stream's response may take to finish before it is cut off (220 s and this stay under the
 230 s Azure's front end gives an HTTP function)."""
+TENANT_LOOK_S = 5.0
+"""How often an open stream looks whether its tenant is still active. The look asks the tenant directory the edge
+admits requests with, whose answers live as long as this (its TTL; the control plane also clears it on a change here):
+looking more often would read the same answer, less often would let a stream outlive a suspension longer than the
+tenant's new requests do. So a stream ends within some seconds of its tenant's suspension, as its requests turn 403,
+and a look costs a lookup in the directory's cache, or, once per TTL per process and Entra tenant, the one statement
+that refreshes it for every request and stream of the tenant: nothing per event, nothing per stream."""
+TOKEN_EXPIRED = b": access ended: token_expired\n\n"
+"""The stream's last message when its caller's token expires (a comment: SSE clients skip it as they skip keep-alives,
+and none takes it for an event); reconnecting with the same token is then a 401, with a renewed one it resumes."""
+TENANT_SUSPENDED = b": access ended: tenant_suspended\n\n"
+"""The stream's last message when its tenant is no longer active (suspended, or gone); reconnecting is then a 403."""
 
 
 class Progress(Protocol):
@@ -416,6 +433,27 @@ class EventStreamResponse(StreamingResponse):
                 slot.release()
 
 
+@dataclass(frozen=True)
+class StreamAccess:
+    """What lets a stream's caller go on reading it once the route has let it in: its token, until `expires_at`, and
+    its tenant, while the tenant directory has it active. A stream checks both as it goes, not only when it starts:
+    it may be open for minutes, longer than a token may have left and than a suspension takes to bite."""
+
+    tenant_id: UUID
+    entra_tenant_id: UUID
+    """The caller's Entra tenant, by which the directory knows the tenant."""
+    expires_at: float
+    """When the caller's token is refused (a POSIX time): its `exp` plus the validator's leeway."""
+
+    async def tenant_active(self) -> bool:
+        """Whether the tenant is still active, as the edge admits its requests: from the directory's cache, or read
+        again when its answer has aged out (on a worker thread)."""
+        known, tenant = tenant_directory.cached(self.entra_tenant_id)
+        if not known:
+            tenant = await run_in_threadpool(tenant_directory.resolve, platform_transaction, self.entra_tenant_id)
+        return tenant is not None and tenant.id == self.tenant_id and tenant.status == "active"
+
+
 def _feed_for(tenant_id: UUID, execution_id: UUID, reads: _Reads, render: Render, start: int) -> ExecutionFeed:
     """The process's feed of the execution (made by its first stream, reading from where it starts), joined by the
     caller."""
@@ -439,6 +477,7 @@ def follow(
     keepalive_s: float,
     max_s: float,
     read_page: ReadPage | None = None,
+    access: StreamAccess | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """The stream's body: what is recorded after `after`, then each new event as the process-wide listener
     announces it (no re-reading on a timer), a keep-alive comment when nothing happened for `keepalive_s`, and the
@@ -446,12 +485,21 @@ def follow(
     most PIECE_BYTES (or one event) and it goes on only as the client takes them. It gives the stream's `slot` back
     when it ends, and sets the slot's time limits, which the stream's response holds it to.
 
+    With `access`, it also ends when its caller's token expires (or at `max_s`, whichever comes first) and, within
+    TENANT_LOOK_S, once its tenant is no longer active; its last message then says why (TOKEN_EXPIRED,
+    TENANT_SUSPENDED), and a client that reconnects is answered as any new request of the caller is.
+
     `page` (the request's `limit`) is what `read` returns at most; with `read_page`, which reads as many as it is
     asked for, the feed and a stream's backlog read pages of up to CATCH_UP_PAGE instead: the same messages, in fewer
     reads."""
-    slot.deadline = time.monotonic() + max_s
+    now = time.monotonic()
+    # The token's end on the stream's clock; the stream ends there as it does at its own end, and its response is
+    # held to it the same way (cut off END_GRACE_S later), so a token that expired keeps no stream open.
+    expires = math.inf if access is None else now + (access.expires_at - time.time())
+    slot.deadline = min(now + max_s, expires)
     slot.send_timeout_s = SEND_TIMEOUT_KEEPALIVES * keepalive_s
-    return _follow(context, slot, execution_id, after, _Reads(read, read_page, page), render, keepalive_s)
+    reads = _Reads(read, read_page, page)
+    return _follow(context, slot, execution_id, after, reads, render, keepalive_s, access, expires)
 
 
 async def _follow(
@@ -462,6 +510,8 @@ async def _follow(
     reads: _Reads,
     render: Render,
     keepalive_s: float,
+    access: StreamAccess | None,
+    expires: float,
 ) -> AsyncGenerator[bytes, None]:
     """`follow`'s body, which runs once the response starts sending it."""
     tenant_id = context.tenant.id
@@ -469,9 +519,24 @@ async def _follow(
         context.permit.release()  # the feed reads under the tenant's bound; a stream itself holds nothing
     feed = _feed_for(tenant_id, execution_id, reads, render, after)
     size = reads.page  # of the next backlog read: larger while its events are small (BACKLOG_BYTES)
+    # The route let the caller in just now: the tenant's first look is one interval on.
+    look_at = time.monotonic() + TENANT_LOOK_S if access is not None else math.inf
     try:
         yield f"retry: {RECONNECT_MS}\n\n".encode()
-        while (remaining := slot.deadline - time.monotonic()) > 0:
+        keepalive_at = time.monotonic() + keepalive_s
+        while slot.deadline - time.monotonic() > 0:
+            if access is not None and time.monotonic() >= look_at:
+                try:
+                    active = await access.tenant_active()
+                except Exception:
+                    # As when its feed cannot read: the stream ends and its client reconnects, admitted afresh.
+                    logger.exception("an event stream of tenant %s could not look at its tenant", tenant_id)
+                    return
+                if not active:
+                    logger.info("an event stream of tenant %s ended: the tenant is not active", tenant_id)
+                    yield TENANT_SUSPENDED
+                    return
+                look_at = time.monotonic() + TENANT_LOOK_S
             if feed.read_once:
                 if after < feed.base:
                     # Behind what the feed keeps (resuming from far back, or slower than the events come): the
@@ -494,20 +559,30 @@ async def _follow(
                         after = seqs[end - 1]
                         del seqs[:end], frames[:end]
                         yield message
+                        keepalive_at = time.monotonic() + keepalive_s
                         if time.monotonic() >= slot.deadline:
-                            return
+                            break
                     continue
                 last, message = feed.piece_after(after)
                 if message:
                     yield message
+                    keepalive_at = time.monotonic() + keepalive_s
                     after = last
                     continue
                 if feed.ended:
                     return
             if feed.failed:
                 return
-            if not await feed.wait_beyond(after, min(keepalive_s, remaining)):
-                yield KEEPALIVE
+            # Woken by an event, or when a keep-alive, the tenant's look or the stream's end is due.
+            wake_at = min(keepalive_at, look_at, slot.deadline)
+            if not await feed.wait_beyond(after, max(0.0, wake_at - time.monotonic())):
+                if time.monotonic() >= keepalive_at:
+                    yield KEEPALIVE
+                    keepalive_at = time.monotonic() + keepalive_s
+        if time.monotonic() >= expires:
+            # At the token's end (not at the stream's own, after which the client simply resumes): why it ended.
+            logger.info("an event stream of tenant %s ended: its caller's token expired", tenant_id)
+            yield TOKEN_EXPIRED
     finally:
         feed.leave()
         slot.release()

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Header, Path, Query
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -21,8 +21,9 @@ from shared.api.admission import idle
 from shared.api.permissions import GuardedRoute, permission
 from shared.api.problems import ProblemError
 from shared.api.responses import AUTH_ERRORS, BAD_CURSOR, INVALID, problem_doc
-from shared.api.security import RequestContext, authorize
+from shared.api.security import RequestContext, authorize, token_validator
 from shared.api.transactions import TenantConnection
+from shared.auth.tokens import InvalidTokenError, KeysNotCachedError, TokenValidator, bearer_token
 from shared.config import get_settings
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
@@ -397,7 +398,9 @@ _EVENT_STREAM_DOC = (
     "With `Accept: text/event-stream`: server-sent events. Each event as it is recorded, `id` its seq (reconnect with "
     "`Last-Event-ID`, or `?after=`), `event` its type, `data` the event object of the JSON page; a `: keep-alive` "
     "comment when nothing happened for a while; the stream ends after the terminal event (or after a few minutes: "
-    "resume from the last id)."
+    "resume from the last id). It also ends when the caller's token expires (last a `: access ended: token_expired` "
+    "comment; resume with a renewed token) and within seconds of the tenant's suspension (last a `: access ended: "
+    "tenant_suspended` comment)."
 )
 
 
@@ -439,22 +442,33 @@ async def events(
         ),
     ] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_EVENTS)] = 100,
+    *,
+    request: Request,
+    validator: Annotated[TokenValidator, Depends(token_validator)],
 ) -> ExecutionEventPage | StreamingResponse:
     """Events with seq > `after`, oldest first. With `wait`, an empty answer is held until an event arrives, the
-    execution has finished, or `wait` seconds pass; then what arrived (possibly nothing) with `next_after`. With
-    `Accept: text/event-stream`, the events as server-sent events until the execution ends (Reader).
+    execution has finished, `wait` seconds pass or the caller's token expires; then what arrived (possibly nothing)
+    with `next_after`. With `Accept: text/event-stream`, the events as server-sent events until the execution ends,
+    the caller's token expires or the tenant is suspended (Reader).
     """
     # Async so a waiting client holds no worker thread; every database step runs on one, briefly.
     await run_in_threadpool(load_execution, context, execution_id)
     if event_stream.wants_event_stream(accept):
         start_after = event_stream.resume_after(last_event_id, after)  # a 422 takes no place among the streams
+        access = event_stream.StreamAccess(
+            context.tenant.id, context.principal.entra_tenant_id, await _token_expiry(request, validator)
+        )
         slot = event_stream.admit_stream(context.tenant.id, get_settings().QP_EVENT_STREAMS_PER_TENANT)
         try:
-            return _event_stream(context, slot, execution_id, start_after, limit)
+            return _event_stream(context, slot, execution_id, start_after, limit, access)
         except BaseException:
             slot.release()  # no response will give it back
             raise
     deadline = time.monotonic() + wait
+    if wait > 0:
+        # A long poll answers (with what there is) by the time its token is refused: the client's next poll, with a
+        # renewed token, goes on; nothing is sent on a token that expired.
+        deadline = min(deadline, time.monotonic() + await _token_expiry(request, validator) - time.time())
     wakeup = get_event_wakeup() if wait > 0 else None
     with contextlib.ExitStack() as stack:
         waiter = stack.enter_context(wakeup.waiting(execution_id)) if wakeup is not None else None
@@ -476,6 +490,23 @@ async def events(
         next_after=items[-1].seq if items else after,
         items=[event_out(e) for e in items],
     )
+
+
+async def _token_expiry(request: Request, validator: TokenValidator) -> float:
+    """When the caller's token is refused (a POSIX time): its `exp` plus the leeway the validator allows past it
+    (QP_AUTH_LEEWAY_S, which the process's validator is built with). The token was validated for this request a
+    moment ago, so the validator answers from what it remembers of it. One it refuses now (expired since, or its keys
+    out of reach) counts as expired now: a stream ends at once, and its client's reconnect is answered as any
+    request."""
+    token = bearer_token(request.headers.get("authorization"))
+    try:
+        try:
+            verified = validator.validate(token, offline=True)
+        except KeysNotCachedError:
+            verified = await run_in_threadpool(validator.validate, token)
+    except InvalidTokenError:
+        return time.time()
+    return float(verified.claims["exp"]) + get_settings().QP_AUTH_LEEWAY_S
 
 
 @dataclass(frozen=True)
@@ -521,9 +552,15 @@ def _read_stream(
 
 
 def _event_stream(
-    context: RequestContext, slot: event_stream.StreamSlot, execution_id: UUID, after: int, limit: int
+    context: RequestContext,
+    slot: event_stream.StreamSlot,
+    execution_id: UUID,
+    after: int,
+    limit: int,
+    access: event_stream.StreamAccess,
 ) -> StreamingResponse:
-    """The stream's response, which (with its body) gives the stream's admitted `slot` back when it ends."""
+    """The stream's response, which (with its body) gives the stream's admitted `slot` back when it ends, and ends
+    when the caller's `access` does."""
     settings = get_settings()
 
     async def read_page(position: int, size: int) -> tuple[_StreamProgress, list[repo.ExecutionEvent]]:
@@ -540,6 +577,7 @@ def _event_stream(
         keepalive_s=settings.QP_EVENT_STREAM_KEEPALIVE_S,
         max_s=settings.QP_EVENT_STREAM_MAX_S,
         read_page=read_page,
+        access=access,
     )
     # No cache or proxy may hold the events back; the stream itself is the answer, so nothing is transformed.
     headers = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
