@@ -96,7 +96,23 @@ UNAVAILABLE = problem_doc(
     "(`secret-unavailable`: its key is not configured); always with Retry-After",
 )
 
-AUTH_ERRORS: Responses = {401: UNAUTHORIZED, 403: FORBIDDEN, 429: RATE_LIMITED, 503: UNAVAILABLE}
+REPEATED_HEADER = problem_doc(
+    400,
+    "repeated-header",
+    "Bad request",
+    "send one Authorization header, not 2",
+    "An Authorization, Last-Event-ID or If-Match header is sent more than once (refused so on every route)",
+    header="Authorization",
+    errors=[{"pointer": "/header/authorization", "detail": "send one Authorization header, not 2"}],
+)
+
+AUTH_ERRORS: Responses = {
+    400: REPEATED_HEADER,
+    401: UNAUTHORIZED,
+    403: FORBIDDEN,
+    429: RATE_LIMITED,
+    503: UNAVAILABLE,
+}
 """What any authenticated route may answer before it runs."""
 
 

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from shared.api.admission import Permit, get_admission, size_worker_threads
 from shared.api.middleware import request_id_var
-from shared.api.problems import ProblemError, over_rate
+from shared.api.problems import FieldError, ProblemError, over_rate
 from shared.audit import AuditRecord, get_audit_store
 from shared.auth.principal import Principal
 from shared.auth.tokens import (
@@ -40,6 +40,9 @@ from shared.tenants.repository import tenant_directory
 logger = logging.getLogger(__name__)
 
 _INVALID_TOKEN = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+AUTHORIZATION = "Authorization"
+ONCE_AFTER_SIGN_IN = ("Last-Event-ID", "If-Match")
+"""Headers besides Authorization that routes read as one value (the first, were they repeated): each must come once."""
 
 
 @dataclass(frozen=True)
@@ -67,21 +70,53 @@ def _unauthorized(reason: str) -> ProblemError:
     return ProblemError(401, "invalid-token", "Unauthorized", reason, headers=dict(_INVALID_TOKEN))
 
 
+def single_header(request: Request, name: str) -> str | None:
+    """The request's one `name` header (None without one); 400 `repeated-header` when it comes more than once.
+
+    A proxy in front may read another of the repeats than the app would, and then disagree with it about the caller
+    (Authorization) or the request: refused as a repeated Idempotency-Key is, never one of them taken."""
+    values = request.headers.getlist(name)
+    if len(values) <= 1:
+        return values[0] if values else None
+    detail = f"send one {name} header, not {len(values)}"
+    # RFC 6750: a request that repeats a parameter of the bearer scheme is `invalid_request`.
+    headers = {"WWW-Authenticate": 'Bearer error="invalid_request"'} if name == AUTHORIZATION else None
+    raise ProblemError(
+        400,
+        "repeated-header",
+        "Bad request",
+        detail,
+        errors=[FieldError(pointer=f"/header/{name.lower()}", detail=detail)],
+        headers=headers,
+        extensions={"header": name},
+    )
+
+
+def refuse_repeated_headers(request: Request) -> None:
+    """400 when a header of ONCE_AFTER_SIGN_IN is repeated: checked once the caller is known, so that a caller
+    without a valid credential hears 401 first, as for any other malformed request (ADR 0022)."""
+    for name in ONCE_AFTER_SIGN_IN:
+        single_header(request, name)
+
+
 async def identified(
     request: Request,
     validator: TokenValidator = Depends(token_validator),  # noqa: B008
 ) -> RequestContext:
-    """Identify the caller: 401 bad token or unprovisioned tenant. A suspended tenant's caller is identified too:
-    `authenticated` refuses it once the request is admitted and counted, as every request of the tenant is.
+    """Identify the caller: 400 for a repeated Authorization header (then for a repeated Last-Event-ID or If-Match),
+    401 bad token or unprovisioned tenant. A suspended tenant's caller is identified too: `authenticated` refuses it
+    once the request is admitted and counted, as every request of the tenant is.
 
     On the event loop when everything it needs is cached (the signing keys, the caller's tenant), which is almost
     always; otherwise on a worker thread, so that fetching keys or reading the tenant never blocks the loop.
     """
-    authorization = request.headers.get("authorization")
+    authorization = single_header(request, AUTHORIZATION)
     try:
-        return _identify(authorization, validator, offline=True)
+        context = _identify(authorization, validator, offline=True)
     except _NeedsIO as needs:
-        return await run_in_threadpool(_identify, authorization, validator, verified=needs.verified)
+        context = await run_in_threadpool(_identify, authorization, validator, verified=needs.verified)
+    refuse_repeated_headers(request)
+    return context
 
 
 class _NeedsIO(Exception):

@@ -30,11 +30,12 @@ class TokenRefusedError(Exception):
 
 
 class TokenUsedError(Exception):
-    """The token was used already, or its attempt has ended otherwise (its result is recorded)."""
+    """The token was used already, or its attempt has a result recorded otherwise."""
 
 
 class LeaseExpiredError(Exception):
-    """The token's lease ran out or moved on (ADR 0027): a late result changes nothing."""
+    """The token's lease ran out or moved on, or its attempt ended without a result (ADR 0027): a late result
+    changes nothing."""
 
 
 _LEASE_GONE = "the lease of this task token has expired or moved on; the result was not recorded"
@@ -51,11 +52,22 @@ class RemoteResult:
 
 
 def _refusal(attempt: Attempt | None, claims: task_tokens.TaskClaims) -> Exception:
-    """Why the token's attempt takes no result (it is unknown, spent, expired or ended)."""
+    """Why the token's attempt takes no result: it is unknown, or the token spent or expired (TokenUsedError only for
+    a result recorded already), or the attempt ended without one (LeaseExpiredError: timed out or abandoned)."""
     if attempt is None or attempt.key != claims.key:
         return TokenRefusedError("the task token was not issued for any attempt")
     if attempt.token_used_at is not None:
         return TokenUsedError("the task token was used already")
+    if attempt.state == "timed_out":
+        # Ended by its lease's expiry (a lease poll or the sweeper ends it, ADR 0027), or by its step's timeout, which
+        # bounds the lease too: the token was never used, so the answer is a late result's, as before that end.
+        return LeaseExpiredError(
+            "the lease of this task token has expired: the attempt has ended (timed_out); the result was not recorded"
+        )
+    if attempt.state == "abandoned":
+        # Ended by a cancel or by its execution's end, before any result: nothing is recorded for it.
+        why = f" ({attempt.error})" if attempt.error else ""
+        return LeaseExpiredError(f"the attempt was abandoned{why}; the result was not recorded")
     if attempt.finished:
         return TokenUsedError(f"the attempt has ended ({attempt.state}); its result is recorded already")
     return TokenRefusedError("the task token has expired")

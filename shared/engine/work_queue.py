@@ -332,7 +332,10 @@ def heartbeat(
     if item.lease_id != lease_id:
         raise LeaseNotHeldError("the lease has moved on: this item was leased again or never by this lease")
     if row["attempt_state"] != "dispatched":
-        raise LeaseNotHeldError(f"the attempt has ended ({row['attempt_state']}); its result is recorded already")
+        state = row["attempt_state"]
+        # Only an attempt that succeeded or failed has a result; one timed out or abandoned ended without it.
+        recorded = "its result is recorded already" if state in ("succeeded", "failed") else "no result was recorded"
+        raise LeaseNotHeldError(f"the attempt has ended ({state}); {recorded}")
     assert item.lease_expires_at is not None  # leased
     if item.lease_expires_at < row["now"]:
         raise LeaseNotHeldError("the lease has expired; the attempt is ended or about to be, as the step's retry says")

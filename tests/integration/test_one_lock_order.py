@@ -157,7 +157,7 @@ def _end_vs_completion(pool: ConnectionPool[Any], tenant: uuid.UUID) -> Pair:
         False,
         key,
         "succeeded",
-        (remote.TokenUsedError,),
+        (remote.LeaseExpiredError,),
     )
 
 

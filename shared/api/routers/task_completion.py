@@ -17,8 +17,9 @@ from shared.api.admission import RETRY_AFTER_S, Admission, get_admission
 from shared.api.durable import get_durable_client
 from shared.api.permissions import BoundedBodyRoute, received_document
 from shared.api.problems import DEPENDENCY_RETRY_AFTER_S, ProblemError, over_rate, too_many_requests
-from shared.api.responses import INVALID, RATE_LIMITED, problem_doc
+from shared.api.responses import INVALID, RATE_LIMITED, REPEATED_HEADER, problem_doc
 from shared.api.routers.executions import ExecutionId, StepId
+from shared.api.security import AUTHORIZATION, refuse_repeated_headers, single_header
 from shared.db.session import retried_on_deadlock
 from shared.engine import remote, task_tokens
 from shared.engine.protocol import no_one_to_tell
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/executions", tags=["remote workers"], route_class=BoundedBodyRoute)
 _EXAMPLE_TOKEN = "qpt1.eyJ0IjoiLi4uIn0.c2lnbmF0dXJl"  # noqa: S105  # a documentation example
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    400: REPEATED_HEADER,
     401: problem_doc(
         401,
         "invalid-task-token",
@@ -51,7 +53,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         "Conflict",
         "the task token was used already",
         "Another result was reported already with this token (a task token is single use; the same result again "
-        "is answered as the first), or the lease it was handed out with has expired or moved on (`lease-expired`)",
+        "is answered as the first); or, with nothing recorded (`lease-expired`), the lease it was handed out with "
+        "has expired or moved on, or its attempt has ended without a result: timed out, or abandoned by a cancel or "
+        "by its execution's end (the detail says which)",
     ),
     422: INVALID,
     429: RATE_LIMITED,
@@ -196,11 +200,16 @@ def _task_claims(phase: Literal["run", "compensate"]) -> Any:
         # The token is the request's credential, so it is checked first, as a bearer token is (ADR 0022): a caller
         # without a valid one hears 401 and has no body model validated for it, nor its schema described. It is
         # read from the document the edge parsed (`BoundedBodyRoute`), which the model is given afterwards.
+        # Repeated headers are refused as on every other route, though none is read here: a proxy in front that
+        # judges the request by one of its Authorization headers must not find it accepted on these routes alone.
+        single_header(request, AUTHORIZATION)
         document = received_document(request)
         token = document.get("task_token") if isinstance(document, dict) else None
         if not isinstance(token, str):
             raise ProblemError(401, "invalid-task-token", "Unauthorized", "the body carries no task token")
-        return await _signed(token, _attempt_at(request), phase)
+        claims = await _signed(token, _attempt_at(request), phase)
+        refuse_repeated_headers(request)
+        return claims
 
     task_claims.__name__ = task_claims.__qualname__ = f"task_claims_{phase}"
     return task_claims
