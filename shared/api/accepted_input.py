@@ -218,6 +218,23 @@ def _header(scope: Scope, wanted: bytes) -> str | None:
     return None
 
 
+LIST_HEADERS = (b"if-match",)
+"""Headers whose value is a comma-separated list (RFC 9110 §5.3): sent on several lines, they are one list, which the
+routes read as one value (the first line alone, were they left apart)."""
+
+
+def one_line_per_list_header(scope: Scope) -> Scope:
+    """`scope` with each of LIST_HEADERS sent on several lines joined into one, in the order sent."""
+    headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
+    for name in LIST_HEADERS:
+        lines = [value for key, value in headers if key.lower() == name]
+        if len(lines) > 1:
+            kept = [(key, value) for key, value in headers if key.lower() != name]
+            headers = [*kept, (name, b", ".join(lines))]
+            scope = {**scope, "headers": headers}
+    return scope
+
+
 class AcceptedInputMiddleware:
     """Refuse, before any route runs, what the platform does not accept: a request body that is not JSON, or not
     UTF-8 by its charset (415), and path, query or header text that cannot be stored (422), each error named by a
@@ -238,6 +255,7 @@ class AcceptedInputMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        scope = one_line_per_list_header(scope)
         refused = path_refusals(scope) + query_refusals(bytes(scope.get("query_string", b""))) + header_refusals(scope)
         if refused:
             await self._refuse(scope, receive, send, refused)

@@ -11,7 +11,8 @@ from fastapi import APIRouter, FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse, Response
 
-from shared.api.problems import ProblemError
+from shared.api.problems import PROBLEM_JSON, ProblemError
+from shared.api.responses import REPEATED_HEADER
 
 DOCS_URL = "/api/docs"
 ASSETS_URL = f"{DOCS_URL}/assets"
@@ -105,7 +106,38 @@ def install_docs(app: FastAPI, audience: str) -> None:
                 if path in _PUBLIC_PATHS or path.endswith(_PUBLIC_SUFFIXES):
                     for operation in operations.values():
                         operation["security"] = []
+                for operation in operations.values():
+                    _document_repeated_header(operation)
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _document_repeated_header(operation: dict[str, Any]) -> None:
+    """Name the 400 `repeated-header` among the answers of an operation that signs its caller in (it documents 401):
+    the edge gives it on every such route, beside any 400 of the route's own, whose examples it joins."""
+    responses = operation.get("responses", {})
+    if "401" not in responses:
+        return
+    repeated = REPEATED_HEADER["content"][PROBLEM_JSON]["example"]
+    own = responses.get("400")
+    if own is None:
+        responses["400"] = {
+            "description": REPEATED_HEADER["description"],
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}, "example": repeated}},
+        }
+        return
+    if own.get("content", {}).get(PROBLEM_JSON, {}).get("example") == repeated:
+        return
+    problem = own.setdefault("content", {}).setdefault(
+        PROBLEM_JSON, {"schema": {"$ref": "#/components/schemas/Problem"}}
+    )
+    examples = problem.setdefault("examples", {})
+    if "example" in problem:
+        first = problem.pop("example")
+        examples[str(first.get("type", "")).rsplit("/", 1)[-1] or "problem"] = {"value": first}
+    if "repeated-header" not in examples:
+        examples["repeated-header"] = {"value": repeated}
+        also = str(REPEATED_HEADER["description"])
+        own["description"] = f"{own.get('description', '')}; or {also[:1].lower()}{also[1:]}"

@@ -101,19 +101,14 @@ REPEATED_HEADER = problem_doc(
     "repeated-header",
     "Bad request",
     "send one Authorization header, not 2",
-    "An Authorization, Last-Event-ID or If-Match header is sent more than once (refused so on every route)",
+    "An Authorization or Last-Event-ID header is sent more than once (refused so on every route)",
     header="Authorization",
     errors=[{"pointer": "/header/authorization", "detail": "send one Authorization header, not 2"}],
 )
 
-AUTH_ERRORS: Responses = {
-    400: REPEATED_HEADER,
-    401: UNAUTHORIZED,
-    403: FORBIDDEN,
-    429: RATE_LIMITED,
-    503: UNAVAILABLE,
-}
-"""What any authenticated route may answer before it runs."""
+AUTH_ERRORS: Responses = {401: UNAUTHORIZED, 403: FORBIDDEN, 429: RATE_LIMITED, 503: UNAVAILABLE}
+"""What any authenticated route may answer before it runs (and REPEATED_HEADER, which the document adds to every
+operation that documents a 401, beside the route's own 400s: shared/api/docs.py)."""
 
 
 def ok_example(example: Any, status: int = 200) -> Responses:

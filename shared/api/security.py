@@ -41,8 +41,9 @@ logger = logging.getLogger(__name__)
 
 _INVALID_TOKEN = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 AUTHORIZATION = "Authorization"
-ONCE_AFTER_SIGN_IN = ("Last-Event-ID", "If-Match")
-"""Headers besides Authorization that routes read as one value (the first, were they repeated): each must come once."""
+ONCE_AFTER_SIGN_IN = ("Last-Event-ID",)
+"""Headers besides Authorization that routes read as one value (the first, were they repeated): each must come once.
+If-Match is a list, whose lines the edge joins into one (`accepted_input.one_line_per_list_header`)."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ async def identified(
     request: Request,
     validator: TokenValidator = Depends(token_validator),  # noqa: B008
 ) -> RequestContext:
-    """Identify the caller: 400 for a repeated Authorization header (then for a repeated Last-Event-ID or If-Match),
+    """Identify the caller: 400 for a repeated Authorization header (then for a repeated Last-Event-ID),
     401 bad token or unprovisioned tenant. A suspended tenant's caller is identified too: `authenticated` refuses it
     once the request is admitted and counted, as every request of the tenant is.
 

@@ -1,17 +1,19 @@
 # intent_ref: platform.identity
-"""A header the platform reads as one value (Authorization, Last-Event-ID, If-Match) sent more than once is 400
+"""A header the platform reads as one value (Authorization, Last-Event-ID) sent more than once is 400
 problem+json `repeated-header`, as a repeated Idempotency-Key is: taking the first, the app could disagree about the
 caller with a proxy in front that reads another of them. The same on tenant routes, the control plane and the
-task-completion routes, whose credential is in the body.
+task-completion routes, whose credential is in the body. If-Match is a list: its lines are joined, not refused.
 
 Through the app, without I/O: tokens are checked by a stand-in validator, tenants come from a stand-in directory
 cache, and the rate token is always granted."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -20,10 +22,12 @@ from fastapi.testclient import TestClient
 
 from shared.api import readiness
 from shared.api import security as api_security
+from shared.api.accepted_input import AcceptedInputMiddleware
 from shared.api.app import create_app
 from shared.auth.tokens import InvalidTokenError, VerifiedToken
 from shared.config import get_settings
 from shared.db.pool import close_pool
+from shared.etags import if_match_tags
 from shared.ratelimit import RateDecision
 from shared.tenants.models import Tenant, TenantQuotas
 from shared.tenants.repository import tenant_directory
@@ -141,23 +145,42 @@ def test_a_repeated_last_event_id_is_400(client: TestClient) -> None:
     _assert_repeated(answer, "Last-Event-ID")
 
 
-@pytest.mark.parametrize(
-    ("method", "path"),
-    [
-        ("PATCH", f"/api/v1/tenants/{TENANTS[ENTRA['contoso']].id}"),
-        ("PUT", f"/api/v1/intents/{uuid.uuid4()}"),
-        ("DELETE", f"/api/v1/webhooks/{uuid.uuid4()}"),
-    ],
-)
-def test_a_repeated_if_match_is_400(client: TestClient, method: str, path: str) -> None:
-    # The routes took the first ETag and ignored the others.
-    headers = [*_bearer("contoso"), ("If-Match", '"a.v1"'), ("If-Match", '"a.v2"')]
-    answer = client.request(method, path, json={}, headers=headers)
-    _assert_repeated(answer, "If-Match")
+def test_if_match_lines_are_one_list_the_route_reads_whole() -> None:
+    # If-Match is a list (RFC 9110): two lines are the two tags of one list, not a repeat to refuse; the routes read
+    # one value, so the edge joins them (taking the first line alone ignored the second tag).
+    seen: list[list[tuple[bytes, bytes]]] = []
+
+    async def route(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(list(scope["headers"]))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    edge = TestClient(AcceptedInputMiddleware(route))
+    headers = [("If-Match", '"a.v1"'), ("X-Other", "1"), ("If-Match", '"a.v2", "a.v3"')]
+    assert edge.get("/api/v1/anything", headers=headers).status_code == 204
+    assert [value for key, value in seen[0] if key == b"if-match"] == [b'"a.v1", "a.v2", "a.v3"']
+    assert (b"x-other", b"1") in seen[0]
+    assert if_match_tags(dict((k.decode(), v.decode()) for k, v in seen[0])["if-match"]) == {
+        '"a.v1"',
+        '"a.v2"',
+        '"a.v3"',
+    }
 
 
 def test_a_caller_without_a_valid_token_hears_401_before_a_repeated_header_is_judged(client: TestClient) -> None:
-    headers = [*_bearer("garbage"), ("If-Match", '"a.v1"'), ("If-Match", '"a.v2"')]
-    answer = client.request("PATCH", f"/api/v1/tenants/{uuid.uuid4()}", json={}, headers=headers)
+    headers = [*_bearer("garbage"), ("Last-Event-ID", "1"), ("Last-Event-ID", "2")]
+    answer = client.get(f"/api/v1/executions/{EXECUTION}/events", headers=headers)
     assert answer.status_code == 401, answer.text
     assert answer.json()["type"].endswith("/invalid-token")
+
+
+def test_every_operation_that_signs_its_caller_in_documents_the_repeated_header_400() -> None:
+    document = json.loads(Path("docs/openapi.json").read_text())
+    missing = [
+        f"{method.upper()} {path}"
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+        if "401" in operation["responses"]
+        and "/repeated-header" not in json.dumps(operation["responses"].get("400", {}).get("content", {}))
+    ]
+    assert not missing, missing
