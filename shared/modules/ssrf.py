@@ -316,6 +316,10 @@ def _resolving_within(resolver: Resolver, deadline: _Deadline) -> Resolver:
     MAX_LOOKUPS_PER_HOST of one host (StepFailed, retryable, beyond)."""
 
     def resolve(host: str, port: int) -> Sequence[str]:
+        if _ip_literal(host) is not None:
+            # Nothing to look up, nothing to wait for: a literal took a place of its host's two, and parallel steps
+            # to one address failed at random with "earlier lookups of it still wait".
+            return resolver(host, port)
         answer: list[Sequence[str]] = []
         failure: list[BaseException] = []
         done = threading.Event()

@@ -89,3 +89,22 @@ def test_lookups_left_behind_by_their_deadline_are_bounded_per_host_and_in_all(
         threading.Event().wait(0.02)
     with GuardedClient(resolver=lambda *_: ["93.184.215.14"], timeout=5, transport=transport) as client:
         client.request("GET", "https://slow.example/").close()
+
+
+def test_an_ip_literal_takes_no_lookup_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A literal needs no lookup: it took a place of its host's two, so parallel steps to one address failed at random
+    # with "earlier lookups of it still wait" while those places were held.
+    monkeypatch.setattr(ssrf, "MAX_LOOKUPS", 0)  # every place taken
+    resolved: list[str] = []
+
+    def resolver(host: str, port: int) -> Sequence[str]:
+        resolved.append(host)
+        return [host.strip("[]")]
+
+    transport = httpx.MockTransport(lambda _: httpx.Response(200))
+    with GuardedClient(resolver=resolver, timeout=5, transport=transport) as client:
+        client.request("GET", "https://93.184.215.14/").close()
+        client.request("GET", "https://[2606:2800:21f:cb07:6820:80da:af6b:8b2c]/").close()
+        with pytest.raises(StepFailed, match="too many others"):
+            client.request("GET", "https://named.example/")
+    assert resolved == ["93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"]
