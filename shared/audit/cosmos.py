@@ -17,6 +17,8 @@ from shared.audit.outbox import AuditOutbox, Delete, RecordRefusedError, Write
 
 _CURSOR_KIND = "cosmos"
 PARTITION_KEY_PATH = "/tenantId"
+MAX_TTL_S = 2**31 - 1
+"""The longest per-item time to live Cosmos DB accepts, in seconds."""
 
 # The container's indexing policy; the IaC that creates the container in Azure must carry the same one.
 # The composite index serves the page order (ORDER BY on two properties needs one); detail is free-form
@@ -133,7 +135,9 @@ class CosmosAuditStore:
         if days is not None:
             if days < 1:
                 raise ValueError("audit retention must be at least one day")
-            document = {**document, "ttl": days * 86400}
+            # Cosmos DB takes a ttl of at most 2^31 - 1 s (about 68 years) and refuses the write past it: a tenant's
+            # setting of more days than that keeps its records as long as the store can say.
+            document = {**document, "ttl": min(days * 86400, MAX_TTL_S)}
         self._container.create_item(document)
 
     def query(self, q: AuditQuery) -> AuditPage:

@@ -407,3 +407,15 @@ def test_erase_removes_exactly_one_tenants_records(backend: Backend, new_tenant:
     got_b, _ = _all_pages(backend.store, AuditQuery(tenant_id=tenant_b, limit=1000))
     assert {r.id for r in got_b} == {r.id for r in records_b}
     assert backend.store.erase(tenant_a) == 0
+
+
+@pytest.mark.usefixtures("process_pools")
+def test_a_retention_longer_than_cosmos_takes_keeps_the_records_as_long_as_it_can(
+    audit_container: ContainerProxy, new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    # A tenant may set any number of days; Cosmos DB refuses a ttl past 2^31 - 1 s, so every audit write failed.
+    tenant = new_tenant()
+    store = CosmosAuditStore(audit_container, retention_days=lambda _: 9_223_372_036_854_775_807)
+    record = _record(tenant, 1)
+    store.record(record)
+    assert audit_container.read_item(str(record.id), partition_key=str(tenant))["ttl"] == 2**31 - 1
