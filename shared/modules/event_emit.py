@@ -16,6 +16,9 @@ from shared.registry.catalog import EventEmitParams
 CUSTOM_EVENT_PREFIX = "custom."
 """Custom types are namespaced so a step can never impersonate a platform event (e.g. execution_completed)."""
 _EVENT_ID_NAMESPACE = uuid.UUID("6f1d3c5e-2b8a-5e4f-9a7c-0d2e4b6a8c1f")
+MAX_EVENT_BYTES = 1_000_000
+"""An event's body at most: Event Hubs takes a batch of at most 1 MiB (1,048,576 bytes, the body with its properties
+and framing). A bigger one failed its send with the SDK's error, after the definition was accepted and its step ran."""
 
 
 def event_id(ctx: ModuleContext) -> uuid.UUID:
@@ -61,6 +64,12 @@ class EventEmitModule(Module[EventEmitParams]):
             "step_id": ctx.step_id,
         }
         event = OutboundEvent(body, str(ctx.tenant_id), properties)
+        size = len(event.body_bytes())
+        if size > MAX_EVENT_BYTES:
+            raise StepFailed(
+                f"event {event_type} not sent: it is {size} bytes, and an event may have at most {MAX_EVENT_BYTES}",
+                retryable=False,
+            )
         # The send ends by the attempt's deadline: the SDK's own retries (minutes when Event Hubs is away) held the
         # module thread, and its tenant's share of them, long after the worker had recorded the attempt timed out.
         left = ctx.time_left()

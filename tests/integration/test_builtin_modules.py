@@ -365,6 +365,25 @@ def test_event_emit_publishes_on_platform_events(pg: Any, app_pool: ConnectionPo
     }
 
 
+def test_an_event_larger_than_event_hubs_takes_is_refused_before_its_send(
+    pg: Any, app_pool: ConnectionPool[Any]
+) -> None:
+    publisher = LocalEventHubPublisher(app_pool)
+    context = ctx()
+    data = {"blob": "x" * 1_000_000}  # within the step's own bounds once resolved; past what Event Hubs takes
+    with pytest.raises(StepFailed, match="an event may have at most 1000000") as refused:
+        run_module(
+            "event.emit", context, {"type": "big", "data": data}, {"event.emit": EventEmitModule(lambda: publisher)}
+        )
+    assert not refused.value.retryable  # no later attempt can send it
+    with psycopg.connect(pg.owner_url) as conn:
+        sent = conn.execute(
+            "SELECT count(*) FROM devhost_eventhubs.events WHERE properties->>'execution_id' = %s",
+            (context.execution_id,),
+        ).fetchone()
+    assert sent == (0,)
+
+
 def test_event_emit_invalid_params() -> None:
     with pytest.raises(StepFailed, match="invalid parameters for event.emit: data: Input should be a valid dict"):
         run_module("event.emit", ctx(), {"type": "x", "data": [1]})
