@@ -32,11 +32,13 @@ shared.api.accepted_input, one body at a time per process).
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import re
 import types
 import typing
 from collections.abc import Callable, Coroutine
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -45,6 +47,8 @@ from uuid import UUID
 import anyio
 import anyio.to_thread
 from fastapi import Depends, HTTPException, Request, Response
+from fastapi._compat import ModelField
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, BeforeValidator, PlainValidator, RootModel, WrapValidator
@@ -375,6 +379,7 @@ class _BodyRequest(Request):
         self._known, self._defer = known, defer
         self.received: Any = None
         self._held: Any = _NOT_HANDED
+        self._taken = False
 
     def take(self, document: Any) -> None:
         """The body as the permission check parsed it, trimmed for the route's model; poured into the stand-in
@@ -391,6 +396,14 @@ class _BodyRequest(Request):
             # Unreachable: a JSON text that parses is of the kind its first character begins.
             raise RuntimeError("a permission-checked body parsed as another kind than its first character began")
         self.received = received
+        self._taken = True
+
+    def require_taken(self) -> None:
+        """Raise when FastAPI was handed a stand-in that no permission check filled: the route would run on an empty
+        object or array (or a value of the body's kind), not on the body, which nothing parsed or refused."""
+        if self._held is not _NOT_HANDED and not self._taken:
+            # A route's mistake (a permission dependency that is not first, or replaced): never answered as a success.
+            raise RuntimeError("a permission-checked route was to run on a body its permission check never parsed")
 
     async def json(self) -> Any:
         if self._held is not _NOT_HANDED:
@@ -481,18 +494,69 @@ def _refuses_bare_values(annotation: Any) -> bool:
     return not custom_schema and all(validator.info.mode == "after" for validator in validators)
 
 
+def _body_fields(dependant: Dependant) -> list[ModelField]:
+    """Every body parameter of a route, its dependencies' (at any depth) with its own: FastAPI validates each of
+    them against the body, not only the endpoint's."""
+    fields = list(dependant.body_params)
+    for sub in dependant.dependencies:
+        fields.extend(_body_fields(sub))
+    return fields
+
+
 def _check_deferred_body(route: APIRoute) -> None:
     """Refuse a permission-checked route whose body a string or number could pass, or answer by its value: such a
     body is validated as a stand-in of its kind (`_stand_in`), so the answer must not depend on which one it is."""
-    fields = route.dependant.body_params
-    if not fields or len({field.name for field in fields}) > 1 or getattr(fields[0].field_info, "embed", False):
+    if route.body_field is None or route._embed_body_fields:
         return  # no body, or members of it: FastAPI reads them with `.get`, which no string or number has
-    info = fields[0].field_info
-    if any(isinstance(item, _VALIDATORS_FIRST) for item in info.metadata) or not _refuses_bare_values(info.annotation):
-        raise TypeError(
-            f"{route.path}: a permission-checked route's body must be an object or an array (or null): its body is"
-            " parsed after the permission check, and FastAPI is handed a stand-in for a string or a number"
-        )
+    # Not embedded: every body parameter of one name, wherever it is declared, is validated against the whole body.
+    for field in _body_fields(route.dependant):
+        info = field.field_info
+        if any(isinstance(item, _VALIDATORS_FIRST) for item in info.metadata) or not _refuses_bare_values(
+            info.annotation
+        ):
+            raise TypeError(
+                f"{route.path}: a permission-checked route's body must be an object or an array (or null): its body"
+                " is parsed after the permission check, and FastAPI is handed a stand-in for a string or a number"
+                f" (`{field.name}`)"
+            )
+
+
+_HANDLED: ContextVar[_BodyRequest | None] = ContextVar("qp_body_request", default=None)
+"""The request a `BoundedBodyRoute` is handling, for its endpoint's wrapper (`_on_a_taken_body`) to ask."""
+_CHECKS_BODY = "__qp_checks_taken_body__"
+
+
+def _on_a_taken_body(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+    """`endpoint`, refusing to run (RuntimeError, a 500) on a stand-in its permission check never filled.
+
+    FastAPI validates the stand-in whether or not that check ran; this runs after every dependency and before the
+    endpoint (and its transaction), whatever kind of function the endpoint is: a generator is returned unstarted."""
+    if getattr(endpoint, _CHECKS_BODY, False):
+        return endpoint  # a route copied with its endpoint (an included router's) is checked once
+
+    def check() -> None:
+        request = _HANDLED.get()
+        if request is not None:
+            request.require_taken()
+
+    if inspect.iscoroutinefunction(endpoint):
+
+        @functools.wraps(endpoint)
+        async def checked_coroutine(*args: Any, **kwargs: Any) -> Any:
+            check()
+            return await endpoint(*args, **kwargs)
+
+        wrapped: Callable[..., Any] = checked_coroutine
+    else:
+
+        @functools.wraps(endpoint)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            check()
+            return endpoint(*args, **kwargs)
+
+        wrapped = checked
+    setattr(wrapped, _CHECKS_BODY, True)
+    return wrapped
 
 
 class BoundedBodyRoute(APIRoute):
@@ -523,14 +587,17 @@ class BoundedBodyRoute(APIRoute):
                     request.scope[ACCEPTED_DOCUMENT] = await parsed(request.scope.pop(UNPARSED_BODY))
                 except NotAcceptedJSONError as exc:
                     raise refused_problem(exc) from None
+            body_request = _BodyRequest(request.scope, request.receive, known, defer=defer)
+            handling = _HANDLED.set(body_request)
             try:
-                return await handler(_BodyRequest(request.scope, request.receive, known, defer=defer))
+                return await handler(body_request)
             except RequestValidationError as exc:
                 unlisted = request.scope.pop(_UNLISTED, 0)
                 if unlisted:
                     raise CountedValidationError(exc, unlisted) from None
                 raise
             finally:
+                _HANDLED.reset(handling)
                 request.scope.pop(_UNLISTED, None)
 
         return bounded
@@ -543,13 +610,14 @@ class GuardedRoute(BoundedBodyRoute):
 
     A permission-checked route's body is parsed by that dependency; FastAPI, which reads the body before the
     dependencies, is handed a stand-in that the check fills (`_stand_in`), so its own validation takes the document
-    and no framework class is changed. Such a route's body must be an object, an array or null
-    (`_check_deferred_body`)."""
+    and no framework class is changed. Such a route's body, wherever it is declared (the endpoint or a dependency),
+    must be an object, an array or null (`_check_deferred_body`), and a route whose stand-in that check never
+    filled does not run (`_on_a_taken_body`)."""
 
     defers_body_errors = True
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
-        super().__init__(path, in_route_transaction(endpoint), **kwargs)
+        super().__init__(path, _on_a_taken_body(in_route_transaction(endpoint)), **kwargs)
         self._parses_body = route_permission(self) is not None
         if self._parses_body:
             _check_deferred_body(self)

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import typing
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -300,3 +301,83 @@ def test_a_stand_in_is_refused_as_every_string_and_number_is(monkeypatch: pytest
         stand_ins = {errors(adapter, value) for value in ("", 0)}
         assert len(stand_ins) == 1 and "valid" not in stand_ins, body
         assert {errors(adapter, value) for value in ("x", "null", 1, -5, 1.5, 1e300, 10**18)} == stand_ins, body
+
+
+async def _note_of(note: Annotated[str, Body()]) -> str:
+    return note
+
+
+async def _sized(note: Annotated[dict[str, Any], Body()]) -> int:
+    return len(note)
+
+
+async def _labelled(label: Annotated[str, Body()] = "") -> str:
+    return label
+
+
+def test_a_string_body_declared_in_a_dependency_is_refused_at_import() -> None:
+    # FastAPI validates the body against every body parameter of a route, its dependencies' too: `"hello"` reached
+    # `_note_of` as its stand-in, an empty string, and the route answered 200 {"note": ""}.
+    router = APIRouter(route_class=GuardedRoute)
+
+    async def noted(context: Create, note: Annotated[str, Depends(_note_of)]) -> Any:
+        return {"note": note}
+
+    with pytest.raises(TypeError, match="must be an object or an array"):
+        router.post("/noted")(noted)
+
+    async def both(
+        context: Create, size: Annotated[int, Depends(_sized)], note: Annotated[str, Depends(_note_of)]
+    ) -> Any:
+        return {"size": size, "note": note}  # one body parameter's name, a dict in one dependency, a string in another
+
+    with pytest.raises(TypeError, match="must be an object or an array"):
+        router.post("/both")(both)
+
+    async def own_and_dependency(
+        context: Create, note: dict[str, Any], other: Annotated[str, Depends(_note_of)]
+    ) -> Any:
+        return {"note": note, "other": other}
+
+    with pytest.raises(TypeError, match="must be an object or an array"):
+        router.post("/own")(own_and_dependency)
+
+
+def test_object_bodies_and_members_declared_in_dependencies_are_built() -> None:
+    router = APIRouter(route_class=GuardedRoute)
+
+    async def sized(context: Create, size: Annotated[int, Depends(_sized)]) -> Any:
+        return {"size": size}
+
+    async def members(
+        context: Create, size: Annotated[int, Depends(_sized)], label: Annotated[str, Depends(_labelled)]
+    ) -> Any:
+        return {"size": size, "label": label}  # two names: members of an object, read with `.get`
+
+    router.post("/sized")(sized)
+    router.post("/members")(members)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("/bodies/object", b'{"a": 1}'), ("/bodies/object", b'{"a": 1'), ("/bodies/options", b"null")],
+)
+def test_a_route_whose_permission_check_never_ran_does_not_run_on_its_stand_in(path: str, body: bytes) -> None:
+    # A permission callable replaced by one that allows parses nothing: the route was handed an empty stand-in (or
+    # one of the body's kind) and answered 200 {"body": {}}, a change applied with its defaults.
+    app = FastAPI()
+    install_problem_handlers(app)
+    app.include_router(_router())
+    app.add_middleware(AcceptedInputMiddleware)
+    checked = typing.get_args(Create)[1].dependency
+
+    async def allowed() -> RequestContext:
+        return RequestContext(AUTHOR, _TENANT, "req-1")
+
+    app.dependency_overrides[checked] = allowed
+    with TestClient(app) as client, pytest.raises(RuntimeError, match="its permission check never parsed"):
+        _post(client, path, body)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        answer = _post(client, path, body)
+    assert answer.status_code == 500, answer.text
+    assert answer.headers["content-type"].startswith("application/problem+json")
