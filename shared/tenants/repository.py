@@ -256,20 +256,39 @@ class TenantDirectory:
         self._ttl = ttl_s
         self._lock = threading.Lock()
         self._cache: dict[UUID, tuple[float, Tenant | None]] = {}
+        # One read per Entra tenant at a time: the tenant's requests and open streams that find its answer expired
+        # together wait for that read instead of each taking a connection of the pool for the same row.
+        self._reading: dict[UUID, threading.Lock] = {}
+        self._generation = 0
 
     def resolve(self, conn_factory: Any, entra_tenant_id: UUID) -> Tenant | None:
         """The tenant whose Entra tenant id this is, or None when it is not provisioned."""
         known, tenant = self.cached(entra_tenant_id)
         if known:
             return tenant
-        now = time.monotonic()
-        with conn_factory() as conn:
-            row = conn.execute(_BY_ENTRA_ID, (entra_tenant_id,)).fetchone()
-        tenant = _to_tenant(row) if row else None
         with self._lock:
-            self._cache[entra_tenant_id] = (now, tenant)
-            if len(self._cache) > self.MAX_ENTRIES:
-                self._trim(now)
+            reading = self._reading.setdefault(entra_tenant_id, threading.Lock())
+        with reading:
+            known, tenant = self.cached(entra_tenant_id)  # read meanwhile by the caller this one waited for
+            if known:
+                return tenant
+            try:
+                now = time.monotonic()
+                with self._lock:
+                    generation = self._generation
+                with conn_factory() as conn:
+                    row = conn.execute(_BY_ENTRA_ID, (entra_tenant_id,)).fetchone()
+                tenant = _to_tenant(row) if row else None
+                with self._lock:
+                    # Not kept when the cache was cleared while it was read (a suspension): it may be older than that.
+                    if generation == self._generation:
+                        self._cache[entra_tenant_id] = (now, tenant)
+                        if len(self._cache) > self.MAX_ENTRIES:
+                            self._trim(now)
+            finally:
+                with self._lock:
+                    if self._reading.get(entra_tenant_id) is reading:
+                        del self._reading[entra_tenant_id]
         return tenant
 
     def _trim(self, now: float) -> None:
@@ -291,6 +310,7 @@ class TenantDirectory:
         """Drop every cached entry (after a tenant changes)."""
         with self._lock:
             self._cache.clear()
+            self._generation += 1
 
 
 tenant_directory = TenantDirectory()

@@ -5,6 +5,7 @@ unprovisioned one too), and answers past their TTL, then the oldest, make room, 
 from __future__ import annotations
 
 import contextlib
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -63,3 +64,59 @@ def test_answers_past_their_ttl_go_first(monkeypatch: Any) -> None:
     directory.resolve(factory, fresh)  # a fourth: over the bound
     assert list(directory._cache) == [fresh]  # the stale answers went, not the one just stored
     assert directory.cached(fresh) == (True, None)
+
+
+class _HeldRead(_NoRows):
+    """A lookup that waits until released, counting the connections taken for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.taken = 0
+        self.release = threading.Event()
+
+    def execute(self, *_: Any) -> _NoRows:
+        assert self.release.wait(10), "the test never released the read"
+        return super().execute()
+
+
+def test_callers_that_find_the_answer_expired_together_wait_for_one_read() -> None:
+    # A tenant's open streams and requests whose answer expired at once each took a pooled connection for the same
+    # row (20 streams: 20 statements at once on the control pool).
+    conn = _HeldRead()
+
+    @contextlib.contextmanager
+    def factory() -> Iterator[_NoRows]:
+        conn.taken += 1
+        yield conn
+
+    directory = TenantDirectory(ttl_s=3600)
+    entra_id = uuid.uuid4()
+    answers: list[Any] = []
+    callers = [threading.Thread(target=lambda: answers.append(directory.resolve(factory, entra_id))) for _ in range(8)]
+    for caller in callers:
+        caller.start()
+    for _ in range(500):  # the first caller is reading; the others are waiting for it
+        if conn.taken:
+            break
+        threading.Event().wait(0.01)
+    conn.release.set()
+    for caller in callers:
+        caller.join(10)
+    assert answers == [None] * 8
+    assert (conn.taken, conn.lookups) == (1, 1)
+
+
+def test_an_answer_read_across_a_clearing_of_the_cache_is_not_kept() -> None:
+    # The control plane clears the cache when a tenant changes (a suspension): an answer read before it must not be
+    # kept as fresh after it.
+    conn = _NoRows()
+    directory = TenantDirectory(ttl_s=3600)
+    entra_id = uuid.uuid4()
+
+    @contextlib.contextmanager
+    def factory() -> Iterator[_NoRows]:
+        yield conn
+        directory.forget()  # the change commits while this read is out
+
+    assert directory.resolve(factory, entra_id) is None
+    assert directory.cached(entra_id) == (False, None)
