@@ -8,8 +8,9 @@ quiet for a while is compared with its orchestration: a failed, terminated or va
 will ever record its end, so the sweeper ends it `failed` through the normal transition (event, domain event,
 telemetry), which also frees its quota slot. So does one whose orchestration still runs but waits on nothing: a run
 started under reducer rules 7 or earlier whose compensation could not resolve its parameters stays compensating for
-ever (ADR 0025); with no compensation out or due and nothing on its stream for as long, its orchestration is
-terminated and the execution ended the same way (cancelled instead when a cancel is what stopped its run).
+ever (ADR 0025); with no compensation out or due, every compensation attempt past its deadline (its orchestration's
+timer would have moved it) and nothing on its stream for as long, its orchestration is terminated and the execution
+ended the same way (cancelled instead when a cancel is what stopped its run, also when its end is left to a later run).
 
 Only tenant ids cross tenants (a SECURITY DEFINER function, migration 0014); each tenant's executions are read and
 moved in that tenant's own transaction. Orchestration calls happen outside any transaction.
@@ -18,6 +19,7 @@ moved in that tenant's own transaction. Orchestration calls happen outside any t
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -35,6 +37,7 @@ from shared.engine.progress import abandon_step, end_compensation
 from shared.engine.protocol import ORCHESTRATOR, EventRaiser, raise_to_orchestration
 from shared.engine.start_service import StatusUnknownError, existing_instance, status_unknown
 from shared.engine.steps import AttemptKey
+from shared.registry.model import Definition
 from shared.registry.service import RegistryError
 from shared.tenants.repository import get_tenant
 
@@ -94,13 +97,31 @@ _STUCK_COMPENSATION = (
     " AND COALESCE((SELECT v.occurred_at FROM app.execution_events v WHERE v.execution_id = e.id"
     " ORDER BY v.seq DESC LIMIT 1), e.updated_at) < clock_timestamp() - make_interval(secs => %(quiet)s)"
 )
+# Each compensation attempt of the run and how long ago it went out. One whose verdict was recorded but never raised
+# to the orchestration (protocol.raise_to_orchestration gives a failed raise up) reads ended, its step compensated or
+# compensation_failed and its stream quiet, while the orchestration still waits on the attempt's timer: the run is not
+# stuck until that deadline (and a grace) has passed.
+_COMPENSATIONS = (
+    "SELECT step_id, extract(epoch FROM clock_timestamp() - dispatched_at)::float8 AS out_s FROM app.step_attempts"
+    " WHERE execution_id = %s AND phase = 'compensate'"
+)
+# A compensating execution whose run a cancel stopped (the cause it recorded), ended or not by its orchestration: the
+# same decision as _STUCK_COMPENSATION's, without its quiet conditions.
+_STOPPED_COMPENSATING = (
+    "SELECT e.error, e.cancel_requested_at IS NOT NULL AND e.cancel_requested_at <= e.updated_at AS cancelled"
+    " FROM app.executions e WHERE e.id = %s AND e.status = 'compensating'"
+)
+# machine.begin's reading of a start input that names no rules: the oldest, from before rules were recorded.
+_OLDEST_RULES = 2
+# Rules 8 gives an unresolvable compensation up and carries on: only runs started under earlier rules hang so.
+_LAST_HANGING_RULES = 7
 
 
 class DurableClient(EventRaiser, Protocol):
     """The part of the Durable client the sweeper uses."""
 
-    async def get_status(self, instance_id: str) -> Any:
-        """The instance's status; falsy (or None) when no such instance exists."""
+    async def get_status(self, instance_id: str, *, show_input: bool = False) -> Any:
+        """The instance's status (its input too when `show_input`); falsy (or None) when no such instance exists."""
 
     async def start_new(
         self, orchestration_function_name: str, instance_id: str | None = None, client_input: Any | None = None
@@ -175,16 +196,27 @@ def start_input(
         if execution.status != "pending":
             return None  # a late starter got there after all
         tenant = get_tenant(conn, tenant_id)
+        if tenant is None or tenant.status != "active":
+            return _cannot_start(conn, execution_id, engine.TenantSuspendedError(f"tenant {tenant_id} is not active"))
+        facts = tenant.facts()
         try:
-            if tenant is None or tenant.status != "active":
-                raise engine.TenantSuspendedError(f"tenant {tenant_id} is not active")
-            return engine.rebuild_input(conn, tenant.facts(), execution)
-        except (engine.StartError, RegistryError, ValidationError) as exc:
-            # No later run would rebuild it either (a stored definition the current model refuses neither): it must
-            # not hold a quota slot as pending forever, nor fail its tenant's sweep every run.
-            cause = f"the orchestration could not be started: {exc}"
-            repo.transition(conn, execution_id, "failed", error=cause)
-            return cause
+            return engine.rebuild_input(conn, facts, execution)
+        except (engine.StartError, RegistryError) as exc:
+            return _cannot_start(conn, execution_id, exc)
+        except ValidationError as exc:
+            # A stored definition (the version's, or its blueprint's) the current model refuses: no later run would
+            # rebuild it either. Any other model's refusal is a fault to see, not a reason to end the execution.
+            if exc.title != Definition.__name__:
+                raise
+            return _cannot_start(conn, execution_id, exc)
+
+
+def _cannot_start(conn: store.Conn, execution_id: UUID, exc: Exception) -> str:
+    """End a claimed start that can never start `failed`: it must not hold a quota slot as pending forever, nor fail
+    its tenant's sweep every run. Answers the cause."""
+    cause = f"the orchestration could not be started: {exc}"
+    repo.transition(conn, execution_id, "failed", error=cause)
+    return cause
 
 
 def quiet_executions(
@@ -233,10 +265,17 @@ def ended_cause(status: Any) -> str | None:
 
 @dataclass(frozen=True)
 class Stuck:
-    """An execution stuck compensating: how it ends, and why."""
+    """An execution stuck compensating: how it ends, and why; and how long ago each of its compensation attempts
+    went out (step id, seconds), each to be past its deadline before the run counts as waiting on nothing."""
 
     cause: str
     status: Literal["failed", "cancelled"]
+    compensations: tuple[tuple[str, float], ...] = ()
+
+
+def _stopped_by_cancel(row: dict[str, Any]) -> bool:
+    """Whether a cancel recorded before compensating began is the run's cause (the run recorded "cancelled")."""
+    return bool(row["cancelled"]) and row["error"] == "cancelled"
 
 
 def stuck_compensation(
@@ -246,16 +285,91 @@ def stuck_compensation(
     stream included (its orchestration, still running, waits on nothing); None otherwise."""
     with tenant_transaction(tenant_id, pool=pool) as conn:
         row = conn.execute(_STUCK_COMPENSATION, {"id": execution_id, "quiet": quiet_s}).fetchone()
-    if row is None:
-        return None
+        if row is None:
+            return None
+        compensations = tuple(
+            (str(out["step_id"]), float(out["out_s"])) for out in conn.execute(_COMPENSATIONS, (execution_id,))
+        )
     # The run's own cause first: it is why the run stopped; the stall only kept it from saying so.
     cause = (
         f"{row['error'] or 'failed'}; its compensation then stalled: none was out or due and its orchestration"
         " waited on nothing"
     )[:_CAUSE_MAX_CHARS]
     # A run stopped by a cancel (answered 202, "ends cancelled") ends cancelled, as its run would have (ADR 0014).
-    cancelled = bool(row["cancelled"]) and row["error"] == "cancelled"
-    return Stuck(cause, "cancelled" if cancelled else "failed")
+    return Stuck(cause, "cancelled" if _stopped_by_cancel(row) else "failed", compensations)
+
+
+def cancelled_compensation(
+    tenant_id: UUID, execution_id: UUID, status: Any, *, pool: ConnectionPool[Any] | None = None
+) -> str | None:
+    """The cause to end the execution `cancelled` with when its orchestration, terminated or gone, left it compensating
+    after a cancel stopped its run; None otherwise. The sweeper's own end of a stuck run terminates first, and an end
+    that failed after it (a bounded lock wait) is finished here: ended `failed` as any terminated run's, it broke the
+    promise of the cancel answered 202, "ends cancelled"."""
+    with tenant_transaction(tenant_id, pool=pool) as conn:
+        row = conn.execute(_STOPPED_COMPENSATING, (execution_id,)).fetchone()
+    if row is None or not _stopped_by_cancel(row):
+        return None
+    reason = getattr(status, "output", None) if status else None
+    if isinstance(reason, str) and reason.startswith("cancelled; "):
+        return reason[:_CAUSE_MAX_CHARS]  # the sweeper's terminate gave the cause it meant to end the run with
+    return f"cancelled; {ended_cause(status)}"[:_CAUSE_MAX_CHARS]
+
+
+@dataclass(frozen=True)
+class RunInput:
+    """What the sweeper reads of a run's orchestration input: its reducer rules and per-step plan."""
+
+    rules: int
+    plan: dict[str, Any]
+
+
+def run_input(orchestration_input: Any) -> RunInput | None:
+    """The rules and plan of a run from its orchestration's input, read as machine.begin reads them: a start request
+    (`rules`, `plan`; no `rules` is the oldest), or after continue-as-new the state it carries (its spec's `rules`
+    and `plans`); None when the input is not one of these (not shown, or unreadable)."""
+    request = orchestration_input
+    if isinstance(request, str):
+        try:
+            request = json.loads(request)
+        except ValueError:
+            return None
+    if not isinstance(request, dict):
+        return None
+    plan_key = "plan"
+    if "machine" in request:
+        carried = request["machine"]
+        request = carried.get("spec") if isinstance(carried, dict) else None
+        if not isinstance(request, dict):
+            return None
+        plan_key = "plans"
+    rules = request.get("rules")
+    plan = request.get(plan_key)
+    return RunInput(
+        rules=rules if isinstance(rules, int) and not isinstance(rules, bool) and rules else _OLDEST_RULES,
+        plan=plan if isinstance(plan, dict) else {},
+    )
+
+
+def _compensation_allowed_s(plan: dict[str, Any], step_id: str) -> float:
+    """How long a compensation attempt of the step may take, as its orchestration's timer allows it: its compensation
+    timeout, else its timeout, else the default (stalls.DEFAULT_TIMEOUT_S, as a stall is judged)."""
+    step_plan = plan.get(step_id)
+    step_plan = step_plan if isinstance(step_plan, dict) else {}
+    for key in ("compensate_timeout_s", "timeout_s"):
+        value = step_plan.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return float(value)
+    return float(stalls.DEFAULT_TIMEOUT_S)
+
+
+def waits_on_nothing(stuck: Stuck, run: RunInput, grace_s: float) -> bool:
+    """Whether a run stuck compensating by its rows truly waits on nothing: started under rules 7 or earlier (later
+    rules never hang so: such a run is waiting on something), and every compensation attempt past its deadline by
+    more than `grace_s` (until then its orchestration may wait on the attempt's timer, its verdict lost)."""
+    if run.rules > _LAST_HANGING_RULES:
+        return False
+    return all(out_s > _compensation_allowed_s(run.plan, step_id) + grace_s for step_id, out_s in stuck.compensations)
 
 
 @dataclass(frozen=True)
@@ -371,13 +485,28 @@ async def _end_stuck(
 ) -> bool:
     """Terminate the orchestration of an execution stuck compensating, then end the execution. In that order: a
     terminate that fails leaves both as they were for the next run; an end that fails after it is the next run's
-    terminated orchestration, ended by `ended_cause`. Either way neither is left running alone."""
+    terminated orchestration, ended by `ended_cause` (`cancelled_compensation` when a cancel stopped its run, which
+    keeps it ending cancelled). Either way neither is left running alone."""
     try:
         await client.terminate(str(execution_id), stuck.cause)
     except Exception:
         logger.exception("sweeper: could not terminate the stuck orchestration of execution %s", execution_id)
         return False
     return await _end(tenant_id, execution_id, stuck.cause, client, pool, stuck.status)
+
+
+async def _stuck_run(execution_id: UUID, stuck: Stuck, client: DurableClient, grace_s: float) -> bool:
+    """Whether the orchestration of an execution stuck compensating by its rows waits on nothing (`waits_on_nothing`),
+    judged by its input. Asked for again, with its input, only for these few: not every quiet execution's input (its
+    whole definition) at every check. One whose input cannot be read is left running."""
+    status = await client.get_status(str(execution_id), show_input=True)
+    if status_unknown(status) or _runtime(status) != "Running":
+        return False  # the next run judges it again
+    run = run_input(getattr(status, "input_", None))
+    if run is None:
+        logger.warning("sweeper: the input of execution %s could not be read; it is not judged stuck", execution_id)
+        return False
+    return waits_on_nothing(stuck, run, grace_s)
 
 
 async def _settle_quiet(
@@ -394,14 +523,22 @@ async def _settle_quiet(
         logger.warning("sweeper: the status of execution %s could not be read; left for its next turn", execution_id)
         return TenantSweep(checked=1)
     cause = ended_cause(status)
-    if cause is None and _runtime(status) == "Running":
+    runtime = _runtime(status)
+    if cause is None and runtime == "Running":
         # Running but waiting on nothing: nothing will ever end it, as if its orchestration had ended (not one that is
         # suspended, which an operator holds; nor one pending or continuing as new, which is about to run).
         stuck = await asyncio.to_thread(stuck_compensation, tenant_id, execution_id, quiet_s=quiet_s, pool=pool)
-        if stuck is not None:
+        if stuck is not None and await _stuck_run(execution_id, stuck, client, stall_grace_s):
             ended = await _end_stuck(tenant_id, execution_id, stuck, client, pool)
             if ended:
                 logger.warning("sweeper: execution %s ended %s: %s", execution_id, stuck.status, stuck.cause)
+            return TenantSweep(ended=int(ended), checked=1)
+    if cause is not None and runtime in (None, "Terminated"):
+        cancelled = await asyncio.to_thread(cancelled_compensation, tenant_id, execution_id, status, pool=pool)
+        if cancelled is not None:
+            ended = await _end(tenant_id, execution_id, cancelled, client, pool, "cancelled")
+            if ended:
+                logger.warning("sweeper: execution %s ended cancelled: %s", execution_id, cancelled)
             return TenantSweep(ended=int(ended), checked=1)
     if cause is None:
         # Still running: record it as stalled when an attempt of it is past what its step allows.

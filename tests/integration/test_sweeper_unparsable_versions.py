@@ -10,14 +10,16 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import pydantic
 import pytest
 from azure.durable_functions.models.DurableOrchestrationStatus import DurableOrchestrationStatus
 from psycopg_pool import ConnectionPool
 
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
+from shared.engine import start as engine
 from shared.engine import sweeper
-from shared.engine.protocol import ORCHESTRATOR
+from shared.engine.protocol import ORCHESTRATOR, StepPlan
 from tests.integration.test_executions import _execution
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("process_pools")]
@@ -91,3 +93,27 @@ def test_a_stalled_start_of_a_version_that_no_longer_validates_ends_failed(
     assert (result.started, result.ended) == (0, 1)
     assert ended.status == "failed"
     assert ended.error is not None and ended.error.startswith("the orchestration could not be started:")
+
+
+def test_a_stalled_start_refused_by_another_model_is_not_ended_as_unstartable(
+    app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a stored definition the model refuses makes a start one that can never start. Another model's refusal
+    while its input is rebuilt is a fault: it fails the tenant's sweep (logged by `sweep`) and leaves the execution
+    pending for a later run. Before: it ended failed, its caller told it could no longer start."""
+    tenant = new_tenant()
+    stalled = _execution(app_pool, tenant)
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        conn.execute(_BACKDATE_CLAIM, (stalled.id,))
+
+    def refused(*_args: Any) -> dict[str, Any]:
+        StepPlan.model_validate({"kind": "module", "timeout_s": "soon"})
+        raise AssertionError("the plan above is refused")
+
+    monkeypatch.setattr(engine, "rebuild_input", refused)
+
+    with pytest.raises(pydantic.ValidationError):
+        asyncio.run(sweeper.sweep_tenant(tenant, Durable(set()), pool=app_pool))
+
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        assert repo.get_execution(conn, stalled.id).status == "pending"
