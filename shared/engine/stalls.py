@@ -59,18 +59,29 @@ class Stall:
     reason: str
 
 
+def allowed_s(plan: dict[str, Any], step_id: str, phase: str) -> float:
+    """How long an attempt of the step may take, as its orchestration's timer allows it: a run by its timeout, a
+    compensation by its compensation timeout, else its timeout; else DEFAULT_TIMEOUT_S."""
+    step_plan = plan.get(step_id)
+    step_plan = step_plan if isinstance(step_plan, dict) else {}
+    keys = ("timeout_s",) if phase == "run" else ("compensate_timeout_s", "timeout_s")
+    for key in keys:
+        value = step_plan.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return float(value)
+    return float(DEFAULT_TIMEOUT_S)
+
+
 def overdue(conn: Conn, execution: repo.Execution, plan: dict[str, Any], grace_s: float = STALL_GRACE_S) -> list[Stall]:
     """The execution's attempts and retries overdue by more than `grace_s`, by the per-step plan of its start."""
     stalls: list[Stall] = []
     for row in conn.execute(_OPEN_ATTEMPTS, (execution.id,)).fetchall():
         if row["action"] in _UNTIMED_ACTIONS:
             continue
-        step_plan = plan.get(row["step_id"]) or {}
-        field = "timeout_s" if row["phase"] == "run" else "compensate_timeout_s"
-        allowed = step_plan.get(field) or DEFAULT_TIMEOUT_S
+        allowed = allowed_s(plan, row["step_id"], row["phase"])
         late = (row["now"] - row["dispatched_at"]).total_seconds() - allowed
         if late > grace_s:
-            reason = f"attempt {row['attempt']} of {row['step_id']} is {late:.0f} s past its {allowed} s timeout"
+            reason = f"attempt {row['attempt']} of {row['step_id']} is {late:.0f} s past its {allowed:g} s timeout"
             stalls.append(Stall(row["step_id"], row["attempt"], late, reason))
     for row in conn.execute(_OVERDUE_RETRIES, (execution.id, grace_s)).fetchall():
         late = (row["now"] - row["retry_at"]).total_seconds()

@@ -351,25 +351,15 @@ def run_input(orchestration_input: Any) -> RunInput | None:
     )
 
 
-def _compensation_allowed_s(plan: dict[str, Any], step_id: str) -> float:
-    """How long a compensation attempt of the step may take, as its orchestration's timer allows it: its compensation
-    timeout, else its timeout, else the default (stalls.DEFAULT_TIMEOUT_S, as a stall is judged)."""
-    step_plan = plan.get(step_id)
-    step_plan = step_plan if isinstance(step_plan, dict) else {}
-    for key in ("compensate_timeout_s", "timeout_s"):
-        value = step_plan.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-            return float(value)
-    return float(stalls.DEFAULT_TIMEOUT_S)
-
-
 def waits_on_nothing(stuck: Stuck, run: RunInput, grace_s: float) -> bool:
     """Whether a run stuck compensating by its rows truly waits on nothing: started under rules 7 or earlier (later
     rules never hang so: such a run is waiting on something), and every compensation attempt past its deadline by
     more than `grace_s` (until then its orchestration may wait on the attempt's timer, its verdict lost)."""
     if run.rules > _LAST_HANGING_RULES:
         return False
-    return all(out_s > _compensation_allowed_s(run.plan, step_id) + grace_s for step_id, out_s in stuck.compensations)
+    return all(
+        out_s > stalls.allowed_s(run.plan, step_id, "compensate") + grace_s for step_id, out_s in stuck.compensations
+    )
 
 
 @dataclass(frozen=True)
