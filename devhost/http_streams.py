@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import socket
 from typing import Any
 
 import azure.functions as func
@@ -32,6 +33,14 @@ BODY_MIN_BYTES_PER_S = 240
 first BODY_GRACE_S, then on average BODY_MIN_BYTES_PER_S; slower, it is answered 408 and its connection closed,
 instead of holding the connection (and the function's turn) for as long as the client likes."""
 _SLOW_BODY = "the request body came too slowly: {} bytes of it were received"
+STREAM_WRITE_AHEAD = 16 * 1024
+"""The most of a streamed answer the host keeps unsent in its own buffer (besides the message being written): a body
+write returns once the rest of it is under this, so an answer goes on only as its client takes what was sent, and a
+client that stops reading holds its answer's function at its next message instead of letting the host buffer it."""
+STREAM_SEND_BUFFER = 64 * 1024
+"""The kernel's send buffer of a connection that carries a streamed answer (asked of the socket; the kernel doubles
+it for its own bookkeeping): left to itself, the loopback grows it to megabytes, which a client that does not read
+fills with what the function takes as sent, and which then delays its stall cut-off by as much."""
 FUNCTIONS_HOST_MAX_BODY = 100 * 1024 * 1024
 """The Functions host's own request cap: the cap of the host's component routes (the Durable API takes the
 orchestration inputs the app's Durable client sends, which may be several times the request that caused them), and
@@ -152,20 +161,27 @@ async def serve_stream(
             function_name(function), TypeError(f"an HTTP-stream function returned {type(result).__name__}")
         )
     response: web.StreamResponse | None = None
+    ended = False
 
     async def send(message: Message) -> None:
-        nonlocal response
+        nonlocal response, ended
         try:
             if message["type"] == "http.response.start":
                 response = web.StreamResponse(status=int(message["status"]))
                 for name, value in message.get("headers", []):
                     response.headers.add(name.decode("latin-1"), value.decode("latin-1"))
+                _hold_little(request)
                 await response.prepare(request)
             elif message["type"] == "http.response.body" and response is not None:
                 if request.method != "HEAD":  # its headers only: a body after them would break the connection's framing
                     await response.write(message.get("body", b""))
+                    # The server's writer waits for its client only every 64 KiB written: without this, small
+                    # messages (keep-alives) pile up in the host for a client that takes nothing, and the function
+                    # never sees it stall.
+                    await request.writer.drain()
                 if not message.get("more_body", False):
                     await response.write_eof()
+                    ended = True
         except (ConnectionError, RuntimeError) as exc:  # the client went away: the response stops being produced
             disconnected.set()
             raise OSError("the client disconnected") from exc
@@ -182,4 +198,30 @@ async def serve_stream(
         disconnected.set()
     if response is None:
         raise FunctionInvocationError(function_name(function), RuntimeError("the response never started"))
+    if not ended:
+        _cut_off(request)
     return response
+
+
+def _hold_little(request: web.Request) -> None:
+    """Bound what a streamed answer's connection holds unsent: the host's buffer (STREAM_WRITE_AHEAD) and the
+    kernel's (STREAM_SEND_BUFFER)."""
+    transport = request.transport
+    if transport is None:
+        return
+    transport.set_write_buffer_limits(high=STREAM_WRITE_AHEAD)
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SEND_BUFFER)
+
+
+def _cut_off(request: web.Request) -> None:
+    """Close the connection of an answer its function left unfinished (it gave up on a client that took nothing,
+    or failed midway), dropping what is still unsent, as the worker's server does: the server would otherwise finish
+    the answer itself, so that its client took a cut-off stream for a complete one, and wait, for as long as the
+    client likes, to hand it what the host and the kernel hold for it."""
+    transport = request.transport
+    if transport is not None and not transport.is_closing():
+        logger.info("the answer of %s %s was left unfinished: its connection is closed", request.method, request.path)
+        transport.abort()

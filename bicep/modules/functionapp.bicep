@@ -163,7 +163,7 @@ var appSettings = [
   // Below the 4-minute idle timeout of the load balancers in front of the app and API Management (ADR 0031).
   { name: 'QP_EVENT_STREAM_KEEPALIVE_S', value: '15' }
   { name: 'QP_EVENT_STREAM_MAX_S', value: '220' }
-  { name: 'QP_EVENT_STREAMS_PER_TENANT', value: '1000' }
+  { name: 'QP_EVENT_STREAMS_PER_TENANT', value: '100' }
   // Loopback and private addresses are the platform's own services here: no tenant step may reach them.
   { name: 'QP_ALLOW_PRIVATE_NETWORK_HOSTS', value: 'false' }
   // Telemetry goes to Application Insights (its connection string is set above); no local file in Azure.

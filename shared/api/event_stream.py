@@ -13,7 +13,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 from uuid import UUID
@@ -40,15 +40,19 @@ RECONNECT_MS = 1000
 """The `retry:` the stream asks a client to wait before reconnecting when it breaks off."""
 MAX_EVENT_ID = 2**63 - 1
 _MAX_EVENT_ID_DIGITS = len(str(MAX_EVENT_ID))
-PIECE_BYTES = 64 * 1024
-"""The most one message of a stream carries (an event bigger than that goes alone): a stream moves on only as its
-client takes what was sent, so a client that stops reading holds its stream at one message, never at the history."""
-TAIL_BYTES = 1024 * 1024
+PIECE_BYTES = 16 * 1024
+"""The most one message of a stream carries: whole events up to this, an event bigger than that alone, in writes of
+this size. A stream moves on only as its client takes what was sent, so a client that stops reading holds its stream
+at one message, never at the history; and every buffer between the stream and the socket that keeps a few messages
+(the gateway adapter's, the host's) keeps a few of these, however big the events."""
+TAIL_BYTES = 256 * 1024
 """The newest events a feed keeps rendered for its streams (at least the newest one); a stream further behind reads its
-backlog itself, a page at a time."""
-BACKLOG_BYTES = 1024 * 1024
+backlog itself, a page at a time. A feed is per execution: a tenant's streams of as many executions hold as many
+tails, so this counts in what one stream may hold (ADR 0031), not only what its execution's streams share."""
+BACKLOG_BYTES = 128 * 1024
 """The most of a backlog page a stream keeps rendered and unsent (at least one event); the rest of the page is read
-again after what it sent."""
+again after what it sent. A stream whose client stops reading holds this while it waits to send its next message,
+whatever the history's size: a few messages' worth, or one event bigger than that."""
 CATCH_UP_PAGE = 500
 """The most events one read of a feed or of a stream's backlog asks for when the stream's owner lets it choose
 (`read_page`), whatever the request's `limit` (the largest page the JSON answer gives): a stream's messages are cut by
@@ -142,6 +146,16 @@ def _piece_end(frames: Sequence[bytes], start: int) -> int:
 def _message(frames: Sequence[bytes], start: int, end: int) -> bytes:
     """`frames[start:end]` as one write (a single frame as it is, not copied)."""
     return frames[start] if end == start + 1 else b"".join(frames[start:end])
+
+
+def _writes(message: bytes) -> Iterator[bytes]:
+    """A message as the stream writes it: in writes of at most PIECE_BYTES (an event split across them is whole only
+    once its last one arrives, which is all an SSE client dispatches; one cut off midway is resumed before it)."""
+    if len(message) <= PIECE_BYTES:
+        yield message
+        return
+    for start in range(0, len(message), PIECE_BYTES):
+        yield message[start : start + PIECE_BYTES]
 
 
 def _rendered(items: Sequence[ExecutionEvent], render: Render, budget: int) -> tuple[list[int], list[bytes]]:
@@ -558,14 +572,16 @@ async def _follow(
                         message = _message(frames, 0, end)
                         after = seqs[end - 1]
                         del seqs[:end], frames[:end]
-                        yield message
+                        for part in _writes(message):
+                            yield part
                         keepalive_at = time.monotonic() + keepalive_s
                         if time.monotonic() >= slot.deadline:
                             break
                     continue
                 last, message = feed.piece_after(after)
                 if message:
-                    yield message
+                    for part in _writes(message):
+                        yield part
                     keepalive_at = time.monotonic() + keepalive_s
                     after = last
                     continue

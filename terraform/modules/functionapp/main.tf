@@ -68,7 +68,7 @@ locals {
     # Below the 4-minute idle timeout of the load balancers in front of the app and API Management (ADR 0031).
     "QP_EVENT_STREAM_KEEPALIVE_S" = "15"
     "QP_EVENT_STREAM_MAX_S"       = "220"
-    "QP_EVENT_STREAMS_PER_TENANT" = "1000"
+    "QP_EVENT_STREAMS_PER_TENANT" = "100"
     # Loopback and private addresses are the platform's own services here: no tenant step may reach them.
     "QP_ALLOW_PRIVATE_NETWORK_HOSTS" = "false"
     # Telemetry goes to Application Insights (its connection string is set above); no local file in Azure.
