@@ -563,9 +563,10 @@ async def _follow(
                     if not items:
                         return  # the events before the feed's were erased: nothing to resume from
                     seqs, frames = _rendered(items, render, BACKLOG_BYTES)
-                    # What is not kept is read again after what is sent: as many as were kept next time (the request's
-                    # page at least), twice as many again once a whole page fits.
-                    size = max(reads.page, len(seqs)) if len(seqs) < len(items) else min(2 * size, reads.largest)
+                    # What is not kept is read again after what is sent: as many as were kept next time (a page of
+                    # big events read whole to send two of them made a slow reader cost Postgres 50 times what it
+                    # took), twice as many again once a whole page fits.
+                    size = max(1, len(seqs)) if len(seqs) < len(items) else min(2 * size, reads.largest)
                     del items
                     while frames:
                         end = _piece_end(frames, 0)

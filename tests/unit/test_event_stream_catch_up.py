@@ -131,12 +131,14 @@ def test_a_backlog_of_big_events_is_not_read_in_big_pages_again_and_again() -> N
     assert ids_in(got) == list(range(1, BACKLOG + 2))
     sizes = [size for after, size in recorded.sized if after < BACKLOG - 1]
     # A page of them does not fit what a backlog read renders: what did not fit is read again after what was sent,
-    # in pages of the request's size, never bigger.
-    assert sizes and all(size == PAGE for size in sizes), sizes
+    # as many as fit the last time, never more than the request's page; so the events read stay within twice those
+    # sent and a page (read whole each time, a page of big events cost Postgres thirty times what the stream sent).
+    assert sizes and all(size <= PAGE for size in sizes), sizes
+    assert sum(sizes) <= 2 * (BACKLOG - 1) + PAGE, sum(sizes)
 
 
 def test_a_new_feed_of_big_events_reads_no_more_than_the_requests_page_at_once() -> None:
     recorded = backlog(output=20_000)  # some 50 events fit in TAIL_BYTES
     got = asyncio.run(received(stream(recorded, uuid.uuid4(), 0, sized=True)))
     assert ids_in(got) == list(range(1, BACKLOG + 2))
-    assert recorded.sized and all(size == PAGE for _, size in recorded.sized), recorded.sized
+    assert recorded.sized and all(size <= PAGE for _, size in recorded.sized), recorded.sized
