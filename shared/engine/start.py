@@ -37,7 +37,14 @@ from shared.tenants.models import TenantQuotas
 
 Conn = psycopg.Connection[DictRow]
 MAX_REPORTED_INPUT_ERRORS = 20
-_ACTIVE = "SELECT count(*) AS n FROM app.executions WHERE status IN ('pending', 'running', 'waiting', 'compensating')"
+# The tenant's active root executions: children are exempt from the quota (ADR 0014), bounded by their roots' and the
+# tenant's descendants instead. A root is what has no parent: root_execution_id is NULL for roots and also for children
+# written before migration 0036, so it cannot tell them apart. The partial index executions_tenant_active (migration
+# 0012) serves the scan, of the tenant's active executions only (at most its quota plus its bound on descendants).
+_ACTIVE = (
+    "SELECT count(*) AS n FROM app.executions WHERE parent_execution_id IS NULL"
+    " AND status IN ('pending', 'running', 'waiting', 'compensating')"
+)
 # The tenant's active descendants of every root (RLS scopes the rows to the tenant), counted up to a bound: the
 # predicate is the partial index executions_tenant_root_active's (migration 0036), so the count is one scan of at most
 # the bound, however many children have ended.
@@ -248,6 +255,104 @@ def run_shape(conn: Conn, pinned: VersionRow, given_input: dict[str, Any]) -> Ru
     return RunShape(definition, expand_declaration(definition, blueprint), blueprint.definition.inputs, inputs)
 
 
+@dataclass(frozen=True)
+class InputCheck:
+    """A start's checks made before its transaction opened (`checked_input`): which version, name and given input
+    they were made for; the input's outcome against the version's input schema (the problems, or why the schema is
+    unusable); and the version's definition evaluated against the tenant's catalog as read then."""
+
+    intent_id: UUID
+    version: int
+    name: str
+    given_input: dict[str, Any]
+    """The request's input itself: the check stands only for that very object."""
+    problems: list[dict[str, str]]
+    unusable: str | None
+    definition: registry.CheckEvaluated
+    execution_id: UUID | None = None
+    """The recorded execution whose start a replay takes over (its input, recorded, never changes), if any."""
+
+    def stands_for(self, item: registry.Item, given_input: dict[str, Any]) -> bool:
+        """Whether these are the checks `runnable` would make of `item`'s version: versions never change, and a run
+        shape is made of its version (a declaration's of its pinned blueprint version, which never changes either)
+        and the input; the definition's check reads the name too."""
+        return (
+            self.intent_id == item.head.id
+            and self.version == item.version.version
+            and self.name == item.head.name
+            and self.given_input is given_input
+        )
+
+
+class InputCheckStaleError(Exception):
+    """The version to run is not the one the input was checked against before the transaction (a new current
+    version was saved meanwhile): the start's transaction is given up and the input checked again outside it."""
+
+
+def checked_input(pending: PendingInputCheck, tenant: TenantFacts) -> InputCheck:
+    """Check an input against its version's schema, and the version's definition against the tenant's catalog: the
+    costly part of a start (a tenant's schema on an input of up to a MiB, seconds of CPU; a definition's schemas
+    against the meta-schema), made with no transaction open so that it holds none of the shared pool's connections."""
+    definition = registry.check_evaluated(pending.reads, "intent", pending.document, tenant=tenant)
+    item = pending.item
+    try:
+        problems, unusable = _input_problems(pending.schema, pending.inputs), None
+    except NoLongerValidError as exc:
+        problems, unusable = [], str(exc)
+    return InputCheck(
+        item.head.id,
+        item.version.version,
+        item.head.name,
+        pending.given_input,
+        problems,
+        unusable,
+        definition,
+        pending.execution_id,
+    )
+
+
+@dataclass(frozen=True)
+class PendingInputCheck:
+    """What a start's checks need, read in a short transaction of their own (`input_to_check`)."""
+
+    item: registry.Item
+    """The intent with the version to run."""
+    given_input: dict[str, Any]
+    schema: dict[str, Any] | None
+    inputs: dict[str, Any]
+    document: dict[str, Any]
+    reads: registry.CheckReads
+    execution_id: UUID | None = None
+    """A replay's: the recorded execution whose input is checked."""
+
+
+def input_to_check(conn: Conn, request: StartRequest) -> PendingInputCheck | None:
+    """What the start of `request` would check its input against, read without deciding or writing anything; None
+    when the start needs no check or will be refused before it (no such intent or version, an archived intent, a
+    declaration whose blueprint is gone, a used idempotency key whose execution is past pending): the start's own
+    transaction answers those. A used key's pending execution is what a replay rebuilds when it takes over the
+    start's stale claim: its recorded version and input are checked."""
+    found = _by_key(conn, request.idempotency_key)
+    if found is not None and found.status != "pending":
+        return None
+    intent_id, version, given = request.intent_id, request.version, request.input
+    if found is not None:
+        intent_id, version, given = found.intent_id, found.intent_version, found.input
+    try:
+        item = registry.get(conn, "intent", intent_id)
+        if item.head.status == "archived":
+            return None
+        if version is not None and version != item.version.version:
+            item = replace(item, version=registry.version(conn, "intent", item.head.id, version))
+        shape = run_shape(conn, item.version, given)
+    except (registry.NotFoundError, registry.UnknownVersionError, NoLongerValidError):
+        return None
+    document = item.document()
+    reads = registry.check_reads(conn, "intent", document, pin=item.version.blueprint_ref)
+    execution_id = None if found is None else found.id
+    return PendingInputCheck(item, given, shape.schema, shape.inputs, document, reads, execution_id)
+
+
 def _input_problems(schema: dict[str, Any] | None, values: dict[str, Any]) -> list[dict[str, str]]:
     if schema is None:
         return []
@@ -266,9 +371,18 @@ def _input_problems(schema: dict[str, Any] | None, values: dict[str, Any]) -> li
 
 
 def runnable(
-    conn: Conn, tenant: TenantFacts, item: registry.Item, version: int | None, given_input: dict[str, Any]
+    conn: Conn,
+    tenant: TenantFacts,
+    item: registry.Item,
+    version: int | None,
+    given_input: dict[str, Any],
+    *,
+    input_check: InputCheck | None = None,
 ) -> Runnable:
-    """The version of `item` to run with its steps, checked against the tenant's gates and catalog as they are now."""
+    """The version of `item` to run with its steps, checked against the tenant's gates and catalog as they are now.
+
+    `input_check`: the input's check, made before the transaction; InputCheckStaleError when it was made for another
+    version than the one to run (the input is then not checked here, where it would hold the connection)."""
     if item.head.status == "archived":
         raise IntentArchivedError(f"intent {item.head.id} is archived")
     pinned = item.version if version is None else registry.version(conn, "intent", item.head.id, version)
@@ -278,13 +392,22 @@ def runnable(
     violations = _violations(tenant, definition.target, steps)
     if violations:
         raise GateRefusedError(violations)
-    problems = _input_problems(schema, inputs)
+    to_run = registry.Item(item.head, pinned)
+    if input_check is None:
+        problems = _input_problems(schema, inputs)
+    elif not input_check.stands_for(to_run, given_input):
+        raise InputCheckStaleError(f"the start was checked against version {input_check.version}, not {pinned.version}")
+    elif input_check.unusable is not None:
+        raise NoLongerValidError(input_check.unusable)
+    else:
+        problems = input_check.problems
     if problems:
         raise InvalidInputError(problems)
     try:
-        checked = registry.check(
-            conn, "intent", registry.Item(item.head, pinned).document(), tenant=tenant, pin=pinned.blueprint_ref
-        )
+        if input_check is None:
+            checked = registry.check(conn, "intent", to_run.document(), tenant=tenant, pin=pinned.blueprint_ref)
+        else:
+            checked = registry.check_finish(conn, "intent", input_check.definition)
     except registry.DefinitionInvalidError as exc:
         raise NoLongerValidError(str(exc) + " " + "; ".join(f"{e.pointer}: {e.message}" for e in exc.errors)) from None
     plans = step_plans(steps, checked.catalog)
@@ -346,7 +469,8 @@ def _child_root(conn: Conn, intent_id: UUID, parent_id: UUID) -> UUID:
 
 
 def active_executions(conn: Conn) -> int:
-    """The tenant's executions that have not ended (what the concurrent-execution quota counts)."""
+    """The tenant's root executions that have not ended (what the concurrent-execution quota counts: their child
+    executions are not, ADR 0014)."""
     row = conn.execute(_ACTIVE).fetchone()
     return 0 if row is None else int(row["n"])
 
@@ -366,6 +490,7 @@ def start_execution(
     max_concurrent: int,
     authorize: Callable[[registry.Item], None],
     max_descendants: int = MIN_DESCENDANTS,
+    input_check: InputCheck | None = None,
 ) -> Started:
     """In the caller's tenant transaction: check, hold the quota, and create the execution with its steps.
 
@@ -375,6 +500,8 @@ def start_execution(
     A child (`parent_execution_id`) is placed in its tree first: ChildRefusedError when its intent runs above it,
     it would nest deeper than MAX_CHILD_DEPTH, or its root, or the tenant's roots together, already have
     `max_descendants` active descendants.
+    `input_check`: the input's check made before this transaction (`checked_input`), used in place of checking it here;
+    InputCheckStaleError when the version to run is another one.
     """
     if tenant.status != "active":
         raise TenantSuspendedError(f"tenant {tenant.id} is {tenant.status}")
@@ -393,12 +520,13 @@ def start_execution(
     fingerprint = request.fingerprint()
     found = _by_key(conn, request.idempotency_key)
     if found is not None:
-        return _replayed(conn, tenant, found, fingerprint)
+        return _replayed(conn, tenant, found, fingerprint, input_check)
     # After the key's lookup, so that a re-executed activity finds the child it started whatever its tree holds now.
     root = None
     if request.parent_execution_id is not None:
         root = _child_root(conn, request.intent_id, request.parent_execution_id)
-    run = runnable(conn, tenant, item, None, request.input)  # `item` holds the version to run, read once
+    # `item` holds the version to run, read once
+    run = runnable(conn, tenant, item, None, request.input, input_check=input_check)
     if request.plan_hash is not None and request.plan_hash != run.plan_hash:
         raise PlanChangedError(request.plan_hash, run.plan_hash)
     # Serializes the quota check and the insert per tenant: two concurrent starts cannot both see headroom.
@@ -407,7 +535,7 @@ def start_execution(
     # and this one is its replay, not a start the quota (or the tree's bound) may refuse.
     found = _by_key(conn, request.idempotency_key)
     if found is not None:
-        return _replayed(conn, tenant, found, fingerprint)
+        return _replayed(conn, tenant, found, fingerprint, input_check)
     if active_executions(conn) >= max_concurrent:
         metrics.request_refused(tenant.id, "execution-quota")
         raise QuotaExceededError(max_concurrent)
@@ -442,7 +570,7 @@ def start_execution(
         root_execution_id=root,
     )
     if not created:  # a concurrent request with the same key won the insert
-        return _replayed(conn, tenant, execution, fingerprint)
+        return _replayed(conn, tenant, execution, fingerprint, input_check)
     seed_steps(
         conn,
         execution.id,
@@ -497,7 +625,9 @@ def _by_key(conn: Conn, idempotency_key: str | None) -> repo.Execution | None:
     return None if idempotency_key is None else repo.find_by_key(conn, idempotency_key)
 
 
-def _replayed(conn: Conn, tenant: TenantFacts, execution: repo.Execution, fingerprint: str) -> Started:
+def _replayed(
+    conn: Conn, tenant: TenantFacts, execution: repo.Execution, fingerprint: str, input_check: InputCheck | None
+) -> Started:
     if execution.request_sha256 is not None and execution.request_sha256 != fingerprint:
         raise IdempotencyConflictError("the idempotency key was already used for a different request")
     claimed_at = _claim_stale_start(conn, execution.id, STALE_START_S)
@@ -505,12 +635,22 @@ def _replayed(conn: Conn, tenant: TenantFacts, execution: repo.Execution, finger
         return Started(execution, False, None)
     # The claim this start now holds, so that a launch that fails can give back exactly this one.
     execution = replace(execution, start_claimed_at=claimed_at)
-    return Started(execution, False, rebuild_input(conn, tenant, execution))
+    if input_check is None:
+        return Started(execution, False, rebuild_input(conn, tenant, execution))
+    return Started(execution, False, rebuild_input(conn, tenant, execution, input_check=input_check))
 
 
-def rebuild_input(conn: Conn, tenant: TenantFacts, execution: repo.Execution) -> dict[str, Any]:
-    """The orchestration input of a recorded execution, from its pinned version and reused steps."""
+def rebuild_input(
+    conn: Conn, tenant: TenantFacts, execution: repo.Execution, *, input_check: InputCheck | None = None
+) -> dict[str, Any]:
+    """The orchestration input of a recorded execution, from its pinned version and reused steps; `input_check`: a
+    replay's checks made before its transaction (InputCheckStaleError when they are not this execution's)."""
     item = registry.get(conn, "intent", execution.intent_id)
-    run = runnable(conn, tenant, item, execution.intent_version, execution.input)
+    if input_check is not None:
+        if input_check.execution_id != execution.id:
+            raise InputCheckStaleError(f"the start was checked for execution {input_check.execution_id}")
+        # The recorded input never changes: the one read before this transaction stands for this one.
+        input_check = replace(input_check, given_input=execution.input)
+    run = runnable(conn, tenant, item, execution.intent_version, execution.input, input_check=input_check)
     reused = {row["step_id"]: row["output"] for row in list_steps(conn, execution.id) if row["reused"]}
     return orchestration_input(tenant.id, execution, run, reused)

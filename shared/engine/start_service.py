@@ -1,6 +1,7 @@
 # intent_ref: platform.execution
 """The start service of every way in (the execute and retry routes, the intent-requests ingress): a start's checks
-and writes in one tenant transaction, refused with domain errors, then the orchestration started."""
+and writes in one tenant transaction (its input checked before it, outside any), refused with domain errors, then
+the orchestration started."""
 
 from __future__ import annotations
 
@@ -17,11 +18,15 @@ from shared.engine import executions as repo
 from shared.engine.protocol import ORCHESTRATOR
 from shared.engine.start import (
     Conn,
+    InputCheck,
+    InputCheckStaleError,
     IntentNotFoundError,
     Started,
     StartForbiddenError,
     StartRequest,
+    checked_input,
     concurrent_limit,
+    input_to_check,
     release_start,
     start_execution,
 )
@@ -105,29 +110,54 @@ def authorize_child(
 
 
 def begin(tenant: Tenant, make_request: Callable[[Conn], StartRequest], *, decide: Decide) -> Started:
-    """Run a start's checks and writes in one tenant transaction (call it on a worker thread); `make_request` builds
-    the request inside it, and `decide` decides `intent.execute` on the intent before anything about it is revealed.
+    """Run a start's checks and writes in one tenant transaction (call it on a worker thread), its input checked
+    before it outside any transaction; `make_request` builds the request in each transaction (reading what it needs),
+    and `decide` decides `intent.execute` on the intent before anything about it is revealed.
 
     A refused start raises a StartError (an unknown intent or version as IntentNotFoundError, a refused decision as
     StartForbiddenError); whatever `make_request` raises of its own passes through.
     """
     # The execution's trace is the platform's own, linked to the caller's: a request's (or event's) `traceparent` is
     # the caller's choice, made before it was verified, and continued it would put this execution in any trace.
-    with (
-        root_span(START_SPAN, current_span_context(), execution_attributes(tenant_id=tenant.id)),
-        tenant_transaction(tenant.id) as conn,
-    ):
-        try:
-            request = make_request(conn)  # a producer's request names its intent, which may not exist
-        except (registry.NotFoundError, registry.UnknownVersionError) as exc:
-            raise IntentNotFoundError(str(exc)) from None
-        return start_execution(
-            conn,
-            tenant.facts(),
-            request,
-            authorize=authorize_execute(decide, tenant.id),
-            max_concurrent=concurrent_limit(tenant.quotas),
-        )
+    with root_span(START_SPAN, current_span_context(), execution_attributes(tenant_id=tenant.id)):
+
+        def start(input_check: InputCheck | None) -> Started:
+            with tenant_transaction(tenant.id) as conn:
+                return start_execution(
+                    conn,
+                    tenant.facts(),
+                    _request(conn, make_request),
+                    authorize=authorize_execute(decide, tenant.id),
+                    max_concurrent=concurrent_limit(tenant.quotas),
+                    input_check=input_check,
+                )
+
+        for _ in range(INPUT_CHECK_ATTEMPTS):
+            # Checking the input against the tenant's schema costs up to seconds of CPU for a MiB of input: it is
+            # made between two transactions, holding none of the pool's connections (a tenant's requests in flight,
+            # admitted up to half the pool, would otherwise hold them all that while, and every tenant waits). What
+            # it needs is read first; the start's own transaction then decides, locks and writes as before, taking
+            # the check's outcome only for the version it was made for (versions never change).
+            with tenant_transaction(tenant.id) as conn:
+                pending = input_to_check(conn, _request(conn, make_request))
+            try:
+                return start(None if pending is None else checked_input(pending, tenant.facts()))
+            except InputCheckStaleError:
+                continue  # a new current version was saved in between: its check is made again
+        # Saved in between every time: this start checks its input in its transaction, as every start once did.
+        return start(None)
+
+
+INPUT_CHECK_ATTEMPTS = 2
+"""Checks of a start's input made outside its transaction before one is made inside: only a new current version
+saved between each check and its start takes a start past them."""
+
+
+def _request(conn: Conn, make_request: Callable[[Conn], StartRequest]) -> StartRequest:
+    try:
+        return make_request(conn)  # a producer's request names its intent, which may not exist
+    except (registry.NotFoundError, registry.UnknownVersionError) as exc:
+        raise IntentNotFoundError(str(exc)) from None
 
 
 class StatusUnknownError(Exception):

@@ -75,6 +75,9 @@ __all__ = [
     "UnknownVersionError",
     "archive",
     "check",
+    "check_evaluated",
+    "check_finish",
+    "check_reads",
     "create",
     "diff_versions",
     "etag",
@@ -324,13 +327,49 @@ def check(
     `refused_name`: the caller refuses the save for its name anyway (a create of a taken name, an update that
     renames), which it answers once the definition is otherwise valid: no cycle walk, whose recursive_intent would
     answer in its place."""
+    reads = check_reads(conn, kind, doc, pin=pin, writing=writing)
+    evaluated = check_evaluated(reads, kind, doc, tenant=tenant, limits=limits, saving=saving, again=again)
+    return check_finish(conn, kind, evaluated, writing=writing, refused_name=refused_name, again=again)
+
+
+@dataclass(frozen=True)
+class CheckReads:
+    """What a check reads before it evaluates anything (`check_reads`): the tenant's catalog and a declaration's
+    blueprint version, with the problems found reading them."""
+
+    catalog: ModuleCatalog
+    found: BlueprintVersion | None
+    resolved: ResolvedBlueprint | None
+    problems: list[ValidationError]
+
+
+@dataclass(frozen=True)
+class CheckEvaluated:
+    """A definition evaluated against what was read for it (`check_evaluated`), not yet walked or normalized."""
+
+    reads: CheckReads
+    doc: Any
+    result: ValidationResult
+    errors: list[ValidationError]
+    runs_as: str | None
+
+
+def _without_response_fields(doc: Any) -> Any:
     if isinstance(doc, dict):
-        doc = {key: value for key, value in doc.items() if key not in RESPONSE_ONLY_FIELDS}
-    problems = _storage_problems(doc)
+        return {key: value for key, value in doc.items() if key not in RESPONSE_ONLY_FIELDS}
+    return doc
+
+
+def check_reads(
+    conn: Conn, kind: Kind, doc: Any, *, pin: dict[str, Any] | None = None, writing: bool = False
+) -> CheckReads:
+    """The first part of `check`, in a tenant transaction: what its evaluation needs read."""
+    doc = _without_response_fields(doc)
     catalog = tenant_catalog(conn)
     wanted = required_blueprint(doc)
     found: BlueprintVersion | None = None
     resolved: ResolvedBlueprint | None = None
+    problems: list[ValidationError] = []
     if wanted is not None and kind == "blueprint":
         problems.append(
             ValidationError(
@@ -349,14 +388,32 @@ def check(
                 problems.append(outcome)
             else:
                 resolved = outcome
+    return CheckReads(catalog, found, resolved, problems)
+
+
+def check_evaluated(
+    reads: CheckReads,
+    kind: Kind,
+    doc: Any,
+    *,
+    tenant: TenantFacts,
+    limits: Limits | None = None,
+    saving: bool = False,
+    again: int | None = None,
+) -> CheckEvaluated:
+    """The costly part of `check`, needing no transaction: the definition validated against what was read (its
+    schemas against the meta-schema, its module parameters against theirs; up to seconds of CPU for a large one).
+    A route calls it between two transactions, so that it holds none of the shared pool's connections."""
+    doc = _without_response_fields(doc)
+    problems = [*_storage_problems(doc), *reads.problems]
     # A blueprint is no intent: an intent it runs may share its name.
     # The name as sent: a malformed one is reported by the model, and matches no step's intent anyway.
     runs_as = name if saving and kind == "intent" and isinstance(name := _sent_name(doc), str) else None
     result = validate_definition(
         doc,
-        catalog=catalog,
+        catalog=reads.catalog,
         tenant=tenant,
-        blueprint=resolved,
+        blueprint=reads.resolved,
         limits=limits or registry_limits(),
         runs_as=runs_as if again is None else None,
     )
@@ -364,6 +421,22 @@ def check(
         *problems,
         *(error for error in result.errors if not (kind == "blueprint" and error.code == "blueprint_required")),
     ]
+    return CheckEvaluated(reads, doc, result, errors, runs_as)
+
+
+def check_finish(
+    conn: Conn,
+    kind: Kind,
+    evaluated: CheckEvaluated,
+    *,
+    writing: bool = False,
+    refused_name: bool = False,
+    again: int | None = None,
+) -> Checked:
+    """The last part of `check`, in a tenant transaction: an intent's walk of the intents it runs (saving), and the
+    normalized definition; DefinitionInvalidError with every problem found."""
+    result, doc, runs_as, found = evaluated.result, evaluated.doc, evaluated.runs_as, evaluated.reads.found
+    errors = list(evaluated.errors)
     if runs_as is not None and not refused_name and not errors and result.ok:
         # Only a definition that is otherwise valid is walked: its steps are parsed, and a save it refuses anyway
         # costs no reads of the tenant's other intents.
@@ -392,7 +465,7 @@ def check(
             list(dict.fromkeys(errors)), f"The {kind} has {count} problem{'' if count == 1 else 's'}.", result.unlisted
         )
     assert result.normalized is not None  # a result without errors is normalized
-    return Checked(result, catalog, found, _as_stored(conn, result.normalized))
+    return Checked(result, evaluated.reads.catalog, found, _as_stored(conn, result.normalized))
 
 
 def _as_stored(conn: Conn, value: dict[str, Any]) -> dict[str, Any]:

@@ -47,6 +47,7 @@ from shared.api.routers.registry_models import (
 )
 from shared.api.security import RequestContext, authorize, record_mutation
 from shared.api.transactions import TenantConnection
+from shared.db.session import tenant_transaction
 from shared.engine.start import active_executions, concurrent_limit
 from shared.etags import if_match_tags
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
@@ -494,18 +495,25 @@ def definition_router(kind: Kind) -> APIRouter:
         summary=f"Validate {_a(noun)} {noun} without saving it",
         responses={**COMMON_ERRORS, 422: E422},
     )
-    def validate(context: MayCreate, conn: TenantConnection, body: Json) -> RegistryValidation:
+    def validate(context: MayCreate, body: Json) -> RegistryValidation:
         """Its problems at once, at most 50 from each check (422), or the normalized definition and its plan (200);
         nothing is saved."""
-        authorize(
-            context,
-            spec.create,
-            _body_resource(spec, "unsaved", context.tenant.id, body),
-            detail={"operation": "validate", "name": body.get("name")},
-            conn=conn,
-        )
+        # Two short transactions around the check's evaluation, which holds no pooled connection: a MiB of schemas
+        # costs seconds of CPU against the meta-schema, and a tenant's requests in flight (half the pool) would
+        # otherwise hold that many connections for as long, leaving the other tenants none.
+        with tenant_transaction(context.tenant.id) as conn:
+            authorize(
+                context,
+                spec.create,
+                _body_resource(spec, "unsaved", context.tenant.id, body),
+                detail={"operation": "validate", "name": body.get("name")},
+                conn=conn,
+            )
+            reads = service.check_reads(conn, kind, body)
         try:
-            checked = service.check(conn, kind, body, tenant=context.tenant_facts, saving=True)
+            evaluated = service.check_evaluated(reads, kind, body, tenant=context.tenant_facts, saving=True)
+            with tenant_transaction(context.tenant.id) as conn:
+                checked = service.check_finish(conn, kind, evaluated)
         except service.RegistryError as exc:
             raise _problem(exc) from None
         request = checked.request

@@ -310,7 +310,9 @@ class QuotaHeadroomOut(BaseModel):
     """The tenant's room for one more execution."""
 
     max_concurrent_executions: int = Field(description="The tenant's quota (the platform default when it sets none).")
-    running_executions: int = Field(description="Executions that have not ended (child executions included).")
+    running_executions: int = Field(
+        description="Root executions that have not ended (children count against no quota; their roots bound them)."
+    )
     headroom: int = Field(description="How many more executions may start now (0: an execute answers 429).")
 
 
