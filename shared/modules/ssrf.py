@@ -316,7 +316,7 @@ def _resolving_within(resolver: Resolver, deadline: _Deadline) -> Resolver:
     MAX_LOOKUPS_PER_HOST of one host (StepFailed, retryable, beyond)."""
 
     def resolve(host: str, port: int) -> Sequence[str]:
-        if _ip_literal(host) is not None:
+        if "%" not in host and _ip_literal(host) is not None:  # a zone suffix may name anything: looked up
             # Nothing to look up, nothing to wait for: a literal took a place of its host's two, and parallel steps
             # to one address failed at random with "earlier lookups of it still wait".
             return resolver(host, port)

@@ -59,3 +59,21 @@ def test_a_change_that_changes_nothing_keeps_the_tenants_etags(api: ApiHarness) 
     assert changed.status_code == 200, changed.text
     assert changed.headers["etag"] != shown.headers["etag"]
     assert api.client.get("/api/v1/tenant", headers=own).headers["etag"] != settings_etag
+
+
+def test_if_match_lines_and_a_star_are_read_as_the_list_they_are(api: ApiHarness) -> None:
+    # Two If-Match lines are one list (the edge joins them): the current ETag among them matches, and `*` matches any
+    # current tenant; the whole header was compared with the ETag, so both answered 412 "changed since".
+    api.provision("lines-operators")
+    customer = api.provision("lines-customer")
+    admin = api.headers("lines-operators", PLATFORM_ADMIN)
+    path = f"/api/v1/tenants/{customer.id}"
+    current = api.client.get(path, headers=admin).headers["etag"]
+    lines = [*admin.items(), ("If-Match", '"stale"'), ("If-Match", current)]
+    changed = api.client.patch(path, json={"display_name": "Lines"}, headers=lines)
+    assert changed.status_code == 200, changed.text
+    stars = [*admin.items(), ("If-Match", "*"), ("If-Match", "*")]
+    starred = api.client.patch(path, json={"display_name": "Stars"}, headers=stars)
+    assert starred.status_code == 200, starred.text
+    stale = api.client.patch(path, json={"display_name": "Late"}, headers={**admin, "If-Match": current})
+    assert stale.status_code == 412, stale.text

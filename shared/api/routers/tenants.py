@@ -32,6 +32,7 @@ from shared.api.transactions import ControlConnection
 from shared.audit import get_audit_store
 from shared.config import get_settings
 from shared.db.session import platform_transaction, when_released
+from shared.etags import if_match_tags
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, cursor_text, decode_cursor
 from shared.policy.actions import Action
 from shared.policy.authorizer import Resource
@@ -188,7 +189,8 @@ def patch(
     current = get_tenant(conn, tenant_id, for_update=True)
     if current is None:
         raise _not_found(tenant_id)
-    if if_match != etag(current):
+    tags = if_match_tags(if_match)  # None for `*`: any current tenant
+    if tags is not None and etag(current) not in tags:
         raise ProblemError(
             412, "precondition-failed", "Precondition failed", "The tenant changed since that ETag was issued."
         )
