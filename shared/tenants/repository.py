@@ -244,6 +244,16 @@ def update_tenant(conn: psycopg.Connection[DictRow], tenant_id: UUID, change: Te
     return _to_tenant(row)
 
 
+class _Read:
+    """One read of a tenant by its Entra tenant id, whose outcome its waiters share."""
+
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
+        self.done = threading.Event()
+        self.tenant: Tenant | None = None
+        self.error: BaseException | None = None
+
+
 class TenantDirectory:
     """Resolve an Entra tenant id to its provisioned tenant, cached briefly to keep every request cheap.
 
@@ -257,8 +267,8 @@ class TenantDirectory:
         self._lock = threading.Lock()
         self._cache: dict[UUID, tuple[float, Tenant | None]] = {}
         # One read per Entra tenant at a time: the tenant's requests and open streams that find its answer expired
-        # together wait for that read instead of each taking a connection of the pool for the same row.
-        self._reading: dict[UUID, threading.Lock] = {}
+        # together share that read's outcome instead of each taking a connection of the pool for the same row.
+        self._reading: dict[UUID, _Read] = {}
         self._generation = 0
 
     def resolve(self, conn_factory: Any, entra_tenant_id: UUID) -> Tenant | None:
@@ -267,29 +277,37 @@ class TenantDirectory:
         if known:
             return tenant
         with self._lock:
-            reading = self._reading.setdefault(entra_tenant_id, threading.Lock())
-        with reading:
-            known, tenant = self.cached(entra_tenant_id)  # read meanwhile by the caller this one waited for
-            if known:
-                return tenant
-            try:
-                now = time.monotonic()
-                with self._lock:
-                    generation = self._generation
-                with conn_factory() as conn:
-                    row = conn.execute(_BY_ENTRA_ID, (entra_tenant_id,)).fetchone()
-                tenant = _to_tenant(row) if row else None
-                with self._lock:
-                    # Not kept when the cache was cleared while it was read (a suspension): it may be older than that.
-                    if generation == self._generation:
-                        self._cache[entra_tenant_id] = (now, tenant)
-                        if len(self._cache) > self.MAX_ENTRIES:
-                            self._trim(now)
-            finally:
-                with self._lock:
-                    if self._reading.get(entra_tenant_id) is reading:
-                        del self._reading[entra_tenant_id]
-        return tenant
+            read = self._reading.get(entra_tenant_id)
+            leads = read is None
+            if read is None:
+                read = self._reading[entra_tenant_id] = _Read(self._generation)
+        if not leads:
+            # The read's outcome, whatever it is: a failed one (the pool exhausted) repeated by each waiter in turn
+            # made the k-th wait k reads.
+            read.done.wait()
+            if read.error is not None:
+                raise read.error
+            return read.tenant
+        try:
+            now = time.monotonic()
+            with conn_factory() as conn:
+                row = conn.execute(_BY_ENTRA_ID, (entra_tenant_id,)).fetchone()
+            read.tenant = _to_tenant(row) if row else None
+            with self._lock:
+                # Not kept when the cache was cleared while it was read (a suspension): it may be older than that.
+                if read.generation == self._generation:
+                    self._cache[entra_tenant_id] = (now, read.tenant)
+                    if len(self._cache) > self.MAX_ENTRIES:
+                        self._trim(now)
+        except BaseException as exc:
+            read.error = exc
+            raise
+        finally:
+            with self._lock:
+                if self._reading.get(entra_tenant_id) is read:
+                    del self._reading[entra_tenant_id]
+            read.done.set()
+        return read.tenant
 
     def _trim(self, now: float) -> None:
         # Every Entra tenant with a validly signed token leaves an entry, unprovisioned ones too: answers past

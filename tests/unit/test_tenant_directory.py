@@ -120,3 +120,45 @@ def test_an_answer_read_across_a_clearing_of_the_cache_is_not_kept() -> None:
 
     assert directory.resolve(factory, entra_id) is None
     assert directory.cached(entra_id) == (False, None)
+
+
+class _FailingRead(_HeldRead):
+    def execute(self, *_: Any) -> _NoRows:
+        assert self.release.wait(10), "the test never released the read"
+        self.lookups += 1
+        raise TimeoutError("the pool had no connection")
+
+
+def test_callers_waiting_for_a_read_that_fails_share_its_failure() -> None:
+    # Each waiter read again in turn after a failed read: with the pool exhausted the k-th waited k reads.
+    conn = _FailingRead()
+
+    @contextlib.contextmanager
+    def factory() -> Iterator[_NoRows]:
+        conn.taken += 1
+        yield conn
+
+    directory = TenantDirectory(ttl_s=3600)
+    entra_id = uuid.uuid4()
+    failures: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            directory.resolve(factory, entra_id)
+        except TimeoutError as exc:
+            failures.append(exc)
+
+    callers = [threading.Thread(target=call) for _ in range(6)]
+    for caller in callers:
+        caller.start()
+    for _ in range(1000):  # until one reads and the five others wait for its outcome
+        read = directory._reading.get(entra_id)
+        if conn.taken and read is not None and len(read.done._cond._waiters) == 5:  # type: ignore[attr-defined]
+            break
+        threading.Event().wait(0.01)
+    conn.release.set()
+    for caller in callers:
+        caller.join(10)
+    assert len(failures) == 6
+    assert conn.lookups == 1
+    assert directory._reading == {}
