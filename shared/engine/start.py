@@ -7,12 +7,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
 import psycopg
 from psycopg.rows import DictRow
+from pydantic import ValidationError
 
 from shared import telemetry
 from shared.auth.principal import Requester
@@ -326,6 +327,13 @@ class PendingInputCheck:
     """A replay's: the recorded execution whose input is checked."""
 
 
+def _claim_stale(execution: repo.Execution) -> bool:
+    """Whether a pending execution's start claim is free or stale, so that a replay would take its start over (the
+    start path's own claim statement decides; this only says whether a check is worth making first)."""
+    claimed = execution.start_claimed_at
+    return claimed is None or (datetime.now(UTC) - claimed).total_seconds() >= STALE_START_S
+
+
 def input_to_check(conn: Conn, request: StartRequest) -> PendingInputCheck | None:
     """What the start of `request` would check its input against, read without deciding or writing anything; None
     when the start needs no check or will be refused before it (no such intent or version, an archived intent, a
@@ -333,7 +341,8 @@ def input_to_check(conn: Conn, request: StartRequest) -> PendingInputCheck | Non
     transaction answers those. A used key's pending execution is what a replay rebuilds when it takes over the
     start's stale claim: its recorded version and input are checked."""
     found = _by_key(conn, request.idempotency_key)
-    if found is not None and found.status != "pending":
+    if found is not None and (found.status != "pending" or not _claim_stale(found)):
+        # Past pending, or its start still claimed by the request that made it: a replay answers without a check.
         return None
     intent_id, version, given = request.intent_id, request.version, request.input
     if found is not None:
@@ -345,7 +354,9 @@ def input_to_check(conn: Conn, request: StartRequest) -> PendingInputCheck | Non
         if version is not None and version != item.version.version:
             item = replace(item, version=registry.version(conn, "intent", item.head.id, version))
         shape = run_shape(conn, item.version, given)
-    except (registry.NotFoundError, registry.UnknownVersionError, NoLongerValidError):
+    except (registry.NotFoundError, registry.UnknownVersionError, NoLongerValidError, ValidationError):
+        # A stored definition the current model refuses (ValidationError) is the start's own transaction's to answer,
+        # after the refusals that come first (the tenant's status, the decision, a replay).
         return None
     document = item.document()
     reads = registry.check_reads(conn, "intent", document, pin=item.version.blueprint_ref)

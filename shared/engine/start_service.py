@@ -138,8 +138,10 @@ def begin(tenant: Tenant, make_request: Callable[[Conn], StartRequest], *, decid
             # admitted up to half the pool, would otherwise hold them all that while, and every tenant waits). What
             # it needs is read first; the start's own transaction then decides, locks and writes as before, taking
             # the check's outcome only for the version it was made for (versions never change).
-            with tenant_transaction(tenant.id) as conn:
-                pending = input_to_check(conn, _request(conn, make_request))
+            pending = None
+            if tenant.status == "active":  # a suspended tenant's start is refused first, as it always was
+                with tenant_transaction(tenant.id) as conn:
+                    pending = input_to_check(conn, _request(conn, make_request))
             try:
                 return start(None if pending is None else checked_input(pending, tenant.facts()))
             except InputCheckStaleError:

@@ -21,7 +21,14 @@ from shared.db.pool import build_pool
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
 from shared.engine import start as start_module
-from shared.engine.start import STALE_START_S, InvalidInputError, Started, StartRequest
+from shared.engine.start import (
+    STALE_START_S,
+    InvalidInputError,
+    Started,
+    StartForbiddenError,
+    StartRequest,
+    TenantSuspendedError,
+)
 from shared.engine.start_service import begin
 from shared.policy.authorizer import Decision, Resource
 from shared.registry import service as registry_service
@@ -270,3 +277,57 @@ def test_a_replay_that_takes_over_a_stale_start_holds_no_connection_while_its_in
     assert replayed.execution.id == first.execution.id and not replayed.created
     assert replayed.orchestration_input is not None and replayed.orchestration_input["inputs"] == {"a": ["q", "q"]}
     assert gate.calls == 1
+
+
+def _deny(_action: str, _resource: Resource) -> Decision:
+    return Decision(False, "forbid", ())
+
+
+def _refused_by_the_model(api: ApiHarness, intent_id: uuid.UUID) -> None:
+    """Its stored version made one the current model refuses (written before a rule it breaks)."""
+    with psycopg.connect(api.admin_url, dbname="quantum", autocommit=True) as conn:
+        conn.execute(
+            'UPDATE app.intent_versions SET definition = \'{"target": "staging", "steps": []}\' WHERE intent_id = %s',
+            (intent_id,),
+        )
+
+
+def test_a_replay_of_a_start_still_claimed_is_answered_without_a_check(
+    api: ApiHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its start is its first request's (claimed just now): the replay answers 202 as before, checking nothing, even
+    # when the stored version is one the current model refuses (its check answered 500).
+    name = f"claimed-{uuid.uuid4().hex[:6]}"
+    tenant = _tenant(api, name)
+    intent_id = _intent(api, name)
+    request = StartRequest(
+        intent_id=intent_id,
+        input={"a": ["q", "q"]},
+        idempotency_key="claimed",
+        requester=Requester("t/o", frozenset(), app_only=False),
+    )
+    first = begin(tenant, lambda _conn: request, decide=_allow)
+    _refused_by_the_model(api, intent_id)
+    gate = Gate()
+    gate.released.set()
+    monkeypatch.setattr(start_module, "evaluate_tenant_schema", gate.wrap(evaluate_tenant_schema))
+    replayed = begin(tenant, lambda _conn: request, decide=_allow)
+    assert replayed.execution.id == first.execution.id and not replayed.created
+    assert gate.calls == 0
+
+
+@pytest.mark.parametrize("refusal", ["denied", "suspended"])
+def test_a_refusal_that_comes_first_still_comes_first_for_a_version_the_model_refuses(
+    api: ApiHarness, refusal: str
+) -> None:
+    name = f"first-{uuid.uuid4().hex[:6]}"
+    tenant = _tenant(api, name)
+    intent_id = _intent(api, name)
+    _refused_by_the_model(api, intent_id)
+    request = StartRequest(intent_id=intent_id, input={}, requester=Requester("t/o", frozenset(), app_only=False))
+    if refusal == "denied":
+        with pytest.raises(StartForbiddenError):
+            begin(tenant, lambda _conn: request, decide=_deny)
+    else:
+        with pytest.raises(TenantSuspendedError):
+            begin(tenant.model_copy(update={"status": "suspended"}), lambda _conn: request, decide=_allow)
