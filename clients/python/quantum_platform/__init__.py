@@ -13,6 +13,7 @@ from quantum_platform.errors import (
     RateLimited,
     Unauthorized,
     Unavailable,
+    UnexpectedAnswer,
     ValidationFailed,
 )
 
@@ -35,5 +36,6 @@ __all__ = [
     "StaticToken",
     "Unauthorized",
     "Unavailable",
+    "UnexpectedAnswer",
     "ValidationFailed",
 ]

@@ -23,9 +23,9 @@ from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
 
-from quantum_platform.client import DEFAULT_URL, TERMINAL_EVENTS, Client
+from quantum_platform.client import DEFAULT_URL, TERMINAL_EVENTS, ApiResponse, Client, _events, _page
 from quantum_platform.credentials import Credential, DevhostCredential, StaticToken
-from quantum_platform.errors import PlatformError, ProblemError
+from quantum_platform.errors import PlatformError, ProblemError, UnexpectedAnswer
 
 app = typer.Typer(help="Quantum Platform: intents, runs and executions.", no_args_is_help=True)
 intents_app = typer.Typer(help="Create, read, change and plan intents.", no_args_is_help=True)
@@ -289,6 +289,24 @@ def _cell(value: Any) -> Text:
     return Text(str(value))
 
 
+def _object(answer: ApiResponse) -> dict[str, Any]:
+    """An answer's body that must be a JSON object (an execution, a start, a page); UnexpectedAnswer otherwise, so a
+    server answering `[1, 2, 3]` ends `qp` with one line and exit 3, not a traceback passing for a failed run."""
+    body = answer.json()
+    if not isinstance(body, dict):
+        raise UnexpectedAnswer(f"{answer.http.request.method} {answer.http.request.url.path} answered a JSON "
+                               f"{type(body).__name__} where an object was expected")  # fmt: skip
+    return body
+
+
+def _field(document: dict[str, Any], key: str) -> str:
+    """A field every answer of its route carries, as text; UnexpectedAnswer when it is missing."""
+    value = document.get(key)
+    if value is None or isinstance(value, dict | list):
+        raise UnexpectedAnswer(f"the answer has no usable {key!r}")
+    return str(value)
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     """A JSON object from a file (- for stdin); anything else is a PlatformError naming the file, so `qp` answers one
     line (the helpers' `dict(body)` raised on a list or a string)."""
@@ -345,7 +363,7 @@ def login(
         # Checked with the new sign-in's own credential before anything is saved: a failed login leaves the working
         # one in place.
         with Client(url, credential=_credential(profile, url, environment=False)) as client:
-            me = client.get("/api/v1/me").json()
+            me = _object(client.get("/api/v1/me"))
         _save_profile(profile)
         who = me.get("principal_id") or me.get("display_name")
         _line(f"signed in to {url} as {who} ({me.get('tenant_name')})")
@@ -409,14 +427,13 @@ def _show_pages(
     """A listing's page at `cursor`, or with `every` the items of it and every page after it; a page that is not the
     last one says (on stderr, in table mode) how to ask for the next, instead of passing for the whole list."""
     page = page_at(cursor)
+    # Every cursor of the walk is remembered (the client's own rule): a server answering A, B, A pages forever.
+    seen = {cursor} if cursor else set()
+    items, after = _page(page, seen)
     if every:
-        items = list(page.get("items") or [])
-        while page.get("next_cursor"):
-            if page["next_cursor"] == cursor:
-                raise PlatformError(f"the listing answered the cursor it was sent ({cursor}) as its next one")
-            cursor = str(page["next_cursor"])
-            page = page_at(cursor)
-            items += page.get("items") or []
+        while after is not None:
+            more, after = _page(page_at(after), seen)
+            items += more
         page = {"items": items, "next_cursor": None}
     _show(page, output, columns)
     if output == "table" and page.get("next_cursor"):
@@ -513,7 +530,7 @@ def _intent_id(client: Client, intent: str) -> str:
     # Every page of the prefix: the name may sit past the first 50 (archived ones, or a long shared prefix).
     for item in client.intents.iterate(name_prefix=intent):
         if item.get("name") == intent:
-            return str(item["id"])
+            return _field(item, "id")
     raise PlatformError(f"no intent named {intent!r} in this tenant")
 
 
@@ -530,8 +547,8 @@ def run(
 
     def act(client: Client) -> None:
         body = _read_json(input_file) if input_file is not None else None
-        started = client.executions.start(_intent_id(client, intent), input=body).json()
-        execution_id = str(started["execution_id"])
+        started = _object(client.executions.start(_intent_id(client, intent), input=body))
+        execution_id = _field(started, "execution_id")
         if not follow:
             _show(started, output)
             return
@@ -545,30 +562,33 @@ def run(
 def _follow_json(client: Client, execution_id: str) -> str:
     for event in client.stream(f"/api/v1/executions/{execution_id}/events"):
         _line(json.dumps(event, default=str))
-    return str(client.executions.get(execution_id).json()["status"])
+    return _field(_object(client.executions.get(execution_id)), "status")
 
 
 def _follow_live(client: Client, execution_id: str) -> str:
     """Redraw the steps' table after each event until the execution ends; answers its final status."""
     with Live(console=out, refresh_per_second=8, transient=False) as live:
         for event in client.stream(f"/api/v1/executions/{execution_id}/events"):
-            live.update(_view(client.executions.get(execution_id).json()))
+            live.update(_view(_object(client.executions.get(execution_id))))
             if event.get("type") in TERMINAL_EVENTS:
                 break
-        execution = client.executions.get(execution_id).json()
+        execution = _object(client.executions.get(execution_id))
         live.update(_view(execution))
     if not out.is_terminal:
         out.line()  # the live view ends its last line only on a terminal
-    return str(execution["status"])
+    return _field(execution, "status")
 
 
 def _view(execution: dict[str, Any]) -> Group:
-    steps = execution.get("steps") or []
+    listed = execution.get("steps")
+    steps = [step for step in listed if isinstance(step, dict)] if isinstance(listed, list) else []
     done = sum(1 for step in steps if step.get("state") in ("succeeded", "skipped", "reused"))
     # As text, not markup, like the error below: step ids and actions come from the tenant's definition.
     description = TextColumn("{task.description}", markup=False)
     progress = Progress(description, BarColumn(), TextColumn("{task.completed}/{task.total}"))
-    progress.add_task(f"execution {execution['id']} {execution['status']}", total=max(len(steps), 1), completed=done)
+    progress.add_task(
+        f"execution {execution.get('id')} {execution.get('status')}", total=max(len(steps), 1), completed=done
+    )
     table = Table("step", "action", "state", "attempt", "duration")
     for step in steps:
         table.add_row(
@@ -674,7 +694,7 @@ def events(
             else:
                 # A step's error quotes what an endpoint answered (`GET /[/api] ...`): printed as text, one line each.
                 detail = event.get("error") or (json.dumps(event["result"]) if event.get("result") is not None else "")
-                _line(f"{event['seq']:>4}  {event['type']:<24} {event.get('step') or '':<24} {detail}")
+                _line(f"{event.get('seq')!s:>4}  {event.get('type')!s:<24} {event.get('step') or '':<24} {detail}")
 
     _run(lambda: _with(act), json_lines=True)
 
@@ -683,13 +703,12 @@ def _recorded_events(client: Client, execution: str, after: int) -> Iterator[dic
     """Every event recorded so far after `after`, page after page (one answer holds at most 100): all of them, not
     the first page passing for all."""
     while True:
-        page = client.executions.events(execution, after=after).json()
-        # Only events past `after`: a page that does not move on ends the listing instead of repeating itself.
-        items = [item for item in page.get("items") or [] if isinstance(item, dict) and int(item["seq"]) > after]
+        # Only events past `after` (the rule `stream` follows too): a page that does not move on ends the listing
+        # instead of repeating itself.
+        items, after, _ = _events(client.executions.events(execution, after=after).json(), after)
         yield from items
         if not items:
             return
-        after = max(int(page.get("next_after") or 0), max(int(item["seq"]) for item in items))
 
 
 # ------------------------------------------------------------------------------------------ webhooks
@@ -773,7 +792,7 @@ def main(args: list[str] | None = None) -> NoReturn:
     except _CLICK_ERRORS.ClickException as exc:
         _show_click_error(exc)
         sys.exit(exc.exit_code)
-    except _CLICK_ERRORS.Abort:
+    except typer.Abort:  # typer's own (its copy of click has none)
         typer.echo("Aborted!", err=True)
         sys.exit(1)
     # Without standalone mode click answers a command's exit code (typer.Exit, --help's 0) instead of exiting.

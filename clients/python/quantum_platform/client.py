@@ -18,13 +18,14 @@ from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from time import monotonic as _monotonic
 from typing import Any
 
 import httpx
 from httpx_sse import EventSource
 
 from quantum_platform.credentials import Credential, DevhostCredential, from_environment
-from quantum_platform.errors import PlatformError, ProblemError, problem_from
+from quantum_platform.errors import ProblemError, UnexpectedAnswer, problem_from
 from quantum_platform.resources import Audit, Definitions, Executions, Modules, Webhooks
 
 DEFAULT_URL = "http://127.0.0.1:7071"
@@ -54,6 +55,22 @@ _CREATES = frozenset(
 _POLL_WAIT_S = 25.0
 _RECONNECTS = 12
 """Consecutive failed reconnects of a stream (backing off to 5 s: about 45 s in all) before its error is raised."""
+_QUICK_ROUND_S = 1.0
+"""A round of following (a stream, then the long poll) that brought nothing new and took less than this was answered
+at once: the server's long poll waits `_POLL_WAIT_S` for an event, so the round is paused before the next one."""
+_IDLE_ROUNDS = 12
+"""Quick rounds with nothing new in a row (backing off to 5 s: about 45 s in all) before following gives up: a
+server that keeps answering at once without moving on (replaying old events, an empty page) is not waited on
+forever."""
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+"""The most of one answer's body the client reads (a client's `max_answer_bytes` by default): far above the API's
+largest (an execution of 200 steps with 64 KiB outputs, a page of 500 events), so only a broken or hostile server
+reaches it, instead of taking all the memory there is."""
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+"""The most one server-sent event (a line of it, or its data) may hold: an event carries a step's output twice (`data`
+and `result`), kept inline up to QP_PAYLOAD_INLINE_MAX_BYTES (at most 1 MiB; larger outputs are blob references)."""
+_MAX_EVENT_DIGITS = 19
+"""An event number is a bigint (at most 2**63 - 1: 19 digits)."""
 Item = dict[str, Any]
 # Either answer is followed: a server without the stream answers the JSON long poll from the same URL.
 _STREAM_ACCEPT = "text/event-stream, application/json;q=0.9"
@@ -78,10 +95,20 @@ class ApiResponse:
         return self.http.text
 
     def json(self) -> Any:
-        return self.http.json()
+        """The body as JSON; UnexpectedAnswer (a ValueError) when it is not JSON."""
+        try:
+            return self.http.json()
+        except ValueError:
+            raise UnexpectedAnswer(f"{self._route()} answered something other than JSON") from None
 
     def __getitem__(self, key: str) -> Any:
-        return self.json()[key]
+        body = self.json()
+        if not isinstance(body, dict):
+            raise UnexpectedAnswer(f"{self._route()} answered a JSON {type(body).__name__}, not an object")
+        return body[key]
+
+    def _route(self) -> str:
+        return f"{self.http.request.method} {self.http.request.url.path}"
 
     def get(self, key: str, default: Any = None) -> Any:
         body = self.json()
@@ -109,12 +136,18 @@ class _Core:
     request (`retrying`)."""
 
     def __init__(
-        self, base_url: str | None, credential: Credential | None, tenant: str | None, max_retries: int
+        self,
+        base_url: str | None,
+        credential: Credential | None,
+        tenant: str | None,
+        max_retries: int,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         self.base_url = (base_url or os.environ.get("QP_URL") or DEFAULT_URL).rstrip("/")
         self.credential: Credential = credential or from_environment() or DevhostCredential()
         self._tenant = tenant
         self.max_retries = max_retries
+        self.max_answer_bytes = max_answer_bytes
 
     @property
     def tenant(self) -> str | None:
@@ -170,6 +203,25 @@ class _Core:
             "GET", path, params={"after": after, "wait": _POLL_WAIT_S}, headers={"Accept": _STREAM_ACCEPT}
         )
         return http.build_request("GET", prepared.path, params=prepared.params, headers=self.authorized(prepared))
+
+    def build(self, http: httpx.Client | httpx.AsyncClient, prepared: _Prepared) -> httpx.Request:
+        return http.build_request(
+            prepared.method,
+            prepared.path,
+            json=prepared.json,
+            params=prepared.params,
+            headers=self.authorized(prepared),
+        )
+
+    def take(self, response: httpx.Response, body: bytearray, chunk: bytes) -> None:
+        """Add `chunk` to the `body` being read; UnexpectedAnswer past `max_answer_bytes` (a body without end, or a
+        decompressed one, would otherwise take all the memory there is)."""
+        body += chunk
+        if len(body) > self.max_answer_bytes:
+            raise UnexpectedAnswer(
+                f"{response.request.method} {response.request.url.path} answered more than "
+                f"{self.max_answer_bytes} bytes"
+            )
 
     @staticmethod
     def checked(response: httpx.Response) -> ApiResponse:
@@ -249,6 +301,16 @@ def _reconnect_delay(failures: int, answer: httpx.Response | None = None) -> flo
     return float(min(0.5 * 2 ** (failures - 1), 5.0)) if seconds is None else seconds
 
 
+def _idle_delay(rounds: int) -> float:
+    """The pause after `rounds` quick rounds in a row that brought nothing new; UnexpectedAnswer past the budget."""
+    if rounds > _IDLE_ROUNDS:
+        raise UnexpectedAnswer(
+            f"the event stream answered {_IDLE_ROUNDS} times in a row at once with no new event and the execution "
+            "not ended"
+        )
+    return float(min(0.5 * 2 ** (rounds - 1), 5.0))
+
+
 def _reconnects(error: Exception) -> bool:
     """Whether a stream that ended in `error` is reopened: a lost connection, or a backend restarting."""
     if isinstance(error, ProblemError):
@@ -261,34 +323,110 @@ def _is_sse(response: httpx.Response) -> bool:
     return content_type.partition(";")[0].strip() == "text/event-stream"
 
 
+def _number(value: object) -> int | None:
+    """An event number (an `id:`, a `seq`) as an int, or None when `value` is none ('²' passes str.isdigit)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if value >= 0 else None
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= _MAX_EVENT_DIGITS:
+        return int(value)
+    return None
+
+
+def event_is_new(item: Mapping[str, Any], after: int) -> bool:
+    """The one rule for every way of reading events: an event counts only past the resume position `after`. A server
+    that sends older events again (a replay, a page that does not move on) would have them yielded again forever."""
+    seq = _number(item.get("seq"))
+    return seq is not None and seq > after
+
+
 def _sse_event(data: str, event_id: str, after: int) -> tuple[dict[str, Any] | None, int]:
-    """One SSE message as the long poll's event object and the resume position (`id:` is the event number)."""
+    """One SSE message as the long poll's event object (None when it is not one, or not past `after`) and the resume
+    position (`id:` is the event number, else the event's `seq`)."""
     try:
         item = json.loads(data) if data else None
     except ValueError:
         item = None
-    position = int(event_id) if event_id.isdigit() else after
-    return (item if isinstance(item, dict) else None), max(position, after)
+    if not isinstance(item, dict):
+        item = None
+    position = _number(event_id)
+    if position is None and item is not None:
+        position = _number(item.get("seq"))
+    if position is None or position <= after:
+        return None, after
+    if item is not None and _number(item.get("seq")) is None:
+        item = {**item, "seq": position}
+    return item, position
 
 
-def _page(page: Any, sent: object) -> tuple[list[Item], str | None]:
-    """A listing page's items and the cursor of the next page (None: the last one). A server answering the cursor it
-    was sent would page forever: that is refused, not followed."""
-    if not isinstance(page, dict):
-        raise PlatformError("a listing answered something other than a page ({items, next_cursor})")
+def _page(page: Any, seen: set[str]) -> tuple[list[Item], str | None]:
+    """A listing page's items and the cursor of the next page (None: the last one). A server answering a cursor
+    already followed in this walk (its own, or an earlier one: A, B, A) would page forever: that is refused, not
+    followed. `seen` holds the walk's cursors and gains the next one."""
+    if not isinstance(page, dict) or not isinstance(page.get("items") or [], list):
+        raise UnexpectedAnswer("a listing answered something other than a page ({items: [...], next_cursor})")
     items = [item for item in page.get("items") or [] if isinstance(item, dict)]
     cursor = page.get("next_cursor")
     if cursor is None or cursor == "":
         return items, None
-    if cursor == sent:
-        raise PlatformError(f"a listing answered the cursor it was sent ({cursor}) as its next one")
-    return items, str(cursor)
+    cursor = str(cursor)
+    if cursor in seen:
+        raise UnexpectedAnswer(
+            f"a listing answered the cursor it was sent ({cursor}) as its next one, again in one walk: it would page "
+            "forever"
+        )
+    seen.add(cursor)
+    return items, cursor
 
 
-def _events(page: Any) -> tuple[list[dict[str, Any]], int, bool]:
-    items = [item for item in page.get("items", []) if isinstance(item, dict)]
+def _events(page: Any, after: int) -> tuple[list[dict[str, Any]], int, bool]:
+    """A page of events: those past `after`, the position to resume from, and whether the execution ended."""
+    if not isinstance(page, dict) or not isinstance(page.get("items", []), list):
+        raise UnexpectedAnswer("an events route answered something other than a page of events ({items: [...]})")
+    next_after = _number(page.get("next_after", after))
+    if next_after is None:
+        raise UnexpectedAnswer(f"an events page answered next_after {page.get('next_after')!r}, not an event number")
+    items = [item for item in page.get("items", []) if isinstance(item, dict) and event_is_new(item, after)]
     ended = page.get("status") in ("succeeded", "failed", "cancelled")
-    return items, int(page.get("next_after", 0)), ended
+    return items, max([next_after, after, *(int(item["seq"]) for item in items)]), ended
+
+
+_EVENT_ENDS = (b"\n\n", b"\r\r", b"\r\n\r\n")
+
+
+class _BoundedEvents(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A stream's bytes as httpx-sse reads them, failing once an event (what came since the last blank line: a line
+    of it, or its data lines together) passes `limit` bytes: a line or an event without end would otherwise take all
+    the memory there is, the reader buffering it whole."""
+
+    def __init__(self, response: httpx.Response, limit: int = MAX_EVENT_BYTES) -> None:
+        self._response = response
+        self._limit = limit
+        self._held = 0  # bytes since the last event's end
+        self._tail = b""  # the end of the last chunk, where an event's end may begin
+
+    def _checked(self, chunk: bytes) -> bytes:
+        window = self._tail + chunk
+        ends = [at + len(end) for end in _EVENT_ENDS if (at := window.rfind(end)) >= 0]
+        self._held = len(window) - max(ends) if ends else self._held + len(chunk)
+        self._tail = window[-3:]
+        if self._held > self._limit:
+            raise UnexpectedAnswer(f"an event stream sent an event of more than {self._limit} bytes")
+        return chunk
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._response.iter_bytes():
+            yield self._checked(chunk)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._response.aiter_bytes():
+            yield self._checked(chunk)
+
+
+def _bounded_sse(response: httpx.Response) -> EventSource:
+    """`response`'s server-sent events, read by httpx-sse from its decoded bytes, each held to MAX_EVENT_BYTES."""
+    # Decoded already (`iter_bytes`): the stand-in answer must not decode them again.
+    headers = [(name, value) for name, value in response.headers.items() if name.lower() != "content-encoding"]
+    return EventSource(httpx.Response(response.status_code, headers=headers, stream=_BoundedEvents(response)))
 
 
 class AsyncClient:
@@ -304,8 +442,9 @@ class AsyncClient:
         timeout: float = 60.0,
         max_retries: int = 4,
         transport: httpx.AsyncBaseTransport | None = None,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
-        self._core = _Core(base_url, credential, tenant, max_retries)
+        self._core = _Core(base_url, credential, tenant, max_retries, max_answer_bytes)
         self._http = httpx.AsyncClient(base_url=self._core.base_url, timeout=timeout, transport=transport)
         self.intents: Definitions[Awaitable[ApiResponse], AsyncIterator[Item]] = Definitions(
             self.request, "intents", self.iterate
@@ -336,10 +475,7 @@ class AsyncClient:
         retrying = self._core.retrying(prepared.method, prepared.headers)
         while True:
             try:
-                response = await self._http.request(
-                    prepared.method, prepared.path, json=prepared.json, params=prepared.params,
-                    headers=self._core.authorized(prepared),
-                )  # fmt: skip
+                response = await self._read(await self._http.send(self._core.build(self._http, prepared), stream=True))
             except httpx.TransportError as error:
                 if (delay := retrying.after_error(error)) is None:
                     raise
@@ -348,6 +484,17 @@ class AsyncClient:
             if (delay := retrying.after(response)) is None:
                 return self._core.checked(response)
             await asyncio.sleep(delay)
+
+    async def _read(self, response: httpx.Response) -> httpx.Response:
+        """`response` read whole, up to the client's `max_answer_bytes` (UnexpectedAnswer past it), and closed."""
+        body = bytearray()
+        try:
+            async for chunk in response.aiter_bytes():
+                self._core.take(response, body, chunk)
+        finally:
+            await response.aclose()
+        response._content = bytes(body)  # what `aread` keeps: the body is read, once, within the bound
+        return response
 
     async def get(self, path: str, **kwargs: Any) -> ApiResponse:
         return await self.request("GET", path, **kwargs)
@@ -368,8 +515,9 @@ class AsyncClient:
         """Every item of a paged listing (`{"items": [...], "next_cursor": ...}`), asking for the next page with
         `cursor=` until the answer names none; `params` are the route's filters (and `limit`, the page size)."""
         query = dict(params or {})
+        seen = {str(query["cursor"])} if query.get("cursor") else set()
         while True:
-            items, cursor = _page((await self.get(path, params=query)).json(), query.get("cursor"))
+            items, cursor = _page((await self.get(path, params=query)).json(), seen)
             for item in items:
                 yield item
             if cursor is None:
@@ -379,30 +527,29 @@ class AsyncClient:
     async def stream(self, path: str, *, after: int = 0) -> AsyncIterator[dict[str, Any]]:
         """Each event of an execution (`path` is its events URL) as it is recorded, oldest first, ending after the
         terminal event; resumes from `after`, and reconnects from the last event seen when a stream breaks off."""
-        failures = 0
+        failures = idle = 0
         while True:
+            began = _monotonic()
             try:
                 response = await self._open_stream(path, after)
                 try:
                     if _is_sse(response):
                         seen = False
-                        async for message in EventSource(response).aiter_sse():
+                        async for message in _bounded_sse(response).aiter_sse():
                             item, after = _sse_event(message.data, message.id, after)
                             if item is None:
                                 continue
-                            seen, failures = True, 0
+                            seen, failures, idle = True, 0, 0
                             yield item
                             if item.get("type") in TERMINAL_EVENTS:
                                 return
                         if seen:
                             continue
                         # A stream that ends with nothing new is asked once as a page: it says whether the run ended.
-                        items, after, ended = _events(
-                            (await self.get(path, params={"after": after, "wait": _POLL_WAIT_S})).json()
-                        )
+                        page = (await self.get(path, params={"after": after, "wait": _POLL_WAIT_S})).json()
                     else:
-                        await response.aread()
-                        items, after, ended = _events(response.json())
+                        page = ApiResponse(await self._read(response)).json()
+                    items, after, ended = _events(page, after)
                 finally:
                     await response.aclose()
             except (httpx.TransportError, ProblemError) as error:
@@ -416,11 +563,15 @@ class AsyncClient:
                 continue
             failures = 0  # a page was read: the budget counts failures in a row
             for item in items:
+                idle = 0
                 yield item
                 if item.get("type") in TERMINAL_EVENTS:
                     return
             if ended and not items:
                 return
+            if not items and _monotonic() - began < _QUICK_ROUND_S:
+                idle += 1
+                await asyncio.sleep(_idle_delay(idle))
 
     async def _open_stream(self, path: str, after: int) -> httpx.Response:
         """The events URL opened for reading as it arrives, past 429 and a renewed token; the caller closes it and
@@ -430,8 +581,7 @@ class AsyncClient:
             response = await self._http.send(self._core.stream_request(self._http, path, after), stream=True)
             if response.status_code < 400:
                 return response
-            await response.aread()
-            await response.aclose()
+            await self._read(response)
             if response.status_code in _RESTARTING or (delay := retrying.after(response)) is None:
                 raise problem_from(response)
             await asyncio.sleep(delay)
@@ -458,8 +608,9 @@ class Client:
         timeout: float = 60.0,
         max_retries: int = 4,
         transport: httpx.BaseTransport | None = None,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
-        self._core = _Core(base_url, credential, tenant, max_retries)
+        self._core = _Core(base_url, credential, tenant, max_retries, max_answer_bytes)
         self._http = httpx.Client(base_url=self._core.base_url, timeout=timeout, transport=transport)
         self.intents: Definitions[ApiResponse, Iterator[Item]] = Definitions(self.request, "intents", self.iterate)
         self.blueprints: Definitions[ApiResponse, Iterator[Item]] = Definitions(
@@ -486,10 +637,7 @@ class Client:
         retrying = self._core.retrying(prepared.method, prepared.headers)
         while True:
             try:
-                response = self._http.request(
-                    prepared.method, prepared.path, json=prepared.json, params=prepared.params,
-                    headers=self._core.authorized(prepared),
-                )  # fmt: skip
+                response = self._read(self._http.send(self._core.build(self._http, prepared), stream=True))
             except httpx.TransportError as error:
                 if (delay := retrying.after_error(error)) is None:
                     raise
@@ -498,6 +646,17 @@ class Client:
             if (delay := retrying.after(response)) is None:
                 return self._core.checked(response)
             time.sleep(delay)
+
+    def _read(self, response: httpx.Response) -> httpx.Response:
+        """`response` read whole, up to the client's `max_answer_bytes` (UnexpectedAnswer past it), and closed."""
+        body = bytearray()
+        try:
+            for chunk in response.iter_bytes():
+                self._core.take(response, body, chunk)
+        finally:
+            response.close()
+        response._content = bytes(body)  # what `read` keeps: the body is read, once, within the bound
+        return response
 
     def get(self, path: str, **kwargs: Any) -> ApiResponse:
         return self.request("GET", path, **kwargs)
@@ -518,8 +677,9 @@ class Client:
         """Every item of a paged listing (`{"items": [...], "next_cursor": ...}`), asking for the next page with
         `cursor=` until the answer names none; `params` are the route's filters (and `limit`, the page size)."""
         query = dict(params or {})
+        seen = {str(query["cursor"])} if query.get("cursor") else set()
         while True:
-            items, cursor = _page(self.get(path, params=query).json(), query.get("cursor"))
+            items, cursor = _page(self.get(path, params=query).json(), seen)
             yield from items
             if cursor is None:
                 return
@@ -528,18 +688,19 @@ class Client:
     def stream(self, path: str, *, after: int = 0) -> Iterator[dict[str, Any]]:
         """Each event of an execution as it is recorded, ending after the terminal event; reconnects from the last
         event seen when a stream breaks off."""
-        failures = 0
+        failures = idle = 0
         while True:
+            began = _monotonic()
             try:
                 response = self._open_stream(path, after)
                 try:
                     if _is_sse(response):
                         seen = False
-                        for message in EventSource(response).iter_sse():
+                        for message in _bounded_sse(response).iter_sse():
                             item, after = _sse_event(message.data, message.id, after)
                             if item is None:
                                 continue
-                            seen, failures = True, 0
+                            seen, failures, idle = True, 0, 0
                             yield item
                             if item.get("type") in TERMINAL_EVENTS:
                                 return
@@ -547,10 +708,9 @@ class Client:
                             continue
                         # A stream that ends with nothing new is asked once as a page: it says whether the run ended.
                         page = self.get(path, params={"after": after, "wait": _POLL_WAIT_S}).json()
-                        items, after, ended = _events(page)
                     else:
-                        response.read()
-                        items, after, ended = _events(response.json())
+                        page = ApiResponse(self._read(response)).json()
+                    items, after, ended = _events(page, after)
                 finally:
                     response.close()
             except (httpx.TransportError, ProblemError) as error:
@@ -564,11 +724,15 @@ class Client:
                 continue
             failures = 0  # a page was read: the budget counts failures in a row
             for item in items:
+                idle = 0
                 yield item
                 if item.get("type") in TERMINAL_EVENTS:
                     return
             if ended and not items:
                 return
+            if not items and _monotonic() - began < _QUICK_ROUND_S:
+                idle += 1
+                time.sleep(_idle_delay(idle))
 
     def _open_stream(self, path: str, after: int) -> httpx.Response:
         """The events URL opened for reading as it arrives, past 429 and a renewed token; the caller closes it and
@@ -578,8 +742,7 @@ class Client:
             response = self._http.send(self._core.stream_request(self._http, path, after), stream=True)
             if response.status_code < 400:
                 return response
-            response.read()
-            response.close()
+            self._read(response)
             if response.status_code in _RESTARTING or (delay := retrying.after(response)) is None:
                 raise problem_from(response)
             time.sleep(delay)

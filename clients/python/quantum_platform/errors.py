@@ -12,6 +12,12 @@ class PlatformError(Exception):
     """Any failure the client reports."""
 
 
+class UnexpectedAnswer(PlatformError, ValueError):
+    """An answer the client cannot use: not JSON, JSON of another shape than the route's, larger than the client
+    reads, or a listing or event stream that does not move on. A ValueError too, as reading such a body raised
+    before."""
+
+
 class ProblemError(PlatformError):
     """An answer of 4xx/5xx: `status`, `type`, `title`, `detail`, `errors` (per field), `reason` (the machine code
     of a refusal, e.g. `production_requires_deployer`) and `request_id`."""
