@@ -12,9 +12,9 @@ def if_match_tags(header: str | None) -> frozenset[str] | None:
     if header is None:
         return None
     tags = frozenset(tag.strip() for tag in header.split(",") if tag.strip())
-    # `*` on several lines, which the edge joins (`*, *`), is still `*`; mixed with tags (not a valid If-Match) it is
-    # read as `*` too, as a server that looked at its first element would.
-    return None if "*" in tags else tags
+    # `*` on several lines, which the edge joins (`*, *`), is still `*`; mixed with tags (not a valid If-Match) the
+    # tags alone count, so a stale one fails as it would without the `*`.
+    return None if tags and tags <= {"*"} else tags - {"*"}
 
 
 def versioned(name: str, version: int) -> str:

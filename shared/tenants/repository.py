@@ -276,18 +276,23 @@ class TenantDirectory:
         known, tenant = self.cached(entra_tenant_id)
         if known:
             return tenant
-        with self._lock:
-            read = self._reading.get(entra_tenant_id)
-            leads = read is None
-            if read is None:
-                read = self._reading[entra_tenant_id] = _Read(self._generation)
-        if not leads:
-            # The read's outcome, whatever it is: a failed one (the pool exhausted) repeated by each waiter in turn
-            # made the k-th wait k reads.
+        while True:
+            with self._lock:
+                read = self._reading.get(entra_tenant_id)
+                # A read begun before the cache was last cleared (a suspension) may answer what changed: not joined.
+                leads = read is None or read.generation != self._generation
+                if leads:
+                    read = self._reading[entra_tenant_id] = _Read(self._generation)
+            assert read is not None
+            if leads:
+                break
+            # The read's outcome: a failed one (the pool exhausted) repeated by each waiter in turn made the k-th wait
+            # k reads. A leader ended by something other than an error (its thread stopping) leaves the read to them.
             read.done.wait()
-            if read.error is not None:
+            if isinstance(read.error, Exception):
                 raise read.error
-            return read.tenant
+            if read.error is None:
+                return read.tenant
         try:
             now = time.monotonic()
             with conn_factory() as conn:

@@ -135,6 +135,42 @@ def test_an_event_of_many_data_lines_is_held_to_the_same_bound() -> None:
         list(sync_events(counted(handler, [])))
 
 
+def test_an_event_past_the_bound_that_comes_whole_in_one_chunk_is_refused() -> None:
+    # Only what followed the chunk's last event end was counted: a whole event (a compressed chunk decoded at once)
+    # passed whatever its size.
+    big = b"data: " + b"z" * (module.MAX_EVENT_BYTES + MiB) + b"\n\n"
+    asked: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if is_stream(request):
+            end = b'data: {"seq": 2, "type": "execution_completed"}\n\n'
+            return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=big + end)
+        return httpx.Response(200, json={"status": "succeeded", "items": [], "next_after": 0})
+
+    with pytest.raises(UnexpectedAnswer, match="event of more than"):
+        list(sync_events(counted(handler, asked)))
+    assert asked[0].headers["accept-encoding"] == "identity"  # not compressed, so not decoded past the bound at once
+
+
+@pytest.mark.parametrize("blank", [b"\r\n", b"\r", b"\n"])
+def test_events_whose_blank_line_ends_differently_from_their_lines_are_each_counted_alone(blank: bytes) -> None:
+    # LF lines and a CRLF or CR blank line are an event end the format allows: missed, every event of a stream was
+    # added to the one before, until a long stream of small events was refused.
+    pad = "p" * (MiB - 100)
+    events = b"".join(
+        f'data: {{"seq": {n}, "type": "step_started", "pad": "{pad}"}}\n'.encode() + blank for n in range(1, 21)
+    )
+    end = b'data: {"seq": 21, "type": "execution_completed"}\n' + blank
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if is_stream(request):
+            return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=events + end)
+        return httpx.Response(200, json={"status": "succeeded", "items": [], "next_after": 21})
+
+    got = list(sync_events(counted(handler, [])))
+    assert [event["seq"] for event in got] == list(range(1, 22))
+
+
 # ------------------------------------------------------------------------------------------ D4: replayed events
 @pytest.mark.parametrize("how", ["stream", "page"])
 def test_events_at_or_before_the_resume_position_are_never_yielded_again(how: str, pauses: list[float]) -> None:

@@ -161,6 +161,7 @@ def test_if_match_lines_are_one_list_the_route_reads_whole() -> None:
     assert [value for key, value in seen[0] if key == b"if-match"] == [b'"a.v1", "a.v2", "a.v3"']
     assert (b"x-other", b"1") in seen[0]
     assert if_match_tags("*, *") is None  # `*` on two lines is still any current version
+    assert if_match_tags('"stale", *') == {'"stale"'}  # mixed: the tags count, so a stale one still fails
     assert if_match_tags(dict((k.decode(), v.decode()) for k, v in seen[0])["if-match"]) == {
         '"a.v1"',
         '"a.v2"',

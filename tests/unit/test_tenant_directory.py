@@ -162,3 +162,34 @@ def test_callers_waiting_for_a_read_that_fails_share_its_failure() -> None:
     assert len(failures) == 6
     assert conn.lookups == 1
     assert directory._reading == {}
+
+
+def test_a_caller_after_a_clearing_of_the_cache_does_not_join_a_read_begun_before_it() -> None:
+    # A suspension clears the cache: a request after it joined the read begun before it, and was answered with the
+    # tenant as it was.
+    conn = _HeldRead()
+    directory = TenantDirectory(ttl_s=3600)
+    entra_id = uuid.uuid4()
+
+    @contextlib.contextmanager
+    def factory() -> Iterator[_NoRows]:
+        conn.taken += 1
+        yield conn
+
+    first = threading.Thread(target=lambda: directory.resolve(factory, entra_id))
+    first.start()
+    for _ in range(1000):
+        if conn.taken:
+            break
+        threading.Event().wait(0.01)
+    directory.forget()
+    late = threading.Thread(target=lambda: directory.resolve(factory, entra_id))
+    late.start()
+    for _ in range(1000):
+        if conn.taken == 2:
+            break
+        threading.Event().wait(0.01)
+    conn.release.set()
+    first.join(10)
+    late.join(10)
+    assert conn.taken == 2  # the late caller read for itself

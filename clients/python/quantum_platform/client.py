@@ -200,7 +200,11 @@ class _Core:
 
     def stream_request(self, http: httpx.Client | httpx.AsyncClient, path: str, after: int) -> httpx.Request:
         prepared = self.prepare(
-            "GET", path, params={"after": after, "wait": _POLL_WAIT_S}, headers={"Accept": _STREAM_ACCEPT}
+            "GET",
+            path,
+            params={"after": after, "wait": _POLL_WAIT_S},
+            # Not compressed: a small compressed chunk could hold a whole event far past the bound, decoded at once.
+            headers={"Accept": _STREAM_ACCEPT, "Accept-Encoding": "identity"},
         )
         return http.build_request("GET", prepared.path, params=prepared.params, headers=self.authorized(prepared))
 
@@ -390,26 +394,35 @@ def _events(page: Any, after: int) -> tuple[list[dict[str, Any]], int, bool]:
     return items, max([next_after, after, *(int(item["seq"]) for item in items)]), ended
 
 
-_EVENT_ENDS = (b"\n\n", b"\r\r", b"\r\n\r\n")
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 class _BoundedEvents(httpx.SyncByteStream, httpx.AsyncByteStream):
-    """A stream's bytes as httpx-sse reads them, failing once an event (what came since the last blank line: a line
-    of it, or its data lines together) passes `limit` bytes: a line or an event without end would otherwise take all
-    the memory there is, the reader buffering it whole."""
+    """A stream's bytes as httpx-sse reads them, failing once an event (its lines since the last blank line, or a line
+    without end) passes `limit` bytes: the reader buffers a line and an event whole, so one without end would take all
+    the memory there is. Every line of every chunk is counted (a whole event may come in one decoded chunk), with the
+    line ends the format allows (CRLF, CR, LF, mixed)."""
 
     def __init__(self, response: httpx.Response, limit: int = MAX_EVENT_BYTES) -> None:
         self._response = response
         self._limit = limit
-        self._held = 0  # bytes since the last event's end
-        self._tail = b""  # the end of the last chunk, where an event's end may begin
+        self._held = 0  # bytes of the event's ended lines
+        self._line = 0  # bytes of the line not ended yet
+        self._cr = False  # the last chunk ended in CR, which a LF beginning the next one completes
 
     def _checked(self, chunk: bytes) -> bytes:
-        window = self._tail + chunk
-        ends = [at + len(end) for end in _EVENT_ENDS if (at := window.rfind(end)) >= 0]
-        self._held = len(window) - max(ends) if ends else self._held + len(chunk)
-        self._tail = window[-3:]
-        if self._held > self._limit:
+        at = 1 if self._cr and chunk.startswith(b"\n") else 0
+        self._cr = False
+        for end in _LINE_END.finditer(chunk, at):
+            length = self._line + end.start() - at
+            # A blank line ends the event; any other adds its bytes (and its end) to it.
+            self._held = 0 if length == 0 else self._held + length + 1
+            self._line, at = 0, end.end()
+            self._cr = end.group() == b"\r" and at == len(chunk)
+            if self._held > self._limit:
+                break
+        self._line += len(chunk) - at
+        if self._held + self._line > self._limit:
             raise UnexpectedAnswer(f"an event stream sent an event of more than {self._limit} bytes")
         return chunk
 
