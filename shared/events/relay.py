@@ -21,7 +21,7 @@ from typing import Any, cast
 from uuid import UUID
 
 from psycopg.rows import DictRow
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from shared.db import tenant_locks
 from shared.db.session import platform_transaction, tenant_transaction
@@ -218,6 +218,12 @@ def relay_pending(
                     "outbox relay: the events of tenant %s were not sent: the hub's link failed", tenant_id
                 )
                 failed.add(tenant_id)
+            except PoolTimeout:
+                # No connection in time (the database away, or the pool held): every tenant's transaction waits for
+                # the same pool, so none of it is this tenant's to back off for, and the next run tries again.
+                logger.warning("outbox relay: no database connection for tenant %s; the run ends", tenant_id)
+                failed.add(tenant_id)
+                return RelayResult(published=published + sent_this_round, tenants=len(seen), failed_tenants=len(failed))
             except Exception:  # one tenant's trouble must not keep the others' events back
                 logger.exception("outbox relay: the events of tenant %s could not be published", tenant_id)
                 failed.add(tenant_id)

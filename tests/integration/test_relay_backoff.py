@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from shared.db.pool import build_control_pool, build_pool
 from shared.db.session import platform_transaction, tenant_transaction
@@ -192,7 +192,9 @@ def test_a_publish_that_goes_clears_the_backoff_and_the_tenant_takes_its_place_a
     assert _deferral(control_pool, stuck) == (1, 30.0)
 
 
-@pytest.mark.parametrize("error", [PublishLinkError, PublishTimeoutError], ids=["link-lost", "hub-timed-out"])
+@pytest.mark.parametrize(
+    "error", [PublishLinkError, PublishTimeoutError, PoolTimeout], ids=["link-lost", "hub-timed-out", "no-connection"]
+)
 def test_a_failure_that_is_not_the_tenants_own_does_not_defer_it(
     app_pool: ConnectionPool[Any],
     control_pool: ConnectionPool[Any],
