@@ -17,7 +17,7 @@ from shared.api.admission import RETRY_AFTER_S, Admission, get_admission
 from shared.api.durable import get_durable_client
 from shared.api.permissions import BoundedBodyRoute, received_document
 from shared.api.problems import DEPENDENCY_RETRY_AFTER_S, ProblemError, over_rate, too_many_requests
-from shared.api.responses import INVALID, RATE_LIMITED, REPEATED_HEADER, problem_doc
+from shared.api.responses import INVALID, RATE_LIMITED, problem_doc
 from shared.api.routers.executions import ExecutionId, StepId
 from shared.api.security import AUTHORIZATION, refuse_repeated_headers, single_header
 from shared.db.session import retried_on_deadlock
@@ -32,7 +32,6 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/executions", tags=["remote workers"], route_class=BoundedBodyRoute)
 _EXAMPLE_TOKEN = "qpt1.eyJ0IjoiLi4uIn0.c2lnbmF0dXJl"  # noqa: S105  # a documentation example
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    400: REPEATED_HEADER,
     401: problem_doc(
         401,
         "invalid-task-token",
