@@ -152,7 +152,7 @@ def _suspended() -> ProblemError:
     )
 
 
-def _refuse_suspended(context: RequestContext) -> NoReturn:
+def refuse_suspended(context: RequestContext) -> NoReturn:
     """Record the denial of a suspended tenant's request and refuse it with 403."""
     tenant = context.tenant
     try:
@@ -222,7 +222,7 @@ async def authenticated(
         if not verdict.allowed:
             raise over_rate(tenant.id, verdict.retry_after_s)
         if tenant.status != "active":
-            await run_in_threadpool(_refuse_suspended, identity)
+            await run_in_threadpool(refuse_suspended, identity)
         trace.get_current_span().set_attribute(TENANT_ID, str(tenant.id))
         context = replace(identity, permit=permit)
         request.state.context = context

@@ -21,7 +21,7 @@ from shared.api.admission import idle
 from shared.api.permissions import GuardedRoute, permission
 from shared.api.problems import ProblemError
 from shared.api.responses import AUTH_ERRORS, BAD_CURSOR, INVALID, problem_doc
-from shared.api.security import RequestContext, authorize, token_validator
+from shared.api.security import RequestContext, authorize, refuse_suspended, token_validator
 from shared.api.transactions import TenantConnection
 from shared.auth.tokens import InvalidTokenError, KeysNotCachedError, TokenValidator, bearer_token
 from shared.config import get_settings
@@ -448,8 +448,10 @@ async def events(
 ) -> ExecutionEventPage | StreamingResponse:
     """Events with seq > `after`, oldest first. With `wait`, an empty answer is held until an event arrives, the
     execution has finished, `wait` seconds pass or the caller's token expires; then what arrived (possibly nothing)
-    with `next_after`. With `Accept: text/event-stream`, the events as server-sent events until the execution ends,
-    the caller's token expires or the tenant is suspended (Reader).
+    with `next_after`. A poll still held when its tenant is suspended is answered within seconds as the tenant's
+    other requests are: 403 `tenant-suspended`, without the events recorded since. With `Accept: text/event-stream`,
+    the events as server-sent events until the execution ends, the caller's token expires or the tenant is suspended
+    (Reader).
     """
     # Async so a waiting client holds no worker thread; every database step runs on one, briefly.
     await run_in_threadpool(load_execution, context, execution_id)
@@ -465,10 +467,16 @@ async def events(
             slot.release()  # no response will give it back
             raise
     deadline = time.monotonic() + wait
+    poll_access: event_stream.StreamAccess | None = None
     if wait > 0:
         # A long poll answers (with what there is) by the time its token is refused: the client's next poll, with a
         # renewed token, goes on; nothing is sent on a token that expired.
-        deadline = min(deadline, time.monotonic() + await _token_expiry(request, validator) - time.time())
+        expires_at = await _token_expiry(request, validator)
+        deadline = min(deadline, time.monotonic() + expires_at - time.time())
+        poll_access = event_stream.StreamAccess(context.tenant.id, context.principal.entra_tenant_id, expires_at)
+    # A waiting poll looks at its tenant as an open stream does, from the same directory at the same interval: the
+    # route let the caller in just now, so the first look is one interval on.
+    look_at = time.monotonic() + event_stream.TENANT_LOOK_S
     wakeup = get_event_wakeup() if wait > 0 else None
     with contextlib.ExitStack() as stack:
         waiter = stack.enter_context(wakeup.waiting(execution_id)) if wakeup is not None else None
@@ -480,10 +488,16 @@ async def events(
             if items or progress.terminal or time.monotonic() >= deadline:
                 break
             # The permit is given back while waiting: a tenant's long polls count against its bound only while they
-            # read.
-            pause = min(FALLBACK_RECHECK_S, max(0.0, deadline - time.monotonic()))
+            # read. It wakes for the tenant's look too, so a suspension bites within TENANT_LOOK_S.
+            pause = min(FALLBACK_RECHECK_S, max(0.0, deadline - time.monotonic()), max(0.0, look_at - time.monotonic()))
             if not await idle(context, pause, waiter.event if waiter is not None else None):
                 break  # its bound is taken by other requests: answer with what there is, the client polls again
+            if poll_access is not None and time.monotonic() >= look_at:
+                # Before the next read: a poll that outlived its tenant's suspension sends nothing more, and is
+                # answered as the tenant's new requests are (403 `tenant-suspended`, recorded as their denial is).
+                if not await poll_access.tenant_active():
+                    await run_in_threadpool(refuse_suspended, context)
+                look_at = time.monotonic() + event_stream.TENANT_LOOK_S
     return ExecutionEventPage(
         execution_id=execution_id,
         status=progress.status,
