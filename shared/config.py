@@ -215,6 +215,9 @@ class Settings(BaseSettings):
             raise ValueError("QP_COSMOS_ENDPOINT must be an https:// URL")
         self._check_control_login()
         self._check_sealing_keys()
+        if self.QP_OPERATOR_ENTRA_TENANT_ID is not None and self.QP_OPERATOR_ENTRA_TENANT_ID.int == 0:
+            # Tokens naming the nil UUID are refused at the edge, so the control plane would have no administrator.
+            raise ValueError("QP_OPERATOR_ENTRA_TENANT_ID is the nil UUID, which Entra never issues as a tenant id")
         if self.QP_OPERATOR_ENTRA_TENANT_ID is None and self.QP_ENVIRONMENT != "local":
             raise ValueError(
                 "QP_OPERATOR_ENTRA_TENANT_ID is required outside local development: the Entra tenant whose "

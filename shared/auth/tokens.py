@@ -73,6 +73,10 @@ _CANONICAL_GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-
 """The one spelling of a tenant id that Entra emits and the platform stores: a `tid` in any other case would name
 the same tenant through a second issuer string and a second token identity, so it is refused, not folded."""
 
+_NIL_GUID = "00000000-0000-0000-0000-000000000000"
+"""A GUID in form that names no directory and no object: Entra never issues it as a `tid` or an `oid`, so a token
+naming it is malformed (a placeholder a misconfigured or forged issuer left), not one caller among others."""
+
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 Fetch = Callable[[str], dict[str, Any]]
@@ -369,6 +373,8 @@ class TokenValidator:
             raise InvalidTokenError("tid is not a GUID")
         if not _CANONICAL_GUID.match(tid):
             raise InvalidTokenError("tid is not a lower-case GUID")
+        if tid == _NIL_GUID:
+            raise InvalidTokenError("tid is the nil GUID")
         iss = claims["iss"]
         if not isinstance(iss, str) or iss != metadata_issuer.replace(TENANT_PLACEHOLDER, tid):
             raise InvalidTokenError("wrong issuer")
@@ -381,6 +387,8 @@ class TokenValidator:
         oid = claims["oid"]
         if not isinstance(oid, str) or not _GUID.match(oid):
             raise InvalidTokenError("oid is not a GUID")
+        if oid == _NIL_GUID:
+            raise InvalidTokenError("oid is the nil GUID")
 
         raw_roles = claims.get("roles", [])
         if not isinstance(raw_roles, list) or not all(isinstance(r, str) for r in raw_roles):

@@ -7,7 +7,8 @@ from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic_core import PydanticCustomError
 
 from shared.policy.facts import TenantFacts
 
@@ -26,6 +27,18 @@ MAX_SETTING_VALUE_BYTES = 32 * 1024
 MAX_SETTING_KEY_LENGTH = 128
 SettingKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_SETTING_KEY_LENGTH)]
 """The name of one of a tenant's own settings."""
+
+
+def _issued_by_entra(value: UUID) -> UUID:
+    """An Entra tenant id as Entra issues them: never the nil UUID, which names no directory and which the edge
+    refuses as a token's `tid` (a tenant provisioned for it could never be signed in to)."""
+    if value.int == 0:
+        raise PydanticCustomError("nil_entra_tenant_id", "the nil UUID is not an Entra tenant id")
+    return value
+
+
+EntraTenantId = Annotated[UUID, AfterValidator(_issued_by_entra)]
+"""The Entra ID tenant (`tid`) a tenant is provisioned for."""
 
 
 class TenantQuotas(BaseModel):
@@ -60,7 +73,9 @@ class TenantCreate(BaseModel):
 
     name: str = Field(pattern=_NAME, description="Unique slug of the tenant")
     display_name: str = Field(default="", max_length=200)
-    entra_tenant_id: UUID = Field(description="The Entra ID tenant (`tid`) whose tokens act for this tenant")
+    entra_tenant_id: EntraTenantId = Field(
+        description="The Entra ID tenant (`tid`) whose tokens act for this tenant (never the nil UUID)"
+    )
     status: TenantStatus = "active"
     quotas: TenantQuotas = Field(default_factory=TenantQuotas)
     allowed_modules: list[AllowedItem] = Field(default_factory=list, max_length=500)

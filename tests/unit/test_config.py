@@ -132,3 +132,11 @@ def test_outside_local_development_the_operators_tenant_is_named(monkeypatch: py
     assert str(load_settings().QP_OPERATOR_ENTRA_TENANT_ID) == OPERATOR
     _set(monkeypatch, QP_ENVIRONMENT="local", QP_OPERATOR_ENTRA_TENANT_ID="")
     assert load_settings().QP_OPERATOR_ENTRA_TENANT_ID is None
+
+
+def test_the_operators_tenant_is_never_the_nil_uuid(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tokens naming the nil UUID are refused at the edge: the control plane would start with no administrator.
+    for spelling in ("00000000-0000-0000-0000-000000000000", "00000000000000000000000000000000"):
+        _set(monkeypatch, **{**_BASE, **_DEV, "QP_OPERATOR_ENTRA_TENANT_ID": spelling})
+        with pytest.raises(SettingsError, match="nil UUID"):
+            load_settings()
