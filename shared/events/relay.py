@@ -17,9 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from time import monotonic
-from typing import Any, cast
+from typing import Any, Literal, cast
 from uuid import UUID
 
+import psycopg
 from psycopg.rows import DictRow
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -60,6 +61,12 @@ _UNPUBLISHED = (
     " AND txid < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY txid, position LIMIT %s FOR UPDATE SKIP LOCKED"
 )
 _MARK = "UPDATE app.outbox SET published_at = clock_timestamp() WHERE id = ANY(%s) AND published_at IS NULL"
+# The database's transient failures (_databases_failure). The database away: connection exceptions, insufficient
+# resources, an administrator's or a crash's shutdown, a server starting up. One transaction's bad luck: a
+# serialization failure, a deadlock's victim.
+_DATABASE_AWAY_CLASSES = frozenset({"08", "53"})
+_DATABASE_AWAY_STATES = frozenset({"57P01", "57P02", "57P03"})
+_TRANSACTION_LOST_STATES = frozenset({"40001", "40P01"})
 
 logger = logging.getLogger(__name__)
 
@@ -77,12 +84,12 @@ tenant's events go to the partition of its id) costs a publish's deadline per te
 past the host's 1-hour bound for a run. The tenants left wait for the next run."""
 
 RELAY_BACKOFF_S = 30.0
-"""A tenant whose publish failed for a reason of its own (its partition not answering, say; not the hub's silence nor
-its link's failure) is not relayed again for this long after its first failure, twice as long after each further one
-in a row, at most RELAY_BACKOFF_MAX_S; a publish of its events that goes ends it. Tried in every run, after the other
-tenants, its partition's deadline ended every run, and the timer's next run (and every other tenant's new events and
-webhooks) waited for it as long as that partition stayed stuck. Half a minute: a partition that failed once (moved
-between the hub's nodes, say) is usually back by then, and its tenant waits little more."""
+"""A tenant whose publish failed for a reason of its own (its partition not answering, say; not the hub's silence, its
+link's failure nor the database's) is not relayed again for this long after its first failure, twice as long after
+each further one in a row, at most RELAY_BACKOFF_MAX_S; a publish of its events that goes ends it. Tried in every run,
+after the other tenants, its partition's deadline ended every run, and the timer's next run (and every other tenant's
+new events and webhooks) waited for it as long as that partition stayed stuck. Half a minute: a partition that failed
+once (moved between the hub's nodes, say) is usually back by then, and its tenant waits little more."""
 
 RELAY_BACKOFF_MAX_S = 900.0
 """The longest backoff: reached after six failures in a row (about 17 minutes of them), it lets a partition stuck for
@@ -162,7 +169,9 @@ def relay_pending(
     `publisher` gives the publisher (the process's when None).
 
     A tenant whose events cannot be sent is logged and left for a later run: unless its send failed on the hub's link
-    (`PublishLinkError`: its place in the next run is kept), no run of any instance relays it before its backoff
+    (`PublishLinkError`: its place in the next run is kept) or its transaction met a transient failure of the database
+    (no connection in time, the connection lost, a deadlock's victim: the run ends there, the tenant keeps its place),
+    no run of any instance relays it before its backoff
     (RELAY_BACKOFF_S, doubling per failure in a row, at most RELAY_BACKOFF_MAX_S; recorded in
     `control.relay_deferrals`) has passed, and then after the other tenants, least recently failed first; a publish of
     its events that goes clears it. The other tenants still go, also when its send timed out (the partition of its id
@@ -218,15 +227,27 @@ def relay_pending(
                     "outbox relay: the events of tenant %s were not sent: the hub's link failed", tenant_id
                 )
                 failed.add(tenant_id)
-            except PoolTimeout:
-                # No connection in time (the database away, or the pool held): every tenant's transaction waits for
-                # the same pool, so none of it is this tenant's to back off for, and the next run tries again.
-                logger.warning("outbox relay: no database connection for tenant %s; the run ends", tenant_id)
+            except Exception as exc:
                 failed.add(tenant_id)
-                return RelayResult(published=published + sent_this_round, tenants=len(seen), failed_tenants=len(failed))
-            except Exception:  # one tenant's trouble must not keep the others' events back
+                failure = _databases_failure(exc)
+                if failure == "away":
+                    # Not this tenant's to back off for: every tenant's transaction runs on the same database (and
+                    # waits for the same pool), so the others would only meet it too; it rolled back, its events
+                    # wait, and the next run tries again.
+                    logger.warning(
+                        "outbox relay: the database failed tenant %s's transaction; the run ends: %s", tenant_id, exc
+                    )
+                    return RelayResult(
+                        published=published + sent_this_round, tenants=len(seen), failed_tenants=len(failed)
+                    )
+                if failure == "lost":
+                    # One transaction's bad luck, not its tenant's: the others go on, and it keeps its place in the
+                    # next run (ended there, a deadlock that recurs would have kept every other tenant back).
+                    logger.warning("outbox relay: tenant %s's transaction was lost; next run: %s", tenant_id, exc)
+                    continue
+                # Its partition's send failed, or something of its own did: one tenant's trouble must not keep the
+                # others' events back.
                 logger.exception("outbox relay: the events of tenant %s could not be published", tenant_id)
-                failed.add(tenant_id)
                 _defer(tenant_id, control_pool)
             else:
                 sent_this_round += sent
@@ -236,6 +257,27 @@ def relay_pending(
         if sent_this_round == 0:
             break
     return RelayResult(published=published, tenants=len(seen), failed_tenants=len(failed))
+
+
+def _databases_failure(exc: Exception) -> Literal["away", "lost"] | None:
+    """Whether `exc` is the database's transient failure, which any tenant's transaction might have met, rather than
+    the tenant's own: "away" for no pooled connection in time (`PoolTimeout`), the connection lost or closed under it,
+    the server shutting down, not yet taking connections or out of resources; "lost" for a serialization failure or a
+    deadlock's victim (this transaction's alone); None otherwise.
+
+    Other database errors still back the tenant off: one that its own rows cause (a statement timeout on them, say)
+    would come back in every run, and, its tenant first in the order, end every run before any other tenant's turn."""
+    if isinstance(exc, PoolTimeout):
+        return "away"
+    if not isinstance(exc, psycopg.OperationalError):
+        return None
+    state = exc.sqlstate
+    if state in _TRANSACTION_LOST_STATES:
+        return "lost"
+    # No state: raised by the driver itself, the connection lost or closed (as our own transaction wrappers raise it).
+    if state is None or state[:2] in _DATABASE_AWAY_CLASSES or state in _DATABASE_AWAY_STATES:
+        return "away"
+    return None
 
 
 def _turns(max_tenants: int, control_pool: ConnectionPool[Any] | None) -> list[tuple[UUID, bool]]:

@@ -8,87 +8,35 @@ keeps."""
 from __future__ import annotations
 
 import importlib
-import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from shared.db.pool import build_control_pool, build_pool
 from shared.db.session import platform_transaction, tenant_transaction
 from shared.events import relay
-from shared.events.publisher import (
-    OutboundEvent,
-    PartitionTimeoutError,
-    PublishLinkError,
-    PublishTimeoutError,
-)
+from shared.events.publisher import OutboundEvent, PublishLinkError, PublishTimeoutError
 from shared.events.relay import relay_pending
 from shared.tenants.offboarding import erase_tenant
 from tests.integration.conftest import _settings
+from tests.integration.relay_harness import Partitions, backoff_passed, deferral, forget_deferrals
 from tests.integration.test_outbox_relay import _enqueue, _unpublished
-from tests.integration.test_relay_deadline import _Kept
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("process_pools")]
-
-
-class _Partitions:
-    """A publisher whose publishes to the `down` tenants fail with `error` (their partition does not answer); it keeps
-    the tenant of every publish it was asked for, failed or not."""
-
-    def __init__(self, down: set[uuid.UUID] | None = None, error: type[Exception] = PartitionTimeoutError) -> None:
-        self.down = {str(tenant) for tenant in down or set()}
-        self.error = error
-        self.tried: list[str | None] = []
-        self._lock = threading.Lock()
-
-    def publish(self, hub: str, events: Sequence[OutboundEvent], *, timeout: float | None = None) -> None:
-        key = events[0].partition_key
-        with self._lock:
-            self.tried.append(key)
-        if key in self.down:
-            raise self.error(f"{hub}: not sent by its deadline: the partition did not answer")
-
-    def close(self) -> None:
-        pass
-
-
-def forget_deferrals(control_pool: ConnectionPool[Any]) -> None:
-    """No tenant backing off: one left by an earlier test would keep its events from the next tests' drain, and send
-    them in the middle of a later test once its backoff had passed."""
-    with platform_transaction(pool=control_pool) as conn:
-        conn.execute("DELETE FROM control.relay_deferrals")
-
-
-def backoff_passed(control_pool: ConnectionPool[Any], *tenants: uuid.UUID) -> None:
-    """The tenants' backoffs over, as time would end them: their failures' time and count stay as they were."""
-    with platform_transaction(pool=control_pool) as conn:
-        conn.execute(
-            "UPDATE control.relay_deferrals SET retry_at = failed_at WHERE tenant_id = ANY(%s)", (list(tenants),)
-        )
-
-
-def _deferral(control_pool: ConnectionPool[Any], tenant: uuid.UUID) -> tuple[int, float] | None:
-    """The tenant's failures in a row and its backoff in seconds, or None when it is not deferred."""
-    with platform_transaction(pool=control_pool) as conn:
-        row = conn.execute(
-            "SELECT failures, extract(epoch FROM retry_at - failed_at)::float8 AS backoff"
-            " FROM control.relay_deferrals WHERE tenant_id = %s",
-            (tenant,),
-        ).fetchone()
-    return None if row is None else (int(row["failures"]), float(row["backoff"]))
 
 
 @pytest.fixture(autouse=True)
 def drained(app_pool: ConnectionPool[Any], control_pool: ConnectionPool[Any]) -> Iterator[None]:
     forget_deferrals(control_pool)
-    relay_pending(_Kept, max_rounds=100)
+    relay_pending(Partitions, max_rounds=100)
     yield
     forget_deferrals(control_pool)
-    relay_pending(_Kept, max_rounds=100)
+    relay_pending(Partitions, max_rounds=100)
 
 
 def test_a_tenant_whose_partition_timed_out_is_not_tried_again_within_its_backoff_while_others_go(
@@ -97,7 +45,7 @@ def test_a_tenant_whose_partition_timed_out_is_not_tried_again_within_its_backof
     stuck, other = new_tenant(), new_tenant()
     _enqueue(app_pool, stuck, 1)  # the oldest waiting event: its tenant comes first
     _enqueue(app_pool, other, 1)
-    publisher = _Partitions(down={stuck})
+    publisher = Partitions(down={stuck})
     relay_pending(lambda: publisher)
     assert publisher.tried == [str(stuck), str(other)]
     for _ in range(3):  # the timer's next runs, each with new events of the other tenant
@@ -115,9 +63,9 @@ def test_tenants_backing_off_do_not_take_the_places_of_the_tenants_a_run_relays(
 ) -> None:
     stuck, other = new_tenant(), new_tenant()
     _enqueue(app_pool, stuck, 1)
-    relay_pending(lambda: _Partitions(down={stuck}))
+    relay_pending(lambda: Partitions(down={stuck}))
     _enqueue(app_pool, other, 1)
-    publisher = _Partitions(down={stuck})
+    publisher = Partitions(down={stuck})
     relay_pending(lambda: publisher, max_tenants=1)  # the tenant backing off waits longest
     assert publisher.tried == [str(other)]
     assert _unpublished(app_pool, other) == 0
@@ -129,7 +77,7 @@ def test_a_second_instance_honours_the_deferral_another_recorded(
     stuck, other = new_tenant(), new_tenant()
     _enqueue(app_pool, stuck, 1)
     _enqueue(app_pool, other, 1)
-    relay_pending(lambda: _Partitions(down={stuck}))
+    relay_pending(lambda: Partitions(down={stuck}))
     # Another instance, or this one restarted: nothing of the first run is left in the process, and the second run
     # has pools of its own.
     importlib.reload(relay)
@@ -137,7 +85,7 @@ def test_a_second_instance_honours_the_deferral_another_recorded(
     tenant_pool = build_pool(pg.app_url, _settings(pg), min_size=1)
     control = build_control_pool(pg.control_url, _settings(pg))
     try:
-        publisher = _Partitions()  # its partition answers there: only the backoff keeps it back
+        publisher = Partitions()  # its partition answers there: only the backoff keeps it back
         relay.relay_pending(lambda: publisher, pool=tenant_pool, control_pool=control)
     finally:
         tenant_pool.close()
@@ -154,12 +102,12 @@ def test_the_backoff_doubles_with_each_failure_in_a_row_up_to_its_cap(
 ) -> None:
     stuck = new_tenant()
     _enqueue(app_pool, stuck, 1)
-    publisher = _Partitions(down={stuck})
+    publisher = Partitions(down={stuck})
     backoffs: list[tuple[int, float] | None] = []
     for _ in range(7):
         relay_pending(lambda: publisher)
         relay_pending(lambda: publisher)  # within the backoff: not tried
-        backoffs.append(_deferral(control_pool, stuck))
+        backoffs.append(deferral(control_pool, stuck))
         backoff_passed(control_pool, stuck)
     assert publisher.tried == [str(stuck)] * 7
     assert backoffs == [(1, 30.0), (2, 60.0), (3, 120.0), (4, 240.0), (5, 480.0), (6, 900.0), (7, 900.0)]
@@ -171,16 +119,16 @@ def test_a_publish_that_goes_clears_the_backoff_and_the_tenant_takes_its_place_a
 ) -> None:
     stuck, other = new_tenant(), new_tenant()
     _enqueue(app_pool, stuck, 1)
-    down = _Partitions(down={stuck})
+    down = Partitions(down={stuck})
     relay_pending(lambda: down)
     backoff_passed(control_pool, stuck)
     relay_pending(lambda: down)
-    assert _deferral(control_pool, stuck) == (2, 60.0)
+    assert deferral(control_pool, stuck) == (2, 60.0)
     backoff_passed(control_pool, stuck)
-    answering = _Partitions()
+    answering = Partitions()
     assert relay_pending(lambda: answering).published == 1
     assert answering.tried == [str(stuck)]
-    assert _deferral(control_pool, stuck) is None
+    assert deferral(control_pool, stuck) is None
     # Its new events go in their order of waiting again, not after every other tenant's.
     _enqueue(app_pool, stuck, 1)
     _enqueue(app_pool, other, 1)
@@ -189,7 +137,7 @@ def test_a_publish_that_goes_clears_the_backoff_and_the_tenant_takes_its_place_a
     # And its next failure backs off from the start.
     _enqueue(app_pool, stuck, 1)
     relay_pending(lambda: down)
-    assert _deferral(control_pool, stuck) == (1, 30.0)
+    assert deferral(control_pool, stuck) == (1, 30.0)
 
 
 @pytest.mark.parametrize(
@@ -203,12 +151,131 @@ def test_a_failure_that_is_not_the_tenants_own_does_not_defer_it(
 ) -> None:
     tenant, later = new_tenant(), new_tenant()
     _enqueue(app_pool, tenant, 1)
-    relay_pending(lambda: _Partitions(down={tenant}, error=error))
-    assert _deferral(control_pool, tenant) is None
+    relay_pending(lambda: Partitions(down={tenant}, error=error))
+    assert deferral(control_pool, tenant) is None
     _enqueue(app_pool, later, 1)
-    publisher = _Partitions()
+    publisher = Partitions()
     relay_pending(lambda: publisher)
     assert publisher.tried == [str(tenant), str(later)]  # at once, in its place
+
+
+class _EndsItsTransaction(Partitions):
+    """A publisher whose hub answers, and which on its first publish has the server end the session of the relay's
+    tenant transaction (an administrator's shutdown of that backend), as a restart or failover of the database would:
+    the relay's statements after the send fail on a connection the server closed."""
+
+    def __init__(self, admin_url: str, application_name: str) -> None:
+        super().__init__()
+        self.admin_url, self.application_name = admin_url, application_name
+        self.ended = 0
+
+    def publish(self, hub: str, events: Sequence[OutboundEvent], *, timeout: float | None = None) -> None:
+        super().publish(hub, events, timeout=timeout)
+        if self.ended:
+            return
+        with psycopg.connect(self.admin_url, dbname="quantum", autocommit=True) as admin:
+            # Waits for the backend to have exited: the relay's next statement meets a closed session.
+            rows = admin.execute(
+                "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity"
+                " WHERE application_name = %s AND state = 'idle in transaction'",
+                (self.application_name,),
+            ).fetchall()
+        self.ended = sum(1 for (ended,) in rows if ended)
+
+
+def test_a_tenant_whose_transaction_the_database_ended_is_not_deferred_and_the_run_ends(
+    pg: Any, app_pool: ConnectionPool[Any], control_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    tenant, other = new_tenant(), new_tenant()
+    _enqueue(app_pool, tenant, 1)  # the oldest waiting event: its tenant comes first
+    _enqueue(app_pool, other, 1)
+    name = f"relay-{uuid.uuid4().hex[:12]}"
+    pool = build_pool(make_conninfo(pg.app_url, application_name=name), _settings(pg), min_size=1, max_size=1)
+    publisher = _EndsItsTransaction(pg.admin_url, name)
+    try:
+        result = relay_pending(lambda: publisher, pool=pool, control_pool=control_pool)
+    finally:
+        pool.close()
+    assert publisher.ended == 1
+    assert deferral(control_pool, tenant) is None, (
+        "the tenant was backed off for the database's failure: nothing of it was its partition's"
+    )
+    assert publisher.tried == [str(tenant)], (
+        "the run went on after the database ended a tenant's transaction: every other tenant's meets the same database"
+    )
+    assert (result.published, result.failed_tenants) == (0, 1)
+    assert (_unpublished(app_pool, tenant), _unpublished(app_pool, other)) == (1, 1)  # rolled back: they go again
+    answering = Partitions()
+    assert relay_pending(lambda: answering).published == 2
+    assert answering.tried == [str(tenant), str(other)]  # at once, in its place
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        PoolTimeout,
+        psycopg.OperationalError,
+        psycopg.errors.AdminShutdown,
+        psycopg.errors.TooManyConnections,
+    ],
+    ids=["no-connection", "connection-lost", "admin-shutdown", "too-many-connections"],
+)
+def test_a_transient_failure_of_the_database_defers_no_tenant_and_ends_the_run(
+    app_pool: ConnectionPool[Any],
+    control_pool: ConnectionPool[Any],
+    new_tenant: Callable[[], uuid.UUID],
+    error: type[Exception],
+) -> None:
+    tenant, other = new_tenant(), new_tenant()
+    _enqueue(app_pool, tenant, 1)
+    _enqueue(app_pool, other, 1)
+    failing = Partitions({tenant}, error=error)
+    result = relay_pending(lambda: failing)
+    assert deferral(control_pool, tenant) is None
+    assert failing.tried == [str(tenant)]
+    assert (result.published, result.failed_tenants) == (0, 1)
+    answering = Partitions()
+    assert relay_pending(lambda: answering).published == 2
+    assert answering.tried == [str(tenant), str(other)]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected],
+    ids=["serialization-failure", "deadlock"],
+)
+def test_a_lost_transaction_defers_no_tenant_and_the_others_go(
+    app_pool: ConnectionPool[Any],
+    control_pool: ConnectionPool[Any],
+    new_tenant: Callable[[], uuid.UUID],
+    error: type[Exception],
+) -> None:
+    # One transaction's bad luck: ending the run there, a deadlock that recurred would keep every other tenant back.
+    tenant, other = new_tenant(), new_tenant()
+    _enqueue(app_pool, tenant, 1)
+    _enqueue(app_pool, other, 1)
+    failing = Partitions({tenant}, error=error)
+    result = relay_pending(lambda: failing)
+    assert deferral(control_pool, tenant) is None
+    assert failing.tried == [str(tenant), str(other)]
+    assert (result.published, result.failed_tenants) == (1, 1)
+    assert (_unpublished(app_pool, tenant), _unpublished(app_pool, other)) == (1, 0)
+    answering = Partitions()
+    assert relay_pending(lambda: answering).published == 1
+    assert answering.tried == [str(tenant)]  # at once, in its place
+
+
+def test_a_statement_timeout_on_a_tenants_own_rows_still_defers_it_and_the_others_go(
+    app_pool: ConnectionPool[Any], control_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    # Not the database's as a whole: it would come back in every run and, its tenant first, end each before the others.
+    tenant, other = new_tenant(), new_tenant()
+    _enqueue(app_pool, tenant, 1)
+    _enqueue(app_pool, other, 1)
+    failing = Partitions({tenant}, error=psycopg.errors.QueryCanceled)
+    assert relay_pending(lambda: failing).published == 1
+    assert failing.tried == [str(tenant), str(other)]
+    assert deferral(control_pool, tenant) == (1, 30.0)
 
 
 def test_no_tenant_role_reaches_the_deferrals(
@@ -216,7 +283,7 @@ def test_no_tenant_role_reaches_the_deferrals(
 ) -> None:
     tenant = new_tenant()
     _enqueue(app_pool, tenant, 1)
-    relay_pending(lambda: _Partitions(down={tenant}))
+    relay_pending(lambda: Partitions(down={tenant}))
     with psycopg.connect(pg.admin_url, dbname="quantum") as conn:
         definer, config = conn.execute(
             "SELECT p.prosecdef, p.proconfig FROM pg_proc p"
@@ -249,10 +316,10 @@ def test_an_erased_tenants_deferral_goes_with_it(
 ) -> None:
     tenant = new_tenant()
     _enqueue(app_pool, tenant, 1)
-    relay_pending(lambda: _Partitions(down={tenant}))
-    assert _deferral(control_pool, tenant) == (1, 30.0)
+    relay_pending(lambda: Partitions(down={tenant}))
+    assert deferral(control_pool, tenant) == (1, 30.0)
     erase_tenant(tenant, _NoBlobs(), _NoAudit())  # type: ignore[arg-type]
-    assert _deferral(control_pool, tenant) is None
+    assert deferral(control_pool, tenant) is None
 
 
 def test_tenants_whose_backoff_has_passed_go_after_the_others_least_recently_failed_first(
@@ -261,12 +328,12 @@ def test_tenants_whose_backoff_has_passed_go_after_the_others_least_recently_fai
     a, b, c, fresh = new_tenant(), new_tenant(), new_tenant(), new_tenant()
     for tenant in (a, b, c):
         _enqueue(app_pool, tenant, 1)
-    relay_pending(lambda: _Partitions(down={a, b, c}))  # they fail in their order of waiting: a, b, c
+    relay_pending(lambda: Partitions(down={a, b, c}))  # they fail in their order of waiting: a, b, c
     backoff_passed(control_pool, b)
-    relay_pending(lambda: _Partitions(down={b}))  # b fails again, last of the three now
+    relay_pending(lambda: Partitions(down={b}))  # b fails again, last of the three now
     _enqueue(app_pool, fresh, 1)  # waiting for less long than any of them, and never failed
     backoff_passed(control_pool, a, b, c)
-    publisher = _Partitions()
+    publisher = Partitions()
     assert relay_pending(lambda: publisher).published == 4
     assert publisher.tried == [str(fresh), str(a), str(c), str(b)]
-    assert [_deferral(control_pool, tenant) for tenant in (a, b, c)] == [None, None, None]
+    assert [deferral(control_pool, tenant) for tenant in (a, b, c)] == [None, None, None]

@@ -8,10 +8,9 @@ tenant's partition does not stop it: tests/integration/test_relay_partition_time
 from __future__ import annotations
 
 import socket
-import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,8 +18,9 @@ from azure.eventhub import EventHubProducerClient
 from psycopg_pool import ConnectionPool
 
 from shared.events import relay
-from shared.events.publisher import OutboundEvent, PublishTimeoutError
+from shared.events.publisher import PublishTimeoutError
 from shared.events.relay import relay_pending
+from tests.integration.relay_harness import Partitions
 from tests.integration.test_module_worker_claims import BOUND_S
 from tests.integration.test_outbox_relay import _enqueue, _unpublished
 from tests.integration.test_publish_resend_stuck_link import _Answering, _Publisher
@@ -32,25 +32,10 @@ DEADLINE_S = 2.0
 """The relay's deadline here; the SDK's own open against a silent hub lasts minutes."""
 
 
-class _Kept:
-    """A publisher whose hub answers; it keeps the events' tenants."""
-
-    def __init__(self) -> None:
-        self.tenants: list[str | None] = []
-        self._lock = threading.Lock()
-
-    def publish(self, hub: str, events: Sequence[OutboundEvent], *, timeout: float | None = None) -> None:
-        with self._lock:
-            self.tenants.extend(event.partition_key for event in events)
-
-    def close(self) -> None:
-        pass
-
-
 @pytest.fixture(autouse=True)
 def drained(app_pool: ConnectionPool[Any]) -> None:
     """Start each test with nothing waiting (other modules of the session leave events behind)."""
-    relay_pending(_Kept, max_rounds=100)
+    relay_pending(Partitions, max_rounds=100)
 
 
 def _eventually(condition: Callable[[], bool]) -> bool:
@@ -95,32 +80,16 @@ def test_a_relay_publish_against_a_silent_hub_ends_by_its_deadline_and_the_next_
     assert _eventually(lambda: publisher._set_aside == {}), "the producer set aside was never closed"
 
 
-class _Silenced:
-    """A publisher whose every publish ends at its deadline unsent, as one to a hub that does not answer."""
-
-    def __init__(self) -> None:
-        self.tenants: list[str | None] = []
-        self._lock = threading.Lock()
-
-    def publish(self, hub: str, events: Sequence[OutboundEvent], *, timeout: float | None = None) -> None:
-        with self._lock:
-            self.tenants.append(events[0].partition_key)
-        raise PublishTimeoutError(f"{hub}: not sent by its deadline ({timeout} s): the hub did not answer")
-
-    def close(self) -> None:
-        pass
-
-
 def test_a_run_stops_at_the_first_publish_the_hub_did_not_answer_by_its_deadline(
     app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
 ) -> None:
     tenants = [new_tenant(), new_tenant()]
     for tenant in tenants:
         _enqueue(app_pool, tenant, 1)
-    silenced = _Silenced()
+    silenced = Partitions(error=PublishTimeoutError, all_down=True)  # a hub that does not answer
     result = relay_pending(lambda: silenced)
     # Every tenant's events go to the same hub: the next tenant would wait out the same deadline for nothing.
-    assert len(silenced.tenants) == 1, f"the run went on to publish for {len(silenced.tenants)} tenants"
+    assert len(silenced.tried) == 1, f"the run went on to publish for {len(silenced.tried)} tenants"
     assert (result.published, result.failed_tenants) == (0, 1)
     assert [_unpublished(app_pool, tenant) for tenant in tenants] == [1, 1]
-    assert relay_pending(_Kept).published == 2  # the next run sends them all
+    assert relay_pending(Partitions).published == 2  # the next run sends them all

@@ -14,10 +14,8 @@ from psycopg_pool import ConnectionPool
 
 from shared.events import relay
 from shared.events.relay import relay_pending
+from tests.integration.relay_harness import Clock, Partitions, backoff_passed, forget_deferrals
 from tests.integration.test_outbox_relay import _enqueue, _unpublished
-from tests.integration.test_relay_backoff import backoff_passed, forget_deferrals
-from tests.integration.test_relay_deadline import _Kept
-from tests.integration.test_relay_partition_timeout import _Clock, _SlowPartitions
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("process_pools")]
 
@@ -25,10 +23,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("process_pools")]
 @pytest.fixture(autouse=True)
 def drained(app_pool: ConnectionPool[Any], control_pool: ConnectionPool[Any]) -> Iterator[None]:
     forget_deferrals(control_pool)
-    relay_pending(_Kept, max_rounds=100)
+    relay_pending(Partitions, max_rounds=100)
     yield
     forget_deferrals(control_pool)
-    relay_pending(_Kept, max_rounds=100)
+    relay_pending(Partitions, max_rounds=100)
 
 
 def test_a_deferred_tenant_whose_partition_answers_again_is_not_kept_behind_older_deferred_ones(
@@ -40,23 +38,23 @@ def test_a_deferred_tenant_whose_partition_answers_again_is_not_kept_behind_olde
     still_down, recovered = new_tenant(), new_tenant()
     _enqueue(app_pool, still_down, 1)  # the older events: first in the order of tenants waiting
     _enqueue(app_pool, recovered, 1)
-    clock = _Clock()
+    clock = Clock()
     monkeypatch.setattr(relay, "monotonic", clock)
     # The first run: both partitions time out, and both tenants are deferred.
     monkeypatch.setattr(relay, "RELAY_RUN_BUDGET_S", 2 * relay.RELAY_PUBLISH_TIMEOUT_S)
-    relay_pending(lambda: _SlowPartitions(clock, down={str(still_down), str(recovered)}))
+    relay_pending(lambda: Partitions({still_down, recovered}, clock=clock))
     # Later runs, each once the deferred tenants' backoffs have passed (within them, neither is tried): one
     # partition's timeout spends a run's budget, as three did of the 300 s; one partition answers.
     monkeypatch.setattr(relay, "RELAY_RUN_BUDGET_S", relay.RELAY_PUBLISH_TIMEOUT_S)
-    publisher = _SlowPartitions(clock, down={str(still_down)})
+    publisher = Partitions({still_down}, clock=clock)
     for _ in range(4):
         backoff_passed(control_pool, still_down, recovered)
         relay_pending(lambda: publisher)
     assert _unpublished(app_pool, recovered) == 0, (
-        f"the recovered tenant was never tried again (tried: {publisher.tenants}): the older deferred tenant, still"
+        f"the recovered tenant was never tried again (tried: {publisher.tried}): the older deferred tenant, still"
         " timing out, came first among the deferred in every run"
     )
     assert _unpublished(app_pool, still_down) == 1
-    assert str(recovered) in publisher.tenants[:2]
+    assert str(recovered) in publisher.tried[:2]
     backoff_passed(control_pool, still_down)
-    assert relay_pending(_Kept).published == 1
+    assert relay_pending(Partitions).published == 1

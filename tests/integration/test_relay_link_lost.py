@@ -5,75 +5,26 @@ order instead of deferring it behind the other tenants."""
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from azure.eventhub import EventHubProducerClient
 from azure.eventhub.exceptions import ConnectError, ConnectionLostError, EventHubError, OperationTimeoutError
 from psycopg_pool import ConnectionPool
 
 from shared.events import relay
-from shared.events.publisher import (
-    AzureEventHubPublisher,
-    OutboundEvent,
-    PartitionTimeoutError,
-    PublishLinkError,
-)
+from shared.events.publisher import OutboundEvent, PartitionTimeoutError, PublishLinkError
 from shared.events.relay import relay_pending
+from tests.integration.relay_harness import Batch, FailingKey, Partitions, ProducerPublisher
 from tests.integration.test_outbox_relay import _enqueue, _unpublished
-from tests.integration.test_relay_deadline import _Kept
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("process_pools")]
 
 
-class _Batch(list[Any]):
-    def __init__(self, partition_key: str | None) -> None:
-        super().__init__()
-        self.partition_key = partition_key
-
-    def add(self, event: Any) -> None:
-        self.append(event)
-
-
-class _LinkLost:
-    """A producer whose link opened, and whose next send to `key` fails with `error`, as the SDK raises it once its
-    retries (each opening the link again) gave up; every other send goes."""
-
-    def __init__(self, key: str | None, error: EventHubError) -> None:
-        self.key, self.error = key, error
-        self.sent: list[str | None] = []
-
-    def create_batch(self, *, partition_key: str | None = None) -> _Batch:
-        return _Batch(partition_key)
-
-    def send_batch(self, batch: _Batch, *, timeout: float | None = None) -> None:
-        if batch.partition_key == self.key:
-            self.key = None  # the link is back for the sends after this one
-            raise self.error
-        self.sent.append(batch.partition_key)
-
-    def close(self) -> None:
-        pass
-
-
-class _Publisher(AzureEventHubPublisher):
-    def __init__(self, producer: _LinkLost) -> None:
-        super().__init__("127.0.0.1", credential=None)
-        self.producer = producer
-
-    def _producer(self, hub: str) -> tuple[EventHubProducerClient, threading.Lock]:
-        with self._lock:
-            if hub not in self._producers:
-                self._producers[hub] = (self.producer, threading.Lock())  # type: ignore[assignment]
-            return self._producers[hub]
-
-
 @pytest.fixture(autouse=True)
 def drained(app_pool: ConnectionPool[Any]) -> None:
-    relay_pending(_Kept, max_rounds=100)
+    relay_pending(Partitions, max_rounds=100)
 
 
 @pytest.mark.parametrize(
@@ -88,7 +39,7 @@ def drained(app_pool: ConnectionPool[Any]) -> None:
 def test_a_send_that_failed_on_the_link_is_told_from_one_that_timed_out(
     error: EventHubError, raised: type[Exception]
 ) -> None:
-    publisher = _Publisher(_LinkLost("k", error))
+    publisher = ProducerPublisher(FailingKey("k", error, once=True))
     with pytest.raises(Exception) as failure:
         publisher.publish("platform-events", [OutboundEvent({"n": 1}, "k", {})], timeout=5.0)
     assert type(failure.value) is raised
@@ -101,8 +52,8 @@ def test_a_tenant_whose_send_failed_on_the_link_keeps_its_place_in_the_next_run(
     lost, other = new_tenant(), new_tenant()
     _enqueue(app_pool, lost, 1)  # the oldest waiting events: their tenant comes first in the order
     _enqueue(app_pool, other, 1)
-    producer = _LinkLost(str(lost), ConnectionLostError("link detached"))
-    publisher = _Publisher(producer)
+    producer = FailingKey(str(lost), ConnectionLostError("link detached"), once=True)
+    publisher = ProducerPublisher(producer)
     monkeypatch.setattr(relay, "get_publisher", lambda: publisher)
     first = relay_pending()
     assert (first.published, first.failed_tenants) == (1, 1)
@@ -117,14 +68,14 @@ def test_a_tenant_whose_send_failed_on_the_link_keeps_its_place_in_the_next_run(
     assert [_unpublished(app_pool, tenant) for tenant in (lost, other, later)] == [0, 0, 0]
 
 
-class _OpenFails(_LinkLost):
+class _OpenFails(FailingKey):
     """A producer whose link's first open, made by its first `create_batch`, fails as the SDK raises it."""
 
     def __init__(self, error: EventHubError) -> None:
-        super().__init__(None, error)
+        super().__init__(None, error, once=True)
         self.open_error: EventHubError | None = error
 
-    def create_batch(self, *, partition_key: str | None = None) -> _Batch:
+    def create_batch(self, *, partition_key: str | None = None) -> Batch:
         if self.open_error is not None:
             error, self.open_error = self.open_error, None
             raise error
@@ -135,7 +86,7 @@ class _OpenFails(_LinkLost):
     "error", [ConnectError("connection refused"), ConnectionLostError("link detached while opening")]
 )
 def test_a_link_that_failed_to_open_is_the_hubs_failure_not_the_partitions(error: EventHubError) -> None:
-    publisher = _Publisher(_OpenFails(error))
+    publisher = ProducerPublisher(_OpenFails(error))
     with pytest.raises(Exception) as failure:
         publisher.publish("platform-events", [OutboundEvent({"n": 1}, "k", {})], timeout=5.0)
     assert type(failure.value) is PublishLinkError  # the relay keeps the tenant's place for it (above)

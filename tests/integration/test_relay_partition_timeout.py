@@ -5,73 +5,36 @@ not spend their budget first. A run starts no publish once its budget is spent (
 
 from __future__ import annotations
 
-import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from azure.eventhub import EventHubProducerClient
 from azure.eventhub.exceptions import OperationTimeoutError
 from psycopg_pool import ConnectionPool
 
 from shared.events import relay
-from shared.events.publisher import AzureEventHubPublisher, OutboundEvent, PartitionTimeoutError
 from shared.events.relay import relay_pending
+from tests.integration.relay_harness import (
+    Clock,
+    FailingKey,
+    Partitions,
+    ProducerPublisher,
+    backoff_passed,
+    forget_deferrals,
+)
 from tests.integration.test_outbox_relay import _enqueue, _unpublished
-from tests.integration.test_relay_backoff import backoff_passed, forget_deferrals
-from tests.integration.test_relay_deadline import _Kept
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("process_pools")]
-
-
-class _Batch(list[Any]):
-    def __init__(self, partition_key: str | None) -> None:
-        super().__init__()
-        self.partition_key = partition_key
-
-    def add(self, event: Any) -> None:
-        self.append(event)
-
-
-class _PartitionDown:
-    """A producer whose sends to one partition key time out in the SDK (that partition does not answer); the rest go."""
-
-    def __init__(self, down: str) -> None:
-        self.down = down
-        self.sent: list[str | None] = []
-
-    def create_batch(self, *, partition_key: str | None = None) -> _Batch:
-        return _Batch(partition_key)
-
-    def send_batch(self, batch: _Batch, *, timeout: float | None = None) -> None:
-        if batch.partition_key == self.down:
-            raise OperationTimeoutError("the partition did not answer")
-        self.sent.extend([batch.partition_key] * len(batch))
-
-    def close(self) -> None:
-        pass
-
-
-class _Publisher(AzureEventHubPublisher):
-    def __init__(self, producer: _PartitionDown) -> None:
-        super().__init__("127.0.0.1", credential=None)
-        self.producer = producer
-
-    def _producer(self, hub: str) -> tuple[EventHubProducerClient, threading.Lock]:
-        with self._lock:
-            if hub not in self._producers:
-                self._producers[hub] = (self.producer, threading.Lock())  # type: ignore[assignment]
-            return self._producers[hub]
 
 
 @pytest.fixture(autouse=True)
 def drained(app_pool: ConnectionPool[Any], control_pool: ConnectionPool[Any]) -> Iterator[None]:
     forget_deferrals(control_pool)  # a tenant left backing off keeps its events from the drain
-    relay_pending(_Kept, max_rounds=100)
+    relay_pending(Partitions, max_rounds=100)
     yield
     forget_deferrals(control_pool)
-    relay_pending(_Kept, max_rounds=100)
+    relay_pending(Partitions, max_rounds=100)
 
 
 def test_one_tenants_partition_timing_out_does_not_keep_every_other_tenants_events_back(
@@ -80,8 +43,8 @@ def test_one_tenants_partition_timing_out_does_not_keep_every_other_tenants_even
     stuck, other = new_tenant(), new_tenant()
     _enqueue(app_pool, stuck, 1)  # the oldest waiting event: its tenant comes first in every run
     _enqueue(app_pool, other, 2)
-    producer = _PartitionDown(str(stuck))
-    publisher = _Publisher(producer)
+    producer = FailingKey(str(stuck), OperationTimeoutError("the partition did not answer"))
+    publisher = ProducerPublisher(producer)
     monkeypatch.setattr(relay, "get_publisher", lambda: publisher)
     for _ in range(3):  # three timer runs, as the host calls it (the process's publisher, the relay's deadline)
         relay_pending()
@@ -93,37 +56,6 @@ def test_one_tenants_partition_timing_out_does_not_keep_every_other_tenants_even
     )
 
 
-class _Clock:
-    """The relay's clock, moved on by the publishes (as long as their deadline, when they time out)."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class _SlowPartitions:
-    """A publisher whose publishes to the `down` tenants time out on their partition after the relay's deadline."""
-
-    def __init__(self, clock: _Clock, down: set[str | None] | None = None) -> None:
-        self.clock = clock
-        self.down = down
-        self.tenants: list[str | None] = []
-        self._lock = threading.Lock()
-
-    def publish(self, hub: str, events: Sequence[OutboundEvent], *, timeout: float | None = None) -> None:
-        key = events[0].partition_key
-        with self._lock:
-            self.tenants.append(key)
-        if self.down is None or key in self.down:
-            self.clock.now += relay.RELAY_PUBLISH_TIMEOUT_S
-            raise PartitionTimeoutError(f"{hub}: not sent by its deadline: the partition did not answer")
-
-    def close(self) -> None:
-        pass
-
-
 def test_a_run_whose_publishes_time_out_on_their_partitions_starts_none_past_its_budget(
     app_pool: ConnectionPool[Any],
     control_pool: ConnectionPool[Any],
@@ -133,16 +65,16 @@ def test_a_run_whose_publishes_time_out_on_their_partitions_starts_none_past_its
     tenants = [new_tenant() for _ in range(3)]
     for tenant in tenants:
         _enqueue(app_pool, tenant, 1)
-    clock = _Clock()
+    clock = Clock()
     monkeypatch.setattr(relay, "monotonic", clock)
     monkeypatch.setattr(relay, "RELAY_RUN_BUDGET_S", relay.RELAY_PUBLISH_TIMEOUT_S)
-    timing_out = _SlowPartitions(clock)  # the hub's link opens, and no partition answers
+    timing_out = Partitions(all_down=True, clock=clock)  # the hub's link opens, and no partition answers
     result = relay_pending(lambda: timing_out)
-    assert timing_out.tenants == [str(tenants[0])], "the run went on past its budget"
+    assert timing_out.tried == [str(tenants[0])], "the run went on past its budget"
     assert (result.published, result.failed_tenants) == (0, 1)
     assert [_unpublished(app_pool, tenant) for tenant in tenants] == [1, 1, 1]
     backoff_passed(control_pool, tenants[0])  # the tenant whose partition timed out backs off (test_relay_backoff.py)
-    assert relay_pending(_Kept).published == 3  # the next run sends them all
+    assert relay_pending(Partitions).published == 3  # the next run sends them all
 
 
 def test_a_tenant_whose_partition_timed_out_is_relayed_after_the_others_in_the_next_runs(
@@ -154,14 +86,14 @@ def test_a_tenant_whose_partition_timed_out_is_relayed_after_the_others_in_the_n
     stuck, other = new_tenant(), new_tenant()
     _enqueue(app_pool, stuck, 1)  # the oldest waiting event: its tenant comes first in the order
     _enqueue(app_pool, other, 1)
-    clock = _Clock()
+    clock = Clock()
     monkeypatch.setattr(relay, "monotonic", clock)
     monkeypatch.setattr(relay, "RELAY_RUN_BUDGET_S", relay.RELAY_PUBLISH_TIMEOUT_S)  # one timeout spends a run
-    publisher = _SlowPartitions(clock, down={str(stuck)})
+    publisher = Partitions({stuck}, clock=clock)
     for _ in range(2):
         backoff_passed(control_pool, stuck)  # its turn in a run once its backoff has passed (test_relay_backoff.py)
         relay_pending(lambda: publisher)
-    assert publisher.tenants == [str(stuck), str(other), str(stuck)]
+    assert publisher.tried == [str(stuck), str(other), str(stuck)]
     assert (_unpublished(app_pool, stuck), _unpublished(app_pool, other)) == (1, 0)
     backoff_passed(control_pool, stuck)
-    assert relay_pending(_Kept).published == 1  # once its partition answers, it goes as the others do
+    assert relay_pending(Partitions).published == 1  # once its partition answers, it goes as the others do

@@ -7,17 +7,18 @@ from __future__ import annotations
 import contextlib
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from shared.tenants.repository import TenantDirectory
 
 
 class _NoRows:
-    """A connection whose lookup finds no tenant, counting the lookups."""
+    """A connection whose lookup finds no tenant, counting the lookups and the times it was taken."""
 
     def __init__(self) -> None:
         self.lookups = 0
+        self.taken = 0
 
     def execute(self, *_: Any) -> _NoRows:
         self.lookups += 1
@@ -27,13 +28,25 @@ class _NoRows:
         return None
 
 
-def test_the_cache_keeps_at_most_its_bound_and_the_newest_answers(monkeypatch: Any) -> None:
-    conn = _NoRows()
+def _factory(
+    conn: _NoRows, *, after: Callable[[], None] | None = None
+) -> Callable[[], contextlib.AbstractContextManager[_NoRows]]:
+    """The connection factory the directory reads with: it lends `conn`, counting each time, and runs `after` once
+    the read is done with it (before the directory stores the answer)."""
 
     @contextlib.contextmanager
     def factory() -> Iterator[_NoRows]:
+        conn.taken += 1
         yield conn
+        if after is not None:
+            after()
 
+    return factory
+
+
+def test_the_cache_keeps_at_most_its_bound_and_the_newest_answers(monkeypatch: Any) -> None:
+    conn = _NoRows()
+    factory = _factory(conn)
     monkeypatch.setattr(TenantDirectory, "MAX_ENTRIES", 50)
     directory = TenantDirectory(ttl_s=3600)
     ids = [uuid.uuid4() for _ in range(120)]
@@ -48,10 +61,7 @@ def test_the_cache_keeps_at_most_its_bound_and_the_newest_answers(monkeypatch: A
 def test_answers_past_their_ttl_go_first(monkeypatch: Any) -> None:
     from shared.tenants import repository
 
-    @contextlib.contextmanager
-    def factory() -> Iterator[_NoRows]:
-        yield _NoRows()
-
+    factory = _factory(_NoRows())
     now = [0.0]
     monkeypatch.setattr(repository.time, "monotonic", lambda: now[0])
     monkeypatch.setattr(TenantDirectory, "MAX_ENTRIES", 3)
@@ -67,11 +77,10 @@ def test_answers_past_their_ttl_go_first(monkeypatch: Any) -> None:
 
 
 class _HeldRead(_NoRows):
-    """A lookup that waits until released, counting the connections taken for it."""
+    """A lookup that waits until released."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.taken = 0
         self.release = threading.Event()
 
     def execute(self, *_: Any) -> _NoRows:
@@ -83,12 +92,7 @@ def test_callers_that_find_the_answer_expired_together_wait_for_one_read() -> No
     # A tenant's open streams and requests whose answer expired at once each took a pooled connection for the same
     # row (20 streams: 20 statements at once on the control pool).
     conn = _HeldRead()
-
-    @contextlib.contextmanager
-    def factory() -> Iterator[_NoRows]:
-        conn.taken += 1
-        yield conn
-
+    factory = _factory(conn)
     directory = TenantDirectory(ttl_s=3600)
     entra_id = uuid.uuid4()
     answers: list[Any] = []
@@ -112,12 +116,7 @@ def test_an_answer_read_across_a_clearing_of_the_cache_is_not_kept() -> None:
     conn = _NoRows()
     directory = TenantDirectory(ttl_s=3600)
     entra_id = uuid.uuid4()
-
-    @contextlib.contextmanager
-    def factory() -> Iterator[_NoRows]:
-        yield conn
-        directory.forget()  # the change commits while this read is out
-
+    factory = _factory(conn, after=directory.forget)  # the change commits while this read is out
     assert directory.resolve(factory, entra_id) is None
     assert directory.cached(entra_id) == (False, None)
 
@@ -132,12 +131,7 @@ class _FailingRead(_HeldRead):
 def test_callers_waiting_for_a_read_that_fails_share_its_failure() -> None:
     # Each waiter read again in turn after a failed read: with the pool exhausted the k-th waited k reads.
     conn = _FailingRead()
-
-    @contextlib.contextmanager
-    def factory() -> Iterator[_NoRows]:
-        conn.taken += 1
-        yield conn
-
+    factory = _factory(conn)
     directory = TenantDirectory(ttl_s=3600)
     entra_id = uuid.uuid4()
     failures: list[BaseException] = []
@@ -170,12 +164,7 @@ def test_a_caller_after_a_clearing_of_the_cache_does_not_join_a_read_begun_befor
     conn = _HeldRead()
     directory = TenantDirectory(ttl_s=3600)
     entra_id = uuid.uuid4()
-
-    @contextlib.contextmanager
-    def factory() -> Iterator[_NoRows]:
-        conn.taken += 1
-        yield conn
-
+    factory = _factory(conn)
     first = threading.Thread(target=lambda: directory.resolve(factory, entra_id))
     first.start()
     for _ in range(1000):
