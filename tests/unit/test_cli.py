@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from quantum_platform import Client, cli
 from rich.console import Console
@@ -375,6 +376,40 @@ def test_a_refused_entra_sign_in_is_one_line_and_exit_3(platform: Platform, monk
     line = refusal(qp("login", "--url", ENTRA))
     assert line == "error: DeviceCodeCredential: AADSTS70016: the user did not sign in in time"
     assert platform.seen == [] and not profile_path().exists()
+
+
+def test_a_login_whose_caller_is_of_another_shape_saves_nothing(
+    platform: Platform, checkout: Path, elsewhere: Path
+) -> None:
+    platform.answer({"GET /api/v1/me": {"principal_id": 7, "tenant_name": "contoso"}})
+    line = refusal(qp("login", "--url", "http://127.0.0.1:7071", "--project-dir", str(checkout)))
+    assert line == (
+        "error: GET /api/v1/me answered something other than the signed-in caller: /principal_id is a number, "
+        "not a string"
+    )
+    assert not profile_path().exists()
+
+
+def test_a_local_login_with_an_oid_signs_in_as_that_user_from_then_on(platform: Platform, tmp_path: Path) -> None:
+    """`--oid` names the user the devhost's dev tokens carry (a second user, e.g. to approve another's run); the
+    tokens are minted by the checkout's real devhost."""
+    checkout, data = Path(__file__).resolve().parents[2], tmp_path / "data"
+    oid = "5b2f6a9e-1c3d-4e8f-9a0b-7c6d5e4f3a21"
+    platform.answer(
+        {"GET /api/v1/me": {"principal_id": "p", "tenant_name": "contoso"}, "GET /api/v1/intents": {"items": []}}
+    )
+    login = ["login", "--url", "http://127.0.0.1:7071", "--project-dir", str(checkout), "--data-dir", str(data)]
+    signed_in = qp(*login, "--oid", oid)
+    assert signed_in.exit_code == 0, (signed_in.output, signed_in.exception)
+    assert qp("intents", "list", "-o", "json").exit_code == 0  # a later command: the saved user
+    assert qp(*login).exit_code == 0  # without --oid: the devhost's demo user again
+
+    def oid_of(request: httpx.Request) -> str:
+        token = request.headers["Authorization"].removeprefix("Bearer ")
+        return str(jwt.decode(token, options={"verify_signature": False})["oid"])
+
+    oids = [oid_of(request) for request in platform.seen]
+    assert oids[:2] == [oid, oid] and oids[2] != oid
 
 
 # ------------------------------------------------------------------------------------------ the example receiver

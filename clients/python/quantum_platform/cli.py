@@ -23,9 +23,19 @@ from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
 
-from quantum_platform.client import DEFAULT_URL, TERMINAL_EVENTS, ApiResponse, Client, _events, _page
+from quantum_platform import shapes
+from quantum_platform.client import (
+    DEFAULT_URL,
+    MAX_ANSWER_BYTES,
+    TERMINAL_EVENTS,
+    ApiResponse,
+    Client,
+    _events,
+    _page,
+)
 from quantum_platform.credentials import Credential, DevhostCredential, StaticToken
-from quantum_platform.errors import PlatformError, ProblemError, UnexpectedAnswer
+from quantum_platform.errors import PlatformError, ProblemError
+from quantum_platform.shapes import Shape
 
 app = typer.Typer(help="Quantum Platform: intents, runs and executions.", no_args_is_help=True)
 intents_app = typer.Typer(help="Create, read, change and plan intents.", no_args_is_help=True)
@@ -146,6 +156,7 @@ def _credential(profile: dict[str, Any], url: str, *, environment: bool = True) 
         return DevhostCredential(
             str(profile.get("tenant") or "contoso"),
             roles=roles,
+            oid=str(profile["oid"]) if profile.get("oid") else None,
             project_dir=project,
             data_dir=profile.get("data_dir"),
             port=location.port,
@@ -153,11 +164,32 @@ def _credential(profile: dict[str, Any], url: str, *, environment: bool = True) 
     raise PlatformError(f"not signed in to {url}: run `qp login --url {url}` (or set QP_TOKEN)")
 
 
+@app.callback()
+def _options(
+    max_answer_bytes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            envvar="QP_MAX_ANSWER_BYTES",
+            help="the most bytes of one answer qp reads (raise it for executions with large inline outputs)",
+        ),
+    ] = MAX_ANSWER_BYTES,
+) -> None:
+    """Quantum Platform: intents, runs and executions."""
+
+
+def _max_answer_bytes() -> int:
+    """The `--max-answer-bytes` given before the command (the default outside a command line)."""
+    context = _CLICK_GLOBALS.get_current_context(silent=True)
+    given = context.find_root().params.get("max_answer_bytes") if context is not None else None
+    return given if isinstance(given, int) else MAX_ANSWER_BYTES
+
+
 @contextmanager
 def _client() -> Iterator[Client]:
     profile = _profile()
     url = os.environ.get("QP_URL") or str(profile.get("url") or DEFAULT_URL)
-    with Client(url, credential=_credential(profile, url)) as client:
+    with Client(url, credential=_credential(profile, url), max_answer_bytes=_max_answer_bytes()) as client:
         yield client
 
 
@@ -289,22 +321,11 @@ def _cell(value: Any) -> Text:
     return Text(str(value))
 
 
-def _object(answer: ApiResponse) -> dict[str, Any]:
-    """An answer's body that must be a JSON object (an execution, a start, a page); UnexpectedAnswer otherwise, so a
-    server answering `[1, 2, 3]` ends `qp` with one line and exit 3, not a traceback passing for a failed run."""
-    body = answer.json()
-    if not isinstance(body, dict):
-        raise UnexpectedAnswer(f"{answer.http.request.method} {answer.http.request.url.path} answered a JSON "
-                               f"{type(body).__name__} where an object was expected")  # fmt: skip
-    return body
-
-
-def _field(document: dict[str, Any], key: str) -> str:
-    """A field every answer of its route carries, as text; UnexpectedAnswer when it is missing."""
-    value = document.get(key)
-    if value is None or isinstance(value, dict | list):
-        raise UnexpectedAnswer(f"the answer has no usable {key!r}")
-    return str(value)
+def _checked(answer: ApiResponse, shape: Shape) -> dict[str, Any]:
+    """An answer's body of the route's documented `shape` (an execution, a start, a page); UnexpectedAnswer otherwise,
+    so a server answering `[1, 2, 3]` or an execution without its status ends `qp` with one line and exit 3, not a
+    traceback passing for a failed run, nor the wrong answer printed as if it were the right one."""
+    return shape.check(answer.json(), f"{answer.http.request.method} {answer.http.request.url.path}")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -331,6 +352,9 @@ def login(
     scope: Annotated[str, typer.Option(help="in Azure: the API's scope")] = "api://quantum-platform/.default",
     entra_tenant: Annotated[str | None, typer.Option(help="in Azure: your Entra tenant id")] = None,
     data_dir: Annotated[str | None, typer.Option(help="locally: the devhost's data folder (default .data)")] = None,
+    oid: Annotated[
+        str | None, typer.Option(help="locally: the user's object id in the dev token (default: the demo user)")
+    ] = None,
     project_dir: Annotated[
         Path | None,
         typer.Option(envvar="QP_PROJECT_DIR", help="locally: the platform's checkout (default: found from here)"),
@@ -349,6 +373,7 @@ def login(
             "url": url,
             "tenant": tenant,
             "roles": roles,
+            "oid": oid,
             "project": str(project) if project else None,
             # Absolute: tokens are minted in the checkout, not in the folder this login ran in.
             "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
@@ -363,10 +388,9 @@ def login(
         # Checked with the new sign-in's own credential before anything is saved: a failed login leaves the working
         # one in place.
         with Client(url, credential=_credential(profile, url, environment=False)) as client:
-            me = _object(client.get("/api/v1/me"))
+            me = _checked(client.get("/api/v1/me"), shapes.ME)
         _save_profile(profile)
-        who = me.get("principal_id") or me.get("display_name")
-        _line(f"signed in to {url} as {who} ({me.get('tenant_name')})")
+        _line(f"signed in to {url} as {me['principal_id']} ({me['tenant_name']})")
 
     _run(act)
 
@@ -378,13 +402,13 @@ def intents_create(
     output: OutputOption = "table",
 ) -> None:
     """Create an intent (version 1)."""
-    _run(lambda: _with(lambda c: _show(c.intents.create(_read_json(file)).json(), output)))
+    _run(lambda: _with(lambda c: _show(_checked(c.intents.create(_read_json(file)), shapes.INTENT), output)))
 
 
 @intents_app.command("get")
 def intents_get(intent: str, output: OutputOption = "table") -> None:
     """One intent: its current version and definition."""
-    _run(lambda: _with(lambda c: _show(c.intents.get(_intent_id(c, intent)).json(), output)))
+    _run(lambda: _with(lambda c: _show(_checked(c.intents.get(_intent_id(c, intent)), shapes.INTENT), output)))
 
 
 LimitOption = Annotated[
@@ -411,7 +435,8 @@ def intents_list(
         _show_pages(
             lambda after: client.intents.list(
                 name_prefix=name_prefix, label=label, status=status, limit=limit, cursor=after
-            ).json(),
+            ),
+            _INTENTS_PAGE,
             cursor,
             every=every,
             output=output,
@@ -421,18 +446,32 @@ def intents_list(
     _run(lambda: _with(act))
 
 
+_INTENTS_PAGE = shapes.page_of("a page of intents", shapes.INTENT_SUMMARY)
+_VERSIONS_PAGE = shapes.page_of("a page of versions", shapes.VERSION)
+_EXECUTIONS_PAGE = shapes.page_of("a page of executions", shapes.EXECUTION_SUMMARY)
+_SUBSCRIPTIONS = shapes.page_of("a list of webhook subscriptions", shapes.SUBSCRIPTION, cursor=False)
+_DELIVERIES = shapes.page_of("a list of deliveries", shapes.DELIVERY, cursor=False)
+
+
 def _show_pages(
-    page_at: Callable[[str | None], Any], cursor: str | None, *, every: bool, output: Output, columns: list[str]
+    page_at: Callable[[str | None], ApiResponse],
+    shape: Shape,
+    cursor: str | None,
+    *,
+    every: bool,
+    output: Output,
+    columns: list[str],
 ) -> None:
-    """A listing's page at `cursor`, or with `every` the items of it and every page after it; a page that is not the
-    last one says (on stderr, in table mode) how to ask for the next, instead of passing for the whole list."""
-    page = page_at(cursor)
+    """A listing's page at `cursor` (each of the `shape` documented), or with `every` the items of it and every page
+    after it; a page that is not the last one says (on stderr, in table mode) how to ask for the next, instead of
+    passing for the whole list."""
+    page = _checked(page_at(cursor), shape)
     # Every cursor of the walk is remembered (the client's own rule): a server answering A, B, A pages forever.
     seen = {cursor} if cursor else set()
     items, after = _page(page, seen)
     if every:
         while after is not None:
-            more, after = _page(page_at(after), seen)
+            more, after = _page(_checked(page_at(after), shape), seen)
             items += more
         page = {"items": items, "next_cursor": None}
     _show(page, output, columns)
@@ -448,7 +487,7 @@ def intents_update(intent: str, file: Path, output: OutputOption = "table") -> N
         item_id = _intent_id(client, intent)
         current = client.intents.get(item_id)
         answer = client.intents.update(item_id, _read_json(file), if_match=current.headers.get("ETag"))
-        _show(answer.json(), output)
+        _show(_checked(answer, shapes.INTENT), output)
 
     _run(lambda: _with(act))
 
@@ -467,7 +506,8 @@ def intents_versions(
     def act(client: Client) -> None:
         item_id = _intent_id(client, intent)
         _show_pages(
-            lambda after: client.intents.versions(item_id, limit=limit, cursor=after).json(),
+            lambda after: client.intents.versions(item_id, limit=limit, cursor=after),
+            _VERSIONS_PAGE,
             cursor,
             every=every,
             output=output,
@@ -488,7 +528,11 @@ def intents_diff(
     _run(
         lambda: _with(
             lambda c: _show(
-                c.intents.diff(_intent_id(c, intent), from_version=from_version, to_version=to_version).json(), output
+                _checked(
+                    c.intents.diff(_intent_id(c, intent), from_version=from_version, to_version=to_version),
+                    shapes.DIFF,
+                ),
+                output,
             )
         )
     )
@@ -499,19 +543,19 @@ def intents_rollback(
     intent: str, to: Annotated[int, typer.Option(help="the version to copy")], output: OutputOption = "table"
 ) -> None:
     """A new version equal to an old one."""
-    _run(lambda: _with(lambda c: _show(c.intents.rollback(_intent_id(c, intent), to).json(), output)))
+    _run(lambda: _with(lambda c: _show(_checked(c.intents.rollback(_intent_id(c, intent), to), shapes.INTENT), output)))
 
 
 @intents_app.command("plan")
 def intents_plan(intent: str, output: OutputOption = "json") -> None:
     """The dry run: execution levels, modules, decisions, quota headroom."""
-    _run(lambda: _with(lambda c: _show(c.intents.plan(_intent_id(c, intent)).json(), output)))
+    _run(lambda: _with(lambda c: _show(_checked(c.intents.plan(_intent_id(c, intent)), shapes.PLAN), output)))
 
 
 @intents_app.command("validate")
 def intents_validate(file: Path, output: OutputOption = "json") -> None:
     """Validate an intent without saving it."""
-    _run(lambda: _with(lambda c: _show(c.intents.validate(_read_json(file)).json(), output)))
+    _run(lambda: _with(lambda c: _show(_checked(c.intents.validate(_read_json(file)), shapes.VALIDATION), output)))
 
 
 def _with(action: Callable[[Client], None]) -> None:
@@ -529,8 +573,8 @@ def _intent_id(client: Client, intent: str) -> str:
         pass
     # Every page of the prefix: the name may sit past the first 50 (archived ones, or a long shared prefix).
     for item in client.intents.iterate(name_prefix=intent):
-        if item.get("name") == intent:
-            return _field(item, "id")
+        if shapes.INTENT_SUMMARY.check(item, "GET /api/v1/intents")["name"] == intent:
+            return str(item["id"])
     raise PlatformError(f"no intent named {intent!r} in this tenant")
 
 
@@ -547,8 +591,8 @@ def run(
 
     def act(client: Client) -> None:
         body = _read_json(input_file) if input_file is not None else None
-        started = _object(client.executions.start(_intent_id(client, intent), input=body))
-        execution_id = _field(started, "execution_id")
+        started = _checked(client.executions.start(_intent_id(client, intent), input=body), shapes.STARTED)
+        execution_id = str(started["execution_id"])
         if not follow:
             _show(started, output)
             return
@@ -562,21 +606,21 @@ def run(
 def _follow_json(client: Client, execution_id: str) -> str:
     for event in client.stream(f"/api/v1/executions/{execution_id}/events"):
         _line(json.dumps(event, default=str))
-    return _field(_object(client.executions.get(execution_id)), "status")
+    return str(_checked(client.executions.get(execution_id), shapes.EXECUTION)["status"])
 
 
 def _follow_live(client: Client, execution_id: str) -> str:
     """Redraw the steps' table after each event until the execution ends; answers its final status."""
     with Live(console=out, refresh_per_second=8, transient=False) as live:
         for event in client.stream(f"/api/v1/executions/{execution_id}/events"):
-            live.update(_view(_object(client.executions.get(execution_id))))
+            live.update(_view(_checked(client.executions.get(execution_id), shapes.EXECUTION)))
             if event.get("type") in TERMINAL_EVENTS:
                 break
-        execution = _object(client.executions.get(execution_id))
+        execution = _checked(client.executions.get(execution_id), shapes.EXECUTION)
         live.update(_view(execution))
     if not out.is_terminal:
         out.line()  # the live view ends its last line only on a terminal
-    return _field(execution, "status")
+    return str(execution["status"])
 
 
 def _view(execution: dict[str, Any]) -> Group:
@@ -631,7 +675,8 @@ def executions_list(
     def act(client: Client) -> None:
         intent_id = _intent_id(client, intent) if intent is not None else None
         _show_pages(
-            lambda after: client.executions.list(status=status, intent_id=intent_id, limit=limit, cursor=after).json(),
+            lambda after: client.executions.list(status=status, intent_id=intent_id, limit=limit, cursor=after),
+            _EXECUTIONS_PAGE,
             cursor,
             every=every,
             output=output,
@@ -644,14 +689,14 @@ def executions_list(
 @executions_app.command("get")
 def executions_get(execution: str, output: OutputOption = "table") -> None:
     """One execution: status, steps and why it waits."""
-    _run(lambda: _with(lambda c: _show(c.executions.get(execution).json(), output)))
+    _run(lambda: _with(lambda c: _show(_checked(c.executions.get(execution), shapes.EXECUTION), output)))
 
 
 @executions_app.command("cancel")
 def executions_cancel(execution: str, output: OutputOption = "table") -> None:
     """Cancel an execution: it compensates what completed and ends cancelled (refused, 409 already-failing, while it
     compensates for a failed step: it ends failed)."""
-    _run(lambda: _with(lambda c: _show(c.executions.cancel(execution).json(), output)))
+    _run(lambda: _with(lambda c: _show(_checked(c.executions.cancel(execution), shapes.CANCELLED), output)))
 
 
 @executions_app.command("approve")
@@ -665,7 +710,9 @@ def executions_approve(
     """Approve (or reject) a waiting approval step."""
     _run(
         lambda: _with(
-            lambda c: _show(c.executions.approve(execution, step, reject=reject, comment=comment).json(), output)
+            lambda c: _show(
+                _checked(c.executions.approve(execution, step, reject=reject, comment=comment), shapes.DECIDED), output
+            )
         )
     )
 
@@ -673,7 +720,7 @@ def executions_approve(
 @executions_app.command("retry")
 def executions_retry(execution: str, output: OutputOption = "table") -> None:
     """A new execution that reuses the steps that succeeded."""
-    _run(lambda: _with(lambda c: _show(c.executions.retry(execution).json(), output)))
+    _run(lambda: _with(lambda c: _show(_checked(c.executions.retry(execution), shapes.STARTED), output)))
 
 
 @app.command()
@@ -730,44 +777,58 @@ def webhooks_create(
     output: OutputOption = "table",
 ) -> None:
     """Subscribe URL to event types; the answer shows the signing secret, this once."""
-    _run(lambda: _with(lambda c: _show(c.webhooks.create(url, event, description=description).json(), output)))
+    _run(
+        lambda: _with(
+            lambda c: _show(
+                _checked(c.webhooks.create(url, event, description=description), shapes.SUBSCRIPTION), output
+            )
+        )
+    )
 
 
 @webhooks_app.command("list")
 def webhooks_list(output: OutputOption = "table") -> None:
     """The tenant's subscriptions (never their secrets)."""
-    _run(lambda: _with(lambda c: _show(c.webhooks.list().json(), output, _SUBSCRIPTION_COLUMNS)))
+    _run(lambda: _with(lambda c: _show(_checked(c.webhooks.list(), _SUBSCRIPTIONS), output, _SUBSCRIPTION_COLUMNS)))
 
 
 @webhooks_app.command("get")
 def webhooks_get(subscription: str, output: OutputOption = "table") -> None:
     """One subscription."""
-    _run(lambda: _with(lambda c: _show(c.webhooks.get(subscription).json(), output)))
+    _run(lambda: _with(lambda c: _show(_checked(c.webhooks.get(subscription), shapes.SUBSCRIPTION), output)))
 
 
 @webhooks_app.command("enable")
 def webhooks_enable(subscription: str, output: OutputOption = "table") -> None:
     """Enable a subscription; one that was disabled sends its failed delivery again, then the rest in order."""
-    _run(lambda: _with(lambda c: _show(c.webhooks.update(subscription, enabled=True).json(), output)))
+    _run(
+        lambda: _with(
+            lambda c: _show(_checked(c.webhooks.update(subscription, enabled=True), shapes.SUBSCRIPTION), output)
+        )
+    )
 
 
 @webhooks_app.command("disable")
 def webhooks_disable(subscription: str, output: OutputOption = "table") -> None:
     """Stop sending to a subscription; its deliveries wait until it is enabled again."""
-    _run(lambda: _with(lambda c: _show(c.webhooks.update(subscription, enabled=False).json(), output)))
+    _run(
+        lambda: _with(
+            lambda c: _show(_checked(c.webhooks.update(subscription, enabled=False), shapes.SUBSCRIPTION), output)
+        )
+    )
 
 
 @webhooks_app.command("rotate-secret")
 def webhooks_rotate_secret(subscription: str, output: OutputOption = "table") -> None:
     """A new signing secret, shown this once; deliveries from now on are signed with it."""
-    _run(lambda: _with(lambda c: _show(c.webhooks.rotate_secret(subscription).json(), output)))
+    _run(lambda: _with(lambda c: _show(_checked(c.webhooks.rotate_secret(subscription), shapes.SECRET), output)))
 
 
 @webhooks_app.command("deliveries")
 def webhooks_deliveries(subscription: str, output: OutputOption = "table") -> None:
     """The subscription's last 100 deliveries, newest first: state, attempts, the receiver's last answer."""
     columns = ["message_id", "event_type", "state", "attempts", "last_status", "last_error", "created_at"]
-    _run(lambda: _with(lambda c: _show(c.webhooks.deliveries(subscription).json(), output, columns)))
+    _run(lambda: _with(lambda c: _show(_checked(c.webhooks.deliveries(subscription), _DELIVERIES), output, columns)))
 
 
 @webhooks_app.command("delete")

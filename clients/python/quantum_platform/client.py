@@ -27,6 +27,7 @@ from httpx_sse import EventSource
 from quantum_platform.credentials import Credential, DevhostCredential, from_environment
 from quantum_platform.errors import ProblemError, UnexpectedAnswer, problem_from
 from quantum_platform.resources import Audit, Definitions, Executions, Modules, Webhooks
+from quantum_platform.shapes import EVENT
 
 DEFAULT_URL = "http://127.0.0.1:7071"
 TERMINAL_EVENTS = frozenset({"execution_completed", "execution_failed", "execution_cancelled"})
@@ -66,6 +67,10 @@ MAX_ANSWER_BYTES = 64 * 1024 * 1024
 """The most of one answer's body the client reads (a client's `max_answer_bytes` by default): far above the API's
 largest (an execution of 200 steps with 64 KiB outputs, a page of 500 events), so only a broken or hostile server
 reaches it, instead of taking all the memory there is."""
+STALE_MESSAGES = 100
+"""Messages in a row on one event stream that bring no new event (an `id:`, `event:` or `retry:` without data, an event
+without a number, or one at or before the position reached) before the stream is an UnexpectedAnswer: a server
+sending them without end would keep a follower waiting for ever. Keep-alive comments are not messages."""
 MAX_EVENT_BYTES = 16 * 1024 * 1024
 """The most one server-sent event (a line of it, or its data) may hold: an event carries a step's output twice (`data`
 and `result`), kept inline up to QP_PAYLOAD_INLINE_MAX_BYTES (at most 1 MiB; larger outputs are blob references)."""
@@ -147,6 +152,9 @@ class _Core:
         self.credential: Credential = credential or from_environment() or DevhostCredential()
         self._tenant = tenant
         self.max_retries = max_retries
+        # A bool is an int to Python: `max_answer_bytes=True` would read one byte of every answer.
+        if isinstance(max_answer_bytes, bool) or not isinstance(max_answer_bytes, int) or max_answer_bytes <= 0:
+            raise ValueError(f"max_answer_bytes must be a positive number of bytes, not {max_answer_bytes!r}")
         self.max_answer_bytes = max_answer_bytes
 
     @property
@@ -343,23 +351,41 @@ def event_is_new(item: Mapping[str, Any], after: int) -> bool:
     return seq is not None and seq > after
 
 
+def _event(item: Any, source: str) -> dict[str, Any]:
+    """`item` when it is an event object of the documented shape (a string `type`, a `seq` that is an event number
+    when it is there); UnexpectedAnswer naming `source` otherwise."""
+    event = EVENT.check(item, source)
+    if event.get("seq") is not None and _number(event["seq"]) is None:
+        raise UnexpectedAnswer(f"{source} answered an event whose seq {event['seq']!r} is not an event number")
+    return event
+
+
 def _sse_event(data: str, event_id: str, after: int) -> tuple[dict[str, Any] | None, int]:
-    """One SSE message as the long poll's event object (None when it is not one, or not past `after`) and the resume
-    position (`id:` is the event number, else the event's `seq`)."""
+    """One SSE message as the long poll's event object and the resume position (`id:` is the event number, else the
+    event's `seq`). A message without data, or without a number, or not past `after` brings nothing (None); data that
+    is not an event object of the documented shape is UnexpectedAnswer at once: the server sends nothing else."""
+    if not data:
+        return None, after
     try:
-        item = json.loads(data) if data else None
+        parsed = json.loads(data)
     except ValueError:
-        item = None
-    if not isinstance(item, dict):
-        item = None
+        raise UnexpectedAnswer("an event stream sent an event whose data is not JSON") from None
+    item = _event(parsed, "an event stream")
     position = _number(event_id)
-    if position is None and item is not None:
+    if position is None:
         position = _number(item.get("seq"))
     if position is None or position <= after:
         return None, after
-    if item is not None and _number(item.get("seq")) is None:
+    if _number(item.get("seq")) is None:
         item = {**item, "seq": position}
     return item, position
+
+
+def _stale(count: int) -> int:
+    """`count` messages in a row that brought no new event on one stream; UnexpectedAnswer past STALE_MESSAGES."""
+    if count > STALE_MESSAGES:
+        raise UnexpectedAnswer(f"an event stream sent {STALE_MESSAGES} messages in a row without a new event")
+    return count
 
 
 def _page(page: Any, seen: set[str]) -> tuple[list[Item], str | None]:
@@ -389,7 +415,8 @@ def _events(page: Any, after: int) -> tuple[list[dict[str, Any]], int, bool]:
     next_after = _number(page.get("next_after", after))
     if next_after is None:
         raise UnexpectedAnswer(f"an events page answered next_after {page.get('next_after')!r}, not an event number")
-    items = [item for item in page.get("items", []) if isinstance(item, dict) and event_is_new(item, after)]
+    checked = [_event(item, "an events page") for item in page.get("items", [])]
+    items = [item for item in checked if event_is_new(item, after)]
     ended = page.get("status") in ("succeeded", "failed", "cancelled")
     return items, max([next_after, after, *(int(item["seq"]) for item in items)]), ended
 
@@ -547,12 +574,13 @@ class AsyncClient:
                 response = await self._open_stream(path, after)
                 try:
                     if _is_sse(response):
-                        seen = False
+                        seen, stale = False, 0
                         async for message in _bounded_sse(response).aiter_sse():
                             item, after = _sse_event(message.data, message.id, after)
                             if item is None:
+                                stale = _stale(stale + 1)
                                 continue
-                            seen, failures, idle = True, 0, 0
+                            seen, failures, idle, stale = True, 0, 0, 0
                             yield item
                             if item.get("type") in TERMINAL_EVENTS:
                                 return
@@ -708,12 +736,13 @@ class Client:
                 response = self._open_stream(path, after)
                 try:
                     if _is_sse(response):
-                        seen = False
+                        seen, stale = False, 0
                         for message in _bounded_sse(response).iter_sse():
                             item, after = _sse_event(message.data, message.id, after)
                             if item is None:
+                                stale = _stale(stale + 1)
                                 continue
-                            seen, failures, idle = True, 0, 0
+                            seen, failures, idle, stale = True, 0, 0, 0
                             yield item
                             if item.get("type") in TERMINAL_EVENTS:
                                 return

@@ -45,7 +45,8 @@ class StaticToken:
 
 class DevhostCredential:
     """Dev tokens from the local devhost's identity (`python -m devhost token`), minted per tenant and renewed
-    before they expire. `project_dir` is the platform's checkout (where `make run` keeps `.data`)."""
+    before they expire. `project_dir` is the platform's checkout (where `make run` keeps `.data`); `oid` the user's
+    object id the tokens carry (None: the devhost's stable demo user of the tenant)."""
 
     def __init__(
         self,
@@ -57,6 +58,7 @@ class DevhostCredential:
         port: int | None = None,
         python: str | None = None,
         lifetime_s: int = 3600,
+        oid: str | None = None,
     ) -> None:
         self.default_tenant = tenant
         self._roles = ",".join(roles)
@@ -65,6 +67,7 @@ class DevhostCredential:
         self._port = port
         self._python = python or sys.executable
         self._lifetime_s = lifetime_s
+        self._oid = oid
         self._lock = threading.Lock()
         self._tokens: dict[str, tuple[str, float]] = {}
 
@@ -85,6 +88,8 @@ class DevhostCredential:
     def _mint(self, tenant: str) -> str:
         command = [self._python, "-m", "devhost", "token", "--tenant", tenant, "--roles", self._roles]
         command += ["--expires-in", str(self._lifetime_s)]
+        if self._oid is not None:
+            command += ["--oid", self._oid]
         if self._data_dir is not None:
             command += ["--data-dir", self._data_dir]
         if self._port is not None:
