@@ -493,6 +493,25 @@ def active_tenant_descendants(conn: Conn, limit: int) -> int:
     return 0 if row is None else int(row["n"])
 
 
+def authorized_item(conn: Conn, request: StartRequest, authorize: Callable[[registry.Item], None]) -> registry.Item:
+    """The intent `request` names, with the version to run, once `authorize` has allowed it: the first of a start's
+    refusals after the tenant's status (IntentNotFoundError, then what `authorize` raises), in this order wherever it
+    is asked. The start service asks it before the input's costly check too, so that a caller refused pays for none."""
+    try:
+        item = registry.get(conn, "intent", request.intent_id)
+        authorize(item)
+        if request.version is not None and request.version != item.version.version:
+            # A pinned version runs with its own target and labels, so it is decided on them too, not only on the
+            # current version's (ADR 0035): an older version may be production's while the current one is staging's.
+            item = replace(item, version=registry.version(conn, "intent", item.head.id, request.version))
+            authorize(item)
+    except (registry.NotFoundError, registry.UnknownVersionError) as exc:
+        # A start error like any other: an intent.run step pinning a version that does not exist fails its step,
+        # where this escaped the dispatch and failed its whole level's batch.
+        raise IntentNotFoundError(str(exc)) from None
+    return item
+
+
 def start_execution(
     conn: Conn,
     tenant: TenantFacts,
@@ -516,18 +535,7 @@ def start_execution(
     """
     if tenant.status != "active":
         raise TenantSuspendedError(f"tenant {tenant.id} is {tenant.status}")
-    try:
-        item = registry.get(conn, "intent", request.intent_id)
-        authorize(item)
-        if request.version is not None and request.version != item.version.version:
-            # A pinned version runs with its own target and labels, so it is decided on them too, not only on the
-            # current version's (ADR 0035): an older version may be production's while the current one is staging's.
-            item = replace(item, version=registry.version(conn, "intent", item.head.id, request.version))
-            authorize(item)
-    except (registry.NotFoundError, registry.UnknownVersionError) as exc:
-        # A start error like any other: an intent.run step pinning a version that does not exist fails its step,
-        # where this escaped the dispatch and failed its whole level's batch.
-        raise IntentNotFoundError(str(exc)) from None
+    item = authorized_item(conn, request, authorize)
     fingerprint = request.fingerprint()
     found = _by_key(conn, request.idempotency_key)
     if found is not None:

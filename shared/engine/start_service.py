@@ -24,6 +24,7 @@ from shared.engine.start import (
     Started,
     StartForbiddenError,
     StartRequest,
+    authorized_item,
     checked_input,
     concurrent_limit,
     input_to_check,
@@ -112,11 +113,16 @@ def authorize_child(
 def begin(tenant: Tenant, make_request: Callable[[Conn], StartRequest], *, decide: Decide) -> Started:
     """Run a start's checks and writes in one tenant transaction (call it on a worker thread), its input checked
     before it outside any transaction; `make_request` builds the request in each transaction (reading what it needs),
-    and `decide` decides `intent.execute` on the intent before anything about it is revealed.
+    and `decide` decides `intent.execute` on the intent before anything about it is revealed or its input checked
+    (once per intent and version, however many transactions the start takes).
 
     A refused start raises a StartError (an unknown intent or version as IntentNotFoundError, a refused decision as
     StartForbiddenError); whatever `make_request` raises of its own passes through.
     """
+    # One decision per resource for the whole start, audited once: the read before the check decides, and the
+    # start's transaction takes that decision again for the same intent and version (a new current version saved in
+    # between, with another target or labels, is decided anew).
+    authorize = authorize_execute(_decided_once(decide), tenant.id)
     # The execution's trace is the platform's own, linked to the caller's: a request's (or event's) `traceparent` is
     # the caller's choice, made before it was verified, and continued it would put this execution in any trace.
     with root_span(START_SPAN, current_span_context(), execution_attributes(tenant_id=tenant.id)):
@@ -127,7 +133,7 @@ def begin(tenant: Tenant, make_request: Callable[[Conn], StartRequest], *, decid
                     conn,
                     tenant.facts(),
                     _request(conn, make_request),
-                    authorize=authorize_execute(decide, tenant.id),
+                    authorize=authorize,
                     max_concurrent=concurrent_limit(tenant.quotas),
                     input_check=input_check,
                 )
@@ -141,13 +147,34 @@ def begin(tenant: Tenant, make_request: Callable[[Conn], StartRequest], *, decid
             pending = None
             if tenant.status == "active":  # a suspended tenant's start is refused first, as it always was
                 with tenant_transaction(tenant.id) as conn:
-                    pending = input_to_check(conn, _request(conn, make_request))
+                    request = _request(conn, make_request)
+                    # Decided before the check, with the refusals that come before it in the start's transaction (an
+                    # unknown intent or version): a caller refused costs no check, and its refusal's timing tells
+                    # nothing of the schema.
+                    authorized_item(conn, request, authorize)
+                    pending = input_to_check(conn, request)
             try:
                 return start(None if pending is None else checked_input(pending, tenant.facts()))
             except InputCheckStaleError:
                 continue  # a new current version was saved in between: its check is made again
         # Saved in between every time: this start checks its input in its transaction, as every start once did.
         return start(None)
+
+
+def _decided_once(decide: Decide) -> Decide:
+    """`decide`, made once per action and resource: asked again, the first decision stands, neither made nor audited
+    again."""
+    made: list[tuple[str, Resource, Decision]] = []
+
+    def decide_once(action: str, resource: Resource) -> Decision:
+        for asked, on, decision in made:
+            if asked == action and on == resource:
+                return decision
+        decision = decide(action, resource)
+        made.append((action, resource, decision))
+        return decision
+
+    return decide_once
 
 
 INPUT_CHECK_ATTEMPTS = 2
