@@ -59,6 +59,7 @@ from shared.registry.validation import Limits, ValidationResult, required_bluepr
 
 __all__ = [
     "ArchivedError",
+    "CheckStaleError",
     "Checked",
     "DefinitionInvalidError",
     "DescendantWalk",
@@ -66,6 +67,8 @@ __all__ = [
     "Item",
     "NameConflictError",
     "NotFoundError",
+    "OutsideCheck",
+    "PendingCheck",
     "Plan",
     "PlannedStep",
     "PreconditionFailedError",
@@ -77,12 +80,17 @@ __all__ = [
     "check",
     "check_evaluated",
     "check_finish",
+    "check_outside",
     "check_reads",
     "create",
     "diff_versions",
     "etag",
     "get",
     "list_items",
+    "pending_create",
+    "pending_plan",
+    "pending_rollback",
+    "pending_update",
     "plan",
     "rollback",
     "update",
@@ -305,9 +313,16 @@ def check(
     writing: bool = False,
     refused_name: bool = False,
     again: int | None = None,
+    outside: OutsideCheck | None = None,
+    version: int | None = None,
 ) -> Checked:
     """Validate a request body against the tenant's catalog and gates; a declaration against its blueprint (the
     pinned version if `pin`, else the blueprint's current one). Raises DefinitionInvalidError with every problem.
+
+    `outside`: the costly part of this check made before this transaction (`check_outside`), taken without making it
+    again if it was made of this very document, for the item's current version `version` (None: a create), against
+    reads that answer now as they did then (read again here, a declaration's blueprint held when `writing`);
+    CheckStaleError when any of that changed.
 
     `saving`: a create, an update, their validation or a rollback, which also refuses an intent that runs itself or
     comes back to itself; a stored version is checked without it (one saved before that refusal still runs and
@@ -328,7 +343,15 @@ def check(
     renames), which it answers once the definition is otherwise valid: no cycle walk, whose recursive_intent would
     answer in its place."""
     reads = check_reads(conn, kind, doc, pin=pin, writing=writing)
-    evaluated = check_evaluated(reads, kind, doc, tenant=tenant, limits=limits, saving=saving, again=again)
+    if outside is None:
+        evaluated = check_evaluated(reads, kind, doc, tenant=tenant, limits=limits, saving=saving, again=again)
+    else:
+        pending, evaluated = outside.pending, outside.evaluated
+        made_for = (pending.kind, pending.version, pending.saving, pending.again)
+        if made_for != (kind, version, saving, again) or not (pending.doc is doc or pending.doc == doc):
+            raise CheckStaleError(f"the {kind} was checked at version {pending.version}, not {version}")
+        if not _reads_stand(reads, pending.reads):
+            raise CheckStaleError(f"the catalog or the blueprint the {kind} was checked against changed")
     return check_finish(conn, kind, evaluated, writing=writing, refused_name=refused_name, again=again)
 
 
@@ -466,6 +489,63 @@ def check_finish(
         )
     assert result.normalized is not None  # a result without errors is normalized
     return Checked(result, evaluated.reads.catalog, found, _as_stored(conn, result.normalized))
+
+
+class CheckStaleError(Exception):
+    """What a check made outside the writing transaction was made of has changed since it was read (a module
+    registered or removed, a blueprint's new current version or its archive, the item's new current version): the
+    writing transaction is given up, and the check made again. Not a RegistryError: no answer is ever made of it."""
+
+
+@dataclass(frozen=True)
+class PendingCheck:
+    """What a save's or a plan's definition check needs, read in a short transaction of its own (`pending_create`,
+    `pending_update`, `pending_rollback`, `pending_plan`), so that the check itself (`check_outside`) is made with no
+    transaction open."""
+
+    kind: Kind
+    doc: Any
+    """The document checked: a create's or an update's request body itself, a rollback's or a plan's stored one."""
+    reads: CheckReads
+    version: int | None
+    """The item's current version it was read with (None: a create, which has none)."""
+    saving: bool
+    again: int | None = None
+
+
+@dataclass(frozen=True)
+class OutsideCheck:
+    """A definition evaluated with no transaction open, and what it was evaluated from; the writing transaction takes
+    its outcome only while all of that still stands (`check`), else raises CheckStaleError."""
+
+    pending: PendingCheck
+    evaluated: CheckEvaluated
+
+
+def check_outside(pending: PendingCheck, *, tenant: TenantFacts, limits: Limits | None = None) -> OutsideCheck:
+    """`check_evaluated` of what `pending` read: the costly part of a save or a plan (a definition's schemas against
+    the meta-schema, seconds of CPU for a large one), called by a route between its transactions, holding none of the
+    shared pool's connections (a tenant's requests in flight would otherwise hold them all, and every tenant waits)."""
+    evaluated = check_evaluated(
+        pending.reads,
+        pending.kind,
+        pending.doc,
+        tenant=tenant,
+        limits=limits,
+        saving=pending.saving,
+        again=pending.again,
+    )
+    return OutsideCheck(pending, evaluated)
+
+
+def _reads_stand(now: CheckReads, then: CheckReads) -> bool:
+    """Whether a check's reads answer now as they did: versions never change, so a blueprint version is its id and
+    number, and a catalog its specs (registrations are never updated; a removal or a new one changes it)."""
+
+    def pinned(found: BlueprintVersion | None) -> tuple[UUID, int] | None:
+        return None if found is None else (found.id, found.version)
+
+    return pinned(now.found) == pinned(then.found) and now.catalog == then.catalog
 
 
 def _as_stored(conn: Conn, value: dict[str, Any]) -> dict[str, Any]:
@@ -944,11 +1024,28 @@ def _refused(kind: Kind, exc: ValueRefusedError) -> DefinitionInvalidError:
     return DefinitionInvalidError([problem], f"The {kind} has 1 problem.")
 
 
-def create(conn: Conn, kind: Kind, doc: Any, *, item_id: UUID, tenant: TenantFacts, created_by: str) -> Item:
-    """Validate and store version 1, with its `<kind>.created` event."""
+def pending_create(conn: Conn, kind: Kind, doc: Any) -> PendingCheck:
+    """What a create's check of `doc` needs, read without holding anything (the create's transaction reads it again)."""
+    return PendingCheck(kind, doc, check_reads(conn, kind, doc), None, saving=True)
+
+
+def create(
+    conn: Conn,
+    kind: Kind,
+    doc: Any,
+    *,
+    item_id: UUID,
+    tenant: TenantFacts,
+    created_by: str,
+    outside: OutsideCheck | None = None,
+) -> Item:
+    """Validate and store version 1, with its `<kind>.created` event; `outside`: the definition's check made before
+    this transaction (`pending_create`, `check_outside`), taken if it still stands, else CheckStaleError."""
     sent = _sent_name(doc)
     taken = isinstance(sent, str) and name_taken(conn, kind, sent)
-    checked = check(conn, kind, doc, tenant=tenant, saving=True, writing=True, refused_name=taken)
+    checked = check(
+        conn, kind, doc, tenant=tenant, saving=True, writing=True, refused_name=taken, outside=outside, version=None
+    )
     request = checked.request
     try:
         head = insert_head(conn, kind, item_id, request.name, request.description, dict(request.labels), created_by)
@@ -967,12 +1064,17 @@ def create(conn: Conn, kind: Kind, doc: Any, *, item_id: UUID, tenant: TenantFac
 def _locked_active(conn: Conn, kind: Kind, item_id: UUID, if_match: frozenset[str] | None) -> Item:
     """The item under its row lock, refused if archived or if `if_match` (None: any) misses its ETag."""
     head = _head_or_404(conn, kind, item_id, lock=True)
+    _refuse_inactive(head, if_match)
+    return _item(conn, head)
+
+
+def _refuse_inactive(head: HeadRow, if_match: frozenset[str] | None) -> None:
+    """ArchivedError for an archived item, PreconditionFailedError when `if_match` (None: any) misses its ETag."""
     if head.status != "active":
-        raise ArchivedError(f"The {kind} is archived; it takes no new versions.")
+        raise ArchivedError(f"The {head.kind} is archived; it takes no new versions.")
     current = etag(head.id, head.current_version, head.status)
     if if_match is not None and current not in if_match:
         raise PreconditionFailedError(current)
-    return _item(conn, head)
 
 
 def _append(conn: Conn, item: Item, new: NewVersion, created_by: str) -> Item:
@@ -995,6 +1097,13 @@ def _append(conn: Conn, item: Item, new: NewVersion, created_by: str) -> Item:
     return Item(advanced, row)
 
 
+def pending_update(conn: Conn, kind: Kind, item: Item, doc: Any, *, if_match: frozenset[str] | None) -> PendingCheck:
+    """What an update of `item` (as read, not locked) to `doc` checks, read without holding anything; the refusals an
+    update answers before its check (archived, a stale `if_match`) are answered here already, costing no check."""
+    _refuse_inactive(item.head, if_match)
+    return PendingCheck(kind, doc, check_reads(conn, kind, doc), item.version.version, saving=True)
+
+
 def update(
     conn: Conn,
     kind: Kind,
@@ -1004,11 +1113,24 @@ def update(
     if_match: frozenset[str] | None,
     tenant: TenantFacts,
     created_by: str,
+    outside: OutsideCheck | None = None,
 ) -> Item:
-    """Validate and store the next version if `if_match` holds the current ETag, with `<kind>.version_created`."""
+    """Validate and store the next version if `if_match` holds the current ETag, with `<kind>.version_created`;
+    `outside`: the check made before this transaction (`pending_update`), taken if it was made with the current
+    version it updates and still stands, else CheckStaleError."""
     item = _locked_active(conn, kind, item_id, if_match)
     renamed = _sent_name(doc) != item.head.name
-    checked = check(conn, kind, doc, tenant=tenant, saving=True, writing=True, refused_name=renamed)
+    checked = check(
+        conn,
+        kind,
+        doc,
+        tenant=tenant,
+        saving=True,
+        writing=True,
+        refused_name=renamed,
+        outside=outside,
+        version=item.version.version,
+    )
     if checked.request.name != item.head.name:
         # Declarations find blueprints by name, and clients by name: a rename would silently repoint both.
         raise DefinitionInvalidError(
@@ -1023,6 +1145,38 @@ def update(
     return updated
 
 
+def _rollback_target(conn: Conn, item: Item, to_version: int) -> VersionRow:
+    """The version a rollback of `item` makes again; UnknownVersionError, or DefinitionInvalidError when its pinned
+    blueprint is archived (the pin held until the transaction ends)."""
+    target = get_version(conn, item.head.kind, item.head.id, to_version)
+    if target is None:
+        raise UnknownVersionError(f"The {item.head.kind} has no version {to_version}.")
+    _refuse_archived_pin(conn, item.head.kind, to_version, target.blueprint_ref)
+    return target
+
+
+def _again(item: Item, target: VersionRow) -> int | None:
+    """The version a rollback of `item` onto `target` makes when it changes no step (its cycle check's `again`)."""
+    same_steps = (target.definition_sha256, target.blueprint_ref) == (
+        item.version.definition_sha256,
+        item.version.blueprint_ref,
+    )
+    return item.version.version + 1 if same_steps else None
+
+
+def pending_rollback(
+    conn: Conn, kind: Kind, item: Item, to_version: int, *, if_match: frozenset[str] | None
+) -> PendingCheck:
+    """What a rollback of `item` (as read, not locked) onto `to_version` checks, read in a short transaction; the
+    refusals a rollback answers before its check (archived, a stale `if_match`, no such version, an archived
+    blueprint pin) are answered here already."""
+    _refuse_inactive(item.head, if_match)
+    target = _rollback_target(conn, item, to_version)
+    doc = _document(item.head.name, target)
+    reads = check_reads(conn, kind, doc, pin=target.blueprint_ref)
+    return PendingCheck(kind, doc, reads, item.version.version, saving=True, again=_again(item, target))
+
+
 def rollback(
     conn: Conn,
     kind: Kind,
@@ -1032,6 +1186,7 @@ def rollback(
     if_match: frozenset[str] | None,
     tenant: TenantFacts,
     created_by: str,
+    outside: OutsideCheck | None = None,
 ) -> Item:
     """A new version equal to `to_version` (its definition, metadata and blueprint pin), with `<kind>.rolled_back`.
 
@@ -1046,16 +1201,12 @@ def rollback(
     whose definition and blueprint pin are the current one's changes no step: it closes a cycle only through a step
     that pins the version number it makes (which started nothing before), and is refused for those alone, so a
     cycle stored before the save-time check still rolls back onto itself.
+
+    `outside`: the check made before this transaction (`pending_rollback`), taken if it was made with the current
+    version and still stands, else CheckStaleError.
     """
     item = _locked_active(conn, kind, item_id, if_match)
-    target = get_version(conn, kind, item_id, to_version)
-    if target is None:
-        raise UnknownVersionError(f"The {kind} has no version {to_version}.")
-    _refuse_archived_pin(conn, kind, to_version, target.blueprint_ref)
-    same_steps = (target.definition_sha256, target.blueprint_ref) == (
-        item.version.definition_sha256,
-        item.version.blueprint_ref,
-    )
+    target = _rollback_target(conn, item, to_version)
     try:
         check(
             conn,
@@ -1065,7 +1216,9 @@ def rollback(
             pin=target.blueprint_ref,
             saving=True,
             writing=True,
-            again=item.version.version + 1 if same_steps else None,
+            again=_again(item, target),
+            outside=outside,
+            version=item.version.version,
         )
     except DefinitionInvalidError as exc:
         raise DefinitionInvalidError(
@@ -1175,14 +1328,38 @@ StepDecider = Callable[[Conn, Item, Step], Decision]
 """The caller's decision on executing one step of a planned item, in the plan's transaction."""
 
 
+def pending_plan(conn: Conn, kind: Kind, item: Item) -> PendingCheck:
+    """What a plan of `item`'s current version checks, read in a short transaction."""
+    doc = item.document()
+    return PendingCheck(
+        kind, doc, check_reads(conn, kind, doc, pin=item.version.blueprint_ref), item.version.version, saving=False
+    )
+
+
 def plan(
-    conn: Conn, kind: Kind, item_id: UUID, *, tenant: TenantFacts, decide: StepDecider | None, quota: QuotaHeadroom
+    conn: Conn,
+    kind: Kind,
+    item_id: UUID,
+    *,
+    tenant: TenantFacts,
+    decide: StepDecider | None,
+    quota: QuotaHeadroom,
+    outside: OutsideCheck | None = None,
 ) -> Plan:
     """The current version validated again (catalog and gates may have changed) and laid out in levels, each
     step with its module and `decide(conn, item, step)` (None: no decisions, as for a blueprint, which is never
-    executed)."""
+    executed). `outside`: the check made before this transaction (`pending_plan`), taken if it was made of the
+    current version and still stands, else CheckStaleError."""
     item = get(conn, kind, item_id)
-    checked = check(conn, kind, item.document(), tenant=tenant, pin=item.version.blueprint_ref)
+    checked = check(
+        conn,
+        kind,
+        item.document(),
+        tenant=tenant,
+        pin=item.version.blueprint_ref,
+        outside=outside,
+        version=item.version.version,
+    )
     level_of = {step_id: index for index, level in enumerate(checked.levels) for step_id in level}
     planned = []
     for step in checked.result.steps:

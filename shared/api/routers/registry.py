@@ -5,11 +5,12 @@
 # which FastAPI can only resolve when annotations are evaluated where they are written.
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
+import psycopg
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
@@ -312,6 +313,49 @@ def _by_content(rows: list[VersionRow]) -> list[list[VersionRow]]:
     return list(groups.values())
 
 
+_T = TypeVar("_T")
+CHECK_ATTEMPTS = 2
+"""Checks of a save's or a plan's definition made outside its writing transaction before one is made inside: only a
+change to what a check read (the catalog, a blueprint, the item's current version), made while it ran, takes a
+request past one."""
+
+
+def _checked_outside(
+    context: RequestContext,
+    pending: Callable[[service.Conn], service.PendingCheck | None],
+    write: Callable[[service.Conn, service.OutsideCheck | None], _T],
+) -> _T:
+    """`write`'s answer, in a transaction of its own, with the definition check `pending` read for (in a short
+    transaction before) made in between with no transaction open: a definition with a large `inputs` schema costs
+    seconds of CPU, and a tenant's requests in flight would otherwise hold that many of the shared pool's connections
+    for as long, leaving the other tenants none. `write` takes the check's outcome only while what it read stands
+    (service.CheckStaleError otherwise: it is made again, then, the last time, inside `write`'s transaction, as every
+    save once was). `pending` answers None for a request `write` answers without a check (a replay)."""
+    for _ in range(CHECK_ATTEMPTS):
+        with tenant_transaction(context.tenant.id) as conn:
+            found = pending(conn)
+        outside = None if found is None else service.check_outside(found, tenant=context.tenant_facts)
+        try:
+            with tenant_transaction(context.tenant.id) as conn:
+                return write(conn, outside)
+        except service.CheckStaleError:
+            continue
+    with tenant_transaction(context.tenant.id) as conn:
+        return write(conn, None)
+
+
+def _replays(conn: service.Conn, key: str | None, request: Request, body: Any) -> bool:
+    """Whether `key` already answered this request (a retry, answered by replay and never checked again); 422 when it
+    was used for another. The key is not claimed: the claim is the writing transaction's."""
+    if key is None:
+        return False
+    with conn.transaction() as probe:
+        replay = replay_or_claim(conn, key, request, body)
+        if replay is None:
+            raise psycopg.Rollback(probe)  # claimed just now: given back
+    return True
+
+
 # --- routes -----------------------------------------------------------------------------------------------------
 
 
@@ -419,6 +463,23 @@ def definition_router(kind: Kind) -> APIRouter:
         authorize(context, action, resource, detail={**detail, "version": created.version.version}, conn=conn)
         return resource
 
+    def decider(
+        context: RequestContext, item_id: UUID, action: Action, detail: Callable[[service.Item], dict[str, Any]]
+    ) -> Callable[[service.Conn], service.Item]:
+        """The item as read in a transaction, once the caller may do `action` on it: decided (and audited) once per
+        version of it the request meets, so that the check made again for a new current version is decided on that
+        one, and the writing transaction after a check is not decided twice on what the check's own one decided."""
+        decided: set[int] = set()
+
+        def item_decided(conn: service.Conn) -> service.Item:
+            item = load(conn, item_id)
+            if item.version.version not in decided:
+                authorize(context, action, resource_of(context, item), detail=detail(item), conn=conn)
+                decided.add(item.version.version)
+            return item
+
+        return item_decided
+
     @router.post(
         "",
         status_code=201,
@@ -436,28 +497,44 @@ def definition_router(kind: Kind) -> APIRouter:
             },
         },
     )
-    def create(
-        context: MayCreate, conn: TenantConnection, body: Json, request: Request, idempotency_key: IdempotencyKey
-    ) -> Response:
+    def create(context: MayCreate, body: Json, request: Request, idempotency_key: IdempotencyKey) -> Response:
         """Validate and store version 1; 201 with Location and ETag. With `Idempotency-Key` a retry replays the
         first response, and the key with another body is 422."""
         item_id = uuid.uuid4()
         resource = _body_resource(spec, str(item_id), context.tenant.id, body)
-        authorize(context, spec.create, resource, detail={"name": body.get("name")}, conn=conn)
-        replay = replay_or_claim(conn, idempotency_key, request, body)
-        if replay is not None:
-            return replay
-        try:
+        decided: list[bool] = []
+
+        def pending(conn: service.Conn) -> service.PendingCheck | None:
+            if not decided:  # the body is the resource: one decision, whatever the attempts
+                authorize(context, spec.create, resource, detail={"name": body.get("name")}, conn=conn)
+                decided.append(True)
+            if _replays(conn, idempotency_key, request, body):
+                return None
+            return service.pending_create(conn, kind, body)
+
+        def write(conn: service.Conn, outside: service.OutsideCheck | None) -> Response:
+            replay = replay_or_claim(conn, idempotency_key, request, body)
+            if replay is not None:
+                return replay
             item = service.create(
-                conn, kind, body, item_id=item_id, tenant=context.tenant_facts, created_by=context.principal.id
+                conn,
+                kind,
+                body,
+                item_id=item_id,
+                tenant=context.tenant_facts,
+                created_by=context.principal.id,
+                outside=outside,
             )
+            record_mutation(context, spec.create, resource, {"name": item.head.name, "version": 1}, conn=conn)
+            content = _item_out(item).model_dump(mode="json")
+            headers = {"Location": f"{spec.path}/{item_id}", "ETag": item.etag}
+            remember(conn, idempotency_key, 201, content, headers)
+            return JSONResponse(content, status_code=201, headers=headers)
+
+        try:
+            return _checked_outside(context, pending, write)
         except service.RegistryError as exc:
             raise _problem(exc) from None
-        record_mutation(context, spec.create, resource, {"name": item.head.name, "version": 1}, conn=conn)
-        content = _item_out(item).model_dump(mode="json")
-        headers = {"Location": f"{spec.path}/{item_id}", "ETag": item.etag}
-        remember(conn, idempotency_key, 201, content, headers)
-        return JSONResponse(content, status_code=201, headers=headers)
 
     @router.get(
         "", response_model=RegistryItemPage, summary=f"List {noun}s", responses={**COMMON_ERRORS, 400: E400, 422: E422}
@@ -545,34 +622,42 @@ def definition_router(kind: Kind) -> APIRouter:
         summary=f"Update {_a(noun)} {noun} (a new version)",
         responses={200: _WITH_ETAG, **ITEM_ERRORS, 409: E409_ARCHIVED, 412: E412, 428: E428},
     )
-    def update(
-        item_id: ItemId, context: MayUpdate, conn: TenantConnection, body: Json, if_match: IfMatch = None
-    ) -> JSONResponse:
+    def update(item_id: ItemId, context: MayUpdate, body: Json, if_match: IfMatch = None) -> JSONResponse:
         """Store the next version; `If-Match` with the current ETag is required (stale: 412). Of two updates
         with one ETag exactly one wins (Author)."""
-        item = load(conn, item_id)
-        authorize(
-            context, spec.update, resource_of(context, item), detail={"from_version": item.version.version}, conn=conn
-        )
-        if not if_match:
-            raise ProblemError(
-                428, "precondition-required", "Precondition required", f"Send If-Match with the {noun}'s ETag."
-            )
-        try:
+        decide = decider(context, item_id, spec.update, lambda item: {"from_version": item.version.version})
+        tags = if_match_tags(if_match)
+
+        def pending(conn: service.Conn) -> service.PendingCheck:
+            item = decide(conn)
+            if not if_match:
+                raise ProblemError(
+                    428, "precondition-required", "Precondition required", f"Send If-Match with the {noun}'s ETag."
+                )
+            return service.pending_update(conn, kind, item, body, if_match=tags)
+
+        def write(conn: service.Conn, outside: service.OutsideCheck | None) -> JSONResponse:
+            if outside is None:  # checked here: decided here on the version as it is now, as the check is made
+                decide(conn)
             updated = service.update(
                 conn,
                 kind,
                 item_id,
                 body,
-                if_match=if_match_tags(if_match),
+                if_match=tags,
                 tenant=context.tenant_facts,
                 created_by=context.principal.id,
+                outside=outside,
             )
+            from_version = {"from_version": updated.version.version - 1}
+            new = authorize_new_version(context, spec.update, updated, from_version, conn)
+            record_mutation(context, spec.update, new, {"version": updated.version.version}, conn=conn)
+            return _with_etag(_item_out(updated), updated.etag)
+
+        try:
+            return _checked_outside(context, pending, write)
         except service.RegistryError as exc:
             raise _problem(exc) from None
-        new = authorize_new_version(context, spec.update, updated, {"from_version": item.version.version}, conn)
-        record_mutation(context, spec.update, new, {"version": updated.version.version}, conn=conn)
-        return _with_etag(_item_out(updated), updated.etag)
 
     @router.delete(
         "/{item_id}",
@@ -610,25 +695,40 @@ def definition_router(kind: Kind) -> APIRouter:
         responses={200: _WITH_ETAG, **ITEM_ERRORS, 409: E409_ARCHIVED, 412: E412},
     )
     def rollback(
-        item_id: ItemId,
-        context: MayRollback,
-        conn: TenantConnection,
-        body: RollbackRequest,
-        if_match: IfMatch = None,
+        item_id: ItemId, context: MayRollback, body: RollbackRequest, if_match: IfMatch = None
     ) -> JSONResponse:
         """A new version equal to `to_version` (`_ROLLBACK`)."""
-        item = load(conn, item_id)
-        authorize(context, spec.rollback, resource_of(context, item), detail={"to_version": body.to_version}, conn=conn)
-        try:
+        decide = decider(context, item_id, spec.rollback, lambda _item: {"to_version": body.to_version})
+        tags = if_match_tags(if_match)
+
+        def pending(conn: service.Conn) -> service.PendingCheck:
+            return service.pending_rollback(conn, kind, decide(conn), body.to_version, if_match=tags)
+
+        def write(conn: service.Conn, outside: service.OutsideCheck | None) -> JSONResponse:
+            if outside is None:
+                decide(conn)
             rolled = service.rollback(
                 conn,
                 kind,
                 item_id,
                 body.to_version,
-                if_match=if_match_tags(if_match),
+                if_match=tags,
                 tenant=context.tenant_facts,
                 created_by=context.principal.id,
+                outside=outside,
             )
+            new = authorize_new_version(context, spec.rollback, rolled, {"to_version": body.to_version}, conn)
+            record_mutation(
+                context,
+                spec.rollback,
+                new,
+                {"version": rolled.version.version, "from_version": body.to_version},
+                conn=conn,
+            )
+            return _with_etag(_item_out(rolled), rolled.etag)
+
+        try:
+            return _checked_outside(context, pending, write)
         except service.UnknownVersionError as exc:
             raise ProblemError(
                 422,
@@ -639,11 +739,6 @@ def definition_router(kind: Kind) -> APIRouter:
             ) from None
         except service.RegistryError as exc:
             raise _problem(exc) from None
-        new = authorize_new_version(context, spec.rollback, rolled, {"to_version": body.to_version}, conn)
-        record_mutation(
-            context, spec.rollback, new, {"version": rolled.version.version, "from_version": body.to_version}, conn=conn
-        )
-        return _with_etag(_item_out(rolled), rolled.etag)
 
     @router.get(
         "/{item_id}/versions",
@@ -716,15 +811,31 @@ def definition_router(kind: Kind) -> APIRouter:
         summary=f"Plan {_a(noun)} {noun} (dry run)",
         responses={**ITEM_ERRORS},
     )
-    def plan(item_id: ItemId, context: MayRead, conn: TenantConnection) -> RegistryPlan:
+    def plan(item_id: ItemId, context: MayRead) -> RegistryPlan:
         """The current version's steps in execution levels, each with its module and the caller's decision for
         executing it (an `intent.run` step: for executing the child intent it runs), the tenant's quota headroom and
         the plan hash; nothing is saved or started (Reader)."""
-        item = load(conn, item_id)
-        resource = resource_of(context, item)
-        authorize(
-            context, spec.read, resource, detail={"operation": "plan", "version": item.version.version}, conn=conn
+        may_read = decider(
+            context, item_id, spec.read, lambda item: {"operation": "plan", "version": item.version.version}
         )
+
+        def pending(conn: service.Conn) -> service.PendingCheck:
+            return service.pending_plan(conn, kind, may_read(conn))
+
+        def write(conn: service.Conn, outside: service.OutsideCheck | None) -> RegistryPlan:
+            if outside is None:
+                may_read(conn)
+            return planned(context, item_id, conn, outside)
+
+        try:
+            return _checked_outside(context, pending, write)
+        except service.RegistryError as exc:
+            raise _problem(exc) from None
+
+    def planned(
+        context: RequestContext, item_id: UUID, conn: service.Conn, outside: service.OutsideCheck | None
+    ) -> RegistryPlan:
+        """`plan`'s answer, in its transaction; `outside`: its check, made before it (else made here)."""
         decide = None
         if kind == "intent":
             policies = tenant_policy_texts(context.tenant.id)
@@ -748,11 +859,10 @@ def definition_router(kind: Kind) -> APIRouter:
                 child = service.child_intent(conn, step)
                 return walk.decision(planned) if child is None else walk.verdict(child)
 
-        try:
-            quota = service.QuotaHeadroom.of(concurrent_limit(context.tenant.quotas), active_executions(conn))
-            result = service.plan(conn, kind, item_id, tenant=context.tenant_facts, decide=decide, quota=quota)
-        except service.RegistryError as exc:
-            raise _problem(exc) from None
+        quota = service.QuotaHeadroom.of(concurrent_limit(context.tenant.quotas), active_executions(conn))
+        result = service.plan(
+            conn, kind, item_id, tenant=context.tenant_facts, decide=decide, quota=quota, outside=outside
+        )
         return _plan_out(result, kind)
 
     return router
