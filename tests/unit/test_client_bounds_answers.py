@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import TypeAdapter
 from quantum_platform import UnexpectedAnswer, shapes
 
 from tests.unit.test_cli import ENTRA, INTENT_ID, Platform, home, platform, qp, refusal  # noqa: F401  # fixtures
@@ -215,6 +216,23 @@ def test_a_shape_leaves_fields_it_does_not_know_alone_and_refuses_a_flag_for_a_n
         shapes.EXECUTION.check(EXECUTION | {"intent_version": True}, "GET /x")
 
 
+@pytest.mark.parametrize(
+    ("shape", "answer", "says"),
+    [
+        (shapes.EXECUTION, EXECUTION | {"target": 5, "steps": [{"step_id": "b", "state": 7}]}, "/steps/0/state is a"),
+        (shapes.INTENT_SUMMARY, {"id": 5}, "/name is missing"),
+        (shapes.page_of("a page", shapes.INTENT_SUMMARY), {"items": [{"id": 5}], "next_cursor": 2}, "/items/0/name is"),
+    ],
+    ids=["a required field before another", "a missing field before a wrong one", "a missing field in an item"],
+)
+def test_of_two_wrong_fields_the_missing_one_then_the_required_one_is_named(
+    shape: shapes.Shape, answer: Any, says: str
+) -> None:
+    """In each object a missing field is named first, then a wrong field it requires, then a wrong one it may have."""
+    with pytest.raises(UnexpectedAnswer, match=f": {says}"):
+        shape.check(answer, "GET /x")
+
+
 # ------------------------------------------------------------------------------------------ the shapes are the API's
 SCHEMAS = {
     "EXECUTION": "ExecutionOut",
@@ -256,12 +274,7 @@ def test_each_shape_asks_only_what_the_api_documents(name: str, schema: str) -> 
     document = json.loads((Path(__file__).parents[2] / "docs" / "openapi.json").read_text(encoding="utf-8"))
     component = document["components"]["schemas"][schema]
     shape: shapes.Shape = getattr(shapes, name)
-    assert set(shape.required) <= set(component["required"])
-    for field, spec in [*shape.required.items(), *shape.optional.items()]:
-        documented = component["properties"][field]
-        if isinstance(spec, shapes.Shape):
-            assert _documented(documented) == {dict}, field
-        elif isinstance(spec, shapes.ListOf):
-            assert _documented(documented) == {list}, field
-        else:
-            assert set(spec) == _documented(documented), field
+    asked = TypeAdapter(shape.model).json_schema()
+    assert set(asked["required"]) <= set(component["required"])
+    for field, spec in asked["properties"].items():
+        assert _documented(spec) == _documented(component["properties"][field]), field

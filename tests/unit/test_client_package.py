@@ -4,9 +4,15 @@ per start, a refused token renewed once, problem+json raised as typed errors, st
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
+import re
+import sys
+import tomllib
 from collections.abc import Callable
+from importlib.metadata import packages_distributions
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -511,3 +517,34 @@ def test_a_long_poll_stream_counts_only_failures_in_a_row_against_its_budget(pau
 
     events = [event["seq"] for event in client(handler).stream("/api/v1/executions/e/events")]
     assert events == list(range(1, 21)) and pauses == [0.5] * 20
+
+
+PACKAGE = Path(__file__).parents[2] / "clients" / "python"
+
+
+def _distributions(requirements: list[str]) -> set[str]:
+    return {
+        re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower().replace("_", "-") for requirement in requirements
+    }
+
+
+def _libraries(module: Path) -> set[str]:
+    """The top-level names of what importing `module` imports from outside the standard library and the package (an
+    optional extra is imported where it is used, and only there)."""
+    body = ast.parse(module.read_text(encoding="utf-8")).body
+    names = {alias.name for node in body if isinstance(node, ast.Import) for alias in node.names}
+    names |= {node.module for node in body if isinstance(node, ast.ImportFrom) and node.module and not node.level}
+    return {name.split(".")[0] for name in names} - set(sys.stdlib_module_names) - {"quantum_platform"}
+
+
+@pytest.mark.parametrize("module", sorted(path.name for path in (PACKAGE / "quantum_platform").glob("*.py")))
+def test_the_package_declares_every_library_its_modules_import(module: str) -> None:
+    """An installed client's modules import nothing it did not bring: `qp` (cli.py) what its `cli` extra brings, the
+    rest what the package's own dependencies bring."""
+    project = tomllib.loads((PACKAGE / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    declared = _distributions(project["dependencies"])
+    if module == "cli.py":
+        declared |= _distributions(project["optional-dependencies"]["cli"])
+    for library in _libraries(PACKAGE / "quantum_platform" / module):
+        provided_by = _distributions(packages_distributions().get(library, []))
+        assert provided_by & declared, f"{module} imports {library}, which the package does not declare"
