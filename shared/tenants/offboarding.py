@@ -18,7 +18,7 @@ from uuid import UUID
 
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import ContainerClient, ContentSettings
-from psycopg import sql
+from psycopg import errors, sql
 
 from shared.audit import AuditStore, get_audit_store
 from shared.db.session import platform_transaction, tenant_transaction
@@ -26,8 +26,9 @@ from shared.storage.blob import StorageCall, unbounded
 from shared.tenants.models import Tenant
 from shared.tenants.repository import hold_tenant, tenant_settings
 
-# Every app table that holds tenant rows, children before parents (erasure order). A test fails when a new
-# tenant table is missing here, so erasure cannot silently leave one behind.
+# Every app table that holds tenant rows, children before parents (erasure order; a writer that adds a child row
+# meanwhile makes the erasure's transaction run again, `ROW_ERASE_ATTEMPTS`). A test fails when a new tenant table is
+# missing here, so erasure cannot silently leave one behind.
 TENANT_TABLES = (
     "idempotency_keys",
     "webhook_deliveries",
@@ -251,12 +252,37 @@ NOTE_ERASED_TENANT = (
 again, its record is kept seven more days, and a sweep that read it before drops nothing."""
 
 
-def erase_tenant(tenant_id: UUID, container: ContainerClient, audit_store: AuditStore) -> dict[str, int]:
+class ErasureContendedError(RuntimeError):
+    """The erasure could not finish for writers still at work on the tenant (a row added under one it deleted, a
+    deadlock, an orchestration that would not settle); nothing of the tenant's rows is gone, and asking again
+    completes it."""
+
+
+ROW_ERASE_ATTEMPTS = 5
+"""Runs of the row deletion's transaction before the erasure answers that it should be asked again."""
+ROW_ERASE_PAUSE_S = 0.5
+"""The pause before the row deletion runs again, times its attempt: the writers it met commit meanwhile."""
+_CONTENDED = (errors.ForeignKeyViolation, errors.DeadlockDetected, errors.SerializationFailure)
+"""What a writer at work on the tenant makes the row deletion fail with: a child row added under a parent already
+read for deletion (its cancel's event, an activity under way), or each waiting on the other's rows."""
+_LOCK_TENANT = "SELECT 1 FROM app.tenants WHERE id = %s FOR UPDATE"
+
+
+def erase_tenant(
+    tenant_id: UUID,
+    container: ContainerClient,
+    audit_store: AuditStore,
+    *,
+    executions: list[str] | None = None,
+) -> dict[str, int]:
     """Delete the tenant's blobs, every row of it, its audit trail and its tenant row; returns counts per kind.
 
     Runs as the control plane inside the erased tenant's context: its DELETE policies reach that tenant only.
     Safe to run again after a partial failure: what lives outside Postgres goes first, while the tenant row still
     lets the erasure be asked again, and once more after the rows, for what was written while they went.
+    `executions` gets the ids of every execution the rows held when they went (read once no other could be
+    created): their orchestrations are the caller's to purge again, those started after its first purge included.
+    ErasureContendedError when writers kept adding rows under it (the rows are then all still there).
     """
     # The audit trail may live outside Postgres (Cosmos DB). Erased after the tenant row, a failure there left the
     # trail for ever: every retry answered 404, the tenant being gone.
@@ -264,17 +290,21 @@ def erase_tenant(tenant_id: UUID, container: ContainerClient, audit_store: Audit
         "blobs": delete_tenant_blobs(tenant_id, container),
         "audit_records": audit_store.erase(tenant_id),
     }
-    with platform_transaction() as conn:
-        conn.execute("SELECT app.pin_tenant(%s)", (tenant_id,))
-        for table in TENANT_TABLES:
-            cursor = conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier("app", table)))
-            removed[table] = cursor.rowcount
-        removed["tenants"] = conn.execute("DELETE FROM app.tenants WHERE id = %s", (tenant_id,)).rowcount
-        # The tenant's create answer, kept for a retry of its Idempotency-Key: it names the tenant.
-        removed["control_idempotency_keys"] = conn.execute(_FORGET_CREATE_ANSWERS, (str(tenant_id),)).rowcount
-        # With the row's delete, so no erasure ends without it (a crash before the pass below included): the timer
-        # `erased_tenant_blobs` empties the prefix of what this erasure and its writers could not remove.
-        conn.execute(NOTE_ERASED_TENANT, (tenant_id,))
+    for attempt in range(1, ROW_ERASE_ATTEMPTS + 1):
+        try:
+            removed.update(_erase_rows(tenant_id, executions))
+            break
+        except _CONTENDED as exc:
+            # Rolled back whole: the writer it met has committed (or given up) by now, and the next run's deletes,
+            # each reading afresh, take its rows too. Table after table, the erasure deleted a child table and then
+            # met a row a writer added to it under a parent not yet deleted: a 500, every time writers were at work.
+            if attempt == ROW_ERASE_ATTEMPTS:
+                raise ErasureContendedError(
+                    f"writers kept changing the tenant's rows while they were deleted ({type(exc).__name__});"
+                    " nothing of them was deleted: ask again"
+                ) from exc
+            logger.info("erasure of tenant %s met a writer (%s); running again", tenant_id, type(exc).__name__)
+            time.sleep(ROW_ERASE_PAUSE_S * attempt)
     # What was written while the rows went: an audit batch the outbox relay was carrying, a blob of a request that
     # had passed its tenant check (an export, a step's output). The tenant is gone now, so a failure here cannot be
     # retried through the API: blobs left are the timer's (recorded above), audit records are logged for an operator.
@@ -289,6 +319,30 @@ def erase_tenant(tenant_id: UUID, container: ContainerClient, audit_store: Audit
             removed[kind] += erase_late()
         except Exception:
             logger.exception("erasure of tenant %s: %s written meanwhile could not be removed", tenant_id, kind)
+    return removed
+
+
+def _erase_rows(tenant_id: UUID, executions: list[str] | None) -> dict[str, int]:
+    """One transaction that deletes every row of the tenant, its tenant row last; counts per table."""
+    removed: dict[str, int] = {}
+    with platform_transaction() as conn:
+        conn.execute("SELECT app.pin_tenant(%s)", (tenant_id,))
+        # The tenant row first: a writer that adds a row naming the tenant (an execution, a domain event, an audit
+        # record) holds it (its foreign key's KEY SHARE) until it commits, and one that comes later waits here and
+        # then finds the tenant gone. So no execution is created from now on, and the ids read next are all of them.
+        conn.execute(_LOCK_TENANT, (tenant_id,))
+        if executions is not None:
+            # Read as the tenant (the control plane reads no tenant's data), from the other pool.
+            executions[:] = execution_ids(tenant_id)
+        for table in TENANT_TABLES:
+            cursor = conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier("app", table)))
+            removed[table] = cursor.rowcount
+        removed["tenants"] = conn.execute("DELETE FROM app.tenants WHERE id = %s", (tenant_id,)).rowcount
+        # The tenant's create answer, kept for a retry of its Idempotency-Key: it names the tenant.
+        removed["control_idempotency_keys"] = conn.execute(_FORGET_CREATE_ANSWERS, (str(tenant_id),)).rowcount
+        # With the row's delete, so no erasure ends without it (a crash before the pass below included): the timer
+        # `erased_tenant_blobs` empties the prefix of what this erasure and its writers could not remove.
+        conn.execute(NOTE_ERASED_TENANT, (tenant_id,))
     return removed
 
 
@@ -323,42 +377,72 @@ async def purge_orchestrations(
     *,
     settle_s: float = ORCHESTRATION_SETTLE_S,
     concurrency: int = PURGE_CONCURRENCY,
+    purged_ids: set[str] | None = None,
 ) -> int:
     """Terminate what still runs, then purge each orchestration's history, `concurrency` at a time; returns how many
-    were purged.
+    were purged (`purged_ids`, when given, gets their ids).
 
-    Runs before the rows go, so a failure leaves the tenant erasable again (every step is idempotent).
+    Runs before the rows go, so a failure leaves the tenant erasable again (every step is idempotent);
+    ErasureContendedError when an orchestration did not reach a terminal state within `settle_s`.
     """
     gate = asyncio.Semaphore(concurrency)
 
     async def purge(instance_id: str) -> int:
         async with gate:
-            return await _purge_one(instance_id, client, settle_s)
+            deleted = await _purge_one(instance_id, client, settle_s)
+        if deleted and purged_ids is not None:
+            purged_ids.add(instance_id)
+        return deleted
 
     purged = sum(await asyncio.gather(*(purge(instance_id) for instance_id in instance_ids)))
     logger.info("purged %s of %s orchestrations", purged, len(instance_ids))
     return purged
 
 
+_ACTIVE = ("Running", "Pending", "Suspended", "ContinuedAsNew")
+_TERMINAL = ("Completed", "Failed", "Terminated", "Canceled")
+PURGE_PAUSE_S = 0.2
+"""Between two looks at an orchestration an erasure waits for."""
+
+
+def _runtime(status: Any) -> str | None:
+    runtime = getattr(status, "runtime_status", None) if status is not None else None
+    return None if runtime is None else str(runtime.name)
+
+
+def _not_terminal(exc: Exception) -> bool:
+    """Whether the purge was refused because the instance is not terminal: the host answers 412, which the client
+    raises as a bare Exception naming the code."""
+    return "412" in str(exc)
+
+
 async def _purge_one(instance_id: str, client: Any, settle_s: float) -> int:
-    """Terminate one orchestration if it still runs, wait for it to be terminal, purge its history."""
-    status = await client.get_status(instance_id)
-    if (
-        status is not None
-        and status.runtime_status is not None
-        and status.runtime_status.name in ("Running", "Pending", "Suspended", "ContinuedAsNew")
-    ):
-        await client.terminate(instance_id, "tenant erased")
-        deadline = time.monotonic() + settle_s
-        # Termination is a message the backend applies asynchronously; purge accepts terminal instances only.
-        while time.monotonic() < deadline:
-            status = await client.get_status(instance_id)
-            if (
-                status is None
-                or status.runtime_status is None
-                or status.runtime_status.name in ("Completed", "Failed", "Terminated", "Canceled")
-            ):
-                break
-            await asyncio.sleep(0.2)
-    result = await client.purge_instance_history(instance_id)
-    return int(result.instances_deleted)
+    """Terminate one orchestration if it still runs, wait for it to be terminal, purge its history.
+
+    An orchestration whose start was under way when its status was read (none yet, or pending) may be running by
+    the purge, which the host refuses (412): it is terminated and purged again, until `settle_s` has passed."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        if _runtime(await client.get_status(instance_id)) in _ACTIVE:
+            try:
+                await client.terminate(instance_id, "tenant erased")
+            except Exception:
+                # Ended meanwhile (410) or not there (404): the purge below says what is left.
+                logger.info("terminating orchestration %s for an erasure failed; purged as it is", instance_id)
+            # Termination is a message the backend applies asynchronously; purge accepts terminal instances only.
+            while time.monotonic() < deadline:
+                if _runtime(await client.get_status(instance_id)) not in _ACTIVE:
+                    break
+                await asyncio.sleep(PURGE_PAUSE_S)
+        try:
+            result = await client.purge_instance_history(instance_id)
+        except Exception as exc:
+            if not _not_terminal(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise ErasureContendedError(
+                    f"orchestration {instance_id} did not end within {settle_s:.0f} s of its termination: ask again"
+                ) from exc
+            await asyncio.sleep(PURGE_PAUSE_S)
+            continue
+        return int(result.instances_deleted)
