@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,6 +13,36 @@ from shared.modules.ssrf import allow_list_refusal
 MAX_ALLOWED_HOSTS = 100
 MAX_HOST_LENGTH = 253
 """The longest DNS name."""
+
+
+# A host name as a URL writes it: dot-separated labels of letters, digits, hyphens and underscores (no hyphen at either
+# end of one), an optional final dot. Ports, paths, wildcards, ranges and white space have no place in it.
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?", re.IGNORECASE)
+_NOT_A_HOST = (
+    "{entry!r} is not a host name or an IP address (no white space, wildcard, CIDR range, port, scheme or brackets):"
+    " an entry is matched exactly against a URL's host"
+)
+
+
+def _host_shape_problem(entry: str) -> str | None:
+    """Why `entry` could never match a URL's host as the outbound guard (`shared.modules.ssrf.check_url`) compares
+    them, or None. That guard takes the host as the URL gives it (an IPv6 address without its brackets, a name
+    decoded from IDNA) and looks for it, lower-cased and without a final dot, among the entries as they are."""
+    try:
+        ipaddress.ip_address(entry)
+    except ValueError:
+        pass
+    else:
+        return None
+    if not entry.isascii():
+        # A name in Unicode is what the guard compares a URL's host against: check the form it encodes to.
+        try:
+            ascii_form = entry.encode("idna").decode("ascii")
+        except UnicodeError:
+            return _NOT_A_HOST.format(entry=entry)
+        return None if _HOST_NAME.fullmatch(ascii_form) else _NOT_A_HOST.format(entry=entry)
+    return None if _HOST_NAME.fullmatch(entry) else _NOT_A_HOST.format(entry=entry)
 
 
 def settings_problems(settings: Mapping[str, Any], *, allow_private: bool) -> list[tuple[str, str]]:
@@ -27,6 +59,10 @@ def settings_problems(settings: Mapping[str, Any], *, allow_private: bool) -> li
     for index, entry in enumerate(hosts):
         if not isinstance(entry, str) or not 0 < len(entry) <= MAX_HOST_LENGTH:
             problems.append((f"{at}/{index}", f"a host name of 1 to {MAX_HOST_LENGTH} characters, not {entry!r}"))
+            continue
+        shape = _host_shape_problem(entry)
+        if shape is not None:
+            problems.append((f"{at}/{index}", shape))
             continue
         reason = allow_list_refusal(entry, allow_private=allow_private)
         if reason is not None:

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from shared.api.idempotency import idempotency_key as idempotency_key_header
 from shared.api.idempotency import remember, replay_or_claim
 from shared.api.permissions import GuardedRoute, permission
-from shared.api.problems import ProblemError
+from shared.api.problems import FieldError, ProblemError
 from shared.api.responses import AUTH_ERRORS, BAD_IDEMPOTENCY_KEY, INVALID, PRECONDITION_FAILED, problem_doc
 from shared.api.security import RequestContext, authorize
 from shared.api.transactions import TenantConnection
@@ -70,6 +70,25 @@ EventType = Annotated[
     ),
     AfterValidator(_known_event_type),
 ]
+
+
+def _each_once(values: list[str]) -> list[str]:
+    """`values` when no event type is listed twice (a repeat subscribes to nothing more, and 50 of one type filled
+    the list's bound), else a validation error naming the repeat and the entries that hold it."""
+    first: dict[str, int] = {}
+    for index, value in enumerate(values):
+        if value in first:
+            raise PydanticCustomError(
+                "repeated_event_type",
+                "'{value}' is listed twice (entries {first} and {again}): list each event type once",
+                {"value": value, "first": first[value], "again": index},
+            )
+        first[value] = index
+    return values
+
+
+EventTypes = Annotated[list[EventType], AfterValidator(_each_once)]
+"""The event types a subscription receives, each once, in the order given."""
 MayRead = Annotated[RequestContext, Depends(permission(Action.WEBHOOK_READ))]
 MayManage = Annotated[RequestContext, Depends(permission(Action.WEBHOOK_MANAGE))]
 NOT_FOUND = problem_doc(404, "not-found", "Not found", "no webhook subscription 3f2e...", "No such subscription")
@@ -79,8 +98,8 @@ REFUSED = problem_doc(
     "Request validation failed",
     "1 invalid field(s)",
     "The body does not validate (`validation-error`, each problem with a JSON pointer; an event type the platform "
-    "does not emit is named by its entry, e.g. `/event_types/1`), or the URL fails the platform's SSRF guard or is "
-    "not https outside local development (`webhook-url-refused`)",
+    "does not emit is named by its entry, e.g. `/event_types/1`; one listed twice by `/event_types`), or the URL "
+    "fails the platform's SSRF guard or is not https outside local development (`webhook-url-refused`)",
     errors=[
         {
             "pointer": "/event_types/1",
@@ -105,8 +124,8 @@ _EXAMPLE: dict[str, Any] = {
 
 
 _EVENT_TYPES_DESCRIPTION = (
-    "Domain event types to deliver, or `*` for all. A type the platform does not emit is refused with 422, its "
-    "pointer naming the entry (`/event_types/1`)."
+    "Domain event types to deliver, or `*` for all, each once. A type the platform does not emit is refused with 422, "
+    "its pointer naming the entry (`/event_types/1`); a type listed twice is refused with 422 at `/event_types`."
 )
 
 
@@ -116,7 +135,7 @@ class SubscriptionIn(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_EXAMPLE]})
 
     url: str = Field(min_length=8, max_length=2048)
-    event_types: list[EventType] = Field(min_length=1, max_length=50, description=_EVENT_TYPES_DESCRIPTION)
+    event_types: EventTypes = Field(min_length=1, max_length=50, description=_EVENT_TYPES_DESCRIPTION)
     description: str = Field("", max_length=500)
 
 
@@ -127,7 +146,7 @@ class SubscriptionPatch(BaseModel):
 
     url: str | None = Field(None, min_length=8, max_length=2048)
     # Checked only when sent: a subscription stored before the check keeps its types through other changes.
-    event_types: list[EventType] | None = Field(None, min_length=1, max_length=50, description=_EVENT_TYPES_DESCRIPTION)
+    event_types: EventTypes | None = Field(None, min_length=1, max_length=50, description=_EVENT_TYPES_DESCRIPTION)
     description: str | None = Field(None, max_length=500)
     enabled: bool | None = None
 
@@ -200,6 +219,32 @@ def _check_url(tenant_id: UUID, url: str) -> None:
         check_subscription_url(url, hosts, environment=get_settings().QP_ENVIRONMENT)
     except WebhookUrlRefusedError as exc:
         raise ProblemError(422, "webhook-url-refused", "Unprocessable content", str(exc)) from None
+
+
+async def _takes_no_body(request: Request) -> None:
+    """Refuse any body (422 `validation-error`, pointer ``: the whole body): a route that takes none and answered 200
+    to `{"secret": ...}` let its caller believe the secret it sent was the one set. Run after the permission check,
+    which has refused a body that is not JSON; an empty body is no body."""
+    if await request.body():
+        raise ProblemError(
+            422,
+            "validation-error",
+            "Request validation failed",
+            "1 invalid field(s)",
+            errors=[FieldError(pointer="", detail="this request takes no body: send it without one")],
+        )
+
+
+TakesNoBody = Annotated[None, Depends(_takes_no_body)]
+NO_BODY = problem_doc(
+    422,
+    "validation-error",
+    "Request validation failed",
+    "1 invalid field(s)",
+    "The request does not validate: a body was sent, and the request takes none (pointer ``, the whole body), or the "
+    "subscription id is not a UUID",
+    errors=[{"pointer": "", "detail": "this request takes no body: send it without one"}],
+)
 
 
 def _stale(subscription_id: UUID) -> ProblemError:
@@ -374,17 +419,20 @@ async def change(
 
 
 @router.post("/{subscription_id}/rotate-secret", response_model=SecretOut, summary="Rotate the signing secret",
-             responses={**AUTH_ERRORS, 200: _WITH_ETAG, 404: NOT_FOUND, 412: PRECONDITION_FAILED})  # fmt: skip
+             responses={**AUTH_ERRORS, 200: _WITH_ETAG, 404: NOT_FOUND, 412: PRECONDITION_FAILED,
+                        422: NO_BODY})  # fmt: skip
 def rotate(
     subscription_id: SubscriptionId,
     context: MayManage,
+    _no_body: TakesNoBody,
     conn: TenantConnection,
     response: Response,
     if_match: IfMatch = None,
 ) -> SecretOut:
     """A new signing secret, shown once; deliveries from now on are signed with it (Tenant.Admin). A stale `If-Match`
     (optional) is 412 and rotates nothing, as is one whose subscription is deleted while the rotation runs (without
-    If-Match: 404). The answer carries the subscription's new ETag."""
+    If-Match: 404). The answer carries the subscription's new ETag. The request takes no body: the platform draws the
+    secret, and a body (`{"secret": ...}` among them) is refused with 422 and rotates nothing."""
     detail = {"id": str(subscription_id)}
     authorize(context, Action.WEBHOOK_MANAGE, Resource.tenant(context.tenant.id), conn=conn, detail=detail)
     _found(conn, subscription_id)
