@@ -164,10 +164,21 @@ class ProgressRequest(BaseModel):
 
 def abandon_step(conn: store.Conn, key: AttemptKey, reason: str) -> None:
     """End a step that will not finish: its attempt abandoned, the step cancelled with `reason` (each once); for a
-    compensation, the step compensation_failed. The step's move is the one event (ADR 0015): the attempt has none."""
+    compensation, the step compensation_failed. The step's move is the one event (ADR 0015): the attempt has none.
+    A run attempt its recorder ended first with a failure no retry follows keeps that end (`_ended_for_good`)."""
     if store.get_attempt(conn, key) is not None:
-        store.finish_attempt(conn, key, ok=False, error=reason, retryable=False, state="abandoned")
+        ended, applied = store.finish_attempt(conn, key, ok=False, error=reason, retryable=False, state="abandoned")
+        if not applied and _ended_for_good(ended):
+            return
     _end_abandoned_step(conn, key, reason)
+
+
+def _ended_for_good(attempt: store.Attempt) -> bool:
+    """Whether a run attempt found ended is its step's end already: a failure with no retry (an approval rejected
+    after the cancel was recorded, before the run ended its waits), during the cancel (ADR 0014, rules 7). Moved on
+    to cancelled it ended twice: `step_failed` then `step_cancelled`, both published. A retry pause's attempt failed
+    retryable, and its step still moves from `failed` when the pause ends."""
+    return attempt.key.phase == "run" and attempt.state in ("failed", "timed_out") and not attempt.retryable
 
 
 def _end_abandoned_step(conn: store.Conn, key: AttemptKey, reason: str) -> None:
