@@ -10,7 +10,7 @@ import json
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Collection
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -69,9 +69,18 @@ EXTRA_SENDS = 48
 """Sends under way at once across the process beyond each tenant's first (SENDERS x SUBSCRIPTIONS_AT_ONCE would
 allow 64): past it, a tenant's heads wait for its own sends to end, as they did when a tenant sent one at a time."""
 _EXTRA_SENDS = threading.BoundedSemaphore(EXTRA_SENDS)
+_SENDING: Counter[UUID] = Counter()
+"""Each tenant's sends under way in the process, whichever run or turn started them: a send left to end on its own
+past its run (LEAVE_AFTER_S) still counts against its tenant's SUBSCRIPTIONS_AT_ONCE until it is recorded."""
+_SENDING_LOCK = threading.Lock()
 TENANT_BUDGET_S = 15.0
 """How long a run starts sends: a tenant's sends past it wait for the next run; a send started before then ends
 within SEND_TIMEOUT_S, well inside HOLD_S."""
+LEAVE_AFTER_S = 2.0
+"""How long past its budget a run (or a turn called on its own) waits for the sends it started: those still waiting
+for their receivers then end on their own, within SEND_TIMEOUT_S, and record their outcome themselves. The timer
+starts no run while one is open, so a run held open by a dead receiver's sends held every tenant's next deliveries
+with it."""
 MAX_RESPONSE_BYTES = 4096
 MAX_ERROR_CHARS = 500
 """Of an attempt's error recorded in the delivery log (and in the `webhook.disabled` event's reason)."""
@@ -133,6 +142,9 @@ class DeliveryResult:
     tenants_left: int = 0
     """Tenants found due that the run did not get to before its end: found again, and first (least recently served
     first), by the next."""
+    under_way: int = 0
+    """Sends still waiting for their receivers when the run ended (LEAVE_AFTER_S past its budget): each records its
+    own outcome when it ends, its delivery held (HOLD_S) until then."""
 
     def add(self, other: DeliveryResult) -> None:
         """Count `other`'s (one tenant's turn) in this run's."""
@@ -141,6 +153,7 @@ class DeliveryResult:
         self.disabled += other.disabled
         self.left += other.left
         self.tenants_left += other.tenants_left
+        self.under_way += other.under_way
 
 
 class Turn:
@@ -154,6 +167,9 @@ class Turn:
         """Seen with a send unanswered for SLOW_SEND_S (by the run, which alone sets it)."""
         self.sender_wanted = False
         """A tenant waits to start for want of a free sender (set by the run): a turn seen slow gives its sender up."""
+        self.leave_at = float("inf")
+        """When the turn stops waiting for its sends under way and returns, leaving them to end and record their
+        outcome on their own (the run sets it LEAVE_AFTER_S past its end)."""
 
     def over(self) -> bool:
         """Whether the turn starts no more sends: its end has come, or it was seen slow and its sender is wanted."""
@@ -231,6 +247,57 @@ class _Sends:
         return 0.0 if newest is None else max(newest + wait_s - time.monotonic(), 0.0)
 
 
+def _take_send(tenant_id: UUID, at_once: int) -> bool | None:
+    """A place for one more send of the tenant, counted until it is recorded: None when the tenant has `at_once`
+    under way already (in this turn or in one that left them), or when it has one and the process's EXTRA_SENDS are
+    all taken; else whether the place took one of those (to give back with `_give_send`)."""
+    with _SENDING_LOCK:
+        under_way = _SENDING[tenant_id]
+        if under_way >= at_once:
+            return None
+        extra = under_way > 0  # a tenant's first send under way needs no extra: every tenant always has one
+        if extra and not _EXTRA_SENDS.acquire(blocking=False):
+            return None
+        _SENDING[tenant_id] += 1
+    return extra
+
+
+def _give_send(tenant_id: UUID, extra: bool) -> None:
+    with _SENDING_LOCK:
+        _SENDING[tenant_id] -= 1
+        if _SENDING[tenant_id] <= 0:
+            del _SENDING[tenant_id]
+    if extra:
+        _EXTRA_SENDS.release()
+
+
+def sends_under_way(tenant_id: UUID) -> int:
+    """The tenant's sends under way in this process, those runs left to end on their own included."""
+    with _SENDING_LOCK:
+        return _SENDING[tenant_id]
+
+
+class _SharedClient:
+    """A turn's client, closed once the turn and every send it started are done with it: a send the turn left under
+    way (LEAVE_AFTER_S) goes on with it after the turn has returned."""
+
+    def __init__(self, client: GuardedClient) -> None:
+        self.client = client
+        self._users = 1
+        self._lock = threading.Lock()
+
+    def hold(self) -> None:
+        with self._lock:
+            self._users += 1
+
+    def done(self) -> None:
+        with self._lock:
+            self._users -= 1
+            last = self._users == 0
+        if last:
+            self.client.close()
+
+
 def deliver_tenant(
     tenant_id: UUID,
     *,
@@ -248,12 +315,20 @@ def deliver_tenant(
     until none is due, PER_RUN, or `budget_s` has passed (or the run's `turn` is over): what is claimed and not yet
     sent then goes back, due, for the next run. Sends to different subscriptions overlap: once every send under way
     has waited `beside_after_s` for its receiver and the turn is seen slow (`slow_send_s`, by the run that gave the
-    turn, or here when none did), the next head starts beside them, up to `subscriptions_at_once` (and EXTRA_SENDS
-    beyond the first across the process). A suspended tenant's deliveries are not claimed
-    (webhook_store)."""
+    turn, or here when none did), the next head starts beside them, up to `subscriptions_at_once` under way for the
+    tenant in the process, whichever turn started them (and EXTRA_SENDS beyond each tenant's first across the
+    process). The sends under way are waited for until LEAVE_AFTER_S past the budget (the turn's `leave_at`): those
+    still waiting then end on their own and record their outcome themselves (`under_way`). A suspended tenant's
+    deliveries are not claimed (webhook_store)."""
     result = DeliveryResult()
     alone = turn is None  # no run watches the turn: it sees its sends slow itself
-    turn = turn or Turn(time.monotonic() + budget_s)
+    if turn is None:
+        turn = Turn(time.monotonic() + budget_s)
+        turn.leave_at = turn.ends + LEAVE_AFTER_S
+    if sends_under_way(tenant_id) >= subscriptions_at_once:
+        # Its receivers still hold as many sends as it may have under way (left by an earlier run): nothing to start
+        # until one ends, and nothing is claimed only to be given back.
+        return result
     with tenant_transaction(tenant_id, pool=pool) as conn:
         allowed = [str(h) for h in tenant_settings(conn).get("allowed_hosts") or []]
     make_client = client_factory or (
@@ -264,78 +339,133 @@ def deliver_tenant(
     running: dict[Future[DeliveryResult], store.Claimed] = {}
     drained = False  # the last claim found nothing due; sends ending may make their subscriptions' next ones due
     threads = ThreadPoolExecutor(max_workers=max(subscriptions_at_once, 1), thread_name_prefix="webhook-sends")
-    with make_client(allowed) as client:
-        try:
-            while True:
-                for future in [f for f in running if f.done()]:
-                    del running[future]
-                    result.add(future.result())  # what a record raised ends the turn, as before
-                    drained = False
-                started = result.delivered + result.failed_attempts + len(running)
-                if not waiting and not drained and started < PER_RUN and not turn.over():
-                    # A head under way is held (HOLD_S), so it is not claimed again, and its subscription's next
-                    # delivery waits behind it: per-subscription order holds while its siblings are sent to.
-                    with tenant_transaction(tenant_id, pool=pool) as conn:
-                        waiting.extend(store.claim_due(conn, tenant_id, limit=PER_RUN - started, hold_s=HOLD_S))
-                    drained = not waiting
-                # Asked again once the sends under way have ended: a slow turn whose sender was wanted may find the
-                # waiting tenant started meanwhile, and go on sending.
-                over = turn.over()
-                if waiting and over and not running:
-                    # A slow receiver spent this tenant's share of the run, or its sender is wanted by a tenant not
-                    # yet served: its other heads wait for the next run.
-                    break
-                if not running and not waiting:
-                    break
-                if alone and sends.live() and sends.slow_in(slow_send_s) == 0.0:
-                    turn.slow = True
-                # The first send at once; another beside those under way once they have all waited `beside_after_s`
-                # and the turn is seen slow (by the run, which may end the turn instead: Turn.over, asked above).
-                can_start = (
-                    not over
-                    and bool(waiting)
-                    and len(running) < subscriptions_at_once
-                    and (not running or (turn.slow and sends.slow_in(beside_after_s) == 0.0))
-                )
-                if can_start and (not running or _EXTRA_SENDS.acquire(blocking=False)):
-                    item = waiting.popleft()
-                    future = threads.submit(
-                        contextvars.copy_context().run,
-                        _deliver,
-                        tenant_id,
-                        client,
-                        item,
-                        sends,
-                        pool=pool,
-                        backoff_base_s=backoff_base_s,
-                        send_timeout_s=send_timeout_s,
-                    )
-                    if running:
-                        future.add_done_callback(lambda _: _EXTRA_SENDS.release())
-                    running[future] = item
-                    continue
-                if can_start:
-                    # Every extra send of the process is taken: until one of this tenant's ends, or another's.
-                    wait(running, timeout=0.05, return_when=FIRST_COMPLETED)
-                    continue
-                # Until a send ends, or those under way have all waited long enough for the next to start beside them.
-                beside = not over and bool(waiting) and len(running) < subscriptions_at_once and sends.live() > 0
-                # At least 10 ms: the run marks the turn slow on its own thread, shortly after the wait is up.
-                timeout = max(sends.slow_in(beside_after_s), 0.01) if beside else None
-                wait(running, timeout=timeout, return_when=FIRST_COMPLETED)
-        finally:
-            # The sends under way end within their timeout, and are recorded, before the client closes; the heads not
-            # started are due again at once, not held for HOLD_S (one whose record raised keeps its hold: it may have
-            # reached its receiver).
-            wait(running)
-            threads.shutdown(wait=True)
-            if waiting:
-                result.left += len(waiting)
+    shared = _SharedClient(make_client(allowed))
+    try:
+        while True:
+            for future in [f for f in running if f.done()]:
+                del running[future]
+                result.add(future.result())  # what a record raised ends the turn, as before
+                drained = False
+            if running and time.monotonic() >= turn.leave_at:
+                break  # the sends under way end and record on their own
+            started = result.delivered + result.failed_attempts + len(running)
+            if not waiting and not drained and started < PER_RUN and not turn.over():
+                # A head under way is held (HOLD_S), so it is not claimed again, and its subscription's next
+                # delivery waits behind it: per-subscription order holds while its siblings are sent to.
                 with tenant_transaction(tenant_id, pool=pool) as conn:
-                    store.release(conn, [later.id for later in waiting])
+                    waiting.extend(store.claim_due(conn, tenant_id, limit=PER_RUN - started, hold_s=HOLD_S))
+                drained = not waiting
+            # Asked again once the sends under way have ended: a slow turn whose sender was wanted may find the
+            # waiting tenant started meanwhile, and go on sending.
+            over = turn.over()
+            if waiting and over and not running:
+                # A slow receiver spent this tenant's share of the run, or its sender is wanted by a tenant not
+                # yet served: its other heads wait for the next run.
+                break
+            if not running and not waiting:
+                break
+            if alone and sends.live() and sends.slow_in(slow_send_s) == 0.0:
+                turn.slow = True
+            # The first send at once; another beside those under way once they have all waited `beside_after_s`
+            # and the turn is seen slow (by the run, which may end the turn instead: Turn.over, asked above).
+            can_start = (
+                not over
+                and bool(waiting)
+                and len(running) < subscriptions_at_once
+                and (not running or (turn.slow and sends.slow_in(beside_after_s) == 0.0))
+            )
+            extra = _take_send(tenant_id, subscriptions_at_once) if can_start else None
+            if extra is not None:
+                item = waiting.popleft()
+                shared.hold()
+                future = threads.submit(
+                    contextvars.copy_context().run,
+                    _deliver_in_place,
+                    tenant_id,
+                    extra,
+                    shared,
+                    item,
+                    sends,
+                    pool=pool,
+                    backoff_base_s=backoff_base_s,
+                    send_timeout_s=send_timeout_s,
+                )
+                running[future] = item
+                continue
+            if can_start and not running:
+                # Every send the tenant may have under way is one an earlier turn left: its heads wait for them.
+                break
+            if can_start:
+                # The tenant's or the process's sends under way are all taken: until one of this tenant's ends.
+                wait(running, timeout=_until_left(turn, 0.05), return_when=FIRST_COMPLETED)
+                continue
+            # Until a send ends, or those under way have all waited long enough for the next to start beside them.
+            beside = not over and bool(waiting) and len(running) < subscriptions_at_once and sends.live() > 0
+            # At least 10 ms: the run marks the turn slow on its own thread, shortly after the wait is up.
+            timeout = max(sends.slow_in(beside_after_s), 0.01) if beside else None
+            wait(running, timeout=_until_left(turn, timeout), return_when=FIRST_COMPLETED)
+    finally:
+        # The sends under way are recorded before the turn returns, unless they still wait for their receivers at
+        # its `leave_at`: they go on, on their own (their delivery held, HOLD_S), and record their outcome once. The
+        # heads not started are due again at once, not held for HOLD_S (one whose record raised keeps its hold: it
+        # may have reached its receiver).
+        wait(running, timeout=_until_left(turn, None))
+        threads.shutdown(wait=False)
+        shared.done()
+        if waiting:
+            result.left += len(waiting)
+            with tenant_transaction(tenant_id, pool=pool) as conn:
+                store.release(conn, [later.id for later in waiting])
     for future in running:
-        result.add(future.result())
+        if future.done():
+            result.add(future.result())
+        else:
+            result.under_way += 1
+            future.add_done_callback(_log_left_failure)
     return result
+
+
+def _until_left(turn: Turn, timeout: float | None) -> float | None:
+    """`timeout` (None: none), cut at the turn's `leave_at`."""
+    if turn.leave_at == float("inf"):
+        return timeout
+    left = max(turn.leave_at - time.monotonic(), 0.0)
+    return left if timeout is None else min(timeout, left)
+
+
+def _log_left_failure(future: Future[DeliveryResult]) -> None:
+    """A send its turn left under way has no run to raise its record's error in: it is logged."""
+    exc = future.exception()
+    if exc is not None:
+        logger.error("webhooks: a send left under way by its run could not be recorded", exc_info=exc)
+
+
+def _deliver_in_place(
+    tenant_id: UUID,
+    extra: bool,
+    shared: _SharedClient,
+    item: store.Claimed,
+    sends: _Sends,
+    *,
+    pool: ConnectionPool[Any] | None,
+    backoff_base_s: float,
+    send_timeout_s: float,
+) -> DeliveryResult:
+    """`_deliver` in a place `_take_send` gave: the place, and the client, given back once the outcome is recorded
+    (before the future is done, so that a turn that sees it done finds the place free)."""
+    try:
+        return _deliver(
+            tenant_id,
+            shared.client,
+            item,
+            sends,
+            pool=pool,
+            backoff_base_s=backoff_base_s,
+            send_timeout_s=send_timeout_s,
+        )
+    finally:
+        _give_send(tenant_id, extra)
+        shared.done()
 
 
 def _deliver(
@@ -419,16 +549,19 @@ def deliver_due(
     subscriptions_at_once: int = SUBSCRIPTIONS_AT_ONCE,
     beside_after_s: float = BESIDE_AFTER_S,
 ) -> DeliveryResult:
-    """One run over the active tenants with a delivery due, least recently served first (migration 0050), each
-    started as soon as a sender is free, until `budget_s` has passed (plus the sends then in flight, each within
-    `send_timeout_s`). A tenant whose send waits `slow_send_s` for its receiver stops counting among the
-    `tenants_at_once` at work, and the next tenant starts beside it: slow tenants hold up to `senders -
-    tenants_at_once` senders, not those the others are served on; past that, a tenant seen slow ends its turn with
-    that send. While a tenant waits to start for want of a free sender, a tenant seen slow ends its turn after its
-    send in flight, so slow tenants' backlogs leave the run's time to the tenants after them. While its tenants'
-    sends hold the run open, it looks every FIND_EVERY_S for tenants it has not served yet. One tenant's trouble is
-    logged and the others still go; so is a tenant whose row another transaction holds locked past
-    bounded_lock_waits' bound."""
+    """One run over the active tenants with a delivery due, least recently served first (migration 0050), each started
+    as soon as a sender is free, until `budget_s` has passed, plus at most LEAVE_AFTER_S for the sends then under way:
+    those still waiting for their receivers then end on their own, within `send_timeout_s`, and record their outcome
+    themselves (`under_way`); the next run is not held up by them, and their tenants have no more than
+    `subscriptions_at_once` under way at once, whichever run started them. A tenant whose send waits `slow_send_s` for
+    its receiver stops counting among the `tenants_at_once` at work, and the next tenant starts beside it: slow tenants
+    hold up to `senders - tenants_at_once` senders, not those the others are served on; past that, a tenant seen slow
+    ends its turn with that send. While a tenant waits to start for want of a free sender, a tenant seen slow ends its
+    turn after its send in flight, so slow tenants' backlogs leave the run's time to the tenants after them. While its
+    tenants' sends hold the run open, it looks every FIND_EVERY_S for tenants with a delivery due whose turn is not
+    under way, those it served already included once every tenant found has started: one tenant's slow sends keep the
+    run open, and another's events due meanwhile go out in it, not after it. One tenant's trouble is logged and the
+    others still go; so is a tenant whose row another transaction holds locked past bounded_lock_waits' bound."""
     total = DeliveryResult()
     started = time.monotonic()
     ends = started + budget_s
@@ -438,6 +571,7 @@ def deliver_due(
     served: set[UUID] = set()
     found_at = started
     running: dict[Future[DeliveryResult | None], Turn] = {}
+    sending_for: dict[Future[DeliveryResult | None], UUID] = {}
 
     def run(tenant_id: UUID, turn: Turn) -> DeliveryResult | None:
         try:
@@ -462,7 +596,10 @@ def deliver_due(
             _see_slow(running.values(), now, slow_send_s, senders - tenants_at_once)
             if not queue and running and now < ends and now - found_at >= FIND_EVERY_S:
                 found_at = now
-                queue.extend(t for t in _due_tenants(max_tenants, control_pool) if t not in served)
+                # Served ones too (their turn over, they have a delivery due again): before, a run served a tenant
+                # once, and a run held open by another tenant's dead receivers held its next deliveries as long.
+                busy = set(sending_for.values())
+                queue.extend(t for t in _due_tenants(max_tenants, control_pool) if t not in busy)
             while (
                 queue
                 and now < ends
@@ -472,9 +609,11 @@ def deliver_due(
                 tenant_id = queue.popleft()
                 served.add(tenant_id)
                 turn = Turn(ends)
+                turn.leave_at = ends + LEAVE_AFTER_S
                 # In a copy of this context, so that its sends belong to the timer invocation's trace (and its tenant
                 # transactions' lock waits are bounded).
-                running[threads.submit(contextvars.copy_context().run, run, tenant_id, turn)] = turn
+                future = threads.submit(contextvars.copy_context().run, run, tenant_id, turn)
+                running[future], sending_for[future] = turn, tenant_id
             # Tenants wait to start and every sender is taken: the slow turns give theirs up after their send in
             # flight (Turn.over), else slow tenants with a backlog would send all run long on every sender the others
             # are not served on, and the tenants after them would wait for a later run, and the next, for as long as
@@ -483,7 +622,7 @@ def deliver_due(
             for turn in running.values():
                 turn.sender_wanted = wanted
             if now >= ends:
-                total.tenants_left += len(queue)
+                total.tenants_left += sum(t not in served for t in queue)
                 queue.clear()
             if not running:
                 return total
@@ -493,7 +632,7 @@ def deliver_due(
                 return_when=FIRST_COMPLETED,
             )
             for future in done:
-                del running[future]
+                del running[future], sending_for[future]
                 outcome = future.result()
                 if outcome is not None:
                     total.add(outcome)
