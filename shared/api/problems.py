@@ -220,6 +220,33 @@ DEPENDENCY_ERRORS: tuple[tuple[type[Exception], str], ...] = (
 CONFLICT_ERRORS: tuple[type[Exception], ...] = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 
 
+TENANT_REFERENCE = "_tenant_id_fkey"
+"""How the name of every foreign key from a tenant row to its tenant (`tenant_id REFERENCES app.tenants`) ends: the
+name Postgres gives it (a test holds the catalog to it)."""
+TENANT_NOT_PROVISIONED = "the token's tenant is not provisioned on this platform"
+"""The detail of the 401 that a valid token of an Entra tenant that maps to no platform tenant gets."""
+
+
+def unknown_tenant() -> ProblemError:
+    """The answer to a request of a tenant that does not exist: its token's tenant is no platform tenant's."""
+    return ProblemError(
+        401,
+        "invalid-token",
+        "Unauthorized",
+        TENANT_NOT_PROVISIONED,
+        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+    )
+
+
+def tenant_gone(exc: BaseException) -> bool:
+    """Whether `exc` is a row's reference to its tenant refused because the tenant row is gone: a request that waited
+    on the row while the tenant's erasure held it, and then found it deleted. (The other way round, a tenant row's
+    delete refused for its rows, is the erasure's own, which answers for it.)"""
+    if not isinstance(exc, psycopg.errors.ForeignKeyViolation):
+        return False
+    return (exc.diag.constraint_name or "").endswith(TENANT_REFERENCE)
+
+
 def unavailable_dependency(exc: BaseException) -> str | None:
     """Which dependency `exc` says is unreachable ("database", "blob storage"), or None."""
     exc = _unwrap(exc)
@@ -243,6 +270,10 @@ def error_response(exc: BaseException, *, instance: str, request_id: str | None)
         )
     if isinstance(exc, InvalidCursorError):
         return problem_response(400, "invalid-cursor", "Bad request", str(exc), instance=instance)
+    if tenant_gone(exc):
+        # Erased while the request was at work: answered as the tenant's requests are from now on, not as a failure.
+        logger.info("request %s: its tenant was erased meanwhile (%s)", request_id, exc)
+        return error_response(unknown_tenant(), instance=instance, request_id=request_id)
     if isinstance(exc, StarletteHTTPException):
         title = _TITLES.get(exc.status_code, "Error")
         detail = exc.detail if isinstance(exc.detail, str) and exc.detail != title else None

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from shared.api.admission import Permit, get_admission, size_worker_threads
 from shared.api.middleware import request_id_var
-from shared.api.problems import FieldError, ProblemError, over_rate
+from shared.api.problems import FieldError, ProblemError, over_rate, unknown_tenant
 from shared.audit import AuditRecord, get_audit_store
 from shared.auth.principal import Principal
 from shared.auth.tokens import (
@@ -141,7 +141,7 @@ def _identify(
         verified = _verified(authorization, validator, offline=offline)
     context = caller_context(verified, request_id_var.get(), offline=offline)
     if context is None:
-        raise _unauthorized("the token's tenant is not provisioned on this platform")
+        raise unknown_tenant()
     return context
 
 

@@ -24,20 +24,27 @@ from shared.engine.payloads import claim_check
 from shared.engine.protocol import MODULE_WORK_HUB, WorkItem
 from shared.engine.start import (
     ChildRefusedError,
+    InputCheck,
+    PendingInputCheck,
     StartError,
     StartForbiddenError,
     StartRequest,
+    authorized_item,
     descendant_limit,
+    input_to_check,
     rebuild_input,
     start_execution,
 )
-from shared.engine.start_service import authorize_child
+from shared.engine.start_service import authorize_child, checked_first
 from shared.engine.steps import AttemptKey
 from shared.events.publisher import OutboundEvent, get_publisher
 from shared.modules import BUILTIN_MODULES
 from shared.observability.tracing import continued_span, current_traceparent, execution_attributes, with_traceparent
+from shared.policy.facts import TenantFacts
+from shared.registry import service as registry
 from shared.registry.catalog import IntentRunParams
 from shared.registry.repository import find_head
+from shared.tenants.models import Tenant
 from shared.tenants.repository import get_tenant
 
 logger = logging.getLogger(__name__)
@@ -358,55 +365,136 @@ def _settle(request: ProgressRequest) -> dict[str, Any]:
 def _start_child(request: ProgressRequest) -> dict[str, Any]:
     """Start an intent.run step's child execution (same tenant); answers its id and orchestration input, or the
     step's verdict when the child cannot start (which no retry would change)."""
-    key = request.key
     try:
         params = IntentRunParams.model_validate(request.field("params") or {})
     except ValueError as exc:
         return {"verdict": _fail_child(request, f"invalid parameters for intent.run: {exc}")}
-    with tenant_transaction(request.tenant_id) as conn:
-        tenant = get_tenant(conn, request.tenant_id)
-        assert tenant is not None  # the execution's own tenant row
-        attempt, _ = store.begin_attempt(conn, key, action="intent.run", remote=False)
-        if attempt.finished:
-            # Run before, and refused (a re-executed activity): the recorded verdict stands, even where the tree
-            # has room by now, for the step is recorded failed and its orchestration may have moved on.
-            return {"verdict": raised_verdict(conn, attempt)}
-        parent = repo.get_execution(conn, request.execution_id)
-        child = find_head(conn, "intent", params.intent)
-        if child is None:
-            error = f"no active intent named {params.intent!r} in this tenant"
-        else:
+    child = _ChildStart(request, params)
+    try:
+        # Its input is checked between a short read and the writing transaction, as a direct start's is: a tenant's
+        # costly schema must not hold one of the pool's connections while its children start.
+        answer = checked_first(child.read, child.start)
+    except _RefusedFirst as refused:
+        answer = refused.error
+    if isinstance(answer, str):
+        return {"verdict": _fail_child(request, answer)}
+    return answer
+
+
+class _RefusedFirst(Exception):
+    """A child refused by the read before its input's check (its decision, or an unknown version): `error`, why."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+@dataclass(frozen=True)
+class _ChildRequest:
+    """A child's start request and its decision, made once: the input's check stands only for that very request's
+    input, and the decision, asked again by the writing transaction, is neither made nor audited again."""
+
+    start: StartRequest
+    authorize: Callable[[registry.Item], None]
+
+
+class _ChildStart:
+    """An intent.run step's child start in the transactions `checked_first` runs: a short read that decides the child
+    and reads what its input's check needs, then the transaction that records the attempt and starts the child (or
+    finds it by its key) with that check's outcome."""
+
+    def __init__(self, request: ProgressRequest, params: IntentRunParams) -> None:
+        self.request = request
+        self.params = params
+        self.prepared: _ChildRequest | None = None
+
+    def read(self) -> tuple[PendingInputCheck, TenantFacts] | None:
+        """What the child's input check needs (None: nothing to check before); a refusal by the decision or of an
+        unknown version, which the writing transaction would make before any check, is raised as _RefusedFirst."""
+        with tenant_transaction(self.request.tenant_id) as conn:
+            attempt = store.get_attempt(conn, self.request.key)
+            if attempt is not None and attempt.finished:
+                return None  # the writing transaction answers its recorded verdict
+            tenant = get_tenant(conn, self.request.tenant_id)
+            assert tenant is not None  # the execution's own tenant row
+            prepared = self._prepare(conn, tenant)
+            if prepared is None or tenant.status != "active":
+                return None  # refused by the writing transaction, before any check
+            try:
+                authorized_item(conn, prepared.start, prepared.authorize)
+            except StartError as exc:
+                raise _RefusedFirst(_child_refusal(self.params.intent, exc)) from None
+            # A replay answers its child's input rebuilt from the recorded version and input: that is what is checked.
+            pending = input_to_check(conn, prepared.start, rebuilt=True)
+        return None if pending is None else (pending, tenant.facts())
+
+    def _prepare(self, conn: store.Conn, tenant: Tenant) -> _ChildRequest | None:
+        """The request and decision of the child the step's intent names now (None: none is active), kept while it
+        names the same one."""
+        head = find_head(conn, "intent", self.params.intent)
+        if head is None:
+            self.prepared = None
+        elif self.prepared is None or self.prepared.start.intent_id != head.id:
+            key = self.request.key
+            parent = repo.get_execution(conn, self.request.execution_id)
+            start = StartRequest(
+                intent_id=head.id,
+                input=self.params.inputs,
+                version=self.params.version,
+                idempotency_key=f"child:{self.request.execution_id}:{key.step_id}:{key.attempt}",
+                requester=parent.requester,
+                parent_execution_id=parent.id,
+                parent_step_id=key.step_id,
+            )
+            # Audited in the transaction open when it is decided: the read's, or the writing one's for a version
+            # saved in between with another target or labels.
+            self.prepared = _ChildRequest(start, authorize_child(None, tenant, parent, key.step_id))
+        return self.prepared
+
+    def start(self, input_check: InputCheck | None) -> dict[str, Any] | str:
+        """The writing transaction: the child's id and orchestration input, its step's recorded verdict, or why the
+        child cannot start."""
+        key = self.request.key
+        with tenant_transaction(self.request.tenant_id) as conn:
+            tenant = get_tenant(conn, self.request.tenant_id)
+            assert tenant is not None  # the execution's own tenant row
+            attempt, _ = store.begin_attempt(conn, key, action="intent.run", remote=False)
+            if attempt.finished:
+                # Run before, and refused (a re-executed activity): the recorded verdict stands, even where the tree
+                # has room by now, for the step is recorded failed and its orchestration may have moved on.
+                return {"verdict": raised_verdict(conn, attempt)}
+            prepared = self.prepared or self._prepare(conn, tenant)
+            if prepared is None:
+                return f"no active intent named {self.params.intent!r} in this tenant"
             try:
                 started = start_execution(
                     conn,
                     tenant.facts(),
-                    StartRequest(
-                        intent_id=child.id,
-                        input=params.inputs,
-                        version=params.version,
-                        idempotency_key=f"child:{request.execution_id}:{key.step_id}:{key.attempt}",
-                        requester=parent.requester,
-                        parent_execution_id=parent.id,
-                        parent_step_id=key.step_id,
-                    ),
+                    prepared.start,
                     # Exempt from the tenant's quota so a parent never waits on its own (ADR 0014); bounded instead
                     # by depth, no recursion, and the active descendants of its root and of all the tenant's roots.
                     max_concurrent=10**9,
-                    authorize=authorize_child(conn, tenant, parent, key.step_id),
+                    authorize=prepared.authorize,
                     max_descendants=descendant_limit(tenant.quotas),
+                    input_check=input_check,
                 )
-            except StartForbiddenError as exc:
-                error = f"child intent {params.intent} cannot start: its requester may not execute it ({exc.reason})"
             except (StartError, ChildRefusedError) as exc:
-                # A child refused its place in the tree fails its step as any refused start does, not retryable: a
-                # recursion or a depth is refused again, and a tree at its bound should shrink, not be asked again.
-                error = f"child intent {params.intent} cannot start: {exc}"
-            else:
-                store.set_child(conn, request.execution_id, key.step_id, started.execution.id)
-                # Run before (a re-executed activity): the same child, whose input is rebuilt the same way.
-                child_input = started.orchestration_input or rebuild_input(conn, tenant.facts(), started.execution)
-                return {"execution_id": str(started.execution.id), "input": child_input}
-    return {"verdict": _fail_child(request, error)}
+                return _child_refusal(self.params.intent, exc)
+            store.set_child(conn, self.request.execution_id, key.step_id, started.execution.id)
+            # Run before (a re-executed activity): the same child, whose input is rebuilt the same way.
+            child_input = started.orchestration_input or rebuild_input(
+                conn, tenant.facts(), started.execution, input_check=input_check
+            )
+            return {"execution_id": str(started.execution.id), "input": child_input}
+
+
+def _child_refusal(intent: str, exc: StartError | ChildRefusedError) -> str:
+    """Why a child cannot start, as its step's error."""
+    if isinstance(exc, StartForbiddenError):
+        return f"child intent {intent} cannot start: its requester may not execute it ({exc.reason})"
+    # A child refused its place in the tree fails its step as any refused start does, not retryable: a recursion or
+    # a depth is refused again, and a tree at its bound should shrink, not be asked again.
+    return f"child intent {intent} cannot start: {exc}"
 
 
 def _fail_child(request: ProgressRequest, error: str) -> dict[str, Any]:

@@ -334,14 +334,16 @@ def _claim_stale(execution: repo.Execution) -> bool:
     return claimed is None or (datetime.now(UTC) - claimed).total_seconds() >= STALE_START_S
 
 
-def input_to_check(conn: Conn, request: StartRequest) -> PendingInputCheck | None:
+def input_to_check(conn: Conn, request: StartRequest, *, rebuilt: bool = False) -> PendingInputCheck | None:
     """What the start of `request` would check its input against, read without deciding or writing anything; None
     when the start needs no check or will be refused before it (no such intent or version, an archived intent, a
     declaration whose blueprint is gone, a used idempotency key whose execution is past pending): the start's own
     transaction answers those. A used key's pending execution is what a replay rebuilds when it takes over the
-    start's stale claim: its recorded version and input are checked."""
+    start's stale claim: its recorded version and input are checked. `rebuilt`: the caller rebuilds a used key's
+    execution's orchestration input whatever its status and claim (a child's start answers it on every replay), so
+    that execution's recorded version and input are checked."""
     found = _by_key(conn, request.idempotency_key)
-    if found is not None and (found.status != "pending" or not _claim_stale(found)):
+    if found is not None and not rebuilt and (found.status != "pending" or not _claim_stale(found)):
         # Past pending, or its start still claimed by the request that made it: a replay answers without a check.
         return None
     intent_id, version, given = request.intent_id, request.version, request.input

@@ -9,7 +9,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from shared.auth.principal import Principal
@@ -21,6 +21,7 @@ from shared.engine.start import (
     InputCheck,
     InputCheckStaleError,
     IntentNotFoundError,
+    PendingInputCheck,
     Started,
     StartForbiddenError,
     StartRequest,
@@ -35,8 +36,11 @@ from shared.observability.tracing import current_span_context, execution_attribu
 from shared.policy import decisions
 from shared.policy.actions import Action
 from shared.policy.authorizer import Decision, Resource
+from shared.policy.facts import TenantFacts
 from shared.registry import service as registry
 from shared.tenants.models import Tenant
+from shared.tenants.offboarding import purge_orchestrations
+from shared.tenants.repository import hold_tenant
 
 logger = logging.getLogger(__name__)
 
@@ -90,11 +94,13 @@ class RequesterCaller:
 
 
 def authorize_child(
-    conn: Conn, tenant: Tenant, parent: repo.Execution, step_id: str
+    conn: Conn | None, tenant: Tenant, parent: repo.Execution, step_id: str
 ) -> Callable[[registry.Item], None]:
     """The decision on a child intent's start: the one a direct execute gets, for the parent's requester with the
-    roles recorded when the root was requested (ADR 0035), audited in `conn`'s transaction. A parent recorded
-    before they were kept has none, so the policies refuse its children."""
+    roles recorded when the root was requested (ADR 0035), audited in `conn`'s transaction (None: the tenant
+    transaction open when it is decided), once per resource however many transactions ask it (a child's start asks
+    in the read before its input check and again in its writing transaction). A parent recorded before they were
+    kept has none, so the policies refuse its children."""
     try:
         principal = parent.requester.principal(tenant.id)
     except ValueError:
@@ -106,7 +112,8 @@ def authorize_child(
     caller = RequesterCaller(principal, tenant, f"{parent.id}/{step_id}")
     detail = {"parent_execution_id": str(parent.id), "parent_step_id": step_id}
     return authorize_execute(
-        lambda action, resource: decisions.decide(caller, action, resource, conn=conn, detail=detail), tenant.id
+        _decided_once(lambda action, resource: decisions.decide(caller, action, resource, conn=conn, detail=detail)),
+        tenant.id,
     )
 
 
@@ -138,27 +145,43 @@ def begin(tenant: Tenant, make_request: Callable[[Conn], StartRequest], *, decid
                     input_check=input_check,
                 )
 
-        for _ in range(INPUT_CHECK_ATTEMPTS):
-            # Checking the input against the tenant's schema costs up to seconds of CPU for a MiB of input: it is
-            # made between two transactions, holding none of the pool's connections (a tenant's requests in flight,
-            # admitted up to half the pool, would otherwise hold them all that while, and every tenant waits). What
-            # it needs is read first; the start's own transaction then decides, locks and writes as before, taking
-            # the check's outcome only for the version it was made for (versions never change).
-            pending = None
-            if tenant.status == "active":  # a suspended tenant's start is refused first, as it always was
-                with tenant_transaction(tenant.id) as conn:
-                    request = _request(conn, make_request)
-                    # Decided before the check, with the refusals that come before it in the start's transaction (an
-                    # unknown intent or version): a caller refused costs no check, and its refusal's timing tells
-                    # nothing of the schema.
-                    authorized_item(conn, request, authorize)
-                    pending = input_to_check(conn, request)
-            try:
-                return start(None if pending is None else checked_input(pending, tenant.facts()))
-            except InputCheckStaleError:
-                continue  # a new current version was saved in between: its check is made again
-        # Saved in between every time: this start checks its input in its transaction, as every start once did.
-        return start(None)
+        def read() -> tuple[PendingInputCheck, TenantFacts] | None:
+            if tenant.status != "active":  # a suspended tenant's start is refused first, as it always was
+                return None
+            with tenant_transaction(tenant.id) as conn:
+                request = _request(conn, make_request)
+                # Decided before the check, with the refusals that come before it in the start's transaction (an
+                # unknown intent or version): a caller refused costs no check, and its refusal's timing tells
+                # nothing of the schema.
+                authorized_item(conn, request, authorize)
+                pending = input_to_check(conn, request)
+            return None if pending is None else (pending, tenant.facts())
+
+        return checked_first(read, start)
+
+
+_T = TypeVar("_T")
+
+
+def checked_first(
+    read: Callable[[], tuple[PendingInputCheck, TenantFacts] | None], start: Callable[[InputCheck | None], _T]
+) -> _T:
+    """A start's input checked between two transactions: `read` reads what the check needs in a short transaction of
+    its own (None: nothing to check before), then `start` runs the start's transaction with the check's outcome.
+    Checked for another version than the one to run (InputCheckStaleError), it is read and checked again, up to
+    INPUT_CHECK_ATTEMPTS times; then `start` checks it in its transaction, as every start once did."""
+    for _ in range(INPUT_CHECK_ATTEMPTS):
+        # Checking the input against the tenant's schema costs up to seconds of CPU for a MiB of input: it is made
+        # with no transaction open, holding none of the pool's connections (a tenant's requests in flight, admitted
+        # up to half the pool, would otherwise hold them all that while, and every tenant waits). The start's own
+        # transaction then decides, locks and writes as before, taking the check's outcome only for the version it
+        # was made for (versions never change).
+        pending = read()
+        try:
+            return start(None if pending is None else checked_input(*pending))
+        except InputCheckStaleError:
+            continue  # a new current version was saved in between: its check is made again
+    return start(None)
 
 
 def _decided_once(decide: Decide) -> Decide:
@@ -229,6 +252,8 @@ async def launch(client: Any, started: Started, tenant_id: UUID, *, record_failu
     without is recorded failed. Otherwise the client's error is raised as is and the execution stays pending with
     its claim released, for the caller's own retry (the ingress's batch, run again in place) or the sweeper to
     start at once. A claim another starter took over meanwhile is never released.
+
+    Started, an orchestration whose tenant was erased meanwhile is terminated and purged (`_unless_erased`).
     """
     if started.orchestration_input is None:
         return
@@ -259,6 +284,50 @@ async def launch(client: Any, started: Started, tenant_id: UUID, *, record_failu
         # Without a key the retry is a new execution, so this one must neither run beside it nor look pending forever.
         await asyncio.to_thread(fail_start, tenant_id, execution.id, str(exc))
         raise OrchestrationUnavailableError(execution.id, str(exc)) from None
+    await _unless_erased(client, tenant_id, instance_id)
+
+
+async def _unless_erased(client: Any, tenant_id: UUID, instance_id: str) -> None:
+    """After the orchestration's start: terminate and purge it when its tenant was erased meanwhile.
+
+    A start committed before its tenant's erasure and launched after the erasure's last purge left an orchestration,
+    its history holding the tenant's input, that outlived the tenant. Looked at after the start (an erasure holding
+    the row is waited for), the tenant row tells which: there, the erasure's row deletion, which lists this execution
+    (committed before), and its last purge are still to come; gone, the instance is its starter's to remove."""
+    try:
+        if await asyncio.to_thread(tenant_exists, tenant_id):
+            return
+    except Exception:
+        # The start itself succeeded, so it is not failed for this; only an erasure meanwhile would leave the instance.
+        logger.exception(
+            "could not tell whether tenant %s still exists after starting the orchestration of execution %s; if the"
+            " tenant was erased, purge it",
+            tenant_id,
+            instance_id,
+        )
+        return
+    try:
+        # Terminated when it still runs, purged when it has ended already (or is already gone: nothing to purge).
+        purged = await purge_orchestrations([instance_id], client)
+    except Exception:
+        logger.exception(
+            "the orchestration of execution %s of erased tenant %s could not be purged; purge it",
+            instance_id,
+            tenant_id,
+        )
+        return
+    logger.warning(
+        "tenant %s was erased while the orchestration of execution %s started; %s purged",
+        tenant_id,
+        instance_id,
+        "it was" if purged else "nothing was left to be",
+    )
+
+
+def tenant_exists(tenant_id: UUID) -> bool:
+    """Whether the tenant row is there, in a short transaction of its own (an erasure holding it is waited for)."""
+    with tenant_transaction(tenant_id) as conn:
+        return hold_tenant(conn, tenant_id)
 
 
 def release_claim(tenant_id: UUID, execution: repo.Execution) -> None:
