@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote, unquote_to_bytes
 
 import anyio
 import anyio.to_thread
+from fastapi import Depends, Request
 from fastapi.routing import iter_route_contexts
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,6 +26,7 @@ from shared.accepted_json import (
     text_refusal,
 )
 from shared.api.problems import FieldError, ProblemError, problem_response
+from shared.api.responses import problem_doc
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 MAX_BODY_CONTAINERS = 100_000
@@ -329,3 +331,39 @@ def _instance(scope: Scope) -> str:
     if raw:
         return quote(bytes(raw), safe="/%")
     return quote(str(scope.get("path", "")).encode("utf-8", "replace"), safe="/")
+
+
+NO_BODY = "this request takes no body: send it without one"
+
+
+async def _takes_no_body(request: Request) -> None:
+    """Refuse any body (422 `validation-error`, pointer ``: the whole body). Run after the route's permission check,
+    which has refused a POST body that is not JSON; an empty body is no body."""
+    if await request.body():
+        raise ProblemError(
+            422,
+            "validation-error",
+            "Request validation failed",
+            "1 invalid field(s)",
+            errors=[FieldError(pointer="", detail=NO_BODY)],
+        )
+
+
+TakesNoBody = Annotated[None, Depends(_takes_no_body)]
+"""The dependency of a route that takes no body, declared after its permission: a body is refused, never ignored. A
+route that answered 2xx to one let its caller believe what it sent was taken (rotate-secret to `{"secret": ...}`, a
+delete to `{"if_match": ...}` or `{"cascade": true}`); a body is read only up to the edge's size limit."""
+
+
+def no_body_doc(otherwise: str) -> dict[str, Any]:
+    """The OpenAPI 422 answer of a route taking no body; `otherwise`: its other causes (`the policy id is not a
+    UUID`)."""
+    return problem_doc(
+        422,
+        "validation-error",
+        "Request validation failed",
+        "1 invalid field(s)",
+        "The request does not validate: a body was sent, and the request takes none (pointer ``, the whole body), or "
+        + otherwise,
+        errors=[{"pointer": "", "detail": NO_BODY}],
+    )

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import http.cookiejar
 import ipaddress
 import json
@@ -133,6 +134,32 @@ def allow_list_refusal(entry: str, *, allow_private: bool) -> str | None:
     return None
 
 
+def _host_key(raw_host: str) -> str | None:
+    """`raw_host` (ASCII, as a URL sends it) in the form hosts are compared in, or None when it holds '%': an IPv6
+    zone id (`fe80::1%25eth0`) or an escaped character, which no resolver takes (and a zone the resolver did take
+    would be dropped from the address it answers), so such a host reaches nothing."""
+    key = raw_host.lower().rstrip(".")
+    if "%" in key:
+        return None
+    try:
+        return str(ipaddress.ip_address(key))  # `FE80::0001` and `fe80::1` are one address
+    except ValueError:
+        return key
+
+
+@functools.lru_cache(maxsize=4096)
+def host_key(host: str) -> str | None:
+    """The form in which an allow-list entry and a URL's host are compared, or None when `host` can match no URL's:
+    a name as the HTTP client sends it (IDNA A-labels, so `bücher.example` and `xn--bcher-kva.example` are one
+    name), lower-cased, without a final dot; an IP address in its compressed form. Comparing the decoded names
+    missed an entry written in A-labels, since the client decodes a URL's host but the entry was taken as written."""
+    try:
+        raw = httpx.URL(scheme="http", host=host).raw_host.decode("ascii")
+    except (httpx.InvalidURL, ValueError):  # UnicodeError (idna.IDNAError) among them
+        return None
+    return _host_key(raw) or None  # `.` names no host
+
+
 @dataclass(frozen=True)
 class Target:
     """A checked URL and the addresses it may be connected to."""
@@ -176,7 +203,10 @@ def check_url(
         # The resolver would raise OverflowError on a port past C's int, and no connection can use port 0 or one
         # past 65535.
         raise UrlRefused(f"the URL's port must be between 1 and {MAX_PORT}")
-    allowed = host in {h.lower().rstrip(".") for h in allowed_hosts}
+    key = _host_key(parsed.raw_host.decode("ascii"))
+    if key is None:
+        raise UrlRefused("the URL's host holds '%' (an IPv6 zone id or an escaped character): no step can reach it")
+    allowed = key in {host_key(entry) for entry in allowed_hosts if isinstance(entry, str)}
     port = given_port or (443 if parsed.scheme == "https" else 80)
     try:
         addresses = tuple(resolver(host, port))

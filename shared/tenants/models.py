@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
@@ -11,15 +10,13 @@ from uuid import UUID
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic_core import PydanticCustomError
 
+from shared.free_text import SHOWN, SHOWN_AS_WRITTEN
 from shared.policy.facts import TenantFacts
 
 TenantStatus = Literal["active", "suspended"]
 # A DNS-label-like slug: lower-case letters and digits, single hyphens between them (2 to 63 characters, by the
 # fields' length bounds). `ab-` and `x--y` read as typos or truncations in every listing, URL and log line.
 _NAME = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
-# C0 and C1 controls (DEL among them) and the bidirectional embeddings, overrides and isolates: a name holding them
-# rewrites what a terminal or a log viewer shows around it (`\x1b[2J`, or U+202E turning the rest of a line around).
-_UNSHOWN = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 AllowedItem = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
 """A module (action) name or a target name a tenant is allowed to use."""
 
@@ -47,29 +44,7 @@ EntraTenantId = Annotated[UUID, AfterValidator(_issued_by_entra)]
 """The Entra ID tenant (`tid`) a tenant is provisioned for."""
 
 
-def _shown_as_written(value: str) -> str:
-    """`value` when it holds no control character and no bidirectional override or isolate, else a validation error
-    naming the first such character by its code point (never the character itself, which would act again where the
-    answer is shown)."""
-    found = _UNSHOWN.search(value)
-    if found is not None:
-        raise PydanticCustomError(
-            "unshown_character",
-            "control characters and bidirectional overrides or isolates are not accepted (U+{code} at offset {offset})",
-            {"code": f"{ord(found.group()):04X}", "offset": found.start()},
-        )
-    return value
-
-
-DisplayName = Annotated[
-    str,
-    Field(
-        max_length=200,
-        description="A name for people to read: no control characters (U+0000-U+001F, U+007F-U+009F) and no "
-        "bidirectional overrides or isolates (U+202A-U+202E, U+2066-U+2069)",
-    ),
-    AfterValidator(_shown_as_written),
-]
+DisplayName = Annotated[str, Field(max_length=200, description=f"A name for people to read: {SHOWN_AS_WRITTEN}"), SHOWN]
 """A tenant's display name, shown as written in terminals, logs and consoles."""
 
 

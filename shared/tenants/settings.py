@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from shared.modules.ssrf import allow_list_refusal
+from shared.modules.ssrf import allow_list_refusal, host_key
 
 MAX_ALLOWED_HOSTS = 100
 MAX_HOST_LENGTH = 253
@@ -27,22 +27,22 @@ _NOT_A_HOST = (
 
 def _host_shape_problem(entry: str) -> str | None:
     """Why `entry` could never match a URL's host as the outbound guard (`shared.modules.ssrf.check_url`) compares
-    them, or None. That guard takes the host as the URL gives it (an IPv6 address without its brackets, a name
-    decoded from IDNA) and looks for it, lower-cased and without a final dot, among the entries as they are."""
+    them, or None. That guard compares both in one form (`host_key`: a name as the HTTP client sends it, in IDNA
+    A-labels, lower-cased and without a final dot; an IP address compressed), and no URL's host holding '%' (an
+    IPv6 zone id, an escape) is ever called."""
+    if "%" in entry:
+        return (
+            f"{entry!r} holds '%' (an IPv6 zone id or an escape): a URL whose host holds one is never called, so the"
+            " entry would match nothing"
+        )
     try:
         ipaddress.ip_address(entry)
     except ValueError:
         pass
     else:
         return None
-    if not entry.isascii():
-        # A name in Unicode is what the guard compares a URL's host against: check the form it encodes to.
-        try:
-            ascii_form = entry.encode("idna").decode("ascii")
-        except UnicodeError:
-            return _NOT_A_HOST.format(entry=entry)
-        return None if _HOST_NAME.fullmatch(ascii_form) else _NOT_A_HOST.format(entry=entry)
-    return None if _HOST_NAME.fullmatch(entry) else _NOT_A_HOST.format(entry=entry)
+    key = host_key(entry)
+    return None if key is not None and _HOST_NAME.fullmatch(key) else _NOT_A_HOST.format(entry=entry)
 
 
 def settings_problems(settings: Mapping[str, Any], *, allow_private: bool) -> list[tuple[str, str]]:

@@ -9,6 +9,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
+from shared.api.accepted_input import TakesNoBody, no_body_doc
 from shared.api.idempotency import idempotency_key as idempotency_key_header
 from shared.api.idempotency import remember, replay_or_claim
 from shared.api.permissions import GuardedRoute, permission
@@ -90,14 +91,19 @@ def create(
 
 
 @router.delete(
-    "/{policy_id}", status_code=204, summary="Remove a policy", responses={**AUTH_ERRORS, 404: NOT_FOUND, 422: INVALID}
+    "/{policy_id}",
+    status_code=204,
+    summary="Remove a policy",
+    responses={**AUTH_ERRORS, 404: NOT_FOUND, 422: no_body_doc("the policy id is not a UUID")},
 )
 def delete(
     policy_id: UUID,
     context: Annotated[RequestContext, Depends(permission(Action.POLICY_DELETE, resource_param="policy_id"))],
+    _no_body: TakesNoBody,
     conn: TenantConnection,
 ) -> Response:
-    """Remove one of the tenant's policies (Tenant.Admin); another tenant's id is 404."""
+    """Remove one of the tenant's policies (Tenant.Admin); another tenant's id is 404. The request takes no body: a
+    body is refused with 422 and removes nothing."""
     authorize(context, Action.POLICY_DELETE, tenant_resource("Policy", policy_id, context.tenant.id), conn=conn)
     if not delete_policy(conn, context.tenant.id, policy_id):
         raise ProblemError(404, "not-found", "Not found", f"No policy {policy_id}.")

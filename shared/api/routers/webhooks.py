@@ -14,10 +14,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 from starlette.concurrency import run_in_threadpool
 
+from shared.api.accepted_input import TakesNoBody, no_body_doc
 from shared.api.idempotency import idempotency_key as idempotency_key_header
 from shared.api.idempotency import remember, replay_or_claim
 from shared.api.permissions import GuardedRoute, permission
-from shared.api.problems import FieldError, ProblemError
+from shared.api.problems import ProblemError
 from shared.api.responses import AUTH_ERRORS, BAD_IDEMPOTENCY_KEY, INVALID, PRECONDITION_FAILED, problem_doc
 from shared.api.security import RequestContext, authorize
 from shared.api.transactions import TenantConnection
@@ -27,6 +28,7 @@ from shared.etags import if_match_tags
 from shared.events import webhook_store as store
 from shared.events.event_types import DOMAIN_EVENT_TYPES
 from shared.events.webhooks import WebhookUrlRefusedError, check_subscription_url, subscription_limit
+from shared.free_text import SHOWN, SHOWN_AS_WRITTEN
 from shared.observability.urls import kept_url
 from shared.policy.actions import Action
 from shared.policy.authorizer import Resource
@@ -129,6 +131,14 @@ _EVENT_TYPES_DESCRIPTION = (
 )
 
 
+Description = Annotated[
+    str,
+    Field(max_length=500, description=f"What the subscription is for, for people to read: {SHOWN_AS_WRITTEN}"),
+    SHOWN,
+]
+"""A subscription's description: listed to the tenant's admins and written into logs, so shown as written."""
+
+
 class SubscriptionIn(BaseModel):
     """A URL and the domain event types it receives (`*`: all)."""
 
@@ -136,7 +146,7 @@ class SubscriptionIn(BaseModel):
 
     url: str = Field(min_length=8, max_length=2048)
     event_types: EventTypes = Field(min_length=1, max_length=50, description=_EVENT_TYPES_DESCRIPTION)
-    description: str = Field("", max_length=500)
+    description: Description = ""
 
 
 class SubscriptionPatch(BaseModel):
@@ -147,7 +157,7 @@ class SubscriptionPatch(BaseModel):
     url: str | None = Field(None, min_length=8, max_length=2048)
     # Checked only when sent: a subscription stored before the check keeps its types through other changes.
     event_types: EventTypes | None = Field(None, min_length=1, max_length=50, description=_EVENT_TYPES_DESCRIPTION)
-    description: str | None = Field(None, max_length=500)
+    description: Description | None = None
     enabled: bool | None = None
 
 
@@ -221,30 +231,7 @@ def _check_url(tenant_id: UUID, url: str) -> None:
         raise ProblemError(422, "webhook-url-refused", "Unprocessable content", str(exc)) from None
 
 
-async def _takes_no_body(request: Request) -> None:
-    """Refuse any body (422 `validation-error`, pointer ``: the whole body): a route that takes none and answered 200
-    to `{"secret": ...}` let its caller believe the secret it sent was the one set. Run after the permission check,
-    which has refused a body that is not JSON; an empty body is no body."""
-    if await request.body():
-        raise ProblemError(
-            422,
-            "validation-error",
-            "Request validation failed",
-            "1 invalid field(s)",
-            errors=[FieldError(pointer="", detail="this request takes no body: send it without one")],
-        )
-
-
-TakesNoBody = Annotated[None, Depends(_takes_no_body)]
-NO_BODY = problem_doc(
-    422,
-    "validation-error",
-    "Request validation failed",
-    "1 invalid field(s)",
-    "The request does not validate: a body was sent, and the request takes none (pointer ``, the whole body), or the "
-    "subscription id is not a UUID",
-    errors=[{"pointer": "", "detail": "this request takes no body: send it without one"}],
-)
+NO_BODY = no_body_doc("the subscription id is not a UUID")
 
 
 def _stale(subscription_id: UUID) -> ProblemError:
@@ -452,14 +439,19 @@ def rotate(
 
 
 @router.delete("/{subscription_id}", status_code=204, summary="Delete a webhook subscription",
-               responses={**AUTH_ERRORS, 404: NOT_FOUND, 412: PRECONDITION_FAILED})  # fmt: skip
+               responses={**AUTH_ERRORS, 404: NOT_FOUND, 412: PRECONDITION_FAILED, 422: NO_BODY})  # fmt: skip
 def delete(
-    subscription_id: SubscriptionId, context: MayManage, conn: TenantConnection, if_match: IfMatch = None
+    subscription_id: SubscriptionId,
+    context: MayManage,
+    _no_body: TakesNoBody,
+    conn: TenantConnection,
+    if_match: IfMatch = None,
 ) -> Response:
     """Remove the subscription and its delivery log (Tenant.Admin). A stale `If-Match` (optional) is 412 and removes
     nothing; `*` matches any subscription that exists. Of two deletes sent at once with one ETag (or `*`), one is 204
     and the other 412 (the subscription it names is gone); without If-Match both are 204. A subscription already gone
-    when the delete arrives is 404."""
+    when the delete arrives is 404. The request takes no body (the precondition goes in `If-Match`): a body is refused
+    with 422 and removes nothing."""
     detail = {"id": str(subscription_id)}
     authorize(context, Action.WEBHOOK_MANAGE, Resource.tenant(context.tenant.id), conn=conn, detail=detail)
     _found(conn, subscription_id)
