@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import deque
+import threading
+from collections import OrderedDict, deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
@@ -320,9 +321,9 @@ def check(
     pinned version if `pin`, else the blueprint's current one). Raises DefinitionInvalidError with every problem.
 
     `outside`: the costly part of this check made before this transaction (`check_outside`), taken without making it
-    again if it was made of this very document, for the item's current version `version` (None: a create), against
-    reads that answer now as they did then (read again here, a declaration's blueprint held when `writing`);
-    CheckStaleError when any of that changed.
+    again if it was made of this very document (a plan's: of the item's current version `version`; a save's, of
+    whichever, `_made_for`), against reads that answer now as they did then (read again here, a declaration's
+    blueprint held when `writing`); CheckStaleError when any of that changed.
 
     `saving`: a create, an update, their validation or a rollback, which also refuses an intent that runs itself or
     comes back to itself; a stored version is checked without it (one saved before that refusal still runs and
@@ -347,12 +348,22 @@ def check(
         evaluated = check_evaluated(reads, kind, doc, tenant=tenant, limits=limits, saving=saving, again=again)
     else:
         pending, evaluated = outside.pending, outside.evaluated
-        made_for = (pending.kind, pending.version, pending.saving, pending.again)
-        if made_for != (kind, version, saving, again) or not (pending.doc is doc or pending.doc == doc):
+        if _made_for(pending.kind, pending.version, pending.saving, pending.again) != _made_for(
+            kind, version, saving, again
+        ) or not (pending.doc is doc or pending.doc == doc):
             raise CheckStaleError(f"the {kind} was checked at version {pending.version}, not {version}")
         if not _reads_stand(reads, pending.reads):
             raise CheckStaleError(f"the catalog or the blueprint the {kind} was checked against changed")
     return check_finish(conn, kind, evaluated, writing=writing, refused_name=refused_name, again=again)
+
+
+def _made_for(kind: Kind, version: int | None, saving: bool, again: int | None) -> tuple[Any, ...]:
+    """What an evaluation's outcome depends on besides its document and its reads. A save's (an update's body, a
+    rollback's target version, with the name, which never changes) does not depend on which version is current: the
+    writing transaction judges that apart (If-Match, the rename refusal, the cycle walk with its `again`), so a save
+    racing another takes its check still; only whether the literal self-run was looked for (`again` set or not) is
+    the evaluation's. A plan's is of the version it plans, and answers for that one alone."""
+    return (kind, saving, again is None) if saving else (kind, saving, version)
 
 
 @dataclass(frozen=True)
@@ -511,6 +522,8 @@ class PendingCheck:
     """The item's current version it was read with (None: a create, which has none)."""
     saving: bool
     again: int | None = None
+    item_id: UUID | None = None
+    """A plan's item: its check is kept (`cached_outside`), a stored version never changing."""
 
 
 @dataclass(frozen=True)
@@ -522,10 +535,52 @@ class OutsideCheck:
     evaluated: CheckEvaluated
 
 
+PLAN_CHECKS_KEPT = 32
+"""Plans' checks kept per process: each holds a definition and its evaluation (up to a MiB or so for a large one)."""
+
+
+@dataclass(frozen=True)
+class _KeptCheck:
+    tenant: TenantFacts
+    limits: Limits
+    check: OutsideCheck
+
+
+_kept: OrderedDict[tuple[UUID, Kind, UUID, int], _KeptCheck] = OrderedDict()
+_kept_lock = threading.Lock()
+
+
+def _kept_key(pending: PendingCheck, tenant: TenantFacts) -> tuple[UUID, Kind, UUID, int] | None:
+    if pending.saving or pending.item_id is None or pending.version is None:
+        return None
+    return (tenant.id, pending.kind, pending.item_id, pending.version)
+
+
+def cached_outside(pending: PendingCheck, *, tenant: TenantFacts, limits: Limits | None = None) -> OutsideCheck | None:
+    """A plan's check of this stored version made before, when it answers for `pending` still: a version never
+    changes, so the evaluation depends only on the tenant's facts (its gates), the limits and what was read (the
+    catalog, a pinned blueprint version), each compared here. Without it every plan, a Reader's alone, made the
+    costly check again. None for a save (its body is new every time) or when nothing kept answers."""
+    key = _kept_key(pending, tenant)
+    if key is None:
+        return None
+    with _kept_lock:
+        kept = _kept.get(key)
+        if kept is not None:
+            _kept.move_to_end(key)
+    if kept is None or kept.tenant != tenant or kept.limits != (limits or registry_limits()):
+        return None
+    if not _reads_stand(pending.reads, kept.check.pending.reads) or kept.check.pending.doc != pending.doc:
+        return None
+    return OutsideCheck(pending, kept.check.evaluated)
+
+
 def check_outside(pending: PendingCheck, *, tenant: TenantFacts, limits: Limits | None = None) -> OutsideCheck:
     """`check_evaluated` of what `pending` read: the costly part of a save or a plan (a definition's schemas against
     the meta-schema, seconds of CPU for a large one), called by a route between its transactions, holding none of the
-    shared pool's connections (a tenant's requests in flight would otherwise hold them all, and every tenant waits)."""
+    shared pool's connections (a tenant's requests in flight would otherwise hold them all, and every tenant waits).
+    A plan's is kept for `cached_outside`."""
+    limits = limits or registry_limits()
     evaluated = check_evaluated(
         pending.reads,
         pending.kind,
@@ -535,7 +590,15 @@ def check_outside(pending: PendingCheck, *, tenant: TenantFacts, limits: Limits 
         saving=pending.saving,
         again=pending.again,
     )
-    return OutsideCheck(pending, evaluated)
+    made = OutsideCheck(pending, evaluated)
+    key = _kept_key(pending, tenant)
+    if key is not None:
+        with _kept_lock:
+            _kept[key] = _KeptCheck(tenant, limits, made)
+            _kept.move_to_end(key)
+            while len(_kept) > PLAN_CHECKS_KEPT:
+                _kept.popitem(last=False)
+    return made
 
 
 def _reads_stand(now: CheckReads, then: CheckReads) -> bool:
@@ -1061,11 +1124,22 @@ def create(
     return item
 
 
-def _locked_active(conn: Conn, kind: Kind, item_id: UUID, if_match: frozenset[str] | None) -> Item:
-    """The item under its row lock, refused if archived or if `if_match` (None: any) misses its ETag."""
+Authorize = Callable[["Item"], None]
+"""The caller's permission on the item a change or a plan is made of, decided on it as this transaction holds it
+(raising the refusal): the version written on or planned is the one decided on."""
+
+
+def _locked_active(
+    conn: Conn, kind: Kind, item_id: UUID, if_match: frozenset[str] | None, authorize: Authorize | None = None
+) -> Item:
+    """The item under its row lock, once `authorize` allows it, refused if archived or if `if_match` (None: any)
+    misses its ETag."""
     head = _head_or_404(conn, kind, item_id, lock=True)
+    item = _item(conn, head)
+    if authorize is not None:  # before the other refusals, as a request's permission comes first
+        authorize(item)
     _refuse_inactive(head, if_match)
-    return _item(conn, head)
+    return item
 
 
 def _refuse_inactive(head: HeadRow, if_match: frozenset[str] | None) -> None:
@@ -1114,11 +1188,13 @@ def update(
     tenant: TenantFacts,
     created_by: str,
     outside: OutsideCheck | None = None,
+    authorize: Authorize | None = None,
 ) -> Item:
     """Validate and store the next version if `if_match` holds the current ETag, with `<kind>.version_created`;
-    `outside`: the check made before this transaction (`pending_update`), taken if it was made with the current
-    version it updates and still stands, else CheckStaleError."""
-    item = _locked_active(conn, kind, item_id, if_match)
+    `outside`: the check made before this transaction (`pending_update`), taken if it still stands (whichever version
+    was current then: the body's check does not depend on it), else CheckStaleError. `authorize`: the caller's
+    permission, decided on the locked item."""
+    item = _locked_active(conn, kind, item_id, if_match, authorize)
     renamed = _sent_name(doc) != item.head.name
     checked = check(
         conn,
@@ -1187,6 +1263,7 @@ def rollback(
     tenant: TenantFacts,
     created_by: str,
     outside: OutsideCheck | None = None,
+    authorize: Authorize | None = None,
 ) -> Item:
     """A new version equal to `to_version` (its definition, metadata and blueprint pin), with `<kind>.rolled_back`.
 
@@ -1202,10 +1279,11 @@ def rollback(
     that pins the version number it makes (which started nothing before), and is refused for those alone, so a
     cycle stored before the save-time check still rolls back onto itself.
 
-    `outside`: the check made before this transaction (`pending_rollback`), taken if it was made with the current
-    version and still stands, else CheckStaleError.
+    `outside`: the check made before this transaction (`pending_rollback`), taken if it still stands (whichever
+    version was current then, as long as the literal self-run was looked for alike), else CheckStaleError.
+    `authorize`: the caller's permission, decided on the locked item.
     """
-    item = _locked_active(conn, kind, item_id, if_match)
+    item = _locked_active(conn, kind, item_id, if_match, authorize)
     target = _rollback_target(conn, item, to_version)
     try:
         check(
@@ -1331,9 +1409,8 @@ StepDecider = Callable[[Conn, Item, Step], Decision]
 def pending_plan(conn: Conn, kind: Kind, item: Item) -> PendingCheck:
     """What a plan of `item`'s current version checks, read in a short transaction."""
     doc = item.document()
-    return PendingCheck(
-        kind, doc, check_reads(conn, kind, doc, pin=item.version.blueprint_ref), item.version.version, saving=False
-    )
+    reads = check_reads(conn, kind, doc, pin=item.version.blueprint_ref)
+    return PendingCheck(kind, doc, reads, item.version.version, saving=False, item_id=item.head.id)
 
 
 def plan(
@@ -1345,12 +1422,16 @@ def plan(
     decide: StepDecider | None,
     quota: QuotaHeadroom,
     outside: OutsideCheck | None = None,
+    authorize: Authorize | None = None,
 ) -> Plan:
     """The current version validated again (catalog and gates may have changed) and laid out in levels, each
     step with its module and `decide(conn, item, step)` (None: no decisions, as for a blueprint, which is never
     executed). `outside`: the check made before this transaction (`pending_plan`), taken if it was made of the
-    current version and still stands, else CheckStaleError."""
+    current version and still stands, else CheckStaleError. `authorize`: the caller's permission, decided on the
+    version planned."""
     item = get(conn, kind, item_id)
+    if authorize is not None:
+        authorize(item)
     checked = check(
         conn,
         kind,

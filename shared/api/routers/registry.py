@@ -48,12 +48,13 @@ from shared.api.routers.registry_models import (
 )
 from shared.api.security import RequestContext, authorize, record_mutation
 from shared.api.transactions import TenantConnection
+from shared.check_gate import costly_check
 from shared.db.session import tenant_transaction
 from shared.engine.start import active_executions, concurrent_limit
 from shared.etags import if_match_tags
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from shared.policy.actions import Action
-from shared.policy.authorizer import Decision, Resource, get_authorizer
+from shared.policy.authorizer import Decision, Resource, get_authorizer, refusal_detail
 from shared.policy.decisions import decide as decide_audited
 from shared.policy.decisions import record_decision
 from shared.policy.tenant_policies import tenant_policy_texts
@@ -316,32 +317,92 @@ def _by_content(rows: list[VersionRow]) -> list[list[VersionRow]]:
 _T = TypeVar("_T")
 CHECK_ATTEMPTS = 2
 """Checks of a save's or a plan's definition made outside its writing transaction before one is made inside: only a
-change to what a check read (the catalog, a blueprint, the item's current version), made while it ran, takes a
-request past one."""
+change to what a check read (the catalog, a blueprint; for a plan, the item's current version), made while it ran,
+takes a request past one."""
+
+
+class _OneDecision:
+    """A request's permission on an item it changes or plans, decided on each version it meets and recorded once: on
+    the version the request used (the one the writing transaction locked, or planned), or, when the request ends
+    before that (a stale If-Match, an unknown version), the one it last met. A refusal is recorded at once (403).
+    Recording each version met wrote an allow record per attempt for one request racing others."""
+
+    def __init__(
+        self,
+        context: RequestContext,
+        action: Action,
+        resource_of: Callable[[service.Item], Resource],
+        detail: Callable[[service.Item], dict[str, Any]],
+    ) -> None:
+        self._context = context
+        self._action = action
+        self._resource_of = resource_of
+        self._detail = detail
+        self._made: tuple[Resource, Decision, dict[str, Any]] | None = None
+        self._recorded = False
+
+    def __call__(self, item: service.Item) -> None:
+        """Decide on `item` as the current transaction holds it; 403 (recorded) when refused."""
+        context, resource = self._context, self._resource_of(item)
+        decision = get_authorizer().decide(
+            context.principal,
+            self._action,
+            resource,
+            tenant=context.tenant_facts,
+            tenant_policies=tenant_policy_texts(context.tenant.id),
+        )
+        self._made = (resource, decision, self._detail(item))
+        if not decision.allowed:
+            self.record(None)
+            why = refusal_detail(self._action, decision.reason)
+            raise ProblemError(403, "forbidden", "Forbidden", why, extensions={"reason": decision.reason})
+
+    def record(self, conn: service.Conn | None) -> None:
+        """Record the last decision made, once (with `conn`'s transaction, else on its own once none is held)."""
+        if self._made is None or self._recorded:
+            return
+        self._recorded = True
+        resource, decision, detail = self._made
+        record_decision(self._context, self._action, resource, decision, conn=conn, detail=detail, decided=True)
 
 
 def _checked_outside(
     context: RequestContext,
     pending: Callable[[service.Conn], service.PendingCheck | None],
     write: Callable[[service.Conn, service.OutsideCheck | None], _T],
+    decided: _OneDecision | None = None,
 ) -> _T:
     """`write`'s answer, in a transaction of its own, with the definition check `pending` read for (in a short
     transaction before) made in between with no transaction open: a definition with a large `inputs` schema costs
     seconds of CPU, and a tenant's requests in flight would otherwise hold that many of the shared pool's connections
     for as long, leaving the other tenants none. `write` takes the check's outcome only while what it read stands
     (service.CheckStaleError otherwise: it is made again, then, the last time, inside `write`'s transaction, as every
-    save once was). `pending` answers None for a request `write` answers without a check (a replay)."""
-    for _ in range(CHECK_ATTEMPTS):
-        with tenant_transaction(context.tenant.id) as conn:
-            found = pending(conn)
-        outside = None if found is None else service.check_outside(found, tenant=context.tenant_facts)
-        try:
+    save once was). `pending` answers None for a request `write` answers without a check (a replay).
+
+    The check waits for its tenant's turn (`costly_check`: one at a time per tenant, a few per process), holding no
+    connection: its CPU shares the interpreter with every request this process serves. `decided`: the request's
+    permission, which `write` records once it holds the version it uses; a request that ends before (a refusal of
+    `pending`'s) has it recorded here, as it was last decided."""
+    try:
+        for _ in range(CHECK_ATTEMPTS):
             with tenant_transaction(context.tenant.id) as conn:
-                return write(conn, outside)
-        except service.CheckStaleError:
-            continue
-    with tenant_transaction(context.tenant.id) as conn:
-        return write(conn, None)
+                found = pending(conn)
+            outside = None
+            if found is not None:
+                outside = service.cached_outside(found, tenant=context.tenant_facts)
+                if outside is None:
+                    with costly_check(context.tenant.id, document=found.doc):
+                        outside = service.check_outside(found, tenant=context.tenant_facts)
+            try:
+                with tenant_transaction(context.tenant.id) as conn:
+                    return write(conn, outside)
+            except service.CheckStaleError:
+                continue
+        with tenant_transaction(context.tenant.id) as conn:
+            return write(conn, None)
+    finally:
+        if decided is not None:
+            decided.record(None)
 
 
 def _replays(conn: service.Conn, key: str | None, request: Request, body: Any) -> bool:
@@ -464,21 +525,11 @@ def definition_router(kind: Kind) -> APIRouter:
         return resource
 
     def decider(
-        context: RequestContext, item_id: UUID, action: Action, detail: Callable[[service.Item], dict[str, Any]]
-    ) -> Callable[[service.Conn], service.Item]:
-        """The item as read in a transaction, once the caller may do `action` on it: decided (and audited) once per
-        version of it the request meets, so that the check made again for a new current version is decided on that
-        one, and the writing transaction after a check is not decided twice on what the check's own one decided."""
-        decided: set[int] = set()
-
-        def item_decided(conn: service.Conn) -> service.Item:
-            item = load(conn, item_id)
-            if item.version.version not in decided:
-                authorize(context, action, resource_of(context, item), detail=detail(item), conn=conn)
-                decided.add(item.version.version)
-            return item
-
-        return item_decided
+        context: RequestContext, action: Action, detail: Callable[[service.Item], dict[str, Any]]
+    ) -> _OneDecision:
+        """The request's permission to do `action` on the item: decided before its check on the item as read (a
+        refusal costs no check) and again on the item the writing transaction holds, recorded once (`_OneDecision`)."""
+        return _OneDecision(context, action, lambda item: resource_of(context, item), detail)
 
     @router.post(
         "",
@@ -588,7 +639,8 @@ def definition_router(kind: Kind) -> APIRouter:
             )
             reads = service.check_reads(conn, kind, body)
         try:
-            evaluated = service.check_evaluated(reads, kind, body, tenant=context.tenant_facts, saving=True)
+            with costly_check(context.tenant.id, document=body):
+                evaluated = service.check_evaluated(reads, kind, body, tenant=context.tenant_facts, saving=True)
             with tenant_transaction(context.tenant.id) as conn:
                 checked = service.check_finish(conn, kind, evaluated)
         except service.RegistryError as exc:
@@ -625,11 +677,12 @@ def definition_router(kind: Kind) -> APIRouter:
     def update(item_id: ItemId, context: MayUpdate, body: Json, if_match: IfMatch = None) -> JSONResponse:
         """Store the next version; `If-Match` with the current ETag is required (stale: 412). Of two updates
         with one ETag exactly one wins (Author)."""
-        decide = decider(context, item_id, spec.update, lambda item: {"from_version": item.version.version})
+        decided = decider(context, spec.update, lambda item: {"from_version": item.version.version})
         tags = if_match_tags(if_match)
 
         def pending(conn: service.Conn) -> service.PendingCheck:
-            item = decide(conn)
+            item = load(conn, item_id)
+            decided(item)
             if not if_match:
                 raise ProblemError(
                     428, "precondition-required", "Precondition required", f"Send If-Match with the {noun}'s ETag."
@@ -637,8 +690,6 @@ def definition_router(kind: Kind) -> APIRouter:
             return service.pending_update(conn, kind, item, body, if_match=tags)
 
         def write(conn: service.Conn, outside: service.OutsideCheck | None) -> JSONResponse:
-            if outside is None:  # checked here: decided here on the version as it is now, as the check is made
-                decide(conn)
             updated = service.update(
                 conn,
                 kind,
@@ -648,14 +699,16 @@ def definition_router(kind: Kind) -> APIRouter:
                 tenant=context.tenant_facts,
                 created_by=context.principal.id,
                 outside=outside,
+                authorize=decided,  # on the locked version, the one the new version follows
             )
+            decided.record(conn)
             from_version = {"from_version": updated.version.version - 1}
             new = authorize_new_version(context, spec.update, updated, from_version, conn)
             record_mutation(context, spec.update, new, {"version": updated.version.version}, conn=conn)
             return _with_etag(_item_out(updated), updated.etag)
 
         try:
-            return _checked_outside(context, pending, write)
+            return _checked_outside(context, pending, write, decided)
         except service.RegistryError as exc:
             raise _problem(exc) from None
 
@@ -698,15 +751,15 @@ def definition_router(kind: Kind) -> APIRouter:
         item_id: ItemId, context: MayRollback, body: RollbackRequest, if_match: IfMatch = None
     ) -> JSONResponse:
         """A new version equal to `to_version` (`_ROLLBACK`)."""
-        decide = decider(context, item_id, spec.rollback, lambda _item: {"to_version": body.to_version})
+        decided = decider(context, spec.rollback, lambda _item: {"to_version": body.to_version})
         tags = if_match_tags(if_match)
 
         def pending(conn: service.Conn) -> service.PendingCheck:
-            return service.pending_rollback(conn, kind, decide(conn), body.to_version, if_match=tags)
+            item = load(conn, item_id)
+            decided(item)
+            return service.pending_rollback(conn, kind, item, body.to_version, if_match=tags)
 
         def write(conn: service.Conn, outside: service.OutsideCheck | None) -> JSONResponse:
-            if outside is None:
-                decide(conn)
             rolled = service.rollback(
                 conn,
                 kind,
@@ -716,7 +769,9 @@ def definition_router(kind: Kind) -> APIRouter:
                 tenant=context.tenant_facts,
                 created_by=context.principal.id,
                 outside=outside,
+                authorize=decided,
             )
+            decided.record(conn)
             new = authorize_new_version(context, spec.rollback, rolled, {"to_version": body.to_version}, conn)
             record_mutation(
                 context,
@@ -728,7 +783,7 @@ def definition_router(kind: Kind) -> APIRouter:
             return _with_etag(_item_out(rolled), rolled.etag)
 
         try:
-            return _checked_outside(context, pending, write)
+            return _checked_outside(context, pending, write, decided)
         except service.UnknownVersionError as exc:
             raise ProblemError(
                 422,
@@ -815,27 +870,30 @@ def definition_router(kind: Kind) -> APIRouter:
         """The current version's steps in execution levels, each with its module and the caller's decision for
         executing it (an `intent.run` step: for executing the child intent it runs), the tenant's quota headroom and
         the plan hash; nothing is saved or started (Reader)."""
-        may_read = decider(
-            context, item_id, spec.read, lambda item: {"operation": "plan", "version": item.version.version}
-        )
+        may_read = decider(context, spec.read, lambda item: {"operation": "plan", "version": item.version.version})
 
         def pending(conn: service.Conn) -> service.PendingCheck:
-            return service.pending_plan(conn, kind, may_read(conn))
+            item = load(conn, item_id)
+            may_read(item)
+            return service.pending_plan(conn, kind, item)
 
         def write(conn: service.Conn, outside: service.OutsideCheck | None) -> RegistryPlan:
-            if outside is None:
-                may_read(conn)
-            return planned(context, item_id, conn, outside)
+            return planned(context, item_id, conn, outside, may_read)
 
         try:
-            return _checked_outside(context, pending, write)
+            return _checked_outside(context, pending, write, may_read)
         except service.RegistryError as exc:
             raise _problem(exc) from None
 
     def planned(
-        context: RequestContext, item_id: UUID, conn: service.Conn, outside: service.OutsideCheck | None
+        context: RequestContext,
+        item_id: UUID,
+        conn: service.Conn,
+        outside: service.OutsideCheck | None,
+        may_read: _OneDecision,
     ) -> RegistryPlan:
-        """`plan`'s answer, in its transaction; `outside`: its check, made before it (else made here)."""
+        """`plan`'s answer, in its transaction; `outside`: its check, made before it (else made here); `may_read`:
+        the caller's permission, decided on the version planned."""
         decide = None
         if kind == "intent":
             policies = tenant_policy_texts(context.tenant.id)
@@ -861,8 +919,16 @@ def definition_router(kind: Kind) -> APIRouter:
 
         quota = service.QuotaHeadroom.of(concurrent_limit(context.tenant.quotas), active_executions(conn))
         result = service.plan(
-            conn, kind, item_id, tenant=context.tenant_facts, decide=decide, quota=quota, outside=outside
+            conn,
+            kind,
+            item_id,
+            tenant=context.tenant_facts,
+            decide=decide,
+            quota=quota,
+            outside=outside,
+            authorize=may_read,
         )
+        may_read.record(conn)
         return _plan_out(result, kind)
 
     return router

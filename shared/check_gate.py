@@ -1,0 +1,110 @@
+# intent_ref: platform.rate-limits
+"""A bound on the costly definition checks a process runs at once: one per tenant, a few in all."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any
+from uuid import UUID
+
+from shared.api.problems import ProblemError, too_many_requests
+from shared.config import get_settings
+
+PER_TENANT = 1
+"""Costly checks of one tenant under way in a process: a definition's schemas against the meta-schema cost up to
+seconds of CPU on a thread that shares the interpreter with every other request, so a tenant's burst of them made
+the others' reads (and the health probe) wait on the interpreter, not on the pool."""
+PER_PROCESS = 2
+"""Costly checks of all tenants under way in a process: below the cores a host gives one instance, so the event loop
+and the cheap requests always find the interpreter free part of the time."""
+RETRY_AFTER_S = 1
+COSTLY_BYTES = 16 * 1024
+"""A definition this large (as JSON) is checked under the gate; a smaller one costs milliseconds (its schemas are
+few), and making it queue behind a tenant's large one would only add the large one's seconds to a cheap save."""
+
+
+class CheckGate:
+    """Slots for costly checks, per tenant and in all; a thread waits for one holding no connection."""
+
+    def __init__(self, per_tenant: int = PER_TENANT, per_process: int = PER_PROCESS) -> None:
+        self.per_tenant = per_tenant
+        self.per_process = per_process
+        self._changed = threading.Condition()
+        self._by_tenant: dict[UUID, int] = {}
+        self._running = 0
+
+    def running(self, tenant_id: UUID | None = None) -> int:
+        """Checks under way (of `tenant_id`, else of every tenant)."""
+        with self._changed:
+            return self._running if tenant_id is None else self._by_tenant.get(tenant_id, 0)
+
+    def enter(self, tenant_id: UUID, wait_s: float) -> bool:
+        """Take a slot, waiting on this thread for up to `wait_s`; False when none came."""
+        deadline = time.monotonic() + wait_s
+        with self._changed:
+            while self._by_tenant.get(tenant_id, 0) >= self.per_tenant or self._running >= self.per_process:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+            self._by_tenant[tenant_id] = self._by_tenant.get(tenant_id, 0) + 1
+            self._running += 1
+            return True
+
+    def leave(self, tenant_id: UUID) -> None:
+        """Give a slot back."""
+        with self._changed:
+            held = self._by_tenant.get(tenant_id, 0)
+            if held <= 0:
+                raise RuntimeError("a check slot was given back more often than taken")
+            if held == 1:
+                del self._by_tenant[tenant_id]
+            else:
+                self._by_tenant[tenant_id] = held - 1
+            self._running -= 1
+            # Every waiter looks again: a slot given back by one tenant may be the one another tenant waits for.
+            self._changed.notify_all()
+
+
+@lru_cache(maxsize=1)
+def get_check_gate() -> CheckGate:
+    """The process-wide gate."""
+    return CheckGate()
+
+
+def check_busy(tenant_id: UUID) -> ProblemError:
+    """The answer to a check that found no slot in time: 429 with Retry-After, as a request over its tenant's
+    admission bound is (the service serves the other tenants; this client is asked to slow down)."""
+    detail = f"This tenant already has a definition check in progress here; retry in {RETRY_AFTER_S} s."
+    return too_many_requests(tenant_id, "check-busy", detail, RETRY_AFTER_S, limit=get_check_gate().per_tenant)
+
+
+def is_costly(document: Any) -> bool:
+    """Whether checking `document` (a definition, or a request body holding one) is worth a slot."""
+    try:
+        return len(json.dumps(document, separators=(",", ":"), default=str)) >= COSTLY_BYTES
+    except (TypeError, ValueError):  # not JSON (a circular value cannot come from a request): checked as costly
+        return True
+
+
+@contextmanager
+def costly_check(tenant_id: UUID, *, document: Any = None, wait_s: float | None = None) -> Iterator[None]:
+    """A slot for one costly check of `tenant_id` while the block runs; call it holding no pooled connection (the
+    wait would hold it). With `document`, only one `is_costly` takes a slot (a small one runs at once). Waits at most
+    `wait_s`, by default as long as a request may wait for a connection (the bound of admission's queue too), then 429
+    with Retry-After."""
+    if document is not None and not is_costly(document):
+        yield
+        return
+    gate = get_check_gate()
+    if not gate.enter(tenant_id, get_settings().QP_DATABASE_POOL_TIMEOUT_S if wait_s is None else wait_s):
+        raise check_busy(tenant_id)
+    try:
+        yield
+    finally:
+        gate.leave(tenant_id)
