@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,7 +22,8 @@ from shared.api.app import create_app
 from shared.config import get_settings
 
 JSON = {"Content-Type": "application/json"}
-EXECUTION = str(uuid.uuid4())
+# Fixed: it is part of the tests' ids, which every process collecting them must name alike.
+EXECUTION = "76a0d64a-5c4d-4b31-892f-debe8e597303"
 COMPLETION_PATHS = [
     f"/api/v1/executions/{{execution_id}}/steps/{{step_id}}/{tail}"
     for tail in ("complete", "fail", "compensation/complete", "compensation/fail")
