@@ -8,21 +8,31 @@ import re
 from pydantic import AfterValidator
 from pydantic_core import PydanticCustomError
 
-# C0 and C1 controls (DEL among them) and the bidirectional embeddings, overrides and isolates: text holding them
-# rewrites what a terminal or a log viewer shows around it (`\x1b[2J`, or U+202E turning the rest of a line around).
-UNSHOWN = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# C0 and C1 controls (DEL among them), the line and paragraph separators and the bidirectional embeddings, overrides
+# and isolates: text holding them rewrites what a terminal or a log viewer shows around it (`\x1b[2J`, U+202E turning
+# the rest of a line around, U+2028 starting a line a log reader takes for a record of its own).
+UNSHOWN = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 SHOWN_AS_WRITTEN = (
-    "no control characters (U+0000-U+001F, U+007F-U+009F) and no bidirectional overrides or isolates "
-    "(U+202A-U+202E, U+2066-U+2069)"
+    "no control characters (U+0000-U+001F, U+007F-U+009F), no line or paragraph separators (U+2028, U+2029) and "
+    "no bidirectional overrides or isolates (U+202A-U+202E, U+2066-U+2069)"
 )
 """The rule as an OpenAPI description says it."""
+# Text of several lines (a description, an approval's message) keeps its line feeds and tabs, which only move to the
+# next line or column; a carriage return is still refused (it writes the rest of a line over its start).
+UNSHOWN_IN_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+SHOWN_AS_WRITTEN_IN_LINES = (
+    "no control characters but line feeds and tabs (U+0000-U+0008, U+000B-U+001F, U+007F-U+009F), no line or "
+    "paragraph separators (U+2028, U+2029) and no bidirectional overrides or isolates (U+202A-U+202E, U+2066-U+2069)"
+)
+"""The rule for text of several lines, as an OpenAPI description says it."""
 UNSHOWN_CHARACTER = "unshown_character"
 
 
-def unshown_problem(value: str) -> str | None:
+def unshown_problem(value: str, *, lines: bool = False) -> str | None:
     """Why `value` is not shown as written (its first control or bidirectional character, by code point and offset:
-    never the character itself, which would act again where the answer is shown), or None."""
-    found = UNSHOWN.search(value)
+    never the character itself, which would act again where the answer is shown), or None; `lines`: text of several
+    lines, whose line feeds and tabs are shown as written."""
+    found = (UNSHOWN_IN_LINES if lines else UNSHOWN).search(value)
     if found is None:
         return None
     return (
@@ -33,7 +43,16 @@ def unshown_problem(value: str) -> str | None:
 
 def shown_as_written(value: str) -> str:
     """`value` when `unshown_problem` finds nothing in it, else a pydantic validation error saying what it found."""
-    problem = unshown_problem(value)
+    return _refused_unless_shown(value, lines=False)
+
+
+def shown_as_written_in_lines(value: str) -> str:
+    """`shown_as_written` for text of several lines."""
+    return _refused_unless_shown(value, lines=True)
+
+
+def _refused_unless_shown(value: str, *, lines: bool) -> str:
+    problem = unshown_problem(value, lines=lines)
     if problem is not None:
         raise PydanticCustomError(UNSHOWN_CHARACTER, problem)
     return value
@@ -43,3 +62,6 @@ SHOWN = AfterValidator(shown_as_written)
 """The check as pydantic metadata, after a field's length bound: `Annotated[str, Field(max_length=...,
 description=f"...: {SHOWN_AS_WRITTEN}"), SHOWN]` (placed before the bound, the check would read text of any length
 and the bound's error would change)."""
+
+SHOWN_IN_LINES = AfterValidator(shown_as_written_in_lines)
+"""`SHOWN` for text of several lines (a description): its line feeds and tabs are kept."""

@@ -56,7 +56,13 @@ from shared.registry.repository import (
     name_taken,
     version_exists,
 )
-from shared.registry.validation import Limits, ValidationResult, required_blueprint, validate_definition
+from shared.registry.validation import (
+    Limits,
+    ValidationResult,
+    required_blueprint,
+    unshown_text_problems,
+    validate_definition,
+)
 
 __all__ = [
     "ArchivedError",
@@ -316,6 +322,7 @@ def check(
     again: int | None = None,
     outside: OutsideCheck | None = None,
     version: int | None = None,
+    sent: bool = False,
 ) -> Checked:
     """Validate a request body against the tenant's catalog and gates; a declaration against its blueprint (the
     pinned version if `pin`, else the blueprint's current one). Raises DefinitionInvalidError with every problem.
@@ -340,17 +347,26 @@ def check(
     only for the paths that version's number makes (steps elsewhere that pin it), and the literal self-run check is
     left out (the current version runs the same steps).
 
+    `sent`: the document is a caller's new one (a create's or an update's body), whose free text is also held to
+    `unshown_text_problems`; a stored one (a rollback's, a plan's, a start's) is not, so that a version saved before
+    that rule still rolls back, plans and runs.
+
     `refused_name`: the caller refuses the save for its name anyway (a create of a taken name, an update that
     renames), which it answers once the definition is otherwise valid: no cycle walk, whose recursive_intent would
     answer in its place."""
     reads = check_reads(conn, kind, doc, pin=pin, writing=writing)
     if outside is None:
-        evaluated = check_evaluated(reads, kind, doc, tenant=tenant, limits=limits, saving=saving, again=again)
+        evaluated = check_evaluated(
+            reads, kind, doc, tenant=tenant, limits=limits, saving=saving, again=again, sent=sent
+        )
     else:
         pending, evaluated = outside.pending, outside.evaluated
-        if _made_for(pending.kind, pending.version, pending.saving, pending.again) != _made_for(
-            kind, version, saving, again
-        ) or not (pending.doc is doc or pending.doc == doc):
+        if (
+            _made_for(pending.kind, pending.version, pending.saving, pending.again)
+            != _made_for(kind, version, saving, again)
+            or pending.sent != sent
+            or not (pending.doc is doc or pending.doc == doc)
+        ):
             raise CheckStaleError(f"the {kind} was checked at version {pending.version}, not {version}")
         if not _reads_stand(reads, pending.reads):
             raise CheckStaleError(f"the catalog or the blueprint the {kind} was checked against changed")
@@ -434,12 +450,13 @@ def check_evaluated(
     limits: Limits | None = None,
     saving: bool = False,
     again: int | None = None,
+    sent: bool = False,
 ) -> CheckEvaluated:
     """The costly part of `check`, needing no transaction: the definition validated against what was read (its
     schemas against the meta-schema, its module parameters against theirs; up to seconds of CPU for a large one).
     A route calls it between two transactions, so that it holds none of the shared pool's connections."""
     doc = _without_response_fields(doc)
-    problems = [*_storage_problems(doc), *reads.problems]
+    problems = [*_storage_problems(doc), *reads.problems, *(unshown_text_problems(doc) if sent else ())]
     # A blueprint is no intent: an intent it runs may share its name.
     # The name as sent: a malformed one is reported by the model, and matches no step's intent anyway.
     runs_as = name if saving and kind == "intent" and isinstance(name := _sent_name(doc), str) else None
@@ -523,6 +540,8 @@ class PendingCheck:
     saving: bool
     again: int | None = None
     item_id: UUID | None = None
+    sent: bool = False
+    """A caller's new document (a create's or an update's body): its free text is checked too (`check`)."""
     """A plan's item: its check is kept (`cached_outside`), a stored version never changing."""
 
 
@@ -589,6 +608,7 @@ def check_outside(pending: PendingCheck, *, tenant: TenantFacts, limits: Limits 
         limits=limits,
         saving=pending.saving,
         again=pending.again,
+        sent=pending.sent,
     )
     made = OutsideCheck(pending, evaluated)
     key = _kept_key(pending, tenant)
@@ -1089,7 +1109,7 @@ def _refused(kind: Kind, exc: ValueRefusedError) -> DefinitionInvalidError:
 
 def pending_create(conn: Conn, kind: Kind, doc: Any) -> PendingCheck:
     """What a create's check of `doc` needs, read without holding anything (the create's transaction reads it again)."""
-    return PendingCheck(kind, doc, check_reads(conn, kind, doc), None, saving=True)
+    return PendingCheck(kind, doc, check_reads(conn, kind, doc), None, saving=True, sent=True)
 
 
 def create(
@@ -1107,7 +1127,16 @@ def create(
     sent = _sent_name(doc)
     taken = isinstance(sent, str) and name_taken(conn, kind, sent)
     checked = check(
-        conn, kind, doc, tenant=tenant, saving=True, writing=True, refused_name=taken, outside=outside, version=None
+        conn,
+        kind,
+        doc,
+        tenant=tenant,
+        saving=True,
+        writing=True,
+        refused_name=taken,
+        outside=outside,
+        version=None,
+        sent=True,
     )
     request = checked.request
     try:
@@ -1175,7 +1204,7 @@ def pending_update(conn: Conn, kind: Kind, item: Item, doc: Any, *, if_match: fr
     """What an update of `item` (as read, not locked) to `doc` checks, read without holding anything; the refusals an
     update answers before its check (archived, a stale `if_match`) are answered here already, costing no check."""
     _refuse_inactive(item.head, if_match)
-    return PendingCheck(kind, doc, check_reads(conn, kind, doc), item.version.version, saving=True)
+    return PendingCheck(kind, doc, check_reads(conn, kind, doc), item.version.version, saving=True, sent=True)
 
 
 def update(
@@ -1206,6 +1235,7 @@ def update(
         refused_name=renamed,
         outside=outside,
         version=item.version.version,
+        sent=True,
     )
     if checked.request.name != item.head.name:
         # Declarations find blueprints by name, and clients by name: a rename would silently repoint both.

@@ -10,9 +10,18 @@ from typing import Any
 
 import pydantic
 
+from shared.free_text import UNSHOWN_CHARACTER, unshown_problem
 from shared.policy.facts import TenantFacts
 from shared.registry.catalog import ModuleCatalog
-from shared.registry.model import DEFINITION_FIELDS, READ_ONLY_FIELDS, IntentDefinitionIn, ResolvedBlueprint, Step
+from shared.registry.model import (
+    DEFINITION_FIELDS,
+    READ_ONLY_FIELDS,
+    STEP_FIELDS,
+    IntentDefinitionIn,
+    ResolvedBlueprint,
+    Step,
+    merged_params,
+)
 from shared.registry.plan import execution_levels, expand_declaration, input_defaults
 from shared.registry.problems import (
     MAX_REPORTED_ERRORS,
@@ -33,6 +42,7 @@ __all__ = [
     "ValidationError",
     "ValidationResult",
     "required_blueprint",
+    "unshown_text_problems",
     "validate_definition",
 ]
 
@@ -351,3 +361,35 @@ def validate_definition(
         return ValidationResult((), intent, normalized, steps, declaration.plan, blueprint.ref)
     steps = tuple(definition.steps or ())
     return ValidationResult((), intent, normalized, steps, execution_levels(steps))
+
+
+def unshown_text_problems(doc: Any) -> list[ValidationError]:
+    """The free text of a create or update request that would act where it is shown (shared.free_text): the
+    description, the labels' values and each approval step's literal `message`, which approvers read in consoles and
+    logs. For the text a caller sends, never for a stored version: `validate_definition` also checks a version read
+    back for a start, a plan or a rollback, and one saved before this rule must still load and run, so this check is
+    apart from it, for create and update alone."""
+    if not isinstance(doc, dict):
+        return []
+    found: list[tuple[tuple[str | int, ...], Any]] = [(("description",), doc.get("description"))]
+    labels = doc.get("labels")
+    if isinstance(labels, dict):
+        found.extend((("labels", key), value) for key, value in labels.items())
+    definition = doc.get("definition")
+    steps = definition.get("steps") if isinstance(definition, dict) else None
+    for index, step in enumerate(steps if isinstance(steps, list) else []):
+        if not isinstance(step, dict) or step.get("action") != "approval":
+            continue
+        params = merged_params(step, STEP_FIELDS)
+        if params is not None and "message" in params:
+            inside = isinstance(step.get("params"), dict) and "message" in step["params"]
+            at = ("definition", "steps", index, *(("params",) if inside else ()), "message")
+            found.append((at, params["message"]))
+    problems = []
+    for at, text in found:
+        # A description and an approval's message may run to several lines; a label's value is one.
+        lines = at[0] != "labels"
+        problem = unshown_problem(text, lines=lines) if isinstance(text, str) else None
+        if problem is not None:
+            problems.append(ValidationError(pointer(*at), problem, UNSHOWN_CHARACTER))
+    return problems[:MAX_REPORTED_ERRORS]

@@ -640,7 +640,9 @@ def definition_router(kind: Kind) -> APIRouter:
             reads = service.check_reads(conn, kind, body)
         try:
             with costly_check(context.tenant.id, document=body):
-                evaluated = service.check_evaluated(reads, kind, body, tenant=context.tenant_facts, saving=True)
+                evaluated = service.check_evaluated(
+                    reads, kind, body, tenant=context.tenant_facts, saving=True, sent=True
+                )
             with tenant_transaction(context.tenant.id) as conn:
                 checked = service.check_finish(conn, kind, evaluated)
         except service.RegistryError as exc:
