@@ -25,7 +25,7 @@ from psycopg.rows import DictRow
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from shared.db import tenant_locks
-from shared.db.session import platform_transaction, tenant_transaction
+from shared.db.session import IdleTransactionEndedError, platform_transaction, tenant_transaction
 from shared.events import webhook_store
 from shared.events.publisher import (
     PLATFORM_EVENTS_HUB,
@@ -64,8 +64,9 @@ _MARK = "UPDATE app.outbox SET published_at = clock_timestamp() WHERE id = ANY(%
 # The database's transient failures (_databases_failure). The database away: connection exceptions, insufficient
 # resources, an administrator's or a crash's shutdown, a server starting up. One transaction's bad luck: a
 # serialization failure, a deadlock's victim.
-_DATABASE_AWAY_CLASSES = frozenset({"08", "53"})
-_DATABASE_AWAY_STATES = frozenset({"57P01", "57P02", "57P03"})
+_DATABASE_AWAY_CLASSES = frozenset({"08"})
+# Out of memory (53200) is left out: a tenant's own large batch can cause it, in every run.
+_DATABASE_AWAY_STATES = frozenset({"53100", "53300", "57P01", "57P02", "57P03"})
 _TRANSACTION_LOST_STATES = frozenset({"40001", "40P01"})
 
 logger = logging.getLogger(__name__)
@@ -262,8 +263,8 @@ def relay_pending(
 def _databases_failure(exc: Exception) -> Literal["away", "lost"] | None:
     """Whether `exc` is the database's transient failure, which any tenant's transaction might have met, rather than
     the tenant's own: "away" for no pooled connection in time (`PoolTimeout`), the connection lost or closed under it,
-    the server shutting down, not yet taking connections or out of resources; "lost" for a serialization failure or a
-    deadlock's victim (this transaction's alone); None otherwise.
+    the server shutting down, not yet taking connections, out of connections or of disk; "lost" for a serialization
+    failure or a deadlock's victim (this transaction's alone); None otherwise.
 
     Other database errors still back the tenant off: one that its own rows cause (a statement timeout on them, say)
     would come back in every run, and, its tenant first in the order, end every run before any other tenant's turn."""
@@ -274,7 +275,10 @@ def _databases_failure(exc: Exception) -> Literal["away", "lost"] | None:
     state = exc.sqlstate
     if state in _TRANSACTION_LOST_STATES:
         return "lost"
-    # No state: raised by the driver itself, the connection lost or closed (as our own transaction wrappers raise it).
+    if isinstance(exc, IdleTransactionEndedError):
+        # Its transaction sat idle past the server's bound: its own publish took that long, and would again.
+        return None
+    # No state: raised by the driver itself, the connection lost or closed (as our session wrappers raise it).
     if state is None or state[:2] in _DATABASE_AWAY_CLASSES or state in _DATABASE_AWAY_STATES:
         return "away"
     return None

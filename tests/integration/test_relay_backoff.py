@@ -18,7 +18,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from shared.db.pool import build_control_pool, build_pool
-from shared.db.session import platform_transaction, tenant_transaction
+from shared.db.session import IdleTransactionEndedError, platform_transaction, tenant_transaction
 from shared.events import relay
 from shared.events.publisher import OutboundEvent, PublishLinkError, PublishTimeoutError
 from shared.events.relay import relay_pending
@@ -263,6 +263,28 @@ def test_a_lost_transaction_defers_no_tenant_and_the_others_go(
     answering = Partitions()
     assert relay_pending(lambda: answering).published == 1
     assert answering.tried == [str(tenant)]  # at once, in its place
+
+
+@pytest.mark.parametrize(
+    "error",
+    [IdleTransactionEndedError, psycopg.errors.OutOfMemory],
+    ids=["idle-transaction-ended", "out-of-memory"],
+)
+def test_a_failure_its_own_publish_may_cause_again_defers_the_tenant_and_the_others_go(
+    app_pool: ConnectionPool[Any],
+    control_pool: ConnectionPool[Any],
+    new_tenant: Callable[[], uuid.UUID],
+    error: type[Exception],
+) -> None:
+    # Not the database away: its own publish outlived the idle bound, or its own batch took the memory; ending the run
+    # for it, undeferred and first in the order, would end every run before any other tenant's turn.
+    tenant, other = new_tenant(), new_tenant()
+    _enqueue(app_pool, tenant, 1)
+    _enqueue(app_pool, other, 1)
+    failing = Partitions({tenant}, error=error)
+    assert relay_pending(lambda: failing).published == 1
+    assert failing.tried == [str(tenant), str(other)]
+    assert deferral(control_pool, tenant) == (1, 30.0)
 
 
 def test_a_statement_timeout_on_a_tenants_own_rows_still_defers_it_and_the_others_go(
