@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 from uuid import UUID
 
 from pydantic import BaseModel
@@ -462,10 +462,17 @@ class StreamAccess:
     async def tenant_active(self) -> bool:
         """Whether the tenant is still active, as the edge admits its requests: from the directory's cache, or read
         again when its answer has aged out (on a worker thread)."""
+        return await self.tenant_standing() == "active"
+
+    async def tenant_standing(self) -> Literal["active", "suspended", "gone"]:
+        """The tenant as the edge would find it now ("gone": erased, or its Entra tenant mapped to another), from the
+        directory's cache, or read again when its answer has aged out (on a worker thread)."""
         known, tenant = tenant_directory.cached(self.entra_tenant_id)
         if not known:
             tenant = await run_in_threadpool(tenant_directory.resolve, platform_transaction, self.entra_tenant_id)
-        return tenant is not None and tenant.id == self.tenant_id and tenant.status == "active"
+        if tenant is None or tenant.id != self.tenant_id:
+            return "gone"
+        return "active" if tenant.status == "active" else "suspended"
 
 
 def _feed_for(tenant_id: UUID, execution_id: UUID, reads: _Reads, render: Render, start: int) -> ExecutionFeed:

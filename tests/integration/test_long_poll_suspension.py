@@ -16,7 +16,9 @@ import httpx
 import pytest
 from psycopg_pool import ConnectionPool
 
+from shared.api import event_stream
 from shared.api.event_stream import TENANT_LOOK_S
+from shared.api.problems import TENANT_NOT_PROVISIONED
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
@@ -123,3 +125,20 @@ def test_an_active_tenants_long_poll_waits_on_past_its_looks(api: ApiHarness, ap
     assert [item["step_id"] for item in page["items"]] == ["late"], page
     assert page["next_after"] == execution.last_event_seq + 1, page
     assert not [row for row in api.audit_rows("poll-active") if row["decision"] == "deny"]
+
+
+def test_a_waiting_long_poll_whose_tenant_is_erased_is_answered_as_an_unknown_tenants_request(
+    api: ApiHarness, app_pool: ConnectionPool[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handle = api.provision("poll-erased")
+    execution = _execution(app_pool, handle.id, path=["running"])
+    poll = Poll(api, execution, api.headers("poll-erased", READER))
+    poll.start()
+    _sleep_until(lambda: _admitted(api, "poll-erased"))
+    # The directory as it answers once the erasure removed the tenant's row (no tenant for its Entra tenant).
+    monkeypatch.setattr(event_stream.tenant_directory, "cached", lambda entra_tenant_id: (True, None))
+    answer = poll.answer()
+    assert answer.status_code == 401, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["detail"] == TENANT_NOT_PROVISIONED
+    assert answer.headers["www-authenticate"] == 'Bearer error="invalid_token"'

@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from shared.api import event_stream
 from shared.api.admission import idle
 from shared.api.permissions import GuardedRoute, permission
-from shared.api.problems import ProblemError
+from shared.api.problems import ProblemError, unknown_tenant
 from shared.api.responses import AUTH_ERRORS, BAD_CURSOR, INVALID, problem_doc
 from shared.api.security import RequestContext, authorize, refuse_suspended, token_validator
 from shared.api.transactions import TenantConnection
@@ -495,7 +495,10 @@ async def events(
             if poll_access is not None and time.monotonic() >= look_at:
                 # Before the next read: a poll that outlived its tenant's suspension sends nothing more, and is
                 # answered as the tenant's new requests are (403 `tenant-suspended`, recorded as their denial is).
-                if not await poll_access.tenant_active():
+                standing = await poll_access.tenant_standing()
+                if standing == "gone":  # erased meanwhile: answered as its requests are from now on
+                    raise unknown_tenant()
+                if standing == "suspended":
                     await run_in_threadpool(refuse_suspended, context)
                 look_at = time.monotonic() + event_stream.TENANT_LOOK_S
     return ExecutionEventPage(
