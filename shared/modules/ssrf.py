@@ -166,6 +166,8 @@ class Target:
 
     url: httpx.URL
     host: str
+    """The URL's host in ASCII (IDNA 2008 A-labels, as the Host header sends it): what was resolved, and what TLS
+    sends as SNI and checks the certificate against."""
     addresses: tuple[str, ...]
 
 
@@ -193,10 +195,15 @@ def check_url(
     try:
         # `host` decodes the name (IDNA) only when asked: a malformed A-label (`xn--`) raises UnicodeError
         # (idna.IDNAError) here, and whatever a URL holds must end as a refusal, never as another error.
-        host = parsed.host.lower().rstrip(".")
+        parsed.host  # noqa: B018  # asked for its check alone
         given_port = parsed.port
     except ValueError as exc:  # UnicodeError among them
         raise UrlRefused(f"invalid host name in the URL: {_bounded(exc)}") from None
+    # The name is looked up, and TLS names and verifies it, in the ASCII form the Host header and the allow-list
+    # use (IDNA 2008 A-labels). The decoded name would be encoded again by the resolver and by TLS with the older
+    # IDNA rules, which map `ß`, `ς` and the joiners to other letters: `faß.de` reached fass.de and accepted its
+    # certificate while sending `Host: xn--fa-hia.de`.
+    host = parsed.raw_host.decode("ascii").lower().rstrip(".")
     if not host:
         raise UrlRefused("the URL has no host")
     if given_port is not None and not 1 <= given_port <= MAX_PORT:
@@ -546,7 +553,8 @@ class GuardedClient:
     def _send(
         self, method: str, target: Target, headers: Mapping[str, str], content: bytes | None, deadline: _Deadline
     ) -> httpx.Response:
-        # Connect to the checked address; Host and TLS SNI (hence certificate checks) keep the real name.
+        # Connect to the checked address; Host and TLS SNI (hence certificate checks) keep the real name, both in
+        # the one ASCII form the address was resolved for.
         host_header = target.url.netloc.decode("ascii")
         extensions: dict[str, Any] = {"trace": deadline.trace}
         if target.url.scheme == "https":
