@@ -1,19 +1,22 @@
 # intent_ref: platform.rate-limits
-"""A bound on the costly definition checks a process runs at once: one per tenant, a few in all."""
+"""A bound on the costly checks (a definition's, a start's input) a process runs at once: one per tenant, two in all."""
 
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from shared.api.problems import ProblemError, too_many_requests
 from shared.config import get_settings
+
+if TYPE_CHECKING:
+    from shared.api.problems import ProblemError
 
 PER_TENANT = 1
 """Costly checks of one tenant under way in a process: a definition's schemas against the meta-schema cost up to
@@ -23,6 +26,9 @@ PER_PROCESS = 2
 """Costly checks of all tenants under way in a process: below the cores a host gives one instance, so the event loop
 and the cheap requests always find the interpreter free part of the time."""
 RETRY_AFTER_S = 1
+UNBOUNDED = math.inf
+"""A `wait_s` that waits for a slot however long it takes: for a caller with no client to answer 429 to (a child's
+start in an orchestration activity), holding no connection; every slot is given back when its check ends."""
 COSTLY_BYTES = 16 * 1024
 """A definition this large (as JSON) is checked under the gate; a smaller one costs milliseconds (its schemas are
 few), and making it queue behind a tenant's large one would only add the large one's seconds to a cheap save."""
@@ -44,14 +50,16 @@ class CheckGate:
             return self._running if tenant_id is None else self._by_tenant.get(tenant_id, 0)
 
     def enter(self, tenant_id: UUID, wait_s: float) -> bool:
-        """Take a slot, waiting on this thread for up to `wait_s`; False when none came."""
+        """Take a slot, waiting on this thread for up to `wait_s` (UNBOUNDED: until one comes); False when none
+        came."""
         deadline = time.monotonic() + wait_s
         with self._changed:
             while self._by_tenant.get(tenant_id, 0) >= self.per_tenant or self._running >= self.per_process:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                self._changed.wait(remaining)
+                # A wait's timeout must be finite: an unbounded one waits for the next slot given back.
+                self._changed.wait(remaining if math.isfinite(remaining) else None)
             self._by_tenant[tenant_id] = self._by_tenant.get(tenant_id, 0) + 1
             self._running += 1
             return True
@@ -80,7 +88,14 @@ def get_check_gate() -> CheckGate:
 def check_busy(tenant_id: UUID) -> ProblemError:
     """The answer to a check that found no slot in time: 429 with Retry-After, as a request over its tenant's
     admission bound is (the service serves the other tenants; this client is asked to slow down)."""
-    detail = f"This tenant already has a definition check in progress here; retry in {RETRY_AFTER_S} s."
+    # Imported when a check is refused: the engine and the ingress take their turns here and must not bring in the
+    # API or its web framework when imported (a start's refusal travels through the API's own problem type).
+    from shared.api.problems import too_many_requests
+
+    detail = (
+        "This tenant already has a costly check (a large definition, or a start's large input) in progress here; "
+        f"retry in {RETRY_AFTER_S} s."
+    )
     return too_many_requests(tenant_id, "check-busy", detail, RETRY_AFTER_S, limit=get_check_gate().per_tenant)
 
 
@@ -97,7 +112,7 @@ def costly_check(tenant_id: UUID, *, document: Any = None, wait_s: float | None 
     """A slot for one costly check of `tenant_id` while the block runs; call it holding no pooled connection (the
     wait would hold it). With `document`, only one `is_costly` takes a slot (a small one runs at once). Waits at most
     `wait_s`, by default as long as a request may wait for a connection (the bound of admission's queue too), then 429
-    with Retry-After."""
+    with Retry-After; UNBOUNDED waits until a slot comes."""
     if document is not None and not is_costly(document):
         yield
         return

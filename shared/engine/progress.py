@@ -13,6 +13,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
 
+from shared.check_gate import UNBOUNDED
 from shared.config import get_settings
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
@@ -373,7 +374,10 @@ def _start_child(request: ProgressRequest) -> dict[str, Any]:
     try:
         # Its input is checked between a short read and the writing transaction, as a direct start's is: a tenant's
         # costly schema must not hold one of the pool's connections while its children start.
-        answer = checked_first(child.read, child.start)
+        # A costly check waits for its tenant's turn without a deadline: no connection is held while it waits, and
+        # a 429 here would fail the dispatch, whose few quick retries a tenant's burst of large children outlasts,
+        # failing the parent for good.
+        answer = checked_first(child.read, child.start, tenant_id=request.tenant_id, wait_s=UNBOUNDED)
     except _RefusedFirst as refused:
         answer = refused.error
     if isinstance(answer, str):

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 from shared.auth.principal import Principal
+from shared.check_gate import costly_check
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
 from shared.engine.protocol import ORCHESTRATOR
@@ -124,7 +125,8 @@ def begin(tenant: Tenant, make_request: Callable[[Conn], StartRequest], *, decid
     (once per intent and version, however many transactions the start takes).
 
     A refused start raises a StartError (an unknown intent or version as IntentNotFoundError, a refused decision as
-    StartForbiddenError); whatever `make_request` raises of its own passes through.
+    StartForbiddenError); whatever `make_request` raises of its own passes through, and so does 429 `check-busy`
+    (ProblemError) when a costly input check found no turn within the pool's wait (`checked_first`).
     """
     # One decision per resource for the whole start, audited once: the read before the check decides, and the
     # start's transaction takes that decision again for the same intent and version (a new current version saved in
@@ -157,19 +159,30 @@ def begin(tenant: Tenant, make_request: Callable[[Conn], StartRequest], *, decid
                 pending = input_to_check(conn, request)
             return None if pending is None else (pending, tenant.facts())
 
-        return checked_first(read, start)
+        return checked_first(read, start, tenant_id=tenant.id)
 
 
 _T = TypeVar("_T")
 
 
 def checked_first(
-    read: Callable[[], tuple[PendingInputCheck, TenantFacts] | None], start: Callable[[InputCheck | None], _T]
+    read: Callable[[], tuple[PendingInputCheck, TenantFacts] | None],
+    start: Callable[[InputCheck | None], _T],
+    *,
+    tenant_id: UUID,
+    wait_s: float | None = None,
 ) -> _T:
     """A start's input checked between two transactions: `read` reads what the check needs in a short transaction of
     its own (None: nothing to check before), then `start` runs the start's transaction with the check's outcome.
     Checked for another version than the one to run (InputCheckStaleError), it is read and checked again, up to
-    INPUT_CHECK_ATTEMPTS times; then `start` checks it in its transaction, as every start once did."""
+    INPUT_CHECK_ATTEMPTS times; then `start` checks it in its transaction, as every start once did.
+
+    A costly check waits for its tenant's turn at the process's check gate (`costly_check`, the one a definition's
+    check takes: one at a time per tenant, two per process), holding no connection: costly is the input as checked
+    (given and defaulted) and the version's definition, together at least COSTLY_BYTES as JSON, as a definition is
+    costly at that size. A smaller pair costs milliseconds and runs at once; a large one costs up to seconds of CPU on
+    a thread sharing the interpreter with every other request. Past `wait_s` (default: the pool's wait) the start is
+    refused 429 `check-busy` before anything is written."""
     for _ in range(INPUT_CHECK_ATTEMPTS):
         # Checking the input against the tenant's schema costs up to seconds of CPU for a MiB of input: it is made
         # with no transaction open, holding none of the pool's connections (a tenant's requests in flight, admitted
@@ -177,11 +190,22 @@ def checked_first(
         # transaction then decides, locks and writes as before, taking the check's outcome only for the version it
         # was made for (versions never change).
         pending = read()
+        if pending is None:
+            check = None
+        else:
+            with costly_check(tenant_id, document=_checked_document(pending[0]), wait_s=wait_s):
+                check = checked_input(*pending)
         try:
-            return start(None if pending is None else checked_input(*pending))
+            return start(check)
         except InputCheckStaleError:
             continue  # a new current version was saved in between: its check is made again
     return start(None)
+
+
+def _checked_document(pending: PendingInputCheck) -> dict[str, Any]:
+    """What a start's check reads, for the gate to weigh: the input against the schema, the definition against the
+    catalog."""
+    return {"input": pending.inputs, "definition": pending.document}
 
 
 def _decided_once(decide: Decide) -> Decide:

@@ -66,7 +66,10 @@ EXECUTE_ERRORS[403] = {
 }
 EXECUTE_ERRORS[429] = {
     **AUTH_ERRORS[429],
-    "description": "Over the request rate, or the tenant already runs as many executions as its quota allows",
+    "description": "Over the request rate (`rate-limited`) or the tenant's requests in flight (`tenant-busy`), the "
+    "tenant already runs as many executions as its quota allows (`execution-quota`), or a large input (with the "
+    "intent's definition, 16 KiB or more as JSON) waited past the pool's wait for the tenant's other costly check "
+    "to end (`check-busy`); always with Retry-After",
 }
 EXECUTE_ERRORS[503] = problem_doc(
     503,

@@ -414,7 +414,9 @@ E429 = problem_doc(
     "rate-limited",
     "Too many requests",
     "This tenant is over its request rate; retry in 3 s.",
-    "Over the tenant's request rate (see Retry-After)",
+    "Over the tenant's request rate (`rate-limited`) or its requests in flight (`tenant-busy`), or a large "
+    "definition's check (16 KiB or more as JSON: a create, update, rollback, plan or validate) waited past the "
+    "pool's wait for the tenant's other costly check to end (`check-busy`); see Retry-After",
 )
 E400 = problem_doc(
     400,
