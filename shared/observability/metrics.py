@@ -165,7 +165,7 @@ def event_stream_opened(tenant_id: object, delta: int = 1) -> None:
 
 
 def request_refused(tenant_id: object, reason: str) -> None:
-    """A request answered 429: `rate-limited`, `tenant-busy`, `execution-quota` or `too-many-streams`."""
+    """A request answered 429: `rate-limited`, `tenant-busy`, `execution-quota`, `too-many-streams` or `check-busy`."""
     _counter(REQUESTS_REFUSED, "Requests refused, by reason").add(1, {TENANT_ID: str(tenant_id), REASON: reason})
 
 
