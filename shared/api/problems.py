@@ -20,6 +20,8 @@ from starlette.types import Scope
 
 from shared.accepted_json import MAX_REFUSALS
 from shared.api.request_ids import REQUEST_ID_HEADER, choose_request_id, scope_request_id
+from shared.db.session import TENANT_REFERENCE as TENANT_REFERENCE  # re-exported: its tests import it from here
+from shared.db.session import tenant_erased_under
 from shared.field_errors import bounded, count_text
 from shared.field_errors import json_pointer as json_pointer  # re-exported: routes import it from here
 from shared.observability import metrics
@@ -220,9 +222,6 @@ DEPENDENCY_ERRORS: tuple[tuple[type[Exception], str], ...] = (
 CONFLICT_ERRORS: tuple[type[Exception], ...] = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 
 
-TENANT_REFERENCE = "_tenant_id_fkey"
-"""How the name of every foreign key from a tenant row to its tenant (`tenant_id REFERENCES app.tenants`) ends: the
-name Postgres gives it (a test holds the catalog to it)."""
 TENANT_NOT_PROVISIONED = "the token's tenant is not provisioned on this platform"
 """The detail of the 401 that a valid token of an Entra tenant that maps to no platform tenant gets."""
 
@@ -240,11 +239,10 @@ def unknown_tenant() -> ProblemError:
 
 def tenant_gone(exc: BaseException) -> bool:
     """Whether `exc` is a row's reference to its tenant refused because the tenant row is gone: a request that waited
-    on the row while the tenant's erasure held it, and then found it deleted. (The other way round, a tenant row's
-    delete refused for its rows, is the erasure's own, which answers for it.)"""
-    if not isinstance(exc, psycopg.errors.ForeignKeyViolation):
-        return False
-    return (exc.diag.constraint_name or "").endswith(TENANT_REFERENCE)
+    on the row while the tenant's erasure held it, and then found it deleted. Only when the transaction's own pinned
+    tenant was then found gone (shared.db.session.tenant_erased_under): a refused reference in a control-plane
+    transaction, or one naming a tenant that is still there, is a bug, answered 500 and logged with its traceback."""
+    return tenant_erased_under(exc)
 
 
 def unavailable_dependency(exc: BaseException) -> str | None:
@@ -272,7 +270,8 @@ def error_response(exc: BaseException, *, instance: str, request_id: str | None)
         return problem_response(400, "invalid-cursor", "Bad request", str(exc), instance=instance)
     if tenant_gone(exc):
         # Erased while the request was at work: answered as the tenant's requests are from now on, not as a failure.
-        logger.info("request %s: its tenant was erased meanwhile (%s)", request_id, exc)
+        # A WARNING all the same: each is a request an erasure cut short, and the count of them is worth seeing.
+        logger.warning("request %s: its tenant was erased meanwhile (%s)", request_id, exc)
         return error_response(unknown_tenant(), instance=instance, request_id=request_id)
     if isinstance(exc, StarletteHTTPException):
         title = _TITLES.get(exc.status_code, "Error")

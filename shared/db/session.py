@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -30,6 +31,19 @@ T = TypeVar("T")
 TAMPERED_SESSION = "QPT01"
 """What the tenant pin answers in a session holding a statement prepared by SQL (migration 0047): SQL in an earlier
 borrower's transaction put it there, under a name the driver may run in this one."""
+
+
+TENANT_REFERENCE = "_tenant_id_fkey"
+"""How the name of every foreign key from a tenant row to its tenant (`tenant_id REFERENCES app.tenants`) ends: the
+name Postgres gives it (a test holds the catalog to it)."""
+_erased_under: weakref.WeakSet[BaseException] = weakref.WeakSet()
+_TENANT_THERE = "SELECT 1 FROM app.tenants WHERE id = %s"
+
+
+def tenant_erased_under(exc: BaseException) -> bool:
+    """Whether `exc` ended a tenant transaction by a row's reference to its tenant, refused because that tenant's row
+    was gone, and the tenant was then found gone: erased while the transaction waited on its row."""
+    return exc in _erased_under
 
 
 class IdleTransactionEndedError(psycopg.OperationalError):
@@ -220,6 +234,7 @@ def _borrow(pool: ConnectionPool[Any]) -> Iterator[tuple[psycopg.Connection[Any]
     _holds.set((*_holds.get(), hold))
     # Also a failed COMMIT is a rollback: the transaction inside ends before this block sees the error.
     outcome: Outcome = "rollback"
+    failure: BaseException | None = None
     try:
         asked = time.perf_counter()
         with pool.connection() as conn:
@@ -240,21 +255,61 @@ def _borrow(pool: ConnectionPool[Any]) -> Iterator[tuple[psycopg.Connection[Any]
                     ) from exc
                 raise
             outcome = "commit"
+    except BaseException as exc:
+        failure = exc
+        raise
     finally:
         # Removed by identity rather than reset by token: robust however the caller's blocks interleave.
         _holds.set(tuple(other for other in _holds.get() if other is not hold))
-        _run_deferred(hold.due(outcome))
+        if failure is not None and hold.tenant_id is not None:
+            _note_tenant_erased(failure, pool, hold.tenant_id)
+        _run_deferred(hold.due(outcome), failure)
 
 
-def _run_deferred(callbacks: list[Callable[[], None]]) -> None:
+def _note_tenant_erased(failure: BaseException, pool: ConnectionPool[Any], tenant_id: UUID) -> None:
+    """Mark `failure` (tenant_erased_under) when it is a reference to the tenant refused and the transaction's tenant
+    is gone: row-level security lets the transaction write rows of its pinned tenant only, so the refused reference
+    was to it, and a tenant row once gone never comes back. Looked up once the connection is back, so the request's
+    answer (401, as an unknown tenant's) tells an erasure from a bug without any I/O of its own."""
+    cause = statement_error(failure) if isinstance(failure, psycopg.errors.PipelineAborted) else failure
+    if not isinstance(cause, psycopg.errors.ForeignKeyViolation):
+        return
+    if not (cause.diag.constraint_name or "").endswith(TENANT_REFERENCE):
+        return
+    try:
+        with _transaction(pool, _tenant_prologue(tenant_id)) as conn:
+            gone = conn.execute(_TENANT_THERE, (tenant_id,)).fetchone() is None
+    except Exception as exc:  # the transaction's own failure stands; unmarked, it is answered as a bug would be
+        logger.warning("whether tenant %s is gone could not be looked up: %s", tenant_id, exc)
+        return
+    if gone:
+        _erased_under.add(cause)
+        if cause is not failure:
+            _erased_under.add(failure)
+
+
+def _run_deferred(callbacks: list[Callable[[], None]], failure: BaseException | None = None) -> None:
+    """Run every callback; the first one's error is raised when the block ended without `failure`, and only logged
+    when it ended with one: what ended the transaction decides the caller's answer (a tenant erased meanwhile, a
+    conflict), not a record that could not be written after it."""
     first: Exception | None = None
     for callback in callbacks:
         try:
             callback()
         except Exception as exc:  # the others still run; the first failure is the caller's to see
-            logger.warning("work deferred until a connection was released failed: %s", exc)
+            if failure is not None:
+                logger.warning(
+                    "work deferred until a connection was released failed after its transaction failed (%s: %s);"
+                    " that failure is raised: %s: %s",
+                    type(failure).__name__,
+                    failure,
+                    type(exc).__name__,
+                    exc,
+                )
+            else:
+                logger.warning("work deferred until a connection was released failed: %s", exc)
             first = first or exc
-    if first is not None:
+    if first is not None and failure is None:
         raise first
 
 
@@ -290,7 +345,9 @@ def when_released(conn: psycopg.Connection[Any], callback: Callable[[], None], *
 
     For work that must not join the transaction (a record that outlives its rollback, a copy of what it committed
     to a store outside the database) and must not borrow while it is open. A callback's error is raised after the
-    others have run, in place of the transaction's own.
+    others have run when the transaction's block ended without one; when the block raised (what rolled it back, a
+    failed COMMIT) that error is the caller's, and the callback's is logged: the request still fails, answered for
+    what ended its transaction rather than for a record that could not be written after it.
     """
     for hold in reversed(_holds.get()):
         if hold.conn is conn:
@@ -399,7 +456,8 @@ def _write(pool: ConnectionPool[Any], prologue: _Prologue) -> Iterator[psycopg.C
     # trips); here the pipeline's one sync at its end covers BEGIN, the statements and COMMIT. Not joinable: a
     # statement whose result is needed at once would sync the pipeline in the middle.
     try:
-        with _borrow(pool) as (conn, _hold), conn.pipeline(), psycopg.Transaction(conn):
+        with _borrow(pool) as (conn, hold), conn.pipeline(), psycopg.Transaction(conn):
+            hold.tenant_id = prologue.tenant_id
             prologue.run(conn)
             yield conn
     except psycopg.errors.PipelineAborted as exc:

@@ -4,15 +4,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from shared.audit import AuditRecord, get_audit_store
+import psycopg
+
+from shared.audit import AuditRecord, AuditStore, get_audit_store
 from shared.auth.principal import Principal
-from shared.db.session import held_transaction, holding, when_released
+from shared.db.session import held_transaction, holding, tenant_transaction, when_released
 from shared.policy.authorizer import Decision, Resource, get_authorizer
 from shared.policy.tenant_policies import tenant_policy_texts
 from shared.tenants.models import Tenant
+from shared.tenants.repository import hold_tenant
+
+logger = logging.getLogger(__name__)
 
 
 class Caller(Protocol):
@@ -89,11 +95,28 @@ def record_decision(
         if joined is not None:
             store.record(record, conn=joined)
             if decided:
-                when_released(joined, lambda: store.record(record), only="rollback")
+                when_released(joined, lambda: _record_unless_erased(store, record), only="rollback")
             return
     held = holding()
-    if held is None or not when_released(held, lambda: store.record(record)):
+    if held is None or not when_released(held, lambda: _record_unless_erased(store, record)):
         store.record(record)
+
+
+def _record_unless_erased(store: AuditStore, record: AuditRecord) -> None:
+    """Write `record` on its own once the caller's transaction has ended; dropped when its tenant is gone by then.
+
+    The database takes no record of a tenant whose row is gone (migration 0041): erased while the request waited on
+    its row, the tenant keeps only its erasure's record (ADR 0012), and the request is answered as an unknown
+    tenant's. A refusal while the tenant is still there is raised, as any failure to record a decision is."""
+    try:
+        store.record(record)
+    except psycopg.errors.InsufficientPrivilege:
+        with tenant_transaction(record.tenant_id) as conn:
+            if hold_tenant(conn, record.tenant_id):
+                raise
+        logger.info(
+            "decision record of erased tenant %s dropped: %s %s", record.tenant_id, record.decision, record.action
+        )
 
 
 def _off_the_event_loop(action: str) -> None:

@@ -10,6 +10,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -325,15 +326,19 @@ def erase_tenant(
 def _erase_rows(tenant_id: UUID, executions: list[str] | None) -> dict[str, int]:
     """One transaction that deletes every row of the tenant, its tenant row last; counts per table."""
     removed: dict[str, int] = {}
-    with platform_transaction() as conn:
+    # The ids are read as the tenant (the control plane reads no tenant's data), on a connection of the tenant pool
+    # borrowed before the tenant row is locked: the tenant's writers that wait on that row each hold one, and with
+    # the pool full of them a borrow after the lock waited for them while they waited for the erasure (PoolTimeout).
+    listing = tenant_transaction(tenant_id) if executions is not None else nullcontext(None)
+    with listing as tenant_conn, platform_transaction() as conn:
         conn.execute("SELECT app.pin_tenant(%s)", (tenant_id,))
         # The tenant row first: a writer that adds a row naming the tenant (an execution, a domain event, an audit
         # record) holds it (its foreign key's KEY SHARE) until it commits, and one that comes later waits here and
         # then finds the tenant gone. So no execution is created from now on, and the ids read next are all of them.
         conn.execute(_LOCK_TENANT, (tenant_id,))
-        if executions is not None:
-            # Read as the tenant (the control plane reads no tenant's data), from the other pool.
-            executions[:] = execution_ids(tenant_id)
+        if executions is not None and tenant_conn is not None:
+            # Read committed: this statement sees every commit up to now, those of the writers the lock waited for.
+            executions[:] = listed_execution_ids(tenant_conn)
         for table in TENANT_TABLES:
             cursor = conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier("app", table)))
             removed[table] = cursor.rowcount
@@ -363,7 +368,12 @@ def delete_tenant_blobs(tenant_id: UUID, container: ContainerClient, *, limit: i
 def execution_ids(tenant_id: UUID) -> list[str]:
     """The ids of the tenant's executions, which are its orchestrations' instance ids (read under its own RLS)."""
     with tenant_transaction(tenant_id) as conn:
-        return [str(row["id"]) for row in conn.execute("SELECT id FROM app.executions").fetchall()]
+        return listed_execution_ids(conn)
+
+
+def listed_execution_ids(conn: Any) -> list[str]:
+    """The ids of the executions of the tenant pinned in `conn`'s open transaction."""
+    return [str(row["id"]) for row in conn.execute("SELECT id FROM app.executions").fetchall()]
 
 
 PURGE_CONCURRENCY = 16
@@ -410,10 +420,14 @@ def _runtime(status: Any) -> str | None:
     return None if runtime is None else str(runtime.name)
 
 
+_NOT_TERMINAL = "unexpected status code 412"
+"""How the client's exception names the host's 412: a bare "412" is also in an instance id or another message."""
+
+
 def _not_terminal(exc: Exception) -> bool:
     """Whether the purge was refused because the instance is not terminal: the host answers 412, which the client
     raises as a bare Exception naming the code."""
-    return "412" in str(exc)
+    return _NOT_TERMINAL in str(exc)
 
 
 async def _purge_one(instance_id: str, client: Any, settle_s: float) -> int:

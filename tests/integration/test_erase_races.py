@@ -4,12 +4,15 @@ no row and no orchestration behind."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any
+from uuid import UUID
 
 import psycopg
 import pytest
@@ -17,11 +20,15 @@ from azure.durable_functions.models.OrchestrationRuntimeStatus import Orchestrat
 from psycopg_pool import ConnectionPool
 
 from shared.api.durable import get_durable_client
+from shared.db import session
+from shared.db.pool import build_pool
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
+from shared.engine.start_service import tenant_exists
 from shared.tenants import offboarding
 from tests.integration.api_harness import ApiHarness, TenantHandle, api  # noqa: F401  # the fixture
-from tests.integration.test_executions import _execution
+from tests.integration.conftest import _settings
+from tests.integration.test_executions import _execution, _intent
 from tests.integration.test_offboarding import _tenant_row_counts
 
 pytestmark = pytest.mark.integration
@@ -197,3 +204,146 @@ def test_an_orchestration_started_after_the_first_purge_does_not_outlive_the_ten
     assert sorted(durable.purged) == sorted([first, *late]) and durable.instances == {}
     assert answer.json()["removed"]["orchestrations"] == 2
     _nothing_left(api, tenant)
+
+
+class _NoAudit:
+    def erase(self, tenant_id: UUID) -> int:
+        return 0
+
+
+def _qp_app_lock_waiters(pg: Any) -> int:
+    with psycopg.connect(pg.admin_url, dbname="quantum") as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND usename = 'qp_app'"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+class _AfterTheLock:
+    """The erasure's control connection, which runs `then` once it holds the tenant row (its FOR UPDATE)."""
+
+    def __init__(self, conn: psycopg.Connection[Any], then: Callable[[], None]) -> None:
+        self._conn, self._then = conn, then
+
+    def execute(self, query: Any, params: Any = None) -> Any:
+        result = self._conn.execute(query, params)
+        if query == offboarding._LOCK_TENANT:
+            self._then()
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+def _erase_with(monkeypatch: pytest.MonkeyPatch, after_the_lock: Callable[[], None]) -> None:
+    real = session.platform_transaction
+
+    @contextmanager
+    def watched() -> Iterator[Any]:
+        with real() as conn:
+            yield _AfterTheLock(conn, after_the_lock)
+
+    monkeypatch.setattr(offboarding, "platform_transaction", watched)
+    monkeypatch.setattr(offboarding, "delete_tenant_blobs", lambda *a, **k: 0)
+
+
+def test_the_erasure_needs_no_pooled_connection_its_waiting_writers_hold(
+    pg: Any, control_pool: ConnectionPool[Any], new_tenant: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The erasure took the tenant row and only then borrowed a tenant connection for the execution ids; the tenant's
+    # writers waiting on that row each held one, so with the pool full of them it waited for them as they waited for
+    # it, until the pool's timeout (PoolTimeout, 503, never retried).
+    tenant_id = new_tenant()
+    small = build_pool(pg.app_url, _settings(pg), min_size=1, max_size=2)
+    monkeypatch.setattr(session, "get_pool", lambda: small)
+    monkeypatch.setattr(session, "get_control_pool", lambda: control_pool)
+    results: list[Any] = []
+
+    def writer() -> None:  # any transaction naming the tenant row: it waits on the erasure's lock
+        try:
+            results.append(tenant_exists(tenant_id))
+        except Exception as exc:  # noqa: BLE001  # a writer's answer is not what is tested
+            results.append(exc)
+
+    writers = [threading.Thread(target=writer) for _ in range(2)]
+
+    def writers_fill_the_pool() -> None:
+        for thread in writers:
+            thread.start()
+        deadline = time.monotonic() + 30
+        # Each writer holds a connection waiting on the row, or waits for one the erasure holds.
+        while _qp_app_lock_waiters(pg) + small.get_stats().get("requests_waiting", 0) < 2:
+            assert time.monotonic() < deadline, "the writers never came"
+            time.sleep(0.05)
+
+    _erase_with(monkeypatch, writers_fill_the_pool)
+    try:
+        final: list[str] = []
+        offboarding.erase_tenant(tenant_id, None, _NoAudit(), executions=final)  # type: ignore[arg-type]
+        for thread in writers:
+            thread.join(60)
+    finally:
+        small.close()
+    assert final == []
+    assert True not in results, results  # none of them found the tenant
+
+
+def test_an_execution_created_after_the_list_is_listed_or_refused(
+    pg: Any,
+    app_pool: ConnectionPool[Any],
+    control_pool: ConnectionPool[Any],
+    new_tenant: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What the tenant row's lock buys: with a plain read of the row, an execution committed after the erasure's id
+    # list went with the rows unlisted, and its orchestration outlived the tenant.
+    tenant_id = new_tenant()
+    intent_id = _intent(app_pool, tenant_id)
+    monkeypatch.setattr(session, "get_pool", lambda: app_pool)
+    monkeypatch.setattr(session, "get_control_pool", lambda: control_pool)
+    monkeypatch.setattr(offboarding, "delete_tenant_blobs", lambda *a, **k: 0)
+    real = offboarding.listed_execution_ids
+    created: list[Any] = []
+
+    def writer() -> None:
+        try:
+            created.append(_execution(app_pool, tenant_id, intent_id))
+        except Exception as exc:  # noqa: BLE001  # refused once the erasure has committed: what is tested below
+            created.append(exc)
+
+    def listed_then_a_start_comes(conn: Any) -> list[str]:
+        ids = real(conn)
+        thread = threading.Thread(target=writer)
+        thread.start()
+        deadline = time.monotonic() + 30
+        # It commits at once, or waits on the tenant row for the erasure.
+        while not created and not _qp_app_lock_waiters(pg):
+            assert time.monotonic() < deadline, "the start neither committed nor waited"
+            time.sleep(0.05)
+        return ids
+
+    monkeypatch.setattr(offboarding, "listed_execution_ids", listed_then_a_start_comes)
+    final: list[str] = []
+    offboarding.erase_tenant(tenant_id, None, _NoAudit(), executions=final)  # type: ignore[arg-type]
+    deadline = time.monotonic() + 30
+    while not created:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    (outcome,) = created
+    assert isinstance(outcome, Exception) or str(outcome.id) in final, (
+        "an execution was deleted unlisted: its orchestration is never purged"
+    )
+
+
+def test_a_purge_refused_for_another_reason_is_not_waited_out_as_one_still_running() -> None:
+    # The host's 412 was told by a bare "412" anywhere in the error: an instance id holding those digits in another
+    # refusal was waited on until the settle time, and the erasure answered "ask again" for a failure it hid.
+    instance_id = "a4120000-0000-4000-8000-000000000412"
+
+    class _Refusing(_Durable):
+        async def purge_instance_history(self, instance_id: str) -> Any:
+            raise Exception(f"The operation failed with an unexpected status code 500 for '{instance_id}'")
+
+    with pytest.raises(Exception, match="status code 500") as raised:
+        asyncio.run(offboarding.purge_orchestrations([instance_id], _Refusing(), settle_s=1))
+    assert not isinstance(raised.value, offboarding.ErasureContendedError)
