@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from shared.policy.facts import TenantFacts
 from shared.registry.plan import plan_hash
-from shared.registry.validation import validate_definition
+from shared.registry.validation import unshown_text_problems, validate_definition
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_registry_api import AUTHOR, DEPLOYER, INTENTS, MODULES, READER, provision
 from tests.unit.test_registry_validation import CATALOG
@@ -130,6 +130,14 @@ def test_accepted_definitions_round_trip_and_plan(api: ApiHarness, body: dict[st
     assert result.normalized is not None and result.plan is not None
 
     validated = api.client.post(f"{INTENTS}/validate", json=body, headers=api.headers(TENANT, AUTHOR))
+    unshown = [problem.pointer for problem in unshown_text_problems(body)]
+    if unshown:
+        # New free text is held to the rule too (a stored version is not): refused, naming each field, nothing saved.
+        assert validated.status_code == 422, validated.text
+        assert [error["pointer"] for error in validated.json()["errors"]] == unshown
+        refused = api.client.post(INTENTS, json=body, headers=api.headers(TENANT, AUTHOR))
+        assert refused.status_code == 422, refused.text
+        return
     assert validated.status_code == 200, validated.text
     created = api.client.post(INTENTS, json=body, headers=api.headers(TENANT, AUTHOR))
     assert created.status_code == 201, created.text
