@@ -289,28 +289,19 @@ def _note_tenant_erased(failure: BaseException, pool: ConnectionPool[Any], tenan
 
 
 def _run_deferred(callbacks: list[Callable[[], None]], failure: BaseException | None = None) -> None:
-    """Run every callback; the first one's error is raised when the block ended without `failure`, and only logged
-    when it ended with one: what ended the transaction decides the caller's answer (a tenant erased meanwhile, a
-    conflict), not a record that could not be written after it."""
+    """Run every callback; the first one's error is raised after the others have run, in place of `failure` (what
+    ended the transaction, if anything did) and chained to it: a deferred callback is a decision's record, which
+    must not be lost in silence (ADR 0017). A record that has nothing left to record to (its tenant erased meanwhile)
+    drops itself without an error, leaving `failure` the caller's answer."""
     first: Exception | None = None
     for callback in callbacks:
         try:
             callback()
         except Exception as exc:  # the others still run; the first failure is the caller's to see
-            if failure is not None:
-                logger.warning(
-                    "work deferred until a connection was released failed after its transaction failed (%s: %s);"
-                    " that failure is raised: %s: %s",
-                    type(failure).__name__,
-                    failure,
-                    type(exc).__name__,
-                    exc,
-                )
-            else:
-                logger.warning("work deferred until a connection was released failed: %s", exc)
+            logger.warning("work deferred until a connection was released failed: %s", exc)
             first = first or exc
-    if first is not None and failure is None:
-        raise first
+    if first is not None:
+        raise first from failure
 
 
 def _app_pool(pool: ConnectionPool[Any] | None) -> ConnectionPool[Any]:
@@ -345,9 +336,8 @@ def when_released(conn: psycopg.Connection[Any], callback: Callable[[], None], *
 
     For work that must not join the transaction (a record that outlives its rollback, a copy of what it committed
     to a store outside the database) and must not borrow while it is open. A callback's error is raised after the
-    others have run when the transaction's block ended without one; when the block raised (what rolled it back, a
-    failed COMMIT) that error is the caller's, and the callback's is logged: the request still fails, answered for
-    what ended its transaction rather than for a record that could not be written after it.
+    others have run, in place of the transaction's own (chained to it): a record that could not be written is never
+    lost in silence.
     """
     for hold in reversed(_holds.get()):
         if hold.conn is conn:

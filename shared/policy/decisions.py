@@ -99,7 +99,7 @@ def record_decision(
             return
     held = holding()
     if held is None or not when_released(held, lambda: _record_unless_erased(store, record)):
-        store.record(record)
+        _record_unless_erased(store, record)
 
 
 def _record_unless_erased(store: AuditStore, record: AuditRecord) -> None:

@@ -18,11 +18,14 @@ from psycopg_pool import ConnectionPool
 
 from shared.api.problems import error_response
 from shared.db.session import tenant_transaction, when_released
+from shared.registry import service as registry_service
 from shared.tenants.offboarding import TENANT_TABLES
 from tests.integration.api_harness import ApiHarness, TenantHandle, api  # noqa: F401  # the fixture
 from tests.integration.test_erase_launch_race import _waits_on_a_lock
 from tests.integration.test_erase_launch_race import durable as durable  # noqa: F401  # the fixture
 from tests.integration.test_offboarding import _tenant_row_counts
+from tests.integration.test_registry_api import INTENTS
+from tests.integration.test_registry_check_outside_txn import _body, _created, _tenant
 
 pytestmark = pytest.mark.integration
 
@@ -87,23 +90,25 @@ def test_a_request_auditing_its_allow_inside_its_transaction_is_answered_401_whe
     )
 
 
-def test_a_failing_rollback_time_callback_leaves_the_transactions_own_error_raised(
+def test_a_failing_rollback_time_callback_is_raised_chained_to_the_transactions_own_error(
     app_pool: ConnectionPool[Any], new_tenant: Any
 ) -> None:
+    # A deferred callback is a decision's record: it is never lost in silence (ADR 0017), and what rolled the
+    # transaction back is kept as its cause. (A record whose tenant is gone drops itself, without an error.)
     tenant = new_tenant()
 
     def refused() -> None:
         raise RuntimeError("the record written after the rollback")
 
     ran: list[str] = []
-    with pytest.raises(LookupError, match="what rolled it back"):
+    with pytest.raises(RuntimeError, match="the record written after the rollback") as raised:
         with tenant_transaction(tenant, pool=app_pool) as conn:
             when_released(conn, refused, only="rollback")
             when_released(conn, lambda: ran.append("after"))
             raise LookupError("what rolled it back")
     assert ran == ["after"]  # the others still ran
+    assert isinstance(raised.value.__cause__, LookupError)
 
-    # With no error of its own the transaction's callback's error is raised, as before.
     with pytest.raises(RuntimeError, match="the record written after the rollback"):
         with tenant_transaction(tenant, pool=app_pool) as conn:
             when_released(conn, refused, only="commit")
@@ -137,3 +142,27 @@ def test_a_refused_reference_to_a_tenant_is_a_401_only_when_the_transactions_ten
             raise refused
     answer = error_response(raised.value, instance="/refused", request_id="r-1")
     assert answer.status_code == (401 if erased else 500)
+
+
+def test_a_plan_whose_tenant_is_erased_during_its_check_is_not_a_500(
+    api: ApiHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenant = _tenant(api, "erased-plan")
+    item_id = _created(api, tenant, _body(f"p-{uuid.uuid4().hex[:6]}"))
+    tenant_id = api.tenants[tenant].id
+    real = registry_service.check_outside
+
+    def erase_then_check(*args: Any, **kwargs: Any) -> Any:
+        with psycopg.connect(api.admin_url, dbname="quantum") as erasing:
+            erasing.execute("SELECT 1 FROM app.tenants WHERE id = %s FOR UPDATE", (tenant_id,))
+            for table in TENANT_TABLES:
+                erasing.execute(f"DELETE FROM app.{table} WHERE tenant_id = %s", (tenant_id,))  # noqa: S608
+            erasing.execute("DELETE FROM app.tenants WHERE id = %s", (tenant_id,))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(registry_service, "check_outside", erase_then_check)
+    response = api.client.post(f"{INTENTS}/{item_id}/plan", headers=api.headers(tenant, ["Intent.Reader"]))
+    # Its item went with the tenant: answered as a plan of an unknown item is, the read's allow record dropped (no
+    # record is taken for a tenant whose row is gone), not a 500 for that refused record.
+    assert response.status_code == 404, response.text
+    assert response.headers["content-type"] == "application/problem+json"
