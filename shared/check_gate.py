@@ -34,8 +34,19 @@ COSTLY_BYTES = 16 * 1024
 few), and making it queue behind a tenant's large one would only add the large one's seconds to a cheap save."""
 
 
+class _Ticket:
+    """A waiter's place in the gate's queue; `admitted` once a slot was given to it."""
+
+    __slots__ = ("admitted", "tenant_id")
+
+    def __init__(self, tenant_id: UUID) -> None:
+        self.tenant_id = tenant_id
+        self.admitted = False
+
+
 class CheckGate:
-    """Slots for costly checks, per tenant and in all; a thread waits for one holding no connection."""
+    """Slots for costly checks, per tenant and in all, given first come first served; a thread waits for one holding
+    no connection."""
 
     def __init__(self, per_tenant: int = PER_TENANT, per_process: int = PER_PROCESS) -> None:
         self.per_tenant = per_tenant
@@ -43,39 +54,77 @@ class CheckGate:
         self._changed = threading.Condition()
         self._by_tenant: dict[UUID, int] = {}
         self._running = 0
+        self._queue: list[_Ticket] = []
 
     def running(self, tenant_id: UUID | None = None) -> int:
         """Checks under way (of `tenant_id`, else of every tenant)."""
         with self._changed:
             return self._running if tenant_id is None else self._by_tenant.get(tenant_id, 0)
 
+    def waiting(self) -> int:
+        """Checks waiting for a slot."""
+        with self._changed:
+            return len(self._queue)
+
     def enter(self, tenant_id: UUID, wait_s: float) -> bool:
         """Take a slot, waiting on this thread for up to `wait_s` (UNBOUNDED: until one comes); False when none
-        came."""
+        came. A slot goes to the earliest waiter it fits (its tenant's and the process's bounds), never to a later
+        arrival: a waiter's wait ends when the checks ahead of it do, however many arrive behind it."""
         deadline = time.monotonic() + wait_s
+        ticket = _Ticket(tenant_id)
         with self._changed:
-            while self._by_tenant.get(tenant_id, 0) >= self.per_tenant or self._running >= self.per_process:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                # A wait's timeout must be finite: an unbounded one waits for the next slot given back.
-                self._changed.wait(remaining if math.isfinite(remaining) else None)
-            self._by_tenant[tenant_id] = self._by_tenant.get(tenant_id, 0) + 1
-            self._running += 1
+            self._queue.append(ticket)
+            self._admit()
+            try:
+                while not ticket.admitted:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        # Every waiter still queued found no slot it fits: leaving holds up none of those behind.
+                        self._queue.remove(ticket)
+                        return False
+                    # A wait's timeout must be finite: an unbounded one waits until a slot is given to it.
+                    self._changed.wait(remaining if math.isfinite(remaining) else None)
+            except BaseException:
+                # Interrupted while waiting: the place, or the slot given meanwhile, is given back.
+                if ticket.admitted:
+                    self._give_back(tenant_id)
+                else:
+                    self._queue.remove(ticket)
+                raise
             return True
 
     def leave(self, tenant_id: UUID) -> None:
-        """Give a slot back."""
+        """Give a slot back (to the earliest waiter it fits)."""
         with self._changed:
-            held = self._by_tenant.get(tenant_id, 0)
-            if held <= 0:
-                raise RuntimeError("a check slot was given back more often than taken")
-            if held == 1:
-                del self._by_tenant[tenant_id]
-            else:
-                self._by_tenant[tenant_id] = held - 1
-            self._running -= 1
-            # Every waiter looks again: a slot given back by one tenant may be the one another tenant waits for.
+            self._give_back(tenant_id)
+
+    def _give_back(self, tenant_id: UUID) -> None:
+        held = self._by_tenant.get(tenant_id, 0)
+        if held <= 0:
+            raise RuntimeError("a check slot was given back more often than taken")
+        if held == 1:
+            del self._by_tenant[tenant_id]
+        else:
+            self._by_tenant[tenant_id] = held - 1
+        self._running -= 1
+        self._admit()
+
+    def _admit(self) -> None:
+        """Give free slots to waiters in arrival order; a waiter whose tenant is at its bound is passed over (a slot
+        another tenant can use is not kept for it), one finding the process at its bound ends the round."""
+        admitted = False
+        for ticket in list(self._queue):
+            if self._running >= self.per_process:
+                break
+            if self._by_tenant.get(ticket.tenant_id, 0) >= self.per_tenant:
+                continue
+            self._queue.remove(ticket)
+            self._by_tenant[ticket.tenant_id] = self._by_tenant.get(ticket.tenant_id, 0) + 1
+            self._running += 1
+            ticket.admitted = True
+            admitted = True
+        if admitted:
+            # Each waiter looks at its own ticket: the slot was given to it here, not left for the first to wake.
             self._changed.notify_all()
 
 

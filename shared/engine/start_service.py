@@ -175,7 +175,8 @@ def checked_first(
     """A start's input checked between two transactions: `read` reads what the check needs in a short transaction of
     its own (None: nothing to check before), then `start` runs the start's transaction with the check's outcome.
     Checked for another version than the one to run (InputCheckStaleError), it is read and checked again, up to
-    INPUT_CHECK_ATTEMPTS times; then `start` checks it in its transaction, as every start once did.
+    INPUT_CHECK_ATTEMPTS times; then `start` checks it in its transaction, as every start once did, holding the
+    gate's slot (taken before the transaction opens).
 
     A costly check waits for its tenant's turn at the process's check gate (`costly_check`, the one a definition's
     check takes: one at a time per tenant, two per process), holding no connection: costly is the input as checked
@@ -183,13 +184,18 @@ def checked_first(
     costly at that size. A smaller pair costs milliseconds and runs at once; a large one costs up to seconds of CPU on
     a thread sharing the interpreter with every other request. Past `wait_s` (default: the pool's wait) the start is
     refused 429 `check-busy` before anything is written."""
+    # The last attempt's check runs in `start`'s transaction: its slot is taken before the transaction opens (the wait
+    # holds no connection) and kept across it, weighed as the pair last read was (none read: costly).
+    last: tuple[PendingInputCheck, TenantFacts] | None = None
+    read_once = False
     for _ in range(INPUT_CHECK_ATTEMPTS):
         # Checking the input against the tenant's schema costs up to seconds of CPU for a MiB of input: it is made
         # with no transaction open, holding none of the pool's connections (a tenant's requests in flight, admitted
         # up to half the pool, would otherwise hold them all that while, and every tenant waits). The start's own
         # transaction then decides, locks and writes as before, taking the check's outcome only for the version it
         # was made for (versions never change).
-        pending = read()
+        pending = last = read()
+        read_once = True
         if pending is None:
             check = None
         else:
@@ -199,7 +205,10 @@ def checked_first(
             return start(check)
         except InputCheckStaleError:
             continue  # a new current version was saved in between: its check is made again
-    return start(None)
+    if read_once and last is None:  # nothing to check before: nothing costly in the transaction either
+        return start(None)
+    with costly_check(tenant_id, document=None if last is None else _checked_document(last[0]), wait_s=wait_s):
+        return start(None)
 
 
 def _checked_document(pending: PendingInputCheck) -> dict[str, Any]:

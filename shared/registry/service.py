@@ -540,9 +540,9 @@ class PendingCheck:
     saving: bool
     again: int | None = None
     item_id: UUID | None = None
+    """A plan's item: its check is kept (`cached_outside`), a stored version never changing."""
     sent: bool = False
     """A caller's new document (a create's or an update's body): its free text is checked too (`check`)."""
-    """A plan's item: its check is kept (`cached_outside`), a stored version never changing."""
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@
 
 import uuid
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any, TypeVar
 from uuid import UUID
@@ -377,16 +378,22 @@ def _checked_outside(
     seconds of CPU, and a tenant's requests in flight would otherwise hold that many of the shared pool's connections
     for as long, leaving the other tenants none. `write` takes the check's outcome only while what it read stands
     (service.CheckStaleError otherwise: it is made again, then, the last time, inside `write`'s transaction, as every
-    save once was). `pending` answers None for a request `write` answers without a check (a replay).
+    save once was, holding its turn at the gate taken before that transaction opens). `pending` answers None for a
+    request `write` answers without a check (a replay).
 
     The check waits for its tenant's turn (`costly_check`: one at a time per tenant, a few per process), holding no
     connection: its CPU shares the interpreter with every request this process serves. `decided`: the request's
     permission, which `write` records once it holds the version it uses; a request that ends before (a refusal of
     `pending`'s) has it recorded here, as it was last decided."""
     try:
+        # The last attempt's check runs in `write`'s transaction: its slot is taken before the transaction opens (the
+        # wait holds no connection) and kept across it, weighed as the document last read was (none read: costly).
+        last: service.PendingCheck | None = None
+        read = False
         for _ in range(CHECK_ATTEMPTS):
             with tenant_transaction(context.tenant.id) as conn:
-                found = pending(conn)
+                found = last = pending(conn)
+            read = True
             outside = None
             if found is not None:
                 outside = service.cached_outside(found, tenant=context.tenant_facts)
@@ -398,7 +405,12 @@ def _checked_outside(
                     return write(conn, outside)
             except service.CheckStaleError:
                 continue
-        with tenant_transaction(context.tenant.id) as conn:
+        slot = (
+            nullcontext()
+            if read and last is None  # nothing to check (a replay)
+            else costly_check(context.tenant.id, document=None if last is None else last.doc)
+        )
+        with slot, tenant_transaction(context.tenant.id) as conn:
             return write(conn, None)
     finally:
         if decided is not None:
