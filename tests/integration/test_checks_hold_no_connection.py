@@ -4,9 +4,7 @@ between transactions, so another tenant's transaction gets a connection from a p
 
 from __future__ import annotations
 
-import threading
 import uuid
-from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -14,10 +12,7 @@ import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
-import shared.db.session as session
 from shared.auth.principal import Requester
-from shared.config import Settings
-from shared.db.pool import build_pool
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
 from shared.engine import start as start_module
@@ -35,8 +30,14 @@ from shared.registry import service as registry_service
 from shared.registry.schema_refs import evaluate_tenant_schema
 from shared.registry.validation import validate_definition
 from shared.tenants.models import Tenant
-from shared.tenants.repository import get_tenant
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
+from tests.integration.pool_of_one_harness import (  # noqa: F401  # the fixture one_connection
+    GATE_WAIT_S,
+    Gate,
+    one_connection,
+    other_tenants_transaction_completes,
+    tenant_record,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -45,52 +46,11 @@ SCHEMA = {
     "type": "object",
     "properties": {"a": {"type": "array", "contains": {"type": "string", "pattern": "^q$"}, "minContains": 2}},
 }
-GATE_WAIT_S = 60.0
-"""How long a blocked check waits to be released at most: only a broken test waits that long."""
-
-
-class Gate:
-    """Holds every call of a wrapped function until released, and says when the first one is being held."""
-
-    def __init__(self) -> None:
-        self.entered = threading.Event()
-        self.released = threading.Event()
-        self.calls = 0
-
-    def wrap(self, real: Callable[..., Any]) -> Callable[..., Any]:
-        def held(*args: Any, **kwargs: Any) -> Any:
-            self.calls += 1
-            self.entered.set()
-            self.released.wait(GATE_WAIT_S)
-            return real(*args, **kwargs)
-
-        return held
-
-
-@pytest.fixture
-def one_connection(api: ApiHarness, monkeypatch: pytest.MonkeyPatch) -> Iterator[ConnectionPool[Any]]:
-    """The tenant transactions' pool made a pool of one connection, so that one borrower held keeps every other out
-    (which then gives up at once, with PoolTimeout)."""
-    settings = Settings(
-        QP_DATABASE_URL=api.app_url,
-        QP_DATABASE_CONTROL_URL=api.control_url,
-        QP_BLOB_CONNECTION_STRING="UseDevelopmentStorage=true",
-        QP_DATABASE_POOL_MAX=1,
-        QP_DATABASE_POOL_TIMEOUT_S=1.0,
-    )
-    pool = build_pool(api.app_url, settings, name="one-connection")
-    monkeypatch.setattr(session, "get_pool", lambda: pool)
-    yield pool
-    pool.close()
 
 
 def _tenant(api: ApiHarness, name: str) -> Tenant:
     """A new tenant, known to the harness by `name`."""
-    handle = api.provision(name, allowed_modules=["wait"])
-    with tenant_transaction(handle.id) as conn:
-        tenant = get_tenant(conn, handle.id)
-    assert tenant is not None
-    return tenant
+    return tenant_record(api.provision(name, allowed_modules=["wait"]).id)
 
 
 def _intent(api: ApiHarness, name: str) -> uuid.UUID:
@@ -111,16 +71,6 @@ def _allow(_action: str, _resource: Resource) -> Decision:
     return Decision(True, "permit", ())
 
 
-def _other_tenants_transaction_completes(other: Tenant) -> bool:
-    """Whether another tenant's transaction got a connection and ran (False: the pool had none to give)."""
-    try:
-        with tenant_transaction(other.id) as conn:
-            row = conn.execute("SELECT app.current_tenant_id() AS tenant").fetchone()
-    except psycopg.OperationalError:  # PoolTimeout: every connection of the pool is held
-        return False
-    return row == {"tenant": other.id}
-
-
 def _start_while_held(
     api: ApiHarness, monkeypatch: pytest.MonkeyPatch, given: dict[str, Any], held: tuple[Any, str] | None = None
 ) -> tuple[bool, Future[Started], Gate, Tenant]:
@@ -137,7 +87,7 @@ def _start_while_held(
         started = pool.submit(begin, flooding, lambda _conn: request, decide=_allow)
         try:
             assert gate.entered.wait(GATE_WAIT_S), f"{function} was never called"
-            completed = _other_tenants_transaction_completes(other)
+            completed = other_tenants_transaction_completes(other.id)
         finally:
             gate.released.set()
         started.exception()  # waits for the start to end
@@ -235,7 +185,7 @@ def test_a_validation_holds_no_connection_while_its_definition_is_checked(
         answer = pool.submit(api.client.post, "/api/v1/intents/validate", json=body, headers=api.headers(name, AUTHOR))
         try:
             assert gate.entered.wait(GATE_WAIT_S), "the definition was never checked"
-            completed = _other_tenants_transaction_completes(other)
+            completed = other_tenants_transaction_completes(other.id)
         finally:
             gate.released.set()
         validated = answer.result()
@@ -269,7 +219,7 @@ def test_a_replay_that_takes_over_a_stale_start_holds_no_connection_while_its_in
         replay = pool.submit(begin, tenant, lambda _conn: request, decide=_allow)
         try:
             assert gate.entered.wait(GATE_WAIT_S), "the recorded input was never checked"
-            completed = _other_tenants_transaction_completes(other)
+            completed = other_tenants_transaction_completes(other.id)
         finally:
             gate.released.set()
         replayed = replay.result()

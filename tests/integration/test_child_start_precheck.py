@@ -4,9 +4,7 @@ read, which decides the child once, and the transaction that records its step's 
 
 from __future__ import annotations
 
-import threading
 import uuid
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -17,8 +15,6 @@ from psycopg_pool import ConnectionPool
 
 import shared.db.session as session
 from shared.auth.principal import Requester
-from shared.config import Settings
-from shared.db.pool import build_pool
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
 from shared.engine import start as start_module
@@ -28,8 +24,14 @@ from shared.engine.steps import StepSeed
 from shared.registry import service as registry
 from shared.registry.schema_refs import evaluate_tenant_schema
 from shared.tenants.models import Tenant
-from shared.tenants.repository import get_tenant
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
+from tests.integration.pool_of_one_harness import (  # noqa: F401  # the fixture one_connection
+    GATE_WAIT_S,
+    Gate,
+    one_connection,
+    other_tenants_transaction_completes,
+    tenant_record,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -40,43 +42,6 @@ SCHEMA = {
 }
 VALID = {"a": ["p", "q", "q"]}
 STEP = "s0"
-GATE_WAIT_S = 60.0
-"""How long a blocked check waits to be released at most: only a broken test waits that long."""
-
-
-class Gate:
-    """Holds every call of a wrapped function until released, and says when the first one is being held."""
-
-    def __init__(self) -> None:
-        self.entered = threading.Event()
-        self.released = threading.Event()
-        self.calls = 0
-
-    def wrap(self, real: Callable[..., Any]) -> Callable[..., Any]:
-        def held(*args: Any, **kwargs: Any) -> Any:
-            self.calls += 1
-            self.entered.set()
-            self.released.wait(GATE_WAIT_S)
-            return real(*args, **kwargs)
-
-        return held
-
-
-@pytest.fixture
-def one_connection(api: ApiHarness, monkeypatch: pytest.MonkeyPatch) -> Iterator[ConnectionPool[Any]]:
-    """The tenant transactions' pool made a pool of one connection, so that one borrower held keeps every other out
-    (which then gives up at once, with PoolTimeout)."""
-    settings = Settings(
-        QP_DATABASE_URL=api.app_url,
-        QP_DATABASE_CONTROL_URL=api.control_url,
-        QP_BLOB_CONNECTION_STRING="UseDevelopmentStorage=true",
-        QP_DATABASE_POOL_MAX=1,
-        QP_DATABASE_POOL_TIMEOUT_S=1.0,
-    )
-    pool = build_pool(api.app_url, settings, name="one-connection")
-    monkeypatch.setattr(session, "get_pool", lambda: pool)
-    yield pool
-    pool.close()
 
 
 class Parent:
@@ -86,11 +51,7 @@ class Parent:
     def __init__(self, api: ApiHarness) -> None:
         self.api = api
         self.key = f"children-{uuid.uuid4().hex[:6]}"
-        handle = api.provision(self.key, allowed_modules=["wait", "intent"])
-        with tenant_transaction(handle.id) as conn:
-            tenant = get_tenant(conn, handle.id)
-        assert tenant is not None
-        self.tenant: Tenant = tenant
+        self.tenant: Tenant = tenant_record(api.provision(self.key, allowed_modules=["wait", "intent"]).id)
         self.child = f"leaf-{uuid.uuid4().hex[:6]}"
         self.child_id = self._save(self.child, {"target": "staging", "inputs": SCHEMA, "steps": [_wait()]})
         top = self._save(
@@ -116,8 +77,8 @@ class Parent:
         assert created.status_code == 201, created.text
         return uuid.UUID(created.json()["id"])
 
-    def start_child(self) -> dict[str, Any]:
-        """What the dispatch's start of the root's step (attempt 1) answers."""
+    def start_child(self, inputs: dict[str, Any] = VALID) -> dict[str, Any]:
+        """What the dispatch's start of the root's step (attempt 1), with the child's `inputs`, answers."""
         answer: dict[str, Any] = record_progress(
             {
                 "kind": "start_child",
@@ -125,7 +86,7 @@ class Parent:
                 "tenant_id": str(self.tenant.id),
                 "step_id": STEP,
                 "attempt": 1,
-                "params": {"intent": self.child, "inputs": VALID},
+                "params": {"intent": self.child, "inputs": inputs},
             }
         )
         return answer
@@ -149,16 +110,6 @@ def _wait() -> dict[str, Any]:
     return {"id": "w", "action": "wait", "seconds": 1}
 
 
-def _other_tenants_transaction_completes(other: Tenant) -> bool:
-    """Whether another tenant's transaction got a connection and ran (False: the pool had none to give)."""
-    try:
-        with tenant_transaction(other.id) as conn:
-            row = conn.execute("SELECT app.current_tenant_id() AS tenant").fetchone()
-    except psycopg.OperationalError:  # PoolTimeout: every connection of the pool is held
-        return False
-    return row == {"tenant": other.id}
-
-
 def _checks_recorded(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """Each input check made from now on, as whether a pooled connection was held while it ran."""
     held: list[bool] = []
@@ -175,17 +126,14 @@ def test_a_child_start_holds_no_connection_while_its_input_is_checked_and_is_dec
     api: ApiHarness, one_connection: ConnectionPool[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     parent = Parent(api)
-    handle = api.provision(f"other-{uuid.uuid4().hex[:6]}")
-    with tenant_transaction(handle.id) as conn:
-        other = get_tenant(conn, handle.id)
-    assert other is not None
+    other = tenant_record(api.provision(f"other-{uuid.uuid4().hex[:6]}").id)
     gate = Gate()
     monkeypatch.setattr(start_module, "evaluate_tenant_schema", gate.wrap(evaluate_tenant_schema))
     with ThreadPoolExecutor(1) as pool:
         answered = pool.submit(parent.start_child)
         try:
             assert gate.entered.wait(GATE_WAIT_S), "the child's input was never checked"
-            completed = _other_tenants_transaction_completes(other)
+            completed = other_tenants_transaction_completes(other.id)
         finally:
             gate.released.set()
         answer = answered.result()

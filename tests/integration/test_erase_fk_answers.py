@@ -5,7 +5,6 @@ inside its transaction: answered as an unknown tenant's (401), and the allow rec
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,7 @@ from shared.db.session import tenant_transaction, when_released
 from shared.registry import service as registry_service
 from shared.tenants.offboarding import TENANT_TABLES
 from tests.integration.api_harness import ApiHarness, TenantHandle, api  # noqa: F401  # the fixture
-from tests.integration.test_erase_launch_race import _waits_on_a_lock
+from tests.integration.test_erase_launch_race import _erased_while_it_waits
 from tests.integration.test_erase_launch_race import durable as durable  # noqa: F401  # the fixture
 from tests.integration.test_offboarding import _tenant_row_counts
 from tests.integration.test_registry_api import INTENTS
@@ -59,19 +58,8 @@ def test_a_request_auditing_its_allow_inside_its_transaction_is_answered_401_whe
     unknown = api.client.post("/api/v1/policies", json={}, headers=api.headers(str(uuid.uuid4()), ADMIN))
     assert unknown.status_code == 401, unknown.text
 
-    with psycopg.connect(api.admin_url, dbname="quantum") as erasing, ThreadPoolExecutor(1) as pool:
-        erasing.execute("SELECT 1 FROM app.tenants WHERE id = %s FOR UPDATE", (tenant.id,))
-        answer_of = pool.submit(call)
-        deadline = time.monotonic() + 60
-        while not answer_of.done() and not _waits_on_a_lock(api):
-            assert time.monotonic() < deadline, "the request never waited on the tenant row"
-            time.sleep(0.05)
-        assert not answer_of.done(), answer_of.result().text
-        # The erasure's deletes, children before parents, then the tenant row.
-        for table in TENANT_TABLES:
-            erasing.execute(f"DELETE FROM app.{table} WHERE tenant_id = %s", (tenant.id,))  # noqa: S608
-        erasing.execute("DELETE FROM app.tenants WHERE id = %s", (tenant.id,))
-        erasing.commit()
+    with ThreadPoolExecutor(1) as pool:
+        answer_of = _erased_while_it_waits(api, tenant.id, pool, call)
         with caplog.at_level(logging.INFO):
             answer: httpx.Response = answer_of.result(60)
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
@@ -105,6 +107,26 @@ def _waits_on_a_lock(api: ApiHarness) -> bool:
     return bool(row and row[0])
 
 
+def _erased_while_it_waits(
+    api: ApiHarness, tenant_id: uuid.UUID, pool: ThreadPoolExecutor, call: Callable[[], httpx.Response]
+) -> Future[httpx.Response]:
+    """`call`'s answer, sent on `pool` while the erasure holds the tenant's row; once it waits on that row, the
+    tenant's rows are deleted, children before parents, and the erasure commits."""
+    with psycopg.connect(api.admin_url, dbname="quantum") as erasing:
+        erasing.execute("SELECT 1 FROM app.tenants WHERE id = %s FOR UPDATE", (tenant_id,))
+        answer_of = pool.submit(call)
+        deadline = time.monotonic() + 60
+        while not answer_of.done() and not _waits_on_a_lock(api):
+            assert time.monotonic() < deadline, "the request never waited on the tenant row"
+            time.sleep(0.05)
+        assert not answer_of.done(), answer_of.result().text
+        for table in TENANT_TABLES:
+            erasing.execute(f"DELETE FROM app.{table} WHERE tenant_id = %s", (tenant_id,))  # noqa: S608
+        erasing.execute("DELETE FROM app.tenants WHERE id = %s", (tenant_id,))
+        erasing.commit()
+    return answer_of
+
+
 def test_a_request_waiting_on_the_erased_tenant_is_answered_as_one_of_an_unknown_tenant(
     api: ApiHarness, durable: _StartingDurable
 ) -> None:
@@ -116,20 +138,9 @@ def test_a_request_waiting_on_the_erased_tenant_is_answered_as_one_of_an_unknown
     unknown = api.client.post(path, json={"input": {}}, headers=api.headers(str(uuid.uuid4()), AUTHOR))
     assert unknown.status_code == 401, unknown.text
 
-    with psycopg.connect(api.admin_url, dbname="quantum") as erasing, ThreadPoolExecutor(1) as pool:
-        erasing.execute("SELECT 1 FROM app.tenants WHERE id = %s FOR UPDATE", (tenant.id,))
-        answer_of = pool.submit(api.client.post, path, json={"input": {}}, headers=api.headers(name, AUTHOR))
-        deadline = time.monotonic() + 60
-        while not answer_of.done() and not _waits_on_a_lock(api):
-            assert time.monotonic() < deadline, "the request never waited on the tenant row"
-            time.sleep(0.05)
-        assert not answer_of.done(), answer_of.result().text
-        # The erasure's deletes, children before parents, then the tenant row.
-        for table in TENANT_TABLES:
-            erasing.execute(f"DELETE FROM app.{table} WHERE tenant_id = %s", (tenant.id,))  # noqa: S608
-        erasing.execute("DELETE FROM app.tenants WHERE id = %s", (tenant.id,))
-        erasing.commit()
-        answer = answer_of.result(60)
+    with ThreadPoolExecutor(1) as pool:
+        execute = partial(api.client.post, path, json={"input": {}}, headers=api.headers(name, AUTHOR))
+        answer = _erased_while_it_waits(api, tenant.id, pool, execute).result(60)
 
     assert answer.status_code == unknown.status_code, answer.text
     assert answer.json() == unknown.json()

@@ -8,21 +8,21 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
-import shared.db.session as session
-from shared.config import Settings
-from shared.db.pool import build_pool
-from shared.db.session import tenant_transaction
 from shared.registry import service as registry_service
 from shared.registry.validation import validate_definition
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
+from tests.integration.pool_of_one_harness import (  # noqa: F401  # the fixture one_connection
+    GATE_WAIT_S,
+    one_connection,
+    other_tenants_transaction_completes,
+)
 from tests.integration.test_registry_api import BLUEPRINTS, INTENTS, etag_of, problem, wait_step
 
 pytestmark = pytest.mark.integration
@@ -30,8 +30,6 @@ pytestmark = pytest.mark.integration
 AUTHOR = ["Intent.Author", "Intent.Reader"]
 ADMIN = ["Tenant.Admin"]
 SCHEMA = {"type": "object", "properties": {"a": {"type": "array", "items": {"type": "string", "pattern": "^q$"}}}}
-GATE_WAIT_S = 60.0
-"""How long a held check waits to be released at most: only a broken test waits that long."""
 
 
 class Gate:
@@ -59,38 +57,10 @@ class Gate:
         return held
 
 
-@pytest.fixture
-def one_connection(api: ApiHarness, monkeypatch: pytest.MonkeyPatch) -> Iterator[ConnectionPool[Any]]:
-    """The tenant transactions' pool made a pool of one connection, so that one borrower held keeps every other out
-    (which then gives up within a second, with PoolTimeout)."""
-    settings = Settings(
-        QP_DATABASE_URL=api.app_url,
-        QP_DATABASE_CONTROL_URL=api.control_url,
-        QP_BLOB_CONNECTION_STRING="UseDevelopmentStorage=true",
-        QP_DATABASE_POOL_MAX=1,
-        QP_DATABASE_POOL_TIMEOUT_S=1.0,
-    )
-    pool = build_pool(api.app_url, settings, name="one-connection")
-    monkeypatch.setattr(session, "get_pool", lambda: pool)
-    yield pool
-    pool.close()
-
-
 def _tenant(api: ApiHarness, prefix: str, modules: tuple[str, ...] = ("wait",)) -> str:
     name = f"{prefix}-{uuid.uuid4().hex[:6]}"
     api.provision(name, allowed_modules=list(modules))
     return name
-
-
-def _other_tenants_transaction_completes(api: ApiHarness, other: str) -> bool:
-    """Whether another tenant's transaction got a connection and ran (False: the pool had none to give)."""
-    tenant_id = api.tenants[other].id
-    try:
-        with tenant_transaction(tenant_id) as conn:
-            row = conn.execute("SELECT app.current_tenant_id() AS tenant").fetchone()
-    except psycopg.OperationalError:  # PoolTimeout: every connection of the pool is held
-        return False
-    return row == {"tenant": tenant_id}
 
 
 def _body(name: str, seconds: int = 1, **definition: Any) -> dict[str, Any]:
@@ -126,7 +96,7 @@ def _while_checked(
         answer = pool.submit(send)
         try:
             assert gate.entered.wait(GATE_WAIT_S), "the definition was never checked"
-            completed = _other_tenants_transaction_completes(api, other)
+            completed = other_tenants_transaction_completes(api.tenants[other].id)
         finally:
             gate.released.set()
         response = answer.result()

@@ -18,12 +18,11 @@ from shared.auth.principal import Requester
 from shared.check_gate import CheckGate
 from shared.db.session import tenant_transaction
 from shared.engine import start_service
-from shared.engine.progress import record_progress
 from shared.engine.start import InputCheck, PendingInputCheck, Started, StartRequest, checked_input
 from shared.engine.start_service import begin
 from shared.ingress.process import process_batch
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
-from tests.integration.test_child_start_precheck import STEP, Parent
+from tests.integration.test_child_start_precheck import Parent
 from tests.integration.test_ingress_launch import _event, _executions, _validator
 from tests.integration.test_ingress_rejections import _intent, _rows
 from tests.integration.test_registry_api import problem
@@ -172,22 +171,9 @@ def test_a_childs_costly_start_waits_for_its_turn_however_long_and_starts(
     inputs = {"a": ["q"] * (check_gate.COSTLY_BYTES // 4 + 1)}
     assert check_gate.is_costly(inputs)
 
-    def start_child() -> dict[str, Any]:
-        answer: dict[str, Any] = record_progress(
-            {
-                "kind": "start_child",
-                "execution_id": str(parent.root.id),
-                "tenant_id": str(parent.tenant.id),
-                "step_id": STEP,
-                "attempt": 1,
-                "params": {"intent": parent.child, "inputs": inputs},
-            }
-        )
-        return answer
-
     assert gate.enter(parent.tenant.id, 0)  # the tenant's one costly check under way
     with ThreadPoolExecutor(1) as pool:
-        answered = pool.submit(start_child)
+        answered = pool.submit(parent.start_child, inputs)
         try:
             assert gate.turn_taken.wait(GATE_WAIT_S), "the child's start never asked for its turn"
         finally:

@@ -4,102 +4,41 @@ display name, now in shared.free_text); an allow-list entry matches a URL's host
 IDNA A-labels never matched, an IPv6 address written otherwise neither) and one holding a zone id is refused; the
 bodiless deletes of webhook subscriptions and policies refuse a body as rotate-secret does.
 
-Through the app without I/O, as tests/unit/test_input_hygiene_webhooks.py: every refusal here comes before any
+Through the app without I/O, as tests/unit/edge_harness.py sets it up: every refusal here comes before any
 transaction, so the database is one that does not exist."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from devhost.identity import (
-    DEFAULT_AUDIENCE,
-    SigningKey,
-    dev_tenant_id,
-    openid_configuration,
-    openid_metadata_url,
-    sign_access_token,
-)
-from shared.api import readiness
-from shared.api import security as api_security
-from shared.api.app import create_app
+from devhost.identity import SigningKey
 from shared.api.routers.webhooks import SubscriptionIn, SubscriptionPatch
 from shared.auth.principal import TENANT_ADMIN
-from shared.auth.tokens import TokenValidator
-from shared.config import get_settings
-from shared.db.pool import close_pool
 from shared.free_text import UNSHOWN_CHARACTER, shown_as_written, unshown_problem
 from shared.modules.ssrf import UrlRefused, check_url, host_key
-from shared.ratelimit import RateDecision
-from shared.tenants.models import Tenant, TenantCreate, TenantQuotas, TenantUpdate
-from shared.tenants.repository import tenant_directory
+from shared.tenants.models import TenantCreate, TenantUpdate
 from shared.tenants.settings import settings_problems
-
-BASE_URL = "http://127.0.0.1:7071"
-CONTOSO = dev_tenant_id("contoso")
-METADATA_URL = openid_metadata_url(BASE_URL)
-TENANT = Tenant(
-    id=uuid.uuid4(),
-    name="contoso",
-    display_name="Contoso",
-    entra_tenant_id=CONTOSO,
-    status="active",
-    quotas=TenantQuotas(),
-    allowed_modules=[],
-    allowed_targets=[],
-    created_at=datetime(2026, 1, 1, tzinfo=UTC),
-    updated_at=datetime(2026, 1, 1, tzinfo=UTC),
+from tests.unit.edge_harness import (  # noqa: F401  # the fixtures client, key, validator
+    CONTOSO,
+    bearer,
+    client,
+    key,
+    validation_problem,
+    validator,
 )
+
 URL = "https://hooks.contoso.example/quantum"
 NO_BODY = [{"pointer": "", "detail": "this request takes no body: send it without one"}]
 UNSHOWN = ["\x1b[2J", "a\x00b", "\x7f", "\x85", "evil\u202etxt.exe", "\u2066x\u2069", "line\nbreak", "tab\there"]
 
 
-@pytest.fixture(scope="module")
-def key(tmp_path_factory: pytest.TempPathFactory) -> SigningKey:
-    return SigningKey.load_or_create(Path(tmp_path_factory.mktemp("issuer")))
-
-
-@pytest.fixture()
-def client(monkeypatch: pytest.MonkeyPatch, key: SigningKey) -> Iterator[TestClient]:
-    def fetch(url: str) -> dict[str, Any]:
-        return openid_configuration(BASE_URL, "organizations") if url == METADATA_URL else key.jwks(BASE_URL)
-
-    validator = TokenValidator(METADATA_URL, DEFAULT_AUDIENCE, fetch=fetch)
-    monkeypatch.setenv("QP_DATABASE_URL", "host=/nonexistent dbname=none")
-    monkeypatch.setenv("QP_DATABASE_CONTROL_URL", "host=/nonexistent dbname=none")
-    monkeypatch.setenv("QP_BLOB_CONNECTION_STRING", "UseDevelopmentStorage=true")
-    get_settings.cache_clear()
-    monkeypatch.setattr(tenant_directory, "cached", lambda entra: (True, TENANT if entra == CONTOSO else None))
-    monkeypatch.setattr(api_security, "take_tenant_token", lambda tenant_id, limit: RateDecision(True, 0.0))
-    app = create_app()
-    app.dependency_overrides[api_security.token_validator] = lambda: validator
-    with TestClient(app, raise_server_exceptions=False) as test_client:
-        yield test_client
-    close_pool()
-    readiness._probe_client.cache_clear()
-    get_settings.cache_clear()
-
-
 @pytest.fixture()
 def admin(key: SigningKey) -> dict[str, str]:
-    token = sign_access_token(key, tenant=str(CONTOSO), base_url=BASE_URL, roles=(TENANT_ADMIN,))
-    return {"Authorization": f"Bearer {token}"}
-
-
-def _validation_problem(answer: Any) -> dict[str, Any]:
-    assert answer.status_code == 422, answer.text
-    assert answer.headers["content-type"] == "application/problem+json"
-    problem: dict[str, Any] = answer.json()
-    assert problem["type"].endswith("/validation-error"), problem
-    return problem
+    return bearer(key, TENANT_ADMIN)
 
 
 # ---- free text is shown as written ---------------------------------------------------------------------------------
@@ -115,7 +54,7 @@ def test_a_subscription_description_that_would_act_where_shown_is_refused(
     changed = client.patch(f"/api/v1/webhooks/{uuid.uuid4()}", json={"description": text}, headers=admin)
 
     for answer in (created, changed):
-        problem = _validation_problem(answer)
+        problem = validation_problem(answer)
         assert [error["pointer"] for error in problem["errors"]] == ["/description"], problem
         detail = problem["errors"][0]["detail"]
         assert "U+" in detail and text not in detail, detail  # named by code point, never echoed
@@ -213,7 +152,7 @@ def test_a_delete_refuses_a_body(client: TestClient, admin: dict[str, str], path
     headers = admin | {"Content-Type": "application/json"}
     answer = client.request("DELETE", path.format(id=uuid.uuid4()), content=body, headers=headers)
 
-    assert _validation_problem(answer)["errors"] == NO_BODY
+    assert validation_problem(answer)["errors"] == NO_BODY
 
 
 @pytest.mark.parametrize("path", DELETES)
@@ -228,8 +167,7 @@ def test_a_delete_without_a_body_passes_the_check(client: TestClient, admin: dic
 def test_a_delete_refuses_a_body_only_after_the_permission_check(
     client: TestClient, key: SigningKey, path: str
 ) -> None:
-    reader = sign_access_token(key, tenant=str(CONTOSO), base_url=BASE_URL, roles=("Intent.Reader",))
-    headers = {"Authorization": f"Bearer {reader}", "Content-Type": "application/json"}
+    headers = bearer(key, "Intent.Reader") | {"Content-Type": "application/json"}
     answer = client.request("DELETE", path.format(id=uuid.uuid4()), content=b"{}", headers=headers)
     assert answer.status_code in (403, 503), answer.text
     assert "takes no body" not in answer.text

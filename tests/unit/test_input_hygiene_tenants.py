@@ -4,100 +4,42 @@ character nor bidirectional override (they reached terminals and logs as sent), 
 and IP addresses as the outbound guard compares them (`*`, `0.0.0.0/0`, `"127.0.0.1 "` were stored, and matched
 nothing).
 
-Through the app without I/O where the refusal comes before any transaction, as tests/unit/test_nil_uuid_tid.py (the
+Through the app without I/O where the refusal comes before any transaction, as tests/unit/edge_harness.py has it (the
 tenant from a stand-in directory cache, the rate token always granted); the allow-list through its check, as
 tests/unit/test_ssrf_private_networks.py."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from devhost.identity import (
-    DEFAULT_AUDIENCE,
-    SigningKey,
-    dev_tenant_id,
-    openid_configuration,
-    openid_metadata_url,
-    sign_access_token,
-)
+from devhost.identity import SigningKey
 from devhost.provision import DEMO_TENANTS
-from shared.api import readiness
-from shared.api import security as api_security
-from shared.api.app import create_app
 from shared.auth.principal import PLATFORM_ADMIN
-from shared.auth.tokens import TokenValidator
-from shared.config import get_settings
-from shared.db.pool import close_pool
 from shared.modules.ssrf import check_url
-from shared.ratelimit import RateDecision
-from shared.tenants.models import Tenant, TenantCreate, TenantQuotas, TenantUpdate
-from shared.tenants.repository import tenant_directory
+from shared.tenants.models import TenantCreate, TenantUpdate
 from shared.tenants.settings import settings_problems
-
-BASE_URL = "http://127.0.0.1:7071"
-CONTOSO = dev_tenant_id("contoso")
-METADATA_URL = openid_metadata_url(BASE_URL)
-OPERATORS = Tenant(
-    id=uuid.uuid4(),
-    name="contoso",
-    display_name="Contoso",
-    entra_tenant_id=CONTOSO,
-    status="active",
-    quotas=TenantQuotas(),
-    allowed_modules=[],
-    allowed_targets=[],
-    created_at=datetime(2026, 1, 1, tzinfo=UTC),
-    updated_at=datetime(2026, 1, 1, tzinfo=UTC),
+from tests.unit.edge_harness import (  # noqa: F401  # the fixtures client, key, validator
+    bearer,
+    client,
+    key,
+    validation_problem,
+    validator,
 )
-
-
-@pytest.fixture(scope="module")
-def key(tmp_path_factory: pytest.TempPathFactory) -> SigningKey:
-    return SigningKey.load_or_create(Path(tmp_path_factory.mktemp("issuer")))
-
-
-@pytest.fixture()
-def client(monkeypatch: pytest.MonkeyPatch, key: SigningKey) -> Iterator[TestClient]:
-    def fetch(url: str) -> dict[str, Any]:
-        return openid_configuration(BASE_URL, "organizations") if url == METADATA_URL else key.jwks(BASE_URL)
-
-    validator = TokenValidator(METADATA_URL, DEFAULT_AUDIENCE, fetch=fetch)
-    monkeypatch.setenv("QP_DATABASE_URL", "host=/nonexistent dbname=none")
-    monkeypatch.setenv("QP_DATABASE_CONTROL_URL", "host=/nonexistent dbname=none")
-    monkeypatch.setenv("QP_BLOB_CONNECTION_STRING", "UseDevelopmentStorage=true")
-    get_settings.cache_clear()
-    monkeypatch.setattr(tenant_directory, "cached", lambda entra: (True, OPERATORS if entra == CONTOSO else None))
-    monkeypatch.setattr(api_security, "take_tenant_token", lambda tenant_id, limit: RateDecision(True, 0.0))
-    app = create_app()
-    app.dependency_overrides[api_security.token_validator] = lambda: validator
-    with TestClient(app, raise_server_exceptions=False) as test_client:
-        yield test_client
-    close_pool()
-    readiness._probe_client.cache_clear()
-    get_settings.cache_clear()
 
 
 @pytest.fixture()
 def admin(key: SigningKey) -> dict[str, str]:
-    token = sign_access_token(key, tenant=str(CONTOSO), base_url=BASE_URL, roles=(PLATFORM_ADMIN,))
-    return {"Authorization": f"Bearer {token}"}
+    return bearer(key, PLATFORM_ADMIN)
 
 
 def _refused_at(answer: Any) -> list[str]:
     """The pointers of a 422 validation problem."""
-    assert answer.status_code == 422, answer.text
-    assert answer.headers["content-type"] == "application/problem+json"
-    problem = answer.json()
-    assert problem["type"].endswith("/validation-error"), problem
-    return [error["pointer"] for error in problem["errors"]]
+    return [error["pointer"] for error in validation_problem(answer)["errors"]]
 
 
 def _spec(**fields: Any) -> dict[str, Any]:

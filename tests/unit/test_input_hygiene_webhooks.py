@@ -2,98 +2,35 @@
 """A webhook subscription lists each event type once (`["*", "*"]` was stored as sent), and the rotation of its
 secret, which takes no body, refuses one (`{"secret": ...}` was answered 200 with a secret the platform drew).
 
-Through the app without I/O, as tests/unit/test_nil_uuid_tid.py: a real validator reads the issuer's documents from
-memory, the tenant comes from a stand-in directory cache and the rate token is always granted; both refusals come
+Through the app without I/O, as tests/unit/edge_harness.py sets it up: a real validator reads the issuer's documents
+from memory, the tenant comes from a stand-in directory cache and the rate token is always granted; both refusals come
 before any transaction, so the database is one that does not exist."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from devhost.identity import (
-    DEFAULT_AUDIENCE,
-    SigningKey,
-    dev_tenant_id,
-    openid_configuration,
-    openid_metadata_url,
-    sign_access_token,
-)
-from shared.api import readiness
-from shared.api import security as api_security
-from shared.api.app import create_app
+from devhost.identity import SigningKey
 from shared.api.routers.webhooks import SubscriptionIn, SubscriptionPatch
 from shared.auth.principal import TENANT_ADMIN
-from shared.auth.tokens import TokenValidator
-from shared.config import get_settings
-from shared.db.pool import close_pool
-from shared.ratelimit import RateDecision
-from shared.tenants.models import Tenant, TenantQuotas
-from shared.tenants.repository import tenant_directory
-
-BASE_URL = "http://127.0.0.1:7071"
-CONTOSO = dev_tenant_id("contoso")
-METADATA_URL = openid_metadata_url(BASE_URL)
-TENANT = Tenant(
-    id=uuid.uuid4(),
-    name="contoso",
-    display_name="Contoso",
-    entra_tenant_id=CONTOSO,
-    status="active",
-    quotas=TenantQuotas(),
-    allowed_modules=[],
-    allowed_targets=[],
-    created_at=datetime(2026, 1, 1, tzinfo=UTC),
-    updated_at=datetime(2026, 1, 1, tzinfo=UTC),
+from tests.unit.edge_harness import (  # noqa: F401  # the fixtures client, key, validator
+    bearer,
+    client,
+    key,
+    validation_problem,
+    validator,
 )
+
 URL = "https://hooks.contoso.example/quantum"
-
-
-@pytest.fixture(scope="module")
-def key(tmp_path_factory: pytest.TempPathFactory) -> SigningKey:
-    return SigningKey.load_or_create(Path(tmp_path_factory.mktemp("issuer")))
-
-
-@pytest.fixture()
-def client(monkeypatch: pytest.MonkeyPatch, key: SigningKey) -> Iterator[TestClient]:
-    def fetch(url: str) -> dict[str, Any]:
-        return openid_configuration(BASE_URL, "organizations") if url == METADATA_URL else key.jwks(BASE_URL)
-
-    validator = TokenValidator(METADATA_URL, DEFAULT_AUDIENCE, fetch=fetch)
-    monkeypatch.setenv("QP_DATABASE_URL", "host=/nonexistent dbname=none")
-    monkeypatch.setenv("QP_DATABASE_CONTROL_URL", "host=/nonexistent dbname=none")
-    monkeypatch.setenv("QP_BLOB_CONNECTION_STRING", "UseDevelopmentStorage=true")
-    get_settings.cache_clear()
-    monkeypatch.setattr(tenant_directory, "cached", lambda entra: (True, TENANT if entra == CONTOSO else None))
-    monkeypatch.setattr(api_security, "take_tenant_token", lambda tenant_id, limit: RateDecision(True, 0.0))
-    app = create_app()
-    app.dependency_overrides[api_security.token_validator] = lambda: validator
-    with TestClient(app, raise_server_exceptions=False) as test_client:
-        yield test_client
-    close_pool()
-    readiness._probe_client.cache_clear()
-    get_settings.cache_clear()
 
 
 @pytest.fixture()
 def admin(key: SigningKey) -> dict[str, str]:
-    token = sign_access_token(key, tenant=str(CONTOSO), base_url=BASE_URL, roles=(TENANT_ADMIN,))
-    return {"Authorization": f"Bearer {token}"}
-
-
-def _validation_problem(answer: Any) -> dict[str, Any]:
-    assert answer.status_code == 422, answer.text
-    assert answer.headers["content-type"] == "application/problem+json"
-    problem: dict[str, Any] = answer.json()
-    assert problem["type"].endswith("/validation-error"), problem
-    return problem
+    return bearer(key, TENANT_ADMIN)
 
 
 # ---- each event type once --------------------------------------------------------------------------------------
@@ -112,7 +49,7 @@ def test_a_subscription_with_a_repeated_event_type_is_refused(
 ) -> None:
     answer = client.post("/api/v1/webhooks", json={"url": URL, "event_types": event_types}, headers=admin)
 
-    problem = _validation_problem(answer)
+    problem = validation_problem(answer)
     assert [error["pointer"] for error in problem["errors"]] == ["/event_types"], problem
     assert repeated in problem["errors"][0]["detail"], problem
 
@@ -120,7 +57,7 @@ def test_a_subscription_with_a_repeated_event_type_is_refused(
 def test_a_change_that_repeats_an_event_type_is_refused(client: TestClient, admin: dict[str, str]) -> None:
     answer = client.patch(f"/api/v1/webhooks/{uuid.uuid4()}", json={"event_types": ["*", "*"]}, headers=admin)
 
-    problem = _validation_problem(answer)
+    problem = validation_problem(answer)
     assert [error["pointer"] for error in problem["errors"]] == ["/event_types"], problem
 
 
@@ -143,7 +80,7 @@ def test_a_rotation_refuses_a_body(client: TestClient, admin: dict[str, str], bo
     headers = admin | {"Content-Type": "application/json"}
     answer = client.post(f"/api/v1/webhooks/{uuid.uuid4()}/rotate-secret", content=body, headers=headers)
 
-    problem = _validation_problem(answer)
+    problem = validation_problem(answer)
     assert problem["errors"] == [{"pointer": "", "detail": "this request takes no body: send it without one"}]
 
 
@@ -156,11 +93,10 @@ def test_a_rotation_without_a_body_passes_the_check(client: TestClient, admin: d
 
 
 def test_the_refusal_comes_after_the_permission_check(client: TestClient, key: SigningKey) -> None:
-    reader = sign_access_token(key, tenant=str(CONTOSO), base_url=BASE_URL, roles=("Intent.Reader",))
     answer = client.post(
         f"/api/v1/webhooks/{uuid.uuid4()}/rotate-secret",
         json={"secret": "whsec_x"},
-        headers={"Authorization": f"Bearer {reader}"},
+        headers=bearer(key, "Intent.Reader"),
     )
     # Refused by the permission check, whose deny record this test's database cannot take (then 503): never the
     # body's refusal, which would tell a caller without the role what the route takes.

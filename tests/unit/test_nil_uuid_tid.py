@@ -3,94 +3,42 @@
 any malformed claim is (401 `invalid-token`), and the control plane provisions no tenant for it (422). Before, such a
 token was accepted, and answered as the caller of whatever tenant had been provisioned for the nil UUID.
 
-Through the app without I/O: a real validator reads the issuer's documents from memory, tenants come from a
-stand-in directory cache (which holds a tenant provisioned for the nil UUID before the control plane refused it),
-and the rate token is always granted."""
+Through the app without I/O, as tests/unit/edge_harness.py has it: a real validator reads the issuer's documents from
+memory, tenants come from a stand-in directory cache (which holds a tenant provisioned for the nil UUID before the
+control plane refused it), and the rate token is always granted."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from devhost.identity import (
-    DEFAULT_AUDIENCE,
-    SigningKey,
-    dev_tenant_id,
-    openid_configuration,
-    openid_metadata_url,
-    sign_access_token,
-)
-from shared.api import readiness
-from shared.api import security as api_security
-from shared.api.app import create_app
+from devhost.identity import SigningKey, sign_access_token
 from shared.auth.principal import INTENT_READER, PLATFORM_ADMIN
 from shared.auth.tokens import InvalidTokenError, TokenValidator
-from shared.config import get_settings
-from shared.db.pool import close_pool
-from shared.ratelimit import RateDecision
-from shared.tenants.models import Tenant, TenantCreate, TenantQuotas
-from shared.tenants.repository import tenant_directory
+from shared.tenants.models import TenantCreate
+from tests.unit.edge_harness import (  # noqa: F401  # the fixtures key, validator
+    BASE_URL,
+    CONTOSO,
+    a_tenant,
+    edge_client,
+    key,
+    validator,
+)
 
-BASE_URL = "http://127.0.0.1:7071"
 NIL = "00000000-0000-0000-0000-000000000000"
-CONTOSO = dev_tenant_id("contoso")
-METADATA_URL = openid_metadata_url(BASE_URL)
 
-
-def _tenant(entra: uuid.UUID) -> Tenant:
-    return Tenant(
-        id=uuid.uuid4(),
-        name=f"t-{entra.hex[:8]}",
-        display_name="",
-        entra_tenant_id=entra,
-        status="active",
-        quotas=TenantQuotas(),
-        allowed_modules=[],
-        allowed_targets=[],
-        created_at=datetime(2026, 1, 1, tzinfo=UTC),
-        updated_at=datetime(2026, 1, 1, tzinfo=UTC),
-    )
-
-
-TENANTS = {entra: _tenant(entra) for entra in (uuid.UUID(NIL), CONTOSO)}
+TENANTS = {entra: a_tenant(entra, f"t-{entra.hex[:8]}", "") for entra in (uuid.UUID(NIL), CONTOSO)}
 """What the directory knows: contoso, and a tenant provisioned for the nil UUID while the control plane allowed it."""
-
-
-@pytest.fixture(scope="module")
-def key(tmp_path_factory: pytest.TempPathFactory) -> SigningKey:
-    return SigningKey.load_or_create(Path(tmp_path_factory.mktemp("issuer")))
-
-
-@pytest.fixture()
-def validator(key: SigningKey) -> TokenValidator:
-    def fetch(url: str) -> dict[str, Any]:
-        return openid_configuration(BASE_URL, "organizations") if url == METADATA_URL else key.jwks(BASE_URL)
-
-    return TokenValidator(METADATA_URL, DEFAULT_AUDIENCE, fetch=fetch)
 
 
 @pytest.fixture()
 def client(monkeypatch: pytest.MonkeyPatch, validator: TokenValidator) -> Iterator[TestClient]:
-    monkeypatch.setenv("QP_DATABASE_URL", "host=/nonexistent dbname=none")
-    monkeypatch.setenv("QP_DATABASE_CONTROL_URL", "host=/nonexistent dbname=none")
-    monkeypatch.setenv("QP_BLOB_CONNECTION_STRING", "UseDevelopmentStorage=true")
-    get_settings.cache_clear()
-    monkeypatch.setattr(tenant_directory, "cached", lambda entra: (True, TENANTS.get(entra)))
-    monkeypatch.setattr(api_security, "take_tenant_token", lambda tenant_id, limit: RateDecision(True, 0.0))
-    app = create_app()
-    app.dependency_overrides[api_security.token_validator] = lambda: validator
-    with TestClient(app, raise_server_exceptions=False) as test_client:
-        yield test_client
-    close_pool()
-    readiness._probe_client.cache_clear()
-    get_settings.cache_clear()
+    yield from edge_client(monkeypatch, validator, TENANTS)
 
 
 def _token(key: SigningKey, tid: str, *, oid: str | None = None, roles: tuple[str, ...] = (INTENT_READER,)) -> str:
