@@ -34,7 +34,7 @@ from quantum_platform.client import (
     _page,
 )
 from quantum_platform.credentials import Credential, DevhostCredential, StaticToken
-from quantum_platform.errors import PlatformError, ProblemError
+from quantum_platform.errors import PlatformError, ProblemError, UnexpectedAnswer
 from quantum_platform.shapes import Shape
 
 app = typer.Typer(help="Quantum Platform: intents, runs and executions.", no_args_is_help=True)
@@ -634,13 +634,13 @@ def _view(execution: dict[str, Any]) -> Group:
         f"execution {execution.get('id')} {execution.get('status')}", total=max(len(steps), 1), completed=done
     )
     table = Table("step", "action", "state", "attempt", "duration")
-    for step in steps:
+    for index, step in enumerate(steps):
         table.add_row(
             Text(str(step.get("step_id"))),
             Text(str(step.get("action"))),
             Text(str(step.get("state"))),
             Text(str(step.get("attempt") or "")),
-            _duration(step.get("started_at"), step.get("finished_at")),
+            _duration(execution, index, step),
         )
     parts: list[Any] = [progress, table]
     # As text, not markup: an error quotes what an endpoint answered, and a `[/x]` in it would stop the view.
@@ -651,12 +651,29 @@ def _view(execution: dict[str, Any]) -> Group:
     return Group(*parts)
 
 
-def _duration(started: str | None, finished: str | None) -> str:
-    if not started:
+def _duration(execution: dict[str, Any], index: int, step: dict[str, Any]) -> str:
+    """How long the execution's step `index` ran (so far, while it has no end)."""
+    if not step.get("started_at"):
         return ""
-    begin = datetime.fromisoformat(started)
-    end = datetime.fromisoformat(finished) if finished else datetime.now(UTC)
+    begin = _time(execution, index, step, "started_at")
+    end = _time(execution, index, step, "finished_at") if step.get("finished_at") else datetime.now(UTC)
     return f"{(end - begin).total_seconds():.1f} s"
+
+
+def _time(execution: dict[str, Any], index: int, step: dict[str, Any], field: str) -> datetime:
+    """A step's time. Its shape says only that it is text: one that is not an ISO 8601 time with its offset (the API
+    answers every time so) is a wrong answer, refused as the shape's own failures are."""
+    value = step[field]
+    try:
+        moment = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        moment = None
+    if moment is None or moment.utcoffset() is None:
+        raise UnexpectedAnswer(
+            f"GET /api/v1/executions/{execution.get('id')} answered something other than {shapes.EXECUTION.name}: "
+            f"/steps/{index}/{field} is {shapes.kind(value)} that is not an ISO 8601 time with its offset"
+        )
+    return moment
 
 
 # ------------------------------------------------------------------------------------------ executions

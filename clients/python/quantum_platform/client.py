@@ -27,7 +27,7 @@ from httpx_sse import EventSource
 from quantum_platform.credentials import Credential, DevhostCredential, from_environment
 from quantum_platform.errors import ProblemError, UnexpectedAnswer, problem_from
 from quantum_platform.resources import Audit, Definitions, Executions, Modules, Webhooks
-from quantum_platform.shapes import EVENT
+from quantum_platform.shapes import EVENT, kind
 
 DEFAULT_URL = "http://127.0.0.1:7071"
 TERMINAL_EVENTS = frozenset({"execution_completed", "execution_failed", "execution_cancelled"})
@@ -391,10 +391,17 @@ def _stale(count: int) -> int:
 def _page(page: Any, seen: set[str]) -> tuple[list[Item], str | None]:
     """A listing page's items and the cursor of the next page (None: the last one). A server answering a cursor
     already followed in this walk (its own, or an earlier one: A, B, A) would page forever: that is refused, not
-    followed. `seen` holds the walk's cursors and gains the next one."""
+    followed. `seen` holds the walk's cursors and gains the next one. An item that is not a JSON object makes the
+    page UnexpectedAnswer, not a shorter page: dropping it would pass a wrong answer for a right one."""
     if not isinstance(page, dict) or not isinstance(page.get("items") or [], list):
         raise UnexpectedAnswer("a listing answered something other than a page ({items: [...], next_cursor})")
-    items = [item for item in page.get("items") or [] if isinstance(item, dict)]
+    items: list[Item] = page.get("items") or []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise UnexpectedAnswer(
+                "a listing answered something other than a page ({items: [...], next_cursor}): "
+                f"/items/{index} is {kind(item)}, not an object"
+            )
     cursor = page.get("next_cursor")
     if cursor is None or cursor == "":
         return items, None

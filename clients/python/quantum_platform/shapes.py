@@ -45,8 +45,8 @@ class Shape:
             elif error["type"] == "invalid_key":  # never in JSON, but a program may check a dict of its own
                 problem = f"{where.rsplit('/', 1)[0] or 'it'} has a key that is not text: {error['loc'][-1]!r}"
             else:
-                expected = " or ".join(_NAMES[kind] for kind in _kinds_at(self.model, error["loc"]))
-                problem = f"{where or 'it'} is {_kind(error['input'])}, not {expected}"
+                expected = " or ".join(_NAMES[option] for option in _kinds_at(self.model, error["loc"]))
+                problem = f"{where or 'it'} is {kind(error['input'])}, not {expected}"
             raise UnexpectedAnswer(f"{source} answered something other than {self.name}: {problem}") from None
         return cast(dict[str, Any], value)
 
@@ -75,7 +75,8 @@ def _kinds_at(annotation: Any, loc: tuple[int | str, ...]) -> list[type]:
     annotation = reduce(_inner, loc, annotation)
     options = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
     return [
-        dict if isinstance(kind, type) and issubclass(kind, BaseModel) else get_origin(kind) or kind for kind in options
+        dict if isinstance(option, type) and issubclass(option, BaseModel) else get_origin(option) or option
+        for option in options
     ]
 
 
@@ -90,12 +91,15 @@ _NAMES: dict[type, str] = {
 }
 
 
-def _kind(value: Any) -> str:
+def kind(value: Any) -> str:
+    """The JSON type of `value` as a message names it ("a string", "a number", "an object", ...)."""
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, int | float):
         return "a number"
-    return next((_NAMES[kind] for kind in (str, dict, list, NoneType) if isinstance(value, kind)), type(value).__name__)
+    return next(
+        (_NAMES[option] for option in (str, dict, list, NoneType) if isinstance(value, option)), type(value).__name__
+    )
 
 
 Object = dict[Any, Any]  # a JSON object: its keys are text, its values anything
