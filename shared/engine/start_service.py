@@ -40,8 +40,7 @@ from shared.policy.authorizer import Decision, Resource
 from shared.policy.facts import TenantFacts
 from shared.registry import service as registry
 from shared.tenants.models import Tenant
-from shared.tenants.offboarding import purge_orchestrations
-from shared.tenants.repository import hold_tenant
+from shared.tenants.offboarding import purge_orchestrations, tenant_exists
 
 logger = logging.getLogger(__name__)
 
@@ -286,7 +285,7 @@ async def launch(client: Any, started: Started, tenant_id: UUID, *, record_failu
     its claim released, for the caller's own retry (the ingress's batch, run again in place) or the sweeper to
     start at once. A claim another starter took over meanwhile is never released.
 
-    Started, an orchestration whose tenant was erased meanwhile is terminated and purged (`_unless_erased`).
+    Started, an orchestration whose tenant was erased meanwhile is terminated and purged (`unless_erased`).
     """
     if started.orchestration_input is None:
         return
@@ -317,10 +316,10 @@ async def launch(client: Any, started: Started, tenant_id: UUID, *, record_failu
         # Without a key the retry is a new execution, so this one must neither run beside it nor look pending forever.
         await asyncio.to_thread(fail_start, tenant_id, execution.id, str(exc))
         raise OrchestrationUnavailableError(execution.id, str(exc)) from None
-    await _unless_erased(client, tenant_id, instance_id)
+    await unless_erased(client, tenant_id, instance_id)
 
 
-async def _unless_erased(client: Any, tenant_id: UUID, instance_id: str) -> None:
+async def unless_erased(client: Any, tenant_id: UUID, instance_id: str) -> None:
     """After the orchestration's start: terminate and purge it when its tenant was erased meanwhile.
 
     A start committed before its tenant's erasure and launched after the erasure's last purge left an orchestration,
@@ -355,12 +354,6 @@ async def _unless_erased(client: Any, tenant_id: UUID, instance_id: str) -> None
         instance_id,
         "it was" if purged else "nothing was left to be",
     )
-
-
-def tenant_exists(tenant_id: UUID) -> bool:
-    """Whether the tenant row is there, in a short transaction of its own (an erasure holding it is waited for)."""
-    with tenant_transaction(tenant_id) as conn:
-        return hold_tenant(conn, tenant_id)
 
 
 def release_claim(tenant_id: UUID, execution: repo.Execution) -> None:

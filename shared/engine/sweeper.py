@@ -35,7 +35,7 @@ from shared.engine import start as engine
 from shared.engine import steps as store
 from shared.engine.progress import abandon_step, end_compensation
 from shared.engine.protocol import ORCHESTRATOR, EventRaiser, raise_to_orchestration
-from shared.engine.start_service import StatusUnknownError, existing_instance, status_unknown
+from shared.engine.start_service import StatusUnknownError, existing_instance, status_unknown, unless_erased
 from shared.engine.steps import AttemptKey
 from shared.registry.model import Definition
 from shared.registry.service import RegistryError
@@ -130,6 +130,9 @@ class DurableClient(EventRaiser, Protocol):
 
     async def terminate(self, instance_id: str, reason: str) -> None:
         """Terminate a running orchestration instance (a message its backend applies asynchronously)."""
+
+    async def purge_instance_history(self, instance_id: str) -> Any:
+        """Delete an ended instance's history (a relaunch's, its tenant erased meanwhile: `unless_erased`)."""
 
 
 @dataclass(frozen=True)
@@ -466,6 +469,9 @@ async def _settle_stalled_start(
         # Left pending: the claim goes stale again and a later run (or a repeated request) starts it.
         logger.exception("sweeper: could not start the orchestration of execution %s", instance_id)
         return TenantSweep(checked=1)
+    # Its input was read before the start: a tenant erased since would be outlived by the orchestration (its history
+    # holds the tenant's input), as a launch's would (start_service.launch).
+    await unless_erased(client, tenant_id, instance_id)
     logger.info("sweeper: started the stalled execution %s", instance_id)
     return TenantSweep(started=1, checked=1)
 

@@ -112,6 +112,12 @@ def tenant_blob_prefix(tenant_id: UUID) -> str:
     return f"{tenant_id}/"
 
 
+def tenant_exists(tenant_id: UUID) -> bool:
+    """Whether the tenant row is there, in a short transaction of its own (an erasure holding it is waited for)."""
+    with tenant_transaction(tenant_id) as conn:
+        return hold_tenant(conn, tenant_id)
+
+
 def kept_for_tenant(tenant_id: UUID, container: ContainerClient, name: str, *, within: StorageCall = unbounded) -> bool:
     """After the tenant's blob `name` was written: True while the tenant is there; False, the blob deleted, when the
     tenant was erased meanwhile.
@@ -122,9 +128,8 @@ def kept_for_tenant(tenant_id: UUID, container: ContainerClient, name: str, *, w
     connection is held while the blob is written: a slow blob store would hold the pool from every tenant.
     `within` bounds the delete as the writer bounds its upload (a module: by its attempt's deadline, ADR 0026).
     """
-    with tenant_transaction(tenant_id) as conn:
-        if hold_tenant(conn, tenant_id):
-            return True
+    if tenant_exists(tenant_id):
+        return True
     try:
         within(f"the removal of {name!r}", lambda **options: container.delete_blob(name, **options))
     except ResourceNotFoundError:

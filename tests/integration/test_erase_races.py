@@ -24,8 +24,8 @@ from shared.db import session
 from shared.db.pool import build_pool
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
-from shared.engine.start_service import tenant_exists
 from shared.tenants import offboarding
+from shared.tenants.offboarding import tenant_exists
 from tests.integration.api_harness import ApiHarness, TenantHandle, api  # noqa: F401  # the fixture
 from tests.integration.conftest import _settings
 from tests.integration.test_executions import _execution, _intent
