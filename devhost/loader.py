@@ -31,6 +31,9 @@ class FunctionIndex:
     eventhub: list[func.Function] = field(default_factory=list)
     timers: list[func.Function] = field(default_factory=list)
     other: list[func.Function] = field(default_factory=list)
+    app_dir: Path | None = None
+    """The folder of the script the app was loaded from (its host.json beside it); None for an index built from an
+    app object alone."""
 
 
 def trigger_of(function: func.Function) -> Any:
@@ -116,4 +119,5 @@ def load_function_app(script: Path) -> FunctionIndex:
     index = _indexes.get(id(app))
     if index is None or index.app is not app:
         index = _indexes[id(app)] = build_index(app)
+    index.app_dir = script.resolve().parent
     return index

@@ -201,7 +201,11 @@ class EventHubHost:
 
 def host_json_batch_size(index: FunctionIndex) -> int:
     """`extensions.eventHubs.maxEventBatchSize` of the host.json beside the app's function_app.py."""
-    # The index does not record where the app came from; the module defining the app object does.
+    if index.app_dir is not None:
+        # Recorded when the script was loaded: another app loaded since under the same module name (every app's
+        # script is function_app.py) replaced this one in sys.modules, and the search below found none.
+        return load_host_json(index.app_dir).eventhub_max_batch_size
+    # An index built from an app object alone: the module defining the app object says where it came from.
     for module in list(sys.modules.values()):
         path = getattr(module, "__file__", None)
         if path and any(value is index.app for value in vars(module).values()):
