@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -29,25 +28,11 @@ from shared.config import get_settings
 from shared.db.pool import close_pool
 from shared.etags import if_match_tags
 from shared.ratelimit import RateDecision
-from shared.tenants.models import Tenant, TenantQuotas
 from shared.tenants.repository import tenant_directory
+from tests.unit.edge_harness import a_tenant
 
 ENTRA = {"contoso": uuid.uuid4(), "fabrikam": uuid.uuid4()}
-TENANTS = {
-    entra: Tenant(
-        id=uuid.uuid4(),
-        name=name,
-        display_name=name.title(),
-        entra_tenant_id=entra,
-        status="active",
-        quotas=TenantQuotas(),
-        allowed_modules=[],
-        allowed_targets=[],
-        created_at=datetime(2026, 1, 1, tzinfo=UTC),
-        updated_at=datetime(2026, 1, 1, tzinfo=UTC),
-    )
-    for name, entra in ENTRA.items()
-}
+TENANTS = {entra: a_tenant(entra, name, name.title()) for name, entra in ENTRA.items()}
 EXECUTION = uuid.uuid4()
 
 
