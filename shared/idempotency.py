@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import psycopg
 from psycopg import sql
 from psycopg.rows import DictRow
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Json, Jsonb
 from pydantic import AfterValidator, Field
 
 KEY_MAX_LENGTH = 255
@@ -185,7 +185,8 @@ def complete(
             "key": key,
             "principal": principal,
             "status": response.status,
-            "body": Jsonb(response.body),
+            # `json`, not `jsonb` (migration 0059): the body is replayed with its keys in the order first answered.
+            "body": Json(response.body),
             "headers": Jsonb(response.headers),
         },
     )

@@ -113,3 +113,25 @@ def test_another_principal_of_the_tenant_cannot_replay_an_answer_by_its_key(
     again = api.client.post(route.path, json=route.body("roll"), headers={**headers, **key})
     assert again.status_code == 201 and again.json() == first.json()
     assert route.names(api, headers) == ["roll"]
+
+
+def test_a_replayed_create_is_the_first_answer_byte_for_byte(api: ApiHarness, loopback_hooks: None) -> None:
+    # The kept body was jsonb, which sorts an object's keys by length then bytes: a retry got the same values in
+    # another order (`id` before `name`, an intent's steps' fields reordered), so two answers to one request differed.
+    name = f"idem-{uuid.uuid4().hex[:8]}"
+    api.provision(name, allowed_modules=["wait", "roll"])
+    headers = api.headers(name, [*ADMIN, "Intent.Author"])
+    allowed = api.client.patch("/api/v1/tenant", json={"settings": {"allowed_hosts": ["127.0.0.1"]}}, headers=headers)
+    assert allowed.status_code == 200, allowed.text
+    step = {"seconds": 1, "action": "wait", "id": "only"}  # jsonb would answer id, action, seconds
+    bodies = [(route.path, route.body("roll")) for route in ROUTES]
+    bodies.append(("/api/v1/intents", {"name": "roll", "definition": {"target": "staging", "steps": [step]}}))
+    for path, body in bodies:
+        keyed = {**headers, "Idempotency-Key": f"create-{uuid.uuid4().hex}"}
+        first = api.client.post(path, json=body, headers=keyed)
+        assert first.status_code == 201, first.text
+        again = api.client.post(path, json=body, headers=keyed)
+        assert again.status_code == 201, again.text
+        assert again.content == first.content, path
+        kept = ("location", "etag")
+        assert [again.headers.get(field) for field in kept] == [first.headers.get(field) for field in kept], path
