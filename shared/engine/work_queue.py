@@ -82,7 +82,9 @@ _ABANDON_SILENTLY = (
 # Only actions the tenant can have remote work for: a registered module, or one with a queued item (an item outlives
 # its module's removal). Any other name a worker asks for is never read back (the wait reason reads the pollers of
 # queued items' actions), and recording it let one tenant grow the table without bound (migration 0045). `added`:
-# whether the row is new (no row version replaced), which is when the tenant's stale rows are trimmed.
+# whether the row is new (no row version replaced), which is when the tenant's stale rows are trimmed. A new row's
+# foreign key to the tenant (migration 0058) waits on an erasure that holds the tenant row, and is refused once the
+# tenant is gone (answered as an unknown tenant's, ADR 0012): without it such a row outlived its erasure.
 _POLLED = (
     "INSERT INTO app.work_pollers (tenant_id, action, last_polled_at, last_polled_by)"
     " SELECT app.current_tenant_id(), asked.action, clock_timestamp(), %s"

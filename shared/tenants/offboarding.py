@@ -337,9 +337,11 @@ def _erase_rows(tenant_id: UUID, executions: list[str] | None) -> dict[str, int]
     listing = tenant_transaction(tenant_id) if executions is not None else nullcontext(None)
     with listing as tenant_conn, platform_transaction() as conn:
         conn.execute("SELECT app.pin_tenant(%s)", (tenant_id,))
-        # The tenant row first: a writer that adds a row naming the tenant (an execution, a domain event, an audit
-        # record) holds it (its foreign key's KEY SHARE) until it commits, and one that comes later waits here and
+        # The tenant row first: a writer that adds a row naming the tenant (an execution, a domain event, a worker's
+        # poller row) holds it (its foreign key's KEY SHARE) until it commits, and one that comes later waits here and
         # then finds the tenant gone. So no execution is created from now on, and the ids read next are all of them.
+        # Audit records have no such key (the erasure's own outlives the row, ADR 0012): one written meanwhile does
+        # not wait; the second pass below removes it from the trail, the audit relay from the outbox.
         conn.execute(_LOCK_TENANT, (tenant_id,))
         if executions is not None and tenant_conn is not None:
             # Read committed: this statement sees every commit up to now, those of the writers the lock waited for.
