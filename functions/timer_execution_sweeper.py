@@ -36,7 +36,7 @@ async def execution_sweeper(
             result.started,
             result.ended,
             result.expired_leases,
-            result.checked,
+            result.checked + result.inputs,
             result.failed_tenants,
             result.tenants,
         )

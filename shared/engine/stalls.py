@@ -19,11 +19,14 @@ from psycopg_pool import ConnectionPool
 from pydantic import ValidationError
 
 from shared import telemetry
+from shared.check_gate import UNBOUNDED
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
 from shared.engine import start as engine
+from shared.engine.start_service import checked_first
 from shared.engine.steps import Conn
 from shared.observability.tracing import continued_span, execution_attributes
+from shared.policy.facts import TenantFacts
 from shared.registry.service import RegistryError
 from shared.tenants.repository import get_tenant
 
@@ -93,14 +96,43 @@ def overdue(conn: Conn, execution: repo.Execution, plan: dict[str, Any], grace_s
 def record_stalls(
     tenant_id: UUID, execution_id: UUID, *, grace_s: float = STALL_GRACE_S, pool: ConnectionPool[Any] | None = None
 ) -> list[Stall]:
-    """Record each new stall of a running execution once (event, metric, span event); answers the new ones."""
+    """Record each new stall of a running execution once (event, metric, span event); answers the new ones.
+
+    Its per-step plan is rebuilt as its start built it, its recorded input and version's definition checked between
+    two transactions at the check gate, as a stalled start's rebuild is (sweeper.start_input)."""
+
+    def read() -> tuple[engine.PendingInputCheck, TenantFacts] | None:
+        with tenant_transaction(tenant_id, pool=pool) as conn:
+            execution = repo.get_execution(conn, execution_id)
+            tenant = get_tenant(conn, tenant_id)
+            if execution.terminal or tenant is None:
+                return None  # answered by the recording transaction, before any check
+            pending = engine.rebuild_to_check(conn, execution)
+        return None if pending is None else (pending, tenant.facts())
+
+    return checked_first(
+        read,
+        lambda input_check: _record_stalls(tenant_id, execution_id, grace_s, pool, input_check),
+        tenant_id=tenant_id,
+        wait_s=UNBOUNDED,
+    )
+
+
+def _record_stalls(
+    tenant_id: UUID,
+    execution_id: UUID,
+    grace_s: float,
+    pool: ConnectionPool[Any] | None,
+    input_check: engine.InputCheck | None,
+) -> list[Stall]:
+    """`record_stalls`' transaction, with its plan's check made before it (`input_check`)."""
     with tenant_transaction(tenant_id, pool=pool) as conn:
         execution = repo.get_execution(conn, execution_id)
         tenant = get_tenant(conn, tenant_id)
         if execution.terminal or tenant is None:
             return []
         try:
-            plan = engine.rebuild_input(conn, tenant.facts(), execution)["plan"]
+            plan = engine.rebuild_input(conn, tenant.facts(), execution, input_check=input_check)["plan"]
         except (engine.StartError, RegistryError, ValidationError):
             # Its version no longer validates (a stored definition the current model refuses too): judge by the
             # default timeout. Raised, it failed its tenant's sweep every time it came round.

@@ -661,6 +661,21 @@ def _replayed(
     return Started(execution, False, rebuild_input(conn, tenant, execution, input_check=input_check))
 
 
+def rebuild_to_check(conn: Conn, execution: repo.Execution) -> PendingInputCheck | None:
+    """What `rebuild_input` checks of a recorded execution (its recorded version and input, the version's definition
+    against the tenant's catalog), read without deciding or writing anything, for the check to be made with no
+    transaction open (`start_service.checked_first`); None when the rebuild is refused before any check (see
+    `input_to_check`), which the rebuild's own transaction then answers."""
+    recorded = StartRequest(
+        intent_id=execution.intent_id,
+        input=execution.input,
+        version=execution.intent_version,
+        requester=execution.requester,
+    )
+    pending = input_to_check(conn, recorded)
+    return None if pending is None else replace(pending, execution_id=execution.id)
+
+
 def rebuild_input(
     conn: Conn, tenant: TenantFacts, execution: repo.Execution, *, input_check: InputCheck | None = None
 ) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from uuid import UUID
 from psycopg_pool import ConnectionPool
 from pydantic import ValidationError
 
+from shared.check_gate import UNBOUNDED
 from shared.db.session import bounded_lock_waits, platform_transaction, tenant_transaction
 from shared.engine import control, stalls, work_queue
 from shared.engine import executions as repo
@@ -35,8 +36,15 @@ from shared.engine import start as engine
 from shared.engine import steps as store
 from shared.engine.progress import abandon_step, end_compensation
 from shared.engine.protocol import ORCHESTRATOR, EventRaiser, raise_to_orchestration
-from shared.engine.start_service import StatusUnknownError, existing_instance, status_unknown, unless_erased
+from shared.engine.start_service import (
+    StatusUnknownError,
+    checked_first,
+    existing_instance,
+    status_unknown,
+    unless_erased,
+)
 from shared.engine.steps import AttemptKey
+from shared.policy.facts import TenantFacts
 from shared.registry.model import Definition
 from shared.registry.service import RegistryError
 from shared.tenants.repository import get_tenant
@@ -145,15 +153,24 @@ class SweepResult:
     checked: int
     failed_tenants: int
     expired_leases: int = 0
+    inputs: int = 0
+    """Of the executions `checked`, those whose run's input was asked for too: a second status call each."""
 
 
 @dataclass(frozen=True)
 class TenantSweep:
-    """What sweeping one tenant did: orchestrations started, executions ended, status calls made."""
+    """What sweeping one tenant did: orchestrations started, executions ended, executions asked after (a status call
+    each) and, of those, runs whose input was asked for too (a second status call each)."""
 
     started: int = 0
     ended: int = 0
     checked: int = 0
+    inputs: int = 0
+
+    @property
+    def calls(self) -> int:
+        """The status calls made: what a sweep's budget bounds."""
+        return self.checked + self.inputs
 
 
 def stuck_tenants(
@@ -193,25 +210,45 @@ def start_input(
 ) -> dict[str, Any] | str | None:
     """The orchestration input of a claimed start, rebuilt as the start path does; None when it is no longer
     pending, or the cause when it can no longer start (the tenant is not active, the pinned version no longer
-    validates), with which it has then ended `failed`."""
-    with tenant_transaction(tenant_id, pool=pool) as conn:
-        execution = repo.get_execution(conn, execution_id)
-        if execution.status != "pending":
-            return None  # a late starter got there after all
-        tenant = get_tenant(conn, tenant_id)
-        if tenant is None or tenant.status != "active":
-            return _cannot_start(conn, execution_id, engine.TenantSuspendedError(f"tenant {tenant_id} is not active"))
-        facts = tenant.facts()
-        try:
-            return engine.rebuild_input(conn, facts, execution)
-        except (engine.StartError, RegistryError) as exc:
-            return _cannot_start(conn, execution_id, exc)
-        except ValidationError as exc:
-            # A stored definition (the version's, or its blueprint's) the current model refuses: no later run would
-            # rebuild it either. Any other model's refusal is a fault to see, not a reason to end the execution.
-            if exc.title != Definition.__name__:
-                raise
-            return _cannot_start(conn, execution_id, exc)
+    validates), with which it has then ended `failed`.
+
+    Its recorded input and its version's definition are checked between two transactions, as a replay's are
+    (`checked_first`): read in a short one, checked with no connection held at the check gate (a costly check takes
+    its tenant's turn), then rebuilt in a second that takes the check only for the version and input it was made for.
+    The gate's turn is waited for however long it takes (UNBOUNDED): the wait holds no connection and ends when the
+    checks ahead of it do, while a refusal would fail the tenant's whole sweep."""
+
+    def read() -> tuple[engine.PendingInputCheck, TenantFacts] | None:
+        with tenant_transaction(tenant_id, pool=pool) as conn:
+            execution = repo.get_execution(conn, execution_id)
+            tenant = get_tenant(conn, tenant_id)
+            if execution.status != "pending" or tenant is None or tenant.status != "active":
+                return None  # answered by the rebuild's transaction, before any check
+            pending = engine.rebuild_to_check(conn, execution)
+        return None if pending is None else (pending, tenant.facts())
+
+    def rebuild(input_check: engine.InputCheck | None) -> dict[str, Any] | str | None:
+        with tenant_transaction(tenant_id, pool=pool) as conn:
+            execution = repo.get_execution(conn, execution_id)
+            if execution.status != "pending":
+                return None  # a late starter got there after all
+            tenant = get_tenant(conn, tenant_id)
+            if tenant is None or tenant.status != "active":
+                error = engine.TenantSuspendedError(f"tenant {tenant_id} is not active")
+                return _cannot_start(conn, execution_id, error)
+            facts = tenant.facts()
+            try:
+                return engine.rebuild_input(conn, facts, execution, input_check=input_check)
+            except (engine.StartError, RegistryError) as exc:
+                return _cannot_start(conn, execution_id, exc)
+            except ValidationError as exc:
+                # A stored definition (the version's, or its blueprint's) the current model refuses: no later run
+                # would rebuild it either. Any other model's refusal is a fault to see, not a reason to end it.
+                if exc.title != Definition.__name__:
+                    raise
+                return _cannot_start(conn, execution_id, exc)
+
+    return checked_first(read, rebuild, tenant_id=tenant_id, wait_s=UNBOUNDED)
 
 
 def _cannot_start(conn: store.Conn, execution_id: UUID, exc: Exception) -> str:
@@ -512,38 +549,50 @@ async def _settle_quiet(
     pool: ConnectionPool[Any] | None,
     stall_grace_s: float,
     quiet_s: float = QUIET_S,
-) -> TenantSweep:
+    calls: int = 2,
+) -> tuple[TenantSweep, bool]:
+    """Settle a quiet execution in at most `calls` status calls (at least one); answers what it did, and whether it
+    was judged: one whose run's input no call was left to ask for (stuck compensating by its rows) is not."""
     status = await client.get_status(str(execution_id))
     if status_unknown(status):
         # Read as "no such instance", a brief outage of the task hub's store ended running executions for good.
         logger.warning("sweeper: the status of execution %s could not be read; left for its next turn", execution_id)
-        return TenantSweep(checked=1)
+        return TenantSweep(checked=1), True
     cause = ended_cause(status)
     runtime = _runtime(status)
+    inputs = 0
     if cause is None and runtime == "Running":
         # Running but waiting on nothing: nothing will ever end it, as if its orchestration had ended (not one that is
         # suspended, which an operator holds; nor one pending or continuing as new, which is about to run).
         stuck = await asyncio.to_thread(stuck_compensation, tenant_id, execution_id, quiet_s=quiet_s, pool=pool)
-        if stuck is not None and await _stuck_run(execution_id, stuck, client, stall_grace_s):
-            ended = await _end_stuck(tenant_id, execution_id, stuck, client, pool)
-            if ended:
-                logger.warning("sweeper: execution %s ended %s: %s", execution_id, stuck.status, stuck.cause)
-            return TenantSweep(ended=int(ended), checked=1)
+        if stuck is not None and calls < 2:
+            # Its input is a second status call, past the run's bound: judged by a later run (it keeps its turn).
+            logger.info(
+                "sweeper: execution %s is judged by a later run (no status call left for its input)", execution_id
+            )
+            return TenantSweep(checked=1), False
+        if stuck is not None:
+            inputs = 1
+            if await _stuck_run(execution_id, stuck, client, stall_grace_s):
+                ended = await _end_stuck(tenant_id, execution_id, stuck, client, pool)
+                if ended:
+                    logger.warning("sweeper: execution %s ended %s: %s", execution_id, stuck.status, stuck.cause)
+                return TenantSweep(ended=int(ended), checked=1, inputs=inputs), True
     if cause is not None and runtime in (None, "Terminated"):
         cancelled = await asyncio.to_thread(cancelled_compensation, tenant_id, execution_id, status, pool=pool)
         if cancelled is not None:
             ended = await _end(tenant_id, execution_id, cancelled, client, pool, "cancelled")
             if ended:
                 logger.warning("sweeper: execution %s ended cancelled: %s", execution_id, cancelled)
-            return TenantSweep(ended=int(ended), checked=1)
+            return TenantSweep(ended=int(ended), checked=1), True
     if cause is None:
         # Still running: record it as stalled when an attempt of it is past what its step allows.
         await asyncio.to_thread(stalls.record_stalls, tenant_id, execution_id, grace_s=stall_grace_s, pool=pool)
-        return TenantSweep(checked=1)
+        return TenantSweep(checked=1, inputs=inputs), True
     ended = await _end(tenant_id, execution_id, cause, client, pool)
     if ended:
         logger.warning("sweeper: execution %s ended failed: %s", execution_id, cause)
-    return TenantSweep(ended=int(ended), checked=1)
+    return TenantSweep(ended=int(ended), checked=1), True
 
 
 async def sweep_tenant(
@@ -558,7 +607,7 @@ async def sweep_tenant(
 ) -> TenantSweep:
     """Start the tenant's stalled starts, then end its quiet executions whose orchestration ended or waits on nothing
     (stuck compensating) and record the stalls of those still running; at most `budget` status calls (stalled starts
-    first: they are certainly stuck)."""
+    first: they are certainly stuck), a stuck run's second one for its input included."""
     claimed = await asyncio.to_thread(
         claim_stalled_starts,
         tenant_id,
@@ -567,7 +616,7 @@ async def sweep_tenant(
         pool=pool,
     )
     results = [await _settle_stalled_start(tenant_id, execution_id, client, pool) for execution_id in claimed]
-    left = budget - sum(result.checked for result in results)
+    left = budget - sum(result.calls for result in results)
     if left > 0:
         quiet = await asyncio.to_thread(
             quiet_executions, tenant_id, limit=min(left, MAX_CHECKS_PER_TENANT), quiet_s=quiet_s, pool=pool
@@ -575,8 +624,17 @@ async def sweep_tenant(
         asked: list[UUID] = []
         try:
             for execution_id in quiet:
+                if left <= 0:
+                    break  # stuck runs' inputs took the calls left
                 asked.append(execution_id)
-                results.append(await _settle_quiet(tenant_id, execution_id, client, pool, stall_grace_s, quiet_s))
+                result, judged = await _settle_quiet(
+                    tenant_id, execution_id, client, pool, stall_grace_s, quiet_s, calls=left
+                )
+                results.append(result)
+                left -= result.calls
+                if not judged:
+                    # Not recorded as swept, it keeps its place at the front: the next run asks for its input.
+                    asked.pop()
         finally:
             # Also when one of them failed the tenant's run: recorded, it no longer comes first and holds up the rest.
             if asked:
@@ -585,6 +643,7 @@ async def sweep_tenant(
         started=sum(r.started for r in results),
         ended=sum(r.ended for r in results),
         checked=sum(r.checked for r in results),
+        inputs=sum(r.inputs for r in results),
     )
 
 
@@ -607,10 +666,10 @@ async def _sweep(
 ) -> SweepResult:
     """The run `sweep` describes, its tenant transactions' lock waits bounded."""
     tenants = await asyncio.to_thread(stuck_tenants, control_pool=control_pool)
-    started = ended = checked = 0
+    started = ended = checked = inputs = 0
     failed: set[UUID] = set()
     for tenant_id in tenants:
-        budget = min(MAX_CHECKS_PER_TENANT, MAX_STATUS_CHECKS - checked)
+        budget = min(MAX_CHECKS_PER_TENANT, MAX_STATUS_CHECKS - checked - inputs)
         if budget <= 0:
             break
         try:
@@ -620,6 +679,7 @@ async def _sweep(
             failed.add(tenant_id)
             continue
         started, ended, checked = started + result.started, ended + result.ended, checked + result.checked
+        inputs += result.inputs
     expired = await expire_work_leases(client, pool=pool, control_pool=control_pool)
     return SweepResult(
         tenants=len(tenants),
@@ -628,6 +688,7 @@ async def _sweep(
         checked=checked,
         failed_tenants=len(failed),
         expired_leases=expired,
+        inputs=inputs,
     )
 
 

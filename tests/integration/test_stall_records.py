@@ -55,11 +55,11 @@ def test_no_stall_is_recorded_after_an_end_committed_meanwhile(
         with tenant_transaction(tenant_id, pool=app_pool) as conn:
             repo.transition(conn, execution_id, "failed", error="step slow failed")
 
-    def end_meanwhile(conn: Any, facts: Any, execution: Any) -> Any:
+    def end_meanwhile(conn: Any, facts: Any, execution: Any, **kwargs: Any) -> Any:
         ending = threading.Thread(target=end)
         ending.start()
         ending.join(30)
-        return rebuilt(conn, facts, execution)
+        return rebuilt(conn, facts, execution, **kwargs)
 
     monkeypatch.setattr(engine, "rebuild_input", end_meanwhile)
     assert stalls.record_stalls(tenant_id, execution_id, grace_s=0.0, pool=app_pool) == []
@@ -73,9 +73,9 @@ def test_two_sweeper_runs_on_one_execution_record_its_stall_once(
     rebuilt = engine.rebuild_input
     together = threading.Barrier(2)
 
-    def side_by_side(conn: Any, facts: Any, execution: Any) -> Any:
+    def side_by_side(conn: Any, facts: Any, execution: Any, **kwargs: Any) -> Any:
         together.wait(10)  # both have read the execution and found no stall recorded
-        return rebuilt(conn, facts, execution)
+        return rebuilt(conn, facts, execution, **kwargs)
 
     monkeypatch.setattr(engine, "rebuild_input", side_by_side)
     runs = [

@@ -106,7 +106,7 @@ def test_a_stalled_start_refused_by_another_model_is_not_ended_as_unstartable(
     with tenant_transaction(tenant, pool=app_pool) as conn:
         conn.execute(_BACKDATE_CLAIM, (stalled.id,))
 
-    def refused(*_args: Any) -> dict[str, Any]:
+    def refused(*_args: Any, **_kwargs: Any) -> dict[str, Any]:
         StepPlan.model_validate({"kind": "module", "timeout_s": "soon"})
         raise AssertionError("the plan above is refused")
 
