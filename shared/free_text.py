@@ -65,3 +65,32 @@ and the bound's error would change)."""
 
 SHOWN_IN_LINES = AfterValidator(shown_as_written_in_lines)
 """`SHOWN` for text of several lines (a description): its line feeds and tabs are kept."""
+
+REPLACEMENT = "\ufffd"
+"""What `neutralised` shows in place of a character that would act where the text is shown."""
+SHOWN_NEUTRALISED_IN_LINES = (
+    "shown on several lines; control characters but line feeds and tabs (U+0000-U+0008, U+000B-U+001F, "
+    "U+007F-U+009F), line and paragraph separators (U+2028, U+2029) and bidirectional overrides or isolates "
+    "(U+202A-U+202E, U+2066-U+2069) are each replaced by U+FFFD, never refused (a carriage return before a line feed "
+    "is dropped)"
+)
+"""`neutralised` with `lines`, as an OpenAPI description says it."""
+
+
+def neutralised(value: str, *, lines: bool = False) -> str:
+    """`value` with each character `unshown_problem` would find replaced by U+FFFD (one for one: its length bound
+    still holds); `lines`: line feeds and tabs are kept, and a carriage return ending a line goes. For text whose
+    refusal would cost more than the text is worth (a worker's progress, for which a refused heartbeat would lose
+    its lease) and for text resolved after the rule was applied (a stored version's)."""
+    if lines:
+        value = value.replace("\r\n", "\n")
+    return (UNSHOWN_IN_LINES if lines else UNSHOWN).sub(REPLACEMENT, value)
+
+
+def neutralised_in_lines(value: str) -> str:
+    """`neutralised` for text of several lines, as a pydantic after-validator."""
+    return neutralised(value, lines=True)
+
+
+NEUTRALISED_IN_LINES = AfterValidator(neutralised_in_lines)
+"""`SHOWN_IN_LINES`, but the text is accepted with its acting characters replaced (`neutralised`)."""

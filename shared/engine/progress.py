@@ -39,6 +39,7 @@ from shared.engine.start import (
 from shared.engine.start_service import authorize_child, checked_first
 from shared.engine.steps import AttemptKey
 from shared.events.publisher import OutboundEvent, get_publisher
+from shared.free_text import neutralised
 from shared.modules import BUILTIN_MODULES
 from shared.observability.tracing import continued_span, current_traceparent, execution_attributes, with_traceparent
 from shared.policy.facts import TenantFacts
@@ -282,7 +283,7 @@ def record_progress(raw: dict[str, Any]) -> Any:
                     step_id,
                     {
                         "attempt": request.attempt,
-                        "message": params.get("message"),
+                        "message": shown_message(params.get("message")),
                         "approvers": params.get("approvers") or [],
                     },
                 )
@@ -741,7 +742,7 @@ def _record_batch(conn: store.Conn, batch: machine.DispatchSteps, *, carrying: b
             if new:
                 data = {
                     "attempt": start.attempt,
-                    "message": start.params.get("message"),
+                    "message": shown_message(start.params.get("message")),
                     # As resolved, not `or []`: an empty string or a zero named no one, and so admitted every Approver.
                     "approvers": start.params.get("approvers", []),
                 }
@@ -793,6 +794,14 @@ class _Finish:
             return
         outputs = {**self._outputs, **{self._steps[name]: verdict.output for name, verdict in answered.items()}}
         self.moved = _move(conn, self._execution_id, "succeeded", output=outputs, error=None, current=current)
+
+
+def shown_message(message: Any) -> Any:
+    """An approval's message as resolved, for the approvers: its characters that would act where it is shown
+    replaced (`neutralised`, its lines kept). A literal message is refused when its version is saved; one written as a
+    reference (`${inputs.note}`) is known only now, and failing its step for it would also fail a version saved
+    before that rule, which must still run: there is no sender here to tell, so it is neutralised, not refused."""
+    return neutralised(message, lines=True) if isinstance(message, str) else message
 
 
 def _key(execution_id: UUID, start: machine.StepStart) -> AttemptKey:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
 import psycopg
@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared.db import tenant_locks
 from shared.db.session import held_transaction, tenant_transaction, when_released
+from shared.free_text import SHOWN_AS_WRITTEN_IN_LINES, SHOWN_IN_LINES
 
 MAX_TENANT_POLICIES = 50
 """A tenant's own policies at most: every decision of the tenant evaluates a set of all of them, built again after each
@@ -40,7 +41,11 @@ class TenantPolicyCreate(BaseModel):
     )
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
-    description: str = Field(default="", max_length=500)
+    description: Annotated[
+        str,
+        Field(max_length=500, description=f"What the policy is for, for people to read: {SHOWN_AS_WRITTEN_IN_LINES}"),
+        SHOWN_IN_LINES,
+    ] = ""
     policy: str = Field(min_length=1, max_length=10_000, description="Cedar policy text (one forbid)")
 
 

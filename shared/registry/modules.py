@@ -9,7 +9,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import psycopg
@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from shared.db import tenant_locks
+from shared.free_text import SHOWN_AS_WRITTEN_IN_LINES, SHOWN_IN_LINES
 from shared.policy.facts import TenantFacts
 from shared.policy.gates import check_gates, module_of_action
 from shared.registry.catalog import ModuleCatalog, ModuleSpec, builtin_catalog
@@ -177,7 +178,14 @@ class ModuleRegistration(BaseModel):
         max_length=MAX_ACTION_LENGTH,
         description="The action steps name; lowercase, dot-separated segments.",
     )
-    description: str = Field("", max_length=MAX_DESCRIPTION_LENGTH)
+    description: Annotated[
+        str,
+        Field(
+            max_length=MAX_DESCRIPTION_LENGTH,
+            description=f"What the action does, for people to read: {SHOWN_AS_WRITTEN_IN_LINES}",
+        ),
+        SHOWN_IN_LINES,
+    ] = ""
     params_schema: dict[str, Any] = Field(
         description=f"A JSON Schema 2020-12 of type object, at most {MAX_SCHEMA_BYTES} bytes and {MAX_SUBSCHEMAS:,}"
         " subschemas (itself included), local $refs only."

@@ -25,6 +25,7 @@ from shared.db.session import retried_on_deadlock, tenant_transaction
 from shared.engine import work_queue
 from shared.engine.event_wakeup import get_event_wakeup
 from shared.engine.steps import Attempt
+from shared.free_text import NEUTRALISED_IN_LINES, SHOWN_NEUTRALISED_IN_LINES
 from shared.policy.actions import Action
 from shared.policy.authorizer import Resource
 
@@ -140,7 +141,10 @@ class Progress(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     percent: float | None = Field(None, ge=0, le=100)
-    message: str | None = Field(None, min_length=1, max_length=500)
+    # Neutralised, not refused: a refused heartbeat extends nothing, so a stray character would cost a worker its lease.
+    message: Annotated[str, Field(min_length=1, max_length=500), NEUTRALISED_IN_LINES] | None = Field(
+        None, description=f"For people to read, {SHOWN_NEUTRALISED_IN_LINES}."
+    )
 
 
 class HeartbeatRequest(BaseModel):
