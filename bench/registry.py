@@ -134,7 +134,7 @@ async def _run(
         "create": (base_url, lambda c, _: c.post("/api/v1/intents", json=_definition(_unique_name(run)))),
         "get": (base_url, lambda c, _: c.get(f"/api/v1/intents/{intent_id}")),
         "list": (base_url, lambda c, _: c.get("/api/v1/intents", params={"limit": 20})),
-        "plan": (base_url, lambda c, _: c.post(f"/api/v1/intents/{intent_id}/plan", json={})),
+        "plan": (base_url, lambda c, _: c.post(f"/api/v1/intents/{intent_id}/plan")),
     }
     rows = []
     for name, (url, operation) in operations.items():

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+ALL_EVENT_TYPES = "*"
+"""What a subscription names to receive every type, now and to come; alone, never beside a named type."""
+
 DOMAIN_EVENT_TYPES: frozenset[str] = frozenset(
     {
         # shared/engine/executions.py: TRANSITIONS, named by domain_event_type

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import idna
 
 from shared.config import get_settings
 from shared.modules.contract import StepFailed
@@ -147,6 +148,21 @@ def _host_key(raw_host: str) -> str | None:
         return key
 
 
+def a_label_refusal(host: str) -> str | None:
+    """Why the ASCII name `host` names no host, or None: a label of it claims to be an IDNA A-label (`xn--`) and does
+    not decode to a label IDNA 2008 allows. No registry delegates such a name. The HTTP client decodes a host only
+    when its first label is one (`xn--zz.example` raised, `www.xn--zz.example` was called), so every label is
+    checked here, for a URL's host and an allow-list entry alike."""
+    for label in host.lower().rstrip(".").split("."):
+        if not label.startswith("xn--"):
+            continue
+        try:
+            idna.ulabel(label)
+        except UnicodeError as exc:  # idna.IDNAError and its InvalidCodepoint among them
+            return f"{label!r} is not a valid IDNA A-label ({_bounded(exc)})"
+    return None
+
+
 @functools.lru_cache(maxsize=4096)
 def host_key(host: str) -> str | None:
     """The form in which an allow-list entry and a URL's host are compared, or None when `host` can match no URL's:
@@ -206,6 +222,9 @@ def check_url(
     host = parsed.raw_host.decode("ascii").lower().rstrip(".")
     if not host:
         raise UrlRefused("the URL has no host")
+    malformed = a_label_refusal(host)
+    if malformed is not None:
+        raise UrlRefused(f"invalid host name in the URL: {malformed}")
     if given_port is not None and not 1 <= given_port <= MAX_PORT:
         # The resolver would raise OverflowError on a port past C's int, and no connection can use port 0 or one
         # past 65535.

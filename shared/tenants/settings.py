@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from shared.modules.ssrf import allow_list_refusal, host_key
+from shared.modules.ssrf import a_label_refusal, allow_list_refusal, host_key
 
 MAX_ALLOWED_HOSTS = 100
 MAX_HOST_LENGTH = 253
@@ -42,7 +42,19 @@ def _host_shape_problem(entry: str) -> str | None:
     else:
         return None
     key = host_key(entry)
-    return None if key is not None and _HOST_NAME.fullmatch(key) else _NOT_A_HOST.format(entry=entry)
+    if key is None or not _HOST_NAME.fullmatch(key):
+        return _NOT_A_HOST.format(entry=entry)
+    return _a_label_problem(entry, key)
+
+
+def _a_label_problem(entry: str, key: str) -> str | None:
+    """Why the name `key` (the entry `entry` as `host_key` writes it) holds a label that claims to be an IDNA A-label
+    (`xn--`) but is not one, or None: the guard calls no URL whose host holds one (`a_label_refusal`), so the entry
+    would match nothing while its tenant believed the host allowed."""
+    refusal = a_label_refusal(key)
+    if refusal is None:
+        return None
+    return f"{entry!r}: {refusal}; an 'xn--' label must decode to a name, so the entry would match no URL's host"
 
 
 def settings_problems(settings: Mapping[str, Any], *, allow_private: bool) -> list[tuple[str, str]]:

@@ -62,7 +62,7 @@ def test_a_change_that_repeats_an_event_type_is_refused(client: TestClient, admi
 
 
 def test_distinct_event_types_keep_their_order() -> None:
-    kinds = ["execution.failed", "*", "execution.completed"]
+    kinds = ["execution.failed", "step.failed", "execution.completed"]
     assert SubscriptionIn.model_validate({"url": URL, "event_types": kinds}).event_types == kinds
     assert SubscriptionPatch.model_validate({"event_types": kinds}).event_types == kinds
     with pytest.raises(ValidationError) as caught:

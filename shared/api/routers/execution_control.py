@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from shared.api.accepted_input import TakesNoBody, no_body_doc
 from shared.api.durable import get_durable_client, raise_to_orchestration
 from shared.api.idempotency import idempotency_key as idempotency_key_header
 from shared.api.permissions import GuardedRoute, permission
@@ -36,6 +37,7 @@ from shared.engine import executions as repo
 from shared.engine import start as engine
 from shared.engine.protocol import CANCEL_EVENT, approval_event
 from shared.engine.steps import Attempt
+from shared.free_text import SHOWN_AS_WRITTEN_IN_LINES, SHOWN_IN_LINES
 from shared.policy.actions import Action
 
 logger = logging.getLogger(__name__)
@@ -105,7 +107,15 @@ class ApprovalDecision(BaseModel):
     )
 
     decision: Literal["approve", "reject"]
-    comment: str = Field("", max_length=2000)
+    comment: Annotated[
+        str,
+        Field(
+            max_length=2000,
+            description=f"Why, for people to read (in the decision's event and a rejection's error): "
+            f"{SHOWN_AS_WRITTEN_IN_LINES}",
+        ),
+        SHOWN_IN_LINES,
+    ] = ""
 
 
 class ApprovalRecorded(BaseModel):
@@ -154,16 +164,23 @@ def _problem(exc: control.ControlError) -> ProblemError:
     status_code=202,
     response_model=CancelAccepted,
     summary="Cancel an execution",
-    responses={**AUTH_ERRORS, 404: EXECUTION_NOT_FOUND, 409: _CANCEL_REFUSED, 422: INVALID},
+    responses={
+        **AUTH_ERRORS,
+        404: EXECUTION_NOT_FOUND,
+        409: _CANCEL_REFUSED,
+        422: no_body_doc("the execution id is not a UUID"),
+    },
 )
 async def cancel(
     execution_id: ExecutionId,
     context: Annotated[RequestContext, Depends(permission(Action.EXECUTION_CANCEL, resource_param="execution_id"))],
+    _no_body: TakesNoBody,
     client: Any = Depends(get_durable_client),  # noqa: B008
 ) -> CancelAccepted:
     """Stop scheduling new steps, let work already out end, compensate what completed, end cancelled (the
     requester, an Executor or a Deployer). Refused (409 `already-failing`) once a step failed for good (its
-    compensation under way, or its run waiting for work still out): it ends failed whatever is asked."""
+    compensation under way, or its run waiting for work still out): it ends failed whatever is asked. The request
+    takes no body (a cancel records no reason): a body is refused with 422 and cancels nothing."""
 
     def record() -> tuple[repo.Execution, list[Attempt]]:
         # One transaction: the resource's labels are read where the execution is.

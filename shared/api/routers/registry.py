@@ -16,6 +16,7 @@ from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
+from shared.api.accepted_input import TakesNoBody, no_body_doc
 from shared.api.idempotency import idempotency_key as idempotency_key_header
 from shared.api.idempotency import remember, replay_or_claim
 from shared.api.permissions import GuardedRoute, permission
@@ -289,6 +290,30 @@ _ROLLBACK = {
     "blueprint": f"{_ROLLBACK_BASE}. `If-Match` is optional here (Author).",
 }
 """What a rollback answers, by kind: only an intent's steps can run intents (declarations pin blueprint versions)."""
+
+
+def _plan_refused(noun: str) -> dict[str, Any]:
+    """The OpenAPI 422 answer of a plan: a body sent (the request takes none), a malformed id, or a current version
+    that no longer validates; an example of each slug."""
+    sent = no_body_doc(
+        f"the {noun}'s id is not a UUID (`validation-error`); or the current version no longer validates"
+        " (`invalid-definition`, its problems listed)"
+    )
+    return {
+        **sent,
+        "content": {
+            media: {
+                "schema": body["schema"],
+                "examples": {
+                    "validation-error": {"value": body["example"]},
+                    "invalid-definition": {"value": E422["content"][media]["example"]},
+                },
+            }
+            for media, body in sent["content"].items()
+        },
+    }
+
+
 _CREATED: dict[str, Any] = {
     "description": "Created",
     "headers": {
@@ -730,14 +755,27 @@ def definition_router(kind: Kind) -> APIRouter:
         "/{item_id}",
         response_model=RegistryItem,
         summary=f"Archive {_a(noun)} {noun}",
-        responses={200: _WITH_ETAG, **COMMON_ERRORS, 404: E404, 412: E412},
+        responses={
+            200: _WITH_ETAG,
+            **COMMON_ERRORS,
+            404: E404,
+            412: E412,
+            422: no_body_doc(f"the {noun}'s id is not a UUID"),
+        },
     )
-    def archive(item_id: ItemId, context: MayArchive, conn: TenantConnection, if_match: IfMatch = None) -> JSONResponse:
+    def archive(
+        item_id: ItemId,
+        context: MayArchive,
+        _no_body: TakesNoBody,
+        conn: TenantConnection,
+        if_match: IfMatch = None,
+    ) -> JSONResponse:
         """Archive: no new versions or executions; versions kept and reads still work. Archiving an archived
         item changes nothing (200 again), unless `If-Match` (optional) misses the current ETag, which ends in
         `.archived` once archived: a stale one is 412 whatever the status. The ETag the archive was made with
         (its current version's, without `.archived`) also answers 200, so a retry of that request finds it
-        done (Author)."""
+        done (Author). The request takes no body (the precondition goes in `If-Match`): a body is refused with 422
+        and archives nothing."""
         item = load(conn, item_id)
         authorize(context, spec.archive, resource_of(context, item), conn=conn)
         try:
@@ -878,12 +916,13 @@ def definition_router(kind: Kind) -> APIRouter:
         "/{item_id}/plan",
         response_model=RegistryPlan,
         summary=f"Plan {_a(noun)} {noun} (dry run)",
-        responses={**ITEM_ERRORS},
+        responses={**ITEM_ERRORS, 422: _plan_refused(noun)},
     )
-    def plan(item_id: ItemId, context: MayRead) -> RegistryPlan:
+    def plan(item_id: ItemId, context: MayRead, _no_body: TakesNoBody) -> RegistryPlan:
         """The current version's steps in execution levels, each with its module and the caller's decision for
         executing it (an `intent.run` step: for executing the child intent it runs), the tenant's quota headroom and
-        the plan hash; nothing is saved or started (Reader)."""
+        the plan hash; nothing is saved or started (Reader). The request takes no body (the version planned is the
+        current one): a body is refused with 422."""
         may_read = decider(context, spec.read, lambda item: {"operation": "plan", "version": item.version.version})
 
         def pending(conn: service.Conn) -> service.PendingCheck:

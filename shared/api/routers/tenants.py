@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from shared.api.accepted_input import TakesNoBody, no_body_doc
 from shared.api.durable import get_durable_client
 from shared.api.idempotency import idempotency_key as idempotency_key_header
 from shared.api.idempotency import remember, replay_or_claim
@@ -242,16 +243,18 @@ class TenantErased(BaseModel):
     status_code=201,
     response_model=TenantExport,
     summary="Export a tenant's data to blob storage",
-    responses={**AUTH_ERRORS, 404: NOT_FOUND},
+    responses={**AUTH_ERRORS, 404: NOT_FOUND, 422: no_body_doc("the tenant id is not a UUID")},
 )
 def export(
     tenant_id: UUID,
     context: Annotated[RequestContext, Depends(permission(Action.TENANT_EXPORT))],
+    _no_body: TakesNoBody,
 ) -> TenantExport:
     """Write a JSON archive of everything the tenant has (Platform.Admin): the tenant with its settings, its intents
     and versions, executions with their steps, attempts, work items and events, policies, modules, ingress
     rejections, webhook subscriptions (without their signing secrets) and deliveries, domain events and audit trail.
-    Left out: secrets, kept idempotency answers, rate counters, locks and worker poll times (ADR 0012)."""
+    Left out: secrets, kept idempotency answers, rate counters, locks and worker poll times (ADR 0012). The request
+    takes no body (the archive holds everything): a body is refused with 422 and writes nothing."""
     tenant = _authorized_tenant(context, Action.TENANT_EXPORT, tenant_id)
     container = request_container(get_settings())
     try:

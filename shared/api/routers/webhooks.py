@@ -26,7 +26,7 @@ from shared.config import get_settings
 from shared.db.session import tenant_transaction
 from shared.etags import if_match_tags
 from shared.events import webhook_store as store
-from shared.events.event_types import DOMAIN_EVENT_TYPES
+from shared.events.event_types import ALL_EVENT_TYPES, DOMAIN_EVENT_TYPES
 from shared.events.webhooks import WebhookUrlRefusedError, check_subscription_url, subscription_limit
 from shared.free_text import SHOWN, SHOWN_AS_WRITTEN
 from shared.observability.urls import kept_url
@@ -54,7 +54,7 @@ _WITH_ETAG: dict[str, Any] = {"headers": {"ETag": _ETAG_HEADER}}
 def _known_event_type(value: str) -> str:
     """`value` when it is `*` or a type in DOMAIN_EVENT_TYPES, else a validation error naming it (and the type it
     probably meant: `execution.complete` was a typo that subscribed to nothing)."""
-    if value == "*" or value in DOMAIN_EVENT_TYPES:
+    if value == ALL_EVENT_TYPES or value in DOMAIN_EVENT_TYPES:
         return value
     close = difflib.get_close_matches(value, sorted(DOMAIN_EVENT_TYPES), n=1)
     raise PydanticCustomError(
@@ -89,8 +89,23 @@ def _each_once(values: list[str]) -> list[str]:
     return values
 
 
-EventTypes = Annotated[list[EventType], AfterValidator(_each_once)]
-"""The event types a subscription receives, each once, in the order given."""
+def _all_alone(values: list[str]) -> list[str]:
+    """`values` unless `*` is listed beside a named type, else a validation error naming both: `*` already receives
+    every type, so the named one adds nothing, and the list read as "these types" or "all" depending on the reader."""
+    if ALL_EVENT_TYPES in values and len(values) > 1:
+        star = values.index(ALL_EVENT_TYPES)
+        other = next(index for index, value in enumerate(values) if value != ALL_EVENT_TYPES)
+        raise PydanticCustomError(
+            "all_event_types_beside_others",
+            "'*' (entry {star}) is every event type and '{other}' (entry {index}) is listed beside it: send ['*'] "
+            "alone, or the types without '*'",
+            {"star": star, "other": values[other], "index": other},
+        )
+    return values
+
+
+EventTypes = Annotated[list[EventType], AfterValidator(_each_once), AfterValidator(_all_alone)]
+"""The event types a subscription receives, each once, in the order given; `*` alone or not at all."""
 MayRead = Annotated[RequestContext, Depends(permission(Action.WEBHOOK_READ))]
 MayManage = Annotated[RequestContext, Depends(permission(Action.WEBHOOK_MANAGE))]
 NOT_FOUND = problem_doc(404, "not-found", "Not found", "no webhook subscription 3f2e...", "No such subscription")
@@ -100,7 +115,8 @@ REFUSED = problem_doc(
     "Request validation failed",
     "1 invalid field(s)",
     "The body does not validate (`validation-error`, each problem with a JSON pointer; an event type the platform "
-    "does not emit is named by its entry, e.g. `/event_types/1`; one listed twice by `/event_types`), or the URL "
+    "does not emit is named by its entry, e.g. `/event_types/1`; one listed twice, or `*` beside a named type, by "
+    "`/event_types`), or the URL "
     "fails the platform's SSRF guard or is not https outside local development (`webhook-url-refused`)",
     errors=[
         {
@@ -126,8 +142,9 @@ _EXAMPLE: dict[str, Any] = {
 
 
 _EVENT_TYPES_DESCRIPTION = (
-    "Domain event types to deliver, or `*` for all, each once. A type the platform does not emit is refused with 422, "
-    "its pointer naming the entry (`/event_types/1`); a type listed twice is refused with 422 at `/event_types`."
+    "Domain event types to deliver, each once, or `*` alone for all. A type the platform does not emit is refused "
+    "with 422, its pointer naming the entry (`/event_types/1`); a type listed twice, or `*` beside a named type, is "
+    "refused with 422 at `/event_types`."
 )
 
 
