@@ -18,12 +18,13 @@ from typing import Annotated, Any, Literal, NoReturn
 import httpx
 import typer
 from rich.console import Console, Group
+from rich.highlighter import JSONHighlighter
 from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
 
-from quantum_platform import shapes
+from quantum_platform import shapes, terminal_text
 from quantum_platform.client import (
     DEFAULT_URL,
     MAX_ANSWER_BYTES,
@@ -208,9 +209,9 @@ def _run(action: Callable[[], None], *, json_lines: bool = False) -> None:
         action()
     except ProblemError as exc:
         if _output() == "json":
-            document = json.dumps(exc.document, default=str)
+            document = terminal_text.json_text(exc.document)
             if json_lines:
-                err.print(Text(document), highlight=False, soft_wrap=True)
+                err.print(_text(document), highlight=False, soft_wrap=True)
             else:
                 _line(document)
         # The summary names the first problem; the others were lost (a definition fixed one problem per attempt).
@@ -241,11 +242,12 @@ def _output() -> str:
 
 def _fail(message: str, details: list[str] | None = None) -> NoReturn:
     # Text, not markup: the message quotes the server and the user (a `[/x]` in it raised MarkupError, a `[a-z0-9]`
-    # vanished). soft_wrap and the whitespace folded: one line at any width, also when stderr is not a terminal.
-    line = Text.assemble(("error", "red"), ": ", " ".join(message.split()))
+    # vanished), and its controls shown, not acted on. soft_wrap and the whitespace folded: one line at any width,
+    # also when stderr is not a terminal.
+    line = Text.assemble(("error", "red"), ": ", terminal_text.one_line(message))
     err.print(line, highlight=False, soft_wrap=True)
     for detail in details or []:
-        err.print(Text("  " + " ".join(detail.split())), highlight=False, soft_wrap=True)
+        err.print(_text("  " + terminal_text.one_line(detail)), highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_PROBLEM)
 
 
@@ -259,17 +261,33 @@ def _reason(exc: BaseException) -> str:
     return detail
 
 
-def _line(text: str) -> None:
-    """One line of output as text (never markup or emoji codes), unwrapped whatever the width."""
-    out.print(Text(text), highlight=False, soft_wrap=True)
+def _text(value: object, style: str = "", *, lines: bool = True) -> Text:
+    """`value` as text for a person: never read as markup, and every control, separator or bidirectional character in
+    it shown as an escape (terminal_text.shown), not handed to the terminal; `lines`: its line feeds and tabs kept."""
+    return Text(terminal_text.shown(value, lines=lines), style=style)
+
+
+def _json_view(data: Any) -> Text:
+    """`data` as indented, coloured JSON that parses back to the same strings and holds no raw control or
+    bidirectional character (terminal_text.json_text), never wrapped."""
+    view = JSONHighlighter()(terminal_text.json_text(data, indent=2))
+    view.no_wrap = True
+    view.overflow = None
+    return view
+
+
+def _line(text: str, *, lines: bool = True) -> None:
+    """One line of output as text (never markup or emoji codes, never a control), unwrapped whatever the width;
+    without `lines`, a line feed in it is shown as `\\n` and cannot start a line that passes for another record."""
+    out.print(_text(text, lines=lines), highlight=False, soft_wrap=True)
 
 
 def _show(data: Any, output: Output, columns: list[str] | None = None) -> None:
     if output == "json":
-        out.print_json(json.dumps(data, default=str))
+        out.print(_json_view(data), soft_wrap=True)
         return
     # Every header and cell is Text: a plain str is read as markup, and a tenant's `[/x]` (a description, a name)
-    # raised MarkupError for the whole listing.
+    # raised MarkupError for the whole listing; its controls and bidirectional characters are shown as escapes.
     rows = data.get("items") if isinstance(data, dict) and "items" in data else data
     if isinstance(rows, list):
         keys = columns or (list(rows[0]) if rows and isinstance(rows[0], dict) else ["value"])
@@ -278,7 +296,7 @@ def _show(data: Any, output: Output, columns: list[str] | None = None) -> None:
         return
     table = Table("field", "value", show_header=False)
     for key, value in data.items() if isinstance(data, dict) else [("value", data)]:
-        table.add_row(Text(str(key)), _cell(value))
+        table.add_row(_text(key, lines=False), _cell(value))
     out.print(table)
 
 
@@ -300,10 +318,10 @@ def _listing(keys: list[str], cells: list[list[Text]]) -> Table:
     for index, key in enumerate(keys):
         if _is_id(key):
             width = max([len(key), *(row[index].cell_len for row in cells)])
-            table.add_column(Text(key), no_wrap=True, min_width=width)
+            table.add_column(_text(key, lines=False), no_wrap=True, min_width=width)
         else:
             width = min(_OTHER_MIN_WIDTH, max([len(key), *(row[index].cell_len for row in cells)]))
-            table.add_column(Text(key), min_width=width)
+            table.add_column(_text(key, lines=False), min_width=width)
         needed += width + 3
     for row in cells:
         table.add_row(*row)
@@ -317,8 +335,8 @@ def _cell(value: Any) -> Text:
         return Text("")
     if isinstance(value, dict | list):
         text = json.dumps(value, default=str)
-        return Text(text if len(text) <= 80 else text[:77] + "...")
-    return Text(str(value))
+        return _text(text if len(text) <= 80 else text[:77] + "...")
+    return _text(value)
 
 
 def _checked(answer: ApiResponse, shape: Shape) -> dict[str, Any]:
@@ -476,7 +494,8 @@ def _show_pages(
         page = {"items": items, "next_cursor": None}
     _show(page, output, columns)
     if output == "table" and page.get("next_cursor"):
-        err.print(Text(f"more: the next page is --cursor {page['next_cursor']}"), highlight=False, soft_wrap=True)
+        hint = f"more: the next page is --cursor {page['next_cursor']}"
+        err.print(_text(hint, lines=False), highlight=False, soft_wrap=True)
 
 
 @intents_app.command("update")
@@ -605,7 +624,7 @@ def run(
 
 def _follow_json(client: Client, execution_id: str) -> str:
     for event in client.stream(f"/api/v1/executions/{execution_id}/events"):
-        _line(json.dumps(event, default=str))
+        _line(terminal_text.json_text(event))
     return str(_checked(client.executions.get(execution_id), shapes.EXECUTION)["status"])
 
 
@@ -631,23 +650,26 @@ def _view(execution: dict[str, Any]) -> Group:
     description = TextColumn("{task.description}", markup=False)
     progress = Progress(description, BarColumn(), TextColumn("{task.completed}/{task.total}"))
     progress.add_task(
-        f"execution {execution.get('id')} {execution.get('status')}", total=max(len(steps), 1), completed=done
+        terminal_text.shown(f"execution {execution.get('id')} {execution.get('status')}", lines=False),
+        total=max(len(steps), 1),
+        completed=done,
     )
     table = Table("step", "action", "state", "attempt", "duration")
     for index, step in enumerate(steps):
         table.add_row(
-            Text(str(step.get("step_id"))),
-            Text(str(step.get("action"))),
-            Text(str(step.get("state"))),
-            Text(str(step.get("attempt") or "")),
+            _text(step.get("step_id"), lines=False),
+            _text(step.get("action"), lines=False),
+            _text(step.get("state"), lines=False),
+            _text(step.get("attempt") or "", lines=False),
             _duration(execution, index, step),
         )
     parts: list[Any] = [progress, table]
-    # As text, not markup: an error quotes what an endpoint answered, and a `[/x]` in it would stop the view.
+    # As text, not markup: an error quotes what an endpoint answered, and a `[/x]` in it would stop the view (and its
+    # controls, raw, would rewrite the screen around it).
     if execution.get("wait_reason"):
-        parts.append(Text(str(execution["wait_reason"]), style="yellow"))
+        parts.append(_text(execution["wait_reason"], style="yellow"))
     if execution.get("error"):
-        parts.append(Text(str(execution["error"]), style="red"))
+        parts.append(_text(execution["error"], style="red"))
     return Group(*parts)
 
 
@@ -754,11 +776,14 @@ def events(
         stream = client.stream(path, after=after) if follow else _recorded_events(client, execution, after)
         for event in stream:
             if output == "json":
-                _line(json.dumps(event, default=str))
+                _line(terminal_text.json_text(event))
             else:
                 # A step's error quotes what an endpoint answered (`GET /[/api] ...`): printed as text, one line each.
                 detail = event.get("error") or (json.dumps(event["result"]) if event.get("result") is not None else "")
-                _line(f"{event.get('seq')!s:>4}  {event.get('type')!s:<24} {event.get('step') or '':<24} {detail}")
+                _line(
+                    f"{event.get('seq')!s:>4}  {event.get('type')!s:<24} {event.get('step') or '':<24} {detail}",
+                    lines=False,
+                )
 
     _run(lambda: _with(act), json_lines=True)
 
