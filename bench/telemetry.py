@@ -50,7 +50,7 @@ class _Accepting(BaseHTTPRequestHandler):
 
 @contextmanager
 def _ingestion() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _Accepting)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Accepting)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield int(server.server_address[1])
@@ -90,14 +90,16 @@ def _cold_start(env: dict[str, str]) -> float:
         "QP_TELEMETRY_FILE": "",
         "APPLICATIONINSIGHTS_CONNECTION_STRING": "",
     }
-    done = subprocess.run(  # noqa: S603  # our own interpreter and code
-        [sys.executable, "-c", code],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, **settings, **env},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    # Its own temporary folder, removed after: the exporter's retry store (1-4 MB) must not pile up in the system's.
+    with tempfile.TemporaryDirectory(prefix="qp-cold-") as tmp:
+        done = subprocess.run(  # noqa: S603  # our own interpreter and code
+            [sys.executable, "-c", code],
+            cwd=PROJECT_ROOT,
+            env={**os.environ, **settings, **env, "TMPDIR": tmp},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     return float(done.stdout.strip().splitlines()[-1])
 
 

@@ -4,16 +4,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
-import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from devhost.keys import load_or_create_master_key
-from devhost.services import free_port
+from devhost.services import PORT_ATTEMPTS, PortTaken, free_port, listens, output_since, says_port_taken
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 __all__ = ["PROJECT_ROOT", "DevhostProcess", "free_port"]
@@ -30,6 +31,9 @@ class DevhostProcess:
     log_path: Path
     extra_args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    temp_dir: Path | None = field(default=None, repr=False)
+    """The host's temporary folder (its TMPDIR), beside its log, removed when it stops: what the host keeps there
+    (the telemetry exporter's retry store, 1-4 MB a process) must not pile up in the system's."""
 
     @property
     def base_url(self) -> str:
@@ -46,7 +50,25 @@ class DevhostProcess:
         return {"x-functions-key": self.host_key}
 
     def start(self, timeout: float = 60.0) -> DevhostProcess:
-        """Start the host and wait until it listens."""
+        """Start the host and wait until it listens. Where another process took its port first (a port from
+        free_port() is only free when asked), it starts again on another: `port` and `base_url` name the one it
+        listens on."""
+        for attempt in range(PORT_ATTEMPTS):
+            try:
+                return self._start_on_port(timeout)
+            except PortTaken:
+                if attempt == PORT_ATTEMPTS - 1:
+                    raise
+                self.port = free_port()
+        raise AssertionError("unreachable")  # the last attempt returned or raised
+
+    def _start_on_port(self, timeout: float) -> DevhostProcess:
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        env = {**os.environ, **self.env}
+        if "TMPDIR" not in self.env:
+            if self.temp_dir is None or not self.temp_dir.exists():
+                self.temp_dir = Path(tempfile.mkdtemp(prefix="devhost-tmp-", dir=self.log_path.parent))
+            env["TMPDIR"] = str(self.temp_dir)
         log = open(self.log_path, "ab")  # handed to the child
         self.process = subprocess.Popen(  # noqa: S603  # our own interpreter and arguments
             [
@@ -63,19 +85,21 @@ class DevhostProcess:
                 *self.extra_args,
             ],
             cwd=PROJECT_ROOT,
-            env={**os.environ, **self.env},
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                said = output_since(self.log_path, offset)
+                if says_port_taken(said):
+                    raise PortTaken(f"devhost: port {self.port} was taken before it listened:\n{said[-2000:]}")
                 raise RuntimeError(f"devhost exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.1)
+            # Its own listener, not a connection: another process that took the port would answer one.
+            if listens(self.process.pid, self.port):
+                return self
+            time.sleep(0.1)
         self.kill()
         raise TimeoutError(f"devhost did not listen within {timeout:.0f}s:\n{self.log()}")
 
@@ -84,7 +108,7 @@ class DevhostProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self, timeout: float = 20.0) -> int:
-        """SIGTERM (what Ctrl-C does) and wait; returns the exit code."""
+        """SIGTERM (what Ctrl-C does) and wait, then remove the host's temporary folder; returns the exit code."""
         assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -93,10 +117,13 @@ class DevhostProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.temp_dir is not None:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
         return int(self.process.returncode)
 
     def kill(self) -> None:
-        """SIGKILL: no shutdown code runs, like a crash."""
+        """SIGKILL: no shutdown code runs, like a crash (the temporary folder stays for the next start, as a crashed
+        host's files do)."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait()

@@ -214,7 +214,12 @@ async def serve(options: HostOptions, on_ready: list[str]) -> None:
             _seed(provisioned.app_url, provisioned.control_url, f"http://127.0.0.1:{options.port}")
         index = load_app(options)
         host = DevHost(options, index, provisioned.owner_url)
-        await host.start()
+        try:
+            await host.start()
+        except BaseException:
+            # What started before the failure (its port taken, say) would keep the process up, its threads running.
+            await host.stop()
+            raise
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -3,16 +3,20 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Azurite's well-known development account; a public constant of the emulator, not a secret.
@@ -54,10 +58,100 @@ def _runtime_dir() -> Path:
 
 
 def free_port() -> int:
-    """An unused TCP port on 127.0.0.1."""
+    """A TCP port on 127.0.0.1 unused when asked: another process may take it before a service binds it, so what
+    starts a service on it (start_node_service, start_azurite, devhost.child) moves to another when that happens."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+PORT_ATTEMPTS = 5
+"""How many sets of ports a service is started on before its start fails: a port is taken between free_port() and
+the service's bind only when another process is handed it in that window, so a second set almost always binds."""
+
+
+class PortTaken(RuntimeError):
+    """A service could not listen: another process held one of its ports."""
+
+
+def _listening_sockets(port: int) -> set[str] | None:
+    """Inodes of the sockets listening on TCP `port` (any address); None where the system does not list them."""
+    found: set[str] = set()
+    listed = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        listed = True
+        for row in rows:
+            fields = row.split()
+            # local address "0100007F:1F90", state 0A is LISTEN, then the socket's inode in column 10
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                found.add(fields[9])
+    return found if listed else None
+
+
+def _process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (a launcher script may run the server as a child)."""
+    tree, index = [pid], 0
+    while index < len(tree):
+        try:
+            tasks = os.listdir(f"/proc/{tree[index]}/task")
+        except OSError:
+            tasks = []
+        for task in tasks:
+            try:
+                tree.extend(
+                    int(child) for child in Path(f"/proc/{tree[index]}/task/{task}/children").read_text().split()
+                )
+            except OSError:
+                continue
+        index += 1
+    return tree
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether process `pid` (or a descendant) is what listens on 127.0.0.1:`port`. A bare connection would also
+    succeed on another process's listener, the very one that took the port; where the system does not tell which
+    process holds a socket, a connection is all there is to go on."""
+    sockets = _listening_sockets(port)
+    if sockets is None:
+        return port_held(port)
+    if not sockets:
+        return False
+    for member in _process_tree(pid):
+        try:
+            fds = os.listdir(f"/proc/{member}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{member}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:[") and link[8:-1] in sockets:
+                return True
+    return False
+
+
+def port_held(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:`port`."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+ADDRESS_IN_USE = ("EADDRINUSE", os.strerror(errno.EADDRINUSE).lower())
+"""How a server says its port was taken: the errno's name (the node services) or its text (asyncio, Python)."""
+
+
+def says_port_taken(output: str) -> bool:
+    """Whether a server's output says it could not bind its port because another process holds it."""
+    lowered = output.lower()
+    return any(word.lower() in lowered for word in ADDRESS_IN_USE)
 
 
 @dataclass
@@ -90,9 +184,12 @@ def node_binary(command: str, package: str) -> str:
 
 
 def start_node_service(
-    name: str, args: list[str], port: int, *, log_file: Path | None = None, timeout: float = 30.0
+    name: str, args: list[str], port: int | Sequence[int], *, log_file: Path | None = None, timeout: float = 30.0
 ) -> NodeService:
-    """Start `args` in its own session and wait until it listens on 127.0.0.1:`port`."""
+    """Start `args` in its own session and wait until it listens on 127.0.0.1:`port` (each of them, if several);
+    PortTaken when another process held one of them."""
+    ports = [port] if isinstance(port, int) else list(port)
+    offset = log_file.stat().st_size if log_file and log_file.exists() else 0
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # owned by the child
     process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # noqa: S603
     service = NodeService(name, process)
@@ -100,17 +197,40 @@ def start_node_service(
     try:
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with code {process.returncode} before listening")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    return service
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{name} did not listen on port {port} within {timeout:.0f}s") from None
-                time.sleep(0.1)
+                said = output_since(log_file, offset)
+                if says_port_taken(said) or any(port_held(each) for each in ports):
+                    raise PortTaken(f"{name}: a port of {ports} was taken before it listened: {said[-300:]}")
+                raise RuntimeError(f"{name} exited with code {process.returncode} before listening: {said[-300:]}")
+            if all(listens(process.pid, each) for each in ports):
+                return service
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} did not listen on ports {ports} within {timeout:.0f}s")
+            time.sleep(0.1)
     except BaseException:
         service.stop()
         raise
+
+
+def output_since(log_file: Path | None, offset: int) -> str:
+    """What a child printed to `log_file` past `offset` (nothing is known without a log)."""
+    if log_file is None or not log_file.exists():
+        return ""
+    with open(log_file, "rb") as log:
+        log.seek(offset)
+        return log.read().decode(errors="replace")
+
+
+def start_moving_ports(ports: Sequence[int], start: Callable[[Sequence[int]], T]) -> T:
+    """`start(ports)`, then `start` on as many newly chosen ports while one of them turns out taken (PortTaken)."""
+    for attempt in range(PORT_ATTEMPTS):
+        try:
+            return start(ports)
+        except PortTaken as taken:
+            if attempt == PORT_ATTEMPTS - 1:
+                raise
+            logger.info("%s; starting again on other ports", taken)
+            ports = [free_port() for _ in ports]
+    raise AssertionError("unreachable")  # the last attempt returned or raised
 
 
 @dataclass
@@ -145,27 +265,32 @@ def start_azurite(
     table_port: int = 10002,
     log_file: Path | None = None,
 ) -> Azurite:
-    """Start Azurite with its data under `data_dir` and wait until the blob endpoint listens."""
+    """Start Azurite with its data under `data_dir` and wait until its three endpoints listen; where another process
+    took one of the ports first, on three others (the answer's ports are those it listens on)."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    args = [
-        node_binary("azurite", "azurite"),
-        "--silent",
-        "--disableTelemetry",
-        "--skipApiVersionCheck",
-        "--location",
-        str(data_dir),
-        "--blobHost",
-        "127.0.0.1",
-        "--blobPort",
-        str(blob_port),
-        "--queueHost",
-        "127.0.0.1",
-        "--queuePort",
-        str(queue_port),
-        "--tableHost",
-        "127.0.0.1",
-        "--tablePort",
-        str(table_port),
-    ]
-    service = start_node_service("azurite", args, blob_port, log_file=log_file)
-    return Azurite(service, blob_port, queue_port, table_port)
+
+    def start(ports: Sequence[int]) -> Azurite:
+        blob, queue, table = ports
+        args = [
+            node_binary("azurite", "azurite"),
+            "--silent",
+            "--disableTelemetry",
+            "--skipApiVersionCheck",
+            "--location",
+            str(data_dir),
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            str(blob),
+            "--queueHost",
+            "127.0.0.1",
+            "--queuePort",
+            str(queue),
+            "--tableHost",
+            "127.0.0.1",
+            "--tablePort",
+            str(table),
+        ]
+        return Azurite(start_node_service("azurite", args, ports, log_file=log_file), blob, queue, table)
+
+    return start_moving_ports((blob_port, queue_port, table_port), start)

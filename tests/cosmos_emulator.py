@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from devhost.services import NodeService, node_binary, start_node_service
+from devhost.services import NodeService, node_binary, start_moving_ports, start_node_service
 
 # The Cosmos emulator's well-known account key: a public constant, not a secret. The fake accepts any
 # key; the SDK only needs a well-formed one to sign requests. Tests only, never a real account.
@@ -30,6 +31,12 @@ class CosmosEmulator:
 
 
 def start_cosmos_emulator(port: int, *, log_file: Path | None = None, timeout: float = 30.0) -> CosmosEmulator:
-    """Start cosmosdb-server on 127.0.0.1:`port` and wait until it accepts connections."""
-    args = [node_binary("cosmosdb-server", "@vercel/cosmosdb-server"), "--host", "127.0.0.1", "--port", str(port)]
-    return CosmosEmulator(start_node_service("cosmosdb-server", args, port, log_file=log_file, timeout=timeout), port)
+    """Start cosmosdb-server on 127.0.0.1:`port` (another one if a process took it first) and wait until it listens."""
+
+    def start(ports: Sequence[int]) -> CosmosEmulator:
+        (chosen,) = ports
+        args = [node_binary("cosmosdb-server", "@vercel/cosmosdb-server"), "--host", "127.0.0.1", "--port", str(chosen)]
+        service = start_node_service("cosmosdb-server", args, chosen, log_file=log_file, timeout=timeout)
+        return CosmosEmulator(service, chosen)
+
+    return start_moving_ports((port,), start)

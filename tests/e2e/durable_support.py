@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -21,7 +22,6 @@ from devhost.durable import DurableHost
 from devhost.durable.binding import client_binding_json
 from devhost.invoker import Invoker
 from devhost.loader import FunctionIndex
-from devhost.services import free_port
 from devhost.workers import WorkerPool
 
 TERMINAL = {"Completed", "Failed", "Terminated", "Canceled"}
@@ -70,8 +70,11 @@ async def serve_durable_host(
 
     With `workers`, its functions run in that many worker processes (devhost/workers.py), as the devhost runs them
     with FUNCTIONS_WORKER_PROCESS_COUNT."""
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
+    # Bound here, on a port the system picks, before the host names it in its URLs: a port asked for first and
+    # bound later can be taken in between by another test process.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    base_url = f"http://127.0.0.1:{listener.getsockname()[1]}"
     invoker = Invoker(str(app_dir))
     pool = WorkerPool(app_dir, workers, lambda: host.client_binding_json()) if workers else None
     host = DurableHost(HostContext(index, pool or invoker, owner_url, data_dir, base_url, hub), **host_options)
@@ -83,7 +86,7 @@ async def serve_durable_host(
     await host.start()
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await web.SockSite(runner, listener).start()
     try:
         yield ServedHost(host, df.DurableOrchestrationClient(host.client_binding_json()), base_url, hub)
     finally:

@@ -210,12 +210,10 @@ def test_a_crowd_of_open_streams_holds_no_connection_each(platform: Platform, pg
 def test_the_clients_stream_outlives_a_devhost_restart_by_reconnecting(pg: Any, azurite: Any, tmp_path: Path) -> None:
     from quantum_platform import Client, StaticToken
 
-    port = free_port()
-
-    def devhost(log: str) -> DevhostProcess:
+    def devhost(log: str, port: int) -> DevhostProcess:
         return start_platform_host(pg, azurite, tmp_path / log, port, env={"QP_TASK_HUB": "EventStreamRestartE2E"})
 
-    host = devhost("first.log")
+    host = devhost("first.log", free_port())
     platform = Platform(host, pg.root, pg.owner_url)
     execution_id = start(
         platform,
@@ -241,7 +239,7 @@ def test_the_clients_stream_outlives_a_devhost_restart_by_reconnecting(pg: Any, 
         assert asked.wait(30), received
         host.stop()  # the open stream breaks off; the client keeps trying while nothing listens on the port
         time.sleep(1.0)
-        host = devhost("second.log")
+        host = devhost("second.log", host.port)  # where the client reconnects: the port the first one listened on
         decided = httpx.post(
             f"{host.base_url}/api/v1/executions/{execution_id}/approvals/gate",
             json={"decision": "approve"},

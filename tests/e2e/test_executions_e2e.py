@@ -63,7 +63,7 @@ class SideEffects:
 
 @pytest.fixture(scope="module")
 def side_effects() -> Iterator[SideEffects]:
-    state = SideEffects(port=free_port())
+    state = SideEffects(port=0)  # the port the server is given by the system, below
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:
@@ -95,7 +95,8 @@ def side_effects() -> Iterator[SideEffects]:
 
         do_GET = do_POST = _answer
 
-    server = ThreadingHTTPServer(("127.0.0.1", state.port), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.port = int(server.server_address[1])
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield state

@@ -26,7 +26,6 @@ import httpx
 import pytest
 
 from devhost.child import PROJECT_ROOT
-from devhost.services import free_port
 from devhost.workers import WORKER_COUNT_SETTING
 from shared.observability.setup import APP_LOGGERS
 from tests.e2e.conftest import DevhostFactory
@@ -79,7 +78,7 @@ class Ingestion:
             def log_message(self, *_: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -282,10 +281,11 @@ get_logger_provider().force_flush()
 """
 
 
-def test_the_apps_own_log_records_are_exported_and_no_other_loggers(ingestion: Ingestion) -> None:
+def test_the_apps_own_log_records_are_exported_and_no_other_loggers(ingestion: Ingestion, tmp_path: Path) -> None:
     # Only `qp` was exported: a 500's `request <id>: unhandled error` (shared.api.problems), the line operators are
     # told to find by its request_id, never left the app's exporter.
     env = {**os.environ, "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true", "OTEL_BLRP_SCHEDULE_DELAY": "200"}
+    env["TMPDIR"] = str(tmp_path)  # the exporter's retry store stays in the test's folder
     done = subprocess.run(
         [sys.executable, "-c", _LOGGING_PROCESS, ingestion.connection_string],
         cwd=PROJECT_ROOT,
