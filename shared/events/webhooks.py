@@ -332,7 +332,9 @@ def deliver_tenant(
     with tenant_transaction(tenant_id, pool=pool) as conn:
         allowed = [str(h) for h in tenant_settings(conn).get("allowed_hosts") or []]
     make_client = client_factory or (
-        lambda hosts: GuardedClient(hosts, timeout=send_timeout_s, allow_private=private_network_allowed())
+        lambda hosts: GuardedClient(
+            hosts, timeout=send_timeout_s, allow_private=private_network_allowed(), tenant=tenant_id
+        )
     )
     sends = _Sends(turn)
     waiting: deque[store.Claimed] = deque()  # claimed, not started: given back if the turn ends first

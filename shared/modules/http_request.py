@@ -111,6 +111,7 @@ class HttpRequestModule(Module[HttpRequestParams]):
             timeout=self._timeout,
             resolver=self._resolver,
             allow_private=private_network_allowed(self._allow_private),
+            tenant=ctx.tenant_id,
         ) as client:
             # The attempt's key lets the receiving service drop a redelivered request (at-least-once work).
             headers = {"Idempotency-Key": ctx.idempotency_key, **params.headers}

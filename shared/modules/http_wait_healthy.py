@@ -60,7 +60,10 @@ class HttpWaitHealthyModule(Module[HttpWaitHealthyParams]):
         probes = 0
         last = "no probe"
         with GuardedClient(
-            allowed_hosts(ctx), resolver=self._resolver, allow_private=private_network_allowed(self._allow_private)
+            allowed_hosts(ctx),
+            resolver=self._resolver,
+            allow_private=private_network_allowed(self._allow_private),
+            tenant=ctx.tenant_id,
         ) as client:
             while True:
                 if ctx.abandoned.is_set():

@@ -12,9 +12,10 @@ import socket
 import threading
 import time
 import zlib
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+from uuid import UUID
 
 import httpx
 import idna
@@ -332,44 +333,66 @@ def _shut_down(sock: socket.socket) -> None:
 
 MAX_LOOKUPS = 32
 """Name lookups in flight in one process, each on a thread of its own: the bound on threads a late lookup leaves."""
+MAX_LOOKUPS_PER_TENANT = 8
+"""Of those, one tenant's: a tenant whose names never answer (its own domain, a silent name server) cannot take the
+places every other tenant's outbound calls in the process need."""
 MAX_LOOKUPS_PER_HOST = 2
-"""Of those, lookups of one host: a tenant's name that never answers cannot take the others' share."""
+"""Of a tenant's, lookups of one host: its name that never answers cannot take the rest of its share, and another
+tenant's lookups of the same name are not counted against it."""
+
+Tenant = UUID | None
+"""Whose outbound call a lookup is for (a tenant's id); None, the platform's own calls, counts as one tenant."""
+
+
+_K = TypeVar("_K", bound=Hashable)
+
+
+def _count_down(counts: dict[_K, int], key: _K) -> None:
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]
 
 
 class _Lookups:
-    """Counts the lookups in flight, in all and per host, and refuses one beyond either bound."""
+    """Counts the lookups in flight, in all, per tenant and per (tenant, host), and refuses one beyond any bound."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._total = 0
-        self._by_host: dict[str, int] = {}
+        self._by_tenant: dict[Tenant, int] = {}
+        self._by_host: dict[tuple[Tenant, str], int] = {}
 
-    def begin(self, host: str) -> None:
+    def begin(self, tenant: Tenant, host: str) -> None:
+        key = (tenant, host)
         with self._lock:
-            if self._total >= MAX_LOOKUPS or self._by_host.get(host, 0) >= MAX_LOOKUPS_PER_HOST:
+            if (
+                self._total >= MAX_LOOKUPS
+                or self._by_tenant.get(tenant, 0) >= MAX_LOOKUPS_PER_TENANT
+                or self._by_host.get(key, 0) >= MAX_LOOKUPS_PER_HOST
+            ):
                 # Retryable: the lookups holding the place end within the resolver's own timeouts.
                 raise StepFailed(f"cannot resolve {host}: earlier lookups of it (or too many others) still wait")
             self._total += 1
-            self._by_host[host] = self._by_host.get(host, 0) + 1
+            self._by_tenant[tenant] = self._by_tenant.get(tenant, 0) + 1
+            self._by_host[key] = self._by_host.get(key, 0) + 1
 
-    def end(self, host: str) -> None:
+    def end(self, tenant: Tenant, host: str) -> None:
         with self._lock:
             self._total -= 1
-            left = self._by_host[host] - 1
-            if left:
-                self._by_host[host] = left
-            else:
-                del self._by_host[host]
+            _count_down(self._by_tenant, tenant)
+            _count_down(self._by_host, (tenant, host))
 
 
 _lookups = _Lookups()
 
 
-def _resolving_within(resolver: Resolver, deadline: _Deadline) -> Resolver:
+def _resolving_within(resolver: Resolver, deadline: _Deadline, tenant: Tenant = None) -> Resolver:
     """`resolver`, each lookup bounded by `deadline`: a name whose servers answer slowly (a tenant can choose its
     own) held the exchange for the system resolver's own timeouts and retries, beyond any deadline. A lookup cannot
     be interrupted, so one past its deadline finishes alone on its thread: at most MAX_LOOKUPS of them in a process,
-    MAX_LOOKUPS_PER_HOST of one host (StepFailed, retryable, beyond)."""
+    MAX_LOOKUPS_PER_TENANT of `tenant`'s, MAX_LOOKUPS_PER_HOST of one host of its (StepFailed, retryable, beyond)."""
 
     def resolve(host: str, port: int) -> Sequence[str]:
         if "%" not in host and _ip_literal(host) is not None:  # a zone suffix may name anything: looked up
@@ -386,14 +409,14 @@ def _resolving_within(resolver: Resolver, deadline: _Deadline) -> Resolver:
             except BaseException as exc:  # handed to the waiting caller, which raises it
                 failure.append(exc)
             finally:
-                _lookups.end(host)
+                _lookups.end(tenant, host)
                 done.set()
 
-        _lookups.begin(host)
+        _lookups.begin(tenant, host)
         try:
             threading.Thread(target=look_up, name="qp-resolve", daemon=True).start()
         except BaseException:
-            _lookups.end(host)
+            _lookups.end(tenant, host)
             raise
         if not done.wait(deadline.remaining()):
             raise deadline.exceeded(host)
@@ -465,10 +488,14 @@ class GuardedClient:
         resolver: Resolver = system_resolver,
         transport: httpx.BaseTransport | None = None,
         allow_private: bool = False,
+        tenant: Tenant = None,
     ) -> None:
+        """`tenant` (its id) is whose calls these are: its name lookups count against its share of the process's
+        (MAX_LOOKUPS_PER_TENANT); None, the platform's own calls, counts as one tenant."""
         self._allowed = tuple(allowed_hosts)
         self._resolver = resolver
         self._allow_private = allow_private
+        self._tenant = tenant
         self._timeout = timeout
         # No environment proxies (they would bypass the pinning) and no automatic redirects (each is checked). No
         # connection is kept for the next request: a reused one reports no socket, and the deadline needs it. No
@@ -526,7 +553,7 @@ class GuardedClient:
         origin = _origin_text(current)  # the request's, for messages: never its path or query
         handed_over = False
         try:
-            resolver = _resolving_within(self._resolver, deadline)
+            resolver = _resolving_within(self._resolver, deadline, self._tenant)
             for hop in range(MAX_REDIRECTS + 1):
                 target = check_url(current, self._allowed, resolver, allow_private=self._allow_private)
                 host = target.host
