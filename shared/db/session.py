@@ -36,13 +36,18 @@ borrower's transaction put it there, under a name the driver may run in this one
 TENANT_REFERENCE = "_tenant_id_fkey"
 """How the name of every foreign key from a tenant row to its tenant (`tenant_id REFERENCES app.tenants`) ends: the
 name Postgres gives it (a test holds the catalog to it)."""
+TENANT_RECORD_CHECK = "_needs_its_tenant"
+"""How the constraint a refused audit record names ends (`audit_events_needs_its_tenant`, `audit_outbox_...`): the
+runtime role's record holds its tenant's row as a foreign key would, without one (migration 0060), and is refused
+(insufficient privilege, as migration 0041 refused it) when that row is gone."""
 _erased_under: weakref.WeakSet[BaseException] = weakref.WeakSet()
 _TENANT_THERE = "SELECT 1 FROM app.tenants WHERE id = %s"
 
 
 def tenant_erased_under(exc: BaseException) -> bool:
-    """Whether `exc` ended a tenant transaction by a row's reference to its tenant, refused because that tenant's row
-    was gone, and the tenant was then found gone: erased while the transaction waited on its row."""
+    """Whether `exc` ended a tenant transaction by a row's reference to its tenant (a foreign key, or an audit
+    record's check of its tenant row), refused because that tenant's row was gone, and the tenant was then found
+    gone: erased while the transaction waited on its row."""
     return exc in _erased_under
 
 
@@ -272,9 +277,15 @@ def _note_tenant_erased(failure: BaseException, pool: ConnectionPool[Any], tenan
     was to it, and a tenant row once gone never comes back. Looked up once the connection is back, so the request's
     answer (401, as an unknown tenant's) tells an erasure from a bug without any I/O of its own."""
     cause = statement_error(failure) if isinstance(failure, psycopg.errors.PipelineAborted) else failure
-    if not isinstance(cause, psycopg.errors.ForeignKeyViolation):
+    if isinstance(cause, psycopg.errors.ForeignKeyViolation):
+        suffix = TENANT_REFERENCE
+    elif isinstance(cause, psycopg.errors.InsufficientPrivilege):
+        # An audit record that waited on the erasure's lock of the tenant row (migration 0060); any other refusal
+        # of row-level security or of a grant names no such constraint, and stays a bug.
+        suffix = TENANT_RECORD_CHECK
+    else:
         return
-    if not (cause.diag.constraint_name or "").endswith(TENANT_REFERENCE):
+    if not (cause.diag.constraint_name or "").endswith(suffix):
         return
     try:
         with _transaction(pool, _tenant_prologue(tenant_id)) as conn:

@@ -340,8 +340,8 @@ def _erase_rows(tenant_id: UUID, executions: list[str] | None) -> dict[str, int]
         # The tenant row first: a writer that adds a row naming the tenant (an execution, a domain event, a worker's
         # poller row) holds it (its foreign key's KEY SHARE) until it commits, and one that comes later waits here and
         # then finds the tenant gone. So no execution is created from now on, and the ids read next are all of them.
-        # Audit records have no such key (the erasure's own outlives the row, ADR 0012): one written meanwhile does
-        # not wait; the second pass below removes it from the trail, the audit relay from the outbox.
+        # Audit records have no such key (the erasure's own outlives the row, ADR 0012); their policies take the same
+        # lock (migration 0060), so one written meanwhile waits here too and is refused once the tenant is gone.
         conn.execute(_LOCK_TENANT, (tenant_id,))
         if executions is not None and tenant_conn is not None:
             # Read committed: this statement sees every commit up to now, those of the writers the lock waited for.

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
+from shared.api.routers import work as work_router
 from shared.db.migrate import APP_MIGRATIONS
 from shared.db.roles import OWNER_ROLE
 from shared.db.session import tenant_transaction
@@ -54,6 +55,7 @@ def test_a_poll_adding_its_row_while_the_erasure_holds_the_tenant_is_answered_40
     api: ApiHarness,  # noqa: F811  # the fixture imported above
     app_pool: ConnectionPool[Any],
     durable: Any,  # noqa: F811  # the fixture imported above
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The erasure had deleted the tenant's poller rows, under its lock on the tenant row, when a worker's poll (its
     # statement reading the tenant's modules as committed) added one: nothing made the poll wait, it committed, and
@@ -73,22 +75,33 @@ def test_a_poll_adding_its_row_while_the_erasure_holds_the_tenant_is_answered_40
     )
     assert unknown.status_code == 401, unknown.text
 
+    # The poll's allow record, written on its own before the poll's transaction, holds the tenant row as a foreign key
+    # would (migration 0060): written while the erasure held the row, it would wait and the poll never reach its
+    # poller row. So the erasure takes the row once that record has committed, and the poll goes on after that.
+    authorized, locked = threading.Event(), threading.Event()
+    authorize = work_router.authorize
+
+    def authorize_then_wait(*args: Any, **kwargs: Any) -> Any:
+        decision = authorize(*args, **kwargs)
+        authorized.set()
+        assert locked.wait(60)
+        return decision
+
+    monkeypatch.setattr(work_router, "authorize", authorize_then_wait)
     with ThreadPoolExecutor(1) as pool, psycopg.connect(api.admin_url, dbname="quantum") as erasing:
+        body = {"actions": [action], "max_items": 1, "worker": "late-worker"}
+        answer_of = pool.submit(api.client.post, "/api/v1/work/lease", json=body, headers=headers)
+        assert authorized.wait(60)
         erasing.execute("SELECT 1 FROM app.tenants WHERE id = %s FOR UPDATE", (tenant.id,))
         # Its rate bucket last: a request admitted before the erasure reached it passes its admission.
         for table in (t for t in TENANT_TABLES if t != "rate_buckets"):
             erasing.execute(f"DELETE FROM app.{table} WHERE tenant_id = %s", (tenant.id,))  # noqa: S608
-        body = {"actions": [action], "max_items": 1, "worker": "late-worker"}
-        answer_of = pool.submit(api.client.post, "/api/v1/work/lease", json=body, headers=headers)
+        locked.set()
         _until_done_or_waiting(api, answer_of.done, "qp_app", "INSERT INTO app.work_pollers")
         erasing.execute("DELETE FROM app.rate_buckets WHERE tenant_id = %s", (tenant.id,))
         erasing.execute("DELETE FROM app.tenants WHERE id = %s", (tenant.id,))
         erasing.commit()
         answer = answer_of.result(60)
-        # The poll's allow record, written before its transaction (an audit record takes no lock on the tenant row),
-        # is the erasure's second pass's to remove, as it removes every record written while the rows went.
-        erasing.execute("DELETE FROM app.audit_events WHERE tenant_id = %s", (tenant.id,))
-        erasing.commit()
 
     counts = _tenant_row_counts(api, tenant.id)
     assert counts["work_pollers"] == 0, "a poller row of the erased tenant outlived it"
