@@ -27,7 +27,14 @@ from shared.db.session import bounded_lock_waits, platform_transaction, tenant_t
 from shared.events import webhook_store as store
 from shared.events.outbox import enqueue
 from shared.modules.contract import StepFailed
-from shared.modules.ssrf import GuardedClient, check_url, private_network_allowed, read_limited
+from shared.modules.ssrf import (
+    DeadlineExceeded,
+    GuardedClient,
+    LookupsBusy,
+    check_url_within,
+    private_network_allowed,
+    read_limited,
+)
 from shared.observability.urls import hide_urls
 from shared.tenants.models import TenantQuotas
 from shared.tenants.repository import tenant_settings
@@ -100,16 +107,43 @@ def subscription_limit(quotas: TenantQuotas) -> int:
     return quota if quota is not None else get_settings().QP_DEFAULT_MAX_WEBHOOK_SUBSCRIPTIONS
 
 
+SAVE_LOOKUP_TIMEOUT_S = 3.0
+"""How long saving a subscription waits for its URL's host to resolve. The request's thread waits for it, and a
+name whose servers never answer held that thread for the resolver's own timeouts and retries (tens of seconds)."""
+SAVE_LOOKUP_RETRY_AFTER_S = 5
+"""Retry-After of a save refused for want of a lookup place: about the resolver's own timeout, within which the
+lookups holding the places end."""
+
+
 class WebhookUrlRefusedError(ValueError):
-    """The URL may not receive webhooks: not https outside local development, or not a public host."""
+    """The URL may not receive webhooks: not https outside local development, not a public host, or a host that
+    does not resolve (within SAVE_LOOKUP_TIMEOUT_S)."""
 
 
-def check_subscription_url(url: str, allowed_hosts: list[str], *, environment: str) -> None:
-    """The same guard as `http.request` (ADR 0016), at save time; it runs again at every delivery (DNS changes)."""
+class WebhookUrlCheckBusyError(RuntimeError):
+    """The URL could not be checked now: the tenant's name lookups in flight (or the process's) take every place."""
+
+
+def check_subscription_url(url: str, allowed_hosts: list[str], *, environment: str, tenant: UUID | None = None) -> None:
+    """The same guard as `http.request` (ADR 0016), at save time; it runs again at every delivery (DNS changes).
+
+    The lookup is bounded as a delivery's is: it answers within SAVE_LOOKUP_TIMEOUT_S and takes a place of
+    `tenant`'s (the subscription's; None, the platform's own) among the process's lookups, so a tenant's names that
+    never answer hold neither request threads nor more than its share of the lookups."""
     if environment != "local" and not url.startswith("https://"):
         raise WebhookUrlRefusedError("a webhook URL must use https")
     try:
-        check_url(url, allowed_hosts, allow_private=private_network_allowed())
+        check_url_within(
+            url, allowed_hosts, seconds=SAVE_LOOKUP_TIMEOUT_S, tenant=tenant, allow_private=private_network_allowed()
+        )
+    except DeadlineExceeded:
+        # Only a lookup has a deadline here, and only a URL that parsed is looked up.
+        host = httpx.URL(url).raw_host.decode("ascii").lower().rstrip(".")
+        raise WebhookUrlRefusedError(
+            f"could not resolve {host} in time: its name servers gave no answer within {SAVE_LOOKUP_TIMEOUT_S:g} s"
+        ) from None
+    except LookupsBusy as exc:
+        raise WebhookUrlCheckBusyError(str(exc)) from None
     except StepFailed as exc:
         raise WebhookUrlRefusedError(str(exc)) from None
 

@@ -347,6 +347,11 @@ Tenant = UUID | None
 _K = TypeVar("_K", bound=Hashable)
 
 
+class LookupsBusy(StepFailed):
+    """A lookup of `check_url_within` refused a place: earlier lookups (of its host, of its tenant, or of the
+    process) still wait. A step's or a delivery's refused lookup stays a plain StepFailed."""
+
+
 def _count_down(counts: dict[_K, int], key: _K) -> None:
     left = counts[key] - 1
     if left:
@@ -364,7 +369,7 @@ class _Lookups:
         self._by_tenant: dict[Tenant, int] = {}
         self._by_host: dict[tuple[Tenant, str], int] = {}
 
-    def begin(self, tenant: Tenant, host: str) -> None:
+    def begin(self, tenant: Tenant, host: str, busy: type[StepFailed] = StepFailed) -> None:
         key = (tenant, host)
         with self._lock:
             if (
@@ -373,7 +378,7 @@ class _Lookups:
                 or self._by_host.get(key, 0) >= MAX_LOOKUPS_PER_HOST
             ):
                 # Retryable: the lookups holding the place end within the resolver's own timeouts.
-                raise StepFailed(f"cannot resolve {host}: earlier lookups of it (or too many others) still wait")
+                raise busy(f"cannot resolve {host}: earlier lookups of it (or too many others) still wait")
             self._total += 1
             self._by_tenant[tenant] = self._by_tenant.get(tenant, 0) + 1
             self._by_host[key] = self._by_host.get(key, 0) + 1
@@ -388,11 +393,13 @@ class _Lookups:
 _lookups = _Lookups()
 
 
-def _resolving_within(resolver: Resolver, deadline: _Deadline, tenant: Tenant = None) -> Resolver:
+def _resolving_within(
+    resolver: Resolver, deadline: _Deadline, tenant: Tenant = None, *, busy: type[StepFailed] = StepFailed
+) -> Resolver:
     """`resolver`, each lookup bounded by `deadline`: a name whose servers answer slowly (a tenant can choose its
     own) held the exchange for the system resolver's own timeouts and retries, beyond any deadline. A lookup cannot
     be interrupted, so one past its deadline finishes alone on its thread: at most MAX_LOOKUPS of them in a process,
-    MAX_LOOKUPS_PER_TENANT of `tenant`'s, MAX_LOOKUPS_PER_HOST of one host of its (StepFailed, retryable, beyond)."""
+    MAX_LOOKUPS_PER_TENANT of `tenant`'s, MAX_LOOKUPS_PER_HOST of one host of its (`busy`, retryable, beyond)."""
 
     def resolve(host: str, port: int) -> Sequence[str]:
         if "%" not in host and _ip_literal(host) is not None:  # a zone suffix may name anything: looked up
@@ -412,7 +419,7 @@ def _resolving_within(resolver: Resolver, deadline: _Deadline, tenant: Tenant = 
                 _lookups.end(tenant, host)
                 done.set()
 
-        _lookups.begin(tenant, host)
+        _lookups.begin(tenant, host, busy)
         try:
             threading.Thread(target=look_up, name="qp-resolve", daemon=True).start()
         except BaseException:
@@ -425,6 +432,28 @@ def _resolving_within(resolver: Resolver, deadline: _Deadline, tenant: Tenant = 
         return answer[0]
 
     return resolve
+
+
+def check_url_within(
+    url: str | httpx.URL,
+    allowed_hosts: Collection[str] = (),
+    resolver: Resolver = system_resolver,
+    *,
+    seconds: float,
+    tenant: Tenant = None,
+    allow_private: bool = False,
+) -> Target:
+    """`check_url`, its lookup bounded as a guarded request's are (`_resolving_within`): for a check a caller waits
+    for on a request's thread (a webhook URL when it is saved). Past `seconds`, DeadlineExceeded; LookupsBusy when
+    `tenant`'s lookups (or the process's) have no place left. The unbounded lookup held the request's thread for
+    the resolver's own timeouts and retries, and took no place: a tenant's names that never answer held threads
+    every tenant's requests need."""
+    deadline = _Deadline(seconds)
+    try:
+        bounded = _resolving_within(resolver, deadline, tenant, busy=LookupsBusy)
+        return check_url(url, allowed_hosts, bounded, allow_private=allow_private)
+    finally:
+        deadline.end()
 
 
 class _BoundedBody(httpx.SyncByteStream):

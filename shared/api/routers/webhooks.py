@@ -18,8 +18,16 @@ from shared.api.accepted_input import TakesNoBody, no_body_doc
 from shared.api.idempotency import idempotency_key as idempotency_key_header
 from shared.api.idempotency import remember, replay_or_claim
 from shared.api.permissions import GuardedRoute, permission
-from shared.api.problems import ProblemError
-from shared.api.responses import AUTH_ERRORS, BAD_IDEMPOTENCY_KEY, INVALID, PRECONDITION_FAILED, problem_doc
+from shared.api.problems import FieldError, ProblemError, too_many_requests
+from shared.api.responses import (
+    AUTH_ERRORS,
+    BAD_IDEMPOTENCY_KEY,
+    INVALID,
+    PRECONDITION_FAILED,
+    RATE_LIMITED,
+    Responses,
+    problem_doc,
+)
 from shared.api.security import RequestContext, authorize
 from shared.api.transactions import TenantConnection
 from shared.config import get_settings
@@ -27,7 +35,14 @@ from shared.db.session import tenant_transaction
 from shared.etags import if_match_tags
 from shared.events import webhook_store as store
 from shared.events.event_types import ALL_EVENT_TYPES, DOMAIN_EVENT_TYPES
-from shared.events.webhooks import WebhookUrlRefusedError, check_subscription_url, subscription_limit
+from shared.events.webhooks import (
+    SAVE_LOOKUP_RETRY_AFTER_S,
+    SAVE_LOOKUP_TIMEOUT_S,
+    WebhookUrlCheckBusyError,
+    WebhookUrlRefusedError,
+    check_subscription_url,
+    subscription_limit,
+)
 from shared.free_text import SHOWN, SHOWN_AS_WRITTEN
 from shared.observability.urls import kept_url
 from shared.policy.actions import Action
@@ -117,7 +132,9 @@ REFUSED = problem_doc(
     "The body does not validate (`validation-error`, each problem with a JSON pointer; an event type the platform "
     "does not emit is named by its entry, e.g. `/event_types/1`; one listed twice, or `*` beside a named type, by "
     "`/event_types`), or the URL "
-    "fails the platform's SSRF guard or is not https outside local development (`webhook-url-refused`)",
+    "fails the platform's SSRF guard, is not https outside local development, or its host does not resolve within "
+    f"{SAVE_LOOKUP_TIMEOUT_S:g} s (`webhook-url-refused`, its pointer `/url`): a name whose servers do not answer is "
+    "refused as one that does not exist, for the same URL would wait as long again",
     errors=[
         {
             "pointer": "/event_types/1",
@@ -126,6 +143,18 @@ REFUSED = problem_doc(
         }
     ],
 )
+URL_CHECK_BUSY = problem_doc(
+    429,
+    "webhook-url-check-busy",
+    "Too many requests",
+    "the URL's host cannot be checked now: cannot resolve hooks.contoso.example: earlier lookups of it (or too many "
+    f"others) still wait; retry in {SAVE_LOOKUP_RETRY_AFTER_S} s.",
+    f"{RATE_LIMITED['description']}; or the URL's host cannot be looked up now (`webhook-url-check-busy`): the "
+    "tenant's earlier lookups, of that host or of others whose servers do not answer, take every place it has in "
+    "this instance. The URL may be right: the same request succeeds once they end",
+)
+SAVING_ERRORS: Responses = {**AUTH_ERRORS, 429: URL_CHECK_BUSY}
+"""What a request that checks a URL may be refused with: AUTH_ERRORS, its 429 with the URL check's own."""
 QUOTA_REACHED = problem_doc(
     409,
     "webhook-quota",
@@ -239,13 +268,24 @@ def _with_secret_opened(tenant_id: UUID, kept: Any) -> Any:
 
 
 def _check_url(tenant_id: UUID, url: str) -> None:
-    """The SSRF guard on `url` with the tenant's allowed hosts; the host is resolved with no connection held."""
+    """The SSRF guard on `url` with the tenant's allowed hosts; the host is resolved with no connection held, within
+    SAVE_LOOKUP_TIMEOUT_S and in the tenant's share of the process's lookups."""
     with tenant_transaction(tenant_id) as conn:
         hosts = [str(h) for h in tenant_settings(conn).get("allowed_hosts") or []]
     try:
-        check_subscription_url(url, hosts, environment=get_settings().QP_ENVIRONMENT)
+        check_subscription_url(url, hosts, environment=get_settings().QP_ENVIRONMENT, tenant=tenant_id)
     except WebhookUrlRefusedError as exc:
-        raise ProblemError(422, "webhook-url-refused", "Unprocessable content", str(exc)) from None
+        # A host whose name servers never answer is refused as one that does not exist: the same URL would wait as
+        # long again, so an answer that invites a retry would only take the lookup places again.
+        detail = str(exc)
+        errors = [FieldError(pointer="/url", detail=detail)]
+        raise ProblemError(422, "webhook-url-refused", "Unprocessable content", detail, errors=errors) from None
+    except WebhookUrlCheckBusyError as exc:
+        # 429 with Retry-After, not 422: the URL may well be right, and the same request succeeds once the lookups
+        # holding the places end. Not 503: the places are nearly always the tenant's own share, taken by its earlier
+        # lookups, as a tenant's requests in flight are (`tenant-busy`).
+        detail = f"the URL's host cannot be checked now: {exc}; retry in {SAVE_LOOKUP_RETRY_AFTER_S} s."
+        raise too_many_requests(tenant_id, "webhook-url-check-busy", detail, SAVE_LOOKUP_RETRY_AFTER_S) from None
 
 
 NO_BODY = no_body_doc("the subscription id is not a UUID")
@@ -294,7 +334,7 @@ def _found(
 
 
 @router.post("", status_code=201, response_model=SubscriptionOut, summary="Subscribe a URL to events",
-             responses={**AUTH_ERRORS, 201: _WITH_ETAG, 400: BAD_IDEMPOTENCY_KEY, 409: QUOTA_REACHED,
+             responses={**SAVING_ERRORS, 201: _WITH_ETAG, 400: BAD_IDEMPOTENCY_KEY, 409: QUOTA_REACHED,
                         422: REFUSED})  # fmt: skip
 async def create(
     body: SubscriptionIn,
@@ -366,7 +406,7 @@ def get_one(
 
 
 @router.patch("/{subscription_id}", response_model=SubscriptionOut, summary="Change a webhook subscription",
-              responses={**AUTH_ERRORS, 200: _WITH_ETAG, 404: NOT_FOUND, 412: PRECONDITION_FAILED,
+              responses={**SAVING_ERRORS, 200: _WITH_ETAG, 404: NOT_FOUND, 412: PRECONDITION_FAILED,
                          422: REFUSED})  # fmt: skip
 async def change(
     subscription_id: SubscriptionId,
