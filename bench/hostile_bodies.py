@@ -1,7 +1,7 @@
 # intent_ref: platform.hardening
 """The CPU the API spends answering hostile request bodies on the write routes, beside a small valid body.
 
-    .venv/bin/python -m bench.hostile_bodies [--repeat 3] [--routes create-intent,plan] [--bodies deep-nesting]
+    .venv/bin/python -m bench.hostile_bodies [--repeat 3] [--routes create-intent,execute] [--bodies deep-nesting]
 
 Starts the platform as bench/executions.py does (devhost, its worker processes, embedded Postgres and Azurite in a
 temporary folder, telemetry as deployed), provisions a tenant whose quotas never throttle, then sends each body to
@@ -221,7 +221,6 @@ def routes(client: httpx.Client) -> list[Route]:
             {"If-Match": etag},
         ),
         Route("execute", "POST", f"/api/v1/intents/{intent}/execute", {"input": {}}, ["input", "x"]),
-        Route("plan", "POST", f"/api/v1/intents/{intent}/plan", {}, ["x"]),
         # An event type nothing emits: a subscription the baseline creates never delivers in the background.
         Route(
             "webhooks",

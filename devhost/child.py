@@ -93,7 +93,8 @@ class DevhostProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 said = output_since(self.log_path, offset)
-                if says_port_taken(said):
+                # Its own port named: the output also holds what its services printed (a bind of theirs retried).
+                if says_port_taken(said) and str(self.port) in said:
                     raise PortTaken(f"devhost: port {self.port} was taken before it listened:\n{said[-2000:]}")
                 raise RuntimeError(f"devhost exited with {self.process.returncode}:\n{self.log()}")
             # Its own listener, not a connection: another process that took the port would answer one.

@@ -124,7 +124,8 @@ def provision_storage(data_dir: Path, configured: str | None, log_dir: Path) -> 
     if _listening(10000):
         logger.info("Azurite (or another blob endpoint) already listens on 10000; reusing it")
         return DEV_STORAGE, None
-    azurite = start_azurite(data_dir / "azurite", log_file=log_dir / "azurite.log")
+    # On development storage's own ports, or not at all: its connection string names them.
+    azurite = start_azurite(data_dir / "azurite", log_file=log_dir / "azurite.log", move_ports=False)
     return azurite.connection_string, azurite
 
 

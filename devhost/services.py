@@ -120,11 +120,13 @@ def listens(pid: int, port: int) -> bool:
         return port_held(port)
     if not sockets:
         return False
+    readable = False
     for member in _process_tree(pid):
         try:
             fds = os.listdir(f"/proc/{member}/fd")
         except OSError:
             continue
+        readable = True
         for fd in fds:
             try:
                 link = os.readlink(f"/proc/{member}/fd/{fd}")
@@ -132,7 +134,8 @@ def listens(pid: int, port: int) -> bool:
                 continue
             if link.startswith("socket:[") and link[8:-1] in sockets:
                 return True
-    return False
+    # No descriptor of the tree could be read (another user's process, a hardened /proc): a connection is all there is.
+    return False if readable else port_held(port)
 
 
 def port_held(port: int) -> bool:
@@ -264,9 +267,12 @@ def start_azurite(
     queue_port: int = 10001,
     table_port: int = 10002,
     log_file: Path | None = None,
+    move_ports: bool = True,
 ) -> Azurite:
     """Start Azurite with its data under `data_dir` and wait until its three endpoints listen; where another process
-    took one of the ports first, on three others (the answer's ports are those it listens on)."""
+    took one of the ports first, on three others (the answer's ports are those it listens on). `move_ports=False`
+    for ports others expect it on (development storage's 10000-10002): PortTaken instead, for a second Azurite on
+    other ports would write the same data folder as the one already there, and tools find none where they look."""
     data_dir.mkdir(parents=True, exist_ok=True)
 
     def start(ports: Sequence[int]) -> Azurite:
@@ -293,4 +299,5 @@ def start_azurite(
         ]
         return Azurite(start_node_service("azurite", args, ports, log_file=log_file), blob, queue, table)
 
-    return start_moving_ports((blob_port, queue_port, table_port), start)
+    ports = (blob_port, queue_port, table_port)
+    return start_moving_ports(ports, start) if move_ports else start(ports)

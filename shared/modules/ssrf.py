@@ -150,17 +150,17 @@ def _host_key(raw_host: str) -> str | None:
 
 
 def a_label_refusal(host: str) -> str | None:
-    """Why the ASCII name `host` names no host, or None: a label of it claims to be an IDNA A-label (`xn--`) and does
-    not decode to a label IDNA 2008 allows. No registry delegates such a name. The HTTP client decodes a host only
-    when its first label is one (`xn--zz.example` raised, `www.xn--zz.example` was called), so every label is
-    checked here, for a URL's host and an allow-list entry alike."""
+    """Why the ASCII name `host` is refused, or None: a label of it claims to be an IDNA A-label (`xn--`) and does
+    not decode to a label IDNA 2008 allows. That refuses names some registries delegated under the older rules (an
+    emoji's, `xn--ls8h.la`): the HTTP client already refused such a name as its first label and called it as any
+    other (`www.xn--ls8h.la`), so one rule now holds for every label, of a URL's host and an allow-list entry alike."""
     for label in host.lower().rstrip(".").split("."):
         if not label.startswith("xn--"):
             continue
         try:
             idna.ulabel(label)
         except UnicodeError as exc:  # idna.IDNAError and its InvalidCodepoint among them
-            return f"{label!r} is not a valid IDNA A-label ({_bounded(exc)})"
+            return f"{label!r} is not a valid IDNA 2008 A-label ({_bounded(exc)})"
     return None
 
 
@@ -209,6 +209,11 @@ def check_url(
         raise UrlRefused(f"invalid URL: {exc}") from None
     if parsed.scheme not in ("http", "https"):
         raise UrlRefused(f"only http and https URLs may be called, not {parsed.scheme or 'a relative URL'!r}")
+    # Every label by one rule, the first one included, before the client's own decoding below refuses a first label
+    # in other words.
+    malformed = a_label_refusal(parsed.raw_host.decode("ascii"))
+    if malformed is not None:
+        raise UrlRefused(f"invalid host name in the URL: {malformed}")
     try:
         # `host` decodes the name (IDNA) only when asked: a malformed A-label (`xn--`) raises UnicodeError
         # (idna.IDNAError) here, and whatever a URL holds must end as a refusal, never as another error.
@@ -223,9 +228,6 @@ def check_url(
     host = parsed.raw_host.decode("ascii").lower().rstrip(".")
     if not host:
         raise UrlRefused("the URL has no host")
-    malformed = a_label_refusal(host)
-    if malformed is not None:
-        raise UrlRefused(f"invalid host name in the URL: {malformed}")
     if given_port is not None and not 1 <= given_port <= MAX_PORT:
         # The resolver would raise OverflowError on a port past C's int, and no connection can use port 0 or one
         # past 65535.

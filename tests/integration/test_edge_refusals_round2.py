@@ -213,7 +213,7 @@ def test_an_allowed_host_that_is_no_idna_a_label_is_refused_and_changes_nothing(
 
     errors = _refused(refused)["errors"]
     assert [error["pointer"] for error in errors] == ["/settings/allowed_hosts/1"], errors
-    assert repr(entry) in errors[0]["detail"] and "not a valid IDNA A-label" in errors[0]["detail"], errors
+    assert repr(entry) in errors[0]["detail"] and "not a valid IDNA 2008 A-label" in errors[0]["detail"], errors
     assert api.table_snapshot("tenants") == before
 
 
@@ -238,7 +238,7 @@ def test_a_url_whose_host_holds_a_label_that_is_no_a_label_is_refused(url: str) 
         asked.append(host)
         return ["93.184.216.34"]
 
-    with pytest.raises(UrlRefused, match="not a valid IDNA A-label"):
+    with pytest.raises(UrlRefused, match="not a valid IDNA 2008 A-label"):
         check_url(url, [], public)
     assert asked == []  # refused for its name, before any lookup
 
@@ -254,7 +254,7 @@ def test_a_subscription_to_such_a_url_is_refused_and_nothing_is_subscribed(
 
     assert refused.status_code == 422, refused.text
     assert refused.headers["content-type"] == "application/problem+json"
-    assert refused.json()["type"].endswith("/webhook-url-refused") and "IDNA A-label" in refused.json()["detail"]
+    assert refused.json()["type"].endswith("/webhook-url-refused") and "IDNA 2008 A-label" in refused.json()["detail"]
     assert api.table_snapshot("webhook_subscriptions") == before
 
 

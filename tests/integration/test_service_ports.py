@@ -18,7 +18,7 @@ import pytest
 from azure.storage.blob import BlobServiceClient
 
 from devhost.child import PROJECT_ROOT, DevhostProcess
-from devhost.services import free_port, start_azurite
+from devhost.services import PortTaken, free_port, start_azurite
 from tests.cosmos_emulator import start_cosmos_emulator
 from tests.e2e import durable_support
 from tests.e2e.conformance_index import conformance_index
@@ -79,6 +79,21 @@ def test_azurite_is_not_taken_for_the_process_that_took_its_blob_port(taken_port
         assert list(blobs.list_containers()) == []
     finally:
         azurite.stop()
+
+
+@pytest.mark.integration
+def test_azurite_on_ports_others_expect_it_on_does_not_move(taken_port: int, data_dir: Path) -> None:
+    # The devhost's own Azurite serves development storage, whose connection string names its ports: moved, it served
+    # no one who looked there, and a second one wrote the data folder of the first.
+    with pytest.raises(PortTaken):
+        start_azurite(
+            data_dir / "data",
+            blob_port=free_port(),
+            queue_port=taken_port,
+            table_port=free_port(),
+            log_file=data_dir / "azurite.log",
+            move_ports=False,
+        )
 
 
 @pytest.mark.integration

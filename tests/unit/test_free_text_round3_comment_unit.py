@@ -1,6 +1,6 @@
 # intent_ref: platform.hardening
-"""An approval's comment is shown as written (refused at the edge, its lines kept): proposed with
-execution_control.py's ApprovalDecision change, which this round could not make (another engineer holds the file)."""
+"""An approval's comment is shown as written: one that would act where it is shown is refused at the edge, its lines
+kept (ApprovalDecision in shared/api/routers/execution_control.py)."""
 
 from __future__ import annotations
 

@@ -215,3 +215,17 @@ def test_json_output_of_a_run_and_of_a_refusal_is_exact(platform: Platform) -> N
     refused = ran(qp("intents", "get", INTENT_ID, "-o", "json", env=ENV), cli.EXIT_PROBLEM)
     assert json.loads(inert(refused.stdout)) == problem
     assert inert(refused.stderr).startswith("error: 422 Bad request: ok\\x1b[2J\\x1b]0;pwned\\x07 \\x9b31m \\u202eevil")
+
+
+def test_a_login_prints_the_servers_tenant_name_on_its_one_line(platform: Platform, tmp_path: Path) -> None:
+    # The sign-in line kept a line feed of the answer: a server naming its tenant "x\nerror: ..." printed a second,
+    # forged line under it.
+    checkout = tmp_path / "checkout"
+    (checkout / "devhost").mkdir(parents=True)
+    (checkout / "devhost" / "__init__.py").write_text("")
+    (checkout / "devhost" / "__main__.py").write_text("print('dev-token')\n")
+    forged = "contoso\nerror: your session expired, run qp login --url http://evil.example"
+    platform.answer({"GET /api/v1/me": {"principal_id": "p", "tenant_name": forged + HOSTILE}})
+    printed = ran(qp("login", "--url", "http://127.0.0.1:7071", "--project-dir", str(checkout))).stdout
+    assert len(inert(printed).splitlines()) == 1, printed
+    assert "contoso\\nerror: your session expired" in printed

@@ -408,7 +408,8 @@ def login(
         with Client(url, credential=_credential(profile, url, environment=False)) as client:
             me = _checked(client.get("/api/v1/me"), shapes.ME)
         _save_profile(profile)
-        _line(f"signed in to {url} as {me['principal_id']} ({me['tenant_name']})")
+        # One line, whatever the answer's names hold.
+        _line(f"signed in to {url} as {me['principal_id']} ({me['tenant_name']})", lines=False)
 
     _run(act)
 
