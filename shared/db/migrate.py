@@ -7,6 +7,7 @@ import argparse
 import hashlib
 import logging
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -120,15 +121,44 @@ def apply_migrations(conninfo: str, directory: Path = APP_MIGRATIONS, *, schema:
                             "add a new migration instead"
                         )
                     continue
-                with conn.transaction():
-                    conn.execute(migration.sql_text.encode())  # a trusted file of the repository, not user input
-                    conn.execute(
-                        sql.SQL("INSERT INTO {} (version, name, checksum) VALUES (%s, %s, %s)").format(table),
-                        (migration.version, migration.name, migration.checksum),
-                    )
+                _apply_one(conn, migration, table)
                 applied_now.append(migration.path.name)
                 logger.info("applied migration %s", migration.path.name)
     return applied_now
+
+
+LOCK_TIMEOUT_MS = 2_000
+"""How long one attempt of a migration waits for a lock. A statement waiting for a table's lock queues every later
+one on that table behind it: an ALTER that waited on a long transaction (an export holding its tenant's row for
+minutes) stalled every request reading the table until then. Given up, the attempt lets them by, and runs again."""
+LOCK_ATTEMPTS = 60
+"""Attempts of one migration whose locks are held elsewhere, LOCK_RETRY_S apart, before the run fails (then safely
+run again: nothing of the failed file was applied)."""
+LOCK_RETRY_S = 1.0
+
+
+def _apply_one(conn: psycopg.Connection[Any], migration: Migration, table: sql.Identifier) -> None:
+    """`migration` and its tracking row in one transaction, each attempt's lock waits bounded (LOCK_TIMEOUT_MS); a
+    file may set its own bound (`SET LOCAL lock_timeout`), which then holds for it."""
+    for attempt in range(1, LOCK_ATTEMPTS + 1):
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_catalog.set_config('lock_timeout', %s, true)", (f"{LOCK_TIMEOUT_MS}ms",))
+                conn.execute(migration.sql_text.encode())  # a trusted file of the repository, not user input
+                conn.execute(
+                    sql.SQL("INSERT INTO {} (version, name, checksum) VALUES (%s, %s, %s)").format(table),
+                    (migration.version, migration.name, migration.checksum),
+                )
+            return
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
+            if attempt == LOCK_ATTEMPTS:
+                raise MigrationError(
+                    f"{migration.path.name}: its locks were held elsewhere through {attempt} attempts; run again"
+                ) from exc
+            logger.info(
+                "migration %s waits for locks held elsewhere (attempt %d): %s", migration.path.name, attempt, exc
+            )
+            time.sleep(LOCK_RETRY_S)
 
 
 def main() -> None:

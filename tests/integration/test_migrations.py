@@ -102,3 +102,42 @@ def test_app_migrations_are_well_formed() -> None:
     names = [m.path.name for m in discover(APP_MIGRATIONS)]
     assert names[0] == "0001_app_schema.sql"
     assert [m.version for m in discover(APP_MIGRATIONS)] == list(range(1, len(names) + 1))
+
+
+def test_a_migration_waiting_for_a_lock_lets_other_readers_of_the_table_by_and_applies_later(
+    scratch_db: str, tmp_path: Path
+) -> None:
+    # An ALTER waiting for a long transaction's lock queued every later reader of the table behind it until that
+    # transaction ended (an export holds its tenant's row for minutes): the whole platform stalled on a deploy.
+    with psycopg.connect(scratch_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE busy (id int)")
+    _write(tmp_path, "0001_alter_busy.sql", "ALTER TABLE busy ADD COLUMN note text;")
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            apply_migrations(scratch_db, tmp_path, schema="mig")
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    with psycopg.connect(scratch_db) as holder, psycopg.connect(scratch_db, autocommit=True) as reader:
+        holder.execute("SELECT * FROM busy")  # its transaction stays open, holding the table's ACCESS SHARE lock
+        migration = threading.Thread(target=run)
+        migration.start()
+        until = "SELECT count(*) FROM pg_locks WHERE relation = 'busy'::regclass AND NOT granted"
+        with psycopg.connect(scratch_db, autocommit=True) as watcher:
+            while watcher.execute(until).fetchone() == (0,):  # the ALTER waits for its lock
+                assert migration.is_alive(), errors
+        # A reader arriving behind the waiting ALTER: the ALTER gives up its place and the read goes through (before,
+        # it waited behind the ALTER until the holder ended, far past this bound).
+        reader.execute("SET lock_timeout = '20s'")
+        assert reader.execute("SELECT count(*) FROM busy").fetchone() == (0,)
+        assert migration.is_alive()  # still waiting to apply, not failed
+        holder.rollback()  # the long transaction ends
+        migration.join(timeout=60)
+    assert errors == [] and not migration.is_alive()
+    with psycopg.connect(scratch_db) as conn:
+        columns = conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'busy'"
+        ).fetchall()
+        assert sorted(columns) == [("id",), ("note",)]
