@@ -211,12 +211,14 @@ def decide_approval(
 
 
 def _names_callers(approvers: Any, object_id: str, principal_id: str) -> bool:
-    """Whether the approval's approvers admit the caller: none named (absent or an empty list) admits any Approver.
+    """Whether the approval's approvers admit the caller: none named (an empty list, which is what an approval without
+    `approvers` records) admits any Approver.
 
     A list of ids is required: `approvers` given by a reference can resolve to anything, and a string made `in` a
-    substring test (an empty one admitted everyone), a number a TypeError. Anything else admits no one (fail closed).
+    substring test (an empty one admitted everyone), a number a TypeError. Anything else admits no one (fail closed),
+    null included: a reference that resolved to null named no one, and read as none named it admitted every Approver.
     """
-    if approvers is None or approvers == []:
+    if approvers == []:
         return True
     if not isinstance(approvers, list) or not all(isinstance(name, str) for name in approvers):
         return False

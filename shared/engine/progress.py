@@ -284,7 +284,9 @@ def record_progress(raw: dict[str, Any]) -> Any:
                     {
                         "attempt": request.attempt,
                         "message": shown_message(params.get("message")),
-                        "approvers": params.get("approvers") or [],
+                        # As resolved, as the second generation records it: `or []` read a null, an empty string
+                        # or a zero as none named, and so admitted every Approver.
+                        "approvers": params.get("approvers", []),
                     },
                 )
         elif request.kind == "begin":

@@ -23,6 +23,7 @@ from shared.engine import executions as repo
 from shared.engine.machine_types import RULES
 from shared.engine.protocol import ORCHESTRATOR_ACTIONS, StepPlan
 from shared.engine.steps import StepSeed, list_steps, seed_steps
+from shared.idempotency import RESERVED_PREFIX
 from shared.observability import metrics
 from shared.observability.tracing import TRACEPARENT, current_traceparent
 from shared.policy.authorizer import refusal_detail
@@ -147,7 +148,12 @@ class ChildRefusedError(Exception):
 
 class IdempotencyConflictError(StartError):
     """The idempotency key was used for a different request (another intent, input, version, plan hash or retried
-    execution)."""
+    execution), or by another principal of the tenant."""
+
+
+KEY_REUSED = "the idempotency key was already used for a different request"
+"""The refusal of a used key, whichever way the request differs: another principal learns no more of the first
+request than that its key is taken."""
 
 
 @dataclass(frozen=True)
@@ -343,6 +349,8 @@ def input_to_check(conn: Conn, request: StartRequest, *, rebuilt: bool = False) 
     execution's orchestration input whatever its status and claim (a child's start answers it on every replay), so
     that execution's recorded version and input are checked."""
     found = _by_key(conn, request.idempotency_key)
+    if found is not None and _foreign(found, request):
+        return None  # refused by the start's transaction, with no check of another principal's input first
     if found is not None and not rebuilt and (found.status != "pending" or not _claim_stale(found)):
         # Past pending, or its start still claimed by the request that made it: a replay answers without a check.
         return None
@@ -541,7 +549,7 @@ def start_execution(
     fingerprint = request.fingerprint()
     found = _by_key(conn, request.idempotency_key)
     if found is not None:
-        return _replayed(conn, tenant, found, fingerprint, input_check)
+        return _replayed(conn, tenant, found, request, fingerprint, input_check)
     # After the key's lookup, so that a re-executed activity finds the child it started whatever its tree holds now.
     root = None
     if request.parent_execution_id is not None:
@@ -556,7 +564,7 @@ def start_execution(
     # and this one is its replay, not a start the quota (or the tree's bound) may refuse.
     found = _by_key(conn, request.idempotency_key)
     if found is not None:
-        return _replayed(conn, tenant, found, fingerprint, input_check)
+        return _replayed(conn, tenant, found, request, fingerprint, input_check)
     if active_executions(conn) >= max_concurrent:
         metrics.request_refused(tenant.id, "execution-quota")
         raise QuotaExceededError(max_concurrent)
@@ -591,7 +599,7 @@ def start_execution(
         root_execution_id=root,
     )
     if not created:  # a concurrent request with the same key won the insert
-        return _replayed(conn, tenant, execution, fingerprint, input_check)
+        return _replayed(conn, tenant, execution, request, fingerprint, input_check)
     seed_steps(
         conn,
         execution.id,
@@ -646,11 +654,27 @@ def _by_key(conn: Conn, idempotency_key: str | None) -> repo.Execution | None:
     return None if idempotency_key is None else repo.find_by_key(conn, idempotency_key)
 
 
+def _foreign(execution: repo.Execution, request: StartRequest) -> bool:
+    """Whether a caller's key names an execution another principal requested: a tenant's keys are bound to their
+    caller (ADR 0012), else a replay hands one principal another's execution. Every execution has recorded its
+    requester from the first, so keys used before this binding are bound alike. A child's key is the platform's own,
+    replayed by each dispatch of its step whoever requested its root."""
+    key = execution.idempotency_key
+    return key is not None and not key.startswith(RESERVED_PREFIX) and execution.requested_by != request.requester.id
+
+
 def _replayed(
-    conn: Conn, tenant: TenantFacts, execution: repo.Execution, fingerprint: str, input_check: InputCheck | None
+    conn: Conn,
+    tenant: TenantFacts,
+    execution: repo.Execution,
+    request: StartRequest,
+    fingerprint: str,
+    input_check: InputCheck | None,
 ) -> Started:
+    if _foreign(execution, request):
+        raise IdempotencyConflictError(KEY_REUSED)
     if execution.request_sha256 is not None and execution.request_sha256 != fingerprint:
-        raise IdempotencyConflictError("the idempotency key was already used for a different request")
+        raise IdempotencyConflictError(KEY_REUSED)
     claimed_at = _claim_stale_start(conn, execution.id, STALE_START_S)
     if claimed_at is None:
         return Started(execution, False, None)

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict
 from starlette.concurrency import run_in_threadpool
 
 from shared.api.admission import idle
@@ -37,6 +37,11 @@ MAX_WAIT_S = 30.0
 FALLBACK_RECHECK_S = 2.0
 ItemId = Annotated[UUID, Path(description="The work item's id.")]
 ActionName = Annotated[str, Field(min_length=1, max_length=128)]
+# A number or flag is taken as JSON types it (a float field still takes a JSON integer): converted, `true` leased an
+# item and `"60"` held a lease, where a worker meant something else. Strict per field, not per model: the body is
+# validated as parsed JSON, in which a UUID or a time is a string.
+StrictInt = Annotated[int, Strict()]
+StrictFloat = Annotated[float, Strict()]
 _EXAMPLE_ID = "9a1c2b3d-4e5f-4a6b-8c7d-0e1f2a3b4c5d"
 _EXAMPLE_LEASE = "3f2e1d0c-9b8a-4765-a4b3-c2d1e0f9a8b7"
 _EXAMPLE_EXECUTION = "5d7e1f0a-3b2c-4d5e-8f90-1a2b3c4d5e6f"
@@ -63,9 +68,9 @@ class LeaseRequest(BaseModel):
     )
 
     actions: list[ActionName] = Field(min_length=1, max_length=32, description="The actions this worker runs.")
-    max_items: int = Field(1, ge=1, le=50)
-    lease_s: float = Field(60, ge=5, le=900, description="How long the lease holds without a heartbeat.")
-    wait_s: float = Field(
+    max_items: StrictInt = Field(1, ge=1, le=50)
+    lease_s: StrictFloat = Field(60, ge=5, le=900, description="How long the lease holds without a heartbeat.")
+    wait_s: StrictFloat = Field(
         0, ge=0, le=MAX_WAIT_S, description="Seconds to wait for an item when none is queued (long poll)."
     )
     worker: str | None = Field(None, min_length=1, max_length=128, description="A name for this worker process.")
@@ -140,7 +145,7 @@ class Progress(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    percent: float | None = Field(None, ge=0, le=100)
+    percent: StrictFloat | None = Field(None, ge=0, le=100)
     # Neutralised, not refused: a refused heartbeat extends nothing, so a stray character would cost a worker its lease.
     message: Annotated[str, Field(min_length=1, max_length=500), NEUTRALISED_IN_LINES] | None = Field(
         None, description=f"For people to read, {SHOWN_NEUTRALISED_IN_LINES}."
@@ -160,7 +165,7 @@ class HeartbeatRequest(BaseModel):
     )
 
     lease_id: UUID
-    extend_s: float = Field(60, ge=5, le=900)
+    extend_s: StrictFloat = Field(60, ge=5, le=900)
     progress: Progress | None = None
 
 
