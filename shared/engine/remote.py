@@ -151,9 +151,10 @@ def _same_output(tenant_id: UUID, recorded: Any, sent: Any) -> bool:
 
 
 def _repeated(tenant_id: UUID, attempt: Attempt, result: RemoteResult) -> Attempt:
-    """The recorded attempt, whose verdict is raised again, when `result` is the one the token recorded: a worker
-    that got no answer, or a 503 because the verdict could not be raised, sends it again, and only a repeat can get
-    the verdict raised again. Any other result for a spent token is refused, as before."""
+    """The recorded attempt, whose verdict is raised again unless a raise of it was accepted already, when `result`
+    is the one the token recorded: a worker that got no answer, or a 503 because the verdict could not be raised,
+    sends it again, and only a repeat can get the verdict raised again. Any other result for a spent token is
+    refused, as before."""
     if result.ok:
         same = attempt.state == "succeeded" and _same_output(tenant_id, attempt.output, result.output)
     else:
@@ -180,6 +181,17 @@ def _verified(claims: task_tokens.TaskClaims) -> Attempt | None:
     return None
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """A result as `record` answers it: the attempt, its verdict, and whether that is still to be raised."""
+
+    key: AttemptKey
+    verdict: dict[str, Any]
+    to_raise: bool = True
+    """False for a repeat of a result whose raise the task hub accepted already (`mark_handed_over`): the event is
+    the run's to take, and raising it again only lengthens the orchestration's history."""
+
+
 def complete(
     token: str,
     execution_id: UUID,
@@ -189,13 +201,38 @@ def complete(
     *,
     claims: task_tokens.TaskClaims | None = None,
 ) -> tuple[AttemptKey, dict[str, Any]]:
+    """`record`'s attempt and verdict, for a caller that raises the verdict whatever `to_raise` says."""
+    recorded = record(token, execution_id, step_id, phase, result, claims=claims)
+    return recorded.key, recorded.verdict
+
+
+def mark_handed_over(tenant_id: UUID, key: AttemptKey) -> None:
+    """Record that the attempt's verdict was handed to its orchestration (the raise was accepted, or the
+    orchestration is gone), in a short transaction of its own: repeats of the result then raise nothing."""
+    with tenant_transaction(tenant_id) as conn:
+        # Lost in a crash, the mark costs one more raise of a repeat, which the reducer counts for nothing.
+        conn.execute("SET LOCAL synchronous_commit = off")
+        store.mark_handed_over(conn, key)
+
+
+def record(
+    token: str,
+    execution_id: UUID,
+    step_id: str,
+    phase: str,
+    result: RemoteResult,
+    *,
+    claims: task_tokens.TaskClaims | None = None,
+) -> Recorded:
     """Verify the token for this execution and step (unless `claims` are what `signed_claims` answered for it), then
     store the output, then spend the token and record the result in one transaction; returns the attempt and the
     verdict to raise. The token's tenant is the only tenant touched, and nothing is written for a token that does
     not verify.
 
     A repeat of the result the token recorded (the same outcome and output, or error and retryable) writes nothing
-    and returns the recorded verdict, to be raised again; another result for a spent token is TokenUsedError."""
+    and returns the recorded verdict, to be raised again only while no raise of it was accepted (`to_raise`): a
+    worker whose hand-over was lost gets it raised, and one that repeats a result the run has gets its 200 and
+    nothing more. Another result for a spent token is TokenUsedError."""
     if claims is None:
         claims = signed_claims(token, signing_key(claims_of(token).tenant_id), execution_id, step_id, phase)
     recorded = _verified(claims)
@@ -207,10 +244,10 @@ def complete(
     )
     if recorded is not None:
         repeated = _repeated(claims.tenant_id, recorded, result)  # outside a transaction: it may read the blob store
-        if repeated.state == "succeeded":
-            return key, repeated.verdict()
+        if repeated.state == "succeeded" or not repeated.raised_by_recorder:
+            return Recorded(key, repeated.verdict(), repeated.raised_by_recorder)
         with tenant_transaction(claims.tenant_id) as conn:  # a failure says whether a cancel was recorded (rules 7)
-            return key, raised_verdict(conn, repeated)
+            return Recorded(key, raised_verdict(conn, repeated))
     # Stored between the two transactions so no connection waits on the blob store. A blob of a request that then
     # loses the spend is content-addressed, so it can never replace the winner's output.
     try:
@@ -226,9 +263,10 @@ def complete(
             # result is answered as the repeat it is.
             found = store.attempt_by_token(conn, claims.nonce)
             if _spent_on(found, claims):
-                return key, raised_verdict(conn, _repeated(claims.tenant_id, found, result))
+                repeated = _repeated(claims.tenant_id, found, result)
+                return Recorded(key, raised_verdict(conn, repeated), repeated.raised_by_recorder)
             raise _refusal(found, claims)
         attempt, _ = store.finish_attempt(
             conn, claims.key, ok=result.ok, output=output, error=result.error, retryable=result.retryable
         )
-        return claims.key, raised_verdict(conn, attempt)
+        return Recorded(claims.key, raised_verdict(conn, attempt))

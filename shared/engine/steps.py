@@ -76,7 +76,8 @@ class Attempt:
 
     @property
     def raised_by_recorder(self) -> bool:
-        """Whether whoever records (or finds) the result raises it: no dispatch waits for it or has answered it."""
+        """Whether whoever records (or finds) the result raises it: no dispatch waits for it or has answered it, and
+        (a remote result, an approval decision) no raise of it was accepted yet (`mark_handed_over`)."""
         return self.delivery not in ("awaited", "answered")
 
     def verdict(self) -> dict[str, Any]:
@@ -192,6 +193,25 @@ _TAKE = sql.SQL(
     " WHERE execution_id = %s AND (step_id, phase, attempt) IN (SELECT * FROM unnest(%s::text[], %s::text[],"
     " %s::int[])) AND delivery IN ('awaited', 'answered') AND (%s OR state <> 'dispatched') RETURNING {}"
 ).format(_ATTEMPT_COLUMNS)
+# A result its recorder raised and the task hub accepted (or whose orchestration is gone): the hub holds the event
+# until the run takes it, so a repeat of the result raises nothing more. The dispatch's own mark, 'answered', says
+# the same of an awaited attempt; a remote or approval attempt is never awaited, so the two never meet.
+_HANDED_OVER = (
+    "UPDATE app.step_attempts SET delivery = 'answered' WHERE execution_id = %s AND step_id = %s AND phase = %s"
+    " AND attempt = %s AND state <> 'dispatched' AND (delivery IS NULL OR delivery = 'released')"
+)
+# What only a cancel's event ends for a run that runs: an approval or a wait (its attempt open), a retry's pause, a
+# child not told to stop. Once the run has taken the cancel, its next dispatch records their ends (attempt abandoned,
+# step cancelled, the child's cancel recorded); anything else out (module work) ends on its own, and the run then
+# reads the recorded cancel from that dispatch's answer.
+_WAITS_FOR_CANCEL = (
+    "SELECT EXISTS (SELECT 1 FROM app.step_attempts a WHERE a.execution_id = %(e)s AND a.state = 'dispatched'"
+    " AND a.phase = 'run' AND a.action IN ('approval', 'wait'))"
+    " OR EXISTS (SELECT 1 FROM app.execution_steps s WHERE s.execution_id = %(e)s AND s.state = 'retrying')"
+    " OR EXISTS (SELECT 1 FROM app.execution_steps s JOIN app.executions c ON c.tenant_id = s.tenant_id"
+    " AND c.id = s.child_execution_id WHERE s.execution_id = %(e)s AND s.state = 'running'"
+    " AND c.cancel_requested_at IS NULL AND c.status <> ALL(%(ended)s)) AS waits"
+)
 _ATTEMPT_BY_NONCE = sql.SQL("SELECT {} FROM app.step_attempts WHERE token_nonce = %s").format(_ATTEMPT_COLUMNS)
 _SET_CHILD = "UPDATE app.execution_steps SET child_execution_id = %s WHERE execution_id = %s AND step_id = %s"
 
@@ -575,6 +595,19 @@ def attempt_by_token(conn: Conn, nonce: str) -> Attempt | None:
     """The attempt a token nonce belongs to (used or not)."""
     row = conn.execute(_ATTEMPT_BY_NONCE, (nonce,)).fetchone()
     return None if row is None else _attempt(row)
+
+
+def mark_handed_over(conn: Conn, key: AttemptKey) -> None:
+    """Record that the attempt's result (a remote result, an approval decision) was handed to its orchestration: the
+    task hub accepted its raise, or answered that the orchestration is gone. A repeat of it raises nothing then."""
+    conn.execute(_HANDED_OVER, _key_params(key))
+
+
+def waits_for_cancel(conn: Conn, execution_id: UUID) -> bool:
+    """Whether the run still waits on something only a cancel's event ends (`_WAITS_FOR_CANCEL`): what a repeated
+    cancel reads to decide whether its event may still be needed (its first raise lost) or was taken."""
+    row = conn.execute(_WAITS_FOR_CANCEL, {"e": execution_id, "ended": ["succeeded", "failed", "cancelled"]}).fetchone()
+    return bool(row and row["waits"])
 
 
 def set_child(conn: Conn, execution_id: UUID, step_id: str, child_execution_id: UUID) -> None:

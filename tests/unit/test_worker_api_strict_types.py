@@ -12,6 +12,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from shared.api.routers.task_completion import StepFailure
 from shared.api.routers.work import HeartbeatRequest, LeaseRequest
 
 LEASE = {"actions": ["build-container"]}
@@ -30,6 +31,10 @@ def _client() -> TestClient:
     def heartbeat(body: HeartbeatRequest) -> dict[str, Any]:
         return body.model_dump(mode="json")
 
+    @app.post("/fail")
+    def fail(body: StepFailure) -> dict[str, Any]:
+        return body.model_dump(mode="json")
+
     return TestClient(app)
 
 
@@ -45,6 +50,8 @@ def _client() -> TestClient:
         ("/heartbeat", {**HEARTBEAT, "extend_s": "1e2"}, "extend_s"),
         ("/heartbeat", {**HEARTBEAT, "progress": {"percent": "40"}}, "percent"),
         ("/heartbeat", {**HEARTBEAT, "progress": {"percent": True}}, "percent"),
+        ("/fail", {"task_token": "t", "error": "e", "retryable": "false"}, "retryable"),
+        ("/fail", {"task_token": "t", "error": "e", "retryable": 0}, "retryable"),
     ],
 )
 def test_a_number_sent_as_a_string_or_a_boolean_is_refused(path: str, body: dict[str, Any], field: str) -> None:

@@ -7,9 +7,10 @@ import logging
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
+import psycopg
 from fastapi import APIRouter, Body, Depends
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict
 from starlette.concurrency import run_in_threadpool
 
 from shared.api.accepted_input import TakesNoBody, no_body_doc
@@ -35,6 +36,7 @@ from shared.db.session import retried_on_deadlock, tenant_transaction
 from shared.engine import control, work_queue
 from shared.engine import executions as repo
 from shared.engine import start as engine
+from shared.engine import steps as store
 from shared.engine.protocol import CANCEL_EVENT, approval_event
 from shared.engine.steps import Attempt
 from shared.free_text import SHOWN_AS_WRITTEN_IN_LINES, SHOWN_IN_LINES
@@ -141,7 +143,11 @@ class RetryRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{}, {"version": 3}]})
 
-    version: int | None = Field(None, ge=1, description="Default: the version the failed execution ran.")
+    # Strict: "1" or true read as a version number before (the body is validated in python mode, where lax ints
+    # take both); only this field is strict, as strict models would refuse the UUID and date strings of others.
+    version: Annotated[int, Strict()] | None = Field(
+        None, ge=1, description="Default: the version the failed execution ran."
+    )
 
 
 def _problem(exc: control.ControlError) -> ProblemError:
@@ -180,9 +186,11 @@ async def cancel(
     """Stop scheduling new steps, let work already out end, compensate what completed, end cancelled (the
     requester, an Executor or a Deployer). Refused (409 `already-failing`) once a step failed for good (its
     compensation under way, or its run waiting for work still out): it ends failed whatever is asked. The request
-    takes no body (a cancel records no reason): a body is refused with 422 and cancels nothing."""
+    takes no body (a cancel records no reason): a body is refused with 422 and cancels nothing. A cancel accepted
+    (202) when the run's last step had already committed its result may still see the run end succeeded (ADR 0034:
+    a late cancel stops nothing)."""
 
-    def record() -> tuple[repo.Execution, list[Attempt]]:
+    def record() -> tuple[repo.Execution, list[Attempt], bool]:
         # One transaction: the resource's labels are read where the execution is.
         with tenant_transaction(context.tenant.id) as conn:
             execution = load_execution(context, execution_id, conn)
@@ -193,11 +201,12 @@ async def cancel(
             except control.ControlError as exc:
                 raise _problem(exc) from None
             # Remote work no worker has taken yet ends now (ADR 0027), not when its step times out.
-            return cancelled, work_queue.cancel_queued(conn, execution_id)
+            dequeued = work_queue.cancel_queued(conn, execution_id)
+            return cancelled, dequeued, _cancel_to_raise(conn, execution, cancelled)
 
-    execution, dequeued = await run_in_threadpool(record)
+    execution, dequeued, to_raise = await run_in_threadpool(record)
     cancel_event = {"by": context.principal.id}
-    raised = await raise_to_orchestration(client, execution_id, CANCEL_EVENT, cancel_event)
+    raised = to_raise and await raise_to_orchestration(client, execution_id, CANCEL_EVENT, cancel_event)
     await raise_verdicts(client, dequeued)
     if not raised and execution.status == "pending":
         await run_in_threadpool(_cancel_unstarted, context.tenant.id, execution_id)
@@ -207,6 +216,16 @@ async def cancel(
             # told like any started execution (and reads the recorded request if this raise fails too).
             await raise_to_orchestration(client, execution_id, CANCEL_EVENT, cancel_event)
     return CancelAccepted(execution_id=execution.id, status=execution.status, cancel_requested=True)
+
+
+def _cancel_to_raise(conn: store.Conn, before: repo.Execution, after: repo.Execution) -> bool:
+    """Whether the cancel's event is raised: always for the request that records the cancel (or for a run not yet
+    started); for a repeat, only while the run still waits on something only that event ends (`waits_for_cancel`),
+    so that a repeat can deliver a first raise that was lost, and never once the run has taken it. Every repeat was
+    raised before, and the orchestration's history kept each copy while it ran."""
+    if before.cancel_requested_at is None or after.status == "pending":
+        return True
+    return after.status in ("running", "waiting") and store.waits_for_cancel(conn, after.id)
 
 
 def _cancel_unstarted(tenant_id: UUID, execution_id: UUID) -> None:
@@ -243,7 +262,7 @@ async def approve(
     """Approve or reject a waiting approval step (Approver; never the execution's requester, and only a listed
     approver when the step names some). A rejection fails the step and compensates."""
 
-    def record() -> control.ApprovalOutcome:
+    def record() -> tuple[control.ApprovalOutcome, bool]:
         with tenant_transaction(context.tenant.id) as conn:
             execution = load_execution(context, execution_id, conn)
             resource = execution_resource(conn, execution, context.tenant.id)
@@ -265,14 +284,31 @@ async def approve(
                 record_mutation(
                     context, Action.EXECUTION_APPROVE, resource, {"step": step_id, "decision": body.decision}, conn=conn
                 )
-            return outcome
+                return outcome, True
+            # The same decision again: raised again only while no raise of it was accepted (its attempt, held by
+            # the decision above, says so), as a repeated remote result is.
+            attempt = store.get_attempt(conn, outcome.key)
+            return outcome, attempt is None or attempt.raised_by_recorder
 
     # A decision takes the attempt's row before the execution's, as every writer does (ADR 0014's one order), so it
     # meets no deadlock on them; the wrapper stays a belt against rows outside that order (then decided again, and
     # answered 409 if it came late).
-    outcome = await run_in_threadpool(retried_on_deadlock, record)
-    await raise_to_orchestration(client, execution_id, approval_event(step_id, outcome.key.attempt), outcome.verdict)
+    outcome, to_raise = await run_in_threadpool(retried_on_deadlock, record)
+    event = approval_event(step_id, outcome.key.attempt)
+    if to_raise and await raise_to_orchestration(client, execution_id, event, outcome.verdict):
+        # Only once the hub has it: a decision whose raise failed is raised again by its repeat (applied false).
+        await run_in_threadpool(_handed_over, context.tenant.id, outcome)
     return ApprovalRecorded(execution_id=execution_id, step_id=step_id, decision=body.decision, applied=outcome.applied)
+
+
+def _handed_over(tenant_id: UUID, outcome: control.ApprovalOutcome) -> None:
+    """Record that a decision's raise was accepted, so that its repeats raise nothing (`steps.mark_handed_over`)."""
+    try:
+        with tenant_transaction(tenant_id) as conn:
+            conn.execute("SET LOCAL synchronous_commit = off")  # lost in a crash, a repeat raises it once more
+            store.mark_handed_over(conn, outcome.key)
+    except psycopg.Error as exc:
+        logger.warning("decision %s of %s raised but not marked: %s", outcome.key.event_name, outcome.key, exc)
 
 
 @router.post(

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
+import psycopg
 from fastapi import APIRouter, Depends, Request
 from opentelemetry import trace
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, Strict, TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from shared.api.admission import RETRY_AFTER_S, Admission, get_admission
@@ -102,7 +103,8 @@ class StepFailure(BaseModel):
 
     task_token: str = Field(min_length=1, max_length=2048)
     error: str = Field(min_length=1, max_length=4000)
-    retryable: bool = True
+    # Strict: a lax bool took "false" and "no" as False; a worker whose encoder wrote its flags as text was never told.
+    retryable: Annotated[bool, Strict()] = True
 
 
 class ResultRecorded(BaseModel):
@@ -218,9 +220,10 @@ async def _hand_over(client: Any, execution_id: UUID, event_name: str, verdict: 
     """Raise the recorded verdict to the orchestration, or answer 503 with Retry-After when the raise failed for now.
 
     The result is committed and its token spent either way, so a lost raise can only be made good by the worker: it
-    sends the same result again, which answers 200 and raises the verdict again (`remote.complete`). A 200 here
-    would tell it to stop, leaving the step to its timeout. An orchestration that has ended or never existed is
-    told nothing and answers 200, as the module worker drops such a verdict (ADR 0037): a retry cannot deliver it.
+    sends the same result again, which answers 200 and raises the verdict again (`remote.record`) while no raise of
+    it was accepted. A 200 here would tell it to stop, leaving the step to its timeout. An orchestration that has
+    ended or never existed is told nothing and answers 200, as the module worker drops such a verdict (ADR 0037): a
+    retry cannot deliver it. Returning (either 200) means nothing is left to hand over.
     """
     try:
         await client.raise_event(str(execution_id), event_name, verdict)
@@ -268,15 +271,25 @@ async def _report(
             # The result takes the item, the attempt, then the execution: ADR 0014's one order, which a cancel and the
             # sweeper's end keep too. A deadlock's victim all the same (a belt) rolled back whole and is recorded
             # again: a 409 if the attempt ended meanwhile, never a 503 that would lose a result the worker had.
-            record = functools.partial(remote.complete, token, execution_id, step_id, phase, result, claims=claims)
-            key, recorded = await run_in_threadpool(retried_on_deadlock, record)
+            record = functools.partial(remote.record, token, execution_id, step_id, phase, result, claims=claims)
+            outcome = await run_in_threadpool(retried_on_deadlock, record)
         except remote.TokenUsedError as exc:
             raise ProblemError(409, "task-token-used", "Conflict", str(exc)) from None
         except remote.LeaseExpiredError as exc:
             raise ProblemError(409, "lease-expired", "Conflict", str(exc)) from None
         except remote.TokenRefusedError as exc:
             raise _refused(exc) from None
-        await _hand_over(client, execution_id, key.event_name, recorded)
+        key, recorded = outcome.key, outcome.verdict
+        if outcome.to_raise:
+            await _hand_over(client, execution_id, key.event_name, recorded)
+            # Recorded only once the hub has the event: a raise that failed, or a host stopped before this line,
+            # leaves the next repeat to raise it (ADR 0027, amended 2026-12-07). Every repeat raised it before, and
+            # the orchestration's history kept each copy while it ran.
+            try:
+                await run_in_threadpool(remote.mark_handed_over, tenant_id, key)
+            except psycopg.Error as exc:
+                # Handed over all the same: without the mark a repeat raises it once more, which changes nothing.
+                logger.warning("remote result %s of %s raised but not marked: %s", key.event_name, execution_id, exc)
     finally:
         permit.release()
     return ResultRecorded(
