@@ -6,13 +6,11 @@ without `approvers`, or with an empty list, admits any Approver."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from psycopg_pool import ConnectionPool
 
-from shared.api.durable import get_durable_client
 from shared.db.session import tenant_transaction
 from shared.engine import control, progress
 from shared.engine import steps as store
@@ -20,7 +18,7 @@ from shared.engine.steps import StepSeed
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_approval_approvers import OBJECT_ID, _asked
 from tests.integration.test_executions import _execution
-from tests.integration.test_verdict_handover import FlakyDurable
+from tests.integration.test_verdict_handover import FlakyDurable, durable  # noqa: F401  # `durable`: the fixture
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("process_pools")]
 
@@ -34,14 +32,6 @@ TENANT = f"nullref-{uuid.uuid4().hex[:8]}"
 @pytest.fixture(scope="module")
 def tenant(api: ApiHarness) -> uuid.UUID:
     return api.provision(TENANT).id
-
-
-@pytest.fixture
-def durable(api: ApiHarness) -> Iterator[FlakyDurable]:
-    client = FlakyDurable()
-    api.client.app.dependency_overrides[get_durable_client] = lambda: client  # type: ignore[attr-defined]
-    yield client
-    api.client.app.dependency_overrides.pop(get_durable_client)  # type: ignore[attr-defined]
 
 
 def _params(approvers: Any) -> dict[str, Any]:

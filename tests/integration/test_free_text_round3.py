@@ -7,13 +7,11 @@ approvers neutralised, in a dispatch and in a first-generation run's record, and
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from psycopg_pool import ConnectionPool
 
-from shared.api.durable import get_durable_client
 from shared.db.session import tenant_transaction
 from shared.engine import control, progress, work_queue
 from shared.engine import executions as repo
@@ -23,7 +21,7 @@ from shared.free_text import unshown_problem
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_approval_approvers import OBJECT_ID, _asked
 from tests.integration.test_executions import _execution
-from tests.integration.test_verdict_handover import FlakyDurable
+from tests.integration.test_verdict_handover import FlakyDurable, durable  # noqa: F401  # `durable`: the fixture
 
 pytestmark = pytest.mark.integration
 TENANT = "free-text-3"
@@ -33,14 +31,6 @@ WORKER = ["Module.Worker"]
 @pytest.fixture(scope="module")
 def tenant(api: ApiHarness) -> uuid.UUID:
     return api.provision(TENANT).id
-
-
-@pytest.fixture
-def durable(api: ApiHarness) -> Iterator[FlakyDurable]:
-    client = FlakyDurable()
-    api.client.app.dependency_overrides[get_durable_client] = lambda: client  # type: ignore[attr-defined]
-    yield client
-    api.client.app.dependency_overrides.pop(get_durable_client)  # type: ignore[attr-defined]
 
 
 def _leased(api: ApiHarness, pool: ConnectionPool[Any], tenant_id: uuid.UUID) -> dict[str, Any]:

@@ -5,13 +5,11 @@ waiting and is decided by the next, clean request (its lines kept in the recorde
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from psycopg_pool import ConnectionPool
 
-from shared.api.durable import get_durable_client
 from shared.auth.principal import INTENT_APPROVER
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
@@ -19,7 +17,7 @@ from shared.engine import steps as store
 from shared.engine.steps import AttemptKey
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_approval_approvers import _asked
-from tests.integration.test_verdict_handover import FlakyDurable
+from tests.integration.test_verdict_handover import FlakyDurable, durable  # noqa: F401  # `durable`: the fixture
 
 pytestmark = pytest.mark.integration
 TENANT = "free-text-3-comment"
@@ -28,14 +26,6 @@ TENANT = "free-text-3-comment"
 @pytest.fixture(scope="module")
 def tenant(api: ApiHarness) -> uuid.UUID:
     return api.provision(TENANT).id
-
-
-@pytest.fixture
-def durable(api: ApiHarness) -> Iterator[FlakyDurable]:
-    client = FlakyDurable()
-    api.client.app.dependency_overrides[get_durable_client] = lambda: client  # type: ignore[attr-defined]
-    yield client
-    api.client.app.dependency_overrides.pop(get_durable_client)  # type: ignore[attr-defined]
 
 
 def _decision_events(pool: ConnectionPool[Any], tenant_id: uuid.UUID, execution_id: uuid.UUID) -> list[Any]:

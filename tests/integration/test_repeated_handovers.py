@@ -6,13 +6,11 @@ the task hub accepted answer the same and raise nothing, so they cannot grow the
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from psycopg_pool import ConnectionPool
 
-from shared.api.durable import get_durable_client
 from shared.db.session import tenant_transaction
 from shared.engine import machine_types as mt
 from shared.engine import progress, remote
@@ -21,7 +19,13 @@ from shared.engine.protocol import CANCEL_EVENT
 from shared.engine.steps import AttemptKey
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_approval_approvers import OBJECT_ID, _asked
-from tests.integration.test_verdict_handover import TRANSIENT, FlakyDurable, big_output, report
+from tests.integration.test_verdict_handover import (  # noqa: F401  # `durable`: the fixture
+    TRANSIENT,
+    FlakyDurable,
+    big_output,
+    durable,
+    report,
+)
 from tests.security.test_task_token_no_trace import remote_attempt
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("process_pools")]
@@ -34,14 +38,6 @@ CANCELLERS = ["Intent.Reader", "Intent.Executor", "Intent.Deployer"]
 @pytest.fixture(scope="module")
 def tenant(api: ApiHarness) -> uuid.UUID:
     return api.provision(TENANT, quotas={"requests_per_minute": 100000, "burst": 10000}).id
-
-
-@pytest.fixture
-def durable(api: ApiHarness) -> Iterator[FlakyDurable]:
-    client = FlakyDurable()
-    api.client.app.dependency_overrides[get_durable_client] = lambda: client  # type: ignore[attr-defined]
-    yield client
-    api.client.app.dependency_overrides.pop(get_durable_client)  # type: ignore[attr-defined]
 
 
 def _attempt(pool: ConnectionPool[Any], tenant_id: uuid.UUID, key: AttemptKey) -> store.Attempt:
