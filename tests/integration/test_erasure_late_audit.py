@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,6 +25,7 @@ from shared.audit.postgres import PostgresAuditStore
 from shared.db.session import platform_transaction, tenant_transaction
 from shared.tenants.offboarding import TENANT_TABLES
 from tests.integration.api_harness import ApiHarness, TenantHandle, api  # noqa: F401  # the fixture
+from tests.integration.lock_waits import until_done_or_waiting
 from tests.integration.test_erase_launch_race import durable as durable  # noqa: F401  # the fixture
 from tests.integration.test_erase_races import _erase
 from tests.integration.test_offboarding import _tenant_row_counts
@@ -48,23 +48,6 @@ def _record(tenant_id: uuid.UUID, action: str = "intent.update") -> AuditRecord:
         detail={},
         occurred_at=datetime.now(UTC),
     )
-
-
-def _waits_on_a_lock(api: ApiHarness, user: str, statement: str) -> bool:
-    with psycopg.connect(api.admin_url, dbname="quantum") as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND usename = %s AND query LIKE %s",
-            (user, f"{statement}%"),
-        ).fetchone()
-    return bool(row and row[0])
-
-
-def _until_done_or_waiting(api: ApiHarness, done: Callable[[], bool], user: str, statement: str) -> None:
-    """Until `done`, or `user` waits on a lock in a statement that starts with `statement`."""
-    deadline = time.monotonic() + 60
-    while not done() and not _waits_on_a_lock(api, user, statement):
-        assert time.monotonic() < deadline, "neither finished nor waited on a lock"
-        time.sleep(0.05)
 
 
 def _queue_in_outbox(conn: psycopg.Connection[Any], record: AuditRecord) -> None:
@@ -109,7 +92,7 @@ def test_a_record_added_before_the_erasure_and_committed_after_it_does_not_outli
         recording = pool.submit(record)
         assert added.wait(30)
         erased = pool.submit(_erase, api, tenant)
-        _until_done_or_waiting(api, erased.done, "qp_control", "SELECT 1 FROM app.tenants")
+        until_done_or_waiting(api.admin_url, erased.done, "qp_control", "SELECT 1 FROM app.tenants")
         commit.set()
         recording.result(60)
         answer = erased.result(120)
@@ -134,7 +117,7 @@ def _erased_while_its_record_waits(
     with psycopg.connect(api.admin_url, dbname="quantum") as erasing:
         erasing.execute("SELECT 1 FROM app.tenants WHERE id = %s FOR UPDATE", (tenant.id,))
         answer_of = pool.submit(call)
-        _until_done_or_waiting(api, answer_of.done, "qp_app", "INSERT INTO app.audit_events")
+        until_done_or_waiting(api.admin_url, answer_of.done, "qp_app", "INSERT INTO app.audit_events")
         # Its record waits for the erasure: taken without waiting, it was committed whatever the erasure did next.
         assert not answer_of.done(), answer_of.result().text
         for table in TENANT_TABLES:

@@ -5,9 +5,7 @@ erasure holds, and is answered as one of a tenant that does not exist once the t
 from __future__ import annotations
 
 import threading
-import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from shared.db.session import tenant_transaction
 from shared.engine import work_queue
 from shared.tenants.offboarding import TENANT_TABLES
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
+from tests.integration.lock_waits import until_done_or_waiting
 from tests.integration.test_erase_launch_race import durable as durable  # noqa: F401  # the fixture
 from tests.integration.test_erase_races import _erase
 from tests.integration.test_offboarding import _tenant_row_counts
@@ -32,23 +31,6 @@ pytestmark = pytest.mark.integration
 
 WORKER = ["Module.Worker"]
 MIGRATION = APP_MIGRATIONS / "0058_work_pollers_need_their_tenant.sql"
-
-
-def _waits_on_a_lock(api: ApiHarness, user: str, statement: str) -> bool:
-    with psycopg.connect(api.admin_url, dbname="quantum") as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND usename = %s AND query LIKE %s",
-            (user, f"{statement}%"),
-        ).fetchone()
-    return bool(row and row[0])
-
-
-def _until_done_or_waiting(api: ApiHarness, done: Callable[[], bool], user: str, statement: str) -> None:
-    """Until `done`, or `user` waits on a lock in a statement that starts with `statement`."""
-    deadline = time.monotonic() + 60
-    while not done() and not _waits_on_a_lock(api, user, statement):
-        assert time.monotonic() < deadline, "neither finished nor waited on a lock"
-        time.sleep(0.05)
 
 
 def test_a_poll_adding_its_row_while_the_erasure_holds_the_tenant_is_answered_401_and_leaves_no_row(
@@ -97,7 +79,7 @@ def test_a_poll_adding_its_row_while_the_erasure_holds_the_tenant_is_answered_40
         for table in (t for t in TENANT_TABLES if t != "rate_buckets"):
             erasing.execute(f"DELETE FROM app.{table} WHERE tenant_id = %s", (tenant.id,))  # noqa: S608
         locked.set()
-        _until_done_or_waiting(api, answer_of.done, "qp_app", "INSERT INTO app.work_pollers")
+        until_done_or_waiting(api.admin_url, answer_of.done, "qp_app", "INSERT INTO app.work_pollers")
         erasing.execute("DELETE FROM app.rate_buckets WHERE tenant_id = %s", (tenant.id,))
         erasing.execute("DELETE FROM app.tenants WHERE id = %s", (tenant.id,))
         erasing.commit()
@@ -133,7 +115,7 @@ def test_the_erasure_waits_for_a_poll_adding_its_row_and_deletes_it(
         polling = pool.submit(poll)
         assert polled.wait(30)
         erased = pool.submit(_erase, api, tenant)
-        _until_done_or_waiting(api, erased.done, "qp_control", "SELECT 1 FROM app.tenants")
+        until_done_or_waiting(api.admin_url, erased.done, "qp_control", "SELECT 1 FROM app.tenants")
         commit.set()
         polling.result(60)
         answer = erased.result(120)
