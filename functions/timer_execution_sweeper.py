@@ -30,13 +30,15 @@ async def execution_sweeper(
     """Start executions whose start stalled and end those whose orchestration ended without recording it, or still
     runs stuck compensating with nothing out or due (then terminated)."""
     result = await sweep(client)
-    if result.started or result.ended or result.failed_tenants or result.expired_leases:
+    if result.started or result.ended or result.failed_tenants or result.expired_leases or result.busy:
         logger.info(
-            "execution sweeper: %d started, %d ended, %d leases expired, %d status calls, %d of %d tenants failed",
+            "execution sweeper: %d started, %d ended, %d leases expired, %d status calls, %d left for a later run"
+            " (their tenant's checks busy), %d of %d tenants failed",
             result.started,
             result.ended,
             result.expired_leases,
             result.checked + result.inputs,
+            result.busy,
             result.failed_tenants,
             result.tenants,
         )

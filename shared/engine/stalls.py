@@ -19,7 +19,6 @@ from psycopg_pool import ConnectionPool
 from pydantic import ValidationError
 
 from shared import telemetry
-from shared.check_gate import UNBOUNDED
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
 from shared.engine import start as engine
@@ -94,12 +93,19 @@ def overdue(conn: Conn, execution: repo.Execution, plan: dict[str, Any], grace_s
 
 
 def record_stalls(
-    tenant_id: UUID, execution_id: UUID, *, grace_s: float = STALL_GRACE_S, pool: ConnectionPool[Any] | None = None
+    tenant_id: UUID,
+    execution_id: UUID,
+    *,
+    grace_s: float = STALL_GRACE_S,
+    pool: ConnectionPool[Any] | None = None,
+    wait_s: float | None = None,
 ) -> list[Stall]:
     """Record each new stall of a running execution once (event, metric, span event); answers the new ones.
 
-    Its per-step plan is rebuilt as its start built it, its recorded input and version's definition checked between
-    two transactions at the check gate, as a stalled start's rebuild is (sweeper.start_input)."""
+    Its per-step plan is rebuilt as its start built it, its version's definition checked against the tenant's catalog
+    between two transactions at the check gate, as a stalled start's rebuild is (sweeper.start_input); its recorded
+    input is not checked: the plan needs only the steps' timeouts (`start.rebuild_plan`). A costly check waits at most
+    `wait_s` for its tenant's turn (default: the gate's), then 429 `check-busy` with nothing recorded."""
 
     def read() -> tuple[engine.PendingInputCheck, TenantFacts] | None:
         with tenant_transaction(tenant_id, pool=pool) as conn:
@@ -107,14 +113,14 @@ def record_stalls(
             tenant = get_tenant(conn, tenant_id)
             if execution.terminal or tenant is None:
                 return None  # answered by the recording transaction, before any check
-            pending = engine.rebuild_to_check(conn, execution)
+            pending = engine.plan_to_check(conn, execution)
         return None if pending is None else (pending, tenant.facts())
 
     return checked_first(
         read,
         lambda input_check: _record_stalls(tenant_id, execution_id, grace_s, pool, input_check),
         tenant_id=tenant_id,
-        wait_s=UNBOUNDED,
+        wait_s=wait_s,
     )
 
 
@@ -132,7 +138,7 @@ def _record_stalls(
         if execution.terminal or tenant is None:
             return []
         try:
-            plan = engine.rebuild_input(conn, tenant.facts(), execution, input_check=input_check)["plan"]
+            plan = engine.rebuild_plan(conn, tenant.facts(), execution, input_check=input_check)
         except (engine.StartError, RegistryError, ValidationError):
             # Its version no longer validates (a stored definition the current model refuses too): judge by the
             # default timeout. Raised, it failed its tenant's sweep every time it came round.

@@ -714,3 +714,26 @@ def rebuild_input(
     run = runnable(conn, tenant, item, execution.intent_version, execution.input, input_check=input_check)
     reused = {row["step_id"]: row["output"] for row in list_steps(conn, execution.id) if row["reused"]}
     return orchestration_input(tenant.id, execution, run, reused)
+
+
+def plan_to_check(conn: Conn, execution: repo.Execution) -> PendingInputCheck | None:
+    """What a recorded execution's per-step plan needs checked (`rebuild_plan`): its version's definition against the
+    tenant's catalog, which gives the steps' modules and their timeouts; not its recorded input against its schema,
+    which the plan does not read (checked at its start; neither the input nor its version changes). None as
+    `rebuild_to_check` answers it."""
+    pending = rebuild_to_check(conn, execution)
+    # No schema: the input's check finds nothing and costs nothing. No inputs: the gate weighs the definition alone.
+    return None if pending is None else replace(pending, schema=None, inputs={})
+
+
+def rebuild_plan(
+    conn: Conn, tenant: TenantFacts, execution: repo.Execution, *, input_check: InputCheck | None = None
+) -> dict[str, Any]:
+    """The per-step plan `rebuild_input` builds of a recorded execution, with no check of its input: `input_check` is
+    `plan_to_check`'s, made before this transaction; without one, the definition is checked here (the input is not)."""
+    if input_check is None:
+        pending = plan_to_check(conn, execution)
+        if pending is not None:
+            input_check = checked_input(pending, tenant)
+    plan: dict[str, Any] = rebuild_input(conn, tenant, execution, input_check=input_check)["plan"]
+    return plan

@@ -13,7 +13,8 @@ timer would have moved it) and nothing on its stream for as long, its orchestrat
 ended the same way (cancelled instead when a cancel is what stopped its run, also when its end is left to a later run).
 
 Only tenant ids cross tenants (a SECURITY DEFINER function, migration 0014); each tenant's executions are read and
-moved in that tenant's own transaction. Orchestration calls happen outside any transaction.
+moved in that tenant's own transaction. Orchestration calls happen outside any transaction. A costly check waits for
+its tenant's turn at the check gate for CHECK_WAIT_S at most: past it, that execution is left for a later run.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from uuid import UUID
 from psycopg_pool import ConnectionPool
 from pydantic import ValidationError
 
-from shared.check_gate import UNBOUNDED
 from shared.db.session import bounded_lock_waits, platform_transaction, tenant_transaction
 from shared.engine import control, stalls, work_queue
 from shared.engine import executions as repo
@@ -66,6 +66,12 @@ MAX_TENANTS = 100
 MAX_STARTS_PER_TENANT = 20
 MAX_CHECKS_PER_TENANT = 20
 MAX_STATUS_CHECKS = 200
+CHECK_WAIT_S = 3.0
+"""How long a costly check of the sweeper's (a stalled start's rebuild, a stall plan's) waits for its tenant's turn at
+the check gate: a definition's check or two. The tenants are swept one after another, so a longer wait would hold up
+every other tenant's sweep (and the run's next timer) behind one tenant's checks. Past it, that execution is left for
+a later run; a tenant found busy once is not waited for again in the same run (its later checks take a free slot, or
+are left too), so one tenant's share of a run waits CHECK_WAIT_S at most."""
 _CAUSE_MAX_CHARS = 1000
 
 _EXPIRED_LEASE_TENANTS = "SELECT tenant_id FROM app.work_expired_lease_tenants(%s) AS expired (tenant_id)"
@@ -155,17 +161,21 @@ class SweepResult:
     expired_leases: int = 0
     inputs: int = 0
     """Of the executions `checked`, those whose run's input was asked for too: a second status call each."""
+    busy: int = 0
+    """Of the executions `checked`, those left for a later run: their tenant's turn at the check gate did not come."""
 
 
 @dataclass(frozen=True)
 class TenantSweep:
     """What sweeping one tenant did: orchestrations started, executions ended, executions asked after (a status call
-    each) and, of those, runs whose input was asked for too (a second status call each)."""
+    each) and, of those, runs whose input was asked for too (a second status call each) and executions left for a
+    later run because their tenant's turn at the check gate did not come within CHECK_WAIT_S."""
 
     started: int = 0
     ended: int = 0
     checked: int = 0
     inputs: int = 0
+    busy: int = 0
 
     @property
     def calls(self) -> int:
@@ -206,7 +216,7 @@ def claim_stalled_starts(
 
 
 def start_input(
-    tenant_id: UUID, execution_id: UUID, *, pool: ConnectionPool[Any] | None = None
+    tenant_id: UUID, execution_id: UUID, *, pool: ConnectionPool[Any] | None = None, wait_s: float | None = None
 ) -> dict[str, Any] | str | None:
     """The orchestration input of a claimed start, rebuilt as the start path does; None when it is no longer
     pending, or the cause when it can no longer start (the tenant is not active, the pinned version no longer
@@ -215,8 +225,8 @@ def start_input(
     Its recorded input and its version's definition are checked between two transactions, as a replay's are
     (`checked_first`): read in a short one, checked with no connection held at the check gate (a costly check takes
     its tenant's turn), then rebuilt in a second that takes the check only for the version and input it was made for.
-    The gate's turn is waited for however long it takes (UNBOUNDED): the wait holds no connection and ends when the
-    checks ahead of it do, while a refusal would fail the tenant's whole sweep."""
+    The turn is waited for `wait_s` at most (None: CHECK_WAIT_S), then 429 `check-busy` with nothing written
+    (`is_check_busy`): the start stays pending and claimed, and a later run takes it over once its claim is stale."""
 
     def read() -> tuple[engine.PendingInputCheck, TenantFacts] | None:
         with tenant_transaction(tenant_id, pool=pool) as conn:
@@ -248,7 +258,15 @@ def start_input(
                     raise
                 return _cannot_start(conn, execution_id, exc)
 
-    return checked_first(read, rebuild, tenant_id=tenant_id, wait_s=UNBOUNDED)
+    return checked_first(read, rebuild, tenant_id=tenant_id, wait_s=CHECK_WAIT_S if wait_s is None else wait_s)
+
+
+def is_check_busy(exc: BaseException) -> bool:
+    """Whether `exc` is the check gate's refusal of a wait that ran out (429 `check-busy`, `check_gate.check_busy`)."""
+    # Imported here, as the gate imports it for the refusal: the engine does not bring in the API when imported.
+    from shared.api.problems import ProblemError
+
+    return isinstance(exc, ProblemError) and exc.slug == "check-busy"
 
 
 def _cannot_start(conn: store.Conn, execution_id: UUID, exc: Exception) -> str:
@@ -482,7 +500,7 @@ async def _end(
 
 
 async def _settle_stalled_start(
-    tenant_id: UUID, execution_id: UUID, client: DurableClient, pool: ConnectionPool[Any] | None
+    tenant_id: UUID, execution_id: UUID, client: DurableClient, pool: ConnectionPool[Any] | None, check_wait_s: float
 ) -> TenantSweep:
     instance_id = str(execution_id)
     try:
@@ -495,7 +513,17 @@ async def _settle_stalled_start(
         if cause is None:
             return TenantSweep(checked=1)
         return TenantSweep(ended=int(await _end(tenant_id, execution_id, cause, client, pool)), checked=1)
-    orchestration_input = await asyncio.to_thread(start_input, tenant_id, execution_id, pool=pool)
+    try:
+        orchestration_input = await asyncio.to_thread(
+            start_input, tenant_id, execution_id, pool=pool, wait_s=check_wait_s
+        )
+    except Exception as exc:
+        if not is_check_busy(exc):
+            raise
+        # Nothing written: left pending and claimed, as a start that could not be launched is; a later run (or a
+        # repeated request) takes it over once the claim is stale.
+        logger.info("sweeper: execution %s is started by a later run (its tenant's checks are busy)", execution_id)
+        return TenantSweep(checked=1, busy=1)
     if not isinstance(orchestration_input, dict):
         if orchestration_input is not None:
             logger.warning("sweeper: execution %s ended failed: %s", execution_id, orchestration_input)
@@ -550,9 +578,12 @@ async def _settle_quiet(
     stall_grace_s: float,
     quiet_s: float = QUIET_S,
     calls: int = 2,
+    *,
+    check_wait_s: float = CHECK_WAIT_S,
 ) -> tuple[TenantSweep, bool]:
     """Settle a quiet execution in at most `calls` status calls (at least one); answers what it did, and whether it
-    was judged: one whose run's input no call was left to ask for (stuck compensating by its rows) is not."""
+    was judged: one whose run's input no call was left to ask for (stuck compensating by its rows) is not, nor one
+    whose stall plan's check found its tenant's turn at the check gate taken for `check_wait_s`."""
     status = await client.get_status(str(execution_id))
     if status_unknown(status):
         # Read as "no such instance", a brief outage of the task hub's store ended running executions for good.
@@ -587,7 +618,18 @@ async def _settle_quiet(
             return TenantSweep(ended=int(ended), checked=1), True
     if cause is None:
         # Still running: record it as stalled when an attempt of it is past what its step allows.
-        await asyncio.to_thread(stalls.record_stalls, tenant_id, execution_id, grace_s=stall_grace_s, pool=pool)
+        try:
+            await asyncio.to_thread(
+                stalls.record_stalls, tenant_id, execution_id, grace_s=stall_grace_s, pool=pool, wait_s=check_wait_s
+            )
+        except Exception as exc:
+            if not is_check_busy(exc):
+                raise
+            logger.info(
+                "sweeper: the stalls of execution %s are judged by a later run (its tenant's checks are busy)",
+                execution_id,
+            )
+            return TenantSweep(checked=1, inputs=inputs, busy=1), False
         return TenantSweep(checked=1, inputs=inputs), True
     ended = await _end(tenant_id, execution_id, cause, client, pool)
     if ended:
@@ -607,7 +649,9 @@ async def sweep_tenant(
 ) -> TenantSweep:
     """Start the tenant's stalled starts, then end its quiet executions whose orchestration ended or waits on nothing
     (stuck compensating) and record the stalls of those still running; at most `budget` status calls (stalled starts
-    first: they are certainly stuck), a stuck run's second one for its input included."""
+    first: they are certainly stuck), a stuck run's second one for its input included. A costly check waits for the
+    tenant's turn at the check gate CHECK_WAIT_S at most, and only until one such wait has run out in this call."""
+    check_wait_s = CHECK_WAIT_S
     claimed = await asyncio.to_thread(
         claim_stalled_starts,
         tenant_id,
@@ -615,7 +659,11 @@ async def sweep_tenant(
         start_grace_s=start_grace_s,
         pool=pool,
     )
-    results = [await _settle_stalled_start(tenant_id, execution_id, client, pool) for execution_id in claimed]
+    results: list[TenantSweep] = []
+    for execution_id in claimed:
+        results.append(await _settle_stalled_start(tenant_id, execution_id, client, pool, check_wait_s))
+        if results[-1].busy:
+            check_wait_s = 0.0  # a free slot is still taken; a busy tenant's share of the run waits once
     left = budget - sum(result.calls for result in results)
     if left > 0:
         quiet = await asyncio.to_thread(
@@ -628,10 +676,12 @@ async def sweep_tenant(
                     break  # stuck runs' inputs took the calls left
                 asked.append(execution_id)
                 result, judged = await _settle_quiet(
-                    tenant_id, execution_id, client, pool, stall_grace_s, quiet_s, calls=left
+                    tenant_id, execution_id, client, pool, stall_grace_s, quiet_s, calls=left, check_wait_s=check_wait_s
                 )
                 results.append(result)
                 left -= result.calls
+                if result.busy:
+                    check_wait_s = 0.0
                 if not judged:
                     # Not recorded as swept, it keeps its place at the front: the next run asks for its input.
                     asked.pop()
@@ -644,6 +694,7 @@ async def sweep_tenant(
         ended=sum(r.ended for r in results),
         checked=sum(r.checked for r in results),
         inputs=sum(r.inputs for r in results),
+        busy=sum(r.busy for r in results),
     )
 
 
@@ -655,7 +706,9 @@ async def sweep(
 
     A tenant whose sweep fails is logged and left for the next run; the other tenants still go. So is one whose
     rows another transaction holds locked for longer than a bounded wait (bounded_lock_waits): the tenants are swept
-    one after another, and an unbounded wait on one tenant's row would hold up every other's.
+    one after another, and an unbounded wait on one tenant's row would hold up every other's. For the same reason a
+    costly check waits for its tenant's turn at the check gate CHECK_WAIT_S at most (its execution is then left for a
+    later run), and the expired work leases are ended first, whatever the tenants' sweeps then take.
     """
     with bounded_lock_waits():  # copied into the to_thread calls below with the rest of this context
         return await _sweep(client, pool=pool, control_pool=control_pool)
@@ -665,8 +718,10 @@ async def _sweep(
     client: DurableClient, *, pool: ConnectionPool[Any] | None, control_pool: ConnectionPool[Any] | None
 ) -> SweepResult:
     """The run `sweep` describes, its tenant transactions' lock waits bounded."""
+    # First: a worker's expired lease ends now, not after every tenant's sweep (each may wait at the check gate).
+    expired = await expire_work_leases(client, pool=pool, control_pool=control_pool)
     tenants = await asyncio.to_thread(stuck_tenants, control_pool=control_pool)
-    started = ended = checked = inputs = 0
+    started = ended = checked = inputs = busy = 0
     failed: set[UUID] = set()
     for tenant_id in tenants:
         budget = min(MAX_CHECKS_PER_TENANT, MAX_STATUS_CHECKS - checked - inputs)
@@ -679,8 +734,7 @@ async def _sweep(
             failed.add(tenant_id)
             continue
         started, ended, checked = started + result.started, ended + result.ended, checked + result.checked
-        inputs += result.inputs
-    expired = await expire_work_leases(client, pool=pool, control_pool=control_pool)
+        inputs, busy = inputs + result.inputs, busy + result.busy
     return SweepResult(
         tenants=len(tenants),
         started=started,
@@ -689,6 +743,7 @@ async def _sweep(
         failed_tenants=len(failed),
         expired_leases=expired,
         inputs=inputs,
+        busy=busy,
     )
 
 
