@@ -10,13 +10,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID
 
 from shared.config import get_settings
-
-if TYPE_CHECKING:
-    from shared.api.problems import ProblemError
 
 PER_TENANT = 1
 """Costly checks of one tenant under way in a process: a definition's schemas against the meta-schema cost up to
@@ -134,18 +131,19 @@ def get_check_gate() -> CheckGate:
     return CheckGate()
 
 
-def check_busy(tenant_id: UUID) -> ProblemError:
-    """The answer to a check that found no slot in time: 429 with Retry-After, as a request over its tenant's
-    admission bound is (the service serves the other tenants; this client is asked to slow down)."""
-    # Imported when a check is refused: the engine and the ingress take their turns here and must not bring in the
-    # API or its web framework when imported (a start's refusal travels through the API's own problem type).
-    from shared.api.problems import too_many_requests
+class CheckBusyError(Exception):
+    """A costly check found no slot in time: the tenant's other costly check still runs here. A domain error, as the
+    start path's are (issue 14's point 3): the API answers it 429 `check-busy` with Retry-After at its own edge, the
+    intent-requests ingress retries its batch, the sweeper leaves the execution to a later run."""
 
-    detail = (
-        "This tenant already has a costly check (a large definition, or a start's large input) in progress here; "
-        f"retry in {RETRY_AFTER_S} s."
-    )
-    return too_many_requests(tenant_id, "check-busy", detail, RETRY_AFTER_S, limit=get_check_gate().per_tenant)
+    def __init__(self, tenant_id: UUID, limit: int) -> None:
+        super().__init__(
+            "This tenant already has a costly check (a large definition, or a start's large input) in progress here; "
+            f"retry in {RETRY_AFTER_S} s."
+        )
+        self.tenant_id = tenant_id
+        self.limit = limit
+        self.retry_after_s = RETRY_AFTER_S
 
 
 def is_costly(document: Any) -> bool:
@@ -160,14 +158,14 @@ def is_costly(document: Any) -> bool:
 def costly_check(tenant_id: UUID, *, document: Any = None, wait_s: float | None = None) -> Iterator[None]:
     """A slot for one costly check of `tenant_id` while the block runs; call it holding no pooled connection (the
     wait would hold it). With `document`, only one `is_costly` takes a slot (a small one runs at once). Waits at most
-    `wait_s`, by default as long as a request may wait for a connection (the bound of admission's queue too), then 429
-    with Retry-After; UNBOUNDED waits until a slot comes."""
+    `wait_s`, by default as long as a request may wait for a connection (the bound of admission's queue too), then
+    CheckBusyError; UNBOUNDED waits until a slot comes."""
     if document is not None and not is_costly(document):
         yield
         return
     gate = get_check_gate()
     if not gate.enter(tenant_id, get_settings().QP_DATABASE_POOL_TIMEOUT_S if wait_s is None else wait_s):
-        raise check_busy(tenant_id)
+        raise CheckBusyError(tenant_id, gate.per_tenant)
     try:
         yield
     finally:

@@ -20,6 +20,7 @@ from starlette.types import Scope
 
 from shared.accepted_json import MAX_REFUSALS
 from shared.api.request_ids import REQUEST_ID_HEADER, choose_request_id, scope_request_id
+from shared.check_gate import CheckBusyError
 from shared.db.session import TENANT_REFERENCE as TENANT_REFERENCE  # re-exported: its tests import it from here
 from shared.db.session import tenant_erased_under
 from shared.field_errors import bounded, count_text
@@ -268,6 +269,10 @@ def error_response(exc: BaseException, *, instance: str, request_id: str | None)
         )
     if isinstance(exc, InvalidCursorError):
         return problem_response(400, "invalid-cursor", "Bad request", str(exc), instance=instance)
+    if isinstance(exc, CheckBusyError):
+        # The service serves the other tenants; this client is asked to slow down, as over its admission bound.
+        busy = too_many_requests(exc.tenant_id, "check-busy", str(exc), exc.retry_after_s, limit=exc.limit)
+        return error_response(busy, instance=instance, request_id=request_id)
     if tenant_gone(exc):
         # Erased while the request was at work: answered as the tenant's requests are from now on, not as a failure.
         # A WARNING all the same: each is a request an erasure cut short, and the count of them is worth seeing.

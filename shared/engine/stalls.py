@@ -105,7 +105,7 @@ def record_stalls(
     Its per-step plan is rebuilt as its start built it, its version's definition checked against the tenant's catalog
     between two transactions at the check gate, as a stalled start's rebuild is (sweeper.start_input); its recorded
     input is not checked: the plan needs only the steps' timeouts (`start.rebuild_plan`). A costly check waits at most
-    `wait_s` for its tenant's turn (default: the gate's), then 429 `check-busy` with nothing recorded."""
+    `wait_s` for its tenant's turn (default: the gate's), then CheckBusyError with nothing recorded."""
 
     def read() -> tuple[engine.PendingInputCheck, TenantFacts] | None:
         with tenant_transaction(tenant_id, pool=pool) as conn:

@@ -124,8 +124,8 @@ def begin(tenant: Tenant, make_request: Callable[[Conn], StartRequest], *, decid
     (once per intent and version, however many transactions the start takes).
 
     A refused start raises a StartError (an unknown intent or version as IntentNotFoundError, a refused decision as
-    StartForbiddenError); whatever `make_request` raises of its own passes through, and so does 429 `check-busy`
-    (ProblemError) when a costly input check found no turn within the pool's wait (`checked_first`).
+    StartForbiddenError); whatever `make_request` raises of its own passes through, and so does CheckBusyError (the
+    API's 429 `check-busy`) when a costly input check found no turn within the pool's wait (`checked_first`).
     """
     # One decision per resource for the whole start, audited once: the read before the check decides, and the
     # start's transaction takes that decision again for the same intent and version (a new current version saved in
@@ -182,7 +182,7 @@ def checked_first(
     (given and defaulted) and the version's definition, together at least COSTLY_BYTES as JSON, as a definition is
     costly at that size. A smaller pair costs milliseconds and runs at once; a large one costs up to seconds of CPU on
     a thread sharing the interpreter with every other request. Past `wait_s` (default: the pool's wait) the start is
-    refused 429 `check-busy` before anything is written."""
+    refused (CheckBusyError, the API's 429 `check-busy`) before anything is written."""
     # The last attempt's check runs in `start`'s transaction: its slot is taken before the transaction opens (the wait
     # holds no connection) and kept across it, weighed as the pair last read was (none read: costly).
     last: tuple[PendingInputCheck, TenantFacts] | None = None

@@ -29,6 +29,7 @@ from uuid import UUID
 from psycopg_pool import ConnectionPool
 from pydantic import ValidationError
 
+from shared.check_gate import CheckBusyError
 from shared.db.session import bounded_lock_waits, platform_transaction, tenant_transaction
 from shared.engine import control, stalls, work_queue
 from shared.engine import executions as repo
@@ -225,8 +226,8 @@ def start_input(
     Its recorded input and its version's definition are checked between two transactions, as a replay's are
     (`checked_first`): read in a short one, checked with no connection held at the check gate (a costly check takes
     its tenant's turn), then rebuilt in a second that takes the check only for the version and input it was made for.
-    The turn is waited for `wait_s` at most (None: CHECK_WAIT_S), then 429 `check-busy` with nothing written
-    (`is_check_busy`): the start stays pending and claimed, and a later run takes it over once its claim is stale."""
+    The turn is waited for `wait_s` at most (None: CHECK_WAIT_S), then CheckBusyError with nothing written: the start
+    stays pending and claimed, and a later run takes it over once its claim is stale."""
 
     def read() -> tuple[engine.PendingInputCheck, TenantFacts] | None:
         with tenant_transaction(tenant_id, pool=pool) as conn:
@@ -259,14 +260,6 @@ def start_input(
                 return _cannot_start(conn, execution_id, exc)
 
     return checked_first(read, rebuild, tenant_id=tenant_id, wait_s=CHECK_WAIT_S if wait_s is None else wait_s)
-
-
-def is_check_busy(exc: BaseException) -> bool:
-    """Whether `exc` is the check gate's refusal of a wait that ran out (429 `check-busy`, `check_gate.check_busy`)."""
-    # Imported here, as the gate imports it for the refusal: the engine does not bring in the API when imported.
-    from shared.api.problems import ProblemError
-
-    return isinstance(exc, ProblemError) and exc.slug == "check-busy"
 
 
 def _cannot_start(conn: store.Conn, execution_id: UUID, exc: Exception) -> str:
@@ -517,9 +510,7 @@ async def _settle_stalled_start(
         orchestration_input = await asyncio.to_thread(
             start_input, tenant_id, execution_id, pool=pool, wait_s=check_wait_s
         )
-    except Exception as exc:
-        if not is_check_busy(exc):
-            raise
+    except CheckBusyError:
         # Nothing written: left pending and claimed, as a start that could not be launched is; a later run (or a
         # repeated request) takes it over once the claim is stale.
         logger.info("sweeper: execution %s is started by a later run (its tenant's checks are busy)", execution_id)
@@ -622,9 +613,7 @@ async def _settle_quiet(
             await asyncio.to_thread(
                 stalls.record_stalls, tenant_id, execution_id, grace_s=stall_grace_s, pool=pool, wait_s=check_wait_s
             )
-        except Exception as exc:
-            if not is_check_busy(exc):
-                raise
+        except CheckBusyError:
             logger.info(
                 "sweeper: the stalls of execution %s are judged by a later run (its tenant's checks are busy)",
                 execution_id,
