@@ -229,3 +229,15 @@ def test_a_login_prints_the_servers_tenant_name_on_its_one_line(platform: Platfo
     printed = ran(qp("login", "--url", "http://127.0.0.1:7071", "--project-dir", str(checkout))).stdout
     assert len(inert(printed).splitlines()) == 1, printed
     assert "contoso\\nerror: your session expired" in printed
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_an_answer_holding_a_number_json_has_not_is_refused_not_printed_as_json(
+    platform: Platform, constant: str
+) -> None:
+    # Python's parser takes NaN and Infinity; printed again, `-o json` wrote `NaN`, which no JSON parser reads.
+    body = f'{{"id": "{INTENT_ID}", "name": "web", "version": {constant}}}'.encode()
+    platform.answer({f"GET /api/v1/intents/{INTENT_ID}": httpx.Response(200, content=body)})
+    refused = ran(qp("intents", "get", INTENT_ID, "-o", "json", env=ENV), 3)
+    assert constant not in refused.stdout
+    assert "other than JSON" in refused.stderr, refused.stderr

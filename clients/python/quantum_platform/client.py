@@ -81,6 +81,16 @@ Item = dict[str, Any]
 _STREAM_ACCEPT = "text/event-stream, application/json;q=0.9"
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def strict_json(text: str | bytes) -> Any:
+    """`text` parsed as JSON (RFC 8259): NaN, Infinity and -Infinity, which Python's parser takes by default, are
+    refused (ValueError), for what the client hands on (`qp -o json` among them) must parse as JSON again."""
+    return json.loads(text, parse_constant=_not_json)
+
+
 class ApiResponse:
     """An answer of the API: status, headers and JSON body; the body's fields also read as `response["id"]`."""
 
@@ -102,7 +112,7 @@ class ApiResponse:
     def json(self) -> Any:
         """The body as JSON; UnexpectedAnswer (a ValueError) when it is not JSON."""
         try:
-            return self.http.json()
+            return strict_json(self.http.content)
         except ValueError:
             raise UnexpectedAnswer(f"{self._route()} answered something other than JSON") from None
 
@@ -367,7 +377,7 @@ def _sse_event(data: str, event_id: str, after: int) -> tuple[dict[str, Any] | N
     if not data:
         return None, after
     try:
-        parsed = json.loads(data)
+        parsed = strict_json(data)
     except ValueError:
         raise UnexpectedAnswer("an event stream sent an event whose data is not JSON") from None
     item = _event(parsed, "an event stream")
