@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 from uuid import UUID
 
+import psycopg
 from opentelemetry import trace
 
 from shared.accepted_json import same_json
@@ -23,6 +25,8 @@ from shared.observability.tracing import execution_attributes
 from shared.ratelimit import RateDecision, limit_for, take_request_token
 from shared.storage.blob import request_container
 from shared.tenants.repository import get_tenant
+
+logger = logging.getLogger(__name__)
 
 
 class TokenRefusedError(Exception):
@@ -192,27 +196,22 @@ class Recorded:
     the run's to take, and raising it again only lengthens the orchestration's history."""
 
 
-def complete(
-    token: str,
-    execution_id: UUID,
-    step_id: str,
-    phase: str,
-    result: RemoteResult,
-    *,
-    claims: task_tokens.TaskClaims | None = None,
-) -> tuple[AttemptKey, dict[str, Any]]:
-    """`record`'s attempt and verdict, for a caller that raises the verdict whatever `to_raise` says."""
-    recorded = record(token, execution_id, step_id, phase, result, claims=claims)
-    return recorded.key, recorded.verdict
-
-
-def mark_handed_over(tenant_id: UUID, key: AttemptKey) -> None:
-    """Record that the attempt's verdict was handed to its orchestration (the raise was accepted, or the
-    orchestration is gone), in a short transaction of its own: repeats of the result then raise nothing."""
-    with tenant_transaction(tenant_id) as conn:
-        # Lost in a crash, the mark costs one more raise of a repeat, which the reducer counts for nothing.
-        conn.execute("SET LOCAL synchronous_commit = off")
-        store.mark_handed_over(conn, key)
+def mark_handed_over(tenant_id: UUID, handed: AttemptKey | UUID) -> None:
+    """Record that what was raised reached its orchestration (the task hub accepted the raise, or answered that the
+    orchestration is gone): an attempt's result (a remote result, an approval decision) for an AttemptKey, the
+    execution's cancel for an execution id. A short transaction of its own, after the raise; repeats then raise
+    nothing. A mark that fails is logged and dropped: without it a repeat raises the event once more, which the run
+    counts for nothing."""
+    try:
+        with tenant_transaction(tenant_id) as conn:
+            # Lost in a crash, the mark costs one more raise of a repeat, as a failed one does.
+            conn.execute("SET LOCAL synchronous_commit = off")
+            if isinstance(handed, AttemptKey):
+                store.mark_handed_over(conn, handed)
+            else:
+                store.mark_cancel_handed_over(conn, handed)
+    except psycopg.Error as exc:
+        logger.warning("%s raised but not marked as handed over: %s", handed, exc)
 
 
 def record(

@@ -22,7 +22,7 @@ from shared.modules.contract import Phase as ContractPhase
 Conn = psycopg.Connection[DictRow]
 Phase = ContractPhase
 AttemptState = Literal["dispatched", "succeeded", "failed", "timed_out", "abandoned"]
-Delivery = Literal["awaited", "answered", "released"]
+Delivery = Literal["awaited", "answered", "released", "handed_over"]
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,8 @@ class Attempt:
     dispatched_at: datetime
     finished_at: datetime | None
     delivery: Delivery | None = None
-    """Who hands the result to the orchestration (migration 0022): None, the recorder, as always."""
+    """Who hands the result to the orchestration (migration 0022): None, the recorder, as always; 'handed_over' once
+    the recorder's raise was accepted (migration 0061)."""
 
     @property
     def finished(self) -> bool:
@@ -78,7 +79,7 @@ class Attempt:
     def raised_by_recorder(self) -> bool:
         """Whether whoever records (or finds) the result raises it: no dispatch waits for it or has answered it, and
         (a remote result, an approval decision) no raise of it was accepted yet (`mark_handed_over`)."""
-        return self.delivery not in ("awaited", "answered")
+        return self.delivery not in ("awaited", "answered", "handed_over")
 
     def verdict(self) -> dict[str, Any]:
         """The result as the orchestration receives it."""
@@ -194,24 +195,18 @@ _TAKE = sql.SQL(
     " %s::int[])) AND delivery IN ('awaited', 'answered') AND (%s OR state <> 'dispatched') RETURNING {}"
 ).format(_ATTEMPT_COLUMNS)
 # A result its recorder raised and the task hub accepted (or whose orchestration is gone): the hub holds the event
-# until the run takes it, so a repeat of the result raises nothing more. The dispatch's own mark, 'answered', says
-# the same of an awaited attempt; a remote or approval attempt is never awaited, so the two never meet.
+# until the run takes it, so a repeat of the result raises nothing more. A value of its own (migration 0061): a
+# re-run dispatch takes back what it answered itself ('answered', `_TAKE`), never a result someone else raised.
 _HANDED_OVER = (
-    "UPDATE app.step_attempts SET delivery = 'answered' WHERE execution_id = %s AND step_id = %s AND phase = %s"
+    "UPDATE app.step_attempts SET delivery = 'handed_over' WHERE execution_id = %s AND step_id = %s AND phase = %s"
     " AND attempt = %s AND state <> 'dispatched' AND (delivery IS NULL OR delivery = 'released')"
 )
-# What only a cancel's event ends for a run that runs: an approval or a wait (its attempt open), a retry's pause, a
-# child not told to stop. Once the run has taken the cancel, its next dispatch records their ends (attempt abandoned,
-# step cancelled, the child's cancel recorded); anything else out (module work) ends on its own, and the run then
-# reads the recorded cancel from that dispatch's answer.
-_WAITS_FOR_CANCEL = (
-    "SELECT EXISTS (SELECT 1 FROM app.step_attempts a WHERE a.execution_id = %(e)s AND a.state = 'dispatched'"
-    " AND a.phase = 'run' AND a.action IN ('approval', 'wait'))"
-    " OR EXISTS (SELECT 1 FROM app.execution_steps s WHERE s.execution_id = %(e)s AND s.state = 'retrying')"
-    " OR EXISTS (SELECT 1 FROM app.execution_steps s JOIN app.executions c ON c.tenant_id = s.tenant_id"
-    " AND c.id = s.child_execution_id WHERE s.execution_id = %(e)s AND s.state = 'running'"
-    " AND c.cancel_requested_at IS NULL AND c.status <> ALL(%(ended)s)) AS waits"
+# The same for a cancel's event (migration 0061): set once, by whoever's raise the hub accepted first.
+_CANCEL_HANDED_OVER = (
+    "UPDATE app.executions SET cancel_raised_at = clock_timestamp() WHERE id = %s"
+    " AND cancel_requested_at IS NOT NULL AND cancel_raised_at IS NULL"
 )
+_CANCEL_RAISED = "SELECT cancel_raised_at IS NOT NULL AS raised FROM app.executions WHERE id = %s"
 _ATTEMPT_BY_NONCE = sql.SQL("SELECT {} FROM app.step_attempts WHERE token_nonce = %s").format(_ATTEMPT_COLUMNS)
 _SET_CHILD = "UPDATE app.execution_steps SET child_execution_id = %s WHERE execution_id = %s AND step_id = %s"
 
@@ -603,11 +598,16 @@ def mark_handed_over(conn: Conn, key: AttemptKey) -> None:
     conn.execute(_HANDED_OVER, _key_params(key))
 
 
-def waits_for_cancel(conn: Conn, execution_id: UUID) -> bool:
-    """Whether the run still waits on something only a cancel's event ends (`_WAITS_FOR_CANCEL`): what a repeated
-    cancel reads to decide whether its event may still be needed (its first raise lost) or was taken."""
-    row = conn.execute(_WAITS_FOR_CANCEL, {"e": execution_id, "ended": ["succeeded", "failed", "cancelled"]}).fetchone()
-    return bool(row and row["waits"])
+def mark_cancel_handed_over(conn: Conn, execution_id: UUID) -> None:
+    """Record that the execution's cancel was handed to its orchestration: the task hub accepted its raise, or
+    answered that the orchestration is gone. A repeated cancel raises nothing then."""
+    conn.execute(_CANCEL_HANDED_OVER, (execution_id,))
+
+
+def cancel_handed_over(conn: Conn, execution_id: UUID) -> bool:
+    """Whether a raise of the execution's cancel was accepted (`mark_cancel_handed_over`)."""
+    row = conn.execute(_CANCEL_RAISED, (execution_id,)).fetchone()
+    return bool(row and row["raised"])
 
 
 def set_child(conn: Conn, execution_id: UUID, step_id: str, child_execution_id: UUID) -> None:

@@ -109,8 +109,8 @@ def fail_by_remote(execution_id: uuid.UUID, taken: work_queue.Lease, retryable: 
     """The remote worker reports the leased work failed: answers the verdict its recorder raises once the result has
     committed."""
     result = remote.RemoteResult(ok=False, error="registry refused the image", retryable=retryable)
-    key, verdict = remote.complete(taken.task_token, execution_id, "build", "run", result)
-    return key.event_name, verdict
+    recorded = remote.record(taken.task_token, execution_id, "build", "run", result)
+    return recorded.key.event_name, recorded.verdict
 
 
 def end_of_run(

@@ -195,7 +195,5 @@ def test_a_remote_result_stored_while_its_tenant_is_erased_answers_its_lease_gon
 
     monkeypatch.setattr(remote, "claim_check", erased_first)
     with pytest.raises(remote.LeaseExpiredError):
-        remote.complete(
-            attempt.token, attempt.key.execution_id, "build", "run", remote.RemoteResult(ok=True, output=BIG)
-        )
+        remote.record(attempt.token, attempt.key.execution_id, "build", "run", remote.RemoteResult(ok=True, output=BIG))
     assert _left(requests, tenant_id) == []

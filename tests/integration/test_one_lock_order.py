@@ -149,7 +149,7 @@ def _end_vs_completion(pool: ConnectionPool[Any], tenant: uuid.UUID) -> Pair:
     key, lease = _leased(pool, tenant)
     result = remote.RemoteResult(ok=True, output={"built": True})
     return Pair(
-        lambda: remote.complete(lease.task_token, key.execution_id, "build", "run", result),
+        lambda: remote.record(lease.task_token, key.execution_id, "build", "run", result),
         _end(tenant, pool, key.execution_id),
         RECORDER_PAUSE,
         True,

@@ -185,10 +185,10 @@ def test_a_remote_completion_holding_the_attempt_wins_over_a_failed_dispatchs_ou
     answers = _race_held(
         pg,
         hold,
-        ("complete", lambda: remote.complete(lease.task_token, key.execution_id, "build", "run", result)),
+        ("complete", lambda: remote.record(lease.task_token, key.execution_id, "build", "run", result)),
         ("outcomes", lambda: progress.record_outcomes(_failed_dispatch(key, tenant, lease.item.action))),
     )
-    assert answers["complete"] == (key, {"ok": True, "output": {"built": True}}), answers
+    assert answers["complete"] == remote.Recorded(key, {"ok": True, "output": {"built": True}}), answers
     assert answers["outcomes"] == [{"ok": True, "output": {"built": True}}]
 
 
@@ -207,7 +207,7 @@ def test_a_failed_dispatchs_outcome_holding_the_attempt_first_answers_a_completi
         pg,
         hold,
         ("outcomes", lambda: progress.record_outcomes(_failed_dispatch(key, tenant, lease.item.action))),
-        ("complete", lambda: remote.complete(lease.task_token, key.execution_id, "build", "run", result)),
+        ("complete", lambda: remote.record(lease.task_token, key.execution_id, "build", "run", result)),
     )
     assert answers["outcomes"] == [FAILED], answers
     assert isinstance(answers["complete"], remote.TokenUsedError), answers  # 409: the attempt has ended

@@ -20,6 +20,7 @@ from shared.engine.steps import AttemptKey
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_approval_approvers import OBJECT_ID, _asked
 from tests.integration.test_verdict_handover import (  # noqa: F401  # `durable`: the fixture
+    GONE,
     TRANSIENT,
     FlakyDurable,
     big_output,
@@ -67,10 +68,22 @@ def test_repeats_of_a_result_handed_over_answer_200_and_raise_nothing(
         assert again.status_code == 200, again.text
         assert again.json() == first.json()
     assert [name for _, name, _ in durable.delivered] == ["run:build:1"]
-    assert _attempt(app_pool, tenant, attempt.key).delivery == "answered"
+    assert _attempt(app_pool, tenant, attempt.key).delivery == "handed_over"
     # Another result for the spent token is still refused, handed over or not.
     other: dict[str, Any] = {"output": {"image": "other"}} if "error" in body else {"error": "x", "retryable": False}
     assert report(api, attempt, other).status_code == 409
+
+
+def test_a_result_handed_over_is_not_taken_back_by_a_re_run_dispatch(
+    api: ApiHarness, app_pool: ConnectionPool[Any], tenant: uuid.UUID, durable: FlakyDurable
+) -> None:
+    # A dispatch run again after it recorded the run's success takes back what it answered itself (`take_results`,
+    # with every module start's key); the hand-over's mark was the dispatch's own value, so it took this too.
+    attempt = remote_attempt(app_pool, tenant)
+    assert report(api, attempt, {"output": {"image": "x"}}).status_code == 200
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        assert store.take_results(conn, [attempt.key], final=True) == []
+    assert _attempt(app_pool, tenant, attempt.key).delivery == "handed_over"
 
 
 def test_a_result_whose_raise_failed_is_raised_by_its_next_repeat_only(
@@ -94,9 +107,10 @@ def test_a_result_recorded_by_a_host_that_died_before_raising_is_raised_once(
     api: ApiHarness, app_pool: ConnectionPool[Any], tenant: uuid.UUID, durable: FlakyDurable
 ) -> None:
     attempt = remote_attempt(app_pool, tenant)
-    key, verdict = remote.complete(
+    recorded = remote.record(
         attempt.token, attempt.key.execution_id, "build", "run", remote.RemoteResult(ok=True, output={"image": "x"})
     )
+    key, verdict = recorded.key, recorded.verdict
     for _ in range(REPEATS):
         assert report(api, attempt, {"output": {"image": "x"}}).status_code == 200
     assert durable.delivered == [(str(key.execution_id), key.event_name, verdict)]
@@ -180,7 +194,7 @@ def test_a_cancel_whose_raise_failed_is_raised_by_a_repeat_until_the_run_takes_i
     # The approval waits for a person: only the cancel's event ends it, so a lost first raise must be recoverable.
     execution_id = _asked(app_pool, tenant, {"message": "ship?"})
     durable.failures = [TRANSIENT]
-    assert _cancel(api, execution_id).status_code == 202
+    _assert_send_again(_cancel(api, execution_id))
     assert _cancels(durable) == 0
     assert _cancel(api, execution_id).status_code == 202
     assert durable.delivered == [(str(execution_id), CANCEL_EVENT, {"by": durable.delivered[0][2]["by"]})]
@@ -190,15 +204,65 @@ def test_a_cancel_whose_raise_failed_is_raised_by_a_repeat_until_the_run_takes_i
     assert _cancels(durable) == 1
 
 
-def test_repeats_of_a_cancel_while_only_module_work_is_out_raise_nothing(
+def _assert_send_again(answer: Any) -> None:
+    """A cancel recorded whose raise failed: the client is told to send it again (the cancel itself was taken)."""
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["type"].endswith("orchestration-unavailable")
+    assert int(answer.headers["Retry-After"]) >= 1
+
+
+def _cancel_raised_at(pool: ConnectionPool[Any], tenant_id: uuid.UUID, execution_id: uuid.UUID) -> Any:
+    with tenant_transaction(tenant_id, pool=pool) as conn:
+        row = conn.execute("SELECT cancel_raised_at FROM app.executions WHERE id = %s", (execution_id,)).fetchone()
+    assert row is not None
+    return row["cancel_raised_at"]
+
+
+def test_a_cancel_whose_raise_failed_while_only_module_work_is_out_is_raised_by_its_repeat_once(
     api: ApiHarness, app_pool: ConnectionPool[Any], tenant: uuid.UUID, durable: FlakyDurable
 ) -> None:
-    # A leased remote attempt ends on its own (its result, or the heartbeat that tells it of the cancel), and the
-    # run reads the recorded cancel from the next dispatch's answer: a repeat has nothing the run needs.
+    # The run's last step is out to a remote worker, nothing else: a repeat raised nothing (the run was meant to read
+    # the recorded cancel from its next dispatch), but a last step's result ends the run without a dispatch, and a
+    # first-generation run learns of a cancel only from its event, so the cancel accepted first was lost.
+    attempt = remote_attempt(app_pool, tenant, steps=("build",))
+    execution_id = attempt.key.execution_id
+    durable.failures = [TRANSIENT]
+    _assert_send_again(_cancel(api, execution_id))
+    assert _cancels(durable) == 0 and _cancel_raised_at(app_pool, tenant, execution_id) is None
+    again = _cancel(api, execution_id)
+    assert again.status_code == 202, again.text
+    assert again.json() == {"execution_id": str(execution_id), "status": "running", "cancel_requested": True}
+    assert _cancels(durable) == 1
+    assert _cancel_raised_at(app_pool, tenant, execution_id) is not None
+    for _ in range(REPEATS):
+        assert _cancel(api, execution_id).status_code == 202
+    assert _cancels(durable) == 1
+    # The worker's result still raises its verdict: the run has both events to take, the cancel first.
+    assert report(api, attempt, {"output": {"image": "x"}}).status_code == 200
+    assert [name for _, name, _ in durable.delivered] == [CANCEL_EVENT, "run:build:1"]
+
+
+def test_repeats_of_a_cancel_handed_over_while_only_module_work_is_out_raise_nothing(
+    api: ApiHarness, app_pool: ConnectionPool[Any], tenant: uuid.UUID, durable: FlakyDurable
+) -> None:
     attempt = remote_attempt(app_pool, tenant)
     for _ in range(REPEATS):
         assert _cancel(api, attempt.key.execution_id).status_code == 202
     assert _cancels(durable) == 1
+
+
+def test_a_cancel_whose_orchestration_is_gone_is_not_raised_again(
+    api: ApiHarness, app_pool: ConnectionPool[Any], tenant: uuid.UUID, durable: FlakyDurable
+) -> None:
+    # Nobody is left to tell (the task hub says the instance does not exist): a retry cannot deliver it, so the
+    # cancel is answered 202 and counted as handed over, as a remote result to a gone orchestration is.
+    attempt = remote_attempt(app_pool, tenant)
+    durable.failures = [GONE]
+    assert _cancel(api, attempt.key.execution_id).status_code == 202
+    assert _cancel_raised_at(app_pool, tenant, attempt.key.execution_id) is not None
+    for _ in range(REPEATS):
+        assert _cancel(api, attempt.key.execution_id).status_code == 202
+    assert _cancels(durable) == 0
 
 
 # ------------------------------------------------------------------------------------------ retry body

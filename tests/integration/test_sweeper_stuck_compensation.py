@@ -168,8 +168,8 @@ def _report(
     execution_id: uuid.UUID, taken: work_queue.Lease, step_id: str, result: remote.RemoteResult, phase: str = "run"
 ) -> Any:
     """The worker reports `result` for the leased work: answers the event its recorder raises."""
-    key, verdict = remote.complete(taken.task_token, execution_id, step_id, phase, result)
-    return key.event_name, verdict
+    recorded = remote.record(taken.task_token, execution_id, step_id, phase, result)
+    return recorded.key.event_name, recorded.verdict
 
 
 def _stuck(

@@ -114,7 +114,7 @@ def test_a_repeated_result_delivers_the_verdict_whose_first_raise_failed(
     # raises nothing more (amended 2026-12-07): the delivery is recorded as handed over.
     assert report(api, attempt, body).status_code == 200
     assert len(durable.delivered) == 1
-    assert recorded(app_pool, attempt) == (dataclasses.replace(state, delivery="answered"), events)
+    assert recorded(app_pool, attempt) == (dataclasses.replace(state, delivery="handed_over"), events)
 
 
 def test_a_repeat_is_delivered_after_the_host_died_between_recording_and_raising(
@@ -125,9 +125,10 @@ def test_a_repeat_is_delivered_after_the_host_died_between_recording_and_raising
 ) -> None:
     attempt = remote_attempt(app_pool, tenant)
     # What a host killed after the commit leaves: the result recorded and the token spent, nothing raised.
-    key, verdict = remote.complete(
+    recorded = remote.record(
         attempt.token, attempt.key.execution_id, "build", "run", remote.RemoteResult(ok=True, output={"image": "x"})
     )
+    key, verdict = recorded.key, recorded.verdict
     # The lease may run out while the worker waits to retry: the recorded result is still raised again.
     with tenant_transaction(tenant, pool=app_pool) as conn:
         conn.execute(

@@ -190,3 +190,32 @@ def test_one_host_that_never_resolves_takes_only_its_places_of_the_tenants_share
         name_servers.asked(ssrf.MAX_LOOKUPS_PER_HOST + 1)
         == [f"receiver{RESOLVING}"] + [f"same{SILENT}"] * ssrf.MAX_LOOKUPS_PER_HOST
     )
+
+
+def test_a_retried_create_gets_its_first_answer_while_its_host_cannot_be_looked_up(
+    api: ApiHarness,
+    local: None,
+    name_servers: NameServers,
+    requests: ThreadPoolExecutor,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The URL was checked before the key was looked up: a client retrying a create that took place (its answer
+    # lost) got 422 or 429 while the host's name servers were slow, although the subscription existed.
+    _, headers = tenant(api, "save-lookup-replay")
+    keyed = {**headers, "Idempotency-Key": "create-receiver-1"}
+    url = f"https://receiver{RESOLVING}/in"
+    first = _answered(requests, _create(api, keyed, url))
+    assert first.status_code == 201, first.text
+
+    def gone_silent(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else str(host)
+        silent = f"{name}{SILENT}" if name.endswith(RESOLVING) else host
+        return name_servers.getaddrinfo(silent, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", gone_silent)
+    again = _answered(requests, _create(api, keyed, url))
+    assert again.status_code == 201, again.text
+    assert again.json() == first.json() and again.headers["ETag"] == first.headers["ETag"]
+    # A new create of the same URL is still checked, and refused at the lookup's deadline.
+    _refused_in_time(_answered(requests, _create(api, headers, url)), f"receiver{RESOLVING}")
+    assert _listed(api, headers) == [url]

@@ -295,7 +295,7 @@ def test_racing_completions_record_one_result_and_keep_its_output(
     def report(marker: str) -> None:
         start.wait()
         try:
-            outcomes[marker] = remote.complete(
+            outcomes[marker] = remote.record(
                 victim.token,
                 victim.key.execution_id,
                 "build",
@@ -315,7 +315,7 @@ def test_racing_completions_record_one_result_and_keep_its_output(
     loser = next(marker for marker in outcomes if marker not in winners)
     assert isinstance(outcomes[loser], remote.TokenUsedError)
     reference = stored_output(app_pool, victim)
-    assert outcomes[winners[0]][1] == {"ok": True, "output": reference}
+    assert outcomes[winners[0]].verdict == {"ok": True, "output": reference}
     assert payloads.load(reference, victim.tenant_id)["marker"] == winners[0]
 
 

@@ -7,7 +7,6 @@ import logging
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-import psycopg
 from fastapi import APIRouter, Body, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, Strict
@@ -17,7 +16,7 @@ from shared.api.accepted_input import TakesNoBody, no_body_doc
 from shared.api.durable import get_durable_client, raise_to_orchestration
 from shared.api.idempotency import idempotency_key as idempotency_key_header
 from shared.api.permissions import GuardedRoute, permission
-from shared.api.problems import ProblemError
+from shared.api.problems import DEPENDENCY_RETRY_AFTER_S, ProblemError
 from shared.api.responses import AUTH_ERRORS, INVALID, problem_doc
 from shared.api.routers.execute import EXECUTE_ERRORS, ExecutionAccepted, accepted
 from shared.api.routers.executions import (
@@ -33,11 +32,11 @@ from shared.api.security import RequestContext, authorize, record_mutation
 from shared.api.starting import begin, launch
 from shared.auth.principal import Requester
 from shared.db.session import retried_on_deadlock, tenant_transaction
-from shared.engine import control, work_queue
+from shared.engine import control, remote, work_queue
 from shared.engine import executions as repo
 from shared.engine import start as engine
 from shared.engine import steps as store
-from shared.engine.protocol import CANCEL_EVENT, approval_event
+from shared.engine.protocol import CANCEL_EVENT, approval_event, no_one_to_tell
 from shared.engine.steps import Attempt
 from shared.free_text import SHOWN_AS_WRITTEN_IN_LINES, SHOWN_IN_LINES
 from shared.policy.actions import Action
@@ -165,6 +164,18 @@ def _problem(exc: control.ControlError) -> ProblemError:
     return ProblemError(500, "internal-error", "Internal server error")
 
 
+_CANCEL_NOT_HANDED_OVER = problem_doc(
+    503,
+    "orchestration-unavailable",
+    "Service unavailable",
+    "The cancel is recorded but could not be handed to the execution yet; send it again in 2 s.",
+    "The cancel is recorded but its execution could not be told yet (`orchestration-unavailable`): send the cancel "
+    "again after Retry-After (answered 202 then, and nothing more is recorded); or, as on any route, a dependency "
+    "such as the database is unavailable or the request conflicted with a concurrent one (`dependency-unavailable`), "
+    "or a secret the platform keeps does not open (`secret-unavailable`); always with Retry-After",
+)
+
+
 @router.post(
     "/{execution_id}/cancel",
     status_code=202,
@@ -175,6 +186,7 @@ def _problem(exc: control.ControlError) -> ProblemError:
         404: EXECUTION_NOT_FOUND,
         409: _CANCEL_REFUSED,
         422: no_body_doc("the execution id is not a UUID"),
+        503: _CANCEL_NOT_HANDED_OVER,
     },
 )
 async def cancel(
@@ -188,7 +200,8 @@ async def cancel(
     compensation under way, or its run waiting for work still out): it ends failed whatever is asked. The request
     takes no body (a cancel records no reason): a body is refused with 422 and cancels nothing. A cancel accepted
     (202) when the run's last step had already committed its result may still see the run end succeeded (ADR 0034:
-    a late cancel stops nothing)."""
+    a late cancel stops nothing). A cancel recorded whose execution could not be told yet answers 503 with
+    Retry-After: send it again, and the repeat tells the execution (ADR 0027, amended 2026-12-07)."""
 
     def record() -> tuple[repo.Execution, list[Attempt], bool]:
         # One transaction: the resource's labels are read where the execution is.
@@ -206,26 +219,51 @@ async def cancel(
 
     execution, dequeued, to_raise = await run_in_threadpool(record)
     cancel_event = {"by": context.principal.id}
-    raised = to_raise and await raise_to_orchestration(client, execution_id, CANCEL_EVENT, cancel_event)
+    sent = await _raise_cancel(client, execution_id, cancel_event) if to_raise else None
     await raise_verdicts(client, dequeued)
-    if not raised and execution.status == "pending":
+    if sent in ("failed", "gone") and execution.status == "pending":
         await run_in_threadpool(_cancel_unstarted, context.tenant.id, execution_id)
         execution = await run_in_threadpool(load_execution, context, execution_id)
         if not execution.terminal:
             # Its orchestration started after the raise above failed: it must compensate what it runs, so it is
-            # told like any started execution (and reads the recorded request if this raise fails too).
-            await raise_to_orchestration(client, execution_id, CANCEL_EVENT, cancel_event)
+            # told like any started execution (and answered 503 if this raise fails too, to be sent again).
+            sent = await _raise_cancel(client, execution_id, cancel_event)
+    if sent in ("raised", "gone"):
+        # Only once the hub has it (or nobody is left to tell): a repeat then raises nothing more.
+        await run_in_threadpool(remote.mark_handed_over, context.tenant.id, execution_id)
+    elif sent == "failed" and not execution.terminal:
+        # Recorded, but the run may learn of it only from its event: the client is to send it again, and that
+        # repeat raises it (`_cancel_to_raise`). A 202 would tell it the cancel was on its way.
+        raise ProblemError(
+            503,
+            "orchestration-unavailable",
+            "Service unavailable",
+            f"The cancel is recorded but could not be handed to the execution yet; send it again in "
+            f"{DEPENDENCY_RETRY_AFTER_S} s.",
+            headers={"Retry-After": str(DEPENDENCY_RETRY_AFTER_S)},
+        )
     return CancelAccepted(execution_id=execution.id, status=execution.status, cancel_requested=True)
 
 
 def _cancel_to_raise(conn: store.Conn, before: repo.Execution, after: repo.Execution) -> bool:
     """Whether the cancel's event is raised: always for the request that records the cancel (or for a run not yet
-    started); for a repeat, only while the run still waits on something only that event ends (`waits_for_cancel`),
-    so that a repeat can deliver a first raise that was lost, and never once the run has taken it. Every repeat was
-    raised before, and the orchestration's history kept each copy while it ran."""
+    started); for a repeat, while no raise of it was accepted (`mark_handed_over`) and the run has not ended,
+    whatever it has out: a first raise that was lost is delivered by a repeat, and one the hub took is not raised
+    again. Every repeat was raised before, and the orchestration's history kept each copy while it ran."""
     if before.cancel_requested_at is None or after.status == "pending":
         return True
-    return after.status in ("running", "waiting") and store.waits_for_cancel(conn, after.id)
+    return not after.terminal and not store.cancel_handed_over(conn, after.id)
+
+
+async def _raise_cancel(client: Any, execution_id: UUID, event: dict[str, Any]) -> Literal["raised", "gone", "failed"]:
+    """Raise the cancel's event: `gone` when the task hub answers that the orchestration has ended or does not exist
+    (nobody to tell now: a pending run's is not started yet), `failed` for any other failure (it may pass)."""
+    try:
+        await client.raise_event(str(execution_id), CANCEL_EVENT, event)
+    except Exception as exc:
+        logger.warning("could not raise the cancel to %s: %s", execution_id, exc)
+        return "gone" if no_one_to_tell(exc) else "failed"
+    return "raised"
 
 
 def _cancel_unstarted(tenant_id: UUID, execution_id: UUID) -> None:
@@ -297,18 +335,8 @@ async def approve(
     event = approval_event(step_id, outcome.key.attempt)
     if to_raise and await raise_to_orchestration(client, execution_id, event, outcome.verdict):
         # Only once the hub has it: a decision whose raise failed is raised again by its repeat (applied false).
-        await run_in_threadpool(_handed_over, context.tenant.id, outcome)
+        await run_in_threadpool(remote.mark_handed_over, context.tenant.id, outcome.key)
     return ApprovalRecorded(execution_id=execution_id, step_id=step_id, decision=body.decision, applied=outcome.applied)
-
-
-def _handed_over(tenant_id: UUID, outcome: control.ApprovalOutcome) -> None:
-    """Record that a decision's raise was accepted, so that its repeats raise nothing (`steps.mark_handed_over`)."""
-    try:
-        with tenant_transaction(tenant_id) as conn:
-            conn.execute("SET LOCAL synchronous_commit = off")  # lost in a crash, a repeat raises it once more
-            store.mark_handed_over(conn, outcome.key)
-    except psycopg.Error as exc:
-        logger.warning("decision %s of %s raised but not marked: %s", outcome.key.event_name, outcome.key, exc)
 
 
 @router.post(

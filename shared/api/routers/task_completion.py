@@ -8,7 +8,6 @@ import logging
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-import psycopg
 from fastapi import APIRouter, Depends, Request
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field, Strict, TypeAdapter, ValidationError
@@ -284,12 +283,9 @@ async def _report(
             await _hand_over(client, execution_id, key.event_name, recorded)
             # Recorded only once the hub has the event: a raise that failed, or a host stopped before this line,
             # leaves the next repeat to raise it (ADR 0027, amended 2026-12-07). Every repeat raised it before, and
-            # the orchestration's history kept each copy while it ran.
-            try:
-                await run_in_threadpool(remote.mark_handed_over, tenant_id, key)
-            except psycopg.Error as exc:
-                # Handed over all the same: without the mark a repeat raises it once more, which changes nothing.
-                logger.warning("remote result %s of %s raised but not marked: %s", key.event_name, execution_id, exc)
+            # the orchestration's history kept each copy while it ran. A mark that fails is logged: handed over all
+            # the same, and a repeat without the mark raises it once more, which changes nothing.
+            await run_in_threadpool(remote.mark_handed_over, tenant_id, key)
     finally:
         permit.release()
     return ResultRecorded(

@@ -333,6 +333,10 @@ def _found(
     return found
 
 
+class _NewCreate(Exception):
+    """No answer is kept for the create's Idempotency-Key: its claim is rolled back until the URL is checked."""
+
+
 @router.post("", status_code=201, response_model=SubscriptionOut, summary="Subscribe a URL to events",
              responses={**SAVING_ERRORS, 201: _WITH_ETAG, 400: BAD_IDEMPOTENCY_KEY, 409: QUOTA_REACHED,
                         422: REFUSED})  # fmt: skip
@@ -348,9 +352,30 @@ async def create(
     nothing more."""
     tenant_id = context.tenant.id
 
+    def reveal(stored: Any) -> Any:
+        return _with_secret_opened(tenant_id, stored)
+
+    def replayed() -> Response | None:
+        """The first answer to the key, read before the URL is checked: a retry of a create that took place gets it
+        whatever the URL's lookup would answer now (slow name servers made it 422 or 429). None for a new create,
+        whose claim of the key goes with this transaction, to be taken again once the URL is checked."""
+        if idempotency_key is None:
+            return None
+        try:
+            with tenant_transaction(tenant_id) as conn:
+                replay = replay_or_claim(conn, idempotency_key, request, body.model_dump(mode="json"), reveal=reveal)
+                if replay is None:
+                    raise _NewCreate
+                return replay
+        except _NewCreate:
+            return None
+
     def run() -> SubscriptionOut | Response:
         # The scheme, host and port only: a URL carries its receiver's secrets, and audit records outlive them.
         authorize(context, Action.WEBHOOK_MANAGE, Resource.tenant(tenant_id), detail={"url": kept_url(body.url)})
+        first = replayed()
+        if first is not None:
+            return first
         _check_url(tenant_id, body.url)  # resolves the host: off the event loop, before any write
         with tenant_transaction(tenant_id) as conn:
             replay = replay_or_claim(
@@ -358,9 +383,9 @@ async def create(
                 idempotency_key,
                 request,
                 body.model_dump(mode="json"),
-                reveal=lambda stored: _with_secret_opened(tenant_id, stored),
+                reveal=reveal,
             )
-            if replay is not None:
+            if replay is not None:  # a duplicate that ran while the URL was checked
                 return replay
             try:
                 created, secret = store.create(
