@@ -145,8 +145,11 @@ def test_a_decision_whose_raise_failed_is_raised_by_its_repeat_once(
 ) -> None:
     execution_id = _asked(app_pool, tenant, {"message": "ship?"})
     durable.failures = [TRANSIENT]
+    # Recorded, but not told: 503 with Retry-After, so that the client sends it again (a 200 told it the decision
+    # was on its way, and nothing raised it again).
     first = _approve(api, execution_id)
-    assert first.status_code == 200 and first.json()["applied"] is True
+    assert first.status_code == 503 and first.headers["retry-after"], first.text
+    assert first.json()["type"].endswith("/orchestration-unavailable")
     assert durable.delivered == []
     again = _approve(api, execution_id)
     assert again.status_code == 200 and again.json()["applied"] is False

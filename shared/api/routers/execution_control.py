@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict
 from starlette.concurrency import run_in_threadpool
 
 from shared.api.accepted_input import TakesNoBody, no_body_doc
-from shared.api.durable import get_durable_client, raise_to_orchestration
+from shared.api.durable import get_durable_client
 from shared.api.idempotency import idempotency_key as idempotency_key_header
 from shared.api.permissions import GuardedRoute, permission
 from shared.api.problems import DEPENDENCY_RETRY_AFTER_S, ProblemError
@@ -176,6 +176,19 @@ _CANCEL_NOT_HANDED_OVER = problem_doc(
 )
 
 
+_DECISION_NOT_HANDED_OVER = problem_doc(
+    503,
+    "orchestration-unavailable",
+    "Service unavailable",
+    "The decision is recorded but could not be handed to the execution yet; send it again in 2 s.",
+    "The decision is recorded but its execution could not be told yet (`orchestration-unavailable`): send the same "
+    "decision again after Retry-After (answered 200 with `applied` false, and nothing more is recorded); or, as on "
+    "any route, a dependency such as the database is unavailable or the request conflicted with a concurrent one "
+    "(`dependency-unavailable`), or a secret the platform keeps does not open (`secret-unavailable`); always with "
+    "Retry-After",
+)
+
+
 @router.post(
     "/{execution_id}/cancel",
     status_code=202,
@@ -219,7 +232,7 @@ async def cancel(
 
     execution, dequeued, to_raise = await run_in_threadpool(record)
     cancel_event = {"by": context.principal.id}
-    sent = await _raise_cancel(client, execution_id, cancel_event) if to_raise else None
+    sent = await _raise(client, execution_id, CANCEL_EVENT, cancel_event) if to_raise else None
     await raise_verdicts(client, dequeued)
     if sent in ("failed", "gone") and execution.status == "pending":
         await run_in_threadpool(_cancel_unstarted, context.tenant.id, execution_id)
@@ -227,21 +240,14 @@ async def cancel(
         if not execution.terminal:
             # Its orchestration started after the raise above failed: it must compensate what it runs, so it is
             # told like any started execution (and answered 503 if this raise fails too, to be sent again).
-            sent = await _raise_cancel(client, execution_id, cancel_event)
+            sent = await _raise(client, execution_id, CANCEL_EVENT, cancel_event)
     if sent in ("raised", "gone"):
         # Only once the hub has it (or nobody is left to tell): a repeat then raises nothing more.
         await run_in_threadpool(remote.mark_handed_over, context.tenant.id, execution_id)
     elif sent == "failed" and not execution.terminal:
         # Recorded, but the run may learn of it only from its event: the client is to send it again, and that
         # repeat raises it (`_cancel_to_raise`). A 202 would tell it the cancel was on its way.
-        raise ProblemError(
-            503,
-            "orchestration-unavailable",
-            "Service unavailable",
-            f"The cancel is recorded but could not be handed to the execution yet; send it again in "
-            f"{DEPENDENCY_RETRY_AFTER_S} s.",
-            headers={"Retry-After": str(DEPENDENCY_RETRY_AFTER_S)},
-        )
+        raise _not_handed_over("cancel")
     return CancelAccepted(execution_id=execution.id, status=execution.status, cancel_requested=True)
 
 
@@ -255,15 +261,27 @@ def _cancel_to_raise(conn: store.Conn, before: repo.Execution, after: repo.Execu
     return not after.terminal and not store.cancel_handed_over(conn, after.id)
 
 
-async def _raise_cancel(client: Any, execution_id: UUID, event: dict[str, Any]) -> Literal["raised", "gone", "failed"]:
-    """Raise the cancel's event: `gone` when the task hub answers that the orchestration has ended or does not exist
+async def _raise(client: Any, execution_id: UUID, name: str, data: Any) -> Literal["raised", "gone", "failed"]:
+    """Raise the event `name`: `gone` when the task hub answers that the orchestration has ended or does not exist
     (nobody to tell now: a pending run's is not started yet), `failed` for any other failure (it may pass)."""
     try:
-        await client.raise_event(str(execution_id), CANCEL_EVENT, event)
+        await client.raise_event(str(execution_id), name, data)
     except Exception as exc:
-        logger.warning("could not raise the cancel to %s: %s", execution_id, exc)
+        logger.warning("could not raise %s to %s: %s", name, execution_id, exc)
         return "gone" if no_one_to_tell(exc) else "failed"
     return "raised"
+
+
+def _not_handed_over(what: str) -> ProblemError:
+    """503 for `what`, recorded but not yet told to its execution: a repeat of the request raises it."""
+    return ProblemError(
+        503,
+        "orchestration-unavailable",
+        "Service unavailable",
+        f"The {what} is recorded but could not be handed to the execution yet; send it again in "
+        f"{DEPENDENCY_RETRY_AFTER_S} s.",
+        headers={"Retry-After": str(DEPENDENCY_RETRY_AFTER_S)},
+    )
 
 
 def _cancel_unstarted(tenant_id: UUID, execution_id: UUID) -> None:
@@ -288,6 +306,7 @@ def _cancel_unstarted(tenant_id: UUID, execution_id: UUID) -> None:
             "The step is not an approval waiting for a decision",
         ),
         422: INVALID,
+        503: _DECISION_NOT_HANDED_OVER,
     },
 )
 async def approve(
@@ -298,7 +317,9 @@ async def approve(
     client: Any = Depends(get_durable_client),  # noqa: B008
 ) -> ApprovalRecorded:
     """Approve or reject a waiting approval step (Approver; never the execution's requester, and only a listed
-    approver when the step names some). A rejection fails the step and compensates."""
+    approver when the step names some). A rejection fails the step and compensates. A decision recorded whose
+    execution could not be told yet answers 503 with Retry-After: send the same decision again (answered 200,
+    `applied` false), and the repeat tells the execution (ADR 0027, amended 2026-12-07)."""
 
     def record() -> tuple[control.ApprovalOutcome, bool]:
         with tenant_transaction(context.tenant.id) as conn:
@@ -332,9 +353,13 @@ async def approve(
     # meets no deadlock on them; the wrapper stays a belt against rows outside that order (then decided again, and
     # answered 409 if it came late).
     outcome, to_raise = await run_in_threadpool(retried_on_deadlock, record)
-    event = approval_event(step_id, outcome.key.attempt)
-    if to_raise and await raise_to_orchestration(client, execution_id, event, outcome.verdict):
-        # Only once the hub has it: a decision whose raise failed is raised again by its repeat (applied false).
+    if to_raise:
+        event = approval_event(step_id, outcome.key.attempt)
+        if await _raise(client, execution_id, event, outcome.verdict) == "failed":
+            # Recorded, but the run learns of it only from its event: the client is to send the same decision again,
+            # and that repeat (applied false) raises it. A 200 told it the decision was on its way.
+            raise _not_handed_over("decision")
+        # Only once the hub has it (or nobody is left to tell): a repeat then raises nothing more.
         await run_in_threadpool(remote.mark_handed_over, context.tenant.id, outcome.key)
     return ApprovalRecorded(execution_id=execution_id, step_id=step_id, decision=body.decision, applied=outcome.applied)
 
