@@ -94,13 +94,19 @@ _DELIVERIES = "SELECT {delivery} FROM app.webhook_deliveries WHERE subscription_
 # suspended tenant's deliveries are not claimed: they stay pending, and go once it is active again (RLS: the tenants
 # row read is the transaction's tenant's). The heads come least recently sent to first (never sent to before all,
 # then by id; migration 0049), taken and returned in that order: heads a run could not send in its budget go back
-# due, and in id order the same subscriptions came first on every run, and those after them never.
+# due, and in id order the same subscriptions came first on every run, and those after them never. Each head is one
+# read of the pending index per enabled subscription (a quota bounds them), never a sort of every pending delivery,
+# which a backlog of tens of thousands made outlast the statement timeout. The subscription is named as a range, not
+# with `=`: with `=` it is a constant to the planner, `ORDER BY id` is then the primary key's order too, and the
+# planner may walk the tenant's deliveries in id order until one is the subscription's (all of them, for a
+# subscription whose one delivery is the newest); only the pending index is in (subscription_id, id) order.
 _CLAIM_HEADS = (
-    "WITH heads AS (SELECT DISTINCT ON (d.subscription_id) d.id, s.last_sent_at FROM app.webhook_deliveries d"
-    " JOIN app.webhook_subscriptions s ON s.tenant_id = d.tenant_id AND s.id = d.subscription_id AND s.enabled"
-    " WHERE d.state = 'pending' ORDER BY d.subscription_id, d.id),"
+    "WITH heads AS (SELECT s.tenant_id, h.id, s.last_sent_at FROM app.webhook_subscriptions s"
+    " CROSS JOIN LATERAL (SELECT p.id FROM app.webhook_deliveries p WHERE p.tenant_id = s.tenant_id"
+    " AND p.subscription_id >= s.id AND p.subscription_id <= s.id AND p.state = 'pending'"
+    " ORDER BY p.subscription_id, p.id LIMIT 1) h WHERE s.enabled),"
     " due AS (SELECT d.tenant_id, d.id, d.subscription_id, h.last_sent_at FROM app.webhook_deliveries d"
-    " JOIN heads h ON h.id = d.id"
+    " JOIN heads h ON h.tenant_id = d.tenant_id AND h.id = d.id"
     " WHERE d.state = 'pending' AND d.next_attempt_at <= clock_timestamp()"
     " AND EXISTS (SELECT 1 FROM app.tenants t WHERE t.id = d.tenant_id AND t.status = 'active')"
     " ORDER BY h.last_sent_at NULLS FIRST, d.subscription_id LIMIT %s FOR UPDATE OF d SKIP LOCKED),"

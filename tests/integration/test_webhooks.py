@@ -474,6 +474,10 @@ def _overlapping_claims(monitor: psycopg.Connection[Any], tenant_id: Any) -> tup
 
     def run_b() -> None:
         with tenant_transaction(tenant_id) as conn:
+            # The claim reads one head per subscription (its index); without index scans it reads the whole backlog,
+            # which keeps its statement going while the first run commits: the race, made wide enough to meet.
+            conn.execute("SET LOCAL enable_indexscan = off")
+            conn.execute("SET LOCAL enable_bitmapscan = off")
             second_pid.append(int(conn.execute("SELECT pg_backend_pid() AS pid").fetchone()["pid"]))
             taken["b"] = [c.id for c in webhook_store.claim_due(conn, tenant_id, limit=50, hold_s=60)]
 
@@ -502,8 +506,9 @@ def test_a_head_claimed_by_an_overlapping_run_is_not_claimed_again(api: ApiHarne
     first = api.client.post("/api/v1/webhooks", json=body, headers=headers).json()["id"]
     backlog = api.client.post("/api/v1/webhooks", json=body, headers=headers).json()["id"]
     with tenant_transaction(handle.id) as conn:
-        # A receiver that backs off with a backlog behind its head (what a receiver that is down accumulates): a
-        # claim reads all of it, which keeps the second run's statement going while the first run commits.
+        # A receiver that backs off with a backlog behind its head (what a receiver that is down accumulates): the
+        # second run's claim is made to read all of it (`_overlapping_claims`), which keeps its statement going while
+        # the first run commits.
         conn.execute(
             "INSERT INTO app.webhook_deliveries (tenant_id, subscription_id, message_id, event_type, payload,"
             " next_attempt_at) SELECT app.current_tenant_id(), %s, 'm' || g, 'test.backlog', '{}',"
