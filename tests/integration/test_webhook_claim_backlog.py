@@ -157,3 +157,42 @@ def test_a_claim_takes_due_heads_only_least_recently_sent_to_first(
     # them); the head that is not due holds back its due deliveries; the disabled subscription sends nothing.
     assert [(c.subscription_id, c.id) for c in second] == [(recent, heads[recent])]
     assert held == {"held": True}
+
+
+def _finder_plan(admin: psycopg.Connection[Any]) -> dict[str, Any]:
+    """The plan of the due-tenants finder's body as it runs, analysed (its parameters: 50 tenants, none held)."""
+    row = admin.execute(
+        "SELECT prosrc FROM pg_proc WHERE oid = 'app.webhook_due_tenants(integer, uuid[])'::regprocedure"
+    ).fetchone()
+    assert row is not None
+    body = row[0].replace("max_tenants", "50").replace("held_tenants", "'{}'::uuid[]")
+    explained = admin.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + body).fetchone()
+    assert explained is not None
+    plan: dict[str, Any] = explained[0][0]["Plan"]
+    return plan
+
+
+def test_the_finder_of_due_tenants_reads_one_head_per_subscription_whatever_the_backlog(
+    api: ApiHarness, local: None, cleanup: list[UUID]
+) -> None:
+    # About once a second it read and sorted every pending delivery of every tenant: 60,000 behind one tenant's slow
+    # receivers cost every tenant's Postgres each time.
+    tenant_id, subscriptions = _subscribe(api, "hooks-finder-backlog", 3)
+    cleanup.append(tenant_id)
+    with psycopg.connect(api.admin_url, dbname="quantum") as admin:
+        admin.execute(
+            "INSERT INTO app.webhook_deliveries (tenant_id, subscription_id, message_id, event_type, payload)"
+            " SELECT %s, (%s::uuid[])[1 + g %% %s], 'm' || g, 'test.backlog', '{}' FROM generate_series(1, %s) g",
+            (tenant_id, subscriptions, len(subscriptions), BACKLOG),
+        )
+        admin.commit()
+        admin.execute("ANALYZE app.webhook_deliveries")
+        enabled = admin.execute("SELECT count(*) FROM app.webhook_subscriptions WHERE enabled").fetchone()
+        assert enabled is not None
+        nodes = list(_nodes(_finder_plan(admin)))
+        found = admin.execute("SELECT * FROM app.webhook_due_tenants(50, '{}')").fetchall()
+    deliveries = [n for n in nodes if n.get("Relation Name") == "webhook_deliveries"]
+    assert deliveries and all(n["Node Type"] != "Seq Scan" for n in deliveries), nodes
+    # One head per enabled subscription of every tenant, whatever the backlog behind them.
+    assert all(_read(n) <= enabled[0] for n in deliveries), [(n["Node Type"], _read(n)) for n in deliveries]
+    assert (tenant_id,) in found
