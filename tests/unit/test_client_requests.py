@@ -127,6 +127,31 @@ def test_a_request_that_could_run_twice_is_not_sent_again_after_a_lost_answer(pa
     assert raised.value.request.headers["Idempotency-Key"] == seen[0].headers["Idempotency-Key"]
 
 
+@pytest.mark.parametrize("call", ["cancel", "approve"])
+def test_a_cancel_or_decision_the_platform_asks_to_be_sent_again_is_sent_again(call: str, pauses: list[float]) -> None:
+    # Recorded, but its execution not told yet: the platform answers 503 `orchestration-unavailable` and asks for the
+    # same request again, which it answers without applying it twice. The client gave up on it (not repeatable), and
+    # the caller was left with an error for a cancel or a decision the run might never hear of.
+    asked = {
+        "type": "https://quantum-platform.dev/problems/orchestration-unavailable",
+        "title": "Service unavailable",
+        "status": 503,
+        "detail": "The cancel is recorded but could not be handed to the execution yet; send it again in 2 s.",
+    }
+    answered = {"execution_id": "e-1", "status": "running", "cancel_requested": True, "step_id": "gate"}
+    handler, seen = first_fails(
+        lambda request: httpx.Response(503, headers={"Retry-After": "0"}, json=asked),
+        httpx.Response(202 if call == "cancel" else 200, json={**answered, "decision": "approve", "applied": False}),
+    )
+    api = client(handler)
+    if call == "cancel":
+        api.executions.cancel("e-1")
+    else:
+        api.executions.approve("e-1", "gate")
+    assert len(seen) == 2 and seen[0].url == seen[1].url and seen[0].content == seen[1].content
+    assert pauses == [0.0]  # the server's Retry-After
+
+
 # ------------------------------------------------------------------------------------------ what a start is
 @pytest.mark.parametrize("step", ["retry", "execute"])
 def test_an_approval_of_a_step_named_like_a_start_route_is_not_a_start(step: str, pauses: list[float]) -> None:

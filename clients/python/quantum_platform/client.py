@@ -274,7 +274,7 @@ class _Retrying:
         status = response.status_code
         if status not in _RETRIED and status not in _GATEWAY:
             return None
-        if status != 429 and not self._repeatable:
+        if status != 429 and not self._repeatable and not _asks_to_be_sent_again(response):
             return None
         return self._next(_retry_after(response))
 
@@ -293,6 +293,19 @@ class _Retrying:
             return None
         self._attempt += 1
         return float(min(0.5 * 2**attempt, 10.0)) if seconds is None else seconds
+
+
+def _asks_to_be_sent_again(response: httpx.Response) -> bool:
+    """Whether the answer is a 503 `orchestration-unavailable`: the request was recorded (a cancel, a decision, a
+    worker's result) or nothing was done, and the platform asks for the same request again, which it answers without
+    applying it twice: repeated even for a request that is not `repeatable` (a cancel, an approval)."""
+    if response.status_code != 503:
+        return False
+    try:
+        body = response.json()
+    except (ValueError, httpx.ResponseNotRead):
+        return False
+    return isinstance(body, dict) and str(body.get("type", "")).endswith("/orchestration-unavailable")
 
 
 def _retry_after(response: httpx.Response) -> float | None:
