@@ -24,6 +24,12 @@ from tests.integration.api_harness import ApiHarness
 
 GATE_WAIT_S = 60.0
 """How long a held check waits to be released at most: only a broken test waits that long."""
+INPUT_SCHEMA = {
+    "type": "object",
+    "properties": {"a": {"type": "array", "contains": {"type": "string", "pattern": "^q$"}, "minContains": 2}},
+}
+"""An intent's input schema whose check costs in proportion to the input (every item is matched): a large input makes
+a costly check, cheap enough for a test."""
 
 
 class Gate:

@@ -33,6 +33,7 @@ from shared.tenants.models import Tenant
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.pool_of_one_harness import (  # noqa: F401  # the fixture one_connection
     GATE_WAIT_S,
+    INPUT_SCHEMA,
     Gate,
     one_connection,
     other_tenants_transaction_completes,
@@ -42,10 +43,7 @@ from tests.integration.pool_of_one_harness import (  # noqa: F401  # the fixture
 pytestmark = pytest.mark.integration
 
 AUTHOR = ["Intent.Author", "Intent.Reader"]
-SCHEMA = {
-    "type": "object",
-    "properties": {"a": {"type": "array", "contains": {"type": "string", "pattern": "^q$"}, "minContains": 2}},
-}
+SCHEMA = INPUT_SCHEMA
 
 
 def _tenant(api: ApiHarness, name: str) -> Tenant:

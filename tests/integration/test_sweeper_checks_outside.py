@@ -32,6 +32,7 @@ from shared.tenants.models import Tenant
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.pool_of_one_harness import (  # noqa: F401  # the fixture one_connection
     GATE_WAIT_S,
+    INPUT_SCHEMA,
     Gate,
     one_connection,
     other_tenants_transaction_completes,
@@ -45,10 +46,7 @@ from tests.integration.test_sweeper_stuck_compensation import Durable, _executio
 pytestmark = pytest.mark.integration
 
 AUTHOR = ["Intent.Author", "Intent.Reader"]
-SCHEMA = {
-    "type": "object",
-    "properties": {"a": {"type": "array", "contains": {"type": "string", "pattern": "^q$"}, "minContains": 2}},
-}
+SCHEMA = INPUT_SCHEMA
 LARGE = {"a": ["q"] * (COSTLY_BYTES // 4)}
 """A valid input that alone makes its check costly (a slot of the gate)."""
 LARGE_SCHEMA = {**SCHEMA, "description": "d" * COSTLY_BYTES}

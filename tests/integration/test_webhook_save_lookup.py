@@ -18,6 +18,7 @@ from shared.events import webhooks
 from shared.modules import ssrf
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_webhooks import ADMIN, Receiver, local, tenant  # noqa: F401  # `local`: the fixture
+from tests.unit.test_lookup_bounds_per_tenant import _all_lookups_ended
 
 pytestmark = pytest.mark.integration
 
@@ -61,17 +62,9 @@ class NameServers:
             return sorted(self._asked)
 
 
-def _no_lookups_in_flight() -> None:
-    for _ in range(500):
-        if ssrf._lookups._total == 0:
-            return
-        threading.Event().wait(0.02)
-    raise AssertionError("lookups still in flight")
-
-
 @pytest.fixture
 def name_servers(monkeypatch: pytest.MonkeyPatch) -> Iterator[NameServers]:
-    _no_lookups_in_flight()  # places another test's lookups still hold would be counted here
+    _all_lookups_ended()  # places another test's lookups still hold would be counted here
     servers = NameServers(socket.getaddrinfo)
     monkeypatch.setattr(socket, "getaddrinfo", servers.getaddrinfo)
     # Short, so the test waits little; the bound itself is what is tested, not its length.
@@ -80,7 +73,7 @@ def name_servers(monkeypatch: pytest.MonkeyPatch) -> Iterator[NameServers]:
         yield servers
     finally:
         servers.released.set()
-        _no_lookups_in_flight()
+        _all_lookups_ended()
 
 
 @pytest.fixture
