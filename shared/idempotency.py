@@ -167,11 +167,41 @@ def claim(
         return None
     row = conn.execute(statements.read, params).fetchone()
     assert row is not None  # the conflicting row is committed and visible to this owner
+    answer = _kept_answer(row, request_fingerprint, legacy_fingerprint)
+    if answer is None:
+        # Only possible if the first request's transaction committed without completing the key: a bug.
+        raise RuntimeError("idempotency key claimed but never completed")
+    return answer
+
+
+def kept(
+    conn: psycopg.Connection[DictRow],
+    key: str,
+    request_fingerprint: str,
+    *,
+    principal: str | None = None,
+    legacy_fingerprint: str | None = None,
+) -> StoredResponse | None:
+    """The answer kept for `key`, read without claiming it (None when none is kept): for a route that must know
+    whether a request is a retry before work it does outside its transaction (a webhook URL's lookup). The same key
+    with another request is IdempotencyKeyReusedError, as `claim` answers it."""
+    problem = key_problem(key)
+    if problem is not None:
+        raise InvalidIdempotencyKeyError(problem)
+    statements = _statements(principal)
+    params = {"key": key, "fingerprint": request_fingerprint, "principal": principal}
+    conn.execute(statements.forget_expired, params)
+    row = conn.execute(statements.read, params).fetchone()
+    return None if row is None else _kept_answer(row, request_fingerprint, legacy_fingerprint)
+
+
+def _kept_answer(row: DictRow, request_fingerprint: str, legacy_fingerprint: str | None) -> StoredResponse | None:
+    """A key's row as its answer (None while its first request has not completed it); IdempotencyKeyReusedError when
+    the row was made for another request."""
     if row["fingerprint"] not in (request_fingerprint, legacy_fingerprint):
         raise IdempotencyKeyReusedError("this Idempotency-Key was used for a different request")
     if row["response_status"] is None:
-        # Only possible if the first request's transaction committed without completing the key: a bug.
-        raise RuntimeError("idempotency key claimed but never completed")
+        return None
     return StoredResponse(int(row["response_status"]), row["response_body"], dict(row["response_headers"]))
 
 

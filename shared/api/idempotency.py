@@ -21,6 +21,7 @@ from shared.idempotency import (
     claim,
     complete,
     fingerprint,
+    kept,
     key_problem,
 )
 
@@ -84,14 +85,42 @@ def replay_or_claim(
     It is bound to the method, the route's path, `body` and the caller; the same key with another request, or from
     another principal of the tenant, is 422. `reveal`
     turns a stored body back into the answer (one that was stored with a secret sealed, say)."""
-    if key is None:
-        return None
+    return None if key is None else _answered(claim, conn, key, request, body, principal=principal, reveal=reveal)
+
+
+def replay_if_kept(
+    conn: psycopg.Connection[DictRow],
+    key: str | None,
+    request: Request,
+    body: Any,
+    *,
+    principal: str | None = None,
+    reveal: Callable[[Any], Any] | None = None,
+) -> Response | None:
+    """`replay_or_claim`'s answer to a retry, read without claiming the key (None for a new request, or without a
+    key): for a route that must tell a retry before work it does outside its transaction (a webhook URL's lookup),
+    then claims the key with `replay_or_claim` in the transaction that does the work."""
+    return None if key is None else _answered(kept, conn, key, request, body, principal=principal, reveal=reveal)
+
+
+def _answered(
+    read: Callable[..., StoredResponse | None],
+    conn: psycopg.Connection[DictRow],
+    key: str,
+    request: Request,
+    body: Any,
+    *,
+    principal: str | None,
+    reveal: Callable[[Any], Any] | None,
+) -> Response | None:
+    """The stored answer `read` (`claim` or `kept`) finds for the key bound to this request and caller, as a
+    response; 422 for the key used with another request."""
     context = getattr(request.state, "context", None)
     caller = None if principal is not None or context is None else context.principal.id
     bound = fingerprint(request.method, request.url.path, body, caller=caller)
     legacy = None if caller is None else fingerprint(request.method, request.url.path, body)
     try:
-        stored = claim(conn, key, bound, principal=principal, legacy_fingerprint=legacy)
+        stored = read(conn, key, bound, principal=principal, legacy_fingerprint=legacy)
     except IdempotencyKeyReusedError as exc:
         raise ProblemError(422, "idempotency-key", "Unprocessable content", str(exc)) from None
     if stored is None:

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from shared.api.accepted_input import TakesNoBody, no_body_doc
 from shared.api.idempotency import idempotency_key as idempotency_key_header
-from shared.api.idempotency import remember, replay_or_claim
+from shared.api.idempotency import remember, replay_if_kept, replay_or_claim
 from shared.api.permissions import GuardedRoute, permission
 from shared.api.problems import FieldError, ProblemError, too_many_requests
 from shared.api.responses import (
@@ -333,10 +333,6 @@ def _found(
     return found
 
 
-class _NewCreate(Exception):
-    """No answer is kept for the create's Idempotency-Key: its claim is rolled back until the URL is checked."""
-
-
 @router.post("", status_code=201, response_model=SubscriptionOut, summary="Subscribe a URL to events",
              responses={**SAVING_ERRORS, 201: _WITH_ETAG, 400: BAD_IDEMPOTENCY_KEY, 409: QUOTA_REACHED,
                         422: REFUSED})  # fmt: skip
@@ -358,17 +354,9 @@ async def create(
     def replayed() -> Response | None:
         """The first answer to the key, read before the URL is checked: a retry of a create that took place gets it
         whatever the URL's lookup would answer now (slow name servers made it 422 or 429). None for a new create,
-        whose claim of the key goes with this transaction, to be taken again once the URL is checked."""
-        if idempotency_key is None:
-            return None
-        try:
-            with tenant_transaction(tenant_id) as conn:
-                replay = replay_or_claim(conn, idempotency_key, request, body.model_dump(mode="json"), reveal=reveal)
-                if replay is None:
-                    raise _NewCreate
-                return replay
-        except _NewCreate:
-            return None
+        which claims the key once the URL is checked."""
+        with tenant_transaction(tenant_id) as conn:
+            return replay_if_kept(conn, idempotency_key, request, body.model_dump(mode="json"), reveal=reveal)
 
     def run() -> SubscriptionOut | Response:
         # The scheme, host and port only: a URL carries its receiver's secrets, and audit records outlive them.
