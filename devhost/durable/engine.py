@@ -110,6 +110,8 @@ class Engine:
         # A finished episode or activity starts a dispatcher pass only when something may wait for one: work
         # left behind by a limit (backlog), or an episode that did more than queue activities it started itself.
         self._backlog = False
+        self._instances_wait = False  # runnable instances were left for want of an episode slot
+        self._work_waits = False  # queued activities were left for want of an activity slot
         self._quiet: set[object] = set()
 
     @property
@@ -126,14 +128,18 @@ class Engine:
         Skipping the dispatcher's pass takes its two statements and its turn on the loop off the path from a
         result to the episode that consumes it. The episode itself reads what is due and ends at once when
         nothing is (suspended, finished, a message not yet visible); one already running is followed by a pass.
+        While instances wait for a slot (a backlog), the pass decides, oldest message first: a busy instance woken
+        by each of its results took every slot that came free, and an instance whose message came first waited.
         """
         if (
             self._loop_task is None
+            or self._instances_wait
             or instance_id in self._episodes
             or instance_id in self._cooldown
             or len(self._episodes) >= self._max_episodes
         ):
             self._backlog = self._backlog or len(self._episodes) >= self._max_episodes
+            self._instances_wait = self._instances_wait or len(self._episodes) >= self._max_episodes
             self._wake.set()
             return
         self._spawn(self._episodes, instance_id, self._guarded_episode(instance_id), f"episode {instance_id}")
@@ -214,7 +220,8 @@ class Engine:
                 running_work=list(self._activities),
                 work_limit=work_room + 1,
             )
-        self._backlog = len(ids) > episode_room or len(items) > work_room
+        self._instances_wait, self._work_waits = len(ids) > episode_room, len(items) > work_room
+        self._backlog = self._instances_wait or self._work_waits
         ids, items = ids[:episode_room], items[:work_room]
         for instance_id in ids:
             if instance_id in self._episodes:
@@ -362,8 +369,9 @@ class Engine:
 
     def _start_added(self, instance_id: str, result: EpisodeResult | None, work: list[WorkItem]) -> None:
         """Start the activities a committed episode queued, as far as there is room; the episode's end needs no
-        dispatcher pass when that was all it did (no timer, child or end to attend to, nothing left queued)."""
-        room = self._max_activities - len(self._activities)
+        dispatcher pass when that was all it did (no timer, child or end to attend to, nothing left queued).
+        While queued work waits for a slot, the pass starts it, oldest first: these do not go ahead of it."""
+        room = 0 if self._work_waits else self._max_activities - len(self._activities)
         for item in work[: max(room, 0)]:
             self._start_activity(item)  # unless a dispatcher pass read it first
         plain = (

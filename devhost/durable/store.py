@@ -43,11 +43,14 @@ _HISTORY_SINCE = sql.SQL(
 _VISIBLE = sql.SQL(
     "SELECT id, execution_id, event FROM {} WHERE task_hub = %s AND instance_id = %s AND visible_at <= %s ORDER BY id"
 ).format(_INBOX)
-_RUNNABLE_IDS = sql.SQL(
-    "SELECT i.instance_id FROM {} i WHERE i.task_hub = %s AND i.runtime_status = ANY(%s)"
-    " AND NOT (i.instance_id = ANY(%s)) AND EXISTS (SELECT 1 FROM {} m WHERE m.task_hub = i.task_hub"
-    " AND m.instance_id = i.instance_id AND m.visible_at <= %s) LIMIT %s"
-).format(_INSTANCES, _INBOX)
+# Runnable instances in the order their oldest due message became due, as a queue delivers them: in no order, the
+# instances of one busy execution after another took every episode slot and a new instance waited a minute to start.
+_RUNNABLE_FIRST_DUE = sql.SQL(
+    "SELECT m.instance_id FROM {inbox} m JOIN {instances} i ON i.task_hub = m.task_hub"
+    " AND i.instance_id = m.instance_id WHERE m.task_hub = %s AND i.runtime_status = ANY(%s)"
+    " AND NOT (m.instance_id = ANY(%s)) AND m.visible_at <= %s"
+    " GROUP BY m.instance_id ORDER BY min(m.visible_at), m.instance_id LIMIT %s"
+).format(instances=_INSTANCES, inbox=_INBOX)
 _PENDING_WORK = sql.SQL(
     "SELECT id, instance_id, execution_id, task_id, name, input FROM {} WHERE task_hub = %s"
     " AND NOT (id = ANY(%s)) ORDER BY id LIMIT %s"
@@ -62,12 +65,10 @@ _ADD_WORK = sql.SQL(
 ).format(_WORK)
 # The runnable instances, then one row (instance_id NULL) with the time the next message falls due.
 _RUNNABLE_AND_NEXT_DUE = sql.SQL(
-    "(SELECT i.instance_id, NULL::timestamptz AS due FROM {instances} i WHERE i.task_hub = %s"
-    " AND i.runtime_status = ANY(%s) AND NOT (i.instance_id = ANY(%s)) AND EXISTS (SELECT 1 FROM {inbox} m"
-    " WHERE m.task_hub = i.task_hub AND m.instance_id = i.instance_id AND m.visible_at <= %s) LIMIT %s)"
+    "(SELECT r.instance_id, NULL::timestamptz AS due FROM ({runnable}) r)"
     " UNION ALL (SELECT NULL, min(m.visible_at) FROM {inbox} m JOIN {instances} i ON i.task_hub = m.task_hub"
     " AND i.instance_id = m.instance_id WHERE m.task_hub = %s AND i.runtime_status = ANY(%s) AND m.visible_at > %s)"
-).format(instances=_INSTANCES, inbox=_INBOX)
+).format(runnable=_RUNNABLE_FIRST_DUE, instances=_INSTANCES, inbox=_INBOX)
 
 
 @dataclass
@@ -382,7 +383,7 @@ class Store:
 
     async def runnable(self, conn: Conn, now: datetime, exclude: Sequence[str], limit: int) -> list[str]:
         """Instances that can run an episode: a message is due and they are neither suspended nor finished."""
-        cur = await conn.execute(_RUNNABLE_IDS, (self.hub, _RUNNABLE, list(exclude), now, limit))
+        cur = await conn.execute(_RUNNABLE_FIRST_DUE, (self.hub, _RUNNABLE, list(exclude), now, limit))
         return [row["instance_id"] for row in await cur.fetchall()]
 
     async def dispatchable(

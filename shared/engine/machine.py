@@ -18,6 +18,7 @@ from typing import Any
 from shared.engine.graph import compensation_order, next_steps
 from shared.engine.machine_types import (
     MAX_LEVEL_RESOLVED_CHARS,
+    MAX_STEPS_IN_FLIGHT,
     RULES,
     TERMINAL,
     Activity,
@@ -102,6 +103,7 @@ __all__ = [  # the types are defined in machine_types and named here, as machine
     "Json",
     "LoadOutput",
     "MAX_LEVEL_RESOLVED_CHARS",
+    "MAX_STEPS_IN_FLIGHT",
     "NoteKind",
     "Outcome",
     "Pending",
@@ -1008,7 +1010,7 @@ class _Step:
                 self.commands.append(ContinueAsNew({"machine": self.continued().model_dump(mode="json")}))
                 self.update(phase=RunPhase.ENDED)
                 return
-            for step_id in schedule.ready:
+            for step_id in schedule.ready[: self.room_to_start()]:
                 if self.s.stopping:
                     break  # a step that failed while starting (unresolvable parameters) stops the rest
                 self.start_attempt(step_id, 1, now)
@@ -1031,6 +1033,14 @@ class _Step:
                     ),
                     status=Status.COMPENSATING,
                 )
+
+    def room_to_start(self) -> int:
+        """How many ready steps may start now: under rules 10, what `MAX_STEPS_IN_FLIGHT` leaves beside the run-phase
+        attempts under way; earlier rules start every ready step, so that their histories replay as recorded."""
+        if self.s.spec.rules < 10:
+            return len(self.s.spec.steps)
+        under_way = sum(1 for flight in self.s.flights.values() if flight.phase is Phase.RUN)
+        return max(MAX_STEPS_IN_FLIGHT - under_way, 0)
 
     def should_continue_as_new(self, ready: Sequence[str]) -> bool:
         """Between levels, with nothing out, a long run continues as new so each generation's history is short.
