@@ -521,7 +521,12 @@ class _Step:
                     continue
                 self.commands.append(StartChild(step_id, flight.attempt, child.execution_id, dict(child.input or {})))
                 flight = flight.model_copy(
-                    update={"stage": Stage.CHILD, "write": None, "child_execution_id": child.execution_id}
+                    update={
+                        "stage": Stage.CHILD,
+                        "write": None,
+                        "child_execution_id": child.execution_id,
+                        "deadline": self.deadline_from_start(flight, now),
+                    }
                 )
                 self.put_flight(flight)
                 self.view(step_id, {**self.s.views.get(step_id, {}), "child_execution_id": child.execution_id})
@@ -529,13 +534,30 @@ class _Step:
                     self.cancel_child(child.execution_id)
                 continue
             early = flight.early or answer.results.get(attempt_event(flight.phase, step_id, flight.attempt))
-            flight = flight.model_copy(update={"stage": Stage.RUNNING, "write": None, "early": None})
+            flight = flight.model_copy(
+                update={
+                    "stage": Stage.RUNNING,
+                    "write": None,
+                    "early": None,
+                    "deadline": self.deadline_from_start(flight, now),
+                }
+            )
             self.put_flight(flight)
             if early is not None:
                 self.apply(flight, early, now)
         if self.s.stopping:
             self.abandon_waits()
         self.due(now)
+
+    def deadline_from_start(self, flight: Flight, now: datetime) -> datetime | None:
+        """When an attempt whose start was just recorded times out. Under rules 10 its timeout counts from that record
+        (the dispatch's answer), not from the reduction that decided to start it: the time its dispatch waited in the
+        task hub behind other executions' work is not the step's own (a 30 s step timed out before it ran)."""
+        if self.s.spec.rules < 10 or flight.deadline is None:
+            return flight.deadline
+        plan = self.s.spec.plan(flight.step_id)
+        timeout_s = plan.timeout_s if flight.phase is Phase.RUN else _compensate_timeout(plan)
+        return now + timedelta(seconds=timeout_s) if timeout_s is not None else None
 
     def on_dispatch_failed(self, activity_id: str, pending: Pending, error: str, now: datetime) -> None:
         self.update(started=True)

@@ -368,7 +368,9 @@ without its `retrying` note; a compensation given up before it began (its parame
 its step as a compensation that will not finish is (a `compensation_failed` note), and the run ends only once that
 record is answered. 10 (2026-12-07, ADR 0047): at most `MAX_STEPS_IN_FLIGHT` run-phase attempts of one execution are
 under way at once (a retry's pause counts); the ready steps past that start, in definition order, as earlier ones
-end. An execution keeps the rules it started with, so that its history replays into the commands it recorded."""
+end; an attempt's timeout counts from its recorded start (the answer of the dispatch that records it), not from the
+reduction that decided to start it. An execution keeps the rules it started with, so that its history replays into
+the commands it recorded."""
 
 MAX_STEPS_IN_FLIGHT = 8
 """How many of one execution's steps may be under way at once (rules 10, ADR 0047). With the tenant's

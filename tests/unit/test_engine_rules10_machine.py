@@ -5,6 +5,7 @@ start a whole level at once and replay into the commands they recorded."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from hypothesis import given, settings
@@ -109,3 +110,62 @@ def test_any_order_of_results_keeps_the_bound_and_a_replay_gives_the_same_comman
         assert under_way(run) <= m.MAX_STEPS_IN_FLIGHT
     replayed, log = run.replayed()
     assert log == run.log and replayed == run.state
+
+
+def _timed_out(run: Recorded) -> list[str]:
+    return [
+        outcome.step_id
+        for command in run.log
+        if isinstance(command, m.CallActivity) and isinstance(command.input, m.RecordOutcomes)
+        for outcome in command.input.outcomes
+        if outcome.state == "timed_out"
+    ]
+
+
+def _slow_start(rules: int) -> Recorded:
+    """A step of 5 s whose dispatch is answered 4 s after the run decided to start it (it waited in the task hub),
+    then 2 s pass."""
+    run = Recorded([{"id": "a", "action": "x", "timeout_s": 5, "depends_on": []}], rules=rules)
+    run.now += timedelta(seconds=4)
+    run.answer_all()
+    run.tick(2)
+    return run
+
+
+def test_a_steps_timeout_counts_from_its_recorded_start_not_from_the_decision() -> None:
+    run = _slow_start(10)
+    assert _timed_out(run) == []  # 2 s of its 5 s have passed since its start was recorded
+    assert run.state.flights["a"].deadline == run.now + timedelta(seconds=3)
+    run.tick(3)
+    assert _timed_out(run) == ["a"]
+    replayed, log = run.replayed()
+    assert log == run.log and replayed == run.state
+
+
+def test_under_rules_9_a_steps_timeout_counted_from_the_decision() -> None:
+    run = _slow_start(9)
+    assert _timed_out(run) == ["a"]  # 6 s after the decision, 2 s after its start
+    replayed, log = run.replayed()
+    assert log == run.log and replayed == run.state
+
+
+def test_a_compensations_timeout_counts_from_its_recorded_start() -> None:
+    steps: list[dict[str, Any]] = [
+        {"id": "a", "action": "x", "depends_on": [], "compensate": {"action": "undo"}},
+        {"id": "b", "action": "x", "depends_on": ["a"]},
+    ]
+    run = Recorded(steps, plan={"a": {"kind": "module", "compensate_timeout_s": 5}})
+    run.answer_all()
+    run.result("a", output="made")
+    run.answer_all()
+    run.result("b", ok=False)
+    run.answer_all()  # b's failure starts a's compensation; its dispatch waits 4 s in the task hub
+    (dispatch,) = run.activities(m.Activity.DISPATCH_STEPS)
+    assert isinstance(dispatch.input, m.DispatchSteps)
+    assert [(start.step_id, start.phase) for start in dispatch.input.starts] == [("a", m.Phase.COMPENSATE)]
+    run.now += timedelta(seconds=4)
+    run.answer(dispatch)
+    run.tick(2)
+    assert _timed_out(run) == []
+    run.tick(3.5)
+    assert _timed_out(run) == ["a"]
