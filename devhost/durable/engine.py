@@ -113,6 +113,7 @@ class Engine:
         self._instances_wait = False  # runnable instances were left for want of an episode slot
         self._work_waits = False  # queued activities were left for want of an activity slot
         self._quiet: set[object] = set()
+        self._woken_while_running: set[object] = set()  # instances given a message while their episode ran
 
     @property
     def catalog(self) -> Catalog:
@@ -138,6 +139,10 @@ class Engine:
             or instance_id in self._cooldown
             or len(self._episodes) >= self._max_episodes
         ):
+            if instance_id in self._episodes:
+                # The running episode may have read its messages before this one: its end must be followed by a
+                # pass even if it ends plain (the pass woken now leaves out the running instance).
+                self._woken_while_running.add(instance_id)
             self._backlog = self._backlog or len(self._episodes) >= self._max_episodes
             self._instances_wait = self._instances_wait or len(self._episodes) >= self._max_episodes
             self._wake.set()
@@ -255,8 +260,9 @@ class Engine:
 
         def done(_: asyncio.Task[None]) -> None:
             tasks.pop(key, None)
-            quiet = key in self._quiet
+            quiet = key in self._quiet and key not in self._woken_while_running
             self._quiet.discard(key)
+            self._woken_while_running.discard(key)
             if not quiet or self._backlog:
                 self.wake()
 

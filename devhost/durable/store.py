@@ -45,11 +45,13 @@ _VISIBLE = sql.SQL(
 ).format(_INBOX)
 # Runnable instances in the order their oldest due message became due, as a queue delivers them: in no order, the
 # instances of one busy execution after another took every episode slot and a new instance waited a minute to start.
+# Each instance's oldest message through the inbox_instance index: grouping every due message cost 37 ms a pass with
+# 100,000 of them queued.
 _RUNNABLE_FIRST_DUE = sql.SQL(
-    "SELECT m.instance_id FROM {inbox} m JOIN {instances} i ON i.task_hub = m.task_hub"
-    " AND i.instance_id = m.instance_id WHERE m.task_hub = %s AND i.runtime_status = ANY(%s)"
-    " AND NOT (m.instance_id = ANY(%s)) AND m.visible_at <= %s"
-    " GROUP BY m.instance_id ORDER BY min(m.visible_at), m.instance_id LIMIT %s"
+    "SELECT i.instance_id, f.visible_at AS first_due FROM {instances} i CROSS JOIN LATERAL (SELECT m.visible_at"
+    " FROM {inbox} m WHERE m.task_hub = i.task_hub AND m.instance_id = i.instance_id ORDER BY m.visible_at LIMIT 1) f"
+    " WHERE i.task_hub = %s AND i.runtime_status = ANY(%s) AND NOT (i.instance_id = ANY(%s)) AND f.visible_at <= %s"
+    " ORDER BY f.visible_at, i.instance_id LIMIT %s"
 ).format(instances=_INSTANCES, inbox=_INBOX)
 _PENDING_WORK = sql.SQL(
     "SELECT id, instance_id, execution_id, task_id, name, input FROM {} WHERE task_hub = %s"
@@ -65,9 +67,10 @@ _ADD_WORK = sql.SQL(
 ).format(_WORK)
 # The runnable instances, then one row (instance_id NULL) with the time the next message falls due.
 _RUNNABLE_AND_NEXT_DUE = sql.SQL(
-    "(SELECT r.instance_id, NULL::timestamptz AS due FROM ({runnable}) r)"
-    " UNION ALL (SELECT NULL, min(m.visible_at) FROM {inbox} m JOIN {instances} i ON i.task_hub = m.task_hub"
+    "(SELECT r.instance_id, NULL::timestamptz AS due, r.first_due FROM ({runnable}) r)"
+    " UNION ALL (SELECT NULL, min(m.visible_at), NULL FROM {inbox} m JOIN {instances} i ON i.task_hub = m.task_hub"
     " AND i.instance_id = m.instance_id WHERE m.task_hub = %s AND i.runtime_status = ANY(%s) AND m.visible_at > %s)"
+    " ORDER BY 3 NULLS LAST, 1"
 ).format(runnable=_RUNNABLE_FIRST_DUE, instances=_INSTANCES, inbox=_INBOX)
 
 

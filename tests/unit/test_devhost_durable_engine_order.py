@@ -1,7 +1,7 @@
 # intent_ref: platform.devhost-durable
 """While instances wait for an episode slot, one woken by its own new message does not take a slot ahead of them:
 the dispatcher's pass gives it to the instance whose message came first; likewise an episode's new activities do not
-start ahead of queued ones."""
+start ahead of queued ones. A message that comes while its instance's episode runs is served after that episode."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any, cast
 
 from devhost.durable.engine import Engine
+from devhost.durable.protocol import RuntimeStatus
 from devhost.durable.store import WorkItem
 
 
@@ -133,3 +135,45 @@ def test_an_episodes_new_activities_wait_behind_activities_queued_first() -> Non
         return ran
 
     assert asyncio.run(main()) == [1, 2, 3]
+
+
+class _PlainEngine(Engine):
+    """Episodes that read what is due when they start, wait to be let go, and end plain (they only waited)."""
+
+    def __init__(self, store: _Store) -> None:
+        super().__init__(cast(Any, None), cast(Any, _Db()), cast(Any, store), max_episodes=4, poll_interval=600)
+        self.spawned: list[str] = []
+        self.gates: dict[int, asyncio.Event] = {}
+        self.store = store
+
+    async def _guarded_episode(self, instance_id: str) -> None:
+        number = len(self.spawned)
+        self.spawned.append(instance_id)
+        self.store.queue.remove(instance_id)  # its messages due now are read, and consumed by its commit
+        await self.gates.setdefault(number, asyncio.Event()).wait()
+        plain = SimpleNamespace(status=RuntimeStatus.Running, timers=[], children=[], activities=[])
+        self._start_added(instance_id, cast(Any, plain), [])
+
+
+def test_a_message_that_comes_while_its_instances_episode_runs_gets_an_episode_without_the_poll() -> None:
+    # The pass the message woke left out the running instance, and the episode's plain end woke nothing: the message
+    # waited for the safety poll (found by review).
+    async def main() -> list[str]:
+        store = _Store()
+        store.queue = []
+        engine = _PlainEngine(store)
+        await engine.start()
+        store.queue.append("x")
+        engine.wake_instance("x")  # a first result
+        await _until(lambda: engine.spawned == ["x"])
+        store.queue.append("x")
+        engine.wake_instance("x")  # a second result, while the first's episode runs
+        await asyncio.sleep(0.05)
+        engine.gates.setdefault(0, asyncio.Event()).set()  # that episode commits without having read it
+        await _until(lambda: len(engine.spawned) == 2)
+        spawned = list(engine.spawned)
+        engine.gates.setdefault(1, asyncio.Event()).set()
+        await asyncio.wait_for(engine.stop(), 5)
+        return spawned
+
+    assert asyncio.run(main()) == ["x", "x"]

@@ -169,3 +169,27 @@ def test_a_compensations_timeout_counts_from_its_recorded_start() -> None:
     assert _timed_out(run) == []
     run.tick(3.5)
     assert _timed_out(run) == ["a"]
+
+
+def test_steps_that_queue_no_work_here_start_beside_the_bound_and_hold_no_place() -> None:
+    # Eight approvals (waiting on people, maybe for days) and the step that tells the approvers, defined after them:
+    # it held back behind them until one was decided, the execution recorded `waiting` meanwhile (found by review).
+    approvals = [{"id": f"ok{i}", "action": "approval", "approvers": ["u"], "depends_on": []} for i in range(8)]
+    waits = [{"id": f"w{i}", "action": "wait", "seconds": 3600, "depends_on": []} for i in range(8)]
+    remote = [{"id": f"r{i}", "action": "build", "depends_on": []} for i in range(8)]
+    work = [{"id": f"s{i}", "action": "event.emit", "type": "x.y", "depends_on": []} for i in range(12)]
+    plan: dict[str, Any] = {
+        **{f"ok{i}": {"kind": "approval"} for i in range(8)},
+        **{f"w{i}": {"kind": "wait"} for i in range(8)},
+        **{f"r{i}": {"kind": "module", "remote": True} for i in range(8)},
+    }
+    run = Recorded([*approvals, *waits, *remote, *work], plan=plan)
+    first = started(run.log)
+    built_in = [step_id for step_id in first if step_id.startswith("s")]
+    assert built_in == [f"s{i}" for i in range(m.MAX_STEPS_IN_FLIGHT)]
+    assert set(first) - set(built_in) == {f"{prefix}{i}" for prefix in ("ok", "w", "r") for i in range(8)}
+    run.answer_all()
+    run.result("s0", output=0)
+    assert started(run.activities(m.Activity.DISPATCH_STEPS)) == [f"s{m.MAX_STEPS_IN_FLIGHT}"]  # type: ignore[arg-type]
+    replayed, log = run.replayed()
+    assert log == run.log and replayed == run.state
