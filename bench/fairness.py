@@ -3,13 +3,15 @@
 the busy one has a burst in flight, side by side in one run.
 
     .venv/bin/python -m bench.fairness [--burst 100] [--quiet 8] [--rounds 2] [--busy-max-concurrent N]
+                                       [--busy-width N]
 
 Starts the platform as bench/executions.py does and provisions two tenants: `busy`, whose quotas never throttle
 its requests but whose concurrent executions are the platform's default (QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS) or
 `--busy-max-concurrent`, and `quiet`. Each round: `--quiet` executions of the 5-step intent by the quiet tenant
 one after another (alone), then the busy tenant POSTs `--burst` executions at once (a 429 is retried after its
 Retry-After) and, half a second later, the quiet tenant runs `--quiet` executions one after another again while
-the burst drains. Prints
+the burst drains. With `--busy-width N` the busy tenant's intent is one `event.emit` and then a level of N steps
+(half 1 s `wait`, half `event.emit`) instead of the 5-step intent. Prints
 the quiet tenant's latency (POST execute sent -> terminal event seen on its stream) in both phases, p50 and worst,
 and of the worst how long its start took to answer and how long after its creation its first step started; and
 the burst's drain time (its first POST -> the last of its executions ended).
@@ -27,6 +29,7 @@ from typing import Any
 import httpx
 
 from bench.executions import (
+    BENCH_MODULES,
     DAG5,
     TERMINAL,
     UNTHROTTLED,
@@ -82,13 +85,26 @@ async def _drained(client: httpx.AsyncClient, ids: list[str]) -> None:
             await asyncio.sleep(0.1)
 
 
-async def _round(base_url: str, busy: dict[str, str], quiet: dict[str, str], burst: int, count: int) -> dict[str, Any]:
+def fan_out(width: int) -> list[dict[str, Any]]:
+    """One `event.emit`, then `width` steps after it at once: 1 s waits and `event.emit` steps, alternating."""
+    level: list[dict[str, Any]] = [
+        {"id": f"w{i:03d}", "action": "wait", "seconds": 1, "depends_on": ["first"]}
+        if i % 2 == 0
+        else {"id": f"e{i:03d}", "action": "event.emit", "type": "bench.fan", "data": {"i": i}, "depends_on": ["first"]}
+        for i in range(width)
+    ]
+    return [{"id": "first", "action": "event.emit", "type": "bench.fan", "data": {"i": -1}}, *level]
+
+
+async def _round(
+    base_url: str, busy: dict[str, str], quiet: dict[str, str], burst: int, count: int, busy_steps: list[dict[str, Any]]
+) -> dict[str, Any]:
     limits = httpx.Limits(max_connections=burst + 8, max_keepalive_connections=burst + 8)
     async with (
         httpx.AsyncClient(base_url=base_url, headers=busy, limits=limits, timeout=120) as busy_client,
         httpx.AsyncClient(base_url=base_url, headers=quiet, timeout=120) as quiet_client,
     ):
-        busy_intent = await create_intent(busy_client, DAG5)
+        busy_intent = await create_intent(busy_client, busy_steps)
         quiet_intent = await create_intent(quiet_client, DAG5)
         await _run_one(busy_client, busy_intent)  # warm-up of both tenants' paths
         await _run_one(quiet_client, quiet_intent)
@@ -124,6 +140,9 @@ def main() -> None:
         default=None,
         help="the busy tenant's max_concurrent_executions quota (default: the platform's default)",
     )
+    parser.add_argument(
+        "--busy-width", type=int, default=None, help="the busy tenant runs a fan-out of this many steps (see above)"
+    )
     add_dispatch_wait_option(parser)
     args = parser.parse_args()
     settings = dispatch_wait_settings(args)
@@ -133,15 +152,20 @@ def main() -> None:
     if args.busy_max_concurrent is not None:
         busy_quotas["max_concurrent_executions"] = args.busy_max_concurrent
     with running_platform(settings=settings) as platform:
-        busy = _provision(platform.base_url, platform.data_dir, name="busy", quotas=busy_quotas)
+        busy = _provision(
+            platform.base_url, platform.data_dir, name="busy", quotas=busy_quotas, modules=(*BENCH_MODULES, "wait")
+        )
         quiet = _provision(platform.base_url, platform.data_dir, name="quiet", quotas=unthrottled)
+        busy_shape = f"a fan-out of {args.busy_width}" if args.busy_width else "the 5-step intent"
         print(
-            f"{args.burst} executions of the busy tenant at once; the quiet tenant's 5-step executions, one at a time"
+            f"{args.burst} executions of {busy_shape} by the busy tenant at once; the quiet tenant's 5-step"
+            " executions, one at a time"
         )
         print("| round | quiet alone: p50 / max ms | quiet beside the burst: p50 / max ms | burst drained, s |")
         print("|---|---|---|---|")
         for number in range(1, args.rounds + 1):
-            result = asyncio.run(_round(platform.base_url, busy, quiet, args.burst, args.quiet))
+            busy_steps = fan_out(args.busy_width) if args.busy_width else DAG5
+            result = asyncio.run(_round(platform.base_url, busy, quiet, args.burst, args.quiet, busy_steps))
             print(
                 f"| {number} | {_cell(result['alone_ms'])} | {_cell(result['during_ms'])} "
                 f"| {result['burst_drained_s']:.1f} |",

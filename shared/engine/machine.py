@@ -18,7 +18,6 @@ from typing import Any
 from shared.engine.graph import compensation_order, next_steps
 from shared.engine.machine_types import (
     MAX_LEVEL_RESOLVED_CHARS,
-    MAX_STEPS_IN_FLIGHT,
     RULES,
     TERMINAL,
     Activity,
@@ -103,7 +102,6 @@ __all__ = [  # the types are defined in machine_types and named here, as machine
     "Json",
     "LoadOutput",
     "MAX_LEVEL_RESOLVED_CHARS",
-    "MAX_STEPS_IN_FLIGHT",
     "NoteKind",
     "Outcome",
     "Pending",
@@ -1032,7 +1030,7 @@ class _Step:
                 self.commands.append(ContinueAsNew({"machine": self.continued().model_dump(mode="json")}))
                 self.update(phase=RunPhase.ENDED)
                 return
-            for step_id in self.startable(schedule.ready):
+            for step_id in schedule.ready:
                 if self.s.stopping:
                     break  # a step that failed while starting (unresolvable parameters) stops the rest
                 self.start_attempt(step_id, 1, now)
@@ -1055,31 +1053,6 @@ class _Step:
                     ),
                     status=Status.COMPENSATING,
                 )
-
-    def startable(self, ready: Sequence[str]) -> list[str]:
-        """The ready steps that start now. Under rules 10 a built-in module step starts only while fewer than
-        `MAX_STEPS_IN_FLIGHT` of the run's are under way (the rest wait, in definition order); a step that queues no
-        work on the platform's own hosts (a wait, an approval, a child, a remote step) starts whatever is under way,
-        so that eight approvals cannot hold back the step that tells the approvers. Earlier rules start every ready
-        step, so that their histories replay as recorded."""
-        if self.s.spec.rules < 10:
-            return list(ready)
-        room = MAX_STEPS_IN_FLIGHT - sum(
-            1 for flight in self.s.flights.values() if flight.phase is Phase.RUN and self.runs_here(flight.step_id)
-        )
-        chosen: list[str] = []
-        for step_id in ready:
-            if self.runs_here(step_id):
-                if room <= 0:
-                    continue
-                room -= 1
-            chosen.append(step_id)
-        return chosen
-
-    def runs_here(self, step_id: str) -> bool:
-        """Whether the step's work runs on the platform's own hosts (a built-in module): what the bound counts."""
-        plan = self.s.spec.plan(step_id)
-        return plan.kind == StepKind.MODULE.value and not plan.remote
 
     def should_continue_as_new(self, ready: Sequence[str]) -> bool:
         """Between levels, with nothing out, a long run continues as new so each generation's history is short.

@@ -366,18 +366,9 @@ the answer. 9 (2026-12-06, ADR 0025): a stopping run records no step as retrying
 that stops the run (an earlier verdict of the same answer) ends with the run's other waits, in the same dispatch,
 without its `retrying` note; a compensation given up before it began (its parameters cannot resolve) is recorded on
 its step as a compensation that will not finish is (a `compensation_failed` note), and the run ends only once that
-record is answered. 10 (2026-12-07, ADR 0047): at most `MAX_STEPS_IN_FLIGHT` run-phase attempts of one execution's
-built-in module steps are under way at once (a retry's pause counts); the ready ones past that start, in definition
-order, as earlier ones end, while waits, approvals, children and remote steps start as before; an attempt's timeout
-counts from its recorded start (the answer of the dispatch that records it), not from the reduction that decided to
-start it. An execution keeps the rules it started with, so that its history replays into the commands it recorded."""
-
-MAX_STEPS_IN_FLIGHT = 8
-"""How many of one execution's built-in module steps may be under way at once (rules 10, ADR 0047); another value is
-another rules number, since a history recorded under this one must replay into the same starts. With the tenant's
-concurrent-execution quota it bounds the work one tenant has queued in the task hub ahead of every other tenant's: with
-a tenant's executions each starting a level of 100 steps at once (95 started in 75 s, within the default quota),
-another tenant's execution waited a minute and more to start."""
+record is answered. 10 (2026-12-07, ADR 0047): an attempt's timeout counts from its recorded start (the answer of the
+dispatch that records it), not from the reduction that decided to start it. An execution keeps the rules it started
+with, so that its history replays into the commands it recorded."""
 
 MAX_LEVEL_RESOLVED_CHARS = 8 * 1024 * 1024
 """What the parameters of the steps one dispatch starts may come to once resolved, added up, counted as JSON text

@@ -908,17 +908,16 @@ def json_chars(value: Any) -> int:
 def test_a_level_past_the_dispatch_budget_starts_what_fits_and_fails_the_step_past_it() -> None:
     # 200 steps each within their own bound made one dispatch input of 400 MB, kept in the Durable history, and a
     # copy of every resolved value in the state (its flights), the continue-as-new input and the replay memo.
-    # 1.5 MB each: five fit the budget, fewer than rules 10 lets one execution start at once.
-    big = "x" * 1_500_000
+    big = "x" * 1_000_000
     run = Recorded(wide_level(200), inputs={"big": big})
     (dispatch,) = run.activities(m.Activity.DISPATCH_STEPS)
     assert isinstance(dispatch.input, m.DispatchSteps)
     sizes = [json_chars(start.params) for start in dispatch.input.starts]
-    assert [start.step_id for start in dispatch.input.starts] == [f"s{i}" for i in range(5)]
+    assert [start.step_id for start in dispatch.input.starts] == [f"s{i}" for i in range(8)]
     assert sum(sizes) <= m.MAX_LEVEL_RESOLVED_CHARS < sum(sizes) + sizes[0]
     assert dispatch.input.starts[0].params["data"] == {"k": big}
     (note,) = dispatch.input.notes
-    assert (note.kind, note.step_id) == (m.NoteKind.FAILED, "s5")
+    assert (note.kind, note.step_id) == (m.NoteKind.FAILED, "s8")
     assert note.error == (
         f"the parameters of the steps starting together come to more than {m.MAX_LEVEL_RESOLVED_CHARS} characters"
         " once resolved"
@@ -928,10 +927,10 @@ def test_a_level_past_the_dispatch_budget_starts_what_fits_and_fails_the_step_pa
     assert json_chars(run.state.model_dump(mode="json")) < len(big) + 64 * 1024
     assert all(flight.params == {} for flight in run.state.flights.values())
     run.finish()
-    assert run.complete is not None and run.complete["status"] == "failed" and run.complete["failed_step"] == "s5"
+    assert run.complete is not None and run.complete["status"] == "failed" and run.complete["failed_step"] == "s8"
     assert run.complete["error"] == note.error
-    assert run.state.views["s5"]["state"] == "failed" and run.state.views["s199"] == {"state": "pending"}  # not started
-    assert list(run.state.order) == [f"s{i}" for i in range(5)]
+    assert run.state.views["s8"]["state"] == "failed" and run.state.views["s199"] == {"state": "pending"}  # not started
+    assert list(run.state.order) == [f"s{i}" for i in range(8)]
     replayed, log = run.replayed()
     assert log == run.log and replayed == run.state
 
