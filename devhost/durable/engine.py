@@ -141,7 +141,8 @@ class Engine:
         ):
             if instance_id in self._episodes:
                 # The running episode may have read its messages before this one: its end must be followed by a
-                # pass even if it ends plain (the pass woken now leaves out the running instance).
+                # pass even if it ends plain (the pass woken now leaves out the running instance). Messages that
+                # come otherwise (a timer, a child's end, another writer's) are marked by the pass itself.
                 self._woken_while_running.add(instance_id)
             self._backlog = self._backlog or len(self._episodes) >= self._max_episodes
             self._instances_wait = self._instances_wait or len(self._episodes) >= self._max_episodes
@@ -217,7 +218,7 @@ class Engine:
         work_room = max(self._max_activities - len(self._activities), 0)
         async with self._db.connection() as conn:
             # One more of each than there is room for: if it comes, work waits for a slot (a backlog).
-            ids, items, due = await self._store.dispatchable(
+            found = await self._store.dispatchable(
                 conn,
                 now,
                 running_episodes=[*self._episodes, *self._cooldown],
@@ -225,8 +226,16 @@ class Engine:
                 running_work=list(self._activities),
                 work_limit=work_room + 1,
             )
+        ids, items, due = found.instances, found.work, found.due
         self._instances_wait, self._work_waits = len(ids) > episode_room, len(items) > work_room
         self._backlog = self._instances_wait or self._work_waits
+        for instance_id in found.running_with_due:
+            # A message came (a timer fell due, a child ended, another writer raised one) while the instance's
+            # episode ran: that episode may have read its messages before, so its end must be followed by a pass.
+            if instance_id in self._episodes:
+                self._woken_while_running.add(instance_id)
+            elif instance_id not in self._cooldown:
+                self.wake()  # its episode ended while this pass read: the next pass finds it runnable
         ids, items = ids[:episode_room], items[:work_room]
         for instance_id in ids:
             if instance_id in self._episodes:

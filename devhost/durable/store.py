@@ -65,11 +65,16 @@ _ADD_WORK = sql.SQL(
     " FROM unnest(%b::integer[], %b::text[], %b::text[]) AS t(task_id, name, input)"
     " ON CONFLICT DO NOTHING RETURNING id, instance_id, execution_id, task_id, name, input"
 ).format(_WORK)
-# The runnable instances, then one row (instance_id NULL) with the time the next message falls due.
+# The runnable instances; then the running episodes' instances with a message due (`running`: an episode that read
+# its messages before it came ends, and the message needs a pass after it); then one row (instance_id NULL) with the
+# time the next message falls due.
 _RUNNABLE_AND_NEXT_DUE = sql.SQL(
-    "(SELECT r.instance_id, NULL::timestamptz AS due, r.first_due FROM ({runnable}) r)"
-    " UNION ALL (SELECT NULL, min(m.visible_at), NULL FROM {inbox} m JOIN {instances} i ON i.task_hub = m.task_hub"
-    " AND i.instance_id = m.instance_id WHERE m.task_hub = %s AND i.runtime_status = ANY(%s) AND m.visible_at > %s)"
+    "(SELECT r.instance_id, NULL::timestamptz AS due, r.first_due, false AS running FROM ({runnable}) r)"
+    " UNION ALL (SELECT DISTINCT m.instance_id, NULL::timestamptz, NULL::timestamptz, true FROM {inbox} m"
+    " WHERE m.task_hub = %s AND m.instance_id = ANY(%s) AND m.visible_at <= %s)"
+    " UNION ALL (SELECT NULL, min(m.visible_at), NULL, false FROM {inbox} m JOIN {instances} i"
+    " ON i.task_hub = m.task_hub AND i.instance_id = m.instance_id WHERE m.task_hub = %s"
+    " AND i.runtime_status = ANY(%s) AND m.visible_at > %s)"
     " ORDER BY 3 NULLS LAST, 1"
 ).format(runnable=_RUNNABLE_FIRST_DUE, instances=_INSTANCES, inbox=_INBOX)
 
@@ -109,6 +114,17 @@ class WorkItem:
     task_id: int
     name: str
     input: str | None
+
+
+@dataclass(frozen=True)
+class Dispatchable:
+    """What one dispatcher pass finds: instances to run (oldest due message first), activities to run (oldest
+    first), running episodes' instances with a message due, and when the next message falls due."""
+
+    instances: list[str]
+    work: list[WorkItem]
+    due: datetime | None
+    running_with_due: list[str]
 
 
 @dataclass(frozen=True)
@@ -398,18 +414,27 @@ class Store:
         episode_limit: int,
         running_work: Sequence[int],
         work_limit: int,
-    ) -> tuple[list[str], list[WorkItem], datetime | None]:
-        """Runnable instances, pending work and when the next message of a runnable instance falls due (a timer)."""
+    ) -> Dispatchable:
+        """Runnable instances, pending work, running episodes' instances with a message due, and when the next
+        message of a runnable instance falls due (a timer)."""
+        running = list(running_episodes)
         runnable = await conn.execute(
             _RUNNABLE_AND_NEXT_DUE,
-            (self.hub, _RUNNABLE, list(running_episodes), now, max(episode_limit, 0), self.hub, _RUNNABLE, now),
+            (
+                *(self.hub, _RUNNABLE, running, now, max(episode_limit, 0)),
+                *(self.hub, running, now),
+                *(self.hub, _RUNNABLE, now),
+            ),
         )
         work = await conn.execute(_PENDING_WORK, (self.hub, list(running_work), work_limit)) if work_limit > 0 else None
         rows = await runnable.fetchall()
         items = [_work_item(r) for r in await work.fetchall()] if work is not None else []
-        instance_ids = [r["instance_id"] for r in rows if r["instance_id"] is not None]
-        due = next((r["due"] for r in rows if r["instance_id"] is None), None)
-        return instance_ids, items, due
+        return Dispatchable(
+            instances=[r["instance_id"] for r in rows if r["instance_id"] is not None and not r["running"]],
+            work=items,
+            due=next((r["due"] for r in rows if r["instance_id"] is None), None),
+            running_with_due=[r["instance_id"] for r in rows if r["running"]],
+        )
 
     # ------------------------------------------------------------------ activity work items
     async def add_work(

@@ -30,8 +30,10 @@ from shared.registry.service import RegistryError
 from shared.tenants.repository import get_tenant
 
 STALL_GRACE_S = 120.0
-"""How far past its deadline an attempt (or a retry) must be before the execution counts as stalled: the
-orchestrator's timer and the module worker's own deadline both act well within it."""
+"""How far past its deadline an attempt (or a retry) must be before the execution counts as stalled: the module
+worker's own deadline acts well within it, and so does the orchestrator's timer unless the answer of the dispatch that
+recorded the attempt waited in the task hub longer than this (under rules 10 the timer counts from that answer, ADR
+0047: such an attempt is reported, nothing else)."""
 DEFAULT_TIMEOUT_S = 3600
 """An attempt whose step and module name no timeout is allowed this long (as the orchestrator allows it)."""
 _UNTIMED_ACTIONS = frozenset({"approval", "wait"})

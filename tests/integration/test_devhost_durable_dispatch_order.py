@@ -14,7 +14,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from devhost.durable.host import MIGRATIONS
-from devhost.durable.store import SCHEMA, Store
+from devhost.durable.store import SCHEMA, Dispatchable, Store
 from shared.db.migrate import apply_migrations
 
 T0 = datetime(2026, 12, 7, 4, 0, tzinfo=UTC)
@@ -52,17 +52,19 @@ def test_runnable_instances_come_oldest_due_message_first(pg) -> None:  # type: 
                 _message(conn, hub, f"busy-{n}", T0 + timedelta(seconds=2 + k))
         _message(conn, hub, "timer", T0 + timedelta(minutes=5))  # not due: not runnable, its time is the next due
 
-    async def read() -> tuple[list[str], list[str], datetime | None]:
+    async def read() -> tuple[list[str], Dispatchable]:
         async with await psycopg.AsyncConnection.connect(pg.owner_url, row_factory=dict_row) as conn:
             store = Store(hub)
             now = T0 + timedelta(seconds=30)
             first_two = await store.runnable(conn, now, [], 2)
-            ids, _, due = await store.dispatchable(
-                conn, now, running_episodes=["busy-0"], episode_limit=3, running_work=[], work_limit=0
+            found = await store.dispatchable(
+                conn, now, running_episodes=["busy-0", "timer"], episode_limit=3, running_work=[], work_limit=0
             )
-            return first_two, ids, due
+            return first_two, found
 
-    first_two, ids, due = asyncio.run(read())
+    first_two, found = asyncio.run(read())
     assert first_two == ["busy-0", "newcomer"]
-    assert ids == ["newcomer", "busy-1", "busy-2"]
-    assert due == T0 + timedelta(minutes=5)
+    assert found.instances == ["newcomer", "busy-1", "busy-2"]
+    assert found.due == T0 + timedelta(minutes=5)
+    # Of the running episodes' instances, the one with a message due (its episode's end needs a pass after it).
+    assert found.running_with_due == ["busy-0"]

@@ -69,3 +69,38 @@ def test_a_compensations_timeout_counts_from_its_recorded_start() -> None:
     assert _timed_out(run) == []
     run.tick(3.5)
     assert _timed_out(run) == ["a"]
+
+
+def test_a_retrys_attempt_counts_its_timeout_from_its_own_recorded_start() -> None:
+    retry = {"max_attempts": 2, "initial_interval_s": 1, "backoff": 1}
+    run = Recorded([{"id": "a", "action": "x", "timeout_s": 5, "retry": retry}])
+    run.answer_all()
+    run.result("a", ok=False)
+    run.answer_all()  # the retry is recorded
+    run.tick(1)  # attempt 2 decided; its dispatch is answered 4 s later
+    run.now += timedelta(seconds=4)
+    run.answer_all()
+    assert run.state.flights["a"].attempt == 2
+    assert run.state.flights["a"].deadline == run.now + timedelta(seconds=5)
+    run.tick(2)
+    assert _timed_out(run) == []
+    replayed, log = run.replayed()
+    assert log == run.log and replayed == run.state
+
+
+def test_a_child_steps_timeout_counts_from_the_record_of_its_child() -> None:
+    run = Recorded(
+        [{"id": "kid", "action": "intent.run", "intent": "other", "timeout_s": 5}],
+        plan={"kid": {"kind": "intent", "timeout_s": 5}},
+    )
+    (dispatch,) = run.activities(m.Activity.DISPATCH_STEPS)
+    run.now += timedelta(seconds=4)
+    run.answer(dispatch, {"status": "running", "children": {"kid": {"execution_id": "c-1", "input": {}}}})
+    assert run.state.flights["kid"].stage is m.Stage.CHILD
+    assert run.state.flights["kid"].deadline == run.now + timedelta(seconds=5)
+    run.tick(2)
+    assert _timed_out(run) == []
+    run.tick(3.5)
+    assert _timed_out(run) == ["kid"]
+    replayed, log = run.replayed()
+    assert log == run.log and replayed == run.state
