@@ -13,6 +13,8 @@ from datetime import datetime
 from types import SimpleNamespace
 from typing import Any, cast
 
+import pytest
+
 from devhost.durable.engine import Engine
 from devhost.durable.protocol import RuntimeStatus
 from devhost.durable.store import Dispatchable, WorkItem
@@ -157,9 +159,11 @@ class _PlainEngine(Engine):
         self._start_added(instance_id, cast(Any, plain), [])
 
 
-def test_a_message_that_comes_while_its_instances_episode_runs_gets_an_episode_without_the_poll() -> None:
+@pytest.mark.parametrize("woken_by", ["its instance", "a pass"])
+def test_a_message_that_comes_while_its_instances_episode_runs_gets_an_episode_without_the_poll(woken_by: str) -> None:
     # The pass the message woke left out the running instance, and the episode's plain end woke nothing: the message
-    # waited for the safety poll (found by review).
+    # waited for the safety poll (found by review). A result or a raised event wakes its instance; a timer falling
+    # due, a child's end or another writer's message wakes a pass.
     async def main() -> list[str]:
         store = _Store()
         store.queue = []
@@ -168,34 +172,13 @@ def test_a_message_that_comes_while_its_instances_episode_runs_gets_an_episode_w
         store.queue.append("x")
         engine.wake_instance("x")  # a first result
         await _until(lambda: engine.spawned == ["x"])
-        store.queue.append("x")
-        engine.wake_instance("x")  # a second result, while the first's episode runs
+        store.queue.append("x")  # a second message, while the first's episode runs
+        if woken_by == "its instance":
+            engine.wake_instance("x")
+        else:
+            engine.wake()
         await asyncio.sleep(0.05)
         engine.gates.setdefault(0, asyncio.Event()).set()  # that episode commits without having read it
-        await _until(lambda: len(engine.spawned) == 2)
-        spawned = list(engine.spawned)
-        engine.gates.setdefault(1, asyncio.Event()).set()
-        await asyncio.wait_for(engine.stop(), 5)
-        return spawned
-
-    assert asyncio.run(main()) == ["x", "x"]
-
-
-def test_a_message_that_comes_otherwise_while_its_instances_episode_runs_gets_an_episode_without_the_poll() -> None:
-    # A timer falling due, a child's end or another writer's message wakes a pass, not the instance: the pass left
-    # out the running instance and the episode's plain end woke nothing (found by review).
-    async def main() -> list[str]:
-        store = _Store()
-        store.queue = []
-        engine = _PlainEngine(store)
-        await engine.start()
-        store.queue.append("x")
-        engine.wake_instance("x")
-        await _until(lambda: engine.spawned == ["x"])
-        store.queue.append("x")
-        engine.wake()  # the message came by another way than the instance's own wake-up
-        await asyncio.sleep(0.05)
-        engine.gates.setdefault(0, asyncio.Event()).set()
         await _until(lambda: len(engine.spawned) == 2)
         spawned = list(engine.spawned)
         engine.gates.setdefault(1, asyncio.Event()).set()
