@@ -117,7 +117,13 @@ def authorize_child(
     )
 
 
-def begin(tenant: Tenant, make_request: Callable[[Conn], StartRequest], *, decide: Decide) -> Started:
+def begin(
+    tenant: Tenant,
+    make_request: Callable[[Conn], StartRequest],
+    *,
+    decide: Decide,
+    check_wait_s: float | None = None,
+) -> Started:
     """Run a start's checks and writes in one tenant transaction (call it on a worker thread), its input checked
     before it outside any transaction; `make_request` builds the request in each transaction (reading what it needs),
     and `decide` decides `intent.execute` on the intent before anything about it is revealed or its input checked
@@ -125,7 +131,8 @@ def begin(tenant: Tenant, make_request: Callable[[Conn], StartRequest], *, decid
 
     A refused start raises a StartError (an unknown intent or version as IntentNotFoundError, a refused decision as
     StartForbiddenError); whatever `make_request` raises of its own passes through, and so does CheckBusyError (the
-    API's 429 `check-busy`) when a costly input check found no turn within the pool's wait (`checked_first`).
+    API's 429 `check-busy`) when a costly input check found no turn within `check_wait_s` (`checked_first`; by
+    default the pool's wait; UNBOUNDED for a caller with no client to answer 429 to).
     """
     # One decision per resource for the whole start, audited once: the read before the check decides, and the
     # start's transaction takes that decision again for the same intent and version (a new current version saved in
@@ -158,7 +165,7 @@ def begin(tenant: Tenant, make_request: Callable[[Conn], StartRequest], *, decid
                 pending = input_to_check(conn, request)
             return None if pending is None else (pending, tenant.facts())
 
-        return checked_first(read, start, tenant_id=tenant.id)
+        return checked_first(read, start, tenant_id=tenant.id, wait_s=check_wait_s)
 
 
 _T = TypeVar("_T")

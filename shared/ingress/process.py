@@ -30,6 +30,7 @@ from shared.accepted_json import NotAcceptedJSONError, accepted
 from shared.auth.principal import Requester
 from shared.auth.tokens import InvalidTokenError, SigningKeysUnavailableError, TokenValidator
 from shared.auth.validator import get_token_validator
+from shared.check_gate import UNBOUNDED
 from shared.config import get_settings
 from shared.db.session import tenant_transaction
 from shared.engine.start import StartError
@@ -166,11 +167,15 @@ async def process_event(
             return decide(context, action, resource, detail=audited)
 
         try:
+            # A costly input check waits for its tenant's turn however long it takes, as a child's start does: refused
+            # busy, the event failed its whole batch, whose retries held the partition, and every other tenant's
+            # events on it, for a quarter of an hour (the turn is the sender's own to keep taken).
             started = await asyncio.to_thread(
                 begin,
                 context.tenant,
                 lambda conn: request.start_request(conn, Requester.of(context.principal)),
                 decide=decide_for_sender,
+                check_wait_s=UNBOUNDED,
             )
         except StartError as exc:
             raise refused_start(exc) or exc from None
