@@ -36,10 +36,11 @@ _GATEWAY = frozenset({502, 504})
 """A gateway's answers when the backend did not answer in time or at all: like a lost connection, the request may
 have run, so they are retried only for a request that is `repeatable`, as a 503 is."""
 _REPEATABLE = frozenset({"GET", "HEAD", "OPTIONS", "PUT"})
-"""Methods a 503, a 502/504 or a lost connection may be retried for without an Idempotency-Key: reading, or a PUT of
-a whole state (without If-Match: one with it that committed would answer 412 when sent again). Any of them can come
-after the work committed (raised at COMMIT, or by a gateway timing out): a rollback, approve, cancel, rotate-secret,
-PATCH or DELETE sent again would run twice. A 429 is retried for every method: nothing ran."""
+"""Methods a 503, a 502/504 or a lost connection may be retried for without an Idempotency-Key its route honours:
+reading, or a PUT of a whole state (without If-Match: one with it that committed would answer 412 when sent again).
+Any of them can come after the work committed (raised at COMMIT, or by a gateway timing out): a rollback, approve,
+cancel, rotate-secret, PATCH or DELETE sent again would run twice, with a key or without (those routes ignore it). A
+429 is retried for every method: nothing ran."""
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 _TRANSIENT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 """Transport failures worth sending a repeatable request again for: timeouts and lost or refused connections (not a
@@ -52,7 +53,13 @@ _STARTS = re.compile(r"/api/v1/(?:intents/[^/]+/execute|executions/[^/]+/retry)"
 _CREATES = frozenset(
     f"/api/v1/{collection}" for collection in ("intents", "blueprints", "webhooks", "modules", "policies")
 )
-"""Collections whose POST creates a resource and takes an Idempotency-Key (the tenant create does not)."""
+"""Collections whose POST creates a resource and takes an Idempotency-Key, generated when the caller gives none."""
+_TENANTS = "/api/v1/tenants"
+"""The tenant create honours the caller's own Idempotency-Key, but is given none: a platform admin's retry of it is
+theirs to key."""
+_BODY_KEYED = re.compile(r"/api/v1/intents/[^/]+/execute")
+"""The start that also reads its key from the JSON body (`idempotency_key`, for producers that cannot set the header;
+the header wins when both are sent)."""
 _POLL_WAIT_S = 25.0
 _RECONNECTS = 12
 """Consecutive failed reconnects of a stream (backing off to 5 s: about 45 s in all) before its error is raised."""
@@ -144,6 +151,23 @@ class _Prepared:
     headers: dict[str, str]
     json: Any
     params: dict[str, Any] | None
+    keyed: bool = False
+    """Whether the request carries a key (header or body) that its route honours: sending it again does nothing
+    twice."""
+
+
+def _honours_key(method: str, target: str) -> bool:
+    """Whether `method` on the route `target` (its path, without a trailing slash) replays a repeated Idempotency-Key
+    instead of doing the work again: the starts and creates only; every other route ignores the header."""
+    return method == "POST" and (_STARTS.fullmatch(target) is not None or target in _CREATES or target == _TENANTS)
+
+
+def _body_key(method: str, target: str, body: Any) -> str | None:
+    """The key a start carries in its JSON body, on the route that reads it there (None otherwise)."""
+    if method != "POST" or not _BODY_KEYED.fullmatch(target) or not isinstance(body, dict):
+        return None
+    key = body.get("idempotency_key")
+    return key if isinstance(key, str) else None
 
 
 class _Core:
@@ -196,23 +220,31 @@ class _Core:
             idempotency_key = given.pop()
         method = method.upper()
         target = httpx.URL(path).path.rstrip("/")
-        if idempotency_key is None and method == "POST" and (_STARTS.fullmatch(target) or target in _CREATES):
+        in_body = _body_key(method, target, json)
+        generate = method == "POST" and (_STARTS.fullmatch(target) is not None or target in _CREATES)
+        # A start keyed in its body is sent without a header: a generated one would win over the body's key and
+        # make every repetition of the same start a new execution.
+        if idempotency_key is None and in_body is None and generate:
             # One key per logical start or create, reused by this client's own retries: a retried create is the
             # same create (never a second webhook subscription), a retried start the same start.
             idempotency_key = str(uuid.uuid4())
         if idempotency_key is not None:
             merged["Idempotency-Key"] = idempotency_key
-        return _Prepared(method, path, merged, json, params)
+        keyed = _honours_key(method, target) and (idempotency_key is not None or in_body is not None)
+        return _Prepared(method, path, merged, json, params, keyed)
 
     def authorized(self, prepared: _Prepared) -> dict[str, str]:
         return {**prepared.headers, "Authorization": f"Bearer {self.credential.token(self._tenant)}"}
 
-    def retrying(self, method: str = "GET", headers: Mapping[str, str] | None = None) -> _Retrying:
-        """The retry decisions of one request, answer by answer."""
+    def retrying(
+        self, method: str = "GET", headers: Mapping[str, str] | None = None, *, keyed: bool = False
+    ) -> _Retrying:
+        """The retry decisions of one request, answer by answer; `keyed` when it carries a key its route honours
+        (`_Prepared.keyed`: an Idempotency-Key header alone says nothing, most routes ignore it)."""
         names = {name.lower() for name in headers or {}}
         method = method.upper()
         # A conditional write that committed fails its own repetition (412): not repeatable, whatever its method.
-        keyed, conditional = "idempotency-key" in names, "if-match" in names
+        conditional = "if-match" in names
         repeatable = method in _SAFE or keyed or (method in _REPEATABLE and not conditional)
         return _Retrying(self, repeatable=repeatable)
 
@@ -539,10 +571,10 @@ class AsyncClient:
 
     async def request(self, method: str, path: str, **kwargs: Any) -> ApiResponse:
         """Send one request; 429 is retried after `Retry-After`, 503, 502, 504 and a lost connection too unless
-        sending again could do something twice (a POST, PATCH or DELETE without an Idempotency-Key, a write with
-        If-Match), a refused token once with a fresh one."""
+        sending again could do something twice (a POST, PATCH or DELETE that is not a start or create with its key,
+        a write with If-Match), a refused token once with a fresh one."""
         prepared = self._core.prepare(method, path, **kwargs)
-        retrying = self._core.retrying(prepared.method, prepared.headers)
+        retrying = self._core.retrying(prepared.method, prepared.headers, keyed=prepared.keyed)
         while True:
             try:
                 response = await self._read(await self._http.send(self._core.build(self._http, prepared), stream=True))
@@ -702,10 +734,10 @@ class Client:
 
     def request(self, method: str, path: str, **kwargs: Any) -> ApiResponse:
         """Send one request; 429 is retried after `Retry-After`, 503, 502, 504 and a lost connection too unless
-        sending again could do something twice (a POST, PATCH or DELETE without an Idempotency-Key, a write with
-        If-Match), a refused token once with a fresh one."""
+        sending again could do something twice (a POST, PATCH or DELETE that is not a start or create with its key,
+        a write with If-Match), a refused token once with a fresh one."""
         prepared = self._core.prepare(method, path, **kwargs)
-        retrying = self._core.retrying(prepared.method, prepared.headers)
+        retrying = self._core.retrying(prepared.method, prepared.headers, keyed=prepared.keyed)
         while True:
             try:
                 response = self._read(self._http.send(self._core.build(self._http, prepared), stream=True))
