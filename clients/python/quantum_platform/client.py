@@ -61,6 +61,11 @@ _BODY_KEYED = re.compile(r"/api/v1/intents/[^/]+/execute")
 """The start that also reads its key from the JSON body (`idempotency_key`, for producers that cannot set the header;
 the header wins when both are sent)."""
 _POLL_WAIT_S = 25.0
+_KEEPALIVE_S = 15.0
+"""How often the server sends a keep-alive comment on an event stream with nothing to send (its default
+QP_EVENT_STREAM_KEEPALIVE_S)."""
+_STREAM_READ_MARGIN_S = 5.0
+"""How long past the long poll's wait its answer may take to arrive."""
 _RECONNECTS = 12
 """Consecutive failed reconnects of a stream (backing off to 5 s: about 45 s in all) before its error is raised."""
 _QUICK_ROUND_S = 1.0
@@ -86,6 +91,9 @@ _MAX_EVENT_DIGITS = 19
 Item = dict[str, Any]
 # Either answer is followed: a server without the stream answers the JSON long poll from the same URL.
 _STREAM_ACCEPT = "text/event-stream, application/json;q=0.9"
+_POLL_ACCEPT = "application/json"
+"""The long poll alone: asked for when the tenant's streams are all open (429 `too-many-streams`), and to learn
+whether a stream that ended with nothing new saw its execution end."""
 
 
 def _not_json(constant: str) -> Any:
@@ -248,15 +256,23 @@ class _Core:
         repeatable = method in _SAFE or keyed or (method in _REPEATABLE and not conditional)
         return _Retrying(self, repeatable=repeatable)
 
-    def stream_request(self, http: httpx.Client | httpx.AsyncClient, path: str, after: int) -> httpx.Request:
+    def stream_request(
+        self, http: httpx.Client | httpx.AsyncClient, path: str, after: int, accept: str = _STREAM_ACCEPT
+    ) -> httpx.Request:
         prepared = self.prepare(
             "GET",
             path,
             params={"after": after, "wait": _POLL_WAIT_S},
             # Not compressed: a small compressed chunk could hold a whole event far past the bound, decoded at once.
-            headers={"Accept": _STREAM_ACCEPT, "Accept-Encoding": "identity"},
+            headers={"Accept": accept, "Accept-Encoding": "identity"},
         )
-        return http.build_request("GET", prepared.path, params=prepared.params, headers=self.authorized(prepared))
+        return http.build_request(
+            "GET",
+            prepared.path,
+            params=prepared.params,
+            headers=self.authorized(prepared),
+            timeout=_stream_timeout(http.timeout),
+        )
 
     def build(self, http: httpx.Client | httpx.AsyncClient, prepared: _Prepared) -> httpx.Request:
         return http.build_request(
@@ -327,6 +343,19 @@ class _Retrying:
         return float(min(0.5 * 2**attempt, 10.0)) if seconds is None else seconds
 
 
+def _streams_taken(response: httpx.Response) -> bool:
+    """Whether the answer is a 429 `too-many-streams`: the tenant's streams on this instance are all open, for minutes
+    maybe, while its long poll on the same URL, which that bound does not count, is served now. Any other 429 (the
+    tenant's requests in flight) bounds the poll too: it is waited out as its `Retry-After` says."""
+    if response.status_code != 429:
+        return False
+    try:
+        body = response.json()
+    except (ValueError, httpx.ResponseNotRead):
+        return False
+    return isinstance(body, dict) and str(body.get("type", "")).endswith("/too-many-streams")
+
+
 def _asks_to_be_sent_again(response: httpx.Response) -> bool:
     """Whether the answer is a 503 `orchestration-unavailable`: the request was recorded (a cancel, a decision, a
     worker's result) or nothing was done, and the platform asks for the same request again, which it answers without
@@ -359,6 +388,17 @@ def _retry_after(response: httpx.Response) -> float | None:
     return min(max(seconds, 0.0), 60.0)
 
 
+def _stream_timeout(timeout: httpx.Timeout) -> httpx.Timeout:
+    """The client's `timeout` for a stream or a long poll, whose reads wait longer than a request's: an idle stream
+    sends a keep-alive only every `_KEEPALIVE_S` (twice that is waited, so one late keep-alive is no break) and a long
+    poll is held up to `_POLL_WAIT_S`; a shorter read timeout broke every round of a quiet execution until the
+    reconnects were spent. Connecting, writing and waiting for a connection keep the client's own bounds."""
+    read = timeout.read
+    if read is not None:
+        read = max(read, _POLL_WAIT_S + _STREAM_READ_MARGIN_S, 2 * _KEEPALIVE_S)
+    return httpx.Timeout(connect=timeout.connect, read=read, write=timeout.write, pool=timeout.pool)
+
+
 def _reconnect_delay(failures: int, answer: httpx.Response | None = None) -> float | None:
     """How long a stream that broke off (connection lost, server restarting) waits before reconnecting: the
     answer's `Retry-After` when it gave one, else a back-off to 5 s; None when it has failed too often in a row."""
@@ -379,10 +419,18 @@ def _idle_delay(rounds: int) -> float:
 
 
 def _reconnects(error: Exception) -> bool:
-    """Whether a stream that ended in `error` is reopened: a lost connection, or a backend restarting."""
+    """Whether a stream that ended in `error` is reopened: a lost connection, a backend restarting, or a tenant at
+    its bound of requests in flight (429, after its `Retry-After`)."""
     if isinstance(error, ProblemError):
-        return error.status in _RESTARTING
+        return error.status in _RESTARTING or error.status == 429
     return isinstance(error, httpx.TransportError)
+
+
+def _ends_round(response: httpx.Response) -> bool:
+    """Whether opening a stream that was answered `response` ends the round, reconnected by `stream` within its
+    budget after `Retry-After`: a backend restarting, or a tenant at its bound of requests in flight (429), which an
+    execution that runs on for minutes outlasts `max_retries` waits."""
+    return response.status_code in _RESTARTING or response.status_code == 429
 
 
 def _is_sse(response: httpx.Response) -> bool:
@@ -649,7 +697,7 @@ class AsyncClient:
                         if seen:
                             continue
                         # A stream that ends with nothing new is asked once as a page: it says whether the run ended.
-                        page = (await self.get(path, params={"after": after, "wait": _POLL_WAIT_S})).json()
+                        page = ApiResponse(await self._read(await self._open_stream(path, after, _POLL_ACCEPT))).json()
                     else:
                         page = ApiResponse(await self._read(response)).json()
                     items, after, ended = _events(page, after)
@@ -676,16 +724,19 @@ class AsyncClient:
                 idle += 1
                 await asyncio.sleep(_idle_delay(idle))
 
-    async def _open_stream(self, path: str, after: int) -> httpx.Response:
-        """The events URL opened for reading as it arrives, past 429 and a renewed token; the caller closes it and
-        reconnects on 502/503/504."""
+    async def _open_stream(self, path: str, after: int, accept: str = _STREAM_ACCEPT) -> httpx.Response:
+        """The events URL opened for reading as it arrives, past a renewed token; asked for as the long poll when the
+        tenant's streams are all open; the caller closes it and reconnects on 429, 502, 503 and 504."""
         retrying = self._core.retrying()
         while True:
-            response = await self._http.send(self._core.stream_request(self._http, path, after), stream=True)
+            response = await self._http.send(self._core.stream_request(self._http, path, after, accept), stream=True)
             if response.status_code < 400:
                 return response
             await self._read(response)
-            if response.status_code in _RESTARTING or (delay := retrying.after(response)) is None:
+            if accept != _POLL_ACCEPT and _streams_taken(response):
+                accept = _POLL_ACCEPT
+                continue
+            if _ends_round(response) or (delay := retrying.after(response)) is None:
                 raise problem_from(response)
             await asyncio.sleep(delay)
 
@@ -811,7 +862,7 @@ class Client:
                         if seen:
                             continue
                         # A stream that ends with nothing new is asked once as a page: it says whether the run ended.
-                        page = self.get(path, params={"after": after, "wait": _POLL_WAIT_S}).json()
+                        page = ApiResponse(self._read(self._open_stream(path, after, _POLL_ACCEPT))).json()
                     else:
                         page = ApiResponse(self._read(response)).json()
                     items, after, ended = _events(page, after)
@@ -838,16 +889,19 @@ class Client:
                 idle += 1
                 time.sleep(_idle_delay(idle))
 
-    def _open_stream(self, path: str, after: int) -> httpx.Response:
-        """The events URL opened for reading as it arrives, past 429 and a renewed token; the caller closes it and
-        reconnects on 502/503/504."""
+    def _open_stream(self, path: str, after: int, accept: str = _STREAM_ACCEPT) -> httpx.Response:
+        """The events URL opened for reading as it arrives, past a renewed token; asked for as the long poll when the
+        tenant's streams are all open; the caller closes it and reconnects on 429, 502, 503 and 504."""
         retrying = self._core.retrying()
         while True:
-            response = self._http.send(self._core.stream_request(self._http, path, after), stream=True)
+            response = self._http.send(self._core.stream_request(self._http, path, after, accept), stream=True)
             if response.status_code < 400:
                 return response
             self._read(response)
-            if response.status_code in _RESTARTING or (delay := retrying.after(response)) is None:
+            if accept != _POLL_ACCEPT and _streams_taken(response):
+                accept = _POLL_ACCEPT
+                continue
+            if _ends_round(response) or (delay := retrying.after(response)) is None:
                 raise problem_from(response)
             time.sleep(delay)
 
