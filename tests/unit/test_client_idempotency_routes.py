@@ -11,33 +11,12 @@ from typing import Any
 
 import httpx
 import pytest
-from quantum_platform import AsyncClient, Client, ProblemError, StaticToken
+from quantum_platform import ProblemError
 
 from tests.unit.test_client_package import pauses  # noqa: F401  # the fixture
+from tests.unit.test_client_requests import Handler, async_client, client, first_fails
 
-Handler = Callable[[httpx.Request], httpx.Response]
 EXECUTE = "/api/v1/intents/0b6f3c1e-5d2a-4c1f-9e7b-2a8d4f6c9e10/execute"
-
-
-def client(handler: Handler) -> Client:
-    return Client("http://platform", credential=StaticToken("t"), transport=httpx.MockTransport(handler))
-
-
-def async_client(handler: Handler) -> AsyncClient:
-    return AsyncClient("http://platform", credential=StaticToken("t"), transport=httpx.MockTransport(handler))
-
-
-def first_fails(
-    failure: Callable[[httpx.Request], httpx.Response], answer: httpx.Response
-) -> tuple[Handler, list[httpx.Request]]:
-    """A handler whose first request meets `failure` (raised or answered), the others `answer`."""
-    seen: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return failure(request) if len(seen) == 1 else answer
-
-    return handler, seen
 
 
 def used_key(request: httpx.Request) -> str | None:
