@@ -247,8 +247,11 @@ def test_a_timed_out_attempt_is_retried_and_its_late_verdict_ignored(execution: 
         {
             "id": "nap",
             "action": "x",
-            "sleep": 2.8,
-            "timeout_s": 2,
+            # Attempt 1 ends 1.5 s past its timeout: after attempt 2 starts (its timeout counts from its recorded
+            # start, rules 10, so the retry starts later by the time the dispatch's answer took: 0.8 s of margin was
+            # not always enough on a loaded machine) and well before attempt 2 times out.
+            "sleep": 4.5,
+            "timeout_s": 3,
             "retry": {"max_attempts": 2, "initial_interval_s": 0.1},
         }
     ]
@@ -257,7 +260,7 @@ def test_a_timed_out_attempt_is_retried_and_its_late_verdict_ignored(execution: 
         instance = await h.start(steps)
         result = output(await h.wait(instance))
         assert result["status"] == "failed" and result["failed_step"] == "nap"
-        assert result["error"] == "step nap timed out after 2 s"
+        assert result["error"] == "step nap timed out after 3 s"
         settles = h.progress("settle")
         assert [(s["attempt"], s["ok"], s["state"]) for s in settles] == [
             (1, False, "timed_out"),
