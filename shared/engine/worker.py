@@ -190,6 +190,11 @@ def _release(item: WorkItem, key: AttemptKey, owner: str) -> None:
         logger.warning("module-work: could not release the claim on %s: %s", key, exc)
 
 
+DEADLINE_SLACK_S = 0.1
+"""A module's failure this close to its attempt's deadline, or past it, was cut off by the deadline (a call bounded
+by it ends a moment either side of it): recorded as the attempt's timeout."""
+
+
 def _timed_out(key: AttemptKey, timeout_s: float, why: str) -> dict[str, Any]:
     # Worded as the orchestrator's own timeout: whichever of the two is recorded first, the step reads the same.
     subject = f"step {key.step_id}" if key.phase == "run" else f"compensation of {key.step_id}"
@@ -250,6 +255,11 @@ async def _run_claimed(
                 if result is _NotStarted.LATE:
                     # The thread took it from the queue just as its deadline passed, and did not start it.
                     return _timed_out(key, timeout_s, "no thread was free")
+                if not result["ok"] and "state" not in result and time.monotonic() >= deadline - DEADLINE_SLACK_S:
+                    # Cut off by its deadline (an HTTP call bounded by it, say): a timeout, as the orchestrator's own
+                    # would record it. Recorded as the module's failure, the step read `failed` where it had timed out
+                    # (since rules 10 the orchestrator's timer counts from the start's record, after this deadline).
+                    return _timed_out(key, timeout_s, str(result["error"]))
                 return result
             if not await asyncio.to_thread(_renew, item, key, owner):
                 # Ended (a cancel, the orchestrator's timeout) or taken over: a run still waiting for a thread must
