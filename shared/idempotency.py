@@ -156,13 +156,7 @@ def claim(
     then sees the completed response: the work runs once. `legacy_fingerprint`: what the same request's key was
     bound to before callers were, accepted for a key stored then.
     """
-    problem = key_problem(key)
-    if problem is not None:
-        raise InvalidIdempotencyKeyError(problem)
-    statements = _statements(principal)
-    params = {"key": key, "fingerprint": request_fingerprint, "principal": principal}
-    # An expired key is forgotten first, so it may be used again.
-    conn.execute(statements.forget_expired, params)
+    statements, params = _unexpired(conn, key, request_fingerprint, principal)
     if conn.execute(statements.insert, params).fetchone() is not None:
         return None
     row = conn.execute(statements.read, params).fetchone()
@@ -185,14 +179,23 @@ def kept(
     """The answer kept for `key`, read without claiming it (None when none is kept): for a route that must know
     whether a request is a retry before work it does outside its transaction (a webhook URL's lookup). The same key
     with another request is IdempotencyKeyReusedError, as `claim` answers it."""
+    statements, params = _unexpired(conn, key, request_fingerprint, principal)
+    row = conn.execute(statements.read, params).fetchone()
+    return None if row is None else _kept_answer(row, request_fingerprint, legacy_fingerprint)
+
+
+def _unexpired(
+    conn: psycopg.Connection[DictRow], key: str, request_fingerprint: str, principal: str | None
+) -> tuple[_KeyStatements, dict[str, Any]]:
+    """The key's statements and parameters, once the key is checked (InvalidIdempotencyKeyError) and forgotten if it
+    has expired, so that it may be used again."""
     problem = key_problem(key)
     if problem is not None:
         raise InvalidIdempotencyKeyError(problem)
     statements = _statements(principal)
-    params = {"key": key, "fingerprint": request_fingerprint, "principal": principal}
+    params: dict[str, Any] = {"key": key, "fingerprint": request_fingerprint, "principal": principal}
     conn.execute(statements.forget_expired, params)
-    row = conn.execute(statements.read, params).fetchone()
-    return None if row is None else _kept_answer(row, request_fingerprint, legacy_fingerprint)
+    return statements, params
 
 
 def _kept_answer(row: DictRow, request_fingerprint: str, legacy_fingerprint: str | None) -> StoredResponse | None:
