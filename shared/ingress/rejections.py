@@ -1,8 +1,11 @@
 # intent_ref: platform.ingress
 """The tenant's record of intent-requests events that started nothing (the event's only answer), newest first.
 
-The record is bounded per tenant: each new row trims the tenant's oldest beyond `KEPT` and any older than `RETENTION`
-(migration 0026), so a principal that floods the hub with invalid events cannot grow the shared table without end.
+The record is bounded per principal: each new row trims its sender's oldest beyond `KEPT` (the rows of an unknown
+sender are one group of their own), so a principal that floods the hub with invalid events evicts only its own rows
+and cannot grow the shared table without end. It is bounded per tenant too: past `TENANT_KEPT` rows the deepest of
+each principal's go first, so every principal keeps at least its share of it; and no row outlives `RETENTION`
+(migrations 0026, 0063).
 Each row is bounded too: a problem document larger than `MAX_DETAIL_BYTES` is stored as a short summary of itself.
 """
 
@@ -27,7 +30,7 @@ _INSERT = (
     " VALUES (app.current_tenant_id(), %s, %s, %s, %s, %s, %s, %s, %s, %s)"
     " ON CONFLICT (tenant_id, hub, partition_id, sequence_number) DO NOTHING RETURNING id"
 )
-_TRIM = "SELECT app.trim_ingress_rejections(%s, %s) AS removed"
+_TRIM = "SELECT app.trim_ingress_rejections(%s, %s, %s, %s) AS removed"
 _PAGE = (
     "SELECT id, hub, partition_id, sequence_number, enqueued_time, reason, detail, requested_by,"
     " idempotency_key, created_at FROM app.ingress_rejections"
@@ -37,7 +40,10 @@ _PAGE = (
 
 
 KEPT = 1000
-"""The newest rejections a tenant keeps (the database keeps at least 100, whatever a caller asks)."""
+"""The newest rejections each principal of a tenant keeps (the database keeps at least 100, whatever a caller asks)."""
+TENANT_KEPT = 10 * KEPT
+"""The most rejections a tenant keeps in all: each of its G principals with rejections keeps at least its newest
+min(KEPT, TENANT_KEPT / G), so up to 10 of them keep all of theirs (the database keeps at least 1,000 and `KEPT`)."""
 RETENTION = timedelta(days=30)
 """How long a rejection is kept at most (the database keeps at least a day)."""
 MAX_DETAIL_BYTES = 32 * 1024
@@ -100,11 +106,16 @@ def bounded_detail(detail: dict[str, Any]) -> dict[str, Any]:
 
 
 def record_rejection(
-    conn: Conn, rejection: NewRejection, *, keep: int = KEPT, retention: timedelta = RETENTION
+    conn: Conn,
+    rejection: NewRejection,
+    *,
+    keep: int = KEPT,
+    tenant_keep: int = TENANT_KEPT,
+    retention: timedelta = RETENTION,
 ) -> bool:
-    """Record it in the caller's tenant transaction (its problem document bounded by `bounded_detail`), trimming the
-    tenant's record to the newest `keep` rows within `retention`; False when this event was already recorded (and
-    nothing is trimmed)."""
+    """Record it in the caller's tenant transaction (its problem document bounded by `bounded_detail`), trimming its
+    sender's rejections to their newest `keep`, the tenant's to `tenant_keep` in all (its principals' deepest first)
+    and both to `retention`; False when this event was already recorded (and nothing is trimmed)."""
     row = conn.execute(
         _INSERT,
         (
@@ -121,7 +132,7 @@ def record_rejection(
     ).fetchone()
     if row is None:
         return False
-    conn.execute(_TRIM, (keep, retention))
+    conn.execute(_TRIM, (rejection.requested_by, keep, tenant_keep, retention))
     return True
 
 

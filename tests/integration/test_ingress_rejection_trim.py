@@ -1,7 +1,8 @@
 # intent_ref: platform.ingress
-"""A tenant's record of rejected intent-requests events stays bounded on the real database: each new row trims that
-tenant's oldest beyond the kept count and any past the retention, never another tenant's, and the app itself can
-delete nothing but by that rule (migration 0026)."""
+"""A tenant's record of rejected intent-requests events stays bounded on the real database: each new row trims its
+sender's oldest beyond the kept count (never another principal's: the unknown sender's rows are a group of their own),
+the tenant's beyond its own bound by each principal's deepest first, and any past the retention, never another
+tenant's; the app itself can delete nothing but by that rule (migrations 0026, 0063)."""
 
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ from shared.ingress.rejections import NewRejection, list_rejections, record_reje
 
 pytestmark = pytest.mark.integration
 
-_FLOOR = 100  # what the database keeps whatever a caller asks
+_FLOOR = 100  # what the database keeps of a principal whatever a caller asks
+_TENANT_FLOOR = 1000  # and of a tenant in all
 
 
-def _rejection(sequence_number: int) -> NewRejection:
+def _rejection(sequence_number: int, principal: str | None = None) -> NewRejection:
     return NewRejection(
         hub="intent-requests",
         partition_id="0",
@@ -30,21 +32,49 @@ def _rejection(sequence_number: int) -> NewRejection:
         enqueued_time=None,
         reason="invalid_request",
         detail={"type": "about:blank", "title": "Invalid", "status": 422},
+        requested_by=principal,
     )
 
 
-def _record(pool: ConnectionPool[Any], tenant: uuid.UUID, first: int, count: int, **trim: Any) -> list[bool]:
+def _record(
+    pool: ConnectionPool[Any], tenant: uuid.UUID, first: int, count: int, principal: str | None = None, **trim: Any
+) -> list[bool]:
     recorded = []
     for sequence_number in range(first, first + count):
         with tenant_transaction(tenant, pool=pool) as conn:
-            recorded.append(record_rejection(conn, _rejection(sequence_number), **trim))
+            recorded.append(record_rejection(conn, _rejection(sequence_number, principal), **trim))
     return recorded
 
 
-def _sequence_numbers(pool: ConnectionPool[Any], tenant: uuid.UUID) -> list[int]:
+def _sequence_numbers(pool: ConnectionPool[Any], tenant: uuid.UUID, principal: str | None = None) -> list[int]:
+    """The tenant's rejections newest first; those of `principal` only when one is named."""
     with tenant_transaction(tenant, pool=pool) as conn:
-        page, _ = list_rejections(conn, limit=10_000)
-    return [rejection.sequence_number for rejection in page]
+        page, _ = list_rejections(conn, limit=100_000)
+    return [r.sequence_number for r in page if principal is None or r.requested_by == principal]
+
+
+def _by_principal(pool: ConnectionPool[Any], tenant: uuid.UUID) -> dict[str | None, list[int]]:
+    """The tenant's rejections by sender, each newest first."""
+    with tenant_transaction(tenant, pool=pool) as conn:
+        page, _ = list_rejections(conn, limit=100_000)
+    groups: dict[str | None, list[int]] = {}
+    for rejection in page:
+        groups.setdefault(rejection.requested_by, []).append(rejection.sequence_number)
+    return groups
+
+
+def _seed(pg: Any, tenant: uuid.UUID, principal: str | None, first: int, count: int) -> None:
+    """`count` older rejections of `principal` at once (as the database's owner: faster than one event at a time),
+    sequence numbers from `first`, the higher the newer, all older than anything recorded afterwards."""
+    with psycopg.connect(pg.admin_url, dbname="quantum", autocommit=True) as admin:
+        admin.execute(
+            "INSERT INTO app.ingress_rejections (tenant_id, hub, partition_id, sequence_number, reason, detail,"
+            " requested_by, created_at)"
+            " SELECT %s, 'intent-requests', '0', n, 'invalid_request', '{}'::jsonb, %s,"
+            "        now() - interval '1 hour' + n * interval '1 millisecond'"
+            " FROM generate_series(%s::bigint, %s::bigint) AS n",
+            (tenant, principal, first, first + count - 1),
+        )
 
 
 def test_a_tenant_keeps_its_newest_rejections_and_no_other_tenant_is_trimmed(
@@ -56,6 +86,90 @@ def test_a_tenant_keeps_its_newest_rejections_and_no_other_tenant_is_trimmed(
     # The newest 100 of the flooding tenant, newest first; the quiet tenant's five untouched.
     assert _sequence_numbers(app_pool, flooding) == list(range(_FLOOR + 29, 29, -1))
     assert _sequence_numbers(app_pool, quiet) == [4, 3, 2, 1, 0]
+
+
+def test_a_principals_flood_evicts_its_own_oldest_and_no_other_principals_rejection(
+    app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    tenant = new_tenant()
+    _record(app_pool, tenant, 0, 5, "victim", keep=_FLOOR)
+    _record(app_pool, tenant, 5, 3, None, keep=_FLOOR)  # events whose sender is not known
+    # A Reader's events are all refused, yet each is recorded: it sends more than the record keeps.
+    _record(app_pool, tenant, 1000, _FLOOR + 30, "reader", keep=_FLOOR)
+    # The tenant-wide trim of migration 0026 kept the tenant's newest 100: the reader's alone, the others' erased.
+    assert _sequence_numbers(app_pool, tenant, "victim") == [4, 3, 2, 1, 0]
+    assert _by_principal(app_pool, tenant)[None] == [7, 6, 5]
+    # The reader's own oldest 30 went.
+    assert _sequence_numbers(app_pool, tenant, "reader") == list(range(1000 + _FLOOR + 29, 1029, -1))
+
+
+def test_the_unknown_senders_rejections_are_a_group_of_their_own(
+    app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    tenant = new_tenant()
+    _record(app_pool, tenant, 0, 4, "principal", keep=_FLOOR)
+    _record(app_pool, tenant, 100, _FLOOR + 10, None, keep=_FLOOR)
+    groups = _by_principal(app_pool, tenant)
+    assert groups[None] == list(range(100 + _FLOOR + 9, 109, -1))  # the unknown sender's newest 100
+    assert groups["principal"] == [3, 2, 1, 0]
+    # A principal's flood takes none of the unknown sender's either.
+    _record(app_pool, tenant, 1000, _FLOOR + 5, "principal", keep=_FLOOR)
+    groups = _by_principal(app_pool, tenant)
+    assert groups[None] == list(range(100 + _FLOOR + 9, 109, -1))
+    assert groups["principal"] == list(range(1000 + _FLOOR + 4, 1004, -1))
+
+
+def test_the_tenant_is_bounded_as_a_whole_and_each_principal_keeps_its_share(
+    pg: Any, app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    tenant, other = new_tenant(), new_tenant()
+    # Ten principals hold 100 each: the tenant's bound (the call below asks for less: the floors hold).
+    principals = [f"p{n}" for n in range(10)]
+    for n, principal in enumerate(principals):
+        _seed(pg, tenant, principal, n * 1000, _FLOOR)
+    _seed(pg, other, "p0", 0, _TENANT_FLOOR + 50)  # another tenant over the bound: not this tenant's to trim
+    _record(app_pool, tenant, 50_000, _FLOOR + 30, "flooder", keep=0, tenant_keep=0)
+    groups = _by_principal(app_pool, tenant)
+    assert sum(len(kept) for kept in groups.values()) == _TENANT_FLOOR
+    # An eleventh principal's flood takes from each of the others only what it holds beyond an eleventh of the bound
+    # (90 of 1,000), and only its oldest.
+    share = _TENANT_FLOOR // (len(principals) + 1)
+    for n, principal in enumerate(principals):
+        kept = groups[principal]
+        assert share <= len(kept) <= _FLOOR, principal
+        assert kept == list(range(n * 1000 + _FLOOR - 1, n * 1000 + _FLOOR - 1 - len(kept), -1)), principal
+    # The flooder keeps its own newest, no more than its share (one more when the turn ends on it).
+    assert share <= len(groups["flooder"]) <= share + 1
+    assert groups["flooder"] == list(range(50_000 + _FLOOR + 29, 50_000 + _FLOOR + 29 - len(groups["flooder"]), -1))
+    assert len(_sequence_numbers(app_pool, other)) == _TENANT_FLOOR + 50
+
+
+def test_a_principals_flood_takes_nothing_of_others_while_the_tenant_is_within_its_bound(
+    pg: Any, app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    tenant = new_tenant()
+    for n in range(9):
+        _seed(pg, tenant, f"p{n}", n * 1000, _FLOOR)
+    _record(app_pool, tenant, 50_000, _FLOOR + 30, "flooder", keep=_FLOOR, tenant_keep=_TENANT_FLOOR)
+    groups = _by_principal(app_pool, tenant)
+    assert all(len(groups[f"p{n}"]) == _FLOOR for n in range(9))
+    assert groups["flooder"] == list(range(50_000 + _FLOOR + 29, 50_029, -1))
+
+
+def test_the_trim_the_release_still_running_calls_evicts_no_other_principals_rejection(
+    pg: Any, app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    tenant = new_tenant()
+    _seed(pg, tenant, "victim", 0, 5)
+    _seed(pg, tenant, "reader", 100, _TENANT_FLOOR + 100)
+    # The two-argument trim (which the release before this one calls while the new one is swapped in) kept the
+    # tenant's newest 100 here, the reader's alone; now it applies the tenant's bound only.
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        removed = conn.execute("SELECT app.trim_ingress_rejections(100, interval '30 days') AS n").fetchone()
+    assert removed == {"n": 105}  # down to the tenant's bound (ten times the kept count): the reader's oldest
+    groups = _by_principal(app_pool, tenant)
+    assert groups["victim"] == [4, 3, 2, 1, 0]
+    assert groups["reader"] == list(range(100 + _TENANT_FLOOR + 99, 100 + 104, -1))
 
 
 def test_a_redelivered_event_trims_nothing(app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]) -> None:
@@ -90,8 +204,9 @@ def test_no_caller_can_trim_below_the_floors(
     tenant = new_tenant()
     _record(app_pool, tenant, 0, _FLOOR + 5, keep=_FLOOR)
     with tenant_transaction(tenant, pool=app_pool) as conn:
-        removed = conn.execute("SELECT app.trim_ingress_rejections(0, interval '0 seconds') AS n").fetchone()
-    assert removed == {"n": 0}  # keep 0 and age 0 ask for everything; the floors keep 100 and a day's worth
+        removed = conn.execute("SELECT app.trim_ingress_rejections(NULL, 0, 0, interval '0 seconds') AS n").fetchone()
+    # keep 0 and age 0 ask for everything; the floors keep 100 of a principal, 1,000 of the tenant and a day's worth
+    assert removed == {"n": 0}
     assert len(_sequence_numbers(app_pool, tenant)) == _FLOOR
 
 
@@ -104,6 +219,6 @@ def test_the_app_deletes_no_rejection_itself_and_trims_nothing_without_a_tenant(
         with tenant_transaction(tenant, pool=app_pool) as conn:
             conn.execute("DELETE FROM app.ingress_rejections")
     with runtime_transaction(pool=app_pool) as conn:
-        removed = conn.execute("SELECT app.trim_ingress_rejections(100, interval '1 day') AS n").fetchone()
+        removed = conn.execute("SELECT app.trim_ingress_rejections(NULL, 100, 1000, interval '1 day') AS n").fetchone()
     assert removed == {"n": 0}
     assert _sequence_numbers(app_pool, tenant) == [1, 0]
