@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 
 MEDIA_TYPE = "text/event-stream"
 KEEPALIVE = b": keep-alive\n\n"
+KEEPALIVE_HEADER = "X-Keep-Alive-Interval"
+"""The stream's response header saying how often, in seconds, a quiet stream sends KEEPALIVE: a client waits about
+twice that for a message before it takes the stream for broken (the interval is a setting, so no client can know it)."""
 RECONNECT_MS = 1000
 """The `retry:` the stream asks a client to wait before reconnecting when it breaks off."""
 MAX_EVENT_ID = 2**63 - 1

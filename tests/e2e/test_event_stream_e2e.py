@@ -121,6 +121,7 @@ def test_the_stream_carries_each_event_as_recorded_keeps_alive_and_ends_after_th
     with httpx.stream("GET", url, headers={**platform.headers(READER), **SSE}, timeout=60) as response:
         seen.status, seen.content_type = response.status_code, response.headers["content-type"]
         assert response.headers["cache-control"].startswith("no-cache")
+        assert response.headers["x-keep-alive-interval"] == str(KEEPALIVE_S)  # what a client's reads wait past
         lines = response.iter_lines()
         # The run waits for its approval: the open stream shows what happened so far, then only keep-alives.
         while not any(m["event"] == "approval_requested" for m in seen.messages):
@@ -253,6 +254,77 @@ def test_the_clients_stream_outlives_a_devhost_restart_by_reconnecting(pg: Any, 
     # Every event once, in order, to the terminal one: the reconnect resumed after the last event it had.
     assert received[-1]["type"] == "execution_completed"
     assert [e["seq"] for e in received] == list(range(1, len(received) + 1))
+
+
+LONG_KEEPALIVE_S = 4.0
+"""A keep-alive interval longer than the client waits for a message unless the server says it (scaled below)."""
+
+
+class _Counting(httpx.HTTPTransport):
+    """A real transport that counts the requests sent through it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent.append(f"{request.method} {request.url.path}")
+        return super().handle_request(request)
+
+
+def test_the_clients_stream_waits_as_long_as_the_servers_keepalive_says(
+    pg: Any, azurite: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream's answer names its keep-alive interval (a setting, up to 120 s) and the client's reads wait twice
+    that: with the client's own bounds scaled below a 4 s keep-alive (opening a stream 2 s, the largest interval it
+    assumes when none is named 1 s), a quiet stream is followed to its end on its one connection. Before, the client
+    assumed the default 15 s, and a server set longer broke every quiet stream at the read timeout, reconnecting
+    again and again."""
+    import quantum_platform.client as client_module
+    from quantum_platform import Client, StaticToken
+
+    monkeypatch.setattr(client_module, "_POLL_WAIT_S", 1.5)
+    monkeypatch.setattr(client_module, "_STREAM_READ_MARGIN_S", 0.5)
+    monkeypatch.setattr(client_module, "_UNNAMED_KEEPALIVE_S", 1.0)
+    env = {"QP_TASK_HUB": "EventStreamKeepAliveE2E", "QP_EVENT_STREAM_KEEPALIVE_S": str(LONG_KEEPALIVE_S)}
+    host = start_platform_host(pg, azurite, tmp_path / "devhost.log", env=env)
+    platform = Platform(host, pg.root, pg.owner_url)
+    transport, asked = _Counting(), threading.Event()
+    received: list[dict[str, Any]] = []
+    try:
+        execution_id = start(
+            platform,
+            [
+                {"id": "gate", "action": "approval"},
+                {"id": "after", "action": "wait", "seconds": 0.1, "depends_on": ["gate"]},
+            ],
+        )
+        token = platform.headers(READER)["Authorization"].split()[1]
+
+        def follow() -> None:
+            with Client(host.base_url, credential=StaticToken(token), timeout=0.5, transport=transport) as client:
+                for event in client.stream(f"/api/v1/executions/{execution_id}/events"):
+                    received.append(event)
+                    if event["type"] == "approval_requested":
+                        asked.set()
+
+        reader = threading.Thread(target=follow, daemon=True)
+        reader.start()
+        assert asked.wait(30), received
+        time.sleep(1.5 * LONG_KEEPALIVE_S)  # quiet: keep-alives only, 4 s apart
+        decided = httpx.post(
+            f"{platform.base}/api/v1/executions/{execution_id}/approvals/gate",
+            json={"decision": "approve"},
+            headers=platform.headers(["Intent.Approver"], oid=APPROVER),
+        )
+        assert decided.status_code == 200, decided.text
+        reader.join(60)
+        assert not reader.is_alive()
+    finally:
+        host.stop()
+    assert received[-1]["type"] == "execution_completed"
+    assert [e["seq"] for e in received] == list(range(1, len(received) + 1))
+    assert transport.sent == [f"GET /api/v1/executions/{execution_id}/events"]  # never reconnected
 
 
 def test_a_tenant_holds_only_so_many_streams_open_and_others_are_not_affected(devhost_factory: Any, pg: Any) -> None:

@@ -101,6 +101,30 @@ def test_the_sdk_error_lists_each_problem() -> None:
     assert str(error) == PROBLEM_LINES[0].removeprefix("error: ")
 
 
+# ------------------------------------------------------------------------------------------ an update's ETag
+@pytest.mark.parametrize("etag", ['"w.v1"', None], ids=["with an ETag", "without one"])
+def test_intents_update_sends_the_etag_it_read_and_without_one_sends_nothing(
+    platform: Platform, definition: Path, etag: str | None
+) -> None:
+    """The update route requires If-Match: `qp intents update` sends the ETag of the version it read, and an answer
+    without one ends in one clear line (exit 3) before any PUT. Before, the PUT went out without If-Match (a 428)."""
+    item = f"/api/v1/intents/{INTENT_ID}"
+    updated = {"id": INTENT_ID, "name": "web", "version": 2}
+    read = httpx.Response(200, json={"id": INTENT_ID}, headers={"ETag": etag} if etag else None)
+    platform.answer({f"GET {item}": read, f"PUT {item}": updated})
+    result = qp("intents", "update", INTENT_ID, str(definition), "--output", "json", env=ENV)
+    puts = [request.headers.get("If-Match") for request in platform.seen if request.method == "PUT"]
+    if etag:
+        assert puts == [etag]
+        assert result.exit_code == 0 and json.loads(result.stdout) == updated, result.output
+    else:
+        assert puts == []
+        assert result.exit_code == cli.EXIT_PROBLEM, (result.output, result.exception)
+        assert result.stderr.splitlines() == [
+            f"error: GET {item} answered no ETag, which an update needs to send as If-Match"
+        ]
+
+
 # ------------------------------------------------------------------------------------------ usage errors
 @pytest.mark.parametrize(
     ("args", "says"),

@@ -134,7 +134,8 @@ def _answering(platform: Platform, route: str, body: Any) -> None:
         route, 202 if route.endswith(("/execute", "/retry", "/cancel")) else 200
     )
     # `intents update` reads the current version for its ETag first: that answer is not what it prints.
-    platform.answer({f"GET {INTENT}": {"id": INTENT_ID, "name": "web"}, route: httpx.Response(status, json=body)})
+    current = httpx.Response(200, json={"id": INTENT_ID, "name": "web"}, headers={"ETag": f'"{INTENT_ID}.v1"'})
+    platform.answer({f"GET {INTENT}": current, route: httpx.Response(status, json=body)})
 
 
 def _broken(right: Any, where: tuple[str | int, ...], how: str) -> Any:

@@ -386,6 +386,8 @@ def test_a_503_is_retried_only_where_sending_again_cannot_do_a_thing_twice() -> 
     # them, since nothing ran.
     once: list[Callable[[Client], Any]] = [
         lambda api: api.intents.rollback("i-1", 1),
+        # An update carries If-Match: its committed first attempt would make the repetition a 412.
+        lambda api: api.intents.update("i-1", {"name": "n"}, if_match='"i-1.v1"'),
         lambda api: api.executions.approve("e-1", "ok"),
         lambda api: api.executions.cancel("e-1"),
         lambda api: api.webhooks.rotate_secret("w-1"),
@@ -407,7 +409,7 @@ def test_a_503_is_retried_only_where_sending_again_cannot_do_a_thing_twice() -> 
     again: list[Callable[[Client], Any]] = [
         lambda api: api.intents.get("i-1"),
         lambda api: api.request("HEAD", "/api/v1/intents"),
-        lambda api: api.intents.update("i-1", {"name": "n"}),
+        lambda api: api.put("/api/v1/intents/i-1", json={"name": "n"}),
         lambda api: api.executions.start("i-1"),
     ]
     for call in again:

@@ -205,7 +205,8 @@ def test_a_put_with_if_match_is_not_sent_again_after_a_503(pauses: list[float]) 
     with pytest.raises(Unavailable):  # not the 412 of its own committed first attempt
         client(handler).intents.update("i-1", {"name": "n", "definition": {}}, if_match='"i-1.v1"')
     assert len(seen) == 1
-    # A 429 still is (nothing ran); so is a PUT without a condition after a 503.
+    # A 429 still is (nothing ran); so is a PUT without a condition after a 503 (sent as is: the helpers' updates
+    # carry one, which their routes require).
     handler, seen = first_fails(
         lambda request: httpx.Response(429, headers={"Retry-After": "0"}, json={"status": 429}),
         httpx.Response(412, json={"title": "Precondition failed", "status": 412}),
@@ -217,7 +218,38 @@ def test_a_put_with_if_match_is_not_sent_again_after_a_503(pauses: list[float]) 
         lambda request: httpx.Response(503, headers={"Retry-After": "0"}, json={"status": 503}),
         httpx.Response(200, json={"version": 2}),
     )
-    assert client(handler).intents.update("i-1", {"name": "n"})["version"] == 2 and len(seen) == 2
+    assert client(handler).put("/api/v1/intents/i-1", json={"name": "n"})["version"] == 2 and len(seen) == 2
+
+
+@pytest.mark.parametrize("kind", ["intents", "blueprints"])
+def test_an_update_sends_the_etag_it_must_carry_and_is_refused_before_sending_without_one(kind: str) -> None:
+    """The update routes require If-Match (428 without it): the helper takes the ETag as a required keyword and sends
+    it; without one (missing, None, empty) nothing is sent. Before, `if_match` was optional and an update without it
+    went out as a PUT the server could only refuse."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"version": 2}, headers={"ETag": '"i-1.v2"'})
+
+    definitions = getattr(client(handler), kind)
+    assert definitions.update("i-1", {"name": "n"}, if_match='"i-1.v1"')["version"] == 2
+    assert [(r.method, r.url.path, r.headers["If-Match"]) for r in seen] == [("PUT", f"/api/v1/{kind}/i-1", '"i-1.v1"')]
+    seen.clear()
+    with pytest.raises(TypeError, match="if_match"):
+        definitions.update("i-1", {"name": "n"})
+    for missing in (None, ""):
+        with pytest.raises(ValueError, match="ETag"):
+            definitions.update("i-1", {"name": "n"}, if_match=missing)
+    assert seen == []
+
+    async def without_etag() -> None:
+        async with async_client(handler) as api:
+            await getattr(api, kind).update("i-1", {"name": "n"}, if_match=None)
+
+    with pytest.raises(ValueError, match="ETag"):
+        asyncio.run(without_etag())
+    assert seen == []
 
 
 # ------------------------------------------------------------------------------------------ listings

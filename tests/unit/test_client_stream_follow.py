@@ -1,6 +1,7 @@
 # intent_ref: platform.gateway
-"""Following a quiet execution's events: stream reads wait past the keep-alive and the long poll whatever the client's
-timeout, and a refused stream (429) is followed by the long poll instead of ending the follow."""
+"""Following a quiet execution's events: stream reads wait past the keep-alive the stream's answer names (twice it;
+twice the longest the server can be set to when it names none) and the long poll whatever the client's timeout, and
+a refused stream (429) is followed by the long poll instead of ending the follow."""
 
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ def test_stream_reads_wait_past_the_keepalive_and_the_long_poll_with_a_short_cli
     else:
         assert follow_async(timeouts_of(requests), timeout=1.0) == DONE["items"]
     timeout = requests[0].extensions["timeout"]
-    assert timeout["read"] >= 30.0  # twice the server's 15 s keep-alive; the 25 s long poll and a margin
+    assert timeout["read"] >= 30.0  # the 25 s long poll and a margin
     assert (timeout["connect"], timeout["write"], timeout["pool"]) == (1.0, 1.0, 1.0)
 
 
@@ -167,6 +168,109 @@ def test_the_async_client_follows_a_quiet_stream_with_a_timeout_shorter_than_its
 
     async def run() -> list[dict[str, Any]]:
         async with AsyncClient(quiet_server, credential=StaticToken("t"), timeout=0.05) as api:
+            return [event async for event in api.stream(EVENTS)]
+
+    assert asyncio.run(run()) == [{"seq": 1, "type": "execution_completed"}]
+
+
+# --- the server's keep-alive interval ---
+
+COMPLETED = b'id: 1\nevent: execution_completed\ndata: {"seq": 1, "type": "execution_completed"}\n\n'
+
+
+def streams_naming(interval: str | None, requests: list[httpx.Request]) -> Handler:
+    """A stream whose answer names `interval` as its keep-alive (None: names none), ending at once."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        headers = {"content-type": "text/event-stream"}
+        if interval is not None:
+            headers["X-Keep-Alive-Interval"] = interval
+        return httpx.Response(200, headers=headers, content=COMPLETED)
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("interval", "timeout", "read"),
+    [
+        ("90", 1.0, 180.0),  # twice the named interval
+        ("0.3", 1.0, 1.0),  # the client's own timeout when longer
+        ("90", 600.0, 600.0),
+        (None, 1.0, 240.0),  # none named: twice the longest the server can be set to (120 s)
+        ("soon", 1.0, 240.0),
+        ("nan", 1.0, 240.0),
+        ("inf", 1.0, 240.0),
+        ("0", 1.0, 240.0),
+        ("-5", 1.0, 240.0),
+        ("1e9", 1.0, 7200.0),  # at most an hour counts: the timeout stays one a socket takes
+    ],
+)
+@pytest.mark.parametrize("follow", ["sync", "async"])
+def test_a_streams_reads_wait_twice_the_keepalive_its_answer_names(
+    follow: str, interval: str | None, timeout: float, read: float
+) -> None:
+    requests: list[httpx.Request] = []
+    if follow == "sync":
+        with client(streams_naming(interval, requests), timeout=timeout) as api:
+            assert list(api.stream(EVENTS)) == DONE["items"]
+    else:
+        assert follow_async(streams_naming(interval, requests), timeout=timeout) == DONE["items"]
+    bounds = requests[0].extensions["timeout"]
+    assert bounds["read"] == read
+    assert (bounds["connect"], bounds["write"], bounds["pool"]) == (timeout, timeout, timeout)
+
+
+class _LongKeepAliveStream(BaseHTTPRequestHandler):
+    """A quiet execution whose stream names a keep-alive longer than the client waits for one unless told: 0.4 s,
+    keep-alives 0.3 s apart, then its end."""
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802  # the handler's name
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("X-Keep-Alive-Interval", "0.4")
+        self.end_headers()
+        with contextlib.suppress(OSError):  # a client that gave up has closed the connection
+            for _ in range(2):
+                self.wfile.write(b": keep-alive\n\n")
+                self.wfile.flush()
+                threading.Event().wait(0.3)
+            self.wfile.write(COMPLETED)
+            self.wfile.flush()
+
+
+@pytest.fixture
+def long_keepalive_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The stream above, and the client's own bounds scaled below its keep-alive: opening a stream 0.2 s, the interval
+    it assumes when none is named 0.05 s; no reconnect at all, so a read that timed out raises at once."""
+    monkeypatch.setattr(module, "_POLL_WAIT_S", 0.1)
+    monkeypatch.setattr(module, "_STREAM_READ_MARGIN_S", 0.1)
+    monkeypatch.setattr(module, "_UNNAMED_KEEPALIVE_S", 0.05)
+    monkeypatch.setattr(module, "_RECONNECTS", 0)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _LongKeepAliveStream)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_quiet_stream_is_followed_as_long_as_its_named_keepalive(long_keepalive_server: str) -> None:
+    """Over a real connection: the interval the answer names sets the reads' timeout of the stream already open.
+    Before, the client assumed the server's default interval (15 s), and a server set longer broke every quiet
+    stream at the read timeout, again and again."""
+    with Client(long_keepalive_server, credential=StaticToken("t"), timeout=0.05) as api:
+        assert list(api.stream(EVENTS)) == [{"seq": 1, "type": "execution_completed"}]
+
+
+def test_the_async_client_follows_a_quiet_stream_as_long_as_its_named_keepalive(long_keepalive_server: str) -> None:
+    async def run() -> list[dict[str, Any]]:
+        async with AsyncClient(long_keepalive_server, credential=StaticToken("t"), timeout=0.05) as api:
             return [event async for event in api.stream(EVENTS)]
 
     assert asyncio.run(run()) == [{"seq": 1, "type": "execution_completed"}]

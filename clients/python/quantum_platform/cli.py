@@ -346,6 +346,18 @@ def _checked(answer: ApiResponse, shape: Shape) -> dict[str, Any]:
     return shape.check(answer.json(), f"{answer.http.request.method} {answer.http.request.url.path}")
 
 
+def _etag(answer: ApiResponse) -> str:
+    """The ETag of a read item, which its update sends as If-Match (the route requires it); an answer without one is
+    UnexpectedAnswer (one line, exit 3) before anything is changed, not a PUT without it that could only be a 428."""
+    etag = answer.headers.get("ETag")
+    if not etag:
+        request = answer.http.request
+        raise UnexpectedAnswer(
+            f"{request.method} {request.url.path} answered no ETag, which an update needs to send as If-Match"
+        )
+    return str(etag)
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     """A JSON object from a file (- for stdin); anything else is a PlatformError naming the file, so `qp` answers one
     line (the helpers' `dict(body)` raised on a list or a string)."""
@@ -505,8 +517,8 @@ def intents_update(intent: str, file: Path, output: OutputOption = "table") -> N
 
     def act(client: Client) -> None:
         item_id = _intent_id(client, intent)
-        current = client.intents.get(item_id)
-        answer = client.intents.update(item_id, _read_json(file), if_match=current.headers.get("ETag"))
+        etag = _etag(client.intents.get(item_id))
+        answer = client.intents.update(item_id, _read_json(file), if_match=etag)
         _show(_checked(answer, shapes.INTENT), output)
 
     _run(lambda: _with(act))

@@ -61,9 +61,14 @@ _BODY_KEYED = re.compile(r"/api/v1/intents/[^/]+/execute")
 """The start that also reads its key from the JSON body (`idempotency_key`, for producers that cannot set the header;
 the header wins when both are sent)."""
 _POLL_WAIT_S = 25.0
-_KEEPALIVE_S = 15.0
-"""How often the server sends a keep-alive comment on an event stream with nothing to send (its default
-QP_EVENT_STREAM_KEEPALIVE_S)."""
+_KEEPALIVE_HEADER = "X-Keep-Alive-Interval"
+"""The stream's response header naming, in seconds, how often the server sends a keep-alive comment on a stream with
+nothing to send (its QP_EVENT_STREAM_KEEPALIVE_S, a setting: 15 s by default)."""
+_UNNAMED_KEEPALIVE_S = 120.0
+"""The keep-alive interval assumed for a stream whose answer names none (or no usable one: an older server, a proxy
+that dropped the header): the longest the server can be set to."""
+_NAMED_KEEPALIVE_MAX_S = 3600.0
+"""The most a named interval counts for: a server's answer cannot make the read timeout a number no socket takes."""
 _STREAM_READ_MARGIN_S = 5.0
 """How long past the long poll's wait its answer may take to arrive."""
 _RECONNECTS = 12
@@ -389,14 +394,39 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 
 def _stream_timeout(timeout: httpx.Timeout) -> httpx.Timeout:
-    """The client's `timeout` for a stream or a long poll, whose reads wait longer than a request's: an idle stream
-    sends a keep-alive only every `_KEEPALIVE_S` (twice that is waited, so one late keep-alive is no break) and a long
-    poll is held up to `_POLL_WAIT_S`; a shorter read timeout broke every round of a quiet execution until the
-    reconnects were spent. Connecting, writing and waiting for a connection keep the client's own bounds."""
+    """The client's `timeout` for opening a stream or a long poll, whose answer may be held up to `_POLL_WAIT_S`; a
+    shorter read timeout broke every round of a quiet execution until the reconnects were spent. A stream's own reads
+    then wait as its keep-alive says (`_follow_keepalive`). Connecting, writing and waiting for a connection keep the
+    client's own bounds."""
     read = timeout.read
     if read is not None:
-        read = max(read, _POLL_WAIT_S + _STREAM_READ_MARGIN_S, 2 * _KEEPALIVE_S)
+        read = max(read, _POLL_WAIT_S + _STREAM_READ_MARGIN_S)
     return httpx.Timeout(connect=timeout.connect, read=read, write=timeout.write, pool=timeout.pool)
+
+
+def _keepalive(response: httpx.Response) -> float:
+    """The keep-alive interval a stream's answer names (`_KEEPALIVE_HEADER`, at most `_NAMED_KEEPALIVE_MAX_S`), or
+    `_UNNAMED_KEEPALIVE_S` when it names none that is a positive number of seconds."""
+    try:
+        seconds = float(response.headers.get(_KEEPALIVE_HEADER, ""))
+    except ValueError:
+        return _UNNAMED_KEEPALIVE_S
+    if not math.isfinite(seconds) or seconds <= 0:
+        return _UNNAMED_KEEPALIVE_S
+    return min(seconds, _NAMED_KEEPALIVE_MAX_S)
+
+
+def _follow_keepalive(response: httpx.Response, timeout: httpx.Timeout) -> None:
+    """Let the reads of an event stream's body wait twice its keep-alive interval (one late keep-alive is no break),
+    or the client's own read timeout when longer: the server's interval is its setting (up to 120 s), and a read
+    timeout under it broke a healthy quiet stream again and again. The header is read before the body: the transport
+    takes the read bound from the request's `timeout` extension when the body's reading begins (at each read over
+    HTTP/2), so the bound set here is the one the stream's reads wait by."""
+    if timeout.read is None or not _is_sse(response):
+        return
+    bounds = dict(response.request.extensions.get("timeout") or timeout.as_dict())
+    bounds["read"] = max(timeout.read, 2 * _keepalive(response))
+    response.request.extensions["timeout"] = bounds
 
 
 def _reconnect_delay(failures: int, answer: httpx.Response | None = None) -> float | None:
@@ -731,6 +761,7 @@ class AsyncClient:
         while True:
             response = await self._http.send(self._core.stream_request(self._http, path, after, accept), stream=True)
             if response.status_code < 400:
+                _follow_keepalive(response, self._http.timeout)
                 return response
             await self._read(response)
             if accept != _POLL_ACCEPT and _streams_taken(response):
@@ -896,6 +927,7 @@ class Client:
         while True:
             response = self._http.send(self._core.stream_request(self._http, path, after, accept), stream=True)
             if response.status_code < 400:
+                _follow_keepalive(response, self._http.timeout)
                 return response
             self._read(response)
             if accept != _POLL_ACCEPT and _streams_taken(response):

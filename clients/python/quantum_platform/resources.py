@@ -70,9 +70,14 @@ class Definitions(Generic[R, P]):
         params = _params(name_prefix=name_prefix, label=_labels(label), status=status, limit=page_size)
         return self._pages(self._base, params=params)
 
-    def update(self, item_id: str, definition: Mapping[str, Any], *, if_match: str | None = None) -> R:
-        headers = {"If-Match": if_match} if if_match else None
-        return self._send("PUT", f"{self._base}/{_segment(item_id)}", json=dict(definition), headers=headers)
+    def update(self, item_id: str, definition: Mapping[str, Any], *, if_match: str) -> R:
+        """The next version; `if_match` is the current version's ETag (`get(...).headers["ETag"]`), which the route
+        requires (without it: 428; a stale one: 412). Missing or empty, it is a ValueError before anything is sent."""
+        if not if_match:
+            raise ValueError("if_match: the current version's ETag is required (the route answers 428 without it)")
+        return self._send(
+            "PUT", f"{self._base}/{_segment(item_id)}", json=dict(definition), headers={"If-Match": if_match}
+        )
 
     def archive(self, item_id: str) -> R:
         return self._send("DELETE", f"{self._base}/{_segment(item_id)}")

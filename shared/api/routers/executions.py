@@ -402,6 +402,12 @@ _EVENT_STREAM_DOC = (
     "comment; resume with a renewed token) and within seconds of the tenant's suspension (last a `: access ended: "
     "tenant_suspended` comment)."
 )
+_KEEPALIVE_HEADER_DOC = {
+    "description": "Server-sent events only: how often, in seconds, the stream sends its `: keep-alive` comment when "
+    "nothing happened (the platform's setting, 15 by default, at most 120). A stream silent for about twice this is "
+    "broken: reconnect with `Last-Event-ID`.",
+    "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 120},
+}
 
 
 @router.get(
@@ -412,6 +418,7 @@ _EVENT_STREAM_DOC = (
         **AUTH_ERRORS,
         200: {
             "description": "A page of events (JSON), or the live stream (server-sent events).",
+            "headers": {event_stream.KEEPALIVE_HEADER: _KEEPALIVE_HEADER_DOC},
             "content": {event_stream.MEDIA_TYPE: {"schema": {"type": "string", "description": _EVENT_STREAM_DOC}}},
         },
         404: EXECUTION_NOT_FOUND,
@@ -597,5 +604,9 @@ def _event_stream(
         access=access,
     )
     # No cache or proxy may hold the events back; the stream itself is the answer, so nothing is transformed.
-    headers = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
+    headers = {
+        "Cache-Control": "no-cache, no-transform",
+        "X-Accel-Buffering": "no",
+        event_stream.KEEPALIVE_HEADER: format(settings.QP_EVENT_STREAM_KEEPALIVE_S, "g"),
+    }
     return event_stream.EventStreamResponse(body, slot, headers)
