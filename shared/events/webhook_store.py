@@ -5,10 +5,11 @@ transaction, under RLS."""
 from __future__ import annotations
 
 import base64
+import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -19,9 +20,16 @@ from psycopg.types.json import Jsonb
 
 from shared import etags
 from shared.db import tenant_locks
-from shared.sealing import SealedFor, Sealer, is_sealed, sealer
+from shared.sealing import SealedFor, Sealer, SealError, is_sealed, sealer
 
 Conn = psycopg.Connection[DictRow]
+
+logger = logging.getLogger(__name__)
+
+DISABLED_BACKLOG_MAX = 10_000
+"""Pending deliveries a disabled subscription is given at most: the relay records each event it wants for it while it
+is disabled (re-enabling sends them, in order), until this many wait; events past it are not recorded for it. A
+subscription left disabled (its receiver gone for good) so holds a bounded backlog, not every event from then on."""
 
 _SUBSCRIPTION_COLUMNS = (
     "id, url, event_types, description, enabled, disabled_reason, consecutive_failures, created_at, updated_at, version"
@@ -34,7 +42,7 @@ _LIST = "SELECT {subscription} FROM app.webhook_subscriptions ORDER BY created_a
 _COUNT = "SELECT count(*) AS n FROM app.webhook_subscriptions"
 _GET = "SELECT {subscription} FROM app.webhook_subscriptions WHERE id = %s"
 # The lock its UPDATE takes anyway, taken at the read: not FOR UPDATE, which would also hold up the relay's
-# FOR KEY SHARE read of the enabled subscriptions for as long as the change's transaction is open.
+# FOR KEY SHARE read of the subscriptions for as long as the change's transaction is open.
 _GET_TO_CHANGE = _GET + " FOR NO KEY UPDATE"
 # The versions an If-Match names are compared here, in the statement that writes (NULL: any); every change moves
 # the version (migration 0052). A change that changes nothing keeps `updated_at`, and with it the version and the
@@ -62,6 +70,7 @@ _RESUME_FAILED = (
     "UPDATE app.webhook_deliveries SET state = 'pending', attempts = 0, next_attempt_at = clock_timestamp()"
     " WHERE subscription_id = %s AND state = 'failed'"
 )
+_TO_ROTATE = "SELECT secret FROM app.webhook_subscriptions WHERE id = %s FOR NO KEY UPDATE"
 _ROTATE = (
     "UPDATE app.webhook_subscriptions SET secret = %s, updated_at = clock_timestamp()"
     " WHERE id = %s AND (%s::bigint[] IS NULL OR version = ANY (%s)) RETURNING version"
@@ -76,8 +85,15 @@ _DELETE = "SELECT app.delete_webhook_subscription(%s, %s::bigint[]) AS removed"
 # FOR KEY SHARE until the relay commits (updates pass, a delete waits): a subscription deleted before is not read, one
 # being deleted is waited for and then not read, and none goes before the deliveries written for it are in. A
 # delivery for a subscription deleted meanwhile failed its foreign key, and the relay's transaction with it, after the
-# batch was published. In id order, the order `_TO_SEAL` locks them in, so that the two cannot deadlock.
-_MATCHING = "SELECT id, event_types FROM app.webhook_subscriptions WHERE enabled ORDER BY id FOR KEY SHARE"
+# batch was published. In id order, the order `_TO_SEAL` locks them in, so that the two cannot deadlock. The disabled
+# ones too: an event a disabled subscription wants waits for it (up to DISABLED_BACKLOG_MAX), and re-enabling sends
+# it; only the claim and the finder of due tenants pass disabled subscriptions by.
+_MATCHING = "SELECT id, event_types, enabled FROM app.webhook_subscriptions ORDER BY id FOR KEY SHARE"
+# A disabled subscription's pending deliveries, counted in its pending index up to the bound (never its whole log).
+_WAITING = (
+    "SELECT count(*) AS n FROM (SELECT 1 FROM app.webhook_deliveries WHERE subscription_id = %s"
+    " AND state = 'pending' LIMIT %s) waiting"
+)
 _FAN_OUT = (
     "INSERT INTO app.webhook_deliveries (tenant_id, subscription_id, message_id, event_type, payload)"
     " VALUES (app.current_tenant_id(), %s, %s, %s, %s) ON CONFLICT DO NOTHING"
@@ -190,6 +206,45 @@ class Claimed:
     attempts: int
     url: str
     secret: str
+    previous_secret: str | None = None
+    """The secret before the last rotation, until it expires (PREVIOUS_SECRET_KEPT_S): the send is signed with both."""
+
+
+PREVIOUS_SECRET_KEPT_S = 24 * 3600.0
+"""How long a rotated-out secret still signs deliveries beside the new one: a receiver may move to the new secret
+at any time within it, and a delivery verifies with either."""
+
+
+@dataclass(frozen=True)
+class SigningSecrets:
+    """What a subscription's sealed secret holds: the current secret and, after a rotation, the one before it and
+    until when it still signs. Kept in the one sealed value (`secret`), so that it is sealed, sealed again on a key
+    rotation, and withheld from exports as the current one is."""
+
+    current: str
+    previous: str | None = None
+    previous_until: datetime | None = None
+
+    def packed(self) -> str:
+        """The text sealed: the current secret alone, or with the previous one and its expiry, a line each."""
+        if self.previous is None or self.previous_until is None:
+            return self.current
+        return f"{self.current}\n{self.previous}\n{self.previous_until.isoformat()}"
+
+    @classmethod
+    def unpacked(cls, text: str) -> SigningSecrets:
+        """What `packed` made (a secret alone, as every one before rotation overlap was, included)."""
+        current, _, rest = text.partition("\n")
+        if not rest:
+            return cls(current)
+        previous, _, until = rest.partition("\n")
+        return cls(current, previous, datetime.fromisoformat(until))
+
+    def signing(self, at: datetime) -> str | None:
+        """The previous secret when it still signs at `at`, else None."""
+        if self.previous is None or self.previous_until is None or at >= self.previous_until:
+            return None
+        return self.previous
 
 
 def etag(subscription_id: UUID, version: int) -> str:
@@ -306,7 +361,7 @@ def update(
 ) -> Subscription:
     """Change a subscription (`current` read with `get_to_change` in this transaction, with `enabling` when `enabled`)
     if `if_match` (None: any) names its version, else PreconditionFailedError; enabling a disabled one clears its
-    failures and sends its failed deliveries again, in their order."""
+    failures and sends its failed deliveries again, then those recorded while it was disabled, in their order."""
     reenabled = enabled and not current.enabled
     versions = versions_named(current.id, if_match)
     bound = {
@@ -331,10 +386,23 @@ def rotate(
 ) -> tuple[str, int] | None:
     """A new secret for the subscription (returned once) and the version it is now at, if `if_match` (None: any)
     names its version, else PreconditionFailedError; None when there is no such subscription. Deliveries from now on
-    are signed with the new secret."""
+    are signed with the new secret and, for PREVIOUS_SECRET_KEPT_S, with the one it replaces as well (the one before
+    that signs no more)."""
     secret = new_secret()
     versions = versions_named(subscription_id, if_match)
-    sealed = seal_secret(tenant_id, subscription_id, secret)
+    kept = SigningSecrets(secret)
+    # The lock its UPDATE takes anyway, taken at the read: a rotation at the same time waits, and keeps this one's.
+    row = conn.execute(_TO_ROTATE, (subscription_id,)).fetchone()
+    if row is not None:
+        try:
+            replaced = SigningSecrets.unpacked(open_secret(row["secret"], sealed_for(tenant_id, subscription_id)))
+        except SealError:
+            # It signs nothing (no claim opens it either), and a rotation is how a tenant gets a working one back.
+            logger.warning("webhooks: the secret subscription %s rotates away does not open: not kept", subscription_id)
+        else:
+            until = datetime.now(UTC) + timedelta(seconds=PREVIOUS_SECRET_KEPT_S)
+            kept = SigningSecrets(secret, replaced.current, until)
+    sealed = seal_secret(tenant_id, subscription_id, kept.packed())
     row = conn.execute(_ROTATE, (sealed, subscription_id, versions, versions)).fetchone()
     if row is None:
         # With If-Match, gone is as stale as moved on (RFC 9110: no current representation matches).
@@ -374,15 +442,44 @@ def delete(conn: Conn, subscription_id: UUID, *, if_match: frozenset[str] | None
 
 
 def fan_out(conn: Conn, events: Sequence[dict[str, Any]]) -> int:
-    """A delivery for each enabled subscription that wants each event (`*` wants all); run in the relay's
-    transaction, so an event marked published has its deliveries recorded. Returns how many were added."""
+    """A delivery for each subscription that wants each event (`*` wants all), enabled or not: a disabled one's wait
+    until it is enabled again, at most DISABLED_BACKLOG_MAX of them. Run in the relay's transaction, so an event
+    marked published has its deliveries recorded. Returns how many were added."""
     subscriptions = conn.execute(_MATCHING).fetchall()
-    added = 0
+    room: dict[UUID, int] = {}  # of each disabled subscription wanting an event of the batch
+    added = left_out = 0
     for event in events:
         for row in subscriptions:
-            if event["type"] in row["event_types"] or "*" in row["event_types"]:
-                added += conn.execute(_FAN_OUT, (row["id"], event["id"], event["type"], Jsonb(event))).rowcount
+            if not _wants(row, event["type"]):
+                continue
+            if not row["enabled"]:
+                if row["id"] not in room:
+                    room[row["id"]] = _room(conn, row["id"])
+                if room[row["id"]] <= 0:
+                    left_out += 1
+                    continue
+            recorded = conn.execute(_FAN_OUT, (row["id"], event["id"], event["type"], Jsonb(event))).rowcount
+            added += recorded
+            if not row["enabled"]:
+                room[row["id"]] -= recorded
+    if left_out:
+        logger.warning(
+            "webhooks: %d deliveries not recorded for disabled subscriptions holding %d pending already",
+            left_out,
+            DISABLED_BACKLOG_MAX,
+        )
     return added
+
+
+def _wants(subscription: DictRow, event_type: str) -> bool:
+    """Whether the subscription's types name `event_type` (or are `*`)."""
+    return event_type in subscription["event_types"] or "*" in subscription["event_types"]
+
+
+def _room(conn: Conn, subscription_id: UUID) -> int:
+    """How many more deliveries the disabled subscription may be given (DISABLED_BACKLOG_MAX less those pending)."""
+    row = conn.execute(_WAITING, (subscription_id, DISABLED_BACKLOG_MAX)).fetchone()
+    return DISABLED_BACKLOG_MAX - (int(row["n"]) if row is not None else 0)
 
 
 def deliveries(conn: Conn, subscription_id: UUID, limit: int = 100) -> list[dict[str, Any]]:
@@ -392,12 +489,16 @@ def deliveries(conn: Conn, subscription_id: UUID, limit: int = 100) -> list[dict
 
 def claim_due(conn: Conn, tenant_id: UUID, *, limit: int, hold_s: float) -> list[Claimed]:
     """The due heads of the tenant's enabled subscriptions (none while it is suspended), least recently sent to first,
-    held for `hold_s` while they are sent, each with its secret opened. A secret that does not open (SealError) takes
-    the claim back with the transaction: the deliveries wait, none is lost."""
+    held for `hold_s` while they are sent, each with its secret opened (and the one before its last rotation, while
+    that still signs). A secret that does not open (SealError) takes the claim back with the transaction: the
+    deliveries wait, none is lost."""
     claimed = []
+    now = datetime.now(UTC)
     for row in conn.execute(_CLAIM_HEADS, (limit, hold_s)).fetchall():
         fields = dict(row)
-        fields["secret"] = open_secret(row["secret"], sealed_for(tenant_id, row["subscription_id"]))
+        opened = open_secret(row["secret"], sealed_for(tenant_id, row["subscription_id"]))
+        kept = SigningSecrets.unpacked(opened)
+        fields["secret"], fields["previous_secret"] = kept.current, kept.signing(now)
         claimed.append(Claimed(**fields))
     return claimed
 

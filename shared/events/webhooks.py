@@ -34,6 +34,7 @@ from shared.modules.ssrf import (
     check_url_within,
     private_network_allowed,
     read_limited,
+    redirect_origin,
 )
 from shared.observability.urls import hide_urls
 from shared.tenants.models import TenantQuotas
@@ -41,10 +42,13 @@ from shared.tenants.repository import tenant_settings
 
 logger = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 8
-"""Attempts of one delivery before it fails for good (and its subscription is disabled)."""
+MAX_ATTEMPTS = 34
+"""Attempts of one delivery before it fails for good (and its subscription is disabled): with BACKOFF_BASE_S doubling
+up to BACKOFF_MAX_S, the last comes about 24.4 hours after the first (10 waits from 5 s to 2560 s, then 23 of an
+hour), a receiver's outage of up to a day is ridden out, not 10 minutes and 35 seconds as with 8."""
 BACKOFF_BASE_S = 5.0
 BACKOFF_MAX_S = 3600.0
+"""The longest wait between two attempts of a delivery: an hour."""
 SEND_TIMEOUT_S = 10.0
 """How long one send may take as a whole: connecting, the receiver's headers and the read of its answer together."""
 HOLD_S = 60.0
@@ -148,9 +152,15 @@ def check_subscription_url(url: str, allowed_hosts: list[str], *, environment: s
         raise WebhookUrlRefusedError(str(exc)) from None
 
 
-def signed_headers(secret: str, message_id: str, body: str, at: datetime) -> dict[str, str]:
-    """`webhook-id`, `webhook-timestamp` and `webhook-signature` (`v1,<base64 HMAC-SHA256>`) for `body`."""
+def signed_headers(
+    secret: str, message_id: str, body: str, at: datetime, previous: str | None = None
+) -> dict[str, str]:
+    """`webhook-id`, `webhook-timestamp` and `webhook-signature` (`v1,<base64 HMAC-SHA256>`) for `body`; with the
+    `previous` secret (a rotation's, while it still signs), a second signature after a space: a receiver verifies
+    with either secret (Standard Webhooks)."""
     signature = Webhook(secret).sign(message_id, at, body)
+    if previous is not None:
+        signature += " " + Webhook(previous).sign(message_id, at, body)
     return {
         "webhook-id": message_id,
         "webhook-timestamp": str(int(at.timestamp())),
@@ -216,7 +226,11 @@ def _recorded(text: str) -> str:
     """What a failed attempt records of its error, at most MAX_ERROR_CHARS characters: every URL in it cut to its
     scheme, host and port, for the error goes to the delivery log and into the `webhook.disabled` event's reason,
     which platform-events and the tenant's other receivers get (a receiver's URL holds its secrets)."""
-    text = hide_urls(text)
+    return _cut(hide_urls(text))
+
+
+def _cut(text: str) -> str:
+    """`text`, at most MAX_ERROR_CHARS characters of it."""
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
 
 
@@ -229,11 +243,20 @@ def _send(client: GuardedClient, claimed: store.Claimed, timeout_s: float) -> tu
     """POST one delivery, all of it within `timeout_s`; answers the status and, when it did not succeed, why."""
     # Exactly the bytes the client sends for `json_body`, so the signature covers what the receiver reads.
     body = json.dumps(claimed.payload, separators=(",", ":"))
-    headers = signed_headers(claimed.secret, claimed.message_id, body, datetime.now(UTC))
+    headers = signed_headers(claimed.secret, claimed.message_id, body, datetime.now(UTC), claimed.previous_secret)
     try:
         # The client's deadline covers the exchange until the answer is read: a receiver that trickles its headers
         # or its body a byte at a time fails the attempt (DeadlineExceeded) instead of holding the run.
-        response = client.request("POST", claimed.url, headers=headers, json_body=claimed.payload, timeout=timeout_s)
+        # No redirect is followed: a 301, 302 or 303 would turn the signed POST into a GET without its body, and the
+        # 2xx of whatever page it led to (a login form) counted the event delivered.
+        response = client.request(
+            "POST",
+            claimed.url,
+            headers=headers,
+            json_body=claimed.payload,
+            timeout=timeout_s,
+            follow_redirects=False,
+        )
         read_limited(response, MAX_RESPONSE_BYTES, decode=False)  # the answer is not kept; this closes it
     except StepFailed as exc:  # refused by the guard now (the host's addresses changed), or unreachable
         return None, _recorded(str(exc))
@@ -246,6 +269,13 @@ def _send(client: GuardedClient, claimed: store.Claimed, timeout_s: float) -> tu
         return None, _error_text(exc)
     if 200 <= response.status_code < 300:
         return response.status_code, None
+    if 300 <= response.status_code < 400:
+        # Its origin alone (scheme, host and port): a Location's path and query can hold the receiver's secrets.
+        to = redirect_origin(response, claimed.url)
+        where = f" to {to}" if to is not None else ""
+        return response.status_code, _cut(
+            f"the receiver answered {response.status_code}, a redirect{where}: webhooks follow no redirects"
+        )
     return response.status_code, f"the receiver answered {response.status_code}"
 
 

@@ -32,6 +32,15 @@ METADATA_ADDRESSES = frozenset(
 """Cloud instance-metadata endpoints: they hand out the platform's credentials, so no allow-list opens them. Azure's
 168.63.129.16 (WireServer, the platform's DNS resolver and health probes) is one though its address is public: it
 answers calls from inside Azure with a machine's goal state, extension settings and certificates."""
+SPECIAL_PURPOSE_NETWORKS: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str], ...] = (
+    (ipaddress.ip_network("192.0.0.0/24"), "special-purpose"),
+    (ipaddress.ip_network("192.88.99.0/24"), "6to4 relay anycast"),
+    (ipaddress.ip_network("fec0::/10"), "site-local"),
+)
+"""Blocks the stdlib's flags leave global (some, or all, of their addresses) that still reach no public receiver:
+IETF protocol assignments (RFC 6890; its exceptions, such as 192.0.0.9, are listed as global), the deprecated 6to4
+relay anycast (RFC 7526), whose relays sit in whichever network answers first, and the deprecated IPv6 site-local
+block (RFC 3879), which routes inside a site like a private one."""
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 
@@ -89,6 +98,9 @@ def refusal_reason(address: IPAddress) -> str | None:
         ("is_private", "private"),
     ):
         if getattr(address, attribute):
+            return label
+    for network, label in SPECIAL_PURPOSE_NETWORKS:
+        if address in network:
             return label
     # Shared address space (100.64.0.0/10) and other special-purpose blocks are neither private nor global.
     return None if address.is_global else "non-public"
@@ -507,6 +519,18 @@ def _origin_text(url: httpx.URL) -> str:
     return f"{url.scheme}://[{host}]{port}" if ":" in host else f"{url.scheme}://{host}{port}"
 
 
+def redirect_origin(response: httpx.Response, url: str) -> str | None:
+    """`scheme://host[:port]` of where a redirect answered to `url` points (its Location read against `url`, not
+    against the pinned address the request went to): None when it is not a redirect, or has no Location that parses."""
+    location = response.headers.get("location")
+    if response.status_code not in _REDIRECTS or location is None:
+        return None
+    try:
+        return _origin_text(httpx.URL(url).join(location))
+    except (httpx.InvalidURL, ValueError):  # ValueError: a name that is not IDNA (`xn--`)
+        return None
+
+
 class GuardedClient:
     """An httpx client that checks every URL it visits, redirects included, and connects only to checked addresses.
     A request's timeout bounds the whole exchange, its redirects and the reading of its body included."""
@@ -560,11 +584,13 @@ class GuardedClient:
         query: Mapping[str, str] | None = None,
         json_body: Any = None,
         timeout: float | None = None,
+        follow_redirects: bool = True,
     ) -> httpx.Response:
         """Send and follow up to `MAX_REDIRECTS` redirects; the response is streamed: the caller closes it.
 
         `timeout` (the client's when None) bounds the exchange until the response is closed: connecting, every
-        hop, the headers and the reading of the body; past it, DeadlineExceeded (an httpx.TimeoutException)."""
+        hop, the headers and the reading of the body; past it, DeadlineExceeded (an httpx.TimeoutException). Without
+        `follow_redirects` a redirect is the answer, returned as any other (`redirect_origin` names where to)."""
         try:
             current = httpx.URL(url)
         except httpx.InvalidURL as exc:
@@ -593,7 +619,7 @@ class GuardedClient:
                     response.close()
                     raise deadline.exceeded(host)
                 location = response.headers.get("location")
-                if response.status_code not in _REDIRECTS or location is None:
+                if not follow_redirects or response.status_code not in _REDIRECTS or location is None:
                     assert isinstance(response.stream, httpx.SyncByteStream)  # a sync client's
                     response.stream = _BoundedBody(response.stream, deadline, host)
                     handed_over = True  # the response's close ends the deadline
