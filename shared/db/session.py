@@ -82,11 +82,11 @@ STATEMENT_TIMEOUT_MS = 60_000
 server cancels it (psycopg.errors.QueryCanceled: answered 503). Their statements take milliseconds."""
 CONTROL_STATEMENT_TIMEOUT_MS = 600_000
 """The same for a control-plane transaction, whose tenant erasure deletes all of a tenant's rows of a table in one
-statement, and waits in one for an export's hold of the tenant row."""
+statement."""
 IDLE_IN_TRANSACTION_TIMEOUT_MS = 300_000
 """How long a transaction may sit between two statements before the server ends its session, which rolls it back
-and releases its locks: above the 230 s an HTTP request can last in Azure (an export uploads its archive inside its
-transaction) and an Event Hubs send with its first token (the outbox relay sends inside its transaction)."""
+and releases its locks: above an Event Hubs send with its first token (the outbox relay sends inside its
+transaction)."""
 IDLE_TRANSACTION_ENDED = "25P03"
 """What the next statement of a transaction gets once the server has ended its session for sitting idle."""
 

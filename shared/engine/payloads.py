@@ -136,12 +136,14 @@ def _checked_reference(tenant_id: UUID, value: dict[str, Any]) -> tuple[str, int
     if not isinstance(ref, dict):
         raise StoredOutputError("the stored output's reference is malformed")
     name, size, digest = ref.get("name"), ref.get("size"), ref.get("sha256")
-    # Dot segments or backslashes could be resolved into another tenant's prefix on the way to the store.
+    # Dot segments or backslashes could be resolved into another tenant's prefix on the way to the store, and a
+    # segment ending with a dot ('...', 'a.') may be trimmed of it there (Azure's naming rules say none should end
+    # so): the platform names no stored output that way, so such a reference is refused.
     if (
         not isinstance(name, str)
         or not name.startswith(tenant_blob_prefix(tenant_id))
         or "\\" in name
-        or any(segment in ("", ".", "..") for segment in name.split("/"))
+        or any(segment == "" or segment.endswith(".") for segment in name.split("/"))
     ):
         raise StoredOutputError("the stored output is not under the tenant's prefix")
     if (

@@ -135,9 +135,14 @@ def bounded_by(ctx: ModuleContext, *, at_least_s: float = 0.0) -> StorageCall:
 def blob_name(ctx: ModuleContext, name: str) -> str:
     """The artifact's blob name under the tenant's prefix; refuses names that could leave it."""
     segments = name.split("/")
-    # Dot segments could be normalised away by a client or proxy and land outside the step's folder.
-    if any(segment in ("", ".", "..") for segment in segments):
-        raise StepFailed(f"artifact name {name!r} has an empty, '.' or '..' segment", retryable=False)
+    # Dot segments could be normalised away by a client or proxy and land outside the step's folder; and Azure's
+    # naming rules say no segment should end with a dot ('a./b', 'x...'), which covers '.' and '..' too. Checked
+    # here as well as by the parameters' pattern: a name built from references is known only when the step runs.
+    if any(segment == "" or segment.endswith(".") for segment in segments):
+        raise StepFailed(
+            f"artifact name {name!r} has an empty segment or one ending with '.' (such as '.' or '..')",
+            retryable=False,
+        )
     return f"{tenant_blob_prefix(ctx.tenant_id)}executions/{ctx.execution_id}/{ctx.step_id}/{name}"
 
 

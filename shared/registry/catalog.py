@@ -139,8 +139,20 @@ printable ASCII and tabs: no line break, NUL or other control character, which t
 failed, retried, each time after the SDK's own retries)."""
 
 
+ARTIFACT_NAME_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9_-])?(?:/[A-Za-z0-9._-]*[A-Za-z0-9_-])*$"
+"""An artifact's name under its step's folder: segments of letters, digits, '.', '_' and '-' between single slashes,
+the first starting with a letter or digit, none ending with a dot. Azure's blob naming rules say no path segment
+should end with a dot: such a name ('a./b', 'x...') may be stored under another name than the one asked, or not read
+back; and it covers '.' and '..', which could be resolved into another folder on the way to the store."""
+
+
 class ArtifactWriteParams(_Params):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,255}$")
+    name: str = Field(
+        pattern=ARTIFACT_NAME_PATTERN,
+        max_length=256,
+        description="Path segments of letters, digits, '.', '_' and '-' between single slashes, the first starting"
+        " with a letter or digit, none ending with '.'; at most 256 characters.",
+    )
     content: Any
     content_type: str = Field(
         "application/json",

@@ -22,10 +22,11 @@ from azure.storage.blob import ContainerClient, ContentSettings
 from psycopg import errors, sql
 
 from shared.audit import AuditStore, get_audit_store
+from shared.audit.postgres import PostgresAuditStore
 from shared.db.session import platform_transaction, tenant_transaction
 from shared.storage.blob import StorageCall, unbounded
 from shared.tenants.models import Tenant
-from shared.tenants.repository import hold_tenant, tenant_settings
+from shared.tenants.repository import get_tenant, hold_tenant, tenant_settings
 
 # Every app table that holds tenant rows, children before parents (erasure order; a writer that adds a child row
 # meanwhile makes the erasure's transaction run again, `ROW_ERASE_ATTEMPTS`). A test fails when a new tenant table is
@@ -175,7 +176,7 @@ EXPORT_SPOOL_BYTES = 8 * 1024 * 1024
 
 
 class TenantGoneError(LookupError):
-    """The tenant was erased before its export could begin."""
+    """The tenant was erased before its export began, or while it ran (its archive is then removed again)."""
 
 
 def export_tenant(tenant: Tenant, container: ContainerClient, audit_store: AuditStore | None = None) -> ExportResult:
@@ -183,19 +184,18 @@ def export_tenant(tenant: Tenant, container: ContainerClient, audit_store: Audit
     the configured one) to `<tenant>/exports/<time>.json`: one JSON object, the tenant (with its settings) and the
     time, then an array of rows per table (`EXPORTED_TABLES`), streamed (a big tenant's archive, read whole with every
     attempt's output in it, held several copies in memory and could take the host down). TenantGoneError when the
-    tenant was erased meanwhile."""
+    tenant was erased before or meanwhile; no archive of it is left then."""
     audit_store = audit_store or get_audit_store()
     blob_name = f"{tenant_blob_prefix(tenant.id)}exports/{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}.json"
     counts: dict[str, int] = {}
-    with tempfile.SpooledTemporaryFile(max_size=EXPORT_SPOOL_BYTES) as spool, tenant_transaction(tenant.id) as conn:
-        # The tenant row is held until the archive is uploaded: an erasure waits for it and its last pass then
-        # removes the archive (uploaded after that pass, the whole tenant's data outlived its erasure).
-        if not hold_tenant(conn, tenant.id):
-            raise TenantGoneError(str(tenant.id))
-        for piece in _archive(conn, tenant, counts, audit_store):
+    with tempfile.SpooledTemporaryFile(max_size=EXPORT_SPOOL_BYTES) as spool:
+        for piece in _archive(tenant, counts, audit_store):
             spool.write(piece)
         size = spool.tell()
         spool.seek(0)
+        # No transaction is open while the archive uploads: one held across it (with the tenant row locked) held
+        # back every tenant's events and webhooks, and past the idle bound its session was ended after the upload (a
+        # 503, and the retry wrote a second archive).
         container.upload_blob(
             blob_name,
             spool,
@@ -203,21 +203,38 @@ def export_tenant(tenant: Tenant, container: ContainerClient, audit_store: Audit
             overwrite=False,
             content_settings=ContentSettings(content_type="application/json"),
         )
+    # The erasure does not wait for an export. Looked at after the upload, a tenant still there means its erasure's
+    # last blob pass comes later and removes the archive; a tenant gone means that pass may be over, and the archive
+    # is removed here (a host killed in between leaves it to the `erased_tenant_blobs` timer, ADR 0046).
+    if not kept_for_tenant(tenant.id, container, blob_name):
+        raise TenantGoneError(str(tenant.id))
     return ExportResult(blob_name, counts)
 
 
-def _archive(conn: Any, tenant: Tenant, counts: dict[str, int], audit_store: AuditStore) -> Iterator[bytes]:
-    """The archive's bytes, a batch of rows at a time; `counts` gets each table's rows once it is written."""
-    # The tenant's own settings document (its Tenant.Admin writes it and reads it back whole; bounded to 64 KiB) is
-    # the tenant's data as much as its rows are; the platform keeps no secret in it.
-    tenant_head = {**tenant.model_dump(mode="json"), "settings": tenant_settings(conn)}
-    head = {"exported_at": datetime.now(UTC).isoformat(), "tenant": tenant_head}
+def _archive(tenant: Tenant, counts: dict[str, int], audit_store: AuditStore) -> Iterator[bytes]:
+    """The archive's bytes, a batch of rows at a time; `counts` gets each table's rows once it is written.
+
+    Every read is a short transaction of its own, none open while the bytes are written (ADR 0012): a tenant
+    transaction has an id from its start (the tenant pin writes a row), and the domain-event relay sends only the
+    events of transactions older than every one running, so one open across a big tenant's tables held back every
+    tenant's events and webhooks for as long."""
+    with tenant_transaction(tenant.id) as conn:
+        # Read, not held (FOR KEY SHARE until the upload was what stalled the relay): the look after the upload
+        # tells an erasure meanwhile.
+        if get_tenant(conn, tenant.id) is None:
+            raise TenantGoneError(str(tenant.id))
+        # The tenant's own settings document (its Tenant.Admin writes it and reads it back whole; bounded to 64 KiB)
+        # is the tenant's data as much as its rows are; the platform keeps no secret in it.
+        settings = tenant_settings(conn)
+    head = {
+        "exported_at": datetime.now(UTC).isoformat(),
+        "tenant": {**tenant.model_dump(mode="json"), "settings": settings},
+    }
     yield json.dumps(head, default=str, sort_keys=True)[:-1].encode()  # the object stays open for the tables
     for table in EXPORTED_TABLES:
         yield f", {json.dumps(table)}: [".encode()
-        rows = audit_store.export(tenant.id, conn=conn) if table == AUDIT_TRAIL else _table_rows(conn, table)
         written = 0
-        for batch in _batches(rows, EXPORT_BATCH_ROWS):
+        for batch in _batches(_exported_rows(tenant.id, table, audit_store), EXPORT_BATCH_ROWS):
             yield b"".join(
                 (b"," if written + index else b"") + json.dumps(row, default=str, sort_keys=True).encode()
                 for index, row in enumerate(batch)
@@ -228,18 +245,67 @@ def _archive(conn: Any, tenant: Tenant, counts: dict[str, int], audit_store: Aud
     yield b"}"
 
 
-def _table_rows(conn: Any, table: str) -> Iterator[dict[str, Any]]:
-    """Every row of `app.<table>` the tenant context shows, but for its `WITHHELD_COLUMNS`, read through a server-side
-    cursor."""
+def _exported_rows(tenant_id: UUID, table: str, audit_store: AuditStore) -> Iterable[dict[str, Any]]:
+    """The rows the archive holds for `table`: the trail from the audit store, but the Postgres store's (the table of
+    that name) a page per transaction as the other tables, which its own export reads in one transaction."""
+    if table == AUDIT_TRAIL and not isinstance(audit_store, PostgresAuditStore):
+        # A store outside Postgres (Cosmos DB) holds no transaction here while it is read.
+        return audit_store.export(tenant_id)
+    # The Postgres store's table is read on the tenants' pool, where that store reads unless built with another.
+    return _table_rows(tenant_id, table)
+
+
+def _table_rows(tenant_id: UUID, table: str) -> Iterator[dict[str, Any]]:
+    """Every row of `app.<table>` the tenant's context shows, but for its `WITHHELD_COLUMNS`: `EXPORT_BATCH_ROWS` at a
+    time in primary key order, each page read in a transaction of its own that has ended before its rows are handed
+    on. A row there throughout is read once (a key never changes); one added or removed meanwhile may or may not be,
+    as a row written while a single read ran."""
+    after: list[Any] | None = None
+    page: _Page | None = None
+    while True:
+        with tenant_transaction(tenant_id) as conn:
+            page = page or _page_of(conn, table)
+            rows = conn.execute(page.query(after is not None), [*(after or ()), EXPORT_BATCH_ROWS]).fetchall()
+        yield from rows
+        if len(rows) < EXPORT_BATCH_ROWS:
+            return
+        after = [rows[-1][column] for column in page.keys]
+
+
+@dataclass(frozen=True)
+class _Page:
+    """How one page of a table is read: its columns (all but the withheld), after the last one's primary key."""
+
+    table: str
+    columns: sql.Composable
+    keys: tuple[str, ...]
+
+    def query(self, after: bool) -> sql.Composed:
+        """The page's SELECT: the first, or the one after a row whose key values come before the LIMIT."""
+        keys = sql.SQL(", ").join(sql.Identifier(key) for key in self.keys)
+        where = sql.SQL("WHERE ({}) > ({})").format(keys, sql.SQL(", ").join(sql.Placeholder() * len(self.keys)))
+        return sql.SQL("SELECT {} FROM {} {} ORDER BY {} LIMIT %s").format(
+            self.columns, sql.Identifier("app", self.table), where if after else sql.SQL(""), keys
+        )
+
+
+_PRIMARY_KEY = (
+    "SELECT a.attname FROM pg_catalog.pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)"
+    " JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum"
+    " WHERE i.indrelid = %s::regclass AND i.indisprimary ORDER BY k.n"
+)
+
+
+def _page_of(conn: Any, table: str) -> _Page:
+    """How `table` is read a page at a time, from the catalog (every exported table has a primary key: a test)."""
+    qualified = sql.Identifier("app", table)
+    keys = tuple(str(row["attname"]) for row in conn.execute(_PRIMARY_KEY, (qualified.as_string(conn),)).fetchall())
     columns: sql.Composable = sql.SQL("*")
     if withheld := WITHHELD_COLUMNS.get(table):
         # Left out of the SELECT, so a withheld value never leaves Postgres; the other columns as the table has them.
-        described = conn.execute(sql.SQL("SELECT * FROM {} LIMIT 0").format(sql.Identifier("app", table))).description
+        described = conn.execute(sql.SQL("SELECT * FROM {} LIMIT 0").format(qualified)).description
         columns = sql.SQL(", ").join(sql.Identifier(c.name) for c in described if c.name not in withheld)
-    with conn.cursor(name=f"export_{table}") as cursor:
-        cursor.execute(sql.SQL("SELECT {} FROM {}").format(columns, sql.Identifier("app", table)))
-        while rows := cursor.fetchmany(EXPORT_BATCH_ROWS):
-            yield from rows
+    return _Page(table, columns, keys)
 
 
 def _batches(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:

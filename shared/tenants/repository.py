@@ -48,8 +48,9 @@ _INSERT = sql.SQL(
     " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING {}"
 ).format(_COLUMNS)
 _BY_ID = sql.SQL("SELECT {} FROM app.tenants WHERE id = %s").format(_COLUMNS)
-# NO KEY UPDATE: a change never touches the id, name or Entra tenant id, and so need not wait for an export, which
-# holds the row FOR KEY SHARE while it uploads (an operator's suspension waited minutes for a big tenant's archive).
+# NO KEY UPDATE: a change never touches the id, name or Entra tenant id, and so need not wait for the row's KEY SHARE
+# holders (every insert naming the tenant, an audit record, a writer's look after its upload; an export held it while
+# it uploaded until 2026-12-07, and an operator's suspension waited minutes for a big tenant's archive).
 _BY_ID_FOR_UPDATE = sql.SQL("SELECT {} FROM app.tenants WHERE id = %s FOR NO KEY UPDATE").format(_COLUMNS)
 _BY_ENTRA_ID = sql.SQL("SELECT {} FROM app.tenants WHERE entra_tenant_id = %s").format(_COLUMNS)
 _PAGE = sql.SQL(

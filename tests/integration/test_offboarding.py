@@ -7,7 +7,9 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -17,13 +19,17 @@ from azure.storage.blob import BlobServiceClient
 
 from shared.api.durable import get_durable_client
 from shared.api.routers import tenants as tenants_router
+from shared.db import session as db_session
 from shared.db.session import tenant_transaction
 from shared.engine import task_tokens
+from shared.events.outbox import enqueue
+from shared.events.relay import relay_tenant
 from shared.tenants import offboarding
+from shared.tenants.models import Tenant
 from shared.tenants.offboarding import TENANT_TABLES
 from shared.tenants.repository import get_tenant
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
-from tests.integration.test_webhooks import emit, local  # noqa: F401  # `local`: the fixture
+from tests.integration.test_webhooks import Publisher, emit, local  # noqa: F401  # `local`: the fixture
 
 pytestmark = pytest.mark.integration
 
@@ -330,33 +336,193 @@ def _waiting_on_a_lock(api: ApiHarness) -> bool:
     return bool(row and row[0])
 
 
-def test_an_export_uploading_while_its_tenant_is_erased_leaves_no_archive(api: ApiHarness, azurite: Any) -> None:
-    # The export read its rows, closed its transaction, then uploaded: an erasure in between finished both its blob
-    # passes first, and the archive of every row of the erased tenant stayed in storage.
-    leaving = api.provision("exported-while-erased")
-    _seed_data(api, leaving.id)
-    blobs = _artifacts(azurite)
-    held = _HeldUpload(blobs)
-    with tenant_transaction(leaving.id) as conn:
-        tenant = get_tenant(conn, leaving.id)
+class _HeldTrail:
+    """The configured audit store standing in for one outside Postgres (Cosmos DB): its export hands over the trail's
+    first record, read beforehand, and then waits until the test lets it go on."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.reading = threading.Event()
+        self.finish = threading.Event()
+
+    def export(self, tenant_id: uuid.UUID, **options: Any) -> Iterator[dict[str, Any]]:
+        for index, row in enumerate(list(self._store.export(tenant_id, **options))):
+            yield row
+            if index == 0:
+                self.reading.set()
+                assert self.finish.wait(30)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def _exported_tenant(api: ApiHarness, name: str) -> Tenant:
+    """A tenant with an intent and, from one request of its admin, an audit record, as the export reads it."""
+    handle = api.provision(name)
+    _seed_data(api, handle.id)
+    assert api.client.get("/api/v1/tenant", headers=api.headers(name, ["Tenant.Admin"])).status_code == 200
+    with tenant_transaction(handle.id) as conn:
+        tenant = get_tenant(conn, handle.id)
     assert tenant is not None
+    return tenant
+
+
+def _relayed_now(tenant_id: uuid.UUID, n: int) -> int:
+    """Commit one domain event of `tenant_id`, then run its relay once; how many events went."""
+    with tenant_transaction(tenant_id) as conn:
+        enqueue(conn, "test.exported", f"tests/{n}", {"n": n})
+    return relay_tenant(tenant_id, Publisher())
+
+
+def test_another_tenants_events_relay_while_an_export_reads_and_uploads(api: ApiHarness, azurite: Any) -> None:
+    # The export held its tenant row (a row lock, so a transaction id) from its first read to the end of its upload,
+    # and the relay sends only the events of transactions older than every one running: no tenant's events or
+    # webhooks went out until a big tenant's archive was uploaded.
+    tenant = _exported_tenant(api, "exported-beside-events")
+    other = api.provision("relayed-beside-an-export")
+    held, trail = _HeldUpload(_artifacts(azurite)), _HeldTrail(tenants_router.get_audit_store())
+    with ThreadPoolExecutor(1) as pool:
+        export = pool.submit(offboarding.export_tenant, tenant, held, trail)
+        try:
+            assert trail.reading.wait(30)
+            while_reading = _relayed_now(other.id, 1)
+            trail.finish.set()
+            assert held.uploading.wait(30)
+            while_uploading = _relayed_now(other.id, 2)
+        finally:
+            trail.finish.set()
+            held.finish.set()
+        result = export.result(30)
+    assert (while_reading, while_uploading) == (1, 1)
+    archive = json.loads(_artifacts(azurite).download_blob(result.blob_name).readall())
+    assert [i["name"] for i in archive["intents"]] == ["doomed"] and archive["audit_events"]
+
+
+class _PausedBetweenReads:
+    """The export's tenant transactions, the export pausing once its `after`-th has ended until the test lets it go
+    on."""
+
+    def __init__(self, after: int) -> None:
+        self._after, self._ended = after, 0
+        self.paused = threading.Event()
+        self.go_on = threading.Event()
+
+    @contextmanager
+    def __call__(self, tenant_id: uuid.UUID, **options: Any) -> Iterator[Any]:
+        with db_session.tenant_transaction(tenant_id, **options) as conn:
+            yield conn
+        self._ended += 1
+        if self._ended == self._after:
+            self.paused.set()
+            assert self.go_on.wait(30)
+
+
+def test_an_export_reads_a_page_per_transaction_and_events_relay_between(
+    api: ApiHarness, azurite: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every tenant transaction has an id from its start (the tenant pin writes a row): one held across all of a big
+    # tenant's tables held back every tenant's events as long. Pages of one row here, the intent's three versions
+    # (a key of three columns) in three transactions; the export paused after the second.
+    monkeypatch.setattr(offboarding, "EXPORT_BATCH_ROWS", 1)
+    tenant = _exported_tenant(api, "exported-by-pages")
+    with psycopg.connect(api.app_url, autocommit=True) as conn, conn.transaction():
+        conn.execute("SET LOCAL ROLE qp_runtime")
+        conn.execute("SELECT app.pin_tenant(%s)", (tenant.id,))
+        conn.execute(
+            "INSERT INTO app.intent_versions (tenant_id, intent_id, version, definition, definition_sha256,"
+            " created_by) SELECT tenant_id, intent_id, v, definition, definition_sha256, created_by"
+            " FROM app.intent_versions CROSS JOIN generate_series(2, 3) AS v"
+        )
+    other = api.provision("relayed-between-pages")
+    # The head, the intent's page and the empty one after it, then the versions' first two pages.
+    paused = _PausedBetweenReads(after=5)
+    monkeypatch.setattr(offboarding, "tenant_transaction", paused)
+    with ThreadPoolExecutor(1) as pool:
+        export = pool.submit(offboarding.export_tenant, tenant, _artifacts(azurite), tenants_router.get_audit_store())
+        try:
+            assert paused.paused.wait(30)
+            between_pages = _relayed_now(other.id, 1)
+        finally:
+            paused.go_on.set()
+        result = export.result(30)
+    assert between_pages == 1
+    archive = json.loads(_artifacts(azurite).download_blob(result.blob_name).readall())
+    assert [v["version"] for v in archive["intent_versions"]] == [1, 2, 3] and result.counts["intent_versions"] == 3
+    assert [i["name"] for i in archive["intents"]] == ["doomed"] and archive["audit_events"]
+
+
+def test_every_exported_table_has_a_primary_key(api: ApiHarness) -> None:
+    # The export reads each table a page at a time after the last row's primary key.
+    with psycopg.connect(api.admin_url, dbname="quantum") as conn:
+        keyed = {
+            r[0]
+            for r in conn.execute(
+                "SELECT c.relname FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'app' AND k.contype = 'p'"
+            ).fetchall()
+        }
+    assert set(offboarding.EXPORTED_TABLES) <= keyed
+
+
+class _SlowUpload:
+    """The artifacts container, whose archive upload takes `seconds` before it lands."""
+
+    def __init__(self, container: Any, seconds: float) -> None:
+        self._container, self._seconds = container, seconds
+
+    def upload_blob(self, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(self._seconds)
+        return self._container.upload_blob(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._container, name)
+
+
+def test_an_export_whose_upload_outlasts_the_idle_bound_writes_one_archive(
+    api: ApiHarness, azurite: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Uploaded inside its transaction, an archive that took longer than the idle bound landed, then the server ended
+    # the session that sat idle meanwhile: the export failed (503) and its retry wrote a second archive.
+    monkeypatch.setattr(db_session, "IDLE_IN_TRANSACTION_TIMEOUT_MS", 300)
+    tenant = _exported_tenant(api, "exported-slowly")
+    blobs = _artifacts(azurite)
+    result = offboarding.export_tenant(tenant, _SlowUpload(blobs, 1.5), tenants_router.get_audit_store())
+    assert [b.name for b in blobs.list_blobs(name_starts_with=f"{tenant.id}/exports/")] == [result.blob_name]
+
+
+@pytest.mark.parametrize("held_at", ["reading", "uploading"])
+def test_an_export_across_its_tenants_erasure_leaves_no_archive(api: ApiHarness, azurite: Any, held_at: str) -> None:
+    # The export read its rows, closed its transaction, then uploaded: an erasure in between finished both its blob
+    # passes first, and the archive of every row of the erased tenant stayed in storage. The erasure does not wait
+    # for the export (it held the tenant row, and so every tenant's events, until it had uploaded): the export looks
+    # at its tenant once it has uploaded, and removes the archive of one erased meanwhile.
+    tenant = _exported_tenant(api, f"exported-while-erased-{held_at}")
+    blobs = _artifacts(azurite)
+    held, trail = _HeldUpload(blobs), _HeldTrail(tenants_router.get_audit_store())
+    if held_at == "uploading":
+        trail.finish.set()
     with ThreadPoolExecutor(2) as pool:
-        export = pool.submit(offboarding.export_tenant, tenant, held)
-        assert held.uploading.wait(30)
-        erase = pool.submit(offboarding.erase_tenant, leaving.id, blobs, tenants_router.get_audit_store())
-        deadline = time.monotonic() + 30
-        while not erase.done() and not _waiting_on_a_lock(api) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        held.finish.set()
-        archive = export.result(30).blob_name
+        export = pool.submit(offboarding.export_tenant, tenant, held, trail)
+        try:
+            assert (trail.reading if held_at == "reading" else held.uploading).wait(30)
+            erase = pool.submit(offboarding.erase_tenant, tenant.id, blobs, tenants_router.get_audit_store())
+            deadline = time.monotonic() + 30
+            while not erase.done() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            erased_first = erase.done()
+        finally:
+            trail.finish.set()
+            held.finish.set()
+        with pytest.raises(offboarding.TenantGoneError):
+            export.result(30)
         removed = erase.result(30)
+    assert erased_first  # the erasure did not wait for the export
     assert removed["tenants"] == 1 and removed["intents"] == 1
-    assert archive.startswith(f"{leaving.id}/exports/")
-    assert list(blobs.list_blobs(name_starts_with=f"{leaving.id}/")) == []
+    assert list(blobs.list_blobs(name_starts_with=f"{tenant.id}/")) == []
     # An export asked once the tenant is gone writes nothing.
     with pytest.raises(offboarding.TenantGoneError):
         offboarding.export_tenant(tenant, blobs)
-    assert list(blobs.list_blobs(name_starts_with=f"{leaving.id}/")) == []
+    assert list(blobs.list_blobs(name_starts_with=f"{tenant.id}/")) == []
 
 
 def test_an_operator_changes_a_tenant_while_its_export_uploads(api: ApiHarness, azurite: Any) -> None:

@@ -250,11 +250,14 @@ def export(
     context: Annotated[RequestContext, Depends(permission(Action.TENANT_EXPORT))],
     _no_body: TakesNoBody,
 ) -> TenantExport:
-    """Write a JSON archive of everything the tenant has (Platform.Admin): the tenant with its settings, its intents
-    and versions, executions with their steps, attempts, work items and events, policies, modules, ingress
-    rejections, webhook subscriptions (without their signing secrets) and deliveries, domain events and audit trail.
-    Left out: secrets, kept idempotency answers, rate counters, locks and worker poll times (ADR 0012). The request
-    takes no body (the archive holds everything): a body is refused with 422 and writes nothing."""
+    """Write a JSON archive of the tenant's records (Platform.Admin): the tenant with its settings, its intents and
+    versions, executions with their steps, attempts, work items and events, policies, modules, ingress rejections,
+    webhook subscriptions (without their signing secrets) and deliveries, domain events and audit trail. Left out:
+    secrets, kept idempotency answers, rate counters, locks and worker poll times; and the contents of the tenant's
+    blobs (step outputs stored as blobs, which the archive holds as `$blob` references, and `artifact.write`
+    artifacts). The archive is written under the tenant's own prefix, which its erasure empties: copy it out before
+    erasing (ADR 0012). 404 when the tenant was erased before or during the export (no archive is left then). The
+    request takes no body: a body is refused with 422 and writes nothing."""
     tenant = _authorized_tenant(context, Action.TENANT_EXPORT, tenant_id)
     container = request_container(get_settings())
     try:
