@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -312,15 +313,32 @@ def handle_item(item: dict[str, Any], api: Api, options: argparse.Namespace) -> 
     return _report(api, item["complete_url"], item, {"output": output}, until, f"completed {where}")
 
 
+def _until_deadline(item: dict[str, Any], until: float) -> float:
+    """The later of `until` and the item's `deadline` (its task token's end) on this worker's monotonic clock; `until`
+    when the item has no deadline this can read."""
+    try:
+        deadline = datetime.fromisoformat(str(item["deadline"]))
+    except (KeyError, ValueError):
+        return until
+    if deadline.tzinfo is None:
+        return until
+    return max(until, time.monotonic() + (deadline - datetime.now(UTC)).total_seconds())
+
+
 def _report(api: Api, url: str, item: dict[str, Any], body: dict[str, Any], until: float, done: str = "failed") -> str:
     """POST a result with the item's task token until it is answered; 401/403/404/409/422 are final (logged, not
     fatal). No answer, a 5xx or a 429: the same result is sent again (the platform answers a repeat as it answered
-    the first) until the lease runs out (`until`), after which the step's retry policy decides."""
+    the first) until the lease runs out (`until`), after which the step's retry policy decides. Once it was answered
+    5xx or not at all, it may be recorded already with only its hand-over to the execution missing (503
+    `orchestration-unavailable`, or a host stopped after the commit): the platform takes a repeat of a recorded
+    result until the item's `deadline`, whatever the lease, and only a repeat gets it handed over, so it is sent
+    until then. A result that was not recorded is answered 409 `lease-expired` once the lease is gone, which ends it."""
+    recorded_maybe = extended = False
     while True:
         try:
             response = api.post(url, {"task_token": item["task_token"], **body}, traceparent=item.get("traceparent"))
         except httpx.HTTPError as exc:
-            problem = str(exc)
+            problem, recorded_maybe = str(exc), True
         else:
             if response.status_code == 200:
                 logger.info("%s -> %s", done, response.json().get("state"))
@@ -332,8 +350,11 @@ def _report(api: Api, url: str, item: dict[str, Any], body: dict[str, Any], unti
                 logger.warning("%s refused (%d): %s", done, response.status_code, response.text[:300])
                 return f"refused: {response.status_code}"
             problem = f"answered {response.status_code}"
+            recorded_maybe = recorded_maybe or response.status_code >= 500
+        if recorded_maybe and not extended:
+            until, extended = _until_deadline(item, until), True  # read once: the time left, on the monotonic clock
         if api.stop.is_set() or time.monotonic() >= until:
-            logger.warning("%s: not reported (%s); the lease has run out or the worker is stopping", done, problem)
+            logger.warning("%s: not reported (%s); its time has run out or the worker is stopping", done, problem)
             return "unreported"
         logger.warning("%s: not reported yet (%s); sending the same result again", done, problem)
         api.stop.wait(_RESEND_S)

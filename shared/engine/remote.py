@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 from uuid import UUID
 
 import psycopg
 from opentelemetry import trace
+from psycopg_pool import ConnectionPool
 
 from shared.accepted_json import same_json
 from shared.config import get_settings
@@ -20,6 +23,7 @@ from shared.engine import steps as store
 from shared.engine import task_tokens, work_queue
 from shared.engine.dispatch_results import raised_verdict
 from shared.engine.payloads import BLOB_REF, StoredOutputError, TenantErasedError, claim_check, is_blob_ref, load
+from shared.engine.protocol import EventRaiser, no_one_to_tell
 from shared.engine.steps import Attempt, AttemptKey
 from shared.observability.tracing import execution_attributes
 from shared.ratelimit import RateDecision, limit_for, take_request_token
@@ -212,6 +216,76 @@ def mark_handed_over(tenant_id: UUID, handed: AttemptKey | UUID) -> None:
                 store.mark_cancel_handed_over(conn, handed)
     except psycopg.Error as exc:
         logger.warning("%s raised but not marked as handed over: %s", handed, exc)
+
+
+RAISES_AT_ONCE = 16
+"""How many verdicts one hand-over raises at once: a poll's round ends up to 150 attempts, and one after another a
+slow task hub held the answer for each raise in turn."""
+CANCEL_GRACE_S = 1.0
+"""How long raises cut off by a hand-over's bound get to unwind (each cancelled, its HTTP call closed)."""
+
+
+async def _raised(client: EventRaiser, attempt: Attempt, gate: asyncio.Semaphore) -> bool:
+    """Raise one verdict: True when the task hub took it, or answered that its orchestration has ended or never
+    existed (nobody waits for it, and a retry cannot deliver it); False when it may pass (tried again later)."""
+    key = attempt.key
+    async with gate:
+        try:
+            await client.raise_event(str(key.execution_id), key.event_name, attempt.verdict())
+        except Exception as exc:
+            if no_one_to_tell(exc):
+                logger.warning("verdict %s not raised to %s: %s", key.event_name, key.execution_id, exc)
+                return True
+            logger.warning("could not raise verdict %s to %s: %s", key.event_name, key.execution_id, exc)
+            return False
+    return True
+
+
+def mark_verdicts_handed_over(
+    tenant_id: UUID, keys: Sequence[AttemptKey], pool: ConnectionPool[Any] | None = None
+) -> None:
+    """`mark_handed_over` for the attempts a lease expiry, a heartbeat's cancel or a stale item ended (work_queue):
+    one short transaction for all of them. A mark that fails is logged and dropped: the sweeper raises those
+    verdicts once more, which the run counts for nothing."""
+    try:
+        with tenant_transaction(tenant_id, pool=pool) as conn:
+            conn.execute("SET LOCAL synchronous_commit = off")  # lost in a crash, it costs one more raise
+            work_queue.mark_handed_over(conn, keys)
+    except psycopg.Error as exc:
+        logger.warning("%d verdicts raised but not marked as handed over: %s", len(keys), exc)
+
+
+async def hand_over_verdicts(
+    client: EventRaiser,
+    tenant_id: UUID,
+    attempts: Sequence[Attempt],
+    *,
+    within_s: float,
+    pool: ConnectionPool[Any] | None = None,
+) -> int:
+    """Raise the verdicts of attempts that work_queue ended (each marked `raising` as it ended) to their
+    orchestrations, RAISES_AT_ONCE at a time and for `within_s` in all, then mark those the task hub took as handed
+    over; answers how many. A raise that failed, or that the bound cut off, stays `raising`: the sweeper raises it
+    again (`work_queue.raising_verdicts`). The bound keeps a slow task hub from holding the caller's answer: a lease
+    poll's leases run from its commit, before these raises."""
+    if not attempts:
+        return 0
+    gate = asyncio.Semaphore(RAISES_AT_ONCE)
+    tasks = [asyncio.ensure_future(_raised(client, attempt, gate)) for attempt in attempts]
+    _, late = await asyncio.wait(tasks, timeout=within_s)
+    for task in late:
+        task.cancel()
+    if late:
+        await asyncio.wait(late, timeout=CANCEL_GRACE_S)
+        logger.warning("%d verdicts not handed over within %s s; the sweeper raises them again", len(late), within_s)
+    handed = [
+        attempt.key
+        for attempt, task in zip(attempts, tasks, strict=True)
+        if task.done() and not task.cancelled() and task.result()
+    ]
+    if handed:
+        await asyncio.to_thread(mark_verdicts_handed_over, tenant_id, handed, pool)
+    return len(handed)
 
 
 def record(

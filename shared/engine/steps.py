@@ -22,7 +22,7 @@ from shared.modules.contract import Phase as ContractPhase
 Conn = psycopg.Connection[DictRow]
 Phase = ContractPhase
 AttemptState = Literal["dispatched", "succeeded", "failed", "timed_out", "abandoned"]
-Delivery = Literal["awaited", "answered", "released", "handed_over"]
+Delivery = Literal["awaited", "answered", "released", "handed_over", "raising"]
 
 
 @dataclass(frozen=True)

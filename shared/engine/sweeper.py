@@ -31,12 +31,12 @@ from pydantic import ValidationError
 
 from shared.check_gate import CheckBusyError
 from shared.db.session import bounded_lock_waits, platform_transaction, tenant_transaction
-from shared.engine import control, stalls, work_queue
+from shared.engine import control, remote, stalls, work_queue
 from shared.engine import executions as repo
 from shared.engine import start as engine
 from shared.engine import steps as store
 from shared.engine.progress import abandon_step, end_compensation
-from shared.engine.protocol import ORCHESTRATOR, EventRaiser, raise_to_orchestration
+from shared.engine.protocol import ORCHESTRATOR, EventRaiser
 from shared.engine.start_service import (
     StatusUnknownError,
     checked_first,
@@ -76,6 +76,15 @@ are left too), so one tenant's share of a run waits CHECK_WAIT_S at most."""
 _CAUSE_MAX_CHARS = 1000
 
 _EXPIRED_LEASE_TENANTS = "SELECT tenant_id FROM app.work_expired_lease_tenants(%s) AS expired (tenant_id)"
+_RAISING_VERDICT_TENANTS = "SELECT tenant_id FROM app.work_raising_verdict_tenants(%s, %s) AS raising (tenant_id)"
+VERDICT_GRACE_S = 60.0
+"""How long after its attempt ended a verdict that a lease poll, a heartbeat or this sweeper could not hand over is
+raised again: its first raise is bounded to seconds (the lease route's VERDICT_RAISE_BOUND_S), so one still not
+handed over by then failed, was cut off, or its host died after the commit. The orchestration waits on it meanwhile
+(or on the step's timeout, up to an hour, without it)."""
+RAISE_BOUND_S = 5.0
+"""How long one tenant's verdicts take to raise at most in a run: the tenants go one after another, and a slow task
+hub must not hold up every other tenant's leases and sweep. What is cut off is raised again a run later."""
 _STUCK_TENANTS = "SELECT tenant_id FROM app.execution_sweep_tenants(%s, %s, %s) AS stuck (tenant_id)"
 # Oldest claim first; whether a claim is stale is decided by the start path's claim statement, not here.
 _PENDING_STARTS = (
@@ -160,6 +169,8 @@ class SweepResult:
     checked: int
     failed_tenants: int
     expired_leases: int = 0
+    raised_again: int = 0
+    """Verdicts of ended remote attempts not handed over on their first raise, handed over now."""
     inputs: int = 0
     """Of the executions `checked`, those whose run's input was asked for too: a second status call each."""
     busy: int = 0
@@ -697,7 +708,8 @@ async def sweep(
     rows another transaction holds locked for longer than a bounded wait (bounded_lock_waits): the tenants are swept
     one after another, and an unbounded wait on one tenant's row would hold up every other's. For the same reason a
     costly check waits for its tenant's turn at the check gate CHECK_WAIT_S at most (its execution is then left for a
-    later run), and the expired work leases are ended first, whatever the tenants' sweeps then take.
+    later run), and the expired work leases are ended first, and the verdicts of ended remote attempts not handed
+    over are raised again, whatever the tenants' sweeps then take.
     """
     with bounded_lock_waits():  # copied into the to_thread calls below with the rest of this context
         return await _sweep(client, pool=pool, control_pool=control_pool)
@@ -709,6 +721,7 @@ async def _sweep(
     """The run `sweep` describes, its tenant transactions' lock waits bounded."""
     # First: a worker's expired lease ends now, not after every tenant's sweep (each may wait at the check gate).
     expired = await expire_work_leases(client, pool=pool, control_pool=control_pool)
+    raised_again = await raise_verdicts_again(client, pool=pool, control_pool=control_pool)
     tenants = await asyncio.to_thread(stuck_tenants, control_pool=control_pool)
     started = ended = checked = inputs = busy = 0
     failed: set[UUID] = set()
@@ -731,6 +744,7 @@ async def _sweep(
         checked=checked,
         failed_tenants=len(failed),
         expired_leases=expired,
+        raised_again=raised_again,
         inputs=inputs,
         busy=busy,
     )
@@ -761,10 +775,44 @@ async def expire_work_leases(
         except Exception:  # one tenant's trouble must not keep the others' leases from ending
             logger.exception("sweeper: the expired leases of tenant %s could not be ended", tenant_id)
             continue
-        # Each verdict on its own: the attempts are recorded ended already, so a verdict skipped here is raised by
-        # nobody (its step would wait for its own timeout); an orchestration that is gone (404, 410) never reads it.
+        # Each verdict on its own, one failed raise skipping no other; one not handed over stays marked `raising` and
+        # is raised again by `raise_verdicts_again` (an orchestration that is gone, 404 or 410, never reads it).
         # The verdicts are those read as the attempts ended: a cancel committed first is told (rules 7, ADR 0014).
-        for attempt in attempts:
-            await raise_to_orchestration(client, attempt.key.execution_id, attempt.key.event_name, attempt.verdict())
+        await remote.hand_over_verdicts(client, tenant_id, attempts, within_s=RAISE_BOUND_S, pool=pool)
         expired += len(attempts)
     return expired
+
+
+def _raising_verdicts(tenant_id: UUID, pool: ConnectionPool[Any] | None) -> list[work_queue.Expired]:
+    """The tenant's verdicts to raise again, in one transaction of the tenant's."""
+    with tenant_transaction(tenant_id, pool=pool) as conn:
+        return work_queue.raising_verdicts(conn, grace_s=VERDICT_GRACE_S)
+
+
+async def raise_verdicts_again(
+    client: EventRaiser,
+    *,
+    pool: ConnectionPool[Any] | None = None,
+    control_pool: ConnectionPool[Any] | None = None,
+) -> int:
+    """Raise again, tenant by tenant, the verdicts that a lease expiry, a heartbeat's cancel or a stale item ended
+    more than VERDICT_GRACE_S ago and that no raise has handed over yet (ADR 0027, amended 2026-12-07): their first
+    raise failed, was cut off by its bound, or its host died after the commit, and nobody else would raise them.
+    Answers how many were handed over now."""
+    try:
+        with platform_transaction(pool=control_pool) as conn:
+            rows = conn.execute(_RAISING_VERDICT_TENANTS, (VERDICT_GRACE_S, MAX_TENANTS)).fetchall()
+    except Exception:  # the run's other work goes on; the next run looks again
+        logger.exception("sweeper: the tenants with verdicts to raise again could not be found")
+        return 0
+    handed = 0
+    for row in rows:
+        tenant_id = UUID(str(row["tenant_id"]))
+        try:
+            with bounded_lock_waits():
+                attempts = await asyncio.to_thread(_raising_verdicts, tenant_id, pool)
+        except Exception:  # one tenant's trouble must not keep the others' verdicts from their runs
+            logger.exception("sweeper: the verdicts of tenant %s to raise again could not be read", tenant_id)
+            continue
+        handed += await remote.hand_over_verdicts(client, tenant_id, attempts, within_s=RAISE_BOUND_S, pool=pool)
+    return handed

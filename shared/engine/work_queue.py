@@ -151,6 +151,31 @@ _LIST = _query(
     " ORDER BY w.enqueued_at, w.id LIMIT %(limit)s"
 )
 _NOW = "SELECT clock_timestamp() AS now"
+# An attempt this module ends (an expiry, a heartbeat's cancel, a stale item) is marked in the ending transaction as
+# one whose verdict is still to be handed over (migration 0064), and marked handed over once the task hub takes its
+# raise; whatever stays marked is raised again by the sweeper (`raising_verdicts`): a raise that failed, or a host
+# that died after the commit, is made good. Remote attempts are never awaited, so their delivery is NULL until then.
+_RAISING = (
+    "UPDATE app.step_attempts SET delivery = 'raising' WHERE (execution_id, step_id, phase, attempt) IN"
+    " (SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::int[])) AND state <> 'dispatched'"
+    " AND delivery IS NULL"
+)
+# Without waiting: a row another transaction holds is being marked by it too (a route's mark meeting the sweeper's),
+# and two marks waiting on rows taken in other orders could deadlock; a row left unmarked costs one more raise.
+_RAISED = (
+    "UPDATE app.step_attempts a SET delivery = 'handed_over' FROM (SELECT tenant_id, execution_id, step_id, phase,"
+    " attempt FROM app.step_attempts WHERE (execution_id, step_id, phase, attempt) IN"
+    " (SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::int[])) AND delivery = 'raising'"
+    " FOR NO KEY UPDATE SKIP LOCKED) AS held WHERE a.tenant_id = held.tenant_id AND a.execution_id = held.execution_id"
+    " AND a.step_id = held.step_id AND a.phase = held.phase AND a.attempt = held.attempt"
+)
+# Oldest first; the execution's status says whether anyone still waits for the verdict (index step_attempts_raising).
+_STILL_RAISING = (
+    "SELECT a.execution_id, a.step_id, a.phase, a.attempt, e.status = ANY(%(terminal)s) AS ended"
+    " FROM app.step_attempts a JOIN app.executions e ON e.tenant_id = a.tenant_id AND e.id = a.execution_id"
+    " WHERE a.delivery = 'raising' AND a.finished_at < clock_timestamp() - make_interval(secs => %(grace_s)s)"
+    " ORDER BY a.finished_at LIMIT %(limit)s"
+)
 _POLLERS = "SELECT action, last_polled_at, last_polled_by FROM app.work_pollers WHERE action = ANY(%s)"
 
 
@@ -295,6 +320,7 @@ def lease(
             _BIND_LEASE_NONCE, (token.nonce, token.expires_at, key.execution_id, key.step_id, key.phase, key.attempt)
         )
         done.leases.append(Lease(item=item, task_token=token.token))
+    _mark(conn, _RAISING, [attempt.key for attempt in done.ended])
     return done
 
 
@@ -345,6 +371,7 @@ def heartbeat(
         from shared.engine.progress import abandon_step  # progress enqueues through this module
 
         abandon_step(conn, item.key, CANCELLED_LEASED)
+        _mark(conn, _RAISING, [item.key])
         attempt = store.get_attempt(conn, item.key)
         assert attempt is not None  # it was there a moment ago, in this transaction
         return Heartbeat(item=item, lease_expires_at=None, cancelled=attempt)
@@ -404,7 +431,38 @@ def expire_leases(conn: Conn, *, limit: int = 100) -> list[Expired]:
             # Its execution is held above: a cancel recorded is one that committed first (the step's last attempt
             # then ends the run cancelled, as the cancel's 202 said, whichever event reaches the run first).
             ended.append(Expired.of(attempt, raised_verdict(conn, attempt)))
+    _mark(conn, _RAISING, [attempt.key for attempt in ended])
     return ended
+
+
+def _mark(conn: Conn, statement: str, keys: Sequence[AttemptKey]) -> None:
+    """Run a delivery mark (`_RAISING`, `_RAISED`) over these attempts, in one statement (nothing when none)."""
+    if keys:
+        columns = zip(*((key.execution_id, key.step_id, key.phase, key.attempt) for key in keys), strict=True)
+        conn.execute(statement, tuple(list(column) for column in columns))
+
+
+def mark_handed_over(conn: Conn, keys: Sequence[AttemptKey]) -> None:
+    """Record that the verdicts of these attempts, which this module ended, were handed to their orchestrations (the
+    task hub accepted the raise, or answered that the orchestration is gone): the sweeper raises them no more."""
+    _mark(conn, _RAISED, keys)
+
+
+def raising_verdicts(conn: Conn, *, grace_s: float, limit: int = 100) -> list[Expired]:
+    """The tenant's attempts that this module ended more than `grace_s` ago whose verdicts no raise has handed over
+    yet (it failed, timed out, or its host died after the commit), oldest first, to be raised again. Those of an
+    execution that has ended are marked handed over instead: no orchestration waits for them any more."""
+    rows = conn.execute(
+        _STILL_RAISING, {"terminal": sorted(repo.TERMINAL), "grace_s": grace_s, "limit": limit}
+    ).fetchall()
+    keys = [
+        (AttemptKey(row["execution_id"], row["step_id"], row["phase"], row["attempt"]), row["ended"]) for row in rows
+    ]
+    mark_handed_over(conn, [key for key, ended in keys if ended])
+    found = (store.get_attempt(conn, key) for key, ended in keys if not ended)
+    # Read again now, as a repeated result's verdict is (`raised_verdict`): a cancel recorded since is only ever one
+    # this failure does not stop the run for, and the run ends cancelled either way.
+    return [Expired.of(attempt, raised_verdict(conn, attempt)) for attempt in found if attempt is not None]
 
 
 def _hold_executions(conn: Conn, execution_ids: Sequence[UUID]) -> None:

@@ -116,7 +116,7 @@ def _expire_by_poll(
     """A worker's lease call: its round ends the tenant's expired leases (nothing else is queued to lease)."""
     ended, leases = work._lease(tenant_id, work.LeaseRequest(actions=[ACTION]), "w2", first=False)
     assert leases == [] and len(ended) == 1
-    asyncio.run(work.raise_verdicts(client, ended))
+    asyncio.run(work.hand_over_verdicts(client, tenant_id, ended))
 
 
 _EXPIRERS = {"sweeper": _expire_by_sweeper, "poll": _expire_by_poll}

@@ -260,6 +260,14 @@ def test_every_app_table_has_forced_rls_with_tenant_policies(pg) -> None:  # typ
                 if name == "audit_outbox":
                     # The control plane queues its records about tenants in its own transaction (migration 0028).
                     expected.add(("platform_tenant_records", ("qp_platform",)))
+                if name == "step_attempts":
+                    # And which tenants have a verdict still to hand over, for the sweeper (migration 0064).
+                    expected.add(("sweeper_raising_verdicts", (OWNER_ROLE,)))
+                    raising = conn.execute(
+                        "SELECT cmd, qual FROM pg_policies WHERE schemaname = 'app' AND tablename = 'step_attempts'"
+                        " AND policyname = 'sweeper_raising_verdicts'"
+                    ).fetchone()
+                    assert raising == ("SELECT", "(delivery = 'raising'::text)")
                 if name in DELETE_FUNCTION_POLICIES:
                     # The owner deletes what the app removes of the pinned tenant through a function (migration
                     # 0046), under policies bound to the pinned tenant, as the app's are.

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from shared.engine import sweeper
+from shared.engine import remote, sweeper
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,10 @@ def test_a_verdict_that_cannot_be_raised_skips_no_other(monkeypatch: pytest.Monk
     monkeypatch.setattr(sweeper, "platform_transaction", lambda pool=None: contextlib.nullcontext(_Rows(tenant_id)))
     attempts = [_Attempt(_Key(f"e-{n}", f"run:s:{n}")) for n in range(3)]
     monkeypatch.setattr(sweeper, "_expire_tenant_leases", lambda _tenant, _pool: attempts)
+    marked: list[str] = []
+    monkeypatch.setattr(
+        remote, "mark_verdicts_handed_over", lambda _tenant, keys, _pool: marked.extend(k.execution_id for k in keys)
+    )
     raised: list[str] = []
 
     class _Client:
@@ -59,3 +63,5 @@ def test_a_verdict_that_cannot_be_raised_skips_no_other(monkeypatch: pytest.Monk
 
     assert asyncio.run(sweeper.expire_work_leases(_Client())) == 3
     assert raised == ["e-1", "e-2"]
+    # Handed over (a gone orchestration's too: nobody waits for it); one that failed for now stays to raise again.
+    assert sorted(marked) == ["e-0", "e-1", "e-2"]

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict
 from starlette.concurrency import run_in_threadpool
 
 from shared.api.admission import idle
@@ -22,19 +22,25 @@ from shared.api.responses import AUTH_ERRORS, BAD_CURSOR, INVALID, problem_doc
 from shared.api.security import RequestContext, authorize
 from shared.api.transactions import TenantConnection
 from shared.db.session import retried_on_deadlock, tenant_transaction
-from shared.engine import work_queue
+from shared.engine import remote, work_queue
 from shared.engine.event_wakeup import get_event_wakeup
 from shared.engine.steps import Attempt
-from shared.free_text import NEUTRALISED_IN_LINES, SHOWN_NEUTRALISED_IN_LINES
+from shared.free_text import NEUTRALISED_IN_LINES, SHOWN_NEUTRALISED_IN_LINES, neutralised
 from shared.policy.actions import Action
 from shared.policy.authorizer import Resource
 
 router = APIRouter(prefix="/api/v1/work", tags=["remote workers"], route_class=GuardedRoute)
 
 MAX_WAIT_S = 30.0
+# A round's leases run from its commit, and the verdicts of the attempts it ended are raised after that: a slow task
+# hub must not hold the answer past them (`lease_s` is 5 s at least). A raise cut off here stays to be handed over,
+# and the sweeper raises it again.
+VERDICT_RAISE_BOUND_S = 2.0
 # A waiting lease is woken by the process-wide listener when the tenant's queue gets an item (migration 0018); it
 # holds no pooled connection, transaction or permit while it waits, and re-reads at this interval besides.
 FALLBACK_RECHECK_S = 2.0
+WORKER_NAME = AfterValidator(neutralised)
+"""A worker's name on one line: each control, separator or bidirectional character replaced by U+FFFD."""
 ItemId = Annotated[UUID, Path(description="The work item's id.")]
 ActionName = Annotated[str, Field(min_length=1, max_length=128)]
 # A number or flag is taken as JSON types it (a float field still takes a JSON integer): converted, `true` leased an
@@ -73,7 +79,11 @@ class LeaseRequest(BaseModel):
     wait_s: StrictFloat = Field(
         0, ge=0, le=MAX_WAIT_S, description="Seconds to wait for an item when none is queued (long poll)."
     )
-    worker: str | None = Field(None, min_length=1, max_length=128, description="A name for this worker process.")
+    # Shown in the wait reason and the queue's list: neutralised as a heartbeat's progress message is (never refused,
+    # which would leave the tenant's work without a worker over a name), on one line.
+    worker: Annotated[str, Field(min_length=1, max_length=128), WORKER_NAME] | None = Field(
+        None, description="A name for this worker process."
+    )
 
 
 class LeasedItem(BaseModel):
@@ -242,9 +252,17 @@ def _leased(lease: work_queue.Lease) -> LeasedItem:
 
 
 async def raise_verdicts(client: Any, attempts: list[Attempt]) -> None:
-    """Hand ended attempts' verdicts to their orchestrations (each waits on its attempt's event)."""
+    """Hand ended attempts' verdicts to their orchestrations (each waits on its attempt's event): a cancel's, for the
+    queued items it ended."""
     for attempt in attempts:
         await raise_to_orchestration(client, attempt.key.execution_id, attempt.key.event_name, attempt.verdict())
+
+
+async def hand_over_verdicts(client: Any, tenant_id: UUID, attempts: list[Attempt]) -> None:
+    """Hand the verdicts of the attempts a lease round or a heartbeat ended to their orchestrations, at once and
+    within VERDICT_RAISE_BOUND_S in all; what is not handed over by then the sweeper raises again (ADR 0027, amended
+    2026-12-07)."""
+    await remote.hand_over_verdicts(client, tenant_id, attempts, within_s=VERDICT_RAISE_BOUND_S)
 
 
 def _lease(
@@ -306,7 +324,7 @@ async def lease(
             round_ = functools.partial(_lease, tenant_id, body, worker, first=first)
             ended, leases = await run_in_threadpool(retried_on_deadlock, round_)
             first = False
-            await raise_verdicts(client, ended)
+            await hand_over_verdicts(client, tenant_id, ended)
             if leases or time.monotonic() >= deadline:
                 break
             pause = min(FALLBACK_RECHECK_S, max(0.0, deadline - time.monotonic()))
@@ -345,7 +363,7 @@ async def heartbeat(
     # victim all the same is run again (and then finds the attempt ended, 409), never answered 503.
     beat = await run_in_threadpool(retried_on_deadlock, functools.partial(_heartbeat, context.tenant.id, item_id, body))
     if beat.cancelled is not None:
-        await raise_verdicts(client, [beat.cancelled])
+        await hand_over_verdicts(client, context.tenant.id, [beat.cancelled])
         return HeartbeatAnswer(id=item_id, state="cancelled", lease_expires_at=None)
     return HeartbeatAnswer(id=item_id, state="leased", lease_expires_at=beat.lease_expires_at)
 
@@ -363,7 +381,8 @@ def _entry(item: work_queue.QueuedItem, now: datetime) -> QueueEntry:
         enqueued_at=item.enqueued_at,
         queued_s=round((now - item.enqueued_at).total_seconds(), 3),
         deadline=item.deadline,
-        leased_by=item.leased_by,
+        # Neutralised again: a name recorded before names were (ADR 0027, amended 2026-12-07) is shown the same way.
+        leased_by=neutralised(item.leased_by) if item.leased_by is not None else None,
         leased_at=item.leased_at,
         lease_expires_at=item.lease_expires_at,
         heartbeat_at=item.heartbeat_at,
