@@ -33,5 +33,7 @@ bp = df.Blueprint()
 @typed(bp.durable_client_input(client_name="client"))
 async def module_worker(events: list[func.EventHubEvent], client: df.DurableOrchestrationClient) -> None:
     """Run the built-in actions of a batch of work items and raise each result to its orchestration."""
-    bodies, traceparents = received_work(events)
-    await process_batch(bodies, client, traceparents=traceparents)
+    received = received_work(events)
+    await process_batch(
+        received.bodies, client, traceparents=received.traceparents, first_enqueued=received.first_enqueued
+    )

@@ -1,18 +1,22 @@
 # intent_ref: platform.execution
-"""The threads modules run on, in each process: a bounded pool of which one tenant holds at most a share.
+"""The threads modules run on, in each process: a bounded pool of which one tenant holds at most a share, and the
+places that bound how many of one tenant's items a process takes on at once.
 
 A module blocks its thread until it returns, and one left running past its deadline keeps it. Without a share, one
 tenant's slow steps (an HTTP call to an endpoint that answers after minutes) could take every thread of a process,
-and every other tenant's items on that process would wait for a thread until their own deadlines.
+and every other tenant's items on that process would wait for a thread until their own deadlines. The share keeps
+the threads fair; the places keep the hub fair: a tenant's items past its places wait without a claim, and the
+worker hands those still waiting at its batch's hold back to the hub instead of holding their partition (ADR 0048).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 from uuid import UUID
@@ -21,6 +25,10 @@ MODULE_THREADS = 8
 """Modules running at once in this process: they block a thread each, and some take a database connection."""
 TENANT_SHARE = MODULE_THREADS // 2
 """Threads one tenant's modules may hold at once in this process; its further items wait without a thread."""
+TENANT_ADMITTED = 2 * TENANT_SHARE
+"""A tenant's items one process takes on at once (its places): those on its share of the threads and as many next in
+line, so that its share never idles between them. Its further items wait without a claim, and a batch hands those
+still waiting at its hold's end back to the hub (ADR 0048)."""
 
 T = TypeVar("T")
 
@@ -28,6 +36,9 @@ _threads: ThreadPoolExecutor | None = None
 _threads_lock = threading.Lock()
 # Per event loop, since an asyncio.Semaphore belongs to the loop it first waits on.
 _shares: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[UUID, asyncio.Semaphore]] = (
+    weakref.WeakKeyDictionary()
+)
+_places: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[UUID, asyncio.Semaphore]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -40,12 +51,24 @@ def _pool() -> ThreadPoolExecutor:
         return _threads
 
 
-def _share(loop: asyncio.AbstractEventLoop, tenant_id: UUID) -> asyncio.Semaphore:
-    shares = _shares.setdefault(loop, {})
-    share = shares.get(tenant_id)
-    if share is None:
-        share = shares[tenant_id] = asyncio.Semaphore(TENANT_SHARE)
-    return share
+def _semaphore(
+    per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[UUID, asyncio.Semaphore]],
+    tenant_id: UUID,
+    size: int,
+) -> asyncio.Semaphore:
+    semaphores = per_loop.setdefault(asyncio.get_running_loop(), {})
+    semaphore = semaphores.get(tenant_id)
+    if semaphore is None:
+        semaphore = semaphores[tenant_id] = asyncio.Semaphore(size)
+    return semaphore
+
+
+@contextlib.asynccontextmanager
+async def tenant_place(tenant_id: UUID) -> AsyncIterator[None]:
+    """Hold one of `tenant_id`'s TENANT_ADMITTED places in this process for the block, once one is free (a wait
+    cancelled takes none)."""
+    async with _semaphore(_places, tenant_id, TENANT_ADMITTED):
+        yield
 
 
 async def run_in_share(tenant_id: UUID, function: Callable[[], T]) -> T:
@@ -55,7 +78,7 @@ async def run_in_share(tenant_id: UUID, function: Callable[[], T]) -> T:
     (a thread cannot be stopped) and keeps its place in the share until it returns.
     """
     loop = asyncio.get_running_loop()
-    share = _share(loop, tenant_id)
+    share = _semaphore(_shares, tenant_id, TENANT_SHARE)
     await share.acquire()
     try:
         running: Future[T] = _pool().submit(contextvars.copy_context().run, function)

@@ -22,7 +22,7 @@ from shared.engine import steps as store
 from shared.engine.control import AlreadyFailingError, AlreadyFinishedError, cancel_held, parent_principal
 from shared.engine.dispatch_results import await_results, raised_verdict, verdicts
 from shared.engine.payloads import claim_check
-from shared.engine.protocol import MODULE_WORK_HUB, WorkItem
+from shared.engine.protocol import WorkItem
 from shared.engine.start import (
     ChildRefusedError,
     InputCheck,
@@ -38,10 +38,10 @@ from shared.engine.start import (
 )
 from shared.engine.start_service import authorize_child, checked_first
 from shared.engine.steps import AttemptKey
-from shared.events.publisher import OutboundEvent, get_publisher
+from shared.engine.work_hub import publish_work
 from shared.free_text import neutralised
 from shared.modules import BUILTIN_MODULES
-from shared.observability.tracing import continued_span, current_traceparent, execution_attributes, with_traceparent
+from shared.observability.tracing import continued_span, current_traceparent, execution_attributes
 from shared.policy.facts import TenantFacts
 from shared.registry import service as registry
 from shared.registry.catalog import IntentRunParams
@@ -79,7 +79,7 @@ def dispatch_step(raw: dict[str, Any]) -> None:
     request = DispatchRequest.model_validate(raw)
     with tenant_transaction(request.tenant_id) as conn:
         item = _record_dispatch(conn, request)
-    _publish([item] if item is not None else [])
+    publish_work([item] if item is not None else [])
 
 
 def _record_dispatch(conn: store.Conn, request: DispatchRequest, *, awaited: bool = False) -> WorkItem | None:
@@ -109,34 +109,6 @@ def _record_dispatch(conn: store.Conn, request: DispatchRequest, *, awaited: boo
         params=request.params,
         remote=False,
         timeout_s=request.timeout_s,
-    )
-
-
-DISPATCH_PUBLISH_TIMEOUT_S = 120.0
-"""A dispatch's publish of its work is given up after this (the SDK's send and its first token, 60 s each): a link
-whose open hung held it, and `module-work`'s turn, for the SDK's retries (over 15 minutes). The activity's retry
-publishes the same work again, on a fresh link (the stuck one is set aside), and the worker's claim keeps copies of
-one attempt from running twice (ADR 0026)."""
-
-
-def _publish(items: list[WorkItem]) -> None:
-    """Put work items on `module-work` in one send, after the transaction that recorded their attempts."""
-    if not items:
-        return
-    get_publisher().publish(
-        MODULE_WORK_HUB,
-        [
-            OutboundEvent(
-                body=item.model_dump(mode="json"),
-                # Keyed by attempt, not tenant (ADR 0026): a slow item holds up only what shares its partition, and
-                # copies of one attempt still meet in one partition, where the worker's claim sorts them out.
-                partition_key=f"{item.execution_id}:{item.step_id}:{item.phase}:{item.attempt}",
-                # The dispatch's trace context rides along as the Azure SDKs carry it: the worker continues it.
-                properties=with_traceparent({"type": "step.work", "action": item.action}),
-            )
-            for item in items
-        ],
-        timeout=DISPATCH_PUBLISH_TIMEOUT_S,
     )
 
 
@@ -636,7 +608,7 @@ def _dispatch(
             recorded = _record_batch(conn, batch, carrying=carrying)
     if recorded.answer is not None:
         return recorded.answer
-    _publish(recorded.items)
+    publish_work(recorded.items)
     children: dict[str, machine.ChildStart] = {}
     for start in recorded.children:
         started = _start_child(

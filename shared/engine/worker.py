@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,10 +34,11 @@ from shared import accepted_json
 from shared.db.session import tenant_transaction
 from shared.engine import steps as store
 from shared.engine.dispatch_results import raised_verdict
-from shared.engine.module_threads import run_in_share
+from shared.engine.module_threads import run_in_share, tenant_place
 from shared.engine.payloads import claim_check
 from shared.engine.protocol import EventRaiser, WorkItem, no_one_to_tell
 from shared.engine.steps import Attempt, AttemptKey, Claim
+from shared.engine.work_hub import Carried, hand_back_work
 from shared.modules import BUILTIN_MODULES, Module, ModuleContext, StepFailed, run_module
 from shared.modules.artifact_write import REMOVAL_WINDOW_S, bounded_by
 from shared.observability.tracing import continued_span, execution_attributes
@@ -120,15 +121,22 @@ def run_item(item: WorkItem, modules: Mapping[str, Module[Any]] = BUILTIN_MODULE
     return asyncio.run(run_attempt(item, modules))
 
 
-async def run_attempt(item: WorkItem, modules: Mapping[str, Module[Any]] = BUILTIN_MODULES) -> Outcome | None:
-    """Claim one built-in attempt and run it (or find its recorded result); None when there is nothing to raise."""
+async def run_attempt(
+    item: WorkItem, modules: Mapping[str, Module[Any]] = BUILTIN_MODULES, entry: _Entry | None = None
+) -> Outcome | None:
+    """Claim one built-in attempt and run it (or find its recorded result); None when there is nothing to raise.
+    `entry`, the item's in a batch, is marked waiting while it waits for another copy's result."""
     key = AttemptKey(item.execution_id, item.step_id, item.phase, item.attempt)
     owner = claim_owner()
     timeout_s = attempt_timeout(item, modules)
     claim, settings = await asyncio.to_thread(_claim, item, key, owner, timeout_s)
     while claim.outcome == "held":
         # Another copy runs it: its result, or its lease lapsing (the holder died), ends the wait.
+        if entry is not None:
+            entry.waiting = True
         await asyncio.sleep(max(0.0, min(HELD_POLL_S, claim.remaining_s)))
+        if entry is not None:
+            entry.waiting = False
         claim, settings = await asyncio.to_thread(_claim, item, key, owner, timeout_s)
     if claim.outcome == "missing":
         # Its dispatch commits before it publishes, so the attempt is gone (the tenant was erased): nothing to do.
@@ -365,40 +373,123 @@ def _to_raise(item: WorkItem, key: AttemptKey, attempt: Attempt) -> Outcome | No
     return Outcome(str(item.execution_id), key.event_name, verdict)
 
 
+BATCH_HOLD_S = 1.0
+"""The longest a batch holds its partition. A batch ends once its items have, and its partition's next batch comes
+only then, so an item that waits (for its tenant's place in this process) or runs long (an HTTP call to a slow
+endpoint) held up every item behind it in its partition, of every tenant. At this hold's end the items still waiting
+are handed back to the hub untouched, and those running go on in this process, under their claims, with a copy of
+each handed back too: if this process dies, the copy takes the attempt over once the claim lapses (ADR 0048). Work of
+a few milliseconds, most built-in work, ends well within it."""
+
+HandBack = Callable[[Sequence[Carried]], None]
+"""Puts items back on `module-work`, each with what it came with; raises when they could not all be sent."""
+
+
+@dataclass
+class _Entry:
+    """One item of a batch, and whether it waits without doing anything at the moment."""
+
+    carried: Carried
+    waiting: bool = True
+    """For its tenant's place, or for another copy's result: such an item is stopped at the hold's end (there is
+    nothing to undo); one that is not (claiming, running, recording, raising) goes on."""
+
+
+_going_on: set[asyncio.Task[bool]] = set()
+"""Items that went on past their batch's hold: referenced until they end, which a task must be to be sure to."""
+
+
 async def process_batch(
     bodies: Iterable[bytes | str],
     client: EventRaiser,
     modules: Mapping[str, Module[Any]] = BUILTIN_MODULES,
     traceparents: Sequence[str | None] = (),
+    hand_back: HandBack = hand_back_work,
+    first_enqueued: Sequence[str | None] = (),
 ) -> int:
     """Run a batch's built-in items concurrently, raising each verdict once it is recorded; returns how many were
-    raised.
+    raised within the batch's hold.
 
-    Remote items are left to their tenant's workers; copies of one attempt in the batch run once. If any item could
-    not be recorded or its verdict not raised, the batch fails after the others were raised, so the function's
-    retry (ADR 0037; else the step's timeout) brings the recorded verdict through. `traceparents` (by position) are
-    the events' trace contexts: each item's work continues its dispatch's trace.
+    Remote items are left to their tenant's workers; copies of one attempt in the batch run once. An item not done
+    by BATCH_HOLD_S is handed back to the hub (`hand_back`) before the batch ends; if it runs, it goes on here. If any
+    item could not be recorded, its verdict not raised or an item not handed back, the batch fails after the others
+    were raised, so the function's retry (ADR 0037; else the step's timeout) brings the recorded verdict through.
+    `traceparents` (by position) are the events' trace contexts: each item's work continues its dispatch's trace;
+    `first_enqueued` (by position) when each first went on the hub, which a hand-back carries on.
     """
-    items: dict[tuple[Any, ...], tuple[WorkItem, str | None]] = {}
+    entries: dict[tuple[Any, ...], _Entry] = {}
     for index, body in enumerate(bodies):
         parent = traceparents[index] if index < len(traceparents) else None
+        first = first_enqueued[index] if index < len(first_enqueued) else None
         for item in parse_items([body]):
             if not item.remote:
                 key = (item.tenant_id, item.execution_id, item.step_id, item.phase, item.attempt)
-                items.setdefault(key, (item, parent))
-    results = await asyncio.gather(
-        *(_traced_handle(item, parent, client, modules) for item, parent in items.values()), return_exceptions=True
-    )
-    failures = [result for result in results if isinstance(result, BaseException)]
+                entries.setdefault(key, _Entry(Carried(item, parent, first)))
+    if not entries:
+        return 0
+    tasks = {asyncio.ensure_future(_placed_handle(entry, client, modules)): entry for entry in entries.values()}
+    try:
+        _, pending = await asyncio.wait(tasks, timeout=BATCH_HOLD_S)
+    except asyncio.CancelledError:  # the host is stopping: nothing goes on, and the batch comes again
+        for task in tasks:
+            task.cancel()
+        raise
+    stopped = [task for task in pending if tasks[task].waiting]
+    for task in stopped:
+        task.cancel()
+    for task in pending.difference(stopped):
+        _go_on(task, tasks[task].carried.item)
+    await asyncio.gather(*stopped, return_exceptions=True)
+    done = [task for task in tasks if task not in pending and not task.cancelled()]
+    failures = [error for task in done if (error := task.exception()) is not None]
+    if pending:
+        handed = [tasks[task] for task in tasks if task in pending]
+        # Sent before the batch ends: its checkpoint must not pass an item that is neither done nor on the hub again.
+        try:
+            await asyncio.to_thread(hand_back, [entry.carried for entry in handed])
+        except Exception as exc:
+            logger.error("module-work: %s items could not be handed back to the hub: %s", len(handed), exc)
+            failures.append(exc)
+        else:
+            logger.info(
+                "module-work: %s of %s items handed back to the hub past the batch's hold (%s going on here)",
+                len(handed),
+                len(tasks),
+                len(pending) - len(stopped),
+            )
     if failures:
-        raise RuntimeError(f"{len(failures)} of {len(items)} work items did not complete") from failures[0]
-    return sum(1 for result in results if result is True)
+        raise RuntimeError(f"{len(failures)} of {len(tasks)} work items did not complete") from failures[0]
+    return sum(1 for task in done if task.result() is True)
 
 
-async def _traced_handle(
-    item: WorkItem, traceparent: str | None, client: EventRaiser, modules: Mapping[str, Module[Any]]
-) -> bool:
+def _go_on(task: asyncio.Task[bool], item: WorkItem) -> None:
+    """Let an item's task run past its batch; its copy on the hub answers for it if it fails or this process dies."""
+    _going_on.add(task)
+
+    def ended(task: asyncio.Task[bool]) -> None:
+        _going_on.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning(
+                "module-work: %s %s attempt %s failed after its batch; its copy on the hub takes it over: %s",
+                item.execution_id,
+                item.step_id,
+                item.attempt,
+                task.exception(),
+            )
+
+    task.add_done_callback(ended)
+
+
+async def _placed_handle(entry: _Entry, client: EventRaiser, modules: Mapping[str, Module[Any]]) -> bool:
+    """`_traced_handle` once the item's tenant has a place in this process."""
+    async with tenant_place(entry.carried.item.tenant_id):
+        entry.waiting = False
+        return await _traced_handle(entry, client, modules)
+
+
+async def _traced_handle(entry: _Entry, client: EventRaiser, modules: Mapping[str, Module[Any]]) -> bool:
     """`_handle` inside a span of the item's execution trace (a consumer of its `module-work` event)."""
+    item = entry.carried.item
     attributes = execution_attributes(
         tenant_id=item.tenant_id,
         execution_id=item.execution_id,
@@ -406,14 +497,15 @@ async def _traced_handle(
         attempt=item.attempt,
         action=item.action,
     )
-    with continued_span(f"module {item.action}", traceparent, attributes, kind=SpanKind.CONSUMER):
-        return await _handle(item, client, modules)
+    with continued_span(f"module {item.action}", entry.carried.traceparent, attributes, kind=SpanKind.CONSUMER):
+        return await _handle(entry, client, modules)
 
 
-async def _handle(item: WorkItem, client: EventRaiser, modules: Mapping[str, Module[Any]]) -> bool:
+async def _handle(entry: _Entry, client: EventRaiser, modules: Mapping[str, Module[Any]]) -> bool:
     """One item from claim to raised verdict; True when a verdict was raised."""
+    item = entry.carried.item
     try:
-        outcome = await run_attempt(item, modules)
+        outcome = await run_attempt(item, modules, entry)
     except Exception as exc:
         logger.error(
             "module-work: %s %s attempt %s could not be recorded: %s",

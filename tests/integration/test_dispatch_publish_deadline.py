@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from shared.engine import progress
+from shared.engine import work_hub
 from shared.engine.protocol import WorkItem
 from shared.events.publisher import PublishTimeoutError
 from tests.integration.test_module_worker_claims import BOUND_S
@@ -41,15 +41,15 @@ def test_a_dispatch_publish_against_a_silent_hub_ends_by_its_deadline_and_its_re
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     publisher = _Publisher(silent.port, silent_links=1)  # its first producer is a real one for the silent hub
-    monkeypatch.setattr(progress, "get_publisher", lambda: publisher)
-    monkeypatch.setattr(progress, "DISPATCH_PUBLISH_TIMEOUT_S", DEADLINE_S)
+    monkeypatch.setattr(work_hub, "get_publisher", lambda: publisher)
+    monkeypatch.setattr(work_hub, "PUBLISH_TIMEOUT_S", DEADLINE_S)
     try:
-        first = _Run(lambda: progress._publish([_item(1)]))
+        first = _Run(lambda: work_hub.publish_work([_item(1)]))
         assert first.ended(), (
             f"the dispatch's publish had not ended after {BOUND_S:g} s: it waited on the hub's stuck link open"
         )
         assert isinstance(first.error, PublishTimeoutError), f"not given up by its deadline: {first.error!r}"
-        again = _Run(lambda: progress._publish([_item(1)]))  # the activity's retry: the same work
+        again = _Run(lambda: work_hub.publish_work([_item(1)]))  # the activity's retry: the same work
         assert again.ended() and again.error is None, f"the retry did not send on a fresh link: {again.error!r}"
         assert len(publisher.built) == 2 and isinstance(publisher.built[1], _Answering)
         assert len(publisher.built[1].sent) == 1, "the retry's work was not sent"

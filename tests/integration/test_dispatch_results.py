@@ -29,7 +29,13 @@ from shared.engine.protocol import WorkItem
 from shared.engine.steps import Attempt, AttemptKey, StepSeed
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_executions import _execution
-from tests.integration.test_module_worker_claims import BOUND_S, _dispatched, _Echo, _Raiser
+from tests.integration.test_module_worker_claims import (  # noqa: F401  # batches_held_whole: the fixture
+    BOUND_S,
+    _dispatched,
+    _Echo,
+    _Raiser,
+    batches_held_whole,
+)
 
 pytestmark = pytest.mark.integration
 

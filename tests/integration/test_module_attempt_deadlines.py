@@ -26,7 +26,14 @@ from shared.modules.http_wait_healthy import HttpWaitHealthyModule
 from shared.registry.catalog import HttpWaitHealthyParams
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_builtin_modules import FakeClock
-from tests.integration.test_module_worker_claims import BOUND_S, _dispatched, _Echo, _Raiser, _until
+from tests.integration.test_module_worker_claims import (  # noqa: F401  # batches_held_whole: the fixture
+    BOUND_S,
+    _dispatched,
+    _Echo,
+    _Raiser,
+    _until,
+    batches_held_whole,
+)
 
 pytestmark = pytest.mark.integration
 

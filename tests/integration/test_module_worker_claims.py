@@ -106,16 +106,30 @@ class _Raiser:
 class _Batch(threading.Thread):
     """process_batch on a thread of its own, as one worker instance with its own event loop."""
 
-    def __init__(self, items: Sequence[WorkItem], raiser: _Raiser, modules: Mapping[str, Module[Any]]) -> None:
+    def __init__(
+        self,
+        items: Sequence[WorkItem],
+        raiser: _Raiser,
+        modules: Mapping[str, Module[Any]],
+        *,
+        traceparents: Sequence[str | None] = (),
+        hand_back: worker.HandBack | None = None,
+    ) -> None:
         super().__init__(daemon=True)
         self._bodies = [item.model_dump_json() for item in items]
         self._raiser = raiser
         self._modules = modules
+        self._traceparents = traceparents
+        self._hand_back = hand_back
         self.result: int | BaseException | None = None
 
     def run(self) -> None:
         try:
-            self.result = asyncio.run(worker.process_batch(self._bodies, self._raiser, self._modules))
+            self.result = asyncio.run(
+                worker.process_batch(
+                    self._bodies, self._raiser, self._modules, self._traceparents, hand_back=self._hand_back
+                )
+            )
         except BaseException as exc:  # handed to the test, which asserts on it
             self.result = exc
 
@@ -128,6 +142,13 @@ class _Batch(threading.Thread):
 @pytest.fixture(scope="module")
 def tenant(api: ApiHarness) -> uuid.UUID:
     return api.provision("claims").id
+
+
+@pytest.fixture(autouse=True)
+def batches_held_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch here holds until its items end: these tests are about its items (their claims, deadlines and threads),
+    and a batch run by asyncio.run would stop the items going on past its hold (test_module_work_hand_back.py)."""
+    monkeypatch.setattr(worker, "BATCH_HOLD_S", BOUND_S * 3)
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from tests.integration.test_module_worker_claims import (
     _Raiser,
     _row,
     _until,
+    batches_held_whole,  # noqa: F401  # the fixture
     gate,  # noqa: F401  # the fixture
 )
 

@@ -48,7 +48,7 @@ def test_a_body_nested_too_deep_is_skipped_and_the_other_items_of_its_batch_run(
 ) -> None:
     ran: list[str] = []
 
-    async def run_attempt(item: WorkItem, modules: Any = None) -> worker.Outcome | None:
+    async def run_attempt(item: WorkItem, modules: Any = None, entry: Any = None) -> worker.Outcome | None:
         ran.append(item.step_id)
         return None
 

@@ -1,0 +1,199 @@
+# intent_ref: platform.execution
+"""A batch of `module-work` holds its partition at most BATCH_HOLD_S: items still waiting for their tenant's place
+are then handed back to the hub untouched, and items still running go on in the process under their claims with a
+copy handed back, instead of holding every item behind them in their partition, of every tenant (ADR 0048)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+import pytest
+from psycopg_pool import ConnectionPool
+
+from shared.engine import module_threads, worker
+from shared.engine.protocol import WorkItem
+from shared.engine.work_hub import Carried
+from shared.modules import Module
+from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
+from tests.integration.test_module_worker_claims import (
+    BOUND_S,
+    _dispatched,
+    _Echo,
+    _Gate,
+    _Raiser,
+    _row,
+    _until,
+    gate,  # noqa: F401  # the fixture
+)
+
+pytestmark = pytest.mark.integration
+
+HOLD_S = 0.5
+"""A batch's hold here."""
+
+
+class _Hub:
+    """The hub the worker hands items back to: records them, or refuses them as a hub that is away does."""
+
+    def __init__(self, *, refuse: bool = False) -> None:
+        self.carried: list[Carried] = []
+        self.refuse = refuse
+
+    def __call__(self, carried: Sequence[Carried]) -> None:
+        if self.refuse:
+            raise ConnectionError("the hub is away")
+        self.carried.extend(carried)
+
+    @property
+    def items(self) -> list[WorkItem]:
+        return [entry.item for entry in self.carried]
+
+    def keys(self) -> list[str]:
+        return sorted(str(item.execution_id) for item in self.items)
+
+
+class _Worker:
+    """A worker process's event loop, running for the whole test as the Functions worker's does: what goes on past
+    a batch's hold runs on it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def batch(
+        self,
+        items: Sequence[WorkItem],
+        raiser: _Raiser,
+        modules: Mapping[str, Module[Any]],
+        hub: _Hub,
+        traceparents: Sequence[str | None] = (),
+        first_enqueued: Sequence[str | None] = (),
+    ) -> Future[int]:
+        bodies = [item.model_dump_json() for item in items]
+        return asyncio.run_coroutine_threadsafe(
+            worker.process_batch(bodies, raiser, modules, traceparents, hub, first_enqueued), self.loop
+        )
+
+    def going_on(self) -> int:
+        async def count() -> int:
+            return len(worker._going_on)
+
+        return asyncio.run_coroutine_threadsafe(count(), self.loop).result(BOUND_S)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(BOUND_S)
+
+
+@pytest.fixture(scope="module")
+def tenant(api: ApiHarness) -> uuid.UUID:
+    return api.provision("batch-hold").id
+
+
+@pytest.fixture
+def process(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Worker]:
+    monkeypatch.setattr(worker, "BATCH_HOLD_S", HOLD_S)
+    running = _Worker()
+    yield running
+    running.stop()
+
+
+def _traceparent(index: int) -> str:
+    return f"00-{index:032x}-{index:016x}-01"
+
+
+def test_a_batch_of_slow_items_ends_at_its_hold_the_running_go_on_and_every_one_is_handed_back(
+    app_pool: ConnectionPool[Any], tenant: uuid.UUID, gate: _Gate, process: _Worker
+) -> None:
+    places = module_threads.TENANT_ADMITTED
+    slow = [_dispatched(app_pool, tenant, gate.action) for _ in range(places + 3)]
+    raiser, hub = _Raiser(), _Hub()
+    parents = [_traceparent(index + 1) for index in range(len(slow))]
+    firsts = [f"2026-12-07T08:00:{index:02d}+00:00" for index in range(len(slow))]
+    batch = process.batch(slow, raiser, {gate.action: gate}, hub, parents, firsts)
+    # Ended at its hold with the gate still shut: before, it held its partition until the last item had run.
+    assert batch.result(BOUND_S) == 0
+    assert not gate.opened.is_set() and len(gate.runs) == module_threads.TENANT_SHARE
+    assert hub.keys() == sorted(str(item.execution_id) for item in slow)
+    # Each with its dispatch's trace context and the time it first went on the hub, which its wait counts from.
+    assert sorted((c.traceparent, c.first_enqueued) for c in hub.carried) == sorted(zip(parents, firsts, strict=True))
+    claimed = [item for item in slow if _row(app_pool, item)["claimed_by"] is not None]
+    assert len(claimed) == places  # the items past the tenant's places waited untouched
+    assert process.going_on() == places
+    # The copies come while their originals still run: no item runs twice, and the batch ends at its hold again.
+    again = _Hub()
+    assert process.batch(hub.items, _Raiser(), {gate.action: gate}, again).result(BOUND_S) == 0
+    assert again.keys() == hub.keys() and len(gate.runs) == module_threads.TENANT_SHARE
+    gate.opened.set()
+    # What went on ends in this process and raises its verdicts, as it would have inside the batch.
+    assert raiser.wait_for(lambda raised: len(raised) == places)
+    assert _until(lambda: process.going_on() == 0)
+    assert all(_row(app_pool, item)["state"] == "succeeded" for item in claimed)
+    # The copies' batch: the ones that ran raise their recorded verdicts again, the others run, once each.
+    last = _Hub()
+    assert process.batch(again.items, _Raiser(), {gate.action: gate}, last).result(BOUND_S) == len(slow)
+    assert last.items == []
+    assert all(_row(app_pool, item)["state"] == "succeeded" for item in slow)
+    assert sorted(gate.runs) == sorted(f"{item.execution_id}:work:1" for item in slow)
+
+
+def test_quick_items_end_within_the_hold_and_none_is_handed_back(
+    app_pool: ConnectionPool[Any], tenant: uuid.UUID, process: _Worker
+) -> None:
+    echo = _Echo()
+    items = [_dispatched(app_pool, tenant, echo.action) for _ in range(module_threads.TENANT_ADMITTED * 3)]
+    hub = _Hub()
+    assert process.batch(items, _Raiser(), {echo.action: echo}, hub).result(BOUND_S) == len(items)
+    assert hub.items == [] and process.going_on() == 0
+    assert len(echo.runs) == len(items)
+
+
+def test_a_copy_taken_over_when_the_process_that_ran_its_original_is_gone(
+    app_pool: ConnectionPool[Any], tenant: uuid.UUID, gate: _Gate, process: _Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker, "LEASE_S", 1.0)  # the original's claim lapses soon after its process is gone
+    monkeypatch.setattr(worker, "HEARTBEAT_S", 0.3)
+    item = _dispatched(app_pool, tenant, gate.action)
+    hub = _Hub()
+    assert process.batch([item], _Raiser(), {gate.action: gate}, hub).result(BOUND_S) == 0
+    assert _until(lambda: len(gate.runs) == 1) and len(hub.items) == 1
+    process.stop()  # the process dies: its loop stops, and with it the claim's renewals (its thread is left behind)
+    successor, raiser = _Worker(), _Raiser()
+    stand_in = _Echo()  # the copy runs the same action, which here answers at once
+
+    def copy_answered() -> bool:
+        # Each batch holds at most its hold: until the claim lapses the copy waits in it, then comes round again.
+        if not raiser.to(item.execution_id):
+            successor.batch(hub.items, raiser, {gate.action: stand_in}, _Hub()).result(BOUND_S)
+        return bool(raiser.to(item.execution_id))
+
+    try:
+        assert _until(copy_answered)
+        assert stand_in.runs == [f"{item.execution_id}:work:1"]
+        assert _row(app_pool, item)["state"] == "succeeded"
+    finally:
+        gate.opened.set()
+        successor.stop()
+
+
+def test_a_hand_back_the_hub_refuses_fails_the_batch_after_the_others_were_answered(
+    app_pool: ConnectionPool[Any], tenant: uuid.UUID, gate: _Gate, api: ApiHarness, process: _Worker
+) -> None:
+    other = api.provision("batch-hold-other").id
+    echo = _Echo()
+    slow = _dispatched(app_pool, tenant, gate.action)
+    quick = _dispatched(app_pool, other, echo.action)
+    raiser = _Raiser()
+    batch = process.batch([slow, quick], raiser, {gate.action: gate, echo.action: echo}, _Hub(refuse=True))
+    # Failed, so that its checkpoint does not pass an item neither done nor back on the hub: the batch comes again.
+    with pytest.raises(RuntimeError):
+        batch.result(BOUND_S)
+    assert raiser.to(quick.execution_id) and _row(app_pool, quick)["state"] == "succeeded"
+    gate.opened.set()
+    assert _until(lambda: _row(app_pool, slow)["state"] == "succeeded")  # it went on all the same
