@@ -35,11 +35,18 @@ class Carried:
 
 def publish_work(items: Sequence[WorkItem]) -> None:
     """Put `items` on `module-work` in one send, each with the current span's trace context."""
-    _publish([(item, with_traceparent(_properties(item))) for item in items])
+    _publish([(item, with_traceparent(_properties(item)), _partition_key(item)) for item in items], PUBLISH_TIMEOUT_S)
 
 
-def hand_back_work(carried: Sequence[Carried]) -> None:
-    """Put received items back on `module-work` in one send, each with what it came with."""
+def hand_back_work(carried: Sequence[Carried], *, timeout: float = PUBLISH_TIMEOUT_S) -> None:
+    """Put items received in one batch back on `module-work`, in one send, each with what it came with.
+
+    All under the first one's key: each item's own key led it to the batch's partition, so that key leads them all
+    there again, where copies of one attempt still meet, in one batch of the hub's instead of a send per key.
+    """
+    if not carried:
+        return
+    key = _partition_key(carried[0].item)
     sent = []
     for entry in carried:
         properties = _properties(entry.item)
@@ -47,26 +54,25 @@ def hand_back_work(carried: Sequence[Carried]) -> None:
             properties[TRACEPARENT] = entry.traceparent
         if entry.first_enqueued is not None:
             properties[FIRST_ENQUEUED] = entry.first_enqueued
-        sent.append((entry.item, properties))
-    _publish(sent)
+        sent.append((entry.item, properties, key))
+    _publish(sent, timeout)
 
 
 def _properties(item: WorkItem) -> dict[str, PropertyValue]:
     return {"type": "step.work", "action": item.action}
 
 
-def _publish(items: Sequence[tuple[WorkItem, dict[str, PropertyValue]]]) -> None:
+def _partition_key(item: WorkItem) -> str:
+    # Keyed by attempt, not tenant (ADR 0026): a slow item holds up only what shares its partition, and copies of
+    # one attempt still meet in one partition, where the worker's claim sorts them out.
+    return f"{item.execution_id}:{item.step_id}:{item.phase}:{item.attempt}"
+
+
+def _publish(items: Sequence[tuple[WorkItem, dict[str, PropertyValue], str]], timeout: float) -> None:
     if not items:
         return
-    events = []
-    for item, properties in items:
-        events.append(
-            OutboundEvent(
-                body=item.model_dump(mode="json"),
-                # Keyed by attempt, not tenant (ADR 0026): a slow item holds up only what shares its partition, and
-                # copies of one attempt still meet in one partition, where the worker's claim sorts them out.
-                partition_key=f"{item.execution_id}:{item.step_id}:{item.phase}:{item.attempt}",
-                properties=properties,
-            )
-        )
-    get_publisher().publish(MODULE_WORK_HUB, events, timeout=PUBLISH_TIMEOUT_S)
+    events = [
+        OutboundEvent(body=item.model_dump(mode="json"), partition_key=key, properties=properties)
+        for item, properties, key in items
+    ]
+    get_publisher().publish(MODULE_WORK_HUB, events, timeout=timeout)

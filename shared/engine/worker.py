@@ -23,6 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,6 +132,8 @@ async def run_attempt(
     timeout_s = attempt_timeout(item, modules)
     claim, settings = await asyncio.to_thread(_claim, item, key, owner, timeout_s)
     while claim.outcome == "held":
+        if entry is not None and entry.gone_on:
+            return None  # its copy on the hub answers for it: no need to wait here as long as the holder runs
         # Another copy runs it: its result, or its lease lapsing (the holder died), ends the wait.
         if entry is not None:
             entry.waiting = True
@@ -381,6 +384,30 @@ are handed back to the hub untouched, and those running go on in this process, u
 each handed back too: if this process dies, the copy takes the attempt over once the claim lapses (ADR 0048). Work of
 a few milliseconds, most built-in work, ends well within it."""
 
+HAND_BACK_TIMEOUT_S = 10.0
+"""How long a batch's hand-back may take: one that has not been sent by then fails the batch, which comes again. Sent
+on threads of their own (HAND_BACK_THREADS): on the threads the claims, their renewals and the recorded results use,
+a hub slow to answer held those up, and a claim not renewed in time let a copy run its attempt a second time."""
+HAND_BACK_THREADS = 4
+"""Hand-backs sent at once per process: one per partition a process usually serves; the hub's producer takes them in
+turn anyway."""
+
+_hand_back_pool: ThreadPoolExecutor | None = None
+_hand_back_lock = threading.Lock()
+
+
+def _hand_back_to_hub(carried: Sequence[Carried]) -> None:
+    hand_back_work(carried, timeout=HAND_BACK_TIMEOUT_S)
+
+
+def _hand_back_threads() -> ThreadPoolExecutor:
+    global _hand_back_pool
+    with _hand_back_lock:
+        if _hand_back_pool is None:
+            _hand_back_pool = ThreadPoolExecutor(HAND_BACK_THREADS, thread_name_prefix="module-work-hand-back")
+        return _hand_back_pool
+
+
 HandBack = Callable[[Sequence[Carried]], None]
 """Puts items back on `module-work`, each with what it came with; raises when they could not all be sent."""
 
@@ -393,6 +420,9 @@ class _Entry:
     waiting: bool = True
     """For its tenant's place, or for another copy's result: such an item is stopped at the hold's end (there is
     nothing to undo); one that is not (claiming, running, recording, raising) goes on."""
+    gone_on: bool = False
+    """It went on past its batch, and a copy of it was handed back: if it finds another copy holding the attempt, it
+    stops there (the copy on the hub answers for it) instead of waiting as long as the holder runs."""
 
 
 _going_on: set[asyncio.Task[bool]] = set()
@@ -404,16 +434,17 @@ async def process_batch(
     client: EventRaiser,
     modules: Mapping[str, Module[Any]] = BUILTIN_MODULES,
     traceparents: Sequence[str | None] = (),
-    hand_back: HandBack = hand_back_work,
+    hand_back: HandBack | None = None,
     first_enqueued: Sequence[str | None] = (),
 ) -> int:
     """Run a batch's built-in items concurrently, raising each verdict once it is recorded; returns how many were
     raised within the batch's hold.
 
     Remote items are left to their tenant's workers; copies of one attempt in the batch run once. An item not done
-    by BATCH_HOLD_S is handed back to the hub (`hand_back`) before the batch ends; if it runs, it goes on here. If any
-    item could not be recorded, its verdict not raised or an item not handed back, the batch fails after the others
-    were raised, so the function's retry (ADR 0037; else the step's timeout) brings the recorded verdict through.
+    by BATCH_HOLD_S is handed back to the hub (`hand_back`, else a send on `module-work`) before the batch ends; if
+    it runs, it goes on here. If any item could not be recorded, its verdict not raised or an item not handed back
+    (within HAND_BACK_TIMEOUT_S), the batch fails after the others were raised, so the function's retry (ADR 0037;
+    else the step's timeout) brings the recorded verdict through.
     `traceparents` (by position) are the events' trace contexts: each item's work continues its dispatch's trace;
     `first_enqueued` (by position) when each first went on the hub, which a hand-back carries on.
     """
@@ -438,6 +469,7 @@ async def process_batch(
     for task in stopped:
         task.cancel()
     for task in pending.difference(stopped):
+        tasks[task].gone_on = True
         _go_on(task, tasks[task].carried.item)
     await asyncio.gather(*stopped, return_exceptions=True)
     done = [task for task in tasks if task not in pending and not task.cancelled()]
@@ -446,7 +478,10 @@ async def process_batch(
         handed = [tasks[task] for task in tasks if task in pending]
         # Sent before the batch ends: its checkpoint must not pass an item that is neither done nor on the hub again.
         try:
-            await asyncio.to_thread(hand_back, [entry.carried for entry in handed])
+            sent = asyncio.get_running_loop().run_in_executor(
+                _hand_back_threads(), hand_back or _hand_back_to_hub, [entry.carried for entry in handed]
+            )
+            await asyncio.wait_for(sent, HAND_BACK_TIMEOUT_S)
         except Exception as exc:
             logger.error("module-work: %s items could not be handed back to the hub: %s", len(handed), exc)
             failures.append(exc)

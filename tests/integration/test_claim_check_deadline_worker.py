@@ -34,13 +34,14 @@ from tests.integration.test_module_deadlines_first_use import (  # noqa: F401  #
     _Store,
     store,
 )
-from tests.integration.test_module_worker_claims import (
+from tests.integration.test_module_worker_claims import (  # noqa: F401  # batches_held_whole: the fixture
     BOUND_S,
     _Batch,
     _dispatched,
     _NoParams,
     _Raiser,
     _row,
+    batches_held_whole,
 )
 from tests.integration.test_sdk_module_deadlines import (  # noqa: F401  # `silent`, `answering`: the fixtures
     _Answering,

@@ -25,7 +25,13 @@ from shared.modules.artifact_write import ArtifactWriteModule
 from shared.storage.blob import request_container
 from shared.tenants import offboarding
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
-from tests.integration.test_module_worker_claims import BOUND_S, _Batch, _dispatched, _Raiser
+from tests.integration.test_module_worker_claims import (  # noqa: F401  # batches_held_whole: the fixture
+    BOUND_S,
+    _Batch,
+    _dispatched,
+    _Raiser,
+    batches_held_whole,
+)
 from tests.integration.test_offboarding import _artifacts, _HeldUpload
 from tests.security.test_task_token_no_trace import remote_attempt
 

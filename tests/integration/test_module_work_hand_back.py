@@ -6,6 +6,7 @@ copy handed back, instead of holding every item behind them in their partition, 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -38,13 +39,19 @@ HOLD_S = 0.5
 
 
 class _Hub:
-    """The hub the worker hands items back to: records them, or refuses them as a hub that is away does."""
+    """The hub the worker hands items back to: records them, refuses them as a hub that is away does, or answers only
+    once `answering` is set, as a hub slow to answer does."""
 
-    def __init__(self, *, refuse: bool = False) -> None:
+    def __init__(self, *, refuse: bool = False, answering: threading.Event | None = None) -> None:
         self.carried: list[Carried] = []
         self.refuse = refuse
+        self.answering = answering
+        self.called = threading.Event()
 
     def __call__(self, carried: Sequence[Carried]) -> None:
+        self.called.set()
+        if self.answering is not None:
+            self.answering.wait(BOUND_S)
         if self.refuse:
             raise ConnectionError("the hub is away")
         self.carried.extend(carried)
@@ -82,7 +89,8 @@ class _Worker:
 
     def going_on(self) -> int:
         async def count() -> int:
-            return len(worker._going_on)
+            # This process's: a loop a test stopped (a process gone) leaves its tasks unended in the module's set.
+            return sum(1 for task in worker._going_on if task.get_loop() is self.loop)
 
         return asyncio.run_coroutine_threadsafe(count(), self.loop).result(BOUND_S)
 
@@ -197,3 +205,88 @@ def test_a_hand_back_the_hub_refuses_fails_the_batch_after_the_others_were_answe
     assert raiser.to(quick.execution_id) and _row(app_pool, quick)["state"] == "succeeded"
     gate.opened.set()
     assert _until(lambda: _row(app_pool, slow)["state"] == "succeeded")  # it went on all the same
+
+
+def test_a_copy_that_finds_its_attempt_held_is_handed_back_at_the_hold_and_nothing_runs_twice(
+    app_pool: ConnectionPool[Any], tenant: uuid.UUID, gate: _Gate, process: _Worker
+) -> None:
+    item = _dispatched(app_pool, tenant, gate.action)
+    hub = _Hub()
+    assert process.batch([item], _Raiser(), {gate.action: gate}, hub).result(BOUND_S) == 0
+    assert process.going_on() == 1
+    # The copy has a place (its tenant holds one of eight), claims, finds the original holding the attempt and waits
+    # for it: only within its batch's hold, then it goes round again, untouched.
+    copies, raiser = _Hub(), _Raiser()
+    assert process.batch(hub.items, raiser, {gate.action: gate}, copies).result(BOUND_S) == 0
+    assert copies.keys() == hub.keys()
+    assert process.going_on() == 1 and len(gate.runs) == 1
+    gate.opened.set()
+    assert _until(lambda: process.going_on() == 0)
+    assert raiser.raised == [] and gate.runs == [f"{item.execution_id}:work:1"]
+
+
+def test_a_copy_still_claiming_at_the_hold_goes_on_only_until_it_finds_the_attempt_held(
+    app_pool: ConnectionPool[Any], tenant: uuid.UUID, gate: _Gate, process: _Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    item = _dispatched(app_pool, tenant, gate.action)
+    hub = _Hub()
+    assert process.batch([item], _Raiser(), {gate.action: gate}, hub).result(BOUND_S) == 0
+    claim = worker._claim
+
+    def slow_claim(*args: Any) -> Any:
+        threading.Event().wait(HOLD_S * 2)  # a database slow to answer: the copy is mid-claim at its hold's end
+        return claim(*args)
+
+    monkeypatch.setattr(worker, "_claim", slow_claim)
+    copies, raiser = _Hub(), _Raiser()
+    assert process.batch(hub.items, raiser, {gate.action: gate}, copies).result(BOUND_S) == 0
+    assert process.going_on() == 2 and copies.keys() == hub.keys()  # it went on, with a copy handed back
+    # Its claim answers that the original holds the attempt: it ends there, its copy on the hub answering for it,
+    # instead of waiting in the background as long as the original runs (holding a place, asking every half second).
+    assert _until(lambda: process.going_on() == 1)
+    gate.opened.set()
+    assert _until(lambda: process.going_on() == 0)
+    assert raiser.raised == [] and len(gate.runs) == 1
+
+
+def test_a_hand_back_slow_to_answer_holds_up_no_other_items_claim(
+    app_pool: ConnectionPool[Any], tenant: uuid.UUID, gate: _Gate, api: ApiHarness, process: _Worker
+) -> None:
+    other = api.provision("batch-hold-slow-hub").id
+    answering = threading.Event()
+    # As many hand-backs at once as the threads the claims and their renewals run on: on those threads, the claims of
+    # every other item in the process waited for the hub, and a claim not renewed in time let a copy take it over.
+    hanging = min(32, (os.cpu_count() or 1) + 4)
+    hubs = [_Hub(answering=answering) for _ in range(hanging)]
+    try:
+        batches = [
+            process.batch([_dispatched(app_pool, tenant, gate.action)], _Raiser(), {gate.action: gate}, hub)
+            for hub in hubs
+        ]
+        assert _until(lambda: sum(hub.called.is_set() for hub in hubs) >= worker.HAND_BACK_THREADS)
+        echo = _Echo()
+        quick = [_dispatched(app_pool, other, echo.action) for _ in range(3)]
+        assert process.batch(quick, _Raiser(), {echo.action: echo}, _Hub()).result(BOUND_S) == len(quick)
+    finally:
+        answering.set()
+    for batch in batches:
+        batch.result(BOUND_S)
+    gate.opened.set()
+    assert _until(lambda: process.going_on() == 0)
+
+
+def test_a_hand_back_not_sent_within_its_bound_fails_the_batch(
+    app_pool: ConnectionPool[Any], tenant: uuid.UUID, gate: _Gate, process: _Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker, "HAND_BACK_TIMEOUT_S", HOLD_S)
+    answering = threading.Event()
+    try:
+        batch = process.batch(
+            [_dispatched(app_pool, tenant, gate.action)], _Raiser(), {gate.action: gate}, _Hub(answering=answering)
+        )
+        with pytest.raises(RuntimeError):  # the batch comes again, rather than its partition waiting on the hub
+            batch.result(HOLD_S * 6)
+    finally:
+        answering.set()
+        gate.opened.set()
+    assert _until(lambda: process.going_on() == 0)

@@ -22,6 +22,7 @@ from shared.engine import module_threads, progress, worker
 from shared.engine import steps as store
 from shared.engine.protocol import WorkItem
 from shared.engine.steps import AttemptKey, Claim, Phase, StepSeed
+from shared.engine.work_hub import Carried
 from shared.modules import Module, ModuleContext, StepFailed
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_executions import _execution
@@ -106,29 +107,17 @@ class _Raiser:
 class _Batch(threading.Thread):
     """process_batch on a thread of its own, as one worker instance with its own event loop."""
 
-    def __init__(
-        self,
-        items: Sequence[WorkItem],
-        raiser: _Raiser,
-        modules: Mapping[str, Module[Any]],
-        *,
-        traceparents: Sequence[str | None] = (),
-        hand_back: worker.HandBack | None = None,
-    ) -> None:
+    def __init__(self, items: Sequence[WorkItem], raiser: _Raiser, modules: Mapping[str, Module[Any]]) -> None:
         super().__init__(daemon=True)
         self._bodies = [item.model_dump_json() for item in items]
         self._raiser = raiser
         self._modules = modules
-        self._traceparents = traceparents
-        self._hand_back = hand_back
         self.result: int | BaseException | None = None
 
     def run(self) -> None:
         try:
             self.result = asyncio.run(
-                worker.process_batch(
-                    self._bodies, self._raiser, self._modules, self._traceparents, hand_back=self._hand_back
-                )
+                worker.process_batch(self._bodies, self._raiser, self._modules, hand_back=_held_whole)
             )
         except BaseException as exc:  # handed to the test, which asserts on it
             self.result = exc
@@ -142,6 +131,10 @@ class _Batch(threading.Thread):
 @pytest.fixture(scope="module")
 def tenant(api: ApiHarness) -> uuid.UUID:
     return api.provision("claims").id
+
+
+def _held_whole(carried: Sequence[Carried]) -> None:
+    raise AssertionError(f"a batch here is held whole, yet {len(carried)} items were handed back")
 
 
 @pytest.fixture(autouse=True)
