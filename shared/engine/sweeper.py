@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
+import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 from uuid import UUID
@@ -85,6 +87,11 @@ handed over by then failed, was cut off, or its host died after the commit. The 
 RAISE_BOUND_S = 5.0
 """How long one tenant's verdicts take to raise at most in a run: the tenants go one after another, and a slow task
 hub must not hold up every other tenant's leases and sweep. What is cut off is raised again a run later."""
+RAISE_RUN_BUDGET_S = 10.0
+"""How long the raises of one step of a run take at most, all tenants together (up to MAX_TENANTS, RAISE_BOUND_S
+each, were minutes with a slow task hub, every later step of the run waiting): past it, the expiries still end and
+their verdicts, like the tenants not reached, stay `raising` for a later run. Tenants are taken in a new order each
+run, so that the same few do not always take the budget."""
 _STUCK_TENANTS = "SELECT tenant_id FROM app.execution_sweep_tenants(%s, %s, %s) AS stuck (tenant_id)"
 # Oldest claim first; whether a claim is stale is decided by the start path's claim statement, not here.
 _PENDING_STARTS = (
@@ -767,6 +774,7 @@ async def expire_work_leases(
     with platform_transaction(pool=control_pool) as conn:
         rows = conn.execute(_EXPIRED_LEASE_TENANTS, (MAX_TENANTS,)).fetchall()
     expired = 0
+    budget = _RaiseBudget()
     for row in rows:
         tenant_id = UUID(str(row["tenant_id"]))
         try:
@@ -778,9 +786,24 @@ async def expire_work_leases(
         # Each verdict on its own, one failed raise skipping no other; one not handed over stays marked `raising` and
         # is raised again by `raise_verdicts_again` (an orchestration that is gone, 404 or 410, never reads it).
         # The verdicts are those read as the attempts ended: a cancel committed first is told (rules 7, ADR 0014).
-        await remote.hand_over_verdicts(client, tenant_id, attempts, within_s=RAISE_BOUND_S, pool=pool)
+        if budget.left_s() > 0:
+            await remote.hand_over_verdicts(client, tenant_id, attempts, within_s=budget.bound_s(), pool=pool)
         expired += len(attempts)
     return expired
+
+
+class _RaiseBudget:
+    """What is left of a step's RAISE_RUN_BUDGET_S."""
+
+    def __init__(self) -> None:
+        self._ends = time.monotonic() + RAISE_RUN_BUDGET_S
+
+    def left_s(self) -> float:
+        return max(0.0, self._ends - time.monotonic())
+
+    def bound_s(self) -> float:
+        """One tenant's bound: RAISE_BOUND_S, or what is left of the budget if less."""
+        return min(RAISE_BOUND_S, self.left_s())
 
 
 def _raising_verdicts(tenant_id: UUID, pool: ConnectionPool[Any] | None) -> list[work_queue.Expired]:
@@ -806,7 +829,11 @@ async def raise_verdicts_again(
         logger.exception("sweeper: the tenants with verdicts to raise again could not be found")
         return 0
     handed = 0
+    budget = _RaiseBudget()
+    random.shuffle(rows)
     for row in rows:
+        if budget.left_s() <= 0:
+            break  # the tenants not reached are raised again a run later
         tenant_id = UUID(str(row["tenant_id"]))
         try:
             with bounded_lock_waits():
@@ -814,5 +841,5 @@ async def raise_verdicts_again(
         except Exception:  # one tenant's trouble must not keep the others' verdicts from their runs
             logger.exception("sweeper: the verdicts of tenant %s to raise again could not be read", tenant_id)
             continue
-        handed += await remote.hand_over_verdicts(client, tenant_id, attempts, within_s=RAISE_BOUND_S, pool=pool)
+        handed += await remote.hand_over_verdicts(client, tenant_id, attempts, within_s=budget.bound_s(), pool=pool)
     return handed

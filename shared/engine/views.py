@@ -11,6 +11,7 @@ from typing import Any
 from shared.engine.executions import Execution
 from shared.engine.steps import Attempt
 from shared.engine.work_queue import Poller, QueuedItem
+from shared.free_text import neutralised
 
 
 def step_views(steps: Sequence[dict[str, Any]], attempts: Sequence[Attempt]) -> list[dict[str, Any]]:
@@ -55,7 +56,9 @@ def _worker_reason(step_id: str, item: QueuedItem | None, pollers: dict[str, Pol
         )
         return f"waiting for a worker for {item.action} (step {step_id}): queued {queued}, {polled}"
     assert item.leased_at is not None  # leased or expired
-    held = f"leased by {item.leased_by} {_ago((now - item.leased_at).total_seconds())} ago"
+    # Neutralised as shown: a name recorded before names were neutralised on the way in (ADR 0027) is shown too.
+    worker = neutralised(item.leased_by) if item.leased_by is not None else None
+    held = f"leased by {worker} {_ago((now - item.leased_at).total_seconds())} ago"
     if item.status(now) == "expired":
         return f"waiting for a worker for {item.action} (step {step_id}): {held}, its lease has expired"
     if item.heartbeat_at is None:  # progress comes with heartbeats only

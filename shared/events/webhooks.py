@@ -28,6 +28,7 @@ from shared.events import webhook_store as store
 from shared.events.outbox import enqueue
 from shared.modules.contract import StepFailed
 from shared.modules.ssrf import (
+    METHOD_KEEPING_REDIRECTS,
     DeadlineExceeded,
     GuardedClient,
     LookupsBusy,
@@ -247,15 +248,16 @@ def _send(client: GuardedClient, claimed: store.Claimed, timeout_s: float) -> tu
     try:
         # The client's deadline covers the exchange until the answer is read: a receiver that trickles its headers
         # or its body a byte at a time fails the attempt (DeadlineExceeded) instead of holding the run.
-        # No redirect is followed: a 301, 302 or 303 would turn the signed POST into a GET without its body, and the
-        # 2xx of whatever page it led to (a login form) counted the event delivered.
+        # Only a 307 or 308 is followed (the same POST and body again, each hop checked by the guard): a 301, 302 or
+        # 303 would turn the signed POST into a GET without its body, and the 2xx of whatever page it led to (a login
+        # form) counted the event delivered.
         response = client.request(
             "POST",
             claimed.url,
             headers=headers,
             json_body=claimed.payload,
             timeout=timeout_s,
-            follow_redirects=False,
+            follow_redirects=METHOD_KEEPING_REDIRECTS,
         )
         read_limited(response, MAX_RESPONSE_BYTES, decode=False)  # the answer is not kept; this closes it
     except StepFailed as exc:  # refused by the guard now (the host's addresses changed), or unreachable
@@ -274,7 +276,7 @@ def _send(client: GuardedClient, claimed: store.Claimed, timeout_s: float) -> tu
         to = redirect_origin(response, claimed.url)
         where = f" to {to}" if to is not None else ""
         return response.status_code, _cut(
-            f"the receiver answered {response.status_code}, a redirect{where}: webhooks follow no redirects"
+            f"the receiver answered {response.status_code}, a redirect{where}: webhooks follow only 307 and 308"
         )
     return response.status_code, f"the receiver answered {response.status_code}"
 

@@ -38,10 +38,13 @@ SPECIAL_PURPOSE_NETWORKS: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Netw
     (ipaddress.ip_network("fec0::/10"), "site-local"),
 )
 """Blocks the stdlib's flags leave global (some, or all, of their addresses) that still reach no public receiver:
-IETF protocol assignments (RFC 6890; its exceptions, such as 192.0.0.9, are listed as global), the deprecated 6to4
+IETF protocol assignments (RFC 6890; refused whole, the few anycast services the registry lists as global in it,
+such as 192.0.0.9, included: none is a webhook receiver or an HTTP endpoint a step calls), the deprecated 6to4
 relay anycast (RFC 7526), whose relays sit in whichever network answers first, and the deprecated IPv6 site-local
 block (RFC 3879), which routes inside a site like a private one."""
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+METHOD_KEEPING_REDIRECTS = frozenset({307, 308})
+"""The redirects that send the same method and body again (RFC 9110 §15.4): the others turn a POST into a GET."""
 _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 
 MAX_PORT = 65535
@@ -523,7 +526,7 @@ def redirect_origin(response: httpx.Response, url: str) -> str | None:
     """`scheme://host[:port]` of where a redirect answered to `url` points (its Location read against `url`, not
     against the pinned address the request went to): None when it is not a redirect, or has no Location that parses."""
     location = response.headers.get("location")
-    if response.status_code not in _REDIRECTS or location is None:
+    if response.status_code not in REDIRECTS or location is None:
         return None
     try:
         return _origin_text(httpx.URL(url).join(location))
@@ -584,13 +587,14 @@ class GuardedClient:
         query: Mapping[str, str] | None = None,
         json_body: Any = None,
         timeout: float | None = None,
-        follow_redirects: bool = True,
+        follow_redirects: frozenset[int] = REDIRECTS,
     ) -> httpx.Response:
         """Send and follow up to `MAX_REDIRECTS` redirects; the response is streamed: the caller closes it.
 
         `timeout` (the client's when None) bounds the exchange until the response is closed: connecting, every
-        hop, the headers and the reading of the body; past it, DeadlineExceeded (an httpx.TimeoutException). Without
-        `follow_redirects` a redirect is the answer, returned as any other (`redirect_origin` names where to)."""
+        hop, the headers and the reading of the body; past it, DeadlineExceeded (an httpx.TimeoutException). A
+        redirect whose status is not in `follow_redirects` is the answer, returned as any other (`redirect_origin`
+        names where to)."""
         try:
             current = httpx.URL(url)
         except httpx.InvalidURL as exc:
@@ -619,7 +623,7 @@ class GuardedClient:
                     response.close()
                     raise deadline.exceeded(host)
                 location = response.headers.get("location")
-                if not follow_redirects or response.status_code not in _REDIRECTS or location is None:
+                if response.status_code not in follow_redirects or location is None:
                     assert isinstance(response.stream, httpx.SyncByteStream)  # a sync client's
                     response.stream = _BoundedBody(response.stream, deadline, host)
                     handed_over = True  # the response's close ends the deadline

@@ -20,8 +20,8 @@ from shared.api.durable import get_durable_client
 from shared.api.routers import work
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
+from shared.engine import remote, sweeper, work_queue
 from shared.engine import steps as store
-from shared.engine import sweeper, work_queue
 from shared.engine.steps import AttemptKey
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_cancel_dispatch_race import _queued
@@ -268,3 +268,29 @@ def test_finding_the_verdicts_to_raise_again_reads_none_of_the_history(
     with tenant_transaction(tenant, pool=app_pool) as conn:
         plan = _explain(conn, sql.SQL(work_queue._STILL_RAISING), params)
     assert _rows_read(plan)["step_attempts"] < 100
+
+
+def test_a_slow_task_hub_holds_the_sweepers_raises_no_longer_than_the_runs_budget(
+    api: ApiHarness,  # noqa: F811
+    app_pool: ConnectionPool[Any],
+    control_pool: ConnectionPool[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each tenant's raises were bounded, the run's not: with a task hub answering in 10 s, three tenants with verdicts
+    # to raise again held the run 15 s (up to 100 tenants, minutes), every later step of the sweep waiting.
+    tenants = [api.provision(f"verdict-budget-{index}").id for index in range(3)]
+    for tenant_id in tenants:
+        _lease_runs_out(app_pool, remote_attempt(app_pool, tenant_id))
+    asyncio.run(sweeper.expire_work_leases(Refusing(), pool=app_pool, control_pool=control_pool))
+    monkeypatch.setattr(sweeper, "VERDICT_GRACE_S", 0.0)
+    monkeypatch.setattr(sweeper, "RAISE_RUN_BUDGET_S", 1.0)
+    started = time.monotonic()
+    asyncio.run(sweeper.raise_verdicts_again(SlowDurable(10.0), pool=app_pool, control_pool=control_pool))
+    took = time.monotonic() - started
+    assert took < 1.0 + remote.CANCEL_GRACE_S + 3.0, f"the run's raises took {took:.1f} s"
+    # Cut off, none is lost: a later run, the hub answering again, hands every one over.
+    hub = FlakyDurable()
+    _raise_again(monkeypatch, hub, app_pool, control_pool)
+    for tenant_id in tenants:
+        with tenant_transaction(tenant_id, pool=app_pool) as conn:
+            assert work_queue.raising_verdicts(conn, grace_s=0.0) == []

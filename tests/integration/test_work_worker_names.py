@@ -68,3 +68,7 @@ def test_a_name_recorded_before_is_listed_neutralised(
         work_queue.lease(conn, tenant, actions=[action], max_items=1, lease_s=60, worker=ACTING)
     (entry,) = api.client.get(f"/api/v1/work?execution_id={key.execution_id}", headers=headers).json()["items"]
     assert entry["leased_by"] == SHOWN
+    # And in the execution's wait reason, which shows the name as recorded too.
+    reader = api.headers(TENANT, ["Intent.Reader"])
+    reason = api.client.get(f"/api/v1/executions/{key.execution_id}", headers=reader).json()["wait_reason"]
+    assert f"leased by {SHOWN} " in reason and ACTING not in reason

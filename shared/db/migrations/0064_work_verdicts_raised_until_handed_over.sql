@@ -9,14 +9,17 @@
 --              hub accepts the raise (or answers that the orchestration is gone)
 -- and the sweeper raises again what is still 'raising' a grace after the attempt ended. NOT VALID as in 0061: every
 -- stored row meets the narrower check it replaces.
+
+-- Only the verdicts not yet handed over: a handful at any time (each leaves on its hand-over, which follows within
+-- seconds), however long the history. No stored row is 'raising', so the index starts empty. Built first, in the
+-- migration's transaction: writes to step_attempts wait for one read of the table, reads do not. The constraint swap
+-- after it takes the table's strongest lock, held to the commit, which follows at once: taken before the build, it
+-- held every read of the table for the whole build.
+CREATE INDEX step_attempts_raising ON app.step_attempts (tenant_id, finished_at) WHERE delivery = 'raising';
+
 ALTER TABLE app.step_attempts DROP CONSTRAINT step_attempts_delivery_check;
 ALTER TABLE app.step_attempts ADD CONSTRAINT step_attempts_delivery_check
     CHECK (delivery IN ('awaited', 'answered', 'released', 'handed_over', 'raising')) NOT VALID;
-
--- Only the verdicts not yet handed over: a handful at any time (each leaves on its hand-over, which follows within
--- seconds), however long the history. No stored row is 'raising', so the index starts empty. Built in the
--- migration's transaction: writes to step_attempts wait for one read of the table.
-CREATE INDEX step_attempts_raising ON app.step_attempts (tenant_id, finished_at) WHERE delivery = 'raising';
 
 -- Which tenants have a verdict still to hand over (their ids and nothing else), as the sweeper's other finders
 -- (migrations 0014, 0018): FORCE ROW LEVEL SECURITY binds the function's owner (the migrating role) too, so it gets a
