@@ -26,10 +26,11 @@ Conn = psycopg.Connection[DictRow]
 
 logger = logging.getLogger(__name__)
 
-DISABLED_BACKLOG_MAX = 10_000
-"""Pending deliveries a disabled subscription is given at most: the relay records each event it wants for it while it
-is disabled (re-enabling sends them, in order), until this many wait; events past it are not recorded for it. A
-subscription left disabled (its receiver gone for good) so holds a bounded backlog, not every event from then on."""
+STALLED_BACKLOG_MAX = 10_000
+"""Pending deliveries a stalled subscription is given at most: one that is disabled, or whose last attempt failed (its
+head waits for a retry, up to a day, and everything behind it waits too). The relay records each event it wants for
+it meanwhile (they go in order once its head goes through, or it is enabled again), until this many wait; events past
+it are not recorded for it. A receiver gone for good so leaves a bounded backlog, not every event from then on."""
 
 _SUBSCRIPTION_COLUMNS = (
     "id, url, event_types, description, enabled, disabled_reason, consecutive_failures, created_at, updated_at, version"
@@ -86,10 +87,12 @@ _DELETE = "SELECT app.delete_webhook_subscription(%s, %s::bigint[]) AS removed"
 # being deleted is waited for and then not read, and none goes before the deliveries written for it are in. A
 # delivery for a subscription deleted meanwhile failed its foreign key, and the relay's transaction with it, after the
 # batch was published. In id order, the order `_TO_SEAL` locks them in, so that the two cannot deadlock. The disabled
-# ones too: an event a disabled subscription wants waits for it (up to DISABLED_BACKLOG_MAX), and re-enabling sends
+# ones too: an event a disabled subscription wants waits for it (up to STALLED_BACKLOG_MAX), and re-enabling sends
 # it; only the claim and the finder of due tenants pass disabled subscriptions by.
-_MATCHING = "SELECT id, event_types, enabled FROM app.webhook_subscriptions ORDER BY id FOR KEY SHARE"
-# A disabled subscription's pending deliveries, counted in its pending index up to the bound (never its whole log).
+_MATCHING = (
+    "SELECT id, event_types, enabled, consecutive_failures FROM app.webhook_subscriptions ORDER BY id FOR KEY SHARE"
+)
+# A stalled subscription's pending deliveries, counted in its pending index up to the bound (never its whole log).
 _WAITING = (
     "SELECT count(*) AS n FROM (SELECT 1 FROM app.webhook_deliveries WHERE subscription_id = %s"
     " AND state = 'pending' LIMIT %s) waiting"
@@ -442,17 +445,19 @@ def delete(conn: Conn, subscription_id: UUID, *, if_match: frozenset[str] | None
 
 
 def fan_out(conn: Conn, events: Sequence[dict[str, Any]]) -> int:
-    """A delivery for each subscription that wants each event (`*` wants all), enabled or not: a disabled one's wait
-    until it is enabled again, at most DISABLED_BACKLOG_MAX of them. Run in the relay's transaction, so an event
-    marked published has its deliveries recorded. Returns how many were added."""
+    """A delivery for each subscription that wants each event (`*` wants all), enabled or not: a stalled one's
+    (disabled, or its last attempt failed) wait until it goes through again, at most STALLED_BACKLOG_MAX of them. Run
+    in the relay's transaction, so an event marked published has its deliveries recorded. Returns how many were
+    added."""
     subscriptions = conn.execute(_MATCHING).fetchall()
-    room: dict[UUID, int] = {}  # of each disabled subscription wanting an event of the batch
+    room: dict[UUID, int] = {}  # of each stalled subscription wanting an event of the batch
     added = left_out = 0
     for event in events:
         for row in subscriptions:
             if not _wants(row, event["type"]):
                 continue
-            if not row["enabled"]:
+            stalled = not row["enabled"] or row["consecutive_failures"] > 0
+            if stalled:
                 if row["id"] not in room:
                     room[row["id"]] = _room(conn, row["id"])
                 if room[row["id"]] <= 0:
@@ -460,13 +465,13 @@ def fan_out(conn: Conn, events: Sequence[dict[str, Any]]) -> int:
                     continue
             recorded = conn.execute(_FAN_OUT, (row["id"], event["id"], event["type"], Jsonb(event))).rowcount
             added += recorded
-            if not row["enabled"]:
+            if stalled:
                 room[row["id"]] -= recorded
     if left_out:
         logger.warning(
-            "webhooks: %d deliveries not recorded for disabled subscriptions holding %d pending already",
+            "webhooks: %d deliveries not recorded for stalled subscriptions holding %d pending already",
             left_out,
-            DISABLED_BACKLOG_MAX,
+            STALLED_BACKLOG_MAX,
         )
     return added
 
@@ -477,9 +482,9 @@ def _wants(subscription: DictRow, event_type: str) -> bool:
 
 
 def _room(conn: Conn, subscription_id: UUID) -> int:
-    """How many more deliveries the disabled subscription may be given (DISABLED_BACKLOG_MAX less those pending)."""
-    row = conn.execute(_WAITING, (subscription_id, DISABLED_BACKLOG_MAX)).fetchone()
-    return DISABLED_BACKLOG_MAX - (int(row["n"]) if row is not None else 0)
+    """How many more deliveries the stalled subscription may be given (STALLED_BACKLOG_MAX less those pending)."""
+    row = conn.execute(_WAITING, (subscription_id, STALLED_BACKLOG_MAX)).fetchone()
+    return STALLED_BACKLOG_MAX - (int(row["n"]) if row is not None else 0)
 
 
 def deliveries(conn: Conn, subscription_id: UUID, limit: int = 100) -> list[dict[str, Any]]:

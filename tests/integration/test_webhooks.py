@@ -265,7 +265,7 @@ def test_events_while_a_subscription_is_disabled_are_sent_once_it_is_enabled_aga
 def test_a_disabled_subscription_is_given_a_bounded_backlog(
     api: ApiHarness, local: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(webhook_store, "DISABLED_BACKLOG_MAX", 3)
+    monkeypatch.setattr(webhook_store, "STALLED_BACKLOG_MAX", 3)
     receiver = Receiver()
     handle, headers = tenant(api, "hooks-disabled-bound")
     body = {"url": receiver.url, "event_types": ["*"]}
@@ -286,6 +286,29 @@ def test_a_disabled_subscription_is_given_a_bounded_backlog(
     webhooks.deliver_tenant(handle.id)
     assert webhooks.deliver_tenant(handle.id).delivered == 0
     assert sorted(e["id"] for e in receiver.events()) == sorted(kept + logged(live))
+
+
+def test_a_subscription_whose_head_keeps_failing_is_given_a_bounded_backlog_while_its_retries_last(
+    api: ApiHarness, local: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its retries now last a day before it is disabled, everything behind its head waiting: the bound of a disabled
+    # subscription's backlog came only then, and a day's events of a busy tenant piled up behind one failing head.
+    monkeypatch.setattr(webhook_store, "STALLED_BACKLOG_MAX", 3)
+    receiver = Receiver()
+    receiver.failures = 1_000
+    handle, headers = tenant(api, "hooks-failing-bound")
+    failing = api.client.post("/api/v1/webhooks", json={"url": receiver.url, "event_types": ["*"]}, headers=headers)
+    head = emit(handle.id, "test.head")
+    assert webhooks.deliver_tenant(handle.id).failed_attempts == 1  # enabled still, its head waiting for its retry
+    kept = emit(handle.id, "test.one", "test.two")
+    emit(handle.id, "test.three", "test.four")
+    items = api.client.get(f"/api/v1/webhooks/{failing.json()['id']}/deliveries", headers=headers).json()["items"]
+    assert [d["message_id"] for d in reversed(items)] == head + kept
+    receiver.failures = 0  # back: the head, due again, and what waited behind it go, in order
+    with tenant_transaction(handle.id) as conn:
+        conn.execute("UPDATE app.webhook_deliveries SET next_attempt_at = clock_timestamp() WHERE state = 'pending'")
+    assert webhooks.deliver_tenant(handle.id).delivered == 3
+    assert [e["id"] for e in receiver.events()[-3:]] == head + kept
 
 
 def test_a_redirect_that_would_drop_the_body_is_a_failed_attempt_never_followed(api: ApiHarness, local: None) -> None:
