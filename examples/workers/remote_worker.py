@@ -29,6 +29,7 @@ DEFAULT_REGISTRY = "example.azurecr.io"
 LONG_POLL_S = 20.0
 _POST_ATTEMPTS = 4
 _RESEND_S = 5.0
+TASK_TOKEN_HEADER = "X-Task-Token"  # noqa: S105  # a header name, not a secret
 
 DESCRIPTION = """An EXAMPLE remote worker for the seed tutorial's remote actions; not part of the platform.
 
@@ -37,8 +38,8 @@ Module.Worker app role (nothing else: it cannot read intents, executions or anot
 
     POST {api}/api/v1/work/lease              {"actions": [...], "max_items": 4, "lease_s": 60, "wait_s": 20}
     POST {api}{heartbeat_url}                 {"lease_id": "...", "extend_s": 60, "progress": {...}}
-    POST {api}{complete_url}                  {"task_token": "...", "output": {...}}
-    POST {api}{fail_url}                      {"task_token": "...", "error": "...", "retryable": true}
+    POST {api}{complete_url}  X-Task-Token: ...  {"task_token": "...", "output": {...}}
+    POST {api}{fail_url}      X-Task-Token: ...  {"task_token": "...", "error": "...", "retryable": true}
 
 It makes up a plausible output (nothing is built, pushed or deployed). What a real worker must do, shown here:
 heartbeat every item it holds from the moment it is leased, and start none whose lease is gone (a heartbeat that
@@ -48,7 +49,8 @@ new attempt with a new key, so an effect that must happen once per step is keyed
 (`<execution_id>:<step_id>:<phase>`); say whether a failure is worth another attempt (`retryable`); send a finished
 result again through network trouble until it is answered (a repeat is answered as the first was); and send the
 item's `traceparent` as a header of its heartbeats and its result, so that the worker's part shows in the
-execution's trace.
+execution's trace; and send a result's task token in the `X-Task-Token` header (the body's copy may be left out),
+which the platform verifies before it reads the body, so the result never waits behind bodies without a valid token.
 
 Tokens: `--token` (or $QP_TOKEN) as given; `--devhost-tenant NAME` mints one from the local devhost's dev
 identity (`python -m devhost token ... --roles Module.Worker --app-only`) and again when it expires; in Azure,
@@ -167,14 +169,23 @@ class Api:
     stop: threading.Event = field(default_factory=threading.Event)
 
     def post(
-        self, url: str, body: dict[str, Any], *, timeout: float = 30.0, traceparent: str | None = None
+        self,
+        url: str,
+        body: dict[str, Any],
+        *,
+        timeout: float = 30.0,
+        traceparent: str | None = None,
+        task_token: str | None = None,
     ) -> httpx.Response:
-        """POST with the worker's token; `traceparent` (an item's) puts the call into its execution's trace."""
+        """POST with the worker's token; `traceparent` (an item's) puts the call into its execution's trace, and
+        `task_token` (a result's) goes in its header, verified before the platform reads the body."""
         response: httpx.Response | None = None
         for attempt in range(1, _POST_ATTEMPTS + 1):
             headers = {"Authorization": f"Bearer {self.tokens.get()}"}
             if traceparent:
                 headers["traceparent"] = traceparent
+            if task_token is not None:
+                headers[TASK_TOKEN_HEADER] = task_token
             try:
                 response = self.client.post(url, json=body, timeout=timeout, headers=headers)
             except httpx.TransportError as exc:
@@ -334,9 +345,14 @@ def _report(api: Api, url: str, item: dict[str, Any], body: dict[str, Any], unti
     result until the item's `deadline`, whatever the lease, and only a repeat gets it handed over, so it is sent
     until then. A result that was not recorded is answered 409 `lease-expired` once the lease is gone, which ends it."""
     recorded_maybe = extended = False
+    token = str(item["task_token"])
     while True:
         try:
-            response = api.post(url, {"task_token": item["task_token"], **body}, traceparent=item.get("traceparent"))
+            # In the header, verified before the body is read: a result never waits behind hostile bodies without a
+            # valid token (ADR 0027). In the body too, the same, for a platform from before the header.
+            response = api.post(
+                url, {"task_token": token, **body}, traceparent=item.get("traceparent"), task_token=token
+            )
         except httpx.HTTPError as exc:
             problem, recorded_maybe = str(exc), True
         else:

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Hashable
 from typing import Annotated, Any
 from urllib.parse import quote, unquote_to_bytes
 
@@ -25,7 +27,8 @@ from shared.accepted_json import (
     pointer_token,
     text_refusal,
 )
-from shared.api.problems import FieldError, ProblemError, problem_response
+from shared.api.problems import FieldError, ProblemError, error_response, problem_response
+from shared.api.request_ids import scope_request_id
 from shared.api.responses import problem_doc
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -48,9 +51,23 @@ event loop every request runs on (see `TENANT_PARSE_THREADS` in shared.api.permi
 on the event loop, holding no thread that sync routes and sign-in need. A body no route takes (404, 405) is not
 parsed at all."""
 COMPLETION_PARSES = anyio.CapacityLimiter(EDGE_PARSE_THREADS)
-"""The limiter of the task-token completion routes' bodies (the routes of the body-bounded class without a permission
-check, `BoundedBodyRoute`), theirs alone: the remote workers' results never queue behind another edge parse, and a
-flood of them holds up no other route's."""
+"""The limiter of the task-token completion routes' bodies sent without a verified token in `TASK_TOKEN_HEADER` (the
+token only in the body, as workers sent it before the header), theirs alone: such results never queue behind another
+edge parse, and a flood of them holds up no other route's, nor any result whose header token verified."""
+TASK_TOKEN_HEADER = "X-Task-Token"  # noqa: S105  # a header name, not a secret
+"""The header a remote worker sends its result's task token in (ADR 0027): verified before the body is parsed. Not
+Authorization, which the gateway reads as the caller's Entra bearer token."""
+UNVERIFIED_BODIES = 16
+"""Completion bodies without a verified header token that one process holds, waiting for or in their parse; one
+more is answered 503 at once. A parse of a hostile MiB takes 0.13-0.24 s, so the last of them waits 2-4 s, and the
+bodies held are at most this many times the body limit: without the bound, a flood queued without end, in memory,
+and a real result behind 30 of them arrived 7 s late, after its lease (409 `lease-expired`, its work lost)."""
+UNVERIFIED_RETRY_AFTER_S = 2
+"""Retry-After of the 503 for a body past `UNVERIFIED_BODIES`: about the time the bodies ahead of it take."""
+_VERIFIED_PARSES: dict[Hashable, anyio.CapacityLimiter] = {}
+"""The limiters of completion bodies whose header token verified, one per tenant the token is of, each one body at a
+time: such a body waits for no unverified one, and for no other tenant's (as a permission-checked route's body, in
+shared.api.permissions). Only tenants whose keys verified a token have one."""
 _EDGE_PARSES = anyio.CapacityLimiter(EDGE_PARSE_THREADS)
 """The limiter of any other route's body parsed at the edge (a route of another class; none of the app's today)."""
 ACCEPTED_CHARSETS = frozenset({"utf-8", "utf8"})
@@ -159,12 +176,68 @@ def routed(scope: Scope) -> Any | None:
     return None
 
 
-def edge_parse_limiter(route: Any) -> anyio.CapacityLimiter:
-    """The limiter that a body the edge parses for `route` (one without a permission check) is parsed under:
-    `COMPLETION_PARSES` for the body-bounded routes (the task-token completion routes), `_EDGE_PARSES` otherwise."""
-    if getattr(route, "parses_body_after_permission", None) is False:
-        return COMPLETION_PARSES
-    return _EDGE_PARSES
+class BodyPlaces:
+    """At most `limit` bodies held at once, each from `take` to its `give_back`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.taken = limit, 0
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        """Take a place; False, taking none, when all `limit` are taken."""
+        with self._lock:
+            if self.taken >= self.limit:
+                return False
+            self.taken += 1
+            return True
+
+    def give_back(self) -> None:
+        """Give back a place taken."""
+        with self._lock:
+            self.taken -= 1
+
+
+UNVERIFIED_PLACES = BodyPlaces(UNVERIFIED_BODIES)
+"""The places of the completion bodies without a verified header token (`UNVERIFIED_BODIES`), per process."""
+
+
+def _unverified_full() -> ProblemError:
+    """The 503 of a completion body without a verified header token, past `UNVERIFIED_BODIES`."""
+    detail = (
+        f"Too many results without a verified {TASK_TOKEN_HEADER} header are waiting here; send the same result again"
+        f" in {UNVERIFIED_RETRY_AFTER_S} s, with its task token in the {TASK_TOKEN_HEADER} header."
+    )
+    return ProblemError(
+        503,
+        "completions-busy",
+        "Service unavailable",
+        detail,
+        headers={"Retry-After": str(UNVERIFIED_RETRY_AFTER_S)},
+        extensions={"limit": UNVERIFIED_PLACES.limit},
+    )
+
+
+async def edge_document(scope: Scope, route: Any, body: bytes) -> Any:
+    """The document of a body the edge parses for `route` (one without a permission check), on the limiter that is
+    its own; NotAcceptedJSONError when it is not accepted JSON, ProblemError when it is refused unparsed.
+
+    A route with a `credential_owner(scope)` (the completion routes, `TaskTokenRoute`) has the credential of a header
+    checked first: refused (its ProblemError) with the body never parsed, or verified, the body then parsed on its
+    owner's limiter (`_VERIFIED_PARSES`); without one, the body takes one of `UNVERIFIED_PLACES` (503 when none is
+    free) and is parsed on `COMPLETION_PARSES`. Any other route's body is parsed on `_EDGE_PARSES`."""
+    credential_owner = getattr(route, "credential_owner", None)
+    if credential_owner is None:
+        return await parsed(body, limiter=_EDGE_PARSES)
+    owner = await credential_owner(scope)
+    if owner is not None:
+        limiter = _VERIFIED_PARSES.setdefault(owner, anyio.CapacityLimiter(EDGE_PARSE_THREADS))
+        return await parsed(body, limiter=limiter)
+    if not UNVERIFIED_PLACES.take():
+        raise _unverified_full()
+    try:
+        return await parsed(body, limiter=COMPLETION_PARSES)
+    finally:
+        UNVERIFIED_PLACES.give_back()
 
 
 def _path_parameter(scope: Scope, segments: list[str], index: int) -> str | None:
@@ -246,8 +319,9 @@ class AcceptedInputMiddleware:
     hostile MiB: a permission-checked route's body is left to its permission check (`UNPARSED_BODY`), which parses
     it after sign-in, the permission and the tenant's admission; a body no route takes is not parsed at all (the app
     answers 404 or 405); any other route's body (the task-token completion routes') is parsed here, on a worker
-    thread of that route's own limiter (`edge_parse_limiter`). Registered inside the body size limit, so an oversized
-    body is refused (413) before anything reads it.
+    thread of that route's own limiter, after the credential of its header is verified, when it sends one
+    (`edge_document`). Registered inside the body size limit, so an oversized body is refused (413) before anything
+    reads it.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -296,9 +370,15 @@ class AcceptedInputMiddleware:
             else:
                 try:
                     # Kept for the route (shared.api.permissions), which then does not parse the bytes again.
-                    scope[ACCEPTED_DOCUMENT] = await parsed(body, limiter=edge_parse_limiter(route))
+                    scope[ACCEPTED_DOCUMENT] = await edge_document(scope, route, body)
                 except NotAcceptedJSONError as exc:
                     await self._refuse(scope, receive, send, list(exc.refusals))
+                    return
+                except Exception as exc:
+                    # A header credential refused or its key unreadable (a 401, 429 or 503), or no place left: the
+                    # app's answer to the same error in a route, as a problem document.
+                    instance, request_id = _instance(scope), scope_request_id(scope)
+                    await error_response(exc, instance=instance, request_id=request_id)(scope, receive, send)
                     return
         delivered = False
 

@@ -23,10 +23,14 @@ members) is `BoundedBodyRoute`'s, which `GuardedRoute` extends and the routes wi
 permission-checked route's body is not parsed at the edge at all: its permission check parses it, on a worker thread,
 once the caller is signed in, allowed the action and admitted within its tenant's bounds, so that no caller without
 a token, and no tenant over its bounds, makes anybody parse a body sent to such a route; a body sent where no route
-takes it (404, 405) is not parsed either. The task-token completion routes are the exception: their credential, the
-task token, is in the body, so the edge parses every body sent to them before the token is checked, a caller without
-a valid token's too, on a worker thread of the limiter that is theirs alone (`COMPLETION_PARSES` in
-shared.api.accepted_input, one body at a time per process).
+takes it (404, 405) is not parsed either. The task-token completion routes are the exception, as their credential,
+the task token, may be in the body. Sent in the `X-Task-Token` header, it is verified (signature and expiry) before
+the body is parsed, and refused (401) without the body parsed; the body of a verified one is parsed on its tenant's
+limiter of verified results. Sent in the body only (workers from before the header), the edge parses the body before
+the token is checked, a caller without a valid token's too, on a worker thread of the limiter that such bodies alone
+use (`COMPLETION_PARSES` in shared.api.accepted_input, one body at a time per process), with at most
+`UNVERIFIED_BODIES` of them held per process (503 with Retry-After past it): a flood of them delays no result whose
+header token verified (`edge_document` there; ADR 0027).
 """
 
 from __future__ import annotations

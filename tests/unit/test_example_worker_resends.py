@@ -1,10 +1,13 @@
 # intent_ref: platform.execution
 """The example worker sends a result answered 5xx (or not at all) again until the item's deadline, not only while
 its lease lasts: the platform takes a repeat of a recorded result until then, and only a repeat gets a hand-over that
-failed made (ADR 0027, amended 2026-12-07)."""
+failed made (ADR 0027, amended 2026-12-07); and it sends a result's task token in the X-Task-Token header, which the
+platform verifies before it reads the body."""
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -102,3 +105,24 @@ def test_a_result_never_answered_5xx_still_stops_with_its_lease(clock: Clock) ->
 def test_a_lease_expired_answer_ends_the_resends(clock: Clock) -> None:
     api = FakeApi(clock, [503] * 20 + [409])
     assert _report(api, clock) == "conflict"
+
+
+def test_a_result_carries_its_task_token_in_the_header_and_the_body() -> None:
+    # The header is verified before the platform reads the body, so the result never waits behind bodies without a
+    # valid token; the body's copy, the same, keeps a platform from before the header taking it (ADR 0027).
+    seen: list[httpx.Request] = []
+
+    def platform(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"state": "succeeded"})
+
+    client = httpx.Client(base_url="http://platform", transport=httpx.MockTransport(platform))
+    tokens = remote_worker.TokenSource(SimpleNamespace(token="entra-token"))  # type: ignore[arg-type]
+    api = remote_worker.Api(client, tokens)
+    until = time.monotonic() + LEASE_S
+    assert remote_worker._report(api, "/complete", _item(), {"output": {}}, until, "completed") == "completed"
+
+    [request] = seen
+    assert request.headers["X-Task-Token"] == "t"
+    assert request.headers["Authorization"] == "Bearer entra-token"
+    assert json.loads(request.content) == {"task_token": "t", "output": {}}

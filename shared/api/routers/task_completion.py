@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Header, Request
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field, Strict, TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Scope
 
+from shared.api.accepted_input import TASK_TOKEN_HEADER, UNVERIFIED_BODIES
 from shared.api.admission import RETRY_AFTER_S, Admission, get_admission
 from shared.api.durable import get_durable_client
 from shared.api.permissions import BoundedBodyRoute, received_document
-from shared.api.problems import DEPENDENCY_RETRY_AFTER_S, ProblemError, over_rate, too_many_requests
+from shared.api.problems import DEPENDENCY_RETRY_AFTER_S, FieldError, ProblemError, over_rate, too_many_requests
 from shared.api.responses import INVALID, RATE_LIMITED, problem_doc
 from shared.api.routers.executions import ExecutionId, StepId
 from shared.api.security import AUTHORIZATION, refuse_repeated_headers, single_header
@@ -27,9 +30,6 @@ from shared.engine.task_tokens import TaskClaims
 from shared.observability.tracing import TENANT_ID
 
 logger = logging.getLogger(__name__)
-# The body handling every other route has (ADR 0023): the edge's document, and only the first unknown members
-# validated. Not `GuardedRoute`: the caller is no principal with roles, so there is no permission to check.
-router = APIRouter(prefix="/api/v1/executions", tags=["remote workers"], route_class=BoundedBodyRoute)
 _EXAMPLE_TOKEN = "qpt1.eyJ0IjoiLi4uIn0.c2lnbmF0dXJl"  # noqa: S105  # a documentation example
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: problem_doc(
@@ -37,7 +37,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         "invalid-task-token",
         "Unauthorized",
         "the task token has expired",
-        "The task token is missing, malformed, forged, expired or another tenant's",
+        f"The task token is missing, malformed, forged, expired or another tenant's; one sent in {TASK_TOKEN_HEADER}"
+        " is refused so before the body is read",
     ),
     403: problem_doc(
         403,
@@ -64,9 +65,16 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         "Service unavailable",
         "The result is recorded but could not be handed to the execution yet; send the same result again in 2 s.",
         "The result is recorded but its execution could not be told yet: send the same result again after "
-        "Retry-After (answered 200 then); or a dependency is unavailable (`dependency-unavailable`)",
+        "Retry-After (answered 200 then); or a dependency is unavailable (`dependency-unavailable`); or, for a "
+        f"result without its task token in {TASK_TOKEN_HEADER}, {UNVERIFIED_BODIES} such results are waiting here "
+        "already and nothing was read of it (`completions-busy`): send it again after Retry-After, best with the "
+        "header",
     ),
 }
+_TOKEN_IN_BODY = (
+    f"From the leased work item (`POST /api/v1/work/lease`). Required unless the {TASK_TOKEN_HEADER} header carries "
+    "it; when both are sent they must be equal."
+)
 
 
 class StepCompletion(BaseModel):
@@ -84,9 +92,7 @@ class StepCompletion(BaseModel):
         },
     )
 
-    task_token: str = Field(
-        min_length=1, max_length=2048, description="From the leased work item (`POST /api/v1/work/lease`)."
-    )
+    task_token: str | None = Field(default=None, min_length=1, max_length=2048, description=_TOKEN_IN_BODY)
     output: Any = None
 
 
@@ -100,7 +106,7 @@ class StepFailure(BaseModel):
         },
     )
 
-    task_token: str = Field(min_length=1, max_length=2048)
+    task_token: str | None = Field(default=None, min_length=1, max_length=2048, description=_TOKEN_IN_BODY)
     error: str = Field(min_length=1, max_length=4000)
     # Strict: a lax bool took "false" and "no" as False; a worker whose encoder wrote its flags as text was never told.
     retryable: Annotated[bool, Strict()] = True
@@ -193,23 +199,85 @@ def _attempt_at(request: Request) -> tuple[UUID, str] | None:
         return None
 
 
-def _task_claims(phase: Literal["run", "compensate"]) -> Any:
-    """The route's first dependency: the verified claims of the body's task token, before the body is validated."""
+class TaskTokenRoute(BoundedBodyRoute):
+    """The body handling every other route has (ADR 0023): the edge's document, and only the first unknown members
+    validated; and a task token sent in `TASK_TOKEN_HEADER` verified at the edge before the body is parsed. Not
+    `GuardedRoute`: the caller is no principal with roles, so there is no permission to check."""
 
-    async def task_claims(request: Request) -> TaskClaims:
+    async def credential_owner(self, scope: Scope) -> UUID | None:
+        """The tenant of the task token in the request's header, its signature and expiry verified, for the edge to
+        parse the body on that tenant's limiter of verified results (shared.api.accepted_input); None without one.
+        Refused (401 forged or expired, 400 repeated, 429 while keys are read at capacity) before the body is
+        parsed, so a flood of bodies without a valid token never delays one with (ADR 0027)."""
+        token = single_header(Request(scope), TASK_TOKEN_HEADER)
+        if token is None:
+            return None
+        # Only that it verifies: the route's dependency checks it again against the path's attempt (403).
+        return (await _signed(token, None, "run")).tenant_id
+
+
+router = APIRouter(prefix="/api/v1/executions", tags=["remote workers"], route_class=TaskTokenRoute)
+
+
+@dataclass(frozen=True)
+class VerifiedToken:
+    """The task token a result is reported with, and its verified claims."""
+
+    token: str
+    claims: TaskClaims
+
+
+def _differs(header_token: str, document: Any) -> ProblemError | None:
+    """The 422 of a body whose own task token is not the header's; None when it sends none or the same."""
+    body_token = document.get("task_token") if isinstance(document, dict) else None
+    if body_token is None or body_token == header_token:
+        return None
+    detail = f"the body's task_token differs from the {TASK_TOKEN_HEADER} header's: send one token, or the same twice"
+    return ProblemError(
+        422,
+        "validation-error",
+        "Request validation failed",
+        "1 invalid field(s)",
+        errors=[FieldError(pointer="/task_token", detail=detail)],
+    )
+
+
+_HEADER_TOKEN = Header(
+    alias=TASK_TOKEN_HEADER,
+    description=(
+        "The task token of the leased work item, verified before the body is read, so that the result never waits "
+        "for bodies sent without a valid one. The body's `task_token` may then be left out; if sent, it must be "
+        "the same."
+    ),
+)
+
+
+def _task_claims(phase: Literal["run", "compensate"]) -> Any:
+    """The route's first dependency: the verified task token, from the header or the body, before the body is
+    validated."""
+
+    async def task_claims(request: Request, header_token: Annotated[str | None, _HEADER_TOKEN] = None) -> VerifiedToken:
         # The token is the request's credential, so it is checked first, as a bearer token is (ADR 0022): a caller
         # without a valid one hears 401 and has no body model validated for it, nor its schema described. It is
-        # read from the document the edge parsed (`BoundedBodyRoute`), which the model is given afterwards.
+        # the header's, which the edge verified before parsing the body (`TaskTokenRoute`), else read from the
+        # document the edge parsed (`BoundedBodyRoute`), which the model is given afterwards.
         # Repeated headers are refused as on every other route, though none is read here: a proxy in front that
         # judges the request by one of its Authorization headers must not find it accepted on these routes alone.
         single_header(request, AUTHORIZATION)
+        single_header(request, TASK_TOKEN_HEADER)
         document = received_document(request)
-        token = document.get("task_token") if isinstance(document, dict) else None
+        token = header_token
+        if token is None:
+            token = document.get("task_token") if isinstance(document, dict) else None
         if not isinstance(token, str):
-            raise ProblemError(401, "invalid-task-token", "Unauthorized", "the body carries no task token")
+            detail = f"the request carries no task token (in the {TASK_TOKEN_HEADER} header or the body)"
+            raise ProblemError(401, "invalid-task-token", "Unauthorized", detail)
         claims = await _signed(token, _attempt_at(request), phase)
+        differs = None if header_token is None else _differs(header_token, document)
+        if differs is not None:
+            raise differs
         refuse_repeated_headers(request)
-        return claims
+        return VerifiedToken(token, claims)
 
     task_claims.__name__ = task_claims.__qualname__ = f"task_claims_{phase}"
     return task_claims
@@ -310,12 +378,13 @@ def _routes(suffix: str, phase: Literal["run", "compensate"], noun: str) -> None
         execution_id: ExecutionId,
         step_id: StepId,
         body: StepCompletion,
-        claims: TaskClaims = Depends(verified),  # noqa: B008  # the first dependency: solved before the body
+        token: VerifiedToken = Depends(verified),  # noqa: B008  # the first dependency: solved before the body
         client: Any = Depends(get_durable_client),  # noqa: B008
     ) -> ResultRecorded:
-        """Report the attempt's output. The task token is the credential: single use, bound to this attempt."""
+        """Report the attempt's output. The task token is the credential: single use, bound to this attempt; best
+        sent in the X-Task-Token header, which is verified before the body is read."""
         result = remote.RemoteResult(ok=True, output=body.output)
-        return await _report(client, execution_id, step_id, phase, body.task_token, claims, result)
+        return await _report(client, execution_id, step_id, phase, token.token, token.claims, result)
 
     @router.post(
         f"/{{execution_id}}/steps/{{step_id}}{suffix}/fail",
@@ -328,12 +397,13 @@ def _routes(suffix: str, phase: Literal["run", "compensate"], noun: str) -> None
         execution_id: ExecutionId,
         step_id: StepId,
         body: StepFailure,
-        claims: TaskClaims = Depends(verified),  # noqa: B008  # the first dependency: solved before the body
+        token: VerifiedToken = Depends(verified),  # noqa: B008  # the first dependency: solved before the body
         client: Any = Depends(get_durable_client),  # noqa: B008
     ) -> ResultRecorded:
-        """Report that the attempt failed; the step's retry policy decides what happens next."""
+        """Report that the attempt failed; the step's retry policy decides what happens next. The task token is
+        best sent in the X-Task-Token header, as for a completion."""
         result = remote.RemoteResult(ok=False, error=body.error, retryable=body.retryable)
-        return await _report(client, execution_id, step_id, phase, body.task_token, claims, result)
+        return await _report(client, execution_id, step_id, phase, token.token, token.claims, result)
 
 
 _routes("", "run", "step attempt")
