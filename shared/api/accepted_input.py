@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Annotated, Any
 from urllib.parse import quote, unquote_to_bytes
 
@@ -27,7 +27,7 @@ from shared.accepted_json import (
     pointer_token,
     text_refusal,
 )
-from shared.api.problems import FieldError, ProblemError, error_response, problem_response
+from shared.api.problems import FieldError, ProblemError, error_response, problem_response, too_many_requests
 from shared.api.request_ids import scope_request_id
 from shared.api.responses import problem_doc
 
@@ -59,11 +59,21 @@ TASK_TOKEN_HEADER = "X-Task-Token"  # noqa: S105  # a header name, not a secret
 Authorization, which the gateway reads as the caller's Entra bearer token."""
 UNVERIFIED_BODIES = 16
 """Completion bodies without a verified header token that one process holds, waiting for or in their parse; one
-more is answered 503 at once. A parse of a hostile MiB takes 0.13-0.24 s, so the last of them waits 2-4 s, and the
+more is answered 429 `completions-busy` at once (not 503: anyone past the gateway can fill the bound, and a 5xx
+pages the operator). A parse of a hostile MiB takes 0.13-0.24 s, so the last of them waits 2-4 s, and the
 bodies held are at most this many times the body limit: without the bound, a flood queued without end, in memory,
 and a real result behind 30 of them arrived 7 s late, after its lease (409 `lease-expired`, its work lost)."""
 UNVERIFIED_RETRY_AFTER_S = 2
-"""Retry-After of the 503 for a body past `UNVERIFIED_BODIES`: about the time the bodies ahead of it take."""
+"""Retry-After of the 429 for a body past `UNVERIFIED_BODIES`, or past `VERIFIED_BODIES_PER_TENANT`: about the time
+the bodies ahead of it take."""
+VERIFIED_BODIES_PER_TENANT = 16
+"""Completion bodies whose header token verified that one process holds per tenant of the token, waiting for or in
+their parse; one more is answered 429 `tenant-busy`. The edge verifies the token's signature and expiry only (whether
+it was spent, or names this path, is the route's to say, after the parse), and a token lives for its item's deadline
+(a day by default): a holder of one, spent or not, could otherwise hold any number of bodies in the memory every
+tenant's requests share."""
+VERIFIED_BODIES = 64
+"""The same for all tenants together, per process (429 `completions-busy` past it)."""
 _VERIFIED_PARSES: dict[Hashable, anyio.CapacityLimiter] = {}
 """The limiters of completion bodies whose header token verified, one per tenant the token is of, each one body at a
 time: such a body waits for no unverified one, and for no other tenant's (as a permission-checked route's body, in
@@ -199,22 +209,53 @@ class BodyPlaces:
 
 UNVERIFIED_PLACES = BodyPlaces(UNVERIFIED_BODIES)
 """The places of the completion bodies without a verified header token (`UNVERIFIED_BODIES`), per process."""
+VERIFIED_PLACES = BodyPlaces(VERIFIED_BODIES)
+"""The places of the completion bodies whose header token verified, all tenants (`VERIFIED_BODIES`), per process."""
+_VERIFIED_TENANT_PLACES: dict[Hashable, BodyPlaces] = {}
+"""Each tenant's places of those (`VERIFIED_BODIES_PER_TENANT`), per process."""
 
 
 def _unverified_full() -> ProblemError:
-    """The 503 of a completion body without a verified header token, past `UNVERIFIED_BODIES`."""
+    """The 429 of a completion body without a verified header token, past `UNVERIFIED_BODIES`."""
     detail = (
         f"Too many results without a verified {TASK_TOKEN_HEADER} header are waiting here; send the same result again"
         f" in {UNVERIFIED_RETRY_AFTER_S} s, with its task token in the {TASK_TOKEN_HEADER} header."
     )
-    return ProblemError(
-        503,
-        "completions-busy",
-        "Service unavailable",
-        detail,
-        headers={"Retry-After": str(UNVERIFIED_RETRY_AFTER_S)},
-        extensions={"limit": UNVERIFIED_PLACES.limit},
+    return too_many_requests(
+        "unverified", "completions-busy", detail, UNVERIFIED_RETRY_AFTER_S, limit=UNVERIFIED_PLACES.limit
     )
+
+
+def _tenant_full(owner: Hashable) -> ProblemError:
+    """The 429 of a completion body whose header token verified, past its tenant's places."""
+    detail = (
+        f"This tenant already has {VERIFIED_BODIES_PER_TENANT} results waiting here; send the same result again in"
+        f" {UNVERIFIED_RETRY_AFTER_S} s."
+    )
+    return too_many_requests(owner, "tenant-busy", detail, UNVERIFIED_RETRY_AFTER_S, limit=VERIFIED_BODIES_PER_TENANT)
+
+
+def _all_full(owner: Hashable) -> ProblemError:
+    """The 429 of a completion body whose header token verified, past the process's places for all tenants."""
+    detail = f"Too many results are waiting here; send the same result again in {UNVERIFIED_RETRY_AFTER_S} s."
+    return too_many_requests(owner, "completions-busy", detail, UNVERIFIED_RETRY_AFTER_S, limit=VERIFIED_BODIES)
+
+
+async def _parsed_holding(
+    body: bytes, limiter: anyio.CapacityLimiter, places: Sequence[tuple[BodyPlaces, Callable[[], ProblemError]]]
+) -> Any:
+    """`parsed`, holding one of each of `places` from before its wait to its end; the refusal of the first that has
+    none free (raised, taking none of them)."""
+    taken: list[BodyPlaces] = []
+    try:
+        for place, refusal in places:
+            if not place.take():
+                raise refusal()
+            taken.append(place)
+        return await parsed(body, limiter=limiter)
+    finally:
+        for place in taken:
+            place.give_back()
 
 
 async def edge_document(scope: Scope, route: Any, body: bytes) -> Any:
@@ -222,22 +263,21 @@ async def edge_document(scope: Scope, route: Any, body: bytes) -> Any:
     its own; NotAcceptedJSONError when it is not accepted JSON, ProblemError when it is refused unparsed.
 
     A route with a `credential_owner(scope)` (the completion routes, `TaskTokenRoute`) has the credential of a header
-    checked first: refused (its ProblemError) with the body never parsed, or verified, the body then parsed on its
-    owner's limiter (`_VERIFIED_PARSES`); without one, the body takes one of `UNVERIFIED_PLACES` (503 when none is
-    free) and is parsed on `COMPLETION_PARSES`. Any other route's body is parsed on `_EDGE_PARSES`."""
+    checked first: refused (its ProblemError) with the body never parsed, or verified, the body then taking one of
+    its owner's places and one of the process's (429 when none is free) and parsed on its owner's limiter
+    (`_VERIFIED_PARSES`); without one, the body takes one of `UNVERIFIED_PLACES` (429 when none is free) and is
+    parsed on `COMPLETION_PARSES`. Any other route's body is parsed on `_EDGE_PARSES`."""
     credential_owner = getattr(route, "credential_owner", None)
     if credential_owner is None:
         return await parsed(body, limiter=_EDGE_PARSES)
     owner = await credential_owner(scope)
-    if owner is not None:
-        limiter = _VERIFIED_PARSES.setdefault(owner, anyio.CapacityLimiter(EDGE_PARSE_THREADS))
-        return await parsed(body, limiter=limiter)
-    if not UNVERIFIED_PLACES.take():
-        raise _unverified_full()
-    try:
-        return await parsed(body, limiter=COMPLETION_PARSES)
-    finally:
-        UNVERIFIED_PLACES.give_back()
+    if owner is None:
+        return await _parsed_holding(body, COMPLETION_PARSES, [(UNVERIFIED_PLACES, _unverified_full)])
+    limiter = _VERIFIED_PARSES.setdefault(owner, anyio.CapacityLimiter(EDGE_PARSE_THREADS))
+    tenant_places = _VERIFIED_TENANT_PLACES.setdefault(owner, BodyPlaces(VERIFIED_BODIES_PER_TENANT))
+    return await _parsed_holding(
+        body, limiter, [(tenant_places, lambda: _tenant_full(owner)), (VERIFIED_PLACES, lambda: _all_full(owner))]
+    )
 
 
 def _path_parameter(scope: Scope, segments: list[str], index: int) -> str | None:

@@ -1,12 +1,15 @@
 # intent_ref: platform.hardening
 """A remote worker's result carrying its task token in X-Task-Token is verified before its body is parsed and parsed
 apart from bodies without one: a flood of hostile bodies without a valid token, which the edge must parse to find
-theirs, delays it no more, and is itself bounded per process (503 with Retry-After past it). A header token that does
-not verify is refused before the body is read; one the body's token contradicts is refused; a result with its token
-in the body only, as workers sent it before, still works (ADR 0027)."""
+theirs, delays it no more, and is itself bounded per process (429 with Retry-After past it); so are bodies whose
+header token verifies, per tenant and per process (the edge checks a token's signature and expiry only, so a spent
+token verifies too). A header token that does not verify is refused before the body is read; one the body's token
+contradicts is refused; a result with its token in the body only, as workers sent it before, still works (ADR
+0027)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -98,6 +101,18 @@ def attempt(api: ApiHarness, app_pool: ConnectionPool[Any]) -> RemoteAttempt:
     return remote_attempt(app_pool, handle.id)
 
 
+@contextlib.contextmanager
+def senders(flood: HeldFlood, workers: int) -> Iterator[ThreadPoolExecutor]:
+    """Threads to send on; at the end the held bodies are let go before the threads are waited for, so that a failed
+    assertion does not leave each held parse to wait out its bound, one after another."""
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        yield pool
+    finally:
+        flood.release.set()
+        pool.shutdown(wait=True)
+
+
 def hostile_body() -> bytes:
     """A body just under the body limit whose token verifies nothing: what anyone past the gateway can send."""
     size = get_settings().QP_MAX_BODY_BYTES - 1024
@@ -139,7 +154,7 @@ def attempt_open(pool: ConnectionPool[Any], attempt: RemoteAttempt) -> bool:
 def test_a_result_with_a_verified_header_token_is_answered_while_a_flood_of_hostile_bodies_is_held(
     api: ApiHarness, flood: HeldFlood, client: RecordingClient, attempt: RemoteAttempt
 ) -> None:
-    with ThreadPoolExecutor(max_workers=FLOOD + 2) as pool:
+    with senders(flood, FLOOD + 2) as pool:
         hostile = send_flood(api, pool, attempt, FLOOD)
         flood.wait_until_queued(FLOOD)
 
@@ -163,10 +178,10 @@ def test_a_result_with_a_verified_header_token_is_answered_while_a_flood_of_host
             assert_problem(future.result(timeout=GIVE_UP_S), 401, "invalid-task-token")
 
 
-def test_a_body_without_a_verified_header_token_past_the_bound_is_503_with_retry_after_and_not_parsed(
+def test_a_body_without_a_verified_header_token_past_the_bound_is_429_with_retry_after_and_not_parsed(
     api: ApiHarness, app_pool: ConnectionPool[Any], flood: HeldFlood, client: RecordingClient, attempt: RemoteAttempt
 ) -> None:
-    with ThreadPoolExecutor(max_workers=FLOOD + 2) as pool:
+    with senders(flood, FLOOD + 2) as pool:
         hostile = send_flood(api, pool, attempt, FLOOD)
         flood.wait_until_queued(FLOOD)
 
@@ -175,9 +190,10 @@ def test_a_body_without_a_verified_header_token_past_the_bound_is_503_with_retry
         busy = answer_to(
             pool, flood, lambda: api.client.post(attempt.url(), json={"task_token": attempt.token, "output": {"a": 1}})
         )
-        document = assert_problem(busy, 503, "completions-busy")
+        # 429, not 503: anyone past the gateway can fill the bound, and a 5xx pages the operator.
+        document = assert_problem(busy, 429, "completions-busy")
         assert busy.headers["retry-after"] == str(accepted_input.UNVERIFIED_RETRY_AFTER_S)
-        assert document["limit"] == FLOOD and document["request_id"]
+        assert document["limit"] == FLOOD
         assert HEADER in document["detail"]
         assert len(flood.limiters) == FLOOD  # the hostile bodies' parses only
         assert not any(future.done() for future in hostile)
@@ -287,3 +303,27 @@ def test_an_old_style_result_with_its_token_in_the_body_only_still_works(
     assert [instance for instance, _, _ in client.raised] == [str(attempt.key.execution_id)]
     assert not attempt_open(app_pool, attempt)
     assert uuid.UUID(done.json()["execution_id"]) == attempt.key.execution_id
+
+
+def test_bodies_with_a_verified_header_token_are_bounded_per_tenant_even_when_the_token_is_spent(
+    api: ApiHarness, flood: HeldFlood, client: RecordingClient, attempt: RemoteAttempt
+) -> None:
+    # The edge verifies a header token's signature and expiry (a day by default), not whether it was spent: a holder
+    # of one sent any number of bodies with it, each held in the memory every tenant's requests share until parsed.
+    done = api.client.post(attempt.url(), headers={HEADER: attempt.token}, json={"output": {"a": 1}})
+    assert done.status_code == 200, done.text  # the token is spent now
+    bound = accepted_input.VERIFIED_BODIES_PER_TENANT
+    body = hostile_body()
+    headers = {"Content-Type": "application/json", HEADER: attempt.token}
+    with senders(flood, bound + 4) as pool:
+        held = [pool.submit(api.client.post, attempt.url(), content=body, headers=headers) for _ in range(bound)]
+        flood.wait_until_queued(bound)
+        past = answer_to(pool, flood, lambda: api.client.post(attempt.url(), content=body, headers=headers))
+        document = assert_problem(past, 429, "tenant-busy")
+        assert past.headers["retry-after"] == str(accepted_input.UNVERIFIED_RETRY_AFTER_S)
+        assert document["limit"] == bound
+        assert flood.queued == bound  # the one past the bound was never handed to a parse
+        flood.release.set()
+        for future in held:
+            assert future.result(timeout=GIVE_UP_S).status_code in (409, 422)  # spent: nothing recorded
+    assert accepted_input.VERIFIED_PLACES.taken == 0

@@ -15,12 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, TypeAdapter, Validati
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Scope
 
-from shared.api.accepted_input import TASK_TOKEN_HEADER, UNVERIFIED_BODIES
+from shared.api.accepted_input import TASK_TOKEN_HEADER, UNVERIFIED_BODIES, VERIFIED_BODIES, VERIFIED_BODIES_PER_TENANT
 from shared.api.admission import RETRY_AFTER_S, Admission, get_admission
 from shared.api.durable import get_durable_client
 from shared.api.permissions import BoundedBodyRoute, received_document
 from shared.api.problems import DEPENDENCY_RETRY_AFTER_S, FieldError, ProblemError, over_rate, too_many_requests
-from shared.api.responses import INVALID, RATE_LIMITED, problem_doc
+from shared.api.responses import INVALID, problem_doc
 from shared.api.routers.executions import ExecutionId, StepId
 from shared.api.security import AUTHORIZATION, refuse_repeated_headers, single_header
 from shared.db.session import retried_on_deadlock
@@ -58,17 +58,23 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         "by its execution's end (the detail says which)",
     ),
     422: INVALID,
-    429: RATE_LIMITED,
+    429: problem_doc(
+        429,
+        "rate-limited",
+        "Too many requests",
+        "This tenant is over its request rate; retry in 3 s.",
+        "Over the tenant's request rate (`rate-limited`) or its requests in flight (`tenant-busy`, also when a "
+        f"process holds {VERIFIED_BODIES_PER_TENANT} of its results already); or {UNVERIFIED_BODIES} results without "
+        f"their task token in {TASK_TOKEN_HEADER}, or {VERIFIED_BODIES} with it, are waiting here already and nothing "
+        "was read of this one (`completions-busy`): send it again after Retry-After, best with the header",
+    ),
     503: problem_doc(
         503,
         "orchestration-unavailable",
         "Service unavailable",
         "The result is recorded but could not be handed to the execution yet; send the same result again in 2 s.",
         "The result is recorded but its execution could not be told yet: send the same result again after "
-        "Retry-After (answered 200 then); or a dependency is unavailable (`dependency-unavailable`); or, for a "
-        f"result without its task token in {TASK_TOKEN_HEADER}, {UNVERIFIED_BODIES} such results are waiting here "
-        "already and nothing was read of it (`completions-busy`): send it again after Retry-After, best with the "
-        "header",
+        "Retry-After (answered 200 then); or a dependency is unavailable (`dependency-unavailable`)",
     ),
 }
 _TOKEN_IN_BODY = (
