@@ -69,9 +69,20 @@ _PIN_TENANT = "SELECT app.pin_tenant(%s)"
 # notifications of every tenant would pile up unread in this process), a session advisory lock. It runs at the start
 # of every transaction, in the same round trip as BEGIN, instead of as a separate round trip on every return to the
 # pool; if the transaction rolls back, so does this reset (the unlock excepted), and the next transaction resets
-# again. All four are allowed in a transaction block, and none is needed across transactions by the pools' users:
-# the app listens and holds session locks only on connections of its own, never pooled ones.
-_SESSION_RESETS = (b"RESET ALL", b"RESET ROLE", b"UNLISTEN *", b"SELECT pg_advisory_unlock_all()")
+# again. All are allowed in a transaction block, and none is needed across transactions by the pools' users: the
+# app listens, holds session locks and keeps cursors only on connections of its own, never pooled ones. First, the
+# transaction's own characteristics: a session default (`default_transaction_read_only`, an isolation level) takes
+# effect at BEGIN, before RESET ALL, and refused every later borrower's writes until a transaction committed. Then
+# cursors declared WITH HOLD, which outlive their transaction (one under the audit export's cursor name failed every
+# later export on the session).
+_SESSION_RESETS = (
+    b"SET TRANSACTION ISOLATION LEVEL READ COMMITTED, READ WRITE, NOT DEFERRABLE",
+    b"RESET ALL",
+    b"RESET ROLE",
+    b"UNLISTEN *",
+    b"SELECT pg_advisory_unlock_all()",
+    b"CLOSE ALL",
+)
 TIMER_LOCK_TIMEOUT_MS = 2000
 """How long a timer pass's tenant transaction waits for a lock (bounded_lock_waits) before that tenant fails."""
 # The bounds every transaction runs under (ADR 0043), set transaction-local by its prologue, after the reset (which
@@ -105,13 +116,17 @@ class _Prologue:
     """The transaction's idle_in_transaction_session_timeout (ADR 0043)."""
 
     def run(self, conn: psycopg.Connection[Any]) -> None:
-        """The reset and the prologue statement by statement (in a pipeline, where they still travel together)."""
+        """The reset and the prologue statement by statement (in a pipeline, where they still travel together).
+
+        Never prepared: the driver prepares a statement it has run five times, and SQL in an earlier transaction of
+        the session could put its own text under that name, a pin that pins nothing, so that the check of migration
+        0047 inside `app.pin_tenant` never ran and every later pipelined transaction on the session ran unpinned."""
         for reset in _SESSION_RESETS:
-            conn.execute(reset)
-        conn.execute(self.role)
+            conn.execute(reset, prepare=False)
+        conn.execute(self.role, prepare=False)
         if self.tenant_id is not None:
-            conn.execute(_PIN_TENANT, (self.tenant_id,))
-        conn.execute(self._bounds())
+            conn.execute(_PIN_TENANT, (self.tenant_id,), prepare=False)
+        conn.execute(self._bounds(), prepare=False)
 
     def script(self) -> bytes:
         """BEGIN, the reset and the prologue as one simple query: one round trip, and the client's work of one

@@ -277,3 +277,66 @@ def test_the_delete_functions_reach_the_pinned_tenants_rows_only(
             (owner, owner),
         ).fetchone()
     assert left == (0,)
+
+
+def test_a_pipelined_pin_replaced_by_one_that_pins_nothing_never_runs(
+    one_connection: ConnectionPool[Any], new_tenant: Any
+) -> None:
+    attacker, victim = new_tenant(), new_tenant()
+    for _ in range(6):  # often enough that a driver preparing repeated statements would have prepared the prologue's
+        with tenant_write(victim, pool=one_connection) as conn:
+            conn.execute("SELECT 1")
+    with tenant_transaction(attacker, pool=one_connection) as conn:
+        # Under the name the driver gave the pin, a statement that pins nothing: the check inside app.pin_tenant
+        # (migration 0047) never ran, and every later pipelined transaction on the session ran with no tenant.
+        for row in conn.execute("SELECT name, statement FROM pg_prepared_statements").fetchall():
+            if "pin_tenant" in row["statement"]:
+                conn.execute(sql.SQL("DEALLOCATE {}").format(sql.Identifier(row["name"])))
+                conn.execute(
+                    sql.SQL("PREPARE {} (uuid) AS SELECT NULL::void WHERE $1 IS NOT NULL").format(
+                        sql.Identifier(row["name"])
+                    )
+                )
+    for _ in range(2):
+        try:
+            with tenant_write(victim, pool=one_connection) as conn:
+                pinned = conn.execute("SELECT app.current_tenant_id() AS tenant").fetchone()
+        except TamperedSessionError:
+            continue  # refused and closed: the property holds
+        assert pinned == {"tenant": victim}
+
+
+@pytest.mark.parametrize(
+    "setting", ["default_transaction_read_only = on", "default_transaction_isolation = 'serializable'"]
+)
+def test_a_session_default_left_by_a_tenant_changes_nothing_of_the_next_transactions(
+    one_connection: ConnectionPool[Any], new_tenant: Any, setting: str
+) -> None:
+    attacker, victim = new_tenant(), new_tenant()
+    with tenant_transaction(attacker, pool=one_connection) as conn:
+        conn.execute(f"SET SESSION {setting}")
+    # It took effect at the next BEGIN, before the reset: every write refused until a transaction committed.
+    for _ in range(2):
+        with tenant_transaction(victim, pool=one_connection) as conn:
+            conn.execute("UPDATE app.tenants SET settings = settings WHERE id = %s", (victim,))
+            seen = conn.execute(
+                "SELECT current_setting('transaction_read_only') AS ro, current_setting('transaction_isolation') AS iso"
+            ).fetchone()
+        assert seen == {"ro": "off", "iso": "read committed"}
+        with tenant_write(victim, pool=one_connection) as conn:
+            conn.execute("UPDATE app.tenants SET settings = settings WHERE id = %s", (victim,))
+
+
+def test_a_holdable_cursor_left_by_a_tenant_is_closed_before_the_next_transaction(
+    one_connection: ConnectionPool[Any], new_tenant: Any
+) -> None:
+    from shared.audit.postgres import _exported
+
+    attacker, victim = new_tenant(), new_tenant()
+    with tenant_transaction(attacker, pool=one_connection) as conn:
+        # Under the audit export's cursor name, WITH HOLD: it outlived the transaction, and every later export on the
+        # session failed (DuplicateCursor) for as long as the connection lived.
+        conn.execute("DECLARE export_audit_events CURSOR WITH HOLD FOR SELECT 1")
+    with tenant_transaction(victim, pool=one_connection) as conn:
+        assert list(_exported(conn, victim)) == []
+        assert conn.execute("SELECT count(*) AS n FROM pg_cursors WHERE is_holdable").fetchone() == {"n": 0}
