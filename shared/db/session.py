@@ -70,19 +70,20 @@ _PIN_TENANT = "SELECT app.pin_tenant(%s)"
 # of every transaction, in the same round trip as BEGIN, instead of as a separate round trip on every return to the
 # pool; if the transaction rolls back, so does this reset (the unlock excepted), and the next transaction resets
 # again. All are allowed in a transaction block, and none is needed across transactions by the pools' users: the
-# app listens, holds session locks and keeps cursors only on connections of its own, never pooled ones. First, the
-# transaction's own characteristics: a session default (`default_transaction_read_only`, an isolation level) takes
-# effect at BEGIN, before RESET ALL, and refused every later borrower's writes until a transaction committed. Then
-# cursors declared WITH HOLD, which outlive their transaction (one under the audit export's cursor name failed every
-# later export on the session).
+# app listens, holds session locks and keeps cursors only on connections of its own, never pooled ones. Last, cursors
+# declared WITH HOLD, which outlive their transaction (one under the audit export's cursor name failed every later
+# export on the session). The transaction's own characteristics come first, in its BEGIN (`_TRANSACTION_MODES`).
 _SESSION_RESETS = (
-    b"SET TRANSACTION ISOLATION LEVEL READ COMMITTED, READ WRITE, NOT DEFERRABLE",
     b"RESET ALL",
     b"RESET ROLE",
     b"UNLISTEN *",
     b"SELECT pg_advisory_unlock_all()",
     b"CLOSE ALL",
 )
+_TRANSACTION_MODES = b"ISOLATION LEVEL READ COMMITTED, READ WRITE, NOT DEFERRABLE"
+"""Every transaction's characteristics, named at its start: a session default (`default_transaction_read_only`, an
+isolation level) that SQL of an earlier borrower set takes effect at BEGIN, before the reset's RESET ALL, and refused
+every later borrower's writes until a transaction committed."""
 TIMER_LOCK_TIMEOUT_MS = 2000
 """How long a timer pass's tenant transaction waits for a lock (bounded_lock_waits) before that tenant fails."""
 # The bounds every transaction runs under (ADR 0043), set transaction-local by its prologue, after the reset (which
@@ -121,6 +122,7 @@ class _Prologue:
         Never prepared: the driver prepares a statement it has run five times, and SQL in an earlier transaction of
         the session could put its own text under that name, a pin that pins nothing, so that the check of migration
         0047 inside `app.pin_tenant` never ran and every later pipelined transaction on the session ran unpinned."""
+        conn.execute(b"SET TRANSACTION " + _TRANSACTION_MODES, prepare=False)  # the driver's BEGIN names none
         for reset in _SESSION_RESETS:
             conn.execute(reset, prepare=False)
         conn.execute(self.role, prepare=False)
@@ -132,7 +134,7 @@ class _Prologue:
         """BEGIN, the reset and the prologue as one simple query: one round trip, and the client's work of one
         statement instead of seven (about 0.1 ms less CPU per transaction when they were five,
         docs/performance.md)."""
-        parts = [b"BEGIN", *_SESSION_RESETS, self.role]
+        parts = [b"BEGIN " + _TRANSACTION_MODES, *_SESSION_RESETS, self.role]
         if self.tenant_id is not None:
             # A literal, since a simple query takes no parameters: a UUID's text is hex digits and dashes only.
             parts.append(b"SELECT app.pin_tenant(" + sql.Literal(self.tenant_id).as_bytes() + b")")
