@@ -191,6 +191,11 @@ def test_a_worker_killed_while_its_module_runs_is_retried_not_left_to_the_step_t
         assert len(calls) == 2  # the killed run, and the retried one that took its lapsed claim over
         assert len({call.key for call in calls}) == 1  # one attempt: one idempotency key
         log = (tmp_path / "devhost.log").read_text()
-        assert "Executed 'module_worker' (Failed" in log and "retry 0 of 5" in log, log[-3000:]
+        # Redelivered by the batch's retry (the kill within the batch's hold), or by the copy the batch handed back
+        # (the kill after it, the module going on past the batch, ADR 0048): either way the killed run's claim lapsed
+        # and a copy took the attempt over, never leaving it to the step's timeout.
+        retried = "Executed 'module_worker' (Failed" in log and "retry 0 of 5" in log
+        handed_back = "handed back to the hub past the batch's hold (1 going on here)" in log
+        assert retried or handed_back, log[-3000:]
     finally:
         host.stop()
