@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 from urllib.parse import quote, unquote_to_bytes
 
@@ -74,10 +75,6 @@ it was spent, or names this path, is the route's to say, after the parse), and a
 tenant's requests share."""
 VERIFIED_BODIES = 64
 """The same for all tenants together, per process (429 `completions-busy` past it)."""
-_VERIFIED_PARSES: dict[Hashable, anyio.CapacityLimiter] = {}
-"""The limiters of completion bodies whose header token verified, one per tenant the token is of, each one body at a
-time: such a body waits for no unverified one, and for no other tenant's (as a permission-checked route's body, in
-shared.api.permissions). Only tenants whose keys verified a token have one."""
 _EDGE_PARSES = anyio.CapacityLimiter(EDGE_PARSE_THREADS)
 """The limiter of any other route's body parsed at the edge (a route of another class; none of the app's today)."""
 ACCEPTED_CHARSETS = frozenset({"utf-8", "utf8"})
@@ -211,8 +208,20 @@ UNVERIFIED_PLACES = BodyPlaces(UNVERIFIED_BODIES)
 """The places of the completion bodies without a verified header token (`UNVERIFIED_BODIES`), per process."""
 VERIFIED_PLACES = BodyPlaces(VERIFIED_BODIES)
 """The places of the completion bodies whose header token verified, all tenants (`VERIFIED_BODIES`), per process."""
-_VERIFIED_TENANT_PLACES: dict[Hashable, BodyPlaces] = {}
-"""Each tenant's places of those (`VERIFIED_BODIES_PER_TENANT`), per process."""
+
+
+@dataclass(frozen=True)
+class _TenantParses:
+    """A tenant's completion bodies whose header token verified: their limiter, one body at a time (such a body waits
+    for no unverified one, and for no other tenant's, as a permission-checked route's body in
+    shared.api.permissions), and their places (`VERIFIED_BODIES_PER_TENANT`)."""
+
+    limiter: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(EDGE_PARSE_THREADS))
+    places: BodyPlaces = field(default_factory=lambda: BodyPlaces(VERIFIED_BODIES_PER_TENANT))
+
+
+_VERIFIED_PARSES: dict[Hashable, _TenantParses] = {}
+"""Per tenant whose key verified a token, per process."""
 
 
 def _unverified_full() -> ProblemError:
@@ -273,10 +282,13 @@ async def edge_document(scope: Scope, route: Any, body: bytes) -> Any:
     owner = await credential_owner(scope)
     if owner is None:
         return await _parsed_holding(body, COMPLETION_PARSES, [(UNVERIFIED_PLACES, _unverified_full)])
-    limiter = _VERIFIED_PARSES.setdefault(owner, anyio.CapacityLimiter(EDGE_PARSE_THREADS))
-    tenant_places = _VERIFIED_TENANT_PLACES.setdefault(owner, BodyPlaces(VERIFIED_BODIES_PER_TENANT))
+    tenant = _VERIFIED_PARSES.get(owner)
+    if tenant is None:
+        tenant = _VERIFIED_PARSES[owner] = _TenantParses()
     return await _parsed_holding(
-        body, limiter, [(tenant_places, lambda: _tenant_full(owner)), (VERIFIED_PLACES, lambda: _all_full(owner))]
+        body,
+        tenant.limiter,
+        [(tenant.places, lambda: _tenant_full(owner)), (VERIFIED_PLACES, lambda: _all_full(owner))],
     )
 
 
