@@ -28,7 +28,14 @@ from shared.accepted_json import (
     pointer_token,
     text_refusal,
 )
-from shared.api.problems import FieldError, ProblemError, error_response, problem_response, too_many_requests
+from shared.api.problems import (
+    FieldError,
+    ProblemError,
+    error_response,
+    invalid_fields,
+    problem_response,
+    too_many_requests,
+)
 from shared.api.request_ids import scope_request_id
 from shared.api.responses import problem_doc
 
@@ -472,13 +479,7 @@ async def _takes_no_body(request: Request) -> None:
     """Refuse any body (422 `validation-error`, pointer ``: the whole body). Run after the route's permission check,
     which has refused a POST body that is not JSON; an empty body is no body."""
     if await request.body():
-        raise ProblemError(
-            422,
-            "validation-error",
-            "Request validation failed",
-            "1 invalid field(s)",
-            errors=[FieldError(pointer="", detail=NO_BODY)],
-        )
+        raise invalid_fields(("", NO_BODY))
 
 
 TakesNoBody = Annotated[None, Depends(_takes_no_body)]

@@ -24,7 +24,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from shared.api.admission import get_admission
-from shared.api.problems import FieldError, ProblemError, json_pointer, too_many_requests
+from shared.api.problems import invalid_fields, json_pointer, too_many_requests
 from shared.api.security import RequestContext
 from shared.db.session import platform_transaction
 from shared.engine.event_wakeup import get_event_wakeup
@@ -121,13 +121,9 @@ def resume_after(last_event_id: str | None, after: int) -> int:
     value = last_event_id.strip()
     # Length first: int() refuses strings of over 4,300 digits with an error of its own.
     if not value.isascii() or not value.isdigit() or len(value) > _MAX_EVENT_ID_DIGITS or int(value) > MAX_EVENT_ID:
-        # The shape of every other 422 (a request validation error): errors of pointer and detail.
-        raise ProblemError(
-            422,
-            "validation-error",
-            "Request validation failed",
-            "Last-Event-ID must be the number of an event of this stream.",
-            errors=[FieldError(pointer=json_pointer(("header", "Last-Event-ID")), detail="not an event number")],
+        raise invalid_fields(
+            (json_pointer(("header", "Last-Event-ID")), "not an event number"),
+            detail="Last-Event-ID must be the number of an event of this stream.",
         )
     return int(value)
 

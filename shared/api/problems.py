@@ -87,6 +87,18 @@ class ProblemError(Exception):
         """Errors counted in the answer's `detail` but never built (they come after every listed one)."""
 
 
+def invalid_fields(*problems: tuple[str, str], detail: str | None = None) -> ProblemError:
+    """422 `validation-error` naming each problem as (JSON pointer into the request, what is wrong): the shape of a
+    request that does not validate, for the checks a route makes itself; `detail` defaults to the count."""
+    return ProblemError(
+        422,
+        "validation-error",
+        "Request validation failed",
+        detail or count_text(len(problems), len(problems)),
+        errors=[FieldError(pointer=pointer, detail=what) for pointer, what in problems],
+    )
+
+
 class CountedValidationError(RequestValidationError):
     """A request's validation errors when the model saw only part of its body: `unlisted` more errors (members the
     model refuses, left out before validation) count in the answer's `detail` without being built."""

@@ -336,6 +336,10 @@ def test_audit_is_per_tenant_filtered_and_paginated(api: ApiHarness) -> None:
     beta_ids = {str(r["id"]) for r in api.audit_rows("beta")}
     assert not beta_ids & {item["id"] for item in seen}
     _problem(api.client.get("/api/v1/audit", params={"cursor": "not-a-cursor"}, headers=alpha), 400)
+    naive = {"since": "2026-01-01T00:00:00", "until": "2026-01-02T00:00:00"}
+    refused = _problem(api.client.get("/api/v1/audit", params=naive, headers=alpha), 422)
+    assert refused["type"].endswith("/validation-error") and refused["detail"] == "Times need a UTC offset."
+    assert [e["pointer"] for e in refused["errors"]] == ["/query/since", "/query/until"]
 
 
 def test_every_decision_leaves_exactly_one_record(api: ApiHarness) -> None:

@@ -496,7 +496,9 @@ def test_list_filters_sorts_and_paginates(api: ApiHarness) -> None:
         if cursor is None:
             break
     assert seen == ["api-a", "web-a", "web-b", "web-c", "web-old"]
-    problem(api.client.get(f"{INTENTS}?label=nocolon", headers=headers), 422)
+    refused = problem(api.client.get(f"{INTENTS}?label=nocolon", headers=headers), 422)
+    assert refused["type"].endswith("/validation-error") and refused["detail"] == "1 invalid field(s)"
+    assert refused["errors"] == [{"pointer": "/query/label", "detail": "'nocolon' is not key:value"}]
     problem(api.client.get(f"{INTENTS}?cursor=garbage", headers=headers), 400)
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query
 
 from shared.api.permissions import GuardedRoute, permission
-from shared.api.problems import FieldError, ProblemError
+from shared.api.problems import invalid_fields
 from shared.api.responses import AUTH_ERRORS, BAD_CURSOR, INVALID
 from shared.api.security import RequestContext, authorize, tenant_resource
 from shared.audit import AuditQuery, get_audit_store
@@ -36,12 +36,8 @@ def list_records(
     authorize(context, Action.AUDIT_READ, tenant_resource("AuditLog", "*", context.tenant.id))
     naive = [name for name, value in (("since", since), ("until", until)) if value is not None and value.tzinfo is None]
     if naive:
-        raise ProblemError(
-            422,
-            "validation-error",
-            "Request validation failed",
-            "Times need a UTC offset.",
-            errors=[FieldError(pointer=f"/query/{name}", detail="add an offset, e.g. Z") for name in naive],
+        raise invalid_fields(
+            *((f"/query/{name}", "add an offset, e.g. Z") for name in naive), detail="Times need a UTC offset."
         )
     page = get_audit_store().query(
         AuditQuery(

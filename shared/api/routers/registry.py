@@ -20,7 +20,7 @@ from shared.api.accepted_input import TakesNoBody, no_body_doc
 from shared.api.idempotency import idempotency_key as idempotency_key_header
 from shared.api.idempotency import remember, replay_or_claim
 from shared.api.permissions import GuardedRoute, permission
-from shared.api.problems import ProblemError
+from shared.api.problems import ProblemError, invalid_fields
 from shared.api.responses import BAD_IDEMPOTENCY_KEY
 from shared.api.routers.registry_models import (
     COMMON_ERRORS,
@@ -258,13 +258,7 @@ def _label_filter(values: list[str] | None) -> dict[str, str] | None:
     for value in values or []:
         key, colon, label = value.partition(":")
         if not colon or not key:
-            raise ProblemError(
-                422,
-                "validation-error",
-                "Request validation failed",
-                "1 invalid field(s)",
-                extensions={"errors": [{"pointer": "/query/label", "detail": f"{value!r} is not key:value"}]},
-            )
+            raise invalid_fields(("/query/label", f"{value!r} is not key:value"))
         if wanted.setdefault(key, label) != label:
             return None
     return wanted

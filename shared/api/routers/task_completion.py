@@ -19,7 +19,7 @@ from shared.api.accepted_input import TASK_TOKEN_HEADER, UNVERIFIED_BODIES, VERI
 from shared.api.admission import RETRY_AFTER_S, Admission, get_admission
 from shared.api.durable import get_durable_client
 from shared.api.permissions import BoundedBodyRoute, received_document
-from shared.api.problems import DEPENDENCY_RETRY_AFTER_S, FieldError, ProblemError, over_rate, too_many_requests
+from shared.api.problems import DEPENDENCY_RETRY_AFTER_S, ProblemError, invalid_fields, over_rate, too_many_requests
 from shared.api.responses import INVALID, problem_doc
 from shared.api.routers.executions import ExecutionId, StepId
 from shared.api.security import AUTHORIZATION, refuse_repeated_headers, single_header
@@ -239,13 +239,7 @@ def _differs(header_token: str, document: Any) -> ProblemError | None:
     if body_token is None or body_token == header_token:
         return None
     detail = f"the body's task_token differs from the {TASK_TOKEN_HEADER} header's: send one token, or the same twice"
-    return ProblemError(
-        422,
-        "validation-error",
-        "Request validation failed",
-        "1 invalid field(s)",
-        errors=[FieldError(pointer="/task_token", detail=detail)],
-    )
+    return invalid_fields(("/task_token", detail))
 
 
 _HEADER_TOKEN = Header(

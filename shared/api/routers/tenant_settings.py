@@ -12,7 +12,7 @@ from psycopg.rows import DictRow
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.api.permissions import GuardedRoute, permission
-from shared.api.problems import FieldError, ProblemError, json_pointer
+from shared.api.problems import ProblemError, invalid_fields, json_pointer
 from shared.api.responses import AUTH_ERRORS, INVALID, PRECONDITION_FAILED
 from shared.api.security import RequestContext, authorize, record_mutation, tenant_resource
 from shared.api.transactions import TenantConnection
@@ -165,10 +165,4 @@ def _oversized(settings: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _invalid(problems: list[tuple[str, str]]) -> ProblemError:
     """422 `validation-error` naming each problem as (JSON pointer into the request, what is wrong)."""
-    return ProblemError(
-        422,
-        "validation-error",
-        "Request validation failed",
-        f"{len(problems)} invalid field(s)",
-        errors=[FieldError(pointer=at, detail=detail) for at, detail in problems],
-    )
+    return invalid_fields(*problems)
