@@ -32,8 +32,24 @@ still waiting at its hold's end back to the hub (ADR 0048)."""
 
 T = TypeVar("T")
 
-_threads: ThreadPoolExecutor | None = None
-_threads_lock = threading.Lock()
+
+class LazyThreads:
+    """A process's thread pool of `size` threads, started on first use: a process that never runs module work (an
+    HTTP-only worker) starts none."""
+
+    def __init__(self, size: int, name: str) -> None:
+        self._size, self._name = size, name
+        self._threads: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._threads is None:
+                self._threads = ThreadPoolExecutor(max_workers=self._size, thread_name_prefix=self._name)
+            return self._threads
+
+
+_pool = LazyThreads(MODULE_THREADS, "module-work")
 # Per event loop, since an asyncio.Semaphore belongs to the loop it first waits on.
 _shares: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[UUID, asyncio.Semaphore]] = (
     weakref.WeakKeyDictionary()
@@ -41,14 +57,6 @@ _shares: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[UUID, asyncio
 _places: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[UUID, asyncio.Semaphore]] = (
     weakref.WeakKeyDictionary()
 )
-
-
-def _pool() -> ThreadPoolExecutor:
-    global _threads
-    with _threads_lock:
-        if _threads is None:
-            _threads = ThreadPoolExecutor(max_workers=MODULE_THREADS, thread_name_prefix="module-work")
-        return _threads
 
 
 def _semaphore(

@@ -23,7 +23,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +34,7 @@ from shared import accepted_json
 from shared.db.session import tenant_transaction
 from shared.engine import steps as store
 from shared.engine.dispatch_results import raised_verdict
-from shared.engine.module_threads import run_in_share, tenant_place
+from shared.engine.module_threads import LazyThreads, run_in_share, tenant_place
 from shared.engine.payloads import claim_check
 from shared.engine.protocol import EventRaiser, WorkItem, no_one_to_tell
 from shared.engine.steps import Attempt, AttemptKey, Claim
@@ -392,20 +391,11 @@ HAND_BACK_THREADS = 4
 """Hand-backs sent at once per process: one per partition a process usually serves; the hub's producer takes them in
 turn anyway."""
 
-_hand_back_pool: ThreadPoolExecutor | None = None
-_hand_back_lock = threading.Lock()
+_hand_back_threads = LazyThreads(HAND_BACK_THREADS, "module-work-hand-back")
 
 
 def _hand_back_to_hub(carried: Sequence[Carried]) -> None:
     hand_back_work(carried, timeout=HAND_BACK_TIMEOUT_S)
-
-
-def _hand_back_threads() -> ThreadPoolExecutor:
-    global _hand_back_pool
-    with _hand_back_lock:
-        if _hand_back_pool is None:
-            _hand_back_pool = ThreadPoolExecutor(HAND_BACK_THREADS, thread_name_prefix="module-work-hand-back")
-        return _hand_back_pool
 
 
 HandBack = Callable[[Sequence[Carried]], None]
