@@ -188,6 +188,35 @@ def test_a_rotated_secret_signs_what_follows_beside_the_one_it_replaced_until_th
     assert stored.startswith("qpsealed1.") and "whsec_" not in stored
 
 
+def test_a_keyed_rotation_sent_again_replays_its_secret_and_rotates_once(api: ApiHarness, local: None) -> None:
+    # Without a key, a rotation whose answer was lost and that was sent again rotated twice: the secret receivers
+    # held was dropped at once, and the one that replaced it had never been shown to anyone.
+    receiver = Receiver()
+    handle, headers = tenant(api, "hooks-rotate-keyed")
+    subscription = api.client.post(
+        "/api/v1/webhooks", json={"url": receiver.url, "event_types": ["*"]}, headers=headers
+    ).json()
+    path = f"/api/v1/webhooks/{subscription['id']}/rotate-secret"
+    keyed = {**headers, "Idempotency-Key": "rotate-7f3e"}
+    first, again = (api.client.post(path, headers=keyed) for _ in range(2))
+    assert first.status_code == again.status_code == 200, (first.text, again.text)
+    assert again.json() == first.json() and again.headers["ETag"] == first.headers["ETag"]
+    current = api.client.get(f"/api/v1/webhooks/{subscription['id']}", headers=headers)
+    assert current.headers["ETag"] == first.headers["ETag"]
+    emit(handle.id, "intent.created")
+    assert webhooks.deliver_tenant(handle.id).delivered == 1
+    signed = receiver.received[-1]
+    assert verify(first.json()["secret"], *signed) and verify(subscription["secret"], *signed)
+    with tenant_transaction(handle.id) as conn:  # the kept answer holds the secret sealed
+        kept = conn.execute("SELECT response_body::text AS body FROM app.idempotency_keys").fetchall()
+    assert kept and all(first.json()["secret"] not in row["body"] for row in kept)
+    other = api.client.post(
+        "/api/v1/webhooks", json={"url": receiver.url, "event_types": ["*"]}, headers=headers
+    ).json()
+    reused = api.client.post(f"/api/v1/webhooks/{other['id']}/rotate-secret", headers=keyed)
+    assert reused.status_code == 422 and reused.json()["type"].endswith("/idempotency-key"), reused.text
+
+
 def test_a_failing_receiver_is_retried_then_disabled_then_re_enabled(api: ApiHarness, local: None) -> None:
     receiver = Receiver()
     handle, headers = tenant(api, "hooks-b")

@@ -94,8 +94,9 @@ def test_a_create_is_retried_with_one_idempotency_key_and_the_tenant_create_carr
     with pytest.raises(Unavailable):
         client(handler).post("/api/v1/tenants", json={"name": "t"})
     assert "Idempotency-Key" not in seen[-1].headers and len(seen) == 9
+    # A secret's rotation is given a key too: sent twice without one, the secret receivers hold stops signing.
     client(handler).post("/api/v1/webhooks/w-1/rotate-secret")
-    assert "Idempotency-Key" not in seen[-1].headers
+    assert seen[-1].headers["Idempotency-Key"]
 
 
 def test_retries_end_with_a_typed_error() -> None:
@@ -381,7 +382,7 @@ def _answers(*statuses: int) -> tuple[Handler, list[httpx.Request]]:
 
 
 def test_a_503_is_retried_only_where_sending_again_cannot_do_a_thing_twice() -> None:
-    # A 503 can come after the work committed (raised at COMMIT): a rollback, approval, cancel, rotation, PATCH or
+    # A 503 can come after the work committed (raised at COMMIT): a rollback, approval, cancel, PATCH or
     # DELETE is sent once, with an Idempotency-Key or without (those routes ignore it); a 429 is retried for all of
     # them, since nothing ran.
     once: list[Callable[[Client], Any]] = [
@@ -390,7 +391,6 @@ def test_a_503_is_retried_only_where_sending_again_cannot_do_a_thing_twice() -> 
         lambda api: api.intents.update("i-1", {"name": "n"}, if_match='"i-1.v1"'),
         lambda api: api.executions.approve("e-1", "ok"),
         lambda api: api.executions.cancel("e-1"),
-        lambda api: api.webhooks.rotate_secret("w-1"),
         lambda api: api.webhooks.update("w-1", enabled=False),
         lambda api: api.webhooks.delete("w-1"),
         # A key on a route that ignores it makes nothing safe to send again: the first cancel may have committed.
@@ -404,17 +404,21 @@ def test_a_503_is_retried_only_where_sending_again_cannot_do_a_thing_twice() -> 
         assert len(seen) == 1, seen[0]
         handler, seen = _answers(429)
         assert call(client(handler)).status_code == 200 and len(seen) == 2, seen[0]
-    # Reads, a PUT, and a start, which carries a key (its own or a generated one) the route honours, are sent again
-    # after a 503.
+    # Reads, a PUT, a start and a secret's rotation, which carry a key (their own or a generated one) the route
+    # honours, are sent again after a 503, the rotation under the key it was first sent with.
     again: list[Callable[[Client], Any]] = [
         lambda api: api.intents.get("i-1"),
         lambda api: api.request("HEAD", "/api/v1/intents"),
         lambda api: api.put("/api/v1/intents/i-1", json={"name": "n"}),
         lambda api: api.executions.start("i-1"),
+        lambda api: api.webhooks.rotate_secret("w-1"),
     ]
     for call in again:
         handler, seen = _answers(503)
         assert call(client(handler)).status_code == 200 and len(seen) == 2, seen[0]
+    assert (
+        seen[0].headers["Idempotency-Key"] and seen[0].headers["Idempotency-Key"] == seen[1].headers["Idempotency-Key"]
+    )
 
     async def rollback(handler: Handler) -> Any:
         async with AsyncClient("http://p", credential=StaticToken("t"), transport=httpx.MockTransport(handler)) as api:

@@ -1,9 +1,9 @@
 # intent_ref: platform.gateway
-"""The Quantum Platform API client, async and sync: tokens per tenant, `Idempotency-Key` on every start and create,
-429 (and 503, 502, 504 and lost connections where sending again cannot do a thing twice) retried after `Retry-After`,
-problem+json raised as typed errors, list pages followed by their `next_cursor`, an execution's events followed until
-its end (server-sent events when the server streams them, its JSON long poll otherwise), reconnecting through lost
-connections and a restarting backend."""
+"""The Quantum Platform API client, async and sync: tokens per tenant, `Idempotency-Key` on every start, create and
+secret rotation, 429 (and 503, 502, 504 and lost connections where sending again cannot do a thing twice) retried
+after `Retry-After`, problem+json raised as typed errors, list pages followed by their `next_cursor`, an execution's
+events followed until its end (server-sent events when the server streams them, its JSON long poll otherwise),
+reconnecting through lost connections and a restarting backend."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ _REPEATABLE = frozenset({"GET", "HEAD", "OPTIONS", "PUT"})
 """Methods a 503, a 502/504 or a lost connection may be retried for without an Idempotency-Key its route honours:
 reading, or a PUT of a whole state (without If-Match: one with it that committed would answer 412 when sent again).
 Any of them can come after the work committed (raised at COMMIT, or by a gateway timing out): a rollback, approve,
-cancel, rotate-secret, PATCH or DELETE sent again would run twice, with a key or without (those routes ignore it). A
+cancel, PATCH or DELETE sent again would run twice, with a key or without (those routes ignore it). A
 429 is retried for every method: nothing ran."""
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 _TRANSIENT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
@@ -54,6 +54,9 @@ _CREATES = frozenset(
     f"/api/v1/{collection}" for collection in ("intents", "blueprints", "webhooks", "modules", "policies")
 )
 """Collections whose POST creates a resource and takes an Idempotency-Key, generated when the caller gives none."""
+_ROTATIONS = re.compile(r"/api/v1/webhooks/[^/]+/rotate-secret")
+"""A webhook secret's rotation, which takes an Idempotency-Key, generated when the caller gives none: rotated twice, the
+secret receivers hold stops signing at once."""
 _TENANTS = "/api/v1/tenants"
 """The tenant create honours the caller's own Idempotency-Key, but is given none: a platform admin's retry of it is
 theirs to key."""
@@ -171,8 +174,14 @@ class _Prepared:
 
 def _honours_key(method: str, target: str) -> bool:
     """Whether `method` on the route `target` (its path, without a trailing slash) replays a repeated Idempotency-Key
-    instead of doing the work again: the starts and creates only; every other route ignores the header."""
-    return method == "POST" and (_STARTS.fullmatch(target) is not None or target in _CREATES or target == _TENANTS)
+    instead of doing the work again: the starts, creates and secret rotations only; every other route ignores the
+    header."""
+    return method == "POST" and (_generates_key(target) or target == _TENANTS)
+
+
+def _generates_key(target: str) -> bool:
+    """Whether a POST to `target` is given a key of its own when the caller gives none: a start, create or rotation."""
+    return _STARTS.fullmatch(target) is not None or target in _CREATES or _ROTATIONS.fullmatch(target) is not None
 
 
 def _body_key(method: str, target: str, body: Any) -> str | None:
@@ -234,12 +243,12 @@ class _Core:
         method = method.upper()
         target = httpx.URL(path).path.rstrip("/")
         in_body = _body_key(method, target, json)
-        generate = method == "POST" and (_STARTS.fullmatch(target) is not None or target in _CREATES)
+        generate = method == "POST" and _generates_key(target)
         # A start keyed in its body is sent without a header: a generated one would win over the body's key and
         # make every repetition of the same start a new execution.
         if idempotency_key is None and in_body is None and generate:
-            # One key per logical start or create, reused by this client's own retries: a retried create is the
-            # same create (never a second webhook subscription), a retried start the same start.
+            # One key per logical start, create or rotation, reused by this client's own retries: a retried create
+            # is the same create (never a second webhook subscription), a retried start the same start.
             idempotency_key = str(uuid.uuid4())
         if idempotency_key is not None:
             merged["Idempotency-Key"] = idempotency_key

@@ -260,7 +260,8 @@ def _out(subscription: store.Subscription, secret: str | None = None) -> Subscri
 
 
 def _with_secret_opened(tenant_id: UUID, kept: Any) -> Any:
-    """A create's kept answer as first given: its secret opened (an answer kept before sealing holds it plain)."""
+    """A create's or rotation's kept answer as first given: its secret opened (an answer kept before sealing holds it
+    plain)."""
     if not isinstance(kept, dict) or not isinstance(kept.get("secret"), str):
         return kept
     owner = store.sealed_for(tenant_id, UUID(str(kept["id"])))
@@ -476,22 +477,32 @@ async def change(
 
 
 @router.post("/{subscription_id}/rotate-secret", response_model=SecretOut, summary="Rotate the signing secret",
-             responses={**AUTH_ERRORS, 200: _WITH_ETAG, 404: NOT_FOUND, 412: PRECONDITION_FAILED,
-                        422: NO_BODY})  # fmt: skip
+             responses={**AUTH_ERRORS, 200: _WITH_ETAG, 400: BAD_IDEMPOTENCY_KEY, 404: NOT_FOUND,
+                        412: PRECONDITION_FAILED, 422: NO_BODY})  # fmt: skip
 def rotate(
     subscription_id: SubscriptionId,
     context: MayManage,
     _no_body: TakesNoBody,
     conn: TenantConnection,
+    request: Request,
     response: Response,
+    idempotency_key: Annotated[str | None, Depends(idempotency_key_header)],
     if_match: IfMatch = None,
-) -> SecretOut:
-    """A new signing secret, shown once; deliveries from now on are signed with it (Tenant.Admin). A stale `If-Match`
+) -> SecretOut | Response:
+    """A new signing secret, shown once; deliveries from now on are signed with it and, for a day, with the one it
+    replaced (Tenant.Admin). With `Idempotency-Key` a retry gets the first answer (the same secret and ETag) and
+    rotates nothing more: a second rotation would drop the secret receivers still hold. A stale `If-Match`
     (optional) is 412 and rotates nothing, as is one whose subscription is deleted while the rotation runs (without
     If-Match: 404). The answer carries the subscription's new ETag. The request takes no body: the platform draws the
     secret, and a body (`{"secret": ...}` among them) is refused with 422 and rotates nothing."""
+    tenant_id = context.tenant.id
     detail = {"id": str(subscription_id)}
-    authorize(context, Action.WEBHOOK_MANAGE, Resource.tenant(context.tenant.id), conn=conn, detail=detail)
+    authorize(context, Action.WEBHOOK_MANAGE, Resource.tenant(tenant_id), conn=conn, detail=detail)
+    replay = replay_or_claim(
+        conn, idempotency_key, request, None, reveal=lambda stored: _with_secret_opened(tenant_id, stored)
+    )
+    if replay is not None:
+        return replay
     _found(conn, subscription_id)
     try:
         rotated = store.rotate(conn, context.tenant.id, subscription_id, if_match=if_match_tags(if_match))
@@ -504,8 +515,13 @@ def rotate(
             raise _gone(subscription_id)
         raise ProblemError(404, "not-found", "Not found", f"no webhook subscription {subscription_id}")
     secret, version = rotated
-    response.headers["ETag"] = store.etag(subscription_id, version)
-    return SecretOut(id=subscription_id, secret=secret)
+    etag = store.etag(subscription_id, version)
+    out = SecretOut(id=subscription_id, secret=secret)
+    # The answer kept for a retry holds the secret sealed, as the subscription does.
+    kept = {**out.model_dump(mode="json"), "secret": store.seal_secret(tenant_id, subscription_id, secret)}
+    remember(conn, idempotency_key, 200, kept, {"ETag": etag})
+    response.headers["ETag"] = etag
+    return out
 
 
 @router.delete("/{subscription_id}", status_code=204, summary="Delete a webhook subscription",
