@@ -369,9 +369,9 @@ class TokenValidator:
             raise InvalidTokenError("wrong audience")
 
         tid = claims["tid"]
-        if not isinstance(tid, str) or not _GUID.match(tid):
+        if not isinstance(tid, str) or not _GUID.fullmatch(tid):
             raise InvalidTokenError("tid is not a GUID")
-        if not _CANONICAL_GUID.match(tid):
+        if not _CANONICAL_GUID.fullmatch(tid):
             raise InvalidTokenError("tid is not a lower-case GUID")
         if tid == _NIL_GUID:
             raise InvalidTokenError("tid is the nil GUID")
@@ -385,7 +385,7 @@ class TokenValidator:
             raise InvalidTokenError("signing key not valid for issuer")
 
         oid = claims["oid"]
-        if not isinstance(oid, str) or not _GUID.match(oid):
+        if not isinstance(oid, str) or not _GUID.fullmatch(oid):
             raise InvalidTokenError("oid is not a GUID")
         if oid == _NIL_GUID:
             raise InvalidTokenError("oid is the nil GUID")
