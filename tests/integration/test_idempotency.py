@@ -142,3 +142,39 @@ def test_expired_keys_are_deleted_with_their_answers_and_live_ones_kept(
     # A key deleted on expiry may be used again, for another request.
     _, replayed = _create_once(app_pool, tenant_ids[0], f"{run}-expired", {"another": "body"})
     assert replayed is False
+
+
+def test_a_tenants_backlog_of_expired_keys_goes_in_one_run_within_its_budget(
+    pg: Any,
+    app_pool: ConnectionPool[Any],
+    control_pool: ConnectionPool[Any],
+    new_tenant: Callable[[], uuid.UUID],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One batch per tenant per run deleted fewer keys a minute than a tenant may create: its expired keys, and the
+    # sealed secrets in their answers, piled up for days. A run now deletes batch after batch within its budget.
+    from shared import idempotency_expiry
+
+    monkeypatch.setattr(idempotency_expiry, "MAX_KEYS_PER_TENANT", 10)
+    tenant_id = new_tenant()
+
+    def expire(count: int) -> None:
+        with psycopg.connect(pg.admin_url, dbname="quantum", autocommit=True) as admin:
+            admin.execute(
+                "INSERT INTO app.idempotency_keys (tenant_id, key, fingerprint, expires_at)"
+                " SELECT %s, 'backlog-' || n, 'f', now() - interval '1 minute' FROM generate_series(1, %s) AS n",
+                (tenant_id, count),
+            )
+
+    def left() -> int:
+        with tenant_transaction(tenant_id, pool=app_pool) as conn:
+            return int(conn.execute("SELECT count(*) AS n FROM app.idempotency_keys").fetchone()["n"])
+
+    expire(35)
+    delete_expired_keys(pool=app_pool, control_pool=control_pool)
+    assert left() == 0
+    # Past its budget a run still deletes each tenant's first batch, and leaves the rest to the next run.
+    monkeypatch.setattr(idempotency_expiry, "RUN_BUDGET_S", 0.0)
+    expire(35)
+    delete_expired_keys(pool=app_pool, control_pool=control_pool)
+    assert left() == 25
