@@ -1,5 +1,6 @@
 # intent_ref: platform.rate-limits
-"""Per-tenant admission: at most N requests of one tenant in flight per process, so a burst leaves room for others."""
+"""Per-tenant admission: at most N requests of one tenant in flight per process, and within its share of the pool
+while other tenants are busy too, so that a burst, or two, leaves room for others."""
 
 from __future__ import annotations
 
@@ -28,16 +29,77 @@ MIN_WORKER_THREADS = 40
 """anyio's default: the limit of threads that run sync dependencies and routes (see `worker_threads`)."""
 
 
-class TenantGate:
-    """One tenant's requests in flight (at most `limit`) and those queued for a slot (at most `queue`)."""
+class PoolShare:
+    """The tenant pool's connections shared by the tenants with requests in flight in this process.
 
-    def __init__(self, limit: int, queue: int) -> None:
+    A bound per tenant alone (half the pool) let two busy tenants hold the whole pool, and every other tenant's
+    requests waited for a connection until the pool's timeout (503). A tenant's first request in flight is always
+    let in; each further one only while every tenant's requests together leave one connection over for a tenant
+    that has none in flight and, while other tenants are busy too, while the tenant holds fewer than the pool divided
+    by the busy tenants plus one (alone, it is bounded by its own limit only).
+    """
+
+    def __init__(self, pool_size: int) -> None:
+        if pool_size < 1:
+            raise ValueError("pool_size must be >= 1")
+        self.pool_size = pool_size
+        self._lock = threading.Lock()
+        self._busy = 0
+        self._in_flight = 0
+
+    def share(self, limit: int) -> int:
+        """The most requests one busy tenant bounded by `limit` may have in flight now (at least one)."""
+        with self._lock:
+            return self._share(limit)
+
+    def _share(self, limit: int) -> int:
+        return limit if self._busy <= 1 else max(1, min(limit, self.pool_size // (self._busy + 1)))
+
+    def take(self, held: int, limit: int) -> bool:
+        """Count one more request of a tenant that has `held` in flight, if its share and the reserve allow it."""
+        with self._lock:
+            if held > 0:
+                if held >= self._share(limit) or self._in_flight + 1 >= self.pool_size:
+                    return False
+            else:
+                self._busy += 1
+            self._in_flight += 1
+            return True
+
+    def give_back(self, held: int) -> None:
+        """Count one request less of a tenant that has `held` in flight after it."""
+        with self._lock:
+            self._in_flight -= 1
+            if held == 0:
+                self._busy -= 1
+
+
+class TenantGate:
+    """One tenant's requests in flight (at most `limit`, and within its `pool` share when given) and those queued
+    for a slot (at most `queue`)."""
+
+    def __init__(self, limit: int, queue: int, pool: PoolShare | None = None) -> None:
         if limit < 1 or queue < 0:
             raise ValueError("limit must be >= 1 and queue >= 0")
         self.limit, self.queue = limit, queue
+        self._pool = pool
         self._changed = threading.Condition()
         self._in_flight = 0
         self._waiting = 0
+
+    def _take(self) -> bool:
+        """Count one more request in flight if there is room (called with `_changed` held)."""
+        if self._pool is not None:
+            if not self._pool.take(self._in_flight, self.limit):
+                return False
+        elif self._in_flight >= self.limit:
+            return False
+        self._in_flight += 1
+        return True
+
+    def room(self) -> int:
+        """The most requests this tenant may have in flight now: its limit, or its share of the pool if smaller."""
+        return self.limit if self._pool is None else self._pool.share(self.limit)
 
     @property
     def in_flight(self) -> int:
@@ -67,16 +129,12 @@ class TenantGate:
     def try_enter(self) -> bool:
         """Take a free slot without waiting."""
         with self._changed:
-            if self._in_flight < self.limit:
-                self._in_flight += 1
-                return True
-            return False
+            return self._take()
 
     def enter(self, wait_s: float) -> bool:
         """Take a slot, waiting up to `wait_s` in the queue when it has room; False when none was had."""
         with self._changed:
-            if self._in_flight < self.limit:
-                self._in_flight += 1
+            if self._take():
                 return True
             if wait_s <= 0 or self._waiting >= self.queue:
                 return False
@@ -84,12 +142,12 @@ class TenantGate:
             self._waiting += 1
             try:
                 deadline = time.monotonic() + wait_s
-                while self._in_flight >= self.limit:
+                while not self._take():
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return False
-                    self._changed.wait(remaining)
-                self._in_flight += 1
+                    # Other tenants' requests ending widen the share without waking this gate: look again soon.
+                    self._changed.wait(remaining if self._pool is None else min(remaining, _ASYNC_POLL_S))
                 return True
             finally:
                 self._waiting -= 1
@@ -100,6 +158,8 @@ class TenantGate:
             if self._in_flight <= 0:
                 raise RuntimeError("a tenant gate was left more often than entered")
             self._in_flight -= 1
+            if self._pool is not None:
+                self._pool.give_back(self._in_flight)
             self._changed.notify()
 
 
@@ -142,9 +202,17 @@ class Admission:
     """The gates of every tenant this process has served, each bounded alike."""
 
     def __init__(
-        self, limit: int, *, queue: int | None = None, wait_s: float = QUEUE_WAIT_S, queue_wait_s: float | None = None
+        self,
+        limit: int,
+        *,
+        queue: int | None = None,
+        wait_s: float = QUEUE_WAIT_S,
+        queue_wait_s: float | None = None,
+        pool: PoolShare | None = None,
     ) -> None:
         self.limit = limit
+        self.pool = pool
+        """The pool the tenants' requests share, when they do (the API's); None: each tenant bounded by `limit` only."""
         self.queue = limit if queue is None else queue
         self.wait_s = wait_s
         self.queue_wait_s = wait_s if queue_wait_s is None else queue_wait_s
@@ -157,7 +225,7 @@ class Admission:
         gate = self._gates.get(tenant_id)
         if gate is None:
             with self._lock:
-                gate = self._gates.setdefault(tenant_id, TenantGate(self.limit, self.queue))
+                gate = self._gates.setdefault(tenant_id, TenantGate(self.limit, self.queue, self.pool))
         return gate
 
     def admit(self, tenant_id: UUID) -> Permit:
@@ -167,7 +235,7 @@ class Admission:
         """
         gate = self.gate(tenant_id)
         if not gate.enter(self.wait_s):
-            raise tenant_busy(tenant_id, self.limit)
+            raise tenant_busy(tenant_id, gate.room())
         return Permit(gate, self.wait_s)
 
     async def admit_waiting(self, tenant_id: UUID) -> Permit:
@@ -175,7 +243,7 @@ class Admission:
         to `queue_wait_s` with at most `queue` others; else 429 tenant-busy with Retry-After."""
         permit = await self.permit_waiting(tenant_id)
         if permit is None:
-            raise tenant_busy(tenant_id, self.limit)
+            raise tenant_busy(tenant_id, self.gate(tenant_id).room())
         return permit
 
     async def permit_waiting(self, tenant_id: UUID) -> Permit | None:
@@ -233,6 +301,7 @@ def get_admission() -> Admission:
         queue=QUEUE_PER_SLOT * limit,
         wait_s=min(QUEUE_WAIT_S, settings.QP_DATABASE_POOL_TIMEOUT_S / 4),
         queue_wait_s=settings.QP_DATABASE_POOL_TIMEOUT_S,
+        pool=PoolShare(settings.QP_DATABASE_POOL_MAX),
     )
 
 

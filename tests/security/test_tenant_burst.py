@@ -21,7 +21,7 @@ import pytest
 
 from devhost.child import PROJECT_ROOT, DevhostProcess, free_port
 from devhost.identity import mint_token_cli
-from shared.api.admission import Admission, Permit, TenantGate, get_admission, idle, tenant_limit
+from shared.api.admission import Admission, Permit, PoolShare, TenantGate, get_admission, idle, tenant_limit
 from shared.api.problems import ProblemError
 from shared.api.security import RequestContext, authorize, record_mutation, tenant_resource
 from shared.auth.principal import Principal
@@ -427,3 +427,33 @@ def test_one_tenants_burst_never_stalls_another(pg: Any, azurite: Any, tmp_path:
         assert "NestedBorrowError" not in host.log()
     finally:
         host.stop()
+
+
+def test_busy_tenants_share_the_pool_and_leave_a_connection_for_a_tenant_with_none_in_flight() -> None:
+    # Bounded at half the pool each, two busy tenants held all of it, and a third tenant's request waited for a
+    # connection until the pool's timeout: a 503 for a tenant that had sent one request.
+    admission = Admission(5, queue=0, wait_s=0.0, pool=PoolShare(10))
+    alpha, beta, gamma, delta = (admission.gate(uuid.uuid4()) for _ in range(4))
+    assert [alpha.enter(0) for _ in range(6)] == [True] * 5 + [False]  # alone: its own limit
+    assert [beta.enter(0) for _ in range(4)] == [True] * 3 + [False]  # two busy: a third of the pool each
+    assert beta.room() == 3 and alpha.room() == 3
+    assert gamma.enter(0)  # a tenant's first request is always let in
+    assert not gamma.enter(0)  # its second would leave no connection for a tenant with none in flight
+    assert delta.enter(0)
+    alpha.leave()
+    assert not alpha.enter(0)  # over its share now that four are busy, until enough of its requests end
+    for gate, held in ((alpha, 4), (beta, 3), (gamma, 1), (delta, 1)):
+        for _ in range(held):
+            gate.leave()
+    assert admission.pool is not None and alpha.room() == 5
+    assert [alpha.enter(0) for _ in range(5)] == [True] * 5  # alone again, its whole limit
+
+
+@pytest.mark.integration
+def test_the_apis_admission_shares_the_tenant_pool(api: ApiHarness) -> None:
+    get_admission.cache_clear()
+    try:
+        admission = get_admission()
+        assert admission.pool is not None and admission.pool.pool_size == get_settings().QP_DATABASE_POOL_MAX
+    finally:
+        get_admission.cache_clear()
