@@ -42,6 +42,7 @@ IDEMPOTENT_ROUTES = {
     ("POST", "/api/v1/intents/{intent_id}/execute"),
     ("POST", "/api/v1/executions/{execution_id}/retry"),
     ("POST", "/api/v1/webhooks"),
+    ("POST", "/api/v1/webhooks/{subscription_id}/rotate-secret"),
     ("POST", "/api/v1/modules"),
     ("POST", "/api/v1/policies"),
     ("POST", "/api/v1/tenants"),
