@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 from uuid import UUID
 
 import psycopg
@@ -31,13 +31,15 @@ from shared.auth.tokens import (
 from shared.auth.validator import get_token_validator
 from shared.db.session import platform_transaction
 from shared.observability.tracing import TENANT_ID
-from shared.policy.authorizer import Decision, Resource, TenantFacts, refusal_detail
+from shared.policy.authorizer import Decision, Resource, TenantFacts, get_authorizer, refusal_detail
 from shared.policy.decisions import decide, record_decision
+from shared.policy.tenant_policies import tenant_policy_texts
 from shared.ratelimit import limit_for, take_tenant_token
 from shared.tenants.models import Tenant
 from shared.tenants.repository import tenant_directory
 
 logger = logging.getLogger(__name__)
+Row = TypeVar("Row")
 
 _INVALID_TOKEN = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 AUTHORIZATION = "Authorization"
@@ -263,6 +265,50 @@ def authorize(
         why = refusal_detail(action, decision.reason)
         raise ProblemError(403, "forbidden", "Forbidden", why, extensions={"reason": decision.reason})
     return decision
+
+
+def readable(
+    context: RequestContext,
+    action: str,
+    rows: Sequence[Row],
+    resource_of: Callable[[Row], Resource],
+    key_of: Callable[[Row], str],
+    *,
+    conn: Any,
+    detail: Mapping[str, Any] | None = None,
+    named: str = "items",
+    listed: Callable[[Decision], bool] | None = None,
+) -> list[Row]:
+    """The rows of a listing's page the caller may `action` (read), each decided on `resource_of(row)` as reading
+    it alone is; one audit record per outcome, naming its rows' keys under `named` (ADR 0011, amended 2026-12-06).
+
+    `listed`: which outcomes keep their rows (the allowed ones unless given); a refused outcome whose rows are kept
+    is not recorded (the listing's own permission, decided and recorded before, is what shows them): a record of a
+    denial for rows that were shown would read as a refusal that never was."""
+    policies = tenant_policy_texts(context.tenant.id)
+    # By outcome, not by content: rows seldom share labels, and a record per content wrote one per row for a tenant
+    # without a single policy.
+    groups: dict[Decision, tuple[Resource, list[int]]] = {}
+    for index, row in enumerate(rows):
+        resource = resource_of(row)
+        # Each row is decided, unaudited: while no policy names its type by id, rows of one content cost one
+        # evaluation (the Authorizer remembers the rest, ADR 0017), and a forbid naming one row by id reaches that
+        # row alone, which a decision on another row of the same content would not.
+        decision = get_authorizer().decide(
+            context.principal, action, resource, tenant=context.tenant_facts, tenant_policies=policies
+        )
+        groups.setdefault(decision, (resource, []))[1].append(index)
+    kept: set[int] = set()
+    for decision, (resource, members) in groups.items():
+        keep = decision.allowed if listed is None else listed(decision)
+        if keep:
+            kept.update(members)
+        if keep and not decision.allowed:
+            continue
+        keys = list(dict.fromkeys(key_of(rows[index]) for index in members))
+        facts = {"operation": "list", **(detail or {}), named: keys}
+        record_decision(context, action, resource, decision, conn=conn, detail=facts, decided=True)
+    return [row for index, row in enumerate(rows) if index in kept]
 
 
 def tenant_resource(kind: str, resource_id: UUID | str, tenant_id: UUID, **attributes: Any) -> Resource:

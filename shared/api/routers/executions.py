@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import StreamingResponse
+from psycopg import sql
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -21,7 +23,7 @@ from shared.api.admission import idle
 from shared.api.permissions import GuardedRoute, permission
 from shared.api.problems import ProblemError, unknown_tenant
 from shared.api.responses import AUTH_ERRORS, BAD_CURSOR, INVALID, problem_doc
-from shared.api.security import RequestContext, authorize, refuse_suspended, token_validator
+from shared.api.security import RequestContext, authorize, readable, refuse_suspended, token_validator
 from shared.api.transactions import TenantConnection
 from shared.auth.tokens import InvalidTokenError, KeysNotCachedError, TokenValidator, bearer_token
 from shared.config import get_settings
@@ -34,13 +36,14 @@ from shared.engine.steps import Attempt, list_attempts, list_steps
 from shared.engine.views import step_views, wait_reason
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from shared.policy.actions import Action
-from shared.policy.authorizer import Resource
+from shared.policy.authorizer import Decision, Resource
 from shared.registry.repository import version_labels
 
 router = APIRouter(prefix="/api/v1/executions", tags=["executions"], route_class=GuardedRoute)
 MayRead = Annotated[RequestContext, Depends(permission(Action.EXECUTION_READ, resource_param="execution_id"))]
 ExecutionId = Annotated[UUID, Path(description="The execution's id.")]
 StepId = Annotated[str, Path(min_length=1, max_length=128, description="The step's id.")]
+Row = TypeVar("Row")
 
 MAX_WAIT_S = 30.0
 # A waiting long poll is woken by the process-wide listener (shared/engine/event_wakeup.py: one dedicated
@@ -318,8 +321,59 @@ def execution_resource(conn: Conn, execution: repo.Execution, tenant_id: UUID) -
     labels = version_labels(conn, execution.intent_id, execution.intent_version)
     if labels is None:
         raise ProblemError(404, "not-found", "Not found", f"No execution {execution.id}.")
-    attributes = {"target": execution.target, "requested_by": execution.requested_by, "labels": labels}
-    return Resource("Execution", str(execution.id), tenant_id, attributes)
+    return _resource(execution.id, execution.target, execution.requested_by, labels, tenant_id)
+
+
+def _resource(execution_id: UUID, target: str, requested_by: str, labels: dict[str, str], tenant_id: UUID) -> Resource:
+    """An execution as a decision on it sees it, from what `execution_resource` reads."""
+    attributes = {"target": target, "requested_by": requested_by, "labels": labels}
+    return Resource("Execution", str(execution_id), tenant_id, attributes)
+
+
+# What `execution_resource` reads of each execution, for many at once: a page's or a queue's executions in one query.
+_READ_FACTS = sql.SQL(
+    "SELECT e.id, e.target, e.requested_by, v.labels FROM app.executions e"
+    " JOIN app.intent_versions v ON v.intent_id = e.intent_id AND v.version = e.intent_version"
+    " WHERE e.id = ANY(%s)"
+)
+
+
+def execution_resources(conn: Conn, execution_ids: Collection[UUID], tenant_id: UUID) -> dict[UUID, Resource]:
+    """The executions `execution_ids` as `execution_resource` builds each, in one query; one the tenant lacks (or
+    whose intent version is gone, both being erased) is missing."""
+    if not execution_ids:
+        return {}
+    rows = conn.execute(_READ_FACTS, (list(execution_ids),)).fetchall()
+    return {
+        row["id"]: _resource(row["id"], row["target"], row["requested_by"], dict(row["labels"]), tenant_id)
+        for row in rows
+    }
+
+
+def readable_executions(
+    context: RequestContext,
+    conn: Conn,
+    rows: Sequence[Row],
+    execution_of: Callable[[Row], UUID],
+    *,
+    named: str = "items",
+    listed: Callable[[Decision], bool] | None = None,
+) -> list[Row]:
+    """The rows of a listing whose execution (`execution_of`) the caller may read as `GET /executions/{id}` decides
+    it; one audit record per outcome, naming the executions under `named` (ADR 0011, amended 2026-12-07)."""
+    resources = execution_resources(conn, {execution_of(row) for row in rows}, context.tenant.id)
+    # An execution gone since its row was read is left out, as its GET would answer 404.
+    present = [row for row in rows if execution_of(row) in resources]
+    return readable(
+        context,
+        Action.EXECUTION_READ,
+        present,
+        lambda row: resources[execution_of(row)],
+        lambda row: str(execution_of(row)),
+        conn=conn,
+        named=named,
+        listed=listed,
+    )
 
 
 def _find(conn: Conn, execution_id: UUID) -> repo.Execution:
@@ -359,7 +413,11 @@ def list_all(
     cursor: str | None = None,
 ) -> ExecutionPage:
     """The tenant's executions, newest first, filtered by status, intent and creation time; cursor-paginated
-    (Reader)."""
+    (Reader). Each execution is decided as reading it alone is, on its target, requester and intent version's
+    labels: the ones a tenant policy forbids the caller are left out, so a page may hold fewer than `limit` items
+    (even none) and still name a next page."""
+    # The listing is decided on the Tenant (an empty page keeps that one decision); its executions each on itself
+    # (ADR 0011, amended 2026-12-07), else a forbid on reading one showed its intent, target, status and requester.
     authorize(context, Action.EXECUTION_LIST, Resource.tenant(context.tenant.id), conn=conn)
     rows, next_cursor = repo.list_executions(
         conn,
@@ -370,7 +428,8 @@ def list_all(
         cursor=cursor,
         limit=limit,
     )
-    return ExecutionPage(items=[_summary(row) for row in rows], next_cursor=next_cursor)
+    readable = readable_executions(context, conn, rows, lambda row: row.id)
+    return ExecutionPage(items=[_summary(row) for row in readable], next_cursor=next_cursor)
 
 
 @router.get(

@@ -15,7 +15,14 @@ from shared.api.idempotency import remember, replay_or_claim
 from shared.api.permissions import GuardedRoute, permission
 from shared.api.problems import ProblemError
 from shared.api.responses import BAD_IDEMPOTENCY_KEY, problem_doc
-from shared.api.security import RequestContext, authenticated, authorize, record_mutation, tenant_resource
+from shared.api.security import (
+    RequestContext,
+    authenticated,
+    authorize,
+    readable,
+    record_mutation,
+    tenant_resource,
+)
 from shared.api.transactions import TenantConnection
 from shared.policy.actions import Action
 from shared.policy.authorizer import Resource
@@ -84,11 +91,27 @@ def list_all(
 ) -> ModuleList:
     """Built-in and registered remote modules with their parameter JSON Schema, defaults and timeout (Reader).
 
-    By default only what the tenant's allow-list permits, decided exactly as the save-time gates decide it.
+    By default only what the tenant's allow-list permits, decided exactly as the save-time gates decide it. Each
+    module is decided as reading it alone is: the ones a tenant policy forbids the caller to read are left out.
     """
+    # The listing is decided on the Tenant; its modules each on itself (ADR 0011, amended 2026-12-07), else a forbid
+    # on reading one showed its parameter schema and defaults.
     authorize(context, Action.MODULE_LIST, Resource.tenant(context.tenant.id), conn=conn)
     items = list_modules(conn, context.tenant_facts, include_disallowed=include_disallowed)
-    return ModuleList(items=items)
+    readable_items = readable(
+        context,
+        Action.MODULE_READ,
+        items,
+        lambda module: _module_resource(context, module.action),
+        lambda module: module.action,
+        conn=conn,
+    )
+    return ModuleList(items=readable_items)
+
+
+def _module_resource(context: RequestContext, action: str) -> Resource:
+    """The module `action` as a decision on it sees it (the one `GET /modules/{action}` reads it by)."""
+    return tenant_resource("Module", action, context.tenant.id, name=action)
 
 
 @router.get(
@@ -117,8 +140,7 @@ def read(
 
     Another tenant's module is 404: registrations are read under the caller's tenant only.
     """
-    resource = tenant_resource("Module", action, context.tenant.id, name=action)
-    authorize(context, Action.MODULE_READ, resource, conn=conn)
+    authorize(context, Action.MODULE_READ, _module_resource(context, action), conn=conn)
     module = get_module(conn, context.tenant_facts, action)
     if module is None:
         raise ProblemError(404, "not-found", "Not found", f"No module {action!r}.")

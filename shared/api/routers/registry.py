@@ -48,7 +48,7 @@ from shared.api.routers.registry_models import (
     StepAuthorization,
     request_examples,
 )
-from shared.api.security import RequestContext, authorize, record_mutation
+from shared.api.security import RequestContext, authorize, readable, record_mutation
 from shared.api.transactions import TenantConnection
 from shared.check_gate import costly_check
 from shared.db.session import tenant_transaction
@@ -505,26 +505,14 @@ def definition_router(kind: Kind) -> APIRouter:
     def readable_items(context: RequestContext, conn: service.Conn, rows: list[ListedHead]) -> list[ListedHead]:
         """The items in `rows` the caller may read, each decided on its current version's target and labels as a read
         of it alone is; one audit record per outcome in the page, naming its items."""
-        policies = tenant_policy_texts(context.tenant.id)
-        # By outcome, not by content: real items seldom share labels, and a record per content made every listing of
-        # 200 items write 200 records for a tenant without a single policy (found by a review of this change).
-        groups: dict[Decision, tuple[Resource, list[ListedHead]]] = {}
-        for row in rows:
-            resource = _resource(spec, str(row.id), context.tenant.id, row.target, row.labels)
-            # Each item is decided, unaudited: while no policy names this type by id, items of one content cost one
-            # evaluation (the Authorizer answers the rest from its cache), and a tenant forbid naming an item by id
-            # still reaches that item alone, which a decision on another item of that content would not.
-            decision = get_authorizer().decide(
-                context.principal, spec.read, resource, tenant=context.tenant_facts, tenant_policies=policies
-            )
-            groups.setdefault(decision, (resource, []))[1].append(row)
-        allowed: set[UUID] = set()
-        for decision, (resource, members) in groups.items():
-            detail = {"operation": "list", "items": [str(row.id) for row in members]}
-            record_decision(context, spec.read, resource, decision, conn=conn, detail=detail, decided=True)
-            if decision.allowed:
-                allowed.update(row.id for row in members)
-        return [row for row in rows if row.id in allowed]
+        return readable(
+            context,
+            spec.read,
+            rows,
+            lambda row: _resource(spec, str(row.id), context.tenant.id, row.target, row.labels),
+            lambda row: str(row.id),
+            conn=conn,
+        )
 
     def read_versions(
         context: RequestContext, conn: service.Conn, item: service.Item, numbers: list[int], detail: dict[str, Any]

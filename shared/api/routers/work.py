@@ -19,6 +19,7 @@ from shared.api.durable import get_durable_client, raise_to_orchestration
 from shared.api.permissions import GuardedRoute, permission
 from shared.api.problems import ProblemError
 from shared.api.responses import AUTH_ERRORS, BAD_CURSOR, INVALID, problem_doc
+from shared.api.routers.executions import readable_executions
 from shared.api.security import RequestContext, authorize
 from shared.api.transactions import TenantConnection
 from shared.db.session import retried_on_deadlock, tenant_transaction
@@ -27,7 +28,7 @@ from shared.engine.event_wakeup import get_event_wakeup
 from shared.engine.steps import Attempt
 from shared.free_text import NEUTRALISED_IN_LINES, SHOWN_NEUTRALISED_IN_LINES, neutralised
 from shared.policy.actions import Action
-from shared.policy.authorizer import Resource
+from shared.policy.authorizer import Decision, Reason, Resource
 
 router = APIRouter(prefix="/api/v1/work", tags=["remote workers"], route_class=GuardedRoute)
 
@@ -407,9 +408,22 @@ def list_work(
 ) -> QueuePage:
     """The tenant's open work items (no result yet): queued, leased (by whom, since when, last heartbeat,
     progress) or with an expired lease, oldest first; cursor-paginated: `next_cursor` is set only when more items
-    follow, and a cursor this list did not issue is refused with 400 (Module.Worker and every reader)."""
+    follow, and a cursor this list did not issue is refused with 400 (Module.Worker and every reader). An item whose
+    execution a tenant policy forbids the caller to read is left out, so a page may hold fewer than `limit` items
+    (even none) and still name a next page."""
     authorize(context, Action.WORK_LIST, Resource.tenant(context.tenant.id), conn=conn)
     items, now, next_cursor = work_queue.list_page(
         conn, action=action, status=status, execution_id=execution_id, cursor=cursor, limit=limit
     )
-    return QueuePage(items=[_entry(item, now) for item in items], next_cursor=next_cursor)
+    # Each item is decided as a read of its execution (ADR 0011, amended 2026-12-07), else a forbid on reading one
+    # showed its steps, actions, progress and workers here. A caller whose roles read no execution at all (a worker)
+    # still lists the queue it leases from; a forbid refuses it what it names all the same.
+    listed = readable_executions(
+        context, conn, items, lambda item: item.key.execution_id, named="executions", listed=_listed
+    )
+    return QueuePage(items=[_entry(item, now) for item in listed], next_cursor=next_cursor)
+
+
+def _listed(decision: Decision) -> bool:
+    """Whether a queue listing shows the items of an execution decided `decision`: unless a policy refused it."""
+    return decision.allowed or decision.reason == Reason.ROLE_REQUIRED
