@@ -2,10 +2,12 @@
 """Telemetry events: each one counts in the platform's meters, marks the current span, and logs one line.
 
 The meters (shared.observability.metrics) are what the alerts and the workbook query; the span event puts the
-outcome on the execution's trace; the log line (a fixed prefix, then compact JSON) is for reading a log stream and
-for the triage runbook's searches. None of the three can be taken back, so an outcome recorded in a transaction is
-published once that transaction has committed (`emit_on_commit`): one rolled back and run again (a deadlock's
-victim, a timer's tenant share that failed on a lock wait) is counted once, by the run that committed (ADR 0015).
+outcome on the execution's trace, and is its one `traces` row in Application Insights (the workbook's and the triage
+runbook's queries); the log line (a fixed prefix, then compact JSON) is for reading a local log stream, and is not
+exported (shared.observability.setup: it would be a second row of the same fields). None of the three can be taken
+back, so an outcome recorded in a transaction is published once that transaction has committed (`emit_on_commit`):
+one rolled back and run again (a deadlock's victim, a timer's tenant share that failed on a lock wait) is counted
+once, by the run that committed (ADR 0015).
 """
 
 from __future__ import annotations

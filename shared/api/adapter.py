@@ -191,7 +191,8 @@ async def _relay(app: ASGIApp, request: Request) -> Response:
         return RelayedResponse(started.result(), body, task)
     started.cancel()
     task.result()  # what the app raised past its boundary, if anything, is the adapter's failure below
-    logger.error("the gateway's app ended without answering %s", request.url.path)
+    # The paths logged are percent-decoded: quoted with their escapes, so a `%0A` cannot start a line of its own.
+    logger.error("the gateway's app ended without answering %r", request.url.path)
     return adapter_failure(request, logged=True)
 
 
@@ -200,7 +201,7 @@ def adapter_failure(request: Request, *, logged: bool = False) -> Response:
     request_id = choose_request_id(request.headers.get(REQUEST_ID_HEADER))
     path: Any = request.scope.get("path") or None
     if not logged:
-        logger.exception("request %s: the gateway adapter failed on %s %s", request_id, request.method, path)
+        logger.exception("request %s: the gateway adapter failed on %s %r", request_id, request.method, path)
     return JSONResponse(
         internal_error_document(request_id, path),
         status_code=500,

@@ -100,7 +100,8 @@ class ErrorBoundary:
             return
         if not started:
             request_id = _known_request_id(scope)
-            logger.error("request %s: the app returned without answering %s", request_id, path)
+            # The path is percent-decoded: quoted with its escapes, so a `%0A` in it cannot start a line of its own.
+            logger.error("request %s: the app returned without answering %r", request_id, path)
             await JSONResponse(
                 internal_error_document(request_id, path),
                 status_code=500,

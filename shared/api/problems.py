@@ -359,7 +359,8 @@ def error_response(exc: BaseException, *, instance: str, request_id: str | None)
             headers={**headers, "Retry-After": str(SECRET_RETRY_AFTER_S)},
             extensions={"request_id": request_id},
         )
-    logger.error("request %s: unhandled error on %s", request_id, instance, exc_info=exc)
+    # The path is percent-decoded: quoted with its escapes, so that a `%0A` in it cannot start a line of its own.
+    logger.error("request %s: unhandled error on %r", request_id, instance, exc_info=exc)
     return JSONResponse(
         internal_error_document(request_id, instance), status_code=500, media_type=PROBLEM_JSON, headers=headers
     )

@@ -8,12 +8,13 @@ import uuid
 from typing import Any
 
 REQUEST_ID_HEADER = "x-request-id"
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-:]{1,128}$")
+# Whole-string matches only: `$` also matches before a final newline, so `forged\n` passed `.match` and was echoed.
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._\-:]{1,128}")
 
 
 def choose_request_id(incoming: str | None) -> str:
     """The caller's id when it is safe to echo and log, otherwise a new UUID."""
-    return incoming if incoming and _VALID_REQUEST_ID.match(incoming) else str(uuid.uuid4())
+    return incoming if incoming and _VALID_REQUEST_ID.fullmatch(incoming) else str(uuid.uuid4())
 
 
 def scope_request_id(scope: Any) -> str | None:

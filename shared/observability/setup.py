@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from opentelemetry import metrics, propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.propagators import textmap
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, MetricsData, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
@@ -35,6 +37,12 @@ APP_LOGGERS = ("qp", "shared", "functions")
 after the module (`shared.api.problems`, `functions.timer_execution_sweeper`...). Never the root: the SDKs' and
 libraries' INFO chatter (`azure.*`, `httpx`...) stays in the host's log stream."""
 
+TELEMETRY_LOGGER = "qp.telemetry"
+"""The telemetry lines' logger (shared.telemetry): not exported, as each line's span event carries the same fields."""
+
+EXPORTER_LOGGERS = ("azure.core.pipeline.policies.http_logging_policy", "azure.monitor.opentelemetry.exporter")
+"""Loggers that record every export at INFO (each request's headers, `Transmission succeeded`): held at WARNING."""
+
 _lock = threading.Lock()
 _mode: str | None = None
 
@@ -47,6 +55,7 @@ def configure_telemetry(connection_string: str | None, telemetry_file: str | Non
             return _mode
         resource = Resource.create({"service.name": SERVICE_NAME})
         if connection_string:
+            _quiet_exporter_loggers()
             _start_azure_monitor(connection_string, resource)
             _mode = "azure-monitor"
         elif telemetry_file:
@@ -103,22 +112,61 @@ def _start_azure_monitor(connection_string: str, resource: Resource) -> None:
             "urllib3": {"enabled": False},
         },
     )
+    exporting = [handler for handler in first.handlers if handler not in before]
+    for handler in exporting:
+        handler.addFilter(_not_a_telemetry_line)
     # The same handler instance on each tree (the trees are disjoint, so no record is exported twice): a 500's
     # `request <id>: unhandled error` (shared.api.problems) or a retried intent-requests batch (shared.ingress.process)
-    # went out of no exporter when only `qp` had it.
-    exporting = [handler for handler in first.handlers if handler not in before]
-    for name in APP_LOGGERS[1:]:
+    # went out of no exporter when only `qp` had it. The trees stop at themselves: the Functions worker forwards every
+    # record that reaches the root to the host, which sent it to the same Application Insights a second time (sampled,
+    # by host.json); the exported copy is the unsampled one, and the distro's live metrics show it in the portal.
+    for name in APP_LOGGERS:
         logger = logging.getLogger(name)
         for handler in exporting:
             if handler not in logger.handlers:
                 logger.addHandler(handler)
+        logger.propagate = False
+
+
+def _not_a_telemetry_line(record: logging.LogRecord) -> bool:
+    """The exporting handler's filter: a `qp.telemetry` line would be a second `traces` row of its span event."""
+    return record.name != TELEMETRY_LOGGER
+
+
+def _quiet_exporter_loggers() -> None:
+    """The exporter's own INFO records reached the root, so the Functions host sent each export's log to Application
+    Insights and the host's log stream: a record of every batch, itself exported in the next."""
+    for name in EXPORTER_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _propagate_trace_context_only() -> None:
-    """Requests and events are read (and calls written) with W3C trace context only, without baggage: the app uses
-    none, and OpenTelemetry's baggage propagator logged a caller's oversized `baggage` header whole, at WARNING, on
-    every request that sent one."""
-    propagate.set_global_textmap(TraceContextTextMapPropagator())
+    """Requests and events are read (and calls written) with W3C `traceparent` only, without baggage or `tracestate`:
+    the app uses neither, and OpenTelemetry logged a caller's oversized `baggage` header, or a malformed `tracestate`,
+    whole, at WARNING, on every request that sent one."""
+    propagate.set_global_textmap(TraceparentOnlyPropagator())
+
+
+class TraceparentOnlyPropagator(TraceContextTextMapPropagator):
+    """W3C trace context without `tracestate`: a caller's is neither parsed (a malformed one was logged whole, before
+    authentication) nor kept on the request's span, so it is not sent on with the app's own calls."""
+
+    def extract(
+        self,
+        carrier: textmap.CarrierT,
+        context: Context | None = None,
+        getter: textmap.Getter[textmap.CarrierT] = textmap.default_getter,
+    ) -> Context:
+        """The context of the carrier's `traceparent` alone."""
+        traceparent = getter.get(carrier, self._TRACEPARENT_HEADER_NAME)
+        if not traceparent:
+            return Context() if context is None else context
+        return super().extract({self._TRACEPARENT_HEADER_NAME: traceparent}, context)
+
+    @property
+    def fields(self) -> set[str]:
+        """The one header this propagator reads and writes."""
+        return {self._TRACEPARENT_HEADER_NAME}
 
 
 def _start_file(path: Path, resource: Resource) -> None:

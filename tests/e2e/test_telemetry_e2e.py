@@ -321,6 +321,76 @@ def test_the_apps_own_log_records_are_exported_and_no_other_loggers(ingestion: I
         assert any(logger == tree or logger.startswith(f"{tree}.") for tree in APP_LOGGERS), (logger, line)
 
 
+_FORWARDING_PROCESS = """
+import json, logging, sys, uuid
+from opentelemetry import trace
+from opentelemetry._logs import get_logger_provider
+from shared import telemetry
+from shared.observability.setup import configure_telemetry
+from shared.observability.tracing import tracer
+
+forwarded = []
+
+
+class Host(logging.Handler):  # as the Functions worker forwards every record that reaches the root to the host
+    def emit(self, record):
+        forwarded.append(record.getMessage())
+
+
+logging.getLogger().setLevel(logging.INFO)
+logging.getLogger().addHandler(Host())
+assert configure_telemetry(sys.argv[1], None) == "azure-monitor"
+with tracer.start_as_current_span("request"):
+    telemetry.emit("execution.failed", tenant_id=uuid.UUID(int=7), execution_id=uuid.UUID(int=8), status="failed",
+                   error="the step failed")
+logging.getLogger("shared.ingress.process").warning("app warning line")
+logging.getLogger("functions.timer_execution_sweeper").info("app info line")
+for _ in range(2):  # the second export follows the first one's own log records
+    trace.get_tracer_provider().force_flush()
+    get_logger_provider().force_flush()
+print(json.dumps(forwarded))
+"""
+
+
+def test_each_app_record_and_outcome_is_exported_once_and_not_forwarded_to_the_host(
+    ingestion: Ingestion, tmp_path: Path
+) -> None:
+    # The app's trees propagated to the root, which the Functions worker forwards to the host, which sent each line to
+    # the same Application Insights again; an outcome was its span event, its exported `qp.telemetry` line and the
+    # host's copy of that line: three `traces` rows. The exporter's own INFO records reached the host too.
+    env = {**os.environ, "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true", "OTEL_BLRP_SCHEDULE_DELAY": "200"}
+    env["TMPDIR"] = str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", _FORWARDING_PROCESS, ingestion.connection_string],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    forwarded: list[str] = json.loads(done.stdout.strip().splitlines()[-1])
+
+    def messages() -> list[str]:
+        with ingestion.lock:
+            return [
+                str(e["data"]["baseData"]["message"])
+                for e in ingestion.envelopes
+                if e["data"]["baseType"] == "MessageData"
+            ]
+
+    ingestion.wait_for(
+        "the records", lambda: {"execution.failed", "app warning line", "app info line"} <= {*messages()}
+    )
+    exported = messages()  # every envelope, counted: one each
+    assert exported.count("execution.failed") == 1, exported
+    assert exported.count("app warning line") == 1 and exported.count("app info line") == 1, exported
+    assert not [m for m in exported if m.startswith("qp.telemetry ")], exported
+    # Nothing of the app's, nor the exporter's INFO, reached the root (the host's log stream and its own export).
+    assert not [m for m in forwarded if m.startswith("qp.telemetry ") or m.startswith("app ")], forwarded
+    assert not [m for m in forwarded if "Transmission succeeded" in m or "Request URL" in m], forwarded
+
+
 def test_requests_still_succeed_with_the_ingestion_endpoint_down(
     traced_platform: Any, pg: Any, ingestion: Ingestion
 ) -> None:
