@@ -14,10 +14,11 @@ from psycopg.rows import DictRow
 from psycopg_pool import ConnectionPool
 
 from shared.auth.principal import Requester
+from shared.db import tenant_locks
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
+from shared.engine import remote, work_queue
 from shared.engine import steps as store
-from shared.engine import work_queue
 from shared.engine.dispatch_results import raised_verdict
 from shared.engine.protocol import CANCEL_EVENT, EventRaiser
 from shared.engine.start import NoLongerValidError, RunShape, StartRequest, run_shape
@@ -64,6 +65,15 @@ class NotAnApproverError(ControlError):
 
 class NotRetryableError(ControlError):
     """Only a failed or cancelled execution can be retried; a newer version must keep the reused steps."""
+
+
+class AlreadyRetriedError(ControlError):
+    """The execution was retried already: a second retry would run its steps' effects again, or reuse outputs the
+    first retry's compensation undid (ADR 0014)."""
+
+    def __init__(self, execution_id: UUID, retry_id: UUID) -> None:
+        super().__init__(f"execution {execution_id} was already retried by execution {retry_id}")
+        self.retry_id = retry_id
 
 
 def request_cancel(conn: Conn, execution_id: UUID, requested_by: str) -> repo.Execution:
@@ -122,15 +132,30 @@ def record_child_cancel(conn: Conn, child_id: UUID, parent_id: UUID) -> list[sto
     return work_queue.cancel_queued(conn, child_id)
 
 
-async def tell_child(client: EventRaiser, child_id: UUID, parent_id: UUID, dequeued: list[store.Attempt]) -> None:
-    """Raise a recorded child cancel to the child's orchestration, with the verdicts of the work it ended."""
+CHILD_VERDICTS_BOUND_S = 2.0
+"""How long a child cancel's hand-over of the verdicts of the work it ended may take in all (as a lease route's):
+what is not handed over by then stays `raising`, for the sweeper to raise again."""
+
+
+async def tell_child(
+    client: EventRaiser,
+    tenant_id: UUID,
+    child_id: UUID,
+    parent_id: UUID,
+    dequeued: list[store.Attempt],
+    *,
+    pool: ConnectionPool[Any] | None = None,
+) -> None:
+    """Raise a recorded child cancel to the child's orchestration, then hand over the verdicts of the work it ended
+    (marked `raising` as they ended: one not handed over now, or left unraised because the cancel's own raise failed,
+    is raised again by the sweeper, ADR 0027)."""
     try:
         await client.raise_event(str(child_id), CANCEL_EVENT, {"by": parent_principal(parent_id)})
-        for attempt in dequeued:  # its queued remote work ended with the cancel (ADR 0027)
-            await client.raise_event(str(child_id), attempt.key.event_name, attempt.verdict())
     except Exception as exc:
         # Not there (yet) or already ended: the recorded request is what a starting orchestration reads.
         logger.warning("could not raise cancel to child execution %s: %s", child_id, exc)
+        return
+    await remote.hand_over_verdicts(client, tenant_id, dequeued, within_s=CHILD_VERDICTS_BOUND_S, pool=pool)
 
 
 def _record_child_cancel(
@@ -148,7 +173,7 @@ async def cancel_child(
     dequeued = await asyncio.to_thread(_record_child_cancel, tenant_id, child_id, parent_id, pool)
     if dequeued is None:
         return False
-    await tell_child(client, child_id, parent_id, dequeued)
+    await tell_child(client, tenant_id, child_id, parent_id, dequeued, pool=pool)
     return True
 
 
@@ -178,6 +203,12 @@ def decide_approval(
     if attempt is None:
         raise NotWaitingError(f"step {step_id} is not an approval waiting for a decision")
     execution = repo.get_execution(conn, execution_id)
+    # Before the answers of a decided approval: a caller the approval does not name is refused whatever its state,
+    # never told whether, or how, it was decided.
+    requested = conn.execute(_LATEST_REQUEST, (execution_id, step_id)).fetchone()
+    approvers = requested["data"].get("approvers") if requested else None
+    if not _names_callers(approvers, object_id, principal_id):
+        raise NotAnApproverError(f"step {step_id} names its approvers, and the caller is not one of them")
     if attempt.finished:
         decided = (attempt.output or {}).get("decision") if attempt.state == "succeeded" else "reject"
         if decided == decision and attempt.state in ("succeeded", "failed") and not execution.terminal:
@@ -185,10 +216,11 @@ def decide_approval(
             # is one this rejection did not stop the run for, and is refused otherwise: the same either way).
             return ApprovalOutcome(key, raised_verdict(conn, attempt), False)
         raise NotWaitingError(f"step {step_id} was already decided ({attempt.state})")
-    requested = conn.execute(_LATEST_REQUEST, (execution_id, step_id)).fetchone()
-    approvers = requested["data"].get("approvers") if requested else None
-    if not _names_callers(approvers, object_id, principal_id):
-        raise NotAnApproverError(f"step {step_id} names its approvers, and the caller is not one of them")
+    if decision == "approve" and execution.cancel_requested_at is not None:
+        # The run ends cancelled whatever is approved now (the cancel's 202 said so): recorded, the approval read as
+        # granted and its step completed in a run that then compensates. A rejection is still recorded: it is one
+        # during the cancel, and the run ends cancelled either way (rules 7).
+        raise NotWaitingError(f"step {step_id} is no longer waiting: the execution is being cancelled")
     detail = {"decision": decision, "by": principal_id, "comment": comment}
     # Written before the result (the stream reads the decision, then the step's end): the held attempt is still
     # waiting, so the result below applies.
@@ -247,7 +279,7 @@ def retry_request(
         row["step_id"]: row["output"] for row in rows if row["state"] == "succeeded" and row["action"] != "approval"
     }
     if not reused:
-        return _retry_of(execution, version, requester, idempotency_key, reused)
+        return _retry_of(conn, execution, version, requester, idempotency_key, reused)
     before = after = _run_shape(conn, execution.intent_id, execution.intent_version, execution.input)
     if version is not None and version != execution.intent_version:
         after = _run_shape(conn, execution.intent_id, version, execution.input)
@@ -257,7 +289,27 @@ def retry_request(
                 f"version {version} changes steps whose outputs would be reused: " + ", ".join(changed)
             )
     skipped = {row["step_id"] for row in rows if row["state"] == "skipped"}
-    return _retry_of(execution, version, requester, idempotency_key, _after_reused(reused, skipped, before, after))
+    kept = _after_reused(reused, skipped, before, after)
+    return _retry_of(conn, execution, version, requester, idempotency_key, kept)
+
+
+# The first retry, should an old one have been made twice (before migration 0065 refused it).
+_RETRY_OF = "SELECT id FROM app.executions WHERE retry_of = %s ORDER BY created_at, id LIMIT 1"
+
+
+def _refuse_a_second_retry(conn: Conn, execution_id: UUID, idempotency_key: str | None) -> None:
+    """AlreadyRetriedError when the execution has a retry, unless `idempotency_key` names an execution already: that
+    is a repeat, which the start answers as first answered (or refuses, for a key used otherwise).
+
+    Decided under the tenant's start lock, which the start then takes again before its insert (same transaction):
+    of two retries sent at once, the second reads the first's execution once it has committed. Its key is read again
+    under the lock, as the start reads it, so that a repeat racing its first request is replayed, not refused."""
+    tenant_locks.hold(conn, "executions")
+    if idempotency_key is not None and repo.find_by_key(conn, idempotency_key) is not None:
+        return
+    row = conn.execute(_RETRY_OF, (execution_id,)).fetchone()
+    if row is not None:
+        raise AlreadyRetriedError(execution_id, row["id"])
 
 
 def _after_reused(
@@ -286,12 +338,16 @@ def _after_reused(
 
 
 def _retry_of(
+    conn: Conn,
     execution: repo.Execution,
     version: int | None,
     requester: Requester,
     idempotency_key: str | None,
     reused: dict[str, Any],
 ) -> StartRequest:
+    """The retry's start request, once no other retry of the execution is found (`_refuse_a_second_retry`): checked
+    last, so the tenant's start lock it takes is held for the start's own work only, not for the reads above."""
+    _refuse_a_second_retry(conn, execution.id, idempotency_key)
     return StartRequest(
         intent_id=execution.intent_id,
         input=execution.input,

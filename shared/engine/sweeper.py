@@ -506,7 +506,7 @@ async def _end(
     if ended is None:
         return False
     for child, dequeued in ended.children.items():
-        await control.tell_child(client, child, execution_id, dequeued)
+        await control.tell_child(client, tenant_id, child, execution_id, dequeued, pool=pool)
     return True
 
 

@@ -481,17 +481,17 @@ def _hold_free_executions(conn: Conn, execution_ids: Sequence[UUID]) -> set[UUID
 
 def cancel_queued(conn: Conn, execution_id: UUID) -> list[Attempt]:
     """End the run-phase items of an execution that no worker holds (a cancel reaches them at once); returns
-    their attempts, whose verdicts the caller raises."""
+    their attempts, marked `raising` as every attempt this module ends is, whose verdicts the caller hands over
+    (`remote.hand_over_verdicts`): one whose raise fails is raised again by the sweeper, as a repeated cancel finds
+    nothing left to end."""
     from shared.engine.progress import abandon_step  # progress enqueues through this module
 
-    ended: list[Attempt] = []
-    for row in conn.execute(_QUEUED_OF_EXECUTION, (execution_id,)).fetchall():
-        key = _item(row).key
+    keys = [_item(row).key for row in conn.execute(_QUEUED_OF_EXECUTION, (execution_id,)).fetchall()]
+    for key in keys:
         abandon_step(conn, key, CANCELLED_QUEUED)
-        attempt = store.get_attempt(conn, key)
-        if attempt is not None:
-            ended.append(attempt)
-    return ended
+    _mark(conn, _RAISING, keys)
+    found = (store.get_attempt(conn, key) for key in keys)
+    return [attempt for attempt in found if attempt is not None]
 
 
 def list_items(

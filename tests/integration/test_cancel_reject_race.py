@@ -78,12 +78,13 @@ def _end(pool: ConnectionPool[Any], tenant_id: uuid.UUID, run: Orchestration, ex
 
 _ONE_END = {
     "reject": {"step": "failed", "attempt": "failed", "ends": ["step_failed"], "domain": ["step.failed"]},
-    "approve": {"step": "succeeded", "attempt": "succeeded", "ends": ["step_completed"], "domain": ["step.completed"]},
 }
-"""A decision recorded after the cancel is the step's one end, during the cancel (ADR 0014, rules 7)."""
+"""A rejection recorded after the cancel is the step's one end, during the cancel (ADR 0014, rules 7). An approval
+after the cancel is refused before anything is recorded (409 `not-waiting`, tests/integration/
+test_control_review_fixes.py): it granted a step of a run that was ending cancelled."""
 
 
-@pytest.mark.parametrize("decision", ["reject", "approve"])
+@pytest.mark.parametrize("decision", ["reject"])
 def test_a_decision_committed_after_the_cancel_whose_event_reaches_the_run_first_ends_the_step_once(
     app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID], decision: str
 ) -> None:

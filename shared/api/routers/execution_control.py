@@ -27,7 +27,7 @@ from shared.api.routers.executions import (
     execution_resource,
     load_execution,
 )
-from shared.api.routers.work import raise_verdicts
+from shared.api.routers.work import hand_over_verdicts
 from shared.api.security import RequestContext, authorize, record_mutation
 from shared.api.starting import begin, launch
 from shared.auth.principal import Requester
@@ -161,6 +161,10 @@ def _problem(exc: control.ControlError) -> ProblemError:
             return ProblemError(409, "not-waiting", "Conflict", str(exc))
         case control.NotRetryableError():
             return ProblemError(409, "not-retryable", "Conflict", str(exc))
+        case control.AlreadyRetriedError():
+            return ProblemError(
+                409, "already-retried", "Conflict", str(exc), extensions={"retry_id": str(exc.retry_id)}
+            )
     return ProblemError(500, "internal-error", "Internal server error")
 
 
@@ -233,7 +237,9 @@ async def cancel(
     execution, dequeued, to_raise = await run_in_threadpool(record)
     cancel_event = {"by": context.principal.id}
     sent = await _raise(client, execution_id, CANCEL_EVENT, cancel_event) if to_raise else None
-    await raise_verdicts(client, dequeued)
+    # Marked `raising` as they ended (work_queue.cancel_queued): one whose raise fails here is raised again by the
+    # sweeper, as a repeated cancel finds no queued work left to end (ADR 0027, amended 2026-12-07).
+    await hand_over_verdicts(client, context.tenant.id, dequeued)
     if sent in ("failed", "gone") and execution.status == "pending":
         await run_in_threadpool(_cancel_unstarted, context.tenant.id, execution_id)
         execution = await run_in_threadpool(load_execution, context, execution_id)
@@ -303,7 +309,8 @@ def _cancel_unstarted(tenant_id: UUID, execution_id: UUID) -> None:
             "not-waiting",
             "Conflict",
             "step deploy was already decided (failed)",
-            "The step is not an approval waiting for a decision",
+            "The step is not an approval waiting for a decision: decided already, or (an approve) its execution is"
+            " being cancelled; nothing is recorded",
         ),
         422: INVALID,
         503: _DECISION_NOT_HANDED_OVER,
@@ -317,7 +324,8 @@ async def approve(
     client: Any = Depends(get_durable_client),  # noqa: B008
 ) -> ApprovalRecorded:
     """Approve or reject a waiting approval step (Approver; never the execution's requester, and only a listed
-    approver when the step names some). A rejection fails the step and compensates. A decision recorded whose
+    approver when the step names some). A rejection fails the step and compensates. An approve sent once a cancel
+    is recorded is refused (409 `not-waiting`): the run ends cancelled whatever is approved. A decision recorded whose
     execution could not be told yet answers 503 with Retry-After: send the same decision again (answered 200,
     `applied` false), and the repeat tells the execution (ADR 0027, amended 2026-12-07)."""
 
@@ -364,6 +372,42 @@ async def approve(
     return ApprovalRecorded(execution_id=execution_id, step_id=step_id, decision=body.decision, applied=outcome.applied)
 
 
+_NOT_RETRYABLE = problem_doc(
+    409,
+    "not-retryable",
+    "Conflict",
+    "version 3 changes steps whose outputs would be reused: build",
+    "Not retried",
+)
+_ALREADY_RETRIED = problem_doc(
+    409,
+    "already-retried",
+    "Conflict",
+    f"execution {EXAMPLE_EXECUTION_ID} was already retried by execution 7d0c1f2e-3a4b-4c5d-8e6f-9a0b1c2d3e4f",
+    "Retried already",
+    retry_id="7d0c1f2e-3a4b-4c5d-8e6f-9a0b1c2d3e4f",
+)
+# Every refusal of a retry, each with its own example; nothing is started for any.
+_RETRY_REFUSED = {
+    **_NOT_RETRYABLE,
+    "description": "The execution is neither failed nor cancelled, or the newer `version` changes a reused step or the"
+    " inputs it reads (`not-retryable`); or it was retried already (`already-retried`, its `retry_id` naming that"
+    " retry: an execution is retried once, ADR 0014; retry the retry instead, and a repeat with the first request's"
+    " Idempotency-Key is answered as that request was); or the intent is archived (`archived`) or the version no"
+    " longer validates (`definition-invalid`)",
+    "content": {
+        media: {
+            "schema": body["schema"],
+            "examples": {
+                "not-retryable": {"value": body["example"]},
+                "already-retried": {"value": _ALREADY_RETRIED["content"][media]["example"]},
+            },
+        }
+        for media, body in _NOT_RETRYABLE["content"].items()
+    },
+}
+
+
 @router.post(
     "/{execution_id}/retry",
     status_code=202,
@@ -372,15 +416,7 @@ async def approve(
     responses={
         **EXECUTE_ERRORS,
         404: EXECUTION_NOT_FOUND,
-        409: problem_doc(
-            409,
-            "not-retryable",
-            "Conflict",
-            "version 3 changes steps whose outputs would be reused: build",
-            "The execution is neither failed nor cancelled, or the newer `version` changes a reused step or the "
-            "inputs it reads (`not-retryable`); or the intent is archived (`archived`) or the version no longer "
-            "validates (`definition-invalid`)",
-        ),
+        409: _RETRY_REFUSED,
     },
 )
 async def retry(
@@ -392,7 +428,9 @@ async def retry(
     client: Any = Depends(get_durable_client),  # noqa: B008
 ) -> JSONResponse:
     """Start a new execution of the same intent and input that reuses the outputs of the steps that succeeded (and
-    were not compensated) and runs the rest; 202 with its id (`retry_of` links the two)."""
+    were not compensated) and runs the rest; 202 with its id (`retry_of` links the two). An execution is retried
+    once: a second retry is refused (409 `already-retried`, naming the first in `retry_id`); a repeat with the same
+    Idempotency-Key is answered as the first was."""
     request = body or RetryRequest()
 
     def start_retry() -> engine.Started:

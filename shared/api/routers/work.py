@@ -15,7 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict
 from starlette.concurrency import run_in_threadpool
 
 from shared.api.admission import idle
-from shared.api.durable import get_durable_client, raise_to_orchestration
+from shared.api.durable import get_durable_client
 from shared.api.permissions import GuardedRoute, permission
 from shared.api.problems import ProblemError
 from shared.api.responses import AUTH_ERRORS, BAD_CURSOR, INVALID, problem_doc
@@ -250,13 +250,6 @@ def _leased(lease: work_queue.Lease) -> LeasedItem:
         heartbeat_url=f"/api/v1/work/{item.id}/heartbeat",
         traceparent=item.traceparent,
     )
-
-
-async def raise_verdicts(client: Any, attempts: list[Attempt]) -> None:
-    """Hand ended attempts' verdicts to their orchestrations (each waits on its attempt's event): a cancel's, for the
-    queued items it ended."""
-    for attempt in attempts:
-        await raise_to_orchestration(client, attempt.key.execution_id, attempt.key.event_name, attempt.verdict())
 
 
 async def hand_over_verdicts(client: Any, tenant_id: UUID, attempts: list[Attempt]) -> None:
