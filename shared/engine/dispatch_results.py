@@ -74,10 +74,13 @@ def raised_verdict(conn: store.Conn, attempt: store.Attempt) -> dict[str, Any]:
     a failure during that cancel even when it gets there before the cancel's event (rules 7, ADR 0014). A cancel
     recorded after a failure is only ever one that failure does not stop the run for (a retry was left, else the
     cancel is refused); a verdict read again after such a cancel is marked although its first reading was not, which
-    changes only which of the two the reducer applies first: the run ends cancelled either way."""
+    changes only which of the two the reducer applies first: the run ends cancelled either way.
+
+    An abandoned attempt (the cancel's end of its queued work) says so too: its verdict was raised after the cancel's
+    own event, but one whose raise failed is raised again by the sweeper (ADR 0027), which may hand it over before a
+    cancel whose own raise failed too; read first, without the mark, it failed the run that was being cancelled."""
     verdict = attempt.verdict()
-    # Not an abandoned attempt: a stop's end of it (a cancel's, raised after the cancel's own event), no failure.
-    if not verdict["ok"] and attempt.key.phase == "run" and attempt.state != "abandoned":
+    if not verdict["ok"] and attempt.key.phase == "run":
         row = conn.execute(_CANCEL_RECORDED, (attempt.key.execution_id,)).fetchone()
         if row is not None and row["recorded"]:
             verdict["cancel_first"] = True

@@ -200,14 +200,14 @@ class Recorded:
     the run's to take, and raising it again only lengthens the orchestration's history."""
 
 
-def mark_handed_over(tenant_id: UUID, handed: AttemptKey | UUID) -> None:
+def mark_handed_over(tenant_id: UUID, handed: AttemptKey | UUID, *, pool: ConnectionPool[Any] | None = None) -> None:
     """Record that what was raised reached its orchestration (the task hub accepted the raise, or answered that the
     orchestration is gone): an attempt's result (a remote result, an approval decision) for an AttemptKey, the
     execution's cancel for an execution id. A short transaction of its own, after the raise; repeats then raise
     nothing. A mark that fails is logged and dropped: without it a repeat raises the event once more, which the run
     counts for nothing."""
     try:
-        with tenant_transaction(tenant_id) as conn:
+        with tenant_transaction(tenant_id, pool=pool) as conn:
             # Lost in a crash, the mark costs one more raise of a repeat, as a failed one does.
             conn.execute("SET LOCAL synchronous_commit = off")
             if isinstance(handed, AttemptKey):

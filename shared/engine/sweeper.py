@@ -38,7 +38,7 @@ from shared.engine import executions as repo
 from shared.engine import start as engine
 from shared.engine import steps as store
 from shared.engine.progress import abandon_step, end_compensation
-from shared.engine.protocol import ORCHESTRATOR, EventRaiser
+from shared.engine.protocol import CANCEL_EVENT, ORCHESTRATOR, EventRaiser, no_one_to_tell
 from shared.engine.start_service import (
     StatusUnknownError,
     checked_first,
@@ -111,6 +111,11 @@ _QUIET = (
 _SWEPT = (
     "UPDATE app.executions SET swept_at = now() WHERE id IN"
     " (SELECT id FROM app.executions WHERE id = ANY(%s) FOR UPDATE SKIP LOCKED)"
+)
+# A cancel recorded whose raise no one handed over (its request was answered 503 and not sent again).
+_UNRAISED_CANCEL = (
+    "SELECT cancel_requested_by FROM app.executions WHERE id = %s"
+    " AND cancel_requested_at IS NOT NULL AND cancel_raised_at IS NULL"
 )
 _STILL_RUNS = frozenset({"Running", "Pending", "Suspended", "ContinuedAsNew"})
 # Compensating with no compensation out (a dispatched attempt) or due (a step compensating between its attempts, its
@@ -340,6 +345,32 @@ class Stuck:
     cause: str
     status: Literal["failed", "cancelled"]
     compensations: tuple[tuple[str, float], ...] = ()
+
+
+def unraised_cancel(tenant_id: UUID, execution_id: UUID, *, pool: ConnectionPool[Any] | None = None) -> str | None:
+    """Who asked for the execution's cancel, when it was recorded but no raise of it was handed over: its request
+    was answered 503 (recorded, not told) and not sent again. None otherwise."""
+    with tenant_transaction(tenant_id, pool=pool) as conn:
+        row = conn.execute(_UNRAISED_CANCEL, (execution_id,)).fetchone()
+    return None if row is None else str(row["cancel_requested_by"])
+
+
+async def _raise_cancel_again(
+    tenant_id: UUID, execution_id: UUID, client: DurableClient, pool: ConnectionPool[Any] | None
+) -> None:
+    """Tell a running execution of its cancel when nobody did: the run may learn of it only from its event (one
+    waiting on an approval, say), and would wait for it as long as its steps allow (ADR 0027, amended 2026-12-07)."""
+    requested_by = await asyncio.to_thread(unraised_cancel, tenant_id, execution_id, pool=pool)
+    if requested_by is None:
+        return
+    try:
+        await client.raise_event(str(execution_id), CANCEL_EVENT, {"by": requested_by})
+    except Exception as exc:
+        if not no_one_to_tell(exc):
+            logger.warning("sweeper: the cancel of execution %s could not be raised again: %s", execution_id, exc)
+            return
+    logger.info("sweeper: the cancel of execution %s was raised again (its request's raise had failed)", execution_id)
+    await asyncio.to_thread(remote.mark_handed_over, tenant_id, execution_id, pool=pool)
 
 
 def _stopped_by_cancel(row: dict[str, Any]) -> bool:
@@ -602,6 +633,7 @@ async def _settle_quiet(
     runtime = _runtime(status)
     inputs = 0
     if cause is None and runtime == "Running":
+        await _raise_cancel_again(tenant_id, execution_id, client, pool)
         # Running but waiting on nothing: nothing will ever end it, as if its orchestration had ended (not one that is
         # suspended, which an operator holds; nor one pending or continuing as new, which is about to run).
         stuck = await asyncio.to_thread(stuck_compensation, tenant_id, execution_id, quiet_s=quiet_s, pool=pool)

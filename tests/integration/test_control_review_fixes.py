@@ -108,7 +108,9 @@ def test_a_cancels_verdict_whose_raise_failed_is_raised_again_by_the_sweeper(
 
     hub = FlakyDurable()
     _raise_again(monkeypatch, hub, app_pool, control_pool)
-    assert _raised(hub, key) == [CANCELLED_VERDICT]
+    # Raised again, it says the cancel came first: it may reach the run before a cancel whose raise failed too,
+    # and is then a step ended by the cancel, not a failure (ADR 0014, rules 7).
+    assert _raised(hub, key) == [{**CANCELLED_VERDICT, "cancel_first": True}]
     assert _attempt(app_pool, tenant, key).delivery == "handed_over"
 
 
@@ -146,7 +148,9 @@ def test_a_child_cancels_verdict_whose_raise_failed_is_raised_again_by_the_sweep
 
     hub = FlakyDurable()
     _raise_again(monkeypatch, hub, app_pool, control_pool)
-    assert _raised(hub, key) == [CANCELLED_VERDICT]
+    # Raised again, it says the cancel came first: it may reach the run before a cancel whose raise failed too,
+    # and is then a step ended by the cancel, not a failure (ADR 0014, rules 7).
+    assert _raised(hub, key) == [{**CANCELLED_VERDICT, "cancel_first": True}]
     assert _attempt(app_pool, tenant, key).delivery == "handed_over"
 
 

@@ -18,10 +18,10 @@ from psycopg_pool import ConnectionPool
 
 from shared.auth.principal import Requester
 from shared.db.session import platform_transaction, tenant_transaction
+from shared.engine import control, sweeper
 from shared.engine import executions as repo
 from shared.engine import steps as store
-from shared.engine import sweeper
-from shared.engine.protocol import ORCHESTRATOR
+from shared.engine.protocol import CANCEL_EVENT, ORCHESTRATOR
 from shared.engine.start import StartRequest, active_executions, start_execution
 from shared.engine.steps import AttemptKey
 from shared.tenants.repository import get_tenant
@@ -449,3 +449,29 @@ def test_a_running_execution_past_its_steps_timeout_is_recorded_stalled_once(
     assert "past its 1 s timeout" in stalled[0].data["reason"]
     assert execution.status == "running"  # recorded, nothing else changed
     assert client.asked.count(str(execution_id)) == 2
+
+
+def test_a_cancel_recorded_but_never_told_to_its_running_execution_is_raised_again_once(
+    api: ApiHarness,
+    app_pool: ConnectionPool[Any],
+) -> None:
+    # A cancel whose raise failed is recorded and answered 503 ("send it again"); a client that gave up left a run
+    # that learns of it only from its event (one waiting on an approval) waiting as long as its steps allowed.
+    g = Tenant(api)
+    untold = _moved(app_pool, g.id, g.intent, ["running", "waiting"], quiet=False)
+    told = _moved(app_pool, g.id, g.intent, ["running", "waiting"], quiet=False)
+    with tenant_transaction(g.id, pool=app_pool) as conn:
+        for execution_id in (untold, told):
+            control.request_cancel(conn, execution_id, "tid/alice")
+        store.mark_cancel_handed_over(conn, told)
+        for execution_id in (untold, told):
+            conn.execute(_BACKDATE_UPDATE, (execution_id,))
+    client = FakeDurable({untold: _status("Running"), told: _status("Running")})
+    asyncio.run(sweeper.sweep_tenant(g.id, client, pool=app_pool))
+    assert client.raised == [(str(untold), CANCEL_EVENT, {"by": "tid/alice"})]
+    with tenant_transaction(g.id, pool=app_pool) as conn:
+        assert store.cancel_handed_over(conn, untold)
+        conn.execute(_BACKDATE_UPDATE, (untold,))
+    again = FakeDurable({untold: _status("Running"), told: _status("Running")})
+    asyncio.run(sweeper.sweep_tenant(g.id, again, pool=app_pool))
+    assert again.raised == []  # handed over: raised no more

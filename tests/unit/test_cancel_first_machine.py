@@ -227,3 +227,25 @@ def test_the_property_run_does_apply_a_failure_as_one_during_a_cancel() -> None:
     assert state.cancelled and "a" in state.failed
     _, old, _ = _drive(picks, 6, flagged=True)
     assert old != log
+
+
+ABANDONED_BY_THE_CANCEL = {
+    "ok": False,
+    "error": "cancelled before a worker took it",
+    "retryable": False,
+    "state": "abandoned",
+    "cancel_first": True,
+}
+
+
+def test_the_verdict_of_work_the_cancel_ended_coming_first_ends_the_run_cancelled() -> None:
+    """The sweeper raises again a verdict whose raise failed, which can reach the run before a cancel whose raise
+    failed too: without the mark the abandoned step was a failure, and the run ended failed."""
+    run = _out({"id": "build", "action": "x"})
+    run.send(m.EventRaised("run:build:1", ABANDONED_BY_THE_CANCEL, run.now))
+    assert run.state.cancelled and run.state.first_failure is None
+    assert run.state.views["build"]["state"] == "cancelled"
+    end_ = _finish(run)
+    assert (end_["status"], end_["error"], end_["failed_step"]) == ("cancelled", "cancelled", None)
+    state = run.state
+    assert run.send(m.EventRaised("cancel", {}, run.now)) == [] and run.state == state
