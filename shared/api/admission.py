@@ -1,6 +1,6 @@
 # intent_ref: platform.rate-limits
-"""Per-tenant admission: at most N requests of one tenant in flight per process, and within its share of the pool
-while other tenants are busy too, so that a burst, or two, leaves room for others."""
+"""Per-tenant admission: at most N requests of one tenant in flight per process, and none beyond its first once all
+tenants' requests would leave too few connections over, so that a burst, or two, leaves room for others."""
 
 from __future__ import annotations
 
@@ -34,49 +34,45 @@ class PoolShare:
 
     A bound per tenant alone (half the pool) let two busy tenants hold the whole pool, and every other tenant's
     requests waited for a connection until the pool's timeout (503). A tenant's first request in flight is always
-    let in; each further one only while every tenant's requests together leave one connection over for a tenant
-    that has none in flight and, while other tenants are busy too, while the tenant holds fewer than the pool divided
-    by the busy tenants plus one (alone, it is bounded by its own limit only).
+    let in; each further one only while, with it, every tenant's requests together leave `reserve` connections (a
+    fifth of the pool, at least one) over for tenants that have none in flight. Below that, a tenant uses what is
+    free up to its own limit: a share per busy tenant held five tenants with a request each to one, half the pool
+    idle.
     """
 
     def __init__(self, pool_size: int) -> None:
         if pool_size < 1:
             raise ValueError("pool_size must be >= 1")
         self.pool_size = pool_size
+        self.reserve = max(1, pool_size // 5)
         self._lock = threading.Lock()
-        self._busy = 0
         self._in_flight = 0
 
-    def share(self, limit: int) -> int:
-        """The most requests one busy tenant bounded by `limit` may have in flight now (at least one)."""
-        with self._lock:
-            return self._share(limit)
-
-    def _share(self, limit: int) -> int:
-        return limit if self._busy <= 1 else max(1, min(limit, self.pool_size // (self._busy + 1)))
-
     def take(self, held: int, limit: int) -> bool:
-        """Count one more request of a tenant that has `held` in flight, if its share and the reserve allow it."""
+        """Count one more request of a tenant that has `held` in flight, if its limit and the reserve allow it."""
         with self._lock:
-            if held > 0:
-                if held >= self._share(limit) or self._in_flight + 1 >= self.pool_size:
-                    return False
-            else:
-                self._busy += 1
+            if held > 0 and (held >= limit or not self._leaves_reserve()):
+                return False
             self._in_flight += 1
             return True
 
-    def give_back(self, held: int) -> None:
-        """Count one request less of a tenant that has `held` in flight after it."""
+    def has_room(self) -> bool:
+        """Whether a tenant's further request would leave the reserve (its own limit apart)."""
+        with self._lock:
+            return self._leaves_reserve()
+
+    def _leaves_reserve(self) -> bool:
+        return self._in_flight + 1 <= self.pool_size - self.reserve
+
+    def give_back(self) -> None:
+        """Count one request less."""
         with self._lock:
             self._in_flight -= 1
-            if held == 0:
-                self._busy -= 1
 
 
 class TenantGate:
-    """One tenant's requests in flight (at most `limit`, and within its `pool` share when given) and those queued
-    for a slot (at most `queue`)."""
+    """One tenant's requests in flight (at most `limit`, and within what the shared `pool` leaves when given) and those
+    queued for a slot (at most `queue`)."""
 
     def __init__(self, limit: int, queue: int, pool: PoolShare | None = None) -> None:
         if limit < 1 or queue < 0:
@@ -98,8 +94,11 @@ class TenantGate:
         return True
 
     def room(self) -> int:
-        """The most requests this tenant may have in flight now: its limit, or its share of the pool if smaller."""
-        return self.limit if self._pool is None else self._pool.share(self.limit)
+        """The most requests this tenant may have in flight now: its limit, or what it holds (at least one) while
+        the pool's reserve keeps its further requests out."""
+        if self._pool is None or self._pool.has_room():
+            return self.limit
+        return min(self.limit, max(1, self.in_flight))
 
     @property
     def in_flight(self) -> int:
@@ -159,7 +158,7 @@ class TenantGate:
                 raise RuntimeError("a tenant gate was left more often than entered")
             self._in_flight -= 1
             if self._pool is not None:
-                self._pool.give_back(self._in_flight)
+                self._pool.give_back()
             self._changed.notify()
 
 

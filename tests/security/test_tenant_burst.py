@@ -429,24 +429,33 @@ def test_one_tenants_burst_never_stalls_another(pg: Any, azurite: Any, tmp_path:
         host.stop()
 
 
-def test_busy_tenants_share_the_pool_and_leave_a_connection_for_a_tenant_with_none_in_flight() -> None:
+def test_busy_tenants_leave_connections_over_for_tenants_with_none_in_flight() -> None:
     # Bounded at half the pool each, two busy tenants held all of it, and a third tenant's request waited for a
     # connection until the pool's timeout: a 503 for a tenant that had sent one request.
     admission = Admission(5, queue=0, wait_s=0.0, pool=PoolShare(10))
+    assert admission.pool is not None and admission.pool.reserve == 2
     alpha, beta, gamma, delta = (admission.gate(uuid.uuid4()) for _ in range(4))
-    assert [alpha.enter(0) for _ in range(6)] == [True] * 5 + [False]  # alone: its own limit
-    assert [beta.enter(0) for _ in range(4)] == [True] * 3 + [False]  # two busy: a third of the pool each
-    assert beta.room() == 3 and alpha.room() == 3
-    assert gamma.enter(0)  # a tenant's first request is always let in
-    assert not gamma.enter(0)  # its second would leave no connection for a tenant with none in flight
-    assert delta.enter(0)
-    alpha.leave()
-    assert not alpha.enter(0)  # over its share now that four are busy, until enough of its requests end
-    for gate, held in ((alpha, 4), (beta, 3), (gamma, 1), (delta, 1)):
+    assert [alpha.enter(0) for _ in range(6)] == [True] * 5 + [False]  # its own limit
+    assert [beta.enter(0) for _ in range(4)] == [True] * 3 + [False]  # 8 in flight: the reserve's two are left
+    assert beta.room() == 3 and beta.in_flight == 3
+    assert gamma.enter(0) and delta.enter(0)  # a tenant's first request is always let in
+    assert not gamma.enter(0)
+    for gate, held in ((alpha, 5), (beta, 3), (gamma, 1), (delta, 1)):
         for _ in range(held):
             gate.leave()
-    assert admission.pool is not None and alpha.room() == 5
-    assert [alpha.enter(0) for _ in range(5)] == [True] * 5  # alone again, its whole limit
+    assert alpha.room() == 5
+
+
+def test_tenants_with_a_request_each_are_not_held_to_one_while_connections_are_free() -> None:
+    # A share per busy tenant (the pool over busy tenants plus one) held five tenants with a request each to one
+    # request each, half the pool idle.
+    admission = Admission(5, queue=0, wait_s=0.0, pool=PoolShare(10))
+    gates = [admission.gate(uuid.uuid4()) for _ in range(5)]
+    assert all(gate.enter(0) for gate in gates)
+    assert [gates[0].enter(0) for _ in range(4)] == [True] * 3 + [False]  # up to the reserve: 8 in flight
+    for gate in gates:
+        while gate.in_flight:
+            gate.leave()
 
 
 @pytest.mark.integration
