@@ -142,7 +142,7 @@ class RelayedResponse(Response):
         except TimeoutError:
             if not cut.expired():
                 raise
-            logger.info("the gateway cut off an answer its app gave up: %s", scope.get("path"))
+            logger.info("the gateway cut off an answer its app gave up: %r", scope.get("path"))
         finally:
             self._body.on_abort(None)
             # A client that went away ends the app's work too (an event stream stops following its execution).
