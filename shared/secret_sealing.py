@@ -14,7 +14,7 @@ from uuid import UUID
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from shared.db.session import platform_transaction, tenant_transaction
+from shared.db.session import bounded_lock_waits, platform_transaction, tenant_transaction
 from shared.db.tenant_passes import each_tenant
 from shared.engine import task_tokens
 from shared.events import webhook_store
@@ -60,7 +60,8 @@ def seal_stored_secrets(
 ) -> SealingResult:
     """Seal with the current key every secret of up to `max_tenants` tenants that is not yet. A value that does not
     open (sealed under a key this process lacks, say) is logged and left as it is, and the tenant's others are sealed;
-    a tenant whose pass fails otherwise is logged and left for the next run, and the other tenants go."""
+    a tenant whose pass fails otherwise (a row locked past bounded_lock_waits' bound included) is logged and left
+    for the next run, and the other tenants go."""
     keys = keys or sealer()
     with platform_transaction(pool=control_pool) as conn:
         found = conn.execute(_TENANTS, (keys.current_prefix, max_tenants)).fetchall()
@@ -69,7 +70,10 @@ def seal_stored_secrets(
         with tenant_transaction(tenant_id, pool=pool) as conn:
             return _seal_tenant(conn, tenant_id, keys)
 
-    done, failed = each_tenant((UUID(str(row["tenant_id"])) for row in found), seal, what="secret sealing")
+    # Tenants go one after another, and `_TO_SEAL` locks their subscriptions: one row held elsewhere (the relay's
+    # fan-out, a change) held the run up to the statement timeout, and meanwhile its locks held up that tenant's sends.
+    with bounded_lock_waits():
+        done, failed = each_tenant((UUID(str(row["tenant_id"])) for row in found), seal, what="secret sealing")
     return SealingResult(
         sum(t.webhook_secrets for t in done),
         sum(t.task_token_keys for t in done),

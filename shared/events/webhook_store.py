@@ -140,6 +140,13 @@ _CLAIM_HEADS = (
 _RELEASE = (
     "UPDATE app.webhook_deliveries SET next_attempt_at = clock_timestamp() WHERE id = ANY(%s) AND state = 'pending'"
 )
+# A head claimed whose subscription's secret does not open: due again after UNOPENED_RETRY_S, its attempts as they
+# were (its receiver is not at fault), the reason in its log for the tenant to see.
+_DEFER_UNOPENED = (
+    "UPDATE app.webhook_deliveries SET next_attempt_at = clock_timestamp() + make_interval(secs => %s),"
+    " last_error = %s WHERE id = ANY(%s) AND state = 'pending'"
+)
+UNOPENED_ERROR = "the subscription's signing secret does not open: rotate its secret"
 _DELIVERED = (
     "UPDATE app.webhook_deliveries SET state = 'delivered', attempts = attempts + 1, last_status = %s,"
     " last_error = NULL, delivered_at = clock_timestamp() WHERE id = %s AND state = 'pending'"
@@ -212,6 +219,12 @@ class Claimed:
     previous_secret: str | None = None
     """The secret before the last rotation, until it expires (PREVIOUS_SECRET_KEPT_S): the send is signed with both."""
 
+
+UNOPENED_RETRY_S = 60.0
+"""How long the head of a subscription whose secret does not open (sealed under a key the process lacks, ADR 0040)
+waits before a claim tries it again: it opens once the key is back or the secret is rotated, and goes within this;
+meanwhile its tenant is not found due on its account, nor its secret logged as unopened, on every run (every
+second)."""
 
 PREVIOUS_SECRET_KEPT_S = 24 * 3600.0
 """How long a rotated-out secret still signs deliveries beside the new one: a receiver may move to the new secret
@@ -495,17 +508,40 @@ def deliveries(conn: Conn, subscription_id: UUID, limit: int = 100) -> list[dict
 def claim_due(conn: Conn, tenant_id: UUID, *, limit: int, hold_s: float) -> list[Claimed]:
     """The due heads of the tenant's enabled subscriptions (none while it is suspended), least recently sent to first,
     held for `hold_s` while they are sent, each with its secret opened (and the one before its last rotation, while
-    that still signs). A secret that does not open (SealError) takes the claim back with the transaction: the
-    deliveries wait, none is lost."""
+    that still signs). A head whose secret does not open (SealError) is logged and left out, due again after
+    UNOPENED_RETRY_S; the others are claimed."""
     claimed = []
+    unopened: list[int] = []
     now = datetime.now(UTC)
     for row in conn.execute(_CLAIM_HEADS, (limit, hold_s)).fetchall():
         fields = dict(row)
-        opened = open_secret(row["secret"], sealed_for(tenant_id, row["subscription_id"]))
+        try:
+            opened = open_secret(row["secret"], sealed_for(tenant_id, row["subscription_id"]))
+        except SealError as exc:
+            # Raised, it took back the whole claim: every run found the tenant due first, and its other
+            # subscriptions got nothing for as long as the key was missing.
+            _log_unopened(tenant_id, row["subscription_id"], exc)
+            unopened.append(row["id"])
+            continue
         kept = SigningSecrets.unpacked(opened)
         fields["secret"], fields["previous_secret"] = kept.current, kept.signing(now)
         claimed.append(Claimed(**fields))
+    if unopened:
+        conn.execute(_DEFER_UNOPENED, (UNOPENED_RETRY_S, UNOPENED_ERROR, unopened))
     return claimed
+
+
+def _log_unopened(tenant_id: UUID, subscription_id: UUID, exc: SealError) -> None:
+    """Once per claim of its head, UNOPENED_RETRY_S apart: the operator's to act on (a key restored) or the tenant's
+    (a rotation)."""
+    logger.error(
+        "webhooks: the signing secret of subscription %s of tenant %s does not open; its deliveries wait %.0f s at a"
+        " time; check QP_SEALING_KEY and QP_SEALING_KEY_PREVIOUS, or rotate its secret: %s",
+        subscription_id,
+        tenant_id,
+        UNOPENED_RETRY_S,
+        exc,
+    )
 
 
 def release(conn: Conn, delivery_ids: Sequence[int]) -> None:

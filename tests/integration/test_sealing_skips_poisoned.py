@@ -6,6 +6,8 @@ tenants after them by id from being sealed (the finder names tenants in random o
 from __future__ import annotations
 
 import secrets
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -154,3 +156,36 @@ def test_tenants_whose_values_never_open_do_not_keep_the_tenants_after_them_from
             break
     assert _sealed_now(tenants.stored(last)["key"]["sealed_secret"])
     assert tenants.stored(poisoned)["key"]["secret"] is None  # still sealed under the retired key, untouched
+
+
+def test_a_locked_subscription_fails_its_tenant_within_the_bound_and_the_next_run_seals_it(
+    tenants: Tenants, pg: Any, app_pool: ConnectionPool[Any], control_pool: ConnectionPool[Any]
+) -> None:
+    # The pass waited for a row held elsewhere up to the statement timeout (60 s) per tenant, where the other timers
+    # give such a tenant up after bounded_lock_waits' bound and seal the others.
+    held_s = 8.0
+    tenant = tenants.make(uuid.uuid4().hex[:8])
+    held = tenants.subscribe(tenant, plain=True)
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # as the relay's fan-out holds it while it publishes
+        with psycopg.connect(pg.admin_url, dbname="quantum") as conn:
+            conn.execute("SELECT 1 FROM app.webhook_subscriptions WHERE id = %s FOR KEY SHARE", (held,))
+            locked.set()
+            release.wait(held_s)
+            conn.rollback()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        began = time.monotonic()
+        result = seal_stored_secrets(pool=app_pool, control_pool=control_pool, max_tenants=1_000_000)
+        took = time.monotonic() - began
+        assert took < held_s - 3, f"the run waited {took:.1f} s for the locked row"
+        assert result.failed_tenants >= 1 and not _sealed_now(tenants.stored(tenant)["subscriptions"][held])
+    finally:
+        release.set()
+        holder.join()
+    seal_stored_secrets(pool=app_pool, control_pool=control_pool, max_tenants=1_000_000)
+    assert _sealed_now(tenants.stored(tenant)["subscriptions"][held])

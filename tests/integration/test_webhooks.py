@@ -862,3 +862,55 @@ def test_the_audit_record_of_a_create_keeps_no_secret_of_its_url(api: ApiHarness
     for row in audited:
         for secret in ("hookuser", "MARK"):
             assert secret not in json.dumps(row["detail"])
+
+
+def test_a_subscription_whose_secret_does_not_open_holds_up_none_of_its_tenants_others(
+    api: ApiHarness, local: None, pg: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One secret sealed under a key the process no longer has (ADR 0040) failed the tenant's whole claim: none of its
+    # subscriptions got anything, and the tenant was found due first on every run, an error logged each time.
+    from shared.sealing import SealedFor
+    from tests.integration.test_sealing_skips_poisoned import RETIRED
+
+    good, bad = Receiver(), Receiver()
+    handle, headers = tenant(api, "hooks-unopened")
+    made = {}
+    for name, receiver in (("good", good), ("bad", bad)):
+        created = api.client.post("/api/v1/webhooks", json={"url": receiver.url, "event_types": ["*"]}, headers=headers)
+        assert created.status_code == 201, created.text
+        made[name] = created.json()["id"]
+    sealed = RETIRED.seal(b"whsec_x", SealedFor("webhook-secret", handle.id, made["bad"]))
+    with psycopg.connect(pg.admin_url, dbname="quantum", autocommit=True) as conn:
+        conn.execute("UPDATE app.webhook_subscriptions SET secret = %s WHERE id = %s", (sealed, made["bad"]))
+    emit(handle.id, "test.one")
+
+    with caplog.at_level("ERROR", logger=webhook_store.__name__):
+        result = webhooks.deliver_tenant(handle.id)
+    assert result.delivered == 1 and len(good.received) == 1 and not bad.received
+    logged = [r for r in caplog.records if r.name == webhook_store.__name__ and made["bad"] in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is None
+    # Its head waits, unsent and its attempts untouched, the reason in its log; meanwhile the tenant is not due.
+    with tenant_transaction(handle.id) as conn:
+        head = conn.execute(
+            "SELECT state, attempts, last_error, next_attempt_at - clock_timestamp() AS wait"
+            " FROM app.webhook_deliveries WHERE subscription_id = %s",
+            (made["bad"],),
+        ).fetchone()
+    assert head["state"] == "pending" and head["attempts"] == 0 and head["last_error"] == webhook_store.UNOPENED_ERROR
+    assert head["wait"].total_seconds() > webhook_store.UNOPENED_RETRY_S - 10
+    assert handle.id not in _due_tenants()
+    emit(handle.id, "test.two")  # the good one's next goes; the bad one's waits behind its head
+    assert webhooks.deliver_tenant(handle.id).delivered == 1 and len(good.received) == 2 and not bad.received
+
+    # A rotation gives it a secret that opens: once its head is due again, both of its deliveries go, none lost.
+    rotated = api.client.post(f"/api/v1/webhooks/{made['bad']}/rotate-secret", headers=headers)
+    assert rotated.status_code == 200, rotated.text
+    with psycopg.connect(pg.admin_url, dbname="quantum", autocommit=True) as conn:
+        conn.execute(
+            "UPDATE app.webhook_deliveries SET next_attempt_at = clock_timestamp() WHERE subscription_id = %s",
+            (made["bad"],),
+        )
+    webhooks.deliver_tenant(handle.id)
+    webhooks.deliver_tenant(handle.id)
+    assert [e["type"] for e in bad.events()] == ["test.one", "test.two"]
+    assert verify(rotated.json()["secret"], *bad.received[0])
