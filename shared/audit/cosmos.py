@@ -13,7 +13,7 @@ from azure.cosmos import ContainerProxy, DatabaseProxy, PartitionKey
 from azure.cosmos.exceptions import CosmosHttpResponseError, CosmosResourceExistsError, CosmosResourceNotFoundError
 
 from shared.audit.model import AuditPage, AuditQuery, AuditRecord, InvalidCursorError, decode_cursor, encode_cursor
-from shared.audit.outbox import AuditOutbox, Delete, RecordRefusedError, Write
+from shared.audit.outbox import AuditOutbox, Delete, RecordRefusedError, Write, outlives_tenant
 
 _CURSOR_KIND = "cosmos"
 PARTITION_KEY_PATH = "/tenantId"
@@ -215,6 +215,22 @@ class CosmosAuditStore:
                 parameters=[{"name": "@tenantId", "value": tenant}],
                 partition_key=tenant,
             )
+        ]
+        for item_id in ids:
+            self._container.delete_item(item_id, partition_key=tenant)
+        return len(ids)
+
+    def erase_outlived(self, tenant_id: uuid.UUID) -> int:
+        """Delete every record in the erased tenant's partition but its erasure's own."""
+        tenant = str(tenant_id)
+        ids = [
+            doc["id"]
+            for doc in self._container.query_items(
+                "SELECT c.id, c.tenantId, c.action, c.resourceType, c.resourceId FROM c WHERE c.tenantId = @tenantId",
+                parameters=[{"name": "@tenantId", "value": tenant}],
+                partition_key=tenant,
+            )
+            if not outlives_tenant(doc)
         ]
         for item_id in ids:
             self._container.delete_item(item_id, partition_key=tenant)

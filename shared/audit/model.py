@@ -152,6 +152,11 @@ class AuditStore(Protocol):
         """Remove every record of the tenant (offboarding); returns how many were removed."""
         ...
 
+    def erase_outlived(self, tenant_id: uuid.UUID) -> int:
+        """Remove every record of an erased tenant but its erasure's own (`outbox.outlives_tenant`): what a copy
+        wrote as the tenant was erased and could not undo (ADR 0046's sweep); returns how many were removed."""
+        ...
+
     def export(self, tenant_id: uuid.UUID, *, conn: psycopg.Connection[Any] | None = None) -> Iterator[dict[str, Any]]:
         """Every record of the tenant (offboarding's export), read a page at a time as it is iterated, so a long trail
         is never held whole; each as a row of `app.audit_events` (its columns as keys). With `conn` (the export's open

@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import takewhile
 from typing import Any
 from uuid import UUID
 
@@ -66,6 +67,11 @@ MAX_TENANTS = 100
 """Tenants one relay run serves (those waiting longest); the next run takes the rest."""
 MAX_BATCHES = 20
 """Batches one relay run copies per tenant, so that one tenant's backlog cannot hold up the others."""
+RUN_BUDGET_S = 45.0
+"""Seconds after which a relay run starts no further tenant or batch (ADR 0012). A throttled store's write takes
+seconds with the SDK's retries: without it a run lasted tenants x MAX_BATCHES x that, past the host's functionTimeout
+at MAX_TENANTS, and every tenant behind a slow one waited out its batches. Within the minute between runs; the
+tenants not reached keep their place, their oldest record having waited longest, and the next run starts with them."""
 COOLDOWN_S = 30.0
 """After a failed copy, copies after a commit are left to the relay this long: a store that is down must not slow
 every request that records something by its timeouts."""
@@ -111,6 +117,7 @@ class AuditOutbox:
         control_pool: ConnectionPool[Any] | None = None,
         cooldown_s: float = COOLDOWN_S,
         batch_s: float = BATCH_S,
+        run_budget_s: float = RUN_BUDGET_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._write = write
@@ -119,6 +126,7 @@ class AuditOutbox:
         self._control_pool = control_pool
         self._cooldown_s = cooldown_s
         self._batch_s = batch_s
+        self._run_budget_s = run_budget_s
         self._clock = clock
         self._lock = threading.Lock()
         self._resting_until = 0.0
@@ -140,30 +148,45 @@ class AuditOutbox:
             self.queue(conn, tenant_id, record_id, document)
 
     def relay(self, *, max_tenants: int = MAX_TENANTS) -> RelayResult:
-        """Copy what waits in the outbox, tenant by tenant, oldest first; a tenant whose copy fails is logged and
-        left for the next run, and the other tenants still go."""
+        """Copy what waits in the outbox, tenant by tenant, oldest first, until `RUN_BUDGET_S` has passed; a tenant
+        whose copy fails is logged and left for the next run, and the other tenants still go."""
+        deadline = self._clock() + self._run_budget_s
         with platform_transaction(pool=self._control_pool) as conn:
             tenants = [UUID(str(row["tenant_id"])) for row in conn.execute(_WAITING_TENANTS, (max_tenants,))]
+
+        def copy(tenant_id: UUID) -> Copied:
+            """One tenant's copy, its batches within the run's deadline."""
+            return self.relay_tenant(tenant_id, deadline=deadline)
+
+        # Lazily, so that the deadline is looked at before each tenant, not once before them all.
+        reached_lazily = takewhile(lambda _: self._clock() < deadline, tenants)
         # The store or the database being out is expected now and then: the records wait for the next run.
-        done, failed = each_tenant(tenants, self.relay_tenant, what="audit outbox", failures_expected=True)
+        done, failed = each_tenant(reached_lazily, copy, what="audit outbox", failures_expected=True)
         copied, set_aside = sum(d.copied for d in done), sum(d.set_aside for d in done)
         if failed == 0 and copied:
             self._rested()
-        return RelayResult(copied, len(tenants), failed, set_aside)
+        return RelayResult(copied, len(done) + failed, failed, set_aside)
 
-    def relay_tenant(self, tenant_id: UUID, *, max_batches: int = MAX_BATCHES) -> Copied:
-        """Copy up to `max_batches` batches of `tenant_id`'s waiting records; returns what was copied and set aside,
-        and raises the first failure after removing what was copied before it.
+    def relay_tenant(self, tenant_id: UUID, *, max_batches: int = MAX_BATCHES, deadline: float | None = None) -> Copied:
+        """Copy up to `max_batches` batches of `tenant_id`'s waiting records, starting none once `deadline` (on the
+        clock) has passed; returns what was copied and set aside, and raises the first failure after removing what
+        was copied before it.
 
         Each batch is read in a short transaction that locks nothing, written to the store in no transaction, for up
-        to `BATCH` records and `BATCH_S` seconds, and settled in another short one (`_copy_batch`)."""
+        to `BATCH` records and `BATCH_S` seconds (and not past `deadline`), and settled in another short one
+        (`_copy_batch`)."""
         copied = set_aside = 0
         for _ in range(max_batches):
+            if deadline is not None and self._clock() >= deadline:
+                break
             with tenant_transaction(tenant_id, pool=self._pool) as conn:
                 present = get_tenant(conn, tenant_id) is not None
                 rows = conn.execute(_WAITING, (BATCH,)).fetchall()
             records = [(row["id"], row["document"]) for row in rows]
-            done, rest = self._copy_batch(tenant_id, records, present=present, until=self._clock() + self._batch_s)
+            until = self._clock() + self._batch_s
+            if deadline is not None:
+                until = min(until, deadline)
+            done, rest = self._copy_batch(tenant_id, records, present=present, until=until)
             copied, set_aside = copied + done.copied, set_aside + done.set_aside
             if len(rows) < BATCH and not rest:
                 break
@@ -190,7 +213,7 @@ class AuditOutbox:
         have made its second pass before these writes landed: what was written is deleted from the store again
         (`_undo`). Still there, the erasure's row delete, and so its second pass, come after these writes. That
         transaction failing, the tenant is looked at again (`_settle_failed`) before the failure is raised."""
-        dropped = [] if present else [i for i, document in records if not _outlives_tenant(document)]
+        dropped = [] if present else [i for i, document in records if not outlives_tenant(document)]
         if dropped:
             logger.warning("audit outbox: %d records of erased tenant %s removed unwritten", len(dropped), tenant_id)
         written, refused, failed, rest = self._write_each(tenant_id, records, skip=set(dropped), until=until)
@@ -236,7 +259,7 @@ class AuditOutbox:
     def _undo(self, tenant_id: UUID, records: Sequence[tuple[UUID, dict[str, Any]]]) -> set[UUID]:
         """Delete from the store what a copy wrote for a tenant erased meanwhile, but its erasure's record; returns
         the deleted ids. What cannot be deleted outlives the tenant, and is logged by id for an operator (ADR 0012)."""
-        outlived = [i for i, document in records if not _outlives_tenant(document)]
+        outlived = [i for i, document in records if not outlives_tenant(document)]
         undone: set[UUID] = set()
         if self._delete is not None:
             try:
@@ -316,7 +339,7 @@ class AuditOutbox:
             self._resting_until = 0.0
 
 
-def _outlives_tenant(document: dict[str, Any]) -> bool:
+def outlives_tenant(document: dict[str, Any]) -> bool:
     """Whether a record still goes to the store once its tenant is gone: only the control plane's record of the
     tenant's erasure, written after its rows went (ADR 0012: the erased tenant keeps exactly that record)."""
     return (

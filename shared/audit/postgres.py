@@ -92,6 +92,11 @@ class PostgresAuditStore:
             conn.execute("SELECT app.pin_tenant(%s)", (tenant_id,))
             return int(conn.execute("DELETE FROM app.audit_events").rowcount)
 
+    def erase_outlived(self, tenant_id: uuid.UUID) -> int:  # noqa: ARG002  # the interface's
+        """Nothing to delete: this store writes inside its tenant's transaction, never after it as an outbox copy does,
+        and refuses a record of a tenant whose row is gone (migration 0060), so none outlives the erasure."""
+        return 0
+
     def export(self, tenant_id: uuid.UUID, *, conn: psycopg.Connection[Any] | None = None) -> Iterator[dict[str, Any]]:
         """The tenant's rows of `app.audit_events`, every column, `EXPORT_BATCH_ROWS` at a time: inside `conn` (the
         export's tenant transaction) if given, else in a tenant transaction held until the iteration ends."""

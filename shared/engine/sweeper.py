@@ -75,6 +75,14 @@ the check gate: a definition's check or two. The tenants are swept one after ano
 every other tenant's sweep (and the run's next timer) behind one tenant's checks. Past it, that execution is left for
 a later run; a tenant found busy once is not waited for again in the same run (its later checks take a free slot, or
 are left too), so one tenant's share of a run waits CHECK_WAIT_S at most."""
+RUN_BUDGET_S = 60.0
+"""How long a run goes on sweeping tenants: no tenant's sweep, and no execution's status call, starts past it (ADR
+0014). The status calls were bounded in number only, so a slow task hub made a run last calls x latency (up to
+MAX_STATUS_CHECKS x the client's 240 s), while the timer (every 30 s) skipped its later runs; two skipped at most now.
+The tenants and executions not reached keep their place (they were not checked) and come first in a later run."""
+STATUS_CALL_BOUND_S = 5.0
+"""How long one status call may take: one that takes longer is a status unknown (left for a later run, never read as
+"no such instance"), so that a hung task hub holds up a run seconds, not the client's 240 s per call."""
 _CAUSE_MAX_CHARS = 1000
 
 _EXPIRED_LEASE_TENANTS = "SELECT tenant_id FROM app.work_expired_lease_tenants(%s) AS expired (tenant_id)"
@@ -151,6 +159,14 @@ _STOPPED_COMPENSATING = (
 _OLDEST_RULES = 2
 # Rules 8 gives an unresolvable compensation up and carries on: only runs started under earlier rules hang so.
 _LAST_HANGING_RULES = 7
+
+
+@dataclass(frozen=True)
+class _NoAnswer:
+    """A status call cut off by STATUS_CALL_BOUND_S: like the host's error body, it says nothing of the instance
+    (`status_unknown`)."""
+
+    Message: str = "the task hub did not answer in time"  # noqa: N815  # the attribute status_unknown reads
 
 
 class DurableClient(EventRaiser, Protocol):
@@ -541,12 +557,42 @@ async def _end(
     return True
 
 
+async def _status(client: DurableClient, instance_id: str, *, show_input: bool = False) -> Any:
+    """The instance's status, or a status unknown (`_NoAnswer`) when the call takes longer than STATUS_CALL_BOUND_S."""
+    call = client.get_status(instance_id, show_input=True) if show_input else client.get_status(instance_id)
+    try:
+        return await asyncio.wait_for(call, STATUS_CALL_BOUND_S)
+    except TimeoutError:
+        logger.warning(
+            "sweeper: the status of %s took over %s s; left for a later run", instance_id, STATUS_CALL_BOUND_S
+        )
+        return _NoAnswer()
+
+
+@dataclass(frozen=True)
+class _BoundedStatus:
+    """A client's status call bounded as `_status` bounds it: what the start path's own check (`existing_instance`)
+    is handed."""
+
+    client: DurableClient
+
+    async def get_status(self, instance_id: str) -> Any:
+        """The instance's status, or a status unknown when it took too long."""
+        return await _status(self.client, instance_id)
+
+
+def _past(deadline: float | None) -> bool:
+    """Whether the run's `deadline` (on time.monotonic) has passed."""
+    return deadline is not None and time.monotonic() >= deadline
+
+
 async def _settle_stalled_start(
     tenant_id: UUID, execution_id: UUID, client: DurableClient, pool: ConnectionPool[Any] | None, check_wait_s: float
 ) -> TenantSweep:
     instance_id = str(execution_id)
     try:
-        status = await existing_instance(client, instance_id)  # the start path's own check (start_service.launch)
+        # The start path's own check (start_service.launch), its call bounded.
+        status = await existing_instance(_BoundedStatus(client), instance_id)
     except StatusUnknownError:
         return TenantSweep(checked=1)  # the store could not say: started again or not, it is the next run's to tell
     if status is not None:
@@ -600,7 +646,7 @@ async def _stuck_run(execution_id: UUID, stuck: Stuck, client: DurableClient, gr
     """Whether the orchestration of an execution stuck compensating by its rows waits on nothing (`waits_on_nothing`),
     judged by its input. Asked for again, with its input, only for these few: not every quiet execution's input (its
     whole definition) at every check. One whose input cannot be read is left running."""
-    status = await client.get_status(str(execution_id), show_input=True)
+    status = await _status(client, str(execution_id), show_input=True)
     if status_unknown(status) or _runtime(status) != "Running":
         return False  # the next run judges it again
     run = run_input(getattr(status, "input_", None))
@@ -624,7 +670,7 @@ async def _settle_quiet(
     """Settle a quiet execution in at most `calls` status calls (at least one); answers what it did, and whether it
     was judged: one whose run's input no call was left to ask for (stuck compensating by its rows) is not, nor one
     whose stall plan's check found its tenant's turn at the check gate taken for `check_wait_s`."""
-    status = await client.get_status(str(execution_id))
+    status = await _status(client, str(execution_id))
     if status_unknown(status):
         # Read as "no such instance", a brief outage of the task hub's store ended running executions for good.
         logger.warning("sweeper: the status of execution %s could not be read; left for its next turn", execution_id)
@@ -685,11 +731,13 @@ async def sweep_tenant(
     quiet_s: float = QUIET_S,
     stall_grace_s: float = stalls.STALL_GRACE_S,
     pool: ConnectionPool[Any] | None = None,
+    deadline: float | None = None,
 ) -> TenantSweep:
     """Start the tenant's stalled starts, then end its quiet executions whose orchestration ended or waits on nothing
     (stuck compensating) and record the stalls of those still running; at most `budget` status calls (stalled starts
-    first: they are certainly stuck), a stuck run's second one for its input included. A costly check waits for the
-    tenant's turn at the check gate CHECK_WAIT_S at most, and only until one such wait has run out in this call."""
+    first: they are certainly stuck), a stuck run's second one for its input included, and none begun once the run's
+    `deadline` (on time.monotonic) has passed. A costly check waits for the tenant's turn at the check gate
+    CHECK_WAIT_S at most, and only until one such wait has run out in this call."""
     check_wait_s = CHECK_WAIT_S
     claimed = await asyncio.to_thread(
         claim_stalled_starts,
@@ -700,6 +748,10 @@ async def sweep_tenant(
     )
     results: list[TenantSweep] = []
     for execution_id in claimed:
+        if _past(deadline):
+            # Left pending and claimed, as a start that could not be launched is: taken over once the claim is stale.
+            logger.info("sweeper: the stalled starts of tenant %s are left for a later run (its time is up)", tenant_id)
+            break
         results.append(await _settle_stalled_start(tenant_id, execution_id, client, pool, check_wait_s))
         if results[-1].busy:
             check_wait_s = 0.0  # a free slot is still taken; a busy tenant's share of the run waits once
@@ -711,8 +763,8 @@ async def sweep_tenant(
         asked: list[UUID] = []
         try:
             for execution_id in quiet:
-                if left <= 0:
-                    break  # stuck runs' inputs took the calls left
+                if left <= 0 or _past(deadline):
+                    break  # stuck runs' inputs took the calls left, or the run's time is up: the rest keep their place
                 asked.append(execution_id)
                 result, judged = await _settle_quiet(
                     tenant_id, execution_id, client, pool, stall_grace_s, quiet_s, calls=left, check_wait_s=check_wait_s
@@ -740,8 +792,9 @@ async def sweep_tenant(
 async def sweep(
     client: DurableClient, *, pool: ConnectionPool[Any] | None = None, control_pool: ConnectionPool[Any] | None = None
 ) -> SweepResult:
-    """One sweeper run over every tenant with a candidate, within MAX_STATUS_CHECKS status calls; `pool` serves
-    the tenant transactions, `control_pool` the control plane's (the process-wide pools when None).
+    """One sweeper run over every tenant with a candidate, within MAX_STATUS_CHECKS status calls and RUN_BUDGET_S
+    (each status call within STATUS_CALL_BOUND_S); `pool` serves the tenant transactions, `control_pool` the control
+    plane's (the process-wide pools when None).
 
     A tenant whose sweep fails is logged and left for the next run; the other tenants still go. So is one whose
     rows another transaction holds locked for longer than a bounded wait (bounded_lock_waits): the tenants are swept
@@ -758,6 +811,7 @@ async def _sweep(
     client: DurableClient, *, pool: ConnectionPool[Any] | None, control_pool: ConnectionPool[Any] | None
 ) -> SweepResult:
     """The run `sweep` describes, its tenant transactions' lock waits bounded."""
+    deadline = time.monotonic() + RUN_BUDGET_S
     # First: a worker's expired lease ends now, not after every tenant's sweep (each may wait at the check gate).
     expired = await expire_work_leases(client, pool=pool, control_pool=control_pool)
     raised_again = await raise_verdicts_again(client, pool=pool, control_pool=control_pool)
@@ -768,8 +822,11 @@ async def _sweep(
         budget = min(MAX_CHECKS_PER_TENANT, MAX_STATUS_CHECKS - checked - inputs)
         if budget <= 0:
             break
+        if _past(deadline):
+            logger.info("sweeper: the run's time is up; the tenants not reached come first in a later run")
+            break
         try:
-            result = await sweep_tenant(tenant_id, client, budget=budget, pool=pool)
+            result = await sweep_tenant(tenant_id, client, budget=budget, pool=pool, deadline=deadline)
         except Exception:  # one tenant's trouble (or a backend outage) must not keep the others stuck
             logger.exception("sweeper: the executions of tenant %s could not be swept", tenant_id)
             failed.add(tenant_id)

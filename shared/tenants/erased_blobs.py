@@ -6,6 +6,10 @@ row, and a writer whose removal of a blob fails records it again (`offboarding.k
 `erased_tenant_blobs` runs `sweep_erased_tenant_blobs`: each recorded tenant's prefix is emptied, and its record is
 dropped once a sweep finds the prefix empty at least `KEEP` after the last note, so a writer that wrote after the
 erasure and died before it could look at its tenant leaves no blob for good either.
+
+Each sweep also removes from the audit store the tenant's records but its erasure's own (`erase_outlived`): an outbox
+copy that wrote a record as the tenant was erased and died before it could look at its tenant and undo the write left
+it there, with nothing else to tell a later run about it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from uuid import UUID
 from azure.storage.blob import ContainerClient
 from psycopg_pool import ConnectionPool
 
+from shared.audit import AuditStore, get_audit_store
 from shared.config import get_settings
 from shared.db.session import platform_transaction
 from shared.storage.blob import artifacts_container
@@ -64,6 +69,8 @@ class SweepResult:
     """Records dropped: their prefix was empty and their time was up."""
     failed: int
     """Tenants whose sweep failed (storage unavailable): kept for the next run."""
+    records: int = 0
+    """Audit records deleted (`erase_outlived`)."""
 
 
 def sweep_erased_tenant_blobs(
@@ -73,13 +80,15 @@ def sweep_erased_tenant_blobs(
     max_tenants: int = MAX_TENANTS,
     max_blobs: int = MAX_BLOBS,
     control_pool: ConnectionPool[Any] | None = None,
+    audit_store: AuditStore | None = None,
 ) -> SweepResult:
     """Delete what is left under each recorded erased tenant's prefix (up to `max_tenants` tenants, `max_blobs` blobs
     each), and drop the record of a tenant whose prefix is then empty and was last noted over `keep` ago.
 
     `container` is the artifacts container (by default the background one, asked for only when there is a tenant to
-    sweep). No connection is held while storage is called. The first failure ends the run: blob storage is most likely
-    away for every tenant, and the sweep order puts the failed tenant last next time.
+    sweep), `audit_store` the configured store, whose records of the tenant but its erasure's own are deleted too: a
+    record is kept while that fails. No connection is held while storage is called. The first failure ends the run:
+    blob storage is most likely away for every tenant, and the sweep order puts the failed tenant last next time.
     """
     with platform_transaction(pool=control_pool) as conn:
         conn.execute(_FORGET_REUSED)
@@ -87,7 +96,8 @@ def sweep_erased_tenant_blobs(
     if not due:
         return SweepResult(0, 0, 0, 0)
     blobs = container if container is not None else artifacts_container(get_settings())
-    swept = deleted = dropped = 0
+    audit = audit_store if audit_store is not None else get_audit_store()
+    swept = deleted = dropped = records = 0
     for tenant_id, noted_at in due:
         # Asked again right before its sweep, not only when the run began: a run may take minutes.
         with platform_transaction(pool=control_pool) as conn:
@@ -104,17 +114,37 @@ def sweep_erased_tenant_blobs(
             )
             with platform_transaction(pool=control_pool) as conn:
                 conn.execute(_SWEPT, (f"{type(exc).__name__}: {exc}"[:2000], tenant_id))
-            return SweepResult(swept, deleted, dropped, 1)
+            return SweepResult(swept, deleted, dropped, 1, records)
+        erased, failure = _erase_records(tenant_id, audit)
+        records += erased
         swept += 1
         deleted += count
         if count:
             logger.warning("erased tenant blobs: %d blobs of erased tenant %s removed", count, tenant_id)
         with platform_transaction(pool=control_pool) as conn:
-            if empty and conn.execute(_DROP, (tenant_id, noted_at, keep, tenant_id)).rowcount:
+            if failure is None and empty and conn.execute(_DROP, (tenant_id, noted_at, keep, tenant_id)).rowcount:
                 dropped += 1
             else:
-                conn.execute(_SWEPT, (None, tenant_id))
-    return SweepResult(swept, deleted, dropped, 0)
+                conn.execute(_SWEPT, (failure, tenant_id))
+    return SweepResult(swept, deleted, dropped, 0, records)
+
+
+def _erase_records(tenant_id: UUID, audit_store: AuditStore) -> tuple[int, str | None]:
+    """Delete the erased tenant's audit records but its erasure's own; returns how many, and why it failed if it did
+    (its record is then kept for the next run; the blobs still go)."""
+    try:
+        erased = audit_store.erase_outlived(tenant_id)
+    except Exception as exc:
+        logger.warning(
+            "erased tenant blobs: the audit records of tenant %s could not be removed, left for the next run (%s: %s)",
+            tenant_id,
+            type(exc).__name__,
+            exc,
+        )
+        return 0, f"{type(exc).__name__}: {exc}"[:2000]
+    if erased:
+        logger.warning("erased tenant blobs: %d audit records of erased tenant %s removed", erased, tenant_id)
+    return erased, None
 
 
 def _sweep(tenant_id: UUID, container: ContainerClient, max_blobs: int) -> tuple[int, bool]:

@@ -20,6 +20,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from shared.audit import AuditRecord
+from shared.audit import outbox as audit_outbox
 from shared.audit.cosmos import CosmosAuditStore, create_audit_container
 from shared.audit.outbox import AuditOutbox, Copied, Delete, Write
 from shared.audit.postgres import PostgresAuditStore
@@ -419,3 +420,45 @@ def test_two_relays_at_once_both_write_the_same_records_and_lose_none(
     assert copied == [Copied(4), Copied(4)]
     assert all(len(stores.stored(record)) == 1 for record in records)
     assert stores.waiting(tenant) == set()
+
+
+def test_a_relay_run_stops_at_its_budget_and_the_tenants_it_did_not_reach_keep_their_place(
+    stores: _Stores, new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    # A throttled store: each write takes two seconds (the SDK's retries). Without a run budget a run lasted tenants x
+    # MAX_BATCHES x that: at MAX_TENANTS past the host's functionTimeout.
+    tenants = [new_tenant() for _ in range(3)]
+    queued = {tenant: _queued(stores, tenant, 30) for tenant in tenants}
+    now = [0.0]
+
+    def write(tenant_id: uuid.UUID, document: dict[str, Any]) -> None:
+        if tenant_id not in queued:
+            raise ConnectionError("another test's record: left where it is")
+        now[0] += 2.0
+
+    relay = AuditOutbox(write, pool=stores.app_pool, control_pool=stores.control_pool, clock=lambda: now[0])
+    relay.relay()
+    # Nothing starts past the budget; a batch begun before it writes its first record.
+    assert now[0] <= audit_outbox.RUN_BUDGET_S + 2.0
+    first, second, third = (queued[tenant] - stores.waiting(tenant) for tenant in tenants)
+    assert len(first) == audit_outbox.MAX_BATCHES and 0 < len(second) < 30 and third == set()
+    # The tenant not reached waits longest but for the two served: the next run starts with those three, before a
+    # tenant whose records came later.
+    later = new_tenant()
+    _queued(stores, later, 1)
+    with platform_transaction(pool=stores.control_pool) as conn:
+        order = [row["t"] for row in conn.execute("SELECT t FROM app.audit_outbox_tenants(100000) AS w (t)")]
+    assert [t for t in order if t in {*tenants, later}] == [*tenants, later]
+
+
+def _queued(stores: _Stores, tenant: uuid.UUID, count: int) -> set[uuid.UUID]:
+    """`count` records of the tenant queued straight into the outbox, as a store that was down leaves them."""
+    ids = [uuid.uuid4() for _ in range(count)]
+    with tenant_transaction(tenant, pool=stores.app_pool) as conn:
+        for record_id in ids:
+            document = {"id": str(record_id), "tenantId": str(tenant)}
+            conn.execute(
+                "INSERT INTO app.audit_outbox (tenant_id, id, document) VALUES (%s, %s, %s)",
+                (tenant, record_id, Jsonb(document)),
+            )
+    return set(ids)

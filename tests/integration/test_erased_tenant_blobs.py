@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -16,11 +16,16 @@ import azure.functions as func
 import psycopg
 import pytest
 from azure.core.exceptions import ServiceRequestError
+from azure.cosmos import DatabaseProxy
 from azure.storage.blob import ContainerClient
 from psycopg_pool import ConnectionPool
 
 from shared.api.routers import tenants as tenants_router
+from shared.audit import AuditRecord
+from shared.audit.cosmos import CosmosAuditStore, _document, create_audit_container
+from shared.audit.outbox import AuditOutbox
 from shared.db.session import runtime_transaction, tenant_transaction
+from shared.policy.actions import Action
 from shared.tenants import erased_blobs, offboarding
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_offboarding import _artifacts
@@ -236,6 +241,54 @@ def test_no_tenant_role_reads_the_erased_tenants(api: ApiHarness, app_pool: Conn
         conn.execute("SELECT tenant_id FROM control.erased_tenant_blobs")
     with pytest.raises(psycopg.errors.InsufficientPrivilege), runtime_transaction(pool=app_pool) as conn:
         conn.execute("INSERT INTO control.erased_tenant_blobs (tenant_id) VALUES (%s)", (uuid.uuid4(),))
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")  # the Cosmos stand-in's certificate
+def test_an_audit_record_a_killed_copy_wrote_as_its_tenant_was_erased_goes_with_the_sweep(
+    api: ApiHarness,
+    blobs: ContainerClient,
+    app_pool: ConnectionPool[Any],
+    control_pool: ConnectionPool[Any],
+    cosmos_database: DatabaseProxy,
+) -> None:
+    container = create_audit_container(cosmos_database, f"erased-audit-{uuid.uuid4().hex[:8]}")
+    store = CosmosAuditStore(
+        container, outbox=lambda write, delete: AuditOutbox(write, delete, pool=app_pool, control_pool=control_pool)
+    )
+    tenant_id = api.provision("late-audit-left").id
+    offboarding.erase_tenant(tenant_id, blobs, store)
+    # An outbox copy's write that landed after the erasure's second pass, its copy killed before it could look at
+    # the tenant and undo it: nothing in the outbox tells of it. Then the erasure's own record, which stays.
+    late = _audit_record(tenant_id, "intent.update", "Intent", "an-intent")
+    own = _audit_record(tenant_id, Action.TENANT_ERASE, "Tenant", str(tenant_id))
+    for record in (late, own):
+        store._write_copy(tenant_id, _document(record))
+
+    result = erased_blobs.sweep_erased_tenant_blobs(
+        blobs, max_tenants=1000, control_pool=control_pool, audit_store=store
+    )
+    left = container.query_items(
+        "SELECT c.id FROM c WHERE c.tenantId = @tenantId",
+        parameters=[{"name": "@tenantId", "value": str(tenant_id)}],
+        partition_key=str(tenant_id),
+    )
+    assert [doc["id"] for doc in left] == [str(own.id)]
+    assert result.records == 1  # only this test's container holds records
+
+
+def _audit_record(tenant_id: uuid.UUID, action: str, resource_type: str, resource_id: str) -> AuditRecord:
+    return AuditRecord.new(
+        tenant_id=tenant_id,
+        principal_id="platform/admin",
+        action=action,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        decision="allow",
+        reason="applied",
+        request_id=f"req-{uuid.uuid4().hex[:8]}",
+        detail={},
+        occurred_at=datetime.now(UTC),
+    )
 
 
 def test_the_timer_is_registered_and_runs_the_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
