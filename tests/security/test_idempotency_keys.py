@@ -95,8 +95,10 @@ def _failed_execution(api: ApiHarness, intent_id: str, app_pool: ConnectionPool[
     return str(execution)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def routes(api: ApiHarness, intent_id: str, app_pool: ConnectionPool[Any]) -> list[Route]:
+    # A failed execution of its own for each test: an execution is retried once (ADR 0014), so a second test's
+    # retry of the first's execution, under a key of its own, would be 409 `already-retried`.
     failed = _failed_execution(api, intent_id, app_pool)
 
     def blueprint(suffix: str) -> dict[str, Any]:
