@@ -17,8 +17,10 @@ from fastapi.routing import iter_route_contexts
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+# The container bound, its code and its count (the `as` imports) live with the accepted JSON, which the ingress shares
+# without importing the API; this module keeps its names for them.
+from shared.accepted_json import MAX_BODY_CONTAINERS as MAX_BODY_CONTAINERS
 from shared.accepted_json import (
-    JSON_STRING,
     NOT_UTF8,
     UNSTORABLE_TEXT,
     NotAcceptedJSONError,
@@ -27,7 +29,10 @@ from shared.accepted_json import (
     loads,
     pointer_token,
     text_refusal,
+    too_many_containers,
 )
+from shared.accepted_json import TOO_MANY_CONTAINERS as TOO_MANY_CONTAINERS
+from shared.accepted_json import containers as containers
 from shared.api.problems import (
     FieldError,
     ProblemError,
@@ -40,12 +45,6 @@ from shared.api.request_ids import scope_request_id
 from shared.api.responses import problem_doc
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-MAX_BODY_CONTAINERS = 100_000
-"""Arrays and objects in one request body, counted before it is parsed (ADR 0023). Each costs the parsers, the
-accepted-JSON walk and the route's model several microseconds, ten times what a byte of a string costs: a 1 MiB body
-of 500,000 nested `[]` took about 2 s of CPU to answer, and 0.85 s on a route that ignores its body. Real documents
-hold one container per 20 bytes or more; this allows one per 10 bytes of the default body limit."""
-TOO_MANY_CONTAINERS = "too_many_containers"
 ACCEPTED_DOCUMENT = "qp.accepted_document"
 """The scope key of the body as the edge parsed it, for the route to take instead of parsing the bytes a second
 time (shared.api.permissions): the document is the one `json.loads` gives for accepted JSON."""
@@ -90,8 +89,6 @@ ACCEPTED_CHARSETS = frozenset({"utf-8", "utf8"})
 _HEADER_CONTROLS = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _PARAM = re.compile(r"^\{([^}:]+)(?::[^}]*)?\}$")
 CONTROL_CHARACTER = "control_character"
-# Strings are blanked out before brackets are counted: those inside one are not containers.
-_STRING = re.compile(JSON_STRING.encode("ascii"), re.DOTALL)
 
 
 def refused_problem(exc: NotAcceptedJSONError) -> ProblemError:
@@ -135,28 +132,12 @@ def query_refusals(query_string: bytes) -> list[Refusal]:
     return found
 
 
-def containers(body: bytes) -> int:
-    """How many arrays and objects a JSON body holds, counted on its bytes without parsing them (brackets inside
-    strings ignored), or at least how many when that is within MAX_BODY_CONTAINERS: a few milliseconds per MiB,
-    where parsing a MiB of brackets costs a second."""
-    brackets = body.count(b"[") + body.count(b"{")
-    if brackets <= MAX_BODY_CONTAINERS:
-        return brackets  # at most this many (those inside strings included): nothing more to count
-    bare = _STRING.sub(b'""', body)
-    return bare.count(b"[") + bare.count(b"{")
-
-
-def _too_many_containers(found: int) -> NotAcceptedJSONError:
-    detail = f"the body holds {found} arrays and objects; at most {MAX_BODY_CONTAINERS} are accepted"
-    return NotAcceptedJSONError([Refusal("", detail, TOO_MANY_CONTAINERS)])
-
-
 def parse_body(body: bytes) -> Any:
     """The document of a request body when it is accepted JSON with at most MAX_BODY_CONTAINERS arrays and objects;
     NotAcceptedJSONError otherwise. CPU only, up to a second or so for a hostile MiB: call it through `parsed`."""
     found = containers(body)
     if found > MAX_BODY_CONTAINERS:
-        raise _too_many_containers(found)
+        raise too_many_containers(found)
     return loads(body)
 
 

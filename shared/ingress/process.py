@@ -3,9 +3,10 @@
 record every event that cannot start anything.
 
 Delivery is at least once. The required idempotency key makes a redelivered event find the execution it started
-(the start path's idempotency) and a rejection is recorded once per event, so processing an event again is
-harmless. That is why a transient failure (database, identity keys, orchestration client) is raised instead of
-recorded: the batch fails and is retried, and nothing a retry repeats is done twice.
+(the start path's idempotency) and a rejection is recorded once per event and answers every later delivery of it
+(nothing is started for an event once rejected), so processing an event again is harmless. That is why a
+transient failure (database, identity keys, orchestration client) is raised instead of recorded: the batch fails
+and is retried, and nothing a retry repeats is done twice.
 """
 
 from __future__ import annotations
@@ -21,22 +22,25 @@ from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
+import anyio
+import anyio.to_thread
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from opentelemetry.trace import SpanKind
 
 from shared import telemetry
-from shared.accepted_json import NotAcceptedJSONError, accepted
+from shared.accepted_json import MAX_BODY_CONTAINERS, NotAcceptedJSONError, containers, loads, too_many_containers
 from shared.auth.principal import Requester
 from shared.auth.tokens import InvalidTokenError, SigningKeysUnavailableError, TokenValidator
 from shared.auth.validator import get_token_validator
 from shared.check_gate import UNBOUNDED
 from shared.config import get_settings
 from shared.db.session import tenant_transaction
+from shared.engine.executions import find_by_key
 from shared.engine.start import StartError
 from shared.engine.start_service import begin, launch
 from shared.ingress.rejecting import Rejected, invalid_body, not_accepted, refused_start, stale
-from shared.ingress.rejections import NewRejection, record_rejection
+from shared.ingress.rejections import NewRejection, record_rejection, recorded_reason
 from shared.ingress.request import IngressEvent, IntentRequest
 from shared.ingress.verify import Sender, StaleEventError, check_fresh, sender, verify_token
 from shared.observability.tracing import TRACEPARENT, root_span, span_context_of
@@ -129,16 +133,91 @@ def _unattributed(event: IngressEvent, why: str) -> Outcome:
     return Outcome(event.event_id, reason="unauthenticated")
 
 
+TENANT_PARSE_THREADS = 1
+"""Bodies of one sender's tenant read at once, per process (the same bound as the API's, shared.api.permissions): a
+hostile body the container bound allows holds the interpreter's lock for most of the tenths of a second it takes,
+so a tenant whose events arrive on many partitions at once would otherwise take a thread per partition and crowd out
+the event loop the HTTP API shares; its reads queue on the loop instead, holding no thread, and never behind another
+tenant's."""
+_TENANT_PARSES: dict[UUID, anyio.CapacityLimiter] = {}
+
+
+def _tenant_parses(tenant_id: UUID) -> anyio.CapacityLimiter:
+    """The limiter the tenant's bodies are read through."""
+    limiter = _TENANT_PARSES.get(tenant_id)
+    if limiter is None:
+        limiter = _TENANT_PARSES.setdefault(tenant_id, anyio.CapacityLimiter(TENANT_PARSE_THREADS))
+    return limiter
+
+
+def _document(body: bytes) -> Any:
+    """The accepted JSON document of a body within the API's container bound (ADR 0023): one over it is refused
+    without being parsed at all, in the time a count of its brackets takes."""
+    found = containers(body)
+    if found > MAX_BODY_CONTAINERS:
+        raise too_many_containers(found)
+    return loads(body)
+
+
+def _read(body: bytes) -> tuple[IntentRequest | Rejected, str | None]:
+    """The request in a body, or why it is rejected, with the key it names when it has a usable one. CPU only, up
+    to seconds for a hostile MiB: run on a worker thread, never on the event loop."""
+    try:
+        document = _document(body)
+    except NotAcceptedJSONError as exc:  # before its key is read: such a body may not even parse safely
+        return not_accepted(exc), None
+    try:
+        return IntentRequest.of_document(document), None
+    except ValueError as exc:
+        return invalid_body(exc), IntentRequest.key_in(document)
+
+
+def _key_of_stale(body: bytes) -> str | None:
+    """The key a stale event names, for the producer to match its rejection by; None for a body that is not accepted
+    JSON within the container bound (read as any body is: a plain parse of one nested too deep raises, and would be
+    retried for ever). CPU only: run on a worker thread."""
+    try:
+        return IntentRequest.key_in(_document(body))
+    except NotAcceptedJSONError:
+        return None
+
+
+def _recorded(context: Sender, event: IngressEvent) -> str | None:
+    """The reason the sender's tenant recorded for this event, when it was rejected before."""
+    with tenant_transaction(context.tenant.id) as conn:
+        return recorded_reason(conn, event.hub, event.partition_id, event.sequence_number)
+
+
+def _started_by_sender(context: Sender, key: str) -> UUID | None:
+    """The execution the sender started with this key, if any: a tenant's keys are bound to their requester, so it is
+    the one this event's request started (another principal's execution under the key never was)."""
+    with tenant_transaction(context.tenant.id) as conn:
+        found = find_by_key(conn, key)
+    return found.id if found is not None and found.requested_by == context.principal.id else None
+
+
+async def _stale(context: Sender, event: IngressEvent, exc: StaleEventError, ref: UUID) -> Outcome:
+    """A stale event's answer: the execution its key started when it did start (a replay of a request that ran
+    records nothing), else its stale rejection, recorded with its key."""
+    key = await anyio.to_thread.run_sync(_key_of_stale, event.body, limiter=_tenant_parses(context.tenant.id))
+    if key is not None:
+        started = await asyncio.to_thread(_started_by_sender, context, key)
+        if started is not None:
+            return Outcome(event.event_id, started)
+    return await _reject(context, event, stale(exc), key, ref)
+
+
 async def process_event(
     event: IngressEvent, client: Any, validator: TokenValidator, *, now: datetime | None = None
 ) -> Outcome:
     """Verify the sender, then start the requested execution (or find the one this key started) and launch it.
 
-    Rejections are recorded and returned; transient failures are raised.
+    Rejections are recorded and returned; transient failures are raised. Nothing that can take long (the token's
+    key fetch, the body's parse, the database) runs on the event loop: the HTTP API's requests share it.
     """
     moment = now or datetime.now(UTC)
     try:
-        verified = verify_token(event, validator, now=moment)
+        verified = await asyncio.to_thread(verify_token, event, validator, now=moment)
     except SigningKeysUnavailableError:
         raise
     except InvalidTokenError as exc:
@@ -150,39 +229,40 @@ async def process_event(
     if context is None:
         return _unattributed(event, "the token's tenant is not provisioned on this platform")
     logger.info("intent-requests: event %s is request %s of tenant %s", event.event_id, ref, context.tenant.id)
-    key: str | None = None
+    # A rejection is final: a batch run again after its cause went away (quota freed, grant given) would otherwise
+    # start the request while its record still says rejected, and a producer that resent it would run it twice.
+    recorded = await asyncio.to_thread(_recorded, context, event)
+    if recorded is not None:
+        return Outcome(event.event_id, reason=recorded)
     try:
         check_fresh(event, moment)
-        try:
-            request = IntentRequest.parse(accepted(event.body))
-        except NotAcceptedJSONError as exc:  # before its key is read: such a body may not even parse safely
-            raise not_accepted(exc) from None
-        except ValueError as exc:
-            key = IntentRequest.key_of(event.body)
-            raise invalid_body(exc) from None
-        key = request.idempotency_key
-        audited = {"via": event.hub}
-
-        def decide_for_sender(action: str, resource: Resource) -> Decision:
-            return decide(context, action, resource, detail=audited)
-
-        try:
-            # A costly input check waits for its tenant's turn however long it takes, as a child's start does: refused
-            # busy, the event failed its whole batch, whose retries held the partition, and every other tenant's
-            # events on it, for a quarter of an hour (the turn is the sender's own to keep taken).
-            started = await asyncio.to_thread(
-                begin,
-                context.tenant,
-                lambda conn: request.start_request(conn, Requester.of(context.principal)),
-                decide=decide_for_sender,
-                check_wait_s=UNBOUNDED,
-            )
-        except StartError as exc:
-            raise refused_start(exc) or exc from None
     except StaleEventError as exc:
-        return await _reject(context, event, stale(exc), key, ref)
-    except Rejected as rejected:
-        return await _reject(context, event, rejected, key, ref)
+        return await _stale(context, event, exc, ref)
+    read, key = await anyio.to_thread.run_sync(_read, event.body, limiter=_tenant_parses(context.tenant.id))
+    if isinstance(read, Rejected):
+        return await _reject(context, event, read, key, ref)
+    request = read
+    audited = {"via": event.hub}
+
+    def decide_for_sender(action: str, resource: Resource) -> Decision:
+        return decide(context, action, resource, detail=audited)
+
+    try:
+        # A costly input check waits for its tenant's turn however long it takes, as a child's start does: refused
+        # busy, the event failed its whole batch, whose retries held the partition, and every other tenant's
+        # events on it, for a quarter of an hour (the turn is the sender's own to keep taken).
+        started = await asyncio.to_thread(
+            begin,
+            context.tenant,
+            lambda conn: request.start_request(conn, Requester.of(context.principal)),
+            decide=decide_for_sender,
+            check_wait_s=UNBOUNDED,
+        )
+    except StartError as exc:
+        rejected = refused_start(exc)
+        if rejected is None:
+            raise
+        return await _reject(context, event, rejected, request.idempotency_key, ref)
     # Not recorded, raised: a failed launch gives its start claim back, so the batch's retry (in place) starts it.
     await launch(client, started, context.tenant.id, record_failure=False)
     return Outcome(event.event_id, started.execution.id, started.created)

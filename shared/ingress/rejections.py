@@ -30,6 +30,7 @@ _INSERT = (
     " VALUES (app.current_tenant_id(), %s, %s, %s, %s, %s, %s, %s, %s, %s)"
     " ON CONFLICT (tenant_id, hub, partition_id, sequence_number) DO NOTHING RETURNING id"
 )
+_RECORDED = "SELECT reason FROM app.ingress_rejections WHERE hub = %s AND partition_id = %s AND sequence_number = %s"
 _TRIM = "SELECT app.trim_ingress_rejections(%s, %s, %s, %s) AS removed"
 _PAGE = (
     "SELECT id, hub, partition_id, sequence_number, enqueued_time, reason, detail, requested_by,"
@@ -134,6 +135,13 @@ def record_rejection(
         return False
     conn.execute(_TRIM, (rejection.requested_by, keep, tenant_keep, retention))
     return True
+
+
+def recorded_reason(conn: Conn, hub: str, partition_id: str, sequence_number: int) -> str | None:
+    """The reason recorded for the event at this place on the hub in the caller's tenant, None when none is (or its
+    row was trimmed)."""
+    row = conn.execute(_RECORDED, (hub, partition_id, sequence_number)).fetchone()
+    return None if row is None else str(row["reason"])
 
 
 def list_rejections(conn: Conn, *, cursor: str | None = None, limit: int = 50) -> tuple[list[Rejection], str | None]:

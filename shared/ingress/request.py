@@ -87,6 +87,11 @@ class IntentRequest(BaseModel):
             document = json.loads(body)
         except ValueError:
             return None
+        return IntentRequest.key_in(document)
+
+    @staticmethod
+    def key_in(document: Any) -> str | None:
+        """`key_of` for a body already parsed."""
         key = document.get("idempotency_key") if isinstance(document, dict) else None
         return key if isinstance(key, str) and key_problem(key) is None else None
 
@@ -94,7 +99,11 @@ class IntentRequest(BaseModel):
     def parse(cls, body: bytes) -> IntentRequest:
         """The request in a body; ValueError (a pydantic ValidationError for a JSON object, TooManyMembersError for one
         naming many members a request does not have) when it is not one."""
-        document = json.loads(body)
+        return cls.of_document(json.loads(body))
+
+    @classmethod
+    def of_document(cls, document: Any) -> IntentRequest:
+        """`parse` for a body already parsed (as `json.loads` gives it)."""
         if isinstance(document, dict) and len(document) > MAX_REFUSALS:
             fields = cls.model_fields
             unknown = [name for name in document if name not in fields]

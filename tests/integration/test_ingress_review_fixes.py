@@ -1,0 +1,245 @@
+# intent_ref: platform.ingress
+"""The ingress on the real database: nothing slow runs on the event loop the HTTP API shares (the token's key fetch,
+the body's parse), a body over the API's container bound is refused unparsed, a recorded rejection is final on every
+redelivery, and a stale replay of a request that started finds its execution instead of recording a rejection."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from devhost.identity import DEFAULT_AUDIENCE, SigningKey, sign_access_token
+from shared.accepted_json import MAX_BODY_CONTAINERS, TOO_MANY_CONTAINERS
+from shared.auth.principal import INTENT_EXECUTOR
+from shared.auth.tokens import TokenValidator
+from shared.ingress import process
+from shared.ingress.process import Outcome, process_batch, process_event
+from shared.ingress.request import IngressEvent, IntentRequest
+from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
+from tests.integration.test_ingress_launch import _validator
+from tests.integration.test_ingress_rejections import NoOrchestrations, _intent
+from tests.integration.test_start_service import TaskHub
+from tests.unit.test_token_validation import BASE_URL, FakeIdentityProvider
+
+pytestmark = pytest.mark.integration
+
+EXECUTOR = ["Intent.Executor"]
+READER = ["Intent.Reader"]
+
+
+def _event(api: ApiHarness, tenant: str, body: Any, sequence: int, roles: list[str] = EXECUTOR) -> IngressEvent:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return IngressEvent(
+        body=raw,
+        partition_id="1",
+        sequence_number=sequence,
+        enqueued_time=datetime.now(UTC),
+        properties={"authorization": f"Bearer {api.token(tenant, roles)}"},
+    )
+
+
+def _sequence() -> int:
+    return int(uuid.uuid4().int % 1_000_000_000)
+
+
+def _state(api: ApiHarness, tenant_id: uuid.UUID) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The tenant's executions (key, id) and rejections (key, reason, detail), read as the admin."""
+    with psycopg.connect(api.admin_url, dbname="quantum") as conn:
+        executions = conn.execute(
+            "SELECT idempotency_key, id FROM app.executions WHERE tenant_id = %s ORDER BY created_at", (tenant_id,)
+        ).fetchall()
+        rejections = conn.execute(
+            "SELECT idempotency_key, reason, detail FROM app.ingress_rejections WHERE tenant_id = %s"
+            " ORDER BY created_at",
+            (tenant_id,),
+        ).fetchall()
+    return executions, rejections
+
+
+@contextmanager
+def _heap_frozen() -> Iterator[None]:
+    """The test process's own heap out of the collector's way: a full collection of it holds every thread for as long
+    as it takes, wherever the parse runs, and would be measured as the parse's."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def _longest_stall(work: Callable[[], Awaitable[Any]]) -> tuple[float, Any]:
+    """The longest the event loop went without running a 10 ms ticker while `work` ran, and what `work` gave."""
+
+    async def main() -> tuple[float, Any]:
+        gaps: list[float] = []
+        done = False
+
+        async def ticker() -> None:
+            last = time.monotonic()
+            while not done:
+                await asyncio.sleep(0.01)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        tick = asyncio.create_task(ticker())
+        await asyncio.sleep(0.05)
+        try:
+            result = await work()
+        finally:
+            done = True
+            await tick
+        return max(gaps), result
+
+    with _heap_frozen():
+        return asyncio.run(main())
+
+
+def _many_containers(intent_id: str, count: int, key: str, empty: str = "[]") -> bytes:
+    """A request whose input holds `count` empty containers (3 bytes each, the costliest JSON to parse)."""
+    head = json.dumps({"intent_id": intent_id, "idempotency_key": key})[:-1] + ', "input": {"a": ['
+    return (head + ",".join([empty] * count) + "]}}").encode()
+
+
+def test_a_slow_key_fetch_does_not_hold_the_event_loop(tmp_path: Path) -> None:
+    key = SigningKey.load_or_create(tmp_path)
+    provider = FakeIdentityProvider([key])
+
+    def slow_fetch(url: str) -> Any:
+        time.sleep(1.0)  # an identity provider slow to answer (a real fetch waits up to 5 s)
+        return provider.fetch(url)
+
+    validator = TokenValidator(provider.metadata_url, DEFAULT_AUDIENCE, fetch=slow_fetch)
+    token = sign_access_token(key, tenant="contoso", base_url=BASE_URL, roles=[INTENT_EXECUTOR])
+    event = IngressEvent(
+        body=b"{}",
+        partition_id="0",
+        sequence_number=1,
+        enqueued_time=datetime.now(UTC),
+        properties={"authorization": f"Bearer {token}"},
+    )
+
+    async def verified_only() -> None:
+        # Its tenant is not provisioned (or there is no database): only the token check's time on the loop counts.
+        with suppress(Exception):
+            await process_event(event, NoOrchestrations(), validator)
+
+    stall, _ = _longest_stall(verified_only)
+    assert stall < 0.3, f"the event loop was held {stall:.2f} s by the token's key fetch"
+
+
+def test_a_hostile_body_is_parsed_off_the_event_loop(api: ApiHarness) -> None:
+    # A Reader's event (refused forbidden after the parse) of the most objects the bound allows: read on the loop, it
+    # held every request of the worker for as long as its parse took. (Objects: the parser calls back into Python for
+    # each, where the loop gets its turn; an array is parsed in C holding the interpreter's lock, a few tenths of a
+    # second for the most the bound allows, on a thread as anywhere.)
+    api.provision("parse")
+    body = _many_containers(_intent(api, "parse"), MAX_BODY_CONTAINERS - 10, "k", '{"a": 0}')
+    with _heap_frozen():
+        started = time.monotonic()
+        process._read(body)
+        parse_s = time.monotonic() - started
+    event = _event(api, "parse", body, _sequence(), READER)
+    validator = _validator(api)
+    stall, outcome = _longest_stall(lambda: process_event(event, NoOrchestrations(), validator))
+    assert outcome.reason == "forbidden"
+    assert stall < parse_s / 2, f"the loop was held {stall:.2f} s by a {parse_s:.2f} s parse"
+
+
+def test_a_body_over_the_container_bound_is_invalid_and_never_parsed(
+    api: ApiHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenant = api.provision("containers")
+    body = _many_containers(_intent(api, "containers"), MAX_BODY_CONTAINERS + 10, "many")
+
+    def no_parse(*_: Any) -> Any:
+        raise AssertionError("the body was parsed")
+
+    monkeypatch.setattr(process, "loads", no_parse)
+    for name in ("parse", "of_document", "key_of", "key_in"):
+        monkeypatch.setattr(IntentRequest, name, no_parse)
+    event = _event(api, "containers", body, _sequence())
+    outcome = asyncio.run(process_event(event, NoOrchestrations(), _validator(api)))
+    assert outcome.reason == "invalid"
+    executions, rejections = _state(api, tenant.id)
+    assert executions == []
+    [(key, reason, detail)] = rejections
+    assert key is None and reason == "invalid"
+    assert [error["code"] for error in detail["errors"]] == [TOO_MANY_CONTAINERS]
+
+
+def test_rejected_then_started_on_batch_retry(api: ApiHarness) -> None:
+    # The second event is refused its quota; the batch fails on another tenant's outage and is run again after the
+    # first execution ended: the second was started while its rejection record stayed.
+    tenant = api.provision("final", quotas={"max_concurrent_executions": 1})
+    intent_id = _intent(api, "final")
+    api.provision("outage")
+    other_intent = _intent(api, "outage")
+    base = _sequence()
+    batch = [
+        _event(api, "final", {"intent_id": intent_id, "input": {}, "idempotency_key": "first"}, base),
+        _event(api, "final", {"intent_id": intent_id, "input": {}, "idempotency_key": "second"}, base + 1),
+        _event(api, "outage", {"intent_id": other_intent, "input": {}, "idempotency_key": "o"}, base + 2),
+    ]
+    hub = TaskHub(fail_call=2)
+    with pytest.raises(RuntimeError):
+        asyncio.run(process_batch(batch, hub, _validator(api)))
+    with psycopg.connect(api.admin_url, dbname="quantum") as conn:
+        conn.execute(
+            "UPDATE app.executions SET status = 'succeeded' WHERE tenant_id = %s AND idempotency_key = 'first'",
+            (tenant.id,),
+        )
+    outcomes = asyncio.run(process_batch(batch, hub, _validator(api)))
+    assert outcomes[1] == Outcome(batch[1].event_id, reason="quota_exceeded")
+    executions, rejections = _state(api, tenant.id)
+    assert [key for key, _ in executions] == ["first"]
+    assert [(key, reason) for key, reason, _ in rejections] == [("second", "quota_exceeded")]
+
+
+def test_a_stale_replay_of_a_started_request_finds_its_execution(api: ApiHarness) -> None:
+    # Replayed past a day (its checkpoints lost while the hub still held it), it recorded `stale` without its key
+    # for a request that had run.
+    tenant = api.provision("replayed")
+    intent_id = _intent(api, "replayed")
+    event = _event(api, "replayed", {"intent_id": intent_id, "input": {}, "idempotency_key": "done"}, _sequence())
+    first = asyncio.run(process_event(event, TaskHub(), _validator(api)))
+    assert first.created and first.execution_id is not None
+    later = datetime.now(UTC) + timedelta(hours=25)
+    replay = asyncio.run(process_event(event, NoOrchestrations(), _validator(api), now=later))
+    assert replay == Outcome(event.event_id, first.execution_id)
+    assert _state(api, tenant.id)[1] == []
+
+
+def test_a_stale_request_that_never_started_is_recorded_with_its_key(api: ApiHarness) -> None:
+    tenant = api.provision("late")
+    intent_id = _intent(api, "late")
+    event = _event(api, "late", {"intent_id": intent_id, "input": {}, "idempotency_key": "late-1"}, _sequence())
+    later = datetime.now(UTC) + timedelta(hours=25)
+    outcome = asyncio.run(process_event(event, NoOrchestrations(), _validator(api), now=later))
+    assert outcome.reason == "stale"
+    executions, rejections = _state(api, tenant.id)
+    assert executions == [] and [(key, reason) for key, reason, _ in rejections] == [("late-1", "stale")]
+
+
+def test_a_stale_body_nested_too_deep_is_recorded_stale_not_retried(api: ApiHarness) -> None:
+    # Its key is read as any body is, the nesting bound first: a plain parse of it raises, and the event would fail
+    # its batch on every delivery.
+    tenant = api.provision("deep")
+    body = b'{"idempotency_key": "deep-1", "input": {"a": ' + b"[" * 5_000 + b"]" * 5_000 + b"}}"
+    event = _event(api, "deep", body, _sequence())
+    later = datetime.now(UTC) + timedelta(hours=25)
+    outcome = asyncio.run(process_event(event, NoOrchestrations(), _validator(api), now=later))
+    assert outcome.reason == "stale"
+    assert [(key, reason) for key, reason, _ in _state(api, tenant.id)[1]] == [(None, "stale")]
