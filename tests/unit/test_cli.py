@@ -181,14 +181,20 @@ def test_an_unreachable_platform_is_one_line_and_exit_3_not_a_failed_run(
 
     platform.handler = found_then_unreachable
     env = {"QP_TOKEN": "t", "QP_URL": ENTRA}
-    line = refusal(qp("run", "web", "--follow", env=env))  # exit 1 would read as "the execution failed"
+    result = qp("run", "web", "--follow", env=env)  # exit 1 would read as "the execution failed"
+    assert result.exit_code == cli.EXIT_PROBLEM, (result.exit_code, result.output, result.exception)
+    *waits, line = result.stderr.splitlines()
     assert f"POST {ENTRA}/api/v1/intents/{INTENT_ID}/execute failed: {raised}" in line
+    # Each of the client's waits is said on stderr as it begins (a 429 can hold a command for minutes).
+    name = type(raised).__name__
+    assert waits == [f"waiting {s} s: {name} (retry {n} of 4)" for n, s in enumerate(["0.5", "1", "2", "4"], 1)]
     # The start was tried again with its one key (it may have run), four times, then refused.
     keys = [r.headers["Idempotency-Key"] for r in platform.seen if r.method == "POST"]
     assert len(keys) == 5 and len(set(keys)) == 1 and len(slept) == 4
     platform.handler = unreachable
     failed = f"error: GET {ENTRA}/api/v1/intents failed: {raised} ({type(raised).__name__})"
-    assert refusal(qp("intents", "list", env=env)) == failed
+    listed = qp("intents", "list", env=env)
+    assert listed.exit_code == cli.EXIT_PROBLEM and listed.stderr.splitlines() == [*waits, failed]
 
 
 @pytest.mark.parametrize(

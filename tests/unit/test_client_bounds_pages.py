@@ -10,9 +10,9 @@ from typing import Any
 
 import httpx
 import pytest
-from quantum_platform import AsyncClient, Client, StaticToken, UnexpectedAnswer
+from quantum_platform import AsyncClient, Client, StaticToken, UnexpectedAnswer, cli
 
-from tests.unit.test_cli import ENTRA, INTENT_ID, Platform, home, platform, qp, refusal  # noqa: F401  # fixtures
+from tests.unit.test_cli import ENTRA, INTENT_ID, Platform, home, platform, qp  # noqa: F401  # fixtures
 
 ENV = {"QP_TOKEN": "t", "QP_URL": ENTRA}
 INTENT = f"/api/v1/intents/{INTENT_ID}"
@@ -74,11 +74,14 @@ def test_a_followed_run_whose_step_time_is_not_an_iso_time_is_refused(
     platform: Platform, step: dict[str, Any], field: str
 ) -> None:
     platform.handler = followed(step)
-    line = refusal(qp("run", INTENT_ID, "--follow", env=ENV))
-    assert line == (
+    result = qp("run", INTENT_ID, "--follow", env=ENV)
+    assert result.exit_code == cli.EXIT_PROBLEM, (result.output, result.exception)
+    # Off a terminal the execution's id is said first, as it starts; then the refusal, one line.
+    assert result.stderr.splitlines() == [
+        "execution e-1 started",
         "error: GET /api/v1/executions/e-1 answered something other than an execution: "
-        f"/steps/0/{field} is a string that is not an ISO 8601 time with its offset"
-    )
+        f"/steps/0/{field} is a string that is not an ISO 8601 time with its offset",
+    ]
 
 
 def test_a_followed_run_with_iso_step_times_shows_their_duration(platform: Platform) -> None:

@@ -31,6 +31,7 @@ from quantum_platform.client import (
     TERMINAL_EVENTS,
     ApiResponse,
     Client,
+    RetryWait,
     _events,
     _page,
 )
@@ -190,8 +191,16 @@ def _max_answer_bytes() -> int:
 def _client() -> Iterator[Client]:
     profile = _profile()
     url = os.environ.get("QP_URL") or str(profile.get("url") or DEFAULT_URL)
-    with Client(url, credential=_credential(profile, url), max_answer_bytes=_max_answer_bytes()) as client:
+    credential = _credential(profile, url)
+    with Client(url, credential=credential, max_answer_bytes=_max_answer_bytes(), on_retry=_waiting) as client:
         yield client
+
+
+def _waiting(wait: RetryWait) -> None:
+    """One line on stderr before each wait for a repetition: a 429 may hold a command for minutes, not in silence."""
+    seconds = f"{round(wait.seconds, 1):g}"
+    line = f"waiting {seconds} s: {wait.reason} (retry {wait.attempt} of {wait.max_retries})"
+    _note(line)
 
 
 _REFUSALS = (PlatformError, OSError, RuntimeError, ValueError, httpx.HTTPError, httpx.InvalidURL)
@@ -215,7 +224,10 @@ def _run(action: Callable[[], None], *, json_lines: bool = False) -> None:
             else:
                 _line(document)
         # The summary names the first problem; the others were lost (a definition fixed one problem per attempt).
-        _fail(exc.summary, exc.problems if len(exc.problems) > 1 else [])
+        # When all of them are listed below it, the summary leaves the first out rather than print it twice.
+        if len(exc.problems) > 1:
+            _fail(exc.headline, exc.problems)
+        _fail(exc.summary)
     except _REFUSALS as exc:
         _fail(_reason(exc))
     except Exception as exc:
@@ -280,6 +292,12 @@ def _line(text: str, *, lines: bool = True) -> None:
     """One line of output as text (never markup or emoji codes, never a control), unwrapped whatever the width;
     without `lines`, a line feed in it is shown as `\\n` and cannot start a line that passes for another record."""
     out.print(_text(text, lines=lines), highlight=False, soft_wrap=True)
+
+
+def _note(text: str) -> None:
+    """One line on stderr, as `_line` writes one on stdout (a line feed in it shown as `\\n`): progress for a
+    person, out of the way of the command's output."""
+    err.print(_text(text, lines=False), highlight=False, soft_wrap=True)
 
 
 def _show(data: Any, output: Output, columns: list[str] | None = None) -> None:
@@ -366,6 +384,8 @@ def _read_json(path: Path) -> dict[str, Any]:
         body = json.loads(sys.stdin.read() if str(path) == "-" else path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError:
         raise PlatformError(f"{name} is not UTF-8 text") from None
+    except OSError as exc:  # said as a person would, not as `[Errno 2] No such file or directory: '...'`
+        raise PlatformError(f"cannot read {name}: {exc.strerror or type(exc).__name__}") from None
     except ValueError as exc:
         raise PlatformError(f"{name} is not JSON: {exc}") from None
     if not isinstance(body, dict):
@@ -642,9 +662,15 @@ def _follow_json(client: Client, execution_id: str) -> str:
 
 
 def _follow_live(client: Client, execution_id: str) -> str:
-    """Redraw the steps' table after each event until the execution ends; answers its final status."""
+    """Redraw the steps' table after each event until the execution ends; answers its final status. Off a terminal,
+    where the view is drawn only at the end, the execution's id and each event go to stderr as they come."""
+    live_view = out.is_terminal
+    if not live_view:
+        _note(f"execution {execution_id} started")
     with Live(console=out, refresh_per_second=8, transient=False) as live:
         for event in client.stream(f"/api/v1/executions/{execution_id}/events"):
+            if not live_view:
+                _note(_event_text(event))
             live.update(_view(_checked(client.executions.get(execution_id), shapes.EXECUTION)))
             if event.get("type") in TERMINAL_EVENTS:
                 break
@@ -791,14 +817,16 @@ def events(
             if output == "json":
                 _line(terminal_text.json_text(event))
             else:
-                # A step's error quotes what an endpoint answered (`GET /[/api] ...`): printed as text, one line each.
-                detail = event.get("error") or (json.dumps(event["result"]) if event.get("result") is not None else "")
-                _line(
-                    f"{event.get('seq')!s:>4}  {event.get('type')!s:<24} {event.get('step') or '':<24} {detail}",
-                    lines=False,
-                )
+                _line(_event_text(event), lines=False)
 
     _run(lambda: _with(act), json_lines=True)
+
+
+def _event_text(event: dict[str, Any]) -> str:
+    """An event as the one line `qp events` prints: its number, type, step and error or result."""
+    # A step's error quotes what an endpoint answered (`GET /[/api] ...`): printed as text, one line each.
+    detail = event.get("error") or (json.dumps(event["result"]) if event.get("result") is not None else "")
+    return f"{event.get('seq')!s:>4}  {event.get('type')!s:<24} {event.get('step') or '':<24} {detail}"
 
 
 def _recorded_events(client: Client, execution: str, after: int) -> Iterator[dict[str, Any]]:

@@ -14,7 +14,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -161,6 +161,21 @@ class ApiResponse:
 
 
 @dataclass(frozen=True)
+class RetryWait:
+    """One wait before a request is sent again, as the client's `on_retry` hook hears of it before it waits."""
+
+    seconds: float
+    reason: str
+    """What is waited out: the answer's status and title (`429 Too many requests`) or the transport error's name."""
+    attempt: int
+    """Which repetition comes after the wait: 1 for the first."""
+    max_retries: int
+
+
+RetryHook = Callable[[RetryWait], None]
+
+
+@dataclass(frozen=True)
 class _Prepared:
     method: str
     path: str
@@ -203,11 +218,15 @@ class _Core:
         tenant: str | None,
         max_retries: int,
         max_answer_bytes: int = MAX_ANSWER_BYTES,
+        on_retry: RetryHook | None = None,
     ) -> None:
         self.base_url = (base_url or os.environ.get("QP_URL") or DEFAULT_URL).rstrip("/")
         self.credential: Credential = credential or from_environment() or DevhostCredential()
         self._tenant = tenant
         self.max_retries = max_retries
+        # Told of each wait before a repetition, so a caller can say why nothing happens for up to a minute; the
+        # library itself prints nothing.
+        self.on_retry = on_retry
         # A bool is an int to Python: `max_answer_bytes=True` would read one byte of every answer.
         if isinstance(max_answer_bytes, bool) or not isinstance(max_answer_bytes, int) or max_answer_bytes <= 0:
             raise ValueError(f"max_answer_bytes must be a positive number of bytes, not {max_answer_bytes!r}")
@@ -338,23 +357,38 @@ class _Retrying:
             return None
         if status != 429 and not self._repeatable and not _asks_to_be_sent_again(response):
             return None
-        return self._next(_retry_after(response))
+        return self._next(_retry_after(response), _answer_reason(response))
 
     def after_error(self, error: httpx.TransportError) -> float | None:
         """Seconds to wait before sending the request again after `error` (the request may have run: only a
         `repeatable` one is sent again), or None when `error` is raised."""
         if not isinstance(error, _TRANSIENT) or not self._repeatable:
             return None
-        return self._next(None)
+        return self._next(None, type(error).__name__)
 
-    def _next(self, seconds: float | None) -> float | None:
-        """The wait before the next attempt (`seconds` when the server named it, else backing off), or None when
-        the attempts are spent."""
+    def _next(self, seconds: float | None, reason: str) -> float | None:
+        """The wait before the next attempt (`seconds` when the server named it, else backing off), told to the
+        core's `on_retry` hook first, or None when the attempts are spent."""
         attempt = self._attempt
         if attempt >= self._core.max_retries:
             return None
         self._attempt += 1
-        return float(min(0.5 * 2**attempt, 10.0)) if seconds is None else seconds
+        wait = float(min(0.5 * 2**attempt, 10.0)) if seconds is None else seconds
+        if self._core.on_retry is not None:
+            self._core.on_retry(RetryWait(wait, reason, self._attempt, self._core.max_retries))
+        return wait
+
+
+def _answer_reason(response: httpx.Response) -> str:
+    """`response`'s status and the title of its problem document (else the status's own phrase), one line."""
+    try:
+        body = response.json()
+    except (ValueError, httpx.ResponseNotRead):
+        body = None
+    title = body.get("title") if isinstance(body, dict) else None
+    if not isinstance(title, str) or not title.strip():
+        title = httpx.codes.get_reason_phrase(response.status_code)
+    return " ".join(f"{response.status_code} {title}".split())
 
 
 def _streams_taken(response: httpx.Response) -> bool:
@@ -632,8 +666,11 @@ class AsyncClient:
         max_retries: int = 4,
         transport: httpx.AsyncBaseTransport | None = None,
         max_answer_bytes: int = MAX_ANSWER_BYTES,
+        on_retry: RetryHook | None = None,
     ) -> None:
-        self._core = _Core(base_url, credential, tenant, max_retries, max_answer_bytes)
+        """`on_retry`, when given, is called with a `RetryWait` before each wait for a repetition (a 429's
+        `Retry-After` can hold a request for a minute at a time, `max_retries` times)."""
+        self._core = _Core(base_url, credential, tenant, max_retries, max_answer_bytes, on_retry)
         self._http = httpx.AsyncClient(base_url=self._core.base_url, timeout=timeout, transport=transport)
         self.intents: Definitions[Awaitable[ApiResponse], AsyncIterator[Item]] = Definitions(
             self.request, "intents", self.iterate
@@ -803,8 +840,11 @@ class Client:
         max_retries: int = 4,
         transport: httpx.BaseTransport | None = None,
         max_answer_bytes: int = MAX_ANSWER_BYTES,
+        on_retry: RetryHook | None = None,
     ) -> None:
-        self._core = _Core(base_url, credential, tenant, max_retries, max_answer_bytes)
+        """`on_retry`, when given, is called with a `RetryWait` before each wait for a repetition (a 429's
+        `Retry-After` can hold a request for a minute at a time, `max_retries` times)."""
+        self._core = _Core(base_url, credential, tenant, max_retries, max_answer_bytes, on_retry)
         self._http = httpx.Client(base_url=self._core.base_url, timeout=timeout, transport=transport)
         self.intents: Definitions[ApiResponse, Iterator[Item]] = Definitions(self.request, "intents", self.iterate)
         self.blueprints: Definitions[ApiResponse, Iterator[Item]] = Definitions(

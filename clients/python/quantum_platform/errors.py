@@ -48,17 +48,24 @@ class ProblemError(PlatformError):
         """One line: status, title, detail, the refusal's reason unless the detail says it, and the first field
         error, e.g. `403 Forbidden: Not allowed to intent.execute. (reason: production_requires_deployer)` or
         `422 Unprocessable content: The intent has 1 problem. (/name: Field required)`."""
+        line = self.headline
+        if self.errors:
+            first = self.errors[0]
+            where, why = first.get("pointer"), first.get("detail")
+            line += f" ({where or '/'}: {why})" if why else f" ({first})"
+        return " ".join(line.split())  # one line, whatever the server put in its texts
+
+    @property
+    def headline(self) -> str:
+        """The summary without its first field error: status, title, detail and reason, one line (what precedes
+        `problems` when every one of them is listed)."""
         line = f"{self.status} {self.title}"
         if self.detail:
             line += f": {self.detail}"
         # The detail of a refusal may be a generic "Not allowed to ..."; the reason is what says why.
         if self.reason and self.reason not in line:
             line += f" (reason: {self.reason})"
-        if self.errors:
-            first = self.errors[0]
-            where, why = first.get("pointer"), first.get("detail")
-            line += f" ({where or '/'}: {why})" if why else f" ({first})"
-        return " ".join(line.split())  # one line, whatever the server put in its texts
+        return " ".join(line.split())
 
     @property
     def problems(self) -> list[str]:

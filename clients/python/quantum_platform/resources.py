@@ -72,7 +72,8 @@ class Definitions(Generic[R, P]):
 
     def update(self, item_id: str, definition: Mapping[str, Any], *, if_match: str) -> R:
         """The next version; `if_match` is the current version's ETag (`get(...).headers["ETag"]`), which the route
-        requires (without it: 428; a stale one: 412). Missing or empty, it is a ValueError before anything is sent."""
+        requires (without it: 428; a stale one: 412). Left out, it is a TypeError (a required keyword); empty, a
+        ValueError; either before anything is sent."""
         if not if_match:
             raise ValueError("if_match: the current version's ETag is required (the route answers 428 without it)")
         return self._send(
