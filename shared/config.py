@@ -111,6 +111,14 @@ class Settings(BaseSettings):
     QP_DEFAULT_MAX_CONCURRENT_EXECUTIONS: int = Field(
         default=100, ge=1, le=100_000, description="A tenant's concurrent executions when its quota sets none."
     )
+    QP_MAX_ORCHESTRATION_INPUT_BYTES: int = Field(
+        default=1_000_000,
+        ge=4096,
+        le=64 * 1024 * 1024,
+        description="The largest orchestration input a start hands the task hub, as the Durable client serializes it "
+        "(JSON, non-ASCII escaped): a larger start is refused (413) before anything is recorded. Below the Durable "
+        "Task Scheduler's message ceiling of 1 MiB, with room for the message's framing (ADR 0014, 0024).",
+    )
     QP_DEFAULT_MAX_WEBHOOK_SUBSCRIPTIONS: int = Field(
         default=25, ge=1, le=10_000, description="A tenant's webhook subscriptions when its quota sets none."
     )

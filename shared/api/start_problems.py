@@ -47,6 +47,14 @@ def start_problem(exc: engine.StartError) -> ProblemError:
             return ProblemError(409, "archived", "Conflict", str(exc))
         case engine.NoLongerValidError():
             return ProblemError(409, "definition-invalid", "Conflict", f"The pinned version no longer validates: {exc}")
+        case engine.InputTooLargeError():
+            return ProblemError(
+                413,
+                "orchestration-input-too-large",
+                "Payload too large",
+                f"The execution cannot start: {exc}.",
+                extensions={"size": exc.size, "limit": exc.limit},
+            )
         case engine.IdempotencyConflictError():
             # As for every route that takes the key (ADR 0022): the key names one request, and this is another.
             return ProblemError(422, "idempotency-key", "Unprocessable content", str(exc))

@@ -5,6 +5,7 @@ and the orchestration's input built from what was recorded (so a stalled start c
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -125,6 +126,18 @@ class QuotaExceededError(StartError):
     def __init__(self, limit: int) -> None:
         super().__init__(f"the tenant already runs {limit} executions, its limit")
         self.limit = limit
+
+
+class InputTooLargeError(StartError):
+    """The orchestration input the start would hand the task hub (the expanded definition, the resolved inputs, the
+    plan and the reused outputs, as the Durable client serializes it) is larger than the platform's bound: the
+    backend refuses a message that large, every time it is sent (ADR 0014)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"the execution's orchestration input would be {size} bytes as JSON, more than the {limit} bytes allowed"
+        )
+        self.size, self.limit = size, limit
 
 
 MAX_CHILD_DEPTH = 8
@@ -440,15 +453,27 @@ def orchestration_input(
 ) -> dict[str, Any]:
     """The orchestrator's input: the expanded definition, resolved inputs, per-step plan and reused outputs, and the
     trace the execution's spans continue (its start's own root span, linked to the caller's; when traced)."""
+    return _input_of(tenant_id, execution.id, execution.intent_id, execution.intent_version, run, reused)
+
+
+def _input_of(
+    tenant_id: UUID,
+    execution_id: UUID,
+    intent_id: UUID,
+    intent_version: int,
+    run: Runnable,
+    reused: Mapping[str, Any],
+) -> dict[str, Any]:
+    """`orchestration_input` of an execution named by its id, intent and version (its row not yet written)."""
     definition = {
         "target": run.definition.target,
         "steps": [step.model_dump(mode="json", exclude_none=True) for step in run.steps],
     }
     start: dict[str, Any] = {
-        "execution_id": str(execution.id),
+        "execution_id": str(execution_id),
         "tenant_id": str(tenant_id),
-        "intent_id": str(execution.intent_id),
-        "intent_version": execution.intent_version,
+        "intent_id": str(intent_id),
+        "intent_version": intent_version,
         "definition": definition,
         "inputs": run.inputs,
         "plan": {key: plan.model_dump() for key, plan in run.plan.items()},
@@ -459,6 +484,24 @@ def orchestration_input(
     if traceparent is not None:
         start[TRACEPARENT] = traceparent
     return start
+
+
+def input_size(start_input: dict[str, Any]) -> int:
+    """The orchestration input's size as the Durable client sends it: its start_new serializes the input with
+    json.dumps and its defaults (ensure_ascii: a non-ASCII character takes up to 12 bytes, a surrogate pair's two
+    escapes; most take 6), which is what the task hub's message carries."""
+    return len(json.dumps(start_input, ensure_ascii=True))
+
+
+def bounded_input(start_input: dict[str, Any]) -> dict[str, Any]:
+    """`start_input`, when it is within QP_MAX_ORCHESTRATION_INPUT_BYTES; else InputTooLargeError. The Durable Task
+    Scheduler refuses a message past its ceiling (about 1 MiB) and offloads no large payload for Python: started, such
+    an input failed every launch the same way, and its execution was retried for ever (ADR 0014)."""
+    limit = get_settings().QP_MAX_ORCHESTRATION_INPUT_BYTES
+    size = input_size(start_input)
+    if size > limit:
+        raise InputTooLargeError(size, limit)
+    return start_input
 
 
 def concurrent_limit(quotas: TenantQuotas) -> int:
@@ -558,6 +601,13 @@ def start_execution(
     run = runnable(conn, tenant, item, None, request.input, input_check=input_check)
     if request.plan_hash is not None and request.plan_hash != run.plan_hash:
         raise PlanChangedError(request.plan_hash, run.plan_hash)
+    execution_id = uuid4()
+    # Measured before anything is written, and before the tenant's lock (a refusal every retry would meet again, not
+    # one of headroom): the input is the one this start hands the task hub, built for the row about to be inserted
+    # (its id, intent and version are all it takes of the row).
+    start_input = bounded_input(
+        _input_of(tenant.id, execution_id, request.intent_id, run.version.version, run, request.reused)
+    )
     # Serializes the quota check and the insert per tenant: two concurrent starts cannot both see headroom.
     tenant_locks.hold(conn, "executions")
     # Again under the lock: a request with the same key that held it before us has committed its execution by now,
@@ -584,7 +634,7 @@ def start_execution(
         )
     execution, created = repo.create_execution(
         conn,
-        execution_id=uuid4(),
+        execution_id=execution_id,
         intent_id=request.intent_id,
         intent_version=run.version.version,
         target=run.target,
@@ -622,7 +672,7 @@ def start_execution(
         intent_id=execution.intent_id,
         intent_version=execution.intent_version,
     )
-    return Started(execution, True, orchestration_input(tenant.id, execution, run, request.reused))
+    return Started(execution, True, start_input)
 
 
 STALE_START_S = 30.0
@@ -680,9 +730,10 @@ def _replayed(
         return Started(execution, False, None)
     # The claim this start now holds, so that a launch that fails can give back exactly this one.
     execution = replace(execution, start_claimed_at=claimed_at)
+    # Measured again: a row recorded before the bound, or under a larger one, is refused as a new start would be.
     if input_check is None:
-        return Started(execution, False, rebuild_input(conn, tenant, execution))
-    return Started(execution, False, rebuild_input(conn, tenant, execution, input_check=input_check))
+        return Started(execution, False, bounded_input(rebuild_input(conn, tenant, execution)))
+    return Started(execution, False, bounded_input(rebuild_input(conn, tenant, execution, input_check=input_check)))
 
 
 def rebuild_to_check(conn: Conn, execution: repo.Execution) -> PendingInputCheck | None:

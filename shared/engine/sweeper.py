@@ -260,7 +260,7 @@ def start_input(
 ) -> dict[str, Any] | str | None:
     """The orchestration input of a claimed start, rebuilt as the start path does; None when it is no longer
     pending, or the cause when it can no longer start (the tenant is not active, the pinned version no longer
-    validates), with which it has then ended `failed`.
+    validates, its input is over QP_MAX_ORCHESTRATION_INPUT_BYTES), with which it has then ended `failed`.
 
     Its recorded input and its version's definition are checked between two transactions, as a replay's are
     (`checked_first`): read in a short one, checked with no connection held at the check gate (a costly check takes
@@ -288,7 +288,9 @@ def start_input(
                 return _cannot_start(conn, execution_id, error)
             facts = tenant.facts()
             try:
-                return engine.rebuild_input(conn, facts, execution, input_check=input_check)
+                # Bounded as a start's is: an input over the bound fails every launch the same way, so it is ended
+                # here (InputTooLargeError) rather than started again every run.
+                return engine.bounded_input(engine.rebuild_input(conn, facts, execution, input_check=input_check))
             except (engine.StartError, RegistryError) as exc:
                 return _cannot_start(conn, execution_id, exc)
             except ValidationError as exc:

@@ -85,6 +85,16 @@ def refused_start(exc: engine.StartError) -> Rejected | None:
                 str(exc),
                 extensions={"errors": bounded(exc.errors)},
             )
+        case engine.InputTooLargeError():
+            # Sent again it is refused again: recorded, not retried (a poison batch held its partition).
+            return Rejected(
+                "invalid",
+                413,
+                "orchestration-input-too-large",
+                "Payload too large",
+                f"The execution cannot start: {exc}.",
+                extensions={"size": exc.size, "limit": exc.limit},
+            )
         case engine.IdempotencyConflictError():
             # A key names one request; reusing it for another is a malformed request (ADR 0022), not a conflict.
             return Rejected("invalid", 422, "idempotency-key", "Unprocessable content", str(exc))

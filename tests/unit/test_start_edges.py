@@ -115,6 +115,7 @@ REFUSALS: list[tuple[engine.StartError, str, int]] = [
     (engine.PlanChangedError("a" * 64, "b" * 64), "conflict", 409),
     (engine.IntentArchivedError("intent is archived"), "conflict", 409),
     (engine.NoLongerValidError("module gone"), "conflict", 409),
+    (engine.InputTooLargeError(3_400_000, 1_000_000), "invalid", 413),
 ]
 
 
@@ -165,6 +166,8 @@ def test_the_api_keeps_its_headers_and_the_domain_data_of_a_refusal() -> None:
     assert (denied.detail, denied.extensions) == ("Not allowed to intent.execute.", {"reason": "no_permit"})
     production = start_problem(engine.StartForbiddenError("intent.execute", "production_requires_deployer"))
     assert production.detail == "Not allowed to intent.execute: production targets need the Intent.Deployer role."
+    large = start_problem(engine.InputTooLargeError(3_400_000, 1_000_000))
+    assert (large.slug, large.extensions) == ("orchestration-input-too-large", {"size": 3_400_000, "limit": 1_000_000})
     launch = launch_problem(OrchestrationUnavailableError(uuid4(), "hub down"))
     assert (launch.status, launch.slug, launch.headers) == (503, "orchestration-unavailable", {"Retry-After": "5"})
 

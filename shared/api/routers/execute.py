@@ -64,6 +64,19 @@ EXECUTE_ERRORS[403] = {
     "a module or target outside the tenant's allow-lists "
     "(`gate-refused`, with the offending steps)",
 }
+EXECUTE_ERRORS[413] = problem_doc(
+    413,
+    "orchestration-input-too-large",
+    "Payload too large",
+    "The execution cannot start: the execution's orchestration input would be 3400215 bytes as JSON, more than the"
+    " 1000000 bytes allowed.",
+    "What the execution's orchestration would be handed (the intent's expanded steps, the input with its defaults,"
+    " the plan and, for a retry, the reused outputs; as JSON with every non-ASCII character escaped, up to 6 bytes"
+    " each) is over QP_MAX_ORCHESTRATION_INPUT_BYTES (`orchestration-input-too-large`, with its `size` and the"
+    " `limit`, ADR 0014); nothing was recorded",
+    size=3400215,
+    limit=1000000,
+)
 EXECUTE_ERRORS[429] = {
     **AUTH_ERRORS[429],
     "description": "Over the request rate (`rate-limited`) or the tenant's requests in flight (`tenant-busy`), the "
