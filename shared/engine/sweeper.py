@@ -79,7 +79,8 @@ RUN_BUDGET_S = 60.0
 """How long a run goes on sweeping tenants: no tenant's sweep, and no execution's status call, starts past it (ADR
 0014). The status calls were bounded in number only, so a slow task hub made a run last calls x latency (up to
 MAX_STATUS_CHECKS x the client's 240 s), while the timer (every 30 s) skipped its later runs; two skipped at most now.
-The tenants and executions not reached keep their place (they were not checked) and come first in a later run."""
+A tenant's executions not reached keep their place (they were not checked; least recently checked first); the tenants
+not reached are found again by a later run, in its order (stalled starts first, the rest at random)."""
 STATUS_CALL_BOUND_S = 5.0
 """How long one status call may take: one that takes longer is a status unknown (left for a later run, never read as
 "no such instance"), so that a hung task hub holds up a run seconds, not the client's 240 s per call."""
@@ -382,7 +383,13 @@ async def _raise_cancel_again(
     if requested_by is None:
         return
     try:
-        await client.raise_event(str(execution_id), CANCEL_EVENT, {"by": requested_by})
+        # Bounded as a status call is: a hung task hub holds the run seconds, not the client's 240 s.
+        await asyncio.wait_for(
+            client.raise_event(str(execution_id), CANCEL_EVENT, {"by": requested_by}), STATUS_CALL_BOUND_S
+        )
+    except TimeoutError:
+        logger.warning("sweeper: the cancel of execution %s was not taken in time; raised again later", execution_id)
+        return
     except Exception as exc:
         if not no_one_to_tell(exc):
             logger.warning("sweeper: the cancel of execution %s could not be raised again: %s", execution_id, exc)
@@ -825,7 +832,7 @@ async def _sweep(
         if budget <= 0:
             break
         if _past(deadline):
-            logger.info("sweeper: the run's time is up; the tenants not reached come first in a later run")
+            logger.info("sweeper: the run's time is up; the tenants not reached are found again by a later run")
             break
         try:
             result = await sweep_tenant(tenant_id, client, budget=budget, pool=pool, deadline=deadline)

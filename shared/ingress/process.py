@@ -185,7 +185,7 @@ def _key_of_stale(body: bytes) -> str | None:
 def _recorded(context: Sender, event: IngressEvent) -> str | None:
     """The reason the sender's tenant recorded for this event, when it was rejected before."""
     with tenant_transaction(context.tenant.id) as conn:
-        return recorded_reason(conn, event.hub, event.partition_id, event.sequence_number)
+        return recorded_reason(conn, event.hub, event.partition_id, event.sequence_number, event.enqueued_time)
 
 
 def _started_by_sender(context: Sender, key: str) -> UUID | None:

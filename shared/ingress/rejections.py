@@ -30,7 +30,12 @@ _INSERT = (
     " VALUES (app.current_tenant_id(), %s, %s, %s, %s, %s, %s, %s, %s, %s)"
     " ON CONFLICT (tenant_id, hub, partition_id, sequence_number) DO NOTHING RETURNING id"
 )
-_RECORDED = "SELECT reason FROM app.ingress_rejections WHERE hub = %s AND partition_id = %s AND sequence_number = %s"
+# The place and the hub's stamp: a hub recreated numbers its events from the start again, and a new event at an old
+# rejection's place would otherwise be answered with that rejection, unstarted and unrecorded.
+_RECORDED = (
+    "SELECT reason FROM app.ingress_rejections WHERE hub = %s AND partition_id = %s AND sequence_number = %s"
+    " AND enqueued_time IS NOT DISTINCT FROM %s"
+)
 _TRIM = "SELECT app.trim_ingress_rejections(%s, %s, %s, %s) AS removed"
 _PAGE = (
     "SELECT id, hub, partition_id, sequence_number, enqueued_time, reason, detail, requested_by,"
@@ -137,10 +142,12 @@ def record_rejection(
     return True
 
 
-def recorded_reason(conn: Conn, hub: str, partition_id: str, sequence_number: int) -> str | None:
-    """The reason recorded for the event at this place on the hub in the caller's tenant, None when none is (or its
-    row was trimmed)."""
-    row = conn.execute(_RECORDED, (hub, partition_id, sequence_number)).fetchone()
+def recorded_reason(
+    conn: Conn, hub: str, partition_id: str, sequence_number: int, enqueued_time: datetime | None
+) -> str | None:
+    """The reason recorded for the event at this place on the hub, enqueued at `enqueued_time`, in the caller's
+    tenant; None when none is (or its row was trimmed)."""
+    row = conn.execute(_RECORDED, (hub, partition_id, sequence_number, enqueued_time)).fetchone()
     return None if row is None else str(row["reason"])
 
 

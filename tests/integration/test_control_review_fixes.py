@@ -114,6 +114,26 @@ def test_a_cancels_verdict_whose_raise_failed_is_raised_again_by_the_sweeper(
     assert _attempt(app_pool, tenant, key).delivery == "handed_over"
 
 
+def test_a_cancels_verdicts_wait_for_the_sweeper_when_the_cancels_own_raise_failed(
+    api: ApiHarness,  # noqa: F811
+    app_pool: ConnectionPool[Any],
+    control_pool: ConnectionPool[Any],
+    tenant: uuid.UUID,
+    durable: FlakyDurable,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Handed over at once although the cancel's own event was not, the abandoned step's verdict reached the run before
+    # any cancel and read as the step's failure: the run ended failed under a cancel answered "send it again".
+    key = _queued(app_pool, tenant, f"queued-{uuid.uuid4().hex[:6]}", path=["running"])
+    durable.failures = [TRANSIENT]  # the cancel's own event is not taken
+    answer = api.client.post(f"/api/v1/executions/{key.execution_id}/cancel", headers=api.headers(TENANT, EXECUTOR))
+    assert answer.status_code == 503, answer.text
+    assert durable.delivered == [] and _attempt(app_pool, tenant, key).delivery == "raising"
+    hub = FlakyDurable()
+    _raise_again(monkeypatch, hub, app_pool, control_pool)
+    assert _raised(hub, key) == [{**CANCELLED_VERDICT, "cancel_first": True}]
+
+
 def test_a_cancels_verdict_taken_at_once_is_not_raised_again(
     api: ApiHarness,  # noqa: F811
     app_pool: ConnectionPool[Any],

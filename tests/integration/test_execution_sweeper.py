@@ -475,3 +475,25 @@ def test_a_cancel_recorded_but_never_told_to_its_running_execution_is_raised_aga
     again = FakeDurable({untold: _status("Running"), told: _status("Running")})
     asyncio.run(sweeper.sweep_tenant(g.id, again, pool=app_pool))
     assert again.raised == []  # handed over: raised no more
+
+
+def test_a_cancel_raised_again_into_a_hung_task_hub_holds_the_run_only_its_bound(
+    api: ApiHarness,
+    app_pool: ConnectionPool[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Hung(FakeDurable):
+        async def raise_event(self, instance_id: str, event_name: str, event_data: Any = None) -> None:
+            await asyncio.sleep(30)
+
+    h = Tenant(api)
+    untold = _moved(app_pool, h.id, h.intent, ["running", "waiting"], quiet=False)
+    with tenant_transaction(h.id, pool=app_pool) as conn:
+        control.request_cancel(conn, untold, "tid/alice")
+        conn.execute(_BACKDATE_UPDATE, (untold,))
+    monkeypatch.setattr(sweeper, "STATUS_CALL_BOUND_S", 0.2)
+    began = time.monotonic()
+    asyncio.run(sweeper.sweep_tenant(h.id, Hung({untold: _status("Running")}), pool=app_pool))
+    assert time.monotonic() - began < 10
+    with tenant_transaction(h.id, pool=app_pool) as conn:
+        assert not store.cancel_handed_over(conn, untold)  # not taken: raised again by a later run

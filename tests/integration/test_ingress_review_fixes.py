@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -206,6 +207,25 @@ def test_rejected_then_started_on_batch_retry(api: ApiHarness) -> None:
     executions, rejections = _state(api, tenant.id)
     assert [key for key, _ in executions] == ["first"]
     assert [(key, reason) for key, reason, _ in rejections] == [("second", "quota_exceeded")]
+
+
+def test_a_new_event_at_an_old_rejections_place_is_started(api: ApiHarness) -> None:
+    # A hub recreated numbers its events from the start again: matched by its place alone, a valid request at an old
+    # rejection's place was answered with that rejection, never started nor recorded.
+    tenant = api.provision("reused-place")
+    intent_id = _intent(api, "reused-place")
+    place = _sequence()
+    old = _event(api, "reused-place", {"intent_id": intent_id, "idempotency_key": "old", "nope": 1}, place)
+    assert asyncio.run(process_event(old, TaskHub(), _validator(api))).reason == "invalid"
+    new = replace(
+        _event(api, "reused-place", {"intent_id": intent_id, "input": {}, "idempotency_key": "new"}, place),
+        enqueued_time=old.enqueued_time + timedelta(days=1) if old.enqueued_time else None,
+    )
+    outcome = asyncio.run(process_event(new, TaskHub(), _validator(api)))
+    assert outcome.created and outcome.execution_id is not None, outcome
+    assert [key for key, _ in _state(api, tenant.id)[0]] == ["new"]
+    # The same event delivered again is still answered by its rejection.
+    assert asyncio.run(process_event(old, TaskHub(), _validator(api))).reason == "invalid"
 
 
 def test_a_stale_replay_of_a_started_request_finds_its_execution(api: ApiHarness) -> None:

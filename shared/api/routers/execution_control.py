@@ -238,8 +238,11 @@ async def cancel(
     cancel_event = {"by": context.principal.id}
     sent = await _raise(client, execution_id, CANCEL_EVENT, cancel_event) if to_raise else None
     # Marked `raising` as they ended (work_queue.cancel_queued): one whose raise fails here is raised again by the
-    # sweeper, as a repeated cancel finds no queued work left to end (ADR 0027, amended 2026-12-07).
-    await hand_over_verdicts(client, context.tenant.id, dequeued)
+    # sweeper, as a repeated cancel finds no queued work left to end (ADR 0027, amended 2026-12-07). Only after the
+    # cancel's own event: raised before it, an abandoned step read as a failure and the run ended failed; left to the
+    # sweeper, they are raised saying the cancel came first (`raised_verdict`), as a child cancel's are.
+    if sent != "failed":
+        await hand_over_verdicts(client, context.tenant.id, dequeued)
     if sent in ("failed", "gone") and execution.status == "pending":
         await run_in_threadpool(_cancel_unstarted, context.tenant.id, execution_id)
         execution = await run_in_threadpool(load_execution, context, execution_id)
