@@ -127,6 +127,11 @@ class Tenant(BaseModel):
     allowed_targets: list[str]
     created_at: datetime
     updated_at: datetime
+    erasing_since: datetime | None = Field(
+        default=None,
+        description="When the tenant's erasure began; set, the erasure must be completed (sent again after a failure)"
+        " and no change of status is accepted (ADR 0012)",
+    )
 
     def facts(self) -> TenantFacts:
         """The attributes policies and gates decide on."""

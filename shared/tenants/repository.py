@@ -40,6 +40,7 @@ _COLUMNS = sql.SQL(", ").join(
             "allowed_targets",
             "created_at",
             "updated_at",
+            "erasing_since",
         ),
     )
 )
@@ -52,6 +53,10 @@ _BY_ID = sql.SQL("SELECT {} FROM app.tenants WHERE id = %s").format(_COLUMNS)
 # holders (every insert naming the tenant, an audit record, a writer's look after its upload; an export held it while
 # it uploaded until 2026-12-07, and an operator's suspension waited minutes for a big tenant's archive).
 _BY_ID_FOR_UPDATE = sql.SQL("SELECT {} FROM app.tenants WHERE id = %s FOR NO KEY UPDATE").format(_COLUMNS)
+_MARK_ERASING = sql.SQL(
+    "UPDATE app.tenants SET erasing_since = clock_timestamp(), updated_at = clock_timestamp() WHERE id = %s"
+    " RETURNING {}"
+).format(_COLUMNS)
 _BY_ENTRA_ID = sql.SQL("SELECT {} FROM app.tenants WHERE entra_tenant_id = %s").format(_COLUMNS)
 _PAGE = sql.SQL(
     "SELECT {} FROM app.tenants WHERE (%(after)s::text IS NULL OR name > %(after)s)"
@@ -201,6 +206,23 @@ def get_tenant(conn: psycopg.Connection[DictRow], tenant_id: UUID, *, for_update
     (an If-Match) still holds when the change is written."""
     row = conn.execute(_BY_ID_FOR_UPDATE if for_update else _BY_ID, (tenant_id,)).fetchone()
     return _to_tenant(row) if row else None
+
+
+def mark_erasing(conn: psycopg.Connection[DictRow], tenant_id: UUID) -> Tenant | None:
+    """Mark a suspended tenant as being erased (`erasing_since`, kept when set already), its row held until `conn`
+    commits; returns the tenant as it now is (unmarked when it is not suspended), or None when it does not exist."""
+    # NO KEY UPDATE, as a control-plane change takes it: a change waits for the mark's commit and then sees it (or the
+    # mark waits for the change, and sees its status). FOR UPDATE also waited for every writer of the tenant holding
+    # the row's KEY SHARE, which changes no status; the row deletion's FOR UPDATE waits for them later.
+    row = conn.execute(_BY_ID_FOR_UPDATE, (tenant_id,)).fetchone()
+    if row is None:
+        return None
+    tenant = _to_tenant(row)
+    if tenant.status != "suspended" or tenant.erasing_since is not None:
+        return tenant
+    marked = conn.execute(_MARK_ERASING, (tenant_id,)).fetchone()
+    assert marked is not None  # the row is locked above
+    return _to_tenant(marked)
 
 
 def list_tenants(

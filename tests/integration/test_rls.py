@@ -147,7 +147,13 @@ def test_versions_are_immutable_for_the_runtime(app_pool: ConnectionPool[Any], t
 
 @pytest.mark.parametrize(
     "column",
-    ["status = 'active'", "quotas = '{}'", "allowed_targets = '{production}'", "entra_tenant_id = gen_random_uuid()"],
+    [
+        "status = 'active'",
+        "quotas = '{}'",
+        "allowed_targets = '{production}'",
+        "entra_tenant_id = gen_random_uuid()",
+        "erasing_since = NULL",  # its erasure's mark, which only the control plane sets (migration 0066)
+    ],
 )
 def test_a_tenants_own_transaction_changes_its_settings_and_nothing_else_of_its_row(
     app_pool: ConnectionPool[Any], tenants: dict[str, uuid.UUID], column: str

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -42,7 +43,9 @@ from shared.storage.blob import request_container
 from shared.tenants.models import Tenant, TenantCreate, TenantPage, TenantStatus, TenantUpdate
 from shared.tenants.offboarding import (
     ErasureContendedError,
+    ErasureRefusedError,
     TenantGoneError,
+    begin_erasure,
     erase_tenant,
     execution_ids,
     export_tenant,
@@ -169,7 +172,11 @@ def read(
     responses={
         **AUTH_ERRORS,
         404: NOT_FOUND,
-        409: {**CONFLICT, "description": "The change would suspend the caller's own tenant (`self-suspension`)"},
+        409: {
+            **CONFLICT,
+            "description": "The change would suspend the caller's own tenant (`self-suspension`), or would change the"
+            " status of a tenant whose erasure has begun (`tenant-erasing`)",
+        },
         412: PRECONDITION_FAILED,
         422: INVALID,
         428: PRECONDITION_REQUIRED,
@@ -184,7 +191,7 @@ def patch(
     if_match: Annotated[str | None, Header()] = None,
 ) -> Tenant:
     """Change status, quotas or allow-lists; `If-Match` with the tenant's ETag is required (Platform.Admin). The
-    caller's own tenant cannot be suspended (409)."""
+    caller's own tenant cannot be suspended (409), nor the status of a tenant being erased changed (409)."""
     authorize(context, Action.TENANT_UPDATE, _PLATFORM, detail={"tenant_id": str(tenant_id)})
     if not if_match:
         raise ProblemError(
@@ -199,6 +206,9 @@ def patch(
         raise ProblemError(
             412, "precondition-failed", "Precondition failed", "The tenant changed since that ETag was issued."
         )
+    if current.erasing_since is not None and change.status is not None and change.status != current.status:
+        # Set active while its erasure ran, the tenant was erased all the same: its erasure had passed its check.
+        raise _erasing(current.erasing_since)
     if change.status == "suspended" and tenant_id == context.tenant.id:
         # A suspended tenant's callers are refused everything, the control plane included: suspending the tenant
         # the caller's token belongs to (the operators' own, ADR 0042) would leave no one able to undo it.
@@ -213,6 +223,28 @@ def patch(
     _audit_change(conn, context, Action.TENANT_UPDATE, tenant, change.model_dump(mode="json", exclude_unset=True))
     response.headers["ETag"] = etag(tenant)
     return tenant
+
+
+def _erasing(since: datetime) -> ProblemError:
+    """The refusal of a status change of a tenant whose erasure has begun (it is marked, ADR 0012)."""
+    return ProblemError(
+        409,
+        "tenant-erasing",
+        "Conflict",
+        f"The tenant's erasure began at {since.isoformat()} and is"
+        " irreversible once begun (its orchestrations, blobs or audit trail may be gone already): its status cannot"
+        " change. Complete the erasure: send it again (POST .../erase), which goes on from where it stopped.",
+    )
+
+
+def _erasure_refused(status: str) -> ProblemError:
+    """The refusal of an erasure of a tenant that is not suspended."""
+    return ProblemError(
+        409,
+        "erasure-refused",
+        "Conflict",
+        f"The tenant is {status}: suspend it first, then confirm the erasure with its exact name.",
+    )
 
 
 class TenantExport(BaseModel):
@@ -295,16 +327,12 @@ async def erase(
 ) -> TenantErased:
     """Remove every orchestration, row, blob and record of a suspended tenant; only the erasure's own audit record
     remains, and, for at least seven days, the tenant's id in the control plane's list of erased prefixes that a
-    timer keeps emptying of blobs written late (ADR 0046)."""
+    timer keeps emptying of blobs written late (ADR 0046). The tenant is marked first (`erasing_since`): its status
+    cannot change from then on, and an erasure that failed or was interrupted is sent again to complete it."""
     tenant = await run_in_threadpool(_authorized_tenant, context, Action.TENANT_ERASE, tenant_id)
     # Each refusal names its own cause: an admin who had suspended the tenant was told to suspend it first.
     if tenant.status != "suspended":
-        raise ProblemError(
-            409,
-            "erasure-refused",
-            "Conflict",
-            f"The tenant is {tenant.status}: suspend it first, then confirm the erasure with its exact name.",
-        )
+        raise _erasure_refused(tenant.status)
     if body.confirm_name != tenant.name:
         raise ProblemError(
             409,
@@ -312,6 +340,14 @@ async def erase(
             "Conflict",
             "confirm_name does not match the tenant's name; send its exact name (case and spaces included).",
         )
+    # Marked before anything goes, suspended as it is marked: from now on its status cannot change. The checks above
+    # read it unlocked, and an operator's PATCH to active meanwhile was answered 200 and the tenant erased all the same.
+    try:
+        await run_in_threadpool(begin_erasure, tenant_id)
+    except TenantGoneError:
+        raise _not_found(tenant_id) from None
+    except ErasureRefusedError as exc:
+        raise _erasure_refused(exc.status) from None
     # The orchestrations' histories first: their instance ids are the execution rows the erasure then removes.
     purged: set[str] = set()
     final: list[str] = []
@@ -320,8 +356,16 @@ async def erase(
             await run_in_threadpool(execution_ids, tenant_id), client, purged_ids=purged
         )
         removed = await run_in_threadpool(
-            erase_tenant, tenant_id, request_container(get_settings()), get_audit_store(), executions=final
+            erase_tenant,
+            tenant_id,
+            request_container(get_settings()),
+            get_audit_store(),
+            executions=final,
+            require_mark=True,
         )
+    except ErasureRefusedError as exc:
+        # Not reached while the mark holds (the control plane's refusal, the table's check): defence in depth.
+        raise _erasure_refused(exc.status) from None
     except ErasureContendedError as exc:
         # Writers still at work on the tenant (its last requests, activities under way): nothing of its rows went,
         # and the erasure asked again a moment later completes. It answered 500.
