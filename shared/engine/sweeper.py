@@ -3,14 +3,16 @@
 
 A stalled start (the execute request committed the row, then died before starting the orchestration) is taken
 over with the start path's own conditional claim, so of the sweeper and a repeated idempotent request only one
-starts it; its input is rebuilt the way the start path rebuilds it. An execution that has not ended and has been
-quiet for a while is compared with its orchestration: a failed, terminated or vanished instance means nothing
-will ever record its end, so the sweeper ends it `failed` through the normal transition (event, domain event,
-telemetry), which also frees its quota slot. So does one whose orchestration still runs but waits on nothing: a run
-started under reducer rules 7 or earlier whose compensation could not resolve its parameters stays compensating for
-ever (ADR 0025); with no compensation out or due, every compensation attempt past its deadline (its orchestration's
-timer would have moved it) and nothing on its stream for as long, its orchestration is terminated and the execution
-ended the same way (cancelled instead when a cancel is what stopped its run, also when its end is left to a later run).
+starts it; its input is rebuilt the way the start path rebuilds it. A suspended tenant's stalled starts are left
+pending, neither claimed nor ended: they start once the tenant is active again (its running executions carry on
+meanwhile). An execution that has not ended and has been quiet for a while is compared with its orchestration: a
+failed, terminated or vanished instance means nothing will ever record its end, so the sweeper ends it `failed`
+through the normal transition (event, domain event, telemetry), which also frees its quota slot. So does one whose
+orchestration still runs but waits on nothing: a run started under reducer rules 7 or earlier whose compensation
+could not resolve its parameters stays compensating for ever (ADR 0025); with no compensation out or due, every
+compensation attempt past its deadline (its orchestration's timer would have moved it) and nothing on its stream for
+as long, its orchestration is terminated and the execution ended the same way (cancelled instead when a cancel is
+what stopped its run, also when its end is left to a later run).
 
 Only tenant ids cross tenants (a SECURITY DEFINER function, migration 0014); each tenant's executions are read and
 moved in that tenant's own transaction. Orchestration calls happen outside any transaction. A costly check waits for
@@ -50,6 +52,7 @@ from shared.engine.steps import AttemptKey
 from shared.policy.facts import TenantFacts
 from shared.registry.model import Definition
 from shared.registry.service import RegistryError
+from shared.tenants.models import Tenant
 from shared.tenants.repository import get_tenant
 
 logger = logging.getLogger(__name__)
@@ -244,8 +247,13 @@ def claim_stalled_starts(
     start_grace_s: float = START_GRACE_S,
     pool: ConnectionPool[Any] | None = None,
 ) -> list[UUID]:
-    """Take over the tenant's stalled top-level starts (at most `limit`); each claim commits before anything starts."""
+    """Take over the tenant's stalled top-level starts (at most `limit`); each claim commits before anything starts.
+    Nothing while the tenant is suspended: its starts stay pending, and are taken over once it is active again."""
     with tenant_transaction(tenant_id, pool=pool) as conn:
+        if _suspended(get_tenant(conn, tenant_id)):
+            # Not claimed, so no status call either: one per stalled start every other run would spend the tenant's
+            # checks, which its running executions still need (they carry on through a suspension).
+            return []
         candidates = [row["id"] for row in conn.execute(_PENDING_STARTS, (limit,)).fetchall()]
     claimed: list[UUID] = []
     for execution_id in candidates:
@@ -260,8 +268,14 @@ def start_input(
     tenant_id: UUID, execution_id: UUID, *, pool: ConnectionPool[Any] | None = None, wait_s: float | None = None
 ) -> dict[str, Any] | str | None:
     """The orchestration input of a claimed start, rebuilt as the start path does; None when it is no longer
-    pending, or the cause when it can no longer start (the tenant is not active, the pinned version no longer
-    validates, its input is over QP_MAX_ORCHESTRATION_INPUT_BYTES), with which it has then ended `failed`.
+    pending or its tenant is suspended, or the cause when it can no longer start (the tenant is gone, the pinned
+    version no longer validates, its input is over QP_MAX_ORCHESTRATION_INPUT_BYTES), with which it has then ended
+    `failed`.
+
+    A start whose tenant was suspended since its claim is left pending, its claim to go stale again: a suspension is
+    undone by reactivating the tenant, and the start is then taken over as any stalled start is (ADR 0014, amended
+    2026-12-07). Ended `failed`, it stayed failed after the reactivation, while the tenant's running executions
+    carried on.
 
     Its recorded input and its version's definition are checked between two transactions, as a replay's are
     (`checked_first`): read in a short one, checked with no connection held at the check gate (a costly check takes
@@ -284,6 +298,9 @@ def start_input(
             if execution.status != "pending":
                 return None  # a late starter got there after all
             tenant = get_tenant(conn, tenant_id)
+            if _suspended(tenant):
+                logger.info("sweeper: execution %s stays pending while its tenant is suspended", execution_id)
+                return None
             if tenant is None or tenant.status != "active":
                 error = engine.TenantSuspendedError(f"tenant {tenant_id} is not active")
                 return _cannot_start(conn, execution_id, error)
@@ -302,6 +319,11 @@ def start_input(
                 return _cannot_start(conn, execution_id, exc)
 
     return checked_first(read, rebuild, tenant_id=tenant_id, wait_s=CHECK_WAIT_S if wait_s is None else wait_s)
+
+
+def _suspended(tenant: Tenant | None) -> bool:
+    """Whether the tenant is there but suspended (a suspension is undone; an erased tenant is gone for good)."""
+    return tenant is not None and tenant.status == "suspended"
 
 
 def _cannot_start(conn: store.Conn, execution_id: UUID, exc: Exception) -> str:

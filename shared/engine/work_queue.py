@@ -56,11 +56,16 @@ _ENQUEUE = (
 # An item whose execution has ended, or a run item whose execution is being cancelled, is picked (and locked) but
 # not leased: it comes back marked `stale` for lease() to end, in the same round trip as the lease itself. Such an
 # item exists only when a cancel or an end missed it (they end the items they see); it must never start work.
+# Nothing at all while the tenant is not active, read from its row as the webhook claim reads it: the edge refuses a
+# suspended tenant's new calls, but a call admitted before the suspension (a long poll waiting up to 30 s, or one
+# admitted from the directory's few seconds of cache) must not hand its workers new work (ADR 0027, amended
+# 2026-12-07).
 _LEASE = _query(
     "WITH picked AS (SELECT w.tenant_id, w.id, CASE WHEN e.status = ANY(%(terminal)s) THEN 'ended'"
     " WHEN w.phase = 'run' AND e.cancel_requested_at IS NOT NULL THEN 'cancelled' END AS stale"
     " FROM app.work_items w {open} JOIN app.executions e ON e.tenant_id = w.tenant_id AND e.id = w.execution_id"
     " WHERE w.lease_id IS NULL AND w.action = ANY(%(actions)s) AND w.deadline > clock_timestamp()"
+    " AND EXISTS (SELECT 1 FROM app.tenants t WHERE t.id = w.tenant_id AND t.status = 'active')"
     " ORDER BY w.enqueued_at LIMIT %(limit)s FOR UPDATE OF w SKIP LOCKED),"
     " leased AS (UPDATE app.work_items w SET lease_id = gen_random_uuid(), leased_by = %(worker)s,"
     " leased_at = clock_timestamp(), heartbeat_at = NULL, progress = NULL,"
@@ -279,7 +284,10 @@ def lease(
     ends it; one whose attempt or execution another transaction holds is left to the next poll) and counts against
     `max_items`: this poll answers fewer items, the next one the rest. Their attempts
     come back in `ended`: an orchestration may still wait on one, and without its verdict would wait for the
-    step's timeout."""
+    step's timeout.
+
+    A tenant that is not active (suspended since the call was admitted) is leased nothing, and its stale items are
+    left to a later poll: its workers get no new work (ADR 0027, amended 2026-12-07)."""
     from shared.engine.progress import abandon_step  # progress enqueues through this module
 
     if record:
