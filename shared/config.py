@@ -115,8 +115,9 @@ class Settings(BaseSettings):
         default=1_000_000,
         ge=4096,
         le=64 * 1024 * 1024,
-        description="The largest orchestration input a start hands the task hub, as the Durable client serializes it "
-        "(JSON, non-ASCII escaped): a larger start is refused (413) before anything is recorded. Below the Durable "
+        description="The largest orchestration input a start hands the task hub, as the Durable client posts it "
+        "(JSON, non-ASCII escaped, posted as a JSON string): a larger start is refused (413) before anything is "
+        "recorded. Below the Durable "
         "Task Scheduler's message ceiling of 1 MiB, with room for the message's framing (ADR 0014, 0024).",
     )
     QP_DEFAULT_MAX_WEBHOOK_SUBSCRIPTIONS: int = Field(

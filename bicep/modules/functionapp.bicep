@@ -148,6 +148,7 @@ var appSettings = [
   { name: 'QP_RATE_LIMIT_PER_MINUTE', value: '600' }
   { name: 'QP_RATE_LIMIT_BURST', value: '100' }
   { name: 'QP_MAX_BODY_BYTES', value: '1048576' }
+  { name: 'QP_MAX_ORCHESTRATION_INPUT_BYTES', value: '1000000' }
   { name: 'QP_REGISTRY_MAX_DEFINITION_BYTES', value: '262144' }
   { name: 'QP_REGISTRY_MAX_STEPS', value: '200' }
   { name: 'QP_REGISTRY_MAX_DEPTH', value: '32' }

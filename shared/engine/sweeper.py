@@ -83,7 +83,7 @@ RUN_BUDGET_S = 60.0
 0014). The status calls were bounded in number only, so a slow task hub made a run last calls x latency (up to
 MAX_STATUS_CHECKS x the client's 240 s), while the timer (every 30 s) skipped its later runs; two skipped at most now.
 A tenant's executions not reached keep their place (they were not checked; least recently checked first); the tenants
-not reached are found again by a later run, in its order (stalled starts first, the rest at random)."""
+not reached are found again by a later run, in its order (stalled starts first, then the least recently checked)."""
 STATUS_CALL_BOUND_S = 5.0
 """How long one status call may take: one that takes longer is a status unknown (left for a later run, never read as
 "no such instance"), so that a hung task hub holds up a run seconds, not the client's 240 s per call."""

@@ -62,9 +62,9 @@ def test_a_redelivered_event_keeps_one_reference_across_its_rejection_and_audit_
     # records must name that same reference, or they point at a rejection that does not exist.
     api.provision("seq-again")
     intent_id = _intent(api, "seq-again")
-    sequence = _sequence()
+    sequence, enqueued = _sequence(), datetime.now(UTC)  # a redelivery is the same event: its place and its stamp
     for _ in range(2):
-        outcome = _send(api, "seq-again", READER, {"intent_id": intent_id, "idempotency_key": "k"}, sequence)
+        outcome = _send(api, "seq-again", READER, {"intent_id": intent_id, "idempotency_key": "k"}, sequence, enqueued)
         assert outcome.reason == "forbidden"
     [item] = _list(api, "seq-again")["items"]
     assert item["detail"]["instance"] == f"intent-requests/{item['id']}"

@@ -47,13 +47,16 @@ def _validator(api: ApiHarness) -> TokenValidator:
     return validator
 
 
-def _send(api: ApiHarness, tenant: str, roles: list[str], body: Any, sequence: int) -> Outcome:
+def _send(
+    api: ApiHarness, tenant: str, roles: list[str], body: Any, sequence: int, enqueued_time: datetime | None = None
+) -> Outcome:
+    """One event at `sequence` on partition 1, enqueued now unless `enqueued_time` says when (a redelivery's)."""
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     event = IngressEvent(
         body=raw,
         partition_id="1",
         sequence_number=sequence,
-        enqueued_time=datetime.now(UTC),
+        enqueued_time=enqueued_time or datetime.now(UTC),
         properties={"authorization": f"Bearer {api.token(tenant, roles)}"},
     )
     return asyncio.run(process_event(event, NoOrchestrations(), _validator(api)))

@@ -71,9 +71,9 @@ EXECUTE_ERRORS[413] = problem_doc(
     "The execution cannot start: the execution's orchestration input would be 3400215 bytes as JSON, more than the"
     " 1000000 bytes allowed.",
     "What the execution's orchestration would be handed (the intent's expanded steps, the input with its defaults,"
-    " the plan and, for a retry, the reused outputs; as JSON with every non-ASCII character escaped, up to 6 bytes"
-    " each) is over QP_MAX_ORCHESTRATION_INPUT_BYTES (`orchestration-input-too-large`, with its `size` and the"
-    " `limit`, ADR 0014); nothing was recorded",
+    " the plan and, for a retry, the reused outputs; as JSON with every non-ASCII character escaped, posted as a JSON"
+    " string: up to 7 bytes a character, 2 a quote) is over QP_MAX_ORCHESTRATION_INPUT_BYTES"
+    " (`orchestration-input-too-large`, with its `size` and the `limit`, ADR 0014); nothing was recorded",
     size=3400215,
     limit=1000000,
 )

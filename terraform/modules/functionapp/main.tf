@@ -53,6 +53,7 @@ locals {
     "QP_RATE_LIMIT_PER_MINUTE"          = "600"
     "QP_RATE_LIMIT_BURST"               = "100"
     "QP_MAX_BODY_BYTES"                 = "1048576"
+    "QP_MAX_ORCHESTRATION_INPUT_BYTES"  = "1000000"
     "QP_REGISTRY_MAX_DEFINITION_BYTES"  = "262144"
     "QP_REGISTRY_MAX_STEPS"             = "200"
     "QP_REGISTRY_MAX_DEPTH"             = "32"
