@@ -207,21 +207,14 @@ class CosmosAuditStore:
 
     def erase(self, tenant_id: uuid.UUID) -> int:
         """Delete every record in the tenant's partition (the query is scoped by partition key and tenant)."""
-        tenant = str(tenant_id)
-        ids = [
-            doc["id"]
-            for doc in self._container.query_items(
-                "SELECT c.id FROM c WHERE c.tenantId = @tenantId",
-                parameters=[{"name": "@tenantId", "value": tenant}],
-                partition_key=tenant,
-            )
-        ]
-        for item_id in ids:
-            self._container.delete_item(item_id, partition_key=tenant)
-        return len(ids)
+        return self._delete(tenant_id, keep=lambda _document: False)
 
     def erase_outlived(self, tenant_id: uuid.UUID) -> int:
         """Delete every record in the erased tenant's partition but its erasure's own."""
+        return self._delete(tenant_id, keep=outlives_tenant)
+
+    def _delete(self, tenant_id: uuid.UUID, *, keep: Callable[[dict[str, Any]], bool]) -> int:
+        """Delete the records of the tenant's partition that `keep` does not keep; answers how many."""
         tenant = str(tenant_id)
         ids = [
             doc["id"]
@@ -230,7 +223,7 @@ class CosmosAuditStore:
                 parameters=[{"name": "@tenantId", "value": tenant}],
                 partition_key=tenant,
             )
-            if not outlives_tenant(doc)
+            if not keep(doc)
         ]
         for item_id in ids:
             self._container.delete_item(item_id, partition_key=tenant)

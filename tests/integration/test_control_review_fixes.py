@@ -20,7 +20,7 @@ from shared.api.durable import get_durable_client
 from shared.auth.principal import Requester
 from shared.db import migrate, tenant_locks
 from shared.db.session import tenant_transaction
-from shared.engine import control, sweeper
+from shared.engine import control
 from shared.engine import executions as repo
 from shared.engine import steps as store
 from shared.engine.protocol import CANCEL_EVENT
@@ -35,6 +35,7 @@ from tests.integration.test_cancel_dispatch_race import _queued
 from tests.integration.test_executions import _execution
 from tests.integration.test_start_service import Decider, TaskHub, _provision
 from tests.integration.test_verdict_handover import TRANSIENT, FlakyDurable
+from tests.integration.test_work_verdict_hand_over import _raise_again, _raised
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("process_pools")]
 
@@ -60,20 +61,6 @@ def _attempt(pool: ConnectionPool[Any], tenant_id: uuid.UUID, key: AttemptKey) -
         found = store.get_attempt(conn, key)
     assert found is not None
     return found
-
-
-def _raise_again(
-    monkeypatch: pytest.MonkeyPatch, client: FlakyDurable, pool: ConnectionPool[Any], control_pool: ConnectionPool[Any]
-) -> None:
-    """One sweeper pass of the verdicts still to hand over, without its grace (time passed)."""
-    monkeypatch.setattr(sweeper, "VERDICT_GRACE_S", 0.0)
-    asyncio.run(sweeper.raise_verdicts_again(client, pool=pool, control_pool=control_pool))
-
-
-def _raised(client: FlakyDurable, key: AttemptKey) -> list[Any]:
-    return [
-        data for instance, name, data in client.delivered if (instance, name) == (str(key.execution_id), key.event_name)
-    ]
 
 
 CANCELLED_VERDICT = {
