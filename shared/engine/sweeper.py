@@ -104,7 +104,12 @@ RAISE_RUN_BUDGET_S = 10.0
 each, were minutes with a slow task hub, every later step of the run waiting): past it, the expiries still end and
 their verdicts, like the tenants not reached, stay `raising` for a later run. Tenants are taken in a new order each
 run, so that the same few do not always take the budget."""
-_STUCK_TENANTS = "SELECT tenant_id FROM app.execution_sweep_tenants(%s, %s, %s) AS stuck (tenant_id)"
+# The tenants not active are read here, by the control plane (the function's owner reads no tenant row): their
+# stalled starts wait for them to be active again, and so do not rank them first (migration 0067).
+_STUCK_TENANTS = (
+    "SELECT tenant_id FROM app.execution_sweep_tenants(%s, %s, %s,"
+    " ARRAY(SELECT id FROM app.tenants WHERE status <> 'active')) AS stuck (tenant_id)"
+)
 # Oldest claim first; whether a claim is stale is decided by the start path's claim statement, not here.
 _PENDING_STARTS = (
     "SELECT id FROM app.executions WHERE status = 'pending' AND parent_execution_id IS NULL"

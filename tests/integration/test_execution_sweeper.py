@@ -179,7 +179,7 @@ def test_discovery_answers_only_the_ids_of_tenants_with_candidates(
     with psycopg.connect(pg.admin_url, dbname="quantum") as conn:
         result, definer, config = conn.execute(  # type: ignore[misc]
             "SELECT pg_get_function_result(p.oid), p.prosecdef, p.proconfig FROM pg_proc p WHERE p.oid ="
-            " 'app.execution_sweep_tenants(double precision, double precision, integer)'::regprocedure"
+            " 'app.execution_sweep_tenants(double precision, double precision, integer, uuid[])'::regprocedure"
         ).fetchone()
     assert (result, definer, config) == ("SETOF uuid", True, ['search_path=""'])
     # The control plane reaches the ids through the function only, never the rows; the runtime role not at all.

@@ -28,7 +28,7 @@ from shared.engine.protocol import ORCHESTRATOR
 from shared.engine.steps import AttemptKey
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_cancel_dispatch_race import _queued
-from tests.integration.test_execution_sweeper import FakeDurable, Tenant, _get, _recorded
+from tests.integration.test_execution_sweeper import FakeDurable, Tenant, _get, _moved, _recorded
 from tests.integration.test_lease_poll_disconnect import Client, _poll, durable  # noqa: F401  # the fixture
 from tests.integration.test_verdict_handover import FlakyDurable
 
@@ -203,6 +203,26 @@ def test_a_stalled_start_of_a_suspended_tenant_stays_pending_and_starts_once_it_
     result = asyncio.run(sweeper.sweep_tenant(tenant.id, client, pool=app_pool))
     assert client.started == [(ORCHESTRATOR, str(stalled), expected_input)]
     assert (result.started, result.ended) == (1, 0)
+
+
+def test_a_suspended_tenants_stalled_start_does_not_rank_it_first_in_the_sweepers_list(
+    api: ApiHarness,  # noqa: F811  # the fixture
+    app_pool: ConnectionPool[Any],
+    control_pool: ConnectionPool[Any],
+) -> None:
+    # Left pending while its tenant is suspended, a stalled start kept the tenant first in every run's list (stalled
+    # starts first): a hundred such tenants would have kept every other tenant out of the capped list.
+    held, running, quiet = Tenant(api), Tenant(api), Tenant(api)
+    _recorded(app_pool, held.id, held.intent)
+    _recorded(app_pool, running.id, running.intent)
+    _moved(app_pool, running.id, running.intent, ["running", "waiting"])
+    _moved(app_pool, quiet.id, quiet.intent, ["running", "waiting"])
+    for tenant in (held, running):
+        _set_status(api, tenant.id, "suspended")
+    found = sweeper.stuck_tenants(10_000, control_pool=control_pool)
+    assert quiet.id in found and held.id not in found
+    # A suspended tenant's quiet running executions are still found (they go on, and can be stuck).
+    assert running.id in found
 
 
 def test_a_stalled_start_of_an_erased_tenant_still_ends_failed(
