@@ -10,6 +10,9 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
+
+import anyio
 
 MAX_DEPTH = 128
 """Nested arrays and objects, the document itself being level 1. Routes bound their own documents more tightly
@@ -376,3 +379,24 @@ def _normalised(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_normalised(item) for item in value]
     return value
+
+
+class TenantParses:
+    """Per tenant, the limiter its bodies are parsed through (`size` at once, per process): a parse holds the
+    interpreter's lock for most of its time, so one tenant's parses at once parse no faster than one after the other
+    and only crowd out the event loop every tenant's requests run on; they queue on the loop, holding no thread."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._limiters: dict[UUID, anyio.CapacityLimiter] = {}
+
+    def of(self, tenant_id: UUID) -> anyio.CapacityLimiter:
+        """The tenant's limiter (made on its first parse)."""
+        limiter = self._limiters.get(tenant_id)
+        if limiter is None:
+            limiter = self._limiters.setdefault(tenant_id, anyio.CapacityLimiter(self._size))
+        return limiter
+
+    def __getitem__(self, tenant_id: UUID) -> anyio.CapacityLimiter:
+        """The tenant's limiter once made (KeyError before its first parse)."""
+        return self._limiters[tenant_id]

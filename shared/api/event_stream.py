@@ -24,8 +24,8 @@ from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from shared.api.admission import get_admission
-from shared.api.problems import invalid_fields, json_pointer, too_many_requests
-from shared.api.security import RequestContext
+from shared.api.problems import invalid_fields, json_pointer, too_many_requests, unknown_tenant
+from shared.api.security import RequestContext, refuse_suspended
 from shared.db.session import platform_transaction
 from shared.engine.event_wakeup import get_event_wakeup
 from shared.engine.executions import ExecutionEvent
@@ -464,14 +464,29 @@ class StreamAccess:
         return await self.tenant_standing() == "active"
 
     async def tenant_standing(self) -> Literal["active", "suspended", "gone"]:
-        """The tenant as the edge would find it now ("gone": erased, or its Entra tenant mapped to another), from the
-        directory's cache, or read again when its answer has aged out (on a worker thread)."""
-        known, tenant = tenant_directory.cached(self.entra_tenant_id)
-        if not known:
-            tenant = await run_in_threadpool(tenant_directory.resolve, platform_transaction, self.entra_tenant_id)
-        if tenant is None or tenant.id != self.tenant_id:
-            return "gone"
-        return "active" if tenant.status == "active" else "suspended"
+        """The stream's tenant as the edge would find it now (`tenant_standing`)."""
+        return await tenant_standing(self.tenant_id, self.entra_tenant_id)
+
+
+async def tenant_standing(tenant_id: UUID, entra_tenant_id: UUID) -> Literal["active", "suspended", "gone"]:
+    """The tenant as the edge would find it now ("gone": erased, or its Entra tenant mapped to another), from the
+    directory's cache, or read again when its answer has aged out (on a worker thread)."""
+    known, tenant = tenant_directory.cached(entra_tenant_id)
+    if not known:
+        tenant = await run_in_threadpool(tenant_directory.resolve, platform_transaction, entra_tenant_id)
+    if tenant is None or tenant.id != tenant_id:
+        return "gone"
+    return "active" if tenant.status == "active" else "suspended"
+
+
+async def refuse_unless_active(context: RequestContext) -> None:
+    """End a waiting poll (the JSON long poll, a worker's lease poll) whose tenant is no longer active as the tenant's
+    new requests are refused: 403 `tenant-suspended` (its denial recorded), or as an unknown tenant's once erased."""
+    standing = await tenant_standing(context.tenant.id, context.principal.entra_tenant_id)
+    if standing == "gone":
+        raise unknown_tenant()
+    if standing == "suspended":
+        await run_in_threadpool(refuse_suspended, context)
 
 
 def _feed_for(tenant_id: UUID, execution_id: UUID, reads: _Reads, render: Render, start: int) -> ExecutionFeed:

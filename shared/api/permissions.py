@@ -59,7 +59,7 @@ from pydantic import BaseModel, BeforeValidator, PlainValidator, RootModel, Wrap
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope
 
-from shared.accepted_json import MAX_REFUSALS, NotAcceptedJSONError
+from shared.accepted_json import MAX_REFUSALS, NotAcceptedJSONError, TenantParses
 from shared.api.accepted_input import (
     ACCEPTED_DOCUMENT,
     UNPARSED_BODY,
@@ -256,7 +256,7 @@ after the other and only crowd out the event loop that every tenant's requests r
 (50 such bodies of one tenant that parse and are then refused), another tenant's read took 1.2-1.7 s with five
 parses at once, 0.2-0.5 s with one. A tenant's parses queue on the event loop, holding no thread, and never behind
 another tenant's."""
-_TENANT_PARSES: dict[UUID, anyio.CapacityLimiter] = {}
+_TENANT_PARSES = TenantParses(TENANT_PARSE_THREADS)
 
 
 async def _parse_held_body(request: Request, tenant_id: UUID) -> None:
@@ -266,9 +266,7 @@ async def _parse_held_body(request: Request, tenant_id: UUID) -> None:
     body = request.scope.pop(UNPARSED_BODY, None)
     if not isinstance(body, bytes):
         return
-    limiter = _TENANT_PARSES.get(tenant_id)
-    if limiter is None:
-        limiter = _TENANT_PARSES.setdefault(tenant_id, anyio.CapacityLimiter(TENANT_PARSE_THREADS))
+    limiter = _TENANT_PARSES.of(tenant_id)
 
     def parse() -> None:
         document = parse_body(body)

@@ -29,7 +29,14 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from opentelemetry.trace import SpanKind
 
 from shared import telemetry
-from shared.accepted_json import MAX_BODY_CONTAINERS, NotAcceptedJSONError, containers, loads, too_many_containers
+from shared.accepted_json import (
+    MAX_BODY_CONTAINERS,
+    NotAcceptedJSONError,
+    TenantParses,
+    containers,
+    loads,
+    too_many_containers,
+)
 from shared.auth.principal import Requester
 from shared.auth.tokens import InvalidTokenError, SigningKeysUnavailableError, TokenValidator
 from shared.auth.validator import get_token_validator
@@ -139,15 +146,7 @@ hostile body the container bound allows holds the interpreter's lock for most of
 so a tenant whose events arrive on many partitions at once would otherwise take a thread per partition and crowd out
 the event loop the HTTP API shares; its reads queue on the loop instead, holding no thread, and never behind another
 tenant's."""
-_TENANT_PARSES: dict[UUID, anyio.CapacityLimiter] = {}
-
-
-def _tenant_parses(tenant_id: UUID) -> anyio.CapacityLimiter:
-    """The limiter the tenant's bodies are read through."""
-    limiter = _TENANT_PARSES.get(tenant_id)
-    if limiter is None:
-        limiter = _TENANT_PARSES.setdefault(tenant_id, anyio.CapacityLimiter(TENANT_PARSE_THREADS))
-    return limiter
+_TENANT_PARSES = TenantParses(TENANT_PARSE_THREADS)
 
 
 def _document(body: bytes) -> Any:
@@ -199,7 +198,7 @@ def _started_by_sender(context: Sender, key: str) -> UUID | None:
 async def _stale(context: Sender, event: IngressEvent, exc: StaleEventError, ref: UUID) -> Outcome:
     """A stale event's answer: the execution its key started when it did start (a replay of a request that ran
     records nothing), else its stale rejection, recorded with its key."""
-    key = await anyio.to_thread.run_sync(_key_of_stale, event.body, limiter=_tenant_parses(context.tenant.id))
+    key = await anyio.to_thread.run_sync(_key_of_stale, event.body, limiter=_TENANT_PARSES.of(context.tenant.id))
     if key is not None:
         started = await asyncio.to_thread(_started_by_sender, context, key)
         if started is not None:
@@ -238,7 +237,7 @@ async def process_event(
         check_fresh(event, moment)
     except StaleEventError as exc:
         return await _stale(context, event, exc, ref)
-    read, key = await anyio.to_thread.run_sync(_read, event.body, limiter=_tenant_parses(context.tenant.id))
+    read, key = await anyio.to_thread.run_sync(_read, event.body, limiter=_TENANT_PARSES.of(context.tenant.id))
     if isinstance(read, Rejected):
         return await _reject(context, event, read, key, ref)
     request = read

@@ -21,9 +21,9 @@ from starlette.concurrency import run_in_threadpool
 from shared.api import event_stream
 from shared.api.admission import idle
 from shared.api.permissions import GuardedRoute, permission
-from shared.api.problems import ProblemError, unknown_tenant
+from shared.api.problems import ProblemError
 from shared.api.responses import AUTH_ERRORS, BAD_CURSOR, INVALID, problem_doc
-from shared.api.security import RequestContext, authorize, readable, refuse_suspended, token_validator
+from shared.api.security import RequestContext, authorize, readable, token_validator
 from shared.api.transactions import TenantConnection
 from shared.auth.tokens import InvalidTokenError, KeysNotCachedError, TokenValidator, bearer_token
 from shared.config import get_settings
@@ -533,13 +533,11 @@ async def events(
             slot.release()  # no response will give it back
             raise
     deadline = time.monotonic() + wait
-    poll_access: event_stream.StreamAccess | None = None
     if wait > 0:
         # A long poll answers (with what there is) by the time its token is refused: the client's next poll, with a
         # renewed token, goes on; nothing is sent on a token that expired.
         expires_at = await _token_expiry(request, validator)
         deadline = min(deadline, time.monotonic() + expires_at - time.time())
-        poll_access = event_stream.StreamAccess(context.tenant.id, context.principal.entra_tenant_id, expires_at)
     # A waiting poll looks at its tenant as an open stream does, from the same directory at the same interval: the
     # route let the caller in just now, so the first look is one interval on.
     look_at = time.monotonic() + event_stream.TENANT_LOOK_S
@@ -558,14 +556,10 @@ async def events(
             pause = min(FALLBACK_RECHECK_S, max(0.0, deadline - time.monotonic()), max(0.0, look_at - time.monotonic()))
             if not await idle(context, pause, waiter.event if waiter is not None else None):
                 break  # its bound is taken by other requests: answer with what there is, the client polls again
-            if poll_access is not None and time.monotonic() >= look_at:
-                # Before the next read: a poll that outlived its tenant's suspension sends nothing more, and is
-                # answered as the tenant's new requests are (403 `tenant-suspended`, recorded as their denial is).
-                standing = await poll_access.tenant_standing()
-                if standing == "gone":  # erased meanwhile: answered as its requests are from now on
-                    raise unknown_tenant()
-                if standing == "suspended":
-                    await run_in_threadpool(refuse_suspended, context)
+            if time.monotonic() >= look_at:
+                # Before the next read: a poll that outlived its tenant's suspension (or erasure) sends nothing more,
+                # and is answered as the tenant's new requests are.
+                await event_stream.refuse_unless_active(context)
                 look_at = time.monotonic() + event_stream.TENANT_LOOK_S
     return ExecutionEventPage(
         execution_id=execution_id,

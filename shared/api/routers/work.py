@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -19,10 +18,10 @@ from shared.api import event_stream
 from shared.api.admission import idle
 from shared.api.durable import get_durable_client
 from shared.api.permissions import GuardedRoute, permission
-from shared.api.problems import ProblemError, unknown_tenant
+from shared.api.problems import ProblemError
 from shared.api.responses import AUTH_ERRORS, BAD_CURSOR, INVALID, problem_doc
 from shared.api.routers.executions import readable_executions
-from shared.api.security import RequestContext, authorize, refuse_suspended
+from shared.api.security import RequestContext, authorize
 from shared.api.transactions import TenantConnection
 from shared.db.session import retried_on_deadlock, tenant_transaction
 from shared.engine import remote, work_queue
@@ -306,8 +305,7 @@ async def lease(
     wakeup = get_event_wakeup() if body.wait_s > 0 else None
     # A waiting poll looks at its tenant as the event long poll does, from the same directory at the same interval:
     # the route let the caller in just now, so the first look is one interval on. Its wait is MAX_WAIT_S at most, so
-    # its token is not looked at again (`math.inf`).
-    access = event_stream.StreamAccess(tenant_id, context.principal.entra_tenant_id, math.inf)
+    # its token is not looked at again.
     look_at = time.monotonic() + event_stream.TENANT_LOOK_S
     leases: list[work_queue.Lease] = []
     with contextlib.ExitStack() as stack:
@@ -334,20 +332,11 @@ async def lease(
             if not await idle(context, pause, waiter.event if waiter is not None else None):
                 break
             if time.monotonic() >= look_at:
-                await _refuse_unless_active(context, access)
+                # Its statement leases nothing for a tenant not active (work_queue.lease); this ends the wait, so
+                # the worker hears why instead of an empty answer.
+                await event_stream.refuse_unless_active(context)
                 look_at = time.monotonic() + event_stream.TENANT_LOOK_S
     return LeaseAnswer(items=[_leased(lease) for lease in leases])
-
-
-async def _refuse_unless_active(context: RequestContext, access: event_stream.StreamAccess) -> None:
-    """Refuse a waiting lease poll whose tenant is no longer active as the tenant's new calls are refused: 403
-    `tenant-suspended` (its denial recorded), or as an unknown tenant's once erased. Its statement leases nothing
-    meanwhile (work_queue.lease); this ends the wait, so the worker hears why instead of an empty answer."""
-    standing = await access.tenant_standing()
-    if standing == "gone":
-        raise unknown_tenant()
-    if standing == "suspended":
-        await run_in_threadpool(refuse_suspended, context)
 
 
 def _heartbeat(tenant_id: UUID, item_id: UUID, body: HeartbeatRequest) -> work_queue.Heartbeat:
