@@ -44,7 +44,7 @@ from shared.check_gate import UNBOUNDED
 from shared.config import get_settings
 from shared.db.session import tenant_transaction
 from shared.engine.executions import find_by_key
-from shared.engine.start import StartError
+from shared.engine.start import Conn, StartError, StartRequest
 from shared.engine.start_service import begin, launch
 from shared.ingress.rejecting import Rejected, invalid_body, not_accepted, refused_start, stale
 from shared.ingress.rejections import NewRejection, record_rejection, recorded_reason
@@ -71,7 +71,9 @@ class Outcome:
     reason: str | None = None
 
 
-def _record(context: Sender, event: IngressEvent, rejected: Rejected, key: str | None, ref: UUID) -> bool:
+def _record(context: Sender, event: IngressEvent, rejected: Rejected, key: str | None, ref: UUID) -> str | None:
+    """Record the event's rejection; None when it is new, else the reason recorded before for this event, read in the
+    same transaction (a recorded rejection is final, whatever this delivery was refused for)."""
     rejection = NewRejection(
         hub=event.hub,
         partition_id=event.partition_id,
@@ -84,7 +86,9 @@ def _record(context: Sender, event: IngressEvent, rejected: Rejected, key: str |
         id=ref,
     )
     with tenant_transaction(context.tenant.id) as conn:
-        return record_rejection(conn, rejection)
+        if record_rejection(conn, rejection):
+            return None
+        return _recorded_in(conn, event) or rejected.reason
 
 
 _REFERENCE_KDF_INFO = b"quantum-platform ingress reference v1"
@@ -101,11 +105,20 @@ def _reference_key() -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_REFERENCE_KDF_INFO).derive(material.encode())
 
 
+def _stamp(enqueued_time: datetime | None) -> str:
+    """The hub's stamp of an event as one text for one instant, whatever zone it was given in (none: UTC)."""
+    if enqueued_time is None:
+        return ""
+    aware = enqueued_time if enqueued_time.tzinfo is not None else enqueued_time.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).isoformat()
+
+
 def reference_of(event: IngressEvent) -> UUID:
-    """The request's reference: the same for every delivery of one event (its hub, partition and sequence number),
-    so a redelivery's audit records name the rejection recorded by the first; a keyed hash, so it reveals nothing of
-    the sequence number."""
-    place = f"{event.hub}/{event.partition_id}/{event.sequence_number}".encode()
+    """The request's reference: the same for every delivery of one event (its hub, partition, sequence number and
+    enqueued time), so a redelivery's audit records name the rejection recorded by the first, and another for a new
+    event at an old one's place (a hub recreated numbers its events from the start again); a keyed hash, so it
+    reveals nothing of the sequence number."""
+    place = f"{event.hub}/{event.partition_id}/{event.sequence_number}/{_stamp(event.enqueued_time)}".encode()
     digest = bytearray(hmac.new(_reference_key(), place, hashlib.sha256).digest()[:16])
     digest[6] = (digest[6] & 0x0F) | 0x40  # version 4: it reads as the random reference it stands for
     digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
@@ -119,15 +132,18 @@ def _instance(event: IngressEvent, ref: UUID) -> str:
 
 
 async def _reject(context: Sender, event: IngressEvent, rejected: Rejected, key: str | None, ref: UUID) -> Outcome:
-    if await asyncio.to_thread(_record, context, event, rejected, key, ref):
-        telemetry.emit(
-            "ingress.rejected",
-            tenant_id=context.tenant.id,
-            reason=rejected.reason,
-            event_id=event.event_id,
-            principal=context.principal.id,
-            detail=str(rejected),
-        )
+    """Record the rejection and answer it; a redelivery answers the rejection recorded first, and emits nothing."""
+    recorded = await asyncio.to_thread(_record, context, event, rejected, key, ref)
+    if recorded is not None:
+        return Outcome(event.event_id, reason=recorded)
+    telemetry.emit(
+        "ingress.rejected",
+        tenant_id=context.tenant.id,
+        reason=rejected.reason,
+        event_id=event.event_id,
+        principal=context.principal.id,
+        detail=str(rejected),
+    )
     return Outcome(event.event_id, reason=rejected.reason)
 
 
@@ -181,28 +197,41 @@ def _key_of_stale(body: bytes) -> str | None:
         return None
 
 
-def _recorded(context: Sender, event: IngressEvent) -> str | None:
-    """The reason the sender's tenant recorded for this event, when it was rejected before."""
-    with tenant_transaction(context.tenant.id) as conn:
-        return recorded_reason(conn, event.hub, event.partition_id, event.sequence_number, event.enqueued_time)
+def _recorded_in(conn: Conn, event: IngressEvent) -> str | None:
+    """The reason the caller's tenant recorded for this event, when it was rejected before."""
+    return recorded_reason(conn, event.hub, event.partition_id, event.sequence_number, event.enqueued_time)
 
 
-def _started_by_sender(context: Sender, key: str) -> UUID | None:
-    """The execution the sender started with this key, if any: a tenant's keys are bound to their requester, so it is
-    the one this event's request started (another principal's execution under the key never was)."""
+class AlreadyRejectedError(Exception):
+    """The event has a recorded rejection: raised from within the start's transaction, before anything is decided."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _stale_answer(context: Sender, event: IngressEvent, key: str) -> Outcome | None:
+    """A stale event's answer found in one transaction: its recorded rejection, else the execution the sender started
+    with its key (a tenant's keys are bound to their requester, so another principal's execution under the key is
+    not this event's); None when it has neither."""
     with tenant_transaction(context.tenant.id) as conn:
+        recorded = _recorded_in(conn, event)
+        if recorded is not None:
+            return Outcome(event.event_id, reason=recorded)
         found = find_by_key(conn, key)
-    return found.id if found is not None and found.requested_by == context.principal.id else None
+    if found is None or found.requested_by != context.principal.id:
+        return None
+    return Outcome(event.event_id, found.id)
 
 
 async def _stale(context: Sender, event: IngressEvent, exc: StaleEventError, ref: UUID) -> Outcome:
-    """A stale event's answer: the execution its key started when it did start (a replay of a request that ran
-    records nothing), else its stale rejection, recorded with its key."""
+    """A stale event's answer: its recorded rejection, the execution its key started when it did start (a replay of a
+    request that ran records nothing), else its stale rejection, recorded with its key."""
     key = await anyio.to_thread.run_sync(_key_of_stale, event.body, limiter=_TENANT_PARSES.of(context.tenant.id))
     if key is not None:
-        started = await asyncio.to_thread(_started_by_sender, context, key)
-        if started is not None:
-            return Outcome(event.event_id, started)
+        answer = await asyncio.to_thread(_stale_answer, context, event, key)
+        if answer is not None:
+            return answer
     return await _reject(context, event, stale(exc), key, ref)
 
 
@@ -229,10 +258,9 @@ async def process_event(
         return _unattributed(event, "the token's tenant is not provisioned on this platform")
     logger.info("intent-requests: event %s is request %s of tenant %s", event.event_id, ref, context.tenant.id)
     # A rejection is final: a batch run again after its cause went away (quota freed, grant given) would otherwise
-    # start the request while its record still says rejected, and a producer that resent it would run it twice.
-    recorded = await asyncio.to_thread(_recorded, context, event)
-    if recorded is not None:
-        return Outcome(event.event_id, reason=recorded)
+    # start the request while its record still says rejected, and a producer that resent it would run it twice. It is
+    # looked up in the transaction each path takes anyway (the start's, the record's, the stale key's), not in one of
+    # its own: the checks made before them write nothing and start nothing (ADR 0019).
     try:
         check_fresh(event, moment)
     except StaleEventError as exc:
@@ -246,6 +274,14 @@ async def process_event(
     def decide_for_sender(action: str, resource: Resource) -> Decision:
         return decide(context, action, resource, detail=audited)
 
+    def unless_rejected(conn: Conn) -> StartRequest:
+        # First in each of the start's transactions: a recorded event is answered before anything is decided,
+        # audited or written.
+        recorded = _recorded_in(conn, event)
+        if recorded is not None:
+            raise AlreadyRejectedError(recorded)
+        return request.start_request(conn, Requester.of(context.principal))
+
     try:
         # A costly input check waits for its tenant's turn however long it takes, as a child's start does: refused
         # busy, the event failed its whole batch, whose retries held the partition, and every other tenant's
@@ -253,10 +289,12 @@ async def process_event(
         started = await asyncio.to_thread(
             begin,
             context.tenant,
-            lambda conn: request.start_request(conn, Requester.of(context.principal)),
+            unless_rejected,
             decide=decide_for_sender,
             check_wait_s=UNBOUNDED,
         )
+    except AlreadyRejectedError as exc:
+        return Outcome(event.event_id, reason=exc.reason)
     except StartError as exc:
         rejected = refused_start(exc)
         if rejected is None:

@@ -23,13 +23,10 @@ from shared.engine.start import Conn
 from shared.pagination import InvalidCursorError, cursor_text, decode_cursor, encode_cursor
 from shared.registry.schema_refs import short_message
 
-# A redelivered event finds its row and records nothing new (the caller then emits no second telemetry line).
-_INSERT = (
-    "INSERT INTO app.ingress_rejections (tenant_id, id, hub, partition_id, sequence_number, enqueued_time, reason,"
-    " detail, requested_by, idempotency_key)"
-    " VALUES (app.current_tenant_id(), %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-    " ON CONFLICT (tenant_id, hub, partition_id, sequence_number) DO NOTHING RETURNING id"
-)
+# A redelivered event finds its row and records nothing new (the caller then emits no second telemetry line); a new
+# event at the place of an earlier hub's (recreated, it numbers its events from the start again) replaces that row,
+# through a function pinned to the tenant as the trim is: the runtime may not delete (migration 0068).
+_INSERT = "SELECT app.record_ingress_rejection(%s, %s, %s, %s, %s, %s, %s, %s, %s) AS recorded"
 # The place and the hub's stamp: a hub recreated numbers its events from the start again, and a new event at an old
 # rejection's place would otherwise be answered with that rejection, unstarted and unrecorded.
 _RECORDED = (
@@ -121,7 +118,8 @@ def record_rejection(
 ) -> bool:
     """Record it in the caller's tenant transaction (its problem document bounded by `bounded_detail`), trimming its
     sender's rejections to their newest `keep`, the tenant's to `tenant_keep` in all (its principals' deepest first)
-    and both to `retention`; False when this event was already recorded (and nothing is trimmed)."""
+    and both to `retention`; False when this event was already recorded (and nothing is trimmed). A row at the same
+    place with another enqueued time, an event of the hub before it was recreated, is replaced by this one."""
     row = conn.execute(
         _INSERT,
         (
@@ -136,7 +134,7 @@ def record_rejection(
             rejection.idempotency_key,
         ),
     ).fetchone()
-    if row is None:
+    if row is None or not row["recorded"]:
         return False
     conn.execute(_TRIM, (rejection.requested_by, keep, tenant_keep, retention))
     return True

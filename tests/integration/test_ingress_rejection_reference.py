@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -74,17 +74,28 @@ def test_a_redelivered_event_keeps_one_reference_across_its_rejection_and_audit_
     assert {row["request_id"] for row in decisions} == {item["detail"]["instance"]}
 
 
-def _event(partition: str, sequence: int) -> IngressEvent:
+_STAMP = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+
+
+def _event(partition: str, sequence: int, enqueued_time: datetime | None = _STAMP) -> IngressEvent:
     return IngressEvent(
-        body=b"{}", partition_id=partition, sequence_number=sequence, enqueued_time=datetime.now(UTC), properties={}
+        body=b"{}", partition_id=partition, sequence_number=sequence, enqueued_time=enqueued_time, properties={}
     )
 
 
 def test_the_reference_is_a_keyed_hash_of_the_events_place() -> None:
     sequence = _sequence()
     first = reference_of(_event("1", sequence))
-    assert reference_of(_event("1", sequence)) == first
+    # Every delivery of one event (its place and the hub's stamp, in whatever zone it is given) has one reference.
+    assert reference_of(_event("1", sequence, _STAMP.astimezone(timezone(timedelta(hours=2))))) == first
     assert len({first, reference_of(_event("1", sequence + 1)), reference_of(_event("2", sequence))}) == 3
+    # A new event at an old one's place (a hub recreated numbers its events from the start again) has its own: with
+    # the old one's, its rejection would be recorded under the old event's id.
+    later = {
+        reference_of(_event("1", sequence, _STAMP + timedelta(microseconds=1))),
+        reference_of(_event("1", sequence, None)),
+    }
+    assert len(later | {first}) == 3
     assert first.version == 4 and first.variant == uuid.RFC_4122
     # Not a public function of the place: without the server's key, nobody can recompute it from a sequence number.
     place = f"{INTENT_REQUESTS_HUB}/1/{sequence}"

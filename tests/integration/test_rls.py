@@ -287,18 +287,22 @@ def test_every_app_table_has_forced_rls_with_tenant_policies(pg) -> None:  # typ
                 assert cmd == ("SELECT",), name
             elif name == "ingress_rejections":
                 # The owner (never the app) trims the pinned tenant's record through app.trim_ingress_rejections
-                # (migration 0026): its policies are bound to the pinned tenant, as the app's are.
+                # (migration 0026) and records a rejection through app.record_ingress_rejection (migration 0068),
+                # replacing an earlier hub's row at its place: its policies are bound to the pinned tenant, as the
+                # app's are.
                 assert others == {
                     ("platform_erase", ("qp_platform",)),
                     ("trim_pinned_tenant_read", (OWNER_ROLE,)),
                     ("trim_pinned_tenant", (OWNER_ROLE,)),
+                    ("record_pinned_tenant", (OWNER_ROLE,)),
                 }
                 trim = conn.execute(
-                    "SELECT policyname, cmd, qual FROM pg_policies WHERE schemaname = 'app'"
+                    "SELECT policyname, cmd, coalesce(qual, with_check) FROM pg_policies WHERE schemaname = 'app'"
                     " AND tablename = 'ingress_rejections' AND roles = ARRAY[%s]::name[] ORDER BY policyname",
                     (OWNER_ROLE,),
                 ).fetchall()
                 assert [(p[0], p[1]) for p in trim] == [
+                    ("record_pinned_tenant", "INSERT"),
                     ("trim_pinned_tenant", "DELETE"),
                     ("trim_pinned_tenant_read", "SELECT"),
                 ]
