@@ -26,8 +26,9 @@ import json
 import logging
 import random
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 from uuid import UUID
 
 from psycopg_pool import ConnectionPool
@@ -85,9 +86,12 @@ MAX_STATUS_CHECKS x the client's 240 s), while the timer (every 30 s) skipped it
 A tenant's executions not reached keep their place (they were not checked; least recently checked first); the tenants
 not reached are found again by a later run, in its order (stalled starts first, then the least recently checked)."""
 STATUS_CALL_BOUND_S = 5.0
-"""How long one status call may take: one that takes longer is a status unknown (left for a later run, never read as
-"no such instance"), so that a hung task hub holds up a run seconds, not the client's 240 s per call."""
+"""How long one call of the Durable client may take, whatever it asks (a status, a start, a terminate, an event
+raised, a purge): a hung task hub holds up a run seconds, not the client's 240 s per call. A status call that takes
+longer is a status unknown (left for a later run, never read as "no such instance"); any other call cut off is left
+for a later run as one that failed is, and may have taken effect all the same (`_Bounded`)."""
 _CAUSE_MAX_CHARS = 1000
+_T = TypeVar("_T")
 
 _EXPIRED_LEASE_TENANTS = "SELECT tenant_id FROM app.work_expired_lease_tenants(%s) AS expired (tenant_id)"
 _RAISING_VERDICT_TENANTS = "SELECT tenant_id FROM app.work_raising_verdict_tenants(%s, %s) AS raising (tenant_id)"
@@ -194,6 +198,57 @@ class DurableClient(EventRaiser, Protocol):
 
     async def purge_instance_history(self, instance_id: str) -> Any:
         """Delete an ended instance's history (a relaunch's, its tenant erased meanwhile: `unless_erased`)."""
+
+
+async def _within_bound(call: Awaitable[_T]) -> _T:
+    """`call`'s answer, or TimeoutError once it has taken STATUS_CALL_BOUND_S (the call is then abandoned)."""
+    return await asyncio.wait_for(call, STATUS_CALL_BOUND_S)
+
+
+@dataclass(frozen=True)
+class _Bounded:
+    """The Durable client with each of its calls cut off by STATUS_CALL_BOUND_S (TimeoutError): every call the
+    sweeper makes, also those made through the start path's and the control plane's helpers it hands the client to.
+
+    A call abandoned may still take effect in the task hub, and each caller leaves its work so that this is harmless:
+    a start cut off stays pending and claimed, and the run that takes it over once its claim is stale asks for its
+    instance first (one there records its own start); a terminate cut off leaves the execution as it was, and the next
+    run finds its orchestration terminated (ended as any terminated run, `cancelled_compensation` keeping a cancel's
+    promise) or still running (terminated again); an event cut off is not marked handed over, and is raised again (a
+    cancel by `_raise_cancel_again`, a verdict by `raise_verdicts_again`): a repeat its run counts for nothing."""
+
+    client: DurableClient
+
+    async def get_status(self, instance_id: str, *, show_input: bool = False) -> Any:
+        """The instance's status, within the bound (the input is asked for only when wanted: not every client takes
+        the keyword)."""
+        call = (
+            self.client.get_status(instance_id, show_input=True) if show_input else self.client.get_status(instance_id)
+        )
+        return await _within_bound(call)
+
+    async def start_new(
+        self, orchestration_function_name: str, instance_id: str | None = None, client_input: Any | None = None
+    ) -> str:
+        """Start an orchestration, within the bound."""
+        return await _within_bound(self.client.start_new(orchestration_function_name, instance_id, client_input))
+
+    async def terminate(self, instance_id: str, reason: str) -> None:
+        """Terminate an orchestration, within the bound."""
+        await _within_bound(self.client.terminate(instance_id, reason))
+
+    async def raise_event(self, instance_id: str, event_name: str, event_data: Any = None) -> None:
+        """Raise an event to an orchestration, within the bound."""
+        await _within_bound(self.client.raise_event(instance_id, event_name, event_data))
+
+    async def purge_instance_history(self, instance_id: str) -> Any:
+        """Delete an instance's history, within the bound."""
+        return await _within_bound(self.client.purge_instance_history(instance_id))
+
+
+def bounded(client: DurableClient) -> DurableClient:
+    """`client` with each call bounded by STATUS_CALL_BOUND_S (`_Bounded`); as it is when it is bounded already."""
+    return client if isinstance(client, _Bounded) else _Bounded(client)
 
 
 @dataclass(frozen=True)
@@ -410,10 +465,7 @@ async def _raise_cancel_again(
     if requested_by is None:
         return
     try:
-        # Bounded as a status call is: a hung task hub holds the run seconds, not the client's 240 s.
-        await asyncio.wait_for(
-            client.raise_event(str(execution_id), CANCEL_EVENT, {"by": requested_by}), STATUS_CALL_BOUND_S
-        )
+        await bounded(client).raise_event(str(execution_id), CANCEL_EVENT, {"by": requested_by})
     except TimeoutError:
         logger.warning("sweeper: the cancel of execution %s was not taken in time; raised again later", execution_id)
         return
@@ -589,15 +641,15 @@ async def _end(
     if ended is None:
         return False
     for child, dequeued in ended.children.items():
-        await control.tell_child(client, tenant_id, child, execution_id, dequeued, pool=pool)
+        # A cancel cut off by the bound stays recorded, not handed over: raised again once the child is quiet.
+        await control.tell_child(bounded(client), tenant_id, child, execution_id, dequeued, pool=pool)
     return True
 
 
 async def _status(client: DurableClient, instance_id: str, *, show_input: bool = False) -> Any:
     """The instance's status, or a status unknown (`_NoAnswer`) when the call takes longer than STATUS_CALL_BOUND_S."""
-    call = client.get_status(instance_id, show_input=True) if show_input else client.get_status(instance_id)
     try:
-        return await asyncio.wait_for(call, STATUS_CALL_BOUND_S)
+        return await bounded(client).get_status(instance_id, show_input=show_input)
     except TimeoutError:
         logger.warning(
             "sweeper: the status of %s took over %s s; left for a later run", instance_id, STATUS_CALL_BOUND_S
@@ -651,14 +703,21 @@ async def _settle_stalled_start(
             logger.warning("sweeper: execution %s ended failed: %s", execution_id, orchestration_input)
         return TenantSweep(ended=int(orchestration_input is not None), checked=1)
     try:
-        await client.start_new(ORCHESTRATOR, instance_id, orchestration_input)
+        await bounded(client).start_new(ORCHESTRATOR, instance_id, orchestration_input)
+    except TimeoutError:
+        # Cut off, it may have started all the same: left pending and claimed, as a failed start is; whoever takes it
+        # over once its claim is stale asks for its instance first, and one there records its own start. Looked at
+        # for an erased tenant as a start is (its input would outlive the tenant), gone or not.
+        logger.warning("sweeper: the start of execution %s was not answered in time; left for a later run", instance_id)
+        await unless_erased(bounded(client), tenant_id, instance_id)
+        return TenantSweep(checked=1)
     except Exception:
         # Left pending: the claim goes stale again and a later run (or a repeated request) starts it.
         logger.exception("sweeper: could not start the orchestration of execution %s", instance_id)
         return TenantSweep(checked=1)
     # Its input was read before the start: a tenant erased since would be outlived by the orchestration (its history
     # holds the tenant's input), as a launch's would (start_service.launch).
-    await unless_erased(client, tenant_id, instance_id)
+    await unless_erased(bounded(client), tenant_id, instance_id)
     logger.info("sweeper: started the stalled execution %s", instance_id)
     return TenantSweep(started=1, checked=1)
 
@@ -669,9 +728,17 @@ async def _end_stuck(
     """Terminate the orchestration of an execution stuck compensating, then end the execution. In that order: a
     terminate that fails leaves both as they were for the next run; an end that fails after it is the next run's
     terminated orchestration, ended by `ended_cause` (`cancelled_compensation` when a cancel stopped its run, which
-    keeps it ending cancelled). Either way neither is left running alone."""
+    keeps it ending cancelled). Either way neither is left running alone; so too when the terminate is cut off by its
+    bound, whether it took effect after all or not (then terminated again at the next check)."""
     try:
-        await client.terminate(str(execution_id), stuck.cause)
+        await bounded(client).terminate(str(execution_id), stuck.cause)
+    except TimeoutError:
+        logger.warning(
+            "sweeper: the terminate of the stuck orchestration of execution %s was not answered in time; left for"
+            " a later run",
+            execution_id,
+        )
+        return False
     except Exception:
         logger.exception("sweeper: could not terminate the stuck orchestration of execution %s", execution_id)
         return False
@@ -849,8 +916,9 @@ async def _sweep(
     """The run `sweep` describes, its tenant transactions' lock waits bounded."""
     deadline = time.monotonic() + RUN_BUDGET_S
     # First: a worker's expired lease ends now, not after every tenant's sweep (each may wait at the check gate).
-    expired = await expire_work_leases(client, pool=pool, control_pool=control_pool)
-    raised_again = await raise_verdicts_again(client, pool=pool, control_pool=control_pool)
+    # Their raises keep their own budget (RAISE_RUN_BUDGET_S); each is bounded as any call of the run is, too.
+    expired = await expire_work_leases(bounded(client), pool=pool, control_pool=control_pool)
+    raised_again = await raise_verdicts_again(bounded(client), pool=pool, control_pool=control_pool)
     tenants = await asyncio.to_thread(stuck_tenants, control_pool=control_pool)
     started = ended = checked = inputs = busy = 0
     failed: set[UUID] = set()

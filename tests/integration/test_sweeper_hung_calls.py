@@ -1,0 +1,287 @@
+# intent_ref: platform.execution
+"""The sweeper's other Durable client calls on a hung task hub: a start, a terminate or an event raised that is never
+answered is cut off by STATUS_CALL_BOUND_S as a status call is, so the run keeps within its budget (and goes on to the
+other tenants), and what the call was doing is done by a later run, whether the task hub acted on it or not (ADR
+0014). Real database; only the orchestration side is a stand-in, one that hangs until told to answer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from functools import partial
+from typing import Any
+
+import pytest
+from psycopg_pool import ConnectionPool
+
+from shared.api.durable import get_durable_client
+from shared.db.session import tenant_transaction
+from shared.engine import executions as repo
+from shared.engine import steps as store
+from shared.engine import sweeper
+from shared.engine.protocol import CANCEL_EVENT, ORCHESTRATOR
+from shared.engine.steps import AttemptKey
+from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
+from tests.integration.test_erase_launch_race import _suspend, _tenant_with_intent
+from tests.integration.test_erase_races import _erase
+from tests.integration.test_execution_sweeper import (
+    _BACKDATE_CLAIM,
+    _BACKDATE_UPDATE,
+    FakeDurable,
+    Tenant,
+    _get,
+    _moved,
+    _recorded,
+    _status,
+)
+from tests.integration.test_offboarding import _tenant_row_counts
+from tests.integration.test_sweeper_relaunch_erased import _ErasedBeforeStart
+from tests.integration.test_sweeper_stuck_compensation import Durable, Run, _execution_now, _stuck
+
+pytestmark = pytest.mark.integration
+
+HUNG_S = 3600.0
+"""Longer than any test: a call that hangs is one the task hub never answers."""
+BOUND_S = 0.3
+BUDGET_S = 2.0
+GUARD_S = 20.0
+"""How long a run may take before the test gives it up: a run held by a hung call fails the test, not the suite."""
+
+
+class HungStarts(FakeDurable):
+    """A task hub whose starts are never answered while `hangs`; `landed`: it starts the orchestration all the same."""
+
+    def __init__(self, *, landed: bool) -> None:
+        super().__init__()
+        self.landed = landed
+        self.hangs = True
+        self.tried: list[str] = []
+
+    async def start_new(
+        self, orchestration_function_name: str, instance_id: str | None = None, client_input: Any | None = None
+    ) -> str:
+        assert instance_id is not None
+        if not self.hangs:
+            return await super().start_new(orchestration_function_name, instance_id, client_input)
+        self.tried.append(instance_id)
+        if self.landed:
+            self.statuses[instance_id] = _status("Pending")
+        await asyncio.sleep(HUNG_S)
+        return instance_id
+
+
+class ErasedThenHung(_ErasedBeforeStart):
+    """The erasure's orchestration side, on which the tenant is erased as a start is asked for, and which then starts
+    the orchestration and never answers."""
+
+    async def start_new(
+        self, orchestration_function_name: str, instance_id: str | None = None, client_input: Any | None = None
+    ) -> str:
+        await super().start_new(orchestration_function_name, instance_id, client_input)
+        await asyncio.sleep(HUNG_S)
+        raise AssertionError("cut off before")
+
+
+class HungTerminates(Durable):
+    """A task hub whose terminates are never answered while `hangs`; `landed`: it terminates all the same."""
+
+    def __init__(self, run: Run, *, landed: bool) -> None:
+        super().__init__(run)
+        self.landed = landed
+        self.hangs = True
+        self.tried: list[str] = []
+
+    async def terminate(self, instance_id: str, reason: str) -> None:
+        if not self.hangs:
+            await super().terminate(instance_id, reason)
+            return
+        self.tried.append(instance_id)
+        if self.landed:
+            self.terminated.append((instance_id, reason))
+        await asyncio.sleep(HUNG_S)
+
+
+class HungRaises(FakeDurable):
+    """A task hub whose event raises are never answered while `hangs`."""
+
+    def __init__(self, statuses: dict[uuid.UUID, Any]) -> None:
+        super().__init__(statuses)
+        self.hangs = True
+        self.tried: list[str] = []
+
+    async def raise_event(self, instance_id: str, event_name: str, event_data: Any = None) -> None:
+        if not self.hangs:
+            await super().raise_event(instance_id, event_name, event_data)
+            return
+        self.tried.append(instance_id)
+        await asyncio.sleep(HUNG_S)
+
+
+async def _nothing(*_: Any, **__: Any) -> int:
+    return 0
+
+
+def _bounded_run(monkeypatch: pytest.MonkeyPatch, tenants: list[uuid.UUID], quiet_s: float | None = None) -> None:
+    """Runs of these tenants only (the database's other tenants and raise steps are other tests'), the run's budget
+    and its calls' bound short; `quiet_s` for the tenants' sweeps when given."""
+    monkeypatch.setattr(sweeper, "stuck_tenants", lambda **_: tenants)
+    monkeypatch.setattr(sweeper, "expire_work_leases", _nothing)
+    monkeypatch.setattr(sweeper, "raise_verdicts_again", _nothing)
+    monkeypatch.setattr(sweeper, "RUN_BUDGET_S", BUDGET_S)
+    monkeypatch.setattr(sweeper, "STATUS_CALL_BOUND_S", BOUND_S)
+    if quiet_s is not None:
+        monkeypatch.setattr(sweeper, "sweep_tenant", partial(sweeper.sweep_tenant, quiet_s=quiet_s))
+
+
+def _sweep(client: Any, pool: ConnectionPool[Any]) -> tuple[sweeper.SweepResult, float]:
+    """One run, given up after GUARD_S; answers what it did and how long it took."""
+    began = time.monotonic()
+    result = asyncio.run(asyncio.wait_for(sweeper.sweep(client, pool=pool), GUARD_S))
+    return result, time.monotonic() - began
+
+
+@pytest.mark.parametrize("landed", [False, True], ids=["not-started", "started-unanswered"])
+def test_a_hung_start_is_cut_off_and_the_stalled_start_taken_over_by_a_later_run(
+    api: ApiHarness, app_pool: ConnectionPool[Any], monkeypatch: pytest.MonkeyPatch, landed: bool
+) -> None:
+    # Bounded only by the client's 240 s, a hung start held up the run, and every tenant's sweep behind it, 4 minutes.
+    a, b = Tenant(api), Tenant(api)
+    stalled, expected_input = _recorded(app_pool, a.id, a.intent)
+    dead = _moved(app_pool, b.id, b.intent, ["running", "waiting"])
+    client = HungStarts(landed=landed)
+    client.statuses[str(dead)] = _status("Failed", "boom")
+    _bounded_run(monkeypatch, [a.id, b.id])
+
+    result, took = _sweep(client, app_pool)
+
+    assert took < BUDGET_S and client.tried == [str(stalled)] and client.started == []
+    assert _get(app_pool, a.id, stalled).status == "pending"  # left pending and claimed, as a failed start is
+    # The run went on to the next tenant.
+    assert result.ended == 1 and _get(app_pool, b.id, dead).status == "failed"
+
+    # Its claim stale, a later run asks first: started by the cut-off call, it is left to record its own start;
+    # not started, it is started now.
+    with tenant_transaction(a.id, pool=app_pool) as conn:
+        conn.execute(_BACKDATE_CLAIM, (stalled,))
+    client.hangs = False
+    again, _ = _sweep(client, app_pool)
+
+    assert str(stalled) in client.asked
+    assert client.started == ([] if landed else [(ORCHESTRATOR, str(stalled), expected_input)])
+    assert again.started == (0 if landed else 1) and client.tried == [str(stalled)]
+    assert _get(app_pool, a.id, stalled).status == "pending"
+
+
+def test_a_hung_start_whose_tenant_was_erased_meanwhile_leaves_no_orchestration(
+    api: ApiHarness, app_pool: ConnectionPool[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start cut off may have started: looked at for an erased tenant as an answered start is, its orchestration,
+    its history holding the tenant's input, does not outlive the tenant (no later run finds it, its rows gone)."""
+    client: Any = ErasedThenHung()  # the erasure's stand-in: the calls a stalled start makes, no more
+    api.client.app.dependency_overrides[get_durable_client] = lambda: client  # type: ignore[attr-defined]
+    monkeypatch.setattr(sweeper, "STATUS_CALL_BOUND_S", BOUND_S)
+    try:
+        tenant, intent_id = _tenant_with_intent(api, f"erased-hung-{uuid.uuid4().hex[:6]}")
+        stalled, _ = _recorded(app_pool, tenant.id, intent_id)
+
+        def erase() -> None:
+            _suspend(api, tenant)
+            erased = _erase(api, tenant)
+            assert erased.status_code == 200, erased.text
+
+        client.before_start = erase
+        result = asyncio.run(asyncio.wait_for(sweeper.sweep_tenant(tenant.id, client, pool=app_pool), GUARD_S))
+    finally:
+        api.client.app.dependency_overrides.pop(get_durable_client)  # type: ignore[attr-defined]
+
+    assert client.before_start is None and result.started == 0
+    assert _tenant_row_counts(api, tenant.id)["tenants"] == 0
+    assert client.instances == {} and client.purged == [str(stalled)]
+
+
+def test_a_run_of_hung_starts_ends_at_its_budget(
+    api: ApiHarness, app_pool: ConnectionPool[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each start cut off by its bound, the run begins none once its budget has passed."""
+    a = Tenant(api)
+    stalled = [_recorded(app_pool, a.id, a.intent)[0] for _ in range(6)]
+    client = HungStarts(landed=False)
+    _bounded_run(monkeypatch, [a.id])
+    monkeypatch.setattr(sweeper, "RUN_BUDGET_S", 2.5 * BOUND_S)
+
+    result, took = _sweep(client, app_pool)
+
+    assert 1 <= len(client.tried) < len(stalled) and result.started == 0
+    assert took < 2.5 * BOUND_S + 2 * BOUND_S + 1.0
+    assert {_get(app_pool, a.id, execution_id).status for execution_id in stalled} == {"pending"}
+
+
+@pytest.mark.parametrize(
+    ("landed", "cancelled"),
+    [(False, False), (True, False), (True, True)],
+    ids=["not-terminated", "terminated-unanswered", "cancelled-terminated-unanswered"],
+)
+def test_a_hung_terminate_is_cut_off_and_the_stuck_run_ended_by_a_later_run(
+    api: ApiHarness,
+    app_pool: ConnectionPool[Any],
+    new_tenant: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    landed: bool,
+    cancelled: bool,
+) -> None:
+    tenant = new_tenant()
+    run, execution_id = _stuck(app_pool, tenant, rules=7, cancelled=cancelled)
+    client = HungTerminates(run, landed=landed)
+    _bounded_run(monkeypatch, [tenant], quiet_s=0.0)
+
+    result, took = _sweep(client, app_pool)
+
+    assert took < BUDGET_S and client.tried == [str(execution_id)] and result.ended == 0
+    assert _execution_now(app_pool, tenant, execution_id).status == "compensating"  # as it was
+
+    # Terminated after all, the next run finds its orchestration so and ends it (cancelled still when a cancel
+    # stopped its run); not terminated, it is terminated now. Either way once.
+    client.hangs = False
+    again, _ = _sweep(client, app_pool)
+
+    ended = _execution_now(app_pool, tenant, execution_id)
+    assert again.ended == 1 and [instance for instance, _ in client.terminated] == [str(execution_id)]
+    assert client.tried == [str(execution_id)]
+    assert ended.status == ("cancelled" if cancelled else "failed")
+    assert ended.error is not None and "its compensation then stalled" in ended.error
+
+
+def test_a_hung_cancel_to_a_child_is_cut_off_and_raised_by_a_later_run(
+    api: ApiHarness, app_pool: ConnectionPool[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweeper ends a parent whose orchestration was terminated and tells its running child to cancel; that
+    raise hung the run as a start or a terminate did."""
+    e = Tenant(api)
+    parent = _moved(app_pool, e.id, e.intent, ["running"], quiet=False)
+    child, _ = _recorded(app_pool, e.id, e.child_intent, stale=False, parent=parent)
+    with tenant_transaction(e.id, pool=app_pool) as conn:
+        repo.transition(conn, child, "running")
+        store.begin_attempt(conn, AttemptKey(parent, "pause", "run", 1), action="wait", remote=False)
+        store.set_child(conn, parent, "pause", child)
+        conn.execute(_BACKDATE_UPDATE, (parent,))
+    client = HungRaises({parent: _status("Terminated", "operator stop"), child: _status("Running")})
+    _bounded_run(monkeypatch, [e.id])
+
+    result, took = _sweep(client, app_pool)
+
+    assert took < BUDGET_S and client.tried == [str(child)] and result.ended == 1
+    assert _get(app_pool, e.id, parent).status == "failed"
+    with tenant_transaction(e.id, pool=app_pool) as conn:
+        assert not store.cancel_handed_over(conn, child)  # recorded, not told
+    assert _get(app_pool, e.id, child).cancel_requested_at is not None
+
+    # Quiet, the child is asked after, and its cancel raised again.
+    with tenant_transaction(e.id, pool=app_pool) as conn:
+        conn.execute(_BACKDATE_UPDATE, (child,))
+    client.hangs = False
+    _sweep(client, app_pool)
+
+    assert client.raised == [(str(child), CANCEL_EVENT, {"by": f"execution:{parent}"})]
+    with tenant_transaction(e.id, pool=app_pool) as conn:
+        assert store.cancel_handed_over(conn, child)
