@@ -4,11 +4,13 @@ curl appendix as one script, with the example worker running, each ending as a u
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -52,14 +54,54 @@ def readme_qp_commands() -> list[list[str]]:
     return commands
 
 
-def _as_pasted_here(script: str, base_url: str, data_dir: Path) -> str:
-    """`script` with only what differs for the test's devhost replaced: its URL, and its data folder for tokens."""
+def blocks(text: str, language: str = "bash") -> list[str]:
+    """The fenced `language` blocks of `text` (a README, a guide), in order."""
+    return re.findall(rf"```{language}\n(.*?)```", text, re.S)
+
+
+def as_pasted_here(script: str, base_url: str, data_dir: Path) -> str:
+    """`script` (shell or Python) with only what differs for the test's devhost replaced: its URL, and its data
+    folder (and port) wherever a dev token is minted: `devhost token`, the example worker, `DevhostCredential`."""
     import httpx
 
     port = str(httpx.URL(base_url).port)
-    return script.replace("http://127.0.0.1:7071", base_url).replace(
+    script = script.replace("http://127.0.0.1:7071", base_url).replace(
         ".venv/bin/python -m devhost token", f"{sys.executable} -m devhost token --data-dir {data_dir} --port {port}"
     )
+    script = script.replace(
+        "-m examples.workers.remote_worker ", f"-m examples.workers.remote_worker --devhost-data-dir {data_dir} "
+    )
+    credential = f"data_dir={str(data_dir)!r}, port={port}"
+    return re.sub(r'DevhostCredential\(("[^"]*")\)', lambda m: f"DevhostCredential({m[1]}, {credential})", script)
+
+
+@contextlib.contextmanager
+def running_as_pasted(script: str, output: Path, stdin: str = "") -> Iterator[subprocess.Popen[bytes]]:
+    """A long-running block started as pasted (bash, in the checkout, `stdin` typed into it, its output in
+    `output`), then stopped as its user stops it, with Ctrl-C: it must end at once and cleanly (exit 0)."""
+    with output.open("wb") as sink:
+        process = subprocess.Popen(
+            ["bash", "-c", script],
+            cwd=PROJECT_ROOT,
+            stdin=subprocess.PIPE,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches the whole group, as in a terminal
+        )
+        assert process.stdin is not None
+        process.stdin.write(stdin.encode())
+        process.stdin.close()
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGINT)
+            try:
+                code = process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                code = process.wait()
+    assert code == 0, (script, code, output.read_text(errors="replace")[-3000:])
 
 
 def test_the_readme_names_every_qp_command_it_walks_through() -> None:
@@ -110,7 +152,7 @@ def test_the_readme_curl_appendix_runs_as_pasted(devhost_factory: DevhostFactory
 
     host = devhost_factory(app_dir=PROJECT_ROOT, env={"QP_DATABASE_URL": own_database}, extra_args=("--seed-demo",))
     appendix = README.read_text().split("## Appendix: the walkthrough with curl", 1)[1]
-    script = _as_pasted_here("\n".join(_BLOCK.findall(appendix)), host.base_url, pg.root)
+    script = as_pasted_here("\n".join(_BLOCK.findall(appendix)), host.base_url, pg.root)
     worker = mint_token_cli(pg.root, host.base_url, "fabrikam", ["Module.Worker"], [], None, 600, True)
     stop = threading.Event()
     options = remote_worker.parse_args(["--api", host.base_url, "--token", worker])
@@ -166,7 +208,7 @@ def test_the_readme_producer_example_starts_an_execution_as_pasted(
     before = {e["id"] for e in httpx.get(f"{host.base_url}/api/v1/executions", headers=headers).json()["items"]}
     rejected_before = httpx.get(f"{host.base_url}/api/v1/ingress/rejections", headers=headers).json()["items"]
     section = README.read_text().split("## Event Hub producers", 1)[1].split("\n## ", 1)[0]
-    script = _as_pasted_here("\n".join(_BLOCK.findall(section)), host.base_url, pg.root).replace(
+    script = as_pasted_here("\n".join(_BLOCK.findall(section)), host.base_url, pg.root).replace(
         ".venv/bin/python -m devhost key", f"{sys.executable} -m devhost key --data-dir {pg.root}"
     )
     done = subprocess.run(
@@ -197,7 +239,7 @@ def test_the_readme_first_curls_identity_and_provisioning_blocks_run_as_pasted(
     outputs = []
     for block in blocks:
         done = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", _as_pasted_here(block, host.base_url, pg.root)],
+            ["bash", "-euo", "pipefail", "-c", as_pasted_here(block, host.base_url, pg.root)],
             cwd=PROJECT_ROOT,
             capture_output=True,
             text=True,

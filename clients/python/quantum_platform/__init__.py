@@ -1,7 +1,7 @@
 # intent_ref: platform.gateway
 """Python client of the Quantum Platform API."""
 
-from quantum_platform.client import DEFAULT_URL, TERMINAL_EVENTS, ApiResponse, AsyncClient, Client
+from quantum_platform.client import DEFAULT_URL, TERMINAL_EVENTS, ApiResponse, AsyncClient, Client, RetryWait
 from quantum_platform.credentials import AzureCredential, Credential, DevhostCredential, StaticToken
 from quantum_platform.errors import (
     BadRequest,
@@ -33,6 +33,7 @@ __all__ = [
     "PlatformError",
     "ProblemError",
     "RateLimited",
+    "RetryWait",
     "StaticToken",
     "Unauthorized",
     "Unavailable",

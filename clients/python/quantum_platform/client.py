@@ -232,6 +232,19 @@ class _Core:
             raise ValueError(f"max_answer_bytes must be a positive number of bytes, not {max_answer_bytes!r}")
         self.max_answer_bytes = max_answer_bytes
 
+    def reconnect_wait(self, failures: int, error: httpx.TransportError | ProblemError) -> float | None:
+        """The wait before reopening a stream that broke off in `error`, the `failures`th in a row, told to the
+        `on_retry` hook first as a retried call's wait is (a follow must not go quiet for seconds unexplained), or
+        None when the reconnects are spent."""
+        answer = error.response if isinstance(error, ProblemError) else None
+        delay = _reconnect_delay(failures, answer)
+        if delay is not None and self.on_retry is not None:
+            reason = type(error).__name__
+            if isinstance(error, ProblemError):
+                reason = " ".join(f"{error.status} {error.title}".split())
+            self.on_retry(RetryWait(delay, reason, failures, _RECONNECTS))
+        return delay
+
     @property
     def tenant(self) -> str | None:
         """The tenant whose token the next request carries (None: the credential's own)."""
@@ -783,8 +796,7 @@ class AsyncClient:
                 if not _reconnects(error):
                     raise
                 failures += 1
-                answer = error.response if isinstance(error, ProblemError) else None
-                if (delay := _reconnect_delay(failures, answer)) is None:
+                if (delay := self._core.reconnect_wait(failures, error)) is None:
                     raise
                 await asyncio.sleep(delay)
                 continue
@@ -952,8 +964,7 @@ class Client:
                 if not _reconnects(error):
                     raise
                 failures += 1
-                answer = error.response if isinstance(error, ProblemError) else None
-                if (delay := _reconnect_delay(failures, answer)) is None:
+                if (delay := self._core.reconnect_wait(failures, error)) is None:
                     raise
                 time.sleep(delay)
                 continue
