@@ -20,7 +20,7 @@ from shared.engine import executions as repo
 from shared.engine import remote, work_queue
 from shared.engine import steps as store
 from shared.engine.dispatch_results import raised_verdict
-from shared.engine.protocol import CANCEL_EVENT, EventRaiser
+from shared.engine.protocol import CANCEL_EVENT, EventRaiser, no_one_to_tell
 from shared.engine.start import NoLongerValidError, RunShape, StartRequest, run_shape
 from shared.engine.steps import AttemptKey
 from shared.registry import service as registry
@@ -384,3 +384,117 @@ _ABSENT = object()
 def _step_document(shape: RunShape, step_id: str) -> dict[str, Any] | None:
     step = next((step for step in shape.steps if step.step_id == step_id), None)
     return None if step is None else step.model_dump(mode="json")
+
+
+OperatorOutcome = Literal["cancel-requested", "already-finished", "already-failing"]
+OPERATOR_VERDICTS_BOUND_S = CHILD_VERDICTS_BOUND_S
+"""How long an operator's cancel of one execution may take to hand over the verdicts of the work it ended: what is
+left stays `raising`, for the sweeper to raise again (ADR 0027)."""
+OPERATOR_CANCELS_AT_ONCE = 8
+"""Executions an operator's cancel of a page works on at once: each holds a connection while its cancel is recorded."""
+_NOT_ENDED_PAGE = (
+    "SELECT id FROM app.executions WHERE status <> ALL(%s) AND (%s::uuid IS NULL OR id > %s) ORDER BY id LIMIT %s"
+)
+
+
+@dataclass(frozen=True)
+class OperatorCancel:
+    """What an operator's cancel did to one execution of a tenant its own principals cannot reach (suspended)."""
+
+    execution_id: UUID
+    outcome: OperatorOutcome
+    status: str
+    handed_over: bool
+    """The run was told (or no one is left to tell); False: its raise failed, and a repeat or the sweeper raises it."""
+
+
+def not_ended_executions(
+    tenant_id: UUID, *, after: UUID | None, limit: int, pool: ConnectionPool[Any] | None = None
+) -> list[UUID]:
+    """Up to `limit` ids of the tenant's executions that have not ended, in id order after `after`."""
+    with tenant_transaction(tenant_id, pool=pool) as conn:
+        rows = conn.execute(_NOT_ENDED_PAGE, (sorted(repo.TERMINAL), after, after, limit)).fetchall()
+    return [row["id"] for row in rows]
+
+
+def _record_operator_cancel(
+    tenant_id: UUID, execution_id: UUID, by: str, pool: ConnectionPool[Any] | None
+) -> tuple[repo.Execution, list[store.Attempt], bool] | OperatorCancel:
+    """The cancel recorded and the queued remote work ended, as the execution's own cancel route records them, with
+    whether its event is to be raised; the refusal as an outcome when there is nothing to cancel."""
+    with tenant_transaction(tenant_id, pool=pool) as conn:
+        before = repo.get_execution(conn, execution_id)  # read, not held: `request_cancel` holds in ADR 0014's order
+        try:
+            after = request_cancel(conn, execution_id, by)
+        except AlreadyFinishedError:
+            return OperatorCancel(execution_id, "already-finished", before.status, True)
+        except AlreadyFailingError:
+            return OperatorCancel(execution_id, "already-failing", before.status, True)
+        dequeued = work_queue.cancel_queued(conn, execution_id)
+        # Raised by the request that records it, and by a repeat while no raise of it was taken (a lost one).
+        first = before.cancel_requested_at is None or after.status == "pending"
+        to_raise = first or (not after.terminal and not store.cancel_handed_over(conn, execution_id))
+        return after, dequeued, to_raise
+
+
+async def _raise_cancel(client: EventRaiser, execution_id: UUID, by: str) -> Literal["raised", "gone", "failed"]:
+    """Raise the cancel's event: `gone` when no orchestration is there to tell, `failed` for a failure that may pass."""
+    try:
+        await client.raise_event(str(execution_id), CANCEL_EVENT, {"by": by})
+    except Exception as exc:
+        logger.warning("could not raise an operator's cancel to execution %s: %s", execution_id, exc)
+        return "gone" if no_one_to_tell(exc) else "failed"
+    return "raised"
+
+
+def _end_unstarted(tenant_id: UUID, execution_id: UUID, pool: ConnectionPool[Any] | None) -> repo.Execution:
+    """End a pending execution no orchestration runs (nothing when it is no longer pending); the execution now."""
+    with tenant_transaction(tenant_id, pool=pool) as conn:
+        repo.transition_from(conn, execution_id, "pending", "cancelled", error="cancelled before it started")
+        return repo.get_execution(conn, execution_id)
+
+
+async def operator_cancel(
+    client: EventRaiser, tenant_id: UUID, execution_id: UUID, by: str, *, pool: ConnectionPool[Any] | None = None
+) -> OperatorCancel:
+    """Cancel one execution for an operator, as its tenant's own cancel does (ADR 0027): recorded with its queued
+    remote work ended, raised to the run, the ended work's verdicts handed over after it, a pending run no
+    orchestration started ended at once. A repeat records nothing more and raises only a raise that was lost; what is
+    not handed over stays for the sweeper to raise again."""
+    recorded = await asyncio.to_thread(_record_operator_cancel, tenant_id, execution_id, by, pool)
+    if isinstance(recorded, OperatorCancel):
+        return recorded
+    execution, dequeued, to_raise = recorded
+    sent = await _raise_cancel(client, execution_id, by) if to_raise else None
+    if sent != "failed":
+        # After the cancel's own event: raised before it, an abandoned step read as a failure and the run ended failed.
+        await remote.hand_over_verdicts(client, tenant_id, dequeued, within_s=OPERATOR_VERDICTS_BOUND_S, pool=pool)
+    if sent in ("failed", "gone") and execution.status == "pending":
+        execution = await asyncio.to_thread(_end_unstarted, tenant_id, execution_id, pool)
+        if not execution.terminal:
+            sent = await _raise_cancel(client, execution_id, by)  # its orchestration started meanwhile
+    if sent in ("raised", "gone"):
+        await asyncio.to_thread(remote.mark_handed_over, tenant_id, execution_id, pool=pool)
+    return OperatorCancel(execution.id, "cancel-requested", execution.status, sent != "failed" or execution.terminal)
+
+
+async def operator_cancel_page(
+    client: EventRaiser,
+    tenant_id: UUID,
+    by: str,
+    *,
+    after: UUID | None,
+    limit: int,
+    pool: ConnectionPool[Any] | None = None,
+) -> list[OperatorCancel]:
+    """`operator_cancel` of each of up to `limit` executions of the tenant not ended, in id order after `after`,
+    OPERATOR_CANCELS_AT_ONCE at a time."""
+    ids = await asyncio.to_thread(not_ended_executions, tenant_id, after=after, limit=limit, pool=pool)
+    gate = asyncio.Semaphore(OPERATOR_CANCELS_AT_ONCE)
+
+    async def cancel(execution_id: UUID) -> OperatorCancel:
+        """One execution's cancel, once the gate lets it in."""
+        async with gate:
+            return await operator_cancel(client, tenant_id, execution_id, by, pool=pool)
+
+    return list(await asyncio.gather(*(cancel(execution_id) for execution_id in ids)))

@@ -331,24 +331,33 @@ class ErasureContendedError(RuntimeError):
 
 
 class ErasureRefusedError(RuntimeError):
-    """The tenant is not suspended (or, once its erasure began, no longer suspended and marked): nothing of it is
-    erased."""
+    """The tenant is not a suspended tenant marked for erasure: nothing of it is erased."""
 
-    def __init__(self, status: str) -> None:
-        super().__init__(f"the tenant is {status}, not a suspended tenant marked for erasure")
+    def __init__(self, status: str, message: str | None = None) -> None:
+        super().__init__(message or f"the tenant is {status}, not a suspended tenant marked for erasure")
         self.status = status
 
 
-def begin_erasure(tenant_id: UUID) -> Tenant:
+class ErasureNotBegunError(ErasureRefusedError):
+    """The tenant is suspended but not marked for erasure: `begin_erasure` marks it (and audits the mark) first."""
+
+    def __init__(self) -> None:
+        super().__init__("suspended", "the tenant is suspended but not marked for erasure: begin its erasure first")
+
+
+def begin_erasure(tenant_id: UUID, *, audit: Callable[[Any, Tenant], None] | None = None) -> Tenant:
     """Mark the tenant as being erased, in a short transaction of its own under its row's lock, before anything of
-    it goes; returns the marked tenant.
+    it goes; returns the marked tenant. `audit` gets that transaction and the tenant as this call marks it, so the
+    mark's own record commits exactly with the mark (a repeat, which finds the mark set, writes none).
 
     ErasureRefusedError when it is not suspended, TenantGoneError when it does not exist. Checked on an unlocked read
     only, a tenant set active while its erasure ran was erased all the same. Once marked, the control plane refuses
     any change of its status (409 `tenant-erasing`), and nothing clears the mark: an erasure that failed or was
-    interrupted is sent again, which finds the mark set and goes on (ADR 0012)."""
+    interrupted is sent again, which finds the mark set and goes on (ADR 0012). `erase_tenant` erases no tenant
+    that is not marked."""
     with platform_transaction() as conn:
-        tenant = mark_erasing(conn, tenant_id)
+        on_marked = None if audit is None else partial(audit, conn)
+        tenant = mark_erasing(conn, tenant_id, on_marked=on_marked)
     if tenant is None:
         raise TenantGoneError(str(tenant_id))
     if tenant.erasing_since is None:
@@ -362,8 +371,10 @@ _STILL_MARKED = "SELECT status, erasing_since FROM app.tenants WHERE id = %s"
 def _check_marked(row: Mapping[str, Any] | None) -> None:
     """ErasureRefusedError unless the tenant row (None: gone, which a concurrent erasure's end leaves) is suspended and
     marked for erasure."""
-    if row is not None and (row["status"] != "suspended" or row["erasing_since"] is None):
+    if row is not None and row["status"] != "suspended":
         raise ErasureRefusedError(str(row["status"]))
+    if row is not None and row["erasing_since"] is None:
+        raise ErasureNotBegunError
 
 
 ROW_ERASE_ATTEMPTS = 5
@@ -382,7 +393,6 @@ def erase_tenant(
     audit_store: AuditStore,
     *,
     executions: list[str] | None = None,
-    require_mark: bool = False,
 ) -> dict[str, int]:
     """Delete the tenant's blobs, every row of it, its audit trail and its tenant row; returns counts per kind.
 
@@ -392,15 +402,16 @@ def erase_tenant(
     `executions` gets the ids of every execution the rows held when they went (read once no other could be
     created): their orchestrations are the caller's to purge again, those started after its first purge included.
     ErasureContendedError when writers kept adding rows under it (the rows are then all still there).
-    `require_mark` (the API's erasure, which took the mark with `begin_erasure`): ErasureRefusedError, nothing
-    deleted, unless the tenant is still suspended and marked, looked at before the blobs go and again under the row
-    deletion's lock; left False, the caller answers for the tenant being erasable (a test's direct erasure).
+    ErasureRefusedError, nothing deleted, unless the tenant is suspended and marked (`begin_erasure`), looked at
+    before the blobs go and again under the row deletion's lock: every erasure goes through the mark, and so through
+    its audit record and the control plane's refusal of a status change; a tenant already gone is erased again (what
+    an interrupted erasure's writers left).
     """
-    if require_mark:
-        # Defence in depth: the mark cannot be cleared nor the tenant set active while it is set (the control plane's
-        # refusal, the table's check), but the blobs and the audit trail are gone for good once deleted.
-        with platform_transaction() as conn:
-            _check_marked(conn.execute(_STILL_MARKED, (tenant_id,)).fetchone())
+    # Whoever calls: the mark cannot be cleared nor the tenant set active while it is set (the control plane's
+    # refusal, the table's check), and the blobs and the audit trail are gone for good once deleted. Left to the
+    # caller, a direct call erased a tenant no operator had marked, nor audited, and an active one as readily.
+    with platform_transaction() as conn:
+        _check_marked(conn.execute(_STILL_MARKED, (tenant_id,)).fetchone())
     # The audit trail may live outside Postgres (Cosmos DB). Erased after the tenant row, a failure there left the
     # trail for ever: every retry answered 404, the tenant being gone.
     removed: dict[str, int] = {
@@ -409,7 +420,7 @@ def erase_tenant(
     }
     for attempt in range(1, ROW_ERASE_ATTEMPTS + 1):
         try:
-            removed.update(_erase_rows(tenant_id, executions, require_mark=require_mark))
+            removed.update(_erase_rows(tenant_id, executions))
             break
         except _CONTENDED as exc:
             # Rolled back whole: the writer it met has committed (or given up) by now, and the next run's deletes,
@@ -439,8 +450,8 @@ def erase_tenant(
     return removed
 
 
-def _erase_rows(tenant_id: UUID, executions: list[str] | None, *, require_mark: bool = False) -> dict[str, int]:
-    """One transaction that deletes every row of the tenant, its tenant row last; counts per table. `require_mark`:
+def _erase_rows(tenant_id: UUID, executions: list[str] | None) -> dict[str, int]:
+    """One transaction that deletes every row of the tenant, its tenant row last; counts per table.
     ErasureRefusedError, nothing deleted, unless the locked row is suspended and marked for erasure."""
     removed: dict[str, int] = {}
     # The ids are read as the tenant (the control plane reads no tenant's data), on a connection of the tenant pool
@@ -455,9 +466,8 @@ def _erase_rows(tenant_id: UUID, executions: list[str] | None, *, require_mark: 
         # Audit records have no such key (the erasure's own outlives the row, ADR 0012); their policies take the same
         # lock (migration 0060), so one written meanwhile waits here too and is refused once the tenant is gone.
         conn.execute(_LOCK_TENANT, (tenant_id,))
-        if require_mark:
-            # Read under the lock just taken: no change of the row can come between this look and the deletes.
-            _check_marked(conn.execute(_STILL_MARKED, (tenant_id,)).fetchone())
+        # Read under the lock just taken: no change of the row can come between this look and the deletes.
+        _check_marked(conn.execute(_STILL_MARKED, (tenant_id,)).fetchone())
         if executions is not None and tenant_conn is not None:
             # Read committed: this statement sees every commit up to now, those of the writers the lock waited for.
             executions[:] = listed_execution_ids(tenant_conn)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
@@ -208,9 +209,12 @@ def get_tenant(conn: psycopg.Connection[DictRow], tenant_id: UUID, *, for_update
     return _to_tenant(row) if row else None
 
 
-def mark_erasing(conn: psycopg.Connection[DictRow], tenant_id: UUID) -> Tenant | None:
+def mark_erasing(
+    conn: psycopg.Connection[DictRow], tenant_id: UUID, *, on_marked: Callable[[Tenant], None] | None = None
+) -> Tenant | None:
     """Mark a suspended tenant as being erased (`erasing_since`, kept when set already), its row held until `conn`
-    commits; returns the tenant as it now is (unmarked when it is not suspended), or None when it does not exist."""
+    commits; returns the tenant as it now is (unmarked when it is not suspended), or None when it does not exist.
+    `on_marked` gets the tenant as this call marks it (not when it was marked already), in `conn`."""
     # NO KEY UPDATE, as a control-plane change takes it: a change waits for the mark's commit and then sees it (or the
     # mark waits for the change, and sees its status). FOR UPDATE also waited for every writer of the tenant holding
     # the row's KEY SHARE, which changes no status; the row deletion's FOR UPDATE waits for them later.
@@ -220,9 +224,12 @@ def mark_erasing(conn: psycopg.Connection[DictRow], tenant_id: UUID) -> Tenant |
     tenant = _to_tenant(row)
     if tenant.status != "suspended" or tenant.erasing_since is not None:
         return tenant
-    marked = conn.execute(_MARK_ERASING, (tenant_id,)).fetchone()
-    assert marked is not None  # the row is locked above
-    return _to_tenant(marked)
+    row = conn.execute(_MARK_ERASING, (tenant_id,)).fetchone()
+    assert row is not None  # the row is locked above
+    marked = _to_tenant(row)
+    if on_marked is not None:
+        on_marked(marked)
+    return marked
 
 
 def list_tenants(

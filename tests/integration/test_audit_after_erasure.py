@@ -42,7 +42,7 @@ from tests.integration.test_audit_outbox import (  # noqa: F401  # container, mi
     missing_container,
     stores,
 )
-from tests.integration.test_offboarding import _artifacts, _waiting_on_a_lock
+from tests.integration.test_offboarding import _artifacts, _waiting_on_a_lock, marked_for_erasure
 
 pytestmark = [
     pytest.mark.integration,
@@ -132,7 +132,9 @@ def _erase_while_held(
     with ThreadPoolExecutor(2) as pool:
         copying = pool.submit(copy)
         assert held.entered.wait(30)
-        erase = pool.submit(offboarding.erase_tenant, tenant, _artifacts(azurite), _store(container))
+        erase = pool.submit(
+            offboarding.erase_tenant, marked_for_erasure(tenant), _artifacts(azurite), _store(container)
+        )
         deadline = time.monotonic() + 30
         while not erase.done() and not _waiting_on_a_lock(api) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -292,7 +294,7 @@ def test_an_instance_still_caching_an_erased_tenant_refuses_its_requests_and_rec
     def take_then_erase(tenant_id: uuid.UUID, *args: Any, **kwargs: Any) -> Any:
         # The erasure commits between this request's rate token and its deny record.
         verdict = taken(tenant_id, *args, **kwargs)
-        offboarding.erase_tenant(tenant_id, _artifacts(azurite), PostgresAuditStore())
+        offboarding.erase_tenant(marked_for_erasure(tenant_id), _artifacts(azurite), PostgresAuditStore())
         return verdict
 
     monkeypatch.setattr(security, "take_tenant_token", take_then_erase)
@@ -456,7 +458,7 @@ def test_an_erasure_whose_late_blob_pass_fails_still_removes_the_records_written
     blobs.upload_blob(f"{tenant}/artifacts/build.log", b"log", overwrite=True)
     store = _CopyLandsBetweenPasses(_store(container), container, _record(tenant))
 
-    removed = offboarding.erase_tenant(tenant, _SecondListingFails(blobs), store)  # type: ignore[arg-type]
+    removed = offboarding.erase_tenant(marked_for_erasure(tenant), _SecondListingFails(blobs), store)  # type: ignore[arg-type]
 
     assert store.passes == 2 and removed["audit_records"] == 1 and removed["blobs"] == 1
     assert _in_store(container, tenant) == []

@@ -29,7 +29,7 @@ from shared.tenants.offboarding import tenant_exists
 from tests.integration.api_harness import ApiHarness, TenantHandle, api  # noqa: F401  # the fixture
 from tests.integration.conftest import _settings
 from tests.integration.test_executions import _execution, _intent
-from tests.integration.test_offboarding import _tenant_row_counts
+from tests.integration.test_offboarding import _tenant_row_counts, marked_for_erasure
 
 pytestmark = pytest.mark.integration
 
@@ -279,7 +279,7 @@ def test_the_erasure_needs_no_pooled_connection_its_waiting_writers_hold(
     _erase_with(monkeypatch, writers_fill_the_pool)
     try:
         final: list[str] = []
-        offboarding.erase_tenant(tenant_id, None, _NoAudit(), executions=final)  # type: ignore[arg-type]
+        offboarding.erase_tenant(marked_for_erasure(tenant_id), None, _NoAudit(), executions=final)  # type: ignore[arg-type]
         for thread in writers:
             thread.join(60)
     finally:
@@ -324,7 +324,7 @@ def test_an_execution_created_after_the_list_is_listed_or_refused(
 
     monkeypatch.setattr(offboarding, "listed_execution_ids", listed_then_a_start_comes)
     final: list[str] = []
-    offboarding.erase_tenant(tenant_id, None, _NoAudit(), executions=final)  # type: ignore[arg-type]
+    offboarding.erase_tenant(marked_for_erasure(tenant_id), None, _NoAudit(), executions=final)  # type: ignore[arg-type]
     deadline = time.monotonic() + 30
     while not created:
         assert time.monotonic() < deadline

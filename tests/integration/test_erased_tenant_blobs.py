@@ -28,7 +28,7 @@ from shared.db.session import runtime_transaction, tenant_transaction
 from shared.policy.actions import Action
 from shared.tenants import erased_blobs, offboarding
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
-from tests.integration.test_offboarding import _artifacts
+from tests.integration.test_offboarding import _artifacts, marked_for_erasure
 
 pytestmark = pytest.mark.integration
 
@@ -118,7 +118,7 @@ def test_a_blob_whose_late_removal_failed_is_removed_by_the_timer(
     failing = _DeleteFails(blobs, offboarding.tenant_blob_prefix(tenant_id))
     store = _WritesWhileErased(tenants_router.get_audit_store(), blobs, name)
 
-    removed = offboarding.erase_tenant(tenant_id, cast(ContainerClient, failing), store)
+    removed = offboarding.erase_tenant(marked_for_erasure(tenant_id), cast(ContainerClient, failing), store)
 
     assert removed["tenants"] == 1 and failing.failed == [name]
     assert _left(blobs, tenant_id) == [name]  # the late pass failed: the tenant is gone, its blob is not
@@ -140,7 +140,7 @@ def test_a_blob_a_writer_could_not_remove_is_removed_by_the_timer(
     api: ApiHarness, blobs: ContainerClient, control_pool: ConnectionPool[Any]
 ) -> None:
     tenant_id = api.provision("writer-blob-left").id
-    offboarding.erase_tenant(tenant_id, blobs, tenants_router.get_audit_store())
+    offboarding.erase_tenant(marked_for_erasure(tenant_id), blobs, tenants_router.get_audit_store())
     # The erasure's record, its prefix empty and its seven days up: dropped by a sweep.
     _backdate(api, tenant_id)
     _sweep(blobs, control_pool)
@@ -168,7 +168,7 @@ def test_every_erasure_is_recorded_and_its_record_kept_while_a_blob_lands_late(
 ) -> None:
     tenant_id = api.provision("quietly-erased").id
     blobs.upload_blob(f"{offboarding.tenant_blob_prefix(tenant_id)}artifacts/a.log", b"a", overwrite=True)
-    offboarding.erase_tenant(tenant_id, blobs, tenants_router.get_audit_store())
+    offboarding.erase_tenant(marked_for_erasure(tenant_id), blobs, tenants_router.get_audit_store())
     assert _left(blobs, tenant_id) == [] and _record(api, tenant_id) is not None
     # Within its seven days, an empty prefix keeps its record: a writer that died between its upload and its look at
     # the tenant left a blob nobody else knows of.
@@ -222,7 +222,7 @@ def test_a_tenant_created_under_an_erased_id_during_a_sweep_keeps_its_blobs(
     api: ApiHarness, blobs: ContainerClient, control_pool: ConnectionPool[Any]
 ) -> None:
     erased = api.provision("erased-before-reuse").id
-    offboarding.erase_tenant(erased, blobs, tenants_router.get_audit_store())
+    offboarding.erase_tenant(marked_for_erasure(erased), blobs, tenants_router.get_audit_store())
     reused = uuid.uuid4()  # erased long ago, its record still there; seeded again while the sweep runs
     with psycopg.connect(api.admin_url, dbname="quantum", autocommit=True) as conn:
         conn.execute("UPDATE control.erased_tenant_blobs SET swept_at = NULL WHERE tenant_id = %s", (erased,))
@@ -256,7 +256,7 @@ def test_an_audit_record_a_killed_copy_wrote_as_its_tenant_was_erased_goes_with_
         container, outbox=lambda write, delete: AuditOutbox(write, delete, pool=app_pool, control_pool=control_pool)
     )
     tenant_id = api.provision("late-audit-left").id
-    offboarding.erase_tenant(tenant_id, blobs, store)
+    offboarding.erase_tenant(marked_for_erasure(tenant_id), blobs, store)
     # An outbox copy's write that landed after the erasure's second pass, its copy killed before it could look at
     # the tenant and undo it: nothing in the outbox tells of it. Then the erasure's own record, which stays.
     late = _audit_record(tenant_id, "intent.update", "Intent", "an-intent")

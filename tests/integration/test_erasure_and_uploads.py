@@ -32,7 +32,7 @@ from tests.integration.test_module_worker_claims import (  # noqa: F401  # batch
     _Raiser,
     batches_held_whole,
 )
-from tests.integration.test_offboarding import _artifacts, _HeldUpload
+from tests.integration.test_offboarding import _artifacts, _HeldUpload, marked_for_erasure
 from tests.security.test_task_token_no_trace import remote_attempt
 
 pytestmark = pytest.mark.integration
@@ -87,7 +87,7 @@ def _left(blobs: ContainerClient, tenant_id: uuid.UUID) -> list[str]:
 
 
 def _erase(tenant_id: uuid.UUID, blobs: ContainerClient) -> dict[str, int]:
-    return offboarding.erase_tenant(tenant_id, blobs, tenants_router.get_audit_store())
+    return offboarding.erase_tenant(marked_for_erasure(tenant_id), blobs, tenants_router.get_audit_store())
 
 
 def _erased_while_uploading(

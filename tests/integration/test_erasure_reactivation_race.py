@@ -166,5 +166,5 @@ def test_the_row_deletion_refuses_a_tenant_no_longer_marked(api: ApiHarness) -> 
     with psycopg.connect(api.admin_url, dbname="quantum", autocommit=True) as conn:
         conn.execute("UPDATE app.tenants SET erasing_since = NULL WHERE id = %s", (tenant.id,))
     with pytest.raises(offboarding.ErasureRefusedError):
-        offboarding._erase_rows(tenant.id, None, require_mark=True)
+        offboarding._erase_rows(tenant.id, None)
     assert _tenant_row_counts(api, tenant.id)["tenants"] == 1

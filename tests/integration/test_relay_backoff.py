@@ -25,6 +25,7 @@ from shared.events.relay import relay_pending
 from shared.tenants.offboarding import erase_tenant
 from tests.integration.conftest import _settings
 from tests.integration.relay_harness import Partitions, backoff_passed, deferral, forget_deferrals
+from tests.integration.test_offboarding import marked_for_erasure
 from tests.integration.test_outbox_relay import _enqueue, _unpublished
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("process_pools")]
@@ -340,7 +341,7 @@ def test_an_erased_tenants_deferral_goes_with_it(
     _enqueue(app_pool, tenant, 1)
     relay_pending(lambda: Partitions(down={tenant}))
     assert deferral(control_pool, tenant) == (1, 30.0)
-    erase_tenant(tenant, _NoBlobs(), _NoAudit())  # type: ignore[arg-type]
+    erase_tenant(marked_for_erasure(tenant), _NoBlobs(), _NoAudit())  # type: ignore[arg-type]
     assert deferral(control_pool, tenant) is None
 
 

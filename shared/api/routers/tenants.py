@@ -35,8 +35,17 @@ from shared.api.transactions import ControlConnection
 from shared.audit import get_audit_store
 from shared.config import get_settings
 from shared.db.session import platform_transaction, when_released
+from shared.engine import control
 from shared.etags import if_match_tags
-from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, cursor_text, decode_cursor
+from shared.pagination import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    InvalidCursorError,
+    cursor_text,
+    decode_cursor,
+    list_cursor,
+    marked_list_position,
+)
 from shared.policy.actions import Action
 from shared.policy.authorizer import Resource
 from shared.storage.blob import request_container
@@ -340,10 +349,19 @@ async def erase(
             "Conflict",
             "confirm_name does not match the tenant's name; send its exact name (case and spaces included).",
         )
+
+    def audit_mark(conn: psycopg.Connection[Any], marked: Tenant) -> None:
+        """Audit the mark in its own transaction, as the operator's change of the tenant."""
+        # The mark is where the erasure becomes irreversible: recorded with it, so an erasure interrupted before its
+        # end (whose record is written last) still names who began it and when.
+        assert marked.erasing_since is not None  # just set
+        detail = {"tenant_name": marked.name, "erasing_since": marked.erasing_since.isoformat()}
+        _audit_change(conn, context, Action.TENANT_ERASE, marked, detail)
+
     # Marked before anything goes, suspended as it is marked: from now on its status cannot change. The checks above
     # read it unlocked, and an operator's PATCH to active meanwhile was answered 200 and the tenant erased all the same.
     try:
-        await run_in_threadpool(begin_erasure, tenant_id)
+        await run_in_threadpool(begin_erasure, tenant_id, audit=audit_mark)
     except TenantGoneError:
         raise _not_found(tenant_id) from None
     except ErasureRefusedError as exc:
@@ -361,10 +379,9 @@ async def erase(
             request_container(get_settings()),
             get_audit_store(),
             executions=final,
-            require_mark=True,
         )
     except ErasureRefusedError as exc:
-        # Not reached while the mark holds (the control plane's refusal, the table's check): defence in depth.
+        # Not reached while the mark holds (the control plane's refusal, the table's check): erase_tenant's own check.
         raise _erasure_refused(exc.status) from None
     except ErasureContendedError as exc:
         # Writers still at work on the tenant (its last requests, activities under way): nothing of its rows went,
@@ -399,3 +416,94 @@ async def _purge_after_rows(tenant_id: UUID, instance_ids: list[str], client: An
             instance_ids,
         )
         return 0
+
+
+CANCEL_PAGE_MAX = 100
+"""Executions one operator's cancel works on: each is a transaction and a raise to its run."""
+_CANCEL_LIST = "tenant-executions-cancel"
+
+
+class ExecutionCancelled(BaseModel):
+    """What an operator's cancel did to one execution."""
+
+    execution_id: UUID
+    outcome: control.OperatorOutcome
+    status: str
+    handed_over: bool
+
+
+class TenantExecutionsCancelled(BaseModel):
+    """A page of a suspended tenant's executions that had not ended, each with what its cancel did."""
+
+    items: list[ExecutionCancelled]
+    next_cursor: str | None
+
+
+def _cancel_position(cursor: str | None) -> UUID | None:
+    """The execution id a cancel page's cursor resumes after (None: the first page); 400 for any other cursor."""
+    after = marked_list_position(cursor, _CANCEL_LIST, "after")
+    try:
+        return None if after is None else UUID(str(after))
+    except ValueError:
+        raise InvalidCursorError("the cursor is not one this list issued") from None
+
+
+def _tenant_active(status: str) -> ProblemError:
+    """The refusal of an operator's cancel of a tenant that is not suspended: its own principals can cancel."""
+    return ProblemError(
+        409,
+        "tenant-active",
+        "Conflict",
+        f"The tenant is {status}: its own principals cancel its executions. An operator cancels them once the tenant"
+        " is suspended.",
+    )
+
+
+@router.post(
+    "/{tenant_id}/executions/cancel",
+    status_code=202,
+    response_model=TenantExecutionsCancelled,
+    summary="Cancel a suspended tenant's executions",
+    responses={
+        **AUTH_ERRORS,
+        400: BAD_CURSOR,
+        404: NOT_FOUND,
+        409: {**CONFLICT, "description": "The tenant is not suspended (`tenant-active`): nothing is cancelled"},
+        422: INVALID,
+    },
+)
+async def cancel_executions(
+    tenant_id: UUID,
+    context: Annotated[RequestContext, Depends(permission(Action.TENANT_UPDATE))],
+    _no_body: TakesNoBody,
+    limit: int = Query(DEFAULT_LIMIT, ge=1, le=CANCEL_PAGE_MAX),
+    cursor: str | None = None,
+    client: Any = Depends(get_durable_client),  # noqa: B008
+) -> TenantExecutionsCancelled:
+    """Cancel, as the execution's own cancel route does, up to `limit` of a suspended tenant's executions that have
+    not ended, in id order (Platform.Admin): a suspended tenant's own principals are refused everything, its cancels
+    included (ADR 0027). Each is recorded as cancelled by the operator, its queued remote work ended and its run told;
+    a pending one no orchestration runs ends cancelled at once. `next_cursor` (null on the last page) resumes after
+    this page. Safe to send again: a repeat records nothing more and raises only a cancel whose raise was lost
+    (`handed_over` false, which the sweeper also raises again); sent again from the first page later, it lists what
+    has still not ended. Each page is audited in the operator's trail and the tenant's. The request takes no body."""
+    tenant = await run_in_threadpool(_authorized_tenant, context, Action.TENANT_UPDATE, tenant_id)
+    after = _cancel_position(cursor)  # after the decision (ADR 0022): a refused caller learns nothing of the cursor
+    if tenant.status != "suspended":
+        raise _tenant_active(tenant.status)
+    done = await control.operator_cancel_page(client, tenant_id, context.principal.id, after=after, limit=limit)
+    items = [ExecutionCancelled(**vars(cancel)) for cancel in done]
+    cancelled = [str(item.execution_id) for item in items if item.outcome == "cancel-requested"]
+    if cancelled:
+        detail = {
+            "operation": "cancel",
+            "executions": cancelled,
+            "not_handed_over": [str(item.execution_id) for item in items if not item.handed_over],
+        }
+        resource = Resource("Tenant", str(tenant_id), None, {})
+        await run_in_threadpool(record_mutation, context, Action.EXECUTION_CANCEL, resource, detail)
+        # The tenant's own trail too: its admins see who cancelled their executions, once it is active again.
+        await run_in_threadpool(record_tenant_event, tenant_id, context, Action.EXECUTION_CANCEL, detail)
+    last = done[-1].execution_id if len(done) == limit else None
+    next_cursor = None if last is None else list_cursor(_CANCEL_LIST, {"after": str(last)})
+    return TenantExecutionsCancelled(items=items, next_cursor=next_cursor)
