@@ -417,11 +417,87 @@ def not_ended_executions(
     return [row["id"] for row in rows]
 
 
+def cancel_to_raise(conn: store.Conn, before: repo.Execution, after: repo.Execution) -> bool:
+    """Whether a cancel's event is raised: always for the request that records the cancel (or for a run not yet
+    started); for a repeat, while no raise of it was accepted (`mark_handed_over`) and the run has not ended,
+    whatever it has out: a first raise that was lost is delivered by a repeat, and one the hub took is not raised
+    again. Every repeat was raised before, and the orchestration's history kept each copy while it ran."""
+    if before.cancel_requested_at is None or after.status == "pending":
+        return True
+    return not after.terminal and not store.cancel_handed_over(conn, after.id)
+
+
+RaiseOutcome = Literal["raised", "gone", "failed"]
+
+
+async def raise_to_run(client: EventRaiser, execution_id: UUID, name: str, data: Any) -> RaiseOutcome:
+    """Raise the event `name` to an execution's run: `gone` when the task hub answers that the orchestration has
+    ended or does not exist (nobody to tell now: a pending run's is not started yet), `failed` for any other failure
+    (it may pass)."""
+    try:
+        await client.raise_event(str(execution_id), name, data)
+    except Exception as exc:
+        logger.warning("could not raise %s to %s: %s", name, execution_id, exc)
+        return "gone" if no_one_to_tell(exc) else "failed"
+    return "raised"
+
+
+def _end_unstarted(tenant_id: UUID, execution_id: UUID, pool: ConnectionPool[Any] | None) -> repo.Execution:
+    """End a pending execution no orchestration runs (nothing when it is no longer pending: a concurrent cancel ended
+    it, or its orchestration started and must compensate); the execution now."""
+    with tenant_transaction(tenant_id, pool=pool) as conn:
+        repo.transition_from(conn, execution_id, "pending", "cancelled", error="cancelled before it started")
+        return repo.get_execution(conn, execution_id)
+
+
+@dataclass(frozen=True)
+class RecordedCancel:
+    """A cancel recorded in its transaction: the execution after it, the queued remote work it ended (each verdict
+    marked `raising`), and whether its event is to be raised (`cancel_to_raise`)."""
+
+    execution: repo.Execution
+    dequeued: list[store.Attempt]
+    to_raise: bool
+
+
+async def tell_cancel(
+    client: EventRaiser,
+    tenant_id: UUID,
+    recorded: RecordedCancel,
+    by: str,
+    *,
+    verdicts_within_s: float,
+    pool: ConnectionPool[Any] | None = None,
+) -> tuple[repo.Execution, RaiseOutcome | None]:
+    """Tell a recorded cancel to its run, as every cancel does (the execution's own, an operator's): its event raised,
+    then the verdicts of the work it ended handed over, a pending run no orchestration started ended at once, and
+    the cancel marked handed over once the hub has it. Answers the execution now and how the last raise went (None:
+    nothing was to be raised); `failed` on a run not ended means it may learn of the cancel only from a repeat."""
+    execution, event = recorded.execution, {"by": by}
+    sent = await raise_to_run(client, execution.id, CANCEL_EVENT, event) if recorded.to_raise else None
+    # Marked `raising` as they ended (work_queue.cancel_queued): one whose raise fails here is raised again by the
+    # sweeper, as a repeated cancel finds no queued work left to end (ADR 0027, amended 2026-12-07). Only after the
+    # cancel's own event: raised before it, an abandoned step read as a failure and the run ended failed; left to the
+    # sweeper, they are raised saying the cancel came first (`raised_verdict`), as a child cancel's are.
+    if sent != "failed":
+        await remote.hand_over_verdicts(client, tenant_id, recorded.dequeued, within_s=verdicts_within_s, pool=pool)
+    if sent in ("failed", "gone") and execution.status == "pending":
+        execution = await asyncio.to_thread(_end_unstarted, tenant_id, execution.id, pool)
+        if not execution.terminal:
+            # Its orchestration started after the raise above failed: it must compensate what it runs, so it is
+            # told like any started execution.
+            sent = await raise_to_run(client, execution.id, CANCEL_EVENT, event)
+    if sent in ("raised", "gone"):
+        # Only once the hub has it (or nobody is left to tell): a repeat then raises nothing more.
+        await asyncio.to_thread(remote.mark_handed_over, tenant_id, execution.id, pool=pool)
+    return execution, sent
+
+
 def _record_operator_cancel(
     tenant_id: UUID, execution_id: UUID, by: str, pool: ConnectionPool[Any] | None
-) -> tuple[repo.Execution, list[store.Attempt], bool] | OperatorCancel:
-    """The cancel recorded and the queued remote work ended, as the execution's own cancel route records them, with
-    whether its event is to be raised; the refusal as an outcome when there is nothing to cancel."""
+) -> RecordedCancel | OperatorCancel:
+    """The cancel recorded and the queued remote work ended, as the execution's own cancel route records them; the
+    refusal as an outcome when there is nothing to cancel."""
     with tenant_transaction(tenant_id, pool=pool) as conn:
         before = repo.get_execution(conn, execution_id)  # read, not held: `request_cancel` holds in ADR 0014's order
         try:
@@ -431,50 +507,21 @@ def _record_operator_cancel(
         except AlreadyFailingError:
             return OperatorCancel(execution_id, "already-failing", before.status, True)
         dequeued = work_queue.cancel_queued(conn, execution_id)
-        # Raised by the request that records it, and by a repeat while no raise of it was taken (a lost one).
-        first = before.cancel_requested_at is None or after.status == "pending"
-        to_raise = first or (not after.terminal and not store.cancel_handed_over(conn, execution_id))
-        return after, dequeued, to_raise
-
-
-async def _raise_cancel(client: EventRaiser, execution_id: UUID, by: str) -> Literal["raised", "gone", "failed"]:
-    """Raise the cancel's event: `gone` when no orchestration is there to tell, `failed` for a failure that may pass."""
-    try:
-        await client.raise_event(str(execution_id), CANCEL_EVENT, {"by": by})
-    except Exception as exc:
-        logger.warning("could not raise an operator's cancel to execution %s: %s", execution_id, exc)
-        return "gone" if no_one_to_tell(exc) else "failed"
-    return "raised"
-
-
-def _end_unstarted(tenant_id: UUID, execution_id: UUID, pool: ConnectionPool[Any] | None) -> repo.Execution:
-    """End a pending execution no orchestration runs (nothing when it is no longer pending); the execution now."""
-    with tenant_transaction(tenant_id, pool=pool) as conn:
-        repo.transition_from(conn, execution_id, "pending", "cancelled", error="cancelled before it started")
-        return repo.get_execution(conn, execution_id)
+        return RecordedCancel(after, dequeued, cancel_to_raise(conn, before, after))
 
 
 async def operator_cancel(
     client: EventRaiser, tenant_id: UUID, execution_id: UUID, by: str, *, pool: ConnectionPool[Any] | None = None
 ) -> OperatorCancel:
-    """Cancel one execution for an operator, as its tenant's own cancel does (ADR 0027): recorded with its queued
-    remote work ended, raised to the run, the ended work's verdicts handed over after it, a pending run no
-    orchestration started ended at once. A repeat records nothing more and raises only a raise that was lost; what is
-    not handed over stays for the sweeper to raise again."""
+    """Cancel one execution for an operator, as its tenant's own cancel does (ADR 0027, `tell_cancel`). A repeat
+    records nothing more and raises only a raise that was lost; what is not handed over stays for the sweeper to
+    raise again."""
     recorded = await asyncio.to_thread(_record_operator_cancel, tenant_id, execution_id, by, pool)
     if isinstance(recorded, OperatorCancel):
         return recorded
-    execution, dequeued, to_raise = recorded
-    sent = await _raise_cancel(client, execution_id, by) if to_raise else None
-    if sent != "failed":
-        # After the cancel's own event: raised before it, an abandoned step read as a failure and the run ended failed.
-        await remote.hand_over_verdicts(client, tenant_id, dequeued, within_s=OPERATOR_VERDICTS_BOUND_S, pool=pool)
-    if sent in ("failed", "gone") and execution.status == "pending":
-        execution = await asyncio.to_thread(_end_unstarted, tenant_id, execution_id, pool)
-        if not execution.terminal:
-            sent = await _raise_cancel(client, execution_id, by)  # its orchestration started meanwhile
-    if sent in ("raised", "gone"):
-        await asyncio.to_thread(remote.mark_handed_over, tenant_id, execution_id, pool=pool)
+    execution, sent = await tell_cancel(
+        client, tenant_id, recorded, by, verdicts_within_s=OPERATOR_VERDICTS_BOUND_S, pool=pool
+    )
     return OperatorCancel(execution.id, "cancel-requested", execution.status, sent != "failed" or execution.terminal)
 
 

@@ -27,17 +27,15 @@ from shared.api.routers.executions import (
     execution_resource,
     load_execution,
 )
-from shared.api.routers.work import hand_over_verdicts
+from shared.api.routers.work import VERDICT_RAISE_BOUND_S
 from shared.api.security import RequestContext, authorize, record_mutation
 from shared.api.starting import begin, launch
 from shared.auth.principal import Requester
 from shared.db.session import retried_on_deadlock, tenant_transaction
 from shared.engine import control, remote, work_queue
-from shared.engine import executions as repo
 from shared.engine import start as engine
 from shared.engine import steps as store
-from shared.engine.protocol import CANCEL_EVENT, approval_event, no_one_to_tell
-from shared.engine.steps import Attempt
+from shared.engine.protocol import approval_event
 from shared.free_text import SHOWN_AS_WRITTEN_IN_LINES, SHOWN_IN_LINES
 from shared.policy.actions import Action
 
@@ -220,7 +218,7 @@ async def cancel(
     a late cancel stops nothing). A cancel recorded whose execution could not be told yet answers 503 with
     Retry-After: send it again, and the repeat tells the execution (ADR 0027, amended 2026-12-07)."""
 
-    def record() -> tuple[repo.Execution, list[Attempt], bool]:
+    def record() -> control.RecordedCancel:
         # One transaction: the resource's labels are read where the execution is.
         with tenant_transaction(context.tenant.id) as conn:
             execution = load_execution(context, execution_id, conn)
@@ -232,53 +230,17 @@ async def cancel(
                 raise _problem(exc) from None
             # Remote work no worker has taken yet ends now (ADR 0027), not when its step times out.
             dequeued = work_queue.cancel_queued(conn, execution_id)
-            return cancelled, dequeued, _cancel_to_raise(conn, execution, cancelled)
+            return control.RecordedCancel(cancelled, dequeued, control.cancel_to_raise(conn, execution, cancelled))
 
-    execution, dequeued, to_raise = await run_in_threadpool(record)
-    cancel_event = {"by": context.principal.id}
-    sent = await _raise(client, execution_id, CANCEL_EVENT, cancel_event) if to_raise else None
-    # Marked `raising` as they ended (work_queue.cancel_queued): one whose raise fails here is raised again by the
-    # sweeper, as a repeated cancel finds no queued work left to end (ADR 0027, amended 2026-12-07). Only after the
-    # cancel's own event: raised before it, an abandoned step read as a failure and the run ended failed; left to the
-    # sweeper, they are raised saying the cancel came first (`raised_verdict`), as a child cancel's are.
-    if sent != "failed":
-        await hand_over_verdicts(client, context.tenant.id, dequeued)
-    if sent in ("failed", "gone") and execution.status == "pending":
-        await run_in_threadpool(_cancel_unstarted, context.tenant.id, execution_id)
-        execution = await run_in_threadpool(load_execution, context, execution_id)
-        if not execution.terminal:
-            # Its orchestration started after the raise above failed: it must compensate what it runs, so it is
-            # told like any started execution (and answered 503 if this raise fails too, to be sent again).
-            sent = await _raise(client, execution_id, CANCEL_EVENT, cancel_event)
-    if sent in ("raised", "gone"):
-        # Only once the hub has it (or nobody is left to tell): a repeat then raises nothing more.
-        await run_in_threadpool(remote.mark_handed_over, context.tenant.id, execution_id)
-    elif sent == "failed" and not execution.terminal:
+    recorded = await run_in_threadpool(record)
+    execution, sent = await control.tell_cancel(
+        client, context.tenant.id, recorded, context.principal.id, verdicts_within_s=VERDICT_RAISE_BOUND_S
+    )
+    if sent == "failed" and not execution.terminal:
         # Recorded, but the run may learn of it only from its event: the client is to send it again, and that
-        # repeat raises it (`_cancel_to_raise`). A 202 would tell it the cancel was on its way.
+        # repeat raises it (`cancel_to_raise`). A 202 would tell it the cancel was on its way.
         raise _not_handed_over("cancel")
     return CancelAccepted(execution_id=execution.id, status=execution.status, cancel_requested=True)
-
-
-def _cancel_to_raise(conn: store.Conn, before: repo.Execution, after: repo.Execution) -> bool:
-    """Whether the cancel's event is raised: always for the request that records the cancel (or for a run not yet
-    started); for a repeat, while no raise of it was accepted (`mark_handed_over`) and the run has not ended,
-    whatever it has out: a first raise that was lost is delivered by a repeat, and one the hub took is not raised
-    again. Every repeat was raised before, and the orchestration's history kept each copy while it ran."""
-    if before.cancel_requested_at is None or after.status == "pending":
-        return True
-    return not after.terminal and not store.cancel_handed_over(conn, after.id)
-
-
-async def _raise(client: Any, execution_id: UUID, name: str, data: Any) -> Literal["raised", "gone", "failed"]:
-    """Raise the event `name`: `gone` when the task hub answers that the orchestration has ended or does not exist
-    (nobody to tell now: a pending run's is not started yet), `failed` for any other failure (it may pass)."""
-    try:
-        await client.raise_event(str(execution_id), name, data)
-    except Exception as exc:
-        logger.warning("could not raise %s to %s: %s", name, execution_id, exc)
-        return "gone" if no_one_to_tell(exc) else "failed"
-    return "raised"
 
 
 def _not_handed_over(what: str) -> ProblemError:
@@ -291,13 +253,6 @@ def _not_handed_over(what: str) -> ProblemError:
         f"{DEPENDENCY_RETRY_AFTER_S} s.",
         headers={"Retry-After": str(DEPENDENCY_RETRY_AFTER_S)},
     )
-
-
-def _cancel_unstarted(tenant_id: UUID, execution_id: UUID) -> None:
-    """No orchestration to tell: end it here (the orchestration, if it starts later, sees it ended). Nothing when
-    it is no longer pending: a concurrent cancel ended it, or its orchestration started and must compensate."""
-    with tenant_transaction(tenant_id) as conn:
-        repo.transition_from(conn, execution_id, "pending", "cancelled", error="cancelled before it started")
 
 
 @router.post(
@@ -366,7 +321,7 @@ async def approve(
     outcome, to_raise = await run_in_threadpool(retried_on_deadlock, record)
     if to_raise:
         event = approval_event(step_id, outcome.key.attempt)
-        if await _raise(client, execution_id, event, outcome.verdict) == "failed":
+        if await control.raise_to_run(client, execution_id, event, outcome.verdict) == "failed":
             # Recorded, but the run learns of it only from its event: the client is to send the same decision again,
             # and that repeat (applied false) raises it. A 200 told it the decision was on its way.
             raise _not_handed_over("decision")
