@@ -4,9 +4,10 @@ record every event that cannot start anything.
 
 Delivery is at least once. The required idempotency key makes a redelivered event find the execution it started
 (the start path's idempotency) and a rejection is recorded once per event and answers every later delivery of it
-(nothing is started for an event once rejected), so processing an event again is harmless. That is why a
-transient failure (database, identity keys, orchestration client) is raised instead of recorded: the batch fails
-and is retried, and nothing a retry repeats is done twice.
+(nothing is started for an event once rejected, and nothing is recorded for one once started, however its deliveries
+interleave), so processing an event again is harmless. That is why a transient failure (database, identity keys,
+orchestration client) is raised instead of recorded: the batch fails and is retried, and nothing a retry repeats is
+done twice.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -42,6 +43,7 @@ from shared.auth.tokens import InvalidTokenError, SigningKeysUnavailableError, T
 from shared.auth.validator import get_token_validator
 from shared.check_gate import UNBOUNDED
 from shared.config import get_settings
+from shared.db import tenant_locks
 from shared.db.session import tenant_transaction
 from shared.engine.executions import find_by_key
 from shared.engine.start import Conn, StartError, StartRequest
@@ -53,6 +55,7 @@ from shared.ingress.verify import Sender, StaleEventError, check_fresh, sender, 
 from shared.observability.tracing import TRACEPARENT, root_span, span_context_of
 from shared.policy.authorizer import Decision, Resource
 from shared.policy.decisions import decide
+from shared.registry import service as registry
 from shared.sealing import LOCAL_DEVELOPMENT_KEY
 
 logger = logging.getLogger(__name__)
@@ -71,9 +74,21 @@ class Outcome:
     reason: str | None = None
 
 
-def _record(context: Sender, event: IngressEvent, rejected: Rejected, key: str | None, ref: UUID) -> str | None:
-    """Record the event's rejection; None when it is new, else the reason recorded before for this event, read in the
-    same transaction (a recorded rejection is final, whatever this delivery was refused for)."""
+EventStarted = Callable[[Conn], UUID | None]
+"""How the transaction that records an event's rejection finds the execution another delivery of the event started."""
+
+
+def _record(
+    context: Sender,
+    event: IngressEvent,
+    rejected: Rejected,
+    key: str | None,
+    ref: UUID,
+    started: EventStarted | None = None,
+) -> Outcome | None:
+    """Record the event's rejection; None when it is new, else the event's answer read in the same transaction: the
+    rejection recorded before for it (a recorded rejection is final, whatever this delivery was refused for), or the
+    execution `started` finds (a delivery refused after another started the request answers that execution)."""
     rejection = NewRejection(
         hub=event.hub,
         partition_id=event.partition_id,
@@ -86,9 +101,52 @@ def _record(context: Sender, event: IngressEvent, rejected: Rejected, key: str |
         id=ref,
     )
     with tenant_transaction(context.tenant.id) as conn:
+        if started is not None:
+            answer = _started_answer(conn, event, started)
+            if answer is not None:
+                return answer
         if record_rejection(conn, rejection):
             return None
-        return _recorded_in(conn, event) or rejected.reason
+        return Outcome(event.event_id, reason=_recorded_in(conn, event) or rejected.reason)
+
+
+def _started_answer(conn: Conn, event: IngressEvent, started: EventStarted) -> Outcome | None:
+    """Before a rejection of an event that may have started is recorded: its recorded rejection, else the execution
+    another delivery of it started, found under the tenant's start lock. Every delivery's start transaction takes that
+    lock before it looks for the event's record, so of two deliveries at once either this record commits first and
+    the other finds it, or the other's execution has committed and is found here: never both."""
+    tenant_locks.hold(conn, "executions")
+    recorded = _recorded_in(conn, event)
+    if recorded is not None:
+        return Outcome(event.event_id, reason=recorded)
+    execution_id = started(conn)
+    if execution_id is None:
+        return None
+    # Accepted by an earlier delivery (its launch failed, or it is under way): what this delivery was refused for
+    # (a grant revoked, the tenant suspended since) stops new starts, not one already accepted, whose launch is its
+    # starter's or the sweeper's (ADR 0019).
+    logger.info("intent-requests: event %s is answered by execution %s, which it started", event.event_id, execution_id)
+    return Outcome(event.event_id, execution_id)
+
+
+def _started_by(context: Sender, key: str, request: IntentRequest | None) -> EventStarted:
+    """The lookup of the execution the sender started with `key`: a tenant's keys are bound to their requester, so
+    another principal's execution under it is not this event's; with the event's request read, it must be the same
+    request too (its fingerprint), as a replay of the start requires."""
+
+    def find(conn: Conn) -> UUID | None:
+        found = find_by_key(conn, key)
+        if found is None or found.requested_by != context.principal.id:
+            return None
+        if request is None or found.request_sha256 is None:  # recorded before requests were fingerprinted
+            return found.id
+        try:
+            asked = request.start_request(conn, Requester.of(context.principal))
+        except registry.NotFoundError:  # named by a name no intent has now: not the request that started it
+            return None
+        return found.id if asked.fingerprint() == found.request_sha256 else None
+
+    return find
 
 
 _REFERENCE_KDF_INFO = b"quantum-platform ingress reference v1"
@@ -131,11 +189,19 @@ def _instance(event: IngressEvent, ref: UUID) -> str:
     return f"{event.hub}/{ref}"
 
 
-async def _reject(context: Sender, event: IngressEvent, rejected: Rejected, key: str | None, ref: UUID) -> Outcome:
-    """Record the rejection and answer it; a redelivery answers the rejection recorded first, and emits nothing."""
-    recorded = await asyncio.to_thread(_record, context, event, rejected, key, ref)
-    if recorded is not None:
-        return Outcome(event.event_id, reason=recorded)
+async def _reject(
+    context: Sender,
+    event: IngressEvent,
+    rejected: Rejected,
+    key: str | None,
+    ref: UUID,
+    started: EventStarted | None = None,
+) -> Outcome:
+    """Record the rejection and answer it; a redelivery answers the rejection recorded first, and a delivery of an
+    event another delivery started (`started` finds it) answers that execution; neither records nor emits anything."""
+    answer = await asyncio.to_thread(_record, context, event, rejected, key, ref, started)
+    if answer is not None:
+        return answer
     telemetry.emit(
         "ingress.rejected",
         tenant_id=context.tenant.id,
@@ -210,29 +276,12 @@ class AlreadyRejectedError(Exception):
         self.reason = reason
 
 
-def _stale_answer(context: Sender, event: IngressEvent, key: str) -> Outcome | None:
-    """A stale event's answer found in one transaction: its recorded rejection, else the execution the sender started
-    with its key (a tenant's keys are bound to their requester, so another principal's execution under the key is
-    not this event's); None when it has neither."""
-    with tenant_transaction(context.tenant.id) as conn:
-        recorded = _recorded_in(conn, event)
-        if recorded is not None:
-            return Outcome(event.event_id, reason=recorded)
-        found = find_by_key(conn, key)
-    if found is None or found.requested_by != context.principal.id:
-        return None
-    return Outcome(event.event_id, found.id)
-
-
 async def _stale(context: Sender, event: IngressEvent, exc: StaleEventError, ref: UUID) -> Outcome:
     """A stale event's answer: its recorded rejection, the execution its key started when it did start (a replay of a
     request that ran records nothing), else its stale rejection, recorded with its key."""
     key = await anyio.to_thread.run_sync(_key_of_stale, event.body, limiter=_TENANT_PARSES.of(context.tenant.id))
-    if key is not None:
-        answer = await asyncio.to_thread(_stale_answer, context, event, key)
-        if answer is not None:
-            return answer
-    return await _reject(context, event, stale(exc), key, ref)
+    started = None if key is None else _started_by(context, key, None)
+    return await _reject(context, event, stale(exc), key, ref, started)
 
 
 async def process_event(
@@ -259,8 +308,8 @@ async def process_event(
     logger.info("intent-requests: event %s is request %s of tenant %s", event.event_id, ref, context.tenant.id)
     # A rejection is final: a batch run again after its cause went away (quota freed, grant given) would otherwise
     # start the request while its record still says rejected, and a producer that resent it would run it twice. It is
-    # looked up in the transaction each path takes anyway (the start's, the record's, the stale key's), not in one of
-    # its own: the checks made before them write nothing and start nothing (ADR 0019).
+    # looked up in the transaction each path takes anyway (the start's, the record's), not in one of its own: the
+    # checks made before them write nothing and start nothing (ADR 0019).
     try:
         check_fresh(event, moment)
     except StaleEventError as exc:
@@ -276,7 +325,9 @@ async def process_event(
 
     def unless_rejected(conn: Conn) -> StartRequest:
         # First in each of the start's transactions: a recorded event is answered before anything is decided,
-        # audited or written.
+        # audited or written. Under the tenant's start lock, which the start takes anyway before it writes: a
+        # delivery of this event recording its rejection meanwhile holds it, and is waited for and found.
+        tenant_locks.hold(conn, "executions")
         recorded = _recorded_in(conn, event)
         if recorded is not None:
             raise AlreadyRejectedError(recorded)
@@ -299,7 +350,8 @@ async def process_event(
         rejected = refused_start(exc)
         if rejected is None:
             raise
-        return await _reject(context, event, rejected, request.idempotency_key, ref)
+        key = request.idempotency_key
+        return await _reject(context, event, rejected, key, ref, _started_by(context, key, request))
     # Not recorded, raised: a failed launch gives its start claim back, so the batch's retry (in place) starts it.
     await launch(client, started, context.tenant.id, record_failure=False)
     return Outcome(event.event_id, started.execution.id, started.created)
