@@ -39,8 +39,9 @@ from shared.policy.actions import Action
 from shared.policy.authorizer import Decision, Resource
 from shared.policy.facts import TenantFacts
 from shared.registry import service as registry
+from shared.tenants.erased_blobs import note_erased_orchestration
 from shared.tenants.models import Tenant
-from shared.tenants.offboarding import purge_orchestrations, tenant_exists
+from shared.tenants.offboarding import ORCHESTRATION_SETTLE_S, purge_orchestrations, tenant_exists
 
 logger = logging.getLogger(__name__)
 
@@ -326,33 +327,43 @@ async def launch(client: Any, started: Started, tenant_id: UUID, *, record_failu
     await unless_erased(client, tenant_id, instance_id)
 
 
-async def unless_erased(client: Any, tenant_id: UUID, instance_id: str) -> None:
-    """After the orchestration's start: terminate and purge it when its tenant was erased meanwhile.
+async def unless_erased(
+    client: Any, tenant_id: UUID, instance_id: str, *, settle_s: float = ORCHESTRATION_SETTLE_S
+) -> None:
+    """After the orchestration's start: terminate and purge it when its tenant was erased meanwhile, waiting
+    `settle_s` at most for it to end after its terminate.
 
     A start committed before its tenant's erasure and launched after the erasure's last purge left an orchestration,
     its history holding the tenant's input, that outlived the tenant. Looked at after the start (an erasure holding
     the row is waited for), the tenant row tells which: there, the erasure's row deletion, which lists this execution
-    (committed before), and its last purge are still to come; gone, the instance is its starter's to remove."""
+    (committed before), and its last purge are still to come; gone, the instance is its starter's to remove. What this
+    purge cannot finish (the task hub slow, the orchestration not ended within `settle_s`), or a look that cannot
+    tell, is recorded for the sweeper to purge until gone (ADR 0046, amended 2026-12-07)."""
     try:
         if await asyncio.to_thread(tenant_exists, tenant_id):
             return
     except Exception:
         # The start itself succeeded, so it is not failed for this; only an erasure meanwhile would leave the instance.
+        # Recorded, the sweeper looks at the tenant again, and purges the instance only if it is gone.
         logger.exception(
-            "could not tell whether tenant %s still exists after starting the orchestration of execution %s; if the"
-            " tenant was erased, purge it",
+            "could not tell whether tenant %s still exists after starting the orchestration of execution %s",
             tenant_id,
             instance_id,
         )
+        await asyncio.to_thread(note_erased_orchestration, tenant_id, instance_id)
         return
     try:
         # Terminated when it still runs, purged when it has ended already (or is already gone: nothing to purge).
-        purged = await purge_orchestrations([instance_id], client)
-    except Exception:
-        logger.exception(
-            "the orchestration of execution %s of erased tenant %s could not be purged; purge it",
+        purged = await purge_orchestrations([instance_id], client, settle_s=settle_s)
+    except Exception as exc:
+        noted = await asyncio.to_thread(note_erased_orchestration, tenant_id, instance_id)
+        logger.warning(
+            "the orchestration of execution %s of erased tenant %s could not be purged now (%s: %s); %s",
             instance_id,
             tenant_id,
+            type(exc).__name__,
+            exc,
+            "the sweeper purges it" if noted else "purge it",
         )
         return
     logger.warning(

@@ -53,6 +53,7 @@ from shared.engine.steps import AttemptKey
 from shared.policy.facts import TenantFacts
 from shared.registry.model import Definition
 from shared.registry.service import RegistryError
+from shared.tenants import erased_blobs
 from shared.tenants.models import Tenant
 from shared.tenants.repository import get_tenant
 
@@ -90,6 +91,12 @@ STATUS_CALL_BOUND_S = 5.0
 raised, a purge): a hung task hub holds up a run seconds, not the client's 240 s per call. A status call that takes
 longer is a status unknown (left for a later run, never read as "no such instance"); any other call cut off is left
 for a later run as one that failed is, and may have taken effect all the same (`_Bounded`)."""
+CHILDREN_AT_ONCE = 16
+"""Cancels of an ended execution's children told at once: each is an event raised (and the verdicts of the work it
+ended handed over)."""
+ERASED_PURGE_BOUND_S = 10.0
+"""How long a run's purge of the orchestrations recorded as outliving their erased tenant takes at most, all of them
+together (`erased_blobs.purge_erased_orchestrations`); what is cut off is purged by a later run."""
 _CAUSE_MAX_CHARS = 1000
 _T = TypeVar("_T")
 
@@ -267,6 +274,8 @@ class SweepResult:
     """Of the executions `checked`, those whose run's input was asked for too: a second status call each."""
     busy: int = 0
     """Of the executions `checked`, those left for a later run: their tenant's turn at the check gate did not come."""
+    purged: int = 0
+    """Orchestrations recorded as outliving their erased tenant, purged (`purge_erased_orchestrations`)."""
 
 
 @dataclass(frozen=True)
@@ -640,10 +649,54 @@ async def _end(
     ended = await asyncio.to_thread(end_execution, tenant_id, execution_id, cause, pool=pool, status=status)
     if ended is None:
         return False
-    for child, dequeued in ended.children.items():
-        # A cancel cut off by the bound stays recorded, not handed over: raised again once the child is quiet.
-        await control.tell_child(bounded(client), tenant_id, child, execution_id, dequeued, pool=pool)
+    await _tell_children(client, tenant_id, execution_id, ended.children, pool)
     return True
+
+
+def _children_bound_s() -> float:
+    """How long the cancels of one ended execution's children take at most, all of them together: one raise's bound
+    and one hand-over of the verdicts of the work each ended (all told at once, up to CHILDREN_AT_ONCE at a time)."""
+    return STATUS_CALL_BOUND_S + control.CHILD_VERDICTS_BOUND_S
+
+
+async def _tell_children(
+    client: DurableClient,
+    tenant_id: UUID,
+    parent_id: UUID,
+    children: dict[UUID, list[store.Attempt]],
+    pool: ConnectionPool[Any] | None,
+) -> None:
+    """Tell the recorded cancels of an ended execution's children to their orchestrations, all at once and within
+    `_children_bound_s` in all: one after another, each cut off by its own bound, a parent of a few hundred children
+    held the run (and every tenant's sweep behind it) that many bounds on a hung task hub. A cancel not told in time
+    stays recorded, not handed over: the child's run reads it as it starts, and `_raise_cancel_again` raises it once
+    the child is quiet; a verdict not handed over stays `raising`, for `raise_verdicts_again`."""
+    if not children:
+        return
+    gate = asyncio.Semaphore(CHILDREN_AT_ONCE)
+    bounded_client = bounded(client)
+
+    async def tell(child: UUID, dequeued: list[store.Attempt]) -> None:
+        async with gate:
+            await control.tell_child(bounded_client, tenant_id, child, parent_id, dequeued, pool=pool)
+
+    within_s = _children_bound_s()
+    tasks = [asyncio.ensure_future(tell(child, dequeued)) for child, dequeued in children.items()]
+    _, late = await asyncio.wait(tasks, timeout=within_s)
+    for task in late:
+        task.cancel()
+    if late:
+        await asyncio.wait(late, timeout=remote.CANCEL_GRACE_S)
+        logger.warning(
+            "sweeper: %d child cancels of execution %s not told within %s s; raised again once each child is quiet",
+            len(late),
+            parent_id,
+            within_s,
+        )
+    for child, task in zip(children, tasks, strict=True):
+        failure = None if task.cancelled() or not task.done() else task.exception()
+        if failure is not None:  # the parent is ended all the same; the child's cancel is raised again as above
+            logger.warning("sweeper: the cancel of child execution %s failed: %s", child, failure)
 
 
 async def _status(client: DurableClient, instance_id: str, *, show_input: bool = False) -> Any:
@@ -674,9 +727,26 @@ def _past(deadline: float | None) -> bool:
     return deadline is not None and time.monotonic() >= deadline
 
 
+def _settle_s(deadline: float | None) -> float:
+    """How long an erased start's purge waits for its orchestration to end after its terminate on the sweeper's path:
+    one call's bound, or what is left of the run's `deadline` if less. The erasure's own wait (30 s) held the run, and
+    every tenant's sweep behind it; what the purge leaves undone is recorded and purged by a later run."""
+    settle_s = STATUS_CALL_BOUND_S
+    if deadline is not None:
+        settle_s = min(settle_s, deadline - time.monotonic())
+    return max(0.0, settle_s)
+
+
 async def _settle_stalled_start(
-    tenant_id: UUID, execution_id: UUID, client: DurableClient, pool: ConnectionPool[Any] | None, check_wait_s: float
+    tenant_id: UUID,
+    execution_id: UUID,
+    client: DurableClient,
+    pool: ConnectionPool[Any] | None,
+    check_wait_s: float,
+    deadline: float | None = None,
 ) -> TenantSweep:
+    """Start a claimed stalled start (or end it, its orchestration started and ended already); `deadline` is the
+    run's, which an erased start's purge does not wait past (`_settle_s`)."""
     instance_id = str(execution_id)
     try:
         # The start path's own check (start_service.launch), its call bounded.
@@ -707,9 +777,14 @@ async def _settle_stalled_start(
     except TimeoutError:
         # Cut off, it may have started all the same: left pending and claimed, as a failed start is; whoever takes it
         # over once its claim is stale asks for its instance first, and one there records its own start. Looked at
-        # for an erased tenant as a start is (its input would outlive the tenant), gone or not.
+        # for an erased tenant as a start is (its input would outlive the tenant), gone or not. That look comes
+        # straight after the cut-off, and the task hub may apply the start until its client's timeout: recorded
+        # first, a later run purges what landed after it once its tenant is gone (ADR 0046, amended 2026-12-07).
         logger.warning("sweeper: the start of execution %s was not answered in time; left for a later run", instance_id)
-        await unless_erased(bounded(client), tenant_id, instance_id)
+        await asyncio.to_thread(
+            erased_blobs.note_erased_orchestration, tenant_id, instance_id, after_s=erased_blobs.LATE_START_S
+        )
+        await unless_erased(bounded(client), tenant_id, instance_id, settle_s=_settle_s(deadline))
         return TenantSweep(checked=1)
     except Exception:
         # Left pending: the claim goes stale again and a later run (or a repeated request) starts it.
@@ -717,7 +792,7 @@ async def _settle_stalled_start(
         return TenantSweep(checked=1)
     # Its input was read before the start: a tenant erased since would be outlived by the orchestration (its history
     # holds the tenant's input), as a launch's would (start_service.launch).
-    await unless_erased(bounded(client), tenant_id, instance_id)
+    await unless_erased(bounded(client), tenant_id, instance_id, settle_s=_settle_s(deadline))
     logger.info("sweeper: started the stalled execution %s", instance_id)
     return TenantSweep(started=1, checked=1)
 
@@ -855,7 +930,7 @@ async def sweep_tenant(
             # Left pending and claimed, as a start that could not be launched is: taken over once the claim is stale.
             logger.info("sweeper: the stalled starts of tenant %s are left for a later run (its time is up)", tenant_id)
             break
-        results.append(await _settle_stalled_start(tenant_id, execution_id, client, pool, check_wait_s))
+        results.append(await _settle_stalled_start(tenant_id, execution_id, client, pool, check_wait_s, deadline))
         if results[-1].busy:
             check_wait_s = 0.0  # a free slot is still taken; a busy tenant's share of the run waits once
     left = budget - sum(result.calls for result in results)
@@ -919,6 +994,7 @@ async def _sweep(
     # Their raises keep their own budget (RAISE_RUN_BUDGET_S); each is bounded as any call of the run is, too.
     expired = await expire_work_leases(bounded(client), pool=pool, control_pool=control_pool)
     raised_again = await raise_verdicts_again(bounded(client), pool=pool, control_pool=control_pool)
+    purged = await purge_erased_orchestrations(client, control_pool=control_pool)
     tenants = await asyncio.to_thread(stuck_tenants, control_pool=control_pool)
     started = ended = checked = inputs = busy = 0
     failed: set[UUID] = set()
@@ -947,7 +1023,22 @@ async def _sweep(
         raised_again=raised_again,
         inputs=inputs,
         busy=busy,
+        purged=purged,
     )
+
+
+async def purge_erased_orchestrations(client: DurableClient, *, control_pool: ConnectionPool[Any] | None = None) -> int:
+    """Terminate and purge the orchestrations recorded as outliving their erased tenant once due (a start cut off,
+    which may land after its one look at the tenant; an erased start's purge left undone), within ERASED_PURGE_BOUND_S
+    in all, each call bounded and each waited for STATUS_CALL_BOUND_S to end after its terminate; answers how many were
+    purged. A failure is logged and the records kept for the next run: the run's other work goes on."""
+    try:
+        return await erased_blobs.purge_erased_orchestrations(
+            bounded(client), settle_s=STATUS_CALL_BOUND_S, within_s=ERASED_PURGE_BOUND_S, control_pool=control_pool
+        )
+    except Exception:
+        logger.exception("sweeper: the orchestrations of erased tenants could not be purged; purged by a later run")
+        return 0
 
 
 def _expire_tenant_leases(tenant_id: UUID, pool: ConnectionPool[Any] | None) -> list[work_queue.Expired]:

@@ -28,6 +28,7 @@ from tests.integration.test_erase_races import _erase
 from tests.integration.test_execution_sweeper import (
     _BACKDATE_CLAIM,
     _BACKDATE_UPDATE,
+    AUTHOR,
     FakeDurable,
     Tenant,
     _get,
@@ -285,3 +286,49 @@ def test_a_hung_cancel_to_a_child_is_cut_off_and_raised_by_a_later_run(
     assert client.raised == [(str(child), CANCEL_EVENT, {"by": f"execution:{parent}"})]
     with tenant_transaction(e.id, pool=app_pool) as conn:
         assert store.cancel_handed_over(conn, child)
+
+
+def test_the_cancels_of_many_children_are_told_at_once_within_one_bound(
+    api: ApiHarness, app_pool: ConnectionPool[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ended parent's children are told of its cancel all at once: one after another, each cut off by its own
+    bound, a parent of many children held the run that many bounds (12 children: 4 s of a 2 s budget; up to 200 steps,
+    ~1000 s on a hung task hub). Those not told stay recorded, and a later run raises them."""
+    e = Tenant(api)
+    steps = [{"id": f"pause-{index}", "action": "wait", "seconds": 1} for index in range(12)]
+    body = {"name": f"sweep-{uuid.uuid4().hex[:10]}", "definition": {"target": "staging", "steps": steps}}
+    created = api.client.post("/api/v1/intents", json=body, headers=api.headers(e.name, AUTHOR))
+    assert created.status_code == 201, created.text
+    parent = _moved(app_pool, e.id, uuid.UUID(created.json()["id"]), ["running"], quiet=False)
+    children = []
+    for index in range(len(steps)):
+        child, _ = _recorded(app_pool, e.id, e.child_intent, stale=False, parent=parent)
+        with tenant_transaction(e.id, pool=app_pool) as conn:
+            repo.transition(conn, child, "running")
+            store.begin_attempt(conn, AttemptKey(parent, f"pause-{index}", "run", 1), action="wait", remote=False)
+            store.set_child(conn, parent, f"pause-{index}", child)
+        children.append(child)
+    with tenant_transaction(e.id, pool=app_pool) as conn:
+        conn.execute(_BACKDATE_UPDATE, (parent,))
+    statuses = {parent: _status("Terminated", "operator stop")} | {child: _status("Running") for child in children}
+    client = HungRaises(statuses)
+    _bounded_run(monkeypatch, [e.id])
+
+    result, took = _sweep(client, app_pool)
+
+    assert took < BUDGET_S and sorted(client.tried) == sorted(map(str, children)) and result.ended == 1
+    assert _get(app_pool, e.id, parent).status == "failed"
+    with tenant_transaction(e.id, pool=app_pool) as conn:
+        assert not any(store.cancel_handed_over(conn, child) for child in children)  # recorded, not told
+    assert all(_get(app_pool, e.id, child).cancel_requested_at is not None for child in children)
+
+    # Quiet, each child is asked after, and its cancel raised again.
+    with tenant_transaction(e.id, pool=app_pool) as conn:
+        for child in children:
+            conn.execute(_BACKDATE_UPDATE, (child,))
+    client.hangs = False
+    _sweep(client, app_pool)
+
+    assert sorted(client.raised) == sorted((str(c), CANCEL_EVENT, {"by": f"execution:{parent}"}) for c in children)
+    with tenant_transaction(e.id, pool=app_pool) as conn:
+        assert all(store.cancel_handed_over(conn, child) for child in children)
