@@ -9,7 +9,9 @@ Inside `evaluation_budget()` every keyword application counts against a step bud
 each level; past the budget the evaluation stops with `EvaluationBudgetExceeded`. A budget opened inside another
 draws from it, so several evaluations (the steps of one definition) can share one. `uniqueItems`, `enum` and
 `const` compare canonical JSON encodings in linear time, each value encoded once per budget and charged for its
-size, and messages quote schema values in a bounded form.
+size, and messages quote schema values in a bounded form. A regex search is charged for its subject's length times
+its compiled program's size, and made once per budget for the same pattern and long text (ADR 0021, amended
+2026-12-07).
 """
 
 from __future__ import annotations
@@ -45,7 +47,19 @@ STEPS_PER_ENCODED_CHARACTERS = 16
 """Characters of a canonical encoding charged as one step, on top of one step per value encoded: a long string is
 one value, and its encoding still costs its length."""
 _CACHED_TEXT_LENGTH = 64
-"""Encodings at least this long are kept while the budget lasts; shorter ones cost less to make again than to keep."""
+"""Encodings at least this long are kept while the budget lasts; shorter ones cost less to make again than to keep.
+Searches of a text this long are kept likewise."""
+REGEX_WORK_PER_STEP = 512
+"""Characters searched times compiled-program instructions charged as one step. RE2 runs in time linear in the text,
+but per character it may step every instruction a character can reach when its DFA cannot cache the states
+(`[ab]*a[ab]{300}c`): measured up to about 27 µs per step so charged, against about 10 µs for a keyword
+application. One step per search, whatever its length, let one pattern repeated 1,000 times hold a worker for 30 s."""
+MIN_REGEX_WEIGHT = REGEX_WORK_PER_STEP // STEPS_PER_ENCODED_CHARACTERS
+"""The least program size charged: a search costs at least a step per STEPS_PER_ENCODED_CHARACTERS characters."""
+MAX_REGEX_WEIGHT = 16 * REGEX_WORK_PER_STEP
+"""The largest program size charged: past it time per character stops growing with the size (a Unicode class
+compiles to thousands of instructions of which a character reaches a few), so a search costs at most 16 steps a
+character."""
 
 
 class EvaluationBudget:
@@ -195,6 +209,43 @@ def matches(pattern: str, text: str) -> bool:
     return regexp is not None and regexp.search(text) is not None
 
 
+def _search_steps(regexp: Any, text: str) -> int:
+    """The steps a search of `text` with the compiled `regexp` is charged (none for a short text and small program:
+    such a search costs less than a keyword application's step)."""
+    weight = min(max(int(regexp.programsize), MIN_REGEX_WEIGHT), MAX_REGEX_WEIGHT)
+    return len(text) * weight // REGEX_WORK_PER_STEP
+
+
+def _searched(pattern: str, regexp: Any, text: str) -> bool:
+    """Whether the compiled `pattern` (`regexp`) matches anywhere in `text`, charged to the open budget before the
+    work (so a search too long for what is left is not made); a long text's outcome is kept while the budget lasts, so
+    the same pattern applied to it again (under `allOf`, through `$ref`) costs nothing more."""
+    evaluation = _EVALUATION.get()
+    if evaluation is None:
+        return regexp.search(text) is not None
+    kept = len(text) >= _CACHED_TEXT_LENGTH
+    key = ("search", pattern, text)  # holds the strings themselves: no identity to outlive
+    if kept and key in evaluation.results:
+        return bool(evaluation.results[key])
+    evaluation.charge(_search_steps(regexp, text))
+    found = regexp.search(text) is not None
+    if kept:
+        evaluation.results[key] = found
+    return found
+
+
+def _charged_matches(pattern: str, text: str) -> bool:
+    """`matches(pattern, text)`, charged to the open budget (`_searched`)."""
+    regexp = _compiled(pattern)[0]
+    return regexp is not None and _searched(pattern, regexp, text)
+
+
+def _charged_any_matches(patterns: Iterable[str]) -> Callable[[str], bool]:
+    """`any_matches(patterns)`, each search charged to the open budget (`_searched`)."""
+    compiled = [(pattern, regexp) for pattern in patterns if (regexp := _compiled(pattern)[0]) is not None]
+    return lambda text: any(_searched(pattern, regexp, text) for pattern, regexp in compiled)
+
+
 def any_matches(patterns: Iterable[str]) -> Callable[[str], bool]:
     """Whether a text matches one of `patterns`, each compiled once here rather than once per text."""
     compiled = [regexp for regexp, _ in map(_compiled, patterns) if regexp is not None]
@@ -242,7 +293,7 @@ def _pattern(validator: Any, pattern: Any, instance: Any, _schema: Any) -> Itera
         return
     if pattern_problem(pattern) is not None:
         yield ValidationError(f"the pattern {pattern!r} cannot be evaluated")
-    elif not matches(pattern, instance):
+    elif not _charged_matches(pattern, instance):
         yield ValidationError(f"{short_repr(instance)} does not match {pattern!r}")
 
 
@@ -254,13 +305,13 @@ def _pattern_properties(validator: Any, patterns: Any, instance: Any, _schema: A
             yield ValidationError(f"the pattern {pattern!r} cannot be evaluated")
             continue
         for key, value in instance.items():
-            if matches(pattern, key):
+            if _charged_matches(pattern, key):
                 yield from validator.descend(value, subschema, path=key, schema_path=pattern)
 
 
 def _additional(instance: dict[str, Any], schema: dict[str, Any]) -> list[str]:
     properties = schema.get("properties", {})
-    matched = any_matches(schema.get("patternProperties", {}))
+    matched = _charged_any_matches(schema.get("patternProperties", {}))
     return [key for key in instance if key not in properties and not matched(key)]
 
 
@@ -316,7 +367,7 @@ def _evaluated_keys(validator: Any, instance: dict[str, Any], schema: Any) -> se
         if (subschema := schema.get(keyword)) is not None:
             keys |= {key for key, value in instance.items() if _valid_under(validator, value, subschema)}
     for pattern in schema.get("patternProperties", {}):
-        keys |= {key for key in instance if matches(pattern, key)}
+        keys |= {key for key in instance if _charged_matches(pattern, key)}
     for name, subschema in schema.get("dependentSchemas", {}).items():
         if name in instance:
             keys |= _evaluated_keys(validator, instance, subschema)

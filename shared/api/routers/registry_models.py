@@ -239,7 +239,8 @@ class RegistryVersionPage(BaseModel):
 class RollbackRequest(BaseModel):
     """Which version the new version copies."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"to_version": 1}]})
+    # Strict like the definitions' models: `true` or `1e3` read as a version would write a rollback nobody asked for.
+    model_config = ConfigDict(strict=True, extra="forbid", json_schema_extra={"examples": [{"to_version": 1}]})
 
     to_version: int = Field(ge=1)
 

@@ -1,0 +1,147 @@
+# intent_ref: platform.registry
+"""A blueprint's inputs schema that repeats a costly regex, through the real app (ADR 0021, amended 2026-12-07): at
+validate and at start the same pattern on the same input is searched once, and distinct costly patterns on a long
+input run out of the evaluation's budget after a few searches instead of holding a worker for minutes.
+
+Before, the validate request below (under 16 KiB, so it takes no check-gate slot) searched the 15,000-character
+input 1,000 times: 31 s of CPU. Searches are counted, not timed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from shared.api.durable import get_durable_client
+from shared.registry import schemas
+from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
+from tests.unit.test_schema_pattern_cost import PATTERN, CountingRegexp, distinct, hostile_text
+
+pytestmark = pytest.mark.integration
+
+AUTHOR = ["Intent.Author", "Intent.Executor", "Intent.Reader"]
+ROOMY = {"requests_per_minute": 100_000, "burst": 10_000}
+INTENTS = "/api/v1/intents"
+BLUEPRINTS = "/api/v1/blueprints"
+SHORT = "a" + "b" * 300 + "c"
+"""An input every pattern here matches, short enough to save a declaration with."""
+
+
+class RecordingClient:
+    """The Durable client the execute route starts orchestrations with; records what it was asked to start."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+
+    async def start_new(self, _name: str, instance_id: str, _input: Any) -> str:
+        self.started.append(instance_id)
+        return instance_id
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tenants(api: ApiHarness) -> None:
+    api.provision("pattern-cost", quotas=ROOMY, allowed_modules=["wait", "intent"])
+
+
+@pytest.fixture()
+def durable(api: ApiHarness) -> Iterator[RecordingClient]:
+    client = RecordingClient()
+    app: Any = api.client.app
+    app.dependency_overrides[get_durable_client] = lambda: client
+    yield client
+    app.dependency_overrides.pop(get_durable_client, None)
+
+
+def counted_searches(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """From now on, the texts the app's schema evaluations search (failing the test past 100 of one long text)."""
+    made: list[str] = []
+    original = schemas._compiled
+
+    def counting(pattern: str) -> tuple[Any, str | None]:
+        regexp, reason = original(pattern)
+        return (None if regexp is None else CountingRegexp(regexp, made)), reason
+
+    monkeypatch.setattr(schemas, "_compiled", counting)
+    return made
+
+
+def blueprint(api: ApiHarness, name: str, patterns: list[str]) -> None:
+    """A blueprint whose input `x` must match every one of `patterns`."""
+    inputs = {"type": "object", "properties": {"x": {"type": "string", "allOf": [{"pattern": p} for p in patterns]}}}
+    body = {"name": name, "definition": {"inputs": inputs, "steps": [{"id": "only", "action": "wait", "seconds": 1}]}}
+    response = api.client.post(BLUEPRINTS, json=body, headers=api.headers("pattern-cost", AUTHOR))
+    assert response.status_code == 201, response.text
+
+
+def declaration(name: str, bp: str, x: str) -> dict[str, Any]:
+    return {"name": name, "definition": {"blueprint": bp, "target": "staging", "x": x}}
+
+
+def validate(api: ApiHarness, body: dict[str, Any]) -> Any:
+    return api.client.post(f"{INTENTS}/validate", json=body, headers=api.headers("pattern-cost", AUTHOR))
+
+
+def declared(api: ApiHarness, name: str, bp: str) -> str:
+    """A saved declaration of blueprint `bp` with a short input; returns its id."""
+    response = api.client.post(INTENTS, json=declaration(name, bp, SHORT), headers=api.headers("pattern-cost", AUTHOR))
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def execute(api: ApiHarness, intent_id: str, x: str) -> Any:
+    headers = api.headers("pattern-cost", AUTHOR)
+    return api.client.post(f"{INTENTS}/{intent_id}/execute", json={"input": {"x": x}}, headers=headers)
+
+
+def test_one_pattern_repeated_a_thousand_times_is_searched_once_at_validate(
+    api: ApiHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blueprint(api, "repeated", [PATTERN] * 1_000)
+    searches = counted_searches(monkeypatch)
+    x = hostile_text(14_902)
+    body = declaration("decl", "repeated", x)
+    response = validate(api, body)
+    assert response.status_code == 200, response.text
+    assert response.json()["valid"] is True
+    assert searches.count(x) == 1
+
+
+def test_distinct_costly_patterns_are_refused_at_validate_after_a_few_searches(
+    api: ApiHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blueprint(api, "distinct", distinct(256))
+    searches = counted_searches(monkeypatch)
+    x = hostile_text(14_902)
+    response = validate(api, declaration("decl", "distinct", x))
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    errors = response.json()["errors"]
+    assert [(error["pointer"], error["code"]) for error in errors] == [("/definition", "invalid_declaration")]
+    assert "more steps than allowed" in errors[0]["detail"]
+    assert 1 <= searches.count(x) <= 12
+
+
+def test_at_start_the_repeated_pattern_is_searched_once_and_distinct_ones_run_out(
+    api: ApiHarness, durable: RecordingClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blueprint(api, "start-repeated", [PATTERN] * 1_000)
+    blueprint(api, "start-distinct", distinct(256))
+    repeated, several = (
+        declared(api, "start-repeated", "start-repeated"),
+        declared(api, "start-distinct", "start-distinct"),
+    )
+    x = hostile_text(15_000)
+    searches = counted_searches(monkeypatch)
+    accepted = execute(api, repeated, x)
+    assert accepted.status_code == 202, accepted.text
+    assert searches.count(x) == 1 and len(durable.started) == 1
+
+    before = api.table_snapshot("executions")
+    refused = execute(api, several, x)
+    assert refused.status_code == 409, refused.text
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["type"].endswith("/definition-invalid")
+    assert "more steps than allowed" in refused.json()["detail"]
+    assert 1 <= searches.count(x) - 1 <= 12
+    assert api.table_snapshot("executions") == before and len(durable.started) == 1
