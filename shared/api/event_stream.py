@@ -13,7 +13,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 from uuid import UUID
@@ -96,22 +96,36 @@ class Progress(Protocol):
 
 
 ReadAfter = Callable[[int], Awaitable[tuple[Progress, list[ExecutionEvent]]]]
-"""Reads the events after a seq, at most the request's page of them, and where the execution stands."""
+"""Reads the events after a seq, at most the request's page of them, and where the execution stands. A read may return
+fewer while more are recorded (the route's reads stop at a size in bytes): `last_event_seq` says whether more follow."""
 ReadPage = Callable[[int, int], Awaitable[tuple[Progress, list[ExecutionEvent]]]]
-"""Reads the events after a seq, at most as many as asked, and where the execution stands."""
+"""Reads the events after a seq, at most as many as asked (maybe fewer, as ReadAfter), and where the execution
+stands."""
 Render = Callable[[ExecutionEvent], bytes]
 
 
-def wants_event_stream(accept: str | None) -> bool:
-    """Whether the Accept header asks for server-sent events (a media range of `text/event-stream`, q not 0)."""
+def _accepts(accept: str | None, kinds: Collection[str]) -> bool:
+    """Whether the Accept header names one of the media ranges `kinds` with a q other than 0."""
     for media_range in (accept or "").split(","):
         kind, *parameters = (part.strip() for part in media_range.split(";"))
-        if kind.lower() != MEDIA_TYPE:
+        if kind.lower() not in kinds:
             continue
         quality = next((p.partition("=")[2] for p in parameters if p.lower().startswith("q=")), "1")
         with contextlib.suppress(ValueError):
             return float(quality) > 0
     return False
+
+
+def wants_event_stream(accept: str | None) -> bool:
+    """Whether the Accept header asks for server-sent events (a media range of `text/event-stream`, q not 0)."""
+    return _accepts(accept, {MEDIA_TYPE})
+
+
+def takes_json(accept: str | None) -> bool:
+    """Whether a client asking for server-sent events also takes JSON (`application/json`, `application/*` or `*/*`,
+    q not 0): the Python client does, to read the long poll from a server that does not stream; an EventSource does
+    not."""
+    return _accepts(accept, {"application/json", "application/*", "*/*"})
 
 
 def resume_after(last_event_id: str | None, after: int) -> int:
@@ -311,7 +325,9 @@ class ExecutionFeed:
                         waiter.clear()  # before the read: an append after it wakes the wait below
                     execution, items = await _admitted_read(self._key[1], self._reads.read_page, self.last_seq, size)
                     fitted = self._take(execution, items)
-                    full = len(items) >= size
+                    # More is recorded than this read returned: it was cut by its size (`size` events) or by the bytes
+                    # a read may hold (the route's), which a shorter read does not tell apart from the end.
+                    full = len(items) >= size or (bool(items) and items[-1].seq < execution.last_event_seq)
                     # A feed catching up reads twice as many next time while a whole read fits the tail, up to the
                     # largest page: fewer rounds for small events, never more than the request's page of big ones.
                     size = min(2 * size, self._reads.largest) if full and fitted else self._reads.page

@@ -13,7 +13,7 @@ from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from psycopg import sql
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -52,6 +52,12 @@ MAX_WAIT_S = 30.0
 # reconnecting) delays an event by at most this much.
 FALLBACK_RECHECK_S = 2.0
 MAX_EVENTS = 500
+READ_BYTES = 1024 * 1024
+"""The most JSON one read of an execution's events returns (a JSON page, a stream's feed or backlog read), counted as
+Postgres writes each event's data, with a step's output and an error twice (`data.output` and `result`, `data.error`
+and `error`), whatever the read's `limit`; at least one event, however big. An output of 64 KiB inline of small
+objects decodes to about 1.2 MB of Python objects, so 500 of them, a page's most, took some 600 MB; a read now holds
+some 20 MB at most, and the client goes on from `next_after`."""
 
 EXAMPLE_EXECUTION_ID = "5d7e1f0a-3b2c-4d5e-8f90-1a2b3c4d5e6f"
 _INTENT_ID = "0b6f3c1e-5d2a-4c1f-9e7b-2a8d4f6c9e10"
@@ -457,9 +463,10 @@ _EVENT_STREAM_DOC = (
     "With `Accept: text/event-stream`: server-sent events. Each event as it is recorded, `id` its seq (reconnect with "
     "`Last-Event-ID`, or `?after=`), `event` its type, `data` the event object of the JSON page; a `: keep-alive` "
     "comment when nothing happened for a while; the stream ends after the terminal event (or after a few minutes: "
-    "resume from the last id). It also ends when the caller's token expires (last a `: access ended: token_expired` "
-    "comment; resume with a renewed token) and within seconds of the tenant's suspension (last a `: access ended: "
-    "tenant_suspended` comment)."
+    "resume from the last id). A `Last-Event-ID` past the execution's last event resumes from its last event; one "
+    "at or past the last event of an execution that has ended is answered 204. It also ends when the caller's token "
+    "expires (last a `: access ended: token_expired` comment; resume with a renewed token) and within seconds of the "
+    "tenant's suspension (last a `: access ended: tenant_suspended` comment)."
 )
 _KEEPALIVE_HEADER_DOC = {
     "description": "Server-sent events only: how often, in seconds, the stream sends its `: keep-alive` comment when "
@@ -479,6 +486,11 @@ _KEEPALIVE_HEADER_DOC = {
             "description": "A page of events (JSON), or the live stream (server-sent events).",
             "headers": {event_stream.KEEPALIVE_HEADER: _KEEPALIVE_HEADER_DOC},
             "content": {event_stream.MEDIA_TYPE: {"schema": {"type": "string", "description": _EVENT_STREAM_DOC}}},
+        },
+        204: {
+            "description": "Server-sent events only: the execution has ended and no event follows where the stream "
+            "resumes (an EventSource stops reconnecting). A client whose Accept also takes JSON gets the JSON page "
+            "instead, its `status` the execution's end and no items."
         },
         404: EXECUTION_NOT_FOUND,
         422: INVALID,
@@ -507,31 +519,45 @@ async def events(
             description="Seconds to wait for an event when none is there yet (long poll); 0 answers at once.",
         ),
     ] = 0,
-    limit: Annotated[int, Query(ge=1, le=MAX_EVENTS)] = 100,
+    limit: Annotated[
+        int,
+        Query(ge=1, le=MAX_EVENTS, description="The most events to return (fewer when they are big: about 1 MiB)."),
+    ] = 100,
     *,
     request: Request,
     validator: Annotated[TokenValidator, Depends(token_validator)],
-) -> ExecutionEventPage | StreamingResponse:
-    """Events with seq > `after`, oldest first. With `wait`, an empty answer is held until an event arrives, the
-    execution has finished, `wait` seconds pass or the caller's token expires; then what arrived (possibly nothing)
-    with `next_after`. A poll still held when its tenant is suspended is answered within seconds as the tenant's
-    other requests are: 403 `tenant-suspended`, without the events recorded since. With `Accept: text/event-stream`,
-    the events as server-sent events until the execution ends, the caller's token expires or the tenant is suspended
-    (Reader).
+) -> Response:
+    """Events with seq > `after`, oldest first: at most `limit` of them and about 1 MiB of their JSON (at least one
+    event), so a page of big events holds fewer than `limit` while more follow; go on with `after=next_after` until a
+    page has no items. With `wait`, an empty answer is held until an event arrives, the execution has finished, `wait`
+    seconds pass or the caller's token expires; then what arrived (possibly nothing) with `next_after`. A poll still
+    held when its tenant is suspended is answered within seconds as the tenant's other requests are: 403
+    `tenant-suspended`, without the events recorded since. With `Accept: text/event-stream`, the events as server-sent
+    events until the execution ends, the caller's token expires or the tenant is suspended (Reader).
     """
     # Async so a waiting client holds no worker thread; every database step runs on one, briefly.
-    await run_in_threadpool(load_execution, context, execution_id)
+    execution = await run_in_threadpool(load_execution, context, execution_id)
     if event_stream.wants_event_stream(accept):
         start_after = event_stream.resume_after(last_event_id, after)  # a 422 takes no place among the streams
-        access = event_stream.StreamAccess(
-            context.tenant.id, context.principal.entra_tenant_id, await _token_expiry(request, validator)
-        )
-        slot = event_stream.admit_stream(context.tenant.id, get_settings().QP_EVENT_STREAMS_PER_TENANT)
-        try:
-            return _event_stream(context, slot, execution_id, start_after, limit, access)
-        except BaseException:
-            slot.release()  # no response will give it back
-            raise
+        if execution.status not in repo.TERMINAL or start_after < execution.last_event_seq:
+            # A stream resumed past the last event (a Last-Event-ID no event of this execution had) starts at the last
+            # one, so it sends what follows and the terminal event (it waited past them for ever). A position a client
+            # was sent is at most the newest seq, which only grows: none of those moves.
+            start_after = min(start_after, execution.last_event_seq)
+            access = event_stream.StreamAccess(
+                context.tenant.id, context.principal.entra_tenant_id, await _token_expiry(request, validator)
+            )
+            slot = event_stream.admit_stream(context.tenant.id, get_settings().QP_EVENT_STREAMS_PER_TENANT)
+            try:
+                return _event_stream(context, slot, execution_id, start_after, limit, access)
+            except BaseException:
+                slot.release()  # no response will give it back
+                raise
+        # Ended, and nothing past where it resumes: an empty stream would end at once and an EventSource reconnect
+        # every second for ever; a 204 stops it. A client that also takes JSON gets the page saying the run ended.
+        if not event_stream.takes_json(accept):
+            return Response(status_code=204)
+        after = start_after
     deadline = time.monotonic() + wait
     if wait > 0:
         # A long poll answers (with what there is) by the time its token is refused: the client's next poll, with a
@@ -561,12 +587,20 @@ async def events(
                 # and is answered as the tenant's new requests are.
                 await event_stream.refuse_unless_active(context)
                 look_at = time.monotonic() + event_stream.TENANT_LOOK_S
-    return ExecutionEventPage(
+    # Built and rendered on a worker thread: a page of READ_BYTES of small objects takes a while to validate and
+    # write, which on the event loop would hold every other request of the process.
+    return await run_in_threadpool(_page_answer, execution_id, progress.status, after, items)
+
+
+def _page_answer(execution_id: UUID, status: repo.Status, after: int, items: list[repo.ExecutionEvent]) -> Response:
+    """The JSON page of `items`, the events read after `after`, rendered as the route's response model."""
+    page = ExecutionEventPage(
         execution_id=execution_id,
-        status=progress.status,
+        status=status,
         next_after=items[-1].seq if items else after,
         items=[event_out(e) for e in items],
     )
+    return Response(page.model_dump_json().encode(), media_type="application/json")
 
 
 async def _token_expiry(request: Request, validator: TokenValidator) -> float:
@@ -601,12 +635,28 @@ class _StreamProgress:
 
 # The status and the events in one statement, so one snapshot: a terminal status, written in the transaction that
 # wrote the terminal event, never comes without it, and the events are never newer than the status either. Only the
-# status and the newest seq ride along with each event (the stream needs no more of the execution).
+# status and the newest seq ride along with each event (the stream needs no more of the execution). The events are
+# taken one after another (each the next by seq), adding up what each weighs in the JSON the API sends of it (its
+# data as Postgres writes it, a little more than the API's compact JSON, and again what `event_out` lifts out of it: a
+# step's output into `result`, an error into `error`), up to `limit` of them and READ_BYTES, always the first: a
+# prefix, so a reader goes on from the last event it got. One at a time, so a read sizes only what it returns and the
+# one after it: sizing `limit` events to return a few would cost Postgres, for a client walking a history of big events
+# page by page, each page's `limit` events again (some 1 s a page of 500 outputs of 64 KiB).
 _STREAM_READ = (
     "SELECT x.status, x.last_event_seq, e.seq, e.type, e.step_id, e.data, e.occurred_at FROM app.executions x"
-    " LEFT JOIN LATERAL (SELECT seq, type, step_id, data, occurred_at FROM app.execution_events"
-    " WHERE execution_id = x.id AND seq > %s ORDER BY seq LIMIT %s) e ON true"
-    " WHERE x.id = %s ORDER BY e.seq"
+    " LEFT JOIN LATERAL (WITH RECURSIVE page AS ("
+    "(SELECT seq, type, step_id, data, occurred_at, 1 AS n,"
+    " octet_length(data::text) + coalesce(octet_length((data -> 'error')::text), 0)"
+    " + CASE WHEN type = 'step_completed' THEN coalesce(octet_length((data -> 'output')::text), 0) ELSE 0 END AS upto"
+    " FROM app.execution_events WHERE execution_id = %(execution_id)s AND seq > %(after)s ORDER BY seq LIMIT 1)"
+    " UNION ALL"
+    " SELECT e.seq, e.type, e.step_id, e.data, e.occurred_at, page.n + 1, page.upto + e.bytes FROM page"
+    " CROSS JOIN LATERAL (SELECT seq, type, step_id, data, occurred_at,"
+    " octet_length(data::text) + coalesce(octet_length((data -> 'error')::text), 0)"
+    " + CASE WHEN type = 'step_completed' THEN coalesce(octet_length((data -> 'output')::text), 0) ELSE 0 END AS bytes"
+    " FROM app.execution_events WHERE execution_id = %(execution_id)s AND seq > page.seq ORDER BY seq LIMIT 1) e"
+    " WHERE page.n < %(limit)s AND page.upto + e.bytes <= %(bytes)s)"
+    " SELECT seq, type, step_id, data, occurred_at FROM page) e ON true WHERE x.id = %(execution_id)s ORDER BY e.seq"
 )
 
 
@@ -614,9 +664,10 @@ def _read_stream(
     tenant_id: UUID, execution_id: UUID, after: int, limit: int
 ) -> tuple[_StreamProgress, list[repo.ExecutionEvent]]:
     """One read of an execution's stream or long poll: where it stands and its events after `after`, at most
-    `limit` of them; 404 (which ends the stream) when it is gone."""
+    `limit` of them and READ_BYTES of their JSON (at least one); 404 (which ends the stream) when it is gone."""
     with tenant_transaction(tenant_id) as conn:
-        rows = conn.execute(_STREAM_READ, (after, limit, execution_id)).fetchall()
+        params = {"execution_id": execution_id, "after": after, "limit": limit, "bytes": READ_BYTES}
+        rows = conn.execute(_STREAM_READ, params).fetchall()
     if not rows:  # erased while its stream was open
         raise ProblemError(404, "not-found", "Not found", f"No execution {execution_id}.")
     progress = _StreamProgress(rows[0]["status"], rows[0]["last_event_seq"])
