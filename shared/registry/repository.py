@@ -85,9 +85,27 @@ _GET_VERSION = sql.SQL("SELECT {} {} WHERE i.kind = %s AND v.intent_id = %s AND 
 )
 # By id and number alone: an execution names the intent version it runs, and row-level security keeps it the tenant's.
 _VERSION_LABELS = sql.SQL("SELECT labels FROM app.intent_versions WHERE intent_id = %s AND version = %s")
+# A page of versions grows one version at a time, oldest first, while it holds fewer than `limit` and their
+# definitions and descriptions, as Postgres writes them out, fit `budget` bytes (the first always: a page is never
+# empty while versions remain). Each step finds the next version by the primary key and measures it alone, so only
+# the versions answered (and the one that no longer fits) are written out; a version's definition is up to the
+# definition limit, and 200 of them made an answer of 50 MB. `more`: whether a version follows the page's last.
+_VERSION_SIZE = sql.SQL("octet_length(w.definition::text) + octet_length(w.description)")
 _PAGE_VERSIONS = sql.SQL(
-    "SELECT {} {} WHERE i.kind = %s AND v.intent_id = %s AND v.version > %s ORDER BY v.version LIMIT %s"
-).format(_VERSION_V, _JOIN)
+    "WITH RECURSIVE page (version, total, taken) AS ("
+    " SELECT first.version, first.bytes, 1 FROM ("
+    "  SELECT w.version, {size} AS bytes FROM app.intent_versions w"
+    "  WHERE w.intent_id = %(id)s AND w.version > %(after)s ORDER BY w.version LIMIT 1) first"
+    " UNION ALL"
+    " SELECT next.version, page.total + next.bytes, page.taken + 1 FROM page CROSS JOIN LATERAL ("
+    "  SELECT w.version, {size} AS bytes FROM app.intent_versions w"
+    "  WHERE w.intent_id = %(id)s AND w.version > page.version ORDER BY w.version LIMIT 1) next"
+    " WHERE page.taken < %(limit)s AND page.total + next.bytes <= %(budget)s)"
+    " SELECT {columns}, EXISTS (SELECT 1 FROM app.intent_versions w WHERE w.intent_id = %(id)s"
+    "  AND w.version > (SELECT max(version) FROM page)) AS more"
+    " {join} JOIN page ON page.version = v.version WHERE i.kind = %(kind)s AND v.intent_id = %(id)s"
+    " ORDER BY v.version"
+).format(size=_VERSION_SIZE, columns=_VERSION_V, join=_JOIN)
 # With the current version's target (a string one; NULL otherwise), which a read of the item is decided on beside
 # its labels: the listing leaves out what the caller may not read without a query per item.
 _PAGE_HEADS = sql.SQL(
@@ -300,10 +318,14 @@ def version_labels(conn: psycopg.Connection[DictRow], intent_id: UUID, version: 
 
 
 def list_versions(
-    conn: psycopg.Connection[DictRow], kind: Kind, item_id: UUID, *, after: int, limit: int
-) -> list[VersionRow]:
-    """Versions after `after`, oldest first."""
-    return [_version(row) for row in conn.execute(_PAGE_VERSIONS, (kind, item_id, after, limit)).fetchall()]
+    conn: psycopg.Connection[DictRow], kind: Kind, item_id: UUID, *, after: int, limit: int, budget: int
+) -> tuple[list[VersionRow], bool]:
+    """Versions after `after`, oldest first: at most `limit`, and as many as fit `budget` bytes of definitions and
+    descriptions as Postgres writes them out (at least one, whatever its size); and whether more follow."""
+    params = {"kind": kind, "id": item_id, "after": after, "limit": limit, "budget": budget}
+    rows = conn.execute(_PAGE_VERSIONS, params).fetchall()
+    more = bool(rows) and bool(rows[-1]["more"])
+    return [_version({name: row[name] for name in _VERSION_COLUMNS}) for row in rows], more
 
 
 def list_heads(

@@ -60,6 +60,7 @@ from shared.registry.validation import (
     Limits,
     ValidationResult,
     required_blueprint,
+    stored_size_problem,
     unshown_text_problems,
     validate_definition,
 )
@@ -402,6 +403,7 @@ class CheckEvaluated:
     result: ValidationResult
     errors: list[ValidationError]
     runs_as: str | None
+    limits: Limits
 
 
 def _without_response_fields(doc: Any) -> Any:
@@ -460,19 +462,20 @@ def check_evaluated(
     # A blueprint is no intent: an intent it runs may share its name.
     # The name as sent: a malformed one is reported by the model, and matches no step's intent anyway.
     runs_as = name if saving and kind == "intent" and isinstance(name := _sent_name(doc), str) else None
+    limits = limits or registry_limits()
     result = validate_definition(
         doc,
         catalog=reads.catalog,
         tenant=tenant,
         blueprint=reads.resolved,
-        limits=limits or registry_limits(),
+        limits=limits,
         runs_as=runs_as if again is None else None,
     )
     errors = [
         *problems,
         *(error for error in result.errors if not (kind == "blueprint" and error.code == "blueprint_required")),
     ]
-    return CheckEvaluated(reads, doc, result, errors, runs_as)
+    return CheckEvaluated(reads, doc, result, errors, runs_as, limits)
 
 
 def check_finish(
@@ -484,10 +487,16 @@ def check_finish(
     refused_name: bool = False,
     again: int | None = None,
 ) -> Checked:
-    """The last part of `check`, in a tenant transaction: an intent's walk of the intents it runs (saving), and the
-    normalized definition; DefinitionInvalidError with every problem found."""
+    """The last part of `check`, in a tenant transaction: the normalized definition as it is stored, held to the byte
+    limit as such, and an intent's walk of the intents it runs (saving); DefinitionInvalidError with every problem
+    found."""
     result, doc, runs_as, found = evaluated.result, evaluated.doc, evaluated.runs_as, evaluated.reads.found
     errors = list(evaluated.errors)
+    stored: dict[str, Any] | None = None
+    if not errors and result.normalized is not None:
+        stored = _as_stored(conn, result.normalized)
+        if (too_large := stored_size_problem(stored, evaluated.limits)) is not None:
+            errors.append(too_large)
     if runs_as is not None and not refused_name and not errors and result.ok:
         # Only a definition that is otherwise valid is walked: its steps are parsed, and a save it refuses anyway
         # costs no reads of the tenant's other intents.
@@ -515,8 +524,8 @@ def check_finish(
         raise DefinitionInvalidError(
             list(dict.fromkeys(errors)), f"The {kind} has {count} problem{'' if count == 1 else 's'}.", result.unlisted
         )
-    assert result.normalized is not None  # a result without errors is normalized
-    return Checked(result, evaluated.reads.catalog, found, _as_stored(conn, result.normalized))
+    assert stored is not None  # a result without errors is normalized
+    return Checked(result, evaluated.reads.catalog, found, stored)
 
 
 class CheckStaleError(Exception):
@@ -684,10 +693,18 @@ def list_items(
     return page, list_cursor(f"{kind}s", {"name": page[-1].name}) if len(rows) > limit else None
 
 
+VERSIONS_PAGE_BYTES = 1024 * 1024
+"""The definitions (and descriptions) a page of versions holds, in bytes as Postgres writes them out, at most (a
+page always holds one version): a page of 200 versions of a 256 KB definition was a 50 MB answer, costing seconds of
+CPU, for a Reader. A smaller page than `limit` says so by its `next_cursor`."""
+
+
 def versions(
     conn: Conn, kind: Kind, item_id: UUID, *, cursor: str | None, limit: int
 ) -> tuple[list[VersionRow], str | None]:
-    """One page of an item's versions, oldest first; its cursors serve this item's versions list only."""
+    """One page of an item's versions, oldest first: at most `limit`, and no more than fit VERSIONS_PAGE_BYTES (at
+    least one); the next page's cursor follows the last version answered. Its cursors serve this item's versions
+    list only."""
     _head_or_404(conn, kind, item_id)
     list_name = f"{kind}s/{item_id}/versions"
     after = list_position(cursor, list_name, "version")
@@ -695,9 +712,8 @@ def versions(
         after = 0
     elif not isinstance(after, int) or isinstance(after, bool):
         raise InvalidCursorError("the cursor is not one this list issued")
-    rows = list_versions(conn, kind, item_id, after=after, limit=limit + 1)
-    page = rows[:limit]
-    return page, list_cursor(list_name, {"version": page[-1].version}) if len(rows) > limit else None
+    page, more = list_versions(conn, kind, item_id, after=after, limit=limit, budget=VERSIONS_PAGE_BYTES)
+    return page, list_cursor(list_name, {"version": page[-1].version}) if more else None
 
 
 def version(conn: Conn, kind: Kind, item_id: UUID, number: int) -> VersionRow:
@@ -707,25 +723,6 @@ def version(conn: Conn, kind: Kind, item_id: UUID, number: int) -> VersionRow:
     if found is None:
         raise UnknownVersionError(f"The {kind} has no version {number}.")
     return found
-
-
-def child_intent(conn: Conn, step: Step) -> Item | None:
-    """The intent an `intent.run` step starts, at the version it pins (else its current one); None for any other
-    step, or when the name or the version finds nothing (running it fails the step instead)."""
-    if step.action != "intent.run":
-        return None
-    try:
-        params = IntentRunParams.model_validate(step.params)
-    except pydantic.ValidationError:
-        return None
-    head = find_head(conn, "intent", params.intent)
-    if head is None:
-        return None
-    item = _item(conn, head)
-    if params.version is None or params.version == item.version.version:
-        return item
-    pinned = get_version(conn, "intent", head.id, params.version)
-    return None if pinned is None else Item(head, pinned)
 
 
 def stored_steps(conn: Conn, item: Item) -> tuple[Step, ...]:
@@ -874,14 +871,18 @@ def _reached_key(reached: _Reached) -> _Key:
 
 
 def _cycle_lookup(conn: Conn, params: IntentRunParams) -> _Reached | None:
-    """`child_intent`'s answer for a save's cycle walk without reading a definition: the head of the active intent
-    `params` names and the version it pins (if that version exists), else its current one."""
-    head = find_head(conn, "intent", params.intent)
+    """The intent version an `intent.run` step with `params` starts, for a save's cycle walk: the active intent it
+    names, at the version it pins (if that version exists), else its current one; without reading a definition."""
+    return _pinned(conn, find_head(conn, "intent", params.intent), params.version)
+
+
+def _pinned(conn: Conn, head: HeadRow | None, version: int | None) -> _Reached | None:
+    """`head` at `version` (None: its current one) when it has that version; None when it does not, or no head."""
     if head is None:
         return None
-    if params.version is None or params.version == head.current_version:
+    if version is None or version == head.current_version:
         return head, head.current_version
-    return (head, params.version) if version_exists(conn, "intent", head.id, params.version) else None
+    return (head, version) if version_exists(conn, "intent", head.id, version) else None
 
 
 def _reached_steps(conn: Conn, reached: _Reached) -> tuple[Step, ...]:
@@ -960,16 +961,33 @@ class DescendantWalk:
     child walked once, and the children and the intents followed below them share one budget
     (`MAX_PLANNED_DESCENDANTS`). Without this, every step walked its child's intents afresh: steps x 64 reads in
     one request and one transaction; and with children outside it, steps pinning distinct versions cost one each.
-    Only the planned intent itself is validated: a descendant's steps are read, not validated again (ADR 0035)."""
+    Only the planned intent itself is validated: a descendant's steps are read, not validated again (ADR 0035).
+
+    A step's child is looked up once per plan by the name and version it names, reading heads only; an intent's
+    version (its definition, up to the definition limit) is read once, and only when the walk follows that intent
+    within the budget. Each step read its child's whole version: 200 steps running one 240 KB child read it 200
+    times, and a child's steps, for every intent followed, as many again."""
 
     def __init__(self, conn: Conn, *, may_execute: Callable[[Item], Decision]) -> None:
         self._conn = conn
         self._may_execute = may_execute
         self._decisions: dict[_Key, Decision] = {}
-        self._children: dict[_Key, list[Item]] = {}
-        self._verdicts: dict[_Key, Decision] = {}
+        self._heads: dict[str, HeadRow | None] = {}
+        self._lookups: dict[_Wanted, _Reached | None] = {}
+        self._items: dict[_Key, Item | None] = {}
+        self._children: dict[_Key, list[_Reached]] = {}
+        self._verdicts: dict[_Key, Decision | None] = {}
         self._followed: set[_Key] = set()
         """The intents counted against the plan's budget: some step's child, or reached below one."""
+
+    def step_decision(self, planned: Item, step: Step) -> Decision:
+        """The caller's decision on executing `step` of `planned`: for an `intent.run` step, on the child intent it
+        starts and every intent below it (`verdict`); for any other, or one whose child finds nothing (running it
+        fails the step instead), on `planned` itself."""
+        params = _run_params(step)
+        child = None if params is None else self._lookup(params)
+        verdict = None if child is None else self.verdict(child)
+        return self.decision(planned) if verdict is None else verdict
 
     def decision(self, item: Item) -> Decision:
         """The caller's decision on executing `item` (this version), decided once per plan."""
@@ -978,36 +996,43 @@ class DescendantWalk:
             self._decisions[key] = self._may_execute(item)
         return self._decisions[key]
 
-    def verdict(self, child: Item) -> Decision:
+    def verdict(self, child: _Reached) -> Decision | None:
         """The decision on starting `child` and every intent below it (ADR 0035): the first refusal met breadth
         first, else the child's own; `too_many_descendants` when reaching them would spend more than the plan's
-        budget. Remembered per child version, so a step running a child already walked costs nothing."""
-        key = _key(child)
+        budget; None when the child's version cannot be read (as if its step found nothing). Remembered per child
+        version, so a step running a child already walked costs nothing."""
+        key = _reached_key(child)
         if key not in self._verdicts:
             self._verdicts[key] = self._walk(child)
         return self._verdicts[key]
 
-    def _walk(self, child: Item) -> Decision:
+    def _walk(self, child: _Reached) -> Decision | None:
         """`verdict`'s walk of one child, breadth first, spending the plan's budget on intents not followed yet."""
-        if not self._spend(_key(child)):
+        if not self._spend(_reached_key(child)):
             return Decision(False, "too_many_descendants", ())
-        decision = self.decision(child)
+        item = self._item(child)
+        if item is None:
+            return None
+        decision = self.decision(item)
         if not decision.allowed:
             return decision
-        seen = {_key(child)}
-        waiting = deque([child])
+        seen = {_key(item)}
+        waiting = deque([item])
         while waiting:
             for found in self._children_of(waiting.popleft()):
-                key = _key(found)
+                key = _reached_key(found)
                 if key in seen:
                     continue
                 seen.add(key)
                 if not self._spend(key):
                     return Decision(False, "too_many_descendants", ())
-                below = self.decision(found)
-                if not below.allowed:
-                    return below
-                waiting.append(found)
+                below = self._item(found)
+                if below is None:
+                    continue
+                refused = self.decision(below)
+                if not refused.allowed:
+                    return refused
+                waiting.append(below)
         return decision
 
     def _spend(self, key: _Key) -> bool:
@@ -1018,13 +1043,39 @@ class DescendantWalk:
             self._followed.add(key)
         return True
 
-    def _children_of(self, item: Item) -> list[Item]:
-        """The intents `item`'s `intent.run` steps start, each version once, in step order; none when its steps
-        cannot be read (its start fails before any of its children could). Read once per plan."""
+    def _lookup(self, params: IntentRunParams) -> _Reached | None:
+        """The intent version a step with `params` starts, looked up once per plan by name and pinned version, its
+        head read once per name; no definition read."""
+        wanted = (params.intent, params.version)
+        if wanted not in self._lookups:
+            if params.intent not in self._heads:
+                self._heads[params.intent] = find_head(self._conn, "intent", params.intent)
+            self._lookups[wanted] = _pinned(self._conn, self._heads[params.intent], params.version)
+        return self._lookups[wanted]
+
+    def _item(self, reached: _Reached) -> Item | None:
+        """The intent version `reached`, its definition read once per plan; None if it cannot be read (the tenant's
+        erasure alone removes versions)."""
+        key = _reached_key(reached)
+        if key not in self._items:
+            head, number = reached
+            found = get_version(self._conn, "intent", head.id, number)
+            self._items[key] = None if found is None else Item(head, found)
+        return self._items[key]
+
+    def _children_of(self, item: Item) -> list[_Reached]:
+        """The intent versions `item`'s `intent.run` steps start, each once, in step order, looked up without reading
+        them; none when its steps cannot be read (its start fails before any of its children could). Read once per
+        plan."""
         key = _key(item)
         if key not in self._children:
-            found = (child_intent(self._conn, step) for step in stored_steps(self._conn, item))
-            self._children[key] = list({_key(one): one for one in found if one is not None}.values())
+            found: dict[_Key, _Reached] = {}
+            for step in stored_steps(self._conn, item):
+                params = _run_params(step)
+                reached = None if params is None else self._lookup(params)
+                if reached is not None:
+                    found.setdefault(_reached_key(reached), reached)
+            self._children[key] = list(found.values())
         return self._children[key]
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "ValidationError",
     "ValidationResult",
     "required_blueprint",
+    "stored_size_problem",
     "unshown_text_problems",
     "validate_definition",
 ]
@@ -104,15 +105,9 @@ def _limit_problems(definition: dict[str, Any], limits: Limits) -> list[Validati
     if too_deep is not None:
         return [too_deep]
     problems = []
-    size = len(json.dumps(definition, separators=(",", ":"), ensure_ascii=False, default=str).encode())
+    size = _size(definition)
     if size > limits.max_definition_bytes:
-        problems.append(
-            ValidationError(
-                "/definition",
-                f"the definition is {size} bytes; at most {limits.max_definition_bytes} are allowed",
-                "too_large",
-            )
-        )
+        problems.append(_too_large(f"{size} bytes", limits))
     steps = definition.get("steps")
     if isinstance(steps, list) and len(steps) > limits.max_steps:
         problems.append(
@@ -121,6 +116,26 @@ def _limit_problems(definition: dict[str, Any], limits: Limits) -> list[Validati
             )
         )
     return problems
+
+
+def _size(definition: dict[str, Any]) -> int:
+    """A definition's size as the limit measures it: compact JSON, UTF-8."""
+    return len(json.dumps(definition, separators=(",", ":"), ensure_ascii=False, default=str).encode())
+
+
+def _too_large(size: str, limits: Limits) -> ValidationError:
+    """The `too_large` problem of a definition of `size` (its bytes, said as measured)."""
+    at_most = limits.max_definition_bytes
+    return ValidationError("/definition", f"the definition is {size}; at most {at_most} are allowed", "too_large")
+
+
+def stored_size_problem(stored: dict[str, Any], limits: Limits) -> ValidationError | None:
+    """`too_large` when a normalized definition, as jsonb gives it back (`stored`), passes the byte limit: the limit
+    is the stored definition's, which every later check of it (a plan, a start, a rollback) measures. A request's
+    text can be far shorter: jsonb writes a number out in full (`1e16` as 17 digits), so 200 KB of them saved as
+    720 KB, and the version saved could then never be planned or started."""
+    size = _size(stored)
+    return _too_large(f"{size} bytes as stored", limits) if size > limits.max_definition_bytes else None
 
 
 def _definition_problems(definition: dict[str, Any]) -> list[ValidationError]:

@@ -944,13 +944,13 @@ def definition_router(kind: Kind) -> APIRouter:
 
             walk = service.DescendantWalk(conn, may_execute=may_execute)
 
-            def decide(conn: service.Conn, planned: service.Item, step: Step) -> Decision:
+            def decide(_conn: service.Conn, planned: service.Item, step: Step) -> Decision:
                 # Per step; not audited: the plan request was. The resource is the version being planned (which may
                 # be newer than the one authorized above), or for an intent.run step the child intent and every
                 # intent below it, each decided as its start will be, on the root requester's authority (ADR 0035).
-                # One walk for the whole plan: each intent validated once, one budget of intents below the children.
-                child = service.child_intent(conn, step)
-                return walk.decision(planned) if child is None else walk.verdict(child)
+                # One walk for the whole plan: each child looked up once, each intent followed read once, one budget
+                # of intents below the children.
+                return walk.step_decision(planned, step)
 
         quota = service.QuotaHeadroom.of(concurrent_limit(context.tenant.quotas), active_executions(conn))
         result = service.plan(
