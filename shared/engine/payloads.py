@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
 
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import ContainerClient, ContentSettings
 
 from shared.config import get_settings
+from shared.db.session import tenant_transaction
 from shared.engine.steps import AttemptKey
 from shared.modules.contract import StepFailed
 from shared.storage.blob import StorageCall, artifacts_container, request_container, unbounded
@@ -21,6 +23,8 @@ from shared.tenants.offboarding import kept_for_tenant, tenant_blob_prefix
 
 BLOB_REF = "$blob"
 """The one key of an output that was stored as a blob: {"$blob": {"container", "name", "size", "sha256"}}."""
+
+logger = logging.getLogger(__name__)
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -50,9 +54,11 @@ shared, so that its artifact could replace, pre-empt or (compensated) delete a s
 References made then still load: a reader checks the tenant's prefix and the digest, never the folder."""
 
 
-def blob_name(tenant_id: UUID, execution_id: UUID, sha256: str) -> str:
-    """Where an output is stored: under the tenant's prefix (so erasure finds it), named by its content's digest."""
-    return f"{tenant_blob_prefix(tenant_id)}executions/{execution_id}/{OUTPUTS_FOLDER}/sha256-{sha256}.json"
+def blob_name(tenant_id: UUID, execution_id: UUID, sha256: str, folder: str | None = None) -> str:
+    """Where an output is stored: under the tenant's prefix (so erasure finds it), named by its content's digest,
+    in a `folder` of its writer's own under the execution's outputs when it names one."""
+    within = f"{folder}/" if folder else ""
+    return f"{tenant_blob_prefix(tenant_id)}executions/{execution_id}/{OUTPUTS_FOLDER}/{within}sha256-{sha256}.json"
 
 
 def claim_check(
@@ -65,6 +71,7 @@ def claim_check(
     for_request: bool = False,
     within: StorageCall = unbounded,
     removal_within: StorageCall | None = None,
+    folder: str | None = None,
 ) -> Any:
     """`output` itself when its JSON fits in `limit` bytes (QP_PAYLOAD_INLINE_MAX_BYTES), else its blob reference
     (stored through the request's container, quick to give up, when a request waits on it: `for_request`).
@@ -73,7 +80,9 @@ def claim_check(
     under the name, an erased tenant's removal): the module worker passes its attempt's deadline, since under the
     SDK's own retries a store that was away held the module thread for minutes past it (ADR 0026). Its failure (a
     step failure) leaves the output unstored, and no reference to it is made. `removal_within` (default `within`)
-    bounds an erased tenant's removal, which must be tried even when the upload spent the deadline.
+    bounds an erased tenant's removal, which must be tried even when the upload spent the deadline. `folder` (under
+    the execution's outputs) keeps the blob apart from every other writer's, so one whose output is then refused can
+    remove it (`discard`): a digest's name alone may be another step's output too.
 
     The name is the content's digest and a blob holding these bytes is never overwritten, so a stored output never
     changes under a reference that points at it. A blob found under the name holding other bytes is replaced: no
@@ -94,7 +103,7 @@ def claim_check(
     else:
         target = artifacts_container(get_settings(), within=within)
     digest = hashlib.sha256(body).hexdigest()
-    name = blob_name(tenant_id, key.execution_id, digest)
+    name = blob_name(tenant_id, key.execution_id, digest, folder)
     settings = ContentSettings(content_type="application/json")
     what = f"the storing of the output {name!r}"
     try:
@@ -112,6 +121,19 @@ def claim_check(
     if not kept_for_tenant(tenant_id, target, name, within=removal_within or within):
         raise TenantErasedError(tenant_id)
     return {BLOB_REF: {"container": target.container_name, "name": name, "size": len(body), "sha256": digest}}
+
+
+def discard(tenant_id: UUID, reference: Any, container: ContainerClient) -> None:
+    """Remove the blob of an output that was stored and then refused, so no reference to it was recorded (only for
+    a blob in a folder of its writer's own, `claim_check(folder=...)`). A failure is logged: the blob is the tenant's
+    and goes with its erasure."""
+    name, _, _ = _checked_reference(tenant_id, reference)
+    try:
+        container.delete_blob(name)
+    except ResourceNotFoundError:
+        pass  # a copy of the same refused request removed it first
+    except AzureError as exc:
+        logger.warning("the refused output %s was not removed: %s", name, exc)
 
 
 def _holds(container: ContainerClient, name: str, body: bytes, within: StorageCall = unbounded) -> bool:
@@ -210,6 +232,8 @@ MAX_NESTED_LOAD_BYTES = 8 * 1024 * 1024
 _Trie = dict[str | None, "_Trie"]
 """The paths into an output, merged by their common heads; the None member marks where a path ends."""
 
+_PARENT = "SELECT parent_execution_id, parent_step_id FROM app.executions WHERE id = %s"
+
 
 def load_parts(
     tenant_id: UUID,
@@ -223,8 +247,8 @@ def load_parts(
 
     An output holding stored outputs inside it (a child execution's, one per step) has those read where the paths
     lead, at most MAX_NESTED_LOAD_BYTES of them (StoredOutputError beyond). Only a child's step outputs are read
-    there (`outputs.<step>`, and so on down its own children's), and only when the output is a child's (`child`):
-    anything else inside an output is what its step gave, read as it is."""
+    there (`outputs.<step>`, and so on down its own children's), and only when the output is a child's (`child`) and
+    the database says so (`_NestedLoad`): anything else inside an output is what its step gave, read as it is."""
     wanted = sorted(set(paths), key=len)
     trie: _Trie = {}
     for path in wanted:
@@ -233,63 +257,123 @@ def load_parts(
             node = node.setdefault(head, {})
         node[None] = {}
     value = load(reference, tenant_id, container=container)
-    return project(_NestedLoad(tenant_id, container).along(value, trie, read=False, child=child), wanted)
+    nested = _NestedLoad(tenant_id, container)
+    top = nested.child_of(reference, value) if child else None
+    return project(nested.along(value, trie, child=top), wanted)
+
+
+def _named_execution(value: Any) -> UUID | None:
+    """The execution a child's output names (`{"execution_id", "outputs": {...}}`), if it is shaped as one."""
+    if not isinstance(value, dict) or not isinstance(value.get("outputs"), dict):
+        return None
+    named = value.get("execution_id")
+    try:
+        execution_id = UUID(named) if isinstance(named, str) else None
+    except ValueError:
+        return None
+    return execution_id if execution_id is not None and str(execution_id) == named else None
 
 
 class _NestedLoad:
     """Reads the stored outputs a child's output holds, along the paths and wholly beneath their ends, within a byte
-    budget; each position is read at most once, so an output read from a blob is never taken for a reference."""
+    budget; each position is read at most once, so an output read from a blob is never taken for a reference.
+
+    What is a child's output is the database's to say, never the output's: an output shaped as one may be any step's
+    (a worker's, a response body), naming another execution's stored outputs. The top output's execution must be a
+    child of the execution whose folder holds the output's blob (any child, for an inline output: only an intent
+    step's is loaded inline, `holds_stored_outputs`); beneath it, a step's output is a grandchild's only when that
+    execution was started by that very step of the child, so only intent.run steps are descended into. A child's
+    step outputs are read from its own folder only (where every store of its steps puts them)."""
 
     def __init__(self, tenant_id: UUID, container: ContainerClient | None) -> None:
         self._tenant_id = tenant_id
         self._container = container
         self._left = MAX_NESTED_LOAD_BYTES
 
-    def along(self, value: Any, trie: _Trie, *, read: bool, child: bool) -> Any:
-        """`value` with the stored outputs `trie` leads through read; `read` where the position may hold a step's
-        stored output, `child` where `value` may be a child's output (whose `outputs` map holds its steps')."""
-        if read:
-            value = self._read(value)
+    def child_of(self, reference: Any, value: Any) -> UUID | None:
+        """The child execution whose output `value` (read from `reference`) is, or None when it is none."""
+        named = _named_execution(value)
+        parent = None if named is None else self._parent(named)
+        if parent is None:
+            return None
+        if is_blob_ref(reference) and _folder_execution(self._tenant_id, reference) != parent[0]:
+            return None
+        return named
+
+    def along(self, value: Any, trie: _Trie, *, child: UUID | None) -> Any:
+        """`value` with the stored outputs `trie` leads through read; `child` is the execution whose output `value`
+        is, when it is one (its `outputs` map holds its steps')."""
         if None in trie:
-            return self._beneath(value, child=child)
+            return self._beneath(value, child)
         if isinstance(value, dict):
             return {
-                key: self._member(key, item, trie[key], child=child) if key in trie else item
-                for key, item in value.items()
+                key: self._member(key, item, trie[key], child) if key in trie else item for key, item in value.items()
             }
         if isinstance(value, list):
             return [
-                self.along(item, trie[str(index)], read=False, child=False) if str(index) in trie else item
+                self.along(item, trie[str(index)], child=None) if str(index) in trie else item
                 for index, item in enumerate(value)
             ]
         return value
 
-    def _member(self, key: str, value: Any, trie: _Trie, *, child: bool) -> Any:
-        if child and key == "outputs" and isinstance(value, dict):
+    def _member(self, key: str, value: Any, trie: _Trie, child: UUID | None) -> Any:
+        if child is not None and key == "outputs" and isinstance(value, dict):
             # The child's steps: each may be a stored output, or a grandchild's output in turn (a path ending here
             # takes them all).
             whole = None in trie
             return {
-                step: self.along(output, trie if whole else trie[step], read=True, child=True)
+                step: self._step(child, step, output, trie if whole else trie[step])
                 if whole or step in trie
                 else output
                 for step, output in value.items()
             }
-        return self.along(value, trie, read=False, child=False)
+        return self.along(value, trie, child=None)
 
-    def _beneath(self, value: Any, *, child: bool) -> Any:
-        if not child or not isinstance(value, dict) or not isinstance(value.get("outputs"), dict):
+    def _beneath(self, value: Any, child: UUID | None) -> Any:
+        if child is None or not isinstance(value, dict) or not isinstance(value.get("outputs"), dict):
             return value
-        steps = {step: self._beneath(self._read(output), child=True) for step, output in value["outputs"].items()}
+        steps = {step: self._step(child, step, output, {None: {}}) for step, output in value["outputs"].items()}
         return {**value, "outputs": steps}
 
-    def _read(self, value: Any) -> Any:
+    def _step(self, child: UUID, step: str, output: Any, trie: _Trie) -> Any:
+        """A step's output of `child`, read, and its own child's outputs beneath it when the step started one."""
+        value = self._read(output, child)
+        named = _named_execution(value)
+        grandchild = named if named is not None and self._parent(named) == (child, step) else None
+        return self.along(value, trie, child=grandchild)
+
+    def _parent(self, execution_id: UUID) -> tuple[UUID, str | None] | None:
+        """The execution and step that started `execution_id` (None: it is no child of the tenant's)."""
+        with tenant_transaction(self._tenant_id) as conn:
+            row = conn.execute(_PARENT, (execution_id,)).fetchone()
+        if row is None or row["parent_execution_id"] is None:
+            return None
+        return row["parent_execution_id"], row["parent_step_id"]
+
+    def _read(self, value: Any, child: UUID) -> Any:
         if not is_blob_ref(value):
             return value
         name, size, _ = _checked_reference(self._tenant_id, value)
+        if _folder_execution(self._tenant_id, value) != child:
+            raise StoredOutputError(f"the stored output {name} is not in the folder of child execution {child}")
         self._left -= size
         if self._left < 0:
             raise StoredOutputError(
                 f"the stored outputs read for one reference come to more than {MAX_NESTED_LOAD_BYTES} bytes (at {name})"
             )
         return load(value, self._tenant_id, container=self._container)
+
+
+def _folder_execution(tenant_id: UUID, reference: Any) -> UUID | None:
+    """The execution whose folder holds a stored output (`blob_name`), or None when its name has none."""
+    ref = reference.get(BLOB_REF) if isinstance(reference, dict) else None
+    name = ref.get("name") if isinstance(ref, dict) else None
+    prefix = f"{tenant_blob_prefix(tenant_id)}executions/"
+    if not isinstance(name, str) or not name.startswith(prefix):
+        return None
+    head = name[len(prefix) :].split("/", 1)[0]
+    try:
+        execution_id = UUID(head)
+    except ValueError:
+        return None
+    return execution_id if str(execution_id) == head else None

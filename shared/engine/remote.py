@@ -22,7 +22,15 @@ from shared.db.session import tenant_transaction
 from shared.engine import steps as store
 from shared.engine import task_tokens, work_queue
 from shared.engine.dispatch_results import raised_verdict
-from shared.engine.payloads import BLOB_REF, StoredOutputError, TenantErasedError, claim_check, is_blob_ref, load
+from shared.engine.payloads import (
+    BLOB_REF,
+    StoredOutputError,
+    TenantErasedError,
+    claim_check,
+    discard,
+    is_blob_ref,
+    load,
+)
 from shared.engine.protocol import EventRaiser, no_one_to_tell
 from shared.engine.steps import Attempt, AttemptKey
 from shared.observability.tracing import execution_attributes
@@ -47,6 +55,16 @@ class LeaseExpiredError(Exception):
 
 
 _LEASE_GONE = "the lease of this task token has expired or moved on; the result was not recorded"
+EXECUTION_ENDED = "the attempt's execution has ended; nothing was recorded"
+"""Why an open attempt of an ended execution takes no result and no heartbeat (409 `lease-expired`)."""
+_EXECUTION_ENDED = "SELECT 1 FROM app.executions WHERE id = %s AND status IN ('succeeded', 'failed', 'cancelled')"
+_ITEM_EXECUTION_ENDED = (
+    "SELECT 1 FROM app.work_items w JOIN app.step_attempts a ON a.tenant_id = w.tenant_id"
+    " AND a.execution_id = w.execution_id AND a.step_id = w.step_id AND a.phase = w.phase AND a.attempt = w.attempt"
+    " JOIN app.executions e ON e.tenant_id = w.tenant_id AND e.id = w.execution_id"
+    " WHERE w.id = %s AND w.lease_id = %s AND a.state = 'dispatched'"
+    " AND e.status IN ('succeeded', 'failed', 'cancelled')"
+)
 
 
 @dataclass(frozen=True)
@@ -186,7 +204,21 @@ def _verified(claims: task_tokens.TaskClaims) -> Attempt | None:
             raise _refusal(attempt, claims)
         if not work_queue.lease_is_live(conn, key, claims.nonce):
             raise LeaseExpiredError(_LEASE_GONE)
+        if _execution_ended(conn, key.execution_id):
+            raise LeaseExpiredError(EXECUTION_ENDED)
     return None
+
+
+def _execution_ended(conn: psycopg.Connection[Any], execution_id: UUID) -> bool:
+    """Whether the execution has ended: an attempt of it left open takes no result, as the built-in worker's claim
+    of one is refused (`steps.claim`)."""
+    return conn.execute(_EXECUTION_ENDED, (execution_id,)).fetchone() is not None
+
+
+def lease_of_an_ended_execution(conn: psycopg.Connection[Any], item_id: UUID, lease_id: UUID) -> bool:
+    """Whether the work item is held under `lease_id` for an open attempt whose execution has ended: its heartbeat
+    is refused as its result would be (an ended attempt, or another lease, keeps the heartbeat's own answer)."""
+    return conn.execute(_ITEM_EXECUTION_ENDED, (item_id, lease_id)).fetchone() is not None
 
 
 @dataclass(frozen=True)
@@ -305,7 +337,9 @@ def record(
     A repeat of the result the token recorded (the same outcome and output, or error and retryable) writes nothing
     and returns the recorded verdict, to be raised again only while no raise of it was accepted (`to_raise`): a
     worker whose hand-over was lost gets it raised, and one that repeats a result the run has gets its 200 and
-    nothing more. Another result for a spent token is TokenUsedError."""
+    nothing more. Another result for a spent token is TokenUsedError. An open attempt of an execution that has ended
+    takes no result (LeaseExpiredError). A stored output that no record names (the spend refused, or a repeat in
+    other bytes) is removed again."""
     if claims is None:
         claims = signed_claims(token, signing_key(claims_of(token).tenant_id), execution_id, step_id, phase)
     recorded = _verified(claims)
@@ -321,15 +355,66 @@ def record(
             return Recorded(key, repeated.verdict(), repeated.raised_by_recorder)
         with tenant_transaction(claims.tenant_id) as conn:  # a failure says whether a cancel was recorded (rules 7)
             return Recorded(key, raised_verdict(conn, repeated))
-    # Stored between the two transactions so no connection waits on the blob store. A blob of a request that then
-    # loses the spend is content-addressed, so it can never replace the winner's output.
+    # Stored between the two transactions so no connection waits on the blob store, in the lease's own folder: a
+    # blob of a request that then loses the spend is content-addressed, so it can never replace the winner's output,
+    # and no other request's output can be named so, so the loser removes it.
     try:
-        output = claim_check(claims.tenant_id, claims.key, result.output, for_request=True) if result.ok else None
+        output = (
+            claim_check(
+                claims.tenant_id,
+                claims.key,
+                result.output,
+                for_request=True,
+                folder=lease_folder(claims.key, claims.nonce),
+            )
+            if result.ok
+            else None
+        )
     except TenantErasedError:
         raise LeaseExpiredError(_LEASE_GONE) from None  # erased since the token verified: its lease went with it
+    try:
+        done = _spend(claims, result, output)
+    except (TokenRefusedError, TokenUsedError, LeaseExpiredError):
+        _discard_refused(claims, output)
+        raise
+    if is_blob_ref(output) and done.verdict.get("output") != output:
+        _discard_refused(claims, output)  # a repeat of the result a copy recorded, in other bytes (members reordered)
+    return done
+
+
+def lease_folder(key: AttemptKey, nonce: str) -> str:
+    """The folder, under its execution's outputs, of what results sent under one lease (its token's nonce) store:
+    only copies of a request with that very token name a blob there."""
+    return f"{key.step_id}/{key.phase}-{key.attempt}/lease-{nonce}"
+
+
+def _discard_refused(claims: task_tokens.TaskClaims, output: Any) -> None:
+    """Remove the blob of a result whose spend was refused, unless a copy of the request (the same token, the same
+    bytes, so the same name) recorded it. Read after the refusal, which is final: the lease ended or the token was
+    spent, so no later request can record the name. Left to the tenant's erasure when the read fails."""
+    if not is_blob_ref(output):
+        return
+    try:
+        with tenant_transaction(claims.tenant_id) as conn:
+            attempt = store.attempt_by_token(conn, claims.nonce)
+    except psycopg.Error as exc:
+        logger.warning("the output of a refused result was kept: its attempt could not be read: %s", exc)
+        return
+    if attempt is not None and is_blob_ref(attempt.output) and attempt.output[BLOB_REF] == output[BLOB_REF]:
+        return
+    discard(claims.tenant_id, output, request_container(get_settings()))
+
+
+def _spend(claims: task_tokens.TaskClaims, result: RemoteResult, output: Any) -> Recorded:
+    """Spend the token and record the result with its stored `output`, in one transaction: a copy of the request
+    that spent it first is answered as the repeat it is; anything else that took the token or ended the lease
+    meanwhile refuses it."""
+    key = claims.key
     with tenant_transaction(claims.tenant_id) as conn:
         if not work_queue.lease_is_live(conn, claims.key, claims.nonce):  # locks the item: no expiry overtakes us
             raise LeaseExpiredError(_LEASE_GONE)
+        if _execution_ended(conn, key.execution_id):
+            raise LeaseExpiredError(EXECUTION_ENDED)
         spent = store.use_task_token(conn, claims.nonce)
         if spent is None or spent.key != claims.key:
             # A copy of this request spent it since our check (a worker's retry racing its first try): the same

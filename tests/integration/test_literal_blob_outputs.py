@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from shared.api.durable import get_durable_client
 from shared.config import get_settings
 from shared.db.session import tenant_transaction
+from shared.engine import executions as repo
 from shared.engine import machine as m
 from shared.engine import payloads, worker
 from shared.engine import steps as store
@@ -153,12 +154,27 @@ def test_a_modules_reference_shaped_output_is_its_literal_output(
     assert next_step_params(tenant, recorded) == {"whole": other_output}
 
 
-def test_a_child_step_output_read_from_a_blob_is_not_read_again(tenant: uuid.UUID, other_output: Any) -> None:
+def test_a_child_step_output_read_from_a_blob_is_not_read_again(
+    app_pool: ConnectionPool[Any], tenant: uuid.UUID, other_output: Any
+) -> None:
     # Inside a child's output, a step's stored output holding a reference-shaped literal, and a reference-shaped
     # literal nested in a step's own output, are what those steps gave.
-    key = AttemptKey(uuid.uuid4(), "a", "run", 1)
+    parent = _execution(app_pool, tenant, path=["running"])
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        child_execution, _ = repo.create_execution(
+            conn,
+            execution_id=uuid.uuid4(),
+            intent_id=parent.intent_id,
+            intent_version=1,
+            target="staging",
+            input={},
+            requester=parent.requester,
+            parent_execution_id=parent.id,
+            parent_step_id="c",
+        )
+    key = AttemptKey(child_execution.id, "a", "run", 1)
     stored = payloads.claim_check(tenant, key, other_output)
-    child = {"execution_id": "c-1", "outputs": {"a": stored, "b": {"inner": other_output}}}
+    child = {"execution_id": str(child_execution.id), "outputs": {"a": stored, "b": {"inner": other_output}}}
     assert payloads.load_parts(tenant, child, [("outputs", "a")]) == {"outputs": {"a": other_output}}
     assert payloads.load_parts(tenant, child, [("outputs",)])["outputs"] == {
         "a": other_output,

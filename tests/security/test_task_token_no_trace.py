@@ -279,7 +279,8 @@ def test_a_completion_stores_its_output_under_its_digest(
     digest = hashlib.sha256(body).hexdigest()
     assert reference[payloads.BLOB_REF]["sha256"] == digest
     assert reference[payloads.BLOB_REF]["name"] == (
-        f"{tenant_blob_prefix(victim.tenant_id)}executions/{victim.key.execution_id}/.outputs/sha256-{digest}.json"
+        f"{tenant_blob_prefix(victim.tenant_id)}executions/{victim.key.execution_id}/.outputs/"
+        f"{remote.lease_folder(victim.key, task_tokens.read_claims(victim.token).nonce)}/sha256-{digest}.json"
     )
     assert artifacts.download_blob(reference[payloads.BLOB_REF]["name"]).readall() == body
     assert client.raised == [(str(victim.key.execution_id), "run:build:1", {"ok": True, "output": reference})]

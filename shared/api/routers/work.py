@@ -342,6 +342,8 @@ async def lease(
 def _heartbeat(tenant_id: UUID, item_id: UUID, body: HeartbeatRequest) -> work_queue.Heartbeat:
     progress = body.progress.model_dump(exclude_none=True) if body.progress is not None else None
     with tenant_transaction(tenant_id) as conn:
+        if remote.lease_of_an_ended_execution(conn, item_id, body.lease_id):
+            raise ProblemError(409, "lease-expired", "Conflict", remote.EXECUTION_ENDED)
         try:
             return work_queue.heartbeat(conn, item_id, body.lease_id, extend_s=body.extend_s, progress=progress)
         except work_queue.WorkItemNotFoundError as exc:
