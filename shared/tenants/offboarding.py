@@ -1,9 +1,12 @@
 # intent_ref: platform.tenants
-"""Tenant offboarding: export everything a tenant has as one JSON archive, then erase every trace of it."""
+"""Tenant offboarding: export everything a tenant has (its rows as a JSON archive, and its blobs), then erase every
+trace of it."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import itertools
 import json
 import logging
@@ -17,8 +20,9 @@ from functools import partial
 from typing import Any
 from uuid import UUID
 
-from azure.core.exceptions import ResourceNotFoundError
-from azure.storage.blob import ContainerClient, ContentSettings
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+from azure.storage.blob import BlobBlock, ContainerClient, ContentSettings
 from psycopg import errors, sql
 
 from shared.audit import AuditStore, get_audit_store
@@ -95,14 +99,6 @@ AUDIT_TRAIL = "audit_events"
 (read from the table, it was archived empty); the Postgres store's export is that table."""
 
 
-@dataclass(frozen=True)
-class ExportResult:
-    """Where the archive was written and how many rows of each kind it holds."""
-
-    blob_name: str
-    counts: dict[str, int]
-
-
 logger = logging.getLogger(__name__)
 ORCHESTRATION_SETTLE_S = 30.0
 """How long an erasure waits for a terminated orchestration to reach a terminal state before purging it."""
@@ -170,45 +166,236 @@ def _note_blob_left(tenant_id: UUID, name: str, failure: Exception) -> None:
 
 
 EXPORT_BATCH_ROWS = 500
-"""Rows an export holds in memory at once: it reads each table through a server-side cursor."""
+"""Rows an export holds in memory at once: it reads each table a page of this many rows at a time."""
 EXPORT_SPOOL_BYTES = 8 * 1024 * 1024
 """An archive up to this size is assembled in memory; a bigger one in a temporary file, then uploaded from it."""
+EXPORTS_FOLDER = "exports"
+"""The folder under a tenant's prefix where its exports are written, each in a folder of its own named by its time."""
+EXPORT_ARCHIVE = "archive.json"
+"""The export's rows, in its folder."""
+EXPORT_MANIFEST = "manifest.json"
+"""The export's list of what it holds, in its folder: written last, so an export without one is not complete."""
+EXPORT_CHUNK_BYTES = 4 * 1024 * 1024
+"""A blob's bytes an export holds in memory at once while it copies them: one ranged read, then one block."""
+EXPORT_LOOK_S = 5.0
+"""How often an export looks at its tenant while it copies blobs: an erasure meanwhile stops the copy early."""
 
 
 class TenantGoneError(LookupError):
-    """The tenant was erased before its export began, or while it ran (its archive is then removed again)."""
+    """The tenant was erased before its export began, or while it ran (its export is then removed again)."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Where the export was written and what it holds: its folder, the archive and the manifest in it, the rows of
+    each kind and the tenant's blobs copied beside them."""
+
+    blob_name: str
+    counts: dict[str, int]
+    folder: str
+    manifest: str
+    blobs: int
+    blob_bytes: int
+
+
+def export_folder(tenant_id: UUID, at: datetime) -> str:
+    """The folder of the tenant's export begun `at` (under its prefix, so its erasure removes it)."""
+    return f"{tenant_blob_prefix(tenant_id)}{EXPORTS_FOLDER}/{at:%Y%m%dT%H%M%S%fZ}/"
 
 
 def export_tenant(tenant: Tenant, container: ContainerClient, audit_store: AuditStore | None = None) -> ExportResult:
-    """Write the tenant's rows (read under its own RLS context) and its audit trail (from `audit_store`, by default
-    the configured one) to `<tenant>/exports/<time>.json`: one JSON object, the tenant (with its settings) and the
-    time, then an array of rows per table (`EXPORTED_TABLES`), streamed (a big tenant's archive, read whole with every
-    attempt's output in it, held several copies in memory and could take the host down). TenantGoneError when the
-    tenant was erased before or meanwhile; no archive of it is left then."""
+    """Export the tenant to a folder `<tenant>/exports/<time>/` of its own: `archive.json` (its rows, read under its
+    own RLS context, and its audit trail from `audit_store`, by default the configured one), a copy of every blob
+    under its prefix but its exports (stored outputs and artifacts) under the same name relative to the prefix, and
+    `manifest.json`, written last, naming each blob with its size, sha256 and MD5. A `$blob` reference's name (or an
+    artifact's `blob_name`) `<tenant>/<path>` is the export's `<path>`. Memory is bounded (the archive spooled as
+    before, a blob copied a chunk at a time). TenantGoneError when the tenant was erased before or meanwhile; nothing
+    of the export is left then. Any other failure removes what the export wrote, so it is safe to send again."""
     audit_store = audit_store or get_audit_store()
-    blob_name = f"{tenant_blob_prefix(tenant.id)}exports/{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}.json"
+    folder = export_folder(tenant.id, datetime.now(UTC))
+    try:
+        result = _write_export(tenant, container, audit_store, folder)
+    except BaseException:
+        # An export cut short is no export: the next one writes a whole folder of its own. A tenant gone before the
+        # first write left nothing to remove.
+        _remove_export(tenant.id, container, folder)
+        raise
+    # The erasure does not wait for an export. Looked at after the last write, a tenant still there means its
+    # erasure's last blob pass comes later and removes the export; a tenant gone means that pass may be over, and the
+    # export is removed here (a host killed in between leaves it to the `erased_tenant_blobs` timer, ADR 0046).
+    if not tenant_exists(tenant.id):
+        _remove_export(tenant.id, container, folder)
+        raise TenantGoneError(str(tenant.id))
+    return result
+
+
+def _write_export(tenant: Tenant, container: ContainerClient, audit_store: AuditStore, folder: str) -> ExportResult:
+    """Write the archive, then the blobs, then the manifest to `folder`; TenantGoneError once the tenant is seen
+    gone."""
     counts: dict[str, int] = {}
+    archive = _upload_archive(tenant, counts, audit_store, container, folder + EXPORT_ARCHIVE)
+    with tempfile.SpooledTemporaryFile(max_size=EXPORT_SPOOL_BYTES) as listed:
+        copied, copied_bytes = _copy_blobs(tenant.id, container, folder, listed)
+        manifest_name = folder + EXPORT_MANIFEST
+        head = {
+            "tenant_id": str(tenant.id),
+            "folder": folder,
+            "archive": {"name": EXPORT_ARCHIVE, **archive},
+            "references": f"a blob the rows name {tenant_blob_prefix(tenant.id)}<path> ($blob references, artifacts'"
+            " blob_name) is <path> in this folder",
+            "blob_count": copied,
+            "blob_bytes": copied_bytes,
+        }
+        with tempfile.SpooledTemporaryFile(max_size=EXPORT_SPOOL_BYTES) as manifest:
+            manifest.write(json.dumps(head, sort_keys=True)[:-1].encode() + b', "blobs": [')
+            listed.seek(0)
+            while piece := listed.read(EXPORT_CHUNK_BYTES):
+                manifest.write(piece)
+            manifest.write(b"]}")
+            _upload_spool(container, manifest_name, manifest)
+    return ExportResult(archive["blob_name"], counts, folder, manifest_name, copied, copied_bytes)
+
+
+def _upload_archive(
+    tenant: Tenant, counts: dict[str, int], audit_store: AuditStore, container: ContainerClient, name: str
+) -> dict[str, Any]:
+    """Spool and upload the archive of the tenant's rows as `name`; its name, size and sha256."""
+    digest = hashlib.sha256()
     with tempfile.SpooledTemporaryFile(max_size=EXPORT_SPOOL_BYTES) as spool:
         for piece in _archive(tenant, counts, audit_store):
             spool.write(piece)
-        size = spool.tell()
-        spool.seek(0)
+            digest.update(piece)
         # No transaction is open while the archive uploads: one held across it (with the tenant row locked) held
         # back every tenant's events and webhooks, and past the idle bound its session was ended after the upload (a
         # 503, and the retry wrote a second archive).
-        container.upload_blob(
-            blob_name,
-            spool,
-            length=size,
-            overwrite=False,
-            content_settings=ContentSettings(content_type="application/json"),
+        size = _upload_spool(container, name, spool)
+    return {"blob_name": name, "size": size, "sha256": digest.hexdigest()}
+
+
+def _upload_spool(container: ContainerClient, name: str, spool: Any) -> int:
+    """Upload the JSON in `spool` (written to its end) as the new blob `name`; its size."""
+    size = int(spool.tell())
+    spool.seek(0)
+    container.upload_blob(
+        name, spool, length=size, overwrite=False, content_settings=ContentSettings(content_type="application/json")
+    )
+    return size
+
+
+def _copy_blobs(tenant_id: UUID, container: ContainerClient, folder: str, listed: Any) -> tuple[int, int]:
+    """Copy every blob under the tenant's prefix but its exports into `folder` under the same relative name, writing
+    each one's manifest entry to `listed` (comma-separated JSON objects); how many blobs and bytes. Looks at the
+    tenant every `EXPORT_LOOK_S` (TenantGoneError once it is gone)."""
+    prefix = tenant_blob_prefix(tenant_id)
+    exports = f"{prefix}{EXPORTS_FOLDER}/"
+    copied = copied_bytes = 0
+    looked = time.monotonic()
+    for source in container.list_blobs(name_starts_with=prefix):
+        if source.name.startswith(exports):
+            continue  # earlier exports (and this one) are not the tenant's data
+        if time.monotonic() - looked >= EXPORT_LOOK_S:
+            if not tenant_exists(tenant_id):
+                raise TenantGoneError(str(tenant_id))
+            looked = time.monotonic()
+        entry = _copy_blob(container, source.name, folder + source.name[len(prefix) :])
+        if entry is None:
+            continue  # removed meanwhile (a compensated artifact): no longer the tenant's
+        entry["name"] = source.name[len(prefix) :]
+        listed.write((b"," if copied else b"") + json.dumps(entry, sort_keys=True).encode())
+        copied += 1
+        copied_bytes += int(entry["size"])
+    return copied, copied_bytes
+
+
+COPY_ATTEMPTS = 3
+"""Tries of one blob's copy whose source was rewritten while it was read (an artifact's later attempt)."""
+
+
+def _copy_blob(container: ContainerClient, source: str, target: str) -> dict[str, Any] | None:
+    """Copy blob `source` to the new blob `target` through this host a chunk at a time, every read held to the
+    source's ETag; its size, sha256, MD5 (also the copy's Content-MD5) and content type, or None when the source is
+    gone."""
+    for attempt in range(1, COPY_ATTEMPTS + 1):
+        try:
+            return _copy_once(container, source, target)
+        except ResourceNotFoundError:
+            return None
+        except ResourceModifiedError:
+            if attempt == COPY_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _copy_once(container: ContainerClient, source: str, target: str) -> dict[str, Any]:
+    """One copy of `source` as it is now (ResourceModifiedError when it is rewritten meanwhile): one Put Blob for a
+    blob of one chunk (all or nothing), staged blocks committed at the end for a bigger one."""
+    properties = container.get_blob_client(source).get_blob_properties()
+    size, etag = int(properties.size), properties.etag
+    content_type = properties.content_settings.content_type or "application/octet-stream"
+    sha256, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
+    copy = container.get_blob_client(target)
+    blocks: list[BlobBlock] = []
+    last = b""
+    for offset in range(0, size, EXPORT_CHUNK_BYTES):
+        last = container.download_blob(
+            source,
+            offset=offset,
+            length=min(EXPORT_CHUNK_BYTES, size - offset),
+            etag=etag,
+            match_condition=MatchConditions.IfNotModified,
+        ).readall()
+        sha256.update(last)
+        md5.update(last)
+        if size > EXPORT_CHUNK_BYTES:
+            blocks.append(BlobBlock(base64.b64encode(f"{offset // EXPORT_CHUNK_BYTES:010d}".encode()).decode()))
+            copy.stage_block(blocks[-1].id, last)
+    settings = ContentSettings(content_type=content_type, content_md5=bytearray(md5.digest()))
+    metadata = {"sha256": sha256.hexdigest()}
+    if blocks:
+        copy.commit_block_list(blocks, content_settings=settings, metadata=metadata)
+    else:
+        copy.upload_blob(last, overwrite=False, content_settings=settings, metadata=metadata)
+    return {
+        "size": size,
+        "sha256": sha256.hexdigest(),
+        "content_md5": base64.b64encode(md5.digest()).decode(),
+        "content_type": content_type,
+    }
+
+
+def _remove_export(tenant_id: UUID, container: ContainerClient, folder: str) -> None:
+    """Delete every blob of the export in `folder`; what storage refuses is noted for the `erased_tenant_blobs`
+    timer when the tenant is gone, logged otherwise."""
+    try:
+        names = [blob.name for blob in container.list_blobs(name_starts_with=folder)]
+    except Exception as exc:
+        _left_behind(tenant_id, folder, exc)
+        return
+    for name in names:
+        try:
+            container.delete_blob(name)
+        except ResourceNotFoundError:
+            pass  # removed by an erasure's pass
+        except Exception as exc:
+            _left_behind(tenant_id, name, exc)
+
+
+def _left_behind(tenant_id: UUID, name: str, failure: Exception) -> None:
+    """A blob of an export that could not be removed: the timer's when the tenant is gone, an operator's otherwise."""
+    try:
+        gone = not tenant_exists(tenant_id)
+    except Exception:
+        gone = True  # noted for the timer, which removes nothing of a tenant that is not erased
+    if gone:
+        _note_blob_left(tenant_id, name, failure)
+    else:
+        logger.error(
+            "export blob %r of tenant %s was not removed (%s: %s); an export without its manifest is incomplete",
+            name,
+            tenant_id,
+            type(failure).__name__,
+            failure,
         )
-    # The erasure does not wait for an export. Looked at after the upload, a tenant still there means its erasure's
-    # last blob pass comes later and removes the archive; a tenant gone means that pass may be over, and the archive
-    # is removed here (a host killed in between leaves it to the `erased_tenant_blobs` timer, ADR 0046).
-    if not kept_for_tenant(tenant.id, container, blob_name):
-        raise TenantGoneError(str(tenant.id))
-    return ExportResult(blob_name, counts)
 
 
 def _archive(tenant: Tenant, counts: dict[str, int], audit_store: AuditStore) -> Iterator[bytes]:

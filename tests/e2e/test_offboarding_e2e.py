@@ -1,9 +1,12 @@
 # intent_ref: platform.tenants
-"""Offboarding a tenant that has executions, on the devhost: the export carries them, and the erasure removes every
-row, blob and orchestration history of the tenant (counted afterwards), running orchestrations included."""
+"""Offboarding a tenant that has executions, on the devhost: the export carries them and their blobs (a stored output,
+an artifact), and the erasure removes every row, blob and orchestration history of the tenant (counted afterwards),
+running orchestrations included."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,7 +26,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture()
 def platform(pg: Any, azurite: Any, tmp_path: Path) -> Iterator[Platform]:
-    host = start_platform_host(pg, azurite, tmp_path / "devhost.log")
+    # A small inline limit: the `fetch` step's output (the platform's own OpenAPI document) is stored as a blob.
+    host = start_platform_host(pg, azurite, tmp_path / "devhost.log", env={"QP_PAYLOAD_INLINE_MAX_BYTES": "1024"})
     yield Platform(host, pg.root, pg.owner_url)
     host.stop()
 
@@ -70,13 +74,19 @@ def test_erasure_removes_executions_and_their_orchestration_histories(
         json={
             "name": name,
             "entra_tenant_id": entra_id,
-            "allowed_modules": ["artifact", "approval", "wait"],
+            "allowed_modules": ["artifact", "approval", "wait", "http"],
             "allowed_targets": ["staging"],
         },
     )
     assert created.status_code == 201, created.text
     tenant_id = created.json()["id"]
     member = platform.headers(["Intent.Author", "Intent.Executor", "Intent.Reader"], tenant=entra_id)
+    allowed = httpx.patch(
+        f"{platform.base}/api/v1/tenant",
+        json={"settings": {"allowed_hosts": ["127.0.0.1"]}},
+        headers=platform.headers(["Tenant.Admin"], tenant=entra_id),
+    )
+    assert allowed.status_code == 200, allowed.text
     intent = httpx.post(
         f"{platform.base}/api/v1/intents",
         headers=member,
@@ -86,6 +96,7 @@ def test_erasure_removes_executions_and_their_orchestration_histories(
                 "target": "staging",
                 "steps": [
                     {"id": "write", "action": "artifact.write", "name": "a.json", "content": {}},
+                    {"id": "fetch", "action": "http.request", "url": f"{platform.base}/api/openapi.json"},
                     {"id": "gate", "action": "approval"},
                 ],
             },
@@ -104,6 +115,8 @@ def test_erasure_removes_executions_and_their_orchestration_histories(
     exported = httpx.post(f"{platform.base}/api/v1/tenants/{tenant_id}/export", headers=admin)
     assert exported.status_code == 201, exported.text
     assert exported.json()["counts"]["executions"] == 2 and exported.json()["counts"]["execution_events"] > 0
+    blobs = BlobServiceClient.from_connection_string(azurite.connection_string).get_container_client("artifacts")
+    _assert_export_holds_its_blobs(blobs, exported.json(), tenant_id)
 
     current = httpx.get(f"{platform.base}/api/v1/tenants/{tenant_id}", headers=admin)
     httpx.patch(
@@ -121,8 +134,36 @@ def test_erasure_removes_executions_and_their_orchestration_histories(
     counts = _rows(pg, tenant_id)
     assert counts.pop("audit_events") == 1  # the erasure's own record
     assert set(counts.values()) == {0}, counts
-    blobs = BlobServiceClient.from_connection_string(azurite.connection_string).get_container_client("artifacts")
     assert list(blobs.list_blobs(name_starts_with=f"{tenant_id}/")) == []
+
+
+def _assert_export_holds_its_blobs(blobs: Any, answer: dict[str, Any], tenant_id: str) -> None:
+    """The export's folder holds every blob of the tenant (both executions' stored outputs and artifacts) as the
+    manifest lists it, and each reference of the archive's steps resolves there to the bytes it was made from."""
+    folder = answer["folder"]
+    manifest = json.loads(blobs.download_blob(answer["manifest"]).readall())
+    listed = {entry["name"]: entry for entry in manifest["blobs"]}
+    outside = {
+        b.name.removeprefix(f"{tenant_id}/")
+        for b in blobs.list_blobs(name_starts_with=f"{tenant_id}/")
+        if not b.name.startswith(f"{tenant_id}/exports/")
+    }
+    assert set(listed) == outside and answer["blobs"] == len(listed) == 4  # per execution: an output, an artifact
+    for name, entry in listed.items():
+        data = blobs.download_blob(folder + name).readall()
+        assert len(data) == entry["size"] and hashlib.sha256(data).hexdigest() == entry["sha256"]
+    steps = json.loads(blobs.download_blob(answer["blob_name"]).readall())["execution_steps"]
+    for step in steps:
+        if step["step_id"] == "fetch":
+            named, digest = step["output"]["$blob"]["name"], step["output"]["$blob"]["sha256"]
+        elif step["step_id"] == "write":
+            named, digest = step["output"]["blob_name"], step["output"]["sha256"]
+        else:
+            continue
+        assert named.startswith(f"{tenant_id}/")
+        data = blobs.download_blob(folder + named.removeprefix(f"{tenant_id}/")).readall()
+        assert hashlib.sha256(data).hexdigest() == digest
+    assert {s["step_id"] for s in steps if s["output"] is not None} >= {"fetch", "write"}
 
 
 def _wait_status(platform: Platform, execution_id: str, headers: dict[str, str], status: str) -> None:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import threading
 import time
@@ -19,16 +21,23 @@ from azure.storage.blob import BlobServiceClient
 
 from shared.api.durable import get_durable_client
 from shared.api.routers import tenants as tenants_router
+from shared.config import get_settings
 from shared.db import session as db_session
 from shared.db.session import tenant_transaction
-from shared.engine import task_tokens
+from shared.engine import payloads, task_tokens
+from shared.engine import steps as store
+from shared.engine.steps import AttemptKey, StepSeed
 from shared.events.outbox import enqueue
 from shared.events.relay import relay_tenant
+from shared.modules import ModuleContext
+from shared.modules.artifact_write import ArtifactWriteModule
+from shared.registry.catalog import ArtifactWriteParams
 from shared.tenants import offboarding
 from shared.tenants.models import Tenant
 from shared.tenants.offboarding import TENANT_TABLES
 from shared.tenants.repository import get_tenant
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
+from tests.integration.test_executions import _execution
 from tests.integration.test_webhooks import Publisher, emit, local  # noqa: F401  # `local`: the fixture
 
 pytestmark = pytest.mark.integration
@@ -164,7 +173,8 @@ def test_export_then_erase_leaves_only_the_erasure_record(
 
     erased = api.client.post(f"/api/v1/tenants/{leaving.id}/erase", json={"confirm_name": leaving.name}, headers=admin)
     assert erased.status_code == 200, erased.text
-    assert erased.json()["removed"]["blobs"] == 2  # the artifact and the export archive
+    # The artifact, the export's archive and manifest, and its copy of the artifact.
+    assert erased.json()["removed"]["blobs"] == 4
     assert erased.json()["removed"]["orchestrations"] == 0
 
     counts = _tenant_row_counts(api, leaving.id)
@@ -496,7 +506,10 @@ def test_an_export_whose_upload_outlasts_the_idle_bound_writes_one_archive(
     tenant = _exported_tenant(api, "exported-slowly")
     blobs = _artifacts(azurite)
     result = offboarding.export_tenant(tenant, _SlowUpload(blobs, 1.5), tenants_router.get_audit_store())
-    assert [b.name for b in blobs.list_blobs(name_starts_with=f"{tenant.id}/exports/")] == [result.blob_name]
+    assert [b.name for b in blobs.list_blobs(name_starts_with=f"{tenant.id}/exports/")] == [
+        result.blob_name,
+        result.manifest,
+    ]
 
 
 @pytest.mark.parametrize("held_at", ["reading", "uploading"])
@@ -561,3 +574,164 @@ def test_an_operator_changes_a_tenant_while_its_export_uploads(api: ApiHarness, 
         export.result(30)
     assert suspended.status_code == 200 and suspended.json()["status"] == "suspended"
     assert uploading  # answered while the export still held its row
+
+
+def _execution_with_blobs(tenant_id: uuid.UUID, blobs: Any, app_pool: Any) -> tuple[Any, dict[str, Any]]:
+    """An execution of the tenant whose `build` step's output is over the inline limit (stored as a blob, its row
+    holding the `$blob` reference) and whose `write` step wrote an artifact, each written by its real writer; the
+    reference and the artifact's output."""
+    execution = _execution(app_pool, tenant_id, path=["running"])
+    big = {"log": "line\n" * (get_settings().QP_PAYLOAD_INLINE_MAX_BYTES // 5 + 1)}
+    reference = payloads.claim_check(tenant_id, AttemptKey(execution.id, "build", "run", 1), big, container=blobs)
+    assert payloads.is_blob_ref(reference)
+    artifact = ArtifactWriteModule(container=lambda: blobs).run(
+        ModuleContext(tenant_id, str(execution.id), "write", 1),
+        ArtifactWriteParams(name="reports/summary.json", content={"ok": True}),
+    )
+    with tenant_transaction(tenant_id) as conn:
+        store.seed_steps(
+            conn,
+            execution.id,
+            [
+                StepSeed("build", "http.request", 1, reference, True),
+                StepSeed("write", "artifact.write", 1, artifact, True),
+            ],
+        )
+    return reference, artifact
+
+
+def _resolved(blobs: Any, folder: str, tenant_id: uuid.UUID, name: str) -> bytes:
+    """The bytes in the export's `folder` of the tenant's blob `name`, as its rows name it."""
+    prefix = f"{tenant_id}/"
+    assert name.startswith(prefix)
+    return bytes(blobs.download_blob(folder + name[len(prefix) :]).readall())
+
+
+def test_an_export_carries_the_tenants_blobs_and_a_manifest_of_them(
+    api: ApiHarness, azurite: Any, app_pool: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The archive held a stored output only as its `$blob` reference and an artifact only as its blob's name: the
+    # bytes stayed under the tenant's prefix, which its erasure empties. A small chunk here: the big output is copied
+    # in several blocks, the artifact in one Put Blob.
+    monkeypatch.setattr(offboarding, "EXPORT_CHUNK_BYTES", 4096, raising=False)
+    api.provision("blob-export-operator")
+    admin = api.headers("blob-export-operator", ADMIN)
+    exported = api.provision("exported-with-blobs")
+    blobs = _artifacts(azurite)
+    reference, artifact = _execution_with_blobs(exported.id, blobs, app_pool)
+    assert reference["$blob"]["size"] > 4096 * 2
+    first = api.client.post(f"/api/v1/tenants/{exported.id}/export", headers=admin)
+    assert first.status_code == 201, first.text
+    answer = api.client.post(f"/api/v1/tenants/{exported.id}/export", headers=admin)  # not a copy of the first
+    assert answer.status_code == 201, answer.text
+    # Whatever the answer's shape: the exports hold both blobs' bytes.
+    in_exports = {
+        hashlib.sha256(blobs.download_blob(b.name).readall()).hexdigest()
+        for b in blobs.list_blobs(name_starts_with=f"{exported.id}/exports/")
+    }
+    assert {reference["$blob"]["sha256"], artifact["sha256"]} <= in_exports
+    body = answer.json()
+    folder = body["folder"]
+    assert folder.startswith(f"{exported.id}/exports/") and folder.endswith("/") and folder != first.json()["folder"]
+    assert body["blob_name"] == folder + "archive.json" and body["manifest"] == folder + "manifest.json"
+    assert body["blobs"] == 2 and body["container"] == "artifacts"
+
+    manifest = json.loads(blobs.download_blob(body["manifest"]).readall())
+    listed = {entry["name"]: entry for entry in manifest["blobs"]}
+    output_name = reference["$blob"]["name"].removeprefix(f"{exported.id}/")
+    artifact_name = artifact["blob_name"].removeprefix(f"{exported.id}/")
+    assert set(listed) == {output_name, artifact_name}
+    assert body["blob_bytes"] == manifest["blob_bytes"] == sum(entry["size"] for entry in listed.values())
+    # Each copy is the source's bytes, as the manifest and the copy's own Content-MD5 say.
+    for name, entry in listed.items():
+        data = blobs.download_blob(folder + name).readall()
+        assert data == blobs.download_blob(f"{exported.id}/{name}").readall()
+        assert len(data) == entry["size"] and hashlib.sha256(data).hexdigest() == entry["sha256"]
+        md5 = blobs.get_blob_client(folder + name).get_blob_properties().content_settings.content_md5
+        assert (
+            base64.b64encode(bytes(md5)).decode()
+            == entry["content_md5"]
+            == base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+        )
+    archive_bytes = blobs.download_blob(body["blob_name"]).readall()
+    assert manifest["archive"] == {
+        "name": "archive.json",
+        "blob_name": body["blob_name"],
+        "size": len(archive_bytes),
+        "sha256": hashlib.sha256(archive_bytes).hexdigest(),
+    }
+    # The rows' references resolve within the export, to the bytes they were made from.
+    steps = {row["step_id"]: row["output"] for row in json.loads(archive_bytes)["execution_steps"]}
+    stored = steps["build"]["$blob"]
+    output = _resolved(blobs, folder, exported.id, stored["name"])
+    assert len(output) == stored["size"] and hashlib.sha256(output).hexdigest() == stored["sha256"]
+    written = _resolved(blobs, folder, exported.id, steps["write"]["blob_name"])
+    assert hashlib.sha256(written).hexdigest() == steps["write"]["sha256"] and json.loads(written) == {"ok": True}
+    # The folder holds the archive, the manifest and the copies, nothing else.
+    in_folder = {b.name.removeprefix(folder) for b in blobs.list_blobs(name_starts_with=folder)}
+    assert in_folder == {"archive.json", "manifest.json", output_name, artifact_name}
+
+
+class _HeldCopy:
+    """The artifacts container, whose export's first read of a blob's bytes waits until the test lets it go on."""
+
+    def __init__(self, container: Any) -> None:
+        self._container = container
+        self.copying = threading.Event()
+        self.finish = threading.Event()
+
+    def download_blob(self, *args: Any, **kwargs: Any) -> Any:
+        self.copying.set()
+        assert self.finish.wait(30)
+        return self._container.download_blob(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._container, name)
+
+
+def test_an_export_whose_tenant_is_erased_while_it_copies_blobs_leaves_nothing(
+    api: ApiHarness, azurite: Any, app_pool: Any
+) -> None:
+    # The erasure empties the prefix while the export copies: what the export writes after it (the rest of the
+    # copies, the manifest) is removed by the export itself, which answers that the tenant is gone.
+    tenant = _exported_tenant(api, "erased-while-its-blobs-copy")
+    blobs = _artifacts(azurite)
+    _execution_with_blobs(tenant.id, blobs, app_pool)
+    held = _HeldCopy(blobs)
+    with ThreadPoolExecutor(2) as pool:
+        export = pool.submit(offboarding.export_tenant, tenant, held, tenants_router.get_audit_store())
+        try:
+            assert held.copying.wait(30)
+            assert [b.name for b in blobs.list_blobs(name_starts_with=f"{tenant.id}/exports/")]  # its archive
+            removed = offboarding.erase_tenant(marked_for_erasure(tenant.id), blobs, tenants_router.get_audit_store())
+        finally:
+            held.finish.set()
+        with pytest.raises(offboarding.TenantGoneError):
+            export.result(30)
+    assert removed["tenants"] == 1
+    assert list(blobs.list_blobs(name_starts_with=f"{tenant.id}/")) == []
+
+
+def test_a_failed_export_removes_what_it_wrote(api: ApiHarness, azurite: Any, app_pool: Any) -> None:
+    # Sent again after a failure, an export writes a whole folder of its own: the one cut short is not left beside it.
+    tenant = _exported_tenant(api, "export-that-fails")
+    blobs = _artifacts(azurite)
+    _execution_with_blobs(tenant.id, blobs, app_pool)
+
+    class _Failing(_HeldCopy):
+        def download_blob(self, *args: Any, **kwargs: Any) -> Any:
+            raise ServiceRequestError("storage went away")
+
+    with pytest.raises(ServiceRequestError):
+        offboarding.export_tenant(tenant, _Failing(blobs), tenants_router.get_audit_store())
+    assert list(blobs.list_blobs(name_starts_with=f"{tenant.id}/exports/")) == []
+    result = offboarding.export_tenant(tenant, blobs, tenants_router.get_audit_store())
+    assert result.blobs == 2
+    assert {b.name for b in blobs.list_blobs(name_starts_with=f"{tenant.id}/exports/")} == {
+        result.folder + name
+        for name in (
+            "archive.json",
+            "manifest.json",
+            *(e["name"] for e in json.loads(blobs.download_blob(result.manifest).readall())["blobs"]),
+        )
+    }

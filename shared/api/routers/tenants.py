@@ -11,7 +11,7 @@ from uuid import UUID
 import psycopg
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from shared.api.accepted_input import TakesNoBody, no_body_doc
@@ -257,11 +257,19 @@ def _erasure_refused(status: str) -> ProblemError:
 
 
 class TenantExport(BaseModel):
-    """Where a tenant's export archive was written."""
+    """Where a tenant's export was written: a folder of the artifacts container holding the archive of its rows, a
+    copy of each of its blobs and the manifest; download the folder before erasing the tenant, which removes it."""
 
     container: str
-    blob_name: str
+    folder: str = Field(description="The export's folder, `<tenant>/exports/<time>/`: download every blob under it")
+    blob_name: str = Field(description="The archive of the tenant's rows, `<folder>archive.json`")
+    manifest: str = Field(
+        description="`<folder>manifest.json`, written last: each blob copied (its name in the folder, size, sha256,"
+        " Content-MD5) and the archive's size and sha256"
+    )
     counts: dict[str, int]
+    blobs: int = Field(description="Blobs of the tenant copied into the folder (stored step outputs, artifacts)")
+    blob_bytes: int = Field(description="Their bytes, in all")
 
 
 class TenantErasure(BaseModel):
@@ -283,7 +291,7 @@ class TenantErased(BaseModel):
     "/{tenant_id}/export",
     status_code=201,
     response_model=TenantExport,
-    summary="Export a tenant's data to blob storage",
+    summary="Export a tenant's data and blobs to blob storage",
     responses={**AUTH_ERRORS, 404: NOT_FOUND, 422: no_body_doc("the tenant id is not a UUID")},
 )
 def export(
@@ -291,14 +299,18 @@ def export(
     context: Annotated[RequestContext, Depends(permission(Action.TENANT_EXPORT))],
     _no_body: TakesNoBody,
 ) -> TenantExport:
-    """Write a JSON archive of the tenant's records (Platform.Admin): the tenant with its settings, its intents and
-    versions, executions with their steps, attempts, work items and events, policies, modules, ingress rejections,
-    webhook subscriptions (without their signing secrets) and deliveries, domain events and audit trail. Left out:
-    secrets, kept idempotency answers, rate counters, locks and worker poll times; and the contents of the tenant's
-    blobs (step outputs stored as blobs, which the archive holds as `$blob` references, and `artifact.write`
-    artifacts). The archive is written under the tenant's own prefix, which its erasure empties: copy it out before
-    erasing (ADR 0012). 404 when the tenant was erased before or during the export (no archive is left then). The
-    request takes no body: a body is refused with 422 and writes nothing."""
+    """Export the tenant (Platform.Admin) to a folder of its own, `<tenant>/exports/<time>/` in the artifacts
+    container: `archive.json`, a JSON archive of its records (the tenant with its settings, its intents and versions,
+    executions with their steps, attempts, work items and events, policies, modules, ingress rejections, webhook
+    subscriptions without their signing secrets and deliveries, domain events and audit trail; left out: secrets,
+    kept idempotency answers, rate counters, locks and worker poll times); a copy of every blob of the tenant (step
+    outputs stored as blobs, `artifact.write` artifacts; not earlier exports) under its name relative to the tenant's
+    prefix, so a `$blob` reference or artifact `blob_name` `<tenant>/<path>` is `<folder><path>`; and
+    `manifest.json`, written last, with each blob's size, sha256 and Content-MD5. The answer names the folder: download
+    it (`az storage blob download-batch --pattern '<folder>*'`, or azcopy) before erasing the tenant, whose erasure
+    removes it with every other blob of the tenant (ADR 0012). 404 when the tenant was erased before or during the
+    export (nothing of it is left then); a failed export removes what it wrote and may be sent again. The request
+    takes no body: a body is refused with 422 and writes nothing."""
     tenant = _authorized_tenant(context, Action.TENANT_EXPORT, tenant_id)
     container = request_container(get_settings())
     try:
@@ -309,9 +321,17 @@ def export(
         context,
         Action.TENANT_EXPORT,
         Resource("Tenant", str(tenant_id), None, {}),
-        {"blob_name": result.blob_name, "counts": result.counts},
+        {"folder": result.folder, "blob_name": result.blob_name, "counts": result.counts, "blobs": result.blobs},
     )
-    return TenantExport(container=container.container_name, blob_name=result.blob_name, counts=result.counts)
+    return TenantExport(
+        container=container.container_name,
+        folder=result.folder,
+        blob_name=result.blob_name,
+        manifest=result.manifest,
+        counts=result.counts,
+        blobs=result.blobs,
+        blob_bytes=result.blob_bytes,
+    )
 
 
 @router.post(
