@@ -22,6 +22,7 @@ from shared.db.session import tenant_transaction
 from shared.engine import steps as store
 from shared.engine import task_tokens, work_queue
 from shared.engine.dispatch_results import raised_verdict
+from shared.engine.executions import TERMINAL
 from shared.engine.payloads import (
     BLOB_REF,
     StoredOutputError,
@@ -57,7 +58,8 @@ class LeaseExpiredError(Exception):
 _LEASE_GONE = "the lease of this task token has expired or moved on; the result was not recorded"
 EXECUTION_ENDED = "the attempt's execution has ended; nothing was recorded"
 """Why an open attempt of an ended execution takes no result and no heartbeat (409 `lease-expired`)."""
-_EXECUTION_ENDED = "SELECT 1 FROM app.executions WHERE id = %s AND status IN ('succeeded', 'failed', 'cancelled')"
+_EXECUTION_STATUS = "SELECT status FROM app.executions WHERE id = %s"
+_EXECUTION_STATUS_HELD = "SELECT status FROM app.executions WHERE id = %s FOR NO KEY UPDATE"
 _ITEM_EXECUTION_ENDED = (
     "SELECT 1 FROM app.work_items w JOIN app.step_attempts a ON a.tenant_id = w.tenant_id"
     " AND a.execution_id = w.execution_id AND a.step_id = w.step_id AND a.phase = w.phase AND a.attempt = w.attempt"
@@ -209,10 +211,12 @@ def _verified(claims: task_tokens.TaskClaims) -> Attempt | None:
     return None
 
 
-def _execution_ended(conn: psycopg.Connection[Any], execution_id: UUID) -> bool:
+def _execution_ended(conn: psycopg.Connection[Any], execution_id: UUID, *, hold: bool = False) -> bool:
     """Whether the execution has ended: an attempt of it left open takes no result, as the built-in worker's claim
-    of one is refused (`steps.claim`)."""
-    return conn.execute(_EXECUTION_ENDED, (execution_id,)).fetchone() is not None
+    of one is refused (`steps.claim`). `hold` locks its row as the result's event will (FOR NO KEY UPDATE: a share
+    lock upgraded by two recorders of one execution at once would deadlock them)."""
+    held = conn.execute(_EXECUTION_STATUS_HELD if hold else _EXECUTION_STATUS, (execution_id,)).fetchone()
+    return held is not None and held["status"] in TERMINAL
 
 
 def lease_of_an_ended_execution(conn: psycopg.Connection[Any], item_id: UUID, lease_id: UUID) -> bool:
@@ -413,17 +417,20 @@ def _spend(claims: task_tokens.TaskClaims, result: RemoteResult, output: Any) ->
     with tenant_transaction(claims.tenant_id) as conn:
         if not work_queue.lease_is_live(conn, claims.key, claims.nonce):  # locks the item: no expiry overtakes us
             raise LeaseExpiredError(_LEASE_GONE)
-        if _execution_ended(conn, key.execution_id):
-            raise LeaseExpiredError(EXECUTION_ENDED)
         spent = store.use_task_token(conn, claims.nonce)
         if spent is None or spent.key != claims.key:
             # A copy of this request spent it since our check (a worker's retry racing its first try): the same
-            # result is answered as the repeat it is.
+            # result is answered as the repeat it is, whether or not the run has ended since.
             found = store.attempt_by_token(conn, claims.nonce)
             if _spent_on(found, claims):
                 repeated = _repeated(claims.tenant_id, found, result)
                 return Recorded(key, raised_verdict(conn, repeated), repeated.raised_by_recorder)
             raise _refusal(found, claims)
+        # Spent here: the execution is held until the result is recorded (after the item and the attempt, ADR 0014's
+        # order, and as the result's event would hold it), so an end cannot commit between this look and the
+        # result, which would then follow the run's terminal event. The raise rolls the spend back.
+        if _execution_ended(conn, key.execution_id, hold=True):
+            raise LeaseExpiredError(EXECUTION_ENDED)
         attempt, _ = store.finish_attempt(
             conn, claims.key, ok=result.ok, output=output, error=result.error, retryable=result.retryable
         )

@@ -4,6 +4,8 @@ the built-in worker's claim of one is refused (ADR 0027)."""
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -101,3 +103,59 @@ def test_a_result_whose_execution_ended_during_its_upload_is_lease_expired(
     _assert_ended(answer)
     assert _attempt(app_pool, attempt).token_used_at is None
     assert _blobs(attempt) == [] and client.raised == []
+
+
+def test_a_copy_of_a_recorded_result_after_the_run_ended_is_answered_as_its_repeat(
+    api: ApiHarness,  # noqa: F811  # the fixture
+    app_pool: ConnectionPool[Any],
+    tenant: uuid.UUID,
+    client: RecordingClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A worker's retry copy passes the first checks, its first try records (200) and the run ends before the copy
+    # spends: the result was recorded, so the copy is its repeat, not "nothing was recorded".
+    attempt = remote_attempt(app_pool, tenant)
+    output = big_output("same")
+    stored = remote.claim_check
+
+    def upload_then_first_records(*args: Any, **kwargs: Any) -> Any:
+        reference = stored(*args, **kwargs)
+        monkeypatch.setattr(remote, "claim_check", stored)
+        first = api.client.post(attempt.url(), json={"task_token": attempt.token, "output": output})
+        assert first.status_code == 200, first.text
+        _end(app_pool, attempt)
+        return reference
+
+    monkeypatch.setattr(remote, "claim_check", upload_then_first_records)
+    copy = api.client.post(attempt.url(), json={"task_token": attempt.token, "output": output})
+    assert copy.status_code == 200, copy.text
+
+
+def test_an_end_racing_a_result_waits_for_it_so_the_terminal_event_stays_last(
+    api: ApiHarness,  # noqa: F811  # the fixture
+    app_pool: ConnectionPool[Any],
+    tenant: uuid.UUID,
+    client: RecordingClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    attempt = remote_attempt(app_pool, tenant)
+    real_finish, enders = store.finish_attempt, []
+
+    def end_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        ender = threading.Thread(target=_end, args=(app_pool, attempt))
+        ender.start()
+        enders.append(ender)
+        time.sleep(0.5)  # the end commits now unless the spend holds the execution
+        return real_finish(*args, **kwargs)
+
+    monkeypatch.setattr(store, "finish_attempt", end_meanwhile)
+    answer = api.client.post(attempt.url(), json={"task_token": attempt.token, "output": big_output("late")})
+    for ender in enders:
+        ender.join()
+    assert answer.status_code == 200, answer.text
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        rows = conn.execute(
+            "SELECT type FROM app.execution_events WHERE execution_id = %s ORDER BY seq", (attempt.key.execution_id,)
+        ).fetchall()
+    types = [row["type"] for row in rows]
+    assert types[-1] == "execution_failed" and "step_completed" in types, types
