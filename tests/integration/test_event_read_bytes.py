@@ -244,3 +244,63 @@ def test_an_ended_stream_resumed_at_or_past_its_end_is_204_or_the_json_page(
     assert answer.json()["status"] == "succeeded" and answer.json()["items"] == []
     with _api_client(api, "resumed-at-end") as client:
         assert list(client.stream(url, after=2)) == []
+
+
+AFTER, LATER = 300, 310
+
+
+def _write_later(pool: ConnectionPool[Any], tenant: uuid.UUID, execution_id: uuid.UUID) -> threading.Thread:
+    """A thread that, half a second on, records LATER step events and the execution's end."""
+
+    def write() -> None:
+        time.sleep(0.5)
+        for index in range(LATER):
+            with tenant_transaction(tenant, pool=pool) as conn:
+                repo.append_event(conn, execution_id, "step_completed", f"s{index}", {"attempt": 1, "output": {}})
+        with tenant_transaction(tenant, pool=pool) as conn:
+            repo.transition(conn, execution_id, "succeeded")
+
+    return threading.Thread(target=write)
+
+
+def test_a_stream_asked_for_events_after_a_number_past_the_end_sends_only_those(
+    api: ApiHarness,
+    app_pool: ConnectionPool[Any],
+    limits: Any,  # noqa: F811  # the fixture imported above
+) -> None:
+    # `after` is the client's own ask (the Python client resumes with it): only a Last-Event-ID past the end, a number
+    # no event had, is moved back to the last event.
+    limits(keepalive_s=1, max_s=30)
+    handle = api.provision("after-past-end")
+    execution = _execution(app_pool, handle.id, path=["running"])  # event 1
+    scope = _scope(f"/api/v1/executions/{execution.id}/events", api.headers("after-past-end", READER))
+    scope["query_string"] = f"after={AFTER}".encode()
+    writer = _write_later(app_pool, handle.id, execution.id)
+
+    async def scenario() -> Any:
+        reading = asyncio.create_task(_client(api.client.app, scope))
+        await asyncio.sleep(0.2)
+        writer.start()
+        return await reading
+
+    assert api.client.portal is not None
+    seen = api.client.portal.call(scenario)
+    writer.join()
+    assert seen.status == 200 and seen.finished
+    assert seen.ids == list(range(AFTER + 1, LATER + 3))
+
+
+def test_the_client_following_after_a_number_past_the_end_gets_the_events_above_it(
+    api: ApiHarness,
+    app_pool: ConnectionPool[Any],
+    limits: Any,  # noqa: F811  # the fixture imported above
+) -> None:
+    limits(keepalive_s=1, max_s=30)
+    handle = api.provision("after-past-end-client")
+    execution = _execution(app_pool, handle.id, path=["running"])  # event 1
+    writer = _write_later(app_pool, handle.id, execution.id)
+    writer.start()
+    with _api_client(api, "after-past-end-client") as client:
+        seqs = [event["seq"] for event in client.stream(f"/api/v1/executions/{execution.id}/events", after=AFTER)]
+    writer.join()
+    assert seqs == list(range(AFTER + 1, LATER + 3))

@@ -53,9 +53,10 @@ MAX_WAIT_S = 30.0
 FALLBACK_RECHECK_S = 2.0
 MAX_EVENTS = 500
 READ_BYTES = 1024 * 1024
-"""The most JSON one read of an execution's events returns (a JSON page, a stream's feed or backlog read), counted as
-Postgres writes each event's data, with a step's output and an error twice (`data.output` and `result`, `data.error`
-and `error`), whatever the read's `limit`; at least one event, however big. An output of 64 KiB inline of small
+"""About the most JSON one read of an execution's events returns (a JSON page, a stream's feed or backlog read),
+counted as Postgres writes each event's data, with a step's output and an error twice (`data.output` and `result`,
+`data.error` and `error`), whatever the read's `limit`; at least one event, however big. Each event's envelope (its
+number, type, step and time) is not counted: up to about a fifth more for a page of small events with long step ids. An output of 64 KiB inline of small
 objects decodes to about 1.2 MB of Python objects, so 500 of them, a page's most, took some 600 MB; a read now holds
 some 20 MB at most, and the client goes on from `next_after`."""
 
@@ -542,8 +543,10 @@ async def events(
         if execution.status not in repo.TERMINAL or start_after < execution.last_event_seq:
             # A stream resumed past the last event (a Last-Event-ID no event of this execution had) starts at the last
             # one, so it sends what follows and the terminal event (it waited past them for ever). A position a client
-            # was sent is at most the newest seq, which only grows: none of those moves.
-            start_after = min(start_after, execution.last_event_seq)
+            # was sent is at most the newest seq, which only grows: none of those moves. An `after` is the client's
+            # own ask for the events above it, kept as asked (moved back, it sent every event below it again).
+            if last_event_id is not None:
+                start_after = min(start_after, execution.last_event_seq)
             access = event_stream.StreamAccess(
                 context.tenant.id, context.principal.entra_tenant_id, await _token_expiry(request, validator)
             )
