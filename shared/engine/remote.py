@@ -303,16 +303,23 @@ async def hand_over_verdicts(
     orchestrations, RAISES_AT_ONCE at a time and for `within_s` in all, then mark those the task hub took as handed
     over; answers how many. A raise that failed, or that the bound cut off, stays `raising`: the sweeper raises it
     again (`work_queue.raising_verdicts`). The bound keeps a slow task hub from holding the caller's answer: a lease
-    poll's leases run from its commit, before these raises."""
+    poll's leases run from its commit, before these raises. Cancelled (its caller's own bound), it cancels its raises
+    before it ends, as the bound does."""
     if not attempts:
         return 0
     gate = asyncio.Semaphore(RAISES_AT_ONCE)
     tasks = [asyncio.ensure_future(_raised(client, attempt, gate)) for attempt in attempts]
-    _, late = await asyncio.wait(tasks, timeout=within_s)
-    for task in late:
-        task.cancel()
+    try:
+        await asyncio.wait(tasks, timeout=within_s)
+    finally:
+        # Cut off by the bound, or by its caller's own (the sweeper's tell of a child's cancel cancels this): the
+        # raises not done, each holding an HTTP call, are not left running on after it; the sweeper raises them again.
+        late = [task for task in tasks if not task.done()]
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late, timeout=CANCEL_GRACE_S)
     if late:
-        await asyncio.wait(late, timeout=CANCEL_GRACE_S)
         logger.warning("%d verdicts not handed over within %s s; the sweeper raises them again", len(late), within_s)
     handed = [
         attempt.key

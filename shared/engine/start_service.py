@@ -39,7 +39,7 @@ from shared.policy.actions import Action
 from shared.policy.authorizer import Decision, Resource
 from shared.policy.facts import TenantFacts
 from shared.registry import service as registry
-from shared.tenants.erased_blobs import note_erased_orchestration
+from shared.tenants import erased_blobs
 from shared.tenants.models import Tenant
 from shared.tenants.offboarding import ORCHESTRATION_SETTLE_S, purge_orchestrations, tenant_exists
 
@@ -293,23 +293,35 @@ async def launch(client: Any, started: Started, tenant_id: UUID, *, record_failu
     its claim released, for the caller's own retry (the ingress's batch, run again in place) or the sweeper to
     start at once. A claim another starter took over meanwhile is never released.
 
-    Started, an orchestration whose tenant was erased meanwhile is terminated and purged (`unless_erased`).
+    Started, an orchestration whose tenant was erased meanwhile is terminated and purged (`unless_erased`); a start
+    that failed, which the task hub may have applied all the same, is recorded for the sweeper to purge should its
+    tenant be gone once a late start could have landed (`erased_blobs.LATE_START_S`).
     """
     if started.orchestration_input is None:
         return
     execution = started.execution
     instance_id = str(execution.id)
+    asked = False
     try:
         if not started.created and await existing_instance(client, instance_id) is not None:
             # Its starter got as far as starting it and its orchestration has not recorded `running` yet (a
             # backlog): started again, it would be refused (or, by a backend that replaces instances, restarted).
             logger.info("the orchestration of execution %s exists already; not started again", instance_id)
             return
+        asked = True
         await client.start_new(ORCHESTRATOR, instance_id, started.orchestration_input)
     except Exception as exc:
         if already_exists(exc):
             logger.info("the orchestration of execution %s was started meanwhile: %s", instance_id, exc)
             return
+        if asked:
+            # A start that failed may have been applied (a connection reset after the instance was created, a 500,
+            # the client's own timeout) and is never looked at for an erased tenant here: first of all (the tenant's
+            # rows may be gone already) recorded for the sweeper, which purges it once a late start could have
+            # landed if its tenant is gone then, and drops the record otherwise (ADR 0046, amended 2026-12-07).
+            await asyncio.to_thread(
+                erased_blobs.note_erased_orchestration, tenant_id, instance_id, after_s=erased_blobs.LATE_START_S
+            )
         if not record_failure:
             # The caller's retry replays this start seconds later: with the claim still held (fresh), it found the
             # execution started and counted it done, leaving it to the sweeper.
@@ -350,13 +362,13 @@ async def unless_erased(
             tenant_id,
             instance_id,
         )
-        await asyncio.to_thread(note_erased_orchestration, tenant_id, instance_id)
+        await asyncio.to_thread(erased_blobs.note_erased_orchestration, tenant_id, instance_id)
         return
     try:
         # Terminated when it still runs, purged when it has ended already (or is already gone: nothing to purge).
         purged = await purge_orchestrations([instance_id], client, settle_s=settle_s)
     except Exception as exc:
-        noted = await asyncio.to_thread(note_erased_orchestration, tenant_id, instance_id)
+        noted = await asyncio.to_thread(erased_blobs.note_erased_orchestration, tenant_id, instance_id)
         logger.warning(
             "the orchestration of execution %s of erased tenant %s could not be purged now (%s: %s); %s",
             instance_id,

@@ -787,8 +787,13 @@ async def _settle_stalled_start(
         await unless_erased(bounded(client), tenant_id, instance_id, settle_s=_settle_s(deadline))
         return TenantSweep(checked=1)
     except Exception:
-        # Left pending: the claim goes stale again and a later run (or a repeated request) starts it.
+        # Left pending: the claim goes stale again and a later run (or a repeated request) starts it. The task hub
+        # may have created the instance all the same (a connection reset after it, a 500 from the host): recorded as
+        # a start cut off is, a later run purges it should its tenant be erased (ADR 0046, amended 2026-12-07).
         logger.exception("sweeper: could not start the orchestration of execution %s", instance_id)
+        await asyncio.to_thread(
+            erased_blobs.note_erased_orchestration, tenant_id, instance_id, after_s=erased_blobs.LATE_START_S
+        )
         return TenantSweep(checked=1)
     # Its input was read before the start: a tenant erased since would be outlived by the orchestration (its history
     # holds the tenant's input), as a launch's would (start_service.launch).

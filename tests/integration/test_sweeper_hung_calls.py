@@ -9,17 +9,20 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
+import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
 from shared.api.durable import get_durable_client
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
+from shared.engine import remote, sweeper
 from shared.engine import steps as store
-from shared.engine import sweeper
 from shared.engine.protocol import CANCEL_EVENT, ORCHESTRATOR
 from shared.engine.steps import AttemptKey
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
@@ -123,12 +126,42 @@ async def _nothing(*_: Any, **__: Any) -> int:
     return 0
 
 
-def _bounded_run(monkeypatch: pytest.MonkeyPatch, tenants: list[uuid.UUID], quiet_s: float | None = None) -> None:
+def _erased_orchestrations(api: ApiHarness) -> list[uuid.UUID]:
+    """The orchestrations recorded as outliving their erased tenant (control.erased_tenant_orchestrations)."""
+    with psycopg.connect(api.control_url, autocommit=True) as conn, conn.transaction():
+        conn.execute("SET LOCAL ROLE qp_platform")
+        return [row[0] for row in conn.execute("SELECT instance_id FROM control.erased_tenant_orchestrations")]
+
+
+@pytest.fixture(autouse=True)
+def forget_erased_orchestrations(api: ApiHarness) -> Iterator[None]:
+    """The records a test leaves (a start cut off is due 300 s later) are deleted after it: left, a later test's run
+    of the sweeper in this database purged them on its own stand-in (which may have no purge), changing what it did."""
+    before = _erased_orchestrations(api)
+    yield
+    with psycopg.connect(api.control_url, autocommit=True) as conn, conn.transaction():
+        conn.execute("SET LOCAL ROLE qp_platform")
+        conn.execute(
+            "DELETE FROM control.erased_tenant_orchestrations WHERE NOT (instance_id = ANY(%s::uuid[]))", (before,)
+        )
+
+
+def _bounded_run(
+    monkeypatch: pytest.MonkeyPatch,
+    tenants: list[uuid.UUID],
+    quiet_s: float | None = None,
+    *,
+    purge_erased: bool = False,
+) -> None:
     """Runs of these tenants only (the database's other tenants and raise steps are other tests'), the run's budget
-    and its calls' bound short; `quiet_s` for the tenants' sweeps when given."""
+    and its calls' bound short; `quiet_s` for the tenants' sweeps when given. The purge of orchestrations recorded as
+    outliving their erased tenant runs only when `purge_erased`: the records due are other tests' too, and a stand-in
+    of these tests may have no purge."""
     monkeypatch.setattr(sweeper, "stuck_tenants", lambda **_: tenants)
     monkeypatch.setattr(sweeper, "expire_work_leases", _nothing)
     monkeypatch.setattr(sweeper, "raise_verdicts_again", _nothing)
+    if not purge_erased:
+        monkeypatch.setattr(sweeper, "purge_erased_orchestrations", _nothing)
     monkeypatch.setattr(sweeper, "RUN_BUDGET_S", BUDGET_S)
     monkeypatch.setattr(sweeper, "STATUS_CALL_BOUND_S", BOUND_S)
     if quiet_s is not None:
@@ -332,3 +365,62 @@ def test_the_cancels_of_many_children_are_told_at_once_within_one_bound(
     assert sorted(client.raised) == sorted((str(c), CANCEL_EVENT, {"by": f"execution:{parent}"}) for c in children)
     with tenant_transaction(e.id, pool=app_pool) as conn:
         assert all(store.cancel_handed_over(conn, child) for child in children)
+
+
+class HungVerdicts(FakeDurable):
+    """A task hub that takes a child's cancel at once and never answers the raise of a verdict."""
+
+    async def raise_event(self, instance_id: str, event_name: str, event_data: Any = None) -> None:
+        if event_name != CANCEL_EVENT:
+            await asyncio.sleep(HUNG_S)
+        await super().raise_event(instance_id, event_name, event_data)
+
+
+def _ended_work(child: uuid.UUID, count: int) -> list[store.Attempt]:
+    """What a child's cancel ended: `count` attempts whose verdicts are to be handed over."""
+    now = datetime.now(UTC)
+    return [
+        store.Attempt(
+            AttemptKey(child, f"work-{index}", "run", 1),
+            "http",
+            True,
+            "failed",
+            None,
+            "cancelled",
+            False,
+            None,
+            None,
+            None,
+            now,
+            now,
+        )
+        for index in range(count)
+    ]
+
+
+def _raises_left() -> list[asyncio.Task[Any]]:
+    """The verdict raises of a hand-over still under way."""
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if not task.done() and getattr(task.get_coro(), "__qualname__", "") == remote._raised.__qualname__
+    ]
+
+
+def test_the_verdict_raises_of_children_cut_off_by_their_bound_do_not_run_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Cut off at the children's bound, each tell was cancelled while its hand-over of verdicts waited for its raises:
+    # the raises, each an HTTP call the task hub held, ran on after the run had moved on, for as long as it held them.
+    children = {uuid.uuid4(): _ended_work(uuid.uuid4(), 8) for _ in range(3)}
+    client = HungVerdicts()
+    monkeypatch.setattr(sweeper, "_children_bound_s", lambda: BOUND_S)  # within the hand-over's own bound
+    monkeypatch.setattr(sweeper, "STATUS_CALL_BOUND_S", BOUND_S)
+
+    async def told() -> tuple[list[asyncio.Task[Any]], float]:
+        began = time.monotonic()
+        await sweeper._tell_children(client, uuid.uuid4(), uuid.uuid4(), children, None)
+        return _raises_left(), time.monotonic() - began
+
+    left, took = asyncio.run(asyncio.wait_for(told(), GUARD_S))
+
+    assert sorted(instance for instance, _, _ in client.raised) == sorted(map(str, children))  # the cancels told
+    assert left == [] and took < BOUND_S + 2 * remote.CANCEL_GRACE_S

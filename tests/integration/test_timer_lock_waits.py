@@ -72,12 +72,19 @@ def test_only_bounded_lock_waits_set_a_lock_timeout_and_only_for_their_block(
         assert conn.execute("SHOW lock_timeout").fetchone() == {"lock_timeout": "0"}
 
 
+async def _no_purge(*_: Any, **__: Any) -> int:
+    return 0
+
+
 def test_a_sweep_ends_the_other_tenants_executions_while_one_tenants_row_is_locked(
     api: ApiHarness,  # noqa: F811
     app_pool: ConnectionPool[Any],
     control_pool: ConnectionPool[Any],
     pg: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The orchestrations recorded as outliving their erased tenant are other tests' (and this stand-in has no purge).
+    monkeypatch.setattr(sweeper, "purge_erased_orchestrations", _no_purge)
     a, b = Tenant(api), Tenant(api)
     stalled_a, _ = _recorded(app_pool, a.id, a.intent)  # a stalled start: its tenant is swept first
     crashed_b = _moved(app_pool, b.id, b.intent, ["running"])  # its orchestration failed: the sweep must end it

@@ -49,6 +49,7 @@ from shared.pagination import (
 from shared.policy.actions import Action
 from shared.policy.authorizer import Resource
 from shared.storage.blob import request_container
+from shared.tenants.erased_blobs import note_erased_orchestrations
 from shared.tenants.models import Tenant, TenantCreate, TenantPage, TenantStatus, TenantUpdate
 from shared.tenants.offboarding import (
     ErasureContendedError,
@@ -425,17 +426,24 @@ async def erase(
 
 
 async def _purge_after_rows(tenant_id: UUID, instance_ids: list[str], client: Any) -> int:
-    """Purge the orchestrations of an erased tenant's executions not purged before its rows went; a failure is logged
-    by id for an operator, the tenant being gone (no erasure can be asked again)."""
+    """Purge the orchestrations of an erased tenant's executions not purged before its rows went; those a failure
+    leaves are recorded, due at once, for the sweeper to purge until gone (ADR 0046, amended 2026-12-07): the tenant
+    is gone, so no erasure can be asked again, and a log line alone left them to outlive it."""
+    purged: set[str] = set()
     try:
-        return await purge_orchestrations(instance_ids, client)
-    except Exception:
-        logger.exception(
-            "erasure of tenant %s: orchestrations %s could not be purged after its rows went; purge them",
+        return await purge_orchestrations(instance_ids, client, purged_ids=purged)
+    except Exception as exc:
+        left = [instance_id for instance_id in instance_ids if instance_id not in purged]
+        noted = await run_in_threadpool(note_erased_orchestrations, tenant_id, left)
+        logger.warning(
+            "erasure of tenant %s: orchestrations %s could not be purged after its rows went (%s: %s); %s",
             tenant_id,
-            instance_ids,
+            left,
+            type(exc).__name__,
+            exc,
+            "the sweeper purges them" if noted else "purge them",
         )
-        return 0
+        return len(purged)
 
 
 CANCEL_PAGE_MAX = 100
