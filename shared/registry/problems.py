@@ -14,7 +14,7 @@ from jsonschema import ValidationError as SchemaViolation
 from shared.accepted_json import path_pointer, unescaped_token
 from shared.registry.references import JsonPath, contains_reference
 from shared.registry.schema_refs import evaluate_tenant_schema, reference_problems, short_message
-from shared.registry.schemas import any_matches, pattern_problems, short_repr
+from shared.registry.schemas import UnexpectedProperties, pattern_problems, short_repr
 
 MAX_REPORTED_ERRORS = 50
 """Problems one check reports at most: past a few dozen a client learns nothing more, and each costs work."""
@@ -111,11 +111,10 @@ def from_pydantic(exc: pydantic.ValidationError, *, prefix: JsonPath = ()) -> li
     return problems
 
 
-def _unexpected_keys(error: SchemaViolation, instance: dict[str, Any]) -> list[str]:
-    schema = error.schema if isinstance(error.schema, dict) else {}
-    known = schema.get("properties", {})
-    matched = any_matches(schema.get("patternProperties", {}))
-    return [key for key in instance if key not in known and not matched(key)]
+def _unexpected_keys(violation: SchemaViolation) -> tuple[str, ...]:
+    """The keys an `additionalProperties` violation found unexpected, as the evaluation found them (and charged their
+    searches): matching them against the patterns again here was uncharged, a long key's searches per violation."""
+    return violation.keys if isinstance(violation, UnexpectedProperties) else ()
 
 
 def _describe(violation: SchemaViolation) -> str:
@@ -159,10 +158,11 @@ def from_schema(
         path: JsonPath = tuple(violation.absolute_path)
         if isinstance(violation.instance, str) and contains_reference(violation.instance):
             continue
-        if violation.validator == "additionalProperties" and isinstance(violation.instance, dict):
+        unexpected = _unexpected_keys(violation) if violation.validator == "additionalProperties" else ()
+        if unexpected:
             problems.extend(
                 ValidationError(locate((*path, key)), short_message(f"{subject}: unexpected property '{key}'"), code)
-                for key in _unexpected_keys(violation, violation.instance)
+                for key in unexpected[: MAX_REPORTED_ERRORS - len(problems)]
             )
         else:
             problems.append(ValidationError(locate(path), short_message(f"{subject}: {_describe(violation)}"), code))

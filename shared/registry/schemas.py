@@ -9,18 +9,21 @@ Inside `evaluation_budget()` every keyword application counts against a step bud
 each level; past the budget the evaluation stops with `EvaluationBudgetExceeded`. A budget opened inside another
 draws from it, so several evaluations (the steps of one definition) can share one. `uniqueItems`, `enum` and
 `const` compare canonical JSON encodings in linear time, each value encoded once per budget and charged for its
-size, and messages quote schema values in a bounded form. A regex search is charged for its subject's length times
-its compiled program's size, and made once per budget for the same pattern and long text (ADR 0021, amended
-2026-12-07).
+size, and messages quote schema values in a bounded form. A regex search is charged for its subject's length (plus a
+fixed overhead) times its program's weight, the fractions carried from search to search; it is made once per budget
+for the same pattern and long text, and a search answered so is charged too. A pattern compiles to a bounded program,
+and one schema's patterns to a bounded total (ADR 0021, amended 2026-12-07).
 """
 
 from __future__ import annotations
 
-import functools
 import reprlib
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import re2  # type: ignore[import-untyped]  # the package ships no type information
@@ -36,6 +39,18 @@ MAX_PATTERN_LENGTH = 1000
 # Keywords whose values are data, not subschemas: a `pattern` key inside them is not a keyword.
 _DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
 _PATTERN_CACHE_SIZE = 1024
+_PATTERN_CACHE_PROGRAM = 2_000_000
+"""Instructions the compiled patterns kept between evaluations may hold in all (ten schemas at MAX_SCHEMA_PROGRAM)."""
+MAX_PATTERN_PROGRAM = 100_000
+"""Instructions one pattern may compile to. A Unicode class is about 1,300 of them, and a repetition copies it:
+`[\\pL\\pN]{400}` (14 characters) compiled to 537,000 in 0.2 s and held megabytes for the process's life."""
+MAX_SCHEMA_PROGRAM = 400_000
+"""Instructions one schema's distinct patterns may compile to in all (about 0.15 s of compiling)."""
+_COMPILE_MEMORY = 4 << 20
+"""RE2's memory budget for one pattern: a program much past MAX_PATTERN_PROGRAM (about 270,000 instructions) fails to
+compile within a few milliseconds instead of being built in full, and the DFA's cache of states stays small."""
+COMPILE_INSTRUCTIONS_PER_STEP = 16
+"""Instructions compiled within an evaluation charged as one step (about 1 µs an instruction for Unicode classes)."""
 MAX_SCHEMA_PATTERNS = 256
 """Distinct regexes one schema may hold: all of them stay compiled in the cache above during an evaluation."""
 MAX_EVALUATION_STEPS = 100_000
@@ -57,9 +72,20 @@ application. One step per search, whatever its length, let one pattern repeated 
 MIN_REGEX_WEIGHT = REGEX_WORK_PER_STEP // STEPS_PER_ENCODED_CHARACTERS
 """The least program size charged: a search costs at least a step per STEPS_PER_ENCODED_CHARACTERS characters."""
 MAX_REGEX_WEIGHT = 16 * REGEX_WORK_PER_STEP
-"""The largest program size charged: past it time per character stops growing with the size (a Unicode class
-compiles to thousands of instructions of which a character reaches a few), so a search costs at most 16 steps a
-character."""
+"""The largest weight charged, so a search costs at most 16 steps a character."""
+SEARCH_OVERHEAD_CHARACTERS = 16
+"""What a search costs beyond its subject's characters, counted as characters: matching 17,000 short keys against 256
+patterns (8.7 million searches, each charged nothing) took 19.5 s."""
+REMEMBERED_SEARCH_WORK = SEARCH_OVERHEAD_CHARACTERS * MIN_REGEX_WEIGHT
+"""The work charged for a search answered from what the budget remembers (one step): nested `unevaluatedProperties`
+asked the same 23,000 remembered questions 256 times over (34 s)."""
+UNICODE_WEIGHT_DIVISOR = 16
+"""A program's weight is its Latin-1 compile's size, but at least its UTF-8 size divided by this. The UTF-8 program of
+a Unicode class spells out every byte sequence (`\\p{L}`: 1,199 instructions) of which a character steps a few, so
+charged by it `^[\\p{L}\\p{N}\\s.,'-]*$` refused a 52 KB text it searches in 1.5 ms. Its Latin-1 program (17
+instructions) follows the cost per character: weighed so, searches built to defeat the DFA over Latin, Cyrillic and
+CJK text took at most about 22 ns a unit of work. A pattern Latin-1 cannot express (`\\x{4e00}`) is weighed by its
+UTF-8 size."""
 
 
 class EvaluationBudget:
@@ -68,12 +94,14 @@ class EvaluationBudget:
     left, gives back what it spent when it closes, and shares its caches: the enclosing budget is the one that
     counts. Within a budget the values evaluated must not change, since encodings are remembered by identity."""
 
-    __slots__ = ("enclosing", "enums", "limit", "results", "steps", "texts", "uniques")
+    __slots__ = ("enclosing", "enums", "limit", "regex_work", "results", "steps", "texts", "uniques")
 
     def __init__(self, steps: int, enclosing: EvaluationBudget | None = None) -> None:
         self.enclosing = enclosing
         self.steps: int = steps if enclosing is None else min(steps, max(enclosing.steps, 0))
         self.limit: int = self.steps
+        # Regex work (characters times weight) not yet charged as a whole step: carried, so short searches add up.
+        self.regex_work = 0
         # Each cache keeps the value it is keyed by (its id) alive, so the id is not reused while the budget lasts.
         self.texts: dict[int, tuple[Any, str]] = {} if enclosing is None else enclosing.texts
         self.enums: dict[int, tuple[Any, frozenset[str]]] = {} if enclosing is None else enclosing.enums
@@ -95,6 +123,11 @@ class EvaluationBudget:
             while exhausted.enclosing is not None and exhausted.limit >= exhausted.enclosing.steps:
                 exhausted = exhausted.enclosing
             raise EvaluationBudgetExceeded(exhausted)
+
+    def charge_regex_work(self, work: int) -> None:
+        """Spend `work` (characters times program weight): whole REGEX_WORK_PER_STEP as steps, the rest carried."""
+        steps, self.regex_work = divmod(self.regex_work + work, REGEX_WORK_PER_STEP)
+        self.charge(steps)
 
 
 class EvaluationBudgetExceeded(Exception):
@@ -176,25 +209,106 @@ def short_repr(value: Any) -> str:
     return _SHORT.repr(value)
 
 
-def _options() -> Any:
+def _options(latin1: bool = False) -> Any:
+    """RE2 options for tenant patterns: quiet, with a bounded memory, for UTF-8 text or (`latin1`) Latin-1."""
     options = re2.Options()
     options.log_errors = False  # a refused pattern is reported to the tenant, not to the process's stderr
+    options.max_mem = _COMPILE_MEMORY
+    if latin1:
+        options.encoding = re2.Options.Encoding.LATIN1
     return options
 
 
 _OPTIONS = _options()
+_LATIN1_OPTIONS = _options(latin1=True)
 
 
-@functools.lru_cache(maxsize=_PATTERN_CACHE_SIZE)
-def _compiled(pattern: str) -> tuple[Any, str | None]:
-    """The compiled pattern, or None and why RE2 cannot run it."""
-    if len(pattern) > MAX_PATTERN_LENGTH:
-        return None, f"longer than {MAX_PATTERN_LENGTH} characters"
+@dataclass(frozen=True)
+class _Program:
+    """What compiling a pattern gave: the compiled regex and the weight its searches are charged, or why not."""
+
+    regexp: Any
+    reason: str | None
+    size: int
+    weight: int
+
+
+def _latin1_size(pattern: str) -> int | None:
+    """The size of `pattern` compiled for Latin-1 text, or None when Latin-1 cannot express it."""
     try:
-        return re2.compile(pattern, _OPTIONS), None
+        return int(re2.compile(pattern.encode("latin-1"), _LATIN1_OPTIONS).programsize)
+    except (UnicodeEncodeError, re2.error):
+        return None
+
+
+def _program(pattern: str) -> _Program:
+    """`pattern` compiled (uncached), refused past MAX_PATTERN_LENGTH characters or MAX_PATTERN_PROGRAM instructions."""
+    if len(pattern) > MAX_PATTERN_LENGTH:
+        return _Program(None, f"longer than {MAX_PATTERN_LENGTH} characters", 0, 0)
+    try:
+        regexp = re2.compile(pattern, _OPTIONS)
     except re2.error as exc:
         reason = exc.args[0] if exc.args else "unsupported"
-        return None, reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)
+        text = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)
+        if "too large" in text:
+            text = f"it compiles to more than {MAX_PATTERN_PROGRAM:,} instructions"
+        return _Program(None, text, MAX_PATTERN_PROGRAM, 0)
+    size = int(regexp.programsize)
+    if size > MAX_PATTERN_PROGRAM:
+        # Not kept: the cache would hold it for the process's life.
+        return _Program(
+            None, f"it compiles to {size:,} instructions; at most {MAX_PATTERN_PROGRAM:,} are allowed", size, 0
+        )
+    latin1 = _latin1_size(pattern) if size > MIN_REGEX_WEIGHT else None
+    weight = max(size if latin1 is None else latin1, size // UNICODE_WEIGHT_DIVISOR)
+    return _Program(regexp, None, size, min(max(weight, MIN_REGEX_WEIGHT), MAX_REGEX_WEIGHT))
+
+
+class _CompiledPatterns:
+    """The compiled patterns kept between evaluations, least recently used dropped first: at most
+    _PATTERN_CACHE_SIZE of them and _PATTERN_CACHE_PROGRAM instructions in all. A compile made inside an evaluation
+    budget is charged to it (a schema stored before the program bounds may hold many costly patterns)."""
+
+    def __init__(self) -> None:
+        self._kept: OrderedDict[str, _Program] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def program(self, pattern: str) -> _Program:
+        """`pattern`'s program, compiled once while kept."""
+        with self._lock:
+            kept = self._kept.get(pattern)
+            if kept is not None:
+                self._kept.move_to_end(pattern)
+                return kept
+        made = _program(pattern)
+        re2.purge()  # the module's own cache would keep a refused or dropped program alive: this one is the only one
+        with self._lock:
+            if pattern not in self._kept:
+                self._kept[pattern] = made
+                self._size += made.size if made.regexp is not None else 0
+            while len(self._kept) > _PATTERN_CACHE_SIZE or self._size > _PATTERN_CACHE_PROGRAM:
+                _, dropped = self._kept.popitem(last=False)
+                self._size -= dropped.size if dropped.regexp is not None else 0
+        evaluation = _EVALUATION.get()
+        if evaluation is not None:
+            evaluation.charge(1 + made.size // COMPILE_INSTRUCTIONS_PER_STEP)
+        return made
+
+    def __call__(self, pattern: str) -> tuple[Any, str | None]:
+        """The compiled pattern, or None and why RE2 cannot run it."""
+        made = self.program(pattern)
+        return made.regexp, made.reason
+
+    def cache_clear(self) -> None:
+        """Forget every compiled pattern."""
+        with self._lock:
+            self._kept.clear()
+            self._size = 0
+
+
+_PROGRAMS = _CompiledPatterns()
+_compiled = _PROGRAMS
 
 
 def pattern_problem(pattern: str) -> str | None:
@@ -209,25 +323,28 @@ def matches(pattern: str, text: str) -> bool:
     return regexp is not None and regexp.search(text) is not None
 
 
-def _search_steps(regexp: Any, text: str) -> int:
-    """The steps a search of `text` with the compiled `regexp` is charged (none for a short text and small program:
-    such a search costs less than a keyword application's step)."""
-    weight = min(max(int(regexp.programsize), MIN_REGEX_WEIGHT), MAX_REGEX_WEIGHT)
-    return len(text) * weight // REGEX_WORK_PER_STEP
+def _weighed(pattern: str) -> tuple[Any, int]:
+    """The compiled `pattern` (None when RE2 cannot run it) and the weight its searches are charged: its Latin-1
+    compile's size (see UNICODE_WEIGHT_DIVISOR) held between MIN_REGEX_WEIGHT and MAX_REGEX_WEIGHT. Both are taken
+    together, so a pattern dropped from the cache between them is not compiled again for each search."""
+    regexp = _compiled(pattern)[0]
+    return regexp, (_PROGRAMS.program(pattern).weight if regexp is not None else 0)
 
 
-def _searched(pattern: str, regexp: Any, text: str) -> bool:
+def _searched(pattern: str, regexp: Any, weight: int, text: str) -> bool:
     """Whether the compiled `pattern` (`regexp`) matches anywhere in `text`, charged to the open budget before the
-    work (so a search too long for what is left is not made); a long text's outcome is kept while the budget lasts, so
-    the same pattern applied to it again (under `allOf`, through `$ref`) costs nothing more."""
+    work (so a search too long for what is left is not made): its length plus SEARCH_OVERHEAD_CHARACTERS, times
+    `weight`. A long text's outcome is kept while the budget lasts, so the same pattern applied to it again (under
+    `allOf`, through `$ref`) is charged REMEMBERED_SEARCH_WORK only."""
     evaluation = _EVALUATION.get()
     if evaluation is None:
         return regexp.search(text) is not None
     kept = len(text) >= _CACHED_TEXT_LENGTH
     key = ("search", pattern, text)  # holds the strings themselves: no identity to outlive
     if kept and key in evaluation.results:
+        evaluation.charge_regex_work(REMEMBERED_SEARCH_WORK)
         return bool(evaluation.results[key])
-    evaluation.charge(_search_steps(regexp, text))
+    evaluation.charge_regex_work((len(text) + SEARCH_OVERHEAD_CHARACTERS) * weight)
     found = regexp.search(text) is not None
     if kept:
         evaluation.results[key] = found
@@ -236,14 +353,15 @@ def _searched(pattern: str, regexp: Any, text: str) -> bool:
 
 def _charged_matches(pattern: str, text: str) -> bool:
     """`matches(pattern, text)`, charged to the open budget (`_searched`)."""
-    regexp = _compiled(pattern)[0]
-    return regexp is not None and _searched(pattern, regexp, text)
+    regexp, weight = _weighed(pattern)
+    return regexp is not None and _searched(pattern, regexp, weight, text)
 
 
 def _charged_any_matches(patterns: Iterable[str]) -> Callable[[str], bool]:
     """`any_matches(patterns)`, each search charged to the open budget (`_searched`)."""
-    compiled = [(pattern, regexp) for pattern in patterns if (regexp := _compiled(pattern)[0]) is not None]
-    return lambda text: any(_searched(pattern, regexp, text) for pattern, regexp in compiled)
+    weighed = [(pattern, *_weighed(pattern)) for pattern in patterns]
+    compiled = [(pattern, regexp, weight) for pattern, regexp, weight in weighed if regexp is not None]
+    return lambda text: any(_searched(pattern, regexp, weight, text) for pattern, regexp, weight in compiled)
 
 
 def any_matches(patterns: Iterable[str]) -> Callable[[str], bool]:
@@ -252,11 +370,8 @@ def any_matches(patterns: Iterable[str]) -> Callable[[str], bool]:
     return lambda text: any(regexp.search(text) is not None for regexp in compiled)
 
 
-def pattern_problems(schema: Any) -> list[tuple[JsonPath, str]]:
-    """Every `pattern` and `patternProperties` regex in `schema` that RE2 cannot run, with its location, and more
-    than MAX_SCHEMA_PATTERNS distinct regexes (they would not all stay compiled during an evaluation)."""
-    problems: list[tuple[JsonPath, str]] = []
-    distinct: set[str] = set()
+def _schema_patterns(schema: Any) -> Iterator[tuple[JsonPath, str]]:
+    """Every `pattern` and `patternProperties` regex in `schema`, with its location."""
     stack: list[tuple[JsonPath, Any]] = [((), schema)]
     while stack:  # iterative: a tenant's schema may be deep
         path, node = stack.pop()
@@ -267,21 +382,43 @@ def pattern_problems(schema: Any) -> list[tuple[JsonPath, str]]:
             continue
         for key, value in node.items():
             if key == "pattern" and isinstance(value, str):
-                distinct.add(value)
-                reason = pattern_problem(value)
-                if reason is not None:
-                    problems.append(((*path, key), f"the pattern {value!r} cannot be used: {reason}"))
+                yield (*path, key), value
             elif key == "patternProperties" and isinstance(value, dict):
-                for regex in value:
-                    distinct.add(regex)
-                    reason = pattern_problem(regex)
-                    if reason is not None:
-                        problems.append(((*path, key, regex), f"the pattern {regex!r} cannot be used: {reason}"))
+                yield from (((*path, key, regex), regex) for regex in value)
             if key not in _DATA_KEYWORDS:
                 stack.append(((*path, key), value))
+
+
+def pattern_problems(schema: Any) -> list[tuple[JsonPath, str]]:
+    """Every `pattern` and `patternProperties` regex in `schema` that RE2 cannot run (or that compiles to more than
+    MAX_PATTERN_PROGRAM instructions), with its location; more than MAX_SCHEMA_PATTERNS distinct regexes, or more than
+    MAX_SCHEMA_PROGRAM instructions in all (they would not all stay compiled during an evaluation). Past that total
+    nothing more is compiled."""
+    problems: list[tuple[JsonPath, str]] = []
+    reasons: dict[str, str | None] = {}
+    total = 0
+    for path, pattern in _schema_patterns(schema):
+        if pattern not in reasons:
+            reasons[pattern] = None
+            if total <= MAX_SCHEMA_PROGRAM and len(reasons) <= MAX_SCHEMA_PATTERNS:  # else refused: compile no more
+                made = _PROGRAMS.program(pattern)
+                total += made.size
+                reasons[pattern] = made.reason
+        reason = reasons[pattern]
+        if reason is not None:
+            problems.append((path, f"the pattern {pattern!r} cannot be used: {reason}"))
+    distinct = reasons
     if len(distinct) > MAX_SCHEMA_PATTERNS:
         problems.append(
             ((), f"the schema holds {len(distinct)} distinct regexes; at most {MAX_SCHEMA_PATTERNS} are allowed")
+        )
+    if total > MAX_SCHEMA_PROGRAM:
+        problems.append(
+            (
+                (),
+                f"the schema's regexes compile to more than {MAX_SCHEMA_PROGRAM:,} instructions in all"
+                " (a Unicode class such as \\p{L} is about 1,300, and a repetition {n} copies it n times)",
+            )
         )
     return sorted(problems, key=lambda problem: [str(part) for part in problem[0]])
 
@@ -309,6 +446,15 @@ def _pattern_properties(validator: Any, patterns: Any, instance: Any, _schema: A
                 yield from validator.descend(value, subschema, path=key, schema_path=pattern)
 
 
+class UnexpectedProperties(ValidationError):
+    """An `additionalProperties: false` violation that carries the keys it found unexpected (`keys`, in the
+    instance's order), so a report need not match them against the patterns again."""
+
+    def __init__(self, message: str, keys: list[str]) -> None:
+        super().__init__(message)
+        self.keys = tuple(keys)
+
+
 def _additional(instance: dict[str, Any], schema: dict[str, Any]) -> list[str]:
     properties = schema.get("properties", {})
     matched = _charged_any_matches(schema.get("patternProperties", {}))
@@ -329,10 +475,10 @@ def _additional_properties(
         if "patternProperties" in schema:
             patterns = short_repr(sorted(schema["patternProperties"]))[1:-1]
             verb = "does" if len(extras) == 1 else "do"
-            yield ValidationError(f"{joined} {verb} not match any of the regexes: {patterns}")
+            yield UnexpectedProperties(f"{joined} {verb} not match any of the regexes: {patterns}", extras)
         else:
             verb = "was" if len(extras) == 1 else "were"
-            yield ValidationError(f"Additional properties are not allowed ({joined} {verb} unexpected)")
+            yield UnexpectedProperties(f"Additional properties are not allowed ({joined} {verb} unexpected)", extras)
 
 
 def _valid(errors: Iterable[ValidationError]) -> bool:

@@ -1,7 +1,9 @@
 # intent_ref: platform.registry
 """A blueprint's inputs schema that repeats a costly regex, through the real app (ADR 0021, amended 2026-12-07): at
 validate and at start the same pattern on the same input is searched once, and distinct costly patterns on a long
-input run out of the evaluation's budget after a few searches instead of holding a worker for minutes.
+input run out of the evaluation's budget after a few searches instead of holding a worker for minutes. Many short
+keys under many patterns run out likewise, patterns compiling to huge programs are refused at save, a long
+unexpected key is reported without being searched again, and a Unicode free text is accepted.
 
 Before, the validate request below (under 16 KiB, so it takes no check-gate slot) searched the 15,000-character
 input 1,000 times: 31 s of CPU. Searches are counted, not timed."""
@@ -145,3 +147,78 @@ def test_at_start_the_repeated_pattern_is_searched_once_and_distinct_ones_run_ou
     assert "more steps than allowed" in refused.json()["detail"]
     assert 1 <= searches.count(x) - 1 <= 12
     assert api.table_snapshot("executions") == before and len(durable.started) == 1
+
+
+def blueprint_with(api: ApiHarness, name: str, inputs: dict[str, Any]) -> Any:
+    """The answer to saving a blueprint of one step whose inputs schema is `inputs`."""
+    body = {"name": name, "definition": {"inputs": inputs, "steps": [{"id": "only", "action": "wait", "seconds": 1}]}}
+    return api.client.post(BLUEPRINTS, json=body, headers=api.headers("pattern-cost", AUTHOR))
+
+
+def test_many_short_keys_under_many_patterns_are_refused_at_validate(
+    api: ApiHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, each search of a short key was charged nothing: 17,000 keys by 256 patterns took 19.5 s, answered 200.
+    inputs = {
+        "type": "object",
+        "patternProperties": {f"^p{i}x\\d*$": {} for i in range(256)},
+        "additionalProperties": {},
+    }
+    saved = blueprint_with(api, "short-keys", inputs)
+    assert saved.status_code == 201, saved.text
+    searches = counted_searches(monkeypatch)
+    keys = {f"k{i:07d}": 0 for i in range(2_000)}
+    response = validate(api, {"name": "decl", "definition": {"blueprint": "short-keys", "target": "staging", **keys}})
+    assert response.status_code == 422, response.text
+    assert "more steps than allowed" in response.json()["errors"][0]["detail"]
+    assert len(searches) <= 80_000  # of 1,024,000
+
+
+def test_patterns_compiling_to_huge_programs_are_refused_at_save(api: ApiHarness) -> None:
+    # Before, 48 of these (1.9 KB) took 9.2 s of CPU and 320 MB kept for the process's life, and were saved.
+    patterns = [f"[\\pL\\pN]{{400}}|z{i}" for i in range(48)]
+    inputs = {"type": "object", "properties": {"x": {"type": "string", "allOf": [{"pattern": p} for p in patterns]}}}
+    response = blueprint_with(api, "huge-programs", inputs)
+    assert response.status_code == 422, response.text
+    errors = response.json()["errors"]
+    # Each is refused, and past 400,000 instructions in all the rest are not compiled (they are refused for that).
+    assert errors[0]["pointer"] == "/definition/inputs"
+    assert "compile to more than 400,000 instructions in all" in errors[0]["detail"]
+    assert all(error["pointer"].startswith("/definition/inputs/properties/x/allOf/") for error in errors[1:])
+    assert all("compiles to more than 100,000 instructions" in error["detail"] for error in errors[1:])
+    assert 2 <= len(errors) <= 12
+
+
+def test_an_unexpected_long_key_is_reported_without_searching_it_again(
+    api: ApiHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, each of the 40 violations searched the key against the 5 patterns again, uncharged (5.2 s).
+    closed = {
+        "type": "object",
+        "properties": {"target": {}},
+        "patternProperties": {p: {} for p in distinct(5)},
+        "additionalProperties": False,
+    }
+    saved = blueprint_with(api, "closed", {"allOf": [{"$ref": "#/$defs/closed"}] * 40, "$defs": {"closed": closed}})
+    assert saved.status_code == 201, saved.text
+    searches = counted_searches(monkeypatch)
+    key = hostile_text(14_902)[:-1]
+    response = validate(api, {"name": "decl", "definition": {"blueprint": "closed", "target": "staging", key: 1}})
+    assert response.status_code == 422, response.text
+    errors = response.json()["errors"]
+    assert [error["code"] for error in errors] == ["invalid_declaration"]  # the 40 at one pointer are one
+    assert "unexpected property" in errors[0]["detail"]
+    assert searches.count(key) == 5
+
+
+def test_free_text_in_unicode_classes_is_valid_at_validate(api: ApiHarness) -> None:
+    # Weighed by its UTF-8 program (1,349 instructions) this 42 KB text was refused; it is searched in about 1 ms.
+    inputs = {"type": "object", "properties": {"notes": {"type": "string", "pattern": "^[\\p{L}\\p{N}\\s.,'-]*$"}}}
+    saved = blueprint_with(api, "notes", inputs)
+    assert saved.status_code == 201, saved.text
+    notes = "Zoë Ångström, résumé " * 2000
+    response = validate(
+        api, {"name": "decl", "definition": {"blueprint": "notes", "target": "staging", "notes": notes}}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["valid"] is True

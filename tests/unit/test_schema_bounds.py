@@ -501,7 +501,7 @@ def test_patterns_are_not_compiled_again_for_each_key(monkeypatch: pytest.Monkey
         "patternProperties": {f"^p{i}$": {} for i in range(1_100)},
         "additionalProperties": False,
     }
-    result = evaluate_tenant_schema(schema, {f"k{i}": 0 for i in range(300)})
+    result = evaluate_tenant_schema(schema, {f"k{i}": 0 for i in range(30)})
     assert result.unusable is None and len(result.violations) == 1
     assert compiled[0] <= 4 * 1_100
     schemas._compiled.cache_clear()

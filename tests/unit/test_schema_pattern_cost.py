@@ -4,6 +4,10 @@ in proportion to its subject's length and its pattern's compiled size, the same 
 text again costs no second search, and a schema that repeats costly searches runs out of its budget, at save and
 validate (`evaluate_tenant_schema`) and at start (`_input_problems`, which calls it) alike.
 
+Searches of a few characters add up (the fractions of a step are carried, with an overhead per search), a remembered
+answer is charged, a pattern and a schema's patterns compile to bounded programs, an unexpected key is reported
+without being searched again, and a Unicode class is weighed by its Latin-1 program rather than its UTF-8 one.
+
 Searches are counted, not timed: before, the repeated pattern below made 1,000 searches of 15,000 characters
 (31 s), each charged one step."""
 
@@ -18,6 +22,7 @@ import re2  # type: ignore[import-untyped]  # the package ships no type informat
 
 from shared.engine.start import NoLongerValidError, _input_problems
 from shared.registry import schemas
+from shared.registry.problems import MAX_REPORTED_ERRORS, from_schema
 from shared.registry.schema_refs import SchemaEvaluation, evaluate_tenant_schema
 from shared.registry.schemas import EvaluationBudgetExceeded, TenantSchemaValidator, evaluation_budget
 
@@ -142,13 +147,177 @@ def test_matching_a_long_key_is_charged_too(searches: list[str], keyword: str) -
     assert 1 <= len(searches) <= 12
 
 
-def test_short_keys_under_many_patterns_stay_within_the_budget() -> None:
-    # 256 patterns by 300 keys: 153,600 searches of a few characters each, which cost less than a step.
-    patterns: dict[str, Any] = {f"^p{i}\\d*$": {} for i in range(256)}
+def test_short_keys_under_a_few_patterns_stay_within_the_budget() -> None:
+    # 32 patterns by 1,000 keys: 64,000 searches of a few characters, a step and a quarter each (about 0.15 s).
+    patterns: dict[str, Any] = {f"^p{i}\\d*$": {} for i in range(32)}
     schema = {"type": "object", "patternProperties": patterns, "additionalProperties": False}
-    assert evaluate_tenant_schema(schema, {f"p{i}": 0 for i in range(300)}) == SchemaEvaluation()
+    assert evaluate_tenant_schema(schema, {f"p{i % 32}{i}": 0 for i in range(1_000)}) == SchemaEvaluation()
 
 
 def test_one_simple_pattern_on_a_megabyte_input_still_starts() -> None:
     schema = {"type": "object", "properties": {"blob": {"type": "string", "pattern": "^[A-Za-z0-9+/=]*$"}}}
     assert _input_problems(schema, {"blob": "QUJD" * 250_000}) == []
+
+
+@pytest.fixture()
+def questions(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every text the evaluator asked a pattern about, whether it searched or remembered the answer."""
+    asked: list[str] = []
+    original = schemas._searched
+
+    def counting(pattern: str, regexp: Any, *rest: Any) -> bool:
+        asked.append(rest[-1])
+        return original(pattern, regexp, *rest)
+
+    monkeypatch.setattr(schemas, "_searched", counting)
+    return asked
+
+
+def short_key_schema() -> dict[str, Any]:
+    """256 patterns no key `k0000000` matches, and `additionalProperties` searching each key against all of them."""
+    patterns: dict[str, Any] = {f"^p{i}x\\d*$": {} for i in range(256)}
+    return {"type": "object", "patternProperties": patterns, "additionalProperties": {}}
+
+
+def test_short_keys_under_many_patterns_run_out_of_the_budget(questions: list[str]) -> None:
+    # 2,000 keys by 256 patterns, twice: 1,024,000 searches of 8 characters (2.6 s), each charged nothing before.
+    keys = {f"k{i:07d}": 0 for i in range(2_000)}
+    refused = evaluate_tenant_schema(short_key_schema(), keys)
+    assert refused.unusable is not None and "steps" in refused.unusable
+    assert len(questions) <= 80_000  # a step and a half each
+    questions.clear()
+    with pytest.raises(NoLongerValidError, match="steps"):
+        _input_problems(short_key_schema(), keys)
+    assert len(questions) <= 80_000
+
+
+def test_short_searches_add_up_to_steps() -> None:
+    # Each search is less than a step of work (8 + 16 characters by 32 instructions: 1.5): the fractions are carried.
+    with evaluation_budget(1_000_000) as budget:
+        matched = schemas._charged_any_matches([f"^p{i}x\\d*$" for i in range(256)])
+        assert not any(matched(f"k{i:07d}") for i in range(100))
+    assert budget.spent >= 100 * 256 * 3 // 2
+
+
+def nested_unevaluated(levels: int) -> dict[str, Any]:
+    """`levels` of `unevaluatedProperties`, each over an `allOf` of the one below and a reference to 16 patterns."""
+    schema: dict[str, Any] = {"$ref": "#/$defs/P"}
+    for _ in range(levels):
+        schema = {"allOf": [schema, {"$ref": "#/$defs/P"}], "unevaluatedProperties": True}
+    return {**schema, "$defs": {"P": {"patternProperties": {f"^q{i}x": {} for i in range(16)}}}}
+
+
+def test_remembered_searches_are_charged_too(questions: list[str]) -> None:
+    # 640 searches of 64-character keys, asked again 630,000 times (1 s; 34 s with 256 patterns, 8 levels and 90
+    # keys): a remembered answer was free.
+    refused = evaluate_tenant_schema(nested_unevaluated(6), {f"k{i:063d}": 0 for i in range(40)})
+    assert refused.unusable is not None and "steps" in refused.unusable
+    assert len(questions) <= 110_000  # a step each
+
+
+HUGE = "[\\pL\\pN]{400}"
+"""14 characters that compile, with RE2's default memory, to 537,000 instructions in 0.2 s."""
+
+
+def test_a_pattern_compiling_to_a_huge_program_is_refused_without_being_built() -> None:
+    with pytest.raises(re2.error):
+        re2.compile(HUGE, schemas._OPTIONS)  # fails within milliseconds: its memory allows a fraction of it
+    problems = schemas.pattern_problems({"properties": {"x": {"pattern": HUGE}}})
+    assert problems == [
+        (
+            ("properties", "x", "pattern"),
+            f"the pattern {HUGE!r} cannot be used: it compiles to more than 100,000 instructions",
+        )
+    ]
+    middling = "[\\pL\\pN]{80}"  # 107,364 instructions: built, refused, and not kept
+    assert schemas.pattern_problem(middling) == "it compiles to 107,364 instructions; at most 100,000 are allowed"
+    assert schemas._compiled(middling)[0] is None
+
+
+def test_a_stored_pattern_past_the_bound_is_refused_at_evaluation() -> None:
+    schema = {"type": "object", "properties": {"x": {"type": "string", "pattern": HUGE}}}
+    evaluated = evaluate_tenant_schema(schema, {"x": "a" * 400})
+    assert [error.message for error in evaluated.violations] == [f"the pattern {HUGE!r} cannot be evaluated"]
+
+
+def test_a_schemas_patterns_are_bounded_in_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    compiled: list[str] = []
+    original = re2.compile
+
+    def counting(pattern: Any, *rest: Any) -> Any:
+        compiled.append(pattern)
+        return original(pattern, *rest)
+
+    monkeypatch.setattr(re2, "compile", counting)  # the module the evaluator compiles with
+    # 48 patterns of 13,424 instructions each (0.6 million in all: about 0.6 s of compiling and 8 MB).
+    patterns = [f"[\\pL\\pN]{{10}}|z{i}" for i in range(48)]
+    problems = schemas.pattern_problems({"anyOf": [{"pattern": p} for p in patterns]})
+    assert [path for path, _ in problems] == [()]
+    assert "more than 400,000 instructions in all" in problems[0][1]
+    assert len({p for p in compiled if isinstance(p, str)}) <= 32  # compiling stopped past the total
+
+
+def test_the_compiled_patterns_kept_are_bounded_by_their_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(schemas, "_PATTERN_CACHE_PROGRAM", 50_000)
+    kept = schemas._CompiledPatterns()
+    for i in range(10):
+        assert kept(f"[\\pL\\pN]{{10}}|z{i}")[0] is not None
+    assert kept._size <= 50_000 and len(kept._kept) == 3
+
+
+def test_a_compile_within_an_evaluation_is_charged() -> None:
+    kept = schemas._CompiledPatterns()
+    with evaluation_budget(1_000_000) as budget:
+        kept("[\\pL\\pN]{10}|z")
+        kept("[\\pL\\pN]{10}|z")  # kept: not compiled again
+    assert budget.spent == 1 + 13_426 // schemas.COMPILE_INSTRUCTIONS_PER_STEP
+
+
+UNICODE_TEXT = "^[\\p{L}\\p{N}\\s.,'-]*$"
+
+
+def test_a_unicode_class_is_weighed_by_its_latin1_program() -> None:
+    assert int(re2.compile(UNICODE_TEXT).programsize) == 1_349
+    assert schemas._PROGRAMS.program(UNICODE_TEXT).weight == 1_349 // 16  # its Latin-1 program has 17
+    assert schemas._PROGRAMS.program(PATTERN).weight == 307
+    # Latin-1 cannot express it: its UTF-8 program is its weight.
+    assert schemas._PROGRAMS.program("[\\x{4e00}-\\x{9fff}a]*a[\\x{4e00}-\\x{9fff}a]{300}c").weight == 1_812
+
+
+def test_free_text_and_many_tags_in_unicode_classes_are_accepted() -> None:
+    notes = {"type": "object", "properties": {"notes": {"type": "string", "pattern": UNICODE_TEXT}}}
+    assert evaluate_tenant_schema(notes, {"notes": "Zoë Ångström, résumé " * 2000}).unusable is None
+    letters = {"type": "array", "items": {"type": "string", "pattern": "^\\p{L}+$"}}
+    tags = {"type": "object", "properties": {"tags": letters}}
+    assert evaluate_tenant_schema(tags, {"tags": [letter_tag(i) for i in range(3_000)]}) == SchemaEvaluation()
+
+
+def letter_tag(index: int) -> str:
+    """A tag of 31 letters, different for each `index`."""
+    digits = "".join(chr(ord("a") + index // 26**place % 26) for place in range(3))
+    return f"étiquette-ñandú-{digits}".replace("-", "ß").ljust(31, "ö")
+
+
+def test_unexpected_keys_are_reported_without_searching_them_again(searches: list[str]) -> None:
+    # 40 references to one closed object of 5 costly patterns: 40 violations, each of whose long key was searched
+    # against the 5 patterns again, uncharged, to be reported (5.2 s).
+    closed = {"type": "object", "patternProperties": {p: {} for p in distinct(5)}, "additionalProperties": False}
+    schema = {"allOf": [{"$ref": "#/$defs/closed"}] * 40, "$defs": {"closed": closed}}
+    key = hostile_text()[:-1]
+    problems = from_schema(schema, {key: 1}, lambda path: "/" + "/".join(map(str, path))[:20], code="c", subject="m")
+    assert len(problems) == 40 and problems[0].message.startswith(f"m: unexpected property '{key[:20]}")
+    assert searches.count(key) == 5
+    # Many unexpected keys: no more than MAX_REPORTED_ERRORS reported.
+    many = from_schema(closed, {f"k{i}": 1 for i in range(60)}, lambda path: "", code="c", subject="m")
+    assert len(many) == MAX_REPORTED_ERRORS
+
+
+def test_a_bounded_repetition_of_a_unicode_class_for_names_is_accepted() -> None:
+    # What tenants write for a person's name: 77,000 instructions, compiled in about 20 ms. A first bound of 20,000
+    # refused it at save.
+    name = "^[\\p{L} ]{1,64}$"
+    assert schemas.pattern_problem(name) is None
+    schema = {"type": "object", "properties": {"name": {"type": "string", "pattern": name}}}
+    assert schemas.pattern_problems(schema) == []
+    evaluated = evaluate_tenant_schema(schema, {"name": "Zoë Ångström"})
+    assert evaluated.unusable is None and not evaluated.violations
