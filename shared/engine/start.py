@@ -567,6 +567,15 @@ def authorized_item(conn: Conn, request: StartRequest, authorize: Callable[[regi
     return item
 
 
+Admit = Callable[[Conn], None]
+"""A caller's last word on a start, in its transaction: raises to refuse it. `start_execution` asks it before it
+creates or hands back an execution: right after it takes the tenant's start lock (before the key's second lookup, the
+quota and the insert) and, for a replay of an execution the key's first lookup found, before that replay's claim. What
+it reads so sees every row committed by a transaction that held the lock before this start, and on a replay every
+row committed before the replayed execution (whose insert held the lock). The input's check, when made in the
+transaction, comes before the lock: nothing waits for the lock across it."""
+
+
 def start_execution(
     conn: Conn,
     tenant: TenantFacts,
@@ -576,6 +585,7 @@ def start_execution(
     authorize: Callable[[registry.Item], None],
     max_descendants: int = MIN_DESCENDANTS,
     input_check: InputCheck | None = None,
+    admit: Admit | None = None,
 ) -> Started:
     """In the caller's tenant transaction: check, hold the quota, and create the execution with its steps.
 
@@ -587,6 +597,8 @@ def start_execution(
     `max_descendants` active descendants.
     `input_check`: the input's check made before this transaction (`checked_input`), used in place of checking it here;
     InputCheckStaleError when the version to run is another one.
+    `admit`: called before the start creates or hands back an execution, under the tenant's start lock (or, for a
+    replay found before it, after the key's lookup), to refuse it by raising; see Admit.
     """
     if tenant.status != "active":
         raise TenantSuspendedError(f"tenant {tenant.id} is {tenant.status}")
@@ -594,6 +606,7 @@ def start_execution(
     fingerprint = request.fingerprint()
     found = _by_key(conn, request.idempotency_key)
     if found is not None:
+        _admitted(conn, admit)
         return _replayed(conn, tenant, found, request, fingerprint, input_check)
     # After the key's lookup, so that a re-executed activity finds the child it started whatever its tree holds now.
     root = None
@@ -612,6 +625,7 @@ def start_execution(
     )
     # Serializes the quota check and the insert per tenant: two concurrent starts cannot both see headroom.
     tenant_locks.hold(conn, "executions")
+    _admitted(conn, admit)
     # Again under the lock: a request with the same key that held it before us has committed its execution by now,
     # and this one is its replay, not a start the quota (or the tree's bound) may refuse.
     found = _by_key(conn, request.idempotency_key)
@@ -675,6 +689,12 @@ def start_execution(
         intent_version=execution.intent_version,
     )
     return Started(execution, True, start_input)
+
+
+def _admitted(conn: Conn, admit: Admit | None) -> None:
+    """Ask the caller's `admit`, if any, whether the start may go on (it raises when not)."""
+    if admit is not None:
+        admit(conn)
 
 
 STALE_START_S = 30.0

@@ -18,6 +18,7 @@ from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
 from shared.engine.protocol import ORCHESTRATOR
 from shared.engine.start import (
+    Admit,
     Conn,
     InputCheck,
     InputCheckStaleError,
@@ -124,6 +125,7 @@ def begin(
     *,
     decide: Decide,
     check_wait_s: float | None = None,
+    admit: Admit | None = None,
 ) -> Started:
     """Run a start's checks and writes in one tenant transaction (call it on a worker thread), its input checked
     before it outside any transaction; `make_request` builds the request in each transaction (reading what it needs),
@@ -133,7 +135,8 @@ def begin(
     A refused start raises a StartError (an unknown intent or version as IntentNotFoundError, a refused decision as
     StartForbiddenError); whatever `make_request` raises of its own passes through, and so does CheckBusyError (the
     API's 429 `check-busy`) when a costly input check found no turn within `check_wait_s` (`checked_first`; by
-    default the pool's wait; UNBOUNDED for a caller with no client to answer 429 to).
+    default the pool's wait; UNBOUNDED for a caller with no client to answer 429 to). `admit`: the caller's last
+    word in the start's transaction, under the tenant's start lock (`start_execution`); what it raises passes through.
     """
     # One decision per resource for the whole start, audited once: the read before the check decides, and the
     # start's transaction takes that decision again for the same intent and version (a new current version saved in
@@ -152,6 +155,7 @@ def begin(
                     authorize=authorize,
                     max_concurrent=concurrent_limit(tenant.quotas),
                     input_check=input_check,
+                    admit=admit,
                 )
 
         def read() -> tuple[PendingInputCheck, TenantFacts] | None:

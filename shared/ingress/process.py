@@ -112,9 +112,10 @@ def _record(
 
 def _started_answer(conn: Conn, event: IngressEvent, started: EventStarted) -> Outcome | None:
     """Before a rejection of an event that may have started is recorded: its recorded rejection, else the execution
-    another delivery of it started, found under the tenant's start lock. Every delivery's start transaction takes that
-    lock before it looks for the event's record, so of two deliveries at once either this record commits first and
-    the other finds it, or the other's execution has committed and is found here: never both."""
+    another delivery of it started, found under the tenant's start lock. Every delivery's start looks for the event's
+    record again once it holds that lock (`admit`, asked by the start before it writes), so of two deliveries at once
+    either this record commits first and the other finds it, or the other's execution has committed and is found
+    here: never both."""
     tenant_locks.hold(conn, "executions")
     recorded = _recorded_in(conn, event)
     if recorded is not None:
@@ -269,7 +270,7 @@ def _recorded_in(conn: Conn, event: IngressEvent) -> str | None:
 
 
 class AlreadyRejectedError(Exception):
-    """The event has a recorded rejection: raised from within the start's transaction, before anything is decided."""
+    """The event has a recorded rejection: raised from within the start's transaction, before anything is written."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -323,14 +324,19 @@ async def process_event(
     def decide_for_sender(action: str, resource: Resource) -> Decision:
         return decide(context, action, resource, detail=audited)
 
-    def unless_rejected(conn: Conn) -> StartRequest:
-        # First in each of the start's transactions: a recorded event is answered before anything is decided,
-        # audited or written. Under the tenant's start lock, which the start takes anyway before it writes: a
-        # delivery of this event recording its rejection meanwhile holds it, and is waited for and found.
-        tenant_locks.hold(conn, "executions")
+    def unless_recorded(conn: Conn) -> None:
+        """Refuse the start of an event with a recorded rejection (AlreadyRejectedError)."""
         recorded = _recorded_in(conn, event)
         if recorded is not None:
             raise AlreadyRejectedError(recorded)
+
+    def unless_rejected(conn: Conn) -> StartRequest:
+        # First in each of the start's transactions: an event recorded before is answered before anything is decided,
+        # audited or checked. Without the tenant's start lock: this one finds what committed before it, and the
+        # start asks again under the lock (`admit`), which a record being written holds. Held here, the lock was
+        # held across the input's check when the start makes it in its transaction, and the tenant's every start
+        # waited for it.
+        unless_recorded(conn)
         return request.start_request(conn, Requester.of(context.principal))
 
     try:
@@ -343,6 +349,7 @@ async def process_event(
             unless_rejected,
             decide=decide_for_sender,
             check_wait_s=UNBOUNDED,
+            admit=unless_recorded,
         )
     except AlreadyRejectedError as exc:
         return Outcome(event.event_id, reason=exc.reason)
