@@ -56,9 +56,9 @@ READ_BYTES = 1024 * 1024
 """About the most JSON one read of an execution's events returns (a JSON page, a stream's feed or backlog read),
 counted as Postgres writes each event's data, with a step's output and an error twice (`data.output` and `result`,
 `data.error` and `error`), whatever the read's `limit`; at least one event, however big. Each event's envelope (its
-number, type, step and time) is not counted: up to about a fifth more for a page of small events with long step ids. An output of 64 KiB inline of small
-objects decodes to about 1.2 MB of Python objects, so 500 of them, a page's most, took some 600 MB; a read now holds
-some 20 MB at most, and the client goes on from `next_after`."""
+number, type, step and time) is not counted: up to about a fifth more for a page of small events with long step
+ids. An output of 64 KiB inline of small objects decodes to about 1.2 MB of Python objects, so 500 of them, a page's
+most, took some 600 MB; a read now holds some 20 MB at most, and the client goes on from `next_after`."""
 
 EXAMPLE_EXECUTION_ID = "5d7e1f0a-3b2c-4d5e-8f90-1a2b3c4d5e6f"
 _INTENT_ID = "0b6f3c1e-5d2a-4c1f-9e7b-2a8d4f6c9e10"
