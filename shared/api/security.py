@@ -323,10 +323,14 @@ def record_mutation(
     record_decision(context, action, resource, Decision(True, "applied", ()), conn=conn, detail=detail)
 
 
-def record_tenant_event(tenant_id: UUID, context: RequestContext, action: str, detail: dict[str, Any]) -> None:
+def record_tenant_event(
+    tenant_id: UUID, context: RequestContext, action: str, detail: dict[str, Any], *, conn: Any | None = None
+) -> None:
     """Audit an action by the caller into another tenant's trail (the control plane acting on a tenant), in the
     control plane's own transaction: its role may add records about tenants to any trail (migration 0028), the trail
-    of a tenant whose row is gone included (the erasure's own record), where the runtime role may add none (0041)."""
+    of a tenant whose row is gone included (the erasure's own record), where the runtime role may add none (0041).
+    With `conn`, an open transaction of that tenant (the runtime role's, which may add to its own tenant's trail while
+    the row is there, 0060), inside it: the record commits or rolls back with the change it tells of."""
     record = AuditRecord.new(
         tenant_id=tenant_id,
         principal_id=context.principal.id,
@@ -339,5 +343,8 @@ def record_tenant_event(tenant_id: UUID, context: RequestContext, action: str, d
         detail=detail,
         occurred_at=datetime.now(UTC),
     )
-    with platform_transaction() as conn:
+    if conn is not None:
         get_audit_store().record(record, conn=conn)
+        return
+    with platform_transaction() as own:
+        get_audit_store().record(record, conn=own)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import UUID
@@ -386,15 +387,26 @@ def _step_document(shape: RunShape, step_id: str) -> dict[str, Any] | None:
     return None if step is None else step.model_dump(mode="json")
 
 
-OperatorOutcome = Literal["cancel-requested", "already-finished", "already-failing"]
+OperatorOutcome = Literal["cancel-requested", "already-requested", "already-finished", "already-failing"]
 OPERATOR_VERDICTS_BOUND_S = CHILD_VERDICTS_BOUND_S
 """How long an operator's cancel of one execution may take to hand over the verdicts of the work it ended: what is
 left stays `raising`, for the sweeper to raise again (ADR 0027)."""
-OPERATOR_CANCELS_AT_ONCE = 8
-"""Executions an operator's cancel of a page works on at once: each holds a connection while its cancel is recorded."""
+OPERATOR_RAISE_BOUND_S = 5.0
+"""How long one raise of an operator's cancel may take (the sweeper's bound on a call): one cut off is `failed`, not
+handed over, and the sweeper raises it again once the run is quiet (`_raise_cancel_again`)."""
+OPERATOR_PAGE_BOUND_S = 120.0
+"""Past it, an operator's page starts no further execution: those started end within their own bounds, and the page
+answers with a cursor after the last one handled, well before the platform cuts an HTTP answer off (230 s)."""
+OPERATOR_CANCELS_AT_ONCE = 2
+"""Executions an operator's cancel of a page works on at once: each holds a tenant-pool connection while its cancel is
+recorded, outside the pool's admission (ADR 0023), so a page takes no more than a request's usual share."""
 _NOT_ENDED_PAGE = (
     "SELECT id FROM app.executions WHERE status <> ALL(%s) AND (%s::uuid IS NULL OR id > %s) ORDER BY id LIMIT %s"
 )
+# KEY SHARE, as every path that writes for a tenant holds it: the erasure waits for the record to commit, and a tenant
+# gone (or no longer suspended) is seen here, inside the transaction that would record the cancel.
+_TENANT_STATUS = "SELECT status FROM app.tenants WHERE id = %s FOR KEY SHARE"
+PageEnd = Literal["tenant-active", "tenant-gone"]
 
 
 @dataclass(frozen=True)
@@ -406,6 +418,48 @@ class OperatorCancel:
     status: str
     handed_over: bool
     """The run was told (or no one is left to tell); False: its raise failed, and a repeat or the sweeper raises it."""
+
+
+@dataclass(frozen=True)
+class OperatorPage:
+    """An operator's cancel of a page: what it did to each execution it handled (a prefix of the page, in id order),
+    whether it handled the whole page, and why it stopped early when the tenant did (`PageEnd`)."""
+
+    items: list[OperatorCancel]
+    listed: int
+    """How many executions the page listed (the limit, unless it is the last page)."""
+    ended: PageEnd | None = None
+    """Set when the tenant stopped the page: active again (the rest is its own principals'), or erased."""
+
+    @property
+    def complete(self) -> bool:
+        """Whether every listed execution was handled (no deadline and no stop cut the page short)."""
+        return self.ended is None and len(self.items) == self.listed
+
+
+OperatorAudit = Callable[[Conn, UUID, bool], None]
+"""Audits one operator's cancel inside the transaction that records it: the execution, and whether this call
+recorded the cancel (False: a repeat that raises a cancel whose raise was lost)."""
+
+
+class TenantNotSuspendedError(Exception):
+    """The tenant is not suspended (any more), or gone, as an operator's cancel records: the page stops there."""
+
+    def __init__(self, end: PageEnd) -> None:
+        super().__init__(end)
+        self.end = end
+
+
+class _BoundedRaiser:
+    """A client whose raises are cut off at OPERATOR_RAISE_BOUND_S (TimeoutError, a `failed` raise): a hung task hub
+    holds an operator's page for seconds, not for the client's own minutes."""
+
+    def __init__(self, client: EventRaiser) -> None:
+        self._client = client
+
+    async def raise_event(self, instance_id: str, event_name: str, event_data: Any = None) -> None:
+        """Raise the event within the bound."""
+        await asyncio.wait_for(self._client.raise_event(instance_id, event_name, event_data), OPERATOR_RAISE_BOUND_S)
 
 
 def not_ended_executions(
@@ -493,13 +547,31 @@ async def tell_cancel(
     return execution, sent
 
 
+def _hold_suspended(conn: Conn, tenant_id: UUID) -> None:
+    """Hold the tenant row until the cancel commits; TenantNotSuspendedError when it is gone or no longer suspended:
+    the check the route made before the page, made again where each cancel is recorded (a reactivation meanwhile
+    hands the executions back to the tenant's own principals)."""
+    row = conn.execute(_TENANT_STATUS, (tenant_id,)).fetchone()
+    if row is None:
+        raise TenantNotSuspendedError("tenant-gone")
+    if row["status"] != "suspended":
+        raise TenantNotSuspendedError("tenant-active")
+
+
 def _record_operator_cancel(
-    tenant_id: UUID, execution_id: UUID, by: str, pool: ConnectionPool[Any] | None
+    tenant_id: UUID, execution_id: UUID, by: str, audit: OperatorAudit, pool: ConnectionPool[Any] | None
 ) -> RecordedCancel | OperatorCancel:
-    """The cancel recorded and the queued remote work ended, as the execution's own cancel route records them; the
-    refusal as an outcome when there is nothing to cancel."""
+    """The cancel recorded and the queued remote work ended, as the execution's own cancel route records them, and
+    audited in the same transaction when this call records it or raises it; the refusal as an outcome when there is
+    nothing to cancel, and as `already-requested` when a repeat has nothing to raise either (not audited again)."""
     with tenant_transaction(tenant_id, pool=pool) as conn:
-        before = repo.get_execution(conn, execution_id)  # read, not held: `request_cancel` holds in ADR 0014's order
+        _hold_suspended(conn, tenant_id)
+        try:
+            # Read, not held: `request_cancel` holds in ADR 0014's order.
+            before = repo.get_execution(conn, execution_id)
+        except repo.ExecutionNotFoundError:
+            # Only an erasure deletes an execution, with its tenant row, which the hold above found.
+            raise TenantNotSuspendedError("tenant-gone") from None
         try:
             after = request_cancel(conn, execution_id, by)
         except AlreadyFinishedError:
@@ -507,20 +579,32 @@ def _record_operator_cancel(
         except AlreadyFailingError:
             return OperatorCancel(execution_id, "already-failing", before.status, True)
         dequeued = work_queue.cancel_queued(conn, execution_id)
-        return RecordedCancel(after, dequeued, cancel_to_raise(conn, before, after))
+        recorded, to_raise = before.cancel_requested_at is None, cancel_to_raise(conn, before, after)
+        if not recorded and not to_raise and not dequeued:
+            return OperatorCancel(execution_id, "already-requested", after.status, True)
+        # Before its raise, in the transaction that records it: whatever happens to the raise or to the rest of the
+        # page, nothing recorded is left unaudited.
+        audit(conn, execution_id, recorded)
+        return RecordedCancel(after, dequeued, to_raise)
 
 
 async def operator_cancel(
-    client: EventRaiser, tenant_id: UUID, execution_id: UUID, by: str, *, pool: ConnectionPool[Any] | None = None
+    client: EventRaiser,
+    tenant_id: UUID,
+    execution_id: UUID,
+    by: str,
+    audit: OperatorAudit,
+    *,
+    pool: ConnectionPool[Any] | None = None,
 ) -> OperatorCancel:
-    """Cancel one execution for an operator, as its tenant's own cancel does (ADR 0027, `tell_cancel`). A repeat
-    records nothing more and raises only a raise that was lost; what is not handed over stays for the sweeper to
-    raise again."""
-    recorded = await asyncio.to_thread(_record_operator_cancel, tenant_id, execution_id, by, pool)
+    """Cancel one execution for an operator, as its tenant's own cancel does (ADR 0027, `tell_cancel`), each raise
+    within OPERATOR_RAISE_BOUND_S. A repeat records nothing more and raises only a raise that was lost; what is not
+    handed over stays for the sweeper to raise again. TenantNotSuspendedError when the tenant is no longer suspended."""
+    recorded = await asyncio.to_thread(_record_operator_cancel, tenant_id, execution_id, by, audit, pool)
     if isinstance(recorded, OperatorCancel):
         return recorded
     execution, sent = await tell_cancel(
-        client, tenant_id, recorded, by, verdicts_within_s=OPERATOR_VERDICTS_BOUND_S, pool=pool
+        _BoundedRaiser(client), tenant_id, recorded, by, verdicts_within_s=OPERATOR_VERDICTS_BOUND_S, pool=pool
     )
     return OperatorCancel(execution.id, "cancel-requested", execution.status, sent != "failed" or execution.terminal)
 
@@ -529,19 +613,57 @@ async def operator_cancel_page(
     client: EventRaiser,
     tenant_id: UUID,
     by: str,
+    audit: OperatorAudit,
     *,
     after: UUID | None,
     limit: int,
+    within_s: float | None = None,
     pool: ConnectionPool[Any] | None = None,
-) -> list[OperatorCancel]:
-    """`operator_cancel` of each of up to `limit` executions of the tenant not ended, in id order after `after`,
-    OPERATOR_CANCELS_AT_ONCE at a time."""
+) -> OperatorPage:
+    """`operator_cancel` of up to `limit` executions of the tenant not ended, in id order after `after`,
+    OPERATOR_CANCELS_AT_ONCE at a time. Started in id order, none after `within_s` (default OPERATOR_PAGE_BOUND_S)
+    nor once the tenant is found no longer suspended: what was handled is a prefix of the page. Each started cancel
+    runs to its end (none is cut off between its record and its raise); an unexpected failure is raised once all
+    have ended."""
     ids = await asyncio.to_thread(not_ended_executions, tenant_id, after=after, limit=limit, pool=pool)
     gate = asyncio.Semaphore(OPERATOR_CANCELS_AT_ONCE)
+    deadline = asyncio.get_running_loop().time() + (OPERATOR_PAGE_BOUND_S if within_s is None else within_s)
+    stopped: list[PageEnd] = []
 
     async def cancel(execution_id: UUID) -> OperatorCancel:
-        """One execution's cancel, once the gate lets it in."""
-        async with gate:
-            return await operator_cancel(client, tenant_id, execution_id, by, pool=pool)
+        """One execution's cancel; the gate was taken for it."""
+        try:
+            return await operator_cancel(client, tenant_id, execution_id, by, audit, pool=pool)
+        except TenantNotSuspendedError as exc:
+            stopped.append(exc.end)
+            raise
+        finally:
+            gate.release()
 
-    return list(await asyncio.gather(*(cancel(execution_id) for execution_id in ids)))
+    tasks: list[asyncio.Task[OperatorCancel]] = []
+    for execution_id in ids:
+        await gate.acquire()
+        # The first is always started: a page that handled nothing would give no position to resume after.
+        if stopped or (tasks and asyncio.get_running_loop().time() >= deadline):
+            gate.release()
+            break
+        tasks.append(asyncio.create_task(cancel(execution_id)))
+    # Not a TaskGroup: one failing must not cut the others off between their record and their raise.
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    return _page_of(results, len(ids))
+
+
+def _page_of(results: list[OperatorCancel | BaseException], listed: int) -> OperatorPage:
+    """The page the cancels' results make: the items before the first that found the tenant no longer suspended
+    (those after it were started before it was found, and are reported too, as each audited its own); any other
+    failure raised."""
+    items: list[OperatorCancel] = []
+    ended: PageEnd | None = None
+    for result in results:
+        if isinstance(result, TenantNotSuspendedError):
+            ended = ended or result.end
+        elif isinstance(result, BaseException):
+            raise result
+        else:
+            items.append(result)
+    return OperatorPage(items, listed, ended)

@@ -9,7 +9,9 @@ tenant that is not marked, whoever calls it."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -22,9 +24,9 @@ from shared.api.durable import get_durable_client
 from shared.audit import get_audit_store
 from shared.config import get_settings
 from shared.db.session import tenant_transaction
+from shared.engine import control, work_queue
 from shared.engine import executions as repo
 from shared.engine import steps as store
-from shared.engine import work_queue
 from shared.engine.protocol import CANCEL_EVENT
 from shared.policy.actions import Action
 from shared.storage.blob import request_container
@@ -104,6 +106,20 @@ def _operator_id(api: ApiHarness) -> str:  # noqa: F811  # the fixture
     return str(api.audit_rows(OPERATORS)[-1]["principal_id"])
 
 
+def _cancel_records(api: ApiHarness, trail: str, tenant_id: uuid.UUID) -> list[dict[str, Any]]:  # noqa: F811
+    """The records of an operator's cancels of the tenant's executions in `trail`."""
+    return [
+        r
+        for r in api.audit_rows(trail)
+        if r["action"] == Action.EXECUTION_CANCEL and r["resource_id"] == str(tenant_id)
+    ]
+
+
+def _audited(records: list[dict[str, Any]]) -> list[str]:
+    """The executions the records name, one per record."""
+    return [execution for r in records for execution in r["detail"]["executions"]]
+
+
 def test_an_operator_cancels_a_suspended_tenants_executions(
     api: ApiHarness,  # noqa: F811
     app_pool: ConnectionPool[Any],
@@ -120,9 +136,10 @@ def test_an_operator_cancels_a_suspended_tenants_executions(
 
     # The tenant's own principals are refused while it is suspended: only the control plane can stop its runs.
     own = api.client.post(
-        f"/api/v1/executions/{running}/cancel", headers=api.headers("cancelled-by-operator", ["Executor"])
+        f"/api/v1/executions/{running}/cancel", headers=api.headers("cancelled-by-operator", ["Intent.Executor"])
     )
     assert own.status_code == 403, own.text
+    assert own.json()["reason"] == "tenant_suspended"
 
     first = _cancel(api, tenant, _admin(api))
     assert first.status_code == 202, first.text
@@ -150,18 +167,23 @@ def test_an_operator_cancels_a_suspended_tenants_executions(
     assert [name for instance, name, _ in hub.delivered if instance == str(running)] == [CANCEL_EVENT, "run:build:1"]
     assert hub.delivered[0][2] == {"by": operator}
 
-    # Audited as the operator's action, in its own trail and in the tenant's.
+    # Audited as the operator's action, each cancel once, in its own trail and in the tenant's.
     for trail in (OPERATORS, "cancelled-by-operator"):
-        [record] = [r for r in api.audit_rows(trail) if r["action"] == Action.EXECUTION_CANCEL]
-        assert record["principal_id"] == operator and record["resource_id"] == str(tenant.id)
-        assert sorted(record["detail"]["executions"]) == sorted([str(running), str(pending)])
+        records = _cancel_records(api, trail, tenant.id)
+        assert all(r["principal_id"] == operator and r["detail"]["recorded"] for r in records)
+        assert sorted(_audited(records)) == sorted([str(running), str(pending)])
 
-    # A repeat records nothing more and raises nothing the hub took; what has not ended is listed again.
+    # A repeat records nothing more and raises nothing the hub took; what has not ended is listed again, as a
+    # cancel already requested, and is not audited a second time.
     again = _cancel(api, tenant, _admin(api))
     assert again.status_code == 202, again.text
-    assert [item["execution_id"] for item in again.json()["items"]] == [str(running)]
+    assert again.json()["items"] == [
+        {"execution_id": str(running), "outcome": "already-requested", "status": "running", "handed_over": True}
+    ]
     assert len(hub.delivered) == 2
     assert _execution_row(app_pool, tenant.id, running).cancel_requested_at == row.cancel_requested_at
+    for trail in (OPERATORS, "cancelled-by-operator"):
+        assert len(_cancel_records(api, trail, tenant.id)) == 2
 
 
 def test_the_cancel_is_paged(
@@ -203,9 +225,14 @@ def test_an_active_tenant_and_a_tenant_principal_are_refused(
 
     _suspend(api, tenant)
     api.provision("cancel-bystander")
-    for roles in (["Tenant.Admin"], ["Executor"]):
+    for roles in (["Tenant.Admin"], ["Intent.Executor"]):
         refused = _cancel(api, tenant, api.headers("cancel-bystander", roles))
         assert refused.status_code == 403, refused.text
+    # The suspended tenant's own principals, whatever their roles, are refused as suspended.
+    for roles in (["Tenant.Admin"], ["Intent.Executor"]):
+        refused = _cancel(api, tenant, api.headers("cancel-refused", roles))
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["reason"] == "tenant_suspended"
     assert _execution_row(app_pool, tenant.id, execution).cancel_requested_at is None
     assert hub.delivered == []
 
@@ -249,3 +276,166 @@ def test_erase_tenant_refuses_a_tenant_not_marked(api: ApiHarness) -> None:  # n
             offboarding.erase_tenant(tenant.id, container, get_audit_store())
         assert _tenant_row_counts(api, tenant.id)["tenants"] == 1
         assert container.get_blob_client(blob).exists()
+
+
+class _HungHub(_Hub):
+    """A task hub that takes no raise: each hangs far past the bound an operator's cancel gives it. At each raise,
+    whether the cancel was audited by then, in the operators' trail and the tenant's."""
+
+    def __init__(self, api: ApiHarness, trail: str, tenant_id: uuid.UUID) -> None:  # noqa: F811
+        super().__init__()
+        self._api, self._trail, self._tenant_id = api, trail, tenant_id
+        self.audited_at_raise: dict[str, bool] = {}
+
+    async def raise_event(self, instance_id: str, name: str, data: Any = None) -> None:
+        """Note whether the cancel raised was audited in both trails, then hang."""
+        self.audited_at_raise[instance_id] = all(
+            instance_id in _audited(_cancel_records(self._api, trail, self._tenant_id))
+            for trail in (OPERATORS, self._trail)
+        )
+        await asyncio.sleep(HUNG_S)
+
+
+HUNG_S = 5.0
+
+
+def test_a_hung_task_hub_holds_the_page_within_bounds(
+    api: ApiHarness,  # noqa: F811
+    app_pool: ConnectionPool[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tenant = api.provision("cancel-hung-hub")
+    ids = sorted(str(_execution(app_pool, tenant.id, path=["running"]).id) for _ in range(4))
+    _suspend(api, tenant)
+    client = _HungHub(api, "cancel-hung-hub", tenant.id)
+    api.client.app.dependency_overrides[get_durable_client] = lambda: client  # type: ignore[attr-defined]
+    monkeypatch.setattr(control, "OPERATOR_RAISE_BOUND_S", 0.3)
+    monkeypatch.setattr(control, "OPERATOR_PAGE_BOUND_S", 0.5)
+    monkeypatch.setattr(control, "OPERATOR_CANCELS_AT_ONCE", 1)
+    try:
+        began = time.monotonic()
+        page = _cancel(api, tenant, _admin(api))
+        took = time.monotonic() - began
+    finally:
+        api.client.app.dependency_overrides.pop(get_durable_client)  # type: ignore[attr-defined]
+    assert page.status_code == 202, page.text
+    # Each raise cut off at its bound (not handed over: the sweeper raises it again), and no execution started past
+    # the page's bound: the answer comes in about a second, not HUNG_S for one execution, nor for each.
+    assert took < 3.0, took
+    handled = [item["execution_id"] for item in page.json()["items"]]
+    assert 0 < len(handled) < len(ids) and handled == ids[: len(handled)]
+    assert all(not item["handed_over"] for item in page.json()["items"])
+    assert page.json()["next_cursor"] is not None
+    # Every cancel was audited in both trails before its raise, and none recorded is left unaudited.
+    assert client.audited_at_raise == dict.fromkeys(handled, True)
+    recorded = [e for e in ids if _execution_row(app_pool, tenant.id, uuid.UUID(e)).cancel_requested_at is not None]
+    assert recorded == handled
+    for trail in (OPERATORS, "cancel-hung-hub"):
+        assert sorted(_audited(_cancel_records(api, trail, tenant.id))) == handled
+
+
+class _ReactivatingHub(_Hub):
+    """A task hub on whose first raise the tenant is reactivated (as a concurrent operator's PATCH would)."""
+
+    def __init__(self, api: ApiHarness, tenant_id: uuid.UUID) -> None:  # noqa: F811
+        super().__init__()
+        self._api, self._tenant_id = api, tenant_id
+
+    async def raise_event(self, instance_id: str, name: str, data: Any = None) -> None:
+        """Reactivate the tenant once, then deliver."""
+        if not self.delivered:
+            with psycopg.connect(self._api.admin_url, dbname="quantum") as conn:
+                conn.execute("UPDATE app.tenants SET status = 'active' WHERE id = %s", (self._tenant_id,))
+        await super().raise_event(instance_id, name, data)
+
+
+def test_a_tenant_reactivated_meanwhile_stops_the_page(
+    api: ApiHarness,  # noqa: F811
+    app_pool: ConnectionPool[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tenant = api.provision("cancel-reactivated")
+    ids = sorted(str(_execution(app_pool, tenant.id, path=["running"]).id) for _ in range(3))
+    _suspend(api, tenant)
+    client = _ReactivatingHub(api, tenant.id)
+    client.running.update(ids)
+    api.client.app.dependency_overrides[get_durable_client] = lambda: client  # type: ignore[attr-defined]
+    monkeypatch.setattr(control, "OPERATOR_CANCELS_AT_ONCE", 1)
+    try:
+        stopped = _cancel(api, tenant, _admin(api))
+    finally:
+        api.client.app.dependency_overrides.pop(get_durable_client)  # type: ignore[attr-defined]
+    assert stopped.status_code == 409, stopped.text
+    assert stopped.json()["type"].endswith("tenant-active")
+    # What was done before the reactivation is reported (and audited); the rest is the tenant's own again.
+    assert [item["execution_id"] for item in stopped.json()["items"]] == ids[:1]
+    assert _audited(_cancel_records(api, "cancel-reactivated", tenant.id)) == ids[:1]
+    for execution in ids[1:]:
+        assert _execution_row(app_pool, tenant.id, uuid.UUID(execution)).cancel_requested_at is None
+
+
+class _ErasingHub(_Hub):
+    """A task hub on whose first raise the tenant is erased (its erasure marked and run, as the erase route does)."""
+
+    def __init__(self, tenant_id: uuid.UUID, admin_url: str) -> None:
+        super().__init__()
+        self._tenant_id, self._admin_url = tenant_id, admin_url
+
+    async def raise_event(self, instance_id: str, name: str, data: Any = None) -> None:
+        """Erase the tenant once, then deliver."""
+        if not self.delivered:
+            with psycopg.connect(self._admin_url, dbname="quantum") as conn:
+                conn.execute(
+                    "UPDATE app.tenants SET erasing_since = clock_timestamp() WHERE id = %s", (self._tenant_id,)
+                )
+            await asyncio.to_thread(
+                offboarding.erase_tenant, self._tenant_id, request_container(get_settings()), get_audit_store()
+            )
+        await super().raise_event(instance_id, name, data)
+
+
+def test_a_tenant_erased_meanwhile_ends_the_page(
+    api: ApiHarness,  # noqa: F811
+    app_pool: ConnectionPool[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tenant = api.provision("cancel-erased")
+    ids = sorted(str(_execution(app_pool, tenant.id, path=["running"]).id) for _ in range(3))
+    _suspend(api, tenant)
+    client = _ErasingHub(tenant.id, api.admin_url)
+    client.running.update(ids)
+    api.client.app.dependency_overrides[get_durable_client] = lambda: client  # type: ignore[attr-defined]
+    monkeypatch.setattr(control, "OPERATOR_CANCELS_AT_ONCE", 1)
+    try:
+        ended = _cancel(api, tenant, _admin(api))
+    finally:
+        api.client.app.dependency_overrides.pop(get_durable_client)  # type: ignore[attr-defined]
+    # Not a failure: the page ends with what it did, which the operator's trail keeps (the tenant's is erased).
+    assert ended.status_code == 202, ended.text
+    assert [item["execution_id"] for item in ended.json()["items"]] == ids[:1]
+    assert ended.json()["next_cursor"] is None
+    assert _audited(_cancel_records(api, OPERATORS, tenant.id)) == ids[:1]
+
+
+def test_a_cursor_of_another_tenant_is_refused(
+    api: ApiHarness,  # noqa: F811
+    app_pool: ConnectionPool[Any],
+    hub: _Hub,
+) -> None:
+    first, second = api.provision("cancel-cursor-a"), api.provision("cancel-cursor-b")
+    for tenant in (first, second):
+        hub.running.update(str(_execution(app_pool, tenant.id, path=["running"]).id) for _ in range(2))
+        _suspend(api, tenant)
+    page = _cancel(api, first, _admin(api), limit=1)
+    assert page.status_code == 202, page.text
+    cursor = page.json()["next_cursor"]
+    assert cursor is not None
+    # Resumed on another tenant, it would skip that tenant's executions up to the first's position.
+    refused = _cancel(api, second, _admin(api), cursor=cursor)
+    assert refused.status_code == 400, refused.text
+    assert all(_requested_by(app_pool, second.id, uuid.UUID(e)) is None for e in _not_ended(app_pool, second.id))
+
+
+def _not_ended(pool: ConnectionPool[Any], tenant_id: uuid.UUID) -> list[str]:
+    """The tenant's executions not ended."""
+    return [str(e) for e in control.not_ended_executions(tenant_id, after=None, limit=100, pool=pool)]

@@ -467,24 +467,59 @@ class TenantExecutionsCancelled(BaseModel):
     next_cursor: str | None
 
 
-def _cancel_position(cursor: str | None) -> UUID | None:
-    """The execution id a cancel page's cursor resumes after (None: the first page); 400 for any other cursor."""
+def _cancel_position(cursor: str | None, tenant_id: UUID) -> UUID | None:
+    """The execution id a cancel page's cursor resumes after (None: the first page); 400 for any other cursor, one
+    issued for another tenant's executions included (it would skip this tenant's up to its position)."""
     after = marked_list_position(cursor, _CANCEL_LIST, "after")
+    if after is None:
+        return None
+    if marked_list_position(cursor, _CANCEL_LIST, "tenant") != str(tenant_id):
+        raise InvalidCursorError("the cursor is one this list issued for another tenant")
     try:
-        return None if after is None else UUID(str(after))
+        return UUID(str(after))
     except ValueError:
         raise InvalidCursorError("the cursor is not one this list issued") from None
 
 
-def _tenant_active(status: str) -> ProblemError:
-    """The refusal of an operator's cancel of a tenant that is not suspended: its own principals can cancel."""
+def _tenant_active(status: str, done: list[ExecutionCancelled] | None = None) -> ProblemError:
+    """The refusal of an operator's cancel of a tenant that is not suspended: its own principals can cancel. `done`:
+    what the page did before it found the tenant reactivated (each audited), listed under `items`."""
     return ProblemError(
         409,
         "tenant-active",
         "Conflict",
         f"The tenant is {status}: its own principals cancel its executions. An operator cancels them once the tenant"
         " is suspended.",
+        extensions=None if done is None else {"items": [item.model_dump(mode="json") for item in done]},
     )
+
+
+def _cancel_audit(context: RequestContext, tenant_id: UUID) -> control.OperatorAudit:
+    """How each operator's cancel is audited, inside the transaction that records it (ADR 0027): in the tenant's
+    trail with the cancel itself, and in the operator's once that transaction has committed, before its raise."""
+    resource = Resource("Tenant", str(tenant_id), None, {})
+
+    def audit(conn: Any, execution_id: UUID, recorded: bool) -> None:
+        """Audit one execution's cancel (`recorded` False: a repeat raising a cancel whose raise was lost)."""
+        detail = {"operation": "cancel", "executions": [str(execution_id)], "recorded": recorded}
+        # The tenant's own trail: its admins see who cancelled their executions, once it is active again.
+        record_tenant_event(tenant_id, context, Action.EXECUTION_CANCEL, detail, conn=conn)
+
+        def operators_trail() -> None:
+            """The operator's own record, in its tenant's trail, which this tenant's transaction cannot write."""
+            record_mutation(context, Action.EXECUTION_CANCEL, resource, detail)
+
+        when_released(conn, operators_trail, only="commit")
+
+    return audit
+
+
+def _next_cancel_cursor(tenant_id: UUID, page: control.OperatorPage, limit: int) -> str | None:
+    """The cursor after the last execution the page handled: null once the page listed the last of them and handled
+    them all, or the tenant is gone."""
+    if not page.items or page.ended is not None or (page.complete and page.listed < limit):
+        return None
+    return list_cursor(_CANCEL_LIST, {"tenant": str(tenant_id), "after": str(page.items[-1].execution_id)})
 
 
 @router.post(
@@ -496,7 +531,11 @@ def _tenant_active(status: str) -> ProblemError:
         **AUTH_ERRORS,
         400: BAD_CURSOR,
         404: NOT_FOUND,
-        409: {**CONFLICT, "description": "The tenant is not suspended (`tenant-active`): nothing is cancelled"},
+        409: {
+            **CONFLICT,
+            "description": "The tenant is not suspended (`tenant-active`): nothing more is cancelled; what the page"
+            " cancelled before it found the tenant reactivated is listed under `items`",
+        },
         422: INVALID,
     },
 )
@@ -512,26 +551,22 @@ async def cancel_executions(
     not ended, in id order (Platform.Admin): a suspended tenant's own principals are refused everything, its cancels
     included (ADR 0027). Each is recorded as cancelled by the operator, its queued remote work ended and its run told;
     a pending one no orchestration runs ends cancelled at once. `next_cursor` (null on the last page) resumes after
-    this page. Safe to send again: a repeat records nothing more and raises only a cancel whose raise was lost
-    (`handed_over` false, which the sweeper also raises again); sent again from the first page later, it lists what
-    has still not ended. Each page is audited in the operator's trail and the tenant's. The request takes no body."""
+    the executions this page handled: a page whose task hub is slow stops starting cancels after a bound and answers
+    with the part it handled (each raise is bounded; one cut off is `handed_over` false). Safe to send again: a repeat
+    records nothing more and raises only a cancel whose raise was lost (`handed_over` false, which the sweeper also
+    raises again; `already-requested` when there is nothing to raise); sent again from the first page later, it lists
+    what has still not ended. Each cancel recorded or raised is audited as it is recorded, in the tenant's trail and
+    the operator's. A tenant reactivated meanwhile stops the page: 409, with what was done before under `items`. The
+    request takes no body."""
     tenant = await run_in_threadpool(_authorized_tenant, context, Action.TENANT_UPDATE, tenant_id)
-    after = _cancel_position(cursor)  # after the decision (ADR 0022): a refused caller learns nothing of the cursor
+    # After the decision (ADR 0022): a refused caller learns nothing of the cursor.
+    after = _cancel_position(cursor, tenant_id)
     if tenant.status != "suspended":
         raise _tenant_active(tenant.status)
-    done = await control.operator_cancel_page(client, tenant_id, context.principal.id, after=after, limit=limit)
-    items = [ExecutionCancelled(**vars(cancel)) for cancel in done]
-    cancelled = [str(item.execution_id) for item in items if item.outcome == "cancel-requested"]
-    if cancelled:
-        detail = {
-            "operation": "cancel",
-            "executions": cancelled,
-            "not_handed_over": [str(item.execution_id) for item in items if not item.handed_over],
-        }
-        resource = Resource("Tenant", str(tenant_id), None, {})
-        await run_in_threadpool(record_mutation, context, Action.EXECUTION_CANCEL, resource, detail)
-        # The tenant's own trail too: its admins see who cancelled their executions, once it is active again.
-        await run_in_threadpool(record_tenant_event, tenant_id, context, Action.EXECUTION_CANCEL, detail)
-    last = done[-1].execution_id if len(done) == limit else None
-    next_cursor = None if last is None else list_cursor(_CANCEL_LIST, {"after": str(last)})
+    audit = _cancel_audit(context, tenant_id)
+    page = await control.operator_cancel_page(client, tenant_id, context.principal.id, audit, after=after, limit=limit)
+    items = [ExecutionCancelled(**vars(cancel)) for cancel in page.items]
+    if page.ended == "tenant-active":
+        raise _tenant_active("active", items)
+    next_cursor = _next_cancel_cursor(tenant_id, page, limit)
     return TenantExecutionsCancelled(items=items, next_cursor=next_cursor)
