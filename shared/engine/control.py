@@ -85,8 +85,16 @@ def request_cancel(conn: Conn, execution_id: UUID, requested_by: str) -> repo.Ex
     The execution's open attempts are held first, then the execution (ADR 0014), so that the queued work's end in the
     same transaction waits for no attempt while the execution is held: a recorder holding one (a timeout) waits for
     the execution, and that was a deadlock. Call it before the transaction holds the execution."""
+    return held_cancel(conn, execution_id, requested_by)[1]
+
+
+def held_cancel(conn: Conn, execution_id: UUID, requested_by: str) -> tuple[repo.Execution, repo.Execution]:
+    """`request_cancel`, answering the execution as held before the cancel besides the execution after it: a caller
+    deciding whether it recorded the cancel, or is to raise it (`cancel_to_raise`), decides on the row a concurrent
+    cancel committed while this one waited for it, not on a read made before that wait (both were audited as recorded
+    and both raised)."""
     execution, _ = store.hold_open_attempts(conn, execution_id)
-    return cancel_held(conn, execution, requested_by)
+    return execution, cancel_held(conn, execution, requested_by)
 
 
 def cancel_held(conn: Conn, execution: repo.Execution, requested_by: str) -> repo.Execution:
@@ -403,9 +411,11 @@ recorded, outside the pool's admission (ADR 0023), so a page takes no more than 
 _NOT_ENDED_PAGE = (
     "SELECT id FROM app.executions WHERE status <> ALL(%s) AND (%s::uuid IS NULL OR id > %s) ORDER BY id LIMIT %s"
 )
-# KEY SHARE, as every path that writes for a tenant holds it: the erasure waits for the record to commit, and a tenant
-# gone (or no longer suspended) is seen here, inside the transaction that would record the cancel.
-_TENANT_STATUS = "SELECT status FROM app.tenants WHERE id = %s FOR KEY SHARE"
+# SHARE, not the KEY SHARE every path writing for a tenant holds: a status change (the control plane's NO KEY UPDATE,
+# then its UPDATE) waits for the record to commit, as the erasure's FOR UPDATE does, so the cancel never commits on a
+# tenant reactivated meanwhile; a tenant gone (or no longer suspended) is seen here, inside the transaction that would
+# record the cancel. Other tenant writers' KEY SHARE, and a concurrent operator's SHARE, pass.
+_TENANT_STATUS = "SELECT status FROM app.tenants WHERE id = %s FOR SHARE"
 PageEnd = Literal["tenant-active", "tenant-gone"]
 
 
@@ -445,9 +455,10 @@ recorded the cancel (False: a repeat that raises a cancel whose raise was lost).
 class TenantNotSuspendedError(Exception):
     """The tenant is not suspended (any more), or gone, as an operator's cancel records: the page stops there."""
 
-    def __init__(self, end: PageEnd) -> None:
+    def __init__(self, end: PageEnd, done: OperatorCancel | None = None) -> None:
         super().__init__(end)
-        self.end = end
+        # `done`: the cancel this execution recorded (and audited) before it found its tenant gone, to report.
+        self.end, self.done = end, done
 
 
 class _BoundedRaiser:
@@ -567,17 +578,16 @@ def _record_operator_cancel(
     with tenant_transaction(tenant_id, pool=pool) as conn:
         _hold_suspended(conn, tenant_id)
         try:
-            # Read, not held: `request_cancel` holds in ADR 0014's order.
-            before = repo.get_execution(conn, execution_id)
+            # `before` held, in ADR 0014's order: a concurrent cancel of the execution committed while this one waited
+            # is seen, and this one is a repeat (not `recorded`, raised only if that one's raise was lost).
+            before, after = held_cancel(conn, execution_id, by)
         except repo.ExecutionNotFoundError:
             # Only an erasure deletes an execution, with its tenant row, which the hold above found.
             raise TenantNotSuspendedError("tenant-gone") from None
-        try:
-            after = request_cancel(conn, execution_id, by)
         except AlreadyFinishedError:
-            return OperatorCancel(execution_id, "already-finished", before.status, True)
+            return OperatorCancel(execution_id, "already-finished", repo.get_execution(conn, execution_id).status, True)
         except AlreadyFailingError:
-            return OperatorCancel(execution_id, "already-failing", before.status, True)
+            return OperatorCancel(execution_id, "already-failing", repo.get_execution(conn, execution_id).status, True)
         dequeued = work_queue.cancel_queued(conn, execution_id)
         recorded, to_raise = before.cancel_requested_at is None, cancel_to_raise(conn, before, after)
         if not recorded and not to_raise and not dequeued:
@@ -603,9 +613,15 @@ async def operator_cancel(
     recorded = await asyncio.to_thread(_record_operator_cancel, tenant_id, execution_id, by, audit, pool)
     if isinstance(recorded, OperatorCancel):
         return recorded
-    execution, sent = await tell_cancel(
-        _BoundedRaiser(client), tenant_id, recorded, by, verdicts_within_s=OPERATOR_VERDICTS_BOUND_S, pool=pool
-    )
+    try:
+        execution, sent = await tell_cancel(
+            _BoundedRaiser(client), tenant_id, recorded, by, verdicts_within_s=OPERATOR_VERDICTS_BOUND_S, pool=pool
+        )
+    except repo.ExecutionNotFoundError:
+        # Only an erasure deletes an execution: a pending one erased between its record and its end. Its cancel was
+        # recorded and audited, and no one is left to tell; the page ends there, as for any tenant gone.
+        done = OperatorCancel(recorded.execution.id, "cancel-requested", recorded.execution.status, True)
+        raise TenantNotSuspendedError("tenant-gone", done) from None
     return OperatorCancel(execution.id, "cancel-requested", execution.status, sent != "failed" or execution.terminal)
 
 
@@ -655,13 +671,15 @@ async def operator_cancel_page(
 
 def _page_of(results: list[OperatorCancel | BaseException], listed: int) -> OperatorPage:
     """The page the cancels' results make: the items before the first that found the tenant no longer suspended
-    (those after it were started before it was found, and are reported too, as each audited its own); any other
-    failure raised."""
+    (those after it were started before it was found, and are reported too, as each audited its own; so is the cancel
+    one recorded before it found the tenant gone); any other failure raised."""
     items: list[OperatorCancel] = []
     ended: PageEnd | None = None
     for result in results:
         if isinstance(result, TenantNotSuspendedError):
             ended = ended or result.end
+            if result.done is not None:
+                items.append(result.done)
         elif isinstance(result, BaseException):
             raise result
         else:

@@ -14,8 +14,11 @@ import psycopg
 import pytest
 
 from shared.api.durable import get_durable_client
+from shared.api.routers import execution_control
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
+from shared.engine import work_queue
+from shared.engine.protocol import CANCEL_EVENT
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 
 pytestmark = pytest.mark.integration
@@ -132,3 +135,62 @@ def test_a_start_that_wins_the_race_is_cancelled_through_its_orchestration(
     assert api.client.get(url, headers=headers).json()["status"] == "running"
     assert "execution_cancelled" not in _events(api, url, headers)
     assert [(instance, event) for instance, event, _ in client.raised] == [(execution_id, "cancel")]
+
+
+class Running:
+    """A durable client whose orchestrations run: every raise is taken."""
+
+    def __init__(self) -> None:
+        self.raised: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+
+    async def raise_event(self, instance_id: str, name: str, data: Any = None) -> None:
+        with self._lock:
+            self.raised.append((instance_id, name))
+
+
+def test_a_cancel_read_before_a_concurrent_one_committed_raises_nothing_it_handed_over(
+    api: ApiHarness, tenant: tuple[str, dict[str, str], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name, headers, url = tenant
+    execution_id = uuid.UUID(url.rstrip("/").rsplit("/", 1)[-1])
+    with tenant_transaction(api.tenants[name].id) as conn:
+        repo.transition(conn, execution_id, "running")
+    client = Running()
+    api.client.app.dependency_overrides[get_durable_client] = lambda: client
+    second_read, first_answered = threading.Event(), threading.Event()
+    resource_of, ending = execution_control.execution_resource, work_queue.cancel_queued
+    reads: list[int] = []
+
+    def read(*args: Any) -> Any:
+        """The second cancel has read the execution (its cancel not yet committed) and goes on once the first was
+        answered, its raise taken and marked handed over."""
+        reads.append(1)
+        if len(reads) == 2:
+            second_read.set()
+            assert first_answered.wait(15), "the first cancel did not answer"
+        return resource_of(*args)
+
+    def held_open(conn: Any, execution: uuid.UUID) -> Any:
+        """The first cancel commits once the second has read the execution."""
+        assert second_read.wait(15), "the second cancel did not read the execution"
+        return ending(conn, execution)
+
+    monkeypatch.setattr(execution_control, "execution_resource", read)
+    monkeypatch.setattr(work_queue, "cancel_queued", held_open)
+
+    def first() -> Any:
+        answer = api.client.post(f"{url}/cancel", headers=headers)
+        first_answered.set()
+        return answer
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        answers = [pool.submit(first)]
+        while not reads:
+            time.sleep(0.01)
+        answers.append(pool.submit(api.client.post, f"{url}/cancel", headers=headers))
+        results = [answer.result(30) for answer in answers]
+
+    assert [answer.status_code for answer in results] == [202, 202], [answer.text for answer in results]
+    # The second decided on its read made before the first committed (no cancel requested) and raised it again.
+    assert client.raised == [(str(execution_id), CANCEL_EVENT)]

@@ -10,6 +10,7 @@ tenant that is not marked, whoever calls it."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 import uuid
@@ -21,6 +22,7 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from shared.api.durable import get_durable_client
+from shared.api.routers import tenants as tenants_router
 from shared.audit import get_audit_store
 from shared.config import get_settings
 from shared.db.session import tenant_transaction
@@ -33,6 +35,7 @@ from shared.storage.blob import request_container
 from shared.tenants import offboarding
 from tests.integration.api_harness import ApiHarness, TenantHandle, api  # noqa: F401  # the fixture
 from tests.integration.test_cancel_dispatch_race import _queued
+from tests.integration.test_cancel_races import _until_someone_waits_for
 from tests.integration.test_executions import _execution
 from tests.integration.test_offboarding import _tenant_row_counts
 
@@ -439,3 +442,180 @@ def test_a_cursor_of_another_tenant_is_refused(
 def _not_ended(pool: ConnectionPool[Any], tenant_id: uuid.UUID) -> list[str]:
     """The tenant's executions not ended."""
     return [str(e) for e in control.not_ended_executions(tenant_id, after=None, limit=100, pool=pool)]
+
+
+def _cancels_raised(hub: _Hub) -> list[str]:
+    """The executions the hub took a cancel for, in id order, once per raise."""
+    return sorted(instance for instance, name, _ in hub.delivered if name == CANCEL_EVENT)
+
+
+def test_an_operators_record_failing_once_is_written_again_and_fails_no_cancel(
+    api: ApiHarness,  # noqa: F811
+    app_pool: ConnectionPool[Any],
+    hub: _Hub,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tenant = api.provision("cancel-record-fails-once")
+    ids = sorted(str(_execution(app_pool, tenant.id, path=["running"]).id) for _ in range(3))
+    hub.running.update(ids)
+    _suspend(api, tenant)
+    admin = _admin(api)
+    failures = [RuntimeError("audit store unavailable")]
+    written = tenants_router.record_mutation
+
+    def fails_once(*args: Any, **kwargs: Any) -> None:
+        if failures:
+            raise failures.pop()
+        written(*args, **kwargs)
+
+    # The first operator's record fails after its cancel committed: raised at the transaction's exit, it answered
+    # 500, the cancel was never raised, and the record was lost (a repeat is not audited as recorded).
+    monkeypatch.setattr(tenants_router, "record_mutation", fails_once)
+    monkeypatch.setattr(control, "OPERATOR_CANCELS_AT_ONCE", 1)
+    page = _cancel(api, tenant, admin)
+    assert page.status_code == 202, page.text
+    assert [item["outcome"] for item in page.json()["items"]] == ["cancel-requested"] * 3
+    assert _cancels_raised(hub) == ids
+    for trail in (OPERATORS, "cancel-record-fails-once"):
+        records = _cancel_records(api, trail, tenant.id)
+        assert sorted(_audited(records)) == ids and all(r["detail"]["recorded"] for r in records)
+
+
+def test_an_operators_record_that_cannot_be_written_is_answered_after_the_raises(
+    api: ApiHarness,  # noqa: F811
+    app_pool: ConnectionPool[Any],
+    hub: _Hub,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tenant = api.provision("cancel-record-fails")
+    ids = sorted(str(_execution(app_pool, tenant.id, path=["running"]).id) for _ in range(3))
+    hub.running.update(ids)
+    _suspend(api, tenant)
+    admin = _admin(api)
+
+    def unavailable(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("audit store unavailable")
+
+    monkeypatch.setattr(tenants_router, "record_mutation", unavailable)
+    monkeypatch.setattr(control, "OPERATOR_CANCELS_AT_ONCE", 1)
+    with caplog.at_level(logging.ERROR, logger=tenants_router.__name__):
+        page = _cancel(api, tenant, admin)
+    # Every cancel done and raised; the failure answered only then, naming what the operator's trail lacks.
+    assert page.status_code == 503, page.text
+    assert page.headers["content-type"].startswith("application/problem+json")
+    assert [item["execution_id"] for item in page.json()["items"]] == ids
+    assert sorted(page.json()["unaudited"]) == ids
+    assert _cancels_raised(hub) == ids
+    assert all(_execution_row(app_pool, tenant.id, uuid.UUID(e)).cancel_requested_at is not None for e in ids)
+    assert sorted(_audited(_cancel_records(api, "cancel-record-fails", tenant.id))) == ids
+    logged = " ".join(r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
+    assert all(execution in logged for execution in ids)
+
+
+def test_concurrent_operator_cancels_of_one_execution_record_it_once(
+    api: ApiHarness,  # noqa: F811
+    app_pool: ConnectionPool[Any],
+) -> None:
+    tenant = api.provision("cancel-concurrent-operators")
+    execution = _execution(app_pool, tenant.id, path=["running"]).id
+    _suspend(api, tenant)
+    client = _Hub()
+    client.running.add(str(execution))
+    audits: dict[str, list[bool]] = {"first": [], "second": []}
+    second: list[threading.Thread] = []
+
+    def cancel(who: str, audit: control.OperatorAudit) -> control.OperatorCancel:
+        return asyncio.run(control.operator_cancel(client, tenant.id, execution, who, audit, pool=app_pool))
+
+    def audit_second(conn: Any, execution_id: uuid.UUID, recorded: bool) -> None:
+        audits["second"].append(recorded)
+
+    def audit_first(conn: Any, execution_id: uuid.UUID, recorded: bool) -> None:
+        # The second cancel is sent while the first holds the execution, and this one commits once it waits.
+        audits["first"].append(recorded)
+        thread = threading.Thread(target=cancel, args=("op-second", audit_second), daemon=True)
+        second.append(thread)
+        thread.start()
+        _until_someone_waits_for(api, conn.execute("SELECT pg_backend_pid() AS pid").fetchone()["pid"])
+
+    first = cancel("op-first", audit_first)
+    second[0].join(15)
+    assert not second[0].is_alive()
+    assert first.outcome == "cancel-requested" and audits["first"] == [True]
+    # The second found the cancel recorded: a repeat, never audited as recording it (it read `before` unlocked, and
+    # both were audited as recorded and both raised).
+    assert audits["second"] in ([], [False])
+    assert _requested_by(app_pool, tenant.id, execution) == "op-first"
+
+
+def test_a_reactivation_waits_for_the_operators_record(
+    api: ApiHarness,  # noqa: F811
+    app_pool: ConnectionPool[Any],
+) -> None:
+    tenant = api.provision("cancel-reactivation-waits")
+    execution = _execution(app_pool, tenant.id, path=["running"]).id
+    _suspend(api, tenant)
+    client = _Hub()
+    client.running.add(str(execution))
+    changes: list[str] = []
+
+    def reactivate(conn: Any, execution_id: uuid.UUID, recorded: bool) -> None:
+        """Inside the record's transaction: the control plane's status change, as its PATCH takes the row."""
+        with psycopg.connect(api.admin_url, dbname="quantum") as other:
+            other.execute("SET lock_timeout = '2s'")
+            try:
+                other.execute("SELECT 1 FROM app.tenants WHERE id = %s FOR NO KEY UPDATE", (tenant.id,))
+                other.execute("UPDATE app.tenants SET status = 'active' WHERE id = %s", (tenant.id,))
+            except psycopg.errors.LockNotAvailable:
+                changes.append("waited")
+            else:
+                changes.append("reactivated")
+
+    done = asyncio.run(control.operator_cancel(client, tenant.id, execution, "op", reactivate, pool=app_pool))
+    # Under KEY SHARE the reactivation committed while the record was open, and the cancel on an active tenant.
+    assert changes == ["waited"]
+    assert done.outcome == "cancel-requested"
+    with psycopg.connect(api.admin_url, dbname="quantum") as conn:
+        row = conn.execute("SELECT status FROM app.tenants WHERE id = %s", (tenant.id,)).fetchone()
+    assert row is not None and row[0] == "suspended"
+
+
+class _ErasingUnstartedHub(_Hub):
+    """A task hub that runs nothing, on whose first raise the tenant is erased: every raise answered as for an
+    instance that does not exist, so a pending execution is ended once its tenant is gone."""
+
+    def __init__(self, tenant_id: uuid.UUID, admin_url: str) -> None:
+        super().__init__()
+        self._erasing = _ErasingHub(tenant_id, admin_url)
+
+    async def raise_event(self, instance_id: str, name: str, data: Any = None) -> None:
+        """Erase the tenant once; refuse as the host does for an instance it does not run."""
+        if not self._erasing.delivered:
+            self._erasing.running.add(instance_id)
+            await self._erasing.raise_event(instance_id, name, data)
+        await super().raise_event(instance_id, name, data)
+
+
+def test_a_tenant_erased_before_a_pending_execution_ends_ends_the_page(
+    api: ApiHarness,  # noqa: F811
+    app_pool: ConnectionPool[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tenant = api.provision("cancel-erased-pending")
+    ids = sorted(str(_execution(app_pool, tenant.id).id) for _ in range(3))  # pending: no orchestration runs them
+    _suspend(api, tenant)
+    admin = _admin(api)
+    client = _ErasingUnstartedHub(tenant.id, api.admin_url)
+    api.client.app.dependency_overrides[get_durable_client] = lambda: client  # type: ignore[attr-defined]
+    monkeypatch.setattr(control, "OPERATOR_CANCELS_AT_ONCE", 1)
+    try:
+        ended = _cancel(api, tenant, admin)
+    finally:
+        api.client.app.dependency_overrides.pop(get_durable_client)  # type: ignore[attr-defined]
+    # The first's cancel was recorded and audited, then its tenant erased before its end: not a failure (500), the
+    # page ends with what it did, as for any tenant gone.
+    assert ended.status_code == 202, ended.text
+    assert [(item["execution_id"], item["outcome"]) for item in ended.json()["items"]] == [(ids[0], "cancel-requested")]
+    assert ended.json()["next_cursor"] is None
+    assert _audited(_cancel_records(api, OPERATORS, tenant.id)) == ids[:1]

@@ -225,12 +225,14 @@ async def cancel(
             resource = execution_resource(conn, execution, context.tenant.id)
             authorize(context, Action.EXECUTION_CANCEL, resource, conn=conn)
             try:
-                cancelled = control.request_cancel(conn, execution_id, context.principal.id)
+                # Decided on the row as held, not as `load_execution` read it: a concurrent cancel committed while this
+                # one waited for the row made this one a repeat, which raises only a raise that was lost.
+                held, cancelled = control.held_cancel(conn, execution_id, context.principal.id)
             except control.ControlError as exc:
                 raise _problem(exc) from None
             # Remote work no worker has taken yet ends now (ADR 0027), not when its step times out.
             dequeued = work_queue.cancel_queued(conn, execution_id)
-            return control.RecordedCancel(cancelled, dequeued, control.cancel_to_raise(conn, execution, cancelled))
+            return control.RecordedCancel(cancelled, dequeued, control.cancel_to_raise(conn, held, cancelled))
 
     recorded = await run_in_threadpool(record)
     execution, sent = await control.tell_cancel(

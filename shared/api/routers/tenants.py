@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
@@ -19,7 +20,7 @@ from shared.api.durable import get_durable_client
 from shared.api.idempotency import idempotency_key as idempotency_key_header
 from shared.api.idempotency import remember, replay_or_claim
 from shared.api.permissions import GuardedRoute, permission
-from shared.api.problems import ProblemError
+from shared.api.problems import DEPENDENCY_RETRY_AFTER_S, ProblemError
 from shared.api.responses import (
     AUTH_ERRORS,
     BAD_CURSOR,
@@ -494,24 +495,74 @@ def _tenant_active(status: str, done: list[ExecutionCancelled] | None = None) ->
     )
 
 
-def _cancel_audit(context: RequestContext, tenant_id: UUID) -> control.OperatorAudit:
+class _CancelAudit:
     """How each operator's cancel is audited, inside the transaction that records it (ADR 0027): in the tenant's
-    trail with the cancel itself, and in the operator's once that transaction has committed, before its raise."""
-    resource = Resource("Tenant", str(tenant_id), None, {})
+    trail with the cancel itself, and in the operator's once that transaction has committed, before its raise. An
+    operator's record that fails is kept, never raised: raised at the transaction's exit it made the committed cancel
+    look failed, its raise was never made and the record was lost; `write_kept` writes the kept ones again."""
 
-    def audit(conn: Any, execution_id: UUID, recorded: bool) -> None:
+    def __init__(self, context: RequestContext, tenant_id: UUID) -> None:
+        self._context, self._tenant_id = context, tenant_id
+        self._resource = Resource("Tenant", str(tenant_id), None, {})
+        self._kept: list[dict[str, Any]] = []
+        self._lock = threading.Lock()  # the page's cancels record in threads of their own
+
+    def __call__(self, conn: Any, execution_id: UUID, recorded: bool) -> None:
         """Audit one execution's cancel (`recorded` False: a repeat raising a cancel whose raise was lost)."""
         detail = {"operation": "cancel", "executions": [str(execution_id)], "recorded": recorded}
         # The tenant's own trail: its admins see who cancelled their executions, once it is active again.
-        record_tenant_event(tenant_id, context, Action.EXECUTION_CANCEL, detail, conn=conn)
+        record_tenant_event(self._tenant_id, self._context, Action.EXECUTION_CANCEL, detail, conn=conn)
+        when_released(conn, lambda: self._operators_trail(detail), only="commit")
 
-        def operators_trail() -> None:
-            """The operator's own record, in its tenant's trail, which this tenant's transaction cannot write."""
-            record_mutation(context, Action.EXECUTION_CANCEL, resource, detail)
+    def _write(self, detail: dict[str, Any]) -> None:
+        """The operator's own record, in its tenant's trail, which this tenant's transaction cannot write."""
+        record_mutation(self._context, Action.EXECUTION_CANCEL, self._resource, detail)
 
-        when_released(conn, operators_trail, only="commit")
+    def _operators_trail(self, detail: dict[str, Any]) -> None:
+        """Write the operator's record once the cancel committed; kept, for `write_kept`, when that fails."""
+        try:
+            self._write(detail)
+        except Exception as exc:
+            logger.warning("operator's cancel record %s not written yet (%s: %s)", detail, type(exc).__name__, exc)
+            with self._lock:
+                self._kept.append(detail)
 
-    return audit
+    def write_kept(self) -> list[dict[str, Any]]:
+        """Write again the operator's records that failed, once the page's cancels have ended (each raised); those
+        failing still are logged, by execution, and answered."""
+        with self._lock:
+            kept, self._kept = self._kept, []
+        unwritten: list[dict[str, Any]] = []
+        for detail in kept:
+            try:
+                self._write(detail)
+            except Exception as exc:
+                logger.error(
+                    "operator %s's cancel of executions %s of tenant %s is not in the operator's trail (%s: %s): %s",
+                    self._context.principal.id,
+                    detail["executions"],
+                    self._tenant_id,
+                    type(exc).__name__,
+                    exc,
+                    detail,
+                )
+                unwritten.append(detail)
+        return unwritten
+
+
+def _unaudited(unwritten: list[dict[str, Any]], done: list[ExecutionCancelled]) -> ProblemError:
+    """503 for a page whose cancels were done (listed under `items`, each told to its run) but some of whose records
+    in the operator's trail could not be written (`unaudited`; logged with their details)."""
+    executions = [execution for detail in unwritten for execution in detail["executions"]]
+    return ProblemError(
+        503,
+        "dependency-unavailable",
+        "Service unavailable",
+        f"The cancels listed under `items` were done, but the audit trail could not record {len(executions)} of them"
+        " in the operator's trail (`unaudited`; the platform's log keeps each). A repeat does not record them again.",
+        headers={"Retry-After": str(DEPENDENCY_RETRY_AFTER_S)},
+        extensions={"items": [item.model_dump(mode="json") for item in done], "unaudited": executions},
+    )
 
 
 def _next_cancel_cursor(tenant_id: UUID, page: control.OperatorPage, limit: int) -> str | None:
@@ -556,16 +607,26 @@ async def cancel_executions(
     records nothing more and raises only a cancel whose raise was lost (`handed_over` false, which the sweeper also
     raises again; `already-requested` when there is nothing to raise); sent again from the first page later, it lists
     what has still not ended. Each cancel recorded or raised is audited as it is recorded, in the tenant's trail and
-    the operator's. A tenant reactivated meanwhile stops the page: 409, with what was done before under `items`. The
-    request takes no body."""
+    the operator's; a record of the operator's trail that cannot be written fails no cancel: once the page's cancels
+    have ended (each raised) it answers 503 with what was done under `items` and the executions not in the operator's
+    trail under `unaudited`. A tenant reactivated meanwhile stops the page: 409, with what was done before under
+    `items`. The request takes no body."""
     tenant = await run_in_threadpool(_authorized_tenant, context, Action.TENANT_UPDATE, tenant_id)
     # After the decision (ADR 0022): a refused caller learns nothing of the cursor.
     after = _cancel_position(cursor, tenant_id)
     if tenant.status != "suspended":
         raise _tenant_active(tenant.status)
-    audit = _cancel_audit(context, tenant_id)
-    page = await control.operator_cancel_page(client, tenant_id, context.principal.id, audit, after=after, limit=limit)
+    audit = _CancelAudit(context, tenant_id)
+    try:
+        page = await control.operator_cancel_page(
+            client, tenant_id, context.principal.id, audit, after=after, limit=limit
+        )
+    finally:
+        # After every cancel of the page has ended, raises included: a record failing makes no cancel look failed.
+        unwritten = await run_in_threadpool(audit.write_kept)
     items = [ExecutionCancelled(**vars(cancel)) for cancel in page.items]
+    if unwritten:
+        raise _unaudited(unwritten, items)
     if page.ended == "tenant-active":
         raise _tenant_active("active", items)
     next_cursor = _next_cancel_cursor(tenant_id, page, limit)
