@@ -38,7 +38,12 @@ from shared.audit import AuditStore, get_audit_store
 from shared.config import get_settings
 from shared.db.session import platform_transaction
 from shared.storage.blob import artifacts_container
-from shared.tenants.offboarding import delete_tenant_blobs, purge_orchestrations, tenant_blob_prefix
+from shared.tenants.offboarding import (
+    TENANT_LISTING,
+    delete_tenant_blobs,
+    purge_orchestrations,
+    tenant_blob_prefix,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +167,10 @@ def _sweep(tenant_id: UUID, container: ContainerClient, max_blobs: int) -> tuple
     """Delete up to `max_blobs` of the tenant's blobs; returns how many, and whether the prefix was empty then."""
     deleted = delete_tenant_blobs(tenant_id, container, limit=max_blobs)
     # Looked at once more: the pass may have stopped at its limit, or a writer may have written while it listed.
-    left = container.list_blobs(name_starts_with=tenant_blob_prefix(tenant_id), results_per_page=1)
+    # Blobs with staged blocks only included: a copy cut short leaves one, which a plain listing does not show.
+    left = container.list_blobs(
+        name_starts_with=tenant_blob_prefix(tenant_id), include=TENANT_LISTING, results_per_page=1
+    )
     return deleted, next(iter(left), None) is None
 
 

@@ -22,7 +22,7 @@ from uuid import UUID
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
-from azure.storage.blob import BlobBlock, ContainerClient, ContentSettings
+from azure.storage.blob import BlobBlock, BlobClient, ContainerClient, ContentSettings
 from psycopg import errors, sql
 
 from shared.audit import AuditStore, get_audit_store
@@ -115,6 +115,21 @@ def tenant_exists(tenant_id: UUID) -> bool:
         return hold_tenant(conn, tenant_id)
 
 
+_EXPORTABLE = "SELECT erasing_since IS NULL AS exportable FROM app.tenants WHERE id = %s FOR KEY SHARE"
+
+
+def export_may_stand(tenant_id: UUID) -> bool:
+    """Whether an export of the tenant may be kept: its row is there and not marked for erasure, read in a short
+    transaction of its own (an erasure holding the row is waited for).
+
+    A marked tenant is as good as gone: its erasure has begun deleting (it marks before anything goes, and nothing
+    clears the mark), and one that failed after its first blob pass left the row while the export's archive and
+    copies went; kept, the export answered with a manifest naming blobs that were no longer there."""
+    with tenant_transaction(tenant_id) as conn:
+        row = conn.execute(_EXPORTABLE, (tenant_id,)).fetchone()
+    return bool(row and row["exportable"])
+
+
 def kept_for_tenant(tenant_id: UUID, container: ContainerClient, name: str, *, within: StorageCall = unbounded) -> bool:
     """After the tenant's blob `name` was written: True while the tenant is there; False, the blob deleted, when the
     tenant was erased meanwhile.
@@ -134,20 +149,21 @@ def kept_for_tenant(tenant_id: UUID, container: ContainerClient, name: str, *, w
     except Exception as exc:
         # The tenant is gone all the same, and its writer must not be retried as if it were not. The erasure's record
         # may have been dropped already (its prefix was empty for seven days): noted again, the timer looks again.
-        _note_blob_left(tenant_id, name, exc)
+        _note_blob_left(tenant_id, f"blob {name!r}", exc)
     return False
 
 
-def _note_blob_left(tenant_id: UUID, name: str, failure: Exception) -> None:
-    """Record that erased `tenant_id` has a blob left, for the `erased_tenant_blobs` timer (ADR 0046)."""
+def _note_blob_left(tenant_id: UUID, what: str, failure: Exception) -> None:
+    """Record that erased `tenant_id` has blobs left (`what`, as the log names them), for the `erased_tenant_blobs`
+    timer (ADR 0046)."""
     try:
         with platform_transaction() as conn:
             conn.execute(NOTE_ERASED_TENANT, (tenant_id,))
     except Exception as exc:
         # Neither storage nor the database: only an operator can tell which blob it was.
         logger.error(
-            "blob %r of erased tenant %s was not removed (%s: %s) nor recorded for removal (%s: %s); remove it",
-            name,
+            "%s of erased tenant %s was not removed (%s: %s) nor recorded for removal (%s: %s); remove it",
+            what,
             tenant_id,
             type(failure).__name__,
             failure,
@@ -157,8 +173,8 @@ def _note_blob_left(tenant_id: UUID, name: str, failure: Exception) -> None:
         return
     # Still an ERROR, as operators were told of these before: the timer retries, but storage refused a delete.
     logger.error(
-        "blob %r of erased tenant %s was not removed (%s: %s); the erased_tenant_blobs timer removes it",
-        name,
+        "%s of erased tenant %s was not removed (%s: %s); the erased_tenant_blobs timer removes it",
+        what,
         tenant_id,
         type(failure).__name__,
         failure,
@@ -209,8 +225,9 @@ def export_tenant(tenant: Tenant, container: ContainerClient, audit_store: Audit
     under its prefix but its exports (stored outputs and artifacts) under the same name relative to the prefix, and
     `manifest.json`, written last, naming each blob with its size, sha256 and MD5. A `$blob` reference's name (or an
     artifact's `blob_name`) `<tenant>/<path>` is the export's `<path>`. Memory is bounded (the archive spooled as
-    before, a blob copied a chunk at a time). TenantGoneError when the tenant was erased before or meanwhile; nothing
-    of the export is left then. Any other failure removes what the export wrote, so it is safe to send again."""
+    before, a blob copied a chunk at a time). TenantGoneError when the tenant was erased, or marked for erasure,
+    before or meanwhile; nothing of the export is left then. Any other failure removes what the export wrote, so it
+    is safe to send again."""
     audit_store = audit_store or get_audit_store()
     folder = export_folder(tenant.id, datetime.now(UTC))
     try:
@@ -222,8 +239,9 @@ def export_tenant(tenant: Tenant, container: ContainerClient, audit_store: Audit
         raise
     # The erasure does not wait for an export. Looked at after the last write, a tenant still there means its
     # erasure's last blob pass comes later and removes the export; a tenant gone means that pass may be over, and the
-    # export is removed here (a host killed in between leaves it to the `erased_tenant_blobs` timer, ADR 0046).
-    if not tenant_exists(tenant.id):
+    # export is removed here (a host killed in between leaves it to the `erased_tenant_blobs` timer, ADR 0046). A
+    # tenant marked for erasure counts as gone (`export_may_stand`): its erasure may have failed after its first pass.
+    if not export_may_stand(tenant.id):
         _remove_export(tenant.id, container, folder)
         raise TenantGoneError(str(tenant.id))
     return result
@@ -285,7 +303,7 @@ def _upload_spool(container: ContainerClient, name: str, spool: Any) -> int:
 def _copy_blobs(tenant_id: UUID, container: ContainerClient, folder: str, listed: Any) -> tuple[int, int]:
     """Copy every blob under the tenant's prefix but its exports into `folder` under the same relative name, writing
     each one's manifest entry to `listed` (comma-separated JSON objects); how many blobs and bytes. Looks at the
-    tenant every `EXPORT_LOOK_S` (TenantGoneError once it is gone)."""
+    tenant every `EXPORT_LOOK_S` (TenantGoneError once it is gone or marked for erasure)."""
     prefix = tenant_blob_prefix(tenant_id)
     exports = f"{prefix}{EXPORTS_FOLDER}/"
     copied = copied_bytes = 0
@@ -294,7 +312,7 @@ def _copy_blobs(tenant_id: UUID, container: ContainerClient, folder: str, listed
         if source.name.startswith(exports):
             continue  # earlier exports (and this one) are not the tenant's data
         if time.monotonic() - looked >= EXPORT_LOOK_S:
-            if not tenant_exists(tenant_id):
+            if not export_may_stand(tenant_id):
                 raise TenantGoneError(str(tenant_id))
             looked = time.monotonic()
         entry = _copy_blob(container, source.name, folder + source.name[len(prefix) :])
@@ -328,13 +346,49 @@ def _copy_blob(container: ContainerClient, source: str, target: str) -> dict[str
 
 def _copy_once(container: ContainerClient, source: str, target: str) -> dict[str, Any]:
     """One copy of `source` as it is now (ResourceModifiedError when it is rewritten meanwhile): one Put Blob for a
-    blob of one chunk (all or nothing), staged blocks committed at the end for a bigger one."""
+    blob of one chunk (all or nothing), staged blocks committed at the end for a bigger one, discarded on any way
+    out before their commit."""
     properties = container.get_blob_client(source).get_blob_properties()
     size, etag = int(properties.size), properties.etag
     content_type = properties.content_settings.content_type or "application/octet-stream"
     sha256, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
     copy = container.get_blob_client(target)
     blocks: list[BlobBlock] = []
+    try:
+        last = _staged_copy(container, source, size, etag, copy, blocks, (sha256, md5))
+        settings = ContentSettings(content_type=content_type, content_md5=bytearray(md5.digest()))
+        metadata = {"sha256": sha256.hexdigest()}
+        if blocks:
+            copy.commit_block_list(blocks, content_settings=settings, metadata=metadata)
+        else:
+            copy.upload_blob(last, overwrite=False, content_settings=settings, metadata=metadata)
+    except BaseException:
+        # Staged blocks are the tenant's bytes, and no listing shows them unless asked for uncommitted blobs: left,
+        # neither the export's cleanup nor the erasure nor the timer found them (storage drops them after a week;
+        # the emulator never). A source gone meanwhile is no failure of the export, which goes on: nothing else
+        # would remove them then. A discard that fails raises instead, and the export's cleanup tries again.
+        if blocks:
+            discard_staged(container, target)
+        raise
+    return {
+        "size": size,
+        "sha256": sha256.hexdigest(),
+        "content_md5": base64.b64encode(md5.digest()).decode(),
+        "content_type": content_type,
+    }
+
+
+def _staged_copy(
+    container: ContainerClient,
+    source: str,
+    size: int,
+    etag: str,
+    copy: BlobClient,
+    blocks: list[BlobBlock],
+    digests: tuple[Any, Any],
+) -> bytes:
+    """Read `source` a chunk at a time (held to `etag`) into `digests`, staging each chunk as a block of `copy` (its
+    id appended to `blocks`) when there is more than one; the last chunk read."""
     last = b""
     for offset in range(0, size, EXPORT_CHUNK_BYTES):
         last = container.download_blob(
@@ -344,54 +398,75 @@ def _copy_once(container: ContainerClient, source: str, target: str) -> dict[str
             etag=etag,
             match_condition=MatchConditions.IfNotModified,
         ).readall()
-        sha256.update(last)
-        md5.update(last)
+        for digest in digests:
+            digest.update(last)
         if size > EXPORT_CHUNK_BYTES:
+            # Appended before it is staged: a stage that fails may have reached storage all the same.
             blocks.append(BlobBlock(base64.b64encode(f"{offset // EXPORT_CHUNK_BYTES:010d}".encode()).decode()))
             copy.stage_block(blocks[-1].id, last)
-    settings = ContentSettings(content_type=content_type, content_md5=bytearray(md5.digest()))
-    metadata = {"sha256": sha256.hexdigest()}
-    if blocks:
-        copy.commit_block_list(blocks, content_settings=settings, metadata=metadata)
-    else:
-        copy.upload_blob(last, overwrite=False, content_settings=settings, metadata=metadata)
-    return {
-        "size": size,
-        "sha256": sha256.hexdigest(),
-        "content_md5": base64.b64encode(md5.digest()).decode(),
-        "content_type": content_type,
-    }
+    return last
+
+
+TENANT_LISTING = ["uncommittedblobs"]
+"""What every listing that removes a tenant's blobs (or tells that none is left) includes: a blob with staged blocks
+only (a copy cut short before its commit) is left out of a plain listing."""
+
+
+def delete_blob_of_any_kind(container: ContainerClient, name: str) -> bool:
+    """Delete blob `name`, committed or with staged blocks only; False when it was not there (deleted meanwhile)."""
+    try:
+        container.delete_blob(name)
+    except ResourceNotFoundError:
+        # Storage answers 404 to the delete of a blob with staged blocks only (the emulator deletes it).
+        return discard_staged(container, name)
+    return True
+
+
+def discard_staged(container: ContainerClient, name: str) -> bool:
+    """Remove blob `name` with whatever blocks are staged for it: an empty block list committed drops them (and
+    makes the blob one that a delete reaches), then the blob is deleted; False when it was gone by then."""
+    container.get_blob_client(name).commit_block_list([])
+    try:
+        container.delete_blob(name)
+    except ResourceNotFoundError:
+        return False  # deleted meanwhile (an erasure's pass)
+    return True
 
 
 def _remove_export(tenant_id: UUID, container: ContainerClient, folder: str) -> None:
     """Delete every blob of the export in `folder`; what storage refuses is noted for the `erased_tenant_blobs`
     timer when the tenant is gone, logged otherwise."""
     try:
-        names = [blob.name for blob in container.list_blobs(name_starts_with=folder)]
+        names = [blob.name for blob in container.list_blobs(name_starts_with=folder, include=TENANT_LISTING)]
     except Exception as exc:
-        _left_behind(tenant_id, folder, exc)
+        _left_behind(tenant_id, folder, None, exc)
         return
+    left = 0
+    failure: Exception | None = None
     for name in names:
         try:
-            container.delete_blob(name)
-        except ResourceNotFoundError:
-            pass  # removed by an erasure's pass
+            delete_blob_of_any_kind(container, name)
         except Exception as exc:
-            _left_behind(tenant_id, name, exc)
+            left, failure = left + 1, exc
+    if failure is not None:
+        _left_behind(tenant_id, folder, left, failure)
 
 
-def _left_behind(tenant_id: UUID, name: str, failure: Exception) -> None:
-    """A blob of an export that could not be removed: the timer's when the tenant is gone, an operator's otherwise."""
+def _left_behind(tenant_id: UUID, folder: str, left: int | None, failure: Exception) -> None:
+    """Blobs of an export in `folder` that could not be removed (`left` of them; None: not even listed): the timer's
+    when the tenant is gone, an operator's otherwise. The log names the folder, not the blobs: their names are the
+    tenant's artifact paths, its data."""
+    what = f"{'some' if left is None else left} blobs of export folder {folder!r}"
     try:
         gone = not tenant_exists(tenant_id)
     except Exception:
         gone = True  # noted for the timer, which removes nothing of a tenant that is not erased
     if gone:
-        _note_blob_left(tenant_id, name, failure)
+        _note_blob_left(tenant_id, what, failure)
     else:
         logger.error(
-            "export blob %r of tenant %s was not removed (%s: %s); an export without its manifest is incomplete",
-            name,
+            "%s of tenant %s were not removed (%s: %s); an export without its manifest is incomplete",
+            what,
             tenant_id,
             type(failure).__name__,
             failure,
@@ -408,7 +483,8 @@ def _archive(tenant: Tenant, counts: dict[str, int], audit_store: AuditStore) ->
     with tenant_transaction(tenant.id) as conn:
         # Read, not held (FOR KEY SHARE until the upload was what stalled the relay): the look after the upload
         # tells an erasure meanwhile.
-        if get_tenant(conn, tenant.id) is None:
+        current = get_tenant(conn, tenant.id)
+        if current is None or current.erasing_since is not None:
             raise TenantGoneError(str(tenant.id))
         # The tenant's own settings document (its Tenant.Admin writes it and reads it back whole; bounded to 64 KiB)
         # is the tenant's data as much as its rows are; the platform keeps no secret in it.
@@ -673,14 +749,12 @@ def _erase_rows(tenant_id: UUID, executions: list[str] | None) -> dict[str, int]
 def delete_tenant_blobs(tenant_id: UUID, container: ContainerClient, *, limit: int | None = None) -> int:
     """Delete every blob under the tenant's prefix (the first `limit` listed, when given); returns how many."""
     deleted = 0
-    for blob in container.list_blobs(name_starts_with=tenant_blob_prefix(tenant_id)):
+    # Blobs with staged blocks only included (a copy cut short): a plain listing never showed them to an erasure.
+    for blob in container.list_blobs(name_starts_with=tenant_blob_prefix(tenant_id), include=TENANT_LISTING):
         if limit is not None and deleted >= limit:
             break
-        try:
-            container.delete_blob(blob.name)
-        except ResourceNotFoundError:
-            continue  # deleted meanwhile (by an erasure run before this one)
-        deleted += 1
+        if delete_blob_of_any_kind(container, blob.name):
+            deleted += 1
     return deleted
 
 

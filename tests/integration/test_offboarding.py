@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from azure.core.exceptions import ServiceRequestError
+from azure.core.exceptions import ResourceNotFoundError, ServiceRequestError
 from azure.storage.blob import BlobServiceClient
 
 from shared.api.durable import get_durable_client
@@ -735,3 +735,189 @@ def test_a_failed_export_removes_what_it_wrote(api: ApiHarness, azurite: Any, ap
             *(e["name"] for e in json.loads(blobs.download_blob(result.manifest).readall())["blobs"]),
         )
     }
+
+
+class _LikeAzure:
+    """The artifacts container, whose delete of a blob with staged blocks only answers 404 as Azure Storage does
+    (the emulator deletes it)."""
+
+    def __init__(self, container: Any) -> None:
+        self._container = container
+
+    def delete_blob(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        if not self._container.get_blob_client(name).exists():
+            raise ResourceNotFoundError("The specified blob does not exist.")
+        return self._container.delete_blob(name, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._container, name)
+
+
+def _staged_or_not(blobs: Any, prefix: str) -> set[str]:
+    """Every blob under `prefix`, those with staged blocks only (which a plain listing leaves out) included."""
+    return {b.name for b in blobs.list_blobs(name_starts_with=prefix, include=["uncommittedblobs"])}
+
+
+class _FailsThirdRead(_HeldCopy):
+    """The artifacts container (as Azure Storage deletes), whose third read of a blob's bytes fails: the big output's
+    copy has staged blocks by then; the first discard of them fails too when `discard_fails`."""
+
+    def __init__(self, container: Any, *, discard_fails: bool = False) -> None:
+        super().__init__(_LikeAzure(container))
+        self.reads = 0
+        self.discard_fails = discard_fails
+
+    def download_blob(self, *args: Any, **kwargs: Any) -> Any:
+        self.reads += 1
+        if self.reads == 3:
+            raise ServiceRequestError("storage went away")
+        return self._container.download_blob(*args, **kwargs)
+
+    def get_blob_client(self, name: str) -> Any:
+        client = self._container.get_blob_client(name)
+        if not self.discard_fails:
+            return client
+        outer = self
+
+        class _Client:
+            def commit_block_list(self, blocks: Any, **kwargs: Any) -> Any:
+                if not blocks and outer.discard_fails:
+                    outer.discard_fails = False
+                    raise ServiceRequestError("storage went away again")
+                return client.commit_block_list(blocks, **kwargs)
+
+            def __getattr__(self, attribute: str) -> Any:
+                return getattr(client, attribute)
+
+        return _Client()
+
+
+@pytest.mark.parametrize("discard_fails", [False, True], ids=["discarded-by-the-copy", "removed-by-the-cleanup"])
+def test_a_copy_cut_short_leaves_no_staged_blocks(
+    api: ApiHarness, azurite: Any, app_pool: Any, monkeypatch: pytest.MonkeyPatch, discard_fails: bool
+) -> None:
+    # A big blob is copied as staged blocks committed at the end: cut short before the commit, its blocks (the
+    # tenant's bytes) were left where no plain listing shows them, so neither the export's cleanup nor an erasure
+    # removed them. The copy discards them; when that fails, the export's cleanup, which lists them, does.
+    monkeypatch.setattr(offboarding, "EXPORT_CHUNK_BYTES", 4096, raising=False)
+    tenant = _exported_tenant(api, f"copy-cut-short-{discard_fails}".lower())
+    blobs = _artifacts(azurite)
+    reference, _ = _execution_with_blobs(tenant.id, blobs, app_pool)
+    assert reference["$blob"]["size"] > 4096 * 3
+    failing = _FailsThirdRead(blobs, discard_fails=discard_fails)
+    with pytest.raises(ServiceRequestError):
+        offboarding.export_tenant(tenant, failing, tenants_router.get_audit_store())
+    assert failing.reads == 3 and failing.discard_fails is False
+    assert _staged_or_not(blobs, f"{tenant.id}/exports/") == set()
+
+
+def test_a_copy_whose_source_goes_meanwhile_leaves_no_staged_blocks(
+    api: ApiHarness, azurite: Any, app_pool: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A source removed mid-copy (a compensated artifact) is no longer the tenant's: the export goes on and answers,
+    # and nothing else would remove the blocks its copy had staged.
+    monkeypatch.setattr(offboarding, "EXPORT_CHUNK_BYTES", 4096, raising=False)
+    tenant = _exported_tenant(api, "source-goes-mid-copy")
+    blobs = _artifacts(azurite)
+    reference, artifact = _execution_with_blobs(tenant.id, blobs, app_pool)
+    source = reference["$blob"]["name"]
+
+    class _SourceGoes(_HeldCopy):
+        reads = 0
+
+        def download_blob(self, name: str, *args: Any, **kwargs: Any) -> Any:
+            if name == source:
+                self.reads += 1
+                if self.reads == 3:
+                    self._container.delete_blob(source)
+            return self._container.download_blob(name, *args, **kwargs)
+
+    result = offboarding.export_tenant(tenant, _SourceGoes(_LikeAzure(blobs)), tenants_router.get_audit_store())
+    assert result.blobs == 1
+    copy = result.folder + artifact["blob_name"].removeprefix(f"{tenant.id}/")
+    assert _staged_or_not(blobs, f"{tenant.id}/exports/") == {result.blob_name, result.manifest, copy}
+
+
+def test_an_erasure_removes_staged_blocks(api: ApiHarness, azurite: Any) -> None:
+    # Blocks staged under the tenant's prefix and never committed (a host that died mid-copy): a plain listing does
+    # not show them, and Azure Storage answers 404 to their delete.
+    tenant = _exported_tenant(api, "staged-blocks-erased")
+    blobs = _artifacts(azurite)
+    staged = f"{tenant.id}/exports/20260101T000000000000Z/executions/x/outputs/run.json"
+    blobs.get_blob_client(staged).stage_block(base64.b64encode(b"0000000000").decode(), b"tenant data")
+    assert _staged_or_not(blobs, f"{tenant.id}/") == {staged}
+    assert not blobs.get_blob_client(staged).exists()  # as Azure Storage answers, its delete 404s (`_LikeAzure`)
+    removed = offboarding.erase_tenant(
+        marked_for_erasure(tenant.id), _LikeAzure(blobs), tenants_router.get_audit_store()
+    )
+    assert removed["tenants"] == 1 and removed["blobs"] >= 1
+    assert _staged_or_not(blobs, f"{tenant.id}/") == set()
+
+
+class _HoldSecondBlob(_HeldCopy):
+    """The artifacts container, whose export's first read of its second blob's bytes waits until the test lets it
+    go on (the first blob is copied by then)."""
+
+    def __init__(self, container: Any) -> None:
+        super().__init__(container)
+        self.first: str | None = None
+
+    def download_blob(self, *args: Any, **kwargs: Any) -> Any:
+        if self.first is None:
+            self.first = args[0]
+        elif args[0] != self.first and not self.copying.is_set():
+            self.copying.set()
+            assert self.finish.wait(30)
+        return self._container.download_blob(*args, **kwargs)
+
+
+class _FailingAudit:
+    """The configured audit store, whose erase fails: the erasure stops after its first blob pass, the tenant row
+    left (marked)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def erase(self, tenant_id: uuid.UUID) -> int:
+        raise RuntimeError("audit store unavailable")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def test_an_export_across_an_erasure_that_fails_midway_leaves_nothing(
+    api: ApiHarness, azurite: Any, app_pool: Any
+) -> None:
+    # The erasure deleted the archive and the first copy, then failed, its tenant row left: the export, seeing the
+    # row, answered with a manifest naming blobs that were gone. A tenant marked for erasure is as good as gone.
+    tenant = _exported_tenant(api, "erasure-fails-midway")
+    blobs = _artifacts(azurite)
+    _execution_with_blobs(tenant.id, blobs, app_pool)
+    held = _HoldSecondBlob(blobs)
+    with ThreadPoolExecutor(2) as pool:
+        export = pool.submit(offboarding.export_tenant, tenant, held, tenants_router.get_audit_store())
+        try:
+            assert held.copying.wait(30)
+            with pytest.raises(RuntimeError, match="audit store unavailable"):
+                offboarding.erase_tenant(
+                    marked_for_erasure(tenant.id), blobs, _FailingAudit(tenants_router.get_audit_store())
+                )
+        finally:
+            held.finish.set()
+        with pytest.raises(offboarding.TenantGoneError):
+            export.result(30)
+    assert offboarding.tenant_exists(tenant.id)  # the erasure is to be asked again
+    assert _staged_or_not(blobs, f"{tenant.id}/exports/") == set()
+    with pytest.raises(offboarding.TenantGoneError):  # nor does a new export begin
+        offboarding.export_tenant(tenant, blobs, tenants_router.get_audit_store())
+    assert _staged_or_not(blobs, f"{tenant.id}/exports/") == set()
+
+
+def test_the_export_route_answers_404_for_a_tenant_marked_for_erasure(api: ApiHarness) -> None:
+    api.provision("marked-export-operator")
+    tenant = api.provision("marked-for-erasure-exported")
+    marked_for_erasure(tenant.id)
+    answer = api.client.post(
+        f"/api/v1/tenants/{tenant.id}/export", headers=api.headers("marked-export-operator", ADMIN)
+    )
+    assert answer.status_code == 404, answer.text

@@ -310,9 +310,9 @@ def export(
     prefix, so a `$blob` reference or artifact `blob_name` `<tenant>/<path>` is `<folder><path>`; and
     `manifest.json`, written last, with each blob's size, sha256 and Content-MD5. The answer names the folder: download
     it (`az storage blob download-batch --pattern '<folder>*'`, or azcopy) before erasing the tenant, whose erasure
-    removes it with every other blob of the tenant (ADR 0012). 404 when the tenant was erased before or during the
-    export (nothing of it is left then); a failed export removes what it wrote and may be sent again. The request
-    takes no body: a body is refused with 422 and writes nothing."""
+    removes it with every other blob of the tenant (ADR 0012). 404 when the tenant was erased, or marked for its
+    erasure, before or during the export (nothing of it is left then); a failed export removes what it wrote and may be
+    sent again. The request takes no body: a body is refused with 422 and writes nothing."""
     tenant = _authorized_tenant(context, Action.TENANT_EXPORT, tenant_id)
     container = request_container(get_settings())
     try:
