@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,7 @@ from cedarpy import pst
 from shared.auth.principal import Principal
 from shared.policy.actions import PLATFORM_ACTIONS, POLICY_ADMIN_ACTIONS, TENANT_POLICY_ACTIONS, Action
 from shared.policy.facts import TenantFacts
-from shared.policy.policy_text import MAX_POLICY_CHARS, policy_text_problems
+from shared.policy.policy_text import MAX_POLICY_CHARS, MAX_POLICY_LITERAL_CHARS, policy_text_problems
 
 __all__ = [
     "Authorizer",
@@ -40,12 +43,11 @@ SCHEMA_PATH = Path(__file__).parent / "schema.cedarschema"
 NAMESPACE = "QP"
 PLATFORM_ENTITY_ID = "platform"
 MAX_TENANT_POLICY_CHARS = MAX_POLICY_CHARS
-TENANT_POLICY_CACHE_SIZE = 256
-"""Distinct tenant policy sets kept parsed; a set changes only when a Tenant.Admin edits it."""
 DECISION_CACHE_SIZE = 4096
 """Distinct decisions kept: a decision is a pure function of the policy set, the request and the entities, and a
 request is decided two or three times (the route's permission check, then the route's own `authorize`), and the
-same caller's next request the same way."""
+same caller's next request the same way. Keyed by the policy set's digest, never by its texts: a key holding a
+tenant's texts (up to 50 × 10,000 characters) held a copy of them per entry, 2 GB at this size."""
 
 RESOURCE_TYPES = frozenset({"Platform", "Tenant", "Intent", "Blueprint", "Execution", "Policy", "AuditLog", "Module"})
 
@@ -150,6 +152,68 @@ class Decision:
     policies: tuple[str, ...]
 
 
+@dataclass(frozen=True, eq=False)
+class _PolicySlot:
+    """One policy set in force, parsed once: its texts, their digest (what decisions are remembered by), the parsed
+    set (None when a text is invalid: every decision on it fails closed) and the resource types no policy names."""
+
+    texts: tuple[str, ...]
+    digest: str
+    policy_set: cedarpy.PolicySet | None
+    anonymous_types: frozenset[str]
+
+
+class _DecisionCache:
+    """The remembered decisions, least recently used dropped first; thread-safe."""
+
+    def __init__(self, size: int) -> None:
+        """An empty cache of at most `size` decisions."""
+        self._size = size
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[str, str, str], Decision] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple[str, str, str]) -> Decision | None:
+        """The decision remembered for `key`, if any (counted as a hit or a miss)."""
+        with self._lock:
+            decision = self._entries.get(key)
+            if decision is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+                self._entries.move_to_end(key)
+            return decision
+
+    def put(self, key: tuple[str, str, str], decision: Decision) -> None:
+        """Remember `decision` for `key`, dropping the least recently used beyond the size."""
+        with self._lock:
+            self._entries[key] = decision
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+    def cache_info(self) -> functools._CacheInfo:
+        """Hits, misses, size and entries, as `functools.lru_cache` reports them."""
+        with self._lock:
+            return functools._CacheInfo(self.hits, self.misses, self._size, len(self._entries))
+
+    def keys(self) -> list[tuple[str, str, str]]:
+        """The keys remembered now."""
+        with self._lock:
+            return list(self._entries)
+
+
+def _digest(texts: tuple[str, ...]) -> str:
+    """A short name of a policy set's texts: equal texts, equal digest, however and whenever they were read."""
+    sha = hashlib.sha256()
+    for text in texts:
+        encoded = text.encode("utf-8", "surrogatepass")
+        sha.update(len(encoded).to_bytes(8, "big"))  # length-prefixed, so no two different tuples join alike
+        sha.update(encoded)
+    return sha.hexdigest()[:32]
+
+
 def _read_platform_files() -> tuple[str, dict[str, str]]:
     schema = SCHEMA_PATH.read_text(encoding="utf-8")
     policies = {path.name: path.read_text(encoding="utf-8") for path in sorted(POLICY_DIR.glob("*.cedar"))}
@@ -249,9 +313,12 @@ class Authorizer:
         self._platform_ids = self._platform_policy_ids(cedarpy.policies_to_pst(text))
         self._policies = cedarpy.PolicySet.from_str(text)
         self._platform_named_types = _named_entity_types(text)
-        self._policy_set_for = functools.lru_cache(maxsize=TENANT_POLICY_CACHE_SIZE)(self._build_policy_set)
-        self._anonymous_types_for = functools.lru_cache(maxsize=TENANT_POLICY_CACHE_SIZE)(self._anonymous_types)
-        self._decide_once = functools.lru_cache(maxsize=DECISION_CACHE_SIZE)(self._evaluate)
+        self._platform_slot = _PolicySlot((), _digest(()), self._policies, self._anonymous_types(()))
+        # One parsed set per tenant, replaced when its texts change: a shared cache of sets let one tenant's edits
+        # evict every other tenant's, and kept a parsed set (up to ~2 MB) per edit.
+        self._slots_lock = threading.Lock()
+        self._tenant_slots: dict[UUID, _PolicySlot] = {}
+        self._decisions = _DecisionCache(DECISION_CACHE_SIZE)
 
     def _check_actions_match_schema(self) -> None:
         # The enum is what callers type against; a drift from the schema would turn into policy_error at runtime.
@@ -294,7 +361,7 @@ class Authorizer:
             tree = cedarpy.policies_to_pst(text)
         except ValueError as exc:
             return [f"syntax error: {exc}"]
-        errors: list[str] = []
+        errors: list[str] = _literal_like_errors(tree)
         if tree.templates or tree.template_links:
             errors.append("templates (?principal / ?resource slots) are not accepted")
         if len(tree.static_policies) != 1:
@@ -310,16 +377,34 @@ class Authorizer:
         errors.extend(error.error for error in result.errors)
         return errors
 
-    def _build_policy_set(self, tenant_policies: tuple[str, ...]) -> cedarpy.PolicySet:
+    def _build_policy_set(self, tenant_policies: tuple[str, ...]) -> cedarpy.PolicySet | None:
+        """The platform's policies plus these; None (logged) when one of them fails today's checks."""
         policy_set = self._policies
         for text in tenant_policies:
-            # Stored policies were validated on save; checking again (once per distinct set, cached) keeps a row
-            # edited behind the API from widening anything.
+            # Stored policies were validated on save; checking again (once per distinct set) keeps a row edited
+            # behind the API, or saved before a check was added, from widening anything or from reaching the
+            # engine: every decision of the tenant fails closed until a Tenant.Admin deletes the row.
             errors = self.validate_tenant_policy(text)
             if errors:
-                raise ValueError("invalid tenant policy: " + "; ".join(errors))
+                logger.warning("a stored tenant policy is invalid, its tenant's decisions fail closed: %s", errors)
+                return None
             policy_set = policy_set.with_added_str(text)
         return policy_set
+
+    def _slot_for(self, tenant_id: UUID, texts: tuple[str, ...]) -> _PolicySlot:
+        """The tenant's parsed policy set for `texts`, built when they differ from the tenant's slot."""
+        if not texts:
+            return self._platform_slot
+        with self._slots_lock:
+            slot = self._tenant_slots.get(tenant_id)
+        # Identity first: the tenant's texts are read as one tuple that is reused while they stay equal.
+        if slot is not None and (slot.texts is texts or slot.texts == texts):
+            return slot
+        digest = _digest(texts)
+        slot = _PolicySlot(texts, digest, self._build_policy_set(texts), self._anonymous_types(texts))
+        with self._slots_lock:
+            self._tenant_slots[tenant_id] = slot
+        return slot
 
     def decide(
         self,
@@ -345,8 +430,8 @@ class Authorizer:
                 "context": {},
             }
             # Everything the evaluation reads, as the keys of the decision cache (the entities as Cedar takes them).
-            policies = () if untouchable else tuple(tenant_policies)
-            if resource.type in self._anonymous_types_for(policies):
+            slot = self._slot_for(tenant.id, () if untouchable else tuple(tenant_policies))
+            if resource.type in slot.anonymous_types:
                 # No policy in force names a resource of this type by id, so which one it is cannot change the
                 # decision: the key (and what Cedar sees) keeps the resource's attributes and drops its id.
                 request["resource"] = _uid(resource.type, _ANY_OF_ITS_TYPE)
@@ -356,17 +441,24 @@ class Authorizer:
             entities = json.dumps(
                 self._entities(principal, resource, tenant, uid_id), sort_keys=True, separators=(",", ":")
             )
-            return self._decide_once(policies, json.dumps(request, sort_keys=True), entities)
+            return self._decide_once(slot, json.dumps(request, sort_keys=True), entities)
         except Exception:  # any engine or input error denies: failing open is never an option
             logger.warning("authorization failed closed for action %s on %s", action, resource.type, exc_info=True)
             return Decision(False, Reason.POLICY_ERROR, ())
 
-    def _evaluate(self, tenant_policies: tuple[str, ...], request: str, entities: str) -> Decision:
-        """Evaluate one request (`_decide_once` remembers the answer; an error is raised, so never remembered)."""
-        result = cedarpy.is_authorized(
-            json.loads(request), self._policy_set_for(tenant_policies), entities, self._schema
-        )
-        return self._decision(result)
+    def _decide_once(self, slot: _PolicySlot, request: str, entities: str) -> Decision:
+        """The remembered decision of this request under `slot`'s policies, evaluated when there is none (an error
+        is raised, so never remembered)."""
+        key = (slot.digest, request, entities)
+        decision = self._decisions.get(key)
+        if decision is None:
+            if slot.policy_set is None:
+                raise ValueError("a tenant policy in force is invalid")
+            decision = self._decision(
+                cedarpy.is_authorized(json.loads(request), slot.policy_set, entities, self._schema)
+            )
+            self._decisions.put(key, decision)
+        return decision
 
     def _anonymous_types(self, tenant_policies: tuple[str, ...]) -> frozenset[str]:
         """Resource types that neither the platform's policies nor these tenant policies name by id."""
@@ -444,6 +536,26 @@ class Authorizer:
             if reason.value in platform_reasons:
                 return reason
         return Reason.DENIED_BY_TENANT_POLICY
+
+
+def _literal_like_errors(tree: pst.PolicySet) -> list[str]:
+    """A `like` whose left side is a literal: its cost would be the policy's to choose (see
+    MAX_POLICY_LITERAL_CHARS), and matching a constant decides nothing about a request."""
+    pending: list[Any] = [*tree.static_policies.values(), *tree.templates.values()]
+    while pending:  # iterative: nesting is bounded before parsing, but the walk should not depend on it
+        node = pending.pop()
+        if isinstance(node, pst.Like) and isinstance(node.base, pst.StringLit):
+            return [
+                'a `like` must match an attribute (`resource.name like "legacy-*"`), not a string literal; '
+                f"patterns are at most {MAX_POLICY_LITERAL_CHARS} characters"
+            ]
+        if is_dataclass(node):
+            pending.extend(getattr(node, item.name) for item in fields(node))
+        elif isinstance(node, tuple | list):
+            pending.extend(node)
+        elif isinstance(node, Mapping):
+            pending.extend(node.values())
+    return []
 
 
 def _action_scope_errors(scope: pst.ActionConstraint) -> list[str]:

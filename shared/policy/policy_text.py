@@ -12,13 +12,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["MAX_POLICY_CHARS", "MAX_POLICY_NESTING", "nesting_depth", "policy_text_problems"]
+__all__ = [
+    "MAX_POLICY_CHARS",
+    "MAX_POLICY_LITERAL_CHARS",
+    "MAX_POLICY_NESTING",
+    "longest_string_literal",
+    "nesting_depth",
+    "policy_text_problems",
+]
 
 MAX_POLICY_CHARS = 10_000
 """Longest tenant policy text: bounds the parse and validation cost of one policy."""
 
 MAX_POLICY_NESTING = 32
 """Deepest accepted nesting (see `nesting_depth`); the same bound as a step's `when` condition."""
+
+MAX_POLICY_LITERAL_CHARS = 256
+"""Longest string literal (a `like` pattern, an entity id, an annotation included), counted as written between its
+quotes. Cedar matches `like` by backtracking, in time about the product of the two lengths, with the GIL held: a
+7,300-character literal matched against a 2,470-character pattern cost 10 ms per policy, 0.5 s per decision with 50
+such policies, while every other thread of the host waited. Capped, and with a `like`'s left side always an attribute
+(refused otherwise where the policy is parsed), 50 policies full of `like` cost a decision about 3 ms."""
 
 _OPENERS = {"(": ")", "[": "]", "{": "}"}
 _CLOSERS = frozenset(_OPENERS.values())
@@ -166,8 +180,27 @@ def nesting_depth(text: str, *, limit: int | None = None) -> int:
     return stack[0].height()
 
 
+def longest_string_literal(text: str) -> int:
+    """The length of the longest string literal of `text`, as written between its quotes (comments skipped as
+    Cedar's lexer skips them); ValueError for a string left open."""
+    longest = 0
+    index = 0
+    while index < len(text):
+        if text.startswith("//", index):
+            while index < len(text) and text[index] not in "\n\r":
+                index += 1
+        elif text[index] == '"':
+            end = _string_end(text, index)
+            longest = max(longest, end - index - 2)
+            index = end
+        else:
+            index += 1
+    return longest
+
+
 def policy_text_problems(text: str) -> list[str]:
-    """Why `text` may not be handed to the Cedar parser (empty = it may): too long, too deep, or unscannable."""
+    """Why `text` may not be handed to the Cedar parser (empty = it may): too long, too deep, unscannable, or a
+    string literal too long to match cheaply."""
     if len(text) > MAX_POLICY_CHARS:
         return [f"a policy is at most {MAX_POLICY_CHARS} characters; this one has {len(text)}"]
     try:
@@ -177,5 +210,11 @@ def policy_text_problems(text: str) -> list[str]:
     if depth > MAX_POLICY_NESTING:
         return [
             f"the policy nests deeper than {MAX_POLICY_NESTING} levels (brackets, operators and member accesses count)"
+        ]
+    longest = longest_string_literal(text)
+    if longest > MAX_POLICY_LITERAL_CHARS:
+        return [
+            f"a string literal (a `like` pattern included) is at most {MAX_POLICY_LITERAL_CHARS} characters; "
+            f"this policy has one of {longest}"
         ]
     return []

@@ -125,8 +125,10 @@ class _PolicyCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._entries: dict[UUID, tuple[float, tuple[str, ...]]] = {}
+        self._last: dict[UUID, tuple[str, ...]] = {}  # the tuple last read, kept past `forget`
 
     def get(self, tenant_id: UUID) -> tuple[str, ...]:
+        """The tenant's policy texts, read again after the TTL or a change; equal texts come back as one tuple."""
         now = time.monotonic()
         with self._lock:
             hit = self._entries.get(tenant_id)
@@ -143,6 +145,12 @@ class _PolicyCache:
             with tenant_transaction(tenant_id) as conn:
                 texts = _read_texts(conn)
         with self._lock:
+            # Unchanged texts keep the tuple read before (and the strings in it): a fresh copy every few seconds
+            # is what each cache downstream would otherwise keep another copy of.
+            if self._last.get(tenant_id) == texts:
+                texts = self._last[tenant_id]
+            else:
+                self._last[tenant_id] = texts
             self._entries[tenant_id] = (now, texts)
         return texts
 

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
+import tracemalloc
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -370,7 +372,7 @@ def test_a_remembered_decision_is_reused_only_for_exactly_the_same_inputs() -> N
     assert first.allowed
     # The same request again (a route's permission check, then its `authorize`): answered from the cache.
     assert authz.decide(deployer, Action.INTENT_EXECUTE, secret, tenant=FACTS) == first
-    assert authz._decide_once.cache_info().hits == 1
+    assert authz._decisions.cache_info().hits == 1
     # Any input that changes: evaluated, and decided as it must be.
     variants = [
         (principal(INTENT_EXECUTOR), secret, FACTS, ()),  # the roles
@@ -388,14 +390,14 @@ def test_a_remembered_decision_is_reused_only_for_exactly_the_same_inputs() -> N
         (False, "tenant_suspended"),
         (False, "denied_by_tenant_policy"),
     ]
-    assert authz._decide_once.cache_info().misses == 5
+    assert authz._decisions.cache_info().misses == 5
     # A request that fails is denied and never remembered.
     broken = Resource("Intent", "i-1", TENANT, {"target": "production"})
     for _ in range(2):
         assert authz.decide(deployer, Action.INTENT_EXECUTE, broken, tenant=FACTS, tenant_policies=["permit"]) == (
             Decision(False, "policy_error", ())
         )
-    assert authz._decide_once.cache_info().currsize == 5
+    assert authz._decisions.cache_info().currsize == 5
 
 
 FORBID_ONE_EXECUTION = """
@@ -412,11 +414,11 @@ def test_resources_no_policy_names_by_id_share_their_remembered_decisions() -> N
     # No policy names an execution by id: the second execution with the same attributes is decided from the first.
     assert authz.decide(reader, Action.EXECUTION_READ, first, tenant=FACTS).allowed
     assert authz.decide(reader, Action.EXECUTION_READ, second, tenant=FACTS).allowed
-    assert authz._decide_once.cache_info().hits == 1
+    assert authz._decisions.cache_info().hits == 1
     # Attributes still count: another target is another decision.
     production = Resource("Execution", "e-3", TENANT, {**attributes, "target": "production"})
     authz.decide(reader, Action.EXECUTION_READ, production, tenant=FACTS)
-    assert authz._decide_once.cache_info().misses == 2
+    assert authz._decisions.cache_info().misses == 2
     # A tenant policy that names one execution: each is decided by its own id, and only that one is refused.
     named = (FORBID_ONE_EXECUTION,)
     assert authz.validate_tenant_policy(FORBID_ONE_EXECUTION) == []
@@ -634,3 +636,152 @@ def test_a_role_refusal_names_the_roles_that_would_allow_it() -> None:
     assert refusal_detail("execution.approve", "self_approval", needs=[INTENT_APPROVER]) == (
         "Not allowed to execution.approve: an approver may not approve an execution they requested."
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What a tenant's policies may cost
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _slow_forbid(index: int) -> str:
+    """A valid-looking forbid whose one `like` cost Cedar ~10 ms with the GIL held (a long literal, a long pattern)."""
+    return (
+        'forbid (principal, action in [QP::Action::"execution.read", QP::Action::"intent.read"], resource) '
+        f'when {{ "{"a" * 7300}" like "*{"a" * 2470}b" }} when {{ resource != QP::Execution::"x{index}" }};'
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        (_slow_forbid(0), "string literal"),
+        (
+            'forbid (principal, action == QP::Action::"module.read", resource) '
+            f'when {{ resource.name like "{"a" * 257}" }};',
+            "at most 256 characters",
+        ),
+        (
+            'forbid (principal, action == QP::Action::"module.read", resource) '
+            f'when {{ resource.name == "{"a" * 257}" }};',
+            "at most 256 characters",
+        ),
+        ('forbid (principal, action == QP::Action::"module.read", resource) when { "ab" like "*b" };', "not a string"),
+    ],
+)
+def test_a_policy_whose_matching_would_cost_is_refused(authz: Authorizer, text: str, fragment: str) -> None:
+    errors = authz.validate_tenant_policy(text)
+    assert any(fragment in error for error in errors), errors
+
+
+def test_a_pattern_of_the_longest_length_on_an_attribute_is_accepted(authz: Authorizer) -> None:
+    text = (
+        'forbid (principal, action == QP::Action::"module.read", resource) '
+        f'when {{ resource.name like "{"a" * 256}" }};'
+    )
+    assert authz.validate_tenant_policy(text) == []
+
+
+def test_stored_costly_policies_never_reach_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Saved before the bound (or behind the API): the tenant's decisions fail closed, and Cedar never matches them.
+    import cedarpy
+
+    authz = Authorizer()
+    calls: list[int] = []
+    real = cedarpy.is_authorized
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cedarpy, "is_authorized", counted)
+    slow = tuple(_slow_forbid(index) for index in range(50))
+    execution = Resource("Execution", "e-1", TENANT, {"target": "staging", "requested_by": OTHER_REQUESTER})
+    for _ in range(3):
+        decision = authz.decide(
+            principal(INTENT_READER), Action.EXECUTION_READ, execution, tenant=FACTS, tenant_policies=slow
+        )
+        assert decision == Decision(False, "policy_error", ())
+    assert calls == []
+    # The admin can still remove them.
+    policy = Resource("Policy", "p-1", TENANT)
+    assert authz.decide(
+        principal(TENANT_ADMIN), Action.POLICY_DELETE, policy, tenant=FACTS, tenant_policies=slow
+    ).allowed
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What the remembered decisions keep
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _tenant_forbids(count: int) -> tuple[str, ...]:
+    """`count` distinct valid forbids of about 2,000 characters each."""
+    padding = ", ".join(f'"t{n:04d}"' for n in range(250))
+    return tuple(
+        f'@id("f{index}") forbid (principal, action == QP::Action::"intent.read", resource is QP::Intent) '
+        f'when {{ [{padding}, "only-{index}"].contains(resource.target) }};'
+        for index in range(count)
+    )
+
+
+def _fresh_copy(texts: tuple[str, ...]) -> tuple[str, ...]:
+    """Equal texts in new string objects, as reading them from the database again gives."""
+    return tuple("".join(list(text)) for text in texts)
+
+
+def test_texts_read_again_are_kept_once_however_often_they_change() -> None:
+    authz = Authorizer()
+    base = _tenant_forbids(10)
+    extra = (
+        '@id("no-staging") forbid (principal, action == QP::Action::"intent.read", resource) '
+        'when { resource.target == "staging" };'
+    )
+    staging = Resource("Intent", "i-1", TENANT, {"target": "staging"})
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for cycle in range(60):
+            # Read again each time (a new caller's decision after the texts' TTL), changed every tenth time.
+            with_extra = cycle // 10 % 2 == 1
+            texts = _fresh_copy(base + (extra,) if with_extra else base)
+            decision = authz.decide(
+                principal(INTENT_READER), Action.INTENT_READ, staging, tenant=FACTS, tenant_policies=texts
+            )
+            # Correct after each change: the added forbid takes effect, the removed one stops applying.
+            assert decision.allowed is not with_extra, cycle
+        gc.collect()  # what is garbage is not kept
+        growth = sum(stat.size_diff for stat in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    finally:
+        tracemalloc.stop()
+    # 60 fresh copies of ~24 KB of texts, each held by a remembered decision, would be ~1.4 MB; kept once, the texts
+    # are 24 KB and the 60 remembered decisions themselves ~100 KB.
+    assert growth < 600_000, growth
+    assert len(authz._tenant_slots) == 1
+    digests = {key[0] for key in authz._decisions.keys()}
+    assert len(digests) == 2 and all(len(digest) == 32 for digest in digests)
+
+
+def test_each_tenant_keeps_its_own_parsed_set() -> None:
+    authz = Authorizer()
+    staging = Resource("Intent", "i-1", TENANT, {"target": "staging"})
+    forbid = 'forbid (principal, action == QP::Action::"intent.read", resource) when { resource.target == "staging" };'
+    assert not authz.decide(
+        principal(INTENT_READER), Action.INTENT_READ, staging, tenant=FACTS, tenant_policies=(forbid,)
+    ).allowed
+    kept = authz._tenant_slots[TENANT]
+    other_facts = TenantFacts(OTHER_TENANT, "active", FACTS.allowed_targets, FACTS.allowed_modules)
+    other_item = Resource("Intent", "i-2", OTHER_TENANT, {"target": "staging"})
+    for index in range(300):  # another tenant editing its policies again and again
+        edit = (
+            'forbid (principal, action == QP::Action::"intent.read", resource) '
+            f'when {{ resource.target == "e{index}" }};'
+        )
+        authz.decide(
+            principal(INTENT_READER, tenant_id=OTHER_TENANT),
+            Action.INTENT_READ,
+            other_item,
+            tenant=other_facts,
+            tenant_policies=(edit,),
+        )
+    assert authz._tenant_slots[TENANT] is kept
+    assert len(authz._tenant_slots) == 2

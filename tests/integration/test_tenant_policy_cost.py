@@ -1,0 +1,136 @@
+# intent_ref: platform.access-control
+"""What a tenant's policies may cost the host: a policy whose matching would hold the engine (and the GIL) for long is
+refused on save and never evaluated if stored, and the remembered decisions keep one copy of the tenant's texts
+however often they are read again or changed (ADR 0011, amended 2026-12-07)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import cedarpy
+import pytest
+from psycopg_pool import ConnectionPool
+
+from shared.db.session import tenant_transaction
+from shared.policy.authorizer import get_authorizer
+from shared.policy.tenant_policies import policy_cache, tenant_policy_texts
+from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
+from tests.integration.test_list_reads_honour_forbids import _executions
+from tests.integration.test_registry_api import ADMIN, READER, problem, provision
+
+pytestmark = pytest.mark.integration
+
+POLICIES, EXECUTIONS = "/api/v1/policies", "/api/v1/executions"
+NO_STAGING = (
+    'forbid (principal, action == QP::Action::"execution.read", resource) when { resource.labels.contains("s=1") };'
+)
+
+
+def _slow(index: int) -> str:
+    """A schema-valid forbid whose one `like` cost ~10 ms of engine time with the GIL held."""
+    return (
+        'forbid (principal, action in [QP::Action::"execution.read", QP::Action::"intent.read"], resource) '
+        f'when {{ "{"a" * 7300}" like "*{"a" * 2470}b" }} when {{ resource != QP::Execution::"x{index}" }};'
+    )
+
+
+def _engine_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that grows by one per Cedar evaluation with tenant policies from now on (the platform's own are cheap)."""
+    calls: list[int] = []
+    real = cedarpy.is_authorized
+    platform_only = get_authorizer()._policies
+
+    def counted(request: Any, policies: Any, *args: Any, **kwargs: Any) -> Any:
+        if policies is not platform_only:
+            calls.append(1)
+        return real(request, policies, *args, **kwargs)
+
+    monkeypatch.setattr(cedarpy, "is_authorized", counted)
+    return calls
+
+
+def test_a_policy_whose_matching_would_hold_the_engine_is_refused(api: ApiHarness) -> None:  # noqa: F811
+    tenant = provision(api, "cost-save")
+    admin = api.headers(tenant, ADMIN)
+    for name, text, says in [
+        ("slow", _slow(0), "string literal"),
+        (
+            "constant",
+            'forbid (principal, action == QP::Action::"intent.read", resource) when { "ab" like "*b" };',
+            "like",
+        ),
+    ]:
+        refused = problem(api.client.post(POLICIES, json={"name": name, "policy": text}, headers=admin), 422)
+        assert refused["type"].endswith("invalid-policy"), refused
+        assert [error["pointer"] for error in refused["errors"]] == ["/policy"]
+        assert says in refused["errors"][0]["detail"], refused
+    assert api.client.get(POLICIES, headers=admin).json()["items"] == []
+
+
+def test_stored_costly_policies_fail_closed_without_reaching_the_engine(
+    api: ApiHarness,  # noqa: F811
+    app_pool: ConnectionPool[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tenant = provision(api, "cost-stored")
+    other = provision(api, "cost-bystander")
+    _executions(api, app_pool, tenant, {"team": "web"}, count=20)
+    tenant_id = api.tenants[tenant].id
+    # Saved before the bound (or behind the API): 50 of them.
+    with tenant_transaction(tenant_id) as conn:
+        for index in range(50):
+            conn.execute(
+                "INSERT INTO app.tenant_policies (tenant_id, name, description, policy, created_by)"
+                " VALUES (%s, %s, '', %s, 'seed')",
+                (tenant_id, f"slow-{index:02d}", _slow(index)),
+            )
+    policy_cache.forget(tenant_id)
+    calls = _engine_calls(monkeypatch)
+    listed = api.client.get(f"{EXECUTIONS}?limit=20", headers=api.headers(tenant, READER))
+    assert problem(listed, 403)["reason"] == "policy_error"
+    assert calls == []  # not one evaluation, let alone 20 rows × 50 slow matches
+    # Another tenant is decided as before, and the admin can still remove what broke its tenant.
+    assert api.client.get("/api/v1/me", headers=api.headers(other, READER)).status_code == 200
+    admin = api.headers(tenant, ADMIN)
+    for item in api.client.get(POLICIES, headers=admin).json()["items"]:
+        assert api.client.delete(f"{POLICIES}/{item['id']}", headers=admin).status_code == 204
+    assert api.client.get(f"{EXECUTIONS}?limit=20", headers=api.headers(tenant, READER)).status_code == 200
+
+
+def test_policies_read_again_or_changed_are_remembered_once(
+    api: ApiHarness,  # noqa: F811
+    app_pool: ConnectionPool[Any],
+) -> None:
+    tenant = provision(api, "cost-memory")
+    tenant_id = api.tenants[tenant].id
+    admin = api.headers(tenant, ADMIN)
+    (plain,) = _executions(api, app_pool, tenant, {"team": "web"})
+    (labelled,) = _executions(api, app_pool, tenant, {"s": "1"})
+    for cycle in range(12):  # add, then delete, the forbid; one decision by a new caller after each change
+        saved = api.client.post(POLICIES, json={"name": "no-s", "policy": NO_STAGING}, headers=admin)
+        assert saved.status_code == 201, saved.text
+        reader = api.headers(tenant, READER, oid=str(uuid.uuid4()))
+        assert problem(api.client.get(f"{EXECUTIONS}/{labelled}", headers=reader), 403)["reason"] == (
+            "denied_by_tenant_policy"
+        ), cycle
+        assert api.client.get(f"{EXECUTIONS}/{plain}", headers=reader).status_code == 200
+        assert api.client.delete(f"{POLICIES}/{saved.json()['id']}", headers=admin).status_code == 204
+        reader = api.headers(tenant, READER, oid=str(uuid.uuid4()))
+        assert api.client.get(f"{EXECUTIONS}/{labelled}", headers=reader).status_code == 200, cycle
+    # Texts read again unchanged come back as the tuple read before, not as another copy of it.
+    api.client.post(POLICIES, json={"name": "no-s", "policy": NO_STAGING}, headers=admin)
+    first = tenant_policy_texts(tenant_id)
+    policy_cache.forget(tenant_id)
+    assert tenant_policy_texts(tenant_id) is first
+    # The remembered decisions of this tenant name its policy sets by digest: at most the three it had (none of its
+    # own for policy.*, without the forbid, with it), whatever the number of changes and callers.
+    authorizer = get_authorizer()
+    digests = {
+        digest
+        for digest, _, entities in authorizer._decisions.keys()
+        if str(tenant_id) in json.loads(entities)[0]["uid"]["id"]
+    }
+    assert 1 <= len(digests) <= 3, digests
+    assert all(len(digest) == 32 for digest in digests)
