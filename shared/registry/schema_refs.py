@@ -295,8 +295,9 @@ def evaluate_tenant_schema(schema: Any, instance: Any, *, root: Any = None) -> S
     at most MAX_MESSAGE_LENGTH characters), never raising for the schema's sake.
 
     The evaluation has a budget of keyword applications (MAX_EVALUATION_STEPS, and STEPS_PER_INSTANCE_NODE for each
-    value in `instance`): a schema that needs more is reported unusable. The references are checked first, every
-    time: a schema stored before they were bounded is refused here rather than evaluated. `root` is the document
+    value in `instance`; its regex work at most MAX_REGEX_STEPS of them, whatever the instance's size): a schema that
+    needs more is reported unusable. The references are checked first, every time: a schema stored before they were
+    bounded is refused here rather than evaluated. `root` is the document
     `schema`'s references resolve in, when `schema` is a part of it (a module's parameter schema without its
     whole-object keywords, say).
 

@@ -11,8 +11,11 @@ draws from it, so several evaluations (the steps of one definition) can share on
 `const` compare canonical JSON encodings in linear time, each value encoded once per budget and charged for its
 size, and messages quote schema values in a bounded form. A regex search is charged for its subject's length (plus a
 fixed overhead) times its program's weight, the fractions carried from search to search; it is made once per budget
-for the same pattern and long text, and a search answered so is charged too. A pattern compiles to a bounded program,
-and one schema's patterns to a bounded total (ADR 0021, amended 2026-12-07).
+for the same pattern and long text, and a search answered so is charged too; regex work is also bounded by a fixed
+allowance, whatever the instance's size. A pattern compiles to a bounded program, and one schema's patterns to a
+bounded total; each distinct pattern's compile is charged once per budget and its program held by the budget, so an
+evaluation costs the same whatever the process's cache holds. A subschema's keys, known or not, are charged on each
+descend (ADR 0021, amended 2026-12-07).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import re2  # type: ignore[import-untyped]  # the package ships no type informat
 from jsonschema import Draft202012Validator, ValidationError
 from jsonschema._utils import equal, uniq
 from jsonschema.protocols import Validator
-from jsonschema.validators import extend
+from jsonschema.validators import create
 
 from shared.accepted_json import canonical_text
 
@@ -41,6 +44,10 @@ _DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
 _PATTERN_CACHE_SIZE = 1024
 _PATTERN_CACHE_PROGRAM = 2_000_000
 """Instructions the compiled patterns kept between evaluations may hold in all (ten schemas at MAX_SCHEMA_PROGRAM)."""
+_PATTERN_CACHE_MEMORY = 256 << 20
+"""Memory the compiled patterns kept between evaluations may hold in all, each counted at _KEPT_PROGRAM_MEMORY: a
+kept program's DFA caches states as it searches, up to about 1.5 MB, so 1,024 small programs (4 schemas of 256
+patterns) held 677 MB whatever their instruction count."""
 MAX_PATTERN_PROGRAM = 100_000
 """Instructions one pattern may compile to. A Unicode class is about 1,300 of them, and a repetition copies it:
 `[\\pL\\pN]{400}` (14 characters) compiled to 537,000 in 0.2 s and held megabytes for the process's life."""
@@ -49,6 +56,8 @@ MAX_SCHEMA_PROGRAM = 400_000
 _COMPILE_MEMORY = 4 << 20
 """RE2's memory budget for one pattern: a program much past MAX_PATTERN_PROGRAM (about 270,000 instructions) fails to
 compile within a few milliseconds instead of being built in full, and the DFA's cache of states stays small."""
+_KEPT_PROGRAM_MEMORY = _COMPILE_MEMORY // 2
+"""What one kept program is counted to hold (its DFAs' caches of states grow to about this)."""
 COMPILE_INSTRUCTIONS_PER_STEP = 16
 """Instructions compiled within an evaluation charged as one step (about 1 µs an instruction for Unicode classes)."""
 MAX_SCHEMA_PATTERNS = 256
@@ -65,27 +74,30 @@ _CACHED_TEXT_LENGTH = 64
 """Encodings at least this long are kept while the budget lasts; shorter ones cost less to make again than to keep.
 Searches of a text this long are kept likewise."""
 REGEX_WORK_PER_STEP = 512
-"""Characters searched times compiled-program instructions charged as one step. RE2 runs in time linear in the text,
-but per character it may step every instruction a character can reach when its DFA cannot cache the states
-(`[ab]*a[ab]{300}c`): measured up to about 27 µs per step so charged, against about 10 µs for a keyword
-application. One step per search, whatever its length, let one pattern repeated 1,000 times hold a worker for 30 s."""
+"""UTF-8 bytes searched times compiled-program instructions charged as one step. RE2 runs in time linear in the text,
+but per byte it may step every instruction a byte can reach when its DFA cannot cache the states (`[ab]*a[ab]{300}c`,
+`(?s)(?:.?){990}c` on emoji): measured at most about 19 ns a unit, 10 µs per step so charged, against about 10 µs for
+a keyword application. One step per search, whatever its length, let one pattern repeated 1,000 times hold a worker
+for 30 s; counted in code points, a four-byte emoji cost four times its charge."""
+MAX_REGEX_STEPS = MAX_EVALUATION_STEPS
+"""Steps of regex work one budget may spend in all, however large the instance (its budget grows with its size, and
+a 1 MB instance under 50 costly patterns ran for 43 s): about a second of searching."""
 MIN_REGEX_WEIGHT = REGEX_WORK_PER_STEP // STEPS_PER_ENCODED_CHARACTERS
-"""The least program size charged: a search costs at least a step per STEPS_PER_ENCODED_CHARACTERS characters."""
+"""The least program size charged: a search costs at least a step per STEPS_PER_ENCODED_CHARACTERS bytes."""
 MAX_REGEX_WEIGHT = 16 * REGEX_WORK_PER_STEP
-"""The largest weight charged, so a search costs at most 16 steps a character."""
+"""The largest weight charged, so a search costs at most 16 steps a byte."""
 SEARCH_OVERHEAD_CHARACTERS = 16
-"""What a search costs beyond its subject's characters, counted as characters: matching 17,000 short keys against 256
-patterns (8.7 million searches, each charged nothing) took 19.5 s."""
-REMEMBERED_SEARCH_WORK = SEARCH_OVERHEAD_CHARACTERS * MIN_REGEX_WEIGHT
+"""What a search costs beyond its subject's bytes, counted as bytes of the smallest program (a step, whatever the
+pattern: a search of 8 bytes takes about 1-4 µs however large the program, and charged 16 bytes times its weight a
+name of 8 letters cost 22 steps): matching 17,000 short keys against 256 patterns (8.7 million searches, each charged
+nothing) took 19.5 s."""
+SEARCH_OVERHEAD_WORK = SEARCH_OVERHEAD_CHARACTERS * MIN_REGEX_WEIGHT
+REMEMBERED_SEARCH_WORK = SEARCH_OVERHEAD_WORK
 """The work charged for a search answered from what the budget remembers (one step): nested `unevaluatedProperties`
 asked the same 23,000 remembered questions 256 times over (34 s)."""
-UNICODE_WEIGHT_DIVISOR = 16
-"""A program's weight is its Latin-1 compile's size, but at least its UTF-8 size divided by this. The UTF-8 program of
-a Unicode class spells out every byte sequence (`\\p{L}`: 1,199 instructions) of which a character steps a few, so
-charged by it `^[\\p{L}\\p{N}\\s.,'-]*$` refused a 52 KB text it searches in 1.5 ms. Its Latin-1 program (17
-instructions) follows the cost per character: weighed so, searches built to defeat the DFA over Latin, Cyrillic and
-CJK text took at most about 22 ns a unit of work. A pattern Latin-1 cannot express (`\\x{4e00}`) is weighed by its
-UTF-8 size."""
+KEYS_PER_STEP = 16
+"""A subschema's keys charged as one step each time the evaluation descends into it: the validator walks every key,
+known keyword or not, and 19,000 unknown keys under a referenced subschema held a worker for 10 s uncharged."""
 
 
 class EvaluationBudget:
@@ -94,14 +106,32 @@ class EvaluationBudget:
     left, gives back what it spent when it closes, and shares its caches: the enclosing budget is the one that
     counts. Within a budget the values evaluated must not change, since encodings are remembered by identity."""
 
-    __slots__ = ("enclosing", "enums", "limit", "regex_work", "results", "steps", "texts", "uniques")
+    __slots__ = (
+        "enclosing",
+        "enums",
+        "limit",
+        "programs",
+        "regex_limit",
+        "regex_steps",
+        "regex_work",
+        "results",
+        "steps",
+        "texts",
+        "uniques",
+    )
 
     def __init__(self, steps: int, enclosing: EvaluationBudget | None = None) -> None:
         self.enclosing = enclosing
         self.steps: int = steps if enclosing is None else min(steps, max(enclosing.steps, 0))
         self.limit: int = self.steps
-        # Regex work (characters times weight) not yet charged as a whole step: carried, so short searches add up.
+        # Regex work (bytes times weight) not yet charged as a whole step: carried, so short searches add up.
         self.regex_work = 0
+        # Regex work is drawn from a fixed allowance too, not only from the steps, which grow with the instance.
+        enclosing_regex = MAX_REGEX_STEPS if enclosing is None else max(enclosing.regex_steps, 0)
+        self.regex_steps: int = min(MAX_REGEX_STEPS, enclosing_regex)
+        self.regex_limit: int = self.regex_steps
+        # The programs the budget's evaluations use, each charged once: a cache eviction meanwhile changes nothing.
+        self.programs: dict[str, _Pinned] = {} if enclosing is None else enclosing.programs
         # Each cache keeps the value it is keyed by (its id) alive, so the id is not reused while the budget lasts.
         self.texts: dict[int, tuple[Any, str]] = {} if enclosing is None else enclosing.texts
         self.enums: dict[int, tuple[Any, frozenset[str]]] = {} if enclosing is None else enclosing.enums
@@ -125,8 +155,15 @@ class EvaluationBudget:
             raise EvaluationBudgetExceeded(exhausted)
 
     def charge_regex_work(self, work: int) -> None:
-        """Spend `work` (characters times program weight): whole REGEX_WORK_PER_STEP as steps, the rest carried."""
+        """Spend `work` (bytes times program weight): whole REGEX_WORK_PER_STEP as steps, the rest carried; past the
+        regex allowance (MAX_REGEX_STEPS) raise EvaluationBudgetExceeded as past the steps."""
         steps, self.regex_work = divmod(self.regex_work + work, REGEX_WORK_PER_STEP)
+        self.regex_steps -= steps
+        if self.regex_steps < 0:
+            exhausted = self
+            while exhausted.enclosing is not None and exhausted.regex_limit >= exhausted.enclosing.regex_steps:
+                exhausted = exhausted.enclosing
+            raise EvaluationBudgetExceeded(exhausted)
         self.charge(steps)
 
 
@@ -168,6 +205,7 @@ def evaluation_budget(steps: int) -> Iterator[EvaluationBudget]:
         _EVALUATION.reset(token)
         if enclosing is not None:
             enclosing.steps -= budget.spent
+            enclosing.regex_steps -= budget.regex_limit - budget.regex_steps
 
 
 def current_budget() -> EvaluationBudget | None:
@@ -259,15 +297,17 @@ def _program(pattern: str) -> _Program:
         return _Program(
             None, f"it compiles to {size:,} instructions; at most {MAX_PATTERN_PROGRAM:,} are allowed", size, 0
         )
+    # A Unicode class's UTF-8 program spells out every byte sequence (`\\p{L}`: 1,199 instructions) of which a byte
+    # steps a few; its Latin-1 program (`^[\\p{L} '-]{1,64}$`: 705 against 76,801) follows the cost per byte searched.
     latin1 = _latin1_size(pattern) if size > MIN_REGEX_WEIGHT else None
-    weight = max(size if latin1 is None else latin1, size // UNICODE_WEIGHT_DIVISOR)
+    weight = size if latin1 is None else latin1
     return _Program(regexp, None, size, min(max(weight, MIN_REGEX_WEIGHT), MAX_REGEX_WEIGHT))
 
 
 class _CompiledPatterns:
     """The compiled patterns kept between evaluations, least recently used dropped first: at most
-    _PATTERN_CACHE_SIZE of them and _PATTERN_CACHE_PROGRAM instructions in all. A compile made inside an evaluation
-    budget is charged to it (a schema stored before the program bounds may hold many costly patterns)."""
+    _PATTERN_CACHE_SIZE of them, _PATTERN_CACHE_PROGRAM instructions and _PATTERN_CACHE_MEMORY in all. Nothing here
+    is charged: an evaluation charges each pattern it uses once, whether kept here or not (`_pinned`)."""
 
     def __init__(self) -> None:
         self._kept: OrderedDict[str, _Program] = OrderedDict()
@@ -287,13 +327,19 @@ class _CompiledPatterns:
             if pattern not in self._kept:
                 self._kept[pattern] = made
                 self._size += made.size if made.regexp is not None else 0
-            while len(self._kept) > _PATTERN_CACHE_SIZE or self._size > _PATTERN_CACHE_PROGRAM:
+            while self._over_bound():
                 _, dropped = self._kept.popitem(last=False)
                 self._size -= dropped.size if dropped.regexp is not None else 0
-        evaluation = _EVALUATION.get()
-        if evaluation is not None:
-            evaluation.charge(1 + made.size // COMPILE_INSTRUCTIONS_PER_STEP)
         return made
+
+    def _over_bound(self) -> bool:
+        """Whether the kept programs exceed a bound (their count, instructions or estimated memory): under the lock."""
+        memory = len(self._kept) * _KEPT_PROGRAM_MEMORY
+        return (
+            len(self._kept) > _PATTERN_CACHE_SIZE
+            or self._size > _PATTERN_CACHE_PROGRAM
+            or memory > _PATTERN_CACHE_MEMORY
+        )
 
     def __call__(self, pattern: str) -> tuple[Any, str | None]:
         """The compiled pattern, or None and why RE2 cannot run it."""
@@ -323,19 +369,45 @@ def matches(pattern: str, text: str) -> bool:
     return regexp is not None and regexp.search(text) is not None
 
 
-def _weighed(pattern: str) -> tuple[Any, int]:
-    """The compiled `pattern` (None when RE2 cannot run it) and the weight its searches are charged: its Latin-1
-    compile's size (see UNICODE_WEIGHT_DIVISOR) held between MIN_REGEX_WEIGHT and MAX_REGEX_WEIGHT. Both are taken
-    together, so a pattern dropped from the cache between them is not compiled again for each search."""
-    regexp = _compiled(pattern)[0]
-    return regexp, (_PROGRAMS.program(pattern).weight if regexp is not None else 0)
+@dataclass(frozen=True)
+class _Pinned:
+    """A pattern as an evaluation uses it: the compiled regex (None when RE2 cannot run it), why not, and the weight
+    its searches are charged."""
+
+    regexp: Any
+    reason: str | None
+    weight: int
+
+
+def _pinned(pattern: str) -> _Pinned:
+    """`pattern` as the open budget uses it: looked up once per budget, its compile (1 + size /
+    COMPILE_INSTRUCTIONS_PER_STEP steps) charged then whether the process had it compiled or not, and held by the
+    budget, so the same evaluation spends the same steps warm or cold, and another evaluation's patterns evicting
+    it from the cache meanwhile neither recompiles nor charges it again. The weight is its Latin-1 compile's size
+    (see `_program`) held between MIN_REGEX_WEIGHT and MAX_REGEX_WEIGHT."""
+    evaluation = _EVALUATION.get()
+    pinned = evaluation.programs.get(pattern) if evaluation is not None else None
+    if pinned is not None:
+        return pinned
+    made = _PROGRAMS.program(pattern)
+    regexp, reason = _compiled(pattern)
+    pinned = _Pinned(regexp, reason, made.weight if regexp is not None else 0)
+    if evaluation is not None:
+        evaluation.charge(1 + made.size // COMPILE_INSTRUCTIONS_PER_STEP)
+        evaluation.programs[pattern] = pinned
+    return pinned
+
+
+def _utf8_size(text: str) -> int:
+    """The length of `text` in UTF-8 bytes, what RE2 steps through (a lone surrogate counted as three)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def _searched(pattern: str, regexp: Any, weight: int, text: str) -> bool:
     """Whether the compiled `pattern` (`regexp`) matches anywhere in `text`, charged to the open budget before the
-    work (so a search too long for what is left is not made): its length plus SEARCH_OVERHEAD_CHARACTERS, times
-    `weight`. A long text's outcome is kept while the budget lasts, so the same pattern applied to it again (under
-    `allOf`, through `$ref`) is charged REMEMBERED_SEARCH_WORK only."""
+    work (so a search too long for what is left is not made): its UTF-8 size times `weight`, plus
+    SEARCH_OVERHEAD_WORK. A long text's outcome is kept while the budget lasts, so the same pattern applied to it
+    again (under `allOf`, through `$ref`) is charged REMEMBERED_SEARCH_WORK only."""
     evaluation = _EVALUATION.get()
     if evaluation is None:
         return regexp.search(text) is not None
@@ -344,7 +416,7 @@ def _searched(pattern: str, regexp: Any, weight: int, text: str) -> bool:
     if kept and key in evaluation.results:
         evaluation.charge_regex_work(REMEMBERED_SEARCH_WORK)
         return bool(evaluation.results[key])
-    evaluation.charge_regex_work((len(text) + SEARCH_OVERHEAD_CHARACTERS) * weight)
+    evaluation.charge_regex_work(_utf8_size(text) * weight + SEARCH_OVERHEAD_WORK)
     found = regexp.search(text) is not None
     if kept:
         evaluation.results[key] = found
@@ -353,14 +425,14 @@ def _searched(pattern: str, regexp: Any, weight: int, text: str) -> bool:
 
 def _charged_matches(pattern: str, text: str) -> bool:
     """`matches(pattern, text)`, charged to the open budget (`_searched`)."""
-    regexp, weight = _weighed(pattern)
-    return regexp is not None and _searched(pattern, regexp, weight, text)
+    pinned = _pinned(pattern)
+    return pinned.regexp is not None and _searched(pattern, pinned.regexp, pinned.weight, text)
 
 
 def _charged_any_matches(patterns: Iterable[str]) -> Callable[[str], bool]:
     """`any_matches(patterns)`, each search charged to the open budget (`_searched`)."""
-    weighed = [(pattern, *_weighed(pattern)) for pattern in patterns]
-    compiled = [(pattern, regexp, weight) for pattern, regexp, weight in weighed if regexp is not None]
+    pinned = [(pattern, _pinned(pattern)) for pattern in patterns]
+    compiled = [(pattern, each.regexp, each.weight) for pattern, each in pinned if each.regexp is not None]
     return lambda text: any(_searched(pattern, regexp, weight, text) for pattern, regexp, weight in compiled)
 
 
@@ -428,9 +500,10 @@ def pattern_problems(schema: Any) -> list[tuple[JsonPath, str]]:
 def _pattern(validator: Any, pattern: Any, instance: Any, _schema: Any) -> Iterator[ValidationError]:
     if not validator.is_type(instance, "string") or not isinstance(pattern, str):
         return
-    if pattern_problem(pattern) is not None:
+    pinned = _pinned(pattern)  # one lookup per application
+    if pinned.regexp is None:
         yield ValidationError(f"the pattern {pattern!r} cannot be evaluated")
-    elif not _charged_matches(pattern, instance):
+    elif not _searched(pattern, pinned.regexp, pinned.weight, instance):
         yield ValidationError(f"{short_repr(instance)} does not match {pattern!r}")
 
 
@@ -438,11 +511,12 @@ def _pattern_properties(validator: Any, patterns: Any, instance: Any, _schema: A
     if not validator.is_type(instance, "object"):
         return
     for pattern, subschema in patterns.items():
-        if pattern_problem(pattern) is not None:
+        pinned = _pinned(pattern)  # one lookup per application
+        if pinned.regexp is None:
             yield ValidationError(f"the pattern {pattern!r} cannot be evaluated")
             continue
         for key, value in instance.items():
-            if _charged_matches(pattern, key):
+            if _searched(pattern, pinned.regexp, pinned.weight, key):
                 yield from validator.descend(value, subschema, path=key, schema_path=pattern)
 
 
@@ -607,9 +681,18 @@ def _counted(keyword: Callable[..., Any]) -> Callable[..., Any]:
     return counted
 
 
-TenantSchemaValidator: type[Validator] = extend(
-    Draft202012Validator,
-    {  # type: ignore[no-untyped-call]
+def _applicable(schema: Any) -> Iterable[tuple[str, Any]]:
+    """A subschema's keys as the validator walks them, charged a step per KEYS_PER_STEP of them: it walks unknown
+    keys too, each time it descends into the subschema."""
+    evaluation = _EVALUATION.get()
+    if evaluation is not None:
+        evaluation.charge(len(schema) // KEYS_PER_STEP)
+    return schema.items()  # type: ignore[no-any-return]
+
+
+TenantSchemaValidator: type[Validator] = create(
+    meta_schema=Draft202012Validator.META_SCHEMA,
+    validators={
         keyword: _counted(function)
         for keyword, function in {
             **Draft202012Validator.VALIDATORS,
@@ -623,9 +706,14 @@ TenantSchemaValidator: type[Validator] = extend(
             "type": _type,
         }.items()
     },
+    type_checker=Draft202012Validator.TYPE_CHECKER,
+    format_checker=Draft202012Validator.FORMAT_CHECKER,
+    id_of=Draft202012Validator.ID_OF,  # type: ignore[arg-type]  # the library's own, typed more loosely
+    applicable_validators=_applicable,
 )
-"""JSON Schema 2020-12 with RE2 regexes, linear `uniqueItems`, `enum` and `const`, and every keyword application counted
-against the budget of `evaluation_budget()`: the one validator class for every schema a tenant supplies."""
+"""JSON Schema 2020-12 with RE2 regexes, linear `uniqueItems`, `enum` and `const`, and every keyword application (and
+a subschema's keys, `_applicable`) counted against the budget of `evaluation_budget()`: the one validator class for
+every schema a tenant supplies."""
 
 
 def tenant_validator(schema: Any) -> Validator:

@@ -6,7 +6,10 @@ validate (`evaluate_tenant_schema`) and at start (`_input_problems`, which calls
 
 Searches of a few characters add up (the fractions of a step are carried, with an overhead per search), a remembered
 answer is charged, a pattern and a schema's patterns compile to bounded programs, an unexpected key is reported
-without being searched again, and a Unicode class is weighed by its Latin-1 program rather than its UTF-8 one.
+without being searched again, and a Unicode class is weighed by its Latin-1 program rather than its UTF-8 one (names
+and a megabyte of free text are accepted). A subject is charged for its UTF-8 bytes and regex work has a fixed
+allowance whatever the instance's size; a compile is charged once per budget, warm or cold, evicted or not; a
+subschema's unknown keys are charged on each descend; the kept programs are bounded by an estimate of their memory.
 
 Searches are counted, not timed: before, the repeated pattern below made 1,000 searches of 15,000 characters
 (31 s), each charged one step."""
@@ -265,12 +268,54 @@ def test_the_compiled_patterns_kept_are_bounded_by_their_size(monkeypatch: pytes
     assert kept._size <= 50_000 and len(kept._kept) == 3
 
 
-def test_a_compile_within_an_evaluation_is_charged() -> None:
-    kept = schemas._CompiledPatterns()
-    with evaluation_budget(1_000_000) as budget:
-        kept("[\\pL\\pN]{10}|z")
-        kept("[\\pL\\pN]{10}|z")  # kept: not compiled again
-    assert budget.spent == 1 + 13_426 // schemas.COMPILE_INSTRUCTIONS_PER_STEP
+def test_a_compile_within_an_evaluation_is_charged_once_whether_kept_or_not() -> None:
+    pattern = "[\\pL\\pN]{10}|z"
+    schema = {"type": "object", "properties": {"a": {"pattern": pattern}, "b": {"pattern": pattern}}}
+    spent = []
+    for _ in range(2):
+        schemas._PROGRAMS.cache_clear()  # cold, then warm: the process's cache must not change the steps
+        with evaluation_budget(1_000_000) as budget:
+            assert not list(TenantSchemaValidator(schema).iter_errors({"a": "z", "b": "z"}))
+        spent.append(budget.spent)
+        with evaluation_budget(1_000_000) as warm:
+            assert not list(TenantSchemaValidator(schema).iter_errors({"a": "z", "b": "z"}))
+        spent.append(warm.spent)
+    compile_steps = 1 + 13_426 // schemas.COMPILE_INSTRUCTIONS_PER_STEP
+    assert len(set(spent)) == 1 and compile_steps < spent[0] < 2 * compile_steps  # once for its two applications
+
+
+def test_patterns_evicted_during_an_evaluation_are_neither_compiled_nor_charged_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    patterns = [f"[\\pL\\pN]{{10}}|z{index}" for index in range(8)]
+    schema = {"type": "array", "items": {"type": "string", "allOf": [{"pattern": p} for p in patterns]}}
+    compiles: list[str] = []
+    original = schemas._program
+
+    def counting(pattern: str) -> Any:
+        compiles.append(pattern)
+        return original(pattern)
+
+    monkeypatch.setattr(schemas, "_program", counting)
+    schemas._PROGRAMS.cache_clear()
+    with evaluation_budget(1_000_000) as alone:
+        assert not list(TenantSchemaValidator(schema).iter_errors(["z0 z1 z2 z3 z4 z5 z6 z7"] * 50))
+    schemas._PROGRAMS.cache_clear()
+    compiles.clear()
+    # Another evaluation's patterns evict these ones after each search (a cache holding two programs).
+    monkeypatch.setattr(schemas, "_PATTERN_CACHE_SIZE", 2)
+    original_searched = schemas._searched
+
+    def evicting(pattern: str, regexp: Any, weight: int, text: str) -> bool:
+        schemas._PROGRAMS.program("other-a")
+        schemas._PROGRAMS.program("other-b")
+        return original_searched(pattern, regexp, weight, text)
+
+    monkeypatch.setattr(schemas, "_searched", evicting)
+    with evaluation_budget(1_000_000) as crowded:
+        assert not list(TenantSchemaValidator(schema).iter_errors(["z0 z1 z2 z3 z4 z5 z6 z7"] * 50))
+    assert crowded.spent == alone.spent
+    assert sorted(pattern for pattern in compiles if pattern in patterns) == sorted(patterns)
 
 
 UNICODE_TEXT = "^[\\p{L}\\p{N}\\s.,'-]*$"
@@ -278,7 +323,9 @@ UNICODE_TEXT = "^[\\p{L}\\p{N}\\s.,'-]*$"
 
 def test_a_unicode_class_is_weighed_by_its_latin1_program() -> None:
     assert int(re2.compile(UNICODE_TEXT).programsize) == 1_349
-    assert schemas._PROGRAMS.program(UNICODE_TEXT).weight == 1_349 // 16  # its Latin-1 program has 17
+    assert schemas._PROGRAMS.program(UNICODE_TEXT).weight == schemas.MIN_REGEX_WEIGHT  # its Latin-1 program has 17
+    assert int(re2.compile(NAME).programsize) == 76_801
+    assert schemas._PROGRAMS.program(NAME).weight == 705  # not 76,801 // 16 = 4,800
     assert schemas._PROGRAMS.program(PATTERN).weight == 307
     # Latin-1 cannot express it: its UTF-8 program is its weight.
     assert schemas._PROGRAMS.program("[\\x{4e00}-\\x{9fff}a]*a[\\x{4e00}-\\x{9fff}a]{300}c").weight == 1_812
@@ -321,3 +368,65 @@ def test_a_bounded_repetition_of_a_unicode_class_for_names_is_accepted() -> None
     assert schemas.pattern_problems(schema) == []
     evaluated = evaluate_tenant_schema(schema, {"name": "Zoë Ångström"})
     assert evaluated.unusable is None and not evaluated.violations
+
+
+NAME = "^[\\p{L} '-]{1,64}$"
+
+
+def test_many_names_in_a_unicode_class_are_accepted() -> None:
+    # Weighed by its UTF-8 program over 16 (4,800), "Ångström" cost 225 steps: 385 such values were refused. Its
+    # overhead is a step, not 16 bytes times its weight (22 steps for a search of about 4 µs).
+    person = {"type": "object", "properties": {"first": {"pattern": NAME}, "last": {"pattern": NAME}}}
+    schema = {"type": "object", "properties": {"people": {"type": "array", "items": person}}}
+    people = [{"first": "Zoë", "last": "Ångström"}] * 2_000
+    assert evaluate_tenant_schema(schema, {"people": people}) == SchemaEvaluation()
+
+
+def test_a_megabyte_of_free_text_in_unicode_classes_is_accepted() -> None:
+    notes = {"type": "object", "properties": {"notes": {"type": "string", "pattern": UNICODE_TEXT}}}
+    text = ("Zoë Ångström, résumé 12. " * 42_000)[:1_000_000]
+    assert evaluate_tenant_schema(notes, {"notes": text}) == SchemaEvaluation()
+
+
+def test_a_search_is_charged_for_its_subjects_utf8_bytes() -> None:
+    # Counted in code points, a four-byte emoji cost four times what it was charged: up to 75 ns a unit of work.
+    pattern = "(?s)(?:.?){990}c"
+    weight = schemas._PROGRAMS.program(pattern).weight
+    with evaluation_budget(10_000_000) as budget:
+        assert not schemas._charged_matches(pattern, "\U0001f600" * 1_000)
+    with evaluation_budget(10_000_000) as ascii_budget:
+        assert not schemas._charged_matches(pattern, "a" * 1_000)
+    compile_steps = 1 + schemas._PROGRAMS.program(pattern).size // schemas.COMPILE_INSTRUCTIONS_PER_STEP
+    assert budget.spent - compile_steps == (4_000 * weight + 512) // 512
+    assert ascii_budget.spent - compile_steps == (1_000 * weight + 512) // 512
+
+
+def test_regex_work_is_bounded_whatever_the_instances_size() -> None:
+    # The budget grows with the instance (5 steps a value): 50 costly patterns over a long emoji text inside a large
+    # instance ran for 43 s. The regex work has its own fixed allowance.
+    patterns = [f"(?s)(?:.?){{{990 - index}}}c" for index in range(50)]
+    schema = {"type": "object", "properties": {"x": {"type": "string", "allOf": [{"pattern": p} for p in patterns]}}}
+    with evaluation_budget(100 * schemas.MAX_EVALUATION_STEPS) as budget:
+        with pytest.raises(EvaluationBudgetExceeded):
+            list(TenantSchemaValidator(schema).iter_errors({"x": "\U0001f600" * 3_500}))
+    assert budget.regex_steps < 0 and budget.spent < 2 * schemas.MAX_REGEX_STEPS
+
+
+def test_a_subschemas_unknown_keys_are_charged_on_each_descend() -> None:
+    # 19,000 unknown keys referenced 60 times under `items` over 100 values: walked 6,000 times uncharged (10.4 s).
+    big = {f"unknown{index}": index for index in range(19_000)}
+    schema = {"$defs": {"big": big}, "items": {"allOf": [{"$ref": "#/$defs/big"}] * 60}}
+    evaluated = evaluate_tenant_schema(schema, [0] * 100)
+    assert evaluated.unusable == "evaluating it takes more steps than allowed"
+    with evaluation_budget(1_000_000) as budget:
+        assert not list(TenantSchemaValidator({"type": "array", "items": big}).iter_errors([0]))
+    assert budget.spent >= 19_000 // schemas.KEYS_PER_STEP
+
+
+def test_the_compiled_patterns_kept_are_bounded_by_their_memory() -> None:
+    # Each kept program's DFAs cache states up to about 1.5 MB: 1,024 small ones (4 schemas of 256) held 677 MB.
+    kept = schemas._CompiledPatterns()
+    for index in range(300):
+        assert kept(f"[ab]*a[ab]{{30}}c|z{index}")[0] is not None
+    assert len(kept._kept) * schemas._COMPILE_MEMORY // 2 <= 256 << 20
+    assert len(kept._kept) == (256 << 20) // (schemas._COMPILE_MEMORY // 2)
