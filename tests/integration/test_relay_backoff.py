@@ -325,7 +325,7 @@ def test_no_tenant_role_reaches_the_deferrals(
 
 
 class _NoBlobs:
-    def list_blobs(self, *, name_starts_with: str) -> list[Any]:
+    def list_blobs(self, *, name_starts_with: str, include: list[str] | None = None) -> list[Any]:
         return []
 
 
