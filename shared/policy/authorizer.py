@@ -23,7 +23,12 @@ from cedarpy import pst
 from shared.auth.principal import Principal
 from shared.policy.actions import PLATFORM_ACTIONS, POLICY_ADMIN_ACTIONS, TENANT_POLICY_ACTIONS, Action
 from shared.policy.facts import TenantFacts
-from shared.policy.policy_text import MAX_POLICY_CHARS, MAX_POLICY_LITERAL_CHARS, policy_text_problems
+from shared.policy.policy_text import (
+    MAX_POLICY_CHARS,
+    MAX_POLICY_LITERAL_CHARS,
+    MAX_TENANT_POLICY_TOTAL_CHARS,
+    policy_text_problems,
+)
 
 __all__ = [
     "Authorizer",
@@ -43,6 +48,10 @@ SCHEMA_PATH = Path(__file__).parent / "schema.cedarschema"
 NAMESPACE = "QP"
 PLATFORM_ENTITY_ID = "platform"
 MAX_TENANT_POLICY_CHARS = MAX_POLICY_CHARS
+_LIKE_VARIABLES = frozenset({"principal", "resource", "context"})
+TENANT_SLOTS = 256
+"""Tenants whose parsed policy set is kept, least recently deciding dropped first (rebuilt on its next decision): a set
+of large policies is several MB, and an erased tenant's would otherwise stay for the life of the process."""
 DECISION_CACHE_SIZE = 4096
 """Distinct decisions kept: a decision is a pure function of the policy set, the request and the entities, and a
 request is decided two or three times (the route's permission check, then the route's own `authorize`), and the
@@ -161,6 +170,14 @@ class _PolicySlot:
     digest: str
     policy_set: cedarpy.PolicySet | None
     anonymous_types: frozenset[str]
+
+
+@dataclass
+class _Building:
+    """A tenant's set being built: the lock its builder holds, and how many decisions hold or wait for it."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    waiting: int = 0
 
 
 class _DecisionCache:
@@ -317,7 +334,8 @@ class Authorizer:
         # One parsed set per tenant, replaced when its texts change: a shared cache of sets let one tenant's edits
         # evict every other tenant's, and kept a parsed set (up to ~2 MB) per edit.
         self._slots_lock = threading.Lock()
-        self._tenant_slots: dict[UUID, _PolicySlot] = {}
+        self._tenant_slots: OrderedDict[UUID, _PolicySlot] = OrderedDict()
+        self._building: dict[UUID, _Building] = {}  # tenants whose set is being built, and who waits for it
         self._decisions = _DecisionCache(DECISION_CACHE_SIZE)
 
     def _check_actions_match_schema(self) -> None:
@@ -379,6 +397,15 @@ class Authorizer:
 
     def _build_policy_set(self, tenant_policies: tuple[str, ...]) -> cedarpy.PolicySet | None:
         """The platform's policies plus these; None (logged) when one of them fails today's checks."""
+        total = sum(len(text) for text in tenant_policies)
+        if total > MAX_TENANT_POLICY_TOTAL_CHARS:
+            # Saved before the bound, or behind the API: each decision would evaluate all of it (see the bound).
+            logger.warning(
+                "a tenant's stored policies hold %d characters, more than %d; its decisions fail closed",
+                total,
+                MAX_TENANT_POLICY_TOTAL_CHARS,
+            )
+            return None
         policy_set = self._policies
         for text in tenant_policies:
             # Stored policies were validated on save; checking again (once per distinct set) keeps a row edited
@@ -395,16 +422,47 @@ class Authorizer:
         """The tenant's parsed policy set for `texts`, built when they differ from the tenant's slot."""
         if not texts:
             return self._platform_slot
+        slot = self._kept_slot(tenant_id, texts)
+        if slot is not None:
+            return slot
+        # One build per tenant at a time: the decisions arriving right after a change would otherwise each build
+        # the same set (up to ~1 s each with the GIL held); they wait for the first and take its slot.
+        with self._slots_lock:
+            building = self._building.setdefault(tenant_id, _Building())
+            building.waiting += 1
+        try:
+            with building.lock:
+                slot = self._kept_slot(tenant_id, texts)
+                if slot is None:
+                    slot = _PolicySlot(
+                        texts, _digest(texts), self._build_policy_set(texts), self._anonymous_types(texts)
+                    )
+                    self._keep_slot(tenant_id, slot)
+                return slot
+        finally:
+            with self._slots_lock:
+                building.waiting -= 1
+                if building.waiting == 0:
+                    del self._building[tenant_id]
+
+    def _kept_slot(self, tenant_id: UUID, texts: tuple[str, ...]) -> _PolicySlot | None:
+        """The tenant's kept slot when it is for `texts` (marked recently used), else None."""
         with self._slots_lock:
             slot = self._tenant_slots.get(tenant_id)
+            if slot is not None:
+                self._tenant_slots.move_to_end(tenant_id)
         # Identity first: the tenant's texts are read as one tuple that is reused while they stay equal.
         if slot is not None and (slot.texts is texts or slot.texts == texts):
             return slot
-        digest = _digest(texts)
-        slot = _PolicySlot(texts, digest, self._build_policy_set(texts), self._anonymous_types(texts))
+        return None
+
+    def _keep_slot(self, tenant_id: UUID, slot: _PolicySlot) -> None:
+        """Keep `slot` as the tenant's, dropping the least recently used tenant's past TENANT_SLOTS."""
         with self._slots_lock:
             self._tenant_slots[tenant_id] = slot
-        return slot
+            self._tenant_slots.move_to_end(tenant_id)
+            while len(self._tenant_slots) > TENANT_SLOTS:
+                self._tenant_slots.popitem(last=False)
 
     def decide(
         self,
@@ -448,12 +506,13 @@ class Authorizer:
 
     def _decide_once(self, slot: _PolicySlot, request: str, entities: str) -> Decision:
         """The remembered decision of this request under `slot`'s policies, evaluated when there is none (an error
-        is raised, so never remembered)."""
+        is raised, so never remembered; neither is a broken set's refusal)."""
         key = (slot.digest, request, entities)
         decision = self._decisions.get(key)
         if decision is None:
             if slot.policy_set is None:
-                raise ValueError("a tenant policy in force is invalid")
+                # Logged once, when the slot was built: a traceback on every decision of the tenant says nothing more.
+                return Decision(False, Reason.POLICY_ERROR, ())
             decision = self._decision(
                 cedarpy.is_authorized(json.loads(request), slot.policy_set, entities, self._schema)
             )
@@ -538,15 +597,26 @@ class Authorizer:
         return Reason.DENIED_BY_TENANT_POLICY
 
 
+def _is_attribute_chain(expr: pst.Expr) -> bool:
+    """Whether `expr` reads an attribute of the request (`resource.target`, `principal.tenant.status`)."""
+    if not isinstance(expr, pst.GetAttr):
+        return False
+    while isinstance(expr, pst.GetAttr):
+        expr = expr.base
+    return isinstance(expr, pst.Var) and str(expr.name) in _LIKE_VARIABLES
+
+
 def _literal_like_errors(tree: pst.PolicySet) -> list[str]:
-    """A `like` whose left side is a literal: its cost would be the policy's to choose (see
-    MAX_POLICY_LITERAL_CHARS), and matching a constant decides nothing about a request."""
+    """A `like` whose left side is not an attribute of the request: any other expression (a literal, `if true then
+    "…"`, `{a: "…"}.a`) is a string whose length, so cost, would be the policy's to choose (see
+    MAX_POLICY_LITERAL_CHARS), and matching it decides nothing about a request."""
     pending: list[Any] = [*tree.static_policies.values(), *tree.templates.values()]
     while pending:  # iterative: nesting is bounded before parsing, but the walk should not depend on it
         node = pending.pop()
-        if isinstance(node, pst.Like) and isinstance(node.base, pst.StringLit):
+        if isinstance(node, pst.Like) and not _is_attribute_chain(node.base):
             return [
-                'a `like` must match an attribute (`resource.name like "legacy-*"`), not a string literal; '
+                'a `like` must match an attribute of the request (`resource.name like "legacy-*"`), not a string '
+                "literal or another expression; "
                 f"patterns are at most {MAX_POLICY_LITERAL_CHARS} characters"
             ]
         if is_dataclass(node):

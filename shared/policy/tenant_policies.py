@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
@@ -16,11 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.db import tenant_locks
 from shared.db.session import held_transaction, tenant_transaction, when_released
 from shared.free_text import SHOWN_AS_WRITTEN_IN_LINES, SHOWN_IN_LINES
+from shared.policy.policy_text import MAX_TENANT_POLICY_TOTAL_CHARS
 
 MAX_TENANT_POLICIES = 50
 """A tenant's own policies at most: every decision of the tenant evaluates a set of all of them, built again after each
 change (at 10,000 characters each, 400 took seconds to build, several times at once)."""
 _CACHE_TTL_S = 5.0
+_CACHED_TENANTS = 256
+"""Tenants whose texts are kept, least recently read dropped first: an erased tenant's would otherwise stay."""
 
 
 class TenantPolicyCreate(BaseModel):
@@ -70,6 +74,17 @@ class TenantPolicyConflictError(Exception):
     """A policy with that name exists."""
 
 
+class TenantPolicyTotalSizeError(Exception):
+    """The policy would take the tenant's policies past MAX_TENANT_POLICY_TOTAL_CHARS."""
+
+    def __init__(self, limit: int, stored: int, adding: int) -> None:
+        super().__init__(
+            f"a tenant's policies are at most {limit} characters in all; this tenant's have {stored} and this one "
+            f"{adding}: shorten it or delete another first"
+        )
+        self.limit = limit
+
+
 class TenantPolicyQuotaError(Exception):
     """The tenant has MAX_TENANT_POLICIES policies already."""
 
@@ -89,12 +104,18 @@ def list_policies(conn: psycopg.Connection[DictRow]) -> list[TenantPolicy]:
 def add_policy(
     conn: psycopg.Connection[DictRow], tenant_id: UUID, spec: TenantPolicyCreate, created_by: str
 ) -> TenantPolicy:
-    """Store a validated policy for the current tenant; TenantPolicyQuotaError when it has MAX_TENANT_POLICIES."""
-    # Counted under the tenant's lock: creates sent at once would otherwise pass the bound together.
+    """Store a validated policy for the current tenant; TenantPolicyQuotaError when it has MAX_TENANT_POLICIES,
+    TenantPolicyTotalSizeError when it would take its policies past MAX_TENANT_POLICY_TOTAL_CHARS."""
+    # Counted under the tenant's lock: creates sent at once would otherwise pass the bounds together.
     tenant_locks.hold(conn, "tenant-policies")
-    existing = conn.execute("SELECT count(*) AS n FROM app.tenant_policies").fetchone()
-    if existing is not None and existing["n"] >= MAX_TENANT_POLICIES:
+    existing = conn.execute(
+        "SELECT count(*) AS n, coalesce(sum(char_length(policy)), 0) AS chars FROM app.tenant_policies"
+    ).fetchone()
+    assert existing is not None  # an aggregate always has a row
+    if existing["n"] >= MAX_TENANT_POLICIES:
         raise TenantPolicyQuotaError(MAX_TENANT_POLICIES)
+    if existing["chars"] + len(spec.policy) > MAX_TENANT_POLICY_TOTAL_CHARS:
+        raise TenantPolicyTotalSizeError(MAX_TENANT_POLICY_TOTAL_CHARS, existing["chars"], len(spec.policy))
     try:
         with conn.transaction():
             row = conn.execute(
@@ -124,8 +145,9 @@ class _PolicyCache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._entries: dict[UUID, tuple[float, tuple[str, ...]]] = {}
-        self._last: dict[UUID, tuple[str, ...]] = {}  # the tuple last read, kept past `forget`
+        self._entries: OrderedDict[UUID, tuple[float, tuple[str, ...]]] = OrderedDict()
+        # The tuple last read, kept past `forget` (so equal texts read again stay one tuple) but not past eviction.
+        self._last: OrderedDict[UUID, tuple[str, ...]] = OrderedDict()
 
     def get(self, tenant_id: UUID) -> tuple[str, ...]:
         """The tenant's policy texts, read again after the TTL or a change; equal texts come back as one tuple."""
@@ -152,9 +174,22 @@ class _PolicyCache:
             else:
                 self._last[tenant_id] = texts
             self._entries[tenant_id] = (now, texts)
+            self._keep_recent(tenant_id)
         return texts
 
+    def _keep_recent(self, tenant_id: UUID) -> None:
+        """Mark the tenant just read and drop the least recently read past _CACHED_TENANTS (caller holds the lock)."""
+        self._entries.move_to_end(tenant_id)
+        self._last.move_to_end(tenant_id)
+        while len(self._last) > _CACHED_TENANTS:
+            dropped, _ = self._last.popitem(last=False)
+            self._entries.pop(dropped, None)
+        while len(self._entries) > _CACHED_TENANTS:
+            dropped, _ = self._entries.popitem(last=False)
+            self._last.pop(dropped, None)
+
     def forget(self, tenant_id: UUID) -> None:
+        """Read the tenant's texts again on its next decision."""
         with self._lock:
             self._entries.pop(tenant_id, None)
 

@@ -15,6 +15,7 @@ from psycopg_pool import ConnectionPool
 
 from shared.db.session import tenant_transaction
 from shared.policy.authorizer import get_authorizer
+from shared.policy.policy_text import MAX_TENANT_POLICY_TOTAL_CHARS
 from shared.policy.tenant_policies import policy_cache, tenant_policy_texts
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_list_reads_honour_forbids import _executions
@@ -134,3 +135,26 @@ def test_policies_read_again_or_changed_are_remembered_once(
     }
     assert 1 <= len(digests) <= 3, digests
     assert all(len(digest) == 32 for digest in digests)
+
+
+def _padded(size: int) -> str:
+    """A valid forbid of exactly `size` characters (a comment fills it out)."""
+    return NO_STAGING + "\n//" + "a" * (size - len(NO_STAGING) - 3)
+
+
+def test_a_policy_past_the_tenants_total_size_is_refused_and_nothing_written(api: ApiHarness) -> None:  # noqa: F811
+    tenant = provision(api, "cost-total")
+    admin = api.headers(tenant, ADMIN)
+    for index in range(3):  # 30,000 of the 32,000 characters
+        saved = api.client.post(POLICIES, json={"name": f"big-{index}", "policy": _padded(10_000)}, headers=admin)
+        assert saved.status_code == 201, saved.text
+    refused = problem(api.client.post(POLICIES, json={"name": "over", "policy": _padded(2_001)}, headers=admin), 422)
+    assert refused["type"].endswith("invalid-policy"), refused
+    assert refused["limit"] == MAX_TENANT_POLICY_TOTAL_CHARS
+    assert [error["pointer"] for error in refused["errors"]] == ["/policy"]
+    assert str(MAX_TENANT_POLICY_TOTAL_CHARS) in refused["errors"][0]["detail"], refused
+    names = [item["name"] for item in api.client.get(POLICIES, headers=admin).json()["items"]]
+    assert names == ["big-0", "big-1", "big-2"]
+    # Up to the bound exactly is accepted.
+    fits = api.client.post(POLICIES, json={"name": "fits", "policy": _padded(2_000)}, headers=admin)
+    assert fits.status_code == 201, fits.text

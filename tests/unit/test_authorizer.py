@@ -26,6 +26,8 @@ from shared.auth.principal import (
 )
 from shared.policy.actions import Action
 from shared.policy.authorizer import (
+    DECISION_CACHE_SIZE,
+    TENANT_SLOTS,
     Authorizer,
     Decision,
     PolicyLoadError,
@@ -35,6 +37,7 @@ from shared.policy.authorizer import (
     get_authorizer,
     refusal_detail,
 )
+from shared.policy.policy_text import MAX_TENANT_POLICY_TOTAL_CHARS
 
 TENANT = uuid.UUID("00000000-0000-4000-8000-00000000000a")
 OTHER_TENANT = uuid.UUID("00000000-0000-4000-8000-00000000000b")
@@ -785,3 +788,133 @@ def test_each_tenant_keeps_its_own_parsed_set() -> None:
         )
     assert authz._tenant_slots[TENANT] is kept
     assert len(authz._tenant_slots) == 2
+
+
+def test_stored_policies_past_the_total_bound_fail_closed() -> None:
+    # Saved before the bound (or behind the API): every decision would evaluate all of them.
+    authz = Authorizer()
+    texts = _tenant_forbids(40)
+    within = texts[: max(n for n in range(len(texts)) if sum(map(len, texts[:n])) <= MAX_TENANT_POLICY_TOTAL_CHARS)]
+    past = texts[: len(within) + 1]
+    assert sum(map(len, past)) > MAX_TENANT_POLICY_TOTAL_CHARS
+    staging = Resource("Intent", "i-1", TENANT, {"target": "staging"})
+    reader = principal(INTENT_READER)
+    assert authz.decide(reader, Action.INTENT_READ, staging, tenant=FACTS, tenant_policies=within).allowed
+    decision = authz.decide(reader, Action.INTENT_READ, staging, tenant=FACTS, tenant_policies=past)
+    assert decision == Decision(False, "policy_error", ())
+
+
+def test_parsed_sets_are_kept_for_the_most_recent_tenants_only() -> None:
+    authz = Authorizer()
+    forbid = 'forbid (principal, action == QP::Action::"intent.read", resource) when { resource.target == "staging" };'
+    tenants = [uuid.UUID(int=index + 1) for index in range(TENANT_SLOTS + 1)]
+
+    def decide(tenant_id: UUID) -> Decision:
+        facts = TenantFacts(tenant_id, "active", FACTS.allowed_targets, FACTS.allowed_modules)
+        staging = Resource("Intent", "i-1", tenant_id, {"target": "staging"})
+        return authz.decide(
+            principal(INTENT_READER, tenant_id=tenant_id),
+            Action.INTENT_READ,
+            staging,
+            tenant=facts,
+            tenant_policies=(forbid,),
+        )
+
+    for tenant_id in tenants:
+        assert decide(tenant_id).reason == "denied_by_tenant_policy"
+    assert len(authz._tenant_slots) == TENANT_SLOTS
+    assert tenants[0] not in authz._tenant_slots  # the least recent one
+    authz._decisions = type(authz._decisions)(DECISION_CACHE_SIZE)  # decided again, not remembered
+    assert decide(tenants[0]).reason == "denied_by_tenant_policy"  # rebuilt
+    assert len(authz._tenant_slots) == TENANT_SLOTS and tenants[0] in authz._tenant_slots
+
+
+def test_policy_texts_are_kept_for_the_most_recent_tenants_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from contextlib import nullcontext
+
+    from shared.policy import tenant_policies
+
+    monkeypatch.setattr(tenant_policies, "held_transaction", lambda tenant_id: None)
+    monkeypatch.setattr(tenant_policies, "tenant_transaction", lambda tenant_id: nullcontext(tenant_id))
+    monkeypatch.setattr(tenant_policies, "_read_texts", lambda conn: (f"texts of {conn}",))
+    cache = tenant_policies._PolicyCache()
+    tenants = [uuid.UUID(int=index + 1) for index in range(tenant_policies._CACHED_TENANTS + 1)]
+    for tenant_id in tenants:
+        assert cache.get(tenant_id) == (f"texts of {tenant_id}",)
+        cache.forget(tenant_id)  # a change: the last tuple read stays, the entry goes
+    assert len(cache._last) == tenant_policies._CACHED_TENANTS
+    assert tenants[0] not in cache._last and tenants[0] not in cache._entries
+    assert cache.get(tenants[0]) == (f"texts of {tenants[0]}",)
+    assert len(cache._last) == tenant_policies._CACHED_TENANTS
+
+
+@pytest.mark.parametrize(
+    "left",
+    [
+        f'(if true then "{"a" * 256}" else "")',
+        f'{{a: "{"a" * 256}"}}.a',
+        '"ab"',
+    ],
+)
+def test_a_like_over_anything_but_a_request_attribute_is_refused(authz: Authorizer, left: str) -> None:
+    text = f'forbid (principal, action == QP::Action::"intent.read", resource) when {{ {left} like "*{"a" * 200}b" }};'
+    errors = authz.validate_tenant_policy(text)
+    assert any("`like` must match an attribute" in error for error in errors), errors
+
+
+def test_a_like_over_a_request_attribute_is_accepted(authz: Authorizer) -> None:
+    text = 'forbid (principal, action == QP::Action::"intent.read", resource) when { resource.target like "*x" };'
+    assert authz.validate_tenant_policy(text) == []
+
+
+def test_decisions_at_once_after_a_change_build_the_set_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    authz = Authorizer()
+    builds: list[int] = []
+    real_build = authz._build_policy_set
+
+    def slow_build(texts: tuple[str, ...]) -> object:
+        builds.append(1)
+        time.sleep(0.05)  # a large set takes long to build; the others arrive meanwhile
+        return real_build(texts)
+
+    monkeypatch.setattr(authz, "_build_policy_set", slow_build)
+    forbid = 'forbid (principal, action == QP::Action::"intent.read", resource) when { resource.target == "staging" };'
+    start = threading.Barrier(8)
+    reasons: list[str] = []
+
+    def decide(index: int) -> None:
+        staging = Resource("Intent", f"i-{index}", TENANT, {"target": "staging"})
+        start.wait()
+        decision = authz.decide(
+            principal(INTENT_READER), Action.INTENT_READ, staging, tenant=FACTS, tenant_policies=(forbid,)
+        )
+        reasons.append(decision.reason)
+
+    threads = [threading.Thread(target=decide, args=(index,)) for index in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert reasons == ["denied_by_tenant_policy"] * 8
+    assert builds == [1]
+    assert authz._building == {}
+
+
+def test_a_broken_stored_set_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    authz = Authorizer()
+    widening = 'permit (principal, action == QP::Action::"intent.read", resource);'
+    with caplog.at_level("WARNING", logger="shared.policy.authorizer"):
+        for index in range(5):
+            decision = authz.decide(
+                principal(INTENT_READER),
+                Action.INTENT_READ,
+                Resource("Intent", f"i-{index}", TENANT, {"target": "staging"}),
+                tenant=FACTS,
+                tenant_policies=(widening,),
+            )
+            assert decision == Decision(False, "policy_error", ())
+    assert len(caplog.records) == 1, [record.getMessage() for record in caplog.records]
+    assert caplog.records[0].exc_info is None

@@ -25,6 +25,7 @@ from shared.policy.tenant_policies import (
     TenantPolicyCreate,
     TenantPolicyList,
     TenantPolicyQuotaError,
+    TenantPolicyTotalSizeError,
     add_policy,
     delete_policy,
     list_policies,
@@ -77,6 +78,15 @@ def create(
         raise ProblemError(409, "conflict", "Conflict", f"A policy named {spec.name!r} exists.") from None
     except TenantPolicyQuotaError as exc:
         raise ProblemError(409, "policy-quota", "Conflict", str(exc), extensions={"limit": exc.limit}) from None
+    except TenantPolicyTotalSizeError as exc:
+        raise ProblemError(
+            422,
+            "invalid-policy",
+            "Unprocessable content",
+            "The policy does not validate.",
+            errors=[FieldError(pointer="/policy", detail=str(exc))],
+            extensions={"limit": exc.limit},
+        ) from None
     record_mutation(
         context,
         Action.POLICY_CREATE,
