@@ -24,6 +24,7 @@ from referencing.jsonschema import DRAFT202012
 from shared.accepted_json import path_pointer, unescaped_token
 from shared.registry.schemas import (
     MAX_EVALUATION_STEPS,
+    MAX_TOTAL_STEPS,
     STEPS_PER_INSTANCE_NODE,
     EvaluationBudget,
     EvaluationBudgetExceeded,
@@ -295,7 +296,7 @@ def evaluate_tenant_schema(schema: Any, instance: Any, *, root: Any = None) -> S
     at most MAX_MESSAGE_LENGTH characters), never raising for the schema's sake.
 
     The evaluation has a budget of keyword applications (MAX_EVALUATION_STEPS, and STEPS_PER_INSTANCE_NODE for each
-    value in `instance`; its regex work at most MAX_REGEX_STEPS of them, whatever the instance's size): a schema that
+    value in `instance`, at most MAX_TOTAL_STEPS; its regex work at most MAX_REGEX_STEPS of them): a schema that
     needs more is reported unusable. The references are checked first, every time: a schema stored before they were
     bounded is refused here rather than evaluated. `root` is the document
     `schema`'s references resolve in, when `schema` is a part of it (a module's parameter schema without its
@@ -349,6 +350,11 @@ def _checked_references(document: Any, enclosing: EvaluationBudget | None) -> li
     return remembered[1]
 
 
+def _steps_for(instance: Any) -> int:
+    """The steps an evaluation of `instance` may spend: more for a larger instance, never past MAX_TOTAL_STEPS."""
+    return min(MAX_EVALUATION_STEPS + STEPS_PER_INSTANCE_NODE * instance_size(instance), MAX_TOTAL_STEPS)
+
+
 def _evaluated(schema: Any, instance: Any, root: Any) -> SchemaEvaluation:
     """The evaluation proper, within its own budget (drawn from an enclosing one, whose exhaustion is raised)."""
     budget: EvaluationBudget | None = None
@@ -358,7 +364,7 @@ def _evaluated(schema: Any, instance: Any, root: Any) -> SchemaEvaluation:
         else:
             resolver = Registry().resolver_with_root(DRAFT202012.create_resource(root))
             validator = TenantSchemaValidator(schema, _resolver=resolver)  # type: ignore[call-arg]
-        with evaluation_budget(MAX_EVALUATION_STEPS + STEPS_PER_INSTANCE_NODE * instance_size(instance)) as budget:
+        with evaluation_budget(_steps_for(instance)) as budget:
             violations = tuple(map(_shortened, islice(validator.iter_errors(instance), MAX_VIOLATIONS)))
         return SchemaEvaluation(violations=violations)
     except (SchemaError, Unresolvable) as exc:

@@ -60,11 +60,29 @@ _KEPT_PROGRAM_MEMORY = _COMPILE_MEMORY // 2
 """What one kept program is counted to hold (its DFAs' caches of states grow to about this)."""
 COMPILE_INSTRUCTIONS_PER_STEP = 16
 """Instructions compiled within an evaluation charged as one step (about 1 µs an instruction for Unicode classes)."""
+MIN_COMPILE_STEPS = 3
+"""The least a compile within an evaluation is charged, however small its program: looking a pattern up, compiling
+it and pinning it takes about 15 µs."""
+MAX_PINNED_PROGRAMS = 2_048
+"""Distinct patterns one budget (and those opened inside it) may hold compiled, eight schemas of MAX_SCHEMA_PATTERNS:
+350 schemas of 256 under one definition's budget pinned 89,600 programs (160 MB, 3 s)."""
+PINNED_BYTES_PER_INSTRUCTION = 16
+PINNED_PROGRAM_OVERHEAD = 2_048
+"""Bytes a pinned program is estimated to hold beyond PINNED_BYTES_PER_INSTRUCTION for each instruction."""
+MAX_PINNED_MEMORY = 32 << 20
+"""Estimated bytes one budget's pinned programs may hold in all (five schemas at MAX_SCHEMA_PROGRAM)."""
 MAX_SCHEMA_PATTERNS = 256
 """Distinct regexes one schema may hold: all of them stay compiled in the cache above during an evaluation."""
 MAX_EVALUATION_STEPS = 100_000
-"""Keyword applications one evaluation may make, beyond STEPS_PER_INSTANCE_NODE for each value of the instance."""
-STEPS_PER_INSTANCE_NODE = 5
+"""Keyword applications one evaluation may make, beyond STEPS_PER_INSTANCE_NODE for each value of the instance (in all
+at most MAX_TOTAL_STEPS)."""
+STEPS_PER_INSTANCE_NODE = 10
+"""Steps each value of the instance adds to its budget (up to MAX_TOTAL_STEPS): a row of four patterned fields
+spends about 45 of them over its five values."""
+MAX_TOTAL_STEPS = 400_000
+"""Steps one evaluation may spend in all, whatever its instance's size: about 2 s at the 5 µs a step measured here
+for keyword work and the worst regex work. Growing without it, a 1 MB array of 499,000 numbers under `anyOf` and
+`not` took 14 s and was accepted."""
 
 
 STEPS_PER_ENCODED_CHARACTERS = 16
@@ -79,22 +97,23 @@ but per byte it may step every instruction a byte can reach when its DFA cannot 
 `(?s)(?:.?){990}c` on emoji): measured at most about 19 ns a unit, 10 µs per step so charged, against about 10 µs for
 a keyword application. One step per search, whatever its length, let one pattern repeated 1,000 times hold a worker
 for 30 s; counted in code points, a four-byte emoji cost four times its charge."""
-MAX_REGEX_STEPS = MAX_EVALUATION_STEPS
+MAX_REGEX_STEPS = 300_000
 """Steps of regex work one budget may spend in all, however large the instance (its budget grows with its size, and
-a 1 MB instance under 50 costly patterns ran for 43 s): about a second of searching."""
+a 1 MB instance under 50 costly patterns ran for 43 s): about 1.5 s of the worst searching measured here (10 ns a
+unit, 5 µs a step, on `(?s)(?:.?){990}c` over emoji), and room for 7,000 rows of four ordinary patterns (1 MB)."""
 MIN_REGEX_WEIGHT = REGEX_WORK_PER_STEP // STEPS_PER_ENCODED_CHARACTERS
 """The least program size charged: a search costs at least a step per STEPS_PER_ENCODED_CHARACTERS bytes."""
 MAX_REGEX_WEIGHT = 16 * REGEX_WORK_PER_STEP
 """The largest weight charged, so a search costs at most 16 steps a byte."""
-SEARCH_OVERHEAD_CHARACTERS = 16
-"""What a search costs beyond its subject's bytes, counted as bytes of the smallest program (a step, whatever the
-pattern: a search of 8 bytes takes about 1-4 µs however large the program, and charged 16 bytes times its weight a
-name of 8 letters cost 22 steps): matching 17,000 short keys against 256 patterns (8.7 million searches, each charged
-nothing) took 19.5 s."""
+SEARCH_OVERHEAD_CHARACTERS = 2
+"""What a search costs beyond its subject's bytes, counted as bytes of the smallest program (an eighth of a step,
+whatever the pattern: a search of 8 bytes takes about 1-4 µs however large the program, and charged 16 bytes times
+its weight a name of 8 letters cost 22 steps): matching 17,000 short keys against 256 patterns (8.7 million
+searches, each charged nothing) took 19.5 s. A whole step each refused 3,150 rows of four patterns (447 KB)."""
 SEARCH_OVERHEAD_WORK = SEARCH_OVERHEAD_CHARACTERS * MIN_REGEX_WEIGHT
-REMEMBERED_SEARCH_WORK = SEARCH_OVERHEAD_WORK
-"""The work charged for a search answered from what the budget remembers (one step): nested `unevaluatedProperties`
-asked the same 23,000 remembered questions 256 times over (34 s)."""
+REMEMBERED_SEARCH_WORK = REGEX_WORK_PER_STEP
+"""The work charged for a search answered from what the budget remembers (a whole step: 630,000 lookups took 1 s):
+nested `unevaluatedProperties` asked the same 23,000 remembered questions 256 times over (34 s)."""
 KEYS_PER_STEP = 16
 """A subschema's keys charged as one step each time the evaluation descends into it: the validator walks every key,
 known keyword or not, and 19,000 unknown keys under a referenced subschema held a worker for 10 s uncharged."""
@@ -110,6 +129,7 @@ class EvaluationBudget:
         "enclosing",
         "enums",
         "limit",
+        "pinned_memory",
         "programs",
         "regex_limit",
         "regex_steps",
@@ -132,6 +152,8 @@ class EvaluationBudget:
         self.regex_limit: int = self.regex_steps
         # The programs the budget's evaluations use, each charged once: a cache eviction meanwhile changes nothing.
         self.programs: dict[str, _Pinned] = {} if enclosing is None else enclosing.programs
+        # Their estimated memory, counted on the outermost budget, which holds them.
+        self.pinned_memory = 0
         # Each cache keeps the value it is keyed by (its id) alive, so the id is not reused while the budget lasts.
         self.texts: dict[int, tuple[Any, str]] = {} if enclosing is None else enclosing.texts
         self.enums: dict[int, tuple[Any, frozenset[str]]] = {} if enclosing is None else enclosing.enums
@@ -381,10 +403,11 @@ class _Pinned:
 
 def _pinned(pattern: str) -> _Pinned:
     """`pattern` as the open budget uses it: looked up once per budget, its compile (1 + size /
-    COMPILE_INSTRUCTIONS_PER_STEP steps) charged then whether the process had it compiled or not, and held by the
-    budget, so the same evaluation spends the same steps warm or cold, and another evaluation's patterns evicting
-    it from the cache meanwhile neither recompiles nor charges it again. The weight is its Latin-1 compile's size
-    (see `_program`) held between MIN_REGEX_WEIGHT and MAX_REGEX_WEIGHT."""
+    COMPILE_INSTRUCTIONS_PER_STEP steps, at least MIN_COMPILE_STEPS) charged then whether the process had it compiled
+    or not, and held by the budget, so the same evaluation spends the same steps warm or cold, and another
+    evaluation's patterns evicting it from the cache meanwhile neither recompiles nor charges it again; past
+    MAX_PINNED_PROGRAMS or MAX_PINNED_MEMORY the budget is refused (`_hold`). The weight is its Latin-1 compile's
+    size (see `_program`) held between MIN_REGEX_WEIGHT and MAX_REGEX_WEIGHT."""
     evaluation = _EVALUATION.get()
     pinned = evaluation.programs.get(pattern) if evaluation is not None else None
     if pinned is not None:
@@ -393,9 +416,21 @@ def _pinned(pattern: str) -> _Pinned:
     regexp, reason = _compiled(pattern)
     pinned = _Pinned(regexp, reason, made.weight if regexp is not None else 0)
     if evaluation is not None:
-        evaluation.charge(1 + made.size // COMPILE_INSTRUCTIONS_PER_STEP)
+        evaluation.charge(max(MIN_COMPILE_STEPS, 1 + made.size // COMPILE_INSTRUCTIONS_PER_STEP))
+        _hold(evaluation, made.size if regexp is not None else 0)
         evaluation.programs[pattern] = pinned
     return pinned
+
+
+def _hold(evaluation: EvaluationBudget, size: int) -> None:
+    """Count one more pinned program of `size` instructions on the outermost budget; past MAX_PINNED_PROGRAMS or
+    MAX_PINNED_MEMORY raise EvaluationBudgetExceeded for it, which holds them all."""
+    holder = evaluation
+    while holder.enclosing is not None:
+        holder = holder.enclosing
+    holder.pinned_memory += size * PINNED_BYTES_PER_INSTRUCTION + PINNED_PROGRAM_OVERHEAD
+    if len(holder.programs) >= MAX_PINNED_PROGRAMS or holder.pinned_memory > MAX_PINNED_MEMORY:
+        raise EvaluationBudgetExceeded(holder)
 
 
 def _utf8_size(text: str) -> int:
