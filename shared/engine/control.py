@@ -21,6 +21,7 @@ from shared.engine import executions as repo
 from shared.engine import remote, work_queue
 from shared.engine import steps as store
 from shared.engine.dispatch_results import raised_verdict
+from shared.engine.durable_client import BoundedRaiser
 from shared.engine.protocol import CANCEL_EVENT, EventRaiser, no_one_to_tell
 from shared.engine.start import NoLongerValidError, RunShape, StartRequest, run_shape
 from shared.engine.steps import AttemptKey
@@ -461,18 +462,6 @@ class TenantNotSuspendedError(Exception):
         self.end, self.done = end, done
 
 
-class _BoundedRaiser:
-    """A client whose raises are cut off at OPERATOR_RAISE_BOUND_S (TimeoutError, a `failed` raise): a hung task hub
-    holds an operator's page for seconds, not for the client's own minutes."""
-
-    def __init__(self, client: EventRaiser) -> None:
-        self._client = client
-
-    async def raise_event(self, instance_id: str, event_name: str, event_data: Any = None) -> None:
-        """Raise the event within the bound."""
-        await asyncio.wait_for(self._client.raise_event(instance_id, event_name, event_data), OPERATOR_RAISE_BOUND_S)
-
-
 def not_ended_executions(
     tenant_id: UUID, *, after: UUID | None, limit: int, pool: ConnectionPool[Any] | None = None
 ) -> list[UUID]:
@@ -615,7 +604,12 @@ async def operator_cancel(
         return recorded
     try:
         execution, sent = await tell_cancel(
-            _BoundedRaiser(client), tenant_id, recorded, by, verdicts_within_s=OPERATOR_VERDICTS_BOUND_S, pool=pool
+            BoundedRaiser(client, OPERATOR_RAISE_BOUND_S),
+            tenant_id,
+            recorded,
+            by,
+            verdicts_within_s=OPERATOR_VERDICTS_BOUND_S,
+            pool=pool,
         )
     except repo.ExecutionNotFoundError:
         # Only an erasure deletes an execution: a pending one erased between its record and its end. Its cancel was

@@ -40,7 +40,7 @@ from shared.policy.actions import Action
 from shared.policy.authorizer import Decision, Resource
 from shared.policy.facts import TenantFacts
 from shared.registry import service as registry
-from shared.tenants import erased_blobs
+from shared.tenants import erased_orchestrations
 from shared.tenants.models import Tenant
 from shared.tenants.offboarding import ORCHESTRATION_SETTLE_S, purge_orchestrations, tenant_exists
 
@@ -299,7 +299,7 @@ async def launch(client: Any, started: Started, tenant_id: UUID, *, record_failu
 
     Started, an orchestration whose tenant was erased meanwhile is terminated and purged (`unless_erased`); a start
     that failed, which the task hub may have applied all the same, is recorded for the sweeper to purge should its
-    tenant be gone once a late start could have landed (`erased_blobs.LATE_START_S`).
+    tenant be gone once a late start could have landed (`erased_orchestrations.LATE_START_S`).
     """
     if started.orchestration_input is None:
         return
@@ -324,7 +324,10 @@ async def launch(client: Any, started: Started, tenant_id: UUID, *, record_failu
             # rows may be gone already) recorded for the sweeper, which purges it once a late start could have
             # landed if its tenant is gone then, and drops the record otherwise (ADR 0046, amended 2026-12-07).
             await asyncio.to_thread(
-                erased_blobs.note_erased_orchestration, tenant_id, instance_id, after_s=erased_blobs.LATE_START_S
+                erased_orchestrations.note_erased_orchestration,
+                tenant_id,
+                instance_id,
+                after_s=erased_orchestrations.LATE_START_S,
             )
         if not record_failure:
             # The caller's retry replays this start seconds later: with the claim still held (fresh), it found the
@@ -366,13 +369,13 @@ async def unless_erased(
             tenant_id,
             instance_id,
         )
-        await asyncio.to_thread(erased_blobs.note_erased_orchestration, tenant_id, instance_id)
+        await asyncio.to_thread(erased_orchestrations.note_erased_orchestration, tenant_id, instance_id)
         return
     try:
         # Terminated when it still runs, purged when it has ended already (or is already gone: nothing to purge).
         purged = await purge_orchestrations([instance_id], client, settle_s=settle_s)
     except Exception as exc:
-        noted = await asyncio.to_thread(erased_blobs.note_erased_orchestration, tenant_id, instance_id)
+        noted = await asyncio.to_thread(erased_orchestrations.note_erased_orchestration, tenant_id, instance_id)
         logger.warning(
             "the orchestration of execution %s of erased tenant %s could not be purged now (%s: %s); %s",
             instance_id,

@@ -26,9 +26,8 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal
 from uuid import UUID
 
 from psycopg_pool import ConnectionPool
@@ -36,10 +35,11 @@ from pydantic import ValidationError
 
 from shared.check_gate import CheckBusyError
 from shared.db.session import bounded_lock_waits, platform_transaction, tenant_transaction
-from shared.engine import control, remote, stalls, work_queue
+from shared.engine import control, durable_client, remote, stalls, work_queue
 from shared.engine import executions as repo
 from shared.engine import start as engine
 from shared.engine import steps as store
+from shared.engine.durable_client import DurableClient
 from shared.engine.progress import abandon_step, end_compensation
 from shared.engine.protocol import CANCEL_EVENT, ORCHESTRATOR, EventRaiser, no_one_to_tell
 from shared.engine.start_service import (
@@ -53,7 +53,7 @@ from shared.engine.steps import AttemptKey
 from shared.policy.facts import TenantFacts
 from shared.registry.model import Definition
 from shared.registry.service import RegistryError
-from shared.tenants import erased_blobs
+from shared.tenants import erased_orchestrations
 from shared.tenants.models import Tenant
 from shared.tenants.repository import get_tenant
 
@@ -90,15 +90,14 @@ STATUS_CALL_BOUND_S = 5.0
 """How long one call of the Durable client may take, whatever it asks (a status, a start, a terminate, an event
 raised, a purge): a hung task hub holds up a run seconds, not the client's 240 s per call. A status call that takes
 longer is a status unknown (left for a later run, never read as "no such instance"); any other call cut off is left
-for a later run as one that failed is, and may have taken effect all the same (`_Bounded`)."""
+for a later run as one that failed is, and may have taken effect all the same (`bounded`)."""
 CHILDREN_AT_ONCE = 16
 """Cancels of an ended execution's children told at once: each is an event raised (and the verdicts of the work it
 ended handed over)."""
 ERASED_PURGE_BOUND_S = 10.0
 """How long a run's purge of the orchestrations recorded as outliving their erased tenant takes at most, all of them
-together (`erased_blobs.purge_erased_orchestrations`); what is cut off is purged by a later run."""
+together (`erased_orchestrations.purge_erased_orchestrations`); what is cut off is purged by a later run."""
 _CAUSE_MAX_CHARS = 1000
-_T = TypeVar("_T")
 
 _EXPIRED_LEASE_TENANTS = "SELECT tenant_id FROM app.work_expired_lease_tenants(%s) AS expired (tenant_id)"
 _RAISING_VERDICT_TENANTS = "SELECT tenant_id FROM app.work_raising_verdict_tenants(%s, %s) AS raising (tenant_id)"
@@ -189,33 +188,9 @@ class _NoAnswer:
     Message: str = "the task hub did not answer in time"  # noqa: N815  # the attribute status_unknown reads
 
 
-class DurableClient(EventRaiser, Protocol):
-    """The part of the Durable client the sweeper uses."""
-
-    async def get_status(self, instance_id: str, *, show_input: bool = False) -> Any:
-        """The instance's status (its input too when `show_input`); falsy (or None) when no such instance exists."""
-
-    async def start_new(
-        self, orchestration_function_name: str, instance_id: str | None = None, client_input: Any | None = None
-    ) -> str:
-        """Start an orchestration with the given instance id and input."""
-
-    async def terminate(self, instance_id: str, reason: str) -> None:
-        """Terminate a running orchestration instance (a message its backend applies asynchronously)."""
-
-    async def purge_instance_history(self, instance_id: str) -> Any:
-        """Delete an ended instance's history (a relaunch's, its tenant erased meanwhile: `unless_erased`)."""
-
-
-async def _within_bound(call: Awaitable[_T]) -> _T:
-    """`call`'s answer, or TimeoutError once it has taken STATUS_CALL_BOUND_S (the call is then abandoned)."""
-    return await asyncio.wait_for(call, STATUS_CALL_BOUND_S)
-
-
-@dataclass(frozen=True)
-class _Bounded:
-    """The Durable client with each of its calls cut off by STATUS_CALL_BOUND_S (TimeoutError): every call the
-    sweeper makes, also those made through the start path's and the control plane's helpers it hands the client to.
+def bounded(client: DurableClient) -> DurableClient:
+    """`client` with each call cut off by STATUS_CALL_BOUND_S: every call the sweeper makes, also those made through
+    the start path's and the control plane's helpers it hands the client to.
 
     A call abandoned may still take effect in the task hub, and each caller leaves its work so that this is harmless:
     a start cut off stays pending and claimed, and the run that takes it over once its claim is stale asks for its
@@ -223,39 +198,7 @@ class _Bounded:
     run finds its orchestration terminated (ended as any terminated run, `cancelled_compensation` keeping a cancel's
     promise) or still running (terminated again); an event cut off is not marked handed over, and is raised again (a
     cancel by `_raise_cancel_again`, a verdict by `raise_verdicts_again`): a repeat its run counts for nothing."""
-
-    client: DurableClient
-
-    async def get_status(self, instance_id: str, *, show_input: bool = False) -> Any:
-        """The instance's status, within the bound (the input is asked for only when wanted: not every client takes
-        the keyword)."""
-        call = (
-            self.client.get_status(instance_id, show_input=True) if show_input else self.client.get_status(instance_id)
-        )
-        return await _within_bound(call)
-
-    async def start_new(
-        self, orchestration_function_name: str, instance_id: str | None = None, client_input: Any | None = None
-    ) -> str:
-        """Start an orchestration, within the bound."""
-        return await _within_bound(self.client.start_new(orchestration_function_name, instance_id, client_input))
-
-    async def terminate(self, instance_id: str, reason: str) -> None:
-        """Terminate an orchestration, within the bound."""
-        await _within_bound(self.client.terminate(instance_id, reason))
-
-    async def raise_event(self, instance_id: str, event_name: str, event_data: Any = None) -> None:
-        """Raise an event to an orchestration, within the bound."""
-        await _within_bound(self.client.raise_event(instance_id, event_name, event_data))
-
-    async def purge_instance_history(self, instance_id: str) -> Any:
-        """Delete an instance's history, within the bound."""
-        return await _within_bound(self.client.purge_instance_history(instance_id))
-
-
-def bounded(client: DurableClient) -> DurableClient:
-    """`client` with each call bounded by STATUS_CALL_BOUND_S (`_Bounded`); as it is when it is bounded already."""
-    return client if isinstance(client, _Bounded) else _Bounded(client)
+    return durable_client.bounded(client, STATUS_CALL_BOUND_S)
 
 
 @dataclass(frozen=True)
@@ -782,7 +725,10 @@ async def _settle_stalled_start(
         # first, a later run purges what landed after it once its tenant is gone (ADR 0046, amended 2026-12-07).
         logger.warning("sweeper: the start of execution %s was not answered in time; left for a later run", instance_id)
         await asyncio.to_thread(
-            erased_blobs.note_erased_orchestration, tenant_id, instance_id, after_s=erased_blobs.LATE_START_S
+            erased_orchestrations.note_erased_orchestration,
+            tenant_id,
+            instance_id,
+            after_s=erased_orchestrations.LATE_START_S,
         )
         await unless_erased(bounded(client), tenant_id, instance_id, settle_s=_settle_s(deadline))
         return TenantSweep(checked=1)
@@ -792,7 +738,10 @@ async def _settle_stalled_start(
         # a start cut off is, a later run purges it should its tenant be erased (ADR 0046, amended 2026-12-07).
         logger.exception("sweeper: could not start the orchestration of execution %s", instance_id)
         await asyncio.to_thread(
-            erased_blobs.note_erased_orchestration, tenant_id, instance_id, after_s=erased_blobs.LATE_START_S
+            erased_orchestrations.note_erased_orchestration,
+            tenant_id,
+            instance_id,
+            after_s=erased_orchestrations.LATE_START_S,
         )
         return TenantSweep(checked=1)
     # Its input was read before the start: a tenant erased since would be outlived by the orchestration (its history
@@ -1038,7 +987,7 @@ async def purge_erased_orchestrations(client: DurableClient, *, control_pool: Co
     in all, each call bounded and each waited for STATUS_CALL_BOUND_S to end after its terminate; answers how many were
     purged. A failure is logged and the records kept for the next run: the run's other work goes on."""
     try:
-        return await erased_blobs.purge_erased_orchestrations(
+        return await erased_orchestrations.purge_erased_orchestrations(
             bounded(client), settle_s=STATUS_CALL_BOUND_S, within_s=ERASED_PURGE_BOUND_S, control_pool=control_pool
         )
     except Exception:

@@ -23,6 +23,7 @@ from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
 from shared.engine import steps as store
 from shared.engine import sweeper
+from shared.engine.durable_client import DurableClient
 from shared.engine.progress import record_progress
 from shared.engine.start import InputTooLargeError
 from shared.engine.steps import AttemptKey, StepSeed
@@ -204,7 +205,7 @@ def test_a_stalled_start_over_the_bound_is_ended_failed_by_the_sweeper(api: ApiH
     bound(BOUND)
     client = Client()
     # The client is asked only for a status and a start here (the sweeper's other calls are for running executions).
-    result = asyncio.run(sweeper.sweep_tenant(tenant.id, cast(sweeper.DurableClient, client), start_grace_s=0))
+    result = asyncio.run(sweeper.sweep_tenant(tenant.id, cast(DurableClient, client), start_grace_s=0))
     assert (result.ended, result.started, client.calls) == (1, 0, [])
     with tenant_transaction(tenant.id) as conn:
         ended = repo.get_execution(conn, started.execution.id)

@@ -26,7 +26,7 @@ from shared.engine import sweeper
 from shared.engine.executions import ExecutionNotFoundError
 from shared.engine.start import StartRequest, start_execution
 from shared.engine.start_service import launch
-from shared.tenants import erased_blobs
+from shared.tenants import erased_orchestrations
 from shared.tenants.repository import get_tenant
 from tests.integration.api_harness import ApiHarness, TenantHandle, api  # noqa: F401  # the fixture
 from tests.integration.test_erase_launch_race import _suspend, _tenant_with_intent
@@ -125,7 +125,8 @@ def test_a_cut_off_start_that_lands_after_its_tenants_erasure_is_purged_by_a_lat
     client = durable_of(LateStart())
     tenant, stalled = _stalled_start(api, app_pool, client, "late-start")
     _bounded_run(monkeypatch, [], purge_erased=True)
-    monkeypatch.setattr(erased_blobs, "LATE_START_S", LATE_S)  # due once the start has landed (the client's 240 s)
+    # due once the start has landed (the client's 240 s)
+    monkeypatch.setattr(erased_orchestrations, "LATE_START_S", LATE_S)
 
     async def runs() -> tuple[sweeper.TenantSweep, dict[str, str], sweeper.SweepResult]:
         first = await sweeper.sweep_tenant(tenant.id, client, pool=app_pool)
@@ -350,14 +351,14 @@ class _Meanwhile:
 
 def _meanwhile(monkeypatch: pytest.MonkeyPatch, after: str, then: Callable[[], None]) -> list[Callable[[], None]]:
     """Runs `then` once, right after the purge's statement `after`; answers what is still to run."""
-    real, pending = erased_blobs.platform_transaction, [then]
+    real, pending = erased_orchestrations.platform_transaction, [then]
 
     @contextmanager
     def racing(*, pool: Any = None) -> Iterator[Any]:
         with real(pool=pool) as conn:
             yield _Meanwhile(conn, after, pending)
 
-    monkeypatch.setattr(erased_blobs, "platform_transaction", racing)
+    monkeypatch.setattr(erased_orchestrations, "platform_transaction", racing)
     return pending
 
 
@@ -376,7 +377,9 @@ _NOTE_DUE = (
 
 def _purge(client: Any) -> int:
     return asyncio.run(
-        asyncio.wait_for(erased_blobs.purge_erased_orchestrations(client, settle_s=BOUND_S, within_s=2.0), GUARD_S)
+        asyncio.wait_for(
+            erased_orchestrations.purge_erased_orchestrations(client, settle_s=BOUND_S, within_s=2.0), GUARD_S
+        )
     )
 
 
@@ -391,7 +394,7 @@ def test_a_living_tenants_record_noted_as_due_records_are_read_is_not_purged(
     client = _ErasedBeforeStart()
     client.start(str(running))
     pending = _meanwhile(
-        monkeypatch, erased_blobs._FORGET_LIVING, lambda: _as_platform(api, _NOTE_DUE, (running, tenant.id))
+        monkeypatch, erased_orchestrations._FORGET_LIVING, lambda: _as_platform(api, _NOTE_DUE, (running, tenant.id))
     )
 
     purged = _purge(client)
@@ -417,7 +420,7 @@ def test_an_orchestration_whose_tenant_is_there_again_once_read_as_due_is_not_pu
             (tenant_id, f"again-{uuid.uuid4().hex[:6]}", uuid.uuid4()),
         )
 
-    pending = _meanwhile(monkeypatch, erased_blobs._DUE_ORCHESTRATIONS, tenant_again)
+    pending = _meanwhile(monkeypatch, erased_orchestrations._DUE_ORCHESTRATIONS, tenant_again)
 
     purged = _purge(client)
 

@@ -50,7 +50,7 @@ from shared.pagination import (
 from shared.policy.actions import Action
 from shared.policy.authorizer import Resource
 from shared.storage.blob import request_container
-from shared.tenants.erased_blobs import note_erased_orchestrations
+from shared.tenants.erased_orchestrations import note_erased_orchestrations
 from shared.tenants.models import Tenant, TenantCreate, TenantPage, TenantStatus, TenantUpdate
 from shared.tenants.offboarding import (
     ErasureContendedError,
