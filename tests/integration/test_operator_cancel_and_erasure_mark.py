@@ -91,6 +91,39 @@ def _cancel(api: ApiHarness, tenant: TenantHandle, headers: dict[str, str], **pa
     return api.client.post(f"/api/v1/tenants/{tenant.id}/executions/cancel", params=params, headers=headers)
 
 
+def _suspended_with(
+    api: ApiHarness,  # noqa: F811  # the fixture
+    pool: ConnectionPool[Any],
+    name: str,
+    count: int,
+    *,
+    running: bool = True,
+) -> tuple[TenantHandle, list[str]]:
+    """A tenant `name` with `count` executions (their ids in order; running, or pending as started), then suspended."""
+    tenant = api.provision(name)
+    path: list[repo.Status] | None = ["running"] if running else None
+    ids = sorted(str(_execution(pool, tenant.id, path=path).id) for _ in range(count))
+    _suspend(api, tenant)
+    return tenant, ids
+
+
+def _cancel_through(
+    api: ApiHarness,  # noqa: F811  # the fixture
+    tenant: TenantHandle,
+    client: _Hub,
+    monkeypatch: pytest.MonkeyPatch,
+    headers: dict[str, str] | None = None,
+) -> Any:
+    """The operator's cancel of the tenant's executions one at a time, `client` the requests' Durable client."""
+    monkeypatch.setattr(control, "OPERATOR_CANCELS_AT_ONCE", 1)
+    overrides = api.client.app.dependency_overrides  # type: ignore[attr-defined]
+    overrides[get_durable_client] = lambda: client
+    try:
+        return _cancel(api, tenant, headers or _admin(api))
+    finally:
+        overrides.pop(get_durable_client)
+
+
 def _execution_row(pool: ConnectionPool[Any], tenant_id: uuid.UUID, execution_id: uuid.UUID) -> repo.Execution:
     """The execution as recorded now."""
     with tenant_transaction(tenant_id, pool=pool) as conn:
@@ -194,10 +227,8 @@ def test_the_cancel_is_paged(
     app_pool: ConnectionPool[Any],
     hub: _Hub,
 ) -> None:
-    tenant = api.provision("cancel-paged")
-    ids = sorted(str(_execution(app_pool, tenant.id, path=["running"]).id) for _ in range(3))
+    tenant, ids = _suspended_with(api, app_pool, "cancel-paged", 3)
     hub.running.update(ids)
-    _suspend(api, tenant)
 
     seen: list[str] = []
     cursor: str | None = None
@@ -307,20 +338,14 @@ def test_a_hung_task_hub_holds_the_page_within_bounds(
     app_pool: ConnectionPool[Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    tenant = api.provision("cancel-hung-hub")
-    ids = sorted(str(_execution(app_pool, tenant.id, path=["running"]).id) for _ in range(4))
-    _suspend(api, tenant)
+    tenant, ids = _suspended_with(api, app_pool, "cancel-hung-hub", 4)
     client = _HungHub(api, "cancel-hung-hub", tenant.id)
-    api.client.app.dependency_overrides[get_durable_client] = lambda: client  # type: ignore[attr-defined]
     monkeypatch.setattr(control, "OPERATOR_RAISE_BOUND_S", 0.3)
     monkeypatch.setattr(control, "OPERATOR_PAGE_BOUND_S", 0.5)
-    monkeypatch.setattr(control, "OPERATOR_CANCELS_AT_ONCE", 1)
-    try:
-        began = time.monotonic()
-        page = _cancel(api, tenant, _admin(api))
-        took = time.monotonic() - began
-    finally:
-        api.client.app.dependency_overrides.pop(get_durable_client)  # type: ignore[attr-defined]
+    admin = _admin(api)
+    began = time.monotonic()
+    page = _cancel_through(api, tenant, client, monkeypatch, admin)
+    took = time.monotonic() - began
     assert page.status_code == 202, page.text
     # Each raise cut off at its bound (not handed over: the sweeper raises it again), and no execution started past
     # the page's bound: the answer comes in about a second, not HUNG_S for one execution, nor for each.
@@ -357,17 +382,10 @@ def test_a_tenant_reactivated_meanwhile_stops_the_page(
     app_pool: ConnectionPool[Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    tenant = api.provision("cancel-reactivated")
-    ids = sorted(str(_execution(app_pool, tenant.id, path=["running"]).id) for _ in range(3))
-    _suspend(api, tenant)
+    tenant, ids = _suspended_with(api, app_pool, "cancel-reactivated", 3)
     client = _ReactivatingHub(api, tenant.id)
     client.running.update(ids)
-    api.client.app.dependency_overrides[get_durable_client] = lambda: client  # type: ignore[attr-defined]
-    monkeypatch.setattr(control, "OPERATOR_CANCELS_AT_ONCE", 1)
-    try:
-        stopped = _cancel(api, tenant, _admin(api))
-    finally:
-        api.client.app.dependency_overrides.pop(get_durable_client)  # type: ignore[attr-defined]
+    stopped = _cancel_through(api, tenant, client, monkeypatch)
     assert stopped.status_code == 409, stopped.text
     assert stopped.json()["type"].endswith("tenant-active")
     # What was done before the reactivation is reported (and audited); the rest is the tenant's own again.
@@ -402,17 +420,10 @@ def test_a_tenant_erased_meanwhile_ends_the_page(
     app_pool: ConnectionPool[Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    tenant = api.provision("cancel-erased")
-    ids = sorted(str(_execution(app_pool, tenant.id, path=["running"]).id) for _ in range(3))
-    _suspend(api, tenant)
+    tenant, ids = _suspended_with(api, app_pool, "cancel-erased", 3)
     client = _ErasingHub(tenant.id, api.admin_url)
     client.running.update(ids)
-    api.client.app.dependency_overrides[get_durable_client] = lambda: client  # type: ignore[attr-defined]
-    monkeypatch.setattr(control, "OPERATOR_CANCELS_AT_ONCE", 1)
-    try:
-        ended = _cancel(api, tenant, _admin(api))
-    finally:
-        api.client.app.dependency_overrides.pop(get_durable_client)  # type: ignore[attr-defined]
+    ended = _cancel_through(api, tenant, client, monkeypatch)
     # Not a failure: the page ends with what it did, which the operator's trail keeps (the tenant's is erased).
     assert ended.status_code == 202, ended.text
     assert [item["execution_id"] for item in ended.json()["items"]] == ids[:1]
@@ -455,10 +466,8 @@ def test_an_operators_record_failing_once_is_written_again_and_fails_no_cancel(
     hub: _Hub,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    tenant = api.provision("cancel-record-fails-once")
-    ids = sorted(str(_execution(app_pool, tenant.id, path=["running"]).id) for _ in range(3))
+    tenant, ids = _suspended_with(api, app_pool, "cancel-record-fails-once", 3)
     hub.running.update(ids)
-    _suspend(api, tenant)
     admin = _admin(api)
     failures = [RuntimeError("audit store unavailable")]
     written = tenants_router.record_mutation
@@ -488,10 +497,8 @@ def test_an_operators_record_that_cannot_be_written_is_answered_after_the_raises
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    tenant = api.provision("cancel-record-fails")
-    ids = sorted(str(_execution(app_pool, tenant.id, path=["running"]).id) for _ in range(3))
+    tenant, ids = _suspended_with(api, app_pool, "cancel-record-fails", 3)
     hub.running.update(ids)
-    _suspend(api, tenant)
     admin = _admin(api)
 
     def unavailable(*args: Any, **kwargs: Any) -> None:
@@ -602,17 +609,11 @@ def test_a_tenant_erased_before_a_pending_execution_ends_ends_the_page(
     app_pool: ConnectionPool[Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    tenant = api.provision("cancel-erased-pending")
-    ids = sorted(str(_execution(app_pool, tenant.id).id) for _ in range(3))  # pending: no orchestration runs them
-    _suspend(api, tenant)
+    # Pending: no orchestration runs them.
+    tenant, ids = _suspended_with(api, app_pool, "cancel-erased-pending", 3, running=False)
     admin = _admin(api)
     client = _ErasingUnstartedHub(tenant.id, api.admin_url)
-    api.client.app.dependency_overrides[get_durable_client] = lambda: client  # type: ignore[attr-defined]
-    monkeypatch.setattr(control, "OPERATOR_CANCELS_AT_ONCE", 1)
-    try:
-        ended = _cancel(api, tenant, admin)
-    finally:
-        api.client.app.dependency_overrides.pop(get_durable_client)  # type: ignore[attr-defined]
+    ended = _cancel_through(api, tenant, client, monkeypatch, admin)
     # The first's cancel was recorded and audited, then its tenant erased before its end: not a failure (500), the
     # page ends with what it did, as for any tenant gone.
     assert ended.status_code == 202, ended.text
