@@ -10,6 +10,7 @@ from functions.timer_execution_sweeper import bp as execution_sweeper_bp
 from functions.timer_idempotency_expiry import bp as idempotency_expiry_bp
 from functions.timer_outbox_relay import bp as outbox_relay_bp
 from functions.timer_secret_sealing import bp as secret_sealing_bp
+from functions.timer_tenant_exports import bp as tenant_exports_bp
 from functions.timer_webhook_delivery import bp as webhook_delivery_bp
 
 blueprints = (
@@ -23,4 +24,5 @@ blueprints = (
     audit_outbox_relay_bp,
     secret_sealing_bp,
     erased_tenant_blobs_bp,
+    tenant_exports_bp,
 )

@@ -219,7 +219,9 @@ def export_folder(tenant_id: UUID, at: datetime) -> str:
     return f"{tenant_blob_prefix(tenant_id)}{EXPORTS_FOLDER}/{at:%Y%m%dT%H%M%S%fZ}/"
 
 
-def export_tenant(tenant: Tenant, container: ContainerClient, audit_store: AuditStore | None = None) -> ExportResult:
+def export_tenant(
+    tenant: Tenant, container: ContainerClient, audit_store: AuditStore | None = None, *, folder: str | None = None
+) -> ExportResult:
     """Export the tenant to a folder `<tenant>/exports/<time>/` of its own: `archive.json` (its rows, read under its
     own RLS context, and its audit trail from `audit_store`, by default the configured one), a copy of every blob
     under its prefix but its exports (stored outputs and artifacts) under the same name relative to the prefix, and
@@ -227,9 +229,10 @@ def export_tenant(tenant: Tenant, container: ContainerClient, audit_store: Audit
     artifact's `blob_name`) `<tenant>/<path>` is the export's `<path>`. Memory is bounded (the archive spooled as
     before, a blob copied a chunk at a time). TenantGoneError when the tenant was erased, or marked for erasure,
     before or meanwhile; nothing of the export is left then. Any other failure removes what the export wrote, so it
-    is safe to send again."""
+    is safe to send again. `folder` (by default one named by the time now) is given by an export job, which records it
+    before anything is written so that a retry of a killed attempt removes it (`export_jobs`)."""
     audit_store = audit_store or get_audit_store()
-    folder = export_folder(tenant.id, datetime.now(UTC))
+    folder = folder or export_folder(tenant.id, datetime.now(UTC))
     try:
         result = _write_export(tenant, container, audit_store, folder)
     except BaseException:
@@ -452,6 +455,12 @@ def _remove_export(tenant_id: UUID, container: ContainerClient, folder: str) -> 
         _left_behind(tenant_id, folder, left, failure)
 
 
+def remove_export(tenant_id: UUID, container: ContainerClient, folder: str) -> None:
+    """Delete every blob of the export in `folder` (a killed attempt's, a failed job's); never raises: what storage
+    refuses is logged, or noted for the `erased_tenant_blobs` timer when the tenant is gone."""
+    _remove_export(tenant_id, container, folder)
+
+
 def _left_behind(tenant_id: UUID, folder: str, left: int | None, failure: Exception) -> None:
     """Blobs of an export in `folder` that could not be removed (`left` of them; None: not even listed): the timer's
     when the tenant is gone, an operator's otherwise. The log names the folder, not the blobs: their names are the
@@ -578,7 +587,11 @@ def _batches(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[st
         yield batch
 
 
-_FORGET_CREATE_ANSWERS = "DELETE FROM control.idempotency_keys WHERE response_body ->> 'id' = %s"
+_FORGET_CREATE_ANSWERS = (
+    "DELETE FROM control.idempotency_keys WHERE response_body ->> 'id' = %s OR response_body ->> 'tenant_id' = %s"
+)
+"""The control plane's kept answers that name the tenant: its create's (`id`) and its export requests' (`tenant_id`)."""
+_FORGET_EXPORT_JOBS = "DELETE FROM control.tenant_export_jobs WHERE tenant_id = %s"
 NOTE_ERASED_TENANT = (
     "INSERT INTO control.erased_tenant_blobs (tenant_id) VALUES (%s)"
     " ON CONFLICT (tenant_id) DO UPDATE SET noted_at = now(), failure = NULL"
@@ -737,9 +750,15 @@ def _erase_rows(tenant_id: UUID, executions: list[str] | None) -> dict[str, int]
         for table in TENANT_TABLES:
             cursor = conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier("app", table)))
             removed[table] = cursor.rowcount
+        # Its export jobs (migration 0070): an attempt running meanwhile finds its tenant gone and leaves nothing.
+        # Before the tenant row, whose delete would cascade to them anyway.
+        removed["export_jobs"] = conn.execute(_FORGET_EXPORT_JOBS, (tenant_id,)).rowcount
         removed["tenants"] = conn.execute("DELETE FROM app.tenants WHERE id = %s", (tenant_id,)).rowcount
-        # The tenant's create answer, kept for a retry of its Idempotency-Key: it names the tenant.
-        removed["control_idempotency_keys"] = conn.execute(_FORGET_CREATE_ANSWERS, (str(tenant_id),)).rowcount
+        # The tenant's create answer and its export requests' answers, kept for a retry of their Idempotency-Key:
+        # they name the tenant.
+        removed["control_idempotency_keys"] = conn.execute(
+            _FORGET_CREATE_ANSWERS, (str(tenant_id), str(tenant_id))
+        ).rowcount
         # With the row's delete, so no erasure ends without it (a crash before the pass below included): the timer
         # `erased_tenant_blobs` empties the prefix of what this erasure and its writers could not remove.
         conn.execute(NOTE_ERASED_TENANT, (tenant_id,))

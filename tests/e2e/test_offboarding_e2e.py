@@ -112,11 +112,12 @@ def test_erasure_removes_executions_and_their_orchestration_histories(
     instance_ids = [finished, waiting]
     assert _orchestrations(pg, instance_ids) > 0
 
-    exported = httpx.post(f"{platform.base}/api/v1/tenants/{tenant_id}/export", headers=admin)
-    assert exported.status_code == 201, exported.text
-    assert exported.json()["counts"]["executions"] == 2 and exported.json()["counts"]["execution_events"] > 0
+    accepted = httpx.post(f"{platform.base}/api/v1/tenants/{tenant_id}/export", headers=admin)
+    assert accepted.status_code == 202, accepted.text
+    exported = _wait_export(platform, accepted.headers["location"], admin)  # run by the devhost's timer
+    assert exported["counts"]["executions"] == 2 and exported["counts"]["execution_events"] > 0
     blobs = BlobServiceClient.from_connection_string(azurite.connection_string).get_container_client("artifacts")
-    _assert_export_holds_its_blobs(blobs, exported.json(), tenant_id)
+    _assert_export_holds_its_blobs(blobs, exported, tenant_id)
 
     current = httpx.get(f"{platform.base}/api/v1/tenants/{tenant_id}", headers=admin)
     httpx.patch(
@@ -164,6 +165,18 @@ def _assert_export_holds_its_blobs(blobs: Any, answer: dict[str, Any], tenant_id
         data = blobs.download_blob(folder + named.removeprefix(f"{tenant_id}/")).readall()
         assert hashlib.sha256(data).hexdigest() == digest
     assert {s["step_id"] for s in steps if s["output"] is not None} >= {"fetch", "write"}
+
+
+def _wait_export(platform: Platform, location: str, headers: dict[str, str]) -> dict[str, Any]:
+    """The export job at `location` once it has ended (the `tenant_exports` timer runs every 30 s): succeeded."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        job = httpx.get(f"{platform.base}{location}", headers=headers).json()
+        if job["status"] not in ("queued", "running"):
+            assert job["status"] == "succeeded", job
+            return dict(job)
+        time.sleep(1)
+    raise AssertionError(f"the export at {location} did not end")
 
 
 def _wait_status(platform: Platform, execution_id: str, headers: dict[str, str], status: str) -> None:

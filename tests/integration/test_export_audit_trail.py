@@ -23,7 +23,7 @@ from shared.db.session import tenant_transaction
 from shared.tenants import offboarding
 from shared.tenants.repository import get_tenant
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
-from tests.integration.test_offboarding import ADMIN, _artifacts
+from tests.integration.test_offboarding import ADMIN, _artifacts, exported_by_job
 
 pytestmark = [
     pytest.mark.integration,
@@ -111,15 +111,12 @@ def test_the_export_carries_the_tenants_cosmos_trail_read_by_partition_a_page_at
     monkeypatch.setattr(cosmos_audit, "EXPORT_PAGE_ITEMS", 2)
     monkeypatch.setattr(offboarding, "get_audit_store", lambda: store)  # the app configured with Cosmos DB
 
-    answer = api.client.post(
-        f"/api/v1/tenants/{exported.id}/export", headers=api.headers("export-trail-operator", ADMIN)
-    )
+    answer = exported_by_job(api, exported.id, api.headers("export-trail-operator", ADMIN))
 
-    assert answer.status_code == 201, answer.text
-    archive = _archive(azurite, answer.json()["blob_name"])
+    archive = _archive(azurite, answer["blob_name"])
     trail = archive["audit_events"]
     assert sorted(row["id"] for row in trail) == sorted(str(r.id) for r in records)
-    assert answer.json()["counts"]["audit_events"] == 5 and archive["audit_outbox"] == []
+    assert answer["counts"]["audit_events"] == 5 and archive["audit_outbox"] == []
     # Rows as the Postgres store's table archives them: the same columns, the same text of their values.
     first = next(row for row in trail if row["id"] == str(records[0].id))
     assert set(first) == COLUMNS

@@ -27,6 +27,7 @@ from shared.ingress.process import Outcome, process_batch, process_event
 from shared.ingress.rejections import MAX_DETAIL_BYTES, NewRejection, record_rejection
 from shared.ingress.request import IngressEvent, from_trigger
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
+from tests.integration.test_offboarding import exported_by_job
 from tests.unit.test_ingress import unknown_members
 
 pytestmark = pytest.mark.integration
@@ -187,9 +188,7 @@ def test_rejections_are_erased_with_their_tenant(api: ApiHarness, request: pytes
         assert _send(api, name, EXECUTOR, {"intent": "gone", "idempotency_key": "k"}, 1).reason == "not_found"
     assert (_rows(api, leaving.id), _rows(api, staying.id)) == (1, 1)
 
-    export = api.client.post(f"/api/v1/tenants/{leaving.id}/export", headers=admin)
-    assert export.status_code == 201, export.text
-    assert export.json()["counts"]["ingress_rejections"] == 1
+    assert exported_by_job(api, leaving.id, admin)["counts"]["ingress_rejections"] == 1
     api.client.app.dependency_overrides[get_durable_client] = object  # type: ignore[attr-defined]
     request.addfinalizer(lambda: api.client.app.dependency_overrides.pop(get_durable_client))  # type: ignore
     etag = api.client.get(f"/api/v1/tenants/{leaving.id}", headers=admin).headers["etag"]

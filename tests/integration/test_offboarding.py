@@ -32,7 +32,7 @@ from shared.events.relay import relay_tenant
 from shared.modules import ModuleContext
 from shared.modules.artifact_write import ArtifactWriteModule
 from shared.registry.catalog import ArtifactWriteParams
-from shared.tenants import offboarding
+from shared.tenants import export_jobs, offboarding
 from shared.tenants.models import Tenant
 from shared.tenants.offboarding import TENANT_TABLES
 from shared.tenants.repository import get_tenant
@@ -52,6 +52,21 @@ def marked_for_erasure(tenant_id: uuid.UUID) -> uuid.UUID:
         conn.execute("UPDATE app.tenants SET status = 'suspended' WHERE id = %s", (tenant_id,))
     offboarding.begin_erasure(tenant_id)
     return tenant_id
+
+
+def exported_by_job(api: ApiHarness, tenant_id: uuid.UUID, headers: dict[str, str]) -> dict[str, Any]:
+    """Request the tenant's export (202 with its job queued and its Location), run the export jobs as the timer
+    `tenant_exports` does, and return the job as its Location then answers it: succeeded."""
+    accepted = api.client.post(f"/api/v1/tenants/{tenant_id}/export", headers=headers)
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.json()["status"] == "queued" and accepted.json()["tenant_id"] == str(tenant_id)
+    location = accepted.headers["location"]
+    assert location == f"/api/v1/tenants/{tenant_id}/exports/{accepted.json()['id']}"
+    export_jobs.run_export_jobs(max_jobs=50)  # jobs other tests left queued included
+    job = api.client.get(location, headers=headers)
+    assert job.status_code == 200, job.text
+    assert job.json()["status"] == "succeeded", job.json()
+    return dict(job.json())
 
 
 def _tenant_row_counts(api: ApiHarness, tenant_id: uuid.UUID) -> dict[str, int]:
@@ -151,13 +166,12 @@ def test_export_then_erase_leaves_only_the_erasure_record(
     blobs.upload_blob(f"{staying.id}/artifacts/build.log", b"log", overwrite=True)
     staying_before = _tenant_row_counts(api, staying.id)
 
-    export = api.client.post(f"/api/v1/tenants/{leaving.id}/export", headers=admin)
-    assert export.status_code == 201, export.text
-    archive = json.loads(blobs.download_blob(export.json()["blob_name"]).readall())
-    assert export.json()["blob_name"].startswith(f"{leaving.id}/exports/")
+    export = exported_by_job(api, leaving.id, admin)
+    archive = json.loads(blobs.download_blob(export["blob_name"]).readall())
+    assert export["blob_name"].startswith(f"{leaving.id}/exports/")
     assert [i["name"] for i in archive["intents"]] == ["doomed"]
     assert len(archive["intent_versions"]) == 1 and archive["audit_events"]
-    assert export.json()["counts"]["intents"] == 1
+    assert export["counts"]["intents"] == 1
 
     # This tenant has no executions, so the erasure touches no orchestration and the client is never called;
     # tests/e2e/test_offboarding_e2e.py erases executions and their histories on the devhost's Durable host.
@@ -279,13 +293,12 @@ def test_an_export_streamed_in_batches_through_a_file_is_one_json_document(
             conn.execute(
                 "INSERT INTO app.intents (tenant_id, name, created_by) VALUES (%s, %s, 'x')", (exported.id, f"i{n}")
             )
-    answer = api.client.post(f"/api/v1/tenants/{exported.id}/export", headers=api.headers("export-operator", ADMIN))
-    assert answer.status_code == 201, answer.text
+    answer = exported_by_job(api, exported.id, api.headers("export-operator", ADMIN))
     blobs = _artifacts(azurite)
-    archive = json.loads(blobs.download_blob(answer.json()["blob_name"]).readall())
+    archive = json.loads(blobs.download_blob(answer["blob_name"]).readall())
     assert sorted(i["name"] for i in archive["intents"]) == [f"i{n}" for n in range(5)]
     assert archive["tenant"]["id"] == str(exported.id) and archive["executions"] == []
-    assert answer.json()["counts"]["intents"] == 5 and set(answer.json()["counts"]) == set(offboarding.EXPORTED_TABLES)
+    assert answer["counts"]["intents"] == 5 and set(answer["counts"]) == set(offboarding.EXPORTED_TABLES)
 
 
 def test_an_export_carries_webhooks_deliveries_events_and_settings_but_no_secret(
@@ -309,11 +322,8 @@ def test_an_export_carries_webhooks_deliveries_events_and_settings_but_no_secret
         task_tokens.tenant_key(conn, handle.id)  # the tenant's other sealed secret
     events = emit(handle.id, "test.ping", "test.pong", "test.ping")
 
-    answer = api.client.post(
-        f"/api/v1/tenants/{handle.id}/export", headers=api.headers("webhook-export-operator", ADMIN)
-    )
-    assert answer.status_code == 201, answer.text
-    raw = _artifacts(azurite).download_blob(answer.json()["blob_name"]).readall().decode()
+    answer = exported_by_job(api, handle.id, api.headers("webhook-export-operator", ADMIN))
+    raw = _artifacts(azurite).download_blob(answer["blob_name"]).readall().decode()
     archive = json.loads(raw)
 
     assert set(archive) == {"exported_at", "tenant", *offboarding.EXPORTED_TABLES}
@@ -326,7 +336,7 @@ def test_an_export_carries_webhooks_deliveries_events_and_settings_but_no_secret
     assert {d["subscription_id"] for d in archive["webhook_deliveries"]} == {subscription["id"]}
     assert sorted(e["id"] for e in archive["outbox"]) == sorted(events)
     assert [e["data"] for e in sorted(archive["outbox"], key=lambda e: e["position"])] == [{"n": n} for n in range(3)]
-    counts = answer.json()["counts"]
+    counts = answer["counts"]
     assert (counts["webhook_subscriptions"], counts["webhook_deliveries"], counts["outbox"]) == (1, 3, 3)
     # No secret, sealed or plain: not the subscription's, not its kept create answer's, not the task-token key's.
     assert created.json()["secret"] not in raw and "whsec_" not in raw and "qpsealed1." not in raw
@@ -620,19 +630,17 @@ def test_an_export_carries_the_tenants_blobs_and_a_manifest_of_them(
     blobs = _artifacts(azurite)
     reference, artifact = _execution_with_blobs(exported.id, blobs, app_pool)
     assert reference["$blob"]["size"] > 4096 * 2
-    first = api.client.post(f"/api/v1/tenants/{exported.id}/export", headers=admin)
-    assert first.status_code == 201, first.text
-    answer = api.client.post(f"/api/v1/tenants/{exported.id}/export", headers=admin)  # not a copy of the first
-    assert answer.status_code == 201, answer.text
+    first = exported_by_job(api, exported.id, admin)
+    body = exported_by_job(api, exported.id, admin)  # not a copy of the first: that job has ended
+    assert body["id"] != first["id"]
     # Whatever the answer's shape: the exports hold both blobs' bytes.
     in_exports = {
         hashlib.sha256(blobs.download_blob(b.name).readall()).hexdigest()
         for b in blobs.list_blobs(name_starts_with=f"{exported.id}/exports/")
     }
     assert {reference["$blob"]["sha256"], artifact["sha256"]} <= in_exports
-    body = answer.json()
     folder = body["folder"]
-    assert folder.startswith(f"{exported.id}/exports/") and folder.endswith("/") and folder != first.json()["folder"]
+    assert folder.startswith(f"{exported.id}/exports/") and folder.endswith("/") and folder != first["folder"]
     assert body["blob_name"] == folder + "archive.json" and body["manifest"] == folder + "manifest.json"
     assert body["blobs"] == 2 and body["container"] == "artifacts"
 
@@ -921,3 +929,6 @@ def test_the_export_route_answers_404_for_a_tenant_marked_for_erasure(api: ApiHa
         f"/api/v1/tenants/{tenant.id}/export", headers=api.headers("marked-export-operator", ADMIN)
     )
     assert answer.status_code == 404, answer.text
+    with psycopg.connect(api.admin_url, dbname="quantum") as conn:  # and no job is recorded
+        jobs = conn.execute("SELECT count(*) FROM control.tenant_export_jobs WHERE tenant_id = %s", (tenant.id,))
+        assert jobs.fetchone() == (0,)

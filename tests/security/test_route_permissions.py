@@ -46,6 +46,7 @@ IDEMPOTENT_ROUTES = {
     ("POST", "/api/v1/modules"),
     ("POST", "/api/v1/policies"),
     ("POST", "/api/v1/tenants"),
+    ("POST", "/api/v1/tenants/{tenant_id}/export"),
 }
 _SETTINGS = {
     "QP_DATABASE_URL": "host=/nonexistent",

@@ -60,6 +60,10 @@ secret receivers hold stops signing at once."""
 _TENANTS = "/api/v1/tenants"
 """The tenant create honours the caller's own Idempotency-Key, but is given none: a platform admin's retry of it is
 theirs to key."""
+_EXPORTS = re.compile(r"/api/v1/tenants/[^/]+/export")
+"""A tenant's export request, which queues a job and takes an Idempotency-Key, generated when the caller gives none:
+sent again after a lost answer, it gets the same job (poll its Location) instead of queuing a second export once the
+first has ended."""
 _BODY_KEYED = re.compile(r"/api/v1/intents/[^/]+/execute")
 """The start that also reads its key from the JSON body (`idempotency_key`, for producers that cannot set the header;
 the header wins when both are sent)."""
@@ -189,14 +193,20 @@ class _Prepared:
 
 def _honours_key(method: str, target: str) -> bool:
     """Whether `method` on the route `target` (its path, without a trailing slash) replays a repeated Idempotency-Key
-    instead of doing the work again: the starts, creates and secret rotations only; every other route ignores the
-    header."""
+    instead of doing the work again: the starts, creates, secret rotations and export requests only; every other route
+    ignores the header."""
     return method == "POST" and (_generates_key(target) or target == _TENANTS)
 
 
 def _generates_key(target: str) -> bool:
-    """Whether a POST to `target` is given a key of its own when the caller gives none: a start, create or rotation."""
-    return _STARTS.fullmatch(target) is not None or target in _CREATES or _ROTATIONS.fullmatch(target) is not None
+    """Whether a POST to `target` is given a key of its own when the caller gives none: a start, create, rotation or
+    export request."""
+    return (
+        _STARTS.fullmatch(target) is not None
+        or target in _CREATES
+        or _ROTATIONS.fullmatch(target) is not None
+        or _EXPORTS.fullmatch(target) is not None
+    )
 
 
 def _body_key(method: str, target: str, body: Any) -> str | None:

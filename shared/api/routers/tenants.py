@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import psycopg
@@ -51,6 +51,16 @@ from shared.policy.actions import Action
 from shared.policy.authorizer import Resource
 from shared.storage.blob import request_container
 from shared.tenants.erased_orchestrations import note_erased_orchestrations
+from shared.tenants.export_jobs import (
+    ACTIVE,
+    RETRY_AFTER_S,
+    ExportJob,
+    ExportRefusedError,
+    enqueue_export,
+    get_export_job,
+    hold_exportable,
+    recent_export_jobs,
+)
 from shared.tenants.models import Tenant, TenantCreate, TenantPage, TenantStatus, TenantUpdate
 from shared.tenants.offboarding import (
     ErasureContendedError,
@@ -59,7 +69,6 @@ from shared.tenants.offboarding import (
     begin_erasure,
     erase_tenant,
     execution_ids,
-    export_tenant,
     purge_orchestrations,
 )
 from shared.tenants.repository import (
@@ -258,20 +267,86 @@ def _erasure_refused(status: str) -> ProblemError:
     )
 
 
-class TenantExport(BaseModel):
-    """Where a tenant's export was written: a folder of the artifacts container holding the archive of its rows, a
-    copy of each of its blobs and the manifest; download the folder before erasing the tenant, which removes it."""
+ExportStatus = Literal["queued", "running", "succeeded", "failed"]
 
-    container: str
-    folder: str = Field(description="The export's folder, `<tenant>/exports/<time>/`: download every blob under it")
-    blob_name: str = Field(description="The archive of the tenant's rows, `<folder>archive.json`")
-    manifest: str = Field(
-        description="`<folder>manifest.json`, written last: each blob copied (its name in the folder, size, sha256,"
-        " Content-MD5) and the archive's size and sha256"
+
+class TenantExportJob(BaseModel):
+    """An export of a tenant, run in the background: its state, and once `succeeded` where it was written (a folder of
+    the artifacts container holding the archive of its rows, a copy of each of its blobs and the manifest; download
+    the folder before erasing the tenant, which removes it)."""
+
+    id: UUID = Field(description="The export's id")
+    tenant_id: UUID
+    status: ExportStatus = Field(
+        description="`queued` (waiting for the exports timer, every 30 s), `running`, `succeeded` (the fields of the"
+        " export below are set) or `failed` (`failure` says why; nothing of the export is left)"
     )
-    counts: dict[str, int]
-    blobs: int = Field(description="Blobs of the tenant copied into the folder (stored step outputs, artifacts)")
-    blob_bytes: int = Field(description="Their bytes, in all")
+    requested_at: datetime
+    started_at: datetime | None = Field(description="When its first attempt began")
+    finished_at: datetime | None = Field(description="When it succeeded or failed")
+    attempts: int = Field(description="Attempts begun: one the host ended (a restart) is retried from the start")
+    failure: str | None = Field(
+        description="When failed: `tenant-gone` (erased, or marked for erasure, before or while it ran),"
+        " `storage-unavailable`, `database-unavailable`, `attempts-exhausted` (ended by the host each time it ran) or"
+        " `export-failed`; request a new export to try again"
+    )
+    container: str | None = Field(description="When succeeded: the artifacts container")
+    folder: str | None = Field(
+        description="When succeeded: the export's folder, `<tenant>/exports/<time>/`: download every blob under it"
+    )
+    blob_name: str | None = Field(
+        description="When succeeded: the archive of the tenant's rows, `<folder>archive.json`"
+    )
+    manifest: str | None = Field(
+        description="When succeeded: `<folder>manifest.json`, written last: each blob copied (its name in the folder,"
+        " size, sha256, Content-MD5) and the archive's size and sha256"
+    )
+    counts: dict[str, int] | None = Field(description="When succeeded: the archive's rows of each kind")
+    blobs: int | None = Field(
+        description="When succeeded: blobs of the tenant copied into the folder (stored step outputs, artifacts)"
+    )
+    blob_bytes: int | None = Field(description="When succeeded: their bytes, in all")
+
+
+class TenantExportJobs(BaseModel):
+    """A tenant's most recent exports, newest first."""
+
+    items: list[TenantExportJob]
+
+
+def _export_job(job: ExportJob) -> TenantExportJob:
+    """The answer for a recorded job: the export's fields only once it succeeded, the failure's kind once it failed."""
+    done = job.result if job.status == "succeeded" and job.result is not None else {}
+    return TenantExportJob(
+        id=job.id,
+        tenant_id=job.tenant_id,
+        status=job.status,
+        requested_at=job.requested_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        attempts=job.attempts,
+        failure=job.failure if job.status == "failed" else None,
+        container=done.get("container"),
+        folder=job.folder if done else None,
+        blob_name=done.get("blob_name"),
+        manifest=done.get("manifest"),
+        counts=done.get("counts"),
+        blobs=done.get("blobs"),
+        blob_bytes=done.get("blob_bytes"),
+    )
+
+
+def _export_path(tenant_id: UUID, export_id: UUID) -> str:
+    """The job's URL, as the API's other Locations are written."""
+    return f"/api/v1/tenants/{tenant_id}/exports/{export_id}"
+
+
+def _job_headers(job: TenantExportJob) -> dict[str, str]:
+    """Location of the job, and while it is not done, when to look again."""
+    headers = {"Location": _export_path(job.tenant_id, job.id)}
+    if job.status in ACTIVE:
+        headers["Retry-After"] = str(RETRY_AFTER_S)
+    return headers
 
 
 class TenantErasure(BaseModel):
@@ -291,49 +366,127 @@ class TenantErased(BaseModel):
 
 @router.post(
     "/{tenant_id}/export",
-    status_code=201,
-    response_model=TenantExport,
-    summary="Export a tenant's data and blobs to blob storage",
-    responses={**AUTH_ERRORS, 404: NOT_FOUND, 422: no_body_doc("the tenant id is not a UUID")},
+    status_code=202,
+    response_model=TenantExportJob,
+    summary="Export a tenant's data and blobs to blob storage (a background job)",
+    responses={
+        202: {
+            "description": "The export is queued (or was already queued or running): poll its `Location`",
+            "headers": {
+                "Location": {"description": "The export's URL.", "schema": {"type": "string"}},
+                "Retry-After": {"description": "Seconds to wait before polling it.", "schema": {"type": "integer"}},
+            },
+        },
+        **AUTH_ERRORS,
+        400: BAD_IDEMPOTENCY_KEY,
+        404: NOT_FOUND,
+        422: no_body_doc("the tenant id is not a UUID, or the Idempotency-Key was used for another request"),
+    },
 )
 def export(
     tenant_id: UUID,
     context: Annotated[RequestContext, Depends(permission(Action.TENANT_EXPORT))],
     _no_body: TakesNoBody,
-) -> TenantExport:
-    """Export the tenant (Platform.Admin) to a folder of its own, `<tenant>/exports/<time>/` in the artifacts
-    container: `archive.json`, a JSON archive of its records (the tenant with its settings, its intents and versions,
-    executions with their steps, attempts, work items and events, policies, modules, ingress rejections, webhook
-    subscriptions without their signing secrets and deliveries, domain events and audit trail; left out: secrets,
-    kept idempotency answers, rate counters, locks and worker poll times); a copy of every blob of the tenant (step
-    outputs stored as blobs, `artifact.write` artifacts; not earlier exports) under its name relative to the tenant's
-    prefix, so a `$blob` reference or artifact `blob_name` `<tenant>/<path>` is `<folder><path>`; and
-    `manifest.json`, written last, with each blob's size, sha256 and Content-MD5. The answer names the folder: download
-    it (`az storage blob download-batch --pattern '<folder>*'`, or azcopy) before erasing the tenant, whose erasure
-    removes it with every other blob of the tenant (ADR 0012). 404 when the tenant was erased, or marked for its
-    erasure, before or during the export (nothing of it is left then); a failed export removes what it wrote and may be
-    sent again. The request takes no body: a body is refused with 422 and writes nothing."""
-    tenant = _authorized_tenant(context, Action.TENANT_EXPORT, tenant_id)
-    container = request_container(get_settings())
+    request: Request,
+    idempotency_key: Annotated[str | None, Depends(idempotency_key_header)],
+    conn: ControlConnection,
+) -> Response:
+    """Queue an export of the tenant (Platform.Admin) and answer 202 with the job, its URL in `Location` and
+    `Retry-After`; poll `GET .../exports/{export_id}` until it is `succeeded` or `failed`. One export of a tenant runs
+    at a time: while one is queued or running, a request is answered with that job (`status` tells which). With
+    `Idempotency-Key` (the caller's own) a retry gets the first answer.
+
+    The export is a folder of its own, `<tenant>/exports/<time>/` in the artifacts container: `archive.json`, a JSON
+    archive of its records (the tenant with its settings, its intents and versions, executions with their steps,
+    attempts, work items and events, policies, modules, ingress rejections, webhook subscriptions without their
+    signing secrets and deliveries, domain events and audit trail; left out: secrets, kept idempotency answers, rate
+    counters, locks and worker poll times); a copy of every blob of the tenant (step outputs stored as blobs,
+    `artifact.write` artifacts; not earlier exports) under its name relative to the tenant's prefix, so a `$blob`
+    reference or artifact `blob_name` `<tenant>/<path>` is `<folder><path>`; and `manifest.json`, written last, with
+    each blob's size, sha256 and Content-MD5. The succeeded job names the folder: download it (`az storage blob
+    download-batch --pattern '<folder>*'`, or azcopy) before erasing the tenant, whose erasure removes it with every
+    other blob of the tenant and its export jobs (ADR 0012). 404, and nothing recorded, for a tenant that does not
+    exist or is marked for erasure; an export whose tenant is erased while it runs fails (`tenant-gone`) and leaves
+    nothing, as does any failed export. The request takes no body: a body is refused with 422 and writes nothing."""
+    authorize(context, Action.TENANT_EXPORT, _PLATFORM, detail={"tenant_id": str(tenant_id)})
     try:
-        result = export_tenant(tenant, container)
-    except TenantGoneError:
+        # The tenant first, written nothing yet (its row held in KEY SHARE until the commit, so an erasure's row delete
+        # waits for this job and then removes it): a key's retry after the erasure is a 404, not a replay.
+        hold_exportable(conn, tenant_id)
+    except ExportRefusedError:
         raise _not_found(tenant_id) from None
-    record_mutation(
-        context,
-        Action.TENANT_EXPORT,
-        Resource("Tenant", str(tenant_id), None, {}),
-        {"folder": result.folder, "blob_name": result.blob_name, "counts": result.counts, "blobs": result.blobs},
+    replay = replay_or_claim(conn, idempotency_key, request, None, principal=context.principal.id)
+    if replay is not None:
+        return replay
+    job, created = enqueue_export(conn, tenant_id, context.principal.id)
+    answer = _export_job(job)
+    headers = _job_headers(answer)
+    headers["Retry-After"] = str(RETRY_AFTER_S)
+    content = answer.model_dump(mode="json")
+    remember(conn, idempotency_key, 202, content, headers, principal=context.principal.id)
+    if created:
+        detail = {"export_id": str(job.id), "status": job.status}
+        record_mutation(context, Action.TENANT_EXPORT, Resource("Tenant", str(tenant_id), None, {}), detail, conn=conn)
+    return JSONResponse(content, status_code=202, headers=headers)
+
+
+EXPORTS_LIST_MAX = 50
+"""Export jobs a listing answers at most: the most recent ones."""
+
+
+@router.get(
+    "/{tenant_id}/exports",
+    response_model=TenantExportJobs,
+    summary="List a tenant's recent exports",
+    responses={**AUTH_ERRORS, 422: INVALID},
+)
+def list_exports(
+    tenant_id: UUID,
+    context: Annotated[RequestContext, Depends(permission(Action.TENANT_EXPORT))],
+    conn: ControlConnection,
+    limit: int = Query(20, ge=1, le=EXPORTS_LIST_MAX),
+) -> TenantExportJobs:
+    """The tenant's `limit` most recent exports, newest first, each as its own URL answers it (Platform.Admin). A
+    tenant that does not exist, or was erased (its exports go with it), has none."""
+    authorize(context, Action.TENANT_EXPORT, _PLATFORM, detail={"tenant_id": str(tenant_id)})
+    return TenantExportJobs(items=[_export_job(job) for job in recent_export_jobs(conn, tenant_id, limit)])
+
+
+@router.get(
+    "/{tenant_id}/exports/{export_id}",
+    response_model=TenantExportJob,
+    summary="Read a tenant's export",
+    responses={
+        200: {
+            "description": "The export; while it is queued or running, `Retry-After` says when to look again",
+            "headers": {
+                "Retry-After": {"description": "Seconds to wait before polling again.", "schema": {"type": "integer"}}
+            },
+        },
+        **AUTH_ERRORS,
+        404: NOT_FOUND,
+        422: INVALID,
+    },
+)
+def read_export(
+    tenant_id: UUID,
+    export_id: UUID,
+    context: Annotated[RequestContext, Depends(permission(Action.TENANT_EXPORT))],
+    conn: ControlConnection,
+    response: Response,
+) -> TenantExportJob:
+    """One export of the tenant (Platform.Admin): `queued`, `running`, `succeeded` with where it was written, or
+    `failed` with why. 404 for an unknown export, another tenant's, or one of a tenant since erased."""
+    authorize(
+        context, Action.TENANT_EXPORT, _PLATFORM, detail={"tenant_id": str(tenant_id), "export_id": str(export_id)}
     )
-    return TenantExport(
-        container=container.container_name,
-        folder=result.folder,
-        blob_name=result.blob_name,
-        manifest=result.manifest,
-        counts=result.counts,
-        blobs=result.blobs,
-        blob_bytes=result.blob_bytes,
-    )
+    job = get_export_job(conn, tenant_id, export_id)
+    if job is None:
+        raise ProblemError(404, "not-found", "Not found", f"No export {export_id} of tenant {tenant_id}.")
+    answer = _export_job(job)
+    if answer.status in ACTIVE:
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return answer
 
 
 @router.post(

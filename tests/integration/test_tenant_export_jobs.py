@@ -1,0 +1,408 @@
+# intent_ref: platform.tenants
+"""A tenant's export is a job (ADR 0012, amended 2026-12-07: the export is a job): the request queues it and answers
+202, the `tenant_exports` timer runs it, its URL answers how it went; one export of a tenant at a time, a killed
+attempt retried with its folder removed, nothing left of a failed export or of one whose tenant went."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import azure.functions as func
+import psycopg
+import pytest
+from azure.core.exceptions import ServiceRequestError
+
+from shared.api.durable import get_durable_client
+from shared.api.routers import tenants as tenants_router
+from shared.tenants import export_jobs, offboarding
+from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
+from tests.integration.test_offboarding import ADMIN, _artifacts, _seed_data, exported_by_job, marked_for_erasure
+
+pytestmark = pytest.mark.integration
+
+TIMER = Path(__file__).resolve().parents[2] / "functions" / "timer_tenant_exports.py"
+
+
+OPERATOR = "export-jobs-operator"
+
+
+def _operator(api: ApiHarness) -> dict[str, str]:
+    """A Platform.Admin's headers, of the operators' tenant `OPERATOR` (provisioned anew for each test)."""
+    api.provision(OPERATOR)
+    return api.headers(OPERATOR, ADMIN)
+
+
+def _tenant(api: ApiHarness, label: str) -> uuid.UUID:
+    """A tenant (known to the harness as `label`) with an intent."""
+    handle = api.provision(label)
+    _seed_data(api, handle.id)
+    return uuid.UUID(str(handle.id))
+
+
+def _jobs(api: ApiHarness, tenant_id: uuid.UUID) -> list[dict[str, Any]]:
+    """The tenant's job rows, as the owner reads them."""
+    with psycopg.connect(api.admin_url, dbname="quantum", row_factory=psycopg.rows.dict_row) as conn:
+        return conn.execute(
+            "SELECT * FROM control.tenant_export_jobs WHERE tenant_id = %s ORDER BY requested_at", (tenant_id,)
+        ).fetchall()
+
+
+def _drain() -> None:
+    """Run every due job, as the timer's runs would one after another (other tests' queued jobs included)."""
+    export_jobs.run_export_jobs(max_jobs=50)
+
+
+def _exports(azurite: Any, tenant_id: uuid.UUID) -> set[str]:
+    """Every blob under the tenant's exports folder, those with staged blocks only included."""
+    listing = _artifacts(azurite).list_blobs(name_starts_with=f"{tenant_id}/exports/", include=["uncommittedblobs"])
+    return {blob.name for blob in listing}
+
+
+def test_a_request_queues_a_job_the_timer_runs_and_its_location_answers(api: ApiHarness, azurite: Any) -> None:
+    admin = _operator(api)
+    tenant_id = _tenant(api, "queued-export")
+    blobs = _artifacts(azurite)
+    blobs.upload_blob(f"{tenant_id}/artifacts/build.log", b"log", overwrite=True)
+    _drain()  # nothing of this tenant yet
+
+    accepted = api.client.post(f"/api/v1/tenants/{tenant_id}/export", headers=admin)
+
+    assert accepted.status_code == 202, accepted.text
+    job = accepted.json()
+    assert job["status"] == "queued" and job["tenant_id"] == str(tenant_id) and job["attempts"] == 0
+    assert job["folder"] is None and job["blob_name"] is None and job["failure"] is None
+    assert accepted.headers["location"] == f"/api/v1/tenants/{tenant_id}/exports/{job['id']}"
+    assert accepted.headers["retry-after"] == str(export_jobs.RETRY_AFTER_S)
+    assert _exports(azurite, tenant_id) == set()  # nothing is written in the request
+    # The mutation is audited at the request, in the operator's trail, naming the job.
+    [record] = [r for r in api.audit_rows(OPERATOR) if r["reason"] == "applied"]
+    assert (record["action"], record["resource_id"]) == ("tenant.export", str(tenant_id))
+    assert record["detail"]["export_id"] == job["id"]
+    waiting = api.client.get(accepted.headers["location"], headers=admin)
+    assert waiting.status_code == 200 and waiting.json()["status"] == "queued"
+    assert waiting.headers["retry-after"] == str(export_jobs.RETRY_AFTER_S)
+
+    _drain()
+
+    done = api.client.get(accepted.headers["location"], headers=admin)
+    assert done.status_code == 200, done.text
+    body = done.json()
+    assert body["status"] == "succeeded" and body["attempts"] == 1 and "retry-after" not in done.headers
+    assert body["started_at"] and body["finished_at"] and body["container"] == "artifacts"
+    folder = body["folder"]
+    assert folder.startswith(f"{tenant_id}/exports/") and folder.endswith("/")
+    assert body["blob_name"] == folder + "archive.json" and body["manifest"] == folder + "manifest.json"
+    assert body["blobs"] == 1 and body["blob_bytes"] == 3 and body["counts"]["intents"] == 1
+    manifest = json.loads(blobs.download_blob(body["manifest"]).readall())
+    assert [entry["name"] for entry in manifest["blobs"]] == ["artifacts/build.log"]
+    assert blobs.download_blob(folder + "artifacts/build.log").readall() == b"log"
+    archive = json.loads(blobs.download_blob(body["blob_name"]).readall())
+    assert [intent["name"] for intent in archive["intents"]] == ["doomed"]
+    assert _exports(azurite, tenant_id) == {body["blob_name"], body["manifest"], folder + "artifacts/build.log"}
+    listed = api.client.get(f"/api/v1/tenants/{tenant_id}/exports", headers=admin)
+    assert listed.status_code == 200 and [item["id"] for item in listed.json()["items"]] == [job["id"]]
+
+
+def test_a_request_while_one_is_queued_or_running_answers_that_job(api: ApiHarness, azurite: Any) -> None:
+    admin = _operator(api)
+    tenant_id = _tenant(api, "one-at-a-time")
+    first = api.client.post(f"/api/v1/tenants/{tenant_id}/export", headers=admin)
+    again = api.client.post(f"/api/v1/tenants/{tenant_id}/export", headers=admin)
+    assert (first.status_code, again.status_code) == (202, 202), again.text
+    assert again.json()["id"] == first.json()["id"] and again.headers["location"] == first.headers["location"]
+    with psycopg.connect(api.admin_url, dbname="quantum") as conn:  # as a run would have claimed it
+        conn.execute(
+            "UPDATE control.tenant_export_jobs SET status = 'running', attempts = 1,"
+            " lease_until = now() + interval '5 minutes' WHERE tenant_id = %s",
+            (tenant_id,),
+        )
+    running = api.client.post(f"/api/v1/tenants/{tenant_id}/export", headers=admin)
+    assert running.status_code == 202 and running.json()["id"] == first.json()["id"]
+    assert running.json()["status"] == "running"
+    assert len(_jobs(api, tenant_id)) == 1
+    _drain()  # a running job whose lease holds is not taken
+    assert [job["status"] for job in _jobs(api, tenant_id)] == ["running"]
+    with psycopg.connect(api.admin_url, dbname="quantum") as conn:
+        conn.execute("UPDATE control.tenant_export_jobs SET lease_until = now() WHERE tenant_id = %s", (tenant_id,))
+    _drain()
+    assert [job["status"] for job in _jobs(api, tenant_id)] == ["succeeded"]
+    # Ended, it no longer answers a request: the next one is a new export.
+    later = api.client.post(f"/api/v1/tenants/{tenant_id}/export", headers=admin)
+    assert later.status_code == 202 and later.json()["id"] != first.json()["id"]
+    _drain()
+
+
+def test_an_idempotency_key_replays_the_first_answer(api: ApiHarness, azurite: Any) -> None:
+    admin = _operator(api)
+    tenant_id = _tenant(api, "keyed-export")
+    keyed = {**admin, "Idempotency-Key": str(uuid.uuid4())}
+    first = api.client.post(f"/api/v1/tenants/{tenant_id}/export", headers=keyed)
+    assert first.status_code == 202, first.text
+    _drain()  # the job ends: without the key a request would queue a new one
+    replay = api.client.post(f"/api/v1/tenants/{tenant_id}/export", headers=keyed)
+    assert replay.status_code == 202 and replay.content == first.content
+    assert replay.headers["location"] == first.headers["location"]
+    assert len(_jobs(api, tenant_id)) == 1
+    other = api.client.post(f"/api/v1/tenants/{tenant_id}/export", headers={**admin, "Idempotency-Key": "another"})
+    assert other.status_code == 202 and other.json()["id"] != first.json()["id"]
+    _drain()
+
+
+def test_a_killed_attempt_is_retried_once_its_lease_is_stale_and_its_folder_removed(
+    api: ApiHarness, azurite: Any
+) -> None:
+    admin = _operator(api)
+    tenant_id = _tenant(api, "killed-export")
+    blobs = _artifacts(azurite)
+    blobs.upload_blob(f"{tenant_id}/artifacts/build.log", b"log", overwrite=True)
+    accepted = api.client.post(f"/api/v1/tenants/{tenant_id}/export", headers=admin)
+    assert accepted.status_code == 202, accepted.text
+    # The attempt a host killed: running, its lease run out, its folder half written (an archive, no manifest).
+    partial = offboarding.export_folder(tenant_id, datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    blobs.upload_blob(partial + "archive.json", b"{", overwrite=True)
+    blobs.upload_blob(partial + "artifacts/build.log", b"l", overwrite=True)
+    with psycopg.connect(api.admin_url, dbname="quantum") as conn:
+        conn.execute(
+            "UPDATE control.tenant_export_jobs SET status = 'running', attempts = 1, started_at = now() - interval"
+            " '1 hour', lease_until = now() - interval '1 minute', folder = %s WHERE tenant_id = %s",
+            (partial, tenant_id),
+        )
+
+    _drain()
+
+    done = api.client.get(accepted.headers["location"], headers=admin).json()
+    assert done["status"] == "succeeded" and done["attempts"] == 2, done
+    assert done["folder"] != partial
+    # The killed attempt's folder is gone; the new one is whole.
+    assert _exports(azurite, tenant_id) == {done["blob_name"], done["manifest"], done["folder"] + "artifacts/build.log"}
+
+
+def test_a_job_killed_every_time_it_ran_fails_and_leaves_nothing(api: ApiHarness, azurite: Any) -> None:
+    admin = _operator(api)
+    tenant_id = _tenant(api, "killed-for-good")
+    blobs = _artifacts(azurite)
+    accepted = api.client.post(f"/api/v1/tenants/{tenant_id}/export", headers=admin)
+    partial = offboarding.export_folder(tenant_id, datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    blobs.upload_blob(partial + "archive.json", b"{", overwrite=True)
+    with psycopg.connect(api.admin_url, dbname="quantum") as conn:
+        conn.execute(
+            "UPDATE control.tenant_export_jobs SET status = 'running', attempts = %s,"
+            " lease_until = now() - interval '1 minute', folder = %s WHERE tenant_id = %s",
+            (export_jobs.MAX_ATTEMPTS, partial, tenant_id),
+        )
+    _drain()
+    failed = api.client.get(accepted.headers["location"], headers=admin).json()
+    assert (failed["status"], failed["failure"], failed["folder"]) == ("failed", "attempts-exhausted", None)
+    assert _exports(azurite, tenant_id) == set()
+
+
+def test_an_unknown_export_or_another_tenants_is_404(api: ApiHarness, azurite: Any) -> None:
+    admin = _operator(api)
+    mine, theirs = _tenant(api, "export-mine"), _tenant(api, "export-theirs")
+    theirs_job = api.client.post(f"/api/v1/tenants/{theirs}/export", headers=admin).json()["id"]
+    for url in (f"/api/v1/tenants/{mine}/exports/{theirs_job}", f"/api/v1/tenants/{mine}/exports/{uuid.uuid4()}"):
+        answer = api.client.get(url, headers=admin)
+        assert answer.status_code == 404, answer.text
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert str(theirs) not in answer.text
+    assert api.client.get(f"/api/v1/tenants/{mine}/exports", headers=admin).json()["items"] == []
+    # Platform.Admin only.
+    tenant_admin = api.headers("export-mine", ["Tenant.Admin"])
+    assert api.client.get(f"/api/v1/tenants/{theirs}/exports/{theirs_job}", headers=tenant_admin).status_code == 403
+    _drain()
+
+
+def test_a_request_for_a_tenant_that_is_gone_is_404_and_writes_nothing(api: ApiHarness) -> None:
+    admin = _operator(api)
+    gone = uuid.uuid4()
+    operator_records = len(api.audit_rows(OPERATOR))
+    keyed = {**admin, "Idempotency-Key": str(uuid.uuid4())}
+    answer = api.client.post(f"/api/v1/tenants/{gone}/export", headers=keyed)
+    assert answer.status_code == 404, answer.text
+    assert _jobs(api, gone) == []
+    with psycopg.connect(api.admin_url, dbname="quantum") as conn:
+        kept = conn.execute("SELECT count(*) FROM control.idempotency_keys WHERE key = %s", (keyed["Idempotency-Key"],))
+        assert kept.fetchone() == (0,)
+    # The decision only: no mutation is recorded.
+    records = api.audit_rows(OPERATOR)[operator_records:]
+    assert records and all(r["reason"] != "applied" for r in records)
+
+
+def test_a_tenant_erased_while_its_job_is_queued_leaves_no_job_and_no_blob(api: ApiHarness, azurite: Any) -> None:
+    admin = _operator(api)
+    tenant_id = _tenant(api, "erased-while-queued")
+    key = {**admin, "Idempotency-Key": str(uuid.uuid4())}
+    accepted = api.client.post(f"/api/v1/tenants/{tenant_id}/export", headers=key)
+    assert accepted.status_code == 202, accepted.text
+
+    removed = offboarding.erase_tenant(
+        marked_for_erasure(tenant_id), _artifacts(azurite), tenants_router.get_audit_store()
+    )
+
+    assert removed["export_jobs"] == 1 and _jobs(api, tenant_id) == []
+    _drain()
+    assert api.client.get(accepted.headers["location"], headers=admin).status_code == 404
+    assert list(_artifacts(azurite).list_blobs(name_starts_with=f"{tenant_id}/")) == []
+    # Its kept answer names the tenant: forgotten with it, and a retry of the key is a 404, not a replay.
+    with psycopg.connect(api.admin_url, dbname="quantum") as conn:
+        kept = conn.execute(
+            "SELECT count(*) FROM control.idempotency_keys WHERE response_body::text LIKE %s", (f"%{tenant_id}%",)
+        )
+        assert kept.fetchone() == (0,)
+    assert api.client.post(f"/api/v1/tenants/{tenant_id}/export", headers=key).status_code == 404
+    assert _jobs(api, tenant_id) == []
+
+
+def test_a_job_whose_tenant_is_marked_for_erasure_fails_tenant_gone_and_leaves_nothing(
+    api: ApiHarness, azurite: Any
+) -> None:
+    admin = _operator(api)
+    tenant_id = _tenant(api, "marked-while-queued")
+    _artifacts(azurite).upload_blob(f"{tenant_id}/artifacts/build.log", b"log", overwrite=True)
+    accepted = api.client.post(f"/api/v1/tenants/{tenant_id}/export", headers=admin)
+    marked_for_erasure(tenant_id)
+    _drain()
+    failed = api.client.get(accepted.headers["location"], headers=admin)
+    assert failed.status_code == 200, failed.text
+    assert (failed.json()["status"], failed.json()["failure"]) == ("failed", "tenant-gone")
+    assert failed.json()["folder"] is None and failed.json()["blob_name"] is None
+    assert _exports(azurite, tenant_id) == set()
+
+
+class _FailingCopy:
+    """The artifacts container, whose reads of a blob's bytes fail as a storage outage would."""
+
+    def __init__(self, container: Any) -> None:
+        self._container = container
+
+    def download_blob(self, *args: Any, **kwargs: Any) -> Any:
+        raise ServiceRequestError("storage went away")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._container, name)
+
+
+def test_a_failed_export_records_failed_and_leaves_no_blob(
+    api: ApiHarness, azurite: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    admin = _operator(api)
+    tenant_id = _tenant(api, "failing-export")
+    blobs = _artifacts(azurite)
+    blobs.upload_blob(f"{tenant_id}/artifacts/build.log", b"log", overwrite=True)
+    _drain()
+    accepted = api.client.post(f"/api/v1/tenants/{tenant_id}/export", headers=admin)
+
+    result = export_jobs.run_export_jobs(_FailingCopy(blobs), max_jobs=50)
+
+    assert result.failed >= 1
+    failed = api.client.get(accepted.headers["location"], headers=admin).json()
+    assert (failed["status"], failed["failure"]) == ("failed", "storage-unavailable")
+    assert "storage went away" not in json.dumps(failed)  # a kind, never the error's text
+    assert _exports(azurite, tenant_id) == set()
+    # Failed, it no longer answers a request: a new one is a new export, which succeeds.
+    assert exported_by_job(api, tenant_id, admin)["id"] != failed["id"]
+
+
+def test_the_timer_is_registered_and_runs_the_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Loaded on its own: the `functions` package would build the gateway, which needs settings.
+    spec = importlib.util.spec_from_file_location("tenant_exports_timer_under_test", TIMER)
+    assert spec is not None and spec.loader is not None
+    timer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(timer)
+    runs: list[export_jobs.RunResult] = []
+
+    def run() -> export_jobs.RunResult:
+        runs.append(export_jobs.RunResult(1, 1, 0, 0))
+        return runs[-1]
+
+    monkeypatch.setattr(timer, "run_export_jobs", run)
+    app = func.FunctionApp()
+    app.register_functions(timer.bp)
+    (function,) = [f for f in app.get_functions() if f.get_function_name() == "tenant_exports"]
+    function.get_user_function()(None)
+    assert len(runs) == 1
+    # Among the blueprints function_app.py registers (the package itself needs the gateway's settings to import).
+    registered = (TIMER.parent / "__init__.py").read_text()
+    assert "from functions.timer_tenant_exports import bp as tenant_exports_bp" in registered
+    assert "\n    tenant_exports_bp,\n" in registered.split("blueprints = (", 1)[1]
+
+
+@pytest.fixture
+def _no_durable(api: ApiHarness, request: pytest.FixtureRequest) -> None:
+    """The erasure route's durable client: none needed for a tenant without executions."""
+    api.client.app.dependency_overrides[get_durable_client] = object  # type: ignore[attr-defined]
+    request.addfinalizer(lambda: api.client.app.dependency_overrides.pop(get_durable_client))  # type: ignore
+
+
+def test_the_erasure_route_removes_the_tenants_jobs(api: ApiHarness, azurite: Any, _no_durable: None) -> None:
+    admin = _operator(api)
+    tenant_id = _tenant(api, "erased-through-route")
+    export = exported_by_job(api, tenant_id, admin)
+    name = api.tenants["erased-through-route"].name
+    etag = api.client.get(f"/api/v1/tenants/{tenant_id}", headers=admin).headers["etag"]
+    api.client.patch(f"/api/v1/tenants/{tenant_id}", json={"status": "suspended"}, headers={**admin, "If-Match": etag})
+    erased = api.client.post(f"/api/v1/tenants/{tenant_id}/erase", json={"confirm_name": name}, headers=admin)
+    assert erased.status_code == 200, erased.text
+    assert erased.json()["removed"]["export_jobs"] == 1 and _jobs(api, tenant_id) == []
+    assert api.client.get(f"/api/v1/tenants/{tenant_id}/exports/{export['id']}", headers=admin).status_code == 404
+
+
+def _lease(api: ApiHarness, tenant_id: uuid.UUID) -> Any:
+    """The lease of the tenant's (one) job."""
+    [job] = _jobs(api, tenant_id)
+    return job["lease_until"]
+
+
+def test_a_running_attempt_renews_its_lease(api: ApiHarness, azurite: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Unrenewed, a long export's lease ran out while it ran, and another run took the job and removed its folder.
+    admin = _operator(api)
+    tenant_id = _tenant(api, "renewed-export")
+    _drain()
+    accepted = api.client.post(f"/api/v1/tenants/{tenant_id}/export", headers=admin)
+    monkeypatch.setattr(export_jobs, "RENEW_S", 0.05)
+    leases: list[Any] = []
+    real = export_jobs.export_tenant
+
+    def slow_export(*args: Any, **kwargs: Any) -> Any:
+        leases.append(_lease(api, tenant_id))
+        for _ in range(100):  # until a renewal has moved the lease (or 5 s)
+            time.sleep(0.05)
+            if _lease(api, tenant_id) > leases[0]:
+                break
+        leases.append(_lease(api, tenant_id))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(export_jobs, "export_tenant", slow_export)
+    _drain()
+    assert leases[1] > leases[0]
+    assert api.client.get(accepted.headers["location"], headers=admin).json()["status"] == "succeeded"
+
+
+def test_an_attempt_whose_job_was_taken_meanwhile_removes_what_it_wrote(
+    api: ApiHarness, azurite: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    admin = _operator(api)
+    tenant_id = _tenant(api, "taken-export")
+    _drain()
+    accepted = api.client.post(f"/api/v1/tenants/{tenant_id}/export", headers=admin)
+    real = export_jobs.export_tenant
+
+    def export_then_taken(*args: Any, **kwargs: Any) -> Any:
+        result = real(*args, **kwargs)
+        with psycopg.connect(api.admin_url, dbname="quantum") as conn:  # another run's claim, its lease run out
+            conn.execute(
+                "UPDATE control.tenant_export_jobs SET attempts = attempts + 1 WHERE tenant_id = %s", (tenant_id,)
+            )
+        return result
+
+    monkeypatch.setattr(export_jobs, "export_tenant", export_then_taken)
+    _drain()
+    job = api.client.get(accepted.headers["location"], headers=admin).json()
+    assert job["status"] == "running" and job["attempts"] == 2  # the other attempt's to end
+    assert _exports(azurite, tenant_id) == set()
