@@ -26,8 +26,10 @@ from shared.policy.facts import TenantFacts
 from shared.policy.policy_text import (
     MAX_POLICY_CHARS,
     MAX_POLICY_LITERAL_CHARS,
+    MAX_TENANT_POLICY_COST,
     MAX_TENANT_POLICY_TOTAL_CHARS,
     policy_text_problems,
+    policy_tree_problems,
 )
 
 __all__ = [
@@ -55,8 +57,10 @@ of large policies is several MB, and an erased tenant's would otherwise stay for
 DECISION_CACHE_SIZE = 4096
 """Distinct decisions kept: a decision is a pure function of the policy set, the request and the entities, and a
 request is decided two or three times (the route's permission check, then the route's own `authorize`), and the
-same caller's next request the same way. Keyed by the policy set's digest, never by its texts: a key holding a
-tenant's texts (up to 50 × 10,000 characters) held a copy of them per entry, 2 GB at this size."""
+same caller's next request the same way. Keyed by a SHA-256 of the policy set's digest, the request and the entities,
+never by what it hashes: a key holding a tenant's texts (up to 50 × 10,000 characters) held a copy of them per entry,
+2 GB at this size, and one holding the entities (a resource's labels, the tenant's allowed targets and modules) up to
+~100 KB, 392 MiB at this size."""
 
 RESOURCE_TYPES = frozenset({"Platform", "Tenant", "Intent", "Blueprint", "Execution", "Policy", "AuditLog", "Module"})
 
@@ -187,11 +191,11 @@ class _DecisionCache:
         """An empty cache of at most `size` decisions."""
         self._size = size
         self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple[str, str, str], Decision] = OrderedDict()
+        self._entries: OrderedDict[bytes, Decision] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: tuple[str, str, str]) -> Decision | None:
+    def get(self, key: bytes) -> Decision | None:
         """The decision remembered for `key`, if any (counted as a hit or a miss)."""
         with self._lock:
             decision = self._entries.get(key)
@@ -202,7 +206,7 @@ class _DecisionCache:
                 self._entries.move_to_end(key)
             return decision
 
-    def put(self, key: tuple[str, str, str], decision: Decision) -> None:
+    def put(self, key: bytes, decision: Decision) -> None:
         """Remember `decision` for `key`, dropping the least recently used beyond the size."""
         with self._lock:
             self._entries[key] = decision
@@ -215,7 +219,7 @@ class _DecisionCache:
         with self._lock:
             return functools._CacheInfo(self.hits, self.misses, self._size, len(self._entries))
 
-    def keys(self) -> list[tuple[str, str, str]]:
+    def keys(self) -> list[bytes]:
         """The keys remembered now."""
         with self._lock:
             return list(self._entries)
@@ -229,6 +233,17 @@ def _digest(texts: tuple[str, ...]) -> str:
         sha.update(len(encoded).to_bytes(8, "big"))  # length-prefixed, so no two different tuples join alike
         sha.update(encoded)
     return sha.hexdigest()[:32]
+
+
+def _decision_key(digest: str, request: str, entities: str) -> bytes:
+    """The decision cache's key for a request under the policy set of `digest`: a SHA-256 of all three, length-prefixed
+    so no two different triples join alike (the tenant's id is in the entities, so tenants never share a key)."""
+    sha = hashlib.sha256()
+    for part in (digest, request, entities):
+        encoded = part.encode("utf-8", "surrogatepass")
+        sha.update(len(encoded).to_bytes(8, "big"))
+        sha.update(encoded)
+    return sha.digest()
 
 
 def _read_platform_files() -> tuple[str, dict[str, str]]:
@@ -369,17 +384,23 @@ class Authorizer:
         return ids
 
     def validate_tenant_policy(self, text: str) -> list[str]:
-        """Why a tenant policy cannot be saved (empty = valid): one `forbid` naming tenant actions, schema-valid."""
+        """Why a tenant policy cannot be saved (empty = valid): one `forbid` naming tenant actions, schema-valid,
+        cheap enough to evaluate."""
+        return self._tenant_policy_problems(text)[0]
+
+    def _tenant_policy_problems(self, text: str) -> tuple[list[str], int]:
+        """Why a tenant policy cannot be saved (empty = valid), and what evaluating it costs (`policy_cost`)."""
         # First, and for stored rows too (through _build_policy_set): text too deep for the parser would overflow
         # the thread's stack inside cedarpy and kill the process rather than raise.
         bounds = policy_text_problems(text)
         if bounds:
-            return bounds
+            return bounds, MAX_TENANT_POLICY_COST + 1
         try:
             tree = cedarpy.policies_to_pst(text)
         except ValueError as exc:
-            return [f"syntax error: {exc}"]
-        errors: list[str] = _literal_like_errors(tree)
+            return [f"syntax error: {exc}"], MAX_TENANT_POLICY_COST + 1
+        errors, cost = policy_tree_problems(tree)
+        errors.extend(_literal_like_errors(tree))
         if tree.templates or tree.template_links:
             errors.append("templates (?principal / ?resource slots) are not accepted")
         if len(tree.static_policies) != 1:
@@ -393,7 +414,7 @@ class Authorizer:
             errors.extend(_action_scope_errors(policy.action))
         result = cedarpy.validate_policies(text, self._schema)
         errors.extend(error.error for error in result.errors)
-        return errors
+        return errors, cost
 
     def _build_policy_set(self, tenant_policies: tuple[str, ...]) -> cedarpy.PolicySet | None:
         """The platform's policies plus these; None (logged) when one of them fails today's checks."""
@@ -406,15 +427,26 @@ class Authorizer:
                 MAX_TENANT_POLICY_TOTAL_CHARS,
             )
             return None
-        policy_set = self._policies
+        cost = 0
         for text in tenant_policies:
             # Stored policies were validated on save; checking again (once per distinct set) keeps a row edited
             # behind the API, or saved before a check was added, from widening anything or from reaching the
             # engine: every decision of the tenant fails closed until a Tenant.Admin deletes the row.
-            errors = self.validate_tenant_policy(text)
+            errors, text_cost = self._tenant_policy_problems(text)
             if errors:
                 logger.warning("a stored tenant policy is invalid, its tenant's decisions fail closed: %s", errors)
                 return None
+            cost += text_cost
+        if cost > MAX_TENANT_POLICY_COST:
+            # Saved before the bound, or behind the API: each decision would evaluate all of it (see the bound).
+            logger.warning(
+                "a tenant's stored policies cost %d expression nodes, more than %d; its decisions fail closed",
+                cost,
+                MAX_TENANT_POLICY_COST,
+            )
+            return None
+        policy_set = self._policies
+        for text in tenant_policies:
             policy_set = policy_set.with_added_str(text)
         return policy_set
 
@@ -507,7 +539,7 @@ class Authorizer:
     def _decide_once(self, slot: _PolicySlot, request: str, entities: str) -> Decision:
         """The remembered decision of this request under `slot`'s policies, evaluated when there is none (an error
         is raised, so never remembered; neither is a broken set's refusal)."""
-        key = (slot.digest, request, entities)
+        key = _decision_key(slot.digest, request, entities)
         decision = self._decisions.get(key)
         if decision is None:
             if slot.policy_set is None:

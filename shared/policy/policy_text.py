@@ -1,5 +1,6 @@
 # intent_ref: platform.access-control
-"""Bounds on tenant Cedar text, checked before the Cedar parser sees it: its size and how deep it nests."""
+"""Bounds on tenant Cedar text, checked before the Cedar parser sees it (its size and how deep it nests), and on the
+parsed policy (its clauses, its literals and what evaluating it costs)."""
 
 # The Cedar parser and the policy-tree conversion recurse once per nesting level on the calling thread's stack and
 # have no depth guard of their own: a deep enough text overflows that stack, which kills the whole host process
@@ -10,16 +11,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, get_args
+
+import cedarpy
+from cedarpy import pst
 
 __all__ = [
     "MAX_POLICY_CHARS",
+    "MAX_POLICY_CLAUSES",
     "MAX_POLICY_LITERAL_CHARS",
     "MAX_POLICY_NESTING",
+    "MAX_TENANT_POLICY_COST",
     "MAX_TENANT_POLICY_TOTAL_CHARS",
+    "SET_COMPARISON_COST",
     "longest_string_literal",
     "nesting_depth",
+    "policy_cost",
     "policy_text_problems",
+    "policy_tree_problems",
 ]
 
 MAX_POLICY_CHARS = 10_000
@@ -36,10 +47,27 @@ such policies, while every other thread of the host waited. Capped, and with a `
 (refused otherwise where the policy is parsed), a `like` costs about what any other expression does."""
 
 MAX_TENANT_POLICY_TOTAL_CHARS = 32_000
-"""A tenant's policies' text in all, at most (checked on save, and on every stored set before it is built): a decision
-evaluates every expression of the tenant's policies, about a microsecond each with the GIL held, so 50 × 10,000
-characters of cheap clauses cost every decision of the tenant ~35 ms; 32,000 characters of the costliest shapes
-measured cost it under 1 ms (ADR 0011)."""
+"""A tenant's policies' text in all, at most (checked on save, and on every stored set before it is built): it bounds
+what saving and building the set parse. What a decision costs is bounded by MAX_TENANT_POLICY_COST: 32,000 characters
+of nested set literals cost a decision ~5 ms (ADR 0011)."""
+
+MAX_TENANT_POLICY_COST = 4_000
+"""What evaluating a tenant's policies may cost in all, in expression nodes (`policy_cost`), checked on save under the
+create's lock and on every stored set before it is built. A decision evaluates every node of every policy with the GIL
+held; with collection literals kept flat (`policy_tree_problems`) the costliest shapes measured cost at most ~0.22 µs
+a node (`decimal(…)` and `ip(…)` calls, records of 1,000 fields, sets of distinct numbers), so ~0.9 ms a decision at
+this bound where 31,968 characters of nested sets cost ~5 ms (ADR 0011). A 250-string `contains` list is 255 nodes:
+fifteen of them fit."""
+
+SET_COMPARISON_COST = 100
+"""The nodes a `containsAll` or `containsAny` counts for: it compares every element of one set with the other, and the
+sets a tenant's data may hold are large (500 modules: ~25 µs a comparison, about a hundred ordinary nodes)."""
+
+MAX_POLICY_CLAUSES = 32
+"""The most `when` / `unless` clauses a policy may have: Cedar joins them into one chain of `&&` that it evaluates
+recursively, so 760 `unless { false }` clauses (10,000 characters) reached its recursion limit on 512 KiB and 2 MiB
+thread stacks and not on 8 MiB (a decision that depends on the thread); 32 clauses over 32-deep bodies evaluate on
+512 KiB."""
 
 _OPENERS = {"(": ")", "[": "]", "{": "}"}
 _CLOSERS = frozenset(_OPENERS.values())
@@ -225,3 +253,73 @@ def policy_text_problems(text: str) -> list[str]:
             f"this policy has one of {longest}"
         ]
     return []
+
+
+_EXPRESSIONS: tuple[type, ...] = get_args(pst.Expr)
+_COLLECTIONS = (pst.Set, pst.Record)
+_SET_COMPARISONS = frozenset({"contains_all", "contains_any"})
+
+
+def _children(node: object) -> list[Any]:
+    """The direct parts of a parsed-policy node (fields of a dataclass, items of a tuple or mapping)."""
+    if is_dataclass(node):
+        return [getattr(node, item.name) for item in fields(node)]
+    if isinstance(node, tuple | list):
+        return list(node)
+    if isinstance(node, Mapping):
+        return list(node.values())
+    return []
+
+
+def _node_cost(node: object) -> int:
+    """What evaluating `node` itself costs, in ordinary expression nodes (0 for what is not an expression)."""
+    if isinstance(node, pst.BinaryOp) and node.op in _SET_COMPARISONS:
+        return SET_COMPARISON_COST
+    return 1 if isinstance(node, _EXPRESSIONS) else 0
+
+
+def _walk(tree: pst.PolicySet) -> tuple[int, bool]:
+    """The evaluation cost of `tree`'s policies, and whether a set or record literal holds another one."""
+    cost, nested = 0, False
+    # Iterative: nesting is bounded before parsing, but the walk should not depend on it. Each entry carries whether
+    # it lies inside a collection literal.
+    policies = (*tree.static_policies.values(), *tree.templates.values())
+    pending: list[tuple[Any, bool]] = [(policy, False) for policy in policies]
+    while pending:
+        node, inside = pending.pop()
+        cost += _node_cost(node)
+        collection = isinstance(node, _COLLECTIONS)
+        nested = nested or (collection and inside)
+        pending.extend((child, inside or collection) for child in _children(node))
+    return cost, nested
+
+
+def policy_tree_problems(tree: pst.PolicySet) -> tuple[list[str], int]:
+    """Why a parsed tenant policy costs too much to evaluate (empty = it does not), and its cost (`policy_cost`)."""
+    cost, nested = _walk(tree)
+    problems = []
+    clauses = max((len(policy.clauses) for policy in tree.static_policies.values()), default=0)
+    if clauses > MAX_POLICY_CLAUSES:
+        problems.append(f"a policy has at most {MAX_POLICY_CLAUSES} `when` / `unless` clauses; this one has {clauses}")
+    if nested:
+        # Built again on every decision, and a set of sets compares its elements as it builds: `[[[1]]]` repeated
+        # cost ~0.3 µs a node, several times a flat literal.
+        problems.append("a set or record literal may not hold another set or record literal")
+    if cost > MAX_TENANT_POLICY_COST:
+        problems.append(
+            f"a tenant's policies cost at most {MAX_TENANT_POLICY_COST} expression nodes to evaluate in all; "
+            f"this one costs {cost}"
+        )
+    return problems, cost
+
+
+def policy_cost(text: str) -> int:
+    """What evaluating `text` costs a decision, in expression nodes (a `containsAll` / `containsAny` counts
+    SET_COMPARISON_COST); one past MAX_TENANT_POLICY_COST for a text that may not be parsed or does not parse."""
+    if policy_text_problems(text):
+        return MAX_TENANT_POLICY_COST + 1
+    try:
+        tree = cedarpy.policies_to_pst(text)
+    except ValueError:
+        return MAX_TENANT_POLICY_COST + 1
+    return _walk(tree)[0]

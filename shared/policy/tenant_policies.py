@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.db import tenant_locks
 from shared.db.session import held_transaction, tenant_transaction, when_released
 from shared.free_text import SHOWN_AS_WRITTEN_IN_LINES, SHOWN_IN_LINES
-from shared.policy.policy_text import MAX_TENANT_POLICY_TOTAL_CHARS
+from shared.policy.policy_text import MAX_TENANT_POLICY_COST, MAX_TENANT_POLICY_TOTAL_CHARS, policy_cost
 
 MAX_TENANT_POLICIES = 50
 """A tenant's own policies at most: every decision of the tenant evaluates a set of all of them, built again after each
@@ -74,15 +74,34 @@ class TenantPolicyConflictError(Exception):
     """A policy with that name exists."""
 
 
-class TenantPolicyTotalSizeError(Exception):
+class TenantPolicyBudgetError(Exception):
+    """The policy would take the tenant's policies past one of the bounds on them all; `limit` names it."""
+
+    def __init__(self, message: str, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class TenantPolicyTotalSizeError(TenantPolicyBudgetError):
     """The policy would take the tenant's policies past MAX_TENANT_POLICY_TOTAL_CHARS."""
 
     def __init__(self, limit: int, stored: int, adding: int) -> None:
         super().__init__(
             f"a tenant's policies are at most {limit} characters in all; this tenant's have {stored} and this one "
-            f"{adding}: shorten it or delete another first"
+            f"{adding}: shorten it or delete another first",
+            limit,
         )
-        self.limit = limit
+
+
+class TenantPolicyCostError(TenantPolicyBudgetError):
+    """The policy would take what the tenant's policies cost a decision past MAX_TENANT_POLICY_COST."""
+
+    def __init__(self, limit: int, stored: int, adding: int) -> None:
+        super().__init__(
+            f"a tenant's policies cost at most {limit} expression nodes to evaluate in all; this tenant's cost "
+            f"{stored} and this one {adding}: simplify it or delete another first",
+            limit,
+        )
 
 
 class TenantPolicyQuotaError(Exception):
@@ -105,17 +124,20 @@ def add_policy(
     conn: psycopg.Connection[DictRow], tenant_id: UUID, spec: TenantPolicyCreate, created_by: str
 ) -> TenantPolicy:
     """Store a validated policy for the current tenant; TenantPolicyQuotaError when it has MAX_TENANT_POLICIES,
-    TenantPolicyTotalSizeError when it would take its policies past MAX_TENANT_POLICY_TOTAL_CHARS."""
+    TenantPolicyTotalSizeError when it would take its policies past MAX_TENANT_POLICY_TOTAL_CHARS, TenantPolicyCostError
+    past MAX_TENANT_POLICY_COST."""
     # Counted under the tenant's lock: creates sent at once would otherwise pass the bounds together.
     tenant_locks.hold(conn, "tenant-policies")
-    existing = conn.execute(
-        "SELECT count(*) AS n, coalesce(sum(char_length(policy)), 0) AS chars FROM app.tenant_policies"
-    ).fetchone()
-    assert existing is not None  # an aggregate always has a row
-    if existing["n"] >= MAX_TENANT_POLICIES:
+    stored = _read_texts(conn)
+    if len(stored) >= MAX_TENANT_POLICIES:
         raise TenantPolicyQuotaError(MAX_TENANT_POLICIES)
-    if existing["chars"] + len(spec.policy) > MAX_TENANT_POLICY_TOTAL_CHARS:
-        raise TenantPolicyTotalSizeError(MAX_TENANT_POLICY_TOTAL_CHARS, existing["chars"], len(spec.policy))
+    chars = sum(map(len, stored))
+    if chars + len(spec.policy) > MAX_TENANT_POLICY_TOTAL_CHARS:
+        raise TenantPolicyTotalSizeError(MAX_TENANT_POLICY_TOTAL_CHARS, chars, len(spec.policy))
+    # Parsed again rather than stored with the row (no migration): at most 32,000 characters, ~30-40 ms.
+    cost, adding = sum(map(policy_cost, stored)), policy_cost(spec.policy)
+    if cost + adding > MAX_TENANT_POLICY_COST:
+        raise TenantPolicyCostError(MAX_TENANT_POLICY_COST, cost, adding)
     try:
         with conn.transaction():
             row = conn.execute(
@@ -148,12 +170,19 @@ class _PolicyCache:
         self._entries: OrderedDict[UUID, tuple[float, tuple[str, ...]]] = OrderedDict()
         # The tuple last read, kept past `forget` (so equal texts read again stay one tuple) but not past eviction.
         self._last: OrderedDict[UUID, tuple[str, ...]] = OrderedDict()
+        # When each tenant was last forgotten, on a counter every `forget` advances: a read that began before may
+        # hold the texts from before the change and is not kept. Tenants dropped from it count as forgotten at
+        # `_forgotten_floor`, the latest stamp dropped, so dropping one never makes an older read look current.
+        self._clock = 0
+        self._forgotten: OrderedDict[UUID, int] = OrderedDict()
+        self._forgotten_floor = 0
 
     def get(self, tenant_id: UUID) -> tuple[str, ...]:
         """The tenant's policy texts, read again after the TTL or a change; equal texts come back as one tuple."""
         now = time.monotonic()
         with self._lock:
             hit = self._entries.get(tenant_id)
+            started = self._clock
         if hit is not None and now - hit[0] < _CACHE_TTL_S:
             return hit[1]
         # Inside the caller's open transaction of this tenant the read joins it: borrowing a second connection
@@ -167,6 +196,10 @@ class _PolicyCache:
             with tenant_transaction(tenant_id) as conn:
                 texts = _read_texts(conn)
         with self._lock:
+            if self._forgotten.get(tenant_id, self._forgotten_floor) > started:
+                # A change committed (and was forgotten) while this read ran: what it read may predate the change,
+                # and kept for the TTL it would let a forbid just committed go unenforced that long.
+                return texts
             # Unchanged texts keep the tuple read before (and the strings in it): a fresh copy every few seconds
             # is what each cache downstream would otherwise keep another copy of.
             if self._last.get(tenant_id) == texts:
@@ -189,9 +222,15 @@ class _PolicyCache:
             self._last.pop(dropped, None)
 
     def forget(self, tenant_id: UUID) -> None:
-        """Read the tenant's texts again on its next decision."""
+        """Read the tenant's texts again on its next decision, and keep none read before this."""
         with self._lock:
             self._entries.pop(tenant_id, None)
+            self._clock += 1
+            self._forgotten[tenant_id] = self._clock
+            self._forgotten.move_to_end(tenant_id)
+            while len(self._forgotten) > _CACHED_TENANTS:
+                _, stamp = self._forgotten.popitem(last=False)
+                self._forgotten_floor = max(self._forgotten_floor, stamp)
 
     def forget_now_and_after(self, conn: psycopg.Connection[DictRow], tenant_id: UUID) -> None:
         """Forget the tenant's texts now and again once the change in `conn` has committed: a decision in between

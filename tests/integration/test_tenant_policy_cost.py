@@ -5,7 +5,7 @@ however often they are read again or changed (ADR 0011, amended 2026-12-07)."""
 
 from __future__ import annotations
 
-import json
+import threading
 import uuid
 from typing import Any
 
@@ -14,8 +14,9 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from shared.db.session import tenant_transaction
+from shared.policy import tenant_policies
 from shared.policy.authorizer import get_authorizer
-from shared.policy.policy_text import MAX_TENANT_POLICY_TOTAL_CHARS
+from shared.policy.policy_text import MAX_TENANT_POLICY_COST, MAX_TENANT_POLICY_TOTAL_CHARS, policy_cost
 from shared.policy.tenant_policies import policy_cache, tenant_policy_texts
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_list_reads_honour_forbids import _executions
@@ -125,16 +126,10 @@ def test_policies_read_again_or_changed_are_remembered_once(
     first = tenant_policy_texts(tenant_id)
     policy_cache.forget(tenant_id)
     assert tenant_policy_texts(tenant_id) is first
-    # The remembered decisions of this tenant name its policy sets by digest: at most the three it had (none of its
-    # own for policy.*, without the forbid, with it), whatever the number of changes and callers.
-    authorizer = get_authorizer()
-    digests = {
-        digest
-        for digest, _, entities in authorizer._decisions.keys()
-        if str(tenant_id) in json.loads(entities)[0]["uid"]["id"]
-    }
-    assert 1 <= len(digests) <= 3, digests
-    assert all(len(digest) == 32 for digest in digests)
+    # The remembered decisions keep no copy of the texts (nor of the request or entities): each is keyed by one
+    # SHA-256 of the policy set's digest, the request and the entities, whatever the number of changes and callers.
+    keys = get_authorizer()._decisions.keys()
+    assert keys and all(isinstance(key, bytes) and len(key) == 32 for key in keys)
 
 
 def _padded(size: int) -> str:
@@ -158,3 +153,84 @@ def test_a_policy_past_the_tenants_total_size_is_refused_and_nothing_written(api
     # Up to the bound exactly is accepted.
     fits = api.client.post(POLICIES, json={"name": "fits", "policy": _padded(2_000)}, headers=admin)
     assert fits.status_code == 201, fits.text
+
+
+def _nested(size: int) -> str:
+    """The review's forbid: `size` characters of nested set literals, built on every decision (~5 ms at 31,968)."""
+    head = (
+        'forbid (principal, action == QP::Action::"execution.read", resource) when { resource != QP::Execution::"x" }'
+    )
+    shell = len(f"{head} when {{ [].contains([[[2]]]) }};")
+    return f"{head} when {{ [{','.join(['[[[1]]]'] * ((size - shell + 1) // 8))}].contains([[[2]]]) }};"
+
+
+def _flat(index: int) -> str:
+    """A valid forbid of about 4,300 characters and 2,100 expression nodes (a list of numbers)."""
+    numbers = ",".join(str(index) for _ in range(2_100))
+    return f'forbid (principal, action == QP::Action::"execution.read", resource) when {{ [{numbers}].contains(-1) }};'
+
+
+def test_policies_costing_a_decision_more_than_the_budget_are_refused_and_nothing_written(
+    api: ApiHarness,  # noqa: F811
+) -> None:
+    tenant = provision(api, "cost-nodes")
+    admin = api.headers(tenant, ADMIN)
+    for name, text, says in [
+        ("nested", _nested(10_000), "may not hold another set or record literal"),
+        ("clauses", NO_STAGING.removesuffix(";") + "unless{false}" * 760 + ";", "`when` / `unless` clauses"),
+    ]:
+        assert len(text) <= 10_000
+        refused = problem(api.client.post(POLICIES, json={"name": name, "policy": text}, headers=admin), 422)
+        assert refused["type"].endswith("invalid-policy"), refused
+        assert says in refused["errors"][0]["detail"], refused
+    # Each fits the budget on its own; the second would take the tenant's past it.
+    assert policy_cost(_flat(0)) <= MAX_TENANT_POLICY_COST < policy_cost(_flat(0)) + policy_cost(_flat(1))
+    saved = api.client.post(POLICIES, json={"name": "flat-0", "policy": _flat(0)}, headers=admin)
+    assert saved.status_code == 201, saved.text
+    refused = problem(api.client.post(POLICIES, json={"name": "flat-1", "policy": _flat(1)}, headers=admin), 422)
+    assert refused["type"].endswith("invalid-policy"), refused
+    assert refused["limit"] == MAX_TENANT_POLICY_COST
+    assert [error["pointer"] for error in refused["errors"]] == ["/policy"]
+    assert f"at most {MAX_TENANT_POLICY_COST} expression nodes" in refused["errors"][0]["detail"], refused
+    assert [item["name"] for item in api.client.get(POLICIES, headers=admin).json()["items"]] == ["flat-0"]
+
+
+def test_a_forbid_committed_while_a_decision_reads_the_texts_applies_at_once(
+    api: ApiHarness,  # noqa: F811
+    app_pool: ConnectionPool[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tenant = provision(api, "cost-race")
+    (labelled,) = _executions(api, app_pool, tenant, {"s": "1"})
+    policy_cache.forget(api.tenants[tenant].id)
+    real = tenant_policies._read_texts
+    read, resume = threading.Event(), threading.Event()
+
+    def paused(conn: Any) -> tuple[str, ...]:
+        texts = real(conn)
+        if not read.is_set():  # the reader's first read pauses once it has read the texts from before the forbid
+            read.set()
+            assert resume.wait(30)
+        return texts
+
+    monkeypatch.setattr(tenant_policies, "_read_texts", paused)
+    answers: list[int] = []
+    reader = threading.Thread(
+        target=lambda: answers.append(
+            api.client.get(f"{EXECUTIONS}/{labelled}", headers=api.headers(tenant, READER)).status_code
+        )
+    )
+    reader.start()
+    try:
+        assert read.wait(30)
+        saved = api.client.post(
+            POLICIES, json={"name": "no-s", "policy": NO_STAGING}, headers=api.headers(tenant, ADMIN)
+        )
+        assert saved.status_code == 201, saved.text
+    finally:
+        resume.set()
+        reader.join(30)
+    assert answers == [200]  # decided on what it read before the forbid was committed
+    # The next decision reads the forbid, rather than the texts from before it for the texts' TTL.
+    again = api.client.get(f"{EXECUTIONS}/{labelled}", headers=api.headers(tenant, READER, oid=str(uuid.uuid4())))
+    assert problem(again, 403)["reason"] == "denied_by_tenant_policy"

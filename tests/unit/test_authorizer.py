@@ -37,7 +37,12 @@ from shared.policy.authorizer import (
     get_authorizer,
     refusal_detail,
 )
-from shared.policy.policy_text import MAX_TENANT_POLICY_TOTAL_CHARS
+from shared.policy.policy_text import (
+    MAX_POLICY_CLAUSES,
+    MAX_TENANT_POLICY_COST,
+    MAX_TENANT_POLICY_TOTAL_CHARS,
+    policy_cost,
+)
 
 TENANT = uuid.UUID("00000000-0000-4000-8000-00000000000a")
 OTHER_TENANT = uuid.UUID("00000000-0000-4000-8000-00000000000b")
@@ -760,8 +765,9 @@ def test_texts_read_again_are_kept_once_however_often_they_change() -> None:
     # are 24 KB and the 60 remembered decisions themselves ~100 KB.
     assert growth < 600_000, growth
     assert len(authz._tenant_slots) == 1
-    digests = {key[0] for key in authz._decisions.keys()}
-    assert len(digests) == 2 and all(len(digest) == 32 for digest in digests)
+    # Each remembered decision is keyed by a digest of its policy set, request and entities, never by the texts.
+    keys = authz._decisions.keys()
+    assert len(keys) == 60 and all(isinstance(key, bytes) and len(key) == 32 for key in keys)
 
 
 def test_each_tenant_keeps_its_own_parsed_set() -> None:
@@ -918,3 +924,221 @@ def test_a_broken_stored_set_is_logged_once(caplog: pytest.LogCaptureFixture) ->
             assert decision == Decision(False, "policy_error", ())
     assert len(caplog.records) == 1, [record.getMessage() for record in caplog.records]
     assert caplog.records[0].exc_info is None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What a tenant's policies may cost a decision, counted on the parsed tree
+# ---------------------------------------------------------------------------------------------------------------
+
+_HEAD = 'forbid (principal, action == QP::Action::"execution.read", resource) when { resource != QP::Execution::"x" }'
+
+
+def _filled(item: str, probe: str, size: int = 10_000) -> str:
+    """A forbid of at most `size` characters whose set literal repeats `item` as often as fits, probed by `probe`."""
+    shell = len(f"{_HEAD} when {{ [].contains({probe}) }};")
+    count = (size - shell + 1) // (len(item) + 1)
+    return f"{_HEAD} when {{ [{','.join([item] * count)}].contains({probe}) }};"
+
+
+def _clauses(count: int) -> str:
+    """A forbid of `count` + 1 clauses, each of which lets it apply."""
+    return _HEAD + "unless{false}" * count + ";"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        _filled("[[[1]]]", "[[[2]]]"),  # the review's: 5 ms a decision at 31,968 characters
+        _filled("[[1]]", "[[2]]", 200),
+        _filled("[{a:[1]}]", "[{a:[2]}]", 200),
+        _filled("[1]", "[2]", 200),
+        f"{_HEAD} when {{ {{a: {{b: 1}}}}.a.b == 1 }};",
+        f"{_HEAD} when {{ [{{a: 1}}.a].contains(1) }};",
+    ],
+)
+def test_collection_literals_inside_collection_literals_are_refused(authz: Authorizer, text: str) -> None:
+    errors = authz.validate_tenant_policy(text)
+    assert any("may not hold another set or record literal" in error for error in errors), errors
+
+
+def test_flat_collection_literals_are_accepted(authz: Authorizer) -> None:
+    for text in [
+        f'{_HEAD} when {{ ["a", "b"].contains(resource.target) }};',
+        f'{_HEAD} when {{ resource.labels.containsAny(["team=web", "team=api"]) }};',
+        f"{_HEAD} when {{ {{a: 1, b: 2}}.b == 2 }};",
+        *_tenant_forbids(2),
+    ]:
+        assert authz.validate_tenant_policy(text) == [], text
+
+
+def test_a_policy_costing_more_than_the_budget_is_refused(authz: Authorizer) -> None:
+    # 10,000 characters of `1,` are ~4,950 expression nodes, every one evaluated on every decision.
+    flat = _filled("1", "0")
+    assert policy_cost(flat) > MAX_TENANT_POLICY_COST
+    errors = authz.validate_tenant_policy(flat)
+    assert any(f"at most {MAX_TENANT_POLICY_COST} expression nodes" in error for error in errors), errors
+    # Set comparisons count for what they compare: 41 of them are past the budget, 2 are not.
+    compare = 'resource.labels.containsAll(["a=b"])'
+    many = f"{_HEAD} when {{ [{', '.join([compare] * 41)}].contains(false) }};"
+    assert any("expression nodes" in error for error in authz.validate_tenant_policy(many))
+    assert authz.validate_tenant_policy(f"{_HEAD} when {{ {compare} && {compare} }};") == []
+
+
+def test_stored_policies_past_the_cost_budget_fail_closed_without_reaching_the_engine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import cedarpy
+
+    authz = Authorizer()
+    calls: list[int] = []
+    real = cedarpy.is_authorized
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cedarpy, "is_authorized", counted)
+    # Each valid on its own, 9,300 characters in all, and ~4,500 nodes together: saved before the budget.
+    texts = tuple(_filled(str(index), "-1", 3_100) for index in range(3))
+    assert all(authz.validate_tenant_policy(text) == [] for text in texts)
+    assert sum(map(policy_cost, texts)) > MAX_TENANT_POLICY_COST >= sum(map(policy_cost, texts[:2]))
+    execution = Resource("Execution", "e-1", TENANT, {"target": "staging", "requested_by": OTHER_REQUESTER})
+    reader = principal(INTENT_READER)
+    assert authz.decide(reader, Action.EXECUTION_READ, execution, tenant=FACTS, tenant_policies=texts[:2]).allowed
+    assert calls == [1]
+    decision = authz.decide(reader, Action.EXECUTION_READ, execution, tenant=FACTS, tenant_policies=texts)
+    assert decision == Decision(False, "policy_error", ())
+    assert calls == [1]
+
+
+def test_more_clauses_than_the_engine_evaluates_on_any_stack_are_refused(authz: Authorizer) -> None:
+    # 760 of them fit in 10,000 characters, and Cedar reached its recursion limit on them on 512 KiB and 2 MiB
+    # thread stacks (not on 8 MiB): the decision depended on the thread that made it first.
+    errors = authz.validate_tenant_policy(_clauses(760))
+    assert any(f"at most {MAX_POLICY_CLAUSES} `when` / `unless` clauses" in error for error in errors), errors
+    assert authz.validate_tenant_policy(_clauses(MAX_POLICY_CLAUSES)) != []
+    assert authz.validate_tenant_policy(_clauses(MAX_POLICY_CLAUSES - 1)) == []
+
+
+def test_the_most_clauses_evaluate_alike_on_a_small_thread_stack() -> None:
+    import threading
+
+    # The deepest bodies accepted, in as many clauses as accepted, on the smallest stack the bounds are measured on.
+    body = "!(" * 15 + "true" + ")" * 15
+    text = _HEAD + f" unless {{ {body} }}" * (MAX_POLICY_CLAUSES - 1) + ";"
+    authz = Authorizer()
+    assert authz.validate_tenant_policy(text) == []
+    reasons: list[str] = []
+    execution = Resource("Execution", "e-1", TENANT, {"target": "staging", "requested_by": OTHER_REQUESTER})
+
+    def decide() -> None:
+        decision = authz.decide(
+            principal(INTENT_READER), Action.EXECUTION_READ, execution, tenant=FACTS, tenant_policies=(text,)
+        )
+        reasons.append(decision.reason)
+
+    previous = threading.stack_size(512 * 1024)
+    try:
+        thread = threading.Thread(target=decide)
+        thread.start()
+        thread.join()
+    finally:
+        threading.stack_size(previous)
+    assert reasons == ["denied_by_tenant_policy"]
+
+
+def test_a_remembered_decision_keeps_a_digest_not_the_entities() -> None:
+    # The largest entities a decision sends: 64 labels of ~320 characters (an Intent.Author sets them) and a tenant's
+    # longest allow-lists (500 modules, 100 targets of 128 characters). Kept in the key, each entry held ~100 KB.
+    facts = TenantFacts(
+        TENANT,
+        "active",
+        frozenset(f"t{index:03d}" + "t" * 124 for index in range(100)),
+        frozenset(f"module-{index:03d}" + "m" * 100 for index in range(500)),
+    )
+    authz = Authorizer()
+    reader = principal(INTENT_READER)
+    count = 100
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for index in range(count):
+            labels = {f"k{label:02d}": f"{index:04d}" + "v" * 312 for label in range(64)}
+            execution = Resource(
+                "Execution",
+                f"e-{index}",
+                TENANT,
+                {"target": "staging", "requested_by": OTHER_REQUESTER, "labels": labels},
+            )
+            assert authz.decide(reader, Action.EXECUTION_READ, execution, tenant=facts).allowed
+        gc.collect()
+        growth = sum(stat.size_diff for stat in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    finally:
+        tracemalloc.stop()
+    assert authz._decisions.cache_info().currsize == count
+    assert growth < count * 1_000, growth
+    assert all(isinstance(key, bytes) and len(key) == 32 for key in authz._decisions.keys())
+
+
+def test_the_same_request_of_two_tenants_is_remembered_apart() -> None:
+    authz = Authorizer()
+    other = TenantFacts(OTHER_TENANT, "suspended", FACTS.allowed_targets, FACTS.allowed_modules)
+    shared_id = "11111111-1111-4111-8111-111111111111/33333333-3333-4333-8333-333333333333"
+    decided = []
+    for facts in (FACTS, other):
+        who = Principal(
+            tenant_id=facts.id,
+            entra_tenant_id=uuid.UUID(int=1),
+            object_id=uuid.UUID(int=2),
+            roles=frozenset({INTENT_READER}),
+            scopes=frozenset(),
+            app_only=False,
+        )
+        assert (
+            who.id
+            == Principal(
+                tenant_id=TENANT,
+                entra_tenant_id=uuid.UUID(int=1),
+                object_id=uuid.UUID(int=2),
+                roles=frozenset(),
+                scopes=frozenset(),
+                app_only=False,
+            ).id
+        )  # one caller id in both tenants: only the tenant tells the requests apart
+        resource = Resource("Intent", "i-1", facts.id, {"target": "staging", "requested_by": shared_id})
+        decided.append(authz.decide(who, Action.INTENT_READ, resource, tenant=facts).reason)
+    assert decided == ["allowed", "tenant_suspended"]
+    assert authz._decisions.cache_info().currsize == 2
+
+
+def test_texts_read_before_a_change_are_not_kept_past_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    from contextlib import nullcontext
+
+    from shared.policy import tenant_policies
+
+    monkeypatch.setattr(tenant_policies, "held_transaction", lambda tenant_id: None)
+    monkeypatch.setattr(tenant_policies, "tenant_transaction", lambda tenant_id: nullcontext(tenant_id))
+    stored = ["before"]
+    read, resume = threading.Event(), threading.Event()
+
+    def read_texts(conn: object) -> tuple[str, ...]:
+        texts = (stored[0],)
+        if not read.is_set():  # the first read pauses once it has read, before it is kept
+            read.set()
+            assert resume.wait(10)
+        return texts
+
+    monkeypatch.setattr(tenant_policies, "_read_texts", read_texts)
+    cache = tenant_policies._PolicyCache()
+    answers: list[tuple[str, ...]] = []
+    reader = threading.Thread(target=lambda: answers.append(cache.get(TENANT)))
+    reader.start()
+    assert read.wait(10)
+    stored[0] = "after"  # a forbid's create commits
+    cache.forget(TENANT)  # and its after-commit forget runs
+    resume.set()
+    reader.join(10)
+    assert answers == [("before",)]  # that decision began before the change
+    # The next one reads the change instead of the texts from before it for the TTL.
+    assert cache.get(TENANT) == ("after",)

@@ -21,11 +21,11 @@ from shared.policy.actions import Action
 from shared.policy.authorizer import get_authorizer
 from shared.policy.tenant_policies import (
     TenantPolicy,
+    TenantPolicyBudgetError,
     TenantPolicyConflictError,
     TenantPolicyCreate,
     TenantPolicyList,
     TenantPolicyQuotaError,
-    TenantPolicyTotalSizeError,
     add_policy,
     delete_policy,
     list_policies,
@@ -78,7 +78,7 @@ def create(
         raise ProblemError(409, "conflict", "Conflict", f"A policy named {spec.name!r} exists.") from None
     except TenantPolicyQuotaError as exc:
         raise ProblemError(409, "policy-quota", "Conflict", str(exc), extensions={"limit": exc.limit}) from None
-    except TenantPolicyTotalSizeError as exc:
+    except TenantPolicyBudgetError as exc:
         raise ProblemError(
             422,
             "invalid-policy",
