@@ -391,6 +391,11 @@ def _input_problems(schema: dict[str, Any] | None, values: dict[str, Any]) -> li
     if schema is None:
         return []
     evaluated = evaluate_tenant_schema(schema, values)
+    if evaluated.too_costly:
+        # The input is what a smaller request would change: refused as invalid input (422), not as a version that
+        # no longer validates (409).
+        detail = f"the input is too costly to check against the input schema ({evaluated.unusable}); send a smaller one"
+        return [{"pointer": "/input", "detail": detail}]
     if evaluated.unusable is not None:
         # A schema saved before its references were bounded: evaluated, it raised RecursionError (a 500) or ran
         # for minutes. The intent must be saved again with a usable one.

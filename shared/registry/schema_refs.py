@@ -289,6 +289,9 @@ class SchemaEvaluation:
 
     violations: tuple[SchemaViolation, ...] = ()
     unusable: str | None = None
+    too_costly: bool = False
+    """Whether it is unusable because the evaluation ran out of its own budget, which grows with the instance: that
+    instance is too costly to check, where a smaller one may not be."""
 
 
 def evaluate_tenant_schema(schema: Any, instance: Any, *, root: Any = None) -> SchemaEvaluation:
@@ -372,9 +375,10 @@ def _evaluated(schema: Any, instance: Any, root: Any) -> SchemaEvaluation:
     except EvaluationBudgetExceeded as exc:
         if exc.budget is not budget:
             raise  # an enclosing budget ran out: the whole check it bounds is refused, not this schema
-        return SchemaEvaluation(unusable=str(exc))
-    except (ValueError, TypeError) as exc:
-        # A value the validator cannot handle (an index of thousands of digits, say): the schema's fault, not a 500.
+        return SchemaEvaluation(unusable=str(exc), too_costly=True)
+    except (ValueError, TypeError, OverflowError) as exc:
+        # A value the validator cannot handle (an index of thousands of digits, an integer past a float's range under
+        # a fractional `multipleOf`): the schema's fault, not a 500.
         return SchemaEvaluation(unusable=short_message(f"evaluating it failed ({exc})"))
     except RecursionError:
         # The bounds above should make this unreachable; a 500 for a tenant's schema would not be better.

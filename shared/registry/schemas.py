@@ -15,7 +15,10 @@ for the same pattern and long text, and a search answered so is charged too; reg
 allowance, whatever the instance's size. A pattern compiles to a bounded program, and one schema's patterns to a
 bounded total; each distinct pattern's compile is charged once per budget and its program held by the budget, so an
 evaluation costs the same whatever the process's cache holds. A subschema's keys, known or not, are charged on each
-descend (ADR 0021, amended 2026-12-07).
+descend (ADR 0021, amended 2026-12-07). No message quotes a whole instance (a `false` subschema's included), a
+subschema is evaluated by this validator whatever its `$schema`, a pattern is weighed with its classes widened so
+that one matching nothing in Latin-1 still counts, each program compiles within a memory fitted to its size, and
+the DFA states a search may cache are counted against the budget's memory (the same ADR and amendment day).
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+import attrs
 import re2  # type: ignore[import-untyped]  # the package ships no type information
 from jsonschema import Draft202012Validator, ValidationError
-from jsonschema._utils import equal, uniq
+from jsonschema._utils import equal, find_evaluated_item_indexes_by_schema, uniq
 from jsonschema.protocols import Validator
 from jsonschema.validators import create
 
@@ -70,7 +74,9 @@ PINNED_BYTES_PER_INSTRUCTION = 16
 PINNED_PROGRAM_OVERHEAD = 2_048
 """Bytes a pinned program is estimated to hold beyond PINNED_BYTES_PER_INSTRUCTION for each instruction."""
 MAX_PINNED_MEMORY = 32 << 20
-"""Estimated bytes one budget's pinned programs may hold in all (five schemas at MAX_SCHEMA_PROGRAM)."""
+"""Estimated bytes one budget's pinned programs may hold in all (five schemas at MAX_SCHEMA_PROGRAM), their
+instructions and the DFA states their searches may cache (`_hold_states`): about 128 small programs that each
+searched 4 KB or more."""
 MAX_SCHEMA_PATTERNS = 256
 """Distinct regexes one schema may hold: all of them stay compiled in the cache above during an evaluation."""
 MAX_EVALUATION_STEPS = 100_000
@@ -269,11 +275,11 @@ def short_repr(value: Any) -> str:
     return _SHORT.repr(value)
 
 
-def _options(latin1: bool = False) -> Any:
-    """RE2 options for tenant patterns: quiet, with a bounded memory, for UTF-8 text or (`latin1`) Latin-1."""
+def _options(latin1: bool = False, memory: int = _COMPILE_MEMORY) -> Any:
+    """RE2 options for tenant patterns: quiet, within `memory`, for UTF-8 text or (`latin1`) Latin-1."""
     options = re2.Options()
     options.log_errors = False  # a refused pattern is reported to the tenant, not to the process's stderr
-    options.max_mem = _COMPILE_MEMORY
+    options.max_mem = memory
     if latin1:
         options.encoding = re2.Options.Encoding.LATIN1
     return options
@@ -281,6 +287,14 @@ def _options(latin1: bool = False) -> Any:
 
 _OPTIONS = _options()
 _LATIN1_OPTIONS = _options(latin1=True)
+_MEMORY_TIERS = (256 << 10, 1 << 20, _COMPILE_MEMORY)
+"""The memory RE2 may use for one tenant program (its instructions and the DFAs' caches of states), the least in
+which the pattern compiles: about 10,000, 45,000 and 270,000 instructions. At 4 MiB each of 250 small programs
+searching 16 KB of text filled about 680 KB of states (169 MB in one start); at 256 KiB, about 100 KB."""
+_TIERED_OPTIONS = tuple((memory, _options(memory=memory)) for memory in _MEMORY_TIERS)
+DFA_BYTES_PER_BYTE = 64
+"""Bytes of DFA states a program is estimated to cache for each byte it searches, up to its memory tier (about 42
+were measured for small programs on text the DFA cannot settle on)."""
 
 
 @dataclass(frozen=True)
@@ -291,6 +305,19 @@ class _Program:
     reason: str | None
     size: int
     weight: int
+    memory: int = 0
+    """The memory RE2 may use for it (`_MEMORY_TIERS`): its instructions and the states its DFAs cache."""
+
+
+def _compiled_in_tier(pattern: str) -> tuple[Any, int]:
+    """`pattern` compiled within the least of _MEMORY_TIERS it fits, and that tier; re2.error past the largest."""
+    for memory, options in _TIERED_OPTIONS[:-1]:
+        try:
+            return re2.compile(pattern, options), memory
+        except re2.error as exc:
+            if b"too large" not in (exc.args[0] if exc.args and isinstance(exc.args[0], bytes) else b"too large"):
+                raise  # not a matter of memory: the largest tier would refuse it too
+    return re2.compile(pattern, _OPTIONS), _COMPILE_MEMORY
 
 
 def _latin1_size(pattern: str) -> int | None:
@@ -301,12 +328,77 @@ def _latin1_size(pattern: str) -> int | None:
         return None
 
 
+_ANY = "(?s:.)"
+"""What a class or escape is widened to when weighing (`_widened`): one Latin-1 instruction matching any byte."""
+
+
+def _class_end(pattern: str, start: int) -> int:
+    """The index just past the bracket class opening at `start` (the pattern's end when it is unclosed)."""
+    index = start + 1
+    if pattern.startswith("^", index):
+        index += 1
+    if pattern.startswith("]", index):  # a `]` first is a member
+        index += 1
+    while index < len(pattern) and pattern[index] != "]":
+        if pattern[index] == "\\":
+            index += 2
+        elif pattern.startswith("[:", index) and (end := pattern.find(":]", index + 2)) >= 0:
+            index = end + 2
+        else:
+            index += 1
+    return min(index + 1, len(pattern))
+
+
+def _escape_end(pattern: str, start: int) -> int:
+    """The index just past the escape at `start` (`\\p{Greek}`, `\\pL`, `\\d`...)."""
+    if pattern[start + 1 : start + 2] in ("p", "P"):
+        if pattern.startswith("{", start + 2):
+            end = pattern.find("}", start + 3)
+            return len(pattern) if end < 0 else end + 1
+        return min(start + 3, len(pattern))
+    if pattern.startswith("Q", start + 1):  # quoted to `\E`: nothing inside is a class
+        end = pattern.find("\\E", start + 2)
+        return len(pattern) if end < 0 else end + 2
+    return min(start + 2, len(pattern))
+
+
+def _widened(pattern: str) -> str:
+    """`pattern` with each bracket class and Unicode class (`\\p{Han}`) widened to any byte: a class with no
+    Latin-1 member is dropped from the Latin-1 program, which RE2 runs in full on UTF-8 text (`(?:\\p{Han}?){900}c`
+    weighed the least, 32, and took 13.5 µs a byte on ASCII)."""
+    parts: list[str] = []
+    index = 0
+    while index < len(pattern):
+        if pattern[index] == "\\":
+            end = _escape_end(pattern, index)
+            parts.append(_ANY if pattern[index + 1 : index + 2] in ("p", "P") else pattern[index:end])
+        elif pattern[index] == "[":
+            end = _class_end(pattern, index)
+            parts.append(_ANY)
+        else:
+            end = index + 1
+            parts.append(pattern[index])
+        index = end
+    return "".join(parts)
+
+
+def _weight(pattern: str, size: int) -> int:
+    """What a search of `pattern` (`size` instructions for UTF-8) is charged per byte, before the bounds: the larger
+    of its Latin-1 program and that of its widened form (`_widened`), or its UTF-8 size when Latin-1 cannot express
+    it (a character past Latin-1)."""
+    latin1 = _latin1_size(pattern) if size > MIN_REGEX_WEIGHT else None
+    if latin1 is None:
+        return size
+    widened = _latin1_size(_widened(pattern))
+    return size if widened is None else max(latin1, widened)
+
+
 def _program(pattern: str) -> _Program:
     """`pattern` compiled (uncached), refused past MAX_PATTERN_LENGTH characters or MAX_PATTERN_PROGRAM instructions."""
     if len(pattern) > MAX_PATTERN_LENGTH:
         return _Program(None, f"longer than {MAX_PATTERN_LENGTH} characters", 0, 0)
     try:
-        regexp = re2.compile(pattern, _OPTIONS)
+        regexp, memory = _compiled_in_tier(pattern)
     except re2.error as exc:
         reason = exc.args[0] if exc.args else "unsupported"
         text = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)
@@ -320,10 +412,10 @@ def _program(pattern: str) -> _Program:
             None, f"it compiles to {size:,} instructions; at most {MAX_PATTERN_PROGRAM:,} are allowed", size, 0
         )
     # A Unicode class's UTF-8 program spells out every byte sequence (`\\p{L}`: 1,199 instructions) of which a byte
-    # steps a few; its Latin-1 program (`^[\\p{L} '-]{1,64}$`: 705 against 76,801) follows the cost per byte searched.
-    latin1 = _latin1_size(pattern) if size > MIN_REGEX_WEIGHT else None
-    weight = size if latin1 is None else latin1
-    return _Program(regexp, None, size, min(max(weight, MIN_REGEX_WEIGHT), MAX_REGEX_WEIGHT))
+    # steps a few; its Latin-1 program (`^[\\p{L} '-]{1,64}$`: 705 against 76,801) follows the cost per byte searched,
+    # once a class with no Latin-1 member is widened so that it still counts (`_widened`).
+    weight = min(max(_weight(pattern, size), MIN_REGEX_WEIGHT), MAX_REGEX_WEIGHT)
+    return _Program(regexp, None, size, weight, memory)
 
 
 class _CompiledPatterns:
@@ -399,6 +491,9 @@ class _Pinned:
     regexp: Any
     reason: str | None
     weight: int
+    states: int = 0
+    """What the DFAs' caches of states may hold beyond its instructions as counted (`_hold`): its memory tier's
+    rest."""
 
 
 def _pinned(pattern: str) -> _Pinned:
@@ -406,15 +501,16 @@ def _pinned(pattern: str) -> _Pinned:
     COMPILE_INSTRUCTIONS_PER_STEP steps, at least MIN_COMPILE_STEPS) charged then whether the process had it compiled
     or not, and held by the budget, so the same evaluation spends the same steps warm or cold, and another
     evaluation's patterns evicting it from the cache meanwhile neither recompiles nor charges it again; past
-    MAX_PINNED_PROGRAMS or MAX_PINNED_MEMORY the budget is refused (`_hold`). The weight is its Latin-1 compile's
-    size (see `_program`) held between MIN_REGEX_WEIGHT and MAX_REGEX_WEIGHT."""
+    MAX_PINNED_PROGRAMS or MAX_PINNED_MEMORY the budget is refused (`_hold`, and `_hold_states` as it searches).
+    The weight is its Latin-1 compile's size (see `_program`) held between MIN_REGEX_WEIGHT and MAX_REGEX_WEIGHT."""
     evaluation = _EVALUATION.get()
     pinned = evaluation.programs.get(pattern) if evaluation is not None else None
     if pinned is not None:
         return pinned
     made = _PROGRAMS.program(pattern)
     regexp, reason = _compiled(pattern)
-    pinned = _Pinned(regexp, reason, made.weight if regexp is not None else 0)
+    held = _held(made.size) if regexp is not None else 0
+    pinned = _Pinned(regexp, reason, made.weight if regexp is not None else 0, max(made.memory - held, 0))
     if evaluation is not None:
         evaluation.charge(max(MIN_COMPILE_STEPS, 1 + made.size // COMPILE_INSTRUCTIONS_PER_STEP))
         _hold(evaluation, made.size if regexp is not None else 0)
@@ -422,14 +518,44 @@ def _pinned(pattern: str) -> _Pinned:
     return pinned
 
 
+def _held(size: int) -> int:
+    """The memory a program of `size` instructions is counted to hold before it searches."""
+    return size * PINNED_BYTES_PER_INSTRUCTION + PINNED_PROGRAM_OVERHEAD
+
+
+def _outermost(evaluation: EvaluationBudget) -> EvaluationBudget:
+    """The budget `evaluation` is drawn from in the end: it holds the pinned programs."""
+    while evaluation.enclosing is not None:
+        evaluation = evaluation.enclosing
+    return evaluation
+
+
 def _hold(evaluation: EvaluationBudget, size: int) -> None:
     """Count one more pinned program of `size` instructions on the outermost budget; past MAX_PINNED_PROGRAMS or
     MAX_PINNED_MEMORY raise EvaluationBudgetExceeded for it, which holds them all."""
-    holder = evaluation
-    while holder.enclosing is not None:
-        holder = holder.enclosing
-    holder.pinned_memory += size * PINNED_BYTES_PER_INSTRUCTION + PINNED_PROGRAM_OVERHEAD
+    holder = _outermost(evaluation)
+    holder.pinned_memory += _held(size)
     if len(holder.programs) >= MAX_PINNED_PROGRAMS or holder.pinned_memory > MAX_PINNED_MEMORY:
+        raise EvaluationBudgetExceeded(holder)
+
+
+def _hold_states(evaluation: EvaluationBudget, pattern: str, size: int) -> None:
+    """Count the DFA states a search of `size` bytes by the pinned `pattern` may cache (DFA_BYTES_PER_BYTE each,
+    up to its memory tier's rest) on the outermost budget; past MAX_PINNED_MEMORY raise EvaluationBudgetExceeded for
+    it. Counted before the search, so one the memory cannot hold is not made: 250 small programs, each searching
+    16 KB, held 130 MB counted as 0.5 MB."""
+    pinned = evaluation.programs.get(pattern)
+    if pinned is None:
+        return
+    holder = _outermost(evaluation)
+    key = ("states", pattern)
+    held = holder.results.get(key, 0)
+    more = min(pinned.states - held, size * DFA_BYTES_PER_BYTE)
+    if more <= 0:
+        return
+    holder.results[key] = held + more
+    holder.pinned_memory += more
+    if holder.pinned_memory > MAX_PINNED_MEMORY:
         raise EvaluationBudgetExceeded(holder)
 
 
@@ -451,7 +577,9 @@ def _searched(pattern: str, regexp: Any, weight: int, text: str) -> bool:
     if kept and key in evaluation.results:
         evaluation.charge_regex_work(REMEMBERED_SEARCH_WORK)
         return bool(evaluation.results[key])
-    evaluation.charge_regex_work(_utf8_size(text) * weight + SEARCH_OVERHEAD_WORK)
+    size = _utf8_size(text)
+    evaluation.charge_regex_work(size * weight + SEARCH_OVERHEAD_WORK)
+    _hold_states(evaluation, pattern, size)
     found = regexp.search(text) is not None
     if kept:
         evaluation.results[key] = found
@@ -708,6 +836,117 @@ def _const(_validator: Any, const: Any, instance: Any, _schema: Any) -> Iterator
         yield ValidationError(f"{short_repr(const)} was expected")
 
 
+# jsonschema's own messages for the keywords below quote the whole instance (`{instance!r}`), built eagerly, with no
+# step charged, even where only validity is asked (`not`, `if`, `contains` ask is_valid of their subschema): a 400 KB
+# array under 300 `not`s of `maxItems` took 3.8 s and was valid. Here each quotes it in the bounded form.
+def _not(validator: Any, not_schema: Any, instance: Any, _schema: Any) -> Iterator[ValidationError]:
+    """`not`, its message bounded."""
+    if validator.evolve(schema=not_schema).is_valid(instance):
+        yield ValidationError(f"{short_repr(instance)} should not be valid under {short_repr(not_schema)}")
+
+
+def _branch_errors(validator: Any, branches: Any, instance: Any) -> tuple[list[ValidationError], int | None]:
+    """The errors of `branches` up to the first valid one, and its index (None when every branch fails)."""
+    errors: list[ValidationError] = []
+    for index, subschema in enumerate(branches):
+        found = list(validator.descend(instance, subschema, schema_path=index))
+        if not found:
+            return errors, index
+        errors.extend(found)
+    return errors, None
+
+
+def _any_of(validator: Any, any_of: Any, instance: Any, _schema: Any) -> Iterator[ValidationError]:
+    """`anyOf`, its message bounded (its failing branches' are, each by its own keyword)."""
+    errors, valid = _branch_errors(validator, any_of, instance)
+    if valid is None:
+        yield ValidationError(f"{short_repr(instance)} is not valid under any of the given schemas", context=errors)
+
+
+def _one_of(validator: Any, one_of: Any, instance: Any, _schema: Any) -> Iterator[ValidationError]:
+    """`oneOf`, its messages bounded."""
+    errors, valid = _branch_errors(validator, one_of, instance)
+    if valid is None:
+        yield ValidationError(f"{short_repr(instance)} is not valid under any of the given schemas", context=errors)
+        return
+    more = [each for each in one_of[valid + 1 :] if validator.evolve(schema=each).is_valid(instance)]
+    if more:
+        yield ValidationError(f"{short_repr(instance)} is valid under each of {short_repr([*more, one_of[valid]])}")
+
+
+def _bound(kind: str, below: bool, message: str) -> Callable[..., Iterator[ValidationError]]:
+    """A `min*` (`below`) or `max*` keyword on the length of an instance of JSON type `kind`."""
+
+    def bound(validator: Any, limit: Any, instance: Any, _schema: Any) -> Iterator[ValidationError]:
+        """The keyword, its message bounded."""
+        if not validator.is_type(instance, kind):
+            return
+        if below and len(instance) < limit:
+            yield ValidationError(f"{short_repr(instance)} {'should be non-empty' if limit == 1 else message}")
+        elif not below and len(instance) > limit:
+            yield ValidationError(f"{short_repr(instance)} {'is expected to be empty' if limit == 0 else message}")
+
+    return bound
+
+
+def _contains(validator: Any, contains: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    """`contains` (with `minContains` and `maxContains`), its messages bounded."""
+    if not validator.is_type(instance, "array"):
+        return
+    least, most = schema.get("minContains", 1), schema.get("maxContains", len(instance))
+    matching = validator.evolve(schema=contains)
+    matched = 0
+    for each in instance:
+        if matching.is_valid(each):
+            matched += 1
+            if matched > most:
+                yield ValidationError(
+                    f"Too many items match the given schema (expected at most {most})",
+                    validator="maxContains",
+                    validator_value=most,
+                )
+                return
+    if matched < least:
+        if not matched:
+            yield ValidationError(f"{short_repr(instance)} does not contain items matching the given schema")
+        else:
+            yield ValidationError(
+                f"Too few items match the given schema (expected at least {least} but only {matched} matched)",
+                validator="minContains",
+                validator_value=least,
+            )
+
+
+def _items(validator: Any, items: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    """`items` (after any `prefixItems`), the message of `items: false` bounded."""
+    if not validator.is_type(instance, "array"):
+        return
+    prefix = len(schema.get("prefixItems", []))
+    extra = len(instance) - prefix
+    if extra <= 0:
+        return
+    if items is False:
+        # At most one more item than the bounded form shows, so it still ends in "...": no copy of the whole rest.
+        rest = instance[prefix] if extra == 1 else instance[prefix : prefix + _SHORT.maxlist + 1]
+        quoted = short_repr(rest)
+        item = "item" if prefix == 1 else "items"
+        yield ValidationError(f"Expected at most {prefix} {item} but found {extra} extra: {quoted}")
+        return
+    for index in range(prefix, len(instance)):
+        yield from validator.descend(instance=instance[index], schema=items, path=index)
+
+
+def _unevaluated_items(validator: Any, _unevaluated: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    """`unevaluatedItems`, its message quoting the unexpected items in the bounded form."""
+    if not validator.is_type(instance, "array"):
+        return
+    evaluated = find_evaluated_item_indexes_by_schema(validator, instance, schema)
+    extras = [item for index, item in enumerate(instance) if index not in evaluated]
+    if extras:
+        verb = "was" if len(extras) == 1 else "were"
+        yield ValidationError(f"Unevaluated items are not allowed ({short_repr(extras)[1:-1]} {verb} unexpected)")
+
+
 def _counted(keyword: Callable[..., Any]) -> Callable[..., Any]:
     def counted(validator: Any, value: Any, instance: Any, schema: Any) -> Any:
         _step()
@@ -739,6 +978,18 @@ TenantSchemaValidator: type[Validator] = create(
             "enum": _enum,
             "const": _const,
             "type": _type,
+            "not": _not,
+            "anyOf": _any_of,
+            "oneOf": _one_of,
+            "minItems": _bound("array", True, "is too short"),
+            "maxItems": _bound("array", False, "is too long"),
+            "minLength": _bound("string", True, "is too short"),
+            "maxLength": _bound("string", False, "is too long"),
+            "minProperties": _bound("object", True, "does not have enough properties"),
+            "maxProperties": _bound("object", False, "has too many properties"),
+            "contains": _contains,
+            "items": _items,
+            "unevaluatedItems": _unevaluated_items,
         }.items()
     },
     type_checker=Draft202012Validator.TYPE_CHECKER,
@@ -749,6 +1000,49 @@ TenantSchemaValidator: type[Validator] = create(
 """JSON Schema 2020-12 with RE2 regexes, linear `uniqueItems`, `enum` and `const`, and every keyword application (and
 a subschema's keys, `_applicable`) counted against the budget of `evaluation_budget()`: the one validator class for
 every schema a tenant supplies."""
+
+_VALIDATOR_CLASS: Any = TenantSchemaValidator  # its methods are replaced below: the protocol types none of them
+_EVOLVED_FIELDS = tuple((field.name, field.alias) for field in attrs.fields(_VALIDATOR_CLASS) if field.init)
+_library_descend = _VALIDATOR_CLASS.descend
+_library_iter_errors = _VALIDATOR_CLASS.iter_errors
+
+
+def _false_schema_error(instance: Any) -> ValidationError:
+    """What a `false` subschema answers, quoting the instance in the bounded form (the library quotes all of it)."""
+    details: dict[str, Any] = {"validator": None, "validator_value": None, "instance": instance, "schema": False}
+    return ValidationError(f"False schema does not allow {short_repr(instance)}", **details)
+
+
+def _evolve(self: Any, **changes: Any) -> Any:
+    """The validator for a subschema, always a TenantSchemaValidator: the library's picks a class by the
+    subschema's `$schema`, and a subschema naming 2020-12 (or draft 7) was evaluated by the library's own validator,
+    with Python's backtracking regexes and no budget (`^(a+)+$` on 30 characters held a worker for a minute)."""
+    changes.setdefault("schema", self.schema)
+    for name, alias in _EVOLVED_FIELDS:
+        changes.setdefault(alias, getattr(self, name))
+    return _VALIDATOR_CLASS(**changes)
+
+
+def _descend(
+    self: Any, instance: Any, schema: Any, path: Any = None, schema_path: Any = None, resolver: Any = None
+) -> Iterator[ValidationError]:
+    """The library's descend, but a `false` subschema's error quotes the instance in the bounded form."""
+    if schema is False:
+        return iter((_false_schema_error(instance),))
+    return _library_descend(self, instance, schema, path, schema_path, resolver)  # type: ignore[no-any-return]
+
+
+def _iter_errors(self: Any, instance: Any, _schema: Any = None) -> Iterator[ValidationError]:
+    """The library's iter_errors, but a `false` schema's error quotes the instance in the bounded form (`not`,
+    `contains` and `if` ask is_valid of their subschema, which may be `false`)."""
+    if _schema is None and self.schema is False:
+        return iter((_false_schema_error(instance),))
+    return _library_iter_errors(self, instance, _schema)  # type: ignore[no-any-return]
+
+
+_VALIDATOR_CLASS.evolve = _evolve
+_VALIDATOR_CLASS.descend = _descend
+_VALIDATOR_CLASS.iter_errors = _iter_errors
 
 
 def tenant_validator(schema: Any) -> Validator:

@@ -4,7 +4,8 @@ validate and at start the same pattern on the same input is searched once, and d
 input run out of the evaluation's budget after a few searches instead of holding a worker for minutes. Many short
 keys under many patterns run out likewise, patterns compiling to huge programs are refused at save, a long
 unexpected key is reported without being searched again, a Unicode free text and a thousand people's names in
-Unicode classes are accepted, and emoji are charged for their UTF-8 bytes.
+Unicode classes are accepted, and emoji are charged for their UTF-8 bytes. A class matching nothing in Latin-1 is
+charged for its repetitions, and an input too costly to check is the start's invalid input (422, at `/input`).
 
 Before, the validate request below (under 16 KiB, so it takes no check-gate slot) searched the 15,000-character
 input 1,000 times: 31 s of CPU. Searches are counted, not timed."""
@@ -142,12 +143,29 @@ def test_at_start_the_repeated_pattern_is_searched_once_and_distinct_ones_run_ou
 
     before = api.table_snapshot("executions")
     refused = execute(api, several, x)
-    assert refused.status_code == 409, refused.text
+    assert refused.status_code == 422, refused.text
     assert refused.headers["content-type"] == "application/problem+json"
-    assert refused.json()["type"].endswith("/definition-invalid")
-    assert "more steps than allowed" in refused.json()["detail"]
+    assert refused.json()["type"].endswith("/invalid-input")
+    [error] = refused.json()["errors"]
+    assert error["pointer"] == "/input" and "input is too costly" in error["detail"]
+    assert "more steps than allowed" in error["detail"]
     assert 1 <= searches.count(x) - 1 <= 12
     assert api.table_snapshot("executions") == before and len(durable.started) == 1
+
+
+def test_at_start_a_class_with_no_latin1_member_is_charged_for_its_repetitions(
+    api: ApiHarness, durable: RecordingClient
+) -> None:
+    # Weighed 32 before, 50,000 CJK characters under this 18-character pattern took 3 s at validate and 3 s at start,
+    # and started.
+    blueprint(api, "start-han", ["(?:\\p{Han}?){900}c"])
+    intent_id = declared(api, "start-han", "start-han")
+    before = api.table_snapshot("executions")
+    refused = execute(api, intent_id, "\u4e2d" * 50_000 + "c")  # it matches: before, it started
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["type"].endswith("/invalid-input")
+    assert [error["pointer"] for error in refused.json()["errors"]] == ["/input"]
+    assert api.table_snapshot("executions") == before and durable.started == []
 
 
 def blueprint_with(api: ApiHarness, name: str, inputs: dict[str, Any]) -> Any:

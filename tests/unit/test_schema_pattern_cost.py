@@ -15,6 +15,10 @@ Ordinary rows of four patterned fields are accepted up to a megabyte (a search's
 step), one evaluation's steps are capped whatever its instance's size, and the programs one budget pins are
 bounded in number and estimated memory.
 
+A class matching nothing in Latin-1 still weighs its repetitions, a small program compiles within a small memory
+and a budget counts the DFA states its programs may cache as they search, and an input too costly to check is the
+start's invalid input (422), not a version that no longer validates.
+
 Searches are counted, not timed: before, the repeated pattern below made 1,000 searches of 15,000 characters
 (31 s), each charged one step."""
 
@@ -28,7 +32,7 @@ from typing import Any
 import pytest
 import re2  # type: ignore[import-untyped]  # the package ships no type information
 
-from shared.engine.start import NoLongerValidError, _input_problems
+from shared.engine.start import _input_problems
 from shared.registry import schema_refs, schemas
 from shared.registry.problems import MAX_REPORTED_ERRORS, from_schema
 from shared.registry.schema_refs import SchemaEvaluation, evaluate_tenant_schema
@@ -39,6 +43,13 @@ PATTERN = "[ab]*a[ab]{300}c"
 SEARCH_LIMIT = 100
 """Searches of one long text (1,000 characters or more) a test lets the evaluator make before it is stopped: the
 unbounded evaluations make 256 to 1,000."""
+
+
+def assert_too_costly(problems: list[dict[str, str]]) -> None:
+    """`problems` are the start's refusal of an input too costly to check: the input is blamed (a 422), not the
+    version (a 409, `NoLongerValidError`)."""
+    assert [problem["pointer"] for problem in problems] == ["/input"]
+    assert "input is too costly" in problems[0]["detail"] and "more steps than allowed" in problems[0]["detail"]
 
 
 def hostile_text(length: int = 15_000) -> str:
@@ -135,8 +146,7 @@ def test_distinct_costly_patterns_on_one_long_string_run_out_of_the_budget(searc
     assert refused.unusable is not None and "steps" in refused.unusable
     assert 1 <= len(searches) <= 12  # 100,000 steps, about 9,000 a search
     searches.clear()
-    with pytest.raises(NoLongerValidError, match="steps"):
-        _input_problems(schema, {"x": hostile_text()})
+    assert_too_costly(_input_problems(schema, {"x": hostile_text()}))
     assert 1 <= len(searches) <= 12
 
 
@@ -194,8 +204,7 @@ def test_short_keys_under_many_patterns_run_out_of_the_budget(questions: list[st
     assert refused.unusable is not None and "steps" in refused.unusable
     assert len(questions) <= 200_000  # five eighths of a step each, from 120,000 steps
     questions.clear()
-    with pytest.raises(NoLongerValidError, match="steps"):
-        _input_problems(short_key_schema(), keys)
+    assert_too_costly(_input_problems(short_key_schema(), keys))
     assert len(questions) <= 200_000
 
 
@@ -497,3 +506,89 @@ def test_a_compile_costs_at_least_a_few_steps() -> None:
     with evaluation_budget(1_000) as budget:
         schemas._pinned("^r0x$")
     assert budget.spent >= schemas.MIN_COMPILE_STEPS >= 3
+
+
+# --- review of 6b2e151: classes with no Latin-1 member, DFA states, the start's refusal ------------------------------
+
+EMPTY_IN_LATIN1 = [
+    ("(?:\\p{Han}?){900}c", 1_805),
+    ("(?:\\p{Greek}?){700}c", 1_405),
+    ("(?:[^\\x00-\\xff]?){900}c", 1_805),
+    ("(?:[\\p{Cyrillic}]?){900}c", 1_805),
+]
+"""Patterns whose classes match nothing in Latin-1, with what they weigh once widened: RE2 runs their full UTF-8
+programs on any text (13-23 µs a byte), and they weighed the least, 32."""
+
+
+@pytest.mark.parametrize(("pattern", "weight"), EMPTY_IN_LATIN1)
+def test_a_class_with_no_latin1_member_still_weighs_its_repetitions(pattern: str, weight: int) -> None:
+    assert schemas._PROGRAMS.program(pattern).weight == weight
+
+
+def test_widening_leaves_ordinary_patterns_weighed_as_before() -> None:
+    assert schemas._PROGRAMS.program(NAME).weight == 705
+    assert schemas._PROGRAMS.program("^[\\p{L}\\p{N}]{1,64}$").weight == 705
+    assert schemas._PROGRAMS.program(PATTERN).weight == 307
+    fields = row_schema()["properties"]["rows"]["items"]["properties"]
+    weights = [schemas._PROGRAMS.program(field["pattern"]).weight for field in fields.values()]
+    assert weights == [70, schemas.MIN_REGEX_WEIGHT, schemas.MIN_REGEX_WEIGHT, 705]
+
+
+HAN = "(?:\\p{Han}?){900}c"
+
+
+def test_an_input_under_a_class_with_no_latin1_member_runs_out_of_the_regex_allowance() -> None:
+    # Charged 17,061 steps, 200 KB of ASCII took 3.07 s at start (a megabyte about 15 s) and was accepted.
+    with evaluation_budget(schemas.MAX_TOTAL_STEPS) as budget:
+        with pytest.raises(EvaluationBudgetExceeded):
+            schemas._charged_matches(HAN, "a" * 200_000)
+    assert budget.regex_steps < 0  # charged before the search, which is not made
+    schema = {"type": "object", "properties": {"x": {"type": "string", "pattern": HAN}}}
+    assert_too_costly(_input_problems(schema, {"x": "a" * 200_000}))
+    assert_too_costly(_input_problems(schema, {"x": "\u4e2d" * 50_000}))
+
+
+def states(index: int) -> str:
+    """Small programs whose DFA keeps making states on random text: at 4 MiB each, 250 of them searching 16 KB held
+    121-132 MB in one start."""
+    return f"[ab]*a[ab]{{14}}c|z{index}"
+
+
+def random_ab(length: int) -> str:
+    rng = random.Random(2)
+    return "".join(rng.choice("ab") for _ in range(length))
+
+
+def test_a_small_program_is_compiled_within_a_small_memory() -> None:
+    small = schemas._PROGRAMS.program(states(0))
+    assert small.regexp is not None and small.memory == 256 << 10
+    # A Unicode name pattern still compiles, within the largest.
+    assert schemas._PROGRAMS.program(NAME).memory == schemas._COMPILE_MEMORY
+
+
+def test_a_program_that_has_searched_is_counted_at_its_memory() -> None:
+    pattern = states(0)
+    with evaluation_budget(schemas.MAX_TOTAL_STEPS) as budget:
+        schemas._charged_matches(pattern, "q")
+        short = budget.pinned_memory
+        schemas._charged_matches(pattern, random_ab(16_000))
+        schemas._charged_matches(pattern, random_ab(16_001))
+    assert short < 16 << 10  # a search of one byte makes a state or two
+    assert budget.pinned_memory == schemas._PROGRAMS.program(pattern).memory
+
+
+def test_many_small_programs_searching_long_text_are_refused_for_their_memory() -> None:
+    # 250 patterns on 16 KB, with a pad to raise the step budget: +121-132 MB of RSS, 1.1 s, accepted.
+    schema = inputs_schema([states(index) for index in range(250)])
+    problems = _input_problems(schema, {"x": random_ab(16_000), "pad": [0] * 30_000})
+    assert_too_costly(problems)
+    with evaluation_budget(schemas.MAX_TOTAL_STEPS) as budget:
+        with pytest.raises(EvaluationBudgetExceeded):
+            for index in range(250):
+                schemas._charged_matches(states(index), random_ab(16_000))
+    assert schemas.MAX_PINNED_MEMORY < budget.pinned_memory <= schemas.MAX_PINNED_MEMORY + (256 << 10)
+
+
+def test_an_integer_past_a_floats_range_under_a_fractional_multiple_is_unusable_not_raised() -> None:
+    evaluated = evaluate_tenant_schema({"multipleOf": 0.5}, 10**400)
+    assert evaluated.unusable is not None and "evaluating it failed" in evaluated.unusable
