@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from shared.api.problems import PROBLEM_JSON, ProblemError
-from shared.api.readiness import run_checks
+from shared.api.readiness import current_checks
 
 router = APIRouter(tags=["health"])
 
@@ -33,9 +33,11 @@ def health() -> Health:
     summary="Readiness: Postgres and blob storage answer",
     responses={503: {"description": "A dependency is down", "content": {PROBLEM_JSON: {}}}},
 )
-def ready() -> Any:
+async def ready() -> Any:
     """Readiness: 200 when every dependency answers, else 503 problem+json naming what is down."""
-    results = run_checks()
+    # Async: probes share one check per process (its results reused briefly), awaited on the event loop, so a burst
+    # of probes holds neither worker threads nor pooled connections that tenants' requests need.
+    results = await current_checks()
     down = [r for r in results if not r.ok]
     if not down:
         return Health(status="ready", checks={r.name: "ok" for r in results})

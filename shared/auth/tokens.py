@@ -168,10 +168,13 @@ class _Remembered:
 class TokenValidator:
     """Validates Entra v2 access tokens (and the devhost's, which share the shape) against one OpenID metadata URL.
 
-    Thread-safe: validation reads immutable cache snapshots; a lock serialises refreshes, and an unknown `kid`
-    triggers at most one JWKS fetch per `jwks_cooldown_s`, however many requests carry one. The verdicts on the last
-    `_REMEMBERED_TOKENS` tokens are kept with the metadata and keys they were reached with; the same token is answered
-    from there (its lifetime judged again) while those are current and fresh, and verified from scratch otherwise.
+    Thread-safe: validation reads immutable cache snapshots; one request at a time refreshes (a try-lock), and the
+    others are answered from what is cached meanwhile (keys past their hourly refresh serve up to `_MAX_STALE_S`),
+    only a request with no usable key waiting for the fetch in flight, bounded. An unknown `kid` triggers at most one
+    JWKS fetch per `jwks_cooldown_s`, however many requests carry one, and within it is refused at once, offline too.
+    The verdicts on the last `_REMEMBERED_TOKENS` tokens are kept with the metadata and keys they were reached with;
+    the same token is answered from there (its lifetime judged again) while those are current and fresh, and verified
+    from scratch otherwise.
     """
 
     def __init__(
@@ -205,6 +208,9 @@ class TokenValidator:
         self._max_lifetime_s = max_lifetime_s
         self._cooldown_s = jwks_cooldown_s
         self._fetch: Fetch = fetch or (lambda url: _fetch_json(url, http_timeout_s))
+        # A refresh is a metadata fetch then a key fetch, each bounded by the timeout; a request with no usable key
+        # waits for one in flight no longer than that.
+        self._refresh_wait_s = 2 * http_timeout_s + 1.0
         self._clock = clock
         self._operator_tenant = operator_tenant
         self._lock = threading.Lock()
@@ -231,8 +237,8 @@ class TokenValidator:
 
         `at` (a POSIX time) judges `exp` and `nbf` at that moment instead of now: a request that a trusted service
         stamped when it accepted it (an event's enqueued time) is judged when it was made, not when it is read.
-        `offline`: only with the keys cached and fresh, never fetching or waiting for a refresh; KeysNotCachedError
-        otherwise (so an event loop may validate without blocking).
+        `offline`: from what is cached, never fetching or waiting for a refresh; KeysNotCachedError when a fetch
+        is due and allowed (or nothing usable is cached), so an event loop may validate without blocking.
         """
         if not isinstance(token, str) or not token or len(token) > _MAX_TOKEN_CHARS:
             raise InvalidTokenError("malformed token")
@@ -433,34 +439,66 @@ class TokenValidator:
             and kid in key_set.keys
         ):
             return key_set.keys[kid], metadata, key_set
+        if not self._fetch_would_help(kid, metadata, key_set, now):
+            # Within the cooldowns, or while another request refreshes, what is cached is the answer: a made-up kid
+            # is refused here, on the caller's own thread (the event loop), and holds no worker thread and no lock.
+            return _cached_key(kid, metadata, key_set, now)
         if offline:
             raise KeysNotCachedError(kid)
-        with self._lock:
-            # Another thread may have refreshed while this one waited; everything is re-read under the lock.
-            now = self._clock()
-            metadata = self._current_metadata(now)
-            key_set = self._current_key_set(metadata, now)
-            key = key_set.keys.get(kid)
-            if key is None and self._jwks_cooldown_over(now):
-                # Unknown kid: Entra may have rotated. One refetch per cooldown, so a flood of made-up kids
-                # cannot turn this service into an amplifier against the identity provider.
-                refreshed = self._try_fetch_jwks(metadata, now)
-                if refreshed is not None:
-                    key_set = refreshed
-                    key = refreshed.keys.get(kid)
-            if key is None:
-                raise InvalidTokenError("unknown signing key")
-            return key, metadata, key_set
+        if self._lock.acquire(blocking=False):
+            try:
+                return self._refreshed_key(kid)
+            finally:
+                self._lock.release()
+        if _usable(metadata, now) and _usable(key_set, now):
+            # Another request is refreshing: this one is answered from the cache rather than queued behind it.
+            return _cached_key(kid, metadata, key_set, now)
+        # Nothing usable is cached (a cold start, or keys past their stale bound): the refresh in flight is the only
+        # way to an answer, so it is awaited, but no longer than its two fetches may take.
+        if not self._lock.acquire(timeout=self._refresh_wait_s):
+            raise SigningKeysUnavailableError("signing keys unavailable")
+        try:
+            return self._refreshed_key(kid)
+        finally:
+            self._lock.release()
+
+    def _fetch_would_help(self, kid: str, metadata: _Metadata | None, key_set: _KeySet | None, now: float) -> bool:
+        """Whether `kid` calls for a fetch now: something is due (or missing) and its cooldown is over; while a
+        refresh is in flight only when nothing usable is cached, since that refresh is the one fetch allowed."""
+        if self._lock.locked():
+            return not (_usable(metadata, now) and _usable(key_set, now))
+        metadata_due = metadata is None or not _fresh(metadata.fetched_at, now)
+        if metadata_due and _cooldown_over(self._last_metadata_attempt, now, self._cooldown_s):
+            return True
+        keys_due = key_set is None or not _fresh(key_set.fetched_at, now) or kid not in key_set.keys
+        return keys_due and self._jwks_cooldown_over(now)
+
+    def _refreshed_key(self, kid: str) -> tuple[_Key, _Metadata, _KeySet]:
+        """The key for `kid` once metadata and keys are refreshed as due; called with `_lock` held."""
+        # Another thread may have refreshed meanwhile; everything is re-read under the lock.
+        now = self._clock()
+        metadata = self._current_metadata(now)
+        key_set = self._current_key_set(metadata, now)
+        key = key_set.keys.get(kid)
+        if key is None and self._jwks_cooldown_over(now):
+            # Unknown kid: Entra may have rotated. One refetch per cooldown, so a flood of made-up kids
+            # cannot turn this service into an amplifier against the identity provider.
+            refreshed = self._try_fetch_jwks(metadata, now)
+            if refreshed is not None:
+                key_set = refreshed
+                key = refreshed.keys.get(kid)
+        if key is None:
+            raise InvalidTokenError("unknown signing key")
+        return key, metadata, key_set
 
     def _jwks_cooldown_over(self, now: float) -> bool:
-        return self._last_jwks_attempt is None or now - self._last_jwks_attempt >= self._cooldown_s
+        return _cooldown_over(self._last_jwks_attempt, now, self._cooldown_s)
 
     def _current_metadata(self, now: float) -> _Metadata:
         cached = self._metadata
         if cached is not None and _fresh(cached.fetched_at, now):
             return cached
-        last = self._last_metadata_attempt
-        if last is None or now - last >= self._cooldown_s:
+        if _cooldown_over(self._last_metadata_attempt, now, self._cooldown_s):
             self._last_metadata_attempt = now
             try:
                 fetched = _parse_metadata(self._fetch(self._metadata_url), now)
@@ -471,7 +509,7 @@ class TokenValidator:
                     self._key_set = None  # keys from the old location are not vouched for by the new metadata
                 self._metadata = fetched
                 return fetched
-        if cached is not None and now - cached.fetched_at < _CACHE_TTL_S + _MAX_STALE_S:
+        if cached is not None and _usable(cached, now):
             return cached
         raise SigningKeysUnavailableError("signing keys unavailable")
 
@@ -483,7 +521,7 @@ class TokenValidator:
             fetched = self._try_fetch_jwks(metadata, now)
             if fetched is not None:
                 return fetched
-        if cached is not None and now - cached.fetched_at < _CACHE_TTL_S + _MAX_STALE_S:
+        if cached is not None and _usable(cached, now):
             return cached
         raise SigningKeysUnavailableError("signing keys unavailable")
 
@@ -517,6 +555,29 @@ def _lifetime(claims: Mapping[str, Any], now: float) -> float | None:
 
 def _fresh(fetched_at: float, now: float) -> bool:
     return now - fetched_at < _CACHE_TTL_S
+
+
+def _usable(cached: _Metadata | _KeySet | None, now: float) -> bool:
+    """Whether a cached document may still answer: fresh, or past its refresh but within the stale bound."""
+    return cached is not None and now - cached.fetched_at < _CACHE_TTL_S + _MAX_STALE_S
+
+
+def _cooldown_over(last_attempt: float | None, now: float, cooldown_s: float) -> bool:
+    """Whether a fetch may be tried again: never tried, or the last try at least `cooldown_s` ago."""
+    return last_attempt is None or now - last_attempt >= cooldown_s
+
+
+def _cached_key(
+    kid: str, metadata: _Metadata | None, key_set: _KeySet | None, now: float
+) -> tuple[_Key, _Metadata, _KeySet]:
+    """The key for `kid` from what is cached, fresh or within the stale bound; 503 with nothing usable, 401 for a
+    kid the cached set lacks."""
+    if metadata is None or key_set is None or not (_usable(metadata, now) and _usable(key_set, now)):
+        raise SigningKeysUnavailableError("signing keys unavailable")
+    key = key_set.keys.get(kid)
+    if key is None:
+        raise InvalidTokenError("unknown signing key")
+    return key, metadata, key_set
 
 
 def _require_fetchable_url(url: str) -> None:

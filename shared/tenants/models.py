@@ -53,10 +53,12 @@ class TenantQuotas(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    requests_per_minute: int | None = Field(default=None, ge=1, le=1_000_000)
-    burst: int | None = Field(default=None, ge=1, le=100_000)
-    max_concurrent_executions: int | None = Field(default=None, ge=0, le=100_000)
-    max_webhook_subscriptions: int | None = Field(default=None, ge=0, le=10_000)
+    # Strict: `true`, "60" and 7.0 are a caller's mistakes (shared/ratelimit.py calls `true` in a quota one), not
+    # 1, 60 and 7: refused with 422 rather than stored as the number they would be coerced to.
+    requests_per_minute: int | None = Field(default=None, ge=1, le=1_000_000, strict=True)
+    burst: int | None = Field(default=None, ge=1, le=100_000, strict=True)
+    max_concurrent_executions: int | None = Field(default=None, ge=0, le=100_000, strict=True)
+    max_webhook_subscriptions: int | None = Field(default=None, ge=0, le=10_000, strict=True)
 
 
 class TenantCreate(BaseModel):

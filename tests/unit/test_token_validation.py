@@ -253,7 +253,12 @@ def test_offline_validation_never_fetches_and_agrees_with_online_validation(
     with pytest.raises(InvalidTokenError, match="invalid signature") as refused:
         validator.validate(tampered, offline=True)
     assert refused.type is InvalidTokenError
-    # An unknown key id, or keys gone stale, would need a fetch: offline it asks for the online validation.
+    # An unknown key id within the JWKS cooldown is refused offline at once: no fetch could be made for it.
+    with pytest.raises(InvalidTokenError, match="unknown signing key") as unknown:
+        validator.validate(_token(other_key), offline=True)
+    assert unknown.type is InvalidTokenError
+    # Once the cooldown is over, or with keys gone stale, it would need a fetch: offline it asks for the online one.
+    clock.now += COOLDOWN_S + 1
     with pytest.raises(KeysNotCachedError):
         validator.validate(_token(other_key), offline=True)
     clock.now += 10 * 86400
