@@ -660,13 +660,26 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
+_FETCH_PIECE_BYTES = 64 * 1024
+
+
 def _fetch_json(url: str, timeout_s: float) -> dict[str, Any]:
     """GET a JSON object with the stdlib (the runtime needs no HTTP client dependency), bounded in time and size."""
     _require_fetchable_url(url)
     opener = urllib.request.build_opener(_NoRedirect())
     request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310 - scheme checked
+    # The socket's timeout bounds each read, not the whole answer: one trickling in a byte at a time would hold the
+    # refresh (and its lock) for as long as the issuer likes, so the body is read in pieces against a deadline.
+    deadline = time.monotonic() + timeout_s
+    pieces: list[bytes] = []
+    read = 0
     with opener.open(request, timeout=timeout_s) as response:
-        body = response.read(_MAX_DOCUMENT_BYTES + 1)
+        while read <= _MAX_DOCUMENT_BYTES and (piece := response.read1(_FETCH_PIECE_BYTES)):
+            pieces.append(piece)
+            read += len(piece)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} took more than {timeout_s} s to answer")
+    body = b"".join(pieces)
     if len(body) > _MAX_DOCUMENT_BYTES:
         raise ValueError(f"{url} returned more than {_MAX_DOCUMENT_BYTES} bytes")
     document = json.loads(body)

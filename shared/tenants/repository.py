@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
+from pydantic import ValidationError
 
 from shared import etags
 from shared.pagination import encode_cursor
@@ -26,6 +28,8 @@ from shared.tenants.models import (
     TenantQuotas,
     TenantUpdate,
 )
+
+logger = logging.getLogger(__name__)
 
 _COLUMNS = sql.SQL(", ").join(
     map(
@@ -75,7 +79,20 @@ class TenantConflictError(Exception):
 
 
 def _to_tenant(row: dict[str, Any]) -> Tenant:
-    return Tenant(**{**row, "quotas": TenantQuotas(**row["quotas"])})
+    return Tenant(**{**row, "quotas": stored_quotas(row["id"], row["quotas"])})
+
+
+def stored_quotas(tenant_id: UUID, stored: Any) -> TenantQuotas:
+    """The quotas a tenant's row holds, each one that is not a whole number in its bounds (a hand edit, another
+    writer: the API stores none) left out, with a warning, so the platform's default applies: a bad quota must not
+    take its tenant offline, nor the operators' listing of tenants with it."""
+    kept: dict[str, int] = {}
+    for name, value in (stored if isinstance(stored, dict) else {}).items():
+        try:
+            kept[name] = TenantQuotas.model_validate({name: value}).model_dump()[name]
+        except ValidationError:
+            logger.warning("tenant %s: its stored quota %r is not valid; the default applies", tenant_id, name)
+    return TenantQuotas.model_validate(kept)
 
 
 def etag(tenant: Tenant) -> str:

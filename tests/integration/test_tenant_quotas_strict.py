@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
+from shared.tenants.repository import tenant_directory
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 
 pytestmark = pytest.mark.integration
@@ -57,3 +60,29 @@ def test_a_quota_that_is_not_a_whole_number_is_refused_on_create(api: ApiHarness
         body = {"name": "coerced-quota", "entra_tenant_id": "5e3c1a7b-2d4f-4a6e-8b9c-0d1e2f3a4b5c"}
         _refused_at(api.client.post("/api/v1/tenants", json={**body, "quotas": {field: value}}, headers=admin), field)
     assert api.table_snapshot("tenants") == before
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [{"burst": 60.0}, {"requests_per_minute": True}, {"burst": "60"}, {"burst": 0, "max_concurrent_executions": -1}],
+)
+def test_a_stored_quota_that_is_not_valid_leaves_its_tenant_online(api: ApiHarness, stored: dict[str, Any]) -> None:
+    # Strict on input only: a stored value the API never writes (a hand edit, another writer) made every request of
+    # its tenant, and the operators' listing of tenants, answer 500 once the quota model was strict on read too.
+    api.provision("quota-readers")
+    admin = api.headers("quota-readers", PLATFORM_ADMIN)
+    customer = api.provision("quota-stored", quotas={"burst": 5, "requests_per_minute": 600})
+    with psycopg.connect(api.admin_url, dbname="quantum") as conn:
+        conn.execute("UPDATE app.tenants SET quotas = %s WHERE id = %s", (Jsonb(stored), customer.id))
+    tenant_directory.forget()
+    own = api.client.get("/api/v1/intents", headers=api.headers("quota-stored", ["Intent.Reader"]))
+    assert own.status_code == 200, own.text
+    listing = api.client.get("/api/v1/tenants", params={"limit": 100}, headers=admin)
+    assert listing.status_code == 200, listing.text
+    read = api.client.get(f"/api/v1/tenants/{customer.id}", headers=admin)
+    assert read.status_code == 200, read.text
+    # What is not valid is left out: the platform's default applies.
+    assert all(read.json()["quotas"][name] is None for name in stored), read.json()["quotas"]
+    repaired = _change(api, admin, customer.id, {"quotas": {"burst": 7}})
+    assert repaired.status_code == 200, repaired.text
+    assert repaired.json()["quotas"]["burst"] == 7

@@ -8,7 +8,9 @@ checked directly; a request that would wait on the fetch is run on a thread and 
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import pytest
 from devhost.identity import DEFAULT_AUDIENCE, SigningKey, openid_configuration, sign_access_token
 from shared.api import security as api_security
 from shared.api.problems import ProblemError
+from shared.auth import tokens
 from shared.auth.principal import INTENT_READER
 from shared.auth.tokens import (
     InvalidTokenError,
@@ -228,3 +231,38 @@ def test_a_request_with_no_usable_key_waits_for_the_fetch_in_flight_and_not_fore
     assert isinstance(refreshing.outcome, VerifiedToken)
     # Refreshed: the next request is answered from the new keys.
     assert validator.validate(_token_of(key), offline=True).entra_tenant_id == CONTOSO
+
+
+def _trickling_server(stop: threading.Event) -> tuple[socket.socket, threading.Thread]:
+    """A loopback HTTP server whose one answer sends its headers, then its body a byte at a time, every 50 ms."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        connection, _ = server.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
+            for _ in range(1000):
+                if stop.wait(0.05):
+                    return
+                connection.sendall(b" ")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return server, thread
+
+
+def test_a_fetch_trickling_its_answer_ends_at_its_timeout() -> None:
+    # The socket's timeout bounds each read, not the whole answer: a body trickling in a byte every 50 ms held the
+    # refresh, and its lock, for its whole length (here 50 s; an issuer could make it as long as it liked).
+    stop = threading.Event()
+    server, thread = _trickling_server(stop)
+    began = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError):
+            tokens._fetch_json(f"http://127.0.0.1:{server.getsockname()[1]}/keys", 0.3)
+        assert time.monotonic() - began < HANG_S
+    finally:
+        stop.set()
+        thread.join(timeout=HOLD_S)
+        server.close()
