@@ -8,6 +8,12 @@ mid-export) with FOR UPDATE SKIP LOCKED in a short control-plane transaction, ma
 the folder a killed attempt was writing, records the folder of this attempt, runs `export_tenant` outside any
 transaction while a thread renews the lease, and records the outcome. Every update of an attempt is fenced by its
 number: an attempt taken for dead changes nothing of the next one, and removes what it wrote itself.
+
+Every attempt's folder is listed in the job's `cleanup_folders` (migration 0071) before anything is written, and leaves
+the list only when the attempt succeeds; each run first removes listed folders (any job's, a few per run), dropping a
+name once its folder is listed empty and its writer has surely stopped. So what a failed, killed or lost attempt wrote
+is removed by the timer even when storage refused the first removal. A database error in the job's own bookkeeping
+ends the job `database-unavailable` and stops the run, rather than leaving it `running` until its lease runs out.
 """
 
 from __future__ import annotations
@@ -15,10 +21,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -34,7 +40,13 @@ from shared.audit import AuditStore
 from shared.config import get_settings
 from shared.db.session import platform_transaction
 from shared.storage.blob import artifacts_container
-from shared.tenants.offboarding import TenantGoneError, export_folder, export_tenant, remove_export
+from shared.tenants.offboarding import (
+    ExportTooLongError,
+    TenantGoneError,
+    export_folder,
+    export_tenant,
+    remove_export,
+)
 from shared.tenants.repository import get_tenant
 
 logger = logging.getLogger(__name__)
@@ -49,6 +61,20 @@ MAX_JOBS = 4
 """Jobs one run takes at most, oldest first: the next run takes the rest."""
 MAX_ATTEMPTS = 3
 """Attempts of one job: one killed that often (an export longer than the host lets a run last) fails for good."""
+ATTEMPT_BUDGET_S = 45 * 60.0
+"""An attempt's export stops (between blobs) this long after its run began and fails `too-large`: below the host's
+`functionTimeout` (an hour), so the job says why rather than being ended by the host three times."""
+WRITER_BOUND_S = 3600.0
+"""How long after its folder was named an attempt may still write to it: the host ends its run by then
+(`functionTimeout`). A listed folder found empty is dropped from its job only past this, so one removal at least comes
+after the last blob of an attempt that lost its lease and went on writing."""
+CLEANUP_PER_RUN = 16
+"""Listed folders one run removes at most, of jobs picked at random (none held back behind another's)."""
+CLEANUP_BUDGET_S = 60.0
+"""A run starts removing no further listed folder once this long has passed: in a storage outage each removal waits
+out the client's retries, and the run's jobs come next."""
+BOOKKEEPING_PAUSES_S = (1.0, 2.0)
+"""Pauses between the tries of recording a job's failure, riding out a short database outage."""
 RETRY_AFTER_S = 30
 """What the answers tell a caller to wait before looking at a queued or running job: the timer's period."""
 ACTIVE = ("queued", "running")
@@ -66,6 +92,7 @@ _NAMES = (
     "folder",
     "result",
     "failure",
+    "cleanup_folders",
 )
 _COLUMNS = sql.SQL(", ").join(sql.Identifier(name) for name in _NAMES)
 # KEY SHARE, the lock the job's own foreign key takes: an erasure's row delete waits for the request's commit, then
@@ -86,23 +113,33 @@ _DUE = sql.SQL(
     "SELECT {} FROM control.tenant_export_jobs WHERE status = 'queued' OR (status = 'running' AND lease_until < now())"
     " ORDER BY requested_at, id LIMIT 1 FOR UPDATE SKIP LOCKED"
 ).format(_COLUMNS)
+# The last attempt's folder goes on the cleanup list (a job recorded before migration 0071 had it only in `folder`).
 _CLAIM = sql.SQL(
     "UPDATE control.tenant_export_jobs SET status = 'running', attempts = attempts + 1,"
-    " lease_until = now() + make_interval(secs => %s), started_at = coalesce(started_at, now())"
+    " lease_until = now() + make_interval(secs => %s), started_at = coalesce(started_at, now()),"
+    " cleanup_folders = CASE WHEN folder IS NULL OR folder = ANY (cleanup_folders) THEN cleanup_folders"
+    " ELSE array_append(cleanup_folders, folder) END"
     " WHERE id = %s RETURNING {}"
 ).format(_COLUMNS)
 # Every update of an attempt names it: one taken for dead (or whose job was erased) changes nothing.
 _BEGIN_ATTEMPT = (
-    "UPDATE control.tenant_export_jobs SET folder = %s WHERE id = %s AND attempts = %s AND status = 'running'"
+    "UPDATE control.tenant_export_jobs SET folder = %s, cleanup_folders = array_append(cleanup_folders, %s)"
+    " WHERE id = %s AND attempts = %s AND status = 'running'"
 )
 _RENEW = (
     "UPDATE control.tenant_export_jobs SET lease_until = now() + make_interval(secs => %s)"
     " WHERE id = %s AND attempts = %s AND status = 'running'"
 )
 _SUCCEEDED = (
-    "UPDATE control.tenant_export_jobs SET status = 'succeeded', finished_at = now(), lease_until = NULL, result = %s"
-    " WHERE id = %s AND attempts = %s AND status = 'running'"
+    "UPDATE control.tenant_export_jobs SET status = 'succeeded', finished_at = now(), lease_until = NULL, result = %s,"
+    " cleanup_folders = array_remove(cleanup_folders, folder) WHERE id = %s AND attempts = %s AND status = 'running'"
 )
+# Jobs with folders to remove. The running attempt's own folder is never among them.
+_CLEANUP_DUE = (
+    "SELECT id, tenant_id, status, folder, cleanup_folders FROM control.tenant_export_jobs"
+    " WHERE pg_catalog.cardinality(cleanup_folders) > 0 ORDER BY random() LIMIT %s"
+)
+_CLEANED = "UPDATE control.tenant_export_jobs SET cleanup_folders = array_remove(cleanup_folders, %s) WHERE id = %s"
 _FAILED = (
     "UPDATE control.tenant_export_jobs SET status = 'failed', finished_at = now(), lease_until = NULL, failure = %s"
     " WHERE id = %s AND attempts = %s AND status = 'running'"
@@ -125,6 +162,7 @@ class ExportJob:
     folder: str | None
     result: dict[str, Any] | None
     failure: str | None
+    cleanup_folders: list[str]
 
     @classmethod
     def of(cls, row: DictRow) -> ExportJob:
@@ -184,29 +222,68 @@ def run_export_jobs(
     *,
     max_jobs: int = MAX_JOBS,
     budget_s: float = RUN_BUDGET_S,
+    attempt_budget_s: float = ATTEMPT_BUDGET_S,
     audit_store: AuditStore | None = None,
     control_pool: ConnectionPool[Any] | None = None,
 ) -> RunResult:
-    """Run up to `max_jobs` due jobs one after another, oldest first, starting none once `budget_s` has passed.
+    """Remove the listed folders of failed, killed or lost attempts (`CLEANUP_PER_RUN` at most), then run up to
+    `max_jobs` due jobs one after another, oldest first, starting none once `budget_s` has passed.
 
-    A job's export runs to its end once begun (it cannot be resumed); the host's time limit bounds it, and a job whose
-    attempts the host kept ending fails after `MAX_ATTEMPTS`. `container` is the artifacts container (the background
-    one by default, asked for only when there is a job)."""
-    deadline = time.monotonic() + budget_s
+    A job's export runs to its end once begun (it cannot be resumed), or stops between blobs `attempt_budget_s` after
+    the run began (`too-large`); a job whose attempts the host kept ending fails after `MAX_ATTEMPTS`. A database error
+    in a job's bookkeeping ends it `database-unavailable` and stops the run. `container` is the artifacts container
+    (the background one by default, asked for only when there is work)."""
+    began = time.monotonic()
+    deadline, attempt_deadline = began + budget_s, began + attempt_budget_s
     taken = succeeded = failed = retried = 0
     blobs = container
+    try:
+        blobs = _clean_up(blobs, control_pool)
+    except psycopg.Error as exc:
+        logger.warning("export jobs: the folders to remove were not read (%s); this run stops", type(exc).__name__)
+        return RunResult()
     while taken < max_jobs and time.monotonic() < deadline:
-        job = _claim(control_pool)
+        try:
+            job = _claim(control_pool)
+        except psycopg.Error as exc:
+            logger.warning("export jobs: no job was claimed (%s); this run stops", type(exc).__name__)
+            break
         if job is None:
             break
         taken += 1
         retried += job.attempts > 1
         blobs = blobs if blobs is not None else artifacts_container(get_settings())
-        if _run(job, blobs, audit_store, control_pool):
-            succeeded += 1
-        else:
+        try:
+            ok = _run(job, blobs, audit_store, control_pool, attempt_deadline)
+        except _UnrecordedError:
             failed += 1
+            break  # logged; the lease runs out and the next run takes the job
+        except psycopg.Error as exc:
+            failed += 1
+            _database_failed(job, exc, control_pool)
+            break
+        succeeded += ok
+        failed += not ok
     return RunResult(taken, succeeded, failed, retried)
+
+
+class _UnrecordedError(Exception):
+    """A job's failure could not be recorded, the database refusing each try."""
+
+
+def _database_failed(job: ExportJob, exc: psycopg.Error, pool: ConnectionPool[Any] | None) -> None:
+    """The job's own bookkeeping met a database error: end it `database-unavailable` (its folder is listed for
+    removal), so it neither waits for its lease to run out nor counts as ended by the host."""
+    logger.warning(
+        "export job %s of tenant %s: its record failed (%s); it ends database-unavailable",
+        job.id,
+        job.tenant_id,
+        type(exc).__name__,
+    )
+    try:
+        _fail(job, "database-unavailable", pool)
+    except _UnrecordedError:
+        pass  # logged
 
 
 def _claim(control_pool: ConnectionPool[Any] | None) -> ExportJob | None:
@@ -220,17 +297,65 @@ def _claim(control_pool: ConnectionPool[Any] | None) -> ExportJob | None:
     return ExportJob.of(row)
 
 
+def _clean_up(container: ContainerClient | None, pool: ConnectionPool[Any] | None) -> ContainerClient | None:
+    """Remove up to `CLEANUP_PER_RUN` listed folders of jobs picked at random; the container (asked for only when
+    there is a folder to remove)."""
+    with platform_transaction(pool=pool) as conn:
+        rows = conn.execute(_CLEANUP_DUE, (CLEANUP_PER_RUN,)).fetchall()
+    budget, until = CLEANUP_PER_RUN, time.monotonic() + CLEANUP_BUDGET_S
+    for row in rows:
+        # A running job's own folder is its live attempt's (or one taken for dead, which its next claim lists).
+        folders = [name for name in row["cleanup_folders"] if row["status"] != "running" or name != row["folder"]]
+        if not folders or budget <= 0:
+            continue
+        container = container if container is not None else artifacts_container(get_settings())
+        _remove_listed(row["id"], row["tenant_id"], folders[:budget], container, pool, until)
+        budget -= len(folders[:budget])
+    return container
+
+
+def _remove_listed(
+    job_id: UUID,
+    tenant_id: UUID,
+    folders: Sequence[str],
+    container: ContainerClient,
+    pool: ConnectionPool[Any] | None,
+    until: float | None = None,
+) -> None:
+    """Remove each listed folder of the job (none begun past `until`, a `time.monotonic()` value); drop a name from
+    the list once its folder is listed empty and its writer has surely stopped (`WRITER_BOUND_S`)."""
+    for folder in folders:
+        if until is not None and time.monotonic() >= until:
+            return  # the next run goes on
+        if remove_export(tenant_id, container, folder) and _writer_stopped(folder):
+            with platform_transaction(pool=pool) as conn:
+                conn.execute(_CLEANED, (folder, job_id))
+
+
+def _writer_stopped(folder: str) -> bool:
+    """Whether the attempt that named `folder` (after the time it began, `export_folder`) can no longer be writing."""
+    try:
+        began = datetime.strptime(folder.rstrip("/").rsplit("/", 1)[-1], "%Y%m%dT%H%M%S%fZ").replace(tzinfo=UTC)
+    except ValueError:
+        return True  # not a name an attempt gives: no writer to wait for
+    return datetime.now(UTC) - began > timedelta(seconds=WRITER_BOUND_S)
+
+
 def _run(
-    job: ExportJob, container: ContainerClient, audit_store: AuditStore | None, pool: ConnectionPool[Any] | None
+    job: ExportJob,
+    container: ContainerClient,
+    audit_store: AuditStore | None,
+    pool: ConnectionPool[Any] | None,
+    deadline: float,
 ) -> bool:
-    """One attempt of `job`: the killed attempt's folder removed, this one's recorded, the export run; whether it
-    succeeded."""
-    if job.folder is not None:
+    """One attempt of `job`: the folders of its earlier attempts removed, this one's listed, the export run; whether
+    it succeeded. A database error of its own bookkeeping is raised (psycopg.Error)."""
+    if job.cleanup_folders:
         # A killed attempt's folder, without its manifest or with it: no half export is left beside the new one.
         logger.warning(
-            "export job %s of tenant %s: attempt %d removes its last one's folder", job.id, job.tenant_id, job.attempts
+            "export job %s of tenant %s: attempt %d removes its last ones' folders", job.id, job.tenant_id, job.attempts
         )
-        remove_export(job.tenant_id, container, job.folder)
+        _remove_listed(job.id, job.tenant_id, job.cleanup_folders, container, pool)
     if job.attempts > MAX_ATTEMPTS:
         return _fail(job, "attempts-exhausted", pool)
     with platform_transaction(pool=pool) as conn:
@@ -239,15 +364,16 @@ def _run(
         return _fail(job, "tenant-gone", pool)
     folder = export_folder(job.tenant_id, datetime.now(UTC))
     with platform_transaction(pool=pool) as conn:
-        if not conn.execute(_BEGIN_ATTEMPT, (folder, job.id, job.attempts)).rowcount:
+        if not conn.execute(_BEGIN_ATTEMPT, (folder, folder, job.id, job.attempts)).rowcount:
             return False  # erased meanwhile (its jobs went with it), or taken by another run: nothing written yet
     try:
         with _leased(job, pool):
-            result = export_tenant(tenant, container, audit_store, folder=folder)
+            result = export_tenant(tenant, container, audit_store, folder=folder, deadline=deadline)
     except TenantGoneError:
         return _fail(job, "tenant-gone", pool)
     except Exception as exc:
-        # The export removed what it wrote; the kind is recorded, the error itself logged for operators only.
+        # The export removed what it wrote (its folder stays listed until the timer sees it empty); the kind is
+        # recorded, the error itself logged for operators only.
         kind = _failure_kind(exc)
         logger.exception("export job %s of tenant %s failed (%s)", job.id, job.tenant_id, kind)
         return _fail(job, kind, pool)
@@ -262,7 +388,8 @@ def _run(
     with platform_transaction(pool=pool) as conn:
         recorded = conn.execute(_SUCCEEDED, (Jsonb(outcome), job.id, job.attempts)).rowcount
     if not recorded:
-        # Taken for dead (its lease not renewed) and claimed again, or erased: the export is no job's, so it goes.
+        # Taken for dead (its lease not renewed) and claimed again, or erased: the export is no job's, so it goes (and
+        # stays listed for the timer, if the job is still there).
         logger.warning(
             "export job %s of tenant %s: attempt %d lost its job; its folder is removed",
             job.id,
@@ -276,14 +403,31 @@ def _run(
 
 
 def _fail(job: ExportJob, kind: str, pool: ConnectionPool[Any] | None) -> bool:
-    """Record the attempt's job failed with `kind` (nothing when the job is gone or another attempt's); False."""
-    with platform_transaction(pool=pool) as conn:
-        conn.execute(_FAILED, (kind, job.id, job.attempts))
-    return False
+    """Record the attempt's job failed with `kind` (nothing when the job is gone or another attempt's); False. Tried
+    again after each of `BOOKKEEPING_PAUSES_S`; _UnrecordedError when the database refused every try."""
+    for pause in (*BOOKKEEPING_PAUSES_S, None):
+        try:
+            with platform_transaction(pool=pool) as conn:
+                conn.execute(_FAILED, (kind, job.id, job.attempts))
+            return False
+        except psycopg.Error as exc:
+            if pause is None:
+                logger.error(
+                    "export job %s of tenant %s: its failure (%s) was not recorded (%s); its lease runs out",
+                    job.id,
+                    job.tenant_id,
+                    kind,
+                    type(exc).__name__,
+                )
+                raise _UnrecordedError(str(job.id)) from exc
+            time.sleep(pause)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _failure_kind(exc: Exception) -> str:
     """A short kind for a failed export's job: what a caller may see, never the error's text."""
+    if isinstance(exc, ExportTooLongError):
+        return "too-large"
     if isinstance(exc, AzureError):
         return "storage-unavailable"
     if isinstance(exc, psycopg.Error):

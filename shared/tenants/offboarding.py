@@ -201,6 +201,10 @@ class TenantGoneError(LookupError):
     """The tenant was erased before its export began, or while it ran (its export is then removed again)."""
 
 
+class ExportTooLongError(RuntimeError):
+    """The export's blobs were still being copied at its deadline: it stopped, and what it wrote is removed."""
+
+
 @dataclass(frozen=True)
 class ExportResult:
     """Where the export was written and what it holds: its folder, the archive and the manifest in it, the rows of
@@ -220,7 +224,12 @@ def export_folder(tenant_id: UUID, at: datetime) -> str:
 
 
 def export_tenant(
-    tenant: Tenant, container: ContainerClient, audit_store: AuditStore | None = None, *, folder: str | None = None
+    tenant: Tenant,
+    container: ContainerClient,
+    audit_store: AuditStore | None = None,
+    *,
+    folder: str | None = None,
+    deadline: float | None = None,
 ) -> ExportResult:
     """Export the tenant to a folder `<tenant>/exports/<time>/` of its own: `archive.json` (its rows, read under its
     own RLS context, and its audit trail from `audit_store`, by default the configured one), a copy of every blob
@@ -230,11 +239,13 @@ def export_tenant(
     before, a blob copied a chunk at a time). TenantGoneError when the tenant was erased, or marked for erasure,
     before or meanwhile; nothing of the export is left then. Any other failure removes what the export wrote, so it
     is safe to send again. `folder` (by default one named by the time now) is given by an export job, which records it
-    before anything is written so that a retry of a killed attempt removes it (`export_jobs`)."""
+    before anything is written so that a retry of a killed attempt removes it (`export_jobs`). `deadline` (a
+    `time.monotonic()` value, an export job's) is looked at between blobs: past it, ExportTooLongError, and nothing of
+    the export is left as on any failure."""
     audit_store = audit_store or get_audit_store()
     folder = folder or export_folder(tenant.id, datetime.now(UTC))
     try:
-        result = _write_export(tenant, container, audit_store, folder)
+        result = _write_export(tenant, container, audit_store, folder, deadline)
     except BaseException:
         # An export cut short is no export: the next one writes a whole folder of its own. A tenant gone before the
         # first write left nothing to remove.
@@ -250,13 +261,15 @@ def export_tenant(
     return result
 
 
-def _write_export(tenant: Tenant, container: ContainerClient, audit_store: AuditStore, folder: str) -> ExportResult:
+def _write_export(
+    tenant: Tenant, container: ContainerClient, audit_store: AuditStore, folder: str, deadline: float | None
+) -> ExportResult:
     """Write the archive, then the blobs, then the manifest to `folder`; TenantGoneError once the tenant is seen
-    gone."""
+    gone, ExportTooLongError once `deadline` has passed between blobs."""
     counts: dict[str, int] = {}
     archive = _upload_archive(tenant, counts, audit_store, container, folder + EXPORT_ARCHIVE)
     with tempfile.SpooledTemporaryFile(max_size=EXPORT_SPOOL_BYTES) as listed:
-        copied, copied_bytes = _copy_blobs(tenant.id, container, folder, listed)
+        copied, copied_bytes = _copy_blobs(tenant.id, container, folder, listed, deadline)
         manifest_name = folder + EXPORT_MANIFEST
         head = {
             "tenant_id": str(tenant.id),
@@ -303,10 +316,13 @@ def _upload_spool(container: ContainerClient, name: str, spool: Any) -> int:
     return size
 
 
-def _copy_blobs(tenant_id: UUID, container: ContainerClient, folder: str, listed: Any) -> tuple[int, int]:
+def _copy_blobs(
+    tenant_id: UUID, container: ContainerClient, folder: str, listed: Any, deadline: float | None = None
+) -> tuple[int, int]:
     """Copy every blob under the tenant's prefix but its exports into `folder` under the same relative name, writing
     each one's manifest entry to `listed` (comma-separated JSON objects); how many blobs and bytes. Looks at the
-    tenant every `EXPORT_LOOK_S` (TenantGoneError once it is gone or marked for erasure)."""
+    tenant every `EXPORT_LOOK_S` (TenantGoneError once it is gone or marked for erasure), and at `deadline` before
+    each blob (ExportTooLongError once it has passed)."""
     prefix = tenant_blob_prefix(tenant_id)
     exports = f"{prefix}{EXPORTS_FOLDER}/"
     copied = copied_bytes = 0
@@ -314,6 +330,9 @@ def _copy_blobs(tenant_id: UUID, container: ContainerClient, folder: str, listed
     for source in container.list_blobs(name_starts_with=prefix):
         if source.name.startswith(exports):
             continue  # earlier exports (and this one) are not the tenant's data
+        if deadline is not None and time.monotonic() >= deadline:
+            # Stopped between blobs, so the attempt ends before the host ends its run, and its job says why.
+            raise ExportTooLongError(str(tenant_id))
         if time.monotonic() - looked >= EXPORT_LOOK_S:
             if not export_may_stand(tenant_id):
                 raise TenantGoneError(str(tenant_id))
@@ -455,10 +474,17 @@ def _remove_export(tenant_id: UUID, container: ContainerClient, folder: str) -> 
         _left_behind(tenant_id, folder, left, failure)
 
 
-def remove_export(tenant_id: UUID, container: ContainerClient, folder: str) -> None:
-    """Delete every blob of the export in `folder` (a killed attempt's, a failed job's); never raises: what storage
-    refuses is logged, or noted for the `erased_tenant_blobs` timer when the tenant is gone."""
+def remove_export(tenant_id: UUID, container: ContainerClient, folder: str) -> bool:
+    """Delete every blob of the export in `folder` (a killed attempt's, a failed job's); whether the folder was then
+    listed empty. Never raises: what storage refuses is logged, or noted for the `erased_tenant_blobs` timer when the
+    tenant is gone, and the export job that named the folder keeps it to remove it again (`export_jobs`)."""
     _remove_export(tenant_id, container, folder)
+    try:
+        left = container.list_blobs(name_starts_with=folder, include=TENANT_LISTING)
+        return next(iter(left), None) is None
+    except Exception as exc:
+        logger.warning("export folder %r of tenant %s could not be listed (%s)", folder, tenant_id, type(exc).__name__)
+        return False
 
 
 def _left_behind(tenant_id: UUID, folder: str, left: int | None, failure: Exception) -> None:

@@ -406,3 +406,173 @@ def test_an_attempt_whose_job_was_taken_meanwhile_removes_what_it_wrote(
     job = api.client.get(accepted.headers["location"], headers=admin).json()
     assert job["status"] == "running" and job["attempts"] == 2  # the other attempt's to end
     assert _exports(azurite, tenant_id) == set()
+
+
+class _FailingStorage(_FailingCopy):
+    """The artifacts container in an outage: reads of a blob's bytes and deletes both fail."""
+
+    def delete_blob(self, *args: Any, **kwargs: Any) -> Any:
+        raise ServiceRequestError("storage went away")
+
+
+class _FailingDeletes:
+    """The artifacts container, whose deletes fail as a storage outage would."""
+
+    def __init__(self, container: Any) -> None:
+        self._container = container
+
+    def delete_blob(self, *args: Any, **kwargs: Any) -> Any:
+        raise ServiceRequestError("storage went away")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._container, name)
+
+
+def _cleanup_folders(api: ApiHarness, tenant_id: uuid.UUID) -> list[str]:
+    """The folders the tenant's (one) job still has to remove."""
+    [job] = _jobs(api, tenant_id)
+    return list(job["cleanup_folders"])
+
+
+def test_a_failed_exports_folder_that_storage_kept_is_removed_by_a_later_run(
+    api: ApiHarness, azurite: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The export's own removal failed as its copy did: the folder stayed for ever, its name only in a log.
+    admin = _operator(api)
+    tenant_id = _tenant(api, "failed-export-kept")
+    blobs = _artifacts(azurite)
+    blobs.upload_blob(f"{tenant_id}/artifacts/build.log", b"log", overwrite=True)
+    _drain()
+    accepted = api.client.post(f"/api/v1/tenants/{tenant_id}/export", headers=admin)
+
+    export_jobs.run_export_jobs(_FailingStorage(blobs), max_jobs=50)
+
+    failed = api.client.get(accepted.headers["location"], headers=admin).json()
+    assert (failed["status"], failed["failure"], failed["folder"]) == ("failed", "storage-unavailable", None)
+    [left] = _exports(azurite, tenant_id)  # the archive, written before the copy failed
+    assert left.endswith("/archive.json")
+
+    _drain()  # storage is back
+
+    assert _exports(azurite, tenant_id) == set()
+    # Kept listed while its writer could still be at work, then dropped once the folder is seen empty past that.
+    assert _cleanup_folders(api, tenant_id) == [left[: -len("archive.json")]]
+    monkeypatch.setattr(export_jobs, "WRITER_BOUND_S", 0.0)
+    _drain()
+    assert _cleanup_folders(api, tenant_id) == []
+
+
+def test_a_killed_attempts_folder_a_retry_could_not_remove_is_removed_later(api: ApiHarness, azurite: Any) -> None:
+    # The retry's removal failed and its own folder replaced the killed one's in the row: nothing removed it again.
+    admin = _operator(api)
+    tenant_id = _tenant(api, "killed-folder-kept")
+    blobs = _artifacts(azurite)
+    _drain()
+    accepted = api.client.post(f"/api/v1/tenants/{tenant_id}/export", headers=admin)
+    partial = offboarding.export_folder(tenant_id, datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    blobs.upload_blob(partial + "archive.json", b"{", overwrite=True)
+    with psycopg.connect(api.admin_url, dbname="quantum") as conn:
+        conn.execute(
+            "UPDATE control.tenant_export_jobs SET status = 'running', attempts = 1,"
+            " lease_until = now() - interval '1 minute', folder = %s WHERE tenant_id = %s",
+            (partial, tenant_id),
+        )
+
+    export_jobs.run_export_jobs(_FailingDeletes(blobs), max_jobs=50)
+
+    done = api.client.get(accepted.headers["location"], headers=admin).json()
+    assert done["status"] == "succeeded" and done["folder"] != partial, done
+    assert partial + "archive.json" in _exports(azurite, tenant_id)
+
+    _drain()
+
+    assert _exports(azurite, tenant_id) == {done["blob_name"], done["manifest"]}
+    assert _cleanup_folders(api, tenant_id) == []  # seen empty, its writer long gone
+
+
+def test_what_an_attempt_taken_for_dead_writes_after_the_retry_is_removed_by_a_later_run(
+    api: ApiHarness, azurite: Any
+) -> None:
+    # An attempt that lost its lease but went on writing, then was killed: its late blobs outlived every removal.
+    admin = _operator(api)
+    tenant_id = _tenant(api, "zombie-export")
+    blobs = _artifacts(azurite)
+    _drain()
+    accepted = api.client.post(f"/api/v1/tenants/{tenant_id}/export", headers=admin)
+    zombie = offboarding.export_folder(tenant_id, datetime.now(UTC))
+    blobs.upload_blob(zombie + "archive.json", b"{", overwrite=True)
+    with psycopg.connect(api.admin_url, dbname="quantum") as conn:
+        conn.execute(
+            "UPDATE control.tenant_export_jobs SET status = 'running', attempts = 1,"
+            " lease_until = now() - interval '1 minute', folder = %s WHERE tenant_id = %s",
+            (zombie, tenant_id),
+        )
+    _drain()
+    done = api.client.get(accepted.headers["location"], headers=admin).json()
+    assert done["status"] == "succeeded" and done["attempts"] == 2, done
+    assert _exports(azurite, tenant_id) == {done["blob_name"], done["manifest"]}
+
+    blobs.upload_blob(zombie + "artifacts/late.log", b"late", overwrite=True)  # the first attempt, still at work
+    _drain()
+
+    assert _exports(azurite, tenant_id) == {done["blob_name"], done["manifest"]}
+
+
+def test_a_database_error_in_the_jobs_bookkeeping_ends_it_database_unavailable(
+    api: ApiHarness, azurite: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It escaped the run: the job stayed running until its lease ran out, a new request was answered with it, and
+    # three such were reported as ended by the host (`attempts-exhausted`).
+    admin = _operator(api)
+    tenant_id = _tenant(api, "database-blip")
+    _drain()
+    accepted = api.client.post(f"/api/v1/tenants/{tenant_id}/export", headers=admin)
+
+    def unavailable(*args: Any, **kwargs: Any) -> Any:
+        raise psycopg.OperationalError("the database went away")
+
+    monkeypatch.setattr(export_jobs, "get_tenant", unavailable)
+    result = export_jobs.run_export_jobs(max_jobs=50)
+    monkeypatch.undo()
+
+    assert result.failed == 1
+    job = api.client.get(accepted.headers["location"], headers=admin).json()
+    assert (job["status"], job["failure"], job["attempts"]) == ("failed", "database-unavailable", 1)
+    # Not held for a lease: a new request is a new export, which succeeds.
+    assert exported_by_job(api, tenant_id, admin)["id"] != job["id"]
+
+
+def test_a_success_the_database_did_not_record_ends_the_job_and_its_folder_goes(
+    api: ApiHarness, azurite: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    admin = _operator(api)
+    tenant_id = _tenant(api, "unrecorded-success")
+    _drain()
+    accepted = api.client.post(f"/api/v1/tenants/{tenant_id}/export", headers=admin)
+    monkeypatch.setattr(export_jobs, "_SUCCEEDED", "SELECT pg_catalog.no_such_function(%s, %s, %s)")
+
+    export_jobs.run_export_jobs(max_jobs=50)
+    monkeypatch.undo()
+
+    job = api.client.get(accepted.headers["location"], headers=admin).json()
+    assert (job["status"], job["failure"]) == ("failed", "database-unavailable"), job
+    assert _exports(azurite, tenant_id)  # the whole export, which no job names
+    _drain()
+    assert _exports(azurite, tenant_id) == set()
+
+
+def test_an_export_past_its_attempts_deadline_fails_too_large_and_leaves_nothing(api: ApiHarness, azurite: Any) -> None:
+    # Bounded only by the host's time limit, an over-long export was ended by the host three times, holding the queue.
+    admin = _operator(api)
+    tenant_id = _tenant(api, "too-large-export")
+    _artifacts(azurite).upload_blob(f"{tenant_id}/artifacts/build.log", b"log", overwrite=True)
+    _drain()
+    accepted = api.client.post(f"/api/v1/tenants/{tenant_id}/export", headers=admin)
+
+    export_jobs.run_export_jobs(max_jobs=50, attempt_budget_s=0.0)
+
+    job = api.client.get(accepted.headers["location"], headers=admin).json()
+    assert (job["status"], job["failure"], job["attempts"]) == ("failed", "too-large", 1), job
+    assert _exports(azurite, tenant_id) == set()
+    _drain()  # no retry
+    assert api.client.get(accepted.headers["location"], headers=admin).json()["attempts"] == 1

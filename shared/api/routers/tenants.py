@@ -279,7 +279,8 @@ class TenantExportJob(BaseModel):
     tenant_id: UUID
     status: ExportStatus = Field(
         description="`queued` (waiting for the exports timer, every 30 s), `running`, `succeeded` (the fields of the"
-        " export below are set) or `failed` (`failure` says why; nothing of the export is left)"
+        " export below are set) or `failed` (`failure` says why; whatever of the export was written is removed, by"
+        " the exports timer when storage refused it at first)"
     )
     requested_at: datetime
     started_at: datetime | None = Field(description="When its first attempt began")
@@ -287,8 +288,9 @@ class TenantExportJob(BaseModel):
     attempts: int = Field(description="Attempts begun: one the host ended (a restart) is retried from the start")
     failure: str | None = Field(
         description="When failed: `tenant-gone` (erased, or marked for erasure, before or while it ran),"
-        " `storage-unavailable`, `database-unavailable`, `attempts-exhausted` (ended by the host each time it ran) or"
-        " `export-failed`; request a new export to try again"
+        " `storage-unavailable`, `database-unavailable` (also when the job's own record failed), `too-large` (its"
+        " blobs were still being copied 45 minutes into its run), `attempts-exhausted` (ended by the host each time it"
+        " ran) or `export-failed`; request a new export to try again"
     )
     container: str | None = Field(description="When succeeded: the artifacts container")
     folder: str | None = Field(
@@ -406,8 +408,9 @@ def export(
     each blob's size, sha256 and Content-MD5. The succeeded job names the folder: download it (`az storage blob
     download-batch --pattern '<folder>*'`, or azcopy) before erasing the tenant, whose erasure removes it with every
     other blob of the tenant and its export jobs (ADR 0012). 404, and nothing recorded, for a tenant that does not
-    exist or is marked for erasure; an export whose tenant is erased while it runs fails (`tenant-gone`) and leaves
-    nothing, as does any failed export. The request takes no body: a body is refused with 422 and writes nothing."""
+    exist or is marked for erasure; an export whose tenant is erased while it runs fails (`tenant-gone`), and what any
+    failed export wrote is removed (by the exports timer, when storage refused the removal at first). The request
+    takes no body: a body is refused with 422 and writes nothing."""
     authorize(context, Action.TENANT_EXPORT, _PLATFORM, detail={"tenant_id": str(tenant_id)})
     try:
         # The tenant first, written nothing yet (its row held in KEY SHARE until the commit, so an erasure's row delete
