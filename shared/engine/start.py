@@ -398,7 +398,8 @@ def _input_problems(schema: dict[str, Any] | None, values: dict[str, Any]) -> li
         return [{"pointer": "/input", "detail": detail}]
     if evaluated.unusable is not None:
         # A schema saved before its references were bounded: evaluated, it raised RecursionError (a 500) or ran
-        # for minutes. The intent must be saved again with a usable one.
+        # for minutes; or one that runs out of its budget on an empty input too, whatever a tenant sends. The intent
+        # must be saved again with a usable one.
         raise NoLongerValidError(f"its input schema cannot be evaluated ({evaluated.unusable})")
     # The evaluation collects a bounded number of violations (schema_refs.MAX_VIOLATIONS); the first found are sorted.
     problems = []

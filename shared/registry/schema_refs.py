@@ -358,8 +358,25 @@ def _steps_for(instance: Any) -> int:
     return min(MAX_EVALUATION_STEPS + STEPS_PER_INSTANCE_NODE * instance_size(instance), MAX_TOTAL_STEPS)
 
 
-def _evaluated(schema: Any, instance: Any, root: Any) -> SchemaEvaluation:
-    """The evaluation proper, within its own budget (drawn from an enclosing one, whose exhaustion is raised)."""
+def _minimal(instance: Any) -> Any:
+    """The least instance of `instance`'s JSON type: what the schema alone costs to evaluate."""
+    return type(instance)() if isinstance(instance, dict | list | str) else instance
+
+
+def _costly_alone(schema: Any, instance: Any, root: Any, *, alone: bool) -> bool:
+    """Whether `schema`, whose evaluation of `instance` ran out of its budget, runs out of it on the least instance
+    of the same type too; evaluated again only with no enclosing budget (`alone`), so that nothing past an enclosing
+    budget is spent."""
+    least = _minimal(instance)
+    return bool(least == instance or (alone and _evaluated(schema, least, root, probe=False).too_costly))
+
+
+def _evaluated(schema: Any, instance: Any, root: Any, *, probe: bool = True) -> SchemaEvaluation:
+    """The evaluation proper, within its own budget (drawn from an enclosing one, whose exhaustion is raised). When
+    that budget runs out, the schema is evaluated again against the least instance of the same type (`probe`): if
+    that runs out too, the schema costs too much whatever the instance (`too_costly` is left false), else the
+    instance is too costly to check. Within an enclosing budget no second evaluation is made (nothing past that
+    budget is spent): the instance is held too costly."""
     budget: EvaluationBudget | None = None
     try:
         if root is None:
@@ -375,6 +392,9 @@ def _evaluated(schema: Any, instance: Any, root: Any) -> SchemaEvaluation:
     except EvaluationBudgetExceeded as exc:
         if exc.budget is not budget:
             raise  # an enclosing budget ran out: the whole check it bounds is refused, not this schema
+        if probe and _costly_alone(schema, instance, root, alone=budget.enclosing is None):
+            # A schema of references (22 KB) spent its budget on `{}`: the input was blamed, though none could pass.
+            return SchemaEvaluation(unusable=f"{exc} whatever the input")
         return SchemaEvaluation(unusable=str(exc), too_costly=True)
     except (ValueError, TypeError, OverflowError) as exc:
         # A value the validator cannot handle (an index of thousands of digits, an integer past a float's range under

@@ -18,11 +18,16 @@ evaluation costs the same whatever the process's cache holds. A subschema's keys
 descend (ADR 0021, amended 2026-12-07). No message quotes a whole instance (a `false` subschema's included), a
 subschema is evaluated by this validator whatever its `$schema`, a pattern is weighed with its classes widened so
 that one matching nothing in Latin-1 still counts, each program compiles within a memory fitted to its size, and
-the DFA states a search may cache are counted against the budget's memory (the same ADR and amendment day).
+the DFA states a search may cache are counted against the budget's memory (the same ADR and amendment day). A
+descend applying no keyword is charged a step, scans of an object's keys and `unevaluatedItems`' indexes (a set) are
+charged, a failing `anyOf`/`oneOf` branch is evaluated to its first error only, a message names a few unexpected
+keys, and a program compiles with memory enough for its DFAs to search at their speed (the same ADR, amended again
+on review of 94c7cb3).
 """
 
 from __future__ import annotations
 
+import heapq
 import reprlib
 import threading
 from collections import OrderedDict
@@ -30,12 +35,13 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import attrs
 import re2  # type: ignore[import-untyped]  # the package ships no type information
 from jsonschema import Draft202012Validator, ValidationError
-from jsonschema._utils import equal, find_evaluated_item_indexes_by_schema, uniq
+from jsonschema._utils import equal, uniq
 from jsonschema.protocols import Validator
 from jsonschema.validators import create
 
@@ -122,7 +128,13 @@ REMEMBERED_SEARCH_WORK = REGEX_WORK_PER_STEP
 nested `unevaluatedProperties` asked the same 23,000 remembered questions 256 times over (34 s)."""
 KEYS_PER_STEP = 16
 """A subschema's keys charged as one step each time the evaluation descends into it: the validator walks every key,
-known keyword or not, and 19,000 unknown keys under a referenced subschema held a worker for 10 s uncharged."""
+known keyword or not, and 19,000 unknown keys under a referenced subschema held a worker for 10 s uncharged. Keys of
+an instance a keyword scans (`additionalProperties`, `unevaluated*` bookkeeping) are charged at the same rate."""
+QUOTED_KEYS = 8
+"""Unexpected keys a message names (the least in order), with a count of the rest: sorting and quoting every one of
+60,000 extra keys, uncharged, at each application took seconds."""
+MAX_BRANCH_ERRORS = 200
+"""Failing branches of one `anyOf`/`oneOf` whose first error its violation keeps (a branch's others are not made)."""
 
 
 class EvaluationBudget:
@@ -195,11 +207,16 @@ class EvaluationBudget:
         self.charge(steps)
 
 
-class EvaluationBudgetExceeded(Exception):
-    """An evaluation of a tenant's schema made more keyword applications than its budget (`budget`) allows."""
+STEPS_EXCEEDED = "evaluating it takes more steps than allowed"
+MEMORY_EXCEEDED = "evaluating it holds more compiled patterns, or more of their memory, than allowed"
 
-    def __init__(self, budget: EvaluationBudget) -> None:
-        super().__init__("evaluating it takes more steps than allowed")
+
+class EvaluationBudgetExceeded(Exception):
+    """An evaluation of a tenant's schema made more keyword applications than its budget (`budget`) allows, or
+    pinned more programs or memory (`reason` says which)."""
+
+    def __init__(self, budget: EvaluationBudget, reason: str = STEPS_EXCEEDED) -> None:
+        super().__init__(reason)
         self.budget = budget
 
 
@@ -245,6 +262,13 @@ def _step() -> None:
     evaluation = _EVALUATION.get()
     if evaluation is not None:
         evaluation.charge(1)
+
+
+def _scanned(count: int) -> None:
+    """Charge a scan of `count` keys or items (a step per KEYS_PER_STEP) to the open budget, before it is made."""
+    evaluation = _EVALUATION.get()
+    if evaluation is not None:
+        evaluation.charge(count // KEYS_PER_STEP)
 
 
 def _text(value: Any) -> str:
@@ -309,14 +333,38 @@ class _Program:
     """The memory RE2 may use for it (`_MEMORY_TIERS`): its instructions and the states its DFAs cache."""
 
 
+DFA_BYTES_PER_INSTRUCTION = 128
+"""Memory a program's DFAs are given for each instruction of the larger of its forward and reverse programs,
+SEARCH_MEMORY_FACTOR times over, so that they cache enough states not to give up for the slower NFA: measured,
+the least memory that kept a search fast was 110-650 bytes an instruction (`\\p{L}+$`, 1,583 reverse instructions,
+needed 768 KiB; at 256 KiB it searched Greek 8 times slower, `\\p{L}{10}@` 96 times)."""
+SEARCH_MEMORY_FACTOR = 4
+SEARCH_MEMORY_OVERHEAD = 64 << 10
+"""What a program's search needs beyond DFA_BYTES_PER_INSTRUCTION times its instructions."""
+
+
+def _search_memory(regexp: Any) -> int:
+    """The memory `regexp` should compile within for its DFAs to search at their speed."""
+    instructions = max(int(regexp.programsize), int(regexp.reverseprogramsize))
+    return SEARCH_MEMORY_FACTOR * DFA_BYTES_PER_INSTRUCTION * instructions + SEARCH_MEMORY_OVERHEAD
+
+
 def _compiled_in_tier(pattern: str) -> tuple[Any, int]:
-    """`pattern` compiled within the least of _MEMORY_TIERS it fits, and that tier; re2.error past the largest."""
-    for memory, options in _TIERED_OPTIONS[:-1]:
+    """`pattern` compiled within the least of _MEMORY_TIERS it fits with room for its DFAs (`_search_memory`), and
+    that tier; re2.error past the largest."""
+    for index, (memory, options) in enumerate(_TIERED_OPTIONS[:-1]):
         try:
-            return re2.compile(pattern, options), memory
+            regexp = re2.compile(pattern, options)
         except re2.error as exc:
             if b"too large" not in (exc.args[0] if exc.args and isinstance(exc.args[0], bytes) else b"too large"):
                 raise  # not a matter of memory: the largest tier would refuse it too
+            continue
+        wanted = _search_memory(regexp)
+        if wanted <= memory:
+            return regexp, memory
+        # Compiled again in the least tier with room for its DFAs (a compile of a few hundred µs, made once).
+        larger = next((tier for tier in _TIERED_OPTIONS[index + 1 :] if tier[0] >= wanted), _TIERED_OPTIONS[-1])
+        return re2.compile(pattern, larger[1]), larger[0]
     return re2.compile(pattern, _OPTIONS), _COMPILE_MEMORY
 
 
@@ -536,7 +584,7 @@ def _hold(evaluation: EvaluationBudget, size: int) -> None:
     holder = _outermost(evaluation)
     holder.pinned_memory += _held(size)
     if len(holder.programs) >= MAX_PINNED_PROGRAMS or holder.pinned_memory > MAX_PINNED_MEMORY:
-        raise EvaluationBudgetExceeded(holder)
+        raise EvaluationBudgetExceeded(holder, MEMORY_EXCEEDED)
 
 
 def _hold_states(evaluation: EvaluationBudget, pattern: str, size: int) -> None:
@@ -556,7 +604,7 @@ def _hold_states(evaluation: EvaluationBudget, pattern: str, size: int) -> None:
     holder.results[key] = held + more
     holder.pinned_memory += more
     if holder.pinned_memory > MAX_PINNED_MEMORY:
-        raise EvaluationBudgetExceeded(holder)
+        raise EvaluationBudgetExceeded(holder, MEMORY_EXCEEDED)
 
 
 def _utf8_size(text: str) -> int:
@@ -693,9 +741,20 @@ class UnexpectedProperties(ValidationError):
 
 
 def _additional(instance: dict[str, Any], schema: dict[str, Any]) -> list[str]:
+    """The keys of `instance` neither `properties` nor `patternProperties` names, the scan charged."""
     properties = schema.get("properties", {})
     matched = _charged_any_matches(schema.get("patternProperties", {}))
+    _scanned(len(instance))
     return [key for key in instance if key not in properties and not matched(key)]
+
+
+def _quoted_keys(keys: list[str]) -> tuple[str, str]:
+    """The least QUOTED_KEYS of `keys` quoted and joined (with a count of the rest), and the verb's number: no sort
+    of them all."""
+    shown = ", ".join(repr(key) for key in heapq.nsmallest(QUOTED_KEYS, keys))
+    if len(keys) > QUOTED_KEYS:
+        shown += f" and {len(keys) - QUOTED_KEYS:,} more"
+    return shown, "singular" if len(keys) == 1 else "plural"
 
 
 def _additional_properties(
@@ -708,13 +767,13 @@ def _additional_properties(
         for extra in extras:
             yield from validator.descend(instance[extra], additional, path=extra)
     elif not additional and extras:
-        joined = ", ".join(repr(extra) for extra in sorted(extras))
+        joined, number = _quoted_keys(extras)
         if "patternProperties" in schema:
-            patterns = short_repr(sorted(schema["patternProperties"]))[1:-1]
-            verb = "does" if len(extras) == 1 else "do"
+            patterns = short_repr(heapq.nsmallest(QUOTED_KEYS + 1, schema["patternProperties"]))[1:-1]
+            verb = "does" if number == "singular" else "do"
             yield UnexpectedProperties(f"{joined} {verb} not match any of the regexes: {patterns}", extras)
         else:
-            verb = "was" if len(extras) == 1 else "were"
+            verb = "was" if number == "singular" else "were"
             yield UnexpectedProperties(f"Additional properties are not allowed ({joined} {verb} unexpected)", extras)
 
 
@@ -745,9 +804,11 @@ def _evaluated_keys(validator: Any, instance: dict[str, Any], schema: Any) -> se
             )
     properties = schema.get("properties")
     if validator.is_type(properties, "object"):
+        _scanned(min(len(properties), len(instance)))
         keys |= properties.keys() & instance.keys()
     for keyword in ("additionalProperties", "unevaluatedProperties"):
         if (subschema := schema.get(keyword)) is not None:
+            _scanned(len(instance))  # a boolean subschema is answered without a descend to charge
             keys |= {key for key, value in instance.items() if _valid_under(validator, value, subschema)}
     for pattern in schema.get("patternProperties", {}):
         keys |= {key for key in instance if _charged_matches(pattern, key)}
@@ -765,6 +826,7 @@ def _evaluated_keys(validator: Any, instance: dict[str, Any], schema: Any) -> se
                 keys |= _evaluated_keys(validator, instance, schema["then"])
         elif "else" in schema:
             keys |= _evaluated_keys(validator, instance, schema["else"])
+    _scanned(len(keys))  # what the caller's union costs
     return keys
 
 
@@ -774,12 +836,13 @@ def _unevaluated_properties(
     if not validator.is_type(instance, "object"):
         return
     evaluated = _evaluated_keys(validator, instance, schema)
+    _scanned(len(instance))
     failing = [
         key for key in instance if key not in evaluated and not _valid_under(validator, instance[key], unevaluated)
     ]
     if failing:
-        joined = ", ".join(repr(key) for key in sorted(failing))
-        verb = "was" if len(failing) == 1 else "were"
+        joined, number = _quoted_keys(failing)
+        verb = "was" if number == "singular" else "were"
         if unevaluated is False:
             yield ValidationError(f"Unevaluated properties are not allowed ({joined} {verb} unexpected)")
         else:
@@ -846,13 +909,18 @@ def _not(validator: Any, not_schema: Any, instance: Any, _schema: Any) -> Iterat
 
 
 def _branch_errors(validator: Any, branches: Any, instance: Any) -> tuple[list[ValidationError], int | None]:
-    """The errors of `branches` up to the first valid one, and its index (None when every branch fails)."""
+    """The first error of each branch up to the first valid one (of MAX_BRANCH_ERRORS branches at most), and that
+    one's index (None when every branch fails). A branch is evaluated to its first error only: every error of every
+    branch, 360,000 over 120,000 items under three, took 6 s and 1 GB. A kept error keeps no branches of its own
+    (a report reads one level)."""
     errors: list[ValidationError] = []
     for index, subschema in enumerate(branches):
-        found = list(validator.descend(instance, subschema, schema_path=index))
-        if not found:
+        first = next(islice(validator.descend(instance, subschema, schema_path=index), 1), None)
+        if first is None:
             return errors, index
-        errors.extend(found)
+        if len(errors) < MAX_BRANCH_ERRORS:
+            first.context.clear()
+            errors.append(first)
     return errors, None
 
 
@@ -936,15 +1004,59 @@ def _items(validator: Any, items: Any, instance: Any, schema: Any) -> Iterator[V
         yield from validator.descend(instance=instance[index], schema=items, path=index)
 
 
+def _indexes(count: int) -> set[int]:
+    """The indexes 0 to `count`, their making charged."""
+    _scanned(count)
+    return set(range(count))
+
+
+def _evaluated_indexes(validator: Any, instance: list[Any], schema: Any) -> set[int]:
+    """The indexes of `instance` some keyword of `schema` evaluates (what `unevaluatedItems` leaves alone), as the
+    library finds them but in a set, each scan and union charged: its list, searched once per item, took 12.7 s on
+    60,000 items under `items`."""
+    _step()  # each call re-evaluates subschemas, as `_evaluated_keys`
+    if validator.is_type(schema, "boolean"):
+        return set()
+    if "items" in schema:
+        return _indexes(len(instance))
+    indexes: set[int] = set()
+    for keyword in ("$ref", "$dynamicRef"):
+        if (ref := schema.get(keyword)) is not None:
+            resolved = validator._resolver.lookup(ref)
+            referred = validator.evolve(schema=resolved.contents, _resolver=resolved.resolver)
+            indexes |= _evaluated_indexes(referred, instance, resolved.contents)
+    if validator.is_type(schema.get("prefixItems"), "array"):
+        indexes |= _indexes(min(len(schema["prefixItems"]), len(instance)))
+    if "if" in schema:
+        if _valid_under(validator, instance, schema["if"]):
+            indexes |= _evaluated_indexes(validator, instance, schema["if"])
+            if "then" in schema:
+                indexes |= _evaluated_indexes(validator, instance, schema["then"])
+        elif "else" in schema:
+            indexes |= _evaluated_indexes(validator, instance, schema["else"])
+    for keyword in ("contains", "unevaluatedItems"):
+        if keyword in schema:
+            _scanned(len(instance))  # a boolean subschema is answered without a descend to charge
+            indexes |= {index for index, item in enumerate(instance) if _valid_under(validator, item, schema[keyword])}
+    for keyword in ("allOf", "oneOf", "anyOf"):
+        for subschema in schema.get(keyword, []):
+            if _valid_under(validator, instance, subschema):
+                indexes |= _evaluated_indexes(validator, instance, subschema)
+    _scanned(len(indexes))  # what the caller's union costs
+    return indexes
+
+
 def _unevaluated_items(validator: Any, _unevaluated: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
     """`unevaluatedItems`, its message quoting the unexpected items in the bounded form."""
     if not validator.is_type(instance, "array"):
         return
-    evaluated = find_evaluated_item_indexes_by_schema(validator, instance, schema)
+    evaluated = _evaluated_indexes(validator, instance, schema)
+    _scanned(len(instance))
     extras = [item for index, item in enumerate(instance) if index not in evaluated]
     if extras:
         verb = "was" if len(extras) == 1 else "were"
-        yield ValidationError(f"Unevaluated items are not allowed ({short_repr(extras)[1:-1]} {verb} unexpected)")
+        quoted = short_repr(extras[: _SHORT.maxlist + 1])[1:-1]  # no copy of them all to quote a few
+        yield ValidationError(f"Unevaluated items are not allowed ({quoted} {verb} unexpected)")
 
 
 def _counted(keyword: Callable[..., Any]) -> Callable[..., Any]:
@@ -1023,10 +1135,19 @@ def _evolve(self: Any, **changes: Any) -> Any:
     return _VALIDATOR_CLASS(**changes)
 
 
+def _applies_nothing(schema: Any) -> bool:
+    """Whether `schema` is boolean or has no keyword the validator applies (each applied is charged a step)."""
+    return not isinstance(schema, dict) or not any(key in _VALIDATOR_CLASS.VALIDATORS for key in schema)
+
+
 def _descend(
     self: Any, instance: Any, schema: Any, path: Any = None, schema_path: Any = None, resolver: Any = None
 ) -> Iterator[ValidationError]:
-    """The library's descend, but a `false` subschema's error quotes the instance in the bounded form."""
+    """The library's descend, charged a step when no keyword of the subschema is (a descend costs a few µs whatever
+    it applies: 60 `items: {title}` over 100,000 items took 15 s uncharged), and a `false` subschema's error quoting
+    the instance in the bounded form."""
+    if _applies_nothing(schema):
+        _step()
     if schema is False:
         return iter((_false_schema_error(instance),))
     return _library_descend(self, instance, schema, path, schema_path, resolver)  # type: ignore[no-any-return]
@@ -1034,7 +1155,10 @@ def _descend(
 
 def _iter_errors(self: Any, instance: Any, _schema: Any = None) -> Iterator[ValidationError]:
     """The library's iter_errors, but a `false` schema's error quotes the instance in the bounded form (`not`,
-    `contains` and `if` ask is_valid of their subschema, which may be `false`)."""
+    `contains` and `if` ask is_valid of their subschema, which may be `false`); charged a step when it applies no
+    keyword, as `_descend` (`contains` asks it of each item)."""
+    if _schema is None and not self._validators:
+        _step()
     if _schema is None and self.schema is False:
         return iter((_false_schema_error(instance),))
     return _library_iter_errors(self, instance, _schema)  # type: ignore[no-any-return]
