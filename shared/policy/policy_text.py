@@ -11,7 +11,7 @@ parsed policy (its clauses, its literals and what evaluating it costs)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, get_args
 
@@ -55,13 +55,17 @@ MAX_TENANT_POLICY_COST = 4_000
 """What evaluating a tenant's policies may cost in all, in expression nodes (`policy_cost`), checked on save under the
 create's lock and on every stored set before it is built. A decision evaluates every node of every policy with the GIL
 held; with collection literals kept flat (`policy_tree_problems`) the costliest shapes measured cost at most ~0.22 µs
-a node (`decimal(…)` and `ip(…)` calls, records of 1,000 fields, sets of distinct numbers), so ~0.9 ms a decision at
-this bound where 31,968 characters of nested sets cost ~5 ms (ADR 0011). A 250-string `contains` list is 255 nodes:
-fifteen of them fit."""
+a node (`decimal(…)` and `ip(…)` calls, records of 1,000 fields, sets of distinct numbers), and what compares the
+tenant's own sets counts SET_COMPARISON_COST, so ~0.9 ms a decision at this bound where 31,968 characters of nested
+sets cost ~5 ms (ADR 0011). A 250-string `contains` list is 255 nodes: fifteen of them fit."""
 
 SET_COMPARISON_COST = 100
-"""The nodes a `containsAll` or `containsAny` counts for: it compares every element of one set with the other, and the
-sets a tenant's data may hold are large (500 modules: ~25 µs a comparison, about a hundred ordinary nodes)."""
+"""What comparing sets of the tenant's data counts for, in nodes: a `containsAll` or `containsAny` neither side of which
+is a set literal (it walks a whole set: 500 module names of 128 characters, ~21-27 µs a comparison, about a hundred
+ordinary nodes; against a literal it walks the literal, ~1 µs for two labels), and each element of a set literal (or
+field of a record literal) that is not a scalar literal, past its own nodes (a set orders its elements as it is built,
+comparing whole sets when they are sets: `[resource.allowed_modules, …]` cost ~7 ms a decision at 2-3 nodes an
+element)."""
 
 MAX_POLICY_CLAUSES = 32
 """The most `when` / `unless` clauses a policy may have: Cedar joins them into one chain of `&&` that it evaluates
@@ -258,6 +262,9 @@ def policy_text_problems(text: str) -> list[str]:
 _EXPRESSIONS: tuple[type, ...] = get_args(pst.Expr)
 _COLLECTIONS = (pst.Set, pst.Record)
 _SET_COMPARISONS = frozenset({"contains_all", "contains_any"})
+_SCALAR_LITERALS = (pst.BoolLit, pst.LongLit, pst.StringLit, pst.EntityLit)
+# Applied to a scalar literal, each of these makes a scalar value, which compares at about a literal's cost.
+_SCALAR_CONSTRUCTORS = frozenset({"neg", "decimal", "ip", "datetime", "duration"})
 
 
 def _children(node: object) -> list[Any]:
@@ -271,10 +278,34 @@ def _children(node: object) -> list[Any]:
     return []
 
 
+def _is_scalar_literal(expr: object) -> bool:
+    """Whether `expr` is a string, number, boolean or entity literal, or `-`, `decimal(…)`, `ip(…)`, `datetime(…)`
+    or `duration(…)` applied to one."""
+    while isinstance(expr, pst.UnaryOp) and expr.op in _SCALAR_CONSTRUCTORS:
+        expr = expr.arg
+    return isinstance(expr, _SCALAR_LITERALS)
+
+
+def _collection_cost(elements: Iterable[object]) -> int:
+    """What building a set or record literal costs past its own nodes: SET_COMPARISON_COST for each element (or
+    field value) that is not a scalar literal."""
+    # Cedar builds the literal on every decision, and a set compares its elements as it orders them: an element that
+    # evaluates to a set of the tenant's data (`resource.labels`, `principal.tenant.allowed_modules`) is compared
+    # whole, so `[resource.allowed_modules, …]` at 2-3 nodes an element cost ~7 ms a decision within the budget.
+    return SET_COMPARISON_COST * sum(not _is_scalar_literal(element) for element in elements)
+
+
 def _node_cost(node: object) -> int:
     """What evaluating `node` itself costs, in ordinary expression nodes (0 for what is not an expression)."""
     if isinstance(node, pst.BinaryOp) and node.op in _SET_COMPARISONS:
-        return SET_COMPARISON_COST
+        # Cedar walks the smaller set (and compares lengths first), so a literal side bounds the comparison by its
+        # elements, each counted already; only two sets of the tenant's data compare at a cost of their size.
+        literal_side = isinstance(node.left, pst.Set) or isinstance(node.right, pst.Set)
+        return 1 if literal_side else SET_COMPARISON_COST
+    if isinstance(node, pst.Set):
+        return 1 + _collection_cost(node.elements)
+    if isinstance(node, pst.Record):
+        return 1 + _collection_cost(node.fields.values())
     return 1 if isinstance(node, _EXPRESSIONS) else 0
 
 
@@ -308,18 +339,17 @@ def policy_tree_problems(tree: pst.PolicySet) -> tuple[list[str], int]:
     if cost > MAX_TENANT_POLICY_COST:
         problems.append(
             f"a tenant's policies cost at most {MAX_TENANT_POLICY_COST} expression nodes to evaluate in all; "
-            f"this one costs {cost}"
+            f"this one costs {cost} (a `containsAll` / `containsAny` of two sets neither of which is a literal, and "
+            "each element of a set or record literal that is not a string, number, boolean or entity literal, counts "
+            f"{SET_COMPARISON_COST})"
         )
     return problems, cost
 
 
 def policy_cost(text: str) -> int:
-    """What evaluating `text` costs a decision, in expression nodes (a `containsAll` / `containsAny` counts
-    SET_COMPARISON_COST); one past MAX_TENANT_POLICY_COST for a text that may not be parsed or does not parse."""
-    if policy_text_problems(text):
-        return MAX_TENANT_POLICY_COST + 1
-    try:
-        tree = cedarpy.policies_to_pst(text)
-    except ValueError:
-        return MAX_TENANT_POLICY_COST + 1
-    return _walk(tree)[0]
+    """What evaluating `text` costs a decision, in expression nodes (see SET_COMPARISON_COST for what counts more);
+    ValueError for a text that may not be parsed or does not parse."""
+    problems = policy_text_problems(text)
+    if problems:
+        raise ValueError(problems[0])
+    return _walk(cedarpy.policies_to_pst(text))[0]

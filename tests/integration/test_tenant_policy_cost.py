@@ -234,3 +234,87 @@ def test_a_forbid_committed_while_a_decision_reads_the_texts_applies_at_once(
     # The next decision reads the forbid, rather than the texts from before it for the texts' TTL.
     again = api.client.get(f"{EXECUTIONS}/{labelled}", headers=api.headers(tenant, READER, oid=str(uuid.uuid4())))
     assert problem(again, 403)["reason"] == "denied_by_tenant_policy"
+
+
+def _set_of_labels(index: int, size: int = 10_000) -> str:
+    """The review's forbid: `[resource.labels, …]` filling `size` characters, 2-3 nodes an element before (a decision
+    built it comparing whole label sets: +2.4 ms against 64 labels of ~320 characters)."""
+    head = (
+        'forbid (principal, action == QP::Action::"execution.read", resource) '
+        f'when {{ resource != QP::Execution::"x{index}" }}'
+    )
+    shell = len(f"{head} when {{ [].isEmpty() }};")
+    return f"{head} when {{ [{','.join(['resource.labels'] * ((size - shell + 1) // 16))}].isEmpty() }};"
+
+
+def test_a_set_of_the_tenants_sets_is_refused_and_stored_ones_fail_closed(
+    api: ApiHarness,  # noqa: F811
+    app_pool: ConnectionPool[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tenant = provision(api, "cost-set-of-sets")
+    admin = api.headers(tenant, ADMIN)
+    refused = problem(api.client.post(POLICIES, json={"name": "sets", "policy": _set_of_labels(0)}, headers=admin), 422)
+    assert refused["type"].endswith("invalid-policy"), refused
+    assert f"at most {MAX_TENANT_POLICY_COST} expression nodes" in refused["errors"][0]["detail"], refused
+    assert api.client.get(POLICIES, headers=admin).json()["items"] == []
+    # Saved before the element count (or behind the API): four of them, 31,992 characters.
+    _executions(api, app_pool, tenant, {"team": "web"}, count=5)
+    tenant_id = api.tenants[tenant].id
+    texts = [_set_of_labels(index) for index in range(3)]
+    texts.append(_set_of_labels(3, MAX_TENANT_POLICY_TOTAL_CHARS - sum(map(len, texts))))
+    with tenant_transaction(tenant_id) as conn:
+        for index, text in enumerate(texts):
+            conn.execute(
+                "INSERT INTO app.tenant_policies (tenant_id, name, description, policy, created_by)"
+                " VALUES (%s, %s, '', %s, 'seed')",
+                (tenant_id, f"sets-{index}", text),
+            )
+    policy_cache.forget(tenant_id)
+    calls = _engine_calls(monkeypatch)
+    listed = api.client.get(f"{EXECUTIONS}?limit=5", headers=api.headers(tenant, READER))
+    assert problem(listed, 403)["reason"] == "policy_error"
+    assert calls == []
+
+
+def test_fifty_honest_label_forbids_are_saved(api: ApiHarness, app_pool: ConnectionPool[Any]) -> None:  # noqa: F811
+    # Each compares the labels with a two-label literal (~2 µs): a set comparison counted 100 nodes refused the 39th.
+    tenant = provision(api, "cost-honest")
+    admin = api.headers(tenant, ADMIN)
+    for index in range(tenant_policies.MAX_TENANT_POLICIES):
+        text = (
+            'forbid (principal, action == QP::Action::"execution.read", resource) '
+            f'when {{ resource.labels.containsAny(["team=t{index}", "freeze=true"]) }};'
+        )
+        saved = api.client.post(POLICIES, json={"name": f"team-{index:02d}", "policy": text}, headers=admin)
+        assert saved.status_code == 201, (index, saved.text)
+    (plain,) = _executions(api, app_pool, tenant, {"team": "web"})
+    (frozen,) = _executions(api, app_pool, tenant, {"team": "t49"})
+    reader = api.headers(tenant, READER)
+    assert api.client.get(f"{EXECUTIONS}/{plain}", headers=reader).status_code == 200
+    assert problem(api.client.get(f"{EXECUTIONS}/{frozen}", headers=reader), 403)["reason"] == (
+        "denied_by_tenant_policy"
+    )
+
+
+def test_a_stored_policy_that_cannot_be_parsed_is_named_when_another_is_added(api: ApiHarness) -> None:  # noqa: F811
+    tenant = provision(api, "cost-garbage")
+    admin = api.headers(tenant, ADMIN)
+    tenant_id = api.tenants[tenant].id
+    with tenant_transaction(tenant_id) as conn:  # written behind the API
+        row = conn.execute(
+            "INSERT INTO app.tenant_policies (tenant_id, name, description, policy, created_by)"
+            " VALUES (%s, 'garbage', '', 'this is not cedar', 'seed') RETURNING id",
+            (tenant_id,),
+        ).fetchone()
+    assert row is not None
+    body = {"name": "no-s", "policy": NO_STAGING}
+    refused = problem(api.client.post(POLICIES, json=body, headers=admin), 409)
+    assert refused["type"].endswith("/stored-policy-unreadable"), refused
+    assert "'garbage' cannot be parsed" in refused["detail"] and "delete it first" in refused["detail"], refused
+    assert "expression nodes" not in refused["detail"], refused
+    assert refused["policy_id"] == str(row["id"]) and refused["name"] == "garbage"
+    assert [item["name"] for item in api.client.get(POLICIES, headers=admin).json()["items"]] == ["garbage"]
+    assert api.client.delete(f"{POLICIES}/{row['id']}", headers=admin).status_code == 204
+    saved = api.client.post(POLICIES, json=body, headers=admin)
+    assert saved.status_code == 201, saved.text

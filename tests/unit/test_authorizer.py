@@ -41,6 +41,7 @@ from shared.policy.policy_text import (
     MAX_POLICY_CLAUSES,
     MAX_TENANT_POLICY_COST,
     MAX_TENANT_POLICY_TOTAL_CHARS,
+    SET_COMPARISON_COST,
     policy_cost,
 )
 
@@ -977,7 +978,8 @@ def test_a_policy_costing_more_than_the_budget_is_refused(authz: Authorizer) -> 
     assert policy_cost(flat) > MAX_TENANT_POLICY_COST
     errors = authz.validate_tenant_policy(flat)
     assert any(f"at most {MAX_TENANT_POLICY_COST} expression nodes" in error for error in errors), errors
-    # Set comparisons count for what they compare: 41 of them are past the budget, 2 are not.
+    # Set comparisons in a set literal count for what they compare (each element SET_COMPARISON_COST): 41 of them
+    # are past the budget, 2 are not.
     compare = 'resource.labels.containsAll(["a=b"])'
     many = f"{_HEAD} when {{ [{', '.join([compare] * 41)}].contains(false) }};"
     assert any("expression nodes" in error for error in authz.validate_tenant_policy(many))
@@ -1045,6 +1047,92 @@ def test_the_most_clauses_evaluate_alike_on_a_small_thread_stack() -> None:
     finally:
         threading.stack_size(previous)
     assert reasons == ["denied_by_tenant_policy"]
+
+
+def _set_of(item: str, size: int = 10_000) -> str:
+    """The review's forbid: a set literal repeating `item` as often as fits in `size` characters, tested for emptiness
+    (which Cedar answers only after building it)."""
+    shell = len(f"{_HEAD} when {{ [].isEmpty() }};")
+    return f"{_HEAD} when {{ [{','.join([item] * ((size - shell + 1) // (len(item) + 1)))}].isEmpty() }};"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        _set_of("resource.labels"),  # 10,000 characters, 2-3 nodes an element before
+        _set_of("principal.tenant.allowed_modules"),
+        _set_of("resource.labels", 41 * len("resource.labels,") + len(f"{_HEAD} when {{ [].isEmpty() }};")),
+        f"{_HEAD} when {{ {{{', '.join(f'a{n}: resource.labels' for n in range(41))}}}.a0.isEmpty() }};",
+    ],
+)
+def test_a_collection_literal_of_the_tenants_sets_costs_what_building_it_compares(authz: Authorizer, text: str) -> None:
+    # Cedar orders a set's elements as it builds it, comparing whole sets when they are sets: 490 `resource.labels`
+    # against 64 labels of ~320 characters cost a decision ~2 ms more, 500 modules ~7 ms more.
+    errors = authz.validate_tenant_policy(text)
+    assert any(f"at most {MAX_TENANT_POLICY_COST} expression nodes" in error for error in errors), errors
+
+
+def test_a_collection_literal_of_scalars_costs_its_nodes_alone(authz: Authorizer) -> None:
+    for condition in [
+        '["a", "b", "c"].contains(resource.target)',
+        "[-1, 2, -(-3)].contains(1)",
+        "[true, false].contains(principal.app_only)",
+        '[QP::Execution::"e", QP::Execution::"f"].contains(resource)',
+        '[decimal("1.5"), decimal("-2.5")].contains(decimal("1.5"))',
+        '[ip("10.0.0.1"), ip("10.0.0.2")].contains(ip("10.0.0.1"))',
+        '{a: "x", b: -1, c: decimal("1.5")}.a == resource.target',
+    ]:
+        text = f"{_HEAD} when {{ {condition} }};"
+        assert authz.validate_tenant_policy(text) == [], text
+        assert policy_cost(text) < 20, text
+    # Anything else in a literal counts SET_COMPARISON_COST, however cheap it looks.
+    for element in ["resource.target", "resource.labels", 'if true then "a" else "b"', '"a" + ""']:
+        assert policy_cost(f"{_HEAD} when {{ [{element}].isEmpty() }};") >= SET_COMPARISON_COST, element
+    assert policy_cost(f'{_HEAD} when {{ {{a: resource.target}}.a == "x" }};') >= SET_COMPARISON_COST
+
+
+def test_stored_sets_of_the_tenants_sets_fail_closed_without_reaching_the_engine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import cedarpy
+
+    # The review's: four such policies filling 31,992 characters, each within the old budget, against the largest
+    # labels (64 of ~320 characters), saved before the element count or behind the API.
+    texts = tuple(_set_of("resource.labels", size).replace('"x"', f'"x{n}"') for n, size in enumerate([10_000] * 3))
+    texts += (_set_of("resource.labels", MAX_TENANT_POLICY_TOTAL_CHARS - sum(map(len, texts))),)
+    assert sum(map(len, texts)) <= MAX_TENANT_POLICY_TOTAL_CHARS
+    authz = Authorizer()
+    calls: list[int] = []
+    real = cedarpy.is_authorized
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cedarpy, "is_authorized", counted)
+    labels = {f"k{label:02d}": "v" * 316 for label in range(64)}
+    execution = Resource(
+        "Execution", "e-1", TENANT, {"target": "staging", "requested_by": OTHER_REQUESTER, "labels": labels}
+    )
+    decision = authz.decide(
+        principal(INTENT_READER), Action.EXECUTION_READ, execution, tenant=FACTS, tenant_policies=texts
+    )
+    assert decision == Decision(False, "policy_error", ())
+    assert calls == []
+
+
+def test_a_set_comparison_with_a_literal_side_costs_the_literal(authz: Authorizer) -> None:
+    # Cedar compares the lengths and walks the smaller set: against a literal of two labels, ~1 µs however large the
+    # tenant's sets; only two sets of the tenant's data compare at a cost of their size (~21-27 µs for 500 modules).
+    honest = f'{_HEAD} when {{ resource.labels.containsAny(["team=web", "freeze=true"]) }};'
+    assert authz.validate_tenant_policy(honest) == []
+    assert policy_cost(honest) < 20
+    assert policy_cost(f'{_HEAD} when {{ ["a", "b"].containsAll(principal.tenant.allowed_modules) }};') < 20
+    both = f"{_HEAD} when {{ resource.labels.containsAll(principal.tenant.allowed_targets) }};"
+    assert policy_cost(both) >= SET_COMPARISON_COST
+    # Forty of those are past the budget.
+    many = _HEAD + " when { resource.labels.containsAll(principal.tenant.allowed_targets) }" * 20
+    assert sum(map(policy_cost, [many + ";", many + ";"])) > MAX_TENANT_POLICY_COST
 
 
 def test_a_remembered_decision_keeps_a_digest_not_the_entities() -> None:

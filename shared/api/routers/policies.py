@@ -20,6 +20,7 @@ from shared.api.transactions import TenantConnection
 from shared.policy.actions import Action
 from shared.policy.authorizer import get_authorizer
 from shared.policy.tenant_policies import (
+    StoredTenantPolicyUnreadableError,
     TenantPolicy,
     TenantPolicyBudgetError,
     TenantPolicyConflictError,
@@ -78,6 +79,15 @@ def create(
         raise ProblemError(409, "conflict", "Conflict", f"A policy named {spec.name!r} exists.") from None
     except TenantPolicyQuotaError as exc:
         raise ProblemError(409, "policy-quota", "Conflict", str(exc), extensions={"limit": exc.limit}) from None
+    except StoredTenantPolicyUnreadableError as exc:
+        # The tenant's stored state, not the request, is at fault (as with the quota): the new policy is fine.
+        raise ProblemError(
+            409,
+            "stored-policy-unreadable",
+            "Conflict",
+            str(exc),
+            extensions={"policy_id": str(exc.policy_id), "name": exc.name},
+        ) from None
     except TenantPolicyBudgetError as exc:
         raise ProblemError(
             422,
