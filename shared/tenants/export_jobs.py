@@ -7,13 +7,16 @@ big tenant. So `POST /tenants/{id}/export` records a job in `control.tenant_expo
 mid-export) with FOR UPDATE SKIP LOCKED in a short control-plane transaction, marks it running under a lease, removes
 the folder a killed attempt was writing, records the folder of this attempt, runs `export_tenant` outside any
 transaction while a thread renews the lease, and records the outcome. Every update of an attempt is fenced by its
-number: an attempt taken for dead changes nothing of the next one, and removes what it wrote itself.
+number: an attempt taken for dead changes nothing of the next one, and removes what it wrote itself. A failed attempt
+records its failure first, then removes what it wrote, bounded like every removal here (`CLEANUP_BUDGET_S`,
+`CLEANUP_MAX_BLOBS`, the first refused delete): what is left stays listed for the next runs.
 
 Every attempt's folder is listed in the job's `cleanup_folders` (migration 0071) before anything is written, and leaves
 the list only when the attempt succeeds; each run first removes listed folders (any job's, a few per run), dropping a
 name once its folder is listed empty and its writer has surely stopped. So what a failed, killed or lost attempt wrote
 is removed by the timer even when storage refused the first removal. A database error in the job's own bookkeeping
-ends the job `database-unavailable` and stops the run, rather than leaving it `running` until its lease runs out.
+ends the job `database-unavailable` and stops the run, rather than leaving it `running` until its lease runs out. A
+listed name that is not a folder of the job's tenant's exports is never removed (it is logged and dropped).
 """
 
 from __future__ import annotations
@@ -62,8 +65,9 @@ MAX_JOBS = 4
 MAX_ATTEMPTS = 3
 """Attempts of one job: one killed that often (an export longer than the host lets a run last) fails for good."""
 ATTEMPT_BUDGET_S = 45 * 60.0
-"""An attempt's export stops (between blobs) this long after its run began and fails `too-large`: below the host's
-`functionTimeout` (an hour), so the job says why rather than being ended by the host three times."""
+"""An attempt's export stops (after its archive, before a blob or a chunk of one) this long after its run began and
+fails `too-large`: below the host's `functionTimeout` (an hour), so the job says why rather than being ended by the
+host three times."""
 WRITER_BOUND_S = 3600.0
 """How long after its folder was named an attempt may still write to it: the host ends its run by then
 (`functionTimeout`). A listed folder found empty is dropped from its job only past this, so one removal at least comes
@@ -71,8 +75,11 @@ after the last blob of an attempt that lost its lease and went on writing."""
 CLEANUP_PER_RUN = 16
 """Listed folders one run removes at most, of jobs picked at random (none held back behind another's)."""
 CLEANUP_BUDGET_S = 60.0
-"""A run starts removing no further listed folder once this long has passed: in a storage outage each removal waits
-out the client's retries, and the run's jobs come next."""
+"""A removal pass (the run's first, of listed folders; an attempt's of its earlier attempts' folders; a failed
+attempt's of its own) deletes nothing once this long has passed, and stops at the first delete storage refuses: in an
+outage each delete waits out the client's retries, and the run's jobs come next. A folder not finished stays listed."""
+CLEANUP_MAX_BLOBS = 1000
+"""Blobs one removal pass deletes at most (as the `erased_tenant_blobs` timer): a big folder takes a few runs."""
 BOOKKEEPING_PAUSES_S = (1.0, 2.0)
 """Pauses between the tries of recording a job's failure, riding out a short database outage."""
 RETRY_AFTER_S = 30
@@ -229,10 +236,11 @@ def run_export_jobs(
     """Remove the listed folders of failed, killed or lost attempts (`CLEANUP_PER_RUN` at most), then run up to
     `max_jobs` due jobs one after another, oldest first, starting none once `budget_s` has passed.
 
-    A job's export runs to its end once begun (it cannot be resumed), or stops between blobs `attempt_budget_s` after
-    the run began (`too-large`); a job whose attempts the host kept ending fails after `MAX_ATTEMPTS`. A database error
-    in a job's bookkeeping ends it `database-unavailable` and stops the run. `container` is the artifacts container
-    (the background one by default, asked for only when there is work)."""
+    A job's export runs to its end once begun (it cannot be resumed), or stops (after its archive, before a blob or a
+    chunk of one) `attempt_budget_s` after the run began (`too-large`); a job whose attempts the host kept ending
+    fails after `MAX_ATTEMPTS`. A database error in a job's bookkeeping ends it `database-unavailable` and stops the
+    run. `container` is the artifacts container (the background one by default, asked for only when there is work;
+    a claimed job ends `storage-unavailable` when it cannot be had)."""
     began = time.monotonic()
     deadline, attempt_deadline = began + budget_s, began + attempt_budget_s
     taken = succeeded = failed = retried = 0
@@ -242,6 +250,10 @@ def run_export_jobs(
     except psycopg.Error as exc:
         logger.warning("export jobs: the folders to remove were not read (%s); this run stops", type(exc).__name__)
         return RunResult()
+    except AzureError as exc:
+        # Storage not reached even for its client: the folders wait for the next run (a job claimed next ends
+        # storage-unavailable when storage is still away).
+        logger.warning("export jobs: the listed folders were not removed (%s)", type(exc).__name__)
     while taken < max_jobs and time.monotonic() < deadline:
         try:
             job = _claim(control_pool)
@@ -252,15 +264,21 @@ def run_export_jobs(
             break
         taken += 1
         retried += job.attempts > 1
-        blobs = blobs if blobs is not None else artifacts_container(get_settings())
+        try:
+            # Created on first use: in a storage outage that fails, and the claimed job ends rather than waiting
+            # `running` for its lease to run out and counting as an attempt the host ended.
+            blobs = blobs if blobs is not None else artifacts_container(get_settings())
+        except Exception as exc:
+            logger.warning("export jobs: storage was not reached (%s); this run stops", type(exc).__name__)
+            failed += _failed_quietly(job, "storage-unavailable", control_pool)
+            break
         try:
             ok = _run(job, blobs, audit_store, control_pool, attempt_deadline)
         except _UnrecordedError:
             failed += 1
             break  # logged; the lease runs out and the next run takes the job
         except psycopg.Error as exc:
-            failed += 1
-            _database_failed(job, exc, control_pool)
+            failed += _database_failed(job, exc, control_pool)
             break
         succeeded += ok
         failed += not ok
@@ -271,19 +289,25 @@ class _UnrecordedError(Exception):
     """A job's failure could not be recorded, the database refusing each try."""
 
 
-def _database_failed(job: ExportJob, exc: psycopg.Error, pool: ConnectionPool[Any] | None) -> None:
+def _database_failed(job: ExportJob, exc: psycopg.Error, pool: ConnectionPool[Any] | None) -> bool:
     """The job's own bookkeeping met a database error: end it `database-unavailable` (its folder is listed for
-    removal), so it neither waits for its lease to run out nor counts as ended by the host."""
-    logger.warning(
-        "export job %s of tenant %s: its record failed (%s); it ends database-unavailable",
-        job.id,
-        job.tenant_id,
-        type(exc).__name__,
-    )
+    removal), so it neither waits for its lease to run out nor counts as ended by the host; whether this ended it."""
+    logger.warning("export job %s of tenant %s: its record failed (%s)", job.id, job.tenant_id, type(exc).__name__)
+    return _failed_quietly(job, "database-unavailable", pool)
+
+
+def _failed_quietly(job: ExportJob, kind: str, pool: ConnectionPool[Any] | None) -> bool:
+    """Record the attempt's job failed with `kind`, logging how that went; whether this ended it."""
     try:
-        _fail(job, "database-unavailable", pool)
+        ended = _fail(job, kind, pool)
     except _UnrecordedError:
-        pass  # logged
+        return True  # logged; its lease runs out, and the run counts it failed as before
+    if ended:
+        logger.warning("export job %s of tenant %s ends %s", job.id, job.tenant_id, kind)
+    else:
+        # A success whose commit was not acknowledged, an erasure or another attempt got there first.
+        logger.warning("export job %s of tenant %s: no longer this attempt's, left as it is", job.id, job.tenant_id)
+    return ended
 
 
 def _claim(control_pool: ConnectionPool[Any] | None) -> ExportJob | None:
@@ -302,14 +326,14 @@ def _clean_up(container: ContainerClient | None, pool: ConnectionPool[Any] | Non
     there is a folder to remove)."""
     with platform_transaction(pool=pool) as conn:
         rows = conn.execute(_CLEANUP_DUE, (CLEANUP_PER_RUN,)).fetchall()
-    budget, until = CLEANUP_PER_RUN, time.monotonic() + CLEANUP_BUDGET_S
+    budget, until, blobs = CLEANUP_PER_RUN, time.monotonic() + CLEANUP_BUDGET_S, CLEANUP_MAX_BLOBS
     for row in rows:
         # A running job's own folder is its live attempt's (or one taken for dead, which its next claim lists).
         folders = [name for name in row["cleanup_folders"] if row["status"] != "running" or name != row["folder"]]
         if not folders or budget <= 0:
             continue
         container = container if container is not None else artifacts_container(get_settings())
-        _remove_listed(row["id"], row["tenant_id"], folders[:budget], container, pool, until)
+        blobs = _remove_listed(row["id"], row["tenant_id"], folders[:budget], container, pool, until, blobs)
         budget -= len(folders[:budget])
     return container
 
@@ -320,16 +344,25 @@ def _remove_listed(
     folders: Sequence[str],
     container: ContainerClient,
     pool: ConnectionPool[Any] | None,
-    until: float | None = None,
-) -> None:
-    """Remove each listed folder of the job (none begun past `until`, a `time.monotonic()` value); drop a name from
-    the list once its folder is listed empty and its writer has surely stopped (`WRITER_BOUND_S`)."""
+    until: float,
+    max_blobs: int = CLEANUP_MAX_BLOBS,
+) -> int:
+    """Remove the blobs of each listed folder of the job, none past `until` (a `time.monotonic()` value) nor beyond
+    `max_blobs` deletes, stopping at the first delete storage refuses; drop a name from the list once its folder is
+    listed empty and its writer has surely stopped (`WRITER_BOUND_S`), or at once when it is not a folder of the
+    job's tenant's exports (bad data: never removed). The deletes left of `max_blobs` (none once a removal stopped
+    early: the pass is over)."""
     for folder in folders:
-        if until is not None and time.monotonic() >= until:
-            return  # the next run goes on
-        if remove_export(tenant_id, container, folder) and _writer_stopped(folder):
+        if time.monotonic() >= until or max_blobs <= 0:
+            break  # the next run goes on
+        removal = remove_export(tenant_id, container, folder, until=until, limit=max_blobs)
+        max_blobs -= removal.tried
+        if removal.refused or (removal.empty and _writer_stopped(folder)):
             with platform_transaction(pool=pool) as conn:
                 conn.execute(_CLEANED, (folder, job_id))
+        elif removal.stopped:
+            return 0  # a failure or a bound: the rest waits for the next run
+    return max_blobs
 
 
 def _writer_stopped(folder: str) -> bool:
@@ -355,28 +388,38 @@ def _run(
         logger.warning(
             "export job %s of tenant %s: attempt %d removes its last ones' folders", job.id, job.tenant_id, job.attempts
         )
-        _remove_listed(job.id, job.tenant_id, job.cleanup_folders, container, pool)
+        # Bounded as the run's first pass: what is left stays listed, beside the new attempt's folder until then.
+        _remove_listed(job.id, job.tenant_id, job.cleanup_folders, container, pool, _cleanup_until())
     if job.attempts > MAX_ATTEMPTS:
-        return _fail(job, "attempts-exhausted", pool)
+        _fail(job, "attempts-exhausted", pool)
+        return False
     with platform_transaction(pool=pool) as conn:
         tenant = get_tenant(conn, job.tenant_id)
     if tenant is None or tenant.erasing_since is not None:
-        return _fail(job, "tenant-gone", pool)
+        _fail(job, "tenant-gone", pool)
+        return False
     folder = export_folder(job.tenant_id, datetime.now(UTC))
     with platform_transaction(pool=pool) as conn:
         if not conn.execute(_BEGIN_ATTEMPT, (folder, folder, job.id, job.attempts)).rowcount:
             return False  # erased meanwhile (its jobs went with it), or taken by another run: nothing written yet
     try:
         with _leased(job, pool):
-            result = export_tenant(tenant, container, audit_store, folder=folder, deadline=deadline)
+            result = export_tenant(
+                tenant, container, audit_store, folder=folder, deadline=deadline, remove_on_failure=False
+            )
     except TenantGoneError:
-        return _fail(job, "tenant-gone", pool)
+        _fail(job, "tenant-gone", pool)  # the export removed what it wrote
+        return False
     except Exception as exc:
-        # The export removed what it wrote (its folder stays listed until the timer sees it empty); the kind is
-        # recorded, the error itself logged for operators only.
+        # The failure is recorded first, then what the export wrote removed, bounded (the folder stays listed until
+        # the timer sees it empty): removed first and unbounded, a long export's removal ran the run to the host's
+        # time limit with the job still `running`, and it was retried. The kind is recorded, the error itself
+        # logged for operators only.
         kind = _failure_kind(exc)
         logger.exception("export job %s of tenant %s failed (%s)", job.id, job.tenant_id, kind)
-        return _fail(job, kind, pool)
+        _fail(job, kind, pool)
+        _remove_listed(job.id, job.tenant_id, [folder], container, pool, _cleanup_until())
+        return False
     outcome = {
         "container": container.container_name,
         "blob_name": result.blob_name,
@@ -396,20 +439,25 @@ def _run(
             job.tenant_id,
             job.attempts,
         )
-        remove_export(job.tenant_id, container, folder)
+        remove_export(job.tenant_id, container, folder, until=_cleanup_until(), limit=CLEANUP_MAX_BLOBS)
         return False
     logger.info("export job %s of tenant %s succeeded: %d blobs", job.id, job.tenant_id, result.blobs)
     return True
 
 
+def _cleanup_until() -> float:
+    """The end of a removal pass begun now (`CLEANUP_BUDGET_S`), a `time.monotonic()` value."""
+    return time.monotonic() + CLEANUP_BUDGET_S
+
+
 def _fail(job: ExportJob, kind: str, pool: ConnectionPool[Any] | None) -> bool:
-    """Record the attempt's job failed with `kind` (nothing when the job is gone or another attempt's); False. Tried
-    again after each of `BOOKKEEPING_PAUSES_S`; _UnrecordedError when the database refused every try."""
+    """Record the attempt's job failed with `kind`; whether a row was updated (not when the job is gone, ended or
+    another attempt's). Tried again after each of `BOOKKEEPING_PAUSES_S`; _UnrecordedError when the database refused
+    every try."""
     for pause in (*BOOKKEEPING_PAUSES_S, None):
         try:
             with platform_transaction(pool=pool) as conn:
-                conn.execute(_FAILED, (kind, job.id, job.attempts))
-            return False
+                return bool(conn.execute(_FAILED, (kind, job.id, job.attempts)).rowcount)
         except psycopg.Error as exc:
             if pause is None:
                 logger.error(

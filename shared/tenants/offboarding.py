@@ -230,6 +230,7 @@ def export_tenant(
     *,
     folder: str | None = None,
     deadline: float | None = None,
+    remove_on_failure: bool = True,
 ) -> ExportResult:
     """Export the tenant to a folder `<tenant>/exports/<time>/` of its own: `archive.json` (its rows, read under its
     own RLS context, and its audit trail from `audit_store`, by default the configured one), a copy of every blob
@@ -240,16 +241,20 @@ def export_tenant(
     before or meanwhile; nothing of the export is left then. Any other failure removes what the export wrote, so it
     is safe to send again. `folder` (by default one named by the time now) is given by an export job, which records it
     before anything is written so that a retry of a killed attempt removes it (`export_jobs`). `deadline` (a
-    `time.monotonic()` value, an export job's) is looked at between blobs: past it, ExportTooLongError, and nothing of
-    the export is left as on any failure."""
+    `time.monotonic()` value, an export job's) is looked at after the archive, before each blob and before each chunk
+    of a blob: past it, ExportTooLongError, and nothing of the export is left as on any failure. An export job passes
+    `remove_on_failure=False`: on a failure other than TenantGoneError what was written stays for it to remove
+    (bounded) after it has recorded the failure, the folder being listed on the job."""
     audit_store = audit_store or get_audit_store()
     folder = folder or export_folder(tenant.id, datetime.now(UTC))
     try:
         result = _write_export(tenant, container, audit_store, folder, deadline)
-    except BaseException:
+    except BaseException as exc:
         # An export cut short is no export: the next one writes a whole folder of its own. A tenant gone before the
-        # first write left nothing to remove.
-        _remove_export(tenant.id, container, folder)
+        # first write left nothing to remove. A tenant gone meanwhile may take its job (and the job's list) with it,
+        # so its export is removed here even for a job.
+        if remove_on_failure or isinstance(exc, TenantGoneError):
+            _remove_export(tenant.id, container, folder)
         raise
     # The erasure does not wait for an export. Looked at after the last write, a tenant still there means its
     # erasure's last blob pass comes later and removes the export; a tenant gone means that pass may be over, and the
@@ -265,9 +270,11 @@ def _write_export(
     tenant: Tenant, container: ContainerClient, audit_store: AuditStore, folder: str, deadline: float | None
 ) -> ExportResult:
     """Write the archive, then the blobs, then the manifest to `folder`; TenantGoneError once the tenant is seen
-    gone, ExportTooLongError once `deadline` has passed between blobs."""
+    gone, ExportTooLongError once `deadline` has passed (after the archive, before a blob or a chunk)."""
     counts: dict[str, int] = {}
     archive = _upload_archive(tenant, counts, audit_store, container, folder + EXPORT_ARCHIVE)
+    # The archive of a big tenant may take long to read and upload: the copy does not begin past the deadline.
+    _check_deadline(str(tenant.id), deadline)
     with tempfile.SpooledTemporaryFile(max_size=EXPORT_SPOOL_BYTES) as listed:
         copied, copied_bytes = _copy_blobs(tenant.id, container, folder, listed, deadline)
         manifest_name = folder + EXPORT_MANIFEST
@@ -322,7 +329,7 @@ def _copy_blobs(
     """Copy every blob under the tenant's prefix but its exports into `folder` under the same relative name, writing
     each one's manifest entry to `listed` (comma-separated JSON objects); how many blobs and bytes. Looks at the
     tenant every `EXPORT_LOOK_S` (TenantGoneError once it is gone or marked for erasure), and at `deadline` before
-    each blob (ExportTooLongError once it has passed)."""
+    each blob and each chunk of one (ExportTooLongError once it has passed)."""
     prefix = tenant_blob_prefix(tenant_id)
     exports = f"{prefix}{EXPORTS_FOLDER}/"
     copied = copied_bytes = 0
@@ -330,14 +337,14 @@ def _copy_blobs(
     for source in container.list_blobs(name_starts_with=prefix):
         if source.name.startswith(exports):
             continue  # earlier exports (and this one) are not the tenant's data
-        if deadline is not None and time.monotonic() >= deadline:
-            # Stopped between blobs, so the attempt ends before the host ends its run, and its job says why.
-            raise ExportTooLongError(str(tenant_id))
+        # Stopped between blobs (and between chunks of one, `_staged_copy`), so the attempt ends before the host ends
+        # its run, and its job says why.
+        _check_deadline(str(tenant_id), deadline)
         if time.monotonic() - looked >= EXPORT_LOOK_S:
             if not export_may_stand(tenant_id):
                 raise TenantGoneError(str(tenant_id))
             looked = time.monotonic()
-        entry = _copy_blob(container, source.name, folder + source.name[len(prefix) :])
+        entry = _copy_blob(container, source.name, folder + source.name[len(prefix) :], deadline)
         if entry is None:
             continue  # removed meanwhile (a compensated artifact): no longer the tenant's
         entry["name"] = source.name[len(prefix) :]
@@ -347,17 +354,26 @@ def _copy_blobs(
     return copied, copied_bytes
 
 
+def _check_deadline(tenant: str, deadline: float | None) -> None:
+    """ExportTooLongError (naming `tenant`) once `deadline` (a `time.monotonic()` value, or None for none) has
+    passed."""
+    if deadline is not None and time.monotonic() >= deadline:
+        raise ExportTooLongError(tenant)
+
+
 COPY_ATTEMPTS = 3
 """Tries of one blob's copy whose source was rewritten while it was read (an artifact's later attempt)."""
 
 
-def _copy_blob(container: ContainerClient, source: str, target: str) -> dict[str, Any] | None:
+def _copy_blob(
+    container: ContainerClient, source: str, target: str, deadline: float | None = None
+) -> dict[str, Any] | None:
     """Copy blob `source` to the new blob `target` through this host a chunk at a time, every read held to the
     source's ETag; its size, sha256, MD5 (also the copy's Content-MD5) and content type, or None when the source is
-    gone."""
+    gone. ExportTooLongError before a chunk once `deadline` has passed (its staged blocks discarded)."""
     for attempt in range(1, COPY_ATTEMPTS + 1):
         try:
-            return _copy_once(container, source, target)
+            return _copy_once(container, source, target, deadline)
         except ResourceNotFoundError:
             return None
         except ResourceModifiedError:
@@ -366,7 +382,7 @@ def _copy_blob(container: ContainerClient, source: str, target: str) -> dict[str
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _copy_once(container: ContainerClient, source: str, target: str) -> dict[str, Any]:
+def _copy_once(container: ContainerClient, source: str, target: str, deadline: float | None) -> dict[str, Any]:
     """One copy of `source` as it is now (ResourceModifiedError when it is rewritten meanwhile): one Put Blob for a
     blob of one chunk (all or nothing), staged blocks committed at the end for a bigger one, discarded on any way
     out before their commit."""
@@ -377,7 +393,7 @@ def _copy_once(container: ContainerClient, source: str, target: str) -> dict[str
     copy = container.get_blob_client(target)
     blocks: list[BlobBlock] = []
     try:
-        last = _staged_copy(container, source, size, etag, copy, blocks, (sha256, md5))
+        last = _staged_copy(container, source, size, etag, copy, blocks, (sha256, md5), deadline)
         settings = ContentSettings(content_type=content_type, content_md5=bytearray(md5.digest()))
         metadata = {"sha256": sha256.hexdigest()}
         if blocks:
@@ -408,11 +424,16 @@ def _staged_copy(
     copy: BlobClient,
     blocks: list[BlobBlock],
     digests: tuple[Any, Any],
+    deadline: float | None = None,
 ) -> bytes:
     """Read `source` a chunk at a time (held to `etag`) into `digests`, staging each chunk as a block of `copy` (its
-    id appended to `blocks`) when there is more than one; the last chunk read."""
+    id appended to `blocks`) when there is more than one; the last chunk read. ExportTooLongError before a chunk once
+    `deadline` has passed."""
     last = b""
     for offset in range(0, size, EXPORT_CHUNK_BYTES):
+        # A big blob is many chunks: looked at between blobs only, its copy ran on past the deadline to the host's
+        # time limit. What was staged is discarded by the caller.
+        _check_deadline(source.split("/", 1)[0], deadline)
         last = container.download_blob(
             source,
             offset=offset,
@@ -455,36 +476,91 @@ def discard_staged(container: ContainerClient, name: str) -> bool:
     return True
 
 
-def _remove_export(tenant_id: UUID, container: ContainerClient, folder: str) -> None:
-    """Delete every blob of the export in `folder`; what storage refuses is noted for the `erased_tenant_blobs`
-    timer when the tenant is gone, logged otherwise."""
+def _remove_export(
+    tenant_id: UUID,
+    container: ContainerClient,
+    folder: str,
+    *,
+    until: float | None = None,
+    limit: int | None = None,
+) -> tuple[int, bool]:
+    """Delete every blob of the export in `folder`; how many deletes it tried, and whether it went through the whole
+    listing without a failure. What storage refuses is noted for the `erased_tenant_blobs` timer when the tenant is
+    gone, logged otherwise. Bounded (`until`, a `time.monotonic()` value, or `limit` deletes given): it stops at the
+    first failure, past `until` or after `limit` deletes, the rest left for a later pass. A folder that is not one of
+    the tenant's exports is refused: nothing is deleted."""
+    if not is_export_folder(tenant_id, folder):
+        logger.error("export folder %r is not one of tenant %s's exports: nothing of it is removed", folder, tenant_id)
+        return 0, False
+    bounded = until is not None or limit is not None
     try:
-        names = [blob.name for blob in container.list_blobs(name_starts_with=folder, include=TENANT_LISTING)]
+        listing = iter(container.list_blobs(name_starts_with=folder, include=TENANT_LISTING))
+        names = [blob.name for blob in (itertools.islice(listing, limit) if limit is not None else listing)]
     except Exception as exc:
         _left_behind(tenant_id, folder, None, exc)
-        return
-    left = 0
+        return 0, False
+    tried = left = 0
     failure: Exception | None = None
     for name in names:
+        if until is not None and time.monotonic() >= until:
+            return tried, False  # the next pass goes on
+        tried += 1
         try:
             delete_blob_of_any_kind(container, name)
         except Exception as exc:
             left, failure = left + 1, exc
+            if bounded:
+                # In an outage every delete waits out the client's retries (about a minute): one failure says enough.
+                _left_behind(tenant_id, folder, None, exc)
+                return tried, False
     if failure is not None:
         _left_behind(tenant_id, folder, left, failure)
+    return tried, failure is None and (limit is None or len(names) < limit)
 
 
-def remove_export(tenant_id: UUID, container: ContainerClient, folder: str) -> bool:
-    """Delete every blob of the export in `folder` (a killed attempt's, a failed job's); whether the folder was then
-    listed empty. Never raises: what storage refuses is logged, or noted for the `erased_tenant_blobs` timer when the
-    tenant is gone, and the export job that named the folder keeps it to remove it again (`export_jobs`)."""
-    _remove_export(tenant_id, container, folder)
+def is_export_folder(tenant_id: UUID, folder: str) -> bool:
+    """Whether `folder` names a folder inside the tenant's exports folder (never the exports folder itself, another
+    tenant's blobs or the whole container)."""
+    exports = f"{tenant_blob_prefix(tenant_id)}{EXPORTS_FOLDER}/"
+    return folder.startswith(exports) and folder.endswith("/") and len(folder) > len(exports)
+
+
+@dataclass(frozen=True)
+class ExportRemoval:
+    """One removal of an export folder: whether it was then listed empty, how many deletes it tried, whether its name
+    was refused (not a folder of the tenant's exports), and whether it stopped early (a failure, or a bound)."""
+
+    empty: bool
+    tried: int
+    refused: bool = False
+    stopped: bool = False
+
+
+def remove_export(
+    tenant_id: UUID,
+    container: ContainerClient,
+    folder: str,
+    *,
+    until: float | None = None,
+    limit: int | None = None,
+) -> ExportRemoval:
+    """Delete the blobs of the export in `folder` (a killed attempt's, a failed job's), bounded by `until` and
+    `limit` as `_remove_export`; whether the folder was then listed empty. Never raises: what storage refuses is
+    logged, or noted for the `erased_tenant_blobs` timer when the tenant is gone, and the export job that named the
+    folder keeps it to remove it again (`export_jobs`). A name that is not a folder of the tenant's exports (bad
+    data) is refused and logged, nothing deleted."""
+    if not is_export_folder(tenant_id, folder):
+        logger.error("export folder %r is not one of tenant %s's exports: refused", folder, tenant_id)
+        return ExportRemoval(empty=False, tried=0, refused=True)
+    tried, whole = _remove_export(tenant_id, container, folder, until=until, limit=limit)
+    if not whole and (until is not None or limit is not None):
+        return ExportRemoval(empty=False, tried=tried, stopped=True)  # the next pass goes on
     try:
         left = container.list_blobs(name_starts_with=folder, include=TENANT_LISTING)
-        return next(iter(left), None) is None
+        return ExportRemoval(empty=next(iter(left), None) is None, tried=tried)
     except Exception as exc:
         logger.warning("export folder %r of tenant %s could not be listed (%s)", folder, tenant_id, type(exc).__name__)
-        return False
+        return ExportRemoval(empty=False, tried=tried)
 
 
 def _left_behind(tenant_id: UUID, folder: str, left: int | None, failure: Exception) -> None:

@@ -9,6 +9,8 @@ import importlib.util
 import json
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -576,3 +578,310 @@ def test_an_export_past_its_attempts_deadline_fails_too_large_and_leaves_nothing
     assert _exports(azurite, tenant_id) == set()
     _drain()  # no retry
     assert api.client.get(accepted.headers["location"], headers=admin).json()["attempts"] == 1
+
+
+class _SlowReads:
+    """The artifacts container, whose ranged reads of a blob's bytes each take `delay_s` and are counted."""
+
+    def __init__(self, container: Any, delay_s: float) -> None:
+        self._container, self._delay_s, self.reads = container, delay_s, 0
+
+    def download_blob(self, *args: Any, **kwargs: Any) -> Any:
+        self.reads += 1
+        time.sleep(self._delay_s)
+        return self._container.download_blob(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._container, name)
+
+
+def test_an_export_past_its_deadline_within_one_blobs_copy_stops_before_the_next_chunk(
+    api: ApiHarness, azurite: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Looked at between blobs only, one big blob's copy ran on past the deadline (to the host's time limit) and the
+    # job succeeded: 40 chunks of 0.1 s each against a deadline of 0.5 s.
+    admin = _operator(api)
+    tenant_id = _tenant(api, "big-blob-export")
+    blobs = _artifacts(azurite)
+    blobs.upload_blob(f"{tenant_id}/artifacts/big.bin", b"x" * (40 * 64 * 1024), overwrite=True)
+    _drain()
+    accepted = api.client.post(f"/api/v1/tenants/{tenant_id}/export", headers=admin)
+    monkeypatch.setattr(offboarding, "EXPORT_CHUNK_BYTES", 64 * 1024)
+    slow = _SlowReads(blobs, 0.1)
+
+    export_jobs.run_export_jobs(slow, max_jobs=50, attempt_budget_s=0.5)
+
+    job = api.client.get(accepted.headers["location"], headers=admin).json()
+    assert (job["status"], job["failure"], job["attempts"]) == ("failed", "too-large", 1), job
+    assert slow.reads < 40
+    assert _exports(azurite, tenant_id) == set()  # staged blocks included
+
+
+class _SlowArchive:
+    """The artifacts container, whose upload of an export's archive takes `delay_s`."""
+
+    def __init__(self, container: Any, delay_s: float) -> None:
+        self._container, self._delay_s = container, delay_s
+
+    def upload_blob(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        if name.endswith("/archive.json"):
+            time.sleep(self._delay_s)
+        return self._container.upload_blob(name, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._container, name)
+
+
+def test_an_export_whose_archive_ends_past_its_deadline_fails_too_large(api: ApiHarness, azurite: Any) -> None:
+    # The deadline was looked at before a blob only: a tenant of rows and no blobs went on past it.
+    admin = _operator(api)
+    tenant_id = _tenant(api, "slow-archive-export")
+    blobs = _artifacts(azurite)
+    _drain()
+    accepted = api.client.post(f"/api/v1/tenants/{tenant_id}/export", headers=admin)
+
+    export_jobs.run_export_jobs(_SlowArchive(blobs, 0.6), max_jobs=50, attempt_budget_s=0.3)
+
+    job = api.client.get(accepted.headers["location"], headers=admin).json()
+    assert (job["status"], job["failure"]) == ("failed", "too-large"), job
+    assert _exports(azurite, tenant_id) == set()
+
+
+def _status(api: ApiHarness, tenant_id: uuid.UUID) -> str:
+    """The status of the tenant's (one) job."""
+    [job] = _jobs(api, tenant_id)
+    return str(job["status"])
+
+
+class _DeletesSeeStatus:
+    """The artifacts container, noting the tenant's job's status at each delete of one of the tenant's blobs."""
+
+    def __init__(self, container: Any, api: ApiHarness, tenant_id: uuid.UUID) -> None:
+        self._container, self._api, self._tenant_id = container, api, tenant_id
+        self.seen: list[str] = []
+
+    def delete_blob(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        if name.startswith(f"{self._tenant_id}/"):
+            self.seen.append(_status(self._api, self._tenant_id))
+        return self._container.delete_blob(name, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._container, name)
+
+
+def test_a_failed_attempt_records_its_failure_before_it_removes_what_it_wrote(api: ApiHarness, azurite: Any) -> None:
+    # Removed first (unbounded), a long export's blobs took the run to the host's time limit with the job `running`,
+    # and it was retried: `too-large` was not the end.
+    admin = _operator(api)
+    tenant_id = _tenant(api, "fail-then-remove")
+    blobs = _artifacts(azurite)
+    for index in range(3):
+        blobs.upload_blob(f"{tenant_id}/artifacts/{index}.log", b"log", overwrite=True)
+    _drain()
+    accepted = api.client.post(f"/api/v1/tenants/{tenant_id}/export", headers=admin)
+    watching = _DeletesSeeStatus(_FailingCopy(blobs), api, tenant_id)
+
+    export_jobs.run_export_jobs(watching, max_jobs=50)
+
+    job = api.client.get(accepted.headers["location"], headers=admin).json()
+    assert (job["status"], job["failure"]) == ("failed", "storage-unavailable"), job
+    assert watching.seen and set(watching.seen) == {"failed"}
+    assert _exports(azurite, tenant_id) == set()
+    assert len(_cleanup_folders(api, tenant_id)) == 1  # listed until a run sees it empty past its writer's bound
+
+
+def _failed_job_with_folder(api: ApiHarness, azurite: Any, label: str, count: int) -> tuple[uuid.UUID, str]:
+    """A tenant whose (one) job failed and lists a folder of `count` blobs (its writer long gone): the tenant and
+    the folder."""
+    tenant_id = _tenant(api, label)
+    blobs = _artifacts(azurite)
+    _drain()
+    api.client.post(f"/api/v1/tenants/{tenant_id}/export", headers=_operator(api))
+    folder = offboarding.export_folder(tenant_id, datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    for index in range(count):
+        blobs.upload_blob(f"{folder}artifacts/{index:02d}.log", b"l", overwrite=True)
+    with psycopg.connect(api.admin_url, dbname="quantum") as conn:
+        conn.execute(
+            "UPDATE control.tenant_export_jobs SET status = 'failed', failure = 'storage-unavailable',"
+            " finished_at = now(), attempts = 1, folder = %s, cleanup_folders = ARRAY[%s] WHERE tenant_id = %s",
+            (folder, folder, tenant_id),
+        )
+    return tenant_id, folder
+
+
+class _CountedDeletes:
+    """The artifacts container, whose deletes are counted (`deletes`; `ours`: those under `prefix`), each taking
+    `delay_s` and failing when `fail`. Other tests' listed folders may be removed in the same pass."""
+
+    def __init__(self, container: Any, prefix: str, *, delay_s: float = 0.0, fail: bool = False) -> None:
+        self._container, self._prefix, self._delay_s, self._fail = container, prefix, delay_s, fail
+        self.deletes = self.ours = 0
+
+    def delete_blob(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        self.deletes += 1
+        self.ours += name.startswith(self._prefix)
+        time.sleep(self._delay_s)
+        if self._fail:
+            raise ServiceRequestError("storage went away")
+        return self._container.delete_blob(name, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._container, name)
+
+
+def _drained_of_exports(azurite: Any, tenant_id: uuid.UUID) -> set[str]:
+    """The tenant's exports left once runs (up to 10) have found nothing more of them to remove."""
+    for _ in range(10):
+        if not _exports(azurite, tenant_id):
+            break
+        export_jobs.run_export_jobs(max_jobs=0)
+    return _exports(azurite, tenant_id)
+
+
+def test_a_removal_pass_stops_at_the_first_delete_storage_refuses(api: ApiHarness, azurite: Any) -> None:
+    # The budget was looked at between folders only: each of a folder's deletes waited out the client's retries (a
+    # minute each in an outage), an hour for 60 blobs.
+    tenant_id, folder = _failed_job_with_folder(api, azurite, "refused-removal", 20)
+    deletes = _CountedDeletes(_artifacts(azurite), folder, fail=True)
+
+    export_jobs.run_export_jobs(deletes, max_jobs=0)
+
+    assert deletes.deletes == 1  # ours, or another test's folder picked first
+    assert len(_exports(azurite, tenant_id)) == 20 and _cleanup_folders(api, tenant_id) == [folder]
+    assert _drained_of_exports(azurite, tenant_id) == set()  # storage is back
+    assert _cleanup_folders(api, tenant_id) == []
+
+
+def test_a_removal_pass_deletes_nothing_past_its_budget(
+    api: ApiHarness, azurite: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenant_id, folder = _failed_job_with_folder(api, azurite, "slow-removal", 20)
+    monkeypatch.setattr(export_jobs, "CLEANUP_BUDGET_S", 0.5)
+    deletes = _CountedDeletes(_artifacts(azurite), folder, delay_s=0.2)
+
+    export_jobs.run_export_jobs(deletes, max_jobs=0)
+
+    assert deletes.deletes < 20
+    assert len(_exports(azurite, tenant_id)) == 20 - deletes.ours and _cleanup_folders(api, tenant_id) == [folder]
+    monkeypatch.undo()
+    assert _drained_of_exports(azurite, tenant_id) == set()
+
+
+def test_a_removal_pass_deletes_at_most_its_cap_of_blobs(
+    api: ApiHarness, azurite: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenant_id, folder = _failed_job_with_folder(api, azurite, "capped-removal", 12)
+    monkeypatch.setattr(export_jobs, "CLEANUP_MAX_BLOBS", 5)
+    deletes = _CountedDeletes(_artifacts(azurite), folder)
+
+    export_jobs.run_export_jobs(deletes, max_jobs=0)
+
+    assert deletes.deletes == 5  # another test's folder picked first may have taken some
+    assert len(_exports(azurite, tenant_id)) == 12 - deletes.ours and _cleanup_folders(api, tenant_id) == [folder]
+    assert _drained_of_exports(azurite, tenant_id) == set()
+
+
+def test_a_retry_removes_a_killed_attempts_folder_stopping_at_the_first_refused_delete(
+    api: ApiHarness, azurite: Any
+) -> None:
+    # The removal at the start of an attempt had no bound at all.
+    admin = _operator(api)
+    tenant_id = _tenant(api, "killed-refused-removal")
+    blobs = _artifacts(azurite)
+    _drain()
+    accepted = api.client.post(f"/api/v1/tenants/{tenant_id}/export", headers=admin)
+    partial = offboarding.export_folder(tenant_id, datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    for index in range(20):
+        blobs.upload_blob(f"{partial}artifacts/{index:02d}.log", b"l", overwrite=True)
+    with psycopg.connect(api.admin_url, dbname="quantum") as conn:
+        conn.execute(
+            "UPDATE control.tenant_export_jobs SET status = 'running', attempts = 1,"
+            " lease_until = now() - interval '1 minute', folder = %s WHERE tenant_id = %s",
+            (partial, tenant_id),
+        )
+    deletes = _CountedDeletes(blobs, partial, fail=True)
+
+    export_jobs.run_export_jobs(deletes, max_jobs=50)
+
+    assert deletes.ours == 1
+    done = api.client.get(accepted.headers["location"], headers=admin).json()
+    assert done["status"] == "succeeded" and partial in _cleanup_folders(api, tenant_id), done
+    _drain()
+    assert _exports(azurite, tenant_id) == {done["blob_name"], done["manifest"]}
+
+
+def test_a_listed_name_outside_the_jobs_tenants_exports_is_never_removed(api: ApiHarness, azurite: Any) -> None:
+    # Whatever prefix was listed was deleted: a job of one tenant listing another's prefix emptied it, and an empty
+    # name the whole container.
+    mine, _ = _failed_job_with_folder(api, azurite, "bad-list-mine", 1)
+    theirs = _tenant(api, "bad-list-theirs")
+    blobs = _artifacts(azurite)
+    kept = [f"{theirs}/artifacts/build.log", f"{mine}/artifacts/build.log", f"{mine}/exports/x"]
+    for name in kept:
+        blobs.upload_blob(name, b"keep", overwrite=True)
+    bad = [f"{theirs}/", "", f"{mine}/exports/", f"{mine}/", f"{mine}/artifacts/", f"{mine}/exports/x"]
+    with psycopg.connect(api.admin_url, dbname="quantum") as conn:
+        conn.execute("UPDATE control.tenant_export_jobs SET cleanup_folders = %s WHERE tenant_id = %s", (bad, mine))
+
+    export_jobs.run_export_jobs(max_jobs=0)
+
+    for name in kept:
+        assert blobs.download_blob(name).readall() == b"keep", name
+    assert _cleanup_folders(api, mine) == []  # dropped, never to be removed
+
+
+def test_a_job_claimed_while_storage_is_not_reached_ends_storage_unavailable(
+    api: ApiHarness, azurite: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first client of the process failing escaped the run after the claim: the job sat `running` until its lease
+    # ran out, and counted as an attempt the host ended.
+    admin = _operator(api)
+    tenant_id = _tenant(api, "storage-not-reached")
+    _drain()
+    accepted = api.client.post(f"/api/v1/tenants/{tenant_id}/export", headers=admin)
+
+    def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise ServiceRequestError("storage went away")
+
+    monkeypatch.setattr(export_jobs, "artifacts_container", unreachable)
+    result = export_jobs.run_export_jobs(max_jobs=50)
+    monkeypatch.undo()
+
+    assert (result.taken, result.failed) == (1, 1)
+    job = api.client.get(accepted.headers["location"], headers=admin).json()
+    assert (job["status"], job["failure"], job["attempts"]) == ("failed", "storage-unavailable", 1), job
+
+
+def test_a_success_whose_acknowledgement_was_lost_is_not_reported_failed(
+    api: ApiHarness, azurite: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    admin = _operator(api)
+    tenant_id = _tenant(api, "lost-acknowledgement")
+    _drain()
+    accepted = api.client.post(f"/api/v1/tenants/{tenant_id}/export", headers=admin)
+    real = export_jobs.platform_transaction
+
+    @contextmanager
+    def acknowledgement_lost(**kwargs: Any) -> Iterator[Any]:
+        statements: list[str] = []
+        with real(**kwargs) as conn:
+            execute = conn.execute
+
+            def noted(query: Any, *args: Any, **kw: Any) -> Any:
+                statements.append(str(query))
+                return execute(query, *args, **kw)
+
+            monkeypatch.setattr(conn, "execute", noted)
+            yield conn
+        if export_jobs._SUCCEEDED in statements:  # committed, then the connection went
+            raise psycopg.OperationalError("the connection was lost")
+
+    monkeypatch.setattr(export_jobs, "platform_transaction", acknowledgement_lost)
+    with caplog.at_level("WARNING", logger=export_jobs.__name__):
+        result = export_jobs.run_export_jobs(max_jobs=50)
+    monkeypatch.undo()
+
+    job = api.client.get(accepted.headers["location"], headers=admin).json()
+    assert job["status"] == "succeeded", job
+    assert result.failed == 0
+    assert "ends database-unavailable" not in caplog.text
