@@ -24,6 +24,7 @@ from referencing.jsonschema import DRAFT202012
 from shared.accepted_json import path_pointer, unescaped_token
 from shared.registry.schemas import (
     MAX_EVALUATION_STEPS,
+    MAX_REF_LENGTH,
     MAX_TOTAL_STEPS,
     STEPS_PER_INSTANCE_NODE,
     EvaluationBudget,
@@ -32,6 +33,7 @@ from shared.registry.schemas import (
     current_budget,
     evaluation_budget,
     instance_size,
+    short_repr,
 )
 
 JsonPath = tuple[str | int, ...]
@@ -80,6 +82,9 @@ def _pointer(path: JsonPath) -> str:
 
 def _target(schema: Any, ref: str) -> tuple[JsonPath | None, str | None]:
     """Where a `$ref` leads inside `schema`, read as the evaluator reads it, or why it is refused."""
+    if len(ref) > MAX_REF_LENGTH:
+        # The resolver decodes the whole of it at every application; quoted in full, the refusal would be as long.
+        return None, f"$ref {short_repr(ref)} holds {len(ref):,} characters; at most {MAX_REF_LENGTH:,} are allowed"
     if not ref.startswith("#"):
         # Resolving one would make the platform fetch, or at least look up, a URI a tenant chose.
         return None, f"only local references (starting with '#') are allowed, not {ref!r}"
@@ -363,20 +368,23 @@ def _minimal(instance: Any) -> Any:
     return type(instance)() if isinstance(instance, dict | list | str) else instance
 
 
-def _costly_alone(schema: Any, instance: Any, root: Any, *, alone: bool) -> bool:
-    """Whether `schema`, whose evaluation of `instance` ran out of its budget, runs out of it on the least instance
-    of the same type too; evaluated again only with no enclosing budget (`alone`), so that nothing past an enclosing
-    budget is spent."""
+def _costly_alone(schema: Any, instance: Any, root: Any, *, alone: bool, steps: int) -> bool:
+    """Whether `schema`, whose evaluation of `instance` ran out of its budget of `steps`, runs out of as many on the
+    least instance of the same type too; evaluated again only with no enclosing budget (`alone`), so that nothing
+    past an enclosing budget is spent. With the least instance's own (smaller) budget, a schema that let smaller
+    inputs pass was blamed for a large one."""
     least = _minimal(instance)
-    return bool(least == instance or (alone and _evaluated(schema, least, root, probe=False).too_costly))
+    return bool(least == instance or (alone and _evaluated(schema, least, root, probe=False, steps=steps).too_costly))
 
 
-def _evaluated(schema: Any, instance: Any, root: Any, *, probe: bool = True) -> SchemaEvaluation:
-    """The evaluation proper, within its own budget (drawn from an enclosing one, whose exhaustion is raised). When
-    that budget runs out, the schema is evaluated again against the least instance of the same type (`probe`): if
-    that runs out too, the schema costs too much whatever the instance (`too_costly` is left false), else the
-    instance is too costly to check. Within an enclosing budget no second evaluation is made (nothing past that
-    budget is spent): the instance is held too costly."""
+def _evaluated(
+    schema: Any, instance: Any, root: Any, *, probe: bool = True, steps: int | None = None
+) -> SchemaEvaluation:
+    """The evaluation proper, within its own budget (`steps`, else `_steps_for(instance)`; drawn from an enclosing
+    one, whose exhaustion is raised). When that budget runs out, the schema is evaluated again against the least
+    instance of the same type with the same steps (`probe`): if that runs out too, the schema costs too much even for
+    it (`too_costly` is left false), else the instance is too costly to check. Within an enclosing budget no second
+    evaluation is made (nothing past that budget is spent): the instance is held too costly."""
     budget: EvaluationBudget | None = None
     try:
         if root is None:
@@ -384,7 +392,7 @@ def _evaluated(schema: Any, instance: Any, root: Any, *, probe: bool = True) -> 
         else:
             resolver = Registry().resolver_with_root(DRAFT202012.create_resource(root))
             validator = TenantSchemaValidator(schema, _resolver=resolver)  # type: ignore[call-arg]
-        with evaluation_budget(_steps_for(instance)) as budget:
+        with evaluation_budget(_steps_for(instance) if steps is None else steps) as budget:
             violations = tuple(map(_shortened, islice(validator.iter_errors(instance), MAX_VIOLATIONS)))
         return SchemaEvaluation(violations=violations)
     except (SchemaError, Unresolvable) as exc:
@@ -392,9 +400,9 @@ def _evaluated(schema: Any, instance: Any, root: Any, *, probe: bool = True) -> 
     except EvaluationBudgetExceeded as exc:
         if exc.budget is not budget:
             raise  # an enclosing budget ran out: the whole check it bounds is refused, not this schema
-        if probe and _costly_alone(schema, instance, root, alone=budget.enclosing is None):
+        if probe and _costly_alone(schema, instance, root, alone=budget.enclosing is None, steps=budget.limit):
             # A schema of references (22 KB) spent its budget on `{}`: the input was blamed, though none could pass.
-            return SchemaEvaluation(unusable=f"{exc} whatever the input")
+            return SchemaEvaluation(unusable=f"{exc} even for {short_repr(_minimal(instance))}")
         return SchemaEvaluation(unusable=str(exc), too_costly=True)
     except (ValueError, TypeError, OverflowError) as exc:
         # A value the validator cannot handle (an index of thousands of digits, an integer past a float's range under
