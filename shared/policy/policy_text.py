@@ -19,6 +19,9 @@ import cedarpy
 from cedarpy import pst
 
 __all__ = [
+    "DURATION_CHARS_PER_NODE",
+    "LIKE_COST",
+    "MAX_CONSTRUCTOR_LITERAL_CHARS",
     "MAX_POLICY_CHARS",
     "MAX_POLICY_CLAUSES",
     "MAX_POLICY_LITERAL_CHARS",
@@ -44,7 +47,23 @@ MAX_POLICY_LITERAL_CHARS = 256
 quotes. Cedar matches `like` by backtracking, in time about the product of the two lengths, with the GIL held: a
 7,300-character literal matched against a 2,470-character pattern cost 10 ms per policy, 0.5 s per decision with 50
 such policies, while every other thread of the host waited. Capped, and with a `like`'s left side always an attribute
-(refused otherwise where the policy is parsed), a `like` costs about what any other expression does."""
+(refused otherwise where the policy is parsed), a `like` still walks a 128-character target once per pattern character
+that can match (~6 µs against a repetitive target), about fifty ordinary nodes: it counts LIKE_COST."""
+
+MAX_CONSTRUCTOR_LITERAL_CHARS = 48
+"""Longest string a `decimal(…)`, `ip(…)`, `datetime(…)` or `duration(…)` literal may be given: Cedar parses it again
+on every decision (a `duration` at ~45-60 ns a character), yet it counted one node: 243-character `duration` literals
+filling the character bound cost a decision +1.44 ms at 425 nodes. No honest literal is longer:
+`"2026-12-07T10:00:00.000+0100"` is 28, a full IPv6 range `"ffff:…:ffff/128"` 43."""
+
+DURATION_CHARS_PER_NODE = 2
+"""A `duration("…")` literal counts one node for every this many characters of its string: Cedar parses it on every
+decision at ~45-60 ns a character (496 of 40 characters, 2 nodes each, cost a decision +1.5 ms), where a `decimal`,
+`ip` or `datetime` literal within MAX_CONSTRUCTOR_LITERAL_CHARS costs about what a few nodes do."""
+
+LIKE_COST = 50
+"""What a `like` counts for, in nodes: it matches by backtracking over the attribute (a `*` retried at each of a
+128-character target's positions, ~6 µs, about fifty ordinary nodes); fifty policies of one `like` each still fit."""
 
 MAX_TENANT_POLICY_TOTAL_CHARS = 32_000
 """A tenant's policies' text in all, at most (checked on save, and on every stored set before it is built): it bounds
@@ -62,10 +81,11 @@ sets cost ~5 ms (ADR 0011). A 250-string `contains` list is 255 nodes: fifteen o
 SET_COMPARISON_COST = 100
 """What comparing sets of the tenant's data counts for, in nodes: a `containsAll` or `containsAny` neither side of which
 is a set literal (it walks a whole set: 500 module names of 128 characters, ~21-27 µs a comparison, about a hundred
-ordinary nodes; against a literal it walks the literal, ~1 µs for two labels), and each element of a set literal (or
-field of a record literal) that is not a scalar literal, past its own nodes (a set orders its elements as it is built,
-comparing whole sets when they are sets: `[resource.allowed_modules, …]` cost ~7 ms a decision at 2-3 nodes an
-element)."""
+ordinary nodes; against a literal it walks the literal, ~1 µs for two labels), an `==` or `!=` neither side of which is
+a literal and one side of which may be a set (a set attribute or an `if`: two equal sets compare element by element,
+100 names of 128 characters ~5.5 µs), and each element of a set literal (or field of a record literal) that is not a
+scalar literal, past its own nodes (a set orders its elements as it is built, comparing whole sets when they are sets:
+`[resource.allowed_modules, …]` cost ~7 ms a decision at 2-3 nodes an element)."""
 
 MAX_POLICY_CLAUSES = 32
 """The most `when` / `unless` clauses a policy may have: Cedar joins them into one chain of `&&` that it evaluates
@@ -265,6 +285,11 @@ _SET_COMPARISONS = frozenset({"contains_all", "contains_any"})
 _SCALAR_LITERALS = (pst.BoolLit, pst.LongLit, pst.StringLit, pst.EntityLit)
 # Applied to a scalar literal, each of these makes a scalar value, which compares at about a literal's cost.
 _SCALAR_CONSTRUCTORS = frozenset({"neg", "decimal", "ip", "datetime", "duration"})
+# Each of these parses its string argument again on every decision.
+_PARSING_CONSTRUCTORS = frozenset({"decimal", "ip", "datetime", "duration"})
+# The set-typed attributes of the schema (schema.cedarschema), whichever entity holds them.
+_SET_ATTRIBUTES = frozenset({"labels", "roles", "allowed_targets", "allowed_modules"})
+_EQUALITIES = frozenset({"eq", "not_eq"})
 
 
 def _children(node: object) -> list[Any]:
@@ -295,8 +320,30 @@ def _collection_cost(elements: Iterable[object]) -> int:
     return SET_COMPARISON_COST * sum(not _is_scalar_literal(element) for element in elements)
 
 
+def _may_be_set(expr: object) -> bool:
+    """Whether `expr` may evaluate to a set of the tenant's data: a set attribute, or an `if` (either branch)."""
+    return isinstance(expr, pst.IfThenElse) or (isinstance(expr, pst.GetAttr) and expr.attr in _SET_ATTRIBUTES)
+
+
+def _is_literal(expr: object) -> bool:
+    """Whether `expr` is a scalar or collection literal (what bounds an equality by its own, counted, size)."""
+    return _is_scalar_literal(expr) or isinstance(expr, _COLLECTIONS)
+
+
 def _node_cost(node: object) -> int:
     """What evaluating `node` itself costs, in ordinary expression nodes (0 for what is not an expression)."""
+    if isinstance(node, pst.Like):
+        return LIKE_COST
+    if isinstance(node, pst.UnaryOp) and node.op == "duration" and isinstance(node.arg, pst.StringLit):
+        # Parsed again on every decision at ~45-60 ns a character (a `decimal`, `ip` or `datetime` several times less).
+        return max(1, -(-len(node.arg.value) // DURATION_CHARS_PER_NODE))
+    if isinstance(node, pst.BinaryOp) and node.op in _EQUALITIES:
+        # Two equal sets compare element by element (100 names of 128 characters: ~2 µs); a literal side differs
+        # from a large set at once, or is counted element by element already.
+        sets = (_may_be_set(node.left) or _may_be_set(node.right)) and not (
+            _is_literal(node.left) or _is_literal(node.right)
+        )
+        return SET_COMPARISON_COST if sets else 1
     if isinstance(node, pst.BinaryOp) and node.op in _SET_COMPARISONS:
         # Cedar walks the smaller set (and compares lengths first), so a literal side bounds the comparison by its
         # elements, each counted already; only two sets of the tenant's data compare at a cost of their size.
@@ -309,9 +356,19 @@ def _node_cost(node: object) -> int:
     return 1 if isinstance(node, _EXPRESSIONS) else 0
 
 
-def _walk(tree: pst.PolicySet) -> tuple[int, bool]:
-    """The evaluation cost of `tree`'s policies, and whether a set or record literal holds another one."""
-    cost, nested = 0, False
+def _long_constructor_literal(node: object) -> int:
+    """The length of the string `node` parses on every decision when it is `decimal`, `ip`, `datetime` or `duration`
+    of a string literal longer than MAX_CONSTRUCTOR_LITERAL_CHARS, else 0."""
+    if isinstance(node, pst.UnaryOp) and node.op in _PARSING_CONSTRUCTORS and isinstance(node.arg, pst.StringLit):
+        length = len(node.arg.value)
+        return length if length > MAX_CONSTRUCTOR_LITERAL_CHARS else 0
+    return 0
+
+
+def _walk(tree: pst.PolicySet) -> tuple[int, bool, int]:
+    """The evaluation cost of `tree`'s policies, whether a set or record literal holds another one, and the longest
+    string a constructor literal parses past MAX_CONSTRUCTOR_LITERAL_CHARS (0 if none)."""
+    cost, nested, long_literal = 0, False, 0
     # Iterative: nesting is bounded before parsing, but the walk should not depend on it. Each entry carries whether
     # it lies inside a collection literal.
     policies = (*tree.static_policies.values(), *tree.templates.values())
@@ -319,15 +376,16 @@ def _walk(tree: pst.PolicySet) -> tuple[int, bool]:
     while pending:
         node, inside = pending.pop()
         cost += _node_cost(node)
+        long_literal = max(long_literal, _long_constructor_literal(node))
         collection = isinstance(node, _COLLECTIONS)
         nested = nested or (collection and inside)
         pending.extend((child, inside or collection) for child in _children(node))
-    return cost, nested
+    return cost, nested, long_literal
 
 
 def policy_tree_problems(tree: pst.PolicySet) -> tuple[list[str], int]:
     """Why a parsed tenant policy costs too much to evaluate (empty = it does not), and its cost (`policy_cost`)."""
-    cost, nested = _walk(tree)
+    cost, nested, long_literal = _walk(tree)
     problems = []
     clauses = max((len(policy.clauses) for policy in tree.static_policies.values()), default=0)
     if clauses > MAX_POLICY_CLAUSES:
@@ -336,12 +394,19 @@ def policy_tree_problems(tree: pst.PolicySet) -> tuple[list[str], int]:
         # Built again on every decision, and a set of sets compares its elements as it builds: `[[[1]]]` repeated
         # cost ~0.3 µs a node, several times a flat literal.
         problems.append("a set or record literal may not hold another set or record literal")
+    if long_literal:
+        # Parsed again on every decision at a cost in proportion to its length, yet one node.
+        problems.append(
+            f"the string of a `decimal`, `ip`, `datetime` or `duration` literal is at most "
+            f"{MAX_CONSTRUCTOR_LITERAL_CHARS} characters; this policy has one of {long_literal}"
+        )
     if cost > MAX_TENANT_POLICY_COST:
         problems.append(
             f"a tenant's policies cost at most {MAX_TENANT_POLICY_COST} expression nodes to evaluate in all; "
-            f"this one costs {cost} (a `containsAll` / `containsAny` of two sets neither of which is a literal, and "
-            "each element of a set or record literal that is not a string, number, boolean or entity literal, counts "
-            f"{SET_COMPARISON_COST})"
+            f"this one costs {cost} (a `containsAll` / `containsAny` of two sets neither of which is a literal, an "
+            "`==` / `!=` of a set attribute with what is not a literal, and each element of a set or record literal "
+            f"that is not a string, number, boolean or entity literal, count {SET_COMPARISON_COST}; a `like` "
+            f"{LIKE_COST})"
         )
     return problems, cost
 

@@ -318,3 +318,48 @@ def test_a_stored_policy_that_cannot_be_parsed_is_named_when_another_is_added(ap
     assert api.client.delete(f"{POLICIES}/{row['id']}", headers=admin).status_code == 204
     saved = api.client.post(POLICIES, json=body, headers=admin)
     assert saved.status_code == 201, saved.text
+
+
+def _like_forbid(index: int) -> str:
+    """The review's: 31 `like` clauses over the target, a repetitive pattern backtracking at each of its positions."""
+    clause = ' unless { resource.target like "*ttttttttttttttttttttttttttttttx" }'
+    head = 'forbid (principal, action == QP::Action::"intent.create", resource)'
+    return f'{head} when {{ resource != QP::Intent::"x{index}" }}{clause * 31};'
+
+
+def test_long_constructor_literals_and_costly_likes_are_refused_on_save(api: ApiHarness) -> None:  # noqa: F811
+    tenant = provision(api, "cost-parsing")
+    admin = api.headers(tenant, ADMIN)
+    zeros = "0" * 240
+    text = (
+        'forbid (principal, action == QP::Action::"execution.read", resource) '
+        f'when {{ duration("{zeros}1ms") > duration("{zeros}2ms") || true }};'
+    )
+    refused = problem(api.client.post(POLICIES, json={"name": "duration", "policy": text}, headers=admin), 422)
+    assert refused["type"].endswith("invalid-policy"), refused
+    assert "`duration` literal is at most 48 characters" in refused["errors"][0]["detail"], refused
+    # Each `like` counts what its backtracking costs: two policies of 31 fit, a third is past the budget (before,
+    # 31,976 characters of them fit at 2,102 nodes).
+    for index in range(2):
+        saved = api.client.post(POLICIES, json={"name": f"like-{index}", "policy": _like_forbid(index)}, headers=admin)
+        assert saved.status_code == 201, saved.text
+    third = api.client.post(POLICIES, json={"name": "like-2", "policy": _like_forbid(2)}, headers=admin)
+    assert f"at most {MAX_TENANT_POLICY_COST} expression nodes" in problem(third, 422)["errors"][0]["detail"]
+
+
+def test_fifty_honest_like_forbids_are_saved(api: ApiHarness) -> None:  # noqa: F811
+    tenant = provision(api, "cost-honest-like")
+    admin = api.headers(tenant, ADMIN)
+    for index in range(tenant_policies.MAX_TENANT_POLICIES):
+        text = (
+            'forbid (principal, action == QP::Action::"intent.create", resource) '
+            f'when {{ resource.target like "prod-{index}-*" }};'
+        )
+        saved = api.client.post(POLICIES, json={"name": f"prod-{index:02d}", "policy": text}, headers=admin)
+        assert saved.status_code == 201, (index, saved.text)
+
+
+def test_the_create_documents_each_of_its_conflicts(api: ApiHarness) -> None:  # noqa: F811
+    documented = api.client.app.openapi()["paths"][POLICIES]["post"]["responses"]["409"]["description"]  # type: ignore[attr-defined]
+    for slug in ["conflict", "policy-quota", "stored-policy-unreadable"]:
+        assert f"`{slug}`" in documented, documented

@@ -38,6 +38,8 @@ from shared.policy.authorizer import (
     refusal_detail,
 )
 from shared.policy.policy_text import (
+    LIKE_COST,
+    MAX_CONSTRUCTOR_LITERAL_CHARS,
     MAX_POLICY_CLAUSES,
     MAX_TENANT_POLICY_COST,
     MAX_TENANT_POLICY_TOTAL_CHARS,
@@ -1133,6 +1135,116 @@ def test_a_set_comparison_with_a_literal_side_costs_the_literal(authz: Authorize
     # Forty of those are past the budget.
     many = _HEAD + " when { resource.labels.containsAll(principal.tenant.allowed_targets) }" * 20
     assert sum(map(policy_cost, [many + ";", many + ";"])) > MAX_TENANT_POLICY_COST
+
+
+def _filling(clause: str) -> tuple[str, ...]:
+    """Policies of `_HEAD` and up to 31 more copies of `clause`, filling MAX_TENANT_POLICY_TOTAL_CHARS."""
+    texts: list[str] = []
+    room = MAX_TENANT_POLICY_TOTAL_CHARS
+    while room >= len(_HEAD) + len(clause) + 1:
+        count = min(MAX_POLICY_CLAUSES - 1, (min(room, 10_000) - len(_HEAD) - 1) // len(clause))
+        texts.append(f"{_HEAD}{clause * count};".replace('"x"', f'"x{len(texts)}"'))
+        room -= len(texts[-1])
+    return tuple(texts)
+
+
+@pytest.mark.parametrize("constructor", ["duration", "decimal", "datetime", "ip"])
+def test_a_constructor_literal_longer_than_any_honest_one_is_refused(authz: Authorizer, constructor: str) -> None:
+    # Parsed again on every decision: 31,887 characters of `duration("<240 zeros>1ms")` counted 425 nodes and cost a
+    # decision +1.44 ms.
+    padded = "0" * 240 + {"duration": "1ms", "decimal": "1.5", "datetime": "2026-12-07", "ip": "10.0.0.1"}[constructor]
+    text = f'{_HEAD} when {{ {constructor}("{padded}") == {constructor}("{padded}") || true }};'
+    errors = authz.validate_tenant_policy(text)
+    assert any(f"at most {MAX_CONSTRUCTOR_LITERAL_CHARS} characters" in error for error in errors), errors
+    # The longest honest ones still save.
+    for honest in [
+        'datetime("2026-12-07T10:00:00.000+0100") < datetime("2026-12-08")',
+        'ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128").isIpv6()',
+        'decimal("-922337203685477.5808").lessThan(decimal("1.5"))',
+        'duration("-365d23h59m59s999ms") < duration("1h30m")',
+    ]:
+        assert authz.validate_tenant_policy(f"{_HEAD} when {{ {honest} }};") == [], honest
+
+
+@pytest.mark.parametrize(
+    "clause",
+    [
+        f' when {{ duration("{"0" * 240}1ms") > duration("{"0" * 240}2ms") || true }}',
+        f' when {{ decimal("{"0" * 240}1.5").lessThan(decimal("{"0" * 240}2.5")) || true }}',
+    ],
+)
+def test_stored_long_constructor_literals_fail_closed_without_reaching_the_engine(
+    monkeypatch: pytest.MonkeyPatch, clause: str
+) -> None:
+    import cedarpy
+
+    # The review's: literals of 243 characters filling the character bound, within the node budget before.
+    texts = _filling(clause)
+    assert sum(map(len, texts)) > MAX_TENANT_POLICY_TOTAL_CHARS - 1_000
+    calls: list[int] = []
+    real = cedarpy.is_authorized
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cedarpy, "is_authorized", counted)
+    execution = Resource("Execution", "e-1", TENANT, {"target": "staging", "requested_by": OTHER_REQUESTER})
+    decision = Authorizer().decide(
+        principal(INTENT_READER), Action.EXECUTION_READ, execution, tenant=FACTS, tenant_policies=texts
+    )
+    assert decision == Decision(False, "policy_error", ())
+    assert calls == []
+
+
+def test_a_duration_literal_counts_its_characters(authz: Authorizer) -> None:
+    # Within the length bound a `duration` still parses at ~45-60 ns a character: 496 of 40 characters cost +1.5 ms.
+    padded = f'{_HEAD} when {{ duration("{"0" * 45}1ms") > duration("1ms") }};'
+    assert policy_cost(padded) >= 24
+    assert sum(map(policy_cost, _filling(f' unless {{ duration("{"0" * 45}1ms") > duration("1ms") }}'))) > (
+        MAX_TENANT_POLICY_COST
+    )
+    assert policy_cost(f'{_HEAD} when {{ duration("1h30m") > duration("1ms") }};') < 20
+
+
+def test_a_like_counts_what_its_backtracking_costs(authz: Authorizer) -> None:
+    # Against a 128-character repetitive target a `like` took ~6 µs: 31,976 characters of them counted 2,102 nodes and
+    # cost a decision +1.63 ms.
+    clause = ' when { resource.target like "*ttttttttttttttttttttttttttttttx" }'
+    assert policy_cost(f"{_HEAD}{clause};") >= LIKE_COST
+    assert sum(map(policy_cost, _filling(clause))) > MAX_TENANT_POLICY_COST
+    # Fifty honest policies of one `like` each still fit.
+    honest = (
+        'forbid (principal, action == QP::Action::"intent.create", resource) when { resource.target like "prod-*" };'
+    )
+    assert authz.validate_tenant_policy(honest) == []
+    assert 50 * policy_cost(honest) <= MAX_TENANT_POLICY_COST
+
+
+@pytest.mark.parametrize(
+    "condition",
+    [
+        "principal.tenant.allowed_modules == principal.tenant.allowed_targets",
+        "resource.labels != principal.roles",
+        "(if principal.app_only then resource.labels else principal.roles) == resource.labels",
+    ],
+)
+def test_an_equality_of_the_tenants_sets_costs_a_set_comparison(condition: str) -> None:
+    # Two equal sets compare element by element: 100 names of 128 characters, ~3,000 nodes, +2.2-2.4 ms a decision.
+    assert policy_cost(f"{_HEAD} when {{ {condition} }};") >= SET_COMPARISON_COST
+    assert sum(map(policy_cost, _filling(f" when {{ {condition} }}"))) > MAX_TENANT_POLICY_COST
+
+
+def test_an_equality_with_a_literal_side_costs_its_nodes(authz: Authorizer) -> None:
+    for condition in [
+        'resource.labels == ["team=web"]',
+        'resource.labels != ["team=api", "freeze=true"]',
+        'resource.target == "production"',
+        'principal.tenant == resource.tenant && resource.target != "x"',
+    ]:
+        text = f"{_HEAD} when {{ {condition} }};"
+        assert authz.validate_tenant_policy(text) == [], text
+        assert policy_cost(text) < 20, text
 
 
 def test_a_remembered_decision_keeps_a_digest_not_the_entities() -> None:

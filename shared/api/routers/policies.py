@@ -14,7 +14,7 @@ from shared.api.idempotency import idempotency_key as idempotency_key_header
 from shared.api.idempotency import remember, replay_or_claim
 from shared.api.permissions import GuardedRoute, permission
 from shared.api.problems import FieldError, ProblemError
-from shared.api.responses import AUTH_ERRORS, BAD_IDEMPOTENCY_KEY, CONFLICT, INVALID, NOT_FOUND
+from shared.api.responses import AUTH_ERRORS, BAD_IDEMPOTENCY_KEY, INVALID, NOT_FOUND, problem_doc
 from shared.api.security import RequestContext, authorize, record_mutation, tenant_resource
 from shared.api.transactions import TenantConnection
 from shared.policy.actions import Action
@@ -44,12 +44,24 @@ def list_all(
     return TenantPolicyList(items=list_policies(conn))
 
 
+# The tenant's stored state, not the new policy, is at fault in each: the same request succeeds once it is changed.
+_CREATE_CONFLICT = problem_doc(
+    409,
+    "conflict",
+    "Conflict",
+    "A resource with this name exists.",
+    "The name is taken (`conflict`); the tenant has its most policies (`policy-quota`, the bound in `limit`); or a "
+    "stored policy cannot be parsed, so what the tenant's policies cost cannot be counted "
+    "(`stored-policy-unreadable`, naming it in `name` and `policy_id`: delete it first)",
+)
+
+
 @router.post(
     "",
     status_code=201,
     response_model=TenantPolicy,
     summary="Add a policy",
-    responses={**AUTH_ERRORS, 400: BAD_IDEMPOTENCY_KEY, 409: CONFLICT, 422: INVALID},
+    responses={**AUTH_ERRORS, 400: BAD_IDEMPOTENCY_KEY, 409: _CREATE_CONFLICT, 422: INVALID},
 )
 def create(
     context: Annotated[RequestContext, Depends(permission(Action.POLICY_CREATE))],
