@@ -260,22 +260,40 @@ def _ref(entity_type: str, entity_id: str) -> dict[str, dict[str, str]]:
     return {"__entity": _uid(entity_type, entity_id)}
 
 
+MAX_TEXT_ATTRIBUTE_CHARS = 256
+"""A resource's string attribute (a target, a module name, a requester) is at most this long, as the models that
+store them bound it (128, 128, 73 characters): what a tenant policy may cost assumes it (a `like` against a target of a
+million characters, taken from a request body before its validation, cost 2 s a decision). A longer one fails the
+decision closed instead of reaching the engine (ADR 0011)."""
+MAX_LABELS = 64
+"""A resource's labels, at most (the registry model's bound)."""
+MAX_LABEL_CHARS = 320
+"""One label as Cedar sees it, `key=value`, at most (a 63-character key and a 256-character value)."""
+
+
 def _text(attributes: Mapping[str, Any], key: str) -> str:
     value = attributes[key]
     if not isinstance(value, str):
         raise TypeError(f"resource attribute {key!r} must be a string")
+    if len(value) > MAX_TEXT_ATTRIBUTE_CHARS:
+        raise ValueError(f"resource attribute {key!r} is longer than {MAX_TEXT_ATTRIBUTE_CHARS} characters")
     return value
 
 
 def _labels(attributes: Mapping[str, Any]) -> list[str]:
     labels = attributes.get("labels", ())
     if isinstance(labels, Mapping):
-        return sorted(f"{key}={value}" for key, value in labels.items())
-    if isinstance(labels, str) or not isinstance(labels, Iterable):
+        items = [f"{key}={value}" for key, value in labels.items()]
+    elif isinstance(labels, str) or not isinstance(labels, Iterable):
         raise TypeError("resource attribute 'labels' must be a mapping or an iterable of 'key=value' strings")
-    items = list(labels)
+    else:
+        items = list(labels)
     if not all(isinstance(item, str) for item in items):
         raise TypeError("resource attribute 'labels' must hold strings")
+    if len(items) > MAX_LABELS or any(len(item) > MAX_LABEL_CHARS for item in items):
+        raise ValueError(
+            f"resource attribute 'labels' holds more than {MAX_LABELS} or one past {MAX_LABEL_CHARS} chars"
+        )
     return sorted(items)
 
 

@@ -26,6 +26,8 @@ ActionName = Annotated[str, StringConstraints(pattern=ACTION_PATTERN)]
 LabelKey = Annotated[str, StringConstraints(pattern=r"^[a-z0-9](?:[a-z0-9._/-]{0,61}[a-z0-9])?$")]
 LabelValue = Annotated[str, StringConstraints(max_length=256)]
 Target = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+MAX_LABELS = 64
+"""Labels of an intent or blueprint, at most."""
 
 READ_ONLY_FIELDS = frozenset({"id", "version", "tenant_id", "status", "created_at", "updated_at"})
 """Fields of a stored intent that a request may echo back (the seed's registry example does); they are ignored."""
@@ -261,7 +263,7 @@ class IntentDefinitionIn(BaseModel):
 
     name: Slug
     description: str = Field("", max_length=4000)
-    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=64)
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=MAX_LABELS)
     definition: Definition
 
     @model_validator(mode="before")

@@ -329,6 +329,14 @@ def test_facts_of_another_tenant_fail_closed(authz: Authorizer) -> None:
         (Action.INTENT_READ, Resource("Intent", "i-1", TENANT, {"target": "x", "labels": "team=web"})),
         (Action.INTENT_READ, Resource("Intent", "i-1", None, {"target": "x"})),  # no tenant
         (Action.INTENT_READ, Resource("Widget", "w-1", TENANT, {})),
+        # Longer than any stored attribute: what a tenant policy may cost assumes it (a `like` against a target of a
+        # million characters from a request body cost 2 s a decision).
+        (Action.INTENT_READ, Resource("Intent", "i-1", TENANT, {"target": "t" * 257})),
+        (Action.INTENT_READ, Resource("Intent", "i-1", TENANT, {"target": "x", "labels": {"k": "v" * 400}})),
+        (
+            Action.INTENT_READ,
+            Resource("Intent", "i-1", TENANT, {"target": "x", "labels": {f"k{i}": "v" for i in range(65)}}),
+        ),
     ],
 )
 def test_bad_requests_fail_closed(authz: Authorizer, action: str, resource: Resource) -> None:
