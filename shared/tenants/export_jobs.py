@@ -16,7 +16,8 @@ the list only when the attempt succeeds; each run first removes listed folders (
 name once its folder is listed empty and its writer has surely stopped. So what a failed, killed or lost attempt wrote
 is removed by the timer even when storage refused the first removal. A database error in the job's own bookkeeping
 ends the job `database-unavailable` and stops the run, rather than leaving it `running` until its lease runs out. A
-listed name that is not a folder of the job's tenant's exports is never removed (it is logged and dropped).
+listed name that is not a folder of the job's tenant's exports is never removed (it is logged and dropped). A run
+that cannot have its storage client claims no job: the jobs wait queued for storage rather than failing one a run.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from shared.config import get_settings
 from shared.db.session import platform_transaction
 from shared.storage.blob import artifacts_container
 from shared.tenants.offboarding import (
+    NOTE_ERASED_TENANT,
     ExportTooLongError,
     TenantGoneError,
     export_folder,
@@ -239,8 +241,8 @@ def run_export_jobs(
     A job's export runs to its end once begun (it cannot be resumed), or stops (after its archive, before a blob or a
     chunk of one) `attempt_budget_s` after the run began (`too-large`); a job whose attempts the host kept ending
     fails after `MAX_ATTEMPTS`. A database error in a job's bookkeeping ends it `database-unavailable` and stops the
-    run. `container` is the artifacts container (the background one by default, asked for only when there is work;
-    a claimed job ends `storage-unavailable` when it cannot be had)."""
+    run. `container` is the artifacts container (the background one by default); a run that cannot have it claims no
+    job and stops, the jobs waiting queued for storage."""
     began = time.monotonic()
     deadline, attempt_deadline = began + budget_s, began + attempt_budget_s
     taken = succeeded = failed = retried = 0
@@ -250,11 +252,19 @@ def run_export_jobs(
     except psycopg.Error as exc:
         logger.warning("export jobs: the folders to remove were not read (%s); this run stops", type(exc).__name__)
         return RunResult()
-    except AzureError as exc:
-        # Storage not reached even for its client: the folders wait for the next run (a job claimed next ends
-        # storage-unavailable when storage is still away).
-        logger.warning("export jobs: the listed folders were not removed (%s)", type(exc).__name__)
-    while taken < max_jobs and time.monotonic() < deadline:
+    except (AzureError, _NoStorageError) as exc:
+        # Storage not reached even for its client: the folders wait for the next run, and no job is claimed (each
+        # claimed would end `storage-unavailable` for good, one a run through an outage).
+        why = str(exc) if isinstance(exc, _NoStorageError) else type(exc).__name__
+        logger.warning("export jobs: storage was not reached (%s); this run stops", why)
+        return RunResult()
+    try:
+        # Before any claim, for the same reason.
+        blobs = _storage(blobs) if max_jobs > 0 else blobs
+    except _NoStorageError as exc:
+        logger.warning("export jobs: storage was not reached (%s); this run stops", exc)
+        return RunResult()
+    while blobs is not None and taken < max_jobs and time.monotonic() < deadline:
         try:
             job = _claim(control_pool)
         except psycopg.Error as exc:
@@ -264,14 +274,6 @@ def run_export_jobs(
             break
         taken += 1
         retried += job.attempts > 1
-        try:
-            # Created on first use: in a storage outage that fails, and the claimed job ends rather than waiting
-            # `running` for its lease to run out and counting as an attempt the host ended.
-            blobs = blobs if blobs is not None else artifacts_container(get_settings())
-        except Exception as exc:
-            logger.warning("export jobs: storage was not reached (%s); this run stops", type(exc).__name__)
-            failed += _failed_quietly(job, "storage-unavailable", control_pool)
-            break
         try:
             ok = _run(job, blobs, audit_store, control_pool, attempt_deadline)
         except _UnrecordedError:
@@ -287,6 +289,21 @@ def run_export_jobs(
 
 class _UnrecordedError(Exception):
     """A job's failure could not be recorded, the database refusing each try."""
+
+
+class _NoStorageError(Exception):
+    """The artifacts container's client could not be made (its message: the error's type)."""
+
+
+def _storage(container: ContainerClient | None) -> ContainerClient:
+    """`container`, or the background artifacts container; _NoStorageError when it cannot be made, whatever the
+    error (a storage outage, a bad connection string), so that none escapes the run."""
+    if container is not None:
+        return container
+    try:
+        return artifacts_container(get_settings())
+    except Exception as exc:
+        raise _NoStorageError(type(exc).__name__) from exc
 
 
 def _database_failed(job: ExportJob, exc: psycopg.Error, pool: ConnectionPool[Any] | None) -> bool:
@@ -332,8 +349,8 @@ def _clean_up(container: ContainerClient | None, pool: ConnectionPool[Any] | Non
         folders = [name for name in row["cleanup_folders"] if row["status"] != "running" or name != row["folder"]]
         if not folders or budget <= 0:
             continue
-        container = container if container is not None else artifacts_container(get_settings())
-        blobs = _remove_listed(row["id"], row["tenant_id"], folders[:budget], container, pool, until, blobs)
+        container = _storage(container)
+        blobs, _ = _remove_listed(row["id"], row["tenant_id"], folders[:budget], container, pool, until, blobs)
         budget -= len(folders[:budget])
     return container
 
@@ -345,24 +362,26 @@ def _remove_listed(
     container: ContainerClient,
     pool: ConnectionPool[Any] | None,
     until: float,
-    max_blobs: int = CLEANUP_MAX_BLOBS,
-) -> int:
+    max_blobs: int | None = None,
+) -> tuple[int, bool]:
     """Remove the blobs of each listed folder of the job, none past `until` (a `time.monotonic()` value) nor beyond
     `max_blobs` deletes, stopping at the first delete storage refuses; drop a name from the list once its folder is
     listed empty and its writer has surely stopped (`WRITER_BOUND_S`), or at once when it is not a folder of the
-    job's tenant's exports (bad data: never removed). The deletes left of `max_blobs` (none once a removal stopped
-    early: the pass is over)."""
+    job's tenant's exports (bad data: never removed). `max_blobs` is `CLEANUP_MAX_BLOBS` as it is at the call. The
+    deletes left of `max_blobs` (none once a removal stopped early: the pass is over), and whether the pass went
+    through every folder (False: it stopped early, at a bound or a failure)."""
+    max_blobs = CLEANUP_MAX_BLOBS if max_blobs is None else max_blobs
     for folder in folders:
         if time.monotonic() >= until or max_blobs <= 0:
-            break  # the next run goes on
+            return max_blobs, False  # the next run goes on
         removal = remove_export(tenant_id, container, folder, until=until, limit=max_blobs)
         max_blobs -= removal.tried
         if removal.refused or (removal.empty and _writer_stopped(folder)):
             with platform_transaction(pool=pool) as conn:
                 conn.execute(_CLEANED, (folder, job_id))
         elif removal.stopped:
-            return 0  # a failure or a bound: the rest waits for the next run
-    return max_blobs
+            return 0, False  # a failure or a bound: the rest waits for the next run
+    return max_blobs, True
 
 
 def _writer_stopped(folder: str) -> bool:
@@ -408,7 +427,13 @@ def _run(
                 tenant, container, audit_store, folder=folder, deadline=deadline, remove_on_failure=False
             )
     except TenantGoneError:
-        _fail(job, "tenant-gone", pool)  # the export removed what it wrote
+        try:
+            _fail(job, "tenant-gone", pool)
+        finally:
+            # Recorded first, then removed in one bounded pass, as any failure: removed first and unbounded inside the
+            # export, a big tenant's blobs held the job `running` for as long. Even when the failure was not recorded:
+            # the job may have gone with its tenant, and nothing else lists the folder.
+            _remove_gone(job, folder, container, pool)
         return False
     except Exception as exc:
         # The failure is recorded first, then what the export wrote removed, bounded (the folder stays listed until
@@ -443,6 +468,40 @@ def _run(
         return False
     logger.info("export job %s of tenant %s succeeded: %d blobs", job.id, job.tenant_id, result.blobs)
     return True
+
+
+def _remove_gone(job: ExportJob, folder: str, container: ContainerClient, pool: ConnectionPool[Any] | None) -> None:
+    """Remove the folder of an attempt whose tenant went meanwhile, in one bounded pass; when the pass stops early
+    and the tenant row is gone (its jobs with it: nothing lists the folder now), note the tenant for the
+    `erased_tenant_blobs` timer, which empties its prefix."""
+    _, whole = _remove_listed(job.id, job.tenant_id, [folder], container, pool, _cleanup_until())
+    if whole:
+        return
+    try:
+        with platform_transaction(pool=pool) as conn:
+            if get_tenant(conn, job.tenant_id) is None:
+                conn.execute(NOTE_ERASED_TENANT, (job.tenant_id,))
+                noted = True
+            else:
+                noted = False  # its job lists the folder: the next runs go on
+    except Exception as exc:
+        logger.error(
+            "export job %s of erased tenant %s: its folder %r was not all removed nor noted for removal (%s);"
+            " remove it",
+            job.id,
+            job.tenant_id,
+            folder,
+            type(exc).__name__,
+        )
+        return
+    if noted:
+        logger.warning(
+            "export job %s of erased tenant %s: its folder %r was not all removed; the erased_tenant_blobs timer"
+            " removes it",
+            job.id,
+            job.tenant_id,
+            folder,
+        )
 
 
 def _cleanup_until() -> float:

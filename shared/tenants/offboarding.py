@@ -243,17 +243,18 @@ def export_tenant(
     before anything is written so that a retry of a killed attempt removes it (`export_jobs`). `deadline` (a
     `time.monotonic()` value, an export job's) is looked at after the archive, before each blob and before each chunk
     of a blob: past it, ExportTooLongError, and nothing of the export is left as on any failure. An export job passes
-    `remove_on_failure=False`: on a failure other than TenantGoneError what was written stays for it to remove
+    `remove_on_failure=False`: on any failure, TenantGoneError included, what was written stays for it to remove
     (bounded) after it has recorded the failure, the folder being listed on the job."""
     audit_store = audit_store or get_audit_store()
     folder = folder or export_folder(tenant.id, datetime.now(UTC))
     try:
         result = _write_export(tenant, container, audit_store, folder, deadline)
-    except BaseException as exc:
+    except BaseException:
         # An export cut short is no export: the next one writes a whole folder of its own. A tenant gone before the
-        # first write left nothing to remove. A tenant gone meanwhile may take its job (and the job's list) with it,
-        # so its export is removed here even for a job.
-        if remove_on_failure or isinstance(exc, TenantGoneError):
+        # first write left nothing to remove. A job removes it itself, bounded, once its failure is recorded: removed
+        # here, unbounded, a tenant gone meanwhile held the job `running` for as long (and its job may go with the
+        # tenant, so the job notes the tenant for the `erased_tenant_blobs` timer when its pass stops early).
+        if remove_on_failure:
             _remove_export(tenant.id, container, folder)
         raise
     # The erasure does not wait for an export. Looked at after the last write, a tenant still there means its
@@ -261,7 +262,8 @@ def export_tenant(
     # export is removed here (a host killed in between leaves it to the `erased_tenant_blobs` timer, ADR 0046). A
     # tenant marked for erasure counts as gone (`export_may_stand`): its erasure may have failed after its first pass.
     if not export_may_stand(tenant.id):
-        _remove_export(tenant.id, container, folder)
+        if remove_on_failure:
+            _remove_export(tenant.id, container, folder)
         raise TenantGoneError(str(tenant.id))
     return result
 
@@ -400,13 +402,13 @@ def _copy_once(container: ContainerClient, source: str, target: str, deadline: f
             copy.commit_block_list(blocks, content_settings=settings, metadata=metadata)
         else:
             copy.upload_blob(last, overwrite=False, content_settings=settings, metadata=metadata)
-    except BaseException:
+    except BaseException as exc:
         # Staged blocks are the tenant's bytes, and no listing shows them unless asked for uncommitted blobs: left,
         # neither the export's cleanup nor the erasure nor the timer found them (storage drops them after a week;
         # the emulator never). A source gone meanwhile is no failure of the export, which goes on: nothing else
-        # would remove them then. A discard that fails raises instead, and the export's cleanup tries again.
+        # would remove them then.
         if blocks:
-            discard_staged(container, target)
+            _discard_after(container, target, exc)
         raise
     return {
         "size": size,
@@ -414,6 +416,25 @@ def _copy_once(container: ContainerClient, source: str, target: str, deadline: f
         "content_md5": base64.b64encode(md5.digest()).decode(),
         "content_type": content_type,
     }
+
+
+def _discard_after(container: ContainerClient, target: str, failure: BaseException) -> None:
+    """Discard the blocks staged for `target` by a copy that failed with `failure`. A discard that fails is logged
+    when `failure` ends the export, which then goes on (the export's removal lists staged blocks and takes them):
+    raised instead, storage's error replaced it, and a job past its deadline was recorded `storage-unavailable`,
+    not `too-large`. It is raised when the copy goes on past `failure` (a source gone or rewritten meanwhile), since
+    nothing else would remove the blocks then."""
+    try:
+        discard_staged(container, target)
+    except Exception as exc:
+        if isinstance(failure, ResourceNotFoundError | ResourceModifiedError):
+            raise
+        # The tenant, not the blob: its name is the tenant's artifact path, its data.
+        logger.warning(
+            "an export copy of tenant %s left staged blocks (%s); the export's removal takes them",
+            target.split("/", 1)[0],
+            type(exc).__name__,
+        )
 
 
 def _staged_copy(

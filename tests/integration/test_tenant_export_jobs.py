@@ -23,6 +23,7 @@ from azure.core.exceptions import ServiceRequestError
 from shared.api.durable import get_durable_client
 from shared.api.routers import tenants as tenants_router
 from shared.tenants import export_jobs, offboarding
+from shared.tenants.erased_blobs import sweep_erased_tenant_blobs
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_offboarding import ADMIN, _artifacts, _seed_data, exported_by_job, marked_for_erasure
 
@@ -830,15 +831,45 @@ def test_a_listed_name_outside_the_jobs_tenants_exports_is_never_removed(api: Ap
     assert _cleanup_folders(api, mine) == []  # dropped, never to be removed
 
 
-def test_a_job_claimed_while_storage_is_not_reached_ends_storage_unavailable(
-    api: ApiHarness, azurite: Any, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("error", [ServiceRequestError("storage went away"), ValueError("a bad connection string")])
+def test_no_job_is_claimed_while_storage_is_not_reached(
+    api: ApiHarness, azurite: Any, monkeypatch: pytest.MonkeyPatch, error: Exception
 ) -> None:
     # The first client of the process failing escaped the run after the claim: the job sat `running` until its lease
-    # ran out, and counted as an attempt the host ended.
+    # ran out, and counted as an attempt the host ended. Then each run through an outage claimed a job and ended it
+    # `storage-unavailable` for good (3 queued jobs, 3 runs: all 3 failed); and an error that is not storage's (a
+    # bad connection string) escaped the run from its first removal pass. No job is claimed without storage now.
+    # A listed folder, so the run's first removal pass asks for the client too (other tests' jobs run first).
+    _failed_job_with_folder(api, azurite, "storage-not-reached-listed", 1)
     admin = _operator(api)
-    tenant_id = _tenant(api, "storage-not-reached")
-    _drain()
+    tenants = [_tenant(api, f"storage-not-reached-{index}") for index in range(3)]
+    locations = [api.client.post(f"/api/v1/tenants/{t}/export", headers=admin).headers["location"] for t in tenants]
+
+    def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr(export_jobs, "artifacts_container", unreachable)
+    results = [export_jobs.run_export_jobs(max_jobs=50) for _ in range(3)]
+    monkeypatch.undo()
+
+    assert [(result.taken, result.failed) for result in results] == [(0, 0)] * 3
+    for location in locations:
+        job = api.client.get(location, headers=admin).json()
+        assert (job["status"], job["attempts"]) == ("queued", 0), job
+    _drain()  # storage is back
+    assert [api.client.get(location, headers=admin).json()["status"] for location in locations] == ["succeeded"] * 3
+
+
+def test_no_job_is_claimed_when_storage_is_not_reached_and_no_folder_is_listed(
+    api: ApiHarness, azurite: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without a listed folder the first pass never asks for the client: the claim did, then failed the job.
+    admin = _operator(api)
+    tenant_id = _tenant(api, "storage-not-reached-alone")
+    export_jobs.run_export_jobs(max_jobs=0)
+    _drained_of_exports(azurite, tenant_id)
     accepted = api.client.post(f"/api/v1/tenants/{tenant_id}/export", headers=admin)
+    monkeypatch.setattr(export_jobs, "CLEANUP_PER_RUN", 0)
 
     def unreachable(*args: Any, **kwargs: Any) -> Any:
         raise ServiceRequestError("storage went away")
@@ -847,9 +878,9 @@ def test_a_job_claimed_while_storage_is_not_reached_ends_storage_unavailable(
     result = export_jobs.run_export_jobs(max_jobs=50)
     monkeypatch.undo()
 
-    assert (result.taken, result.failed) == (1, 1)
+    assert (result.taken, result.failed) == (0, 0)
     job = api.client.get(accepted.headers["location"], headers=admin).json()
-    assert (job["status"], job["failure"], job["attempts"]) == ("failed", "storage-unavailable", 1), job
+    assert (job["status"], job["attempts"]) == ("queued", 0), job
 
 
 def test_a_success_whose_acknowledgement_was_lost_is_not_reported_failed(
@@ -885,3 +916,215 @@ def test_a_success_whose_acknowledgement_was_lost_is_not_reported_failed(
     assert job["status"] == "succeeded", job
     assert result.failed == 0
     assert "ends database-unavailable" not in caplog.text
+
+
+class _Read:
+    """A blob's bytes already read, as a download answers them."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def readall(self) -> bytes:
+        """The bytes."""
+        return self._data
+
+
+class _ReadsThen:
+    """The artifacts container, which calls `then` once its `at`-th read of a blob's bytes is done."""
+
+    def __init__(self, container: Any, at: int, then: Any) -> None:
+        self._container, self._at, self._then, self.reads = container, at, then, 0
+
+    def download_blob(self, *args: Any, **kwargs: Any) -> Any:
+        self.reads += 1
+        read = self._container.download_blob(*args, **kwargs).readall()
+        if self.reads == self._at:
+            self._then()
+        return _Read(read)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._container, name)
+
+
+def _tenant_with_blobs(api: ApiHarness, azurite: Any, label: str, count: int) -> tuple[uuid.UUID, str]:
+    """A tenant of `count` blobs whose export is queued (other tests' jobs run first): the tenant, its job's URL."""
+    tenant_id = _tenant(api, label)
+    blobs = _artifacts(azurite)
+    for index in range(count):
+        blobs.upload_blob(f"{tenant_id}/artifacts/{index:02d}.log", b"log", overwrite=True)
+    _drain()
+    accepted = api.client.post(f"/api/v1/tenants/{tenant_id}/export", headers=_operator(api))
+    assert accepted.status_code == 202, accepted.text
+    return tenant_id, accepted.headers["location"]
+
+
+def test_a_tenant_marked_mid_copy_fails_its_job_before_one_bounded_removal(
+    api: ApiHarness, azurite: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its export was removed inside the export, unbounded and trying every delete storage refused, with the job
+    # `running` until it was over: 20 blobs, marked at the 15th read, 16 deletes tried with each one failing.
+    tenant_id, location = _tenant_with_blobs(api, azurite, "marked-mid-copy", 20)
+    monkeypatch.setattr(offboarding, "EXPORT_LOOK_S", 0.0)
+    prefix = f"{tenant_id}/exports/"
+    blobs = _artifacts(azurite)
+    deletes = _CountedDeletes(_ReadsThen(blobs, 15, lambda: marked_for_erasure(tenant_id)), prefix, fail=True)
+    watching = _DeletesSeeStatus(deletes, api, tenant_id)
+
+    export_jobs.run_export_jobs(watching, max_jobs=50)
+
+    job = api.client.get(location, headers=_operator(api)).json()
+    assert (job["status"], job["failure"]) == ("failed", "tenant-gone"), job
+    assert watching.seen == ["failed"] and deletes.ours == 1  # recorded first; stopped at the refused delete
+    [folder] = _cleanup_folders(api, tenant_id)
+    assert len(_exports(azurite, tenant_id)) == 16  # the archive and 15 copies, listed on the job
+    monkeypatch.undo()
+    assert _drained_of_exports(azurite, tenant_id) == set()  # storage is back
+    assert folder.startswith(prefix)
+
+
+class _MarkedAfterManifest:
+    """The artifacts container, which marks the tenant for erasure once an export's manifest is written."""
+
+    def __init__(self, container: Any, tenant_id: uuid.UUID) -> None:
+        self._container, self._tenant_id = container, tenant_id
+
+    def upload_blob(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        written = self._container.upload_blob(name, *args, **kwargs)
+        if name.endswith("/manifest.json"):
+            marked_for_erasure(self._tenant_id)
+        return written
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._container, name)
+
+
+def test_a_tenant_marked_after_the_last_write_fails_its_job_before_one_bounded_removal(
+    api: ApiHarness, azurite: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The look after the last write removed the export unbounded, whatever the job asked, with the job `running`.
+    tenant_id, location = _tenant_with_blobs(api, azurite, "marked-after-manifest", 20)
+    monkeypatch.setattr(offboarding, "EXPORT_LOOK_S", 3600.0)
+    blobs = _artifacts(azurite)
+    deletes = _CountedDeletes(_MarkedAfterManifest(blobs, tenant_id), f"{tenant_id}/exports/", fail=True)
+    watching = _DeletesSeeStatus(deletes, api, tenant_id)
+
+    export_jobs.run_export_jobs(watching, max_jobs=50)
+
+    job = api.client.get(location, headers=_operator(api)).json()
+    assert (job["status"], job["failure"]) == ("failed", "tenant-gone"), job
+    assert watching.seen == ["failed"] and deletes.ours == 1
+    assert len(_exports(azurite, tenant_id)) == 22  # the archive, 20 copies and the manifest
+    monkeypatch.undo()
+    assert _drained_of_exports(azurite, tenant_id) == set()
+
+
+def _erased_record(api: ApiHarness, tenant_id: uuid.UUID) -> bool:
+    """Whether the tenant is recorded for the `erased_tenant_blobs` timer."""
+    with psycopg.connect(api.admin_url, dbname="quantum") as conn:
+        found = conn.execute("SELECT 1 FROM control.erased_tenant_blobs WHERE tenant_id = %s", (tenant_id,))
+        return found.fetchone() is not None
+
+
+def test_a_tenant_erased_mid_copy_whose_removal_stops_early_is_noted_for_the_sweep(
+    api: ApiHarness, azurite: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its job goes with the tenant, so what its bounded pass leaves is listed nowhere: the tenant is noted for the
+    # `erased_tenant_blobs` timer, which empties its prefix.
+    tenant_id, _ = _tenant_with_blobs(api, azurite, "erased-mid-copy", 20)
+    monkeypatch.setattr(offboarding, "EXPORT_LOOK_S", 0.0)
+    blobs = _artifacts(azurite)
+
+    def erased() -> None:
+        offboarding.erase_tenant(marked_for_erasure(tenant_id), blobs, tenants_router.get_audit_store())
+        # The erasure's own record gone (as once a sweep found the prefix empty past its time): a note found is
+        # the export job's.
+        with psycopg.connect(api.admin_url, dbname="quantum") as conn:
+            conn.execute("DELETE FROM control.erased_tenant_blobs WHERE tenant_id = %s", (tenant_id,))
+
+    # The erasure comes once the 15th blob is read: its copy is written after the erasure's last pass.
+    reads = _ReadsThen(blobs, 15, erased)
+    monkeypatch.setattr(export_jobs, "CLEANUP_BUDGET_S", 0.0)  # the pass stops before any delete
+
+    export_jobs.run_export_jobs(reads, max_jobs=50)
+
+    assert reads.reads == 15 and _jobs(api, tenant_id) == []
+    assert _erased_record(api, tenant_id)
+    [left] = _exports(azurite, tenant_id)
+    assert left.endswith("/artifacts/14.log")
+    monkeypatch.undo()
+    sweep_erased_tenant_blobs(blobs)
+    assert list(blobs.list_blobs(name_starts_with=f"{tenant_id}/", include=["uncommittedblobs"])) == []
+
+
+class _DiscardRefused:
+    """The artifacts container, whose discards of staged blocks (an empty block list committed) fail."""
+
+    def __init__(self, container: Any) -> None:
+        self._container = container
+
+    def get_blob_client(self, *args: Any, **kwargs: Any) -> Any:
+        return _DiscardRefused(self._container.get_blob_client(*args, **kwargs))
+
+    def commit_block_list(self, blocks: Any, *args: Any, **kwargs: Any) -> Any:
+        if not blocks:
+            raise ServiceRequestError("storage went away")
+        return self._container.commit_block_list(blocks, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._container, name)
+
+
+def test_an_export_past_its_deadline_whose_discard_fails_is_still_too_large(
+    api: ApiHarness, azurite: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The discard's storage error replaced the deadline's: the job was recorded `storage-unavailable`.
+    admin = _operator(api)
+    tenant_id = _tenant(api, "discard-refused-export")
+    blobs = _artifacts(azurite)
+    blobs.upload_blob(f"{tenant_id}/artifacts/big.bin", b"x" * (40 * 64 * 1024), overwrite=True)
+    _drain()
+    accepted = api.client.post(f"/api/v1/tenants/{tenant_id}/export", headers=admin)
+    monkeypatch.setattr(offboarding, "EXPORT_CHUNK_BYTES", 64 * 1024)
+    slow = _SlowReads(_DiscardRefused(blobs), 0.1)
+
+    export_jobs.run_export_jobs(slow, max_jobs=50, attempt_budget_s=0.5)
+
+    job = api.client.get(accepted.headers["location"], headers=admin).json()
+    assert (job["status"], job["failure"]) == ("failed", "too-large"), job
+    assert 1 < slow.reads < 40  # blocks were staged
+    monkeypatch.undo()
+    assert _drained_of_exports(azurite, tenant_id) == set()  # the staged blocks too
+
+
+class _FailAtRead:
+    """The artifacts container, whose `at`-th read of a blob's bytes (and every later one) fails."""
+
+    def __init__(self, container: Any, at: int) -> None:
+        self._container, self._at, self.reads = container, at, 0
+
+    def download_blob(self, *args: Any, **kwargs: Any) -> Any:
+        self.reads += 1
+        if self.reads >= self._at:
+            raise ServiceRequestError("storage went away")
+        return self._container.download_blob(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._container, name)
+
+
+def test_a_failed_attempts_own_removal_deletes_at_most_the_cap_as_it_is_then(
+    api: ApiHarness, azurite: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The cap was a default bound at import: the failed attempt's own pass ignored a cap set later.
+    tenant_id, location = _tenant_with_blobs(api, azurite, "capped-own-removal", 10)
+    monkeypatch.setattr(export_jobs, "CLEANUP_MAX_BLOBS", 3)
+    deletes = _CountedDeletes(_FailAtRead(_artifacts(azurite), 8), f"{tenant_id}/exports/")
+
+    export_jobs.run_export_jobs(deletes, max_jobs=50)
+
+    job = api.client.get(location, headers=_operator(api)).json()
+    assert (job["status"], job["failure"]) == ("failed", "storage-unavailable"), job
+    assert deletes.ours == 3
+    assert len(_exports(azurite, tenant_id)) == 8 - 3  # the archive and 7 copies, 3 removed
+    monkeypatch.undo()
+    assert _drained_of_exports(azurite, tenant_id) == set()
