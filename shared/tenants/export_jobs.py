@@ -262,7 +262,10 @@ def run_export_jobs(
         # Before any claim, for the same reason.
         blobs = _storage(blobs) if max_jobs > 0 else blobs
     except _NoStorageError as exc:
-        logger.warning("export jobs: storage was not reached (%s); this run stops", exc)
+        # An outage passes; a client that cannot be made at all (a bad connection string) does not, and would leave
+        # every export queued with nothing else to say why.
+        log = logger.warning if isinstance(exc.__cause__, AzureError) else logger.error
+        log("export jobs: storage was not reached (%s); this run stops, the jobs waiting queued", exc)
         return RunResult()
     while blobs is not None and taken < max_jobs and time.monotonic() < deadline:
         try:
@@ -279,6 +282,9 @@ def run_export_jobs(
         except _UnrecordedError:
             failed += 1
             break  # logged; the lease runs out and the next run takes the job
+        except _StorageDownError:
+            failed += 1
+            break  # the jobs after it wait, queued, for a run that reaches storage
         except psycopg.Error as exc:
             failed += _database_failed(job, exc, control_pool)
             break
@@ -292,18 +298,31 @@ class _UnrecordedError(Exception):
 
 
 class _NoStorageError(Exception):
-    """The artifacts container's client could not be made (its message: the error's type)."""
+    """The artifacts container's client could not be made, or storage did not answer (its message: the error's
+    type)."""
+
+
+class _StorageDownError(Exception):
+    """A job ended `storage-unavailable`: the run stops rather than fail the next ones the same way."""
+
+
+STORAGE_LOOK_S = 5.0
+"""How long the run's look at storage, before it claims a job, waits for an answer (one try, no backoff)."""
 
 
 def _storage(container: ContainerClient | None) -> ContainerClient:
-    """`container`, or the background artifacts container; _NoStorageError when it cannot be made, whatever the
-    error (a storage outage, a bad connection string), so that none escapes the run."""
+    """`container`, or the background artifacts container once storage answered a look at it; _NoStorageError when it
+    cannot be made or does not answer, whatever the error (an outage, a bad connection string), so that none escapes
+    the run. The container's client is made once per process and never looks at storage again, so a host that was
+    running when storage went away would claim jobs only to fail them: the look is what tells."""
     if container is not None:
         return container
     try:
-        return artifacts_container(get_settings())
+        made = artifacts_container(get_settings())
+        made.get_container_properties(retry_total=0, connection_timeout=STORAGE_LOOK_S, read_timeout=STORAGE_LOOK_S)
     except Exception as exc:
         raise _NoStorageError(type(exc).__name__) from exc
+    return made
 
 
 def _database_failed(job: ExportJob, exc: psycopg.Error, pool: ConnectionPool[Any] | None) -> bool:
@@ -444,6 +463,9 @@ def _run(
         logger.exception("export job %s of tenant %s failed (%s)", job.id, job.tenant_id, kind)
         _fail(job, kind, pool)
         _remove_listed(job.id, job.tenant_id, [folder], container, pool, _cleanup_until())
+        if kind == "storage-unavailable":
+            # The next job would meet the same outage and fail for good too: the run stops here.
+            raise _StorageDownError(job.id) from exc
         return False
     outcome = {
         "container": container.container_name,

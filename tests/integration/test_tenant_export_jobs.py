@@ -19,6 +19,7 @@ import azure.functions as func
 import psycopg
 import pytest
 from azure.core.exceptions import ServiceRequestError
+from azure.storage.blob import ContainerClient
 
 from shared.api.durable import get_durable_client
 from shared.api.routers import tenants as tenants_router
@@ -1128,3 +1129,45 @@ def test_a_failed_attempts_own_removal_deletes_at_most_the_cap_as_it_is_then(
     assert len(_exports(azurite, tenant_id)) == 8 - 3  # the archive and 7 copies, 3 removed
     monkeypatch.undo()
     assert _drained_of_exports(azurite, tenant_id) == set()
+
+
+def test_a_running_host_whose_storage_went_away_claims_no_job(
+    api: ApiHarness, azurite: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The container's client is made once per process and never looks at storage again: on a host already running
+    # when storage went away, each run claimed every queued job and ended it `storage-unavailable` for good.
+    admin = _operator(api)
+    tenants = [_tenant(api, f"storage-went-away-{index}") for index in range(3)]
+    _drain()  # other tests' jobs and listed folders, out of the way
+    locations = [api.client.post(f"/api/v1/tenants/{t}/export", headers=admin).headers["location"] for t in tenants]
+    gone = ContainerClient.from_connection_string(
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey="
+        "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
+        "BlobEndpoint=http://127.0.0.1:1/devstoreaccount1;",
+        "artifacts",
+        retry_total=0,
+    )
+    monkeypatch.setattr(export_jobs, "artifacts_container", lambda *args, **kwargs: gone)
+    results = [export_jobs.run_export_jobs(max_jobs=50) for _ in range(2)]
+    monkeypatch.undo()
+
+    assert [(result.taken, result.failed) for result in results] == [(0, 0)] * 2
+    for location in locations:
+        job = api.client.get(location, headers=admin).json()
+        assert (job["status"], job["attempts"]) == ("queued", 0), job
+    _drain()  # storage is back
+    assert [api.client.get(location, headers=admin).json()["status"] for location in locations] == ["succeeded"] * 3
+
+
+def test_a_job_ending_storage_unavailable_stops_the_run(api: ApiHarness, azurite: Any) -> None:
+    # The next job would meet the same outage: the run went on and failed every job it could claim.
+    admin = _operator(api)
+    tenants = [_tenant(api, f"storage-fails-mid-run-{index}") for index in range(3)]
+    for tenant_id in tenants:
+        _artifacts(azurite).upload_blob(f"{tenant_id}/artifacts/build.log", b"log", overwrite=True)
+    _drain()
+    locations = [api.client.post(f"/api/v1/tenants/{t}/export", headers=admin).headers["location"] for t in tenants]
+    result = export_jobs.run_export_jobs(_FailingStorage(_artifacts(azurite)), max_jobs=50)
+    assert (result.taken, result.failed) == (1, 1)
+    statuses = [api.client.get(location, headers=admin).json()["status"] for location in locations]
+    assert statuses == ["failed", "queued", "queued"], statuses
