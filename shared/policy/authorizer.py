@@ -31,6 +31,7 @@ from shared.policy.policy_text import (
     policy_text_problems,
     policy_tree_problems,
 )
+from shared.registry import model as registry_model
 
 __all__ = [
     "Authorizer",
@@ -265,7 +266,7 @@ MAX_TEXT_ATTRIBUTE_CHARS = 256
 store them bound it (128, 128, 73 characters): what a tenant policy may cost assumes it (a `like` against a target of a
 million characters, taken from a request body before its validation, cost 2 s a decision). A longer one fails the
 decision closed instead of reaching the engine (ADR 0011)."""
-MAX_LABELS = 64
+MAX_LABELS = registry_model.MAX_LABELS
 """A resource's labels, at most (the registry model's bound)."""
 MAX_LABEL_CHARS = 320
 """One label as Cedar sees it, `key=value`, at most (a 63-character key and a 256-character value)."""
@@ -315,7 +316,7 @@ def _resource_attrs(resource: Resource) -> dict[str, Any]:
                 "labels": _labels(attrs),
             }
         case "Module":
-            return {"tenant": tenant, "name": _text(attrs, "name") if "name" in attrs else resource.id}
+            return {"tenant": tenant, "name": _text(attrs if "name" in attrs else {"name": resource.id}, "name")}
         case "Policy" | "AuditLog":
             return {"tenant": tenant}
         case _:

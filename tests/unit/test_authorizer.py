@@ -46,6 +46,7 @@ from shared.policy.policy_text import (
     SET_COMPARISON_COST,
     policy_cost,
 )
+from shared.registry import model as registry_model
 
 TENANT = uuid.UUID("00000000-0000-4000-8000-00000000000a")
 OTHER_TENANT = uuid.UUID("00000000-0000-4000-8000-00000000000b")
@@ -337,11 +338,31 @@ def test_facts_of_another_tenant_fail_closed(authz: Authorizer) -> None:
             Action.INTENT_READ,
             Resource("Intent", "i-1", TENANT, {"target": "x", "labels": {f"k{i}": "v" for i in range(65)}}),
         ),
+        (Action.MODULE_READ, Resource("Module", "m" * 257, TENANT, {})),  # a module named by its id
     ],
 )
 def test_bad_requests_fail_closed(authz: Authorizer, action: str, resource: Resource) -> None:
     decision = authz.decide(principal(*ROLES), action, resource, tenant=FACTS)
     assert decision == Decision(False, "policy_error", ())
+
+
+def test_the_largest_labels_a_model_stores_are_decided_on() -> None:
+    # The Authorizer fails closed past the stored bounds; the largest labels the registry model accepts must pass.
+    key_chars = 63  # LabelKey's pattern: 1 + up to 61 + 1
+    labels = {f"{i:02d}" + "k" * (key_chars - 2): "v" * 256 for i in range(registry_model.MAX_LABELS)}
+    assert (
+        registry_model.IntentDefinitionIn.model_validate(
+            {
+                "name": "largest-labels",
+                "definition": {"steps": [{"id": "a", "action": "wait", "seconds": 1}]},
+                "labels": labels,
+            }
+        ).labels
+        == labels
+    )
+    authz = Authorizer()
+    intent = Resource("Intent", "i-1", TENANT, {"target": "t" * 128, "labels": labels})
+    assert authz.decide(principal(INTENT_READER), Action.INTENT_READ, intent, tenant=FACTS).allowed
 
 
 def test_labels_accept_mapping_or_strings(authz: Authorizer) -> None:

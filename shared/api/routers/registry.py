@@ -237,6 +237,8 @@ _BODY_TARGET: TypeAdapter[str] = TypeAdapter(Target)
 
 def _labels(value: Any) -> dict[str, str]:
     """The body's labels if its model would accept them, else none."""
+    if not isinstance(value, Mapping) or len(value) > MAX_LABELS:
+        return {}  # before validating: a hundred thousand bad keys would cost an error each
     try:
         return _BODY_LABELS.validate_python(value)
     except ValidationError:
