@@ -40,6 +40,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
+from urllib.parse import unquote
 
 import attrs
 import re2  # type: ignore[import-untyped]  # the package ships no type information
@@ -289,7 +290,8 @@ def _charge_reference(ref: Any) -> None:
     resolver decodes the whole pointer and walks it segment by segment each time)."""
     evaluation = _EVALUATION.get()
     if evaluation is not None and isinstance(ref, str):
-        segments = max(ref.count("/") - UNCHARGED_REF_SEGMENTS, 0)
+        # Counted as the resolver splits it, once decoded: an encoded `%2F` is a segment it walks like any other.
+        segments = max(unquote(ref).count("/") - UNCHARGED_REF_SEGMENTS, 0)
         evaluation.charge(segments + max(len(ref) - UNCHARGED_REF_CHARACTERS, 0) // REF_CHARACTERS_PER_STEP)
 
 
