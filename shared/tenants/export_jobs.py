@@ -33,7 +33,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from azure.core.exceptions import AzureError
+from azure.core.exceptions import AzureError, HttpResponseError
 from azure.storage.blob import ContainerClient
 from psycopg import sql
 from psycopg.rows import DictRow
@@ -262,10 +262,16 @@ def run_export_jobs(
         # Before any claim, for the same reason.
         blobs = _storage(blobs) if max_jobs > 0 else blobs
     except _NoStorageError as exc:
-        # An outage passes; a client that cannot be made at all (a bad connection string) does not, and would leave
-        # every export queued with nothing else to say why.
-        log = logger.warning if isinstance(exc.__cause__, AzureError) else logger.error
-        log("export jobs: storage was not reached (%s); this run stops, the jobs waiting queued", exc)
+        # An outage passes; a client that cannot be made at all (a bad connection string), or storage refusing the
+        # look (a permission missing, the container deleted under a running process), does not, and would leave every
+        # export queued with nothing else to say why.
+        cause = exc.__cause__
+        if isinstance(cause, HttpResponseError) and cause.status_code in _REFUSALS:
+            logger.error("export jobs: storage refused (%s); this run stops, jobs waiting queued", cause.status_code)
+        elif isinstance(cause, AzureError):
+            logger.warning("export jobs: storage was not reached (%s); this run stops, the jobs waiting queued", exc)
+        else:
+            logger.error("export jobs: storage cannot be used (%s); this run stops, the jobs waiting queued", exc)
         return RunResult()
     while blobs is not None and taken < max_jobs and time.monotonic() < deadline:
         try:
@@ -306,6 +312,8 @@ class _StorageDownError(Exception):
     """A job ended `storage-unavailable`: the run stops rather than fail the next ones the same way."""
 
 
+_REFUSALS = frozenset({401, 403, 404})
+"""Storage answering the look with a refusal that does not pass on its own."""
 STORAGE_LOOK_S = 5.0
 """How long the run's look at storage, before it claims a job, waits for an answer (one try, no backoff)."""
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from typing import Any
 import azure.functions as func
 import psycopg
 import pytest
-from azure.core.exceptions import ServiceRequestError
+from azure.core.exceptions import HttpResponseError, ServiceRequestError
 from azure.storage.blob import ContainerClient
 
 from shared.api.durable import get_durable_client
@@ -1171,3 +1172,30 @@ def test_a_job_ending_storage_unavailable_stops_the_run(api: ApiHarness, azurite
     assert (result.taken, result.failed) == (1, 1)
     statuses = [api.client.get(location, headers=admin).json()["status"] for location in locations]
     assert statuses == ["failed", "queued", "queued"], statuses
+
+
+class _RefusedLook:
+    """The artifacts container whose look answers with a refusal (a permission missing, the container deleted)."""
+
+    def __init__(self, status: int) -> None:
+        self._status = status
+
+    def get_container_properties(self, **kwargs: Any) -> Any:
+        refused = HttpResponseError(message="refused")
+        refused.status_code = self._status
+        raise refused
+
+
+@pytest.mark.parametrize("status", [403, 404])
+def test_storage_refusing_the_look_is_logged_as_an_error(
+    api: ApiHarness, azurite: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, status: int
+) -> None:
+    # A refusal does not pass on its own, and every export waits queued meanwhile: it was logged as a passing outage.
+    _drain()
+    monkeypatch.setattr(export_jobs, "CLEANUP_PER_RUN", 0)
+    monkeypatch.setattr(export_jobs, "artifacts_container", lambda *args, **kwargs: _RefusedLook(status))
+    with caplog.at_level(logging.WARNING, logger=export_jobs.__name__):
+        result = export_jobs.run_export_jobs(max_jobs=50)
+    assert (result.taken, result.failed) == (0, 0)
+    refused = [r for r in caplog.records if r.levelno == logging.ERROR and "storage refused" in r.getMessage()]
+    assert refused and str(status) in refused[0].getMessage(), [r.getMessage() for r in caplog.records]
