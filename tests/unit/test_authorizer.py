@@ -721,11 +721,10 @@ def test_a_pattern_of_the_longest_length_on_an_attribute_is_accepted(authz: Auth
     assert authz.validate_tenant_policy(text) == []
 
 
-def test_stored_costly_policies_never_reach_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Saved before the bound (or behind the API): the tenant's decisions fail closed, and Cedar never matches them.
+def _engine_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that grows by one at each call of the Cedar engine, from now to the test's end."""
     import cedarpy
 
-    authz = Authorizer()
     calls: list[int] = []
     real = cedarpy.is_authorized
 
@@ -734,6 +733,13 @@ def test_stored_costly_policies_never_reach_the_engine(monkeypatch: pytest.Monke
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(cedarpy, "is_authorized", counted)
+    return calls
+
+
+def test_stored_costly_policies_never_reach_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Saved before the bound (or behind the API): the tenant's decisions fail closed, and Cedar never matches them.
+    authz = Authorizer()
+    calls = _engine_calls(monkeypatch)
     slow = tuple(_slow_forbid(index) for index in range(50))
     execution = Resource("Execution", "e-1", TENANT, {"target": "staging", "requested_by": OTHER_REQUESTER})
     for _ in range(3):
@@ -1020,17 +1026,8 @@ def test_a_policy_costing_more_than_the_budget_is_refused(authz: Authorizer) -> 
 def test_stored_policies_past_the_cost_budget_fail_closed_without_reaching_the_engine(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import cedarpy
-
     authz = Authorizer()
-    calls: list[int] = []
-    real = cedarpy.is_authorized
-
-    def counted(*args: object, **kwargs: object) -> object:
-        calls.append(1)
-        return real(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(cedarpy, "is_authorized", counted)
+    calls = _engine_calls(monkeypatch)
     # Each valid on its own, 9,300 characters in all, and ~4,500 nodes together: saved before the budget.
     texts = tuple(_filled(str(index), "-1", 3_100) for index in range(3))
     assert all(authz.validate_tenant_policy(text) == [] for text in texts)
@@ -1125,22 +1122,13 @@ def test_a_collection_literal_of_scalars_costs_its_nodes_alone(authz: Authorizer
 def test_stored_sets_of_the_tenants_sets_fail_closed_without_reaching_the_engine(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import cedarpy
-
     # The review's: four such policies filling 31,992 characters, each within the old budget, against the largest
     # labels (64 of ~320 characters), saved before the element count or behind the API.
     texts = tuple(_set_of("resource.labels", size).replace('"x"', f'"x{n}"') for n, size in enumerate([10_000] * 3))
     texts += (_set_of("resource.labels", MAX_TENANT_POLICY_TOTAL_CHARS - sum(map(len, texts))),)
     assert sum(map(len, texts)) <= MAX_TENANT_POLICY_TOTAL_CHARS
     authz = Authorizer()
-    calls: list[int] = []
-    real = cedarpy.is_authorized
-
-    def counted(*args: object, **kwargs: object) -> object:
-        calls.append(1)
-        return real(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(cedarpy, "is_authorized", counted)
+    calls = _engine_calls(monkeypatch)
     labels = {f"k{label:02d}": "v" * 316 for label in range(64)}
     execution = Resource(
         "Execution", "e-1", TENANT, {"target": "staging", "requested_by": OTHER_REQUESTER, "labels": labels}
@@ -1205,19 +1193,10 @@ def test_a_constructor_literal_longer_than_any_honest_one_is_refused(authz: Auth
 def test_stored_long_constructor_literals_fail_closed_without_reaching_the_engine(
     monkeypatch: pytest.MonkeyPatch, clause: str
 ) -> None:
-    import cedarpy
-
     # The review's: literals of 243 characters filling the character bound, within the node budget before.
     texts = _filling(clause)
     assert sum(map(len, texts)) > MAX_TENANT_POLICY_TOTAL_CHARS - 1_000
-    calls: list[int] = []
-    real = cedarpy.is_authorized
-
-    def counted(*args: object, **kwargs: object) -> object:
-        calls.append(1)
-        return real(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(cedarpy, "is_authorized", counted)
+    calls = _engine_calls(monkeypatch)
     execution = Resource("Execution", "e-1", TENANT, {"target": "staging", "requested_by": OTHER_REQUESTER})
     decision = Authorizer().decide(
         principal(INTENT_READER), Action.EXECUTION_READ, execution, tenant=FACTS, tenant_policies=texts
