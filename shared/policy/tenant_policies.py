@@ -148,8 +148,8 @@ def add_policy(
     chars = sum(len(row["policy"]) for row in stored)
     if chars + len(spec.policy) > MAX_TENANT_POLICY_TOTAL_CHARS:
         raise TenantPolicyTotalSizeError(MAX_TENANT_POLICY_TOTAL_CHARS, chars, len(spec.policy))
-    # Parsed again rather than stored with the row (no migration): 32,000 characters of the longest `like` patterns
-    # take ~70-85 ms, the most measured (ADR 0011).
+    # Not stored with the row (no migration): `policy_cost` remembers each text's cost by its digest, so only a text
+    # this process has not counted yet is parsed (32,000 characters of the longest `like` patterns took ~70-85 ms).
     cost, adding = _stored_cost(stored), policy_cost(spec.policy)
     if cost + adding > MAX_TENANT_POLICY_COST:
         raise TenantPolicyCostError(MAX_TENANT_POLICY_COST, cost, adding)
