@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 import attrs
@@ -847,20 +847,45 @@ def _valid_under(validator: Any, instance: Any, subschema: Any) -> bool:
     return _valid(validator.descend(instance, subschema))
 
 
-def _evaluated_keys(validator: Any, instance: dict[str, Any], schema: Any) -> set[str]:
-    """The keys some keyword of `schema` evaluates (what `unevaluatedProperties` leaves alone)."""
+_Found = TypeVar("_Found", str, int)
+_OwnKeywords = Callable[[Any, Any, Any], tuple[set[_Found], bool]]
+
+
+def _evaluated(validator: Any, instance: Any, schema: Any, own: _OwnKeywords[_Found]) -> set[_Found]:
+    """The keys or indexes of `instance` some keyword of `schema` evaluates (what `unevaluatedProperties` or
+    `unevaluatedItems` leaves alone), as the library finds them but in a set, each scan and union charged: its list,
+    searched once per item, took 12.7 s on 60,000 items under `items`. `own` collects what the keywords of the
+    instance's kind evaluate, and says whether that is every key or index (nothing further can add one)."""
     _step()  # each call re-evaluates subschemas: the recursion is what the budget bounds
     if validator.is_type(schema, "boolean"):
         return set()
-    keys: set[str] = set()
+    found, whole = own(validator, instance, schema)
+    if whole:
+        return found
     for keyword in ("$ref", "$dynamicRef"):
-        ref = schema.get(keyword)
-        if ref is not None:
+        if (ref := schema.get(keyword)) is not None:
             _charge_reference(ref)
             resolved = validator._resolver.lookup(ref)
-            keys |= _evaluated_keys(
-                validator.evolve(schema=resolved.contents, _resolver=resolved.resolver), instance, resolved.contents
-            )
+            referred = validator.evolve(schema=resolved.contents, _resolver=resolved.resolver)
+            found |= _evaluated(referred, instance, resolved.contents, own)
+    if "if" in schema:
+        if _valid_under(validator, instance, schema["if"]):
+            found |= _evaluated(validator, instance, schema["if"], own)
+            if "then" in schema:
+                found |= _evaluated(validator, instance, schema["then"], own)
+        elif "else" in schema:
+            found |= _evaluated(validator, instance, schema["else"], own)
+    for keyword in ("allOf", "oneOf", "anyOf"):
+        for subschema in schema.get(keyword, []):
+            if _valid_under(validator, instance, subschema):
+                found |= _evaluated(validator, instance, subschema, own)
+    _scanned(len(found))  # what the caller's union costs
+    return found
+
+
+def _own_keys(validator: Any, instance: dict[str, Any], schema: Any) -> tuple[set[str], bool]:
+    """The keys the object keywords of `schema` evaluate (for `_evaluated`)."""
+    keys: set[str] = set()
     properties = schema.get("properties")
     if validator.is_type(properties, "object"):
         _scanned(min(len(properties), len(instance)))
@@ -873,20 +898,8 @@ def _evaluated_keys(validator: Any, instance: dict[str, Any], schema: Any) -> se
         keys |= {key for key in instance if _charged_matches(pattern, key)}
     dependent = schema.get("dependentSchemas", {})
     for name in _named(dependent, instance):
-        keys |= _evaluated_keys(validator, instance, dependent[name])
-    for keyword in ("allOf", "oneOf", "anyOf"):
-        for subschema in schema.get(keyword, []):
-            if _valid_under(validator, instance, subschema):
-                keys |= _evaluated_keys(validator, instance, subschema)
-    if "if" in schema:
-        if _valid_under(validator, instance, schema["if"]):
-            keys |= _evaluated_keys(validator, instance, schema["if"])
-            if "then" in schema:
-                keys |= _evaluated_keys(validator, instance, schema["then"])
-        elif "else" in schema:
-            keys |= _evaluated_keys(validator, instance, schema["else"])
-    _scanned(len(keys))  # what the caller's union costs
-    return keys
+        keys |= _evaluated(validator, instance, dependent[name], _own_keys)
+    return keys, False
 
 
 def _unevaluated_properties(
@@ -894,7 +907,7 @@ def _unevaluated_properties(
 ) -> Iterator[ValidationError]:
     if not validator.is_type(instance, "object"):
         return
-    evaluated = _evaluated_keys(validator, instance, schema)
+    evaluated = _evaluated(validator, instance, schema, _own_keys)
     _scanned(len(instance))
     failing = [
         key for key in instance if key not in evaluated and not _valid_under(validator, instance[key], unevaluated)
@@ -1069,48 +1082,25 @@ def _indexes(count: int) -> set[int]:
     return set(range(count))
 
 
-def _evaluated_indexes(validator: Any, instance: list[Any], schema: Any) -> set[int]:
-    """The indexes of `instance` some keyword of `schema` evaluates (what `unevaluatedItems` leaves alone), as the
-    library finds them but in a set, each scan and union charged: its list, searched once per item, took 12.7 s on
-    60,000 items under `items`."""
-    _step()  # each call re-evaluates subschemas, as `_evaluated_keys`
-    if validator.is_type(schema, "boolean"):
-        return set()
+def _own_indexes(validator: Any, instance: list[Any], schema: Any) -> tuple[set[int], bool]:
+    """The indexes the array keywords of `schema` evaluate (for `_evaluated`): all of them under `items`."""
     if "items" in schema:
-        return _indexes(len(instance))
+        return _indexes(len(instance)), True
     indexes: set[int] = set()
-    for keyword in ("$ref", "$dynamicRef"):
-        if (ref := schema.get(keyword)) is not None:
-            _charge_reference(ref)
-            resolved = validator._resolver.lookup(ref)
-            referred = validator.evolve(schema=resolved.contents, _resolver=resolved.resolver)
-            indexes |= _evaluated_indexes(referred, instance, resolved.contents)
     if validator.is_type(schema.get("prefixItems"), "array"):
         indexes |= _indexes(min(len(schema["prefixItems"]), len(instance)))
-    if "if" in schema:
-        if _valid_under(validator, instance, schema["if"]):
-            indexes |= _evaluated_indexes(validator, instance, schema["if"])
-            if "then" in schema:
-                indexes |= _evaluated_indexes(validator, instance, schema["then"])
-        elif "else" in schema:
-            indexes |= _evaluated_indexes(validator, instance, schema["else"])
     for keyword in ("contains", "unevaluatedItems"):
         if keyword in schema:
             _scanned(len(instance))  # a boolean subschema is answered without a descend to charge
             indexes |= {index for index, item in enumerate(instance) if _valid_under(validator, item, schema[keyword])}
-    for keyword in ("allOf", "oneOf", "anyOf"):
-        for subschema in schema.get(keyword, []):
-            if _valid_under(validator, instance, subschema):
-                indexes |= _evaluated_indexes(validator, instance, subschema)
-    _scanned(len(indexes))  # what the caller's union costs
-    return indexes
+    return indexes, False
 
 
 def _unevaluated_items(validator: Any, _unevaluated: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
     """`unevaluatedItems`, its message quoting the unexpected items in the bounded form."""
     if not validator.is_type(instance, "array"):
         return
-    evaluated = _evaluated_indexes(validator, instance, schema)
+    evaluated = _evaluated(validator, instance, schema, _own_indexes)
     _scanned(len(instance))
     extras = [item for index, item in enumerate(instance) if index not in evaluated]
     if extras:
