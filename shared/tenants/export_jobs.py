@@ -33,7 +33,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from azure.core.exceptions import AzureError, HttpResponseError
+from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError
 from azure.storage.blob import ContainerClient
 from psycopg import sql
 from psycopg.rows import DictRow
@@ -255,23 +255,13 @@ def run_export_jobs(
     except (AzureError, _NoStorageError) as exc:
         # Storage not reached even for its client: the folders wait for the next run, and no job is claimed (each
         # claimed would end `storage-unavailable` for good, one a run through an outage).
-        why = str(exc) if isinstance(exc, _NoStorageError) else type(exc).__name__
-        logger.warning("export jobs: storage was not reached (%s); this run stops", why)
+        _log_storage_stop(exc)
         return RunResult()
     try:
         # Before any claim, for the same reason.
         blobs = _storage(blobs) if max_jobs > 0 else blobs
     except _NoStorageError as exc:
-        # An outage passes; a client that cannot be made at all (a bad connection string), or storage refusing the
-        # look (a permission missing, the container deleted under a running process), does not, and would leave every
-        # export queued with nothing else to say why.
-        cause = exc.__cause__
-        if isinstance(cause, HttpResponseError) and cause.status_code in _REFUSALS:
-            logger.error("export jobs: storage refused (%s); this run stops, jobs waiting queued", cause.status_code)
-        elif isinstance(cause, AzureError):
-            logger.warning("export jobs: storage was not reached (%s); this run stops, the jobs waiting queued", exc)
-        else:
-            logger.error("export jobs: storage cannot be used (%s); this run stops, the jobs waiting queued", exc)
+        _log_storage_stop(exc)
         return RunResult()
     while blobs is not None and taken < max_jobs and time.monotonic() < deadline:
         try:
@@ -316,6 +306,25 @@ _REFUSALS = frozenset({401, 403, 404})
 """Storage answering the look with a refusal that does not pass on its own."""
 STORAGE_LOOK_S = 5.0
 """How long the run's look at storage, before it claims a job, waits for an answer (one try, no backoff)."""
+
+
+def _log_storage_stop(exc: Exception) -> None:
+    """Log why storage stops the run: an outage passes (a warning); a client that cannot be made at all (a bad
+    connection string), storage refusing the look (a permission missing, the container deleted under a running
+    process) or an identity refused does not, and would leave every export queued with nothing else to say why."""
+    cause = exc.__cause__ if isinstance(exc, _NoStorageError) else exc
+    if isinstance(cause, ClientAuthenticationError) or (
+        isinstance(cause, HttpResponseError) and cause.status_code in _REFUSALS
+    ):
+        code = getattr(cause, "error_code", None) or type(cause).__name__
+        status = getattr(cause, "status_code", None)
+        logger.error("export jobs: storage refused (%s %s); this run stops, the jobs waiting queued", status, code)
+    elif isinstance(cause, AzureError):
+        logger.warning(
+            "export jobs: storage was not reached (%s); this run stops, the jobs waiting queued", type(cause).__name__
+        )
+    else:
+        logger.error("export jobs: storage cannot be used (%s); this run stops, the jobs waiting queued", exc)
 
 
 def _storage(container: ContainerClient | None) -> ContainerClient:

@@ -19,7 +19,7 @@ from typing import Any
 import azure.functions as func
 import psycopg
 import pytest
-from azure.core.exceptions import HttpResponseError, ServiceRequestError
+from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
 from azure.storage.blob import ContainerClient
 
 from shared.api.durable import get_durable_client
@@ -1199,3 +1199,38 @@ def test_storage_refusing_the_look_is_logged_as_an_error(
     assert (result.taken, result.failed) == (0, 0)
     refused = [r for r in caplog.records if r.levelno == logging.ERROR and "storage refused" in r.getMessage()]
     assert refused and str(status) in refused[0].getMessage(), [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.parametrize("status", [403, 404])
+def test_storage_refusing_the_look_for_a_listed_folder_is_logged_as_an_error(
+    api: ApiHarness, azurite: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, status: int
+) -> None:
+    # Every attempt lists its folder before it writes, so a container deleted under a running host leaves one: the
+    # removal's look came first and logged the refusal as a passing outage.
+    _failed_job_with_folder(api, azurite, f"refused-look-{status}", 1)
+    monkeypatch.setattr(export_jobs, "artifacts_container", lambda *args, **kwargs: _RefusedLook(status))
+    with caplog.at_level(logging.WARNING, logger=export_jobs.__name__):
+        result = export_jobs.run_export_jobs(max_jobs=50)
+    assert (result.taken, result.failed) == (0, 0)
+    refused = [r for r in caplog.records if r.levelno == logging.ERROR and "storage refused" in r.getMessage()]
+    assert refused and str(status) in refused[0].getMessage(), [r.getMessage() for r in caplog.records]
+
+
+class _UnknownIdentity:
+    """The artifacts container whose look finds no identity to sign with (no status code to tell by)."""
+
+    def get_container_properties(self, **kwargs: Any) -> Any:
+        raise ClientAuthenticationError(message="no credential")
+
+
+def test_an_identity_refused_at_the_look_is_logged_as_an_error(
+    api: ApiHarness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _drain()
+    monkeypatch.setattr(export_jobs, "CLEANUP_PER_RUN", 0)
+    monkeypatch.setattr(export_jobs, "artifacts_container", lambda *args, **kwargs: _UnknownIdentity())
+    with caplog.at_level(logging.WARNING, logger=export_jobs.__name__):
+        export_jobs.run_export_jobs(max_jobs=50)
+    assert any(r.levelno == logging.ERROR and "storage refused" in r.getMessage() for r in caplog.records), [
+        r.getMessage() for r in caplog.records
+    ]

@@ -9,7 +9,9 @@ import uuid
 
 import pytest
 
+from shared.api.routers import registry
 from shared.api.routers.registry import _SPECS, _body_resource
+from shared.registry.model import MAX_LABELS
 
 TENANT = uuid.uuid4()
 
@@ -47,3 +49,20 @@ def test_labels_their_model_accepts_reach_the_authorizer_as_sent() -> None:
     labels = {f"k{i}": "v" * 256 for i in range(64)}
     resource = _body_resource(_SPECS["blueprint"], "b-1", TENANT, {"labels": labels})
     assert resource.attributes["labels"] == labels
+
+
+def test_labels_past_the_models_count_are_dropped_before_any_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A hundred thousand bad keys cost an error each (~55 ms) when validated: counted first, they cost nothing.
+    validated: list[object] = []
+
+    class Counting:
+        def validate_python(self, value: object) -> dict[str, str]:
+            validated.append(value)
+            return {}
+
+    monkeypatch.setattr(registry, "_BODY_LABELS", Counting())
+    too_many = {f"K{i}": "v" for i in range(MAX_LABELS + 1)}
+    resource = _body_resource(_SPECS["intent"], "i-1", TENANT, {"definition": {}, "labels": too_many})
+    assert resource.attributes["labels"] == {} and validated == []
+    _body_resource(_SPECS["intent"], "i-1", TENANT, {"definition": {}, "labels": {"team": "web"}})
+    assert validated == [{"team": "web"}]
