@@ -13,7 +13,7 @@ from azure.cosmos import ContainerProxy, DatabaseProxy, PartitionKey
 from azure.cosmos.exceptions import CosmosHttpResponseError, CosmosResourceExistsError, CosmosResourceNotFoundError
 
 from shared.audit.model import AuditPage, AuditQuery, AuditRecord, InvalidCursorError, decode_cursor, encode_cursor
-from shared.audit.outbox import AuditOutbox, Delete, RecordRefusedError, Write, outlives_tenant
+from shared.audit.outbox import AuditOutbox, Delete, RecordRefusedError, Write, outlives_tenant, write_budget
 
 _CURSOR_KIND = "cosmos"
 PARTITION_KEY_PATH = "/tenantId"
@@ -56,8 +56,11 @@ EXPORT_PAGE_ITEMS = 500
 # Bounds the round trips one page may take when the service returns short pages.
 _MAX_ROUND_TRIPS = 10
 # What the service answers for a document it will never take (malformed; over the 2 MB item limit): retrying cannot
-# help. Anything else (throttling, an outage, a container or a role assignment still missing) can pass.
+# help. Anything else (throttling, an outage, a container or a role assignment still missing) can pass. A 400 is also
+# what a container that does not match the code answers every document: it is doubtful (`RecordRefusedError`), and a
+# batch refused so throughout waits instead of being set aside.
 _REFUSED_FOR_GOOD = frozenset({400, 413})
+_DOUBTFUL = frozenset({400})
 
 RetentionLookup = Callable[[uuid.UUID], int | None]
 """Days of audit retention for a tenant; None keeps its records until they are erased."""
@@ -116,7 +119,9 @@ class CosmosAuditStore:
             pass  # copied before (by the relay, or before a failure to remove it from the outbox)
         except CosmosHttpResponseError as exc:
             if exc.status_code in _REFUSED_FOR_GOOD:
-                raise RecordRefusedError(f"{exc.status_code}: {exc.message or exc.reason}") from exc
+                raise RecordRefusedError(
+                    f"{exc.status_code}: {exc.message or exc.reason}", doubtful=exc.status_code in _DOUBTFUL
+                ) from exc
             raise
 
     def _delete_copy(self, tenant_id: uuid.UUID, record_id: uuid.UUID) -> None:
@@ -138,7 +143,16 @@ class CosmosAuditStore:
             # Cosmos DB takes a ttl of at most 2^31 - 1 s (about 68 years) and refuses the write past it: a tenant's
             # setting of more days than that keeps its records as long as the store can say.
             document = {**document, "ttl": min(days * 86400, MAX_TTL_S)}
-        self._container.create_item(document)
+        budget = write_budget()
+        if budget is None:
+            self._container.create_item(document)  # the relay's: the client's retries and timeouts
+            return
+        # The copy after a commit, in its request: the whole call (`timeout`, which the SDK checks before each of its
+        # throttling retries and after the answer) and each attempt's connect and read within what is left of the
+        # copy's time, and no connection retries; the relay retries what this leaves.
+        self._container.create_item(
+            document, timeout=budget, connection_timeout=budget, read_timeout=budget, retry_total=0
+        )
 
     def query(self, q: AuditQuery) -> AuditPage:
         """One page of `q.tenant_id`'s records, newest first, continuing from the cursor's position."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,15 @@ _DECISIONS = frozenset(get_args(Decision))
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 50
+MAX_DETAIL_BYTES = 8 * 1024
+"""The most a record's detail may take as it is sent (JSON with non-ASCII escaped, as the Cosmos DB SDK writes it):
+a larger one is replaced by `DETAIL_CUT` and its size. Without a bound the request decided a record's size: a name of
+a million characters made a 3 MB document that Cosmos DB refused for good (413), and so hid the request's records;
+in Postgres a megabyte a record. Migration 0072 bounds the columns safely above this."""
+DETAIL_CUT = "detail_cut"
+"""The key of the marker that replaces a detail over `MAX_DETAIL_BYTES`; `detail_bytes` beside it says its size."""
+
+logger = logging.getLogger(__name__)
 
 
 class InvalidCursorError(pagination.InvalidCursorError):
@@ -58,6 +68,11 @@ class AuditRecord:
         for name in ("principal_id", "action", "resource_type"):
             if not getattr(self, name):
                 raise ValueError(f"{name} must not be empty")
+        size = detail_bytes(self.detail)
+        if size > MAX_DETAIL_BYTES:
+            # The record is kept (its action, decision and reason are the trail); only the detail gives way.
+            logger.warning("audit: the detail of a %s record (%d bytes) was cut", self.action, size)
+            object.__setattr__(self, "detail", {DETAIL_CUT: True, "detail_bytes": size})
 
     @classmethod
     def new(cls, **fields: Any) -> AuditRecord:
@@ -79,6 +94,12 @@ class AuditRecord:
             "request_id": self.request_id,
             "detail": dict(self.detail),
         }
+
+
+def detail_bytes(detail: Mapping[str, Any]) -> int:
+    """The size of `detail` as a store is sent it: JSON, non-ASCII escaped (six bytes a character and more, where
+    the text Postgres keeps takes two to four)."""
+    return len(json.dumps(dict(detail), ensure_ascii=True, default=str))
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from itertools import takewhile
 from typing import Any
@@ -73,8 +75,20 @@ seconds with the SDK's retries: without it a run lasted tenants x MAX_BATCHES x 
 at MAX_TENANTS, and every tenant behind a slow one waited out its batches. Within the minute between runs; the
 tenants not reached keep their place, their oldest record having waited longest, and the next run starts with them."""
 COOLDOWN_S = 30.0
-"""After a failed copy, copies after a commit are left to the relay this long: a store that is down must not slow
-every request that records something by its timeouts."""
+"""After a tenant's failed (or slow, `INLINE_SLOW_S`) copy, that tenant's copies after a commit are left to the relay
+this long: a store that is down or throttled for it must not slow every request of it that records something by its
+timeouts. Per tenant: one tenant's failing copies (its partition throttled, its records refused) used to leave every
+tenant's records to the relay, a minute or two late."""
+INLINE_S = 1.0
+"""Seconds the copy after a commit may take in all (it runs in the request that committed): its writes are bounded
+by what is left of it and retry nothing themselves (`write_budget`); what it does not copy in time the relay copies,
+with the store's own retries. Unbounded, a throttled store that answered at last (the SDK's nine retries of up to
+30 s, a 65 s read timeout) made every audited request of every tenant wait it out."""
+INLINE_SLOW_S = 0.5
+"""A copy after a commit that took this long pauses its tenant's copies as a failure does, though it succeeded: a
+store that answers this slowly is throttled or struggling, and the next requests would wait as long."""
+FAILING_RUNS_ERROR = 5
+"""Relay runs in a row in which a tenant's copy failed before it is logged at ERROR (then every as many runs)."""
 
 Write = Callable[[UUID, dict[str, Any]], None]
 """Writes one document to the store; a document the store already holds (same id) is no error, one it will never
@@ -84,7 +98,40 @@ Delete = Callable[[UUID, UUID], None]
 
 
 class RecordRefusedError(Exception):
-    """The store refused a record for good (the document itself, not the store's state): retrying cannot help."""
+    """The store refused a record for good (the document itself, not the store's state): retrying cannot help.
+
+    `doubtful`: the store gives the same answer when it is itself at fault (Cosmos DB's 400 for a container that does
+    not match the code). Refused so beside a record the store took, it is set aside; every record a copy tried refused
+    so (one alone too) is taken for the store's fault (`StoreFaultError`), and they wait for the next copy instead of
+    all being set aside."""
+
+    def __init__(self, message: str = "", *, doubtful: bool = False) -> None:
+        super().__init__(message)
+        self.doubtful = doubtful
+
+
+class StoreFaultError(Exception):
+    """Every record a copy tried was refused alike (`RecordRefusedError.doubtful`): the store, not the records, is
+    taken to be at fault; the records stay in the outbox."""
+
+
+_WRITE_BUDGET: ContextVar[float | None] = ContextVar("audit_outbox_write_budget", default=None)
+
+
+def write_budget() -> float | None:
+    """Seconds the write under way may take in all, retries included, with no retries of the store's client's own
+    (the copy after a commit, `INLINE_S`); None for the relay's writes, which take the client's retries and
+    timeouts. A store's `Write` bounds its call by it."""
+    return _WRITE_BUDGET.get()
+
+
+@contextmanager
+def _budget(seconds: float | None) -> Iterator[None]:
+    token = _WRITE_BUDGET.set(seconds)
+    try:
+        yield
+    finally:
+        _WRITE_BUDGET.reset(token)
 
 
 @dataclass(frozen=True)
@@ -116,6 +163,8 @@ class AuditOutbox:
         pool: ConnectionPool[Any] | None = None,
         control_pool: ConnectionPool[Any] | None = None,
         cooldown_s: float = COOLDOWN_S,
+        inline_s: float = INLINE_S,
+        inline_slow_s: float = INLINE_SLOW_S,
         batch_s: float = BATCH_S,
         run_budget_s: float = RUN_BUDGET_S,
         clock: Callable[[], float] = time.monotonic,
@@ -125,11 +174,16 @@ class AuditOutbox:
         self._pool = pool
         self._control_pool = control_pool
         self._cooldown_s = cooldown_s
+        self._inline_s = inline_s
+        self._inline_slow_s = inline_slow_s
         self._batch_s = batch_s
         self._run_budget_s = run_budget_s
         self._clock = clock
         self._lock = threading.Lock()
-        self._resting_until = 0.0
+        self._resting_until: dict[UUID, float] = {}
+        """Per tenant, when its copies after a commit may start again (`COOLDOWN_S`)."""
+        self._failed_runs: dict[UUID, int] = {}
+        """Per tenant, the relay runs in a row in which its copy failed."""
 
     def queue(self, conn: psycopg.Connection[Any], tenant_id: UUID, record_id: UUID, document: dict[str, Any]) -> None:
         """Queue `document` inside `conn`'s open transaction of `tenant_id` (RLS refuses another tenant's)."""
@@ -149,23 +203,62 @@ class AuditOutbox:
 
     def relay(self, *, max_tenants: int = MAX_TENANTS) -> RelayResult:
         """Copy what waits in the outbox, tenant by tenant, oldest first, until `RUN_BUDGET_S` has passed; a tenant
-        whose copy fails is logged and left for the next run, and the other tenants still go."""
+        whose copy fails is logged and left for the next run, and the other tenants still go.
+
+        A tenant whose copy failed in the run before gets one probe (a single batch) once the others are served, so
+        that its store's timeouts come after their records; it is logged at ERROR after `FAILING_RUNS_ERROR` failed
+        runs in a row. A tenant's copy that succeeds lifts its pause of copies after a commit (`COOLDOWN_S`), one
+        that fails starts it."""
         deadline = self._clock() + self._run_budget_s
         with platform_transaction(pool=self._control_pool) as conn:
             tenants = [UUID(str(row["tenant_id"])) for row in conn.execute(_WAITING_TENANTS, (max_tenants,))]
+        with self._lock:
+            failing = {tenant_id for tenant_id in tenants if tenant_id in self._failed_runs}
+            if len(tenants) < max_tenants:  # every waiting tenant is listed: those not are no longer failing
+                self._failed_runs = {t: n for t, n in self._failed_runs.items() if t in failing}
 
         def copy(tenant_id: UUID) -> Copied:
             """One tenant's copy, its batches within the run's deadline."""
-            return self.relay_tenant(tenant_id, deadline=deadline)
+            return self._relay_counted(tenant_id, MAX_BATCHES, deadline)
 
-        # Lazily, so that the deadline is looked at before each tenant, not once before them all.
-        reached_lazily = takewhile(lambda _: self._clock() < deadline, tenants)
+        def probe(tenant_id: UUID) -> Copied:
+            """One batch of a tenant whose copy failed in the run before."""
+            return self._relay_counted(tenant_id, 1, deadline)
+
+        def reached(group: list[UUID]) -> Iterator[UUID]:
+            # Lazily, so that the deadline is looked at before each tenant, not once before them all.
+            return takewhile(lambda _: self._clock() < deadline, group)
+
         # The store or the database being out is expected now and then: the records wait for the next run.
-        done, failed = each_tenant(reached_lazily, copy, what="audit outbox", failures_expected=True)
+        served = [tenant_id for tenant_id in tenants if tenant_id not in failing]
+        probed = [tenant_id for tenant_id in tenants if tenant_id in failing]
+        done, failed = each_tenant(reached(served), copy, what="audit outbox", failures_expected=True)
+        probes_done, probes_failed = each_tenant(reached(probed), probe, what="audit outbox", failures_expected=True)
+        done, failed = done + probes_done, failed + probes_failed
         copied, set_aside = sum(d.copied for d in done), sum(d.set_aside for d in done)
-        if failed == 0 and copied:
-            self._rested()
         return RelayResult(copied, len(done) + failed, failed, set_aside)
+
+    def _relay_counted(self, tenant_id: UUID, max_batches: int, deadline: float) -> Copied:
+        """`relay_tenant`, counting the tenant's failed runs in a row and pausing or resuming its copies after a
+        commit."""
+        try:
+            done = self.relay_tenant(tenant_id, max_batches=max_batches, deadline=deadline)
+        except Exception:
+            with self._lock:
+                runs = self._failed_runs[tenant_id] = self._failed_runs.get(tenant_id, 0) + 1
+            if runs % FAILING_RUNS_ERROR == 0:
+                logger.error(
+                    "audit outbox: copying the records of tenant %s has failed in %d relay runs in a row; they wait"
+                    " in the outbox",
+                    tenant_id,
+                    runs,
+                )
+            self._rest(tenant_id)
+            raise
+        with self._lock:
+            self._failed_runs.pop(tenant_id, None)
+        self._rested(tenant_id)
+        return done
 
     def relay_tenant(self, tenant_id: UUID, *, max_batches: int = MAX_BATCHES, deadline: float | None = None) -> Copied:
         """Copy up to `max_batches` batches of `tenant_id`'s waiting records, starting none once `deadline` (on the
@@ -193,7 +286,7 @@ class AuditOutbox:
         return Copied(copied, set_aside)
 
     def _copy(self, tenant_id: UUID, records: Sequence[tuple[UUID, dict[str, Any]]]) -> Copied:
-        """Copy `records` (a transaction's, after its commit) as `_copy_batch` does, all of them."""
+        """Copy `records` as `_copy_batch` does, all of them, with no bound of time."""
         return self._copy_batch(tenant_id, records)[0]
 
     def _copy_batch(
@@ -203,6 +296,7 @@ class AuditOutbox:
         *,
         present: bool = True,
         until: float | None = None,
+        bounded: bool = False,
     ) -> tuple[Copied, int]:
         """Copy `records` holding no connection while the store writes, then remove the written ones from the outbox
         (and set the refused aside) in one short transaction that holds the tenant row; returns what was copied and
@@ -212,11 +306,15 @@ class AuditOutbox:
         any other is removed unwritten (it raced the erasure). Gone by the time the rows are removed, its erasure may
         have made its second pass before these writes landed: what was written is deleted from the store again
         (`_undo`). Still there, the erasure's row delete, and so its second pass, come after these writes. That
-        transaction failing, the tenant is looked at again (`_settle_failed`) before the failure is raised."""
+        transaction failing, the tenant is looked at again (`_settle_failed`) before the failure is raised.
+
+        `bounded`: each write may take only what is left until `until`, and retries nothing itself (`write_budget`)."""
         dropped = [] if present else [i for i, document in records if not outlives_tenant(document)]
         if dropped:
             logger.warning("audit outbox: %d records of erased tenant %s removed unwritten", len(dropped), tenant_id)
-        written, refused, failed, rest = self._write_each(tenant_id, records, skip=set(dropped), until=until)
+        written, refused, failed, rest = self._write_each(
+            tenant_id, records, skip=set(dropped), until=until, bounded=bounded
+        )
         # A write that failed may still have landed (a timeout): the tenant gone, it goes too, a 404 being no error.
         tried_ids = {*written, *([] if failed is None else [failed[0]])}
         tried = [(i, document) for i, document in records if i in tried_ids]
@@ -289,30 +387,53 @@ class AuditOutbox:
         *,
         skip: set[UUID],
         until: float | None,
+        bounded: bool = False,
     ) -> tuple[list[UUID], list[tuple[UUID, str]], tuple[UUID, Exception] | None, int]:
         """Write each record not in `skip` to the store, in order, until one fails or `until` (on the clock) has
         passed: the written, the refused (the store will never take them), the failed one and its failure, and how
-        many were left unwritten for time."""
+        many were left unwritten for time. Refused all alike and doubtfully (`RecordRefusedError.doubtful`), none
+        being written, they are not refused but failed (`StoreFaultError`): they wait."""
         written: list[UUID] = []
         refused: list[tuple[UUID, str]] = []
+        doubtful = 0
+        failed: tuple[UUID, Exception] | None = None
+        rest = 0
         for index, (record_id, document) in enumerate(records):
             if record_id in skip:
                 continue
             if until is not None and (written or refused) and self._clock() >= until:
-                return written, refused, None, len(records) - index
+                rest = len(records) - index
+                break
+            budget = max(until - self._clock(), 0.001) if bounded and until is not None else None
             try:
                 _check_owner(tenant_id, record_id, document)
-                self._write(tenant_id, document)
+                with _budget(budget):
+                    self._write(tenant_id, document)
             except RecordRefusedError as exc:
-                logger.error(
-                    "audit outbox: the store refused record %s of tenant %s; set aside: %s", record_id, tenant_id, exc
-                )
                 refused.append((record_id, str(exc) or type(exc).__name__))
+                doubtful += exc.doubtful
                 continue
             except Exception as exc:
-                return written, refused, (record_id, exc), 0
+                failed = (record_id, exc)
+                break
             written.append(record_id)
-        return written, refused, None, 0
+        if refused and not written and doubtful == len(refused):
+            # A container that does not match the code refuses every record so: setting them all aside would empty
+            # the trail into the outbox's refusals. They wait, and an operator is told.
+            logger.error(
+                "audit outbox: the store refused all %d records of tenant %s it was sent alike (%s); taken for the"
+                " store's fault, they wait",
+                len(refused),
+                tenant_id,
+                refused[0][1],
+            )
+            fault = StoreFaultError(f"every record refused alike: {refused[0][1]}")
+            return written, [], failed or (refused[0][0], fault), rest
+        for record_id, reason in refused:
+            logger.error(
+                "audit outbox: the store refused record %s of tenant %s; set aside: %s", record_id, tenant_id, reason
+            )
+        return written, refused, failed, rest
 
     @staticmethod
     def _settle_rows(conn: psycopg.Connection[Any], removed: list[UUID], refused: list[tuple[UUID, str]]) -> None:
@@ -323,20 +444,46 @@ class AuditOutbox:
             conn.execute(_SET_ASIDE, (reason, record_id))
 
     def _copy_committed(self, tenant_id: UUID, queued: list[tuple[UUID, dict[str, Any]]]) -> None:
-        """After a commit: copy what that transaction queued. Never raises: the change is committed, and what is
-        not copied now the relay copies."""
-        if self._clock() < self._resting_until:
+        """After a commit: copy what that transaction queued, within `INLINE_S` (it runs in the request). Never
+        raises: the change is committed, and what is not copied now the relay copies. A failed copy, or one slower
+        than `INLINE_SLOW_S`, leaves the tenant's next copies to the relay for `COOLDOWN_S`."""
+        if self._resting(tenant_id):
             return
+        started = self._clock()
         try:
-            self._copy(tenant_id, queued)
+            _, rest = self._copy_batch(tenant_id, queued, until=started + self._inline_s, bounded=True)
         except Exception as exc:
             logger.warning("audit outbox: %d records of tenant %s left to the relay: %s", len(queued), tenant_id, exc)
-            with self._lock:
-                self._resting_until = self._clock() + self._cooldown_s
+            self._rest(tenant_id)
+            return
+        took = self._clock() - started
+        if rest or took >= self._inline_slow_s:
+            logger.warning(
+                "audit outbox: copying the records of tenant %s took %.2f s (%d left to the relay); its next copies"
+                " are left to the relay for %.0f s",
+                tenant_id,
+                took,
+                rest,
+                self._cooldown_s,
+            )
+            self._rest(tenant_id)
 
-    def _rested(self) -> None:
+    def _resting(self, tenant_id: UUID) -> bool:
+        """Whether the tenant's copies after a commit are paused."""
         with self._lock:
-            self._resting_until = 0.0
+            until = self._resting_until.get(tenant_id)
+        return until is not None and self._clock() < until
+
+    def _rest(self, tenant_id: UUID) -> None:
+        """Pause the tenant's copies after a commit for `COOLDOWN_S` (forgetting the pauses that have ended)."""
+        now = self._clock()
+        with self._lock:
+            self._resting_until = {t: until for t, until in self._resting_until.items() if until > now}
+            self._resting_until[tenant_id] = now + self._cooldown_s
+
+    def _rested(self, tenant_id: UUID) -> None:
+        with self._lock:
+            self._resting_until.pop(tenant_id, None)
 
 
 def outlives_tenant(document: dict[str, Any]) -> bool:

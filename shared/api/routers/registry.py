@@ -61,7 +61,7 @@ from shared.policy.decisions import decide as decide_audited
 from shared.policy.decisions import record_decision
 from shared.policy.tenant_policies import tenant_policy_texts
 from shared.registry import service
-from shared.registry.model import MAX_LABELS, LabelKey, LabelValue, Step, Target
+from shared.registry.model import MAX_LABELS, LabelKey, LabelValue, Slug, Step, Target
 from shared.registry.repository import HeadRow, Kind, ListedHead, Status, VersionRow
 
 
@@ -233,6 +233,21 @@ _BODY_LABELS: TypeAdapter[dict[str, str]] = TypeAdapter(
     Annotated[dict[LabelKey, LabelValue], Field(max_length=MAX_LABELS)]
 )
 _BODY_TARGET: TypeAdapter[str] = TypeAdapter(Target)
+_BODY_NAME: TypeAdapter[str] = TypeAdapter(Slug)
+
+
+def _body_name(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The body's name for an audit record's detail if its model would accept it, else its length: the body's name
+    went in whatever it was, and a name of a million characters made a record of megabytes (ADR 0012)."""
+    name = body.get("name")
+    if name is None:
+        return {"name": None}
+    if not isinstance(name, str):
+        return {"name_type": type(name).__name__}
+    try:
+        return {"name": _BODY_NAME.validate_python(name)}
+    except ValidationError:
+        return {"name_chars": len(name)}
 
 
 def _labels(value: Any) -> dict[str, str]:
@@ -588,7 +603,7 @@ def definition_router(kind: Kind) -> APIRouter:
 
         def pending(conn: service.Conn) -> service.PendingCheck | None:
             if not decided:  # the body is the resource: one decision, whatever the attempts
-                authorize(context, spec.create, resource, detail={"name": body.get("name")}, conn=conn)
+                authorize(context, spec.create, resource, detail=_body_name(body), conn=conn)
                 decided.append(True)
             if _replays(conn, idempotency_key, request, body):
                 return None
@@ -665,7 +680,7 @@ def definition_router(kind: Kind) -> APIRouter:
                 context,
                 spec.create,
                 _body_resource(spec, "unsaved", context.tenant.id, body),
-                detail={"operation": "validate", "name": body.get("name")},
+                detail={"operation": "validate", **_body_name(body)},
                 conn=conn,
             )
             reads = service.check_reads(conn, kind, body)
