@@ -6,6 +6,7 @@ from functions.http_api import bp as http_api_bp
 from functions.module_worker import bp as module_worker_bp
 from functions.timer_audit_outbox_relay import bp as audit_outbox_relay_bp
 from functions.timer_erased_tenant_blobs import bp as erased_tenant_blobs_bp
+from functions.timer_event_retention import bp as event_retention_bp
 from functions.timer_execution_sweeper import bp as execution_sweeper_bp
 from functions.timer_idempotency_expiry import bp as idempotency_expiry_bp
 from functions.timer_outbox_relay import bp as outbox_relay_bp
@@ -25,4 +26,5 @@ blueprints = (
     secret_sealing_bp,
     erased_tenant_blobs_bp,
     tenant_exports_bp,
+    event_retention_bp,
 )

@@ -22,7 +22,9 @@ DELETE_FUNCTION_POLICIES = {
     "tenant_policies": _DELETE_POLICIES,
     "audit_outbox": _DELETE_POLICIES | {("delete_pinned_tenant_lock", "UPDATE")},
     "webhook_subscriptions": _DELETE_POLICIES,
-    "webhook_deliveries": _DELETE_POLICIES,
+    # And the retention timer's, which lock what they delete (migration 0073).
+    "webhook_deliveries": _DELETE_POLICIES | {("delete_pinned_tenant_lock", "UPDATE")},
+    "outbox": _DELETE_POLICIES | {("delete_pinned_tenant_lock", "UPDATE")},
     "idempotency_keys": _DELETE_POLICIES | {("delete_pinned_tenant_lock", "UPDATE")},
 }
 
@@ -221,13 +223,24 @@ def test_every_app_table_has_forced_rls_with_tenant_policies(pg) -> None:  # typ
             if name == "tenants":
                 assert others == {("platform_control_plane", ("qp_platform",))}
             elif name == "outbox":
-                # The owner (never the app) reads which tenants have events waiting, for the relay (migration 0013).
-                assert others == {("platform_erase", ("qp_platform",)), ("relay_pending_tenants", (OWNER_ROLE,))}
+                # The owner (never the app) reads which tenants have events waiting, for the relay (migration 0013),
+                # and which have events published long ago, for the retention timer, which deletes them through
+                # functions bound to the pinned tenant (migration 0073).
+                assert others == {
+                    ("platform_erase", ("qp_platform",)),
+                    ("relay_pending_tenants", (OWNER_ROLE,)),
+                    ("retention_due_tenants", (OWNER_ROLE,)),
+                } | {(policy, (OWNER_ROLE,)) for policy, _ in DELETE_FUNCTION_POLICIES[name]}
+                _assert_delete_function_policies(conn, name)
                 relay = conn.execute(
-                    "SELECT cmd, qual FROM pg_policies WHERE schemaname = 'app'"
-                    " AND tablename = 'outbox' AND policyname = 'relay_pending_tenants'"
-                ).fetchone()
-                assert relay == ("SELECT", "(published_at IS NULL)")
+                    "SELECT policyname, cmd, qual FROM pg_policies WHERE schemaname = 'app'"
+                    " AND tablename = 'outbox' AND policyname IN ('relay_pending_tenants', 'retention_due_tenants')"
+                    " ORDER BY policyname"
+                ).fetchall()
+                assert relay == [
+                    ("relay_pending_tenants", "SELECT", "(published_at IS NULL)"),
+                    ("retention_due_tenants", "SELECT", "(published_at IS NOT NULL)"),
+                ]
             elif name == "executions":
                 # The owner (never the app) reads which tenants have unfinished executions, for the stuck-execution
                 # sweeper (migration 0014).
@@ -266,6 +279,14 @@ def test_every_app_table_has_forced_rls_with_tenant_policies(pg) -> None:  # typ
                 if name == "audit_outbox":
                     # The control plane queues its records about tenants in its own transaction (migration 0028).
                     expected.add(("platform_tenant_records", ("qp_platform",)))
+                if name == "webhook_deliveries":
+                    # And which tenants have deliveries delivered long ago, for the retention timer (migration 0073).
+                    expected.add(("retention_due_tenants", (OWNER_ROLE,)))
+                    delivered = conn.execute(
+                        "SELECT cmd, qual FROM pg_policies WHERE schemaname = 'app'"
+                        " AND tablename = 'webhook_deliveries' AND policyname = 'retention_due_tenants'"
+                    ).fetchone()
+                    assert delivered == ("SELECT", "(state = 'delivered'::text)")
                 if name == "step_attempts":
                     # And which tenants have a verdict still to hand over, for the sweeper (migration 0064).
                     expected.add(("sweeper_raising_verdicts", (OWNER_ROLE,)))
