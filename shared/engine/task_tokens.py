@@ -128,8 +128,11 @@ def _opened(row: DictRow, tenant_id: UUID, keys: Sealer) -> bytes:
 
 
 def tenant_key(conn: Conn, tenant_id: UUID) -> bytes:
-    """The tenant's signing key, created on first use (inside the caller's tenant transaction), kept sealed."""
-    key = existing_key(conn, tenant_id)
+    """The tenant's signing key, created on first use (inside the caller's tenant transaction), kept sealed.
+
+    For signing, which the caller does for its own tenant in that tenant's transaction: the memory answers without
+    asking whose the transaction is (a lease signs a token per item). Verifying goes through `existing_key`."""
+    key = _keys.fresh(tenant_id) or _read_key(conn, tenant_id)
     if key is not None:
         return key
     keys = sealer()
@@ -152,11 +155,25 @@ def had_key(tenant_id: UUID) -> bool:
     return _keys.known(tenant_id)
 
 
+_PINNED_TO = "SELECT app.current_tenant_id() IS NOT DISTINCT FROM %s AS pinned"
+
+
 def existing_key(conn: Conn, tenant_id: UUID) -> bytes | None:
-    """The tenant's signing key if it has one: verifying writes nothing, and a tenant without one issued no token."""
+    """The tenant's signing key if it has one: verifying writes nothing, and a tenant without one issued no token.
+
+    Only in a transaction of `tenant_id`: in another tenant's (or none's), None, so nothing verifies there. The key
+    from memory is the process's, not the transaction's, so it answers only once the transaction is known to be the
+    tenant's (one short statement, where the read it saves would have been one as well, and unsealing)."""
     cached = _keys.fresh(tenant_id)
     if cached is not None:
-        return cached
+        row = conn.execute(_PINNED_TO, (tenant_id,)).fetchone()
+        return cached if row is not None and row["pinned"] else None
+    return _read_key(conn, tenant_id)
+
+
+def _read_key(conn: Conn, tenant_id: UUID) -> bytes | None:
+    """The tenant's key as its row holds it, remembered for KEY_MEMO_S; None when the row is not there, or not
+    visible in this transaction."""
     # Taken before the read: a row deleted while it runs is trusted no longer than KEY_MEMO_S after the read began.
     read_at = time.monotonic()
     # Named as well as filtered by RLS: a transaction of another tenant finds no key, so nothing verifies there.

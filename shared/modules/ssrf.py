@@ -353,6 +353,10 @@ MAX_LOOKUPS = 32
 MAX_LOOKUPS_PER_TENANT = 8
 """Of those, one tenant's: a tenant whose names never answer (its own domain, a silent name server) cannot take the
 places every other tenant's outbound calls in the process need."""
+LOOKUPS_KEPT_FREE = MAX_LOOKUPS // 4
+"""Places only a tenant with no lookup in flight may take: one with a lookup in flight takes another only while more
+than these stay free, so that four tenants at MAX_LOOKUPS_PER_TENANT cannot take every place, and the next tenant's
+lookup still finds one."""
 MAX_LOOKUPS_PER_HOST = 2
 """Of a tenant's, lookups of one host: its name that never answers cannot take the rest of its share, and another
 tenant's lookups of the same name are not counted against it."""
@@ -378,7 +382,8 @@ def _count_down(counts: dict[_K, int], key: _K) -> None:
 
 
 class _Lookups:
-    """Counts the lookups in flight, in all, per tenant and per (tenant, host), and refuses one beyond any bound."""
+    """Counts the lookups in flight, in all, per tenant and per (tenant, host), and refuses one beyond any bound:
+    past MAX_LOOKUPS in all, or, for a tenant with a lookup in flight already, once only LOOKUPS_KEPT_FREE are left."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -389,9 +394,11 @@ class _Lookups:
     def begin(self, tenant: Tenant, host: str, busy: type[StepFailed] = StepFailed) -> None:
         key = (tenant, host)
         with self._lock:
+            in_flight = self._by_tenant.get(tenant, 0)
             if (
                 self._total >= MAX_LOOKUPS
-                or self._by_tenant.get(tenant, 0) >= MAX_LOOKUPS_PER_TENANT
+                or (in_flight and MAX_LOOKUPS - self._total <= LOOKUPS_KEPT_FREE)
+                or in_flight >= MAX_LOOKUPS_PER_TENANT
                 or self._by_host.get(key, 0) >= MAX_LOOKUPS_PER_HOST
             ):
                 # Retryable: the lookups holding the place end within the resolver's own timeouts.

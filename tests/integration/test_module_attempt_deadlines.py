@@ -110,20 +110,22 @@ def test_polls_abandoned_at_their_deadline_end_and_free_the_threads_for_other_te
     pg: Any,
     server: _Server,
 ) -> None:
-    a, b, c = (api.provision(name).id for name in ("deadline-a", "deadline-b", "deadline-c"))
+    # One poll each of as many tenants as there are module threads: each tenant holding none takes any free thread
+    # (two tenants' shares no longer take them all, ADR 0038 amended), so the polls take every one.
+    polling = [api.provision(f"deadline-{n}").id for n in range(module_threads.MODULE_THREADS)]
+    c = api.provision("deadline-c").id
     with psycopg.connect(pg.admin_url, dbname="quantum", autocommit=True) as conn:
         conn.execute(
-            'UPDATE app.tenants SET settings = \'{"allowed_hosts": ["127.0.0.1"]}\' WHERE id = ANY(%s)', ([a, b],)
+            'UPDATE app.tenants SET settings = \'{"allowed_hosts": ["127.0.0.1"]}\' WHERE id = ANY(%s)', (polling,)
         )
     waiter, echo = _Watched(), _Echo()
     modules = {waiter.action: waiter, echo.action: echo}
-    # Each step allows 2 s; its parameters ask to poll for an hour. Two tenants' shares take every module thread.
+    # Each step allows 2 s; its parameters ask to poll for an hour.
     polls = [
         _dispatched(app_pool, tenant, waiter.action, timeout_s=2).model_copy(
             update={"params": {"url": server.url("/unhealthy"), "timeout": 3600, "interval": 0.2}}
         )
-        for tenant in (a, b)
-        for _ in range(module_threads.TENANT_SHARE)
+        for tenant in polling
     ]
     assert len(polls) == module_threads.MODULE_THREADS
     raiser = _Raiser()

@@ -13,7 +13,7 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from shared.auth.principal import Requester
-from shared.db.session import tenant_transaction
+from shared.db.session import runtime_transaction, tenant_transaction
 from shared.engine import steps as store
 from shared.engine import task_tokens
 from shared.engine.start import StartRequest, TenantSuspendedError, start_execution
@@ -108,6 +108,26 @@ def test_a_task_token_verifies_once_and_refuses_forgery_expiry_and_another_tenan
         with pytest.raises(task_tokens.InvalidTaskTokenError, match="signature"):
             task_tokens.verify(conn, f"qpt1.{moved}.{signature}")
         assert store.attempt_by_token(conn, token.nonce) is None
+
+
+def test_a_task_token_does_not_verify_in_another_tenants_transaction_while_its_key_is_remembered(
+    app_pool: ConnectionPool[Any], tenants: dict[str, uuid.UUID], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The key from this process's memory answered before the read row-level security filters: gamma's token verified
+    # in delta's transaction for as long as gamma's key was remembered.
+    monkeypatch.setattr(task_tokens, "_keys", task_tokens._KeyMemo(3600.0, task_tokens.KEY_MEMO_MAX))
+    key, token = _attempt(app_pool, tenants["gamma"], remote=True)  # issuing it remembers gamma's key
+    assert token is not None and task_tokens.memoized_key(tenants["gamma"]) is not None
+    with tenant_transaction(tenants["delta"], pool=app_pool) as conn:
+        with pytest.raises(task_tokens.InvalidTaskTokenError, match="signature"):
+            task_tokens.verify(conn, token.token)
+    with runtime_transaction(pool=app_pool) as conn:  # no tenant's
+        with pytest.raises(task_tokens.InvalidTaskTokenError, match="signature"):
+            task_tokens.verify(conn, token.token)
+    # Refused there, gamma's key is still remembered, and verifies its token in gamma's own transaction.
+    assert task_tokens.memoized_key(tenants["gamma"]) is not None
+    with tenant_transaction(tenants["gamma"], pool=app_pool) as conn:
+        assert task_tokens.verify(conn, token.token).key == key
 
 
 def test_the_same_attempt_reissues_the_same_token(app_pool: ConnectionPool[Any], tenants: dict[str, uuid.UUID]) -> None:

@@ -153,3 +153,28 @@ def test_a_step_counts_its_lookups_against_its_own_tenant(
         _request(module, other, "https://other-tenant.example/")
     assert "still wait" not in str(failed.value)
     assert "other-tenant.example" in black_hole.started(share + 1)
+
+
+def test_four_tenants_at_their_most_leave_a_lookup_place_for_a_fifth(black_hole: BlackHole) -> None:
+    # Four tenants' shares are every place in the process: four tenants pointing steps at names that never answer
+    # refused every other tenant's outbound calls (and webhook URL checks) "earlier lookups ... still wait".
+    hostile = [uuid.uuid4() for _ in range(ssrf.MAX_LOOKUPS // ssrf.MAX_LOOKUPS_PER_TENANT)]
+    taken: dict[uuid.UUID, int] = {}
+    for index, tenant in enumerate(hostile):
+        with GuardedClient(resolver=black_hole, timeout=0.05, transport=ANSWERING, tenant=tenant) as client:
+            for n in range(ssrf.MAX_LOOKUPS_PER_TENANT):
+                with pytest.raises((DeadlineExceeded, StepFailed)) as failed:
+                    client.request("GET", f"https://t{index}-h{n}.black-hole.example/")
+                taken[tenant] = taken.get(tenant, 0) + (failed.type is DeadlineExceeded)
+    seen: list[str] = []
+    with GuardedClient(resolver=_answering(seen), timeout=5, transport=ANSWERING, tenant=uuid.uuid4()) as client:
+        client.request("GET", "https://fifth-tenant.example/").close()
+    assert seen == ["fifth-tenant.example"]
+    # A tenant with a lookup in flight took another only while more than LOOKUPS_KEPT_FREE places stayed free.
+    assert sum(taken.values()) <= ssrf.MAX_LOOKUPS - ssrf.LOOKUPS_KEPT_FREE + 1
+    assert taken[hostile[0]] == ssrf.MAX_LOOKUPS_PER_TENANT
+    assert all(count >= 1 for count in taken.values())
+    # And a step's lookup of a fifth tenant's, its name server silent too, fails by its deadline, not for a place.
+    with GuardedClient(resolver=black_hole, timeout=0.05, transport=ANSWERING, tenant=uuid.uuid4()) as client:
+        with pytest.raises(DeadlineExceeded):
+            client.request("GET", "https://another-fifth.example/")
