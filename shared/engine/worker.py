@@ -3,16 +3,19 @@
 
 Delivery is at least once, and a copy of an item can arrive while another still runs (a re-executed dispatch
 publishes it again, in the same batch or on another instance). So each copy first claims its attempt in the
-database (ADR 0026): one copy runs the module, the others wait for its result or for its lease to lapse. An attempt
-that has a result is not run again: its recorded verdict is raised again. An attempt of an execution that has
-ended, or whose deadline (its timeout, counted from its dispatch) has passed, is not started; one still running at
-its deadline is abandoned as timed out. The items of a batch run concurrently on a bounded pool, and each verdict is
-raised as soon as it is recorded, so one slow item holds up no other.
+database (ADR 0026): one copy runs the module, the others wait for its result or for its lease to lapse. A holder
+that has had no renewal confirmed for most of its lease gives its run up (records nothing) before the database lets
+another copy take the claim over (LEASE_S), so that a live holder whose renewals stall does not run beside its
+successor. An attempt that has a result is not run again: its recorded verdict is raised again. An attempt of an
+execution that has ended, or whose deadline (its timeout, counted from its dispatch) has passed, is not started; one
+still running at its deadline is abandoned as timed out. The items of a batch run concurrently on a bounded pool, and
+each verdict is raised as soon as it is recorded, so one slow item holds up no other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
 import functools
 import json
@@ -24,7 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from azure.core.exceptions import AzureError
 from opentelemetry.trace import SpanKind
@@ -47,9 +50,24 @@ from shared.tenants.repository import tenant_settings
 logger = logging.getLogger(__name__)
 
 LEASE_S = 15.0
-"""How long a claim holds without renewal: a copy whose holder died waits at most this long to take it over."""
+"""How long a claim holds for its holder without a renewal confirmed, counted from the sending of the last one
+confirmed (or of the claim): once it has had none for LEASE_S less HOLD_MARGIN of it, the holder gives its run up
+(the module is told it is abandoned, and no result is recorded). The database holds the claim longer, TAKEOVER_GRACE
+past it, so that a copy takes it over only after a live holder has given up (ADR 0048, amended 2026-12-07)."""
+HOLD_MARGIN = 0.1
+"""The part of LEASE_S a holder keeps in hand: it gives up after LEASE_S * (1 - HOLD_MARGIN) (13.5 s) without a
+renewal confirmed, so that an event loop that notices a moment late still gives up before the lease's end."""
+TAKEOVER_GRACE = 1 / 3
+"""How much longer than LEASE_S (a part of it: 5 s, a heartbeat) the database holds a claim from each renewal: the
+time a module left behind by a holder that gave up has to see it is abandoned before a copy starts the attempt again.
+A copy whose holder died takes the claim over LEASE_S * (1 + TAKEOVER_GRACE) (20 s) after its last renewal."""
 HEARTBEAT_S = LEASE_S / 3
 """How often a running attempt renews its claim (and looks at its deadline when no result came)."""
+RENEWAL_THREADS = 4
+"""Renewals sent at once per process, on threads of their own (as the hand-backs are): on the event loop's default
+executor, which the claims, the recorded results and every other async function of the process share, a renewal
+waited behind them, the lease lapsed and a copy ran the attempt beside its live holder. A renewal takes a few
+milliseconds; one stuck on an unreachable database holds only its thread, and its holder gives up in time."""
 HELD_POLL_S = 0.5
 """How often a copy that found its attempt claimed by another looks again."""
 FRESH_CLAIM_S = 0.1
@@ -57,6 +75,26 @@ FRESH_CLAIM_S = 0.1
 waited longer for its thread (its tenant's share or the pool was full) renews the claim first (ADR 0026)."""
 
 _HOST = socket.gethostname()[:100]
+
+T = TypeVar("T")
+
+
+def _on_threads(threads: LazyThreads, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """`function(*args)` on `threads`, in the current context, as asyncio.to_thread runs it on the loop's default
+    executor; for the calls that must not wait behind whatever else the process runs there."""
+    call = functools.partial(contextvars.copy_context().run, function, *args)
+    return asyncio.get_running_loop().run_in_executor(threads(), call)
+
+
+def _held_for_s() -> float:
+    """How long after the sending of its last renewal confirmed a holder still counts its claim as its own."""
+    return LEASE_S * (1 - HOLD_MARGIN)
+
+
+def _database_lease_s() -> float:
+    """How long the database holds a claim from its taking or renewal: only once that has passed does another copy
+    take it over (its own clock on both sides: `claimed_until` against `clock_timestamp()`)."""
+    return LEASE_S * (1 + TAKEOVER_GRACE)
 
 
 @dataclass(frozen=True)
@@ -129,6 +167,8 @@ async def run_attempt(
     key = AttemptKey(item.execution_id, item.step_id, item.phase, item.attempt)
     owner = claim_owner()
     timeout_s = attempt_timeout(item, modules)
+    # When the claim was asked for: the statement that takes it runs after, so the lease it writes ends later.
+    asked = time.monotonic()
     claim, settings = await asyncio.to_thread(_claim, item, key, owner, timeout_s)
     while claim.outcome == "held":
         if entry is not None and entry.gone_on:
@@ -139,6 +179,7 @@ async def run_attempt(
         await asyncio.sleep(max(0.0, min(HELD_POLL_S, claim.remaining_s)))
         if entry is not None:
             entry.waiting = False
+        asked = time.monotonic()
         claim, settings = await asyncio.to_thread(_claim, item, key, owner, timeout_s)
     if claim.outcome == "missing":
         # Its dispatch commits before it publishes, so the attempt is gone (the tenant was erased): nothing to do.
@@ -159,7 +200,7 @@ async def run_attempt(
     else:
         if claim.holder is not None:
             logger.warning("module-work: %s taken over from %s, whose claim lapsed", key, claim.holder)
-        ran = await _run_claimed(item, key, owner, claim, settings, modules, timeout_s)
+        ran = await _run_claimed(item, key, owner, claim, asked, settings, modules, timeout_s, entry)
         if ran is None:
             # Whoever recorded a result meanwhile (the orchestrator's timeout or cancel, a copy that took over)
             # delivers it: this copy has nothing to add.
@@ -171,7 +212,7 @@ async def run_attempt(
 def _claim(item: WorkItem, key: AttemptKey, owner: str, timeout_s: float) -> tuple[Claim, dict[str, Any]]:
     # Its own short transaction: the claim must be visible to every other copy while the module runs.
     with tenant_transaction(item.tenant_id) as conn:
-        claim = store.claim_attempt(conn, key, owner=owner, lease_s=LEASE_S, timeout_s=timeout_s)
+        claim = store.claim_attempt(conn, key, owner=owner, lease_s=_database_lease_s(), timeout_s=timeout_s)
         settings: dict[str, Any] = {}
         if claim.outcome == "claimed":
             settings = claim.settings if claim.settings is not None else dict(tenant_settings(conn))
@@ -179,17 +220,12 @@ def _claim(item: WorkItem, key: AttemptKey, owner: str, timeout_s: float) -> tup
 
 
 def _still_held(item: WorkItem, key: AttemptKey, owner: str) -> bool:
-    """Renew the claim: whether it still holds. A database error propagates."""
+    """Renew the claim, in a short transaction of its own: whether it still holds. A database error propagates."""
     with tenant_transaction(item.tenant_id) as conn:
-        return store.renew_claim(conn, key, owner=owner, lease_s=LEASE_S)
+        return store.renew_claim(conn, key, owner=owner, lease_s=_database_lease_s())
 
 
-def _renew(item: WorkItem, key: AttemptKey, owner: str) -> bool:
-    try:
-        return _still_held(item, key, owner)
-    except Exception as exc:  # a running module cannot be stopped: it goes on, and the next heartbeat asks again
-        logger.warning("module-work: could not renew the claim on %s: %s", key, exc)
-        return True
+_renewal_threads = LazyThreads(RENEWAL_THREADS, "module-work-renewal")
 
 
 def _release(item: WorkItem, key: AttemptKey, owner: str) -> None:
@@ -217,17 +253,28 @@ async def _run_claimed(
     key: AttemptKey,
     owner: str,
     claim: Claim,
+    asked: float,
     settings: dict[str, Any],
     modules: Mapping[str, Module[Any]],
     timeout_s: float,
+    entry: _Entry | None = None,
 ) -> dict[str, Any] | None:
-    """Run the module on the bounded pool until its result or its deadline, renewing the claim meanwhile.
+    """Run the module on the bounded pool until its result or its deadline, renewing the claim meanwhile; `entry`,
+    the item's in a batch, may give the run up while it still waits for a thread (its batch's hold ended).
 
-    None when the claim was lost (the attempt got a result elsewhere, say the orchestrator's timeout, or another
-    copy took it over after this one stalled past its lease): what is recorded then stands.
+    None when the claim was lost (the attempt got a result elsewhere, say the orchestrator's timeout, or the claim
+    taken over) or given up (no renewal confirmed within `_held_for_s` of the sending, at `asked` on the monotonic
+    clock, of the last one confirmed or of the claim): what is recorded then stands.
+
+    Why the give-up comes first, whatever the clocks: each confirmed statement ran after it was sent, and wrote
+    `claimed_until` as its database time plus `_database_lease_s`; a copy takes the claim over only once the
+    database's own clock has passed that. So this holder, counting `_held_for_s` on its own clock from the sending,
+    gives up at least LEASE_S * (HOLD_MARGIN + TAKEOVER_GRACE) before any copy may start, however far apart the two
+    machines' clocks are. A renewal that ran but was not confirmed (its answer lost or late) only moves the takeover
+    later.
     """
     deadline = time.monotonic() + claim.remaining_s
-    started = threading.Event()
+    start = _Start()
     ctx = ModuleContext(
         tenant_id=item.tenant_id,
         execution_id=str(item.execution_id),
@@ -244,20 +291,34 @@ async def _run_claimed(
     run = asyncio.ensure_future(
         run_in_share(
             item.tenant_id,
-            functools.partial(_run_module, item, key, owner, ctx, modules, deadline, fresh_until, started),
+            functools.partial(_run_module, item, key, owner, ctx, modules, deadline, fresh_until, start),
         )
     )
+    if entry is not None:
+        entry.start = start
+    confirmed = renewal_sent = asked
+    renewal: asyncio.Future[bool] | None = None
     try:
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                # A run still queued for a thread never starts; a thread cannot be stopped, only left behind.
+            now = time.monotonic()
+            held: bool | None = None
+            if renewal is not None and renewal.done():
+                held = _renewed(renewal, key)
+                renewal = None
+                if held:
+                    confirmed = renewal_sent
+            if now >= confirmed + _held_for_s():
+                # The database slow or out of reach, or this process too busy to hear back: another copy may take the
+                # claim over once its lease and grace have passed, so this one gives its run up first. A run queued
+                # for a thread never starts; one running is told it is abandoned and its result is not recorded.
                 run.cancel()
-                why = "abandoned at its deadline while still running" if started.is_set() else "no thread was free"
-                logger.warning("module-work: %s reached its deadline: %s", key, why)
-                return _timed_out(key, timeout_s, why)
-            done, _ = await asyncio.wait({run}, timeout=min(left, HEARTBEAT_S))
-            if done:
+                logger.warning(
+                    "module-work: no renewal of the claim on %s confirmed for %.1f s; given up, nothing recorded",
+                    key,
+                    now - confirmed,
+                )
+                return None
+            if run.done():
                 result = run.result()
                 if result is _NotStarted.CLAIM_LOST:
                     logger.warning("module-work: the claim on %s was lost while it waited for a thread; not run", key)
@@ -265,31 +326,67 @@ async def _run_claimed(
                 if result is _NotStarted.LATE:
                     # The thread took it from the queue just as its deadline passed, and did not start it.
                     return _timed_out(key, timeout_s, "no thread was free")
+                if result is _NotStarted.GIVEN_UP:
+                    return None  # given up here (its batch's hold ended): its copy handed back answers for it
                 if not result["ok"] and "state" not in result and time.monotonic() >= deadline - DEADLINE_SLACK_S:
                     # Cut off by its deadline (an HTTP call bounded by it, say): a timeout, as the orchestrator's own
                     # would record it. Recorded as the module's failure, the step read `failed` where it had timed out
                     # (since rules 10 the orchestrator's timer counts from the start's record, after this deadline).
                     return _timed_out(key, timeout_s, str(result["error"]))
                 return result
-            if not await asyncio.to_thread(_renew, item, key, owner):
+            if held is False:
                 # Ended (a cancel, the orchestrator's timeout) or taken over: a run still waiting for a thread must
-                # not start after that, so it leaves the queue; one already running is left behind, unrecorded.
+                # not start after that, so it leaves the queue; one already running is left behind.
                 run.cancel()
                 logger.warning("module-work: the claim on %s was lost while it ran; its recorded result stands", key)
                 return None
+            if now >= deadline:
+                # A run still queued for a thread never starts; a thread cannot be stopped, only left behind.
+                run.cancel()
+                why = "abandoned at its deadline while still running" if start.started else "no thread was free"
+                logger.warning("module-work: %s reached its deadline: %s", key, why)
+                return _timed_out(key, timeout_s, why)
+            if renewal is None and now >= renewal_sent + HEARTBEAT_S:
+                # On threads of its own, one renewal at a time: one not answered yet is waited for, not doubled.
+                renewal_sent = now
+                renewal = _on_threads(_renewal_threads, _still_held, item, key, owner)
+            wake = min(deadline, confirmed + _held_for_s())
+            if renewal is None:
+                wake = min(wake, renewal_sent + HEARTBEAT_S)
+            waited: set[asyncio.Future[Any]] = {run} if renewal is None else {run, renewal}
+            await asyncio.wait(waited, timeout=max(0.0, wake - now), return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
-        # The host is stopping: the lease lapses and a redelivery takes the attempt over, so a run still queued here
-        # must not start as well.
+        # Its batch's hold ended while it waited for a thread (its copy handed back runs it), or the host is stopping
+        # (a redelivery takes the attempt over): a run still queued here must not start as well. One that never
+        # started lets its claim go at once, so that the copy need not wait it out.
         run.cancel()
+        if start.give_up():
+            await _on_threads(_renewal_threads, _release, item, key, owner)
         raise
     except Exception:
         run.cancel()  # before the release: a queued run must not start on a claim this copy gives up
         await asyncio.to_thread(_release, item, key, owner)
         raise
     finally:
+        if entry is not None:
+            entry.start = None
+        # However it ended, a run not started yet never starts, even one a thread has just taken from the queue.
+        start.give_up()
+        if renewal is not None:
+            renewal.cancel()  # its answer no longer matters; one not sent yet is not sent
         # However the wait ended, nobody waits for this run any more: a module that polls or waits stops now
         # instead of holding its thread and its tenant's share (one that has returned does not look).
         ctx.abandoned.set()
+
+
+def _renewed(renewal: asyncio.Future[bool], key: AttemptKey) -> bool | None:
+    """A renewal's answer: whether the claim still holds; None when the database could not answer (the claim is
+    then unconfirmed: the next heartbeat asks again, and the run is given up if none is confirmed in time)."""
+    try:
+        return renewal.result()
+    except Exception as exc:
+        logger.warning("module-work: could not renew the claim on %s: %s", key, exc)
+        return None
 
 
 class _NotStarted(enum.Enum):
@@ -297,6 +394,39 @@ class _NotStarted(enum.Enum):
 
     LATE = "its deadline passed while it waited for a thread"
     CLAIM_LOST = "its claim was lost while it waited for a thread"
+    GIVEN_UP = "the copy that queued it gave it up first"
+
+
+class _Start:
+    """Whether a queued run starts its module: decided once, under a lock, by whichever comes first, the module
+    thread that takes the run or the copy that queued it giving it up (its claim lost or given up, its batch's hold
+    ended). Cancelling the run alone did not stop a thread that had just taken it from the queue."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state: Literal["queued", "started", "given up"] = "queued"
+
+    @property
+    def started(self) -> bool:
+        return self._state == "started"
+
+    @property
+    def given_up(self) -> bool:
+        return self._state == "given up"
+
+    def begin(self) -> bool:
+        """On the module thread: whether the module may start (nobody gave the run up first)."""
+        with self._lock:
+            if self._state == "queued":
+                self._state = "started"
+            return self._state == "started"
+
+    def give_up(self) -> bool:
+        """Whether the module never starts: True unless it has started already."""
+        with self._lock:
+            if self._state == "queued":
+                self._state = "given up"
+            return self._state == "given up"
 
 
 def _run_module(
@@ -307,7 +437,7 @@ def _run_module(
     modules: Mapping[str, Module[Any]],
     deadline: float,
     fresh_until: float,
-    started: threading.Event,
+    start: _Start,
 ) -> dict[str, Any] | _NotStarted:
     """The module's result (on a module thread), or why it was not started; `fresh_until` (monotonic): until when
     the claim taken just before counts as confirmed."""
@@ -321,9 +451,12 @@ def _run_module(
     # start, which leaves the module running too. A renewal the database could not answer fails the run before
     # its start (the batch is retried): the claim may have lapsed to another copy meanwhile, and taking it as held
     # would run the module twice at once.
+    if start.given_up:  # not worth a renewal, which would hold again a claim its copy has let go
+        return _NotStarted.GIVEN_UP
     if now >= fresh_until and not _still_held(item, key, owner):
         return _NotStarted.CLAIM_LOST
-    started.set()
+    if not start.begin():
+        return _NotStarted.GIVEN_UP
     try:
         output = run_module(item.action, ctx, item.params, modules)
         # A large output is stored by the attempt's deadline too: past it the store's retries held this thread (and
@@ -379,9 +512,10 @@ BATCH_HOLD_S = 1.0
 """The longest a batch holds its partition. A batch ends once its items have, and its partition's next batch comes
 only then, so an item that waits (for its tenant's place in this process) or runs long (an HTTP call to a slow
 endpoint) held up every item behind it in its partition, of every tenant. At this hold's end the items still waiting
-are handed back to the hub untouched, and those running go on in this process, under their claims, with a copy of
-each handed back too: if this process dies, the copy takes the attempt over once the claim lapses (ADR 0048). Work of
-a few milliseconds, most built-in work, ends well within it."""
+are handed back to the hub untouched (one waiting for a module thread under its claim lets the claim go, so that its
+copy can run elsewhere at once), and those running go on in this process, under their claims, with a copy of each
+handed back too: if this process dies, the copy takes the attempt over once the claim lapses (ADR 0048). Work of a
+few milliseconds, most built-in work, ends well within it."""
 
 HAND_BACK_TIMEOUT_S = 10.0
 """How long a batch's hand-back may take: one that has not been sent by then fails the batch, which comes again. Sent
@@ -409,10 +543,18 @@ class _Entry:
     carried: Carried
     waiting: bool = True
     """For its tenant's place, or for another copy's result: such an item is stopped at the hold's end (there is
-    nothing to undo); one that is not (claiming, running, recording, raising) goes on."""
+    nothing to undo); one that is not (claiming, running, recording, raising) goes on, unless it waits for a module
+    thread under its claim (`stops`)."""
     gone_on: bool = False
     """It went on past its batch, and a copy of it was handed back: if it finds another copy holding the attempt, it
     stops there (the copy on the hub answers for it) instead of waiting as long as the holder runs."""
+    start: _Start | None = None
+    """Its run's, while it runs or waits for a module thread under its claim."""
+
+    def stops(self) -> bool:
+        """At its batch's hold's end: whether it is stopped (and its copy handed back runs it) rather than going on.
+        One waiting for a thread under its claim is given up, its claim let go; one whose module runs goes on."""
+        return self.waiting or (self.start is not None and self.start.give_up())
 
 
 _going_on: set[asyncio.Task[bool]] = set()
@@ -455,7 +597,7 @@ async def process_batch(
         for task in tasks:
             task.cancel()
         raise
-    stopped = [task for task in pending if tasks[task].waiting]
+    stopped = [task for task in pending if tasks[task].stops()]
     for task in stopped:
         task.cancel()
     for task in pending.difference(stopped):
@@ -468,9 +610,7 @@ async def process_batch(
         handed = [tasks[task] for task in tasks if task in pending]
         # Sent before the batch ends: its checkpoint must not pass an item that is neither done nor on the hub again.
         try:
-            sent = asyncio.get_running_loop().run_in_executor(
-                _hand_back_threads(), hand_back or _hand_back_to_hub, [entry.carried for entry in handed]
-            )
+            sent = _on_threads(_hand_back_threads, hand_back or _hand_back_to_hub, [entry.carried for entry in handed])
             await asyncio.wait_for(sent, HAND_BACK_TIMEOUT_S)
         except Exception as exc:
             logger.error("module-work: %s items could not be handed back to the hub: %s", len(handed), exc)

@@ -105,7 +105,7 @@ class _Attempt:
                     _MODULES,
                     deadline,
                     time.monotonic() + BOUND_S,
-                    threading.Event(),
+                    worker._Start(),
                 )
             except BaseException as exc:  # the test looks at it
                 self._error = exc

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from psycopg_pool import ConnectionPool
 
+from shared.db.session import tenant_transaction
 from shared.engine import module_threads, worker
 from shared.engine.protocol import WorkItem
 from shared.engine.work_hub import Carried
@@ -133,22 +134,63 @@ def test_a_batch_of_slow_items_ends_at_its_hold_the_running_go_on_and_every_one_
     assert sorted((c.traceparent, c.first_enqueued) for c in hub.carried) == sorted(zip(parents, firsts, strict=True))
     claimed = [item for item in slow if _row(app_pool, item)["claimed_by"] is not None]
     assert len(claimed) == places  # the items past the tenant's places waited untouched
-    assert process.going_on() == places
+    # Only those whose modules run go on: the ones still waiting for a thread were given up, their claims let go.
+    assert process.going_on() == module_threads.TENANT_SHARE
     # The copies come while their originals still run: no item runs twice, and the batch ends at its hold again.
     again = _Hub()
     assert process.batch(hub.items, _Raiser(), {gate.action: gate}, again).result(BOUND_S) == 0
     assert again.keys() == hub.keys() and len(gate.runs) == module_threads.TENANT_SHARE
     gate.opened.set()
     # What went on ends in this process and raises its verdicts, as it would have inside the batch.
-    assert raiser.wait_for(lambda raised: len(raised) == places)
+    assert raiser.wait_for(lambda raised: len(raised) == module_threads.TENANT_SHARE)
     assert _until(lambda: process.going_on() == 0)
-    assert all(_row(app_pool, item)["state"] == "succeeded" for item in claimed)
+    ran = [item for item in slow if _row(app_pool, item)["state"] == "succeeded"]
+    assert len(ran) == module_threads.TENANT_SHARE
     # The copies' batch: the ones that ran raise their recorded verdicts again, the others run, once each.
     last = _Hub()
     assert process.batch(again.items, _Raiser(), {gate.action: gate}, last).result(BOUND_S) == len(slow)
     assert last.items == []
     assert all(_row(app_pool, item)["state"] == "succeeded" for item in slow)
     assert sorted(gate.runs) == sorted(f"{item.execution_id}:work:1" for item in slow)
+
+
+def test_an_item_still_waiting_for_a_thread_at_the_hold_is_given_up_and_its_copy_claims_it_at_once(
+    app_pool: ConnectionPool[Any], tenant: uuid.UUID, gate: _Gate, process: _Worker
+) -> None:
+    share = module_threads.TENANT_SHARE
+    # A place each, so every item claims; past the tenant's share of the threads they wait for one under their claims.
+    items = [_dispatched(app_pool, tenant, gate.action) for _ in range(share + 2)]
+    hub = _Hub()
+    assert process.batch(items, _Raiser(), {gate.action: gate}, hub).result(BOUND_S) == 0
+    assert hub.keys() == sorted(str(item.execution_id) for item in items)
+    # Only the items whose modules run go on: the others were stopped as waiting ones are, their claims let go,
+    # instead of going on to hold (and renew) their claims here until a thread comes free.
+    assert len(gate.runs) == share and process.going_on() == share
+    waited = [item for item in items if f"{item.execution_id}:work:1" not in gate.runs]
+    assert len(waited) == 2 and all(_let_go(app_pool, item) for item in waited)
+    gate.opened.set()
+    assert _until(lambda: process.going_on() == 0)
+    assert len(gate.runs) == share  # the ones given up never start here, threads free or not
+    # Their copies, in another process, claim them at once and run them (here, the same action answering at once).
+    other, raiser, stand_in = _Worker(), _Raiser(), _Echo()
+    try:
+        copies = [carried.item for carried in hub.carried if carried.item in waited]
+        assert other.batch(copies, raiser, {gate.action: stand_in}, _Hub()).result(BOUND_S) == len(waited)
+    finally:
+        other.stop()
+    assert sorted(stand_in.runs) == sorted(f"{item.execution_id}:work:1" for item in waited)
+    assert all(_row(app_pool, item)["state"] == "succeeded" for item in items)
+
+
+def _let_go(pool: ConnectionPool[Any], item: WorkItem) -> bool:
+    """Whether the item's attempt is claimable at once: nobody's claim holds it."""
+    with tenant_transaction(item.tenant_id, pool=pool) as conn:
+        row = conn.execute(
+            "SELECT claimed_until <= clock_timestamp() AS let_go FROM app.step_attempts"
+            " WHERE execution_id = %s AND step_id = %s AND phase = %s AND attempt = %s",
+            (item.execution_id, item.step_id, item.phase, item.attempt),
+        ).fetchone()
+    return bool(row and row["let_go"])
 
 
 def test_quick_items_end_within_the_hold_and_none_is_handed_back(

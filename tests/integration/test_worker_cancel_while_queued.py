@@ -72,7 +72,7 @@ def test_a_queued_item_whose_claim_a_heartbeat_found_lost_leaves_the_queue(
     monkeypatch.setattr(worker, "HEARTBEAT_S", 0.2)  # the waiting copy looks at its claim soon after the cancel
     lost: list[AttemptKey] = []
     entered: list[str] = []
-    renew, run_module = worker._renew, worker._run_module
+    renew, run_module = worker._still_held, worker._run_module
 
     def observed_renew(item: WorkItem, key: AttemptKey, owner: str) -> bool:
         held = renew(item, key, owner)
@@ -84,7 +84,7 @@ def test_a_queued_item_whose_claim_a_heartbeat_found_lost_leaves_the_queue(
         entered.append(item.action)
         return run_module(item, *args)
 
-    monkeypatch.setattr(worker, "_renew", observed_renew)
+    monkeypatch.setattr(worker, "_still_held", observed_renew)
     monkeypatch.setattr(worker, "_run_module", observed_run)
     echo = _Echo()
     batch, late = _queued_behind_the_share(app_pool, tenant, gate, echo, monkeypatch)

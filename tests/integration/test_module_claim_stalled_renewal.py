@@ -1,0 +1,243 @@
+# intent_ref: platform.execution
+"""A live holder whose claim renewals stall never runs its module beside the copy that takes the claim over: the
+renewals go on threads of their own, not behind the event loop's default executor, and a holder that has had none
+confirmed for most of its lease gives its run up (records nothing) before any copy may take the claim over."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, ClassVar
+
+import pytest
+from psycopg_pool import ConnectionPool
+from pydantic import BaseModel
+
+from shared.engine import steps as store
+from shared.engine import worker
+from shared.engine.protocol import WorkItem
+from shared.engine.steps import AttemptKey
+from shared.modules import Module, ModuleContext
+from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
+from tests.integration.test_module_work_hand_back import _Worker
+from tests.integration.test_module_worker_claims import (
+    BOUND_S,
+    _Batch,
+    _dispatched,
+    _held_whole,
+    _Raiser,
+    _row,
+    _until,
+    batches_held_whole,  # noqa: F401  # the fixture
+)
+
+pytestmark = pytest.mark.integration
+
+DEFAULT_THREADS = 2
+"""The threads of the holder's event loop's default executor here, all of which the test keeps busy."""
+
+
+class _NoParams(BaseModel):
+    pass
+
+
+class _Overlap(Module[_NoParams]):
+    """Runs until the test opens it or its attempt is abandoned (or BOUND_S passes); numbers its runs and counts how
+    many ran at once."""
+
+    action: ClassVar[str] = "test.overlap"
+    params_model = _NoParams
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+        self.most_at_once = 0
+        self._running = 0
+        self._lock = threading.Lock()
+
+    def run(self, ctx: ModuleContext, params: _NoParams) -> Any:
+        with self._lock:
+            self.runs += 1
+            run = self.runs
+            self._running += 1
+            self.most_at_once = max(self.most_at_once, self._running)
+        self.entered.set()
+        try:
+            waited = threading.Event()
+            for _ in range(int(BOUND_S / 0.01)):
+                if self.opened.is_set() or ctx.abandoned.is_set():
+                    break
+                waited.wait(0.01)
+            return {"run": run}
+        finally:
+            with self._lock:
+                self._running -= 1
+
+
+class _Renewals:
+    """`store.renew_claim`, counting each owner's confirmed renewals; one owner's stall (a database that does not
+    answer it) until `released`."""
+
+    def __init__(self) -> None:
+        self.confirmed: collections.Counter[str] = collections.Counter()
+        self.stalled: str | None = None
+        self.released = threading.Event()
+        self._renew = store.renew_claim
+        self._lock = threading.Lock()
+
+    def __call__(self, conn: store.Conn, key: AttemptKey, *, owner: str, lease_s: float) -> bool:
+        if owner == self.stalled:
+            self.released.wait(BOUND_S)
+        held = self._renew(conn, key, owner=owner, lease_s=lease_s)
+        if held:
+            with self._lock:
+                self.confirmed[owner] += 1
+        return held
+
+
+class _Records:
+    """`worker._record`, counting the results recorded."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._record = worker._record
+        self._lock = threading.Lock()
+
+    def __call__(self, item: WorkItem, key: AttemptKey, result: dict[str, Any]) -> Any:
+        with self._lock:
+            self.count += 1
+        return self._record(item, key, result)
+
+
+@pytest.fixture(scope="module")
+def tenant(api: ApiHarness) -> uuid.UUID:  # noqa: F811
+    return api.provision("stalled-renewal").id
+
+
+@pytest.fixture
+def renewals(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Renewals]:
+    observed = _Renewals()
+    monkeypatch.setattr(store, "renew_claim", observed)
+    yield observed
+    observed.released.set()
+
+
+@pytest.fixture
+def records(monkeypatch: pytest.MonkeyPatch) -> _Records:
+    observed = _Records()
+    monkeypatch.setattr(worker, "_record", observed)
+    return observed
+
+
+@pytest.fixture
+def overlap() -> Iterator[_Overlap]:
+    module = _Overlap()
+    yield module
+    module.opened.set()  # never leave a worker thread behind for the next test
+
+
+@pytest.fixture
+def holder_process() -> Iterator[_Worker]:
+    """The holder's worker process: an event loop whose default executor has DEFAULT_THREADS threads."""
+    running = _Worker()
+    running.loop.set_default_executor(ThreadPoolExecutor(DEFAULT_THREADS, thread_name_prefix="stalled-default"))
+    yield running
+    running.stop()
+
+
+def _saturated(process: _Worker, released: threading.Event) -> list[Future[bool]]:
+    """Every thread of the process's default executor busy until `released`, as other async functions of the
+    process (a token's verification, a start) keep it busy; returns once they all are."""
+    busy = threading.Semaphore(0)
+
+    def hold() -> bool:
+        busy.release()
+        return released.wait(BOUND_S)
+
+    async def held() -> bool:
+        return await asyncio.to_thread(hold)
+
+    blockers = [asyncio.run_coroutine_threadsafe(held(), process.loop) for _ in range(DEFAULT_THREADS)]
+    for _ in blockers:
+        assert busy.acquire(timeout=BOUND_S)
+    return blockers
+
+
+def test_a_holder_whose_default_executor_is_saturated_keeps_renewing_and_the_module_runs_once(
+    app_pool: ConnectionPool[Any],
+    tenant: uuid.UUID,
+    overlap: _Overlap,
+    renewals: _Renewals,
+    records: _Records,
+    holder_process: _Worker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(worker, "LEASE_S", 1.5)
+    monkeypatch.setattr(worker, "HEARTBEAT_S", 0.5)
+    monkeypatch.setattr(worker, "HELD_POLL_S", 0.1)
+    modules = {overlap.action: overlap}
+    item = _dispatched(app_pool, tenant, overlap.action)
+    raiser = _Raiser()
+    first = holder_process.batch([item], raiser, modules, _held_whole)
+    assert overlap.entered.wait(BOUND_S)
+    holder = _row(app_pool, item)["claimed_by"]
+    released = threading.Event()
+    try:
+        blockers = _saturated(holder_process, released)
+        second = _Batch([item], raiser, modules)  # a copy, on another instance
+        second.start()
+        # Six renewals confirmed, three seconds of heartbeats, outlast the claim with its grace (two seconds here):
+        # renewals that waited behind the saturated executor let the copy take it over and run it a second time.
+        assert _until(lambda: renewals.confirmed[holder] >= 6 or overlap.runs > 1)
+        assert overlap.runs == 1
+    finally:
+        released.set()
+        overlap.opened.set()
+    assert all(blocker.result(BOUND_S) for blocker in blockers)
+    assert first.result(BOUND_S) == 1 and second.outcome() == 1  # the copy raises the recorded verdict again
+    assert overlap.runs == 1 and overlap.most_at_once == 1
+    assert records.count == 1
+    verdict = {"ok": True, "output": {"run": 1}}
+    assert raiser.to(item.execution_id) == [verdict, verdict]
+    row = _row(app_pool, item)
+    assert (row["state"], row["claims"], row["claimed_by"]) == ("succeeded", 1, holder)
+
+
+def test_a_holder_whose_renewals_stall_gives_up_before_a_copy_takes_over_and_records_nothing(
+    app_pool: ConnectionPool[Any],
+    tenant: uuid.UUID,
+    overlap: _Overlap,
+    renewals: _Renewals,
+    records: _Records,
+    holder_process: _Worker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(worker, "LEASE_S", 3.0)
+    monkeypatch.setattr(worker, "HEARTBEAT_S", 0.5)
+    monkeypatch.setattr(worker, "HELD_POLL_S", 0.1)
+    modules = {overlap.action: overlap}
+    item = _dispatched(app_pool, tenant, overlap.action)
+    raiser = _Raiser()
+    first = holder_process.batch([item], raiser, modules, _held_whole)
+    assert overlap.entered.wait(BOUND_S)
+    holder = _row(app_pool, item)["claimed_by"]
+    renewals.stalled = holder  # the database answers none of the holder's renewals any more
+    second = _Batch([item], raiser, modules)
+    second.start()
+    try:
+        # The copy takes the claim over once it has lapsed; by then the holder has given its run up.
+        assert _until(lambda: overlap.runs == 2)
+    finally:
+        overlap.opened.set()
+        renewals.released.set()
+    assert first.result(BOUND_S) == 0 and second.outcome() == 1
+    assert overlap.most_at_once == 1  # the holder's run had ended, abandoned, before the copy's started
+    assert records.count == 1  # the copy's result only: the holder that gave up recorded nothing
+    assert raiser.to(item.execution_id) == [{"ok": True, "output": {"run": 2}}]
+    row = _row(app_pool, item)
+    assert (row["state"], row["claims"]) == ("succeeded", 2) and row["claimed_by"] != holder
