@@ -27,13 +27,23 @@ Conn = psycopg.Connection[DictRow]
 logger = logging.getLogger(__name__)
 
 STALLED_BACKLOG_MAX = 10_000
-"""Pending deliveries a stalled subscription is given at most: one that is disabled, or whose last attempt failed (its
-head waits for a retry, up to a day, and everything behind it waits too). The relay records each event it wants for
-it meanwhile (they go in order once its head goes through, or it is enabled again), until this many wait; events past
-it are not recorded for it. A receiver gone for good so leaves a bounded backlog, not every event from then on."""
+"""Pending deliveries a stalled subscription is given at most: one that is disabled, or whose head has failed
+STALLED_AFTER_FAILURES attempts in a row (it waits for a retry, up to a day, and everything behind it waits too). The
+relay records each event it wants for it meanwhile (they go in order once its head goes through, or it is enabled
+again), until this many wait; events past it are not recorded for it, and are counted on it (`dropped_events`, which
+the API shows). A receiver gone for good so leaves a bounded backlog, not every event from then on."""
+
+STALLED_AFTER_FAILURES = 10
+"""Failed attempts in a row (`consecutive_failures`: those of its head, which stays its head until it goes through)
+from which an enabled subscription is stalled, and its backlog bounded. Retried 5 s, 10 s, ... apart, the 10th attempt
+comes about 43 minutes (2,555 s) after the first: a receiver's bad answer, restart, deploy or short outage is ridden
+out with every event recorded, and one gone for good gathers at most 43 minutes of events beyond the bound before it
+holds, for the 23 hours its head is retried still. Bounded from its first failure, one 500 was enough for a
+subscription with a backlog to lose every event relayed until its head went through."""
 
 _SUBSCRIPTION_COLUMNS = (
-    "id, url, event_types, description, enabled, disabled_reason, consecutive_failures, created_at, updated_at, version"
+    "id, url, event_types, description, enabled, disabled_reason, consecutive_failures, dropped_events, created_at,"
+    " updated_at, version"
 )
 _INSERT = (
     "INSERT INTO app.webhook_subscriptions (tenant_id, id, url, event_types, description, secret)"
@@ -83,24 +93,60 @@ _SEAL = "UPDATE app.webhook_subscriptions SET secret = %s WHERE id = %s"
 # would let a tenant's transaction LOCK them against every tenant. Answers how many subscriptions went.
 # With the versions an If-Match names (NULL: any): -1 when the subscription is at another one (migration 0052).
 _DELETE = "SELECT app.delete_webhook_subscription(%s, %s::bigint[]) AS removed"
-# FOR KEY SHARE until the relay commits (updates pass, a delete waits): a subscription deleted before is not read, one
-# being deleted is waited for and then not read, and none goes before the deliveries written for it are in. A
-# delivery for a subscription deleted meanwhile failed its foreign key, and the relay's transaction with it, after the
-# batch was published. In id order, the order `_TO_SEAL` locks them in, so that the two cannot deadlock. The disabled
-# ones too: an event a disabled subscription wants waits for it (up to STALLED_BACKLOG_MAX), and re-enabling sends
-# it; only the claim and the finder of due tenants pass disabled subscriptions by.
-_MATCHING = (
-    "SELECT id, event_types, enabled, consecutive_failures FROM app.webhook_subscriptions ORDER BY id FOR KEY SHARE"
+# The fan-out, one statement for the whole batch (migration 0074 for `dropped_events`): a row per event and
+# subscription that wants it, written in the relay's transaction. Row by row, 100 events to 2,000 subscriptions took
+# half a minute, and the relay serves tenants one after another.
+# - `subs`: every subscription of the tenant (RLS), FOR KEY SHARE until the relay commits (updates pass, a delete
+#   waits): one deleted before is not read, one being deleted is waited for and then not read, and none goes before the
+#   deliveries written for it are in. A delivery for a subscription deleted meanwhile failed its foreign key, and the
+#   relay's transaction with it, after the batch was published. In id order, the order `_TO_SEAL` locks them in, so
+#   that the two cannot deadlock. The disabled ones too: an event a disabled subscription wants waits for it (up to
+#   STALLED_BACKLOG_MAX), and re-enabling sends it; only the claim and the finder of due tenants pass them by.
+#   MATERIALIZED: read once, whole (the join below has no equality a hash or merge join could use: each event is
+#   matched against every subscription, and the first pass locks them all, in the order of the sort).
+# - `wanted`: an event's type in its types, or `*` there. A stalled subscription's events already recorded for it are
+#   left out here, so that they take none of its room (a row by row insert that met its conflict took none); the
+#   others' meet theirs at the insert (ON CONFLICT DO NOTHING), as before.
+# - `room`: what a stalled subscription wanting an event of the batch may still be given, its pending deliveries
+#   counted in its pending index up to the bound (never its whole log); its events go in their batch order until none
+#   is left, the rest are `dropped` and counted on it.
+# - The insert takes the rows in batch order, then by subscription: a subscription's deliveries get ids in the order
+#   of its events, the order it is sent them in.
+_FAN_OUT = """
+WITH events AS (
+    SELECT e.value AS payload, e.n, e.value ->> 'id' AS message_id, e.value ->> 'type' AS event_type
+      FROM jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS e (value, n)
+), subs AS MATERIALIZED (
+    SELECT id, event_types, NOT enabled OR consecutive_failures >= %(after)s AS stalled
+      FROM app.webhook_subscriptions ORDER BY id FOR KEY SHARE
+), wanted AS (
+    SELECT s.id AS subscription_id, s.stalled, e.n, e.message_id, e.event_type, e.payload,
+           row_number() OVER (PARTITION BY s.id ORDER BY e.n) AS place
+      FROM events e JOIN subs s ON e.event_type = ANY (s.event_types) OR '*' = ANY (s.event_types)
+     WHERE NOT s.stalled OR NOT EXISTS (
+           SELECT 1 FROM app.webhook_deliveries d
+            WHERE d.tenant_id = app.current_tenant_id() AND d.subscription_id = s.id AND d.message_id = e.message_id)
+), room AS (
+    SELECT s.id, %(bound)s - (SELECT count(*) FROM (SELECT 1 FROM app.webhook_deliveries p
+            WHERE p.tenant_id = app.current_tenant_id() AND p.subscription_id = s.id AND p.state = 'pending'
+            LIMIT %(bound)s) waiting) AS room
+      FROM subs s WHERE s.stalled AND EXISTS (SELECT 1 FROM wanted w WHERE w.subscription_id = s.id)
+), placed AS (
+    SELECT w.*, w.stalled AND w.place > r.room AS dropped FROM wanted w LEFT JOIN room r ON r.id = w.subscription_id
+), added AS (
+    INSERT INTO app.webhook_deliveries (tenant_id, subscription_id, message_id, event_type, payload)
+    SELECT app.current_tenant_id(), subscription_id, message_id, event_type, payload FROM placed
+     WHERE NOT dropped ORDER BY n, subscription_id
+    ON CONFLICT DO NOTHING RETURNING 1
+), dropped AS (
+    SELECT subscription_id, count(*) AS n FROM placed WHERE dropped GROUP BY subscription_id
+), counted AS (
+    UPDATE app.webhook_subscriptions s SET dropped_events = s.dropped_events + d.n
+      FROM dropped d WHERE s.id = d.subscription_id
 )
-# A stalled subscription's pending deliveries, counted in its pending index up to the bound (never its whole log).
-_WAITING = (
-    "SELECT count(*) AS n FROM (SELECT 1 FROM app.webhook_deliveries WHERE subscription_id = %s"
-    " AND state = 'pending' LIMIT %s) waiting"
-)
-_FAN_OUT = (
-    "INSERT INTO app.webhook_deliveries (tenant_id, subscription_id, message_id, event_type, payload)"
-    " VALUES (app.current_tenant_id(), %s, %s, %s, %s) ON CONFLICT DO NOTHING"
-)
+SELECT (SELECT count(*) FROM added) AS added, (SELECT coalesce(sum(n), 0) FROM dropped) AS dropped,
+       (SELECT count(*) FROM dropped) AS subscriptions
+"""
 _DELIVERY_COLUMNS = (
     "id, subscription_id, message_id, event_type, payload, state, attempts, next_attempt_at, last_status,"
     " last_error, created_at, delivered_at"
@@ -182,6 +228,9 @@ class Subscription:
     enabled: bool
     disabled_reason: str | None
     consecutive_failures: int
+    dropped_events: int
+    """Events it wanted that were never recorded for it: they came while it was stalled with STALLED_BACKLOG_MAX
+    deliveries pending already (never sent, nor counted anywhere else)."""
     created_at: datetime
     updated_at: datetime
     version: int
@@ -458,46 +507,25 @@ def delete(conn: Conn, subscription_id: UUID, *, if_match: frozenset[str] | None
 
 
 def fan_out(conn: Conn, events: Sequence[dict[str, Any]]) -> int:
-    """A delivery for each subscription that wants each event (`*` wants all), enabled or not: a stalled one's
-    (disabled, or its last attempt failed) wait until it goes through again, at most STALLED_BACKLOG_MAX of them. Run
-    in the relay's transaction, so an event marked published has its deliveries recorded. Returns how many were
+    """A delivery for each subscription that wants each event (`*` wants all), enabled or not, in one statement
+    (`_FAN_OUT`): a stalled one's (disabled, or its head failed STALLED_AFTER_FAILURES times in a row) wait until it
+    goes through again, at most STALLED_BACKLOG_MAX of them, and those past it are counted on it (`dropped_events`).
+    Run in the relay's transaction, so an event marked published has its deliveries recorded. Returns how many were
     added."""
-    subscriptions = conn.execute(_MATCHING).fetchall()
-    room: dict[UUID, int] = {}  # of each stalled subscription wanting an event of the batch
-    added = left_out = 0
-    for event in events:
-        for row in subscriptions:
-            if not _wants(row, event["type"]):
-                continue
-            stalled = not row["enabled"] or row["consecutive_failures"] > 0
-            if stalled:
-                if row["id"] not in room:
-                    room[row["id"]] = _room(conn, row["id"])
-                if room[row["id"]] <= 0:
-                    left_out += 1
-                    continue
-            recorded = conn.execute(_FAN_OUT, (row["id"], event["id"], event["type"], Jsonb(event))).rowcount
-            added += recorded
-            if stalled:
-                room[row["id"]] -= recorded
-    if left_out:
+    if not events:
+        return 0
+    bound = {"events": Jsonb(list(events)), "after": STALLED_AFTER_FAILURES, "bound": STALLED_BACKLOG_MAX}
+    row = conn.execute(_FAN_OUT, bound).fetchone()
+    assert row is not None  # an aggregate's one row
+    if row["dropped"]:
         logger.warning(
-            "webhooks: %d deliveries not recorded for stalled subscriptions holding %d pending already",
-            left_out,
+            "webhooks: %d deliveries not recorded for %d stalled subscriptions holding %d pending already (counted"
+            " on each as dropped_events)",
+            row["dropped"],
+            row["subscriptions"],
             STALLED_BACKLOG_MAX,
         )
-    return added
-
-
-def _wants(subscription: DictRow, event_type: str) -> bool:
-    """Whether the subscription's types name `event_type` (or are `*`)."""
-    return event_type in subscription["event_types"] or "*" in subscription["event_types"]
-
-
-def _room(conn: Conn, subscription_id: UUID) -> int:
-    """How many more deliveries the stalled subscription may be given (STALLED_BACKLOG_MAX less those pending)."""
-    row = conn.execute(_WAITING, (subscription_id, STALLED_BACKLOG_MAX)).fetchone()
-    return STALLED_BACKLOG_MAX - (int(row["n"]) if row is not None else 0)
+    return int(row["added"])
 
 
 def deliveries(conn: Conn, subscription_id: UUID, limit: int = 100) -> list[dict[str, Any]]:

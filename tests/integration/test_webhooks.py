@@ -309,7 +309,12 @@ def test_a_disabled_subscription_is_given_a_bounded_backlog(
         items = api.client.get(f"/api/v1/webhooks/{subscription['id']}/deliveries", headers=headers).json()["items"]
         return [d["message_id"] for d in reversed(items)]
 
+    def dropped(subscription: dict[str, Any]) -> int:
+        shown = api.client.get(f"/api/v1/webhooks/{subscription['id']}", headers=headers).json()
+        return int(shown["dropped_events"])
+
     assert logged(parked) == kept
+    assert (dropped(parked), dropped(live)) == (2, 0)  # the tenant sees what its paused receiver will never get
     assert len(logged(live)) == 5  # an enabled one is given every event
     assert api.client.patch(f"/api/v1/webhooks/{parked['id']}", json={"enabled": True}, headers=headers).is_success
     webhooks.deliver_tenant(handle.id)
@@ -317,22 +322,61 @@ def test_a_disabled_subscription_is_given_a_bounded_backlog(
     assert sorted(e["id"] for e in receiver.events()) == sorted(kept + logged(live))
 
 
+def _fail_head(tenant_id: Any, times: int) -> None:
+    """`times` failed attempts of the tenant's heads, one per run, each retry made due first (the receiver fails)."""
+    for _ in range(times):
+        with tenant_transaction(tenant_id) as conn:
+            conn.execute(
+                "UPDATE app.webhook_deliveries SET next_attempt_at = clock_timestamp() WHERE state = 'pending'"
+            )
+        assert webhooks.deliver_tenant(tenant_id).failed_attempts == 1  # enabled still, its head waiting
+
+
+def test_one_failed_attempt_leaves_a_subscription_every_event_whatever_its_backlog(
+    api: ApiHarness, local: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One failed attempt made a healthy subscription stalled: with a full backlog, every event relayed before its
+    # head went through was recorded for no one, and the tenant saw nothing of it (its failures back to 0 later).
+    monkeypatch.setattr(webhook_store, "STALLED_BACKLOG_MAX", 3)
+    receiver = Receiver()
+    handle, headers = tenant(api, "hooks-one-failure")
+    subscription = api.client.post(
+        "/api/v1/webhooks", json={"url": receiver.url, "event_types": ["*"]}, headers=headers
+    ).json()
+    backlog = emit(handle.id, "test.one", "test.two", "test.three")
+    receiver.failures = 1
+    assert webhooks.deliver_tenant(handle.id).failed_attempts == 1  # one 500: the head waits for its retry
+    later = emit(handle.id, "intent.archived")
+    with tenant_transaction(handle.id) as conn:  # the retry comes due
+        conn.execute("UPDATE app.webhook_deliveries SET next_attempt_at = clock_timestamp() WHERE state = 'pending'")
+    assert webhooks.deliver_tenant(handle.id).delivered == 4
+    assert [e["id"] for e in receiver.events()[1:]] == backlog + later  # the head again, then the rest, in order
+    shown = api.client.get(f"/api/v1/webhooks/{subscription['id']}", headers=headers).json()
+    assert (shown["consecutive_failures"], shown["dropped_events"]) == (0, 0)
+
+
 def test_a_subscription_whose_head_keeps_failing_is_given_a_bounded_backlog_while_its_retries_last(
     api: ApiHarness, local: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Its retries now last a day before it is disabled, everything behind its head waiting: the bound of a disabled
     # subscription's backlog came only then, and a day's events of a busy tenant piled up behind one failing head.
+    # Bounded once its head has failed STALLED_AFTER_FAILURES times in a row, not from its first failure.
     monkeypatch.setattr(webhook_store, "STALLED_BACKLOG_MAX", 3)
+    monkeypatch.setattr(webhook_store, "STALLED_AFTER_FAILURES", 3)
     receiver = Receiver()
     receiver.failures = 1_000
     handle, headers = tenant(api, "hooks-failing-bound")
     failing = api.client.post("/api/v1/webhooks", json={"url": receiver.url, "event_types": ["*"]}, headers=headers)
     head = emit(handle.id, "test.head")
-    assert webhooks.deliver_tenant(handle.id).failed_attempts == 1  # enabled still, its head waiting for its retry
-    kept = emit(handle.id, "test.one", "test.two")
+    _fail_head(handle.id, 2)
+    kept = emit(handle.id, "test.before")  # failing, not for long yet: recorded, whatever the bound
+    _fail_head(handle.id, 1)  # its third failure in a row: stalled, 2 waiting
+    kept += emit(handle.id, "test.one", "test.two")[:1]
     emit(handle.id, "test.three", "test.four")
     items = api.client.get(f"/api/v1/webhooks/{failing.json()['id']}/deliveries", headers=headers).json()["items"]
     assert [d["message_id"] for d in reversed(items)] == head + kept
+    shown = api.client.get(f"/api/v1/webhooks/{failing.json()['id']}", headers=headers).json()
+    assert (shown["consecutive_failures"], shown["dropped_events"]) == (3, 3)
     receiver.failures = 0  # back: the head, due again, and what waited behind it go, in order
     with tenant_transaction(handle.id) as conn:
         conn.execute("UPDATE app.webhook_deliveries SET next_attempt_at = clock_timestamp() WHERE state = 'pending'")

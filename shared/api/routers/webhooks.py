@@ -217,6 +217,11 @@ class SubscriptionOut(BaseModel):
     enabled: bool
     disabled_reason: str | None
     consecutive_failures: int
+    dropped_events: int = Field(
+        description="Events it wanted that were never recorded for it, and so never sent: they came while it was"
+        f" disabled, or its oldest delivery had failed {store.STALLED_AFTER_FAILURES} attempts in a row, with"
+        f" {store.STALLED_BACKLOG_MAX:,} deliveries waiting already."
+    )
     created_at: datetime
     updated_at: datetime
     secret: str | None = Field(None, description="`whsec_...`: shown once; verify signatures with it.")
