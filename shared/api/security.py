@@ -19,6 +19,7 @@ from shared.api.admission import Permit, get_admission, size_worker_threads
 from shared.api.middleware import request_id_var
 from shared.api.problems import FieldError, ProblemError, over_rate, unknown_tenant
 from shared.audit import AuditRecord, get_audit_store
+from shared.audit.model import split_listing
 from shared.auth.principal import Principal
 from shared.auth.tokens import (
     InvalidTokenError,
@@ -280,7 +281,8 @@ def readable(
     listed: Callable[[Decision], bool] | None = None,
 ) -> list[Row]:
     """The rows of a listing's page the caller may `action` (read), each decided on `resource_of(row)` as reading
-    it alone is; one audit record per outcome, naming its rows' keys under `named` (ADR 0011, amended 2026-12-06).
+    it alone is; one audit record per outcome, naming its rows' keys under `named` (ADR 0011, amended 2026-12-06), or
+    as many as keep each under the record's bound (`split_listing`, ADR 0012 amended 2026-12-07).
 
     `listed`: which outcomes keep their rows (the allowed ones unless given); a refused outcome whose rows are kept
     is not recorded (the listing's own permission, decided and recorded before, is what shows them): a record of a
@@ -306,8 +308,9 @@ def readable(
         if keep and not decision.allowed:
             continue
         keys = list(dict.fromkeys(key_of(rows[index]) for index in members))
-        facts = {"operation": "list", **(detail or {}), named: keys}
-        record_decision(context, action, resource, decision, conn=conn, detail=facts, decided=True)
+        # Over as many records as keep each under the record's bound: one record of 500 ids was cut to its marker.
+        for facts in split_listing({"operation": "list", **(detail or {})}, named, keys):
+            record_decision(context, action, resource, decision, conn=conn, detail=facts, decided=True)
     return [row for index, row in enumerate(rows) if index in kept]
 
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import psycopg
 from azure.cosmos import ContainerProxy, DatabaseProxy, PartitionKey
+from azure.cosmos._retry_options import RetryOptions
+from azure.cosmos.documents import ConnectionPolicy
 from azure.cosmos.exceptions import CosmosHttpResponseError, CosmosResourceExistsError, CosmosResourceNotFoundError
 
 from shared.audit.model import AuditPage, AuditQuery, AuditRecord, InvalidCursorError, decode_cursor, encode_cursor
@@ -66,6 +68,17 @@ RetentionLookup = Callable[[uuid.UUID], int | None]
 """Days of audit retention for a tenant; None keeps its records until they are erased."""
 
 
+def inline_connection_policy() -> ConnectionPolicy:
+    """The connection policy of the client for the copies after a commit: no throttling retries at all.
+
+    The client's `retry_throttle_total=0` is no such thing: it is read with `or`, and 0 falls back to the default
+    nine retries. A policy's `RetryOptions` are taken as they are, and the SDK's throttling policy retries only while
+    its attempts are under `max_retry_attempt_count`: with 0, a 429 is raised at once, nothing slept."""
+    policy = ConnectionPolicy()
+    policy.RetryOptions = RetryOptions(max_retry_attempt_count=0, max_wait_time_in_seconds=0)
+    return policy
+
+
 def format_time(moment: datetime) -> str:
     """UTC with fixed-width microseconds, so string order is time order (Cosmos compares strings)."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -92,8 +105,13 @@ class CosmosAuditStore:
         *,
         retention_days: RetentionLookup | None = None,
         outbox: Callable[[Write, Delete], AuditOutbox] = AuditOutbox,
+        inline_container: ContainerProxy | None = None,
     ) -> None:
+        """`inline_container`: the same container through a client that retries no throttled write
+        (`inline_connection_policy`), for the copies after a commit (`write_budget`); without it they go through
+        `container`, whose client may sleep a throttled write's retry-after past their bound."""
         self._container = container
+        self._inline_container = inline_container or container
         self._retention_days = retention_days
         self._outbox = outbox(self._write_copy, self._delete_copy)
 
@@ -147,10 +165,12 @@ class CosmosAuditStore:
         if budget is None:
             self._container.create_item(document)  # the relay's: the client's retries and timeouts
             return
-        # The copy after a commit, in its request: the whole call (`timeout`, which the SDK checks before each of its
-        # throttling retries and after the answer) and each attempt's connect and read within what is left of the
-        # copy's time, and no connection retries; the relay retries what this leaves.
-        self._container.create_item(
+        # The copy after a commit, in its request: through the client that retries no throttled write (the SDK
+        # checks `timeout` before a throttling retry's sleep, not during it, and then sleeps the service's whole
+        # retry-after, up to its 30 s in all: a 429 asking 8 s held the request 8 s), the whole call (`timeout`) and
+        # each attempt's connect and read within what is left of the copy's time, and no connection retries; the
+        # relay retries what this leaves.
+        self._inline_container.create_item(
             document, timeout=budget, connection_timeout=budget, read_timeout=budget, retry_total=0
         )
 

@@ -58,17 +58,25 @@ def build_audit_store(settings: Settings) -> AuditStore:
         from azure.cosmos import CosmosClient
         from azure.identity import DefaultAzureCredential
 
-        from shared.audit.cosmos import CosmosAuditStore
+        from shared.audit.cosmos import CosmosAuditStore, inline_connection_policy
 
         if not settings.QP_COSMOS_ENDPOINT:
             raise ValueError("QP_COSMOS_ENDPOINT is required when QP_AUDIT_BACKEND=cosmos")
         # Entra identity only: the account's keys stay disabled. The container is created by the IaC,
         # because data-plane RBAC cannot create containers.
-        client = CosmosClient(settings.QP_COSMOS_ENDPOINT, credential=DefaultAzureCredential())
-        container = client.get_database_client(settings.QP_COSMOS_DATABASE).get_container_client(
-            settings.QP_COSMOS_AUDIT_CONTAINER
+        credential = DefaultAzureCredential()
+        client = CosmosClient(settings.QP_COSMOS_ENDPOINT, credential=credential)
+        # The copies after a commit go through a client of their own that retries no throttled write: the SDK sleeps
+        # a throttled write's whole retry-after, past any per-call timeout (ADR 0012, amended 2026-12-07).
+        inline_client = CosmosClient(
+            settings.QP_COSMOS_ENDPOINT, credential=credential, connection_policy=inline_connection_policy()
         )
-        return CosmosAuditStore(container, retention_days=_TenantRetention())
+        database, name = settings.QP_COSMOS_DATABASE, settings.QP_COSMOS_AUDIT_CONTAINER
+        return CosmosAuditStore(
+            client.get_database_client(database).get_container_client(name),
+            retention_days=_TenantRetention(),
+            inline_container=inline_client.get_database_client(database).get_container_client(name),
+        )
 
     from shared.audit.postgres import PostgresAuditStore
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Literal, Protocol, get_args
 
 import psycopg
@@ -22,12 +24,16 @@ _DECISIONS = frozenset(get_args(Decision))
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 50
 MAX_DETAIL_BYTES = 8 * 1024
-"""The most a record's detail may take as it is sent (JSON with non-ASCII escaped, as the Cosmos DB SDK writes it):
-a larger one is replaced by `DETAIL_CUT` and its size. Without a bound the request decided a record's size: a name of
-a million characters made a 3 MB document that Cosmos DB refused for good (413), and so hid the request's records;
-in Postgres a megabyte a record. Migration 0072 bounds the columns safely above this."""
+"""The most a new record's detail may take (`detail_bytes`: as it is sent, JSON with non-ASCII escaped as the Cosmos
+DB SDK writes it, and at least as Postgres prints it): a larger one is replaced by `DETAIL_CUT`, its size and digest
+(`AuditRecord.new`, the write path only: a stored record reads back exactly as stored). Without a bound the request
+decided a record's size: a name of a million characters made a 3 MB document that Cosmos DB refused for good (413),
+and so hid the request's records; in Postgres a megabyte a record. A listing's record names its keys over as many
+records as keep each under it (`split_listing`). Migration 0072 bounds the columns safely above this."""
 DETAIL_CUT = "detail_cut"
-"""The key of the marker that replaces a detail over `MAX_DETAIL_BYTES`; `detail_bytes` beside it says its size."""
+"""The key of the marker that replaces a detail over `MAX_DETAIL_BYTES`; beside it `detail_bytes` (its size),
+`detail_keys` (how many keys it had) and `detail_sha256` (the digest of its canonical JSON: a copy kept elsewhere can
+be matched to it)."""
 
 logger = logging.getLogger(__name__)
 
@@ -68,15 +74,15 @@ class AuditRecord:
         for name in ("principal_id", "action", "resource_type"):
             if not getattr(self, name):
                 raise ValueError(f"{name} must not be empty")
-        size = detail_bytes(self.detail)
-        if size > MAX_DETAIL_BYTES:
-            # The record is kept (its action, decision and reason are the trail); only the detail gives way.
-            logger.warning("audit: the detail of a %s record (%d bytes) was cut", self.action, size)
-            object.__setattr__(self, "detail", {DETAIL_CUT: True, "detail_bytes": size})
 
     @classmethod
     def new(cls, **fields: Any) -> AuditRecord:
-        """A new record with a fresh id (and the current time unless `occurred_at` is given)."""
+        """A new record with a fresh id (and the current time unless `occurred_at` is given), its detail bounded at
+        `MAX_DETAIL_BYTES` (`bounded_detail`). Only here, on the way in: a record read back from a store is built
+        with the constructor and keeps its detail exactly as stored, however large (records written before the
+        bound; an offboarding archive must hold them whole)."""
+        if "detail" in fields:
+            fields["detail"] = bounded_detail(fields["detail"] or {}, action=str(fields.get("action", "")))
         return cls(**fields)
 
     def to_public(self) -> dict[str, Any]:
@@ -97,9 +103,69 @@ class AuditRecord:
 
 
 def detail_bytes(detail: Mapping[str, Any]) -> int:
-    """The size of `detail` as a store is sent it: JSON, non-ASCII escaped (six bytes a character and more, where
-    the text Postgres keeps takes two to four)."""
-    return len(json.dumps(dict(detail), ensure_ascii=True, default=str))
+    """The size of `detail` as a store is sent it and as Postgres prints it, whichever is larger: JSON, non-ASCII
+    escaped (six bytes a character and more, where the text Postgres keeps takes two to four), each float counted
+    at its fixed-point length too (jsonb keeps numbers as `numeric` and prints 1e300 with 301 digits, 1e-300 with
+    302 characters: measured as sent alone, a detail the record took could fail the column's CHECK, migration
+    0072)."""
+    return len(_canonical(detail)) + _float_excess(detail)
+
+
+def _canonical(detail: Mapping[str, Any]) -> str:
+    return json.dumps(dict(detail), ensure_ascii=True, default=str)
+
+
+def _float_excess(value: Any) -> int:
+    """How many characters more the floats in `value` take printed in fixed point than as JSON sends them."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return 0
+        sent = json.dumps(value)
+        fixed = format(Decimal(sent), "f")
+        return max(0, len(fixed) - len(sent))
+    if isinstance(value, Mapping):
+        return sum(_float_excess(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_float_excess(item) for item in value)
+    return 0
+
+
+def bounded_detail(detail: Mapping[str, Any], *, action: str = "") -> Mapping[str, Any]:
+    """`detail` if it takes at most `MAX_DETAIL_BYTES` (`detail_bytes`), else the marker that replaces it: the record
+    is kept (its action, decision and reason are the trail), and the marker says what gave way: its size, how many
+    keys it had, and the SHA-256 of its canonical JSON."""
+    size = detail_bytes(detail)
+    if size <= MAX_DETAIL_BYTES:
+        return detail
+    logger.warning("audit: the detail of a %s record (%d bytes) was cut", action, size)
+    digest = hashlib.sha256(json.dumps(dict(detail), ensure_ascii=True, default=str, sort_keys=True).encode())
+    return {DETAIL_CUT: True, "detail_bytes": size, "detail_keys": len(detail), "detail_sha256": digest.hexdigest()}
+
+
+_PART_ROOM = 64
+"""Bytes kept in each part of a split listing for its `part` and `parts`."""
+
+
+def split_listing(base: Mapping[str, Any], named: str, keys: Sequence[str]) -> list[dict[str, Any]]:
+    """The details of a listing's records naming `keys` under `named` beside `base`: one if it fits in
+    `MAX_DETAIL_BYTES`, else as many as keep each under it, in order, each saying its `part` (from 1) of `parts`
+    (ADR 0011 amended 2026-12-06: every listed key is named; a listing of 500 ids or 100 long module actions took
+    13 to 20 KB, and one record of it was cut to the marker). A key too large for a part alone goes in one of its
+    own, which `bounded_detail` then cuts."""
+    whole = {**base, named: list(keys)}
+    if detail_bytes(whole) <= MAX_DETAIL_BYTES:
+        return [whole]
+    room = MAX_DETAIL_BYTES - _PART_ROOM - detail_bytes({**base, named: []})
+    chunks: list[list[str]] = [[]]
+    used = 0
+    for key in keys:
+        size = len(json.dumps(key, ensure_ascii=True)) + 2  # the key and its separator
+        if chunks[-1] and used + size > room:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(key)
+        used += size
+    return [{**base, named: chunk, "part": i, "parts": len(chunks)} for i, chunk in enumerate(chunks, start=1)]
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,12 @@ INLINE_SLOW_S = 0.5
 store that answers this slowly is throttled or struggling, and the next requests would wait as long."""
 FAILING_RUNS_ERROR = 5
 """Relay runs in a row in which a tenant's copy failed before it is logged at ERROR (then every as many runs)."""
+DOUBTFUL_TRIES_ASIDE = 5
+"""Copies refused alike and doubtfully (`StoreFaultError`) after which a record is set aside after all, provided the
+store took some other record since its first such refusal: a store at fault refuses every record, so one that takes
+others faults this record alone (a genuinely malformed record alone in its batch waited forever)."""
+_DOUBTED_MAX = 10_000
+"""Records whose doubtful refusals are counted at most; past it the counts start over."""
 
 Write = Callable[[UUID, dict[str, Any]], None]
 """Writes one document to the store; a document the store already holds (same id) is no error, one it will never
@@ -184,6 +190,11 @@ class AuditOutbox:
         """Per tenant, when its copies after a commit may start again (`COOLDOWN_S`)."""
         self._failed_runs: dict[UUID, int] = {}
         """Per tenant, the relay runs in a row in which its copy failed."""
+        self._taken = 0
+        """Records the store has taken (written) in this process."""
+        self._doubted: dict[UUID, tuple[int, str, int]] = {}
+        """Per record refused alike and doubtfully: copies so refused, the refusal's status, and `_taken` at the
+        first."""
 
     def queue(self, conn: psycopg.Connection[Any], tenant_id: UUID, record_id: UUID, document: dict[str, Any]) -> None:
         """Queue `document` inside `conn`'s open transaction of `tenant_id` (RLS refuses another tenant's)."""
@@ -417,23 +428,68 @@ class AuditOutbox:
                 failed = (record_id, exc)
                 break
             written.append(record_id)
-        if refused and not written and doubtful == len(refused):
+        at_fault = bool(refused) and not written and doubtful == len(refused)
+        self._took(written, [] if at_fault else refused)
+        if at_fault:
             # A container that does not match the code refuses every record so: setting them all aside would empty
-            # the trail into the outbox's refusals. They wait, and an operator is told.
-            logger.error(
-                "audit outbox: the store refused all %d records of tenant %s it was sent alike (%s); taken for the"
-                " store's fault, they wait",
-                len(refused),
-                tenant_id,
-                refused[0][1],
-            )
-            fault = StoreFaultError(f"every record refused alike: {refused[0][1]}")
-            return written, [], failed or (refused[0][0], fault), rest
+            # the trail into the outbox's refusals. They wait, and an operator is told; but one refused so
+            # `DOUBTFUL_TRIES_ASIDE` times while the store took others is the record's fault, and goes aside.
+            settled = self._doubted_long(refused)
+            waiting = [entry for entry in refused if entry not in settled]
+            if waiting:
+                logger.error(
+                    "audit outbox: the store refused all %d records of tenant %s it was sent alike (%s); taken for"
+                    " the store's fault, they wait",
+                    len(waiting),
+                    tenant_id,
+                    waiting[0][1],
+                )
+                fault = StoreFaultError(f"every record refused alike: {waiting[0][1]}")
+                failed = failed or (waiting[0][0], fault)
+            for record_id, reason in settled:
+                logger.error(
+                    "audit outbox: the store refused record %s of tenant %s alike in %d copies while it took others;"
+                    " set aside: %s",
+                    record_id,
+                    tenant_id,
+                    DOUBTFUL_TRIES_ASIDE,
+                    reason,
+                )
+            return written, settled, failed, rest
         for record_id, reason in refused:
             logger.error(
                 "audit outbox: the store refused record %s of tenant %s; set aside: %s", record_id, tenant_id, reason
             )
         return written, refused, failed, rest
+
+    def _took(self, written: Sequence[UUID], refused: Sequence[tuple[UUID, str]]) -> None:
+        """Count what the store took, and forget the doubtful refusals of records now written or set aside."""
+        with self._lock:
+            self._taken += len(written)
+            for record_id in [*written, *(i for i, _ in refused)]:
+                self._doubted.pop(record_id, None)
+
+    def _doubted_long(self, refused: Sequence[tuple[UUID, str]]) -> list[tuple[UUID, str]]:
+        """Count one more doubtful refusal of each of `refused` (a copy refused throughout); those refused alike
+        `DOUBTFUL_TRIES_ASIDE` times, the store having taken another record since the first, are returned (and
+        forgotten): to be set aside."""
+        settled: list[tuple[UUID, str]] = []
+        with self._lock:
+            if len(self._doubted) > _DOUBTED_MAX:
+                self._doubted = {}
+            for record_id, reason in refused:
+                # Alike by status: the store's message names the request (its activity id), which differs each time.
+                status = reason.partition(":")[0]
+                tries, before, taken = self._doubted.get(record_id, (0, status, self._taken))
+                if before != status:  # another refusal: counted afresh
+                    tries, taken = 0, self._taken
+                tries += 1
+                if tries >= DOUBTFUL_TRIES_ASIDE and self._taken > taken:
+                    self._doubted.pop(record_id, None)
+                    settled.append((record_id, reason))
+                else:
+                    self._doubted[record_id] = (tries, status, taken)
+        return settled
 
     @staticmethod
     def _settle_rows(conn: psycopg.Connection[Any], removed: list[UUID], refused: list[tuple[UUID, str]]) -> None:

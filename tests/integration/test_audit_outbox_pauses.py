@@ -1,26 +1,33 @@
 # intent_ref: platform.audit
 """The audit outbox's copy after a commit is bounded and paused per tenant (ADR 0012, amended 2026-12-07): it runs in
 the request, so a slow store costs that request at most `INLINE_S` and no SDK retries, and the relay copies what it
-left; one tenant's failing copies pause that tenant's alone, and the relay serves the others before probing it; a
-store that refuses every record of a batch alike is taken to be at fault and the records wait."""
+left, and it goes through a client that sleeps no throttled write's retry-after; one tenant's failing copies pause that
+tenant's alone, a successful relay copy lifts its pause, and the relay serves the others before probing it with one
+batch; a store that refuses every record of a batch alike is taken to be at fault and the records wait, unless it
+refused one record alike in as many copies while it took others."""
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from azure.core.pipeline.transport import HttpRequest, HttpResponse, HttpTransport
+from azure.cosmos import CosmosClient, _retry_utility
 from azure.cosmos.exceptions import CosmosClientTimeoutError, CosmosHttpResponseError
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from shared.audit import AuditRecord
 from shared.audit import outbox as audit_outbox
-from shared.audit.cosmos import CosmosAuditStore
+from shared.audit.cosmos import CosmosAuditStore, inline_connection_policy
 from shared.audit.outbox import AuditOutbox, Copied, Delete, Write
 from shared.db.session import tenant_transaction
+from tests.cosmos_emulator import COSMOS_EMULATOR_KEY
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +45,8 @@ class StandInContainer:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.delay_s: dict[str | None, float] = {None: 0.0}
         self.failing: dict[str, Exception] = {}
+        self.refusing: dict[str, Exception] = {}
+        """Per record id, what the store answers that record alone."""
 
     def create_item(self, body: dict[str, Any], **options: Any) -> None:
         tenant = body["tenantId"]
@@ -46,6 +55,8 @@ class StandInContainer:
         self.calls.append((tenant, options))
         if tenant in self.failing:
             raise self.failing[tenant]
+        if body["id"] in self.refusing:
+            raise self.refusing[body["id"]]
         delay = self.delay_s.get(tenant, self.delay_s[None])
         timeout = options.get("timeout")
         if timeout is not None and delay > timeout:
@@ -95,6 +106,11 @@ def _committed(store: CosmosAuditStore, tenant: uuid.UUID, app_pool: ConnectionP
 def _waiting(tenant: uuid.UUID, app_pool: ConnectionPool[Any]) -> set[uuid.UUID]:
     with tenant_transaction(tenant, pool=app_pool) as conn:
         return {row["id"] for row in conn.execute("SELECT id FROM app.audit_outbox WHERE refused_at IS NULL")}
+
+
+def _set_aside(tenant: uuid.UUID, app_pool: ConnectionPool[Any]) -> set[uuid.UUID]:
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        return {row["id"] for row in conn.execute("SELECT id FROM app.audit_outbox WHERE refused_at IS NOT NULL")}
 
 
 def _queued(tenant: uuid.UUID, count: int, app_pool: ConnectionPool[Any]) -> set[uuid.UUID]:
@@ -210,3 +226,182 @@ def test_a_store_that_refuses_every_record_alike_is_at_fault_and_the_records_wai
     del container.failing[str(tenant)]
     assert outbox.relay_tenant(tenant) == Copied(3)
     assert container.ids() == queued
+
+
+def test_a_successful_relay_copy_lifts_its_tenants_pause(
+    app_pool: ConnectionPool[Any], control_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    tenant = new_tenant()
+    container = StandInContainer([0.0], tenant)
+    container.failing[str(tenant)] = CosmosHttpResponseError(status_code=503, message="unavailable")
+    store, outbox = _store(container, app_pool, control_pool)
+    first = _committed(store, tenant, app_pool)
+    del container.failing[str(tenant)]
+    # Paused: the next record is left to the relay.
+    second = _committed(store, tenant, app_pool)
+    assert container.ids() == set() and _waiting(tenant, app_pool) == {first.id, second.id}
+    # The relay copies them: the store serves the tenant again, and its pause is lifted at once, not after
+    # COOLDOWN_S (the clock has not moved).
+    outbox.relay()
+    assert container.ids() == {first.id, second.id}
+    third = _committed(store, tenant, app_pool)
+    assert third.id in container.ids() and _waiting(tenant, app_pool) == set()
+
+
+def test_a_tenant_that_failed_a_run_is_probed_with_one_batch_then_served_in_full(
+    app_pool: ConnectionPool[Any], control_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    tenant = new_tenant()
+    container = StandInContainer([0.0], tenant)
+    container.failing[str(tenant)] = CosmosHttpResponseError(status_code=503, message="unavailable")
+    _, outbox = _store(container, app_pool, control_pool)
+    queued = _queued(tenant, 2 * audit_outbox.BATCH + 1, app_pool)
+    outbox.relay()
+    assert _waiting(tenant, app_pool) == queued
+    del container.failing[str(tenant)]
+    # The run after its failure probes it with a single batch, whatever waits.
+    outbox.relay()
+    assert len(container.ids() & queued) == audit_outbox.BATCH
+    assert len(_waiting(tenant, app_pool)) == audit_outbox.BATCH + 1
+    # The probe succeeded: the next run serves it in full.
+    outbox.relay()
+    assert container.ids() >= queued and _waiting(tenant, app_pool) == set()
+
+
+def test_a_record_refused_alike_alone_goes_aside_once_the_store_takes_others(
+    app_pool: ConnectionPool[Any], control_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    # A genuinely malformed record alone in its batch was taken for the store's fault every run: it waited forever.
+    tenant, other = new_tenant(), new_tenant()
+    container = StandInContainer([0.0], tenant, other)
+    store, outbox = _store(container, app_pool, control_pool)
+    [malformed] = _queued(tenant, 1, app_pool)
+    container.refusing[str(malformed)] = CosmosHttpResponseError(status_code=400, message="malformed document")
+    # While the store takes nothing else, however often, it may be the store's fault: the record waits.
+    for _ in range(audit_outbox.DOUBTFUL_TRIES_ASIDE + 1):
+        with pytest.raises(audit_outbox.StoreFaultError):
+            outbox.relay_tenant(tenant)
+    assert _waiting(tenant, app_pool) == {malformed} and _set_aside(tenant, app_pool) == set()
+    # The store takes another record: the one it refused alike in as many copies is the record's fault.
+    taken = _committed(store, other, app_pool)
+    assert taken.id in container.ids()
+    assert outbox.relay_tenant(tenant) == Copied(0, 1)
+    assert _waiting(tenant, app_pool) == set() and _set_aside(tenant, app_pool) == {malformed}
+
+
+def test_a_record_refused_alike_fewer_times_waits_though_the_store_takes_others(
+    app_pool: ConnectionPool[Any], control_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    tenant, other = new_tenant(), new_tenant()
+    container = StandInContainer([0.0], tenant, other)
+    store, outbox = _store(container, app_pool, control_pool)
+    [malformed] = _queued(tenant, 1, app_pool)
+    container.refusing[str(malformed)] = CosmosHttpResponseError(status_code=400, message="malformed document")
+    for _ in range(audit_outbox.DOUBTFUL_TRIES_ASIDE - 1):
+        with pytest.raises(audit_outbox.StoreFaultError):
+            outbox.relay_tenant(tenant)
+        _committed(store, other, app_pool)
+    assert _waiting(tenant, app_pool) == {malformed}
+    # The store mended for it, it goes to the store after all.
+    del container.refusing[str(malformed)]
+    assert outbox.relay_tenant(tenant) == Copied(1)
+
+
+_ENDPOINT = "https://audit.invalid:8081/"
+
+
+class _Answer(HttpResponse):
+    def __init__(self, request: HttpRequest, status: int, headers: dict[str, str], body: dict[str, Any]) -> None:
+        super().__init__(request, None)
+        self.status_code = status
+        self.headers = {"content-type": "application/json", **headers}
+        self.reason = "stand-in"
+        self.content_type = "application/json"
+        self._body = json.dumps(body).encode()
+
+    def body(self) -> bytes:
+        return self._body
+
+
+class ThrottlingTransport(HttpTransport):  # type: ignore[type-arg]
+    """The Cosmos DB service at the SDK's pipeline: it answers the account's read, and every other request 429 with
+    a retry-after of 8 s (a throttled partition)."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+
+    def __enter__(self) -> ThrottlingTransport:
+        return self
+
+    def __exit__(self, *_args: object) -> None:
+        return None
+
+    def open(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def send(self, request: HttpRequest, **_kwargs: Any) -> HttpResponse:
+        if request.method == "GET" and request.url.rstrip("/") == _ENDPOINT.rstrip("/"):
+            location = [{"name": "local", "databaseAccountEndpoint": _ENDPOINT}]
+            account = {
+                "id": "account",
+                "writableLocations": location,
+                "readableLocations": location,
+                "userConsistencyPolicy": {"defaultConsistencyLevel": "Session"},
+                "enableMultipleWriteLocations": False,
+            }
+            return _Answer(request, 200, {}, account)
+        self.writes += 1
+        throttled = {"x-ms-retry-after-ms": "8000", "x-ms-substatus": "3200"}
+        return _Answer(request, 429, throttled, {"code": "TooManyRequests", "message": "throttled"})
+
+
+class _Sleeps:
+    """The SDK's `time` module with its sleeps recorded, not slept."""
+
+    def __init__(self) -> None:
+        self.slept: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def test_a_throttled_write_after_a_commit_sleeps_no_retry_after(
+    app_pool: ConnectionPool[Any],
+    control_pool: ConnectionPool[Any],
+    new_tenant: Callable[[], uuid.UUID],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The SDK looks at the call's timeout before a throttling retry's sleep, then sleeps the service's whole
+    # retry-after: a 429 asking 8 s held the request 8 s past its 1 s bound.
+    sleeps = _Sleeps()
+    monkeypatch.setattr(_retry_utility, "time", sleeps)
+    transport = ThrottlingTransport()
+
+    def container(**options: Any) -> Any:
+        client = CosmosClient(_ENDPOINT, credential=COSMOS_EMULATOR_KEY, transport=transport, **options)
+        return client.get_database_client("quantum").get_container_client("audit")
+
+    outboxes: list[AuditOutbox] = []
+
+    def outbox(write: Write, delete: Delete) -> AuditOutbox:
+        outboxes.append(AuditOutbox(write, delete, pool=app_pool, control_pool=control_pool))
+        return outboxes[0]
+
+    store = CosmosAuditStore(
+        container(), outbox=outbox, inline_container=container(connection_policy=inline_connection_policy())
+    )
+    tenant = new_tenant()
+    record = _committed(store, tenant, app_pool)
+    # The copy after the commit was sent once, answered 429, and slept nothing: the relay takes the record.
+    assert transport.writes == 1 and sleeps.slept == []
+    assert _waiting(tenant, app_pool) == {record.id}
+    # The relay's client does wait out the service's retry-after (the stand-in throttles as the service does).
+    with pytest.raises(CosmosHttpResponseError):
+        outboxes[0].relay_tenant(tenant)
+    assert sleeps.slept and sleeps.slept[0] == 8.0

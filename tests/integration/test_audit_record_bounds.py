@@ -1,14 +1,18 @@
 # intent_ref: platform.audit
-"""An audit record's size is the platform's, not the request's (migration 0072, ADR 0012 amended 2026-12-07): a body's
-name goes into a record only as its model would take it, a detail over the record's bound is replaced by a marker
-(the record is kept), and the tables refuse an oversized detail or document written past the record."""
+"""An audit record's size is the platform's, not the request's (migrations 0072 and 0075, ADR 0012 amended
+2026-12-07): a body's name goes into a record only as its model would take it, a new record's detail over the bound is
+replaced by a marker with its size and digest (the record is kept), a stored record reads back exactly as stored, a
+listing names its keys over as many records as keep each under the bound, and the tables refuse an oversized detail
+or document written past the record."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import psycopg
@@ -17,13 +21,16 @@ from azure.cosmos import ContainerProxy, DatabaseProxy
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from shared.audit import AuditRecord
+from shared.api import security
+from shared.audit import AuditQuery, AuditRecord
 from shared.audit import factory as audit_factory
 from shared.audit.cosmos import CosmosAuditStore, create_audit_container
 from shared.audit.model import DETAIL_CUT, MAX_DETAIL_BYTES, detail_bytes
+from shared.audit.postgres import PostgresAuditStore
 from shared.db.migrate import APP_MIGRATIONS
 from shared.db.roles import OWNER_ROLE
 from shared.db.session import tenant_transaction
+from shared.policy.authorizer import Decision, Resource
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 
 pytestmark = [
@@ -33,6 +40,7 @@ pytestmark = [
 ]
 
 MIGRATION = APP_MIGRATIONS / "0072_audit_detail_bounded.sql"
+VALIDATION = APP_MIGRATIONS / "0075_audit_detail_bounds_validated.sql"
 HUGE_NAME = "é" * 500_000  # a 1 MB body, under the gateway's 1 MiB; 3 MB once the SDK escapes it
 
 
@@ -57,9 +65,15 @@ def test_a_detail_past_the_bound_is_replaced_by_a_marker_and_the_record_kept() -
     assert len(json.dumps(escaped, ensure_ascii=False).encode()) < MAX_DETAIL_BYTES < detail_bytes(escaped)
     for large in (escaped, {"name": "x" * 100_000}):
         record = _record(tenant, large)
-        assert record.detail == {DETAIL_CUT: True, "detail_bytes": detail_bytes(large)}
+        digest = hashlib.sha256(json.dumps(large, ensure_ascii=True, sort_keys=True).encode()).hexdigest()
+        assert record.detail == {
+            DETAIL_CUT: True,
+            "detail_bytes": detail_bytes(large),
+            "detail_keys": 1,
+            "detail_sha256": digest,
+        }
         assert (record.action, record.decision, record.resource_id) == ("intent.create", "allow", "an-intent")
-        assert detail_bytes(record.to_public()["detail"]) < 100
+        assert detail_bytes(record.to_public()["detail"]) < 200
 
 
 @pytest.fixture
@@ -151,11 +165,21 @@ def test_the_tables_refuse_an_oversized_detail_written_past_the_record(
         )
 
 
-def test_the_migration_cuts_a_waiting_oversized_detail_and_keeps_the_record(
+def _locks(conn: psycopg.Connection[Any]) -> set[tuple[str, str]]:
+    """The table locks this transaction holds on the audit tables."""
+    rows = conn.execute(
+        "SELECT c.relname, l.mode FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_class c ON c.oid = l.relation"
+        " WHERE l.pid = pg_catalog.pg_backend_pid() AND c.relname IN ('audit_events', 'audit_outbox')"
+    ).fetchall()
+    return {(row["relname"], row["mode"]) for row in rows}
+
+
+def test_the_migrations_set_a_waiting_oversized_document_aside_intact_and_validate_without_blocking_writes(
     pg: Any, new_tenant: Callable[[], uuid.UUID]
 ) -> None:
     tenant = new_tenant()
     big, small = uuid.uuid4(), uuid.uuid4()
+    big_detail = {"name": "é" * 100_000}
 
     def document(record_id: uuid.UUID, detail: dict[str, Any]) -> Jsonb:
         return Jsonb({"id": str(record_id), "tenantId": str(tenant), "action": "intent.create", "detail": detail})
@@ -165,7 +189,7 @@ def test_the_migration_cuts_a_waiting_oversized_detail_and_keeps_the_record(
         conn.execute("ALTER TABLE app.audit_outbox DROP CONSTRAINT audit_outbox_document_bounded")
         conn.execute("ALTER TABLE app.audit_events DROP CONSTRAINT audit_events_detail_bounded")
         queue = "INSERT INTO app.audit_outbox (tenant_id, id, document) VALUES (%s, %s, %s)"
-        conn.execute(queue, (tenant, big, document(big, {"name": "é" * 100_000})))
+        conn.execute(queue, (tenant, big, document(big, big_detail)))
         conn.execute(queue, (tenant, small, document(small, {"name": "web"})))
         # A record of the trail written as large before the migration: kept as it was, the CHECK left NOT VALID.
         conn.execute(
@@ -173,27 +197,182 @@ def test_the_migration_cuts_a_waiting_oversized_detail_and_keeps_the_record(
             " VALUES (%s, 'p', 'intent.create', 'Intent', 'allow', %s)",
             (tenant, Jsonb(_BIG)),
         )
-        conn.execute(f"SET LOCAL ROLE {OWNER_ROLE}")
-        conn.execute(Path(MIGRATION).read_text().encode())
-        conn.execute("RESET ROLE")
-        rows = conn.execute(
-            "SELECT id, refused_at IS NOT NULL AS aside, document -> 'detail' AS detail FROM app.audit_outbox"
-            " WHERE id = ANY(%s) ORDER BY id = %s",
-            ([big, small], small),
-        ).fetchall()
-        validated = conn.execute(
-            "SELECT conname, convalidated FROM pg_catalog.pg_constraint"
-            " WHERE conname IN ('audit_events_detail_bounded', 'audit_outbox_document_bounded') ORDER BY conname"
-        ).fetchall()
-        kept = conn.execute(
-            "SELECT count(*) AS n FROM app.audit_events WHERE tenant_id = %s AND detail = %s", (tenant, Jsonb(_BIG))
-        ).fetchone()
-        conn.rollback()
-    assert [(row["conname"], row["convalidated"]) for row in validated] == [
-        ("audit_events_detail_bounded", False),
-        ("audit_outbox_document_bounded", True),
-    ]
+        conn.commit()
+        try:
+            conn.execute(f"SET ROLE {OWNER_ROLE}")
+            conn.execute(Path(MIGRATION).read_text().encode())
+
+            def validated() -> list[tuple[str, bool]]:
+                rows = conn.execute(
+                    "SELECT conname, convalidated FROM pg_catalog.pg_constraint WHERE conname IN"
+                    " ('audit_events_detail_bounded', 'audit_outbox_document_bounded') ORDER BY conname"
+                ).fetchall()
+                return [(row["conname"], row["convalidated"]) for row in rows]
+
+            # 0072 scans nothing under its ACCESS EXCLUSIVE locks: both CHECKs are added NOT VALID.
+            assert validated() == [("audit_events_detail_bounded", False), ("audit_outbox_document_bounded", False)]
+            conn.commit()
+            # 0075, in a transaction of its own, validates under SHARE UPDATE EXCLUSIVE, which writes pass.
+            conn.execute(Path(VALIDATION).read_text().encode())
+            # (The trail's VALIDATE failed on the old record: its subtransaction, and so its lock, is gone.)
+            assert _locks(conn) == {("audit_outbox", "ShareUpdateExclusiveLock")}
+            assert validated() == [("audit_events_detail_bounded", False), ("audit_outbox_document_bounded", True)]
+            conn.execute("RESET ROLE")
+            rows = conn.execute(
+                "SELECT id, refused_at IS NOT NULL AS aside, refusal, document -> 'detail' AS detail"
+                " FROM app.audit_outbox WHERE id = ANY(%s) ORDER BY id = %s",
+                ([big, small], small),
+            ).fetchall()
+            kept = conn.execute(
+                "SELECT count(*) AS n FROM app.audit_events WHERE tenant_id = %s AND detail = %s",
+                (tenant, Jsonb(_BIG)),
+            ).fetchone()
+            conn.rollback()
+            # With no such record, 0075 validates the trail's CHECK too, under the same lock.
+            conn.execute("RESET ROLE")
+            deleted = conn.execute(
+                "DELETE FROM app.audit_events WHERE tenant_id = %s AND detail = %s", (tenant, Jsonb(_BIG))
+            )
+            assert deleted.rowcount == 1
+            conn.commit()
+            conn.execute(f"SET LOCAL ROLE {OWNER_ROLE}")
+            conn.execute(Path(VALIDATION).read_text().encode())
+            assert _locks(conn) == {
+                ("audit_events", "ShareUpdateExclusiveLock"),
+                ("audit_outbox", "ShareUpdateExclusiveLock"),
+            }
+            assert validated() == [("audit_events_detail_bounded", True), ("audit_outbox_document_bounded", True)]
+            conn.rollback()
+        finally:
+            # Put the database back as the migrations left it: the rows go, the CHECKs stay (as 0072 and 0075 made
+            # them, unless the run above failed midway).
+            conn.rollback()
+            conn.execute("RESET ROLE")
+            conn.execute("DELETE FROM app.audit_outbox WHERE id = ANY(%s)", ([big, small],))
+            conn.execute("DELETE FROM app.audit_events WHERE tenant_id = %s AND detail = %s", (tenant, Jsonb(_BIG)))
+            for table, name, check in (
+                ("audit_events", "audit_events_detail_bounded", "pg_catalog.octet_length(detail::text) <= 65536"),
+                (
+                    "audit_outbox",
+                    "audit_outbox_document_bounded",
+                    "refused_at IS NOT NULL OR pg_catalog.octet_length(document::text) <= 81920",
+                ),
+            ):
+                conn.execute(f"ALTER TABLE app.{table} DROP CONSTRAINT IF EXISTS {name}")
+                conn.execute(f"ALTER TABLE app.{table} ADD CONSTRAINT {name} CHECK ({check})")
+            conn.commit()
     assert kept is not None and kept["n"] == 1
-    assert [(row["id"], row["aside"]) for row in rows] == [(big, False), (small, False)]
-    assert rows[0]["detail"][DETAIL_CUT] is True and rows[0]["detail"]["detail_bytes"] > 200_000
+    # The oversized waiting document is set aside as it was (its detail the record's only copy), not overwritten.
+    assert [(row["id"], row["aside"]) for row in rows] == [(big, True), (small, False)]
+    assert rows[0]["detail"] == big_detail and "0072" in rows[0]["refusal"]
     assert rows[1]["detail"] == {"name": "web"}
+
+
+def test_a_stored_record_over_the_bound_reads_back_whole_through_query_and_both_exports(
+    app_pool: Any, cosmos_database: DatabaseProxy, new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    # Written before the bound (20 KB, under the columns' 64 KiB): it read back as the marker, and the Cosmos DB
+    # export (the offboarding archive, after which the tenant is erased) lost it for good.
+    tenant = new_tenant()
+    detail = {"blob": "y" * 20_000}
+    record_id = uuid.uuid4()
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        conn.execute(
+            "INSERT INTO app.audit_events (tenant_id, id, principal_id, action, resource_type, decision, detail)"
+            " VALUES (%s, %s, 'p', 'intent.create', 'Intent', 'allow', %s)",
+            (tenant, record_id, Jsonb(detail)),
+        )
+    postgres = PostgresAuditStore(pool=app_pool)
+    [read] = postgres.query(AuditQuery(tenant_id=tenant)).items
+    assert read.id == record_id and read.detail == detail
+    assert [row["detail"] for row in postgres.export(tenant)] == [detail]
+
+    container = create_audit_container(cosmos_database, f"audit-read-{uuid.uuid4().hex[:8]}")
+    container.create_item(
+        {
+            "id": str(record_id),
+            "tenantId": str(tenant),
+            "occurredAt": "2026-12-01T10:00:00.000000Z",
+            "principalId": "p",
+            "action": "intent.create",
+            "resourceType": "Intent",
+            "resourceId": None,
+            "decision": "allow",
+            "reason": "",
+            "requestId": None,
+            "detail": detail,
+        }
+    )
+    cosmos = CosmosAuditStore(container)
+    [read] = cosmos.query(AuditQuery(tenant_id=tenant)).items
+    assert read.detail == detail
+    assert [row["detail"] for row in cosmos.export(tenant)] == [detail]
+
+
+def _listed(monkeypatch: pytest.MonkeyPatch, keys: list[str], named: str) -> list[dict[str, Any]]:
+    """The details of the records `readable` writes for a listing of `keys`, each allowed, as `AuditRecord.new`
+    leaves them."""
+    details: list[dict[str, Any]] = []
+
+    def record_decision(*_args: Any, detail: dict[str, Any], **_kwargs: Any) -> None:
+        details.append(dict(_record(uuid.uuid4(), detail).detail))
+
+    allow = SimpleNamespace(decide=lambda *_args, **_kwargs: Decision(True, "allowed", ()))
+    monkeypatch.setattr(security, "tenant_policy_texts", lambda _tenant: ())
+    monkeypatch.setattr(security, "get_authorizer", lambda: allow)
+    monkeypatch.setattr(security, "record_decision", record_decision)
+    tenant = uuid.uuid4()
+    context = SimpleNamespace(tenant=SimpleNamespace(id=tenant), principal=None, tenant_facts=None)
+    rows = security.readable(
+        context,  # type: ignore[arg-type]  # what readable reads of a context
+        "module.read",
+        keys,
+        lambda key: Resource("Module", key, tenant),
+        lambda key: key,
+        conn=None,
+        named=named,
+    )
+    assert rows == keys
+    return details
+
+
+@pytest.mark.parametrize(
+    ("keys", "named"),
+    [
+        # GET /api/v1/modules with 100 modules of 128-character actions: 13,356 bytes in one record.
+        ([f"{i:03d}." + "a" * 124 for i in range(100)], "items"),
+        # GET /api/v1/work?limit=500: about 20 KB of ids.
+        ([str(uuid.uuid4()) for _ in range(500)], "items"),
+    ],
+)
+def test_the_largest_listings_name_every_key_over_records_each_under_the_bound(
+    monkeypatch: pytest.MonkeyPatch, keys: list[str], named: str
+) -> None:
+    details = _listed(monkeypatch, keys, named)
+    assert len(details) > 1
+    assert all(DETAIL_CUT not in detail and detail_bytes(detail) <= MAX_DETAIL_BYTES for detail in details)
+    assert [key for detail in details for key in detail[named]] == keys
+    assert [(detail["part"], detail["parts"]) for detail in details] == [
+        (i, len(details)) for i in range(1, len(details) + 1)
+    ]
+    assert all(detail["operation"] == "list" for detail in details)
+    # A small listing is still one record, as before.
+    assert _listed(monkeypatch, keys[:3], named) == [{"operation": "list", named: keys[:3]}]
+
+
+@pytest.mark.parametrize("number", [1e300, 1e-300])
+def test_a_detail_the_record_takes_passes_the_columns_check(
+    app_pool: Any, new_tenant: Callable[[], uuid.UUID], number: float
+) -> None:
+    # 2 KB as sent, but jsonb keeps numbers as numeric and prints 1e300 with 301 digits: 75 KB as stored, over the
+    # CHECK, and the request's transaction failed.
+    tenant = new_tenant()
+    detail = {"v": [number] * 250}
+    assert len(json.dumps(detail)) < MAX_DETAIL_BYTES
+    record = _record(tenant, detail)
+    PostgresAuditStore(pool=app_pool).record(record)
+    [read] = PostgresAuditStore(pool=app_pool).query(AuditQuery(tenant_id=tenant)).items
+    assert read.detail[DETAIL_CUT] is True and read.detail["detail_bytes"] > 65536
+    # Fewer, it fits in both measures and is kept whole.
+    few = {"v": [number] * 20}
+    assert _record(tenant, few).detail == few
