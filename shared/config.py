@@ -133,7 +133,7 @@ class Settings(BaseSettings):
     QP_EVENT_STREAM_MAX_S: float = Field(
         default=220.0,
         ge=1.0,
-        le=3600.0,
+        le=225.0,
         description="An event stream ends after this long (below the 230 s Azure's front end allows an HTTP function); "
         "its client resumes with Last-Event-ID.",
     )

@@ -338,13 +338,19 @@ def test_a_body_that_is_not_json_is_an_unexpected_answer_and_still_a_value_error
             answer.json()
 
 
-def test_an_error_qp_did_not_expect_is_raised_as_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_error_qp_did_not_expect_is_shown_as_itself(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """main's handlers name only exceptions that exist: an unexpected error is not hidden behind an AttributeError
-    raised while looking for click's Abort, which typer's own copy of click does not have."""
+    raised while looking for click's Abort, which typer's own copy of click does not have; its traceback is printed
+    and qp exits EXIT_SOFTWARE."""
 
     def broken(**_: Any) -> None:
         raise LookupError("unexpected")
 
     monkeypatch.setattr(cli, "app", broken)
-    with pytest.raises(LookupError, match="unexpected"):
+    with pytest.raises(SystemExit) as exited:
         cli.main(["events", "e"])
+    assert exited.value.code == cli.EXIT_SOFTWARE
+    said = capsys.readouterr().err
+    assert "LookupError: unexpected" in said and "AttributeError" not in said

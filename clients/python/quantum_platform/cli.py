@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
 import sys
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -51,17 +53,39 @@ app.add_typer(webhooks_app, name="webhooks")
 
 Output = Literal["table", "json"]
 OutputOption = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
-EXIT_FAILED, EXIT_CANCELLED, EXIT_PROBLEM, EXIT_USAGE = 1, 2, 3, 64
+EXIT_FAILED, EXIT_CANCELLED, EXIT_PROBLEM, EXIT_USAGE, EXIT_SOFTWARE = 1, 2, 3, 64, 70
 """`qp run --follow` exits 0 when the execution succeeded, 1 failed, 2 cancelled; any refused call exits 3; a command
 line `qp` cannot read (an unknown option, a missing argument, a bad value) exits 64 (EX_USAGE), never 2, which a
-script reads as "cancelled"."""
+script reads as "cancelled"; a fault of `qp` itself (an exception it does not expect) exits 70 (EX_SOFTWARE) after its
+traceback on stderr, never 1, which a script reads as "failed"."""
 _CLICK_ERRORS = importlib.import_module(typer.BadParameter.__module__)
 """The exceptions of the click that typer runs on: its own copy in recent versions, click itself in older ones (the
 real click's UsageError is not the one a recent typer raises)."""
 _CLICK_GLOBALS = importlib.import_module(typer.BadParameter.__module__.rpartition(".")[0] + ".globals")
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 _DEFAULT_ROLES = "Intent.Reader,Intent.Author,Intent.Executor,Intent.Deployer,Intent.Approver"
-out = Console()
+
+
+class _ReaderGone(Exception):  # noqa: N818  # not an error: the reader of stdout stopped reading
+    """The reader of `qp`'s output went away (`qp events -o json | head -1`): the command ends there, quietly (exit
+    0)."""
+
+
+class _Output(Console):
+    """`qp`'s standard output, whose reader may stop reading before the end (`| head -1`)."""
+
+    def on_broken_pipe(self) -> None:
+        """The output ends: nothing more is written (later writes, the interpreter's last flush among them, go to
+        the null device), and the command stops (`main` exits 0). The console's default said exit 1: "failed"."""
+        self.quiet = True
+        with contextlib.suppress(OSError, ValueError):  # no descriptor to redirect: the output is gone all the same
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self.file.fileno())
+            os.close(null)
+        raise _ReaderGone
+
+
+out = _Output()
 err = Console(stderr=True)
 
 
@@ -252,15 +276,33 @@ def _output() -> str:
     return str(context.params.get("output") or "table") if context is not None else "table"
 
 
+_MAX_LINE_CHARS = 2000
+"""The most of one error line `qp` prints (the message, each problem): a server's detail of megabytes is cut, with the
+count of what was left out."""
+_MAX_PROBLEMS = 50
+"""The most problems listed under a refusal's summary; the count of the others follows them."""
+
+
 def _fail(message: str, details: list[str] | None = None) -> NoReturn:
     # Text, not markup: the message quotes the server and the user (a `[/x]` in it raised MarkupError, a `[a-z0-9]`
     # vanished), and its controls shown, not acted on. soft_wrap and the whitespace folded: one line at any width,
-    # also when stderr is not a terminal.
-    line = Text.assemble(("error", "red"), ": ", terminal_text.one_line(message))
+    # also when stderr is not a terminal. Bounded: a person reads the start of a long text, and `-o json` prints the
+    # whole document for a program.
+    line = Text.assemble(("error", "red"), ": ", _cut(terminal_text.one_line(message)))
     err.print(line, highlight=False, soft_wrap=True)
-    for detail in details or []:
-        err.print(_text("  " + terminal_text.one_line(detail)), highlight=False, soft_wrap=True)
+    listed = details or []
+    for detail in listed[:_MAX_PROBLEMS]:
+        err.print(_text("  " + _cut(terminal_text.one_line(detail))), highlight=False, soft_wrap=True)
+    if len(listed) > _MAX_PROBLEMS:
+        err.print(_text(f"  …and {len(listed) - _MAX_PROBLEMS} more"), highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_PROBLEM)
+
+
+def _cut(line: str) -> str:
+    """`line` up to `_MAX_LINE_CHARS`, then a marker counting the characters left out."""
+    if len(line) <= _MAX_LINE_CHARS:
+        return line
+    return f"{line[:_MAX_LINE_CHARS]}… ({len(line) - _MAX_LINE_CHARS} more characters)"
 
 
 def _reason(exc: BaseException) -> str:
@@ -661,24 +703,70 @@ def _follow_json(client: Client, execution_id: str) -> str:
     return str(_checked(client.executions.get(execution_id), shapes.EXECUTION)["status"])
 
 
+_REDRAW_S = 1.0
+"""The least time between two reads of the execution while `run --follow` redraws its view: an intent of 120 steps
+sends hundreds of events within seconds, and a read after each one held the tenant's bound of requests in flight (429)
+against its other clients. Between two reads the view follows the events themselves (`_moved`)."""
+_clock = time.monotonic
+
+
 def _follow_live(client: Client, execution_id: str) -> str:
-    """Redraw the steps' table after each event until the execution ends; answers its final status. Off a terminal,
-    where the view is drawn only at the end, the execution's id and each event go to stderr as they come."""
+    """Redraw the steps' table as events come until the execution ends; answers its final status. The execution is
+    read at most once a `_REDRAW_S` (at the first event, then at an event that comes at least that long after the last
+    read); the events between move the steps' states in the view. Off a terminal, where the view is drawn only at the
+    end, the execution is read once, at its end, and its id and each event go to stderr as they come."""
     live_view = out.is_terminal
     if not live_view:
         _note(f"execution {execution_id} started")
+    execution: dict[str, Any] | None = None
+    read_at = 0.0
     with Live(console=out, refresh_per_second=8, transient=False) as live:
         for event in client.stream(f"/api/v1/executions/{execution_id}/events"):
+            ended = event.get("type") in TERMINAL_EVENTS
             if not live_view:
                 _note(_event_text(event))
-            live.update(_view(_checked(client.executions.get(execution_id), shapes.EXECUTION)))
-            if event.get("type") in TERMINAL_EVENTS:
+            elif not ended:
+                now = _clock()
+                if execution is None or now - read_at >= _REDRAW_S:
+                    execution, read_at = _checked(client.executions.get(execution_id), shapes.EXECUTION), now
+                else:
+                    execution = _moved(execution, event)
+                live.update(_view(execution))
+            if ended:
                 break
         execution = _checked(client.executions.get(execution_id), shapes.EXECUTION)
         live.update(_view(execution))
     if not out.is_terminal:
         out.line()  # the live view ends its last line only on a terminal
     return str(execution["status"])
+
+
+_STATE_AFTER = {
+    "step_started": "running",
+    "step_completed": "succeeded",
+    "step_failed": "failed",
+    "step_retrying": "retrying",
+    "step_skipped": "skipped",
+    "step_cancelled": "cancelled",
+    "compensation_started": "compensating",
+    "compensation_completed": "compensated",
+    "compensation_failed": "compensation_failed",
+}
+"""The state a step's event moves it to, as the next read of the execution will show it."""
+
+
+def _moved(execution: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
+    """`execution` as `event` leaves it, without reading it again: its step's state moved (`_STATE_AFTER`); any other
+    event leaves the view as it is until the next read."""
+    state, step_id = _STATE_AFTER.get(str(event.get("type"))), event.get("step_id") or event.get("step")
+    steps = execution.get("steps")
+    if state is None or step_id is None or not isinstance(steps, list):
+        return execution
+    moved = [
+        {**step, "state": state} if isinstance(step, dict) and step.get("step_id") == step_id else step
+        for step in steps
+    ]
+    return {**execution, "steps": moved}
 
 
 def _view(execution: dict[str, Any]) -> Group:
@@ -927,7 +1015,9 @@ def webhooks_delete(subscription: str) -> None:
 
 def main(args: list[str] | None = None) -> NoReturn:
     """The `qp` entry point. A usage error is printed as click prints it (on stderr) and exits EXIT_USAGE, not
-    click's 2: `qp run --follow` exits 2 for a cancelled execution, and a typo must not pass for one."""
+    click's 2: `qp run --follow` exits 2 for a cancelled execution, and a typo must not pass for one. An exception
+    `qp` does not expect prints its traceback and exits EXIT_SOFTWARE; output whose reader went away (`qp events -o
+    json | head -1`) ends the command quietly, exit 0."""
     try:
         code = app(args=args, standalone_mode=False)
     except _CLICK_ERRORS.UsageError as exc:
@@ -939,6 +1029,11 @@ def main(args: list[str] | None = None) -> NoReturn:
     except typer.Abort:  # typer's own (its copy of click has none)
         typer.echo("Aborted!", err=True)
         sys.exit(1)
+    except _ReaderGone:  # the reader of the output has what it wanted (`| head -1`): not a failure
+        sys.exit(0)
+    except Exception:  # a fault of qp's own: its traceback, and a code no outcome or refusal has
+        traceback.print_exc()
+        sys.exit(EXIT_SOFTWARE)
     # Without standalone mode click answers a command's exit code (typer.Exit, --help's 0) instead of exiting.
     sys.exit(code if isinstance(code, int) else 0)
 

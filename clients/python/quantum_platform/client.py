@@ -15,7 +15,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from time import monotonic as _monotonic
@@ -28,6 +28,7 @@ from quantum_platform.credentials import Credential, DevhostCredential, from_env
 from quantum_platform.errors import ProblemError, UnexpectedAnswer, problem_from
 from quantum_platform.resources import Audit, Definitions, Executions, Modules, Webhooks
 from quantum_platform.shapes import EVENT, kind
+from quantum_platform.terminal_text import folded
 
 DEFAULT_URL = "http://127.0.0.1:7071"
 TERMINAL_EVENTS = frozenset({"execution_completed", "execution_failed", "execution_cancelled"})
@@ -80,6 +81,9 @@ _STREAM_READ_MARGIN_S = 5.0
 """How long past the long poll's wait its answer may take to arrive."""
 _RECONNECTS = 12
 """Consecutive failed reconnects of a stream (backing off to 5 s: about 45 s in all) before its error is raised."""
+_STEADY_STREAM_S = 5.0
+"""How long a stream that brought nothing, not even a keep-alive, must have lasted before it broke off for its break
+to start the reconnect budget again (`_steady`)."""
 _QUICK_ROUND_S = 1.0
 """A round of following (a stream, then the long poll) that brought nothing new and took less than this was answered
 at once: the server's long poll waits `_POLL_WAIT_S` for an event, so the round is paused before the next one."""
@@ -170,7 +174,8 @@ class RetryWait:
 
     seconds: float
     reason: str
-    """What is waited out: the answer's status and title (`429 Too many requests`) or the transport error's name."""
+    """What is waited out: the answer's status and title (`429 Too many requests`) or the transport error's name, one
+    line, the title's controls shown as escapes (`terminal_text.folded`)."""
     attempt: int
     """Which repetition comes after the wait: 1 for the first."""
     max_retries: int
@@ -189,6 +194,10 @@ class _Prepared:
     keyed: bool = False
     """Whether the request carries a key (header or body) that its route honours: sending it again does nothing
     twice."""
+    tenant: str | None = None
+    """The tenant whose token the request carries, each time it is sent: the client's when it was prepared (a
+    `set_tenant` after that does not move it to another tenant between its retries, nor a listing or a stream between
+    its pages or reconnects)."""
 
 
 def _honours_key(method: str, target: str) -> bool:
@@ -251,7 +260,7 @@ class _Core:
         if delay is not None and self.on_retry is not None:
             reason = type(error).__name__
             if isinstance(error, ProblemError):
-                reason = " ".join(f"{error.status} {error.title}".split())
+                reason = folded(f"{error.status} {error.title}")
             self.on_retry(RetryWait(delay, reason, failures, _RECONNECTS))
         return delay
 
@@ -295,26 +304,24 @@ class _Core:
         if idempotency_key is not None:
             merged["Idempotency-Key"] = idempotency_key
         keyed = _honours_key(method, target) and (idempotency_key is not None or in_body is not None)
-        return _Prepared(method, path, merged, json, params, keyed)
+        return _Prepared(method, path, merged, json, params, keyed, self._tenant)
 
     def authorized(self, prepared: _Prepared) -> dict[str, str]:
-        return {**prepared.headers, "Authorization": f"Bearer {self.credential.token(self._tenant)}"}
+        return {**prepared.headers, "Authorization": f"Bearer {self.credential.token(prepared.tenant)}"}
 
-    def retrying(
-        self, method: str = "GET", headers: Mapping[str, str] | None = None, *, keyed: bool = False
-    ) -> _Retrying:
-        """The retry decisions of one request, answer by answer; `keyed` when it carries a key its route honours
-        (`_Prepared.keyed`: an Idempotency-Key header alone says nothing, most routes ignore it)."""
-        names = {name.lower() for name in headers or {}}
-        method = method.upper()
+    def retrying(self, prepared: _Prepared) -> _Retrying:
+        """The retry decisions of one request, answer by answer: whether it is repeatable (`prepared.keyed` when it
+        carries a key its route honours; an Idempotency-Key header alone says nothing, most routes ignore it), and
+        the tenant whose token a 401 renews."""
+        names = {name.lower() for name in prepared.headers}
+        method = prepared.method.upper()
         # A conditional write that committed fails its own repetition (412): not repeatable, whatever its method.
         conditional = "if-match" in names
-        repeatable = method in _SAFE or keyed or (method in _REPEATABLE and not conditional)
-        return _Retrying(self, repeatable=repeatable)
+        repeatable = method in _SAFE or prepared.keyed or (method in _REPEATABLE and not conditional)
+        return _Retrying(self, repeatable=repeatable, tenant=prepared.tenant)
 
-    def stream_request(
-        self, http: httpx.Client | httpx.AsyncClient, path: str, after: int, accept: str = _STREAM_ACCEPT
-    ) -> httpx.Request:
+    def stream_prepared(self, path: str, after: int, tenant: str | None, accept: str = _STREAM_ACCEPT) -> _Prepared:
+        """An events URL's request from `after`, for `tenant` (the stream's, fixed when it began)."""
         prepared = self.prepare(
             "GET",
             path,
@@ -322,21 +329,17 @@ class _Core:
             # Not compressed: a small compressed chunk could hold a whole event far past the bound, decoded at once.
             headers={"Accept": accept, "Accept-Encoding": "identity"},
         )
-        return http.build_request(
-            "GET",
-            prepared.path,
-            params=prepared.params,
-            headers=self.authorized(prepared),
-            timeout=_stream_timeout(http.timeout),
-        )
+        return replace(prepared, tenant=tenant)
 
     def build(self, http: httpx.Client | httpx.AsyncClient, prepared: _Prepared) -> httpx.Request:
+        """`prepared` as a request, with a token for its tenant; a long poll's read timeout lasts past its `wait`."""
         return http.build_request(
             prepared.method,
             prepared.path,
             json=prepared.json,
             params=prepared.params,
             headers=self.authorized(prepared),
+            timeout=_wait_timeout(http.timeout, prepared),
         )
 
     def take(self, response: httpx.Response, body: bytearray, chunk: bytes) -> None:
@@ -362,9 +365,10 @@ class _Retrying:
     `max_retries`, with the same headers: a start's key included). Both clients' loops ask it, so they cannot drift
     apart."""
 
-    def __init__(self, core: _Core, *, repeatable: bool) -> None:
+    def __init__(self, core: _Core, *, repeatable: bool, tenant: str | None) -> None:
         self._core = core
         self._repeatable = repeatable
+        self._tenant = tenant
         self._attempt = 0
         self._renewed = False
 
@@ -373,7 +377,7 @@ class _Retrying:
         `response` is the answer."""
         if response.status_code == 401 and not self._renewed:
             self._renewed = True
-            self._core.credential.refresh(self._core.tenant)
+            self._core.credential.refresh(self._tenant)  # the request's tenant, whatever the client's is now
             return 0.0
         status = response.status_code
         if status not in _RETRIED and status not in _GATEWAY:
@@ -411,7 +415,7 @@ def _answer_reason(response: httpx.Response) -> str:
     title = body.get("title") if isinstance(body, dict) else None
     if not isinstance(title, str) or not title.strip():
         title = httpx.codes.get_reason_phrase(response.status_code)
-    return " ".join(f"{response.status_code} {title}".split())
+    return folded(f"{response.status_code} {title}")
 
 
 def _streams_taken(response: httpx.Response) -> bool:
@@ -459,15 +463,28 @@ def _retry_after(response: httpx.Response) -> float | None:
     return min(max(seconds, 0.0), 60.0)
 
 
-def _stream_timeout(timeout: httpx.Timeout) -> httpx.Timeout:
-    """The client's `timeout` for opening a stream or a long poll, whose answer may be held up to `_POLL_WAIT_S`; a
-    shorter read timeout broke every round of a quiet execution until the reconnects were spent. A stream's own reads
-    then wait as its keep-alive says (`_follow_keepalive`). Connecting, writing and waiting for a connection keep the
-    client's own bounds."""
+def _wait_timeout(timeout: httpx.Timeout, prepared: _Prepared) -> httpx.Timeout:
+    """The client's `timeout` for a GET whose answer the server may hold up to its `wait` seconds (opening a stream, a
+    long poll, `executions.events(id, wait=...)`): its read timeout at least the wait and `_STREAM_READ_MARGIN_S`; a
+    shorter one broke every round of a quiet execution until the reconnects were spent. A stream's own reads then
+    wait as its keep-alive says (`_follow_keepalive`). Connecting, writing and waiting for a connection keep the
+    client's own bounds, and so does every other request."""
+    wait = _held(prepared)
     read = timeout.read
-    if read is not None:
-        read = max(read, _POLL_WAIT_S + _STREAM_READ_MARGIN_S)
+    if read is not None and wait > 0:
+        read = max(read, wait + _STREAM_READ_MARGIN_S)
     return httpx.Timeout(connect=timeout.connect, read=read, write=timeout.write, pool=timeout.pool)
+
+
+def _held(prepared: _Prepared) -> float:
+    """The seconds a GET asks the server to hold its answer (its `wait` parameter), 0 for any other request."""
+    if prepared.method != "GET" or not prepared.params:
+        return 0.0
+    try:
+        wait = float(prepared.params.get("wait") or 0)
+    except (TypeError, ValueError):
+        return 0.0  # the server refuses it (422) at once
+    return wait if math.isfinite(wait) and wait > 0 else 0.0
 
 
 def _keepalive(response: httpx.Response) -> float:
@@ -637,16 +654,19 @@ class _BoundedEvents(httpx.SyncByteStream, httpx.AsyncByteStream):
     line ends the format allows (CRLF, CR, LF, mixed)."""
 
     def __init__(self, response: httpx.Response, limit: int = MAX_EVENT_BYTES) -> None:
-        self._response = response
+        self.response = response
         self._limit = limit
         self._held = 0  # bytes of the event's ended lines
         self._line = 0  # bytes of the line not ended yet
         self._cr = False  # the last chunk ended in CR, which a LF beginning the next one completes
+        self.lines = 0
+        """Whole lines read (a message's field, a blank line ending it, a keep-alive comment): the stream worked."""
 
     def _checked(self, chunk: bytes) -> bytes:
         at = 1 if self._cr and chunk.startswith(b"\n") else 0
         self._cr = False
         for end in _LINE_END.finditer(chunk, at):
+            self.lines += 1
             length = self._line + end.start() - at
             # A blank line ends the event; any other adds its bytes (and its end) to it.
             self._held = 0 if length == 0 else self._held + length + 1
@@ -660,19 +680,35 @@ class _BoundedEvents(httpx.SyncByteStream, httpx.AsyncByteStream):
         return chunk
 
     def __iter__(self) -> Iterator[bytes]:
-        for chunk in self._response.iter_bytes():
+        for chunk in self.response.iter_bytes():
             yield self._checked(chunk)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._response.aiter_bytes():
+        async for chunk in self.response.aiter_bytes():
             yield self._checked(chunk)
 
 
-def _bounded_sse(response: httpx.Response) -> EventSource:
-    """`response`'s server-sent events, read by httpx-sse from its decoded bytes, each held to MAX_EVENT_BYTES."""
+def _bounded_sse(body: _BoundedEvents) -> EventSource:
+    """The server-sent events of `body`'s response, read by httpx-sse from its decoded bytes, each held to
+    MAX_EVENT_BYTES."""
+    response = body.response
     # Decoded already (`iter_bytes`): the stand-in answer must not decode them again.
     headers = [(name, value) for name, value in response.headers.items() if name.lower() != "content-encoding"]
-    return EventSource(httpx.Response(response.status_code, headers=headers, stream=_BoundedEvents(response)))
+    return EventSource(httpx.Response(response.status_code, headers=headers, stream=body))
+
+
+def _steady(body: _BoundedEvents | None, began: float, error: Exception) -> bool:
+    """Whether a stream that broke off in `error` had worked before it did: it opened (`body`) and brought a whole
+    line (a message's field or a keep-alive comment; the server begins each stream with its `retry:`), or lasted
+    `_STEADY_STREAM_S` before a break other than its reads timing out (a stream silent past twice its keep-alive has
+    not worked). Its break is then the first of a new run of failures: a proxy that cuts every quiet stream after a
+    while, each reconnect working, would otherwise spend the reconnects of a follow that never failed twice in a
+    row."""
+    if body is None:
+        return False
+    if body.lines:
+        return True
+    return _monotonic() - began >= _STEADY_STREAM_S and not isinstance(error, httpx.TimeoutException)
 
 
 class AsyncClient:
@@ -720,8 +756,10 @@ class AsyncClient:
         """Send one request; 429 is retried after `Retry-After`, 503, 502, 504 and a lost connection too unless
         sending again could do something twice (a POST, PATCH or DELETE that is not a start or create with its key,
         a write with If-Match), a refused token once with a fresh one."""
-        prepared = self._core.prepare(method, path, **kwargs)
-        retrying = self._core.retrying(prepared.method, prepared.headers, keyed=prepared.keyed)
+        return await self._send(self._core.prepare(method, path, **kwargs))
+
+    async def _send(self, prepared: _Prepared) -> ApiResponse:
+        retrying = self._core.retrying(prepared)
         while True:
             try:
                 response = await self._read(await self._http.send(self._core.build(self._http, prepared), stream=True))
@@ -760,31 +798,41 @@ class AsyncClient:
     async def delete(self, path: str, **kwargs: Any) -> ApiResponse:
         return await self.request("DELETE", path, **kwargs)
 
-    async def iterate(self, path: str, *, params: Mapping[str, Any] | None = None) -> AsyncIterator[Item]:
+    def iterate(self, path: str, *, params: Mapping[str, Any] | None = None) -> AsyncIterator[Item]:
         """Every item of a paged listing (`{"items": [...], "next_cursor": ...}`), asking for the next page with
-        `cursor=` until the answer names none; `params` are the route's filters (and `limit`, the page size)."""
-        query = dict(params or {})
+        `cursor=` until the answer names none; `params` are the route's filters (and `limit`, the page size). Every
+        page is the client's tenant's when `iterate` was called: a `set_tenant` meanwhile does not mix in another's."""
+        return self._pages(path, dict(params or {}), self._core.tenant)
+
+    async def _pages(self, path: str, query: dict[str, Any], tenant: str | None) -> AsyncIterator[Item]:
         seen = {str(query["cursor"])} if query.get("cursor") else set()
         while True:
-            items, cursor = _page((await self.get(path, params=query)).json(), seen)
+            prepared = replace(self._core.prepare("GET", path, params=dict(query)), tenant=tenant)
+            items, cursor = _page((await self._send(prepared)).json(), seen)
             for item in items:
                 yield item
             if cursor is None:
                 return
             query["cursor"] = cursor
 
-    async def stream(self, path: str, *, after: int = 0) -> AsyncIterator[dict[str, Any]]:
+    def stream(self, path: str, *, after: int = 0) -> AsyncIterator[dict[str, Any]]:
         """Each event of an execution (`path` is its events URL) as it is recorded, oldest first, ending after the
-        terminal event; resumes from `after`, and reconnects from the last event seen when a stream breaks off."""
+        terminal event; resumes from `after`, and reconnects from the last event seen when a stream breaks off, with
+        a token for the client's tenant when `stream` was called (a `set_tenant` meanwhile does not move it)."""
+        return self._events(path, after, self._core.tenant)
+
+    async def _events(self, path: str, after: int, tenant: str | None) -> AsyncIterator[dict[str, Any]]:
         failures = idle = 0
         while True:
             began = _monotonic()
+            body: _BoundedEvents | None = None
             try:
-                response = await self._open_stream(path, after)
+                response = await self._open_stream(path, after, tenant)
                 try:
                     if _is_sse(response):
                         seen, stale = False, 0
-                        async for message in _bounded_sse(response).aiter_sse():
+                        body = _BoundedEvents(response)
+                        async for message in _bounded_sse(body).aiter_sse():
                             item, after = _sse_event(message.data, message.id, after)
                             if item is None:
                                 stale = _stale(stale + 1)
@@ -796,7 +844,8 @@ class AsyncClient:
                         if seen:
                             continue
                         # A stream that ends with nothing new is asked once as a page: it says whether the run ended.
-                        page = ApiResponse(await self._read(await self._open_stream(path, after, _POLL_ACCEPT))).json()
+                        ended_as = await self._open_stream(path, after, tenant, _POLL_ACCEPT)
+                        page = ApiResponse(await self._read(ended_as)).json()
                     else:
                         page = ApiResponse(await self._read(response)).json()
                     items, after, ended = _events(page, after)
@@ -805,7 +854,7 @@ class AsyncClient:
             except (httpx.TransportError, ProblemError) as error:
                 if not _reconnects(error):
                     raise
-                failures += 1
+                failures = 1 if _steady(body, began, error) else failures + 1
                 if (delay := self._core.reconnect_wait(failures, error)) is None:
                     raise
                 await asyncio.sleep(delay)
@@ -822,18 +871,22 @@ class AsyncClient:
                 idle += 1
                 await asyncio.sleep(_idle_delay(idle))
 
-    async def _open_stream(self, path: str, after: int, accept: str = _STREAM_ACCEPT) -> httpx.Response:
-        """The events URL opened for reading as it arrives, past a renewed token; asked for as the long poll when the
-        tenant's streams are all open; the caller closes it and reconnects on 429, 502, 503 and 504."""
-        retrying = self._core.retrying()
+    async def _open_stream(
+        self, path: str, after: int, tenant: str | None, accept: str = _STREAM_ACCEPT
+    ) -> httpx.Response:
+        """The events URL opened for reading as it arrives, for `tenant`, past a renewed token; asked for as the long
+        poll when the tenant's streams are all open; the caller closes it and reconnects on 429, 502, 503 and 504."""
+        prepared = self._core.stream_prepared(path, after, tenant, accept)
+        retrying = self._core.retrying(prepared)
         while True:
-            response = await self._http.send(self._core.stream_request(self._http, path, after, accept), stream=True)
+            response = await self._http.send(self._core.build(self._http, prepared), stream=True)
             if response.status_code < 400:
                 _follow_keepalive(response, self._http.timeout)
                 return response
             await self._read(response)
             if accept != _POLL_ACCEPT and _streams_taken(response):
                 accept = _POLL_ACCEPT
+                prepared = self._core.stream_prepared(path, after, tenant, accept)
                 continue
             if _ends_round(response) or (delay := retrying.after(response)) is None:
                 raise problem_from(response)
@@ -889,8 +942,10 @@ class Client:
         """Send one request; 429 is retried after `Retry-After`, 503, 502, 504 and a lost connection too unless
         sending again could do something twice (a POST, PATCH or DELETE that is not a start or create with its key,
         a write with If-Match), a refused token once with a fresh one."""
-        prepared = self._core.prepare(method, path, **kwargs)
-        retrying = self._core.retrying(prepared.method, prepared.headers, keyed=prepared.keyed)
+        return self._send(self._core.prepare(method, path, **kwargs))
+
+    def _send(self, prepared: _Prepared) -> ApiResponse:
+        retrying = self._core.retrying(prepared)
         while True:
             try:
                 response = self._read(self._http.send(self._core.build(self._http, prepared), stream=True))
@@ -931,11 +986,15 @@ class Client:
 
     def iterate(self, path: str, *, params: Mapping[str, Any] | None = None) -> Iterator[Item]:
         """Every item of a paged listing (`{"items": [...], "next_cursor": ...}`), asking for the next page with
-        `cursor=` until the answer names none; `params` are the route's filters (and `limit`, the page size)."""
-        query = dict(params or {})
+        `cursor=` until the answer names none; `params` are the route's filters (and `limit`, the page size). Every
+        page is the client's tenant's when `iterate` was called: a `set_tenant` meanwhile does not mix in another's."""
+        return self._pages(path, dict(params or {}), self._core.tenant)
+
+    def _pages(self, path: str, query: dict[str, Any], tenant: str | None) -> Iterator[Item]:
         seen = {str(query["cursor"])} if query.get("cursor") else set()
         while True:
-            items, cursor = _page(self.get(path, params=query).json(), seen)
+            prepared = replace(self._core.prepare("GET", path, params=dict(query)), tenant=tenant)
+            items, cursor = _page(self._send(prepared).json(), seen)
             yield from items
             if cursor is None:
                 return
@@ -943,16 +1002,21 @@ class Client:
 
     def stream(self, path: str, *, after: int = 0) -> Iterator[dict[str, Any]]:
         """Each event of an execution as it is recorded, ending after the terminal event; reconnects from the last
-        event seen when a stream breaks off."""
+        event seen when a stream breaks off, with a token for the client's tenant when `stream` was called."""
+        return self._events(path, after, self._core.tenant)
+
+    def _events(self, path: str, after: int, tenant: str | None) -> Iterator[dict[str, Any]]:
         failures = idle = 0
         while True:
             began = _monotonic()
+            body: _BoundedEvents | None = None
             try:
-                response = self._open_stream(path, after)
+                response = self._open_stream(path, after, tenant)
                 try:
                     if _is_sse(response):
                         seen, stale = False, 0
-                        for message in _bounded_sse(response).iter_sse():
+                        body = _BoundedEvents(response)
+                        for message in _bounded_sse(body).iter_sse():
                             item, after = _sse_event(message.data, message.id, after)
                             if item is None:
                                 stale = _stale(stale + 1)
@@ -964,7 +1028,7 @@ class Client:
                         if seen:
                             continue
                         # A stream that ends with nothing new is asked once as a page: it says whether the run ended.
-                        page = ApiResponse(self._read(self._open_stream(path, after, _POLL_ACCEPT))).json()
+                        page = ApiResponse(self._read(self._open_stream(path, after, tenant, _POLL_ACCEPT))).json()
                     else:
                         page = ApiResponse(self._read(response)).json()
                     items, after, ended = _events(page, after)
@@ -973,7 +1037,7 @@ class Client:
             except (httpx.TransportError, ProblemError) as error:
                 if not _reconnects(error):
                     raise
-                failures += 1
+                failures = 1 if _steady(body, began, error) else failures + 1
                 if (delay := self._core.reconnect_wait(failures, error)) is None:
                     raise
                 time.sleep(delay)
@@ -990,18 +1054,20 @@ class Client:
                 idle += 1
                 time.sleep(_idle_delay(idle))
 
-    def _open_stream(self, path: str, after: int, accept: str = _STREAM_ACCEPT) -> httpx.Response:
-        """The events URL opened for reading as it arrives, past a renewed token; asked for as the long poll when the
-        tenant's streams are all open; the caller closes it and reconnects on 429, 502, 503 and 504."""
-        retrying = self._core.retrying()
+    def _open_stream(self, path: str, after: int, tenant: str | None, accept: str = _STREAM_ACCEPT) -> httpx.Response:
+        """The events URL opened for reading as it arrives, for `tenant`, past a renewed token; asked for as the long
+        poll when the tenant's streams are all open; the caller closes it and reconnects on 429, 502, 503 and 504."""
+        prepared = self._core.stream_prepared(path, after, tenant, accept)
+        retrying = self._core.retrying(prepared)
         while True:
-            response = self._http.send(self._core.stream_request(self._http, path, after, accept), stream=True)
+            response = self._http.send(self._core.build(self._http, prepared), stream=True)
             if response.status_code < 400:
                 _follow_keepalive(response, self._http.timeout)
                 return response
             self._read(response)
             if accept != _POLL_ACCEPT and _streams_taken(response):
                 accept = _POLL_ACCEPT
+                prepared = self._core.stream_prepared(path, after, tenant, accept)
                 continue
             if _ends_round(response) or (delay := retrying.after(response)) is None:
                 raise problem_from(response)

@@ -7,6 +7,8 @@ from typing import Any
 
 import httpx
 
+from quantum_platform.terminal_text import folded
+
 
 class PlatformError(Exception):
     """Any failure the client reports."""
@@ -47,13 +49,15 @@ class ProblemError(PlatformError):
     def summary(self) -> str:
         """One line: status, title, detail, the refusal's reason unless the detail says it, and the first field
         error, e.g. `403 Forbidden: Not allowed to intent.execute. (reason: production_requires_deployer)` or
-        `422 Unprocessable content: The intent has 1 problem. (/name: Field required)`."""
+        `422 Unprocessable content: The intent has 1 problem. (/name: Field required)`. One line whatever the server
+        put in its texts, and inert: a control, separator or bidirectional character in them is shown as an escape
+        (`\\x1b`), as is every line of `headline` and `problems` (`document` keeps them as answered)."""
         line = self.headline
         if self.errors:
             first = self.errors[0]
             where, why = first.get("pointer"), first.get("detail")
-            line += f" ({where or '/'}: {why})" if why else f" ({first})"
-        return " ".join(line.split())  # one line, whatever the server put in its texts
+            line += " " + folded(f"({where or '/'}: {why})" if why else f"({first})")
+        return line
 
     @property
     def headline(self) -> str:
@@ -65,7 +69,7 @@ class ProblemError(PlatformError):
         # The detail of a refusal may be a generic "Not allowed to ..."; the reason is what says why.
         if self.reason and self.reason not in line:
             line += f" (reason: {self.reason})"
-        return " ".join(line.split())
+        return folded(line)
 
     @property
     def problems(self) -> list[str]:
@@ -75,7 +79,7 @@ class ProblemError(PlatformError):
         for error in self.errors:
             where, why = error.get("pointer"), error.get("detail")
             line = f"{where or '/'}: {why}" if why else str(error)
-            lines.append(" ".join(line.split()))
+            lines.append(folded(line))
         return lines
 
 

@@ -45,6 +45,14 @@ def one_line(value: object) -> str:
     return " ".join(shown(value).split())
 
 
+def folded(value: object) -> str:
+    """`value` as one line of an error's summary: every run of whitespace (line ends among them: a carriage return,
+    U+2028) folded into a single space first, then what else a terminal would act on shown as escapes (`shown`). What
+    the client says of an answer (its exceptions' text, a retry's reason) passes through this, so that printing it,
+    or logging it, hands nothing of the server's to a terminal."""
+    return shown(" ".join(str(value).split()), lines=False)
+
+
 def _json_escape(found: re.Match[str]) -> str:
     return f"\\u{ord(found.group()):04x}"
 

@@ -1,0 +1,470 @@
+# intent_ref: platform.gateway
+"""The client and `qp` as a busy tenant meets them: `run --follow` reads the execution at most once a second (once, at
+the end, off a terminal); a stream or a listing keeps the tenant it began with through `set_tenant`; a stream cut
+again and again after it worked keeps its reconnects; an unexpected exception exits 70 and a reader that goes away
+exits 0; the SDK's error text is inert and `qp` prints a bounded part of a huge one; a long poll's `wait` lasts past
+the client's timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from quantum_platform import AsyncClient, Client, RetryWait, StaticToken, cli
+from quantum_platform.errors import problem_from
+from rich.console import Console
+
+from tests.unit.test_cli import ENTRA, INTENT_ID, Platform, home, platform, qp  # noqa: F401  # fixtures
+from tests.unit.test_client_package import pauses  # noqa: F401  # the fixture
+
+ENV = {"QP_TOKEN": "t", "QP_URL": ENTRA}
+EVENTS = "/api/v1/executions/e/events"
+SSE = {"content-type": "text/event-stream", "X-Keep-Alive-Interval": "15"}
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+# ------------------------------------------------------------------------------------------ run --follow's reads
+STEPS = 120
+
+
+def _busy_run(platform: Platform, reads: list[httpx.Request]) -> None:
+    """An execution of STEPS steps whose 2 * STEPS + 1 events come in one page; its reads counted in `reads`."""
+    steps = [{"step_id": f"s{i}", "action": "noop", "state": "succeeded"} for i in range(STEPS)]
+    events = [
+        {"seq": 2 * i + n + 1, "type": kind, "step": f"s{i}", "step_id": f"s{i}"}
+        for i in range(STEPS)
+        for n, kind in enumerate(("step_started", "step_completed"))
+    ]
+    events.append({"seq": 2 * STEPS + 1, "type": "execution_completed"})
+    page = {"items": events, "next_after": 2 * STEPS + 1, "status": "succeeded"}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        route = f"{request.method} {request.url.path}"
+        if route == f"POST /api/v1/intents/{INTENT_ID}/execute":
+            return httpx.Response(202, json={"execution_id": "e-1", "status": "pending"})
+        if route == "GET /api/v1/executions/e-1/events":
+            return httpx.Response(200, json=page)
+        assert route == "GET /api/v1/executions/e-1", route
+        reads.append(request)
+        return httpx.Response(200, json={"id": "e-1", "status": "succeeded", "steps": steps})
+
+    platform.handler = handler
+
+
+def test_run_follow_off_a_terminal_reads_the_execution_once_at_its_end(platform: Platform) -> None:
+    reads: list[httpx.Request] = []
+    _busy_run(platform, reads)
+    result = qp("run", INTENT_ID, "--follow", env=ENV)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert len(reads) == 1  # not one per event: 2 * STEPS + 2 before
+    assert "execution e-1 succeeded" in result.stdout
+    assert len(result.stderr.splitlines()) == 1 + 2 * STEPS + 1  # its id, then each event as it came
+
+
+def test_run_follow_on_a_terminal_reads_the_execution_at_most_once_a_second(
+    platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each look at the clock moves it on 50 ms: the events of a busy run come ~20 a second, and the view reads the
+    execution at the first, then about once a second, then once at the end."""
+    monkeypatch.setattr(cli, "out", Console(file=io.StringIO(), force_terminal=True, width=200))
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 0.05
+        return now[0]
+
+    monkeypatch.setattr(cli, "_clock", clock, raising=False)
+    reads: list[httpx.Request] = []
+    _busy_run(platform, reads)
+    result = qp("run", INTENT_ID, "--follow", env=ENV)
+    assert result.exit_code == 0, (result.output, result.exception)
+    # 2 * STEPS events and at most two looks at the clock each: at most 24 s of that clock, so at most 26 reads.
+    assert 2 <= len(reads) <= 2 + 4 * STEPS * 0.05 / cli._REDRAW_S, len(reads)
+
+
+def test_between_two_reads_the_view_moves_a_step_as_its_events_say() -> None:
+    execution = {
+        "id": "e-1",
+        "status": "running",
+        "steps": [{"step_id": "a", "state": "pending"}, {"step_id": "b", "state": "pending"}],
+    }
+    started = cli._moved(execution, {"seq": 2, "type": "step_started", "step": "a", "step_id": "a"})
+    assert [s["state"] for s in started["steps"]] == ["running", "pending"]
+    done = cli._moved(started, {"seq": 3, "type": "step_completed", "step_id": "a"})
+    failed = cli._moved(done, {"seq": 4, "type": "step_failed", "step": "b"})
+    assert [s["state"] for s in failed["steps"]] == ["succeeded", "failed"]
+    assert cli._moved(failed, {"seq": 5, "type": "execution_waiting"}) is failed
+    assert [s["state"] for s in execution["steps"]] == ["pending", "pending"]  # the read itself is left as it was
+
+
+# ------------------------------------------------------------------------------------------ a stream keeps its tenant
+class PerTenant:
+    """A credential minting `token-<tenant>`, recording the tenants whose token a 401 renewed."""
+
+    def __init__(self) -> None:
+        self.refreshed: list[str | None] = []
+
+    def token(self, tenant: str | None) -> str:
+        return f"token-{tenant}"
+
+    def refresh(self, tenant: str | None) -> None:
+        self.refreshed.append(tenant)
+
+
+class Broken(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A stream's body: `sent`, then the connection lost."""
+
+    def __init__(self, sent: bytes) -> None:
+        self._sent = sent
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self._sent
+        raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+
+    async def __aiter__(self) -> Any:
+        yield self._sent
+        raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+
+
+def _event(seq: int, kind: str) -> bytes:
+    return f"id: {seq}\nevent: {kind}\ndata: {json.dumps({'seq': seq, 'type': kind})}\n\n".encode()
+
+
+def _switching_stream(seen: list[tuple[str, str]]) -> Handler:
+    """An event, then the connection lost; the reconnect is refused 401 once, then the stream ends the execution."""
+    answers = [
+        httpx.Response(200, headers=SSE, stream=Broken(b"retry: 1000\n\n" + _event(1, "step_started"))),
+        httpx.Response(401, json={"title": "Unauthorized", "status": 401}),
+        httpx.Response(200, headers=SSE, content=_event(2, "execution_completed")),
+    ]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.headers["Authorization"], request.url.params["after"]))
+        return answers.pop(0)
+
+    return handler
+
+
+@pytest.mark.parametrize("follow", ["sync", "async"])
+def test_a_stream_reconnects_with_its_own_tenants_token_after_set_tenant(
+    follow: str,
+    pauses: list[float],  # noqa: F811
+) -> None:
+    seen: list[tuple[str, str]] = []
+    credential = PerTenant()
+    transport = _switching_stream(seen)
+    events: list[str] = []
+    if follow == "sync":
+        with Client(
+            "http://p", credential=credential, tenant="contoso", transport=httpx.MockTransport(transport)
+        ) as api:
+            for event in api.stream(EVENTS):
+                events.append(event["type"])
+                api.set_tenant("fabrikam")
+    else:
+
+        async def run() -> None:
+            async with AsyncClient(
+                "http://p", credential=credential, tenant="contoso", transport=httpx.MockTransport(transport)
+            ) as api:
+                async for event in api.stream(EVENTS):
+                    events.append(event["type"])
+                    api.set_tenant("fabrikam")
+
+        asyncio.run(run())
+    assert events == ["step_started", "execution_completed"]
+    assert seen == [("Bearer token-contoso", "0"), ("Bearer token-contoso", "1"), ("Bearer token-contoso", "1")]
+    assert credential.refreshed == ["contoso"]  # the stream's tenant's token was renewed, not the client's new one
+
+
+def _pages_by_tenant(seen: list[str]) -> Handler:
+    """Two pages of each tenant's executions (cursor `2`), the second refused 401 once; `seen` gets each token."""
+    refused = [httpx.Response(401, json={"title": "Unauthorized", "status": 401})]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        token = request.headers["Authorization"].removeprefix("Bearer token-")
+        seen.append(token)
+        if request.url.params.get("cursor") == "2":
+            if refused:
+                return refused.pop()
+            return httpx.Response(200, json={"items": [{"id": f"{token}-3"}], "next_cursor": None})
+        return httpx.Response(200, json={"items": [{"id": f"{token}-1"}, {"id": f"{token}-2"}], "next_cursor": "2"})
+
+    return handler
+
+
+@pytest.mark.parametrize("follow", ["sync", "async"])
+def test_a_listing_walked_across_set_tenant_is_one_tenants(follow: str) -> None:
+    seen: list[str] = []
+    credential = PerTenant()
+    transport = httpx.MockTransport(_pages_by_tenant(seen))
+    ids: list[str] = []
+    if follow == "sync":
+        with Client("http://p", credential=credential, tenant="contoso", transport=transport) as api:
+            for item in api.executions.iterate():
+                ids.append(item["id"])
+                api.set_tenant("fabrikam")
+    else:
+
+        async def run() -> None:
+            async with AsyncClient("http://p", credential=credential, tenant="contoso", transport=transport) as api:
+                async for item in api.executions.iterate():
+                    ids.append(item["id"])
+                    api.set_tenant("fabrikam")
+
+        asyncio.run(run())
+    assert ids == ["contoso-1", "contoso-2", "contoso-3"]
+    assert seen == ["contoso", "contoso", "contoso"]
+    assert credential.refreshed == ["contoso"]
+
+
+def test_a_listing_is_the_tenants_it_was_asked_of_and_set_tenant_applies_to_the_next_one() -> None:
+    seen: list[str] = []
+    with Client(
+        "http://p", credential=PerTenant(), tenant="contoso", transport=httpx.MockTransport(_pages_by_tenant(seen))
+    ) as api:
+        pages = api.iterate("/api/v1/executions")
+        api.set_tenant("fabrikam")
+        assert [item["id"] for item in pages] == ["contoso-1", "contoso-2", "contoso-3"]
+        assert [item["id"] for item in api.executions.iterate()] == ["fabrikam-1", "fabrikam-2", "fabrikam-3"]
+        assert api.get("/api/v1/executions").json()["items"][0]["id"] == "fabrikam-1"
+
+
+# ------------------------------------------------------------------------------------------ a stream cut repeatedly
+CUTS = 30
+"""Streams cut after their `retry:` and a keep-alive: more than twice the reconnects a follow may spend in a row."""
+
+
+def _cut_quiet_streams(opened: list[int]) -> Handler:
+    def handler(request: httpx.Request) -> httpx.Response:  # noqa: ARG001
+        opened.append(1)
+        if len(opened) <= CUTS:
+            return httpx.Response(200, headers=SSE, stream=Broken(b"retry: 3000\n\n: keep-alive\n\n"))
+        return httpx.Response(200, headers=SSE, content=_event(1, "execution_completed"))
+
+    return handler
+
+
+@pytest.mark.parametrize("follow", ["sync", "async"])
+def test_a_quiet_stream_cut_again_and_again_after_it_worked_is_followed_to_its_end(
+    follow: str,
+    pauses: list[float],  # noqa: F811
+) -> None:
+    opened: list[int] = []
+    transport = httpx.MockTransport(_cut_quiet_streams(opened))
+    if follow == "sync":
+        with Client("http://p", credential=StaticToken("t"), transport=transport) as api:
+            events = list(api.stream(EVENTS))
+    else:
+
+        async def run() -> list[dict[str, Any]]:
+            async with AsyncClient("http://p", credential=StaticToken("t"), transport=transport) as api:
+                return [event async for event in api.stream(EVENTS)]
+
+        events = asyncio.run(run())
+    assert [event["type"] for event in events] == ["execution_completed"]
+    assert len(opened) == CUTS + 1
+    assert pauses == [0.5] * CUTS  # each cut the first of its run: no back-off piles up
+
+
+def test_a_stream_cut_before_it_brought_anything_still_spends_the_reconnects(pauses: list[float]) -> None:  # noqa: F811
+    def handler(request: httpx.Request) -> httpx.Response:  # noqa: ARG001
+        return httpx.Response(200, headers=SSE, stream=Broken(b"retry: 30"))  # not even a whole line
+
+    heard: list[RetryWait] = []
+    with (
+        Client(
+            "http://p", credential=StaticToken("t"), transport=httpx.MockTransport(handler), on_retry=heard.append
+        ) as api,
+        pytest.raises(httpx.RemoteProtocolError),
+    ):
+        list(api.stream(EVENTS))
+    assert [wait.attempt for wait in heard] == list(range(1, 13))
+
+
+# ------------------------------------------------------------------------------------------ exit codes
+def test_an_exception_qp_does_not_expect_prints_its_traceback_and_exits_70(
+    home: Path,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def broken_client() -> Any:
+        raise KeyError("a bug in qp")
+
+    monkeypatch.setattr(cli, "_client", broken_client)
+    monkeypatch.setenv("QP_TOKEN", "t")
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["executions", "get", "e-1"])
+    assert exited.value.code == cli.EXIT_SOFTWARE
+    said = capsys.readouterr().err
+    assert said.startswith("Traceback (most recent call last):") and "KeyError: 'a bug in qp'" in said
+
+
+class _Events(BaseHTTPRequestHandler):
+    """Pages of 100 events each, 5,000 in all: far more than a pipe holds."""
+
+    def do_GET(self) -> None:
+        after = int(httpx.URL(self.path).params.get("after") or 0)
+        numbers = range(after + 1, min(after + 100, 5000) + 1)
+        items = [{"seq": n, "type": "step_completed", "step": "s", "result": {"text": "x" * 80}} for n in numbers]
+        body = json.dumps({"items": items, "next_after": items[-1]["seq"] if items else after}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: Any) -> None:
+        return None
+
+
+@pytest.fixture
+def events_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Events)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_qp_whose_reader_goes_away_ends_quietly_with_exit_0(events_server: str, tmp_path: Path) -> None:
+    """`qp events e -o json | head -1`: the first line read, the pipe closed; qp says nothing and exits 0."""
+    env = {"QP_URL": events_server, "QP_TOKEN": "t", "QP_PROFILE": str(tmp_path / "p.json"), "HOME": str(tmp_path)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "quantum_platform.cli", "events", "e", "-o", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**env, "PATH": "/usr/bin:/bin"},
+    )
+    assert process.stdout is not None and process.stderr is not None
+    first = json.loads(process.stdout.readline())
+    process.stdout.close()
+    said = process.stderr.read()
+    assert process.wait(60) == 0, said
+    assert first["seq"] == 1 and said == b""
+
+
+# ------------------------------------------------------------------------------------------ inert error text
+HOSTILE_TITLE = "Bad\x1b]0;pwned\x07"
+
+
+def test_the_sdks_error_text_shows_a_servers_controls_as_escapes_and_keeps_its_document() -> None:
+    document = {
+        "title": HOSTILE_TITLE,
+        "status": 400,
+        "detail": "see\x1b[2J\u202eit",
+        "errors": [{"pointer": "/name", "detail": "x\x9b31m"}, {"pointer": "/a\u2066", "detail": "y"}],
+    }
+    problem = problem_from(httpx.Response(400, json=document))
+    assert str(problem) == problem.summary == "400 Bad\\x1b]0;pwned\\x07: see\\x1b[2J\\u202eit (/name: x\\x9b31m)"
+    assert problem.headline == "400 Bad\\x1b]0;pwned\\x07: see\\x1b[2J\\u202eit"
+    assert problem.problems == ["/name: x\\x9b31m", "/a\\u2066: y"]
+    assert problem.document == document and problem.title == HOSTILE_TITLE  # the answer itself as it came
+
+
+def test_a_retrys_reason_shows_the_answers_controls_as_escapes(pauses: list[float]) -> None:  # noqa: F811
+    busy = {"title": "Too\x1b[2J many\u2028requests", "status": 429}
+    answers = [httpx.Response(429, json=busy, headers={"Retry-After": "1"}), httpx.Response(200, json={})]
+    heard: list[RetryWait] = []
+    with Client(
+        "http://p",
+        credential=StaticToken("t"),
+        transport=httpx.MockTransport(lambda request: answers.pop(0)),
+        on_retry=heard.append,
+    ) as api:
+        api.get("/api/v1/intents")
+    assert [wait.reason for wait in heard] == ["429 Too\\x1b[2J many requests"]
+
+
+def test_a_reconnects_reason_shows_the_answers_controls_as_escapes(pauses: list[float]) -> None:  # noqa: F811
+    busy = {"title": "Bad\x1b]0;gateway\x07", "status": 502}
+    answers = [
+        httpx.Response(502, json=busy, headers={"Retry-After": "0"}),
+        httpx.Response(200, headers=SSE, content=_event(1, "execution_completed")),
+    ]
+    heard: list[RetryWait] = []
+    with Client(
+        "http://p",
+        credential=StaticToken("t"),
+        transport=httpx.MockTransport(lambda request: answers.pop(0)),
+        on_retry=heard.append,
+    ) as api:
+        assert [event["type"] for event in api.stream(EVENTS)] == ["execution_completed"]
+    assert [wait.reason for wait in heard] == ["502 Bad\\x1b]0;gateway\\x07"]
+
+
+# ------------------------------------------------------------------------------------------ a huge refusal
+def test_a_huge_refusal_prints_the_start_of_its_detail_and_the_first_50_problems(
+    platform: Platform, tmp_path: Path
+) -> None:
+    definition = tmp_path / "intent.json"
+    definition.write_text("{}")
+    errors = [{"pointer": f"/steps/{n}", "detail": "needs an action"} for n in range(50_000)]
+    problem = {"title": "Unprocessable content", "status": 422, "detail": "d" * 2_000_000, "errors": errors}
+    platform.answer({"POST /api/v1/intents/validate": httpx.Response(422, json=problem)})
+    result = qp("intents", "validate", str(definition), env=ENV)
+    assert result.exit_code == cli.EXIT_PROBLEM, (result.output, result.exception)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 + 50 + 1, len(lines)
+    assert lines[0].startswith("error: 422 Unprocessable content: ddd")
+    assert lines[0].endswith(f"… ({len('422 Unprocessable content: ') + 2_000_000 - 2000} more characters)")
+    assert len(lines[0]) < 2100
+    assert lines[1:51] == [f"  /steps/{n}: needs an action" for n in range(50)]
+    assert lines[51] == "  …and 49950 more"
+
+
+# ------------------------------------------------------------------------------------------ the long poll's wait
+def test_a_long_poll_waits_past_the_clients_timeout_for_its_wait() -> None:
+    timeouts: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        timeouts.append(request.extensions["timeout"])
+        return httpx.Response(200, json={"items": [], "next_after": 0})
+
+    with Client("http://p", credential=StaticToken("t"), timeout=2, transport=httpx.MockTransport(handler)) as api:
+        api.executions.events("e", wait=5)
+        api.executions.events("e")
+        api.get("/api/v1/intents")
+    assert [t["read"] for t in timeouts] == [10.0, 2.0, 2.0]
+    assert all(t["connect"] == t["write"] == t["pool"] == 2.0 for t in timeouts)
+
+
+class _Held(BaseHTTPRequestHandler):
+    """A long poll held as its `wait` asks before its answer."""
+
+    def do_GET(self) -> None:
+        threading.Event().wait(float(httpx.URL(self.path).params.get("wait") or 0))
+        body = b'{"items": [], "next_after": 0}'
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: Any) -> None:
+        return None
+
+
+def test_a_long_poll_held_longer_than_the_clients_timeout_is_answered() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Held)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        with Client(url, credential=StaticToken("t"), timeout=0.5, max_retries=0) as api:
+            assert api.executions.events("e", wait=1.5).json() == {"items": [], "next_after": 0}
+    finally:
+        server.shutdown()
+        server.server_close()
