@@ -129,13 +129,19 @@ class WebhookUrlCheckBusyError(RuntimeError):
     """The URL could not be checked now: the tenant's name lookups in flight (or the process's) take every place."""
 
 
+def https_required(environment: str) -> bool:
+    """Whether webhooks go over https only in `environment`: outside local development. A subscription's URL is
+    refused at save otherwise, and a send follows no redirect to a URL that is not https."""
+    return environment != "local"
+
+
 def check_subscription_url(url: str, allowed_hosts: list[str], *, environment: str, tenant: UUID | None = None) -> None:
     """The same guard as `http.request` (ADR 0016), at save time; it runs again at every delivery (DNS changes).
 
     The lookup is bounded as a delivery's is: it answers within SAVE_LOOKUP_TIMEOUT_S and takes a place of
     `tenant`'s (the subscription's; None, the platform's own) among the process's lookups, so a tenant's names that
     never answer hold neither request threads nor more than its share of the lookups."""
-    if environment != "local" and not url.startswith("https://"):
+    if https_required(environment) and not url.startswith("https://"):
         raise WebhookUrlRefusedError("a webhook URL must use https")
     try:
         check_url_within(
@@ -190,6 +196,10 @@ class DeliveryResult:
     under_way: int = 0
     """Sends still waiting for their receivers when the run ended (LEAVE_AFTER_S past its budget): each records its
     own outcome when it ends, its delivery held (HOLD_S) until then."""
+    not_attempted: int = 0
+    """Sends the guard did not make for want of a name lookup place (LookupsBusy: other lookups, most often other
+    tenants', hold the process's): no attempt is counted; the delivery goes back due, its attempts and its
+    subscription's failures as they were, when its turn ends (counted in `left` then)."""
 
     def add(self, other: DeliveryResult) -> None:
         """Count `other`'s (one tenant's turn) in this run's."""
@@ -199,6 +209,7 @@ class DeliveryResult:
         self.left += other.left
         self.tenants_left += other.tenants_left
         self.under_way += other.under_way
+        self.not_attempted += other.not_attempted
 
 
 class Turn:
@@ -240,8 +251,9 @@ def _error_text(exc: BaseException) -> str:
     return _recorded(f"{type(exc).__name__}: {exc}")
 
 
-def _send(client: GuardedClient, claimed: store.Claimed, timeout_s: float) -> tuple[int | None, str | None]:
-    """POST one delivery, all of it within `timeout_s`; answers the status and, when it did not succeed, why."""
+def _send(client: GuardedClient, claimed: store.Claimed, timeout_s: float) -> tuple[int | None, str | None] | None:
+    """POST one delivery, all of it within `timeout_s`; answers the status and, when it did not succeed, why; None
+    when it was not attempted: its host's lookup found no place (LookupsBusy) before anything was sent."""
     # Exactly the bytes the client sends for `json_body`, so the signature covers what the receiver reads.
     body = json.dumps(claimed.payload, separators=(",", ":"))
     headers = signed_headers(claimed.secret, claimed.message_id, body, datetime.now(UTC), claimed.previous_secret)
@@ -260,6 +272,12 @@ def _send(client: GuardedClient, claimed: store.Claimed, timeout_s: float) -> tu
             follow_redirects=METHOD_KEEPING_REDIRECTS,
         )
         read_limited(response, MAX_RESPONSE_BYTES, decode=False)  # the answer is not kept; this closes it
+    except LookupsBusy as exc:
+        # The process's lookup places are taken (by other tenants' names that never answer, as often as not) and
+        # the receiver was not tried. Counted as a failed attempt, it was backed off and counted towards disabling
+        # the subscription, for other tenants' doing.
+        logger.info("webhooks: delivery %s not attempted: %s", claimed.id, exc)
+        return None
     except StepFailed as exc:  # refused by the guard now (the host's addresses changed), or unreachable
         return None, _recorded(str(exc))
     except httpx.HTTPError as exc:  # DeadlineExceeded among them
@@ -399,11 +417,19 @@ def deliver_tenant(
         allowed = [str(h) for h in tenant_settings(conn).get("allowed_hosts") or []]
     make_client = client_factory or (
         lambda hosts: GuardedClient(
-            hosts, timeout=send_timeout_s, allow_private=private_network_allowed(), tenant=tenant_id
+            hosts,
+            timeout=send_timeout_s,
+            allow_private=private_network_allowed(),
+            tenant=tenant_id,
+            busy=LookupsBusy,
+            https_redirects_only=https_required(get_settings().QP_ENVIRONMENT),
         )
     )
     sends = _Sends(turn)
     waiting: deque[store.Claimed] = deque()  # claimed, not started: given back if the turn ends first
+    # Sent for and not attempted (no lookup place): held, so that this turn does not claim them again at once, and
+    # given back due when it ends.
+    not_attempted: list[store.Claimed] = []
     running: dict[Future[DeliveryResult], store.Claimed] = {}
     drained = False  # the last claim found nothing due; sends ending may make their subscriptions' next ones due
     threads = ThreadPoolExecutor(max_workers=max(subscriptions_at_once, 1), thread_name_prefix="webhook-sends")
@@ -411,12 +437,15 @@ def deliver_tenant(
     try:
         while True:
             for future in [f for f in running if f.done()]:
-                del running[future]
-                result.add(future.result())  # what a record raised ends the turn, as before
+                item = running.pop(future)
+                outcome = future.result()  # what a record raised ends the turn, as before
+                result.add(outcome)
+                if outcome.not_attempted:
+                    not_attempted.append(item)
                 drained = False
             if running and time.monotonic() >= turn.leave_at:
                 break  # the sends under way end and record on their own
-            started = result.delivered + result.failed_attempts + len(running)
+            started = result.delivered + result.failed_attempts + len(not_attempted) + len(running)
             if not waiting and not drained and started < PER_RUN and not turn.over():
                 # A head under way is held (HOLD_S), so it is not claimed again, and its subscription's next
                 # delivery waits behind it: per-subscription order holds while its siblings are sent to.
@@ -476,14 +505,21 @@ def deliver_tenant(
         # The sends under way are recorded before the turn returns, unless they still wait for their receivers at
         # its `leave_at`: they go on, on their own (their delivery held, HOLD_S), and record their outcome once. The
         # heads not started are due again at once, not held for HOLD_S (one whose record raised keeps its hold: it
-        # may have reached its receiver).
+        # may have reached its receiver). So are those not attempted (LookupsBusy); one left under way that turns out
+        # not attempted keeps its hold, its attempts as they were.
         wait(running, timeout=_until_left(turn, None))
         threads.shutdown(wait=False)
         shared.done()
-        if waiting:
-            result.left += len(waiting)
+        not_attempted += [
+            item
+            for future, item in running.items()
+            if future.done() and future.exception() is None and future.result().not_attempted
+        ]
+        unsent = [*waiting, *not_attempted]
+        if unsent:
+            result.left += len(unsent)
             with tenant_transaction(tenant_id, pool=pool) as conn:
-                store.release(conn, [later.id for later in waiting])
+                store.release(conn, [later.id for later in unsent])
     for future in running:
         if future.done():
             result.add(future.result())
@@ -550,9 +586,14 @@ def _deliver(
     result = DeliveryResult()
     sends.started(item.id)
     try:
-        status, error = _send(client, item, send_timeout_s)
+        outcome = _send(client, item, send_timeout_s)
     finally:
         sends.ended(item.id)
+    if outcome is None:
+        # Nothing recorded: its turn gives it back (held until then, so that the turn does not claim it again).
+        result.not_attempted += 1
+        return result
+    status, error = outcome
     with tenant_transaction(tenant_id, pool=pool) as conn:
         if error is None:
             assert status is not None  # a success has a status

@@ -63,6 +63,8 @@ Resolver = Callable[[str, int], Sequence[str]]
 # httpcore logs only at DEBUG.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
+logger = logging.getLogger(__name__)
+
 
 class UrlRefused(StepFailed):
     """The URL may not be called from this tenant's steps."""
@@ -269,7 +271,10 @@ def check_url(
             hint = " (this platform does not let steps reach private networks)"
         else:
             hint = " (a tenant may allow the host in its allowed_hosts)"
-        raise UrlRefused(f"{host} resolves to {address}, a {reason} address{hint}")
+        # The address stays in the server's log: told to a tenant (a save's 422, a delivery's log), it answered what
+        # a private name resolves to, and the platform was a resolver of private DNS names for anyone.
+        logger.info("ssrf: refused %s: it resolves to %s, a %s address", host, address, reason)
+        raise UrlRefused(f"{host} resolves to a non-public address ({reason}){hint}")
     return Target(parsed, host, addresses)
 
 
@@ -369,8 +374,9 @@ _K = TypeVar("_K", bound=Hashable)
 
 
 class LookupsBusy(StepFailed):
-    """A lookup of `check_url_within` refused a place: earlier lookups (of its host, of its tenant, or of the
-    process) still wait. A step's or a delivery's refused lookup stays a plain StepFailed."""
+    """A lookup refused a place: earlier lookups (of its host, of its tenant, or of the process) still wait. Raised
+    by `check_url_within`, and by a GuardedClient made with `busy=LookupsBusy` (a webhook send's) before its first
+    request went out; a step's refused lookup stays a plain StepFailed."""
 
 
 def _count_down(counts: dict[_K, int], key: _K) -> None:
@@ -554,13 +560,21 @@ class GuardedClient:
         transport: httpx.BaseTransport | None = None,
         allow_private: bool = False,
         tenant: Tenant = None,
+        busy: type[StepFailed] = StepFailed,
+        https_redirects_only: bool = False,
     ) -> None:
         """`tenant` (its id) is whose calls these are: its name lookups count against its share of the process's
-        (MAX_LOOKUPS_PER_TENANT); None, the platform's own calls, counts as one tenant."""
+        (MAX_LOOKUPS_PER_TENANT); None, the platform's own calls, counts as one tenant. `busy` is what a lookup
+        refused a place raises while nothing of the request has gone out (a webhook send's LookupsBusy: not an
+        attempt); once a hop has been sent, a refused lookup of a redirect's host is a plain StepFailed. With
+        `https_redirects_only` (a webhook send outside local development), a redirect to a URL that is not https
+        is refused (UrlRefused) before anything is sent to it: the signed body would go out unencrypted."""
         self._allowed = tuple(allowed_hosts)
         self._resolver = resolver
         self._allow_private = allow_private
         self._tenant = tenant
+        self._busy = busy
+        self._https_redirects_only = https_redirects_only
         self._timeout = timeout
         # No environment proxies (they would bypass the pinning) and no automatic redirects (each is checked). No
         # connection is kept for the next request: a reused one reports no socket, and the deadline needs it. No
@@ -621,8 +635,10 @@ class GuardedClient:
         origin = _origin_text(current)  # the request's, for messages: never its path or query
         handed_over = False
         try:
-            resolver = _resolving_within(self._resolver, deadline, self._tenant)
+            first = _resolving_within(self._resolver, deadline, self._tenant, busy=self._busy)
+            later = _resolving_within(self._resolver, deadline, self._tenant)
             for hop in range(MAX_REDIRECTS + 1):
+                resolver = first if hop == 0 else later  # nothing sent yet: the caller's `busy`
                 target = check_url(current, self._allowed, resolver, allow_private=self._allow_private)
                 host = target.host
                 response = self._send(method, target, sent_headers, content, deadline)
@@ -643,6 +659,12 @@ class GuardedClient:
                     same_origin = _origin(following) == _origin(current)
                 except (httpx.InvalidURL, ValueError) as exc:  # ValueError: a name that is not IDNA (`xn--`)
                     raise _bad_location(exc) from None
+                if self._https_redirects_only and following.scheme != "https":
+                    to = _origin_text(following)  # never its path or query: they can hold the receiver's secrets
+                    raise UrlRefused(
+                        f"{_origin_text(current)} redirected to {to}, which is not https: a redirect must keep to"
+                        " https, or what is sent would go out unencrypted"
+                    )
                 if response.status_code == 303 or (
                     response.status_code in (301, 302) and method not in ("GET", "HEAD")
                 ):
