@@ -119,6 +119,13 @@ class ThreadShares:
         still: list[_Waiting] = []
         given_back = False
         for waiting in self._waiting:
+            if waiting.loop.is_closed():
+                continue  # its wait ended with its loop: it takes nothing and waits no more
+            if not waiting.loop.is_running():
+                # Stopped: a wake sent there would never run, and the thread taken for it would be held for good.
+                # It keeps its turn, and is looked at again when a thread next comes back.
+                still.append(waiting)
+                continue
             if not self._may_take(waiting.tenant_id):
                 still.append(waiting)
                 continue

@@ -676,8 +676,10 @@ _RENEW = (
     " AND a.state = 'dispatched' AND NOT EXISTS (SELECT 1 FROM app.executions e WHERE e.tenant_id = a.tenant_id"
     " AND e.id = a.execution_id AND e.status IN ('succeeded', 'failed', 'cancelled')) RETURNING a.claimed_until"
 )
+# Nobody's once let go: a renewal of its holder sent before the release and run after it (a heartbeat in flight)
+# then finds the claim not its own and holds nothing, and the next copy's claim is no takeover of a lapsed claim.
 _RELEASE = (
-    "UPDATE app.step_attempts SET claimed_until = clock_timestamp()"
+    "UPDATE app.step_attempts SET claimed_by = NULL, claimed_until = clock_timestamp()"
     " WHERE execution_id = %s AND step_id = %s AND phase = %s AND attempt = %s AND claimed_by = %s"
     " AND state = 'dispatched'"
 )

@@ -4,18 +4,22 @@
 Delivery is at least once, and a copy of an item can arrive while another still runs (a re-executed dispatch
 publishes it again, in the same batch or on another instance). So each copy first claims its attempt in the
 database (ADR 0026): one copy runs the module, the others wait for its result or for its lease to lapse. A holder
-that has had no renewal confirmed for most of its lease gives its run up (records nothing) before the database lets
-another copy take the claim over (LEASE_S), so that a live holder whose renewals stall does not run beside its
-successor. An attempt that has a result is not run again: its recorded verdict is raised again. An attempt of an
-execution that has ended, or whose deadline (its timeout, counted from its dispatch) has passed, is not started; one
-still running at its deadline is abandoned as timed out. The items of a batch run concurrently on a bounded pool, and
-each verdict is raised as soon as it is recorded, so one slow item holds up no other.
+that has had no renewal confirmed for most of its lease gives its run up before the database lets another copy take
+the claim over (LEASE_S), so that a live holder whose renewals stall does not run beside its successor; it then waits
+as a copy does, and records the result its module had (or runs it, if it never started) once its claim is its own
+again, so that an outage longer than the batch's retries does not leave the attempt to nobody. An attempt that has a
+result is not run again: its recorded verdict is raised again. An attempt of an execution that has ended, or whose
+deadline (its timeout, counted from its dispatch) has passed, is not started; one still running at its deadline is
+abandoned as timed out. The items of a batch run concurrently on a bounded pool, and each verdict is raised as soon
+as it is recorded, so one slow item holds up no other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import dataclasses
 import enum
 import functools
 import json
@@ -25,7 +29,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -34,7 +38,7 @@ from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from shared import accepted_json
-from shared.db.session import tenant_transaction
+from shared.db.session import bounded_lock_waits, tenant_transaction
 from shared.engine import steps as store
 from shared.engine.dispatch_results import raised_verdict
 from shared.engine.module_threads import LazyThreads, run_in_share, tenant_place
@@ -52,8 +56,9 @@ logger = logging.getLogger(__name__)
 LEASE_S = 15.0
 """How long a claim holds for its holder without a renewal confirmed, counted from the sending of the last one
 confirmed (or of the claim): once it has had none for LEASE_S less HOLD_MARGIN of it, the holder gives its run up
-(the module is told it is abandoned, and no result is recorded). The database holds the claim longer, TAKEOVER_GRACE
-past it, so that a copy takes it over only after a live holder has given up (ADR 0048, amended 2026-12-07)."""
+(the module is told it is abandoned, and no result is recorded while the claim is not its own again). The database
+holds the claim longer, TAKEOVER_GRACE past it, so that a copy takes it over only after a live holder has given up
+(ADR 0048, amended 2026-12-07)."""
 HOLD_MARGIN = 0.1
 """The part of LEASE_S a holder keeps in hand: it gives up after LEASE_S * (1 - HOLD_MARGIN) (13.5 s) without a
 renewal confirmed, so that an event loop that notices a moment late still gives up before the lease's end."""
@@ -63,11 +68,17 @@ time a module left behind by a holder that gave up has to see it is abandoned be
 A copy whose holder died takes the claim over LEASE_S * (1 + TAKEOVER_GRACE) (20 s) after its last renewal."""
 HEARTBEAT_S = LEASE_S / 3
 """How often a running attempt renews its claim (and looks at its deadline when no result came)."""
-RENEWAL_THREADS = 4
+RENEWAL_THREADS = 8
 """Renewals sent at once per process, on threads of their own (as the hand-backs are): on the event loop's default
 executor, which the claims, the recorded results and every other async function of the process share, a renewal
 waited behind them, the lease lapsed and a copy ran the attempt beside its live holder. A renewal takes a few
-milliseconds; one stuck on an unreachable database holds only its thread, and its holder gives up in time."""
+milliseconds, and waits for a lock or runs at most RENEWAL_BOUND of a heartbeat: one whose row another transaction
+holds fails as unconfirmed (the next heartbeat asks again) instead of holding its thread, so that a few stuck ones do
+not hold up every other holder's renewals, other tenants' too. One stuck on a connection that no longer answers holds
+its thread; as many threads as module threads leave the others theirs."""
+RENEWAL_BOUND = 0.5
+"""The part of HEARTBEAT_S a renewal (or a release, or a holder's taking back of its claim) may wait for a lock, and
+run, before the server cancels it (2.5 s): well inside the time its holder keeps its claim without one confirmed."""
 HELD_POLL_S = 0.5
 """How often a copy that found its attempt claimed by another looks again."""
 FRESH_CLAIM_S = 0.1
@@ -219,9 +230,20 @@ def _claim(item: WorkItem, key: AttemptKey, owner: str, timeout_s: float) -> tup
     return claim, settings
 
 
+@contextlib.contextmanager
+def _claim_transaction(item: WorkItem) -> Iterator[Any]:
+    """A short transaction of the item's tenant for a claim's renewal, release or taking back: its lock waits and
+    its statements bounded by RENEWAL_BOUND of a heartbeat (LockNotAvailable, QueryCanceled past it), so that a row
+    another transaction holds fails it at once rather than after the 60 s statement timeout."""
+    bound_ms = max(1, int(HEARTBEAT_S * RENEWAL_BOUND * 1000))
+    with bounded_lock_waits(bound_ms), tenant_transaction(item.tenant_id) as conn:
+        conn.execute("SELECT pg_catalog.set_config('statement_timeout', %s, true)", (f"{bound_ms}ms",))
+        yield conn
+
+
 def _still_held(item: WorkItem, key: AttemptKey, owner: str) -> bool:
     """Renew the claim, in a short transaction of its own: whether it still holds. A database error propagates."""
-    with tenant_transaction(item.tenant_id) as conn:
+    with _claim_transaction(item) as conn:
         return store.renew_claim(conn, key, owner=owner, lease_s=_database_lease_s())
 
 
@@ -230,10 +252,23 @@ _renewal_threads = LazyThreads(RENEWAL_THREADS, "module-work-renewal")
 
 def _release(item: WorkItem, key: AttemptKey, owner: str) -> None:
     try:
-        with tenant_transaction(item.tenant_id) as conn:
+        with _claim_transaction(item) as conn:
             store.release_claim(conn, key, owner=owner)
     except Exception as exc:  # the lease lapses on its own
         logger.warning("module-work: could not release the claim on %s: %s", key, exc)
+
+
+def _take_back(item: WorkItem, key: AttemptKey, owner: str, timeout_s: float) -> Literal["own", "held", "gone"]:
+    """For a holder that gave its run up: its claim renewed if still its own, else taken again if it has lapsed
+    ("own"); "held" while another copy holds it; "gone" once the attempt is not to be run here (it has a result, its
+    execution ended, its deadline passed). A database error propagates."""
+    with _claim_transaction(item) as conn:
+        if store.renew_claim(conn, key, owner=owner, lease_s=_database_lease_s()):
+            return "own"
+        claim = store.claim_attempt(conn, key, owner=owner, lease_s=_database_lease_s(), timeout_s=timeout_s)
+    if claim.outcome == "claimed":
+        return "own"
+    return "held" if claim.outcome == "held" else "gone"
 
 
 DEADLINE_SLACK_S = 0.1
@@ -263,8 +298,10 @@ async def _run_claimed(
     the item's in a batch, may give the run up while it still waits for a thread (its batch's hold ended).
 
     None when the claim was lost (the attempt got a result elsewhere, say the orchestrator's timeout, or the claim
-    taken over) or given up (no renewal confirmed within `_held_for_s` of the sending, at `asked` on the monotonic
-    clock, of the last one confirmed or of the claim): what is recorded then stands.
+    taken over), or given up (no renewal confirmed within `_held_for_s` of the sending, at `asked` on the monotonic
+    clock, of the last one confirmed or of the claim) and not taken back by its deadline (`_taken_back`): what is
+    recorded then stands. Taken back, its module's result is answered (a module left running is waited for under the
+    claim, never started again), or a run given up before it started starts.
 
     Why the give-up comes first, whatever the clocks: each confirmed statement ran after it was sent, and wrote
     `claimed_until` as its database time plus `_database_lease_s`; a copy takes the claim over only once the
@@ -285,19 +322,27 @@ async def _run_claimed(
         # A module that polls or waits ends by then: past it, the thread it would hold is no longer waited for.
         deadline=deadline,
     )
-    # In the current context, so that what the module does (an HTTP call, say) shows in the execution's trace; in
-    # the tenant's share of the threads, so that its slow modules cannot hold up other tenants' items.
-    fresh_until = time.monotonic() + FRESH_CLAIM_S
-    run = asyncio.ensure_future(
-        run_in_share(
-            item.tenant_id,
-            functools.partial(_run_module, item, key, owner, ctx, modules, deadline, fresh_until, start),
+
+    def queued(start: _Start, ctx: ModuleContext) -> asyncio.Future[dict[str, Any] | _NotStarted]:
+        # In the current context, so that what the module does (an HTTP call, say) shows in the execution's trace;
+        # in the tenant's share of the threads, so that its slow modules cannot hold up other tenants' items.
+        fresh_until = time.monotonic() + FRESH_CLAIM_S
+        run = asyncio.ensure_future(
+            run_in_share(
+                item.tenant_id,
+                functools.partial(_run_module, item, key, owner, ctx, modules, deadline, fresh_until, start),
+            )
         )
-    )
-    if entry is not None:
-        entry.start = start
+        if entry is not None:
+            entry.start = start
+        return run
+
+    run = queued(start, ctx)
     confirmed = renewal_sent = asked
     renewal: asyncio.Future[bool] | None = None
+    # Whether this copy gave its run up and has taken its claim back since: a run that never started then starts
+    # (nobody else runs the attempt); one that has ended has its result recorded.
+    taken_back = False
     try:
         while True:
             now = time.monotonic()
@@ -307,19 +352,16 @@ async def _run_claimed(
                 renewal = None
                 if held:
                     confirmed = renewal_sent
-            if now >= confirmed + _held_for_s():
-                # The database slow or out of reach, or this process too busy to hear back: another copy may take the
-                # claim over once its lease and grace have passed, so this one gives its run up first. A run queued
-                # for a thread never starts; one running is told it is abandoned and its result is not recorded.
-                run.cancel()
-                logger.warning(
-                    "module-work: no renewal of the claim on %s confirmed for %.1f s; given up, nothing recorded",
-                    key,
-                    now - confirmed,
-                )
-                return None
+            # A result already there is recorded, whatever the renewals: it was computed under the claim.
             if run.done():
-                result = run.result()
+                result = None if run.cancelled() else run.result()
+                if taken_back and (result is None or result is _NotStarted.GIVEN_UP):
+                    # Given up before it started, and the claim is this copy's again: it runs now, once.
+                    taken_back = False
+                    start, ctx = _Start(), dataclasses.replace(ctx, abandoned=threading.Event())
+                    run = queued(start, ctx)
+                    continue
+                assert result is not None  # only a give-up cancels a run, and it is followed by a taking back
                 if result is _NotStarted.CLAIM_LOST:
                     logger.warning("module-work: the claim on %s was lost while it waited for a thread; not run", key)
                     return None
@@ -334,6 +376,32 @@ async def _run_claimed(
                     # (since rules 10 the orchestrator's timer counts from the start's record, after this deadline).
                     return _timed_out(key, timeout_s, str(result["error"]))
                 return result
+            if now >= confirmed + _held_for_s():
+                # The database slow or out of reach, or this process too busy to hear back: another copy may take the
+                # claim over once its lease and grace have passed, so this one gives its run up first. A run queued
+                # for a thread never starts; one running is told it is abandoned (and keeps its result, if it ends).
+                if start.give_up():
+                    run.cancel()
+                ctx.abandoned.set()
+                if renewal is not None:
+                    renewal.cancel()
+                    renewal = None
+                logger.warning(
+                    "module-work: no renewal of the claim on %s confirmed for %.1f s; given up until it is taken back",
+                    key,
+                    now - confirmed,
+                )
+                # Then it waits as a copy does: nobody else may be left to run the attempt (a batch whose retries
+                # ran out during an outage). Once its claim is its own again, its result (if its module ended) is
+                # recorded, or a run that never started starts; never while another copy holds the claim.
+                back = await _taken_back(item, key, owner, run, deadline, timeout_s)
+                if back is None:
+                    logger.warning("module-work: %s was not taken back after its give-up; nothing recorded", key)
+                    return None
+                logger.info("module-work: the claim on %s was taken back after its give-up", key)
+                confirmed = renewal_sent = back
+                taken_back = True
+                continue
             if held is False:
                 # Ended (a cancel, the orchestrator's timeout) or taken over: a run still waiting for a thread must
                 # not start after that, so it leaves the queue; one already running is left behind.
@@ -387,6 +455,45 @@ def _renewed(renewal: asyncio.Future[bool], key: AttemptKey) -> bool | None:
     except Exception as exc:
         logger.warning("module-work: could not renew the claim on %s: %s", key, exc)
         return None
+
+
+async def _taken_back(
+    item: WorkItem,
+    key: AttemptKey,
+    owner: str,
+    run: asyncio.Future[Any],
+    deadline: float,
+    timeout_s: float,
+) -> float | None:
+    """After a give-up: poll the claim, backing off from HELD_POLL_S to HEARTBEAT_S, until it is this copy's again
+    (renewed while still its own, or taken again once lapsed) and its run has ended, or its deadline has passed.
+    Answers when (monotonic) the confirming statement was sent, or None when the attempt is no longer to be run here
+    (it has a result, its execution ended, or its deadline passed without the claim back).
+
+    While a module left behind still runs, the claim taken back is renewed at each poll, so that no copy starts the
+    attempt beside it; it is recorded once it ends. A claim another copy holds is only looked at."""
+    pause = HELD_POLL_S
+    while True:
+        sent = time.monotonic()
+        state: str | None
+        try:
+            state = await _on_threads(_renewal_threads, _take_back, item, key, owner, timeout_s)
+        except Exception as exc:  # still out of reach: asked again after the pause
+            logger.info("module-work: the claim on %s given up could not be looked at: %s", key, exc)
+            state = None
+        now = time.monotonic()
+        if state == "gone":
+            return None
+        if state == "own" and (run.done() or now >= deadline):
+            return sent
+        if now >= deadline:
+            return None  # not this copy's at its deadline: whoever holds it, or the orchestrator's timer, ends it
+        wait = max(0.0, min(pause, deadline - now))
+        if state == "own" and not run.done():
+            await asyncio.wait({run}, timeout=wait)
+        else:
+            await asyncio.sleep(wait)
+        pause = min(pause * 2, HEARTBEAT_S)
 
 
 class _NotStarted(enum.Enum):

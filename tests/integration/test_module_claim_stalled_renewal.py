@@ -1,24 +1,30 @@
 # intent_ref: platform.execution
 """A live holder whose claim renewals stall never runs its module beside the copy that takes the claim over: the
 renewals go on threads of their own, not behind the event loop's default executor, and a holder that has had none
-confirmed for most of its lease gives its run up (records nothing) before any copy may take the claim over."""
+confirmed for most of its lease gives its run up before any copy may take the claim over, recording nothing while
+the claim is not its own again. A renewal waits for a lock only briefly, so one tenant's locked rows make no other
+tenant's holder give up; a holder that gave up takes its claim back once the database answers and records the result
+its module had; a renewal that lands after its claim's release holds nothing."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, ClassVar
 
+import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 from pydantic import BaseModel
 
+from shared.db.session import tenant_transaction
+from shared.engine import module_threads, worker
 from shared.engine import steps as store
-from shared.engine import worker
 from shared.engine.protocol import WorkItem
 from shared.engine.steps import AttemptKey
 from shared.modules import Module, ModuleContext
@@ -33,6 +39,7 @@ from tests.integration.test_module_worker_claims import (
     _row,
     _until,
     batches_held_whole,  # noqa: F401  # the fixture
+    no_module_thread_held,  # noqa: F401  # the fixture
 )
 
 pytestmark = pytest.mark.integration
@@ -241,3 +248,142 @@ def test_a_holder_whose_renewals_stall_gives_up_before_a_copy_takes_over_and_rec
     assert raiser.to(item.execution_id) == [{"ok": True, "output": {"run": 2}}]
     row = _row(app_pool, item)
     assert (row["state"], row["claims"]) == ("succeeded", 2) and row["claimed_by"] != holder
+
+
+class _Held(Module[_NoParams]):
+    """Runs until the test opens it or its attempt is abandoned (or BOUND_S passes); answers whether it was
+    abandoned, and numbers each attempt's runs."""
+
+    action: ClassVar[str] = "test.held"
+    params_model = _NoParams
+
+    def __init__(self) -> None:
+        self.runs: collections.Counter[str] = collections.Counter()
+        self.opened = threading.Event()
+        self._lock = threading.Lock()
+
+    def run(self, ctx: ModuleContext, params: _NoParams) -> Any:
+        with self._lock:
+            self.runs[ctx.idempotency_key] += 1
+        waited = threading.Event()
+        for _ in range(int(BOUND_S / 0.01)):
+            if self.opened.is_set() or ctx.abandoned.is_set():
+                break
+            waited.wait(0.01)
+        return {"abandoned": ctx.abandoned.is_set()}
+
+
+def _locked_for(pool: ConnectionPool[Any], items: list[WorkItem], seconds: float, locked: threading.Event) -> None:
+    """The items' attempt rows locked by another transaction (an administrator's, say) for `seconds`."""
+    with tenant_transaction(items[0].tenant_id, pool=pool) as conn:
+        conn.execute(
+            "SELECT 1 FROM app.step_attempts WHERE execution_id = ANY(%s) FOR UPDATE",
+            ([item.execution_id for item in items],),
+        ).fetchall()
+        locked.set()
+        threading.Event().wait(seconds)
+
+
+def test_one_tenants_locked_claims_make_no_other_tenants_holder_give_up(
+    api: ApiHarness,  # noqa: F811
+    app_pool: ConnectionPool[Any],
+    tenant: uuid.UUID,
+    holder_process: _Worker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(worker, "LEASE_S", 3.0)
+    monkeypatch.setattr(worker, "HEARTBEAT_S", 1.0)
+    other = api.provision("stalled-renewal-other").id
+    held = _Held()
+    modules = {held.action: held}
+    # As many of one tenant's attempts as there are renewal threads (those past its share of the module threads wait
+    # for one under their claims, renewing them all the same), and one of another tenant's.
+    assert worker.RENEWAL_THREADS <= module_threads.TENANT_ADMITTED
+    locked_items = [_dispatched(app_pool, tenant, held.action) for _ in range(worker.RENEWAL_THREADS)]
+    free = _dispatched(app_pool, other, held.action)
+    raiser = _Raiser()
+    batch = holder_process.batch([*locked_items, free], raiser, modules, _held_whole)
+    try:
+        assert _until(lambda: sum(held.runs.values()) == module_threads.TENANT_SHARE + 1)
+        locked = threading.Event()
+        # Longer than a holder keeps its claim with no renewal confirmed: the locked tenant's holders give up.
+        locker = threading.Thread(
+            target=_locked_for, args=(app_pool, locked_items, worker.LEASE_S * 1.5, locked), daemon=True
+        )
+        locker.start()
+        assert locked.wait(BOUND_S)
+        locker.join(BOUND_S)
+        assert not locker.is_alive()
+    finally:
+        held.opened.set()
+    assert batch.result(BOUND_S) == len(locked_items) + 1
+    # The other tenant's holder renewed throughout: its renewals did not wait behind the locked ones, it never gave
+    # up, and its module ran to its end, once.
+    row = _row(app_pool, free)
+    assert (row["state"], row["output"], row["claims"]) == ("succeeded", {"abandoned": False}, 1)
+    assert held.runs[f"{free.execution_id}:work:1"] == 1
+    # The locked ones were each taken back by their holders once the lock was let go, and recorded once.
+    assert all(_row(app_pool, item)["state"] == "succeeded" for item in locked_items)
+    assert all(count == 1 for count in held.runs.values())
+
+
+def test_a_holder_that_gave_up_in_an_outage_longer_than_its_lease_records_its_result_once_it_is_back(
+    app_pool: ConnectionPool[Any],
+    tenant: uuid.UUID,
+    overlap: _Overlap,
+    records: _Records,
+    holder_process: _Worker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(worker, "LEASE_S", 1.0)
+    monkeypatch.setattr(worker, "HEARTBEAT_S", 0.3)
+    monkeypatch.setattr(worker, "HELD_POLL_S", 0.1)
+    outage = threading.Event()
+    reachable = worker.tenant_transaction
+
+    @contextlib.contextmanager
+    def out_of_reach(tenant_id: uuid.UUID, **kwargs: Any) -> Iterator[Any]:
+        if outage.is_set():
+            raise psycopg.OperationalError("the database is out of reach")
+        with reachable(tenant_id, **kwargs) as conn:
+            yield conn
+
+    monkeypatch.setattr(worker, "tenant_transaction", out_of_reach)
+    modules = {overlap.action: overlap}
+    item = _dispatched(app_pool, tenant, overlap.action)
+    # One holder and no copy (the batch's retries ran out during the outage): nobody else is left to run it.
+    ran = asyncio.run_coroutine_threadsafe(worker.run_attempt(item, modules), holder_process.loop)
+    try:
+        assert overlap.entered.wait(BOUND_S)
+        holder = _row(app_pool, item)["claimed_by"]
+        outage.set()
+        # The holder gives up (its module is told it is abandoned, and returns) ...
+        assert _until(lambda: overlap.runs == 1 and overlap.most_at_once == 1 and overlap._running == 0)
+        # ... and the outage outlasts the claim in the database too.
+        threading.Event().wait(worker.LEASE_S * (1 + worker.TAKEOVER_GRACE) * 1.5)
+    finally:
+        outage.clear()
+        overlap.opened.set()
+    outcome = ran.result(BOUND_S)
+    # Back, it takes its own claim back and records the result its module had, rather than running it again.
+    assert outcome is not None and outcome.verdict == {"ok": True, "output": {"run": 1}}
+    assert overlap.runs == 1 and records.count == 1
+    row = _row(app_pool, item)
+    assert (row["state"], row["claimed_by"], row["claims"]) == ("succeeded", holder, 1)
+
+
+def test_a_renewal_that_lands_after_the_release_holds_nothing(app_pool: ConnectionPool[Any], tenant: uuid.UUID) -> None:
+    # A run given up while it waited for a thread: its copy lets the claim go, and the module thread that took the run
+    # a moment before (`_run_module`: not given up yet, so it renews) has its renewal land after the release.
+    item = _dispatched(app_pool, tenant, "test.held")
+    key = AttemptKey(item.execution_id, item.step_id, item.phase, item.attempt)
+    claim, _ = worker._claim(item, key, "holder", 60.0)
+    assert claim.outcome == "claimed"
+    start = worker._Start()
+    assert start.give_up()
+    worker._release(item, key, "holder")
+    assert not worker._still_held(item, key, "holder")  # the renewal in flight holds nothing again
+    assert not start.begin()
+    # Claimable at once, and by no takeover: nobody held it.
+    again, _ = worker._claim(item, key, "copy", 60.0)
+    assert (again.outcome, again.holder) == ("claimed", None)

@@ -144,6 +144,14 @@ def batches_held_whole(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(worker, "BATCH_HOLD_S", BOUND_S * 3)
 
 
+@pytest.fixture(autouse=True)
+def no_module_thread_held() -> None:
+    """Every module thread of the process back at each test's start (a module of an earlier test returning just
+    after it may take a moment): one an earlier test left held fails here, where it starts, instead of starving a
+    later test's items of a thread."""
+    assert _until(lambda: not module_threads._shares.held()), f"module threads held: {module_threads._shares.held()}"
+
+
 @pytest.fixture
 def gate() -> Iterator[_Gate]:
     module = _Gate()

@@ -27,6 +27,7 @@ from tests.integration.test_module_worker_claims import (
     _until,
     batches_held_whole,  # noqa: F401  # the fixture
     gate,  # noqa: F401  # the fixture
+    no_module_thread_held,  # noqa: F401  # the fixture
 )
 
 pytestmark = pytest.mark.integration

@@ -11,6 +11,8 @@ import threading
 import uuid
 from collections.abc import Callable
 
+import pytest
+
 from shared.engine import module_threads
 from shared.engine.module_threads import MODULE_THREADS, TENANT_SHARE, THREADS_KEPT_FREE, run_in_share
 
@@ -53,6 +55,13 @@ class _Gate:
 
 async def _entered(gate: _Gate, tenant: uuid.UUID, count: int) -> None:
     assert await asyncio.to_thread(gate.wait_entered, tenant, count), gate.entered
+
+
+@pytest.fixture(autouse=True)
+def nothing_held() -> None:
+    """No thread held and nobody waiting at each test's start: one an earlier test left fails here, where it starts,
+    not as a thread missing from a later one."""
+    assert module_threads._shares.held() == {}
 
 
 def test_two_tenants_slow_modules_at_their_most_leave_a_thread_for_a_third_tenant() -> None:
@@ -166,3 +175,55 @@ async def _until_nothing_held() -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"threads still held: {module_threads._shares.held()}")
+
+
+def test_a_thread_coming_back_goes_past_a_wait_on_a_stopped_loop_to_the_next() -> None:
+    # A loop stopped but not closed (a process's loop a test stopped) accepted the wake, which never ran there: the
+    # thread taken for its wait was held for good, and the next waiter was passed over.
+    tenant = uuid.uuid4()
+    gate = _Gate()
+    stopped = asyncio.new_event_loop()
+    runner = threading.Thread(target=stopped.run_forever, daemon=True)
+    never: list[str] = []
+
+    async def scenario() -> str:
+        runs = [asyncio.ensure_future(run_in_share(tenant, gate.run(tenant))) for _ in range(TENANT_SHARE)]
+        try:
+            await _entered(gate, tenant, TENANT_SHARE)
+            runner.start()
+            asyncio.run_coroutine_threadsafe(run_in_share(tenant, lambda: never.append("ran")), stopped)
+            await _until_waiting(1)
+            stopped.call_soon_threadsafe(stopped.stop)
+            await asyncio.to_thread(runner.join, BOUND_S)
+            assert not runner.is_alive() and not stopped.is_closed()
+            after = asyncio.ensure_future(run_in_share(tenant, lambda: "next"))
+            await _until_waiting(2)
+        finally:
+            gate.opened.set()
+        await asyncio.gather(*runs)
+        # Every thread came back: the wait on the stopped loop took none of them, and the next waiter had one.
+        next_run = await asyncio.wait_for(after, BOUND_S)
+        await _until_nothing_held()
+        return next_run
+
+    try:
+        assert asyncio.run(scenario()) == "next"
+        assert never == []
+    finally:
+        gate.opened.set()
+        stopped.close()
+    # A wait whose loop is closed is dropped the next time a thread comes back.
+    asyncio.run(_taken_and_given_back(uuid.uuid4()))
+    assert module_threads._shares._waiting == []
+
+
+async def _taken_and_given_back(tenant: uuid.UUID) -> None:
+    assert await run_in_share(tenant, lambda: "quick") == "quick"
+
+
+async def _until_waiting(count: int) -> None:
+    for _ in range(int(BOUND_S / 0.02)):
+        if len(module_threads._shares._waiting) >= count:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{len(module_threads._shares._waiting)} runs waiting, not {count}")
