@@ -96,53 +96,70 @@ _DELETE = "SELECT app.delete_webhook_subscription(%s, %s::bigint[]) AS removed"
 # The fan-out, one statement for the whole batch (migration 0074 for `dropped_events`): a row per event and
 # subscription that wants it, written in the relay's transaction. Row by row, 100 events to 2,000 subscriptions took
 # half a minute, and the relay serves tenants one after another.
-# - `subs`: every subscription of the tenant (RLS), FOR KEY SHARE until the relay commits (updates pass, a delete
-#   waits): one deleted before is not read, one being deleted is waited for and then not read, and none goes before the
-#   deliveries written for it are in. A delivery for a subscription deleted meanwhile failed its foreign key, and the
-#   relay's transaction with it, after the batch was published. In id order, the order `_TO_SEAL` locks them in, so
-#   that the two cannot deadlock. The disabled ones too: an event a disabled subscription wants waits for it (up to
-#   STALLED_BACKLOG_MAX), and re-enabling sends it; only the claim and the finder of due tenants pass them by.
-#   MATERIALIZED: read once, whole (the join below has no equality a hash or merge join could use: each event is
-#   matched against every subscription, and the first pass locks them all, in the order of the sort).
-# - `wanted`: an event's type in its types, or `*` there. A stalled subscription's events already recorded for it are
-#   left out here, so that they take none of its room (a row by row insert that met its conflict took none); the
-#   others' meet theirs at the insert (ON CONFLICT DO NOTHING), as before.
+# - `events`: the batch, an event once (its first place: a row by row insert met its conflict at the second, which
+#   took none of a stalled subscription's room), without its payload: the rows below carry (subscription, place)
+#   only, and the insert takes the payload from the batch by its place (carried through the join and its sorts,
+#   100 events to 1,000 subscriptions wrote over a hundred megabytes of temporary files, 2 KB events hundreds).
+# - `subs`: every subscription of the tenant (RLS, and the tenant named as well), FOR KEY SHARE until the relay commits
+#   (updates pass, a delete waits): one deleted before is not read, one being deleted is waited for and then not
+#   read, and none goes before the deliveries written for it are in. A delivery for a subscription deleted meanwhile
+#   failed its foreign key, and the relay's transaction with it, after the batch was published. In id order, the
+#   order `_TO_SEAL` locks them in, so that the two cannot deadlock. The disabled ones too: an event a disabled
+#   subscription wants waits for it (up to STALLED_BACKLOG_MAX), and re-enabling sends it; only the claim and the
+#   finder of due tenants pass them by. MATERIALIZED: read once, whole (the join below has no equality a hash or
+#   merge join could use: each event is matched against every subscription, and the first pass locks them all, in
+#   the order of the sort).
+# - `wanted`: an event's type in its types, or `*` there.
+# - `queued`: a stalled subscription's events not recorded for it already (those take none of its room: a row by
+#   row insert that met its conflict took none), numbered in batch order; the others' meet their conflicts at the
+#   insert (ON CONFLICT DO NOTHING), as before, and need no number.
 # - `room`: what a stalled subscription wanting an event of the batch may still be given, its pending deliveries
-#   counted in its pending index up to the bound (never its whole log); its events go in their batch order until none
-#   is left, the rest are `dropped` and counted on it.
+#   counted in its pending index up to the bound (never its whole log); its events go in their batch order until
+#   none is left, the rest are `dropped` and counted on it.
 # - The insert takes the rows in batch order, then by subscription: a subscription's deliveries get ids in the order
-#   of its events, the order it is sent them in.
+#   of its events, the order it is sent them in. Sorted narrow, the event taken from the batch after the sort, once a
+#   row (OFFSET 0 keeps `k` a subquery: pulled up, the element was taken again for each column it fills).
+# - `counted`: the count moves no version, nor the ETag (migration 0074): a tenant re-enabling a subscription with
+#   the ETag it read is not refused for an event that came between. Its UPDATE waits for a change of the row still
+#   open (the PATCH of that subscription, a sender recording an attempt): short transactions, as a seal or delete
+#   the `subs` read waits for is.
 _FAN_OUT = """
 WITH events AS (
-    SELECT e.value AS payload, e.n, e.value ->> 'id' AS message_id, e.value ->> 'type' AS event_type
-      FROM jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS e (value, n)
+    SELECT DISTINCT ON (e.value ->> 'id') e.n, e.value ->> 'id' AS message_id, e.value ->> 'type' AS event_type
+      FROM jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS e (value, n) ORDER BY e.value ->> 'id', e.n
 ), subs AS MATERIALIZED (
     SELECT id, event_types, NOT enabled OR consecutive_failures >= %(after)s AS stalled
-      FROM app.webhook_subscriptions ORDER BY id FOR KEY SHARE
+      FROM app.webhook_subscriptions WHERE tenant_id = app.current_tenant_id() ORDER BY id FOR KEY SHARE
 ), wanted AS (
-    SELECT s.id AS subscription_id, s.stalled, e.n, e.message_id, e.event_type, e.payload,
-           row_number() OVER (PARTITION BY s.id ORDER BY e.n) AS place
+    SELECT s.id AS subscription_id, s.stalled, e.n, e.message_id
       FROM events e JOIN subs s ON e.event_type = ANY (s.event_types) OR '*' = ANY (s.event_types)
-     WHERE NOT s.stalled OR NOT EXISTS (
+), queued AS (
+    SELECT w.subscription_id, w.n, row_number() OVER (PARTITION BY w.subscription_id ORDER BY w.n) AS place
+      FROM wanted w
+     WHERE w.stalled AND NOT EXISTS (
            SELECT 1 FROM app.webhook_deliveries d
-            WHERE d.tenant_id = app.current_tenant_id() AND d.subscription_id = s.id AND d.message_id = e.message_id)
+            WHERE d.tenant_id = app.current_tenant_id() AND d.subscription_id = w.subscription_id
+              AND d.message_id = w.message_id)
 ), room AS (
     SELECT s.id, %(bound)s - (SELECT count(*) FROM (SELECT 1 FROM app.webhook_deliveries p
             WHERE p.tenant_id = app.current_tenant_id() AND p.subscription_id = s.id AND p.state = 'pending'
             LIMIT %(bound)s) waiting) AS room
-      FROM subs s WHERE s.stalled AND EXISTS (SELECT 1 FROM wanted w WHERE w.subscription_id = s.id)
+      FROM subs s WHERE s.stalled AND EXISTS (SELECT 1 FROM queued q WHERE q.subscription_id = s.id)
 ), placed AS (
-    SELECT w.*, w.stalled AND w.place > r.room AS dropped FROM wanted w LEFT JOIN room r ON r.id = w.subscription_id
+    SELECT q.subscription_id, q.n, q.place > r.room AS dropped FROM queued q JOIN room r ON r.id = q.subscription_id
 ), added AS (
     INSERT INTO app.webhook_deliveries (tenant_id, subscription_id, message_id, event_type, payload)
-    SELECT app.current_tenant_id(), subscription_id, message_id, event_type, payload FROM placed
-     WHERE NOT dropped ORDER BY n, subscription_id
+    SELECT app.current_tenant_id(), k.subscription_id, k.event ->> 'id', k.event ->> 'type', k.event
+      FROM (SELECT subscription_id, n, %(events)s::jsonb -> (n::int - 1) AS event FROM (
+                SELECT subscription_id, n FROM wanted WHERE NOT stalled
+                UNION ALL SELECT subscription_id, n FROM placed WHERE NOT dropped
+                ORDER BY n, subscription_id) ordered OFFSET 0) k
     ON CONFLICT DO NOTHING RETURNING 1
 ), dropped AS (
     SELECT subscription_id, count(*) AS n FROM placed WHERE dropped GROUP BY subscription_id
 ), counted AS (
     UPDATE app.webhook_subscriptions s SET dropped_events = s.dropped_events + d.n
-      FROM dropped d WHERE s.id = d.subscription_id
+      FROM dropped d WHERE s.tenant_id = app.current_tenant_id() AND s.id = d.subscription_id
 )
 SELECT (SELECT count(*) FROM added) AS added, (SELECT coalesce(sum(n), 0) FROM dropped) AS dropped,
        (SELECT count(*) FROM dropped) AS subscriptions
@@ -234,7 +251,8 @@ class Subscription:
     created_at: datetime
     updated_at: datetime
     version: int
-    """What its ETag names: moved by every change of what the API shows of it (migration 0052)."""
+    """What its ETag names: moved by every change of what the API shows of it (migration 0052) but `dropped_events`,
+    a count the relay moves."""
 
     @property
     def etag(self) -> str:

@@ -10,7 +10,9 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID, uuid4
 
+import psycopg
 import pytest
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from shared.db.session import tenant_transaction
@@ -173,3 +175,69 @@ def test_a_subscription_is_stalled_from_its_heads_nth_failure_about_43_minutes_a
     # documented time (ADR 0030, `STALLED_AFTER_FAILURES`) is the retries' schedule up to that failure.
     waited = sum(webhooks.backoff_s(n) for n in range(1, webhook_store.STALLED_AFTER_FAILURES))
     assert 40 * 60 <= waited <= 45 * 60, waited
+
+
+def test_an_event_twice_in_a_batch_takes_a_stalled_subscriptions_room_once(
+    api: ApiHarness, local: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Numbered before its conflict was met, an event's second copy took a place in a stalled subscription's room: with
+    # room for 2, [a, a, b] recorded a alone and counted b dropped; row by row, the copy met its conflict and took none.
+    monkeypatch.setattr(webhook_store, "STALLED_BACKLOG_MAX", BOUND)
+    handle, headers = tenant(api, "hooks-fan-out-twice")
+    url = Receiver().url
+    made = [
+        api.client.post("/api/v1/webhooks", json={"url": url, "event_types": ["*"]}, headers=headers).json()["id"]
+        for _ in range(2)
+    ]
+    parked, live = UUID(made[0]), UUID(made[1])
+    assert api.client.patch(f"/api/v1/webhooks/{parked}", json={"enabled": False}, headers=headers).is_success
+    with tenant_transaction(handle.id) as conn:
+        conn.execute(
+            "INSERT INTO app.webhook_deliveries (tenant_id, subscription_id, message_id, event_type, payload)"
+            " VALUES (app.current_tenant_id(), %s, 'old', 'test.old', '{}')",
+            (parked,),
+        )  # one pending: room for 2
+    a, b = _events()[:2]
+    with tenant_transaction(handle.id) as conn:
+        added = webhook_store.fan_out(conn, [a, dict(a), b])
+    assert added == 4
+    assert [row[0] for row in _log(handle.id, parked)] == ["old", a["id"], b["id"]]
+    assert [row[0] for row in _log(handle.id, live)] == [a["id"], b["id"]]
+    shown = api.client.get(f"/api/v1/webhooks/{parked}", headers=headers).json()
+    assert shown["dropped_events"] == 0
+
+
+def test_the_fan_out_reads_and_counts_on_the_transactions_tenants_subscriptions_alone_also_past_rls(
+    api: ApiHarness, local: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The subscriptions were read, locked and counted on under RLS alone. Run by a role RLS does not hold (the
+    # database's owner here), another tenant's subscriptions were matched too: their deliveries, written under this
+    # tenant, failed the foreign key and the relay's transaction with them.
+    monkeypatch.setattr(webhook_store, "STALLED_BACKLOG_MAX", 0)
+    url = Receiver().url
+    ids: dict[str, UUID] = {}
+    for name in ("mine", "other"):
+        handle, headers = tenant(api, f"hooks-fan-out-tenant-{name}")
+        ids[name] = handle.id
+        for enabled in (True, False):  # a healthy one, and a disabled one with no room at all
+            sid = api.client.post("/api/v1/webhooks", json={"url": url, "event_types": ["*"]}, headers=headers)
+            assert sid.status_code == 201, sid.text
+            if not enabled:
+                link = f"/api/v1/webhooks/{sid.json()['id']}"
+                assert api.client.patch(link, json={"enabled": False}, headers=headers).is_success
+    events = _events()
+    with psycopg.connect(api.admin_url, dbname="quantum", row_factory=dict_row) as owner:
+        owner.execute("SELECT app.pin_tenant(%s)", (ids["mine"],))
+        added = webhook_store.fan_out(owner, events)
+        rows = owner.execute(
+            "SELECT s.tenant_id, s.enabled, s.dropped_events, count(d.id) AS logged FROM app.webhook_subscriptions s"
+            " LEFT JOIN app.webhook_deliveries d ON d.subscription_id = s.id WHERE s.tenant_id = ANY (%s)"
+            " GROUP BY s.tenant_id, s.id",
+            (list(ids.values()),),
+        ).fetchall()
+        owner.rollback()
+    assert added == len(events)
+    seen = sorted(
+        (row["tenant_id"] == ids["mine"], row["enabled"], row["dropped_events"], row["logged"]) for row in rows
+    )
+    assert seen == [(False, False, 0, 0), (False, True, 0, 0), (True, False, len(events), 0), (True, True, 0, 5)]

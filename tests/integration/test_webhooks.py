@@ -322,6 +322,31 @@ def test_a_disabled_subscription_is_given_a_bounded_backlog(
     assert sorted(e["id"] for e in receiver.events()) == sorted(kept + logged(live))
 
 
+def test_a_re_enable_sent_with_the_etag_read_before_an_event_was_dropped_goes_through(
+    api: ApiHarness, local: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The count of dropped events moved the version: the disabled subscriptions a tenant re-enables are the ones
+    # that drop, and a GET then PATCH {"enabled": true} with If-Match was refused whenever an event came between.
+    monkeypatch.setattr(webhook_store, "STALLED_BACKLOG_MAX", 1)
+    receiver = Receiver()
+    handle, headers = tenant(api, "hooks-reenable-after-drop")
+    subscription = api.client.post(
+        "/api/v1/webhooks", json={"url": receiver.url, "event_types": ["*"]}, headers=headers
+    ).json()
+    link = f"/api/v1/webhooks/{subscription['id']}"
+    assert api.client.patch(link, json={"enabled": False}, headers=headers).is_success
+    kept = emit(handle.id, "test.kept")
+    read = api.client.get(link, headers=headers)
+    assert read.json()["dropped_events"] == 0
+    emit(handle.id, "test.dropped")  # past the bound: not recorded, counted
+    assert api.client.get(link, headers=headers).json()["dropped_events"] == 1
+    enabled = api.client.patch(link, json={"enabled": True}, headers=headers | {"If-Match": read.headers["ETag"]})
+    assert enabled.status_code == 200, enabled.text
+    assert (enabled.json()["enabled"], enabled.json()["dropped_events"]) == (True, 1)
+    assert webhooks.deliver_tenant(handle.id).delivered == 1
+    assert [e["id"] for e in receiver.events()] == kept
+
+
 def _fail_head(tenant_id: Any, times: int) -> None:
     """`times` failed attempts of the tenant's heads, one per run, each retry made due first (the receiver fails)."""
     for _ in range(times):

@@ -12,13 +12,9 @@ ALTER TABLE app.webhook_subscriptions
 -- The runtime's UPDATE is by column (migration 0044): the relay adds to this one.
 GRANT UPDATE (dropped_events) ON app.webhook_subscriptions TO qp_runtime;
 
--- The API shows it, so a change moves the version (and the ETag), as a failed delivery's count does (migration 0052).
-DROP TRIGGER webhook_subscriptions_version ON app.webhook_subscriptions;
-CREATE TRIGGER webhook_subscriptions_version BEFORE UPDATE ON app.webhook_subscriptions
-    FOR EACH ROW WHEN (
-        (OLD.url, OLD.event_types, OLD.description, OLD.enabled, OLD.disabled_reason, OLD.consecutive_failures,
-         OLD.dropped_events, OLD.updated_at)
-        IS DISTINCT FROM
-        (NEW.url, NEW.event_types, NEW.description, NEW.enabled, NEW.disabled_reason, NEW.consecutive_failures,
-         NEW.dropped_events, NEW.updated_at)
-    ) EXECUTE FUNCTION app.next_row_version();
+-- The version (and the ETag) moves with what a client changes or the sender's attempts change, not with this count
+-- (migration 0052's columns, unchanged): it grows with every batch that brings a stalled subscription events past its
+-- bound, and the stalled ones are the disabled ones a tenant re-enables. Counted in the version, a re-enable sent with
+-- the ETag just read was refused (412) whenever an event came between, and again on every retry while events came.
+-- A server-side count, as `last_sent_at` (which the trigger leaves out too): no client writes it, so no change sent
+-- with an older ETag can undo it, and every read shows it as it is.
