@@ -1,9 +1,11 @@
 # intent_ref: platform.gateway
 """The client and `qp` as a busy tenant meets them: `run --follow` reads the execution at most once a second (once, at
-the end, off a terminal); a stream or a listing keeps the tenant it began with through `set_tenant`; a stream cut
-again and again after it worked keeps its reconnects; an unexpected exception exits 70 and a reader that goes away
-exits 0; the SDK's error text is inert and `qp` prints a bounded part of a huge one; a long poll's `wait` lasts past
-the client's timeout."""
+the end, off a terminal), at once for an event beyond a step's move, and once more when the events pause; a stream or
+a listing keeps the tenant it began with through `set_tenant`; a stream cut again and again after it lasted keeps its
+reconnects, one answered and dropped at once spends them, backing off, and never waits less than the server's
+`retry:`; an unexpected exception exits 70 (an OSError, RuntimeError or ValueError of qp's own too) and a reader that
+goes away exits 141, or the followed run's outcome; the SDK's error text is inert and `qp` prints a bounded part of a
+huge one; a long poll's `wait` (in its parameters or its path) lasts past the client's timeout."""
 
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from typing import Any
 
 import httpx
 import pytest
-from quantum_platform import AsyncClient, Client, RetryWait, StaticToken, cli
+import quantum_platform.client as client_module
+from quantum_platform import AsyncClient, Client, CredentialError, RetryWait, StaticToken, UnexpectedAnswer, cli
 from quantum_platform.errors import problem_from
 from rich.console import Console
 
@@ -241,40 +244,165 @@ def test_a_listing_is_the_tenants_it_was_asked_of_and_set_tenant_applies_to_the_
 
 
 # ------------------------------------------------------------------------------------------ a stream cut repeatedly
-CUTS = 30
-"""Streams cut after their `retry:` and a keep-alive: more than twice the reconnects a follow may spend in a row."""
+OPENING = b"retry: 1000\n\n"
+"""What the server writes first on every stream it opens (shared/api/event_stream.py): its reconnection time, 1 s."""
+GIVE_UP = [1.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0, 30.0, 30.0, 30.0]
+"""The waits of 12 failed reconnects in a row: the back-off doubling from 0.5 s to 30 s, never under the `retry:`."""
 
 
-def _cut_quiet_streams(opened: list[int]) -> Handler:
-    def handler(request: httpx.Request) -> httpx.Response:  # noqa: ARG001
-        opened.append(1)
-        if len(opened) <= CUTS:
-            return httpx.Response(200, headers=SSE, stream=Broken(b"retry: 3000\n\n: keep-alive\n\n"))
-        return httpx.Response(200, headers=SSE, content=_event(1, "execution_completed"))
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The client's monotonic clock, moved on only by a test's streams (`Lasting`)."""
+    now = [0.0]
+    monkeypatch.setattr(client_module, "_monotonic", lambda: now[0])
+    return now
 
-    return handler
+
+class Lasting(Broken):
+    """A stream's body: `sent`, then `seconds` pass on `clock`, then the connection lost."""
+
+    def __init__(self, sent: bytes, clock: list[float], seconds: float) -> None:
+        super().__init__(sent)
+        self._clock, self._seconds = clock, seconds
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self._sent
+        self._clock[0] += self._seconds
+        raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+
+    async def __aiter__(self) -> Any:
+        yield self._sent
+        self._clock[0] += self._seconds
+        raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+
+
+def _followed(follow: str, handler: Handler) -> list[dict[str, Any]]:
+    """The events `stream` yields to the sync or the async client."""
+    transport = httpx.MockTransport(handler)
+    if follow == "sync":
+        with Client("http://p", credential=StaticToken("t"), transport=transport) as api:
+            return list(api.stream(EVENTS))
+
+    async def run() -> list[dict[str, Any]]:
+        async with AsyncClient("http://p", credential=StaticToken("t"), transport=transport) as api:
+            return [event async for event in api.stream(EVENTS)]
+
+    return asyncio.run(run())
+
+
+CUTS = 6
+"""Streams cut at once after their `retry:` and a keep-alive, fewer than the reconnects a follow may spend."""
 
 
 @pytest.mark.parametrize("follow", ["sync", "async"])
-def test_a_quiet_stream_cut_again_and_again_after_it_worked_is_followed_to_its_end(
+def test_a_stream_cut_at_once_after_its_retry_line_backs_off_and_waits_the_servers_retry(
     follow: str,
     pauses: list[float],  # noqa: F811
 ) -> None:
     opened: list[int] = []
-    transport = httpx.MockTransport(_cut_quiet_streams(opened))
-    if follow == "sync":
-        with Client("http://p", credential=StaticToken("t"), transport=transport) as api:
-            events = list(api.stream(EVENTS))
-    else:
 
-        async def run() -> list[dict[str, Any]]:
-            async with AsyncClient("http://p", credential=StaticToken("t"), transport=transport) as api:
-                return [event async for event in api.stream(EVENTS)]
+    def handler(request: httpx.Request) -> httpx.Response:  # noqa: ARG001
+        opened.append(1)
+        if len(opened) <= CUTS:
+            return httpx.Response(200, headers=SSE, stream=Broken(OPENING + b": keep-alive\n\n"))
+        return httpx.Response(200, headers=SSE, content=_event(1, "execution_completed"))
 
-        events = asyncio.run(run())
-    assert [event["type"] for event in events] == ["execution_completed"]
+    assert [event["type"] for event in _followed(follow, handler)] == ["execution_completed"]
     assert len(opened) == CUTS + 1
-    assert pauses == [0.5] * CUTS  # each cut the first of its run: no back-off piles up
+    # The opening `retry:` and a keep-alive prove nothing: each cut is one more failure in a row, and the back-off
+    # grows (0.5 s, 1 s, 2 s, ...), never under the server's 1 s.
+    assert pauses == GIVE_UP[:CUTS] == [1.0, 1.0, 2.0, 4.0, 8.0, 16.0]
+
+
+@pytest.mark.parametrize("follow", ["sync", "async"])
+def test_a_server_answering_200_then_dropping_at_once_is_given_up_after_the_reconnects(
+    follow: str,
+    pauses: list[float],  # noqa: F811
+) -> None:
+    opened: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:  # noqa: ARG001
+        opened.append(1)
+        assert len(opened) <= 60, "reconnecting for ever"
+        return httpx.Response(200, headers=SSE, stream=Broken(OPENING))
+
+    with pytest.raises(httpx.RemoteProtocolError):
+        _followed(follow, handler)
+    assert len(opened) == 13
+    assert pauses == GIVE_UP
+
+
+@pytest.mark.parametrize("follow", ["sync", "async"])
+def test_a_quiet_stream_cut_again_and_again_after_it_lasted_is_followed_to_its_end(
+    follow: str,
+    pauses: list[float],  # noqa: F811
+    clock: list[float],
+) -> None:
+    """A proxy cutting every quiet stream once it has lasted a while (6 s here): more than twice the reconnects a
+    follow may spend in a row, each starting the back-off again, each waiting the server's `retry:`."""
+    opened: list[int] = []
+    cuts = 30
+
+    def handler(request: httpx.Request) -> httpx.Response:  # noqa: ARG001
+        opened.append(1)
+        if len(opened) <= cuts:
+            return httpx.Response(200, headers=SSE, stream=Lasting(OPENING, clock, 6.0))
+        return httpx.Response(200, headers=SSE, content=_event(1, "execution_completed"))
+
+    assert [event["type"] for event in _followed(follow, handler)] == ["execution_completed"]
+    assert len(opened) == cuts + 1
+    assert pauses == [1.0] * cuts
+
+
+def test_a_stream_is_timed_from_its_answer_not_from_connecting(
+    pauses: list[float],  # noqa: F811
+    clock: list[float],
+) -> None:
+    """Connecting took 10 s, then the stream answered and dropped at once: it did not last, and spends a reconnect."""
+    opened: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:  # noqa: ARG001
+        opened.append(1)
+        assert len(opened) <= 60, "reconnecting for ever"
+        clock[0] += 10.0
+        return httpx.Response(200, headers=SSE, stream=Broken(OPENING))
+
+    with pytest.raises(httpx.RemoteProtocolError):
+        _followed("sync", handler)
+    assert len(opened) == 13 and pauses == GIVE_UP
+
+
+def test_a_servers_retry_is_waited_and_bounded(pauses: list[float]) -> None:  # noqa: F811
+    answers = [
+        httpx.Response(200, headers=SSE, stream=Broken(b"retry: 20000\n\n")),
+        httpx.Response(200, headers=SSE, stream=Broken(b"retry: 999999999\n\n")),
+        httpx.Response(200, headers=SSE, content=_event(1, "execution_completed")),
+    ]
+    assert [event["type"] for event in _followed("sync", lambda request: answers.pop(0))] == ["execution_completed"]
+    assert pauses == [20.0, 60.0]  # at least the server's 20 s; a server's hour held to 60 s
+
+
+def test_qp_run_follow_against_a_server_answering_then_dropping_exits_3(
+    platform: Platform,
+    pauses: list[float],  # noqa: F811
+) -> None:
+    """`qp run --follow` in CI against a stream that opens and drops at once: it gives up and exits 3, not hangs."""
+    streams: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        route = f"{request.method} {request.url.path}"
+        if route == f"POST /api/v1/intents/{INTENT_ID}/execute":
+            return httpx.Response(202, json={"execution_id": "e-1", "status": "pending"})
+        assert route == "GET /api/v1/executions/e-1/events", route
+        streams.append(1)
+        assert len(streams) <= 60, "reconnecting for ever"
+        return httpx.Response(200, headers=SSE, stream=Broken(OPENING))
+
+    platform.handler = handler
+    result = qp("run", INTENT_ID, "--follow", env=ENV)
+    assert result.exit_code == cli.EXIT_PROBLEM, (result.output, result.exception)
+    assert len(streams) == 13 and pauses == GIVE_UP
+    assert "RemoteProtocolError" in result.stderr.splitlines()[-1]
 
 
 def test_a_stream_cut_before_it_brought_anything_still_spends_the_reconnects(pauses: list[float]) -> None:  # noqa: F811
@@ -340,8 +468,9 @@ def events_server() -> Iterator[str]:
         server.server_close()
 
 
-def test_qp_whose_reader_goes_away_ends_quietly_with_exit_0(events_server: str, tmp_path: Path) -> None:
-    """`qp events e -o json | head -1`: the first line read, the pipe closed; qp says nothing and exits 0."""
+def test_qp_whose_reader_goes_away_ends_quietly_with_exit_141(events_server: str, tmp_path: Path) -> None:
+    """`qp events e -o json | head -1`: the first line read, the pipe closed; qp says nothing and exits 141 (128 +
+    SIGPIPE), never 0: a pipeline's status must not say a command did all it was asked when its output was cut."""
     env = {"QP_URL": events_server, "QP_TOKEN": "t", "QP_PROFILE": str(tmp_path / "p.json"), "HOME": str(tmp_path)}
     process = subprocess.Popen(
         [sys.executable, "-m", "quantum_platform.cli", "events", "e", "-o", "json"],
@@ -353,8 +482,61 @@ def test_qp_whose_reader_goes_away_ends_quietly_with_exit_0(events_server: str, 
     first = json.loads(process.stdout.readline())
     process.stdout.close()
     said = process.stderr.read()
-    assert process.wait(60) == 0, said
+    assert process.wait(60) == 141, said
     assert first["seq"] == 1 and said == b""
+
+
+class _FailedRun(BaseHTTPRequestHandler):
+    """An execution started and at once failed: its events end in `execution_failed`, its read says failed."""
+
+    def _answer(self, status: int, document: dict[str, Any]) -> None:
+        body = json.dumps(document).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        self._answer(202, {"execution_id": "e-1", "status": "pending"})
+
+    def do_GET(self) -> None:
+        if httpx.URL(self.path).path.endswith("/events"):
+            items = [{"seq": 1, "type": "execution_started"}, {"seq": 2, "type": "execution_failed", "error": "x"}]
+            self._answer(200, {"items": items, "next_after": 2, "status": "failed"})
+        else:
+            self._answer(200, {"id": "e-1", "status": "failed", "steps": [], "error": "x"})
+
+    def log_message(self, *_: Any) -> None:
+        return None
+
+
+@pytest.mark.parametrize(("output", "code"), [("table", cli.EXIT_FAILED), ("json", 141)])
+def test_qp_run_follow_whose_reader_goes_away_exits_with_the_runs_outcome_or_141(
+    output: str, code: int, tmp_path: Path
+) -> None:
+    """`qp run ID --follow | true` of a run that failed: its view (drawn at its end, off a terminal) is not shown, and
+    qp exits 1, as the failed run; with `-o json` the reader is gone at the first event, before the end is read: 141.
+    Never 0, which a pipeline's script reads as a run that succeeded."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FailedRun)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    env = {"QP_URL": url, "QP_TOKEN": "t", "QP_PROFILE": str(tmp_path / "p.json"), "HOME": str(tmp_path)}
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "quantum_platform.cli", "run", INTENT_ID, "--follow", "-o", output],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**env, "PATH": "/usr/bin:/bin"},
+        )
+        assert process.stdout is not None and process.stderr is not None
+        process.stdout.close()  # `| true`: nothing of it is read
+        said = process.stderr.read()
+        assert process.wait(60) == code, said
+        assert b"Traceback" not in said and b"error" not in said
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # ------------------------------------------------------------------------------------------ inert error text
@@ -468,3 +650,142 @@ def test_a_long_poll_held_longer_than_the_clients_timeout_is_answered() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+# ------------------------------------------------------------------------------------------ a live view that waits
+WAIT_REASON = "step b waits for the approval of an Intent.Approver"
+
+
+class _Waiting(httpx.SyncByteStream):
+    """A run's stream up to its approval: the execution started, step a ran, step b started and asks for an approval,
+    the execution waits; then nothing until `shown` says the view shows why it waits (10 s at most), then its end."""
+
+    def __init__(self, shown: Callable[[], bool], ending: threading.Event) -> None:
+        self._shown, self._ending = shown, ending
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield OPENING
+        for seq, kind, step in [
+            (1, "execution_started", None),
+            (2, "step_started", "a"),
+            (3, "step_completed", "a"),
+            (4, "step_started", "b"),
+            (5, "approval_requested", "b"),
+            (6, "execution_waiting", None),
+        ]:
+            data = {"seq": seq, "type": kind, "step": step, "step_id": step}
+            yield f"id: {seq}\nevent: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+        waited = threading.Event()
+        for _ in range(100):
+            if self._shown():
+                break
+            waited.wait(0.1)
+        self._ending.set()
+        yield _event(7, "execution_completed")
+
+
+def test_the_live_view_of_a_run_that_waits_for_an_approval_shows_that_it_waits_and_why(
+    platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The execution's first three reads (its first event, the approval asked for, the execution waiting) still say
+    running, as a read racing the events may; the read once the events paused says waiting, and why. Without that
+    read, and with the approval's events moving nothing, the view sat on `running` until the run's end."""
+    screen = io.StringIO()
+    monkeypatch.setattr(cli, "out", Console(file=screen, force_terminal=True, width=200))
+    reads: list[int] = []
+    ended = threading.Event()
+
+    def execution() -> dict[str, Any]:
+        steps = [
+            {"step_id": "a", "action": "noop", "state": "succeeded"},
+            {"step_id": "b", "action": "approval", "state": "waiting"},
+        ]
+        if ended.is_set():
+            return {"id": "e-1", "status": "succeeded", "steps": steps}
+        if len(reads) <= 3:
+            return {"id": "e-1", "status": "running", "steps": steps}
+        return {"id": "e-1", "status": "waiting", "wait_reason": WAIT_REASON, "steps": steps}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        route = f"{request.method} {request.url.path}"
+        if route == f"POST /api/v1/intents/{INTENT_ID}/execute":
+            return httpx.Response(202, json={"execution_id": "e-1", "status": "pending"})
+        if route == "GET /api/v1/executions/e-1/events":
+            return httpx.Response(200, headers=SSE, stream=_Waiting(lambda: WAIT_REASON in screen.getvalue(), ended))
+        assert route == "GET /api/v1/executions/e-1", route
+        reads.append(1)
+        return httpx.Response(200, json=execution())
+
+    platform.handler = handler
+    result = qp("run", INTENT_ID, "--follow", env=ENV)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert WAIT_REASON in screen.getvalue()
+    assert "execution e-1 waiting" in screen.getvalue()
+
+
+# ------------------------------------------------------------------------------------------ qp's own faults
+@pytest.mark.parametrize("fault", [OSError("a bug"), RuntimeError("a bug"), ValueError("a bug")])
+def test_an_oserror_runtimeerror_or_valueerror_of_qps_own_exits_70_with_its_traceback(
+    fault: Exception,
+    home: Path,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def broken_client() -> Any:
+        raise fault
+
+    monkeypatch.setattr(cli, "_client", broken_client)
+    monkeypatch.setenv("QP_TOKEN", "t")
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["executions", "get", "e-1"])
+    assert exited.value.code == cli.EXIT_SOFTWARE
+    said = capsys.readouterr().err
+    assert said.startswith("Traceback (most recent call last):") and f"{type(fault).__name__}: a bug" in said
+
+
+def test_a_token_the_devhost_cannot_mint_is_a_refusal_exit_3(
+    home: Path,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    credential = cli.DevhostCredential(project_dir=home / "no-checkout")
+    monkeypatch.setattr(cli, "_credential", lambda *_, **__: credential)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["executions", "get", "e-1"])
+    assert exited.value.code == cli.EXIT_PROBLEM
+    said = capsys.readouterr().err
+    assert said.startswith("error: minting a dev token for contoso failed") and "Traceback" not in said
+    with pytest.raises(RuntimeError):  # a RuntimeError still, as it was raised before
+        credential.token(None)
+    assert issubclass(CredentialError, RuntimeError)
+
+
+def test_a_repeated_cursor_is_said_with_its_controls_escaped() -> None:
+    hostile = "A\x1b]0;pwned\x07\u202e"
+    answer = {"items": [], "next_cursor": hostile}
+    with (
+        Client(
+            "http://p",
+            credential=StaticToken("t"),
+            transport=httpx.MockTransport(lambda r: httpx.Response(200, json=answer)),
+        ) as api,
+        pytest.raises(UnexpectedAnswer) as raised,
+    ):
+        list(api.iterate("/api/v1/intents"))
+    said = str(raised.value)
+    assert "(A\\x1b]0;pwned\\x07\\u202e)" in said
+    assert "\x1b" not in said and "\x07" not in said and "\u202e" not in said
+
+
+def test_a_long_poll_whose_wait_is_in_its_path_waits_past_the_clients_timeout() -> None:
+    timeouts: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        timeouts.append(request.extensions["timeout"])
+        return httpx.Response(200, json={"items": [], "next_after": 0})
+
+    with Client("http://p", credential=StaticToken("t"), timeout=2, transport=httpx.MockTransport(handler)) as api:
+        api.get("/api/v1/executions/e/events?wait=5")
+        api.get("/api/v1/executions/e/events?wait=5", params={"wait": 1})  # the parameter wins, as it is sent
+        api.get("/api/v1/executions/e/events?after=3")
+    assert [t["read"] for t in timeouts] == [10.0, 6.0, 2.0]

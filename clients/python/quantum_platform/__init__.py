@@ -6,6 +6,7 @@ from quantum_platform.credentials import AzureCredential, Credential, DevhostCre
 from quantum_platform.errors import (
     BadRequest,
     Conflict,
+    CredentialError,
     Forbidden,
     NotFound,
     PlatformError,
@@ -27,6 +28,7 @@ __all__ = [
     "Client",
     "Conflict",
     "Credential",
+    "CredentialError",
     "DevhostCredential",
     "Forbidden",
     "NotFound",

@@ -7,7 +7,9 @@ import contextlib
 import importlib
 import json
 import os
+import queue
 import sys
+import threading
 import time
 import traceback
 import uuid
@@ -54,10 +56,12 @@ app.add_typer(webhooks_app, name="webhooks")
 Output = Literal["table", "json"]
 OutputOption = Annotated[Output, typer.Option("--output", "-o", help="table or json")]
 EXIT_FAILED, EXIT_CANCELLED, EXIT_PROBLEM, EXIT_USAGE, EXIT_SOFTWARE = 1, 2, 3, 64, 70
+EXIT_READER_GONE = 141
 """`qp run --follow` exits 0 when the execution succeeded, 1 failed, 2 cancelled; any refused call exits 3; a command
 line `qp` cannot read (an unknown option, a missing argument, a bad value) exits 64 (EX_USAGE), never 2, which a
 script reads as "cancelled"; a fault of `qp` itself (an exception it does not expect) exits 70 (EX_SOFTWARE) after its
-traceback on stderr, never 1, which a script reads as "failed"."""
+traceback on stderr, never 1, which a script reads as "failed"; a command whose output's reader went away exits 141
+(128 + SIGPIPE, as one killed by it), never 0: `qp run --follow` then exits with its run's outcome when it read it."""
 _CLICK_ERRORS = importlib.import_module(typer.BadParameter.__module__)
 """The exceptions of the click that typer runs on: its own copy in recent versions, click itself in older ones (the
 real click's UsageError is not the one a recent typer raises)."""
@@ -67,8 +71,11 @@ _DEFAULT_ROLES = "Intent.Reader,Intent.Author,Intent.Executor,Intent.Deployer,In
 
 
 class _ReaderGone(Exception):  # noqa: N818  # not an error: the reader of stdout stopped reading
-    """The reader of `qp`'s output went away (`qp events -o json | head -1`): the command ends there, quietly (exit
-    0)."""
+    """The reader of `qp`'s output went away (`qp events -o json | head -1`): the command ends there, quietly, and
+    exits `code`: EXIT_READER_GONE, or the outcome of a followed run whose end was read (`qp run --follow | true`
+    must not pass a failed run for a succeeded one)."""
+
+    code = EXIT_READER_GONE
 
 
 class _Output(Console):
@@ -76,7 +83,8 @@ class _Output(Console):
 
     def on_broken_pipe(self) -> None:
         """The output ends: nothing more is written (later writes, the interpreter's last flush among them, go to
-        the null device), and the command stops (`main` exits 0). The console's default said exit 1: "failed"."""
+        the null device), and the command stops (`main` exits `_ReaderGone.code`). The console's default said exit
+        1: "failed"."""
         self.quiet = True
         with contextlib.suppress(OSError, ValueError):  # no descriptor to redirect: the output is gone all the same
             null = os.open(os.devnull, os.O_WRONLY)
@@ -167,11 +175,7 @@ def _credential(profile: dict[str, Any], url: str, *, environment: bool = True) 
     from the local devhost."""
     if environment and os.environ.get("QP_TOKEN"):
         return StaticToken(os.environ["QP_TOKEN"])
-    if (
-        profile.get("token")
-        and _same_url(profile.get("url"), url)
-        and float(profile.get("expires_on", 0)) > time.time() + 60
-    ):
+    if profile.get("token") and _same_url(profile.get("url"), url) and _expires_on(profile) > time.time() + 60:
         return StaticToken(str(profile["token"]))
     location = httpx.URL(url)
     if location.host in _LOCAL_HOSTS:
@@ -188,6 +192,14 @@ def _credential(profile: dict[str, Any], url: str, *, environment: bool = True) 
             port=location.port,
         )
     raise PlatformError(f"not signed in to {url}: run `qp login --url {url}` (or set QP_TOKEN)")
+
+
+def _expires_on(profile: dict[str, Any]) -> float:
+    """When the profile's saved token expires (0, long past, when the profile says nothing usable)."""
+    try:
+        return float(profile.get("expires_on") or 0)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 @app.callback()
@@ -227,9 +239,12 @@ def _waiting(wait: RetryWait) -> None:
     _note(line)
 
 
-_REFUSALS = (PlatformError, OSError, RuntimeError, ValueError, httpx.HTTPError, httpx.InvalidURL)
-"""What ends a command as one line and exit 3: not only the API's refusals but an unreachable or timed-out platform
-and an unreadable input file, which must not pass for a failed execution (exit 1) behind a long traceback."""
+_REFUSALS = (PlatformError, httpx.HTTPError, httpx.InvalidURL)
+"""What ends a command as one line and exit 3: the client's own errors (the API's refusals, an answer it cannot use, a
+token the devhost could not mint: `CredentialError`), qp's (an unreadable input file, a profile it cannot save) and
+the transport's (an unreachable or timed-out platform, a URL it cannot use), which must not pass for a failed
+execution (exit 1) behind a long traceback. Nothing broader: an OSError, RuntimeError or ValueError raised by a fault
+of qp's own is that fault (exit 70, with its traceback), not a refusal."""
 
 
 def _run(action: Callable[[], None], *, json_lines: bool = False) -> None:
@@ -481,7 +496,11 @@ def login(
         # one in place.
         with Client(url, credential=_credential(profile, url, environment=False)) as client:
             me = _checked(client.get("/api/v1/me"), shapes.ME)
-        _save_profile(profile)
+        try:
+            _save_profile(profile)
+        except OSError as exc:
+            why = exc.strerror or type(exc).__name__
+            raise PlatformError(f"cannot save the profile {_profile_path()}: {why}") from None
         # One line, whatever the answer's names hold.
         _line(f"signed in to {url} as {me['principal_id']} ({me['tenant_name']})", lines=False)
 
@@ -681,7 +700,8 @@ def run(
     output: OutputOption = "table",
 ) -> None:
     """Execute an intent; with --follow, a live view of its steps, and the exit code is the outcome."""
-    outcome: list[int] = [0]
+    settled: list[str] = []
+    """The followed execution's final status, once read: its exit code, even when the output's reader is gone."""
 
     def act(client: Client) -> None:
         body = _read_json(input_file) if input_file is not None else None
@@ -690,17 +710,31 @@ def run(
         if not follow:
             _show(started, output)
             return
-        final = _follow_live(client, execution_id) if output == "table" else _follow_json(client, execution_id)
-        outcome[0] = {"succeeded": 0, "cancelled": EXIT_CANCELLED}.get(final, EXIT_FAILED)
+        if output == "table":
+            _follow_live(client, execution_id, settled)
+        else:
+            _follow_json(client, execution_id, settled)
 
-    _run(lambda: _with(act), json_lines=follow)
-    raise typer.Exit(outcome[0])
+    try:
+        _run(lambda: _with(act), json_lines=follow)
+    except _ReaderGone as gone:
+        # `qp run --follow | true`: the view is not shown, but a failed run still exits as one; a run whose end was
+        # not read exits 141, never 0.
+        if settled:
+            gone.code = _outcome(settled[0])
+        raise
+    raise typer.Exit(_outcome(settled[0]) if settled else 0)
 
 
-def _follow_json(client: Client, execution_id: str) -> str:
+def _outcome(status: str) -> int:
+    """The exit code of a followed execution that ended `status`."""
+    return {"succeeded": 0, "cancelled": EXIT_CANCELLED}.get(status, EXIT_FAILED)
+
+
+def _follow_json(client: Client, execution_id: str, settled: list[str]) -> None:
     for event in client.stream(f"/api/v1/executions/{execution_id}/events"):
         _line(terminal_text.json_text(event))
-    return str(_checked(client.executions.get(execution_id), shapes.EXECUTION)["status"])
+    settled.append(str(_checked(client.executions.get(execution_id), shapes.EXECUTION)["status"]))
 
 
 _REDRAW_S = 1.0
@@ -710,35 +744,95 @@ against its other clients. Between two reads the view follows the events themsel
 _clock = time.monotonic
 
 
-def _follow_live(client: Client, execution_id: str) -> str:
-    """Redraw the steps' table as events come until the execution ends; answers its final status. The execution is
-    read at most once a `_REDRAW_S` (at the first event, then at an event that comes at least that long after the last
-    read); the events between move the steps' states in the view. Off a terminal, where the view is drawn only at the
-    end, the execution is read once, at its end, and its id and each event go to stderr as they come."""
+def _follow_live(client: Client, execution_id: str, settled: list[str]) -> None:
+    """Redraw the steps' table as events come until the execution ends; its final status, once read, goes into
+    `settled`. On a terminal the view follows the events (`_follow_view`). Off a terminal, where the view is drawn only
+    at the end, the execution is read once, at its end, and its id and each event go to stderr as they come."""
     live_view = out.is_terminal
+    path = f"/api/v1/executions/{execution_id}/events"
     if not live_view:
         _note(f"execution {execution_id} started")
-    execution: dict[str, Any] | None = None
-    read_at = 0.0
     with Live(console=out, refresh_per_second=8, transient=False) as live:
-        for event in client.stream(f"/api/v1/executions/{execution_id}/events"):
-            ended = event.get("type") in TERMINAL_EVENTS
-            if not live_view:
+        if live_view:
+            _follow_view(client, execution_id, live)
+        else:
+            for event in client.stream(path):
                 _note(_event_text(event))
-            elif not ended:
-                now = _clock()
-                if execution is None or now - read_at >= _REDRAW_S:
-                    execution, read_at = _checked(client.executions.get(execution_id), shapes.EXECUTION), now
-                else:
-                    execution = _moved(execution, event)
-                live.update(_view(execution))
-            if ended:
-                break
+                if event.get("type") in TERMINAL_EVENTS:
+                    break
         execution = _checked(client.executions.get(execution_id), shapes.EXECUTION)
+        settled.append(str(execution["status"]))
         live.update(_view(execution))
     if not out.is_terminal:
         out.line()  # the live view ends its last line only on a terminal
-    return str(execution["status"])
+
+
+_COALESCED = frozenset({"step_started", "step_completed", "step_retrying", "step_skipped", "step_cancelled"})
+"""The events a busy run sends by the hundred, each only moving one step's state: between two reads the view moves
+the step itself (`_moved`). Any other event (an approval asked for or decided, the execution waiting, a step failed,
+a compensation) changes what the view shows beyond a step's state (the status, why it waits, its error): the
+execution is read again at once."""
+
+
+def _follow_view(client: Client, execution_id: str, live: Live) -> None:
+    """The live view on a terminal until the terminal event. The execution is read at the first event, at every event
+    outside `_COALESCED`, and at a coalesced one that comes at least `_REDRAW_S` after the last read; the coalesced
+    events between move the steps' states in the view. Once the events pause for `_REDRAW_S`, it is read once more (a
+    catch-up): the view of a run that waits (for an approval, for a long step) shows what a read says, not what the
+    last of a burst of events left it at."""
+    feed = _Feed(client.stream(f"/api/v1/executions/{execution_id}/events"))
+    execution: dict[str, Any] | None = None
+    read_at = 0.0
+    catch_up: float | None = None  # when the events, paused since, were last heard of: then read once more
+    while True:
+        event = feed.next(None if catch_up is None else max(catch_up - _clock(), 0.0))
+        if event is _ENDED or (isinstance(event, dict) and event.get("type") in TERMINAL_EVENTS):
+            return
+        now = _clock()
+        if not isinstance(event, dict):  # the events paused: the catch-up read
+            execution, read_at, catch_up = _checked(client.executions.get(execution_id), shapes.EXECUTION), now, None
+        elif execution is None or event.get("type") not in _COALESCED or now - read_at >= _REDRAW_S:
+            execution, read_at = _checked(client.executions.get(execution_id), shapes.EXECUTION), now
+            catch_up = now + _REDRAW_S
+        else:
+            execution = _moved(execution, event)
+            catch_up = now + _REDRAW_S
+        live.update(_view(execution))
+
+
+_ENDED = object()
+"""What `_Feed.next` answers once the events have ended."""
+_PAUSED = object()
+"""What `_Feed.next` answers when no event came within its wait."""
+
+
+class _Feed:
+    """An execution's events read on a thread of their own (a daemon: it never holds `qp` open), so the view waiting
+    for the next one can stop waiting to read the execution again. What the stream raises is raised by `next`."""
+
+    def __init__(self, events: Iterator[dict[str, Any]]) -> None:
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
+        threading.Thread(target=self._pump, args=(events,), name="qp-follow-events", daemon=True).start()
+
+    def _pump(self, events: Iterator[dict[str, Any]]) -> None:
+        try:
+            for event in events:
+                self._queue.put(("event", event))
+        except BaseException as exc:  # noqa: BLE001  # handed to the reader, raised on its thread
+            self._queue.put(("raised", exc))
+        else:
+            self._queue.put(("ended", None))
+
+    def next(self, wait: float | None) -> Any:
+        """The next event; `_PAUSED` when none came within `wait` seconds (None: wait for it); `_ENDED` after the
+        last one."""
+        try:
+            kind, value = self._queue.get(timeout=wait)
+        except queue.Empty:
+            return _PAUSED
+        if kind == "raised":
+            raise value
+        return _ENDED if kind == "ended" else value
 
 
 _STATE_AFTER = {
@@ -1017,7 +1111,8 @@ def main(args: list[str] | None = None) -> NoReturn:
     """The `qp` entry point. A usage error is printed as click prints it (on stderr) and exits EXIT_USAGE, not
     click's 2: `qp run --follow` exits 2 for a cancelled execution, and a typo must not pass for one. An exception
     `qp` does not expect prints its traceback and exits EXIT_SOFTWARE; output whose reader went away (`qp events -o
-    json | head -1`) ends the command quietly, exit 0."""
+    json | head -1`) ends the command quietly, exit EXIT_READER_GONE (`qp run --follow`: its run's outcome when it
+    read it)."""
     try:
         code = app(args=args, standalone_mode=False)
     except _CLICK_ERRORS.UsageError as exc:
@@ -1029,8 +1124,8 @@ def main(args: list[str] | None = None) -> NoReturn:
     except typer.Abort:  # typer's own (its copy of click has none)
         typer.echo("Aborted!", err=True)
         sys.exit(1)
-    except _ReaderGone:  # the reader of the output has what it wanted (`| head -1`): not a failure
-        sys.exit(0)
+    except _ReaderGone as gone:  # the output's reader went away (`| head -1`, `| true`): quietly, never 0
+        sys.exit(gone.code)
     except Exception:  # a fault of qp's own: its traceback, and a code no outcome or refusal has
         traceback.print_exc()
         sys.exit(EXIT_SOFTWARE)

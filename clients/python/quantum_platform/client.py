@@ -80,10 +80,15 @@ _NAMED_KEEPALIVE_MAX_S = 3600.0
 _STREAM_READ_MARGIN_S = 5.0
 """How long past the long poll's wait its answer may take to arrive."""
 _RECONNECTS = 12
-"""Consecutive failed reconnects of a stream (backing off to 5 s: about 45 s in all) before its error is raised."""
+"""Failed reconnects of a stream in a row (backing off to `_RECONNECT_MAX_S`: about 3.5 min in all) before its error is
+raised."""
+_RECONNECT_MAX_S = 30.0
+"""The longest a reconnect's own back-off waits (a server's `Retry-After` or `retry:` may say longer)."""
 _STEADY_STREAM_S = 5.0
-"""How long a stream that brought nothing, not even a keep-alive, must have lasted before it broke off for its break
-to start the reconnect budget again (`_steady`)."""
+"""How long a stream that brought no event must have lasted, from its answer's opening, before it broke off for its
+break not to count as a failed reconnect (`_Reconnects`)."""
+_SERVER_RETRY_MAX_S = 60.0
+"""The most a server's `retry:` (its reconnection time, in milliseconds) makes a reconnect wait, as `Retry-After`."""
 _QUICK_ROUND_S = 1.0
 """A round of following (a stream, then the long poll) that brought nothing new and took less than this was answered
 at once: the server's long poll waits `_POLL_WAIT_S` for an event, so the round is paused before the next one."""
@@ -251,17 +256,19 @@ class _Core:
             raise ValueError(f"max_answer_bytes must be a positive number of bytes, not {max_answer_bytes!r}")
         self.max_answer_bytes = max_answer_bytes
 
-    def reconnect_wait(self, failures: int, error: httpx.TransportError | ProblemError) -> float | None:
-        """The wait before reopening a stream that broke off in `error`, the `failures`th in a row, told to the
-        `on_retry` hook first as a retried call's wait is (a follow must not go quiet for seconds unexplained), or
-        None when the reconnects are spent."""
+    def reconnect_wait(
+        self, failures: int, backoff: int, error: httpx.TransportError | ProblemError, floor: float = 0.0
+    ) -> float | None:
+        """The wait before reopening a stream that broke off in `error` (`failures` in a row, the back-off's
+        `backoff`th step, at least `floor`: the server's `retry:`), told to the `on_retry` hook first as a retried
+        call's wait is (a follow must not go quiet for seconds unexplained), or None when the reconnects are spent."""
         answer = error.response if isinstance(error, ProblemError) else None
-        delay = _reconnect_delay(failures, answer)
+        delay = _reconnect_delay(failures, answer, backoff=backoff, floor=floor)
         if delay is not None and self.on_retry is not None:
             reason = type(error).__name__
             if isinstance(error, ProblemError):
                 reason = folded(f"{error.status} {error.title}")
-            self.on_retry(RetryWait(delay, reason, failures, _RECONNECTS))
+            self.on_retry(RetryWait(delay, reason, max(failures, 1), _RECONNECTS))
         return delay
 
     @property
@@ -477,11 +484,18 @@ def _wait_timeout(timeout: httpx.Timeout, prepared: _Prepared) -> httpx.Timeout:
 
 
 def _held(prepared: _Prepared) -> float:
-    """The seconds a GET asks the server to hold its answer (its `wait` parameter), 0 for any other request."""
-    if prepared.method != "GET" or not prepared.params:
+    """The seconds a GET asks the server to hold its answer (its `wait` parameter, given in `params` or in the path's
+    own query string: `params` wins, as it does in the request sent), 0 for any other request."""
+    if prepared.method != "GET":
         return 0.0
+    given = (prepared.params or {}).get("wait")
+    if given is None:
+        try:
+            given = httpx.URL(prepared.path).params.get("wait")
+        except httpx.InvalidURL:
+            return 0.0  # sending it fails the same way
     try:
-        wait = float(prepared.params.get("wait") or 0)
+        wait = float(given or 0)
     except (TypeError, ValueError):
         return 0.0  # the server refuses it (422) at once
     return wait if math.isfinite(wait) and wait > 0 else 0.0
@@ -512,13 +526,19 @@ def _follow_keepalive(response: httpx.Response, timeout: httpx.Timeout) -> None:
     response.request.extensions["timeout"] = bounds
 
 
-def _reconnect_delay(failures: int, answer: httpx.Response | None = None) -> float | None:
+def _reconnect_delay(
+    failures: int, answer: httpx.Response | None = None, *, backoff: int | None = None, floor: float = 0.0
+) -> float | None:
     """How long a stream that broke off (connection lost, server restarting) waits before reconnecting: the
-    answer's `Retry-After` when it gave one, else a back-off to 5 s; None when it has failed too often in a row."""
+    answer's `Retry-After` when it gave one, else a back-off at its `backoff`th step (`failures` by default) to
+    `_RECONNECT_MAX_S`; never less than `floor` (the server's `retry:`); None when it has failed too often in a row."""
     if failures > _RECONNECTS:
         return None
     seconds = _retry_after(answer) if answer is not None else None
-    return float(min(0.5 * 2 ** (failures - 1), 5.0)) if seconds is None else seconds
+    if seconds is None:
+        step = max(failures if backoff is None else backoff, 1)
+        seconds = min(0.5 * 2 ** min(step - 1, 16), _RECONNECT_MAX_S)
+    return float(max(seconds, floor))
 
 
 def _idle_delay(rounds: int) -> float:
@@ -624,8 +644,8 @@ def _page(page: Any, seen: set[str]) -> tuple[list[Item], str | None]:
     cursor = str(cursor)
     if cursor in seen:
         raise UnexpectedAnswer(
-            f"a listing answered the cursor it was sent ({cursor}) as its next one, again in one walk: it would page "
-            "forever"
+            f"a listing answered the cursor it was sent ({folded(cursor)}) as its next one, again in one walk: it "
+            "would page forever"
         )
     seen.add(cursor)
     return items, cursor
@@ -659,14 +679,11 @@ class _BoundedEvents(httpx.SyncByteStream, httpx.AsyncByteStream):
         self._held = 0  # bytes of the event's ended lines
         self._line = 0  # bytes of the line not ended yet
         self._cr = False  # the last chunk ended in CR, which a LF beginning the next one completes
-        self.lines = 0
-        """Whole lines read (a message's field, a blank line ending it, a keep-alive comment): the stream worked."""
 
     def _checked(self, chunk: bytes) -> bytes:
         at = 1 if self._cr and chunk.startswith(b"\n") else 0
         self._cr = False
         for end in _LINE_END.finditer(chunk, at):
-            self.lines += 1
             length = self._line + end.start() - at
             # A blank line ends the event; any other adds its bytes (and its end) to it.
             self._held = 0 if length == 0 else self._held + length + 1
@@ -697,18 +714,46 @@ def _bounded_sse(body: _BoundedEvents) -> EventSource:
     return EventSource(httpx.Response(response.status_code, headers=headers, stream=body))
 
 
-def _steady(body: _BoundedEvents | None, began: float, error: Exception) -> bool:
-    """Whether a stream that broke off in `error` had worked before it did: it opened (`body`) and brought a whole
-    line (a message's field or a keep-alive comment; the server begins each stream with its `retry:`), or lasted
-    `_STEADY_STREAM_S` before a break other than its reads timing out (a stream silent past twice its keep-alive has
-    not worked). Its break is then the first of a new run of failures: a proxy that cuts every quiet stream after a
-    while, each reconnect working, would otherwise spend the reconnects of a follow that never failed twice in a
-    row."""
-    if body is None:
-        return False
-    if body.lines:
-        return True
-    return _monotonic() - began >= _STEADY_STREAM_S and not isinstance(error, httpx.TimeoutException)
+class _Reconnects:
+    """One follow's reconnect decisions, both clients' loops asking it. Two counts: `failures`, the breaks in a row
+    that spend the `_RECONNECTS` budget, and the back-off's step. An event (or a page read) starts both again. A
+    stream that lasted `_STEADY_STREAM_S` from its answer's opening before it broke off (not by its reads timing out:
+    one silent past twice its keep-alive has not worked) worked: its break starts the back-off again and spends
+    nothing, so a proxy that cuts every quiet stream after a while does not end a follow whose reconnects all work.
+    Anything else, a stream answered 200 that drops at once among them, is a failure: the server's opening `retry:`
+    (every stream's first line) or a keep-alive is no proof that the stream works, and a server that answers and
+    drops at once is given up on after the budget, not reconnected to every half second for ever. Every wait is at
+    least the server's `retry:` (its reconnection time, at most `_SERVER_RETRY_MAX_S`)."""
+
+    def __init__(self, core: _Core) -> None:
+        self._core = core
+        self.failures = 0
+        self._backoff = 0
+        self._floor = 0.0
+
+    def progressed(self) -> None:
+        """An event came, or a page was read: the follow works."""
+        self.failures = self._backoff = 0
+
+    def told(self, retry: int | None) -> None:
+        """The server's `retry:` field (milliseconds), when a message carried one."""
+        if retry is not None and retry >= 0:
+            self._floor = min(retry / 1000, _SERVER_RETRY_MAX_S)
+
+    def after(self, error: httpx.TransportError | ProblemError, opened: float | None) -> float | None:
+        """The wait before reopening a stream that broke off in `error` (`opened`: when its answer opened, None when
+        it never did), or None when the reconnects are spent."""
+        steady = (
+            opened is not None
+            and _monotonic() - opened >= _STEADY_STREAM_S
+            and not isinstance(error, httpx.TimeoutException)
+        )
+        if steady:
+            self._backoff = 1
+        else:
+            self.failures += 1
+            self._backoff += 1
+        return self._core.reconnect_wait(self.failures, self._backoff, error, self._floor)
 
 
 class AsyncClient:
@@ -822,22 +867,24 @@ class AsyncClient:
         return self._events(path, after, self._core.tenant)
 
     async def _events(self, path: str, after: int, tenant: str | None) -> AsyncIterator[dict[str, Any]]:
-        failures = idle = 0
+        reconnects, idle = _Reconnects(self._core), 0
         while True:
             began = _monotonic()
-            body: _BoundedEvents | None = None
+            opened: float | None = None
             try:
                 response = await self._open_stream(path, after, tenant)
+                opened = _monotonic()
                 try:
                     if _is_sse(response):
                         seen, stale = False, 0
-                        body = _BoundedEvents(response)
-                        async for message in _bounded_sse(body).aiter_sse():
+                        async for message in _bounded_sse(_BoundedEvents(response)).aiter_sse():
+                            reconnects.told(message.retry)
                             item, after = _sse_event(message.data, message.id, after)
                             if item is None:
                                 stale = _stale(stale + 1)
                                 continue
-                            seen, failures, idle, stale = True, 0, 0, 0
+                            seen, idle, stale = True, 0, 0
+                            reconnects.progressed()
                             yield item
                             if item.get("type") in TERMINAL_EVENTS:
                                 return
@@ -854,12 +901,11 @@ class AsyncClient:
             except (httpx.TransportError, ProblemError) as error:
                 if not _reconnects(error):
                     raise
-                failures = 1 if _steady(body, began, error) else failures + 1
-                if (delay := self._core.reconnect_wait(failures, error)) is None:
+                if (delay := reconnects.after(error, opened)) is None:
                     raise
                 await asyncio.sleep(delay)
                 continue
-            failures = 0  # a page was read: the budget counts failures in a row
+            reconnects.progressed()  # a page was read: the budget counts failures in a row
             for item in items:
                 idle = 0
                 yield item
@@ -1006,22 +1052,24 @@ class Client:
         return self._events(path, after, self._core.tenant)
 
     def _events(self, path: str, after: int, tenant: str | None) -> Iterator[dict[str, Any]]:
-        failures = idle = 0
+        reconnects, idle = _Reconnects(self._core), 0
         while True:
             began = _monotonic()
-            body: _BoundedEvents | None = None
+            opened: float | None = None
             try:
                 response = self._open_stream(path, after, tenant)
+                opened = _monotonic()
                 try:
                     if _is_sse(response):
                         seen, stale = False, 0
-                        body = _BoundedEvents(response)
-                        for message in _bounded_sse(body).iter_sse():
+                        for message in _bounded_sse(_BoundedEvents(response)).iter_sse():
+                            reconnects.told(message.retry)
                             item, after = _sse_event(message.data, message.id, after)
                             if item is None:
                                 stale = _stale(stale + 1)
                                 continue
-                            seen, failures, idle, stale = True, 0, 0, 0
+                            seen, idle, stale = True, 0, 0
+                            reconnects.progressed()
                             yield item
                             if item.get("type") in TERMINAL_EVENTS:
                                 return
@@ -1037,12 +1085,11 @@ class Client:
             except (httpx.TransportError, ProblemError) as error:
                 if not _reconnects(error):
                     raise
-                failures = 1 if _steady(body, began, error) else failures + 1
-                if (delay := self._core.reconnect_wait(failures, error)) is None:
+                if (delay := reconnects.after(error, opened)) is None:
                     raise
                 time.sleep(delay)
                 continue
-            failures = 0  # a page was read: the budget counts failures in a row
+            reconnects.progressed()  # a page was read: the budget counts failures in a row
             for item in items:
                 idle = 0
                 yield item

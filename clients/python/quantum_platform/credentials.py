@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from quantum_platform.errors import CredentialError
+
 DEFAULT_ROLES = ("Intent.Reader", "Intent.Author", "Intent.Executor", "Intent.Deployer")
 _RENEW_BEFORE_S = 120.0
 
@@ -94,9 +96,12 @@ class DevhostCredential:
             command += ["--data-dir", self._data_dir]
         if self._port is not None:
             command += ["--port", str(self._port)]
-        done = subprocess.run(command, cwd=self._project_dir, capture_output=True, text=True, check=False)  # noqa: S603
+        try:
+            done = subprocess.run(command, cwd=self._project_dir, capture_output=True, text=True, check=False)  # noqa: S603
+        except OSError as exc:  # no such interpreter or checkout
+            raise CredentialError(f"minting a dev token for {tenant} failed: {exc}") from None
         if done.returncode != 0:
-            raise RuntimeError(f"minting a dev token for {tenant} failed: {done.stderr.strip()[-500:]}")
+            raise CredentialError(f"minting a dev token for {tenant} failed: {done.stderr.strip()[-500:]}")
         return done.stdout.strip()
 
 

@@ -20,6 +20,11 @@ class UnexpectedAnswer(PlatformError, ValueError):
     before."""
 
 
+class CredentialError(PlatformError, RuntimeError):
+    """A token the credential could not get (the local devhost could not mint one). A RuntimeError too, as it was
+    raised before."""
+
+
 class ProblemError(PlatformError):
     """An answer of 4xx/5xx: `status`, `type`, `title`, `detail`, `errors` (per field), `reason` (the machine code
     of a refusal, e.g. `production_requires_deployer`) and `request_id`."""
