@@ -1,5 +1,11 @@
 # intent_ref: platform.database
-"""Apply plain `NNNN_name.sql` migrations in order, once, under a lock of the tracking table, refusing edited files."""
+"""Apply plain `NNNN_name.sql` migrations in order, once, under a lock of the tracking table, refusing edited files.
+
+A file runs in one transaction with its tracking row, unless its header (its leading comment lines) holds the line
+`-- migrate: no-transaction`: then its statements run one by one in autocommit (`CREATE INDEX CONCURRENTLY` cannot run
+in a transaction), each ending with a `;` that ends its line, and its tracking row is written once all of them have
+succeeded. Such a file may be run again from its start after a failure, so each statement must be safe to repeat.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +27,20 @@ logger = logging.getLogger(__name__)
 
 APP_MIGRATIONS = Path(__file__).with_name("migrations")
 _FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+NO_TRANSACTION = "no-transaction"
+"""The header directive (`-- migrate: no-transaction`) of a file whose statements run outside a transaction."""
+_DIRECTIVE = re.compile(r"^--\s*migrate:\s*(?P<value>.*?)\s*$")
+_NAME = r"[a-z_][a-z0-9_]*"
+_CONCURRENT_INDEX = re.compile(
+    rf"^CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+IF\s+NOT\s+EXISTS\s+(?P<name>{_NAME})\s+ON\s+(?:ONLY\s+)?"
+    rf"(?P<table>{_NAME}(?:\.{_NAME})?)[\s(]",
+    re.IGNORECASE,
+)
+_DROP_CONCURRENTLY = re.compile(r"^DROP\s+INDEX\s+CONCURRENTLY\s+IF\s+EXISTS\s", re.IGNORECASE)
+_ANY_CONCURRENTLY = re.compile(r"^(?:CREATE\s+(?:UNIQUE\s+)?INDEX|DROP\s+INDEX)\s+CONCURRENTLY\b", re.IGNORECASE)
+_REFUSED_OUTSIDE_TRANSACTION = frozenset(
+    {"BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE", "PREPARE", "SET", "RESET"}
+)
 
 
 class MigrationError(RuntimeError):
@@ -35,6 +55,12 @@ class Migration:
     name: str
     path: Path
     checksum: str
+    statements: tuple[str, ...] = ()
+    """The statements of a no-transaction file, in the file's order; empty for a file run in one transaction."""
+
+    @property
+    def transactional(self) -> bool:
+        return not self.statements
 
     @property
     def sql_text(self) -> str:
@@ -52,8 +78,72 @@ def discover(directory: Path) -> list[Migration]:
         if version in found:
             raise MigrationError(f"{path.name}: version {version} is used twice")
         checksum = hashlib.sha256(path.read_bytes()).hexdigest()
-        found[version] = Migration(version, match.group(2), path, checksum)
+        text = path.read_text(encoding="utf-8")
+        statements = _statements(path.name, text) if _runs_outside_transaction(path.name, text) else ()
+        found[version] = Migration(version, match.group(2), path, checksum, statements)
     return [found[v] for v in sorted(found)]
+
+
+def _runs_outside_transaction(file_name: str, text: str) -> bool:
+    """Whether the file's header holds `-- migrate: no-transaction`; another directive, or one past the header (the
+    leading lines that are blank or comments), is refused rather than ignored."""
+    in_header, found = True, False
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("--"):
+            in_header = False
+        directive = _DIRECTIVE.match(stripped)
+        if directive is None:
+            continue
+        if directive.group("value") != NO_TRANSACTION:
+            raise MigrationError(
+                f"{file_name}: unknown directive {stripped!r}; the one known is -- migrate: {NO_TRANSACTION}"
+            )
+        if not in_header:
+            raise MigrationError(
+                f"{file_name}: -- migrate: {NO_TRANSACTION} belongs in the file's leading comment lines"
+            )
+        found = True
+    return found
+
+
+def _statements(file_name: str, text: str) -> tuple[str, ...]:
+    """A no-transaction file's statements. Kept to a shape split without parsing SQL: a statement ends with a `;` that
+    ends its line; comments are whole lines of `--`; no `;` elsewhere, no `/*` and no `$` (so no string, comment or
+    body can hide a `;`). Transaction control and SET/RESET are refused (each statement is its own transaction on the
+    runner's connection, which later files reuse), and a concurrent index statement must be safe to repeat (IF NOT
+    EXISTS / IF EXISTS): after a failure the file runs again from its first statement."""
+    statements: list[str] = []
+    lines: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        code = line.rstrip()
+        if not code.strip() or code.lstrip().startswith("--"):
+            continue
+        if ";" in code[:-1] or "--" in code or "/*" in code or "$" in code:
+            raise MigrationError(
+                f"{file_name}:{number}: a no-transaction file has `;` only at the end of a line, and no `--` after "
+                "code, `/*` or `$`"
+            )
+        lines.append(code)
+        if code.endswith(";"):
+            statements.append("\n".join(lines).strip())
+            lines = []
+    if lines:
+        raise MigrationError(f"{file_name}: its last statement does not end with `;` at the end of a line")
+    if not statements:
+        raise MigrationError(f"{file_name}: a no-transaction file holds no statement")
+    for statement in statements:
+        keyword = statement.split(None, 1)[0].rstrip(";").upper()
+        if keyword in _REFUSED_OUTSIDE_TRANSACTION:
+            raise MigrationError(f"{file_name}: {keyword} has no place in a no-transaction file")
+        if _ANY_CONCURRENTLY.match(statement) and not (
+            _CONCURRENT_INDEX.match(statement) or _DROP_CONCURRENTLY.match(statement)
+        ):
+            raise MigrationError(
+                f"{file_name}: a concurrent index statement is CREATE [UNIQUE] INDEX CONCURRENTLY IF NOT EXISTS "
+                "name ON table, or DROP INDEX CONCURRENTLY IF EXISTS (it may run again after a failure)"
+            )
+    return tuple(statements)
 
 
 def _create_table(conn: psycopg.Connection[Any], schema: str, table: sql.Identifier) -> None:
@@ -98,7 +188,8 @@ def apply_migrations(conninfo: str, directory: Path = APP_MIGRATIONS, *, schema:
     """Apply pending migrations of `directory`, tracked in `<schema>.schema_migrations`; return applied names.
 
     A lock of the tracking table serialises concurrent runners: the second waits, then finds nothing to do.
-    Each file runs in its own transaction together with its tracking row.
+    Each file runs in its own transaction together with its tracking row, a no-transaction file statement by statement
+    (its tracking row once every statement succeeded), under the same lock.
     """
     migrations = discover(directory)
     table = sql.Identifier(schema, "schema_migrations")
@@ -139,26 +230,115 @@ LOCK_RETRY_S = 1.0
 
 def _apply_one(conn: psycopg.Connection[Any], migration: Migration, table: sql.Identifier) -> None:
     """`migration` and its tracking row in one transaction, each attempt's lock waits bounded (LOCK_TIMEOUT_MS); a
-    file may set its own bound (`SET LOCAL lock_timeout`), which then holds for it."""
-    for attempt in range(1, LOCK_ATTEMPTS + 1):
+    file may set its own bound (`SET LOCAL lock_timeout`), which then holds for it. A no-transaction file goes to
+    `_apply_outside_transaction`."""
+    if not migration.transactional:
+        _apply_outside_transaction(conn, migration, table)
+        return
+
+    def attempt() -> None:
+        with conn.transaction():
+            conn.execute("SELECT pg_catalog.set_config('lock_timeout', %s, true)", (f"{LOCK_TIMEOUT_MS}ms",))
+            conn.execute(migration.sql_text.encode())  # a trusted file of the repository, not user input
+            _record(conn, migration, table)
+
+    _retrying_lock_waits(migration, attempt)
+
+
+def _record(conn: psycopg.Connection[Any], migration: Migration, table: sql.Identifier) -> None:
+    conn.execute(
+        sql.SQL("INSERT INTO {} (version, name, checksum) VALUES (%s, %s, %s)").format(table),
+        (migration.version, migration.name, migration.checksum),
+    )
+
+
+def _retrying_lock_waits(migration: Migration, attempt: Callable[[], None]) -> None:
+    """Run `attempt` until it is not given up on a lock wait, LOCK_RETRY_S apart, at most LOCK_ATTEMPTS times."""
+    for number in range(1, LOCK_ATTEMPTS + 1):
         try:
-            with conn.transaction():
-                conn.execute("SELECT pg_catalog.set_config('lock_timeout', %s, true)", (f"{LOCK_TIMEOUT_MS}ms",))
-                conn.execute(migration.sql_text.encode())  # a trusted file of the repository, not user input
-                conn.execute(
-                    sql.SQL("INSERT INTO {} (version, name, checksum) VALUES (%s, %s, %s)").format(table),
-                    (migration.version, migration.name, migration.checksum),
-                )
+            attempt()
             return
         except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
-            if attempt == LOCK_ATTEMPTS:
+            if number == LOCK_ATTEMPTS:
                 raise MigrationError(
-                    f"{migration.path.name}: its locks were held elsewhere through {attempt} attempts; run again"
+                    f"{migration.path.name}: its locks were held elsewhere through {number} attempts; run again"
                 ) from exc
             logger.info(
-                "migration %s waits for locks held elsewhere (attempt %d): %s", migration.path.name, attempt, exc
+                "migration %s waits for locks held elsewhere (attempt %d): %s", migration.path.name, number, exc
             )
             time.sleep(LOCK_RETRY_S)
+
+
+CONCURRENT_LOCK_TIMEOUT_MS = 600_000
+"""How long a concurrent index statement (CREATE or DROP INDEX CONCURRENTLY) of a no-transaction file waits for one
+lock: the table's SHARE UPDATE EXCLUSIVE, then the transactions that began before each of its phases. Unlike an ALTER's
+wait, none holds up the table's reads or writes (only other schema changes and vacuums of it), and given up after the
+build it throws the build away, so it waits long; given up, the run fails once (no retry) and is run again."""
+CLIENT_CHECK_INTERVAL = "1s"
+"""How often the server checks, during a no-transaction statement, that the runner is still there: a runner killed
+mid-build ends its build, leaving an INVALID index the next run drops and builds again."""
+
+
+def _apply_outside_transaction(conn: psycopg.Connection[Any], migration: Migration, table: sql.Identifier) -> None:
+    """The statements of a no-transaction file one by one in autocommit, then its tracking row. A failure leaves the
+    statements done so far in place, unrecorded: the next run runs the file again from its start."""
+    conn.execute(
+        "SELECT pg_catalog.set_config('client_connection_check_interval', %s, false)", (CLIENT_CHECK_INTERVAL,)
+    )
+    try:
+        for statement in migration.statements:
+            if _ANY_CONCURRENTLY.match(statement):
+                _run_concurrently(conn, migration, statement)
+            else:
+
+                def attempt(statement: str = statement) -> None:
+                    conn.execute("SELECT pg_catalog.set_config('lock_timeout', %s, false)", (f"{LOCK_TIMEOUT_MS}ms",))
+                    conn.execute(statement.encode())  # a trusted file of the repository, not user input
+
+                _retrying_lock_waits(migration, attempt)
+        _record(conn, migration, table)
+    finally:
+        if not conn.broken and not conn.closed:
+            conn.execute("RESET lock_timeout")
+            conn.execute("RESET client_connection_check_interval")
+
+
+def _run_concurrently(conn: psycopg.Connection[Any], migration: Migration, statement: str) -> None:
+    """A CREATE or DROP INDEX CONCURRENTLY; an INVALID index of the same name on the table (a build that failed or was
+    killed: IF NOT EXISTS would keep it as it is) is dropped first."""
+    conn.execute("SELECT pg_catalog.set_config('lock_timeout', %s, false)", (f"{CONCURRENT_LOCK_TIMEOUT_MS}ms",))
+    try:
+        index = _CONCURRENT_INDEX.match(statement)
+        if index is not None:
+            _drop_invalid_index(conn, migration, index.group("name").lower(), index.group("table").lower())
+        conn.execute(statement.encode())  # a trusted file of the repository, not user input
+    except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
+        raise MigrationError(
+            f"{migration.path.name}: a concurrent index statement waited over {CONCURRENT_LOCK_TIMEOUT_MS} ms for a "
+            "lock; run again (an index left INVALID is dropped and built again)"
+        ) from exc
+
+
+def _drop_invalid_index(conn: psycopg.Connection[Any], migration: Migration, name: str, table: str) -> None:
+    row = conn.execute(
+        "SELECT n.nspname, i.indrelid = t.oid, i.indisvalid"
+        " FROM pg_catalog.pg_class t"
+        " JOIN pg_catalog.pg_class c ON c.relnamespace = t.relnamespace AND c.relname = %s"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " LEFT JOIN pg_catalog.pg_index i ON i.indexrelid = c.oid"
+        " WHERE t.oid = pg_catalog.to_regclass(%s)",
+        (name, table),
+    ).fetchone()
+    if row is None:
+        return  # none yet (or no such table, which the statement then reports)
+    if row[1] is not True:
+        raise MigrationError(f"{migration.path.name}: {row[0]}.{name} exists and is not an index of {table}")
+    if row[2]:
+        return  # built: IF NOT EXISTS keeps it
+    logger.warning(
+        "migration %s: dropping the INVALID index %s.%s a failed build left", migration.path.name, row[0], name
+    )
+    conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(row[0], name)))
 
 
 def main() -> None:

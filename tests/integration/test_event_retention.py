@@ -1,7 +1,7 @@
 # intent_ref: platform.events
-"""Retention of delivered webhook deliveries and published outbox rows (ADR 0049, migration 0073), against the real
-database: what is past its period goes, in bounded runs, each tenant's through its own transaction; what is recent,
-pending, failed or unpublished stays."""
+"""Retention of delivered webhook deliveries and published outbox rows (ADR 0049, migrations 0073 and 0076), against
+the real database: what is past its period goes, in bounded runs, each tenant's through its own transaction; what is
+recent, pending, failed or unpublished stays."""
 
 from __future__ import annotations
 

@@ -21,10 +21,10 @@
 -- rows they take, FOR UPDATE SKIP LOCKED) bound to the pinned tenant, as the app's are. Each function names the
 -- pinned tenant in its WHERE as well, since the finder's policies see every tenant's rows.
 
--- The tenant's oldest first, for its deletes; one read per tenant for the finder.
-CREATE INDEX webhook_deliveries_delivered ON app.webhook_deliveries (tenant_id, delivered_at)
-    WHERE state = 'delivered';
-CREATE INDEX outbox_published ON app.outbox (tenant_id, published_at) WHERE published_at IS NOT NULL;
+-- The indexes the finder and the deletes read (the tenant's oldest first) are built by migration 0076, CONCURRENTLY
+-- and outside a transaction: built here, each held every write to its table (every transaction that emits a domain
+-- event writes the outbox) for the whole build, and the CREATE POLICYs below, given up on a lock wait, threw the builds
+-- away and retried them. Until 0076 has run the functions below are right, only slower (they read the tables).
 
 DO $$
 BEGIN
