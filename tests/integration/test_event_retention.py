@@ -238,3 +238,23 @@ def test_the_timer_is_registered_and_runs_the_retention(monkeypatch: pytest.Monk
     registered = (TIMER.parent / "__init__.py").read_text()
     assert "from functions.timer_event_retention import bp as event_retention_bp" in registered
     assert "\n    event_retention_bp,\n" in registered.split("blueprints = (", 1)[1]
+
+
+@pytest.mark.parametrize("statement", ["app.delete_delivered_webhook_deliveries", "app.delete_published_outbox_events"])
+def test_a_delete_removes_at_most_its_rows_whatever_the_plan(
+    admin: psycopg.Connection[Any],
+    app_pool: ConnectionPool[Any],
+    new_tenant: Callable[[], uuid.UUID],
+    statement: str,
+) -> None:
+    # `id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)` rescanned per outer row (a nested loop, which a full table
+    # made the planner choose) skipped the rows the delete had just removed and took the next ones: a batch of 7
+    # deleted all 30 of a tenant's rows.
+    tenant_id = _backlog(admin, new_tenant, 30)
+    with tenant_transaction(tenant_id, pool=app_pool) as conn:
+        for setting in ("enable_hashjoin", "enable_mergejoin", "enable_hashagg", "enable_material", "enable_sort"):
+            conn.execute(f"SET LOCAL {setting} = off")  # noqa: S608  # a fixed name of this list
+        removed = conn.execute(f"SELECT {statement}(7) AS removed").fetchone()  # noqa: S608
+    assert removed is not None and removed["removed"] == 7
+    deliveries, events = _old(admin, tenant_id)
+    assert (deliveries if "webhook" in statement else events) == 23

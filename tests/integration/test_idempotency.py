@@ -187,3 +187,24 @@ def test_a_tenants_backlog_of_expired_keys_goes_in_one_run_within_its_budget(
     expire(35)
     delete_expired_keys(pool=app_pool, control_pool=control_pool)
     assert batches.count(tenant_id) <= 1  # 4 batches without the budget (none if another run took them all first)
+
+
+def test_a_batch_of_expired_keys_deletes_at_most_its_keys_whatever_the_plan(
+    pg: Any, app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    # `IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)` rescanned per outer row (a nested loop) skipped the keys the
+    # delete had just removed and took the next ones: a batch of 7 deleted all 30 (migration 0077).
+    tenant_id = new_tenant()
+    with psycopg.connect(pg.admin_url, dbname="quantum", autocommit=True) as admin:
+        admin.execute(
+            "INSERT INTO app.idempotency_keys (tenant_id, key, fingerprint, expires_at) SELECT %s, 'batch-' || n,"
+            " 'f', now() - interval '1 hour' + n * interval '1 second' FROM generate_series(1, 30) AS n",
+            (tenant_id,),
+        )
+    with tenant_transaction(tenant_id, pool=app_pool) as conn:
+        for setting in ("enable_hashjoin", "enable_mergejoin", "enable_hashagg", "enable_material", "enable_sort"):
+            conn.execute(f"SET LOCAL {setting} = off")  # noqa: S608  # a fixed name of this list
+        removed = conn.execute("SELECT app.delete_expired_idempotency_keys(7) AS removed").fetchone()
+        left = conn.execute("SELECT count(*) AS n FROM app.idempotency_keys").fetchone()
+    assert removed is not None and removed["removed"] == 7
+    assert left is not None and left["n"] == 23

@@ -98,7 +98,10 @@ REVOKE ALL ON FUNCTION app.retention_due_tenants(integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION app.retention_due_tenants(integer) TO qp_platform;
 
 -- Up to `max_rows` of the pinned tenant's deliveries delivered more than 7 days ago, the oldest first; a row another
--- transaction holds (a subscription's delete) is skipped, not waited for.
+-- transaction holds (a subscription's delete) is skipped, not waited for. The rows are chosen once, into an array:
+-- as `id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)` the planner may rescan the subquery once per outer row (a
+-- nested loop), and each rescan skips the rows the delete has just removed and takes the next ones, so that a batch
+-- of 7 deleted all 30 of a tenant's rows.
 CREATE FUNCTION app.delete_delivered_webhook_deliveries(max_rows integer) RETURNS bigint
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = ''
@@ -112,10 +115,10 @@ BEGIN
     END IF;
     DELETE FROM app.webhook_deliveries d
      WHERE d.tenant_id = tenant
-       AND d.id IN (SELECT o.id FROM app.webhook_deliveries o
-                     WHERE o.tenant_id = tenant AND o.state = 'delivered'
-                       AND o.delivered_at < pg_catalog.now() - interval '7 days'
-                     ORDER BY o.delivered_at LIMIT GREATEST(max_rows, 0) FOR UPDATE SKIP LOCKED);
+       AND d.id = ANY(ARRAY(SELECT o.id FROM app.webhook_deliveries o
+                             WHERE o.tenant_id = tenant AND o.state = 'delivered'
+                               AND o.delivered_at < pg_catalog.now() - interval '7 days'
+                             ORDER BY o.delivered_at LIMIT GREATEST(max_rows, 0) FOR UPDATE SKIP LOCKED));
     GET DIAGNOSTICS removed = ROW_COUNT;
     RETURN removed;
 END
@@ -136,9 +139,9 @@ BEGIN
     END IF;
     DELETE FROM app.outbox o
      WHERE o.tenant_id = tenant
-       AND o.id IN (SELECT p.id FROM app.outbox p
-                     WHERE p.tenant_id = tenant AND p.published_at < pg_catalog.now() - interval '7 days'
-                     ORDER BY p.published_at LIMIT GREATEST(max_rows, 0) FOR UPDATE SKIP LOCKED);
+       AND o.id = ANY(ARRAY(SELECT p.id FROM app.outbox p
+                             WHERE p.tenant_id = tenant AND p.published_at < pg_catalog.now() - interval '7 days'
+                             ORDER BY p.published_at LIMIT GREATEST(max_rows, 0) FOR UPDATE SKIP LOCKED));
     GET DIAGNOSTICS removed = ROW_COUNT;
     RETURN removed;
 END
