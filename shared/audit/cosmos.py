@@ -69,13 +69,21 @@ RetentionLookup = Callable[[uuid.UUID], int | None]
 
 
 def inline_connection_policy() -> ConnectionPolicy:
-    """The connection policy of the client for the copies after a commit: no throttling retries at all.
+    """The connection policy of the client for the copies after a commit: no retries at all, one request a write.
 
     The client's `retry_throttle_total=0` is no such thing: it is read with `or`, and 0 falls back to the default
     nine retries. A policy's `RetryOptions` are taken as they are, and the SDK's throttling policy retries only while
-    its attempts are under `max_retry_attempt_count`: with 0, a 429 is raised at once, nothing slept."""
+    its attempts are under `max_retry_attempt_count`: with 0, a 429 is raised at once, nothing slept.
+
+    Without endpoint discovery, no regional retry either: the SDK retried a 503 (and a 5xx, a timeout, a failed
+    connection) in the next region, or once in the only one, after a fixed 0.5 s sleep, looking at the call's `timeout`
+    before the sleep only, and the retry had the whole read timeout again (a copy took 1.3 to 1.4 s of its 1 s). Its
+    service-unavailable, timeout-failover, service-request and service-response policies each answer "no retry" when
+    `EnableEndpointDiscovery` is off, so the error is raised at once. The relay's client keeps discovery and
+    failover."""
     policy = ConnectionPolicy()
     policy.RetryOptions = RetryOptions(max_retry_attempt_count=0, max_wait_time_in_seconds=0)
+    policy.EnableEndpointDiscovery = False
     return policy
 
 
@@ -165,13 +173,15 @@ class CosmosAuditStore:
         if budget is None:
             self._container.create_item(document)  # the relay's: the client's retries and timeouts
             return
-        # The copy after a commit, in its request: through the client that retries no throttled write (the SDK
-        # checks `timeout` before a throttling retry's sleep, not during it, and then sleeps the service's whole
-        # retry-after, up to its 30 s in all: a 429 asking 8 s held the request 8 s), the whole call (`timeout`) and
-        # each attempt's connect and read within what is left of the copy's time, and no connection retries; the
-        # relay retries what this leaves.
+        # The copy after a commit, in its request: through the client that retries nothing (`inline_connection_policy`:
+        # the SDK checks `timeout` before a retry's sleep, not during it, then sleeps the service's whole retry-after,
+        # a 429 asking 8 s holding the request 8 s, or 0.5 s before a 503's retry), so one request. The SDK bounds its
+        # connect by what is left of `timeout`, but its wait for the answer only by `read_timeout`: half the budget to
+        # each, so the request ends within the budget (`INLINE_S` states the bound). No connection retries; the relay
+        # retries what this leaves.
+        half = budget / 2
         self._inline_container.create_item(
-            document, timeout=budget, connection_timeout=budget, read_timeout=budget, retry_total=0
+            document, timeout=budget, connection_timeout=half, read_timeout=half, retry_total=0
         )
 
     def query(self, q: AuditQuery) -> AuditPage:

@@ -17,6 +17,14 @@ from typing import Any, Literal, Protocol, get_args
 import psycopg
 
 from shared import pagination
+from shared.accepted_json import (
+    INTEGER_OUT_OF_RANGE,
+    MAX_INT,
+    MIN_INT,
+    NON_FINITE_NUMBER,
+    UNSTORABLE_TEXT,
+    text_refusal,
+)
 
 Decision = Literal["allow", "deny"]
 _DECISIONS = frozenset(get_args(Decision))
@@ -31,9 +39,9 @@ decided a record's size: a name of a million characters made a 3 MB document tha
 and so hid the request's records; in Postgres a megabyte a record. A listing's record names its keys over as many
 records as keep each under it (`split_listing`). Migration 0072 bounds the columns safely above this."""
 DETAIL_CUT = "detail_cut"
-"""The key of the marker that replaces a detail over `MAX_DETAIL_BYTES`; beside it `detail_bytes` (its size),
-`detail_keys` (how many keys it had) and `detail_sha256` (the digest of its canonical JSON: a copy kept elsewhere can
-be matched to it)."""
+"""The key of the marker that replaces a detail over `MAX_DETAIL_BYTES`, or one Postgres cannot store (`unstorable`);
+beside it `detail_bytes` (its size), `detail_keys` (how many keys it had), `detail_sha256` (the digest of its canonical
+JSON: a copy kept elsewhere can be matched to it) and, for one that cannot be stored, `detail_unstorable` (why)."""
 
 logger = logging.getLogger(__name__)
 
@@ -130,16 +138,59 @@ def _float_excess(value: Any) -> int:
     return 0
 
 
+def unstorable(detail: Mapping[str, Any]) -> str | None:
+    """Why Postgres cannot store `detail` or read it back (its `accepted_json` code), or None: a NUL or a lone
+    surrogate in a string or a member name (jsonb refuses both), a non-finite number (JSON has none), an integer
+    beyond a bigint (stored, but past a float's range every page holding it failed to read)."""
+    stack: list[Any] = [detail]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if text_refusal(value) is not None:
+                return UNSTORABLE_TEXT
+        elif isinstance(value, Mapping):
+            stack.extend(key for key in value if isinstance(key, str))
+            stack.extend(value.values())
+        elif isinstance(value, list | tuple):
+            stack.extend(value)
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                return NON_FINITE_NUMBER
+        elif isinstance(value, int) and not isinstance(value, bool) and not MIN_INT <= value <= MAX_INT:
+            return INTEGER_OUT_OF_RANGE
+    return None
+
+
 def bounded_detail(detail: Mapping[str, Any], *, action: str = "") -> Mapping[str, Any]:
-    """`detail` if it takes at most `MAX_DETAIL_BYTES` (`detail_bytes`), else the marker that replaces it: the record
-    is kept (its action, decision and reason are the trail), and the marker says what gave way: its size, how many
-    keys it had, and the SHA-256 of its canonical JSON."""
-    size = detail_bytes(detail)
-    if size <= MAX_DETAIL_BYTES:
+    """`detail` if it takes at most `MAX_DETAIL_BYTES` (`detail_bytes`) and can be stored (`unstorable`), else the
+    marker that replaces it: the record is kept (its action, decision and reason are the trail), and the marker says
+    what gave way: its size, how many keys it had, and the SHA-256 of its canonical JSON (either None when Python
+    cannot print the detail: an integer of over 4,300 digits), and for a detail that cannot be stored, why
+    (`detail_unstorable`). A detail Postgres refused failed the request's transaction (500)."""
+    why = unstorable(detail)
+    try:
+        size: int | None = detail_bytes(detail)
+    except ValueError:  # an integer too long for Python to print (sys.get_int_max_str_digits)
+        size = None
+    if why is None and size is not None and size <= MAX_DETAIL_BYTES:
         return detail
-    logger.warning("audit: the detail of a %s record (%d bytes) was cut", action, size)
-    digest = hashlib.sha256(json.dumps(dict(detail), ensure_ascii=True, default=str, sort_keys=True).encode())
-    return {DETAIL_CUT: True, "detail_bytes": size, "detail_keys": len(detail), "detail_sha256": digest.hexdigest()}
+    try:
+        text = json.dumps(dict(detail), ensure_ascii=True, default=str, sort_keys=True)
+        digest: str | None = hashlib.sha256(text.encode()).hexdigest()
+    except ValueError:
+        digest = None
+    marker: dict[str, Any] = {
+        DETAIL_CUT: True,
+        "detail_bytes": size,
+        "detail_keys": len(detail),
+        "detail_sha256": digest,
+    }
+    if why is not None:
+        logger.warning("audit: the detail of a %s record cannot be stored (%s): replaced", action, why)
+        marker["detail_unstorable"] = why
+    else:
+        logger.warning("audit: the detail of a %s record (%s bytes) was cut", action, size)
+    return marker
 
 
 _PART_ROOM = 64

@@ -83,7 +83,13 @@ INLINE_S = 1.0
 """Seconds the copy after a commit may take in all (it runs in the request that committed): its writes are bounded
 by what is left of it and retry nothing themselves (`write_budget`); what it does not copy in time the relay copies,
 with the store's own retries. Unbounded, a throttled store that answered at last (the SDK's nine retries of up to
-30 s, a 65 s read timeout) made every audited request of every tenant wait it out."""
+30 s, a 65 s read timeout) made every audited request of every tenant wait it out.
+
+The real bound, with Cosmos DB (`cosmos.CosmosAuditStore`): a write is one request (no throttling, regional or
+connection retry), its connect and its wait for the answer each at most half of what is left, so the copy ends
+within `INLINE_S`. Beyond it: a process's first copy reads the container's properties before its first write (a
+second request, its wait also up to half the budget), so it may take up to 1.5 x `INLINE_S`; and the timeouts bound
+each wait on the socket, not a service that trickles its answer."""
 INLINE_SLOW_S = 0.5
 """A copy after a commit that took this long pauses its tenant's copies as a failure does, though it succeeded: a
 store that answers this slowly is throttled or struggling, and the next requests would wait as long."""

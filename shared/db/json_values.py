@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any
 
 from psycopg.types.json import set_json_loads
@@ -11,11 +12,21 @@ from psycopg.types.json import set_json_loads
 from shared.accepted_json import MAX_INT, MIN_INT
 
 
-def _number(text: str) -> int | float:
+def _number(text: str) -> int | float | Decimal:
     # jsonb keeps numbers as numerics without an exponent, so a float such as 1e19 reads back as a 20-digit
     # integer, which the edge refuses as an integer literal (beyond a bigint). Read it back as the float it was.
-    value = int(text)
-    return value if MIN_INT <= value <= MAX_INT else float(value)
+    # Beyond a float's range it cannot have been one: it is kept as the integer it is (float() raised OverflowError
+    # and every page holding it failed to read), and past the digits Python reads as an int, as the exact decimal.
+    try:
+        value = int(text)
+    except ValueError:
+        return Decimal(text)
+    if MIN_INT <= value <= MAX_INT:
+        return value
+    try:
+        return float(value)
+    except OverflowError:
+        return value
 
 
 def loads(data: str | bytes) -> Any:

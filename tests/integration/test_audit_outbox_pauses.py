@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 from azure.core.pipeline.transport import HttpRequest, HttpResponse, HttpTransport
@@ -140,6 +141,9 @@ def test_a_slow_store_holds_the_request_within_the_bound_and_the_relay_copies_la
     [(_, options)] = container.calls
     assert 0 < options["timeout"] <= audit_outbox.INLINE_S and options["retry_total"] == 0
     assert options["read_timeout"] <= audit_outbox.INLINE_S and options["connection_timeout"] <= audit_outbox.INLINE_S
+    # The SDK bounds the connect by what is left of `timeout`, the wait for the answer by `read_timeout` alone: the two
+    # together fit in the budget.
+    assert options["connection_timeout"] + options["read_timeout"] <= options["timeout"]
     assert _waiting(tenant, app_pool) == {first.id} and container.items == []
     # The tenant's next requests leave their records to the relay at once.
     second = _committed(store, tenant, app_pool)
@@ -323,14 +327,23 @@ class _Answer(HttpResponse):
         return self._body
 
 
-class ThrottlingTransport(HttpTransport):  # type: ignore[type-arg]
-    """The Cosmos DB service at the SDK's pipeline: it answers the account's read, and every other request 429 with
-    a retry-after of 8 s (a throttled partition)."""
+_CONTAINER_PATH = "/dbs/quantum/colls/audit"
+_DOCS_PATH = _CONTAINER_PATH + "/docs"
+_THROTTLED = (429, {"x-ms-retry-after-ms": "8000", "x-ms-substatus": "3200"}, {"code": "TooManyRequests"})
+_UNAVAILABLE = (503, {}, {"code": "ServiceUnavailable", "message": "unavailable"})
 
-    def __init__(self) -> None:
-        self.writes = 0
 
-    def __enter__(self) -> ThrottlingTransport:
+class StandInService(HttpTransport):  # type: ignore[type-arg]
+    """The Cosmos DB service at the SDK's pipeline: it answers the account's read and the audit container's properties
+    (which a client reads before its first write), and each write (a POST to the container's documents) with the
+    next of `answers` (status, headers, body), the last one again once they run out; it takes the document on a 2xx.
+    Every request and its answer is in `seen` (method, path, status)."""
+
+    def __init__(self, *answers: tuple[int, dict[str, str], dict[str, Any]]) -> None:
+        self.answers = list(answers)
+        self.seen: list[tuple[str, str, int]] = []
+
+    def __enter__(self) -> StandInService:
         return self
 
     def __exit__(self, *_args: object) -> None:
@@ -343,7 +356,8 @@ class ThrottlingTransport(HttpTransport):  # type: ignore[type-arg]
         return None
 
     def send(self, request: HttpRequest, **_kwargs: Any) -> HttpResponse:
-        if request.method == "GET" and request.url.rstrip("/") == _ENDPOINT.rstrip("/"):
+        path = urlparse(request.url).path.rstrip("/")
+        if request.method == "GET" and path == "":
             location = [{"name": "local", "databaseAccountEndpoint": _ENDPOINT}]
             account = {
                 "id": "account",
@@ -352,10 +366,31 @@ class ThrottlingTransport(HttpTransport):  # type: ignore[type-arg]
                 "userConsistencyPolicy": {"defaultConsistencyLevel": "Session"},
                 "enableMultipleWriteLocations": False,
             }
-            return _Answer(request, 200, {}, account)
-        self.writes += 1
-        throttled = {"x-ms-retry-after-ms": "8000", "x-ms-substatus": "3200"}
-        return _Answer(request, 429, throttled, {"code": "TooManyRequests", "message": "throttled"})
+            return self._answer(request, path, 200, {}, account)
+        if request.method == "GET" and path == _CONTAINER_PATH:
+            properties = {
+                "id": "audit",
+                "_rid": "cXVhbnR1bQ==",
+                "_self": "dbs/cXVhbg==/colls/cXVhbnR1bQ==/",
+                "partitionKey": {"paths": ["/tenantId"], "kind": "Hash", "version": 2},
+            }
+            return self._answer(request, path, 200, {}, properties)
+        if request.method == "POST" and path == _DOCS_PATH:
+            status, headers, body = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+            if 200 <= status < 300:
+                body = json.loads(request.body)
+            return self._answer(request, path, status, headers, body)
+        return self._answer(request, path, 404, {}, {"code": "NotFound"})
+
+    def _answer(
+        self, request: HttpRequest, path: str, status: int, headers: dict[str, str], body: dict[str, Any]
+    ) -> HttpResponse:
+        self.seen.append((request.method, path, status))
+        return _Answer(request, status, headers, body)
+
+    def posts(self) -> list[int]:
+        """The statuses the writes were answered with, in order."""
+        return [status for method, path, status in self.seen if (method, path) == ("POST", _DOCS_PATH)]
 
 
 class _Sleeps:
@@ -371,20 +406,14 @@ class _Sleeps:
         return getattr(time, name)
 
 
-def test_a_throttled_write_after_a_commit_sleeps_no_retry_after(
-    app_pool: ConnectionPool[Any],
-    control_pool: ConnectionPool[Any],
-    new_tenant: Callable[[], uuid.UUID],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # The SDK looks at the call's timeout before a throttling retry's sleep, then sleeps the service's whole
-    # retry-after: a 429 asking 8 s held the request 8 s past its 1 s bound.
-    sleeps = _Sleeps()
-    monkeypatch.setattr(_retry_utility, "time", sleeps)
-    transport = ThrottlingTransport()
+def _stand_in_store(
+    service: StandInService, app_pool: ConnectionPool[Any], control_pool: ConnectionPool[Any]
+) -> tuple[CosmosAuditStore, AuditOutbox]:
+    """The Cosmos DB store on `service`: the relay's client as the factory builds it, the copies' after a commit with
+    `inline_connection_policy`."""
 
     def container(**options: Any) -> Any:
-        client = CosmosClient(_ENDPOINT, credential=COSMOS_EMULATOR_KEY, transport=transport, **options)
+        client = CosmosClient(_ENDPOINT, credential=COSMOS_EMULATOR_KEY, transport=service, **options)
         return client.get_database_client("quantum").get_container_client("audit")
 
     outboxes: list[AuditOutbox] = []
@@ -396,12 +425,60 @@ def test_a_throttled_write_after_a_commit_sleeps_no_retry_after(
     store = CosmosAuditStore(
         container(), outbox=outbox, inline_container=container(connection_policy=inline_connection_policy())
     )
+    return store, outboxes[0]
+
+
+def test_a_throttled_write_after_a_commit_sleeps_no_retry_after(
+    app_pool: ConnectionPool[Any],
+    control_pool: ConnectionPool[Any],
+    new_tenant: Callable[[], uuid.UUID],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The SDK looks at the call's timeout before a throttling retry's sleep, then sleeps the service's whole
+    # retry-after: a 429 asking 8 s held the request 8 s past its 1 s bound.
+    sleeps = _Sleeps()
+    monkeypatch.setattr(_retry_utility, "time", sleeps)
+    service = StandInService(_THROTTLED)
+    store, outbox = _stand_in_store(service, app_pool, control_pool)
     tenant = new_tenant()
     record = _committed(store, tenant, app_pool)
-    # The copy after the commit was sent once, answered 429, and slept nothing: the relay takes the record.
-    assert transport.writes == 1 and sleeps.slept == []
+    # The copy after the commit read the container and sent the document once; the 429 answered that write, and
+    # nothing was slept: the relay takes the record.
+    assert [(method, path, status) for method, path, status in service.seen if path] == [
+        ("GET", _CONTAINER_PATH, 200),
+        ("POST", _DOCS_PATH, 429),
+    ]
+    assert sleeps.slept == []
     assert _waiting(tenant, app_pool) == {record.id}
-    # The relay's client does wait out the service's retry-after (the stand-in throttles as the service does).
+    # The relay's client does wait out the service's retry-after on the write (the stand-in throttles as the service
+    # does), and gives up after its retries.
     with pytest.raises(CosmosHttpResponseError):
-        outboxes[0].relay_tenant(tenant)
+        outbox.relay_tenant(tenant)
     assert sleeps.slept and sleeps.slept[0] == 8.0
+    # Each of its sleeps was before a write again, all throttled.
+    assert service.posts() == [429] * (1 + 1 + len(sleeps.slept))
+
+
+def test_an_unavailable_store_after_a_commit_is_written_to_once(
+    app_pool: ConnectionPool[Any],
+    control_pool: ConnectionPool[Any],
+    new_tenant: Callable[[], uuid.UUID],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With endpoint discovery on, the SDK retried a 503 after a fixed 0.5 s sleep (looking at the call's timeout
+    # before the sleep only), and the retry had the whole read timeout again: the copy took 1.3 to 1.4 s of its 1 s.
+    sleeps = _Sleeps()
+    monkeypatch.setattr(_retry_utility, "time", sleeps)
+    created = (201, {}, {})
+    service = StandInService(_UNAVAILABLE, created)
+    store, outbox = _stand_in_store(service, app_pool, control_pool)
+    tenant = new_tenant()
+    record = _committed(store, tenant, app_pool)
+    # One write, answered 503 and raised at once: nothing slept, though the store would have taken a retry.
+    assert service.posts() == [503] and sleeps.slept == []
+    assert _waiting(tenant, app_pool) == {record.id}
+    # The relay's client keeps the SDK's failover: it retries a 503 and copies the record.
+    service.answers = [_UNAVAILABLE, created]
+    assert outbox.relay_tenant(tenant) == Copied(1)
+    assert service.posts() == [503, 503, 201] and sleeps.slept == [0.5]
+    assert _waiting(tenant, app_pool) == set()

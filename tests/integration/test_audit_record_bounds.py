@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -21,12 +25,14 @@ from azure.cosmos import ContainerProxy, DatabaseProxy
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from shared.accepted_json import INTEGER_OUT_OF_RANGE, NON_FINITE_NUMBER, UNSTORABLE_TEXT
 from shared.api import security
 from shared.audit import AuditQuery, AuditRecord
 from shared.audit import factory as audit_factory
 from shared.audit.cosmos import CosmosAuditStore, create_audit_container
 from shared.audit.model import DETAIL_CUT, MAX_DETAIL_BYTES, detail_bytes
 from shared.audit.postgres import PostgresAuditStore
+from shared.db import json_values
 from shared.db.migrate import APP_MIGRATIONS
 from shared.db.roles import OWNER_ROLE
 from shared.db.session import tenant_transaction
@@ -268,6 +274,62 @@ def test_the_migrations_set_a_waiting_oversized_document_aside_intact_and_valida
     assert rows[1]["detail"] == {"name": "web"}
 
 
+def test_0072_holds_no_lock_on_the_trail_while_it_works_on_the_outbox(pg: Any) -> None:
+    # The trail's ADD CONSTRAINT came first: its ACCESS EXCLUSIVE lock was held through the outbox's policy and
+    # set-aside scan, and every request auditing into Postgres waited on it. Here a writer holds the outbox, so the
+    # migration stops at its first outbox statement; it must hold nothing on the trail there. Its CHECKs are renamed so
+    # they go beside the ones in place; everything rolls back.
+    text = (
+        Path(MIGRATION)
+        .read_text()
+        .replace("audit_events_detail_bounded", "audit_events_detail_bounded_probe")
+        .replace("audit_outbox_document_bounded", "audit_outbox_document_bounded_probe")
+    )
+    with (
+        psycopg.connect(pg.admin_url, dbname="quantum", row_factory=dict_row) as writer,
+        psycopg.connect(pg.admin_url, dbname="quantum", row_factory=dict_row) as migrating,
+        psycopg.connect(pg.admin_url, dbname="quantum", row_factory=dict_row, autocommit=True) as watcher,
+    ):
+        writer.execute("LOCK TABLE app.audit_outbox IN ROW EXCLUSIVE MODE")  # as an INSERT into it holds
+        migrating.execute(f"SET ROLE {OWNER_ROLE}")
+        pid = migrating.info.backend_pid
+        failure: list[BaseException] = []
+
+        def migrate() -> None:
+            try:
+                migrating.execute(text.encode())
+            except BaseException as exc:  # noqa: BLE001  # reported by the test's thread
+                failure.append(exc)
+
+        thread = threading.Thread(target=migrate)
+        thread.start()
+        try:
+            locks = "SELECT c.relname, l.mode, l.granted FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_class c"
+            locks += " ON c.oid = l.relation WHERE l.pid = %s AND c.relname IN ('audit_events', 'audit_outbox')"
+            held: list[dict[str, Any]] = []
+            for _ in range(600):
+                held = watcher.execute(locks, (pid,)).fetchall()
+                if any(not row["granted"] for row in held) or not thread.is_alive():
+                    break
+                time.sleep(0.05)
+            # Waiting for the outbox, it holds nothing on the trail.
+            assert [(row["relname"], row["granted"]) for row in held] == [("audit_outbox", False)]
+        finally:
+            writer.rollback()
+            thread.join()
+        assert failure == []
+        # Done, both CHECKs are in place, NOT VALID.
+        added = migrating.execute(
+            "SELECT conname, convalidated FROM pg_catalog.pg_constraint WHERE conname LIKE %s ORDER BY conname",
+            ("%_probe",),
+        ).fetchall()
+        assert [(row["conname"], row["convalidated"]) for row in added] == [
+            ("audit_events_detail_bounded_probe", False),
+            ("audit_outbox_document_bounded_probe", False),
+        ]
+        migrating.rollback()
+
+
 def test_a_stored_record_over_the_bound_reads_back_whole_through_query_and_both_exports(
     app_pool: Any, cosmos_database: DatabaseProxy, new_tenant: Callable[[], uuid.UUID]
 ) -> None:
@@ -376,3 +438,59 @@ def test_a_detail_the_record_takes_passes_the_columns_check(
     # Fewer, it fits in both measures and is kept whole.
     few = {"v": [number] * 20}
     assert _record(tenant, few).detail == few
+
+
+@pytest.mark.parametrize(
+    ("detail", "why"),
+    [
+        ({"f": math.nan}, NON_FINITE_NUMBER),
+        ({"f": [1.0, -math.inf]}, NON_FINITE_NUMBER),
+        ({"s": "a\x00b"}, UNSTORABLE_TEXT),
+        ({"a\x00b": 1}, UNSTORABLE_TEXT),
+        ({"s": "\ud800"}, UNSTORABLE_TEXT),
+        ({"nested": [{"s": "x\udfff"}]}, UNSTORABLE_TEXT),
+        ({"n": 2**63}, INTEGER_OUT_OF_RANGE),
+        ({"n": -(2**63) - 1}, INTEGER_OUT_OF_RANGE),
+        ({"n": 10**400}, INTEGER_OUT_OF_RANGE),
+        ({"n": 10**5000}, INTEGER_OUT_OF_RANGE),  # past the digits Python prints: measured as None
+    ],
+)
+def test_a_detail_postgres_cannot_store_or_read_back_is_replaced_by_the_marker(
+    app_pool: Any, new_tenant: Callable[[], uuid.UUID], detail: dict[str, Any], why: str
+) -> None:
+    # No writer produces these today, but the record took them: the first three failed the request's transaction
+    # (500), and an integer past a float's range was stored, after which every page holding it failed to read.
+    tenant = new_tenant()
+    record = _record(tenant, detail)
+    assert record.detail[DETAIL_CUT] is True and record.detail["detail_unstorable"] == why
+    assert record.detail["detail_keys"] == len(detail)
+    PostgresAuditStore(pool=app_pool).record(record)
+    [read] = PostgresAuditStore(pool=app_pool).query(AuditQuery(tenant_id=tenant)).items
+    assert read.detail == record.detail
+
+
+def test_a_detail_at_the_bounds_of_what_postgres_stores_is_kept_whole(
+    app_pool: Any, new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    tenant = new_tenant()
+    detail = {"max": 2**63 - 1, "min": -(2**63), "f": 1.5e300, "s": "é😀\t", "ok": True}
+    record = _record(tenant, detail)
+    assert record.detail == detail
+    PostgresAuditStore(pool=app_pool).record(record)
+    [read] = PostgresAuditStore(pool=app_pool).query(AuditQuery(tenant_id=tenant)).items
+    assert read.detail == detail
+
+
+def test_a_stored_integer_past_a_floats_range_reads_back(app_pool: Any, new_tenant: Callable[[], uuid.UUID]) -> None:
+    # Written past the record (before its bound): float() of it raised OverflowError, and the page failed to read.
+    tenant = new_tenant()
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        conn.execute(
+            "INSERT INTO app.audit_events (tenant_id, principal_id, action, resource_type, decision, detail)"
+            " VALUES (%s, 'p', 'intent.create', 'Intent', 'allow', %s)",
+            (tenant, Jsonb({"n": 10**400, "m": -(10**400), "f": 2**70})),
+        )
+    [read] = PostgresAuditStore(pool=app_pool).query(AuditQuery(tenant_id=tenant)).items
+    assert read.detail == {"n": 10**400, "m": -(10**400), "f": float(2**70)}
+    # Past the digits Python reads as an integer, as the exact decimal.
+    assert json_values.loads("[1" + "0" * 5000 + "]") == [Decimal("1" + "0" * 5000)]

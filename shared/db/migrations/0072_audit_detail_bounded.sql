@@ -15,11 +15,10 @@
 -- validating it in the same transaction held that lock (every audited request's INSERT waiting) through a scan of the
 -- whole trail. Migration 0075 validates them in a transaction of its own, under SHARE UPDATE EXCLUSIVE, which writes
 -- pass. NOT VALID, a CHECK binds every row written from now on.
-
--- The trail is append-only (the runtime role may not update it): a record written before is kept as written, however
--- large (the trail is never rewritten); 0075 validates the CHECK only if every such record passes.
-ALTER TABLE app.audit_events ADD CONSTRAINT audit_events_detail_bounded
-    CHECK (pg_catalog.octet_length(detail::text) <= 65536) NOT VALID;
+--
+-- The outbox's work comes first and the trail's CHECK last: each ACCESS EXCLUSIVE lock is held to the commit, and the
+-- trail's, taken first, was held through the outbox's set-aside scan (every request that audits into Postgres
+-- waiting on it). The trail's is now taken an instant before the commit.
 
 -- A waiting document over the outbox's bound was written before the record's bound: it is set aside intact, as the
 -- relay sets aside what the store refuses (migration 0028), kept as it was and never copied, rather than have its
@@ -43,3 +42,8 @@ DROP POLICY bound_waiting_documents ON app.audit_outbox;
 ALTER TABLE app.audit_outbox ADD CONSTRAINT audit_outbox_document_bounded CHECK (
     refused_at IS NOT NULL OR pg_catalog.octet_length(document::text) <= 81920
 ) NOT VALID;
+
+-- The trail is append-only (the runtime role may not update it): a record written before is kept as written, however
+-- large (the trail is never rewritten); 0075 validates the CHECK only if every such record passes.
+ALTER TABLE app.audit_events ADD CONSTRAINT audit_events_detail_bounded
+    CHECK (pg_catalog.octet_length(detail::text) <= 65536) NOT VALID;
