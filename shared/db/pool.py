@@ -38,11 +38,25 @@ def _token_credential(client_id: str | None) -> Any:
     return ManagedIdentityCredential(client_id=client_id)
 
 
+KEEPALIVES: dict[str, int] = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+"""TCP keepalives and a bound on unacknowledged sends (libpq's connection parameters; ignored on a Unix socket): a
+connection whose server or route went away without a word is found dead within about 25 s idle (10 s, then 3 probes
+5 s apart), or 30 s after a send nobody acknowledges, instead of the kernel's hours. The statement timeout is the
+server's and reaches no such connection, and a thread waiting on it (a claim's renewal, ADR 0048) waited for good."""
+
+
 def _connection_kwargs(settings: Settings, client_id: str | None = None) -> dict[str, Any] | Any:
     base: dict[str, Any] = {
         "autocommit": True,
         "row_factory": dict_row,
         "connect_timeout": settings.QP_DATABASE_CONNECT_TIMEOUT_S,
+        **KEEPALIVES,
     }
     if not settings.QP_DATABASE_ENTRA_AUTH:
         return base

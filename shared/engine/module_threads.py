@@ -73,6 +73,8 @@ class _Waiting:
     woken: asyncio.Future[None]
     taken: bool = False
     """Whether a thread was taken for it (under the lock): a wait cancelled after that gives it back."""
+    looked_again: bool = False
+    """Whether a look again is due on its loop, passed over while stopped (under the lock)."""
 
 
 def _wake(woken: asyncio.Future[None]) -> None:
@@ -123,8 +125,13 @@ class ThreadShares:
                 continue  # its wait ended with its loop: it takes nothing and waits no more
             if not waiting.loop.is_running():
                 # Stopped: a wake sent there would never run, and the thread taken for it would be held for good.
-                # It keeps its turn, and is looked at again when a thread next comes back.
+                # It keeps its turn, and is looked at again when a thread next comes back, or when its loop runs
+                # again (threads may be free by then, with none to come back).
                 still.append(waiting)
+                if not waiting.looked_again:
+                    waiting.looked_again = True
+                    with contextlib.suppress(RuntimeError):  # closed meanwhile: dropped at the next look
+                        waiting.loop.call_soon_threadsafe(self._look_again, waiting)
                 continue
             if not self._may_take(waiting.tenant_id):
                 still.append(waiting)
@@ -139,6 +146,12 @@ class ThreadShares:
                 given_back = True
         self._waiting = still
         if given_back:  # a thread one passed over may take
+            self._wake_those_who_may()
+
+    def _look_again(self, waiting: _Waiting) -> None:
+        """On a wait's loop running again after it was passed over: wake those who may now take a thread."""
+        with self._lock:
+            waiting.looked_again = False
             self._wake_those_who_may()
 
     async def take(self, tenant_id: UUID) -> None:

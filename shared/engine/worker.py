@@ -6,12 +6,12 @@ publishes it again, in the same batch or on another instance). So each copy firs
 database (ADR 0026): one copy runs the module, the others wait for its result or for its lease to lapse. A holder
 that has had no renewal confirmed for most of its lease gives its run up before the database lets another copy take
 the claim over (LEASE_S), so that a live holder whose renewals stall does not run beside its successor; it then waits
-as a copy does, and records the result its module had (or runs it, if it never started) once its claim is its own
-again, so that an outage longer than the batch's retries does not leave the attempt to nobody. An attempt that has a
-result is not run again: its recorded verdict is raised again. An attempt of an execution that has ended, or whose
-deadline (its timeout, counted from its dispatch) has passed, is not started; one still running at its deadline is
-abandoned as timed out. The items of a batch run concurrently on a bounded pool, and each verdict is raised as soon
-as it is recorded, so one slow item holds up no other.
+as a copy does, and records the result its module had (or runs it, if it never started or failed once told it was
+abandoned) once its claim is its own again, so that an outage longer than the batch's retries does not leave the
+attempt to nobody. An attempt that has a result is not run again: its recorded verdict is raised again. An attempt
+of an execution that has ended, or whose deadline (its timeout, counted from its dispatch) has passed, is not
+started; one still running at its deadline is abandoned as timed out. The items of a batch run concurrently on a
+bounded pool, and each verdict is raised as soon as it is recorded, so one slow item holds up no other.
 """
 
 from __future__ import annotations
@@ -299,9 +299,10 @@ async def _run_claimed(
 
     None when the claim was lost (the attempt got a result elsewhere, say the orchestrator's timeout, or the claim
     taken over), or given up (no renewal confirmed within `_held_for_s` of the sending, at `asked` on the monotonic
-    clock, of the last one confirmed or of the claim) and not taken back by its deadline (`_taken_back`): what is
-    recorded then stands. Taken back, its module's result is answered (a module left running is waited for under the
-    claim, never started again), or a run given up before it started starts.
+    clock, of the last one confirmed or of the claim) and not taken back by its deadline, or held by another copy
+    meanwhile (`_taken_back`): what is recorded then stands. Taken back, its module's result is answered (a module
+    left running is waited for under the claim, never started again), unless it is a failure returned once its
+    module was told it was abandoned; that run, and a run given up before it started, then runs (once more).
 
     Why the give-up comes first, whatever the clocks: each confirmed statement ran after it was sent, and wrote
     `claimed_until` as its database time plus `_database_lease_s`; a copy takes the claim over only once the
@@ -355,8 +356,14 @@ async def _run_claimed(
             # A result already there is recorded, whatever the renewals: it was computed under the claim.
             if run.done():
                 result = None if run.cancelled() else run.result()
-                if taken_back and (result is None or result is _NotStarted.GIVEN_UP):
-                    # Given up before it started, and the claim is this copy's again: it runs now, once.
+                if taken_back and (
+                    result is None
+                    or result is _NotStarted.GIVEN_UP
+                    or (isinstance(result, dict) and _stopped_short(result, start) and now < deadline)
+                ):
+                    # Given up before it started, or a failure its module returned once told it was abandoned (an
+                    # HTTP wait, an event's send, stopped short by the give-up, not by what it did), and the claim is
+                    # this copy's again: it runs now, once more, its module having returned.
                     taken_back = False
                     start, ctx = _Start(), dataclasses.replace(ctx, abandoned=threading.Event())
                     run = queued(start, ctx)
@@ -447,6 +454,13 @@ async def _run_claimed(
         ctx.abandoned.set()
 
 
+def _stopped_short(result: dict[str, Any], start: _Start) -> bool:
+    """Whether a run's result is only the give-up's doing: a failure its module returned after it was told its
+    attempt was abandoned (modules that look stop then, and fail). Not the attempt's result: recorded, it failed a
+    step the module had never run to its own end. A success stands, its work done, whenever it came."""
+    return not result["ok"] and start.told_to_stop
+
+
 def _renewed(renewal: asyncio.Future[bool], key: AttemptKey) -> bool | None:
     """A renewal's answer: whether the claim still holds; None when the database could not answer (the claim is
     then unconfirmed: the next heartbeat asks again, and the run is given up if none is confirmed in time)."""
@@ -468,32 +482,53 @@ async def _taken_back(
     """After a give-up: poll the claim, backing off from HELD_POLL_S to HEARTBEAT_S, until it is this copy's again
     (renewed while still its own, or taken again once lapsed) and its run has ended, or its deadline has passed.
     Answers when (monotonic) the confirming statement was sent, or None when the attempt is no longer to be run here
-    (it has a result, its execution ended, or its deadline passed without the claim back).
+    (it has a result, its execution ended, another copy holds it, or its deadline passed without the claim back).
 
     While a module left behind still runs, the claim taken back is renewed at each poll, so that no copy starts the
-    attempt beside it; it is recorded once it ends. A claim another copy holds is only looked at."""
+    attempt beside it; it is recorded once it ends. A claim another copy holds ends the wait, as it ends a copy's
+    whose batch has handed it back: the holder answers for the attempt, and this one holds its tenant's place no
+    longer. Each look is waited for at most a heartbeat (and never past the deadline), and no other is sent while it
+    is unanswered: one on a connection that no longer answers must not keep the holder past its deadline."""
     pause = HELD_POLL_S
+    asking: asyncio.Future[Literal["own", "held", "gone"]] | None = None
+    sent = time.monotonic()
     while True:
-        sent = time.monotonic()
-        state: str | None
-        try:
-            state = await _on_threads(_renewal_threads, _take_back, item, key, owner, timeout_s)
-        except Exception as exc:  # still out of reach: asked again after the pause
-            logger.info("module-work: the claim on %s given up could not be looked at: %s", key, exc)
-            state = None
+        if asking is None:
+            sent = time.monotonic()
+            asking = _on_threads(_renewal_threads, _take_back, item, key, owner, timeout_s)
+        await asyncio.wait({asking}, timeout=max(0.0, min(HEARTBEAT_S, deadline - time.monotonic())))
+        state: str | None = None
+        if asking.done():
+            try:
+                state = asking.result()
+            except Exception as exc:  # still out of reach: asked again after the pause
+                logger.info("module-work: the claim on %s given up could not be looked at: %s", key, exc)
+            asking = None
         now = time.monotonic()
-        if state == "gone":
-            return None
+        if state in ("gone", "held"):
+            return None  # nothing to run here: its result is there, or coming from the copy that holds it
         if state == "own" and (run.done() or now >= deadline):
             return sent
         if now >= deadline:
-            return None  # not this copy's at its deadline: whoever holds it, or the orchestrator's timer, ends it
+            # Not this copy's at its deadline: the orchestrator's timer ends it. A look still unanswered is left
+            # behind; its answer, if it ever comes, changes nothing here.
+            if asking is not None:
+                asking.add_done_callback(_unheard)
+            return None
+        if asking is not None:
+            continue  # unanswered within its heartbeat: waited for again, never doubled
         wait = max(0.0, min(pause, deadline - now))
         if state == "own" and not run.done():
             await asyncio.wait({run}, timeout=wait)
         else:
             await asyncio.sleep(wait)
         pause = min(pause * 2, HEARTBEAT_S)
+
+
+def _unheard(answer: asyncio.Future[Any]) -> None:
+    """Reads a left-behind look's answer (or error), so that it is not reported as never retrieved."""
+    if not answer.cancelled():
+        answer.exception()
 
 
 class _NotStarted(enum.Enum):
@@ -512,6 +547,9 @@ class _Start:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._state: Literal["queued", "started", "given up"] = "queued"
+        self.told_to_stop = False
+        """Whether its module had been told its attempt was abandoned when it returned (set on the module thread
+        before the run's result is handed over)."""
 
     @property
     def started(self) -> bool:
@@ -581,9 +619,13 @@ def _run_module(
             # A refusal the store's retries do not ride out (a 403, say) is this attempt's failure, as a module's own
             # storage error is; let out, it failed the whole batch, every other item of it retried with it.
             raise StepFailed(f"the storing of {item.action}'s output failed: {type(exc).__name__}: {exc}") from exc
-        return {"ok": True, "output": output}
+        result: dict[str, Any] = {"ok": True, "output": output}
     except StepFailed as exc:
-        return {"ok": False, "error": exc.message, "retryable": exc.retryable}
+        result = {"ok": False, "error": exc.message, "retryable": exc.retryable}
+    # Looked at once the module has returned: told before, it may have stopped short because of it; told after, it
+    # cannot have been.
+    start.told_to_stop = ctx.abandoned.is_set()
+    return result
 
 
 def _record(item: WorkItem, key: AttemptKey, result: dict[str, Any]) -> Outcome | None:

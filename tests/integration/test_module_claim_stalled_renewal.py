@@ -27,7 +27,7 @@ from shared.engine import module_threads, worker
 from shared.engine import steps as store
 from shared.engine.protocol import WorkItem
 from shared.engine.steps import AttemptKey
-from shared.modules import Module, ModuleContext
+from shared.modules import Module, ModuleContext, StepFailed
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_module_work_hand_back import _Worker
 from tests.integration.test_module_worker_claims import (
@@ -387,3 +387,173 @@ def test_a_renewal_that_lands_after_the_release_holds_nothing(app_pool: Connecti
     # Claimable at once, and by no takeover: nobody held it.
     again, _ = worker._claim(item, key, "copy", 60.0)
     assert (again.outcome, again.holder) == ("claimed", None)
+
+
+class _WaitsHealthy(Module[_NoParams]):
+    """As http.wait_healthy does: waits until the test opens it, failing at once when told its attempt is
+    abandoned; a run that finds it open succeeds. Numbers its runs."""
+
+    action: ClassVar[str] = "test.waits_healthy"
+    params_model = _NoParams
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.ended = 0
+        self.opened = threading.Event()
+        self._lock = threading.Lock()
+
+    def run(self, ctx: ModuleContext, params: _NoParams) -> Any:
+        with self._lock:
+            self.runs += 1
+            run = self.runs
+        try:
+            waited = threading.Event()
+            for _ in range(int(BOUND_S / 0.01)):
+                if self.opened.is_set():
+                    return {"run": run}
+                if ctx.abandoned.is_set():
+                    raise StepFailed("not healthy when its attempt was abandoned")
+                waited.wait(0.01)
+            raise StepFailed("never opened")
+        finally:
+            with self._lock:
+                self.ended += 1
+
+
+def _out_of_reach_while(outage: threading.Event, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's transactions fail while `outage` is set (the database out of reach)."""
+    reachable = worker.tenant_transaction
+
+    @contextlib.contextmanager
+    def out_of_reach(tenant_id: uuid.UUID, **kwargs: Any) -> Iterator[Any]:
+        if outage.is_set():
+            raise psycopg.OperationalError("the database is out of reach")
+        with reachable(tenant_id, **kwargs) as conn:
+            yield conn
+
+    monkeypatch.setattr(worker, "tenant_transaction", out_of_reach)
+
+
+def test_a_failure_its_module_returned_because_of_the_give_up_is_not_recorded_and_it_runs_again(
+    app_pool: ConnectionPool[Any],
+    tenant: uuid.UUID,
+    records: _Records,
+    holder_process: _Worker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An outage a little longer than the holder keeps its claim unconfirmed, over before the claim lapses: the holder
+    # gives up, its module fails at once for being told so, and the holder renews its claim once the database is
+    # back. That failure was recorded as the step's, where before the give-up took it back nothing was.
+    monkeypatch.setattr(worker, "LEASE_S", 1.0)
+    monkeypatch.setattr(worker, "HEARTBEAT_S", 0.3)
+    monkeypatch.setattr(worker, "HELD_POLL_S", 0.1)
+    outage = threading.Event()
+    _out_of_reach_while(outage, monkeypatch)
+    module = _WaitsHealthy()
+    item = _dispatched(app_pool, tenant, module.action)
+    ran = asyncio.run_coroutine_threadsafe(worker.run_attempt(item, {module.action: module}), holder_process.loop)
+    try:
+        assert _until(lambda: module.runs == 1)
+        holder = _row(app_pool, item)["claimed_by"]
+        outage.set()
+        assert _until(lambda: module.ended == 1)  # given up, and failed for it
+    finally:
+        outage.clear()
+        module.opened.set()
+    outcome = ran.result(BOUND_S)
+    # Its claim back, the attempt ran again under it, and only that run's result was recorded.
+    assert outcome is not None and outcome.verdict == {"ok": True, "output": {"run": 2}}
+    assert module.runs == 2 and records.count == 1
+    row = _row(app_pool, item)
+    assert (row["state"], row["claimed_by"], row["output"]) == ("succeeded", holder, {"run": 2})
+
+
+def test_a_holder_whose_taking_back_gets_no_answer_ends_at_its_deadline(
+    app_pool: ConnectionPool[Any],
+    tenant: uuid.UUID,
+    overlap: _Overlap,
+    records: _Records,
+    holder_process: _Worker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A connection that stops answering (no server-side timeout reaches it): the taking back waited on it for good,
+    # the holder past its deadline holding its tenant's place and a renewal thread.
+    monkeypatch.setattr(worker, "LEASE_S", 1.0)
+    monkeypatch.setattr(worker, "HEARTBEAT_S", 0.3)
+    monkeypatch.setattr(worker, "HELD_POLL_S", 0.1)
+    outage = threading.Event()
+    _out_of_reach_while(outage, monkeypatch)
+    unanswered = threading.Event()
+    asked = threading.Semaphore(0)
+
+    def never_answered(*args: Any) -> Any:
+        asked.release()
+        unanswered.wait(BOUND_S * 2)
+        raise psycopg.OperationalError("the connection stopped answering")
+
+    monkeypatch.setattr(worker, "_take_back", never_answered)
+    modules = {overlap.action: overlap}
+    item = _dispatched(app_pool, tenant, overlap.action, timeout_s=3)
+    batch = holder_process.batch([item], _Raiser(), modules, _held_whole)
+    try:
+        assert overlap.entered.wait(BOUND_S)
+        outage.set()
+        assert asked.acquire(timeout=BOUND_S)  # given up, its taking back sent and never answered
+        # It ends (its deadline passed without its claim back), its tenant's place freed, while the look it sent
+        # still gets no answer; that one look was the only one sent.
+        assert batch.result(BOUND_S) == 0
+        assert not unanswered.is_set() and not asked.acquire(blocking=False)
+    finally:
+        unanswered.set()
+        outage.clear()
+    assert records.count == 0
+
+
+def test_a_holder_that_gave_up_stops_waiting_once_another_copy_holds_the_claim(
+    app_pool: ConnectionPool[Any],
+    tenant: uuid.UUID,
+    overlap: _Overlap,
+    records: _Records,
+    holder_process: _Worker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A holder that gave up watched the claim a copy took over until its own deadline (an hour, at most), holding its
+    # tenant's place all that time, where a copy handed back stops at once: the holder answers for the attempt.
+    monkeypatch.setattr(worker, "LEASE_S", 1.0)
+    monkeypatch.setattr(worker, "HEARTBEAT_S", 0.3)
+    monkeypatch.setattr(worker, "HELD_POLL_S", 0.1)
+    modules = {overlap.action: overlap}
+    item = _dispatched(app_pool, tenant, overlap.action, timeout_s=600)
+    raiser = _Raiser()
+    first = holder_process.batch([item], raiser, modules, _held_whole)
+    assert overlap.entered.wait(BOUND_S)
+    holder = _row(app_pool, item)["claimed_by"]
+    copy_runs = threading.Event()
+    renew, take_back = worker._still_held, worker._take_back
+
+    def unconfirmed(item: WorkItem, key: AttemptKey, owner: str) -> bool:
+        if owner == holder:
+            raise psycopg.OperationalError("the database is out of reach")
+        return renew(item, key, owner)
+
+    def out_of_reach_until_the_copy_runs(item: WorkItem, key: AttemptKey, owner: str, timeout_s: float) -> Any:
+        if not copy_runs.is_set():
+            raise psycopg.OperationalError("the database is out of reach")
+        return take_back(item, key, owner, timeout_s)
+
+    monkeypatch.setattr(worker, "_still_held", unconfirmed)
+    monkeypatch.setattr(worker, "_take_back", out_of_reach_until_the_copy_runs)
+    second = _Batch([item], raiser, modules)
+    second.start()
+    try:
+        assert _until(lambda: overlap.runs == 2)  # the copy took the claim over, and runs it
+        copy_runs.set()
+        # The holder sees the claim is the copy's and ends, the copy still running.
+        assert first.result(BOUND_S) == 0
+        assert overlap._running == 1 and records.count == 0
+    finally:
+        overlap.opened.set()
+    assert second.outcome() == 1
+    assert records.count == 1 and raiser.to(item.execution_id) == [{"ok": True, "output": {"run": 2}}]
+    row = _row(app_pool, item)
+    assert (row["state"], row["claims"]) == ("succeeded", 2) and row["claimed_by"] != holder

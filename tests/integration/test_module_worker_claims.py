@@ -144,12 +144,37 @@ def batches_held_whole(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(worker, "BATCH_HOLD_S", BOUND_S * 3)
 
 
+SETTLE_S = 5.0
+"""How long a test's modules may take to return its threads after it, and before the next: a module told its
+attempt is abandoned looks again within a few hundredths of a second, and none here runs past its test's end."""
+
+
+def _nothing_held_nobody_waiting() -> bool:
+    return not module_threads._shares.held() and not module_threads._shares._waiting
+
+
+def _settled() -> bool:
+    """Whether every module thread of the process came back, and no run waits for one, within SETTLE_S."""
+    pause = threading.Event()
+    for _ in range(int(SETTLE_S / 0.05)):
+        if _nothing_held_nobody_waiting():
+            return True
+        pause.wait(0.05)
+    return _nothing_held_nobody_waiting()
+
+
 @pytest.fixture(autouse=True)
-def no_module_thread_held() -> None:
-    """Every module thread of the process back at each test's start (a module of an earlier test returning just
-    after it may take a moment): one an earlier test left held fails here, where it starts, instead of starving a
-    later test's items of a thread."""
-    assert _until(lambda: not module_threads._shares.held()), f"module threads held: {module_threads._shares.held()}"
+def no_module_thread_held() -> Iterator[None]:
+    """Every module thread of the process back, and no run waiting for one, at each test's start and end (a module
+    returning just after its test may take a moment): one a test leaves held or waiting fails that test, not a later
+    one whose items it starves of a thread."""
+    assert _settled(), f"at the start: threads held {module_threads._shares.held()}, {_waiting()} runs waiting"
+    yield
+    assert _settled(), f"at the end: threads held {module_threads._shares.held()}, {_waiting()} runs waiting"
+
+
+def _waiting() -> int:
+    return len(module_threads._shares._waiting)
 
 
 @pytest.fixture

@@ -7,9 +7,10 @@ thread until it returns."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -57,11 +58,28 @@ async def _entered(gate: _Gate, tenant: uuid.UUID, count: int) -> None:
     assert await asyncio.to_thread(gate.wait_entered, tenant, count), gate.entered
 
 
+SETTLE_S = 2.0
+"""How long a test's threads may take to come back after it (a run returning just as it ends)."""
+
+
+def _settled() -> bool:
+    """Whether no thread is held and no run waits for one, within SETTLE_S."""
+    pause = threading.Event()
+    for _ in range(int(SETTLE_S / 0.02)):
+        if not module_threads._shares.held() and not module_threads._shares._waiting:
+            return True
+        pause.wait(0.02)
+    return not module_threads._shares.held() and not module_threads._shares._waiting
+
+
 @pytest.fixture(autouse=True)
-def nothing_held() -> None:
-    """No thread held and nobody waiting at each test's start: one an earlier test left fails here, where it starts,
-    not as a thread missing from a later one."""
-    assert module_threads._shares.held() == {}
+def nothing_held() -> Iterator[None]:
+    """No thread held and nobody waiting at each test's start and end: one a test leaves fails that test, not a later
+    one as a thread missing."""
+    shares = module_threads._shares
+    assert _settled(), f"at the start: threads held {shares.held()}, {len(shares._waiting)} runs waiting"
+    yield
+    assert _settled(), f"at the end: threads held {shares.held()}, {len(shares._waiting)} runs waiting"
 
 
 def test_two_tenants_slow_modules_at_their_most_leave_a_thread_for_a_third_tenant() -> None:
@@ -227,3 +245,41 @@ async def _until_waiting(count: int) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"{len(module_threads._shares._waiting)} runs waiting, not {count}")
+
+
+def test_a_wait_passed_over_on_a_stopped_loop_takes_a_free_thread_once_its_loop_runs_again() -> None:
+    # Passed over while its loop was stopped, the wait was looked at again only when a thread next came back: its loop
+    # running again with every thread free, it waited on, with none to come back.
+    tenant = uuid.uuid4()
+    gate = _Gate()
+    paused = asyncio.new_event_loop()
+    runner = threading.Thread(target=paused.run_forever, daemon=True)
+
+    async def scenario() -> concurrent.futures.Future[str]:
+        runs = [asyncio.ensure_future(run_in_share(tenant, gate.run(tenant))) for _ in range(TENANT_SHARE)]
+        try:
+            await _entered(gate, tenant, TENANT_SHARE)
+            runner.start()
+            waiting = asyncio.run_coroutine_threadsafe(run_in_share(tenant, lambda: "woken"), paused)
+            await _until_waiting(1)
+            paused.call_soon_threadsafe(paused.stop)
+            await asyncio.to_thread(runner.join, BOUND_S)
+            assert not runner.is_alive() and not paused.is_closed()
+        finally:
+            gate.opened.set()
+        await asyncio.gather(*runs)
+        await _until_nothing_held()  # every thread free, the wait passed over
+        assert len(module_threads._shares._waiting) == 1
+        return waiting
+
+    resumed = threading.Thread(target=paused.run_forever, daemon=True)
+    try:
+        waiting = asyncio.run(scenario())
+        resumed.start()
+        assert waiting.result(BOUND_S) == "woken"
+    finally:
+        gate.opened.set()
+        if resumed.is_alive():
+            paused.call_soon_threadsafe(paused.stop)
+            resumed.join(BOUND_S)
+        paused.close()
