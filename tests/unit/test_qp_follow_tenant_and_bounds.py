@@ -1,11 +1,13 @@
 # intent_ref: platform.gateway
 """The client and `qp` as a busy tenant meets them: `run --follow` reads the execution at most once a second (once, at
-the end, off a terminal), at once for an event beyond a step's move, and once more when the events pause; a stream or
+the end, off a terminal), a compensation burst and an event beyond a step's move included, once for all the events
+queued (64 at most, their thread stopped with the view), and once more when the events pause; a stream or
 a listing keeps the tenant it began with through `set_tenant`; a stream cut again and again after it lasted keeps its
 reconnects, one answered and dropped at once spends them, backing off, and never waits less than the server's
 `retry:`; an unexpected exception exits 70 (an OSError, RuntimeError or ValueError of qp's own too) and a reader that
 goes away exits 141, or the followed run's outcome; the SDK's error text is inert and `qp` prints a bounded part of a
-huge one; a long poll's `wait` (in its parameters or its path) lasts past the client's timeout."""
+huge one; a long poll's `wait` (in its parameters or its path) lasts past the client's timeout; an answer nested too
+deeply is one error line and exit 3."""
 
 from __future__ import annotations
 
@@ -687,9 +689,9 @@ class _Waiting(httpx.SyncByteStream):
 def test_the_live_view_of_a_run_that_waits_for_an_approval_shows_that_it_waits_and_why(
     platform: Platform, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The execution's first three reads (its first event, the approval asked for, the execution waiting) still say
-    running, as a read racing the events may; the read once the events paused says waiting, and why. Without that
-    read, and with the approval's events moving nothing, the view sat on `running` until the run's end."""
+    """The execution's first read (at its first events) still says running, as a read racing the events may; the read
+    once the events paused (owed to the approval's events, or the catch-up) says waiting, and why. Without that read,
+    and with the approval's events moving nothing, the view sat on `running` until the run's end."""
     screen = io.StringIO()
     monkeypatch.setattr(cli, "out", Console(file=screen, force_terminal=True, width=200))
     reads: list[int] = []
@@ -702,7 +704,7 @@ def test_the_live_view_of_a_run_that_waits_for_an_approval_shows_that_it_waits_a
         ]
         if ended.is_set():
             return {"id": "e-1", "status": "succeeded", "steps": steps}
-        if len(reads) <= 3:
+        if len(reads) <= 1:
             return {"id": "e-1", "status": "running", "steps": steps}
         return {"id": "e-1", "status": "waiting", "wait_reason": WAIT_REASON, "steps": steps}
 
@@ -789,3 +791,188 @@ def test_a_long_poll_whose_wait_is_in_its_path_waits_past_the_clients_timeout() 
         api.get("/api/v1/executions/e/events?wait=5", params={"wait": 1})  # the parameter wins, as it is sent
         api.get("/api/v1/executions/e/events?after=3")
     assert [t["read"] for t in timeouts] == [10.0, 6.0, 2.0]
+
+
+# ------------------------------------------------------------------------------------------ the live view's bounds
+def _looking_clock(monkeypatch: pytest.MonkeyPatch, step: float) -> None:
+    """The view on a terminal, and a clock that moves on `step` seconds at each look."""
+    monkeypatch.setattr(cli, "out", Console(file=io.StringIO(), force_terminal=True, width=200))
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += step
+        return now[0]
+
+    monkeypatch.setattr(cli, "_clock", clock, raising=False)
+
+
+def test_a_compensation_burst_reads_the_execution_at_most_once_a_second(
+    platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run failing at its 100th step sends a step's failure, then two compensation events for each step before it:
+    each clock look moves 50 ms, so the 202 events take at most ~20 s of it, and the view reads at most once a second
+    (the step's failure, beyond a step's move, is read `_REDRAW_S` after the last read, not at once)."""
+    _looking_clock(monkeypatch, 0.05)
+    steps = [{"step_id": f"s{i}", "action": "noop", "state": "compensated"} for i in range(100)]
+    events: list[dict[str, Any]] = [{"seq": 1, "type": "step_failed", "step": "s100", "step_id": "s100"}]
+    for i in reversed(range(100)):
+        for kind in ("compensation_started", "compensation_completed"):
+            events.append({"seq": len(events) + 1, "type": kind, "step": f"s{i}", "step_id": f"s{i}"})
+    events.append({"seq": len(events) + 1, "type": "execution_failed"})
+    page = {"items": events, "next_after": len(events), "status": "failed"}
+    reads: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        route = f"{request.method} {request.url.path}"
+        if route == f"POST /api/v1/intents/{INTENT_ID}/execute":
+            return httpx.Response(202, json={"execution_id": "e-1", "status": "pending"})
+        if route == "GET /api/v1/executions/e-1/events":
+            return httpx.Response(200, json=page)
+        assert route == "GET /api/v1/executions/e-1", route
+        reads.append(1)
+        return httpx.Response(200, json={"id": "e-1", "status": "failed", "steps": steps})
+
+    platform.handler = handler
+    result = qp("run", INTENT_ID, "--follow", env=ENV)
+    assert result.exit_code == cli.EXIT_FAILED, (result.output, result.exception)
+    # 202 events, at most two looks at the clock each: at most ~20 s of it, so at most ~20 reads, and the first and
+    # the final one (one read per compensation event before: 202).
+    assert 2 <= len(reads) <= 3 + 2 * len(events) * 0.05 / cli._REDRAW_S, len(reads)
+
+
+def _until(condition: Callable[[], bool]) -> None:
+    """Wait, 10 s at most, for `condition`."""
+    waited = threading.Event()
+    for _ in range(1000):
+        if condition():
+            return
+        waited.wait(0.01)
+
+
+def test_the_events_waiting_for_the_view_are_bounded() -> None:
+    """A stream read faster than the view takes its events stops being read once 64 wait: 2,000 events of 100 KB
+    held 233 MB before."""
+    produced = [0]
+
+    def events() -> Iterator[dict[str, Any]]:
+        for seq in range(1, 1001):
+            produced[0] = seq
+            yield {"seq": seq, "type": "step_started", "step_id": "s"}
+
+    feed = cli._Feed(events())
+    _until(lambda: feed._queue.full() or produced[0] == 1000)
+    try:
+        assert produced[0] <= 64 + 1, produced[0]  # 64 queued, one held by the thread
+    finally:
+        feed.close()
+
+
+def test_the_view_reads_once_for_all_the_events_queued(platform: Platform, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each read of the execution waits until the events waiting for the view are at their bound, and each clock look
+    moves 2 s, so every batch is read: one read for each 64 events queued, not one per event (200 before)."""
+    _looking_clock(monkeypatch, 2.0)
+    feeds: list[Any] = []
+
+    class Recorded(cli._Feed):
+        def __init__(self, events: Iterator[dict[str, Any]]) -> None:
+            feeds.append(self)
+            super().__init__(events)
+
+    monkeypatch.setattr(cli, "_Feed", Recorded)
+    produced = [0]
+
+    class Many(httpx.SyncByteStream):
+        def __iter__(self) -> Iterator[bytes]:
+            yield OPENING
+            for seq in range(1, 201):
+                produced[0] = seq
+                yield _event(seq, "step_started")
+            produced[0] = 201
+            yield _event(201, "execution_completed")
+
+    reads: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        route = f"{request.method} {request.url.path}"
+        if route == f"POST /api/v1/intents/{INTENT_ID}/execute":
+            return httpx.Response(202, json={"execution_id": "e-1", "status": "pending"})
+        if route == "GET /api/v1/executions/e-1/events":
+            return httpx.Response(200, headers=SSE, stream=Many())
+        assert route == "GET /api/v1/executions/e-1", route
+        reads.append(1)
+        _until(lambda: produced[0] == 201 or (bool(feeds) and feeds[0]._queue.full()))
+        return httpx.Response(200, json={"id": "e-1", "status": "succeeded", "steps": []})
+
+    platform.handler = handler
+    result = qp("run", INTENT_ID, "--follow", env=ENV)
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert len(reads) <= 10, len(reads)  # the first, one per 64 events (4), a catch-up or two, the final one
+
+
+class _Endless(httpx.SyncByteStream):
+    """A run's stream that goes on sending step events until `over` is set (the test's end)."""
+
+    def __init__(self, over: threading.Event) -> None:
+        self._over = over
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield OPENING
+        seq = 0
+        while not self._over.wait(0.01):
+            seq += 1
+            yield _event(seq, "step_started")
+
+
+def test_the_events_thread_ends_when_the_view_stops_on_an_error(platform: Platform) -> None:
+    """The execution's read answers 404 while its events go on: `qp` exits 3, and the thread reading the events stops
+    at its next one (it read on, in the process, until the stream's end)."""
+    over = threading.Event()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        route = f"{request.method} {request.url.path}"
+        if route == f"POST /api/v1/intents/{INTENT_ID}/execute":
+            return httpx.Response(202, json={"execution_id": "e-1", "status": "pending"})
+        if route == "GET /api/v1/executions/e-1/events":
+            return httpx.Response(200, headers=SSE, stream=_Endless(over))
+        assert route == "GET /api/v1/executions/e-1", route
+        return httpx.Response(404, json={"title": "Not Found", "status": 404})
+
+    platform.handler = handler
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(cli, "out", Console(file=io.StringIO(), force_terminal=True, width=200))
+            result = qp("run", INTENT_ID, "--follow", env=ENV)
+        assert result.exit_code == cli.EXIT_PROBLEM, (result.output, result.exception)
+        readers = [thread for thread in threading.enumerate() if thread.name == "qp-follow-events"]
+        assert readers
+        for thread in readers:
+            thread.join(timeout=10)
+        assert not any(thread.is_alive() for thread in readers)
+    finally:
+        over.set()
+
+
+# ------------------------------------------------------------------------------------------ a deeply nested answer
+DEEP = b"[" * 100000 + b"]" * 100000
+
+
+@pytest.mark.parametrize("status", [200, 400])
+def test_an_answer_nested_too_deeply_is_one_error_and_exit_3(
+    status: int,
+    platform: Platform,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`[[[...]]]` 100,000 deep (an execution's read answered, or its refusal) is an unexpected answer or a refusal
+    said in one error, exit 3: the parser's RecursionError (a RuntimeError) exited 70 with a traceback."""
+    platform.handler = lambda request: httpx.Response(
+        status, content=DEEP, headers={"content-type": "application/json"}
+    )
+    for name, value in ENV.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["executions", "get", "e-1"])
+    assert exited.value.code == cli.EXIT_PROBLEM
+    said = capsys.readouterr().err
+    assert said.startswith("error: ") and said.count("error: ") == 1 and "Traceback" not in said, said[:2000]
+    assert problem_from(httpx.Response(400, content=DEEP)).document["detail"] == DEEP[:500].decode()

@@ -8,7 +8,6 @@ reconnecting through lost connections and a restarting backend."""
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 import re
@@ -25,7 +24,7 @@ import httpx
 from httpx_sse import EventSource
 
 from quantum_platform.credentials import Credential, DevhostCredential, from_environment
-from quantum_platform.errors import ProblemError, UnexpectedAnswer, problem_from
+from quantum_platform.errors import ProblemError, UnexpectedAnswer, problem_from, strict_json
 from quantum_platform.resources import Audit, Definitions, Executions, Modules, Webhooks
 from quantum_platform.shapes import EVENT, kind
 from quantum_platform.terminal_text import folded
@@ -115,16 +114,6 @@ _STREAM_ACCEPT = "text/event-stream, application/json;q=0.9"
 _POLL_ACCEPT = "application/json"
 """The long poll alone: asked for when the tenant's streams are all open (429 `too-many-streams`), and to learn
 whether a stream that ended with nothing new saw its execution end."""
-
-
-def _not_json(constant: str) -> Any:
-    raise ValueError(f"{constant} is not JSON")
-
-
-def strict_json(text: str | bytes) -> Any:
-    """`text` parsed as JSON (RFC 8259): NaN, Infinity and -Infinity, which Python's parser takes by default, are
-    refused (ValueError), for what the client hands on (`qp -o json` among them) must parse as JSON again."""
-    return json.loads(text, parse_constant=_not_json)
 
 
 class ApiResponse:
@@ -416,7 +405,7 @@ class _Retrying:
 def _answer_reason(response: httpx.Response) -> str:
     """`response`'s status and the title of its problem document (else the status's own phrase), one line."""
     try:
-        body = response.json()
+        body = strict_json(response.content)
     except (ValueError, httpx.ResponseNotRead):
         body = None
     title = body.get("title") if isinstance(body, dict) else None
@@ -432,7 +421,7 @@ def _streams_taken(response: httpx.Response) -> bool:
     if response.status_code != 429:
         return False
     try:
-        body = response.json()
+        body = strict_json(response.content)
     except (ValueError, httpx.ResponseNotRead):
         return False
     return isinstance(body, dict) and str(body.get("type", "")).endswith("/too-many-streams")
@@ -445,7 +434,7 @@ def _asks_to_be_sent_again(response: httpx.Response) -> bool:
     if response.status_code != 503:
         return False
     try:
-        body = response.json()
+        body = strict_json(response.content)
     except (ValueError, httpx.ResponseNotRead):
         return False
     return isinstance(body, dict) and str(body.get("type", "")).endswith("/orchestration-unavailable")

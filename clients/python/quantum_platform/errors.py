@@ -3,11 +3,26 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
 
 from quantum_platform.terminal_text import folded
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def strict_json(text: str | bytes) -> Any:
+    """`text` parsed as JSON (RFC 8259): NaN, Infinity and -Infinity, which Python's parser takes by default, are
+    refused (ValueError), for what the client hands on (`qp -o json` among them) must parse as JSON again. A document
+    nested past the parser's recursion (`[[[...]]]` of any server) is a ValueError too, not a RecursionError."""
+    try:
+        return json.loads(text, parse_constant=_not_json)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 class PlatformError(Exception):
@@ -137,8 +152,8 @@ _BY_STATUS: dict[int, type[ProblemError]] = {
 def problem_from(response: httpx.Response) -> ProblemError:
     """The exception for an error answer (a body that is not problem+json still gives a typed error)."""
     try:
-        document = response.json()
-    except ValueError:
+        document = strict_json(response.content)
+    except (ValueError, httpx.ResponseNotRead):
         document = {"detail": response.text[:500] or None}
     if not isinstance(document, dict):
         document = {"detail": str(document)[:500]}
