@@ -6,12 +6,13 @@ publishes it again, in the same batch or on another instance). So each copy firs
 database (ADR 0026): one copy runs the module, the others wait for its result or for its lease to lapse. A holder
 that has had no renewal confirmed for most of its lease gives its run up before the database lets another copy take
 the claim over (LEASE_S), so that a live holder whose renewals stall does not run beside its successor; it then waits
-as a copy does, and records the result its module had (or runs it, if it never started or failed once told it was
-abandoned) once its claim is its own again, so that an outage longer than the batch's retries does not leave the
-attempt to nobody. An attempt that has a result is not run again: its recorded verdict is raised again. An attempt
-of an execution that has ended, or whose deadline (its timeout, counted from its dispatch) has passed, is not
-started; one still running at its deadline is abandoned as timed out. The items of a batch run concurrently on a
-bounded pool, and each verdict is raised as soon as it is recorded, so one slow item holds up no other.
+as a copy does, and records the result its module had (or runs it, if it never started or failed for being told
+it was abandoned, once more at most) once its claim is its own again, so that an outage longer than the batch's
+retries does not leave the attempt to nobody. An attempt that has a result is not run again: its recorded verdict is
+raised again. An attempt of an execution that has ended, or whose deadline (its timeout, counted from its dispatch)
+has passed, is not started; one still running at its deadline is abandoned as timed out. The items of a batch run
+concurrently on a bounded pool, and each verdict is raised as soon as it is recorded, so one slow item holds up no
+other.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from shared.engine.steps import Attempt, AttemptKey, Claim
 from shared.engine.work_hub import Carried, hand_back_work
 from shared.modules import BUILTIN_MODULES, Module, ModuleContext, StepFailed, run_module
 from shared.modules.artifact_write import REMOVAL_WINDOW_S, bounded_by
+from shared.modules.contract import Abandoned
 from shared.observability.tracing import continued_span, execution_attributes
 from shared.tenants.repository import tenant_settings
 
@@ -301,8 +303,9 @@ async def _run_claimed(
     taken over), or given up (no renewal confirmed within `_held_for_s` of the sending, at `asked` on the monotonic
     clock, of the last one confirmed or of the claim) and not taken back by its deadline, or held by another copy
     meanwhile (`_taken_back`): what is recorded then stands. Taken back, its module's result is answered (a module
-    left running is waited for under the claim, never started again), unless it is a failure returned once its
-    module was told it was abandoned; that run, and a run given up before it started, then runs (once more).
+    left running is waited for under the claim, never started again), unless it is a failure its module raised for
+    being told it was abandoned (`Abandoned`); that run runs once more (once only: what the next returns is recorded),
+    and a run given up before it started starts.
 
     Why the give-up comes first, whatever the clocks: each confirmed statement ran after it was sent, and wrote
     `claimed_until` as its database time plus `_database_lease_s`; a copy takes the claim over only once the
@@ -344,6 +347,9 @@ async def _run_claimed(
     # Whether this copy gave its run up and has taken its claim back since: a run that never started then starts
     # (nobody else runs the attempt); one that has ended has its result recorded.
     taken_back = False
+    # A run stopped short by a give-up runs again once at most: a database that keeps dropping out gives up each run
+    # in turn, and the attempt's retries, not this loop, answer for that.
+    rerun_left = True
     try:
         while True:
             now = time.monotonic()
@@ -356,14 +362,14 @@ async def _run_claimed(
             # A result already there is recorded, whatever the renewals: it was computed under the claim.
             if run.done():
                 result = None if run.cancelled() else run.result()
-                if taken_back and (
-                    result is None
-                    or result is _NotStarted.GIVEN_UP
-                    or (isinstance(result, dict) and _stopped_short(result, start) and now < deadline)
-                ):
-                    # Given up before it started, or a failure its module returned once told it was abandoned (an
-                    # HTTP wait, an event's send, stopped short by the give-up, not by what it did), and the claim is
-                    # this copy's again: it runs now, once more, its module having returned.
+                stopped_short = (
+                    isinstance(result, dict) and _stopped_short(result) and now < deadline - DEADLINE_SLACK_S
+                )
+                if taken_back and (result is None or result is _NotStarted.GIVEN_UP or (stopped_short and rerun_left)):
+                    # Given up before it started, or a failure its module returned for being told it was abandoned
+                    # (an HTTP wait, an event's send, stopped short by the give-up, not by what it did), and the claim
+                    # is this copy's again: it runs now, once more, its module having returned.
+                    rerun_left = rerun_left and not stopped_short
                     taken_back = False
                     start, ctx = _Start(), dataclasses.replace(ctx, abandoned=threading.Event())
                     run = queued(start, ctx)
@@ -454,11 +460,12 @@ async def _run_claimed(
         ctx.abandoned.set()
 
 
-def _stopped_short(result: dict[str, Any], start: _Start) -> bool:
-    """Whether a run's result is only the give-up's doing: a failure its module returned after it was told its
+def _stopped_short(result: dict[str, Any]) -> bool:
+    """Whether a run's result is only the give-up's doing: a failure its module raised as `Abandoned` once told its
     attempt was abandoned (modules that look stop then, and fail). Not the attempt's result: recorded, it failed a
-    step the module had never run to its own end. A success stands, its work done, whenever it came."""
-    return not result["ok"] and start.told_to_stop
+    step the module had never run to its own end. A success stands, its work done, whenever it came, and so does a
+    failure of the module's own (a refusal, a 409), whatever the give-up did meanwhile."""
+    return not result["ok"] and bool(result.get("stopped")) and bool(result.get("retryable", True))
 
 
 def _renewed(renewal: asyncio.Future[bool], key: AttemptKey) -> bool | None:
@@ -492,37 +499,41 @@ async def _taken_back(
     pause = HELD_POLL_S
     asking: asyncio.Future[Literal["own", "held", "gone"]] | None = None
     sent = time.monotonic()
-    while True:
-        if asking is None:
-            sent = time.monotonic()
-            asking = _on_threads(_renewal_threads, _take_back, item, key, owner, timeout_s)
-        await asyncio.wait({asking}, timeout=max(0.0, min(HEARTBEAT_S, deadline - time.monotonic())))
-        state: str | None = None
-        if asking.done():
-            try:
-                state = asking.result()
-            except Exception as exc:  # still out of reach: asked again after the pause
-                logger.info("module-work: the claim on %s given up could not be looked at: %s", key, exc)
-            asking = None
-        now = time.monotonic()
-        if state in ("gone", "held"):
-            return None  # nothing to run here: its result is there, or coming from the copy that holds it
-        if state == "own" and (run.done() or now >= deadline):
-            return sent
-        if now >= deadline:
-            # Not this copy's at its deadline: the orchestrator's timer ends it. A look still unanswered is left
-            # behind; its answer, if it ever comes, changes nothing here.
+    try:
+        while True:
+            if asking is None:
+                sent = time.monotonic()
+                asking = _on_threads(_renewal_threads, _take_back, item, key, owner, timeout_s)
+            await asyncio.wait({asking}, timeout=max(0.0, min(HEARTBEAT_S, deadline - time.monotonic())))
+            state: str | None = None
+            if asking.done():
+                try:
+                    state = asking.result()
+                except Exception as exc:  # still out of reach: asked again after the pause
+                    logger.info("module-work: the claim on %s given up could not be looked at: %s", key, exc)
+                asking = None
+            now = time.monotonic()
+            if state in ("gone", "held"):
+                return None  # nothing to run here: its result is there, or coming from the copy that holds it
+            if state == "own" and (run.done() or now >= deadline):
+                return sent
+            if now >= deadline:
+                # Not this copy's at its deadline: the orchestrator's timer ends it. A look still unanswered is left
+                # behind (below); its answer, if it ever comes, changes nothing here.
+                return None
             if asking is not None:
-                asking.add_done_callback(_unheard)
-            return None
+                continue  # unanswered within its heartbeat: waited for again, never doubled
+            wait = max(0.0, min(pause, deadline - now))
+            if state == "own" and not run.done():
+                await asyncio.wait({run}, timeout=wait)
+            else:
+                await asyncio.sleep(wait)
+            pause = min(pause * 2, HEARTBEAT_S)
+    finally:
+        # However the wait ended (its deadline, or cancelled with its batch or the host), a look still unanswered is
+        # left behind, its answer read when it comes.
         if asking is not None:
-            continue  # unanswered within its heartbeat: waited for again, never doubled
-        wait = max(0.0, min(pause, deadline - now))
-        if state == "own" and not run.done():
-            await asyncio.wait({run}, timeout=wait)
-        else:
-            await asyncio.sleep(wait)
-        pause = min(pause * 2, HEARTBEAT_S)
+            asking.add_done_callback(_unheard)
 
 
 def _unheard(answer: asyncio.Future[Any]) -> None:
@@ -547,9 +558,6 @@ class _Start:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._state: Literal["queued", "started", "given up"] = "queued"
-        self.told_to_stop = False
-        """Whether its module had been told its attempt was abandoned when it returned (set on the module thread
-        before the run's result is handed over)."""
 
     @property
     def started(self) -> bool:
@@ -606,26 +614,28 @@ def _run_module(
         output = run_module(item.action, ctx, item.params, modules)
         # A large output is stored by the attempt's deadline too: past it the store's retries held this thread (and
         # its tenant's share) for minutes. Cut off, it fails the attempt retryably as the module's own storage
-        # failure does, and nothing is recorded as succeeded without its blob (ADR 0026).
+        # failure does, and nothing is recorded as succeeded without its blob (ADR 0026). By the deadline only, not
+        # by a give-up meanwhile: the work is done, and its result, taken back, is recorded rather than run again.
+        stored = dataclasses.replace(ctx, abandoned=threading.Event())
         try:
             output = claim_check(
                 item.tenant_id,
                 key,
                 output,
-                within=bounded_by(ctx),
-                removal_within=bounded_by(ctx, at_least_s=REMOVAL_WINDOW_S),
+                within=bounded_by(stored),
+                removal_within=bounded_by(stored, at_least_s=REMOVAL_WINDOW_S),
             )
         except AzureError as exc:
             # A refusal the store's retries do not ride out (a 403, say) is this attempt's failure, as a module's own
             # storage error is; let out, it failed the whole batch, every other item of it retried with it.
             raise StepFailed(f"the storing of {item.action}'s output failed: {type(exc).__name__}: {exc}") from exc
-        result: dict[str, Any] = {"ok": True, "output": output}
+        return {"ok": True, "output": output}
     except StepFailed as exc:
-        result = {"ok": False, "error": exc.message, "retryable": exc.retryable}
-    # Looked at once the module has returned: told before, it may have stopped short because of it; told after, it
-    # cannot have been.
-    start.told_to_stop = ctx.abandoned.is_set()
-    return result
+        result: dict[str, Any] = {"ok": False, "error": exc.message, "retryable": exc.retryable}
+        if isinstance(exc, Abandoned) and ctx.abandoned.is_set():
+            # Stopped short for being told its attempt was abandoned, not by what its work met (`_stopped_short`).
+            result["stopped"] = True
+        return result
 
 
 def _record(item: WorkItem, key: AttemptKey, result: dict[str, Any]) -> Outcome | None:

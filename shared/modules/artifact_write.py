@@ -20,7 +20,7 @@ from azure.core.exceptions import (
 from azure.storage.blob import ContainerClient, ContentSettings
 
 from shared.config import get_settings
-from shared.modules.contract import Module, ModuleContext, StepFailed
+from shared.modules.contract import Abandoned, Module, ModuleContext, StepFailed
 from shared.registry.catalog import ArtifactWriteParams
 from shared.storage.blob import StorageCall, artifacts_container
 from shared.tenants.offboarding import kept_for_tenant, tenant_blob_prefix
@@ -93,7 +93,8 @@ def within_deadline(ctx: ModuleContext, what: str, call: Callable[..., T]) -> T:
             else:
                 when = f"within {MAX_RETRY_WINDOW_S:g} s of retries"
             # Retryable: the store was slow or away, and the next attempt (its own deadline) may find it back.
-            raise StepFailed(
+            stopped = Abandoned if ctx.abandoned.is_set() else StepFailed
+            raise stopped(
                 f"{what} not done {when} ({tries} {'try' if tries == 1 else 'tries'}; last error: {last})",
                 details={"tries": tries, "last": last},
             )

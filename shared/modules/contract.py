@@ -40,6 +40,15 @@ class StepFailed(Exception):
         self.details: dict[str, Any] = dict(details or {})
 
 
+class Abandoned(StepFailed):
+    """A step failure only because the attempt was abandoned (`ModuleContext.abandoned` set): the module stopped
+    short when told to, not because of what its work met. Retryable; the worker tells it from the module's own
+    failures, which stand however late they come."""
+
+    def __init__(self, message: str, *, details: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message, retryable=True, details=details)
+
+
 @dataclass(frozen=True)
 class ModuleContext:
     """What a handler knows about the step attempt it runs."""

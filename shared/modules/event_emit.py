@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from shared.events.publisher import PLATFORM_EVENTS_HUB, EventPublisher, OutboundEvent, get_publisher
-from shared.modules.contract import Module, ModuleContext, StepFailed
+from shared.modules.contract import Abandoned, Module, ModuleContext, StepFailed
 from shared.registry.catalog import EventEmitParams
 
 CUSTOM_EVENT_PREFIX = "custom."
@@ -76,8 +76,10 @@ class EventEmitModule(Module[EventEmitParams]):
         if left is None:
             self._publisher().publish(PLATFORM_EVENTS_HUB, [event])
             return {"event_id": eid}
-        if ctx.abandoned.is_set() or left <= 0:
-            raise StepFailed(f"event {event_type} not sent: its attempt was abandoned or past its deadline")
+        if ctx.abandoned.is_set():
+            raise Abandoned(f"event {event_type} not sent: its attempt was abandoned")
+        if left <= 0:
+            raise StepFailed(f"event {event_type} not sent: its attempt was past its deadline")
         try:
             self._publisher().publish(PLATFORM_EVENTS_HUB, [event], timeout=left)
         except TimeoutError as exc:

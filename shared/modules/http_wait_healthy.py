@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import httpx
 
-from shared.modules.contract import Module, ModuleContext, StepFailed
+from shared.modules.contract import Abandoned, Module, ModuleContext, StepFailed
 from shared.modules.http_request import allowed_hosts
 from shared.modules.ssrf import GuardedClient, Resolver, UrlRefused, private_network_allowed, system_resolver
 from shared.registry.catalog import HttpWaitHealthyParams, VerifyDeploymentParams
@@ -67,7 +67,7 @@ class HttpWaitHealthyModule(Module[HttpWaitHealthyParams]):
         ) as client:
             while True:
                 if ctx.abandoned.is_set():
-                    raise StepFailed(
+                    raise Abandoned(
                         f"{params.url} not healthy when its attempt was abandoned ({probes} probes; last: {last})",
                         details={"probes": probes, "last": last},
                     )

@@ -25,9 +25,11 @@ from pydantic import BaseModel
 from shared.db.session import tenant_transaction
 from shared.engine import module_threads, worker
 from shared.engine import steps as store
+from shared.engine.payloads import is_blob_ref
 from shared.engine.protocol import WorkItem
 from shared.engine.steps import AttemptKey
 from shared.modules import Module, ModuleContext, StepFailed
+from shared.modules.contract import Abandoned
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_module_work_hand_back import _Worker
 from tests.integration.test_module_worker_claims import (
@@ -390,8 +392,8 @@ def test_a_renewal_that_lands_after_the_release_holds_nothing(app_pool: Connecti
 
 
 class _WaitsHealthy(Module[_NoParams]):
-    """As http.wait_healthy does: waits until the test opens it, failing at once when told its attempt is
-    abandoned; a run that finds it open succeeds. Numbers its runs."""
+    """As http.wait_healthy does: waits until the test opens it, failing at once (`Abandoned`) when told its attempt
+    is abandoned; a run that finds it open succeeds. Numbers its runs."""
 
     action: ClassVar[str] = "test.waits_healthy"
     params_model = _NoParams
@@ -412,7 +414,7 @@ class _WaitsHealthy(Module[_NoParams]):
                 if self.opened.is_set():
                     return {"run": run}
                 if ctx.abandoned.is_set():
-                    raise StepFailed("not healthy when its attempt was abandoned")
+                    raise Abandoned("not healthy when its attempt was abandoned")
                 waited.wait(0.01)
             raise StepFailed("never opened")
         finally:
@@ -557,3 +559,109 @@ def test_a_holder_that_gave_up_stops_waiting_once_another_copy_holds_the_claim(
     assert records.count == 1 and raiser.to(item.execution_id) == [{"ok": True, "output": {"run": 2}}]
     row = _row(app_pool, item)
     assert (row["state"], row["claims"]) == ("succeeded", 2) and row["claimed_by"] != holder
+
+
+class _EndsAfterTheGiveUp(Module[_NoParams]):
+    """Waits until told its attempt is abandoned (`told`), then until the test opens it, and ends as `ending` says:
+    an output too large to keep inline, or a failure of its own, one not retried (a 409 an HTTP call met) or one
+    retried (a 503). Later runs succeed at once. Numbers its runs."""
+
+    action: ClassVar[str] = "test.ends_after_the_give_up"
+    params_model = _NoParams
+
+    def __init__(self, ending: str) -> None:
+        self.ending = ending
+        self.runs = 0
+        self.told = threading.Event()
+        self.opened = threading.Event()
+        self._lock = threading.Lock()
+
+    def run(self, ctx: ModuleContext, params: _NoParams) -> Any:
+        with self._lock:
+            self.runs += 1
+            run = self.runs
+        if run > 1:
+            return {"run": run}
+        if ctx.abandoned.wait(BOUND_S):
+            self.told.set()
+        self.opened.wait(BOUND_S)
+        if self.ending == "large":
+            return {"run": run, "pad": "x" * 70_000}
+        if self.ending == "conflict":
+            raise StepFailed("409 Conflict: the deployment exists", retryable=False)
+        raise StepFailed("503 Service Unavailable: the deployment service is busy")
+
+
+@pytest.mark.parametrize("ending", ["large", "conflict", "unavailable"])
+def test_what_a_module_ends_with_after_the_give_up_of_its_own_accord_is_recorded_and_it_does_not_run_again(
+    app_pool: ConnectionPool[Any],
+    tenant: uuid.UUID,
+    records: _Records,
+    holder_process: _Worker,
+    monkeypatch: pytest.MonkeyPatch,
+    ending: str,
+) -> None:
+    # Told its attempt was abandoned, a module that ends all the same has its result: a success whose output, too
+    # large to keep inline, was then stored under the give-up (and failed at once for it), and a failure of its own
+    # (an HTTP call's 409 or 503, which never looks at the give-up) were all taken for the give-up's doing, not
+    # recorded, and the module run again.
+    monkeypatch.setattr(worker, "LEASE_S", 1.0)
+    monkeypatch.setattr(worker, "HEARTBEAT_S", 0.3)
+    monkeypatch.setattr(worker, "HELD_POLL_S", 0.1)
+    outage = threading.Event()
+    _out_of_reach_while(outage, monkeypatch)
+    module = _EndsAfterTheGiveUp(ending)
+    item = _dispatched(app_pool, tenant, module.action)
+    ran = asyncio.run_coroutine_threadsafe(worker.run_attempt(item, {module.action: module}), holder_process.loop)
+    try:
+        assert _until(lambda: module.runs == 1)
+        outage.set()
+        assert module.told.wait(BOUND_S)  # given up
+    finally:
+        outage.clear()
+        module.opened.set()
+    outcome = ran.result(BOUND_S)
+    assert outcome is not None
+    assert module.runs == 1 and records.count == 1
+    row = _row(app_pool, item)
+    if ending == "large":
+        assert outcome.verdict["ok"] and is_blob_ref(outcome.verdict["output"])
+        assert row["state"] == "succeeded" and is_blob_ref(row["output"])
+    else:
+        said = "409 Conflict" if ending == "conflict" else "503 Service Unavailable"
+        assert not outcome.verdict["ok"] and said in str(outcome.verdict)
+        assert row["state"] == "failed" and said in str(row["error"])
+
+
+def test_a_run_the_give_up_stops_short_runs_again_once_only(
+    app_pool: ConnectionPool[Any],
+    tenant: uuid.UUID,
+    records: _Records,
+    holder_process: _Worker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A database that keeps dropping out gave up each run in turn, and each was run again: one more run per outage,
+    # as long as the deadline lasted. The second run stopped short is recorded (a retryable failure: the attempt's
+    # retries take over).
+    monkeypatch.setattr(worker, "LEASE_S", 1.0)
+    monkeypatch.setattr(worker, "HEARTBEAT_S", 0.3)
+    monkeypatch.setattr(worker, "HELD_POLL_S", 0.1)
+    outage = threading.Event()
+    _out_of_reach_while(outage, monkeypatch)
+    module = _WaitsHealthy()
+    item = _dispatched(app_pool, tenant, module.action)
+    ran = asyncio.run_coroutine_threadsafe(worker.run_attempt(item, {module.action: module}), holder_process.loop)
+    try:
+        for run in (1, 2):
+            assert _until(lambda run=run: module.runs == run)
+            outage.set()
+            assert _until(lambda run=run: module.ended == run)  # given up, and stopped short for it
+            outage.clear()
+        outcome = ran.result(BOUND_S)
+    finally:
+        outage.clear()
+        module.opened.set()
+    assert outcome is not None and not outcome.verdict["ok"]
+    assert "abandoned" in str(outcome.verdict)
+    assert module.runs == 2 and records.count == 1
+    assert _row(app_pool, item)["state"] == "failed"
