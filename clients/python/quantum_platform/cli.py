@@ -61,7 +61,8 @@ EXIT_READER_GONE = 141
 line `qp` cannot read (an unknown option, a missing argument, a bad value) exits 64 (EX_USAGE), never 2, which a
 script reads as "cancelled"; a fault of `qp` itself (an exception it does not expect) exits 70 (EX_SOFTWARE) after its
 traceback on stderr, never 1, which a script reads as "failed"; a command whose output's reader went away exits 141
-(128 + SIGPIPE, as one killed by it), never 0: `qp run --follow` then exits with its run's outcome when it read it."""
+(128 + SIGPIPE, as one killed by it), never 0: `qp run --follow` then exits with its run's outcome when it read it;
+one interrupted (Ctrl-C) exits 130."""
 _CLICK_ERRORS = importlib.import_module(typer.BadParameter.__module__)
 """The exceptions of the click that typer runs on: its own copy in recent versions, click itself in older ones (the
 real click's UsageError is not the one a recent typer raises)."""
@@ -892,6 +893,7 @@ _STATE_AFTER = {
     "step_skipped": "skipped",
     "step_cancelled": "cancelled",
     "compensation_started": "compensating",
+    "compensation_retrying": "compensating",
     "compensation_completed": "compensated",
     "compensation_failed": "compensation_failed",
 }
