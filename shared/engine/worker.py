@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+import psycopg
 from azure.core.exceptions import AzureError
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
@@ -316,6 +317,9 @@ async def _run_claimed(
     """
     deadline = time.monotonic() + claim.remaining_s
     start = _Start()
+    # Set once nobody waits for this attempt here any more (its result, a cancel, a take-over, the host stopping),
+    # not at a give-up: a successful output's store stops then, and not before.
+    ended = threading.Event()
     ctx = ModuleContext(
         tenant_id=item.tenant_id,
         execution_id=str(item.execution_id),
@@ -334,7 +338,7 @@ async def _run_claimed(
         run = asyncio.ensure_future(
             run_in_share(
                 item.tenant_id,
-                functools.partial(_run_module, item, key, owner, ctx, modules, deadline, fresh_until, start),
+                functools.partial(_run_module, item, key, owner, ctx, modules, deadline, fresh_until, start, ended),
             )
         )
         if entry is not None:
@@ -456,7 +460,9 @@ async def _run_claimed(
         if renewal is not None:
             renewal.cancel()  # its answer no longer matters; one not sent yet is not sent
         # However the wait ended, nobody waits for this run any more: a module that polls or waits stops now
-        # instead of holding its thread and its tenant's share (one that has returned does not look).
+        # instead of holding its thread and its tenant's share (one that has returned does not look), and so does
+        # the store of a successful output.
+        ended.set()
         ctx.abandoned.set()
 
 
@@ -591,9 +597,11 @@ def _run_module(
     deadline: float,
     fresh_until: float,
     start: _Start,
+    ended: threading.Event | None = None,
 ) -> dict[str, Any] | _NotStarted:
     """The module's result (on a module thread), or why it was not started; `fresh_until` (monotonic): until when
-    the claim taken just before counts as confirmed."""
+    the claim taken just before counts as confirmed; `ended`: set once nobody waits for the run (its output's store
+    then stops)."""
     now = time.monotonic()
     if now >= deadline:
         return _NotStarted.LATE  # the caller has answered for it already
@@ -616,7 +624,9 @@ def _run_module(
         # its tenant's share) for minutes. Cut off, it fails the attempt retryably as the module's own storage
         # failure does, and nothing is recorded as succeeded without its blob (ADR 0026). By the deadline only, not
         # by a give-up meanwhile: the work is done, and its result, taken back, is recorded rather than run again.
-        stored = dataclasses.replace(ctx, abandoned=threading.Event())
+        # Stopped, though, once nobody waits for it (a cancel, a take-over, the host stopping): it held the thread
+        # and its tenant's share for up to a retry window per storage call for nothing.
+        stored = dataclasses.replace(ctx, abandoned=ended if ended is not None else threading.Event())
         try:
             output = claim_check(
                 item.tenant_id,
@@ -629,6 +639,12 @@ def _run_module(
             # A refusal the store's retries do not ride out (a 403, say) is this attempt's failure, as a module's own
             # storage error is; let out, it failed the whole batch, every other item of it retried with it.
             raise StepFailed(f"the storing of {item.action}'s output failed: {type(exc).__name__}: {exc}") from exc
+        except psycopg.Error as exc:
+            # The look at its tenant (`kept_for_tenant`) met the database out of reach, as the outage behind a
+            # give-up does: let out, it failed the whole batch once taken back. Under a give-up it is the give-up's
+            # doing (run once more under the claim taken back); otherwise the attempt's retryable failure.
+            failed = Abandoned if ctx.abandoned.is_set() else StepFailed
+            raise failed(f"the storing of {item.action}'s output failed: {type(exc).__name__}: {exc}") from exc
         return {"ok": True, "output": output}
     except StepFailed as exc:
         result: dict[str, Any] = {"ok": False, "error": exc.message, "retryable": exc.retryable}

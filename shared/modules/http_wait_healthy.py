@@ -95,6 +95,13 @@ class HttpWaitHealthyModule(Module[HttpWaitHealthyParams]):
                         # The worker answers for the attempt at its deadline, as timed out (the orchestrator's own
                         # timer reads the same): wait for that instead of answering first with another verdict.
                         pause(max(limit - self._clock(), 0.0) + ABANDON_GRACE_S)
+                        if ctx.abandoned.is_set() and self._clock() < limit:
+                            # Woken by a give-up, not by the deadline: stopped short for it, as above.
+                            raise Abandoned(
+                                f"{params.url} not healthy when its attempt was abandoned ({probes} probes; "
+                                f"last: {last})",
+                                details={"probes": probes, "last": last},
+                            )
                         raise StepFailed(
                             f"{params.url} not healthy by its attempt's deadline ({probes} probes; last: {last})",
                             details={"probes": probes, "last": last},

@@ -21,6 +21,7 @@ from psycopg_pool import ConnectionPool
 from shared.engine import module_threads, worker
 from shared.engine.protocol import WorkItem
 from shared.modules import ModuleContext, StepFailed, run_module
+from shared.modules.contract import Abandoned
 from shared.modules.http_request import HttpRequestModule
 from shared.modules.http_wait_healthy import HttpWaitHealthyModule
 from shared.registry.catalog import HttpWaitHealthyParams
@@ -216,6 +217,32 @@ def test_an_abandoned_poll_ends_without_waiting_out_its_interval(server: _Server
     thread.join(BOUND_S)
     assert not thread.is_alive()
     [failure] = failures
+    assert isinstance(failure, Abandoned)
+    assert "not healthy when its attempt was abandoned (1 probes; last: status 503)" in failure.message
+
+
+def test_a_poll_abandoned_during_its_last_wait_before_the_deadline_ends_for_the_abandonment(server: _Server) -> None:
+    # The next probe would come after the attempt's deadline, so the poll waits for it; abandoned during that wait,
+    # it failed as "not healthy by its attempt's deadline", the deadline still far, and was taken for its own verdict.
+    module = HttpWaitHealthyModule(allow_private=True)
+    ctx = _ctx(deadline_in=600)
+    failures: list[StepFailed] = []
+
+    def poll() -> None:
+        try:
+            params = {"url": server.url("/unhealthy"), "interval": 3600, "timeout": 7200}
+            run_module(module.action, ctx, params, {module.action: module})
+        except StepFailed as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    assert server.probed.wait(BOUND_S)
+    ctx.abandoned.set()
+    thread.join(BOUND_S)
+    assert not thread.is_alive()
+    [failure] = failures
+    assert isinstance(failure, Abandoned), failure.message
     assert "not healthy when its attempt was abandoned (1 probes; last: status 503)" in failure.message
 
 

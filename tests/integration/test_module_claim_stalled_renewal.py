@@ -19,17 +19,19 @@ from typing import Any, ClassVar
 
 import psycopg
 import pytest
+from azure.core.exceptions import ServiceRequestError
 from psycopg_pool import ConnectionPool
 from pydantic import BaseModel
 
 from shared.db.session import tenant_transaction
-from shared.engine import module_threads, worker
+from shared.engine import module_threads, payloads, worker
 from shared.engine import steps as store
 from shared.engine.payloads import is_blob_ref
 from shared.engine.protocol import WorkItem
 from shared.engine.steps import AttemptKey
-from shared.modules import Module, ModuleContext, StepFailed
+from shared.modules import Module, ModuleContext, StepFailed, artifact_write
 from shared.modules.contract import Abandoned
+from shared.tenants import offboarding
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_module_work_hand_back import _Worker
 from tests.integration.test_module_worker_claims import (
@@ -43,6 +45,7 @@ from tests.integration.test_module_worker_claims import (
     batches_held_whole,  # noqa: F401  # the fixture
     no_module_thread_held,  # noqa: F401  # the fixture
 )
+from tests.integration.test_worker_cancel_while_queued import _cancel
 
 pytestmark = pytest.mark.integration
 
@@ -665,3 +668,111 @@ def test_a_run_the_give_up_stops_short_runs_again_once_only(
     assert "abandoned" in str(outcome.verdict)
     assert module.runs == 2 and records.count == 1
     assert _row(app_pool, item)["state"] == "failed"
+
+
+def test_a_large_output_stored_while_the_database_is_still_out_of_reach_fails_no_batch_and_is_recorded_once(
+    app_pool: ConnectionPool[Any],
+    tenant: uuid.UUID,
+    records: _Records,
+    holder_process: _Worker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A module that ends with a large output during the outage behind its give-up: the store's look at its tenant
+    # (`kept_for_tenant`) met the database out of reach, and its error, neither a step failure nor the store's, was
+    # let out of the run, failing the whole batch once the claim was taken back.
+    monkeypatch.setattr(worker, "LEASE_S", 1.0)
+    monkeypatch.setattr(worker, "HEARTBEAT_S", 0.3)
+    monkeypatch.setattr(worker, "HELD_POLL_S", 0.1)
+    outage = threading.Event()
+    _out_of_reach_while(outage, monkeypatch)
+    looked = threading.Event()
+    reachable = offboarding.tenant_transaction
+
+    @contextlib.contextmanager
+    def tenant_out_of_reach(tenant_id: uuid.UUID, **kwargs: Any) -> Iterator[Any]:
+        if outage.is_set():
+            looked.set()
+            raise psycopg.OperationalError("the database is out of reach")
+        with reachable(tenant_id, **kwargs) as conn:
+            yield conn
+
+    monkeypatch.setattr(offboarding, "tenant_transaction", tenant_out_of_reach)
+    module = _EndsAfterTheGiveUp("large")
+    item = _dispatched(app_pool, tenant, module.action)
+    ran = asyncio.run_coroutine_threadsafe(worker.run_attempt(item, {module.action: module}), holder_process.loop)
+    try:
+        assert _until(lambda: module.runs == 1)
+        outage.set()
+        assert module.told.wait(BOUND_S)  # given up
+        module.opened.set()
+        assert looked.wait(BOUND_S)  # its output stored, and its tenant looked at, during the outage
+    finally:
+        outage.clear()
+        module.opened.set()
+    outcome = ran.result(BOUND_S)
+    # Stopped short by the outage behind the give-up: run once more under the claim taken back, recorded once.
+    assert outcome is not None and outcome.verdict == {"ok": True, "output": {"run": 2}}
+    assert module.runs == 2 and records.count == 1
+    assert _row(app_pool, item)["state"] == "succeeded"
+
+
+class _Large(Module[_NoParams]):
+    """Returns at once an output too large to keep inline."""
+
+    action: ClassVar[str] = "test.large_output"
+    params_model = _NoParams
+
+    def run(self, ctx: ModuleContext, params: _NoParams) -> Any:
+        return {"pad": "x" * 70_000}
+
+
+class _StoreAway:
+    """An artifacts container whose every upload finds the store out of reach; counts the tries."""
+
+    container_name = "artifacts"
+
+    def __init__(self) -> None:
+        self.tries = 0
+        self._lock = threading.Lock()
+
+    def upload_blob(self, *args: Any, **kwargs: Any) -> None:
+        with self._lock:
+            self.tries += 1
+        raise ServiceRequestError("connection refused")
+
+
+def test_a_large_outputs_store_stops_once_the_claim_is_lost(
+    app_pool: ConnectionPool[Any],
+    tenant: uuid.UUID,
+    holder_process: _Worker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Stored under an event of its own that nothing set, the output of a run whose attempt was cancelled went on
+    # being retried for the store's whole window (90 s per storage call), holding the module thread and its
+    # tenant's share for nobody.
+    monkeypatch.setattr(worker, "HEARTBEAT_S", 0.2)
+    monkeypatch.setattr(artifact_write, "MAX_BACKOFF_S", 0.01)
+    monkeypatch.setattr(artifact_write, "MAX_RETRY_WINDOW_S", BOUND_S / 4)
+    store = _StoreAway()
+    monkeypatch.setattr(payloads, "artifacts_container", lambda settings, **kwargs: store)
+    returned = threading.Event()
+    run_module = worker._run_module
+
+    def observed_run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return run_module(*args, **kwargs)
+        finally:
+            returned.set()
+
+    monkeypatch.setattr(worker, "_run_module", observed_run)
+    module = _Large()
+    item = _dispatched(app_pool, tenant, module.action)
+    ran = asyncio.run_coroutine_threadsafe(worker.run_attempt(item, {module.action: module}), holder_process.loop)
+    assert _until(lambda: store.tries >= 1)  # the store is being retried
+    _cancel(app_pool, item)
+    assert ran.result(BOUND_S) is None  # the claim found lost: nothing recorded here
+    tries = store.tries
+    assert returned.wait(BOUND_S)
+    # At most a try already under way when the claim was found lost; before, a try every pause for the window.
+    assert store.tries - tries <= 1, (tries, store.tries)
+    assert _row(app_pool, item)["state"] == "abandoned"

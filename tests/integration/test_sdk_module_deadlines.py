@@ -25,6 +25,7 @@ from devhost.services import AZURITE_ACCOUNT, Azurite
 from shared.events.publisher import AzureEventHubPublisher, LocalEventHubPublisher
 from shared.modules import ModuleContext, StepFailed, artifact_write, run_module
 from shared.modules.artifact_write import ArtifactWriteModule
+from shared.modules.contract import Abandoned
 from shared.modules.event_emit import EventEmitModule
 from tests.integration.test_builtin_modules import app_pool  # noqa: F401  # the fixture (the devhost's event log)
 from tests.integration.test_module_worker_claims import BOUND_S
@@ -214,6 +215,7 @@ def test_an_abandoned_artifact_write_stops_retrying_at_once(answering: _Answerin
     assert answering.hit.wait(BOUND_S)
     ctx.abandoned.set()  # what the worker does once it no longer waits for the attempt (a cancel, say)
     failure = run.failure()
+    assert isinstance(failure, Abandoned)
     assert failure.retryable and "not done when its attempt was abandoned" in failure.message
 
 

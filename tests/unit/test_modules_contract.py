@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ipaddress
+import time
 import uuid
 from typing import Any, ClassVar
 
@@ -11,7 +12,8 @@ import pytest
 
 from shared.modules import BUILTIN_MODULES, Module, ModuleContext, StepFailed, run_module
 from shared.modules.artifact_write import artifact_bytes, blob_name
-from shared.modules.event_emit import event_id
+from shared.modules.contract import Abandoned
+from shared.modules.event_emit import EventEmitModule, event_id
 from shared.modules.ssrf import UrlRefused, check_url, refusal_reason
 from shared.registry.catalog import ArtifactWriteParams, EventEmitParams, builtin_catalog
 
@@ -235,3 +237,30 @@ def test_event_id_is_stable_per_step() -> None:
     # Every attempt of a step sends under one id: a timed-out attempt's send may get through all the same (ADR 0026).
     assert event_id(ctx()) == event_id(ModuleContext(TENANT, "exec-1", "step-a", 3))
     assert event_id(ctx()) != event_id(ModuleContext(TENANT, "exec-1", "step-b", 2))
+
+
+class _Unreached:
+    """A publisher the event must not reach."""
+
+    def publish(self, *args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the event was sent")
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_event_of_an_abandoned_attempt_is_not_sent_and_its_failure_is_the_abandonments() -> None:
+    module = EventEmitModule(lambda: _Unreached())
+    context = ModuleContext(TENANT, "exec-1", "step-a", 2, deadline=time.monotonic() + 600)
+    context.abandoned.set()
+    with pytest.raises(Abandoned, match="not sent: its attempt was abandoned") as failed:
+        run_module(module.action, context, {"type": "deploy.done"}, {module.action: module})
+    assert failed.value.retryable
+
+
+def test_an_event_past_its_attempts_deadline_is_not_sent_and_its_failure_is_not_the_abandonments() -> None:
+    module = EventEmitModule(lambda: _Unreached())
+    context = ModuleContext(TENANT, "exec-1", "step-a", 2, deadline=time.monotonic() - 1)
+    with pytest.raises(StepFailed, match="not sent: its attempt was past its deadline") as failed:
+        run_module(module.action, context, {"type": "deploy.done"}, {module.action: module})
+    assert not isinstance(failed.value, Abandoned)
