@@ -414,6 +414,8 @@ async def _run_claimed(
                 back = await _taken_back(item, key, owner, run, deadline, timeout_s)
                 if back is None:
                     logger.warning("module-work: %s was not taken back after its give-up; nothing recorded", key)
+                    if not run.done():
+                        run.add_done_callback(_unheard)  # left behind: what it ends with is nobody's to hear
                     return None
                 logger.info("module-work: the claim on %s was taken back after its give-up", key)
                 confirmed = renewal_sent = back
@@ -597,11 +599,11 @@ def _run_module(
     deadline: float,
     fresh_until: float,
     start: _Start,
-    ended: threading.Event | None = None,
+    ended: threading.Event,
 ) -> dict[str, Any] | _NotStarted:
     """The module's result (on a module thread), or why it was not started; `fresh_until` (monotonic): until when
     the claim taken just before counts as confirmed; `ended`: set once nobody waits for the run (its output's store
-    then stops)."""
+    then stops; required: an event nobody sets held the store a retry window per storage call)."""
     now = time.monotonic()
     if now >= deadline:
         return _NotStarted.LATE  # the caller has answered for it already
@@ -626,15 +628,20 @@ def _run_module(
         # by a give-up meanwhile: the work is done, and its result, taken back, is recorded rather than run again.
         # Stopped, though, once nobody waits for it (a cancel, a take-over, the host stopping): it held the thread
         # and its tenant's share for up to a retry window per storage call for nothing.
-        stored = dataclasses.replace(ctx, abandoned=ended if ended is not None else threading.Event())
+        stored = dataclasses.replace(ctx, abandoned=ended)
+        # The removal of a blob whose tenant was erased meanwhile by the deadline alone (and its window): the erasure
+        # is what ends the run, and bounded by `ended` it gave up before any delete.
+        removal = dataclasses.replace(ctx, abandoned=threading.Event())
         try:
             output = claim_check(
                 item.tenant_id,
                 key,
                 output,
                 within=bounded_by(stored),
-                removal_within=bounded_by(stored, at_least_s=REMOVAL_WINDOW_S),
+                removal_within=bounded_by(removal, at_least_s=REMOVAL_WINDOW_S),
             )
+        except StepFailed:
+            raise
         except AzureError as exc:
             # A refusal the store's retries do not ride out (a 403, say) is this attempt's failure, as a module's own
             # storage error is; let out, it failed the whole batch, every other item of it retried with it.
@@ -645,6 +652,10 @@ def _run_module(
             # doing (run once more under the claim taken back); otherwise the attempt's retryable failure.
             failed = Abandoned if ctx.abandoned.is_set() else StepFailed
             raise failed(f"the storing of {item.action}'s output failed: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            # Anything else (a container that cannot be made on a bad setting, say) is the attempt's retryable
+            # failure too, as a module's own error is, not the whole batch's.
+            raise StepFailed(f"the storing of {item.action}'s output failed: {type(exc).__name__}: {exc}") from exc
         return {"ok": True, "output": output}
     except StepFailed as exc:
         result: dict[str, Any] = {"ok": False, "error": exc.message, "retryable": exc.retryable}

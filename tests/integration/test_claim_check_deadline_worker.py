@@ -27,6 +27,7 @@ from shared.engine.steps import AttemptKey
 from shared.modules import Module, ModuleContext, artifact_write
 from shared.storage import blob
 from shared.storage.blob import StorageCall, unbounded
+from shared.tenants import offboarding
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_module_deadlines_first_use import (  # noqa: F401  # `store`: the fixture
     DEADLINE_S,
@@ -88,8 +89,9 @@ class _Attempt:
     """The worker's run of one claimed attempt on a module thread of its own (the claim just taken, so not looked at
     again); `result` waits for the thread to give itself back."""
 
-    def __init__(self, item: WorkItem, deadline_in: float) -> None:
+    def __init__(self, item: WorkItem, deadline_in: float, ended: threading.Event | None = None) -> None:
         deadline = time.monotonic() + deadline_in
+        ended = threading.Event() if ended is None else ended
         self.ctx = ModuleContext(item.tenant_id, str(item.execution_id), item.step_id, item.attempt, deadline=deadline)
         key = AttemptKey(item.execution_id, item.step_id, item.phase, item.attempt)
         self._result: Any = None
@@ -106,6 +108,7 @@ class _Attempt:
                     deadline,
                     time.monotonic() + BOUND_S,
                     worker._Start(),
+                    ended,
                 )
             except BaseException as exc:  # the test looks at it
                 self._error = exc
@@ -182,6 +185,28 @@ def test_the_removal_of_an_erased_tenants_output_ends_its_attempt_for_the_erasur
     assert store.deletes.is_set()
     assert result["ok"] is False and result["retryable"] is False and "output" not in result
     assert result["error"].endswith("was erased; the step's output was not stored"), result
+
+
+def test_the_removal_of_an_erased_tenants_output_is_tried_though_the_erasure_ended_the_run(
+    store: _Store,  # noqa: F811
+    process_pools: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The erasure deletes the attempt's row, so the run's claim is found lost and nobody waits for it any more (its
+    # `ended` set) while its output's tenant is looked at: bounded by that, the removal gave up before any delete.
+    ended = threading.Event()
+    container = BlobServiceClient.from_connection_string(_endpoint(store.server_port)).get_container_client("artifacts")
+    monkeypatch.setattr(payloads, "artifacts_container", _store_at(container))
+    looked = offboarding.tenant_exists
+
+    def erased_meanwhile(tenant_id: uuid.UUID) -> bool:
+        ended.set()
+        return looked(tenant_id)
+
+    monkeypatch.setattr(offboarding, "tenant_exists", erased_meanwhile)
+    result = _Attempt(_item(uuid.uuid4()), DEADLINE_S, ended).result()
+    assert ended.is_set() and store.deletes.is_set()
+    assert result["ok"] is False and result["retryable"] is False, result
 
 
 def test_a_large_output_with_a_deadline_is_stored_as_before(
