@@ -175,8 +175,10 @@ def test_a_worker_killed_while_its_module_runs_is_retried_not_left_to_the_step_t
     tag = uuid.uuid4().hex[:6]
     try:
         assert host.process is not None
-        # One attempt, and a timeout far beyond the test: only a redelivery of the work can finish the step.
-        step = {"id": "slow", **http(side_effects, f"slow-{tag}", sleep=3), "timeout_s": 600}
+        # One attempt, and a timeout far beyond the test: only a redelivery of the work can finish the step. The call
+        # takes 8 s so that the kill lands while it runs: at 3 s, a machine busy enough to slow the search for the
+        # process holding the call let the run end and record its result before the kill (one call, not two).
+        step = {"id": "slow", **http(side_effects, f"slow-{tag}", sleep=8), "timeout_s": 600}
         execution_id = started(platform, create_intent(platform, [step]))
         deadline = time.monotonic() + 30
         while not (holder := _holding_a_connection_to(side_effects.port, worker_processes(host.process.pid))):
