@@ -414,8 +414,7 @@ async def _run_claimed(
                 back = await _taken_back(item, key, owner, run, deadline, timeout_s)
                 if back is None:
                     logger.warning("module-work: %s was not taken back after its give-up; nothing recorded", key)
-                    if not run.done():
-                        run.add_done_callback(_unheard)  # left behind: what it ends with is nobody's to hear
+                    run.add_done_callback(_unheard)  # left behind (or ended): what it ends with is nobody's to hear
                     return None
                 logger.info("module-work: the claim on %s was taken back after its give-up", key)
                 confirmed = renewal_sent = back
@@ -629,9 +628,11 @@ def _run_module(
         # Stopped, though, once nobody waits for it (a cancel, a take-over, the host stopping): it held the thread
         # and its tenant's share for up to a retry window per storage call for nothing.
         stored = dataclasses.replace(ctx, abandoned=ended)
-        # The removal of a blob whose tenant was erased meanwhile by the deadline alone (and its window): the erasure
-        # is what ends the run, and bounded by `ended` it gave up before any delete.
-        removal = dataclasses.replace(ctx, abandoned=threading.Event())
+        # The removal of a blob whose tenant was erased meanwhile by its own window alone, from when it is tried: the
+        # erasure is what ends the run, and bounded by `ended` it gave up before any delete; bounded by the attempt's
+        # deadline, a store away held the thread (and its tenant's share) ~170 s for nobody, where a failed delete is
+        # noted for the erased-tenant-blobs timer anyway.
+        removal = dataclasses.replace(ctx, abandoned=threading.Event(), deadline=0.0)
         try:
             output = claim_check(
                 item.tenant_id,
@@ -654,7 +655,8 @@ def _run_module(
             raise failed(f"the storing of {item.action}'s output failed: {type(exc).__name__}: {exc}") from exc
         except Exception as exc:
             # Anything else (a container that cannot be made on a bad setting, say) is the attempt's retryable
-            # failure too, as a module's own error is, not the whole batch's.
+            # failure too, as a module's own error is, not the whole batch's; logged with its trace, as that is.
+            logger.exception("module-work: storing %s's output for %s failed unexpectedly", item.action, key)
             raise StepFailed(f"the storing of {item.action}'s output failed: {type(exc).__name__}: {exc}") from exc
         return {"ok": True, "output": output}
     except StepFailed as exc:

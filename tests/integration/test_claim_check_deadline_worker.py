@@ -209,6 +209,20 @@ def test_the_removal_of_an_erased_tenants_output_is_tried_though_the_erasure_end
     assert result["ok"] is False and result["retryable"] is False, result
 
 
+def test_the_removal_of_an_erased_tenants_output_takes_its_window_not_the_attempts_deadline(
+    store: _Store,  # noqa: F811
+    process_pools: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Bounded by an attempt's deadline minutes away, a delete the store never answers held the module thread (and its
+    # tenant's share) for the retry window and a try's timeouts, for nobody: a failed delete is noted for the timer.
+    container = BlobServiceClient.from_connection_string(_endpoint(store.server_port)).get_container_client("artifacts")
+    monkeypatch.setattr(payloads, "artifacts_container", _store_at(container))
+    result = _Attempt(_item(uuid.uuid4()), 600.0).result()  # its thread back within BOUND_S, or it fails
+    assert store.deletes.is_set()
+    assert result["ok"] is False and result["retryable"] is False, result
+
+
 def test_a_large_output_with_a_deadline_is_stored_as_before(
     azurite: Azurite,
     process_pools: None,
