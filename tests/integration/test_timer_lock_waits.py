@@ -5,6 +5,7 @@ fails that tenant's share of the pass (or is skipped), and the pass still does e
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import uuid
 from collections.abc import Callable
@@ -85,6 +86,10 @@ def test_a_sweep_ends_the_other_tenants_executions_while_one_tenants_row_is_lock
 ) -> None:
     # The orchestrations recorded as outliving their erased tenant are other tests' (and this stand-in has no purge).
     monkeypatch.setattr(sweeper, "purge_erased_orchestrations", _no_purge)
+    # Other tests' tenants with older candidates come first in the whole suite: within the run's 200 status calls and
+    # 100 tenants, B was not always reached (its execution left running), whatever A's lock did.
+    monkeypatch.setattr(sweeper, "MAX_STATUS_CHECKS", 100_000)
+    monkeypatch.setattr(sweeper, "stuck_tenants", functools.partial(sweeper.stuck_tenants, 100_000))
     a, b = Tenant(api), Tenant(api)
     stalled_a, _ = _recorded(app_pool, a.id, a.intent)  # a stalled start: its tenant is swept first
     crashed_b = _moved(app_pool, b.id, b.intent, ["running"])  # its orchestration failed: the sweep must end it
