@@ -31,6 +31,7 @@ from shared.policy.policy_text import (
     policy_text_problems,
     policy_tree_problems,
 )
+from shared.policy.remembered import Remembered
 from shared.registry import model as registry_model
 
 __all__ = [
@@ -185,47 +186,6 @@ class _Building:
     waiting: int = 0
 
 
-class _DecisionCache:
-    """The remembered decisions, least recently used dropped first; thread-safe."""
-
-    def __init__(self, size: int) -> None:
-        """An empty cache of at most `size` decisions."""
-        self._size = size
-        self._lock = threading.Lock()
-        self._entries: OrderedDict[bytes, Decision] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, key: bytes) -> Decision | None:
-        """The decision remembered for `key`, if any (counted as a hit or a miss)."""
-        with self._lock:
-            decision = self._entries.get(key)
-            if decision is None:
-                self.misses += 1
-            else:
-                self.hits += 1
-                self._entries.move_to_end(key)
-            return decision
-
-    def put(self, key: bytes, decision: Decision) -> None:
-        """Remember `decision` for `key`, dropping the least recently used beyond the size."""
-        with self._lock:
-            self._entries[key] = decision
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._size:
-                self._entries.popitem(last=False)
-
-    def cache_info(self) -> functools._CacheInfo:
-        """Hits, misses, size and entries, as `functools.lru_cache` reports them."""
-        with self._lock:
-            return functools._CacheInfo(self.hits, self.misses, self._size, len(self._entries))
-
-    def keys(self) -> list[bytes]:
-        """The keys remembered now."""
-        with self._lock:
-            return list(self._entries)
-
-
 def _digest(texts: tuple[str, ...]) -> str:
     """A short name of a policy set's texts: equal texts, equal digest, however and whenever they were read."""
     sha = hashlib.sha256()
@@ -370,7 +330,7 @@ class Authorizer:
         self._slots_lock = threading.Lock()
         self._tenant_slots: OrderedDict[UUID, _PolicySlot] = OrderedDict()
         self._building: dict[UUID, _Building] = {}  # tenants whose set is being built, and who waits for it
-        self._decisions = _DecisionCache(DECISION_CACHE_SIZE)
+        self._decisions: Remembered[Decision] = Remembered(DECISION_CACHE_SIZE)
 
     def _check_actions_match_schema(self) -> None:
         # The enum is what callers type against; a drift from the schema would turn into policy_error at runtime.

@@ -12,14 +12,14 @@ parsed policy (its clauses, its literals and what evaluating it costs)."""
 from __future__ import annotations
 
 import hashlib
-import threading
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, get_args
 
 import cedarpy
 from cedarpy import pst
+
+from shared.policy.remembered import Remembered
 
 __all__ = [
     "DURATION_CHARS_PER_NODE",
@@ -419,30 +419,7 @@ KNOWN_COSTS_SIZE = 4_096
 """How many texts' costs `policy_cost` remembers (by digest: ~0.2 KB each, whatever the text's length)."""
 
 
-class _KnownCosts:
-    """Costs of texts parsed before, by the text's SHA-256 digest, least recently used first out."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._lock = threading.Lock()
-        self._costs: OrderedDict[bytes, int] = OrderedDict()
-
-    def get(self, digest: bytes) -> int | None:
-        with self._lock:
-            cost = self._costs.get(digest)
-            if cost is not None:
-                self._costs.move_to_end(digest)
-            return cost
-
-    def put(self, digest: bytes, cost: int) -> None:
-        with self._lock:
-            self._costs[digest] = cost
-            self._costs.move_to_end(digest)
-            while len(self._costs) > self._size:
-                self._costs.popitem(last=False)
-
-
-_known_costs = _KnownCosts(KNOWN_COSTS_SIZE)
+_known_costs: Remembered[int] = Remembered(KNOWN_COSTS_SIZE)
 
 
 def policy_cost(text: str) -> int:

@@ -10,8 +10,8 @@ from typing import Any
 import cedarpy
 import pytest
 
-from shared.policy import policy_text
 from shared.policy.policy_text import policy_cost
+from shared.policy.remembered import Remembered
 
 
 def _forbid(marker: str) -> str:
@@ -53,7 +53,7 @@ def test_a_text_that_does_not_parse_is_refused_every_time(monkeypatch: pytest.Mo
 
 
 def test_the_least_recently_used_cost_is_forgotten_first() -> None:
-    known = policy_text._KnownCosts(2)
+    known: Remembered[int] = Remembered(2)
     known.put(b"a", 1)
     known.put(b"b", 2)
     assert known.get(b"a") == 1  # now the most recent
