@@ -72,5 +72,5 @@ def delete_expired_keys(
                 return removed
 
     with bounded_lock_waits():  # tenants go one after another: one's lock must not hold up the others
-        deleted, failed = each_tenant(tenants, delete, what="idempotency key expiry")
-    return ExpiryResult(sum(deleted), control_keys, len(tenants), failed)
+        deleted = each_tenant(tenants, delete, what="idempotency key expiry")
+    return ExpiryResult(sum(deleted.results), control_keys, len(tenants), deleted.failed_count)

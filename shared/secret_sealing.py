@@ -73,13 +73,13 @@ def seal_stored_secrets(
     # Tenants go one after another, and `_TO_SEAL` locks their subscriptions: one row held elsewhere (the relay's
     # fan-out, a change) held the run up to the statement timeout, and meanwhile its locks held up that tenant's sends.
     with bounded_lock_waits():
-        done, failed = each_tenant((UUID(str(row["tenant_id"])) for row in found), seal, what="secret sealing")
+        sealed = each_tenant((UUID(str(row["tenant_id"])) for row in found), seal, what="secret sealing")
     return SealingResult(
-        sum(t.webhook_secrets for t in done),
-        sum(t.task_token_keys for t in done),
+        sum(t.webhook_secrets for t in sealed.results),
+        sum(t.task_token_keys for t in sealed.results),
         len(found),
-        failed,
-        sum(t.unopened for t in done),
+        sealed.failed_count,
+        sum(t.unopened for t in sealed.results),
     )
 
 

@@ -249,9 +249,9 @@ class AuditOutbox:
         # The store or the database being out is expected now and then: the records wait for the next run.
         served = [tenant_id for tenant_id in tenants if tenant_id not in failing]
         probed = [tenant_id for tenant_id in tenants if tenant_id in failing]
-        done, failed = each_tenant(reached(served), copy, what="audit outbox", failures_expected=True)
-        probes_done, probes_failed = each_tenant(reached(probed), probe, what="audit outbox", failures_expected=True)
-        done, failed = done + probes_done, failed + probes_failed
+        copies = each_tenant(reached(served), copy, what="audit outbox", failures_expected=True)
+        probes = each_tenant(reached(probed), probe, what="audit outbox", failures_expected=True)
+        done, failed = copies.results + probes.results, copies.failed_count + probes.failed_count
         copied, set_aside = sum(d.copied for d in done), sum(d.set_aside for d in done)
         return RelayResult(copied, len(done) + failed, failed, set_aside)
 

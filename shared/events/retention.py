@@ -18,17 +18,16 @@ which answers tenant ids only, to the control plane.
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
+from itertools import takewhile
 from typing import Any
 from uuid import UUID
 
 from psycopg_pool import ConnectionPool
 
 from shared.db.session import bounded_lock_waits, platform_transaction, tenant_transaction
-
-logger = logging.getLogger(__name__)
+from shared.db.tenant_passes import each_tenant
 
 DELIVERED_KEPT_DAYS = 7
 """How long a delivered webhook delivery stays in the delivery log (fixed in migration 0073)."""
@@ -88,32 +87,36 @@ def delete_past_retention(
     left = max_rows
     failed = 0
     first_round = True
-    with bounded_lock_waits():  # tenants go one after another: one's lock must not hold up the others
-        while pending and left > 0 and (first_round or time.monotonic() < deadline):
-            for tenant_id in list(pending):
-                if left <= 0 or not (first_round or time.monotonic() < deadline):
+
+    def within_budget() -> bool:
+        return left > 0 and (first_round or time.monotonic() < deadline)
+
+    def take_turn(tenant_id: UUID) -> None:
+        """A batch of each of the tenant's pending statements in one transaction, counted once it committed."""
+        nonlocal left
+        turn: dict[str, tuple[int, int]] = {}  # statement: (batch, rows deleted)
+        with tenant_transaction(tenant_id, pool=pool) as conn:
+            for statement in pending[tenant_id]:
+                batch = min(BATCH_ROWS, left - sum(count for _, count in turn.values()))
+                if batch <= 0:
                     break
-                turn: dict[str, tuple[int, int]] = {}  # statement: (batch, rows deleted), counted once committed
-                try:
-                    with tenant_transaction(tenant_id, pool=pool) as conn:
-                        for statement in pending[tenant_id]:
-                            batch = min(BATCH_ROWS, left - sum(count for _, count in turn.values()))
-                            if batch <= 0:
-                                break
-                            row = conn.execute(statement, (batch,)).fetchone()
-                            turn[statement] = (batch, int(row["removed"]) if row is not None else 0)
-                except Exception:  # one tenant's trouble must not keep the others' deletes back
-                    logger.exception("event retention: tenant %s failed, left for the next run", tenant_id)
-                    failed += 1
-                    del pending[tenant_id]
-                    continue
-                for statement, (batch, count) in turn.items():
-                    removed[statement] += count
-                    left -= count
-                    if count < batch:  # nothing more past its period (or what is left is held: the next run's)
-                        pending[tenant_id].remove(statement)
-                if not pending[tenant_id]:
-                    del pending[tenant_id]
+                row = conn.execute(statement, (batch,)).fetchone()
+                turn[statement] = (batch, int(row["removed"]) if row is not None else 0)
+        for statement, (batch, count) in turn.items():
+            removed[statement] += count
+            left -= count
+            if count < batch:  # nothing more past its period (or what is left is held: the next run's)
+                pending[tenant_id].remove(statement)
+        if not pending[tenant_id]:
+            del pending[tenant_id]
+
+    with bounded_lock_waits():  # tenants go one after another: one's lock must not hold up the others
+        while pending and within_budget():
+            # Lazily, so that the budget is looked at before each tenant's turn, not once before the round.
+            turns = each_tenant(takewhile(lambda _: within_budget(), list(pending)), take_turn, what="event retention")
+            for tenant_id in turns.failed:  # left for the next run
+                del pending[tenant_id]
+            failed += turns.failed_count
             first_round = False
     return RetentionResult(
         deliveries=removed[_DELETE_DELIVERIES],

@@ -6,6 +6,7 @@ recent, pending, failed or unpublished stays."""
 from __future__ import annotations
 
 import importlib.util
+import logging
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -258,3 +259,38 @@ def test_a_delete_removes_at_most_its_rows_whatever_the_plan(
     assert removed is not None and removed["removed"] == 7
     deliveries, events = _old(admin, tenant_id)
     assert (deliveries if "webhook" in statement else events) == 23
+
+
+def test_a_tenant_whose_turn_fails_is_left_for_the_next_run_and_the_others_turns_go_on(
+    admin: psycopg.Connection[Any],
+    app_pool: ConnectionPool[Any],
+    control_pool: ConnectionPool[Any],
+    new_tenant: Callable[[], uuid.UUID],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(retention, "BATCH_ROWS", 7)
+    failing, busy = _backlog(admin, new_tenant, 30), _backlog(admin, new_tenant, 30)
+    # The failing tenant's deletes fail in the database (a trigger refusing them): every turn of it fails.
+    refuse = f"app.refuse_deletes_{failing.hex}"
+    admin.execute(
+        f"CREATE FUNCTION {refuse}() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN RAISE EXCEPTION 'this tenant''s deletes are refused'; END $$"
+    )
+    admin.execute(
+        f"CREATE TRIGGER refuse_deletes_{failing.hex} BEFORE DELETE ON app.webhook_deliveries FOR EACH ROW"
+        f" WHEN (OLD.tenant_id = '{failing}') EXECUTE FUNCTION {refuse}()"
+    )
+    try:
+        with caplog.at_level(logging.ERROR):
+            result = retention.delete_past_retention(pool=app_pool, control_pool=control_pool)
+    finally:
+        admin.execute(f"DROP TRIGGER refuse_deletes_{failing.hex} ON app.webhook_deliveries")
+        admin.execute(f"DROP FUNCTION {refuse}()")
+    # Its first turn failed, logged once; it took no further turns while the busy tenant's went on, round after
+    # round (a batch of 7 of 30 rows a turn), until the busy tenant's backlog was gone.
+    assert (result.failed_tenants, result.rows_left) == (1, False)
+    [record] = [r for r in caplog.records if "event retention" in r.getMessage()]
+    assert record.levelno == logging.ERROR and str(failing) in record.getMessage()
+    assert _old(admin, failing) == (30, 30)
+    assert _old(admin, busy) == (0, 0)
