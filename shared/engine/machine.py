@@ -265,6 +265,8 @@ class _Step:
         try:
             params = self.resolve_params(step.params)
             ends_at = _wait_until(now, params) if kind is StepKind.WAIT else None
+            if ends_at is not None and plan.timeout_s is not None and spec.rules >= 11:
+                _within_timeout(now, ends_at, params, plan.timeout_s)
         except (UnresolvedReferenceError, ReferenceSyntaxError, ResolvedTooLargeError, _WaitError) as exc:
             # Retrying cannot help: the same outputs resolve the same way on every attempt.
             error = (
@@ -619,11 +621,22 @@ class _Step:
 
     def on_child_ended(self, event: ChildEnded) -> None:
         flight = self.s.flights.get(event.step_id)
-        if flight is None or flight.attempt != event.attempt or flight.stage is not Stage.CHILD:
+        if flight is None or flight.attempt != event.attempt or flight.stage not in (Stage.CHILD, Stage.STOPPING):
             return
         child_id = flight.child_execution_id
         result = _object(event.result)
-        if event.failed:
+        if flight.stage is Stage.STOPPING and (event.failed or result.get("status") != "succeeded"):
+            # Timed out, its child told to cancel (rules 11): the child has ended without succeeding (cancelled as
+            # told, or failed), so the timeout stands, and only now may a retry start another child.
+            outcome = Outcome(
+                step_id=flight.step_id,
+                phase=Phase.RUN,
+                attempt=flight.attempt,
+                ok=False,
+                state="timed_out",
+                error=flight.error or f"step {flight.step_id} timed out",
+            )
+        elif event.failed:
             outcome = Outcome(
                 step_id=flight.step_id,
                 phase=Phase.RUN,
@@ -729,6 +742,15 @@ class _Step:
                     # Once settled the attempt is no longer in the child stage, so a stopping run would not tell
                     # this child to stop; told now, it compensates itself before a retry starts another beside it.
                     self.cancel_child(flight.child_execution_id)
+                    if self.s.spec.rules >= 11:
+                        # Rules 11: the step ends when the child does (ADR 0014), not now. A child that succeeded a
+                        # moment before it heard the cancel is the step's success, as a result recorded before a
+                        # timeout is; anything else ends it by this timeout, and a retry starts only then, never
+                        # beside a child still running. Nothing is recorded until then, so the record agrees.
+                        self.put_flight(
+                            flight.model_copy(update={"stage": Stage.STOPPING, "deadline": None, "error": error})
+                        )
+                        continue
                 outcomes.append(
                     (
                         flight,
@@ -1413,6 +1435,21 @@ def _wait_until(now: datetime, params: dict[str, Json]) -> datetime:
         return now + timedelta(seconds=seconds)
     except (OverflowError, ValueError):  # beyond what a datetime holds, or NaN
         raise _WaitError(f"wait: seconds {_shown(seconds_value)} is out of range") from None
+
+
+def _within_timeout(now: datetime, ends_at: datetime, params: dict[str, Json], timeout_s: int) -> None:
+    """Rules 11: a wait that would end past its step's timeout fails as it starts, naming the bound, instead of
+    timing out when the timeout comes ("step w timed out after 2592000 s"). The save-time check refuses a literal
+    `seconds` or `until` past it; a value a reference gives, or an `until` saved long ago, is caught here."""
+    if ends_at <= now + timedelta(seconds=timeout_s):
+        return
+    given = (
+        f"until {_shown(params.get('until'))}" if params.get("until") else f"seconds {_shown(params.get('seconds'))}"
+    )
+    raise _WaitError(
+        f"wait: {given} ends {(ends_at - now).total_seconds():.0f} s from now, past the step's timeout of {timeout_s} s"
+        " (a wait step waits at most its timeout_s)"
+    )
 
 
 def _shown(value: Json) -> str:

@@ -40,13 +40,16 @@ class Phase(StrEnum):
 
 
 class Stage(StrEnum):
-    """Where one attempt stands. Its outcome is accepted only from RUNNING or CHILD: after its start is recorded."""
+    """Where one attempt stands. Its outcome is accepted only from RUNNING, CHILD or STOPPING: after its start is
+    recorded."""
 
     STARTING = "starting"  # the dispatch is out; its start is not recorded yet
     RUNNING = "running"  # start recorded: waiting for the result, the wait's end, or the child to start
     CHILD = "child"  # the child execution's orchestration runs
     SETTLING = "settling"  # an outcome the engine observed is being recorded; the answer is the verdict applied
     PAUSED = "paused"  # between attempts, until the backoff ends (and the retry is recorded)
+    STOPPING = "stopping"  # an intent.run attempt timed out: its child is told to cancel, and it ends when the child
+    # does, by the child's success or else by its timeout (rules 11)
 
 
 class RunPhase(StrEnum):
@@ -340,7 +343,7 @@ Command = CallActivity | WaitForEvent | SetTimer | StartChild | ContinueAsNew | 
 
 
 # ------------------------------------------------------------------------------------------------ state
-RULES = 10
+RULES = 11
 """The reducer rules new executions start under (ADR 0025). 3 (2026-12-05): a child whose step times out is told to
 cancel; reused steps are compensated dependents first. 4 (2026-12-05): the attempts of a dispatch that failed for
 good are settled through `record_outcomes` (their recorded result, else failed) instead of being retried blind; a
@@ -367,8 +370,11 @@ that stops the run (an earlier verdict of the same answer) ends with the run's o
 without its `retrying` note; a compensation given up before it began (its parameters cannot resolve) is recorded on
 its step as a compensation that will not finish is (a `compensation_failed` note), and the run ends only once that
 record is answered. 10 (2026-12-07, ADR 0047): an attempt's timeout counts from its recorded start (the answer of the
-dispatch that records it), not from the reduction that decided to start it. An execution keeps the rules it started
-with, so that its history replays into the commands it recorded."""
+dispatch that records it), not from the reduction that decided to start it. 11 (2026-12-07, ADR 0014): an
+`intent.run` attempt that times out tells its child to cancel and ends when the child does (`Stage.STOPPING`): a child
+that succeeded meanwhile is the step's success, anything else its timeout, retried only after the child ended; a
+`wait` whose time resolves past its step's timeout fails as it starts, naming the bound, instead of timing out. An
+execution keeps the rules it started with, so that its history replays into the commands it recorded."""
 
 MAX_LEVEL_RESOLVED_CHARS = 8 * 1024 * 1024
 """What the parameters of the steps one dispatch starts may come to once resolved, added up, counted as JSON text
@@ -427,7 +433,7 @@ class Flight(_Model):
     write: str | None = None  # the activity that records its start (or its retry) and is not answered yet
     early: Verdict | None = None  # a result that came before its start was recorded
     child_execution_id: str | None = None
-    error: str | None = None  # the error a retry pause follows
+    error: str | None = None  # the error a retry pause follows, or the timeout a stopping child's attempt ends by
 
 
 class Pending(_Model):

@@ -47,9 +47,12 @@ _OVERDUE_RETRIES = (
     "SELECT step_id, attempt, retry_at, clock_timestamp() AS now FROM app.execution_steps WHERE execution_id = %s"
     " AND state = 'retrying' AND retry_at < clock_timestamp() - make_interval(secs => %s)"
 )
+# A stall is one step's attempt of one phase: compensation attempt 1 is another attempt than run attempt 1 (matched
+# on step and attempt only, the one recorded first hid the other). A stall recorded before the phase was (its data
+# has none) was of the run phase as a rule, so it is read as one.
 _RECORDED = (
     "SELECT 1 FROM app.execution_events WHERE execution_id = %s AND type = 'execution_stalled' AND step_id = %s"
-    " AND (data->>'attempt')::int = %s"
+    " AND (data->>'attempt')::int = %s AND coalesce(data->>'phase', 'run') = %s"
 )
 
 
@@ -61,6 +64,7 @@ class Stall:
     attempt: int
     overdue_s: float
     reason: str
+    phase: str = "run"  # `run`, or `compensate` for an attempt of the step's compensation
 
 
 def allowed_s(plan: dict[str, Any], step_id: str, phase: str) -> float:
@@ -85,8 +89,9 @@ def overdue(conn: Conn, execution: repo.Execution, plan: dict[str, Any], grace_s
         allowed = allowed_s(plan, row["step_id"], row["phase"])
         late = (row["now"] - row["dispatched_at"]).total_seconds() - allowed
         if late > grace_s:
-            reason = f"attempt {row['attempt']} of {row['step_id']} is {late:.0f} s past its {allowed:g} s timeout"
-            stalls.append(Stall(row["step_id"], row["attempt"], late, reason))
+            named = "attempt" if row["phase"] == "run" else "compensation attempt"
+            reason = f"{named} {row['attempt']} of {row['step_id']} is {late:.0f} s past its {allowed:g} s timeout"
+            stalls.append(Stall(row["step_id"], row["attempt"], late, reason, row["phase"]))
     for row in conn.execute(_OVERDUE_RETRIES, (execution.id, grace_s)).fetchall():
         late = (row["now"] - row["retry_at"]).total_seconds()
         reason = f"the retry of {row['step_id']} is {late:.0f} s past its time"
@@ -154,7 +159,12 @@ def _record_stalls(
             return []
         new = [s for s in found if not _recorded(conn, execution_id, s)]
         for stall in new:
-            data = {"attempt": stall.attempt, "overdue_s": round(stall.overdue_s), "reason": stall.reason}
+            data = {
+                "attempt": stall.attempt,
+                "phase": stall.phase,
+                "overdue_s": round(stall.overdue_s),
+                "reason": stall.reason,
+            }
             repo.append_event(conn, execution_id, "execution_stalled", stall.step_id, data)
             attributes = execution_attributes(
                 tenant_id=tenant_id,
@@ -180,4 +190,4 @@ def _record_stalls(
 
 
 def _recorded(conn: Conn, execution_id: UUID, stall: Stall) -> bool:
-    return conn.execute(_RECORDED, (execution_id, stall.step_id, stall.attempt)).fetchone() is not None
+    return conn.execute(_RECORDED, (execution_id, stall.step_id, stall.attempt, stall.phase)).fetchone() is not None

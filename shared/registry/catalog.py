@@ -197,7 +197,11 @@ class IntentRunParams(_Params):
     intent: str = Field(pattern=SLUG_PATTERN)
     version: int | None = Field(None, ge=1, description="Default: the current version.")
     inputs: dict[str, Any] = Field(default_factory=dict)
-    wait: bool = True
+    wait: bool = Field(
+        True,
+        description="Only true: the step waits for the child execution to end, its output the child's outputs;"
+        " false (fire-and-forget) is refused.",
+    )
 
 
 class _RemoteParams(BaseModel):

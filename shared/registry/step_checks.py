@@ -11,6 +11,7 @@ import re
 from collections import deque
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -19,10 +20,11 @@ from shared.engine.protocol import ORCHESTRATOR_ACTIONS
 from shared.modules.ssrf import allow_list_refusal, private_network_allowed
 from shared.policy.facts import TenantFacts
 from shared.policy.gates import TARGET_STEP, check_gates
-from shared.registry.catalog import ModuleCatalog
+from shared.registry.catalog import RFC3339_DATE_TIME, ModuleCatalog
 from shared.registry.model import (
     ACTION_PATTERN,
     COMPENSATION_FIELDS,
+    MAX_TIMEOUT_S,
     STEP_FIELDS,
     Step,
     merged_params,
@@ -307,6 +309,79 @@ def _recursion_problems(base: JsonPath, raw: Mapping[str, Any], name: str | None
     ]
 
 
+def _engine_action_problems(
+    base: JsonPath, raw: Mapping[str, Any], catalog: ModuleCatalog, now: datetime
+) -> list[ValidationError]:
+    """What the engine's own `intent.run` and `wait` cannot do as written (ADR 0014).
+
+    `intent.run` with `wait: false`: the step always waits for its child's end (its output is the child's outputs,
+    and a stopping parent cancels it); fire-and-forget is not carried out, so the flag is refused rather than ignored.
+    A `wait` whose literal `seconds`, or `until` from now, is past the step's timeout (its `timeout_s`, else the
+    module's, 30 days): it could only time out. A value a reference gives is left to the run, which fails such a
+    wait as it starts (reducer rules 11)."""
+    action = raw.get("action")
+    if action not in ("intent.run", "wait"):
+        return []
+    params = merged_params(raw, STEP_FIELDS)
+    if params is None:
+        return []
+    if action == "intent.run":
+        if params.get("wait") is not False:
+            return []
+        return [
+            ValidationError(
+                _param_pointer(base, raw, STEP_FIELDS, ("wait",)),
+                "intent.run: wait: false is not supported: the step always waits for its child execution to end"
+                " (its output is the child's outputs); leave wait out",
+                "unsupported_wait",
+            )
+        ]
+    spec = catalog.get("wait")
+    given = raw.get("timeout_s")
+    limit = given if isinstance(given, int) and not isinstance(given, bool) and given > 0 else None
+    if limit is None and spec is not None:
+        limit = spec.timeout_s
+    if limit is None:
+        return []
+    seconds, until = params.get("seconds"), params.get("until")
+    if seconds is not None and until is not None:
+        return []  # the module's schema reports that only one may be given
+    if isinstance(until, str) and "${" not in until:
+        at = _literal_time(until)
+        if at is None:
+            return []  # the module's schema reports a malformed time
+        away = (at - now).total_seconds()
+        if away <= limit:
+            return []
+        pointed, shown = ("until",), f"until {until} is {away:.0f} s from now"
+    elif isinstance(seconds, int | float) and not isinstance(seconds, bool):
+        if seconds <= limit or seconds > MAX_TIMEOUT_S:
+            return []  # within its timeout, or past what the module's schema allows (which reports it)
+        pointed, shown = ("seconds",), f"seconds {seconds:g}"
+    else:
+        return []
+    return [
+        ValidationError(
+            _param_pointer(base, raw, STEP_FIELDS, pointed),
+            f"wait: {shown}, past the step's timeout of {limit} s: a wait step waits at most its timeout_s"
+            f" (at most {MAX_TIMEOUT_S} s); raise timeout_s or wait in several steps",
+            "wait_past_timeout",
+        )
+    ]
+
+
+def _literal_time(text: str) -> datetime | None:
+    """A literal `until` as the engine reads it (a trailing Z is UTC, no offset is UTC); None if it is none (the
+    module's schema reports a value not in the RFC 3339 form)."""
+    if re.match(RFC3339_DATE_TIME, text) is None:
+        return None
+    try:
+        at = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text)
+    except ValueError:
+        return None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
 def _reference_problems(
     view: _StepView,
     index_of: Mapping[str, int],
@@ -557,6 +632,7 @@ def check_steps(
     MAX_DEFINITION_EVALUATION_STEPS: past it the remaining parameters are not checked and the definition is refused.
     """
     suggest = _Suggestions()
+    now = datetime.now(UTC)
     views = _views(raw_definition["steps"])
     index_of, edges, problems = _graph(views, suggest)
     ancestors = _ancestors(edges)
@@ -595,6 +671,7 @@ def check_steps(
                     exhausted = True
             problems.extend(_compensation_problems((*view.at, "compensate"), view.raw.get("compensate")))
             problems.extend(_recursion_problems(view.at, view.raw, name))
+            problems.extend(_engine_action_problems(view.at, view.raw, catalog, now))
             for _, base, raw, known in holders:
                 problems.extend(_network_problems(base, raw, known, allow_private))
             problems.extend(

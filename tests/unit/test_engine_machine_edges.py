@@ -33,7 +33,8 @@ def settle_everything(run: Run) -> None:
 
 
 def test_a_child_that_times_out_is_told_to_cancel_once() -> None:
-    run = Run([{"id": "child", "action": "intent.run", "intent": "deploy-db"}], plan=CHILD_PLAN)
+    """Under rules 3 to 10 (rules 11 waits for the child: tests/unit/test_engine_rules11_machine.py)."""
+    run = Run([{"id": "child", "action": "intent.run", "intent": "deploy-db"}], plan=CHILD_PLAN, rules=10)
     child_started(run, "c-1")
     commands = run.tick(601)
     calls = [c for c in commands if isinstance(c, m.CallActivity)]
@@ -48,6 +49,7 @@ def test_a_child_that_times_out_is_told_to_cancel_once() -> None:
 
 
 def test_a_timed_out_child_is_cancelled_before_its_retry_starts_another() -> None:
+    """Under rules 3 to 10 (rules 11 starts the retry only once the child has ended)."""
     run = Run(
         [
             {
@@ -58,6 +60,7 @@ def test_a_timed_out_child_is_cancelled_before_its_retry_starts_another() -> Non
             }
         ],
         plan=CHILD_PLAN,
+        rules=10,
     )
     child_started(run, "c-1")
     run.tick(601)

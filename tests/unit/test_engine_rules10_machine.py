@@ -101,6 +101,10 @@ def test_a_child_steps_timeout_counts_from_the_record_of_its_child() -> None:
     run.tick(2)
     assert _timed_out(run) == []
     run.tick(3.5)
+    # Timed out: under rules 11 its child is told to cancel, and the timeout is recorded once the child has ended.
+    assert run.state.flights["kid"].stage is m.Stage.STOPPING
+    run.answer_all()
+    run.send(m.ChildEnded("kid", 1, {"status": "cancelled", "error": "cancelled"}, False, run.now))
     assert _timed_out(run) == ["kid"]
     replayed, log = run.replayed()
     assert log == run.log and replayed == run.state
