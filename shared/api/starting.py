@@ -24,12 +24,23 @@ def begin(
 ) -> Started:
     """The start service for the caller (call it on a worker thread); the intent's execute decision is audited with
     `detail`. A refused start raises the ProblemError the API answers."""
+    return begin_deciding(context, lambda conn, _authorize: make_request(conn), detail=detail)
+
+
+def begin_deciding(
+    context: RequestContext,
+    make_request: start_service.DecidedRequest,
+    *,
+    detail: dict[str, Any] | None = None,
+) -> Started:
+    """`begin` for a request made with the start's decision at hand: a retry decides on the version it runs before
+    it compares that version's steps with the ones it reuses."""
 
     def decide_for_caller(action: str, resource: Resource) -> Decision:
         return decide(context, action, resource, detail=detail)
 
     try:
-        return start_service.begin(context.tenant, make_request, decide=decide_for_caller)
+        return start_service.begin_deciding(context.tenant, make_request, decide=decide_for_caller)
     except StartError as exc:
         raise start_problem(exc) from None
 

@@ -23,7 +23,7 @@ from shared.engine import steps as store
 from shared.engine.dispatch_results import raised_verdict
 from shared.engine.durable_client import BoundedRaiser
 from shared.engine.protocol import CANCEL_EVENT, EventRaiser, no_one_to_tell
-from shared.engine.start import NoLongerValidError, RunShape, StartRequest, run_shape
+from shared.engine.start import NoLongerValidError, RunShape, StartRequest, authorized_item, run_shape
 from shared.engine.steps import AttemptKey
 from shared.registry import service as registry
 from shared.registry.plan import dependencies, execution_levels
@@ -274,10 +274,19 @@ def retry_request(
     version: int | None,
     requester: Requester,
     idempotency_key: str | None,
+    authorize: Callable[[registry.Item], None],
 ) -> StartRequest:
     """A new execution of the same intent and input that reuses the outputs of the steps that succeeded (and were
     not compensated), approvals excepted: a decision belongs to the run it was asked for. On a newer version, every
-    reused step must be unchanged there."""
+    reused step must be unchanged there.
+
+    `authorize`: the start's decision on `intent.execute` (`authorized_item`: the current version, then the one the
+    retry runs), asked before anything else: the comparison below reads the version the retry runs, and its refusal
+    (not-retryable, naming the steps that version changes) told a caller refused that version what it holds. A
+    version the intent does not have is IntentNotFoundError (404), answered once the current version is allowed:
+    versions are numbered from 1 up to the current one, so it tells that caller nothing it could not count."""
+    run = version or execution.intent_version
+    authorized_item(conn, StartRequest(execution.intent_id, version=run, requester=requester), authorize)
     if execution.status not in ("failed", "cancelled"):
         raise NotRetryableError(
             f"execution {execution.id} is {execution.status}; only a failed or cancelled execution is retried"

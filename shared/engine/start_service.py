@@ -127,6 +127,26 @@ def begin(
     check_wait_s: float | None = None,
     admit: Admit | None = None,
 ) -> Started:
+    """`begin_deciding` for a request made without the start's decision (it reads nothing of the intent to answer)."""
+    return begin_deciding(
+        tenant, lambda conn, _authorize: make_request(conn), decide=decide, check_wait_s=check_wait_s, admit=admit
+    )
+
+
+DecidedRequest = Callable[[Conn, Callable[[registry.Item], None]], StartRequest]
+"""A start's request made with the start's decision at hand (its second argument: `intent.execute` on an item, raising
+StartForbiddenError), for a request that reads the intent before answering (a retry compares the version it runs with
+the one it retries): what it reads it decides on first, with the decision the start then takes, audited once."""
+
+
+def begin_deciding(
+    tenant: Tenant,
+    make_request: DecidedRequest,
+    *,
+    decide: Decide,
+    check_wait_s: float | None = None,
+    admit: Admit | None = None,
+) -> Started:
     """Run a start's checks and writes in one tenant transaction (call it on a worker thread), its input checked
     before it outside any transaction; `make_request` builds the request in each transaction (reading what it needs),
     and `decide` decides `intent.execute` on the intent before anything about it is revealed or its input checked
@@ -142,6 +162,10 @@ def begin(
     # start's transaction takes that decision again for the same intent and version (a new current version saved in
     # between, with another target or labels, is decided anew).
     authorize = authorize_execute(_decided_once(decide), tenant.id)
+
+    def request_of(conn: Conn) -> StartRequest:
+        return make_request(conn, authorize)
+
     # The execution's trace is the platform's own, linked to the caller's: a request's (or event's) `traceparent` is
     # the caller's choice, made before it was verified, and continued it would put this execution in any trace.
     with root_span(START_SPAN, current_span_context(), execution_attributes(tenant_id=tenant.id)):
@@ -151,7 +175,7 @@ def begin(
                 return start_execution(
                     conn,
                     tenant.facts(),
-                    _request(conn, make_request),
+                    _request(conn, request_of),
                     authorize=authorize,
                     max_concurrent=concurrent_limit(tenant.quotas),
                     input_check=input_check,
@@ -162,7 +186,7 @@ def begin(
             if tenant.status != "active":  # a suspended tenant's start is refused first, as it always was
                 return None
             with tenant_transaction(tenant.id) as conn:
-                request = _request(conn, make_request)
+                request = _request(conn, request_of)
                 # Decided before the check, with the refusals that come before it in the start's transaction (an
                 # unknown intent or version): a caller refused costs no check, and its refusal's timing tells
                 # nothing of the schema.

@@ -1417,13 +1417,19 @@ def _refuse_archived_pin(conn: Conn, kind: Kind, to_version: int, pin: dict[str,
         raise DefinitionInvalidError([problem], f"Version {to_version} no longer validates: The {kind} has 1 problem.")
 
 
-def archive(conn: Conn, kind: Kind, item_id: UUID, *, if_match: frozenset[str] | None) -> tuple[Item, bool]:
+def archive(
+    conn: Conn, kind: Kind, item_id: UUID, *, if_match: frozenset[str] | None, authorize: Authorize | None = None
+) -> tuple[Item, bool]:
     """Archive the item (versions kept, reads still work), with `<kind>.archived`; whether it changed anything
     (archiving an archived item is a no-op, so DELETE stays idempotent). `if_match` (None: any) must hold the
     current ETag; for an archived item, the archived one or the active one of its current version (the one the
     archive was made with, so a repeat of that request is answered as done). Any other is refused whatever the
-    status, as for any other change."""
+    status, as for any other change. `authorize` decides on the item under its row lock, before the other refusals
+    (as `_locked_active`): the version archived is the one decided on, not one an update replaced since it was read."""
     head = _head_or_404(conn, kind, item_id, lock=True)
+    item = _item(conn, head)
+    if authorize is not None:  # before the other refusals, as a request's permission comes first
+        authorize(item)
     current = etag(head.id, head.current_version, head.status)
     # The active ETag of the version the archive left current is what the request that archived it sent: its
     # repeat (a client that lost the first answer) finds the change made and is answered as done, not 412.
@@ -1431,10 +1437,10 @@ def archive(conn: Conn, kind: Kind, item_id: UUID, *, if_match: frozenset[str] |
     if if_match is not None and current not in if_match and archived_by not in if_match:
         raise PreconditionFailedError(current)
     if head.status == "archived":
-        return _item(conn, head), False
+        return item, False
     archived = archive_head(conn, kind, item_id)
     assert archived is not None  # active and locked by this transaction
-    item = _item(conn, archived)
+    item = Item(archived, item.version)  # its current version is the one locked and decided on
     enqueue(conn, f"{kind}.archived", _subject(kind, item_id), _event(item))
     return item, True
 

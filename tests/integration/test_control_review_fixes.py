@@ -25,7 +25,7 @@ from shared.engine import executions as repo
 from shared.engine import steps as store
 from shared.engine.protocol import CANCEL_EVENT
 from shared.engine.start import Started
-from shared.engine.start_service import begin, fail_start
+from shared.engine.start_service import begin_deciding, fail_start
 from shared.engine.steps import AttemptKey
 from shared.tenants.repository import get_tenant
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
@@ -259,10 +259,10 @@ def test_two_retries_at_once_start_one(api: ApiHarness, hub: TaskHub, pg: Any) -
     def retry() -> None:
         try:
             answers.append(
-                begin(
+                begin_deciding(
                     tenant,
-                    lambda conn: control.retry_request(
-                        conn, execution, version=None, requester=requester, idempotency_key=None
+                    lambda conn, authorize: control.retry_request(
+                        conn, execution, version=None, requester=requester, idempotency_key=None, authorize=authorize
                     ),
                     decide=Decider(True),
                 )

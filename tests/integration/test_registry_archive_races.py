@@ -10,6 +10,7 @@ committed a new version pinning a blueprint archived by then."""
 from __future__ import annotations
 
 import copy
+import threading
 from typing import Any
 from uuid import UUID
 
@@ -18,13 +19,16 @@ import pytest
 from shared.registry import service
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_registry_api import (
+    ADMIN,
     AUTHOR,
     BLUEPRINTS,
     INTENTS,
+    READER,
     SEED_BLUEPRINT,
     create,
     etag_of,
     intent_body,
+    outbox,
     problem,
     provision,
     put,
@@ -130,3 +134,63 @@ def test_a_repeat_archive_with_a_stale_etag_is_412_and_with_none_the_current_or_
         assert again.status_code == 200 and again.headers["etag"] == archived.headers["etag"], fresh
         assert again.json()["status"] == "archived"
     assert registry_tables(api) == before
+
+
+# ---- an archive is decided on the version it archives -----------------------------------------------------------
+
+
+def _protect(kind: str) -> str:
+    """A tenant policy: nothing labelled protected=yes is archived (`kind`'s archive)."""
+    return (
+        f'forbid (principal, action == QP::Action::"{kind}.archive", resource) '
+        'when { resource.labels.contains("protected=yes") };'
+    )
+
+
+@pytest.mark.parametrize(("kind", "path"), [("intent", INTENTS), ("blueprint", BLUEPRINTS)])
+def test_an_archive_is_decided_on_the_version_it_archives(
+    api: ApiHarness, monkeypatch: pytest.MonkeyPatch, kind: str, path: str
+) -> None:
+    """An update that labels the item protected commits between the archive's first read of it and its row lock: the
+    archive is decided on the version it would archive (refused, 403), not on the one it read before (allowed). It
+    was decided on the one read first, and archived the protected version."""
+    tenant = provision(api, f"archive-{kind}-decided")
+    body = {"name": f"prot-{kind}", "definition": {"steps": [wait_step("a")]}}
+    if kind == "intent":
+        body["definition"]["target"] = "staging"
+    policy = {"name": "keep-protected", "policy": _protect(kind)}
+    assert api.client.post("/api/v1/policies", json=policy, headers=api.headers(tenant, ADMIN)).status_code == 201
+    item = create(api, tenant, body, path)["id"]
+    author = api.headers(tenant, AUTHOR)
+    labelled = {**copy.deepcopy(body), "labels": {"protected": "yes"}}
+    archive = service.archive
+    updates: list[Any] = []
+
+    def labelled_first(conn: Any, *args: Any, **kwargs: Any) -> Any:
+        """The archive, once an update labelling the item protected (sent with version 1's ETag) has committed."""
+        if not updates:  # sent from a thread of its own: this request's connection is not the update's
+            headers = {**author, "If-Match": f'"{item}.v1"'}
+            sender = threading.Thread(
+                target=lambda: updates.append(api.client.put(f"{path}/{item}", json=labelled, headers=headers))
+            )
+            sender.start()
+            sender.join(60)
+        return archive(conn, *args, **kwargs)
+
+    monkeypatch.setattr(service, "archive", labelled_first)
+    refused = api.client.delete(f"{path}/{item}", headers=author)
+    monkeypatch.undo()
+    assert len(updates) == 1 and updates[0].status_code == 200, updates
+    assert problem(refused, 403)["reason"]
+    current = api.client.get(f"{path}/{item}", headers=api.headers(tenant, READER))
+    assert current.status_code == 200, current.text
+    assert (current.json()["status"], current.json()["version"]) == ("active", 2)
+    assert current.json()["labels"] == {"protected": "yes"}
+    assert f"{kind}.archived" not in [event["event_type"] for event in outbox(api, tenant)]
+    request = refused.headers["x-request-id"]
+    decided = [
+        (row["decision"], row["detail"].get("version"))
+        for row in api.audit_rows(tenant)
+        if row["request_id"] == request and row["action"] == f"{kind}.archive"
+    ]
+    assert decided == [("deny", 2)]

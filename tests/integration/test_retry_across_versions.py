@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import copy
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 
+from shared.api.durable import get_durable_client
 from shared.auth.principal import Requester
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
@@ -19,17 +22,23 @@ from shared.engine.start import StartRequest
 from shared.engine.steps import StepSeed
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_registry_api import (
+    ADMIN,
     AUTHOR,
     BLUEPRINTS,
+    EXECUTOR,
+    INTENTS,
+    READER,
     SEED_BLUEPRINT,
     SEED_DECLARATION,
     create,
     etag_of,
     intent_body,
+    problem,
     provision,
     put,
     wait_step,
 )
+from tests.integration.test_start_service import TaskHub
 
 pytestmark = pytest.mark.integration
 
@@ -71,6 +80,7 @@ def _retry(api: ApiHarness, tenant: str, execution_id: uuid.UUID, version: int) 
             version=version,
             requester=Requester("tester", frozenset({"Intent.Deployer"}), app_only=False),
             idempotency_key=None,
+            authorize=lambda _item: None,  # the comparison's rules alone: the caller's decision is tested below
         )
 
 
@@ -132,3 +142,61 @@ def test_an_intent_retried_onto_a_version_with_another_input_default_reruns_the_
     assert updated.status_code == 200, updated.text
     with pytest.raises(NotRetryableError, match="changes steps whose outputs would be reused: place$"):
         _retry(api, tenant, failed, int(updated.json()["version"]))
+
+
+# ---- a retry decides on the version it runs before it compares it ------------------------------------------------
+
+SECRET_RUNS = (
+    'forbid (principal, action in [QP::Action::"intent.read", QP::Action::"intent.execute"], resource) '
+    'when { resource.labels.contains("secret=yes") } unless { principal.roles.contains("Intent.Author") };'
+)
+"""Only authors read or run what is labelled secret."""
+
+
+@pytest.fixture
+def hub(api: ApiHarness) -> Iterator[TaskHub]:
+    task_hub = TaskHub()
+    api.client.app.dependency_overrides[get_durable_client] = lambda: task_hub  # type: ignore[attr-defined]
+    yield task_hub
+    api.client.app.dependency_overrides.pop(get_durable_client, None)  # type: ignore[attr-defined]
+
+
+def _executions(api: ApiHarness, tenant: str) -> list[Any]:
+    with psycopg.connect(api.admin_url, dbname="quantum") as conn:
+        return conn.execute(
+            "SELECT * FROM app.executions WHERE tenant_id = %s ORDER BY created_at, id", (api.tenants[tenant].id,)
+        ).fetchall()
+
+
+def test_a_retry_onto_a_version_the_caller_may_not_run_is_403_before_its_steps_are_compared(
+    api: ApiHarness, hub: TaskHub
+) -> None:
+    """The version a retry runs is decided on before its steps are compared with the ones reused: a caller refused
+    version 2 was answered 409 naming the step version 2 changes (a read of it, when reading it is refused)."""
+    tenant = provision(api, "retry-secret")
+    policy = {"name": "secret-runs", "policy": SECRET_RUNS}
+    assert api.client.post("/api/v1/policies", json=policy, headers=api.headers(tenant, ADMIN)).status_code == 201
+    intent = create(api, tenant, intent_body("retry-secret", wait_step("a"), wait_step("b")))["id"]
+    failed = _failed_run(api, tenant, intent, ["a"], "b")
+    secret = intent_body("retry-secret", wait_step("a", 2), wait_step("b"), labels={"secret": "yes"})
+    assert put(api, tenant, intent, secret, etag=f'"{intent}.v1"').status_code == 200
+    caller = api.headers(tenant, [*EXECUTOR, *READER])
+    assert problem(api.client.get(f"{INTENTS}/{intent}/versions/2", headers=caller), 403)
+    path = f"/api/v1/executions/{failed}/retry"
+    before = _executions(api, tenant)
+
+    refused = problem(api.client.post(path, json={"version": 2}, headers=caller), 403)
+    assert refused["type"].endswith("/forbidden") and "changes steps" not in refused["detail"], refused
+    # The current version refused, a version the intent does not have is refused alike: nothing of it is told.
+    assert problem(api.client.post(path, json={"version": 999}, headers=caller), 403)["type"].endswith("/forbidden")
+    # A version 3 the caller may run again (version 1's steps, unlabelled): version 2 is still decided on itself, and
+    # a version the intent does not have is then 404.
+    plain = intent_body("retry-secret", wait_step("a"), wait_step("b"))
+    assert put(api, tenant, intent, plain, etag=f'"{intent}.v2"').status_code == 200
+    assert problem(api.client.post(path, json={"version": 2}, headers=caller), 403)["type"].endswith("/forbidden")
+    assert problem(api.client.post(path, json={"version": 999}, headers=caller), 404)["type"].endswith("/not-found")
+    assert _executions(api, tenant) == before and hub.calls == []
+    # Version 3 runs as the retried one did: the retry reuses step a.
+    retried = api.client.post(path, json={"version": 3}, headers=caller)
+    assert retried.status_code == 202, retried.text
+    assert len(_executions(api, tenant)) == len(before) + 1

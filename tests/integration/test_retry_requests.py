@@ -25,6 +25,10 @@ pytestmark = pytest.mark.integration
 APPROVER = Requester(f"{uuid.uuid4()}/{uuid.uuid4()}", frozenset({"Intent.Approver"}), app_only=False)
 
 
+def _anyone(_item: Any) -> None:
+    """The start's decision, allowing: what is reused is under test here, not who may retry."""
+
+
 def _intent(pool: ConnectionPool[Any], tenant_id: uuid.UUID, steps: list[dict[str, Any]]) -> uuid.UUID:
     """An intent whose version 1 has `steps`, written directly (the registry is not under test here)."""
     intent_id = uuid.uuid4()
@@ -55,7 +59,12 @@ def _retried(
                 (state, Jsonb({"from": step_id}) if state == "succeeded" else None, failed.id, step_id),
             )
         request = retry_request(
-            conn, repo.get_execution(conn, failed.id), version=None, requester=APPROVER, idempotency_key=None
+            conn,
+            repo.get_execution(conn, failed.id),
+            version=None,
+            requester=APPROVER,
+            idempotency_key=None,
+            authorize=_anyone,
         )
     assert request.retry_of == failed.id
     return request
@@ -147,6 +156,11 @@ def test_a_retry_onto_a_version_that_runs_a_step_skipped_before_reuses_nothing_a
                 (state, Jsonb({"from": step_id}) if state == "succeeded" else None, failed.id, step_id),
             )
         request = retry_request(
-            conn, repo.get_execution(conn, failed.id), version=2, requester=APPROVER, idempotency_key=None
+            conn,
+            repo.get_execution(conn, failed.id),
+            version=2,
+            requester=APPROVER,
+            idempotency_key=None,
+            authorize=_anyone,
         )
     assert request.reused == {"build": {"from": "build"}}

@@ -29,7 +29,7 @@ from shared.api.routers.executions import (
 )
 from shared.api.routers.work import VERDICT_RAISE_BOUND_S
 from shared.api.security import RequestContext, authorize, record_mutation
-from shared.api.starting import begin, launch
+from shared.api.starting import begin_deciding, launch
 from shared.auth.principal import Requester
 from shared.db.session import retried_on_deadlock, tenant_transaction
 from shared.engine import control, remote, work_queue
@@ -396,14 +396,15 @@ async def retry(
     def start_retry() -> engine.Started:
         execution = load_execution(context, execution_id)
         try:
-            return begin(
+            return begin_deciding(
                 context,
-                lambda conn: control.retry_request(
+                lambda conn, authorize: control.retry_request(
                     conn,
                     execution,
                     version=request.version,
                     requester=Requester.of(context.principal),
                     idempotency_key=idempotency_key,
+                    authorize=authorize,  # before it compares the version it runs with the one it retries
                 ),
                 detail={"retry_of": str(execution_id)},
             )

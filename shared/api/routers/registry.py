@@ -785,10 +785,15 @@ def definition_router(kind: Kind) -> APIRouter:
         (its current version's, without `.archived`) also answers 200, so a retry of that request finds it
         done (Author). The request takes no body (the precondition goes in `If-Match`): a body is refused with 422
         and archives nothing."""
-        item = load(conn, item_id)
-        authorize(context, spec.archive, resource_of(context, item), conn=conn)
+
+        def decide(item: service.Item) -> None:
+            # On the item under the archive's row lock: a decision on it as read before could let an update that
+            # committed in between (a forbidden label, say) be archived on a permission given to the version before.
+            detail = {"version": item.version.version}
+            authorize(context, spec.archive, resource_of(context, item), conn=conn, detail=detail)
+
         try:
-            archived, changed = service.archive(conn, kind, item_id, if_match=if_match_tags(if_match))
+            archived, changed = service.archive(conn, kind, item_id, if_match=if_match_tags(if_match), authorize=decide)
         except service.RegistryError as exc:
             raise _problem(exc) from None
         if changed:
