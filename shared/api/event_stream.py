@@ -1,8 +1,8 @@
 # intent_ref: platform.execution
 """An execution's events as server-sent events: each event as it is recorded, resumable by its number, kept alive
 with comments, ending after the terminal event or once its caller's access ends (its token expires, its tenant is
-suspended); a waiting stream holds no pooled connection and no permit, and one whose client stops reading holds little
-and is cut off."""
+suspended, a tenant policy forbids the read); a waiting stream holds no pooled connection and no permit, and one whose
+client stops reading holds little and is cut off."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 from uuid import UUID
 
 from pydantic import BaseModel
@@ -27,7 +27,7 @@ from shared.api.admission import get_admission
 from shared.api.problems import invalid_fields, json_pointer, too_many_requests, unknown_tenant
 from shared.api.security import RequestContext, refuse_suspended
 from shared.db.session import platform_transaction
-from shared.engine.event_wakeup import get_event_wakeup
+from shared.engine.event_wakeup import get_event_wakeup, recheck_s
 from shared.engine.executions import ExecutionEvent
 from shared.observability import metrics
 from shared.tenants.repository import tenant_directory
@@ -79,6 +79,9 @@ TOKEN_EXPIRED = b": access ended: token_expired\n\n"
 and none takes it for an event); reconnecting with the same token is then a 401, with a renewed one it resumes."""
 TENANT_SUSPENDED = b": access ended: tenant_suspended\n\n"
 """The stream's last message when its tenant is no longer active (suspended, or gone); reconnecting is then a 403."""
+FORBIDDEN = b": access ended: forbidden\n\n"
+"""The stream's last message when a tenant policy added since it started forbids its caller to read the execution;
+reconnecting is then a 403 `forbidden`."""
 
 
 class Progress(Protocol):
@@ -102,6 +105,7 @@ ReadPage = Callable[[int, int], Awaitable[tuple[Progress, list[ExecutionEvent]]]
 """Reads the events after a seq, at most as many as asked (maybe fewer, as ReadAfter), and where the execution
 stands."""
 Render = Callable[[ExecutionEvent], bytes]
+T = TypeVar("T")
 
 
 def _accepts(accept: str | None, kinds: Collection[str]) -> bool:
@@ -203,6 +207,12 @@ async def _admitted_read(
 ) -> tuple[Progress, list[ExecutionEvent]]:
     """`read_page(after, size)` under a permit of the tenant (ADR 0023), waited for with a back-off when its bound
     is full."""
+    return await admitted(tenant_id, lambda: read_page(after, size))
+
+
+async def admitted(tenant_id: UUID, call: Callable[[], Awaitable[T]]) -> T:
+    """`call()` under a permit of the tenant (ADR 0023), as a stream's reads run (a stream itself holds none), waited
+    for with a back-off when its bound is full."""
     pause = _BUSY_RETRY_S
     while True:
         permit = await get_admission().permit_waiting(tenant_id)
@@ -213,7 +223,7 @@ async def _admitted_read(
             pause = min(pause * 2, _BUSY_RETRY_MAX_S)
             continue
         try:
-            return await read_page(after, size)
+            return await call()
         finally:
             permit.release()
 
@@ -340,10 +350,14 @@ class ExecutionFeed:
                         return
                     if full:
                         continue
-                    if waiter is not None:
-                        await waiter.event.wait()  # the listener wakes every waiter when it reconnects, too
-                    else:
-                        await asyncio.sleep(_NO_LISTENER_RECHECK_S)
+                    # Woken by the listener (also when it connects, and when its connection drops), or reading
+                    # again on its own: soon while the process does not listen, seldom while it does.
+                    if waiter is None:
+                        await asyncio.sleep(recheck_s(None))
+                        continue
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(recheck_s(wakeup)):  # not wait_for: on 3.11 it can swallow a cancel
+                            await waiter.event.wait()
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -357,7 +371,6 @@ class ExecutionFeed:
 
 _FeedKey = tuple[asyncio.AbstractEventLoop, UUID, UUID]
 _FEEDS: dict[_FeedKey, ExecutionFeed] = {}
-_NO_LISTENER_RECHECK_S = 2.0
 _BUSY_RETRY_S = 0.05
 _BUSY_RETRY_MAX_S = 1.0
 
@@ -464,15 +477,19 @@ class EventStreamResponse(StreamingResponse):
 
 @dataclass(frozen=True)
 class StreamAccess:
-    """What lets a stream's caller go on reading it once the route has let it in: its token, until `expires_at`, and
-    its tenant, while the tenant directory has it active. A stream checks both as it goes, not only when it starts:
-    it may be open for minutes, longer than a token may have left and than a suspension takes to bite."""
+    """What lets a stream's caller go on reading it once the route has let it in: its token, until `expires_at`, its
+    tenant, while the tenant directory has it active, and the read's decision (`readable`), while the tenant's
+    policies allow it. A stream checks them as it goes, not only when it starts: it may be open for minutes, longer
+    than a token may have left and than a suspension or a new forbid takes to bite."""
 
     tenant_id: UUID
     entra_tenant_id: UUID
     """The caller's Entra tenant, by which the directory knows the tenant."""
     expires_at: float
     """When the caller's token is refused (a POSIX time): its `exp` plus the validator's leeway."""
+    readable: Callable[[], Awaitable[bool]] | None = None
+    """Whether the caller may still read the stream's execution, as a new request's read would be decided now (False:
+    a tenant policy forbids it); asked at each of the tenant's looks, so it must be cheap while nothing changed."""
 
     async def tenant_active(self) -> bool:
         """Whether the tenant is still active, as the edge admits its requests: from the directory's cache, or read
@@ -531,14 +548,17 @@ def follow(
     access: StreamAccess | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """The stream's body: what is recorded after `after`, then each new event as the process-wide listener
-    announces it (no re-reading on a timer), a keep-alive comment when nothing happened for `keepalive_s`, and the
-    end after the terminal event or `max_s` from now (the client resumes from its last event). Its messages carry at
-    most PIECE_BYTES (or one event) and it goes on only as the client takes them. It gives the stream's `slot` back
-    when it ends, and sets the slot's time limits, which the stream's response holds it to.
+    announces it (its feed reads again on its own only as a safety net, `recheck_s`: every few seconds while the
+    process does not listen, so a stream goes on while the listener is down), a keep-alive comment when nothing
+    happened for `keepalive_s`, and the end after the terminal event or `max_s` from now (the client resumes from its
+    last event). Its messages carry at most PIECE_BYTES (or one event) and it goes on only as the client takes them.
+    It gives the stream's `slot` back when it ends, and sets the slot's time limits, which the stream's response holds
+    it to.
 
     With `access`, it also ends when its caller's token expires (or at `max_s`, whichever comes first) and, within
-    TENANT_LOOK_S, once its tenant is no longer active; its last message then says why (TOKEN_EXPIRED,
-    TENANT_SUSPENDED), and a client that reconnects is answered as any new request of the caller is.
+    TENANT_LOOK_S, once its tenant is no longer active or a tenant policy forbids the read (`access.readable`); its
+    last message then says why (TOKEN_EXPIRED, TENANT_SUSPENDED, FORBIDDEN), and a client that reconnects is answered
+    as any new request of the caller is.
 
     `page` (the request's `limit`) is what `read` returns at most; with `read_page`, which reads as many as it is
     asked for, the feed and a stream's backlog read pages of up to CATCH_UP_PAGE instead: the same messages, in fewer
@@ -579,13 +599,18 @@ async def _follow(
             if access is not None and time.monotonic() >= look_at:
                 try:
                     active = await access.tenant_active()
+                    readable = active and (access.readable is None or await access.readable())
                 except Exception:
                     # As when its feed cannot read: the stream ends and its client reconnects, admitted afresh.
-                    logger.exception("an event stream of tenant %s could not look at its tenant", tenant_id)
+                    logger.exception("an event stream of tenant %s could not look at its tenant or its read", tenant_id)
                     return
                 if not active:
                     logger.info("an event stream of tenant %s ended: the tenant is not active", tenant_id)
                     yield TENANT_SUSPENDED
+                    return
+                if not readable:
+                    logger.info("an event stream of tenant %s ended: a tenant policy forbids reading it", tenant_id)
+                    yield FORBIDDEN
                     return
                 look_at = time.monotonic() + TENANT_LOOK_S
             if feed.read_once:

@@ -25,6 +25,13 @@ APPLICATION_NAME = "qp-event-wakeup"
 _RECONNECT_DELAY_S = 1.0
 _READ_TIMEOUT_S = 1.0
 """How often the listening thread looks up from its socket to see whether it should stop."""
+DOWN_RECHECK_S = 2.0
+"""How long a waiter waits for a wake-up before it reads again on its own while the process does not listen (its
+listener not connected yet, or its connection lost and not back): an event then reaches it within this."""
+LISTENING_RECHECK_S = 30.0
+"""How long a waiter waits for a wake-up before it reads again on its own while the listener listens: a safety net
+only (a notification is not lost while the connection stays up, and a lost connection wakes every waiter, which then
+waits DOWN_RECHECK_S), so an idle waiter costs a read this seldom, not every DOWN_RECHECK_S."""
 COALESCE_S = 0.05
 """A waiter wakes this long after the first notification, not at once: events appended in separate commits close
 together (a step's end and the next one's start) are answered by one read and one response instead of a poll round
@@ -86,7 +93,9 @@ class EventWakeup:
     waiters of the execution each notification names.
 
     A notification sent while the connection is down is lost, so every (re)connect wakes every waiter; a waiter
-    also re-reads on its own now and then (the caller's fallback interval), so nothing depends on delivery.
+    also re-reads on its own now and then (`recheck_s`: often while nobody listens, seldom while the connection is
+    up), so nothing depends on delivery. A connection that drops wakes every waiter too, so that each waits the short
+    interval from then on, not the long one it started with.
     """
 
     def __init__(self, connect: Connect, *, reconnect_delay_s: float = _RECONNECT_DELAY_S) -> None:
@@ -178,7 +187,11 @@ class EventWakeup:
                     logger.warning("execution event listener lost its connection (%s); reconnecting", exc)
             finally:
                 self._conn = None
-                self.listening.clear()
+                if self.listening.is_set():
+                    self.listening.clear()
+                    # Notifications are lost from now until the next connect: each waiter reads again at once and
+                    # then on its own every DOWN_RECHECK_S, not after the LISTENING_RECHECK_S it was waiting out.
+                    self._wake_all()
             self._stopping.wait(self._reconnect_delay_s)
 
     def _dispatch(self, payload: str) -> None:
@@ -197,6 +210,15 @@ class EventWakeup:
             waiters = [w for group in self._waiters.values() for w in group]
         for waiter in waiters:
             waiter.wake()
+
+
+def recheck_s(wakeup: EventWakeup | None) -> float:
+    """How long a waiter of `wakeup` (None: the process has no listener) waits for a wake-up before it reads again on
+    its own: LISTENING_RECHECK_S while the listener listens, DOWN_RECHECK_S while it does not. Asked before each
+    wait: a connection that drops wakes its waiters, which then ask again."""
+    if wakeup is not None and wakeup.listening.is_set():
+        return LISTENING_RECHECK_S
+    return DOWN_RECHECK_S
 
 
 def connect_from_settings() -> psycopg.Connection[Any]:

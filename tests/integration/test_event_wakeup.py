@@ -20,6 +20,7 @@ from shared.api.admission import get_admission
 from shared.api.routers import executions as executions_router
 from shared.auth.principal import Requester
 from shared.db.session import tenant_transaction
+from shared.engine import event_wakeup
 from shared.engine import executions as repo
 from shared.engine.event_wakeup import EventWakeup, get_event_wakeup
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
@@ -28,7 +29,9 @@ pytestmark = pytest.mark.integration
 
 READER = ["Intent.Reader"]
 NEVER_S = 600.0
-"""A fallback re-check interval longer than any wait: only a notification can end the wait early."""
+"""A re-check interval (while listening) longer than any wait: only a notification can end the wait early."""
+IDLE_WAIT_S = 5
+"""A long poll's wait past the short re-check interval (DOWN_RECHECK_S) and up to its tenant's first look."""
 SECOND_EVENT_AFTER_S = 20.0
 """If the poll has not answered by then, a second event is appended: a poll that only woke at the end of its
 30 s wait answers with both, and the test fails."""
@@ -120,7 +123,7 @@ def _poll_while_another_connection_appends(
 def test_a_waiting_long_poll_is_woken_by_an_append_on_another_connection(
     api: ApiHarness, app_pool: ConnectionPool[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(executions_router, "FALLBACK_RECHECK_S", NEVER_S)
+    monkeypatch.setattr(event_wakeup, "LISTENING_RECHECK_S", NEVER_S)
     wakeup = get_event_wakeup()
     assert wakeup is not None
     assert _poll_while_another_connection_appends(api, app_pool, wakeup) == [(2, "step_started")]
@@ -129,7 +132,7 @@ def test_a_waiting_long_poll_is_woken_by_an_append_on_another_connection(
 def test_the_listener_reconnects_after_its_connection_is_dropped(
     api: ApiHarness, app_pool: ConnectionPool[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(executions_router, "FALLBACK_RECHECK_S", NEVER_S)
+    monkeypatch.setattr(event_wakeup, "LISTENING_RECHECK_S", NEVER_S)
     wakeup = get_event_wakeup()
     assert wakeup is not None
     wakeup.start()
@@ -170,6 +173,62 @@ def test_waiters_are_woken_when_the_listener_reconnects(api: ApiHarness) -> None
         wakeup.stop()
 
 
+def test_waiters_are_woken_when_the_listener_loses_its_connection(api: ApiHarness) -> None:
+    """Notifications are lost from the moment the connection drops: every waiter is woken then (not only at the
+    reconnect, which may take long or never come), reads again and from then on waits the short re-check interval,
+    not the long one it was waiting out."""
+    wakeup = EventWakeup(lambda: psycopg.connect(api.app_url, autocommit=True), reconnect_delay_s=NEVER_S)
+
+    async def scenario() -> None:
+        waiter = wakeup.subscribe(uuid.uuid4())
+        try:
+            await asyncio.wait_for(waiter.event.wait(), 20)  # the connect's wake-up
+            waiter.clear()
+            with psycopg.connect(api.admin_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (wakeup.backend_pid,))
+            await asyncio.wait_for(waiter.event.wait(), 20)
+        finally:
+            waiter.close()
+
+    try:
+        asyncio.run(scenario())
+        # Woken by the drop: no reconnect has been tried yet, and the waiters now re-read every DOWN_RECHECK_S.
+        assert wakeup.connections == 1 and not wakeup.listening.is_set()
+        assert event_wakeup.recheck_s(wakeup) == event_wakeup.DOWN_RECHECK_S
+    finally:
+        wakeup.stop()
+
+
+def test_an_idle_long_poll_reads_again_only_at_its_end_while_the_listener_listens(
+    api: ApiHarness, app_pool: ConnectionPool[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the listener listens an event wakes the poll, so an idle poll does not read again every few seconds on
+    its own (only after LISTENING_RECHECK_S, longer than its wait): it reads when it starts and when its wait ends."""
+    wakeup = get_event_wakeup()
+    assert wakeup is not None
+    wakeup.start()
+    _eventually(wakeup.listening.is_set, "the listener connects")
+    connections = wakeup.connections
+    reads: list[int] = []
+    read_stream = executions_router._read_stream
+
+    def counted(tenant_id: uuid.UUID, execution_id: uuid.UUID, after: int, limit: int) -> Any:
+        reads.append(after)
+        return read_stream(tenant_id, execution_id, after, limit)
+
+    monkeypatch.setattr(executions_router, "_read_stream", counted)
+    execution = _running_execution(app_pool, api.tenants["alpha"].id)
+    response = api.client.get(
+        f"/api/v1/executions/{execution.id}/events",
+        params={"after": execution.last_event_seq, "wait": IDLE_WAIT_S},
+        headers=api.headers("alpha", READER),
+    )
+    assert response.status_code == 200 and response.json()["items"] == [], response.text
+    # It listened throughout (a lost connection or a reconnect wakes every waiter to read).
+    assert wakeup.listening.is_set() and wakeup.connections == connections
+    assert reads == [execution.last_event_seq] * 2, reads
+
+
 def test_the_fallback_recheck_delivers_while_the_listener_is_down(
     api: ApiHarness, app_pool: ConnectionPool[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -178,7 +237,7 @@ def test_the_fallback_recheck_delivers_while_the_listener_is_down(
 
     down = EventWakeup(refused, reconnect_delay_s=0.2)
     monkeypatch.setattr(executions_router, "get_event_wakeup", lambda: down)
-    monkeypatch.setattr(executions_router, "FALLBACK_RECHECK_S", 0.3)
+    monkeypatch.setattr(event_wakeup, "DOWN_RECHECK_S", 0.3)
     try:
         assert _poll_while_another_connection_appends(api, app_pool, down) == [(2, "step_started")]
         assert down.connections == 0 and not down.listening.is_set()

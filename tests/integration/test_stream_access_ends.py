@@ -1,8 +1,10 @@
 # intent_ref: platform.execution
 """An open event stream ends when its caller's access does (ADR 0031): at its token's expiry (its `exp` plus the
-validator's leeway), and within seconds of its tenant's suspension, each time with a last comment saying why, as a
-stream ends at its own end; and a long poll answers by its token's expiry. Before, a stream checked its caller once,
-when it started, and went on to its own end (minutes) with a token that had expired or for a suspended tenant.
+validator's leeway), within seconds of its tenant's suspension, and within seconds of a tenant policy that forbids the
+read, each time with a last comment saying why, as a stream ends at its own end; a long poll answers by its token's
+expiry, and is refused (403) once a new policy forbids the read. Before, a stream checked its caller once, when it
+started, and went on to its own end (minutes) with a token that had expired, for a suspended tenant, or for a caller a
+policy added since forbade to read (whose new requests were 403).
 
 The app is driven at the ASGI level on the harness's event loop, through the gateway adapter, as the Functions
 worker's server drives it; the tokens are the harness's, one of them accepted for a few seconds more only."""
@@ -31,8 +33,11 @@ from shared.api.adapter import asgi_gateway, serve
 from shared.config import get_settings
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
+from shared.engine.event_wakeup import get_event_wakeup
 from tests.integration.api_harness import ISSUER_BASE, ApiHarness, api  # noqa: F401  # the fixture
 from tests.integration.test_executions import _execution
+from tests.integration.test_list_reads_honour_forbids import SECRET_EXECUTIONS, _executions, _forbid
+from tests.integration.test_registry_api import provision
 from tests.integration.test_stream_bound_concurrent import _receiver, _scope
 
 pytestmark = pytest.mark.integration
@@ -40,6 +45,7 @@ pytestmark = pytest.mark.integration
 READER = ["Intent.Reader"]
 TOKEN_EXPIRED = b": access ended: token_expired\n\n"
 TENANT_SUSPENDED = b": access ended: tenant_suspended\n\n"
+FORBIDDEN = b": access ended: forbidden\n\n"
 VALID_S = 5
 """How much longer the short token is accepted when it is minted: time for the request that opens the stream."""
 MAX_S = 40
@@ -160,6 +166,60 @@ def test_a_stream_ends_when_its_tenant_is_suspended(
     # The client's reconnect is refused, as every request of the tenant is.
     again = api.client.get(url, headers={**headers, "Accept": "text/event-stream"})
     assert again.status_code == 403 and again.json()["reason"] == "tenant_suspended", again.text
+
+
+def test_a_stream_ends_when_a_tenant_policy_forbids_reading_it(
+    api: ApiHarness, app_pool: ConnectionPool[Any], limits: None
+) -> None:
+    tenant = provision(api, "stream-forbidden")
+    (secret,) = _executions(api, app_pool, tenant, {"secret": "yes"})
+    url = f"/api/v1/executions/{secret}/events"
+    headers = api.headers(tenant, READER)
+
+    async def scenario(seen: Seen) -> None:
+        reading = asyncio.create_task(_read(api.client.app, _scope(url, headers), seen))
+        await seen.started.wait()
+        # The tenant's admin forbids reading secret executions while the stream is open (on another thread).
+        await asyncio.to_thread(_forbid, api, tenant, "hide-secret", SECRET_EXECUTIONS)
+        await reading
+
+    seen = Seen()
+    assert api.client.portal is not None
+    api.client.portal.call(scenario, seen)
+
+    assert seen.status == 200 and seen.ids, seen.body[:300]
+    assert seen.finished and seen.body.endswith(FORBIDDEN), seen.body[-300:]
+    # The client's reconnect is refused, as a new request for the execution is.
+    again = api.client.get(url, headers={**headers, "Accept": "text/event-stream"})
+    assert again.status_code == 403 and again.json()["reason"] == "denied_by_tenant_policy", again.text
+
+
+def test_a_waiting_long_poll_is_refused_when_a_tenant_policy_forbids_reading(
+    api: ApiHarness, app_pool: ConnectionPool[Any]
+) -> None:
+    tenant = provision(api, "poll-forbidden")
+    (secret,) = _executions(api, app_pool, tenant, {"secret": "yes"})
+    answers: list[httpx.Response] = []
+    polling = threading.Thread(
+        target=lambda: answers.append(
+            api.client.get(
+                f"/api/v1/executions/{secret}/events",
+                params={"after": 1_000, "wait": 30},
+                headers=api.headers(tenant, READER),
+            )
+        )
+    )
+    polling.start()
+    wakeup = get_event_wakeup()
+    assert wakeup is not None
+    _sleep_until(lambda: wakeup.waiter_count > 0 or not polling.is_alive())  # the poll waits, let in
+    _forbid(api, tenant, "hide-secret", SECRET_EXECUTIONS)
+    polling.join()
+
+    [answer] = answers
+    assert answer.status_code == 403, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["reason"] == "denied_by_tenant_policy", answer.text
 
 
 def test_a_long_poll_answers_by_its_tokens_expiry(api: ApiHarness, app_pool: ConnectionPool[Any]) -> None:

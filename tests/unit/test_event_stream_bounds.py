@@ -26,6 +26,7 @@ from shared.api import event_stream
 from shared.api.admission import Admission
 from shared.api.routers.executions import event_out
 from shared.api.security import RequestContext
+from shared.engine import event_wakeup
 from shared.engine.executions import Execution, ExecutionEvent, Status
 
 PAGE = 100
@@ -81,7 +82,7 @@ def render(event: ExecutionEvent) -> bytes:
 def in_memory(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No listener (the feed re-reads soon, not on a notification) and an admission of its own."""
     monkeypatch.setattr(event_stream, "get_event_wakeup", lambda: None)
-    monkeypatch.setattr(event_stream, "_NO_LISTENER_RECHECK_S", 0.01)
+    monkeypatch.setattr(event_wakeup, "DOWN_RECHECK_S", 0.01)
     monkeypatch.setattr(event_stream, "get_admission", lambda: Admission(100))
     yield
     event_stream._FEEDS.clear()

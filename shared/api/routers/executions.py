@@ -30,13 +30,14 @@ from shared.config import get_settings
 from shared.db.session import tenant_transaction
 from shared.engine import executions as repo
 from shared.engine import work_queue
-from shared.engine.event_wakeup import get_event_wakeup
+from shared.engine.event_wakeup import get_event_wakeup, recheck_s
 from shared.engine.executions import Conn
 from shared.engine.steps import Attempt, list_attempts, list_steps
 from shared.engine.views import step_views, wait_reason
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from shared.policy.actions import Action
 from shared.policy.authorizer import Decision, Resource
+from shared.policy.tenant_policies import tenant_policy_texts
 from shared.registry.repository import version_labels
 
 router = APIRouter(prefix="/api/v1/executions", tags=["executions"], route_class=GuardedRoute)
@@ -48,9 +49,9 @@ Row = TypeVar("Row")
 MAX_WAIT_S = 30.0
 # A waiting long poll is woken by the process-wide listener (shared/engine/event_wakeup.py: one dedicated
 # connection, never a pooled one) when its execution's events are appended; it holds no pooled connection,
-# transaction or permit while it waits. It also re-reads at this interval, so a lost notification (the listener
-# reconnecting) delays an event by at most this much.
-FALLBACK_RECHECK_S = 2.0
+# transaction or permit while it waits. It also re-reads on its own (`recheck_s`, as a stream's feed does): every
+# DOWN_RECHECK_S while the process does not listen, so a lost notification delays an event by at most that much,
+# and only as a safety net while it does.
 MAX_EVENTS = 500
 READ_BYTES = 1024 * 1024
 """About the most JSON one read of an execution's events returns (a JSON page, a stream's feed or backlog read),
@@ -466,8 +467,9 @@ _EVENT_STREAM_DOC = (
     "comment when nothing happened for a while; the stream ends after the terminal event (or after a few minutes: "
     "resume from the last id). A `Last-Event-ID` past the execution's last event resumes from its last event; one "
     "at or past the last event of an execution that has ended is answered 204. It also ends when the caller's token "
-    "expires (last a `: access ended: token_expired` comment; resume with a renewed token) and within seconds of the "
-    "tenant's suspension (last a `: access ended: tenant_suspended` comment)."
+    "expires (last a `: access ended: token_expired` comment; resume with a renewed token), within seconds of the "
+    "tenant's suspension (last a `: access ended: tenant_suspended` comment), and within seconds of a tenant policy "
+    "that forbids the caller to read the execution (last a `: access ended: forbidden` comment)."
 )
 _KEEPALIVE_HEADER_DOC = {
     "description": "Server-sent events only: how often, in seconds, the stream sends its `: keep-alive` comment when "
@@ -532,13 +534,19 @@ async def events(
     event), so a page of big events holds fewer than `limit` while more follow; go on with `after=next_after` until a
     page has no items. With `wait`, an empty answer is held until an event arrives, the execution has finished, `wait`
     seconds pass or the caller's token expires; then what arrived (possibly nothing) with `next_after`. A poll still
-    held when its tenant is suspended is answered within seconds as the tenant's other requests are: 403
-    `tenant-suspended`, without the events recorded since. With `Accept: text/event-stream`, the events as server-sent
-    events until the execution ends, the caller's token expires or the tenant is suspended (Reader).
+    held when its tenant is suspended, or when a tenant policy added meanwhile forbids the caller to read the execution,
+    is answered within seconds as the caller's new requests are: 403 `tenant-suspended` or `forbidden`, without the
+    events recorded since. With `Accept: text/event-stream`, the events as server-sent events until the execution
+    ends, the caller's token expires, the tenant is suspended or a tenant policy forbids the read (Reader).
     """
     # Async so a waiting client holds no worker thread; every database step runs on one, briefly.
-    execution = await run_in_threadpool(load_execution, context, execution_id)
-    if event_stream.wants_event_stream(accept):
+    streaming = event_stream.wants_event_stream(accept)
+    if streaming or wait > 0:
+        # A stream or a waiting poll goes on deciding the read as the tenant's policies change (`_ReadDecision`).
+        execution, reading = await run_in_threadpool(_load_followed, context, execution_id)
+    else:
+        execution, reading = await run_in_threadpool(load_execution, context, execution_id), None
+    if streaming:
         start_after = event_stream.resume_after(last_event_id, after)  # a 422 takes no place among the streams
         if execution.status not in repo.TERMINAL or start_after < execution.last_event_seq:
             # A stream resumed past the last event (a Last-Event-ID no event of this execution had) starts at the last
@@ -548,7 +556,10 @@ async def events(
             if last_event_id is not None:
                 start_after = min(start_after, execution.last_event_seq)
             access = event_stream.StreamAccess(
-                context.tenant.id, context.principal.entra_tenant_id, await _token_expiry(request, validator)
+                context.tenant.id,
+                context.principal.entra_tenant_id,
+                await _token_expiry(request, validator),
+                reading.stream_readable if reading is not None else None,
             )
             slot = event_stream.admit_stream(context.tenant.id, get_settings().QP_EVENT_STREAMS_PER_TENANT)
             try:
@@ -573,26 +584,90 @@ async def events(
     wakeup = get_event_wakeup() if wait > 0 else None
     with contextlib.ExitStack() as stack:
         waiter = stack.enter_context(wakeup.waiting(execution_id)) if wakeup is not None else None
-        while True:
+        woken = waiter.event if waiter is not None else None
+        permitted = True
+        while permitted:
             if waiter is not None:
                 waiter.clear()  # before the read: an event appended after it wakes the wait below
             # The stream's read: status and events in one statement, so one snapshot (and one round trip).
             progress, items = await run_in_threadpool(_read_stream, context.tenant.id, execution_id, after, limit)
             if items or progress.terminal or time.monotonic() >= deadline:
                 break
-            # The permit is given back while waiting: a tenant's long polls count against its bound only while they
-            # read. It wakes for the tenant's look too, so a suspension bites within TENANT_LOOK_S.
-            pause = min(FALLBACK_RECHECK_S, max(0.0, deadline - time.monotonic()), max(0.0, look_at - time.monotonic()))
-            if not await idle(context, pause, waiter.event if waiter is not None else None):
-                break  # its bound is taken by other requests: answer with what there is, the client polls again
-            if time.monotonic() >= look_at:
-                # Before the next read: a poll that outlived its tenant's suspension (or erasure) sends nothing more,
-                # and is answered as the tenant's new requests are.
-                await event_stream.refuse_unless_active(context)
-                look_at = time.monotonic() + event_stream.TENANT_LOOK_S
+            # It reads again when woken, at the deadline, or on its own after `recheck_s` (every DOWN_RECHECK_S
+            # while the process does not listen; a listener that loses its connection wakes it, so it then asks
+            # again). The permit is given back while waiting: a tenant's long polls count against its bound only
+            # while they read. It wakes for the tenant's look too, so a suspension bites within TENANT_LOOK_S.
+            read_at = min(deadline, time.monotonic() + recheck_s(wakeup))
+            while not (woken is not None and woken.is_set()) and time.monotonic() < read_at:
+                permitted = await idle(context, max(0.0, min(read_at, look_at) - time.monotonic()), woken)
+                if not permitted:
+                    break  # its bound is taken by other requests: answer with what there is, the client polls again
+                if time.monotonic() >= look_at:
+                    # Before the next read: a poll that outlived its tenant's suspension (or erasure), or the read's
+                    # allowance (a tenant policy added since), sends nothing more, and is answered as the tenant's new
+                    # requests are.
+                    await event_stream.refuse_unless_active(context)
+                    if reading is not None:
+                        await reading.refuse_unless_readable()
+                    look_at = time.monotonic() + event_stream.TENANT_LOOK_S
     # Built and rendered on a worker thread: a page of READ_BYTES of small objects takes a while to validate and
     # write, which on the event loop would hold every other request of the process.
     return await run_in_threadpool(_page_answer, execution_id, progress.status, after, items)
+
+
+class _ReadDecision:
+    """The caller's read of an execution while a long poll waits or a stream is open: decided again, as a new
+    request's read would be (and recorded as one), whenever the tenant's policies have changed since it was last
+    decided, at the tenant's looks (every TENANT_LOOK_S). A forbid added while a client follows an execution ends
+    what it follows within seconds, as the client's next request would be refused; while nothing changed a look
+    costs a lookup in the tenant's policy cache (once per its TTL per process, the one statement that refreshes it for
+    every decision of the tenant), nothing per event."""
+
+    def __init__(self, context: RequestContext, execution_id: UUID, policies: tuple[str, ...]) -> None:
+        self._context, self._execution_id = context, execution_id
+        self._policies = policies
+        """The tenant's policy texts the read was last decided under (read before that decision)."""
+
+    async def refuse_unless_readable(self) -> None:
+        """For a long poll, which holds its request's permit when it looks: nothing while the tenant's policies are
+        those of the last decision; else decide the read again, raising the 403 (recorded) or 404 a new request
+        would be answered now."""
+        policies = await self._changed()
+        if policies is not None:
+            await self._decide(policies)
+
+    async def stream_readable(self) -> bool:
+        """For a stream (`StreamAccess.readable`), which holds no permit: whether the caller may still read; decided
+        again (when the policies changed) under a permit of the tenant, as the stream's reads are. False when refused
+        (403)."""
+        policies = await self._changed()
+        if policies is None:
+            return True
+        try:
+            await event_stream.admitted(self._context.tenant.id, lambda: self._decide(policies))
+        except ProblemError as problem:
+            if problem.status == 403:
+                return False
+            raise
+        return True
+
+    async def _changed(self) -> tuple[str, ...] | None:
+        """The tenant's policy texts now when they differ from those of the last decision, else None."""
+        policies = await run_in_threadpool(tenant_policy_texts, self._context.tenant.id)
+        return None if policies == self._policies else policies
+
+    async def _decide(self, policies: tuple[str, ...]) -> None:
+        """Decide the read as a new request's is (the execution's labels read again, the decision recorded); raises
+        its 403 or 404. `policies`: the texts read before it, which the next look compares with."""
+        await run_in_threadpool(load_execution, self._context, self._execution_id)
+        self._policies = policies
+
+
+def _load_followed(context: RequestContext, execution_id: UUID) -> tuple[repo.Execution, _ReadDecision]:
+    """`load_execution` for a stream or a waiting poll, with the read's `_ReadDecision`: the tenant's policies are
+    read before the decision, so a change after that read is seen as one at the first look."""
+    policies = tenant_policy_texts(context.tenant.id)
+    return load_execution(context, execution_id), _ReadDecision(context, execution_id, policies)
 
 
 def _page_answer(execution_id: UUID, status: repo.Status, after: int, items: list[repo.ExecutionEvent]) -> Response:
