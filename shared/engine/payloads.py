@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 from uuid import UUID
 
@@ -71,6 +71,7 @@ def claim_check(
     for_request: bool = False,
     within: StorageCall = unbounded,
     removal_within: StorageCall | None = None,
+    look_within_s: Callable[[], float] | None = None,
     folder: str | None = None,
 ) -> Any:
     """`output` itself when its JSON fits in `limit` bytes (QP_PAYLOAD_INLINE_MAX_BYTES), else its blob reference
@@ -82,7 +83,10 @@ def claim_check(
     step failure) leaves the output unstored, and no reference to it is made. `removal_within` (default `within`)
     bounds an erased tenant's removal, which must be tried even when the upload spent the deadline. `folder` (under
     the execution's outputs) keeps the blob apart from every other writer's, so one whose output is then refused can
-    remove it (`discard`): a digest's name alone may be another step's output too.
+    remove it (`discard`): a digest's name alone may be another step's output too. `look_within_s`, called once the
+    blob is written, answers how long the look at its tenant may wait for the tenant row and run (`kept_for_tenant`;
+    it may raise a step failure instead, to leave the look undone); without it an erasure holding the row is waited
+    for up to the statement timeout.
 
     The name is the content's digest and a blob holding these bytes is never overwritten, so a stored output never
     changes under a reference that points at it. A blob found under the name holding other bytes is replaced: no
@@ -118,7 +122,8 @@ def claim_check(
                 what,
                 lambda **options: target.upload_blob(name, body, overwrite=True, content_settings=settings, **options),
             )
-    if not kept_for_tenant(tenant_id, target, name, within=removal_within or within):
+    look_s = look_within_s() if look_within_s is not None else None
+    if not kept_for_tenant(tenant_id, target, name, within=removal_within or within, look_within_s=look_s):
         raise TenantErasedError(tenant_id)
     return {BLOB_REF: {"container": target.container_name, "name": name, "size": len(body), "sha256": digest}}
 

@@ -49,9 +49,10 @@ from shared.engine.protocol import EventRaiser, WorkItem, no_one_to_tell
 from shared.engine.steps import Attempt, AttemptKey, Claim
 from shared.engine.work_hub import Carried, hand_back_work
 from shared.modules import BUILTIN_MODULES, Module, ModuleContext, StepFailed, run_module
-from shared.modules.artifact_write import REMOVAL_WINDOW_S, bounded_by
+from shared.modules.artifact_write import REMOVAL_WINDOW_S, bounded_by, within_deadline
 from shared.modules.contract import Abandoned
 from shared.observability.tracing import continued_span, execution_attributes
+from shared.storage.blob import StorageCall
 from shared.tenants.repository import tenant_settings
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,16 @@ HELD_POLL_S = 0.5
 FRESH_CLAIM_S = 0.1
 """A run that gets its thread within this long of its claim starts without looking at the claim again; one that
 waited longer for its thread (its tenant's share or the pool was full) renews the claim first (ADR 0026)."""
+TENANT_LOOK_S = 2.0
+"""The longest the look at its tenant after a large output's store (`kept_for_tenant`) waits for the tenant row and
+runs, less when the attempt's deadline is nearer: an erasure holds that row (FOR UPDATE) while it deletes the
+tenant's rows, and with only the 60 s statement timeout the look held the module thread, its tenant's share and a
+pooled connection that long, past the deadline and for nobody. Past it the attempt fails, retryable; the blob,
+written before the erasure's row delete commits, goes with the erasure's last pass (ADR 0026)."""
+STORE_LATER = "store_later"
+"""In a run's result: the output (`_Succeeded`) of a module that succeeded and whose store was stopped short by a
+give-up (the look at its tenant met the database out of reach): once the claim is taken back, only the store runs
+again, never the module, whose work is done."""
 
 _HOST = socket.gethostname()[:100]
 
@@ -306,7 +317,8 @@ async def _run_claimed(
     meanwhile (`_taken_back`): what is recorded then stands. Taken back, its module's result is answered (a module
     left running is waited for under the claim, never started again), unless it is a failure its module raised for
     being told it was abandoned (`Abandoned`); that run runs once more (once only: what the next returns is recorded),
-    and a run given up before it started starts.
+    and a run given up before it started starts. A module that succeeded but whose output's store the give-up's outage
+    stopped (STORE_LATER) is not run again: only its store is, once, with the output kept from its run.
 
     Why the give-up comes first, whatever the clocks: each confirmed statement ran after it was sent, and wrote
     `claimed_until` as its database time plus `_database_lease_s`; a copy takes the claim over only once the
@@ -331,14 +343,18 @@ async def _run_claimed(
         deadline=deadline,
     )
 
-    def queued(start: _Start, ctx: ModuleContext) -> asyncio.Future[dict[str, Any] | _NotStarted]:
+    def queued(
+        start: _Start, ctx: ModuleContext, done: _Succeeded | None = None
+    ) -> asyncio.Future[dict[str, Any] | _NotStarted]:
         # In the current context, so that what the module does (an HTTP call, say) shows in the execution's trace;
         # in the tenant's share of the threads, so that its slow modules cannot hold up other tenants' items.
         fresh_until = time.monotonic() + FRESH_CLAIM_S
         run = asyncio.ensure_future(
             run_in_share(
                 item.tenant_id,
-                functools.partial(_run_module, item, key, owner, ctx, modules, deadline, fresh_until, start, ended),
+                functools.partial(
+                    _run_module, item, key, owner, ctx, modules, deadline, fresh_until, start, ended, done
+                ),
             )
         )
         if entry is not None:
@@ -372,11 +388,14 @@ async def _run_claimed(
                 if taken_back and (result is None or result is _NotStarted.GIVEN_UP or (stopped_short and rerun_left)):
                     # Given up before it started, or a failure its module returned for being told it was abandoned
                     # (an HTTP wait, an event's send, stopped short by the give-up, not by what it did), and the claim
-                    # is this copy's again: it runs now, once more, its module having returned.
+                    # is this copy's again: it runs now, once more, its module having returned. A module that
+                    # succeeded and whose output's store alone was stopped short has only that store run again: its
+                    # work is done, and running it again repeated its side effects within one attempt.
                     rerun_left = rerun_left and not stopped_short
                     taken_back = False
+                    done = result.get(STORE_LATER) if stopped_short and isinstance(result, dict) else None
                     start, ctx = _Start(), dataclasses.replace(ctx, abandoned=threading.Event())
-                    run = queued(start, ctx)
+                    run = queued(start, ctx, done)
                     continue
                 assert result is not None  # only a give-up cancels a run, and it is followed by a taking back
                 if result is _NotStarted.CLAIM_LOST:
@@ -469,9 +488,11 @@ async def _run_claimed(
 
 def _stopped_short(result: dict[str, Any]) -> bool:
     """Whether a run's result is only the give-up's doing: a failure its module raised as `Abandoned` once told its
-    attempt was abandoned (modules that look stop then, and fail). Not the attempt's result: recorded, it failed a
-    step the module had never run to its own end. A success stands, its work done, whenever it came, and so does a
-    failure of the module's own (a refusal, a 409), whatever the give-up did meanwhile."""
+    attempt was abandoned (modules that look stop then, and fail), or the store of a successful output that the
+    outage behind the give-up stopped (it carries the output, STORE_LATER). Not the attempt's result: recorded, it
+    failed a step the module had never run to its own end, or whose work was done. A success stands, its work done,
+    whenever it came (only its store is tried again), and so does a failure of the module's own (a refusal, a 409),
+    whatever the give-up did meanwhile."""
     return not result["ok"] and bool(result.get("stopped")) and bool(result.get("retryable", True))
 
 
@@ -599,10 +620,12 @@ def _run_module(
     fresh_until: float,
     start: _Start,
     ended: threading.Event,
+    done: _Succeeded | None = None,
 ) -> dict[str, Any] | _NotStarted:
     """The module's result (on a module thread), or why it was not started; `fresh_until` (monotonic): until when
     the claim taken just before counts as confirmed; `ended`: set once nobody waits for the run (its output's store
-    then stops; required: an event nobody sets held the store a retry window per storage call)."""
+    then stops; required: an event nobody sets held the store a retry window per storage call); `done`: the output
+    of a module that already succeeded in this attempt, whose store alone is run (the module is not run again)."""
     now = time.monotonic()
     if now >= deadline:
         return _NotStarted.LATE  # the caller has answered for it already
@@ -620,51 +643,104 @@ def _run_module(
     if not start.begin():
         return _NotStarted.GIVEN_UP
     try:
-        output = run_module(item.action, ctx, item.params, modules)
-        # A large output is stored by the attempt's deadline too: past it the store's retries held this thread (and
-        # its tenant's share) for minutes. Cut off, it fails the attempt retryably as the module's own storage
-        # failure does, and nothing is recorded as succeeded without its blob (ADR 0026). By the deadline only, not
-        # by a give-up meanwhile: the work is done, and its result, taken back, is recorded rather than run again.
-        # Stopped, though, once nobody waits for it (a cancel, a take-over, the host stopping): it held the thread
-        # and its tenant's share for up to a retry window per storage call for nothing.
-        stored = dataclasses.replace(ctx, abandoned=ended)
-        # The removal of a blob whose tenant was erased meanwhile by its own window alone, from when it is tried: the
-        # erasure is what ends the run, and bounded by `ended` it gave up before any delete; bounded by the attempt's
-        # deadline, a store away held the thread (and its tenant's share) ~170 s for nobody, where a failed delete is
-        # noted for the erased-tenant-blobs timer anyway.
-        removal = dataclasses.replace(ctx, abandoned=threading.Event(), deadline=0.0)
-        try:
-            output = claim_check(
-                item.tenant_id,
-                key,
-                output,
-                within=bounded_by(stored),
-                removal_within=bounded_by(removal, at_least_s=REMOVAL_WINDOW_S),
-            )
-        except StepFailed:
-            raise
-        except AzureError as exc:
-            # A refusal the store's retries do not ride out (a 403, say) is this attempt's failure, as a module's own
-            # storage error is; let out, it failed the whole batch, every other item of it retried with it.
-            raise StepFailed(f"the storing of {item.action}'s output failed: {type(exc).__name__}: {exc}") from exc
-        except psycopg.Error as exc:
-            # The look at its tenant (`kept_for_tenant`) met the database out of reach, as the outage behind a
-            # give-up does: let out, it failed the whole batch once taken back. Under a give-up it is the give-up's
-            # doing (run once more under the claim taken back); otherwise the attempt's retryable failure.
-            failed = Abandoned if ctx.abandoned.is_set() else StepFailed
-            raise failed(f"the storing of {item.action}'s output failed: {type(exc).__name__}: {exc}") from exc
-        except Exception as exc:
-            # Anything else (a container that cannot be made on a bad setting, say) is the attempt's retryable
-            # failure too, as a module's own error is, not the whole batch's; logged with its trace, as that is.
-            logger.exception("module-work: storing %s's output for %s failed unexpectedly", item.action, key)
-            raise StepFailed(f"the storing of {item.action}'s output failed: {type(exc).__name__}: {exc}") from exc
-        return {"ok": True, "output": output}
+        # A module that succeeded in this attempt already (its store stopped short by a give-up) is not run again.
+        output = done.output if done is not None else run_module(item.action, ctx, item.params, modules)
+        return _stored(item, key, ctx, output, deadline, ended)
     except StepFailed as exc:
         result: dict[str, Any] = {"ok": False, "error": exc.message, "retryable": exc.retryable}
         if isinstance(exc, Abandoned) and ctx.abandoned.is_set():
             # Stopped short for being told its attempt was abandoned, not by what its work met (`_stopped_short`).
             result["stopped"] = True
         return result
+
+
+@dataclass(frozen=True)
+class _Succeeded:
+    """The output of a module that succeeded, still to be stored (STORE_LATER)."""
+
+    output: Any
+
+
+def _stored(
+    item: WorkItem, key: AttemptKey, ctx: ModuleContext, output: Any, deadline: float, ended: threading.Event
+) -> dict[str, Any]:
+    """A successful run's result, its output stored first when it is too large to keep inline (on the module
+    thread); a step failure when the store failed, or a result stopped short (STORE_LATER) when the give-up's outage
+    stopped it."""
+    # A large output is stored by the attempt's deadline too: past it the store's retries held this thread (and
+    # its tenant's share) for minutes. Cut off, it fails the attempt retryably as the module's own storage
+    # failure does, and nothing is recorded as succeeded without its blob (ADR 0026). By the deadline only, not
+    # by a give-up meanwhile: the work is done, and its result, taken back, is recorded rather than run again.
+    # Stopped, though, once nobody waits for it (a cancel, a take-over, the host stopping): it held the thread
+    # and its tenant's share for up to a retry window per storage call for nothing.
+    stored = dataclasses.replace(ctx, abandoned=ended)
+    try:
+        output = claim_check(
+            item.tenant_id,
+            key,
+            output,
+            within=bounded_by(stored),
+            # The removal of a blob whose tenant was erased meanwhile by its own window alone, from when it is
+            # tried: the erasure is what ends the run, and bounded by `ended` it gave up before any delete; bounded
+            # by the attempt's deadline, a store away held the thread (and its tenant's share) ~170 s for nobody,
+            # where a failed delete is noted for the erased-tenant-blobs timer anyway.
+            removal_within=_bounded_for(ctx, REMOVAL_WINDOW_S),
+            look_within_s=_tenant_look_s(deadline, ended),
+        )
+    except StepFailed:
+        raise
+    except AzureError as exc:
+        # A refusal the store's retries do not ride out (a 403, say) is this attempt's failure, as a module's own
+        # storage error is; let out, it failed the whole batch, every other item of it retried with it.
+        raise StepFailed(f"the storing of {item.action}'s output failed: {type(exc).__name__}: {exc}") from exc
+    except psycopg.Error as exc:
+        # The look at its tenant (`kept_for_tenant`) met the database out of reach, as the outage behind a give-up
+        # does, or the tenant row held past TENANT_LOOK_S (an erasure under way, whose last blob pass removes the
+        # blob): let out, it failed the whole batch once taken back. Under a give-up it is the give-up's doing: the
+        # output is kept, and only its store runs again under the claim taken back (never the module, whose work is
+        # done). Otherwise the attempt's retryable failure.
+        why = f"{type(exc).__name__}: {exc}".strip()
+        if isinstance(exc, psycopg.errors.LockNotAvailable | psycopg.errors.QueryCanceled):
+            why = f"its tenant could not be looked at in time (its row held: an erasure under way?): {why}"
+        error = f"the storing of {item.action}'s output failed: {why}"
+        if ctx.abandoned.is_set():
+            return {"ok": False, "error": error, "retryable": True, "stopped": True, STORE_LATER: _Succeeded(output)}
+        raise StepFailed(error) from exc
+    except Exception as exc:
+        # Anything else (a container that cannot be made on a bad setting, say) is the attempt's retryable
+        # failure too, as a module's own error is, not the whole batch's; logged with its trace, as that is.
+        logger.exception("module-work: storing %s's output for %s failed unexpectedly", item.action, key)
+        raise StepFailed(f"the storing of {item.action}'s output failed: {type(exc).__name__}: {exc}") from exc
+    return {"ok": True, "output": output}
+
+
+def _bounded_for(ctx: ModuleContext, window_s: float) -> StorageCall:
+    """Storage calls for `ctx`'s attempt, each bounded by `window_s` from when it is made, whatever the attempt's
+    deadline, and by nothing else (no `abandoned`: the erasure that ends the run must not cut short the removal of
+    the blob it leaves)."""
+
+    def within(what: str, call: Callable[..., T], /) -> T:
+        bounded = dataclasses.replace(ctx, abandoned=threading.Event(), deadline=time.monotonic() + window_s)
+        return within_deadline(bounded, what, call)
+
+    return within
+
+
+def _tenant_look_s(deadline: float, ended: threading.Event) -> Callable[[], float]:
+    """For `claim_check`, once the blob is written: how long the look at its tenant may take, TENANT_LOOK_S at most
+    and never past the attempt's deadline. Not made once nobody waits for the run (`ended`) or its deadline has
+    passed (a step failure instead): a blob of a tenant erased meanwhile is then the `erased_tenant_blobs` timer's,
+    which the erasure's row delete noted."""
+
+    def bound() -> float:
+        if ended.is_set():
+            raise Abandoned("the look at the tenant of a stored output was not made: nobody waits for the run")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise StepFailed("the look at the tenant of a stored output was not made by its attempt's deadline")
+        return min(TENANT_LOOK_S, left)
+
+    return bound
 
 
 def _record(item: WorkItem, key: AttemptKey, result: dict[str, Any]) -> Outcome | None:

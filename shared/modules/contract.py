@@ -25,6 +25,8 @@ MAX_REPORTED_ERRORS = 10
 _LOGGER = logging.getLogger("shared.modules")
 # A surrogate as ASCII JSON writes it (paired ones too: the walk tells them apart).
 _SURROGATE_ESCAPE = re.compile(r"\\ud[89a-f]")
+# As many digits as the smallest integer beyond a bigint has (2**63: 19), in a string or a number.
+_LONG_DIGITS = re.compile(r"[0-9]{19}")
 
 
 class StepFailed(Exception):
@@ -149,14 +151,19 @@ def invoke(module: Module[Any], ctx: ModuleContext, raw_params: Any) -> Any:
 
 
 def _unstorable(output: Any, text: str) -> str | None:
-    """Where and why `output` (as JSON `text`, ASCII-escaped) cannot be stored: a NUL, a lone surrogate, nesting
-    deeper than the accepted JSON's; None when it can."""
+    """Where and why `output` (as JSON `text`, ASCII-escaped) cannot be stored as it is: a NUL, a lone surrogate, an
+    integer beyond a bigint, nesting deeper than the accepted JSON's; None when it can.
+
+    An integer beyond a bigint is refused as the API's edge refuses it: jsonb keeps it, but it reads back as a float
+    (`shared.db.json_values`), so 2**64 + 1 and 18446744073709551557 both came back as 1.8446744073709552e+19 in the
+    step's recorded output, its verdict, its events and the references to it."""
     if accepted_json.nesting_depth(text) > accepted_json.MAX_DEPTH:
         return f"it nests deeper than {accepted_json.MAX_DEPTH} levels"
-    # Both appear only as escapes in ASCII JSON: the walk that names the place runs only when one may be there.
-    if "\\u0000" not in text and not _SURROGATE_ESCAPE.search(text):
+    # NULs and surrogates appear only as escapes in ASCII JSON, and an integer beyond a bigint only as a run of 19
+    # digits or more: the walk that names the place runs only when one may be there.
+    if "\\u0000" not in text and not _SURROGATE_ESCAPE.search(text) and not _LONG_DIGITS.search(text):
         return None
-    found = accepted_json.refusals(output, bound_integers=False)
+    found = accepted_json.refusals(output, bound_integers=True)
     return f"{found[0].pointer or '(output)'}: {found[0].detail}" if found else None
 
 

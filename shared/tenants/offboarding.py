@@ -10,6 +10,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -27,7 +28,7 @@ from psycopg import errors, sql
 
 from shared.audit import AuditStore, get_audit_store
 from shared.audit.postgres import PostgresAuditStore
-from shared.db.session import platform_transaction, tenant_transaction
+from shared.db.session import bounded_lock_waits, platform_transaction, tenant_transaction
 from shared.storage.blob import StorageCall, unbounded
 from shared.tenants.models import Tenant
 from shared.tenants.repository import get_tenant, hold_tenant, mark_erasing, tenant_settings
@@ -109,9 +110,18 @@ def tenant_blob_prefix(tenant_id: UUID) -> str:
     return f"{tenant_id}/"
 
 
-def tenant_exists(tenant_id: UUID) -> bool:
-    """Whether the tenant row is there, in a short transaction of its own (an erasure holding it is waited for)."""
-    with tenant_transaction(tenant_id) as conn:
+def tenant_exists(tenant_id: UUID, *, within_s: float | None = None) -> bool:
+    """Whether the tenant row is there, in a short transaction of its own (an erasure holding it is waited for).
+
+    With `within_s`, that wait and the look itself are bounded by it (`lock_timeout` through `bounded_lock_waits`, and
+    a transaction-local `statement_timeout`): psycopg.errors.LockNotAvailable or QueryCanceled past it, for a caller
+    that must not hold its thread and its connection for the 60 s statement timeout while an erasure holds the row."""
+    if within_s is None:
+        with tenant_transaction(tenant_id) as conn:
+            return hold_tenant(conn, tenant_id)
+    bound_ms = max(1, math.ceil(within_s * 1000))
+    with bounded_lock_waits(bound_ms), tenant_transaction(tenant_id) as conn:
+        conn.execute("SELECT pg_catalog.set_config('statement_timeout', %s, true)", (f"{bound_ms}ms",))
         return hold_tenant(conn, tenant_id)
 
 
@@ -130,7 +140,14 @@ def export_may_stand(tenant_id: UUID) -> bool:
     return bool(row and row["exportable"])
 
 
-def kept_for_tenant(tenant_id: UUID, container: ContainerClient, name: str, *, within: StorageCall = unbounded) -> bool:
+def kept_for_tenant(
+    tenant_id: UUID,
+    container: ContainerClient,
+    name: str,
+    *,
+    within: StorageCall = unbounded,
+    look_within_s: float | None = None,
+) -> bool:
     """After the tenant's blob `name` was written: True while the tenant is there; False, the blob deleted, when the
     tenant was erased meanwhile.
 
@@ -138,9 +155,12 @@ def kept_for_tenant(tenant_id: UUID, container: ContainerClient, name: str, *, w
     tenant row went, while one written after it outlived the tenant for ever. Looked at after the write, the row tells
     which: there, the row's delete and the last pass are still to come; gone, the blob is its writer's to remove. No
     connection is held while the blob is written: a slow blob store would hold the pool from every tenant.
-    `within` bounds the delete as the writer bounds its upload (a module: by its attempt's deadline, ADR 0026).
+    `within` bounds the delete (a module's: a window of its own from when it is tried, REMOVAL_WINDOW_S, whatever is
+    left of its attempt, ADR 0026). `look_within_s` bounds the look at the tenant row (`tenant_exists`), else an
+    erasure holding the row is waited for up to the statement timeout: past it LockNotAvailable (or QueryCanceled) is
+    raised, and the blob, written before the erasure's row delete commits, is left to the erasure's last pass.
     """
-    if tenant_exists(tenant_id):
+    if tenant_exists(tenant_id, within_s=look_within_s):
         return True
     try:
         within(f"the removal of {name!r}", lambda **options: container.delete_blob(name, **options))

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
+import psycopg
 import pytest
 from azure.storage.blob import BlobServiceClient, ContainerClient
 from psycopg_pool import ConnectionPool
@@ -116,8 +117,8 @@ class _Attempt:
         self._thread = threading.Thread(target=target, daemon=True)
         self._thread.start()
 
-    def result(self) -> dict[str, Any]:
-        self._thread.join(BOUND_S)
+    def result(self, within_s: float = BOUND_S) -> dict[str, Any]:
+        self._thread.join(within_s)
         assert not self._thread.is_alive(), "the claim check still held the module thread long after the deadline"
         assert self._error is None, f"the run raised instead of answering a result: {self._error!r}"
         assert isinstance(self._result, dict)
@@ -199,9 +200,9 @@ def test_the_removal_of_an_erased_tenants_output_is_tried_though_the_erasure_end
     monkeypatch.setattr(payloads, "artifacts_container", _store_at(container))
     looked = offboarding.tenant_exists
 
-    def erased_meanwhile(tenant_id: uuid.UUID) -> bool:
+    def erased_meanwhile(tenant_id: uuid.UUID, **kwargs: Any) -> bool:
         ended.set()
-        return looked(tenant_id)
+        return looked(tenant_id, **kwargs)
 
     monkeypatch.setattr(offboarding, "tenant_exists", erased_meanwhile)
     result = _Attempt(_item(uuid.uuid4()), DEADLINE_S, ended).result()
@@ -279,3 +280,108 @@ def test_a_store_refusing_a_large_output_fails_its_attempt_not_the_batch(
     result = _Attempt(_item(uuid.uuid4()), DEADLINE_S).result()
     assert result["ok"] is False and result["retryable"] is True and "output" not in result
     assert result["error"].startswith(f"the storing of {_Large.action}'s output failed: "), result
+
+
+ERASURE_HOLDS_S = 30.0
+"""How long the stand-in erasure below holds its tenant's row unless the run answers first."""
+
+
+class _Erasure(threading.Thread):
+    """An erasure's transaction holding the tenant row (its FOR UPDATE, `offboarding._erase_rows`) until the test has
+    its answer, or ERASURE_HOLDS_S; `released` is set just before it lets the row go."""
+
+    def __init__(self, admin_url: str, tenant_id: uuid.UUID) -> None:
+        super().__init__(daemon=True)
+        self._admin_url = admin_url
+        self._tenant_id = tenant_id
+        self.locked = threading.Event()
+        self.answered = threading.Event()
+        self.released = threading.Event()
+
+    def run(self) -> None:
+        with psycopg.connect(self._admin_url, dbname="quantum") as erasing:
+            erasing.execute("SELECT 1 FROM app.tenants WHERE id = %s FOR UPDATE", (self._tenant_id,))
+            self.locked.set()
+            self.answered.wait(ERASURE_HOLDS_S)
+            self.released.set()
+            erasing.rollback()
+
+
+def _outputs_container(azurite: Azurite) -> ContainerClient:
+    container = BlobServiceClient.from_connection_string(azurite.connection_string).get_container_client("outputs")
+    if not container.exists():
+        container.create_container()
+    return container
+
+
+def test_the_look_at_its_tenant_while_an_erasure_holds_its_row_ends_the_attempt_before_the_row_is_let_go(
+    azurite: Azurite,
+    process_pools: None,
+    new_tenant: Callable[[], uuid.UUID],
+    pg: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The look at the tenant after the output's store waited for the erasure's lock on the tenant row as long as the
+    # erasure held it (up to the 60 s statement timeout), the module thread and a pooled connection held with it,
+    # whatever the attempt's deadline and though nobody waited for the run any more: the run answered only once the
+    # row was let go. Now the look is bounded by a couple of seconds at most, and the attempt fails retryably.
+    monkeypatch.setattr(payloads, "artifacts_container", _store_at(_outputs_container(azurite)))
+    tenant_id = new_tenant()
+    erasure = _Erasure(pg.admin_url, tenant_id)
+    erasure.start()
+    ended = threading.Event()
+    nobody_waits = threading.Timer(2.0, ended.set)  # the run's end at its deadline, as `_run_claimed` sets it
+    try:
+        assert erasure.locked.wait(BOUND_S)
+        nobody_waits.start()
+        attempt = _Attempt(_item(tenant_id), 2.0, ended)
+        # Waited for past the erasure's hold: whether the run answered before the row was let go decides, not a time.
+        result = attempt.result(ERASURE_HOLDS_S + BOUND_S)
+        answered_while_held = not erasure.released.is_set()
+    finally:
+        erasure.answered.set()
+        nobody_waits.cancel()
+        erasure.join(BOUND_S)
+    assert answered_while_held, "the run answered only once the erasure let the tenant row go"
+    assert result["ok"] is False and result["retryable"] is True and "output" not in result, result
+    assert result["error"].startswith(f"the storing of {_Large.action}'s output failed: "), result
+
+
+class _EndsWithTheUpload:
+    """A container whose upload (a real one) is followed by the run's end (a cancel, say) before its tenant is looked
+    at."""
+
+    def __init__(self, container: ContainerClient, ended: threading.Event) -> None:
+        self._container = container
+        self._ended = ended
+        self.container_name = container.container_name
+
+    def upload_blob(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self._container.upload_blob(*args, **kwargs)
+        finally:
+            self._ended.set()
+
+
+def test_the_look_at_its_tenant_is_not_made_once_nobody_waits_for_the_run(
+    azurite: Azurite,
+    process_pools: None,
+    new_tenant: Callable[[], uuid.UUID],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Once nobody waits for the run, its store stops (ADR 0026); the look at its tenant, which an erasure holding the
+    # row held up to the statement timeout, was still made then.
+    ended = threading.Event()
+    container = _EndsWithTheUpload(_outputs_container(azurite), ended)
+    monkeypatch.setattr(payloads, "artifacts_container", lambda settings, **kwargs: container)
+    looks: list[uuid.UUID] = []
+    look = offboarding.tenant_exists
+
+    def counted(tenant_id: uuid.UUID, **kwargs: Any) -> bool:
+        looks.append(tenant_id)
+        return look(tenant_id, **kwargs)
+
+    monkeypatch.setattr(offboarding, "tenant_exists", counted)
+    result = _Attempt(_item(new_tenant()), BOUND_S, ended).result()
+    assert ended.is_set() and looks == []
+    assert result["ok"] is False and result["retryable"] is True and "output" not in result, result

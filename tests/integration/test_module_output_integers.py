@@ -1,0 +1,83 @@
+# intent_ref: platform.modules
+"""An integer beyond a bigint in a built-in module's output is refused at the module's boundary, as the API's edge
+refuses it: jsonb kept it, but it read back as a float, so 2**64 + 1 and 18446744073709551557 were both recorded,
+raised and referenced as 1.8446744073709552e+19. The step fails (not retried), naming the member; integers within a
+bigint come back exactly."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, ClassVar
+
+import pytest
+from psycopg_pool import ConnectionPool
+
+from shared.modules import Module, ModuleContext
+from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
+from tests.integration.test_module_worker_claims import (  # noqa: F401  # the fixtures
+    _Batch,
+    _dispatched,
+    _NoParams,
+    _Raiser,
+    _row,
+    batches_held_whole,
+    no_module_thread_held,
+)
+
+pytestmark = pytest.mark.integration
+
+
+class _Returns(Module[_NoParams]):
+    """Returns the output it was made with; counts its runs."""
+
+    action: ClassVar[str] = "test.returns"
+    params_model = _NoParams
+
+    def __init__(self, output: Any) -> None:
+        self.output = output
+        self.runs = 0
+
+    def run(self, ctx: ModuleContext, params: _NoParams) -> Any:
+        self.runs += 1
+        return self.output
+
+
+@pytest.fixture(scope="module")
+def tenant(api: ApiHarness) -> uuid.UUID:  # noqa: F811
+    return api.provision("output-integers").id
+
+
+@pytest.mark.parametrize("value", [2**64 + 1, 18446744073709551557, -(2**63) - 1])
+def test_an_integer_beyond_a_bigint_in_an_output_fails_the_step_naming_the_member(
+    app_pool: ConnectionPool[Any], tenant: uuid.UUID, value: int
+) -> None:
+    module = _Returns({"name": "ok", "u64": value})
+    item = _dispatched(app_pool, tenant, module.action)
+    raiser = _Raiser()
+    batch = _Batch([item], raiser, {module.action: module})
+    batch.start()
+    assert batch.outcome() == 1
+    (verdict,) = raiser.to(item.execution_id)
+    assert verdict["ok"] is False and verdict["retryable"] is False, verdict
+    assert "/u64: the integer is outside" in verdict["error"], verdict
+    row = _row(app_pool, item)
+    assert row["state"] == "failed" and row["output"] is None, row
+    assert "/u64" in row["error"]
+    assert module.runs == 1
+
+
+@pytest.mark.parametrize("value", [2**63 - 1, -(2**63), "18446744073709551617"])
+def test_an_integer_within_a_bigint_and_a_long_number_in_a_string_come_back_exactly(
+    app_pool: ConnectionPool[Any], tenant: uuid.UUID, value: int | str
+) -> None:
+    module = _Returns({"id": value})
+    item = _dispatched(app_pool, tenant, module.action)
+    raiser = _Raiser()
+    batch = _Batch([item], raiser, {module.action: module})
+    batch.start()
+    assert batch.outcome() == 1
+    assert raiser.to(item.execution_id) == [{"ok": True, "output": {"id": value}}]
+    row = _row(app_pool, item)
+    assert row["state"] == "succeeded"
+    recorded = row["output"]["id"]
+    assert recorded == value and type(recorded) is type(value), row
