@@ -23,7 +23,7 @@ from uuid import UUID
 from psycopg_pool import ConnectionPool
 
 from shared.db.session import platform_transaction
-from shared.tenants.offboarding import purge_orchestrations
+from shared.tenants.offboarding import NOTE_ERASED_ORCHESTRATION, purge_orchestrations
 
 logger = logging.getLogger(__name__)
 
@@ -33,17 +33,14 @@ as the task hub may go on applying a call its client gave up on, and a margin.""
 MAX_ORCHESTRATIONS = 20
 """Recorded orchestrations one sweeper run purges (the least recently tried first); the next run takes the rest."""
 
-_NOTE_ORCHESTRATION = (
-    "INSERT INTO control.erased_tenant_orchestrations (instance_id, tenant_id, due_at)"
-    " VALUES (%s, %s, now() + make_interval(secs => %s))"
-    " ON CONFLICT (instance_id) DO UPDATE SET noted_at = now(),"
-    " due_at = GREATEST(control.erased_tenant_orchestrations.due_at, EXCLUDED.due_at)"
-)
+_NOTE_ORCHESTRATION = NOTE_ERASED_ORCHESTRATION
 # A tenant that is there: its orchestration is its own, and that tenant's erasure lists and purges it with its other
-# executions (a start due has landed by then, or never will).
+# executions (a start due has landed by then, or never will). Not a tenant marked for erasure: its erasure records the
+# executions it deletes, batch by batch (ADR 0012, amended 2026-12-08), and a host killed between two batches leaves
+# the tenant there, its deleted executions listed nowhere else; their records wait for the tenant to be gone.
 _FORGET_LIVING = (
     "DELETE FROM control.erased_tenant_orchestrations r WHERE r.due_at <= now()"
-    " AND EXISTS (SELECT 1 FROM app.tenants t WHERE t.id = r.tenant_id)"
+    " AND EXISTS (SELECT 1 FROM app.tenants t WHERE t.id = r.tenant_id AND t.erasing_since IS NULL)"
 )
 # Its tenant looked at again in the same statement: a note of a tenant still there committed after _FORGET_LIVING ran
 # is seen by this read-committed statement too, and that living tenant's orchestration was terminated and purged.
@@ -55,6 +52,12 @@ _DUE_ORCHESTRATIONS = (
 _TENANT_THERE = "SELECT EXISTS (SELECT 1 FROM app.tenants WHERE id = %s) AS there"
 # Dropped only as read: a note since (a start cut off again, a purge that failed again) keeps it.
 _DROP_ORCHESTRATION = "DELETE FROM control.erased_tenant_orchestrations WHERE instance_id = %s AND noted_at = %s"
+# Purged by the erasure itself after its rows went: noted due at once then (a record due later, of a start cut off,
+# is kept: that start may still land).
+_FORGET_PURGED = (
+    "DELETE FROM control.erased_tenant_orchestrations WHERE tenant_id = %s AND instance_id = ANY(%s)"
+    " AND due_at <= now()"
+)
 _TRIED_ORCHESTRATION = (
     "UPDATE control.erased_tenant_orchestrations SET swept_at = now(), failure = %s WHERE instance_id = %s"
 )
@@ -93,6 +96,19 @@ def note_erased_orchestrations(
         )
         return False
     return True
+
+
+def forget_purged_orchestrations(tenant_id: UUID, instance_ids: Sequence[str]) -> None:
+    """Drop the records of `instance_ids` of erased `tenant_id`, which the erasure has just purged itself (its row
+    deletion recorded them, ADR 0046): the sweeper would only find them gone. A failure is logged; the sweeper then
+    drops them so."""
+    if not instance_ids:
+        return
+    try:
+        with platform_transaction() as conn:
+            conn.execute(_FORGET_PURGED, (tenant_id, [UUID(instance_id) for instance_id in instance_ids]))
+    except Exception:
+        logger.warning("records of purged orchestrations of erased tenant %s kept; the sweeper drops them", tenant_id)
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ from shared.tenants.offboarding import (
     export_tenant,
     remove_export,
 )
-from shared.tenants.repository import get_tenant
+from shared.tenants.repository import briefly_waited, get_tenant
 
 logger = logging.getLogger(__name__)
 
@@ -185,8 +185,11 @@ class ExportRefusedError(LookupError):
 
 def hold_exportable(conn: psycopg.Connection[DictRow], tenant_id: UUID) -> None:
     """In the caller's control-plane transaction: hold the tenant row (KEY SHARE, until the transaction ends) and
-    ExportRefusedError when it is gone or marked for erasure. Nothing is written."""
-    row = conn.execute(_EXPORTABLE, (tenant_id,)).fetchone()
+    ExportRefusedError when it is gone or marked for erasure. Nothing is written. TenantRowBusyError (the transaction
+    aborted) when the row's lock is not had within ROW_LOCK_WAIT_MS: an erasure's last transaction holds it, for which
+    the request waited holding a connection of the control plane's small pool."""
+    with briefly_waited(conn):
+        row = conn.execute(_EXPORTABLE, (tenant_id,)).fetchone()
     if row is None or row["erasing_since"] is not None:
         raise ExportRefusedError(str(tenant_id))
 

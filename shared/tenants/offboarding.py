@@ -14,8 +14,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -31,7 +30,13 @@ from shared.audit.postgres import PostgresAuditStore
 from shared.db.session import bounded_lock_waits, platform_transaction, tenant_transaction
 from shared.storage.blob import StorageCall, unbounded
 from shared.tenants.models import Tenant
-from shared.tenants.repository import get_tenant, hold_tenant, mark_erasing, tenant_settings
+from shared.tenants.repository import (
+    TenantRowBusyError,
+    get_tenant,
+    hold_tenant,
+    mark_erasing,
+    tenant_settings,
+)
 
 # Every app table that holds tenant rows, children before parents (erasure order; a writer that adds a child row
 # meanwhile makes the erasure's transaction run again, `ROW_ERASE_ATTEMPTS`). A test fails when a new tenant table is
@@ -764,7 +769,45 @@ class ErasureNotBegunError(ErasureRefusedError):
         super().__init__("suspended", "the tenant is suspended but not marked for erasure: begin its erasure first")
 
 
-def begin_erasure(tenant_id: UUID, *, audit: Callable[[Any, Tenant], None] | None = None) -> Tenant:
+ERASURE_LEASE_S = 120
+"""How long an erasure's lease (`control.tenant_erasures`, migration 0078) holds without a renewal: another erasure of
+the tenant is refused while it holds, and one whose host was killed leaves the tenant erasable again this long after
+its last renewal."""
+ERASURE_RENEW_S = 30.0
+"""How often a running erasure renews its lease (`renew_erasure_lease`)."""
+ERASURE_RETRY_AFTER_S = 5
+"""Retry-After of an erasure refused because the tenant row's lock was not had at once (an erasure's last
+transaction holds it)."""
+_TAKE_LEASE = (
+    "INSERT INTO control.tenant_erasures AS e (tenant_id, holder, lease_until)"
+    " VALUES (%s, %s, now() + make_interval(secs => %s))"
+    " ON CONFLICT (tenant_id) DO UPDATE SET holder = EXCLUDED.holder, lease_until = EXCLUDED.lease_until"
+    " WHERE e.lease_until < now() OR e.holder = EXCLUDED.holder RETURNING holder"
+)
+_LEASE_LEFT = (
+    "SELECT greatest(1, ceil(extract(epoch FROM lease_until - now())))::integer AS left_s"
+    " FROM control.tenant_erasures WHERE tenant_id = %s"
+)
+_RENEW_LEASE = (
+    "UPDATE control.tenant_erasures SET lease_until = now() + make_interval(secs => %s)"
+    " WHERE tenant_id = %s AND holder = %s"
+)
+_DROP_LEASE = "DELETE FROM control.tenant_erasures WHERE tenant_id = %s AND holder = %s"
+_FORGET_LEASE = "DELETE FROM control.tenant_erasures WHERE tenant_id = %s"
+
+
+class ErasureInProgressError(RuntimeError):
+    """Another erasure of the tenant is running (it holds the tenant's erasure lease, or its last transaction holds the
+    tenant row): nothing was done, and this one may be sent again after `retry_after_s`."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"another erasure of the tenant is running; send it again in {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+def begin_erasure(
+    tenant_id: UUID, *, audit: Callable[[Any, Tenant], None] | None = None, holder: UUID | None = None
+) -> Tenant:
     """Mark the tenant as being erased, in a short transaction of its own under its row's lock, before anything of
     it goes; returns the marked tenant. `audit` gets that transaction and the tenant as this call marks it, so the
     mark's own record commits exactly with the mark (a repeat, which finds the mark set, writes none).
@@ -773,15 +816,43 @@ def begin_erasure(tenant_id: UUID, *, audit: Callable[[Any, Tenant], None] | Non
     only, a tenant set active while its erasure ran was erased all the same. Once marked, the control plane refuses
     any change of its status (409 `tenant-erasing`), and nothing clears the mark: an erasure that failed or was
     interrupted is sent again, which finds the mark set and goes on (ADR 0012). `erase_tenant` erases no tenant
-    that is not marked."""
-    with platform_transaction() as conn:
-        on_marked = None if audit is None else partial(audit, conn)
-        tenant = mark_erasing(conn, tenant_id, on_marked=on_marked)
+    that is not marked.
+
+    With `holder` (the erasure's own random id), the tenant's erasure lease is taken in the same transaction, for
+    ERASURE_LEASE_S (renewed by `renew_erasure_lease`, dropped with the tenant row or by `end_erasure_lease`).
+    ErasureInProgressError, nothing written, when another erasure holds the lease, or when the row's lock is not had
+    within ROW_LOCK_WAIT_MS (an erasure's last transaction holds it): a repeat waited on that lock, each holding a
+    connection of the control plane's small pool, until every tenant's token lookups failed; and two at once both
+    erased, the second's late pass removing the first's record."""
+    try:
+        with platform_transaction() as conn:
+            on_marked = None if audit is None else partial(audit, conn)
+            tenant = mark_erasing(conn, tenant_id, on_marked=on_marked)
+            if holder is not None and tenant is not None and tenant.erasing_since is not None:
+                if conn.execute(_TAKE_LEASE, (tenant_id, holder, ERASURE_LEASE_S)).fetchone() is None:
+                    left = conn.execute(_LEASE_LEFT, (tenant_id,)).fetchone()
+                    raise ErasureInProgressError(int(left["left_s"]) if left else ERASURE_RETRY_AFTER_S)
+    except TenantRowBusyError:
+        raise ErasureInProgressError(ERASURE_RETRY_AFTER_S) from None
     if tenant is None:
         raise TenantGoneError(str(tenant_id))
     if tenant.erasing_since is None:
         raise ErasureRefusedError(tenant.status)
     return tenant
+
+
+def renew_erasure_lease(tenant_id: UUID, holder: UUID) -> bool:
+    """Extend the erasure lease `holder` holds by ERASURE_LEASE_S; False when it holds none (ended, or taken over once
+    it had run out)."""
+    with platform_transaction() as conn:
+        return conn.execute(_RENEW_LEASE, (ERASURE_LEASE_S, tenant_id, holder)).rowcount == 1
+
+
+def end_erasure_lease(tenant_id: UUID, holder: UUID) -> None:
+    """Drop the erasure lease `holder` holds (an erasure that failed: it may be sent again at once). The row
+    deletion's last transaction drops it with the tenant row."""
+    with platform_transaction() as conn:
+        conn.execute(_DROP_LEASE, (tenant_id, holder))
 
 
 _STILL_MARKED = "SELECT status, erasing_since FROM app.tenants WHERE id = %s"
@@ -797,7 +868,10 @@ def _check_marked(row: Mapping[str, Any] | None) -> None:
 
 
 ROW_ERASE_ATTEMPTS = 5
-"""Runs of the row deletion's transaction before the erasure answers that it should be asked again."""
+"""Runs of the row deletion (its batches, then its last transaction) before the erasure answers that it should be
+asked again."""
+ERASE_BATCH_ROWS = 1000
+"""Rows of one table one batch of the row deletion deletes, in a short transaction of its own."""
 ROW_ERASE_PAUSE_S = 0.5
 """The pause before the row deletion runs again, times its attempt: the writers it met commit meanwhile."""
 _CONTENDED = (errors.ForeignKeyViolation, errors.DeadlockDetected, errors.SerializationFailure)
@@ -812,15 +886,21 @@ def erase_tenant(
     audit_store: AuditStore,
     *,
     executions: list[str] | None = None,
+    purged: Iterable[str] = (),
 ) -> dict[str, int]:
     """Delete the tenant's blobs, every row of it, its audit trail and its tenant row; returns counts per kind.
 
     Runs as the control plane inside the erased tenant's context: its DELETE policies reach that tenant only.
     Safe to run again after a partial failure: what lives outside Postgres goes first, while the tenant row still
     lets the erasure be asked again, and once more after the rows, for what was written while they went.
-    `executions` gets the ids of every execution the rows held when they went (read once no other could be
+    `executions` gets the ids of every execution the rows held when they went (the last read once no other could be
     created): their orchestrations are the caller's to purge again, those started after its first purge included.
-    ErasureContendedError when writers kept adding rows under it (the rows are then all still there).
+    Each of them but those in `purged` (the caller's first purge purged them) is recorded in
+    `control.erased_tenant_orchestrations`, due at once, in the transaction that deletes it (ADR 0046): a host killed
+    after it leaves the sweeper to purge what the caller's purge would have.
+    The rows go in batches (`ERASE_BATCH_ROWS` of a table, each a short transaction), then what is left and the tenant
+    row in one short transaction (`_erase_rest`). ErasureContendedError when writers kept adding rows under it: the
+    tenant row is still there, marked, and asking again completes it.
     ErasureRefusedError, nothing deleted, unless the tenant is suspended and marked (`begin_erasure`), looked at
     before the blobs go and again under the row deletion's lock: every erasure goes through the mark, and so through
     its audit record and the control plane's refusal of a status change; a tenant already gone is erased again (what
@@ -837,21 +917,27 @@ def erase_tenant(
         "blobs": delete_tenant_blobs(tenant_id, container),
         "audit_records": audit_store.erase(tenant_id),
     }
+    rows = _Erased(listing=executions is not None, purged=frozenset(purged))
     for attempt in range(1, ROW_ERASE_ATTEMPTS + 1):
         try:
-            removed.update(_erase_rows(tenant_id, executions))
+            _erase_batches(tenant_id, rows)
+            _erase_rest(tenant_id, rows)
             break
         except _CONTENDED as exc:
-            # Rolled back whole: the writer it met has committed (or given up) by now, and the next run's deletes,
-            # each reading afresh, take its rows too. Table after table, the erasure deleted a child table and then
-            # met a row a writer added to it under a parent not yet deleted: a 500, every time writers were at work.
+            # That batch (or the last transaction) rolled back: the writer it met has committed (or given up) by now,
+            # and the next run's deletes, each reading afresh, take its rows too. Table after table, the erasure
+            # deleted a child table and then met a row a writer added to it under a parent not yet deleted: a 500,
+            # every time writers were at work.
             if attempt == ROW_ERASE_ATTEMPTS:
                 raise ErasureContendedError(
                     f"writers kept changing the tenant's rows while they were deleted ({type(exc).__name__});"
-                    " nothing of them was deleted: ask again"
+                    " the tenant and some of its rows are still there: ask again"
                 ) from exc
             logger.info("erasure of tenant %s met a writer (%s); running again", tenant_id, type(exc).__name__)
             time.sleep(ROW_ERASE_PAUSE_S * attempt)
+    removed.update(rows.removed)
+    if executions is not None:
+        executions[:] = rows.executions
     # What was written while the rows went: an audit batch the outbox relay was carrying, a blob of a request that
     # had passed its tenant check (an export, a step's output). The tenant is gone now, so a failure here cannot be
     # retried through the API: blobs left are the timer's (recorded above), audit records are logged for an operator.
@@ -869,15 +955,86 @@ def erase_tenant(
     return removed
 
 
-def _erase_rows(tenant_id: UUID, executions: list[str] | None) -> dict[str, int]:
-    """One transaction that deletes every row of the tenant, its tenant row last; counts per table.
-    ErasureRefusedError, nothing deleted, unless the locked row is suspended and marked for erasure."""
-    removed: dict[str, int] = {}
+NOTE_ERASED_ORCHESTRATION = (
+    "INSERT INTO control.erased_tenant_orchestrations (instance_id, tenant_id, due_at)"
+    " VALUES (%s, %s, now() + make_interval(secs => %s))"
+    " ON CONFLICT (instance_id) DO UPDATE SET noted_at = now(),"
+    " due_at = GREATEST(control.erased_tenant_orchestrations.due_at, EXCLUDED.due_at)"
+)
+"""Records an orchestration that may outlive its erased tenant, due `secs` from now (migration 0069, ADR 0046); a
+record due later (a start cut off) keeps its due time."""
+_ERASE_BATCH = "SELECT app.erase_tenant_rows(%s, %s) AS removed"
+_ERASE_EXECUTIONS = "SELECT erased.id FROM app.erase_tenant_executions(%s) AS erased (id)"
+
+
+@dataclass
+class _Erased:
+    """What the row deletion removed so far, across its batches and its runs: counts per table and the ids of the
+    executions it deleted (kept when `listing`). `purged`: executions whose orchestrations are purged already."""
+
+    listing: bool
+    purged: frozenset[str]
+    removed: dict[str, int] = field(default_factory=dict)
+    executions: list[str] = field(default_factory=list)
+
+    def count(self, table: str, rows: int) -> None:
+        self.removed[table] = self.removed.get(table, 0) + rows
+
+    def deleted_executions(self, conn: Any, tenant_id: UUID, ids: list[str]) -> None:
+        """Count and keep executions `ids` deleted in `conn`'s transaction, and record there those not purged yet
+        for the sweeper (ADR 0046): a host killed after the commit would otherwise forget them."""
+        self.count("executions", len(ids))
+        if self.listing:
+            self.executions.extend(ids)
+        left = [(UUID(instance_id), tenant_id, 0) for instance_id in ids if instance_id not in self.purged]
+        if left:
+            with conn.cursor() as cursor:
+                cursor.executemany(NOTE_ERASED_ORCHESTRATION, left)
+
+
+def _erase_batches(tenant_id: UUID, erased: _Erased) -> None:
+    """Delete the tenant's rows table after table, `ERASE_BATCH_ROWS` at a time, each batch a short transaction of its
+    own (a pinned tenant's functions, migration 0078). Nothing when the tenant row is gone.
+
+    One transaction deleted every row: it had a transaction id from its first statement (the tenant pin writes a
+    row), and the outbox relay sends only the events of transactions older than every one running, so every other
+    tenant's events and webhooks waited for a big tenant's whole erasure. The tenant is suspended and marked by now:
+    its requests are refused, and a late writer's row goes with the last transaction (`_erase_rest`). A host killed
+    between two batches leaves the tenant row, marked, and some of its rows: the erasure sent again goes on."""
+    for table in TENANT_TABLES:
+        while True:
+            with platform_transaction() as conn:
+                # Every batch: no batch deletes a tenant that is not suspended and marked (an unlocked read: the mark
+                # is never cleared, and the table's check keeps a marked tenant suspended).
+                row = conn.execute(_STILL_MARKED, (tenant_id,)).fetchone()
+                if row is None:
+                    return  # another erasure's last transaction removed it: its rows are gone
+                _check_marked(row)
+                # The table's lock before the pin, which gives the transaction its id: a batch that waits for its
+                # table (a writer's lock of it) holds back no one's events meanwhile.
+                conn.execute(sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(sql.Identifier("app", table)))
+                conn.execute("SELECT app.pin_tenant(%s)", (tenant_id,))
+                if table == "executions":
+                    ids = [str(r["id"]) for r in conn.execute(_ERASE_EXECUTIONS, (ERASE_BATCH_ROWS,)).fetchall()]
+                    erased.deleted_executions(conn, tenant_id, ids)
+                    deleted = len(ids)
+                else:
+                    result = conn.execute(_ERASE_BATCH, (table, ERASE_BATCH_ROWS)).fetchone()
+                    deleted = int(result["removed"]) if result else 0
+                    erased.count(table, deleted)
+            # Executions are taken leaves first (none another names), so a batch short of the bound is not the last.
+            if deleted == 0 or (deleted < ERASE_BATCH_ROWS and table != "executions"):
+                break
+
+
+def _erase_rest(tenant_id: UUID, erased: _Erased) -> None:
+    """One short transaction under the tenant row's lock: what the batches left (rows written meanwhile), the export
+    jobs, the tenant row and the control plane's notes of it. ErasureRefusedError, nothing deleted, unless the locked
+    row is suspended and marked for erasure."""
     # The ids are read as the tenant (the control plane reads no tenant's data), on a connection of the tenant pool
     # borrowed before the tenant row is locked: the tenant's writers that wait on that row each hold one, and with
     # the pool full of them a borrow after the lock waited for them while they waited for the erasure (PoolTimeout).
-    listing = tenant_transaction(tenant_id) if executions is not None else nullcontext(None)
-    with listing as tenant_conn, platform_transaction() as conn:
+    with tenant_transaction(tenant_id) as tenant_conn, platform_transaction() as conn:
         conn.execute("SELECT app.pin_tenant(%s)", (tenant_id,))
         # The tenant row first: a writer that adds a row naming the tenant (an execution, a domain event, a worker's
         # poller row) holds it (its foreign key's KEY SHARE) until it commits, and one that comes later waits here and
@@ -887,12 +1044,17 @@ def _erase_rows(tenant_id: UUID, executions: list[str] | None) -> dict[str, int]
         conn.execute(_LOCK_TENANT, (tenant_id,))
         # Read under the lock just taken: no change of the row can come between this look and the deletes.
         _check_marked(conn.execute(_STILL_MARKED, (tenant_id,)).fetchone())
-        if executions is not None and tenant_conn is not None:
-            # Read committed: this statement sees every commit up to now, those of the writers the lock waited for.
-            executions[:] = listed_execution_ids(tenant_conn)
+        # Read committed: this statement sees every commit up to now, those of the writers the lock waited for.
+        left = listed_execution_ids(tenant_conn)
+        removed: dict[str, int] = {}
         for table in TENANT_TABLES:
             cursor = conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier("app", table)))
             removed[table] = cursor.rowcount
+        # The executions' ids as they go, recorded for the sweeper with them (ADR 0046): the caller's purge after the
+        # rows only hastens it, and a host killed before or during that purge left an orchestration started late
+        # (after the first purge) to outlive the tenant, its ids having been only in memory.
+        erased.deleted_executions(conn, tenant_id, left)
+        removed["executions"] -= len(left)  # counted by deleted_executions
         # Its export jobs (migration 0070): an attempt running meanwhile finds its tenant gone and leaves nothing.
         # Before the tenant row, whose delete would cascade to them anyway.
         removed["export_jobs"] = conn.execute(_FORGET_EXPORT_JOBS, (tenant_id,)).rowcount
@@ -905,7 +1067,10 @@ def _erase_rows(tenant_id: UUID, executions: list[str] | None) -> dict[str, int]
         # With the row's delete, so no erasure ends without it (a crash before the pass below included): the timer
         # `erased_tenant_blobs` empties the prefix of what this erasure and its writers could not remove.
         conn.execute(NOTE_ERASED_TENANT, (tenant_id,))
-    return removed
+        # Its erasure lease (migration 0078), whoever holds it: the tenant is gone, and an erasure sent again is a 404.
+        conn.execute(_FORGET_LEASE, (tenant_id,))
+    for kind, rows in removed.items():
+        erased.count(kind, rows)
 
 
 def delete_tenant_blobs(tenant_id: UUID, container: ContainerClient, *, limit: int | None = None) -> int:

@@ -7,7 +7,8 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
@@ -213,6 +214,33 @@ def merge_own_settings(
 
 _HOLD = "SELECT 1 FROM app.tenants WHERE id = %s FOR KEY SHARE"
 
+ROW_LOCK_WAIT_MS = 2000
+"""How long a control-plane request waits for the tenant row's lock (`briefly_waited`) before it is refused: the row's
+changes (a PATCH, an erasure's mark) hold it for milliseconds, an erasure's last transaction for a moment."""
+
+
+class TenantRowBusyError(RuntimeError):
+    """The tenant row's lock was not had within ROW_LOCK_WAIT_MS (an erasure's last transaction holds it): the caller's
+    transaction is aborted, and the request is refused rather than held."""
+
+
+@contextmanager
+def briefly_waited(conn: psycopg.Connection[DictRow], wait_ms: int | None = None) -> Iterator[None]:
+    """Within the block, the statements of `conn`'s transaction wait at most `wait_ms` (ROW_LOCK_WAIT_MS) for a lock,
+    then TenantRowBusyError; the transaction's own lock_timeout is back after it.
+
+    Each request that waited on the tenant row held one of the control plane's few connections (shared/db/pool.py)
+    while it waited, and with them all taken every tenant's token lookup failed (503)."""
+    wait = ROW_LOCK_WAIT_MS if wait_ms is None else wait_ms
+    before = conn.execute("SELECT pg_catalog.current_setting('lock_timeout') AS lock_timeout").fetchone()
+    assert before is not None
+    conn.execute("SELECT pg_catalog.set_config('lock_timeout', %s, true)", (f"{int(wait)}ms",))
+    try:
+        yield
+    except psycopg.errors.LockNotAvailable as exc:
+        raise TenantRowBusyError(str(exc)) from None
+    conn.execute("SELECT pg_catalog.set_config('lock_timeout', %s, true)", (before["lock_timeout"],))
+
 
 def hold_tenant(conn: psycopg.Connection[DictRow], tenant_id: UUID) -> bool:
     """Keep the tenant row from being deleted until `conn` commits (its erasure waits); False when it is gone."""
@@ -231,11 +259,15 @@ def mark_erasing(
 ) -> Tenant | None:
     """Mark a suspended tenant as being erased (`erasing_since`, kept when set already), its row held until `conn`
     commits; returns the tenant as it now is (unmarked when it is not suspended), or None when it does not exist.
-    `on_marked` gets the tenant as this call marks it (not when it was marked already), in `conn`."""
+    `on_marked` gets the tenant as this call marks it (not when it was marked already), in `conn`. TenantRowBusyError
+    when the row's lock is not had within ROW_LOCK_WAIT_MS."""
     # NO KEY UPDATE, as a control-plane change takes it: a change waits for the mark's commit and then sees it (or the
     # mark waits for the change, and sees its status). FOR UPDATE also waited for every writer of the tenant holding
-    # the row's KEY SHARE, which changes no status; the row deletion's FOR UPDATE waits for them later.
-    row = conn.execute(_BY_ID_FOR_UPDATE, (tenant_id,)).fetchone()
+    # the row's KEY SHARE, which changes no status; the row deletion's FOR UPDATE waits for them later. Waited for
+    # briefly (TenantRowBusyError past it): an erasure's last transaction holds the row, and a mark sent again meanwhile
+    # held a connection of the control plane's small pool as long.
+    with briefly_waited(conn):
+        row = conn.execute(_BY_ID_FOR_UPDATE, (tenant_id,)).fetchone()
     if row is None:
         return None
     tenant = _to_tenant(row)

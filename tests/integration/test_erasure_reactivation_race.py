@@ -165,6 +165,9 @@ def test_the_row_deletion_refuses_a_tenant_no_longer_marked(api: ApiHarness) -> 
     offboarding.begin_erasure(tenant.id)
     with psycopg.connect(api.admin_url, dbname="quantum", autocommit=True) as conn:
         conn.execute("UPDATE app.tenants SET erasing_since = NULL WHERE id = %s", (tenant.id,))
+    # Each batch looks, and the last transaction again under the row's lock.
     with pytest.raises(offboarding.ErasureRefusedError):
-        offboarding._erase_rows(tenant.id, None)
+        offboarding._erase_batches(tenant.id, offboarding._Erased(listing=False, purged=frozenset()))
+    with pytest.raises(offboarding.ErasureRefusedError):
+        offboarding._erase_rest(tenant.id, offboarding._Erased(listing=False, purged=frozenset()))
     assert _tenant_row_counts(api, tenant.id)["tenants"] == 1

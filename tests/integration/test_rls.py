@@ -12,6 +12,7 @@ from psycopg_pool import ConnectionPool
 
 from shared.db.roles import OWNER_ROLE, RUNTIME_ROLE
 from shared.db.session import platform_transaction, runtime_transaction, tenant_transaction
+from shared.tenants.offboarding import TENANT_TABLES
 
 pytestmark = pytest.mark.integration
 
@@ -220,6 +221,14 @@ def test_every_app_table_has_forced_rls_with_tenant_policies(pg) -> None:  # typ
             # Anyone else is the control plane: all of the tenants table, and on tenant tables only an
             # erasure's DELETE bound to the tenant context (so it never reads tenant data).
             others = {(p[0], tuple(p[2])) for p in policies if p[2] != [RUNTIME_ROLE]}
+            if name in TENANT_TABLES:
+                # The erasure's batches (migration 0078): the owner's functions read and delete the pinned tenant's
+                # rows of every tenant table, under policies bound to the pinned tenant, as the app's are.
+                batch = {(p[0], p[3]) for p in policies if p[0] in ("erase_batch_read", "erase_batch")}
+                assert {policy for policy, _ in batch} == {"erase_batch_read", "erase_batch"}, name
+                assert all("current_tenant_id()" in qual for _, qual in batch), name
+                assert others >= {("erase_batch_read", (OWNER_ROLE,)), ("erase_batch", (OWNER_ROLE,))}, name
+                others -= {("erase_batch_read", (OWNER_ROLE,)), ("erase_batch", (OWNER_ROLE,))}
             if name == "tenants":
                 assert others == {("platform_control_plane", ("qp_platform",))}
             elif name == "outbox":
@@ -319,7 +328,8 @@ def test_every_app_table_has_forced_rls_with_tenant_policies(pg) -> None:  # typ
                 }
                 trim = conn.execute(
                     "SELECT policyname, cmd, coalesce(qual, with_check) FROM pg_policies WHERE schemaname = 'app'"
-                    " AND tablename = 'ingress_rejections' AND roles = ARRAY[%s]::name[] ORDER BY policyname",
+                    " AND tablename = 'ingress_rejections' AND roles = ARRAY[%s]::name[]"
+                    " AND NOT starts_with(policyname, 'erase_batch') ORDER BY policyname",
                     (OWNER_ROLE,),
                 ).fetchall()
                 assert [(p[0], p[1]) for p in trim] == [
@@ -342,7 +352,8 @@ def test_every_app_table_has_forced_rls_with_tenant_policies(pg) -> None:  # typ
                 }, name
                 trim = conn.execute(
                     "SELECT policyname, cmd, qual FROM pg_policies WHERE schemaname = 'app'"
-                    " AND tablename = %s AND roles = ARRAY[%s]::name[]",
+                    " AND tablename = %s AND roles = ARRAY[%s]::name[]"
+                    " AND NOT starts_with(policyname, 'erase_batch')",
                     (name, OWNER_ROLE),
                 ).fetchall()
                 assert {(p[0], p[1]) for p in trim} == trim_policies, name

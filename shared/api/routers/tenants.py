@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 from datetime import datetime
 from typing import Annotated, Any, Literal
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import psycopg
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -50,7 +52,7 @@ from shared.pagination import (
 from shared.policy.actions import Action
 from shared.policy.authorizer import Resource
 from shared.storage.blob import request_container
-from shared.tenants.erased_orchestrations import note_erased_orchestrations
+from shared.tenants.erased_orchestrations import forget_purged_orchestrations, note_erased_orchestrations
 from shared.tenants.export_jobs import (
     ACTIVE,
     RETRY_AFTER_S,
@@ -63,16 +65,23 @@ from shared.tenants.export_jobs import (
 )
 from shared.tenants.models import Tenant, TenantCreate, TenantPage, TenantStatus, TenantUpdate
 from shared.tenants.offboarding import (
+    ERASURE_RENEW_S,
+    ERASURE_RETRY_AFTER_S,
     ErasureContendedError,
+    ErasureInProgressError,
     ErasureRefusedError,
     TenantGoneError,
     begin_erasure,
+    end_erasure_lease,
     erase_tenant,
     execution_ids,
     purge_orchestrations,
+    renew_erasure_lease,
 )
 from shared.tenants.repository import (
     TenantConflictError,
+    TenantRowBusyError,
+    briefly_waited,
     create_tenant,
     etag,
     get_tenant,
@@ -195,7 +204,8 @@ def read(
         409: {
             **CONFLICT,
             "description": "The change would suspend the caller's own tenant (`self-suspension`), or would change the"
-            " status of a tenant whose erasure has begun (`tenant-erasing`)",
+            " status of a tenant whose erasure has begun (`tenant-erasing`), or the tenant's erasure is deleting its"
+            " row (`erasure-in-progress`, with Retry-After)",
         },
         412: PRECONDITION_FAILED,
         422: INVALID,
@@ -218,7 +228,13 @@ def patch(
             428, "precondition-required", "Precondition required", "Send If-Match with the tenant's ETag."
         )
     # Held from the check to the write: two changes sent with one ETag both passed an unlocked read, and both applied.
-    current = get_tenant(conn, tenant_id, for_update=True)
+    # Waited for briefly: an erasure's last transaction holds the row, and the change waited holding a connection of
+    # the control plane's small pool.
+    try:
+        with briefly_waited(conn):
+            current = get_tenant(conn, tenant_id, for_update=True)
+    except TenantRowBusyError:
+        raise _erasure_in_progress(ERASURE_RETRY_AFTER_S) from None
     if current is None:
         raise _not_found(tenant_id)
     tags = if_match_tags(if_match)  # None for `*`: any current tenant
@@ -254,6 +270,19 @@ def _erasing(since: datetime) -> ProblemError:
         f"The tenant's erasure began at {since.isoformat()} and is"
         " irreversible once begun (its orchestrations, blobs or audit trail may be gone already): its status cannot"
         " change. Complete the erasure: send it again (POST .../erase), which goes on from where it stopped.",
+    )
+
+
+def _erasure_in_progress(retry_after_s: int) -> ProblemError:
+    """The refusal of a request on a tenant whose erasure is running: another erasure, an export request or a change
+    of the tenant while its rows go (each used to wait for it, holding a connection of the control plane's few)."""
+    return ProblemError(
+        409,
+        "erasure-in-progress",
+        "Conflict",
+        "An erasure of the tenant is running. Nothing was done: send the request again after Retry-After; an erasure"
+        " sent again then completes what is left, or answers 404 once the tenant is gone.",
+        headers={"Retry-After": str(retry_after_s)},
     )
 
 
@@ -382,6 +411,7 @@ class TenantErased(BaseModel):
         **AUTH_ERRORS,
         400: BAD_IDEMPOTENCY_KEY,
         404: NOT_FOUND,
+        409: {**CONFLICT, "description": "The tenant's erasure is deleting its row (`erasure-in-progress`)"},
         422: no_body_doc("the tenant id is not a UUID, or the Idempotency-Key was used for another request"),
     },
 )
@@ -418,6 +448,8 @@ def export(
         hold_exportable(conn, tenant_id)
     except ExportRefusedError:
         raise _not_found(tenant_id) from None
+    except TenantRowBusyError:
+        raise _erasure_in_progress(ERASURE_RETRY_AFTER_S) from None
     replay = replay_or_claim(conn, idempotency_key, request, None, principal=context.principal.id)
     if replay is not None:
         return replay
@@ -502,7 +534,8 @@ def read_export(
         422: INVALID,
         409: {
             **CONFLICT,
-            "description": "The tenant is not suspended, or `confirm_name` is not its exact name (`detail` says which)",
+            "description": "The tenant is not suspended, or `confirm_name` is not its exact name (`erasure-refused`,"
+            " `detail` says which), or another erasure of it is running (`erasure-in-progress`, with Retry-After)",
         },
     },
 )
@@ -512,10 +545,18 @@ async def erase(
     body: TenantErasure,
     client: Any = Depends(get_durable_client),  # noqa: B008
 ) -> TenantErased:
-    """Remove every orchestration, row, blob and record of a suspended tenant; only the erasure's own audit record
-    remains, and, for at least seven days, the tenant's id in the control plane's list of erased prefixes that a
-    timer keeps emptying of blobs written late (ADR 0046). The tenant is marked first (`erasing_since`): its status
-    cannot change from then on, and an erasure that failed or was interrupted is sent again to complete it."""
+    """Remove every orchestration, row, blob and record of a suspended tenant. The tenant is marked first
+    (`erasing_since`): its status cannot change from then on, and an erasure that failed or was interrupted is sent
+    again to complete it. One erasure of a tenant runs at a time: one sent while another runs is refused (409
+    `erasure-in-progress`, with Retry-After), as is a change or an export request of the tenant while its row goes.
+
+    What the erasure keeps, and for how long (ADR 0012): the erasure's own audit record in the erased tenant's trail,
+    and the mark's and the erasure's records (naming the tenant) in the operator's own trail, under its retention; the
+    tenant's id in the control plane's list of erased prefixes, which a timer keeps emptying of blobs written late, for
+    at least seven days and until the prefix is empty (ADR 0046); the ids of orchestrations that may outlive it, with
+    the tenant's id, until each is purged; Postgres point-in-time-restore backups, 14 days; the audit store's Cosmos DB
+    continuous backup, 7 days; log lines carrying the tenant's id in Log Analytics, 90 days; and its events and intent
+    requests already sent to Event Hubs, 1 day."""
     tenant = await run_in_threadpool(_authorized_tenant, context, Action.TENANT_ERASE, tenant_id)
     # Each refusal names its own cause: an admin who had suspended the tenant was told to suspend it first.
     if tenant.status != "suspended":
@@ -538,15 +579,24 @@ async def erase(
 
     # Marked before anything goes, suspended as it is marked: from now on its status cannot change. The checks above
     # read it unlocked, and an operator's PATCH to active meanwhile was answered 200 and the tenant erased all the same.
+    # With the mark, this erasure's lease: another erasure of the tenant is refused at once while this one runs. It
+    # waited for this one's row lock, holding a connection of the control plane's few (with them all taken, every
+    # tenant's token lookups failed), and two at once both answered 200, the second's late pass removing the first's
+    # record.
+    holder = uuid4()
     try:
-        await run_in_threadpool(begin_erasure, tenant_id, audit=audit_mark)
+        await run_in_threadpool(begin_erasure, tenant_id, audit=audit_mark, holder=holder)
     except TenantGoneError:
         raise _not_found(tenant_id) from None
+    except ErasureInProgressError as exc:
+        raise _erasure_in_progress(exc.retry_after_s) from None
     except ErasureRefusedError as exc:
         raise _erasure_refused(exc.status) from None
+    renewal = asyncio.create_task(_keep_erasure_lease(tenant_id, holder))
     # The orchestrations' histories first: their instance ids are the execution rows the erasure then removes.
     purged: set[str] = set()
     final: list[str] = []
+    erased = False
     try:
         orchestrations = await purge_orchestrations(
             await run_in_threadpool(execution_ids, tenant_id), client, purged_ids=purged
@@ -557,18 +607,28 @@ async def erase(
             request_container(get_settings()),
             get_audit_store(),
             executions=final,
+            purged=purged,
         )
+        erased = True
     except ErasureRefusedError as exc:
         # Not reached while the mark holds (the control plane's refusal, the table's check): erase_tenant's own check.
         raise _erasure_refused(exc.status) from None
     except ErasureContendedError as exc:
-        # Writers still at work on the tenant (its last requests, activities under way): nothing of its rows went,
+        # Writers still at work on the tenant (its last requests, activities under way): the tenant is still there,
         # and the erasure asked again a moment later completes. It answered 500.
         raise ProblemError(
             503, "dependency-unavailable", "Service unavailable", str(exc), headers={"Retry-After": "5"}
         ) from None
+    finally:
+        renewal.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewal
+        if not erased:
+            # Dropped with the tenant row when the rows went; an erasure that failed frees the tenant for the next.
+            await run_in_threadpool(_end_lease, tenant_id, holder)
     # Again for every execution the rows held when they went: one accepted just before the suspension started its
     # orchestration after the list above, which then outlived the tenant with its input. None is created after that.
+    # The row deletion recorded each of them not purged above for the sweeper (ADR 0046): this only hastens it.
     removed["orchestrations"] = orchestrations + await _purge_after_rows(
         tenant_id, [i for i in final if i not in purged], client
     )
@@ -582,13 +642,41 @@ async def erase(
     return TenantErased(tenant_id=tenant_id, removed=removed)
 
 
+async def _keep_erasure_lease(tenant_id: UUID, holder: UUID) -> None:
+    """Renew the erasure's lease every ERASURE_RENEW_S while it runs (cancelled at its end); a renewal that fails is
+    logged and tried again, one that finds no lease (the rows gone with it) ends the renewals."""
+    while True:
+        await asyncio.sleep(ERASURE_RENEW_S)
+        try:
+            held = await run_in_threadpool(renew_erasure_lease, tenant_id, holder)
+        except Exception as exc:
+            logger.warning("erasure of tenant %s: its lease not renewed (%s: %s)", tenant_id, type(exc).__name__, exc)
+            continue
+        if not held:
+            return
+
+
+def _end_lease(tenant_id: UUID, holder: UUID) -> None:
+    """Drop a failed erasure's lease; when that fails too, the lease runs out by itself (ERASURE_LEASE_S)."""
+    try:
+        end_erasure_lease(tenant_id, holder)
+    except Exception as exc:
+        logger.warning(
+            "erasure of tenant %s: its lease not dropped (%s: %s); it runs out by itself",
+            tenant_id,
+            type(exc).__name__,
+            exc,
+        )
+
+
 async def _purge_after_rows(tenant_id: UUID, instance_ids: list[str], client: Any) -> int:
-    """Purge the orchestrations of an erased tenant's executions not purged before its rows went; those a failure
-    leaves are recorded, due at once, for the sweeper to purge until gone (ADR 0046, amended 2026-12-07): the tenant
-    is gone, so no erasure can be asked again, and a log line alone left them to outlive it."""
+    """Purge the orchestrations of an erased tenant's executions not purged before its rows went. The row deletion
+    recorded each of them, due at once, for the sweeper to purge until gone (ADR 0046, amended 2026-12-08): a host
+    killed before or during this purge leaves them to it. Those found gone here are no longer the sweeper's; those a
+    failure leaves are noted again (the record may have gone meanwhile) and logged."""
     purged: set[str] = set()
     try:
-        return await purge_orchestrations(instance_ids, client, purged_ids=purged)
+        count = await purge_orchestrations(instance_ids, client, purged_ids=purged)
     except Exception as exc:
         left = [instance_id for instance_id in instance_ids if instance_id not in purged]
         noted = await run_in_threadpool(note_erased_orchestrations, tenant_id, left)
@@ -600,7 +688,11 @@ async def _purge_after_rows(tenant_id: UUID, instance_ids: list[str], client: An
             exc,
             "the sweeper purges them" if noted else "purge them",
         )
+        await run_in_threadpool(forget_purged_orchestrations, tenant_id, sorted(purged))
         return len(purged)
+    # Every one found gone: purged now, or nothing there.
+    await run_in_threadpool(forget_purged_orchestrations, tenant_id, instance_ids)
+    return count
 
 
 CANCEL_PAGE_MAX = 100
