@@ -243,6 +243,14 @@ def get_event_wakeup() -> EventWakeup | None:
     return EventWakeup(connect_from_settings)
 
 
+def made_event_wakeup() -> EventWakeup | None:
+    """The process-wide listener if `get_event_wakeup` has made one, else None: never makes one (for observers,
+    which must not open a connection a process that serves no stream or long poll does not need)."""
+    if not get_event_wakeup.cache_info().currsize:
+        return None
+    return get_event_wakeup()
+
+
 def forget_event_wakeup() -> None:
     """Stop the process-wide listener, if one was made, and forget it: the next `get_event_wakeup` makes a new one
     from the settings of then (tests that point the process at another database in turn)."""

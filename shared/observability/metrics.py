@@ -29,6 +29,7 @@ REQUESTS_REFUSED: Final = "qp.requests.refused"
 INGRESS_REJECTED: Final = "qp.ingress.rejected"
 DB_POOL_WAIT: Final = "qp.db.pool.wait"
 DB_POOL_IN_USE: Final = "qp.db.pool.in_use"
+EVENT_LISTENER_LISTENING: Final = "qp.event_listener.listening"
 
 NAMES: Final = frozenset(
     {
@@ -44,6 +45,7 @@ NAMES: Final = frozenset(
         INGRESS_REJECTED,
         DB_POOL_WAIT,
         DB_POOL_IN_USE,
+        EVENT_LISTENER_LISTENING,
     }
 )
 """Every metric the app emits: the monitoring queries may name these and no others (tests/infra keeps them so)."""
@@ -186,3 +188,17 @@ def observe_pools(pools: Callable[[], Iterable[tuple[str, int, int]]]) -> None:
         return [Observation(used / size if size else 0.0, {POOL: name}) for name, used, size in pools()]
 
     _meter().create_observable_gauge(DB_POOL_IN_USE, [observe], unit="1", description="Pool connections in use")
+
+
+def observe_event_listener(listening: Callable[[], bool | None]) -> None:
+    """Report 1 while this process's execution event listener listens and 0 while it does not (`listening` answers
+    None until the process has made its listener: nothing is reported then). While it does not listen, live streams
+    and long polls read again every DOWN_RECHECK_S instead of being woken (shared/engine/event_wakeup.py)."""
+
+    def observe(_: CallbackOptions) -> Iterable[Observation]:
+        state = listening()
+        return [] if state is None else [Observation(1 if state else 0)]
+
+    _meter().create_observable_gauge(
+        EVENT_LISTENER_LISTENING, [observe], unit="1", description="Execution event listener listening (1) or not (0)"
+    )

@@ -25,6 +25,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from shared.config import get_settings
 from shared.db.pool import pool_usage
+from shared.engine.event_wakeup import made_event_wakeup
 from shared.observability import metrics as platform_metrics
 from shared.observability.line_file import BoundedLineFile
 from shared.observability.urls import outbound_url
@@ -70,7 +71,8 @@ def configure_telemetry(connection_string: str | None, telemetry_file: str | Non
 
 
 def start_telemetry() -> str:
-    """Start exporting as the app settings say, and report the database pools' use; answers how (see above)."""
+    """Start exporting as the app settings say, and report the database pools' use and whether the execution event
+    listener listens; answers how (see above)."""
     settings = get_settings()
     mode = configure_telemetry(
         settings.APPLICATIONINSIGHTS_CONNECTION_STRING,
@@ -79,7 +81,15 @@ def start_telemetry() -> str:
     )
     if mode != "off":
         platform_metrics.observe_pools(pool_usage)
+        platform_metrics.observe_event_listener(event_listener_listening)
     return mode
+
+
+def event_listener_listening() -> bool | None:
+    """Whether this process's execution event listener listens; None until the process has made it (a stream or long
+    poll makes it on first use): observing it never makes one."""
+    wakeup = made_event_wakeup()
+    return None if wakeup is None else wakeup.listening.is_set()
 
 
 def telemetry_mode() -> str:
