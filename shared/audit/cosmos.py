@@ -14,6 +14,7 @@ from azure.cosmos._retry_options import RetryOptions
 from azure.cosmos.documents import ConnectionPolicy
 from azure.cosmos.exceptions import CosmosHttpResponseError, CosmosResourceExistsError, CosmosResourceNotFoundError
 
+from shared.audit.factory import AUDIT_MIN_RETENTION_DAYS
 from shared.audit.model import AuditPage, AuditQuery, AuditRecord, InvalidCursorError, decode_cursor, encode_cursor
 from shared.audit.outbox import AuditOutbox, Delete, RecordRefusedError, Write, outlives_tenant, write_budget
 
@@ -66,6 +67,16 @@ _DOUBTFUL = frozenset({400})
 
 RetentionLookup = Callable[[uuid.UUID], int | None]
 """Days of audit retention for a tenant; None keeps its records until they are erased."""
+
+
+def retention_ttl_s(days: int) -> int:
+    """The per-item time to live, in seconds, of a record of a tenant that keeps its trail `days` days: never shorter
+    than the platform's floor (`AUDIT_MIN_RETENTION_DAYS`; a setting stored before the floor existed, or written
+    around the settings route, is raised to it), never longer than Cosmos DB takes (it refuses a write past
+    `MAX_TTL_S`, about 68 years: a longer setting keeps the records as long as the store can say)."""
+    if days < 1:
+        raise ValueError("audit retention must be at least one day")
+    return min(max(days, AUDIT_MIN_RETENTION_DAYS) * 86_400, MAX_TTL_S)
 
 
 def inline_connection_policy() -> ConnectionPolicy:
@@ -164,11 +175,9 @@ class CosmosAuditStore:
             raise RecordRefusedError(f"the document names another tenant than {tenant_id}")
         days = self._retention_days(tenant_id) if self._retention_days else None
         if days is not None:
-            if days < 1:
-                raise ValueError("audit retention must be at least one day")
-            # Cosmos DB takes a ttl of at most 2^31 - 1 s (about 68 years) and refuses the write past it: a tenant's
-            # setting of more days than that keeps its records as long as the store can say.
-            document = {**document, "ttl": min(days * 86400, MAX_TTL_S)}
+            # Every record of a tenant's partition, the control plane's records of its actions on the tenant included,
+            # under the tenant's retention (floored): the operator's own trail holds those actions too, under its own.
+            document = {**document, "ttl": retention_ttl_s(days)}
         budget = write_budget()
         if budget is None:
             self._container.create_item(document)  # the relay's: the client's retries and timeouts

@@ -11,9 +11,17 @@ from functools import lru_cache
 from shared.audit.model import AuditStore
 from shared.config import Settings, get_settings
 
+AUDIT_RETENTION_SETTING = "audit_retention_days"
+AUDIT_MIN_RETENTION_DAYS = 90
+"""The platform's floor on a tenant's audit retention (ADR 0012, amended 2026-12-07): a trail its own admin could
+shorten to a day is no evidence of what happened in it. A write below it is refused; a value stored before the floor
+existed is raised to it when a record's time to live is computed."""
+AUDIT_MAX_RETENTION_DAYS = (2**31 - 1) // 86_400
+"""The longest retention a tenant may set: the whole days Cosmos DB's per-item time to live can hold (2^31 - 1 s,
+24855 days, about 68 years)."""
+
 # A tenant's retention changes rarely; re-reading it for every audit record would double the writes' cost.
 _RETENTION_CACHE_S = 300.0
-_RETENTION_SETTING = "audit_retention_days"
 _SELECT_RETENTION = "SELECT settings -> %s AS days FROM app.tenants WHERE id = %s"
 
 
@@ -43,12 +51,13 @@ def _read_retention_days(tenant_id: uuid.UUID) -> int | None:
     # is held is how concurrent requests stall each other.
     joined = held_transaction(tenant_id)
     if joined is not None:
-        row = joined.execute(_SELECT_RETENTION, (_RETENTION_SETTING, tenant_id)).fetchone()
+        row = joined.execute(_SELECT_RETENTION, (AUDIT_RETENTION_SETTING, tenant_id)).fetchone()
     else:
         with tenant_transaction(tenant_id) as conn:
-            row = conn.execute(_SELECT_RETENTION, (_RETENTION_SETTING, tenant_id)).fetchone()
+            row = conn.execute(_SELECT_RETENTION, (AUDIT_RETENTION_SETTING, tenant_id)).fetchone()
     days = row["days"] if row else None
-    # Anything but a positive whole number means "no retention set": keep the records.
+    # Anything but a positive whole number means "no retention set": keep the records. A number below the floor (stored
+    # before there was one) is returned as it is; the store raises it to `AUDIT_MIN_RETENTION_DAYS`.
     return days if isinstance(days, int) and not isinstance(days, bool) and days > 0 else None
 
 

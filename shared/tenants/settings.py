@@ -1,13 +1,16 @@
 # intent_ref: platform.tenants
-"""Checks on the settings a Tenant.Admin writes: its SSRF allow-list names only hosts this deployment may open."""
+"""Checks on the settings a Tenant.Admin writes: its SSRF allow-list names only hosts this deployment may open, and its
+audit retention keeps the trail at least the platform's floor."""
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
 
+from shared.audit.factory import AUDIT_MAX_RETENTION_DAYS, AUDIT_MIN_RETENTION_DAYS, AUDIT_RETENTION_SETTING
 from shared.modules.ssrf import a_label_refusal, allow_list_refusal, host_key
 
 MAX_ALLOWED_HOSTS = 100
@@ -59,6 +62,36 @@ def _a_label_problem(entry: str, key: str) -> str | None:
 
 def settings_problems(settings: Mapping[str, Any], *, allow_private: bool) -> list[tuple[str, str]]:
     """Each problem of a settings change as (JSON pointer into the request, what is wrong); empty when none."""
+    return [*_retention_problems(settings), *_allowed_hosts_problems(settings, allow_private=allow_private)]
+
+
+def _retention_problems(settings: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The audit retention, when the change sets it: a whole number of days within the platform's bounds (ADR 0012,
+    amended 2026-12-07), or null (no retention: the records are kept until the tenant is erased). JSON `true` is no
+    number of days, nor is 1.5, 90.0 or "90"."""
+    if AUDIT_RETENTION_SETTING not in settings:
+        return []
+    days = settings[AUDIT_RETENTION_SETTING]
+    if days is None or (
+        isinstance(days, int)
+        and not isinstance(days, bool)
+        and AUDIT_MIN_RETENTION_DAYS <= days <= AUDIT_MAX_RETENTION_DAYS
+    ):
+        return []
+    shown = json.dumps(days)  # as the request wrote it: `true`, not Python's `True`
+    if len(shown) > 40:  # a setting may be 32 KiB; the answer names what it refuses, not all of it
+        shown = shown[:37] + "..."
+    return [
+        (
+            f"/settings/{AUDIT_RETENTION_SETTING}",
+            f"{AUDIT_RETENTION_SETTING} is a whole number of days from {AUDIT_MIN_RETENTION_DAYS} to"
+            f" {AUDIT_MAX_RETENTION_DAYS}, or null to keep the records until the tenant is erased, not {shown}: the"
+            f" platform keeps every tenant's audit trail at least {AUDIT_MIN_RETENTION_DAYS} days",
+        )
+    ]
+
+
+def _allowed_hosts_problems(settings: Mapping[str, Any], *, allow_private: bool) -> list[tuple[str, str]]:
     hosts = settings.get("allowed_hosts")
     at = "/settings/allowed_hosts"
     if hosts is None:

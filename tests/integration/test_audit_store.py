@@ -302,12 +302,12 @@ def test_cosmos_documents_carry_the_tenants_retention_as_ttl(
     audit_container: ContainerProxy, new_tenant: Callable[[], uuid.UUID]
 ) -> None:
     keeps, expires = new_tenant(), new_tenant()
-    store = CosmosAuditStore(audit_container, retention_days=lambda t: 30 if t == expires else None)
+    store = CosmosAuditStore(audit_container, retention_days=lambda t: 120 if t == expires else None)
     with_ttl, without_ttl = _record(expires, 1), _record(keeps, 1)
     store.record(with_ttl)
     store.record(without_ttl)
     doc = audit_container.read_item(str(with_ttl.id), partition_key=str(expires))
-    assert doc["ttl"] == 30 * 86400 and doc["tenantId"] == str(expires)
+    assert doc["ttl"] == 120 * 86400 and doc["tenantId"] == str(expires)
     assert "ttl" not in audit_container.read_item(str(without_ttl.id), partition_key=str(keeps))
     container = audit_container.read()
     assert container["partitionKey"]["paths"] == ["/tenantId"]

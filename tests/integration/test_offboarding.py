@@ -310,7 +310,7 @@ def test_an_export_carries_webhooks_deliveries_events_and_settings_but_no_secret
     api.provision("webhook-export-operator")
     handle = api.provision("exported-with-webhooks")
     headers = api.headers("exported-with-webhooks", ["Tenant.Admin"])
-    settings = {"allowed_hosts": ["127.0.0.1"], "audit_retention_days": 30, "feature.canary": True}
+    settings = {"allowed_hosts": ["127.0.0.1"], "audit_retention_days": 365, "feature.canary": True}
     assert api.client.patch("/api/v1/tenant", json={"settings": settings}, headers=headers).status_code == 200
     created = api.client.post(
         "/api/v1/webhooks",

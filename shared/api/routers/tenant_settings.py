@@ -16,6 +16,7 @@ from shared.api.problems import ProblemError, invalid_fields, json_pointer
 from shared.api.responses import AUTH_ERRORS, INVALID, PRECONDITION_FAILED
 from shared.api.security import RequestContext, authorize, record_mutation, tenant_resource
 from shared.api.transactions import TenantConnection
+from shared.audit.factory import AUDIT_MAX_RETENTION_DAYS, AUDIT_MIN_RETENTION_DAYS
 from shared.etags import if_match_tags
 from shared.modules.ssrf import private_network_allowed
 from shared.policy.actions import Action
@@ -75,7 +76,9 @@ class TenantSettingsUpdate(BaseModel):
     settings: dict[SettingKey, Any] = Field(
         max_length=100,
         description="At most 100 keys per change; merged, the tenant's settings hold at most 200 keys and 64 KiB as"
-        " JSON, and one setting at most 32 KiB.",
+        " JSON, and one setting at most 32 KiB. `audit_retention_days`, the days each audit record of the tenant is"
+        f" kept, is a whole number from {AUDIT_MIN_RETENTION_DAYS} (the platform's floor) to"
+        f" {AUDIT_MAX_RETENTION_DAYS}, or null to keep the records until the tenant is erased; anything else is 422.",
     )
 
 
