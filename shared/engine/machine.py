@@ -130,6 +130,10 @@ __all__ = [  # the types are defined in machine_types and named here, as machine
 CONTINUE_AFTER_STEPS = 8
 """Settled attempts after which a quiescent run continues as new, so no generation replays a long history."""
 
+CANCEL_CHILD_AGAIN_S = 300
+"""Rules 11: after a `cancel_child` failed for good, the wait before it is issued again to a child an attempt still
+waits for (and again after each one that fails): a child that never heard its cancel ends only by itself."""
+
 
 # ------------------------------------------------------------------------------------------------ the reducer
 class _Step:
@@ -172,6 +176,7 @@ class _Step:
         failure: tuple[str, str] | None = None,
         cause: str | None = None,
         final_record: bool = False,
+        child: str | None = None,
     ) -> str:
         activity_id = self.next_id()
         self.commands.append(CallActivity(activity_id, name, model))
@@ -184,6 +189,7 @@ class _Step:
             failure=failure,
             cause=cause,
             final_record=final_record,
+            child=child,
         )
         self.update(pending={**self.s.pending, activity_id: pending})
         return activity_id
@@ -410,7 +416,20 @@ class _Step:
             CancelChild(
                 tenant_id=spec.tenant_id, execution_id=spec.execution_id, child_execution_id=child_execution_id
             ),
+            child=child_execution_id if spec.rules >= 11 else None,
         )
+
+    def cancel_child_failed(self, child_execution_id: str, now: datetime) -> None:
+        """Rules 11: a `cancel_child` failed for good (its retries spanned a longer outage) while an attempt still
+        waits for that child, which may never have heard it: a timed-out attempt (STOPPING) or a stopping run's child
+        would wait for the child's natural end. The cancel is issued again after CANCEL_CHILD_AGAIN_S (`due`), every
+        CANCEL_CHILD_AGAIN_S for as long as the attempt waits for it; the child records a cancel once."""
+        for flight in self.s.flights.values():
+            if flight.child_execution_id != child_execution_id or flight.phase is not Phase.RUN:
+                continue
+            if flight.stage is Stage.STOPPING or (flight.stage is Stage.CHILD and self.s.stopping):
+                again = now + timedelta(seconds=CANCEL_CHILD_AGAIN_S)
+                self.put_flight(flight.model_copy(update={"ends_at": again}))
 
     def abandon_waits(self, keep: str | None = None) -> None:
         """Steps that only wait (a retry pause, an approval, a wait) end now: a stopping run starts no work.
@@ -706,6 +725,18 @@ class _Step:
         for flight in list(self.s.flights.values()):
             if flight.write is not None:
                 continue
+            child = flight.child_execution_id
+            if (
+                flight.stage in (Stage.STOPPING, Stage.CHILD)
+                and child is not None
+                and flight.ends_at is not None
+                and flight.ends_at <= now
+            ):
+                # Set only under rules 11 (cancel_child_failed): the cancel that failed for good is issued again. A
+                # child attempt's deadline, if it has passed too, is applied below as ever.
+                flight = flight.model_copy(update={"ends_at": None})
+                self.put_flight(flight)
+                self.cancel_child(child)
             if flight.ends_at is not None and flight.ends_at <= now:
                 if flight.stage is Stage.PAUSED:
                     if flight.phase is Phase.RUN:
@@ -1017,6 +1048,24 @@ class _Step:
         outputs = output.get("outputs") if isinstance(output, dict) else None
         return isinstance(outputs, dict) and any(is_blob_ref(item) for item in outputs.values())
 
+    @property
+    def child_timeout_holds(self) -> bool:
+        """Rules 11: an `intent.run` attempt timed out with no retry left and waits for its child's end (STOPPING, or
+        SETTLING that end's record): nothing new starts meanwhile, as nothing starts while a failure is recorded
+        (`recording_failure`). The run would have stopped at the timeout under rules 10; unless the child succeeded,
+        it stops once the child has ended, and its waits go on until then (the child may still succeed, and the run
+        carries on). Never so under earlier rules."""
+        if self.s.spec.rules < 11:
+            return False
+        return any(
+            flight.phase is Phase.RUN
+            and flight.kind is StepKind.INTENT
+            and flight.error is not None  # the timeout it ends by (set only as it times out, rules 11)
+            and flight.stage in (Stage.STOPPING, Stage.SETTLING)
+            and flight.attempt >= self.s.spec.policy(flight.step_id).max_attempts
+            for flight in self.s.flights.values()
+        )
+
     def advance_run(self, now: datetime) -> None:
         spec = self.s.spec
         if self.recording_failure or any(p.name is Activity.LOAD_OUTPUT for p in self.s.pending.values()):
@@ -1042,7 +1091,7 @@ class _Step:
                 )
             if wanted:
                 return
-        if not self.s.stopping:
+        if not self.s.stopping and not self.child_timeout_holds:
             schedule = next_steps(spec.graph, self.s.run_state(), spec.inputs)
             for step_id in schedule.skipped:
                 self.update(skipped=(*self.s.skipped, step_id))
@@ -1355,7 +1404,10 @@ def _on_activity_failed(work: _Step, event: ActivityFailed, pending: Pending) ->
             work.abandon_waits()
     elif pending.name is Activity.RECORD_STATUS:
         raise RuntimeError(f"the execution's status could not be recorded: {event.error}")
-    # cancel_child: the child's own sweeper and cancel record cover it; nothing here depends on the answer
+    elif pending.name is Activity.CANCEL_CHILD and pending.child is not None:
+        # Rules 11: an attempt waiting for this child is told again later (cancel_child_failed).
+        work.cancel_child_failed(pending.child, now)
+    # Otherwise cancel_child: the child's own sweeper and cancel record cover it; nothing here depends on the answer
 
 
 def _verdict(data: Json) -> Verdict:

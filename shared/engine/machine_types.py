@@ -455,6 +455,9 @@ class Pending(_Model):
     final_record: bool = False
     """A record of the failures a `record_outcomes` that failed for good left (rules 8): if it fails too, they are
     applied unrecorded, as before."""
+    child: str | None = None
+    """A `cancel_child`'s child execution (rules 11): if it fails for good while its attempt still waits for that
+    child, the cancel is issued again after CANCEL_CHILD_AGAIN_S. None under earlier rules, which issue it once."""
 
 
 class Deferred(_Model):

@@ -621,13 +621,23 @@ def check_outside(pending: PendingCheck, *, tenant: TenantFacts, limits: Limits 
     )
     made = OutsideCheck(pending, evaluated)
     key = _kept_key(pending, tenant)
-    if key is not None:
+    if key is not None and not _depends_on_clock(evaluated):
         with _kept_lock:
             _kept[key] = _KeptCheck(tenant, limits, made)
             _kept.move_to_end(key)
             while len(_kept) > PLAN_CHECKS_KEPT:
                 _kept.popitem(last=False)
     return made
+
+
+CLOCK_PROBLEMS = frozenset({"wait_past_timeout"})
+"""Problem codes whose finding depends on when the check ran, not only on what it read: a literal `until` measured
+from the check is refused while it is more than the step's timeout away, and accepted once it has come near enough."""
+
+
+def _depends_on_clock(evaluated: CheckEvaluated) -> bool:
+    """Whether a check's refusal may not answer for a later check of the same version (kept only if not)."""
+    return any(error.code in CLOCK_PROBLEMS for error in evaluated.errors)
 
 
 def _reads_stand(now: CheckReads, then: CheckReads) -> bool:

@@ -314,8 +314,9 @@ def _engine_action_problems(
 ) -> list[ValidationError]:
     """What the engine's own `intent.run` and `wait` cannot do as written (ADR 0014).
 
-    `intent.run` with `wait: false`: the step always waits for its child's end (its output is the child's outputs,
-    and a stopping parent cancels it); fire-and-forget is not carried out, so the flag is refused rather than ignored.
+    `intent.run` with a `wait` other than a literal true (`false`, or a reference): the step always waits for its
+    child's end (its output is the child's outputs, and a stopping parent cancels it); fire-and-forget is not carried
+    out, so the flag is refused rather than ignored (a reference too: its value is never read).
     A `wait` whose literal `seconds`, or `until` from now, is past the step's timeout (its `timeout_s`, else the
     module's, 30 days): it could only time out. A value a reference gives is left to the run, which fails such a
     wait as it starts (reducer rules 11)."""
@@ -326,12 +327,15 @@ def _engine_action_problems(
     if params is None:
         return []
     if action == "intent.run":
-        if params.get("wait") is not False:
+        if "wait" not in params or params["wait"] is True:
             return []
+        # Anything but a literal true is refused, a reference too: the engine never reads `wait`, so an input that
+        # came to false would be ignored as silently as a literal false was.
+        refused = "false" if params["wait"] is False else "a value other than a literal true"
         return [
             ValidationError(
                 _param_pointer(base, raw, STEP_FIELDS, ("wait",)),
-                "intent.run: wait: false is not supported: the step always waits for its child execution to end"
+                f"intent.run: wait: {refused} is not supported: the step always waits for its child execution to end"
                 " (its output is the child's outputs); leave wait out",
                 "unsupported_wait",
             )

@@ -169,3 +169,131 @@ def test_a_wait_within_its_steps_timeout_runs_and_under_rules_10_one_past_it_tim
     assert old.complete is not None and old.complete["error"] == "step w timed out after 60 s"
     replayed, log = old.replayed()
     assert log == old.log and replayed == old.state
+
+
+def _kid_beside_x(rules: int = m.RULES) -> Recorded:
+    """Steps `kid` (an intent, 10 s timeout, one attempt), `x` beside it and `y` after `x`: kid's child c-1 starts, the
+    timer fires after 11 s (kid times out, its child told to cancel), then x succeeds."""
+    run = Recorded(
+        [
+            {"id": "kid", "action": "intent.run", "intent": "other"},
+            {"id": "x", "action": "x", "depends_on": []},
+            {"id": "y", "action": "x", "depends_on": ["x"]},
+        ],
+        plan=KID_PLAN,
+        rules=rules,
+    )
+    (dispatch,) = run.activities(m.Activity.DISPATCH_STEPS)
+    run.answer(dispatch, {"status": "running", "children": {"kid": {"execution_id": "c-1", "input": {}}}})
+    run.tick(11)
+    run.answer_all()
+    run.result("x", output={"x": 1})
+    run.answer_all()
+    return run
+
+
+def test_a_timed_out_child_without_a_retry_holds_the_rest_of_the_run_until_it_ends() -> None:
+    """Under rules 10 the run stopped at the timeout; waiting for the child must not let it start new steps."""
+    run = _kid_beside_x()
+    for _ in range(3):
+        run.answer_all()
+        run.tick(60)
+    assert run.state.flights["kid"].stage is m.Stage.STOPPING
+    assert _dispatched(run) == [("kid", "run", 1), ("x", "run", 1)]  # y waits
+    assert not run.state.stopping and "y" not in run.state.failed  # nothing abandoned: the child may still succeed
+    run.send(m.ChildEnded("kid", 1, CANCELLED, False, run.now))
+    _settle(run)
+    assert _dispatched(run) == [("kid", "run", 1), ("x", "run", 1)]
+    assert run.complete is not None and run.complete["status"] == "failed"
+    assert run.complete["error"] == "step kid timed out after 10 s"
+    replayed, log = run.replayed()
+    assert log == run.log and replayed == run.state
+
+
+def test_a_timed_out_child_that_succeeds_lets_the_held_run_carry_on() -> None:
+    run = _kid_beside_x()
+    run.tick(60)
+    assert _dispatched(run) == [("kid", "run", 1), ("x", "run", 1)]
+    run.send(m.ChildEnded("kid", 1, SUCCEEDED, False, run.now))
+    assert _dispatched(run) == [("kid", "run", 1), ("x", "run", 1)]  # its success is recorded first
+    run.answer_all()
+    assert _dispatched(run) == [("kid", "run", 1), ("x", "run", 1), ("y", "run", 1)]
+    run.answer_all()
+    run.result("y", output={"y": 1})
+    _settle(run)
+    assert run.complete is not None and run.complete["status"] == "succeeded"
+    replayed, log = run.replayed()
+    assert log == run.log and replayed == run.state
+
+
+def test_under_rules_10_a_timed_out_child_stops_the_run_at_its_timeout() -> None:
+    run = _kid_beside_x(rules=10)
+    assert run.state.stopping
+    assert _dispatched(run) == [("kid", "run", 1), ("x", "run", 1)]
+    replayed, log = run.replayed()
+    assert log == run.log and replayed == run.state
+
+
+def _cancel_fails(run: Recorded) -> None:
+    (cancel,) = run.activities(m.Activity.CANCEL_CHILD)
+    run.open.remove(cancel)
+    run.send(m.ActivityFailed(cancel.id, "the control plane is unreachable", run.now))
+
+
+def test_a_cancel_of_a_timed_out_child_that_failed_for_good_is_issued_again_after_a_delay() -> None:
+    run = _kid()
+    _cancel_fails(run)
+    assert len(_cancels(run)) == 1
+    timers = [c.at for c in run.log if isinstance(c, m.SetTimer)]
+    assert timers[-1] == run.now + timedelta(seconds=m.CANCEL_CHILD_AGAIN_S)
+    run.tick(m.CANCEL_CHILD_AGAIN_S - 1)
+    assert len(_cancels(run)) == 1
+    run.tick(1)
+    assert _cancels(run) == [m.CancelChild(tenant_id="t-1", execution_id="e-1", child_execution_id="c-1")] * 2
+    _cancel_fails(run)  # failed again: again after the same delay
+    run.tick(m.CANCEL_CHILD_AGAIN_S)
+    assert len(_cancels(run)) == 3
+    run.answer_all()  # this one is heard: nothing more
+    run.tick(m.CANCEL_CHILD_AGAIN_S)
+    assert len(_cancels(run)) == 3
+    run.send(m.ChildEnded("kid", 1, CANCELLED, False, run.now))
+    _settle(run)
+    assert run.complete is not None and run.complete["error"] == "step kid timed out after 10 s"
+    replayed, log = run.replayed()
+    assert log == run.log and replayed == run.state
+
+
+def test_a_stopping_runs_cancel_of_its_child_that_failed_for_good_is_issued_again() -> None:
+    run = Recorded([{"id": "kid", "action": "intent.run", "intent": "other"}], plan={"kid": {"kind": "intent"}})
+    (dispatch,) = run.activities(m.Activity.DISPATCH_STEPS)
+    run.answer(dispatch, {"status": "running", "children": {"kid": {"execution_id": "c-1", "input": {}}}})
+    run.send(m.EventRaised("cancel", {}, run.now))
+    run.answer_all(m.Activity.DISPATCH_STEPS)
+    run.answer_all(m.Activity.RECORD_STATUS)
+    _cancel_fails(run)
+    run.tick(m.CANCEL_CHILD_AGAIN_S)
+    assert len(_cancels(run)) == 2
+    run.answer_all()
+    run.send(m.ChildEnded("kid", 1, CANCELLED, False, run.now))
+    _settle(run)
+    assert run.complete is not None and run.complete["status"] == "cancelled"
+    replayed, log = run.replayed()
+    assert log == run.log and replayed == run.state
+
+
+def test_under_rules_10_a_failed_cancel_of_a_child_is_not_issued_again() -> None:
+    run = Recorded(
+        [{"id": "kid", "action": "intent.run", "intent": "other"}], plan={"kid": {"kind": "intent"}}, rules=10
+    )
+    (dispatch,) = run.activities(m.Activity.DISPATCH_STEPS)
+    run.answer(dispatch, {"status": "running", "children": {"kid": {"execution_id": "c-1", "input": {}}}})
+    run.send(m.EventRaised("cancel", {}, run.now))
+    run.answer_all(m.Activity.DISPATCH_STEPS)
+    run.answer_all(m.Activity.RECORD_STATUS)
+    _cancel_fails(run)
+    assert run.state.flights["kid"].ends_at is None
+    run.tick(m.CANCEL_CHILD_AGAIN_S)
+    assert len(_cancels(run)) == 1
+    assert all(p.child is None for p in run.state.pending.values())
+    replayed, log = run.replayed()
+    assert log == run.log and replayed == run.state
