@@ -4,7 +4,7 @@
 import azure.durable_functions as df
 import azure.functions as func
 
-from shared.ingress.process import process_batch
+from shared.ingress.process import is_final_attempt, process_batch
 from shared.ingress.request import INTENT_REQUESTS_HUB, from_trigger
 from shared.typed_triggers import typed
 
@@ -32,6 +32,11 @@ bp = df.Blueprint()
     )
 )
 @typed(bp.durable_client_input(client_name="client"))
-async def intent_requests(events: list[func.EventHubEvent], client: df.DurableOrchestrationClient) -> None:
-    """Start the execution each event requests (idempotently), recording the events that cannot start anything."""
-    await process_batch(from_trigger(events), client)
+async def intent_requests(
+    events: list[func.EventHubEvent], client: df.DurableOrchestrationClient, context: func.Context
+) -> None:
+    """Start the execution each event requests (idempotently), recording the events that cannot start anything. On
+    the retry policy's last attempt, an event that still fails is logged as dropped (the host checkpoints it)."""
+    retry = context.retry_context
+    final = is_final_attempt(retry.retry_count, retry.max_retry_count) if retry is not None else False
+    await process_batch(from_trigger(events), client, final_attempt=final)

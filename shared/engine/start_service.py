@@ -24,9 +24,11 @@ from shared.engine.start import (
     InputCheckStaleError,
     IntentNotFoundError,
     PendingInputCheck,
+    QuotaExceededError,
     Started,
     StartForbiddenError,
     StartRequest,
+    active_executions,
     authorized_item,
     checked_input,
     concurrent_limit,
@@ -34,6 +36,7 @@ from shared.engine.start import (
     release_start,
     start_execution,
 )
+from shared.observability import metrics
 from shared.observability.tracing import current_span_context, execution_attributes, root_span
 from shared.policy import decisions
 from shared.policy.actions import Action
@@ -191,10 +194,28 @@ def begin_deciding(
                 # unknown intent or version): a caller refused costs no check, and its refusal's timing tells
                 # nothing of the schema.
                 authorized_item(conn, request, authorize)
+                # A start the quota refuses is refused here, before its input is checked (up to seconds of CPU, and
+                # a turn at the check gate): the same refusal the start makes under the tenant's lock, which still
+                # makes it (this read holds no lock). A replay (its key finds an execution) is not counted, nor a
+                # child (exempt from the quota).
+                refuse_over_quota(conn, tenant, request)
                 pending = input_to_check(conn, request)
             return None if pending is None else (pending, tenant.facts())
 
         return checked_first(read, start, tenant_id=tenant.id, wait_s=check_wait_s)
+
+
+def refuse_over_quota(conn: Conn, tenant: Tenant, request: StartRequest) -> None:
+    """QuotaExceededError when the tenant is at its concurrent-execution quota and `request` would start a new root
+    execution (no parent, and its key, if any, finds no execution)."""
+    if request.parent_execution_id is not None:
+        return
+    if request.idempotency_key is not None and repo.find_by_key(conn, request.idempotency_key) is not None:
+        return
+    limit = concurrent_limit(tenant.quotas)
+    if active_executions(conn) >= limit:
+        metrics.request_refused(tenant.id, "execution-quota")
+        raise QuotaExceededError(limit)
 
 
 _T = TypeVar("_T")

@@ -16,7 +16,10 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import threading
+import weakref
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -62,6 +65,10 @@ logger = logging.getLogger(__name__)
 
 UNATTRIBUTED = "unknown"
 """The telemetry tenant of an event whose sender could not be established (nothing is written to any tenant)."""
+
+
+DROPPED = "dropped"
+"""The telemetry reason of an event that still failed on the trigger's last attempt: checkpointed unprocessed."""
 
 
 @dataclass(frozen=True)
@@ -229,7 +236,21 @@ hostile body the container bound allows holds the interpreter's lock for most of
 so a tenant whose events arrive on many partitions at once would otherwise take a thread per partition and crowd out
 the event loop the HTTP API shares; its reads queue on the loop instead, holding no thread, and never behind another
 tenant's."""
-_TENANT_PARSES = TenantParses(TENANT_PARSE_THREADS)
+_PARSES_BY_LOOP: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TenantParses] = weakref.WeakKeyDictionary()
+_PARSES_BY_LOOP_LOCK = threading.Lock()
+
+
+def _tenant_parses(tenant_id: UUID) -> anyio.CapacityLimiter:
+    """The tenant's parse limiter on the running event loop. A limiter belongs to the loop that first waits on it:
+    one shared by every loop (a process_batch per thread, each with its own loop) hung the ones after the first.
+    Held per loop, and forgotten with it (weakly), so memory stays bounded by the loops alive and their tenants; the
+    worker runs one loop, whose limiters bound a tenant's parses per process as before."""
+    loop = asyncio.get_running_loop()
+    with _PARSES_BY_LOOP_LOCK:
+        parses = _PARSES_BY_LOOP.get(loop)
+        if parses is None:
+            parses = _PARSES_BY_LOOP[loop] = TenantParses(TENANT_PARSE_THREADS)
+    return parses.of(tenant_id)
 
 
 def _document(body: bytes) -> Any:
@@ -254,14 +275,18 @@ def _read(body: bytes) -> tuple[IntentRequest | Rejected, str | None]:
         return invalid_body(exc), IntentRequest.key_in(document)
 
 
-def _key_of_stale(body: bytes) -> str | None:
-    """The key a stale event names, for the producer to match its rejection by; None for a body that is not accepted
-    JSON within the container bound (read as any body is: a plain parse of one nested too deep raises, and would be
-    retried for ever). CPU only: run on a worker thread."""
+def _read_stale(body: bytes) -> tuple[IntentRequest | None, str | None]:
+    """The request a stale event names, when its body is one, and the key it names, for the producer to match its
+    rejection by; neither for a body that is not accepted JSON within the container bound (read as any body is: a
+    plain parse of one nested too deep raises, and would be retried for ever). CPU only: run on a worker thread."""
     try:
-        return IntentRequest.key_in(_document(body))
+        document = _document(body)
     except NotAcceptedJSONError:
-        return None
+        return None, None
+    try:
+        return IntentRequest.of_document(document), None
+    except ValueError:
+        return None, IntentRequest.key_in(document)
 
 
 def _recorded_in(conn: Conn, event: IngressEvent) -> str | None:
@@ -278,10 +303,15 @@ class AlreadyRejectedError(Exception):
 
 
 async def _stale(context: Sender, event: IngressEvent, exc: StaleEventError, ref: UUID) -> Outcome:
-    """A stale event's answer: its recorded rejection, the execution its key started when it did start (a replay of a
-    request that ran records nothing), else its stale rejection, recorded with its key."""
-    key = await anyio.to_thread.run_sync(_key_of_stale, event.body, limiter=_TENANT_PARSES.of(context.tenant.id))
-    started = None if key is None else _started_by(context, key, None)
+    """A stale event's answer: its recorded rejection, the execution its request started when it did start (the same
+    key and request: a replay of a request that ran records nothing), else its stale rejection, recorded with its
+    key."""
+    request, key = await anyio.to_thread.run_sync(_read_stale, event.body, limiter=_tenant_parses(context.tenant.id))
+    # Matched by its key and its request, as a replay of the start is: another request under a key it names is not
+    # this event's, and a body that is not a request never started anything.
+    started = None if request is None else _started_by(context, request.idempotency_key, request)
+    if request is not None:
+        key = request.idempotency_key
     return await _reject(context, event, stale(exc), key, ref, started)
 
 
@@ -307,6 +337,7 @@ async def process_event(
     if context is None:
         return _unattributed(event, "the token's tenant is not provisioned on this platform")
     logger.info("intent-requests: event %s is request %s of tenant %s", event.event_id, ref, context.tenant.id)
+    _EVENT_TENANT.set(context.tenant.id)
     # A rejection is final: a batch run again after its cause went away (quota freed, grant given) would otherwise
     # start the request while its record still says rejected, and a producer that resent it would run it twice. It is
     # looked up in the transaction each path takes anyway (the start's, the record's), not in one of its own: the
@@ -315,7 +346,7 @@ async def process_event(
         check_fresh(event, moment)
     except StaleEventError as exc:
         return await _stale(context, event, exc, ref)
-    read, key = await anyio.to_thread.run_sync(_read, event.body, limiter=_TENANT_PARSES.of(context.tenant.id))
+    read, key = await anyio.to_thread.run_sync(_read, event.body, limiter=_tenant_parses(context.tenant.id))
     if isinstance(read, Rejected):
         return await _reject(context, event, read, key, ref)
     request = read
@@ -364,16 +395,28 @@ async def process_event(
     return Outcome(event.event_id, started.execution.id, started.created)
 
 
+_EVENT_TENANT: ContextVar[UUID | None] = ContextVar("intent_requests_event_tenant", default=None)
+"""The tenant of the event being processed, once its sender is known: named in the line of an event dropped."""
+
+
 async def process_batch(
-    events: Sequence[IngressEvent], client: Any, validator: TokenValidator | None = None
+    events: Sequence[IngressEvent],
+    client: Any,
+    validator: TokenValidator | None = None,
+    *,
+    final_attempt: bool = False,
 ) -> list[Outcome]:
     """Process a batch in order; if any event failed transiently, raise after the others were processed, so the
-    batch is retried (the ones that were done are found again, not repeated)."""
+    batch is retried (the ones that were done are found again, not repeated). On the trigger's last attempt
+    (`final_attempt`: its retry policy is spent, and the host checkpoints the batch whatever it raises) an event that
+    fails is dropped: it is logged at error level as dropped, with its place on the hub, its tenant when known and its
+    reference, for an operator to tell its producer to resend it with the same key."""
     checker = validator or get_token_validator()
     outcomes: list[Outcome] = []
     failures: list[BaseException] = []
     for event in events:
         traceparent = event.properties.get(TRACEPARENT)
+        known = _EVENT_TENANT.set(None)
         try:
             # The producer's trace, when it sent one, is linked, not continued: any producer names it, and before its
             # sender is verified (the execution this event starts gets a root of its own, linked to this one).
@@ -385,8 +428,39 @@ async def process_batch(
             ):
                 outcomes.append(await process_event(event, client, checker))
         except Exception as exc:  # one event's outage must not keep the batch's other requests back
-            logger.error("intent-requests: event %s failed and will be retried: %s", event.event_id, exc)
+            if final_attempt:
+                tenant_id = _EVENT_TENANT.get()
+                # Counted as the telemetry-only rejections are (`qp.ingress.rejected`, reason `dropped`): the
+                # ingress-rejections alert and the workbook's panel show it; the tenant's record has nothing of it.
+                telemetry.emit(
+                    "ingress.rejected",
+                    tenant_id=tenant_id or UNATTRIBUTED,
+                    reason=DROPPED,
+                    event_id=event.event_id,
+                    detail=f"dropped after the retry policy's last attempt: {type(exc).__name__}",
+                )
+                logger.error(
+                    "intent-requests: event %s (hub %s, partition %s, sequence number %s) of tenant %s, request %s,"
+                    " dropped: it failed on the last retry and is checkpointed unprocessed: %s",
+                    event.event_id,
+                    event.hub,
+                    event.partition_id,
+                    event.sequence_number,
+                    tenant_id or UNATTRIBUTED,
+                    reference_of(event),
+                    exc,
+                )
+            else:
+                logger.error("intent-requests: event %s failed and will be retried: %s", event.event_id, exc)
             failures.append(exc)
+        finally:
+            _EVENT_TENANT.reset(known)
     if failures:
         raise RuntimeError(f"{len(failures)} of {len(events)} intent requests did not complete") from failures[0]
     return outcomes
+
+
+def is_final_attempt(retry_count: int, max_retry_count: int) -> bool:
+    """Whether the run the trigger's retry context describes is its last: its retry policy retries no more after it
+    (-1: retried without end)."""
+    return max_retry_count >= 0 and retry_count >= max_retry_count

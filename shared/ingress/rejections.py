@@ -6,6 +6,9 @@ sender are one group of their own), so a principal that floods the hub with inva
 and cannot grow the shared table without end. It is bounded per tenant too: past `TENANT_KEPT` rows the deepest of
 each principal's go first, so every principal keeps at least its share of it; and no row outlives `RETENTION`
 (migrations 0026, 0063).
+A row younger than `REDELIVERY_WINDOW` is never deleted by those counts, only shrunk to a marker (`trimmed`: its
+document replaced by a stub, left out of the listing): its event may still be delivered, and the marker keeps its
+rejection final (migration 0079). The tenant's bound is applied once its full rows pass it by a tenth, then back to it.
 Each row is bounded too: a problem document larger than `MAX_DETAIL_BYTES` is stored as a short summary of itself.
 """
 
@@ -37,7 +40,7 @@ _TRIM = "SELECT app.trim_ingress_rejections(%s, %s, %s, %s) AS removed"
 _PAGE = (
     "SELECT id, hub, partition_id, sequence_number, enqueued_time, reason, detail, requested_by,"
     " idempotency_key, created_at FROM app.ingress_rejections"
-    " WHERE (%(t)s::timestamptz IS NULL OR (created_at, id) < (%(t)s::timestamptz, %(id)s::uuid))"
+    " WHERE NOT trimmed AND (%(t)s::timestamptz IS NULL OR (created_at, id) < (%(t)s::timestamptz, %(id)s::uuid))"
     " ORDER BY created_at DESC, id DESC LIMIT %(limit)s"
 )
 
@@ -47,8 +50,14 @@ KEPT = 1000
 TENANT_KEPT = 10 * KEPT
 """The most rejections a tenant keeps in all: each of its G principals with rejections keeps at least its newest
 min(KEPT, TENANT_KEPT / G), so up to 10 of them keep all of theirs (the database keeps at least 1,000 and `KEPT`)."""
+REDELIVERY_WINDOW = timedelta(hours=25)
+"""How long after its record an event may still be delivered and started: the 24 h stale limit (`MAX_EVENT_AGE`)
+plus its processing's retries. The database holds it (migration 0079): the count trims never delete a row younger,
+they make it a marker; and it is the retention's floor."""
+TENANT_SLACK = TENANT_KEPT // 10
+"""How far past `TENANT_KEPT` a tenant's full rows go before they are trimmed back to it (the database's tenth)."""
 RETENTION = timedelta(days=30)
-"""How long a rejection is kept at most (the database keeps at least a day)."""
+"""How long a rejection is kept at most (the database keeps at least `REDELIVERY_WINDOW`)."""
 MAX_DETAIL_BYTES = 32 * 1024
 """The largest problem document stored with a rejection (its JSON text, UTF-8). The translations keep documents well
 under it (ADR 0019); this is the backstop that keeps a listing page of the largest allowed size bounded whatever a
@@ -144,7 +153,8 @@ def recorded_reason(
     conn: Conn, hub: str, partition_id: str, sequence_number: int, enqueued_time: datetime | None
 ) -> str | None:
     """The reason recorded for the event at this place on the hub, enqueued at `enqueued_time`, in the caller's
-    tenant; None when none is (or its row was trimmed)."""
+    tenant; None when none is (or its row was trimmed: a row is deleted only once its event can no longer start
+    anything, `REDELIVERY_WINDOW`; before, it is kept as a marker)."""
     row = conn.execute(_RECORDED, (hub, partition_id, sequence_number, enqueued_time)).fetchone()
     return None if row is None else str(row["reason"])
 

@@ -48,7 +48,7 @@ class IntentRequest(BaseModel):
     intent_id: UUID | None = None
     intent: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="The intent's name.")
     input: dict[str, Any] = Field(default_factory=dict)
-    version: int | None = Field(None, ge=1)
+    version: int | None = Field(None, ge=1, strict=True, description="A whole number: `true` is not version 1.")
     plan_hash: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     idempotency_key: IdempotencyKey = Field(
         description="Required: delivery is at least once, and this key makes a "

@@ -16,12 +16,13 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from shared.db.session import runtime_transaction, tenant_transaction
-from shared.ingress.rejections import NewRejection, list_rejections, record_rejection
+from shared.ingress.rejections import NewRejection, list_rejections, record_rejection, recorded_reason
 
 pytestmark = pytest.mark.integration
 
 _FLOOR = 100  # what the database keeps of a principal whatever a caller asks
 _TENANT_FLOOR = 1000  # and of a tenant in all
+_SLACK = _TENANT_FLOOR // 10  # how far past its bound a tenant's full rows go before they are trimmed back to it
 
 
 def _rejection(sequence_number: int, principal: str | None = None) -> NewRejection:
@@ -123,25 +124,33 @@ def test_the_tenant_is_bounded_as_a_whole_and_each_principal_keeps_its_share(
     pg: Any, app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
 ) -> None:
     tenant, other = new_tenant(), new_tenant()
-    # Ten principals hold 100 each: the tenant's bound (the call below asks for less: the floors hold).
-    principals = [f"p{n}" for n in range(10)]
+    # Eleven principals hold 100 each: the tenant's bound and its slack (the call below asks for less: the floors
+    # hold), so the next rejection takes the tenant past them and back to its bound.
+    principals = [f"p{n}" for n in range(11)]
     for n, principal in enumerate(principals):
         _seed(pg, tenant, principal, n * 1000, _FLOOR)
-    _seed(pg, other, "p0", 0, _TENANT_FLOOR + 50)  # another tenant over the bound: not this tenant's to trim
-    _record(app_pool, tenant, 50_000, _FLOOR + 30, "flooder", keep=0, tenant_keep=0)
+    _seed(pg, other, "p0", 0, _TENANT_FLOOR + _SLACK + 50)  # another tenant over the bound: not this tenant's to trim
+    assert _record(app_pool, tenant, 50_000, 1, "flooder", keep=0, tenant_keep=0) == [True]
     groups = _by_principal(app_pool, tenant)
     assert sum(len(kept) for kept in groups.values()) == _TENANT_FLOOR
-    # An eleventh principal's flood takes from each of the others only what it holds beyond an eleventh of the bound
-    # (90 of 1,000), and only its oldest.
+    # A twelfth principal's rejection takes from each of the others only what it holds beyond a twelfth of the bound
+    # (83 of 1,000), and only its oldest.
     share = _TENANT_FLOOR // (len(principals) + 1)
     for n, principal in enumerate(principals):
         kept = groups[principal]
         assert share <= len(kept) <= _FLOOR, principal
         assert kept == list(range(n * 1000 + _FLOOR - 1, n * 1000 + _FLOOR - 1 - len(kept), -1)), principal
-    # The flooder keeps its own newest, no more than its share (one more when the turn ends on it).
-    assert share <= len(groups["flooder"]) <= share + 1
-    assert groups["flooder"] == list(range(50_000 + _FLOOR + 29, 50_000 + _FLOOR + 29 - len(groups["flooder"]), -1))
-    assert len(_sequence_numbers(app_pool, other)) == _TENANT_FLOOR + 50
+    assert groups["flooder"] == [50_000]
+    # Its flood then grows its own rows to its kept count, the tenant's to no more than its bound and slack: the
+    # tenant is ranked again only once past them (it was at every rejection, each of the others losing a row).
+    _record(app_pool, tenant, 50_001, _FLOOR + 29, "flooder", keep=0, tenant_keep=0)
+    after = _by_principal(app_pool, tenant)
+    assert sum(len(kept) for kept in after.values()) <= _TENANT_FLOOR + _SLACK
+    assert {principal: after[principal] for principal in principals} == {p: groups[p] for p in principals}
+    groups = after
+    assert groups["flooder"] == list(range(50_000 + _FLOOR + 29, 50_029, -1))
+    assert all(len(groups[principal]) >= share for principal in principals)
+    assert len(_sequence_numbers(app_pool, other)) == _TENANT_FLOOR + _SLACK + 50
 
 
 def test_a_principals_flood_takes_nothing_of_others_while_the_tenant_is_within_its_bound(
@@ -222,3 +231,42 @@ def test_the_app_deletes_no_rejection_itself_and_trims_nothing_without_a_tenant(
         removed = conn.execute("SELECT app.trim_ingress_rejections(NULL, 100, 1000, interval '1 day') AS n").fetchone()
     assert removed == {"n": 0}
     assert _sequence_numbers(app_pool, tenant) == [1, 0]
+
+
+def _rows(pg: Any, tenant: uuid.UUID) -> dict[int, tuple[bool, dict[str, Any]]]:
+    """Every row of the tenant, full or marker, by sequence number: whether it is a marker, and its document."""
+    with psycopg.connect(pg.admin_url, dbname="quantum") as admin:
+        found = admin.execute(
+            "SELECT sequence_number, trimmed, detail FROM app.ingress_rejections WHERE tenant_id = %s", (tenant,)
+        ).fetchall()
+    return {row[0]: (row[1], row[2]) for row in found}
+
+
+def _age(pg: Any, tenant: uuid.UUID, below: int, age: str) -> None:
+    with psycopg.connect(pg.admin_url, dbname="quantum", autocommit=True) as admin:
+        admin.execute(
+            "UPDATE app.ingress_rejections SET created_at = created_at - %s::interval"
+            " WHERE tenant_id = %s AND sequence_number < %s",
+            (age, tenant, below),
+        )
+
+
+def test_a_row_its_event_may_still_start_is_trimmed_to_a_marker_and_an_older_one_deleted(
+    pg: Any, app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    tenant = new_tenant()
+    _seed(pg, tenant, "sender", 0, 10)
+    _age(pg, tenant, 5, "2 days")  # 0-4 recorded before the redelivery window, 5-9 within it
+    _record(app_pool, tenant, 100, _FLOOR, "sender", keep=_FLOOR)
+    rows = _rows(pg, tenant)
+    # Beyond the sender's newest 100: the old ones deleted; the young ones kept as markers, their events still final.
+    assert sorted(n for n in rows if n < 100) == [5, 6, 7, 8, 9]
+    assert all(rows[n] == (True, {"reason": "invalid_request", "trimmed": True}) for n in range(5, 10))
+    assert all(not rows[n][0] for n in range(100, 100 + _FLOOR))
+    assert _sequence_numbers(app_pool, tenant) == list(range(100 + _FLOOR - 1, 99, -1))  # markers are not listed
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        assert recorded_reason(conn, "intent-requests", "0", 7, None) == "invalid_request"
+    # Once past the window, the markers go at the tenant's next rejection.
+    _age(pg, tenant, 10, "1 day 2 hours")
+    _record(app_pool, tenant, 1000, 1, "sender", keep=_FLOOR)
+    assert not [n for n in _rows(pg, tenant) if n < 100]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -17,13 +18,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import azure.durable_functions as df
 import psycopg
 import pytest
 
+import shared.check_gate as check_gate
+from devhost.eventhubs.binding import EventHubTriggerSpec, trigger_input
+from devhost.eventhubs.store import StoredEvent
 from devhost.identity import DEFAULT_AUDIENCE, SigningKey, sign_access_token
+from devhost.invoker import FunctionInvocationError, Invoker, Retry
+from shared import telemetry
 from shared.accepted_json import MAX_BODY_CONTAINERS, TOO_MANY_CONTAINERS
+from shared.api.durable import get_durable_client
 from shared.auth.principal import INTENT_EXECUTOR
 from shared.auth.tokens import TokenValidator
+from shared.check_gate import CheckGate
 from shared.ingress import process
 from shared.ingress.process import Outcome, process_batch, process_event
 from shared.ingress.request import IngressEvent, IntentRequest
@@ -263,3 +272,190 @@ def test_a_stale_body_nested_too_deep_is_recorded_stale_not_retried(api: ApiHarn
     outcome = asyncio.run(process_event(event, NoOrchestrations(), _validator(api), now=later))
     assert outcome.reason == "stale"
     assert [(key, reason) for key, reason, _ in _state(api, tenant.id)[1]] == [(None, "stale")]
+
+
+def test_a_rejection_trimmed_by_its_senders_flood_is_still_final(api: ApiHarness) -> None:
+    # Refused its quota, then 1,000 newer rejections of its sender (a burst on other partitions while this
+    # partition's batch is retried in place): the trim deleted its row, and the redelivery, once the quota had freed,
+    # started it.
+    tenant = api.provision("flooded", quotas={"max_concurrent_executions": 1})
+    intent_id = _intent(api, "flooded")
+    base = _sequence()
+    first = _event(api, "flooded", {"intent_id": intent_id, "input": {}, "idempotency_key": "k1"}, base)
+    second = _event(api, "flooded", {"intent_id": intent_id, "input": {}, "idempotency_key": "k2"}, base + 1)
+    assert asyncio.run(process_event(first, TaskHub(), _validator(api))).created
+    assert asyncio.run(process_event(second, TaskHub(), _validator(api))).reason == "quota_exceeded"
+    with psycopg.connect(api.admin_url, dbname="quantum", autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT requested_by FROM app.ingress_rejections WHERE tenant_id = %s", (tenant.id,)
+        ).fetchone()
+        assert row is not None
+        conn.execute(
+            "INSERT INTO app.ingress_rejections (tenant_id, hub, partition_id, sequence_number, reason, detail,"
+            " requested_by, created_at)"
+            " SELECT %s, 'intent-requests', '7', n, 'invalid', '{}'::jsonb, %s, clock_timestamp()"
+            " FROM generate_series(1, 1000) AS n",
+            (tenant.id, row[0]),
+        )
+    # The sender's next rejection trims its rows to its newest 1,000.
+    flood = _event(api, "flooded", {"intent_id": intent_id, "idempotency_key": "x", "nope": 1}, base + 2)
+    assert asyncio.run(process_event(flood, TaskHub(), _validator(api))).reason == "invalid"
+    with psycopg.connect(api.admin_url, dbname="quantum") as conn:
+        conn.execute(
+            "UPDATE app.executions SET status = 'succeeded' WHERE tenant_id = %s AND idempotency_key = 'k1'",
+            (tenant.id,),
+        )
+    again = asyncio.run(process_event(second, TaskHub(), _validator(api)))
+    assert again == Outcome(second.event_id, reason="quota_exceeded")
+    assert [key for key, _ in _state(api, tenant.id)[0]] == ["k1"]
+
+
+def test_a_stale_event_of_another_request_under_a_used_key_is_recorded_stale(api: ApiHarness) -> None:
+    # Matched by its key alone, a stale event naming another intent under a key that had started one was answered by
+    # that execution, and nothing was recorded for it.
+    tenant = api.provision("stale-other")
+    first_intent, second_intent = _intent(api, "stale-other"), _intent(api, "stale-other")
+    base = _sequence()
+    fresh = _event(api, "stale-other", {"intent_id": first_intent, "input": {}, "idempotency_key": "K"}, base)
+    assert asyncio.run(process_event(fresh, TaskHub(), _validator(api))).created
+    other = _event(api, "stale-other", {"intent_id": second_intent, "input": {}, "idempotency_key": "K"}, base + 1)
+    later = datetime.now(UTC) + timedelta(hours=25)
+    outcome = asyncio.run(process_event(other, NoOrchestrations(), _validator(api), now=later))
+    assert outcome == Outcome(other.event_id, reason="stale")
+    executions, rejections = _state(api, tenant.id)
+    assert [key for key, _ in executions] == ["K"]
+    assert [(key, reason) for key, reason, _ in rejections] == [("K", "stale")]
+
+
+def test_a_boolean_version_is_refused_by_the_ingress_and_the_execute_route(api: ApiHarness) -> None:
+    # `true` was taken as version 1 by both.
+    tenant = api.provision("bool-version")
+    intent_id = _intent(api, "bool-version")
+    event = _event(api, "bool-version", {"intent_id": intent_id, "version": True, "idempotency_key": "b"}, _sequence())
+    assert asyncio.run(process_event(event, TaskHub(), _validator(api))).reason == "invalid"
+    api.client.app.dependency_overrides[get_durable_client] = TaskHub  # type: ignore[attr-defined]
+    try:
+        refused = api.client.post(
+            f"/api/v1/intents/{intent_id}/execute",
+            json={"input": {}, "version": True},
+            headers=api.headers("bool-version", ["Intent.Executor"]),
+        )
+    finally:
+        api.client.app.dependency_overrides.pop(get_durable_client, None)  # type: ignore[attr-defined]
+    assert refused.status_code == 422, refused.text
+    assert "version" in refused.text
+    assert _state(api, tenant.id)[0] == []
+
+
+def test_an_event_failing_on_the_last_retry_is_logged_dropped(
+    api: ApiHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Once the retry policy was spent, a still-failing event was checkpointed with no record, and its last line said
+    # it would be retried.
+    tenant = api.provision("dropped")
+    intent_id = _intent(api, "dropped")
+    event = _event(api, "dropped", {"intent_id": intent_id, "input": {}, "idempotency_key": "d"}, _sequence())
+    with caplog.at_level(logging.INFO, logger="shared.ingress.process"):
+        with pytest.raises(RuntimeError):
+            asyncio.run(process_batch([event], TaskHub(fail_call=1), _validator(api)))
+        retried = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert [("will be retried" in r.getMessage(), "dropped" in r.getMessage()) for r in retried] == [(True, False)]
+        caplog.clear()
+        with pytest.raises(RuntimeError):
+            asyncio.run(process_batch([event], TaskHub(fail_call=1), _validator(api), final_attempt=True))
+    dropped = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(dropped) == 1 and "dropped" in dropped[0] and "will be retried" not in dropped[0], dropped
+    assert event.event_id in dropped[0] and str(event.sequence_number) in dropped[0]
+    assert str(tenant.id) in dropped[0] and str(process.reference_of(event)) in dropped[0]
+
+
+class _CountedGate(CheckGate):
+    """The process's check gate, counting the turns taken at it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = 0
+
+    def enter(self, tenant_id: uuid.UUID, wait_s: float) -> bool:
+        self.entered += 1
+        return super().enter(tenant_id, wait_s)
+
+
+def test_an_event_refused_for_quota_never_takes_the_check_gate(
+    api: ApiHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its costly input was checked, a turn at the gate taken, and only then was it refused its quota.
+    gate = _CountedGate()
+    monkeypatch.setattr(check_gate, "get_check_gate", lambda: gate)
+    tenant = api.provision("quota-first", quotas={"max_concurrent_executions": 1})
+    intent_id = _intent(api, "quota-first")
+    base = _sequence()
+    busy = _event(api, "quota-first", {"intent_id": intent_id, "input": {}, "idempotency_key": "busy"}, base)
+    assert asyncio.run(process_event(busy, TaskHub(), _validator(api))).created
+    large = {"n": "v" * (check_gate.COSTLY_BYTES + 1)}
+    refused = _event(api, "quota-first", {"intent_id": intent_id, "input": large, "idempotency_key": "l"}, base + 1)
+    outcome = asyncio.run(process_event(refused, NoOrchestrations(), _validator(api)))
+    assert outcome == Outcome(refused.event_id, reason="quota_exceeded")
+    assert gate.entered == 0
+    assert [(key, reason) for key, reason, _ in _state(api, tenant.id)[1]] == [("l", "quota_exceeded")]
+
+
+_UNREACHABLE_TASK_HUB = json.dumps(
+    {
+        "taskHubName": "unreachable",
+        "creationUrls": {},
+        "managementUrls": {},
+        "baseUrl": "http://127.0.0.1:9/runtime/webhooks/durabletask",
+        "requiredQueryStringParameters": "",
+        "rpcBaseUrl": "http://127.0.0.1:9/",
+        "httpBaseUrl": "http://127.0.0.1:9/",
+        "maxGrpcMessageSizeInBytes": 0,
+        "grpcHttpClientTimeout": "00:01:00",
+    }
+)
+
+
+@pytest.mark.parametrize(("retry", "dropped"), [(Retry(7, 8), False), (Retry(8, 8), True)])
+def test_the_trigger_logs_an_event_dropped_on_its_retry_policys_last_attempt(
+    api: ApiHarness, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, retry: Retry, dropped: bool
+) -> None:
+    # The function as the app registers it, run by the devhost with the retry context the host gives it; the task
+    # hub cannot be reached, so the event's launch fails on every attempt.
+    from functions.eventhub_intent_requests import bp  # the functions package builds the gateway: needs settings
+
+    monkeypatch.setattr(process, "get_token_validator", lambda: _validator(api))
+    name = f"trigger-{uuid.uuid4().hex[:6]}"
+    tenant = api.provision(name)
+    intent_id = _intent(api, name)
+    app = df.DFApp()
+    app.register_functions(bp)
+    (function,) = [f for f in app.get_functions() if f.get_function_name() == "intent_requests"]
+    spec = EventHubTriggerSpec.from_function(function)
+    body = json.dumps({"intent_id": intent_id, "input": {}, "idempotency_key": "t"}).encode()
+    properties = {"authorization": f"Bearer {api.token(name, EXECUTOR)}"}
+    sequence = _sequence()
+    inputs, metadata = trigger_input(spec, 3, [StoredEvent(0, sequence, 0, None, body, properties, datetime.now(UTC))])
+    invoker = Invoker(".")
+    invoker.durable_binding = lambda: _UNREACHABLE_TASK_HUB
+    with caplog.at_level(logging.INFO, logger="shared.ingress.process"), caplog.at_level(logging.INFO, "qp.telemetry"):
+        with pytest.raises(FunctionInvocationError):
+            asyncio.run(invoker.invoke(function, inputs, metadata, retry=retry))
+    lines = [
+        r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and r.name == "shared.ingress.process"
+    ]
+    assert len(lines) == 1, lines
+    assert ("dropped" in lines[0], "will be retried" in lines[0]) == (dropped, not dropped), lines
+    assert f"3/{sequence}" in lines[0]
+    counted = [
+        json.loads(r.getMessage()[len(telemetry.PREFIX) :])
+        for r in caplog.records
+        if r.getMessage().startswith(telemetry.PREFIX) and '"ingress.rejected"' in r.getMessage()
+    ]
+    if dropped:
+        assert str(tenant.id) in lines[0]
+        # Counted as the telemetry-only rejections are: the ingress-rejections alert sees it.
+        assert [(c["tenant_id"], c["reason"], c["event_id"]) for c in counted] == [
+            (str(tenant.id), "dropped", f"3/{sequence}")
+        ]
+    else:
+        assert counted == []

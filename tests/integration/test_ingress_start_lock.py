@@ -21,7 +21,7 @@ from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the f
 from tests.integration.test_ingress_launch import _validator
 from tests.integration.test_ingress_rejections import _intent
 from tests.integration.test_ingress_review_fixes import _event, _sequence
-from tests.integration.test_ingress_started_or_rejected import _both, _busy, _delivered_beside, _free_quota
+from tests.integration.test_ingress_started_or_rejected import _both, _delivered_beside, _free_quota
 from tests.integration.test_start_service import TaskHub
 
 pytestmark = pytest.mark.integration
@@ -141,14 +141,19 @@ def test_a_rejection_recorded_during_the_in_transaction_check_is_found_before_th
     api: ApiHarness, parked: ParkedCheck
 ) -> None:
     # Delivery 1 looked for the event's record, found none, and is checking the input in its transaction, not
-    # holding the lock; delivery 2 is refused its quota and records the rejection; the quota then frees. Delivery 1
-    # looks again once it holds the lock, before it writes anything, and answers the record instead of starting.
-    tenant_id, intent_id, sequence = _busy(api, "lock-record-during-check")
-    event = _event(
-        api, "lock-record-during-check", {"intent_id": intent_id, "input": {}, "idempotency_key": "n"}, sequence
-    )
+    # holding the lock; the tenant's quota fills (a start refused over quota is refused before its check, so it
+    # had room when delivery 1 read); delivery 2 is refused its quota and records the rejection; the quota then
+    # frees. Delivery 1 looks again once it holds the lock, before it writes anything, and answers the record
+    # instead of starting.
+    name = "lock-record-during-check"
+    tenant_id = api.provision(name, quotas={"max_concurrent_executions": 1}).id
+    intent_id = _intent(api, name)
+    sequence = _sequence()
+    event = _event(api, name, {"intent_id": intent_id, "input": {}, "idempotency_key": "n"}, sequence)
     first = _parked_delivery(event, api)
     parked.wait_reached()
+    busy = _event(api, name, {"intent_id": intent_id, "input": {}, "idempotency_key": "busy"}, sequence + 1)
+    assert asyncio.run(process_event(busy, TaskHub(), _validator(api))).created
 
     second = _delivered_beside(event, TaskHub(), api)()  # not held up by delivery 1, which holds no lock
     assert second == Outcome(event.event_id, reason="quota_exceeded")
@@ -172,16 +177,22 @@ def test_a_rejection_recorded_before_the_keys_execution_answers_a_replay_of_it(
     # its quota and recorded it, and then event 2 (the same request under the same key) started it. Delivery 1 finds
     # event 2's execution by the key: a replay, which takes no lock, looks for the record again first (committed
     # before that execution, which waited for the record's lock), and answers the rejection, not the execution.
+    # The tenant's quota fills only after delivery 1 read it (a start refused over quota is refused before its
+    # input's check).
     name = "lock-record-before-replay"
-    tenant_id, intent_id, sequence = _busy(api, name)
+    tenant_id = api.provision(name, quotas={"max_concurrent_executions": 1}).id
+    intent_id = _intent(api, name)
+    sequence = _sequence()
     body = {"intent_id": intent_id, "input": {}, "idempotency_key": "n"}
     event, again = _event(api, name, body, sequence), _event(api, name, body, _sequence())
+    busy = _event(api, name, {"intent_id": intent_id, "input": {}, "idempotency_key": "busy"}, sequence + 1)
     real_by_key, lookups, others = engine_start._by_key, [0], list[Outcome]()
 
     def by_key(conn: Any, key: str | None) -> Any:
         if _INTERLEAVED.get():
             lookups[0] += 1
             if lookups[0] == 2:  # the start's own (the first is its read's, before the input's check)
+                assert _delivered_beside(busy, TaskHub(), api)().created
                 others.append(_delivered_beside(event, TaskHub(), api)())
                 _free_quota(api, tenant_id)
                 others.append(_delivered_beside(again, TaskHub(), api)())

@@ -318,13 +318,15 @@ def test_every_app_table_has_forced_rls_with_tenant_policies(pg) -> None:  # typ
             elif name == "ingress_rejections":
                 # The owner (never the app) trims the pinned tenant's record through app.trim_ingress_rejections
                 # (migration 0026) and records a rejection through app.record_ingress_rejection (migration 0068),
-                # replacing an earlier hub's row at its place: its policies are bound to the pinned tenant, as the
+                # replacing an earlier hub's row at its place, and makes a trimmed row its event may still need a
+                # marker (migration 0079): its policies are bound to the pinned tenant, as the
                 # app's are.
                 assert others == {
                     ("platform_erase", ("qp_platform",)),
                     ("trim_pinned_tenant_read", (OWNER_ROLE,)),
                     ("trim_pinned_tenant", (OWNER_ROLE,)),
                     ("record_pinned_tenant", (OWNER_ROLE,)),
+                    ("trim_pinned_tenant_mark", (OWNER_ROLE,)),
                 }
                 trim = conn.execute(
                     "SELECT policyname, cmd, coalesce(qual, with_check) FROM pg_policies WHERE schemaname = 'app'"
@@ -335,6 +337,7 @@ def test_every_app_table_has_forced_rls_with_tenant_policies(pg) -> None:  # typ
                 assert [(p[0], p[1]) for p in trim] == [
                     ("record_pinned_tenant", "INSERT"),
                     ("trim_pinned_tenant", "DELETE"),
+                    ("trim_pinned_tenant_mark", "UPDATE"),
                     ("trim_pinned_tenant_read", "SELECT"),
                 ]
                 assert all("current_tenant_id()" in p[2] for p in trim)

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import anyio.to_thread
 import pytest
 from pydantic import ValidationError
 
@@ -19,7 +21,8 @@ from shared.accepted_json import MAX_REFUSALS, NotAcceptedJSONError, Refusal
 from shared.auth.principal import INTENT_EXECUTOR
 from shared.auth.tokens import InvalidTokenError, TokenValidator
 from shared.engine.start import InvalidInputError
-from shared.ingress.process import UNATTRIBUTED, process_event
+from shared.ingress import process
+from shared.ingress.process import UNATTRIBUTED, is_final_attempt, process_event
 from shared.ingress.rejecting import invalid_body, not_accepted, refused_start
 from shared.ingress.rejections import MAX_DETAIL_BYTES, bounded_detail
 from shared.ingress.request import IngressEvent, IntentRequest, TooManyMembersError, from_trigger
@@ -53,6 +56,9 @@ def test_a_request_names_its_intent_by_id_or_by_name_and_carries_a_key() -> None
         {"intent": "deploy-web-app", "idempotency_key": KEY, "tenant_id": str(uuid.uuid4())},  # extra: never trusted
         {"intent": "Deploy Web App", "idempotency_key": KEY},
         {"intent": "deploy-web-app", "idempotency_key": KEY, "version": 0},
+        {"intent": "deploy-web-app", "idempotency_key": KEY, "version": True},  # not version 1
+        {"intent": "deploy-web-app", "idempotency_key": KEY, "version": "1"},
+        {"intent": "deploy-web-app", "idempotency_key": KEY, "version": 1.0},
         {"intent": "deploy-web-app", "idempotency_key": KEY, "plan_hash": "abc"},
         {"intent": "deploy-web-app", "idempotency_key": KEY, "input": [1]},
         {"intent_id": "not-a-uuid", "idempotency_key": KEY},
@@ -290,3 +296,43 @@ def test_trigger_events_keep_their_own_properties_and_partition() -> None:
         ("3/10", "Bearer a", b"1"),
         ("3/11", "Bearer b", b"2"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("retry_count", "max_retry_count", "final"),
+    [(0, 8, False), (7, 8, False), (8, 8, True), (0, 0, True), (5, -1, False)],
+)
+def test_the_last_attempt_is_the_one_the_retry_policy_retries_no_more(
+    retry_count: int, max_retry_count: int, final: bool
+) -> None:
+    assert is_final_attempt(retry_count, max_retry_count) is final
+
+
+def test_event_loops_on_two_threads_both_finish_their_tenants_parses() -> None:
+    # One limiter per tenant shared by every loop: a loop's waiter woken from another loop's thread was never
+    # resumed, and process_batch run on a few threads, each with its own loop, hung.
+    tenant_id = uuid.uuid4()
+    body = json.dumps({"intent": "deploy-web-app", "input": {"a": ["x"] * 2000}, "idempotency_key": KEY}).encode()
+    finished: list[int] = []
+    failures: list[BaseException] = []
+
+    async def parses() -> int:
+        async def one() -> None:
+            await anyio.to_thread.run_sync(process._read, body, limiter=process._tenant_parses(tenant_id))
+
+        await asyncio.wait_for(asyncio.gather(*(one() for _ in range(40))), timeout=60)
+        return 40
+
+    def run() -> None:
+        try:
+            finished.append(asyncio.run(parses()))
+        except BaseException as exc:  # reported below, not lost on the thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, daemon=True) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not failures, failures
+    assert finished == [40, 40]

@@ -108,7 +108,9 @@ class ExecuteRequest(BaseModel):
     )
 
     input: dict[str, Any] = Field(default_factory=dict)
-    version: int | None = Field(None, ge=1, description="Default: the intent's current version.")
+    version: int | None = Field(
+        None, ge=1, strict=True, description="Default: the intent's current version. A whole number: `true` is not 1."
+    )
     plan_hash: str | None = Field(
         None, pattern=r"^[0-9a-f]{64}$", description="From POST .../plan: refuse to run if the plan has changed since."
     )
