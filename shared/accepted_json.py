@@ -244,7 +244,14 @@ def _pointer(path: _Path) -> str:
     return storable_text(path_pointer(reversed(steps)))
 
 
-def _walk(document: Any, bound_integers: bool) -> Iterator[Refusal]:
+def _dumped_name(key: Any) -> str:
+    """A member name that is not a string as `json.dumps` writes it (`true`, `null`, `200`, `1.5`)."""
+    if isinstance(key, bool) or key is None:
+        return json.dumps(key)
+    return int.__repr__(key) if isinstance(key, int) else float.__repr__(key) if isinstance(key, float) else str(key)
+
+
+def _walk(document: Any, bound_integers: bool, names_as_dumped: bool = False) -> Iterator[Refusal]:
     # Iterative, so that a Python value deeper than the recursion limit is walked as safely as a parsed one.
     stack: list[tuple[_Path, Any]] = [(None, document)]
     while stack:
@@ -255,8 +262,12 @@ def _walk(document: Any, bound_integers: bool) -> Iterator[Refusal]:
                     yield Refusal(_pointer((at, key)), "the member is given more than once", DUPLICATE_MEMBER)
             children: list[tuple[_Path, Any]] = []
             for key, child in value.items():
-                name = key if isinstance(key, str) else str(key)
-                detail = text_refusal(key) if isinstance(key, str) else "a member name must be a string"
+                if isinstance(key, str):
+                    name, detail = key, text_refusal(key)
+                elif names_as_dumped:
+                    name, detail = _dumped_name(key), None  # stored as the string json.dumps writes for it
+                else:
+                    name, detail = str(key), "a member name must be a string"
                 if detail is not None:
                     yield Refusal(_pointer((at, name)), f"member name: {detail}", UNSTORABLE_TEXT)
                 children.append(((at, name), child))
@@ -269,13 +280,15 @@ def _walk(document: Any, bound_integers: bool) -> Iterator[Refusal]:
                 yield Refusal(_pointer(at), refused.detail, refused.code)
 
 
-def refusals(value: Any, *, bound_integers: bool = True) -> list[Refusal]:
+def refusals(value: Any, *, bound_integers: bool = True, names_as_dumped: bool = False) -> list[Refusal]:
     """What the accepted JSON refuses in an already-parsed value (NUL, lone surrogates, non-finite numbers and,
     with `bound_integers`, integers beyond a bigint), at most MAX_REFUSALS, in document order.
 
     Without `bound_integers` it refuses only what Postgres can never have stored, so values read back from the
-    database (written before the bound) still pass."""
-    return list(itertools.islice(_walk(value, bound_integers), MAX_REFUSALS))
+    database (written before the bound) still pass. With `names_as_dumped`, a member name that is not a string (an
+    int, a float, a bool, None: what `json.dumps` accepts) is taken as the string `json.dumps` writes for it, as a
+    value about to be stored through it is, instead of being refused."""
+    return list(itertools.islice(_walk(value, bound_integers, names_as_dumped), MAX_REFUSALS))
 
 
 def containers(body: bytes) -> int:

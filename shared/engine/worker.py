@@ -95,9 +95,10 @@ tenant's rows, and with only the 60 s statement timeout the look held the module
 pooled connection that long, past the deadline and for nobody. Past it the attempt fails, retryable; the blob,
 written before the erasure's row delete commits, goes with the erasure's last pass (ADR 0026)."""
 STORE_LATER = "store_later"
-"""In a run's result: the output (`_Succeeded`) of a module that succeeded and whose store was stopped short by a
-give-up (the look at its tenant met the database out of reach): once the claim is taken back, only the store runs
-again, never the module, whose work is done."""
+"""In a run's result: the output (`_Succeeded`) of a module that succeeded and whose store the database stopped (the
+look at its tenant met it out of reach, with or without a give-up, or a store's renewal did): once the claim is
+confirmed again (a renewal sent since, or taken back), only the store runs again, never the module, whose work is
+done; until the attempt's deadline at most."""
 
 _HOST = socket.gethostname()[:100]
 
@@ -317,8 +318,9 @@ async def _run_claimed(
     meanwhile (`_taken_back`): what is recorded then stands. Taken back, its module's result is answered (a module
     left running is waited for under the claim, never started again), unless it is a failure its module raised for
     being told it was abandoned (`Abandoned`); that run runs once more (once only: what the next returns is recorded),
-    and a run given up before it started starts. A module that succeeded but whose output's store the give-up's outage
-    stopped (STORE_LATER) is not run again: only its store is, once, with the output kept from its run.
+    and a run given up before it started starts. A module that succeeded but whose output's store the database
+    stopped (STORE_LATER), under a give-up or not, is not run again: only its store is, with the output kept from its
+    run, each time a renewal sent since it failed is confirmed (or the claim is taken back), by the deadline.
 
     Why the give-up comes first, whatever the clocks: each confirmed statement ran after it was sent, and wrote
     `claimed_until` as its database time plus `_database_lease_s`; a copy takes the claim over only once the
@@ -370,6 +372,11 @@ async def _run_claimed(
     # A run stopped short by a give-up runs again once at most: a database that keeps dropping out gives up each run
     # in turn, and the attempt's retries, not this loop, answer for that.
     rerun_left = True
+    # Since when (monotonic) the output of a run whose store the database stopped has waited for its store to run
+    # again (STORE_LATER): a renewal sent since then and confirmed lets it.
+    kept_since: float | None = None
+    # The output of this attempt's module once it has succeeded: any later run stores it, never runs the module.
+    succeeded: _Succeeded | None = None
     try:
         while True:
             now = time.monotonic()
@@ -380,23 +387,40 @@ async def _run_claimed(
                 if held:
                     confirmed = renewal_sent
             # A result already there is recorded, whatever the renewals: it was computed under the claim.
+            kept = False
             if run.done():
                 result = None if run.cancelled() else run.result()
                 stopped_short = (
                     isinstance(result, dict) and _stopped_short(result) and now < deadline - DEADLINE_SLACK_S
                 )
-                if taken_back and (result is None or result is _NotStarted.GIVEN_UP or (stopped_short and rerun_left)):
+                if stopped_short and isinstance(result, dict) and result.get(STORE_LATER) is not None:
+                    # A module that succeeded and whose output's store alone the database stopped: its work is done,
+                    # and only that store runs again (running the module again repeated its side effects), once the
+                    # claim is known to be this copy's: a renewal sent after the store failed confirmed, or the claim
+                    # taken back after a give-up. Until then the claim is renewed (or given up) as while it ran; by
+                    # the deadline at most, past which it is recorded as timed out (below).
+                    kept, succeeded = True, result[STORE_LATER]
+                    if kept_since is None:
+                        kept_since = now
+                    if taken_back or confirmed >= kept_since:
+                        taken_back = False
+                        kept_since = None
+                        start, ctx = _Start(), dataclasses.replace(ctx, abandoned=threading.Event())
+                        run = queued(start, ctx, succeeded)
+                        continue
+                elif taken_back and (
+                    result is None or result is _NotStarted.GIVEN_UP or (stopped_short and rerun_left)
+                ):
                     # Given up before it started, or a failure its module returned for being told it was abandoned
                     # (an HTTP wait, an event's send, stopped short by the give-up, not by what it did), and the claim
-                    # is this copy's again: it runs now, once more, its module having returned. A module that
-                    # succeeded and whose output's store alone was stopped short has only that store run again: its
-                    # work is done, and running it again repeated its side effects within one attempt.
+                    # is this copy's again: it runs now, once more, its module having returned. A store given up
+                    # before it started runs as such: the module it follows succeeded (`succeeded`).
                     rerun_left = rerun_left and not stopped_short
                     taken_back = False
-                    done = result.get(STORE_LATER) if stopped_short and isinstance(result, dict) else None
                     start, ctx = _Start(), dataclasses.replace(ctx, abandoned=threading.Event())
-                    run = queued(start, ctx, done)
+                    run = queued(start, ctx, succeeded)
                     continue
+            if run.done() and not kept:
                 assert result is not None  # only a give-up cancels a run, and it is followed by a taking back
                 if result is _NotStarted.CLAIM_LOST:
                     logger.warning("module-work: the claim on %s was lost while it waited for a thread; not run", key)
@@ -458,8 +482,14 @@ async def _run_claimed(
             wake = min(deadline, confirmed + _held_for_s())
             if renewal is None:
                 wake = min(wake, renewal_sent + HEARTBEAT_S)
-            waited: set[asyncio.Future[Any]] = {run} if renewal is None else {run, renewal}
-            await asyncio.wait(waited, timeout=max(0.0, wake - now), return_when=asyncio.FIRST_COMPLETED)
+            # A run that has ended (its output kept for a store later) is not waited for again: it is done.
+            waited: set[asyncio.Future[Any]] = set() if run.done() else {run}
+            if renewal is not None:
+                waited.add(renewal)
+            if waited:
+                await asyncio.wait(waited, timeout=max(0.0, wake - now), return_when=asyncio.FIRST_COMPLETED)
+            else:
+                await asyncio.sleep(max(0.0, wake - now))
     except asyncio.CancelledError:
         # Its batch's hold ended while it waited for a thread (its copy handed back runs it), or the host is stopping
         # (a redelivery takes the attempt over): a run still queued here must not start as well. One that never
@@ -489,7 +519,7 @@ async def _run_claimed(
 def _stopped_short(result: dict[str, Any]) -> bool:
     """Whether a run's result is only the give-up's doing: a failure its module raised as `Abandoned` once told its
     attempt was abandoned (modules that look stop then, and fail), or the store of a successful output that the
-    outage behind the give-up stopped (it carries the output, STORE_LATER). Not the attempt's result: recorded, it
+    database stopped (it carries the output, STORE_LATER). Not the attempt's result: recorded, it
     failed a step the module had never run to its own end, or whose work was done. A success stands, its work done,
     whenever it came (only its store is tried again), and so does a failure of the module's own (a refusal, a 409),
     whatever the give-up did meanwhile."""
@@ -638,12 +668,21 @@ def _run_module(
     # would run the module twice at once.
     if start.given_up:  # not worth a renewal, which would hold again a claim its copy has let go
         return _NotStarted.GIVEN_UP
-    if now >= fresh_until and not _still_held(item, key, owner):
-        return _NotStarted.CLAIM_LOST
+    try:
+        if now >= fresh_until and not _still_held(item, key, owner):
+            return _NotStarted.CLAIM_LOST
+    except psycopg.Error as exc:
+        if done is None:
+            raise
+        # The store of an output kept from this attempt's run: the module's work is done, and letting the error
+        # out failed the batch, whose redelivery ran the module again. Kept, its store is tried again later.
+        return _kept(
+            f"the storing of {item.action}'s output waited: its claim could not be renewed: {exc}", done.output
+        )
     if not start.begin():
         return _NotStarted.GIVEN_UP
     try:
-        # A module that succeeded in this attempt already (its store stopped short by a give-up) is not run again.
+        # A module that succeeded in this attempt already (its store stopped short by the database) is not run again.
         output = done.output if done is not None else run_module(item.action, ctx, item.params, modules)
         return _stored(item, key, ctx, output, deadline, ended)
     except StepFailed as exc:
@@ -659,6 +698,12 @@ class _Succeeded:
     """The output of a module that succeeded, still to be stored (STORE_LATER)."""
 
     output: Any
+
+
+def _kept(error: str, output: Any) -> dict[str, Any]:
+    """The result of a run whose module succeeded but whose output's store the database stopped: not recorded as
+    such (`_run_claimed` runs the store again, never the module), its output kept (STORE_LATER)."""
+    return {"ok": False, "error": error, "retryable": True, "stopped": True, STORE_LATER: _Succeeded(output)}
 
 
 def _stored(
@@ -694,17 +739,21 @@ def _stored(
         # storage error is; let out, it failed the whole batch, every other item of it retried with it.
         raise StepFailed(f"the storing of {item.action}'s output failed: {type(exc).__name__}: {exc}") from exc
     except psycopg.Error as exc:
-        # The look at its tenant (`kept_for_tenant`) met the database out of reach, as the outage behind a give-up
-        # does, or the tenant row held past TENANT_LOOK_S (an erasure under way, whose last blob pass removes the
-        # blob): let out, it failed the whole batch once taken back. Under a give-up it is the give-up's doing: the
-        # output is kept, and only its store runs again under the claim taken back (never the module, whose work is
-        # done). Otherwise the attempt's retryable failure.
+        # The look at its tenant (`kept_for_tenant`) met the database out of reach, or the tenant row held past its
+        # bound (an erasure under way, whose last blob pass removes the blob). Let out, it failed the whole batch.
+        # The output is kept and only its store runs again, never the module, whose work is done (STORE_LATER): once
+        # a renewal is confirmed after it or the claim is taken back after a give-up, until the deadline. Recorded
+        # as the attempt's failure instead, the record needed the database the look had just failed to reach: it
+        # failed the batch, redelivered, and the module ran again. Only a row held while the database answers (and
+        # records) and no give-up meanwhile is the attempt's retryable failure, as before: the erasure holding it
+        # ends the attempt anyway.
         why = f"{type(exc).__name__}: {exc}".strip()
-        if isinstance(exc, psycopg.errors.LockNotAvailable | psycopg.errors.QueryCanceled):
-            why = f"its tenant could not be looked at in time (its row held: an erasure under way?): {why}"
+        held = isinstance(exc, psycopg.errors.LockNotAvailable | psycopg.errors.QueryCanceled)
+        if held:
+            why = f"its tenant could not be looked at in time (an erasure holding its row, or too little time): {why}"
         error = f"the storing of {item.action}'s output failed: {why}"
-        if ctx.abandoned.is_set():
-            return {"ok": False, "error": error, "retryable": True, "stopped": True, STORE_LATER: _Succeeded(output)}
+        if ctx.abandoned.is_set() or not held:
+            return _kept(error, output)
         raise StepFailed(error) from exc
     except Exception as exc:
         # Anything else (a container that cannot be made on a bad setting, say) is the attempt's retryable

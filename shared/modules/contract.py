@@ -163,7 +163,9 @@ def _unstorable(output: Any, text: str) -> str | None:
     # digits or more: the walk that names the place runs only when one may be there.
     if "\\u0000" not in text and not _SURROGATE_ESCAPE.search(text) and not _LONG_DIGITS.search(text):
         return None
-    found = accepted_json.refusals(output, bound_integers=True)
+    # A member name that is not a string is stored as json.dumps writes it (`{200: 3}` as `{"200": 3}`), as outputs
+    # always were: refused only here, the same output was accepted or refused by whether the pre-check above ran.
+    found = accepted_json.refusals(output, bound_integers=True, names_as_dumped=True)
     return f"{found[0].pointer or '(output)'}: {found[0].detail}" if found else None
 
 

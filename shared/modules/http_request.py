@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 import httpx
 
+from shared.accepted_json import MAX_INT, MIN_INT
 from shared.modules.contract import Module, ModuleContext, StepFailed
 from shared.modules.ssrf import GuardedClient, Resolver, private_network_allowed, read_limited, system_resolver
 from shared.registry.catalog import HttpRequestParams
@@ -65,15 +66,39 @@ def allowed_hosts(ctx: ModuleContext) -> list[str]:
     return [h for h in hosts if isinstance(h, str)]
 
 
+class _BeyondBigint(ValueError):
+    """An integer in a JSON body that a bigint cannot hold."""
+
+
+def _bigint(digits: str) -> int:
+    value = int(digits)
+    if not MIN_INT <= value <= MAX_INT:
+        raise _BeyondBigint(digits)
+    return value
+
+
 def decode_body(response: httpx.Response, content: bytes, truncated: bool) -> Any:
     """JSON if the response says so and all of it was read, otherwise text."""
+    return read_body(response, content, truncated)[0]
+
+
+def read_body(response: httpx.Response, content: bytes, truncated: bool) -> tuple[Any, bool]:
+    """The body as `decode_body` answers it, and whether it is the text of a JSON body holding an integer beyond a
+    bigint (`body_as_text` in the output).
+
+    Such an integer (a 64-bit unsigned id, say) cannot be recorded exactly as a JSON number: jsonb reads it back as
+    a float, and the module's boundary refuses it, which failed the step, not retried, after the upstream call had
+    done its work, its status and headers lost. Its text is recorded instead, every digit kept, as a mislabelled
+    body's is."""
     content_type = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if not truncated and (content_type == "application/json" or content_type.endswith("+json")) and content:
         try:
-            return json.loads(content)
+            return json.loads(content, parse_int=_bigint), False
+        except _BeyondBigint:
+            return decode_text(content, response.encoding), True
         except ValueError:
             pass  # a server that mislabels its body still gets its text recorded
-    return decode_text(content, response.encoding)
+    return decode_text(content, response.encoding), False
 
 
 def decode_text(content: bytes, charset: str | None) -> str:
@@ -141,12 +166,15 @@ class HttpRequestModule(Module[HttpRequestParams]):
             except httpx.HTTPError as exc:
                 raise StepFailed(f"{params.method} {params.url} failed: {type(exc).__name__}: {exc}") from None
         status = response.status_code
+        body, as_text = read_body(response, content, truncated)
         output = {
             "status": status,
             "headers": {k: v for k, v in response.headers.items() if k.lower() in SAFE_RESPONSE_HEADERS},
-            "body": decode_body(response, content, truncated),
+            "body": body,
             "truncated": truncated,
         }
+        if as_text:
+            output["body_as_text"] = True  # JSON holding an integer beyond a bigint, recorded as its exact text
         expected = params.expect_status
         if (status not in expected) if expected else not 200 <= status < 300:
             wanted = ", ".join(map(str, expected)) if expected else "2xx"

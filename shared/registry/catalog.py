@@ -241,7 +241,10 @@ def builtin_catalog() -> ModuleCatalog:
                 "http.request",
                 HttpRequestParams,
                 timeout_s=60,
-                description="Send an HTTP request; the output is the status, headers and JSON body.",
+                description=(
+                    "Send an HTTP request; the output is the status, headers and JSON body. A JSON body holding an"
+                    " integer outside the signed 64-bit range is kept as its exact text, with body_as_text: true."
+                ),
             ),
             ModuleSpec.from_model(
                 "http.wait_healthy",

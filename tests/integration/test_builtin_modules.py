@@ -28,6 +28,8 @@ from shared.modules.ssrf import UrlRefused
 pytestmark = pytest.mark.integration
 
 LOCAL = ["127.0.0.1"]
+BIG_ID_BODY = b'{"id": 18446744073709551615, "name": "thing"}'
+"""A created resource's 64-bit unsigned id: beyond a bigint, so not recordable exactly as a JSON number."""
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -79,6 +81,8 @@ class Handler(BaseHTTPRequestHandler):
             self._reply(303, headers={"Location": "/echo?after=redirect"})
         elif path == "/loop":
             self._reply(302, headers={"Location": "/loop"})
+        elif path == "/created-big-id":
+            self._reply(201, BIG_ID_BODY, headers={"Location": "/things/1"})
         elif path == "/big":
             self._reply(200, b"x" * (100 * 1024), "text/plain")
         elif path.startswith("/healthy-after/"):
@@ -179,6 +183,19 @@ def test_http_request_unexpected_status(server: Server) -> None:
         "http.request", ctx(allowed_hosts=LOCAL), {"url": f"{base(server)}/status/404", "expect_status": [404]}
     )
     assert output["status"] == 404 and output["body"] == {"error": "nope"}
+
+
+def test_http_request_json_body_with_an_integer_beyond_a_bigint_is_recorded_as_its_exact_text(server: Server) -> None:
+    # The upstream call has done its work (201 Created): refused at the module's boundary for the integer, the step
+    # failed, not retried, its status and headers lost, the message not saying the integer came from the response.
+    params = {"method": "POST", "url": f"{base(server)}/created-big-id", "expect_status": [201]}
+    output = run_module("http.request", ctx(allowed_hosts=LOCAL), params)
+    assert output["status"] == 201 and output["headers"]["location"] == "/things/1"
+    assert output["body"] == BIG_ID_BODY.decode() and output["body_as_text"] is True
+    assert output["truncated"] is False
+    # Within a bigint, the body stays JSON and carries no such flag.
+    output = run_module("http.request", ctx(allowed_hosts=LOCAL), {"url": f"{base(server)}/echo"})
+    assert isinstance(output["body"], dict) and "body_as_text" not in output
 
 
 def test_http_request_body_is_truncated(server: Server) -> None:

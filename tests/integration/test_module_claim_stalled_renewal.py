@@ -780,3 +780,148 @@ def test_a_large_outputs_store_stops_once_the_claim_is_lost(
     # At most a try already under way when the claim was found lost; before, a try every pause for the window.
     assert store.tries - tries <= 1, (tries, store.tries)
     assert _row(app_pool, item)["state"] == "abandoned"
+
+
+class _LargeWhenOpened(Module[_NoParams]):
+    """Waits until the test opens it, then returns an output too large to keep inline; counts its runs."""
+
+    action: ClassVar[str] = "test.large_when_opened"
+    params_model = _NoParams
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+
+    def run(self, ctx: ModuleContext, params: _NoParams) -> Any:
+        self.runs += 1
+        self.entered.set()
+        self.opened.wait(BOUND_S)
+        return {"run": self.runs, "pad": "x" * 70_000}
+
+
+def _tenant_look_out_of_reach_while(outage: threading.Event, looked: threading.Event, monkeypatch: Any) -> None:
+    """The look at the tenant after a large output's store (`kept_for_tenant`) fails while `outage` is set."""
+    reachable = offboarding.tenant_transaction
+
+    @contextlib.contextmanager
+    def tenant_out_of_reach(tenant_id: uuid.UUID, **kwargs: Any) -> Iterator[Any]:
+        if outage.is_set():
+            looked.set()
+            raise psycopg.OperationalError("the database is out of reach")
+        with reachable(tenant_id, **kwargs) as conn:
+            yield conn
+
+    monkeypatch.setattr(offboarding, "tenant_transaction", tenant_out_of_reach)
+
+
+@pytest.mark.parametrize("outage_ends", ["before the give-up", "after the give-up"])
+def test_a_large_output_whose_tenant_look_fails_before_any_give_up_is_stored_once_the_database_is_back(
+    app_pool: ConnectionPool[Any],
+    tenant: uuid.UUID,
+    records: _Records,
+    holder_process: _Worker,
+    monkeypatch: pytest.MonkeyPatch,
+    outage_ends: str,
+) -> None:
+    # An outage that begins just after the upload: the look at the tenant fails within moments (a connect or pool
+    # timeout), long before the holder gives up. That failure was the attempt's, and its record needed the database
+    # the look had just failed to reach: the batch failed, was redelivered, and the module ran again. Now the output
+    # is kept and only its store runs again, once a renewal is confirmed or the claim is taken back.
+    monkeypatch.setattr(worker, "LEASE_S", 3.0)
+    monkeypatch.setattr(worker, "HEARTBEAT_S", 0.3)
+    monkeypatch.setattr(worker, "HELD_POLL_S", 0.1)
+    outage, looked = threading.Event(), threading.Event()
+    _out_of_reach_while(outage, monkeypatch)
+    _tenant_look_out_of_reach_while(outage, looked, monkeypatch)
+    renewal_failed, take_back_asked = threading.Event(), threading.Event()
+    renew, take_back = worker._still_held, worker._take_back
+
+    def observed_renewal(item: WorkItem, key: AttemptKey, owner: str) -> bool:
+        if outage.is_set() and looked.is_set():
+            renewal_failed.set()
+        return renew(item, key, owner)
+
+    def observed_take_back(item: WorkItem, key: AttemptKey, owner: str, timeout_s: float) -> Any:
+        take_back_asked.set()
+        return take_back(item, key, owner, timeout_s)
+
+    monkeypatch.setattr(worker, "_still_held", observed_renewal)
+    monkeypatch.setattr(worker, "_take_back", observed_take_back)
+    module = _LargeWhenOpened()
+    item = _dispatched(app_pool, tenant, module.action)
+    ran = asyncio.run_coroutine_threadsafe(worker.run_attempt(item, {module.action: module}), holder_process.loop)
+    try:
+        assert module.entered.wait(BOUND_S)
+        outage.set()
+        module.opened.set()
+        assert looked.wait(BOUND_S)  # its output uploaded, and its tenant looked at, during the outage
+        # The outage lasts until a renewal after the look failed (or the holder's giving up, and its taking back,
+        # began), or until the holder tried to record a result.
+        waited_for = renewal_failed if outage_ends == "before the give-up" else take_back_asked
+        assert _until(lambda: waited_for.is_set() or records.count > 0)
+    finally:
+        outage.clear()
+        module.opened.set()
+    outcome = ran.result(BOUND_S)
+    assert outcome is not None and outcome.verdict["ok"] and is_blob_ref(outcome.verdict["output"]), outcome
+    assert module.runs == 1 and records.count == 1
+    assert payloads.load(outcome.verdict["output"], tenant) == {"run": 1, "pad": "x" * 70_000}
+    row = _row(app_pool, item)
+    assert row["state"] == "succeeded" and row["output"] == outcome.verdict["output"]
+
+
+def test_a_stored_later_output_whose_renewal_fails_before_its_store_is_kept_and_its_module_runs_once(
+    app_pool: ConnectionPool[Any],
+    tenant: uuid.UUID,
+    records: _Records,
+    holder_process: _Worker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The store run again under the claim taken back after a give-up renews the claim first when it waited for its
+    # thread (FRESH_CLAIM_S: none here, so it always does); that renewal's error was let out, failing the batch,
+    # whose redelivery ran the module again though its output was kept.
+    monkeypatch.setattr(worker, "LEASE_S", 1.0)
+    monkeypatch.setattr(worker, "HEARTBEAT_S", 0.3)
+    monkeypatch.setattr(worker, "HELD_POLL_S", 0.1)
+    monkeypatch.setattr(worker, "FRESH_CLAIM_S", 0.0)
+    outage, looked = threading.Event(), threading.Event()
+    _out_of_reach_while(outage, monkeypatch)
+    _tenant_look_out_of_reach_while(outage, looked, monkeypatch)
+    on_store_thread = threading.local()
+    failed_once = threading.Event()
+    renew, run_module = worker._still_held, worker._run_module
+
+    def observed_run(*args: Any) -> Any:
+        on_store_thread.store = args[-1] is not None  # `done`: the output kept, only its store to run
+        try:
+            return run_module(*args)
+        finally:
+            on_store_thread.store = False
+
+    def fails_once_before_the_store(item: WorkItem, key: AttemptKey, owner: str) -> bool:
+        if getattr(on_store_thread, "store", False) and not failed_once.is_set():
+            failed_once.set()
+            raise psycopg.OperationalError("the database dropped out again")
+        return renew(item, key, owner)
+
+    monkeypatch.setattr(worker, "_run_module", observed_run)
+    monkeypatch.setattr(worker, "_still_held", fails_once_before_the_store)
+    module = _EndsAfterTheGiveUp("large")
+    item = _dispatched(app_pool, tenant, module.action)
+    ran = asyncio.run_coroutine_threadsafe(worker.run_attempt(item, {module.action: module}), holder_process.loop)
+    try:
+        assert _until(lambda: module.runs == 1)
+        outage.set()
+        assert module.told.wait(BOUND_S)  # given up
+        module.opened.set()
+        assert looked.wait(BOUND_S)  # its output stored, and its tenant looked at, during the outage
+    finally:
+        outage.clear()
+        module.opened.set()
+    outcome = ran.result(BOUND_S)
+    assert failed_once.is_set()  # the store's renewal failed once
+    assert outcome is not None and outcome.verdict["ok"] and is_blob_ref(outcome.verdict["output"]), outcome
+    assert module.runs == 1 and records.count == 1
+    assert payloads.load(outcome.verdict["output"], tenant) == {"run": 1, "pad": "x" * 70_000}
+    assert _row(app_pool, item)["state"] == "succeeded"

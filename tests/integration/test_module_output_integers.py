@@ -81,3 +81,28 @@ def test_an_integer_within_a_bigint_and_a_long_number_in_a_string_come_back_exac
     assert row["state"] == "succeeded"
     recorded = row["output"]["id"]
     assert recorded == value and type(recorded) is type(value), row
+
+
+@pytest.mark.parametrize("long_value", [None, 1733616000000000000, "ORD-1234567890123456789"])
+def test_member_names_that_are_not_strings_are_stored_as_json_writes_them_whatever_else_the_output_holds(
+    app_pool: ConnectionPool[Any], tenant: uuid.UUID, long_value: int | str | None
+) -> None:
+    # The walk that names a refused place ran only when a pre-check found 19 digits in a row (or a NUL or surrogate
+    # escape), and refused a member name that is not a string: `{"by_status": {200: 3}}` was recorded, but the same
+    # output with a bigint timestamp or an order number beside it failed its step, not retried.
+    output: dict[str, Any] = {"by_status": {200: 3, True: 1, None: 0, 1.5: 2}}
+    if long_value is not None:
+        output["beside"] = long_value
+    module = _Returns(output)
+    item = _dispatched(app_pool, tenant, module.action)
+    raiser = _Raiser()
+    batch = _Batch([item], raiser, {module.action: module})
+    batch.start()
+    assert batch.outcome() == 1
+    (verdict,) = raiser.to(item.execution_id)
+    assert verdict["ok"] is True, verdict
+    row = _row(app_pool, item)
+    assert row["state"] == "succeeded", row
+    assert row["output"]["by_status"] == {"200": 3, "true": 1, "null": 0, "1.5": 2}, row
+    if long_value is not None:
+        assert row["output"]["beside"] == long_value
