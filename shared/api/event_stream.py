@@ -24,7 +24,15 @@ from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from shared.api.admission import get_admission
-from shared.api.problems import invalid_fields, json_pointer, too_many_requests, unknown_tenant
+from shared.api.problems import (
+    CONFLICT_ERRORS,
+    ProblemError,
+    invalid_fields,
+    json_pointer,
+    too_many_requests,
+    unavailable_dependency,
+    unknown_tenant,
+)
 from shared.api.security import RequestContext, refuse_suspended
 from shared.db.session import platform_transaction
 from shared.engine.event_wakeup import get_event_wakeup, recheck_s
@@ -82,6 +90,12 @@ TENANT_SUSPENDED = b": access ended: tenant_suspended\n\n"
 FORBIDDEN = b": access ended: forbidden\n\n"
 """The stream's last message when a tenant policy added since it started forbids its caller to read the execution;
 reconnecting is then a 403 `forbidden`."""
+NOT_FOUND = b": access ended: not_found\n\n"
+"""The stream's last message when its execution is gone (erased or deleted) while it is open, found by a read of its
+events or by deciding its read again; reconnecting is then a 404."""
+Readable = Literal["allowed", "forbidden", "not_found"]
+"""Whether a stream's caller may still read its execution: allowed, forbidden by a tenant policy, or the execution is
+gone."""
 
 
 class Progress(Protocol):
@@ -106,6 +120,22 @@ ReadPage = Callable[[int, int], Awaitable[tuple[Progress, list[ExecutionEvent]]]
 stands."""
 Render = Callable[[ExecutionEvent], bytes]
 T = TypeVar("T")
+
+
+def _gone(exc: BaseException) -> bool:
+    """Whether `exc` says the stream's execution is gone (a read's or a decision's 404): its stream ends NOT_FOUND."""
+    return isinstance(exc, ProblemError) and exc.status == 404
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """Whether `exc` is a failure a stream expects now and then and logs without its traceback: a dependency out of
+    reach (the database down, the pool exhausted), a transaction rolled back for a concurrent one's sake, or another
+    problem answered 5xx. Anything else is a bug, logged with its traceback."""
+    return (
+        unavailable_dependency(exc) is not None
+        or isinstance(exc, CONFLICT_ERRORS)
+        or (isinstance(exc, ProblemError) and exc.status >= 500)
+    )
 
 
 def _accepts(accept: str | None, kinds: Collection[str]) -> bool:
@@ -250,7 +280,10 @@ class ExecutionFeed:
         self.ended = False
         """The terminal event has been read: nothing more will come."""
         self.failed = False
-        """Reading failed (the database is unreachable): its streams end and their clients reconnect."""
+        """Reading failed (the database is unreachable, or the execution is gone): its streams end and their clients
+        reconnect."""
+        self.gone = False
+        """Reading failed because the execution is gone (erased or deleted): its streams end NOT_FOUND."""
         self._changed = asyncio.Condition()
         self._readers = 0
         self._task: asyncio.Task[None] | None = None
@@ -360,8 +393,12 @@ class ExecutionFeed:
                             await waiter.event.wait()
         except asyncio.CancelledError:
             raise
-        except Exception:
-            logger.exception("the event feed of execution %s stopped reading", self._key[2])
+        except Exception as exc:
+            if _gone(exc):
+                logger.info("the event feed of execution %s stopped reading: the execution is gone", self._key[2])
+                self.gone = True
+            else:
+                logger.exception("the event feed of execution %s stopped reading", self._key[2])
             self.failed = True
             if _FEEDS.get(self._key) is self:
                 del _FEEDS[self._key]
@@ -487,9 +524,10 @@ class StreamAccess:
     """The caller's Entra tenant, by which the directory knows the tenant."""
     expires_at: float
     """When the caller's token is refused (a POSIX time): its `exp` plus the validator's leeway."""
-    readable: Callable[[], Awaitable[bool]] | None = None
-    """Whether the caller may still read the stream's execution, as a new request's read would be decided now (False:
-    a tenant policy forbids it); asked at each of the tenant's looks, so it must be cheap while nothing changed."""
+    readable: Callable[[], Awaitable[Readable]] | None = None
+    """Whether the caller may still read the stream's execution, as a new request's read would be decided now
+    ("forbidden": a tenant policy forbids it; "not_found": the execution is gone); asked at each of the tenant's looks,
+    so it must be cheap while nothing changed."""
 
     async def tenant_active(self) -> bool:
         """Whether the tenant is still active, as the edge admits its requests: from the directory's cache, or read
@@ -558,7 +596,9 @@ def follow(
     With `access`, it also ends when its caller's token expires (or at `max_s`, whichever comes first) and, within
     TENANT_LOOK_S, once its tenant is no longer active or a tenant policy forbids the read (`access.readable`); its
     last message then says why (TOKEN_EXPIRED, TENANT_SUSPENDED, FORBIDDEN), and a client that reconnects is answered
-    as any new request of the caller is.
+    as any new request of the caller is. A stream whose execution is gone (a read of its events, or the read decided
+    again, finds none) ends NOT_FOUND; one that cannot look (the database out of reach) ends with a warning, and its
+    client reconnects.
 
     `page` (the request's `limit`) is what `read` returns at most; with `read_page`, which reads as many as it is
     asked for, the feed and a stream's backlog read pages of up to CATCH_UP_PAGE instead: the same messages, in fewer
@@ -599,18 +639,33 @@ async def _follow(
             if access is not None and time.monotonic() >= look_at:
                 try:
                     active = await access.tenant_active()
-                    readable = active and (access.readable is None or await access.readable())
-                except Exception:
-                    # As when its feed cannot read: the stream ends and its client reconnects, admitted afresh.
-                    logger.exception("an event stream of tenant %s could not look at its tenant or its read", tenant_id)
+                    readable: Readable = "allowed"
+                    if active and access.readable is not None:
+                        readable = await access.readable()
+                except Exception as exc:
+                    # As when its feed cannot read: the stream ends and its client reconnects, admitted afresh. The
+                    # database out of reach is no bug: a warning, without the traceback of each open stream.
+                    if not _unavailable(exc):
+                        logger.exception("an event stream of tenant %s could not look at its tenant or read", tenant_id)
+                        return
+                    logger.warning(
+                        "an event stream of tenant %s ended: it could not look at its tenant or its read (%s: %s)",
+                        tenant_id,
+                        type(exc).__name__,
+                        exc,
+                    )
                     return
                 if not active:
                     logger.info("an event stream of tenant %s ended: the tenant is not active", tenant_id)
                     yield TENANT_SUSPENDED
                     return
-                if not readable:
+                if readable == "forbidden":
                     logger.info("an event stream of tenant %s ended: a tenant policy forbids reading it", tenant_id)
                     yield FORBIDDEN
+                    return
+                if readable == "not_found":
+                    logger.info("an event stream of execution %s ended: the execution is gone", execution_id)
+                    yield NOT_FOUND
                     return
                 look_at = time.monotonic() + TENANT_LOOK_S
             if feed.read_once:
@@ -619,8 +674,12 @@ async def _follow(
                     # backlog from the database, a page at a time, read on only as the client takes what was sent.
                     try:
                         _, items = await _admitted_read(tenant_id, reads.read_page, after, size)
-                    except Exception:
-                        logger.exception("an event stream of execution %s could not read its backlog", execution_id)
+                    except Exception as exc:
+                        if not _gone(exc):
+                            logger.exception("an event stream of execution %s could not read its backlog", execution_id)
+                            return
+                        logger.info("an event stream of execution %s ended: the execution is gone", execution_id)
+                        yield NOT_FOUND
                         return
                     if not items:
                         return  # the events before the feed's were erased: nothing to resume from
@@ -651,6 +710,9 @@ async def _follow(
                 if feed.ended:
                     return
             if feed.failed:
+                if feed.gone:
+                    logger.info("an event stream of execution %s ended: the execution is gone", execution_id)
+                    yield NOT_FOUND
                 return
             # Woken by an event, or when a keep-alive, the tenant's look or the stream's end is due.
             wake_at = min(keepalive_at, look_at, slot.deadline)

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from functools import lru_cache
@@ -96,6 +97,12 @@ class EventWakeup:
     also re-reads on its own now and then (`recheck_s`: often while nobody listens, seldom while the connection is
     up), so nothing depends on delivery. A connection that drops wakes every waiter too, so that each waits the short
     interval from then on, not the long one it started with.
+
+    These wake-ups of a change of the connection (a connect, a drop) come at most once per DOWN_RECHECK_S: each is a
+    read for every stream's feed and long poll of the process, and a connection that flaps (dropped as soon as it is
+    made) woke them twice per flap. One due sooner is put off until then, and covers every change meanwhile, so a
+    waiter is still woken within DOWN_RECHECK_S of any change (a waiter that was already woken since reads on its own
+    every DOWN_RECHECK_S while nobody listens).
     """
 
     def __init__(self, connect: Connect, *, reconnect_delay_s: float = _RECONNECT_DELAY_S) -> None:
@@ -110,6 +117,10 @@ class EventWakeup:
         """Set while the connection listens (cleared when it drops)."""
         self.connections = 0
         """How many times the listener has (re)connected."""
+        self._changed_woken_at = -float("inf")
+        """When (monotonic) the waiters were last woken for a change of the connection."""
+        self._changed_wake: threading.Timer | None = None
+        """That wake-up, put off until DOWN_RECHECK_S after the last one (None: none is due)."""
 
     # ------------------------------------------------------------------ waiters (event loop side)
     def subscribe(self, execution_id: UUID) -> Waiter:
@@ -163,6 +174,10 @@ class EventWakeup:
         if thread is not None:
             thread.join(timeout)
         self._thread = None
+        with self._lock:
+            timer, self._changed_wake = self._changed_wake, None
+        if timer is not None:
+            timer.cancel()
 
     @property
     def backend_pid(self) -> int | None:
@@ -178,7 +193,7 @@ class EventWakeup:
                     self._conn = conn
                     self.connections += 1
                     self.listening.set()
-                    self._wake_all()  # whatever was appended while nobody listened
+                    self._wake_all_changed()  # whatever was appended while nobody listened
                     while not self._stopping.is_set():
                         for notify in conn.notifies(timeout=_READ_TIMEOUT_S):
                             self._dispatch(notify.payload)
@@ -191,7 +206,7 @@ class EventWakeup:
                     self.listening.clear()
                     # Notifications are lost from now until the next connect: each waiter reads again at once and
                     # then on its own every DOWN_RECHECK_S, not after the LISTENING_RECHECK_S it was waiting out.
-                    self._wake_all()
+                    self._wake_all_changed()
             self._stopping.wait(self._reconnect_delay_s)
 
     def _dispatch(self, payload: str) -> None:
@@ -210,6 +225,31 @@ class EventWakeup:
             waiters = [w for group in self._waiters.values() for w in group]
         for waiter in waiters:
             waiter.wake()
+
+    def _wake_all_changed(self) -> None:
+        """Wake every waiter for a change of the connection: now, or, when the last such wake-up was less than
+        DOWN_RECHECK_S ago, then (one wake-up put off covers every change until it comes)."""
+        with self._lock:
+            if self._changed_wake is not None:
+                return  # the wake-up put off covers this change too
+            wait = self._changed_woken_at + DOWN_RECHECK_S - time.monotonic()
+            if wait > 0:
+                timer = threading.Timer(wait, self._wake_all_changed_now)
+                timer.daemon = True
+                self._changed_wake = timer
+                timer.start()
+                return
+            self._changed_woken_at = time.monotonic()
+        self._wake_all()
+
+    def _wake_all_changed_now(self) -> None:
+        """The wake-up `_wake_all_changed` put off, when it is due (on its timer's thread)."""
+        with self._lock:
+            if self._changed_wake is None:
+                return  # stopped meanwhile
+            self._changed_wake = None
+            self._changed_woken_at = time.monotonic()
+        self._wake_all()
 
 
 def recheck_s(wakeup: EventWakeup | None) -> float:

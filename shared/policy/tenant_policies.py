@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import Future
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
@@ -205,25 +206,72 @@ class _PolicyCache:
         self._clock = 0
         self._forgotten: OrderedDict[UUID, int] = OrderedDict()
         self._forgotten_floor = 0
+        # The read under way per tenant (at most one outside a caller's transaction), with the clock when it began.
+        self._reading: dict[UUID, tuple[int, Future[tuple[str, ...]]]] = {}
+
+    def cached(self, tenant_id: UUID) -> tuple[str, ...] | None:
+        """The tenant's texts while the entry read last is fresh (younger than the TTL, and no change since), else
+        None: a lookup only, never a read, so an event loop may ask it without a thread hop."""
+        with self._lock:
+            hit = self._entries.get(tenant_id)
+        if hit is not None and time.monotonic() - hit[0] < _CACHE_TTL_S:
+            return hit[1]
+        return None
 
     def get(self, tenant_id: UUID) -> tuple[str, ...]:
-        """The tenant's policy texts, read again after the TTL or a change; equal texts come back as one tuple."""
+        """The tenant's texts, read again after the TTL or a change; equal texts come back as one tuple. One read
+        at a time per tenant: callers that find a read under way that began after the tenant's last change wait for
+        its answer instead of reading too (at an entry's expiry every decision and stream look of the tenant would
+        otherwise borrow a pooled connection at once, outside the tenant's permit)."""
         now = time.monotonic()
+        # Inside the caller's open transaction of this tenant the read joins it: borrowing a second connection there
+        # is how concurrent requests end up waiting on each other for the whole pool. What it reads may hold its own
+        # uncommitted changes, so it neither waits for another's read nor lets others wait for it.
+        joined = held_transaction(tenant_id)
         with self._lock:
             hit = self._entries.get(tenant_id)
             started = self._clock
-        if hit is not None and now - hit[0] < _CACHE_TTL_S:
-            return hit[1]
-        # Inside the caller's open transaction of this tenant the read joins it: borrowing a second connection
-        # there is how concurrent requests end up waiting on each other for the whole pool.
-        joined = held_transaction(tenant_id)
+            if hit is not None and now - hit[0] < _CACHE_TTL_S:
+                return hit[1]
+            under_way = self._reading.get(tenant_id) if joined is None else None
+            if under_way is not None and self._forgotten.get(tenant_id, self._forgotten_floor) <= under_way[0]:
+                flight = under_way[1]  # a read that began after the last change: its answer is this caller's too
+            else:
+                # Its own read: none is under way, one that is began before a change (it may answer the texts from
+                # before it), or the caller's transaction holds the read. Callers after it wait for it.
+                flight = None
+                leading: Future[tuple[str, ...]] = Future()
+                if joined is None:
+                    self._reading[tenant_id] = (started, leading)
+        if flight is not None:
+            return flight.result()
         if joined is not None:
             texts = _read_texts(joined)
             # What that transaction saw may include its own uncommitted changes: not worth keeping if they vanish.
             when_released(joined, lambda: self.forget(tenant_id), only="rollback")
-        else:
+            return self._keep(tenant_id, now, started, texts)
+        try:
             with tenant_transaction(tenant_id) as conn:
                 texts = _read_texts(conn)
+            texts = self._keep(tenant_id, now, started, texts)
+        except BaseException as exc:
+            self._land(tenant_id, leading)
+            leading.set_exception(exc)  # those waiting fail as this caller does, not one read after another
+            raise
+        self._land(tenant_id, leading)
+        leading.set_result(texts)
+        return texts
+
+    def _land(self, tenant_id: UUID, flight: Future[tuple[str, ...]]) -> None:
+        """The read `flight` has its answer: callers from now on read (or find the entry) themselves."""
+        with self._lock:
+            under_way = self._reading.get(tenant_id)
+            if under_way is not None and under_way[1] is flight:
+                del self._reading[tenant_id]
+
+    def _keep(self, tenant_id: UUID, now: float, started: int, texts: tuple[str, ...]) -> tuple[str, ...]:
+        """Keep `texts`, read from `now` by a read that began at the clock's `started`, unless a change was forgotten
+        since; equal texts come back as the tuple read before."""
         with self._lock:
             if self._forgotten.get(tenant_id, self._forgotten_floor) > started:
                 # A change committed (and was forgotten) while this read ran: what it read may predate the change,

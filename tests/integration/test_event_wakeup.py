@@ -199,6 +199,55 @@ def test_waiters_are_woken_when_the_listener_loses_its_connection(api: ApiHarnes
         wakeup.stop()
 
 
+FLAPS = 12
+"""How many times the flapping listener's connection is dropped as soon as it is made."""
+
+
+def test_a_flapping_listener_wakes_its_waiters_at_most_once_per_short_interval(api: ApiHarness) -> None:
+    """Each wake-up is a read for every feed and long poll of the process: a listener whose connection drops as soon
+    as it is made wakes its waiters for the changes at most once per DOWN_RECHECK_S, not at each connect and each
+    drop (6 drops in 6 s woke a waiter 11 times)."""
+    wakeup = EventWakeup(lambda: psycopg.connect(api.app_url, autocommit=True), reconnect_delay_s=0.2)
+
+    def flap() -> None:
+        with psycopg.connect(api.admin_url, autocommit=True) as admin:
+            for _ in range(FLAPS):
+                _eventually(lambda: wakeup.backend_pid is not None, "the listener connects")
+                admin.execute("SELECT pg_terminate_backend(%s)", (wakeup.backend_pid,))
+                _eventually(lambda: wakeup.backend_pid is None, "the listener loses its connection")
+
+    async def scenario() -> tuple[int, float]:
+        waiter = wakeup.subscribe(uuid.uuid4())
+        wakeups = 0
+
+        async def count() -> None:
+            nonlocal wakeups
+            while True:
+                await waiter.event.wait()
+                waiter.clear()
+                wakeups += 1
+
+        counting = asyncio.create_task(count())
+        try:
+            started = time.monotonic()
+            await asyncio.to_thread(flap)
+            await asyncio.to_thread(_eventually, wakeup.listening.is_set, "the listener is back")
+            # What was put off comes within DOWN_RECHECK_S of the last change: counted too.
+            await asyncio.sleep(event_wakeup.DOWN_RECHECK_S + 0.5)
+            return wakeups, time.monotonic() - started
+        finally:
+            counting.cancel()
+            waiter.close()
+
+    try:
+        wakeups, elapsed = asyncio.run(scenario())
+    finally:
+        wakeup.stop()
+    assert wakeup.connections > FLAPS
+    # The first connect's wake-up, then at most one per DOWN_RECHECK_S (a generous factor: a count bound).
+    assert 1 <= wakeups <= 2 + 1.5 * elapsed / event_wakeup.DOWN_RECHECK_S, (wakeups, elapsed)
+
+
 def test_an_idle_long_poll_reads_again_only_at_its_end_while_the_listener_listens(
     api: ApiHarness, app_pool: ConnectionPool[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 import threading
 import time
 import uuid
@@ -22,6 +23,7 @@ from typing import Any
 
 import httpx
 import jwt
+import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 from starlette.requests import Request
@@ -46,6 +48,10 @@ READER = ["Intent.Reader"]
 TOKEN_EXPIRED = b": access ended: token_expired\n\n"
 TENANT_SUSPENDED = b": access ended: tenant_suspended\n\n"
 FORBIDDEN = b": access ended: forbidden\n\n"
+NOT_FOUND = b": access ended: not_found\n\n"
+UNRELATED = (
+    'forbid (principal, action == QP::Action::"intent.execute", resource) when { resource.labels.contains("x=1") };'
+)
 VALID_S = 5
 """How much longer the short token is accepted when it is minted: time for the request that opens the stream."""
 MAX_S = 40
@@ -192,6 +198,42 @@ def test_a_stream_ends_when_a_tenant_policy_forbids_reading_it(
     # The client's reconnect is refused, as a new request for the execution is.
     again = api.client.get(url, headers={**headers, "Accept": "text/event-stream"})
     assert again.status_code == 403 and again.json()["reason"] == "denied_by_tenant_policy", again.text
+
+
+def test_a_stream_whose_execution_is_deleted_ends_not_found(
+    api: ApiHarness, app_pool: ConnectionPool[Any], limits: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The execution's row goes while its stream is open, and a tenant policy that has nothing to do with it is added:
+    the read decided again finds no execution, and the stream ends saying so, as an expected end (no error logged).
+    Before, it ended with no last comment and an ERROR with the 404's traceback."""
+    tenant = provision(api, "stream-deleted")
+    (execution_id,) = _executions(api, app_pool, tenant, {"team": "web"})
+    url = f"/api/v1/executions/{execution_id}/events"
+    headers = api.headers(tenant, READER)
+
+    def delete_and_add_a_policy() -> None:
+        with psycopg.connect(api.admin_url, dbname="quantum", autocommit=True) as admin, admin.transaction():
+            admin.execute("SET LOCAL session_replication_role = replica")  # the row alone, its events left behind
+            admin.execute("DELETE FROM app.executions WHERE id = %s", (execution_id,))
+        _forbid(api, tenant, "unrelated", UNRELATED)
+
+    async def scenario(seen: Seen) -> None:
+        reading = asyncio.create_task(_read(api.client.app, _scope(url, headers), seen))
+        await seen.started.wait()
+        await asyncio.to_thread(delete_and_add_a_policy)
+        await reading
+
+    seen = Seen()
+    assert api.client.portal is not None
+    with caplog.at_level(logging.INFO):
+        api.client.portal.call(scenario, seen)
+
+    assert seen.status == 200 and seen.ids, seen.body[:300]
+    assert seen.finished and seen.body.endswith(NOT_FOUND), seen.body[-300:]
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert errors == [], [record.getMessage() for record in errors]
+    again = api.client.get(url, headers={**headers, "Accept": "text/event-stream"})
+    assert again.status_code == 404, again.text
 
 
 def test_a_waiting_long_poll_is_refused_when_a_tenant_policy_forbids_reading(

@@ -37,7 +37,7 @@ from shared.engine.views import step_views, wait_reason
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from shared.policy.actions import Action
 from shared.policy.authorizer import Decision, Resource
-from shared.policy.tenant_policies import tenant_policy_texts
+from shared.policy.tenant_policies import policy_cache, tenant_policy_texts
 from shared.registry.repository import version_labels
 
 router = APIRouter(prefix="/api/v1/executions", tags=["executions"], route_class=GuardedRoute)
@@ -469,7 +469,8 @@ _EVENT_STREAM_DOC = (
     "at or past the last event of an execution that has ended is answered 204. It also ends when the caller's token "
     "expires (last a `: access ended: token_expired` comment; resume with a renewed token), within seconds of the "
     "tenant's suspension (last a `: access ended: tenant_suspended` comment), and within seconds of a tenant policy "
-    "that forbids the caller to read the execution (last a `: access ended: forbidden` comment)."
+    "that forbids the caller to read the execution (last a `: access ended: forbidden` comment), or when the execution "
+    "is gone (its tenant erased; last a `: access ended: not_found` comment)."
 )
 _KEEPALIVE_HEADER_DOC = {
     "description": "Server-sent events only: how often, in seconds, the stream sends its `: keep-alive` comment when "
@@ -636,24 +637,31 @@ class _ReadDecision:
         if policies is not None:
             await self._decide(policies)
 
-    async def stream_readable(self) -> bool:
+    async def stream_readable(self) -> event_stream.Readable:
         """For a stream (`StreamAccess.readable`), which holds no permit: whether the caller may still read; decided
-        again (when the policies changed) under a permit of the tenant, as the stream's reads are. False when refused
-        (403)."""
+        again (when the policies changed) under a permit of the tenant, as the stream's reads are. "forbidden" when
+        refused (403), "not_found" when the execution is gone (404); anything else it raises (the database out of
+        reach), and the stream ends."""
         policies = await self._changed()
         if policies is None:
-            return True
+            return "allowed"
         try:
             await event_stream.admitted(self._context.tenant.id, lambda: self._decide(policies))
         except ProblemError as problem:
             if problem.status == 403:
-                return False
+                return "forbidden"
+            if problem.status == 404:
+                return "not_found"
             raise
-        return True
+        return "allowed"
 
     async def _changed(self) -> tuple[str, ...] | None:
-        """The tenant's policy texts now when they differ from those of the last decision, else None."""
-        policies = await run_in_threadpool(tenant_policy_texts, self._context.tenant.id)
+        """The tenant's policy texts now when they differ from those of the last decision, else None: from the policy
+        cache on the event loop while its entry is fresh (most looks), else read on a worker thread (one read per
+        tenant at a time, which the others wait for)."""
+        policies = policy_cache.cached(self._context.tenant.id)
+        if policies is None:
+            policies = await run_in_threadpool(tenant_policy_texts, self._context.tenant.id)
         return None if policies == self._policies else policies
 
     async def _decide(self, policies: tuple[str, ...]) -> None:

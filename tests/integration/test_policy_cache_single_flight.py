@@ -1,0 +1,117 @@
+# intent_ref: platform.access-control
+"""A tenant's policy texts are read once per expiry, not once per caller (ADR 0031, amended 2026-12-07): callers that
+find the entry expired while a read of it is under way wait for that read's answer. Before, every decision and every
+stream's look at the entry's expiry read the texts itself (100 looks at once: 40 reads, up to 6 at a time), each on a
+pooled connection outside the tenant's permit. A read under way that began before a change on this instance is not
+waited for: a caller after the change reads the texts as changed."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+from shared.db.session import tenant_transaction
+from shared.policy import tenant_policies
+from shared.policy.tenant_policies import policy_cache, tenant_policy_texts
+from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
+
+pytestmark = pytest.mark.integration
+
+CALLERS = 32
+FORBID = 'forbid (principal, action == QP::Action::"execution.read", resource) when { resource.labels.contains("%s") };'
+
+
+def _add_policy(tenant_id: UUID, name: str) -> None:
+    """A policy committed on this instance, forgotten by the cache as the API's create does."""
+    with tenant_transaction(tenant_id) as conn:
+        conn.execute(
+            "INSERT INTO app.tenant_policies (tenant_id, name, description, policy, created_by)"
+            " VALUES (%s, %s, '', %s, 'test')",
+            (tenant_id, name, FORBID % f"{name}=1"),
+        )
+        policy_cache.forget_now_and_after(conn, tenant_id)
+
+
+def _expire(tenant_id: UUID) -> None:
+    """Age the tenant's entry past the TTL, as time would."""
+    with policy_cache._lock:
+        _, texts = policy_cache._entries[tenant_id]
+        policy_cache._entries[tenant_id] = (-tenant_policies._CACHE_TTL_S, texts)
+
+
+@dataclass
+class Reads:
+    """The cache's reads of the database (real ones), counted."""
+
+    count: int = 0
+    pauses: list[threading.Event] = field(default_factory=list)
+    """The next read waits for the first of these once it has read, before it answers (others arrive meanwhile)."""
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[Reads]:
+    real = tenant_policies._read_texts
+    seen = Reads()
+
+    def counted(conn: Any) -> tuple[str, ...]:
+        texts = real(conn)
+        seen.count += 1
+        if seen.pauses:
+            assert seen.pauses.pop(0).wait(20)
+        return texts
+
+    monkeypatch.setattr(tenant_policies, "_read_texts", counted)
+    yield seen
+
+
+def test_callers_at_an_expiry_wait_for_one_read(api: ApiHarness, reads: Reads) -> None:  # noqa: F811
+    tenant_id = api.provision("policy-single-flight").id
+    _add_policy(tenant_id, "one")
+    texts = tenant_policy_texts(tenant_id)
+    assert reads.count == 1
+    _expire(tenant_id)
+    released = threading.Event()
+    reads.pauses.append(released)
+    start = threading.Barrier(CALLERS)
+
+    def call(_: int) -> tuple[str, ...]:
+        start.wait()
+        return tenant_policy_texts(tenant_id)
+
+    with ThreadPoolExecutor(CALLERS) as pool:
+        answers = pool.map(call, range(CALLERS))
+        while reads.count < 2:  # the first read has reached the database; the others arrive while it answers
+            threading.Event().wait(0.01)
+        threading.Event().wait(0.2)
+        released.set()
+        answers = list(answers)
+    assert reads.count == 2, reads.count  # one for the 32 callers at the expiry
+    assert answers == [texts] * CALLERS
+
+
+def test_a_caller_after_a_change_does_not_wait_for_a_read_from_before_it(
+    api: ApiHarness,  # noqa: F811
+    reads: Reads,
+) -> None:
+    tenant_id = api.provision("policy-single-flight-change").id
+    _add_policy(tenant_id, "one")
+    before = tenant_policy_texts(tenant_id)
+    _expire(tenant_id)
+    released = threading.Event()
+    reads.pauses.append(released)
+    with ThreadPoolExecutor(1) as pool:
+        early = pool.submit(tenant_policy_texts, tenant_id)  # reads, then waits before it answers
+        while reads.count < 2:  # it has read
+            threading.Event().wait(0.01)
+        _add_policy(tenant_id, "two")  # committed (and forgotten) while that read is under way
+        after = tenant_policy_texts(tenant_id)
+        released.set()
+        assert early.result(20) == before
+    assert len(after) == 2 and after[:1] == before, after
+    assert reads.count == 3  # the caller after the change read the texts itself
