@@ -194,12 +194,13 @@ def begin_deciding(
                 # unknown intent or version): a caller refused costs no check, and its refusal's timing tells
                 # nothing of the schema.
                 authorized_item(conn, request, authorize)
-                # A start the quota refuses is refused here, before its input is checked (up to seconds of CPU, and
-                # a turn at the check gate): the same refusal the start makes under the tenant's lock, which still
-                # makes it (this read holds no lock). A replay (its key finds an execution) is not counted, nor a
-                # child (exempt from the quota).
-                refuse_over_quota(conn, tenant, request)
                 pending = input_to_check(conn, request)
+                if pending is not None:
+                    # A start the quota refuses is refused here, before its input is checked (up to seconds of CPU,
+                    # and a turn at the check gate): the same refusal the start makes under the tenant's lock, which
+                    # still makes it (this read holds no lock). A replay (its key finds an execution) is not counted,
+                    # nor a child (exempt from the quota); a start with nothing to check pays nothing for it.
+                    refuse_over_quota(conn, tenant, request)
             return None if pending is None else (pending, tenant.facts())
 
         return checked_first(read, start, tenant_id=tenant.id, wait_s=check_wait_s)
