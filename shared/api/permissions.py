@@ -59,7 +59,7 @@ from pydantic import BaseModel, BeforeValidator, PlainValidator, RootModel, Wrap
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope
 
-from shared.accepted_json import MAX_REFUSALS, NotAcceptedJSONError, TenantParses
+from shared.accepted_json import MAX_REFUSALS, NotAcceptedJSONError
 from shared.api.accepted_input import (
     ACCEPTED_DOCUMENT,
     UNPARSED_BODY,
@@ -73,6 +73,7 @@ from shared.api.security import RequestContext, authenticated
 from shared.api.transactions import PERMITTED, in_route_transaction
 from shared.audit import AuditRecord, get_audit_store
 from shared.auth.principal import APP_ROLES, Principal
+from shared.loop_limiters import LoopTenantParses
 from shared.policy.actions import Action
 from shared.policy.authorizer import Decision, Reason, Resource, TenantFacts, get_authorizer, refusal_detail
 from shared.policy.facts import TENANT_ACTIVE
@@ -256,7 +257,9 @@ after the other and only crowd out the event loop that every tenant's requests r
 (50 such bodies of one tenant that parse and are then refused), another tenant's read took 1.2-1.7 s with five
 parses at once, 0.2-0.5 s with one. A tenant's parses queue on the event loop, holding no thread, and never behind
 another tenant's."""
-_TENANT_PARSES = TenantParses(TENANT_PARSE_THREADS)
+_TENANT_PARSES = LoopTenantParses(TENANT_PARSE_THREADS)
+"""Per event loop (shared.loop_limiters): one limiter shared by every loop, the API served on a few threads each with
+its own loop, hung the loops after the first."""
 
 
 async def _parse_held_body(request: Request, tenant_id: UUID) -> None:

@@ -248,8 +248,12 @@ def bounded_lock_waits(timeout_ms: int = TIMER_LOCK_TIMEOUT_MS) -> Iterator[None
 
 
 @contextmanager
-def _borrow(pool: ConnectionPool[Any]) -> Iterator[tuple[psycopg.Connection[Any], _Hold]]:
-    """Borrow from `pool` as this context's hold; what was deferred to its release runs once it is back."""
+def _borrow(
+    pool: ConnectionPool[Any], timeout_s: float | None = None
+) -> Iterator[tuple[psycopg.Connection[Any], _Hold]]:
+    """Borrow from `pool` as this context's hold; what was deferred to its release runs once it is back.
+
+    `timeout_s` bounds the wait for a connection (psycopg_pool.PoolTimeout past it); None waits the pool's timeout."""
     if not _nesting_allowed.get() and any(hold.pool is pool for hold in _holds.get()):
         _refuse_nested_borrow(pool)
     hold = _Hold(pool)
@@ -259,7 +263,7 @@ def _borrow(pool: ConnectionPool[Any]) -> Iterator[tuple[psycopg.Connection[Any]
     failure: BaseException | None = None
     try:
         asked = time.perf_counter()
-        with pool.connection() as conn:
+        with pool.connection(timeout=timeout_s) as conn:
             metrics.pool_wait(pool.name, time.perf_counter() - asked)
             hold.conn = conn
             try:
@@ -417,9 +421,12 @@ def _bounded(
 
 
 @contextmanager
-def _transaction(pool: ConnectionPool[Any], prologue: _Prologue) -> Iterator[psycopg.Connection[DictRow]]:
-    """Borrow a connection, open a transaction and run its prologue, all in one round trip to the server."""
-    with _borrow(pool) as (conn, hold):
+def _transaction(
+    pool: ConnectionPool[Any], prologue: _Prologue, borrow_timeout_s: float | None = None
+) -> Iterator[psycopg.Connection[DictRow]]:
+    """Borrow a connection (waiting at most `borrow_timeout_s` when given, else the pool's timeout), open a
+    transaction and run its prologue, all in one round trip to the server."""
+    with _borrow(pool, borrow_timeout_s) as (conn, hold):
         # The connections are autocommit: the script's BEGIN opens the transaction, so a `conn.transaction()` in
         # the block is a savepoint, and the caller's statements run (and fail) one by one as usual.
         try:
@@ -487,10 +494,13 @@ def _write(pool: ConnectionPool[Any], prologue: _Prologue) -> Iterator[psycopg.C
 
 @contextmanager
 def tenant_transaction(
-    tenant_id: UUID, *, pool: ConnectionPool[Any] | None = None
+    tenant_id: UUID, *, pool: ConnectionPool[Any] | None = None, borrow_timeout_s: float | None = None
 ) -> Iterator[psycopg.Connection[DictRow]]:
-    """Open one transaction, as the runtime role, in which RLS sees only `tenant_id`'s rows."""
-    with _transaction(pool or get_pool(), _tenant_prologue(tenant_id)) as conn:
+    """Open one transaction, as the runtime role, in which RLS sees only `tenant_id`'s rows.
+
+    `borrow_timeout_s` bounds the wait for a pooled connection (psycopg_pool.PoolTimeout past it); None waits the
+    pool's timeout."""
+    with _transaction(pool or get_pool(), _tenant_prologue(tenant_id), borrow_timeout_s) as conn:
         yield conn
 
 

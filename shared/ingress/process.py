@@ -16,8 +16,6 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import threading
-import weakref
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -36,7 +34,6 @@ from shared import telemetry
 from shared.accepted_json import (
     MAX_BODY_CONTAINERS,
     NotAcceptedJSONError,
-    TenantParses,
     containers,
     loads,
     too_many_containers,
@@ -55,6 +52,7 @@ from shared.ingress.rejecting import Rejected, invalid_body, not_accepted, refus
 from shared.ingress.rejections import NewRejection, record_rejection, recorded_reason
 from shared.ingress.request import IngressEvent, IntentRequest
 from shared.ingress.verify import Sender, StaleEventError, check_fresh, sender, verify_token
+from shared.loop_limiters import LoopTenantParses
 from shared.observability.tracing import TRACEPARENT, root_span, span_context_of
 from shared.policy.authorizer import Decision, Resource
 from shared.policy.decisions import decide
@@ -236,21 +234,14 @@ hostile body the container bound allows holds the interpreter's lock for most of
 so a tenant whose events arrive on many partitions at once would otherwise take a thread per partition and crowd out
 the event loop the HTTP API shares; its reads queue on the loop instead, holding no thread, and never behind another
 tenant's."""
-_PARSES_BY_LOOP: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TenantParses] = weakref.WeakKeyDictionary()
-_PARSES_BY_LOOP_LOCK = threading.Lock()
+_TENANT_PARSES = LoopTenantParses(TENANT_PARSE_THREADS)
+"""Per event loop (shared.loop_limiters: one limiter shared by every loop, a process_batch per thread each with its
+own loop, hung the loops after the first)."""
 
 
 def _tenant_parses(tenant_id: UUID) -> anyio.CapacityLimiter:
-    """The tenant's parse limiter on the running event loop. A limiter belongs to the loop that first waits on it:
-    one shared by every loop (a process_batch per thread, each with its own loop) hung the ones after the first.
-    Held per loop, and forgotten with it (weakly), so memory stays bounded by the loops alive and their tenants; the
-    worker runs one loop, whose limiters bound a tenant's parses per process as before."""
-    loop = asyncio.get_running_loop()
-    with _PARSES_BY_LOOP_LOCK:
-        parses = _PARSES_BY_LOOP.get(loop)
-        if parses is None:
-            parses = _PARSES_BY_LOOP[loop] = TenantParses(TENANT_PARSE_THREADS)
-    return parses.of(tenant_id)
+    """The tenant's parse limiter on the running event loop."""
+    return _TENANT_PARSES.of(tenant_id)
 
 
 def _document(body: bytes) -> Any:

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 import httpx
 
@@ -66,15 +67,27 @@ def allowed_hosts(ctx: ModuleContext) -> list[str]:
     return [h for h in hosts if isinstance(h, str)]
 
 
-class _BeyondBigint(ValueError):
-    """An integer in a JSON body that a bigint cannot hold."""
+class _Unrecordable(ValueError):
+    """A number in a JSON body that cannot be recorded exactly as a JSON number: an integer a bigint cannot hold, or
+    one that is not finite (NaN, Infinity, -Infinity, which Python's parser takes, or a float that overflows)."""
 
 
 def _bigint(digits: str) -> int:
     value = int(digits)
     if not MIN_INT <= value <= MAX_INT:
-        raise _BeyondBigint(digits)
+        raise _Unrecordable(digits)
     return value
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Unrecordable(text)
+    return value
+
+
+def _constant(name: str) -> NoReturn:
+    raise _Unrecordable(name)
 
 
 def decode_body(response: httpx.Response, content: bytes, truncated: bool) -> Any:
@@ -83,18 +96,19 @@ def decode_body(response: httpx.Response, content: bytes, truncated: bool) -> An
 
 
 def read_body(response: httpx.Response, content: bytes, truncated: bool) -> tuple[Any, bool]:
-    """The body as `decode_body` answers it, and whether it is the text of a JSON body holding an integer beyond a
-    bigint (`body_as_text` in the output).
+    """The body as `decode_body` answers it, and whether it is the text of a JSON body holding a number that cannot
+    be recorded as one (`body_as_text` in the output): an integer beyond a bigint, or NaN, Infinity or -Infinity
+    (which Python's parser takes), or a float that overflows to one.
 
     Such an integer (a 64-bit unsigned id, say) cannot be recorded exactly as a JSON number: jsonb reads it back as
-    a float, and the module's boundary refuses it, which failed the step, not retried, after the upstream call had
-    done its work, its status and headers lost. Its text is recorded instead, every digit kept, as a mislabelled
-    body's is."""
+    a float, and the module's boundary refuses it; a number that is not finite is not JSON at all. Either failed the
+    step, not retried, after the upstream call had done its work, its status and headers lost. The body's text is
+    recorded instead, every character kept, as a mislabelled body's is."""
     content_type = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if not truncated and (content_type == "application/json" or content_type.endswith("+json")) and content:
         try:
-            return json.loads(content, parse_int=_bigint), False
-        except _BeyondBigint:
+            return json.loads(content, parse_int=_bigint, parse_float=_finite, parse_constant=_constant), False
+        except _Unrecordable:
             return decode_text(content, response.encoding), True
         except ValueError:
             pass  # a server that mislabels its body still gets its text recorded
@@ -174,7 +188,7 @@ class HttpRequestModule(Module[HttpRequestParams]):
             "truncated": truncated,
         }
         if as_text:
-            output["body_as_text"] = True  # JSON holding an integer beyond a bigint, recorded as its exact text
+            output["body_as_text"] = True  # JSON holding a number it cannot record as one, recorded as its exact text
         expected = params.expect_status
         if (status not in expected) if expected else not 200 <= status < 300:
             wanted = ", ".join(map(str, expected)) if expected else "2xx"

@@ -118,14 +118,16 @@ def tenant_blob_prefix(tenant_id: UUID) -> str:
 def tenant_exists(tenant_id: UUID, *, within_s: float | None = None) -> bool:
     """Whether the tenant row is there, in a short transaction of its own (an erasure holding it is waited for).
 
-    With `within_s`, that wait and the look itself are bounded by it (`lock_timeout` through `bounded_lock_waits`, and
-    a transaction-local `statement_timeout`): psycopg.errors.LockNotAvailable or QueryCanceled past it, for a caller
-    that must not hold its thread and its connection for the 60 s statement timeout while an erasure holds the row."""
+    With `within_s`, the borrow of a pooled connection, that wait and the look itself are each bounded by it (the
+    borrow's timeout, `lock_timeout` through `bounded_lock_waits`, and a transaction-local `statement_timeout`):
+    psycopg_pool.PoolTimeout, psycopg.errors.LockNotAvailable or QueryCanceled past it, for a caller that must not
+    hold its thread for the pool's timeout while the pool is exhausted, nor its thread and its connection for the 60 s
+    statement timeout while an erasure holds the row."""
     if within_s is None:
         with tenant_transaction(tenant_id) as conn:
             return hold_tenant(conn, tenant_id)
     bound_ms = max(1, math.ceil(within_s * 1000))
-    with bounded_lock_waits(bound_ms), tenant_transaction(tenant_id) as conn:
+    with bounded_lock_waits(bound_ms), tenant_transaction(tenant_id, borrow_timeout_s=within_s) as conn:
         conn.execute("SELECT pg_catalog.set_config('statement_timeout', %s, true)", (f"{bound_ms}ms",))
         return hold_tenant(conn, tenant_id)
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from shared import telemetry
+from shared.ingress import process as ingress
 from shared.observability import metrics, tracing
 from tools.export_openapi import render_openapi
 
@@ -114,6 +115,20 @@ def test_every_alert_is_explained_in_the_operations_guide() -> None:
     operations = OPERATIONS.read_text(encoding="utf-8")
     for name in alerts:
         assert f"`{name}`" in operations, f"docs/operations.md does not say what {name} means and what to do"
+
+
+def test_the_ingress_rejections_runbook_explains_each_reason_the_tenant_has_no_record_of() -> None:
+    # These are counted and logged only, never recorded for a tenant: the alert's row is where an operator learns what
+    # to look for. An event dropped after the trigger's last retry (`dropped`) was counted and not explained there.
+    row = next(
+        line
+        for line in OPERATIONS.read_text(encoding="utf-8").splitlines()
+        if line.startswith("| `ingress-rejections` |")
+    )
+    for reason in ("unauthenticated", ingress.DROPPED):
+        assert f"`{reason}`" in row, f"the ingress-rejections row does not explain reason {reason}"
+    for named in ("event id", "hub", "partition", "sequence number", "tenant", "request reference"):
+        assert named in row, f"the ingress-rejections row does not say the dropped line names the {named}"
 
 
 def test_a_telemetry_line_is_still_logged_for_the_log_stream() -> None:

@@ -30,6 +30,13 @@ pytestmark = pytest.mark.integration
 LOCAL = ["127.0.0.1"]
 BIG_ID_BODY = b'{"id": 18446744073709551615, "name": "thing"}'
 """A created resource's 64-bit unsigned id: beyond a bigint, so not recordable exactly as a JSON number."""
+NOT_FINITE_BODIES = {
+    "nan": b'{"score": NaN, "name": "thing"}',
+    "infinity": b'{"limit": Infinity}',
+    "minus-infinity": b'{"floor": -Infinity}',
+    "overflow": b'{"ratio": 1e400}',
+}
+"""JSON bodies holding a number that is not finite (which Python's parser takes): not recordable as JSON at all."""
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -83,6 +90,8 @@ class Handler(BaseHTTPRequestHandler):
             self._reply(302, headers={"Location": "/loop"})
         elif path == "/created-big-id":
             self._reply(201, BIG_ID_BODY, headers={"Location": "/things/1"})
+        elif path.startswith("/not-finite/"):
+            self._reply(201, NOT_FINITE_BODIES[path.rsplit("/", 1)[1]], headers={"Location": "/things/1"})
         elif path == "/big":
             self._reply(200, b"x" * (100 * 1024), "text/plain")
         elif path.startswith("/healthy-after/"):
@@ -196,6 +205,19 @@ def test_http_request_json_body_with_an_integer_beyond_a_bigint_is_recorded_as_i
     # Within a bigint, the body stays JSON and carries no such flag.
     output = run_module("http.request", ctx(allowed_hosts=LOCAL), {"url": f"{base(server)}/echo"})
     assert isinstance(output["body"], dict) and "body_as_text" not in output
+
+
+@pytest.mark.parametrize("name", sorted(NOT_FINITE_BODIES))
+def test_http_request_json_body_with_a_number_that_is_not_finite_is_recorded_as_its_exact_text(
+    server: Server, name: str
+) -> None:
+    # Python's parser takes NaN, Infinity and -Infinity (and reads 1e400 as infinity), which no JSON output can hold:
+    # the step failed "not JSON", not retried, after the upstream call had done its work, its status and headers lost.
+    params = {"method": "POST", "url": f"{base(server)}/not-finite/{name}", "expect_status": [201]}
+    output = run_module("http.request", ctx(allowed_hosts=LOCAL), params)
+    assert output["status"] == 201 and output["headers"]["location"] == "/things/1"
+    assert output["body"] == NOT_FINITE_BODIES[name].decode() and output["body_as_text"] is True
+    assert output["truncated"] is False
 
 
 def test_http_request_body_is_truncated(server: Server) -> None:

@@ -18,11 +18,13 @@ import psycopg
 import pytest
 from azure.core.exceptions import ResourceNotFoundError, ServiceRequestError
 from azure.storage.blob import BlobServiceClient
+from psycopg_pool import PoolTimeout
 
 from shared.api.durable import get_durable_client
 from shared.api.routers import tenants as tenants_router
-from shared.config import get_settings
+from shared.config import Settings, get_settings
 from shared.db import session as db_session
+from shared.db.pool import build_pool
 from shared.db.session import tenant_transaction
 from shared.engine import payloads, task_tokens
 from shared.engine import steps as store
@@ -932,3 +934,47 @@ def test_the_export_route_answers_404_for_a_tenant_marked_for_erasure(api: ApiHa
     with psycopg.connect(api.admin_url, dbname="quantum") as conn:  # and no job is recorded
         jobs = conn.execute("SELECT count(*) FROM control.tenant_export_jobs WHERE tenant_id = %s", (tenant.id,))
         assert jobs.fetchone() == (0,)
+
+
+def test_a_bounded_look_at_a_tenant_gives_up_on_an_exhausted_pool_within_its_bound(
+    pg: Any, new_tenant: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `within_s` bounded the look's lock wait and its statement, not its borrow: with every pooled connection held,
+    # the look waited out the pool's timeout (3 s deployed, plus a connect's 2 s) whatever its bound. Here the pool's
+    # timeout outlasts the holders, so an unbounded borrow gets a connection once they let go and answers.
+    settings = Settings(
+        QP_DATABASE_URL=pg.app_url,
+        QP_DATABASE_CONTROL_URL=pg.control_url,
+        QP_BLOB_CONNECTION_STRING="UseDevelopmentStorage=true",
+        QP_DATABASE_POOL_MAX=2,
+        QP_DATABASE_POOL_TIMEOUT_S=60.0,
+    )
+    pool = build_pool(pg.app_url, settings, name="exhausted")
+    monkeypatch.setattr(db_session, "get_pool", lambda: pool)
+    tenant_id = new_tenant()
+    holding = threading.Semaphore(0)
+    release = threading.Event()
+    let_go = threading.Event()
+
+    def hold() -> None:
+        with pool.connection():
+            holding.release()
+            release.wait(30)  # only a broken test waits that long
+        let_go.set()
+
+    holders = [threading.Thread(target=hold, daemon=True) for _ in range(settings.QP_DATABASE_POOL_MAX)]
+    try:
+        for holder in holders:
+            holder.start()
+        for _ in holders:
+            assert holding.acquire(timeout=30), "the holders never got the pool's connections"
+        with pytest.raises(PoolTimeout):
+            offboarding.tenant_exists(tenant_id, within_s=0.5)
+        assert not let_go.is_set(), "the look got a connection only once the holders let go"
+        release.set()
+        for holder in holders:
+            holder.join(30)
+        assert offboarding.tenant_exists(tenant_id, within_s=0.5) is True  # a connection free: the look answers
+    finally:
+        release.set()
+        pool.close()

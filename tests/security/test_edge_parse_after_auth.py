@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from starlette.requests import Request
 
 from shared.accepted_json import loads as accepted_loads
 from shared.api import accepted_input, permissions
+from shared.api.accepted_input import UNPARSED_BODY
 from shared.api.admission import get_admission
 from shared.engine import task_tokens
 from tests.integration.api_harness import ApiHarness
@@ -219,7 +221,7 @@ def test_a_tenants_bodies_are_parsed_one_at_a_time_and_never_behind_another_tena
             first = pool.submit(send, tenant, "first")
             assert entered.acquire(timeout=30)
             second = pool.submit(send, tenant, "second")
-            queued = permissions._TENANT_PARSES[api.tenants[tenant].id]
+            [queued] = permissions._TENANT_PARSES.made(api.tenants[tenant].id)  # the one loop the client serves on
             deadline = time.monotonic() + 30
             while queued.statistics().tasks_waiting < 1:  # the tenant's second body waits for its first
                 assert time.monotonic() < deadline, "the tenant's second request never reached its parse"
@@ -232,3 +234,33 @@ def test_a_tenants_bodies_are_parsed_one_at_a_time_and_never_behind_another_tena
         answers = [first.result(), second.result(), elsewhere.result()]
     assert [answer.status_code for answer in answers] == [200, 200, 200], [a.text[:300] for a in answers]
     assert parsing == []
+
+
+def test_event_loops_on_two_threads_both_get_through_a_tenants_parse_limiter() -> None:
+    # One limiter per tenant shared by every loop: a loop's waiter woken from another loop's thread was never
+    # resumed, and the API served on two threads, each with its own loop, hung on the same tenant's bodies.
+    tenant_id = uuid.uuid4()
+    body = json.dumps({**DOCUMENT, "definition": {**DOCUMENT["definition"], "labels": ["x"] * 2000}}).encode()
+    finished: list[int] = []
+    failures: list[BaseException] = []
+
+    async def parses() -> int:
+        async def one() -> None:
+            await permissions._parse_held_body(Request({"type": "http", UNPARSED_BODY: body}), tenant_id)
+
+        await asyncio.wait_for(asyncio.gather(*(one() for _ in range(40))), timeout=60)
+        return 40
+
+    def run() -> None:
+        try:
+            finished.append(asyncio.run(parses()))
+        except BaseException as exc:  # reported below, not lost on the thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, daemon=True) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not failures, failures
+    assert finished == [40, 40]
