@@ -32,6 +32,7 @@ from shared.storage.blob import StorageCall, unbounded
 from shared.tenants.models import Tenant
 from shared.tenants.repository import (
     TenantRowBusyError,
+    erasure_under_way,
     get_tenant,
     hold_tenant,
     mark_erasing,
@@ -823,19 +824,24 @@ def begin_erasure(
     With `holder` (the erasure's own random id), the tenant's erasure lease is taken in the same transaction, for
     ERASURE_LEASE_S (renewed by `renew_erasure_lease`, dropped with the tenant row or by `end_erasure_lease`).
     ErasureInProgressError, nothing written, when another erasure holds the lease, or when the row's lock is not had
-    within ROW_LOCK_WAIT_MS (an erasure's last transaction holds it): a repeat waited on that lock, each holding a
+    within ROW_LOCK_WAIT_MS and the tenant is marked or leased (an erasure's last transaction holds it; held by
+    anything else, TenantRowBusyError): a repeat waited on that lock, each holding a
     connection of the control plane's small pool, until every tenant's token lookups failed; and two at once both
     erased, the second's late pass removing the first's record."""
-    try:
-        with platform_transaction() as conn:
-            on_marked = None if audit is None else partial(audit, conn)
+    with platform_transaction() as conn:
+        on_marked = None if audit is None else partial(audit, conn)
+        try:
             tenant = mark_erasing(conn, tenant_id, on_marked=on_marked)
-            if holder is not None and tenant is not None and tenant.erasing_since is not None:
-                if conn.execute(_TAKE_LEASE, (tenant_id, holder, ERASURE_LEASE_S)).fetchone() is None:
-                    left = conn.execute(_LEASE_LEFT, (tenant_id,)).fetchone()
-                    raise ErasureInProgressError(int(left["left_s"]) if left else ERASURE_RETRY_AFTER_S)
-    except TenantRowBusyError:
-        raise ErasureInProgressError(ERASURE_RETRY_AFTER_S) from None
+        except TenantRowBusyError:
+            # Held by its erasure (marked, or a lease taken): 409. Held by anything else (a change of the tenant, an
+            # administrator): TenantRowBusyError, a 503. Each answered that an erasure of the tenant was running.
+            if erasure_under_way(conn, tenant_id):
+                raise ErasureInProgressError(ERASURE_RETRY_AFTER_S) from None
+            raise
+        if holder is not None and tenant is not None and tenant.erasing_since is not None:
+            if conn.execute(_TAKE_LEASE, (tenant_id, holder, ERASURE_LEASE_S)).fetchone() is None:
+                left = conn.execute(_LEASE_LEFT, (tenant_id,)).fetchone()
+                raise ErasureInProgressError(int(left["left_s"]) if left else ERASURE_RETRY_AFTER_S)
     if tenant is None:
         raise TenantGoneError(str(tenant_id))
     if tenant.erasing_since is None:
@@ -848,6 +854,19 @@ def renew_erasure_lease(tenant_id: UUID, holder: UUID) -> bool:
     it had run out)."""
     with platform_transaction() as conn:
         return conn.execute(_RENEW_LEASE, (ERASURE_LEASE_S, tenant_id, holder)).rowcount == 1
+
+
+def _hold_lease(conn: Any, tenant_id: UUID, holder: UUID | None) -> None:
+    """In `conn`'s transaction (each batch's, and the first and the last of the row deletion): renew the erasure lease
+    `holder` holds, or ErasureInProgressError when it holds none (its lease ran out and another erasure took it, or
+    that one has ended). The renewals beside the erasure stopped without a word once their lease was gone, and nothing
+    else looked at it: after ERASURE_LEASE_S of failed renewals an erasure sent again took the lease while this one
+    still deleted, and both answered 200, each writing its record. Nothing is looked at without a `holder`."""
+    if holder is None:
+        return
+    if conn.execute(_RENEW_LEASE, (ERASURE_LEASE_S, tenant_id, holder)).rowcount != 1:
+        left = conn.execute(_LEASE_LEFT, (tenant_id,)).fetchone()
+        raise ErasureInProgressError(int(left["left_s"]) if left else ERASURE_RETRY_AFTER_S)
 
 
 def end_erasure_lease(tenant_id: UUID, holder: UUID) -> None:
@@ -889,6 +908,7 @@ def erase_tenant(
     *,
     executions: list[str] | None = None,
     purged: Iterable[str] = (),
+    holder: UUID | None = None,
 ) -> dict[str, int]:
     """Delete the tenant's blobs, every row of it, its audit trail and its tenant row; returns counts per kind.
 
@@ -907,12 +927,17 @@ def erase_tenant(
     before the blobs go and again under the row deletion's lock: every erasure goes through the mark, and so through
     its audit record and the control plane's refusal of a status change; a tenant already gone is erased again (what
     an interrupted erasure's writers left).
+    With `holder` (the erasure's lease, `begin_erasure`), the lease is renewed in the first transaction, in every batch
+    and in the last transaction: ErasureInProgressError, and nothing more deleted, once it holds none (another erasure
+    took it after it ran out).
     """
     # Whoever calls: the mark cannot be cleared nor the tenant set active while it is set (the control plane's
     # refusal, the table's check), and the blobs and the audit trail are gone for good once deleted. Left to the
     # caller, a direct call erased a tenant no operator had marked, nor audited, and an active one as readily.
     with platform_transaction() as conn:
         _check_marked(conn.execute(_STILL_MARKED, (tenant_id,)).fetchone())
+        # Before the audit trail goes: an erasure that lost its lease erased the record of the one that took it.
+        _hold_lease(conn, tenant_id, holder)
     # The audit trail may live outside Postgres (Cosmos DB). Erased after the tenant row, a failure there left the
     # trail for ever: every retry answered 404, the tenant being gone.
     removed: dict[str, int] = {
@@ -922,8 +947,8 @@ def erase_tenant(
     rows = _Erased(listing=executions is not None, purged=frozenset(purged))
     for attempt in range(1, ROW_ERASE_ATTEMPTS + 1):
         try:
-            _erase_batches(tenant_id, rows)
-            _erase_rest(tenant_id, rows)
+            _erase_batches(tenant_id, rows, holder)
+            _erase_rest(tenant_id, rows, holder)
             break
         except _CONTENDED as exc:
             # That batch (or the last transaction) rolled back: the writer it met has committed (or given up) by now,
@@ -982,19 +1007,29 @@ class _Erased:
     def count(self, table: str, rows: int) -> None:
         self.removed[table] = self.removed.get(table, 0) + rows
 
-    def deleted_executions(self, conn: Any, tenant_id: UUID, ids: list[str]) -> None:
-        """Count and keep executions `ids` deleted in `conn`'s transaction, and record there those not purged yet
-        for the sweeper (ADR 0046): a host killed after the commit would otherwise forget them."""
+    def deleted_executions(self, ids: list[str]) -> None:
+        """Count and keep executions `ids`, once the transaction that deleted them has committed."""
         self.count("executions", len(ids))
         if self.listing:
             self.executions.extend(ids)
+
+    def note_unpurged(self, conn: Any, tenant_id: UUID, ids: list[str]) -> None:
+        """Record executions `ids`, deleted in `conn`'s transaction, that are not purged yet for the sweeper (ADR
+        0046): a host killed after the commit would otherwise forget them."""
         left = [(UUID(instance_id), tenant_id, 0) for instance_id in ids if instance_id not in self.purged]
         if left:
             with conn.cursor() as cursor:
                 cursor.executemany(NOTE_ERASED_ORCHESTRATION, left)
 
 
-def _erase_batches(tenant_id: UUID, erased: _Erased) -> None:
+def _executions_left(tenant_id: UUID) -> bool:
+    """Whether the tenant has executions still (read as the tenant: the control plane reads no tenant's rows)."""
+    with tenant_transaction(tenant_id) as conn:
+        row = conn.execute("SELECT EXISTS (SELECT 1 FROM app.executions) AS left").fetchone()
+    return bool(row and row["left"])
+
+
+def _erase_batches(tenant_id: UUID, erased: _Erased, holder: UUID | None = None) -> None:
     """Delete the tenant's rows table after table, `ERASE_BATCH_ROWS` at a time, each batch a short transaction of its
     own (a pinned tenant's functions, migration 0078). Nothing when the tenant row is gone.
 
@@ -1002,9 +1037,16 @@ def _erase_batches(tenant_id: UUID, erased: _Erased) -> None:
     row), and the outbox relay sends only the events of transactions older than every one running, so every other
     tenant's events and webhooks waited for a big tenant's whole erasure. The tenant is suspended and marked by now:
     its requests are refused, and a late writer's row goes with the last transaction (`_erase_rest`). A host killed
-    between two batches leaves the tenant row, marked, and some of its rows: the erasure sent again goes on."""
+    between two batches leaves the tenant row, marked, and some of its rows: the erasure sent again goes on.
+
+    Each batch renews the erasure's lease (`_hold_lease`): ErasureInProgressError once another erasure took it. What a
+    batch removed is counted once its transaction has committed. Executions that name each other in a cycle (edited
+    or restored by hand) are never leaves: the batches stop there, and the last transaction deletes what is left in
+    one statement each, whose foreign keys are checked at its end. The batches went on to the tables the executions
+    name, whose rows those executions kept (a ForeignKeyViolation every run: 503 on every erasure sent again)."""
     for table in TENANT_TABLES:
         while True:
+            ids: list[str] = []
             with platform_transaction() as conn:
                 # Every batch: no batch deletes a tenant that is not suspended and marked (an unlocked read: the mark
                 # is never cleared, and the table's check keeps a marked tenant suspended).
@@ -1016,23 +1058,32 @@ def _erase_batches(tenant_id: UUID, erased: _Erased) -> None:
                 # table (a writer's lock of it) holds back no one's events meanwhile.
                 conn.execute(sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(sql.Identifier("app", table)))
                 conn.execute("SELECT app.pin_tenant(%s)", (tenant_id,))
+                # After the pin, which must come before the transaction's first write.
+                _hold_lease(conn, tenant_id, holder)
                 if table == "executions":
                     ids = [str(r["id"]) for r in conn.execute(_ERASE_EXECUTIONS, (ERASE_BATCH_ROWS,)).fetchall()]
-                    erased.deleted_executions(conn, tenant_id, ids)
+                    erased.note_unpurged(conn, tenant_id, ids)
                     deleted = len(ids)
                 else:
                     result = conn.execute(_ERASE_BATCH, (table, ERASE_BATCH_ROWS)).fetchone()
                     deleted = int(result["removed"]) if result else 0
-                    erased.count(table, deleted)
+            # Committed: counted now (counted inside, a batch rolled back at its commit was counted twice, run again).
+            if table == "executions":
+                erased.deleted_executions(ids)
+                if deleted == 0 and _executions_left(tenant_id):
+                    return  # no leaf left, yet executions left: a cycle, for the last transaction
+            else:
+                erased.count(table, deleted)
             # Executions are taken leaves first (none another names), so a batch short of the bound is not the last.
             if deleted == 0 or (deleted < ERASE_BATCH_ROWS and table != "executions"):
                 break
 
 
-def _erase_rest(tenant_id: UUID, erased: _Erased) -> None:
+def _erase_rest(tenant_id: UUID, erased: _Erased, holder: UUID | None = None) -> None:
     """One short transaction under the tenant row's lock: what the batches left (rows written meanwhile), the export
     jobs, the tenant row and the control plane's notes of it. ErasureRefusedError, nothing deleted, unless the locked
-    row is suspended and marked for erasure."""
+    row is suspended and marked for erasure; ErasureInProgressError, nothing deleted, unless `holder` still holds the
+    erasure's lease (when given). What it removed is counted once it has committed."""
     # The ids are read as the tenant (the control plane reads no tenant's data), on a connection of the tenant pool
     # borrowed before the tenant row is locked: the tenant's writers that wait on that row each hold one, and with
     # the pool full of them a borrow after the lock waited for them while they waited for the erasure (PoolTimeout).
@@ -1046,6 +1097,9 @@ def _erase_rest(tenant_id: UUID, erased: _Erased) -> None:
         conn.execute(_LOCK_TENANT, (tenant_id,))
         # Read under the lock just taken: no change of the row can come between this look and the deletes.
         _check_marked(conn.execute(_STILL_MARKED, (tenant_id,)).fetchone())
+        # Under that lock too: an erasure that lost its lease to another (whose last transaction may have removed the
+        # tenant already) deletes nothing more, and answers no second 200.
+        _hold_lease(conn, tenant_id, holder)
         # Read committed: this statement sees every commit up to now, those of the writers the lock waited for.
         left = listed_execution_ids(tenant_conn)
         removed: dict[str, int] = {}
@@ -1055,8 +1109,8 @@ def _erase_rest(tenant_id: UUID, erased: _Erased) -> None:
         # The executions' ids as they go, recorded for the sweeper with them (ADR 0046): the caller's purge after the
         # rows only hastens it, and a host killed before or during that purge left an orchestration started late
         # (after the first purge) to outlive the tenant, its ids having been only in memory.
-        erased.deleted_executions(conn, tenant_id, left)
-        removed["executions"] -= len(left)  # counted by deleted_executions
+        erased.note_unpurged(conn, tenant_id, left)
+        removed["executions"] -= len(left)  # counted by deleted_executions, after the commit
         # Its export jobs (migration 0070): an attempt running meanwhile finds its tenant gone and leaves nothing.
         # Before the tenant row, whose delete would cascade to them anyway.
         removed["export_jobs"] = conn.execute(_FORGET_EXPORT_JOBS, (tenant_id,)).rowcount
@@ -1071,6 +1125,7 @@ def _erase_rest(tenant_id: UUID, erased: _Erased) -> None:
         conn.execute(NOTE_ERASED_TENANT, (tenant_id,))
         # Its erasure lease (migration 0078), whoever holds it: the tenant is gone, and an erasure sent again is a 404.
         conn.execute(_FORGET_LEASE, (tenant_id,))
+    erased.deleted_executions(left)
     for kind, rows in removed.items():
         erased.count(kind, rows)
 

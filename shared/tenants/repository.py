@@ -220,8 +220,9 @@ changes (a PATCH, an erasure's mark) hold it for milliseconds, an erasure's last
 
 
 class TenantRowBusyError(RuntimeError):
-    """The tenant row's lock was not had within ROW_LOCK_WAIT_MS (an erasure's last transaction holds it): the caller's
-    transaction is aborted, and the request is refused rather than held."""
+    """The tenant row's lock was not had within ROW_LOCK_WAIT_MS (an erasure's last transaction holds it, or another
+    change of the row): the caller's transaction is back where it was before the block (`briefly_waited`), and the
+    request is refused rather than held (`erasure_under_way` tells which refusal)."""
 
 
 @contextmanager
@@ -234,12 +235,30 @@ def briefly_waited(conn: psycopg.Connection[DictRow], wait_ms: int | None = None
     wait = ROW_LOCK_WAIT_MS if wait_ms is None else wait_ms
     before = conn.execute("SELECT pg_catalog.current_setting('lock_timeout') AS lock_timeout").fetchone()
     assert before is not None
-    conn.execute("SELECT pg_catalog.set_config('lock_timeout', %s, true)", (f"{int(wait)}ms",))
     try:
-        yield
+        # A savepoint (the statement above began the transaction): a lock not had rolls back to it, and the caller's
+        # transaction can still look at why (`erasure_under_way`) without a second connection of the small pool.
+        with conn.transaction():
+            conn.execute("SELECT pg_catalog.set_config('lock_timeout', %s, true)", (f"{int(wait)}ms",))
+            yield
+            conn.execute("SELECT pg_catalog.set_config('lock_timeout', %s, true)", (before["lock_timeout"],))
     except psycopg.errors.LockNotAvailable as exc:
         raise TenantRowBusyError(str(exc)) from None
-    conn.execute("SELECT pg_catalog.set_config('lock_timeout', %s, true)", (before["lock_timeout"],))
+
+
+_ERASURE_UNDER_WAY = (
+    "SELECT EXISTS (SELECT 1 FROM app.tenants WHERE id = %s AND erasing_since IS NOT NULL)"
+    " OR EXISTS (SELECT 1 FROM control.tenant_erasures WHERE tenant_id = %s) AS under_way"
+)
+
+
+def erasure_under_way(conn: psycopg.Connection[DictRow], tenant_id: UUID) -> bool:
+    """Whether the tenant is marked for erasure or an erasure holds its lease (migration 0078), read without a lock:
+    after TenantRowBusyError, whether the row is held by its erasure (409 `erasure-in-progress`) or by anything else,
+    a change or an administrator (503, sent again shortly): an active tenant's change was answered that an erasure of
+    it was running."""
+    row = conn.execute(_ERASURE_UNDER_WAY, (tenant_id, tenant_id)).fetchone()
+    return bool(row and row["under_way"])
 
 
 def hold_tenant(conn: psycopg.Connection[DictRow], tenant_id: UUID) -> bool:

@@ -83,6 +83,7 @@ from shared.tenants.repository import (
     TenantRowBusyError,
     briefly_waited,
     create_tenant,
+    erasure_under_way,
     etag,
     get_tenant,
     list_tenants,
@@ -234,7 +235,7 @@ def patch(
         with briefly_waited(conn):
             current = get_tenant(conn, tenant_id, for_update=True)
     except TenantRowBusyError:
-        raise _erasure_in_progress(ERASURE_RETRY_AFTER_S) from None
+        raise _row_busy(conn, tenant_id) from None
     if current is None:
         raise _not_found(tenant_id)
     tags = if_match_tags(if_match)  # None for `*`: any current tenant
@@ -283,6 +284,27 @@ def _erasure_in_progress(retry_after_s: int) -> ProblemError:
         "An erasure of the tenant is running. Nothing was done: send the request again after Retry-After; an erasure"
         " sent again then completes what is left, or answers 404 once the tenant is gone.",
         headers={"Retry-After": str(retry_after_s)},
+    )
+
+
+def _row_busy(conn: psycopg.Connection[Any], tenant_id: UUID) -> ProblemError:
+    """The refusal of a request that did not have the tenant row's lock within ROW_LOCK_WAIT_MS (`conn`'s transaction
+    is usable again): 409 `erasure-in-progress` when the tenant is marked or an erasure holds its lease, else 503 (a
+    change of the row, an administrator's lock). An active tenant's change was told that an erasure of it was
+    running."""
+    if erasure_under_way(conn, tenant_id):
+        return _erasure_in_progress(ERASURE_RETRY_AFTER_S)
+    return _row_held()
+
+
+def _row_held() -> ProblemError:
+    """503 for a tenant row held past ROW_LOCK_WAIT_MS by anything but an erasure: nothing was done."""
+    return ProblemError(
+        503,
+        "dependency-unavailable",
+        "Service unavailable",
+        "The tenant's row is held by another change. Nothing was done: send the request again after Retry-After.",
+        headers={"Retry-After": str(ERASURE_RETRY_AFTER_S)},
     )
 
 
@@ -449,7 +471,7 @@ def export(
     except ExportRefusedError:
         raise _not_found(tenant_id) from None
     except TenantRowBusyError:
-        raise _erasure_in_progress(ERASURE_RETRY_AFTER_S) from None
+        raise _row_busy(conn, tenant_id) from None
     replay = replay_or_claim(conn, idempotency_key, request, None, principal=context.principal.id)
     if replay is not None:
         return replay
@@ -555,7 +577,8 @@ async def erase(
     tenant's id in the control plane's list of erased prefixes, which a timer keeps emptying of blobs written late, for
     at least seven days and until the prefix is empty (ADR 0046); the ids of orchestrations that may outlive it, with
     the tenant's id, until each is purged; Postgres point-in-time-restore backups, 14 days; the audit store's Cosmos DB
-    continuous backup, 7 days; log lines carrying the tenant's id in Log Analytics, 90 days; and its events and intent
+    continuous backup, 7 days; its deleted blobs and containers in the storage account's soft delete, 14 days; log
+    lines carrying the tenant's id in Log Analytics, 90 days; and its events and intent
     requests already sent to Event Hubs, 1 day."""
     tenant = await run_in_threadpool(_authorized_tenant, context, Action.TENANT_ERASE, tenant_id)
     # Each refusal names its own cause: an admin who had suspended the tenant was told to suspend it first.
@@ -590,6 +613,8 @@ async def erase(
         raise _not_found(tenant_id) from None
     except ErasureInProgressError as exc:
         raise _erasure_in_progress(exc.retry_after_s) from None
+    except TenantRowBusyError:
+        raise _row_held() from None
     except ErasureRefusedError as exc:
         raise _erasure_refused(exc.status) from None
     renewal = asyncio.create_task(_keep_erasure_lease(tenant_id, holder))
@@ -608,8 +633,13 @@ async def erase(
             get_audit_store(),
             executions=final,
             purged=purged,
+            holder=holder,
         )
         erased = True
+    except ErasureInProgressError as exc:
+        # Its lease ran out (renewals failed past ERASURE_LEASE_S) and another erasure took it: that one goes on, and
+        # this one stopped at its next batch. Both went on and both answered 200, each writing its record.
+        raise _erasure_in_progress(exc.retry_after_s) from None
     except ErasureRefusedError as exc:
         # Not reached while the mark holds (the control plane's refusal, the table's check): erase_tenant's own check.
         raise _erasure_refused(exc.status) from None
