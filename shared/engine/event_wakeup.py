@@ -10,7 +10,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from functools import lru_cache
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -168,7 +167,9 @@ class EventWakeup:
             self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop listening and close the connection (waiters fall back to their own re-reads)."""
+        """Stop listening and close the connection (waiters fall back to their own re-reads): every waiter is woken
+        at once when it ends, even when a change's wake-up was put off (`_wake_all_changed`)."""
+        listened = self.listening.is_set()
         self._stopping.set()
         thread = self._thread
         if thread is not None:
@@ -178,6 +179,12 @@ class EventWakeup:
             timer, self._changed_wake = self._changed_wake, None
         if timer is not None:
             timer.cancel()
+        if timer is not None or listened:
+            # The drop's wake-up, put off by the rate limit, was just cancelled (or the waiters wait out the long
+            # re-check of a listener that listened): they read again now, then every DOWN_RECHECK_S on their own.
+            with self._lock:
+                self._changed_woken_at = time.monotonic()
+            self._wake_all()
 
     @property
     def backend_pid(self) -> int | None:
@@ -273,29 +280,42 @@ def connect_from_settings() -> psycopg.Connection[Any]:
     return psycopg.connect(settings.QP_DATABASE_URL, application_name=APPLICATION_NAME, **resolved)
 
 
-@lru_cache(maxsize=1)
+_made_lock = threading.Lock()
+_made: tuple[EventWakeup | None] | None = None
+"""What `get_event_wakeup` made (in a 1-tuple: the process may have no listener to make), None until it has; only
+changed under `_made_lock`."""
+
+
 def get_event_wakeup() -> EventWakeup | None:
     """The process-wide listener, or None when the process has no database settings (waiters then re-read only)."""
-    try:
-        get_settings()
-    except SettingsError:
-        return None
-    return EventWakeup(connect_from_settings)
+    global _made
+    made = _made
+    if made is None:
+        with _made_lock:
+            made = _made
+            if made is None:
+                try:
+                    get_settings()
+                except SettingsError:
+                    made = (None,)
+                else:
+                    made = (EventWakeup(connect_from_settings),)
+                _made = made
+    return made[0]
 
 
 def made_event_wakeup() -> EventWakeup | None:
     """The process-wide listener if `get_event_wakeup` has made one, else None: never makes one (for observers,
     which must not open a connection a process that serves no stream or long poll does not need)."""
-    if not get_event_wakeup.cache_info().currsize:
-        return None
-    return get_event_wakeup()
+    made = _made  # one read: a `forget_event_wakeup` meanwhile cannot make this call make one
+    return None if made is None else made[0]
 
 
 def forget_event_wakeup() -> None:
     """Stop the process-wide listener, if one was made, and forget it: the next `get_event_wakeup` makes a new one
     from the settings of then (tests that point the process at another database in turn)."""
-    if get_event_wakeup.cache_info().currsize:
-        wakeup = get_event_wakeup()
-        if wakeup is not None:
-            wakeup.stop()
-    get_event_wakeup.cache_clear()
+    global _made
+    with _made_lock:
+        made, _made = _made, None
+    if made is not None and made[0] is not None:
+        made[0].stop()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections import OrderedDict
@@ -192,6 +193,23 @@ def delete_policy(conn: psycopg.Connection[DictRow], tenant_id: UUID, policy_id:
     return deleted
 
 
+def _own_failure(failure: BaseException) -> BaseException:
+    """A waiter's own exception for the read `failure` ended: one of its type, arguments and attributes (so a pool
+    timeout or a dropped connection is answered as the leader's is, 503), with no traceback yet. Raised `from
+    failure`, it names the leader's as its cause, which each waiter raising the one object would instead extend in
+    its own thread. One that cannot be copied so is wrapped as a RuntimeError."""
+    try:
+        own = copy.copy(failure)  # as pickling rebuilds it: psycopg's errors keep their diagnostics, not the connection
+    except Exception:  # noqa: BLE001  # a constructor that does not take its own args back
+        own = None
+    if not isinstance(own, type(failure)) or own is failure:
+        return RuntimeError(f"the tenant's policy read this call waited for failed: {failure!r}")
+    notes = getattr(own, "__notes__", None)
+    if isinstance(notes, list):
+        own.__notes__ = list(notes)  # a note one waiter adds is not the others'
+    return own
+
+
 class _PolicyCache:
     """Per-tenant policy texts, kept briefly so a decision costs no query on the hot path."""
 
@@ -244,6 +262,9 @@ class _PolicyCache:
                 if joined is None:
                     self._reading[tenant_id] = (started, leading)
         if flight is not None:
+            failure = flight.exception()  # waits for the read; taken, not raised, so the leader's stays as it was
+            if failure is not None:
+                raise _own_failure(failure) from failure
             return flight.result()
         if joined is not None:
             texts = _read_texts(joined)
@@ -256,7 +277,9 @@ class _PolicyCache:
             texts = self._keep(tenant_id, now, started, texts)
         except BaseException as exc:
             self._land(tenant_id, leading)
-            leading.set_exception(exc)  # those waiting fail as this caller does, not one read after another
+            # Those waiting fail as this caller does, not one read after another: each with its own copy of the
+            # failure (`_own_failure`), never this one raised again in every waiting thread.
+            leading.set_exception(exc)
             raise
         self._land(tenant_id, leading)
         leading.set_result(texts)

@@ -60,16 +60,35 @@ def _a_label_problem(entry: str, key: str) -> str | None:
     return f"{entry!r}: {refusal}; an 'xn--' label must decode to a name, so the entry would match no URL's host"
 
 
-def settings_problems(settings: Mapping[str, Any], *, allow_private: bool) -> list[tuple[str, str]]:
-    """Each problem of a settings change as (JSON pointer into the request, what is wrong); empty when none."""
-    return [*_retention_problems(settings), *_allowed_hosts_problems(settings, allow_private=allow_private)]
+def settings_problems(
+    settings: Mapping[str, Any], *, allow_private: bool, stored: Mapping[str, Any] | None = None
+) -> list[tuple[str, str]]:
+    """Each problem of a settings change as (JSON pointer into the request, what is wrong); empty when none. `stored`
+    is the tenant's settings as they are, read in the change's transaction (None: none stored)."""
+    return [
+        *_retention_problems(settings, stored or {}),
+        *_allowed_hosts_problems(settings, allow_private=allow_private),
+    ]
 
 
-def _retention_problems(settings: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """The audit retention, when the change sets it: a whole number of days within the platform's bounds (ADR 0012,
-    amended 2026-12-07), or null (no retention: the records are kept until the tenant is erased). JSON `true` is no
-    number of days, nor is 1.5, 90.0 or "90"."""
-    if AUDIT_RETENTION_SETTING not in settings:
+def unchanged_retention(settings: Mapping[str, Any], stored: Mapping[str, Any]) -> bool:
+    """Whether the change sends the audit retention exactly as it is stored (as JSON text: 90.0 is not 90, `true` is
+    not 1). Such a change of it changes nothing, so it is not checked against the bounds: a value stored before the
+    floor existed is sent back as read (the read-edit-write of ADR 0045), and it stays, applied as the floor."""
+    if AUDIT_RETENTION_SETTING not in settings or AUDIT_RETENTION_SETTING not in stored:
+        return False
+    return _json_text(settings[AUDIT_RETENTION_SETTING]) == _json_text(stored[AUDIT_RETENTION_SETTING])
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _retention_problems(settings: Mapping[str, Any], stored: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The audit retention, when the change sets it to anything but the value stored: a whole number of days within
+    the platform's bounds (ADR 0012, amended 2026-12-07), or null (no retention: the records are kept until the
+    tenant is erased). JSON `true` is no number of days, nor is 1.5, 90.0 or "90"."""
+    if AUDIT_RETENTION_SETTING not in settings or unchanged_retention(settings, stored):
         return []
     days = settings[AUDIT_RETENTION_SETTING]
     if days is None or (

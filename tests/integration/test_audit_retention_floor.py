@@ -108,3 +108,49 @@ def test_a_retention_stored_below_the_floor_is_raised_to_it_in_each_records_ttl(
     store.record(record)
     document = audit_container.read_item(str(record.id), partition_key=str(tenant))
     assert document["ttl"] == ttl_days * 86400
+
+
+def _stored_below_the_floor(api: ApiHarness, pg: Any, name: str) -> dict[str, str]:
+    """A new tenant whose retention of 1 day was stored before the floor existed; its Tenant.Admin's headers."""
+    handle = api.provision(name)
+    _stored(pg, handle.id, 1)
+    return api.headers(name, TENANT_ADMIN)
+
+
+def test_a_retention_stored_below_the_floor_survives_a_read_edit_write_of_the_whole_settings(
+    api: ApiHarness, pg: Any
+) -> None:
+    headers = _stored_below_the_floor(api, pg, "retention-read-edit-write")
+    read = api.client.get("/api/v1/tenant", headers=headers)
+    assert read.status_code == 200, read.text
+    settings = read.json()["settings"]
+    assert settings["audit_retention_days"] == 1
+    changed = api.client.patch(
+        "/api/v1/tenant",
+        json={"settings": {**settings, "feature.x": True}},
+        headers={**headers, "If-Match": read.headers["ETag"]},
+    )
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["settings"] == {**settings, "feature.x": True}  # the retention is still 1
+    assert changed.headers["ETag"] != read.headers["ETag"]
+
+
+def test_the_stored_retention_sent_back_alone_changes_nothing_and_any_other_below_the_floor_is_422(
+    api: ApiHarness, pg: Any
+) -> None:
+    headers = _stored_below_the_floor(api, pg, "retention-sent-back")
+    read = api.client.get("/api/v1/tenant", headers=headers)
+    same = api.client.patch("/api/v1/tenant", json={"settings": {"audit_retention_days": 1}}, headers=headers)
+    assert same.status_code == 200, same.text
+    assert same.json()["settings"]["audit_retention_days"] == 1
+    assert same.headers["ETag"] == read.headers["ETag"]
+    # The same number as another JSON type is no value stored: it is checked, and refused.
+    for other in (2, 1.0, True):
+        refused = api.client.patch(
+            "/api/v1/tenant", json={"settings": {"audit_retention_days": other}}, headers=headers
+        )
+        assert refused.status_code == 422, refused.text
+        assert [error["pointer"] for error in refused.json()["errors"]] == [POINTER]
+    after = api.client.get("/api/v1/tenant", headers=headers)
+    assert after.json()["settings"]["audit_retention_days"] == 1
+    assert after.headers["ETag"] == read.headers["ETag"]

@@ -23,7 +23,7 @@ from shared.engine import control, machine, progress, worker
 from shared.engine import executions as repo
 from shared.engine import steps as store
 from shared.engine.dispatch_results import await_results
-from shared.engine.event_wakeup import get_event_wakeup
+from shared.engine.event_wakeup import forget_event_wakeup
 from shared.engine.machine import Verdict
 from shared.engine.protocol import WorkItem
 from shared.engine.steps import Attempt, AttemptKey, StepSeed
@@ -44,10 +44,7 @@ pytestmark = pytest.mark.integration
 def tenant(api: ApiHarness) -> Iterator[uuid.UUID]:
     yield api.provision("dispatch-results").id
     # The waits started this process's listener on the harness's database: it leaves with the harness.
-    wakeup = get_event_wakeup()
-    if wakeup is not None:
-        wakeup.stop()
-    get_event_wakeup.cache_clear()
+    forget_event_wakeup()
 
 
 def _awaited(pool: ConnectionPool[Any], tenant_id: uuid.UUID, action: str) -> WorkItem:

@@ -22,7 +22,7 @@ from shared.auth.principal import Requester
 from shared.db.session import tenant_transaction
 from shared.engine import event_wakeup
 from shared.engine import executions as repo
-from shared.engine.event_wakeup import EventWakeup, get_event_wakeup
+from shared.engine.event_wakeup import EventWakeup, forget_event_wakeup, get_event_wakeup
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 
 pytestmark = pytest.mark.integration
@@ -41,10 +41,7 @@ SECOND_EVENT_AFTER_S = 20.0
 def _tenant(api: ApiHarness) -> Iterator[None]:
     api.provision("alpha")
     yield
-    wakeup = get_event_wakeup()
-    if wakeup is not None:
-        wakeup.stop()
-    get_event_wakeup.cache_clear()
+    forget_event_wakeup()
 
 
 def _running_execution(pool: ConnectionPool[Any], tenant_id: uuid.UUID) -> repo.Execution:
@@ -303,3 +300,40 @@ def test_an_appended_event_notifies_its_execution_and_number(api: ApiHarness, ap
             repo.append_event(conn, execution.id, "step_started", "build")
         payloads = [n.payload for n in listener.notifies(timeout=10, stop_after=1)]
     assert payloads == [f"{execution.id}:2"]
+
+
+def test_a_stop_soon_after_a_wake_up_still_wakes_the_waiters(api: ApiHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop ends the listening: every waiter is woken at once, to read again and then every DOWN_RECHECK_S on its
+    own, even when the last wake-up for a change was less than DOWN_RECHECK_S ago (the drop's wake-up, put off by the
+    rate limit, was cancelled by the stop, and the waiters slept out the long re-check)."""
+    # The rate limit's window longer than any wait: only the stop can wake the waiter in time.
+    monkeypatch.setattr(event_wakeup, "DOWN_RECHECK_S", NEVER_S)
+    wakeup = EventWakeup(lambda: psycopg.connect(api.app_url, autocommit=True), reconnect_delay_s=NEVER_S)
+
+    async def scenario() -> None:
+        waiter = wakeup.subscribe(uuid.uuid4())
+        try:
+            await asyncio.wait_for(waiter.event.wait(), 20)  # the connect's wake-up
+            waiter.clear()
+            await asyncio.to_thread(wakeup.stop)
+            await asyncio.wait_for(waiter.event.wait(), 20)
+        finally:
+            waiter.close()
+
+    try:
+        asyncio.run(scenario())
+        assert not wakeup.listening.is_set()
+        assert event_wakeup.recheck_s(wakeup) == event_wakeup.DOWN_RECHECK_S
+    finally:
+        wakeup.stop()
+
+
+def test_an_observer_sees_the_listener_made_and_forgotten_and_never_makes_one(api: ApiHarness) -> None:
+    forget_event_wakeup()
+    assert event_wakeup.made_event_wakeup() is None
+    made = get_event_wakeup()
+    assert made is not None and event_wakeup.made_event_wakeup() is made and get_event_wakeup() is made
+    forget_event_wakeup()
+    assert event_wakeup.made_event_wakeup() is None
+    assert get_event_wakeup() is not made
+    forget_event_wakeup()

@@ -8,14 +8,18 @@ waited for: a caller after the change reads the texts as changed."""
 from __future__ import annotations
 
 import threading
+import traceback
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+import psycopg
+import psycopg_pool
 import pytest
 
+from shared.api.problems import unavailable_dependency
 from shared.db.session import tenant_transaction
 from shared.policy import tenant_policies
 from shared.policy.tenant_policies import policy_cache, tenant_policy_texts
@@ -115,3 +119,80 @@ def test_a_caller_after_a_change_does_not_wait_for_a_read_from_before_it(
         assert early.result(20) == before
     assert len(after) == 2 and after[:1] == before, after
     assert reads.count == 3  # the caller after the change read the texts itself
+
+
+WAITERS = 8
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [psycopg_pool.PoolTimeout("couldn't get a connection after 30.00 sec"), psycopg.OperationalError("server closed")],
+    ids=["pool-timeout", "operational-error"],
+)
+def test_callers_waiting_for_a_failed_read_each_raise_their_own_failure_caused_by_the_leaders(
+    api: ApiHarness,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    failure: Exception,
+) -> None:
+    tenant_id = api.provision("policy-single-flight-failure").id
+    _add_policy(tenant_id, "one")
+    tenant_policy_texts(tenant_id)
+    _expire(tenant_id)
+    waiting: set[int] = set()
+    all_waiting = threading.Event()
+
+    class Flight(Future[tuple[str, ...]]):
+        """The cache's read under way, noting each thread that waits for its answer."""
+
+        def _waited(self) -> None:
+            waiting.add(threading.get_ident())
+            if len(waiting) == WAITERS:
+                all_waiting.set()
+
+        def result(self, timeout: float | None = None) -> tuple[str, ...]:
+            self._waited()
+            return super().result(timeout)
+
+        def exception(self, timeout: float | None = None) -> BaseException | None:
+            self._waited()
+            return super().exception(timeout)
+
+    real = tenant_policies._read_texts
+
+    def failing(conn: Any) -> tuple[str, ...]:
+        real(conn)
+        assert all_waiting.wait(20)  # every other caller waits for this read
+        raise failure
+
+    monkeypatch.setattr(tenant_policies, "Future", Flight)
+    monkeypatch.setattr(tenant_policies, "_read_texts", failing)
+    raised: dict[str, list[BaseException]] = {"leader": [], "waiter": []}
+    leaders_frames: list[int] = []
+
+    def call() -> None:
+        try:
+            tenant_policy_texts(tenant_id)
+        except BaseException as exc:  # noqa: BLE001  # each caller's failure, kept for the assertions
+            if exc is failure:
+                leaders_frames.append(len(list(traceback.walk_tb(exc.__traceback__))))
+            raised["leader" if exc is failure else "waiter"].append(exc)
+
+    with ThreadPoolExecutor(WAITERS + 1) as pool:
+        leader = pool.submit(call)
+        while policy_cache._reading.get(tenant_id) is None:  # the leader's read is under way
+            threading.Event().wait(0.01)
+        for _ in range(WAITERS):
+            pool.submit(call)
+    assert raised["leader"] == [failure]
+    waiters = raised["waiter"]
+    assert len(waiters) == WAITERS and len({id(exc) for exc in waiters}) == WAITERS
+    for exc in waiters:
+        assert type(exc) is type(failure) and exc.args == failure.args
+        assert exc.__cause__ is failure
+        assert unavailable_dependency(exc) == "database"  # answered 503, as the leader's is
+    leader.result()
+    # No waiter raised the leader's exception in its own thread, so its traceback is the leader's alone.
+    assert len(list(traceback.walk_tb(failure.__traceback__))) == leaders_frames[0]
+    # The failure is not kept: the next call reads again.
+    monkeypatch.setattr(tenant_policies, "_read_texts", real)
+    assert len(tenant_policy_texts(tenant_id)) == 1

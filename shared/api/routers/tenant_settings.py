@@ -16,7 +16,7 @@ from shared.api.problems import ProblemError, invalid_fields, json_pointer
 from shared.api.responses import AUTH_ERRORS, INVALID, PRECONDITION_FAILED
 from shared.api.security import RequestContext, authorize, record_mutation, tenant_resource
 from shared.api.transactions import TenantConnection
-from shared.audit.factory import AUDIT_MAX_RETENTION_DAYS, AUDIT_MIN_RETENTION_DAYS
+from shared.audit.factory import AUDIT_MAX_RETENTION_DAYS, AUDIT_MIN_RETENTION_DAYS, AUDIT_RETENTION_SETTING
 from shared.etags import if_match_tags
 from shared.modules.ssrf import private_network_allowed
 from shared.policy.actions import Action
@@ -29,7 +29,7 @@ from shared.tenants.repository import (
     settings_etag,
     settings_versions,
 )
-from shared.tenants.settings import settings_problems
+from shared.tenants.settings import settings_problems, unchanged_retention
 
 router = APIRouter(prefix="/api/v1/tenant", tags=["tenants"], route_class=GuardedRoute)
 
@@ -60,7 +60,11 @@ class TenantSettings(BaseModel):
     quotas: TenantQuotas
     allowed_modules: list[str]
     allowed_targets: list[str]
-    settings: dict[str, Any]
+    settings: dict[str, Any] = Field(
+        description="The tenant's own settings, as stored. An `audit_retention_days` below"
+        f" {AUDIT_MIN_RETENTION_DAYS} (stored before the platform's floor existed) is applied as"
+        f" {AUDIT_MIN_RETENTION_DAYS} days; sending it back unchanged is accepted and keeps it."
+    )
 
 
 class TenantSettingsUpdate(BaseModel):
@@ -77,8 +81,10 @@ class TenantSettingsUpdate(BaseModel):
         max_length=100,
         description="At most 100 keys per change; merged, the tenant's settings hold at most 200 keys and 64 KiB as"
         " JSON, and one setting at most 32 KiB. `audit_retention_days`, the days each audit record of the tenant is"
-        f" kept, is a whole number from {AUDIT_MIN_RETENTION_DAYS} (the platform's floor) to"
-        f" {AUDIT_MAX_RETENTION_DAYS}, or null to keep the records until the tenant is erased; anything else is 422.",
+        " kept (Cosmos DB audit store; the Postgres store keeps every record until erasure), is a whole number from"
+        f" {AUDIT_MIN_RETENTION_DAYS} (the platform's floor) to {AUDIT_MAX_RETENTION_DAYS}, or null to keep the"
+        " records until the tenant is erased; anything else is 422, but for the value stored, sent back as read (one"
+        f" below the floor, stored before it existed, stays and is applied as {AUDIT_MIN_RETENTION_DAYS} days).",
     )
 
 
@@ -120,18 +126,25 @@ def update(
     resource = tenant_resource("Tenant", context.tenant.id, context.tenant.id)
     authorize(context, Action.TENANT_SETTINGS_UPDATE, resource, conn=conn)
     tags = if_match_tags(if_match)
+    current = own_tenant(conn)
     # Early, for the answer's sake: a stale ETag is 412 whatever else is wrong with the change. The merge compares
     # again, in its UPDATE, which is what keeps two changes with one ETag from both applying.
-    if tags is not None and own_tenant(conn)["version"] not in settings_versions(tags):
+    if tags is not None and current["version"] not in settings_versions(tags):
         raise _stale()
+    stored = current["settings"]
     problems = [
-        *settings_problems(change.settings, allow_private=private_network_allowed()),
+        *settings_problems(change.settings, allow_private=private_network_allowed(), stored=stored),
         *_oversized(change.settings),
     ]
     if problems:
         raise _invalid(problems)
+    merged = dict(change.settings)
+    if unchanged_retention(merged, stored):
+        # Sent back as read, so not checked against the floor: it is left out of the merge, so that a value a
+        # concurrent change set meanwhile is never put back below the floor by this one.
+        del merged[AUDIT_RETENTION_SETTING]
     try:
-        merge_own_settings(conn, change.settings, if_match=tags)
+        merge_own_settings(conn, merged, if_match=tags)
     except SettingsPreconditionFailedError:
         raise _stale() from None
     except SettingsTooLargeError as exc:
