@@ -50,7 +50,7 @@ from shared.engine.start import Conn, StartError, StartRequest
 from shared.engine.start_service import begin, launch
 from shared.ingress.rejecting import Rejected, invalid_body, not_accepted, refused_start, stale
 from shared.ingress.rejections import NewRejection, record_rejection, recorded_reason
-from shared.ingress.request import IngressEvent, IntentRequest
+from shared.ingress.request import IngressEvent, IntentRequest, LaxIntentRequest
 from shared.ingress.verify import Sender, StaleEventError, check_fresh, sender, verify_token
 from shared.loop_limiters import LoopTenantParses
 from shared.observability.tracing import TRACEPARENT, root_span, span_context_of
@@ -253,23 +253,32 @@ def _document(body: bytes) -> Any:
     return loads(body)
 
 
-def _read(body: bytes) -> tuple[IntentRequest | Rejected, str | None]:
-    """The request in a body, or why it is rejected, with the key it names when it has a usable one. CPU only, up
-    to seconds for a hostile MiB: run on a worker thread, never on the event loop."""
+def _read(body: bytes) -> tuple[IntentRequest | Rejected, str | None, IntentRequest | None]:
+    """The request in a body, or why it is rejected, with the key it names when it has a usable one, and the request
+    the release before the strict model read in a body it refuses (`_lax`). CPU only, up to seconds for a hostile
+    MiB: run on a worker thread, never on the event loop."""
     try:
         document = _document(body)
     except NotAcceptedJSONError as exc:  # before its key is read: such a body may not even parse safely
-        return not_accepted(exc), None
+        return not_accepted(exc), None, None
     try:
-        return IntentRequest.of_document(document), None
+        return IntentRequest.of_document(document), None, None
     except ValueError as exc:
-        return invalid_body(exc), IntentRequest.key_in(document)
+        return invalid_body(exc), IntentRequest.key_in(document), _lax(document)
+
+
+def _lax(document: Any) -> IntentRequest | None:
+    """The request the release before the strict `version` read in a body the strict model refuses (`"version": "1"`
+    was version 1): only to find the execution it may have started then, by its fingerprint. A redelivery across the
+    deploy of an event that release started is answered by that execution, never recorded rejected while it runs."""
+    return LaxIntentRequest.of_lax_document(document)
 
 
 def _read_stale(body: bytes) -> tuple[IntentRequest | None, str | None]:
-    """The request a stale event names, when its body is one, and the key it names, for the producer to match its
-    rejection by; neither for a body that is not accepted JSON within the container bound (read as any body is: a
-    plain parse of one nested too deep raises, and would be retried for ever). CPU only: run on a worker thread."""
+    """The request a stale event names, when its body is one (as the release before the strict `version` read it,
+    when only that one did: `_lax`), and the key it names, for the producer to match its rejection by; neither for a
+    body that is not accepted JSON within the container bound (read as any body is: a plain parse of one nested too
+    deep raises, and would be retried for ever). CPU only: run on a worker thread."""
     try:
         document = _document(body)
     except NotAcceptedJSONError:
@@ -277,7 +286,8 @@ def _read_stale(body: bytes) -> tuple[IntentRequest | None, str | None]:
     try:
         return IntentRequest.of_document(document), None
     except ValueError:
-        return None, IntentRequest.key_in(document)
+        lax = _lax(document)
+        return lax, IntentRequest.key_in(document) if lax is None else lax.idempotency_key
 
 
 def _recorded_in(conn: Conn, event: IngressEvent) -> str | None:
@@ -337,9 +347,12 @@ async def process_event(
         check_fresh(event, moment)
     except StaleEventError as exc:
         return await _stale(context, event, exc, ref)
-    read, key = await anyio.to_thread.run_sync(_read, event.body, limiter=_tenant_parses(context.tenant.id))
+    read, key, lax = await anyio.to_thread.run_sync(_read, event.body, limiter=_tenant_parses(context.tenant.id))
     if isinstance(read, Rejected):
-        return await _reject(context, event, read, key, ref)
+        # A body only the release before the strict model accepted may have started an execution then: that
+        # execution is its answer (matched by key and fingerprint), not a rejection recorded while it runs.
+        started_then = None if lax is None else _started_by(context, lax.idempotency_key, lax)
+        return await _reject(context, event, read, key, ref, started_then)
     request = read
     audited = {"via": event.hub}
 
@@ -381,13 +394,18 @@ async def process_event(
             raise
         key = request.idempotency_key
         return await _reject(context, event, rejected, key, ref, _started_by(context, key, request))
-    # Not recorded, raised: a failed launch gives its start claim back, so the batch's retry (in place) starts it.
+    # Not recorded, raised: a failed launch gives its start claim back, so the batch's retry (in place) starts it;
+    # after the last retry, the sweeper does (the execution has committed: the event is not dropped).
+    _EVENT_STARTED.set(started.execution.id)
     await launch(client, started, context.tenant.id, record_failure=False)
     return Outcome(event.event_id, started.execution.id, started.created)
 
 
 _EVENT_TENANT: ContextVar[UUID | None] = ContextVar("intent_requests_event_tenant", default=None)
 """The tenant of the event being processed, once its sender is known: named in the line of an event dropped."""
+_EVENT_STARTED: ContextVar[UUID | None] = ContextVar("intent_requests_event_started", default=None)
+"""The execution the event being processed started or found, once its start has committed (`begin` returned): an
+event failing after it (its launch) is left to the sweeper, not dropped."""
 
 
 async def process_batch(
@@ -408,6 +426,7 @@ async def process_batch(
     for event in events:
         traceparent = event.properties.get(TRACEPARENT)
         known = _EVENT_TENANT.set(None)
+        committed = _EVENT_STARTED.set(None)
         try:
             # The producer's trace, when it sent one, is linked, not continued: any producer names it, and before its
             # sender is verified (the execution this event starts gets a root of its own, linked to this one).
@@ -420,35 +439,63 @@ async def process_batch(
                 outcomes.append(await process_event(event, client, checker))
         except Exception as exc:  # one event's outage must not keep the batch's other requests back
             if final_attempt:
-                tenant_id = _EVENT_TENANT.get()
-                # Counted as the telemetry-only rejections are (`qp.ingress.rejected`, reason `dropped`): the
-                # ingress-rejections alert and the workbook's panel show it; the tenant's record has nothing of it.
-                telemetry.emit(
-                    "ingress.rejected",
-                    tenant_id=tenant_id or UNATTRIBUTED,
-                    reason=DROPPED,
-                    event_id=event.event_id,
-                    detail=f"dropped after the retry policy's last attempt: {type(exc).__name__}",
-                )
-                logger.error(
-                    "intent-requests: event %s (hub %s, partition %s, sequence number %s) of tenant %s, request %s,"
-                    " dropped: it failed on the last retry and is checkpointed unprocessed: %s",
-                    event.event_id,
-                    event.hub,
-                    event.partition_id,
-                    event.sequence_number,
-                    tenant_id or UNATTRIBUTED,
-                    reference_of(event),
-                    exc,
-                )
+                _failed_on_last_attempt(event, exc, _EVENT_TENANT.get(), _EVENT_STARTED.get())
             else:
                 logger.error("intent-requests: event %s failed and will be retried: %s", event.event_id, exc)
             failures.append(exc)
         finally:
+            _EVENT_STARTED.reset(committed)
             _EVENT_TENANT.reset(known)
     if failures:
         raise RuntimeError(f"{len(failures)} of {len(events)} intent requests did not complete") from failures[0]
     return outcomes
+
+
+def _failed_on_last_attempt(
+    event: IngressEvent, exc: Exception, tenant_id: UUID | None, execution_id: UUID | None
+) -> None:
+    """The line (and count) of an event that failed on the retry policy's last attempt. One whose start committed
+    (its launch failed) is not lost: its execution is pending, and the sweeper launches it. One that failed before
+    is dropped: logged at error level first, then counted as the telemetry-only rejections are, the count guarded
+    (a failing exporter must not hide the line, nor the batch's other events)."""
+    tenant = tenant_id or UNATTRIBUTED
+    if execution_id is not None:
+        logger.error(
+            "intent-requests: event %s (hub %s, partition %s, sequence number %s) of tenant %s, request %s, failed on"
+            " the last retry after its start committed: left to the sweeper: execution %s: %s",
+            event.event_id,
+            event.hub,
+            event.partition_id,
+            event.sequence_number,
+            tenant,
+            reference_of(event),
+            execution_id,
+            exc,
+        )
+        return
+    logger.error(
+        "intent-requests: event %s (hub %s, partition %s, sequence number %s) of tenant %s, request %s,"
+        " dropped: it failed on the last retry and is checkpointed unprocessed: %s",
+        event.event_id,
+        event.hub,
+        event.partition_id,
+        event.sequence_number,
+        tenant,
+        reference_of(event),
+        exc,
+    )
+    try:
+        # Counted as the telemetry-only rejections are (`qp.ingress.rejected`, reason `dropped`): the
+        # ingress-rejections alert and the workbook's panel show it; the tenant's record has nothing of it.
+        telemetry.emit(
+            "ingress.rejected",
+            tenant_id=tenant,
+            reason=DROPPED,
+            event_id=event.event_id,
+            detail=f"dropped after the retry policy's last attempt: {type(exc).__name__}",
+        )
+    except Exception:
+        logger.warning("intent-requests: the drop of event %s could not be counted", event.event_id, exc_info=True)
 
 
 def is_final_attempt(retry_count: int, max_retry_count: int) -> bool:

@@ -6,9 +6,13 @@ sender are one group of their own), so a principal that floods the hub with inva
 and cannot grow the shared table without end. It is bounded per tenant too: past `TENANT_KEPT` rows the deepest of
 each principal's go first, so every principal keeps at least its share of it; and no row outlives `RETENTION`
 (migrations 0026, 0063).
-A row younger than `REDELIVERY_WINDOW` is never deleted by those counts, only shrunk to a marker (`trimmed`: its
-document replaced by a stub, left out of the listing): its event may still be delivered, and the marker keeps its
-rejection final (migration 0079). The tenant's bound is applied once its full rows pass it by a tenth, then back to it.
+A row younger than `REDELIVERY_WINDOW` whose cause can go away (quota, a refusal of policy or grant, a suspension, an
+intent not found, a conflict, an input its version refused) is not deleted by those counts but shrunk to a marker
+(`trimmed`: no document, principal nor key; left out of the listing): its event may still be delivered, and the
+marker keeps its rejection final (migration 0079). A body that is not a request and a stale event are refused the same
+on every delivery: their rows are deleted as before, so they make no markers. A tenant keeps at most `tenant_keep`
+markers (`TENANT_KEPT`), its oldest deleted past that. The tenant's bound is applied once its full rows pass it by a
+tenth, then back to it.
 Each row is bounded too: a problem document larger than `MAX_DETAIL_BYTES` is stored as a short summary of itself.
 """
 
@@ -52,8 +56,9 @@ TENANT_KEPT = 10 * KEPT
 min(KEPT, TENANT_KEPT / G), so up to 10 of them keep all of theirs (the database keeps at least 1,000 and `KEPT`)."""
 REDELIVERY_WINDOW = timedelta(hours=25)
 """How long after its record an event may still be delivered and started: the 24 h stale limit (`MAX_EVENT_AGE`)
-plus its processing's retries. The database holds it (migration 0079): the count trims never delete a row younger,
-they make it a marker; and it is the retention's floor."""
+plus its processing's retries. The database holds it (migration 0079): the count trims never delete a row younger
+whose cause can go away, they make it a marker (at most `TENANT_KEPT` of a tenant's); and it is the retention's
+floor."""
 TENANT_SLACK = TENANT_KEPT // 10
 """How far past `TENANT_KEPT` a tenant's full rows go before they are trimmed back to it (the database's tenth)."""
 RETENTION = timedelta(days=30)

@@ -119,6 +119,22 @@ class IntentRequest(BaseModel):
         return cls.model_validate(document)
 
 
+class LaxIntentRequest(IntentRequest):
+    """A body as the release before the strict `version` read it (`"1"` and `true` taken as version 1): used only to
+    find the execution such a body started then (its fingerprint), never to start anything (ADR 0019)."""
+
+    version: int | None = Field(None, ge=1)
+
+    @classmethod
+    def of_lax_document(cls, document: Any) -> LaxIntentRequest | None:
+        """The request a body the strict model refused was read as by the lax release; None when it was not one."""
+        try:
+            request = cls.of_document(document)
+        except ValueError:
+            return None
+        return request if isinstance(request, LaxIntentRequest) else None
+
+
 @dataclass(frozen=True)
 class IngressEvent:
     """One event as the hub delivered it; `enqueued_time` is stamped by the hub when it accepted the event."""

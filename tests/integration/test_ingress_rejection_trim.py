@@ -15,7 +15,10 @@ import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
+from shared.accepted_json import NotAcceptedJSONError
+from shared.db.migrate import APP_MIGRATIONS, discover
 from shared.db.session import runtime_transaction, tenant_transaction
+from shared.ingress.rejecting import Rejected, invalid_body, not_accepted, stale
 from shared.ingress.rejections import NewRejection, list_rejections, record_rejection, recorded_reason
 
 pytestmark = pytest.mark.integration
@@ -261,7 +264,7 @@ def test_a_row_its_event_may_still_start_is_trimmed_to_a_marker_and_an_older_one
     rows = _rows(pg, tenant)
     # Beyond the sender's newest 100: the old ones deleted; the young ones kept as markers, their events still final.
     assert sorted(n for n in rows if n < 100) == [5, 6, 7, 8, 9]
-    assert all(rows[n] == (True, {"reason": "invalid_request", "trimmed": True}) for n in range(5, 10))
+    assert all(rows[n] == (True, {}) for n in range(5, 10))
     assert all(not rows[n][0] for n in range(100, 100 + _FLOOR))
     assert _sequence_numbers(app_pool, tenant) == list(range(100 + _FLOOR - 1, 99, -1))  # markers are not listed
     with tenant_transaction(tenant, pool=app_pool) as conn:
@@ -270,3 +273,137 @@ def test_a_row_its_event_may_still_start_is_trimmed_to_a_marker_and_an_older_one
     _age(pg, tenant, 10, "1 day 2 hours")
     _record(app_pool, tenant, 1000, 1, "sender", keep=_FLOOR)
     assert not [n for n in _rows(pg, tenant) if n < 100]
+
+
+def _refused(sequence_number: int, refusal: Rejected, principal: str = "flooder") -> NewRejection:
+    return NewRejection(
+        hub="intent-requests",
+        partition_id="2",
+        sequence_number=sequence_number,
+        enqueued_time=None,
+        reason=refusal.reason,
+        detail=refusal.document(f"intent-requests/{sequence_number}"),
+        requested_by=principal,
+        idempotency_key=f"k-{sequence_number}",
+    )
+
+
+def _markers(pg: Any, tenant: uuid.UUID) -> list[tuple[Any, ...]]:
+    """The tenant's markers, oldest first: sequence number, principal, key, document."""
+    with psycopg.connect(pg.admin_url, dbname="quantum") as admin:
+        return admin.execute(
+            "SELECT sequence_number, requested_by, idempotency_key, detail FROM app.ingress_rejections"
+            " WHERE tenant_id = %s AND trimmed ORDER BY created_at, id",
+            (tenant,),
+        ).fetchall()
+
+
+def test_a_burst_of_bodies_refused_as_sent_leaves_no_markers(
+    pg: Any, app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    # Every row beyond the sender's newest was kept as a marker for 25 h, whatever its reason: a flood of invalid
+    # bodies (the cheapest event) grew the table by one marker per event. A body that is not a request, and a stale
+    # event, are refused the same way on every delivery: their rows go as before.
+    tenant = new_tenant()
+    refusals = [
+        invalid_body(ValueError("not an object")),
+        not_accepted(NotAcceptedJSONError([])),
+        stale(ValueError("enqueued too long ago")),
+    ]
+    for n in range(_FLOOR + 30):
+        with tenant_transaction(tenant, pool=app_pool) as conn:
+            assert record_rejection(conn, _refused(n, refusals[n % 3]), keep=_FLOOR)
+    assert _markers(pg, tenant) == []
+    assert _sequence_numbers(app_pool, tenant) == list(range(_FLOOR + 29, 29, -1))
+    # A refusal whose cause can go away (quota freed) is still kept as a marker beyond the count.
+    quota = Rejected("quota_exceeded", 429, "execution-quota", "Too many requests", "at its quota")
+    for n in range(1000, 1000 + _FLOOR + 1):
+        with tenant_transaction(tenant, pool=app_pool) as conn:
+            assert record_rejection(conn, _refused(n, quota), keep=_FLOOR)
+    assert [row[0] for row in _markers(pg, tenant)] == [1000]
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        assert recorded_reason(conn, "intent-requests", "2", 1000, None) == "quota_exceeded"
+
+
+def test_a_tenants_markers_stop_at_its_bound_the_oldest_going_first(
+    pg: Any, app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    # Markers had no bound: 200,000 rejections of one sender within 25 h left 199,000 of them.
+    tenant = new_tenant()
+    with psycopg.connect(pg.admin_url, dbname="quantum", autocommit=True) as admin:
+        admin.execute(
+            "INSERT INTO app.ingress_rejections (tenant_id, hub, partition_id, sequence_number, reason, detail,"
+            " trimmed, created_at)"
+            " SELECT %s, 'intent-requests', '9', n, 'quota_exceeded', '{}'::jsonb, true,"
+            "        now() - interval '2 hours' + n * interval '1 millisecond'"
+            " FROM generate_series(0, %s) AS n",
+            (tenant, _TENANT_FLOOR - 1),
+        )
+    _seed(pg, tenant, "sender", 10_000, _FLOOR)
+    _record(app_pool, tenant, 20_000, 5, "sender", keep=_FLOOR, tenant_keep=_TENANT_FLOOR)
+    markers = _markers(pg, tenant)
+    assert len(markers) == _TENANT_FLOOR
+    # The five oldest seeded markers went; the five rows trimmed now are the newest markers.
+    assert [row[0] for row in markers[:2]] == [5, 6]
+    assert [row[0] for row in markers[-5:]] == list(range(10_000, 10_005))
+    assert len(_sequence_numbers(app_pool, tenant)) == _FLOOR
+
+
+def test_the_listing_shows_full_rows_whole_and_markers_hold_only_what_the_lookup_reads(
+    pg: Any, app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    # A marker kept its principal and key (the principal in every index of it, one of them of migration 0063's): a
+    # few hundred bytes and more per marker, none of which the lookup reads.
+    tenant = new_tenant()
+    quota = Rejected(
+        "quota_exceeded", 429, "execution-quota", "Too many requests", "at its quota", extensions={"limit": 1}
+    )
+    for n in range(_FLOOR + 10):
+        with tenant_transaction(tenant, pool=app_pool) as conn:
+            assert record_rejection(conn, _refused(n, quota, principal="p" if n % 2 else "q"), keep=_FLOOR)
+    for n in range(_FLOOR + 10, _FLOOR + 70):
+        with tenant_transaction(tenant, pool=app_pool) as conn:
+            assert record_rejection(conn, _refused(n, quota, principal="q"), keep=_FLOOR)
+    markers = _markers(pg, tenant)
+    assert markers and all(row[1:] == (None, None, {}) for row in markers)
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        assert all(recorded_reason(conn, "intent-requests", "2", row[0], None) == "quota_exceeded" for row in markers)
+        seen, cursor = [], None
+        while True:
+            page, cursor = list_rejections(conn, cursor=cursor, limit=37)
+            seen.extend(page)
+            if cursor is None:
+                break
+    marked = {row[0] for row in markers}
+    assert len(marked) == 15  # q's 115 rows beyond its newest 100; p's 55 are all kept
+    assert [r.sequence_number for r in seen] == [n for n in range(_FLOOR + 69, -1, -1) if n not in marked]
+    for rejection in seen:
+        n = rejection.sequence_number
+        assert rejection.requested_by == ("p" if n % 2 and n < _FLOOR + 10 else "q")
+        assert rejection.idempotency_key == f"k-{n}"
+        assert rejection.detail["limit"] == 1 and rejection.detail["instance"] == f"intent-requests/{n}"
+    with psycopg.connect(pg.admin_url, dbname="quantum") as admin:
+        indexes = {
+            row[0]
+            for row in admin.execute(
+                "SELECT indexname FROM pg_catalog.pg_indexes"
+                " WHERE schemaname = 'app' AND tablename = 'ingress_rejections'"
+            ).fetchall()
+        }
+        invalid = admin.execute(
+            "SELECT count(*) FROM pg_catalog.pg_index WHERE NOT indisvalid"
+            " AND indrelid = 'app.ingress_rejections'::regclass"
+        ).fetchone()
+    assert "ingress_rejections_tenant_principal_created" not in indexes
+    assert {"ingress_rejections_tenant_listed", "ingress_rejections_tenant_markers"} <= indexes
+    assert invalid == (0,)
+
+
+def test_the_markers_indexes_are_built_concurrently_outside_the_alter_tables_lock() -> None:
+    # Migration 0079 built its two indexes in its own transaction, under the ACCESS EXCLUSIVE lock of its ALTER
+    # TABLE: every read of the table (an ingress start's, under its tenant's start lock) waited for the builds.
+    migrations = {m.version: m for m in discover(APP_MIGRATIONS)}
+    assert "CREATE INDEX" not in migrations[79].sql_text.upper()
+    built = migrations[81]
+    assert not built.transactional
+    assert all("CONCURRENTLY" in statement for statement in built.statements)

@@ -9,21 +9,31 @@
 -- its record says, and starts nothing) plus the time its last processing takes; its row is recorded after it was
 -- enqueued. So a row younger than 25 h (the window below) may be the only thing that holds its event back.
 --
--- Now the count trims (a principal's `keep`, the tenant's `tenant_keep`) never delete a row younger than the window:
--- they shrink it to a marker instead (`trimmed`, its `detail` replaced by a small stub; the reason, place, stamp,
--- principal and key stay), which the listing leaves out as a trimmed row and the lookup still finds. Markers are
--- deleted once older than the window, at the tenant's next rejection; rows older than it are deleted by the counts as
--- before. The counts look at full rows only (a marker counts toward neither bound). The retention's floor is the
--- window.
+-- Now the count trims (a principal's `keep`, the tenant's `tenant_keep`) never delete a row younger than the window
+-- whose event a later delivery could start: they shrink it to a marker instead (`trimmed`; its `detail` replaced by
+-- an empty object, its principal and key cleared: the lookup reads only the place, the stamp and the reason), which
+-- the listing leaves out as a trimmed row and the lookup still finds. Markers are deleted once older than the window,
+-- at the tenant's next rejection; rows older than it are deleted by the counts as before. The counts look at full
+-- rows only (a marker counts toward neither bound). The retention's floor is the window.
+--
+-- Amended after a review (never applied outside tests before): only a refusal whose cause can go away is kept as a
+-- marker (quota, a policy's or a grant's refusal, a suspension, an intent not found, a conflict, an input its version
+-- refused). A body that is not a request (its problem type `validation-error`: not accepted JSON, or not the request
+-- model) and a stale event are refused the same way on every delivery, whatever changes: their rows are deleted by
+-- the counts as before, so the cheapest flood makes no markers. And a tenant keeps at most `tenant_keep` markers:
+-- past that its oldest markers are deleted, and the events of those (the tenant's refusals beyond its newest
+-- `tenant_keep` full rows and `tenant_keep` markers within 25 h) are no longer held back by their record (ADR 0019).
 --
 -- The tenant's bound is applied only once its full rows pass it by a tenth (the slack), and then back to the bound:
 -- at the bound, every rejection counted and ranked all of the tenant's rows (17 ms under its start lock); now the
 -- ranking runs once every tenth of the bound's rejections at most.
 --
 -- Storage per tenant: at most `tenant_keep` plus its slack full rows (each document at most 32 KiB, the app's
--- bound), plus markers of its rejections of the last 25 h, each a few hundred bytes (the key and principal are at
--- most 256 characters each): bounded by what its senders can put on the hub in 25 h, which the hub keeps itself for
--- its retention at up to 1 MB an event.
+-- bound), plus at most `tenant_keep` markers (no document, no principal, no key).
+--
+-- The indexes the counts, the markers and the listing read are built concurrently by migration 0081 (a plain build
+-- here held the ACCESS EXCLUSIVE lock of the ALTER TABLE below throughout, and every read of the table waited).
+-- Until then the statements below read the indexes of migrations 0015 and 0063.
 --
 -- The owner updates only the pinned tenant's rows, under a policy of its own here bound to it as its others are; the
 -- runtime still holds no UPDATE nor DELETE on the table. The function keeps its signature (and grants), so the
@@ -31,12 +41,6 @@
 -- INSERT still works.
 
 ALTER TABLE app.ingress_rejections ADD COLUMN trimmed boolean NOT NULL DEFAULT false;
-
--- The counts and ranking read full rows only; the markers' deletion reads markers only.
-CREATE INDEX ingress_rejections_tenant_principal_full
-    ON app.ingress_rejections (tenant_id, requested_by, created_at DESC, id DESC) WHERE NOT trimmed;
-CREATE INDEX ingress_rejections_tenant_markers
-    ON app.ingress_rejections (tenant_id, created_at) WHERE trimmed;
 
 DO $$
 BEGIN
@@ -57,12 +61,15 @@ AS $$
 DECLARE
     tenant uuid := app.current_tenant_id();
     window_start timestamptz := pg_catalog.now() - interval '25 hours';
+    -- The problem type of a body that is not a request (shared/ingress/rejecting.py): refused so on every delivery.
+    as_sent_type text := 'https://quantum-platform.dev/problems/validation-error';
     slack integer;
     aged bigint;
     own_deleted bigint;
     own_marked bigint;
     tenant_deleted bigint := 0;
     tenant_marked bigint := 0;
+    capped bigint := 0;
 BEGIN
     IF tenant IS NULL THEN
         RETURN 0;  -- no tenant pinned: nothing is anyone's to trim
@@ -72,18 +79,21 @@ BEGIN
     slack := tenant_keep / 10;
     max_age := GREATEST(max_age, interval '25 hours');
 
-    -- Past the retention, and markers past the window: no delivery of their events can start anything now.
+    -- Full rows past the retention, and markers past the window: no delivery of their events can start anything now.
     DELETE FROM app.ingress_rejections r
-     WHERE r.tenant_id = tenant AND r.created_at < pg_catalog.now() - max_age;
+     WHERE r.tenant_id = tenant AND NOT r.trimmed AND r.created_at < pg_catalog.now() - max_age;
     GET DIAGNOSTICS aged = ROW_COUNT;
     DELETE FROM app.ingress_rejections r
      WHERE r.tenant_id = tenant AND r.trimmed AND r.created_at < window_start;
 
-    -- The sender's full rows beyond its newest `keep`: deleted when older than the window, else made markers.
-    -- A group is named by `=` or `IS NULL` on the column itself, so its index is searched (migration 0063).
+    -- The sender's full rows beyond its newest `keep`: deleted when older than the window or refused as sent (a
+    -- stale event, a body that is not a request: refused the same on every delivery), else made markers.
+    -- A group is named by `=` or `IS NULL` on the column itself, so its index is searched (migration 0081).
     IF principal IS NULL THEN
         WITH beyond AS (
-            SELECT r.id, r.created_at FROM app.ingress_rejections r
+            SELECT r.id, r.created_at < window_start
+                         OR r.reason = 'stale' OR (r.reason = 'invalid' AND r.detail ->> 'type' = as_sent_type) AS gone
+              FROM app.ingress_rejections r
              WHERE r.tenant_id = tenant AND NOT r.trimmed
                AND r.requested_by IS NULL
                AND (r.created_at, r.id) < (SELECT k.created_at, k.id FROM app.ingress_rejections k
@@ -93,20 +103,22 @@ BEGIN
                                             OFFSET keep - 1 LIMIT 1)
         ), gone AS (
             DELETE FROM app.ingress_rejections r USING beyond b
-             WHERE r.tenant_id = tenant AND r.id = b.id AND b.created_at < window_start
+             WHERE r.tenant_id = tenant AND r.id = b.id AND b.gone
             RETURNING 1
         ), marked AS (
             UPDATE app.ingress_rejections r
-               SET trimmed = true, detail = pg_catalog.jsonb_build_object('reason', r.reason, 'trimmed', true)
+               SET trimmed = true, detail = '{}'::jsonb, requested_by = NULL, idempotency_key = NULL
               FROM beyond b
-             WHERE r.tenant_id = tenant AND r.id = b.id AND b.created_at >= window_start
+             WHERE r.tenant_id = tenant AND r.id = b.id AND NOT b.gone
             RETURNING 1
         )
         SELECT (SELECT pg_catalog.count(*) FROM gone), (SELECT pg_catalog.count(*) FROM marked)
           INTO own_deleted, own_marked;
     ELSE
         WITH beyond AS (
-            SELECT r.id, r.created_at FROM app.ingress_rejections r
+            SELECT r.id, r.created_at < window_start
+                         OR r.reason = 'stale' OR (r.reason = 'invalid' AND r.detail ->> 'type' = as_sent_type) AS gone
+              FROM app.ingress_rejections r
              WHERE r.tenant_id = tenant AND NOT r.trimmed
                AND r.requested_by = principal
                AND (r.created_at, r.id) < (SELECT k.created_at, k.id FROM app.ingress_rejections k
@@ -116,13 +128,13 @@ BEGIN
                                             OFFSET keep - 1 LIMIT 1)
         ), gone AS (
             DELETE FROM app.ingress_rejections r USING beyond b
-             WHERE r.tenant_id = tenant AND r.id = b.id AND b.created_at < window_start
+             WHERE r.tenant_id = tenant AND r.id = b.id AND b.gone
             RETURNING 1
         ), marked AS (
             UPDATE app.ingress_rejections r
-               SET trimmed = true, detail = pg_catalog.jsonb_build_object('reason', r.reason, 'trimmed', true)
+               SET trimmed = true, detail = '{}'::jsonb, requested_by = NULL, idempotency_key = NULL
               FROM beyond b
-             WHERE r.tenant_id = tenant AND r.id = b.id AND b.created_at >= window_start
+             WHERE r.tenant_id = tenant AND r.id = b.id AND NOT b.gone
             RETURNING 1
         )
         SELECT (SELECT pg_catalog.count(*) FROM gone), (SELECT pg_catalog.count(*) FROM marked)
@@ -135,8 +147,11 @@ BEGIN
                                           WHERE k.tenant_id = tenant AND NOT k.trimmed
                                           LIMIT tenant_keep::bigint + slack + 1) head) > tenant_keep + slack THEN
         WITH beyond AS (
-            SELECT ranked.id, ranked.created_at FROM (
+            SELECT ranked.id, ranked.gone FROM (
                 SELECT k.id, k.created_at,
+                       k.created_at < window_start
+                           OR k.reason = 'stale' OR (k.reason = 'invalid' AND k.detail ->> 'type' = as_sent_type)
+                           AS gone,
                        pg_catalog.row_number() OVER (PARTITION BY k.requested_by
                                                      ORDER BY k.created_at DESC, k.id DESC) AS place
                   FROM app.ingress_rejections k
@@ -145,18 +160,30 @@ BEGIN
              OFFSET tenant_keep
         ), gone AS (
             DELETE FROM app.ingress_rejections r USING beyond b
-             WHERE r.tenant_id = tenant AND r.id = b.id AND b.created_at < window_start
+             WHERE r.tenant_id = tenant AND r.id = b.id AND b.gone
             RETURNING 1
         ), marked AS (
             UPDATE app.ingress_rejections r
-               SET trimmed = true, detail = pg_catalog.jsonb_build_object('reason', r.reason, 'trimmed', true)
+               SET trimmed = true, detail = '{}'::jsonb, requested_by = NULL, idempotency_key = NULL
               FROM beyond b
-             WHERE r.tenant_id = tenant AND r.id = b.id AND b.created_at >= window_start
+             WHERE r.tenant_id = tenant AND r.id = b.id AND NOT b.gone
             RETURNING 1
         )
         SELECT (SELECT pg_catalog.count(*) FROM gone), (SELECT pg_catalog.count(*) FROM marked)
           INTO tenant_deleted, tenant_marked;
     END IF;
-    RETURN aged + own_deleted + own_marked + tenant_deleted + tenant_marked;
+
+    -- The markers' hard bound: past `tenant_keep` of them, the oldest go (their events are no longer held back: ADR
+    -- 0019). Read only when markers were made: at most tenant_keep index entries of the markers' index.
+    IF own_marked + tenant_marked > 0 THEN
+        DELETE FROM app.ingress_rejections r
+         WHERE r.tenant_id = tenant AND r.trimmed
+           AND (r.created_at, r.id) < (SELECT k.created_at, k.id FROM app.ingress_rejections k
+                                        WHERE k.tenant_id = tenant AND k.trimmed
+                                        ORDER BY k.created_at DESC, k.id DESC
+                                        OFFSET tenant_keep - 1 LIMIT 1);
+        GET DIAGNOSTICS capped = ROW_COUNT;
+    END IF;
+    RETURN aged + own_deleted + own_marked + tenant_deleted + tenant_marked + capped;
 END
 $$;
