@@ -202,6 +202,12 @@ def storable_text(text: str) -> str:
     return _UNSTORABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
+def replace_unstorable(text: str) -> str:
+    """`text` with each NUL and lone surrogate replaced with U+FFFD (the replacement character): for text an outside
+    party sent that is recorded as it came but for what no text can be stored with."""
+    return _UNSTORABLE.sub("\ufffd", text)
+
+
 def text_refusal(text: str) -> str | None:
     """Why a string cannot be accepted (a NUL or a lone surrogate in it), or None."""
     found = _UNSTORABLE.search(text)
@@ -244,6 +250,9 @@ def _pointer(path: _Path) -> str:
     return storable_text(path_pointer(reversed(steps)))
 
 
+_STRINGS_ONLY = frozenset({str})
+
+
 def _dumped_name(key: Any) -> str:
     """A member name that is not a string as `json.dumps` writes it (`true`, `null`, `200`, `1.5`)."""
     if isinstance(key, bool) or key is None:
@@ -261,6 +270,12 @@ def _walk(document: Any, bound_integers: bool, names_as_dumped: bool = False) ->
                 for key in value.duplicates:
                     yield Refusal(_pointer((at, key)), "the member is given more than once", DUPLICATE_MEMBER)
             children: list[tuple[_Path, Any]] = []
+            # The names as json.dumps writes them, kept only for an object with a name that is not a string: two
+            # names written alike (`1` and `"1"`, `True` and `"true"`) made one member once stored, the other's value
+            # silently gone.
+            dumped: set[str] | None = None
+            if names_as_dumped and not _STRINGS_ONLY.issuperset(map(type, value)):
+                dumped = set()
             for key, child in value.items():
                 if isinstance(key, str):
                     name, detail = key, text_refusal(key)
@@ -270,6 +285,10 @@ def _walk(document: Any, bound_integers: bool, names_as_dumped: bool = False) ->
                     name, detail = str(key), "a member name must be a string"
                 if detail is not None:
                     yield Refusal(_pointer((at, name)), f"member name: {detail}", UNSTORABLE_TEXT)
+                if dumped is not None:
+                    if name in dumped:
+                        yield Refusal(_pointer((at, name)), "the member is given more than once", DUPLICATE_MEMBER)
+                    dumped.add(name)
                 children.append(((at, name), child))
             stack.extend(reversed(children))
         elif isinstance(value, list | tuple):
@@ -287,8 +306,30 @@ def refusals(value: Any, *, bound_integers: bool = True, names_as_dumped: bool =
     Without `bound_integers` it refuses only what Postgres can never have stored, so values read back from the
     database (written before the bound) still pass. With `names_as_dumped`, a member name that is not a string (an
     int, a float, a bool, None: what `json.dumps` accepts) is taken as the string `json.dumps` writes for it, as a
-    value about to be stored through it is, instead of being refused."""
+    value about to be stored through it is, instead of being refused; two names of one object written alike (`1`
+    and `"1"`) are refused as a member given more than once (DUPLICATE_MEMBER)."""
     return list(itertools.islice(_walk(value, bound_integers, names_as_dumped), MAX_REFUSALS))
+
+
+def has_non_string_names(value: Any) -> bool:
+    """Whether an object in `value` has a member name that is not a string (which `json.dumps` writes as one, so that
+    two names can be written alike). Cheaper than `refusals`: it builds no paths, and looks at an array's or an
+    object's members one by one only when some of them are arrays or objects."""
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if not _STRINGS_ONLY.issuperset(map(type, item)):
+                return True
+            members: Iterable[Any] = item.values()
+        elif isinstance(item, list | tuple):
+            members = item
+        else:
+            continue
+        kinds = set(map(type, members))
+        if any(issubclass(kind, dict | list | tuple) for kind in kinds):
+            stack.extend(member for member in members if isinstance(member, dict | list | tuple))
+    return False
 
 
 def containers(body: bytes) -> int:

@@ -73,6 +73,7 @@ def claim_check(
     removal_within: StorageCall | None = None,
     look_within_s: Callable[[], float] | None = None,
     folder: str | None = None,
+    written: Callable[[ContainerClient, dict[str, Any]], None] | None = None,
 ) -> Any:
     """`output` itself when its JSON fits in `limit` bytes (QP_PAYLOAD_INLINE_MAX_BYTES), else its blob reference
     (stored through the request's container, quick to give up, when a request waits on it: `for_request`).
@@ -86,7 +87,8 @@ def claim_check(
     remove it (`discard`): a digest's name alone may be another step's output too. `look_within_s`, called once the
     blob is written, answers how long the look at its tenant may wait for the tenant row and run (`kept_for_tenant`;
     it may raise a step failure instead, to leave the look undone); without it an erasure holding the row is waited
-    for up to the statement timeout.
+    for up to the statement timeout. `written`, called with the container and the reference once the blob is
+    written, before that look: a caller whose look then fails may make the look alone again (`kept_reference`).
 
     The name is the content's digest and a blob holding these bytes is never overwritten, so a stored output never
     changes under a reference that points at it. A blob found under the name holding other bytes is replaced: no
@@ -122,10 +124,29 @@ def claim_check(
                 what,
                 lambda **options: target.upload_blob(name, body, overwrite=True, content_settings=settings, **options),
             )
+    reference = {BLOB_REF: {"container": target.container_name, "name": name, "size": len(body), "sha256": digest}}
+    if written is not None:
+        written(target, reference)
+    return kept_reference(tenant_id, target, reference, within=removal_within or within, look_within_s=look_within_s)
+
+
+def kept_reference(
+    tenant_id: UUID,
+    container: ContainerClient,
+    reference: dict[str, Any],
+    *,
+    within: StorageCall = unbounded,
+    look_within_s: Callable[[], float] | None = None,
+) -> dict[str, Any]:
+    """`reference`, to the tenant's blob just written in `container`, once the look at its tenant
+    (`kept_for_tenant`) finds it still there; TenantErasedError, the blob removed (`within` bounds the removal), when
+    it was erased meanwhile. The last part of `claim_check`; alone, the look again of a store whose look the
+    database stopped after its blob was written (`claim_check(written=...)`): the blob is neither uploaded nor
+    compared again."""
     look_s = look_within_s() if look_within_s is not None else None
-    if not kept_for_tenant(tenant_id, target, name, within=removal_within or within, look_within_s=look_s):
+    if not kept_for_tenant(tenant_id, container, reference[BLOB_REF]["name"], within=within, look_within_s=look_s):
         raise TenantErasedError(tenant_id)
-    return {BLOB_REF: {"container": target.container_name, "name": name, "size": len(body), "sha256": digest}}
+    return reference
 
 
 def discard(tenant_id: UUID, reference: Any, container: ContainerClient) -> None:

@@ -36,6 +36,7 @@ from typing import Any, Literal, TypeVar
 
 import psycopg
 from azure.core.exceptions import AzureError
+from azure.storage.blob import ContainerClient
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
@@ -44,7 +45,7 @@ from shared.db.session import bounded_lock_waits, tenant_transaction
 from shared.engine import steps as store
 from shared.engine.dispatch_results import raised_verdict
 from shared.engine.module_threads import LazyThreads, run_in_share, tenant_place
-from shared.engine.payloads import claim_check
+from shared.engine.payloads import claim_check, kept_reference
 from shared.engine.protocol import EventRaiser, WorkItem, no_one_to_tell
 from shared.engine.steps import Attempt, AttemptKey, Claim
 from shared.engine.work_hub import Carried, hand_back_work
@@ -95,10 +96,11 @@ tenant's rows, and with only the 60 s statement timeout the look held the module
 pooled connection that long, past the deadline and for nobody. Past it the attempt fails, retryable; the blob,
 written before the erasure's row delete commits, goes with the erasure's last pass (ADR 0026)."""
 STORE_LATER = "store_later"
-"""In a run's result: the output (`_Succeeded`) of a module that succeeded and whose store the database stopped (the
-look at its tenant met it out of reach, with or without a give-up, or a store's renewal did): once the claim is
-confirmed again (a renewal sent since, or taken back), only the store runs again, never the module, whose work is
-done; until the attempt's deadline at most."""
+"""In a run's result: the output (`_Succeeded`) of a module that succeeded and whose store the database stopped with
+an error that may clear (`_transient`: the look at its tenant met it out of reach, with or without a give-up, or a
+store's renewal did): once the claim is confirmed again (a renewal sent since, or taken back), only the store runs
+again (only the look when its blob was written), never the module, whose work is done; until the attempt's
+deadline at most. Lost if the host stops meanwhile: the redelivery runs the module again (at least once)."""
 
 _HOST = socket.gethostname()[:100]
 
@@ -319,8 +321,9 @@ async def _run_claimed(
     left running is waited for under the claim, never started again), unless it is a failure its module raised for
     being told it was abandoned (`Abandoned`); that run runs once more (once only: what the next returns is recorded),
     and a run given up before it started starts. A module that succeeded but whose output's store the database
-    stopped (STORE_LATER), under a give-up or not, is not run again: only its store is, with the output kept from its
-    run, each time a renewal sent since it failed is confirmed (or the claim is taken back), by the deadline.
+    stopped with an error that may clear (STORE_LATER), under a give-up or not, is not run again here: only its store
+    is (only its look, its blob written), with the output kept from its run, each time a renewal sent since it failed
+    is confirmed (or the claim is taken back), by the deadline.
 
     Why the give-up comes first, whatever the clocks: each confirmed statement ran after it was sent, and wrote
     `claimed_until` as its database time plus `_database_lease_s`; a copy takes the claim over only once the
@@ -377,6 +380,7 @@ async def _run_claimed(
     kept_since: float | None = None
     # The output of this attempt's module once it has succeeded: any later run stores it, never runs the module.
     succeeded: _Succeeded | None = None
+    kept_error = ""  # why the store of the output kept did not succeed, last time
     try:
         while True:
             now = time.monotonic()
@@ -399,7 +403,7 @@ async def _run_claimed(
                     # claim is known to be this copy's: a renewal sent after the store failed confirmed, or the claim
                     # taken back after a give-up. Until then the claim is renewed (or given up) as while it ran; by
                     # the deadline at most, past which it is recorded as timed out (below).
-                    kept, succeeded = True, result[STORE_LATER]
+                    kept, succeeded, kept_error = True, result[STORE_LATER], str(result["error"])
                     if kept_since is None:
                         kept_since = now
                     if taken_back or confirmed >= kept_since:
@@ -472,7 +476,12 @@ async def _run_claimed(
             if now >= deadline:
                 # A run still queued for a thread never starts; a thread cannot be stopped, only left behind.
                 run.cancel()
-                why = "abandoned at its deadline while still running" if start.started else "no thread was free"
+                if kept:
+                    why = f"its output kept, its store not done by then: {kept_error}"
+                elif start.started:
+                    why = "abandoned at its deadline while still running"
+                else:
+                    why = "no thread was free"
                 logger.warning("module-work: %s reached its deadline: %s", key, why)
                 return _timed_out(key, timeout_s, why)
             if renewal is None and now >= renewal_sent + HEARTBEAT_S:
@@ -493,9 +502,13 @@ async def _run_claimed(
     except asyncio.CancelledError:
         # Its batch's hold ended while it waited for a thread (its copy handed back runs it), or the host is stopping
         # (a redelivery takes the attempt over): a run still queued here must not start as well. One that never
-        # started lets its claim go at once, so that the copy need not wait it out.
+        # started lets its claim go at once, so that the copy need not wait it out; so does one that has ended (an
+        # output kept for its store, say, lost with this host: its redelivery runs the module again, at least once
+        # as ever), where nothing runs under the claim any more. Looked at before the cancel, which ends a run
+        # still on its thread here without stopping it.
+        ended_here = run.done()
         run.cancel()
-        if start.give_up():
+        if start.give_up() or ended_here:
             await _on_threads(_renewal_threads, _release, item, key, owner)
         raise
     except Exception:
@@ -672,19 +685,19 @@ def _run_module(
         if now >= fresh_until and not _still_held(item, key, owner):
             return _NotStarted.CLAIM_LOST
     except psycopg.Error as exc:
-        if done is None:
+        if done is None or not _transient(exc):
             raise
         # The store of an output kept from this attempt's run: the module's work is done, and letting the error
         # out failed the batch, whose redelivery ran the module again. Kept, its store is tried again later.
-        return _kept(
-            f"the storing of {item.action}'s output waited: its claim could not be renewed: {exc}", done.output
-        )
+        return _kept(f"the storing of {item.action}'s output waited: its claim could not be renewed: {exc}", done)
     if not start.begin():
         return _NotStarted.GIVEN_UP
     try:
         # A module that succeeded in this attempt already (its store stopped short by the database) is not run again.
-        output = done.output if done is not None else run_module(item.action, ctx, item.params, modules)
-        return _stored(item, key, ctx, output, deadline, ended)
+        if done is not None:
+            return _stored(item, key, ctx, done, deadline, ended)
+        output = run_module(item.action, ctx, item.params, modules)
+        return _stored(item, key, ctx, _Succeeded(output), deadline, ended)
     except StepFailed as exc:
         result: dict[str, Any] = {"ok": False, "error": exc.message, "retryable": exc.retryable}
         if isinstance(exc, Abandoned) and ctx.abandoned.is_set():
@@ -695,23 +708,33 @@ def _run_module(
 
 @dataclass(frozen=True)
 class _Succeeded:
-    """The output of a module that succeeded, still to be stored (STORE_LATER)."""
+    """The output of a module that succeeded, still to be stored (STORE_LATER); `written`, once its blob is written
+    and only the look at its tenant is left (the container and the blob's reference): its store then only looks."""
 
     output: Any
+    written: tuple[ContainerClient, dict[str, Any]] | None = None
 
 
-def _kept(error: str, output: Any) -> dict[str, Any]:
+def _kept(error: str, done: _Succeeded) -> dict[str, Any]:
     """The result of a run whose module succeeded but whose output's store the database stopped: not recorded as
     such (`_run_claimed` runs the store again, never the module), its output kept (STORE_LATER)."""
-    return {"ok": False, "error": error, "retryable": True, "stopped": True, STORE_LATER: _Succeeded(output)}
+    return {"ok": False, "error": error, "retryable": True, "stopped": True, STORE_LATER: done}
+
+
+def _transient(exc: psycopg.Error) -> bool:
+    """Whether a database error may clear on its own: the database out of reach or going away (OperationalError:
+    a connect failure, AdminShutdown, a pool's PoolTimeout, a lock or statement timeout) or a connection that broke
+    (InterfaceError). Not a refusal the database answered (ProgrammingError: InsufficientPrivilege, say;
+    IntegrityError, DataError), which runs into the same answer each time it is asked again."""
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
 
 
 def _stored(
-    item: WorkItem, key: AttemptKey, ctx: ModuleContext, output: Any, deadline: float, ended: threading.Event
+    item: WorkItem, key: AttemptKey, ctx: ModuleContext, done: _Succeeded, deadline: float, ended: threading.Event
 ) -> dict[str, Any]:
     """A successful run's result, its output stored first when it is too large to keep inline (on the module
-    thread); a step failure when the store failed, or a result stopped short (STORE_LATER) when the give-up's outage
-    stopped it."""
+    thread); a step failure when the store failed, or a result stopped short (STORE_LATER) when the database was out
+    of reach. A blob already written (`done.written`) is not written again: only the look at its tenant is made."""
     # A large output is stored by the attempt's deadline too: past it the store's retries held this thread (and
     # its tenant's share) for minutes. Cut off, it fails the attempt retryably as the module's own storage
     # failure does, and nothing is recorded as succeeded without its blob (ADR 0026). By the deadline only, not
@@ -719,19 +742,34 @@ def _stored(
     # Stopped, though, once nobody waits for it (a cancel, a take-over, the host stopping): it held the thread
     # and its tenant's share for up to a retry window per storage call for nothing.
     stored = dataclasses.replace(ctx, abandoned=ended)
+    written: list[tuple[ContainerClient, dict[str, Any]]] = [done.written] if done.written is not None else []
     try:
-        output = claim_check(
-            item.tenant_id,
-            key,
-            output,
-            within=bounded_by(stored),
-            # The removal of a blob whose tenant was erased meanwhile by its own window alone, from when it is
-            # tried: the erasure is what ends the run, and bounded by `ended` it gave up before any delete; bounded
-            # by the attempt's deadline, a store away held the thread (and its tenant's share) ~170 s for nobody,
-            # where a failed delete is noted for the erased-tenant-blobs timer anyway.
-            removal_within=_bounded_for(ctx, REMOVAL_WINDOW_S),
-            look_within_s=_tenant_look_s(deadline, ended),
-        )
+        # The removal of a blob whose tenant was erased meanwhile by its own window alone, from when it is tried:
+        # the erasure is what ends the run, and bounded by `ended` it gave up before any delete; bounded by the
+        # attempt's deadline, a store away held the thread (and its tenant's share) ~170 s for nobody, where a
+        # failed delete is noted for the erased-tenant-blobs timer anyway.
+        removal_within = _bounded_for(ctx, REMOVAL_WINDOW_S)
+        if done.written is not None:
+            # Written by an earlier run of this store, whose look the database stopped: the look alone, again (a
+            # re-upload found the blob there, 409, and downloaded it to compare, for nothing).
+            container, reference = done.written
+            output = kept_reference(
+                item.tenant_id,
+                container,
+                reference,
+                within=removal_within,
+                look_within_s=_tenant_look_s(deadline, ended),
+            )
+        else:
+            output = claim_check(
+                item.tenant_id,
+                key,
+                done.output,
+                within=bounded_by(stored),
+                removal_within=removal_within,
+                look_within_s=_tenant_look_s(deadline, ended),
+                written=lambda container, reference: written.append((container, reference)),
+            )
     except StepFailed:
         raise
     except AzureError as exc:
@@ -741,19 +779,22 @@ def _stored(
     except psycopg.Error as exc:
         # The look at its tenant (`kept_for_tenant`) met the database out of reach, or the tenant row held past its
         # bound (an erasure under way, whose last blob pass removes the blob). Let out, it failed the whole batch.
-        # The output is kept and only its store runs again, never the module, whose work is done (STORE_LATER): once
-        # a renewal is confirmed after it or the claim is taken back after a give-up, until the deadline. Recorded
-        # as the attempt's failure instead, the record needed the database the look had just failed to reach: it
-        # failed the batch, redelivered, and the module ran again. Only a row held while the database answers (and
-        # records) and no give-up meanwhile is the attempt's retryable failure, as before: the erasure holding it
-        # ends the attempt anyway.
+        # An error that may clear (`_transient`) keeps the output and only its store runs again, never the module,
+        # whose work is done (STORE_LATER): once a renewal is confirmed after it or the claim is taken back after a
+        # give-up, until the deadline; with its blob written, only the look runs again. Recorded as the attempt's
+        # failure instead, the record needed the database the look had just failed to reach: it failed the batch,
+        # redelivered, and the module ran again. The attempt's retryable failure, recorded at once as before: an
+        # error the database answered that asking again does not clear (InsufficientPrivilege, say: run again at
+        # each renewal until the deadline, an upload, a download and a pooled connection each time, then recorded
+        # as a timeout that hid it), and a row held while the database answers and no give-up meanwhile (the
+        # erasure holding it ends the attempt anyway).
         why = f"{type(exc).__name__}: {exc}".strip()
         held = isinstance(exc, psycopg.errors.LockNotAvailable | psycopg.errors.QueryCanceled)
         if held:
             why = f"its tenant could not be looked at in time (an erasure holding its row, or too little time): {why}"
         error = f"the storing of {item.action}'s output failed: {why}"
-        if ctx.abandoned.is_set() or not held:
-            return _kept(error, output)
+        if _transient(exc) and (ctx.abandoned.is_set() or not held):
+            return _kept(error, _Succeeded(done.output, written[0] if written else None))
         raise StepFailed(error) from exc
     except Exception as exc:
         # Anything else (a container that cannot be made on a bad setting, say) is the attempt's retryable

@@ -161,10 +161,19 @@ def _unstorable(output: Any, text: str) -> str | None:
         return f"it nests deeper than {accepted_json.MAX_DEPTH} levels"
     # NULs and surrogates appear only as escapes in ASCII JSON, and an integer beyond a bigint only as a run of 19
     # digits or more: the walk that names the place runs only when one may be there.
-    if "\\u0000" not in text and not _SURROGATE_ESCAPE.search(text) and not _LONG_DIGITS.search(text):
+    # And a member name that is not a string may be written like another name of its object (`1` and `"1"`), whatever
+    # else the text holds: a cheaper walk (no paths) tells whether an object has one, and the walk then runs.
+    if (
+        "\\u0000" not in text
+        and not _SURROGATE_ESCAPE.search(text)
+        and not _LONG_DIGITS.search(text)
+        and not accepted_json.has_non_string_names(output)
+    ):
         return None
     # A member name that is not a string is stored as json.dumps writes it (`{200: 3}` as `{"200": 3}`), as outputs
     # always were: refused only here, the same output was accepted or refused by whether the pre-check above ran.
+    # Two names written alike (`{1: "a", "1": "b"}`) are refused (a member given more than once): stored, one value
+    # was silently lost.
     found = accepted_json.refusals(output, bound_integers=True, names_as_dumped=True)
     return f"{found[0].pointer or '(output)'}: {found[0].detail}" if found else None
 

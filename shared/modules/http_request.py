@@ -11,6 +11,7 @@ from typing import Any, ClassVar, NoReturn
 
 import httpx
 
+from shared import accepted_json
 from shared.accepted_json import MAX_INT, MIN_INT
 from shared.modules.contract import Module, ModuleContext, StepFailed
 from shared.modules.ssrf import GuardedClient, Resolver, private_network_allowed, read_limited, system_resolver
@@ -95,24 +96,44 @@ def decode_body(response: httpx.Response, content: bytes, truncated: bool) -> An
     return read_body(response, content, truncated)[0]
 
 
-def read_body(response: httpx.Response, content: bytes, truncated: bool) -> tuple[Any, bool]:
-    """The body as `decode_body` answers it, and whether it is the text of a JSON body holding a number that cannot
-    be recorded as one (`body_as_text` in the output): an integer beyond a bigint, or NaN, Infinity or -Infinity
-    (which Python's parser takes), or a float that overflows to one.
+def read_body(response: httpx.Response, content: bytes, truncated: bool) -> tuple[Any, bool, bool]:
+    """The body as `decode_body` answers it; whether it is the text of a JSON body that cannot be recorded as JSON
+    (`body_as_text` in the output); and whether characters of a text body that no output can hold (NUL, lone
+    surrogates) were replaced with U+FFFD (`body_replaced`).
 
-    Such an integer (a 64-bit unsigned id, say) cannot be recorded exactly as a JSON number: jsonb reads it back as
-    a float, and the module's boundary refuses it; a number that is not finite is not JSON at all. Either failed the
-    step, not retried, after the upstream call had done its work, its status and headers lost. The body's text is
-    recorded instead, every character kept, as a mislabelled body's is."""
+    A JSON body is recorded as its text when it holds what the module's boundary refuses: an integer beyond a bigint
+    (a 64-bit unsigned id, say: jsonb reads it back as a float), NaN, Infinity or -Infinity (which Python's parser
+    takes) or a float that overflows to one, a NUL (`\\u0000`) or a lone surrogate (`\\ud800`) in a string or a
+    member name, or nesting deeper than the accepted JSON's. Each failed the step, not retried, after the upstream
+    call had done its work, its status and headers lost. Its text is recorded instead, as a mislabelled body's is:
+    every character kept, but for a NUL or lone surrogate of its own (a raw NUL byte), which no text can be stored
+    with and which becomes U+FFFD (`body_replaced`)."""
     content_type = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    as_text = False
     if not truncated and (content_type == "application/json" or content_type.endswith("+json")) and content:
         try:
-            return json.loads(content, parse_int=_bigint, parse_float=_finite, parse_constant=_constant), False
+            return _recordable_json(content), False, False
         except _Unrecordable:
-            return decode_text(content, response.encoding), True
+            as_text = True
         except ValueError:
             pass  # a server that mislabels its body still gets its text recorded
-    return decode_text(content, response.encoding), False
+    text = decode_text(content, response.encoding)
+    storable = accepted_json.replace_unstorable(text)
+    return storable, as_text, storable != text
+
+
+def _recordable_json(content: bytes) -> Any:
+    """JSON `content` (at most MAX_BODY_BYTES, so the walk is cheap) parsed; `_Unrecordable` when it holds what an
+    output cannot (what `contract._unstorable` refuses): nesting deeper than the accepted JSON's (counted before
+    parsing: deep enough, the parser raised RecursionError, which failed the step as retryable and ran the call
+    again), a number that cannot be recorded as one, a NUL or a lone surrogate. ValueError when it is not JSON."""
+    text = content.decode(json.detect_encoding(content), "surrogatepass")
+    if accepted_json.nesting_depth(text) > accepted_json.MAX_DEPTH:
+        raise _Unrecordable(f"nests deeper than {accepted_json.MAX_DEPTH} levels")
+    parsed = json.loads(text, parse_int=_bigint, parse_float=_finite, parse_constant=_constant)
+    if accepted_json.refusals(parsed, bound_integers=True):
+        raise _Unrecordable("holds text no output can")
+    return parsed
 
 
 def decode_text(content: bytes, charset: str | None) -> str:
@@ -180,7 +201,7 @@ class HttpRequestModule(Module[HttpRequestParams]):
             except httpx.HTTPError as exc:
                 raise StepFailed(f"{params.method} {params.url} failed: {type(exc).__name__}: {exc}") from None
         status = response.status_code
-        body, as_text = read_body(response, content, truncated)
+        body, as_text, replaced = read_body(response, content, truncated)
         output = {
             "status": status,
             "headers": {k: v for k, v in response.headers.items() if k.lower() in SAFE_RESPONSE_HEADERS},
@@ -188,7 +209,9 @@ class HttpRequestModule(Module[HttpRequestParams]):
             "truncated": truncated,
         }
         if as_text:
-            output["body_as_text"] = True  # JSON holding a number it cannot record as one, recorded as its exact text
+            output["body_as_text"] = True  # JSON that cannot be recorded as JSON, recorded as its text
+        if replaced:
+            output["body_replaced"] = True  # a NUL or lone surrogate in the body's text, replaced with U+FFFD
         expected = params.expect_status
         if (status not in expected) if expected else not 200 <= status < 300:
             wanted = ", ".join(map(str, expected)) if expected else "2xx"

@@ -242,8 +242,11 @@ def builtin_catalog() -> ModuleCatalog:
                 HttpRequestParams,
                 timeout_s=60,
                 description=(
-                    "Send an HTTP request; the output is the status, headers and JSON body. A JSON body holding an"
-                    " integer outside the signed 64-bit range is kept as its exact text, with body_as_text: true."
+                    "Send an HTTP request; the output is the status, headers and JSON body. A JSON body an output"
+                    " cannot hold (an integer outside the signed 64-bit range, NaN or Infinity, a NUL or a lone"
+                    " surrogate in a string or a name, nesting deeper than 128 levels) is kept as its text, with"
+                    " body_as_text: true. A NUL or lone surrogate in a text body is replaced with U+FFFD, with"
+                    " body_replaced: true."
                 ),
             ),
             ModuleSpec.from_model(

@@ -37,6 +37,29 @@ NOT_FINITE_BODIES = {
     "overflow": b'{"ratio": 1e400}',
 }
 """JSON bodies holding a number that is not finite (which Python's parser takes): not recordable as JSON at all."""
+CREATED_BODIES: dict[str, tuple[str, bytes, str, str]] = {
+    # name: (content type, body, the body recorded, the flag set)
+    "big-id": ("application/json", BIG_ID_BODY, BIG_ID_BODY.decode(), "body_as_text"),
+    "nul-escape": (
+        "application/json",
+        b'{"id": 1, "name": "a\\u0000b"}',
+        '{"id": 1, "name": "a\\u0000b"}',
+        "body_as_text",
+    ),
+    "lone-surrogate": (
+        "application/json",
+        b'{"id": 1, "name": "\\ud800"}',
+        '{"id": 1, "name": "\\ud800"}',
+        "body_as_text",
+    ),
+    "surrogate-name": ("application/json", b'{"\\udfff": 1}', '{"\\udfff": 1}', "body_as_text"),
+    "deep": ("application/json", b"[" * 129 + b"]" * 129, "[" * 129 + "]" * 129, "body_as_text"),
+    "very-deep": ("application/json", b"[" * 30000 + b"]" * 30000, "[" * 30000 + "]" * 30000, "body_as_text"),
+    "raw-nul-text": ("text/plain", b"created\x00id 1", "created\ufffdid 1", "body_replaced"),
+    "raw-nul-json": ("application/json", b'{"id": "1\x002"}', '{"id": "1\ufffd2"}', "body_replaced"),
+}
+"""201 bodies an output cannot hold as they came: a JSON body holding what the module's boundary refuses (recorded as
+its text, `body_as_text`), or text holding a NUL (recorded with U+FFFD in its place, `body_replaced`)."""
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -88,8 +111,9 @@ class Handler(BaseHTTPRequestHandler):
             self._reply(303, headers={"Location": "/echo?after=redirect"})
         elif path == "/loop":
             self._reply(302, headers={"Location": "/loop"})
-        elif path == "/created-big-id":
-            self._reply(201, BIG_ID_BODY, headers={"Location": "/things/1"})
+        elif path.startswith("/created/"):
+            content_type, created, _, _ = CREATED_BODIES[path.rsplit("/", 1)[1]]
+            self._reply(201, created, content_type, headers={"Location": "/things/1"})
         elif path.startswith("/not-finite/"):
             self._reply(201, NOT_FINITE_BODIES[path.rsplit("/", 1)[1]], headers={"Location": "/things/1"})
         elif path == "/big":
@@ -194,17 +218,23 @@ def test_http_request_unexpected_status(server: Server) -> None:
     assert output["status"] == 404 and output["body"] == {"error": "nope"}
 
 
-def test_http_request_json_body_with_an_integer_beyond_a_bigint_is_recorded_as_its_exact_text(server: Server) -> None:
-    # The upstream call has done its work (201 Created): refused at the module's boundary for the integer, the step
-    # failed, not retried, its status and headers lost, the message not saying the integer came from the response.
-    params = {"method": "POST", "url": f"{base(server)}/created-big-id", "expect_status": [201]}
+@pytest.mark.parametrize("name", sorted(CREATED_BODIES))
+def test_http_request_body_an_output_cannot_hold_is_recorded_as_text_with_its_status(server: Server, name: str) -> None:
+    # The upstream call has done its work (201 Created): refused at the module's boundary for its body, the step
+    # failed, not retried, its status and headers lost, the message not saying the value came from the response.
+    params = {"method": "POST", "url": f"{base(server)}/created/{name}", "expect_status": [201]}
     output = run_module("http.request", ctx(allowed_hosts=LOCAL), params)
+    _, _, recorded, flag = CREATED_BODIES[name]
     assert output["status"] == 201 and output["headers"]["location"] == "/things/1"
-    assert output["body"] == BIG_ID_BODY.decode() and output["body_as_text"] is True
+    assert output["body"] == recorded and output[flag] is True
+    assert {"body_as_text", "body_replaced"} & set(output) == {flag}  # the other flag is absent
     assert output["truncated"] is False
+
+
+def test_http_request_json_body_an_output_can_hold_carries_no_flag(server: Server) -> None:
     # Within a bigint, the body stays JSON and carries no such flag.
     output = run_module("http.request", ctx(allowed_hosts=LOCAL), {"url": f"{base(server)}/echo"})
-    assert isinstance(output["body"], dict) and "body_as_text" not in output
+    assert isinstance(output["body"], dict) and "body_as_text" not in output and "body_replaced" not in output
 
 
 @pytest.mark.parametrize("name", sorted(NOT_FINITE_BODIES))

@@ -815,11 +815,51 @@ def _tenant_look_out_of_reach_while(outage: threading.Event, looked: threading.E
     monkeypatch.setattr(offboarding, "tenant_transaction", tenant_out_of_reach)
 
 
+class _Uploads:
+    """The uploads of stored outputs made through the artifacts container, counted."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def counted(self) -> None:
+        with self._lock:
+            self.count += 1
+
+
+class _CountingContainer:
+    """An artifacts container that counts its uploads."""
+
+    def __init__(self, container: Any, uploads: _Uploads) -> None:
+        self._container = container
+        self._uploads = uploads
+
+    def upload_blob(self, *args: Any, **kwargs: Any) -> Any:
+        self._uploads.counted()
+        return self._container.upload_blob(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._container, name)
+
+
+@pytest.fixture
+def uploads(monkeypatch: pytest.MonkeyPatch) -> _Uploads:
+    observed = _Uploads()
+    container = payloads.artifacts_container
+    monkeypatch.setattr(
+        payloads,
+        "artifacts_container",
+        lambda settings, **kwargs: _CountingContainer(container(settings, **kwargs), observed),
+    )
+    return observed
+
+
 @pytest.mark.parametrize("outage_ends", ["before the give-up", "after the give-up"])
 def test_a_large_output_whose_tenant_look_fails_before_any_give_up_is_stored_once_the_database_is_back(
     app_pool: ConnectionPool[Any],
     tenant: uuid.UUID,
     records: _Records,
+    uploads: _Uploads,
     holder_process: _Worker,
     monkeypatch: pytest.MonkeyPatch,
     outage_ends: str,
@@ -866,9 +906,118 @@ def test_a_large_output_whose_tenant_look_fails_before_any_give_up_is_stored_onc
     outcome = ran.result(BOUND_S)
     assert outcome is not None and outcome.verdict["ok"] and is_blob_ref(outcome.verdict["output"]), outcome
     assert module.runs == 1 and records.count == 1
+    if outage_ends == "before the give-up":
+        assert not take_back_asked.is_set()  # stored once a renewal was confirmed: no give-up, nothing taken back
+    # Its blob written once: the store run again only looked at its tenant (an upload again met 409 and downloaded
+    # the blob to compare, each time).
+    assert uploads.count == 1
     assert payloads.load(outcome.verdict["output"], tenant) == {"run": 1, "pad": "x" * 70_000}
     row = _row(app_pool, item)
     assert row["state"] == "succeeded" and row["output"] == outcome.verdict["output"]
+
+
+def _tenant_look_fails_with(error: psycopg.Error, looks: list[int], monkeypatch: Any) -> None:
+    """The look at the tenant after a large output's store (`kept_for_tenant`) always fails with `error`; `looks`
+    counts them (its one element)."""
+
+    @contextlib.contextmanager
+    def failing(tenant_id: uuid.UUID, **kwargs: Any) -> Iterator[Any]:
+        looks[0] += 1
+        raise error
+        yield  # a generator, for the context manager
+
+    monkeypatch.setattr(offboarding, "tenant_transaction", failing)
+
+
+def test_a_large_output_whose_tenant_look_is_refused_records_the_refusal_at_once_and_runs_once(
+    app_pool: ConnectionPool[Any],
+    tenant: uuid.UUID,
+    records: _Records,
+    uploads: _Uploads,
+    holder_process: _Worker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An error the database answered that asking again does not clear kept the output, and its store (an upload
+    # meeting 409, a download to compare, a pooled connection, a module thread) ran again at every confirmed renewal
+    # until the deadline, which was then recorded as a timeout hiding the error.
+    monkeypatch.setattr(worker, "LEASE_S", 1.0)
+    monkeypatch.setattr(worker, "HEARTBEAT_S", 0.1)
+    looks = [0]
+    _tenant_look_fails_with(
+        psycopg.errors.InsufficientPrivilege("permission denied for table tenants"), looks, monkeypatch
+    )
+    module = _LargeWhenOpened()
+    module.opened.set()
+    item = _dispatched(app_pool, tenant, module.action, timeout_s=5)
+    outcome = asyncio.run_coroutine_threadsafe(
+        worker.run_attempt(item, {module.action: module}), holder_process.loop
+    ).result(BOUND_S)
+    assert outcome is not None and outcome.verdict["ok"] is False, outcome
+    assert "InsufficientPrivilege: permission denied for table tenants" in outcome.verdict["error"], outcome
+    assert "timed out" not in outcome.verdict["error"], outcome
+    assert module.runs == 1 and records.count == 1 and looks[0] == 1 and uploads.count == 1
+    row = _row(app_pool, item)
+    assert row["state"] == "failed" and "InsufficientPrivilege" in row["error"], row
+
+
+def test_a_large_output_kept_until_its_deadline_is_recorded_timed_out_with_its_error_its_blob_written_once(
+    app_pool: ConnectionPool[Any],
+    tenant: uuid.UUID,
+    records: _Records,
+    uploads: _Uploads,
+    holder_process: _Worker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The look at its tenant fails with the database out of reach until the attempt's deadline, renewals going
+    # through: the output is kept and the look alone runs again at each confirmed renewal, never the module nor the
+    # upload; at the deadline the attempt is recorded as timed out, naming the look's error.
+    monkeypatch.setattr(worker, "LEASE_S", 1.0)
+    monkeypatch.setattr(worker, "HEARTBEAT_S", 0.1)
+    looks = [0]
+    _tenant_look_fails_with(psycopg.OperationalError("the database is out of reach"), looks, monkeypatch)
+    module = _LargeWhenOpened()
+    module.opened.set()
+    item = _dispatched(app_pool, tenant, module.action, timeout_s=2)
+    outcome = asyncio.run_coroutine_threadsafe(
+        worker.run_attempt(item, {module.action: module}), holder_process.loop
+    ).result(BOUND_S)
+    assert outcome is not None and outcome.verdict["ok"] is False, outcome
+    assert "timed out" in outcome.verdict["error"] and "out of reach" in outcome.verdict["error"], outcome
+    assert looks[0] > 1  # looked at again while kept
+    assert module.runs == 1 and records.count == 1 and uploads.count == 1
+    row = _row(app_pool, item)
+    assert row["state"] == "timed_out" and row["output"] is None, row
+
+
+def test_a_host_stop_while_an_output_is_kept_lets_its_claim_go(
+    app_pool: ConnectionPool[Any],
+    tenant: uuid.UUID,
+    records: _Records,
+    holder_process: _Worker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Cancelled (the host stopping) while its output waited for its store, nothing running: the claim stayed set
+    # (its run had started, so it was not "given up"), and the redelivered copy waited the lease and its grace out
+    # before it ran the module again. The output kept is lost with the host (at least once, as ever).
+    looks = [0]
+    _tenant_look_fails_with(psycopg.OperationalError("the database is out of reach"), looks, monkeypatch)
+    module = _LargeWhenOpened()
+    module.opened.set()
+    item = _dispatched(app_pool, tenant, module.action)
+
+    async def store_ended() -> bool:
+        # No run on the module threads left, as `_run_claimed` sees it: its output kept, waiting for a renewal.
+        return not any(getattr(task.get_coro(), "__qualname__", "") == "run_in_share" for task in asyncio.all_tasks())
+
+    ran = asyncio.run_coroutine_threadsafe(worker.run_attempt(item, {module.action: module}), holder_process.loop)
+    assert _until(lambda: looks[0] == 1)
+    assert _until(lambda: asyncio.run_coroutine_threadsafe(store_ended(), holder_process.loop).result(BOUND_S))
+    holder = _row(app_pool, item)["claimed_by"]
+    assert holder is not None
+    ran.cancel()
+    assert _until(lambda: _row(app_pool, item)["claimed_by"] is None), _row(app_pool, item)
+    assert module.runs == 1 and looks[0] == 1 and records.count == 0
+    assert _row(app_pool, item)["state"] == "dispatched"  # nothing recorded: its redelivery runs it
 
 
 def test_a_stored_later_output_whose_renewal_fails_before_its_store_is_kept_and_its_module_runs_once(

@@ -106,3 +106,31 @@ def test_member_names_that_are_not_strings_are_stored_as_json_writes_them_whatev
     assert row["output"]["by_status"] == {"200": 3, "true": 1, "null": 0, "1.5": 2}, row
     if long_value is not None:
         assert row["output"]["beside"] == long_value
+
+
+@pytest.mark.parametrize("long_value", [None, 1733616000000000000])
+@pytest.mark.parametrize(
+    ("output", "pointer"),
+    [({1: "a", "1": "b"}, "/1"), ({True: "bool", "true": "str"}, "/true"), ({"n": {None: 1, "null": 2}}, "/n/null")],
+)
+def test_member_names_written_alike_fail_the_step_naming_the_member_whatever_else_the_output_holds(
+    app_pool: ConnectionPool[Any], tenant: uuid.UUID, output: dict[Any, Any], pointer: str, long_value: int | None
+) -> None:
+    # json.dumps writes `1` and `"1"` (or `True` and `"true"`) alike: stored, the object kept one of them, the other
+    # value silently gone. Refused as a member given twice, with or without a 19-digit value beside it.
+    output = dict(output)
+    if long_value is not None:
+        output["beside"] = long_value
+    module = _Returns(output)
+    item = _dispatched(app_pool, tenant, module.action)
+    raiser = _Raiser()
+    batch = _Batch([item], raiser, {module.action: module})
+    batch.start()
+    assert batch.outcome() == 1
+    (verdict,) = raiser.to(item.execution_id)
+    assert verdict["ok"] is False and verdict["retryable"] is False, verdict
+    assert f"{pointer}: the member is given more than once" in verdict["error"], verdict
+    row = _row(app_pool, item)
+    assert row["state"] == "failed" and row["output"] is None, row
+    assert pointer in row["error"]
+    assert module.runs == 1
