@@ -25,6 +25,15 @@ SHOWN_AS_WRITTEN_IN_LINES = (
     "paragraph separators (U+2028, U+2029) and no bidirectional overrides or isolates (U+202A-U+202E, U+2066-U+2069)"
 )
 """The rule for text of several lines, as an OpenAPI description says it."""
+# Source text (a tenant's Cedar policy) keeps its line feeds and tabs and also the carriage return of a CRLF line end,
+# as an editor writes them; a carriage return anywhere else is refused, as in UNSHOWN_IN_LINES.
+UNSHOWN_IN_SOURCE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]|\r(?!\n)")
+SHOWN_AS_WRITTEN_IN_SOURCE = (
+    "no control characters but line feeds, tabs and the carriage return of a CRLF line end (U+0000-U+0008, "
+    "U+000B-U+001F, U+007F-U+009F), no line or paragraph separators (U+2028, U+2029) and no bidirectional overrides "
+    "or isolates (U+202A-U+202E, U+2066-U+2069), in comments and strings too"
+)
+"""The rule for source text of several lines, as an OpenAPI description says it."""
 UNSHOWN_CHARACTER = "unshown_character"
 
 
@@ -32,7 +41,11 @@ def unshown_problem(value: str, *, lines: bool = False) -> str | None:
     """Why `value` is not shown as written (its first control or bidirectional character, by code point and offset:
     never the character itself, which would act again where the answer is shown), or None; `lines`: text of several
     lines, whose line feeds and tabs are shown as written."""
-    found = (UNSHOWN_IN_LINES if lines else UNSHOWN).search(value)
+    return _first_unshown(UNSHOWN_IN_LINES if lines else UNSHOWN, value)
+
+
+def _first_unshown(pattern: re.Pattern[str], value: str) -> str | None:
+    found = pattern.search(value)
     if found is None:
         return None
     return (
@@ -51,6 +64,14 @@ def shown_as_written_in_lines(value: str) -> str:
     return _refused_unless_shown(value, lines=True)
 
 
+def shown_as_written_in_source(value: str) -> str:
+    """`shown_as_written` for source text of several lines (see UNSHOWN_IN_SOURCE)."""
+    problem = _first_unshown(UNSHOWN_IN_SOURCE, value)
+    if problem is not None:
+        raise PydanticCustomError(UNSHOWN_CHARACTER, problem)
+    return value
+
+
 def _refused_unless_shown(value: str, *, lines: bool) -> str:
     problem = unshown_problem(value, lines=lines)
     if problem is not None:
@@ -65,6 +86,11 @@ and the bound's error would change)."""
 
 SHOWN_IN_LINES = AfterValidator(shown_as_written_in_lines)
 """`SHOWN` for text of several lines (a description): its line feeds and tabs are kept."""
+
+SHOWN_IN_SOURCE = AfterValidator(shown_as_written_in_source)
+"""`SHOWN` for source text (a tenant's policy): its line feeds, tabs and CRLF line ends are kept. A comment or a
+string of it is refused alike: the text is shown back as written, and U+202E in a comment can make a reader see a
+condition the engine never reads (or miss one it does)."""
 
 REPLACEMENT = "\ufffd"
 """What `neutralised` shows in place of a character that would act where the text is shown."""

@@ -63,8 +63,15 @@ same caller's next request the same way. Keyed by a SHA-256 of the policy set's 
 never by what it hashes: a key holding a tenant's texts (up to 50 × 10,000 characters) held a copy of them per entry,
 2 GB at this size, and one holding the entities (a resource's labels, the tenant's allowed targets and modules) up to
 ~100 KB, 392 MiB at this size."""
+DECISION_CACHE_PER_TENANT = DECISION_CACHE_SIZE // 4
+"""One tenant's decisions kept at most, its least recently used dropped first: with one memory for all, a tenant
+making 4,100 distinct decisions (an execution read with each of its labels changed) flushed every other tenant's."""
+CHECKED_TEXTS_SIZE = 4096
+"""Tenant policy texts whose checks are remembered (by a SHA-256 of the text: what a check finds is the text's alone
+under this schema, a few hundred bytes each whatever the text's length)."""
 
 RESOURCE_TYPES = frozenset({"Platform", "Tenant", "Intent", "Blueprint", "Execution", "Policy", "AuditLog", "Module"})
+_ALL_RESOURCE_TYPES = frozenset(f"{NAMESPACE}::{kind}" for kind in RESOURCE_TYPES)
 
 _ANY_OF_ITS_TYPE = "qp:any"
 """The uid Cedar is given for a resource whose type no policy in force names by id (a string no resource id is: not
@@ -178,6 +185,16 @@ class _PolicySlot:
     anonymous_types: frozenset[str]
 
 
+@dataclass(frozen=True)
+class _TextCheck:
+    """What checking one tenant policy text found: why it cannot be in force (empty = it can), what evaluating it
+    costs (`policy_cost`) and the entity types it names by id (every resource type when it cannot be read)."""
+
+    errors: tuple[str, ...]
+    cost: int
+    named: frozenset[str]
+
+
 @dataclass
 class _Building:
     """A tenant's set being built: the lock its builder holds, and how many decisions hold or wait for it."""
@@ -285,11 +302,12 @@ def _resource_attrs(resource: Resource) -> dict[str, Any]:
 
 def _named_entity_types(text: str) -> set[str]:
     """Every entity type that `text` names an entity of, by type and id (a scope's `==` or `in`, a literal in a
-    condition); a text that cannot be read names every resource type, so nothing is decided without its id."""
+    condition); a text that cannot be read names every resource type, so nothing is decided without its id. A
+    `like`'s pattern is not walked: one object per character, none of them an entity."""
     try:
         tree = json.loads(cedarpy.policies_to_json_str(text))
     except Exception:  # an unreadable policy is refused where it is built; here it only must not widen anything
-        return {f"{NAMESPACE}::{kind}" for kind in RESOURCE_TYPES}
+        return set(_ALL_RESOURCE_TYPES)
     named: set[str] = set()
     pending: list[Any] = [tree]
     while pending:  # iterative: a policy's nesting is bounded on save, but no walk here should depend on that
@@ -297,6 +315,12 @@ def _named_entity_types(text: str) -> set[str]:
         if isinstance(node, dict):
             if isinstance(node.get("type"), str) and "id" in node:
                 named.add(node["type"])
+            like = node.get("like")
+            if isinstance(like, dict) and "pattern" in like:
+                # An expression node has one key, its operator: `{"like": {"left": …, "pattern": [chars]}}`.
+                pending.append(like.get("left"))
+                pending.extend(value for key, value in node.items() if key != "like")
+                continue
             pending.extend(node.values())
         elif isinstance(node, list):
             pending.extend(node)
@@ -330,7 +354,10 @@ class Authorizer:
         self._slots_lock = threading.Lock()
         self._tenant_slots: OrderedDict[UUID, _PolicySlot] = OrderedDict()
         self._building: dict[UUID, _Building] = {}  # tenants whose set is being built, and who waits for it
-        self._decisions: Remembered[Decision] = Remembered(DECISION_CACHE_SIZE)
+        self._decisions: Remembered[Decision] = Remembered(DECISION_CACHE_SIZE, per_owner=DECISION_CACHE_PER_TENANT)
+        # What each tenant text's check found: a set is built again after every change of its tenant's texts, and
+        # checking all of them again (their parse, validation and walks) cost up to ~250 ms with the GIL held.
+        self._checked: Remembered[_TextCheck] = Remembered(CHECKED_TEXTS_SIZE)
 
     def _check_actions_match_schema(self) -> None:
         # The enum is what callers type against; a drift from the schema would turn into policy_error at runtime.
@@ -369,11 +396,30 @@ class Authorizer:
 
     def _tenant_policy_problems(self, text: str) -> tuple[list[str], int]:
         """Why a tenant policy cannot be saved (empty = valid), and what evaluating it costs (`policy_cost`)."""
+        check = self._checked_text(text)
+        return list(check.errors), check.cost
+
+    def _checked_text(self, text: str) -> _TextCheck:
+        """What checking `text` finds, remembered by a SHA-256 of it: a set is rebuilt after each change of its
+        tenant's texts, and only a text not seen before is parsed, validated and walked."""
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+        check = self._checked.get(digest)
+        if check is not None:
+            return check
         # First, and for stored rows too (through _build_policy_set): text too deep for the parser would overflow
-        # the thread's stack inside cedarpy and kill the process rather than raise.
+        # the thread's stack inside cedarpy and kill the process rather than raise. Such a text fails its set closed,
+        # and naming every type keeps any id in a decision's key.
         bounds = policy_text_problems(text)
         if bounds:
-            return bounds, MAX_TENANT_POLICY_COST + 1
+            check = _TextCheck(tuple(bounds), MAX_TENANT_POLICY_COST + 1, _ALL_RESOURCE_TYPES)
+        else:
+            errors, cost = self._parsed_text_problems(text)
+            check = _TextCheck(tuple(errors), cost, frozenset(_named_entity_types(text)))
+        self._checked.put(digest, check)
+        return check
+
+    def _parsed_text_problems(self, text: str) -> tuple[list[str], int]:
+        """`_tenant_policy_problems` of a text within the bounds the parser may be given."""
         try:
             tree = cedarpy.policies_to_pst(text)
         except ValueError as exc:
@@ -408,9 +454,9 @@ class Authorizer:
             return None
         cost = 0
         for text in tenant_policies:
-            # Stored policies were validated on save; checking again (once per distinct set) keeps a row edited
-            # behind the API, or saved before a check was added, from widening anything or from reaching the
-            # engine: every decision of the tenant fails closed until a Tenant.Admin deletes the row.
+            # Stored policies were validated on save; checking again (once per distinct text, remembered) keeps a
+            # row edited behind the API, or saved before a check was added, from widening anything or from reaching
+            # the engine: every decision of the tenant fails closed until a Tenant.Admin deletes the row.
             errors, text_cost = self._tenant_policy_problems(text)
             if errors:
                 logger.warning("a stored tenant policy is invalid, its tenant's decisions fail closed: %s", errors)
@@ -445,9 +491,10 @@ class Authorizer:
             with building.lock:
                 slot = self._kept_slot(tenant_id, texts)
                 if slot is None:
-                    slot = _PolicySlot(
-                        texts, _digest(texts), self._build_policy_set(texts), self._anonymous_types(texts)
-                    )
+                    policy_set = self._build_policy_set(texts)
+                    # A set that fails closed never reaches the engine: which resources it names does not matter.
+                    anonymous = self._anonymous_types(texts) if policy_set is not None else frozenset()
+                    slot = _PolicySlot(texts, _digest(texts), policy_set, anonymous)
                     self._keep_slot(tenant_id, slot)
                 return slot
         finally:
@@ -510,14 +557,14 @@ class Authorizer:
             entities = json.dumps(
                 self._entities(principal, resource, tenant, uid_id), sort_keys=True, separators=(",", ":")
             )
-            return self._decide_once(slot, json.dumps(request, sort_keys=True), entities)
+            return self._decide_once(tenant.id, slot, json.dumps(request, sort_keys=True), entities)
         except Exception:  # any engine or input error denies: failing open is never an option
             logger.warning("authorization failed closed for action %s on %s", action, resource.type, exc_info=True)
             return Decision(False, Reason.POLICY_ERROR, ())
 
-    def _decide_once(self, slot: _PolicySlot, request: str, entities: str) -> Decision:
+    def _decide_once(self, tenant_id: UUID, slot: _PolicySlot, request: str, entities: str) -> Decision:
         """The remembered decision of this request under `slot`'s policies, evaluated when there is none (an error
-        is raised, so never remembered; neither is a broken set's refusal)."""
+        is raised, so never remembered; neither is a broken set's refusal); remembered as the tenant's."""
         key = _decision_key(slot.digest, request, entities)
         decision = self._decisions.get(key)
         if decision is None:
@@ -527,18 +574,14 @@ class Authorizer:
             decision = self._decision(
                 cedarpy.is_authorized(json.loads(request), slot.policy_set, entities, self._schema)
             )
-            self._decisions.put(key, decision)
+            self._decisions.put(key, decision, tenant_id)
         return decision
 
     def _anonymous_types(self, tenant_policies: tuple[str, ...]) -> frozenset[str]:
         """Resource types that neither the platform's policies nor these tenant policies name by id."""
         named = set(self._platform_named_types)
         for text in tenant_policies:
-            if policy_text_problems(text):
-                # Never handed to the parser unbounded (it could overflow the stack); building the policy set
-                # refuses the text anyway, so the decision fails closed.
-                return frozenset()
-            named |= _named_entity_types(text)
+            named |= self._checked_text(text).named
         return frozenset(kind for kind in RESOURCE_TYPES - _IDENTIFIED_TYPES if f"{NAMESPACE}::{kind}" not in named)
 
     def _entities(
@@ -624,13 +667,16 @@ def _literal_like_errors(tree: pst.PolicySet) -> list[str]:
     pending: list[Any] = [*tree.static_policies.values(), *tree.templates.values()]
     while pending:  # iterative: nesting is bounded before parsing, but the walk should not depend on it
         node = pending.pop()
-        if isinstance(node, pst.Like) and not _is_attribute_chain(node.base):
-            return [
-                'a `like` must match an attribute of the request (`resource.name like "legacy-*"`), not a string '
-                "literal or another expression; "
-                f"patterns are at most {MAX_POLICY_LITERAL_CHARS} characters"
-            ]
-        if is_dataclass(node):
+        if isinstance(node, pst.Like):
+            if not _is_attribute_chain(node.base):
+                return [
+                    'a `like` must match an attribute of the request (`resource.name like "legacy-*"`), not a string '
+                    "literal or another expression; "
+                    f"patterns are at most {MAX_POLICY_LITERAL_CHARS} characters"
+                ]
+            # Its pattern is one node per character, none of them an expression: only its left side is walked.
+            pending.append(node.base)
+        elif is_dataclass(node):
             pending.extend(getattr(node, item.name) for item in fields(node))
         elif isinstance(node, tuple | list):
             pending.extend(node)

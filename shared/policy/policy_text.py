@@ -297,7 +297,11 @@ _EQUALITIES = frozenset({"eq", "not_eq"})
 
 
 def _children(node: object) -> list[Any]:
-    """The direct parts of a parsed-policy node (fields of a dataclass, items of a tuple or mapping)."""
+    """The direct parts of a parsed-policy node (fields of a dataclass, items of a tuple or mapping); a `like`'s are
+    its left side only: its pattern is one node per character (a 256-character pattern, 256 of them), none of which
+    costs anything or holds a literal the walk looks for (the `like` itself counts LIKE_COST)."""
+    if isinstance(node, pst.Like):
+        return [node.base]
     if is_dataclass(node):
         return [getattr(node, item.name) for item in fields(node)]
     if isinstance(node, tuple | list):

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared.db import tenant_locks
 from shared.db.session import held_transaction, tenant_transaction, when_released
-from shared.free_text import SHOWN_AS_WRITTEN_IN_LINES, SHOWN_IN_LINES
+from shared.free_text import SHOWN_AS_WRITTEN_IN_LINES, SHOWN_AS_WRITTEN_IN_SOURCE, SHOWN_IN_LINES, SHOWN_IN_SOURCE
 from shared.policy.policy_text import MAX_TENANT_POLICY_COST, MAX_TENANT_POLICY_TOTAL_CHARS, policy_cost
 
 MAX_TENANT_POLICIES = 50
@@ -52,7 +52,15 @@ class TenantPolicyCreate(BaseModel):
         Field(max_length=500, description=f"What the policy is for, for people to read: {SHOWN_AS_WRITTEN_IN_LINES}"),
         SHOWN_IN_LINES,
     ] = ""
-    policy: str = Field(min_length=1, max_length=10_000, description="Cedar policy text (one forbid)")
+    policy: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=10_000,
+            description=f"Cedar policy text (one forbid): {SHOWN_AS_WRITTEN_IN_SOURCE}",
+        ),
+        SHOWN_IN_SOURCE,
+    ]
 
 
 class TenantPolicy(BaseModel):
