@@ -14,6 +14,7 @@ import anyio
 import anyio.to_thread
 from fastapi import Depends, Request
 from fastapi.routing import iter_route_contexts
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -159,6 +160,49 @@ def media_type_refusal(content_type: str | None) -> str | None:
         if name.strip().lower() == "charset" and charset not in ACCEPTED_CHARSETS:
             return f"Send the body as UTF-8, with charset=utf-8 or no charset, not charset={charset or '(empty)'}."
     return None
+
+
+ACCEPTED_CONTENT_CODINGS = frozenset({"identity"})
+"""The Content-Encoding a request body may name: none other is decoded, so a body labelled gzip would be taken as the
+raw JSON it is not (415 `unsupported-media-type`)."""
+
+
+def content_encoding_refusal(scope: Scope) -> str | None:
+    """Why a body with the scope's Content-Encoding is refused (415), or None: it names a coding other than identity
+    (on any of its lines, in any of their comma-separated items)."""
+    headers: Any = scope.get("headers") or []
+    codings = [
+        item.strip().lower()
+        for name, value in headers
+        if bytes(name).lower() == b"content-encoding"
+        for item in bytes(value).decode("latin-1").split(",")
+        if item.strip()
+    ]
+    refused = [coding for coding in codings if coding not in ACCEPTED_CONTENT_CODINGS]
+    if not refused:
+        return None
+    return f"Send the body without a content coding (Content-Encoding: identity or none), not {', '.join(refused)}."
+
+
+def carries_body(scope: Scope) -> bool:
+    """Whether the request says it sends a body (RFC 9112 §6.3): a Transfer-Encoding, or a Content-Length that is not
+    0 (one that is not a number too: read, within the size limit, rather than trusted)."""
+    length = _header(scope, b"content-length")
+    return _header(scope, b"transfer-encoding") is not None or (length is not None and length.strip() != "0")
+
+
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body; ClientDisconnect when the client goes away before it has sent it all."""
+    chunks: list[bytes] = []
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            # Nobody is left to answer: the layers outside send nothing and log it at INFO (shared.api.problems).
+            raise ClientDisconnect
+        chunks.append(message.get("body", b""))
+        more = bool(message.get("more_body", False))
+    return b"".join(chunks)
 
 
 def routed(scope: Scope) -> Any | None:
@@ -352,8 +396,10 @@ def one_line_per_list_header(scope: Scope) -> Scope:
 
 class AcceptedInputMiddleware:
     """Refuse, before any route runs, what the platform does not accept: a request body that is not JSON, or not
-    UTF-8 by its charset (415), and path, query or header text that cannot be stored (422), each error named by a
-    JSON pointer. A body is handed on byte for byte; a request without a body passes untouched.
+    UTF-8 by its charset, or sent with a Content-Encoding other than identity (415), and path, query or header text
+    that cannot be stored (422), each error named by a JSON pointer. A body is read whole before any route runs, for
+    every method (a DELETE's too, which its route then refuses), and handed on byte for byte from memory; a request
+    without a body passes untouched. A client that goes away mid-body gets no answer (ClientDisconnect).
 
     Whether a body is accepted JSON (422 otherwise) is decided by parsing it, which costs up to a second of CPU for a
     hostile MiB: a permission-checked route's body is left to its permission check (`UNPARSED_BODY`), which parses
@@ -376,19 +422,23 @@ class AcceptedInputMiddleware:
         if refused:
             await self._refuse(scope, receive, send, refused)
             return
-        if scope.get("method") not in BODY_METHODS:
+        takes_json = scope.get("method") in BODY_METHODS
+        if not takes_json and not carries_body(scope):
             await self.app(scope, receive, send)
             return
-        chunks: list[bytes] = []
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away before sending its body: nobody is left to answer
-            chunks.append(message.get("body", b""))
-            more = bool(message.get("more_body", False))
-        body = b"".join(chunks)
+        # Read whole here, before sign-in, whatever the method: a body read later (a DELETE's, by its route's refusal
+        # of any body) was read holding one of its tenant's admitted places, and a client sending it slowly held the
+        # place as long as it liked. Bounded by the size limit outside (413).
+        body = await read_body(receive)
         if body:
+            refusal = content_encoding_refusal(scope)
+            if refusal is not None:
+                response = problem_response(
+                    415, "unsupported-media-type", "Unsupported media type", refusal, instance=_instance(scope)
+                )
+                await response(scope, receive, send)
+                return
+        if body and takes_json:
             refusal = media_type_refusal(_header(scope, b"content-type"))
             if refusal is not None:
                 response = problem_response(

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.api.middleware import ErrorBoundary
-from shared.api.problems import PROBLEM_JSON, internal_error_document
+from shared.api.problems import PROBLEM_JSON, client_gone, internal_error_document
 from shared.api.request_ids import REQUEST_ID_HEADER, choose_request_id
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,9 @@ _AHEAD_MESSAGES = 4
 _AHEAD_BYTES = 256 * 1024
 """What the app may send ahead of the client: four body messages and 256 KiB (or one bigger message); a slow reader
 slows the app down instead of filling memory."""
+CLIENT_CLOSED_REQUEST = 499
+"""The status handed to the host for a request whose client went away before its answer began: nobody reads it, and
+it is no 5xx (an aborted upload is no failure of the app, and counted as one it would page the operator)."""
 
 
 class Gateway:
@@ -191,6 +194,9 @@ async def _relay(app: ASGIApp, request: Request) -> Response:
         return RelayedResponse(started.result(), body, task)
     started.cancel()
     task.result()  # what the app raised past its boundary, if anything, is the adapter's failure below
+    if client_gone(scope):
+        # The app found its client gone and sent nothing on purpose (logged at INFO where it was found).
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
     # The paths logged are percent-decoded: quoted with their escapes, so a `%0A` cannot start a line of its own.
     logger.error("the gateway's app ended without answering %r", request.url.path)
     return adapter_failure(request, logged=True)

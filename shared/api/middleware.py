@@ -12,7 +12,14 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.accepted_json import NOT_UTF8, NotAcceptedJSONError, Refusal
-from shared.api.problems import PROBLEM_JSON, error_response, internal_error_document, problem_response
+from shared.api.problems import (
+    PROBLEM_JSON,
+    client_gone,
+    error_response,
+    internal_error_document,
+    problem_response,
+    went_away,
+)
 from shared.api.request_ids import REQUEST_ID_HEADER, choose_request_id, scope_request_id
 
 logger = logging.getLogger(__name__)
@@ -55,9 +62,14 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         except Exception as exc:
             if started:
+                if went_away(exc):
+                    # The client left mid-answer: nobody to finish it for, and no failure of the app.
+                    logger.info("request %s: the client went away during its answer", request_id)
+                    return
                 # Too late for another status line; the truncated answer stands, the cause is in the log.
                 logger.error("request %s failed after its response started", request_id, exc_info=exc)
                 return
+            # A client that went away (ClientDisconnect) is sent nothing and the scope marked (`NobodyToAnswer`).
             response = error_response(exc, instance=str(scope.get("path", "")), request_id=request_id)
             await response(scope, receive, send_with_id)
         finally:
@@ -70,8 +82,10 @@ class ErrorBoundary:
     Starlette answers an error that reaches its outermost layer and then raises it again for the server to log;
     the Functions adapter would turn that raise into a failed invocation, which the host answers with an empty
     500. Here an error after the answer is dropped (it is logged already), and one before any answer (or an app
-    that returns without answering) gets problem+json. A query string that is not UTF-8 as sent is refused here
-    (422) before the app runs: its outermost layer when telemetry is on cannot take one (`_refuse_query`).
+    that returns without answering) gets problem+json, unless the client went away first (a layer inside marked
+    the scope, `client_gone`, or raised ClientDisconnect): nobody is left to answer, and nothing is sent. A query
+    string that is not UTF-8 as sent is refused here (422) before the app runs: its outermost layer when telemetry
+    is on cannot take one (`_refuse_query`).
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -100,6 +114,9 @@ class ErrorBoundary:
             return
         if not started:
             request_id = _known_request_id(scope)
+            if client_gone(scope):
+                # Logged at INFO where it was found: an aborted upload is no failure of the app, and no 500.
+                return
             # The path is percent-decoded: quoted with its escapes, so a `%0A` in it cannot start a line of its own.
             logger.error("request %s: the app returned without answering %r", request_id, path)
             await JSONResponse(

@@ -15,8 +15,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute, Match
-from starlette.types import Scope
+from starlette.types import Receive, Scope, Send
 
 from shared.accepted_json import MAX_REFUSALS
 from shared.api.request_ids import REQUEST_ID_HEADER, choose_request_id, scope_request_id
@@ -264,9 +265,49 @@ def unavailable_dependency(exc: BaseException) -> str | None:
     return next((name for kind, name in DEPENDENCY_ERRORS if isinstance(exc, kind)), None)
 
 
+CLIENT_GONE = "qp.client_gone"
+"""The scope key (and request-state key) set once a request's client went away before its answer began: nobody is
+left to answer, and the layers outside send nothing and log nothing more (`client_gone`)."""
+
+
+def mark_client_gone(scope: Scope) -> None:
+    """Record in `scope` (and its request state, which copies of the scope share) that the client went away."""
+    scope[CLIENT_GONE] = True
+    state = scope.get("state")
+    if isinstance(state, dict):
+        state[CLIENT_GONE] = True
+
+
+def client_gone(scope: Scope) -> bool:
+    """Whether a layer inside found the request's client gone (`mark_client_gone`)."""
+    state = scope.get("state")
+    return scope.get(CLIENT_GONE) is True or (isinstance(state, dict) and state.get(CLIENT_GONE) is True)
+
+
+def went_away(exc: BaseException) -> bool:
+    """Whether `exc` says the client disconnected before it had sent its whole request (not a failure of the app)."""
+    return isinstance(_unwrap(exc), ClientDisconnect)
+
+
+class NobodyToAnswer(JSONResponse):
+    """The answer to a request whose client went away: nothing is sent (a status line to a closed connection is
+    read by nobody, and a 500 there counted an aborted upload as a failure of the app); the scope is marked so that
+    the layers outside send nothing either (`client_gone`)."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # noqa: ARG002
+        mark_client_gone(scope)
+
+
 def error_response(exc: BaseException, *, instance: str, request_id: str | None) -> JSONResponse:
-    """The problem+json answer to any exception, wherever it was caught; server-side failures are logged."""
+    """The problem+json answer to any exception, wherever it was caught; server-side failures are logged. A client
+    that went away mid-request (ClientDisconnect) gets no answer (`NobodyToAnswer`) and one INFO line."""
     exc = _unwrap(exc)
+    if isinstance(exc, ClientDisconnect):
+        logger.info("request %s: the client went away before its answer to %r", request_id, instance)
+        return NobodyToAnswer()
     if isinstance(exc, ProblemError):
         return problem_response(
             exc.status,

@@ -20,7 +20,7 @@ EXECUTE = "/api/v1/intents/0b6f3c1e-5d2a-4c1f-9e7b-2a8d4f6c9e10/execute"
 
 
 def used_key(request: httpx.Request) -> str | None:
-    """The key the execute route starts by: the header's, else the body's (the header wins when both are sent)."""
+    """The key the execute route starts by: the header's, else the body's (both, when sent, must be the same key)."""
     body = json.loads(request.content) if request.content else {}
     return request.headers.get("Idempotency-Key") or body.get("idempotency_key")
 

@@ -66,7 +66,7 @@ sent again after a lost answer, it gets the same job (poll its Location) instead
 first has ended."""
 _BODY_KEYED = re.compile(r"/api/v1/intents/[^/]+/execute")
 """The start that also reads its key from the JSON body (`idempotency_key`, for producers that cannot set the header;
-the header wins when both are sent)."""
+both, when sent, must be the same key)."""
 _POLL_WAIT_S = 25.0
 _KEEPALIVE_HEADER = "X-Keep-Alive-Interval"
 """The stream's response header naming, in seconds, how often the server sends a keep-alive comment on a stream with

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from shared.api.durable import get_durable_client
 from shared.api.idempotency import idempotency_key as idempotency_key_header
 from shared.api.permissions import GuardedRoute, permission
+from shared.api.problems import FieldError, ProblemError
 from shared.api.responses import AUTH_ERRORS, BAD_IDEMPOTENCY_KEY, INVALID, problem_doc
 from shared.api.routers.executions import ExecutionLinks
 from shared.api.security import RequestContext
@@ -37,7 +38,12 @@ _ACCEPTED_EXAMPLE: dict[str, Any] = {
 }
 EXECUTE_ERRORS: dict[int | str, dict[str, Any]] = {
     **AUTH_ERRORS,
-    400: BAD_IDEMPOTENCY_KEY,
+    400: {
+        **BAD_IDEMPOTENCY_KEY,
+        "description": "The Idempotency-Key header is malformed or sent more than once (see its format), or it differs"
+        " from the body's `idempotency_key` (`invalid-idempotency-key`; send the key in one of them, or the same in"
+        " both); nothing was recorded",
+    },
     404: problem_doc(
         404,
         "not-found",
@@ -116,8 +122,8 @@ class ExecuteRequest(BaseModel):
     )
     idempotency_key: IdempotencyKey | None = Field(
         None,
-        description="For producers that cannot set the Idempotency-Key header; the same format. The header "
-        "wins when both are sent.",
+        description="For producers that cannot set the Idempotency-Key header; the same format. When both are "
+        "sent they must be the same key: two different keys are 400 `invalid-idempotency-key`, nothing recorded.",
     )
 
 
@@ -161,12 +167,23 @@ async def execute(
     """Validate the input, decide (Executor; Deployer for production), hold the concurrent-execution quota, record
     the execution and start its orchestration; 202 with its id and links. Without a body the input is empty."""
     request = body or ExecuteRequest()
+    if idempotency_key is not None and request.idempotency_key not in (None, idempotency_key):
+        # Either one kept would leave the other's retry starting a second execution.
+        detail = "the Idempotency-Key header and the body's idempotency_key differ: send one key, or the same in both"
+        raise ProblemError(
+            400,
+            "invalid-idempotency-key",
+            "Bad request",
+            detail,
+            errors=[FieldError(pointer="/idempotency_key", detail=detail)],
+            extensions={"header": "Idempotency-Key"},
+        )
     start = engine.StartRequest(
         intent_id=intent_id,
         input=request.input,
         version=request.version,
         plan_hash=request.plan_hash,
-        idempotency_key=idempotency_key or request.idempotency_key,
+        idempotency_key=idempotency_key or request.idempotency_key,  # the same key when both are sent
         requester=Requester.of(context.principal),
     )
     started = await run_in_threadpool(begin, context, lambda _conn: start)
