@@ -204,8 +204,15 @@ def storable_text(text: str) -> str:
 
 def replace_unstorable(text: str) -> str:
     """`text` with each NUL and lone surrogate replaced with U+FFFD (the replacement character): for text an outside
-    party sent that is recorded as it came but for what no text can be stored with."""
-    return _UNSTORABLE.sub("\ufffd", text)
+    party sent that is recorded as it came but for what no text can be stored with. Two halves that form a valid
+    surrogate pair (as the `unicode_escape` charset leaves `\\ud83d\\ude00`) are first joined into their one
+    character, which is storable: only halves left alone are replaced."""
+    if _UNSTORABLE.search(text) is None:
+        return text
+    # Through UTF-16, which writes each half as it is: read back, a high half followed by a low one is their
+    # character, and any other half is undecodable, one U+FFFD each.
+    joined = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return _UNSTORABLE.sub("\ufffd", joined)
 
 
 def text_refusal(text: str) -> str | None:

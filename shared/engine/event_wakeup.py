@@ -111,6 +111,9 @@ class EventWakeup:
         self._waiters: dict[UUID, set[Waiter | ThreadWaiter]] = {}
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._stopped = False
+        """Set by `stop()` (under `_lock`): a stopped listener never starts again (a reference kept past
+        `forget_event_wakeup` would otherwise start one nothing stops, on a connection of its own)."""
         self._conn: psycopg.Connection[Any] | None = None
         self.listening = threading.Event()
         """Set while the connection listens (cleared when it drops)."""
@@ -159,7 +162,12 @@ class EventWakeup:
 
     # ------------------------------------------------------------------ the listening thread
     def start(self) -> None:
+        """Start the listening thread unless it runs, or this listener was stopped: then its waiters re-read on
+        their own (`recheck_s`) and the process's listener is whatever `get_event_wakeup` answers now."""
         with self._lock:
+            if self._stopped:
+                logger.debug("execution event listener was stopped; not started again")
+                return
             if self._thread is not None and self._thread.is_alive():
                 return
             self._stopping.clear()
@@ -168,9 +176,12 @@ class EventWakeup:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop listening and close the connection (waiters fall back to their own re-reads): every waiter is woken
-        at once when it ends, even when a change's wake-up was put off (`_wake_all_changed`)."""
+        at once when it ends, even when a change's wake-up was put off (`_wake_all_changed`). Final: `start()` does
+        nothing from then on, so a start while this joins the thread cannot keep it running."""
         listened = self.listening.is_set()
-        self._stopping.set()
+        with self._lock:
+            self._stopped = True
+            self._stopping.set()
         thread = self._thread
         if thread is not None:
             thread.join(timeout)

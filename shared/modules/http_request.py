@@ -107,7 +107,8 @@ def read_body(response: httpx.Response, content: bytes, truncated: bool) -> tupl
     member name, or nesting deeper than the accepted JSON's. Each failed the step, not retried, after the upstream
     call had done its work, its status and headers lost. Its text is recorded instead, as a mislabelled body's is:
     every character kept, but for a NUL or lone surrogate of its own (a raw NUL byte), which no text can be stored
-    with and which becomes U+FFFD (`body_replaced`)."""
+    with and which becomes U+FFFD (`body_replaced`). `body_replaced` is also set when the body's charset could not
+    decode some of its bytes, each replaced with U+FFFD: the text recorded is then not the text sent either."""
     content_type = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     as_text = False
     if not truncated and (content_type == "application/json" or content_type.endswith("+json")) and content:
@@ -117,36 +118,74 @@ def read_body(response: httpx.Response, content: bytes, truncated: bool) -> tupl
             as_text = True
         except ValueError:
             pass  # a server that mislabels its body still gets its text recorded
-    text = decode_text(content, response.encoding)
+    text, replaced = decode_text(content, response.encoding)
     storable = accepted_json.replace_unstorable(text)
-    return storable, as_text, storable != text
+    # Each NUL or lone surrogate became one U+FFFD; a surrogate pair a charset left as two halves (`unicode_escape`)
+    # was joined into its one character, which changes the text but replaces nothing.
+    return storable, as_text, replaced or storable.count("\ufffd") > text.count("\ufffd")
 
 
 def _recordable_json(content: bytes) -> Any:
     """JSON `content` (at most MAX_BODY_BYTES, so the walk is cheap) parsed; `_Unrecordable` when it holds what an
-    output cannot (what `contract._unstorable` refuses): nesting deeper than the accepted JSON's (counted before
-    parsing: deep enough, the parser raised RecursionError, which failed the step as retryable and ran the call
-    again), a number that cannot be recorded as one, a NUL or a lone surrogate. ValueError when it is not JSON."""
+    output cannot (what `contract._unstorable` refuses): nesting deeper than the accepted JSON's once inside the
+    output (counted before parsing: deep enough, the parser raised RecursionError, which failed the step as
+    retryable and ran the call again), a number that cannot be recorded as one, a NUL or a lone surrogate.
+    ValueError when it is not JSON, which brackets that do not balance tell before any parse (`_Unrecordable` is
+    only for JSON: `body_as_text` says the text is JSON's)."""
     text = content.decode(json.detect_encoding(content), "surrogatepass")
-    if accepted_json.nesting_depth(text) > accepted_json.MAX_DEPTH:
-        raise _Unrecordable(f"nests deeper than {accepted_json.MAX_DEPTH} levels")
+    deepest, balanced = _nesting(text)
+    # The body is recorded one level inside the output (`{"status": ..., "body": <body>}`), so the output nests one
+    # level deeper than it: a body of MAX_DEPTH levels makes an output the module's boundary refuses.
+    if deepest > accepted_json.MAX_DEPTH - 1:
+        if not balanced:
+            # Not JSON (its brackets do not close as they open), and too deep to hand the parser to find out.
+            raise ValueError("brackets that do not balance")
+        raise _Unrecordable(f"nests deeper than {accepted_json.MAX_DEPTH - 1} levels, as the body of an output")
     parsed = json.loads(text, parse_int=_bigint, parse_float=_finite, parse_constant=_constant)
     if accepted_json.refusals(parsed, bound_integers=True):
         raise _Unrecordable("holds text no output can")
     return parsed
 
 
-def decode_text(content: bytes, charset: str | None) -> str:
-    """`content` as text in `charset`, else UTF-8; undecodable bytes replaced, never an error.
+_BRACKET_TOKEN = re.compile(accepted_json.JSON_STRING + r"|[\[\]{}]", re.DOTALL)
+_NESTING = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def _nesting(text: str) -> tuple[int, bool]:
+    """How deeply arrays and objects nest in `text` (brackets in strings ignored, as `accepted_json.nesting_depth`
+    counts them), and whether its brackets balance: none closes more than were opened, and all are closed at the
+    end. Text whose brackets do not balance is no JSON, however deep it runs."""
+    depth = deepest = 0
+    for token in _BRACKET_TOKEN.findall(text):
+        depth += _NESTING.get(token, 0)
+        if depth < 0:
+            return deepest, False
+        deepest = max(deepest, depth)
+    return deepest, depth == 0
+
+
+def decode_text(content: bytes, charset: str | None) -> tuple[str, bool]:
+    """`content` as text in `charset`, else UTF-8, undecodable bytes replaced, never an error; and whether any were.
 
     The charset is the server's choice: one Python does not know, or one naming a codec that is no text encoding
     (`rot13`, `hex`, `zlib`, `undefined`), raised instead of decoding, and the answer (its status too) was lost."""
     if charset:
         try:
-            return content.decode(charset, errors="replace")
+            return _decoded(content, charset)
         except (LookupError, ValueError):  # not a text encoding; UnicodeError (`undefined`, `idna`) is a ValueError
             pass
-    return content.decode("utf-8", errors="replace")
+    return _decoded(content, "utf-8")
+
+
+def _decoded(content: bytes, charset: str) -> tuple[str, bool]:
+    text = content.decode(charset, errors="replace")
+    if "\ufffd" not in text:
+        return text, False  # nothing was replaced
+    try:
+        content.decode(charset)  # only to tell a U+FFFD the body sent from one standing for bytes it could not decode
+    except UnicodeDecodeError:
+        return text, True
+    return text, False
 
 
 class HttpRequestModule(Module[HttpRequestParams]):
@@ -211,7 +250,7 @@ class HttpRequestModule(Module[HttpRequestParams]):
         if as_text:
             output["body_as_text"] = True  # JSON that cannot be recorded as JSON, recorded as its text
         if replaced:
-            output["body_replaced"] = True  # a NUL or lone surrogate in the body's text, replaced with U+FFFD
+            output["body_replaced"] = True  # bytes not decoded, a NUL or a lone surrogate: replaced with U+FFFD
         expected = params.expect_status
         if (status not in expected) if expected else not 200 <= status < 300:
             wanted = ", ".join(map(str, expected)) if expected else "2xx"

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from collections import OrderedDict
@@ -205,12 +204,19 @@ def _own_failure(failure: BaseException) -> BaseException:
     """A waiter's own exception for the read `failure` ended: one of its type, arguments and attributes (so a pool
     timeout or a dropped connection is answered as the leader's is, 503), with no traceback yet. Raised `from
     failure`, it names the leader's as its cause, which each waiter raising the one object would instead extend in
-    its own thread. One that cannot be copied so is wrapped as a RuntimeError."""
+    its own thread. One that cannot be copied so is wrapped as a RuntimeError.
+
+    Built without calling the original's `__reduce__` (which `copy.copy` does): psycopg's writes into the
+    exception's own attributes (its result replaced with a dict, its connection with None), so the leader's lost its
+    `pgresult` and `pgconn` to the first waiter's copy. The copy shares those (read only) instead."""
+    kind = type(failure)
     try:
-        own = copy.copy(failure)  # as pickling rebuilds it: psycopg's errors keep their diagnostics, not the connection
-    except Exception:  # noqa: BLE001  # a constructor that does not take its own args back
+        own = kind.__new__(kind, *failure.args)  # the arguments too: some types (OSError) read theirs only here
+        own.args = failure.args
+        own.__dict__.update(failure.__dict__)
+    except Exception:  # noqa: BLE001  # a type built some other way
         own = None
-    if not isinstance(own, type(failure)) or own is failure:
+    if not isinstance(own, kind) or own is failure:
         return RuntimeError(f"the tenant's policy read this call waited for failed: {failure!r}")
     notes = getattr(own, "__notes__", None)
     if isinstance(notes, list):

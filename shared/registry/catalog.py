@@ -244,9 +244,9 @@ def builtin_catalog() -> ModuleCatalog:
                 description=(
                     "Send an HTTP request; the output is the status, headers and JSON body. A JSON body an output"
                     " cannot hold (an integer outside the signed 64-bit range, NaN or Infinity, a NUL or a lone"
-                    " surrogate in a string or a name, nesting deeper than 128 levels) is kept as its text, with"
-                    " body_as_text: true. A NUL or lone surrogate in a text body is replaced with U+FFFD, with"
-                    " body_replaced: true."
+                    " surrogate in a string or a name, nesting 128 levels or deeper, as the output holds it one level"
+                    " down) is kept as its text, with body_as_text: true. A NUL or lone surrogate in a text body, and"
+                    " bytes its charset cannot decode, are replaced with U+FFFD, with body_replaced: true."
                 ),
             ),
             ModuleSpec.from_model(

@@ -54,12 +54,25 @@ CREATED_BODIES: dict[str, tuple[str, bytes, str, str]] = {
     ),
     "surrogate-name": ("application/json", b'{"\\udfff": 1}', '{"\\udfff": 1}', "body_as_text"),
     "deep": ("application/json", b"[" * 129 + b"]" * 129, "[" * 129 + "]" * 129, "body_as_text"),
+    # Recorded one level inside the output, a body of exactly the accepted depth makes an output one level deeper.
+    "deep-128": ("application/json", b"[" * 128 + b"]" * 128, "[" * 128 + "]" * 128, "body_as_text"),
     "very-deep": ("application/json", b"[" * 30000 + b"]" * 30000, "[" * 30000 + "]" * 30000, "body_as_text"),
     "raw-nul-text": ("text/plain", b"created\x00id 1", "created\ufffdid 1", "body_replaced"),
     "raw-nul-json": ("application/json", b'{"id": "1\x002"}', '{"id": "1\ufffd2"}', "body_replaced"),
+    # Bytes its charset cannot decode, each replaced with U+FFFD: not the text sent either.
+    "undecodable-text": ("text/plain; charset=utf-8", b"created \xff id 1", "created \ufffd id 1", "body_replaced"),
 }
 """201 bodies an output cannot hold as they came: a JSON body holding what the module's boundary refuses (recorded as
-its text, `body_as_text`), or text holding a NUL (recorded with U+FFFD in its place, `body_replaced`)."""
+its text, `body_as_text`), or text holding a NUL or bytes its charset cannot decode (recorded with U+FFFD in their
+place, `body_replaced`)."""
+
+DEEP_NOT_JSON_BODIES = {
+    "never-closed": b"[" * 200,
+    "never-closed-then-text": b"[" * 200 + b"oops",
+    "closed-before-opened": b"]" * 200 + b"[" * 200,
+}
+"""Bodies labelled JSON that are not, their brackets deeper than an output holds but not balanced: their text is
+recorded as a mislabelled body's is, not flagged `body_as_text` (which says the text is JSON kept as it came)."""
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -114,6 +127,8 @@ class Handler(BaseHTTPRequestHandler):
         elif path.startswith("/created/"):
             content_type, created, _, _ = CREATED_BODIES[path.rsplit("/", 1)[1]]
             self._reply(201, created, content_type, headers={"Location": "/things/1"})
+        elif path.startswith("/deep-not-json/"):
+            self._reply(201, DEEP_NOT_JSON_BODIES[path.rsplit("/", 1)[1]], headers={"Location": "/things/1"})
         elif path.startswith("/not-finite/"):
             self._reply(201, NOT_FINITE_BODIES[path.rsplit("/", 1)[1]], headers={"Location": "/things/1"})
         elif path == "/big":
@@ -248,6 +263,18 @@ def test_http_request_json_body_with_a_number_that_is_not_finite_is_recorded_as_
     assert output["status"] == 201 and output["headers"]["location"] == "/things/1"
     assert output["body"] == NOT_FINITE_BODIES[name].decode() and output["body_as_text"] is True
     assert output["truncated"] is False
+
+
+@pytest.mark.parametrize("name", sorted(DEEP_NOT_JSON_BODIES))
+def test_http_request_deep_brackets_that_do_not_balance_are_recorded_as_text_not_as_json(
+    server: Server, name: str
+) -> None:
+    # Counted before the parse, their depth alone flagged them `body_as_text` (JSON kept as text): they are not JSON.
+    params = {"method": "POST", "url": f"{base(server)}/deep-not-json/{name}", "expect_status": [201]}
+    output = run_module("http.request", ctx(allowed_hosts=LOCAL), params)
+    assert output["status"] == 201 and output["headers"]["location"] == "/things/1"
+    assert output["body"] == DEEP_NOT_JSON_BODIES[name].decode()
+    assert {"body_as_text", "body_replaced"} & set(output) == set()
 
 
 def test_http_request_body_is_truncated(server: Server) -> None:

@@ -22,7 +22,7 @@ from shared.auth.principal import Requester
 from shared.db.session import tenant_transaction
 from shared.engine import event_wakeup
 from shared.engine import executions as repo
-from shared.engine.event_wakeup import EventWakeup, forget_event_wakeup, get_event_wakeup
+from shared.engine.event_wakeup import EventWakeup, ThreadWaiter, forget_event_wakeup, get_event_wakeup
 from tests.integration.api_harness import ApiHarness, api  # noqa: F401  # the fixture
 
 pytestmark = pytest.mark.integration
@@ -337,3 +337,28 @@ def test_an_observer_sees_the_listener_made_and_forgotten_and_never_makes_one(ap
     assert event_wakeup.made_event_wakeup() is None
     assert get_event_wakeup() is not made
     forget_event_wakeup()
+
+
+def test_a_listener_forgotten_is_never_started_again_by_a_reference_taken_before(api: ApiHarness) -> None:
+    """A reference to the process's listener kept past `forget_event_wakeup` (a stream that began before it) started
+    it again on its next subscribe: a connection of its own that nothing would ever stop."""
+    forget_event_wakeup()
+    old = get_event_wakeup()
+    assert old is not None
+    first = old.subscribe_thread(uuid.uuid4())
+    later: ThreadWaiter | None = None
+    try:
+        _eventually(old.listening.is_set, "the listener listens")
+        connections = old.connections
+        forget_event_wakeup()
+        assert not old.listening.is_set()
+        later = old.subscribe_thread(uuid.uuid4())
+        # Long enough for a started thread to connect and listen (it did within milliseconds here).
+        assert not old.listening.wait(3), "the forgotten listener listens again"
+        assert old.connections == connections and old.backend_pid is None
+        assert event_wakeup.recheck_s(old) == event_wakeup.DOWN_RECHECK_S  # its waiters re-read on their own
+    finally:
+        first.close()
+        if later is not None:
+            later.close()
+        old.stop()

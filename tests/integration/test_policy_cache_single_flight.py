@@ -196,3 +196,65 @@ def test_callers_waiting_for_a_failed_read_each_raise_their_own_failure_caused_b
     # The failure is not kept: the next call reads again.
     monkeypatch.setattr(tenant_policies, "_read_texts", real)
     assert len(tenant_policy_texts(tenant_id)) == 1
+
+
+def test_a_database_failure_copied_for_its_waiters_stays_whole_for_the_leader(
+    api: ApiHarness,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The read fails for real (its statement cancelled by the statement timeout): each waiter's copy keeps its
+    sqlstate and its 503, and the leader's exception keeps its result (copying it by pickling's rules wrote into the
+    leader's own attributes, its `pgresult` then None)."""
+    tenant_id = api.provision("policy-single-flight-cancelled").id
+    _add_policy(tenant_id, "one")
+    tenant_policy_texts(tenant_id)
+    _expire(tenant_id)
+    waited = threading.Semaphore(0)
+
+    class Flight(Future[tuple[str, ...]]):
+        def exception(self, timeout: float | None = None) -> BaseException | None:
+            waited.release()  # a waiter waits for this read's answer
+            return super().exception(timeout)
+
+    real = tenant_policies._read_texts
+    cancelled: list[psycopg.errors.QueryCanceled] = []
+
+    def cancelled_read(conn: Any) -> tuple[str, ...]:
+        real(conn)
+        for _ in range(WAITERS):
+            assert waited.acquire(timeout=20)  # every other caller waits for this read
+        conn.execute("SET LOCAL statement_timeout = '1ms'")
+        try:
+            conn.execute("SELECT pg_sleep(10)")
+        except psycopg.errors.QueryCanceled as exc:
+            cancelled.append(exc)
+            raise
+        raise AssertionError("the statement timeout did not cancel the read")
+
+    monkeypatch.setattr(tenant_policies, "Future", Flight)
+    monkeypatch.setattr(tenant_policies, "_read_texts", cancelled_read)
+    raised: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            tenant_policy_texts(tenant_id)
+        except BaseException as exc:  # noqa: BLE001  # each caller's failure, kept for the assertions
+            raised.append(exc)
+
+    with ThreadPoolExecutor(WAITERS + 1) as pool:
+        pool.submit(call)
+        while policy_cache._reading.get(tenant_id) is None:  # the leader's read is under way
+            threading.Event().wait(0.01)
+        for _ in range(WAITERS):
+            pool.submit(call)
+    [failure] = cancelled
+    waiters = [exc for exc in raised if exc is not failure]
+    assert len(raised) == WAITERS + 1 and len(waiters) == WAITERS
+    assert failure.pgresult is not None and failure.diag.sqlstate == "57014"
+    assert unavailable_dependency(failure) == "database"
+    for exc in waiters:
+        assert isinstance(exc, psycopg.errors.QueryCanceled) and exc.__cause__ is failure
+        assert exc.sqlstate == "57014" and exc.diag.sqlstate == "57014"
+        assert unavailable_dependency(exc) == "database"  # answered 503, as the leader's is
+    monkeypatch.setattr(tenant_policies, "_read_texts", real)
+    assert len(tenant_policy_texts(tenant_id)) == 1
