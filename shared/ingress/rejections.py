@@ -10,9 +10,10 @@ A row younger than `REDELIVERY_WINDOW` whose cause can go away (quota, a refusal
 intent not found, a conflict, an input its version refused) is not deleted by those counts but shrunk to a marker
 (`trimmed`: no document, principal nor key; left out of the listing): its event may still be delivered, and the
 marker keeps its rejection final (migration 0079). A body that is not a request and a stale event are refused the same
-on every delivery: their rows are deleted as before, so they make no markers. A tenant keeps at most `tenant_keep`
-markers (`TENANT_KEPT`), its oldest deleted past that. The tenant's bound is applied once its full rows pass it by a
-tenth, then back to it.
+on every delivery: their rows are deleted as before, so they make no markers. A marker keeps its sender's group (a
+hash of the principal, never the principal), so a sender keeps at most `KEPT` markers and a tenant at most
+`TENANT_KEPT`, the deepest of each sender's deleted first past that, under a lock of the tenant's so that two trims
+at once keep the bound. The tenant's bound is applied once its full rows pass it by a tenth, then back to it.
 Each row is bounded too: a problem document larger than `MAX_DETAIL_BYTES` is stored as a short summary of itself.
 """
 

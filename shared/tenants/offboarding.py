@@ -1041,9 +1041,11 @@ def _erase_batches(tenant_id: UUID, erased: _Erased, holder: UUID | None = None)
 
     Each batch renews the erasure's lease (`_hold_lease`): ErasureInProgressError once another erasure took it. What a
     batch removed is counted once its transaction has committed. Executions that name each other in a cycle (edited
-    or restored by hand) are never leaves: the batches stop there, and the last transaction deletes what is left in
-    one statement each, whose foreign keys are checked at its end. The batches went on to the tables the executions
-    name, whose rows those executions kept (a ForeignKeyViolation every run: 503 on every erasure sent again)."""
+    or restored by hand) are never leaves: once no leaf is left, the executions left are deleted in one statement of a
+    short transaction of their own, whose foreign keys are checked at its end, and the batches go on. The batches went
+    on to the tables the executions name, whose rows those executions kept (a ForeignKeyViolation every run: 503 on
+    every erasure sent again); then they stopped there, and every table after the executions was left to the last
+    transaction, deleted unbounded while it held the tenant row."""
     for table in TENANT_TABLES:
         while True:
             ids: list[str] = []
@@ -1071,7 +1073,25 @@ def _erase_batches(tenant_id: UUID, erased: _Erased, holder: UUID | None = None)
             if table == "executions":
                 erased.deleted_executions(ids)
                 if deleted == 0 and _executions_left(tenant_id):
-                    return  # no leaf left, yet executions left: a cycle, for the last transaction
+                    # No leaf left, yet executions left: a cycle. All of them in one statement (its foreign keys
+                    # checked at its end) of a short transaction of their own, under the tenant row's lock as the last
+                    # transaction's, so no execution is added meanwhile and the ids read are all it deletes; then the
+                    # batches go on to the tables after the executions.
+                    with tenant_transaction(tenant_id) as tenant_conn, platform_transaction() as conn:
+                        conn.execute(
+                            sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(sql.Identifier("app", table))
+                        )
+                        conn.execute("SELECT app.pin_tenant(%s)", (tenant_id,))
+                        if conn.execute(_LOCK_TENANT, (tenant_id,)).fetchone() is None:
+                            return  # another erasure's last transaction removed it: its rows are gone
+                        _check_marked(conn.execute(_STILL_MARKED, (tenant_id,)).fetchone())
+                        _hold_lease(conn, tenant_id, holder)
+                        ids = listed_execution_ids(tenant_conn)
+                        deleted = conn.execute("DELETE FROM app.executions").rowcount
+                        erased.note_unpurged(conn, tenant_id, ids)
+                    erased.deleted_executions(ids)
+                    erased.count("executions", deleted - len(ids))  # none: the tenant row was held
+                    break
             else:
                 erased.count(table, deleted)
             # Executions are taken leaves first (none another names), so a batch short of the bound is not the last.

@@ -172,6 +172,39 @@ def test_executions_naming_each_other_are_erased(
     assert set(counts.values()) == {0}, counts
 
 
+def test_the_batches_go_on_past_executions_naming_each_other(
+    api: ApiHarness, app_pool: ConnectionPool[Any], durable: _Durable
+) -> None:
+    # On a cycle the batches returned: every table after the executions (policies, rate buckets, locks, modules, the
+    # audit's rows) was left to the last transaction, deleted unbounded while it held the tenant row.
+    tenant = api.provision("erased-past-a-cycle", status="suspended")
+    ids = _cycle(api, app_pool, tenant)
+    with psycopg.connect(api.admin_url, dbname="quantum") as conn:
+        conn.execute(
+            "INSERT INTO app.rate_buckets (tenant_id, tokens, updated_at, allowed) VALUES (%s, 1, now(), true)",
+            (tenant.id,),
+        )
+        conn.execute(
+            "INSERT INTO app.modules (tenant_id, action, params_schema, timeout_s, created_by)"
+            " VALUES (%s, 'cycle.module', '{\"type\": \"object\"}'::jsonb, 600, 'test')",
+            (tenant.id,),
+        )
+    marked_for_erasure(tenant.id)
+    erased = offboarding._Erased(listing=True, purged=frozenset())
+    offboarding._erase_batches(tenant.id, erased)
+    counts = _tenant_row_counts(api, tenant.id)
+    assert counts.pop("tenants") == 1  # the tenant row, for the last transaction
+    assert set(counts.values()) == {0}, counts
+    assert sorted(erased.executions) == ids and erased.removed["executions"] == 2
+    assert erased.removed["rate_buckets"] == 1 and erased.removed["modules"] == 1
+    with psycopg.connect(api.admin_url, dbname="quantum") as conn:
+        noted = conn.execute(
+            "SELECT instance_id::text FROM control.erased_tenant_orchestrations WHERE tenant_id = %s ORDER BY 1",
+            (tenant.id,),
+        ).fetchall()
+    assert [row[0] for row in noted] == ids  # recorded for the sweeper with their deletion
+
+
 @contextmanager
 def _last_transaction_deadlocked_once(api: ApiHarness) -> Iterator[None]:
     """The row deletion's last transaction fails once, at its note of the erased tenant, as a deadlock does (the
@@ -200,7 +233,7 @@ def test_what_a_transaction_run_again_removed_is_counted_once(
     api: ApiHarness, app_pool: ConnectionPool[Any], durable: _Durable
 ) -> None:
     # The executions' count and ids were merged before the last transaction committed: rolled back and run again, it
-    # counted and listed them twice. Here its executions are a cycle, left by the batches to the last transaction.
+    # counted and listed them twice. Here its executions are a cycle (deleted by a batch of their own).
     tenant = api.provision("erased-counted-once", status="suspended")
     ids = _cycle(api, app_pool, tenant)
     final: list[str] = []

@@ -6,6 +6,7 @@ tenant's; the app itself can delete nothing but by that rule (migrations 0026, 0
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -407,3 +408,135 @@ def test_the_markers_indexes_are_built_concurrently_outside_the_alter_tables_loc
     built = migrations[81]
     assert not built.transactional
     assert all("CONCURRENTLY" in statement for statement in built.statements)
+
+
+def _seed_refused(pg: Any, tenant: uuid.UUID, principal: str, first: int, count: int, reason: str, age: str) -> None:
+    """`count` full rows of `principal` refused for `reason` about `age` ago (the higher the sequence number, the
+    newer), on partition 3."""
+    with psycopg.connect(pg.admin_url, dbname="quantum", autocommit=True) as admin:
+        admin.execute(
+            "INSERT INTO app.ingress_rejections (tenant_id, hub, partition_id, sequence_number, reason, detail,"
+            " requested_by, created_at)"
+            " SELECT %s, 'intent-requests', '3', n, %s, '{}'::jsonb, %s,"
+            "        now() - %s::interval + n * interval '1 millisecond'"
+            " FROM generate_series(%s::bigint, %s::bigint) AS n",
+            (tenant, reason, principal, age, first, first + count - 1),
+        )
+
+
+def _refusal(sequence_number: int, reason: str, principal: str) -> NewRejection:
+    return NewRejection(
+        hub="intent-requests",
+        partition_id="3",
+        sequence_number=sequence_number,
+        enqueued_time=None,
+        reason=reason,
+        detail={"type": "about:blank", "title": reason, "status": 403},
+        requested_by=principal,
+    )
+
+
+def test_one_senders_flood_of_markers_evicts_no_other_senders_marker(
+    pg: Any, app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    # Markers lost their principal and the tenant's bound deleted its oldest markers whoever made them: a Reader
+    # refused on every event made a marker of each past its own `keep` and evicted the victim's quota marker, whose
+    # event then started on its next delivery.
+    tenant = new_tenant()
+    trim = {"keep": _FLOOR, "tenant_keep": _TENANT_FLOOR}
+    _seed_refused(pg, tenant, "victim", 0, _FLOOR, "quota_exceeded", "2 hours")
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        assert record_rejection(conn, _refusal(10_000, "quota_exceeded", "victim"), **trim)
+    _seed_refused(pg, tenant, "reader", 20_000, _FLOOR * 11, "forbidden", "1 hour")
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        assert record_rejection(conn, _refusal(30_000, "forbidden", "reader"), **trim)
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        assert recorded_reason(conn, "intent-requests", "3", 0, None) == "quota_exceeded"
+    with psycopg.connect(pg.admin_url, dbname="quantum") as admin:
+        groups = admin.execute(
+            "SELECT reason, count(*), count(DISTINCT marker_group), bool_and(requested_by IS NULL)"
+            " FROM app.ingress_rejections WHERE tenant_id = %s AND trimmed GROUP BY reason ORDER BY reason",
+            (tenant,),
+        ).fetchall()
+    # The reader keeps its newest `keep` markers, the victim its one; no principal on either.
+    assert groups == [("forbidden", _FLOOR, 1, True), ("quota_exceeded", 1, 1, True)]
+
+
+def test_the_tenants_marker_bound_goes_deepest_of_each_group_first(
+    pg: Any, app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    # Eleven senders each past their own bound by 100 markers: the tenant's 1,100 come back to 1,000, the deepest of
+    # each sender's going first, so a sender with few markers keeps them all.
+    tenant = new_tenant()
+    trim = {"keep": _FLOOR, "tenant_keep": _TENANT_FLOOR}
+    _seed_refused(pg, tenant, "few", 0, _FLOOR + 5, "quota_exceeded", "3 hours")
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        assert record_rejection(conn, _refusal(900, "quota_exceeded", "few"), **trim)
+    for n in range(11):
+        _seed_refused(pg, tenant, f"p{n}", 1000 * (n + 1), 2 * _FLOOR - 1, "forbidden", "1 hour")
+        with tenant_transaction(tenant, pool=app_pool) as conn:
+            assert record_rejection(conn, _refusal(50_000 + n, "forbidden", f"p{n}"), **trim)
+    with psycopg.connect(pg.admin_url, dbname="quantum") as admin:
+        assert admin.execute(
+            "SELECT count(*) FROM app.ingress_rejections WHERE tenant_id = %s AND trimmed", (tenant,)
+        ).fetchone() == (_TENANT_FLOOR,)
+    # The oldest markers, few's, are the shallowest of their group: kept.
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        assert all(recorded_reason(conn, "intent-requests", "3", n, None) == "quota_exceeded" for n in range(6))
+
+
+def test_two_partitions_capping_at_once_leave_the_tenants_bound(
+    pg: Any, app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    # Two trims capping at once each counted the markers without the other's new one and both deleted the same
+    # oldest marker: the tenant kept its bound plus one.
+    tenant = new_tenant()
+    trim = {"keep": _FLOOR, "tenant_keep": _TENANT_FLOOR}
+    with psycopg.connect(pg.admin_url, dbname="quantum", autocommit=True) as admin:
+        admin.execute(
+            "INSERT INTO app.ingress_rejections (tenant_id, hub, partition_id, sequence_number, reason, detail,"
+            " trimmed, created_at)"
+            " SELECT %s, 'intent-requests', '9', n, 'quota_exceeded', '{}'::jsonb, true,"
+            "        now() - interval '2 hours' + n * interval '1 millisecond'"
+            " FROM generate_series(0, %s) AS n",
+            (tenant, _TENANT_FLOOR - 1),
+        )
+    _seed_refused(pg, tenant, "a", 10_000, _FLOOR, "forbidden", "1 hour")
+    _seed_refused(pg, tenant, "b", 20_000, _FLOOR, "forbidden", "1 hour")
+    backend: list[int] = []
+    ready = threading.Event()
+    failures: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            with tenant_transaction(tenant, pool=app_pool) as conn:
+                backend.append(conn.info.backend_pid)
+                ready.set()
+                assert record_rejection(conn, _refusal(40_000, "forbidden", "b"), **trim)
+        except BaseException as exc:  # noqa: BLE001  # reported by the test thread
+            failures.append(exc)
+            ready.set()
+
+    with tenant_transaction(tenant, pool=app_pool) as first:
+        assert record_rejection(first, _refusal(30_000, "forbidden", "a"), **trim)
+        thread = threading.Thread(target=second)
+        thread.start()
+        assert ready.wait(30)
+        # The second waits for a lock the first holds (the markers' lock; before, the oldest marker's row).
+        with psycopg.connect(pg.admin_url, dbname="quantum", autocommit=True) as admin:
+            for _ in range(600):
+                waiting = admin.execute(
+                    "SELECT count(*) FROM pg_catalog.pg_locks WHERE pid = %s AND NOT granted", (backend[0],)
+                ).fetchone()
+                if waiting and waiting[0]:
+                    break
+                threading.Event().wait(0.05)
+            else:
+                pytest.fail("the second trim never waited for the first")
+    thread.join(60)
+    assert not thread.is_alive() and not failures
+    with psycopg.connect(pg.admin_url, dbname="quantum") as admin:
+        markers = admin.execute(
+            "SELECT count(*) FROM app.ingress_rejections WHERE tenant_id = %s AND trimmed", (tenant,)
+        ).fetchone()
+    assert markers == (_TENANT_FLOOR,)

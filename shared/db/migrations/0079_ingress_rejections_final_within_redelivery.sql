@@ -21,15 +21,26 @@
 -- refused). A body that is not a request (its problem type `validation-error`: not accepted JSON, or not the request
 -- model) and a stale event are refused the same way on every delivery, whatever changes: their rows are deleted by
 -- the counts as before, so the cheapest flood makes no markers. And a tenant keeps at most `tenant_keep` markers:
--- past that its oldest markers are deleted, and the events of those (the tenant's refusals beyond its newest
--- `tenant_keep` full rows and `tenant_keep` markers within 25 h) are no longer held back by their record (ADR 0019).
+-- past that its markers are deleted (the deepest of each sender's first, below), and the events of those are no
+-- longer held back by their record (ADR 0019).
 --
 -- The tenant's bound is applied only once its full rows pass it by a tenth (the slack), and then back to the bound:
 -- at the bound, every rejection counted and ranked all of the tenant's rows (17 ms under its start lock); now the
 -- ranking runs once every tenth of the bound's rejections at most.
 --
+-- A marker keeps its sender's group (`marker_group`: the first 8 bytes of the SHA-256 of its principal, empty for
+-- an unknown sender; never the principal itself), so the markers are bounded as the full rows are: a sender's
+-- markers beyond its newest `keep` go at its own trim, and the tenant's past `tenant_keep` go deepest of each group
+-- first. Without the group the tenant's bound deleted its oldest markers whoever made them: one sender refused on
+-- every event (a Reader, an unknown intent, a reused key) made a marker of each past its `keep` and evicted every
+-- other sender's markers, whose events then started on their next delivery. The bounds are applied under a
+-- transaction advisory lock keyed by the tenant, taken only by a trim that made markers and after every row it
+-- updates; under it, the statements that delete markers skip rows another transaction holds (each such holder is
+-- deleting them): so the lock's holder waits for no row lock, no deadlock can come of it, and two partitions capping
+-- at once cap one after the other, the second counting the first's markers (ADR 0019: why not a tenant_locks row).
+--
 -- Storage per tenant: at most `tenant_keep` plus its slack full rows (each document at most 32 KiB, the app's
--- bound), plus at most `tenant_keep` markers (no document, no principal, no key).
+-- bound), plus at most `tenant_keep` markers (no document, no principal, no key; 8 bytes of group).
 --
 -- The indexes the counts, the markers and the listing read are built concurrently by migration 0081 (a plain build
 -- here held the ACCESS EXCLUSIVE lock of the ALTER TABLE below throughout, and every read of the table waited).
@@ -40,7 +51,7 @@
 -- release still running during the swap trims by these rules too; the added column has a default, so its direct
 -- INSERT still works.
 
-ALTER TABLE app.ingress_rejections ADD COLUMN trimmed boolean NOT NULL DEFAULT false;
+ALTER TABLE app.ingress_rejections ADD COLUMN trimmed boolean NOT NULL DEFAULT false, ADD COLUMN marker_group bytea;
 
 DO $$
 BEGIN
@@ -63,12 +74,18 @@ DECLARE
     window_start timestamptz := pg_catalog.now() - interval '25 hours';
     -- The problem type of a body that is not a request (shared/ingress/rejecting.py): refused so on every delivery.
     as_sent_type text := 'https://quantum-platform.dev/problems/validation-error';
+    -- The sender's group on its markers: 8 bytes of a hash, no principal text (empty: the unknown sender).
+    own_group bytea := CASE WHEN principal IS NULL THEN '\x'::bytea
+                            ELSE pg_catalog.substr(pg_catalog.sha256(pg_catalog.convert_to(principal, 'UTF8')), 1, 8)
+                       END;
     slack integer;
     aged bigint;
     own_deleted bigint;
     own_marked bigint;
     tenant_deleted bigint := 0;
     tenant_marked bigint := 0;
+    expired bigint;
+    own_capped bigint := 0;
     capped bigint := 0;
 BEGIN
     IF tenant IS NULL THEN
@@ -79,12 +96,11 @@ BEGIN
     slack := tenant_keep / 10;
     max_age := GREATEST(max_age, interval '25 hours');
 
-    -- Full rows past the retention, and markers past the window: no delivery of their events can start anything now.
+    -- Full rows past the retention (markers past the window go below): no delivery of their events can start
+    -- anything now.
     DELETE FROM app.ingress_rejections r
      WHERE r.tenant_id = tenant AND NOT r.trimmed AND r.created_at < pg_catalog.now() - max_age;
     GET DIAGNOSTICS aged = ROW_COUNT;
-    DELETE FROM app.ingress_rejections r
-     WHERE r.tenant_id = tenant AND r.trimmed AND r.created_at < window_start;
 
     -- The sender's full rows beyond its newest `keep`: deleted when older than the window or refused as sent (a
     -- stale event, a body that is not a request: refused the same on every delivery), else made markers.
@@ -107,7 +123,8 @@ BEGIN
             RETURNING 1
         ), marked AS (
             UPDATE app.ingress_rejections r
-               SET trimmed = true, detail = '{}'::jsonb, requested_by = NULL, idempotency_key = NULL
+               SET trimmed = true, detail = '{}'::jsonb, requested_by = NULL, idempotency_key = NULL,
+                   marker_group = own_group
               FROM beyond b
              WHERE r.tenant_id = tenant AND r.id = b.id AND NOT b.gone
             RETURNING 1
@@ -132,7 +149,8 @@ BEGIN
             RETURNING 1
         ), marked AS (
             UPDATE app.ingress_rejections r
-               SET trimmed = true, detail = '{}'::jsonb, requested_by = NULL, idempotency_key = NULL
+               SET trimmed = true, detail = '{}'::jsonb, requested_by = NULL, idempotency_key = NULL,
+                   marker_group = own_group
               FROM beyond b
              WHERE r.tenant_id = tenant AND r.id = b.id AND NOT b.gone
             RETURNING 1
@@ -164,7 +182,11 @@ BEGIN
             RETURNING 1
         ), marked AS (
             UPDATE app.ingress_rejections r
-               SET trimmed = true, detail = '{}'::jsonb, requested_by = NULL, idempotency_key = NULL
+               SET trimmed = true, detail = '{}'::jsonb, requested_by = NULL, idempotency_key = NULL,
+                   marker_group = CASE WHEN r.requested_by IS NULL THEN '\x'::bytea
+                                       ELSE pg_catalog.substr(pg_catalog.sha256(pg_catalog.convert_to(r.requested_by,
+                                                                                                      'UTF8')), 1, 8)
+                                  END
               FROM beyond b
              WHERE r.tenant_id = tenant AND r.id = b.id AND NOT b.gone
             RETURNING 1
@@ -173,17 +195,61 @@ BEGIN
           INTO tenant_deleted, tenant_marked;
     END IF;
 
-    -- The markers' hard bound: past `tenant_keep` of them, the oldest go (their events are no longer held back: ADR
-    -- 0019). Read only when markers were made: at most tenant_keep index entries of the markers' index.
+    -- The markers' bounds, under the tenant's markers lock (a transaction advisory lock) when this trim made markers
+    -- (the only way their count grows): taken after every row this trim updates, and every statement under it skips
+    -- the rows another transaction holds (each such holder deletes them: an expiry, a bound, a hub's recreated
+    -- place), so its holder waits for no row and two trims at once cap one after the other, the second seeing the
+    -- first's markers.
     IF own_marked + tenant_marked > 0 THEN
-        DELETE FROM app.ingress_rejections r
-         WHERE r.tenant_id = tenant AND r.trimmed
-           AND (r.created_at, r.id) < (SELECT k.created_at, k.id FROM app.ingress_rejections k
-                                        WHERE k.tenant_id = tenant AND k.trimmed
-                                        ORDER BY k.created_at DESC, k.id DESC
-                                        OFFSET tenant_keep - 1 LIMIT 1);
-        GET DIAGNOSTICS capped = ROW_COUNT;
+        PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('app.ingress_rejections markers'),
+                                                 pg_catalog.hashtext(tenant::text));
     END IF;
-    RETURN aged + own_deleted + own_marked + tenant_deleted + tenant_marked + capped;
+
+    -- Markers past the window: no delivery of their events can start anything now.
+    DELETE FROM app.ingress_rejections r
+     WHERE r.tenant_id = tenant AND r.id IN (SELECT m.id FROM app.ingress_rejections m
+                                              WHERE m.tenant_id = tenant AND m.trimmed AND m.created_at < window_start
+                                                FOR UPDATE SKIP LOCKED);
+    GET DIAGNOSTICS expired = ROW_COUNT;
+
+    IF own_marked + tenant_marked > 0 THEN
+        -- The sender's markers beyond its newest `keep` (its group's index, migration 0081): one sender's flood
+        -- evicts its own markers only, as it does its full rows.
+        DELETE FROM app.ingress_rejections r
+         WHERE r.tenant_id = tenant
+           AND r.id IN (SELECT m.id FROM app.ingress_rejections m
+                         WHERE m.tenant_id = tenant AND m.trimmed AND m.marker_group = own_group
+                           AND (m.created_at, m.id) < (SELECT k.created_at, k.id FROM app.ingress_rejections k
+                                                        WHERE k.tenant_id = tenant AND k.trimmed
+                                                          AND k.marker_group = own_group
+                                                        ORDER BY k.created_at DESC, k.id DESC
+                                                        OFFSET keep - 1 LIMIT 1)
+                           FOR UPDATE SKIP LOCKED);
+        GET DIAGNOSTICS own_capped = ROW_COUNT;
+
+        -- The tenant's hard bound: past `tenant_keep` markers, the deepest of each group go first, as the full rows'
+        -- bound ranks them (their events are no longer held back: ADR 0019). At most tenant_keep + 1 index entries
+        -- read unless over; the ranking reads the tenant's markers.
+        IF (SELECT pg_catalog.count(*) FROM (SELECT 1 FROM app.ingress_rejections k
+                                              WHERE k.tenant_id = tenant AND k.trimmed
+                                              LIMIT tenant_keep::bigint + 1) head) > tenant_keep THEN
+            DELETE FROM app.ingress_rejections r
+             WHERE r.tenant_id = tenant
+               AND r.id IN (SELECT m.id FROM app.ingress_rejections m
+                             WHERE m.tenant_id = tenant AND m.trimmed
+                               AND m.id IN (SELECT ranked.id FROM (
+                                                SELECT k.id, k.created_at,
+                                                       pg_catalog.row_number() OVER (
+                                                           PARTITION BY k.marker_group
+                                                           ORDER BY k.created_at DESC, k.id DESC) AS place
+                                                  FROM app.ingress_rejections k
+                                                 WHERE k.tenant_id = tenant AND k.trimmed) ranked
+                                             ORDER BY ranked.place, ranked.created_at DESC, ranked.id DESC
+                                            OFFSET tenant_keep)
+                               FOR UPDATE SKIP LOCKED);
+            GET DIAGNOSTICS capped = ROW_COUNT;
+        END IF;
+    END IF;
+    RETURN aged + own_deleted + own_marked + tenant_deleted + tenant_marked + expired + own_capped + capped;
 END
 $$;
