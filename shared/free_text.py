@@ -94,13 +94,6 @@ condition the engine never reads (or miss one it does)."""
 
 REPLACEMENT = "\ufffd"
 """What `neutralised` shows in place of a character that would act where the text is shown."""
-SHOWN_NEUTRALISED_IN_LINES = (
-    "shown on several lines; control characters but line feeds and tabs (U+0000-U+0008, U+000B-U+001F, "
-    "U+007F-U+009F), line and paragraph separators (U+2028, U+2029) and bidirectional overrides or isolates "
-    "(U+202A-U+202E, U+2066-U+2069) are each replaced by U+FFFD, never refused (a carriage return before a line feed "
-    "is dropped)"
-)
-"""`neutralised` with `lines`, as an OpenAPI description says it."""
 
 
 def neutralised(value: str, *, lines: bool = False) -> str:

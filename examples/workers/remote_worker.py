@@ -29,6 +29,7 @@ DEFAULT_REGISTRY = "example.azurecr.io"
 LONG_POLL_S = 20.0
 _POST_ATTEMPTS = 4
 _RESEND_S = 5.0
+_LEAST_RETRY_S = 0.1  # a heartbeat's retries stop when less than twice this is left of its lease
 TASK_TOKEN_HEADER = "X-Task-Token"  # noqa: S105  # a header name, not a secret
 
 DESCRIPTION = """An EXAMPLE remote worker for the seed tutorial's remote actions; not part of the platform.
@@ -176,11 +177,17 @@ class Api:
         timeout: float = 30.0,
         traceparent: str | None = None,
         task_token: str | None = None,
+        until: float | None = None,
     ) -> httpx.Response:
         """POST with the worker's token; `traceparent` (an item's) puts the call into its execution's trace, and
-        `task_token` (a result's) goes in its header, verified before the platform reads the body."""
+        `task_token` (a result's) goes in its header, verified before the platform reads the body. `until` (a
+        heartbeat's: when its lease runs out as last heard, monotonic clock) is the retries' budget instead of
+        `_POST_ATTEMPTS`: a busy platform (429, 5xx) or no answer is tried again while the lease lasts, each wait cut
+        to half the time left, so that a retry still comes while it counts."""
         response: httpx.Response | None = None
-        for attempt in range(1, _POST_ATTEMPTS + 1):
+        attempt, tries = 0, (f" of {_POST_ATTEMPTS}" if until is None else " (while the lease lasts)")
+        while True:
+            attempt += 1
             headers = {"Authorization": f"Bearer {self.tokens.get()}"}
             if traceparent:
                 headers["traceparent"] = traceparent
@@ -189,20 +196,27 @@ class Api:
             try:
                 response = self.client.post(url, json=body, timeout=timeout, headers=headers)
             except httpx.TransportError as exc:
-                logger.warning("POST %s failed (%s); attempt %d of %d", url, exc, attempt, _POST_ATTEMPTS)
+                logger.warning("POST %s failed (%s); attempt %d%s", url, exc, attempt, tries)
             else:
                 if response.status_code == 401 and self.tokens.renewable and attempt == 1:
                     self.tokens.get(renew=True)  # expired: get a fresh one and try again at once
                     continue
                 if response.status_code < 500 and response.status_code != 429:
                     return response
-                logger.warning(
-                    "POST %s answered %d; attempt %d of %d", url, response.status_code, attempt, _POST_ATTEMPTS
-                )
-            if attempt < _POST_ATTEMPTS and self.stop.wait(self._delay(response, attempt)):
+                logger.warning("POST %s answered %d; attempt %d%s", url, response.status_code, attempt, tries)
+            delay = self._delay(response, attempt)
+            if until is None:
+                if attempt >= _POST_ATTEMPTS:
+                    break
+            else:
+                left = until - time.monotonic()
+                if left < 2 * _LEAST_RETRY_S:
+                    break  # the lease runs out (as last heard) before another try could count
+                delay = min(delay, left / 2)
+            if self.stop.wait(delay):
                 break  # told to stop: answer with what there is
         if response is None:
-            raise httpx.ConnectError(f"POST {url}: no answer after {_POST_ATTEMPTS} attempts")
+            raise httpx.ConnectError(f"POST {url}: no answer after {attempt} attempts")
         return response
 
     @staticmethod
@@ -235,9 +249,11 @@ def step_key(item: dict[str, Any]) -> str:
 
 class Heartbeats:
     """Keeps one item's lease alive while its work runs; `cancelled` is set when the platform says stop, `lost` when
-    the lease is gone. Entering beats once before the work starts, so that none starts on a lease already gone. A
-    beat that gets no answer (network trouble) changes nothing: only the platform's answer says the lease is gone.
-    `held_until` is when the lease runs out as this worker last heard (monotonic clock)."""
+    the lease is gone. Entering beats once before the work starts, so that none starts on a lease already gone. Only
+    the platform's answer that the lease is gone (404, 409) says so: a beat that gets no answer (network trouble) or
+    any other (429 while the tenant is over its request rate, a 5xx, a 401 of a token being renewed) changes nothing,
+    and the lease is held as last heard: `held_until`, when it runs out as this worker last heard (monotonic clock),
+    after which it is taken as lost. A beat's retries have the time left of the lease as their budget."""
 
     def __init__(self, api: Api, item: dict[str, Any], lease_s: float) -> None:
         self._api, self._item, self._lease_s = api, item, lease_s
@@ -263,19 +279,29 @@ class Heartbeats:
         body: dict[str, Any] = {"lease_id": self._item["lease_id"], "extend_s": self._lease_s}
         if progress:
             body["progress"] = progress
-        sent = time.monotonic()
+        sent, name = time.monotonic(), self._item["idempotency_key"]
         try:
-            response = self._api.post(self._item["heartbeat_url"], body, traceparent=self._item.get("traceparent"))
+            response = self._api.post(
+                self._item["heartbeat_url"], body, traceparent=self._item.get("traceparent"), until=self.held_until
+            )
         except httpx.HTTPError as exc:  # the lease may still be live: the next beat, or the result, may get through
-            logger.warning("%s: heartbeat got no answer (%s)", self._item["idempotency_key"], exc)
-            return
-        if response.status_code == 200 and response.json().get("state") == "leased":
-            self.held_until = sent + self._lease_s
-        elif response.status_code == 200 and response.json().get("state") == "cancelled":
-            logger.info("%s: cancelled by the platform; stopping", self._item["idempotency_key"])
-            self.cancelled.set()
-        elif response.status_code != 200:  # 409: the lease ran out or moved on; 404: gone. Stop either way.
-            logger.warning("%s: heartbeat refused (%d); stopping", self._item["idempotency_key"], response.status_code)
+            logger.warning("%s: heartbeat got no answer (%s)", name, exc)
+        else:
+            if response.status_code == 200 and response.json().get("state") == "leased":
+                self.held_until = sent + self._lease_s
+                return
+            if response.status_code == 200 and response.json().get("state") == "cancelled":
+                logger.info("%s: cancelled by the platform; stopping", name)
+                self.cancelled.set()
+                return
+            if response.status_code in (404, 409):  # 409: the lease ran out or moved on; 404: gone. Stop either way.
+                logger.warning("%s: heartbeat refused (%d); stopping", name, response.status_code)
+                self.lost.set()
+                return
+            # Not an answer about the lease (a 429 of a busy tenant, a 5xx, a token being renewed): as last heard.
+            logger.warning("%s: heartbeat answered %d; the lease holds as last heard", name, response.status_code)
+        if time.monotonic() > self.held_until:
+            logger.warning("%s: no heartbeat got through before the lease ran out; stopping", name)
             self.lost.set()
 
     def _run(self) -> None:
@@ -362,6 +388,12 @@ def _report(api: Api, url: str, item: dict[str, Any], body: dict[str, Any], unti
             if response.status_code == 409:  # another result was reported, or the lease expired
                 logger.info("%s: not recorded (409): %s", done, response.json().get("detail"))
                 return "conflict"
+            if response.status_code == 422 and url == item["complete_url"]:
+                # An output the platform cannot store (a number past 64 bits, a NUL): sending it again, or letting the
+                # lease run out to a retry, gives the same output the same refusal. Failed, final, saying why.
+                logger.warning("%s refused (422): %s; reporting it failed", done, response.text[:300])
+                failure = {"error": _refusal(response), "retryable": False}
+                return _report(api, item["fail_url"], item, failure, until, f"failed, output refused: {done}")
             if response.status_code < 500 and response.status_code != 429:
                 logger.warning("%s refused (%d): %s", done, response.status_code, response.text[:300])
                 return f"refused: {response.status_code}"
@@ -374,6 +406,21 @@ def _report(api: Api, url: str, item: dict[str, Any], body: dict[str, Any], unti
             return "unreported"
         logger.warning("%s: not reported yet (%s); sending the same result again", done, problem)
         api.stop.wait(_RESEND_S)
+
+
+def _refusal(response: httpx.Response) -> str:
+    """Why the platform refused a result (its problem's detail and each error's), within a failure's 4000 characters."""
+    try:
+        problem = response.json()
+    except ValueError:
+        problem = None
+    if not isinstance(problem, dict):
+        return f"the platform refused the output ({response.status_code}): {response.text[:3000]}"
+    parts = [str(problem.get("detail") or problem.get("title") or "refused")]
+    for error in problem.get("errors") or []:
+        if isinstance(error, dict):
+            parts.append(f"{error.get('pointer', '')}: {error.get('detail') or error.get('code')}")
+    return f"the platform refused the output ({response.status_code}): {'; '.join(parts)}"[:4000]
 
 
 def run_batch(items: list[dict[str, Any]], api: Api, options: argparse.Namespace) -> list[str]:

@@ -60,12 +60,28 @@ _ENQUEUE = (
 # suspended tenant's new calls, but a call admitted before the suspension (a long poll waiting up to 30 s, or one
 # admitted from the directory's few seconds of cache) must not hand its workers new work (ADR 0027, amended
 # 2026-12-07).
+# Read from the tenant's open attempts (index step_attempts_dispatched), as the expiry is: an item whose attempt
+# ended before any worker leased it (cancelled while queued, its execution ended, its step timed out) stays unleased
+# for good, and the runtime cannot delete it, so reading the unleased items (index work_items_queued) read every such
+# item on each call and re-check. Each open attempt's item is looked up by its key alone (a LATERAL with LIMIT is
+# never turned into a join, and no condition is pushed into it: with one on the lease or the action there, the planner
+# may read the key through work_items_queued, every unleased item of the action for each open attempt); the items
+# that can be leased are the candidates. Only they are then read again, by id, in age order, and locked up to the
+# limit, a locked one skipped as before (a second poll at once takes the next ones); a row leased since is read at its
+# newest version and dropped. That it is unleased is asked as `num_nulls(lease_id) = 1`, which says the same as
+# `lease_id IS NULL` but lets no plan read the ids through work_items_queued (the planner took that index for them).
 _LEASE = _query(
-    "WITH picked AS (SELECT w.tenant_id, w.id, CASE WHEN e.status = ANY(%(terminal)s) THEN 'ended'"
+    "WITH chosen AS MATERIALIZED (SELECT item.id FROM app.step_attempts a CROSS JOIN LATERAL"
+    " (SELECT w.id, w.lease_id, w.action, w.deadline FROM app.work_items w WHERE w.tenant_id = a.tenant_id"
+    " AND w.execution_id = a.execution_id AND w.step_id = a.step_id AND w.phase = a.phase AND w.attempt = a.attempt"
+    " LIMIT 1) AS item WHERE a.state = 'dispatched' AND item.lease_id IS NULL AND item.action = ANY(%(actions)s)"
+    " AND item.deadline > clock_timestamp()"
+    " AND EXISTS (SELECT 1 FROM app.tenants t WHERE t.id = a.tenant_id AND t.status = 'active')),"
+    " picked AS (SELECT w.tenant_id, w.id, CASE WHEN e.status = ANY(%(terminal)s) THEN 'ended'"
     " WHEN w.phase = 'run' AND e.cancel_requested_at IS NOT NULL THEN 'cancelled' END AS stale"
     " FROM app.work_items w {open} JOIN app.executions e ON e.tenant_id = w.tenant_id AND e.id = w.execution_id"
-    " WHERE w.lease_id IS NULL AND w.action = ANY(%(actions)s) AND w.deadline > clock_timestamp()"
-    " AND EXISTS (SELECT 1 FROM app.tenants t WHERE t.id = w.tenant_id AND t.status = 'active')"
+    " WHERE w.id = ANY(ARRAY(SELECT id FROM chosen)) AND num_nulls(w.lease_id) = 1 AND w.action = ANY(%(actions)s)"
+    " AND w.deadline > clock_timestamp()"
     " ORDER BY w.enqueued_at LIMIT %(limit)s FOR UPDATE OF w SKIP LOCKED),"
     " leased AS (UPDATE app.work_items w SET lease_id = gen_random_uuid(), leased_by = %(worker)s,"
     " leased_at = clock_timestamp(), heartbeat_at = NULL, progress = NULL,"
@@ -146,12 +162,17 @@ _LIVE_LEASE = (
     "SELECT w.lease_expires_at > clock_timestamp() AS live FROM app.work_items w WHERE w.execution_id = %s"
     " AND w.step_id = %s AND w.phase = %s AND w.attempt = %s AND w.lease_id = %s FOR UPDATE OF w"
 )
+# The same for the list: each open attempt's item is looked up by its key alone, so items whose attempt ended
+# unleased (and every ended item) are never read, however many there are.
 _LIST = _query(
-    "SELECT {cols}, clock_timestamp() AS now FROM app.work_items w {open} WHERE"
-    " (%(action)s::text IS NULL OR w.action = %(action)s) AND (%(execution)s::uuid IS NULL"
-    " OR w.execution_id = %(execution)s) AND CASE %(status)s::text WHEN 'queued' THEN w.lease_id IS NULL"
-    " WHEN 'leased' THEN w.lease_expires_at >= clock_timestamp() WHEN 'expired' THEN w.lease_expires_at"
-    " < clock_timestamp() ELSE true END AND (%(after_at)s::timestamptz IS NULL"
+    "SELECT {cols}, clock_timestamp() AS now FROM app.step_attempts a CROSS JOIN LATERAL"
+    " (SELECT * FROM app.work_items w WHERE w.tenant_id = a.tenant_id AND w.execution_id = a.execution_id"
+    " AND w.step_id = a.step_id AND w.phase = a.phase AND w.attempt = a.attempt LIMIT 1) AS w"
+    " WHERE a.state = 'dispatched' AND (%(execution)s::uuid IS NULL OR a.execution_id = %(execution)s)"
+    " AND (%(action)s::text IS NULL OR w.action = %(action)s) AND CASE %(status)s::text"
+    " WHEN 'queued' THEN w.lease_id IS NULL WHEN 'leased' THEN w.lease_expires_at >= clock_timestamp()"
+    " WHEN 'expired' THEN w.lease_expires_at < clock_timestamp() ELSE true END"
+    " AND (%(after_at)s::timestamptz IS NULL"
     " OR (w.enqueued_at, w.id) > (%(after_at)s::timestamptz, %(after_id)s::uuid))"
     " ORDER BY w.enqueued_at, w.id LIMIT %(limit)s"
 )

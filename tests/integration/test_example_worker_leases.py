@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import httpx
+import psycopg
 import pytest
 from fastapi import FastAPI
 from psycopg_pool import ConnectionPool
@@ -254,3 +255,85 @@ def test_the_readme_worker_commands_parse_as_pasted() -> None:
     assert commands
     for command in commands:
         remote_worker.parse_args(shlex.split(command))
+
+
+class BusyTenant:
+    """The app's client for a tenant whose other callers use up its request rate once the work has started (the first
+    heartbeat got through): its bucket is emptied before each heartbeat, which the platform's rate limit then answers
+    429 with Retry-After, until `refusals` heartbeats were so answered; then the others go quiet and it refills."""
+
+    def __init__(self, client: Any, admin_url: str, tenant: uuid.UUID, refusals: int) -> None:
+        self._client, self._admin_url, self._tenant = client, admin_url, tenant
+        self.left, self.refused = refusals, 0
+        self._busy = False
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> BusyTenant:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        pass
+
+    def _bucket(self, tokens: float) -> None:
+        with psycopg.connect(self._admin_url, dbname="quantum", autocommit=True) as admin:
+            admin.execute(
+                "UPDATE app.rate_buckets SET tokens = %s, updated_at = clock_timestamp() WHERE tenant_id = %s",
+                (tokens, self._tenant),
+            )
+
+    def post(self, url: str, **kwargs: Any) -> httpx.Response:
+        heartbeat = url.endswith("/heartbeat")
+        with self._lock:
+            if heartbeat and self._busy and self.left > 0:
+                self._bucket(0)
+            response: httpx.Response = self._client.post(url, **kwargs)
+            if heartbeat and response.status_code == 429 and self.left > 0:
+                self.refused += 1
+                self.left -= 1
+                if self.left == 0:
+                    self._bucket(100)
+            self._busy = self._busy or heartbeat
+        return response
+
+
+def test_a_rate_limited_tenants_worker_keeps_its_lease_and_completes(
+    api: ApiHarness,  # noqa: F811  # the fixture
+    app_pool: ConnectionPool[Any],
+    durable: Recording,
+) -> None:
+    name = f"example-busy-{uuid.uuid4().hex[:6]}"
+    tenant = api.provision(name, quotas={"requests_per_minute": 60, "burst": 100}).id
+    token = api.token(name, ["Module.Worker"], claims={"idtyp": "app"})
+    key = _queue(app_pool, tenant)
+    (item,) = _lease(api, token, lease_s=20)
+    # More refused heartbeats than the tries of a call, for each of the two that may beat at once (the heartbeats'
+    # thread and the one after the work): every try of a beat was answered 429 while the lease was live.
+    refusals = 2 * remote_worker._POST_ATTEMPTS + 1
+    busy = BusyTenant(api.client, api.admin_url, tenant, refusals=refusals)
+    options = _options(token, "--lease-s", "20", "--work-seconds", "8")
+    outcome = remote_worker.handle_item(item, remote_worker.Api(busy, remote_worker.TokenSource(options)), options)
+    assert outcome.startswith("completed"), outcome
+    assert busy.refused == refusals  # the heartbeats were rate limited
+    assert _state(app_pool, tenant, key) == "succeeded"
+
+
+def test_an_output_the_platform_cannot_store_fails_the_attempt_for_good(
+    api: ApiHarness,  # noqa: F811  # the fixture
+    app_pool: ConnectionPool[Any],
+    worker: tuple[uuid.UUID, str],
+    durable: Recording,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tenant, token = worker
+    key = _queue(app_pool, tenant)
+    (item,) = _lease(api, token)
+    monkeypatch.setitem(remote_worker.HANDLERS, ACTION, lambda params, options: {"n": 2**64})
+    options = _options(token)
+    outcome = remote_worker.handle_item(
+        item, remote_worker.Api(api.client, remote_worker.TokenSource(options)), options
+    )
+    assert outcome.startswith("failed"), outcome
+    with tenant_transaction(tenant, pool=app_pool) as conn:
+        attempt = store.get_attempt(conn, key)
+    assert attempt is not None and (attempt.state, attempt.retryable) == ("failed", False), attempt
+    assert attempt.error is not None and "refused the output (422)" in attempt.error

@@ -246,3 +246,58 @@ def test_a_long_poll_records_its_poll_once_and_still_ends_leases_on_each_recheck
     assert len(expiries) > 1  # it re-checked, ending run-out leases each time
     assert recorded == ["poll"]
     assert set(_pollers(api, handle.id)) == {action}
+
+
+ABANDONED = 4000
+# Items whose attempt ended before any worker leased them (cancelled while queued, the execution ended, the step timed
+# out): they stay unleased for good, and the runtime cannot delete them.
+_ENDED_UNLEASED = """
+WITH g AS (SELECT gen_random_uuid() AS ex FROM generate_series(1, %(n)s)),
+executions AS (
+    INSERT INTO app.executions (tenant_id, id, intent_id, intent_version, status, requested_by, finished_at)
+    SELECT %(tenant)s, ex, gen_random_uuid(), 1, 'cancelled', 'test', now() - interval '1 day' FROM g RETURNING 1),
+attempts AS (
+    INSERT INTO app.step_attempts (tenant_id, execution_id, step_id, phase, attempt, action, remote, state,
+                                   dispatched_at, finished_at)
+    SELECT %(tenant)s, ex, 'build', 'run', 1, %(action)s, true, 'abandoned', now() - interval '1 day',
+           now() - interval '1 day' FROM g RETURNING 1)
+INSERT INTO app.work_items (tenant_id, execution_id, step_id, phase, attempt, action, params, enqueued_at, deadline)
+SELECT %(tenant)s, ex, 'build', 'run', 1, %(action)s, '{}'::jsonb, now() - interval '1 day', now() + interval '1 hour'
+  FROM g
+"""
+
+
+def test_items_whose_attempt_ended_unleased_are_never_read_by_a_lease_or_the_list(
+    api: ApiHarness,  # noqa: F811  # the fixture imported above
+    app_pool: ConnectionPool[Any],
+) -> None:
+    handle = api.provision("abandoned")
+    action = f"abandoned-{uuid.uuid4().hex[:6]}"
+    live = _queued(app_pool, handle.id, action, path=["running"])
+    with psycopg.connect(api.admin_url, dbname="quantum", autocommit=True) as admin:
+        with admin.transaction():
+            admin.execute("SET LOCAL session_replication_role = replica")  # no intents and steps for them
+            admin.execute(_ENDED_UNLEASED, {"n": ABANDONED, "tenant": handle.id, "action": action})
+
+    params = {
+        "actions": [action],
+        "limit": 10,
+        "worker": "w",
+        "lease_s": 60,
+        "terminal": sorted(work_queue.repo.TERMINAL),
+    }
+    with tenant_transaction(handle.id, pool=app_pool) as conn:
+        with conn.transaction(force_rollback=True):  # EXPLAIN ANALYZE runs the lease: nothing of it is kept
+            read = _rows_read(_explain(conn, work_queue._LEASE, params))
+        listed = {"action": action, "status": "queued", "execution": None, "limit": 10, "after_at": None}
+        listed_read = _rows_read(_explain(conn, work_queue._LIST, {**listed, "after_id": None}))
+    # The live item only, however many ended ones: found from its open attempt, read again to lock it, then read and
+    # written by the update that leases it (its node counted too).
+    assert read["work_items"] <= 4 and read["step_attempts"] <= 2, read
+    assert listed_read["work_items"] <= 1, listed_read
+
+    with tenant_transaction(handle.id, pool=app_pool) as conn:
+        items, _ = work_queue.list_items(conn, action=action, status="queued")
+        assert [item.key for item in items] == [live]
+        round_ = work_queue.lease(conn, handle.id, actions=[action], max_items=10, lease_s=60, worker="w")
+    assert [lease.item.key for lease in round_.leases] == [live] and round_.ended == []

@@ -4,6 +4,7 @@ characters replaced, as a heartbeat's progress message is (ADR 0027, amended 202
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -72,3 +73,56 @@ def test_a_name_recorded_before_is_listed_neutralised(
     reader = api.headers(TENANT, ["Intent.Reader"])
     reason = api.client.get(f"/api/v1/executions/{key.execution_id}", headers=reader).json()["wait_reason"]
     assert f"leased by {SHOWN} " in reason and ACTING not in reason
+
+
+def _posted(api: ApiHarness, path: str, body: dict[str, Any], headers: dict[str, str]) -> Any:  # noqa: F811
+    """POST `body` as JSON with its non-ASCII escaped: a lone surrogate is sent as `\\udXXX`, as JSON can write it."""
+    sent = {**headers, "Content-Type": "application/json"}
+    return api.client.post(path, content=json.dumps(body), headers=sent)
+
+
+def _documented(api: ApiHarness, schema: str, field: str) -> str:  # noqa: F811
+    schemas = api.client.app.openapi()["components"]["schemas"]  # type: ignore[attr-defined]
+    description: str = schemas[schema]["properties"][field]["description"]
+    return description
+
+
+def test_a_nul_in_a_name_or_progress_is_refused_as_documented_and_other_controls_replaced(
+    api: ApiHarness,  # noqa: F811
+    tenant: uuid.UUID,
+    app_pool: ConnectionPool[Any],
+    durable: Any,  # noqa: F811
+) -> None:
+    # What the API says of both fields: other controls replaced, a NUL or lone surrogate refused as in every body.
+    for schema, field in (("LeaseRequest", "worker"), ("Progress", "message")):
+        described = _documented(api, schema, field)
+        assert "U+0000-" not in described and "never refused" not in described, described
+        assert "NUL (U+0000)" in described and "422 `unstorable_text`" in described, described
+        assert "replaced by U+FFFD" in described, described
+
+    headers = api.headers(TENANT, ["Module.Worker"])
+    action = f"names-{uuid.uuid4().hex[:6]}"
+    _queued(app_pool, tenant, action, path=["running"])
+    for name in ("builder\x00", "builder\ud800"):
+        refused = _posted(api, "/api/v1/work/lease", {"actions": [action], "worker": name}, headers)
+        assert refused.status_code == 422, refused.text
+        assert [error["code"] for error in refused.json()["errors"]] == ["unstorable_text"]
+    leased = api.client.post("/api/v1/work/lease", json={"actions": [action], "worker": "b\x1b1"}, headers=headers)
+    assert leased.status_code == 200, leased.text
+    (item,) = leased.json()["items"]
+
+    beat = f"/api/v1/work/{item['id']}/heartbeat"
+    for message in ("layer\x00", "layer\udfff"):
+        body = {"lease_id": item["lease_id"], "extend_s": 60, "progress": {"message": message}}
+        refused = _posted(api, beat, body, headers)
+        assert refused.status_code == 422, refused.text
+        assert [error["code"] for error in refused.json()["errors"]] == ["unstorable_text"]
+    body = {"lease_id": item["lease_id"], "extend_s": 60, "progress": {"message": "layer\x1b3"}}
+    assert api.client.post(beat, json=body, headers=headers).status_code == 200
+    (entry,) = [
+        entry
+        for entry in api.client.get(f"/api/v1/work?action={action}", headers=headers).json()["items"]
+        if entry["id"] == item["id"]
+    ]
+    assert entry["leased_by"].startswith(f"b{REPLACEMENT}1")
+    assert entry["progress"]["message"] == f"layer{REPLACEMENT}3"

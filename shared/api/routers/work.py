@@ -27,7 +27,7 @@ from shared.db.session import retried_on_deadlock, tenant_transaction
 from shared.engine import remote, work_queue
 from shared.engine.event_wakeup import get_event_wakeup
 from shared.engine.steps import Attempt
-from shared.free_text import NEUTRALISED_IN_LINES, SHOWN_NEUTRALISED_IN_LINES, neutralised
+from shared.free_text import NEUTRALISED_IN_LINES, neutralised
 from shared.policy.actions import Action
 from shared.policy.authorizer import Decision, Reason, Resource
 
@@ -44,6 +44,11 @@ FALLBACK_RECHECK_S = 2.0
 WORKER_NAME = AfterValidator(neutralised)
 """A worker's name on one line: each control, separator or bidirectional character replaced by U+FFFD."""
 ItemId = Annotated[UUID, Path(description="The work item's id.")]
+UNSTORABLE_REFUSED = (
+    "A NUL (U+0000) or a lone surrogate (U+D800-U+DFFF) is not replaced: it is refused with 422 `unstorable_text`,"
+    " as in every body (ADR 0023)."
+)
+"""What the edge refuses in every body, before a field's own neutralising reads it."""
 ActionName = Annotated[str, Field(min_length=1, max_length=128)]
 # A number or flag is taken as JSON types it (a float field still takes a JSON integer): converted, `true` leased an
 # item and `"60"` held a lease, where a worker meant something else. Strict per field, not per model: the body is
@@ -84,7 +89,10 @@ class LeaseRequest(BaseModel):
     # Shown in the wait reason and the queue's list: neutralised as a heartbeat's progress message is (never refused,
     # which would leave the tenant's work without a worker over a name), on one line.
     worker: Annotated[str, Field(min_length=1, max_length=128), WORKER_NAME] | None = Field(
-        None, description="A name for this worker process."
+        None,
+        description="A name for this worker process, shown on one line: control characters (U+0001-U+001F,"
+        " U+007F-U+009F), line and paragraph separators (U+2028, U+2029) and bidirectional overrides or isolates"
+        f" (U+202A-U+202E, U+2066-U+2069) are each replaced by U+FFFD. {UNSTORABLE_REFUSED}",
     )
 
 
@@ -159,8 +167,13 @@ class Progress(BaseModel):
 
     percent: StrictFloat | None = Field(None, ge=0, le=100)
     # Neutralised, not refused: a refused heartbeat extends nothing, so a stray character would cost a worker its lease.
+    # But for what no body may hold (ADR 0023): the edge refuses those before this model reads the body.
     message: Annotated[str, Field(min_length=1, max_length=500), NEUTRALISED_IN_LINES] | None = Field(
-        None, description=f"For people to read, {SHOWN_NEUTRALISED_IN_LINES}."
+        None,
+        description="For people to read, shown on several lines; control characters but line feeds and tabs"
+        " (U+0001-U+0008, U+000B-U+001F, U+007F-U+009F), line and paragraph separators (U+2028, U+2029) and"
+        " bidirectional overrides or isolates (U+202A-U+202E, U+2066-U+2069) are each replaced by U+FFFD, not refused"
+        f" (a carriage return before a line feed is dropped). {UNSTORABLE_REFUSED}",
     )
 
 
