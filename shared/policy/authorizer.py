@@ -68,7 +68,7 @@ DECISION_CACHE_PER_TENANT = DECISION_CACHE_SIZE // 4
 making 4,100 distinct decisions (an execution read with each of its labels changed) flushed every other tenant's."""
 CHECKED_TEXTS_SIZE = 4096
 """Tenant policy texts whose checks are remembered (by a SHA-256 of the text: what a check finds is the text's alone
-under this schema, a few hundred bytes each whatever the text's length)."""
+under this schema, a few hundred bytes each whatever the text's length: only texts that pass are kept)."""
 
 RESOURCE_TYPES = frozenset({"Platform", "Tenant", "Intent", "Blueprint", "Execution", "Policy", "AuditLog", "Module"})
 _ALL_RESOURCE_TYPES = frozenset(f"{NAMESPACE}::{kind}" for kind in RESOURCE_TYPES)
@@ -415,7 +415,11 @@ class Authorizer:
         else:
             errors, cost = self._parsed_text_problems(text)
             check = _TextCheck(tuple(errors), cost, frozenset(_named_entity_types(text)))
-        self._checked.put(digest, check)
+        if not check.errors:
+            # Only a text that passes: a refused one's errors grow with its text (one per attribute it names, each
+            # repeating the name: ~100 KB for a 10,000-character text, ~445 MB in all the places), and it is refused
+            # at its save, rarely stored and checked again.
+            self._checked.put(digest, check)
         return check
 
     def _parsed_text_problems(self, text: str) -> tuple[list[str], int]:

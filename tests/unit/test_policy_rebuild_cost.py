@@ -99,6 +99,22 @@ def test_a_stored_text_that_fails_its_check_still_fails_its_set_closed_when_reme
         assert authz.validate_tenant_policy(broken)
 
 
+def test_a_refused_text_is_not_remembered_however_many_errors_it_has() -> None:
+    # A refused text's errors grow with it (one per attribute it names, each repeating the name): remembered, 4,096 of
+    # them held ~445 MB. Only texts that pass are remembered; a refused one is checked again, refused alike.
+    authz = Authorizer()
+    refused = (
+        'forbid (principal, action == QP::Action::"execution.read", resource) when { ['
+        + ",".join(["resource.z0"] * 825)
+        + "].contains(1) };"
+    )
+    for _ in range(2):
+        assert authz.validate_tenant_policy(refused)
+        assert authz._checked.get(authorizer_module.hashlib.sha256(refused.encode()).digest()) is None
+    assert not authz.validate_tenant_policy(_forbid("k0"))
+    assert authz._checked.get(authorizer_module.hashlib.sha256(_forbid("k0").encode()).digest()) is not None
+
+
 def _walked_nodes(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     """The nodes whose parts policy_text's walk asks for from now on."""
     walked: list[object] = []
