@@ -27,11 +27,15 @@ SHOWN_AS_WRITTEN_IN_LINES = (
 """The rule for text of several lines, as an OpenAPI description says it."""
 # Source text (a tenant's Cedar policy) keeps its line feeds and tabs and also the carriage return of a CRLF line end,
 # as an editor writes them; a carriage return anywhere else is refused, as in UNSHOWN_IN_LINES.
-UNSHOWN_IN_SOURCE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]|\r(?!\n)")
+UNSHOWN_IN_SOURCE = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]"
+    "|\r(?!\n)"
+)
 SHOWN_AS_WRITTEN_IN_SOURCE = (
     "no control characters but line feeds, tabs and the carriage return of a CRLF line end (U+0000-U+0008, "
     "U+000B-U+001F, U+007F-U+009F), no line or paragraph separators (U+2028, U+2029) and no bidirectional overrides "
-    "or isolates (U+202A-U+202E, U+2066-U+2069), in comments and strings too"
+    "or isolates (U+202A-U+202E, U+2066-U+2069), and no invisible marks or zero-width characters (U+061C, "
+    "U+200B-U+200F, U+2060-U+2064, U+FEFF), in comments and strings too"
 )
 """The rule for source text of several lines, as an OpenAPI description says it."""
 UNSHOWN_CHARACTER = "unshown_character"

@@ -24,6 +24,12 @@ FORBID = 'forbid (principal, action == QP::Action::"intent.read", resource) when
         ("string-escape", FORBID % "prod\x1b[2Juction", "U+001B"),
         ("lone-return", FORBID % "production" + "\r// written over", "U+000D"),
         ("isolate", FORBID % "prod\u2066uction", "U+2066"),
+        # Invisible: the policy reads as forbidding "prod" and never matches it.
+        ("zero-width-space", FORBID % "prod\u200b", "U+200B"),
+        ("right-to-left-mark", FORBID % "prod\u200f", "U+200F"),
+        ("byte-order-mark", FORBID % "prod\ufeff", "U+FEFF"),
+        ("word-joiner", FORBID % "prod\u2060", "U+2060"),
+        ("arabic-letter-mark", FORBID % "prod\u061c", "U+061C"),
     ],
 )
 def test_a_policy_text_that_acts_where_shown_is_refused(
