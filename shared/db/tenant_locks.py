@@ -9,11 +9,18 @@ from typing import Any, Literal
 import psycopg
 
 Purpose = Literal[
-    "executions", "outbox-relay", "webhook-subscriptions", "tenant-policies", "tenant-modules", "intent-runs"
+    "executions",
+    "outbox-relay",
+    "webhook-subscriptions",
+    "tenant-policies",
+    "tenant-modules",
+    "intent-runs",
+    "ingress-rejections",
 ]
 """What a lock serialises: a tenant's starts (their quota check and insert), its outbox relay, its creates of
-webhook subscriptions, policies or modules (their quota check and insert), or its saves of intents that run
-intents (their cycle check and write, migration 0051)."""
+webhook subscriptions, policies or modules (their quota check and insert), its saves of intents that run
+intents (their cycle check and write, migration 0051), or its records of rejected ingress events (their insert and
+trim, migration 0082; taken after `executions` when a transaction holds both, never before)."""
 
 _HOLD = (
     "INSERT INTO app.tenant_locks (tenant_id, purpose) VALUES ((SELECT app.current_tenant_id()), %s)"

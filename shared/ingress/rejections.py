@@ -12,8 +12,10 @@ intent not found, a conflict, an input its version refused) is not deleted by th
 marker keeps its rejection final (migration 0079). A body that is not a request and a stale event are refused the same
 on every delivery: their rows are deleted as before, so they make no markers. A marker keeps its sender's group (a
 hash of the principal, never the principal), so a sender keeps at most `KEPT` markers and a tenant at most
-`TENANT_KEPT`, the deepest of each sender's deleted first past that, under a lock of the tenant's so that two trims
-at once keep the bound. The tenant's bound is applied once its full rows pass it by a tenth, then back to it.
+`TENANT_KEPT`, the deepest of each sender's deleted first past that. A tenant's records take turns under its
+`ingress-rejections` lock row (migration 0082), so two trims at once keep the bound and never deadlock on each other's
+rows; only the tenant's own transactions can take that row. The tenant's bound is applied once its full rows pass it
+by a tenth, then back to it.
 Each row is bounded too: a problem document larger than `MAX_DETAIL_BYTES` is stored as a short summary of itself.
 """
 
@@ -27,6 +29,7 @@ from uuid import UUID, uuid4
 
 from psycopg.types.json import Jsonb
 
+from shared.db import tenant_locks
 from shared.engine.start import Conn
 from shared.pagination import InvalidCursorError, cursor_text, decode_cursor, encode_cursor
 from shared.registry.schema_refs import short_message
@@ -134,7 +137,11 @@ def record_rejection(
     """Record it in the caller's tenant transaction (its problem document bounded by `bounded_detail`), trimming its
     sender's rejections to their newest `keep`, the tenant's to `tenant_keep` in all (its principals' deepest first)
     and both to `retention`; False when this event was already recorded (and nothing is trimmed). A row at the same
-    place with another enqueued time, an event of the hub before it was recreated, is replaced by this one."""
+    place with another enqueued time, an event of the hub before it was recreated, is replaced by this one.
+
+    Takes the tenant's `ingress-rejections` lock until the transaction ends, before any row: the tenant's trims run one
+    after the other. A caller that holds the start lock (`executions`) took it first; none takes that one after."""
+    tenant_locks.hold(conn, "ingress-rejections")
     row = conn.execute(
         _INSERT,
         (

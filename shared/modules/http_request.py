@@ -148,20 +148,25 @@ def _recordable_json(content: bytes) -> Any:
 
 
 _BRACKET_TOKEN = re.compile(accepted_json.JSON_STRING + r"|[\[\]{}]", re.DOTALL)
-_NESTING = {"[": 1, "{": 1, "]": -1, "}": -1}
+_OPENER = {"]": "[", "}": "{"}
 
 
 def _nesting(text: str) -> tuple[int, bool]:
     """How deeply arrays and objects nest in `text` (brackets in strings ignored, as `accepted_json.nesting_depth`
-    counts them), and whether its brackets balance: none closes more than were opened, and all are closed at the
-    end. Text whose brackets do not balance is no JSON, however deep it runs."""
-    depth = deepest = 0
+    counts them), and whether its brackets balance: each closes the last one still open, of its own kind (`]` an
+    array, `}` an object), and all are closed at the end. Text whose brackets do not balance is no JSON, however deep
+    it runs: `{` x 200 then `]` x 200 closes as many as it opens, none of its kind."""
+    open_kinds: list[str] = []
+    deepest = 0
     for token in _BRACKET_TOKEN.findall(text):
-        depth += _NESTING.get(token, 0)
-        if depth < 0:
-            return deepest, False
-        deepest = max(deepest, depth)
-    return deepest, depth == 0
+        opener = _OPENER.get(token)
+        if opener is not None:
+            if not open_kinds or open_kinds.pop() != opener:
+                return deepest, False
+        elif token in ("[", "{"):
+            open_kinds.append(token)
+            deepest = max(deepest, len(open_kinds))
+    return deepest, not open_kinds
 
 
 def decode_text(content: bytes, charset: str | None) -> tuple[str, bool]:

@@ -17,8 +17,9 @@ import pytest
 from psycopg_pool import ConnectionPool
 
 from shared.accepted_json import NotAcceptedJSONError
+from shared.db import tenant_locks
 from shared.db.migrate import APP_MIGRATIONS, discover
-from shared.db.session import runtime_transaction, tenant_transaction
+from shared.db.session import allow_nested_borrow, runtime_transaction, tenant_transaction
 from shared.ingress.rejecting import Rejected, invalid_body, not_accepted, stale
 from shared.ingress.rejections import NewRejection, list_rejections, record_rejection, recorded_reason
 
@@ -522,7 +523,8 @@ def test_two_partitions_capping_at_once_leave_the_tenants_bound(
         thread = threading.Thread(target=second)
         thread.start()
         assert ready.wait(30)
-        # The second waits for a lock the first holds (the markers' lock; before, the oldest marker's row).
+        # The second waits for a lock the first holds (the tenant's `ingress-rejections` row, migration 0082;
+        # before, the markers' advisory lock, and before that the oldest marker's row).
         with psycopg.connect(pg.admin_url, dbname="quantum", autocommit=True) as admin:
             for _ in range(600):
                 waiting = admin.execute(
@@ -540,3 +542,71 @@ def test_two_partitions_capping_at_once_leave_the_tenants_bound(
             "SELECT count(*) FROM app.ingress_rejections WHERE tenant_id = %s AND trimmed", (tenant,)
         ).fetchone()
     assert markers == (_TENANT_FLOOR,)
+
+
+def test_fourteen_senders_past_the_tenants_bound_record_at_once_without_a_deadlock(
+    pg: Any, app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    # Each trim past the tenant's bound ranked all of its full rows and made markers of the deepest, row by row in no
+    # shared order, before any lock of the tenant's: fourteen senders recording at once took each other's rows and
+    # one of them failed, DeadlockDetected.
+    tenant = new_tenant()
+    senders = 14
+    trim = {"keep": _FLOOR, "tenant_keep": _TENANT_FLOOR}
+    for n in range(senders):
+        _seed(pg, tenant, f"s{n}", 1000 * n, _FLOOR - 1)
+    start = threading.Barrier(senders)
+    failures: list[BaseException] = []
+
+    def sender(n: int) -> None:
+        try:
+            start.wait(30)
+            for k in range(20):
+                with tenant_transaction(tenant, pool=app_pool) as conn:
+                    assert record_rejection(conn, _refusal(100_000 + 100 * n + k, "forbidden", f"s{n}"), **trim)
+        except BaseException as exc:  # noqa: BLE001  # reported by the test thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=sender, args=(n,)) for n in range(senders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not any(thread.is_alive() for thread in threads)
+    assert failures == []
+    with psycopg.connect(pg.admin_url, dbname="quantum") as admin:
+        full = admin.execute(
+            "SELECT count(*) FROM app.ingress_rejections WHERE tenant_id = %s AND NOT trimmed", (tenant,)
+        ).fetchone()
+    assert full is not None and full[0] <= _TENANT_FLOOR + _SLACK
+
+
+def test_no_outside_session_can_hold_up_a_rejection_under_its_tenants_start_lock(
+    pg: Any, app_pool: ConnectionPool[Any], new_tenant: Callable[[], uuid.UUID]
+) -> None:
+    # The markers' bounds were serialised by a transaction advisory lock keyed by the tenant: any session on the app's
+    # login could hold it, and a rejection recorded under the tenant's start lock waited for it, the tenant's starts
+    # waiting behind until the statement timeout.
+    victim, other = new_tenant(), new_tenant()
+    trim = {"keep": _FLOOR, "tenant_keep": _TENANT_FLOOR}
+    _seed(pg, victim, "victim", 0, _FLOOR)  # its next rejection makes a marker of its oldest
+    with psycopg.connect(pg.app_url, autocommit=True) as outsider:
+        outsider.execute(
+            "SELECT pg_advisory_lock(hashtext('app.ingress_rejections markers'), hashtext(%s::text))", (str(victim),)
+        )
+        with tenant_transaction(other, pool=app_pool) as foreign:
+            # Another tenant's transaction holds its own lock row and cannot see, and so take, the victim's.
+            tenant_locks.hold(foreign, "ingress-rejections")
+            assert (
+                foreign.execute("SELECT 1 FROM app.tenant_locks WHERE tenant_id = %s FOR UPDATE", (victim,)).fetchall()
+                == []
+            )
+            with allow_nested_borrow(), tenant_transaction(victim, pool=app_pool) as conn:
+                conn.execute("SET LOCAL lock_timeout = '2s'")  # a wait fails the test instead of hanging it
+                tenant_locks.hold(conn, "executions")
+                assert record_rejection(conn, _refusal(5_000, "quota_exceeded", "victim"), **trim)
+    with psycopg.connect(pg.admin_url, dbname="quantum") as admin:
+        markers = admin.execute(
+            "SELECT count(*) FROM app.ingress_rejections WHERE tenant_id = %s AND trimmed", (victim,)
+        ).fetchone()
+    assert markers == (1,)

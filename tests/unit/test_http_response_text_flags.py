@@ -44,6 +44,17 @@ def test_json_brackets_that_do_not_balance_are_text_however_deep() -> None:
         assert (body, as_text, replaced) == (content.decode(), False, False), content[:8]
 
 
+def test_json_brackets_closed_by_the_other_kind_are_text_however_deep() -> None:
+    # As many closers as openers, none of the kind it closes: counting depth alone called them balanced.
+    for content in (
+        b"{" * 200 + b"]" * 200,
+        b"[" * 200 + b"}" * 200,
+        b"[" * 100 + b"{" * 100 + b"]" * 100 + b"}" * 100,
+    ):
+        body, as_text, replaced = read_body(_response("application/json", content), content, False)
+        assert (body, as_text, replaced) == (content.decode(), False, False), content[:8]
+
+
 def test_json_one_level_short_of_the_accepted_depth_is_kept_as_json() -> None:
     depth = accepted_json.MAX_DEPTH - 1  # the output holds it one level deeper: exactly MAX_DEPTH
     content = b"[" * depth + b"]" * depth

@@ -33,11 +33,11 @@
 -- markers beyond its newest `keep` go at its own trim, and the tenant's past `tenant_keep` go deepest of each group
 -- first. Without the group the tenant's bound deleted its oldest markers whoever made them: one sender refused on
 -- every event (a Reader, an unknown intent, a reused key) made a marker of each past its `keep` and evicted every
--- other sender's markers, whose events then started on their next delivery. The bounds are applied under a
--- transaction advisory lock keyed by the tenant, taken only by a trim that made markers and after every row it
--- updates; under it, the statements that delete markers skip rows another transaction holds (each such holder is
--- deleting them): so the lock's holder waits for no row lock, no deadlock can come of it, and two partitions capping
--- at once cap one after the other, the second counting the first's markers (ADR 0019: why not a tenant_locks row).
+-- other sender's markers, whose events then started on their next delivery. A tenant's trims run one after the
+-- other: its caller takes the tenant's `ingress-rejections` lock row (migration 0082) before the insert, so two
+-- partitions capping at once cap one after the other, the second counting the first's markers, and no two trims
+-- update each other's rows (not an advisory lock: any session on the app's login could hold one; ADR 0019). The
+-- statements that delete markers skip rows another transaction holds (each such holder is deleting them).
 --
 -- Storage per tenant: at most `tenant_keep` plus its slack full rows (each document at most 32 KiB, the app's
 -- bound), plus at most `tenant_keep` markers (no document, no principal, no key; 8 bytes of group).
@@ -195,15 +195,10 @@ BEGIN
           INTO tenant_deleted, tenant_marked;
     END IF;
 
-    -- The markers' bounds, under the tenant's markers lock (a transaction advisory lock) when this trim made markers
-    -- (the only way their count grows): taken after every row this trim updates, and every statement under it skips
-    -- the rows another transaction holds (each such holder deletes them: an expiry, a bound, a hub's recreated
-    -- place), so its holder waits for no row and two trims at once cap one after the other, the second seeing the
-    -- first's markers.
-    IF own_marked + tenant_marked > 0 THEN
-        PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('app.ingress_rejections markers'),
-                                                 pg_catalog.hashtext(tenant::text));
-    END IF;
+    -- The markers' bounds, applied when this trim made markers (the only way their count grows). The caller holds
+    -- the tenant's `ingress-rejections` lock row (migration 0082), so two trims at once cap one after the other, the
+    -- second seeing the first's markers; every statement below skips the rows another transaction holds (each such
+    -- holder deletes them: an erasure, a hub's recreated place), so it waits for no row.
 
     -- Markers past the window: no delivery of their events can start anything now.
     DELETE FROM app.ingress_rejections r
