@@ -1,7 +1,8 @@
 # intent_ref: platform.hardening
 """Free text, third round: a remote module registration's description and a tenant policy's description are shown
-as written (refused at the edge, their lines kept); a worker's progress message is neutralised, never refused (a
-refused heartbeat extends no lease); an approval's message resolved at run time is neutralised (`shown_message`).
+as written (refused at the edge, their lines kept); a worker's progress message is neutralised, not refused (a
+refused heartbeat extends no lease; a NUL or a lone surrogate is refused at the edge, as in every body); an
+approval's message resolved at run time is neutralised (`shown_message`).
 
 Through the app without I/O, as tests/unit/edge_harness.py sets it up: every refusal here comes before any
 transaction, so the database is one that does not exist and nothing can have changed."""
@@ -87,10 +88,12 @@ def test_the_document_states_the_rule(client: TestClient) -> None:
         described = str(schemas[schema]["properties"]["description"])
         assert "no control characters but line feeds and tabs" in described, (schema, described)
     described = str(schemas["Progress"]["properties"]["message"])
-    assert "replaced by U+FFFD, never refused" in described, described
+    # Controls are replaced; a NUL or a lone surrogate is refused like in every body (the edge's rule, ADR 0023).
+    assert "are each replaced by U+FFFD, not refused" in described, described
+    assert "refused with 422 `unstorable_text`" in described, described
 
 
-# ---- a worker's progress message is neutralised, never refused ------------------------------------------------------
+# ---- a worker's progress message is neutralised, not refused (NUL and lone surrogates aside) ----------------------
 
 
 @pytest.mark.parametrize("text", UNSHOWN)
